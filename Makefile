@@ -1,0 +1,56 @@
+# The contract with a new user on a fresh Debian machine:
+#   make demo   set everything up, then run the station demo on embedded defaults
+#   make test   set everything up, then run every test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# System tools the project runs: ffmpeg/ffprobe (media), fusermount3 (simulated recorder
+# volumes), mosquitto (MQTT uplink tests), python3-venv (the virtual environment).
+APT_PACKAGES := ffmpeg fuse3 mosquitto python3-venv python3-dev
+
+.PHONY: setup system demo test lint bench clean
+
+setup: system $(STAMP)
+
+system:
+	@missing=""; \
+	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	command -v ffprobe >/dev/null || missing="$$missing ffmpeg"; \
+	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
+	command -v mosquitto >/dev/null && [ -x "$$(command -v mosquitto)" ] || \
+	  [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv python3-dev"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "setup: installing system packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "setup: missing system packages:$$missing"; \
+	    echo "run as root: apt-get update && apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test,sim]'
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/edge demo
+
+test: setup
+	$(VPY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check edge drivers simulators tests
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(VPY) tests/bench/offload.py --json
+
+clean:
+	rm -rf $(VENV) build *.egg-info

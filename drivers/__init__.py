@@ -1,0 +1,1 @@
+"""Device and wire protocols. Never imports `edge`."""

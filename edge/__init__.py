@@ -1,0 +1,1 @@
+"""evidence-edge: the edge evidence service."""

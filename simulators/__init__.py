@@ -1,0 +1,1 @@
+"""The device side of every driver protocol, over real OS primitives."""
