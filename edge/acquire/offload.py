@@ -1,0 +1,584 @@
+"""Offload one recorder volume into the store: copy+hash, verify, seal, then erase per policy.
+
+Per file the states are pending → copied → verified → sealed → wiping → wiped (or failed), each
+transition committed together with its ledger entry, so a crash at any instant resumes from the last
+committed state:
+
+* pending: copy to tmp/<item>.part while hashing (a stale .part from a crash is discarded first);
+* copied: the sealed form is built in the .part (truncated back to the original size first, so a
+  half-appended manifest box from a crash is dropped), then verified: the stored prefix re-read from
+  disk and the source re-read from the device must both give the acquisition hash;
+* verified: rename into items/, write the sidecar; sealed;
+* wiping: the recorder file is unlinked; wiped.
+
+Copying file N+1 overlaps verifying and sealing file N, so the verification costs little wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from edge.acquire.copy import (
+    AcquireError,
+    SourceChangedError,
+    SourceReadError,
+    StoreFullError,
+    copy_and_hash,
+    hash_source,
+    hash_stored_copy,
+)
+from edge.acquire.enumerate import VolumeFile, list_volume, open_volume_file, unlink_volume_file
+from edge.acquire.identity import SessionInfo
+from edge.acquire.manifest import build_manifest
+from edge.acquire.mediainfo import media_facts
+from edge.config import StationConfig, WipePolicy
+from edge.custody.canonical import canonical_json, sha256_hex
+from edge.custody.isobmff import seal_decision
+from edge.custody.ledger import EntryType
+from edge.custody.manifest import sign_manifest
+from edge.custody.seal import append_evidence_box
+from edge.fsutil import atomic_write, free_bytes, fsync_dir
+from edge.store import StationStore, stored_extension, utc_now
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+ISO_BMFF_EXTENSIONS = {"mp4", "mov", "m4a", "m4v", "3gp"}
+
+
+class OffloadOutcome(StrEnum):
+    DONE = "done"  # every file sealed (and wiped where policy says so)
+    PARTIAL = "partial"  # some files could not be acquired; the rest are safe
+    DEVICE_GONE = "device-gone"  # recorder pulled or its volume vanished; resume on re-dock
+    STORE_FULL = "store-full"  # station disk full; recorder left untouched
+
+
+@dataclass
+class BayProgress:
+    """What the bay shows the officer; updated in place, passed to the progress callback."""
+
+    files_total: int = 0
+    files_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    verified: int = 0
+    wiped: int = 0
+    current: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OffloadResult:
+    outcome: OffloadOutcome
+    items: list[str]
+    verified: int
+    wiped: int
+    bytes: int
+    errors: list[str]
+
+
+class DeviceGoneError(Exception):
+    """The recorder volume is no longer reachable."""
+
+
+@dataclass
+class _FileRow:
+    file: VolumeFile
+    item: str
+    state: str
+    attempts: int
+
+
+class VolumeOffload:
+    def __init__(
+        self,
+        store: StationStore,
+        config: StationConfig,
+        session: SessionInfo,
+        root: Path,
+        *,
+        executor: Executor | None = None,
+        on_progress: Callable[[BayProgress], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.session = session
+        self.root = root
+        self.executor = executor
+        self.on_progress = on_progress
+        self.progress = BayProgress()
+        self.items: list[str] = []
+        self.device = session.identity.device_serial
+        self.chunk = config.offload.chunk_bytes
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+    def _error(self, item: str | None, stage: str, reason: str, file: VolumeFile | None) -> None:
+        log.warning("recorder %s: %s: %s", self.device, stage, reason)
+        self.progress.errors.append(reason)
+        data: dict[str, Any] = {"device_serial": self.device, "stage": stage, "reason": reason}
+        if file is not None:
+            data["original"] = file.display_path
+        self.store.record(EntryType.ERROR, item, data)
+        self._report()
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    async def run(self) -> OffloadResult:
+        try:
+            listing = await self._thread(
+                list_volume, self.root, max_files=self.config.offload.max_files,
+                max_depth=self.config.offload.max_depth,
+            )
+        except OSError as exc:
+            self._error(None, "list", f"cannot list the volume: {exc.strerror or exc}", None)
+            return self._result(OffloadOutcome.DEVICE_GONE)
+        for rejected in listing.rejected:
+            self.store.record(
+                EntryType.REFUSED,
+                None,
+                {"device_serial": self.device, "original": rejected.path, "reason": rejected.reason},
+            )
+            self.progress.errors.append(f"{rejected.path}: {rejected.reason}")
+        rows = [self._row(f) for f in listing.files]
+        self.progress.files_total = len(rows)
+        self.progress.bytes_total = sum(r.file.size for r in rows)
+        self._report()
+        outcome = await self._acquire_all(rows)
+        if outcome is OffloadOutcome.DONE:
+            outcome = await self._wipe_all(rows)
+        if self.progress.errors and outcome is OffloadOutcome.DONE:
+            outcome = OffloadOutcome.PARTIAL
+        return self._result(outcome)
+
+    def _result(self, outcome: OffloadOutcome) -> OffloadResult:
+        return OffloadResult(
+            outcome, list(self.items), self.progress.verified, self.progress.wiped,
+            self.progress.bytes_done, list(self.progress.errors),
+        )
+
+    def _row(self, file: VolumeFile) -> _FileRow:
+        key = (self.device, file.key, file.size, file.mtime_ns)
+        found = self.store.conn.execute(
+            "SELECT item, state, attempts FROM recorder_files WHERE device_serial=? AND original_path=? "
+            "AND device_size=? AND device_mtime_ns=?",
+            key,
+        ).fetchone()
+        if found is None:
+            item = str(uuid.uuid4())
+            with self.store.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO recorder_files(device_serial, original_path, device_size, device_mtime_ns,"
+                    " state, item) VALUES (?, ?, ?, ?, 'pending', ?)",
+                    (*key, item),
+                )
+            return _FileRow(file, item, "pending", 0)
+        state = found["state"]
+        if state == "failed":  # a new docking gives failed files a fresh set of attempts
+            state = "pending"
+            self._set_state(file, "pending", attempts=0)
+        return _FileRow(file, found["item"], state, 0 if found["state"] == "failed" else found["attempts"])
+
+    def _set_state(self, file: VolumeFile, state: str, *, attempts: int | None = None,
+                   error: str | None = None) -> None:
+        self.store.conn.execute(
+            "UPDATE recorder_files SET state=?, attempts=COALESCE(?, attempts), last_error=? "
+            "WHERE device_serial=? AND original_path=? AND device_size=? AND device_mtime_ns=?",
+            (state, attempts, error, self.device, file.key, file.size, file.mtime_ns),
+        )
+
+    async def _acquire_all(self, rows: list[_FileRow]) -> OffloadOutcome:
+        finishing: asyncio.Task[None] | None = None
+        outcome = OffloadOutcome.DONE
+        try:
+            for row in rows:
+                if row.state in ("sealed", "wiping", "wiped"):
+                    self._count_done(row)
+                    continue
+                self.progress.current = row.file.display_path
+                self._report()
+                if row.state in ("copied", "verified"):  # resumed after a crash: copied before
+                    self.progress.bytes_done += row.file.size
+                if row.state == "pending":
+                    await self._copy_with_retries(row)
+                if finishing is not None:
+                    await finishing
+                    finishing = None
+                if row.state in ("copied", "verified"):
+                    finishing = asyncio.create_task(self._finish_with_retries(row))
+            if finishing is not None:
+                await finishing
+                finishing = None
+        except DeviceGoneError as exc:
+            self._error(None, "device", str(exc), None)
+            outcome = OffloadOutcome.DEVICE_GONE
+        except StoreFullError as exc:
+            self._error(None, "store", str(exc), None)
+            outcome = OffloadOutcome.STORE_FULL
+        finally:
+            if finishing is not None:
+                # Let the file in flight reach a committed state; its own errors are already recorded.
+                try:
+                    await finishing
+                except (DeviceGoneError, StoreFullError):
+                    pass
+        self.progress.current = ""
+        self._report()
+        return outcome
+
+    def _count_done(self, row: _FileRow) -> None:
+        self.items.append(row.item)
+        self.progress.files_done += 1
+        self.progress.verified += 1
+        self.progress.bytes_done += row.file.size
+        if row.state == "wiped":
+            self.progress.wiped += 1
+
+    # -- copy -------------------------------------------------------------------------------------
+
+    async def _copy_with_retries(self, row: _FileRow) -> None:
+        while row.state == "pending":
+            if row.attempts >= MAX_ATTEMPTS:
+                self._fail(row, "copy", f"{row.file.display_path}: gave up after {MAX_ATTEMPTS} attempts")
+                return
+            row.attempts += 1
+            try:
+                await self._copy(row)
+            except SourceChangedError as exc:
+                self._error(row.item, "copy", str(exc), row.file)
+            except SourceReadError as exc:
+                await self._raise_if_gone(exc)
+                self._error(row.item, "copy", str(exc), row.file)
+            except FileNotFoundError:
+                self._fail(row, "copy", f"{row.file.display_path}: vanished from the recorder before copying")
+                return
+            except OSError as exc:
+                await self._raise_if_gone(exc)
+                self._error(row.item, "copy", f"{row.file.display_path}: cannot open: {exc.strerror}", row.file)
+
+    async def _raise_if_gone(self, exc: Exception) -> None:
+        if not await self._thread(self._volume_reachable):
+            raise DeviceGoneError(f"recorder volume {self.root} is gone ({exc})") from exc
+
+    def _volume_reachable(self) -> bool:
+        try:
+            os.listdir(self.root)
+            return os.path.ismount(self.root) or any(True for _ in os.scandir(self.root))
+        except OSError:
+            return False
+
+    def _fail(self, row: _FileRow, stage: str, reason: str) -> None:
+        row.state = "failed"
+        with self.store.transaction():
+            self._set_state(row.file, "failed", attempts=row.attempts, error=reason)
+            self.store.ledger.append(
+                EntryType.ERROR, row.item,
+                {"device_serial": self.device, "stage": stage, "reason": reason, "final": True,
+                 "original": row.file.display_path},
+            )
+        self.progress.errors.append(reason)
+        self._report()
+
+    async def _copy(self, row: _FileRow) -> None:
+        layout = self.store.layout
+        part = layout.tmp_copy(row.item)
+        part.unlink(missing_ok=True)  # a stale copy from an interrupted attempt is never trusted
+        reserve = self.config.offload.min_free_bytes
+        available = await self._thread(free_bytes, layout.tmp)
+        if available - row.file.size < reserve:
+            raise StoreFullError(
+                f"{row.file.display_path}: needs {row.file.size} bytes, station disk has {available} free "
+                f"(keeping {reserve} in reserve)"
+            )
+        what = f"{self.device}:{row.file.display_path}"
+        acquired_utc = utc_now()
+
+        def progress(count: int) -> None:
+            self.progress.bytes_done += count
+
+        def work() -> tuple[str, int]:
+            fd = open_volume_file(self.root, row.file)
+            try:
+                result = copy_and_hash(
+                    fd, part, expected_size=row.file.size, expected_mtime_ns=row.file.mtime_ns,
+                    chunk_bytes=self.chunk, what=what, progress=progress,
+                )
+            finally:
+                os.close(fd)
+            return result.sha256, result.size
+
+        counted_before = self.progress.bytes_done
+        try:
+            sha256, size = await self._thread(work)
+        except BaseException:
+            self.progress.bytes_done = counted_before
+            part.unlink(missing_ok=True)
+            raise
+        with self.store.transaction() as conn:
+            entry = self.store.ledger.append(
+                EntryType.ACQUIRED, row.item,
+                {
+                    "device_serial": self.device, "session": self.session.session,
+                    "bay": self.session.bay, "original": row.file.display_path,
+                    "size": size, "sha256": sha256, "attempt": row.attempts,
+                },
+            )
+            conn.execute(
+                "INSERT INTO items(item, sha256, size, device_serial, officer_no, acquired) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(item) DO UPDATE SET sha256=excluded.sha256, "
+                "size=excluded.size, acquired=excluded.acquired, manifest=NULL",
+                (row.item, sha256, size, self.device, self.session.identity.officer_no, acquired_utc),
+            )
+            self._set_state(row.file, "copied", attempts=row.attempts)
+        log.debug("recorder %s: acquired %s as item %s (seq %d)", self.device, what, row.item, entry.seq)
+        row.state = "copied"
+
+    # -- verify and seal --------------------------------------------------------------------------
+
+    async def _finish_with_retries(self, row: _FileRow) -> None:
+        while row.state in ("copied", "verified"):
+            try:
+                await self._finish(row)
+            except StoreFullError:
+                raise
+            except (SourceReadError, OSError) as exc:
+                await self._raise_if_gone(exc)
+                self._retry_copy(row, f"{row.file.display_path}: {exc}")
+            except _VerificationMismatch as exc:
+                self._retry_copy(row, str(exc))
+            if row.state == "pending":
+                await self._copy_with_retries(row)
+
+    def _retry_copy(self, row: _FileRow, reason: str) -> None:
+        self.store.layout.tmp_copy(row.item).unlink(missing_ok=True)
+        with self.store.transaction():
+            self.store.ledger.append(
+                EntryType.ERROR, row.item,
+                {"device_serial": self.device, "stage": "verify", "reason": reason,
+                 "original": row.file.display_path, "action": "copy again"},
+            )
+            self._set_state(row.file, "pending", error=reason)
+        self.progress.errors.append(reason)
+        self.progress.bytes_done -= row.file.size
+        row.state = "pending"
+
+    async def _finish(self, row: _FileRow) -> None:
+        item_row = self.store.conn.execute(
+            "SELECT sha256, size, acquired, manifest FROM items WHERE item=?", (row.item,)
+        ).fetchone()
+        if row.state == "copied":
+            await self._seal_and_verify(row, item_row["sha256"], item_row["size"], item_row["acquired"])
+        await self._publish(row)
+
+    async def _seal_and_verify(self, row: _FileRow, sha256: str, size: int, acquired_utc: str) -> None:
+        layout = self.store.layout
+        part = layout.tmp_copy(row.item)
+        if not part.exists():
+            raise _VerificationMismatch(f"{row.file.display_path}: the copy in progress was lost")
+        # Drop whatever a crash may have left appended to the copy: only the original bytes remain.
+        await self._thread(os.truncate, part, size)
+        media = await self._thread(media_facts, part)
+        acquired_entry = self._latest_entry(row.item, EntryType.ACQUIRED)
+        manifest = sign_manifest(
+            build_manifest(
+                item=row.item, sha256=sha256, size=size, file=row.file, session=self.session,
+                media=media, acquired_utc=acquired_utc,
+                case_defaults=self.config.case_defaults_for(self.session.identity.officer_no),
+                chain_seq=acquired_entry[0], chain_hash=acquired_entry[1],
+            ),
+            self.store.key,
+        )
+        ext = stored_extension(row.file.name)
+        embedded, fallback = await self._thread(self._embed, part, manifest, ext, media)
+        verify = self.config.offload.verify_reread
+        checks: dict[str, Any] = {"stored_reread": verify, "source_reread": verify}
+        if verify:
+            stored_sha, stored_len = await self._thread(hash_stored_copy, part, chunk_bytes=self.chunk,
+                                                        limit=size)
+            if stored_sha != sha256 or stored_len != size:
+                raise _VerificationMismatch(
+                    f"{row.file.display_path}: stored copy re-read from disk gives {stored_sha} "
+                    f"({stored_len} bytes), acquisition hash was {sha256} ({size} bytes)"
+                )
+            source_sha = await self._thread(self._rehash_source, row.file)
+            if source_sha != sha256:
+                raise _VerificationMismatch(
+                    f"{row.file.display_path}: second read from the recorder gives {source_sha}, "
+                    f"acquisition hash was {sha256} (inconsistent device reads)"
+                )
+        with self.store.transaction() as conn:
+            self.store.ledger.append(
+                EntryType.VERIFIED, row.item,
+                {"sha256": sha256, "size": size, **checks, "embedded": embedded,
+                 "media_readable": "error" not in media},
+            )
+            conn.execute("UPDATE items SET manifest=? WHERE item=?",
+                         (canonical_json(manifest).decode(), row.item))
+            self._set_state(row.file, "verified")
+        if fallback:
+            log.info("item %s: manifest kept in the sidecar only: %s", row.item, fallback)
+        row.state = "verified"
+        self.progress.verified += 1
+        self._report()
+
+    def _embed(self, part: Path, manifest: dict[str, Any], ext: str, media: dict[str, Any]) -> tuple[bool, str]:
+        if ext not in ISO_BMFF_EXTENSIONS:
+            return False, f"not an ISO-BMFF file (.{ext})"
+        size = part.stat().st_size
+        with part.open("rb") as f:
+            ok, reason = seal_decision(f, size)
+        if not ok:
+            return False, reason
+        append_evidence_box(part, manifest)
+        after = media_facts(part)
+        if _essential(after) != _essential(media):
+            # The sealed form must play exactly like the original; otherwise keep the original alone.
+            os.truncate(part, size)
+            _fsync_path(part)
+            return False, "ffprobe read the sealed file differently; manifest kept in the sidecar"
+        return True, ""
+
+    def _rehash_source(self, file: VolumeFile) -> str:
+        fd = open_volume_file(self.root, file)
+        try:
+            info = os.fstat(fd)
+            if info.st_size != file.size or info.st_mtime_ns != file.mtime_ns:
+                raise SourceChangedError(f"{file.display_path}: changed on the recorder after copying")
+            digest, _ = hash_source(fd, chunk_bytes=self.chunk, what=file.display_path)
+            return digest
+        finally:
+            os.close(fd)
+
+    def _latest_entry(self, item: str, type_: str) -> tuple[int, str]:
+        found = self.store.conn.execute(
+            "SELECT seq, hash FROM ledger WHERE item=? AND type=? ORDER BY seq DESC LIMIT 1", (item, type_)
+        ).fetchone()
+        if found is None:
+            raise _VerificationMismatch(f"item {item}: no {type_} ledger entry")
+        return int(found[0]), str(found[1])
+
+    async def _publish(self, row: _FileRow) -> None:
+        """verified → sealed: move the sealed copy into items/ and write the sidecar."""
+        item_row = self.store.conn.execute(
+            "SELECT manifest, acquired FROM items WHERE item=?", (row.item,)
+        ).fetchone()
+        manifest = json.loads(item_row["manifest"])
+        layout = self.store.layout
+        relpath = layout.item_relpath(row.item, item_row["acquired"], stored_extension(row.file.name))
+        final = layout.root / relpath
+        part = layout.tmp_copy(row.item)
+
+        def work() -> bool:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if part.exists():
+                os.replace(part, final)
+                fsync_dir(final.parent)
+            elif not final.exists():
+                raise _VerificationMismatch(f"{row.file.display_path}: sealed copy missing before publishing")
+            atomic_write(layout.sidecar(final), canonical_json(manifest) + b"\n", mode=0o640)
+            return final.stat().st_size > int(manifest["size"])
+
+        embedded = await self._thread(work)
+        with self.store.transaction() as conn:
+            self.store.ledger.append(
+                EntryType.SEALED, row.item,
+                {"path": str(relpath), "manifest_sha256": sha256_hex(canonical_json(manifest)),
+                 "embedded": embedded},
+            )
+            conn.execute("UPDATE items SET path=?, sealed_in_file=? WHERE item=?",
+                         (str(relpath), int(embedded), row.item))
+            self._set_state(row.file, "sealed")
+        row.state = "sealed"
+        self.items.append(row.item)
+        self.progress.files_done += 1
+        self._report()
+
+    # -- wipe -------------------------------------------------------------------------------------
+
+    async def _wipe_all(self, rows: list[_FileRow]) -> OffloadOutcome:
+        policy = self.config.wipe.policy
+        if policy is WipePolicy.NEVER:
+            return OffloadOutcome.DONE
+        if not self.config.offload.verify_reread:
+            # Invariant 2: nothing is erased whose copy was not re-read and matched.
+            self.store.record(EntryType.ERROR, None, {
+                "device_serial": self.device, "stage": "wipe",
+                "reason": "wipe skipped: re-read verification is disabled"})
+            return OffloadOutcome.DONE
+        for row in rows:
+            if row.state not in ("sealed", "wiping"):
+                continue
+            try:
+                await self._wipe(row)
+            except OSError as exc:
+                await self._raise_if_gone(exc)
+                self._error(row.item, "wipe", f"{row.file.display_path}: cannot erase: {exc.strerror}",
+                            row.file)
+        return OffloadOutcome.DONE
+
+    async def _wipe(self, row: _FileRow) -> None:
+        if row.state == "sealed":
+            with self.store.transaction():
+                self._set_state(row.file, "wiping")
+            row.state = "wiping"
+
+        def work() -> bool:
+            try:
+                fd = open_volume_file(self.root, row.file)
+            except FileNotFoundError:
+                return False
+            try:
+                info = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if info.st_size != row.file.size or info.st_mtime_ns != row.file.mtime_ns:
+                raise OSError(errno.EBUSY, "file changed on the recorder since it was verified")
+            unlink_volume_file(self.root, row.file)
+            return True
+
+        erased_now = await self._thread(work)
+        with self.store.transaction():
+            self.store.ledger.append(
+                EntryType.WIPED, row.item,
+                {"device_serial": self.device, "original": row.file.display_path,
+                 "already_absent": not erased_now},
+            )
+            self._set_state(row.file, "wiped")
+        row.state = "wiped"
+        self.progress.wiped += 1
+        self._report()
+
+
+class _VerificationMismatch(AcquireError):
+    pass
+
+
+def _essential(media: dict[str, Any]) -> tuple[Any, ...]:
+    return (media.get("duration_ms"), json.dumps(media.get("streams"), sort_keys=True), "error" in media)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,319 @@
+"""One docking of one recorder, from plug-in to LED done.
+
+Control-mode recorders: authenticate (allow-list, password) → identity → clock offset, 校时 when
+the station clock is trusted → mass-storage mode → wait for the volume → offload. Mass-storage-only
+recorders, and recorders found already in mass-storage mode after a restart, start at the volume with
+identity from the volume (or from the unfinished session they belong to).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+from drivers.serial.dock import BayLed
+from drivers.usb.mass_storage import MassStorageError, VolumeIdentity, read_volume_identity
+from drivers.usb.recorder import (
+    RecorderAuthError,
+    RecorderDriver,
+    RecorderError,
+    RecorderGoneError,
+    RecorderHandle,
+    RecorderLockedError,
+)
+from edge.acquire.clock import measure_offset_ms, station_clock_trusted
+from edge.acquire.identity import ClockFacts, RecorderIdentity, SessionInfo
+from edge.acquire.offload import BayProgress, OffloadOutcome, OffloadResult, VolumeOffload
+from edge.config import StationConfig
+from edge.custody.canonical import canonical_json
+from edge.custody.ledger import EntryType
+from edge.store import StationStore, utc_now
+
+log = logging.getLogger(__name__)
+
+SetLed = Callable[[int | None, BayLed], Awaitable[None]]
+ProgressSink = Callable[[str, int | None, BayProgress], None]
+CLOCK_TOLERANCE_MS = 1000
+
+OUTCOME_LED = {
+    OffloadOutcome.DONE: BayLed.DONE,
+    OffloadOutcome.PARTIAL: BayLed.ERROR,
+    OffloadOutcome.DEVICE_GONE: BayLed.ERROR,
+    OffloadOutcome.STORE_FULL: BayLed.ERROR,
+}
+
+
+class SessionRefused(Exception):
+    """The recorder may not be offloaded here; the message says why (already in the ledger)."""
+
+
+class VolumeClaims:
+    """Control sessions announce the volume they expect before switching the recorder's mode, and
+    keep the recorder marked busy until they end, so its volume never starts a second session."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[Path]] = {}
+        self._busy: set[str] = set()
+
+    def expect(self, device_serial: str) -> asyncio.Future[Path]:
+        future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+        self._waiting[device_serial] = future
+        self._busy.add(device_serial)
+        return future
+
+    def offer(self, device_serial: str, root: Path) -> bool:
+        future = self._waiting.pop(device_serial, None)
+        if future is None or future.done():
+            return False
+        future.set_result(root)
+        return True
+
+    def forget(self, device_serial: str) -> None:
+        self._waiting.pop(device_serial, None)
+
+    def release(self, device_serial: str) -> None:
+        self._waiting.pop(device_serial, None)
+        self._busy.discard(device_serial)
+
+    def busy(self, device_serial: str) -> bool:
+        return device_serial in self._busy
+
+
+class DockingSession:
+    """Shared machinery of both session kinds."""
+
+    def __init__(
+        self,
+        store: StationStore,
+        config: StationConfig,
+        *,
+        executor: Executor | None,
+        set_led: SetLed,
+        on_progress: ProgressSink | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.executor = executor
+        self.set_led = set_led
+        self.on_progress = on_progress
+
+    async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args))
+
+    def _refuse(self, reason: str, data: dict[str, Any]) -> SessionRefused:
+        self.store.record(EntryType.REFUSED, None, {**data, "reason": reason})
+        log.warning("refused recorder %s: %s", data.get("device_serial") or data.get("usb_serial"), reason)
+        return SessionRefused(reason)
+
+    def _allowed(self, device_serial: str, data: dict[str, Any]) -> None:
+        recorders = self.config.recorders
+        if recorders.entry(device_serial) is None and not recorders.allow_unknown:
+            raise self._refuse(f"recorder {device_serial} is not on the station's allow-list", data)
+
+    async def offload(self, session: SessionInfo, root: Path) -> OffloadResult:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO sessions(session, device_serial, usb_serial, bay, started, identity) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (session.session, session.identity.device_serial, session.identity.usb_serial, session.bay,
+                 utc_now(), canonical_json({"identity": session.identity.as_dict(),
+                                            "clock": session.clock.as_dict()}).decode()),
+            )
+            self.store.ledger.append(
+                EntryType.SESSION_STARTED, None,
+                {"session": session.session, "bay": session.bay, "identity": session.identity.as_dict(),
+                 "clock": session.clock.as_dict()},
+            )
+        await self.set_led(session.bay, BayLed.COPYING)
+
+        def progress(p: BayProgress) -> None:
+            if self.on_progress is not None:
+                self.on_progress(session.identity.device_serial, session.bay, p)
+
+        offload = VolumeOffload(self.store, self.config, session, root, executor=self.executor,
+                                on_progress=progress)
+        result = await offload.run()
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE sessions SET ended=?, outcome=? WHERE session=?",
+                         (utc_now(), result.outcome.value, session.session))
+            self.store.ledger.append(
+                EntryType.SESSION_STOPPED, None,
+                {"session": session.session, "outcome": result.outcome.value, "items": len(result.items),
+                 "verified": result.verified, "wiped": result.wiped, "errors": len(result.errors)},
+            )
+        with self.store.transaction():
+            self.store.ledger.checkpoint()
+        await self.set_led(session.bay, OUTCOME_LED[result.outcome])
+        return result
+
+
+class ControlSession(DockingSession):
+    """A recorder that docked in control mode."""
+
+    async def run(self, handle: RecorderHandle, claims: VolumeClaims, backend: Any) -> OffloadResult | None:
+        bay = self.config.bay_for_port(handle.location.port_path)
+        where: dict[str, Any] = {"usb_serial": handle.usb_serial, "usb_port": handle.location.port_path,
+                                 "bay": bay}
+        self.store.record(EntryType.DEVICE_CONNECTED, None,
+                          {**where, "vendor_id": handle.vendor_id, "product_id": handle.product_id,
+                           "mode": handle.mode.value})
+        await self.set_led(bay, BayLed.COPYING)
+        try:
+            session, device_serial = await self._authenticate(handle, backend, bay, where)
+        except SessionRefused:
+            await self.set_led(bay, BayLed.ERROR)
+            return None
+        except RecorderError as exc:
+            self.store.record(EntryType.ERROR, None, {**where, "stage": "control", "reason": str(exc)})
+            await self.set_led(bay, BayLed.ERROR)
+            return None
+        volume = claims.expect(device_serial)
+        try:
+            try:
+                await self._thread(self._switch, handle, backend)
+                root = await asyncio.wait_for(volume, self.config.usb.volume_timeout_s)
+            except (RecorderError, TimeoutError) as exc:
+                reason = (f"volume of recorder {device_serial} did not appear within "
+                          f"{self.config.usb.volume_timeout_s:.0f} s" if isinstance(exc, TimeoutError)
+                          else str(exc))
+                self.store.record(EntryType.ERROR, None, {**where, "device_serial": device_serial,
+                                                          "stage": "mass-storage", "reason": reason})
+                await self.set_led(bay, BayLed.ERROR)
+                return None
+            finally:
+                claims.forget(device_serial)
+            return await self.offload(session, root)
+        finally:
+            claims.release(device_serial)
+
+    def _password_for(self, handle: RecorderHandle) -> str | None:
+        recorders = self.config.recorders
+        entry = recorders.entry_for_usb(handle.usb_serial)
+        ref = (entry.password if entry and entry.password else None) or recorders.default_password
+        return None if ref is None else ref.resolve()
+
+    async def _authenticate(
+        self, handle: RecorderHandle, backend: Any, bay: int | None, where: dict[str, Any]
+    ) -> tuple[SessionInfo, str]:
+        password = self._password_for(handle)
+        if password is None:
+            raise self._refuse("no recorder password configured (recorders.default_password)", where)
+        trusted = station_clock_trusted(self.config.station.clock)
+
+        def work() -> tuple[Any, str, tuple[int, int, int], int, Any, ClockFacts | None]:
+            with RecorderDriver(handle, backend) as driver:
+                id_code = driver.id_code()
+                driver.login(password)
+                info = driver.info()
+                sample = driver.clock_sample()
+                tz = driver.clock().tz_offset_min
+                status = driver.status()
+                after: ClockFacts | None = None
+                offset = measure_offset_ms(*sample)
+                entry = self.config.recorders.entry(info.device_serial)
+                allowed = entry is not None or self.config.recorders.allow_unknown
+                if trusted and allowed and abs(offset) > CLOCK_TOLERANCE_MS:
+                    driver.set_clock(int(time.time() * 1000), tz)
+                    again = driver.clock_sample()
+                    after = ClockFacts(again[1], (again[0] + again[2]) // 2, offset, tz, trusted, True,
+                                       measure_offset_ms(*again))
+                return info, id_code, sample, tz, status, after
+
+        try:
+            info, id_code, sample, tz, status, after = await self._thread(work)
+        except RecorderLockedError as exc:
+            raise self._refuse(f"recorder locked after wrong passwords: {exc}", where) from exc
+        except RecorderAuthError as exc:
+            raise self._refuse(f"recorder rejected the station's password: {exc}", where) from exc
+        device_serial = info.device_serial
+        data = {**where, "device_serial": device_serial}
+        entry = self.config.recorders.entry(device_serial)
+        if entry is not None and entry.usb_serial and entry.usb_serial != handle.usb_serial:
+            raise self._refuse(
+                f"recorder {device_serial} answers on USB serial {handle.usb_serial}, allow-list pins "
+                f"{entry.usb_serial}", data)
+        self._allowed(device_serial, data)
+        identity = RecorderIdentity(
+            device_serial=device_serial, officer_no=info.officer_no, officer_name=info.officer_name,
+            unit_code=info.unit_code, unit_name=info.unit_name, source="usb-control",
+            usb_serial=handle.usb_serial, id_code=id_code,
+        )
+        offset = measure_offset_ms(*sample)
+        clock = after or ClockFacts(sample[1], (sample[0] + sample[2]) // 2, offset, tz, trusted)
+        self.store.record(EntryType.DEVICE_AUTHENTICATED, None, {
+            **data, "identity": identity.as_dict(),
+            "status": {"battery_percent": status.battery_percent,
+                       "storage_free_bytes": status.storage_free_bytes,
+                       "storage_total_bytes": status.storage_total_bytes, "file_count": status.file_count}})
+        self.store.record(EntryType.CLOCK_MEASURED, None, {**data, "offset_ms": offset,
+                                                           "station_synchronised": trusted})
+        if clock.clock_set:
+            self.store.record(EntryType.CLOCK_SET, None, {**data, "offset_before_ms": offset,
+                                                          "offset_after_ms": clock.offset_after_set_ms})
+        session = SessionInfo(str(uuid.uuid4()), self.config.station.id, bay, identity, clock)
+        return session, device_serial
+
+    @staticmethod
+    def _switch(handle: RecorderHandle, backend: Any) -> None:
+        with RecorderDriver(handle, backend) as driver:
+            try:
+                driver.switch_to_mass_storage()
+            except RecorderGoneError:
+                pass  # re-enumerating in the new mode looks like the old device going away
+
+
+class VolumeSession(DockingSession):
+    """A volume that appeared with no control session expecting it."""
+
+    async def run(self, root: Path, bay: int | None = None) -> OffloadResult | None:
+        try:
+            found: VolumeIdentity = await self._thread(read_volume_identity, root)
+        except (MassStorageError, OSError) as exc:
+            self.store.record(EntryType.REFUSED, None, {"volume": root.name, "reason": f"no identity: {exc}"})
+            await self.set_led(bay, BayLed.ERROR)
+            return None
+        data = {"device_serial": found.device_serial, "volume": root.name}
+        try:
+            self._allowed(found.device_serial, data)
+        except SessionRefused:
+            await self.set_led(bay, BayLed.ERROR)
+            return None
+        resumed = self._unfinished_session(found.device_serial)
+        if resumed is not None:
+            identity = RecorderIdentity(**{**resumed["identity"], "source": "resumed session"})
+            clock = ClockFacts(**resumed["clock"])
+            bay = resumed["bay"] if bay is None else bay
+        else:
+            identity = RecorderIdentity(
+                device_serial=found.device_serial, officer_no=found.officer_no,
+                officer_name=found.officer_name, unit_code=found.unit_code, unit_name=found.unit_name,
+                source=found.source,
+            )
+            clock = ClockFacts(None, int(time.time() * 1000), None, None,
+                               station_clock_trusted(self.config.station.clock))
+        session = SessionInfo(str(uuid.uuid4()), self.config.station.id, bay, identity, clock)
+        return await self.offload(session, root)
+
+    def _unfinished_session(self, device_serial: str) -> dict[str, Any] | None:
+        """Identity and clock facts of this recorder's latest USB-authenticated session, if any.
+
+        A recorder found in mass-storage mode after a restart was authenticated before the switch;
+        its files keep the identity read over the control protocol rather than the volume's claims.
+        """
+        row = self.store.conn.execute(
+            "SELECT identity, bay FROM sessions WHERE device_serial=? ORDER BY started DESC LIMIT 1",
+            (device_serial,),
+        ).fetchone()
+        if row is None:
+            return None
+        facts = json.loads(row["identity"])
+        if facts["identity"].get("source") not in ("usb-control", "resumed session"):
+            return None
+        return {"identity": facts["identity"], "clock": facts["clock"], "bay": row["bay"]}

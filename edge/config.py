@@ -1,0 +1,273 @@
+"""Station configuration: TOML files validated by pydantic models.
+
+Every model forbids unknown keys, so a typo in a field name is an error rather than a silently ignored
+setting. `load_config` turns validation errors into `ConfigError` whose message names the file, the key
+path and what was expected. Secrets (recorder passwords) never appear in the file: fields hold a
+*reference* (`env:NAME`, `file:/path`, `credential:NAME`) resolved at use time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SECRET_REF = re.compile(r"^(env|file|credential):(.+)$")
+
+
+class ConfigError(Exception):
+    """A configuration file is missing, unreadable or invalid; the message says where and why."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SecretRef(str):
+    """A reference to a secret, never the secret itself. `repr` shows only the reference."""
+
+    def resolve(self, env: dict[str, str] | None = None) -> str:
+        environ = os.environ if env is None else env
+        match = SECRET_REF.match(self)
+        if match is None:  # validated on load; kept for direct construction
+            raise ConfigError(f"secret reference {self!s} must be env:NAME, file:PATH or credential:NAME")
+        kind, target = match.groups()
+        if kind == "env":
+            if target not in environ:
+                raise ConfigError(f"secret reference env:{target}: environment variable is not set")
+            return environ[target]
+        if kind == "credential":
+            directory = environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ConfigError(
+                    f"secret reference credential:{target}: CREDENTIALS_DIRECTORY is not set "
+                    "(use systemd LoadCredential= or another reference kind)"
+                )
+            path = Path(directory) / target
+        else:
+            path = Path(target)
+        try:
+            return path.read_text(encoding="utf-8").strip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"secret reference {kind}:{target}: cannot read {path}: {exc.strerror}") from exc
+
+
+def _secret_ref(value: object) -> SecretRef:
+    if not isinstance(value, str) or SECRET_REF.match(value) is None:
+        raise ValueError(
+            "expected a secret reference 'env:NAME', 'file:/path' or 'credential:NAME', not a literal secret"
+        )
+    return SecretRef(value)
+
+
+class StationSection(StrictModel):
+    id: Annotated[str, Field(pattern=IDENTIFIER, description="Station id, unique in the agency")]
+    name: str = Field("", description="Human name shown in reports")
+    unit_code: str = Field("", max_length=32, description="Unit (单位) code of the station's owner")
+    unit_name: str = Field("", max_length=64, description="Unit (单位) name")
+    store_dir: Path = Field(description="Evidence store: state DB, ledger, keys, items")
+    clock: Literal["auto", "trusted", "untrusted"] = Field(
+        "auto",
+        description="Whether the station clock may set recorder clocks: auto asks the kernel "
+        "(adjtimex) whether NTP synchronised it",
+    )
+
+
+class UsbSection(StrictModel):
+    backend: Literal["libusb", "simulator"] = Field("libusb", description="pyusb backend")
+    simulator_socket: Path | None = Field(None, description="Socket of `python -m simulators recorder serve`")
+    poll_interval_s: float = Field(1.0, gt=0, le=60)
+    mount_root: Path = Field(description="Where recorder volumes are mounted (udisks/automount)")
+    volume_timeout_s: float = Field(30.0, gt=0, le=600, description="Wait for a volume after mode switch")
+
+    @model_validator(mode="after")
+    def _socket_for_simulator(self) -> UsbSection:
+        if self.backend == "simulator" and self.simulator_socket is None:
+            raise ValueError("backend 'simulator' needs simulator_socket")
+        return self
+
+
+class DockSection(StrictModel):
+    port: str = Field("", description="pyserial URL of the bay controller; empty: no controller")
+    baudrate: int = Field(115200, gt=0)
+
+
+class BayConfig(StrictModel):
+    number: int = Field(ge=1, le=64)
+    usb_port: str = Field(pattern=r"^\d+-\d+(\.\d+)*$", description="USB port path, e.g. 1-1.3")
+
+
+class RecorderEntry(StrictModel):
+    device_serial: str = Field(pattern=r"^[A-Za-z0-9-]{1,32}$", description="Product serial (产品序号)")
+    usb_serial: str = Field("", pattern=r"^[A-Za-z0-9-]{0,64}$", description="USB iSerialNumber, if pinned")
+    password: SecretRef | None = Field(None, description="Overrides recorders.default_password")
+    note: str = ""
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _ref(cls, value: object) -> SecretRef | None:
+        return None if value is None else _secret_ref(value)
+
+
+class RecordersSection(StrictModel):
+    allow_unknown: bool = Field(False, description="Accept recorders not on the allow-list (not advised)")
+    default_password: SecretRef | None = Field(None, description="Reference to the usual device password")
+    allow: list[RecorderEntry] = Field(default_factory=list)
+
+    @field_validator("default_password", mode="before")
+    @classmethod
+    def _ref(cls, value: object) -> SecretRef | None:
+        return None if value is None else _secret_ref(value)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RecordersSection:
+        seen: set[str] = set()
+        for entry in self.allow:
+            if entry.device_serial in seen:
+                raise ValueError(f"recorder {entry.device_serial} is listed twice")
+            seen.add(entry.device_serial)
+        return self
+
+    def entry(self, device_serial: str) -> RecorderEntry | None:
+        return next((e for e in self.allow if e.device_serial == device_serial), None)
+
+    def entry_for_usb(self, usb_serial: str) -> RecorderEntry | None:
+        return next((e for e in self.allow if e.usb_serial and e.usb_serial == usb_serial), None)
+
+
+class WipePolicy(StrEnum):
+    NEVER = "never"
+    AFTER_VERIFY = "after-verify"
+
+
+class OffloadSection(StrictModel):
+    concurrency: int = Field(4, ge=1, le=64, description="Bays offloaded at once")
+    verify_reread: bool = Field(True, description="Re-read each stored copy from disk and compare")
+    chunk_bytes: int = Field(1 << 20, ge=4096, le=64 << 20)
+    max_file_bytes: int = Field(256 << 30, gt=0, description="Refuse larger files as implausible")
+    max_files: int = Field(100_000, gt=0, description="Refuse volumes with more files")
+    max_depth: int = Field(8, ge=1, le=64)
+    min_free_bytes: int = Field(1 << 30, ge=0, description="Keep this much free on the store disk")
+
+
+class WipeSection(StrictModel):
+    policy: WipePolicy = WipePolicy.AFTER_VERIFY
+
+
+class CaseDefaults(StrictModel):
+    case_number: str = ""
+    location: str = ""
+    collector: str = ""
+    subject: str = ""
+    category: str = ""
+    retention: str = Field("6-months", description="Retention class: 6-months, permanent, ...")
+
+
+class StationConfig(StrictModel):
+    station: StationSection
+    usb: UsbSection
+    dock: DockSection = DockSection()
+    bays: list[BayConfig] = Field(default_factory=list)
+    recorders: RecordersSection = RecordersSection()
+    offload: OffloadSection = OffloadSection()
+    wipe: WipeSection = WipeSection()
+    case_defaults: CaseDefaults = CaseDefaults()
+    officers: dict[str, CaseDefaults] = Field(
+        default_factory=dict, description="Per-officer (警号) case defaults, over the station defaults"
+    )
+
+    @model_validator(mode="after")
+    def _bays_unique(self) -> StationConfig:
+        numbers = [b.number for b in self.bays]
+        ports = [b.usb_port for b in self.bays]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError("bay numbers must be unique")
+        if len(set(ports)) != len(ports):
+            raise ValueError("bay usb_port values must be unique")
+        return self
+
+    def bay_for_port(self, usb_port: str) -> int | None:
+        return next((b.number for b in self.bays if b.usb_port == usb_port), None)
+
+    def case_defaults_for(self, officer_no: str) -> CaseDefaults:
+        override = self.officers.get(officer_no)
+        if override is None:
+            return self.case_defaults
+        merged = self.case_defaults.model_dump()
+        merged.update({k: v for k, v in override.model_dump(exclude_unset=True).items() if v != ""})
+        return CaseDefaults(**merged)
+
+
+def _describe(error: Any, text: str | None) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (not a setting; check the spelling)"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    line = _line_of(text, error["loc"]) if text else None
+    where = f"line {line}: " if line else ""
+    got = error.get("input")
+    shown = "" if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+    if "password" in loc:
+        shown = ""  # never echo anything that might be a secret
+    return f"{where}{loc}: {message}{shown}"
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort line number of the last string key in `loc`, for humans editing the file."""
+    keys = [p for p in loc if isinstance(p, str)]
+    if not keys:
+        return None
+    pattern = re.compile(rf"^\s*\"?{re.escape(keys[-1])}\"?\s*=|^\s*\[+\s*{re.escape('.'.join(keys))}\s*\]+")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if pattern.search(line):
+            return number
+    return None
+
+
+def parse_config(text: str, source: str = "<string>") -> StationConfig:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        return StationConfig.model_validate(raw)
+    except ValidationError as exc:
+        details = "\n  ".join(_describe(e, text) for e in exc.errors())
+        raise ConfigError(f"{source}: {exc.error_count()} problem(s):\n  {details}") from None
+
+
+def load_config(path: Path) -> StationConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+    config = parse_config(text, str(path))
+    base = path.parent
+    # Relative paths in a config file are relative to the file, not to wherever the agent was started.
+    return config.model_copy(
+        update={
+            "station": config.station.model_copy(update={"store_dir": _rooted(base, config.station.store_dir)}),
+            "usb": config.usb.model_copy(
+                update={
+                    "mount_root": _rooted(base, config.usb.mount_root),
+                    "simulator_socket": None
+                    if config.usb.simulator_socket is None
+                    else _rooted(base, config.usb.simulator_socket),
+                }
+            ),
+        }
+    )
+
+
+def _rooted(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path).resolve()

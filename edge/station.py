@@ -1,0 +1,237 @@
+"""The docking-station agent: finds recorders, runs one docking session per recorder, drives the bays.
+
+Three sources of events feed it: USB polling (recorders in control mode), the mount-root watcher
+(volumes of mass-storage recorders and of recorders switched by a session) and the dock controller
+(bays inserted/removed, charge). Sessions run concurrently up to `offload.concurrency`; one bay's
+failure never touches another's session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivers.serial.dock import BayEventKind, BayLed, DockDriver, DockError
+from drivers.usb.mass_storage import MassStorageError, read_volume_identity
+from drivers.usb.recorder import RecorderError, RecorderHandle, RecorderMode, find_recorders
+from edge.acquire.offload import BayProgress, OffloadResult
+from edge.acquire.session import ControlSession, VolumeClaims, VolumeSession
+from edge.config import StationConfig
+from edge.custody.ledger import EntryType
+from edge.store import StationStore
+from edge.volumes import VolumeWatcher, wait_until_readable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BayView:
+    """What the agent knows of one recorder's docking, for progress displays and the demo."""
+
+    device_serial: str
+    bay: int | None
+    progress: BayProgress = field(default_factory=BayProgress)
+    result: OffloadResult | None = None
+    charge_percent: int | None = None
+
+
+def usb_backend(config: StationConfig) -> Any:
+    if config.usb.backend == "simulator":
+        from simulators.recorder.backend import get_backend  # only for simulated stations
+
+        assert config.usb.simulator_socket is not None
+        return get_backend(config.usb.simulator_socket)
+    return None  # pyusb picks libusb
+
+
+class StationAgent:
+    def __init__(
+        self,
+        config: StationConfig,
+        *,
+        backend: Any = None,
+        on_progress: Callable[[BayView], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.backend = backend if backend is not None else usb_backend(config)
+        self.on_progress = on_progress
+        self.views: dict[str, BayView] = {}
+        self.results: list[OffloadResult] = []
+        self.claims = VolumeClaims()
+        self.dock: DockDriver | None = None
+        # Each busy bay holds a copy thread and a verify thread; ffprobe and USB calls need a few more.
+        self.executor = ThreadPoolExecutor(max_workers=4 + 3 * config.offload.concurrency,
+                                           thread_name_prefix="offload")
+        self.limit = asyncio.Semaphore(config.offload.concurrency)
+        self._active_usb: set[str] = set()
+        self._active_devices: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.store: StationStore | None = None
+        self.ready = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.store = StationStore(self.config.station.store_dir, self.config.station.id)
+        self.store.record(EntryType.STATION_STARTED, None, {"station": self.config.station.id})
+        watcher = VolumeWatcher(self.config.usb.mount_root)
+        watcher.start()
+        if self.config.dock.port:
+            await self._open_dock()
+        loops = [asyncio.create_task(self._poll_usb(stop), name="usb-poll"),
+                 asyncio.create_task(self._watch_volumes(watcher), name="volumes")]
+        if self.dock is not None:
+            loops.append(asyncio.create_task(self._dock_events(), name="dock"))
+        self.ready.set()
+        try:
+            await stop.wait()
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            if self._tasks:
+                # Sessions stop at the next committed state; whatever was in flight resumes next start.
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            watcher.stop()
+            if self.dock is not None:
+                await self.dock.close()
+            with self.store.transaction():
+                self.store.ledger.checkpoint()
+            self.store.close()
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _open_dock(self) -> None:
+        try:
+            self.dock = await DockDriver.open(self.config.dock.port, baudrate=self.config.dock.baudrate)
+        except (DockError, OSError) as exc:
+            # Offloads work without the bay board; the officer loses the LEDs, not the evidence.
+            log.error("dock controller %s unavailable: %s", self.config.dock.port, exc)
+            assert self.store is not None
+            self.store.record(EntryType.ERROR, None, {"stage": "dock", "reason": f"dock unavailable: {exc}"})
+            self.dock = None
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def idle(self) -> None:
+        """Wait until no docking session is running (tests and the demo)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- bays -------------------------------------------------------------------------------------
+
+    async def set_led(self, bay: int | None, led: BayLed) -> None:
+        if bay is None or self.dock is None:
+            return
+        try:
+            await self.dock.set_led(bay, led)
+        except DockError as exc:
+            log.warning("bay %d: LED %s not set: %s", bay, led, exc)
+
+    async def _dock_events(self) -> None:
+        assert self.dock is not None and self.store is not None
+        try:
+            async for event in self.dock.events():
+                if event.kind is BayEventKind.CHARGE:
+                    for view in self.views.values():
+                        if view.bay == event.bay:
+                            view.charge_percent = event.charge_percent
+                    continue
+                self.store.record(
+                    EntryType.DEVICE_CONNECTED if event.kind is BayEventKind.INSERTED
+                    else EntryType.DEVICE_REMOVED,
+                    None, {"bay": event.bay, "source": "dock", "charge_percent": event.charge_percent},
+                )
+                if event.kind is BayEventKind.REMOVED:
+                    await self.set_led(event.bay, BayLed.IDLE)
+        except DockError as exc:
+            log.error("dock controller lost: %s", exc)
+            self.store.record(EntryType.ERROR, None, {"stage": "dock", "reason": f"dock lost: {exc}"})
+
+    def _progress(self, device_serial: str, bay: int | None, progress: BayProgress) -> None:
+        view = self.views.setdefault(device_serial, BayView(device_serial, bay))
+        view.bay = bay
+        view.progress = progress
+        if self.on_progress is not None:
+            self.on_progress(view)
+
+    # -- USB --------------------------------------------------------------------------------------
+
+    async def _poll_usb(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        seen: set[str] = set()
+        while not stop.is_set():
+            try:
+                handles: list[RecorderHandle] = await loop.run_in_executor(
+                    self.executor, lambda: find_recorders(self.backend))
+            except (RecorderError, OSError) as exc:
+                log.warning("USB enumeration failed: %s", exc)
+                handles = []
+            present = {h.usb_serial for h in handles}
+            for gone in seen - present:
+                assert self.store is not None
+                self.store.record(EntryType.DEVICE_REMOVED, None, {"usb_serial": gone, "source": "usb"})
+            seen = present
+            for handle in handles:
+                if handle.mode is RecorderMode.CONTROL and handle.usb_serial not in self._active_usb:
+                    self._active_usb.add(handle.usb_serial)
+                    self._spawn(self._control_session(handle), f"recorder-{handle.usb_serial}")
+            try:
+                await asyncio.wait_for(stop.wait(), self.config.usb.poll_interval_s)
+            except TimeoutError:
+                pass
+
+    def _session_kwargs(self) -> dict[str, Any]:
+        return {"executor": self.executor, "set_led": self.set_led, "on_progress": self._progress}
+
+    async def _control_session(self, handle: RecorderHandle) -> None:
+        assert self.store is not None
+        try:
+            async with self.limit:
+                result = await ControlSession(self.store, self.config, **self._session_kwargs()).run(
+                    handle, self.claims, self.backend)
+            self._finished(result)
+        finally:
+            self._active_usb.discard(handle.usb_serial)
+
+    # -- volumes ----------------------------------------------------------------------------------
+
+    async def _watch_volumes(self, watcher: VolumeWatcher) -> None:
+        while True:
+            event = await watcher.queue.get()
+            if event.present:
+                self._spawn(self._volume_appeared(event.path), f"volume-{event.path.name}")
+
+    async def _volume_appeared(self, path: Path) -> None:
+        assert self.store is not None
+        if not await wait_until_readable(path, self.config.usb.volume_timeout_s):
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            identity = await loop.run_in_executor(self.executor, read_volume_identity, path)
+        except (MassStorageError, OSError) as exc:
+            self.store.record(EntryType.REFUSED, None, {"volume": path.name, "reason": f"no identity: {exc}"})
+            return
+        serial = identity.device_serial
+        if self.claims.offer(serial, path) or self.claims.busy(serial) or serial in self._active_devices:
+            return
+        self._active_devices.add(serial)
+        try:
+            async with self.limit:
+                result = await VolumeSession(self.store, self.config, **self._session_kwargs()).run(path)
+            self._finished(result)
+        finally:
+            self._active_devices.discard(serial)
+
+    def _finished(self, result: OffloadResult | None) -> None:
+        if result is not None:
+            self.results.append(result)

@@ -1,0 +1,185 @@
+"""The station's evidence store: one directory holding everything the station knows.
+
+    store_dir/
+      keys/station.key      Ed25519 private key (0600), made on first run
+      keys/station.pub      its public half
+      state.db              SQLite (WAL): ledger, checkpoints, items, recorder files, sessions
+      tmp/                  copies in progress (discarded or resumed after a crash)
+      items/YYYY/MM/DD/<item>.<ext>                 sealed evidence (original + manifest box, or original)
+      items/YYYY/MM/DD/<item>.<ext>.manifest.json   signed manifest sidecar
+
+Stored names are the item UUID and a vetted extension: names from devices are never used as paths.
+State changes and their ledger entries are written in one SQLite transaction, so neither exists
+without the other after a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edge.custody.keys import StationKey
+from edge.custody.ledger import Ledger, LedgerEntry
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS station (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    session TEXT PRIMARY KEY,
+    device_serial TEXT NOT NULL,
+    usb_serial TEXT,
+    bay INTEGER,
+    started TEXT NOT NULL,
+    ended TEXT,
+    outcome TEXT,
+    identity TEXT NOT NULL            -- canonical JSON of the recorder identity and clock facts
+);
+CREATE TABLE IF NOT EXISTS recorder_files (
+    device_serial TEXT NOT NULL,
+    original_path TEXT NOT NULL,      -- relative path on the volume, as bytes in hex when not UTF-8
+    device_size INTEGER NOT NULL,
+    device_mtime_ns INTEGER NOT NULL,
+    state TEXT NOT NULL,              -- pending, copied, verified, sealed, wiping, wiped, failed
+    item TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    PRIMARY KEY (device_serial, original_path, device_size, device_mtime_ns)
+);
+CREATE TABLE IF NOT EXISTS items (
+    item TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    path TEXT,                        -- relative to store_dir, set once sealed
+    sealed_in_file INTEGER NOT NULL DEFAULT 0,
+    device_serial TEXT NOT NULL,
+    officer_no TEXT,
+    acquired TEXT NOT NULL,
+    manifest TEXT                     -- canonical JSON of the signed manifest
+);
+CREATE INDEX IF NOT EXISTS items_sha256 ON items(sha256);
+"""
+
+ITEM_STATES = ("pending", "copied", "verified", "sealed", "wiping", "wiped", "failed")
+SAFE_EXTENSION = re.compile(r"^[a-z0-9]{1,8}$")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def stored_extension(original_name: str) -> str:
+    """The extension a stored object keeps: lower-case alphanumerics only, else none."""
+    _, dot, ext = original_name.rpartition(".")
+    ext = ext.lower()
+    return ext if dot and SAFE_EXTENSION.match(ext) else "bin"
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    root: Path
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def private_key(self) -> Path:
+        return self.keys_dir / "station.key"
+
+    @property
+    def public_key(self) -> Path:
+        return self.keys_dir / "station.pub"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def items(self) -> Path:
+        return self.root / "items"
+
+    def tmp_copy(self, item: str) -> Path:
+        return self.tmp / f"{item}.part"
+
+    def item_relpath(self, item: str, acquired: str, ext: str) -> Path:
+        day = acquired[:10].split("-")  # acquired is ISO UTC: YYYY-MM-DD...
+        return Path("items", *day, f"{item}.{ext}")
+
+    @staticmethod
+    def sidecar(path: Path) -> Path:
+        return path.with_name(path.name + ".manifest.json")
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed transaction (and so a ledger entry) survives power loss, not only a crash.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class StationStore:
+    """Opens (creating on first run) a station store and gives the ledger and state tables."""
+
+    def __init__(self, root: Path, station_id: str) -> None:
+        self.layout = StoreLayout(root)
+        self.station_id = station_id
+        for directory in (root, self.layout.keys_dir, self.layout.tmp, self.layout.items):
+            directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.layout.keys_dir, 0o700)
+        self.key = StationKey.load_or_create(self.layout.private_key)
+        self.conn = open_db(self.layout.db)
+        self.conn.executescript(SCHEMA)
+        Ledger.create_schema(self.conn)
+        self._check_station_id()
+        self.ledger = Ledger(self.conn, station_id, self.key)
+
+    def _check_station_id(self) -> None:
+        row = self.conn.execute("SELECT value FROM station WHERE key='id'").fetchone()
+        if row is None:
+            with self.transaction():
+                self.conn.execute("INSERT INTO station(key, value) VALUES ('id', ?)", (self.station_id,))
+        elif row["value"] != self.station_id:
+            raise StoreError(
+                f"{self.layout.root} belongs to station {row['value']!r}, not {self.station_id!r}; "
+                "a store is never shared between stations"
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit: state rows and the ledger entries that describe them."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def record(self, type_: str, item: str | None, data: dict[str, Any]) -> LedgerEntry:
+        """Append one ledger entry in its own transaction (for events with no state change)."""
+        with self.transaction():
+            return self.ledger.append(type_, item, data)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class StoreError(Exception):
+    """The store cannot be used as configured."""
