@@ -1,0 +1,1038 @@
+"""The simulated USB bus (and the udisks that mounts recorder volumes), plus its UNIX-socket server.
+
+`RecorderBus` owns the recorders: their device logic (device.py), which port each is plugged into,
+the address each enumeration got, their volumes and their persisted state. `RecorderBusServer`
+serves it as JSON lines on a UNIX socket; `backend.SimulatorBackend` is the pyusb side of that
+socket, so the real driver code talks to these recorders exactly as it would through libusb.
+
+State lives under `state_dir/recorders/<device_serial>/`: `state.json` (written atomically; it holds
+the device password, as the device's own flash would, so it is created 0600), `volume/` (the backing
+folder of the recorder's storage) and, when the fault volume reports an unplug, `UNPLUGGED`.
+A restart of the bus is a power cycle of the hub: every recorder that was plugged comes back in its
+initial mode with a fresh session (no login, lockout cleared), keeping identity, clock and files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import socketserver
+import stat
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from drivers.usb.protocol import (
+    DEFAULT_VENDOR_ID,
+    RecorderInfo,
+    RecorderMode,
+    RecorderProtocolError,
+    VendorRequest,
+)
+from simulators.recorder.device import (
+    DEFAULT_STORAGE_TOTAL_BYTES,
+    ClockReference,
+    SetupPacket,
+    SimulatedRecorder,
+    StallError,
+    VolumeStats,
+)
+
+if TYPE_CHECKING:
+    from simulators.recorder.faultfs import VolumeFaults
+    from simulators.recorder.volume import MountedVolume
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+SPEED_HIGH = 3  # libusb_speed LIBUSB_SPEED_HIGH: USB 2.0, 480 Mbit/s
+MAX_RPC_LINE_BYTES = 1 << 20
+_PORT_PATH_RE = re.compile(r"([1-9][0-9]{0,2})-([1-9][0-9]{0,2}(?:\.[1-9][0-9]{0,2}){0,6})")
+
+
+class BusError(Exception):
+    """Base of the bus errors; `kind` is the wire name the backend maps to a libusb error."""
+
+    kind = "internal"
+
+
+class NoDeviceError(BusError):
+    kind = "no_device"
+
+
+class TransferStallError(BusError):
+    kind = "stall"
+
+
+class TransferTimeoutError(BusError):
+    kind = "timeout"
+
+
+class TransferOverflowError(BusError):
+    kind = "overflow"
+
+
+class InvalidRequestError(BusError):
+    kind = "invalid"
+
+
+class UnknownRecorderError(BusError):
+    kind = "not_found"
+
+
+def parse_port_path(port_path: str) -> tuple[int, tuple[int, ...]]:
+    """"1-1.3" → (bus 1, port numbers (1, 3)), the sysfs spelling of a USB port."""
+    match = _PORT_PATH_RE.fullmatch(port_path)
+    if not match:
+        raise InvalidRequestError(f"port path: expected BUS-PORT[.PORT...] like '1-1.3', got {port_path!r}")
+    bus = int(match.group(1))
+    ports = tuple(int(p) for p in match.group(2).split("."))
+    if bus > 127 or any(p > 255 for p in ports):
+        raise InvalidRequestError(f"port path {port_path!r}: bus must be <= 127 and ports <= 255")
+    return bus, ports
+
+
+@dataclass
+class RecorderSpec:
+    """Everything that makes one simulated recorder; `add_recorder` turns it into a device + volume."""
+
+    device_serial: str
+    usb_serial: str
+    officer_no: str
+    officer_name: str
+    unit_code: str
+    unit_name: str
+    password: str = field(default="000000", repr=False)
+    id_code: str = "EEZ01"
+    msc_only: bool = False
+    clock_offset_s: float = 0.0
+    clock_drift_ppm: float = 0.0
+    battery_percent: int = 80
+    files: int = 5
+    file_mb: float = 1.0
+    seed: int = 0
+    faults: VolumeFaults | None = None
+    rate_limit_bytes_per_s: int | None = None
+    tz_offset_min: int = 480
+    storage_total_bytes: int = DEFAULT_STORAGE_TOTAL_BYTES
+    vendor_id: int = DEFAULT_VENDOR_ID
+
+    def __post_init__(self) -> None:
+        self.info()  # validates serial, officer number, text fields
+        if not 0 <= self.battery_percent <= 100:
+            raise ValueError(f"battery_percent: expected 0..100, got {self.battery_percent}")
+        if self.files < 0 or self.file_mb < 0:
+            raise ValueError(f"files/file_mb: expected >= 0, got {self.files}/{self.file_mb}")
+        if self.rate_limit_bytes_per_s is not None and self.rate_limit_bytes_per_s <= 0:
+            raise ValueError(f"rate_limit_bytes_per_s: expected > 0, got {self.rate_limit_bytes_per_s}")
+
+    def info(self) -> RecorderInfo:
+        return RecorderInfo(
+            device_serial=self.device_serial,
+            officer_no=self.officer_no,
+            officer_name=self.officer_name,
+            unit_code=self.unit_code,
+            unit_name=self.unit_name,
+        )
+
+
+@dataclass(frozen=True)
+class EnumeratedDevice:
+    """What a host sees of one attached device: where it is and its descriptor bytes."""
+
+    key: str
+    bus: int
+    address: int
+    port_numbers: tuple[int, ...]
+    speed: int
+    device_descriptor: bytes
+    configuration_descriptor: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "bus": self.bus,
+            "address": self.address,
+            "port_numbers": list(self.port_numbers),
+            "speed": self.speed,
+            "device_descriptor": self.device_descriptor.hex(),
+            "configuration_descriptor": self.configuration_descriptor.hex(),
+        }
+
+
+@dataclass(frozen=True)
+class RecorderState:
+    """A test's view of one recorder, beyond what USB shows."""
+
+    device_serial: str
+    usb_serial: str
+    plugged: bool
+    port_path: str | None
+    address: int | None
+    mode: RecorderMode | None  # None while unplugged
+    authenticated: bool
+    locked: bool
+    failed_logins: int
+    clock_utc_ms: int
+    tz_offset_min: int
+    mounted: bool
+    mount_point: str
+    mount_error: str | None
+    info: RecorderInfo
+    files_present: tuple[str, ...]
+    files_deleted: tuple[str, ...]  # populated at creation, gone now (erased by the station)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mode"] = None if self.mode is None else str(self.mode)
+        data["files_present"] = list(self.files_present)
+        data["files_deleted"] = list(self.files_deleted)
+        return data
+
+
+@dataclass(eq=False)
+class _Slot:
+    spec: RecorderSpec
+    device: SimulatedRecorder
+    directory: Path
+    populated: dict[str, int]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    port_path: str | None = None
+    address: int | None = None
+    volume: MountedVolume | None = None
+    mount_error: str | None = None
+
+    @property
+    def serial(self) -> str:
+        return self.spec.device_serial
+
+    @property
+    def backing_dir(self) -> Path:
+        return self.directory / "volume"
+
+    @property
+    def unplug_marker(self) -> Path:
+        return self.directory / "UNPLUGGED"
+
+
+def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _walk_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """Regular files under root as (posix relative path, path), sorted; symlinks are not followed."""
+    if not root.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.is_file() and not path.is_symlink():
+                yield path.relative_to(root).as_posix(), path
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _faults_to_json(faults: VolumeFaults | None) -> str | None:
+    return None if faults is None else faults.to_cli_string()
+
+
+def _faults_from_json(text: object) -> VolumeFaults | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ValueError(f"faults: expected a fault string, got {text!r}")
+    from simulators.recorder.faultfs import VolumeFaults
+
+    return VolumeFaults.from_cli_string(text)
+
+
+class RecorderBus:
+    """The simulated bus. Thread-safe: transfers are serialised per recorder, not across recorders."""
+
+    def __init__(self, state_dir: Path, mount_root: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self.mount_root = Path(mount_root)
+        # A fresh id per bus life: handles from before a restart must not reach the new devices.
+        self.boot_id = secrets.token_hex(4)
+        self._lock = threading.RLock()
+        self._slots: dict[str, _Slot] = {}
+        self._next_address: dict[int, int] = {}
+        self._closed = False
+        (self.state_dir / "recorders").mkdir(parents=True, exist_ok=True)
+        self.mount_root.mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RecorderBus(state_dir={str(self.state_dir)!r}, recorders={len(self._slots)})"
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Unmount every volume. Plug state stays persisted: the next bus re-plugs the recorders."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            slots = list(self._slots.values())
+        for slot in slots:
+            with slot.lock:
+                self._unmount(slot)
+                with self._lock:
+                    slot.address = None
+
+    def _load(self) -> None:
+        for state_file in sorted((self.state_dir / "recorders").glob("*/state.json")):
+            try:
+                slot = self._slot_from_state(state_file)
+            except (OSError, ValueError, KeyError, TypeError, RecorderProtocolError) as exc:
+                logger.error("recorder state %s unreadable, skipped: %s", state_file, exc)
+                continue
+            self._recover_volume(slot)
+            self._slots[slot.serial] = slot
+            logger.info("recorder %s: loaded from %s", slot.serial, state_file)
+        for slot in list(self._slots.values()):
+            if slot.port_path is not None:
+                port_path, slot.port_path = slot.port_path, None
+                try:
+                    self.plug(slot.serial, port_path)
+                except BusError as exc:
+                    logger.error("recorder %s: could not re-plug on %s: %s", slot.serial, port_path, exc)
+
+    def _slot_from_state(self, state_file: Path) -> _Slot:
+        data = json.loads(state_file.read_text("utf-8"))
+        if data.get("format") != STATE_FORMAT:
+            raise ValueError(f"state format: expected {STATE_FORMAT}, got {data.get('format')!r}")
+        spec_data = dict(data["spec"])
+        spec_data["faults"] = _faults_from_json(spec_data.get("faults"))
+        spec = RecorderSpec(**spec_data)
+        info = RecorderInfo(**data["info"])
+        clock = ClockReference(**data["clock"])
+        populated = {str(k): int(v) for k, v in data["populated"].items()}
+        slot = self._make_slot(spec, state_file.parent, populated, info=info, clock=clock)
+        port_path = data.get("port_path")
+        slot.port_path = None if port_path is None else str(port_path)
+        return slot
+
+    def _make_slot(self, spec: RecorderSpec, directory: Path, populated: dict[str, int], *,
+                   info: RecorderInfo | None = None, clock: ClockReference | None = None) -> _Slot:
+        slot_ref: list[_Slot] = []
+        device = SimulatedRecorder(
+            info=info or spec.info(),
+            usb_serial=spec.usb_serial,
+            password=spec.password,
+            id_code=spec.id_code,
+            msc_only=spec.msc_only,
+            vendor_id=spec.vendor_id,
+            clock=clock,
+            clock_offset_s=spec.clock_offset_s,
+            clock_drift_ppm=spec.clock_drift_ppm,
+            tz_offset_min=spec.tz_offset_min,
+            battery_percent=spec.battery_percent,
+            storage_total_bytes=spec.storage_total_bytes,
+            volume_stats=lambda: self._volume_stats(slot_ref[0]),
+        )
+        slot = _Slot(spec=spec, device=device, directory=directory, populated=populated)
+        slot_ref.append(slot)
+        return slot
+
+    def _save(self, slot: _Slot) -> None:
+        spec = asdict(slot.spec)
+        spec["faults"] = _faults_to_json(slot.spec.faults)
+        state = {
+            "format": STATE_FORMAT,
+            "spec": spec,
+            "info": asdict(slot.device.info),
+            "clock": asdict(slot.device.clock_reference),
+            "populated": slot.populated,
+            "port_path": slot.port_path,
+        }
+        _atomic_write(slot.directory / "state.json", json.dumps(state, ensure_ascii=False, indent=1).encode())
+
+    def _mount_point(self, slot: _Slot) -> Path:
+        return self.mount_root / f"ZFY_{slot.serial}"
+
+    def _recover_volume(self, slot: _Slot) -> None:
+        """A bus killed while a volume was mounted leaves it at the mount point: bring it home."""
+        from simulators.recorder.faultfs import fusermount_unmount
+        from simulators.recorder.volume import is_mounted
+
+        mount_point = self._mount_point(slot)
+        if is_mounted(mount_point):
+            logger.warning("recorder %s: stale mount at %s, unmounting", slot.serial, mount_point)
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                if not fusermount_unmount(mount_point):
+                    fusermount_unmount(mount_point, lazy=True)
+        if is_mounted(mount_point):
+            return
+        if not slot.backing_dir.exists() and mount_point.is_dir():
+            logger.warning("recorder %s: volume left at %s, moving it back", slot.serial, mount_point)
+            os.rename(mount_point, slot.backing_dir)
+        with contextlib.suppress(OSError):
+            if mount_point.is_dir() and not any(mount_point.iterdir()):
+                mount_point.rmdir()
+
+    # -------------------------------------------------------------------- control API
+
+    def add_recorder(self, spec: RecorderSpec) -> None:
+        """Create a recorder, unplugged, with a freshly populated volume."""
+        from simulators.recorder.volume import populate_volume
+
+        with self._lock:
+            if spec.device_serial in self._slots:
+                raise ValueError(f"recorder {spec.device_serial} already exists")
+            if any(s.spec.usb_serial == spec.usb_serial for s in self._slots.values()):
+                raise ValueError(f"usb serial {spec.usb_serial} already in use")
+        directory = self.state_dir / "recorders" / spec.device_serial
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = directory / "volume.populating"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        populate_volume(
+            staging,
+            device_serial=spec.device_serial,
+            officer_no=spec.officer_no,
+            officer_name=spec.officer_name,
+            unit_code=spec.unit_code,
+            unit_name=spec.unit_name,
+            files=spec.files,
+            file_mb=spec.file_mb,
+            seed=spec.seed,
+        )
+        populated = {rel: path.stat().st_size for rel, path in _walk_files(staging)}
+        if (directory / "volume").exists():
+            shutil.rmtree(directory / "volume")
+        os.rename(staging, directory / "volume")
+        slot = self._make_slot(spec, directory, populated)
+        with self._lock:
+            if spec.device_serial in self._slots:
+                raise ValueError(f"recorder {spec.device_serial} already exists")
+            self._slots[spec.device_serial] = slot
+        self._save(slot)
+        logger.info("recorder %s: created with %d files", spec.device_serial, len(populated))
+
+    def has_recorder(self, device_serial: str) -> bool:
+        with self._lock:
+            return device_serial in self._slots
+
+    def plug(self, device_serial: str, port_path: str = "1-1.1") -> None:
+        """Attach the recorder to a port: it enumerates in its initial mode (MSC-only ones mounted)."""
+        bus_no, _ = parse_port_path(port_path)
+        slot = self._slot(device_serial)
+        with slot.lock:
+            with self._lock:
+                if slot.port_path is not None:
+                    raise InvalidRequestError(
+                        f"recorder {device_serial} is already plugged on {slot.port_path}"
+                    )
+                taken = {s.port_path for s in self._slots.values()}
+                if port_path in taken:
+                    raise InvalidRequestError(f"port {port_path} is taken")
+                slot.port_path = port_path
+            with contextlib.suppress(FileNotFoundError):
+                slot.unplug_marker.unlink()
+            slot.device.power_on()
+            if slot.device.mode is RecorderMode.MASS_STORAGE:
+                self._mount(slot)
+            with self._lock:
+                slot.address = self._allocate_address(bus_no)
+            self._save(slot)
+        logger.info("recorder %s: plugged on %s in %s mode", device_serial, port_path, slot.device.mode)
+
+    def unplug(self, device_serial: str) -> None:
+        slot = self._slot(device_serial)
+        with slot.lock:
+            self._unplug_locked(slot)
+
+    def _unplug_locked(self, slot: _Slot) -> None:
+        with self._lock:
+            was = slot.port_path
+            slot.address = None
+            slot.port_path = None
+        self._unmount(slot)
+        self._save(slot)
+        if was is not None:
+            logger.info("recorder %s: unplugged from %s", slot.serial, was)
+
+    def recorders(self) -> list[RecorderState]:
+        self.reap_unplugged()
+        with self._lock:
+            serials = sorted(self._slots)
+        return [self.recorder_state(serial) for serial in serials]
+
+    def recorder_state(self, device_serial: str) -> RecorderState:
+        slot = self._slot(device_serial)
+        with slot.lock:
+            present = {rel for rel, _ in _walk_files(self._volume_root(slot))}
+            clock = slot.device.clock_now()
+            with self._lock:
+                plugged = slot.port_path is not None
+                return RecorderState(
+                    device_serial=slot.serial,
+                    usb_serial=slot.spec.usb_serial,
+                    plugged=plugged,
+                    port_path=slot.port_path,
+                    address=slot.address,
+                    mode=slot.device.mode if plugged else None,
+                    authenticated=slot.device.authenticated,
+                    locked=slot.device.locked,
+                    failed_logins=slot.device.failed_logins,
+                    clock_utc_ms=clock.utc_ms,
+                    tz_offset_min=clock.tz_offset_min,
+                    mounted=slot.volume is not None and slot.volume.alive,
+                    mount_point=str(self._mount_point(slot)),
+                    mount_error=slot.mount_error,
+                    info=slot.device.info,
+                    files_present=tuple(sorted(present)),
+                    files_deleted=tuple(sorted(set(slot.populated) - present)),
+                )
+
+    def volume_files(self, device_serial: str) -> dict[str, str]:
+        """What is on the recorder's storage now: relative path → SHA-256 hex, read from the backing
+        store (not through the fault volume, so a test's look does not trip the faults)."""
+        slot = self._slot(device_serial)
+        with slot.lock:
+            return {rel: _sha256_file(path) for rel, path in _walk_files(self._volume_root(slot))}
+
+    def inject_reply(self, device_serial: str, request: VendorRequest, payload: bytes | None) -> None:
+        """Hostile-device fault: the next reply to `request` is `payload` instead of the real one."""
+        slot = self._slot(device_serial)
+        with slot.lock:
+            if payload is None:
+                slot.device.reply_faults.pop(request, None)
+            else:
+                slot.device.reply_faults[request] = payload
+
+    def reap_unplugged(self) -> list[str]:
+        """Unplug recorders whose fault volume reported a yank (the UNPLUGGED marker)."""
+        with self._lock:
+            yanked = [s for s in self._slots.values() if s.port_path is not None and s.unplug_marker.exists()]
+        for slot in yanked:
+            logger.warning("recorder %s: fault volume reported an unplug", slot.serial)
+            with slot.lock:
+                if slot.port_path is not None:
+                    self._unplug_locked(slot)
+        return [slot.serial for slot in yanked]
+
+    # ---------------------------------------------------------------------- USB host side
+
+    def enumerate(self) -> list[EnumeratedDevice]:
+        self.reap_unplugged()
+        devices: list[EnumeratedDevice] = []
+        with self._lock:
+            for slot in self._slots.values():
+                if slot.port_path is None or slot.address is None:
+                    continue
+                bus_no, ports = parse_port_path(slot.port_path)
+                devices.append(
+                    EnumeratedDevice(
+                        key=self._key(bus_no, slot.address),
+                        bus=bus_no,
+                        address=slot.address,
+                        port_numbers=ports,
+                        speed=SPEED_HIGH,
+                        device_descriptor=slot.device.device_descriptor().to_bytes(),
+                        configuration_descriptor=slot.device.configuration_descriptor().to_bytes(),
+                    )
+                )
+        devices.sort(key=lambda d: (d.bus, d.address))
+        return devices
+
+    def open(self, key: str) -> None:
+        self._slot_for_key(key)
+
+    def reset_device(self, key: str, timeout_ms: int = 1000) -> None:
+        """USB port reset: the session is lost (login, lockout), the personality stays."""
+        slot = self._acquire(key, timeout_ms)
+        try:
+            mode = slot.device.mode
+            slot.device.power_on()
+            slot.device.mode = mode
+        finally:
+            slot.lock.release()
+
+    def control_transfer(self, key: str, setup: SetupPacket, data_out: bytes = b"",
+                         timeout_ms: int = 1000) -> bytes:
+        """One control transfer on the device at `key`: the IN data or b"" for OUT."""
+        slot = self._acquire(key, timeout_ms)
+        try:
+            if slot.unplug_marker.exists():
+                self._unplug_locked(slot)
+                raise NoDeviceError(f"device {key} is gone")
+            mode_before = slot.device.mode
+            try:
+                reply = slot.device.control_transfer(setup, data_out)
+            except StallError as exc:
+                raise TransferStallError(str(exc)) from None
+            if setup.is_in and len(reply) > setup.wLength:
+                raise TransferOverflowError(f"device sent {len(reply)} bytes for wLength {setup.wLength}")
+            if (setup.bmRequestType & 0x60) == 0x40 and not setup.is_in:
+                self._save(slot)  # SET_CLOCK / WRITE_INFO change what the device remembers
+            if mode_before is RecorderMode.CONTROL and slot.device.mode is RecorderMode.MASS_STORAGE:
+                self._reenumerate_as_mass_storage(slot)
+            return reply
+        finally:
+            slot.lock.release()
+
+    def _reenumerate_as_mass_storage(self, slot: _Slot) -> None:
+        # The device drops off the bus, comes back with the MSC personality, and "udisks" mounts it.
+        # Both finish before the SET_MSDC status stage here; real hardware acknowledges first and
+        # mounts later, so the service must wait for the mount either way.
+        with self._lock:
+            slot.address = None
+        self._mount(slot)
+        assert slot.port_path is not None
+        bus_no, _ = parse_port_path(slot.port_path)
+        with self._lock:
+            slot.address = self._allocate_address(bus_no)
+        logger.info("recorder %s: re-enumerated in mass-storage mode at address %s", slot.serial,
+                    slot.address)
+
+    # ----------------------------------------------------------------------------- helpers
+
+    def _slot(self, device_serial: str) -> _Slot:
+        with self._lock:
+            try:
+                return self._slots[device_serial]
+            except KeyError:
+                raise UnknownRecorderError(f"no recorder {device_serial!r} on this bus") from None
+
+    def _key(self, bus_no: int, address: int) -> str:
+        return f"{self.boot_id}:{bus_no}:{address}"
+
+    def _slot_for_key(self, key: str) -> _Slot:
+        parts = key.split(":")
+        if len(parts) != 3 or parts[0] != self.boot_id or not all(p.isdigit() for p in parts[1:]):
+            raise NoDeviceError(f"device {key} is gone")
+        bus_no, address = int(parts[1]), int(parts[2])
+        with self._lock:
+            for slot in self._slots.values():
+                if slot.address == address and slot.port_path is not None \
+                        and parse_port_path(slot.port_path)[0] == bus_no:
+                    return slot
+        raise NoDeviceError(f"device {key} is gone")
+
+    def _acquire(self, key: str, timeout_ms: int) -> _Slot:
+        slot = self._slot_for_key(key)
+        timeout_s = -1.0 if timeout_ms <= 0 else timeout_ms / 1000.0
+        if not slot.lock.acquire(timeout=timeout_s):
+            raise TransferTimeoutError(f"device {key} busy for {timeout_ms} ms")
+        try:
+            if self._slot_for_key(key) is not slot:
+                raise NoDeviceError(f"device {key} is gone")
+        except BaseException:
+            slot.lock.release()
+            raise
+        return slot
+
+    def _allocate_address(self, bus_no: int) -> int:
+        used = {
+            s.address for s in self._slots.values()
+            if s.address is not None and s.port_path is not None and parse_port_path(s.port_path)[0] == bus_no
+        }
+        candidate = self._next_address.get(bus_no, 2)
+        for _ in range(126):
+            if candidate > 127:
+                candidate = 2
+            if candidate not in used:
+                self._next_address[bus_no] = candidate + 1
+                return candidate
+            candidate += 1
+        raise InvalidRequestError(f"bus {bus_no} has no free address")
+
+    def _volume_root(self, slot: _Slot) -> Path:
+        # A rename-mounted volume is only at the mount point; a FUSE one passes through to backing.
+        if slot.backing_dir.is_dir():
+            return slot.backing_dir
+        return self._mount_point(slot)
+
+    def _volume_stats(self, slot: _Slot) -> VolumeStats:
+        count = used = 0
+        for _, path in _walk_files(self._volume_root(slot)):
+            count += 1
+            used += path.stat().st_size
+        return VolumeStats(file_count=count, used_bytes=used)
+
+    def _mount(self, slot: _Slot) -> None:
+        from simulators.recorder.volume import mount_volume
+
+        if slot.volume is not None and slot.volume.alive:
+            return
+        slot.mount_error = None
+        try:
+            slot.volume = mount_volume(
+                slot.backing_dir,
+                self._mount_point(slot),
+                faults=slot.spec.faults,
+                rate_limit_bytes_per_s=slot.spec.rate_limit_bytes_per_s,
+                unplug_marker=slot.unplug_marker,
+            )
+        except Exception as exc:  # the device is fine; the host failed to mount it, as udisks can
+            slot.volume = None
+            slot.mount_error = f"{type(exc).__name__}: {exc}"
+            logger.error("recorder %s: mount at %s failed: %s", slot.serial, self._mount_point(slot), exc)
+            return
+        logger.info("recorder %s: volume mounted at %s", slot.serial, self._mount_point(slot))
+
+    def _unmount(self, slot: _Slot) -> None:
+        volume, slot.volume = slot.volume, None
+        if volume is None:
+            return
+        try:
+            volume.unmount()
+        except Exception as exc:
+            logger.error("recorder %s: unmount of %s failed: %s", slot.serial, volume.mount_point, exc)
+        else:
+            logger.info("recorder %s: volume unmounted", slot.serial)
+
+
+# =============================================================================== the server
+
+
+def _to_int(request: dict[str, Any], name: str, limit: int) -> int:
+    value = request.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+        raise InvalidRequestError(f"{name}: expected integer 0..{limit}, got {value!r}")
+    return value
+
+
+def _to_str(request: dict[str, Any], name: str) -> str:
+    value = request.get(name)
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise InvalidRequestError(f"{name}: expected a non-empty string, got {value!r}")
+    return value
+
+
+class _RpcHandler(socketserver.StreamRequestHandler):
+    server: _ThreadingServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, add=True)
+
+    def finish(self) -> None:
+        self.server.track(self.connection, add=False)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def handle(self) -> None:
+        while True:
+            try:
+                line = self.rfile.readline(MAX_RPC_LINE_BYTES + 1)
+            except OSError:
+                return
+            if not line:
+                return
+            if len(line) > MAX_RPC_LINE_BYTES:
+                self._send({"ok": False, "error": "invalid", "message": "request line too long"})
+                return
+            response = self.server.rpc.handle_line(line)
+            if not self._send(response):
+                return
+
+    def _send(self, response: dict[str, Any]) -> bool:
+        try:
+            self.wfile.write(json.dumps(response).encode() + b"\n")
+            self.wfile.flush()
+        except OSError:
+            return False
+        return True
+
+
+class _ThreadingServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, path: str, rpc: _Rpc) -> None:
+        self.rpc = rpc
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(path, _RpcHandler)
+
+    def track(self, connection: socket.socket, *, add: bool) -> None:
+        with self._connections_lock:
+            if add:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Rpc:
+    """JSON-lines operations of the bus socket; see PROTOCOL.md §Simulator."""
+
+    def __init__(self, bus: RecorderBus) -> None:
+        self.bus = bus
+
+    def handle_line(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except (UnicodeDecodeError, ValueError):
+            return {"ok": False, "error": "invalid", "message": "expected one JSON object per line"}
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "invalid", "message": "expected a JSON object"}
+        op = request.get("op")
+        handler = getattr(self, f"op_{op}", None) if isinstance(op, str) and op.isidentifier() else None
+        if handler is None:
+            return {"ok": False, "error": "invalid", "message": f"unknown op {op!r}"}
+        try:
+            return {"ok": True, "result": handler(request)}
+        except BusError as exc:
+            return {"ok": False, "error": exc.kind, "message": str(exc)}
+        except (ValueError, RecorderProtocolError) as exc:
+            return {"ok": False, "error": "invalid", "message": str(exc)}
+        except Exception as exc:
+            logger.exception("bus rpc %s failed", op)
+            return {"ok": False, "error": "internal", "message": f"{type(exc).__name__}: {exc}"}
+
+    def op_hello(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"boot_id": self.bus.boot_id, "state_dir": str(self.bus.state_dir),
+                "mount_root": str(self.bus.mount_root)}
+
+    def op_enumerate(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        return [device.to_json() for device in self.bus.enumerate()]
+
+    def op_open(self, request: dict[str, Any]) -> None:
+        self.bus.open(_to_str(request, "key"))
+
+    def op_reset(self, request: dict[str, Any]) -> None:
+        self.bus.reset_device(_to_str(request, "key"), _to_int(request, "timeout_ms", 3_600_000))
+
+    def op_ctrl(self, request: dict[str, Any]) -> dict[str, Any]:
+        key = _to_str(request, "key")
+        bm_request_type = _to_int(request, "bmRequestType", 0xFF)
+        data_hex = request.get("data")
+        if bm_request_type & 0x80:
+            w_length = _to_int(request, "wLength", 0xFFFF)
+            data = b""
+        else:
+            if not isinstance(data_hex, str) or len(data_hex) > 2 * 0xFFFF:
+                raise InvalidRequestError("data: expected hex string of at most 65535 bytes")
+            data = bytes.fromhex(data_hex)
+            w_length = len(data)
+        setup = SetupPacket(bm_request_type, _to_int(request, "bRequest", 0xFF),
+                            _to_int(request, "wValue", 0xFFFF), _to_int(request, "wIndex", 0xFFFF), w_length)
+        reply = self.bus.control_transfer(key, setup, data, _to_int(request, "timeout_ms", 3_600_000))
+        return {"data": reply.hex()} if setup.is_in else {"written": len(data)}
+
+    def op_recorders(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        return [state.to_json() for state in self.bus.recorders()]
+
+    def op_state(self, request: dict[str, Any]) -> dict[str, Any]:
+        return self.bus.recorder_state(_to_str(request, "serial")).to_json()
+
+    def op_plug(self, request: dict[str, Any]) -> dict[str, Any]:
+        serial = _to_str(request, "serial")
+        port_path = request.get("port_path", "1-1.1")
+        if not isinstance(port_path, str):
+            raise InvalidRequestError(f"port_path: expected a string, got {port_path!r}")
+        self.bus.plug(serial, port_path)
+        return self.bus.recorder_state(serial).to_json()
+
+    def op_unplug(self, request: dict[str, Any]) -> dict[str, Any]:
+        serial = _to_str(request, "serial")
+        self.bus.unplug(serial)
+        return self.bus.recorder_state(serial).to_json()
+
+    def op_volume_files(self, request: dict[str, Any]) -> dict[str, str]:
+        return self.bus.volume_files(_to_str(request, "serial"))
+
+
+class RecorderBusServer:
+    """Serves a RecorderBus on a UNIX socket, one thread per connection, JSON lines both ways."""
+
+    def __init__(self, bus: RecorderBus, socket_path: Path, *, reap_interval_s: float = 0.2) -> None:
+        self.bus = bus
+        self.socket_path = Path(socket_path)
+        self._reap_interval_s = reap_interval_s
+        self._server: _ThreadingServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        self._remove_stale_socket()
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        old_umask = os.umask(0o077)  # only the owner may drive the simulated hardware
+        try:
+            self._server = _ThreadingServer(str(self.socket_path), _Rpc(self.bus))
+        finally:
+            os.umask(old_umask)
+        self._stop.clear()
+        serve = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                 name="recorder-bus-server", daemon=True)
+        reap = threading.Thread(target=self._reap_loop, name="recorder-bus-reaper", daemon=True)
+        self._threads = [serve, reap]
+        for thread in self._threads:
+            thread.start()
+        logger.info("recorder bus serving on %s", self.socket_path)
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stop.set()
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        logger.info("recorder bus on %s stopped", self.socket_path)
+
+    def _reap_loop(self) -> None:
+        while not self._stop.wait(self._reap_interval_s):
+            try:
+                self.bus.reap_unplugged()
+            except Exception:
+                logger.exception("reaping unplugged recorders failed")
+
+    def _remove_stale_socket(self) -> None:
+        try:
+            mode = self.socket_path.lstat().st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise RuntimeError(f"{self.socket_path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.socket_path))
+        except OSError:
+            self.socket_path.unlink()  # nobody listens: left over from a killed server
+            return
+        finally:
+            probe.close()
+        raise RuntimeError(f"another recorder bus is already serving on {self.socket_path}")
+
+
+class BusClientError(Exception):
+    """The bus refused a control operation, or could not be reached; `kind` as in the RPC reply."""
+
+    def __init__(self, message: str, kind: str = "io") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class BusClient:
+    """Control operations on a running bus server (plug, unplug, recorders, state, volume_files)."""
+
+    def __init__(self, socket_path: Path, *, timeout_s: float = 60.0) -> None:
+        self.socket_path = Path(socket_path)
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def call(self, op: str, **params: Any) -> Any:
+        line = json.dumps({"op": op, **params}).encode() + b"\n"
+        with self._lock:
+            try:
+                if self._sock is None:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.settimeout(self._timeout_s)
+                    try:
+                        sock.connect(str(self.socket_path))
+                    except OSError:
+                        sock.close()
+                        raise
+                    self._sock = sock
+                self._sock.sendall(line)
+                raw = self._read_line(self._sock)
+            except OSError as exc:
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
+                raise BusClientError(f"recorder bus at {self.socket_path}: {exc}") from exc
+        try:
+            response = json.loads(raw)
+        except ValueError as exc:
+            raise BusClientError(f"recorder bus sent a malformed reply to {op}") from exc
+        if not isinstance(response, dict):
+            raise BusClientError(f"recorder bus sent a malformed reply to {op}")
+        if not response.get("ok"):
+            raise BusClientError(str(response.get("message")), str(response.get("error")))
+        return response.get("result")
+
+    @staticmethod
+    def _read_line(sock: socket.socket) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("connection closed before the reply ended")
+            chunks.append(chunk)
+            size += len(chunk)
+            if chunk.endswith(b"\n"):
+                return b"".join(chunks)
+            if size > 1 << 26:
+                raise ConnectionResetError("reply too long")
