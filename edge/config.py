@@ -15,7 +15,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, model_validator
+from pydantic_core import CoreSchema, core_schema
 
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SECRET_REF = re.compile(r"^(env|file|credential):(.+)$")
@@ -31,6 +32,10 @@ class StrictModel(BaseModel):
 
 class SecretRef(str):
     """A reference to a secret, never the secret itself. `repr` shows only the reference."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(_secret_ref, core_schema.str_schema())
 
     def resolve(self, env: dict[str, str] | None = None) -> str:
         environ = os.environ if env is None else env
@@ -109,21 +114,11 @@ class RecorderEntry(StrictModel):
     password: SecretRef | None = Field(None, description="Overrides recorders.default_password")
     note: str = ""
 
-    @field_validator("password", mode="before")
-    @classmethod
-    def _ref(cls, value: object) -> SecretRef | None:
-        return None if value is None else _secret_ref(value)
-
 
 class RecordersSection(StrictModel):
     allow_unknown: bool = Field(False, description="Accept recorders not on the allow-list (not advised)")
     default_password: SecretRef | None = Field(None, description="Reference to the usual device password")
     allow: list[RecorderEntry] = Field(default_factory=list)
-
-    @field_validator("default_password", mode="before")
-    @classmethod
-    def _ref(cls, value: object) -> SecretRef | None:
-        return None if value is None else _secret_ref(value)
 
     @model_validator(mode="after")
     def _unique(self) -> RecordersSection:
@@ -146,7 +141,18 @@ class WipePolicy(StrEnum):
     AFTER_VERIFY = "after-verify"
 
 
+EVIDENCE_EXTENSIONS = [
+    "mp4", "mov", "avi", "mkv", "ts", "ps", "dav", "h264", "h265", "wav", "mp3", "aac", "m4a", "amr",
+    "jpg", "jpeg", "png", "bmp", "gps", "nmea",
+]
+
+
 class OffloadSection(StrictModel):
+    extensions: list[Annotated[str, Field(pattern=r"^[a-z0-9]{1,8}$")]] = Field(
+        default_factory=lambda: list(EVIDENCE_EXTENSIONS),
+        description="File extensions (lower case) that are evidence; other files (PARAM.INI, "
+        "firmware, logs) are listed in the session record and never copied or erased",
+    )
     concurrency: int = Field(4, ge=1, le=64, description="Bays offloaded at once")
     verify_reread: bool = Field(True, description="Re-read each stored copy from disk and compare")
     chunk_bytes: int = Field(1 << 20, ge=4096, le=64 << 20)

@@ -23,7 +23,9 @@ from edge.acquire.offload import BayProgress, OffloadResult
 from edge.acquire.session import ControlSession, VolumeClaims, VolumeSession
 from edge.config import StationConfig
 from edge.custody.ledger import EntryType
+from edge.sdnotify import SystemdNotifier
 from edge.store import StationStore
+from edge.supervise import Supervisor, TaskSpec
 from edge.volumes import VolumeWatcher, wait_until_readable
 
 log = logging.getLogger(__name__)
@@ -72,50 +74,43 @@ class StationAgent:
         self._active_devices: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.store: StationStore | None = None
+        self.supervisor: Supervisor | None = None
         self.ready = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, *, notifier: SystemdNotifier | None = None) -> None:
+        """Run until `stop` is set. Raises SupervisorGaveUp when a loop keeps failing (systemd restarts)."""
         self.store = StationStore(self.config.station.store_dir, self.config.station.id)
         self.store.record(EntryType.STATION_STARTED, None, {"station": self.config.station.id})
         watcher = VolumeWatcher(self.config.usb.mount_root)
-        watcher.start()
+        supervisor = Supervisor(notifier=notifier)
+        self.supervisor = supervisor
+        poll_s = self.config.usb.poll_interval_s
+        supervisor.add(TaskSpec("usb-poll", lambda: self._poll_usb(stop), liveness_timeout_s=10 * poll_s + 30))
+        supervisor.add(TaskSpec("volumes", lambda: self._watch_volumes(watcher)))
         if self.config.dock.port:
-            await self._open_dock()
-        loops = [asyncio.create_task(self._poll_usb(stop), name="usb-poll"),
-                 asyncio.create_task(self._watch_volumes(watcher), name="volumes")]
-        if self.dock is not None:
-            loops.append(asyncio.create_task(self._dock_events(), name="dock"))
+            # Offloads go on without the bay board: losing it costs the LEDs, never evidence.
+            supervisor.add(TaskSpec("dock", self._dock_loop, critical=False))
+        watcher.start()
         self.ready.set()
         try:
-            await stop.wait()
+            await supervisor.run(stop)
         finally:
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
             if self._tasks:
-                # Sessions stop at the next committed state; whatever was in flight resumes next start.
+                # Sessions stop at their last committed state; whatever was in flight resumes next start.
                 for task in list(self._tasks):
                     task.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             watcher.stop()
             if self.dock is not None:
                 await self.dock.close()
+                self.dock = None
             with self.store.transaction():
+                self.store.ledger.append(EntryType.STATION_STOPPED, None, {"station": self.config.station.id})
                 self.store.ledger.checkpoint()
             self.store.close()
             self.executor.shutdown(wait=True, cancel_futures=True)
-
-    async def _open_dock(self) -> None:
-        try:
-            self.dock = await DockDriver.open(self.config.dock.port, baudrate=self.config.dock.baudrate)
-        except (DockError, OSError) as exc:
-            # Offloads work without the bay board; the officer loses the LEDs, not the evidence.
-            log.error("dock controller %s unavailable: %s", self.config.dock.port, exc)
-            assert self.store is not None
-            self.store.record(EntryType.ERROR, None, {"stage": "dock", "reason": f"dock unavailable: {exc}"})
-            self.dock = None
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -137,10 +132,16 @@ class StationAgent:
         except DockError as exc:
             log.warning("bay %d: LED %s not set: %s", bay, led, exc)
 
-    async def _dock_events(self) -> None:
-        assert self.dock is not None and self.store is not None
+    async def _dock_loop(self) -> None:
+        assert self.store is not None
+        try:
+            self.dock = await DockDriver.open(self.config.dock.port, baudrate=self.config.dock.baudrate)
+        except (DockError, OSError) as exc:
+            self.store.record(EntryType.ERROR, None, {"stage": "dock", "reason": f"dock unavailable: {exc}"})
+            raise
         try:
             async for event in self.dock.events():
+                self.supervisor_alive("dock")
                 if event.kind is BayEventKind.CHARGE:
                     for view in self.views.values():
                         if view.bay == event.bay:
@@ -154,8 +155,15 @@ class StationAgent:
                 if event.kind is BayEventKind.REMOVED:
                     await self.set_led(event.bay, BayLed.IDLE)
         except DockError as exc:
-            log.error("dock controller lost: %s", exc)
             self.store.record(EntryType.ERROR, None, {"stage": "dock", "reason": f"dock lost: {exc}"})
+            raise
+        finally:
+            dock, self.dock = self.dock, None
+            await dock.close()
+
+    def supervisor_alive(self, name: str) -> None:
+        if self.supervisor is not None:
+            self.supervisor.alive(name)
 
     def _progress(self, device_serial: str, bay: int | None, progress: BayProgress) -> None:
         view = self.views.setdefault(device_serial, BayView(device_serial, bay))
@@ -176,6 +184,7 @@ class StationAgent:
             except (RecorderError, OSError) as exc:
                 log.warning("USB enumeration failed: %s", exc)
                 handles = []
+            self.supervisor_alive("usb-poll")
             present = {h.usb_serial for h in handles}
             for gone in seen - present:
                 assert self.store is not None

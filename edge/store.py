@@ -2,7 +2,7 @@
 
     store_dir/
       keys/station.key      Ed25519 private key (0600), made on first run
-      keys/station.pub      its public half
+      keys/station.key.pub  its public half
       state.db              SQLite (WAL): ledger, checkpoints, items, recorder files, sessions
       tmp/                  copies in progress (discarded or resumed after a crash)
       items/YYYY/MM/DD/<item>.<ext>                 sealed evidence (original + manifest box, or original)
@@ -97,7 +97,7 @@ class StoreLayout:
 
     @property
     def public_key(self) -> Path:
-        return self.keys_dir / "station.pub"
+        return self.keys_dir / "station.key.pub"  # written beside the private key on creation
 
     @property
     def db(self) -> Path:

@@ -86,6 +86,7 @@ class OffloadResult:
     wiped: int
     bytes: int
     errors: list[str]
+    not_evidence: list[str] = field(default_factory=list)
 
 
 class DeviceGoneError(Exception):
@@ -119,6 +120,7 @@ class VolumeOffload:
         self.on_progress = on_progress
         self.progress = BayProgress()
         self.items: list[str] = []
+        self.not_evidence: list[str] = []
         self.device = session.identity.device_serial
         self.chunk = config.offload.chunk_bytes
 
@@ -159,7 +161,10 @@ class VolumeOffload:
                 {"device_serial": self.device, "original": rejected.path, "reason": rejected.reason},
             )
             self.progress.errors.append(f"{rejected.path}: {rejected.reason}")
-        rows = [self._row(f) for f in listing.files]
+        wanted = set(self.config.offload.extensions)
+        evidence = [f for f in listing.files if stored_extension(f.name) in wanted]
+        self.not_evidence = [f.display_path for f in listing.files if stored_extension(f.name) not in wanted]
+        rows = [self._row(f) for f in evidence]
         self.progress.files_total = len(rows)
         self.progress.bytes_total = sum(r.file.size for r in rows)
         self._report()
@@ -173,7 +178,7 @@ class VolumeOffload:
     def _result(self, outcome: OffloadOutcome) -> OffloadResult:
         return OffloadResult(
             outcome, list(self.items), self.progress.verified, self.progress.wiped,
-            self.progress.bytes_done, list(self.progress.errors),
+            self.progress.bytes_done, list(self.progress.errors), list(self.not_evidence),
         )
 
     def _row(self, file: VolumeFile) -> _FileRow:

@@ -146,7 +146,9 @@ class DockingSession:
             self.store.ledger.append(
                 EntryType.SESSION_STOPPED, None,
                 {"session": session.session, "outcome": result.outcome.value, "items": len(result.items),
-                 "verified": result.verified, "wiped": result.wiped, "errors": len(result.errors)},
+                 "verified": result.verified, "wiped": result.wiped, "errors": len(result.errors),
+                 # Files that are not evidence (PARAM.INI, firmware): left alone, but on the record.
+                 "not_evidence": result.not_evidence[:100]},
             )
         with self.store.transaction():
             self.store.ledger.checkpoint()

@@ -1,0 +1,194 @@
+"""`edge`: the command line of evidence-edge."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge.config import ConfigError, StationConfig, load_config
+
+log = logging.getLogger("edge")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(Path(args.file))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK (station {config.station.id}, {len(config.bays)} bays, "
+          f"{len(config.recorders.allow)} recorders on the allow-list)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.service import run_station
+
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_station(config))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from edge.custody.keys import load_public_key
+    from edge.verify_store import VerifyReport, is_store, verify_file, verify_store
+
+    target = Path(args.path)
+    report: VerifyReport
+    if args.item:
+        store = _store_dir(args, target)
+        report = verify_store(store, only_item=args.item)
+    elif is_store(target):
+        report = verify_store(target)
+    elif target.is_file():
+        key = load_public_key(Path(args.key)) if args.key else None
+        report = verify_file(target, key)
+    else:
+        print(f"error: {target} is neither a sealed file nor a station store (no state.db)", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        for problem in report.problems:
+            print(f"FAIL {problem.where}: {problem.what}")
+        checked = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.checked.items())
+        print(f"{'OK' if report.ok else 'FAILED'}: {report.target} ({checked}; "
+              f"{len(report.problems)} problem(s))")
+    return 0 if report.ok else 1
+
+
+def _store_dir(args: argparse.Namespace, fallback: Path) -> Path:
+    if getattr(args, "config", None):
+        return load_config(Path(args.config)).station.store_dir
+    if getattr(args, "store", None):
+        return Path(args.store)
+    return fallback
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from edge.store import StationStore
+    from edge.tagging import TagError, tag_item
+
+    changes: dict[str, Any] = {}
+    for field in ("case_number", "location", "collector", "subject", "category", "retention"):
+        value = getattr(args, field)
+        if value is not None:
+            changes[field] = value
+    if args.important is not None:
+        changes["important"] = args.important
+    try:
+        config: StationConfig | None = load_config(Path(args.config)) if args.config else None
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store_dir = config.station.store_dir if config else Path(args.store)
+    station_id = config.station.id if config else _store_station_id(store_dir)
+    store = StationStore(store_dir, station_id)
+    try:
+        entry = tag_item(store, args.item, changes, by=args.by or getpass.getuser())
+    except TagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(f"tagged {args.item}: ledger seq {entry.seq} ({', '.join(sorted(changes))})")
+    return 0
+
+
+def _store_station_id(store_dir: Path) -> str:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{store_dir / 'state.db'}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT value FROM station WHERE key='id'").fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        raise SystemExit(f"error: {store_dir} is not a station store")
+    return str(row[0])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        recorders=args.recorders, files=args.files, file_mb=args.file_mb,
+        workdir=Path(args.workdir) if args.workdir else None, json_output=args.json,
+    )
+    return asyncio.run(run_demo(options))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge", description="evidence-edge: docking-station evidence agent")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the station agent")
+    run.add_argument("--config", required=True, help="station TOML file")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    verify = sub.add_parser("verify", help="verify a sealed file, an item, or a whole station store")
+    verify.add_argument("path", help="sealed evidence file or station store directory")
+    verify.add_argument("--item", help="verify only this item of the store at PATH")
+    verify.add_argument("--key", help="station public key (PEM) to pin when verifying a lone file")
+    verify.add_argument("--json", action="store_true", help="one JSON object")
+    verify.set_defaults(func=cmd_verify)
+
+    tag = sub.add_parser("tag", help="set case metadata on an item (a new signed ledger entry)")
+    tag.add_argument("item", help="item UUID")
+    where = tag.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="station TOML file (its store)")
+    where.add_argument("--store", help="station store directory")
+    tag.add_argument("--case", dest="case_number", help="案件编号 case number")
+    tag.add_argument("--location", help="采集地点 capture location")
+    tag.add_argument("--collector", help="采集人 collector")
+    tag.add_argument("--subject", help="证明对象 what the record proves")
+    tag.add_argument("--category")
+    tag.add_argument("--retention", help="retention class, e.g. 6-months, permanent")
+    tag.add_argument("--important", dest="important", action="store_true", default=None, help="重点 flag on")
+    tag.add_argument("--not-important", dest="important", action="store_false", help="重点 flag off")
+    tag.add_argument("--by", help="who tags (default: the login name)")
+    tag.set_defaults(func=cmd_tag)
+
+    demo = sub.add_parser("demo", help="simulated station: recorders, dock, offload, verify")
+    demo.add_argument("--recorders", type=int, default=3)
+    demo.add_argument("--files", type=int, default=5, help="files per recorder")
+    demo.add_argument("--file-mb", type=float, default=2.0, help="size of each video file in MiB")
+    demo.add_argument("--workdir", help="keep everything here (default: a temporary directory)")
+    demo.add_argument("--json", action="store_true", help="last line: one JSON summary object")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,589 @@
+"""The station's append-only, hash-chained custody ledger, kept in SQLite.
+
+Each entry is ``{seq, time, type, item, data, prev}`` and its hash is
+``SHA-256(bytes.fromhex(prev) || canonical_json(entry))``; the first entry has ``prev = "0" * 64``.
+Signed checkpoints over ``{station, seq, hash, time}`` pin the chain: an attacker who edits an entry and
+recomputes every later hash still cannot produce the signed hash at a checkpointed seq.
+
+The ledger lives in a connection the caller owns and never commits: the caller wraps a state change and
+its ledger entry in one transaction (``with conn:``), so a crash leaves both or neither.
+
+What verification cannot see on its own: a rewrite after the newest checkpoint, or the deletion of
+checkpoint rows together with the entries they cover. Checkpoints sent off the station (to the central)
+close that gap; :func:`verify_chain` takes them from any source.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge.custody.canonical import canonical_json, parse_json
+from edge.custody.errors import CanonicalJsonError, LedgerError
+from edge.custody.keys import StationKey, key_id_of, verify_signature
+from edge.custody.problems import Problem
+
+__all__ = [
+    "GENESIS_PREV",
+    "Checkpoint",
+    "EntryType",
+    "Ledger",
+    "LedgerEntry",
+    "Problem",
+    "entry_hash",
+    "station_time_now",
+    "verify_chain",
+    "verify_ledger",
+]
+
+log = logging.getLogger(__name__)
+
+GENESIS_PREV = "0" * 64
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+_TYPE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_MAX_ITEM_CHARS = 200
+
+
+class EntryType(StrEnum):
+    """Ledger entry types. Values are stored and hashed; never rename one."""
+
+    STATION_STARTED = "station_started"
+    STATION_STOPPED = "station_stopped"
+    DEVICE_CONNECTED = "device_connected"
+    DEVICE_AUTHENTICATED = "device_authenticated"
+    DEVICE_REMOVED = "device_removed"
+    CLOCK_MEASURED = "clock_measured"
+    CLOCK_SET = "clock_set"
+    SESSION_STARTED = "session_started"
+    SESSION_STOPPED = "session_stopped"
+    ACQUIRED = "acquired"
+    VERIFIED = "verified"
+    DUPLICATE = "duplicate"
+    SEALED = "sealed"
+    SEGMENT_SEALED = "segment_sealed"
+    TAGGED = "tagged"
+    QUEUED = "queued"
+    UPLOADED = "uploaded"
+    RECEIPT = "receipt"
+    WIPED = "wiped"
+    RETRIEVED = "retrieved"
+    PURGED = "purged"
+    ERROR = "error"
+    REFUSED = "refused"
+    GAP = "gap"
+    CHECKPOINT = "checkpoint"
+
+
+def station_time_now() -> str:
+    """Station UTC time as ISO-8601 with microseconds and ``Z``, the ledger's time format."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _valid_time(text: object) -> bool:
+    if not isinstance(text, str) or not _TIME_RE.fullmatch(text):
+        return False
+    try:
+        datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return False
+    return True
+
+
+def entry_hash(body: Mapping[str, Any]) -> str:
+    """``SHA-256(bytes.fromhex(prev) || canonical_json(body))`` as hex.
+
+    Raises :class:`LedgerError` when ``prev`` is not 64 hex digits and :class:`CanonicalJsonError`
+    when the body cannot be serialised.
+    """
+    prev = body.get("prev")
+    if not isinstance(prev, str) or not _HEX64_RE.fullmatch(prev):
+        raise LedgerError(f"expected prev to be 64 lower-case hex digits, found {str(prev)[:80]!r}")
+    return hashlib.sha256(bytes.fromhex(prev) + canonical_json(body)).hexdigest()
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    seq: int
+    time: str
+    type: str
+    item: str | None
+    data: dict[str, Any]
+    prev: str
+    hash: str
+
+    def body(self) -> dict[str, Any]:
+        """The hashed part of the entry (everything but ``hash``)."""
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "type": self.type,
+            "item": self.item,
+            "data": self.data,
+            "prev": self.prev,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.body(), "hash": self.hash}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement that the station's ledger had ``hash`` at ``seq`` at ``time``."""
+
+    station: str
+    seq: int
+    hash: str
+    time: str
+    key_id: str
+    signature: str  # base64 of the Ed25519 signature over signed_payload()
+
+    def signed_payload(self) -> bytes:
+        return checkpoint_payload(self.station, self.seq, self.hash, self.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "station": self.station,
+            "seq": self.seq,
+            "hash": self.hash,
+            "time": self.time,
+            "key_id": self.key_id,
+            "signature": self.signature,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Checkpoint:
+        """Build from a received document, checking field types; raises :class:`LedgerError`."""
+        fields: dict[str, Any] = {}
+        for name, kind in (("station", str), ("seq", int), ("hash", str), ("time", str),
+                           ("key_id", str), ("signature", str)):
+            value = doc.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise LedgerError(
+                    f"checkpoint: expected {name} of type {kind.__name__}, found {type(value).__name__}"
+                )
+            fields[name] = value
+        return cls(**fields)
+
+
+def checkpoint_payload(station: str, seq: int, hash_hex: str, time: str) -> bytes:
+    """The exact bytes a checkpoint signature covers."""
+    return canonical_json({"station": station, "seq": seq, "hash": hash_hex, "time": time})
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY CHECK (seq >= 1),
+    time TEXT NOT NULL,
+    type TEXT NOT NULL,
+    item TEXT,
+    data TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS ledger_item ON ledger (item, seq) WHERE item IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ledger_checkpoints (
+    id INTEGER PRIMARY KEY,
+    station TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    time TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    signature TEXT NOT NULL
+) STRICT;
+CREATE TRIGGER IF NOT EXISTS ledger_extends_head BEFORE INSERT ON ledger
+WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM ledger)
+  OR NEW.prev IS NOT coalesce((SELECT hash FROM ledger ORDER BY seq DESC LIMIT 1), '{genesis}')
+BEGIN SELECT RAISE(ABORT, 'ledger insert must extend the head (seq = head + 1, prev = head hash)'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'ledger is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'ledger is append-only: DELETE refused'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_update BEFORE UPDATE ON ledger_checkpoints
+BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_delete BEFORE DELETE ON ledger_checkpoints
+BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only: DELETE refused'); END;
+""".replace("{genesis}", GENESIS_PREV)
+
+
+class Ledger:
+    """Appends to and reads the ledger in a caller-owned SQLite connection. Never commits."""
+
+    def __init__(self, conn: sqlite3.Connection, station_id: str, key: StationKey) -> None:
+        if not station_id:
+            raise LedgerError("expected a non-empty station id")
+        self._conn = conn
+        self.station_id = station_id
+        self._key = key
+
+    def __repr__(self) -> str:
+        return f"Ledger(station_id={self.station_id!r}, key_id={self._key.key_id!r})"
+
+    @staticmethod
+    def create_schema(conn: sqlite3.Connection) -> None:
+        """Create the tables, index and append-only triggers if missing (idempotent).
+
+        Triggers stop our own code from breaking the chain by accident (UPDATE, DELETE, INSERT OR
+        REPLACE, an insert that does not extend the head); they are no defence against someone with
+        write access to the file, which is what the hash chain and checkpoints are for.
+        """
+        for statement in _SCHEMA.split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the newest entry, ``(0, GENESIS_PREV)`` when empty.
+
+        Read from the table each time (no cache): a rolled-back transaction must not leave a stale head.
+        """
+        row = self._conn.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return 0, GENESIS_PREV
+        seq, hash_hex = row
+        if not isinstance(seq, int) or not isinstance(hash_hex, str) or not _HEX64_RE.fullmatch(hash_hex):
+            raise LedgerError(f"ledger head row is damaged: seq {seq!r}, hash {str(hash_hex)[:80]!r}")
+        return seq, hash_hex
+
+    def append(
+        self, type: str, item: str | None, data: Mapping[str, Any], *, time: str | None = None
+    ) -> LedgerEntry:
+        """Insert the next entry inside the caller's transaction and return it.
+
+        Raises :class:`LedgerError` for an invalid argument, and when another writer took the same seq
+        (the UNIQUE seq makes such a race fail loudly instead of forking the chain).
+        """
+        type_text = str(type)
+        if not _TYPE_RE.fullmatch(type_text):
+            raise LedgerError(f"expected a lower_snake entry type, found {type_text[:80]!r}")
+        if item is not None and (not isinstance(item, str) or not item or len(item) > _MAX_ITEM_CHARS):
+            raise LedgerError(f"expected item to be None or a non-empty id string, found {str(item)[:80]!r}")
+        if not isinstance(data, Mapping):
+            raise LedgerError(f"expected data to be a mapping, found {data.__class__.__name__}")
+        if time is None:
+            time = station_time_now()
+        elif not _valid_time(time):
+            raise LedgerError(f"expected time like 2024-01-31T08:00:00.000000Z, found {str(time)[:80]!r}")
+        try:
+            data_text = canonical_json(data)
+        except CanonicalJsonError as exc:
+            raise LedgerError(f"ledger data for {type_text} is not canonical-JSON serialisable: "
+                              f"{exc}") from None
+        # The entry carries exactly what is stored, so the returned hash equals a verifier's recomputation.
+        stored_data: dict[str, Any] = parse_json(data_text)
+        head_seq, head_hash = self.head()
+        body: dict[str, Any] = {
+            "seq": head_seq + 1,
+            "time": time,
+            "type": type_text,
+            "item": item,
+            "data": stored_data,
+            "prev": head_hash,
+        }
+        entry = LedgerEntry(hash=entry_hash(body), **body)
+        try:
+            self._conn.execute(
+                "INSERT INTO ledger (seq, time, type, item, data, prev, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (entry.seq, entry.time, entry.type, entry.item, data_text.decode("utf-8"), entry.prev,
+                 entry.hash),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise LedgerError(
+                f"ledger seq {entry.seq} was taken by another writer while appending {type_text}: {exc}"
+            ) from exc
+        log.debug("ledger seq %d %s item=%s", entry.seq, entry.type, entry.item)
+        return entry
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Sign the current head and store the checkpoint (in the caller's transaction).
+
+        Returns None for an empty ledger, and the existing checkpoint when the head is already signed
+        (a periodic timer on an idle station adds no rows).
+        """
+        head_seq, head_hash = self.head()
+        if head_seq == 0:
+            return None
+        latest = self._conn.execute(
+            "SELECT station, seq, hash, time, key_id, signature FROM ledger_checkpoints "
+            "ORDER BY seq DESC, id DESC LIMIT 1"
+        ).fetchone()
+        if latest is not None:
+            existing = _checkpoint_from_row(latest)
+            if (existing.seq, existing.hash, existing.station, existing.key_id) == (
+                head_seq, head_hash, self.station_id, self._key.key_id
+            ):
+                return existing
+        time = station_time_now()
+        signature = self._key.sign(checkpoint_payload(self.station_id, head_seq, head_hash, time))
+        cp = Checkpoint(
+            station=self.station_id,
+            seq=head_seq,
+            hash=head_hash,
+            time=time,
+            key_id=self._key.key_id,
+            signature=base64.b64encode(signature).decode("ascii"),
+        )
+        self._conn.execute(
+            "INSERT INTO ledger_checkpoints (station, seq, hash, time, key_id, signature) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (cp.station, cp.seq, cp.hash, cp.time, cp.key_id, cp.signature),
+        )
+        log.info("ledger checkpoint at seq %d signed by %s", cp.seq, cp.key_id)
+        return cp
+
+    def entries(self, start_seq: int = 1, item: str | None = None) -> Iterator[LedgerEntry]:
+        """Entries in seq order from ``start_seq``, optionally only those of one item.
+
+        Raises :class:`LedgerError` naming the seq of a row that cannot be decoded; use
+        :func:`verify_ledger` to examine a possibly damaged table.
+        """
+        if item is None:
+            cursor = self._conn.execute(
+                "SELECT seq, time, type, item, data, prev, hash FROM ledger WHERE seq >= ? ORDER BY seq",
+                (start_seq,),
+            )
+        else:
+            cursor = self._conn.execute(
+                "SELECT seq, time, type, item, data, prev, hash FROM ledger WHERE item = ? AND seq >= ? "
+                "ORDER BY seq",
+                (item, start_seq),
+            )
+        for row in cursor:
+            entry, problem = _entry_from_row(row)
+            if entry is None:
+                raise LedgerError(str(problem))
+            yield entry
+
+    def checkpoints(self) -> list[Checkpoint]:
+        rows = self._conn.execute(
+            "SELECT station, seq, hash, time, key_id, signature FROM ledger_checkpoints ORDER BY seq, id"
+        ).fetchall()
+        return [_checkpoint_from_row(row) for row in rows]
+
+    def verify(self, public_key: Ed25519PublicKey | None = None) -> list[Problem]:
+        """Verify this station's ledger table (with its own key unless another is given)."""
+        return verify_ledger(self._conn, public_key or self._key.public_key(), self.station_id)
+
+
+def _checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
+    try:
+        names = ("station", "seq", "hash", "time", "key_id", "signature")
+        return Checkpoint.from_dict(dict(zip(names, row, strict=True)))
+    except LedgerError as exc:
+        raise LedgerError(f"damaged checkpoint row: {exc}") from None
+
+
+def _entry_from_row(row: tuple[Any, ...]) -> tuple[LedgerEntry | None, Problem | None]:
+    """Decode a raw row; on failure return the Problem naming its seq instead of raising."""
+    seq, time, type_, item, data_text, prev, hash_hex = row
+    if not isinstance(seq, int):
+        return None, Problem(f"ledger seq {seq!r}", f"expected an integer seq, found {type(seq).__name__}")
+    where = f"ledger seq {seq}"
+    columns = (("time", time), ("type", type_), ("data", data_text), ("prev", prev), ("hash", hash_hex))
+    for name, value in columns:
+        if not isinstance(value, str):
+            return None, Problem(where, f"expected {name} to be text, found {type(value).__name__}")
+    if item is not None and not isinstance(item, str):
+        return None, Problem(where, f"expected item to be text or NULL, found {type(item).__name__}")
+    try:
+        data = parse_json(data_text)
+    except CanonicalJsonError as exc:
+        return None, Problem(where, f"data column is not valid JSON ({exc}); the row was altered")
+    if not isinstance(data, dict):
+        return None, Problem(where, f"expected data to be a JSON object, found {type(data).__name__}")
+    return LedgerEntry(seq=seq, time=time, type=type_, item=item, data=data, prev=prev, hash=hash_hex), None
+
+
+class _ChainWalker:
+    """Checks linkage, content hashes and checkpoints in one pass with memory bounded by the checkpoints."""
+
+    def __init__(
+        self,
+        checkpoints: Iterable[Checkpoint],
+        public_key: Ed25519PublicKey,
+        station_id: str,
+        after: tuple[int, str],
+    ) -> None:
+        self.problems: list[Problem] = []
+        self._key_id = key_id_of(public_key)
+        self._last_seq, self._last_hash = after
+        self._start_seq = after[0]
+        self._last_good_checkpoint = 0
+        trusted: list[Checkpoint] = []
+        for cp in checkpoints:
+            if self._checkpoint_is_authentic(cp, public_key, station_id) and cp.seq >= self._start_seq:
+                trusted.append(cp)
+        trusted.sort(key=lambda cp: cp.seq)
+        self._pending = trusted
+        self._next_cp = 0
+        if self._pending and self._pending[0].seq == self._start_seq and self._start_seq > 0:
+            self._match_checkpoints(self._start_seq, self._last_hash)
+
+    def _checkpoint_is_authentic(self, cp: Checkpoint, public_key: Ed25519PublicKey, station_id: str) -> bool:
+        where = f"checkpoint seq {cp.seq}"
+        if not isinstance(cp.seq, int) or isinstance(cp.seq, bool) or cp.seq < 1:
+            self.problems.append(Problem(where, "expected a positive integer seq"))
+            return False
+        if cp.station != station_id:
+            self.problems.append(Problem(where, f"signed for station {cp.station!r}, expected "
+                                                f"{station_id!r}"))
+            return False
+        if cp.key_id != self._key_id:
+            self.problems.append(
+                Problem(where, f"signed by key {cp.key_id!r}, expected the station key {self._key_id}")
+            )
+            return False
+        try:
+            signature = base64.b64decode(cp.signature.encode("ascii"), validate=True)
+            payload = checkpoint_payload(cp.station, cp.seq, cp.hash, cp.time)
+        except (binascii.Error, UnicodeEncodeError, CanonicalJsonError):
+            signature, payload = b"", b""
+        if not payload or not verify_signature(public_key, signature, payload):
+            self.problems.append(
+                Problem(where, f"signature does not verify with station key {self._key_id}: "
+                               f"the checkpoint was forged or altered")
+            )
+            return False
+        return True
+
+    def feed(self, seq: int, prev: str, stored_hash: str, recomputed_hash: str | None) -> None:
+        where = f"ledger seq {seq}"
+        if seq <= self._last_seq:
+            self.problems.append(
+                Problem(where, f"appears after seq {self._last_seq}: entries are out of order or duplicated")
+            )
+            return
+        expected_seq = self._last_seq + 1
+        if seq != expected_seq:
+            missing = f"seq {expected_seq}" if seq == expected_seq + 1 else f"seqs {expected_seq}-{seq - 1}"
+            if self._last_seq == 0:
+                what = f"missing: the ledger starts at seq {seq}, {missing} were deleted"
+            else:
+                what = f"missing: seq jumps from {self._last_seq} to {seq}, {missing} deleted"
+            self.problems.append(Problem(f"ledger seq {expected_seq}", what))
+        elif prev != self._last_hash:
+            if self._last_seq == 0:
+                what = f"prev is {prev[:80]!r}, expected the genesis value {GENESIS_PREV}"
+            else:
+                what = (
+                    f"does not link to seq {self._last_seq}: its prev is {prev[:80]} but seq "
+                    f"{self._last_seq} has hash {self._last_hash}; entries were reordered, replaced or "
+                    f"inserted here"
+                )
+            self.problems.append(Problem(where, what))
+        if recomputed_hash is not None and recomputed_hash != stored_hash:
+            self.problems.append(
+                Problem(where, f"content does not match its hash: stored {stored_hash[:80]}, recomputed "
+                               f"{recomputed_hash}; the entry was edited")
+            )
+        self._match_checkpoints(seq, recomputed_hash or stored_hash)
+        self._last_seq, self._last_hash = seq, stored_hash
+
+    def _match_checkpoints(self, seq: int, content_hash: str) -> None:
+        while self._next_cp < len(self._pending) and self._pending[self._next_cp].seq <= seq:
+            cp = self._pending[self._next_cp]
+            self._next_cp += 1
+            where = f"checkpoint seq {cp.seq}"
+            if cp.seq < seq:
+                self.problems.append(
+                    Problem(where, f"the ledger has no entry at seq {cp.seq}, which this signed checkpoint "
+                                   f"covers: the entry was deleted")
+                )
+            elif cp.hash != content_hash:
+                since = (
+                    f" (the previous checkpoint, at seq {self._last_good_checkpoint}, matches)"
+                    if self._last_good_checkpoint else ""
+                )
+                self.problems.append(
+                    Problem(where, f"signed hash {cp.hash[:80]} but ledger seq {seq} hashes to "
+                                   f"{content_hash[:80]}: the ledger was rewritten at or before "
+                                   f"seq {seq}{since}")
+                )
+            else:
+                self._last_good_checkpoint = cp.seq
+
+    def finish(self) -> list[Problem]:
+        for cp in self._pending[self._next_cp:]:
+            ends = f"the ledger ends at seq {self._last_seq}" if self._last_seq else "the ledger is empty"
+            self.problems.append(
+                Problem(f"checkpoint seq {cp.seq}", f"{ends} but this signed checkpoint proves entries up to "
+                                                    f"seq {cp.seq} existed: the tail was truncated")
+            )
+        self._next_cp = len(self._pending)
+        return self.problems
+
+
+def verify_chain(
+    entries: Iterable[LedgerEntry],
+    checkpoints: Iterable[Checkpoint],
+    public_key: Ed25519PublicKey,
+    station_id: str,
+    *,
+    after: tuple[int, str] = (0, GENESIS_PREV),
+) -> list[Problem]:
+    """Verify entries (in the order given) against their hashes, each other and signed checkpoints.
+
+    Hashes are recomputed from each entry's content; the stored ``hash`` is only compared, never
+    trusted. ``after`` is the ``(seq, hash)`` the first entry must follow: the genesis by default, or a
+    previously verified head when verifying a continuation (as the central does). An empty list means
+    the chain verifies.
+    """
+    walker = _ChainWalker(checkpoints, public_key, station_id, after)
+    for entry in entries:
+        recomputed: str | None
+        try:
+            recomputed = entry_hash(entry.body())
+        except (LedgerError, CanonicalJsonError) as exc:
+            walker.problems.append(Problem(f"ledger seq {entry.seq}", f"cannot recompute hash: {exc}"))
+            recomputed = None
+        walker.feed(entry.seq, entry.prev, entry.hash, recomputed)
+    return walker.finish()
+
+
+def verify_ledger(conn: sqlite3.Connection, public_key: Ed25519PublicKey, station_id: str) -> list[Problem]:
+    """Verify the ledger tables read raw from SQLite, reporting damaged rows instead of raising."""
+    problems: list[Problem] = []
+    checkpoints: list[Checkpoint] = []
+    for row in conn.execute(
+        "SELECT station, seq, hash, time, key_id, signature FROM ledger_checkpoints ORDER BY seq, id"
+    ):
+        try:
+            checkpoints.append(_checkpoint_from_row(row))
+        except LedgerError as exc:
+            problems.append(Problem(f"checkpoint seq {row[1]!r}", str(exc)))
+    walker = _ChainWalker(checkpoints, public_key, station_id, (0, GENESIS_PREV))
+    walker.problems[:0] = problems
+    cursor = conn.execute("SELECT seq, time, type, item, data, prev, hash FROM ledger ORDER BY seq")
+    for row in cursor:
+        entry, problem = _entry_from_row(row)
+        if entry is None:
+            assert problem is not None
+            walker.problems.append(problem)
+            if isinstance(row[0], int) and isinstance(row[5], str) and isinstance(row[6], str):
+                walker.feed(row[0], row[5], row[6], None)
+            continue
+        where = f"ledger seq {entry.seq}"
+        recomputed: str | None
+        try:
+            recomputed = entry_hash(entry.body())
+            if canonical_json(entry.data).decode("utf-8") != row[4]:
+                walker.problems.append(Problem(where, "data column is not in canonical form: the row "
+                                                      "was rewritten"))
+        except (LedgerError, CanonicalJsonError) as exc:
+            walker.problems.append(Problem(where, f"cannot recompute hash: {exc}"))
+            recomputed = None
+        if not _valid_time(entry.time):
+            walker.problems.append(Problem(where, f"time {entry.time[:80]!r} is not UTC ISO-8601 "
+                                                  "with microseconds"))
+        walker.feed(entry.seq, entry.prev, entry.hash, recomputed)
+    return walker.finish()

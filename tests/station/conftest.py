@@ -1,0 +1,84 @@
+"""Fixtures for the station core: stores, configs and recorder volumes made with real ffmpeg media."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.acquire.identity import ClockFacts, RecorderIdentity, SessionInfo
+from edge.config import StationConfig
+from edge.store import StationStore
+from simulators.recorder.volume import populate_volume
+
+DEVICE = "3300001"
+OFFICER = "110001"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def volume_hashes(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every regular file except PARAM.INI."""
+    return {
+        str(p.relative_to(root)): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink() and p.name != "PARAM.INI"
+    }
+
+
+@pytest.fixture(scope="session")
+def volume_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One populated recorder volume (3 MP4, plus photo/audio), copied per test."""
+    root = tmp_path_factory.mktemp("volume-template") / "vol"
+    populate_volume(root, device_serial=DEVICE, officer_no=OFFICER, officer_name="张伟",
+                    unit_code="330100000000", unit_name="杭州市综合行政执法局", files=5, file_mb=0.3, seed=7)
+    return root
+
+
+@pytest.fixture
+def volume(volume_template: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "media" / f"ZFY_{DEVICE}"
+    root.parent.mkdir(parents=True)
+    shutil.copytree(volume_template, root, symlinks=True)
+    return root
+
+
+def make_config(tmp_path: Path, **sections: dict[str, Any]) -> StationConfig:
+    raw: dict[str, Any] = {
+        "station": {"id": "TEST-STATION", "store_dir": str(tmp_path / "store"), "clock": "untrusted"},
+        "usb": {"mount_root": str(tmp_path / "media")},
+        "recorders": {"allow": [{"device_serial": DEVICE}]},
+        "offload": {"min_free_bytes": 0},
+    }
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return StationConfig.model_validate(raw)
+
+
+@pytest.fixture
+def config_factory(tmp_path: Path) -> Callable[..., StationConfig]:
+    return lambda **sections: make_config(tmp_path, **sections)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StationStore]:
+    s = StationStore(tmp_path / "store", "TEST-STATION")
+    yield s
+    s.close()
+
+
+def session_info(bay: int | None = 1) -> SessionInfo:
+    identity = RecorderIdentity(DEVICE, OFFICER, "张伟", "330100000000", "杭州市综合行政执法局", "PARAM.INI")
+    clock = ClockFacts(None, 0, None, None, False)
+    return SessionInfo(str(uuid.uuid4()), "TEST-STATION", bay, identity, clock)
