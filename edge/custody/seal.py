@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.custody.errors import IsoBmffError, ManifestError, SealError
-from edge.custody.isobmff import evidence_box, find_evidence_box, seal_decision
+from edge.custody.isobmff import Box, evidence_box, iter_top_level_boxes, seal_decision
 from edge.custody.manifest import manifest_bytes, parse_manifest, verify_manifest
 from edge.custody.problems import Problem
 
@@ -174,7 +174,9 @@ class SealedFileReport:
 def _read_sidecar(path: Path, where: str, problems: list[Problem]) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size
+            # Read only what is there (up to the cap): read(cap) would allocate the whole cap first.
+            data = f.read(min(size, MAX_MANIFEST_BYTES) + 1)
     except FileNotFoundError:
         problems.append(Problem(where, f"sidecar manifest {path} does not exist"))
         return None
@@ -221,6 +223,21 @@ def _read_box_manifest(f: BinaryIO, offset: int, size: int, where: str,
     return doc
 
 
+def _locate_evidence_box(f: BinaryIO, file_size: int) -> tuple[Box | None, IsoBmffError | None]:
+    """The first evidence box among the top-level boxes, and the parse error that ended the walk, if any.
+
+    The first one counts: we seal once, so a later evidence box or anything else after ours was added
+    by someone else, and a parse error after our box must not hide the box.
+    """
+    try:
+        for box in iter_top_level_boxes(f, file_size):
+            if box.is_evidence_box:
+                return box, None
+    except IsoBmffError as exc:
+        return None, exc
+    return None, None
+
+
 def verify_sealed_file(
     path: Path,
     trusted_keys: Mapping[str, Ed25519PublicKey] | None = None,
@@ -242,11 +259,10 @@ def verify_sealed_file(
         return SealedFileReport(path, False, 0, "", None, problems)
     try:
         file_size = os.fstat(f.fileno()).st_size
-        parse_error: IsoBmffError | None = None
-        try:
-            box = find_evidence_box(f, file_size)
-        except IsoBmffError as exc:
-            box, parse_error = None, exc
+        box, parse_error = _locate_evidence_box(f, file_size)
+        if box is not None and box.end != file_size:
+            problems.append(Problem(where, f"{file_size - box.end} bytes follow the evidence box at offset "
+                                           f"{box.offset}: data was appended after sealing"))
         box_manifest = None
         if box is not None:
             box_manifest = _read_box_manifest(f, box.payload_offset, box.payload_size, where, problems)
