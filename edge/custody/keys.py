@@ -128,7 +128,8 @@ class StationKey:
             try:
                 created = cls._create(private_path)
             except OSError as exc:
-                raise KeyFileError(f"cannot create station key {private_path}: {exc.strerror or exc}") from exc
+                reason = exc.strerror or str(exc)
+                raise KeyFileError(f"cannot create station key {private_path}: {reason}") from exc
             if created is not None:
                 return created
             # Another process created it between our check and our link: load theirs.

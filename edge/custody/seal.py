@@ -282,7 +282,10 @@ def verify_sealed_file(
             problems.append(Problem(where, f"expected {prefix_size} bytes, could read only {read}"))
         if manifest is None:
             if box is None and sidecar_manifest is None and not any(p.where == where for p in problems):
-                problems.append(Problem(where, f"no evidence box and no sidecar manifest ({sidecar_file})"))
+                why = f"; the file does not parse as ISO-BMFF: {parse_error}" if parse_error else ""
+                problems.append(
+                    Problem(where, f"no evidence box and no sidecar manifest ({sidecar_file}){why}")
+                )
         else:
             problems.extend(_content_problems(manifest, prefix_size, prefix_sha256, box is not None,
                                               parse_error, where))
