@@ -120,6 +120,8 @@ def append_evidence_box(path: Path, manifest_doc: Mapping[str, Any], *, verify_p
                 f.seek(prefix_size)
                 tail = f.read(min(tail_size, len(box) + 1))
                 if tail == box:
+                    # The earlier run may have died between write and fsync: make it durable now.
+                    os.fsync(f.fileno())
                     log.info("%s: already sealed with this manifest", path)
                     return prefix_size
                 if tail_size > len(box) or not box.startswith(tail):
