@@ -232,6 +232,7 @@ class RecorderDriver:
         self._timeout_ms = timeout_ms
         self._host_clock_ms = host_clock_ms
         self._dev: Any = None
+        self._gone = False
         self._lock = threading.RLock()
         self._tag = f"recorder {handle.usb_serial}@{handle.location.port_path}"
 
@@ -256,6 +257,7 @@ class RecorderDriver:
             if self.handle.mode is not RecorderMode.CONTROL:
                 raise RecorderError(f"{self._tag}: in {self.handle.mode} mode, it has no control interface")
             dev = self._find_device()
+            self._gone = False
             try:
                 try:
                     dev.get_active_configuration()
@@ -359,6 +361,8 @@ class RecorderDriver:
 
     def _device(self) -> Any:
         if self._dev is None:
+            if self._gone:
+                raise RecorderGoneError(f"{self._tag}: gone")
             raise RecorderError(f"{self._tag}: driver is not open")
         return self._dev
 
@@ -438,6 +442,7 @@ class RecorderDriver:
                                      attempts_left=result.attempts_left)
 
     def _drop(self) -> None:
+        self._gone = True
         dev, self._dev = self._dev, None
         if dev is not None:
             usb.util.dispose_resources(dev)

@@ -39,6 +39,8 @@ from drivers.usb.protocol import (
     RecorderMode,
     RecorderProtocolError,
     VendorRequest,
+    encode_id_code,
+    encode_password,
 )
 from simulators.recorder.device import (
     DEFAULT_STORAGE_TOTAL_BYTES,
@@ -130,6 +132,10 @@ class RecorderSpec:
 
     def __post_init__(self) -> None:
         self.info()  # validates serial, officer number, text fields
+        encode_password(self.password)
+        encode_id_code(self.id_code)
+        if not (len(self.usb_serial) == 16 and self.usb_serial.isascii() and self.usb_serial.isalnum()):
+            raise ValueError(f"usb_serial: expected 16 characters A-Za-z0-9, got {self.usb_serial!r}")
         if not 0 <= self.battery_percent <= 100:
             raise ValueError(f"battery_percent: expected 0..100, got {self.battery_percent}")
         if self.files < 0 or self.file_mb < 0:
@@ -544,6 +550,13 @@ class RecorderBus:
             else:
                 slot.device.reply_faults[request] = payload
 
+    @contextlib.contextmanager
+    def hold_device(self, device_serial: str) -> Iterator[None]:
+        """Fault: the device stops answering while the block runs (transfers time out)."""
+        slot = self._slot(device_serial)
+        with slot.lock:
+            yield
+
     def reap_unplugged(self) -> list[str]:
         """Unplug recorders whose fault volume reported a yank (the UNPLUGGED marker)."""
         with self._lock:
@@ -601,14 +614,15 @@ class RecorderBus:
                 self._unplug_locked(slot)
                 raise NoDeviceError(f"device {key} is gone")
             mode_before = slot.device.mode
+            remembered = (slot.device.info, slot.device.clock_reference)
             try:
                 reply = slot.device.control_transfer(setup, data_out)
             except StallError as exc:
                 raise TransferStallError(str(exc)) from None
             if setup.is_in and len(reply) > setup.wLength:
                 raise TransferOverflowError(f"device sent {len(reply)} bytes for wLength {setup.wLength}")
-            if (setup.bmRequestType & 0x60) == 0x40 and not setup.is_in:
-                self._save(slot)  # SET_CLOCK / WRITE_INFO change what the device remembers
+            if (slot.device.info, slot.device.clock_reference) != remembered:
+                self._save(slot)  # WRITE_INFO / SET_CLOCK: the device's flash and RTC keep them
             if mode_before is RecorderMode.CONTROL and slot.device.mode is RecorderMode.MASS_STORAGE:
                 self._reenumerate_as_mass_storage(slot)
             return reply
