@@ -17,9 +17,9 @@ from edge.config import ConfigError, StationConfig, load_config
 log = logging.getLogger("edge")
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    # The demo prints its own progress; its log shows only warnings unless asked.
+    _setup_logging(args.verbose, quiet=args.command in ("demo", "verify", "check-config", "tag"))
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     result: int = args.func(args)
     return result

@@ -82,6 +82,12 @@ def demo_config(workdir: Path, specs: list[RecorderSpec], dock_port: str, passwo
     })
 
 
+def evidence_left(bus: RecorderBus, device_serial: str, config: StationConfig) -> int:
+    """Evidence files still on a recorder (PARAM.INI and other non-evidence files do not count)."""
+    wanted = set(config.offload.extensions)
+    return sum(1 for name in bus.volume_files(device_serial) if name.rpartition(".")[2].lower() in wanted)
+
+
 class ProgressPrinter:
     def __init__(self, stream: Any) -> None:
         self.stream = stream
@@ -149,7 +155,7 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
         await agent.idle()
         offload_s = time.monotonic() - offload_started
         leds = {i + 1: str(dock.led(i + 1)) for i in range(len(specs))}
-        remaining = {s.device_serial: len(bus.volume_files(s.device_serial)) for s in specs}
+        remaining = {s.device_serial: evidence_left(bus, s.device_serial, config) for s in specs}
     finally:
         stop.set()
         try:

@@ -60,6 +60,7 @@ class StationAgent:
         on_progress: Callable[[BayView], None] | None = None,
     ) -> None:
         self.config = config
+        self._own_backend = backend is None
         self.backend = backend if backend is not None else usb_backend(config)
         self.on_progress = on_progress
         self.views: dict[str, BayView] = {}
@@ -111,6 +112,9 @@ class StationAgent:
                 self.store.ledger.checkpoint()
             self.store.close()
             self.executor.shutdown(wait=True, cancel_futures=True)
+            close = getattr(self.backend, "close", None)
+            if self._own_backend and close is not None:
+                close()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)

@@ -93,7 +93,9 @@ class TaskSpec:
     cancelled. ``liveness_timeout_s``: the task must mark itself alive at least this often, or it is
     treated as hung. ``critical``: when its restart budget is spent the whole service gives up; a
     non-critical task is only marked failed. ``stop_timeout_s``: how long a cancelled task may take to
-    clean up (closing a file mid-offload, say) before it is abandoned.
+    clean up (closing a file mid-offload, say) before it is abandoned; a task still running that long
+    after being cancelled for silence makes the supervisor give up, critical or not, since it can be
+    neither restarted nor contained.
     """
 
     name: str
@@ -266,7 +268,10 @@ class Supervisor:
     # -- registration and liveness -------------------------------------------------------------------
 
     def add(self, spec: TaskSpec) -> None:
-        """Register a task. Before :meth:`run` it starts with the others; during it, at once."""
+        """Register a task. Before :meth:`run` it starts with the others; during it, at once.
+
+        Call from the event loop's thread (unlike :meth:`alive`).
+        """
         if spec.name in self._records:
             raise ValueError(f"a task named {spec.name!r} is already supervised")
         self._records[spec.name] = _Supervised(spec)

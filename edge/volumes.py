@@ -78,9 +78,14 @@ async def wait_until_readable(path: Path, timeout_s: float, interval_s: float = 
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
         try:
-            if os.path.ismount(path) or any(True for _ in os.scandir(path)):
+            if os.path.ismount(path) or _has_entries(path):
                 return True
         except OSError:
             return False
         await asyncio.sleep(interval_s)
     return False
+
+
+def _has_entries(path: Path) -> bool:
+    with os.scandir(path) as entries:
+        return any(True for _ in entries)

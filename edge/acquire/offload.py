@@ -286,8 +286,7 @@ class VolumeOffload:
 
     def _volume_reachable(self) -> bool:
         try:
-            os.listdir(self.root)
-            return os.path.ismount(self.root) or any(True for _ in os.scandir(self.root))
+            return os.path.ismount(self.root) or bool(os.listdir(self.root))
         except OSError:
             return False
 

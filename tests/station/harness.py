@@ -1,0 +1,97 @@
+"""A simulated docking station for agent-level tests: recorder bus + socket, dock pty, real agent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.config import StationConfig
+from edge.station import StationAgent
+from simulators.dock import DockSimulator
+from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
+
+PASSWORD = "246810"
+
+
+def spec(i: int, **overrides: Any) -> RecorderSpec:
+    values: dict[str, Any] = {
+        "device_serial": f"{3300001 + i}", "usb_serial": f"EEZ01{i + 1:011d}", "officer_no": f"{110001 + i}",
+        "officer_name": "张伟", "unit_code": "330100000000", "unit_name": "杭州市综合行政执法局",
+        "password": PASSWORD, "files": 3, "file_mb": 0.2, "seed": i,
+    }
+    values.update(overrides)
+    return RecorderSpec(**values)
+
+
+def station_config(root: Path, specs: list[RecorderSpec], dock_port: str = "", **sections: Any) -> StationConfig:
+    password_file = root / "recorder-password"
+    password_file.write_text(PASSWORD + "\n")
+    password_file.chmod(0o600)
+    raw: dict[str, Any] = {
+        "station": {"id": "TEST-STATION", "store_dir": str(root / "store"), "clock": "trusted"},
+        "usb": {"backend": "simulator", "simulator_socket": str(root / "sim" / "bus.sock"),
+                "poll_interval_s": 0.1, "mount_root": str(root / "media"), "volume_timeout_s": 20},
+        "dock": {"port": dock_port},
+        "bays": [{"number": i + 1, "usb_port": f"1-1.{i + 1}"} for i in range(8)],
+        "recorders": {"default_password": f"file:{password_file}",
+                      "allow": [{"device_serial": s.device_serial} for s in specs]},
+        "offload": {"min_free_bytes": 0, "concurrency": 4},
+    }
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return StationConfig.model_validate(raw)
+
+
+@dataclass
+class Station:
+    bus: RecorderBus
+    dock: DockSimulator
+    agent: StationAgent
+    config: StationConfig
+
+    async def dock_recorder(self, device_serial: str, bay: int) -> None:
+        self.dock.insert(bay, charge_percent=50)
+        self.bus.plug(device_serial, f"1-1.{bay}")
+
+    async def wait_results(self, count: int, timeout_s: float = 60) -> None:
+        async with asyncio.timeout(timeout_s):
+            while len(self.agent.results) < count:
+                await asyncio.sleep(0.05)
+            await self.agent.idle()
+
+    def ledger(self, type_: str) -> list[dict[str, Any]]:
+        assert self.agent.store is not None
+        return [e.data for e in self.agent.store.ledger.entries() if e.type == type_]
+
+
+@asynccontextmanager
+async def simulated_station(root: Path, specs: list[RecorderSpec], *, agent_config: StationConfig | None = None,
+                            **sections: Any) -> AsyncIterator[Station]:
+    bus = RecorderBus(root / "sim" / "state", root / "media")
+    loop = asyncio.get_running_loop()
+    for s in specs:
+        await loop.run_in_executor(None, bus.add_recorder, s)
+    server = RecorderBusServer(bus, root / "sim" / "bus.sock")
+    dock = DockSimulator(bays=8, seed=3)
+    server.start()
+    dock.start()
+    config = agent_config or station_config(root, specs, dock.tty_path, **sections)
+    agent = StationAgent(config)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(agent.run(stop))
+    try:
+        async with asyncio.timeout(20):
+            await agent.ready.wait()
+        yield Station(bus, dock, agent, config)
+    finally:
+        stop.set()
+        try:
+            await runner
+        finally:
+            server.stop()
+            dock.stop()
+            bus.close()
