@@ -183,6 +183,7 @@ class RecorderState:
 
     device_serial: str
     usb_serial: str
+    msc_only: bool
     plugged: bool
     port_path: str | None
     address: int | None
@@ -517,6 +518,7 @@ class RecorderBus:
                 return RecorderState(
                     device_serial=slot.serial,
                     usb_serial=slot.spec.usb_serial,
+                    msc_only=slot.spec.msc_only,
                     plugged=plugged,
                     port_path=slot.port_path,
                     address=slot.address,
@@ -538,8 +540,12 @@ class RecorderBus:
         """What is on the recorder's storage now: relative path → SHA-256 hex, read from the backing
         store (not through the fault volume, so a test's look does not trip the faults)."""
         slot = self._slot(device_serial)
+        files: dict[str, str] = {}
         with slot.lock:
-            return {rel: _sha256_file(path) for rel, path in _walk_files(self._volume_root(slot))}
+            for rel, path in _walk_files(self._volume_root(slot)):
+                with contextlib.suppress(FileNotFoundError):  # the station may be erasing right now
+                    files[rel] = _sha256_file(path)
+        return files
 
     def inject_reply(self, device_serial: str, request: VendorRequest, payload: bytes | None) -> None:
         """Hostile-device fault: the next reply to `request` is `payload` instead of the real one."""
@@ -704,8 +710,9 @@ class RecorderBus:
     def _volume_stats(self, slot: _Slot) -> VolumeStats:
         count = used = 0
         for _, path in _walk_files(self._volume_root(slot)):
-            count += 1
-            used += path.stat().st_size
+            with contextlib.suppress(FileNotFoundError):
+                used += path.stat().st_size
+                count += 1
         return VolumeStats(file_count=count, used_bytes=used)
 
     def _mount(self, slot: _Slot) -> None:

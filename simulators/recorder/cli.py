@@ -155,8 +155,8 @@ def _serve(args: argparse.Namespace) -> int:
                 if not bus.recorder_state(spec.device_serial).plugged:
                     bus.plug(spec.device_serial, f"1-1.{index + 1}")
             with RecorderBusServer(bus, args.socket):
-                recorders = [_summary(bus.recorder_state(spec.device_serial).to_json(), spec.msc_only)
-                             for spec in specs]
+                # Every recorder on the bus, including ones a previous run with more --recorders left.
+                recorders = [_summary(state.to_json()) for state in bus.recorders()]
                 print(json.dumps({
                     "socket": str(args.socket),
                     "state_dir": str(args.state),
@@ -172,14 +172,14 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(state: dict[str, Any], msc_only: bool) -> dict[str, Any]:
+def _summary(state: dict[str, Any]) -> dict[str, Any]:
     return {
         "device_serial": state["device_serial"],
         "usb_serial": state["usb_serial"],
         "officer_no": state["info"]["officer_no"],
         "port_path": state["port_path"],
         "mode": state["mode"],
-        "msc_only": msc_only,
+        "msc_only": state["msc_only"],
         "mount_point": state["mount_point"],
     }
 

@@ -140,3 +140,20 @@ def test_cli_against_no_server_fails_clearly(tmp_path: Path) -> None:
     done = run_cli("list", "--socket", str(tmp_path / "none.sock"))
     assert done.returncode == 1
     assert "none.sock" in done.stderr
+
+
+def test_serve_options_become_recorder_specs() -> None:
+    from simulators.recorder.cli import _parser, recorder_spec
+
+    args = _parser().parse_args(["serve", "--state", "s", "--mount-root", "m", "--socket", "k",
+                                 "--recorders", "4", "--msc-only", "1", "--rate-limit-mbps", "35",
+                                 "--clock-drift-ppm", "-20", "--faults", "read_error=*.MP4@4096",
+                                 "--seed", "2"])
+    specs = [recorder_spec(i, args, "000000") for i in range(4)]
+    assert [s.msc_only for s in specs] == [False, False, False, True]
+    assert all(s.rate_limit_bytes_per_s == 35_000_000 and s.clock_drift_ppm == -20.0 for s in specs)
+    assert specs[0].faults is not None and specs[0].faults.read_error == ("*.MP4", 4096)
+    assert len({s.device_serial for s in specs}) == len({s.usb_serial for s in specs}) == 4
+    # Deterministic: a restarted `serve` finds the same recorders in its state directory.
+    assert [recorder_spec(i, args, "000000").usb_serial for i in range(4)] == [s.usb_serial for s in specs]
+    assert "000000" not in repr(specs[0])
