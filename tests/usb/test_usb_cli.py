@@ -149,11 +149,11 @@ def test_serve_options_become_recorder_specs() -> None:
                                  "--recorders", "4", "--msc-only", "1", "--rate-limit-mbps", "35",
                                  "--clock-drift-ppm", "-20", "--faults", "read_error=*.MP4@4096",
                                  "--seed", "2"])
-    specs = [recorder_spec(i, args, "000000") for i in range(4)]
+    specs = [recorder_spec(i, args, "pw4x7q") for i in range(4)]
     assert [s.msc_only for s in specs] == [False, False, False, True]
     assert all(s.rate_limit_bytes_per_s == 35_000_000 and s.clock_drift_ppm == -20.0 for s in specs)
     assert specs[0].faults is not None and specs[0].faults.read_error == ("*.MP4", 4096)
     assert len({s.device_serial for s in specs}) == len({s.usb_serial for s in specs}) == 4
     # Deterministic: a restarted `serve` finds the same recorders in its state directory.
-    assert [recorder_spec(i, args, "000000").usb_serial for i in range(4)] == [s.usb_serial for s in specs]
-    assert "000000" not in repr(specs[0])
+    assert [recorder_spec(i, args, "pw4x7q").usb_serial for i in range(4)] == [s.usb_serial for s in specs]
+    assert specs[0].password == "pw4x7q" and "pw4x7q" not in repr(specs[0])
