@@ -165,6 +165,7 @@ class VolumeOffload:
         evidence = [f for f in listing.files if stored_extension(f.name) in wanted]
         self.not_evidence = [f.display_path for f in listing.files if stored_extension(f.name) not in wanted]
         rows = [self._row(f) for f in evidence]
+        self._finish_interrupted_wipes({f.key for f in evidence})
         self.progress.files_total = len(rows)
         self.progress.bytes_total = sum(r.file.size for r in rows)
         self._report()
@@ -517,6 +518,25 @@ class VolumeOffload:
         self._report()
 
     # -- wipe -------------------------------------------------------------------------------------
+
+    def _finish_interrupted_wipes(self, listed: set[str]) -> None:
+        """A crash between erasing a recorder file and committing `wiped` leaves the row in `wiping`
+        with the file gone: record the erasure now, saying it was completed before the interruption."""
+        pending = self.store.conn.execute(
+            "SELECT original_path, device_size, device_mtime_ns, item FROM recorder_files "
+            "WHERE device_serial=? AND state='wiping'", (self.device,)).fetchall()
+        for row in pending:
+            if row["original_path"] in listed:
+                continue  # still on the recorder: the normal wipe pass erases it
+            with self.store.transaction() as conn:
+                self.store.ledger.append(
+                    EntryType.WIPED, row["item"],
+                    {"device_serial": self.device, "original": row["original_path"], "already_absent": True},
+                )
+                conn.execute(
+                    "UPDATE recorder_files SET state='wiped' WHERE device_serial=? AND original_path=? "
+                    "AND device_size=? AND device_mtime_ns=?",
+                    (self.device, row["original_path"], row["device_size"], row["device_mtime_ns"]))
 
     async def _wipe_all(self, rows: list[_FileRow]) -> OffloadOutcome:
         policy = self.config.wipe.policy
