@@ -1,0 +1,449 @@
+"""Recorder volumes: the files a body-worn recorder shows when it turns into a USB disk.
+
+`populate_volume` writes what a real recorder holds: `PARAM.INI` (GBK, CRLF) with its identity, video
+under `DCIM/100MEDIA/`, photos under `PHOTO/`, audio under `AUDIO/`, named
+`{警号}_{设备号}_{YYYYMMDDHHMMSS}_{seq:04d}[_IMP].{EXT}` with mtimes at the recording time.
+
+`mount_volume` makes a populated folder appear at a mount point, the way udisks mounts a docked
+recorder: a plain rename when no faults are wanted (fast, and deletions by the station persist in the
+backing folder), else a FUSE filesystem served by a subprocess (`simulators.recorder.faultfs_main`)
+that passes reads through to the backing folder while injecting faults and throttling.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import random
+import re
+import select
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+from simulators.recorder.faultfs import VolumeFaults, fusermount_unmount
+from simulators.recorder.media import make_jpg, make_mp4, make_wav
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MountedVolume",
+    "VolumeError",
+    "VolumeFaults",
+    "VolumeMountError",
+    "mount_volume",
+    "populate_volume",
+    "recorder_file_name",
+]
+
+VIDEO_DIR = Path("DCIM/100MEDIA")
+PHOTO_DIR = Path("PHOTO")
+AUDIO_DIR = Path("AUDIO")
+PARAM_INI = "PARAM.INI"
+MIB = 1024 * 1024
+# Where a volume's content starts when the caller gives no start: fixed so a seed alone decides the bytes.
+DEFAULT_START = datetime(2024, 6, 3, 8, 0, 0)
+
+FUSE_DEVICE = Path("/dev/fuse")
+FUSERMOUNT = "fusermount3"
+MOUNT_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 5.0
+
+_IDENT_RE = re.compile(r"[A-Za-z0-9-]{1,32}")
+_EXT_RE = re.compile(r"[A-Za-z0-9]{1,5}")
+_TEXT_MAX_CHARS = 64
+
+
+class VolumeError(Exception):
+    """A volume could not be populated, mounted or unmounted; says what was expected and what came."""
+
+
+class VolumeMountError(VolumeError):
+    """The FUSE filesystem could not start (missing /dev/fuse or fusermount3, mount refused...)."""
+
+
+def recorder_file_name(officer_no: str, device_serial: str, recorded_at: datetime, seq: int,
+                       important: bool, ext: str) -> str:
+    """`{警号}_{设备号}_{YYYYMMDDHHMMSS}_{seq:04d}[_IMP].{EXT}`.
+
+    E.g. `123456_1234567_20240603080000_0001.MP4`; `ext` may carry a dot and any case.
+    """
+    for role, value in (("officer number", officer_no), ("device serial", device_serial)):
+        if not _IDENT_RE.fullmatch(value):
+            raise VolumeError(f"{role} must match [A-Za-z0-9-]{{1,32}}, got {value!r}")
+    if not 0 <= seq <= 9999:
+        raise VolumeError(f"sequence number must be 0..9999, got {seq}")
+    bare_ext = ext.removeprefix(".")
+    if not _EXT_RE.fullmatch(bare_ext):
+        raise VolumeError(f"extension must be 1-5 letters/digits, got {ext!r}")
+    imp = "_IMP" if important else ""
+    return f"{officer_no}_{device_serial}_{recorded_at:%Y%m%d%H%M%S}_{seq:04d}{imp}.{bare_ext.upper()}"
+
+
+def _check_text(role: str, value: str) -> None:
+    if len(value) > _TEXT_MAX_CHARS or any(ord(c) < 0x20 or c in "\x7f=[]" for c in value):
+        raise VolumeError(f"{role} must be <= {_TEXT_MAX_CHARS} printable chars without '=[]', got {value!r}")
+    try:
+        value.encode("gbk")
+    except UnicodeEncodeError as exc:
+        raise VolumeError(f"{role} {value!r} cannot be written in GBK as a recorder would") from exc
+
+
+def param_ini_bytes(*, device_serial: str, officer_no: str, officer_name: str, unit_code: str,
+                    unit_name: str) -> bytes:
+    """PARAM.INI as recorders write it: a [ZFY] section, GBK text, CRLF line ends."""
+    lines = [
+        "[ZFY]",
+        f"DevNo={device_serial}",
+        f"PolNo={officer_no}",
+        f"UserName={officer_name}",
+        f"UnitNo={unit_code}",
+        f"CorpName={unit_name}",
+    ]
+    return ("\r\n".join(lines) + "\r\n").encode("gbk")
+
+
+def _file_seed(seed: int, index: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:4], "big")
+
+
+def _plan_kinds(files: int, rng: random.Random) -> list[str]:
+    """About 70% video, the rest photos and audio; at least one video, and video first."""
+    if files <= 0:
+        return []
+    videos = max(1, round(files * 0.7))
+    others = files - videos
+    photos = (others + 1) // 2
+    rest = ["JPG"] * photos + ["WAV"] * (others - photos)
+    kinds = ["MP4"] * (videos - 1) + rest
+    rng.shuffle(kinds)
+    return ["MP4", *kinds]
+
+
+def populate_volume(volume_dir: Path, *, device_serial: str, officer_no: str, officer_name: str,
+                    unit_code: str, unit_name: str, files: int, file_mb: float, seed: int,
+                    start: datetime | None = None) -> list[Path]:
+    """Fill `volume_dir` like a recorder after a shift; returns the media files in recording order.
+
+    `file_mb` is each MP4's size in MiB (exact); photos (~100 KB) and audio (1-4 s WAV) are small.
+    Every 4th video is marked important (`_IMP`). The same arguments give the same bytes.
+    `start` is the first recording's device-local time (naive), default DEFAULT_START.
+    """
+    for role, value in (("device serial", device_serial), ("officer number", officer_no)):
+        if not _IDENT_RE.fullmatch(value):
+            raise VolumeError(f"{role} must match [A-Za-z0-9-]{{1,32}}, got {value!r}")
+    if unit_code and not _IDENT_RE.fullmatch(unit_code):
+        raise VolumeError(f"unit code must match [A-Za-z0-9-]{{0,32}}, got {unit_code!r}")
+    _check_text("officer name", officer_name)
+    _check_text("unit name", unit_name)
+    if files < 0 or files > 9999:
+        raise VolumeError(f"files must be 0..9999, got {files}")
+    mp4_bytes = round(file_mb * MIB)
+    if files and mp4_bytes <= 0:
+        raise VolumeError(f"file_mb must be > 0, got {file_mb}")
+
+    volume_dir.mkdir(parents=True, exist_ok=True)
+    (volume_dir / PARAM_INI).write_bytes(param_ini_bytes(
+        device_serial=device_serial, officer_no=officer_no, officer_name=officer_name,
+        unit_code=unit_code, unit_name=unit_name))
+    rng = random.Random(f"volume:{seed}")
+    recorded_at = start or DEFAULT_START
+    made: list[Path] = []
+    videos = 0
+    for index, kind in enumerate(_plan_kinds(files, rng)):
+        file_seed = _file_seed(seed, index)
+        important = kind == "MP4" and videos % 4 == 3
+        name = recorder_file_name(officer_no, device_serial, recorded_at, index + 1, important, kind)
+        if kind == "MP4":
+            videos += 1
+            path = volume_dir / VIDEO_DIR / name
+            make_mp4(path, size_bytes=mp4_bytes, seed=file_seed, creation_time=recorded_at)
+        elif kind == "JPG":
+            path = volume_dir / PHOTO_DIR / name
+            make_jpg(path, seed=file_seed)
+        else:
+            path = volume_dir / AUDIO_DIR / name
+            make_wav(path, seconds=1 + rng.randrange(4), seed=file_seed)
+        # FAT keeps local wall-clock time, which the kernel shows through the local timezone.
+        moment = recorded_at.timestamp()
+        os.utime(path, (moment, moment))
+        made.append(path)
+        recorded_at += timedelta(seconds=rng.randint(60, 1800))
+    log.info("populated %s for recorder %s: %d files", volume_dir, device_serial, len(made))
+    return made
+
+
+# -- mounting --------------------------------------------------------------------------------------------
+
+
+def _unescape_mountinfo(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _absolute(path: Path) -> Path:
+    # Resolve the parent only: the mount point itself may be a dead FUSE mount that cannot be stat'ed.
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+def is_mounted(path: Path) -> bool:
+    """True if `path` is a mount point per /proc/self/mountinfo (also for a dead FUSE mount)."""
+    target = str(_absolute(path))
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+            return any(
+                _unescape_mountinfo(line.split(" ")[4]) == target for line in fh if line.count(" ") > 4
+            )
+    except OSError:
+        return os.path.ismount(path)
+
+
+class MountedVolume:
+    """A recorder volume visible at `mount_point` until `unmount()`."""
+
+    def __init__(self, mount_point: Path, backing_dir: Path, *,
+                 process: subprocess.Popen[bytes] | None = None, lifeline_fd: int | None = None,
+                 stderr_log: IO[bytes] | None = None) -> None:
+        self.mount_point = mount_point
+        self.backing_dir = backing_dir
+        self._process = process
+        self._lifeline_fd = lifeline_fd
+        self._stderr_log = stderr_log
+        self._lock = threading.Lock()
+        self._unmounted = False
+
+    @property
+    def uses_fuse(self) -> bool:
+        return self._process is not None
+
+    @property
+    def alive(self) -> bool:
+        """Mounted and serving: False after unmount, an unplug fault, or the FUSE process dying."""
+        if self._unmounted:
+            return False
+        if self._process is None:
+            return self.mount_point.is_dir()
+        return self._process.poll() is None and is_mounted(self.mount_point)
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        """The last lines the FUSE process wrote to stderr (for failure reports)."""
+        if self._stderr_log is None or self._stderr_log.closed:
+            return ""
+        self._stderr_log.seek(0)
+        return "\n".join(self._stderr_log.read().decode("utf-8", "replace").splitlines()[-lines:])
+
+    def unmount(self) -> None:
+        """Take the volume away; idempotent. Rename mounts give the folder back to `backing_dir`."""
+        with self._lock:
+            if self._unmounted:
+                return
+            if self._process is None:
+                self._unmount_rename()
+            else:
+                self._unmount_fuse()
+            self._unmounted = True
+        log.info("unmounted %s", self.mount_point)
+
+    def _unmount_rename(self) -> None:
+        if self.backing_dir.exists() and not _is_empty_dir(self.backing_dir):
+            raise VolumeError(
+                f"cannot unmount {self.mount_point}: {self.backing_dir} exists and is not empty"
+            )
+        try:
+            os.rename(self.mount_point, self.backing_dir)
+        except FileNotFoundError as exc:
+            raise VolumeError(f"cannot unmount {self.mount_point}: it disappeared while mounted") from exc
+
+    def _unmount_fuse(self) -> None:
+        assert self._process is not None
+        # If busy (the station still holds a file open), detach now and let the kernel finish later.
+        if (is_mounted(self.mount_point) and not fusermount_unmount(self.mount_point)
+                and not fusermount_unmount(self.mount_point, lazy=True) and is_mounted(self.mount_point)):
+            raise VolumeError(f"cannot unmount {self.mount_point}: fusermount3 -u and -uz both failed")
+        if self._lifeline_fd is not None:
+            os.close(self._lifeline_fd)
+            self._lifeline_fd = None
+        _stop_process(self._process)
+        if self._stderr_log is not None:
+            self._stderr_log.close()
+        try:
+            self.mount_point.rmdir()
+        except OSError as exc:
+            log.warning("mount point %s left in place: %s", self.mount_point, exc)
+
+    def __enter__(self) -> MountedVolume:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unmount()
+
+    def __repr__(self) -> str:
+        kind = "fuse" if self._process is not None else "rename"
+        return f"MountedVolume({str(self.mount_point)!r}, {kind}, alive={self.alive})"
+
+
+def _is_empty_dir(path: Path) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except NotADirectoryError:
+        return False
+
+
+def _stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("FUSE process %d ignored SIGTERM; killing it", process.pid)
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def mount_volume(backing_dir: Path, mount_point: Path, *, faults: VolumeFaults | None = None,
+                 rate_limit_bytes_per_s: int | None = None,
+                 unplug_marker: Path | None = None) -> MountedVolume:
+    """Make `backing_dir`'s files appear at `mount_point` (which must be absent or an empty folder).
+
+    Without faults and rate limit the folder is renamed (same filesystem required); otherwise a FUSE
+    process serves it. Raises VolumeError / VolumeMountError saying what is missing.
+    """
+    st = _lstat_or_none(backing_dir)
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        raise VolumeError(f"backing dir {backing_dir} must be an existing directory (not a symlink)")
+    if rate_limit_bytes_per_s is not None and rate_limit_bytes_per_s <= 0:
+        raise VolumeError(f"rate limit must be > 0 bytes/s, got {rate_limit_bytes_per_s}")
+    mount_st = _lstat_or_none(mount_point)
+    if mount_st is not None and (not stat.S_ISDIR(mount_st.st_mode) or not _is_empty_dir(mount_point)):
+        raise VolumeError(f"mount point {mount_point} must be absent or an empty directory")
+    mount_point.parent.mkdir(parents=True, exist_ok=True)
+    if (faults is None or not faults.any) and rate_limit_bytes_per_s is None:
+        return _mount_rename(backing_dir, mount_point)
+    return _mount_fuse(backing_dir, mount_point, faults or VolumeFaults(), rate_limit_bytes_per_s,
+                       unplug_marker)
+
+
+def _lstat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _mount_rename(backing_dir: Path, mount_point: Path) -> MountedVolume:
+    backing_dev = os.stat(backing_dir).st_dev
+    target_dev = os.stat(mount_point.parent).st_dev
+    if backing_dev != target_dev:
+        raise VolumeError(
+            f"mounting by rename needs {backing_dir} and {mount_point} on one filesystem "
+            f"(devices {backing_dev} and {target_dev}); use a rate limit or faults to mount through FUSE"
+        )
+    try:
+        os.rename(backing_dir, mount_point)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            raise VolumeError(f"{backing_dir} and {mount_point} are on different filesystems") from exc
+        raise VolumeError(f"cannot mount {backing_dir} at {mount_point}: {exc}") from exc
+    log.info("mounted %s at %s (rename)", backing_dir, mount_point)
+    return MountedVolume(mount_point, backing_dir)
+
+
+def check_fuse_available() -> None:
+    """Raise VolumeMountError naming what is missing for FUSE volumes."""
+    if not FUSE_DEVICE.exists():
+        raise VolumeMountError(
+            f"FUSE volumes need {FUSE_DEVICE}, which does not exist (load the fuse module; in a container "
+            "run with --device /dev/fuse --cap-add SYS_ADMIN)"
+        )
+    if not os.access(FUSE_DEVICE, os.R_OK | os.W_OK):
+        raise VolumeMountError(f"FUSE volumes need read/write access to {FUSE_DEVICE} (uid {os.geteuid()})")
+    if shutil.which(FUSERMOUNT) is None:
+        raise VolumeMountError(f"FUSE volumes need {FUSERMOUNT} on PATH (Debian: apt-get install fuse3)")
+
+
+def fuse_command(backing_dir: Path, mount_point: Path, faults: VolumeFaults,
+                 rate_limit_bytes_per_s: int | None, unplug_marker: Path | None, *,
+                 ready_fd: int, lifeline_fd: int) -> list[str]:
+    """argv of the filesystem process (pure)."""
+    argv = [sys.executable, "-m", "simulators.recorder.faultfs_main",
+            "--backing", str(backing_dir), "--mount-point", str(mount_point), *faults.to_args(),
+            "--ready-fd", str(ready_fd), "--lifeline-fd", str(lifeline_fd)]
+    if rate_limit_bytes_per_s is not None:
+        argv += ["--rate-limit-bytes-per-s", str(rate_limit_bytes_per_s)]
+    if unplug_marker is not None:
+        argv += ["--unplug-marker", str(unplug_marker)]
+    return argv
+
+
+def _mount_fuse(backing_dir: Path, mount_point: Path, faults: VolumeFaults,
+                rate_limit_bytes_per_s: int | None, unplug_marker: Path | None) -> MountedVolume:
+    check_fuse_available()
+    mount_point.mkdir(exist_ok=True)
+    ready_r, ready_w = os.pipe()
+    lifeline_r, lifeline_w = os.pipe()
+    # Append mode: the child shares the file offset, and reading the tail must not make it overwrite.
+    # Owned by the MountedVolume from here on, closed in its unmount().
+    stderr_log = tempfile.TemporaryFile(mode="a+b", prefix="faultfs-")  # noqa: SIM115
+    argv = fuse_command(backing_dir.resolve(), _absolute(mount_point), faults, rate_limit_bytes_per_s,
+                        unplug_marker.resolve() if unplug_marker else None,
+                        ready_fd=ready_w, lifeline_fd=lifeline_r)
+    env = dict(os.environ)
+    # The child must import this very checkout of `simulators`, wherever the caller's cwd is.
+    project_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
+    try:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr_log, stderr=stderr_log,
+                                   pass_fds=(ready_w, lifeline_r), env=env, start_new_session=True)
+    except OSError as exc:
+        for fd in (ready_r, ready_w, lifeline_r, lifeline_w):
+            os.close(fd)
+        stderr_log.close()
+        raise VolumeMountError(f"cannot start the FUSE process for {mount_point}: {exc}") from exc
+    os.close(ready_w)
+    os.close(lifeline_r)
+    volume = MountedVolume(mount_point, backing_dir, process=process, lifeline_fd=lifeline_w,
+                           stderr_log=stderr_log)
+    try:
+        _await_ready(ready_r, process, mount_point)
+    except BaseException as exc:
+        tail = volume.stderr_tail()
+        try:
+            volume.unmount()
+        except VolumeError:
+            log.exception("cleanup after a failed mount of %s", mount_point)
+        if isinstance(exc, VolumeMountError):
+            raise VolumeMountError(f"{exc}\nFUSE process stderr:\n{tail}") from None
+        raise
+    finally:
+        os.close(ready_r)
+    log.info("mounted %s at %s (FUSE pid %d, faults %s, rate %s B/s)", backing_dir, mount_point, process.pid,
+             faults.to_cli_string() or "none", rate_limit_bytes_per_s)
+    return volume
+
+
+def _await_ready(ready_fd: int, process: subprocess.Popen[bytes], mount_point: Path) -> None:
+    deadline = time.monotonic() + MOUNT_TIMEOUT_S
+    # The child writes "R" from the FUSE init callback; EOF means it died before getting there.
+    readable, _, _ = select.select([ready_fd], [], [], MOUNT_TIMEOUT_S)
+    if not readable:
+        raise VolumeMountError(f"FUSE process for {mount_point} not ready after {MOUNT_TIMEOUT_S:.0f} s")
+    if os.read(ready_fd, 1) != b"R":
+        try:
+            code: int | str | None = process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            code = "no status"
+        raise VolumeMountError(f"FUSE process for {mount_point} exited ({code}) before mounting")
+    # FUSE init can run a moment before the mount is attached to the tree; the window is tiny.
+    while not is_mounted(mount_point):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise VolumeMountError(f"{mount_point} did not appear as a mount point")
+        time.sleep(0.005)
