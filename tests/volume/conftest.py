@@ -1,0 +1,73 @@
+"""Fixtures for recorder-volume tests: a private media cache, FUSE mounts torn down, mount events."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from simulators.recorder.faultfs import VolumeFaults
+from simulators.recorder.volume import MountedVolume, is_mounted, mount_volume
+
+
+@pytest.fixture(scope="session", autouse=True)
+def media_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A cache private to this test session: tests never depend on, or pollute, the user's cache."""
+    cache = tmp_path_factory.mktemp("media-cache")
+    cache.chmod(0o700)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EVIDENCE_EDGE_SIM_CACHE", str(cache))
+        yield cache
+
+
+def fuse_usable() -> bool:
+    return os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3") is not None
+
+
+needs_fuse = pytest.mark.skipif(not fuse_usable(), reason="needs /dev/fuse and fusermount3")
+
+
+def wait_for_mounts(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Wait until `predicate()` holds, woken by mount-table changes (mountinfo signals POLLPRI)."""
+    deadline = time.monotonic() + timeout_s
+    with open("/proc/self/mountinfo", "rb") as fh:
+        poller = select.poll()
+        poller.register(fh.fileno(), select.POLLPRI | select.POLLERR)
+        while not predicate():
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                return predicate()
+            # A bounded wait also covers predicates that are not about the mount table.
+            poller.poll(min(remaining_ms, 200))
+            fh.seek(0)
+            fh.read()
+    return True
+
+
+MountFactory = Callable[..., MountedVolume]
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[MountFactory]:
+    """mount(backing, **kwargs) -> MountedVolume at a fresh mount point; all unmounted at teardown."""
+    volumes: list[MountedVolume] = []
+
+    def _mount(backing: Path, *, faults: VolumeFaults | None = None,
+               rate_limit_bytes_per_s: int | None = None, unplug_marker: Path | None = None,
+               name: str = "ZFY_1234567") -> MountedVolume:
+        mount_root = tmp_path / "media"
+        mount_root.mkdir(exist_ok=True)
+        volume = mount_volume(backing, mount_root / name, faults=faults,
+                              rate_limit_bytes_per_s=rate_limit_bytes_per_s, unplug_marker=unplug_marker)
+        volumes.append(volume)
+        return volume
+
+    yield _mount
+    for volume in reversed(volumes):
+        volume.unmount()
+        assert not is_mounted(volume.mount_point)

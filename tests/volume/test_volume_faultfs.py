@@ -1,0 +1,208 @@
+"""Fault specs, the token bucket, and the filesystem operations called directly (no FUSE needed)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from simulators.recorder.faultfs import GROW_BYTES, FaultFS, TokenBucket, VolumeFaults, VolumeFaultsError
+
+ALL = VolumeFaults(read_error=("*.MP4", 1048576), bit_flip=("DCIM/*/A*.MP4", 4096),
+                   unplug_after_bytes=5_000_000, grow="*_0003.MP4", vanish="*.JPG")
+
+
+def test_cli_string_and_args_round_trip() -> None:
+    text = ALL.to_cli_string()
+    assert text == ("read_error=*.MP4@1048576,bit_flip=DCIM/*/A*.MP4@4096,unplug_after_bytes=5000000,"
+                    "grow=*_0003.MP4,vanish=*.JPG")
+    assert VolumeFaults.from_cli_string(text) == ALL
+    assert VolumeFaults.from_args(ALL.to_args()) == ALL
+    assert VolumeFaults().to_args() == [] and not VolumeFaults().any and ALL.any
+    assert VolumeFaults.from_cli_string(" unplug-after-bytes = 10 , ") == VolumeFaults(unplug_after_bytes=10)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("read_error=*.MP4", "GLOB@OFFSET"),
+        ("read_error=*.MP4@-5", "GLOB@OFFSET"),
+        ("read_error=*.MP4@0x10", "GLOB@OFFSET"),
+        ("read_error=@10", "glob"),
+        ("unplug_after_bytes=lots", "decimal"),
+        ("melt=*.MP4", "unknown name"),
+        ("grow", "NAME=VALUE"),
+        ("grow=a,grow=b", "twice"),
+        ("vanish=", "glob"),
+    ],
+)
+def test_cli_string_errors(text: str, message: str) -> None:
+    with pytest.raises(VolumeFaultsError, match=message):
+        VolumeFaults.from_cli_string(text)
+
+
+def test_direct_construction_validated() -> None:
+    with pytest.raises(VolumeFaultsError):
+        VolumeFaults(read_error=("a,b", 1))
+    with pytest.raises(VolumeFaultsError):
+        VolumeFaults(bit_flip=("*", -1))
+    with pytest.raises(VolumeFaultsError):
+        VolumeFaults(unplug_after_bytes=True)
+    with pytest.raises(VolumeFaultsError):
+        VolumeFaults.from_args(["--faults", "grow=x", "--extra"])
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_token_bucket_paces_to_rate() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1_000_000, burst_bytes=100_000, clock=clock, sleep=clock.sleep)
+    for _ in range(10):
+        bucket.acquire(200_000)
+    # 2 MB at 1 MB/s, less the one burst allowed up front.
+    assert sum(clock.slept) == pytest.approx(1.9)
+    clock.now += 60  # idle time does not bank more than one burst
+    clock.slept.clear()
+    bucket.acquire(1_100_000)
+    assert sum(clock.slept) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        TokenBucket(0)
+
+
+@pytest.fixture
+def backing(tmp_path: Path) -> Path:
+    media = tmp_path / "vol" / "DCIM" / "100MEDIA"
+    media.mkdir(parents=True)
+    (media / "A_0001.MP4").write_bytes(bytes(range(256)) * 8192)  # 2 MiB
+    (media / "B_0003.MP4").write_bytes(b"b" * 10_000)
+    (tmp_path / "vol" / "P.JPG").write_bytes(b"j" * 5000)
+    return tmp_path / "vol"
+
+
+def read_all(fs: FaultFS, path: str, chunk: int = 131072) -> bytes:
+    fh = fs.open(path, os.O_RDONLY)
+    try:
+        out = bytearray()
+        while data := fs.read(path, chunk, len(out), fh):
+            out += data
+        return bytes(out)
+    finally:
+        fs.release(path, fh)
+
+
+def test_passthrough(backing: Path) -> None:
+    fs = FaultFS(backing)
+    assert fs.readdir("/", 0) == [".", "..", "DCIM", "P.JPG"]
+    assert fs.getattr("/DCIM/100MEDIA/A_0001.MP4")["st_size"] == 2 * 1024 * 1024
+    assert read_all(fs, "/DCIM/100MEDIA/A_0001.MP4") == (backing / "DCIM/100MEDIA/A_0001.MP4").read_bytes()
+    assert fs.statfs("/")["f_bsize"] > 0
+    assert fs.bytes_delivered == 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize("op", ["create", "write", "truncate", "mkdir", "rmdir", "chmod", "chown", "utimens",
+                                "mknod", "setxattr", "removexattr", "rename", "symlink", "link"])
+def test_changes_other_than_unlink_refused(backing: Path, op: str) -> None:
+    fs = FaultFS(backing)
+    second: object = "/Q.JPG" if op in ("rename", "symlink", "link") else 0
+    with pytest.raises(OSError) as info:
+        getattr(fs, op)("/P.JPG", second)
+    assert info.value.errno == errno.EROFS
+
+
+@pytest.mark.parametrize("flags",
+                         [os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC, os.O_RDONLY | os.O_APPEND])
+def test_open_for_writing_refused(backing: Path, flags: int) -> None:
+    with pytest.raises(OSError) as info:
+        FaultFS(backing).open("/P.JPG", flags)
+    assert info.value.errno == errno.EROFS
+
+
+def test_unlink_and_traversal(backing: Path) -> None:
+    fs = FaultFS(backing)
+    fs.unlink("/P.JPG")
+    assert not (backing / "P.JPG").exists()
+    with pytest.raises(OSError) as info:
+        fs.getattr("/../etc/passwd")
+    assert info.value.errno == errno.EINVAL
+
+
+def test_read_error_only_where_it_is(backing: Path) -> None:
+    fs = FaultFS(backing, VolumeFaults(read_error=("A_*.MP4", 1048576)))
+    path = "/DCIM/100MEDIA/A_0001.MP4"
+    fh = fs.open(path, os.O_RDONLY)
+    assert len(fs.read(path, 1048576, 0, fh)) == 1048576
+    for offset, size in ((1048576, 1), (1048575, 2), (1000000, 131072)):
+        with pytest.raises(OSError) as info:
+            fs.read(path, size, offset, fh)
+        assert info.value.errno == errno.EIO
+    assert len(fs.read(path, 4096, 1048577, fh)) == 4096
+    assert read_all(fs, "/DCIM/100MEDIA/B_0003.MP4") == b"b" * 10_000  # other files untouched
+
+
+def test_bit_flip_once(backing: Path) -> None:
+    fs = FaultFS(backing, VolumeFaults(bit_flip=("DCIM/100MEDIA/A_*", 5000)))
+    truth = (backing / "DCIM/100MEDIA/A_0001.MP4").read_bytes()
+    first = read_all(fs, "/DCIM/100MEDIA/A_0001.MP4")
+    diff = [i for i, (x, y) in enumerate(zip(first, truth, strict=True)) if x != y]
+    assert diff == [5000] and bin(first[5000] ^ truth[5000]).count("1") == 1
+    assert read_all(fs, "/DCIM/100MEDIA/A_0001.MP4") == truth
+
+
+def test_unplug_after_bytes(backing: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "state" / "UNPLUGGED"
+    calls: list[str] = []
+    fs = FaultFS(backing, VolumeFaults(unplug_after_bytes=300_000), unplug_marker=marker,
+                 on_unplug=lambda: calls.append("unplug"))
+    path = "/DCIM/100MEDIA/A_0001.MP4"
+    fh = fs.open(path, os.O_RDONLY)
+    assert len(fs.read(path, 131072, 0, fh)) == 131072
+    assert len(fs.read(path, 131072, 131072, fh)) == 131072
+    with pytest.raises(OSError) as info:
+        fs.read(path, 131072, 262144, fh)  # would pass 300 000 bytes delivered
+    assert info.value.errno == errno.EIO
+    assert calls == ["unplug"] and fs.bytes_delivered == 262144
+    assert json.loads(marker.read_text())["bytes_delivered"] == 262144
+    for op, args in (("getattr", ("/",)), ("readdir", ("/", 0)), ("unlink", ("/P.JPG",)), ("statfs", ("/",))):
+        with pytest.raises(OSError) as info:
+            getattr(fs, op)(*args)
+        assert info.value.errno == errno.ENODEV
+    with pytest.raises(OSError):
+        fs.read(path, 10, 0, fh)
+    assert (backing / "P.JPG").exists()
+
+
+def test_grow_after_first_read(backing: Path) -> None:
+    fs = FaultFS(backing, VolumeFaults(grow="*_0003.MP4"))
+    path = "/DCIM/100MEDIA/B_0003.MP4"
+    fh = fs.open(path, os.O_RDONLY)
+    assert fs.read(path, 100, 0, fh) == b"b" * 100
+    assert fs.getattr(path)["st_size"] == 10_000 + GROW_BYTES
+    fs.read(path, 100, 0, fh)
+    assert fs.getattr(path)["st_size"] == 10_000 + GROW_BYTES  # grows once
+
+
+def test_vanish_after_first_read(backing: Path) -> None:
+    fs = FaultFS(backing, VolumeFaults(vanish="*.JPG"))
+    fh = fs.open("/P.JPG", os.O_RDONLY)
+    assert fs.read("/P.JPG", 100, 0, fh) == b"j" * 100
+    assert not (backing / "P.JPG").exists()
+    with pytest.raises(OSError) as info:
+        fs.read("/P.JPG", 100, 100, fh)
+    assert info.value.errno == errno.EIO
+    with pytest.raises(FileNotFoundError):
+        fs.getattr("/P.JPG")
+    assert "P.JPG" not in fs.readdir("/", 0)
