@@ -7,7 +7,6 @@ import asyncio
 import getpass
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -186,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The demo prints its own progress; its log shows only warnings unless asked.
     _setup_logging(args.verbose, quiet=args.command in ("demo", "verify", "check-config", "tag"))
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     result: int = args.func(args)
     return result
 
