@@ -408,8 +408,12 @@ def fusermount_unmount(mount_point: Path, *, lazy: bool = False) -> bool:
     if binary is None:
         log.error("fusermount3 not found; cannot unmount %s", mount_point)
         return False
-    done = subprocess.run([binary, "-uz" if lazy else "-u", str(mount_point)],
-                          capture_output=True, check=False, timeout=30)
+    try:
+        done = subprocess.run([binary, "-uz" if lazy else "-u", str(mount_point)],
+                              capture_output=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.error("fusermount3 on %s failed: %s", mount_point, exc)
+        return False
     if done.returncode != 0:
         log.debug("fusermount3 %s %s: %s", "-uz" if lazy else "-u", mount_point,
                   done.stderr.decode("utf-8", "replace").strip())

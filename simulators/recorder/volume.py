@@ -12,6 +12,7 @@ that passes reads through to the backing folder while injecting faults and throt
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -264,14 +265,16 @@ class MountedVolume:
 
     def _unmount_fuse(self) -> None:
         assert self._process is not None
+        clean = not is_mounted(self.mount_point) or fusermount_unmount(self.mount_point)
         # If busy (the station still holds a file open), detach now and let the kernel finish later.
-        if (is_mounted(self.mount_point) and not fusermount_unmount(self.mount_point)
-                and not fusermount_unmount(self.mount_point, lazy=True) and is_mounted(self.mount_point)):
+        if not clean and not fusermount_unmount(self.mount_point, lazy=True) and is_mounted(self.mount_point):
             raise VolumeError(f"cannot unmount {self.mount_point}: fusermount3 -u and -uz both failed")
+        # After a clean unmount the process ends by itself; a detached one may wait for open files.
+        _stop_process(self._process, grace_s=STOP_TIMEOUT_S if clean else 0.0)
         if self._lifeline_fd is not None:
+            # Only now: closing it earlier would make the process try to unmount a second time.
             os.close(self._lifeline_fd)
             self._lifeline_fd = None
-        _stop_process(self._process)
         if self._stderr_log is not None:
             self._stderr_log.close()
         try:
@@ -298,7 +301,9 @@ def _is_empty_dir(path: Path) -> bool:
         return False
 
 
-def _stop_process(process: subprocess.Popen[bytes]) -> None:
+def _stop_process(process: subprocess.Popen[bytes], *, grace_s: float) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
     if process.poll() is None:
         process.terminate()
         try:
@@ -322,6 +327,8 @@ def mount_volume(backing_dir: Path, mount_point: Path, *, faults: VolumeFaults |
         raise VolumeError(f"backing dir {backing_dir} must be an existing directory (not a symlink)")
     if rate_limit_bytes_per_s is not None and rate_limit_bytes_per_s <= 0:
         raise VolumeError(f"rate limit must be > 0 bytes/s, got {rate_limit_bytes_per_s}")
+    if is_mounted(mount_point):
+        raise VolumeError(f"{mount_point} is already a mount point: unmount the old volume first")
     mount_st = _lstat_or_none(mount_point)
     if mount_st is not None and (not stat.S_ISDIR(mount_st.st_mode) or not _is_empty_dir(mount_point)):
         raise VolumeError(f"mount point {mount_point} must be absent or an empty directory")

@@ -275,6 +275,29 @@ def test_volume_unmounts_itself_when_its_owner_dies(backing: Path, tmp_path: Pat
                 subprocess.run(["fusermount3", "-uz", str(mount_point)], check=False)
 
 
+@needs_fuse
+def test_unmount_while_station_holds_a_file_open(backing: Path, tmp_path: Path) -> None:
+    vol = mount_volume(backing, tmp_path / "m", rate_limit_bytes_per_s=10**10)
+    with open(vol.mount_point / BIG, "rb") as held:
+        assert held.read(10) == (backing / BIG).read_bytes()[:10]
+        started = time.monotonic()
+        vol.unmount()  # `fusermount3 -u` says busy; the volume is detached lazily instead
+        assert time.monotonic() - started < volume_mod.STOP_TIMEOUT_S
+        assert not is_mounted(vol.mount_point) and not vol.mount_point.exists()
+        with pytest.raises(OSError):
+            held.seek(2 * MIB)
+            held.read(10)  # the device is gone under the open file
+    assert vol._process is not None and vol._process.poll() is not None
+
+
+@needs_fuse
+def test_mount_onto_a_live_mount_refused(backing: Path, mount: MountFactory) -> None:
+    vol = mount(backing, rate_limit_bytes_per_s=10**10)
+    with pytest.raises(VolumeError, match="already a mount point"):
+        mount_volume(backing, vol.mount_point, rate_limit_bytes_per_s=10**10)
+    assert vol.alive
+
+
 def test_missing_fuse_device_is_named(backing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(volume_mod, "FUSE_DEVICE", tmp_path / "no-fuse")
     with pytest.raises(VolumeMountError, match="no-fuse, which does not exist"):
