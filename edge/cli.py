@@ -30,8 +30,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.file}: OK (station {config.station.id}, {len(config.bays)} bays, "
-          f"{len(config.recorders.allow)} recorders on the allow-list)")
+    print(
+        f"{args.file}: OK (station {config.station.id}, {len(config.bays)} bays, "
+        f"{len(config.recorders.allow)} recorders on the allow-list)"
+    )
     return 0
 
 
@@ -69,8 +71,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(f"FAIL {problem.where}: {problem.what}")
         checked = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.checked.items())
-        print(f"{'OK' if report.ok else 'FAILED'}: {report.target} ({checked}; "
-              f"{len(report.problems)} problem(s))")
+        print(
+            f"{'OK' if report.ok else 'FAILED'}: {report.target} ({checked}; "
+            f"{len(report.problems)} problem(s))"
+        )
     return 0 if report.ok else 1
 
 
@@ -129,8 +133,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import DemoOptions, run_demo
 
     options = DemoOptions(
-        recorders=args.recorders, files=args.files, file_mb=args.file_mb,
-        workdir=Path(args.workdir) if args.workdir else None, json_output=args.json,
+        recorders=args.recorders,
+        files=args.files,
+        file_mb=args.file_mb,
+        workdir=Path(args.workdir) if args.workdir else None,
+        json_output=args.json,
     )
     return asyncio.run(run_demo(options))
 

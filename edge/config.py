@@ -60,7 +60,9 @@ class SecretRef(str):
         try:
             return path.read_text(encoding="utf-8").strip("\r\n")
         except OSError as exc:
-            raise ConfigError(f"secret reference {kind}:{target}: cannot read {path}: {exc.strerror}") from exc
+            raise ConfigError(
+                f"secret reference {kind}:{target}: cannot read {path}: {exc.strerror}"
+            ) from exc
 
 
 def _secret_ref(value: object) -> SecretRef:
@@ -142,8 +144,26 @@ class WipePolicy(StrEnum):
 
 
 EVIDENCE_EXTENSIONS = [
-    "mp4", "mov", "avi", "mkv", "ts", "ps", "dav", "h264", "h265", "wav", "mp3", "aac", "m4a", "amr",
-    "jpg", "jpeg", "png", "bmp", "gps", "nmea",
+    "mp4",
+    "mov",
+    "avi",
+    "mkv",
+    "ts",
+    "ps",
+    "dav",
+    "h264",
+    "h265",
+    "wav",
+    "mp3",
+    "aac",
+    "m4a",
+    "amr",
+    "jpg",
+    "jpeg",
+    "png",
+    "bmp",
+    "gps",
+    "nmea",
 ]
 
 
@@ -220,7 +240,9 @@ def _describe(error: Any, text: str | None) -> str:
     line = _line_of(text, error["loc"]) if text else None
     where = f"line {line}: " if line else ""
     got = error.get("input")
-    shown = "" if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+    shown = (
+        "" if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+    )
     if "password" in loc:
         shown = ""  # never echo anything that might be a secret
     return f"{where}{loc}: {message}{shown}"
@@ -262,7 +284,9 @@ def load_config(path: Path) -> StationConfig:
     # Relative paths in a config file are relative to the file, not to wherever the agent was started.
     return config.model_copy(
         update={
-            "station": config.station.model_copy(update={"store_dir": _rooted(base, config.station.store_dir)}),
+            "station": config.station.model_copy(
+                update={"store_dir": _rooted(base, config.station.store_dir)}
+            ),
             "usb": config.usb.model_copy(
                 update={
                     "mount_root": _rooted(base, config.usb.mount_root),

@@ -8,6 +8,7 @@ recorder, waits for each offload to finish, verifies the store and prints a summ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -41,45 +42,63 @@ class DemoOptions:
 def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]:
     specs = []
     for i in range(count):
-        specs.append(RecorderSpec(
-            device_serial=f"{3300001 + i}",
-            usb_serial=f"EEZ01{i + 1:011d}",
-            officer_no=f"{110001 + i}",
-            officer_name=OFFICERS[i % len(OFFICERS)],
-            unit_code="330100000000",
-            unit_name="杭州市综合行政执法局",
-            files=files,
-            file_mb=file_mb,
-            seed=i,
-            # Recorders come back from a shift with clocks that wandered: the station measures and fixes it.
-            clock_offset_s=[-95.0, 3.5, 0.2, 42.0][i % 4],
-            clock_drift_ppm=20.0,
-            battery_percent=30 + (17 * i) % 60,
-        ))
+        specs.append(
+            RecorderSpec(
+                device_serial=f"{3300001 + i}",
+                usb_serial=f"EEZ01{i + 1:011d}",
+                officer_no=f"{110001 + i}",
+                officer_name=OFFICERS[i % len(OFFICERS)],
+                unit_code="330100000000",
+                unit_name="杭州市综合行政执法局",
+                files=files,
+                file_mb=file_mb,
+                seed=i,
+                # Recorders come back from a shift with clocks that wandered: the station measures them
+                # and sets them (校时).
+                clock_offset_s=[-95.0, 3.5, 0.2, 42.0][i % 4],
+                clock_drift_ppm=20.0,
+                battery_percent=30 + (17 * i) % 60,
+            )
+        )
     return specs
 
 
-def demo_config(workdir: Path, specs: list[RecorderSpec], dock_port: str, password_file: Path) -> StationConfig:
-    return StationConfig.model_validate({
-        "station": {
-            "id": "DEMO-STATION-01", "name": "Demo docking station",
-            "unit_code": "330100000000", "unit_name": "杭州市综合行政执法局",
-            "store_dir": str(workdir / "station-store"),
-            # This machine's clock stands in for an NTP/BeiDou-disciplined one, so 校时 is shown.
-            "clock": "trusted",
-        },
-        "usb": {"backend": "simulator", "simulator_socket": str(workdir / "sim" / "bus.sock"),
-                "poll_interval_s": 0.2, "mount_root": str(workdir / "media"), "volume_timeout_s": 60},
-        "dock": {"port": dock_port},
-        "bays": [{"number": i + 1, "usb_port": f"1-1.{i + 1}"} for i in range(len(specs))],
-        "recorders": {
-            "default_password": f"file:{password_file}",
-            "allow": [{"device_serial": s.device_serial, "usb_serial": s.usb_serial} for s in specs],
-        },
-        "offload": {"concurrency": min(8, max(1, len(specs))), "min_free_bytes": 64 << 20},
-        "wipe": {"policy": "after-verify"},
-        "case_defaults": {"location": "杭州市西湖区文三路", "subject": "现场执法过程", "category": "现场检查"},
-    })
+def demo_config(
+    workdir: Path, specs: list[RecorderSpec], dock_port: str, password_file: Path
+) -> StationConfig:
+    return StationConfig.model_validate(
+        {
+            "station": {
+                "id": "DEMO-STATION-01",
+                "name": "Demo docking station",
+                "unit_code": "330100000000",
+                "unit_name": "杭州市综合行政执法局",
+                "store_dir": str(workdir / "station-store"),
+                # This machine's clock stands in for an NTP/BeiDou-disciplined one, so 校时 is shown.
+                "clock": "trusted",
+            },
+            "usb": {
+                "backend": "simulator",
+                "simulator_socket": str(workdir / "sim" / "bus.sock"),
+                "poll_interval_s": 0.2,
+                "mount_root": str(workdir / "media"),
+                "volume_timeout_s": 60,
+            },
+            "dock": {"port": dock_port},
+            "bays": [{"number": i + 1, "usb_port": f"1-1.{i + 1}"} for i in range(len(specs))],
+            "recorders": {
+                "default_password": f"file:{password_file}",
+                "allow": [{"device_serial": s.device_serial, "usb_serial": s.usb_serial} for s in specs],
+            },
+            "offload": {"concurrency": min(8, max(1, len(specs))), "min_free_bytes": 64 << 20},
+            "wipe": {"policy": "after-verify"},
+            "case_defaults": {
+                "location": "杭州市西湖区文三路",
+                "subject": "现场执法过程",
+                "category": "现场检查",
+            },
+        }
+    )
 
 
 def evidence_left(bus: RecorderBus, device_serial: str, config: StationConfig) -> int:
@@ -100,9 +119,13 @@ class ProgressPrinter:
             return
         self.last[view.device_serial] = state
         mib = 1 << 20
-        print(f"  bay {view.bay or '-'} recorder {view.device_serial}: {p.files_done}/{p.files_total} files "
-              f"{p.bytes_done / mib:7.1f}/{p.bytes_total / mib:.1f} MiB  verified {p.verified}  "
-              f"wiped {p.wiped}  errors {len(p.errors)}", file=self.stream, flush=True)
+        print(
+            f"  bay {view.bay or '-'} recorder {view.device_serial}: {p.files_done}/{p.files_total} files "
+            f"{p.bytes_done / mib:7.1f}/{p.bytes_total / mib:.1f} MiB  verified {p.verified}  "
+            f"wiped {p.wiped}  errors {len(p.errors)}",
+            file=self.stream,
+            flush=True,
+        )
 
 
 async def run_demo(options: DemoOptions) -> int:
@@ -125,8 +148,12 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
     os.chmod(password_file, 0o600)
     specs = recorder_specs(options.recorders, options.files, options.file_mb)
     print(f"evidence-edge demo in {workdir}", file=out)
-    print(f"making {len(specs)} simulated recorders with {options.files} files each "
-          f"(video {options.file_mb:g} MiB) ...", file=out, flush=True)
+    print(
+        f"making {len(specs)} simulated recorders with {options.files} files each "
+        f"(video {options.file_mb:g} MiB) ...",
+        file=out,
+        flush=True,
+    )
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     bus = RecorderBus(workdir / "sim" / "state", workdir / "media")
@@ -145,8 +172,12 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
         await asyncio.wait_for(agent.ready.wait(), 30)
         offload_started = time.monotonic()
         for i, spec in enumerate(specs):
-            print(f"docking recorder {spec.device_serial} ({spec.officer_name}, 警号 {spec.officer_no}) "
-                  f"in bay {i + 1}", file=out, flush=True)
+            print(
+                f"docking recorder {spec.device_serial} ({spec.officer_name}, 警号 {spec.officer_no}) "
+                f"in bay {i + 1}",
+                file=out,
+                flush=True,
+            )
             dock.insert(i + 1, charge_percent=spec.battery_percent)
             bus.plug(spec.device_serial, f"1-1.{i + 1}")
         deadline = loop.time() + SESSION_TIMEOUT_S
@@ -162,10 +193,8 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
             await runner
         finally:
             for spec in specs:
-                try:
+                with contextlib.suppress(Exception):
                     bus.unplug(spec.device_serial)
-                except Exception:  # noqa: BLE001 - best-effort teardown of simulated hardware
-                    pass
             server.stop()
             dock.stop()
             bus.close()
@@ -193,17 +222,29 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
     return 0 if not errors else 1
 
 
-def _print_table(out: Any, agent: StationAgent, specs: list[RecorderSpec], leds: dict[int, str],
-                 remaining: dict[str, int], store_ok: bool) -> None:
+def _print_table(
+    out: Any,
+    agent: StationAgent,
+    specs: list[RecorderSpec],
+    leds: dict[int, str],
+    remaining: dict[str, int],
+    store_ok: bool,
+) -> None:
     print("", file=out)
-    print(f"{'bay':>3}  {'recorder':<9} {'officer':<14} {'items':>5} {'MiB':>8} {'verified':>8} {'wiped':>5} "
-          f"{'left':>4}  {'LED':<8} errors", file=out)
+    print(
+        f"{'bay':>3}  {'recorder':<9} {'officer':<14} {'items':>5} {'MiB':>8} {'verified':>8} {'wiped':>5} "
+        f"{'left':>4}  {'LED':<8} errors",
+        file=out,
+    )
     for i, spec in enumerate(specs):
         view = agent.views.get(spec.device_serial)
         p = view.progress if view else None
         officer = f"{spec.officer_name} {spec.officer_no}"
-        print(f"{i + 1:>3}  {spec.device_serial:<9} {officer:<14} {p.files_done if p else 0:>5} "
-              f"{(p.bytes_done if p else 0) / (1 << 20):>8.1f} {p.verified if p else 0:>8} "
-              f"{p.wiped if p else 0:>5} {remaining[spec.device_serial]:>4}  {leds.get(i + 1, ''):<8} "
-              f"{len(p.errors) if p else 0}", file=out)
+        print(
+            f"{i + 1:>3}  {spec.device_serial:<9} {officer:<14} {p.files_done if p else 0:>5} "
+            f"{(p.bytes_done if p else 0) / (1 << 20):>8.1f} {p.verified if p else 0:>8} "
+            f"{p.wiped if p else 0:>5} {remaining[spec.device_serial]:>4}  {leds.get(i + 1, ''):<8} "
+            f"{len(p.errors) if p else 0}",
+            file=out,
+        )
     print(f"store verification: {'OK' if store_ok else 'FAILED'}", file=out, flush=True)

@@ -21,8 +21,12 @@ async def run_station(config: StationConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     notifier = SystemdNotifier()
     agent = StationAgent(config)
-    log.info("station %s starting: store %s, recorder volumes under %s", config.station.id,
-             config.station.store_dir, config.usb.mount_root)
+    log.info(
+        "station %s starting: store %s, recorder volumes under %s",
+        config.station.id,
+        config.station.store_dir,
+        config.usb.mount_root,
+    )
     try:
         await agent.run(stop, notifier=notifier)
     except SupervisorGaveUp as exc:

@@ -9,6 +9,7 @@ failure never touches another's session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -68,8 +69,9 @@ class StationAgent:
         self.claims = VolumeClaims()
         self.dock: DockDriver | None = None
         # Each busy bay holds a copy thread and a verify thread; ffprobe and USB calls need a few more.
-        self.executor = ThreadPoolExecutor(max_workers=4 + 3 * config.offload.concurrency,
-                                           thread_name_prefix="offload")
+        self.executor = ThreadPoolExecutor(
+            max_workers=4 + 3 * config.offload.concurrency, thread_name_prefix="offload"
+        )
         self.limit = asyncio.Semaphore(config.offload.concurrency)
         self._active_usb: set[str] = set()
         self._active_devices: set[str] = set()
@@ -88,7 +90,9 @@ class StationAgent:
         supervisor = Supervisor(notifier=notifier)
         self.supervisor = supervisor
         poll_s = self.config.usb.poll_interval_s
-        supervisor.add(TaskSpec("usb-poll", lambda: self._poll_usb(stop), liveness_timeout_s=10 * poll_s + 30))
+        supervisor.add(
+            TaskSpec("usb-poll", lambda: self._poll_usb(stop), liveness_timeout_s=10 * poll_s + 30)
+        )
         supervisor.add(TaskSpec("volumes", lambda: self._watch_volumes(watcher)))
         if self.config.dock.port:
             # Offloads go on without the bay board: losing it costs the LEDs, never evidence.
@@ -152,9 +156,11 @@ class StationAgent:
                             view.charge_percent = event.charge_percent
                     continue
                 self.store.record(
-                    EntryType.DEVICE_CONNECTED if event.kind is BayEventKind.INSERTED
+                    EntryType.DEVICE_CONNECTED
+                    if event.kind is BayEventKind.INSERTED
                     else EntryType.DEVICE_REMOVED,
-                    None, {"bay": event.bay, "source": "dock", "charge_percent": event.charge_percent},
+                    None,
+                    {"bay": event.bay, "source": "dock", "charge_percent": event.charge_percent},
                 )
                 if event.kind is BayEventKind.REMOVED:
                     await self.set_led(event.bay, BayLed.IDLE)
@@ -184,7 +190,8 @@ class StationAgent:
         while not stop.is_set():
             try:
                 handles: list[RecorderHandle] = await loop.run_in_executor(
-                    self.executor, lambda: find_recorders(self.backend))
+                    self.executor, lambda: find_recorders(self.backend)
+                )
             except (RecorderError, OSError) as exc:
                 log.warning("USB enumeration failed: %s", exc)
                 handles = []
@@ -198,10 +205,8 @@ class StationAgent:
                 if handle.mode is RecorderMode.CONTROL and handle.usb_serial not in self._active_usb:
                     self._active_usb.add(handle.usb_serial)
                     self._spawn(self._control_session(handle), f"recorder-{handle.usb_serial}")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.usb.poll_interval_s)
-            except TimeoutError:
-                pass
 
     def _session_kwargs(self) -> dict[str, Any]:
         return {"executor": self.executor, "set_led": self.set_led, "on_progress": self._progress}
@@ -211,7 +216,8 @@ class StationAgent:
         try:
             async with self.limit:
                 result = await ControlSession(self.store, self.config, **self._session_kwargs()).run(
-                    handle, self.claims, self.backend)
+                    handle, self.claims, self.backend
+                )
             self._finished(result)
         finally:
             self._active_usb.discard(handle.usb_serial)

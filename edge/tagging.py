@@ -33,8 +33,10 @@ def _validated(changes: Mapping[str, Any]) -> dict[str, Any]:
             raise TagError(f"{key} must be text of at most {MAX_FIELD_CHARS} printable characters")
         clean[key] = value
     if not clean:
-        raise TagError("nothing to change: give at least one of --case, --location, --collector, --subject, "
-                       "--important/--not-important, --category, --retention")
+        raise TagError(
+            "nothing to change: give at least one of --case, --location, --collector, --subject, "
+            "--important/--not-important, --category, --retention"
+        )
     return clean
 
 
@@ -54,7 +56,8 @@ def tag_item(store: StationStore, item: str, changes: Mapping[str, Any], *, by: 
     before = current_case(store, item)
     with store.transaction():
         entry = store.ledger.append(
-            EntryType.TAGGED, item,
+            EntryType.TAGGED,
+            item,
             {"changes": clean, "previous": {k: before.get(k) for k in clean}, "by": by},
         )
         store.ledger.checkpoint()

@@ -35,8 +35,12 @@ class VerifyReport:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "ok": self.ok, "checked": self.checked,
-                "problems": [{"where": p.where, "what": p.what} for p in self.problems]}
+        return {
+            "target": self.target,
+            "ok": self.ok,
+            "checked": self.checked,
+            "problems": [{"where": p.where, "what": p.what} for p in self.problems],
+        }
 
 
 def is_store(path: Path) -> bool:
@@ -74,8 +78,13 @@ def verify_file(path: Path, trusted_key: Ed25519PublicKey | None = None) -> Veri
     report.checked["objects"] = 1
     report.problems.extend(result.problems)
     if trusted is None and result.manifest is not None:
-        report.problems.append(Problem(f"object {path}", "signature checked against the key embedded in the "
-                                       "manifest only; give --key or verify inside the store to pin it"))
+        report.problems.append(
+            Problem(
+                f"object {path}",
+                "signature checked against the key embedded in the "
+                "manifest only; give --key or verify inside the store to pin it",
+            )
+        )
     return report
 
 
@@ -84,8 +93,10 @@ def verify_store(root: Path, only_item: str | None = None) -> VerifyReport:
     report = VerifyReport(str(root) if only_item is None else f"item {only_item}")
     try:
         public_key = load_public_key(layout.public_key)
-    except Exception as exc:  # noqa: BLE001 - any failure to read the key is a finding, not a crash
-        report.problems.append(Problem(f"key {layout.public_key}", f"cannot load the station public key: {exc}"))
+    except Exception as exc:
+        report.problems.append(
+            Problem(f"key {layout.public_key}", f"cannot load the station public key: {exc}")
+        )
         return report
     conn = _open_readonly(layout.db)
     try:
@@ -111,10 +122,12 @@ def verify_store(root: Path, only_item: str | None = None) -> VerifyReport:
 
 def _sealed_items(conn: sqlite3.Connection, only: str | None) -> Iterator[sqlite3.Row]:
     """Items the ledger says were sealed, joined to the index (a deleted index row is a problem)."""
-    query = ("SELECT l.item AS item, json_extract(l.data, '$.path') AS ledger_path, "
-             "json_extract(l.data, '$.manifest_sha256') AS manifest_sha256, i.path AS path, "
-             "i.sha256 AS sha256, i.size AS size, i.manifest AS manifest "
-             "FROM ledger l LEFT JOIN items i ON i.item = l.item WHERE l.type = 'sealed'")
+    query = (
+        "SELECT l.item AS item, json_extract(l.data, '$.path') AS ledger_path, "
+        "json_extract(l.data, '$.manifest_sha256') AS manifest_sha256, i.path AS path, "
+        "i.sha256 AS sha256, i.size AS size, i.manifest AS manifest "
+        "FROM ledger l LEFT JOIN items i ON i.item = l.item WHERE l.type = 'sealed'"
+    )
     args: tuple[str, ...] = ()
     if only is not None:
         query += " AND l.item = ?"
@@ -122,8 +135,9 @@ def _sealed_items(conn: sqlite3.Connection, only: str | None) -> Iterator[sqlite
     yield from conn.execute(query + " ORDER BY l.seq", args)
 
 
-def _verify_item(conn: sqlite3.Connection, layout: StoreLayout, row: sqlite3.Row,
-                 trusted: dict[str, Ed25519PublicKey]) -> list[Problem]:
+def _verify_item(
+    conn: sqlite3.Connection, layout: StoreLayout, row: sqlite3.Row, trusted: dict[str, Ed25519PublicKey]
+) -> list[Problem]:
     where = f"item {row['item']}"
     if row["path"] is None:
         return [Problem(where, "sealed in the ledger but missing from the item index")]
@@ -142,18 +156,29 @@ def _verify_item(conn: sqlite3.Connection, layout: StoreLayout, row: sqlite3.Row
         problems.append(Problem(where, "manifest differs from the one the ledger recorded when sealing"))
     acquired = conn.execute(
         "SELECT seq, hash, data FROM ledger WHERE item=? AND type='acquired' ORDER BY seq DESC LIMIT 1",
-        (row["item"],)).fetchone()
+        (row["item"],),
+    ).fetchone()
     if acquired is None:
         problems.append(Problem(where, "no acquired entry in the ledger"))
     else:
         data = json.loads(acquired["data"])
         if data.get("sha256") != manifest.get("sha256") or data.get("size") != manifest.get("size"):
-            problems.append(Problem(where, f"manifest hash/size differ from ledger seq {acquired['seq']} "
-                                           f"(acquired {data.get('sha256')}, {data.get('size')} bytes)"))
+            problems.append(
+                Problem(
+                    where,
+                    f"manifest hash/size differ from ledger seq {acquired['seq']} "
+                    f"(acquired {data.get('sha256')}, {data.get('size')} bytes)",
+                )
+            )
         chain = manifest.get("chain") or {}
         if chain.get("seq") != acquired["seq"] or chain.get("entry_hash") != acquired["hash"]:
-            problems.append(Problem(where, f"manifest chain points at seq {chain.get('seq')}, "
-                                           f"the acquisition is ledger seq {acquired['seq']}"))
+            problems.append(
+                Problem(
+                    where,
+                    f"manifest chain points at seq {chain.get('seq')}, "
+                    f"the acquisition is ledger seq {acquired['seq']}",
+                )
+            )
     if row["sha256"] != manifest.get("sha256"):
         problems.append(Problem(where, "item index hash differs from the manifest"))
     return problems

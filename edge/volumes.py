@@ -21,7 +21,9 @@ class VolumeEvent:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[VolumeEvent], root: Path) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[VolumeEvent], root: Path
+    ) -> None:
         self.loop = loop
         self.queue = queue
         self.root = root
@@ -55,8 +57,9 @@ class VolumeWatcher:
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         observer = Observer()
-        observer.schedule(_Handler(asyncio.get_running_loop(), self.queue, self.root), str(self.root),
-                           recursive=False)
+        observer.schedule(
+            _Handler(asyncio.get_running_loop(), self.queue, self.root), str(self.root), recursive=False
+        )
         observer.daemon = True
         observer.start()
         self._observer = observer

@@ -17,6 +17,7 @@ Copying file N+1 overlaps verifying and sealing file N, so the verification cost
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -148,7 +149,9 @@ class VolumeOffload:
     async def run(self) -> OffloadResult:
         try:
             listing = await self._thread(
-                list_volume, self.root, max_files=self.config.offload.max_files,
+                list_volume,
+                self.root,
+                max_files=self.config.offload.max_files,
                 max_depth=self.config.offload.max_depth,
             )
         except OSError as exc:
@@ -162,7 +165,16 @@ class VolumeOffload:
             )
             self.progress.errors.append(f"{rejected.path}: {rejected.reason}")
         wanted = set(self.config.offload.extensions)
-        evidence = [f for f in listing.files if stored_extension(f.name) in wanted]
+        limit = self.config.offload.max_file_bytes
+        for huge in (f for f in listing.files if f.size > limit):
+            reason = f"{huge.size} bytes is more than the {limit} a recorder file can plausibly be"
+            self.store.record(
+                EntryType.REFUSED,
+                None,
+                {"device_serial": self.device, "original": huge.display_path, "reason": reason},
+            )
+            self.progress.errors.append(f"{huge.display_path}: {reason}")
+        evidence = [f for f in listing.files if stored_extension(f.name) in wanted and f.size <= limit]
         self.not_evidence = [f.display_path for f in listing.files if stored_extension(f.name) not in wanted]
         rows = [self._row(f) for f in evidence]
         self._finish_interrupted_wipes({f.key for f in evidence})
@@ -178,8 +190,13 @@ class VolumeOffload:
 
     def _result(self, outcome: OffloadOutcome) -> OffloadResult:
         return OffloadResult(
-            outcome, list(self.items), self.progress.verified, self.progress.wiped,
-            self.progress.bytes_done, list(self.progress.errors), list(self.not_evidence),
+            outcome,
+            list(self.items),
+            self.progress.verified,
+            self.progress.wiped,
+            self.progress.bytes_done,
+            list(self.progress.errors),
+            list(self.not_evidence),
         )
 
     def _row(self, file: VolumeFile) -> _FileRow:
@@ -204,8 +221,9 @@ class VolumeOffload:
             self._set_state(file, "pending", attempts=0)
         return _FileRow(file, found["item"], state, 0 if found["state"] == "failed" else found["attempts"])
 
-    def _set_state(self, file: VolumeFile, state: str, *, attempts: int | None = None,
-                   error: str | None = None) -> None:
+    def _set_state(
+        self, file: VolumeFile, state: str, *, attempts: int | None = None, error: str | None = None
+    ) -> None:
         self.store.conn.execute(
             "UPDATE recorder_files SET state=?, attempts=COALESCE(?, attempts), last_error=? "
             "WHERE device_serial=? AND original_path=? AND device_size=? AND device_mtime_ns=?",
@@ -243,10 +261,8 @@ class VolumeOffload:
         finally:
             if finishing is not None:
                 # Let the file in flight reach a committed state; its own errors are already recorded.
-                try:
+                with contextlib.suppress(DeviceGoneError, StoreFullError):
                     await finishing
-                except (DeviceGoneError, StoreFullError):
-                    pass
         self.progress.current = ""
         self._report()
         return outcome
@@ -279,7 +295,9 @@ class VolumeOffload:
                 return
             except OSError as exc:
                 await self._raise_if_gone(exc)
-                self._error(row.item, "copy", f"{row.file.display_path}: cannot open: {exc.strerror}", row.file)
+                self._error(
+                    row.item, "copy", f"{row.file.display_path}: cannot open: {exc.strerror}", row.file
+                )
 
     async def _raise_if_gone(self, exc: Exception) -> None:
         if not await self._thread(self._volume_reachable):
@@ -296,9 +314,15 @@ class VolumeOffload:
         with self.store.transaction():
             self._set_state(row.file, "failed", attempts=row.attempts, error=reason)
             self.store.ledger.append(
-                EntryType.ERROR, row.item,
-                {"device_serial": self.device, "stage": stage, "reason": reason, "final": True,
-                 "original": row.file.display_path},
+                EntryType.ERROR,
+                row.item,
+                {
+                    "device_serial": self.device,
+                    "stage": stage,
+                    "reason": reason,
+                    "final": True,
+                    "original": row.file.display_path,
+                },
             )
         self.progress.errors.append(reason)
         self._report()
@@ -324,8 +348,13 @@ class VolumeOffload:
             fd = open_volume_file(self.root, row.file)
             try:
                 result = copy_and_hash(
-                    fd, part, expected_size=row.file.size, expected_mtime_ns=row.file.mtime_ns,
-                    chunk_bytes=self.chunk, what=what, progress=progress,
+                    fd,
+                    part,
+                    expected_size=row.file.size,
+                    expected_mtime_ns=row.file.mtime_ns,
+                    chunk_bytes=self.chunk,
+                    what=what,
+                    progress=progress,
                 )
             finally:
                 os.close(fd)
@@ -340,11 +369,16 @@ class VolumeOffload:
             raise
         with self.store.transaction() as conn:
             entry = self.store.ledger.append(
-                EntryType.ACQUIRED, row.item,
+                EntryType.ACQUIRED,
+                row.item,
                 {
-                    "device_serial": self.device, "session": self.session.session,
-                    "bay": self.session.bay, "original": row.file.display_path,
-                    "size": size, "sha256": sha256, "attempt": row.attempts,
+                    "device_serial": self.device,
+                    "session": self.session.session,
+                    "bay": self.session.bay,
+                    "original": row.file.display_path,
+                    "size": size,
+                    "sha256": sha256,
+                    "attempt": row.attempts,
                 },
             )
             conn.execute(
@@ -377,9 +411,15 @@ class VolumeOffload:
         self.store.layout.tmp_copy(row.item).unlink(missing_ok=True)
         with self.store.transaction():
             self.store.ledger.append(
-                EntryType.ERROR, row.item,
-                {"device_serial": self.device, "stage": "verify", "reason": reason,
-                 "original": row.file.display_path, "action": "copy again"},
+                EntryType.ERROR,
+                row.item,
+                {
+                    "device_serial": self.device,
+                    "stage": "verify",
+                    "reason": reason,
+                    "original": row.file.display_path,
+                    "action": "copy again",
+                },
             )
             self._set_state(row.file, "pending", error=reason)
         self.progress.errors.append(reason)
@@ -405,10 +445,16 @@ class VolumeOffload:
         acquired_entry = self._latest_entry(row.item, EntryType.ACQUIRED)
         manifest = sign_manifest(
             build_manifest(
-                item=row.item, sha256=sha256, size=size, file=row.file, session=self.session,
-                media=media, acquired_utc=acquired_utc,
+                item=row.item,
+                sha256=sha256,
+                size=size,
+                file=row.file,
+                session=self.session,
+                media=media,
+                acquired_utc=acquired_utc,
                 case_defaults=self.config.case_defaults_for(self.session.identity.officer_no),
-                chain_seq=acquired_entry[0], chain_hash=acquired_entry[1],
+                chain_seq=acquired_entry[0],
+                chain_hash=acquired_entry[1],
             ),
             self.store.key,
         )
@@ -417,8 +463,9 @@ class VolumeOffload:
         verify = self.config.offload.verify_reread
         checks: dict[str, Any] = {"stored_reread": verify, "source_reread": verify}
         if verify:
-            stored_sha, stored_len = await self._thread(hash_stored_copy, part, chunk_bytes=self.chunk,
-                                                        limit=size)
+            stored_sha, stored_len = await self._thread(
+                hash_stored_copy, part, chunk_bytes=self.chunk, limit=size
+            )
             if stored_sha != sha256 or stored_len != size:
                 raise _VerificationMismatch(
                     f"{row.file.display_path}: stored copy re-read from disk gives {stored_sha} "
@@ -432,12 +479,19 @@ class VolumeOffload:
                 )
         with self.store.transaction() as conn:
             self.store.ledger.append(
-                EntryType.VERIFIED, row.item,
-                {"sha256": sha256, "size": size, **checks, "embedded": embedded,
-                 "media_readable": "error" not in media},
+                EntryType.VERIFIED,
+                row.item,
+                {
+                    "sha256": sha256,
+                    "size": size,
+                    **checks,
+                    "embedded": embedded,
+                    "media_readable": "error" not in media,
+                },
             )
-            conn.execute("UPDATE items SET manifest=? WHERE item=?",
-                         (canonical_json(manifest).decode(), row.item))
+            conn.execute(
+                "UPDATE items SET manifest=? WHERE item=?", (canonical_json(manifest).decode(), row.item)
+            )
             self._set_state(row.file, "verified")
         if fallback:
             log.info("item %s: manifest kept in the sidecar only: %s", row.item, fallback)
@@ -445,7 +499,9 @@ class VolumeOffload:
         self.progress.verified += 1
         self._report()
 
-    def _embed(self, part: Path, manifest: dict[str, Any], ext: str, media: dict[str, Any]) -> tuple[bool, str]:
+    def _embed(
+        self, part: Path, manifest: dict[str, Any], ext: str, media: dict[str, Any]
+    ) -> tuple[bool, str]:
         if ext not in ISO_BMFF_EXTENSIONS:
             return False, f"not an ISO-BMFF file (.{ext})"
         size = part.stat().st_size
@@ -505,12 +561,18 @@ class VolumeOffload:
         embedded = await self._thread(work)
         with self.store.transaction() as conn:
             self.store.ledger.append(
-                EntryType.SEALED, row.item,
-                {"path": str(relpath), "manifest_sha256": sha256_hex(canonical_json(manifest)),
-                 "embedded": embedded},
+                EntryType.SEALED,
+                row.item,
+                {
+                    "path": str(relpath),
+                    "manifest_sha256": sha256_hex(canonical_json(manifest)),
+                    "embedded": embedded,
+                },
             )
-            conn.execute("UPDATE items SET path=?, sealed_in_file=? WHERE item=?",
-                         (str(relpath), int(embedded), row.item))
+            conn.execute(
+                "UPDATE items SET path=?, sealed_in_file=? WHERE item=?",
+                (str(relpath), int(embedded), row.item),
+            )
             self._set_state(row.file, "sealed")
         row.state = "sealed"
         self.items.append(row.item)
@@ -524,19 +586,23 @@ class VolumeOffload:
         with the file gone: record the erasure now, saying it was completed before the interruption."""
         pending = self.store.conn.execute(
             "SELECT original_path, device_size, device_mtime_ns, item FROM recorder_files "
-            "WHERE device_serial=? AND state='wiping'", (self.device,)).fetchall()
+            "WHERE device_serial=? AND state='wiping'",
+            (self.device,),
+        ).fetchall()
         for row in pending:
             if row["original_path"] in listed:
                 continue  # still on the recorder: the normal wipe pass erases it
             with self.store.transaction() as conn:
                 self.store.ledger.append(
-                    EntryType.WIPED, row["item"],
+                    EntryType.WIPED,
+                    row["item"],
                     {"device_serial": self.device, "original": row["original_path"], "already_absent": True},
                 )
                 conn.execute(
                     "UPDATE recorder_files SET state='wiped' WHERE device_serial=? AND original_path=? "
                     "AND device_size=? AND device_mtime_ns=?",
-                    (self.device, row["original_path"], row["device_size"], row["device_mtime_ns"]))
+                    (self.device, row["original_path"], row["device_size"], row["device_mtime_ns"]),
+                )
 
     async def _wipe_all(self, rows: list[_FileRow]) -> OffloadOutcome:
         policy = self.config.wipe.policy
@@ -544,9 +610,15 @@ class VolumeOffload:
             return OffloadOutcome.DONE
         if not self.config.offload.verify_reread:
             # Invariant 2: nothing is erased whose copy was not re-read and matched.
-            self.store.record(EntryType.ERROR, None, {
-                "device_serial": self.device, "stage": "wipe",
-                "reason": "wipe skipped: re-read verification is disabled"})
+            self.store.record(
+                EntryType.ERROR,
+                None,
+                {
+                    "device_serial": self.device,
+                    "stage": "wipe",
+                    "reason": "wipe skipped: re-read verification is disabled",
+                },
+            )
             return OffloadOutcome.DONE
         for row in rows:
             if row.state not in ("sealed", "wiping"):
@@ -555,8 +627,9 @@ class VolumeOffload:
                 await self._wipe(row)
             except OSError as exc:
                 await self._raise_if_gone(exc)
-                self._error(row.item, "wipe", f"{row.file.display_path}: cannot erase: {exc.strerror}",
-                            row.file)
+                self._error(
+                    row.item, "wipe", f"{row.file.display_path}: cannot erase: {exc.strerror}", row.file
+                )
         return OffloadOutcome.DONE
 
     async def _wipe(self, row: _FileRow) -> None:
@@ -582,9 +655,13 @@ class VolumeOffload:
         erased_now = await self._thread(work)
         with self.store.transaction():
             self.store.ledger.append(
-                EntryType.WIPED, row.item,
-                {"device_serial": self.device, "original": row.file.display_path,
-                 "already_absent": not erased_now},
+                EntryType.WIPED,
+                row.item,
+                {
+                    "device_serial": self.device,
+                    "original": row.file.display_path,
+                    "already_absent": not erased_now,
+                },
             )
             self._set_state(row.file, "wiped")
         row.state = "wiped"

@@ -9,6 +9,7 @@ identity from the volume (or from the unfinished session they belong to).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -122,14 +123,26 @@ class DockingSession:
             conn.execute(
                 "INSERT INTO sessions(session, device_serial, usb_serial, bay, started, identity) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (session.session, session.identity.device_serial, session.identity.usb_serial, session.bay,
-                 utc_now(), canonical_json({"identity": session.identity.as_dict(),
-                                            "clock": session.clock.as_dict()}).decode()),
+                (
+                    session.session,
+                    session.identity.device_serial,
+                    session.identity.usb_serial,
+                    session.bay,
+                    utc_now(),
+                    canonical_json(
+                        {"identity": session.identity.as_dict(), "clock": session.clock.as_dict()}
+                    ).decode(),
+                ),
             )
             self.store.ledger.append(
-                EntryType.SESSION_STARTED, None,
-                {"session": session.session, "bay": session.bay, "identity": session.identity.as_dict(),
-                 "clock": session.clock.as_dict()},
+                EntryType.SESSION_STARTED,
+                None,
+                {
+                    "session": session.session,
+                    "bay": session.bay,
+                    "identity": session.identity.as_dict(),
+                    "clock": session.clock.as_dict(),
+                },
             )
         await self.set_led(session.bay, BayLed.COPYING)
 
@@ -137,18 +150,28 @@ class DockingSession:
             if self.on_progress is not None:
                 self.on_progress(session.identity.device_serial, session.bay, p)
 
-        offload = VolumeOffload(self.store, self.config, session, root, executor=self.executor,
-                                on_progress=progress)
+        offload = VolumeOffload(
+            self.store, self.config, session, root, executor=self.executor, on_progress=progress
+        )
         result = await offload.run()
         with self.store.transaction() as conn:
-            conn.execute("UPDATE sessions SET ended=?, outcome=? WHERE session=?",
-                         (utc_now(), result.outcome.value, session.session))
+            conn.execute(
+                "UPDATE sessions SET ended=?, outcome=? WHERE session=?",
+                (utc_now(), result.outcome.value, session.session),
+            )
             self.store.ledger.append(
-                EntryType.SESSION_STOPPED, None,
-                {"session": session.session, "outcome": result.outcome.value, "items": len(result.items),
-                 "verified": result.verified, "wiped": result.wiped, "errors": len(result.errors),
-                 # Files that are not evidence (PARAM.INI, firmware): left alone, but on the record.
-                 "not_evidence": result.not_evidence[:100]},
+                EntryType.SESSION_STOPPED,
+                None,
+                {
+                    "session": session.session,
+                    "outcome": result.outcome.value,
+                    "items": len(result.items),
+                    "verified": result.verified,
+                    "wiped": result.wiped,
+                    "errors": len(result.errors),
+                    # Files that are not evidence (PARAM.INI, firmware): left alone, but on the record.
+                    "not_evidence": result.not_evidence[:100],
+                },
             )
         with self.store.transaction():
             self.store.ledger.checkpoint()
@@ -161,11 +184,21 @@ class ControlSession(DockingSession):
 
     async def run(self, handle: RecorderHandle, claims: VolumeClaims, backend: Any) -> OffloadResult | None:
         bay = self.config.bay_for_port(handle.location.port_path)
-        where: dict[str, Any] = {"usb_serial": handle.usb_serial, "usb_port": handle.location.port_path,
-                                 "bay": bay}
-        self.store.record(EntryType.DEVICE_CONNECTED, None,
-                          {**where, "vendor_id": handle.vendor_id, "product_id": handle.product_id,
-                           "mode": handle.mode.value})
+        where: dict[str, Any] = {
+            "usb_serial": handle.usb_serial,
+            "usb_port": handle.location.port_path,
+            "bay": bay,
+        }
+        self.store.record(
+            EntryType.DEVICE_CONNECTED,
+            None,
+            {
+                **where,
+                "vendor_id": handle.vendor_id,
+                "product_id": handle.product_id,
+                "mode": handle.mode.value,
+            },
+        )
         await self.set_led(bay, BayLed.COPYING)
         try:
             session, device_serial = await self._authenticate(handle, backend, bay, where)
@@ -182,11 +215,17 @@ class ControlSession(DockingSession):
                 await self._thread(self._switch, handle, backend)
                 root = await asyncio.wait_for(volume, self.config.usb.volume_timeout_s)
             except (RecorderError, TimeoutError) as exc:
-                reason = (f"volume of recorder {device_serial} did not appear within "
-                          f"{self.config.usb.volume_timeout_s:.0f} s" if isinstance(exc, TimeoutError)
-                          else str(exc))
-                self.store.record(EntryType.ERROR, None, {**where, "device_serial": device_serial,
-                                                          "stage": "mass-storage", "reason": reason})
+                reason = (
+                    f"volume of recorder {device_serial} did not appear within "
+                    f"{self.config.usb.volume_timeout_s:.0f} s"
+                    if isinstance(exc, TimeoutError)
+                    else str(exc)
+                )
+                self.store.record(
+                    EntryType.ERROR,
+                    None,
+                    {**where, "device_serial": device_serial, "stage": "mass-storage", "reason": reason},
+                )
                 await self.set_led(bay, BayLed.ERROR)
                 return None
             finally:
@@ -224,8 +263,15 @@ class ControlSession(DockingSession):
                 if trusted and allowed and abs(offset) > CLOCK_TOLERANCE_MS:
                     driver.set_clock(int(time.time() * 1000), tz)
                     again = driver.clock_sample()
-                    after = ClockFacts(again[1], (again[0] + again[2]) // 2, offset, tz, trusted, True,
-                                       measure_offset_ms(*again))
+                    after = ClockFacts(
+                        again[1],
+                        (again[0] + again[2]) // 2,
+                        offset,
+                        tz,
+                        trusted,
+                        True,
+                        measure_offset_ms(*again),
+                    )
                 return info, id_code, sample, tz, status, after
 
         try:
@@ -240,35 +286,53 @@ class ControlSession(DockingSession):
         if entry is not None and entry.usb_serial and entry.usb_serial != handle.usb_serial:
             raise self._refuse(
                 f"recorder {device_serial} answers on USB serial {handle.usb_serial}, allow-list pins "
-                f"{entry.usb_serial}", data)
+                f"{entry.usb_serial}",
+                data,
+            )
         self._allowed(device_serial, data)
         identity = RecorderIdentity(
-            device_serial=device_serial, officer_no=info.officer_no, officer_name=info.officer_name,
-            unit_code=info.unit_code, unit_name=info.unit_name, source="usb-control",
-            usb_serial=handle.usb_serial, id_code=id_code,
+            device_serial=device_serial,
+            officer_no=info.officer_no,
+            officer_name=info.officer_name,
+            unit_code=info.unit_code,
+            unit_name=info.unit_name,
+            source="usb-control",
+            usb_serial=handle.usb_serial,
+            id_code=id_code,
         )
         offset = measure_offset_ms(*sample)
         clock = after or ClockFacts(sample[1], (sample[0] + sample[2]) // 2, offset, tz, trusted)
-        self.store.record(EntryType.DEVICE_AUTHENTICATED, None, {
-            **data, "identity": identity.as_dict(),
-            "status": {"battery_percent": status.battery_percent,
-                       "storage_free_bytes": status.storage_free_bytes,
-                       "storage_total_bytes": status.storage_total_bytes, "file_count": status.file_count}})
-        self.store.record(EntryType.CLOCK_MEASURED, None, {**data, "offset_ms": offset,
-                                                           "station_synchronised": trusted})
+        self.store.record(
+            EntryType.DEVICE_AUTHENTICATED,
+            None,
+            {
+                **data,
+                "identity": identity.as_dict(),
+                "status": {
+                    "battery_percent": status.battery_percent,
+                    "storage_free_bytes": status.storage_free_bytes,
+                    "storage_total_bytes": status.storage_total_bytes,
+                    "file_count": status.file_count,
+                },
+            },
+        )
+        self.store.record(
+            EntryType.CLOCK_MEASURED, None, {**data, "offset_ms": offset, "station_synchronised": trusted}
+        )
         if clock.clock_set:
-            self.store.record(EntryType.CLOCK_SET, None, {**data, "offset_before_ms": offset,
-                                                          "offset_after_ms": clock.offset_after_set_ms})
+            self.store.record(
+                EntryType.CLOCK_SET,
+                None,
+                {**data, "offset_before_ms": offset, "offset_after_ms": clock.offset_after_set_ms},
+            )
         session = SessionInfo(str(uuid.uuid4()), self.config.station.id, bay, identity, clock)
         return session, device_serial
 
     @staticmethod
     def _switch(handle: RecorderHandle, backend: Any) -> None:
-        with RecorderDriver(handle, backend) as driver:
-            try:
-                driver.switch_to_mass_storage()
-            except RecorderGoneError:
-                pass  # re-enumerating in the new mode looks like the old device going away
+        # Re-enumerating in the new mode can look like the old device going away.
+        with RecorderDriver(handle, backend) as driver, contextlib.suppress(RecorderGoneError):
+            driver.switch_to_mass_storage()
 
 
 class VolumeSession(DockingSession):
@@ -294,12 +358,16 @@ class VolumeSession(DockingSession):
             bay = resumed["bay"] if bay is None else bay
         else:
             identity = RecorderIdentity(
-                device_serial=found.device_serial, officer_no=found.officer_no,
-                officer_name=found.officer_name, unit_code=found.unit_code, unit_name=found.unit_name,
+                device_serial=found.device_serial,
+                officer_no=found.officer_no,
+                officer_name=found.officer_name,
+                unit_code=found.unit_code,
+                unit_name=found.unit_name,
                 source=found.source,
             )
-            clock = ClockFacts(None, int(time.time() * 1000), None, None,
-                               station_clock_trusted(self.config.station.clock))
+            clock = ClockFacts(
+                None, int(time.time() * 1000), None, None, station_clock_trusted(self.config.station.clock)
+            )
         session = SessionInfo(str(uuid.uuid4()), self.config.station.id, bay, identity, clock)
         return await self.offload(session, root)
 

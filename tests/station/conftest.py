@@ -41,8 +41,17 @@ def volume_hashes(root: Path) -> dict[str, str]:
 def volume_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One populated recorder volume (3 MP4, plus photo/audio), copied per test."""
     root = tmp_path_factory.mktemp("volume-template") / "vol"
-    populate_volume(root, device_serial=DEVICE, officer_no=OFFICER, officer_name="张伟",
-                    unit_code="330100000000", unit_name="杭州市综合行政执法局", files=5, file_mb=0.3, seed=7)
+    populate_volume(
+        root,
+        device_serial=DEVICE,
+        officer_no=OFFICER,
+        officer_name="张伟",
+        unit_code="330100000000",
+        unit_name="杭州市综合行政执法局",
+        files=5,
+        file_mb=0.3,
+        seed=7,
+    )
     return root
 
 

@@ -19,26 +19,42 @@ PASSWORD = "246810"
 
 def spec(i: int, **overrides: Any) -> RecorderSpec:
     values: dict[str, Any] = {
-        "device_serial": f"{3300001 + i}", "usb_serial": f"EEZ01{i + 1:011d}", "officer_no": f"{110001 + i}",
-        "officer_name": "张伟", "unit_code": "330100000000", "unit_name": "杭州市综合行政执法局",
-        "password": PASSWORD, "files": 3, "file_mb": 0.2, "seed": i,
+        "device_serial": f"{3300001 + i}",
+        "usb_serial": f"EEZ01{i + 1:011d}",
+        "officer_no": f"{110001 + i}",
+        "officer_name": "张伟",
+        "unit_code": "330100000000",
+        "unit_name": "杭州市综合行政执法局",
+        "password": PASSWORD,
+        "files": 3,
+        "file_mb": 0.2,
+        "seed": i,
     }
     values.update(overrides)
     return RecorderSpec(**values)
 
 
-def station_config(root: Path, specs: list[RecorderSpec], dock_port: str = "", **sections: Any) -> StationConfig:
+def station_config(
+    root: Path, specs: list[RecorderSpec], dock_port: str = "", **sections: Any
+) -> StationConfig:
     password_file = root / "recorder-password"
     password_file.write_text(PASSWORD + "\n")
     password_file.chmod(0o600)
     raw: dict[str, Any] = {
         "station": {"id": "TEST-STATION", "store_dir": str(root / "store"), "clock": "trusted"},
-        "usb": {"backend": "simulator", "simulator_socket": str(root / "sim" / "bus.sock"),
-                "poll_interval_s": 0.1, "mount_root": str(root / "media"), "volume_timeout_s": 20},
+        "usb": {
+            "backend": "simulator",
+            "simulator_socket": str(root / "sim" / "bus.sock"),
+            "poll_interval_s": 0.1,
+            "mount_root": str(root / "media"),
+            "volume_timeout_s": 20,
+        },
         "dock": {"port": dock_port},
         "bays": [{"number": i + 1, "usb_port": f"1-1.{i + 1}"} for i in range(8)],
-        "recorders": {"default_password": f"file:{password_file}",
-                      "allow": [{"device_serial": s.device_serial} for s in specs]},
+        "recorders": {
+            "default_password": f"file:{password_file}",
+            "allow": [{"device_serial": s.device_serial} for s in specs],
+        },
         "offload": {"min_free_bytes": 0, "concurrency": 4},
     }
     for name, values in sections.items():
@@ -69,8 +85,9 @@ class Station:
 
 
 @asynccontextmanager
-async def simulated_station(root: Path, specs: list[RecorderSpec], *, agent_config: StationConfig | None = None,
-                            **sections: Any) -> AsyncIterator[Station]:
+async def simulated_station(
+    root: Path, specs: list[RecorderSpec], *, agent_config: StationConfig | None = None, **sections: Any
+) -> AsyncIterator[Station]:
     bus = RecorderBus(root / "sim" / "state", root / "media")
     loop = asyncio.get_running_loop()
     for s in specs:

@@ -42,8 +42,11 @@ async def test_docked_recorder_is_offloaded_verified_wiped_and_clock_set(tmp_pat
 
 async def test_untrusted_station_clock_measures_but_never_sets(tmp_path: Path) -> None:
     specs = [spec(0, clock_offset_s=120.0)]
-    async with simulated_station(tmp_path, specs, station={"id": "TEST-STATION",
-                                 "store_dir": str(tmp_path / "store"), "clock": "untrusted"}) as station:
+    async with simulated_station(
+        tmp_path,
+        specs,
+        station={"id": "TEST-STATION", "store_dir": str(tmp_path / "store"), "clock": "untrusted"},
+    ) as station:
         await station.dock_recorder(specs[0].device_serial, 1)
         await station.wait_results(1)
         assert station.ledger("clock_set") == []

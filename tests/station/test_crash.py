@@ -72,7 +72,10 @@ def _db_rows(db: Path, query: str) -> list[tuple[object, ...]]:
 def _evidence_left(state: Path) -> int:
     listing = subprocess.run(
         [sys.executable, "-m", "simulators", "recorder", "list", "--socket", str(state.parent / "bus.sock")],
-        capture_output=True, check=True, text=True)
+        capture_output=True,
+        check=True,
+        text=True,
+    )
     recorders = json.loads(listing.stdout)
     return sum(1 for r in recorders for f in r["files_present"] if not f.endswith("PARAM.INI"))
 
@@ -80,18 +83,41 @@ def _evidence_left(state: Path) -> int:
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     sim = subprocess.Popen(
-        [sys.executable, "-m", "simulators", "recorder", "serve", "--state", str(tmp_path / "sim" / "state"),
-         "--mount-root", str(tmp_path / "media"), "--socket", str(tmp_path / "sim" / "bus.sock"),
-         "--recorders", str(RECORDERS), "--files", "5", "--file-mb", "3", "--rate-limit-mbps", "40",
-         "--seed", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        [
+            sys.executable,
+            "-m",
+            "simulators",
+            "recorder",
+            "serve",
+            "--state",
+            str(tmp_path / "sim" / "state"),
+            "--mount-root",
+            str(tmp_path / "media"),
+            "--socket",
+            str(tmp_path / "sim" / "bus.sock"),
+            "--recorders",
+            str(RECORDERS),
+            "--files",
+            "5",
+            "--file-mb",
+            "3",
+            "--rate-limit-mbps",
+            "40",
+            "--seed",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     agent: subprocess.Popen[bytes] | None = None
     try:
         assert sim.stdout is not None
         hello = json.loads(sim.stdout.readline())
         serials = [r["device_serial"] for r in hello["recorders"]]
         truth = Counter(
-            _hash(p) for p in (tmp_path / "sim" / "state" / "recorders").rglob("*")
+            _hash(p)
+            for p in (tmp_path / "sim" / "state" / "recorders").rglob("*")
             if p.is_file() and "volume" in p.parts and p.name != "PARAM.INI"
         )
         assert sum(truth.values()) == RECORDERS * 5
@@ -113,11 +139,16 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
         agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not _db_rows(
-                db, f"SELECT 1 FROM ledger WHERE type='station_started' AND seq > {head}"):
+            db, f"SELECT 1 FROM ledger WHERE type='station_started' AND seq > {head}"
+        ):
             time.sleep(0.1)  # the agent handles SIGTERM once it has started
         while time.monotonic() < deadline:
             sealed = _db_rows(db, "SELECT COUNT(*) FROM items WHERE path IS NOT NULL")
-            if sealed and sealed[0][0] >= sum(truth.values()) and _evidence_left(tmp_path / "sim" / "state") == 0:
+            if (
+                sealed
+                and sealed[0][0] >= sum(truth.values())
+                and _evidence_left(tmp_path / "sim" / "state") == 0
+            ):
                 break
             time.sleep(0.3)
         agent.send_signal(signal.SIGTERM)

@@ -28,7 +28,7 @@ FIRST_VIDEO = "*_0001.MP4"
 def backing(volume_template: Path, tmp_path: Path) -> Path:
     try:
         check_fuse_available()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         pytest.skip(f"FUSE unavailable: {exc}")
     root = tmp_path / "backing"
     shutil.copytree(volume_template, root)
@@ -40,8 +40,9 @@ def mount(backing: Path, tmp_path: Path) -> Iterator[Callable[[VolumeFaults], Mo
     mounted: list[MountedVolume] = []
 
     def make(faults: VolumeFaults) -> MountedVolume:
-        volume = mount_volume(backing, tmp_path / "media" / "ZFY_3300001", faults=faults,
-                              unplug_marker=tmp_path / "UNPLUGGED")
+        volume = mount_volume(
+            backing, tmp_path / "media" / "ZFY_3300001", faults=faults, unplug_marker=tmp_path / "UNPLUGGED"
+        )
         mounted.append(volume)
         return volume
 
@@ -59,7 +60,9 @@ async def run(store: StationStore, config: StationConfig, root: Path) -> object:
 
 
 async def test_transient_bit_flip_is_caught_by_the_second_read_and_copied_again(
-    store: StationStore, backing: Path, mount: Callable[[VolumeFaults], MountedVolume],
+    store: StationStore,
+    backing: Path,
+    mount: Callable[[VolumeFaults], MountedVolume],
     config_factory: Callable[..., StationConfig],
 ) -> None:
     truth = volume_hashes(backing)
@@ -74,7 +77,9 @@ async def test_transient_bit_flip_is_caught_by_the_second_read_and_copied_again(
 
 
 async def test_read_error_fails_that_file_only_and_it_stays_on_the_recorder(
-    store: StationStore, backing: Path, mount: Callable[[VolumeFaults], MountedVolume],
+    store: StationStore,
+    backing: Path,
+    mount: Callable[[VolumeFaults], MountedVolume],
     config_factory: Callable[..., StationConfig],
 ) -> None:
     truth = volume_hashes(backing)
@@ -90,7 +95,9 @@ async def test_read_error_fails_that_file_only_and_it_stays_on_the_recorder(
 
 
 async def test_file_vanishing_mid_copy_is_recorded_and_not_sealed(
-    store: StationStore, backing: Path, mount: Callable[[VolumeFaults], MountedVolume],
+    store: StationStore,
+    backing: Path,
+    mount: Callable[[VolumeFaults], MountedVolume],
     config_factory: Callable[..., StationConfig],
 ) -> None:
     truth = volume_hashes(backing)
@@ -104,7 +111,9 @@ async def test_file_vanishing_mid_copy_is_recorded_and_not_sealed(
 
 
 async def test_file_growing_mid_copy_is_never_sealed_half_or_erased(
-    store: StationStore, backing: Path, mount: Callable[[VolumeFaults], MountedVolume],
+    store: StationStore,
+    backing: Path,
+    mount: Callable[[VolumeFaults], MountedVolume],
     config_factory: Callable[..., StationConfig],
 ) -> None:
     truth = volume_hashes(backing)
@@ -119,7 +128,9 @@ async def test_file_growing_mid_copy_is_never_sealed_half_or_erased(
 
 
 async def test_recorder_pulled_mid_copy_erases_nothing_and_resumes_on_redock(
-    store: StationStore, backing: Path, mount: Callable[[VolumeFaults], MountedVolume],
+    store: StationStore,
+    backing: Path,
+    mount: Callable[[VolumeFaults], MountedVolume],
     config_factory: Callable[..., StationConfig],
 ) -> None:
     truth = volume_hashes(backing)

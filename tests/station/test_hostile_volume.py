@@ -126,8 +126,11 @@ async def test_volume_gone_before_listing_is_device_gone(
 
 @pytest.mark.parametrize("precheck", [True, False], ids=["free-space-check", "write-fails-ENOSPC"])
 async def test_real_enospc_stops_cleanly(
-    volume: Path, tmp_path: Path, config_factory: Callable[..., StationConfig],
-    monkeypatch: pytest.MonkeyPatch, precheck: bool,
+    volume: Path,
+    tmp_path: Path,
+    config_factory: Callable[..., StationConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    precheck: bool,
 ) -> None:
     """The station disk really fills up (a 1 MiB tmpfs) in the middle of an offload: either the
     free-space check sees it coming, or (check blinded) a write fails with ENOSPC."""
@@ -142,8 +145,9 @@ async def test_real_enospc_stops_cleanly(
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
     try:
         before = {p: sha256_file(p) for p in volume.rglob("*") if p.is_file()}
-        config = config_factory(station={"id": "TEST-STATION", "store_dir": str(small / "store"),
-                                         "clock": "untrusted"})
+        config = config_factory(
+            station={"id": "TEST-STATION", "store_dir": str(small / "store"), "clock": "untrusted"}
+        )
         store = StationStore(small / "store", "TEST-STATION")
         try:
             result = await VolumeOffload(store, config, session_info(), volume).run()

@@ -36,8 +36,9 @@ async def test_every_file_is_sealed_verified_and_wiped(
     assert (volume / "PARAM.INI").exists(), "only evidence files are erased"
     stored = {}
     for item in result.items:
-        row = store.conn.execute("SELECT path, sha256, sealed_in_file, manifest FROM items WHERE item=?",
-                                 (item,)).fetchone()
+        row = store.conn.execute(
+            "SELECT path, sha256, sealed_in_file, manifest FROM items WHERE item=?", (item,)
+        ).fetchone()
         manifest = json.loads(row["manifest"])
         stored[manifest["original"]["path"]] = row["sha256"]
         path = store.layout.root / row["path"]
@@ -57,16 +58,21 @@ async def test_sealed_mp4_still_plays_and_its_prefix_is_the_original(
 ) -> None:
     originals = {p.name: p.read_bytes() for p in volume.rglob("*.MP4")}
     result = await offload(store, config_factory(wipe={"policy": "never"}), volume)
-    sealed = [store.layout.root / r["path"] for r in store.conn.execute(
-        "SELECT path FROM items WHERE sealed_in_file=1")]
+    sealed = [
+        store.layout.root / r["path"]
+        for r in store.conn.execute("SELECT path FROM items WHERE sealed_in_file=1")
+    ]
     assert len(sealed) == len(originals) >= 1
     for path in sealed:
         manifest = json.loads(path.with_name(path.name + ".manifest.json").read_bytes())
         original = originals[manifest["original"]["name"]]
         data = path.read_bytes()
         assert data[: len(original)] == original and len(data) > len(original)
-        probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json",
-                                str(path)], capture_output=True, check=True)
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
+            capture_output=True,
+            check=True,
+        )
         duration = float(json.loads(probe.stdout)["format"]["duration"]) * 1000
         assert abs(duration - manifest["media"]["duration_ms"]) < 50
     assert result.wiped == 0 and len(volume_hashes(volume)) == len(result.items)
@@ -89,7 +95,9 @@ async def test_no_wipe_without_reread_verification(
     store: StationStore, volume: Path, config_factory: Callable[..., StationConfig]
 ) -> None:
     before = volume_hashes(volume)
-    result = await offload(store, config_factory(offload={"verify_reread": False, "min_free_bytes": 0}), volume)
+    result = await offload(
+        store, config_factory(offload={"verify_reread": False, "min_free_bytes": 0}), volume
+    )
     assert result.wiped == 0
     assert volume_hashes(volume) == before
     reasons = [e.data.get("reason", "") for e in store.ledger.entries() if e.type == "error"]

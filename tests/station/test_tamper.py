@@ -18,8 +18,9 @@ from .conftest import session_info
 
 
 @pytest.fixture
-async def sealed_store(store: StationStore, volume: Path,
-                       config_factory: Callable[..., StationConfig]) -> StationStore:
+async def sealed_store(
+    store: StationStore, volume: Path, config_factory: Callable[..., StationConfig]
+) -> StationStore:
     await VolumeOffload(store, config_factory(), session_info(), volume).run()
     with store.transaction():
         store.ledger.checkpoint()
@@ -36,8 +37,9 @@ def problems(report: dict[str, object]) -> str:
 
 
 def first_item(store: StationStore, sealed: bool = True) -> tuple[str, Path]:
-    row = store.conn.execute("SELECT item, path FROM items WHERE sealed_in_file=? ORDER BY item LIMIT 1",
-                             (int(sealed),)).fetchone()
+    row = store.conn.execute(
+        "SELECT item, path FROM items WHERE sealed_in_file=? ORDER BY item LIMIT 1", (int(sealed),)
+    ).fetchone()
     return row["item"], store.layout.root / row["path"]
 
 
@@ -58,8 +60,9 @@ def test_untouched_store_verifies(sealed_store: StationStore, capsys: pytest.Cap
 
 
 @pytest.mark.parametrize("sealed", [True, False], ids=["mp4-with-box", "sidecar-only"])
-def test_one_flipped_byte_names_the_item(sealed_store: StationStore, capsys: pytest.CaptureFixture[str],
-                                         sealed: bool) -> None:
+def test_one_flipped_byte_names_the_item(
+    sealed_store: StationStore, capsys: pytest.CaptureFixture[str], sealed: bool
+) -> None:
     item, path = first_item(sealed_store, sealed)
     data = bytearray(path.read_bytes())
     data[len(data) // 3] ^= 0x01
@@ -71,8 +74,9 @@ def test_one_flipped_byte_names_the_item(sealed_store: StationStore, capsys: pyt
     assert verify(capsys, str(path))[0] == 1, "the lone sealed file fails too"
 
 
-def test_deleted_ledger_entry_names_the_gap(sealed_store: StationStore,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_deleted_ledger_entry_names_the_gap(
+    sealed_store: StationStore, capsys: pytest.CaptureFixture[str]
+) -> None:
     with raw_db(sealed_store) as db:
         db.execute("DELETE FROM ledger WHERE seq = 5")
     code, report = verify(capsys, str(sealed_store.layout.root))
@@ -80,21 +84,25 @@ def test_deleted_ledger_entry_names_the_gap(sealed_store: StationStore,
     assert any("5" in p["where"] or " 5" in p["what"] for p in report["problems"])  # type: ignore[attr-defined]
 
 
-def test_edited_ledger_entry_names_its_seq(sealed_store: StationStore,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_edited_ledger_entry_names_its_seq(
+    sealed_store: StationStore, capsys: pytest.CaptureFixture[str]
+) -> None:
     with raw_db(sealed_store) as db:
         seq, data = db.execute("SELECT seq, data FROM ledger WHERE type='acquired' LIMIT 1").fetchone()
         doc = json.loads(data)
         doc["size"] += 1
-        db.execute("UPDATE ledger SET data=? WHERE seq=?", (json.dumps(doc, separators=(",", ":"),
-                                                                       sort_keys=True), seq))
+        db.execute(
+            "UPDATE ledger SET data=? WHERE seq=?",
+            (json.dumps(doc, separators=(",", ":"), sort_keys=True), seq),
+        )
     code, report = verify(capsys, str(sealed_store.layout.root))
     assert code == 1
     assert any(p["where"] == f"ledger seq {seq}" for p in report["problems"])  # type: ignore[attr-defined]
 
 
-def test_reordered_ledger_entries_are_detected(sealed_store: StationStore,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_reordered_ledger_entries_are_detected(
+    sealed_store: StationStore, capsys: pytest.CaptureFixture[str]
+) -> None:
     with raw_db(sealed_store) as db:
         cols = "time, type, item, data, prev, hash"
         a = db.execute(f"SELECT {cols} FROM ledger WHERE seq=6").fetchone()
