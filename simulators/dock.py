@@ -1,0 +1,617 @@
+"""Dock bay controller simulator: the board side of `drivers/serial/DOCK_PROTOCOL.md` over a real pty.
+
+`DockSimulator` opens a pseudo-terminal; the host (`DockDriver`) opens `.tty_path` exactly as it would open
+`/dev/ttyUSB0`. A thread plays the MCU: it answers commands and sends events when a test (or a person at
+the CLI) inserts or removes a recorder. Faults are options and can be changed while running through
+`.faults`; randomness (junk bytes, write splits, default charges) comes from one seeded generator.
+
+Run it on its own: `python -m simulators dock --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import random
+import select
+import signal
+import sys
+import threading
+import time
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from types import FrameType, TracebackType
+
+from drivers.serial.dock_protocol import (
+    MAX_BAYS,
+    PROTOCOL_VERSION,
+    BayLed,
+    BayState,
+    BootEvent,
+    ChargeEvent,
+    DockProtocolError,
+    IdentityQuery,
+    IdentityReply,
+    InsertedEvent,
+    LedReply,
+    LineFramer,
+    NakReason,
+    NakReply,
+    PingCommand,
+    PingReply,
+    RemovedEvent,
+    SetLedCommand,
+    StatusQuery,
+    StatusReply,
+    decode_line,
+    next_seq,
+)
+
+log = logging.getLogger(__name__)
+
+_SPLIT_PAUSE_S = 0.0005  # between pieces of a split write, so the host really reads them separately
+_WRITE_STALL_S = 0.2  # nobody reads the pty this long: drop output like a UART with no listener
+
+
+class DockSimulatorError(Exception):
+    """Misuse of the simulator's control API (insert into an occupied bay, bay out of range...)."""
+
+
+@dataclass
+class DockFaults:
+    """Fault models; every field may be changed while the simulator runs."""
+
+    garbage_every_n: int = 0  # before every n-th frame sent, junk bytes (0 = never)
+    bad_checksum_every_n: int = 0  # every n-th frame sent gets a wrong CRC (0 = never)
+    split_writes: bool = False  # write each frame in random small pieces
+    drop_events_every_n: int = 0  # every n-th event is not sent; its number is still used (0 = never)
+    silent: bool = False  # answer nothing and send nothing: a hung or unplugged board
+    reply_delay_s: float = 0.0  # wait before every reply
+
+    def __post_init__(self) -> None:
+        for name in ("garbage_every_n", "bad_checksum_every_n", "drop_events_every_n"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.reply_delay_s < 0:
+            raise ValueError(f"reply_delay_s must be >= 0, got {self.reply_delay_s}")
+
+
+@dataclass
+class DockSimulatorStats:
+    frames_received: int = 0  # candidate frames cut from the host's stream
+    bad_frames: int = 0  # dropped without answer (CRC, framing)
+    junk_bytes_received: int = 0
+    naks_sent: int = 0
+    replies_sent: int = 0
+    events_sent: int = 0
+    events_dropped: int = 0  # by the drop_events_every_n fault
+    frames_corrupted: int = 0  # by the bad_checksum_every_n fault
+    junk_bytes_sent: int = 0  # by the garbage_every_n fault
+    output_dropped_bytes: int = 0  # nobody was reading the pty
+
+
+@dataclass
+class _SimBay:
+    present: bool = False
+    charge_percent: int | None = None
+    insertions: int = 0
+    led: BayLed = BayLed.OFF
+    history: list[BayLed] = field(default_factory=list)
+    last_led_seq: int | None = None
+
+
+class DockSimulator:
+    """The board of a docking station with `bays` bays, on a pty. Thread-safe control API."""
+
+    def __init__(
+        self,
+        bays: int = 8,
+        *,
+        seed: int = 0,
+        board_serial: str = "SIMDOCK-0001",
+        firmware: str = "simdock-1.0",
+        garbage_every_n: int = 0,
+        bad_checksum_every_n: int = 0,
+        split_writes: bool = False,
+        drop_events_every_n: int = 0,
+        silent: bool = False,
+        reply_delay_s: float = 0.0,
+        on_led: Callable[[int, BayLed], None] | None = None,
+    ) -> None:
+        if not 1 <= bays <= MAX_BAYS:
+            raise ValueError(f"bays must be 1..{MAX_BAYS}, got {bays}")
+        # Validates serial and firmware against the wire grammar now rather than at the first VER.
+        self._boot = BootEvent(PROTOCOL_VERSION, bays, board_serial, firmware)
+        self.faults = DockFaults(
+            garbage_every_n, bad_checksum_every_n, split_writes, drop_events_every_n, silent, reply_delay_s
+        )
+        self.board_serial = board_serial
+        self.firmware = firmware
+        self._on_led = on_led
+        self._random = random.Random(seed)
+        self._bays = [_SimBay() for _ in range(bays)]
+        self._event_seq = 0
+        self._events_generated = 0
+        self._frames_sent = 0
+        self._stats = DockSimulatorStats()
+        self._framer = LineFramer()
+        # One lock for state and output: a status reply and events leave in the order their state changed.
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._master_fd = -1
+        self._slave_fd = -1
+        self._wake_r = -1
+        self._wake_w = -1
+        self._tty_path: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self) -> DockSimulator:
+        if self._thread is not None:
+            raise DockSimulatorError("simulator already started")
+        self._master_fd, self._slave_fd = os.openpty()
+        # Raw: no echo, no CR/LF translation, no line buffering; a UART is a plain byte pipe. We keep our
+        # slave fd open so the master never sees a hang-up (EIO) while no host has the port open.
+        tty.setraw(self._slave_fd)
+        os.set_blocking(self._master_fd, False)
+        self._tty_path = os.ttyname(self._slave_fd)
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"dock-sim {self._tty_path}", daemon=True)
+        self._thread.start()
+        with self._lock:
+            self._send(self._boot.to_bytes())  # like firmware after power-up
+        log.info("dock simulator %s: %d bays on %s", self.board_serial, len(self._bays), self._tty_path)
+        return self
+
+    def stop(self) -> None:
+        """Stop the board and close the pty: a host that has it open sees a hang-up."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        thread.join()
+        self._thread = None
+        for fd in (self._master_fd, self._slave_fd, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._master_fd = self._slave_fd = self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> DockSimulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def tty_path(self) -> str:
+        if self._tty_path is None:
+            raise DockSimulatorError("simulator not started: no tty yet")
+        return self._tty_path
+
+    @property
+    def bay_count(self) -> int:
+        return len(self._bays)
+
+    @property
+    def stats(self) -> DockSimulatorStats:
+        with self._lock:
+            snapshot = replace(self._stats)
+        snapshot.junk_bytes_received = self._framer.discarded_bytes
+        return snapshot
+
+    @property
+    def silent(self) -> bool:
+        return self.faults.silent
+
+    @silent.setter
+    def silent(self, value: bool) -> None:
+        self.faults.silent = value
+
+    # -- control API (tests, CLI) ---------------------------------------------------------------------
+
+    def insert(self, bay: int, charge_percent: int | None = 50) -> None:
+        """A recorder is put into `bay`; `charge_percent` None means the charger has not reported yet."""
+        with self._lock:
+            state = self._bay(bay)
+            if state.present:
+                raise DockSimulatorError(f"bay {bay} already holds a recorder")
+            if charge_percent is not None and not 0 <= charge_percent <= 100:
+                raise DockSimulatorError(f"charge must be 0..100, got {charge_percent}")
+            state.present = True
+            state.charge_percent = charge_percent
+            state.insertions = (state.insertions + 1) % 16
+            self._emit(InsertedEvent(self._next_event_seq(), bay, charge_percent))
+
+    def remove(self, bay: int) -> None:
+        with self._lock:
+            state = self._bay(bay)
+            if not state.present:
+                raise DockSimulatorError(f"bay {bay} is empty")
+            state.present = False
+            state.charge_percent = None
+            self._emit(RemovedEvent(self._next_event_seq(), bay))
+
+    def set_charge(self, bay: int, charge_percent: int) -> None:
+        with self._lock:
+            state = self._bay(bay)
+            if not state.present:
+                raise DockSimulatorError(f"bay {bay} is empty: nothing to charge")
+            if not 0 <= charge_percent <= 100:
+                raise DockSimulatorError(f"charge must be 0..100, got {charge_percent}")
+            state.charge_percent = charge_percent
+            self._emit(ChargeEvent(self._next_event_seq(), bay, charge_percent))
+
+    def reboot(self) -> None:
+        """Watchdog reset: LEDs off, counters and event numbering restart, BOOT sent. Recorders stay."""
+        with self._lock:
+            self._event_seq = 0
+            for state in self._bays:
+                state.led = BayLed.OFF
+                state.insertions = 0
+                state.last_led_seq = None
+            self._send(self._boot.to_bytes())
+            self._changed.notify_all()
+
+    def random_charge(self) -> int:
+        """A plausible charge reading from the seeded generator."""
+        with self._lock:
+            return self._random.randint(5, 100)
+
+    def present(self, bay: int) -> bool:
+        with self._lock:
+            return self._bay(bay).present
+
+    def charge(self, bay: int) -> int | None:
+        with self._lock:
+            return self._bay(bay).charge_percent
+
+    def led(self, bay: int) -> BayLed:
+        """The LED state the host last set (OFF after power-up or reboot)."""
+        with self._lock:
+            return self._bay(bay).led
+
+    def led_history(self, bay: int) -> list[BayLed]:
+        """Every LED state the host set on `bay`, in order; a retransmitted command counts once."""
+        with self._lock:
+            return list(self._bay(bay).history)
+
+    def wait_for_led(self, bay: int, led: BayLed, timeout_s: float) -> bool:
+        """Block until `bay` shows `led` (True) or `timeout_s` passes (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._bay(bay).led is led, timeout_s)
+
+    @property
+    def event_seq(self) -> int:
+        with self._lock:
+            return self._event_seq
+
+    def _bay(self, bay: int) -> _SimBay:
+        if not 1 <= bay <= len(self._bays):
+            raise DockSimulatorError(f"bay must be 1..{len(self._bays)}, got {bay}")
+        return self._bays[bay - 1]
+
+    def _next_event_seq(self) -> int:
+        self._event_seq = next_seq(self._event_seq)
+        return self._event_seq
+
+    # -- board thread ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            readable, _, _ = select.select([self._master_fd, self._wake_r], [], [])
+            if self._wake_r in readable:
+                os.read(self._wake_r, 64)
+                continue
+            try:
+                data = os.read(self._master_fd, 4096)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                log.error("dock simulator %s: pty read failed, board stops: %s", self.board_serial, exc)
+                return
+            for line in self._framer.feed(data):
+                if self._stop.is_set():
+                    return
+                self._handle_line(line)
+
+    def _handle_line(self, line: bytes) -> None:
+        with self._lock:
+            self._stats.frames_received += 1
+        if self.faults.silent:
+            return
+        try:
+            message = decode_line(line)
+        except DockProtocolError as exc:
+            if exc.reason is None or exc.seq is None:
+                with self._lock:
+                    self._stats.bad_frames += 1
+                log.debug("dock simulator: frame dropped: %s", exc)
+                return
+            self._reply_later(NakReply(exc.seq, exc.command or "?", exc.reason))
+            return
+        if not isinstance(message, PingCommand | IdentityQuery | StatusQuery | SetLedCommand):
+            self._reply_later(NakReply(message.seq, message.COMMAND.value, NakReason.UNKNOWN))
+            return
+        if isinstance(message, SetLedCommand) and message.bay > len(self._bays):
+            self._reply_later(NakReply(message.seq, message.COMMAND.value, NakReason.RANGE))
+            return
+        self._wait_reply_delay()
+        changed: tuple[int, BayLed] | None = None
+        with self._lock:
+            if isinstance(message, PingCommand):
+                reply: PingReply | IdentityReply | StatusReply | LedReply
+                reply = PingReply(message.seq, self._event_seq)
+            elif isinstance(message, IdentityQuery):
+                reply = IdentityReply(
+                    message.seq, PROTOCOL_VERSION, len(self._bays), self.board_serial, self.firmware
+                )
+            elif isinstance(message, StatusQuery):
+                reply = StatusReply(message.seq, self._event_seq, tuple(
+                    BayState(b.present, b.led, b.insertions, b.charge_percent) for b in self._bays
+                ))
+            else:
+                state = self._bays[message.bay - 1]
+                # A retransmission (same number, same state) is one command, not two.
+                if state.last_led_seq != message.seq or state.led is not message.led:
+                    state.history.append(message.led)
+                    state.last_led_seq = message.seq
+                    changed = (message.bay, message.led)
+                state.led = message.led
+                self._changed.notify_all()
+                reply = LedReply(message.seq, message.bay, message.led)
+            self._stats.replies_sent += 1
+            self._send(reply.to_bytes())
+        if changed is not None and self._on_led is not None:
+            self._on_led(*changed)
+
+    def _reply_later(self, nak: NakReply) -> None:
+        self._wait_reply_delay()
+        with self._lock:
+            self._stats.naks_sent += 1
+            self._send(nak.to_bytes())
+
+    def _wait_reply_delay(self) -> None:
+        delay_s = self.faults.reply_delay_s
+        if delay_s > 0:
+            self._stop.wait(delay_s)
+
+    # -- output with faults (caller holds the lock) ----------------------------------------------------
+
+    def _emit(self, event: InsertedEvent | RemovedEvent | ChargeEvent) -> None:
+        self._events_generated += 1
+        every_n = self.faults.drop_events_every_n
+        if every_n and self._events_generated % every_n == 0:
+            self._stats.events_dropped += 1
+            log.debug("dock simulator: fault: event %d not sent", event.seq)
+            return
+        if self._send(event.to_bytes()):
+            self._stats.events_sent += 1
+
+    def _send(self, frame: bytes) -> bool:
+        faults = self.faults
+        if faults.silent or self._master_fd < 0:
+            return False
+        self._frames_sent += 1
+        if faults.bad_checksum_every_n and self._frames_sent % faults.bad_checksum_every_n == 0:
+            frame = self._corrupt_checksum(frame)
+            self._stats.frames_corrupted += 1
+        if faults.garbage_every_n and self._frames_sent % faults.garbage_every_n == 0:
+            junk = self._junk()
+            self._stats.junk_bytes_sent += len(junk)
+            frame = junk + frame
+        if not faults.split_writes:
+            self._write_all(frame)
+            return True
+        position = 0
+        while position < len(frame):
+            size = self._random.randint(1, 8)
+            self._write_all(frame[position : position + size])
+            position += size
+            time.sleep(_SPLIT_PAUSE_S)
+        return True
+
+    def _corrupt_checksum(self, frame: bytes) -> bytes:
+        star = frame.rindex(b"*")
+        good = int(frame[star + 1 : star + 5], 16)
+        bad = (good + self._random.randint(1, 0xFFFF)) % 0x10000
+        return frame[: star + 1] + b"%04X" % bad + frame[star + 5 :]
+
+    def _junk(self) -> bytes:
+        kind = self._random.randrange(4)
+        if kind == 0:  # line noise, any byte value
+            return bytes(self._random.randrange(256) for _ in range(self._random.randint(1, 24)))
+        if kind == 1:  # the start of a frame whose end was lost
+            return b"$" + str(self._random.randint(0, 99999)).encode() + b",AC"
+        if kind == 2:  # a complete line with a wrong checksum
+            return b"$77,INS,1,50*0000\r\n"
+        return b"\r\n\x00\xff garbage \n"
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._master_fd, view)
+            except BlockingIOError:
+                _, writable, _ = select.select([], [self._master_fd], [], _WRITE_STALL_S)
+                if not writable:
+                    self._stats.output_dropped_bytes += len(view)
+                    log.debug("dock simulator: nobody reads the pty, %d bytes dropped", len(view))
+                    return
+                continue
+            except OSError as exc:
+                self._stats.output_dropped_bytes += len(view)
+                log.debug("dock simulator: pty write failed: %s", exc)
+                return
+            view = view[written:]
+
+
+# -- command line -----------------------------------------------------------------------------------------
+
+_COMMANDS_HELP = """\
+commands on stdin (one per line):
+  insert BAY [CHARGE]   put a recorder in BAY (charge 0..100; random from the seed if omitted)
+  remove BAY            take it out
+  charge BAY PCT        the charger reports PCT for the recorder in BAY
+  leds                  print every bay: presence, charge, LED, LED history
+  silent on|off         stop / resume answering (heartbeat loss)
+  reboot                watchdog reset: LEDs off, BOOT sent
+  help                  this list
+  quit                  stop and exit
+Output: the first line is the tty path (open it with DockDriver); then "led BAY STATE" whenever the host
+sets an LED, and "ok ..." or "error: ..." after each command. When stdin reaches EOF (or is /dev/null)
+the simulator keeps serving until SIGTERM or SIGINT. Fault models are off by default.
+
+example: python -m simulators dock --bays 8 --seed 3 --garbage-every 5 --insert 2:80
+"""
+
+
+def _parse_insert(text: str) -> tuple[int, int | None]:
+    bay_text, _, charge_text = text.partition(":")
+    try:
+        return int(bay_text), (int(charge_text) if charge_text else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BAY or BAY:CHARGE, got {text!r}") from None
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators dock",
+        description="Dock bay controller board simulator on a pty"
+        " (protocol: drivers/serial/DOCK_PROTOCOL.md).",
+        epilog=_COMMANDS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bays", type=int, default=8, help="number of bays, 1..32 (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    parser.add_argument("--board-serial", default="SIMDOCK-0001", help="serial reported by VER and BOOT")
+    parser.add_argument("--firmware", default="simdock-1.0", help="firmware version reported")
+    parser.add_argument("--insert", type=_parse_insert, action="append", default=[], metavar="BAY[:CHARGE]",
+                        help="recorder present from the start (repeatable)")
+    parser.add_argument("--link", metavar="PATH",
+                        help="also make PATH a symlink to the tty (a stable name, like /dev/serial/by-id)")
+    parser.add_argument("--quiet", action="store_true", help="do not print LED changes")
+    parser.add_argument("--verbose", action="store_true", help="debug log on stderr")
+    faults = parser.add_argument_group("fault models")
+    faults.add_argument("--garbage-every", type=int, default=0, metavar="N",
+                        help="junk bytes (noise, cut-off frames, bad lines) before every N-th frame sent")
+    faults.add_argument("--bad-checksum-every", type=int, default=0, metavar="N",
+                        help="every N-th frame sent has a wrong CRC")
+    faults.add_argument("--split-writes", action="store_true", help="write frames in random 1..8 byte pieces")
+    faults.add_argument("--drop-events-every", type=int, default=0, metavar="N",
+                        help="every N-th event is not sent (the host sees a sequence gap)")
+    faults.add_argument("--silent", action="store_true",
+                        help="answer nothing from the start (heartbeat loss)")
+    faults.add_argument("--reply-delay", type=float, default=0.0, metavar="S",
+                        help="wait S seconds before every reply")
+    return parser
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _run_command(sim: DockSimulator, words: list[str], stop: threading.Event) -> None:
+    verb, args = words[0].lower(), words[1:]
+    if verb == "insert" and len(args) in (1, 2):
+        charge = int(args[1]) if len(args) == 2 else sim.random_charge()
+        sim.insert(int(args[0]), charge)
+        _say(f"ok inserted bay {args[0]} charge {charge}")
+    elif verb == "remove" and len(args) == 1:
+        sim.remove(int(args[0]))
+        _say(f"ok removed bay {args[0]}")
+    elif verb == "charge" and len(args) == 2:
+        sim.set_charge(int(args[0]), int(args[1]))
+        _say(f"ok bay {args[0]} charge {args[1]}")
+    elif verb == "leds" and not args:
+        for bay in range(1, sim.bay_count + 1):
+            contents = f"recorder {sim.charge(bay)}%" if sim.present(bay) else "empty"
+            history = " ".join(led.value for led in sim.led_history(bay)) or "-"
+            _say(f"bay {bay:2d}: {sim.led(bay).value:9s} {contents:14s} history: {history}")
+    elif verb == "silent" and args in (["on"], ["off"]):
+        sim.silent = args[0] == "on"
+        _say(f"ok silent {args[0]}")
+    elif verb == "reboot" and not args:
+        sim.reboot()
+        _say("ok rebooted")
+    elif verb == "help":
+        _say(_COMMANDS_HELP.split("\nOutput:")[0])
+    elif verb in ("quit", "exit"):
+        stop.set()
+    else:
+        _say(f"error: unknown command {' '.join(words)!r} (try help)")
+
+
+def _serve_stdin(sim: DockSimulator, stop: threading.Event) -> None:
+    stream = sys.stdin
+    if stream is None:
+        return
+    for line in stream:
+        words = line.split()
+        if not words:
+            continue
+        try:
+            _run_command(sim, words, stop)
+        except (ValueError, DockSimulatorError) as exc:
+            _say(f"error: {exc}")
+        if stop.is_set():
+            return
+    log.debug("dock simulator: stdin at EOF; serving until SIGTERM/SIGINT")
+
+
+def main(argv: list[str]) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    on_led = None if args.quiet else (lambda bay, led: _say(f"led {bay} {led.value}"))
+    try:
+        sim = DockSimulator(
+            args.bays, seed=args.seed, board_serial=args.board_serial, firmware=args.firmware,
+            garbage_every_n=args.garbage_every, bad_checksum_every_n=args.bad_checksum_every,
+            split_writes=args.split_writes, drop_events_every_n=args.drop_events_every,
+            silent=args.silent, reply_delay_s=args.reply_delay, on_led=on_led,
+        )
+    except (ValueError, DockProtocolError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    with sim:
+        try:
+            for bay, charge in args.insert:
+                sim.insert(bay, sim.random_charge() if charge is None else charge)
+        except DockSimulatorError as exc:
+            print(f"error: --insert: {exc}", file=sys.stderr)
+            return 2
+        if args.link:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(args.link)
+            os.symlink(sim.tty_path, args.link)
+        try:
+            _say(sim.tty_path)
+            reader = threading.Thread(
+                target=_serve_stdin, args=(sim, stop), name="dock-sim stdin", daemon=True
+            )
+            reader.start()
+            while not stop.wait(1.0):
+                pass
+        finally:
+            if args.link:
+                with contextlib.suppress(OSError):
+                    os.unlink(args.link)
+    return 0
