@@ -504,6 +504,11 @@ class DockDriver:
                     )
                 log.debug("dock %s: board busy for %s %d, attempt %d/%d", self._name, token, command.seq,
                           attempt, attempts)
+                if attempt == attempts:  # it answers, so the link is fine: refuse this command only
+                    raise DockNakError(
+                        f"dock {self._name}: board still busy for {token} after {attempts} attempts",
+                        command=token, reason=NakReason.BUSY,
+                    )
             lost = DockConnectionLost(
                 f"dock {self._name}: no reply to {token} after {attempts} attempts"
                 f" of {self._reply_timeout_s}s each"

@@ -495,7 +495,12 @@ async def test_nak_is_raised_and_busy_is_retried(
         with pytest.raises(DockNakError, match=r"refused LED .*VALUE") as caught:
             await driver.set_led(1, BayLed.ATTENTION)
         assert caught.value.reason is NakReason.VALUE
+        busy_left[0] = 10  # more than the attempts: refused, but the link is alive
+        with pytest.raises(DockNakError, match="still busy for LED after 4 attempts") as caught:
+            await driver.set_led(2, BayLed.DONE)
+        assert caught.value.reason is NakReason.BUSY
         assert driver.connected
+        await driver.ping()
 
 
 async def test_hostile_replies_are_counted_and_survived(
