@@ -175,7 +175,7 @@ class OffloadSection(StrictModel):
     )
     concurrency: int = Field(4, ge=1, le=64, description="Bays offloaded at once")
     verify_reread: bool = Field(True, description="Re-read each stored copy from disk and compare")
-    chunk_bytes: int = Field(1 << 20, ge=4096, le=64 << 20)
+    chunk_bytes: int = Field(1 << 20, ge=4096, le=64 << 20, multiple_of=4096, description="Copy buffer size")
     max_file_bytes: int = Field(256 << 30, gt=0, description="Refuse larger files as implausible")
     max_files: int = Field(100_000, gt=0, description="Refuse volumes with more files")
     max_depth: int = Field(8, ge=1, le=64)

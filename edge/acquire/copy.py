@@ -9,8 +9,12 @@ the acquisition hash, which catches a bad write, a transient device read fault a
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
+import mmap
 import os
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,17 +81,14 @@ def copy_and_hash(
             f"mtime {expected_mtime_ns} -> {before.st_mtime_ns})"
         )
     digest = hashlib.sha256()
-    buffer = bytearray(chunk_bytes)
-    view = memoryview(buffer)
     total = 0
-    try:
-        dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-    except OSError as exc:
-        raise _write_error(exc, what) from exc
+    dst_fd, direct = _create_copy(dst, what)
+    writer = _Writer(dst_fd, what, chunk_bytes, direct=direct)
     try:
         while True:
+            buffer = writer.free_buffer()
             try:
-                count = os.readv(src_fd, [view])
+                count = os.readv(src_fd, [buffer])
             except OSError as exc:
                 raise _read_error(exc, what) from exc
             if count == 0:
@@ -95,11 +96,12 @@ def copy_and_hash(
             total += count
             if total > expected_size:
                 raise SourceChangedError(f"{what}: grew while being copied (more than {expected_size} bytes)")
-            chunk = view[:count]
-            digest.update(chunk)
-            _write_all(dst_fd, chunk, what)
+            chunk = memoryview(buffer)[:count]
+            digest.update(chunk)  # the very bytes handed to the writer below
+            writer.write(chunk)
             if progress is not None:
                 progress(count)
+        writer.finish()
         if total != expected_size:
             raise SourceChangedError(f"{what}: ended after {total} of {expected_size} bytes")
         after = os.fstat(src_fd)
@@ -112,8 +114,89 @@ def copy_and_hash(
         except OSError as exc:
             raise _write_error(exc, what) from exc
     finally:
+        writer.close()
         os.close(dst_fd)
     return CopyResult(digest.hexdigest(), total)
+
+
+def _create_copy(dst: Path, what: str) -> tuple[int, bool]:
+    """Create the copy for writing, with O_DIRECT where the file system allows it.
+
+    Direct writes go from the copy buffer to the disk: no second copy through the page cache, no
+    cached evidence pages filling memory, and the later re-read necessarily comes from the disk.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(dst, flags | os.O_DIRECT, 0o640), True
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise _write_error(exc, what) from exc
+    dst.unlink(missing_ok=True)  # tmpfs and some FUSE file systems refuse O_DIRECT
+    try:
+        return os.open(dst, flags, 0o640), False
+    except OSError as exc:
+        raise _write_error(exc, what) from exc
+
+
+class _Writer:
+    """Writes chunks in a second thread, so reading and hashing chunk N+1 overlaps writing chunk N.
+
+    A fixed pool of page-aligned buffers (as O_DIRECT needs) circulates between the two threads:
+    memory is bounded by BUFFERS * chunk_bytes whatever the file size.
+    """
+
+    BUFFERS = 4
+    ALIGN = 4096
+
+    def __init__(self, fd: int, what: str, chunk_bytes: int, *, direct: bool) -> None:
+        self.fd = fd
+        self.what = what
+        self.direct = direct
+        self.free: queue.Queue[mmap.mmap] = queue.Queue()
+        for _ in range(self.BUFFERS):
+            self.free.put(mmap.mmap(-1, chunk_bytes))
+        self.pending: queue.Queue[memoryview | None] = queue.Queue()
+        self.error: AcquireError | None = None
+        self.thread = threading.Thread(target=self._run, name="copy-writer", daemon=True)
+        self.thread.start()
+
+    def free_buffer(self) -> mmap.mmap:
+        buffer = self.free.get()
+        if self.error is not None:
+            raise self.error
+        return buffer
+
+    def write(self, chunk: memoryview) -> None:
+        self.pending.put(chunk)
+
+    def finish(self) -> None:
+        """Wait until every chunk is written; raise the writer's error if it had one."""
+        self.pending.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.pending.put(None)
+            self.thread.join()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self.pending.get()
+            if chunk is None:
+                return
+            if self.error is None:
+                try:
+                    if self.direct and len(chunk) % self.ALIGN:
+                        # A short (unaligned) chunk, normally the file's tail: finish with buffered writes.
+                        flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+                        fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+                        self.direct = False
+                    _write_all(self.fd, chunk, self.what)
+                except AcquireError as exc:
+                    self.error = exc
+            self.free.put(chunk.obj)  # type: ignore[arg-type]
 
 
 def _write_all(fd: int, chunk: memoryview, what: str) -> None:
@@ -131,55 +214,57 @@ def _write_error(exc: OSError, what: str) -> AcquireError:
     return StoreWriteError(f"{what}: writing the station copy failed: {exc.strerror or exc}")
 
 
-def hash_fd(fd: int, *, chunk_bytes: int, drop_cache: bool) -> tuple[str, int]:
-    """SHA-256 and length of everything readable from `fd`, optionally bypassing the page cache."""
-    if drop_cache:
-        drop_page_cache(fd)
+@dataclass(frozen=True)
+class ReRead:
+    stored_sha256: str  # of the stored copy's first `size` bytes, as the disk holds them
+    stored_size: int
+    source_differs_at: int | None  # first offset where the second device read differs, or None
+
+
+def reread_and_compare(stored: Path, src_fd: int, *, size: int, chunk_bytes: int, what: str) -> ReRead:
+    """Re-read the stored copy from disk and the source from the device, side by side.
+
+    The stored bytes are hashed (they must give the acquisition hash); the device bytes are compared
+    with them byte for byte, which proves the second device read equal without hashing it again.
+    Cached pages of both are dropped first, so neither read is served from memory.
+    """
     digest = hashlib.sha256()
-    buffer = bytearray(chunk_bytes)
-    view = memoryview(buffer)
-    total = 0
+    mine, theirs = bytearray(chunk_bytes), bytearray(chunk_bytes)
+    stored_fd = os.open(stored, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    differs_at: int | None = None
     offset = 0
-    while True:
-        count = os.preadv(fd, [view], offset)
-        if count == 0:
-            break
-        digest.update(view[:count])
-        total += count
-        offset += count
-    if drop_cache:
-        # Leave no cached evidence pages behind: memory stays bounded by the copy buffers.
-        drop_page_cache(fd)
-    return digest.hexdigest(), total
-
-
-def hash_stored_copy(path: Path, *, chunk_bytes: int, limit: int | None = None) -> tuple[str, int]:
-    """Hash a stored file as the disk holds it (page cache dropped first)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        if limit is None:
-            return hash_fd(fd, chunk_bytes=chunk_bytes, drop_cache=True)
-        return _hash_prefix(fd, limit, chunk_bytes)
+        drop_page_cache(stored_fd)
+        drop_page_cache(src_fd)
+        while offset < size:
+            want = min(chunk_bytes, size - offset)
+            got = os.preadv(stored_fd, [memoryview(mine)[:want]], offset)
+            if got == 0:
+                break
+            digest.update(memoryview(mine)[:got])
+            if differs_at is None:
+                try:
+                    theirs_got = os.preadv(src_fd, [memoryview(theirs)[:got]], offset)
+                except OSError as exc:
+                    raise _read_error(exc, what) from exc
+                if theirs_got != got or mine[:got] != theirs[:got]:
+                    differs_at = offset + _first_difference(mine, theirs, min(got, theirs_got))
+            offset += got
+        if differs_at is None:
+            try:
+                extra = os.pread(src_fd, 1, offset)
+            except OSError as exc:
+                raise _read_error(exc, what) from exc
+            if extra:
+                differs_at = offset  # the device now has more bytes than were copied
     finally:
-        os.close(fd)
+        drop_page_cache(stored_fd)  # leave no cached evidence behind: memory stays bounded
+        os.close(stored_fd)
+    return ReRead(digest.hexdigest(), offset, differs_at)
 
 
-def _hash_prefix(fd: int, limit: int, chunk_bytes: int) -> tuple[str, int]:
-    drop_page_cache(fd)
-    digest = hashlib.sha256()
-    offset = 0
-    while offset < limit:
-        data = os.pread(fd, min(chunk_bytes, limit - offset), offset)
-        if not data:
-            break
-        digest.update(data)
-        offset += len(data)
-    return digest.hexdigest(), offset
-
-
-def hash_source(src_fd: int, *, chunk_bytes: int, what: str) -> tuple[str, int]:
-    try:
-        # Dropping cached pages first makes this a real second read from the device.
-        return hash_fd(src_fd, chunk_bytes=chunk_bytes, drop_cache=True)
-    except OSError as exc:
-        raise _read_error(exc, what) from exc
+def _first_difference(a: bytearray, b: bytearray, length: int) -> int:
+    for index in range(length):
+        if a[index] != b[index]:
+            return index
+    return length

@@ -32,12 +32,12 @@ from typing import Any
 
 from edge.acquire.copy import (
     AcquireError,
+    ReRead,
     SourceChangedError,
     SourceReadError,
     StoreFullError,
     copy_and_hash,
-    hash_source,
-    hash_stored_copy,
+    reread_and_compare,
 )
 from edge.acquire.enumerate import VolumeFile, list_volume, open_volume_file, unlink_volume_file
 from edge.acquire.identity import SessionInfo
@@ -45,16 +45,18 @@ from edge.acquire.manifest import build_manifest
 from edge.acquire.mediainfo import media_facts
 from edge.config import StationConfig, WipePolicy
 from edge.custody.canonical import canonical_json, sha256_hex
-from edge.custody.isobmff import seal_decision
+from edge.custody.isobmff import evidence_box, seal_decision
 from edge.custody.ledger import EntryType
 from edge.custody.manifest import sign_manifest
-from edge.custody.seal import append_evidence_box
-from edge.fsutil import atomic_write, free_bytes, fsync_dir
+from edge.custody.seal import append_evidence_box, write_sidecar
+from edge.fsutil import free_bytes, fsync_dir
 from edge.store import StationStore, stored_extension, utc_now
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+MAX_FINISHING = 3
+PLACEHOLDER_MANIFEST = b'{"format":"evidence-edge/placeholder"}'
 ISO_BMFF_EXTENSIONS = {"mp4", "mov", "m4a", "m4v", "3gp"}
 
 
@@ -231,7 +233,10 @@ class VolumeOffload:
         )
 
     async def _acquire_all(self, rows: list[_FileRow]) -> OffloadOutcome:
-        finishing: asyncio.Task[None] | None = None
+        # Verifying and sealing (two ffprobe runs, two re-reads) can take longer than copying a file
+        # from the page cache; a few files finishing at once keep the copy loop busy. Memory stays
+        # bounded: each finishing file holds one read buffer.
+        finishing: set[asyncio.Task[None]] = set()
         outcome = OffloadOutcome.DONE
         try:
             for row in rows:
@@ -244,14 +249,16 @@ class VolumeOffload:
                     self.progress.bytes_done += row.file.size
                 if row.state == "pending":
                     await self._copy_with_retries(row)
-                if finishing is not None:
-                    await finishing
-                    finishing = None
+                while len(finishing) >= MAX_FINISHING:
+                    done, finishing = await asyncio.wait(finishing, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()  # a fatal error (device gone, disk full) stops the offload
                 if row.state in ("copied", "verified"):
-                    finishing = asyncio.create_task(self._finish_with_retries(row))
-            if finishing is not None:
-                await finishing
-                finishing = None
+                    finishing.add(asyncio.create_task(self._finish_with_retries(row)))
+            while finishing:
+                done, finishing = await asyncio.wait(finishing, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
         except DeviceGoneError as exc:
             self._error(None, "device", str(exc), None)
             outcome = OffloadOutcome.DEVICE_GONE
@@ -259,10 +266,10 @@ class VolumeOffload:
             self._error(None, "store", str(exc), None)
             outcome = OffloadOutcome.STORE_FULL
         finally:
-            if finishing is not None:
-                # Let the file in flight reach a committed state; its own errors are already recorded.
+            # Let files in flight reach a committed state; their own errors are already recorded.
+            for task in finishing:
                 with contextlib.suppress(DeviceGoneError, StoreFullError):
-                    await finishing
+                    await task
         self.progress.current = ""
         self._report()
         return outcome
@@ -441,7 +448,8 @@ class VolumeOffload:
             raise _VerificationMismatch(f"{row.file.display_path}: the copy in progress was lost")
         # Drop whatever a crash may have left appended to the copy: only the original bytes remain.
         await self._thread(os.truncate, part, size)
-        media = await self._thread(media_facts, part)
+        ext = stored_extension(row.file.name)
+        media, fallback = await self._thread(self._probe, part, size, ext)
         acquired_entry = self._latest_entry(row.item, EntryType.ACQUIRED)
         manifest = sign_manifest(
             build_manifest(
@@ -458,24 +466,24 @@ class VolumeOffload:
             ),
             self.store.key,
         )
-        ext = stored_extension(row.file.name)
-        embedded, fallback = await self._thread(self._embed, part, manifest, ext, media)
+        embedded = fallback is None
+        if embedded:
+            await self._thread(append_evidence_box, part, manifest)
+        else:
+            log.info("item %s: manifest kept in the sidecar only: %s", row.item, fallback)
         verify = self.config.offload.verify_reread
         checks: dict[str, Any] = {"stored_reread": verify, "source_reread": verify}
         if verify:
-            stored_sha, stored_len = await self._thread(
-                hash_stored_copy, part, chunk_bytes=self.chunk, limit=size
-            )
-            if stored_sha != sha256 or stored_len != size:
+            reread = await self._thread(self._reread, part, row.file, size)
+            if reread.stored_sha256 != sha256 or reread.stored_size != size:
                 raise _VerificationMismatch(
-                    f"{row.file.display_path}: stored copy re-read from disk gives {stored_sha} "
-                    f"({stored_len} bytes), acquisition hash was {sha256} ({size} bytes)"
+                    f"{row.file.display_path}: stored copy re-read from disk gives {reread.stored_sha256} "
+                    f"({reread.stored_size} bytes), acquisition hash was {sha256} ({size} bytes)"
                 )
-            source_sha = await self._thread(self._rehash_source, row.file)
-            if source_sha != sha256:
+            if reread.source_differs_at is not None:
                 raise _VerificationMismatch(
-                    f"{row.file.display_path}: second read from the recorder gives {source_sha}, "
-                    f"acquisition hash was {sha256} (inconsistent device reads)"
+                    f"{row.file.display_path}: second read from the recorder differs from the copy at byte "
+                    f"{reread.source_differs_at} (inconsistent device reads)"
                 )
         with self.store.transaction() as conn:
             self.store.ledger.append(
@@ -493,39 +501,44 @@ class VolumeOffload:
                 "UPDATE items SET manifest=? WHERE item=?", (canonical_json(manifest).decode(), row.item)
             )
             self._set_state(row.file, "verified")
-        if fallback:
-            log.info("item %s: manifest kept in the sidecar only: %s", row.item, fallback)
         row.state = "verified"
         self.progress.verified += 1
         self._report()
 
-    def _embed(
-        self, part: Path, manifest: dict[str, Any], ext: str, media: dict[str, Any]
-    ) -> tuple[bool, str]:
-        if ext not in ISO_BMFF_EXTENSIONS:
-            return False, f"not an ISO-BMFF file (.{ext})"
-        size = part.stat().st_size
-        with part.open("rb") as f:
-            ok, reason = seal_decision(f, size)
-        if not ok:
-            return False, reason
-        append_evidence_box(part, manifest)
-        after = media_facts(part)
-        if _essential(after) != _essential(media):
-            # The sealed form must play exactly like the original; otherwise keep the original alone.
-            os.truncate(part, size)
-            _fsync_path(part)
-            return False, "ffprobe read the sealed file differently; manifest kept in the sidecar"
-        return True, ""
+    def _probe(self, part: Path, size: int, ext: str) -> tuple[dict[str, Any], str | None]:
+        """Media facts, and why the manifest cannot be embedded (None when it can).
 
-    def _rehash_source(self, file: VolumeFile) -> str:
+        ffprobe costs more than copying a file from a fast disk, so it runs once per file: an
+        ISO-BMFF copy is probed with a placeholder evidence box already appended, which both reads
+        the media facts and shows that players accept a trailing box on this very file. The real box
+        differs only in its payload, which no player reads.
+        """
+        if ext not in ISO_BMFF_EXTENSIONS:
+            return media_facts(part), f"not an ISO-BMFF file (.{ext})"
+        with part.open("rb") as f:
+            sealable, reason = seal_decision(f, size)
+        if not sealable:
+            return media_facts(part), reason
+        with part.open("ab") as f:
+            f.write(evidence_box(PLACEHOLDER_MANIFEST))
+        try:
+            media = media_facts(part)
+        finally:
+            os.truncate(part, size)
+        if "error" not in media:
+            return media, None
+        original = media_facts(part)
+        if "error" in original:
+            return original, "ffprobe cannot read the file"
+        return original, "ffprobe reads the file only without a trailing box; manifest kept in the sidecar"
+
+    def _reread(self, part: Path, file: VolumeFile, size: int) -> ReRead:
         fd = open_volume_file(self.root, file)
         try:
             info = os.fstat(fd)
             if info.st_size != file.size or info.st_mtime_ns != file.mtime_ns:
                 raise SourceChangedError(f"{file.display_path}: changed on the recorder after copying")
-            digest, _ = hash_source(fd, chunk_bytes=self.chunk, what=file.display_path)
-            return digest
+            return reread_and_compare(part, fd, size=size, chunk_bytes=self.chunk, what=file.display_path)
         finally:
             os.close(fd)
 
@@ -555,7 +568,7 @@ class VolumeOffload:
                 fsync_dir(final.parent)
             elif not final.exists():
                 raise _VerificationMismatch(f"{row.file.display_path}: sealed copy missing before publishing")
-            atomic_write(layout.sidecar(final), canonical_json(manifest) + b"\n", mode=0o640)
+            write_sidecar(final, manifest)
             return final.stat().st_size > int(manifest["size"])
 
         embedded = await self._thread(work)
@@ -671,15 +684,3 @@ class VolumeOffload:
 
 class _VerificationMismatch(AcquireError):
     pass
-
-
-def _essential(media: dict[str, Any]) -> tuple[Any, ...]:
-    return (media.get("duration_ms"), json.dumps(media.get("streams"), sort_keys=True), "error" in media)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

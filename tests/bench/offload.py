@@ -1,0 +1,183 @@
+"""Offload benchmark: the station's offload against `cp -r` + `sync` on the same recorder volume.
+
+    python tests/bench/offload.py [--total-mb 2048] [--bays 1] [--json]
+
+Puts TOTAL MiB of real MP4 files (20 per recorder volume, TOTAL split over the bays) on simulated
+recorder volumes, then times in the same run: `cp -r` of each volume followed by `sync` (in parallel
+for several bays), the station's offload of the same files with re-read verification on, and once with
+it off; each ROUNDS times in rotating order, comparing medians. Offloads run in a
+child process so its peak RSS is the offload's own. Wipe is off in both (cp does not erase either).
+The last line printed is one JSON object:
+  cp_s, edge_s, edge_noverify_s, ratio (edge_s / cp_s), ratio_noverify, peak_rss_mb, total_mb, bays.
+Targets on a 2-core machine: ratio_noverify <= 1.10, ratio <= 1.50, peak RSS <= 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+FILES_PER_VOLUME = 20
+MIB = 1 << 20
+
+
+def make_volumes(root: Path, total_mb: int, bays: int) -> list[Path]:
+    from simulators.recorder.media import make_mp4
+    from simulators.recorder.volume import param_ini_bytes, recorder_file_name
+
+    per_file = max(1, total_mb * MIB // (bays * FILES_PER_VOLUME))
+    volumes = []
+    for bay in range(bays):
+        serial, officer = f"{3300001 + bay}", f"{110001 + bay}"
+        volume = root / f"ZFY_{serial}"
+        media = volume / "DCIM" / "100MEDIA"
+        media.mkdir(parents=True)
+        (volume / "PARAM.INI").write_bytes(param_ini_bytes(
+            device_serial=serial, officer_no=officer, officer_name="张伟", unit_code="330100000000",
+            unit_name="杭州市综合行政执法局"))
+        from datetime import datetime, timedelta
+
+        start = datetime(2026, 11, 20, 8, 0, 0)
+        for i in range(FILES_PER_VOLUME):
+            name = recorder_file_name(officer, serial, start + timedelta(minutes=10 * i), i + 1, False, "MP4")
+            make_mp4(media / name, size_bytes=per_file, seed=bay * 100 + i)
+        volumes.append(volume)
+    return volumes
+
+
+def time_cp(volumes: list[Path], dest: Path) -> float:
+    os.sync()
+    started = time.perf_counter()
+    procs = [subprocess.Popen(["cp", "-r", str(v), str(dest / v.name)]) for v in volumes]
+    for proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit("cp failed")
+    os.sync()
+    return time.perf_counter() - started
+
+
+def run_worker(volumes: list[Path], store: Path, verify: bool) -> tuple[float, float]:
+    """Offload in a child process; returns (seconds, peak RSS MiB of that process)."""
+    args = [sys.executable, __file__, "--worker", "--store", str(store), "--verify", str(int(verify)),
+            *[str(v) for v in volumes]]
+    os.sync()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"offload worker failed with {proc.returncode}")
+    result = json.loads(output.decode().strip().splitlines()[-1])
+    return float(result["seconds"]), usage.ru_maxrss / 1024
+
+
+def worker(volumes: list[Path], store_dir: Path, verify: bool) -> None:
+    from edge.acquire.identity import ClockFacts, RecorderIdentity, SessionInfo
+    from edge.acquire.offload import OffloadOutcome, VolumeOffload
+    from edge.config import StationConfig
+    from edge.store import StationStore
+
+    config = StationConfig.model_validate({
+        "station": {"id": "BENCH", "store_dir": str(store_dir), "clock": "untrusted"},
+        "usb": {"mount_root": str(volumes[0].parent)},
+        "offload": {"verify_reread": verify, "min_free_bytes": 0, "concurrency": len(volumes)},
+        "wipe": {"policy": "never"},
+    })
+    store = StationStore(store_dir, "BENCH")
+    executor = ThreadPoolExecutor(max_workers=4 + 3 * len(volumes))
+
+    async def offload_all() -> list[OffloadOutcome]:
+        jobs = []
+        for volume in volumes:
+            serial = volume.name.removeprefix("ZFY_")
+            identity = RecorderIdentity(serial, "110001", "张伟", "330100000000", "杭州市综合行政执法局", "PARAM.INI")
+            session = SessionInfo(str(uuid.uuid4()), "BENCH", None, identity, ClockFacts(None, 0, None, None, False))
+            jobs.append(VolumeOffload(store, config, session, volume, executor=executor).run())
+        return [r.outcome for r in await asyncio.gather(*jobs)]
+
+    started = time.perf_counter()
+    outcomes = asyncio.run(offload_all())
+    os.sync()
+    seconds = time.perf_counter() - started
+    if any(o is not OffloadOutcome.DONE for o in outcomes):
+        raise SystemExit(f"offload did not finish cleanly: {outcomes}")
+    store.close()
+    print(json.dumps({"seconds": seconds}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--total-mb", type=int, default=2048, help="MiB of media in all volumes together")
+    parser.add_argument("--bays", type=int, default=1, help="recorders offloaded at once")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each contender; medians are compared")
+    parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
+    parser.add_argument("--workdir", help="where to put volumes and copies (default: a temp dir on /var/tmp)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--verify", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("volumes", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker([Path(v) for v in args.volumes], Path(args.store), bool(args.verify))
+        return 0
+
+    # /var/tmp, not /tmp: the benchmark measures a real disk, never a tmpfs.
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="edge-bench-", dir="/var/tmp"))
+    try:
+        print(f"making {args.total_mb} MiB on {args.bays} volume(s) in {work} ...", file=sys.stderr)
+        volumes = make_volumes(work / "media", args.total_mb, args.bays)
+        for volume in volumes:  # warm the page cache the same way for every contender
+            subprocess.run(["cat", *map(str, volume.rglob("*.MP4"))], stdout=subprocess.DEVNULL, check=True)
+        samples: dict[str, list[float]] = {"cp": [], "edge": [], "noverify": []}
+        rss: list[float] = []
+        # This machine's disk timing wanders by a factor of several from run to run (host write
+        # caching), so each contender runs several times, in rotating order, and medians are compared.
+        contenders = ["cp", "edge", "noverify"]
+        for round_no in range(args.rounds):
+            for name in contenders[round_no % 3:] + contenders[: round_no % 3]:
+                target = work / f"run-{name}"
+                if name == "cp":
+                    target.mkdir()
+                    samples["cp"].append(time_cp(volumes, target))
+                else:
+                    seconds, peak = run_worker(volumes, target, verify=name == "edge")
+                    samples[name].append(seconds)
+                    rss.append(peak)
+                shutil.rmtree(target)
+                os.sync()
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    cp_s, edge_s, noverify_s = (statistics.median(samples[k]) for k in ("cp", "edge", "noverify"))
+    result = {
+        "total_mb": args.total_mb,
+        "bays": args.bays,
+        "files": FILES_PER_VOLUME * args.bays,
+        "rounds": args.rounds,
+        "cp_s": round(cp_s, 3),
+        "edge_s": round(edge_s, 3),
+        "edge_noverify_s": round(noverify_s, 3),
+        "ratio": round(edge_s / cp_s, 3),
+        "ratio_noverify": round(noverify_s / cp_s, 3),
+        "peak_rss_mb": round(max(rss), 1),
+        "samples_s": {k: [round(v, 3) for v in vs] for k, vs in samples.items()},
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.exit(main())
