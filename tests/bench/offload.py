@@ -43,9 +43,15 @@ def make_volumes(root: Path, total_mb: int, bays: int) -> list[Path]:
         volume = root / f"ZFY_{serial}"
         media = volume / "DCIM" / "100MEDIA"
         media.mkdir(parents=True)
-        (volume / "PARAM.INI").write_bytes(param_ini_bytes(
-            device_serial=serial, officer_no=officer, officer_name="张伟", unit_code="330100000000",
-            unit_name="杭州市综合行政执法局"))
+        (volume / "PARAM.INI").write_bytes(
+            param_ini_bytes(
+                device_serial=serial,
+                officer_no=officer,
+                officer_name="张伟",
+                unit_code="330100000000",
+                unit_name="杭州市综合行政执法局",
+            )
+        )
         from datetime import datetime, timedelta
 
         start = datetime(2026, 11, 20, 8, 0, 0)
@@ -69,8 +75,16 @@ def time_cp(volumes: list[Path], dest: Path) -> float:
 
 def run_worker(volumes: list[Path], store: Path, verify: bool) -> tuple[float, float]:
     """Offload in a child process; returns (seconds, peak RSS MiB of that process)."""
-    args = [sys.executable, __file__, "--worker", "--store", str(store), "--verify", str(int(verify)),
-            *[str(v) for v in volumes]]
+    args = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--store",
+        str(store),
+        "--verify",
+        str(int(verify)),
+        *[str(v) for v in volumes],
+    ]
     os.sync()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE)
     assert proc.stdout is not None
@@ -89,12 +103,14 @@ def worker(volumes: list[Path], store_dir: Path, verify: bool) -> None:
     from edge.config import StationConfig
     from edge.store import StationStore
 
-    config = StationConfig.model_validate({
-        "station": {"id": "BENCH", "store_dir": str(store_dir), "clock": "untrusted"},
-        "usb": {"mount_root": str(volumes[0].parent)},
-        "offload": {"verify_reread": verify, "min_free_bytes": 0, "concurrency": len(volumes)},
-        "wipe": {"policy": "never"},
-    })
+    config = StationConfig.model_validate(
+        {
+            "station": {"id": "BENCH", "store_dir": str(store_dir), "clock": "untrusted"},
+            "usb": {"mount_root": str(volumes[0].parent)},
+            "offload": {"verify_reread": verify, "min_free_bytes": 0, "concurrency": len(volumes)},
+            "wipe": {"policy": "never"},
+        }
+    )
     store = StationStore(store_dir, "BENCH")
     executor = ThreadPoolExecutor(max_workers=4 + 3 * len(volumes))
 
@@ -102,8 +118,12 @@ def worker(volumes: list[Path], store_dir: Path, verify: bool) -> None:
         jobs = []
         for volume in volumes:
             serial = volume.name.removeprefix("ZFY_")
-            identity = RecorderIdentity(serial, "110001", "张伟", "330100000000", "杭州市综合行政执法局", "PARAM.INI")
-            session = SessionInfo(str(uuid.uuid4()), "BENCH", None, identity, ClockFacts(None, 0, None, None, False))
+            identity = RecorderIdentity(
+                serial, "110001", "张伟", "330100000000", "杭州市综合行政执法局", "PARAM.INI"
+            )
+            session = SessionInfo(
+                str(uuid.uuid4()), "BENCH", None, identity, ClockFacts(None, 0, None, None, False)
+            )
             jobs.append(VolumeOffload(store, config, session, volume, executor=executor).run())
         return [r.outcome for r in await asyncio.gather(*jobs)]
 
@@ -118,7 +138,9 @@ def worker(volumes: list[Path], store_dir: Path, verify: bool) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--total-mb", type=int, default=2048, help="MiB of media in all volumes together")
     parser.add_argument("--bays", type=int, default=1, help="recorders offloaded at once")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each contender; medians are compared")
@@ -134,7 +156,9 @@ def main() -> int:
         return 0
 
     # /var/tmp, not /tmp: the benchmark measures a real disk, never a tmpfs.
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="edge-bench-", dir="/var/tmp"))
+    work = (
+        Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="edge-bench-", dir="/var/tmp"))
+    )
     try:
         print(f"making {args.total_mb} MiB on {args.bays} volume(s) in {work} ...", file=sys.stderr)
         volumes = make_volumes(work / "media", args.total_mb, args.bays)
@@ -146,7 +170,7 @@ def main() -> int:
         # caching), so each contender runs several times, in rotating order, and medians are compared.
         contenders = ["cp", "edge", "noverify"]
         for round_no in range(args.rounds):
-            for name in contenders[round_no % 3:] + contenders[: round_no % 3]:
+            for name in contenders[round_no % 3 :] + contenders[: round_no % 3]:
                 target = work / f"run-{name}"
                 if name == "cp":
                     target.mkdir()
