@@ -1,4 +1,4 @@
-"""Crash-safe file primitives: temp file + fsync + rename + directory fsync (DESIGN invariant 4)."""
+"""File-system primitives of the store: directory fsync (invariant 4), page-cache control, free space."""
 
 from __future__ import annotations
 
@@ -13,22 +13,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write `data` so that after a crash `path` holds either the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def drop_page_cache(fd: int) -> None:

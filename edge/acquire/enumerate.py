@@ -165,21 +165,31 @@ def _kind(mode: int) -> str:
     return f"mode {mode:o}"
 
 
-def open_volume_file(root: Path, file: VolumeFile) -> int:
-    """Open a listed file read-only, walking its components with O_NOFOLLOW from the volume root.
-
-    Raises FileNotFoundError when it vanished, and OSError(ELOOP) if a component became a symlink
-    since listing; the returned descriptor is checked to be a regular file.
-    """
+def _open_parent(root: Path, file: VolumeFile) -> int:
+    """The directory holding `file`, reached component by component with O_NOFOLLOW from the root."""
     fd = os.open(root, DIR_FLAGS)
     try:
         for part in file.parts[:-1]:
             child = os.open(part, DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = child
-        leaf = os.open(file.parts[-1], FILE_FLAGS, dir_fd=fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def open_volume_file(root: Path, file: VolumeFile) -> int:
+    """Open a listed file read-only, never following a symlink anywhere on the way.
+
+    Raises FileNotFoundError when it vanished, and OSError(ELOOP) if a component became a symlink
+    since listing; the returned descriptor is checked to be a regular file.
+    """
+    parent = _open_parent(root, file)
+    try:
+        leaf = os.open(file.parts[-1], FILE_FLAGS, dir_fd=parent)
+    finally:
+        os.close(parent)
     if not stat.S_ISREG(os.fstat(leaf).st_mode):
         os.close(leaf)
         raise OSError(errno.EINVAL, "no longer a regular file")
@@ -188,12 +198,8 @@ def open_volume_file(root: Path, file: VolumeFile) -> int:
 
 
 def unlink_volume_file(root: Path, file: VolumeFile) -> None:
-    fd = os.open(root, DIR_FLAGS)
+    parent = _open_parent(root, file)
     try:
-        for part in file.parts[:-1]:
-            child = os.open(part, DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = child
-        os.unlink(file.parts[-1], dir_fd=fd)
+        os.unlink(file.parts[-1], dir_fd=parent)
     finally:
-        os.close(fd)
+        os.close(parent)
