@@ -112,8 +112,17 @@ def _walk(
     max_files: int,
     max_depth: int,
 ) -> None:
-    # listdir on a descriptor yields str with surrogate escapes; fsencode restores the exact bytes.
-    for raw in sorted(os.fsencode(name) for name in os.listdir(dir_fd)):
+    try:
+        # listdir on a descriptor yields str with surrogate escapes; fsencode restores the exact bytes.
+        names = sorted(os.fsencode(name) for name in os.listdir(dir_fd))
+    except OSError as exc:
+        # The kernel refuses impossible names from a (FUSE) file system with EIO; a failing card too.
+        where = "/".join(_display(p) for p in prefix) or "."
+        if not prefix:
+            raise  # the volume root itself cannot be read: the caller treats the volume as gone
+        listing.rejected.append(Rejected(where, f"cannot list directory: {exc.strerror or exc}"))
+        return
+    for raw in names:
         where = "/".join(_display(p) for p in (*prefix, raw))
         problem = name_problem(raw)
         if problem:

@@ -160,3 +160,22 @@ async def test_real_enospc_stops_cleanly(
             store.close()
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_unlistable_directory_is_reported_and_the_rest_listed(
+    volume: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    real_listdir = os.listdir
+    photo = os.stat(volume / "PHOTO") if (volume / "PHOTO").exists() else os.stat(volume / "AUDIO")
+
+    def failing_listdir(target: object) -> list[str]:
+        if isinstance(target, int) and os.fstat(target).st_ino == photo.st_ino:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_listdir(target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("edge.acquire.enumerate.os.listdir", failing_listdir)
+    listing = list_volume(volume, max_files=1000, max_depth=8)
+    assert any("cannot list directory" in r.reason for r in listing.rejected)
+    assert any(f.parts[0] == b"DCIM" for f in listing.files), "other directories are still listed"
