@@ -145,7 +145,7 @@ class _Writer:
     memory is bounded by BUFFERS * chunk_bytes whatever the file size.
     """
 
-    BUFFERS = 4
+    BUFFERS = 3
     ALIGN = 4096
 
     def __init__(self, fd: int, what: str, chunk_bytes: int, *, direct: bool) -> None:

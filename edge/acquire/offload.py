@@ -55,7 +55,7 @@ from edge.store import StationStore, stored_extension, utc_now
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-MAX_FINISHING = 3
+MAX_FINISHING = 2
 PLACEHOLDER_MANIFEST = b'{"format":"evidence-edge/placeholder"}'
 ISO_BMFF_EXTENSIONS = {"mp4", "mov", "m4a", "m4v", "3gp"}
 
