@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,12 +240,18 @@ def _print_table(
     for i, spec in enumerate(specs):
         view = agent.views.get(spec.device_serial)
         p = view.progress if view else None
-        officer = f"{spec.officer_name} {spec.officer_no}"
+        officer = _pad(f"{spec.officer_name} {spec.officer_no}", 14)
         print(
-            f"{i + 1:>3}  {spec.device_serial:<9} {officer:<14} {p.files_done if p else 0:>5} "
+            f"{i + 1:>3}  {spec.device_serial:<9} {officer} {p.files_done if p else 0:>5} "
             f"{(p.bytes_done if p else 0) / (1 << 20):>8.1f} {p.verified if p else 0:>8} "
             f"{p.wiped if p else 0:>5} {remaining[spec.device_serial]:>4}  {leds.get(i + 1, ''):<8} "
             f"{len(p.errors) if p else 0}",
             file=out,
         )
     print(f"store verification: {'OK' if store_ok else 'FAILED'}", file=out, flush=True)
+
+
+def _pad(text: str, width: int) -> str:
+    """Left-align text that may hold CJK characters, which take two terminal columns."""
+    columns = sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+    return text + " " * max(0, width - columns)
