@@ -74,6 +74,9 @@ class StationAgent:
         )
         self.limit = asyncio.Semaphore(config.offload.concurrency)
         self._active_usb: set[str] = set()
+        # Recorders whose control session ended while still in control mode (refused, failed): never
+        # retried until unplugged, so a wrong password is tried once per docking, not until lockout.
+        self._done_usb: set[str] = set()
         self._active_devices: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.store: StationStore | None = None
@@ -198,11 +201,13 @@ class StationAgent:
             self.supervisor_alive("usb-poll")
             present = {h.usb_serial for h in handles}
             for gone in seen - present:
+                self._done_usb.discard(gone)
                 assert self.store is not None
                 self.store.record(EntryType.DEVICE_REMOVED, None, {"usb_serial": gone, "source": "usb"})
             seen = present
             for handle in handles:
-                if handle.mode is RecorderMode.CONTROL and handle.usb_serial not in self._active_usb:
+                serial = handle.usb_serial
+                if handle.mode is RecorderMode.CONTROL and serial not in self._active_usb | self._done_usb:
                     self._active_usb.add(handle.usb_serial)
                     self._spawn(self._control_session(handle), f"recorder-{handle.usb_serial}")
             with contextlib.suppress(TimeoutError):
@@ -221,6 +226,7 @@ class StationAgent:
             self._finished(result)
         finally:
             self._active_usb.discard(handle.usb_serial)
+            self._done_usb.add(handle.usb_serial)
 
     # -- volumes ----------------------------------------------------------------------------------
 

@@ -61,10 +61,20 @@ class Rejected:
     reason: str
 
 
+MAX_REJECTED = 1000
+
+
 @dataclass
 class Listing:
     files: list[VolumeFile] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    rejected_not_listed: int = 0  # beyond MAX_REJECTED a hostile volume only gets counted
+
+    def reject(self, path: str, reason: str) -> None:
+        if len(self.rejected) < MAX_REJECTED:
+            self.rejected.append(Rejected(path, reason))
+        else:
+            self.rejected_not_listed += 1
 
 
 def _display(raw: bytes) -> str:
@@ -120,34 +130,34 @@ def _walk(
         where = "/".join(_display(p) for p in prefix) or "."
         if not prefix:
             raise  # the volume root itself cannot be read: the caller treats the volume as gone
-        listing.rejected.append(Rejected(where, f"cannot list directory: {exc.strerror or exc}"))
+        listing.reject(where, f"cannot list directory: {exc.strerror or exc}")
         return
     for raw in names:
         where = "/".join(_display(p) for p in (*prefix, raw))
         problem = name_problem(raw)
         if problem:
-            listing.rejected.append(Rejected(where, problem))
+            listing.reject(where, problem)
             continue
         try:
             info = os.stat(raw, dir_fd=dir_fd, follow_symlinks=False)
         except OSError as exc:
-            listing.rejected.append(Rejected(where, f"cannot stat: {exc.strerror}"))
+            listing.reject(where, f"cannot stat: {exc.strerror}")
             continue
         mode = info.st_mode
         if stat.S_ISLNK(mode):
-            listing.rejected.append(Rejected(where, "symbolic link (never followed)"))
+            listing.reject(where, "symbolic link (never followed)")
         elif stat.S_ISDIR(mode):
             if len(prefix) + 1 >= max_depth:
-                listing.rejected.append(Rejected(where, f"directory deeper than {max_depth} levels"))
+                listing.reject(where, f"directory deeper than {max_depth} levels")
                 continue
             if (info.st_dev, info.st_ino) in seen:
-                listing.rejected.append(Rejected(where, "directory loop (same directory seen before)"))
+                listing.reject(where, "directory loop (same directory seen before)")
                 continue
             seen.add((info.st_dev, info.st_ino))
             try:
                 child = os.open(raw, DIR_FLAGS, dir_fd=dir_fd)
             except OSError as exc:
-                listing.rejected.append(Rejected(where, f"cannot open directory: {exc.strerror}"))
+                listing.reject(where, f"cannot open directory: {exc.strerror}")
                 continue
             try:
                 _walk(child, (*prefix, raw), listing, seen, max_files=max_files, max_depth=max_depth)
@@ -155,11 +165,11 @@ def _walk(
                 os.close(child)
         elif stat.S_ISREG(mode):
             if len(listing.files) >= max_files:
-                listing.rejected.append(Rejected(where, f"more than {max_files} files on the volume"))
+                listing.reject(where, f"more than {max_files} files on the volume")
                 continue
             listing.files.append(VolumeFile((*prefix, raw), info.st_size, info.st_mtime_ns))
         else:
-            listing.rejected.append(Rejected(where, f"not a regular file ({_kind(mode)})"))
+            listing.reject(where, f"not a regular file ({_kind(mode)})")
 
 
 def _kind(mode: int) -> str:

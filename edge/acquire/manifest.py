@@ -14,7 +14,11 @@ MANIFEST_FORMAT = "evidence-edge/manifest/1"
 
 
 def iso_from_ns(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC ISO-8601 of a file time; a time no calendar can hold (corrupt FAT entry) is kept as raw ns."""
+    try:
+        return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except (OverflowError, ValueError, OSError):
+        return f"unrepresentable: {ns} ns since 1970"
 
 
 def case_block(defaults: CaseDefaults, session: SessionInfo, important: bool) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from edge.acquire.manifest import build_manifest
 from edge.acquire.mediainfo import media_facts
 from edge.config import StationConfig, WipePolicy
 from edge.custody.canonical import canonical_json, sha256_hex
+from edge.custody.errors import CustodyError
 from edge.custody.isobmff import evidence_box, seal_decision
 from edge.custody.ledger import EntryType
 from edge.custody.manifest import sign_manifest
@@ -55,6 +56,7 @@ from edge.store import StationStore, stored_extension, utc_now
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+INT64_LIMIT = (1 << 63) - 1
 MAX_FINISHING = 2
 PLACEHOLDER_MANIFEST = b'{"format":"evidence-edge/placeholder"}'
 ISO_BMFF_EXTENSIONS = {"mp4", "mov", "m4a", "m4v", "3gp"}
@@ -65,6 +67,7 @@ class OffloadOutcome(StrEnum):
     PARTIAL = "partial"  # some files could not be acquired; the rest are safe
     DEVICE_GONE = "device-gone"  # recorder pulled or its volume vanished; resume on re-dock
     STORE_FULL = "store-full"  # station disk full; recorder left untouched
+    FAILED = "failed"  # an unexpected error stopped the offload; it is in the ledger and the log
 
 
 @dataclass
@@ -102,6 +105,7 @@ class _FileRow:
     item: str
     state: str
     attempts: int
+    reread_now: bool = False  # copy and source re-read and matched during this docking
 
 
 class VolumeOffload:
@@ -159,26 +163,19 @@ class VolumeOffload:
         except OSError as exc:
             self._error(None, "list", f"cannot list the volume: {exc.strerror or exc}", None)
             return self._result(OffloadOutcome.DEVICE_GONE)
-        for rejected in listing.rejected:
-            self.store.record(
-                EntryType.REFUSED,
-                None,
-                {"device_serial": self.device, "original": rejected.path, "reason": rejected.reason},
-            )
-            self.progress.errors.append(f"{rejected.path}: {rejected.reason}")
         wanted = set(self.config.offload.extensions)
         limit = self.config.offload.max_file_bytes
-        for huge in (f for f in listing.files if f.size > limit):
-            reason = f"{huge.size} bytes is more than the {limit} a recorder file can plausibly be"
-            self.store.record(
-                EntryType.REFUSED,
-                None,
-                {"device_serial": self.device, "original": huge.display_path, "reason": reason},
-            )
-            self.progress.errors.append(f"{huge.display_path}: {reason}")
+        refusals = [(r.path, r.reason) for r in listing.rejected]
+        refusals += [
+            (f.display_path, f"{f.size} bytes is more than the {limit} a recorder file can plausibly be")
+            for f in listing.files
+            if f.size > limit
+        ]
+        self._record_refusals(refusals, listing.rejected_not_listed)
         evidence = [f for f in listing.files if stored_extension(f.name) in wanted and f.size <= limit]
         self.not_evidence = [f.display_path for f in listing.files if stored_extension(f.name) not in wanted]
-        rows = [self._row(f) for f in evidence]
+        with self.store.transaction():  # one commit for all files, however many the volume holds
+            rows = [self._row(f) for f in evidence]
         self._finish_interrupted_wipes({f.key for f in evidence})
         self.progress.files_total = len(rows)
         self.progress.bytes_total = sum(r.file.size for r in rows)
@@ -189,6 +186,27 @@ class VolumeOffload:
         if self.progress.errors and outcome is OffloadOutcome.DONE:
             outcome = OffloadOutcome.PARTIAL
         return self._result(outcome)
+
+    def _record_refusals(self, refusals: list[tuple[str, str]], not_listed: int) -> None:
+        """Every refused entry on the record, in one transaction (a hostile volume can hold many)."""
+        if not refusals and not not_listed:
+            return
+        with self.store.transaction():
+            for path, reason in refusals:
+                self.store.ledger.append(
+                    EntryType.REFUSED,
+                    None,
+                    {"device_serial": self.device, "original": path, "reason": reason},
+                )
+            if not_listed:
+                self.store.ledger.append(
+                    EntryType.REFUSED,
+                    None,
+                    {"device_serial": self.device, "reason": f"{not_listed} more refused entries not listed"},
+                )
+        self.progress.errors.extend(f"{path}: {reason}" for path, reason in refusals)
+        if not_listed:
+            self.progress.errors.append(f"{not_listed} more refused entries")
 
     def _result(self, outcome: OffloadOutcome) -> OffloadResult:
         return OffloadResult(
@@ -202,7 +220,7 @@ class VolumeOffload:
         )
 
     def _row(self, file: VolumeFile) -> _FileRow:
-        key = (self.device, file.key, file.size, file.mtime_ns)
+        key = self._key(file)
         found = self.store.conn.execute(
             "SELECT item, state, attempts FROM recorder_files WHERE device_serial=? AND original_path=? "
             "AND device_size=? AND device_mtime_ns=?",
@@ -210,12 +228,11 @@ class VolumeOffload:
         ).fetchone()
         if found is None:
             item = str(uuid.uuid4())
-            with self.store.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO recorder_files(device_serial, original_path, device_size, device_mtime_ns,"
-                    " state, item) VALUES (?, ?, ?, ?, 'pending', ?)",
-                    (*key, item),
-                )
+            self.store.conn.execute(
+                "INSERT INTO recorder_files(device_serial, original_path, device_size, device_mtime_ns,"
+                " state, item) VALUES (?, ?, ?, ?, 'pending', ?)",
+                (*key, item),
+            )
             return _FileRow(file, item, "pending", 0)
         state = found["state"]
         if state == "failed":  # a new docking gives failed files a fresh set of attempts
@@ -223,13 +240,18 @@ class VolumeOffload:
             self._set_state(file, "pending", attempts=0)
         return _FileRow(file, found["item"], state, 0 if found["state"] == "failed" else found["attempts"])
 
+    def _key(self, file: VolumeFile) -> tuple[str, str, int, int]:
+        # A corrupt FAT entry can claim a time past 2262, beyond SQLite's 64-bit integers: clamp the
+        # key (the exact value is still compared against fstat and recorded in the manifest).
+        return (self.device, file.key, file.size, max(-INT64_LIMIT, min(INT64_LIMIT, file.mtime_ns)))
+
     def _set_state(
         self, file: VolumeFile, state: str, *, attempts: int | None = None, error: str | None = None
     ) -> None:
         self.store.conn.execute(
             "UPDATE recorder_files SET state=?, attempts=COALESCE(?, attempts), last_error=? "
             "WHERE device_serial=? AND original_path=? AND device_size=? AND device_mtime_ns=?",
-            (state, attempts, error, self.device, file.key, file.size, file.mtime_ns),
+            (state, attempts, error, *self._key(file)),
         )
 
     async def _acquire_all(self, rows: list[_FileRow]) -> OffloadOutcome:
@@ -292,10 +314,12 @@ class VolumeOffload:
             row.attempts += 1
             try:
                 await self._copy(row)
-            except SourceChangedError as exc:
-                self._error(row.item, "copy", str(exc), row.file)
+            except StoreFullError:
+                raise  # the whole offload stops; the recorder stays untouched
             except SourceReadError as exc:
                 await self._raise_if_gone(exc)
+                self._error(row.item, "copy", str(exc), row.file)
+            except AcquireError as exc:  # changed on the device, or the station failed to write
                 self._error(row.item, "copy", str(exc), row.file)
             except FileNotFoundError:
                 self._fail(row, "copy", f"{row.file.display_path}: vanished from the recorder before copying")
@@ -409,8 +433,10 @@ class VolumeOffload:
             except (SourceReadError, OSError) as exc:
                 await self._raise_if_gone(exc)
                 self._retry_copy(row, f"{row.file.display_path}: {exc}")
-            except _VerificationMismatch as exc:
+            except AcquireError as exc:  # the re-read did not match, or the file changed
                 self._retry_copy(row, str(exc))
+            except CustodyError as exc:  # the manifest could not be signed or sealed
+                self._retry_copy(row, f"{row.file.display_path}: {exc}")
             if row.state == "pending":
                 await self._copy_with_retries(row)
 
@@ -502,6 +528,7 @@ class VolumeOffload:
             )
             self._set_state(row.file, "verified")
         row.state = "verified"
+        row.reread_now = verify
         self.progress.verified += 1
         self._report()
 
@@ -637,6 +664,8 @@ class VolumeOffload:
             if row.state not in ("sealed", "wiping"):
                 continue
             try:
+                if row.state == "sealed" and not row.reread_now and not await self._reverify_sealed(row):
+                    continue
                 await self._wipe(row)
             except OSError as exc:
                 await self._raise_if_gone(exc)
@@ -644,6 +673,46 @@ class VolumeOffload:
                     row.item, "wipe", f"{row.file.display_path}: cannot erase: {exc.strerror}", row.file
                 )
         return OffloadOutcome.DONE
+
+    async def _reverify_sealed(self, row: _FileRow) -> bool:
+        """Invariant 2 for files sealed in an earlier docking (or before a crash, or with re-reading
+        off): before erasing, the stored object and the recorder's file are read again and must
+        match the acquisition hash now."""
+        found = self.store.conn.execute(
+            "SELECT path, sha256, size FROM items WHERE item=?", (row.item,)
+        ).fetchone()
+        stored = self.store.layout.root / found["path"]
+        try:
+            reread = await self._thread(self._reread, stored, row.file, int(found["size"]))
+        except AcquireError as exc:
+            self._error(
+                row.item,
+                "wipe",
+                f"{row.file.display_path}: not erased, re-verification failed: {exc}",
+                row.file,
+            )
+            return False
+        if reread.stored_sha256 != found["sha256"] or reread.source_differs_at is not None:
+            self._error(
+                row.item,
+                "wipe",
+                f"{row.file.display_path}: not erased: the stored object or the recorder's file no longer "
+                f"matches the acquisition hash {found['sha256']}",
+                row.file,
+            )
+            return False
+        self.store.record(
+            EntryType.VERIFIED,
+            row.item,
+            {
+                "sha256": found["sha256"],
+                "size": found["size"],
+                "stored_reread": True,
+                "source_reread": True,
+                "purpose": "before erasing",
+            },
+        )
+        return True
 
     async def _wipe(self, row: _FileRow) -> None:
         if row.state == "sealed":

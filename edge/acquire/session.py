@@ -48,7 +48,14 @@ OUTCOME_LED = {
     OffloadOutcome.PARTIAL: BayLed.ERROR,
     OffloadOutcome.DEVICE_GONE: BayLed.ERROR,
     OffloadOutcome.STORE_FULL: BayLed.ERROR,
+    OffloadOutcome.FAILED: BayLed.ERROR,
 }
+JSON_SAFE_INT = (1 << 53) - 1
+
+
+def device_number(value: int) -> int | str:
+    """A number a device reported, as the ledger can hold it: beyond 2**53 it is kept as text."""
+    return value if -JSON_SAFE_INT <= value <= JSON_SAFE_INT else str(value)
 
 
 class SessionRefused(Exception):
@@ -113,6 +120,31 @@ class DockingSession:
         log.warning("refused recorder %s: %s", data.get("device_serial") or data.get("usb_serial"), reason)
         return SessionRefused(reason)
 
+    async def _contained(
+        self, work: Awaitable[OffloadResult | None], bay: int | None, where: dict[str, Any]
+    ) -> OffloadResult | None:
+        """Run one docking so that whatever it raises ends as a ledger error and a red LED, never as
+        a dead task: the station and the other bays go on."""
+        try:
+            return await work
+        except Exception as exc:
+            log.exception("docking %s failed unexpectedly", where)
+            try:
+                self.store.record(
+                    EntryType.ERROR,
+                    None,
+                    {
+                        **where,
+                        "bay": bay,
+                        "stage": "docking",
+                        "reason": f"unexpected {type(exc).__name__}: {str(exc)[:300]}",
+                    },
+                )
+            except Exception:
+                log.exception("could not record the failure in the ledger")
+            await self.set_led(bay, BayLed.ERROR)
+            return None
+
     def _allowed(self, device_serial: str, data: dict[str, Any]) -> None:
         recorders = self.config.recorders
         if recorders.entry(device_serial) is None and not recorders.allow_unknown:
@@ -153,7 +185,28 @@ class DockingSession:
         offload = VolumeOffload(
             self.store, self.config, session, root, executor=self.executor, on_progress=progress
         )
-        result = await offload.run()
+        try:
+            result = await offload.run()
+        except Exception as exc:
+            log.exception("recorder %s: offload failed unexpectedly", session.identity.device_serial)
+            self.store.record(
+                EntryType.ERROR,
+                None,
+                {
+                    "session": session.session,
+                    "device_serial": session.identity.device_serial,
+                    "stage": "offload",
+                    "reason": f"unexpected {type(exc).__name__}: {exc}",
+                },
+            )
+            result = OffloadResult(
+                OffloadOutcome.FAILED,
+                offload.items,
+                offload.progress.verified,
+                offload.progress.wiped,
+                offload.progress.bytes_done,
+                [*offload.progress.errors, f"unexpected {type(exc).__name__}: {exc}"],
+            )
         with self.store.transaction() as conn:
             conn.execute(
                 "UPDATE sessions SET ended=?, outcome=? WHERE session=?",
@@ -183,6 +236,14 @@ class ControlSession(DockingSession):
     """A recorder that docked in control mode."""
 
     async def run(self, handle: RecorderHandle, claims: VolumeClaims, backend: Any) -> OffloadResult | None:
+        bay = self.config.bay_for_port(handle.location.port_path)
+        return await self._contained(
+            self._run(handle, claims, backend),
+            bay,
+            {"usb_serial": handle.usb_serial, "usb_port": handle.location.port_path},
+        )
+
+    async def _run(self, handle: RecorderHandle, claims: VolumeClaims, backend: Any) -> OffloadResult | None:
         bay = self.config.bay_for_port(handle.location.port_path)
         where: dict[str, Any] = {
             "usb_serial": handle.usb_serial,
@@ -309,10 +370,10 @@ class ControlSession(DockingSession):
                 **data,
                 "identity": identity.as_dict(),
                 "status": {
-                    "battery_percent": status.battery_percent,
-                    "storage_free_bytes": status.storage_free_bytes,
-                    "storage_total_bytes": status.storage_total_bytes,
-                    "file_count": status.file_count,
+                    "battery_percent": device_number(status.battery_percent),
+                    "storage_free_bytes": device_number(status.storage_free_bytes),
+                    "storage_total_bytes": device_number(status.storage_total_bytes),
+                    "file_count": device_number(status.file_count),
                 },
             },
         )
@@ -339,6 +400,9 @@ class VolumeSession(DockingSession):
     """A volume that appeared with no control session expecting it."""
 
     async def run(self, root: Path, bay: int | None = None) -> OffloadResult | None:
+        return await self._contained(self._run(root, bay), bay, {"volume": root.name})
+
+    async def _run(self, root: Path, bay: int | None) -> OffloadResult | None:
         try:
             found: VolumeIdentity = await self._thread(read_volume_identity, root)
         except (MassStorageError, OSError) as exc:
