@@ -49,18 +49,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from edge.custody.errors import CustodyError
     from edge.custody.keys import load_public_key
     from edge.verify_store import VerifyReport, is_store, verify_file, verify_store
 
     target = Path(args.path)
     report: VerifyReport
-    if args.item:
-        store = _store_dir(args, target)
-        report = verify_store(store, only_item=args.item)
-    elif is_store(target):
-        report = verify_store(target)
-    elif target.is_file():
+    try:
         key = load_public_key(Path(args.key)) if args.key else None
+    except CustodyError as exc:
+        print(f"error: --key: {exc}", file=sys.stderr)
+        return 2
+    if args.item or is_store(target):
+        if not is_store(target):
+            print(f"error: {target} is not a station store (no state.db)", file=sys.stderr)
+            return 2
+        report = verify_store(target, only_item=args.item, pinned_key=key)
+    elif target.is_file():
         report = verify_file(target, key)
     else:
         print(f"error: {target} is neither a sealed file nor a station store (no state.db)", file=sys.stderr)
@@ -76,14 +81,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"{len(report.problems)} problem(s))"
         )
     return 0 if report.ok else 1
-
-
-def _store_dir(args: argparse.Namespace, fallback: Path) -> Path:
-    if getattr(args, "config", None):
-        return load_config(Path(args.config)).station.store_dir
-    if getattr(args, "store", None):
-        return Path(args.store)
-    return fallback
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
@@ -103,6 +100,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     store_dir = config.station.store_dir if config else Path(args.store)
+    if not (store_dir / "state.db").is_file():
+        print(f"error: {store_dir} is not a station store (no state.db)", file=sys.stderr)
+        return 2
     station_id = config.station.id if config else _store_station_id(store_dir)
     store = StationStore(store_dir, station_id)
     try:
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="verify a sealed file, an item, or a whole station store")
     verify.add_argument("path", help="sealed evidence file or station store directory")
     verify.add_argument("--item", help="verify only this item of the store at PATH")
-    verify.add_argument("--key", help="station public key (PEM) to pin when verifying a lone file")
+    verify.add_argument("--key", help="the station public key (PEM) as known from enrolment, to pin")
     verify.add_argument("--json", action="store_true", help="one JSON object")
     verify.set_defaults(func=cmd_verify)
 

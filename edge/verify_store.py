@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ def find_store_of(path: Path) -> Path | None:
 
 def _open_readonly(db: Path) -> sqlite3.Connection:
     # Read-only and immutable-free: verification must never change the store it checks.
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -88,7 +87,11 @@ def verify_file(path: Path, trusted_key: Ed25519PublicKey | None = None) -> Veri
     return report
 
 
-def verify_store(root: Path, only_item: str | None = None) -> VerifyReport:
+def verify_store(
+    root: Path, only_item: str | None = None, *, pinned_key: Ed25519PublicKey | None = None
+) -> VerifyReport:
+    """Verify a station store. `pinned_key` is the station key as known from elsewhere (enrolment, the
+    central): without it the store's own public key is used, which proves consistency but not origin."""
     layout = StoreLayout(root)
     report = VerifyReport(str(root) if only_item is None else f"item {only_item}")
     try:
@@ -97,6 +100,20 @@ def verify_store(root: Path, only_item: str | None = None) -> VerifyReport:
         report.problems.append(
             Problem(f"key {layout.public_key}", f"cannot load the station public key: {exc}")
         )
+        if pinned_key is None:
+            return report
+        public_key = pinned_key
+    if pinned_key is not None and key_id_of(pinned_key) != key_id_of(public_key):
+        report.problems.append(
+            Problem(
+                f"key {layout.public_key}",
+                f"the store's key {key_id_of(public_key)} is not the pinned station key "
+                f"{key_id_of(pinned_key)}",
+            )
+        )
+        public_key = pinned_key
+    if not layout.db.is_file():
+        report.problems.append(Problem(f"database {layout.db}", "missing"))
         return report
     conn = _open_readonly(layout.db)
     try:
@@ -104,14 +121,15 @@ def verify_store(root: Path, only_item: str | None = None) -> VerifyReport:
         if only_item is None:
             report.problems.extend(verify_ledger(conn, public_key, station))
             report.checked["ledger_entries"] = int(conn.execute("SELECT COUNT(*) FROM ledger").fetchone()[0])
-        items = list(_sealed_items(conn, only_item))
+            report.checked["entries_after_last_checkpoint"] = _unsigned_tail(conn)
+        items = _sealed_items(conn, only_item, report.problems)
         if only_item is not None and not items:
             report.problems.append(Problem(f"item {only_item}", "no such sealed item in the store"))
         trusted = {key_id_of(public_key): public_key}
         known_paths: set[str] = set()
         for item in items:
             report.problems.extend(_verify_item(conn, layout, item, trusted))
-            known_paths.add(item["path"])
+            known_paths.add(item.ledger_path)
         report.checked["items"] = len(items)
         if only_item is None:
             report.problems.extend(_unaccounted(conn, layout, known_paths))
@@ -120,67 +138,127 @@ def verify_store(root: Path, only_item: str | None = None) -> VerifyReport:
     return report
 
 
-def _sealed_items(conn: sqlite3.Connection, only: str | None) -> Iterator[sqlite3.Row]:
-    """Items the ledger says were sealed, joined to the index (a deleted index row is a problem)."""
-    query = (
-        "SELECT l.item AS item, json_extract(l.data, '$.path') AS ledger_path, "
-        "json_extract(l.data, '$.manifest_sha256') AS manifest_sha256, i.path AS path, "
-        "i.sha256 AS sha256, i.size AS size, i.manifest AS manifest "
-        "FROM ledger l LEFT JOIN items i ON i.item = l.item WHERE l.type = 'sealed'"
-    )
+def _unsigned_tail(conn: sqlite3.Connection) -> int:
+    """Entries after the newest signed checkpoint: consistent, but covered by no signature yet."""
+    head = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
+    signed = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger_checkpoints").fetchone()[0]
+    return max(0, int(head) - int(signed))
+
+
+@dataclass(frozen=True)
+class _SealedItem:
+    item: str
+    seq: int
+    ledger_path: str
+    manifest_sha256: str
+    index: sqlite3.Row | None
+
+
+def _ledger_data(raw: object, seq: int, problems: list[Problem]) -> dict[str, Any] | None:
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        problems.append(Problem(f"ledger seq {seq}", "data is not a JSON object"))
+        return None
+    return data
+
+
+def _sealed_items(conn: sqlite3.Connection, only: str | None, problems: list[Problem]) -> list[_SealedItem]:
+    """Items the ledger says were sealed, with their index rows (a deleted index row is a problem)."""
+    query = "SELECT seq, item, data FROM ledger WHERE type = 'sealed'"
     args: tuple[str, ...] = ()
     if only is not None:
-        query += " AND l.item = ?"
+        query += " AND item = ?"
         args = (only,)
-    yield from conn.execute(query + " ORDER BY l.seq", args)
+    found: list[_SealedItem] = []
+    for seq, item, raw in conn.execute(query + " ORDER BY seq", args).fetchall():
+        data = _ledger_data(raw, seq, problems)
+        if data is None:
+            continue
+        path, manifest_sha = data.get("path"), data.get("manifest_sha256")
+        if not isinstance(item, str) or not isinstance(path, str) or not isinstance(manifest_sha, str):
+            problems.append(Problem(f"ledger seq {seq}", "sealed entry without item, path or manifest hash"))
+            continue
+        index = conn.execute(
+            "SELECT path, sha256, size, sealed_in_file, manifest FROM items WHERE item=?", (item,)
+        ).fetchone()
+        found.append(_SealedItem(item, int(seq), path, manifest_sha, index))
+    return found
 
 
 def _verify_item(
-    conn: sqlite3.Connection, layout: StoreLayout, row: sqlite3.Row, trusted: dict[str, Ed25519PublicKey]
+    conn: sqlite3.Connection, layout: StoreLayout, sealed: _SealedItem, trusted: dict[str, Ed25519PublicKey]
 ) -> list[Problem]:
-    where = f"item {row['item']}"
-    if row["path"] is None:
-        return [Problem(where, "sealed in the ledger but missing from the item index")]
+    where = f"item {sealed.item}"
     problems: list[Problem] = []
-    if row["path"] != row["ledger_path"]:
-        problems.append(Problem(where, f"index says {row['path']}, ledger sealed it at {row['ledger_path']}"))
-    path = layout.root / row["ledger_path"]
-    if not path.is_file():
-        return [*problems, Problem(where, f"stored object {row['ledger_path']} is missing")]
+    index = sealed.index
+    if index is None:
+        problems.append(Problem(where, "sealed in the ledger but missing from the item index"))
+    elif index["path"] != sealed.ledger_path:
+        problems.append(
+            Problem(where, f"index says {index['path']}, ledger sealed it at {sealed.ledger_path}")
+        )
+    path = layout.root / sealed.ledger_path
+    if ".." in Path(sealed.ledger_path).parts or not path.is_file():
+        return [*problems, Problem(where, f"stored object {sealed.ledger_path} is missing")]
     result = verify_sealed_file(path, trusted, layout.sidecar(path))
     problems.extend(Problem(where, f"{p.where}: {p.what}") for p in result.problems)
     manifest = result.manifest
     if manifest is None:
         return problems
-    if sha256_hex(canonical_json(manifest)) != row["manifest_sha256"]:
+    manifest_bytes = canonical_json(manifest)
+    if sha256_hex(manifest_bytes) != sealed.manifest_sha256:
         problems.append(Problem(where, "manifest differs from the one the ledger recorded when sealing"))
+    if index is not None:
+        if index["manifest"] is None or index["manifest"].encode() != manifest_bytes:
+            problems.append(Problem(where, "the item index holds a different manifest than the sealed one"))
+        if index["sha256"] != manifest.get("sha256") or index["size"] != manifest.get("size"):
+            problems.append(Problem(where, "item index hash or size differs from the manifest"))
+        if bool(index["sealed_in_file"]) != result.sealed:
+            problems.append(
+                Problem(
+                    where,
+                    "item index says the manifest is embedded, the file disagrees"
+                    if index["sealed_in_file"]
+                    else "the file carries a box the index does not know",
+                )
+            )
+    problems.extend(_acquisition_problems(conn, sealed.item, manifest, where))
+    return problems
+
+
+def _acquisition_problems(
+    conn: sqlite3.Connection, item: str, manifest: dict[str, Any], where: str
+) -> list[Problem]:
     acquired = conn.execute(
         "SELECT seq, hash, data FROM ledger WHERE item=? AND type='acquired' ORDER BY seq DESC LIMIT 1",
-        (row["item"],),
+        (item,),
     ).fetchone()
     if acquired is None:
-        problems.append(Problem(where, "no acquired entry in the ledger"))
-    else:
-        data = json.loads(acquired["data"])
-        if data.get("sha256") != manifest.get("sha256") or data.get("size") != manifest.get("size"):
-            problems.append(
-                Problem(
-                    where,
-                    f"manifest hash/size differ from ledger seq {acquired['seq']} "
-                    f"(acquired {data.get('sha256')}, {data.get('size')} bytes)",
-                )
+        return [Problem(where, "no acquired entry in the ledger")]
+    problems: list[Problem] = []
+    data = _ledger_data(acquired["data"], acquired["seq"], problems)
+    if data is None:
+        return problems
+    if data.get("sha256") != manifest.get("sha256") or data.get("size") != manifest.get("size"):
+        problems.append(
+            Problem(
+                where,
+                f"manifest hash/size differ from ledger seq {acquired['seq']} "
+                f"(acquired {str(data.get('sha256'))[:64]}, {str(data.get('size'))[:20]} bytes)",
             )
-        chain = manifest.get("chain") or {}
-        if chain.get("seq") != acquired["seq"] or chain.get("entry_hash") != acquired["hash"]:
-            problems.append(
-                Problem(
-                    where,
-                    f"manifest chain points at seq {chain.get('seq')}, "
-                    f"the acquisition is ledger seq {acquired['seq']}",
-                )
+        )
+    chain = manifest.get("chain") or {}
+    if chain.get("seq") != acquired["seq"] or chain.get("entry_hash") != acquired["hash"]:
+        problems.append(
+            Problem(
+                where,
+                f"manifest chain points at seq {chain.get('seq')}, "
+                f"the acquisition is ledger seq {acquired['seq']}",
             )
-    if row["sha256"] != manifest.get("sha256"):
-        problems.append(Problem(where, "item index hash differs from the manifest"))
+        )
     return problems
 
 

@@ -220,5 +220,8 @@ def unlink_volume_file(root: Path, file: VolumeFile) -> None:
     parent = _open_parent(root, file)
     try:
         os.unlink(file.parts[-1], dir_fd=parent)
+        # The erasure is recorded as done only once the recorder's directory says so durably; a
+        # FAT volume pulled right after an unsynced unlink can bring the file back.
+        os.fsync(parent)
     finally:
         os.close(parent)

@@ -436,13 +436,14 @@ class VolumeSession(DockingSession):
         return await self.offload(session, root)
 
     def _unfinished_session(self, device_serial: str) -> dict[str, Any] | None:
-        """Identity and clock facts of this recorder's latest USB-authenticated session, if any.
+        """Identity and clock facts of this recorder's interrupted USB-authenticated session, if any.
 
         A recorder found in mass-storage mode after a restart was authenticated before the switch;
         its files keep the identity read over the control protocol rather than the volume's claims.
         """
         row = self.store.conn.execute(
-            "SELECT identity, bay FROM sessions WHERE device_serial=? ORDER BY started DESC LIMIT 1",
+            "SELECT identity, bay FROM sessions WHERE device_serial=? AND ended IS NULL "
+            "ORDER BY started DESC LIMIT 1",
             (device_serial,),
         ).fetchone()
         if row is None:
