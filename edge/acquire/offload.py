@@ -419,6 +419,17 @@ class VolumeOffload:
                 (row.item, sha256, size, self.device, self.session.identity.officer_no, acquired_utc),
             )
             self._set_state(row.file, "copied", attempts=row.attempts)
+            # Same bytes already held (a renamed or re-touched file, or another recorder's copy):
+            # both stay evidence with their own origin, and the ledger links them.
+            same = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT item FROM items WHERE sha256=? AND item!=? ORDER BY acquired LIMIT 10",
+                    (sha256, row.item),
+                )
+            ]
+            if same:
+                self.store.ledger.append(EntryType.DUPLICATE, row.item, {"sha256": sha256, "same_as": same})
         log.debug("recorder %s: acquired %s as item %s (seq %d)", self.device, what, row.item, entry.seq)
         row.state = "copied"
 

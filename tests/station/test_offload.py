@@ -125,3 +125,18 @@ async def test_stored_copy_hash_matches_file_on_disk(
     await offload(store, config_factory(), volume)
     row = store.conn.execute("SELECT path FROM items WHERE sha256=?", (expected,)).fetchone()
     assert row is not None and sha256_file(store.layout.root / row["path"]) == expected
+
+
+async def test_identical_content_is_found_by_hash_and_linked_in_the_ledger(
+    store: StationStore, volume: Path, config_factory: Callable[..., StationConfig]
+) -> None:
+    original = next(volume.rglob("*_0001.MP4"))
+    twin = original.with_name(original.name.replace("_0001", "_0099"))
+    twin.write_bytes(original.read_bytes())
+    expected = sha256_file(original)
+    result = await offload(store, config_factory(), volume)
+    assert result.outcome is OffloadOutcome.DONE
+    duplicates = [e for e in store.ledger.entries() if e.type == "duplicate"]
+    assert len(duplicates) == 1 and duplicates[0].data["sha256"] == expected
+    assert len(duplicates[0].data["same_as"]) == 1
+    assert verify_store(store.layout.root).ok
