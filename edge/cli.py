@@ -119,14 +119,16 @@ def cmd_tag(args: argparse.Namespace) -> int:
 def _store_station_id(store_dir: Path) -> str:
     import sqlite3
 
+    from edge.store import read_station_id
+
     conn = sqlite3.connect(f"file:{store_dir / 'state.db'}?mode=ro", uri=True)
     try:
-        row = conn.execute("SELECT value FROM station WHERE key='id'").fetchone()
+        station = read_station_id(conn)
     finally:
         conn.close()
-    if row is None:
+    if station is None:
         raise SystemExit(f"error: {store_dir} is not a station store")
-    return str(row[0])
+    return station
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

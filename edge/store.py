@@ -21,7 +21,6 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +67,7 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_sha256 ON items(sha256);
 """
 
-ITEM_STATES = ("pending", "copied", "verified", "sealed", "wiping", "wiped", "failed")
 SAFE_EXTENSION = re.compile(r"^[a-z0-9]{1,8}$")
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def stored_extension(original_name: str) -> str:
@@ -123,6 +117,12 @@ class StoreLayout:
         return path.with_name(path.name + ".manifest.json")
 
 
+def read_station_id(conn: sqlite3.Connection) -> str | None:
+    """The station a store belongs to, as its database records it (None for an empty database)."""
+    row = conn.execute("SELECT value FROM station WHERE key='id'").fetchone()
+    return None if row is None else str(row[0])
+
+
 def open_db(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
@@ -150,13 +150,13 @@ class StationStore:
         self.ledger = Ledger(self.conn, station_id, self.key)
 
     def _check_station_id(self) -> None:
-        row = self.conn.execute("SELECT value FROM station WHERE key='id'").fetchone()
-        if row is None:
+        recorded = read_station_id(self.conn)
+        if recorded is None:
             with self.transaction():
                 self.conn.execute("INSERT INTO station(key, value) VALUES ('id', ?)", (self.station_id,))
-        elif row["value"] != self.station_id:
+        elif recorded != self.station_id:
             raise StoreError(
-                f"{self.layout.root} belongs to station {row['value']!r}, not {self.station_id!r}; "
+                f"{self.layout.root} belongs to station {recorded!r}, not {self.station_id!r}; "
                 "a store is never shared between stations"
             )
 

@@ -20,7 +20,7 @@ from edge.custody.keys import key_id_of, load_public_key
 from edge.custody.ledger import verify_ledger
 from edge.custody.problems import Problem
 from edge.custody.seal import verify_sealed_file
-from edge.store import StoreLayout
+from edge.store import StoreLayout, read_station_id
 
 
 @dataclass
@@ -59,11 +59,6 @@ def _open_readonly(db: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     conn.row_factory = sqlite3.Row
     return conn
-
-
-def _station_id(conn: sqlite3.Connection) -> str:
-    row = conn.execute("SELECT value FROM station WHERE key='id'").fetchone()
-    return str(row["value"]) if row else ""
 
 
 def verify_file(path: Path, trusted_key: Ed25519PublicKey | None = None) -> VerifyReport:
@@ -117,7 +112,7 @@ def verify_store(
         return report
     conn = _open_readonly(layout.db)
     try:
-        station = _station_id(conn)
+        station = read_station_id(conn) or ""
         if only_item is None:
             report.problems.extend(verify_ledger(conn, public_key, station))
             report.checked["ledger_entries"] = int(conn.execute("SELECT COUNT(*) FROM ledger").fetchone()[0])

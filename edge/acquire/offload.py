@@ -47,11 +47,11 @@ from edge.config import StationConfig, WipePolicy
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.errors import CustodyError
 from edge.custody.isobmff import evidence_box, seal_decision
-from edge.custody.ledger import EntryType
+from edge.custody.ledger import EntryType, station_time_now
 from edge.custody.manifest import sign_manifest
 from edge.custody.seal import append_evidence_box, write_sidecar
 from edge.fsutil import free_bytes, fsync_dir
-from edge.store import StationStore, stored_extension, utc_now
+from edge.store import StationStore, stored_extension
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ class VolumeOffload:
                 f"(keeping {reserve} in reserve)"
             )
         what = f"{self.device}:{row.file.display_path}"
-        acquired_utc = utc_now()
+        acquired_utc = station_time_now()
 
         def progress(count: int) -> None:
             self.progress.bytes_done += count

@@ -34,8 +34,8 @@ from edge.acquire.identity import ClockFacts, RecorderIdentity, SessionInfo
 from edge.acquire.offload import BayProgress, OffloadOutcome, OffloadResult, VolumeOffload
 from edge.config import StationConfig
 from edge.custody.canonical import canonical_json
-from edge.custody.ledger import EntryType
-from edge.store import StationStore, utc_now
+from edge.custody.ledger import EntryType, station_time_now
+from edge.store import StationStore
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class DockingSession:
                     session.identity.device_serial,
                     session.identity.usb_serial,
                     session.bay,
-                    utc_now(),
+                    station_time_now(),
                     canonical_json(
                         {"identity": session.identity.as_dict(), "clock": session.clock.as_dict()}
                     ).decode(),
@@ -210,7 +210,7 @@ class DockingSession:
         with self.store.transaction() as conn:
             conn.execute(
                 "UPDATE sessions SET ended=?, outcome=? WHERE session=?",
-                (utc_now(), result.outcome.value, session.session),
+                (station_time_now(), result.outcome.value, session.session),
             )
             self.store.ledger.append(
                 EntryType.SESSION_STOPPED,
