@@ -19,6 +19,7 @@ system:
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v ffprobe >/dev/null || missing="$$missing ffmpeg"; \
 	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v mosquitto >/dev/null && [ -x "$$(command -v mosquitto)" ] || \
 	  [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv python3-dev"; \
