@@ -1,0 +1,1 @@
+"""The station uplink: drains the spool to the central receiver and checks its receipts."""
