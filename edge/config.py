@@ -141,6 +141,8 @@ class RecordersSection(StrictModel):
 class WipePolicy(StrEnum):
     NEVER = "never"
     AFTER_VERIFY = "after-verify"
+    # Erase only once the central's receipt for the file verified locally (needs [uplink]).
+    AFTER_RECEIPT = "after-receipt"
 
 
 EVIDENCE_EXTENSIONS = [
@@ -184,6 +186,74 @@ class OffloadSection(StrictModel):
 
 class WipeSection(StrictModel):
     policy: WipePolicy = WipePolicy.AFTER_VERIFY
+    receipt_wait_s: float = Field(
+        900.0, ge=0, le=86400,
+        description="after-receipt: how long a docked recorder waits for receipts; files whose receipt "
+        "has not verified by then stay on the recorder and are erased at a later docking",
+    )
+
+
+_WINDOW = r"^\d{2}:\d{2}-\d{2}:\d{2}$"
+
+
+class UplinkSection(StrictModel):
+    """How the station sends sealed evidence to the central receiver (tus over HTTPS with mutual TLS)."""
+
+    central_url: str = Field(
+        "", pattern=r"^(https?://[^\s/]+(/[^\s]*)?)?$",
+        description="Base URL of the central receiver, e.g. https://evidence.example:8443; empty: no uplink",
+    )
+    identity_dir: Path | None = Field(
+        None, description="Enrollment bundle from `edge central enroll` (client.crt, client.key, ca.crt, "
+        "central-signing.pub)",
+    )
+    insecure_plain_http: bool = Field(
+        False, description="Development only: plain HTTP, station named by a header; never in production"
+    )
+    central_signing_key: Path | None = Field(
+        None, description="Pinned central signing key; default: central-signing.pub in identity_dir"
+    )
+    chunk_mb: int = Field(8, ge=1, le=256, description="tus PATCH size; each chunk carries a SHA-256")
+    concurrency: int = Field(2, ge=1, le=32, description="Uploads in flight at once")
+    bandwidth_mbit_s: float = Field(0, ge=0, description="Aggregate upload limit; 0: unlimited")
+    windows: list[Annotated[str, Field(pattern=_WINDOW)]] = Field(
+        default_factory=list, description="Local times uploads may run, e.g. ['22:00-06:00']; empty: always"
+    )
+    request_timeout_s: float = Field(120.0, gt=0, le=3600)
+    backoff_base_s: float = Field(1.0, gt=0, le=3600)
+    backoff_max_s: float = Field(300.0, gt=0, le=86400)
+    breaker_failures: int = Field(5, ge=1, le=1000, description="Consecutive failures that open the circuit")
+    breaker_open_s: float = Field(60.0, gt=0, le=86400, description="Pause before probing the central again")
+    retention_days: float | None = Field(
+        30.0, ge=0,
+        description="Purge the local copy this long after its receipt verified; unset: keep for ever",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.central_url)
+
+    @model_validator(mode="after")
+    def _transport_consistent(self) -> UplinkSection:
+        if not self.central_url:
+            return self
+        if self.insecure_plain_http:
+            if not self.central_url.startswith("http://"):
+                raise ValueError("insecure_plain_http needs an http:// central_url")
+            if self.central_signing_key is None and self.identity_dir is None:
+                raise ValueError("insecure_plain_http needs central_signing_key (the pinned central key)")
+        else:
+            if not self.central_url.startswith("https://"):
+                raise ValueError("central_url must be https:// (plain HTTP only with insecure_plain_http)")
+            if self.identity_dir is None:
+                raise ValueError("central_url needs identity_dir (the bundle from `edge central enroll`)")
+        return self
+
+    @property
+    def pinned_key_path(self) -> Path | None:
+        if self.central_signing_key is not None:
+            return self.central_signing_key
+        return None if self.identity_dir is None else self.identity_dir / "central-signing.pub"
 
 
 class CaseDefaults(StrictModel):
@@ -203,10 +273,17 @@ class StationConfig(StrictModel):
     recorders: RecordersSection = RecordersSection()
     offload: OffloadSection = OffloadSection()
     wipe: WipeSection = WipeSection()
+    uplink: UplinkSection = UplinkSection()
     case_defaults: CaseDefaults = CaseDefaults()
     officers: dict[str, CaseDefaults] = Field(
         default_factory=dict, description="Per-officer (警号) case defaults, over the station defaults"
     )
+
+    @model_validator(mode="after")
+    def _receipt_needs_uplink(self) -> StationConfig:
+        if self.wipe.policy is WipePolicy.AFTER_RECEIPT and not self.uplink.enabled:
+            raise ValueError("wipe policy 'after-receipt' needs [uplink] central_url")
+        return self
 
     @model_validator(mode="after")
     def _bays_unique(self) -> StationConfig:
@@ -293,6 +370,16 @@ def load_config(path: Path) -> StationConfig:
                     "simulator_socket": None
                     if config.usb.simulator_socket is None
                     else _rooted(base, config.usb.simulator_socket),
+                }
+            ),
+            "uplink": config.uplink.model_copy(
+                update={
+                    "identity_dir": None
+                    if config.uplink.identity_dir is None
+                    else _rooted(base, config.uplink.identity_dir),
+                    "central_signing_key": None
+                    if config.uplink.central_signing_key is None
+                    else _rooted(base, config.uplink.central_signing_key),
                 }
             ),
         }

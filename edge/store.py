@@ -7,6 +7,7 @@
       tmp/                  copies in progress (discarded or resumed after a crash)
       items/YYYY/MM/DD/<item>.<ext>                 sealed evidence (original + manifest box, or original)
       items/YYYY/MM/DD/<item>.<ext>.manifest.json   signed manifest sidecar
+      items/YYYY/MM/DD/<item>.<ext>.receipt.json    the central's verified receipt (once uploaded)
 
 Stored names are the item UUID and a vetted extension: names from devices are never used as paths.
 State changes and their ledger entries are written in one SQLite transaction, so neither exists
@@ -65,6 +66,18 @@ CREATE TABLE IF NOT EXISTS items (
     manifest TEXT                     -- canonical JSON of the signed manifest
 );
 CREATE INDEX IF NOT EXISTS items_sha256 ON items(sha256);
+CREATE TABLE IF NOT EXISTS uploads (      -- the spool: one row per sealed item bound for the central
+    item TEXT PRIMARY KEY REFERENCES items(item),
+    state TEXT NOT NULL,              -- queued, uploaded, receipted, rejected
+    upload_url TEXT,                  -- the tus upload, kept so a restart resumes it
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,   -- unix time before which it is not retried
+    last_error TEXT,
+    receipt TEXT,                     -- canonical JSON of the verified receipt
+    receipted TEXT,                   -- station UTC time the receipt verified
+    purged TEXT                       -- station UTC time the local copy was purged
+);
+CREATE INDEX IF NOT EXISTS uploads_state ON uploads(state, next_attempt);
 """
 
 SAFE_EXTENSION = re.compile(r"^[a-z0-9]{1,8}$")

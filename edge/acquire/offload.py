@@ -23,12 +23,12 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge.acquire.copy import (
     AcquireError,
@@ -68,6 +68,18 @@ class OffloadOutcome(StrEnum):
     DEVICE_GONE = "device-gone"  # recorder pulled or its volume vanished; resume on re-dock
     STORE_FULL = "store-full"  # station disk full; recorder left untouched
     FAILED = "failed"  # an unexpected error stopped the offload; it is in the ledger and the log
+    # Every file safe at the station; some stay on the recorder until the central's receipt verifies
+    # (wipe policy after-receipt): they are erased at a later docking.
+    AWAITING_RECEIPT = "awaiting-receipt"
+
+
+class ReceiptGate(Protocol):
+    """The uplink, as the offload sees it: told of each sealed item at once (so uploading overlaps
+    copying), and asked which items have a verified central receipt before anything is erased."""
+
+    def item_sealed(self, item: str) -> None: ...
+
+    async def wait_receipts(self, items: Sequence[str], timeout_s: float) -> set[str]: ...
 
 
 @dataclass
@@ -93,6 +105,7 @@ class OffloadResult:
     bytes: int
     errors: list[str]
     not_evidence: list[str] = field(default_factory=list)
+    awaiting_receipt: int = 0
 
 
 class DeviceGoneError(Exception):
@@ -118,8 +131,11 @@ class VolumeOffload:
         *,
         executor: Executor | None = None,
         on_progress: Callable[[BayProgress], None] | None = None,
+        receipts: ReceiptGate | None = None,
     ) -> None:
         self.store = store
+        self.receipts = receipts
+        self.awaiting_receipt = 0
         self.config = config
         self.session = session
         self.root = root
@@ -217,6 +233,7 @@ class VolumeOffload:
             self.progress.bytes_done,
             list(self.progress.errors),
             list(self.not_evidence),
+            self.awaiting_receipt,
         )
 
     def _row(self, file: VolumeFile) -> _FileRow:
@@ -627,6 +644,8 @@ class VolumeOffload:
             self._set_state(row.file, "sealed")
         row.state = "sealed"
         self.items.append(row.item)
+        if self.receipts is not None:
+            self.receipts.item_sealed(row.item)
         self.progress.files_done += 1
         self._report()
 
@@ -659,6 +678,8 @@ class VolumeOffload:
         policy = self.config.wipe.policy
         if policy is WipePolicy.NEVER:
             return OffloadOutcome.DONE
+        if policy is WipePolicy.AFTER_RECEIPT:
+            rows = await self._only_receipted(rows)
         if not self.config.offload.verify_reread:
             # Invariant 2: nothing is erased whose copy was not re-read and matched.
             self.store.record(
@@ -683,7 +704,34 @@ class VolumeOffload:
                 self._error(
                     row.item, "wipe", f"{row.file.display_path}: cannot erase: {exc.strerror}", row.file
                 )
-        return OffloadOutcome.DONE
+        return OffloadOutcome.AWAITING_RECEIPT if self.awaiting_receipt else OffloadOutcome.DONE
+
+    async def _only_receipted(self, rows: list[_FileRow]) -> list[_FileRow]:
+        """The rows that may be erased under after-receipt: those whose central receipt verified
+        (waiting up to `wipe.receipt_wait_s` while the uplink works). The rest stay on the recorder,
+        each with a ledger entry saying why."""
+        waiting = [r for r in rows if r.state == "sealed"]
+        receipted: set[str] = set()
+        if waiting and self.receipts is not None:
+            receipted = await self.receipts.wait_receipts(
+                [r.item for r in waiting], self.config.wipe.receipt_wait_s
+            )
+        deferred = [r for r in waiting if r.item not in receipted]
+        if deferred:
+            with self.store.transaction():
+                for row in deferred:
+                    self.store.ledger.append(
+                        EntryType.WIPE_DEFERRED,
+                        row.item,
+                        {
+                            "device_serial": self.device,
+                            "original": row.file.display_path,
+                            "reason": "no verified central receipt yet (wipe policy after-receipt)",
+                        },
+                    )
+        self.awaiting_receipt = len(deferred)
+        # `wiping` rows were receipted before an interruption: finishing their erasure is safe.
+        return [r for r in rows if r.state == "wiping" or r.item in receipted]
 
     async def _reverify_sealed(self, row: _FileRow) -> bool:
         """Invariant 2 for files sealed in an earlier docking (or before a crash, or with re-reading

@@ -31,7 +31,7 @@ from drivers.usb.recorder import (
 )
 from edge.acquire.clock import measure_offset_ms, station_clock_trusted
 from edge.acquire.identity import ClockFacts, RecorderIdentity, SessionInfo
-from edge.acquire.offload import BayProgress, OffloadOutcome, OffloadResult, VolumeOffload
+from edge.acquire.offload import BayProgress, OffloadOutcome, OffloadResult, ReceiptGate, VolumeOffload
 from edge.config import StationConfig
 from edge.custody.canonical import canonical_json
 from edge.custody.ledger import EntryType, station_time_now
@@ -49,6 +49,7 @@ OUTCOME_LED = {
     OffloadOutcome.DEVICE_GONE: BayLed.ERROR,
     OffloadOutcome.STORE_FULL: BayLed.ERROR,
     OffloadOutcome.FAILED: BayLed.ERROR,
+    OffloadOutcome.AWAITING_RECEIPT: BayLed.ATTENTION,
 }
 JSON_SAFE_INT = (1 << 53) - 1
 
@@ -105,8 +106,10 @@ class DockingSession:
         executor: Executor | None,
         set_led: SetLed,
         on_progress: ProgressSink | None = None,
+        receipts: ReceiptGate | None = None,
     ) -> None:
         self.store = store
+        self.receipts = receipts
         self.config = config
         self.executor = executor
         self.set_led = set_led
@@ -183,7 +186,13 @@ class DockingSession:
                 self.on_progress(session.identity.device_serial, session.bay, p)
 
         offload = VolumeOffload(
-            self.store, self.config, session, root, executor=self.executor, on_progress=progress
+            self.store,
+            self.config,
+            session,
+            root,
+            executor=self.executor,
+            on_progress=progress,
+            receipts=self.receipts,
         )
         try:
             result = await offload.run()

@@ -78,6 +78,7 @@ class EntryType(StrEnum):
     UPLOADED = "uploaded"
     RECEIPT = "receipt"
     WIPED = "wiped"
+    WIPE_DEFERRED = "wipe_deferred"
     RETRIEVED = "retrieved"
     PURGED = "purged"
     ERROR = "error"
@@ -304,18 +305,26 @@ class Ledger:
         log.debug("ledger seq %d %s item=%s", entry.seq, entry.type, entry.item)
         return entry
 
-    def checkpoint(self) -> Checkpoint | None:
-        """Sign the current head and store the checkpoint (in the caller's transaction).
+    def checkpoint(self, at_seq: int | None = None) -> Checkpoint | None:
+        """Sign the current head (or the entry at ``at_seq``) and store the checkpoint (in the caller's
+        transaction).
 
-        Returns None for an empty ledger, and the existing checkpoint when the head is already signed
-        (a periodic timer on an idle station adds no rows).
+        Returns None for an empty ledger, and the existing checkpoint when that entry is already signed
+        (a periodic timer on an idle station adds no rows). ``at_seq`` serves the uplink, which sends
+        a long backlog to the central in bounded segments, each ending at a signed entry.
         """
         head_seq, head_hash = self.head()
         if head_seq == 0:
             return None
+        if at_seq is not None and at_seq != head_seq:
+            row = self._conn.execute("SELECT hash FROM ledger WHERE seq=?", (at_seq,)).fetchone()
+            if row is None or not isinstance(row[0], str) or not _HEX64_RE.fullmatch(row[0]):
+                raise LedgerError(f"cannot checkpoint seq {at_seq}: no such entry (head is {head_seq})")
+            head_seq, head_hash = at_seq, row[0]
         latest = self._conn.execute(
             "SELECT station, seq, hash, time, key_id, signature FROM ledger_checkpoints "
-            "ORDER BY seq DESC, id DESC LIMIT 1"
+            "WHERE seq=? ORDER BY id DESC LIMIT 1",
+            (head_seq,),
         ).fetchone()
         if latest is not None:
             existing = _checkpoint_from_row(latest)

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from edge.custody.errors import IsoBmffError, ManifestError, SealError
 from edge.custody.isobmff import Box, evidence_box, iter_top_level_boxes, seal_decision
 from edge.custody.manifest import manifest_bytes, parse_manifest, verify_manifest
 from edge.custody.problems import Problem
+from edge.fsutil import write_atomic
 
 __all__ = [
     "CHUNK_BYTES",
@@ -53,29 +53,7 @@ def write_sidecar(path: Path, manifest_doc: Mapping[str, Any]) -> Path:
 
     Temp file, fsync, rename, directory fsync: a crash leaves the old sidecar or the new one, never half.
     """
-    target = sidecar_path(path)
-    data = manifest_bytes(manifest_doc) + b"\n"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return target
+    return write_atomic(sidecar_path(path), manifest_bytes(manifest_doc) + b"\n")
 
 
 def hash_prefix(f: BinaryIO, length: int) -> tuple[str, int]:

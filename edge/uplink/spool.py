@@ -1,0 +1,210 @@
+"""The spool: the station's durable outbox of sealed items bound for the central receiver.
+
+One `uploads` row per sealed item, in the station's state.db. Every change of state and its ledger
+entry share one transaction (queued, uploaded, receipt, purged, error), so after a crash the spool and
+the ledger agree and the uplink resumes where it stopped: an item whose upload URL is known resumes
+that tus upload from the server's offset; an item without one starts again.
+
+States: queued (waiting or in flight) → uploaded (content complete at the central, not yet registered)
+→ receipted (the central accepted it and its receipt verified here). `rejected` items were refused by
+the central for a reason retrying cannot fix (a mismatch, a signature); they stay local and are named
+in the ledger for a human to examine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from edge.custody.canonical import canonical_json, parse_json
+from edge.custody.ledger import EntryType, station_time_now
+from edge.store import StationStore
+
+log = logging.getLogger(__name__)
+
+
+class UploadState(StrEnum):
+    QUEUED = "queued"
+    UPLOADED = "uploaded"
+    RECEIPTED = "receipted"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    item: str
+    sha256: str
+    size: int
+    path: Path  # the stored evidence file; its first `size` bytes are the original
+    original_name: str
+    manifest: dict[str, Any]
+    state: UploadState
+    upload_url: str | None
+    attempts: int
+
+
+class Spool:
+    def __init__(self, store: StationStore) -> None:
+        self.store = store
+
+    def enqueue_sealed(self) -> list[str]:
+        """Queue every sealed item not yet in the spool, each with a `queued` ledger entry."""
+        rows = self.store.conn.execute(
+            "SELECT items.item, items.sha256, items.size FROM items LEFT JOIN uploads USING (item) "
+            "WHERE items.path IS NOT NULL AND items.manifest IS NOT NULL AND uploads.item IS NULL "
+            "ORDER BY items.acquired"
+        ).fetchall()
+        if not rows:
+            return []
+        with self.store.transaction() as conn:
+            for row in rows:
+                conn.execute(
+                    "INSERT INTO uploads (item, state) VALUES (?, ?)", (row["item"], UploadState.QUEUED.value)
+                )
+                self.store.ledger.append(
+                    EntryType.QUEUED, row["item"], {"sha256": row["sha256"], "size": row["size"]}
+                )
+        return [row["item"] for row in rows]
+
+    def due(self, now_s: float, exclude: Iterable[str], limit: int) -> list[SpoolEntry]:
+        """Items to work on now (queued or uploaded, not backing off, not already in flight)."""
+        busy = set(exclude)
+        rows = self.store.conn.execute(
+            "SELECT uploads.item, uploads.state, uploads.upload_url, uploads.attempts, items.sha256, "
+            "items.size, items.path, items.manifest FROM uploads JOIN items USING (item) "
+            "WHERE uploads.state IN ('queued', 'uploaded') AND uploads.next_attempt <= ? "
+            "ORDER BY uploads.next_attempt, items.acquired LIMIT ?",
+            (now_s, limit + len(busy)),
+        ).fetchall()
+        entries: list[SpoolEntry] = []
+        for row in rows:
+            if row["item"] in busy:
+                continue
+            manifest = parse_json(row["manifest"])
+            original = manifest.get("original", {}) if isinstance(manifest, dict) else {}
+            entries.append(
+                SpoolEntry(
+                    item=row["item"],
+                    sha256=row["sha256"],
+                    size=int(row["size"]),
+                    path=self.store.layout.root / row["path"],
+                    original_name=str(original.get("name", "")),
+                    manifest=manifest,
+                    state=UploadState(row["state"]),
+                    upload_url=row["upload_url"],
+                    attempts=int(row["attempts"]),
+                )
+            )
+        return entries[:limit]
+
+    def next_due_s(self) -> float | None:
+        row = self.store.conn.execute(
+            "SELECT min(next_attempt) FROM uploads WHERE state IN ('queued', 'uploaded')"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def set_upload_url(self, item: str, url: str | None) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE uploads SET upload_url=? WHERE item=?", (url, item))
+
+    def mark_uploaded(self, item: str, url: str, bytes_sent: int, resumed_from: int) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE uploads SET state=?, upload_url=?, last_error=NULL WHERE item=?",
+                (UploadState.UPLOADED.value, url, item),
+            )
+            self.store.ledger.append(
+                EntryType.UPLOADED,
+                item,
+                {"upload": url, "bytes_sent": bytes_sent, "resumed_from": resumed_from},
+            )
+
+    def requeue(self, item: str, reason: str) -> None:
+        """The central lost or expired an upload: send the content again."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE uploads SET state=?, upload_url=NULL, last_error=? WHERE item=?",
+                (UploadState.QUEUED.value, reason[:500], item),
+            )
+
+    def mark_receipted(self, item: str, receipt: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+        """Store the verified receipt with its ledger entry; returns the receipt time."""
+        now = station_time_now()
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE uploads SET state=?, receipt=?, receipted=?, last_error=NULL WHERE item=?",
+                (UploadState.RECEIPTED.value, canonical_json(receipt).decode("utf-8"), now, item),
+            )
+            self.store.ledger.append(EntryType.RECEIPT, item, dict(summary))
+        return now
+
+    def mark_rejected(self, item: str, stage: str, code: str, detail: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE uploads SET state=?, last_error=? WHERE item=?",
+                (UploadState.REJECTED.value, f"{code}: {detail}"[:1000], item),
+            )
+            self.store.ledger.append(
+                EntryType.ERROR, item, {"stage": stage, "code": code, "reason": detail[:1000]}
+            )
+
+    def defer(self, item: str, error: str, retry_at_s: float) -> None:
+        """A transient failure: try again after `retry_at_s` (no ledger entry; the log has it)."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE uploads SET attempts=attempts+1, next_attempt=?, last_error=? WHERE item=?",
+                (retry_at_s, error[:1000], item),
+            )
+
+    def receipted(self, items: Iterable[str]) -> set[str]:
+        wanted = list(items)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.store.conn.execute(
+                f"SELECT item FROM uploads WHERE state='receipted' AND item IN ({marks})", chunk
+            ).fetchall()
+            found.update(row["item"] for row in rows)
+        return found
+
+    def counts(self) -> dict[str, int]:
+        rows = self.store.conn.execute("SELECT state, count(*) FROM uploads GROUP BY state").fetchall()
+        return {str(row[0]): int(row[1]) for row in rows}
+
+    # -- retention --------------------------------------------------------------------------------
+
+    def purge_due(self, retention_s: float, now: datetime | None = None) -> list[tuple[str, Path]]:
+        """Receipted items whose local copy has been kept for the retention period."""
+        current = now or datetime.now(UTC)
+        rows = self.store.conn.execute(
+            "SELECT uploads.item, uploads.receipted, items.path FROM uploads JOIN items USING (item) "
+            "WHERE uploads.state='receipted' AND uploads.purged IS NULL AND uploads.receipted IS NOT NULL"
+        ).fetchall()
+        due: list[tuple[str, Path]] = []
+        for row in rows:
+            receipted = datetime.strptime(row["receipted"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+            if (current - receipted).total_seconds() >= retention_s:
+                due.append((row["item"], self.store.layout.root / row["path"]))
+        return due
+
+    def mark_purged(self, item: str, files: list[str]) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE uploads SET purged=? WHERE item=?", (station_time_now(), item))
+            self.store.ledger.append(
+                EntryType.PURGED, item, {"files": files, "reason": "receipt verified and retention elapsed"}
+            )
+
+    def purged(self, item: str) -> bool:
+        row = self.store.conn.execute("SELECT purged FROM uploads WHERE item=?", (item,)).fetchone()
+        return row is not None and row[0] is not None
+
+
+def wall_clock_s() -> float:
+    return time.time()
