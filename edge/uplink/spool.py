@@ -174,6 +174,15 @@ class Spool:
             found.update(row["item"] for row in rows)
         return found
 
+    def pending_count(self) -> int:
+        """Sealed items the central has not yet receipted (or refused)."""
+        row = self.store.conn.execute(
+            "SELECT count(*) FROM items LEFT JOIN uploads USING (item) WHERE items.path IS NOT NULL "
+            "AND items.manifest IS NOT NULL "
+            "AND (uploads.state IS NULL OR uploads.state IN ('queued', 'uploaded'))"
+        ).fetchone()
+        return int(row[0])
+
     def counts(self) -> dict[str, int]:
         rows = self.store.conn.execute("SELECT state, count(*) FROM uploads GROUP BY state").fetchall()
         return {str(row[0]): int(row[1]) for row in rows}
