@@ -1,0 +1,248 @@
+"""Content-addressed object storage for accepted evidence.
+
+An object's name is the SHA-256 of its bytes, and only bytes that were just hashed to that name are
+ever given it: :meth:`FileObjectStore.put_file` re-reads the finished upload, compares, makes it durable
+and only then links it into place. Names come from our own hashing or from a validated 64-hex string,
+never from a client's path.
+
+Layout (the default, local file system)::
+
+    objects/ab/cd/abcd...   (64 hex digits, mode 0444)
+
+The interface (:class:`ObjectStore`) is small on purpose, so an S3-compatible store with Object Lock can
+stand in for the local one (DESIGN.md "Growing past one machine").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from edge.fsutil import fsync_dir
+
+__all__ = [
+    "FileObjectStore",
+    "ObjectCorrupt",
+    "ObjectMismatch",
+    "ObjectStore",
+    "ObjectStoreError",
+    "StoredObject",
+    "is_sha256_hex",
+]
+
+log = logging.getLogger(__name__)
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_READ_CHUNK_BYTES = 1 << 20
+_OBJECT_MODE = 0o444
+_TMP_PREFIX = ".incoming-"
+
+
+def is_sha256_hex(text: object) -> bool:
+    """True for 64 lower-case hex digits (the only accepted object name)."""
+    return isinstance(text, str) and _SHA256_RE.fullmatch(text) is not None
+
+
+class ObjectStoreError(Exception):
+    """The object store cannot do what was asked (I/O failure, bad name)."""
+
+
+class ObjectMismatch(ObjectStoreError):
+    """Bytes offered for an object do not hash to the name they were offered under."""
+
+    def __init__(self, expected_sha256: str, found_sha256: str, size_bytes: int) -> None:
+        super().__init__(
+            f"expected content with SHA-256 {expected_sha256}, found {found_sha256} ({size_bytes} bytes)"
+        )
+        self.expected_sha256 = expected_sha256
+        self.found_sha256 = found_sha256
+        self.size_bytes = size_bytes
+
+
+class ObjectCorrupt(ObjectStoreError):
+    """A stored object no longer hashes to its name: the store was damaged or tampered with."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    sha256: str
+    size_bytes: int
+
+
+class ObjectStore(Protocol):
+    """What the central needs from content storage. Every method is blocking (run it in a thread)."""
+
+    def put_file(self, source: Path, sha256: str) -> StoredObject:
+        """Store the bytes of ``source`` under ``sha256`` durably; raises :class:`ObjectMismatch`."""
+        ...
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def size_bytes(self, sha256: str) -> int: ...
+
+    def open(self, sha256: str) -> BinaryIO:
+        """A read-only binary stream of the object; raises FileNotFoundError when absent."""
+        ...
+
+    def verify(self, sha256: str) -> str | None:
+        """None when the object hashes to its name, else a sentence saying what is wrong."""
+        ...
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_READ_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class FileObjectStore:
+    """Objects as read-only files under ``root/ab/cd/<sha256>``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"FileObjectStore(root={str(self.root)!r})"
+
+    def path_of(self, sha256: str) -> Path:
+        """Where an object lives. Raises :class:`ObjectStoreError` for anything but 64 hex digits."""
+        if not is_sha256_hex(sha256):
+            raise ObjectStoreError(f"expected an object name of 64 lower-case hex digits, found "
+                                   f"{str(sha256)[:80]!r}")
+        return self.root / sha256[0:2] / sha256[2:4] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_of(sha256).is_file()
+
+    def size_bytes(self, sha256: str) -> int:
+        return self.path_of(sha256).stat().st_size
+
+    def open(self, sha256: str) -> BinaryIO:
+        return open(self.path_of(sha256), "rb")
+
+    def verify(self, sha256: str) -> str | None:
+        path = self.path_of(sha256)
+        try:
+            found, size = _hash_file(path)
+        except FileNotFoundError:
+            return "missing"
+        except OSError as exc:
+            return f"cannot be read: {exc.strerror or exc}"
+        if found != sha256:
+            return f"content hashes to {found} ({size} bytes), not to its name: the object was altered"
+        return None
+
+    def put_file(self, source: Path, sha256: str) -> StoredObject:
+        """Hash ``source``; when it matches ``sha256`` link it durably into place (read-only).
+
+        ``source`` is left where it is (its owner removes it); the object is a hard link to the same
+        inode, so a multi-gigabyte upload is not copied. When the object already exists it is re-hashed
+        rather than trusted, and a damaged one raises :class:`ObjectCorrupt` instead of being silently
+        replaced: the damage is evidence of something and an operator must see it.
+        """
+        final = self.path_of(sha256)
+        found, size = _hash_file(source)
+        if found != sha256:
+            raise ObjectMismatch(sha256, found, size)
+        if final.is_file():
+            return self._existing(final, sha256, size)
+        with open(source, "rb") as stream:
+            os.fsync(stream.fileno())
+        self._make_dirs(final.parent)
+        try:
+            os.link(source, final)
+        except FileExistsError:
+            return self._existing(final, sha256, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
+            # Uploads on another file system (or a file system without hard links): copy, hashing again.
+            self._copy_into_place(source, final, sha256)
+        os.chmod(final, _OBJECT_MODE)
+        with open(final, "rb") as stream:
+            os.fsync(stream.fileno())  # the mode change, so a crash cannot leave a writable object
+        fsync_dir(final.parent)
+        log.info("object %s stored (%d bytes)", sha256, size)
+        return StoredObject(sha256, size)
+
+    def _existing(self, final: Path, sha256: str, size: int) -> StoredObject:
+        problem = self.verify(sha256)
+        if problem is not None:
+            log.error("object %s is damaged (%s); refusing to store new content over it", sha256, problem)
+            raise ObjectCorrupt(f"stored object {sha256} {problem}; run `edge verify` on the central store")
+        log.info("object %s already stored; content identical", sha256)
+        return StoredObject(sha256, size)
+
+    def _make_dirs(self, directory: Path) -> None:
+        # Each new directory entry must be durable before the link inside it is.
+        for level in (directory.parent, directory):
+            if not level.is_dir():
+                level.mkdir(exist_ok=True)
+                fsync_dir(level.parent)
+
+    def _copy_into_place(self, source: Path, final: Path, sha256: str) -> None:
+        tmp = final.with_name(f"{_TMP_PREFIX}{secrets.token_hex(8)}")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(source, "rb") as src, open(tmp, "xb") as dst:
+                while chunk := src.read(_READ_CHUNK_BYTES):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                    size += len(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            if digest.hexdigest() != sha256:
+                raise ObjectMismatch(sha256, digest.hexdigest(), size)
+            # link() never replaces: a concurrent put of the same object wins harmlessly.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, final)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def names(self) -> Iterator[str]:
+        """Every well-placed object name, in sorted order (for verification)."""
+        for _, name in self._walk():
+            if name is not None:
+                yield name
+
+    def unexpected(self) -> Iterator[Path]:
+        """Files and directories that are not a well-placed object (planted, or left by a crash)."""
+        for path, name in self._walk():
+            if name is None:
+                yield path
+
+    def _walk(self) -> Iterator[tuple[Path, str | None]]:
+        hex2 = re.compile(r"[0-9a-f]{2}")
+        for top in sorted(self.root.iterdir()):
+            if not (top.is_dir() and not top.is_symlink() and hex2.fullmatch(top.name)):
+                yield top, None
+                continue
+            for mid in sorted(top.iterdir()):
+                if not (mid.is_dir() and not mid.is_symlink() and hex2.fullmatch(mid.name)):
+                    yield mid, None
+                    continue
+                for leaf in sorted(mid.iterdir()):
+                    placed = (
+                        is_sha256_hex(leaf.name)
+                        and leaf.name[0:2] == top.name
+                        and leaf.name[2:4] == mid.name
+                        and stat.S_ISREG(leaf.lstat().st_mode)
+                    )
+                    yield leaf, (leaf.name if placed else None)
