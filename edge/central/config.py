@@ -1,0 +1,262 @@
+"""Central receiver configuration: a TOML file validated by pydantic models.
+
+Same rules as the station's `edge/config.py`, whose helpers this module reuses: unknown keys are
+errors, and `load_central_config` raises the same `ConfigError` whose message names the file, the line,
+the key and what was expected. The central holds no secrets in its configuration: its keys live in
+files under `<store_dir>/identity/` made by `edge central init`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from edge.config import IDENTIFIER, ConfigError, StrictModel, _describe
+
+__all__ = [
+    "CentralConfig",
+    "CentralLayout",
+    "CentralSection",
+    "ConfigError",
+    "IdentitySection",
+    "RetentionSection",
+    "ServerSection",
+    "UploadsSection",
+    "default_server_names",
+    "load_central_config",
+    "parse_central_config",
+]
+
+# RFC 1123 host name labels; no wildcards: a station must reach one named server, not a family.
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def default_server_names() -> list[str]:
+    """Names the server certificate answers to unless `server.names` says otherwise."""
+    host = socket.gethostname()
+    # A host name that is not a valid DNS name (underscores, say) cannot go into a certificate.
+    names = ([host] if host and _is_dns_name(host) else []) + ["localhost", "127.0.0.1", "::1"]
+    return list(dict.fromkeys(names))
+
+
+def _is_dns_name(name: str) -> bool:
+    labels = name.rstrip(".").split(".")
+    return len(name) <= 253 and all(_DNS_LABEL.match(label) for label in labels)
+
+
+def _absolute(value: Path, what: str) -> Path:
+    if not value.is_absolute():
+        raise ValueError(f"expected an absolute path for {what}, found relative path {str(value)!r}")
+    return value
+
+
+class CentralSection(StrictModel):
+    id: Annotated[
+        str,
+        Field(
+            pattern=IDENTIFIER,
+            description="Central id: origin of the Merkle log and its signed tree heads; in every receipt",
+        ),
+    ]
+    store_dir: Path = Field(
+        description="Central store: identity (CA, server and signing keys), uploads, objects, index.db"
+    )
+
+    @field_validator("store_dir")
+    @classmethod
+    def _store_dir_absolute(cls, value: Path) -> Path:
+        return _absolute(value, "store_dir")
+
+
+class ServerSection(StrictModel):
+    listen: str = Field("0.0.0.0", description="Address to bind: an IP address or a host name")
+    port: int = Field(8443, ge=1, le=65535, description="TCP port (below 1024 needs CAP_NET_BIND_SERVICE)")
+    # strict: a security switch takes only TOML true/false, not "yes" or 1.
+    insecure_plain_http: bool = Field(
+        False,
+        strict=True,
+        description="Development only: plain HTTP without TLS, station id taken from the X-Edge-Station "
+        "header (anyone can claim any station). Never in production",
+    )
+    names: list[str] = Field(
+        default_factory=default_server_names,
+        min_length=1,
+        description="DNS names and IP addresses put into the server certificate (subjectAltName); "
+        "stations must connect to one of them",
+    )
+    tls_cert: Path | None = Field(
+        None, description="Server certificate (PEM); empty: <store_dir>/identity/server.crt"
+    )
+    tls_key: Path | None = Field(
+        None, description="Server private key (PEM, mode 0600); empty: <store_dir>/identity/server.key"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _is_dns_name(value):
+                raise ValueError(f"expected an IP address or a host name, found {value!r}") from None
+        return value
+
+    @field_validator("names")
+    @classmethod
+    def _names_valid(cls, value: list[str]) -> list[str]:
+        for name in value:
+            try:
+                ipaddress.ip_address(name)
+            except ValueError:
+                if not _is_dns_name(name):
+                    raise ValueError(
+                        f"expected DNS names or IP addresses (no wildcards), found {name!r}"
+                    ) from None
+        if len({n.lower() for n in value}) != len(value):
+            raise ValueError("names must be unique")
+        return value
+
+    @field_validator("tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        # The example file writes `tls_cert = ""`; Path("") would be ".", a truthy directory.
+        return None if value == "" else value
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _tls_paths_absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else _absolute(value, "a TLS file")
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> ServerSection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together (or both left empty)")
+        return self
+
+
+class UploadsSection(StrictModel):
+    max_size_mb: int = Field(65536, gt=0, le=16 << 20, description="Largest upload accepted, in MiB")
+    expire_incomplete_h: float = Field(
+        72.0, gt=0, le=24 * 365, description="Incomplete uploads are purged this many hours after creation"
+    )
+    chunk_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="A request body that stalls this long is cut off (slow clients)"
+    )
+
+    @property
+    def max_size_bytes(self) -> int:
+        return self.max_size_mb << 20
+
+    @property
+    def expire_incomplete_s(self) -> float:
+        return self.expire_incomplete_h * 3600.0
+
+
+class IdentitySection(StrictModel):
+    station_cert_days: int = Field(730, gt=0, le=3650, description="Validity of station certificates")
+    reader_cert_days: int = Field(365, gt=0, le=3650, description="Validity of auditor certificates")
+    server_cert_days: int = Field(825, gt=0, le=3650, description="Validity of the server certificate")
+
+
+class RetentionSection(StrictModel):
+    """Nothing yet: immutability (WORM) is the object store's job."""
+
+
+class CentralConfig(StrictModel):
+    central: CentralSection
+    server: ServerSection = Field(default_factory=ServerSection)
+    uploads: UploadsSection = Field(default_factory=UploadsSection)
+    identity: IdentitySection = Field(default_factory=IdentitySection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
+
+    @property
+    def layout(self) -> CentralLayout:
+        return CentralLayout(self.central.store_dir)
+
+    @property
+    def server_cert_path(self) -> Path:
+        return self.server.tls_cert or self.layout.server_cert
+
+    @property
+    def server_key_path(self) -> Path:
+        return self.server.tls_key or self.layout.server_key
+
+
+@dataclass(frozen=True)
+class CentralLayout:
+    """Where everything lives under the central's store directory."""
+
+    store_dir: Path
+
+    @property
+    def identity_dir(self) -> Path:
+        return self.store_dir / "identity"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.identity_dir / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.identity_dir / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.identity_dir / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.identity_dir / "server.key"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.identity_dir / "signing.key"
+
+    @property
+    def signing_pub(self) -> Path:
+        """Written by StationKey beside the private key; copied into every enrollment bundle."""
+        return self.identity_dir / "signing.key.pub"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.store_dir / "uploads"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.store_dir / "objects"
+
+    @property
+    def index_db(self) -> Path:
+        return self.store_dir / "index.db"
+
+
+def parse_central_config(text: str, source: str = "<string>") -> CentralConfig:
+    """Validate TOML text; `ConfigError` names `source`, the line and the key of every problem."""
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        return CentralConfig.model_validate(raw)
+    except ValidationError as exc:
+        details = "\n  ".join(_describe(e, text) for e in exc.errors())
+        raise ConfigError(f"{source}: {exc.error_count()} problem(s):\n  {details}") from None
+
+
+def load_central_config(path: Path) -> CentralConfig:
+    """Read and validate a central configuration file; raises `ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+    return parse_central_config(text, str(path))
