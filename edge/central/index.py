@@ -559,11 +559,21 @@ class CentralIndex:
         return None if row is None else _entry_from_row(station_id, row)
 
     def ledger_entries(
-        self, station_id: str, start_seq: int = 1, *, item: str | None = None, type_: str | None = None
+        self,
+        station_id: str,
+        start_seq: int = 1,
+        *,
+        end_seq: int | None = None,
+        item: str | None = None,
+        type_: str | None = None,
     ) -> Iterator[LedgerEntry]:
+        """Accepted entries in seq order from ``start_seq`` up to ``end_seq`` (inclusive), filtered."""
         sql = ("SELECT seq, time, type, item, data, prev, hash FROM station_ledger "
                "WHERE station = ? AND seq >= ?")
         args: list[Any] = [station_id, start_seq]
+        if end_seq is not None:
+            sql += " AND seq <= ?"
+            args.append(end_seq)
         if item is not None:
             sql += " AND item = ?"
             args.append(item)

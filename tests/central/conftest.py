@@ -17,6 +17,11 @@ from typing import Any
 import pytest
 
 from edge.central.index import CentralIndex
+from edge.central.log import MerkleLog
+from edge.central.log import create_schema as create_log_schema
+from edge.central.objects import FileObjectStore
+from edge.central.registration import Caller, Registrar
+from edge.central.tus_store import TusUploadStore
 from edge.custody.canonical import sha256_hex
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Checkpoint, EntryType, Ledger, LedgerEntry, station_time_now
@@ -144,3 +149,51 @@ def index(tmp_path: Path) -> Iterator[CentralIndex]:
 
 def enroll(index: CentralIndex, station: FakeStation, cert_sha256: str = CERT_SHA) -> None:
     index.enroll_station(station.station_id, station.key.public_key_b64, cert_sha256)
+
+
+@dataclass
+class CentralParts:
+    """The central's core without HTTP: index, objects, Merkle log, uploads and the registrar."""
+
+    root: Path
+    index: CentralIndex
+    objects: FileObjectStore
+    merkle: MerkleLog
+    uploads: TusUploadStore
+    registrar: Registrar
+    signing_key: StationKey
+
+    def upload(self, station_id: str, data: bytes, *, length: int | None = None) -> str:
+        """A tus upload of ``data`` owned by ``station_id`` (incomplete when ``length`` is larger)."""
+        info = self.uploads.create(station_id, len(data) if length is None else length)
+        write = self.uploads.begin_write(info.upload_id, offset=0)
+        try:
+            write.write(data)
+            write.finish()
+        finally:
+            write.close()
+        return info.upload_id
+
+    def caller(self, station_id: str, remote: str | None = "127.0.0.1") -> Caller:
+        record = self.index.station(station_id)
+        assert record is not None
+        return Caller(record, remote)
+
+
+def make_central_parts(root: Path, origin: str = "central-test") -> CentralParts:
+    index = CentralIndex.open(root / "index.db")
+    with index.transaction():
+        create_log_schema(index.conn)
+    key = StationKey.generate()
+    merkle = MerkleLog(index.conn, key, origin)
+    objects = FileObjectStore(root / "objects")
+    uploads = TusUploadStore(root / "uploads", max_size_bytes=1 << 30, expire_after_s=3600)
+    registrar = Registrar(index, objects, merkle, uploads)
+    return CentralParts(root, index, objects, merkle, uploads, registrar, key)
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[CentralParts]:
+    built = make_central_parts(tmp_path / "central")
+    yield built
+    built.index.close()

@@ -1,0 +1,765 @@
+"""What the central accepts, and why it refuses: station ledger segments and item registrations.
+
+Invariant 7 of DESIGN.md lives here: an item is accepted only when its content hashes to the signed
+manifest's SHA-256, the manifest is signed by the station's enrolled key, and the station's ledger, as
+the central has accepted it, holds the item's `acquired` entry at the seq and hash the manifest names.
+
+Every refusal is a :class:`Rejection` with a machine code, an HTTP status and a sentence saying what was
+expected and what came; :class:`Registrar` logs each one and appends it to the index's rejections table.
+
+Order of an acceptance (crash-safe): verify everything that needs no content; re-hash the finished
+upload while linking it into the object store (durable: fsync file and directories); then, in one
+SQLite transaction, the item, officer/device/case rows, metadata history, Merkle leaf and signed tree
+head. A crash before the commit leaves at most an unreferenced object, which the retry adopts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge.central.index import CentralIndex, ItemRecord, StationRecord
+from edge.central.objects import ObjectCorrupt, ObjectMismatch, ObjectStore, ObjectStoreError
+from edge.custody.canonical import canonical_json, sha256_hex
+from edge.custody.errors import CanonicalJsonError, KeyFormatError, LedgerError
+from edge.custody.keys import key_id_of
+from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry, station_time_now, verify_chain
+from edge.custody.manifest import REQUIRED_FIELDS, verify_manifest
+from edge.custody.receipt import Receipt, TreeHead, make_leaf_entry, make_receipt
+
+__all__ = [
+    "HTTP_STATUS",
+    "MAX_SEGMENT_ENTRIES",
+    "Caller",
+    "MerkleLogLike",
+    "Registered",
+    "Registrar",
+    "RejectCode",
+    "Rejection",
+    "UploadFacts",
+    "UploadSource",
+    "check_segment",
+    "manifest_shape_problem",
+    "parse_segment",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_SEGMENT_ENTRIES = 10_000
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+_UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+_ENTRY_FIELDS = ("seq", "time", "type", "item", "data", "prev", "hash")
+_SHOW = 80
+
+
+class RejectCode(StrEnum):
+    """Machine codes of refusals, as sent in ``{"error": code}``. Never rename one: stations key on them."""
+
+    BAD_REQUEST = "bad_request"
+    UNAUTHENTICATED = "unauthenticated"
+    UNKNOWN_STATION = "unknown_station"
+    STATION_REVOKED = "station_revoked"
+    WRONG_STATION = "wrong_station"
+    UPLOAD_NOT_FOUND = "upload_not_found"
+    UPLOAD_INCOMPLETE = "upload_incomplete"
+    BAD_MANIFEST = "bad_manifest"
+    BAD_SIGNATURE = "bad_signature"
+    CONTENT_MISMATCH = "content_mismatch"
+    CHAIN_UNKNOWN = "chain_unknown"
+    CHAIN_MISMATCH = "chain_mismatch"
+    ITEM_CONFLICT = "item_conflict"
+    LEDGER_GAP = "ledger_gap"
+    LEDGER_FORK = "ledger_fork"
+    BAD_CHECKPOINT = "bad_checkpoint"
+    BAD_CHAIN = "bad_chain"
+    STORE_DAMAGED = "store_damaged"
+
+
+HTTP_STATUS: dict[RejectCode, int] = {
+    RejectCode.BAD_REQUEST: 400,
+    RejectCode.UNAUTHENTICATED: 401,
+    RejectCode.UNKNOWN_STATION: 403,
+    RejectCode.STATION_REVOKED: 403,
+    RejectCode.WRONG_STATION: 403,
+    RejectCode.UPLOAD_NOT_FOUND: 404,
+    RejectCode.UPLOAD_INCOMPLETE: 409,
+    RejectCode.BAD_MANIFEST: 422,
+    RejectCode.BAD_SIGNATURE: 422,
+    RejectCode.CONTENT_MISMATCH: 422,
+    RejectCode.CHAIN_UNKNOWN: 409,
+    RejectCode.CHAIN_MISMATCH: 422,
+    RejectCode.ITEM_CONFLICT: 409,
+    RejectCode.LEDGER_GAP: 409,
+    RejectCode.LEDGER_FORK: 409,
+    RejectCode.BAD_CHECKPOINT: 422,
+    RejectCode.BAD_CHAIN: 422,
+    # The central's own storage is damaged: the station keeps its copy and retries later.
+    RejectCode.STORE_DAMAGED: 500,
+}
+
+
+class Rejection(Exception):
+    """A refused request: ``code`` for machines, ``detail`` (one sentence) for people."""
+
+    def __init__(self, code: RejectCode, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+    @property
+    def status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOW else text[: _SHOW - 3] + "..."
+
+
+# -- what the registrar needs from its collaborators -------------------------------------------------
+
+
+class UploadFacts(Protocol):
+    """The parts of a tus upload's state that registration reads."""
+
+    @property
+    def station(self) -> str: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def sha256(self) -> str | None: ...
+
+
+class UploadSource(Protocol):
+    def get(self, upload_id: str) -> UploadFacts | None: ...
+    def complete_path(self, upload_id: str) -> Path: ...
+    def remove(self, upload_id: str) -> bool: ...
+
+
+class MerkleLogLike(Protocol):
+    def append(self, leaf_entry: Mapping[str, Any]) -> int: ...
+    def size(self) -> int: ...
+    def tree_head(self) -> TreeHead: ...
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]: ...
+    def leaf(self, index: int) -> dict[str, Any]: ...
+
+
+# -- ledger segments (pure) ------------------------------------------------------------------------
+
+
+def parse_segment(doc: object) -> tuple[list[LedgerEntry], Checkpoint]:
+    """Entries and checkpoint of a received ``{"entries": [...], "checkpoint": {...}}``.
+
+    Only the shape is checked here (types, exact members, the size bound); continuity and signatures
+    are :func:`check_segment`'s job. Raises :class:`Rejection`.
+    """
+    if not isinstance(doc, Mapping):
+        raise Rejection(
+            RejectCode.BAD_REQUEST,
+            f"expected a ledger segment object, found {type(doc).__name__}",
+        )
+    extra = sorted(set(doc) - {"entries", "checkpoint"})
+    if extra:
+        raise Rejection(
+            RejectCode.BAD_REQUEST,
+            f"ledger segment has unknown members {_show(extra)}; "
+            "expected only entries and checkpoint",
+        )
+    raw_entries = doc.get("entries")
+    if not isinstance(raw_entries, list) or not raw_entries:
+        raise Rejection(RejectCode.BAD_REQUEST, "ledger segment entries must be a non-empty list")
+    if len(raw_entries) > MAX_SEGMENT_ENTRIES:
+        raise Rejection(
+            RejectCode.BAD_REQUEST,
+            f"ledger segment holds {len(raw_entries)} entries; at most "
+            f"{MAX_SEGMENT_ENTRIES} per request",
+        )
+    entries = [_parse_entry(raw, position) for position, raw in enumerate(raw_entries)]
+    raw_cp = doc.get("checkpoint")
+    if not isinstance(raw_cp, Mapping):
+        raise Rejection(RejectCode.BAD_CHECKPOINT, "ledger segment carries no checkpoint object")
+    try:
+        checkpoint = Checkpoint.from_dict(raw_cp)
+    except LedgerError as exc:
+        raise Rejection(RejectCode.BAD_CHECKPOINT, str(exc)) from None
+    return entries, checkpoint
+
+
+def _parse_entry(raw: object, position: int) -> LedgerEntry:
+    where = f"entries[{position}]"
+    if not isinstance(raw, Mapping):
+        raise Rejection(
+            RejectCode.BAD_REQUEST,
+            f"{where}: expected a ledger entry object, found "
+            f"{type(raw).__name__}",
+        )
+    if set(raw) != set(_ENTRY_FIELDS):
+        raise Rejection(
+            RejectCode.BAD_REQUEST,
+            f"{where}: expected exactly the members "
+            f"{', '.join(_ENTRY_FIELDS)}, found {_show(sorted(raw))}",
+        )
+    seq = raw["seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise Rejection(
+            RejectCode.BAD_REQUEST,
+            f"{where}: seq must be a positive integer, found {_show(seq)}",
+        )
+    for name in ("time", "type", "prev", "hash"):
+        if not isinstance(raw[name], str):
+            raise Rejection(
+                RejectCode.BAD_REQUEST,
+                f"{where} (seq {seq}): {name} must be text, found "
+                f"{type(raw[name]).__name__}",
+            )
+    for name in ("prev", "hash"):
+        if not _HEX64_RE.fullmatch(raw[name]):
+            raise Rejection(
+                RejectCode.BAD_REQUEST,
+                f"{where} (seq {seq}): {name} must be 64 lower-case hex "
+                f"digits, found {_show(raw[name])}",
+            )
+    item = raw["item"]
+    if item is not None and (not isinstance(item, str) or not item or len(item) > 200):
+        raise Rejection(
+            RejectCode.BAD_REQUEST,
+            f"{where} (seq {seq}): item must be null or an id, found "
+            f"{_show(item)}",
+        )
+    if not isinstance(raw["data"], dict):
+        raise Rejection(RejectCode.BAD_REQUEST, f"{where} (seq {seq}): data must be an object")
+    return LedgerEntry(seq=seq, time=raw["time"], type=raw["type"], item=item, data=raw["data"],
+                       prev=raw["prev"], hash=raw["hash"])
+
+
+def check_segment(
+    entries: Sequence[LedgerEntry],
+    checkpoint: Checkpoint,
+    *,
+    station_id: str,
+    public_key: Ed25519PublicKey,
+    head: tuple[int, str],
+    accepted: Mapping[int, LedgerEntry],
+) -> list[LedgerEntry]:
+    """The entries of a segment the central does not hold yet, after every check; raises :class:`Rejection`.
+
+    ``head`` is the station's accepted ``(seq, hash)``; ``accepted`` the stored entries the segment
+    overlaps (seq <= head), which it must repeat exactly.
+    """
+    for before, after in itertools.pairwise(entries):
+        if after.seq != before.seq + 1:
+            raise Rejection(
+                RejectCode.LEDGER_GAP,
+                f"the segment jumps from seq {before.seq} to seq "
+                f"{after.seq}; entries must be consecutive",
+            )
+    head_seq, head_hash = head
+    for entry in entries:
+        if entry.seq > head_seq:
+            break
+        stored = accepted.get(entry.seq)
+        if stored is None or stored.to_dict() != entry.to_dict():
+            stored_hash = stored.hash if stored else "nothing"
+            raise Rejection(
+                RejectCode.LEDGER_FORK,
+                f"seq {entry.seq} was accepted with hash {stored_hash}, "
+                f"the segment has a different entry (hash {entry.hash}): "
+                "the station's ledger forked",
+            )
+    new = [entry for entry in entries if entry.seq > head_seq]
+    if new:
+        first = new[0]
+        if first.seq != head_seq + 1:
+            raise Rejection(
+                RejectCode.LEDGER_GAP,
+                f"the accepted head is seq {head_seq}; the segment starts at "
+                f"seq {first.seq}, so seqs {head_seq + 1}-{first.seq - 1} "
+                "are missing",
+            )
+        if first.prev != head_hash:
+            raise Rejection(
+                RejectCode.LEDGER_FORK,
+                f"seq {first.seq} links to prev {first.prev} but the "
+                f"accepted seq {head_seq} has hash {head_hash}: the "
+                "station's ledger forked",
+            )
+    _check_checkpoint(checkpoint, entries[-1], station_id, public_key)
+    if new:
+        problems = verify_chain(new, [checkpoint], public_key, station_id, after=head)
+        if problems:
+            raise Rejection(
+                RejectCode.BAD_CHAIN,
+                f"{problems[0]}" + (
+                f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""),
+            )
+    return new
+
+
+def _check_checkpoint(
+    cp: Checkpoint, last: LedgerEntry, station_id: str, public_key: Ed25519PublicKey
+) -> None:
+    if cp.station != station_id:
+        raise Rejection(
+            RejectCode.BAD_CHECKPOINT,
+            f"checkpoint is for station {_show(cp.station)}, expected "
+            f"{station_id}",
+        )
+    if (cp.seq, cp.hash) != (last.seq, last.hash):
+        raise Rejection(
+            RejectCode.BAD_CHECKPOINT,
+            f"checkpoint signs seq {cp.seq} hash {_show(cp.hash)}; it "
+            f"must sign the segment's last entry, seq {last.seq} hash "
+            f"{last.hash}",
+        )
+    enrolled = key_id_of(public_key)
+    if cp.key_id != enrolled:
+        raise Rejection(
+            RejectCode.BAD_CHECKPOINT,
+            f"checkpoint is signed by key {_show(cp.key_id)}, not the "
+            f"station's enrolled key {enrolled}",
+        )
+    # verify_chain checks the signature again; here a bad one gets its own code rather than bad_chain.
+    problems = verify_chain([], [cp], public_key, station_id, after=(cp.seq, cp.hash))
+    if problems:
+        raise Rejection(RejectCode.BAD_CHECKPOINT, str(problems[0]))
+
+
+# -- manifests (pure) ------------------------------------------------------------------------------
+
+
+def manifest_shape_problem(doc: object) -> str | None:
+    """The first reason a manifest cannot be registered regardless of its signature, or None.
+
+    A superset of what :func:`verify_manifest` checks about fields, so that once this passes every
+    problem :func:`verify_manifest` reports is about the signature.
+    """
+    if not isinstance(doc, Mapping):
+        return f"expected a manifest object, found {type(doc).__name__}"
+    for name in REQUIRED_FIELDS:
+        if name not in doc:
+            return f"required field {name!r} is missing"
+    item = doc.get("item")
+    try:
+        canonical_item = str(uuid.UUID(item)) if isinstance(item, str) and len(item) == 36 else None
+    except ValueError:
+        canonical_item = None
+    if canonical_item != item:
+        return f"item must be a lower-case hyphenated UUID, found {_show(item)}"
+    sha = doc.get("sha256")
+    if not (isinstance(sha, str) and _HEX64_RE.fullmatch(sha)):
+        return f"sha256 must be 64 lower-case hex digits, found {_show(sha)}"
+    size = doc.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f"size must be an integer >= 0, found {_show(size)}"
+    for name in ("source", "time", "case", "chain"):
+        if not isinstance(doc.get(name), Mapping):
+            return f"{name} must be an object, found {type(doc.get(name)).__name__}"
+    station = doc["source"].get("station")
+    if not isinstance(station, str) or not station:
+        return f"source.station must name the station, found {_show(station)}"
+    chain = doc["chain"]
+    seq = chain.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        return f"chain.seq must be a positive integer, found {_show(seq)}"
+    for name in ("entry_hash", "hash"):
+        if name in chain or name == "entry_hash":
+            value = chain.get(name)
+            if not (isinstance(value, str) and _HEX64_RE.fullmatch(value)):
+                return f"chain.{name} must be 64 lower-case hex digits, found {_show(value)}"
+    try:
+        canonical_json(doc)
+    except CanonicalJsonError as exc:
+        return f"manifest is not canonical-JSON serialisable: {exc}"
+    return None
+
+
+# -- the registrar ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated, enrolled, active station and where its request came from."""
+
+    station: StationRecord
+    remote: str | None = None
+
+    @property
+    def station_id(self) -> str:
+        return self.station.station
+
+
+@dataclass(frozen=True)
+class Registered:
+    receipt: Receipt
+    replay: bool
+
+
+class Registrar:
+    """Accepts ledger segments and items for the central. All index work happens on the event loop
+    thread without awaiting inside a transaction; hashing and chain verification run in threads."""
+
+    def __init__(
+        self,
+        index: CentralIndex,
+        objects: ObjectStore,
+        merkle: MerkleLogLike,
+        uploads: UploadSource,
+        *,
+        clock: Callable[[], str] = station_time_now,
+    ) -> None:
+        self.index = index
+        self.objects = objects
+        self.merkle = merkle
+        self.uploads = uploads
+        self._clock = clock
+        self._station_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def __repr__(self) -> str:
+        return f"Registrar(index={self.index!r}, objects={self.objects!r})"
+
+    def reject(
+        self,
+        rejection: Rejection,
+        *,
+        station: str | None,
+        remote: str | None = None,
+        item: str | None = None,
+        upload: str | None = None,
+    ) -> Rejection:
+        """Log and record a rejection; returns it for raising. Recording failure is logged, never hidden."""
+        log.warning("rejected station=%s item=%s upload=%s remote=%s: %s: %s", station, item, upload, remote,
+                    rejection.code, rejection.detail)
+        try:
+            self.index.record_rejection(station=station, code=str(rejection.code), detail=rejection.detail,
+                                        remote=remote, item=item, upload=upload)
+        except Exception:
+            log.exception("could not record the rejection above in the index")
+        return rejection
+
+    # -- ledger ----------------------------------------------------------------------------------
+
+    def ledger_head(self, caller: Caller, path_station: str) -> dict[str, Any]:
+        self._same_station(caller, path_station)
+        seq, hash_hex = self.index.ledger_head(caller.station_id)
+        checkpoint = self.index.latest_checkpoint(caller.station_id)
+        return {"seq": seq, "hash": hash_hex, "checkpoint": checkpoint.to_dict() if checkpoint else None}
+
+    async def accept_segment(self, caller: Caller, path_station: str, doc: object) -> tuple[int, str]:
+        """Verify and store a ledger segment; returns the accepted head. Raises :class:`Rejection`."""
+        try:
+            self._same_station(caller, path_station)
+            return await self._accept_segment(caller, doc)
+        except Rejection as rejection:
+            raise self.reject(rejection, station=caller.station_id, remote=caller.remote) from None
+
+    async def _accept_segment(self, caller: Caller, doc: object) -> tuple[int, str]:
+        entries, checkpoint = parse_segment(doc)
+        station_id = caller.station_id
+        public_key = self._enrolled_key(caller)
+        async with self._station_locks[station_id]:
+            head = self.index.ledger_head(station_id)
+            overlap_end = min(head[0], entries[-1].seq)
+            accepted = {
+                e.seq: e for e in self.index.ledger_entries(station_id, entries[0].seq, end_seq=overlap_end)
+            }
+            new = await asyncio.to_thread(
+                check_segment, entries, checkpoint, station_id=station_id, public_key=public_key, head=head,
+                accepted=accepted,
+            )
+            now = self._clock()
+            with self.index.transaction():
+                if self.index.ledger_head(station_id) != head:  # unreachable under the lock; kept as a guard
+                    raise Rejection(
+                        RejectCode.LEDGER_FORK,
+                        "the accepted head moved during verification; retry",
+                    )
+                self.index.insert_ledger_entries(station_id, new, now)
+                self.index.insert_checkpoint(checkpoint, now)
+                for entry in new:
+                    if entry.type == EntryType.TAGGED:
+                        self.index.apply_tag(station_id, entry, now)
+        if new:
+            log.info("station %s ledger accepted seq %d-%d", station_id, new[0].seq, new[-1].seq)
+        return self.index.ledger_head(station_id)
+
+    # -- items -----------------------------------------------------------------------------------
+
+    async def register_item(self, caller: Caller, path_station: str, doc: object) -> Registered:
+        """Accept an item (or answer a replay); raises :class:`Rejection` after logging and recording it."""
+        item: str | None = None
+        upload: str | None = None
+        if isinstance(doc, Mapping):
+            manifest = doc.get("manifest")
+            if isinstance(manifest, Mapping) and isinstance(manifest.get("item"), str):
+                item = str(manifest["item"])[:64]
+            if isinstance(doc.get("upload"), str):
+                upload = str(doc["upload"])[:64]
+        try:
+            return await self._register_item(caller, path_station, doc)
+        except Rejection as rejection:
+            raise self.reject(rejection, station=caller.station_id, remote=caller.remote, item=item,
+                              upload=upload) from None
+
+    async def _register_item(self, caller: Caller, path_station: str, doc: object) -> Registered:
+        self._same_station(caller, path_station)
+        if not isinstance(doc, Mapping):
+            raise Rejection(
+                RejectCode.BAD_REQUEST,
+                f"expected a registration object, found {type(doc).__name__}",
+            )
+        extra = sorted(set(doc) - {"upload", "manifest", "ledger"})
+        if extra:
+            raise Rejection(
+                RejectCode.BAD_REQUEST,
+                f"registration has unknown members {_show(extra)}; expected "
+                "upload, manifest and ledger",
+            )
+        upload_id = doc.get("upload")
+        if not isinstance(upload_id, str) or not _UPLOAD_ID_RE.fullmatch(upload_id):
+            raise Rejection(
+                RejectCode.BAD_REQUEST,
+                f"upload must be the 32-hex-digit id the tus server "
+                f"assigned, found {_show(upload_id)}",
+            )
+        manifest = doc.get("manifest")
+        problem = manifest_shape_problem(manifest)
+        if problem is not None:
+            raise Rejection(RejectCode.BAD_MANIFEST, problem)
+        assert isinstance(manifest, Mapping)
+        manifest_station = manifest["source"]["station"]
+        if manifest_station != caller.station_id:
+            raise Rejection(
+                RejectCode.WRONG_STATION,
+                f"the manifest names station {_show(manifest_station)} "
+                f"but the caller is station {caller.station_id}",
+            )
+        if doc.get("ledger") is not None:
+            await self._accept_segment(caller, doc["ledger"])
+        item, sha256, size = str(manifest["item"]), str(manifest["sha256"]), int(manifest["size"])
+        manifest_text = canonical_json(manifest)
+        replay = self._replay(caller, manifest, manifest_text, upload_id)
+        if replay is not None:
+            return replay
+        self._check_signature(caller, manifest)
+        self._check_chain(caller.station_id, manifest)
+        source = self._finished_upload(caller, upload_id)
+        if source.length != size or (source.sha256 is not None and source.sha256 != sha256):
+            self._discard_upload(upload_id)
+            raise Rejection(
+                RejectCode.CONTENT_MISMATCH,
+                f"upload {upload_id} holds {source.length} bytes with "
+                f"SHA-256 {source.sha256}; the manifest says {size} "
+                f"bytes with SHA-256 {sha256}; the upload was removed",
+            )
+        path = self.uploads.complete_path(upload_id)
+        try:
+            await asyncio.to_thread(self.objects.put_file, path, sha256)
+        except ObjectMismatch as exc:
+            self._discard_upload(upload_id)
+            raise Rejection(
+                RejectCode.CONTENT_MISMATCH,
+                f"upload {upload_id}: {exc}; the upload was "
+                "removed",
+            ) from None
+        except ObjectCorrupt as exc:
+            raise Rejection(RejectCode.STORE_DAMAGED, str(exc)) from None
+        except (ObjectStoreError, OSError) as exc:
+            log.exception("object store failed for item %s", item)
+            raise Rejection(
+                RejectCode.STORE_DAMAGED,
+                f"the central could not store the content: {exc}",
+            ) from None
+        registered = self._commit(caller, manifest, manifest_text, upload_id)
+        self._discard_upload(upload_id)
+        return registered
+
+    def _commit(
+        self, caller: Caller, manifest: Mapping[str, Any], manifest_text: bytes, upload_id: str
+    ) -> Registered:
+        item = str(manifest["item"])
+        with self.index.transaction():
+            # Another request for the same item may have committed while the content was hashed.
+            existing = self.index.item(item)
+            if existing is not None:
+                self._replay_of(caller, existing, manifest, manifest_text)
+                receipt = self._receipt(existing.leaf_index)
+                log.info("item %s accepted concurrently; answering as a replay", item)
+                return Registered(receipt, replay=True)
+            accepted_utc = self._clock()
+            leaf = make_leaf_entry(
+                item=item, sha256=str(manifest["sha256"]), size=int(manifest["size"]),
+                station=caller.station_id, manifest_sha256=sha256_hex(manifest_text),
+                accepted_utc=accepted_utc,
+            )
+            leaf_index = self.merkle.append(leaf)
+            self.index.insert_item(manifest, station_id=caller.station_id, leaf_index=leaf_index,
+                                   accepted_utc=accepted_utc)
+            receipt = self._receipt(leaf_index)
+        log.info("item %s from station %s accepted: leaf %d, tree size %d, upload %s", item,
+                 caller.station_id, leaf_index, receipt.tree_size, upload_id)
+        return Registered(receipt, replay=False)
+
+    def receipt_for(self, item: str) -> Receipt | None:
+        """A fresh receipt for an accepted item against the current tree head (signs one if needed)."""
+        record = self.index.item(item)
+        if record is None:
+            return None
+        with self.index.transaction():
+            return self._receipt(record.leaf_index)
+
+    def _receipt(self, leaf_index: int) -> Receipt:
+        head = self.merkle.tree_head()
+        proof = self.merkle.inclusion_proof(leaf_index, head.tree_size)
+        return make_receipt(self.merkle.leaf(leaf_index), leaf_index, proof, head)
+
+    def _replay(
+        self, caller: Caller, manifest: Mapping[str, Any], manifest_text: bytes, upload_id: str
+    ) -> Registered | None:
+        existing = self.index.item(str(manifest["item"]))
+        if existing is None:
+            return None
+        self._replay_of(caller, existing, manifest, manifest_text)
+        info = self._safe_get(upload_id)
+        if info is not None and info.station == caller.station_id and info.offset == info.length:
+            self._discard_upload(upload_id)  # a re-upload of content already held
+        log.info("item %s replayed by station %s: same receipt leaf %d", existing.item, caller.station_id,
+                 existing.leaf_index)
+        with self.index.transaction():
+            receipt = self._receipt(existing.leaf_index)
+        return Registered(receipt, replay=True)
+
+    @staticmethod
+    def _replay_of(
+        caller: Caller, existing: ItemRecord, manifest: Mapping[str, Any], manifest_text: bytes
+    ) -> None:
+        """Refuse a registration that reuses an accepted item id for anything but the same item."""
+        if existing.sha256 != manifest["sha256"]:
+            raise Rejection(
+                RejectCode.ITEM_CONFLICT,
+                f"item {existing.item} was accepted with SHA-256 "
+                f"{existing.sha256}, this registration says "
+                f"{manifest['sha256']}",
+            )
+        if existing.station != caller.station_id:
+            raise Rejection(
+                RejectCode.ITEM_CONFLICT,
+                f"item {existing.item} was accepted from station "
+                f"{existing.station}, not {caller.station_id}",
+            )
+        if existing.manifest_text.encode("utf-8") != manifest_text:
+            raise Rejection(
+                RejectCode.ITEM_CONFLICT,
+                f"item {existing.item} was accepted with a different "
+                "manifest; a signed manifest is never changed",
+            )
+
+    def _check_signature(self, caller: Caller, manifest: Mapping[str, Any]) -> None:
+        public_key = self._enrolled_key(caller)
+        problems = verify_manifest(manifest, {key_id_of(public_key): public_key})
+        if problems:
+            raise Rejection(
+                RejectCode.BAD_SIGNATURE,
+                f"{problems[0].what} (the station's enrolled key is "
+                f"{key_id_of(public_key)})",
+            )
+
+    def _check_chain(self, station_id: str, manifest: Mapping[str, Any]) -> None:
+        chain = manifest["chain"]
+        seq, entry_hash = int(chain["seq"]), str(chain["entry_hash"])
+        head_seq, _ = self.index.ledger_head(station_id)
+        if seq > head_seq:
+            raise Rejection(
+                RejectCode.CHAIN_UNKNOWN,
+                f"manifest chain.seq {seq} is beyond the accepted ledger "
+                f"head seq {head_seq}: send the ledger segment up to it",
+            )
+        entry = self.index.ledger_entry(station_id, seq)
+        if entry is None:
+            raise Rejection(
+                RejectCode.STORE_DAMAGED,
+                f"accepted ledger seq {seq} of station {station_id} is "
+                "missing from the index",
+            )
+        item = manifest["item"]
+        if entry.hash != entry_hash:
+            raise Rejection(
+                RejectCode.CHAIN_MISMATCH,
+                f"manifest chain names seq {seq} with hash {entry_hash}; "
+                f"the accepted entry at seq {seq} has hash {entry.hash}",
+            )
+        if entry.type != EntryType.ACQUIRED or entry.item != item:
+            raise Rejection(
+                RejectCode.CHAIN_MISMATCH,
+                f"accepted ledger seq {seq} is a {_show(entry.type)} "
+                f"entry for item {_show(entry.item)}, not the acquired "
+                f"entry of item {item}",
+            )
+        for name in ("sha256", "size"):
+            if name in entry.data and entry.data[name] != manifest[name]:
+                raise Rejection(
+                    RejectCode.CHAIN_MISMATCH,
+                    f"the acquired entry at seq {seq} records {name} "
+                    f"{_show(entry.data[name])}, the manifest "
+                    f"{_show(manifest[name])}",
+                )
+
+    def _finished_upload(self, caller: Caller, upload_id: str) -> UploadFacts:
+        info = self._safe_get(upload_id)
+        # Another station's upload is reported exactly like a missing one: existence is not leaked.
+        if info is None or info.station != caller.station_id:
+            raise Rejection(
+                RejectCode.UPLOAD_NOT_FOUND,
+                f"no upload {upload_id} of station {caller.station_id}",
+            )
+        if info.offset != info.length:
+            raise Rejection(
+                RejectCode.UPLOAD_INCOMPLETE,
+                f"upload {upload_id} holds {info.offset} of "
+                f"{info.length} bytes; finish it before registering",
+            )
+        return info
+
+    def _safe_get(self, upload_id: str) -> UploadFacts | None:
+        try:
+            return self.uploads.get(upload_id)
+        except (ValueError, OSError) as exc:
+            log.warning("upload %s cannot be read: %s", upload_id, exc)
+            return None
+
+    def _discard_upload(self, upload_id: str) -> None:
+        try:
+            self.uploads.remove(upload_id)
+        except Exception as exc:  # the expiry purge will get it; the answer to the station must not fail
+            log.warning("upload %s could not be removed: %s", upload_id, exc)
+
+    def _enrolled_key(self, caller: Caller) -> Ed25519PublicKey:
+        try:
+            return caller.station.public_key()
+        except KeyFormatError as exc:
+            raise Rejection(
+                RejectCode.STORE_DAMAGED,
+                f"station {caller.station_id}'s enrolled key is "
+                f"damaged: {exc}",
+            ) from None
+
+    @staticmethod
+    def _same_station(caller: Caller, path_station: str) -> None:
+        if path_station != caller.station_id:
+            raise Rejection(
+                RejectCode.WRONG_STATION,
+                f"station {caller.station_id} cannot act for station "
+                f"{_show(path_station)}",
+            )
