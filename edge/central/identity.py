@@ -789,6 +789,13 @@ def _load_ca_file(context: ssl.SSLContext, ca: Path) -> None:
 def server_ssl_context(config: CentralConfig) -> ssl.SSLContext:
     """TLS >= 1.2 server context: presents the server certificate, requires a client certificate
     issued by the central CA (and only that CA: no system trust store)."""
+    layout = config.layout
+    made_by_init = [layout.ca_cert] + (
+        [layout.server_cert, layout.server_key] if config.server.tls_cert is None else []
+    )
+    missing = [str(path) for path in made_by_init if not path.exists()]
+    if missing:
+        raise IdentityError(f"{', '.join(missing)} missing: run `edge central init --config FILE` first")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(context)
     context.verify_mode = ssl.CERT_REQUIRED
