@@ -1,0 +1,297 @@
+"""`edge central ...`: run the central receiver and manage its identity (CA, stations, auditors).
+
+Every command says on stderr what it did and where the files are. Exit status: 0 done, 2 the
+configuration (or the command line) is wrong, 1 anything else went wrong. No command prints key
+material: bundles are written to files with mode 0600 for the private key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from edge.central.config import CentralConfig, ConfigError, load_central_config
+from edge.central.identity import (
+    BUNDLE_CA_CERT,
+    BUNDLE_CENTRAL_SIGNING_PUB,
+    BUNDLE_CLIENT_CERT,
+    BUNDLE_CLIENT_KEY,
+    BUNDLE_ENROLLMENT,
+    Enrollment,
+    IdentityError,
+    discard_bundle,
+    enroll_reader,
+    enroll_station,
+    init_central,
+)
+from edge.central.index import CentralIndex, CentralIndexError
+
+__all__ = [
+    "add_central_parser",
+    "cmd_central_check_config",
+    "cmd_central_enroll",
+    "cmd_central_enroll_reader",
+    "cmd_central_init",
+    "cmd_central_revoke",
+    "cmd_central_revoke_reader",
+    "cmd_central_run",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _load(args: argparse.Namespace) -> CentralConfig | None:
+    """The configuration named by `--config` (after `central` or after the sub-command); None: said why."""
+    path = getattr(args, "config", None) or getattr(args, "central_config", None)
+    if not path:
+        _say("error: --config FILE is required (the central's TOML configuration)")
+        return None
+    try:
+        return load_central_config(Path(path))
+    except ConfigError as exc:
+        _say(f"error: {exc}")
+        return None
+
+
+def cmd_central_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    # Imported here: the server pulls in aiohttp and the whole receiver, which the other commands skip.
+    from edge.central.service import run_central
+
+    try:
+        result: int = run_central(config)
+    except IdentityError as exc:
+        # Missing or unsafe keys and certificates: restarting cannot fix them, an operator must.
+        _say(f"error: {exc}")
+        return EXIT_CONFIG
+    return result
+
+
+def cmd_central_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    mode = "PLAIN HTTP (development only)" if config.server.insecure_plain_http else "HTTPS with mutual TLS"
+    print(
+        f"{args.config or args.central_config}: OK (central {config.central.id}, store "
+        f"{config.central.store_dir}, {mode} on {config.server.listen}:{config.server.port})"
+    )
+    return EXIT_OK
+
+
+def cmd_central_init(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        identity = init_central(config)
+        index_existed = config.layout.index_db.exists()
+        CentralIndex.open(config.layout.index_db).close()
+    except (IdentityError, CentralIndexError, OSError) as exc:
+        _say(f"error: central init: {exc}")
+        return EXIT_FAILED
+    for line in identity.created:
+        _say(f"created {line}")
+    for line in identity.kept:
+        _say(f"exists, kept {line}")
+    _say(f"{'exists, kept' if index_existed else 'created'} index: {config.layout.index_db}")
+    _say(
+        f"central {config.central.id} is initialised in {config.central.store_dir}; CA fingerprint "
+        f"(sha256) {identity.ca_sha256}. Next: `edge central enroll STATION_ID --config FILE "
+        f"--signing-key STATION_KEY.pub --out DIR` for each station"
+    )
+    return EXIT_OK
+
+
+def _record(
+    config: CentralConfig, enrollment: Enrollment, write: Callable[[CentralIndex], None]
+) -> str | None:
+    """Record an issued certificate in the index; on failure remove the bundle and return why."""
+    try:
+        index = CentralIndex.open(config.layout.index_db)
+        try:
+            write(index)
+        finally:
+            index.close()
+    except (CentralIndexError, OSError) as exc:
+        # A bundle whose certificate the index does not know would only be refused later: remove it now.
+        discard_bundle(enrollment.bundle_dir)
+        return f"{exc} (the bundle in {enrollment.bundle_dir} was removed)"
+    return None
+
+
+def _describe_bundle(enrollment: Enrollment) -> str:
+    files = ", ".join(
+        [
+            BUNDLE_CLIENT_CERT,
+            f"{BUNDLE_CLIENT_KEY} (secret, mode 0600)",
+            BUNDLE_CA_CERT,
+            BUNDLE_CENTRAL_SIGNING_PUB,
+            BUNDLE_ENROLLMENT,
+        ]
+    )
+    return f"bundle in {enrollment.bundle_dir}: {files}"
+
+
+def cmd_central_enroll(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        enrollment = enroll_station(
+            config, args.station_id, signing_key_pub=Path(args.signing_key), out_dir=Path(args.out)
+        )
+    except IdentityError as exc:
+        _say(f"error: enroll {args.station_id}: {exc}")
+        return EXIT_FAILED
+    key_b64 = enrollment.signing_public_key_b64
+    assert key_b64 is not None  # always set for stations
+    problem = _record(
+        config,
+        enrollment,
+        lambda index: index.enroll_station(enrollment.name, key_b64, enrollment.cert_sha256),
+    )
+    if problem is not None:
+        _say(f"error: enroll {args.station_id}: recording it in the index failed: {problem}")
+        return EXIT_FAILED
+    _say(
+        f"enrolled station {enrollment.name}: client certificate sha256 {enrollment.cert_sha256}, "
+        f"valid until {enrollment.not_after:%Y-%m-%d}; ledger key recorded in {config.layout.index_db}"
+    )
+    _say(_describe_bundle(enrollment))
+    _say(
+        "copy the bundle to the station (only the station service user may read client.key); a new "
+        "enrollment of the same station replaces this certificate"
+    )
+    return EXIT_OK
+
+
+def cmd_central_enroll_reader(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        enrollment = enroll_reader(config, args.name, out_dir=Path(args.out))
+    except IdentityError as exc:
+        _say(f"error: enroll-reader {args.name}: {exc}")
+        return EXIT_FAILED
+    problem = _record(
+        config, enrollment, lambda index: index.enroll_reader(enrollment.name, enrollment.cert_sha256)
+    )
+    if problem is not None:
+        _say(f"error: enroll-reader {args.name}: recording it in the index failed: {problem}")
+        return EXIT_FAILED
+    _say(
+        f"enrolled auditor {enrollment.name}: client certificate sha256 {enrollment.cert_sha256}, "
+        f"valid until {enrollment.not_after:%Y-%m-%d}; every read with it is logged under this name"
+    )
+    _say(_describe_bundle(enrollment))
+    return EXIT_OK
+
+
+def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[CentralIndex, str, str], None]) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    reason = args.reason.strip()
+    if not reason:
+        _say("error: --reason must say why (it is kept in the index with the revocation)")
+        return EXIT_CONFIG
+    try:
+        index = CentralIndex.open(config.layout.index_db)
+        try:
+            revoke(index, args.name, reason)
+        finally:
+            index.close()
+    except (CentralIndexError, OSError) as exc:
+        _say(f"error: revoke {kind} {args.name}: {exc}")
+        return EXIT_FAILED
+    _say(
+        f"revoked {kind} {args.name} in {config.layout.index_db}: {reason}. Its certificate is refused "
+        f"from now on; `edge central enroll{'' if kind == 'station' else '-reader'}` issues a new one"
+    )
+    return EXIT_OK
+
+
+def cmd_central_revoke(args: argparse.Namespace) -> int:
+    return _revoke(args, "station", CentralIndex.revoke_station)
+
+
+def cmd_central_revoke_reader(args: argparse.Namespace) -> int:
+    return _revoke(args, "auditor", CentralIndex.revoke_reader)
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="central TOML file (e.g. /etc/evidence-edge/central.toml)"
+    )
+
+
+def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `edge central ...` to the `edge` command line (called from edge/cli.py)."""
+    central = subparsers.add_parser(
+        "central",
+        help="the central receiver: run it (default), init its CA, enroll stations and auditors",
+        description="Without a sub-command: run the central receiver (same as `edge central run`).",
+    )
+    # Its own dest: a sub-command's --config default must not overwrite `edge central --config X`.
+    central.add_argument("--config", dest="central_config", metavar="FILE", help="central TOML file")
+    central.set_defaults(func=cmd_central_run, config=None)
+    commands = central.add_subparsers(dest="central_command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the central receiver until SIGTERM/SIGINT")
+    _config_option(run)
+    run.set_defaults(func=cmd_central_run)
+
+    check = commands.add_parser("check-config", help="validate the central configuration file")
+    _config_option(check)
+    check.set_defaults(func=cmd_central_check_config)
+
+    init = commands.add_parser(
+        "init",
+        help="create the CA, server certificate, signing key and index (idempotent; keeps what exists)",
+    )
+    _config_option(init)
+    init.set_defaults(func=cmd_central_init)
+
+    enroll = commands.add_parser("enroll", help="issue a station's client certificate and enrollment bundle")
+    enroll.add_argument(
+        "station_id", metavar="STATION_ID", help="the station's id (station.id in station.toml)"
+    )
+    _config_option(enroll)
+    enroll.add_argument(
+        "--signing-key",
+        required=True,
+        metavar="FILE",
+        help="the station's ledger public key (PEM; signing.key.pub in the station store)",
+    )
+    enroll.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the bundle")
+    enroll.set_defaults(func=cmd_central_enroll)
+
+    revoke = commands.add_parser("revoke", help="revoke a station: its uploads and registrations are refused")
+    revoke.add_argument("name", metavar="STATION_ID")
+    _config_option(revoke)
+    revoke.add_argument("--reason", required=True, help="why (kept with the revocation)")
+    revoke.set_defaults(func=cmd_central_revoke)
+
+    reader = commands.add_parser("enroll-reader", help="issue an auditor's client certificate (read side)")
+    reader.add_argument("name", metavar="NAME", help="the auditor's name, as the access log will show it")
+    _config_option(reader)
+    reader.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the bundle")
+    reader.set_defaults(func=cmd_central_enroll_reader)
+
+    revoke_reader = commands.add_parser("revoke-reader", help="revoke an auditor's certificate")
+    revoke_reader.add_argument("name", metavar="NAME")
+    _config_option(revoke_reader)
+    revoke_reader.add_argument("--reason", required=True, help="why (kept with the revocation)")
+    revoke_reader.set_defaults(func=cmd_central_revoke_reader)
