@@ -1,0 +1,171 @@
+"""Static checks of systemd/edge-central.service: keys, hardening at least as strict as the station's."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edge.central.config import load_central_config
+from tests.service.test_unit_files import SYSTEMD_DIR, Unit, one, parse_unit, seconds, words
+
+CENTRAL_UNIT = SYSTEMD_DIR / "edge-central.service"
+STATION_UNIT = SYSTEMD_DIR / "edge-station.service"
+EXAMPLE_CONFIG = SYSTEMD_DIR.parent / "config" / "central.toml"
+
+
+@pytest.fixture(scope="module")
+def central() -> Unit:
+    return parse_unit(CENTRAL_UNIT.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def station() -> Unit:
+    return parse_unit(STATION_UNIT.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("Type", "notify"),
+        ("NotifyAccess", "main"),
+        ("Restart", "on-failure"),
+        ("KillMode", "mixed"),
+        ("User", "evidence-central"),
+        ("Group", "evidence-central"),
+        ("UMask", "0077"),
+        ("StateDirectory", "evidence-central"),
+        ("StateDirectoryMode", "0700"),
+        ("ConfigurationDirectory", "evidence-edge"),
+        ("PrivateDevices", "yes"),
+        ("DevicePolicy", "closed"),
+        ("CapabilityBoundingSet", ""),
+        ("AmbientCapabilities", ""),
+    ],
+)
+def test_service_key(central: Unit, key: str, expected: str) -> None:
+    assert one(central, "Service", key) == expected
+
+
+# The station's sandbox, key by key; the central must match it (devices aside, where it is stricter).
+SHARED_HARDENING = [
+    "NoNewPrivileges",
+    "CapabilityBoundingSet",
+    "AmbientCapabilities",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "PrivateMounts",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectClock",
+    "ProtectHostname",
+    "ProtectProc",
+    "RestrictNamespaces",
+    "RestrictRealtime",
+    "RestrictSUIDSGID",
+    "LockPersonality",
+    "RemoveIPC",
+    "MemoryDenyWriteExecute",
+    "SystemCallArchitectures",
+    "SystemCallFilter",
+    "SystemCallErrorNumber",
+    "UMask",
+    "NotifyAccess",
+    "KillMode",
+]
+
+
+@pytest.mark.parametrize("key", SHARED_HARDENING)
+def test_same_hardening_as_the_station(central: Unit, station: Unit, key: str) -> None:
+    assert central["Service"].get(key) == station["Service"].get(key), key
+
+
+def test_stricter_than_the_station_where_it_needs_less(central: Unit, station: Unit) -> None:
+    assert one(station, "Service", "PrivateDevices") == "no"
+    assert "DeviceAllow" not in central["Service"]
+    assert "SupplementaryGroups" not in central["Service"]
+    assert "LoadCredential" not in central["Service"]  # no secrets beside the keys in the state directory
+    families = set(words(central, "Service", "RestrictAddressFamilies"))
+    assert families == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    assert families < set(words(station, "Service", "RestrictAddressFamilies"))
+    # Writable: only the state directory (ProtectSystem=strict, no ReadWritePaths=).
+    assert "ReadWritePaths" not in central["Service"]
+
+
+def test_exec_start_runs_the_central(central: Unit) -> None:
+    argv = shlex.split(one(central, "Service", "ExecStart"))
+    assert argv == [
+        "/opt/evidence-edge/.venv/bin/edge",
+        "central",
+        "--config",
+        "/etc/evidence-edge/central.toml",
+    ]
+    # Same install prefix as the station unit, so one virtualenv serves both.
+    station_argv = shlex.split(
+        one(parse_unit(STATION_UNIT.read_text(encoding="utf-8")), "Service", "ExecStart")
+    )
+    assert argv[0] == station_argv[0]
+
+
+def test_state_directory_is_the_example_store(central: Unit) -> None:
+    config = load_central_config(EXAMPLE_CONFIG)
+    assert config.central.store_dir == Path("/var/lib") / one(central, "Service", "StateDirectory")
+
+
+def test_no_capability_for_the_default_port(central: Unit) -> None:
+    assert load_central_config(EXAMPLE_CONFIG).server.port >= 1024
+    assert one(central, "Service", "AmbientCapabilities") == ""
+    assert one(central, "Service", "CapabilityBoundingSet") == ""
+
+
+def test_timeouts_restart_limits_and_exit_codes(central: Unit) -> None:
+    assert 10 <= seconds(one(central, "Service", "WatchdogSec")) <= 120
+    assert seconds(one(central, "Service", "RestartSec")) >= 1
+    assert seconds(one(central, "Service", "TimeoutStopSec")) >= 30
+    assert "StartLimitIntervalSec" not in central["Service"]
+    assert seconds(one(central, "Unit", "StartLimitIntervalSec")) > 0
+    assert int(one(central, "Unit", "StartLimitBurst")) >= 2
+    # `edge central` exits 2 for an unusable configuration or identity; restarting cannot fix it.
+    assert {"2", "78"} <= set(words(central, "Service", "RestartPreventExitStatus"))
+    assert int(one(central, "Service", "LimitNOFILE")) >= 4096
+
+
+def test_install_section(central: Unit) -> None:
+    assert one(central, "Install", "WantedBy") == "multi-user.target"
+
+
+analyze = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(analyze is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
+    assert analyze is not None
+    text = re.sub(r"(?m)^ExecStart=\S+", "ExecStart=/bin/true", CENTRAL_UNIT.read_text(encoding="utf-8"))
+    copy = tmp_path / CENTRAL_UNIT.name
+    copy.write_text(text, encoding="utf-8")
+    done = subprocess.run(
+        [analyze, "verify", "--man=no", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert [line for line in (done.stdout + done.stderr).splitlines() if CENTRAL_UNIT.name in line] == []
+
+
+@pytest.mark.skipif(analyze is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_security_exposure_is_low(tmp_path: Path) -> None:
+    assert analyze is not None
+    copy = tmp_path / CENTRAL_UNIT.name
+    copy.write_text(CENTRAL_UNIT.read_text(encoding="utf-8"), encoding="utf-8")
+    done = subprocess.run(
+        [analyze, "security", "--offline=yes", "--man=no", "--threshold=15", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
