@@ -1,0 +1,842 @@
+"""Resumable upload client for tus 1.0.0 (core, creation, creation-with-upload, checksum, termination).
+
+The station side of the content upload. One :class:`TusClient` per central, shared by every concurrent
+upload of the station (it keeps no per-upload state); the caller owns the ``aiohttp.ClientSession``
+(and with it the mutual-TLS context and connection limits) and the retry policy.
+
+How an upload goes (:meth:`TusClient.upload`):
+
+1. A known upload URL is resumed: ``HEAD`` tells the offset the *server* holds. The client never
+   continues from what it believes it sent, because a chunk in flight when the connection broke may
+   or may not have been stored. An upload the server no longer knows (404/410: expired, purged) is
+   created again.
+2. A new upload is created with ``POST`` (``Upload-Length``, ``Upload-Metadata``); with
+   creation-with-upload the first chunk rides in the same request, saving a round trip per file.
+3. The rest goes in ``PATCH`` requests of ``chunk_size_bytes``, each carrying
+   ``Upload-Checksum: <alg> <base64>`` of that chunk, so a corrupted chunk is refused (460) and
+   discarded by the server, and re-sent (re-read from disk) a bounded number of times.
+   ``409`` (offset mismatch) re-synchronises with ``HEAD``.
+4. Any connection failure, timeout or transient server error raises :class:`UploadInterrupted`
+   carrying the upload URL; the caller retries later (backoff, circuit breaker) and step 1 resumes.
+
+Memory and disk: each chunk is read from disk once into an immutable ``bytes`` and hashed in a worker
+thread, then streamed to the socket in pieces from that same buffer: the checksum header must precede
+the body, so the chunk has to be hashed before it is sent, and holding it avoids reading every byte
+twice. A fresh ``bytes`` per chunk rather than one reused buffer, because the event loop's transport
+may keep a reference to data it has not written yet and a reused buffer would be overwritten under
+it. While one chunk is on the wire the next is read and hashed (one chunk of read-ahead), so disk,
+hashing and network overlap. Memory per upload is therefore about two chunks (2 x 8 MiB by default)
+whatever the file size.
+
+Every value from the server is checked before use: status codes, ``Tus-Resumable``,
+``Upload-Offset`` (decimal, bounded, never beyond the length or behind what the server already
+confirmed in this call), ``Location`` (bounded, same origin as the configured base URL so station
+headers and content never go to another host), error bodies (read up to a bound, truncated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import aiohttp
+from yarl import URL
+
+from edge.custody.canonical import parse_json
+from edge.uplink.policy import RateLimiter
+
+__all__ = [
+    "CHECKSUM_ALGORITHMS",
+    "DEFAULT_CHUNK_SIZE_BYTES",
+    "TUS_VERSION",
+    "ChecksumRejected",
+    "LocalFileError",
+    "ProtocolViolation",
+    "ServerRejected",
+    "TusClient",
+    "UplinkError",
+    "UploadGone",
+    "UploadInterrupted",
+    "UploadResult",
+    "encode_metadata",
+]
+
+log = logging.getLogger(__name__)
+
+TUS_VERSION: Final = "1.0.0"
+DEFAULT_CHUNK_SIZE_BYTES: Final = 8 * 1024 * 1024
+OFFSET_CONTENT_TYPE: Final = "application/offset+octet-stream"
+CHECKSUM_ALGORITHMS: Final = frozenset({"sha256", "sha1", "sha512", "md5"})
+
+# Bytes handed to the transport at a time: small enough for a smooth rate limit and a meaningful
+# stall timeout, large enough that per-piece overhead is nothing next to the copy.
+_PIECE_BYTES: Final = 256 * 1024
+_MAX_LOCATION_CHARS: Final = 2048
+_MAX_ERROR_BODY_BYTES: Final = 4096
+_MAX_DETAIL_CHARS: Final = 300
+_MAX_SHOWN_HEADER_CHARS: Final = 80
+_OFFSET_RE: Final = re.compile(r"[0-9]{1,19}")  # below 2**63: no 10**4000-digit integer parsing
+_METADATA_KEY_RE: Final = re.compile(r"[!-+\--~]+")  # printable ASCII without space and comma
+_TRANSIENT_STATUSES: Final = frozenset({408, 425, 429})
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+class UplinkError(Exception):
+    """Base of the uplink transport's errors. ``url`` is the upload URL when one exists, so the
+    caller can resume it (persist it before retrying)."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class UploadInterrupted(UplinkError):
+    """The transfer stopped for a reason that may pass: connection refused/reset, timeout, a
+    transient server status (5xx, 408, 429). Retry later; the upload resumes from the server's offset.
+    ``status`` is the HTTP status when the server answered; ``offset`` the last offset the server
+    confirmed in this call (None if none); ``bytes_sent`` body bytes put on the wire in this call."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        offset: int | None = None,
+        bytes_sent: int = 0,
+    ) -> None:
+        super().__init__(message, url=url)
+        self.status = status
+        self.offset = offset
+        self.bytes_sent = bytes_sent
+
+
+class UploadGone(UplinkError):
+    """The server does not know the upload (404/410: unknown, expired, terminated). Create a new one."""
+
+
+class ChecksumRejected(UplinkError):
+    """The server refused the same chunk's checksum (460) on every attempt."""
+
+    def __init__(self, message: str, *, url: str | None, offset: int, attempts: int) -> None:
+        super().__init__(message, url=url)
+        self.offset = offset
+        self.attempts = attempts
+
+
+class ServerRejected(UplinkError):
+    """The server refused the request for good (a 4xx other than the ones handled). ``error`` and
+    ``detail`` come from the server's JSON body when it has one; ``body`` is the (truncated, sanitised)
+    text of the body."""
+
+    def __init__(
+        self,
+        status: int,
+        body: str,
+        *,
+        url: str | None = None,
+        request: str = "",
+        error: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        said = detail or body or "(no body)"
+        code = f" {error}" if error else ""
+        super().__init__(f"{request or 'request'} refused with HTTP {status}{code}: {said}", url=url)
+        self.status = status
+        self.body = body
+        self.error = error
+        self.detail = detail
+
+
+class ProtocolViolation(UplinkError):
+    """The server's answer breaks tus 1.0 (missing or malformed header, impossible offset, wrong
+    ``Tus-Resumable``, a ``Location`` on another origin...). Retrying the same server will not help."""
+
+
+class LocalFileError(UplinkError):
+    """The file to upload cannot be read, or is shorter than the length to upload."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Results and helpers
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    url: str
+    """The upload URL (absolute)."""
+    bytes_sent: int
+    """Body bytes put on the wire by this call, re-sent chunks included: a resumed upload that sent
+    nothing twice has ``bytes_sent == length - resumed_from``."""
+    resumed_from: int
+    """The server's offset when this call started: 0 for a new upload."""
+    length: int
+    created: bool
+    """This call created the upload (new, or the old one was gone)."""
+    checksum_retries: int = 0
+    """Chunks re-sent after a 460."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    offset: int
+    data: bytes
+    checksum_header: str | None
+
+
+class _Sent:
+    """Counts body bytes handed to the transport, and chunks refused (460), across the requests of one
+    upload call."""
+
+    __slots__ = ("bytes", "checksum_retries")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.checksum_retries = 0
+
+
+def encode_metadata(metadata: Mapping[str, str]) -> str:
+    """``Upload-Metadata`` value: ``key base64(value)`` pairs joined by commas (tus 1.0 creation)."""
+    pairs: list[str] = []
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not _METADATA_KEY_RE.fullmatch(key):
+            raise ValueError(
+                f"upload metadata key must be printable ASCII without spaces or commas, found {key!r}"
+            )
+        if not isinstance(value, str):
+            raise ValueError(
+                f"upload metadata value for {key!r} must be a string, found {type(value).__name__}"
+            )
+        encoded = base64.b64encode(value.encode("utf-8")).decode("ascii")
+        pairs.append(f"{key} {encoded}" if encoded else key)
+    return ",".join(pairs)
+
+
+def _shown(value: str | None) -> str:
+    if value is None:
+        return "nothing"
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN_HEADER_CHARS else text[: _MAX_SHOWN_HEADER_CHARS - 3] + "..."
+
+
+def _sanitise(text: str, limit: int) -> str:
+    clean = "".join(ch if ch.isprintable() else "?" for ch in text[: limit + 1])
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
+def _upload_id(url: str) -> str:
+    """Short name of an upload for logs: the last path segment, bounded."""
+    return URL(url).name[-40:] or url[-40:]
+
+
+def _read_chunk(path: Path, offset: int, size: int, algorithm: str | None) -> _Chunk:
+    """Read ``size`` bytes at ``offset`` and hash them (runs in a worker thread; hashlib and os.pread
+    release the GIL). The file is opened per chunk so an abandoned read-ahead never races a close."""
+    parts: list[bytes] = []
+    got = 0
+    try:
+        with path.open("rb", buffering=0) as f:
+            fd = f.fileno()
+            while got < size:
+                part = os.pread(fd, size - got, offset + got)
+                if not part:
+                    raise LocalFileError(
+                        f"{path}: expected {size} bytes at offset {offset}, the file ends after {got}"
+                    )
+                parts.append(part)
+                got += len(part)
+    except OSError as exc:
+        raise LocalFileError(f"{path}: cannot read {size} bytes at offset {offset}: {exc}") from exc
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    header = None
+    if algorithm is not None:
+        digest = hashlib.new(algorithm, data).digest()
+        header = f"{algorithm} {base64.b64encode(digest).decode('ascii')}"
+    return _Chunk(offset=offset, data=data, checksum_header=header)
+
+
+# --------------------------------------------------------------------------------------------------
+# Client
+
+
+class TusClient:
+    """tus 1.0.0 client bound to one creation endpoint (``base_url``, e.g.
+    ``https://central:8443/v1/uploads``). Safe to use for several uploads at once.
+
+    ``headers`` are sent with every request (e.g. the dev-mode station header); tus headers always
+    win over them. ``request_timeout_s`` bounds connecting, waiting for an answer, and any stall of
+    the request body (no byte accepted by the socket for that long), but not the total duration of a
+    rate-limited chunk. ``checksum=None`` sends no ``Upload-Checksum`` (for servers without the
+    extension). ``limiter`` is the station-wide :class:`RateLimiter`, shared by every upload.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        chunk_size_bytes: int = DEFAULT_CHUNK_SIZE_BYTES,
+        checksum: str | None = "sha256",
+        limiter: RateLimiter | None = None,
+        request_timeout_s: float = 60.0,
+        headers: Mapping[str, str] | None = None,
+        creation_with_upload: bool = True,
+        checksum_attempts: int = 3,
+        max_conflicts: int = 3,
+    ) -> None:
+        base = URL(base_url)
+        if base.scheme not in ("http", "https") or not base.host:
+            raise ValueError(f"tus base_url must be an absolute http(s) URL, found {base_url!r}")
+        if base.user is not None or base.password is not None or base.fragment:
+            raise ValueError("tus base_url must not carry credentials or a fragment")
+        if chunk_size_bytes < 1:
+            raise ValueError(f"chunk_size_bytes must be >= 1, got {chunk_size_bytes!r}")
+        if checksum is not None and checksum not in CHECKSUM_ALGORITHMS:
+            raise ValueError(
+                f"checksum must be one of {sorted(CHECKSUM_ALGORITHMS)} or None, found {checksum!r}"
+            )
+        if not request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s!r}")
+        if checksum_attempts < 1 or max_conflicts < 1:
+            raise ValueError("checksum_attempts and max_conflicts must be >= 1")
+        self._session = session
+        self._base = base
+        self.base_url = str(base)
+        self.chunk_size_bytes = chunk_size_bytes
+        self.checksum = checksum
+        self._limiter = limiter
+        self._timeout_s = float(request_timeout_s)
+        self._extra_headers = dict(headers or {})
+        self.creation_with_upload = creation_with_upload
+        self.checksum_attempts = checksum_attempts
+        self.max_conflicts = max_conflicts
+        # aiohttp's read timeout starts once the body is written (so a slow, rate-limited body does not
+        # count); the body itself is guarded by the stall deadline in _body.
+        self._client_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout_s, sock_read=self._timeout_s
+        )
+
+    def __repr__(self) -> str:
+        # Headers may carry credentials: never shown.
+        return (
+            f"TusClient({self.base_url!r}, chunk_size_bytes={self.chunk_size_bytes}, "
+            f"checksum={self.checksum!r})"
+        )
+
+    # ---------------------------------------------------------------------------------------- public
+
+    async def create(self, length: int, metadata: Mapping[str, str]) -> str:
+        """``POST`` a new upload of ``length`` bytes; returns its absolute URL."""
+        url, _ = await self._create(length, encode_metadata(metadata), None, _Sent())
+        return url
+
+    async def offset(self, url: str) -> int:
+        """``HEAD``: the offset the server holds. Raises :class:`UploadGone` for 404/410."""
+        offset, _ = await self._head(self._own_url(url), None)
+        return offset
+
+    async def terminate(self, url: str) -> None:
+        """``DELETE`` the upload (termination extension). An upload already gone counts as done."""
+        target = self._own_url(url)
+        headers = self._headers({})
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._session.delete(
+                    target, headers=headers, allow_redirects=False, timeout=self._client_timeout
+                ) as resp:
+                    if resp.status in (404, 410):
+                        return
+                    if resp.status not in (200, 204):
+                        await self._raise_for_status(resp, "DELETE", url, None, 0)
+                    self._check_tus_resumable(resp, "DELETE", url)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._interrupted("DELETE", url, exc, None, 0) from exc
+        log.info("upload %s terminated", _upload_id(url))
+
+    async def upload(
+        self,
+        url: str | None,
+        path: Path,
+        length: int,
+        metadata: Mapping[str, str],
+        *,
+        progress: Callable[[int], None] | None = None,
+        on_created: Callable[[str], None] | None = None,
+    ) -> UploadResult:
+        """Upload the first ``length`` bytes of ``path``, resuming ``url`` when given.
+
+        ``progress(offset)`` is called with each offset the server confirms. ``on_created(url)`` is
+        called as soon as this call creates an upload, before any more content is sent, so the
+        caller can persist the URL and resume it after a crash. Raises an :class:`UplinkError`;
+        every one carries ``.url`` when an upload exists.
+        """
+        if length < 0:
+            raise ValueError(f"upload length must be >= 0, got {length!r}")
+        encoded_metadata = encode_metadata(metadata)
+        path = Path(path)
+        try:
+            file_size = path.stat().st_size
+        except OSError as exc:
+            raise LocalFileError(f"{path}: cannot read the file to upload: {exc}", url=url) from exc
+        if file_size < length:
+            raise LocalFileError(
+                f"{path}: expected at least {length} bytes, the file has {file_size}", url=url
+            )
+
+        sent = _Sent()
+        loop = asyncio.get_running_loop()
+        # One chunk of read-ahead: (offset, size, future) of the chunk after the one on the wire.
+        read_ahead: tuple[int, int, asyncio.Future[_Chunk]] | None = None
+
+        def size_at(offset: int) -> int:
+            return min(self.chunk_size_bytes, length - offset)
+
+        def read(offset: int) -> asyncio.Future[_Chunk]:
+            return loop.run_in_executor(None, _read_chunk, path, offset, size_at(offset), self.checksum)
+
+        async def take(offset: int) -> _Chunk:
+            nonlocal read_ahead
+            future: asyncio.Future[_Chunk] | None = None
+            if read_ahead is not None:
+                ahead_offset, ahead_size, ahead = read_ahead
+                if ahead_offset == offset and ahead_size == size_at(offset):
+                    future, read_ahead = ahead, None
+                elif ahead_offset != offset + size_at(offset):
+                    # The server's offset moved elsewhere (partial PATCH, 409, new upload): stale.
+                    read_ahead = None
+                    ahead.add_done_callback(_retrieve)
+            try:
+                return await (future if future is not None else read(offset))
+            except LocalFileError as exc:
+                exc.url = url
+                raise
+
+        def read_next(after: _Chunk) -> None:
+            nonlocal read_ahead
+            following = after.offset + len(after.data)
+            if following < length and read_ahead is None:
+                read_ahead = (following, size_at(following), read(following))
+
+        created = False
+        resumed_from = 0
+        offset = 0
+        try:
+            if url is not None:
+                url = self._own_url(url)
+                try:
+                    offset, _ = await self._head(url, length)
+                    resumed_from = offset
+                    log.info("upload %s: resuming at %d of %d bytes", _upload_id(url), offset, length)
+                except UploadGone:
+                    log.info("upload %s is gone on the server: starting a new upload", _upload_id(url))
+                    url = None
+            if url is None:
+                url, offset = await self._create_for(path, length, encoded_metadata, sent, take)
+                created = True
+                if on_created is not None:
+                    on_created(url)
+            if progress is not None:
+                progress(offset)
+
+            confirmed = offset  # the highest offset the server confirmed during this call
+            failures_here = 0
+            conflicts = 0
+            recreated = False
+            while offset < length:
+                chunk = await take(offset)
+                read_next(chunk)
+                status, new_offset = await self._patch(url, chunk, length, sent)
+                if status == 204:
+                    assert new_offset is not None
+                    offset = confirmed = new_offset
+                    failures_here = conflicts = 0
+                    if progress is not None:
+                        progress(offset)
+                    continue
+                if status == 460:
+                    failures_here += 1
+                    sent.checksum_retries += 1
+                    log.warning(
+                        "upload %s: checksum of the chunk at %d refused (%d of %d)",
+                        _upload_id(url),
+                        offset,
+                        failures_here,
+                        self.checksum_attempts,
+                    )
+                    if failures_here >= self.checksum_attempts:
+                        raise ChecksumRejected(
+                            f"upload {_upload_id(url)}: the server refused the checksum of the chunk at "
+                            f"offset {offset} {failures_here} times",
+                            url=url,
+                            offset=offset,
+                            attempts=failures_here,
+                        )
+                    continue  # re-read from disk: a flipped bit in our own memory is not re-sent
+                if status == 409:
+                    conflicts += 1
+                    if conflicts > self.max_conflicts:
+                        raise ProtocolViolation(
+                            f"upload {_upload_id(url)}: the server answered 409 (offset conflict) "
+                            f"{conflicts} times in a row at offset {offset}",
+                            url=url,
+                        )
+                    offset, _ = await self._head(url, length)
+                    if offset < confirmed:
+                        raise ProtocolViolation(
+                            f"upload {_upload_id(url)}: the server's offset went back from {confirmed} "
+                            f"(confirmed) to {offset}",
+                            url=url,
+                        )
+                    log.info("upload %s: offset conflict, server is at %d", _upload_id(url), offset)
+                    continue
+                # 404/410 in the middle: the upload expired or was purged under us. Start over once.
+                if recreated:
+                    raise UploadGone(f"upload {_upload_id(url)} disappeared twice during one call", url=url)
+                log.warning(
+                    "upload %s disappeared at offset %d: creating a new upload", _upload_id(url), offset
+                )
+                recreated = True
+                url, offset = await self._create_for(path, length, encoded_metadata, sent, take)
+                confirmed = offset
+                created = True
+                if on_created is not None:
+                    on_created(url)
+                if progress is not None:
+                    progress(offset)
+        finally:
+            if read_ahead is not None:
+                read_ahead[2].add_done_callback(_retrieve)
+
+        log.info(
+            "upload %s complete: %d bytes (%d sent by this call, resumed from %d)",
+            _upload_id(url),
+            length,
+            sent.bytes,
+            resumed_from,
+        )
+        return UploadResult(
+            url=url,
+            bytes_sent=sent.bytes,
+            resumed_from=resumed_from,
+            length=length,
+            created=created,
+            checksum_retries=sent.checksum_retries,
+        )
+
+    # ---------------------------------------------------------------------------------------- requests
+
+    def _headers(self, tus: Mapping[str, str]) -> dict[str, str]:
+        headers = dict(self._extra_headers)
+        headers["Tus-Resumable"] = TUS_VERSION
+        headers.update(tus)
+        return headers
+
+    def _own_url(self, url: str) -> str:
+        """A URL the caller gives must be on the configured origin: station headers go nowhere else."""
+        parsed = URL(url)
+        if not self._same_origin(parsed):
+            raise ValueError(f"upload URL {url!r} is not on the central's origin {self._base.origin()}")
+        return str(parsed)
+
+    def _same_origin(self, url: URL) -> bool:
+        return (
+            url.scheme == self._base.scheme
+            and url.host is not None
+            and self._base.host is not None
+            and url.host.lower() == self._base.host.lower()
+            and url.port == self._base.port
+            and url.user is None
+            and url.password is None
+        )
+
+    def _location(self, resp: aiohttp.ClientResponse) -> str:
+        values = resp.headers.getall("Location", [])
+        if len(values) != 1:
+            raise ProtocolViolation(
+                f"POST: expected one Location header in the 201 answer, found {len(values)}"
+            )
+        raw = values[0]
+        if len(raw) > _MAX_LOCATION_CHARS or not raw.isascii() or not raw.isprintable() or " " in raw:
+            raise ProtocolViolation(f"POST: expected a URL in Location, found {_shown(raw)}")
+        try:
+            target = self._base.join(URL(raw))
+        except ValueError as exc:
+            raise ProtocolViolation(f"POST: expected a URL in Location, found {_shown(raw)}") from exc
+        if not self._same_origin(target) or target.fragment:
+            raise ProtocolViolation(
+                f"POST: expected a Location on the central's origin {self._base.origin()}, "
+                f"found {_shown(raw)}"
+            )
+        if target.path.rstrip("/") == self._base.path.rstrip("/"):
+            raise ProtocolViolation(f"POST: Location names the creation endpoint itself: {_shown(raw)}")
+        return str(target)
+
+    def _check_tus_resumable(self, resp: aiohttp.ClientResponse, request: str, url: str | None) -> None:
+        value = resp.headers.get("Tus-Resumable")
+        if value != TUS_VERSION:
+            raise ProtocolViolation(
+                f"{request}: expected Tus-Resumable: {TUS_VERSION} in the answer, found {_shown(value)}",
+                url=url,
+            )
+
+    @staticmethod
+    def _parse_offset(
+        resp: aiohttp.ClientResponse, request: str, url: str | None, low: int, high: int | None
+    ) -> int:
+        values = resp.headers.getall("Upload-Offset", [])
+        if len(values) != 1:
+            raise ProtocolViolation(
+                f"{request}: expected one Upload-Offset header, found {len(values)}"
+                + (f": {_shown(','.join(values))}" if values else ""),
+                url=url,
+            )
+        raw = values[0]
+        if not _OFFSET_RE.fullmatch(raw):
+            raise ProtocolViolation(
+                f"{request}: expected Upload-Offset as a decimal byte count, found {_shown(raw)}", url=url
+            )
+        offset = int(raw)
+        if offset < low or (high is not None and offset > high):
+            bound = f"{low}..{high}" if high is not None else f">= {low}"
+            raise ProtocolViolation(
+                f"{request}: expected Upload-Offset within {bound}, found {offset}", url=url
+            )
+        return offset
+
+    async def _head(self, url: str, length: int | None) -> tuple[int, int | None]:
+        """HEAD → (offset, Upload-Length or None); checks both against ``length`` when given."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._session.head(
+                    url, headers=self._headers({}), allow_redirects=False, timeout=self._client_timeout
+                ) as resp:
+                    if resp.status not in (200, 204):
+                        await self._raise_for_status(resp, "HEAD", url, None, 0)
+                    self._check_tus_resumable(resp, "HEAD", url)
+                    server_length: int | None = None
+                    raw_length = resp.headers.get("Upload-Length")
+                    if raw_length is not None:
+                        if not _OFFSET_RE.fullmatch(raw_length):
+                            raise ProtocolViolation(
+                                "HEAD: expected Upload-Length as a decimal byte count, "
+                                f"found {_shown(raw_length)}",
+                                url=url,
+                            )
+                        server_length = int(raw_length)
+                        if length is not None and server_length != length:
+                            raise ProtocolViolation(
+                                f"HEAD: the upload at {_upload_id(url)} has Upload-Length {server_length}, "
+                                f"expected {length}",
+                                url=url,
+                            )
+                    high = length if length is not None else server_length
+                    offset = self._parse_offset(resp, "HEAD", url, 0, high)
+                    return offset, server_length
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._interrupted("HEAD", url, exc, None, 0) from exc
+
+    async def _create_for(
+        self,
+        path: Path,
+        length: int,
+        encoded_metadata: str,
+        sent: _Sent,
+        take: Callable[[int], Awaitable[_Chunk]],
+    ) -> tuple[str, int]:
+        """Create an upload for :meth:`upload`; with creation-with-upload the first chunk goes along."""
+        first = None
+        if self.creation_with_upload and length > 0:
+            first = await take(0)
+        url, offset = await self._create(length, encoded_metadata, first, sent)
+        log.info(
+            "upload %s created for %s: %d bytes, server at %d", _upload_id(url), path.name, length, offset
+        )
+        return url, offset
+
+    async def _create(
+        self, length: int, encoded_metadata: str, first: _Chunk | None, sent: _Sent
+    ) -> tuple[str, int]:
+        if length < 0:
+            raise ValueError(f"upload length must be >= 0, got {length!r}")
+        tus = {"Upload-Length": str(length)}
+        if encoded_metadata:
+            tus["Upload-Metadata"] = encoded_metadata
+        if first is not None:
+            tus["Content-Type"] = OFFSET_CONTENT_TYPE
+            tus["Content-Length"] = str(len(first.data))
+            if first.checksum_header is not None:
+                tus["Upload-Checksum"] = first.checksum_header
+        else:
+            tus["Content-Length"] = "0"
+        target = str(self._base)
+        refused_first = False
+        url = ""
+        offset = 0
+        try:
+            async with asyncio.timeout(self._timeout_s) as deadline:
+                body = self._body(first.data, sent, deadline) if first is not None else None
+                async with self._session.post(
+                    target,
+                    headers=self._headers(tus),
+                    data=body,
+                    allow_redirects=False,
+                    timeout=self._client_timeout,
+                ) as resp:
+                    if resp.status == 460 and first is not None:
+                        refused_first = True
+                        sent.checksum_retries += 1
+                    elif resp.status != 201:
+                        await self._raise_for_status(resp, "POST", None, None, sent.bytes)
+                    if not refused_first:
+                        self._check_tus_resumable(resp, "POST", None)
+                        url = self._location(resp)
+                        if first is not None:
+                            if "Upload-Offset" in resp.headers:
+                                offset = self._parse_offset(resp, "POST", url, 0, len(first.data))
+                            else:
+                                offset = -1  # not said: ask
+                    elif "Location" in resp.headers:
+                        # The upload was created and only the chunk discarded: continue with it (HEAD).
+                        url = self._location(resp)
+                        offset = -1
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._interrupted("POST", None, exc, None, sent.bytes) from exc
+        if refused_first and not url:
+            # Refused without saying whether an upload exists: create a plain one (an orphan would expire).
+            log.warning("POST: checksum of the first chunk refused; creating the upload without it")
+            return await self._create(length, encoded_metadata, None, sent)
+        if refused_first:
+            log.warning("POST: checksum of the first chunk refused; upload %s continues", _upload_id(url))
+        if offset < 0:
+            offset, _ = await self._head(url, length)
+        return url, offset
+
+    async def _patch(self, url: str, chunk: _Chunk, length: int, sent: _Sent) -> tuple[int, int | None]:
+        """PATCH one chunk → (204, new offset) | (409, None) | (460, None) | (404/410, None)."""
+        tus = {
+            "Upload-Offset": str(chunk.offset),
+            "Content-Type": OFFSET_CONTENT_TYPE,
+            "Content-Length": str(len(chunk.data)),
+        }
+        if chunk.checksum_header is not None:
+            tus["Upload-Checksum"] = chunk.checksum_header
+        try:
+            async with asyncio.timeout(self._timeout_s) as deadline:
+                async with self._session.patch(
+                    url,
+                    headers=self._headers(tus),
+                    data=self._body(chunk.data, sent, deadline),
+                    allow_redirects=False,
+                    timeout=self._client_timeout,
+                ) as resp:
+                    if resp.status in (409, 460, 404, 410):
+                        return resp.status, None
+                    if resp.status not in (200, 204):
+                        await self._raise_for_status(resp, "PATCH", url, chunk.offset, sent.bytes)
+                    self._check_tus_resumable(resp, "PATCH", url)
+                    end = chunk.offset + len(chunk.data)
+                    # A server may keep less than the whole body (tus: "store as much as possible"), never
+                    # more, and never go back.
+                    new_offset = self._parse_offset(resp, "PATCH", url, chunk.offset, min(end, length))
+                    if new_offset == chunk.offset and len(chunk.data) > 0:
+                        raise ProtocolViolation(
+                            f"PATCH: the server confirmed none of the {len(chunk.data)} bytes at offset "
+                            f"{chunk.offset} and still answered {resp.status}",
+                            url=url,
+                        )
+                    return 204, new_offset
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._interrupted("PATCH", url, exc, chunk.offset, sent.bytes) from exc
+
+    async def _body(self, data: bytes, sent: _Sent, deadline: asyncio.Timeout) -> AsyncIterator[memoryview]:
+        """Stream ``data`` in pieces: rate-limited, and with a stall deadline moved on after each piece
+        the transport accepted (aiohttp drains between pieces), so a body that stops moving fails."""
+        loop = asyncio.get_running_loop()
+        view = memoryview(data)
+        for start in range(0, len(view), _PIECE_BYTES):
+            piece = view[start : start + _PIECE_BYTES]
+            if self._limiter is not None and not self._limiter.unlimited:
+                deadline.reschedule(None)  # waiting for our share of the bandwidth is not a stall
+                await self._limiter.acquire(len(piece))
+            deadline.reschedule(loop.time() + self._timeout_s)
+            sent.bytes += len(piece)
+            yield piece
+        deadline.reschedule(loop.time() + self._timeout_s)
+
+    # ---------------------------------------------------------------------------------------- errors
+
+    def _interrupted(
+        self, request: str, url: str | None, exc: BaseException, offset: int | None, bytes_sent: int
+    ) -> UploadInterrupted:
+        reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        where = f" upload {_upload_id(url)}" if url else ""
+        log.warning("%s%s interrupted: %s", request, where, reason)
+        return UploadInterrupted(
+            f"{request}{where} interrupted: {_sanitise(reason, _MAX_DETAIL_CHARS)}",
+            url=url,
+            offset=offset,
+            bytes_sent=bytes_sent,
+        )
+
+    async def _raise_for_status(
+        self, resp: aiohttp.ClientResponse, request: str, url: str | None, offset: int | None, bytes_sent: int
+    ) -> None:
+        status = resp.status
+        if status in (404, 410):
+            raise UploadGone(
+                f"{request}: the server does not know upload {_upload_id(url or '')} ({status})", url=url
+            )
+        body_text, error, detail = await self._error_body(resp)
+        if status >= 500 or status in _TRANSIENT_STATUSES:
+            raise UploadInterrupted(
+                f"{request}: the server answered {status}: {detail or body_text or '(no body)'}",
+                url=url,
+                status=status,
+                offset=offset,
+                bytes_sent=bytes_sent,
+            )
+        log.warning("%s refused with %d: %s %s", request, status, error or "", detail or body_text)
+        raise ServerRejected(status, body_text, url=url, request=request, error=error, detail=detail)
+
+    @staticmethod
+    async def _error_body(resp: aiohttp.ClientResponse) -> tuple[str, str | None, str | None]:
+        """(sanitised body text, JSON ``error``, JSON ``detail``), reading at most a few KiB."""
+        raw = b""
+        try:
+            while len(raw) < _MAX_ERROR_BODY_BYTES:
+                part = await resp.content.read(_MAX_ERROR_BODY_BYTES - len(raw))
+                if not part:
+                    break
+                raw += part
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            pass  # the status is the message; a body we cannot read adds nothing
+        text = raw.decode("utf-8", errors="replace")
+        error: str | None = None
+        detail: str | None = None
+        try:
+            doc = parse_json(raw)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            if isinstance(doc.get("error"), str):
+                error = _sanitise(doc["error"], 64)
+            if isinstance(doc.get("detail"), str):
+                detail = _sanitise(doc["detail"], _MAX_DETAIL_CHARS)
+        return _sanitise(text, _MAX_DETAIL_CHARS), error, detail
+
+
+def _retrieve(fut: asyncio.Future[_Chunk]) -> None:
+    """Consume the outcome of an abandoned read-ahead so nothing is reported as never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
