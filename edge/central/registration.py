@@ -84,6 +84,12 @@ class RejectCode(StrEnum):
     BAD_CHECKPOINT = "bad_checkpoint"
     BAD_CHAIN = "bad_chain"
     STORE_DAMAGED = "store_damaged"
+    # HTTP-level refusals shared by every endpoint.
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    TOO_LARGE = "too_large"
+    ACCESS_LOG_UNAVAILABLE = "access_log_unavailable"
+    INTERNAL_ERROR = "internal_error"
 
 
 HTTP_STATUS: dict[RejectCode, int] = {
@@ -106,6 +112,11 @@ HTTP_STATUS: dict[RejectCode, int] = {
     RejectCode.BAD_CHAIN: 422,
     # The central's own storage is damaged: the station keeps its copy and retries later.
     RejectCode.STORE_DAMAGED: 500,
+    RejectCode.FORBIDDEN: 403,
+    RejectCode.NOT_FOUND: 404,
+    RejectCode.TOO_LARGE: 413,
+    RejectCode.ACCESS_LOG_UNAVAILABLE: 503,
+    RejectCode.INTERNAL_ERROR: 500,
 }
 
 

@@ -7,22 +7,28 @@ station does, so the central is tested against what stations really send.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge.central.config import CentralConfig
+from edge.central.identity import client_ssl_context, enroll_reader, enroll_station, init_central
 from edge.central.index import CentralIndex
 from edge.central.log import MerkleLog
 from edge.central.log import create_schema as create_log_schema
 from edge.central.objects import FileObjectStore
 from edge.central.registration import Caller, Registrar
+from edge.central.service import RunningCentral, start_central
 from edge.central.tus_store import TusUploadStore
-from edge.custody.canonical import sha256_hex
+from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Checkpoint, EntryType, Ledger, LedgerEntry, station_time_now
 from edge.custody.manifest import manifest_bytes, sign_manifest
@@ -197,3 +203,135 @@ def parts(tmp_path: Path) -> Iterator[CentralParts]:
     built = make_central_parts(tmp_path / "central")
     yield built
     built.index.close()
+
+
+# -- a central on a real socket ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def central_config(store_dir: Path, *, dev: bool, **uploads: Any) -> CentralConfig:
+    return CentralConfig.model_validate({
+        "central": {"id": "central-test", "store_dir": str(store_dir)},
+        "server": {"listen": "127.0.0.1", "port": free_port(), "insecure_plain_http": dev,
+                   "names": ["localhost", "127.0.0.1"]},
+        "uploads": uploads,
+    })
+
+
+@dataclass
+class HttpCentral:
+    """A running central and what a test needs to talk to it."""
+
+    running: RunningCentral
+    config: CentralConfig
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return self.running.url
+
+    @property
+    def index(self) -> CentralIndex:
+        return self.running.parts.index
+
+    @property
+    def central_public_key(self) -> Ed25519PublicKey:
+        return self.running.parts.signing_key.public_key()
+
+    def enroll_tls(self, station: FakeStation) -> Path:
+        """Issue the station a client certificate (as `edge central enroll` does) and enrol it."""
+        pub = self.workdir / f"{station.station_id}.pub"
+        pub.write_bytes(station.key.public_pem())
+        bundle = self.workdir / f"bundle-{station.station_id}-{uuid.uuid4().hex[:8]}"
+        enrollment = enroll_station(self.config, station.station_id, signing_key_pub=pub, out_dir=bundle)
+        key_b64 = enrollment.signing_public_key_b64
+        assert key_b64 is not None
+        self.index.enroll_station(station.station_id, key_b64, enrollment.cert_sha256)
+        return bundle
+
+    def enroll_reader_tls(self, name: str) -> Path:
+        bundle = self.workdir / f"reader-{name}-{uuid.uuid4().hex[:8]}"
+        enrollment = enroll_reader(self.config, name, out_dir=bundle)
+        self.index.enroll_reader(name, enrollment.cert_sha256)
+        return bundle
+
+
+async def start_http_central(workdir: Path, *, dev: bool, **uploads: Any) -> HttpCentral:
+    config = central_config(workdir / "central-store", dev=dev, **uploads)
+    if dev:
+        running = await start_central(config, signing_key=StationKey.generate())
+    else:
+        init_central(config)
+        running = await start_central(config)
+    return HttpCentral(running, config, workdir)
+
+
+@pytest.fixture
+async def dev_central(tmp_path: Path) -> AsyncIterator[HttpCentral]:
+    central = await start_http_central(tmp_path, dev=True)
+    yield central
+    await central.running.stop()
+
+
+@pytest.fixture
+async def tls_central(tmp_path: Path) -> AsyncIterator[HttpCentral]:
+    central = await start_http_central(tmp_path, dev=False)
+    yield central
+    await central.running.stop()
+
+
+def tls_session(bundle: Path) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl_context(bundle)))
+
+
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+async def tus_upload(
+    session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str] | None = None,
+    *, length: int | None = None,
+) -> str:
+    """Create a tus upload and send ``data`` in one PATCH; returns the upload id."""
+    base = {**TUS, **(headers or {})}
+    async with session.post(f"{url}/v1/uploads", headers={
+        **base, "Upload-Length": str(len(data) if length is None else length),
+    }) as created:
+        assert created.status == 201, await created.text()
+        location = created.headers["Location"]
+    upload_id = location.rstrip("/").rsplit("/", 1)[-1]
+    async with session.patch(f"{url}/v1/uploads/{upload_id}", data=data, headers={
+        **base, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream",
+    }) as patched:
+        assert patched.status == 204, await patched.text()
+    return upload_id
+
+
+async def post_json(
+    session: aiohttp.ClientSession, url: str, doc: object, headers: Mapping[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    async with session.post(url, data=canonical_json(doc), headers={
+        "Content-Type": "application/json", **(headers or {}),
+    }) as response:
+        return response.status, await response.json()
+
+
+async def get_json(
+    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str] | None = None
+) -> tuple[int, Any]:
+    async with session.get(url, headers=dict(headers or {})) as response:
+        return response.status, await response.json()
+
+
+async def register_over_http(
+    session: aiohttp.ClientSession, central_url: str, station: FakeStation, acquired: Acquired,
+    headers: Mapping[str, str] | None = None, *, after: int = 0,
+) -> tuple[int, dict[str, Any]]:
+    """Upload the content with tus and register it with the ledger segment since ``after``."""
+    upload = await tus_upload(session, central_url, acquired.content, headers)
+    body = {"upload": upload, "manifest": acquired.manifest, "ledger": station.segment(after)}
+    return await post_json(session, f"{central_url}/v1/stations/{station.station_id}/items", body, headers)

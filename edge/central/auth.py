@@ -1,0 +1,214 @@
+"""Who is calling: stations and readers (auditors), from the mutual-TLS client certificate.
+
+With TLS, the certificate was already verified against the central CA by the handshake; here its
+subject names the caller (CN) and its role (OU ``station`` or ``auditor``), and the index must know it:
+an enrolled, active station or reader whose enrolled certificate is exactly this one (so the old
+certificate of a re-enrolled station stops working). Revocation is the index's status, checked on every
+request, so ``edge central revoke`` takes effect at once.
+
+Development mode (``[server] insecure_plain_http = true``) takes the identity from a header
+(``X-Edge-Station`` / ``X-Edge-Reader``): anyone can claim anything. It is off unless configured and
+says so in a warning at start and on requests (at most once a minute).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from edge.central.identity import AUDITOR_OU, STATION_OU, PeerIdentityError, peer_identity
+from edge.central.index import CentralIndex, CentralIndexError, validate_reader_name, validate_station_id
+from edge.central.registration import Caller, RejectCode, Rejection
+
+__all__ = [
+    "DEV_READER_HEADER",
+    "DEV_STATION_HEADER",
+    "Authenticator",
+    "PeerCertificate",
+    "Principal",
+    "peer_certificate",
+]
+
+log = logging.getLogger(__name__)
+
+DEV_STATION_HEADER = "X-Edge-Station"
+DEV_READER_HEADER = "X-Edge-Reader"
+_DEV_WARNING_INTERVAL_S = 60.0
+
+
+@dataclass(frozen=True)
+class PeerCertificate:
+    """The verified client certificate of a TLS connection."""
+
+    subject: dict[str, Any]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: ``kind`` is ``station`` or ``reader``."""
+
+    kind: str
+    name: str
+
+
+def peer_certificate(request: web.Request) -> PeerCertificate | None:
+    """The client certificate of the request's TLS connection, None on plain HTTP or without one."""
+    transport = request.transport
+    if transport is None:
+        return None
+    ssl_object = transport.get_extra_info("ssl_object")
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    subject = ssl_object.getpeercert()
+    if not der or not subject:
+        return None
+    return PeerCertificate(dict(subject), hashlib.sha256(der).hexdigest())
+
+
+RejectionSink = Callable[[Rejection, str | None, str | None], object]
+"""Records a refusal: (rejection, claimed station or None, remote address)."""
+
+
+def _discard(rejection: Rejection, station: str | None, remote: str | None) -> None:
+    log.warning("refused %s (station %s): %s: %s", remote, station, rejection.code, rejection.detail)
+
+
+class Authenticator:
+    """Turns a request into an enrolled caller or a :class:`Rejection`, which ``on_reject`` records."""
+
+    def __init__(self, index: CentralIndex, *, dev_mode: bool, on_reject: RejectionSink = _discard) -> None:
+        self.index = index
+        self.dev_mode = dev_mode
+        self._on_reject = on_reject
+        self._last_dev_warning = float("-inf")
+
+    def __repr__(self) -> str:
+        return f"Authenticator(dev_mode={self.dev_mode})"
+
+    def _warn_dev(self, request: web.Request, who: str) -> None:
+        now = time.monotonic()
+        if now - self._last_dev_warning >= _DEV_WARNING_INTERVAL_S:
+            self._last_dev_warning = now
+            log.warning(
+                "INSECURE DEVELOPMENT MODE: plain HTTP, %s %s taken from a request header without any "
+                "authentication (from %s); never use this outside a test bench", request.method, who,
+                request.remote,
+            )
+
+    def _certificate(self, request: web.Request, role: str) -> tuple[str, str]:
+        """(name, certificate sha256) of a TLS caller with the given OU role."""
+        cert = peer_certificate(request)
+        if cert is None:
+            raise Rejection(RejectCode.UNAUTHENTICATED, "no client certificate: this endpoint requires "
+                                                        "mutual TLS with a certificate from the central CA")
+        try:
+            name, unit = peer_identity(cert.subject)
+        except PeerIdentityError as exc:
+            raise Rejection(RejectCode.UNAUTHENTICATED, str(exc)) from None
+        if unit != role:
+            raise Rejection(RejectCode.FORBIDDEN, f"a certificate with OU={unit!r} ({name}) cannot use this "
+                                                  f"endpoint; it needs OU={role}")
+        return name, cert.sha256
+
+    def station(self, request: web.Request) -> Caller:
+        """The calling station, enrolled and active; raises :class:`Rejection` (recorded)."""
+        claimed: list[str] = []
+        try:
+            return self._station(request, claimed)
+        except Rejection as rejection:
+            self._on_reject(rejection, claimed[0] if claimed else None, request.remote)
+            raise
+
+    def _station(self, request: web.Request, claimed_out: list[str]) -> Caller:
+        cert_sha: str | None = None
+        if self.dev_mode:
+            claimed = request.headers.get(DEV_STATION_HEADER, "")
+            if not claimed:
+                raise Rejection(RejectCode.UNAUTHENTICATED, f"development mode: the request carries no "
+                                                            f"{DEV_STATION_HEADER} header")
+            try:
+                station_id = validate_station_id(claimed)
+            except CentralIndexError as exc:
+                raise Rejection(RejectCode.UNAUTHENTICATED, f"{DEV_STATION_HEADER}: {exc}") from None
+            self._warn_dev(request, f"station {station_id}")
+        else:
+            station_id, cert_sha = self._certificate(request, STATION_OU)
+        claimed_out.append(station_id)
+        record = self.index.station(station_id)
+        if record is None:
+            raise Rejection(
+                RejectCode.UNKNOWN_STATION,
+                f"station {station_id} is not enrolled at this central",
+            )
+        if not record.active:
+            raise Rejection(RejectCode.STATION_REVOKED, f"station {station_id} was revoked at "
+                                                        f"{record.revoked_utc}: {record.revoke_reason}")
+        if cert_sha is not None and cert_sha != record.cert_sha256:
+            raise Rejection(
+                RejectCode.STATION_REVOKED,
+                f"station {station_id} presented certificate {cert_sha}, "
+                f"but its enrolled certificate is {record.cert_sha256} "
+                "(re-enrolment replaced the old one)",
+            )
+        return Caller(record, request.remote)
+
+    def reader(self, request: web.Request) -> str:
+        """The calling reader (auditor); raises :class:`Rejection` (recorded)."""
+        try:
+            return self._reader(request)
+        except Rejection as rejection:
+            self._on_reject(rejection, None, request.remote)
+            raise
+
+    def _reader(self, request: web.Request) -> str:
+        if self.dev_mode:
+            claimed = request.headers.get(DEV_READER_HEADER, "")
+            if not claimed:
+                raise Rejection(RejectCode.UNAUTHENTICATED, f"development mode: the request carries no "
+                                                            f"{DEV_READER_HEADER} header")
+            try:
+                name = validate_reader_name(claimed)
+            except CentralIndexError as exc:
+                raise Rejection(RejectCode.UNAUTHENTICATED, f"{DEV_READER_HEADER}: {exc}") from None
+            self._warn_dev(request, f"reader {name}")
+            record = self.index.reader(name)
+            # Development readers need no enrolment, but a revoked one stays revoked.
+            if record is not None and not record.active:
+                raise Rejection(RejectCode.FORBIDDEN, f"reader {name} was revoked")
+            return name
+        name, cert_sha = self._certificate(request, AUDITOR_OU)
+        record = self.index.reader(name)
+        if record is None:
+            raise Rejection(RejectCode.FORBIDDEN, f"reader {name} is not enrolled at this central")
+        if not record.active:
+            raise Rejection(RejectCode.FORBIDDEN, f"reader {name} was revoked")
+        if cert_sha != record.cert_sha256:
+            raise Rejection(RejectCode.FORBIDDEN, f"reader {name} presented certificate {cert_sha}, not its "
+                                                  f"enrolled certificate {record.cert_sha256}")
+        return name
+
+    def station_or_reader(self, request: web.Request) -> Principal:
+        """Either kind of caller (the Merkle log endpoints are public to both)."""
+        if self.dev_mode:
+            if request.headers.get(DEV_READER_HEADER):
+                return Principal("reader", self.reader(request))
+            return Principal("station", self.station(request).station_id)
+        cert = peer_certificate(request)
+        unit = None
+        if cert is not None:
+            try:
+                unit = peer_identity(cert.subject)[1]
+            except PeerIdentityError:
+                unit = None
+        if unit == AUDITOR_OU:
+            return Principal("reader", self.reader(request))
+        return Principal("station", self.station(request).station_id)

@@ -1,0 +1,139 @@
+"""Running the central receiver: under systemd (`run_central`) or inside a test or demo (`start_central`).
+
+`run_central` blocks until SIGTERM or SIGINT, tells systemd when it is ready (Type=notify) and pings the
+watchdog while the event loop turns. The application is served over HTTPS with mutual TLS; plain HTTP
+only in the development mode the configuration must ask for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import ssl
+
+from aiohttp import web
+
+from edge.central.app import CENTRAL, CentralParts, build_app
+from edge.central.config import CentralConfig
+from edge.central.identity import server_ssl_context
+from edge.custody.keys import StationKey
+from edge.sdnotify import SystemdNotifier
+
+__all__ = ["RunningCentral", "run_central", "start_central"]
+
+log = logging.getLogger(__name__)
+
+# How long in-flight requests get to finish at shutdown (a registration is short; uploads resume).
+_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+class RunningCentral:
+    """A central serving in the current event loop."""
+
+    def __init__(self, runner: web.AppRunner, parts: CentralParts, url: str, port: int) -> None:
+        self._runner = runner
+        self.parts = parts
+        self.url = url
+        self.port = port
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return f"RunningCentral(url={self.url!r})"
+
+    async def stop(self) -> None:
+        """Stop listening, let requests finish (bounded), close the index. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._runner.cleanup()
+        log.info("central at %s stopped", self.url)
+
+
+def _url_host(listen: str) -> str:
+    """A host for URLs to reach a server bound to ``listen`` (an unspecified address means this host)."""
+    try:
+        address = ipaddress.ip_address(listen)
+    except ValueError:
+        return listen
+    if address.is_unspecified:
+        return "127.0.0.1" if address.version == 4 else "[::1]"
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
+async def start_central(config: CentralConfig, *, signing_key: StationKey | None = None) -> RunningCentral:
+    """Build the application and serve it on the configured address; stop it with ``.stop()``."""
+    ssl_context: ssl.SSLContext | None = None
+    if not config.server.insecure_plain_http:
+        ssl_context = server_ssl_context(config)
+    app = build_app(config, signing_key=signing_key)
+    runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT_S, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner, host=config.server.listen, port=config.server.port, ssl_context=ssl_context
+        )
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = int(runner.addresses[0][1])
+    scheme = "http" if ssl_context is None else "https"
+    url = f"{scheme}://{_url_host(config.server.listen)}:{port}"
+    if ssl_context is None:
+        log.warning("central %s listening on %s WITHOUT TLS (insecure_plain_http = true): development only",
+                    config.central.id, url)
+    else:
+        log.info("central %s listening on %s (mutual TLS)", config.central.id, url)
+    return RunningCentral(runner, app[CENTRAL], url, port)
+
+
+def run_central(config: CentralConfig) -> int:
+    """Serve until SIGTERM/SIGINT; 0 on a clean stop, 1 when the server cannot start (port in use, ...).
+
+    Identity problems (missing CA or keys) raise :class:`edge.central.identity.IdentityError` for the
+    command line to report.
+    """
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: CentralConfig) -> int:
+    notifier = SystemdNotifier()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        try:
+            running = await start_central(config)
+        except OSError as exc:
+            log.error("central cannot listen on %s:%d: %s", config.server.listen, config.server.port, exc)
+            return 1
+        notifier.ready(f"central {config.central.id} serving on {running.url}")
+        watchdog = asyncio.create_task(_watchdog(notifier), name="central-watchdog")
+        try:
+            await stop.wait()
+            log.info("central %s stopping", config.central.id)
+            notifier.stopping("stopping")
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            await running.stop()
+        return 0
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        notifier.close()
+
+
+async def _watchdog(notifier: SystemdNotifier) -> None:
+    """Ping while the event loop turns: a blocked loop stops the pings and systemd restarts us."""
+    period_s = notifier.watchdog_period_s
+    if period_s is None:
+        return
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(period_s)
