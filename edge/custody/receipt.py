@@ -64,7 +64,7 @@ MAX_PROOF_HASHES = 53
 
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _KEY_ID_RE = re.compile(r"[0-9a-f]{32}")
-_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 # Exactly the strings str(uuid.UUID(...)) produces, as the manifest requires.
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _STATION_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -81,6 +81,8 @@ def _show(value: object) -> str:
     """A bounded rendering of a hostile value for a problem message."""
     if isinstance(value, str):
         return repr(value[:80]) + ("..." if len(value) > 80 else "")
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"  # repr of a huge int may even raise
     if isinstance(value, bool | int | float) or value is None:
         text = repr(value)
         return text if len(text) <= 40 else text[:40] + "..."

@@ -160,6 +160,7 @@ HOSTILE_TREE_HEAD_FIELDS: list[tuple[str, Any]] = [
     ("tree_size", False),
     ("tree_size", -1),
     ("tree_size", 2**53),
+    ("tree_size", 2**20_000),
     ("tree_size", 11.0),
     ("tree_size", "11"),
     ("tree_size", None),
@@ -173,6 +174,7 @@ HOSTILE_TREE_HEAD_FIELDS: list[tuple[str, Any]] = [
     ("time", "2024-05-01 09:00:00.000000Z"),
     ("time", "2024-05-01T09:00:00.000000+08:00"),
     ("time", 1714554000),
+    ("time", "٢٠٢٤-05-01T09:00:00.000000Z"),
     ("key_id", "AB" * 16),
     ("key_id", "ab" * 17),
     ("key_id", None),
@@ -186,7 +188,10 @@ HOSTILE_TREE_HEAD_FIELDS: list[tuple[str, Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("name", "value"), HOSTILE_TREE_HEAD_FIELDS)
+@pytest.mark.parametrize(
+    ("name", "value"), HOSTILE_TREE_HEAD_FIELDS,
+    ids=[f"{name}-{number}" for number, (name, _) in enumerate(HOSTILE_TREE_HEAD_FIELDS)],
+)
 def test_hostile_tree_head_field_is_named(head: TreeHead, central_key: StationKey, name: str,
                                           value: Any) -> None:
     doc = {**head.to_dict(), name: value}
