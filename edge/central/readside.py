@@ -224,21 +224,26 @@ class ReadSide:
         try:
             await response.prepare(request)
             digest = hashlib.sha256()
-            sent = 0
+            read = 0
+            # The last chunk is held back until the whole object hashed right, so that a damaged object
+            # ends in a truncated response (the client notices), never in a complete one.
+            held = b""
             while chunk := await asyncio.to_thread(stream.read, _STREAM_CHUNK_BYTES):
-                if sent + len(chunk) > record.size:
+                read += len(chunk)
+                if read > record.size:
                     break
                 digest.update(chunk)
-                sent += len(chunk)
-                await response.write(chunk)
-            if sent != record.size or digest.hexdigest() != record.sha256:
-                log.error("item %s: object %s does not hash to its name while being served (%d bytes); the "
-                          "response was cut off; run `edge verify`", record.item, record.sha256, sent)
-                # Closing without completing the body: the client sees a truncated response, never a
-                # complete one with wrong bytes.
+                if held:
+                    await response.write(held)
+                held = chunk
+            if read != record.size or digest.hexdigest() != record.sha256:
+                log.error("item %s: object %s does not hash to its name while being served (%d bytes read); "
+                          "the response was cut off; run `edge verify`", record.item, record.sha256, read)
                 if request.transport is not None:
                     request.transport.close()
                 return response
+            if held:
+                await response.write(held)
             await response.write_eof()
         finally:
             stream.close()
