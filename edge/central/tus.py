@@ -1,0 +1,763 @@
+"""tus 1.0.0 server on aiohttp: core, creation, creation-with-upload, expiration, checksum, termination.
+
+Mounted by the central application with :func:`add_tus_routes`; the files live in a
+:class:`~edge.central.tus_store.TusUploadStore` (see there for durability and the commit rule).
+
+Who may touch an upload: ``identify(request)`` (supplied by the application: the mTLS certificate's
+station, or a header in development mode) names the caller; an upload belongs to the station that created
+it, and any other station gets the same 404 as for an upload that never existed.
+
+Every refusal is a JSON body ``{"error": code, "detail": sentence}`` naming the header and what was wrong.
+Request bodies stream to disk in blocks of at most ``_WRITE_BLOCK_BYTES`` whatever their size; a body that
+sends nothing for ``chunk_timeout_s`` ends the request (408, connection closed), keeping the bytes that
+arrived unless the request declared a checksum (a partial chunk cannot be verified).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import email.utils
+import errno
+import functools
+import json
+import logging
+import re
+import unicodedata
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from edge.central.tus_store import (
+    CHECKSUM_ALGORITHMS,
+    ChecksumMismatchError,
+    ChunkChecksum,
+    OffsetMismatchError,
+    TusUploadStore,
+    UploadBusyError,
+    UploadExpiredError,
+    UploadInfo,
+    UploadNotFoundError,
+    UploadTooLargeError,
+    UploadWrite,
+    is_upload_id,
+)
+
+__all__ = [
+    "METADATA_MAX_CHARS",
+    "OFFSET_OCTET_STREAM",
+    "TUS_EXTENSIONS",
+    "TUS_VERSION",
+    "Identify",
+    "OnComplete",
+    "TusHeaderError",
+    "TusRequestError",
+    "add_tus_routes",
+    "encode_upload_metadata",
+    "http_date",
+    "parse_decimal",
+    "parse_upload_checksum",
+    "parse_upload_metadata",
+    "tus_purge_task",
+]
+
+log = logging.getLogger(__name__)
+
+TUS_VERSION = "1.0.0"
+TUS_EXTENSIONS = ("creation", "creation-with-upload", "expiration", "checksum", "termination")
+OFFSET_OCTET_STREAM = "application/offset+octet-stream"
+# Whole Upload-Metadata header; the station sends three short pairs.
+METADATA_MAX_CHARS = 4096
+METADATA_MAX_PAIRS = 32
+METADATA_KEY_MAX_CHARS = 64
+# A 64-bit byte count has at most 19 decimal digits; anything longer is not a size.
+_MAX_DECIMAL_DIGITS = 19
+_DECIMAL_RE = re.compile(r"[0-9]+")
+_METADATA_KEY_RE = re.compile(r"[!-+\--~]+")  # printable ASCII without space and comma
+_SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
+_ITEM_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_WRITE_BLOCK_BYTES = 1024 * 1024
+_REASONS = {460: "Checksum Mismatch"}
+
+Identify = Callable[[web.Request], Awaitable[str]]
+OnComplete = Callable[[UploadInfo], Awaitable[None]]
+_T = TypeVar("_T")
+
+
+class TusHeaderError(ValueError):
+    """A tus request header is malformed; ``header`` names it."""
+
+    def __init__(self, header: str, problem: str) -> None:
+        super().__init__(f"{header}: {problem}")
+        self.header = header
+        self.problem = problem
+
+
+class TusRequestError(Exception):
+    """A refusal the server answers with ``status`` and a JSON error body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        close: bool = False,
+    ) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.close = close
+
+
+# -- pure header codecs --------------------------------------------------------------------------------
+
+
+def parse_decimal(header: str, value: str) -> int:
+    """A non-negative decimal byte count as tus sends it (ASCII digits only, no sign, no spaces)."""
+    if not value:
+        raise TusHeaderError(header, "expected a non-negative decimal integer, got an empty value")
+    if _DECIMAL_RE.fullmatch(value) is None:
+        raise TusHeaderError(header, f"expected a non-negative decimal integer, got {value[:40]!r}")
+    if len(value) > _MAX_DECIMAL_DIGITS:
+        raise TusHeaderError(header, f"expected at most {_MAX_DECIMAL_DIGITS} digits, got {len(value)}")
+    return int(value)
+
+
+def _has_control(text: str) -> bool:
+    # Format characters (bidi overrides, zero-width) can make a displayed name lie about itself.
+    return any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
+
+
+def parse_upload_metadata(value: str) -> dict[str, str]:
+    """Decode ``Upload-Metadata``: comma-separated ``key base64value`` pairs (value optional).
+
+    Keys are unique printable ASCII without spaces or commas; values must decode to UTF-8 text without
+    control or format characters (metadata is displayed and logged, never used as a path). Known keys
+    are checked: ``sha256`` is 64 lowercase hex, ``item`` is an item id.
+    """
+    header = "Upload-Metadata"
+    if len(value) > METADATA_MAX_CHARS:
+        raise TusHeaderError(header, f"expected at most {METADATA_MAX_CHARS} characters, got {len(value)}")
+    if not value.strip():
+        return {}
+    pairs = value.split(",")
+    if len(pairs) > METADATA_MAX_PAIRS:
+        raise TusHeaderError(header, f"expected at most {METADATA_MAX_PAIRS} pairs, got {len(pairs)}")
+    metadata: dict[str, str] = {}
+    for index, pair in enumerate(pairs):
+        parts = pair.strip(" ").split(" ")
+        key = parts[0]
+        if not key:
+            raise TusHeaderError(header, f"pair {index + 1} has no key")
+        if len(parts) > 2:
+            raise TusHeaderError(
+                header, f"pair {index + 1} ({key[:40]!r}): expected 'key value', got more spaces"
+            )
+        if len(key) > METADATA_KEY_MAX_CHARS or _METADATA_KEY_RE.fullmatch(key) is None:
+            raise TusHeaderError(
+                header,
+                f"pair {index + 1}: key {key[:40]!r} must be 1-{METADATA_KEY_MAX_CHARS} printable ASCII "
+                "characters without spaces or commas",
+            )
+        if key in metadata:
+            raise TusHeaderError(header, f"key {key!r} appears twice")
+        encoded = parts[1] if len(parts) == 2 else ""
+        try:
+            raw = base64.b64decode(encoded.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise TusHeaderError(header, f"key {key!r}: value is not valid base64") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TusHeaderError(header, f"key {key!r}: value is not UTF-8 text") from None
+        if _has_control(text):
+            raise TusHeaderError(header, f"key {key!r}: value contains control or format characters")
+        metadata[key] = text
+    if "sha256" in metadata and _SHA256_HEX_RE.fullmatch(metadata["sha256"]) is None:
+        raise TusHeaderError(
+            header, f"key 'sha256': expected 64 lowercase hex, got {metadata['sha256'][:80]!r}"
+        )
+    if "item" in metadata and _ITEM_RE.fullmatch(metadata["item"]) is None:
+        raise TusHeaderError(
+            header, f"key 'item': expected 1-128 of [A-Za-z0-9._:-], got {metadata['item'][:80]!r}"
+        )
+    return metadata
+
+
+def encode_upload_metadata(metadata: Mapping[str, str]) -> str:
+    """The ``Upload-Metadata`` form of ``metadata`` (inverse of :func:`parse_upload_metadata`)."""
+    return ",".join(
+        f"{key} {base64.b64encode(value.encode('utf-8')).decode('ascii')}" if value else key
+        for key, value in metadata.items()
+    )
+
+
+def parse_upload_checksum(value: str) -> ChunkChecksum:
+    """``Upload-Checksum: <algorithm> <base64 digest>`` for the request body."""
+    header = "Upload-Checksum"
+    parts = value.split(" ")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise TusHeaderError(header, f"expected '<algorithm> <base64 digest>', got {value[:80]!r}")
+    algorithm, encoded = parts
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        supported = ",".join(CHECKSUM_ALGORITHMS)
+        raise TusHeaderError(header, f"unsupported algorithm {algorithm[:40]!r}; supported: {supported}")
+    try:
+        digest = base64.b64decode(encoded.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise TusHeaderError(header, f"{algorithm} digest is not valid base64: {encoded[:80]!r}") from None
+    size = len(CHECKSUM_ALGORITHMS[algorithm]().digest())
+    if len(digest) != size:
+        raise TusHeaderError(header, f"a {algorithm} digest has {size} bytes, got {len(digest)}")
+    return ChunkChecksum(algorithm, digest)
+
+
+def http_date(moment: datetime) -> str:
+    """RFC 7231 IMF-fixdate of an aware time, as ``Upload-Expires`` requires."""
+    if moment.tzinfo is None:
+        raise ValueError("http_date needs a timezone-aware datetime")
+    return email.utils.formatdate(moment.timestamp(), usegmt=True)
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+async def _blocking(fn: Callable[..., _T], *args: object) -> _T:
+    """Run ``fn`` in a worker thread; a cancelled caller still waits for it (two threads must never
+    touch one upload file at once), then re-raises the cancellation."""
+    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved, so asyncio does not log it as lost
+        raise
+
+
+def _single_header(request: web.Request, name: str) -> str | None:
+    values = request.headers.getall(name, [])
+    if len(values) > 1:
+        raise TusRequestError(400, "bad_header", f"{name}: expected one header, got {len(values)}")
+    return values[0] if values else None
+
+
+def _bad_header(exc: TusHeaderError) -> TusRequestError:
+    code = "bad_metadata" if exc.header == "Upload-Metadata" else "bad_header"
+    return TusRequestError(400, code, str(exc))
+
+
+def _base_headers() -> dict[str, str]:
+    return {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store"}
+
+
+def _error_response(request: web.Request, err: TusRequestError) -> web.Response:
+    headers = _base_headers()
+    headers.update(err.headers)
+    body = json.dumps({"error": err.code, "detail": err.detail}).encode("utf-8")
+    response = web.Response(
+        status=err.status,
+        reason=_REASONS.get(err.status),
+        body=body,
+        content_type="application/json",
+        headers=headers,
+    )
+    # No keep-alive after a refused body: the server drains it for a bounded time, then closes.
+    if err.close or (request.body_exists and not request.content.is_eof()):
+        response.force_close()
+    return response
+
+
+@dataclass(frozen=True)
+class _Creation:
+    station: str
+    length: int
+    metadata: dict[str, str]
+    checksum: ChunkChecksum | None
+
+
+class _TusEndpoints:
+    def __init__(
+        self,
+        store: TusUploadStore,
+        identify: Identify,
+        chunk_timeout_s: float,
+        on_complete: OnComplete | None,
+    ) -> None:
+        self._store = store
+        self._identify = identify
+        self._chunk_timeout_s = chunk_timeout_s
+        self._on_complete = on_complete
+
+    # -- request plumbing ----------------------------------------------------------------------------
+
+    def guarded(
+        self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        @functools.wraps(handler)
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except TusRequestError as err:
+                level = logging.INFO if err.status in (404, 409, 410) else logging.WARNING
+                log.log(
+                    level,
+                    "tus %s %r refused: %d %s: %s",
+                    request.method,
+                    request.path,
+                    err.status,
+                    err.code,
+                    err.detail,
+                )
+                response = _error_response(request, err)
+                if err.close:
+                    # A stalled client: answer, then drop the connection at once rather than let the
+                    # server linger on a body that is not coming.
+                    await response.prepare(request)
+                    await response.write_eof()
+                    if request.transport is not None:
+                        request.transport.close()
+                return response
+
+        return wrapped
+
+    @staticmethod
+    def _check_version(request: web.Request) -> None:
+        values = request.headers.getall("Tus-Resumable", [])
+        if values != [TUS_VERSION]:
+            got = "no Tus-Resumable header" if not values else f"Tus-Resumable {', '.join(values)[:40]!r}"
+            raise TusRequestError(
+                412,
+                "tus_version",
+                f"Tus-Resumable: this server speaks tus {TUS_VERSION}, the request sent {got}",
+                headers={"Tus-Version": TUS_VERSION},
+            )
+
+    async def _caller(self, request: web.Request) -> str:
+        station = await self._identify(request)
+        if not isinstance(station, str) or not station:
+            raise TusRequestError(403, "no_identity", "the request carries no station identity")
+        return station
+
+    async def _owned(self, request: web.Request, station: str, *, allow_expired: bool = False) -> UploadInfo:
+        upload_id = request.match_info.get("upload_id", "")
+        if not is_upload_id(upload_id):
+            raise TusRequestError(
+                404, "not_found", f"no upload {upload_id[:80]!r}: ids are 32 lowercase hex characters"
+            )
+        info = await _blocking(self._store.get, upload_id)
+        if info is None or info.station != station:
+            if info is not None:
+                log.warning("station %s asked for upload %s of station %s", station, upload_id, info.station)
+            raise TusRequestError(404, "not_found", f"no upload {upload_id}")
+        if not allow_expired and self._store.is_expired(info):
+            raise TusRequestError(410, "expired", f"upload {upload_id} expired at {http_date(info.expires)}")
+        return info
+
+    @staticmethod
+    def _check_body_type(request: web.Request) -> None:
+        if request.content_type != OFFSET_OCTET_STREAM:
+            got = request.headers.get("Content-Type", "")
+            raise TusRequestError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type: expected {OFFSET_OCTET_STREAM}, got {got[:80]!r}",
+            )
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            # aiohttp would decompress it, and the offsets would no longer count the bytes sent.
+            raise TusRequestError(
+                415, "unsupported_media_type", f"Content-Encoding: expected identity, got {encoding[:40]!r}"
+            )
+
+    @staticmethod
+    def _checksum(request: web.Request) -> ChunkChecksum | None:
+        value = _single_header(request, "Upload-Checksum")
+        if value is None:
+            return None
+        try:
+            return parse_upload_checksum(value)
+        except TusHeaderError as exc:
+            raise _bad_header(exc) from None
+
+    @staticmethod
+    def _check_fits(request: web.Request, offset: int, length: int) -> None:
+        declared = request.content_length
+        if declared is not None and offset + declared > length:
+            raise TusRequestError(
+                413,
+                "too_large",
+                f"Content-Length: {declared} bytes at offset {offset} would exceed Upload-Length {length}",
+            )
+
+    def _progress_headers(self, info: UploadInfo) -> dict[str, str]:
+        headers = {"Upload-Offset": str(info.offset)}
+        if not info.complete:
+            headers["Upload-Expires"] = http_date(info.expires)
+        return headers
+
+    async def _receive(
+        self, request: web.Request, write: UploadWrite
+    ) -> tuple[UploadInfo, TusRequestError | None]:
+        """Stream the body into ``write``; the committed state and the refusal to answer, if any."""
+        pending = bytearray()
+        failure: TusRequestError | None = None
+        too_long = False
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._chunk_timeout_s):
+                        data = await request.content.readany()
+                except TimeoutError:
+                    failure = TusRequestError(
+                        408,
+                        "body_timeout",
+                        f"no body bytes arrived for {self._chunk_timeout_s:g} s; resume from Upload-Offset",
+                        close=True,
+                    )
+                    break
+                except (ConnectionError, HttpProcessingError) as exc:
+                    failure = TusRequestError(
+                        400, "body_interrupted", f"the request body ended early: {exc}", close=True
+                    )
+                    break
+                if not data:
+                    break
+                if write.offset + len(pending) + len(data) > write.length:
+                    too_long = True
+                    failure = TusRequestError(
+                        413,
+                        "too_large",
+                        f"the body runs past Upload-Length {write.length}; the request was discarded",
+                    )
+                    break
+                pending += data
+                if len(pending) >= _WRITE_BLOCK_BYTES:
+                    await _blocking(write.write, bytes(pending))
+                    pending.clear()
+            if too_long:
+                return await _blocking(write.discard), failure
+            if pending:
+                await _blocking(write.write, bytes(pending))
+                pending.clear()
+            if failure is not None:
+                return await _blocking(write.keep), failure
+            try:
+                return await _blocking(write.finish), None
+            except ChecksumMismatchError as exc:
+                return write.info, TusRequestError(
+                    460, "checksum_mismatch", f"{exc}; the chunk was discarded"
+                )
+        except asyncio.CancelledError:
+            # Server shutdown (or handler cancellation): like a disconnect, keep what arrived.
+            with contextlib.suppress(Exception):
+                if pending:
+                    await _blocking(write.write, bytes(pending))
+                await _blocking(write.keep)
+            raise
+        except OSError as exc:
+            log.error("upload %s: storage failed: %s", write.upload_id, exc)
+            with contextlib.suppress(OSError):
+                await _blocking(write.discard)
+            status = 507 if exc.errno == errno.ENOSPC else 500
+            return write.info, TusRequestError(
+                status, "storage_failed", f"the server could not store the chunk: {exc.strerror or exc}"
+            )
+        finally:
+            await _blocking(write.close)
+
+    async def _begin(self, upload_id: str, offset: int, checksum: ChunkChecksum | None) -> UploadWrite:
+        try:
+            begin = functools.partial(self._store.begin_write, upload_id, offset=offset, checksum=checksum)
+            return await _blocking(begin)
+        except UploadNotFoundError:
+            raise TusRequestError(404, "not_found", f"no upload {upload_id}") from None
+        except UploadExpiredError as exc:
+            raise TusRequestError(410, "expired", str(exc)) from None
+        except UploadBusyError:
+            raise TusRequestError(
+                409, "upload_busy", f"upload {upload_id} is being written by another request; retry later"
+            ) from None
+        except OSError as exc:
+            log.error("upload %s: cannot open its content file: %s", upload_id, exc)
+            raise TusRequestError(
+                500, "storage_failed", f"the server cannot open upload {upload_id}: {exc.strerror or exc}"
+            ) from None
+        except OffsetMismatchError as exc:
+            raise TusRequestError(
+                409,
+                "offset_mismatch",
+                f"Upload-Offset: the upload is at {exc.expected}, the request sent {exc.got}",
+            ) from None
+
+    async def _completed(self, info: UploadInfo, before: int) -> None:
+        if before == info.length or not info.complete:
+            return
+        log.info(
+            "upload %s of station %s complete: %d bytes, sha256 %s",
+            info.upload_id,
+            info.station,
+            info.length,
+            info.sha256,
+        )
+        if self._on_complete is None:
+            return
+        try:
+            await self._on_complete(info)
+        except Exception:
+            # The content is durable and the client's request succeeded; the hook's failure is the
+            # application's to handle (registration re-checks the upload anyway).
+            log.exception("upload %s: on_complete hook failed", info.upload_id)
+
+    # -- handlers ------------------------------------------------------------------------------------
+
+    async def options(self, request: web.Request) -> web.StreamResponse:
+        headers = _base_headers()
+        headers.update(
+            {
+                "Tus-Version": TUS_VERSION,
+                "Tus-Extension": ",".join(TUS_EXTENSIONS),
+                "Tus-Max-Size": str(self._store.max_size_bytes),
+                "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
+            }
+        )
+        return web.Response(status=204, headers=headers)
+
+    async def _check_create(self, request: web.Request) -> _Creation:
+        """Everything about a creation request that the headers alone decide."""
+        self._check_version(request)
+        override = _single_header(request, "X-HTTP-Method-Override")
+        if override is not None and override.upper() != "POST":
+            raise TusRequestError(
+                400,
+                "bad_header",
+                f"X-HTTP-Method-Override: the creation URL takes POST, got {override[:20]!r}",
+            )
+        station = await self._caller(request)
+        for unsupported in ("Upload-Defer-Length", "Upload-Concat"):
+            if unsupported in request.headers:
+                raise TusRequestError(
+                    400, "bad_header", f"{unsupported}: not supported by this server; send Upload-Length"
+                )
+        raw_length = _single_header(request, "Upload-Length")
+        if raw_length is None:
+            raise TusRequestError(400, "bad_header", "Upload-Length: required to create an upload, missing")
+        raw_metadata = _single_header(request, "Upload-Metadata")
+        try:
+            length = parse_decimal("Upload-Length", raw_length)
+            metadata = parse_upload_metadata(raw_metadata or "")
+        except TusHeaderError as exc:
+            raise _bad_header(exc) from None
+        if length > self._store.max_size_bytes:
+            raise TusRequestError(
+                413,
+                "too_large",
+                f"Upload-Length: {length} bytes exceeds the maximum upload size {self._store.max_size_bytes}",
+                headers={"Tus-Max-Size": str(self._store.max_size_bytes)},
+            )
+        checksum: ChunkChecksum | None = None
+        if request.body_exists:
+            self._check_body_type(request)
+            checksum = self._checksum(request)
+            self._check_fits(request, 0, length)
+        return _Creation(station, length, metadata, checksum)
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        creation = await self._check_create(request)
+        try:
+            info = await _blocking(self._store.create, creation.station, creation.length, creation.metadata)
+        except UploadTooLargeError as exc:
+            raise TusRequestError(413, "too_large", str(exc)) from None
+        headers = _base_headers()
+        headers["Location"] = f"{request.path.rstrip('/')}/{info.upload_id}"
+        failure: TusRequestError | None = None
+        if request.body_exists:
+            write = await self._begin(info.upload_id, 0, creation.checksum)
+            info, failure = await self._receive(request, write)
+        headers.update(self._progress_headers(info))
+        if failure is not None:
+            # The upload exists: tell the client where, and how much of the body it kept.
+            failure.headers.update(headers)
+            raise failure
+        await self._completed(info, -1)
+        return web.Response(status=201, headers=headers)
+
+    async def head(self, request: web.Request) -> web.StreamResponse:
+        self._check_version(request)
+        station = await self._caller(request)
+        info = await self._owned(request, station)
+        headers = _base_headers()
+        headers.update(self._progress_headers(info))
+        headers["Upload-Length"] = str(info.length)
+        if info.metadata:
+            headers["Upload-Metadata"] = encode_upload_metadata(info.metadata)
+        return web.Response(status=200, headers=headers)
+
+    async def _check_patch(self, request: web.Request) -> tuple[UploadInfo, ChunkChecksum | None]:
+        """Everything about an append that the headers alone decide."""
+        self._check_version(request)
+        station = await self._caller(request)
+        info = await self._owned(request, station)
+        self._check_body_type(request)
+        raw_offset = _single_header(request, "Upload-Offset")
+        if raw_offset is None:
+            raise TusRequestError(400, "bad_header", "Upload-Offset: required on PATCH, missing")
+        try:
+            offset = parse_decimal("Upload-Offset", raw_offset)
+        except TusHeaderError as exc:
+            raise _bad_header(exc) from None
+        checksum = self._checksum(request)
+        if offset != info.offset:
+            raise TusRequestError(
+                409,
+                "offset_mismatch",
+                f"Upload-Offset: the upload is at {info.offset}, the request sent {offset}",
+            )
+        self._check_fits(request, offset, info.length)
+        return info, checksum
+
+    async def patch(self, request: web.Request) -> web.StreamResponse:
+        info, checksum = await self._check_patch(request)
+        write = await self._begin(info.upload_id, info.offset, checksum)
+        before = info.offset
+        info, failure = await self._receive(request, write)
+        headers = _base_headers()
+        headers.update(self._progress_headers(info))
+        if failure is not None:
+            failure.headers.update(headers)
+            raise failure
+        await self._completed(info, before)
+        return web.Response(status=204, headers=headers)
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: refuse from the headers alone, before the client sends a body."""
+        expect = request.headers.get("Expect", "")
+        if request.version != HttpVersion11 or expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed(
+                text=f"Expect: only 100-continue is understood, got {expect[:40]!r}"
+            )
+        try:
+            if "upload_id" not in request.match_info:
+                await self._check_create(request)
+            elif request.method == "PATCH" or (
+                request.headers.get("X-HTTP-Method-Override", "").strip().upper() == "PATCH"
+            ):
+                await self._check_patch(request)
+        except TusRequestError as err:
+            log.info(
+                "tus %s %r refused before its body: %d %s: %s",
+                request.method,
+                request.path,
+                err.status,
+                err.code,
+                err.detail,
+            )
+            return _error_response(request, err)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        self._check_version(request)
+        station = await self._caller(request)
+        info = await self._owned(request, station, allow_expired=True)
+        try:
+            await _blocking(self._store.remove, info.upload_id)
+        except UploadBusyError:
+            raise TusRequestError(
+                409,
+                "upload_busy",
+                f"upload {info.upload_id} is being written by another request; retry later",
+            ) from None
+        log.info("upload %s terminated by station %s", info.upload_id, station)
+        return web.Response(status=204, headers=_base_headers())
+
+    async def override(self, request: web.Request) -> web.StreamResponse:
+        """POST with ``X-HTTP-Method-Override`` for clients that cannot send PATCH or DELETE."""
+        method = _single_header(request, "X-HTTP-Method-Override")
+        if method is None:
+            raise TusRequestError(
+                405,
+                "method_not_allowed",
+                "POST to an upload URL needs X-HTTP-Method-Override: PATCH or DELETE",
+                headers={"Allow": "OPTIONS, HEAD, PATCH, DELETE"},
+            )
+        handlers = {"PATCH": self.patch, "DELETE": self.delete, "HEAD": self.head}
+        handler = handlers.get(method.strip().upper())
+        if handler is None:
+            raise TusRequestError(
+                400,
+                "bad_header",
+                f"X-HTTP-Method-Override: expected PATCH, DELETE or HEAD, got {method[:20]!r}",
+            )
+        return await handler(request)
+
+
+def add_tus_routes(
+    app: web.Application,
+    store: TusUploadStore,
+    *,
+    base_path: str = "/v1/uploads",
+    identify: Identify,
+    chunk_timeout_s: float,
+    on_complete: OnComplete | None = None,
+) -> None:
+    """Mount the tus endpoints: ``base_path`` (OPTIONS, POST) and ``base_path/{upload_id}`` (OPTIONS,
+    HEAD, PATCH, DELETE, POST with X-HTTP-Method-Override)."""
+    if chunk_timeout_s <= 0:
+        raise ValueError(f"chunk_timeout_s must be > 0, got {chunk_timeout_s}")
+    base = "/" + base_path.strip("/")
+    endpoints = _TusEndpoints(store, identify, chunk_timeout_s, on_complete)
+    guard = endpoints.guarded
+    item = base + "/{upload_id}"
+    expect = endpoints.expect
+    app.router.add_route("OPTIONS", base, guard(endpoints.options))
+    app.router.add_route("POST", base, guard(endpoints.create), expect_handler=expect)
+    app.router.add_route("OPTIONS", item, guard(endpoints.options))
+    app.router.add_route("HEAD", item, guard(endpoints.head))
+    app.router.add_route("PATCH", item, guard(endpoints.patch), expect_handler=expect)
+    app.router.add_route("DELETE", item, guard(endpoints.delete))
+    app.router.add_route("POST", item, guard(endpoints.override), expect_handler=expect)
+
+
+def tus_purge_task(
+    store: TusUploadStore, interval_s: float
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """An ``app.cleanup_ctx`` entry that purges expired incomplete uploads at start and every
+    ``interval_s`` seconds until the application stops."""
+    if interval_s <= 0:
+        raise ValueError(f"interval_s must be > 0, got {interval_s}")
+
+    async def purge_forever() -> None:
+        while True:
+            try:
+                removed = await _blocking(store.purge_expired)
+            except Exception:
+                log.exception("purging expired uploads in %s failed", store.root)
+            else:
+                if removed:
+                    log.info("purged %d expired uploads from %s", removed, store.root)
+            await asyncio.sleep(interval_s)
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(purge_forever(), name="tus-purge")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return context

@@ -1,0 +1,766 @@
+"""Durable storage of tus uploads on the local file system.
+
+Each upload is two files in one flat directory, named only by a server-made id (32 random lowercase hex
+characters; nothing a client sends ever becomes part of a path):
+
+- ``<id>.part``: the bytes received so far, in order;
+- ``<id>.info.json``: owner station, total length, the *committed* offset, metadata, creation and expiry
+  times, and on completion the SHA-256 of the whole content. Written with :func:`edge.fsutil.write_atomic`
+  (temp file, fsync, rename, directory fsync), so a crash leaves the old record or the new one.
+
+Commit rule (what "offset" means across a crash): bytes are appended to ``.part`` first; the offset in
+``.info.json`` is advanced only after ``.part`` is fsynced (and, for a chunk with ``Upload-Checksum``, after
+the chunk verified). So every byte below the committed offset is durable and accepted. Bytes beyond it
+belong to a request that never committed: part of a checksummed chunk that was never verified, or data
+that may not have reached the disk before a power loss. When an upload is first loaded after a restart
+the ``.part`` file is truncated back to the committed offset (fsynced) and that offset is what HEAD
+reports; the client re-sends from there. To keep this loss small for long unchecksummed bodies (tus:
+"store as much as possible"), such a body is committed every ``commit_every_bytes`` while it streams,
+and whatever arrived is committed when it stalls or the client goes away.
+
+The SHA-256 of the whole content is computed while the bytes stream in (one hasher per upload, in
+memory, valid at the committed offset; a rolled-back chunk restores the hasher copied at the last
+commit). After a restart the hasher is gone, so a completion reads the ``.part`` file once instead.
+
+The store is synchronous and thread-safe; the HTTP layer calls it from worker threads. One process owns
+a store directory at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge.custody.canonical import canonical_json, parse_json
+from edge.fsutil import fsync_dir, write_atomic
+
+__all__ = [
+    "CHECKSUM_ALGORITHMS",
+    "INFO_FORMAT",
+    "UPLOAD_ID_RE",
+    "ChecksumMismatchError",
+    "ChunkChecksum",
+    "InvalidUploadIdError",
+    "OffsetMismatchError",
+    "TusStoreError",
+    "TusUploadStore",
+    "UploadBusyError",
+    "UploadExpiredError",
+    "UploadIncompleteError",
+    "UploadInfo",
+    "UploadNotFoundError",
+    "UploadTooLargeError",
+    "UploadWrite",
+    "is_upload_id",
+]
+
+log = logging.getLogger(__name__)
+
+INFO_FORMAT = "evidence-edge/tus-upload/1"
+UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+_PART_SUFFIX = ".part"
+_INFO_SUFFIX = ".info.json"
+# An info record is a few hundred bytes; a much larger file is damage, not a record.
+_MAX_INFO_BYTES = 64 * 1024
+_READ_BLOCK_BYTES = 1024 * 1024
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+    def hexdigest(self) -> str: ...
+    def copy(self) -> _Hasher: ...
+
+
+def _md5() -> _Hasher:
+    # md5 is offered for clients that only speak it; it guards against transport damage, not forgery.
+    return hashlib.md5(usedforsecurity=False)
+
+
+CHECKSUM_ALGORITHMS: Mapping[str, Callable[[], _Hasher]] = {
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+    "md5": _md5,
+}
+
+
+class TusStoreError(Exception):
+    """Base of every error raised by :mod:`edge.central.tus_store`."""
+
+
+class InvalidUploadIdError(TusStoreError, ValueError):
+    """An upload id is not 32 lowercase hex characters."""
+
+
+class UploadNotFoundError(TusStoreError):
+    """No such upload (never created, terminated, purged, or its content is gone)."""
+
+
+class UploadExpiredError(TusStoreError):
+    """The upload is incomplete and past its expiry; it will be purged."""
+
+
+class UploadBusyError(TusStoreError):
+    """Another request is writing to this upload right now."""
+
+
+class UploadIncompleteError(TusStoreError):
+    """The upload has not received all of its bytes."""
+
+
+class UploadTooLargeError(TusStoreError):
+    """A length above the store's limit, or bytes beyond the upload's declared length."""
+
+
+class OffsetMismatchError(TusStoreError):
+    """A write was requested at another offset than the upload's committed offset."""
+
+    def __init__(self, upload_id: str, expected: int, got: int) -> None:
+        super().__init__(f"upload {upload_id}: offset is {expected}, request is at {got}")
+        self.expected = expected
+        self.got = got
+
+
+class ChecksumMismatchError(TusStoreError):
+    """A chunk's digest differs from the one its request declared; the chunk was discarded."""
+
+
+def is_upload_id(text: str) -> bool:
+    return UPLOAD_ID_RE.fullmatch(text) is not None
+
+
+def _check_id(upload_id: str) -> str:
+    if not isinstance(upload_id, str) or not is_upload_id(upload_id):
+        raise InvalidUploadIdError(
+            f"expected an upload id of 32 lowercase hex characters, got {upload_id!r:.80}"
+        )
+    return upload_id
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
+
+
+def _parse_time(text: object, name: str) -> datetime:
+    if not isinstance(text, str):
+        raise ValueError(f"{name}: expected a UTC time string, got {type(text).__name__}")
+    try:
+        return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"{name}: expected YYYY-MM-DDTHH:MM:SSZ, got {text!r:.40}") from None
+
+
+def _whole_seconds(epoch_s: float) -> datetime:
+    # Upload-Expires has one-second resolution; keeping the same resolution on disk makes them agree.
+    return datetime.fromtimestamp(int(epoch_s), UTC)
+
+
+@dataclass(frozen=True)
+class ChunkChecksum:
+    """The digest one request declares for its own body (``Upload-Checksum``)."""
+
+    algorithm: str
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in CHECKSUM_ALGORITHMS:
+            raise ValueError(f"unsupported checksum algorithm {self.algorithm!r}")
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    """What the store knows about one upload, as committed to ``<id>.info.json``."""
+
+    upload_id: str
+    station: str
+    length: int
+    offset: int
+    metadata: Mapping[str, str] = field(hash=False)
+    created: datetime
+    expires: datetime
+    # Hex SHA-256 of the whole content; set exactly when the upload is complete.
+    sha256: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.offset == self.length
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": INFO_FORMAT,
+            "upload_id": self.upload_id,
+            "station": self.station,
+            "length": self.length,
+            "offset": self.offset,
+            "metadata": dict(self.metadata),
+            "created": _format_time(self.created),
+            "expires": _format_time(self.expires),
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: object) -> UploadInfo:
+        """Parse a stored record; raises ``ValueError`` naming the first field that is wrong."""
+        if not isinstance(doc, dict):
+            raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
+        expected = {
+            "format",
+            "upload_id",
+            "station",
+            "length",
+            "offset",
+            "metadata",
+            "created",
+            "expires",
+            "sha256",
+        }
+        if set(doc) != expected:
+            raise ValueError(f"expected fields {sorted(expected)}, got {sorted(doc)}")
+        if doc["format"] != INFO_FORMAT:
+            raise ValueError(f"format: expected {INFO_FORMAT!r}, got {doc['format']!r:.60}")
+        upload_id = doc["upload_id"]
+        if not isinstance(upload_id, str) or not is_upload_id(upload_id):
+            raise ValueError(f"upload_id: expected 32 lowercase hex characters, got {upload_id!r:.60}")
+        station = doc["station"]
+        if not isinstance(station, str) or not station:
+            raise ValueError(f"station: expected a non-empty string, got {station!r:.60}")
+        length, offset = doc["length"], doc["offset"]
+        for name, value in (("length", length), ("offset", offset)):
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{name}: expected a non-negative integer, got {value!r:.40}")
+        if offset > length:
+            raise ValueError(f"offset {offset} is beyond length {length}")
+        metadata = doc["metadata"]
+        if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        ):
+            raise ValueError("metadata: expected an object of strings")
+        sha256 = doc["sha256"]
+        if offset == length:
+            if not isinstance(sha256, str) or re.fullmatch(r"[0-9a-f]{64}", sha256) is None:
+                raise ValueError(f"sha256: a complete upload needs 64 lowercase hex, got {sha256!r:.80}")
+        elif sha256 is not None:
+            raise ValueError("sha256: set on an incomplete upload")
+        return cls(
+            upload_id=upload_id,
+            station=station,
+            length=length,
+            offset=offset,
+            metadata=dict(metadata),
+            created=_parse_time(doc["created"], "created"),
+            expires=_parse_time(doc["expires"], "expires"),
+            sha256=sha256,
+        )
+
+
+@dataclass
+class _UploadState:
+    info: UploadInfo
+    # SHA-256 of content[0:info.offset] while it is known; None after a restart (re-read on completion).
+    hasher: _Hasher | None
+    busy: bool = False
+
+
+class TusUploadStore:
+    """Uploads under ``root`` (see the module docstring for the layout and the commit rule)."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_size_bytes: int,
+        expire_after_s: float,
+        commit_every_bytes: int = 16 * 1024 * 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_size_bytes < 0:
+            raise ValueError(f"max_size_bytes must be >= 0, got {max_size_bytes}")
+        if expire_after_s <= 0:
+            raise ValueError(f"expire_after_s must be > 0, got {expire_after_s}")
+        if commit_every_bytes <= 0:
+            raise ValueError(f"commit_every_bytes must be > 0, got {commit_every_bytes}")
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._root = root.resolve()
+        self._max_size_bytes = max_size_bytes
+        self._expire_after_s = float(expire_after_s)
+        self._commit_every_bytes = commit_every_bytes
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._states: dict[str, _UploadState] = {}
+
+    def __repr__(self) -> str:
+        return f"TusUploadStore(root={str(self._root)!r}, max_size_bytes={self._max_size_bytes})"
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
+    def max_size_bytes(self) -> int:
+        return self._max_size_bytes
+
+    @property
+    def expire_after_s(self) -> float:
+        return self._expire_after_s
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    def _part_path(self, upload_id: str) -> Path:
+        return self._root / f"{_check_id(upload_id)}{_PART_SUFFIX}"
+
+    def _info_path(self, upload_id: str) -> Path:
+        return self._root / f"{_check_id(upload_id)}{_INFO_SUFFIX}"
+
+    def _expiry(self) -> datetime:
+        return _whole_seconds(self._clock() + self._expire_after_s)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def create(self, station: str, length: int, metadata: Mapping[str, str] | None = None) -> UploadInfo:
+        """A new empty upload owned by ``station``, durable before this returns.
+
+        A zero-length upload is complete at once (its SHA-256 is that of no bytes).
+        """
+        if not station:
+            raise ValueError("station must be non-empty")
+        if type(length) is not int or length < 0:
+            raise ValueError(f"length must be a non-negative integer, got {length!r}")
+        if length > self._max_size_bytes:
+            raise UploadTooLargeError(
+                f"length {length} exceeds the maximum upload size {self._max_size_bytes}"
+            )
+        upload_id = secrets.token_hex(16)
+        part = self._part_path(upload_id)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        hasher = hashlib.sha256()
+        info = UploadInfo(
+            upload_id=upload_id,
+            station=station,
+            length=length,
+            offset=0,
+            metadata=dict(metadata or {}),
+            created=_whole_seconds(self._clock()),
+            expires=self._expiry(),
+            sha256=hasher.hexdigest() if length == 0 else None,
+        )
+        try:
+            self._write_info(info)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise
+        with self._lock:
+            self._states[upload_id] = _UploadState(info, hasher)
+        log.info("upload %s created for station %s: %d bytes", upload_id, station, length)
+        return info
+
+    def get(self, upload_id: str) -> UploadInfo | None:
+        """The committed state of ``upload_id``, or None when there is no such upload."""
+        with self._lock:
+            state = self._load_locked(upload_id)
+            return state.info if state else None
+
+    def is_expired(self, info: UploadInfo, now: datetime | None = None) -> bool:
+        """An incomplete upload past its expiry (a complete one waits for registration instead)."""
+        return not info.complete and (now or self.now()) >= info.expires
+
+    def begin_write(
+        self, upload_id: str, *, offset: int, checksum: ChunkChecksum | None = None
+    ) -> UploadWrite:
+        """Reserve ``upload_id`` for one request that appends at ``offset``.
+
+        Raises :class:`UploadNotFoundError`, :class:`UploadExpiredError`, :class:`UploadBusyError` (another
+        request holds it) or :class:`OffsetMismatchError`. The caller must :meth:`UploadWrite.close` it.
+        """
+        with self._lock:
+            state = self._load_locked(upload_id)
+            if state is None:
+                raise UploadNotFoundError(f"no upload {upload_id}")
+            if self.is_expired(state.info):
+                raise UploadExpiredError(f"upload {upload_id} expired at {_format_time(state.info.expires)}")
+            if state.busy:
+                raise UploadBusyError(f"upload {upload_id} is being written by another request")
+            if offset != state.info.offset:
+                raise OffsetMismatchError(upload_id, state.info.offset, offset)
+            state.busy = True
+        try:
+            return UploadWrite(self, state, checksum, self._commit_every_bytes)
+        except BaseException:
+            with self._lock:
+                state.busy = False
+            raise
+
+    def complete_path(self, upload_id: str) -> Path:
+        """The content file of a complete upload (its first ``length`` bytes are the content)."""
+        info = self.get(upload_id)
+        if info is None:
+            raise UploadNotFoundError(f"no upload {upload_id}")
+        if not info.complete:
+            raise UploadIncompleteError(f"upload {upload_id} has {info.offset} of {info.length} bytes")
+        return self._part_path(upload_id)
+
+    def remove(self, upload_id: str) -> bool:
+        """Delete the upload's files; False when there was nothing. Raises :class:`UploadBusyError`."""
+        with self._lock:
+            state = self._load_locked(upload_id)
+            if state is not None and state.busy:
+                raise UploadBusyError(f"upload {upload_id} is being written by another request")
+            self._states.pop(upload_id, None)
+            removed = self._unlink_files(upload_id)
+        if removed:
+            fsync_dir(self._root)
+            log.info("upload %s removed", upload_id)
+        return state is not None or removed
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        """Remove incomplete uploads past their expiry (and stale leftovers); returns uploads removed.
+
+        Uploads being written are skipped. Complete uploads are kept: they wait for registration, and the
+        registering side removes them.
+        """
+        moment = now or self.now()
+        stale_before = moment.timestamp() - self._expire_after_s
+        removed = 0
+        touched = False
+        for path in sorted(self._root.iterdir()):
+            name = path.name
+            if name.endswith(_INFO_SUFFIX) and is_upload_id(name[: -len(_INFO_SUFFIX)]):
+                upload_id = name[: -len(_INFO_SUFFIX)]
+                with self._lock:
+                    state = self._load_locked(upload_id)
+                    if state is None:
+                        # Unreadable record (already logged): removed once it is as old as an expiry.
+                        if _mtime(path) < stale_before:
+                            touched |= self._unlink_files(upload_id)
+                            removed += 1
+                        continue
+                    if state.busy or not self.is_expired(state.info, moment):
+                        continue
+                    self._states.pop(upload_id, None)
+                    touched |= self._unlink_files(upload_id)
+                removed += 1
+                log.info(
+                    "upload %s of station %s expired at %s with %d of %d bytes: purged",
+                    upload_id,
+                    state.info.station,
+                    _format_time(state.info.expires),
+                    state.info.offset,
+                    state.info.length,
+                )
+            elif name.endswith(_PART_SUFFIX) and is_upload_id(name[: -len(_PART_SUFFIX)]):
+                # A .part without its record is a creation that crashed before the record was written.
+                upload_id = name[: -len(_PART_SUFFIX)]
+                with self._lock:
+                    orphan = upload_id not in self._states and not self._info_path(upload_id).exists()
+                    if orphan and _mtime(path) < stale_before:
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()
+                            touched = True
+                            log.info("orphan upload file %s purged", name)
+            elif name.startswith(".") and name.endswith(".tmp") and _mtime(path) < stale_before:
+                # A temp file of an atomic write that crashed before its rename.
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    touched = True
+        if touched:
+            fsync_dir(self._root)
+        return removed
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _unlink_files(self, upload_id: str) -> bool:
+        removed = False
+        for path in (self._info_path(upload_id), self._part_path(upload_id)):
+            try:
+                path.unlink()
+                removed = True
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def _write_info(self, info: UploadInfo) -> None:
+        write_atomic(self._info_path(info.upload_id), canonical_json(info.to_dict()), mode=0o600)
+
+    def _load_locked(self, upload_id: str) -> _UploadState | None:
+        """The in-memory state, loading and reconciling the files on first use (caller holds the lock)."""
+        _check_id(upload_id)
+        state = self._states.get(upload_id)
+        if state is not None:
+            return state
+        info_path = self._info_path(upload_id)
+        try:
+            with info_path.open("rb") as handle:
+                raw = handle.read(_MAX_INFO_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        try:
+            if len(raw) > _MAX_INFO_BYTES:
+                raise ValueError(f"record is larger than {_MAX_INFO_BYTES} bytes")
+            info = UploadInfo.from_dict(parse_json(raw))
+            if info.upload_id != upload_id:
+                raise ValueError(f"record names upload {info.upload_id}")
+        except ValueError as exc:
+            log.error("upload %s: unreadable record %s: %s", upload_id, info_path, exc)
+            return None
+        reconciled = self._reconcile(info)
+        if reconciled is None:
+            return None
+        state = _UploadState(reconciled, hashlib.sha256() if reconciled.offset == 0 else None)
+        self._states[upload_id] = state
+        return state
+
+    def _reconcile(self, info: UploadInfo) -> UploadInfo | None:
+        """Make ``.part`` agree with the committed offset after a restart (see the commit rule)."""
+        part = self._part_path(info.upload_id)
+        try:
+            size = part.stat().st_size
+        except FileNotFoundError:
+            if info.complete:
+                # The content was taken away (moved into the object store) before the record was removed.
+                log.warning("upload %s: complete record without content: treated as gone", info.upload_id)
+                return None
+            log.error("upload %s: content file missing; restarting it at offset 0", info.upload_id)
+            size = -1
+        if size == info.offset:
+            return info
+        durable = max(0, min(size, info.offset))
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, durable)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if durable == info.offset:
+            log.info(
+                "upload %s: %d uncommitted bytes after offset %d discarded after a restart",
+                info.upload_id,
+                size - durable,
+                durable,
+            )
+            return info
+        log.error(
+            "upload %s: content file holds %d bytes, the record says %d were committed; resuming at %d",
+            info.upload_id,
+            max(size, 0),
+            info.offset,
+            durable,
+        )
+        info = dataclasses.replace(info, offset=durable, sha256=None)
+        self._write_info(info)
+        return info
+
+    def _hash_file(self, upload_id: str, length: int) -> str:
+        """SHA-256 of the first ``length`` bytes of the content file (the restart path)."""
+        hasher = hashlib.sha256()
+        remaining = length
+        with self._part_path(upload_id).open("rb") as handle:
+            while remaining > 0:
+                block = handle.read(min(_READ_BLOCK_BYTES, remaining))
+                if not block:
+                    raise TusStoreError(f"upload {upload_id}: content file ends {remaining} bytes early")
+                hasher.update(block)
+                remaining -= len(block)
+        log.info(
+            "upload %s: SHA-256 computed by re-reading %d bytes (hasher lost in a restart)", upload_id, length
+        )
+        return hasher.hexdigest()
+
+    def _set_state(self, state: _UploadState, info: UploadInfo, hasher: _Hasher | None) -> None:
+        with self._lock:
+            state.info = info
+            state.hasher = hasher
+
+    def _release(self, state: _UploadState) -> None:
+        with self._lock:
+            state.busy = False
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
+class UploadWrite:
+    """One request's append to one upload. Synchronous; the HTTP layer runs it in a worker thread.
+
+    Call :meth:`write` for each block, then exactly one of :meth:`finish` (the body ended normally),
+    :meth:`keep` (it ended early: stall, disconnect) or :meth:`discard`, and always :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        store: TusUploadStore,
+        state: _UploadState,
+        checksum: ChunkChecksum | None,
+        commit_every_bytes: int,
+    ) -> None:
+        self._store = store
+        self._state = state
+        self._info = state.info
+        self._checksum = checksum
+        self._commit_every_bytes = commit_every_bytes
+        self._chunk_hasher = CHECKSUM_ALGORITHMS[checksum.algorithm]() if checksum else None
+        # Private copies: the state's hasher stays at the committed offset until a commit replaces it.
+        self._whole = state.hasher.copy() if state.hasher is not None else None
+        self._whole_at_commit = state.hasher
+        self._committed = state.info.offset
+        self._offset = state.info.offset
+        self._fd: int | None = os.open(store._part_path(self._info.upload_id), os.O_WRONLY | os.O_CLOEXEC)
+        os.lseek(self._fd, self._offset, os.SEEK_SET)
+
+    def __enter__(self) -> UploadWrite:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def upload_id(self) -> str:
+        return self._info.upload_id
+
+    @property
+    def offset(self) -> int:
+        """End of the bytes written so far (committed or not)."""
+        return self._offset
+
+    @property
+    def length(self) -> int:
+        return self._info.length
+
+    @property
+    def info(self) -> UploadInfo:
+        """The last committed state."""
+        return self._info
+
+    def _fd_or_raise(self) -> int:
+        if self._fd is None:
+            raise TusStoreError(f"upload {self.upload_id}: write used after close")
+        return self._fd
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``; raises :class:`UploadTooLargeError` (writing nothing) past the length."""
+        fd = self._fd_or_raise()
+        if self._offset + len(data) > self._info.length:
+            raise UploadTooLargeError(
+                f"upload {self.upload_id}: {self._offset + len(data)} bytes would exceed its length "
+                f"{self._info.length}"
+            )
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if self._chunk_hasher is not None:
+            self._chunk_hasher.update(data)
+        if self._whole is not None:
+            self._whole.update(data)
+        self._offset += len(data)
+        log.debug("upload %s: wrote %d bytes, now at %d", self.upload_id, len(data), self._offset)
+        if self._checksum is None and self._offset - self._committed >= self._commit_every_bytes:
+            self._commit()
+
+    def finish(self) -> UploadInfo:
+        """End of the body: verify the chunk checksum (if any) and commit.
+
+        On a mismatch the chunk is truncated away, the offset stays where it was, and
+        :class:`ChecksumMismatchError` is raised.
+        """
+        self._fd_or_raise()
+        if self._checksum is not None and self._chunk_hasher is not None:
+            got = self._chunk_hasher.digest()
+            if not hmac.compare_digest(got, self._checksum.digest):
+                received = self._offset - self._committed
+                self._rollback()
+                raise ChecksumMismatchError(
+                    f"upload {self.upload_id}: {self._checksum.algorithm} of the {received}-byte chunk at "
+                    f"offset {self._committed} is {got.hex()}, the request declared "
+                    f"{self._checksum.digest.hex()}"
+                )
+        return self._commit()
+
+    def keep(self) -> UploadInfo:
+        """The body ended early: keep what arrived when it needs no verification, else drop it."""
+        self._fd_or_raise()
+        if self._checksum is not None:
+            return self.discard()
+        return self._commit()
+
+    def discard(self) -> UploadInfo:
+        """Drop everything since the last commit."""
+        self._fd_or_raise()
+        if self._offset != self._committed:
+            self._rollback()
+        return self._info
+
+    def close(self) -> None:
+        """Release the upload for the next request (idempotent); uncommitted bytes are dropped."""
+        if self._fd is None:
+            return
+        try:
+            if self._offset != self._committed:
+                self._rollback()
+        finally:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            finally:
+                self._store._release(self._state)
+
+    def _rollback(self) -> None:
+        fd = self._fd_or_raise()
+        dropped = self._offset - self._committed
+        os.ftruncate(fd, self._committed)
+        os.fsync(fd)
+        os.lseek(fd, self._committed, os.SEEK_SET)
+        self._offset = self._committed
+        self._whole = self._whole_at_commit.copy() if self._whole_at_commit is not None else None
+        if self._checksum is not None:
+            self._chunk_hasher = CHECKSUM_ALGORITHMS[self._checksum.algorithm]()
+        self._store._set_state(self._state, self._info, self._whole_at_commit)
+        log.info(
+            "upload %s: %d uncommitted bytes discarded, offset stays %d",
+            self.upload_id,
+            dropped,
+            self._committed,
+        )
+
+    def _commit(self) -> UploadInfo:
+        fd = self._fd_or_raise()
+        if self._offset == self._committed:
+            return self._info
+        os.fsync(fd)
+        sha256: str | None = None
+        if self._offset == self._info.length:
+            if self._whole is not None:
+                sha256 = self._whole.hexdigest()
+            else:
+                sha256 = self._store._hash_file(self.upload_id, self._info.length)
+        info = dataclasses.replace(
+            self._info, offset=self._offset, expires=self._store._expiry(), sha256=sha256
+        )
+        self._store._write_info(info)
+        self._info = info
+        self._committed = self._offset
+        self._whole_at_commit = self._whole.copy() if self._whole is not None else None
+        self._store._set_state(self._state, info, None if sha256 else self._whole_at_commit)
+        log.debug("upload %s: committed offset %d of %d", self.upload_id, self._offset, self._info.length)
+        return info

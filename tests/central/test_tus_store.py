@@ -1,0 +1,350 @@
+"""TusUploadStore: the commit rule, rollbacks, the streaming SHA-256, restarts, damage and expiry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.central.tus_store import (
+    ChecksumMismatchError,
+    ChunkChecksum,
+    InvalidUploadIdError,
+    OffsetMismatchError,
+    TusUploadStore,
+    UploadBusyError,
+    UploadExpiredError,
+    UploadIncompleteError,
+    UploadInfo,
+    UploadNotFoundError,
+    UploadTooLargeError,
+)
+
+START_S = 1_800_000_000.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = START_S
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_store(root: Path, clock: FakeClock, **kwargs: Any) -> TusUploadStore:
+    options: dict[str, Any] = {"max_size_bytes": 1 << 20, "expire_after_s": 3600.0, "clock": clock}
+    options.update(kwargs)
+    return TusUploadStore(root, **options)
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: FakeClock) -> TusUploadStore:
+    return make_store(tmp_path / "uploads", clock)
+
+
+def record(store: TusUploadStore, upload_id: str) -> dict[str, Any]:
+    doc = json.loads((store.root / f"{upload_id}.info.json").read_bytes())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def part(store: TusUploadStore, upload_id: str) -> Path:
+    return store.root / f"{upload_id}.part"
+
+
+def sha1(data: bytes) -> ChunkChecksum:
+    return ChunkChecksum("sha1", hashlib.sha1(data).digest())
+
+
+def test_create_makes_a_durable_private_record(store: TusUploadStore, clock: FakeClock) -> None:
+    info = store.create("station-a", 100, {"item": "i-1", "filename": "执法.mp4"})
+    assert len(info.upload_id) == 32 and int(info.upload_id, 16) >= 0
+    assert info.upload_id != store.create("station-a", 100).upload_id
+    doc = record(store, info.upload_id)
+    assert doc["station"] == "station-a" and doc["length"] == 100 and doc["offset"] == 0
+    assert doc["metadata"] == {"item": "i-1", "filename": "执法.mp4"}
+    assert doc["created"] == "2027-01-15T08:00:00Z"
+    assert doc["expires"] == "2027-01-15T09:00:00Z"
+    assert doc["sha256"] is None
+    assert UploadInfo.from_dict(doc) == info
+    for path in (part(store, info.upload_id), store.root / f"{info.upload_id}.info.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not [p for p in store.root.iterdir() if p.name.endswith(".tmp")]
+    assert info.expires == datetime(2027, 1, 15, 9, tzinfo=UTC)
+
+
+def test_create_refuses_what_cannot_be_stored(store: TusUploadStore) -> None:
+    with pytest.raises(UploadTooLargeError, match="exceeds the maximum upload size"):
+        store.create("s", (1 << 20) + 1)
+    with pytest.raises(ValueError):
+        store.create("s", -1)
+    with pytest.raises(ValueError):
+        store.create("", 1)
+    assert list(store.root.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "bad", ["../" + "a" * 29, "A" * 32, "a" * 31, "a" * 33, "", "a" * 31 + "\x00", "/etc/passwd"]
+)
+def test_only_server_made_ids_reach_the_file_system(store: TusUploadStore, bad: str) -> None:
+    for call in (store.get, store.remove, store.complete_path):
+        with pytest.raises(InvalidUploadIdError):
+            call(bad)
+    with pytest.raises(InvalidUploadIdError):
+        store.begin_write(bad, offset=0)
+
+
+def test_streamed_upload_has_its_sha256_without_a_second_read(
+    store: TusUploadStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(5000)
+    info = store.create("s", len(data))
+
+    def no_reread(*_args: object) -> str:
+        raise AssertionError("the content was read again")
+
+    monkeypatch.setattr(store, "_hash_file", no_reread)
+    for start in (0, 1000, 4000):
+        write = store.begin_write(info.upload_id, offset=start)
+        try:
+            end = min(start + 3000, len(data)) if start != 0 else 1000
+            write.write(data[start:end])
+            info = write.finish()
+        finally:
+            write.close()
+    assert info.complete
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert store.complete_path(info.upload_id).read_bytes() == data
+    assert record(store, info.upload_id)["sha256"] == info.sha256
+
+
+def test_checksum_mismatch_truncates_and_restores_the_hash(store: TusUploadStore) -> None:
+    data = os.urandom(2000)
+    info = store.create("s", len(data))
+    with store.begin_write(info.upload_id, offset=0, checksum=sha1(data[:1000])) as write:
+        write.write(data[:1000])
+        write.finish()
+    with store.begin_write(info.upload_id, offset=1000, checksum=sha1(data[1000:])) as write:
+        write.write(data[1000:1500])
+        write.write(b"\x00" * 500)
+        with pytest.raises(ChecksumMismatchError, match="sha1 of the 1000-byte chunk at offset 1000"):
+            write.finish()
+    assert part(store, info.upload_id).stat().st_size == 1000
+    assert store.get(info.upload_id).offset == 1000  # type: ignore[union-attr]
+    with store.begin_write(info.upload_id, offset=1000, checksum=sha1(data[1000:])) as write:
+        write.write(data[1000:])
+        done = write.finish()
+    assert done.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_an_early_end_keeps_plain_bytes_and_drops_checksummed_ones(store: TusUploadStore) -> None:
+    info = store.create("s", 100)
+    with store.begin_write(info.upload_id, offset=0) as write:
+        write.write(b"a" * 30)
+        kept = write.keep()
+    assert kept.offset == 30 and part(store, info.upload_id).stat().st_size == 30
+    with store.begin_write(info.upload_id, offset=30, checksum=sha1(b"b" * 70)) as write:
+        write.write(b"b" * 40)
+        dropped = write.keep()
+    assert dropped.offset == 30 and part(store, info.upload_id).stat().st_size == 30
+    with store.begin_write(info.upload_id, offset=30) as write:
+        write.write(b"c" * 20)
+    # close() without finish: nothing uncommitted survives.
+    assert store.get(info.upload_id).offset == 30  # type: ignore[union-attr]
+    assert part(store, info.upload_id).stat().st_size == 30
+
+
+def test_long_plain_bodies_commit_as_they_stream(tmp_path: Path, clock: FakeClock) -> None:
+    store = make_store(tmp_path, clock, commit_every_bytes=100)
+    info = store.create("s", 1000)
+    with store.begin_write(info.upload_id, offset=0) as write:
+        committed = []
+        for _ in range(5):
+            write.write(b"x" * 60)
+            committed.append(record(store, info.upload_id)["offset"])
+        assert committed == [0, 120, 120, 240, 240]
+        assert store.get(info.upload_id).offset == 240  # type: ignore[union-attr]
+        assert write.offset == 300
+        write.keep()
+    # Checksummed bodies never commit before they verify.
+    with store.begin_write(info.upload_id, offset=300, checksum=sha1(b"y" * 500)) as write:
+        for _ in range(5):
+            write.write(b"y" * 100)
+        assert record(store, info.upload_id)["offset"] == 300
+        write.finish()
+    assert record(store, info.upload_id)["offset"] == 800
+
+
+def test_writes_past_the_length_write_nothing(store: TusUploadStore) -> None:
+    info = store.create("s", 10)
+    with store.begin_write(info.upload_id, offset=0) as write:
+        write.write(b"12345678")
+        with pytest.raises(UploadTooLargeError, match="would exceed its length 10"):
+            write.write(b"abc")
+        assert write.offset == 8
+        write.write(b"90")
+        assert write.finish().sha256 == hashlib.sha256(b"1234567890").hexdigest()
+
+
+def test_one_writer_at_a_time_and_only_at_the_offset(store: TusUploadStore) -> None:
+    info = store.create("s", 10)
+    with pytest.raises(OffsetMismatchError) as caught:
+        store.begin_write(info.upload_id, offset=3)
+    assert (caught.value.expected, caught.value.got) == (0, 3)
+    write = store.begin_write(info.upload_id, offset=0)
+    with pytest.raises(UploadBusyError):
+        store.begin_write(info.upload_id, offset=0)
+    with pytest.raises(UploadBusyError):
+        store.remove(info.upload_id)
+    write.close()
+    write.close()
+    store.begin_write(info.upload_id, offset=0).close()
+    with pytest.raises(UploadNotFoundError):
+        store.begin_write("0" * 32, offset=0)
+
+
+def test_restart_truncates_bytes_that_never_committed(tmp_path: Path, clock: FakeClock) -> None:
+    first = make_store(tmp_path, clock)
+    info = first.create("s", 100)
+    with first.begin_write(info.upload_id, offset=0) as write:
+        write.write(b"a" * 40)
+        write.finish()
+    # A crash in the middle of the next request: bytes on disk, no commit.
+    with part(first, info.upload_id).open("ab") as handle:
+        handle.write(b"b" * 25)
+    second = make_store(tmp_path, clock)
+    assert second.get(info.upload_id).offset == 40  # type: ignore[union-attr]
+    assert part(second, info.upload_id).stat().st_size == 40
+    with second.begin_write(info.upload_id, offset=40) as write:
+        write.write(b"c" * 60)
+        done = write.finish()
+    # The hasher was lost with the first process: the completion re-read the file.
+    assert done.sha256 == hashlib.sha256(b"a" * 40 + b"c" * 60).hexdigest()
+    third = make_store(tmp_path, clock)
+    assert third.get(info.upload_id) == done
+
+
+def test_restart_with_lost_committed_bytes_resumes_where_the_disk_is(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    first = make_store(tmp_path, clock)
+    info = first.create("s", 100)
+    with first.begin_write(info.upload_id, offset=0) as write:
+        write.write(b"a" * 100)
+        write.finish()
+    os.truncate(part(first, info.upload_id), 70)  # damage: the file lost its tail
+    second = make_store(tmp_path, clock)
+    again = second.get(info.upload_id)
+    assert again is not None and again.offset == 70 and again.sha256 is None and not again.complete
+    assert record(second, info.upload_id)["offset"] == 70
+    with pytest.raises(UploadIncompleteError):
+        second.complete_path(info.upload_id)
+
+
+def test_a_complete_record_without_content_is_gone(tmp_path: Path, clock: FakeClock) -> None:
+    first = make_store(tmp_path, clock)
+    info = first.create("s", 3)
+    with first.begin_write(info.upload_id, offset=0) as write:
+        write.write(b"abc")
+        write.finish()
+    part(first, info.upload_id).rename(tmp_path / "moved-to-objects")
+    assert make_store(tmp_path, clock).get(info.upload_id) is None
+
+
+def test_an_incomplete_record_without_content_restarts_at_zero(tmp_path: Path, clock: FakeClock) -> None:
+    first = make_store(tmp_path, clock)
+    info = first.create("s", 3)
+    part(first, info.upload_id).unlink()
+    again = make_store(tmp_path, clock).get(info.upload_id)
+    assert again is not None and again.offset == 0
+    assert part(first, info.upload_id).stat().st_size == 0
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"",
+        b"{not json",
+        b'{"format": "x"}',
+        b"x" * (65 * 1024),
+    ],
+)
+def test_unreadable_records_are_ignored_then_purged(tmp_path: Path, clock: FakeClock, damage: bytes) -> None:
+    store = make_store(tmp_path, clock)
+    info = store.create("s", 10)
+    (tmp_path / f"{info.upload_id}.info.json").write_bytes(damage)
+    os.utime(tmp_path / f"{info.upload_id}.info.json", (START_S, START_S))
+    fresh = make_store(tmp_path, clock)
+    assert fresh.get(info.upload_id) is None
+    assert fresh.purge_expired() == 0  # too recent to be sure it is abandoned
+    assert fresh.purge_expired(datetime.fromtimestamp(START_S + 3601, UTC)) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"format": "other/1"}, "format"),
+        ({"extra": 1}, "expected fields"),
+        ({"length": True}, "length"),
+        ({"offset": -1}, "offset"),
+        ({"offset": 11}, "beyond length"),
+        ({"offset": 10}, "a complete upload needs"),
+        ({"sha256": "00" * 32}, "incomplete"),
+        ({"upload_id": "../x"}, "upload_id"),
+        ({"metadata": {"a": 1}}, "metadata"),
+        ({"created": "yesterday"}, "created"),
+        ({"station": ""}, "station"),
+    ],
+)
+def test_records_are_parsed_strictly(store: TusUploadStore, change: dict[str, Any], problem: str) -> None:
+    info = store.create("s", 10)
+    doc = {**info.to_dict(), **change}
+    with pytest.raises(ValueError, match=problem):
+        UploadInfo.from_dict(doc)
+
+
+def test_purge_removes_only_expired_incomplete_idle_uploads(store: TusUploadStore, clock: FakeClock) -> None:
+    stale = store.create("s", 10)
+    busy = store.create("s", 10)
+    done = store.create("s", 1)
+    with store.begin_write(done.upload_id, offset=0) as write:
+        write.write(b"x")
+        write.finish()
+    clock.now_s += 1800
+    fresh = store.create("s", 10)
+    clock.now_s += 1801
+    assert store.is_expired(store.get(stale.upload_id))  # type: ignore[arg-type]
+    with pytest.raises(UploadExpiredError):
+        store.begin_write(stale.upload_id, offset=0)
+    # A request that started before the expiry keeps its upload until it ends.
+    clock.now_s -= 1801
+    write = store.begin_write(busy.upload_id, offset=0)
+    clock.now_s += 1801
+    (store.root / ("f" * 32 + ".part")).write_bytes(b"orphan")
+    (store.root / ".leftover.info.json.1.ab.tmp").write_bytes(b"{}")
+    old = START_S - 10
+    for name in ("f" * 32 + ".part", ".leftover.info.json.1.ab.tmp"):
+        os.utime(store.root / name, (old, old))
+    (store.root / "unrelated.txt").write_bytes(b"not ours")
+    assert store.purge_expired() == 1
+    write.close()
+    assert store.get(stale.upload_id) is None
+    assert store.get(busy.upload_id) is not None
+    assert store.get(done.upload_id) is not None
+    assert store.get(fresh.upload_id) is not None
+    names = {p.name for p in store.root.iterdir()}
+    assert "f" * 32 + ".part" not in names and ".leftover.info.json.1.ab.tmp" not in names
+    assert "unrelated.txt" in names
+    assert store.purge_expired() == 1  # the busy one, now idle
