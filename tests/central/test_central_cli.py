@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import signal
+import socket
 import sys
+import tempfile
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from edge.central import cli as central_cli
 from edge.central.cli import add_central_parser
-from edge.central.config import CentralConfig
-from edge.central.identity import read_bundle
+from edge.central.config import CentralConfig, load_central_config
+from edge.central.identity import client_ssl_context, read_bundle
 from edge.central.index import CentralIndex, CentralIndexError
 from edge.custody.keys import StationKey
 
@@ -307,3 +314,114 @@ def test_every_command_has_help() -> None:
     with pytest.raises(SystemExit) as done:
         _parser().parse_args(["central", "--help"])
     assert done.value.code == 0
+
+
+# -- end to end: the CLI's identities against the real central -------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _served_config(tmp_path: Path) -> Path:
+    path = tmp_path / "served.toml"
+    path.write_text(
+        f'[central]\nid = "central-e2e"\nstore_dir = "{tmp_path / "store"}"\n'
+        f'[server]\nlisten = "127.0.0.1"\nport = {_free_port()}\nnames = ["127.0.0.1", "localhost"]\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+async def _ledger_head(url: str, bundle: Path, station_id: str) -> tuple[int, dict[str, Any]]:
+    connector = aiohttp.TCPConnector(ssl=client_ssl_context(bundle))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(f"{url}/v1/stations/{station_id}/ledger/head") as response,
+    ):
+        body: dict[str, Any] = await response.json()
+        return response.status, body
+
+
+async def test_cli_enrollment_revocation_and_reenrollment_against_the_central(
+    tmp_path: Path, station_pub: Path
+) -> None:
+    from edge.central.service import start_central
+
+    config_file = _served_config(tmp_path)
+    assert _run("init", "--config", str(config_file)) == 0
+    enroll = ("enroll", STATION, "--config", str(config_file), "--signing-key", str(station_pub))
+    assert _run(*enroll, "--out", str(tmp_path / "b1")) == 0
+    running = await start_central(load_central_config(config_file))
+    try:
+        status, body = await _ledger_head(running.url, tmp_path / "b1", STATION)
+        assert status == 200 and body["seq"] == 0
+
+        assert _run("revoke", STATION, "--config", str(config_file), "--reason", "stolen") == 0
+        status, body = await _ledger_head(running.url, tmp_path / "b1", STATION)
+        assert (status, body["error"]) == (403, "station_revoked")
+        assert "stolen" in body["detail"]
+
+        assert _run(*enroll, "--out", str(tmp_path / "b2")) == 0
+        status, _ = await _ledger_head(running.url, tmp_path / "b2", STATION)
+        assert status == 200
+        # The first certificate is still from our CA and unexpired, but re-enrolment replaced it.
+        status, body = await _ledger_head(running.url, tmp_path / "b1", STATION)
+        assert (status, body["error"]) == (403, "station_revoked")
+    finally:
+        await running.stop()
+
+
+_RUN_CLI = """
+import argparse, sys
+from edge.central.cli import add_central_parser
+parser = argparse.ArgumentParser(prog="edge")
+add_central_parser(parser.add_subparsers(dest="command", required=True))
+args = parser.parse_args(sys.argv[1:])
+sys.exit(args.func(args))
+"""
+
+
+async def test_edge_central_runs_until_sigterm(tmp_path: Path, station_pub: Path) -> None:
+    config_file = _served_config(tmp_path)
+    assert _run("init", "--config", str(config_file)) == 0
+    enroll = ("enroll", STATION, "--config", str(config_file), "--signing-key", str(station_pub))
+    assert _run(*enroll, "--out", str(tmp_path / "bundle")) == 0
+    port = load_central_config(config_file).server.port
+    # sd_notify readiness is the event to await (a socket path must fit in 108 bytes: not under tmp_path).
+    with tempfile.TemporaryDirectory(prefix="ntfy", dir="/tmp") as short:
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(f"{short}/notify")
+        notify.setblocking(False)
+        env = {**os.environ, "NOTIFY_SOCKET": f"{short}/notify"}
+        # A file, not a pipe: nobody reads a pipe while the server runs, and a full one would block it.
+        with (tmp_path / "stderr.txt").open("wb") as stderr_file:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                _RUN_CLI,
+                "central",
+                "--config",
+                str(config_file),
+                env=env,
+                stderr=stderr_file,
+            )
+        try:
+            loop = asyncio.get_running_loop()
+            messages = b""
+            while b"READY=1" not in messages:
+                messages += await asyncio.wait_for(loop.sock_recv(notify, 4096), timeout=30)
+            status, _ = await _ledger_head(f"https://127.0.0.1:{port}", tmp_path / "bundle", STATION)
+            assert status == 200
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            notify.close()
+    stderr = (tmp_path / "stderr.txt").read_text(encoding="utf-8", errors="replace")
+    assert "PRIVATE KEY" not in stderr
