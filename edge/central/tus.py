@@ -445,13 +445,14 @@ class _TusEndpoints:
                     break
                 pending += data
                 if len(pending) >= _WRITE_BLOCK_BYTES:
-                    await _blocking(write.write, bytes(pending))
-                    pending.clear()
+                    # Hand the buffer over instead of copying it: one block in memory, not two.
+                    block, pending = pending, bytearray()
+                    await _blocking(write.write, block)
             if too_long:
                 return await _blocking(write.discard), failure
             if pending:
-                await _blocking(write.write, bytes(pending))
-                pending.clear()
+                block, pending = pending, bytearray()
+                await _blocking(write.write, block)
             if failure is not None:
                 return await _blocking(write.keep), failure
             try:
@@ -464,7 +465,7 @@ class _TusEndpoints:
             # Server shutdown (or handler cancellation): like a disconnect, keep what arrived.
             with contextlib.suppress(Exception):
                 if pending:
-                    await _blocking(write.write, bytes(pending))
+                    await _blocking(write.write, pending)
                 await _blocking(write.keep)
             raise
         except OSError as exc:
@@ -630,6 +631,14 @@ class _TusEndpoints:
 
     async def patch(self, request: web.Request) -> web.StreamResponse:
         info, checksum = await self._check_patch(request)
+        if info.complete:
+            # Never open a finished upload's file again: registration may have linked it into the
+            # object store, and it is evidence from then on.
+            if request.body_exists:
+                raise TusRequestError(413, "too_large", f"upload {info.upload_id} is already complete")
+            headers = _base_headers()
+            headers.update(self._progress_headers(info))
+            return web.Response(status=204, headers=headers)
         write = await self._begin(info.upload_id, info.offset, checksum)
         before = info.offset
         info, failure = await self._receive(request, write)

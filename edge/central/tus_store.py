@@ -80,7 +80,7 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 class _Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | bytearray, /) -> None: ...
     def digest(self) -> bytes: ...
     def hexdigest(self) -> str: ...
     def copy(self) -> _Hasher: ...
@@ -535,8 +535,10 @@ class TusUploadStore:
             size = part.stat().st_size
         except FileNotFoundError:
             if info.complete:
-                # The content was taken away (moved into the object store) before the record was removed.
-                log.warning("upload %s: complete record without content: treated as gone", info.upload_id)
+                # The content was taken (into the object store) and a crash came before the record went.
+                log.warning("upload %s: complete record without content: removing the record", info.upload_id)
+                self._info_path(info.upload_id).unlink(missing_ok=True)
+                fsync_dir(self._root)
                 return None
             log.error("upload %s: content file missing; restarting it at offset 0", info.upload_id)
             size = -1
@@ -658,7 +660,7 @@ class UploadWrite:
             raise TusStoreError(f"upload {self.upload_id}: write used after close")
         return self._fd
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         """Append ``data``; raises :class:`UploadTooLargeError` (writing nothing) past the length."""
         fd = self._fd_or_raise()
         if self._offset + len(data) > self._info.length:

@@ -260,6 +260,7 @@ def test_a_complete_record_without_content_is_gone(tmp_path: Path, clock: FakeCl
         write.finish()
     part(first, info.upload_id).rename(tmp_path / "moved-to-objects")
     assert make_store(tmp_path, clock).get(info.upload_id) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moved-to-objects"]
 
 
 def test_an_incomplete_record_without_content_restarts_at_zero(tmp_path: Path, clock: FakeClock) -> None:
