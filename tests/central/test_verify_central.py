@@ -1,0 +1,224 @@
+"""verify_central_store: a clean store verifies; every kind of tampering is found and named."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edge.central.verify import verify_central_store
+from edge.custody.canonical import sha256_hex
+from edge.custody.keys import StationKey
+from edge.custody.problems import Problem
+from tests.central.conftest import (
+    Acquired,
+    CentralParts,
+    FakeStation,
+    enroll,
+    make_central_parts,
+    start_http_central,
+)
+
+
+@dataclass
+class Store:
+    root: Path
+    parts: CentralParts
+    items: list[Acquired]
+    station: FakeStation
+
+    def verify(self) -> list[Problem]:
+        return verify_central_store(self.root, central_public_key=self.parts.signing_key.public_key())
+
+    def tamper(self, *statements: str) -> None:
+        """Change the index as someone with write access to the file would: triggers do not stop them."""
+        conn = sqlite3.connect(self.root / "index.db")
+        try:
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+                conn.execute(f"DROP TRIGGER {name}")
+            for statement in statements:
+                conn.execute(statement)
+            conn.commit()
+        finally:
+            conn.close()
+
+
+async def _accept(parts: CentralParts, station: FakeStation, content: bytes) -> Acquired:
+    acquired = station.acquire(content)
+    after = parts.index.ledger_head(station.station_id)[0]
+    body = {"upload": parts.upload(station.station_id, content), "manifest": acquired.manifest,
+            "ledger": station.segment(after)}
+    await parts.registrar.register_item(parts.caller(station.station_id), station.station_id, body)
+    return acquired
+
+
+@pytest.fixture
+async def store(tmp_path: Path, station: FakeStation, other_station: FakeStation) -> AsyncIterator[Store]:
+    root = tmp_path / "central"
+    parts = make_central_parts(root)
+    enroll(parts.index, station)
+    enroll(parts.index, other_station)
+    items = [await _accept(parts, station, f"item {n}".encode() * 50) for n in range(4)]
+    items.append(await _accept(parts, other_station, b"from the other station"))
+    station.tag(items[0].item, {"case_number": "RETAGGED"})
+    await parts.registrar.accept_segment(parts.caller(station.station_id), station.station_id,
+                                         station.segment(parts.index.ledger_head(station.station_id)[0]))
+    parts.index.close()
+    yield Store(root, parts, items, station)
+
+
+def _text(problems: list[Problem]) -> str:
+    return "\n".join(str(p) for p in problems)
+
+
+async def test_a_clean_store_verifies(store: Store) -> None:
+    assert store.verify() == []
+
+
+async def test_flipped_byte_in_an_object(store: Store) -> None:
+    target = store.items[1]
+    path = store.parts.objects.path_of(target.sha256)
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0x01
+    path.write_bytes(bytes(data))
+    problems = store.verify()
+    assert [p.where for p in problems] == [f"object {target.sha256}"]
+    assert "altered" in problems[0].what
+
+
+async def test_missing_unexpected_and_orphan_objects(store: Store) -> None:
+    target = store.items[2]
+    store.parts.objects.path_of(target.sha256).unlink()
+    (store.root / "objects" / "README").write_text("planted")
+    orphan = store.root / "orphan.part"
+    orphan.write_bytes(b"never registered")
+    store.parts.objects.put_file(orphan, sha256_hex(b"never registered"))  # as a crash before commit
+    text = _text(store.verify())
+    assert f"object {target.sha256}: missing" in text
+    assert "object README: unexpected" in text
+    assert f"object {sha256_hex(b'never registered')}: no accepted item references it" in text
+
+
+async def test_edited_index_row(store: Store) -> None:
+    target = store.items[0]
+    store.tamper(f"UPDATE items SET officer_no = '999999' WHERE item = '{target.item}'")
+    problems = store.verify()
+    assert [p.where for p in problems] == [f"item {target.item}"]
+    assert "officer_no" in problems[0].what
+
+
+async def test_edited_item_hash_is_caught_by_leaf_and_manifest(store: Store) -> None:
+    target = store.items[3]
+    store.tamper(f"UPDATE items SET sha256 = '{'0' * 64}' WHERE item = '{target.item}'")
+    text = _text(store.verify())
+    assert f"item {target.item}: index column sha256" in text
+    assert "Merkle leaf 3 differs from the index row in sha256" in text
+    assert f"object {target.sha256}: no accepted item references it" in text
+
+
+async def test_edited_manifest_fails_its_signature(store: Store) -> None:
+    target = store.items[0]
+    store.tamper(
+        "UPDATE items SET manifest = replace(manifest, 'traffic stop', 'nothing happened') "
+        f"WHERE item = '{target.item}'"
+    )
+    text = _text(store.verify())
+    assert "does not verify" in text and "altered" in text
+    assert "manifest hashes to" in text
+
+
+async def test_deleted_leaf_row(store: Store) -> None:
+    store.tamper("DELETE FROM merkle_leaves WHERE idx = 4")
+    problems = store.verify()
+    text = _text(problems)
+    assert "tree head" in text and "leaves were removed" in text
+    assert f"item {store.items[4].item}: its leaf 4 cannot be read" in text
+    assert "receipts: not reproducible" in text and len(problems) == 3
+
+
+async def test_deleted_item_row(store: Store) -> None:
+    target = store.items[2]
+    store.tamper(f"DELETE FROM metadata_history WHERE item = '{target.item}'",
+                 f"DELETE FROM item_case WHERE item = '{target.item}'",
+                 f"DELETE FROM items WHERE item = '{target.item}'")
+    text = _text(store.verify())
+    assert "merkle leaf 2: names an item the index does not hold" in text
+    assert f"object {target.sha256}: no accepted item references it" in text
+
+
+async def test_altered_tree_head(store: Store) -> None:
+    store.tamper("UPDATE merkle_tree_heads SET root_hash = '" + "ab" * 32 + "' WHERE id = "
+                 "(SELECT max(id) FROM merkle_tree_heads)")
+    problems = store.verify()
+    text = _text(problems)
+    assert "signature" in text and "forged or altered" in text
+    assert [p.where for p in problems] == ["tree head 5 (size 5).signature", "receipts"]
+
+
+async def test_tree_head_signed_by_another_key(store: Store) -> None:
+    problems = verify_central_store(store.root, central_public_key=StationKey.generate().public_key())
+    assert problems and all("pinned central key" in p.what or "not reproducible" in p.what for p in problems)
+
+
+async def test_station_ledger_entry_deleted_or_edited(store: Store) -> None:
+    station = store.station.station_id
+    store.tamper(f"DELETE FROM station_ledger WHERE station = '{station}' AND seq = 5")
+    text = _text(store.verify())
+    assert f"station {station} ledger seq 5: missing" in text
+
+
+async def test_station_ledger_entry_rewritten(store: Store) -> None:
+    station = store.station.station_id
+    store.tamper(f"UPDATE station_ledger SET data = replace(data, 'DSJ-0001', 'DSJ-6666') "
+                 f"WHERE station = '{station}' AND seq = 1")
+    text = _text(store.verify())
+    assert f"station {station} ledger seq 1: content does not match its hash" in text
+
+
+async def test_checkpoint_altered(store: Store) -> None:
+    station = store.station.station_id
+    store.tamper(f"UPDATE station_checkpoints SET time = '2000-01-01T00:00:00.000000Z' "
+                 f"WHERE station = '{station}' AND id = (SELECT min(id) FROM station_checkpoints)")
+    text = _text(store.verify())
+    assert "checkpoint seq" in text and "signature does not verify" in text
+
+
+async def test_metadata_history_and_current_case(store: Store) -> None:
+    target = store.items[0]
+    store.tamper(f"UPDATE item_case SET case_number = 'FORGED' WHERE item = '{target.item}'")
+    text = _text(store.verify())
+    assert f"item {target.item}: current case case_number is 'FORGED'" in text
+    assert "'RETAGGED'" in text
+
+
+async def test_deleted_history_row_of_a_tag(store: Store) -> None:
+    target = store.items[0]
+    store.tamper(f"DELETE FROM metadata_history WHERE item = '{target.item}' AND source = 'ledger'")
+    text = _text(store.verify())
+    assert "tagged entry" in text and "missing from the metadata history" in text
+
+
+async def test_store_made_by_init_verifies_with_its_own_key(tmp_path: Path, station: FakeStation) -> None:
+    central = await start_http_central(tmp_path, dev=False)
+    try:
+        central.enroll_tls(station)
+    finally:
+        await central.running.stop()
+    assert verify_central_store(central.config.central.store_dir) == []
+
+
+def test_not_a_store(tmp_path: Path) -> None:
+    problems = verify_central_store(tmp_path)
+    assert len(problems) == 1 and "missing" in problems[0].what
+
+
+def test_no_key_to_check_heads_with(tmp_path: Path) -> None:
+    parts = make_central_parts(tmp_path)
+    parts.index.close()
+    text = _text(verify_central_store(tmp_path))
+    assert "cannot load the central signing key" in text and "not verified" in text
