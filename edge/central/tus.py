@@ -10,7 +10,20 @@ it, and any other station gets the same 404 as for an upload that never existed.
 Every refusal is a JSON body ``{"error": code, "detail": sentence}`` naming the header and what was wrong.
 Request bodies stream to disk in blocks of at most ``_WRITE_BLOCK_BYTES`` whatever their size; a body that
 sends nothing for ``chunk_timeout_s`` ends the request (408, connection closed), keeping the bytes that
-arrived unless the request declared a checksum (a partial chunk cannot be verified).
+arrived unless the request declared a checksum (a partial chunk cannot be verified). A client that
+disconnects (or a handler cancelled by the server) is treated the same way.
+
+Choices the protocol leaves open:
+
+- ``Upload-Expires`` counts from the last accepted bytes, so a slow but live upload never expires under
+  its client; complete uploads do not expire (registration removes them).
+- ``Expect: 100-continue`` is answered from the headers alone: a request that would be refused (version,
+  identity, owner, offset, type, size) gets its final status before the client sends any body.
+- A creation request whose body fails (460, 408, 413) still created the upload: the refusal carries
+  ``Location`` and ``Upload-Offset`` so the client resumes instead of starting over.
+- ``X-HTTP-Method-Override: PATCH|DELETE|HEAD`` on a POST to an upload URL.
+- A finished upload's file is never opened for writing again (registration may have linked it into the
+  object store).
 """
 
 from __future__ import annotations

@@ -802,6 +802,29 @@ async def test_a_vanished_client_leaves_a_resumable_upload(
     assert server.completed[0].sha256 == hashlib.sha256(b"v" * 400 + b"w" * 600).hexdigest()
 
 
+async def test_a_cancelled_handler_keeps_what_arrived(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    # Applications may run aiohttp with handler_cancellation: a disconnect then cancels the handler.
+    store = SignallingStore(tmp_path / "c", max_size_bytes=MAX_SIZE, expire_after_s=3600)
+    async with running_tus(store, handler_cancellation=True) as server:
+        url = await create(session, server, 1000)
+        headers: list[tuple[str, str | bytes]] = [
+            ("Tus-Resumable", "1.0.0"),
+            (STATION_HEADER, STATION),
+            ("Upload-Offset", "0"),
+            ("Content-Type", OCTET),
+            ("Content-Length", "1000"),
+        ]
+        _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(request_bytes("PATCH", url.removeprefix(server.origin), headers, b"k" * 250))
+        await writer.drain()
+        await wait_event(store.began)
+        writer.close()
+        await writer.wait_closed()
+        await wait_event(store.released)
+        assert await head_offset(session, url) == 250
+        assert part_size(store, url) == 250
+
+
 async def test_a_second_writer_gets_409_while_the_first_streams(
     server: RunningTus, session: aiohttp.ClientSession, store: SignallingStore
 ) -> None:

@@ -86,6 +86,7 @@ async def running_tus(
     chunk_timeout_s: float = 10.0,
     purge_interval_s: float | None = None,
     port: int = 0,
+    handler_cancellation: bool = False,
 ) -> AsyncIterator[RunningTus]:
     completed: list[UploadInfo] = []
 
@@ -103,7 +104,7 @@ async def running_tus(
     )
     if purge_interval_s is not None:
         app.cleanup_ctx.append(tus_purge_task(store, purge_interval_s))
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, shutdown_timeout=1.0, handler_cancellation=handler_cancellation)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
