@@ -431,18 +431,20 @@ class TusClient:
         created = False
         resumed_from = 0
         offset = 0
+        known_offset: int | None = None  # the last offset the server stated in this call
         try:
             if url is not None:
                 url = self._own_url(url)
                 try:
                     offset, _ = await self._head(url, length)
-                    resumed_from = offset
+                    resumed_from = known_offset = offset
                     log.info("upload %s: resuming at %d of %d bytes", _upload_id(url), offset, length)
                 except UploadGone:
                     log.info("upload %s is gone on the server: starting a new upload", _upload_id(url))
                     url = None
             if url is None:
                 url, offset = await self._create_for(path, length, encoded_metadata, sent, take)
+                known_offset = offset
                 created = True
                 if on_created is not None:
                     on_created(url)
@@ -459,7 +461,7 @@ class TusClient:
                 status, new_offset = await self._patch(url, chunk, length, sent)
                 if status == 204:
                     assert new_offset is not None
-                    offset = confirmed = new_offset
+                    offset = confirmed = known_offset = new_offset
                     failures_here = conflicts = 0
                     if progress is not None:
                         progress(offset)
@@ -484,21 +486,26 @@ class TusClient:
                         )
                     continue  # re-read from disk: a flipped bit in our own memory is not re-sent
                 if status == 409:
+                    # Either the offsets disagree (HEAD tells where to go on) or the upload is busy (an
+                    # earlier request of ours still holds it on the server): both pass, so after a few
+                    # tries in a row this is an interruption for the caller's backoff, not a violation.
                     conflicts += 1
                     if conflicts > self.max_conflicts:
-                        raise ProtocolViolation(
-                            f"upload {_upload_id(url)}: the server answered 409 (offset conflict) "
-                            f"{conflicts} times in a row at offset {offset}",
+                        raise UploadInterrupted(
+                            f"upload {_upload_id(url)}: the server answered 409 (conflict) {conflicts} times "
+                            f"in a row at offset {offset}",
                             url=url,
+                            status=409,
                         )
                     offset, _ = await self._head(url, length)
+                    known_offset = offset
                     if offset < confirmed:
                         raise ProtocolViolation(
                             f"upload {_upload_id(url)}: the server's offset went back from {confirmed} "
                             f"(confirmed) to {offset}",
                             url=url,
                         )
-                    log.info("upload %s: offset conflict, server is at %d", _upload_id(url), offset)
+                    log.info("upload %s: conflict, the server is at %d", _upload_id(url), offset)
                     continue
                 # 404/410 in the middle: the upload expired or was purged under us. Start over once.
                 if recreated:
@@ -508,12 +515,21 @@ class TusClient:
                 )
                 recreated = True
                 url, offset = await self._create_for(path, length, encoded_metadata, sent, take)
-                confirmed = offset
+                confirmed = known_offset = offset
                 created = True
                 if on_created is not None:
                     on_created(url)
                 if progress is not None:
                     progress(offset)
+        except UplinkError as exc:
+            # Whatever failed, the caller learns the upload URL, and for an interruption what this call
+            # sent and the last offset the server confirmed.
+            if exc.url is None:
+                exc.url = url
+            if isinstance(exc, UploadInterrupted):
+                exc.bytes_sent = sent.bytes
+                exc.offset = known_offset
+            raise
         finally:
             if read_ahead is not None:
                 read_ahead[2].add_done_callback(_retrieve)

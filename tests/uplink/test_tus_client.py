@@ -362,6 +362,36 @@ async def test_resume_after_the_central_is_killed_mid_patch(
     assert stored(restarted, url) == data
 
 
+async def test_resume_right_after_a_network_drop(
+    tmp_path: Path, proxy: TcpProxy, store: TusUploadStore, session: aiohttp.ClientSession
+) -> None:
+    """The link drops mid-PATCH while the central stays up; the next attempt may find the upload still
+    held by the server's dying request (409 busy) and must then end as an interruption to retry."""
+    size = CHUNK * 5
+    path, data = evidence(tmp_path, size, seed=6)
+    client = make_client(session, proxy.origin, creation_with_upload=False)
+    created: list[str] = []
+    proxy.cut_after(CHUNK * 2 + CHUNK // 3)
+    attempt = asyncio.create_task(client.upload(None, path, size, {}, on_created=created.append))
+    await proxy.cut_reached.wait()
+    proxy.release()
+    with pytest.raises(UploadInterrupted) as info:
+        await attempt
+    assert info.value.url == created[0] and info.value.offset == CHUNK * 2
+    url = created[0]
+    result = None
+    for _ in range(50):
+        try:
+            result = await client.upload(url, path, size, {})
+            break
+        except UploadInterrupted as exc:
+            assert exc.status == 409  # busy, never anything else
+            await asyncio.sleep(0.02)  # the caller's backoff, shortened
+    assert result is not None
+    assert result.resumed_from == CHUNK * 2 and result.bytes_sent == size - CHUNK * 2
+    assert stored(store, url) == data
+
+
 async def test_corrupted_chunk_is_refused_with_460_and_sent_again(
     tmp_path: Path, proxy: TcpProxy, store: TusUploadStore, session: aiohttp.ClientSession
 ) -> None:
@@ -845,16 +875,19 @@ async def test_conflict_resyncs_with_head(
     assert [m for m, _, _ in fake.requests] == ["POST", "PATCH", "HEAD", "PATCH"]
 
 
-async def test_endless_conflicts_are_bounded(
+async def test_endless_conflicts_are_a_bounded_interruption(
     tmp_path: Path, hostile: tuple[HostileCentral, Served], session: aiohttp.ClientSession
 ) -> None:
+    """A busy upload (409 while HEAD agrees with the offset) passes: the caller retries later."""
     fake, served = hostile
     fake.patch = answer(409, {"Tus-Resumable": "1.0.0"})
     path, _ = evidence(tmp_path, CHUNK)
     client = make_client(session, served.origin, creation_with_upload=False, max_conflicts=2)
-    with pytest.raises(ProtocolViolation, match="409"):
+    with pytest.raises(UploadInterrupted, match="409") as info:
         await client.upload(None, path, CHUNK, {})
-    assert [m for m, _, _ in fake.requests].count("PATCH") == 3
+    assert info.value.status == 409 and info.value.offset == 0 and info.value.bytes_sent == 3 * CHUNK
+    assert info.value.url is not None
+    assert [m for m, _, _ in fake.requests] == ["POST", "PATCH", "HEAD", "PATCH", "HEAD", "PATCH"]
 
 
 async def test_head_going_back_after_a_confirmed_chunk_is_a_violation(
