@@ -51,6 +51,7 @@ from edge.central.tus_store import (
     CHECKSUM_ALGORITHMS,
     ChecksumMismatchError,
     ChunkChecksum,
+    InsufficientStorageError,
     OffsetMismatchError,
     TusUploadStore,
     UploadBusyError,
@@ -594,6 +595,13 @@ class _TusEndpoints:
             info = await _blocking(self._store.create, creation.station, creation.length, creation.metadata)
         except UploadTooLargeError as exc:
             raise TusRequestError(413, "too_large", str(exc)) from None
+        except InsufficientStorageError as exc:
+            log.error("cannot create an upload for station %s: %s", creation.station, exc)
+            raise TusRequestError(
+                507,
+                "insufficient_storage",
+                f"Upload-Length: the central has no room for {creation.length} bytes now; retry later",
+            ) from None
         headers = _base_headers()
         headers["Location"] = f"{request.path.rstrip('/')}/{info.upload_id}"
         failure: TusRequestError | None = None

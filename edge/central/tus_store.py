@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge.custody.canonical import canonical_json, parse_json
-from edge.fsutil import fsync_dir, write_atomic
+from edge.fsutil import free_bytes, fsync_dir, write_atomic
 
 __all__ = [
     "CHECKSUM_ALGORITHMS",
@@ -53,6 +53,7 @@ __all__ = [
     "UPLOAD_ID_RE",
     "ChecksumMismatchError",
     "ChunkChecksum",
+    "InsufficientStorageError",
     "InvalidUploadIdError",
     "OffsetMismatchError",
     "TusStoreError",
@@ -124,6 +125,10 @@ class UploadIncompleteError(TusStoreError):
 
 class UploadTooLargeError(TusStoreError):
     """A length above the store's limit, or bytes beyond the upload's declared length."""
+
+
+class InsufficientStorageError(TusStoreError):
+    """The store's file system has not got room for the declared length."""
 
 
 class OffsetMismatchError(TusStoreError):
@@ -285,6 +290,7 @@ class TusUploadStore:
         max_size_bytes: int,
         expire_after_s: float,
         commit_every_bytes: int = 16 * 1024 * 1024,
+        reserve_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_size_bytes < 0:
@@ -298,6 +304,7 @@ class TusUploadStore:
         self._max_size_bytes = max_size_bytes
         self._expire_after_s = float(expire_after_s)
         self._commit_every_bytes = commit_every_bytes
+        self._reserve_bytes = reserve_bytes
         self._clock = clock
         self._lock = threading.Lock()
         self._states: dict[str, _UploadState] = {}
@@ -343,6 +350,13 @@ class TusUploadStore:
         if length > self._max_size_bytes:
             raise UploadTooLargeError(
                 f"length {length} exceeds the maximum upload size {self._max_size_bytes}"
+            )
+        free = free_bytes(self._root)
+        if length > free - self._reserve_bytes:
+            # Checked per creation only (concurrent uploads share the space), but it refuses the hopeless
+            # case up front instead of failing hours into the transfer.
+            raise InsufficientStorageError(
+                f"length {length} does not fit: {free} bytes free, {self._reserve_bytes} kept in reserve"
             )
         upload_id = secrets.token_hex(16)
         part = self._part_path(upload_id)

@@ -400,6 +400,20 @@ async def test_413_on_an_upload_above_the_size_limit(
     ).status == 201
 
 
+async def test_507_when_the_disk_cannot_hold_the_upload(
+    server: RunningTus, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("edge.central.tus_store.free_bytes", lambda _path: 64 * 1024 * 1024 + 1000)
+    reply = await call(session, "POST", server.collection_url, tus_headers(Upload_Length="1001"))
+    assert reply.status == 507
+    assert reply.error == "insufficient_storage"
+    assert "no room for 1001 bytes" in reply.detail
+    assert list(server.store.root.iterdir()) == []
+    assert (
+        await call(session, "POST", server.collection_url, tus_headers(Upload_Length="1000"))
+    ).status == 201
+
+
 async def test_413_on_a_patch_beyond_the_upload_length(
     server: RunningTus, session: aiohttp.ClientSession, store: SignallingStore
 ) -> None:
