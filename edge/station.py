@@ -27,6 +27,7 @@ from edge.custody.ledger import EntryType
 from edge.sdnotify import SystemdNotifier
 from edge.store import StationStore
 from edge.supervise import Supervisor, TaskSpec
+from edge.uplink.service import UplinkService
 from edge.volumes import VolumeWatcher, wait_until_readable
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class StationAgent:
         self._active_devices: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.store: StationStore | None = None
+        self.uplink: UplinkService | None = None
         self.supervisor: Supervisor | None = None
         self.ready = asyncio.Event()
 
@@ -100,6 +102,10 @@ class StationAgent:
         if self.config.dock.port:
             # Offloads go on without the bay board: losing it costs the LEDs, never evidence.
             supervisor.add(TaskSpec("dock", self._dock_loop, critical=False))
+        if self.config.uplink.enabled:
+            # Offloads go on without the central too: evidence waits in the spool.
+            self.uplink = UplinkService(self.config, self.store)
+            supervisor.add(TaskSpec("uplink", self.uplink.run, critical=False))
         watcher.start()
         self.ready.set()
         try:
@@ -214,7 +220,12 @@ class StationAgent:
                 await asyncio.wait_for(stop.wait(), self.config.usb.poll_interval_s)
 
     def _session_kwargs(self) -> dict[str, Any]:
-        return {"executor": self.executor, "set_led": self.set_led, "on_progress": self._progress}
+        return {
+            "executor": self.executor,
+            "set_led": self.set_led,
+            "on_progress": self._progress,
+            "receipts": self.uplink,
+        }
 
     async def _control_session(self, handle: RecorderHandle) -> None:
         assert self.store is not None

@@ -1,0 +1,94 @@
+"""A central receiver in this process, set up as a real one would be: the demo's and benchmarks' central.
+
+`EmbeddedCentral.start` does what an agency administrator does by hand: `edge central init` (CA,
+server certificate, signing key), `edge central enroll STATION` with the station's ledger key, then
+serves on a free local port with mutual TLS. The station is pointed at it with `uplink_config()`.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge.central.config import CentralConfig, CentralLayout
+from edge.central.identity import enroll_station, init_central
+from edge.central.index import CentralIndex
+from edge.central.service import RunningCentral, start_central
+from edge.custody.keys import StationKey, load_public_key
+from edge.store import StoreLayout
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class EmbeddedCentral:
+    config: CentralConfig
+    running: RunningCentral
+    bundle_dir: Path
+
+    @property
+    def url(self) -> str:
+        return str(self.running.url)
+
+    @property
+    def store_dir(self) -> Path:
+        return self.config.central.store_dir
+
+    @classmethod
+    def make_config(cls, store_dir: Path, *, port: int | None = None, **uploads: Any) -> CentralConfig:
+        return CentralConfig.model_validate(
+            {
+                "central": {"id": "DEMO-CENTRAL", "store_dir": str(store_dir)},
+                "server": {
+                    "listen": "127.0.0.1",
+                    "port": port or free_port(),
+                    "names": ["localhost", "127.0.0.1"],
+                },
+                "uploads": uploads,
+            }
+        )
+
+    @classmethod
+    async def start(
+        cls, workdir: Path, station_id: str, station_store: Path, **uploads: Any
+    ) -> EmbeddedCentral:
+        config = cls.make_config(workdir / "central-store", **uploads)
+        init_central(config)
+        bundle_dir = workdir / "station-identity"
+        if not (bundle_dir / "enrollment.json").is_file():
+            enroll(config, station_id, station_store, bundle_dir)
+        running = await start_central(config)
+        return cls(config, running, bundle_dir)
+
+    def uplink_config(self) -> dict[str, Any]:
+        """The station's [uplink] section pointing at this central."""
+        return {"central_url": self.url, "identity_dir": str(self.bundle_dir)}
+
+    def signing_public_key(self) -> Ed25519PublicKey:
+        return load_public_key(self.bundle_dir / "central-signing.pub")
+
+    async def stop(self) -> None:
+        await self.running.stop()
+
+
+def enroll(config: CentralConfig, station_id: str, station_store: Path, bundle_dir: Path) -> None:
+    """Enroll a station by its store: its ledger key is made now if the store is new."""
+    layout = StoreLayout(station_store)
+    layout.keys_dir.mkdir(parents=True, exist_ok=True)
+    key = StationKey.load_or_create(layout.private_key)
+    assert key.public_path is not None
+    enrollment = enroll_station(config, station_id, signing_key_pub=key.public_path, out_dir=bundle_dir)
+    assert enrollment.signing_public_key_b64 is not None
+    index = CentralIndex.open(CentralLayout(config.central.store_dir).index_db)
+    try:
+        index.enroll_station(station_id, enrollment.signing_public_key_b64, enrollment.cert_sha256)
+    finally:
+        index.close()

@@ -1,0 +1,459 @@
+"""The uplink: drains the spool to the central receiver while offloads go on, and checks receipts.
+
+Per item: tus upload of the original bytes (resumed from the server's offset after any failure, each
+chunk with its SHA-256) → registration of the signed manifest together with the station's ledger
+entries the central has not yet accepted → the receipt, verified here (tree-head signature by the
+central key pinned at enrollment, inclusion proof of the item's leaf) → `receipt` ledger entry and a
+receipt sidecar. Only then may the recorder's file be erased (wipe policy after-receipt) and, after
+the retention period, the local copy purged.
+
+Failures never lose anything: transient ones (central down, timeouts, 5xx) back off exponentially with
+jitter per item and trip a circuit breaker that pauses all traffic; refusals the central explains
+(mismatch, signature, chain) are final for that item and named in the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from edge.config import StationConfig
+from edge.custody.canonical import canonical_json, sha256_hex
+from edge.custody.keys import key_id_of, load_public_key
+from edge.custody.ledger import Checkpoint, LedgerEntry
+from edge.custody.problems import Problem
+from edge.custody.receipt import verify_receipt
+from edge.fsutil import write_atomic
+from edge.store import StationStore
+from edge.uplink.central_api import CentralApi, CentralRejected, CentralUnavailable
+from edge.uplink.policy import Backoff, BreakerState, CircuitBreaker, RateLimiter, UploadWindows
+from edge.uplink.spool import Spool, SpoolEntry, UploadState
+from edge.uplink.tus_client import (
+    ChecksumRejected,
+    LocalFileError,
+    ProtocolViolation,
+    ServerRejected,
+    TusClient,
+    UplinkError,
+    UploadGone,
+    UploadInterrupted,
+)
+
+log = logging.getLogger(__name__)
+
+# Ledger entries per request: bounds the request body whatever the backlog after a long outage.
+LEDGER_BATCH = 2000
+PURGE_INTERVAL_S = 60.0
+IDLE_POLL_S = 5.0
+# Codes after which registering again (after refreshing the central's view of our ledger) can work.
+_RETRY_CODES = {"ledger_gap", "chain_unknown", "upload_incomplete"}
+# Codes about the station itself, not the item: wait for an administrator (enroll, re-enroll) and retry.
+_STATION_CODES = {"unknown_station", "station_revoked", "wrong_station", "unauthenticated", "forbidden"}
+_REUPLOAD_CODES = {"upload_not_found", "upload_expired", "not_found", "http_404", "http_410"}
+
+
+class UplinkFatal(Exception):
+    """The central's record of this station's ledger disagrees with the station's: a fork. Uploading
+    stops until a human looks; the supervisor reports it."""
+
+
+@dataclass
+class UplinkStats:
+    uploaded: int = 0
+    receipts: int = 0
+    rejected: int = 0
+    bytes_sent: int = 0
+    resumed: int = 0
+
+
+def receipt_path(stored: Path) -> Path:
+    return stored.with_name(stored.name + ".receipt.json")
+
+
+class UplinkService:
+    def __init__(
+        self,
+        config: StationConfig,
+        store: StationStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not config.uplink.enabled:
+            raise ValueError("the uplink needs [uplink] central_url")
+        self.config = config
+        self.uplink = config.uplink
+        self.store = store
+        self.spool = Spool(store)
+        self.clock = clock
+        self.stats = UplinkStats()
+        key_path = self.uplink.pinned_key_path
+        assert key_path is not None  # config validation guarantees it
+        self.central_key = load_public_key(key_path)
+        self.backoff = Backoff(
+            self.uplink.backoff_base_s, self.uplink.backoff_max_s, rng=rng or random.Random()
+        )
+        self.breaker = CircuitBreaker(self.uplink.breaker_failures, self.uplink.breaker_open_s, clock=clock)
+        self.windows = UploadWindows.parse(self.uplink.windows)
+        rate = self.uplink.bandwidth_mbit_s * 1_000_000 / 8
+        self.limiter = RateLimiter(rate, clock=time.monotonic) if rate > 0 else None
+        self._wake = asyncio.Event()
+        self._receipt_event = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._register_lock = asyncio.Lock()
+        self._central_head: tuple[int, str] | None = None
+        self._last_purge = 0.0
+        self._fatal: UplinkFatal | None = None
+        self._bad_receipts: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"UplinkService(central={self.uplink.central_url!r}, station={self.config.station.id!r})"
+
+    # -- what the offloads see (edge.acquire.offload.ReceiptGate) ---------------------------------
+
+    def item_sealed(self, item: str) -> None:
+        self._wake.set()
+
+    async def wait_receipts(self, items: Sequence[str], timeout_s: float) -> set[str]:
+        wanted = set(items)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        self._wake.set()
+        while True:
+            self._receipt_event.clear()
+            done = self.spool.receipted(wanted)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if done == wanted or remaining <= 0:
+                return done
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._receipt_event.wait(), timeout=min(remaining, IDLE_POLL_S))
+
+    async def wait_drained(self, timeout_s: float) -> bool:
+        """Wait until every sealed item is receipted or refused (the demo, tests); False on timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.spool.pending_count():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            self._receipt_event.clear()
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._receipt_event.wait(), timeout=min(remaining, 0.5))
+        return True
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until cancelled (a supervised task)."""
+        connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=self.uplink.concurrency + 2)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            headers = self._identity_headers()
+            tus = TusClient(
+                session,
+                self.uplink.central_url.rstrip("/") + "/v1/uploads",
+                chunk_size_bytes=self.uplink.chunk_mb << 20,
+                limiter=self.limiter,
+                request_timeout_s=self.uplink.request_timeout_s,
+                headers=headers,
+            )
+            api = CentralApi(
+                session,
+                self.uplink.central_url,
+                self.config.station.id,
+                headers=headers,
+                timeout_s=self.uplink.request_timeout_s,
+            )
+            try:
+                await self._loop(tus, api)
+            finally:
+                tasks = list(self._in_flight.values())
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self, tus: TusClient, api: CentralApi) -> None:
+        while True:
+            if self._fatal is not None:
+                raise self._fatal
+            self._wake.clear()
+            self.spool.enqueue_sealed()
+            self._purge_if_due()
+            delay = self._pause_s()
+            if delay is None:
+                free = self.uplink.concurrency - len(self._in_flight)
+                if self.breaker.state is not BreakerState.CLOSED:
+                    free = min(free, 1)  # one probe while the central may still be down
+                if free > 0:
+                    for entry in self.spool.due(self.clock(), self._in_flight, free):
+                        task = asyncio.create_task(self._send(tus, api, entry), name=f"upload-{entry.item}")
+                        self._in_flight[entry.item] = task
+                        task.add_done_callback(functools.partial(self._done, entry.item))
+                next_due = self.spool.next_due_s()
+                delay = IDLE_POLL_S if next_due is None else min(IDLE_POLL_S, next_due - self.clock())
+                delay = max(0.05, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    def _done(self, item: str, _task: asyncio.Task[None]) -> None:
+        task = self._in_flight.pop(item, None)
+        self._wake.set()
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("upload of %s stopped: %s", item, exc)
+            # A fork stops the uplink: the loop raises it, and the supervisor reports it.
+            self._fatal = exc if isinstance(exc, UplinkFatal) else self._fatal
+
+    def _pause_s(self) -> float | None:
+        """Seconds to wait before sending anything, or None when uploads may run now."""
+        now = datetime.now().astimezone()
+        if not self.windows.is_open(now):
+            return max(1.0, min(60.0, (self.windows.next_open(now) - now).total_seconds()))
+        if not self.breaker.allow():
+            return max(0.05, (self.breaker.retry_at or self.clock()) - self.clock())
+        return None
+
+    # -- one item ---------------------------------------------------------------------------------
+
+    async def _send(self, tus: TusClient, api: CentralApi, entry: SpoolEntry) -> None:
+        try:
+            url = entry.upload_url
+            if entry.state is UploadState.QUEUED:
+                url = await self._upload(tus, entry)
+            assert url is not None
+            receipt = await self._register(api, entry, url)
+            self._accept_receipt(entry, receipt)
+            self.breaker.record_success()
+        except (
+            CentralUnavailable,
+            UploadInterrupted,
+            ChecksumRejected,
+            TimeoutError,
+            aiohttp.ClientError,
+        ) as exc:
+            self._transient(entry, f"{type(exc).__name__}: {exc}")
+        except CentralRejected as exc:
+            self._rejected_by_central(entry, exc)
+        except LocalFileError as exc:
+            self.spool.mark_rejected(entry.item, "upload", "local_read_error", str(exc))
+            self.stats.rejected += 1
+        except (ServerRejected, ProtocolViolation, UplinkError) as exc:
+            status = getattr(exc, "status", None)
+            if isinstance(exc, ServerRejected) and status == 413:
+                self.spool.mark_rejected(entry.item, "upload", "too_large", str(exc))
+                self.stats.rejected += 1
+            else:
+                self._transient(entry, f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            # The stored copy cannot be read: the local store needs a human; retry slowly meanwhile.
+            self.spool.mark_rejected(entry.item, "upload", "local_read_error", f"{entry.path}: {exc}")
+            self.stats.rejected += 1
+
+    async def _upload(self, tus: TusClient, entry: SpoolEntry) -> str:
+        metadata = {"item": entry.item, "sha256": entry.sha256, "filename": entry.original_name[:200]}
+        url = entry.upload_url
+        for _ in range(2):
+            try:
+                # The upload URL is made durable as soon as the central creates it: after a crash or
+                # a restart the upload resumes from the central's offset, never from zero.
+                result = await tus.upload(
+                    url,
+                    entry.path,
+                    entry.size,
+                    metadata,
+                    on_created=lambda created: self.spool.set_upload_url(entry.item, created),
+                )
+            except UploadGone:
+                log.info("item %s: the central forgot upload %s (expired?); starting again", entry.item, url)
+                self.spool.set_upload_url(entry.item, None)
+                url = None
+                continue
+            self.spool.mark_uploaded(entry.item, result.url, result.bytes_sent, result.resumed_from)
+            self.stats.uploaded += 1
+            self.stats.bytes_sent += result.bytes_sent
+            if result.resumed_from:
+                self.stats.resumed += 1
+            return str(result.url)
+        raise UploadInterrupted(f"item {entry.item}: the central lost the upload twice in a row")
+
+    async def _register(self, api: CentralApi, entry: SpoolEntry, url: str) -> dict[str, Any]:
+        upload_id = url.rstrip("/").rsplit("/", 1)[-1]
+        async with self._register_lock:
+            for attempt in range(3):
+                head = self._central_head or await api.ledger_head()
+                self._check_no_fork(head)
+                head = await self._send_backlog(api, head)
+                entries, checkpoint = self._segment_after(head[0], LEDGER_BATCH)
+                try:
+                    receipt = await api.register(upload_id, entry.manifest, entries, checkpoint)
+                except CentralRejected as exc:
+                    if exc.code in ("ledger_gap", "ledger_fork", "chain_unknown") and attempt < 2:
+                        self._central_head = None  # our view of the central's head was stale
+                        continue
+                    raise
+                if entries:
+                    self._central_head = (entries[-1].seq, entries[-1].hash)
+                return receipt
+        raise CentralUnavailable("registration did not settle after refreshing the ledger head")
+
+    def _check_no_fork(self, head: tuple[int, str]) -> None:
+        seq, hash_hex = head
+        if seq == 0:
+            return
+        row = self.store.conn.execute("SELECT hash FROM ledger WHERE seq=?", (seq,)).fetchone()
+        if row is None or row[0] != hash_hex:
+            found = "nothing" if row is None else row[0]
+            raise UplinkFatal(
+                f"the central holds ledger seq {seq} with hash {hash_hex}, this station has {found}: "
+                "the ledgers forked; uploads stop until an administrator investigates"
+            )
+
+    async def _send_backlog(self, api: CentralApi, head: tuple[int, str]) -> tuple[int, str]:
+        """Bring the central's copy of our ledger to within one batch of our head."""
+        while self.store.ledger.head()[0] - head[0] > LEDGER_BATCH:
+            entries, checkpoint = self._segment_after(head[0], LEDGER_BATCH)
+            assert checkpoint is not None
+            head = await api.post_ledger(entries, checkpoint)
+            self._central_head = head
+        return head
+
+    def _segment_after(self, seq: int, limit: int) -> tuple[list[LedgerEntry], Checkpoint | None]:
+        entries: list[LedgerEntry] = []
+        for entry in self.store.ledger.entries(seq + 1):
+            entries.append(entry)
+            if len(entries) >= limit:
+                break
+        if not entries:
+            return [], None
+        with self.store.transaction():
+            checkpoint = self.store.ledger.checkpoint(at_seq=entries[-1].seq)
+        return entries, checkpoint
+
+    def _accept_receipt(self, entry: SpoolEntry, receipt: dict[str, Any]) -> None:
+        problems = verify_receipt(
+            receipt,
+            self.central_key,
+            expected_item=entry.item,
+            expected_sha256=entry.sha256,
+            expected_station=self.config.station.id,
+        )
+        leaf = receipt.get("leaf")
+        manifest_sha256 = sha256_hex(canonical_json(entry.manifest))
+        if not problems and isinstance(leaf, dict) and leaf.get("manifest_sha256") != manifest_sha256:
+            problems = [
+                Problem(
+                    "receipt leaf",
+                    f"names manifest {str(leaf.get('manifest_sha256'))[:64]!r}, ours is {manifest_sha256}",
+                )
+            ]
+        if problems:
+            # Never erase or purge on a receipt that does not verify; ask again later (a replay returns
+            # a fresh proof), and keep the reason in the ledger.
+            reason = "; ".join(str(p) for p in problems[:3])
+            log.error("item %s: the central's receipt does not verify: %s", entry.item, reason)
+            if entry.item not in self._bad_receipts:  # on the record once, not at every retry
+                self._bad_receipts.add(entry.item)
+                self.store.record(
+                    "error", entry.item, {"stage": "receipt", "code": "bad_receipt", "reason": reason[:1000]}
+                )
+            self._transient(entry, f"receipt does not verify: {reason}")
+            return
+        tree_head = receipt["tree_head"]
+        write_atomic(receipt_path(entry.path), canonical_json(receipt) + b"\n")
+        self.spool.mark_receipted(
+            entry.item,
+            receipt,
+            {
+                "central": tree_head["origin"],
+                "central_key_id": key_id_of(self.central_key),
+                "leaf_index": receipt["leaf_index"],
+                "tree_size": receipt["tree_size"],
+                "root_hash": tree_head["root_hash"],
+                "tree_head_time": tree_head["time"],
+                "sha256": entry.sha256,
+                "verified": True,
+            },
+        )
+        self.stats.receipts += 1
+        self._receipt_event.set()
+        log.info(
+            "item %s: receipt verified (leaf %s of %s)",
+            entry.item,
+            receipt["leaf_index"],
+            receipt["tree_size"],
+        )
+
+    def _transient(self, entry: SpoolEntry, reason: str) -> None:
+        self.breaker.record_failure()
+        delay = self.backoff.next_delay(entry.attempts + 1)
+        log.warning("item %s: %s; retrying in %.1f s", entry.item, reason, delay)
+        self.spool.defer(entry.item, reason, self.clock() + delay)
+
+    def _rejected_by_central(self, entry: SpoolEntry, exc: CentralRejected) -> None:
+        if exc.status >= 500:
+            self._transient(entry, str(exc))
+        elif exc.code in _REUPLOAD_CODES or (exc.status == 404 and exc.code.startswith("upload")):
+            self.spool.requeue(entry.item, str(exc))
+            self._wake.set()
+        elif exc.code in _RETRY_CODES:
+            self._transient(entry, str(exc))
+        elif exc.code in _STATION_CODES or exc.status in (401, 403):
+            log.error("the central refuses this station: %s", exc)
+            self._transient(entry, str(exc))
+        elif exc.code == "ledger_fork":
+            self.spool.mark_rejected(entry.item, "register", exc.code, exc.detail)
+            raise UplinkFatal(f"the central reports a ledger fork: {exc.detail}")
+        else:
+            log.error("item %s: the central refused it: %s", entry.item, exc)
+            self.spool.mark_rejected(entry.item, "register", exc.code, exc.detail)
+            self.stats.rejected += 1
+
+    # -- retention --------------------------------------------------------------------------------
+
+    def _purge_if_due(self) -> None:
+        retention_days = self.uplink.retention_days
+        if retention_days is None or self.clock() - self._last_purge < PURGE_INTERVAL_S:
+            return
+        self._last_purge = self.clock()
+        self.purge(retention_days * 86400)
+
+    def purge(self, retention_s: float) -> list[str]:
+        """Delete local copies whose receipt verified at least `retention_s` ago; the manifest sidecar,
+        the receipt and every ledger entry stay, so the item remains provable against the central."""
+        purged: list[str] = []
+        for item, stored in self.spool.purge_due(retention_s):
+            if not self.spool.receipted([item]):
+                continue  # belt and braces: never purge what the central has not receipted
+            removed: list[str] = []
+            with contextlib.suppress(FileNotFoundError):
+                stored.unlink()
+                removed.append(str(stored.relative_to(self.store.layout.root)))
+            self.spool.mark_purged(item, removed)
+            purged.append(item)
+        return purged
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        if self.uplink.insecure_plain_http:
+            return False
+        from edge.central.identity import client_ssl_context  # the enrollment bundle's format
+
+        assert self.uplink.identity_dir is not None
+        return client_ssl_context(self.uplink.identity_dir)
+
+    def _identity_headers(self) -> dict[str, str]:
+        if self.uplink.insecure_plain_http:
+            log.warning("uplink uses PLAIN HTTP (insecure_plain_http): development only, not for evidence")
+            return {"X-Edge-Station": self.config.station.id}
+        return {}
