@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge.central.cli import add_central_parser
 from edge.config import ConfigError, StationConfig, load_config
 
 log = logging.getLogger("edge")
@@ -51,24 +52,47 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from edge.custody.errors import CustodyError
     from edge.custody.keys import load_public_key
-    from edge.verify_store import VerifyReport, is_store, verify_file, verify_store
+    from edge.verify_store import (
+        VerifyReport,
+        is_receipt_file,
+        is_store,
+        verify_file,
+        verify_receipt_file,
+        verify_store,
+    )
 
     target = Path(args.path)
     report: VerifyReport
     try:
         key = load_public_key(Path(args.key)) if args.key else None
+        central_key = load_public_key(Path(args.central_key)) if args.central_key else None
     except CustodyError as exc:
-        print(f"error: --key: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.item or is_store(target):
+    if (target / "index.db").is_file():
+        report = _verify_central(target, central_key)
+    elif args.item or is_store(target):
         if not is_store(target):
             print(f"error: {target} is not a station store (no state.db)", file=sys.stderr)
             return 2
-        report = verify_store(target, only_item=args.item, pinned_key=key)
+        report = verify_store(target, only_item=args.item, pinned_key=key, central_key=central_key)
+    elif is_receipt_file(target):
+        if central_key is None:
+            print(
+                "error: verifying a receipt needs --central-key (the central's signing key, "
+                "central-signing.pub from the enrollment bundle)",
+                file=sys.stderr,
+            )
+            return 2
+        report = verify_receipt_file(target, central_key, Path(args.content) if args.content else None)
     elif target.is_file():
         report = verify_file(target, key)
     else:
-        print(f"error: {target} is neither a sealed file nor a station store (no state.db)", file=sys.stderr)
+        print(
+            f"error: {target} is neither a sealed file, a receipt, a station store (state.db) nor a "
+            "central store (index.db)",
+            file=sys.stderr,
+        )
         return 2
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
@@ -81,6 +105,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"{len(report.problems)} problem(s))"
         )
     return 0 if report.ok else 1
+
+
+def _verify_central(store_dir: Path, central_key: Any) -> Any:
+    """A central store: objects, index, station ledgers, Merkle log; the signing key pinned if given."""
+    from edge.central.config import CentralLayout
+    from edge.central.verify import verify_central_store
+    from edge.custody.keys import key_id_of, load_public_key
+    from edge.custody.problems import Problem
+    from edge.verify_store import VerifyReport
+
+    report = VerifyReport(f"central store {store_dir}")
+    report.problems.extend(verify_central_store(store_dir))
+    if central_key is not None:
+        own = CentralLayout(store_dir).signing_key.with_name("signing.key.pub")
+        try:
+            found = key_id_of(load_public_key(own))
+        except Exception as exc:  # a missing or damaged key file is a finding, not a crash
+            report.problems.append(Problem(f"key {own}", f"cannot load the central signing key: {exc}"))
+        else:
+            if found != key_id_of(central_key):
+                report.problems.append(
+                    Problem(
+                        f"key {own}", f"the store signs with {found}, not the pinned {key_id_of(central_key)}"
+                    )
+                )
+    report.checked["central_stores"] = 1
+    return report
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
@@ -140,6 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         file_mb=args.file_mb,
         workdir=Path(args.workdir) if args.workdir else None,
         json_output=args.json,
+        central=not args.no_central,
     )
     return asyncio.run(run_demo(options))
 
@@ -157,10 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=cmd_check_config)
 
-    verify = sub.add_parser("verify", help="verify a sealed file, an item, or a whole station store")
-    verify.add_argument("path", help="sealed evidence file or station store directory")
+    verify = sub.add_parser(
+        "verify", help="verify a sealed file, an item, a station store, a central store or a receipt"
+    )
+    verify.add_argument(
+        "path", help="sealed evidence file, station store, central store, or a .receipt.json file"
+    )
     verify.add_argument("--item", help="verify only this item of the store at PATH")
     verify.add_argument("--key", help="the station public key (PEM) as known from enrolment, to pin")
+    verify.add_argument(
+        "--central-key", help="the central's signing public key (central-signing.pub), to verify receipts"
+    )
+    verify.add_argument("--content", help="with a receipt: the file whose bytes it should receipt")
     verify.add_argument("--json", action="store_true", help="one JSON object")
     verify.set_defaults(func=cmd_verify)
 
@@ -186,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--file-mb", type=float, default=2.0, help="size of each video file in MiB")
     demo.add_argument("--workdir", help="keep everything here (default: a temporary directory)")
     demo.add_argument("--json", action="store_true", help="last line: one JSON summary object")
+    demo.add_argument(
+        "--no-central", action="store_true", help="offload only: no embedded central, no uploads"
+    )
     demo.set_defaults(func=cmd_demo)
+
+    add_central_parser(sub)
     return parser
 
 

@@ -1,8 +1,11 @@
-"""`edge demo`: a whole docking station on simulated hardware, end to end.
+"""`edge demo`: the whole journey on simulated hardware, recorder → station → central.
 
-Starts the recorder bus simulator (pyusb backend over a UNIX socket, volumes under a mount root) and
-the bay controller simulator (a real pty), runs the real station agent against them, docks every
-recorder, waits for each offload to finish, verifies the store and prints a summary.
+Starts the recorder bus simulator (pyusb backend over a UNIX socket, volumes under a mount root), the
+bay controller simulator (a real pty) and an embedded central receiver (its own store under the
+workdir, its own CA; the station is enrolled and talks to it over mutual TLS), runs the real station
+agent against them, docks every recorder and follows each item through offload → upload → receipt.
+Recorders are erased only once the central's receipt for each file verified (wipe policy
+after-receipt). At the end both stores are verified and a summary is printed.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.central.embedded import EmbeddedCentral
+from edge.central.verify import verify_central_store
 from edge.config import StationConfig
 from edge.station import BayView, StationAgent
+from edge.store import open_db
 from edge.verify_store import verify_store
 from simulators.dock import DockSimulator
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
@@ -29,6 +35,7 @@ from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
 OFFICERS = ["张伟", "王芳", "李娜", "刘洋", "陈静", "杨磊", "赵敏", "黄勇", "周婷", "吴强"]
 DEMO_PASSWORD = "000000"  # the factory default real recorders ship with; a demo has nothing to hide
 SESSION_TIMEOUT_S = 600.0
+STATION_ID = "DEMO-STATION-01"
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class DemoOptions:
     file_mb: float = 2.0
     workdir: Path | None = None
     json_output: bool = False
+    central: bool = True  # False: offload only (the pipeline benchmark's baseline)
 
 
 def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]:
@@ -65,12 +73,16 @@ def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]
 
 
 def demo_config(
-    workdir: Path, specs: list[RecorderSpec], dock_port: str, password_file: Path
+    workdir: Path,
+    specs: list[RecorderSpec],
+    dock_port: str,
+    password_file: Path,
+    uplink: dict[str, Any] | None = None,
 ) -> StationConfig:
     return StationConfig.model_validate(
         {
             "station": {
-                "id": "DEMO-STATION-01",
+                "id": STATION_ID,
                 "name": "Demo docking station",
                 "unit_code": "330100000000",
                 "unit_name": "杭州市综合行政执法局",
@@ -92,7 +104,8 @@ def demo_config(
                 "allow": [{"device_serial": s.device_serial, "usb_serial": s.usb_serial} for s in specs],
             },
             "offload": {"concurrency": min(8, max(1, len(specs))), "min_free_bytes": 64 << 20},
-            "wipe": {"policy": "after-verify"},
+            "wipe": {"policy": "after-receipt" if uplink else "after-verify", "receipt_wait_s": 600},
+            "uplink": uplink or {},
             "case_defaults": {
                 "location": "杭州市西湖区文三路",
                 "subject": "现场执法过程",
@@ -100,6 +113,17 @@ def demo_config(
             },
         }
     )
+
+
+def uplink_summary(store_dir: Path) -> dict[str, int]:
+    """Items whose content reached the central, and items whose receipt verified at the station."""
+    conn = open_db(store_dir / "state.db")
+    try:
+        uploaded = conn.execute("SELECT count(DISTINCT item) FROM ledger WHERE type='uploaded'").fetchone()[0]
+        receipts = conn.execute("SELECT count(*) FROM uploads WHERE state='receipted'").fetchone()[0]
+    finally:
+        conn.close()
+    return {"uploaded": int(uploaded), "receipts": int(receipts)}
 
 
 def evidence_left(bus: RecorderBus, device_serial: str, config: StationConfig) -> int:
@@ -165,10 +189,17 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
     dock = DockSimulator(bays=max(8, len(specs)), seed=1)
     server.start()
     dock.start()
-    config = demo_config(workdir, specs, dock.tty_path, password_file)
+    central: EmbeddedCentral | None = None
+    uplink: dict[str, Any] | None = None
+    if options.central:
+        central = await EmbeddedCentral.start(workdir, STATION_ID, workdir / "station-store")
+        uplink = central.uplink_config()
+        print(f"central receiver listening on {central.url} (mutual TLS)", file=out, flush=True)
+    config = demo_config(workdir, specs, dock.tty_path, password_file, uplink)
     stop = asyncio.Event()
     agent = StationAgent(config, on_progress=ProgressPrinter(out))
     runner = asyncio.create_task(agent.run(stop))
+    drained = True
     try:
         await asyncio.wait_for(agent.ready.wait(), 30)
         offload_started = time.monotonic()
@@ -186,6 +217,9 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
             await asyncio.sleep(0.1)
         await agent.idle()
         offload_s = time.monotonic() - offload_started
+        if agent.uplink is not None:
+            drained = await agent.uplink.wait_drained(SESSION_TIMEOUT_S)
+        journey_s = time.monotonic() - offload_started
         leds = {i + 1: str(dock.led(i + 1)) for i in range(len(specs))}
         remaining = {s.device_serial: evidence_left(bus, s.device_serial, config) for s in specs}
     finally:
@@ -199,11 +233,23 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
             server.stop()
             dock.stop()
             bus.close()
-    report = await loop.run_in_executor(None, verify_store, config.station.store_dir)
+            if central is not None:
+                await central.stop()
+    central_key = central.signing_public_key() if central is not None else None
+    report = await loop.run_in_executor(
+        None, lambda: verify_store(config.station.store_dir, central_key=central_key)
+    )
     results = agent.results
     errors = [e for r in results for e in r.errors] + [f"{p.where}: {p.what}" for p in report.problems]
     if len(results) < len(specs):
         errors.append(f"only {len(results)} of {len(specs)} recorders finished")
+    if not drained:
+        errors.append("the uplink did not drain the spool in time")
+    uplink_counts = uplink_summary(config.station.store_dir)
+    central_report = None
+    if central is not None:
+        central_report = await loop.run_in_executor(None, verify_central_store, central.store_dir)
+        errors += [f"central {p.where}: {p.what}" for p in central_report]
     summary = {
         "recorders": len(specs),
         "items": sum(len(r.items) for r in results),
@@ -213,11 +259,24 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
         "errors": errors,
         "seconds": round(time.monotonic() - started, 2),
         "offload_seconds": round(offload_s, 2),
+        # Docking to the last receipt (equal to offload_seconds without a central).
+        "journey_seconds": round(journey_s, 2),
         "store": str(config.station.store_dir),
         "store_verified": report.ok,
         "left_on_recorders": sum(remaining.values()),
+        "uploaded": uplink_counts["uploaded"],
+        "receipts": uplink_counts["receipts"],
+        "central_store": str(central.store_dir) if central is not None else None,
+        "central_verified": None if central_report is None else not central_report,
     }
     _print_table(out, agent, specs, leds, remaining, report.ok)
+    if central is not None:
+        print(
+            f"uploaded {uplink_counts['uploaded']}, receipts verified {uplink_counts['receipts']}, "
+            f"central store verification: {'OK' if not central_report else 'FAILED'}",
+            file=out,
+            flush=True,
+        )
     if options.json_output:
         print(json.dumps(summary, ensure_ascii=False), file=out, flush=True)
     return 0 if not errors else 1

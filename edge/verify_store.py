@@ -2,11 +2,14 @@
 
 A store verifies when: the ledger chain and its signed checkpoints hold; every sealed item's stored
 object hashes to its manifest, its manifest is signed by the station key, agrees with the ledger's
-`acquired` and `sealed` entries and with the item index; and nothing in items/ is unaccounted for.
+`acquired` and `sealed` entries and with the item index; every stored central receipt agrees with the
+ledger's `receipt` entry (and verifies in full when the central's key is given); an item purged after
+its receipt keeps a verifying signed manifest; and nothing in items/ is unaccounted for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass, field
@@ -15,10 +18,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.custody.canonical import canonical_json, sha256_hex
+from edge.custody.canonical import canonical_json, parse_json, sha256_hex
+from edge.custody.errors import CanonicalJsonError
 from edge.custody.keys import key_id_of, load_public_key
 from edge.custody.ledger import verify_ledger
+from edge.custody.manifest import verify_manifest
 from edge.custody.problems import Problem
+from edge.custody.receipt import verify_receipt
 from edge.custody.seal import verify_sealed_file
 from edge.store import StoreLayout, read_station_id
 
@@ -82,11 +88,59 @@ def verify_file(path: Path, trusted_key: Ed25519PublicKey | None = None) -> Veri
     return report
 
 
+def is_receipt_file(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(".receipt.json")
+
+
+def verify_receipt_file(
+    path: Path, central_key: Ed25519PublicKey, content: Path | None = None
+) -> VerifyReport:
+    """A receipt on its own (as an auditor receives it): the central's signature on the tree head, the
+    inclusion proof of the item's leaf, and optionally that `content` is the receipted bytes."""
+    report = VerifyReport(f"receipt {path}")
+    try:
+        receipt = parse_json(path.read_bytes())
+    except (OSError, CanonicalJsonError, ValueError) as exc:
+        report.problems.append(Problem(f"receipt {path}", f"unreadable: {exc}"))
+        return report
+    report.problems.extend(verify_receipt(receipt, central_key))
+    report.checked["receipts"] = 1
+    if content is not None and isinstance(receipt, dict):
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with content.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except OSError as exc:
+            report.problems.append(Problem(f"content {content}", f"unreadable: {exc.strerror}"))
+            return report
+        leaf = receipt.get("leaf") if isinstance(receipt.get("leaf"), dict) else {}
+        assert isinstance(leaf, dict)
+        if digest.hexdigest() != receipt.get("sha256") or size != leaf.get("size"):
+            report.problems.append(
+                Problem(
+                    f"content {content}",
+                    f"SHA-256 {digest.hexdigest()} ({size} bytes) is not the receipted "
+                    f"{str(receipt.get('sha256'))[:64]} ({str(leaf.get('size'))[:20]} bytes)",
+                )
+            )
+        report.checked["content_bytes"] = size
+    return report
+
+
 def verify_store(
-    root: Path, only_item: str | None = None, *, pinned_key: Ed25519PublicKey | None = None
+    root: Path,
+    only_item: str | None = None,
+    *,
+    pinned_key: Ed25519PublicKey | None = None,
+    central_key: Ed25519PublicKey | None = None,
 ) -> VerifyReport:
     """Verify a station store. `pinned_key` is the station key as known from elsewhere (enrolment, the
-    central): without it the store's own public key is used, which proves consistency but not origin."""
+    central): without it the store's own public key is used, which proves consistency but not origin.
+    `central_key` (the central's signing key from the enrollment bundle) makes every stored receipt
+    verify in full; without it receipts are checked against the ledger only."""
     layout = StoreLayout(root)
     report = VerifyReport(str(root) if only_item is None else f"item {only_item}")
     try:
@@ -122,10 +176,16 @@ def verify_store(
             report.problems.append(Problem(f"item {only_item}", "no such sealed item in the store"))
         trusted = {key_id_of(public_key): public_key}
         known_paths: set[str] = set()
+        receipts = 0
         for item in items:
             report.problems.extend(_verify_item(conn, layout, item, trusted))
             known_paths.add(item.ledger_path)
+            receipt_problems, had_receipt = _receipt_problems(conn, layout, item, central_key)
+            report.problems.extend(receipt_problems)
+            receipts += had_receipt
         report.checked["items"] = len(items)
+        report.checked["receipts"] = receipts
+        report.checked["purged"] = sum(1 for item in items if item.purged)
         if only_item is None:
             report.problems.extend(_unaccounted(conn, layout, known_paths))
     finally:
@@ -147,6 +207,7 @@ class _SealedItem:
     ledger_path: str
     manifest_sha256: str
     index: sqlite3.Row | None
+    purged: bool = False  # the local copy was deleted after the central's receipt (retention)
 
 
 def _ledger_data(raw: object, seq: int, problems: list[Problem]) -> dict[str, Any] | None:
@@ -179,7 +240,12 @@ def _sealed_items(conn: sqlite3.Connection, only: str | None, problems: list[Pro
         index = conn.execute(
             "SELECT path, sha256, size, sealed_in_file, manifest FROM items WHERE item=?", (item,)
         ).fetchone()
-        found.append(_SealedItem(item, int(seq), path, manifest_sha, index))
+        purged = conn.execute(
+            "SELECT 1 FROM ledger WHERE item=? AND type='purged' AND seq > ? AND EXISTS (SELECT 1 FROM "
+            "ledger AS r WHERE r.item=ledger.item AND r.type='receipt' AND r.seq < ledger.seq)",
+            (item, seq),
+        ).fetchone()
+        found.append(_SealedItem(item, int(seq), path, manifest_sha, index, purged is not None))
     return found
 
 
@@ -196,7 +262,11 @@ def _verify_item(
             Problem(where, f"index says {index['path']}, ledger sealed it at {sealed.ledger_path}")
         )
     path = layout.root / sealed.ledger_path
-    if ".." in Path(sealed.ledger_path).parts or not path.is_file():
+    if ".." in Path(sealed.ledger_path).parts:
+        return [*problems, Problem(where, f"stored object path {sealed.ledger_path} leaves the store")]
+    if sealed.purged and not path.exists():
+        return problems + _purged_item_problems(conn, layout, sealed, trusted, where)
+    if not path.is_file():
         return [*problems, Problem(where, f"stored object {sealed.ledger_path} is missing")]
     result = verify_sealed_file(path, trusted, layout.sidecar(path))
     problems.extend(Problem(where, f"{p.where}: {p.what}") for p in result.problems)
@@ -222,6 +292,73 @@ def _verify_item(
             )
     problems.extend(_acquisition_problems(conn, sealed.item, manifest, where))
     return problems
+
+
+def _purged_item_problems(
+    conn: sqlite3.Connection,
+    layout: StoreLayout,
+    sealed: _SealedItem,
+    trusted: dict[str, Ed25519PublicKey],
+    where: str,
+) -> list[Problem]:
+    """A purged item keeps its signed manifest sidecar and receipt: the content is at the central."""
+    sidecar = layout.sidecar(layout.root / sealed.ledger_path)
+    try:
+        manifest = parse_json(sidecar.read_bytes())
+    except (OSError, CanonicalJsonError, ValueError) as exc:
+        return [Problem(where, f"purged after receipt, but its manifest sidecar is unreadable: {exc}")]
+    if not isinstance(manifest, dict):
+        return [Problem(where, "purged after receipt, but its manifest sidecar is not a JSON object")]
+    problems = [Problem(where, f"{p.where}: {p.what}") for p in verify_manifest(manifest, trusted)]
+    if sha256_hex(canonical_json(manifest)) != sealed.manifest_sha256:
+        problems.append(Problem(where, "manifest differs from the one the ledger recorded when sealing"))
+    return problems + _acquisition_problems(conn, sealed.item, manifest, where)
+
+
+def _receipt_problems(
+    conn: sqlite3.Connection,
+    layout: StoreLayout,
+    sealed: _SealedItem,
+    central_key: Ed25519PublicKey | None,
+) -> tuple[list[Problem], bool]:
+    """The receipt sidecar against the ledger's receipt entry (and in full with the central key)."""
+    where = f"item {sealed.item}"
+    entry = conn.execute(
+        "SELECT seq, data FROM ledger WHERE item=? AND type='receipt' ORDER BY seq DESC LIMIT 1",
+        (sealed.item,),
+    ).fetchone()
+    receipt_file = layout.root / (sealed.ledger_path + ".receipt.json")
+    if entry is None:
+        if receipt_file.exists():
+            return [Problem(where, "a receipt file exists but the ledger records no receipt")], False
+        return [], False
+    problems: list[Problem] = []
+    data = _ledger_data(entry["data"], entry["seq"], problems)
+    try:
+        receipt = parse_json(receipt_file.read_bytes())
+    except (OSError, CanonicalJsonError, ValueError) as exc:
+        return [*problems, Problem(where, f"receipt (ledger seq {entry['seq']}) unreadable: {exc}")], True
+    if not isinstance(receipt, dict) or data is None:
+        return [*problems, Problem(where, "receipt file is not a JSON object")], True
+    tree_head = receipt.get("tree_head") if isinstance(receipt.get("tree_head"), dict) else {}
+    assert isinstance(tree_head, dict)
+    if (receipt.get("leaf_index"), receipt.get("tree_size"), tree_head.get("root_hash")) != (
+        data.get("leaf_index"), data.get("tree_size"), data.get("root_hash")
+    ):
+        problems.append(Problem(where, f"receipt file differs from the receipt recorded at ledger seq "
+                                       f"{entry['seq']}"))
+    if central_key is not None:
+        index = sealed.index
+        problems.extend(
+            Problem(where, f"receipt: {p.where}: {p.what}")
+            for p in verify_receipt(
+                receipt,
+                central_key,
+                expected_item=sealed.item,
+                expected_sha256=None if index is None else index["sha256"],
+            )
+        )
+    return problems, True
 
 
 def _acquisition_problems(
@@ -261,9 +398,12 @@ def _unaccounted(conn: sqlite3.Connection, layout: StoreLayout, known: set[str])
     """Objects under items/ that no sealed ledger entry accounts for (planted or left over)."""
     problems: list[Problem] = []
     for path in sorted(layout.items.rglob("*")):
-        if not path.is_file() or path.name.endswith(".manifest.json"):
+        if not path.is_file():
             continue
         rel = str(path.relative_to(layout.root))
-        if rel not in known:
+        for suffix in (".manifest.json", ".receipt.json"):
+            if rel.endswith(suffix) and rel[: -len(suffix)] in known:
+                rel = ""
+        if rel and rel not in known:
             problems.append(Problem(f"object {rel}", "not accounted for by any sealed ledger entry"))
     return problems

@@ -1,0 +1,426 @@
+"""Upload benchmark: the station uplink against curl, against the same central receiver.
+
+    python tests/bench/upload.py [--total-mb 1024] [--json]
+    python tests/bench/upload.py --pipeline [--file-mb 50]
+    python tests/bench/upload.py --stations 20 [--total-mb 1024]
+
+Default mode: TOTAL MiB of real MP4 files are acquired into a station store (not timed); a real
+central (`edge central`, its own process, mutual TLS) is started; then, in the same run, the same files
+are uploaded (a) by `curl`, one tus creation-with-upload POST per file, sequentially, and (b) by the
+station uplink (`UplinkService` in its own process: tus with per-chunk SHA-256, registration with ledger
+segment, receipt verification). Last line JSON: curl_s, edge_s, ratio (edge_s / curl_s; target <= 1.25),
+peak_rss_mb (the uplink process), total_mb, files.
+
+--pipeline: `edge demo --file-mb N --json` with the embedded central (offload, upload and receipt
+overlap; recorders erased after receipt) against the same demo with --no-central (offload only).
+pipeline_ratio = journey_seconds / offload_seconds (target <= 1.3).
+
+--stations N: N stations (own store, key, certificate) upload at once to one central: aggregate
+throughput, and every item's receipt verified at its station and the central store verified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+MIB = 1 << 20
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def edge_command() -> list[str]:
+    return [sys.executable, "-c", "import sys; from edge.cli import main; sys.exit(main())"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# -- the central ------------------------------------------------------------------------------------
+
+
+class Central:
+    def __init__(self, work: Path) -> None:
+        self.dir = work / "central"
+        self.port = free_port()
+        self.config = work / "central.toml"
+        self.config.write_text(
+            f'[central]\nid = "BENCH-CENTRAL"\nstore_dir = "{self.dir}"\n'
+            f'[server]\nlisten = "127.0.0.1"\nport = {self.port}\nnames = ["localhost", "127.0.0.1"]\n'
+        )
+        run([*edge_command(), "central", "init", "--config", str(self.config)])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def enroll(self, station_id: str, store: Path, bundle: Path) -> None:
+        run(
+            [
+                *edge_command(),
+                "central",
+                "enroll",
+                station_id,
+                "--config",
+                str(self.config),
+                "--signing-key",
+                str(store / "keys" / "station.key.pub"),
+                "--out",
+                str(bundle),
+            ]
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [*edge_command(), "central", "--config", str(self.config)], stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("the central did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+def run(args: list[str]) -> None:
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args[3:])} failed: {done.stderr.strip()[-2000:]}")
+
+
+# -- station stores ---------------------------------------------------------------------------------
+
+
+def make_volume(root: Path, serial: str, files: int, file_bytes: int, seed: int) -> Path:
+    from datetime import datetime, timedelta
+
+    from simulators.recorder.media import make_mp4
+    from simulators.recorder.volume import param_ini_bytes, recorder_file_name
+
+    volume = root / f"ZFY_{serial}"
+    media = volume / "DCIM" / "100MEDIA"
+    media.mkdir(parents=True)
+    (volume / "PARAM.INI").write_bytes(
+        param_ini_bytes(
+            device_serial=serial,
+            officer_no="110001",
+            officer_name="张伟",
+            unit_code="330100000000",
+            unit_name="杭州市综合行政执法局",
+        )
+    )
+    start = datetime(2026, 11, 20, 8, 0, 0)
+    for i in range(files):
+        name = recorder_file_name("110001", serial, start + timedelta(minutes=10 * i), i + 1, False, "MP4")
+        make_mp4(media / name, size_bytes=file_bytes, seed=seed * 1000 + i)
+    return volume
+
+
+def station_config(station_id: str, store: Path, mount_root: Path, uplink: dict[str, Any] | None) -> Any:
+    from edge.config import StationConfig
+
+    return StationConfig.model_validate(
+        {
+            "station": {"id": station_id, "store_dir": str(store), "clock": "untrusted"},
+            "usb": {"mount_root": str(mount_root)},
+            "offload": {"verify_reread": False, "min_free_bytes": 0},
+            "wipe": {"policy": "never"},
+            "uplink": uplink or {},
+        }
+    )
+
+
+def acquire_into(station_id: str, store_dir: Path, volume: Path) -> None:
+    """Offload a volume into a new station store (set-up, not timed)."""
+    from edge.acquire.identity import ClockFacts, RecorderIdentity, SessionInfo
+    from edge.acquire.offload import OffloadOutcome, VolumeOffload
+    from edge.store import StationStore
+
+    config = station_config(station_id, store_dir, volume.parent, None)
+    store = StationStore(store_dir, station_id)
+    serial = volume.name.removeprefix("ZFY_")
+    identity = RecorderIdentity(serial, "110001", "张伟", "330100000000", "杭州市综合行政执法局", "PARAM.INI")
+    session = SessionInfo(
+        str(uuid.uuid4()), station_id, None, identity, ClockFacts(None, 0, None, None, False)
+    )
+    with ThreadPoolExecutor(4) as executor:
+        result = asyncio.run(VolumeOffload(store, config, session, volume, executor=executor).run())
+    store.close()
+    if result.outcome is not OffloadOutcome.DONE:
+        raise SystemExit(f"set-up offload failed: {result.outcome} {result.errors[:3]}")
+
+
+def uplink_worker(station_id: str, store_dir: Path, central_url: str, bundle: Path, concurrency: int) -> None:
+    """Drain one station's spool to the central; prints seconds, items and receipts as JSON."""
+    from edge.store import StationStore
+    from edge.uplink.service import UplinkService
+
+    config = station_config(
+        station_id,
+        store_dir,
+        store_dir,
+        {
+            "central_url": central_url,
+            "identity_dir": str(bundle),
+            "concurrency": concurrency,
+        },
+    )
+    store = StationStore(store_dir, station_id)
+    service = UplinkService(config, store)
+
+    async def drain() -> float:
+        started = time.perf_counter()
+        task = asyncio.create_task(service.run())
+        try:
+            if not await service.wait_drained(3600):
+                raise SystemExit("uplink did not drain")
+            return time.perf_counter() - started
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    seconds = asyncio.run(drain())
+    items = store.conn.execute("SELECT count(*) FROM items WHERE path IS NOT NULL").fetchone()[0]
+    counts = service.spool.counts()
+    store.close()
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "items": items,
+                "receipts": counts.get("receipted", 0),
+                "bytes_sent": service.stats.bytes_sent,
+            }
+        )
+    )
+
+
+def spawn_uplink(
+    station_id: str,
+    store: Path,
+    central: Central,
+    bundle: Path,
+    concurrency: int,
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--uplink-worker",
+            station_id,
+            str(store),
+            central.url,
+            str(bundle),
+            str(concurrency),
+        ],
+        stdout=subprocess.PIPE,
+    )
+
+
+def reap(proc: subprocess.Popen[bytes]) -> tuple[dict[str, Any], float]:
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"uplink worker failed with {proc.returncode}")
+    return json.loads(output.decode().strip().splitlines()[-1]), usage.ru_maxrss / 1024
+
+
+def curl_upload(files: list[Path], central: Central, bundle: Path) -> float:
+    """One tus creation-with-upload POST per file, streamed from disk (-T), sequentially."""
+    started = time.perf_counter()
+    for path in files:
+        size = path.stat().st_size
+        run_curl = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--fail",
+                "-o",
+                "/dev/null",
+                "--cert",
+                str(bundle / "client.crt"),
+                "--key",
+                str(bundle / "client.key"),
+                "--cacert",
+                str(bundle / "ca.crt"),
+                "-X",
+                "POST",
+                "-T",
+                str(path),
+                "-H",
+                "Tus-Resumable: 1.0.0",
+                "-H",
+                f"Upload-Length: {size}",
+                "-H",
+                "Content-Type: application/offset+octet-stream",
+                "-H",
+                "Expect:",
+                f"{central.url}/v1/uploads",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if run_curl.returncode != 0:
+            raise SystemExit(f"curl failed: {run_curl.stderr.strip()}")
+    return time.perf_counter() - started
+
+
+# -- modes ------------------------------------------------------------------------------------------
+
+
+def mode_single(work: Path, total_mb: int, files: int, concurrency: int) -> dict[str, Any]:
+    central = Central(work)
+    volume = make_volume(work / "media", "3300001", files, max(1, total_mb * MIB // files), 1)
+    store = work / "station-store"
+    acquire_into("BENCH-01", store, volume)
+    bundle = work / "bundle-01"
+    central.enroll("BENCH-01", store, bundle)
+    originals = sorted(volume.rglob("*.MP4"))
+    central.start()
+    try:
+        subprocess.run(["cat", *map(str, originals)], stdout=subprocess.DEVNULL, check=True)
+        curl_s = curl_upload(originals, central, bundle)
+        result, rss = reap(spawn_uplink("BENCH-01", store, central, bundle, concurrency))
+    finally:
+        central.stop()
+    if result["receipts"] != result["items"]:
+        raise SystemExit(f"only {result['receipts']} of {result['items']} items receipted")
+    return {
+        "mode": "single",
+        "total_mb": total_mb,
+        "files": files,
+        "concurrency": concurrency,
+        "curl_s": round(curl_s, 3),
+        "edge_s": round(result["seconds"], 3),
+        "ratio": round(result["seconds"] / curl_s, 3),
+        "peak_rss_mb": round(rss, 1),
+        "receipts": result["receipts"],
+    }
+
+
+def mode_pipeline(work: Path, file_mb: float) -> dict[str, Any]:
+    def demo(*extra: str) -> dict[str, Any]:
+        done = subprocess.run(
+            [*edge_command(), "demo", "--file-mb", str(file_mb), "--json", *extra],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"demo failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    offload_only = demo("--no-central")
+    journey = demo()
+    return {
+        "mode": "pipeline",
+        "file_mb": file_mb,
+        "items": journey["items"],
+        "receipts": journey["receipts"],
+        "offload_only_s": offload_only["offload_seconds"],
+        "journey_s": journey["journey_seconds"],
+        "pipeline_ratio": round(journey["journey_seconds"] / offload_only["offload_seconds"], 3),
+    }
+
+
+def mode_stations(work: Path, total_mb: int, stations: int, files: int) -> dict[str, Any]:
+    central = Central(work)
+    per_file = max(1, total_mb * MIB // (stations * files))
+    volume = make_volume(work / "media", "3300001", files, per_file, 1)
+    entries = []
+    for n in range(stations):
+        station_id, store, bundle = f"BENCH-{n:02d}", work / f"store-{n:02d}", work / f"bundle-{n:02d}"
+        acquire_into(station_id, store, volume)
+        central.enroll(station_id, store, bundle)
+        entries.append((station_id, store, bundle))
+    central.start()
+    try:
+        started = time.perf_counter()
+        procs = [spawn_uplink(sid, store, central, bundle, 2) for sid, store, bundle in entries]
+        results = [reap(p) for p in procs]
+        wall_s = time.perf_counter() - started
+    finally:
+        central.stop()
+    verified = subprocess.run(
+        [*edge_command(), "verify", str(central.dir), "--json"], capture_output=True, text=True
+    )
+    report = json.loads(verified.stdout.strip().splitlines()[-1]) if verified.stdout.strip() else {}
+    items = sum(r["items"] for r, _ in results)
+    receipts = sum(r["receipts"] for r, _ in results)
+    sent = sum(r["bytes_sent"] for r, _ in results)
+    return {
+        "mode": "stations",
+        "stations": stations,
+        "total_mb": round(sent / MIB, 1),
+        "items": items,
+        "receipts": receipts,
+        "all_verified": receipts == items and bool(report.get("ok")),
+        "wall_s": round(wall_s, 3),
+        "aggregate_mb_s": round(sent / MIB / wall_s, 1),
+        "peak_rss_mb_per_station": round(max(rss for _, rss in results), 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--total-mb", type=int, default=1024)
+    parser.add_argument("--files", type=int, default=16, help="files per station")
+    parser.add_argument("--concurrency", type=int, default=2, help="uplink uploads in flight")
+    parser.add_argument("--pipeline", action="store_true")
+    parser.add_argument("--file-mb", type=float, default=50.0, help="--pipeline: demo file size")
+    parser.add_argument("--stations", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
+    parser.add_argument("--workdir")
+    parser.add_argument("--uplink-worker", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.uplink_worker:
+        sid, store, url, bundle, conc = args.uplink_worker
+        uplink_worker(sid, Path(store), url, Path(bundle), int(conc))
+        return 0
+    work = (
+        Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="edge-upbench-", dir="/var/tmp"))
+    )
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.pipeline:
+            result = mode_pipeline(work, args.file_mb)
+        elif args.stations:
+            result = mode_stations(work, args.total_mb, args.stations, max(1, args.files // 4))
+        else:
+            result = mode_single(work, args.total_mb, args.files, args.concurrency)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())
