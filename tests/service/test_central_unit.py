@@ -169,3 +169,15 @@ def test_systemd_analyze_security_exposure_is_low(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_sysusers_creates_the_central_user(central: Unit) -> None:
+    rows = [
+        line.split(maxsplit=5)
+        for line in (SYSTEMD_DIR / "evidence-central.sysusers.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    users = [row for row in rows if row[0] == "u"]
+    assert [row[1] for row in users] == [one(central, "Service", "User")]
+    assert users[0][-1].split()[-2] == "/var/lib/" + one(central, "Service", "StateDirectory")
+    assert users[0][-1].endswith("nologin")
