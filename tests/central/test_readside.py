@@ -246,3 +246,22 @@ def test_query_parsing() -> None:
 
     parsed = parse_item_query(Params({"case": ["C"], "from": ["2024-05-01T08:00:00+08:00"], "limit": ["5"]}))
     assert parsed == ItemQuery(case_number="C", time_from="2024-05-01T00:00:00.000000Z", limit=5)
+
+
+async def test_head_of_content_sends_no_body_and_keeps_the_connection_usable(
+    dev_central: HttpCentral, station: FakeStation, other_station: FakeStation
+) -> None:
+    accepted = await _populate(dev_central, station, other_station)
+    target = accepted[3]
+    url = f"{dev_central.url}/v1/items/{target.item}/content"
+    connector = aiohttp.TCPConnector(limit=1)  # the same kept-alive connection for both requests
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.head(url, headers=READER) as response:
+            assert response.status == 200
+            assert response.headers["Content-Length"] == str(len(target.content))
+            assert response.headers["ETag"] == f'"{target.sha256}"'
+            assert await response.read() == b""
+        async with session.get(url, headers=READER) as response:
+            assert response.status == 200 and await response.read() == target.content
+    whats = [row["what"] for row in dev_central.index.access_log()]
+    assert whats == ["content-head", "content"]
