@@ -10,6 +10,7 @@ the application (``app[CENTRAL]``) for the service and for tests.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -88,6 +89,7 @@ _HTTP_EXCEPTIONS: dict[int, type[web.HTTPException]] = {
     403: web.HTTPForbidden,
     404: web.HTTPNotFound,
     409: web.HTTPConflict,
+    408: web.HTTPRequestTimeout,
     413: web.HTTPRequestEntityTooLarge,
     422: web.HTTPUnprocessableEntity,
     500: web.HTTPInternalServerError,
@@ -105,15 +107,32 @@ def rejection_exception(rejection: Rejection) -> web.HTTPException:
     return cls(text=body, content_type="application/json")
 
 
-async def read_json_body(request: web.Request) -> object:
-    """The request body parsed strictly as JSON; raises :class:`Rejection` (too large, not JSON)."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise Rejection(
-            RejectCode.TOO_LARGE,
-            f"the request body exceeds {MAX_JSON_BODY_BYTES} bytes",
-        ) from None
+async def read_json_body(request: web.Request, *, stall_timeout_s: float) -> object:
+    """The request body parsed strictly as JSON; raises :class:`Rejection` (too large, stalled, not JSON).
+
+    The body is read in pieces with a deadline per piece, so a client that stops sending cannot hold a
+    connection (and a handler) open indefinitely; the size bound is enforced while reading.
+    """
+    declared = request.content_length
+    if declared is not None and declared > MAX_JSON_BODY_BYTES:
+        raise Rejection(RejectCode.TOO_LARGE, f"the request body declares {declared} bytes; at most "
+                                              f"{MAX_JSON_BODY_BYTES} are accepted")
+    pieces: list[bytes] = []
+    received = 0
+    while True:
+        try:
+            async with asyncio.timeout(stall_timeout_s):
+                piece = await request.content.readany()
+        except TimeoutError:
+            raise Rejection(RejectCode.REQUEST_TIMEOUT, f"the request body stalled for {stall_timeout_s:g} s "
+                                                        f"after {received} bytes") from None
+        if not piece:
+            break
+        received += len(piece)
+        if received > MAX_JSON_BODY_BYTES:
+            raise Rejection(RejectCode.TOO_LARGE, f"the request body exceeds {MAX_JSON_BODY_BYTES} bytes")
+        pieces.append(piece)
+    raw = b"".join(pieces)
     if not raw:
         raise Rejection(RejectCode.BAD_REQUEST, "the request has no body; expected a JSON object")
     try:
@@ -155,6 +174,7 @@ class StationEndpoints:
 
     def __init__(self, parts: CentralParts) -> None:
         self.parts = parts
+        self.stall_timeout_s = parts.config.uploads.chunk_timeout_s
 
     async def identify(self, request: web.Request) -> str:
         """The tus layer's caller: an enrolled, active station, or an HTTP error with a JSON body."""
@@ -176,7 +196,7 @@ class StationEndpoints:
     async def post_ledger(self, request: web.Request) -> web.Response:
         caller = self.parts.auth.station(request)
         try:
-            doc = await read_json_body(request)
+            doc = await read_json_body(request, stall_timeout_s=self.stall_timeout_s)
         except Rejection as rejection:
             raise self._recorded(rejection, caller) from None
         seq, hash_hex = await self.parts.registrar.accept_segment(caller, request.match_info["station"], doc)
@@ -185,7 +205,7 @@ class StationEndpoints:
     async def post_item(self, request: web.Request) -> web.Response:
         caller = self.parts.auth.station(request)
         try:
-            doc = await read_json_body(request)
+            doc = await read_json_body(request, stall_timeout_s=self.stall_timeout_s)
         except Rejection as rejection:
             raise self._recorded(rejection, caller) from None
         registered = await self.parts.registrar.register_item(caller, request.match_info["station"], doc)

@@ -88,6 +88,7 @@ class RejectCode(StrEnum):
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     TOO_LARGE = "too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     ACCESS_LOG_UNAVAILABLE = "access_log_unavailable"
     INTERNAL_ERROR = "internal_error"
 
@@ -115,6 +116,7 @@ HTTP_STATUS: dict[RejectCode, int] = {
     RejectCode.FORBIDDEN: 403,
     RejectCode.NOT_FOUND: 404,
     RejectCode.TOO_LARGE: 413,
+    RejectCode.REQUEST_TIMEOUT: 408,
     RejectCode.ACCESS_LOG_UNAVAILABLE: 503,
     RejectCode.INTERNAL_ERROR: 500,
 }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ssl
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -19,6 +21,7 @@ from tests.central.conftest import (
     get_json,
     post_json,
     register_over_http,
+    start_http_central,
     tls_session,
     tus_upload,
 )
@@ -246,3 +249,26 @@ async def test_merkle_log_endpoints(dev_central: HttpCentral, station: FakeStati
         status, doc = await get_json(
             session, f"{dev_central.url}/v1/log/inclusion?item=00000000-0000-0000-0000-000000000000", headers)
         assert status == 404
+
+
+async def test_a_stalled_json_body_is_cut_off(tmp_path: Path, station: FakeStation) -> None:
+    central = await start_http_central(tmp_path, dev=True, chunk_timeout_s=0.3)
+    try:
+        enroll(central.index, station)
+        host, port = "127.0.0.1", central.running.port
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            f"POST /v1/stations/{station.station_id}/ledger HTTP/1.1\r\nHost: {host}\r\n"
+            f"{DEV_STATION_HEADER}: {station.station_id}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n{\"entries\": [".encode()
+        )
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read(4096)
+        writer.close()
+        await writer.wait_closed()
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert b"request_timeout" in answer and b"stalled" in answer
+        assert central.index.rejections(station.station_id)[-1]["code"] == "request_timeout"
+    finally:
+        await central.running.stop()
