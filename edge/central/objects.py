@@ -83,7 +83,8 @@ class ObjectStore(Protocol):
     """What the central needs from content storage. Every method is blocking (run it in a thread)."""
 
     def put_file(self, source: Path, sha256: str) -> StoredObject:
-        """Store the bytes of ``source`` under ``sha256`` durably; raises :class:`ObjectMismatch`."""
+        """Move ``source`` in as the object ``sha256`` durably (``source`` is gone after success);
+        raises :class:`ObjectMismatch` (``source`` untouched) when its bytes hash to something else."""
         ...
 
     def exists(self, sha256: str) -> bool: ...
@@ -148,37 +149,51 @@ class FileObjectStore:
         return None
 
     def put_file(self, source: Path, sha256: str) -> StoredObject:
-        """Hash ``source``; when it matches ``sha256`` link it durably into place (read-only).
+        """Hash ``source``; when it matches ``sha256`` move it durably into place (read-only).
 
-        ``source`` is left where it is (its owner removes it); the object is a hard link to the same
-        inode, so a multi-gigabyte upload is not copied. When the object already exists it is re-hashed
-        rather than trusted, and a damaged one raises :class:`ObjectCorrupt` instead of being silently
-        replaced: the damage is evidence of something and an operator must see it.
+        The move is a hard link followed by removing ``source``, so a multi-gigabyte upload is not
+        copied, an existing object is never replaced, and afterwards the object shares its inode with
+        nothing another component might still write to or truncate. On success ``source`` is gone; on
+        failure it is untouched. When the object already exists it is re-hashed rather than trusted,
+        and a damaged one raises :class:`ObjectCorrupt` instead of being silently replaced: the damage
+        is evidence of something and an operator must see it.
         """
         final = self.path_of(sha256)
         found, size = _hash_file(source)
         if found != sha256:
             raise ObjectMismatch(sha256, found, size)
         if final.is_file():
-            return self._existing(final, sha256, size)
+            stored = self._existing(final, sha256, size)
+            self._drop_source(source)
+            return stored
         with open(source, "rb") as stream:
             os.fsync(stream.fileno())
         self._make_dirs(final.parent)
         try:
             os.link(source, final)
         except FileExistsError:
-            return self._existing(final, sha256, size)
+            stored = self._existing(final, sha256, size)
+            self._drop_source(source)
+            return stored
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
                 raise
             # Uploads on another file system (or a file system without hard links): copy, hashing again.
             self._copy_into_place(source, final, sha256)
+        fsync_dir(final.parent)
+        # The link is durable; now the source name goes, durably too, before the mode is fixed, so no
+        # crash leaves the object reachable through a second, writable name.
+        self._drop_source(source)
         os.chmod(final, _OBJECT_MODE)
         with open(final, "rb") as stream:
             os.fsync(stream.fileno())  # the mode change, so a crash cannot leave a writable object
-        fsync_dir(final.parent)
         log.info("object %s stored (%d bytes)", sha256, size)
         return StoredObject(sha256, size)
+
+    @staticmethod
+    def _drop_source(source: Path) -> None:
+        source.unlink(missing_ok=True)
+        fsync_dir(source.parent)
 
     def _existing(self, final: Path, sha256: str, size: int) -> StoredObject:
         problem = self.verify(sha256)

@@ -579,7 +579,7 @@ class Registrar:
             )
         path = self.uploads.complete_path(upload_id)
         try:
-            await asyncio.to_thread(self.objects.put_file, path, sha256)
+            await asyncio.to_thread(self._put_content, path, sha256)
         except ObjectMismatch as exc:
             self._discard_upload(upload_id)
             raise Rejection(
@@ -598,6 +598,18 @@ class Registrar:
         registered = self._commit(caller, manifest, manifest_text, upload_id)
         self._discard_upload(upload_id)
         return registered
+
+    def _put_content(self, path: Path, sha256: str) -> None:
+        """Move the upload's content into the object store (runs in a worker thread)."""
+        try:
+            self.objects.put_file(path, sha256)
+        except FileNotFoundError:
+            # An earlier attempt moved the content in and failed before its commit: the upload's record
+            # outlived its file. The object is content-addressed; re-hashing it decides.
+            problem = self.objects.verify(sha256)
+            if problem is not None:
+                raise ObjectMismatch(sha256, f"nothing usable ({problem})", 0) from None
+            log.info("object %s was already moved in by an earlier attempt; using it", sha256)
 
     def _commit(
         self, caller: Caller, manifest: Mapping[str, Any], manifest_text: bytes, upload_id: str

@@ -27,7 +27,9 @@ def _upload(tmp_path: Path, data: bytes, name: str = "u.part") -> Path:
 def test_put_links_into_a_content_addressed_read_only_path(store: FileObjectStore, tmp_path: Path) -> None:
     data = b"evidence bytes" * 1000
     sha = sha256_hex(data)
-    stored = store.put_file(_upload(tmp_path, data), sha)
+    source = _upload(tmp_path, data)
+    stored = store.put_file(source, sha)
+    assert not source.exists()  # moved: the object shares its inode with no other name
     assert stored.sha256 == sha and stored.size_bytes == len(data)
     path = store.root / sha[:2] / sha[2:4] / sha
     assert path.read_bytes() == data
@@ -42,9 +44,11 @@ def test_put_links_into_a_content_addressed_read_only_path(store: FileObjectStor
 
 def test_put_refuses_content_that_does_not_hash_to_the_name(store: FileObjectStore, tmp_path: Path) -> None:
     claimed = sha256_hex(b"what the manifest says")
+    source = _upload(tmp_path, b"what arrived")
     with pytest.raises(ObjectMismatch) as caught:
-        store.put_file(_upload(tmp_path, b"what arrived"), claimed)
+        store.put_file(source, claimed)
     assert caught.value.found_sha256 == sha256_hex(b"what arrived")
+    assert source.read_bytes() == b"what arrived"
     assert not store.exists(claimed)
     assert list(store.names()) == []
 
@@ -53,8 +57,9 @@ def test_second_put_of_identical_content_is_idempotent(store: FileObjectStore, t
     data = b"same"
     sha = sha256_hex(data)
     store.put_file(_upload(tmp_path, data, "a"), sha)
-    again = store.put_file(_upload(tmp_path, data, "b"), sha)
-    assert again.size_bytes == 4
+    duplicate = _upload(tmp_path, data, "b")
+    again = store.put_file(duplicate, sha)
+    assert again.size_bytes == 4 and not duplicate.exists()
     assert list(store.names()) == [sha]
 
 
@@ -68,9 +73,10 @@ def test_put_over_a_damaged_object_refuses_instead_of_hiding_the_damage(
     os.chmod(path, 0o644)
     path.write_bytes(b"tampered content")
     assert "altered" in (store.verify(sha) or "")
+    offered = _upload(tmp_path, data, "b")
     with pytest.raises(ObjectCorrupt, match=sha):
-        store.put_file(_upload(tmp_path, data, "b"), sha)
-    assert path.read_bytes() == b"tampered content"
+        store.put_file(offered, sha)
+    assert path.read_bytes() == b"tampered content" and offered.exists()
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "A" * 64, "ab", "", "0" * 63 + "/", "0" * 65])
@@ -97,10 +103,12 @@ def test_cross_device_upload_is_copied_and_hashed(
     data = b"x" * 3_000_000
     sha = sha256_hex(data)
     source = _upload(tmp_path, data)
+    source_inode = source.stat().st_ino
     store.put_file(source, sha)
     assert len(calls) == 2
     assert store.path_of(sha).read_bytes() == data
-    assert store.path_of(sha).stat().st_ino != source.stat().st_ino
+    assert store.path_of(sha).stat().st_ino != source_inode
+    assert not source.exists()
     assert list(store.unexpected()) == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sqlite3
 from typing import Any
 
 import pytest
@@ -396,3 +397,26 @@ def test_manifest_shape_problems(station: FakeStation, mutate: Any) -> None:
     mutate(manifest)
     assert manifest_shape_problem(manifest) is not None
     assert sha256_hex(b"x")  # keep the import honest
+
+
+async def test_retry_after_a_failed_commit_adopts_the_moved_content(
+    parts: CentralParts, station: FakeStation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enroll(parts.index, station)
+    acquired = station.acquire(b"content moved in, then the commit failed")
+    body = _body(parts, station, acquired)
+    caller = parts.caller(station.station_id)
+    real_append = parts.merkle.append
+
+    def failing_append(leaf: Any) -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(parts.merkle, "append", failing_append)
+    with pytest.raises(sqlite3.OperationalError):
+        await parts.registrar.register_item(caller, station.station_id, body)
+    assert parts.index.item(acquired.item) is None and parts.merkle.size() == 0
+    assert parts.objects.exists(acquired.sha256)  # durable before the (failed) commit
+    monkeypatch.setattr(parts.merkle, "append", real_append)
+    registered = await parts.registrar.register_item(caller, station.station_id, body)
+    assert not registered.replay and registered.receipt.leaf_index == 0
+    assert parts.uploads.get(body["upload"]) is None
