@@ -133,6 +133,17 @@ class _Checker:
         referenced = self._check_items(merkle)
         self._check_history()
         self._check_objects(referenced)
+        for table in ("access_log", "rejections", "enrolment_events", "metadata_history"):
+            self._check_no_deleted_rows(table)
+
+    def _check_no_deleted_rows(self, table: str) -> None:
+        """Append-only trails number their rows 1, 2, 3...: a gap is a deleted row."""
+        expected = 1
+        for (row_id,) in self.conn.execute(f"SELECT id FROM {table} ORDER BY id"):
+            if row_id != expected:
+                missing = f"row {expected}" if row_id == expected + 1 else f"rows {expected}-{row_id - 1}"
+                self.add(table, f"{missing} missing: the append-only trail was cut")
+            expected = row_id + 1
 
     # -- stations and their ledgers ----------------------------------------------------------------
 
@@ -149,7 +160,14 @@ class _Checker:
                 continue
             self.station_keys.setdefault(row["station"], {})[row["key_id"]] = key
         for row in self.conn.execute("SELECT station, key_id, public_key FROM stations"):
-            if row["key_id"] not in self.station_keys.get(row["station"], {}):
+            try:
+                current_id = key_id_of(public_key_from_b64(row["public_key"]))
+            except KeyFormatError:
+                current_id = None
+            if current_id != row["key_id"]:
+                self.add(f"station {row['station']}", f"current key does not have the recorded id "
+                                                      f"{row['key_id']}: the station row was altered")
+            elif row["key_id"] not in self.station_keys.get(row["station"], {}):
                 self.add(
                     f"station {row['station']}",
                     f"current key {row['key_id']} is not among the keys it "

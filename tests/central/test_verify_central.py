@@ -222,3 +222,24 @@ def test_no_key_to_check_heads_with(tmp_path: Path) -> None:
     parts.index.close()
     text = _text(verify_central_store(tmp_path))
     assert "cannot load the central signing key" in text and "not verified" in text
+
+
+async def test_cut_audit_trail(store: Store) -> None:
+    index = make_central_parts(store.root).index
+    try:
+        for n in range(3):
+            index.log_access(reader="aud", what="content", item=store.items[n].item, query=None, remote=None)
+    finally:
+        index.close()
+    assert store.verify() == []
+    store.tamper("DELETE FROM access_log WHERE id = 2")
+    problems = store.verify()
+    assert [str(p) for p in problems] == ["access_log: row 2 missing: the append-only trail was cut"]
+
+
+async def test_altered_station_key(store: Store) -> None:
+    forged = StationKey.generate()
+    store.tamper(f"UPDATE stations SET public_key = '{forged.public_key_b64}' "
+                 f"WHERE station = '{store.station.station_id}'")
+    text = _text(store.verify())
+    assert f"station {store.station.station_id}: current key does not have the recorded id" in text
