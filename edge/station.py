@@ -9,7 +9,6 @@ failure never touches another's session.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from edge.config import StationConfig
 from edge.custody.ledger import EntryType
 from edge.sdnotify import SystemdNotifier
 from edge.store import StationStore
-from edge.supervise import Supervisor, TaskSpec
+from edge.supervise import Supervisor, TaskSpec, wait_event
 from edge.uplink.service import UplinkService
 from edge.volumes import VolumeWatcher, wait_until_readable
 
@@ -216,8 +215,7 @@ class StationAgent:
                 if handle.mode is RecorderMode.CONTROL and serial not in self._active_usb | self._done_usb:
                     self._active_usb.add(handle.usb_serial)
                     self._spawn(self._control_session(handle), f"recorder-{handle.usb_serial}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.usb.poll_interval_s)
+            await wait_event(stop, self.config.usb.poll_interval_s)
 
     def _session_kwargs(self) -> dict[str, Any]:
         return {

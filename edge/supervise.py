@@ -26,6 +26,7 @@ plain attribute write, safe from worker threads (a copy loop in an executor, for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import math
@@ -605,3 +606,11 @@ class Supervisor:
             if rec.state is not TaskState.FAILED:
                 rec.state = TaskState.STOPPED
             log.debug("task %s stopped", name)
+
+
+async def wait_event(event: asyncio.Event, timeout_s: float) -> None:
+    """Wait for `event` at most `timeout_s`. Not asyncio.wait_for: on Python 3.11 a cancellation that
+    races its timeout can surface as TimeoutError and be lost, leaving a task that ignores cancel()."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()

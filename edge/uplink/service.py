@@ -37,6 +37,7 @@ from edge.custody.problems import Problem
 from edge.custody.receipt import verify_receipt
 from edge.fsutil import write_atomic
 from edge.store import StationStore
+from edge.supervise import wait_event
 from edge.uplink.central_api import CentralApi, CentralRejected, CentralUnavailable
 from edge.uplink.policy import Backoff, BreakerState, CircuitBreaker, RateLimiter, UploadWindows
 from edge.uplink.spool import Spool, SpoolEntry, UploadState
@@ -136,8 +137,7 @@ class UplinkService:
             remaining = deadline - asyncio.get_running_loop().time()
             if done == wanted or remaining <= 0:
                 return done
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._receipt_event.wait(), timeout=min(remaining, IDLE_POLL_S))
+            await wait_event(self._receipt_event, min(remaining, IDLE_POLL_S))
 
     async def wait_drained(self, timeout_s: float) -> bool:
         """Wait until every sealed item is receipted or refused (the demo, tests); False on timeout."""
@@ -148,8 +148,7 @@ class UplinkService:
                 return False
             self._receipt_event.clear()
             self._wake.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._receipt_event.wait(), timeout=min(remaining, 0.5))
+            await wait_event(self._receipt_event, min(remaining, 0.5))
         return True
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -202,8 +201,7 @@ class UplinkService:
                 next_due = self.spool.next_due_s()
                 delay = IDLE_POLL_S if next_due is None else min(IDLE_POLL_S, next_due - self.clock())
                 delay = max(0.05, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            await wait_event(self._wake, delay)
 
     def _done(self, item: str, _task: asyncio.Task[None]) -> None:
         task = self._in_flight.pop(item, None)
