@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -741,6 +742,11 @@ class VolumeOffload:
             "SELECT path, sha256, size FROM items WHERE item=?", (row.item,)
         ).fetchone()
         stored = self.store.layout.root / found["path"]
+        purged = self.store.conn.execute(
+            "SELECT 1 FROM uploads WHERE item=? AND state='receipted' AND purged IS NOT NULL", (row.item,)
+        ).fetchone()
+        if purged is not None:
+            return await self._reverify_source_only(row, found["sha256"], int(found["size"]))
         try:
             reread = await self._thread(self._reread, stored, row.file, int(found["size"]))
         except AcquireError as exc:
@@ -769,6 +775,44 @@ class VolumeOffload:
                 "stored_reread": True,
                 "source_reread": True,
                 "purpose": "before erasing",
+            },
+        )
+        return True
+
+    async def _reverify_source_only(self, row: _FileRow, sha256: str, size: int) -> bool:
+        """The local copy was purged after the central's verified receipt (retention): the central
+        holds the evidence, so the recorder's file is erased only if it still hashes to it."""
+
+        def work() -> tuple[str, int]:
+            fd = open_volume_file(self.root, row.file)
+            try:
+                digest, total = hashlib.sha256(), 0
+                while chunk := os.read(fd, self.chunk):
+                    digest.update(chunk)
+                    total += len(chunk)
+                return digest.hexdigest(), total
+            finally:
+                os.close(fd)
+
+        found_sha256, found_size = await self._thread(work)
+        if (found_sha256, found_size) != (sha256, size):
+            self._error(
+                row.item,
+                "wipe",
+                f"{row.file.display_path}: not erased: the recorder's file no longer matches the receipted "
+                f"hash {sha256}",
+                row.file,
+            )
+            return False
+        self.store.record(
+            EntryType.VERIFIED,
+            row.item,
+            {
+                "sha256": sha256,
+                "size": size,
+                "stored_reread": False,
+                "source_reread": True,
+                "purpose": "before erasing; the local copy was purged after the central's receipt",
             },
         )
         return True

@@ -116,7 +116,11 @@ async def test_central_down_at_start_backlog_drains_later_and_erases_at_next_doc
         try:
             assert await uplink_service.wait_drained(30)
             assert len(station.ledger("receipt")) == 3
-            # Re-docking the recorder now erases what the central has receipted.
+            # The local copies go after the retention period (here: at once)...
+            assert len(uplink_service.purge(0)) == 3
+            assert stored_objects(tmp_path / "store") == []
+            # ...and re-docking the recorder still erases what the central has receipted, after
+            # checking the recorder's file against the receipted hash (there is no local copy left).
             station.bus.unplug(s.device_serial)
             station.dock.remove(1)
             await asyncio.sleep(0.3)
@@ -124,6 +128,8 @@ async def test_central_down_at_start_backlog_drains_later_and_erases_at_next_doc
             await station.wait_results(2)
             assert station.agent.results[1].outcome is OffloadOutcome.DONE
             assert evidence_on_recorder(station, s.device_serial) == []
+            source_only = [e for e in station.ledger("verified") if "purged" in str(e.get("purpose"))]
+            assert len(source_only) == 3 and all(e["source_reread"] for e in source_only)
         finally:
             await running.stop()
     assert verify_store(tmp_path / "store").ok
