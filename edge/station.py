@@ -22,6 +22,7 @@ from drivers.usb.recorder import RecorderError, RecorderHandle, RecorderMode, fi
 from edge.acquire.offload import BayProgress, OffloadResult
 from edge.acquire.session import ControlSession, VolumeClaims, VolumeSession
 from edge.config import StationConfig
+from edge.custody.errors import CustodyError
 from edge.custody.ledger import EntryType
 from edge.sdnotify import SystemdNotifier
 from edge.store import StationStore
@@ -102,9 +103,17 @@ class StationAgent:
             # Offloads go on without the bay board: losing it costs the LEDs, never evidence.
             supervisor.add(TaskSpec("dock", self._dock_loop, critical=False))
         if self.config.uplink.enabled:
-            # Offloads go on without the central too: evidence waits in the spool.
-            self.uplink = UplinkService(self.config, self.store)
-            supervisor.add(TaskSpec("uplink", self.uplink.run, critical=False))
+            # Offloads go on without the central too: evidence waits in the spool (and with
+            # after-receipt nothing is erased until the uplink works again).
+            try:
+                self.uplink = UplinkService(self.config, self.store)
+            except (OSError, ValueError, CustodyError) as exc:
+                log.error("uplink disabled: %s", exc)
+                self.store.record(
+                    EntryType.ERROR, None, {"stage": "uplink", "reason": f"uplink disabled: {exc}"}
+                )
+            else:
+                supervisor.add(TaskSpec("uplink", self.uplink.run, critical=False))
         watcher.start()
         self.ready.set()
         try:

@@ -180,7 +180,7 @@ def verify_store(
         for item in items:
             report.problems.extend(_verify_item(conn, layout, item, trusted))
             known_paths.add(item.ledger_path)
-            receipt_problems, had_receipt = _receipt_problems(conn, layout, item, central_key)
+            receipt_problems, had_receipt = _receipt_problems(conn, layout, item, central_key, station)
             report.problems.extend(receipt_problems)
             receipts += had_receipt
         report.checked["items"] = len(items)
@@ -320,6 +320,7 @@ def _receipt_problems(
     layout: StoreLayout,
     sealed: _SealedItem,
     central_key: Ed25519PublicKey | None,
+    station: str,
 ) -> tuple[list[Problem], bool]:
     """The receipt sidecar against the ledger's receipt entry (and in full with the central key)."""
     where = f"item {sealed.item}"
@@ -343,12 +344,24 @@ def _receipt_problems(
     tree_head = receipt.get("tree_head") if isinstance(receipt.get("tree_head"), dict) else {}
     assert isinstance(tree_head, dict)
     if (receipt.get("leaf_index"), receipt.get("tree_size"), tree_head.get("root_hash")) != (
-        data.get("leaf_index"), data.get("tree_size"), data.get("root_hash")
+        data.get("leaf_index"),
+        data.get("tree_size"),
+        data.get("root_hash"),
     ):
-        problems.append(Problem(where, f"receipt file differs from the receipt recorded at ledger seq "
-                                       f"{entry['seq']}"))
+        problems.append(
+            Problem(where, f"receipt file differs from the receipt recorded at ledger seq {entry['seq']}")
+        )
+    index = sealed.index
+    leaf = receipt.get("leaf") if isinstance(receipt.get("leaf"), dict) else {}
+    assert isinstance(leaf, dict)
+    # The receipt must be about this very record: item, content, size and the sealed manifest.
+    if receipt.get("item") != sealed.item or leaf.get("manifest_sha256") != sealed.manifest_sha256:
+        problems.append(
+            Problem(where, "the receipt names another item or another manifest than the sealed one")
+        )
+    if index is not None and (receipt.get("sha256"), leaf.get("size")) != (index["sha256"], index["size"]):
+        problems.append(Problem(where, "the receipt's hash or size differs from the item index"))
     if central_key is not None:
-        index = sealed.index
         problems.extend(
             Problem(where, f"receipt: {p.where}: {p.what}")
             for p in verify_receipt(
@@ -356,6 +369,7 @@ def _receipt_problems(
                 central_key,
                 expected_item=sealed.item,
                 expected_sha256=None if index is None else index["sha256"],
+                expected_station=station or None,
             )
         )
     return problems, True

@@ -679,8 +679,6 @@ class VolumeOffload:
         policy = self.config.wipe.policy
         if policy is WipePolicy.NEVER:
             return OffloadOutcome.DONE
-        if policy is WipePolicy.AFTER_RECEIPT:
-            rows = await self._only_receipted(rows)
         if not self.config.offload.verify_reread:
             # Invariant 2: nothing is erased whose copy was not re-read and matched.
             self.store.record(
@@ -693,6 +691,8 @@ class VolumeOffload:
                 },
             )
             return OffloadOutcome.DONE
+        if policy is WipePolicy.AFTER_RECEIPT:
+            rows = await self._only_receipted(rows)
         for row in rows:
             if row.state not in ("sealed", "wiping"):
                 continue

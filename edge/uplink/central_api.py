@@ -104,7 +104,13 @@ class CentralApi:
             async with self.session.request(
                 method, url, data=data, headers=headers, timeout=self.timeout, allow_redirects=False
             ) as response:
-                raw = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                received = bytearray()
+                while len(received) <= MAX_RESPONSE_BYTES:  # read(n) returns what is buffered: loop
+                    piece = await response.content.read(64 * 1024)
+                    if not piece:
+                        break
+                    received += piece
+                raw = bytes(received)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise CentralUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc

@@ -59,10 +59,10 @@ LEDGER_BATCH = 2000
 PURGE_INTERVAL_S = 60.0
 IDLE_POLL_S = 5.0
 # Codes after which registering again (after refreshing the central's view of our ledger) can work.
-_RETRY_CODES = {"ledger_gap", "chain_unknown", "upload_incomplete"}
+_RETRY_CODES = {"ledger_gap", "chain_unknown", "bad_checkpoint", "bad_chain"}
 # Codes about the station itself, not the item: wait for an administrator (enroll, re-enroll) and retry.
 _STATION_CODES = {"unknown_station", "station_revoked", "wrong_station", "unauthenticated", "forbidden"}
-_REUPLOAD_CODES = {"upload_not_found", "upload_expired", "not_found", "http_404", "http_410"}
+_REUPLOAD_CODES = {"upload_not_found", "upload_expired", "http_410"}
 
 
 class UplinkFatal(Exception):
@@ -118,6 +118,8 @@ class UplinkService:
         self._last_purge = 0.0
         self._fatal: UplinkFatal | None = None
         self._bad_receipts: set[str] = set()
+        self._tus: TusClient | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"UplinkService(central={self.uplink.central_url!r}, station={self.config.station.id!r})"
@@ -135,9 +137,24 @@ class UplinkService:
             self._receipt_event.clear()
             done = self.spool.receipted(wanted)
             remaining = deadline - asyncio.get_running_loop().time()
-            if done == wanted or remaining <= 0:
+            if done == wanted or remaining <= 0 or self._cannot_send_within(remaining):
                 return done
             await wait_event(self._receipt_event, min(remaining, IDLE_POLL_S))
+
+    def _cannot_send_within(self, seconds: float) -> bool:
+        """Waiting is pointless: the uplink stopped, or nothing may be sent before `seconds` pass
+        (upload window closed, circuit open), so the bay is released at once."""
+        if self._fatal is not None:
+            return True
+        now = datetime.now().astimezone()
+        if not self.windows.is_open(now) and (self.windows.next_open(now) - now).total_seconds() > seconds:
+            return True
+        retry_at = self.breaker.retry_at
+        return (
+            self.breaker.state is BreakerState.OPEN
+            and retry_at is not None
+            and retry_at - self.clock() > seconds
+        )
 
     async def wait_drained(self, timeout_s: float) -> bool:
         """Wait until every sealed item is receipted or refused (the demo, tests); False on timeout."""
@@ -173,6 +190,7 @@ class UplinkService:
                 headers=headers,
                 timeout_s=self.uplink.request_timeout_s,
             )
+            self._tus = tus
             try:
                 await self._loop(tus, api)
             finally:
@@ -198,9 +216,11 @@ class UplinkService:
                         task = asyncio.create_task(self._send(tus, api, entry), name=f"upload-{entry.item}")
                         self._in_flight[entry.item] = task
                         task.add_done_callback(functools.partial(self._done, entry.item))
-                next_due = self.spool.next_due_s()
-                delay = IDLE_POLL_S if next_due is None else min(IDLE_POLL_S, next_due - self.clock())
-                delay = max(0.05, delay)
+                next_due = self.spool.next_due_s(exclude=self._in_flight)
+                if next_due is None or len(self._in_flight) >= self.uplink.concurrency:
+                    delay = IDLE_POLL_S  # a finishing upload wakes the loop (`_done`)
+                else:
+                    delay = max(0.05, min(IDLE_POLL_S, next_due - self.clock()))
             await wait_event(self._wake, delay)
 
     def _done(self, item: str, _task: asyncio.Task[None]) -> None:
@@ -242,9 +262,11 @@ class UplinkService:
             self._transient(entry, f"{type(exc).__name__}: {exc}")
         except CentralRejected as exc:
             self._rejected_by_central(entry, exc)
-        except LocalFileError as exc:
-            self.spool.mark_rejected(entry.item, "upload", "local_read_error", str(exc))
-            self.stats.rejected += 1
+        except (LocalFileError, OSError) as exc:
+            # The stored copy cannot be read (or the receipt not written): the local store needs a
+            # human. Nothing is final about that: retry slowly, and keep it in the log.
+            log.error("item %s: local store problem: %s", entry.item, exc)
+            self._transient(entry, f"local store: {exc}", count_for_breaker=False, at_least_s=60.0)
         except (ServerRejected, ProtocolViolation, UplinkError) as exc:
             status = getattr(exc, "status", None)
             if isinstance(exc, ServerRejected) and status == 413:
@@ -252,10 +274,16 @@ class UplinkService:
                 self.stats.rejected += 1
             else:
                 self._transient(entry, f"{type(exc).__name__}: {exc}")
-        except OSError as exc:
-            # The stored copy cannot be read: the local store needs a human; retry slowly meanwhile.
-            self.spool.mark_rejected(entry.item, "upload", "local_read_error", f"{entry.path}: {exc}")
-            self.stats.rejected += 1
+        except UplinkFatal:
+            raise
+        except ValueError as exc:
+            # e.g. a stored upload URL on another origin after central_url changed: start afresh.
+            log.warning("item %s: %s; starting the upload again", entry.item, exc)
+            retry_at = self.clock() + self.backoff.next_delay(entry.attempts + 1)
+            self.spool.requeue(entry.item, str(exc), retry_at)
+        except Exception as exc:  # never let one item spin the loop or kill the uplink
+            log.exception("item %s: unexpected %s", entry.item, type(exc).__name__)
+            self._transient(entry, f"unexpected {type(exc).__name__}: {exc}", at_least_s=60.0)
 
     async def _upload(self, tus: TusClient, entry: SpoolEntry) -> str:
         metadata = {"item": entry.item, "sha256": entry.sha256, "filename": entry.original_name[:200]}
@@ -321,7 +349,12 @@ class UplinkService:
         while self.store.ledger.head()[0] - head[0] > LEDGER_BATCH:
             entries, checkpoint = self._segment_after(head[0], LEDGER_BATCH)
             assert checkpoint is not None
-            head = await api.post_ledger(entries, checkpoint)
+            answer = await api.post_ledger(entries, checkpoint)
+            if answer != (entries[-1].seq, entries[-1].hash):
+                raise CentralUnavailable(
+                    f"the central answered ledger head {answer} to a segment ending at seq {entries[-1].seq}"
+                )
+            head = answer
             self._central_head = head
         return head
 
@@ -391,30 +424,54 @@ class UplinkService:
             receipt["tree_size"],
         )
 
-    def _transient(self, entry: SpoolEntry, reason: str) -> None:
-        self.breaker.record_failure()
-        delay = self.backoff.next_delay(entry.attempts + 1)
+    def _transient(
+        self, entry: SpoolEntry, reason: str, *, count_for_breaker: bool = True, at_least_s: float = 0.0
+    ) -> None:
+        if count_for_breaker:
+            self.breaker.record_failure()
+        delay = max(at_least_s, self.backoff.next_delay(entry.attempts + 1))
         log.warning("item %s: %s; retrying in %.1f s", entry.item, reason, delay)
         self.spool.defer(entry.item, reason, self.clock() + delay)
 
     def _rejected_by_central(self, entry: SpoolEntry, exc: CentralRejected) -> None:
-        if exc.status >= 500:
-            self._transient(entry, str(exc))
-        elif exc.code in _REUPLOAD_CODES or (exc.status == 404 and exc.code.startswith("upload")):
-            self.spool.requeue(entry.item, str(exc))
-            self._wake.set()
-        elif exc.code in _RETRY_CODES:
-            self._transient(entry, str(exc))
-        elif exc.code in _STATION_CODES or exc.status in (401, 403):
-            log.error("the central refuses this station: %s", exc)
+        retry_at = self.clock() + self.backoff.next_delay(entry.attempts + 1)
+        if exc.status >= 500 or exc.code == "bad_response":
             self._transient(entry, str(exc))
         elif exc.code == "ledger_fork":
-            self.spool.mark_rejected(entry.item, "register", exc.code, exc.detail)
+            # About the station, not the item: the item stays queued for when the fork is resolved.
+            self._transient(entry, str(exc), count_for_breaker=False)
             raise UplinkFatal(f"the central reports a ledger fork: {exc.detail}")
+        elif exc.code == "upload_incomplete":
+            # The central holds less than we thought: resume the same upload from its offset.
+            self.spool.resume_upload(entry.item, str(exc), retry_at)
+        elif exc.code in _REUPLOAD_CODES:
+            self.spool.requeue(entry.item, str(exc), retry_at)
+            self._wake.set()
+        elif exc.code in _RETRY_CODES:
+            self._transient(entry, str(exc), count_for_breaker=False)
+        elif exc.code in _STATION_CODES or exc.status in (401, 403, 404):
+            # Station-level refusals (enrollment, revocation, a wrong path or a proxy) say nothing
+            # about this item: wait for an administrator and try again.
+            log.error("the central refuses this station's request: %s", exc)
+            self._transient(entry, str(exc))
         else:
             log.error("item %s: the central refused it: %s", entry.item, exc)
             self.spool.mark_rejected(entry.item, "register", exc.code, exc.detail)
             self.stats.rejected += 1
+            self._abandon_upload(entry)
+
+    def _abandon_upload(self, entry: SpoolEntry) -> None:
+        """Best effort: tell the central to drop the content of a refused item (tus termination)."""
+        if entry.upload_url and self._tus is not None:
+            tus, url = self._tus, entry.upload_url
+
+            async def terminate() -> None:
+                with contextlib.suppress(Exception):
+                    await tus.terminate(url)
+
+            task = asyncio.create_task(terminate())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # -- retention --------------------------------------------------------------------------------
 
@@ -432,11 +489,16 @@ class UplinkService:
         for item, stored in self.spool.purge_due(retention_s):
             if not self.spool.receipted([item]):
                 continue  # belt and braces: never purge what the central has not receipted
-            removed: list[str] = []
-            with contextlib.suppress(FileNotFoundError):
+            relative = str(stored.relative_to(self.store.layout.root))
+            try:
                 stored.unlink()
-                removed.append(str(stored.relative_to(self.store.layout.root)))
-            self.spool.mark_purged(item, removed)
+                already_absent = False
+            except FileNotFoundError:
+                already_absent = True  # removed before a crash, before its ledger entry
+            except OSError as exc:
+                log.error("item %s: cannot purge the local copy %s: %s", item, relative, exc)
+                continue
+            self.spool.mark_purged(item, [relative], already_absent=already_absent)
             purged.append(item)
         return purged
 

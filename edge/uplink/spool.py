@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.custody.canonical import canonical_json, parse_json
+from edge.custody.errors import CanonicalJsonError
 from edge.custody.ledger import EntryType, station_time_now
 from edge.store import StationStore
 
@@ -86,7 +87,11 @@ class Spool:
         for row in rows:
             if row["item"] in busy:
                 continue
-            manifest = parse_json(row["manifest"])
+            try:
+                manifest = parse_json(row["manifest"])
+            except (CanonicalJsonError, ValueError) as exc:
+                log.error("item %s: unreadable manifest in the index (%s); not uploaded", row["item"], exc)
+                continue
             original = manifest.get("original", {}) if isinstance(manifest, dict) else {}
             entries.append(
                 SpoolEntry(
@@ -103,11 +108,16 @@ class Spool:
             )
         return entries[:limit]
 
-    def next_due_s(self) -> float | None:
-        row = self.store.conn.execute(
-            "SELECT min(next_attempt) FROM uploads WHERE state IN ('queued', 'uploaded')"
-        ).fetchone()
-        return None if row[0] is None else float(row[0])
+    def next_due_s(self, exclude: Iterable[str] = ()) -> float | None:
+        """When the next item not in `exclude` (in flight) is due."""
+        busy = set(exclude)
+        rows = self.store.conn.execute(
+            "SELECT item, next_attempt FROM uploads WHERE state IN ('queued', 'uploaded') "
+            "ORDER BY next_attempt LIMIT ?",
+            (len(busy) + 1,),
+        ).fetchall()
+        due = [float(row["next_attempt"]) for row in rows if row["item"] not in busy]
+        return due[0] if due else None
 
     def set_upload_url(self, item: str, url: str | None) -> None:
         with self.store.transaction() as conn:
@@ -125,12 +135,22 @@ class Spool:
                 {"upload": url, "bytes_sent": bytes_sent, "resumed_from": resumed_from},
             )
 
-    def requeue(self, item: str, reason: str) -> None:
-        """The central lost or expired an upload: send the content again."""
+    def requeue(self, item: str, reason: str, retry_at_s: float = 0.0) -> None:
+        """The central lost or expired an upload: send the content again (after `retry_at_s`)."""
         with self.store.transaction() as conn:
             conn.execute(
-                "UPDATE uploads SET state=?, upload_url=NULL, last_error=? WHERE item=?",
-                (UploadState.QUEUED.value, reason[:500], item),
+                "UPDATE uploads SET state=?, upload_url=NULL, last_error=?, attempts=attempts+1, "
+                "next_attempt=? WHERE item=?",
+                (UploadState.QUEUED.value, reason[:500], retry_at_s, item),
+            )
+
+    def resume_upload(self, item: str, reason: str, retry_at_s: float) -> None:
+        """The central holds less of an upload than we thought: back to queued, same upload URL,
+        so tus resumes it from the central's offset."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE uploads SET state=?, last_error=?, attempts=attempts+1, next_attempt=? WHERE item=?",
+                (UploadState.QUEUED.value, reason[:500], retry_at_s, item),
             )
 
     def mark_receipted(self, item: str, receipt: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
@@ -198,16 +218,25 @@ class Spool:
         ).fetchall()
         due: list[tuple[str, Path]] = []
         for row in rows:
-            receipted = datetime.strptime(row["receipted"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+            try:
+                receipted = datetime.strptime(row["receipted"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+            except (TypeError, ValueError):
+                continue  # never purge on a time we cannot read
             if (current - receipted).total_seconds() >= retention_s:
                 due.append((row["item"], self.store.layout.root / row["path"]))
         return due
 
-    def mark_purged(self, item: str, files: list[str]) -> None:
+    def mark_purged(self, item: str, files: list[str], *, already_absent: bool = False) -> None:
         with self.store.transaction() as conn:
             conn.execute("UPDATE uploads SET purged=? WHERE item=?", (station_time_now(), item))
             self.store.ledger.append(
-                EntryType.PURGED, item, {"files": files, "reason": "receipt verified and retention elapsed"}
+                EntryType.PURGED,
+                item,
+                {
+                    "files": files,
+                    "already_absent": already_absent,
+                    "reason": "receipt verified and retention elapsed",
+                },
             )
 
     def purged(self, item: str) -> bool:

@@ -5,11 +5,13 @@
     python tests/bench/upload.py --stations 20 [--total-mb 1024]
 
 Default mode: TOTAL MiB of real MP4 files are acquired into a station store (not timed); a real
-central (`edge central`, its own process, mutual TLS) is started; then, in the same run, the same files
-are uploaded (a) by `curl`, one tus creation-with-upload POST per file, sequentially, and (b) by the
-station uplink (`UplinkService` in its own process: tus with per-chunk SHA-256, registration with ledger
-segment, receipt verification). Last line JSON: curl_s, edge_s, ratio (edge_s / curl_s; target <= 1.25),
-peak_rss_mb (the uplink process), total_mb, files.
+central (`edge central`, its own process, mutual TLS) is started; then, in the same run, the same
+stored files are uploaded, cold from disk (page cache dropped before each contender), (a) by `curl`,
+one tus creation-with-upload POST per file, sequentially, and (b) by the station uplink
+(`UplinkService` in its own process: tus with per-chunk SHA-256, registration with a ledger segment,
+receipt verification). ROUNDS rounds, each with a fresh central and a fresh copy of the store, in
+alternating order; medians compared. Last line JSON: curl_s, edge_s, ratio (edge_s / curl_s; target
+<= 1.25), peak_rss_mb (the uplink process), total_mb, files.
 
 --pipeline: `edge demo --file-mb N --json` with the embedded central (offload, upload and receipt
 overlap; recorders erased after receipt) against the same demo with --no-central (offload only).
@@ -27,6 +29,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -293,33 +296,68 @@ def curl_upload(files: list[Path], central: Central, bundle: Path) -> float:
 # -- modes ------------------------------------------------------------------------------------------
 
 
-def mode_single(work: Path, total_mb: int, files: int, concurrency: int) -> dict[str, Any]:
-    central = Central(work)
+def stored_files(store: Path) -> list[Path]:
+    return sorted(p for p in (store / "items").rglob("*") if p.is_file() and not p.name.endswith(".json"))
+
+
+def drop_cache(files: list[Path]) -> None:
+    """Both contenders read cold files: the uplink reads items the offload wrote with O_DIRECT."""
+    os.sync()
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def mode_single(work: Path, total_mb: int, files: int, concurrency: int, rounds: int) -> dict[str, Any]:
     volume = make_volume(work / "media", "3300001", files, max(1, total_mb * MIB // files), 1)
-    store = work / "station-store"
-    acquire_into("BENCH-01", store, volume)
-    bundle = work / "bundle-01"
-    central.enroll("BENCH-01", store, bundle)
-    originals = sorted(volume.rglob("*.MP4"))
-    central.start()
-    try:
-        subprocess.run(["cat", *map(str, originals)], stdout=subprocess.DEVNULL, check=True)
-        curl_s = curl_upload(originals, central, bundle)
-        result, rss = reap(spawn_uplink("BENCH-01", store, central, bundle, concurrency))
-    finally:
-        central.stop()
-    if result["receipts"] != result["items"]:
-        raise SystemExit(f"only {result['receipts']} of {result['items']} items receipted")
+    template = work / "station-template"
+    acquire_into("BENCH-01", template, volume)
+    samples: dict[str, list[float]] = {"curl": [], "edge": []}
+    rss: list[float] = []
+    receipts = 0
+    for round_no in range(rounds):
+        # A fresh central and a fresh copy of the station store each round: every round does the
+        # whole job (upload, registration, receipt), never an idempotent replay.
+        round_dir = work / f"round-{round_no}"
+        round_dir.mkdir()
+        central = Central(round_dir)
+        store = round_dir / "station-store"
+        shutil.copytree(template, store, symlinks=True)
+        bundle = round_dir / "bundle"
+        central.enroll("BENCH-01", store, bundle)
+        items = stored_files(store)
+        central.start()
+        try:
+            for name in (["curl", "edge"] if round_no % 2 == 0 else ["edge", "curl"]):
+                drop_cache(items)
+                if name == "curl":
+                    samples["curl"].append(curl_upload(items, central, bundle))
+                else:
+                    result, peak = reap(spawn_uplink("BENCH-01", store, central, bundle, concurrency))
+                    if result["receipts"] != result["items"]:
+                        raise SystemExit(f"only {result['receipts']} of {result['items']} items receipted")
+                    samples["edge"].append(result["seconds"])
+                    rss.append(peak)
+                    receipts = result["receipts"]
+        finally:
+            central.stop()
+        shutil.rmtree(round_dir)
+    curl_s, edge_s = statistics.median(samples["curl"]), statistics.median(samples["edge"])
     return {
         "mode": "single",
         "total_mb": total_mb,
         "files": files,
         "concurrency": concurrency,
+        "rounds": rounds,
         "curl_s": round(curl_s, 3),
-        "edge_s": round(result["seconds"], 3),
-        "ratio": round(result["seconds"] / curl_s, 3),
-        "peak_rss_mb": round(rss, 1),
-        "receipts": result["receipts"],
+        "edge_s": round(edge_s, 3),
+        "ratio": round(edge_s / curl_s, 3),
+        "peak_rss_mb": round(max(rss), 1),
+        "receipts": receipts,
+        "samples_s": {k: [round(v, 3) for v in vs] for k, vs in samples.items()},
     }
 
 
@@ -392,6 +430,7 @@ def main() -> int:
     parser.add_argument("--total-mb", type=int, default=1024)
     parser.add_argument("--files", type=int, default=16, help="files per station")
     parser.add_argument("--concurrency", type=int, default=2, help="uplink uploads in flight")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each contender; medians compared")
     parser.add_argument("--pipeline", action="store_true")
     parser.add_argument("--file-mb", type=float, default=50.0, help="--pipeline: demo file size")
     parser.add_argument("--stations", type=int, default=0)
@@ -413,7 +452,7 @@ def main() -> int:
         elif args.stations:
             result = mode_stations(work, args.total_mb, args.stations, max(1, args.files // 4))
         else:
-            result = mode_single(work, args.total_mb, args.files, args.concurrency)
+            result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
