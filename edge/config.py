@@ -13,7 +13,7 @@ import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, model_validator
 from pydantic_core import CoreSchema, core_schema
@@ -28,6 +28,9 @@ class ConfigError(Exception):
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class SecretRef(str):
@@ -337,26 +340,35 @@ def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
     return None
 
 
-def parse_config(text: str, source: str = "<string>") -> StationConfig:
+def parse_toml_model(text: str, source: str, model: type[ModelT]) -> ModelT:
+    """Validate TOML text against a config model; `ConfigError` names `source`, the line and the key of
+    every problem. Shared by the station's and the central's configuration."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     try:
-        return StationConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         details = "\n  ".join(_describe(e, text) for e in exc.errors())
         raise ConfigError(f"{source}: {exc.error_count()} problem(s):\n  {details}") from None
 
 
-def load_config(path: Path) -> StationConfig:
+def read_config_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
-    config = parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str = "<string>") -> StationConfig:
+    return parse_toml_model(text, source, StationConfig)
+
+
+def load_config(path: Path) -> StationConfig:
+    config = parse_config(read_config_text(path), str(path))
     base = path.parent
     # Relative paths in a config file are relative to the file, not to wherever the agent was started.
     return config.model_copy(

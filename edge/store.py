@@ -19,14 +19,14 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Ledger, LedgerEntry
+from edge.dbutil import immediate_transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS station (
@@ -173,17 +173,9 @@ class StationStore:
                 "a store is never shared between stations"
             )
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One atomic unit: state rows and the ledger entries that describe them."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+        return immediate_transaction(self.conn)
 
     def record(self, type_: str, item: str | None, data: dict[str, Any]) -> LedgerEntry:
         """Append one ledger entry in its own transaction (for events with no state change)."""

@@ -11,14 +11,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from edge.config import IDENTIFIER, ConfigError, StrictModel, _describe
+from edge.config import IDENTIFIER, ConfigError, StrictModel, parse_toml_model, read_config_text
 
 __all__ = [
     "CentralConfig",
@@ -239,24 +238,10 @@ class CentralLayout:
 
 def parse_central_config(text: str, source: str = "<string>") -> CentralConfig:
     """Validate TOML text; `ConfigError` names `source`, the line and the key of every problem."""
-    try:
-        raw: dict[str, Any] = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    try:
-        return CentralConfig.model_validate(raw)
-    except ValidationError as exc:
-        details = "\n  ".join(_describe(e, text) for e in exc.errors())
-        raise ConfigError(f"{source}: {exc.error_count()} problem(s):\n  {details}") from None
+    return parse_toml_model(text, source, CentralConfig)
 
 
 def load_central_config(path: Path) -> CentralConfig:
     """Read and validate a central configuration file; raises `ConfigError`."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
-    return parse_central_config(text, str(path))
+    return parse_central_config(read_config_text(path), str(path))

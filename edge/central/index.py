@@ -18,7 +18,7 @@ import logging
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -30,6 +30,7 @@ from edge.custody.canonical import canonical_json, parse_json, sha256_hex
 from edge.custody.errors import CanonicalJsonError, KeyFormatError
 from edge.custody.keys import key_id_of, public_key_from_b64
 from edge.custody.ledger import GENESIS_PREV, Checkpoint, LedgerEntry, station_time_now
+from edge.dbutil import immediate_transaction
 
 __all__ = [
     "CASE_FIELDS",
@@ -393,17 +394,9 @@ class CentralIndex:
     def close(self) -> None:
         self.conn.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One atomic unit. Never await inside it."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+        return immediate_transaction(self.conn)
 
     # -- stations and readers -------------------------------------------------------------------
 
