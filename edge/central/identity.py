@@ -25,7 +25,6 @@ import logging
 import os
 import secrets
 import ssl
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from edge.central.config import CentralConfig, CentralLayout
 from edge.central.index import CentralIndexError, validate_reader_name, validate_station_id
 from edge.custody.canonical import parse_json
-from edge.custody.errors import CustodyError
+from edge.custody.errors import CustodyError, KeyFileError
 from edge.custody.keys import (
     StationKey,
     _remove_stale_temporaries,
@@ -49,6 +48,7 @@ from edge.custody.keys import (
     key_id_of,
     load_public_key,
     public_key_raw,
+    read_pem_file,
 )
 from edge.custody.ledger import station_time_now
 from edge.fsutil import fsync_dir
@@ -108,7 +108,6 @@ _BACKDATE = dt.timedelta(minutes=5)
 _RENEW_BEFORE = dt.timedelta(days=30)
 _PRIVATE_MODE = 0o600
 _PUBLIC_MODE = 0o644
-_MAX_PEM_BYTES = 64 * 1024
 
 
 class IdentityError(Exception):
@@ -219,29 +218,9 @@ def _install(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
 def _read_pem(path: Path, *, secret: bool) -> bytes:
     """Read a small PEM file; a secret must be a regular file not accessible to group or others."""
     try:
-        # O_NONBLOCK: a FIFO planted at a key path must not hang the service.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise IdentityError(f"{path} does not exist") from None
-    except OSError as exc:
-        raise IdentityError(f"cannot open {path}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise IdentityError(f"{path}: expected a regular file, found mode {info.st_mode:o}")
-        if secret and info.st_mode & 0o077:
-            raise IdentityError(
-                f"private key {path} has mode {stat.S_IMODE(info.st_mode):04o}: it is accessible to group or "
-                f"others; expected 0600 or stricter. The key may be exposed: fix the permissions "
-                f"(chmod 600) only after deciding whether to replace it"
-            )
-        with os.fdopen(fd, "rb", closefd=False) as stream:
-            data = stream.read(_MAX_PEM_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > _MAX_PEM_BYTES:
-        raise IdentityError(f"{path}: expected a small PEM file, found over {_MAX_PEM_BYTES} bytes")
-    return data
+        return read_pem_file(path, what="private key" if secret else "file", secret=secret)
+    except KeyFileError as exc:
+        raise IdentityError(str(exc)) from None
 
 
 def _load_ec_key(path: Path) -> ec.EllipticCurvePrivateKey:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.custody.errors import KeyFileError, KeyFormatError
+from edge.fsutil import fsync_dir
 
 __all__ = [
     "SIGNATURE_ALG",
@@ -67,12 +68,44 @@ def public_key_from_b64(b64: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
+def read_pem_file(path: Path, *, what: str, secret: bool) -> bytes:
+    """Read a small PEM file (a key or certificate); raises :class:`KeyFileError` saying what is wrong.
+
+    A secret must be a regular file that group and others cannot access; nothing larger than
+    64 KiB is read, and a FIFO planted at the path cannot hang the caller (O_NONBLOCK).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise KeyFileError(f"cannot read {what} {path}: it does not exist") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot open {what} {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"{what} {path}: expected a regular file, found mode {info.st_mode:o}")
+        if secret and info.st_mode & 0o077:
+            raise KeyFileError(
+                f"{what} {path} has mode {stat.S_IMODE(info.st_mode):04o}: it is readable or "
+                f"writable by group or others; expected 0600 or stricter. The key may be exposed: "
+                f"fix the permissions (chmod 600) only after deciding whether to replace the key"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            data = stream.read(_MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_KEY_FILE_BYTES:
+        raise KeyFileError(
+            f"{what} {path}: expected a small PEM file, found over {_MAX_KEY_FILE_BYTES} bytes"
+        )
+    return data
+
+
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Load a PEM (SubjectPublicKeyInfo) Ed25519 public key; raises :class:`KeyFileError`."""
-    try:
-        data = _read_bounded(path)
-    except OSError as exc:
-        raise KeyFileError(f"cannot read public key {path}: {exc.strerror or exc}") from None
+    data = read_pem_file(path, what="public key", secret=False)
     try:
         pub = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
@@ -156,29 +189,7 @@ class StationKey:
 
     @classmethod
     def _load(cls, path: Path) -> StationKey:
-        try:
-            # O_NONBLOCK: a FIFO planted at the key path must not hang the service.
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as exc:
-            raise KeyFileError(f"cannot open station key {path}: {exc.strerror or exc}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise KeyFileError(f"station key {path}: expected a regular file, found mode "
-                                   f"{info.st_mode:o}")
-            if info.st_mode & 0o077:
-                raise KeyFileError(
-                    f"station key {path} has mode {stat.S_IMODE(info.st_mode):04o}: it is readable or "
-                    f"writable by group or others; expected 0600 or stricter. The key may be exposed: "
-                    f"fix the permissions (chmod 600) only after deciding whether to replace the key"
-                )
-            with os.fdopen(fd, "rb", closefd=False) as stream:
-                data = stream.read(_MAX_KEY_FILE_BYTES + 1)
-        finally:
-            os.close(fd)
-        if len(data) > _MAX_KEY_FILE_BYTES:
-            raise KeyFileError(f"station key {path}: expected a small PEM file, found over "
-                               f"{_MAX_KEY_FILE_BYTES} bytes")
+        data = read_pem_file(path, what="station key", secret=True)
         try:
             private = serialization.load_pem_private_key(data, password=None)
         except TypeError:
@@ -213,7 +224,7 @@ class StationKey:
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         log.info("created station key %s at %s", key.key_id, path)
         key._ensure_public_file()
         return key
@@ -242,7 +253,7 @@ class StationKey:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        _fsync_dir(pub_path.parent)
+        fsync_dir(pub_path.parent)
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -285,19 +296,3 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
             path.unlink()
         raise
     os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_bounded(path: Path) -> bytes:
-    with open(path, "rb") as stream:
-        data = stream.read(_MAX_KEY_FILE_BYTES + 1)
-    if len(data) > _MAX_KEY_FILE_BYTES:
-        raise KeyFileError(f"{path}: expected a small PEM file, found over {_MAX_KEY_FILE_BYTES} bytes")
-    return data
