@@ -109,27 +109,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify_central(store_dir: Path, central_key: Any) -> Any:
     """A central store: objects, index, station ledgers, Merkle log; the signing key pinned if given."""
-    from edge.central.config import CentralLayout
     from edge.central.verify import verify_central_store
-    from edge.custody.keys import key_id_of, load_public_key
-    from edge.custody.problems import Problem
     from edge.verify_store import VerifyReport
 
     report = VerifyReport(f"central store {store_dir}")
-    report.problems.extend(verify_central_store(store_dir))
-    if central_key is not None:
-        own = CentralLayout(store_dir).signing_key.with_name("signing.key.pub")
-        try:
-            found = key_id_of(load_public_key(own))
-        except Exception as exc:  # a missing or damaged key file is a finding, not a crash
-            report.problems.append(Problem(f"key {own}", f"cannot load the central signing key: {exc}"))
-        else:
-            if found != key_id_of(central_key):
-                report.problems.append(
-                    Problem(
-                        f"key {own}", f"the store signs with {found}, not the pinned {key_id_of(central_key)}"
-                    )
-                )
+    report.problems.extend(verify_central_store(store_dir, central_public_key=central_key))
     report.checked["central_stores"] = 1
     return report
 

@@ -248,7 +248,9 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
     uplink_counts = uplink_summary(config.station.store_dir)
     central_report = None
     if central is not None:
-        central_report = await loop.run_in_executor(None, verify_central_store, central.store_dir)
+        central_report = await loop.run_in_executor(
+            None, lambda: verify_central_store(central.store_dir, central_public_key=central_key)
+        )
         errors += [f"central {p.where}: {p.what}" for p in central_report]
     summary = {
         "recorders": len(specs),

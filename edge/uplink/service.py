@@ -48,7 +48,6 @@ from edge.uplink.tus_client import (
     ServerRejected,
     TusClient,
     UplinkError,
-    UploadGone,
     UploadInterrupted,
 )
 
@@ -287,30 +286,22 @@ class UplinkService:
 
     async def _upload(self, tus: TusClient, entry: SpoolEntry) -> str:
         metadata = {"item": entry.item, "sha256": entry.sha256, "filename": entry.original_name[:200]}
-        url = entry.upload_url
-        for _ in range(2):
-            try:
-                # The upload URL is made durable as soon as the central creates it: after a crash or
-                # a restart the upload resumes from the central's offset, never from zero.
-                result = await tus.upload(
-                    url,
-                    entry.path,
-                    entry.size,
-                    metadata,
-                    on_created=lambda created: self.spool.set_upload_url(entry.item, created),
-                )
-            except UploadGone:
-                log.info("item %s: the central forgot upload %s (expired?); starting again", entry.item, url)
-                self.spool.set_upload_url(entry.item, None)
-                url = None
-                continue
-            self.spool.mark_uploaded(entry.item, result.url, result.bytes_sent, result.resumed_from)
-            self.stats.uploaded += 1
-            self.stats.bytes_sent += result.bytes_sent
-            if result.resumed_from:
-                self.stats.resumed += 1
-            return str(result.url)
-        raise UploadInterrupted(f"item {entry.item}: the central lost the upload twice in a row")
+        # The upload URL is made durable as soon as the central creates it: after a crash or a restart
+        # the upload resumes from the central's offset, never from zero. An upload the central forgot
+        # (expired) is created anew by the client itself.
+        result = await tus.upload(
+            entry.upload_url,
+            entry.path,
+            entry.size,
+            metadata,
+            on_created=lambda created: self.spool.set_upload_url(entry.item, created),
+        )
+        self.spool.mark_uploaded(entry.item, result.url, result.bytes_sent, result.resumed_from)
+        self.stats.uploaded += 1
+        self.stats.bytes_sent += result.bytes_sent
+        if result.resumed_from:
+            self.stats.resumed += 1
+        return str(result.url)
 
     async def _register(self, api: CentralApi, entry: SpoolEntry, url: str) -> dict[str, Any]:
         upload_id = url.rstrip("/").rsplit("/", 1)[-1]

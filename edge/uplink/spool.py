@@ -14,7 +14,6 @@ in the ledger for a human to examine.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -242,7 +241,3 @@ class Spool:
     def purged(self, item: str) -> bool:
         row = self.store.conn.execute("SELECT purged FROM uploads WHERE item=?", (item,)).fetchone()
         return row is not None and row[0] is not None
-
-
-def wall_clock_s() -> float:
-    return time.time()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
-from typing import Any
 
 from drivers.serial.dock import BayLed
 from edge.acquire.offload import OffloadOutcome
@@ -15,7 +14,6 @@ from edge.central.identity import init_central
 from edge.central.service import start_central
 from edge.central.verify import verify_central_store
 from edge.custody.keys import StationKey, load_public_key
-from edge.store import open_db
 from edge.verify_store import verify_store
 from tests.station.harness import Station, simulated_station, spec
 
@@ -37,17 +35,6 @@ def evidence_on_recorder(station: Station, device_serial: str) -> list[str]:
 
 def stored_objects(store: Path) -> list[Path]:
     return sorted(p for p in (store / "items").rglob("*") if p.is_file() and not p.name.endswith(".json"))
-
-
-def ledger_rows(store: Path, type_: str) -> list[dict[str, Any]]:
-    conn = open_db(store / "state.db")
-    try:
-        return [
-            dict(r)
-            for r in conn.execute("SELECT seq, item, data FROM ledger WHERE type=? ORDER BY seq", (type_,))
-        ]
-    finally:
-        conn.close()
 
 
 async def test_every_item_is_receipted_before_its_recorder_file_is_erased(tmp_path: Path) -> None:
@@ -108,10 +95,9 @@ async def test_central_down_at_start_backlog_drains_later_and_erases_at_next_doc
         uplink_service = station.agent.uplink
         assert uplink_service is not None
         await asyncio.sleep(0.5)  # several failed attempts: the breaker opens, items back off
-        assert (
-            uplink_service.breaker.state.value != "closed"
-            or uplink_service.spool.counts().get("queued", 0) == 3
-        )
+        # Failures are transient: the breaker opened, every item waits queued, none was refused.
+        assert uplink_service.breaker.state.value != "closed"
+        assert uplink_service.spool.counts() == {"queued": 3}
         running = await start_central(config)
         try:
             assert await uplink_service.wait_drained(30)
