@@ -3,7 +3,8 @@
     store_dir/
       keys/station.key      Ed25519 private key (0600), made on first run
       keys/station.key.pub  its public half
-      state.db              SQLite (WAL): ledger, checkpoints, items, recorder files, sessions
+      state.db              SQLite (WAL): ledger, checkpoints, items, recorder files, sessions, uploads
+      ledger.reserve        space held back so that a full disk can still be put on the record
       tmp/                  copies in progress (discarded or resumed after a crash)
       items/YYYY/MM/DD/<item>.<ext>                 sealed evidence (original + manifest box, or original)
       items/YYYY/MM/DD/<item>.<ext>.manifest.json   signed manifest sidecar
@@ -16,6 +17,7 @@ without the other after a crash.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
@@ -27,6 +29,9 @@ from typing import Any
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Ledger, LedgerEntry
 from edge.dbutil import immediate_transaction
+from edge.fsutil import write_atomic
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS station (
@@ -80,6 +85,7 @@ CREATE TABLE IF NOT EXISTS uploads (      -- the spool: one row per sealed item 
 CREATE INDEX IF NOT EXISTS uploads_state ON uploads(state, next_attempt);
 """
 
+RESERVE_BYTES = 128 * 1024
 SAFE_EXTENSION = re.compile(r"^[a-z0-9]{1,8}$")
 
 
@@ -113,6 +119,10 @@ class StoreLayout:
     @property
     def tmp(self) -> Path:
         return self.root / "tmp"
+
+    @property
+    def reserve(self) -> Path:
+        return self.root / "ledger.reserve"
 
     @property
     def items(self) -> Path:
@@ -161,6 +171,22 @@ class StationStore:
         Ledger.create_schema(self.conn)
         self._check_station_id()
         self.ledger = Ledger(self.conn, station_id, self.key)
+        self.hold_reserve()
+
+    def hold_reserve(self) -> None:
+        """Hold RESERVE_BYTES of disk for the ledger (best effort: not when the disk is already full).
+
+        When evidence fills the disk, `release_reserve` frees it, so the entry that says the disk is
+        full can still be committed."""
+        if self.layout.reserve.exists():
+            return
+        try:
+            write_atomic(self.layout.reserve, bytes(RESERVE_BYTES), 0o600)
+        except OSError as exc:
+            log.warning("cannot hold %d bytes in reserve for the ledger: %s", RESERVE_BYTES, exc.strerror)
+
+    def release_reserve(self) -> None:
+        self.layout.reserve.unlink(missing_ok=True)
 
     def _check_station_id(self) -> None:
         recorded = read_station_id(self.conn)

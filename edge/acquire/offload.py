@@ -170,6 +170,7 @@ class VolumeOffload:
     # -- the run ----------------------------------------------------------------------------------
 
     async def run(self) -> OffloadResult:
+        await self._thread(self.store.hold_reserve)  # given up by an earlier disk-full offload
         try:
             listing = await self._thread(
                 list_volume,
@@ -303,6 +304,7 @@ class VolumeOffload:
             self._error(None, "device", str(exc), None)
             outcome = OffloadOutcome.DEVICE_GONE
         except StoreFullError as exc:
+            self.store.release_reserve()  # room for the ledger to say so
             self._error(None, "store", str(exc), None)
             outcome = OffloadOutcome.STORE_FULL
         finally:

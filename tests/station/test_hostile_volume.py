@@ -179,3 +179,18 @@ def test_unlistable_directory_is_reported_and_the_rest_listed(
     listing = list_volume(volume, max_files=1000, max_depth=8)
     assert any("cannot list directory" in r.reason for r in listing.rejected)
     assert any(f.parts[0] == b"DCIM" for f in listing.files), "other directories are still listed"
+
+
+def test_the_ledger_reserve_is_held_released_and_held_again(tmp_path: Path) -> None:
+    from edge.store import RESERVE_BYTES
+
+    store = StationStore(tmp_path / "store", "TEST-STATION")
+    try:
+        assert store.layout.reserve.stat().st_size == RESERVE_BYTES
+        store.release_reserve()
+        assert not store.layout.reserve.exists()
+        store.hold_reserve()
+        assert store.layout.reserve.stat().st_size == RESERVE_BYTES
+        assert verify_store(store.layout.root).ok  # not an unaccounted object
+    finally:
+        store.close()
