@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.central.cli import add_central_parser
-from edge.config import ConfigError, StationConfig, load_config
+from edge.config.base import ConfigError
+from edge.config.station import StationConfig, load_config
 
 log = logging.getLogger("edge")
 
@@ -39,7 +40,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.service import run_station
+    from edge.station import run_station
 
     try:
         config = load_config(Path(args.config))
@@ -52,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from edge.custody.errors import CustodyError
     from edge.custody.keys import load_public_key
-    from edge.verify_store import (
+    from edge.verify.station import (
         VerifyReport,
         is_receipt_file,
         is_store,
@@ -110,7 +111,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _verify_central(store_dir: Path, central_key: Any) -> Any:
     """A central store: objects, index, station ledgers, Merkle log; the signing key pinned if given."""
     from edge.central.verify import verify_central_store
-    from edge.verify_store import VerifyReport
+    from edge.verify.station import VerifyReport
 
     report = VerifyReport(f"central store {store_dir}")
     report.problems.extend(verify_central_store(store_dir, central_public_key=central_key))
@@ -119,8 +120,8 @@ def _verify_central(store_dir: Path, central_key: Any) -> Any:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from edge.store import StationStore
-    from edge.tagging import TagError, tag_item
+    from edge.ingest.store import StationStore
+    from edge.ingest.tagging import TagError, tag_item
 
     changes: dict[str, Any] = {}
     for field in ("case_number", "location", "collector", "subject", "category", "retention"):
@@ -154,7 +155,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 def _store_station_id(store_dir: Path) -> str:
     import sqlite3
 
-    from edge.store import read_station_id
+    from edge.ingest.store import read_station_id
 
     conn = sqlite3.connect(f"file:{store_dir / 'state.db'}?mode=ro", uri=True)
     try:

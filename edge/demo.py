@@ -25,10 +25,10 @@ from typing import Any
 
 from edge.central.embedded import EmbeddedCentral
 from edge.central.verify import verify_central_store
-from edge.config import StationConfig
+from edge.config.station import StationConfig
+from edge.ingest.store import open_db
 from edge.station import BayView, StationAgent
-from edge.store import open_db
-from edge.verify_store import verify_store
+from edge.verify.station import verify_store
 from simulators.dock import DockSimulator
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,16 +20,16 @@ from typing import Any
 from drivers.serial.dock import BayEventKind, BayLed, DockDriver, DockError
 from drivers.usb.mass_storage import MassStorageError, read_volume_identity
 from drivers.usb.recorder import RecorderError, RecorderHandle, RecorderMode, find_recorders
-from edge.acquire.offload import BayProgress, OffloadResult
-from edge.acquire.session import ControlSession, VolumeClaims, VolumeSession
-from edge.config import StationConfig
+from edge.config.station import StationConfig
 from edge.custody.errors import CustodyError
 from edge.custody.ledger import EntryType
-from edge.sdnotify import SystemdNotifier
-from edge.store import StationStore
-from edge.supervise import Supervisor, TaskSpec, wait_event
+from edge.ingest.store import StationStore
+from edge.runtime.sdnotify import SystemdNotifier
+from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
+from edge.sources.usb.offload import BayProgress, OffloadResult
+from edge.sources.usb.session import ControlSession, VolumeClaims, VolumeSession
+from edge.sources.usb.volumes import VolumeWatcher, wait_until_readable
 from edge.uplink.service import UplinkService
-from edge.volumes import VolumeWatcher, wait_until_readable
 
 log = logging.getLogger(__name__)
 
@@ -278,3 +279,27 @@ class StationAgent:
     def _finished(self, result: OffloadResult | None) -> None:
         if result is not None:
             self.results.append(result)
+
+
+async def run_station(config: StationConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    notifier = SystemdNotifier()
+    agent = StationAgent(config)
+    log.info(
+        "station %s starting: store %s, recorder volumes under %s",
+        config.station.id,
+        config.station.store_dir,
+        config.usb.mount_root,
+    )
+    try:
+        await agent.run(stop, notifier=notifier)
+    except SupervisorGaveUp as exc:
+        log.error("%s; exiting so that systemd restarts the station", exc)
+        return 1
+    finally:
+        notifier.stopping()
+    log.info("station %s stopped", config.station.id)
+    return 0

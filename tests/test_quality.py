@@ -55,3 +55,42 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     done = subprocess.run([str(BIN / "mypy")], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+# Packages of the station side: none may reach into the central (the station talks to it over the
+# network only; certificates and bundles live in edge.pki, shared by both).
+STATION_PACKAGES = ("config", "custody", "durable", "ingest", "pki", "runtime", "sources", "uplink", "verify")
+# Foundation packages that everything builds on and that build on nothing above them.
+FOUNDATION = {"custody": {"custody", "durable"}, "durable": {"durable"}}
+COMPOSITION_ROOTS = {"__init__.py", "cli.py", "station.py", "demo.py"}
+
+
+def _edge_imports(path: Path) -> set[str]:
+    return {n for n in _imports(path) if n.startswith("edge.")}
+
+
+def test_station_packages_never_import_the_central() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for package in STATION_PACKAGES
+        for path in (ROOT / "edge" / package).rglob("*.py")
+        for name in _edge_imports(path)
+        if name.startswith("edge.central")
+    ]
+    assert offenders == []
+
+
+def test_foundation_packages_depend_only_on_foundations() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for package, allowed in FOUNDATION.items()
+        for path in (ROOT / "edge" / package).rglob("*.py")
+        for name in _edge_imports(path)
+        if name.split(".")[1] not in allowed
+    ]
+    assert offenders == []
+
+
+def test_edge_root_holds_composition_roots_only() -> None:
+    modules = {p.name for p in (ROOT / "edge").glob("*.py")}
+    assert modules - COMPOSITION_ROOTS == set(), "move foundation modules into a package named for its role"

@@ -23,9 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
-from edge.central.identity import AUDITOR_OU, STATION_OU, PeerIdentityError, peer_identity
 from edge.central.index import CentralIndex, CentralIndexError, validate_reader_name, validate_station_id
 from edge.central.registration import Caller, RejectCode, Rejection
+from edge.pki.names import AUDITOR_OU, STATION_OU, PeerIdentityError
+from edge.pki.tls import peer_identity
 
 __all__ = [
     "DEV_READER_HEADER",

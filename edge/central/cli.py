@@ -13,20 +13,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.central.config import CentralConfig, ConfigError, load_central_config
-from edge.central.identity import (
+from edge.central.identity import enroll_reader, enroll_station, init_central
+from edge.central.index import CentralIndex, CentralIndexError
+from edge.pki.bundle import (
     BUNDLE_CA_CERT,
     BUNDLE_CENTRAL_SIGNING_PUB,
     BUNDLE_CLIENT_CERT,
     BUNDLE_CLIENT_KEY,
     BUNDLE_ENROLLMENT,
     Enrollment,
-    IdentityError,
     discard_bundle,
-    enroll_reader,
-    enroll_station,
-    init_central,
 )
-from edge.central.index import CentralIndex, CentralIndexError
+from edge.pki.names import IdentityError
 
 __all__ = [
     "add_central_parser",

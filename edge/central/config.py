@@ -17,7 +17,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from edge.config import IDENTIFIER, ConfigError, StrictModel, parse_toml_model, read_config_text
+from edge.config.base import IDENTIFIER, ConfigError, StrictModel, parse_toml_model, read_config_text
 
 __all__ = [
     "CentralConfig",

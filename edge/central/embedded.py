@@ -19,7 +19,7 @@ from edge.central.identity import enroll_station, init_central
 from edge.central.index import CentralIndex
 from edge.central.service import RunningCentral, start_central
 from edge.custody.keys import StationKey, load_public_key
-from edge.store import StoreLayout
+from edge.ingest.store import StoreLayout
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -30,7 +30,9 @@ from edge.custody.canonical import canonical_json, parse_json, sha256_hex
 from edge.custody.errors import CanonicalJsonError, KeyFormatError
 from edge.custody.keys import key_id_of, public_key_from_b64
 from edge.custody.ledger import GENESIS_PREV, Checkpoint, LedgerEntry, station_time_now
-from edge.dbutil import immediate_transaction
+from edge.durable.sqlite import immediate_transaction
+from edge.pki import names
+from edge.pki.names import checked_name
 
 __all__ = [
     "CASE_FIELDS",
@@ -52,7 +54,6 @@ log = logging.getLogger(__name__)
 CASE_FIELDS = ("case_number", "location", "collector", "subject", "important", "category", "retention")
 
 # A leading letter or digit keeps ids from being read as options ("-x") or path parts ("." / "..").
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _MAX_QUERY_LIMIT = 1000
 
@@ -62,23 +63,13 @@ class CentralIndexError(Exception):
 
 
 def validate_station_id(station_id: object) -> str:
-    """The one place station ids are checked: 1-64 of ``[A-Za-z0-9._-]``, starting alphanumeric."""
-    if not isinstance(station_id, str) or not _NAME_RE.fullmatch(station_id):
-        raise CentralIndexError(
-            f"expected a station id of 1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or "
-            f"digit, found {str(station_id)[:80]!r}"
-        )
-    return station_id
+    """A station id (see `edge.pki.names`), or `CentralIndexError`."""
+    return checked_name(names.validate_station_id, station_id, CentralIndexError)
 
 
 def validate_reader_name(name: object) -> str:
-    """Reader (auditor) names follow the station id rules."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise CentralIndexError(
-            f"expected a reader name of 1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or "
-            f"digit, found {str(name)[:80]!r}"
-        )
-    return name
+    """A reader name (see `edge.pki.names`), or `CentralIndexError`."""
+    return checked_name(names.validate_reader_name, name, CentralIndexError)
 
 
 def _validate_cert_sha256(cert_sha256: object) -> str:

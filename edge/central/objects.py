@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from edge.fsutil import fsync_dir
+from edge.durable.files import fsync_dir
 
 __all__ = [
     "FileObjectStore",

@@ -26,7 +26,7 @@ from edge.central.index import CentralIndexError, ItemQuery, ItemRecord, validat
 from edge.central.registration import RejectCode, Rejection
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
-from edge.store import stored_extension
+from edge.ingest.store import stored_extension
 
 if TYPE_CHECKING:
     from edge.central.app import CentralParts

@@ -20,7 +20,7 @@ from edge.central.app import CENTRAL, CentralParts, build_app
 from edge.central.config import CentralConfig
 from edge.central.identity import server_ssl_context
 from edge.custody.keys import StationKey
-from edge.sdnotify import SystemdNotifier
+from edge.runtime.sdnotify import SystemdNotifier
 
 __all__ = ["RunningCentral", "run_central", "start_central"]
 

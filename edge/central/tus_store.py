@@ -5,8 +5,9 @@ characters; nothing a client sends ever becomes part of a path):
 
 - ``<id>.part``: the bytes received so far, in order;
 - ``<id>.info.json``: owner station, total length, the *committed* offset, metadata, creation and expiry
-  times, and on completion the SHA-256 of the whole content. Written with :func:`edge.fsutil.write_atomic`
-  (temp file, fsync, rename, directory fsync), so a crash leaves the old record or the new one.
+  times, and on completion the SHA-256 of the whole content. Written with
+  :func:`edge.durable.files.write_atomic` (temp file, fsync, rename, directory fsync), so a crash
+  leaves the old record or the new one.
 
 Commit rule (what "offset" means across a crash): bytes are appended to ``.part`` first; the offset in
 ``.info.json`` is advanced only after ``.part`` is fsynced (and, for a chunk with ``Upload-Checksum``, after
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge.custody.canonical import canonical_json, parse_json
-from edge.fsutil import free_bytes, fsync_dir, write_atomic
+from edge.durable.files import free_bytes, fsync_dir, write_atomic
 
 __all__ = [
     "CHECKSUM_ALGORITHMS",

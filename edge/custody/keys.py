@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.custody.errors import KeyFileError, KeyFormatError
-from edge.fsutil import fsync_dir
+from edge.durable.files import fsync_dir, remove_stale_temporaries, write_new_file
 
 __all__ = [
     "SIGNATURE_ALG",
@@ -213,9 +213,9 @@ class StationKey:
         pem = key._private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        _remove_stale_temporaries(path)
+        remove_stale_temporaries(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        _write_new_file(tmp, pem, _PRIVATE_MODE)
+        write_new_file(tmp, pem, _PRIVATE_MODE)
         try:
             # link() never replaces an existing file, so the key appears complete or not at all.
             os.link(tmp, path)
@@ -246,7 +246,7 @@ class StationKey:
                 )
             return
         tmp = pub_path.with_name(f".{pub_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        _write_new_file(tmp, pem, _PUBLIC_MODE)
+        write_new_file(tmp, pem, _PUBLIC_MODE)
         try:
             os.replace(tmp, pub_path)
         except OSError:
@@ -254,45 +254,3 @@ class StationKey:
                 tmp.unlink()
             raise
         fsync_dir(pub_path.parent)
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete ``.<name>.<pid>.<token>.tmp`` files of dead processes (a crash during an earlier first run).
-
-    A temporary of a live process is left alone: it may be a concurrent first run about to link it.
-    """
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        pid_text = stale.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid_text.isdigit() and _process_alive(int(pid_text)):
-            continue
-        with contextlib.suppress(OSError):
-            stale.unlink()
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
-def _write_new_file(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have removed bits we want (0644 for the public key)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise
-    os.close(fd)

@@ -23,7 +23,7 @@ from edge.custody.errors import IsoBmffError, ManifestError, SealError
 from edge.custody.isobmff import Box, evidence_box, iter_top_level_boxes, seal_decision
 from edge.custody.manifest import manifest_bytes, parse_manifest, verify_manifest
 from edge.custody.problems import Problem
-from edge.fsutil import write_atomic
+from edge.durable.files import write_atomic
 
 __all__ = [
     "CHUNK_BYTES",

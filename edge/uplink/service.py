@@ -29,15 +29,15 @@ from typing import Any
 
 import aiohttp
 
-from edge.config import StationConfig
+from edge.config.station import StationConfig
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import key_id_of, load_public_key
 from edge.custody.ledger import Checkpoint, LedgerEntry
 from edge.custody.problems import Problem
 from edge.custody.receipt import verify_receipt
-from edge.fsutil import write_atomic
-from edge.store import StationStore
-from edge.supervise import wait_event
+from edge.durable.files import write_atomic
+from edge.ingest.store import StationStore
+from edge.runtime.supervise import wait_event
 from edge.uplink.central_api import CentralApi, CentralRejected, CentralUnavailable
 from edge.uplink.policy import Backoff, BreakerState, CircuitBreaker, RateLimiter, UploadWindows
 from edge.uplink.spool import Spool, SpoolEntry, UploadState
@@ -123,7 +123,7 @@ class UplinkService:
     def __repr__(self) -> str:
         return f"UplinkService(central={self.uplink.central_url!r}, station={self.config.station.id!r})"
 
-    # -- what the offloads see (edge.acquire.offload.ReceiptGate) ---------------------------------
+    # -- what the offloads see (edge.sources.usb.offload.ReceiptGate) ---------------------------------
 
     def item_sealed(self, item: str) -> None:
         self._wake.set()
@@ -498,7 +498,7 @@ class UplinkService:
     def _ssl_context(self) -> ssl.SSLContext | bool:
         if self.uplink.insecure_plain_http:
             return False
-        from edge.central.identity import client_ssl_context  # the enrollment bundle's format
+        from edge.pki.tls import client_ssl_context  # the enrollment bundle's format
 
         assert self.uplink.identity_dir is not None
         return client_ssl_context(self.uplink.identity_dir)

@@ -24,7 +24,7 @@ from typing import Any
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.ledger import EntryType, station_time_now
-from edge.store import StationStore
+from edge.ingest.store import StationStore
 
 log = logging.getLogger(__name__)
 

@@ -98,10 +98,10 @@ def run_worker(volumes: list[Path], store: Path, verify: bool) -> tuple[float, f
 
 
 def worker(volumes: list[Path], store_dir: Path, verify: bool) -> None:
-    from edge.acquire.identity import ClockFacts, RecorderIdentity, SessionInfo
-    from edge.acquire.offload import OffloadOutcome, VolumeOffload
-    from edge.config import StationConfig
-    from edge.store import StationStore
+    from edge.config.station import StationConfig
+    from edge.ingest.store import StationStore
+    from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
+    from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
 
     config = StationConfig.model_validate(
         {

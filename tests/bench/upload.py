@@ -143,7 +143,7 @@ def make_volume(root: Path, serial: str, files: int, file_bytes: int, seed: int)
 
 
 def station_config(station_id: str, store: Path, mount_root: Path, uplink: dict[str, Any] | None) -> Any:
-    from edge.config import StationConfig
+    from edge.config.station import StationConfig
 
     return StationConfig.model_validate(
         {
@@ -158,9 +158,9 @@ def station_config(station_id: str, store: Path, mount_root: Path, uplink: dict[
 
 def acquire_into(station_id: str, store_dir: Path, volume: Path) -> None:
     """Offload a volume into a new station store (set-up, not timed)."""
-    from edge.acquire.identity import ClockFacts, RecorderIdentity, SessionInfo
-    from edge.acquire.offload import OffloadOutcome, VolumeOffload
-    from edge.store import StationStore
+    from edge.ingest.store import StationStore
+    from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
+    from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
 
     config = station_config(station_id, store_dir, volume.parent, None)
     store = StationStore(store_dir, station_id)
@@ -178,7 +178,7 @@ def acquire_into(station_id: str, store_dir: Path, volume: Path) -> None:
 
 def uplink_worker(station_id: str, store_dir: Path, central_url: str, bundle: Path, concurrency: int) -> None:
     """Drain one station's spool to the central; prints seconds, items and receipts as JSON."""
-    from edge.store import StationStore
+    from edge.ingest.store import StationStore
     from edge.uplink.service import UplinkService
 
     config = station_config(

@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.config import CentralConfig
-from edge.central.identity import client_ssl_context, enroll_reader, enroll_station, init_central
+from edge.central.identity import enroll_reader, enroll_station, init_central
 from edge.central.index import CentralIndex
 from edge.central.log import MerkleLog
 from edge.central.log import create_schema as create_log_schema
@@ -32,6 +32,7 @@ from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Checkpoint, EntryType, Ledger, LedgerEntry, station_time_now
 from edge.custody.manifest import manifest_bytes, sign_manifest
+from edge.pki.tls import client_ssl_context
 
 CERT_SHA = "c" * 64
 

@@ -20,9 +20,10 @@ import pytest
 from edge.central import cli as central_cli
 from edge.central.cli import add_central_parser
 from edge.central.config import CentralConfig, load_central_config
-from edge.central.identity import client_ssl_context, read_bundle
 from edge.central.index import CentralIndex, CentralIndexError
 from edge.custody.keys import StationKey
+from edge.pki.bundle import read_bundle
+from edge.pki.tls import client_ssl_context
 
 STATION = "ZJ-HZ-XH-0001"
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "central.toml"

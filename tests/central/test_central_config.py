@@ -14,7 +14,7 @@ from edge.central.config import (
     load_central_config,
     parse_central_config,
 )
-from edge.config import ConfigError
+from edge.config.base import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "central.toml"
 

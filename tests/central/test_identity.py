@@ -30,21 +30,22 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from edge.central.config import CentralConfig
 from edge.central.identity import (
     CentralIdentity,
-    IdentityError,
-    PeerIdentityError,
-    certificate_sha256,
-    client_ssl_context,
     enroll_reader,
     enroll_station,
     init_central,
     load_signing_key,
-    peer_identity,
-    read_bundle,
-    reader_name_from_peercert,
     server_ssl_context,
-    station_id_from_peercert,
 )
 from edge.custody.keys import StationKey, key_id_of
+from edge.pki.bundle import read_bundle
+from edge.pki.certs import certificate_sha256
+from edge.pki.names import IdentityError, PeerIdentityError
+from edge.pki.tls import (
+    client_ssl_context,
+    peer_identity,
+    reader_name_from_peercert,
+    station_id_from_peercert,
+)
 
 STATION = "ZJ-HZ-XH-0001"
 
@@ -590,9 +591,9 @@ def test_failed_bundle_write_leaves_nothing(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from edge.central import identity
+    from edge.pki import bundle as pki_bundle
 
-    real = identity._install
+    real = pki_bundle.install_file
     calls: list[Path] = []
 
     def failing(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:
@@ -601,7 +602,7 @@ def test_failed_bundle_write_leaves_nothing(
             raise OSError(28, "No space left on device")
         return real(path, data, mode, replace=replace)
 
-    monkeypatch.setattr(identity, "_install", failing)
+    monkeypatch.setattr(pki_bundle, "install_file", failing)
     with pytest.raises(OSError, match="No space"):
         enroll_station(config, STATION, signing_key_pub=station_pub, out_dir=tmp_path / "b")
     assert [p.name for p in calls][:3] == ["client.key", "client.crt", "ca.crt"]

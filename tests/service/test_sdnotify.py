@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.sdnotify import SystemdNotifier, notify_socket_address, watchdog_interval_s
+from edge.runtime.sdnotify import SystemdNotifier, notify_socket_address, watchdog_interval_s
 
 
 def _receive(sock: socket.socket) -> bytes:
@@ -120,7 +120,7 @@ def test_send_to_vanished_manager_reports_false_once(
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(path))
     path.unlink()
-    caplog.set_level(logging.DEBUG, logger="edge.sdnotify")
+    caplog.set_level(logging.DEBUG, logger="edge.runtime.sdnotify")
     with SystemdNotifier(env={"NOTIFY_SOCKET": str(path)}) as notifier:
         assert notifier.enabled
         assert notifier.watchdog() is False
@@ -145,7 +145,7 @@ def test_full_manager_queue_does_not_block(path_socket: tuple[socket.socket, str
     ["relative/notify", "vsock:2:1234", "/" + "x" * 120, "@" + "y" * 120, "notify"],
 )
 def test_unusable_notify_socket_disables(value: str, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="edge.sdnotify")
+    caplog.set_level(logging.WARNING, logger="edge.runtime.sdnotify")
     notifier = SystemdNotifier(env={"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "30000000"})
     assert not notifier.enabled
     assert notifier.watchdog_period_s is None

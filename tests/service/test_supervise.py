@@ -15,8 +15,8 @@ from typing import TypedDict
 
 import pytest
 
-from edge.sdnotify import SystemdNotifier
-from edge.supervise import (
+from edge.runtime.sdnotify import SystemdNotifier
+from edge.runtime.supervise import (
     Supervisor,
     SupervisorError,
     SupervisorGaveUp,
@@ -161,7 +161,7 @@ async def test_backoff_is_capped() -> None:
 
 
 async def test_crash_traceback_logged_once_then_one_line(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="edge.supervise")
+    caplog.set_level(logging.ERROR, logger="edge.runtime.supervise")
     attempts = 0
     settled = asyncio.Event()
 
@@ -330,7 +330,7 @@ async def test_non_critical_task_fails_alone(
 
 
 async def test_silent_task_is_cancelled_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="edge.supervise")
+    caplog.set_level(logging.ERROR, logger="edge.runtime.supervise")
     incarnations = 0
     first_cancelled = asyncio.Event()
     second_started = asyncio.Event()
@@ -538,7 +538,7 @@ async def test_shutdown_cancels_in_reverse_start_order_one_at_a_time() -> None:
 
 
 async def test_shutdown_abandons_task_after_stop_timeout(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="edge.supervise")
+    caplog.set_level(logging.ERROR, logger="edge.runtime.supervise")
     release = asyncio.Event()
     first_stopped = asyncio.Event()
     up = asyncio.Event()
@@ -705,7 +705,7 @@ def test_reprs_do_not_leak_factories(tmp_path: Path) -> None:
 
 async def test_task_returning_because_stop_was_set_is_not_a_failure(caplog: pytest.LogCaptureFixture) -> None:
     # Loops written as `while not stop.is_set()` end on their own at shutdown; that is not a crash.
-    caplog.set_level(logging.WARNING, logger="edge.supervise")
+    caplog.set_level(logging.WARNING, logger="edge.runtime.supervise")
     stop = asyncio.Event()
     up = asyncio.Event()
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from edge.acquire.identity import ClockFacts, RecorderIdentity, SessionInfo
-from edge.config import StationConfig
-from edge.store import StationStore
+from edge.config.station import StationConfig
+from edge.ingest.store import StationStore
+from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
 from simulators.recorder.volume import populate_volume
 
 DEVICE = "3300001"

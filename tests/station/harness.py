@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.config import StationConfig
+from edge.config.station import StationConfig
 from edge.station import StationAgent
 from simulators.dock import DockSimulator
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from drivers.serial.dock import BayLed
-from edge.acquire.offload import OffloadOutcome
-from edge.verify_store import verify_store
+from edge.sources.usb.offload import OffloadOutcome
+from edge.verify.station import verify_store
 from simulators.recorder.faultfs import VolumeFaults
 
 from .harness import simulated_station, spec

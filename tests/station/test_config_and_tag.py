@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from edge.acquire.offload import VolumeOffload
 from edge.cli import main
-from edge.config import ConfigError, SecretRef, load_config, parse_config
-from edge.store import StationStore
-from edge.tagging import current_case
-from edge.verify_store import verify_store
+from edge.config.base import ConfigError, SecretRef
+from edge.config.station import load_config, parse_config
+from edge.ingest.store import StationStore
+from edge.ingest.tagging import current_case
+from edge.sources.usb.offload import VolumeOffload
+from edge.verify.station import verify_store
 
 from .conftest import session_info
 

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from edge.verify_store import verify_store
+from edge.verify.station import verify_store
 
 ROUNDS = 20
 SEED = 20261121

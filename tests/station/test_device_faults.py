@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.acquire.offload import OffloadOutcome, VolumeOffload
-from edge.config import StationConfig
-from edge.store import StationStore
-from edge.verify_store import verify_store
+from edge.config.station import StationConfig
+from edge.ingest.store import StationStore
+from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
+from edge.verify.station import verify_store
 from simulators.recorder.faultfs import VolumeFaults
 from simulators.recorder.volume import MountedVolume, check_fuse_available, mount_volume
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.acquire.enumerate import list_volume, name_problem
-from edge.acquire.offload import OffloadOutcome, VolumeOffload
-from edge.config import StationConfig
-from edge.store import StationStore
-from edge.verify_store import verify_store
+from edge.config.station import StationConfig
+from edge.ingest.store import StationStore
+from edge.sources.usb.enumerate import list_volume, name_problem
+from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
+from edge.verify.station import verify_store
 
 from .conftest import session_info, sha256_file
 
@@ -135,7 +135,7 @@ async def test_real_enospc_stops_cleanly(
     """The station disk really fills up (a 1 MiB tmpfs) in the middle of an offload: either the
     free-space check sees it coming, or (check blinded) a write fails with ENOSPC."""
     if not precheck:
-        monkeypatch.setattr("edge.acquire.offload.free_bytes", lambda path: 1 << 50)
+        monkeypatch.setattr("edge.sources.usb.offload.free_bytes", lambda path: 1 << 50)
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     import subprocess
@@ -175,14 +175,14 @@ def test_unlistable_directory_is_reported_and_the_rest_listed(
             raise OSError(errno.EIO, "Input/output error")
         return real_listdir(target)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("edge.acquire.enumerate.os.listdir", failing_listdir)
+    monkeypatch.setattr("edge.sources.usb.enumerate.os.listdir", failing_listdir)
     listing = list_volume(volume, max_files=1000, max_depth=8)
     assert any("cannot list directory" in r.reason for r in listing.rejected)
     assert any(f.parts[0] == b"DCIM" for f in listing.files), "other directories are still listed"
 
 
 def test_the_ledger_reserve_is_held_released_and_held_again(tmp_path: Path) -> None:
-    from edge.store import RESERVE_BYTES
+    from edge.ingest.store import RESERVE_BYTES
 
     store = StationStore(tmp_path / "store", "TEST-STATION")
     try:

@@ -7,11 +7,11 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.acquire.offload import OffloadOutcome, VolumeOffload
-from edge.config import StationConfig
+from edge.config.station import StationConfig
 from edge.custody.seal import verify_sealed_file
-from edge.store import StationStore
-from edge.verify_store import verify_store
+from edge.ingest.store import StationStore
+from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
+from edge.verify.station import verify_store
 
 from .conftest import session_info, sha256_file, volume_hashes
 

@@ -14,11 +14,11 @@ import pytest
 
 from drivers.serial.dock import BayLed
 from drivers.usb.protocol import VendorRequest
-from edge.acquire.offload import OffloadOutcome, VolumeOffload
 from edge.cli import main
-from edge.config import StationConfig
-from edge.store import StationStore
-from edge.verify_store import verify_store
+from edge.config.station import StationConfig
+from edge.ingest.store import StationStore
+from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
+from edge.verify.station import verify_store
 
 from .conftest import session_info, volume_hashes
 from .harness import simulated_station, spec
@@ -55,7 +55,7 @@ async def test_an_unexpected_error_ends_the_docking_on_the_record(
     def explode(*args: object, **kwargs: object) -> object:
         raise RuntimeError("simulated bug in media facts")
 
-    monkeypatch.setattr("edge.acquire.offload.media_facts", explode)
+    monkeypatch.setattr("edge.sources.usb.offload.media_facts", explode)
     specs = [spec(0)]
     async with simulated_station(tmp_path, specs) as station:
         await station.dock_recorder(specs[0].device_serial, 1)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.acquire.offload import VolumeOffload
 from edge.cli import main
-from edge.config import StationConfig
-from edge.store import StationStore
+from edge.config.station import StationConfig
+from edge.ingest.store import StationStore
+from edge.sources.usb.offload import VolumeOffload
 
 from .conftest import session_info
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from edge.central.embedded import EmbeddedCentral
-from edge.config import StationConfig
+from edge.config.station import StationConfig
 from edge.custody.keys import StationKey
-from edge.store import StationStore
+from edge.ingest.store import StationStore
 from edge.uplink.central_api import CentralRejected
 from edge.uplink.service import UplinkFatal, UplinkService
 from edge.uplink.spool import Spool
-from edge.verify_store import verify_store
+from edge.verify.station import verify_store
 from tests.station.harness import simulated_station, spec
 from tests.uplink.test_uplink_station import FAST_RETRY, STATION
 

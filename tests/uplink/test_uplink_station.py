@@ -8,13 +8,13 @@ import hashlib
 from pathlib import Path
 
 from drivers.serial.dock import BayLed
-from edge.acquire.offload import OffloadOutcome
 from edge.central.embedded import EmbeddedCentral, enroll, free_port
 from edge.central.identity import init_central
 from edge.central.service import start_central
 from edge.central.verify import verify_central_store
 from edge.custody.keys import StationKey, load_public_key
-from edge.verify_store import verify_store
+from edge.sources.usb.offload import OffloadOutcome
+from edge.verify.station import verify_store
 from tests.station.harness import Station, simulated_station, spec
 
 STATION = "TEST-STATION"

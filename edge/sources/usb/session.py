@@ -29,13 +29,13 @@ from drivers.usb.recorder import (
     RecorderHandle,
     RecorderLockedError,
 )
-from edge.acquire.clock import measure_offset_ms, station_clock_trusted
-from edge.acquire.identity import ClockFacts, RecorderIdentity, SessionInfo
-from edge.acquire.offload import BayProgress, OffloadOutcome, OffloadResult, ReceiptGate, VolumeOffload
-from edge.config import StationConfig
+from edge.config.station import StationConfig
 from edge.custody.canonical import canonical_json
 from edge.custody.ledger import EntryType, station_time_now
-from edge.store import StationStore
+from edge.ingest.store import StationStore
+from edge.runtime.clock import measure_offset_ms, station_clock_trusted
+from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
+from edge.sources.usb.offload import BayProgress, OffloadOutcome, OffloadResult, ReceiptGate, VolumeOffload
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from edge.custody.manifest import verify_manifest
 from edge.custody.problems import Problem
 from edge.custody.receipt import verify_receipt
 from edge.custody.seal import verify_sealed_file
-from edge.store import StoreLayout, read_station_id
+from edge.ingest.store import StoreLayout, read_station_id
 
 
 @dataclass

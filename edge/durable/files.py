@@ -53,3 +53,46 @@ def write_atomic(target: Path, data: bytes, mode: int = 0o644) -> Path:
         raise
     fsync_dir(target.parent)
     return target
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.<name>.<pid>.<token>.tmp`` files of dead processes (a crash during an earlier first run).
+
+    A temporary of a live process is left alone: it may be a concurrent first run about to link it.
+    """
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        pid_text = stale.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid_text.isdigit() and _process_alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def write_new_file(path: Path, data: bytes, mode: int) -> None:
+    """Create `path` (never replacing one), write `data` with exactly `mode`, fsync; on failure remove it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have removed bits we want (0644 for the public key)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    os.close(fd)

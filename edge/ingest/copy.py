@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.fsutil import drop_page_cache
+from edge.durable.files import drop_page_cache
 
 Progress = Callable[[int], None]
 

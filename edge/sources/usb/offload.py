@@ -31,7 +31,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge.acquire.copy import (
+from edge.config.station import StationConfig, WipePolicy
+from edge.custody.canonical import canonical_json, sha256_hex
+from edge.custody.errors import CustodyError
+from edge.custody.isobmff import evidence_box, seal_decision
+from edge.custody.ledger import EntryType, station_time_now
+from edge.custody.manifest import sign_manifest
+from edge.custody.seal import append_evidence_box, write_sidecar
+from edge.durable.files import free_bytes, fsync_dir
+from edge.ingest.copy import (
     AcquireError,
     ReRead,
     SourceChangedError,
@@ -40,19 +48,11 @@ from edge.acquire.copy import (
     copy_and_hash,
     reread_and_compare,
 )
-from edge.acquire.enumerate import VolumeFile, list_volume, open_volume_file, unlink_volume_file
-from edge.acquire.identity import SessionInfo
-from edge.acquire.manifest import build_manifest
-from edge.acquire.mediainfo import media_facts
-from edge.config import StationConfig, WipePolicy
-from edge.custody.canonical import canonical_json, sha256_hex
-from edge.custody.errors import CustodyError
-from edge.custody.isobmff import evidence_box, seal_decision
-from edge.custody.ledger import EntryType, station_time_now
-from edge.custody.manifest import sign_manifest
-from edge.custody.seal import append_evidence_box, write_sidecar
-from edge.fsutil import free_bytes, fsync_dir
-from edge.store import StationStore, stored_extension
+from edge.ingest.manifest import build_manifest
+from edge.ingest.mediainfo import media_facts
+from edge.ingest.store import StationStore, stored_extension
+from edge.sources.usb.enumerate import VolumeFile, list_volume, open_volume_file, unlink_volume_file
+from edge.sources.usb.identity import SessionInfo
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypedDict
 
-from edge.sdnotify import SystemdNotifier
+from edge.runtime.sdnotify import SystemdNotifier
 
 __all__ = [
     "Liveness",

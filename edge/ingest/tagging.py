@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge.custody.ledger import EntryType, LedgerEntry
-from edge.store import StationStore
+from edge.ingest.store import StationStore
 
 CASE_FIELDS = ("case_number", "location", "collector", "subject", "important", "category", "retention")
 MAX_FIELD_CHARS = 200

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from drivers.usb.mass_storage import parse_recorder_file_name
-from edge.acquire.enumerate import VolumeFile
-from edge.acquire.identity import SessionInfo
-from edge.config import CaseDefaults
+from edge.config.station import CaseDefaults
+from edge.sources.usb.enumerate import VolumeFile
+from edge.sources.usb.identity import SessionInfo
 
 MANIFEST_FORMAT = "evidence-edge/manifest/1"
 

@@ -28,8 +28,8 @@ from typing import Any
 
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Ledger, LedgerEntry
-from edge.dbutil import immediate_transaction
-from edge.fsutil import write_atomic
+from edge.durable.files import write_atomic
+from edge.durable.sqlite import immediate_transaction
 
 log = logging.getLogger(__name__)
 
