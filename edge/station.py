@@ -23,6 +23,7 @@ from drivers.usb.recorder import RecorderError, RecorderHandle, RecorderMode, fi
 from edge.config.station import StationConfig
 from edge.custody.errors import CustodyError
 from edge.custody.ledger import EntryType
+from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
@@ -83,6 +84,8 @@ class StationAgent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.store: StationStore | None = None
         self.uplink: UplinkService | None = None
+        # One ingest pipeline for every bay (and, later, every source) of this store.
+        self.pipeline: IngestPipeline | None = None
         self.supervisor: Supervisor | None = None
         self.ready = asyncio.Event()
 
@@ -115,6 +118,12 @@ class StationAgent:
                 )
             else:
                 supervisor.add(TaskSpec("uplink", self.uplink.run, critical=False))
+        self.pipeline = IngestPipeline(
+            self.store,
+            IngestSettings.from_config(self.config.offload),
+            executor=self.executor,
+            uploads=self.uplink,
+        )
         watcher.start()
         self.ready.set()
         try:
@@ -233,6 +242,7 @@ class StationAgent:
             "set_led": self.set_led,
             "on_progress": self._progress,
             "receipts": self.uplink,
+            "pipeline": self.pipeline,
         }
 
     async def _control_session(self, handle: RecorderHandle) -> None:

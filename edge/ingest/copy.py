@@ -1,9 +1,10 @@
-"""Copy a recorder file into the store while hashing it, in one pass, with bounded memory.
+"""Copy an original into the store while hashing it, in one pass, with bounded memory.
 
-Invariant 1: the acquisition hash is computed over exactly the bytes read from the device, the same
+Invariant 1: the acquisition hash is computed over exactly the bytes read from the source, the same
 buffer that is then written. Verification re-reads the stored copy from the disk (after fsync the
-clean pages are dropped from the page cache) and re-reads the source from the device; both must give
-the acquisition hash, which catches a bad write, a transient device read fault and a file that changed.
+clean pages are dropped from the page cache) and, when the source can, re-reads the original; both
+must give the acquisition hash, which catches a bad write, a transient device read fault and a file
+that changed. Sources hand their bytes over as readers (see :mod:`edge.ingest.source`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.durable.files import drop_page_cache
+
+if TYPE_CHECKING:
+    from edge.ingest.source import ItemReader
 
 Progress = Callable[[int], None]
 
@@ -53,48 +58,44 @@ class CopyResult:
 DEVICE_GONE_ERRNOS = {errno.ENODEV, errno.ENXIO, errno.ESHUTDOWN, errno.ENOTCONN, errno.ESTALE}
 
 
-def _read_error(exc: OSError, what: str) -> SourceReadError:
+def read_error(exc: OSError, what: str) -> SourceReadError:
+    """The SourceReadError for a failed device read, saying when the device is gone."""
     gone = " (device gone)" if exc.errno in DEVICE_GONE_ERRNOS else ""
     return SourceReadError(f"{what}: read failed: {exc.strerror or exc}{gone}")
 
 
 def copy_and_hash(
-    src_fd: int,
+    reader: ItemReader,
     dst: Path,
     *,
-    expected_size: int,
-    expected_mtime_ns: int,
+    expected_size: int | None,
+    max_bytes: int,
     chunk_bytes: int,
     what: str,
     progress: Progress | None = None,
 ) -> CopyResult:
-    """Copy `src_fd` to a new file `dst`, hashing the same bytes; fsync `dst`.
+    """Copy everything `reader` yields to a new file `dst`, hashing the same bytes; fsync `dst`.
 
-    Raises SourceChangedError if the source's size or mtime differ from the listing or it yields
-    more or fewer bytes than its size; SourceReadError on device read failures; StoreFullError /
-    StoreWriteError on station write failures. `dst` is left for the caller to discard on error.
+    Raises SourceChangedError if the source yields more or fewer bytes than `expected_size` (when
+    known) or reports a change; SourceReadError on device read failures; StoreFullError /
+    StoreWriteError on station write failures; AcquireError beyond `max_bytes`. `dst` is left for the
+    caller to discard on error.
     """
-    before = os.fstat(src_fd)
-    if before.st_size != expected_size or before.st_mtime_ns != expected_mtime_ns:
-        raise SourceChangedError(
-            f"{what}: changed since listing (size {expected_size} -> {before.st_size}, "
-            f"mtime {expected_mtime_ns} -> {before.st_mtime_ns})"
-        )
     digest = hashlib.sha256()
     total = 0
+    limit = max_bytes if expected_size is None else expected_size
     dst_fd, direct = _create_copy(dst, what)
     writer = _Writer(dst_fd, what, chunk_bytes, direct=direct)
     try:
         while True:
             buffer = writer.free_buffer()
-            try:
-                count = os.readv(src_fd, [buffer])
-            except OSError as exc:
-                raise _read_error(exc, what) from exc
+            count = reader.readinto(memoryview(buffer))
             if count == 0:
                 break
             total += count
-            if total > expected_size:
+            if total > limit:
+                if expected_size is None:
+                    raise AcquireError(f"{what}: more than {max_bytes} bytes; refusing the rest")
                 raise SourceChangedError(f"{what}: grew while being copied (more than {expected_size} bytes)")
             chunk = memoryview(buffer)[:count]
             digest.update(chunk)  # the very bytes handed to the writer below
@@ -102,13 +103,9 @@ def copy_and_hash(
             if progress is not None:
                 progress(count)
         writer.finish()
-        if total != expected_size:
+        if expected_size is not None and total != expected_size:
             raise SourceChangedError(f"{what}: ended after {total} of {expected_size} bytes")
-        after = os.fstat(src_fd)
-        if after.st_size != expected_size or after.st_mtime_ns != expected_mtime_ns:
-            raise SourceChangedError(
-                f"{what}: changed while being copied (size {expected_size} -> {after.st_size})"
-            )
+        reader.check_unchanged()
         try:
             os.fsync(dst_fd)
         except OSError as exc:
@@ -218,15 +215,20 @@ def _write_error(exc: OSError, what: str) -> AcquireError:
 class ReRead:
     stored_sha256: str  # of the stored copy's first `size` bytes, as the disk holds them
     stored_size: int
-    source_differs_at: int | None  # first offset where the second device read differs, or None
+    # First offset where the second read of the original differs from the stored copy, or None; always
+    # None when there was no second read.
+    source_differs_at: int | None
 
 
-def reread_and_compare(stored: Path, src_fd: int, *, size: int, chunk_bytes: int, what: str) -> ReRead:
-    """Re-read the stored copy from disk and the source from the device, side by side.
+def reread_and_compare(
+    stored: Path, source: ItemReader | None, *, size: int, chunk_bytes: int, what: str
+) -> ReRead:
+    """Re-read the stored copy from disk and, when given, the original from its source, side by side.
 
-    The stored bytes are hashed (they must give the acquisition hash); the device bytes are compared
-    with them byte for byte, which proves the second device read equal without hashing it again.
-    Cached pages of both are dropped first, so neither read is served from memory.
+    The stored bytes are hashed (they must give the acquisition hash); the source's bytes are compared
+    with them byte for byte, which proves the second read equal without hashing it again. The stored
+    copy's cached pages are dropped first, so its read comes from the disk (the source's reader drops
+    its own).
     """
     digest = hashlib.sha256()
     mine, theirs = bytearray(chunk_bytes), bytearray(chunk_bytes)
@@ -235,32 +237,48 @@ def reread_and_compare(stored: Path, src_fd: int, *, size: int, chunk_bytes: int
     offset = 0
     try:
         drop_page_cache(stored_fd)
-        drop_page_cache(src_fd)
         while offset < size:
             want = min(chunk_bytes, size - offset)
             got = os.preadv(stored_fd, [memoryview(mine)[:want]], offset)
             if got == 0:
                 break
             digest.update(memoryview(mine)[:got])
-            if differs_at is None:
-                try:
-                    theirs_got = os.preadv(src_fd, [memoryview(theirs)[:got]], offset)
-                except OSError as exc:
-                    raise _read_error(exc, what) from exc
+            if source is not None and differs_at is None:
+                theirs_got = _read_full(source, memoryview(theirs)[:got])
                 if theirs_got != got or mine[:got] != theirs[:got]:
                     differs_at = offset + _first_difference(mine, theirs, min(got, theirs_got))
             offset += got
-        if differs_at is None:
-            try:
-                extra = os.pread(src_fd, 1, offset)
-            except OSError as exc:
-                raise _read_error(exc, what) from exc
-            if extra:
-                differs_at = offset  # the device now has more bytes than were copied
+        if source is not None and differs_at is None:
+            if source.readinto(memoryview(theirs)[:1]):
+                differs_at = offset  # the source now has more bytes than were copied
+            else:
+                source.check_unchanged()
     finally:
         drop_page_cache(stored_fd)  # leave no cached evidence behind: memory stays bounded
         os.close(stored_fd)
     return ReRead(digest.hexdigest(), offset, differs_at)
+
+
+def _read_full(reader: ItemReader, view: memoryview) -> int:
+    """Fill `view` from `reader` unless it ends first (readers may return short counts)."""
+    done = 0
+    while done < len(view):
+        got = reader.readinto(view[done:])
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+def hash_reader(reader: ItemReader, *, chunk_bytes: int) -> CopyResult:
+    """SHA-256 and size of everything `reader` yields (the original alone, when no copy is kept)."""
+    digest, total = hashlib.sha256(), 0
+    buffer = bytearray(chunk_bytes)
+    while count := reader.readinto(memoryview(buffer)):
+        digest.update(memoryview(buffer)[:count])
+        total += count
+    reader.check_unchanged()
+    return CopyResult(digest.hexdigest(), total)
 
 
 def _first_difference(a: bytearray, b: bytearray, length: int) -> int:

@@ -3,7 +3,7 @@
     store_dir/
       keys/station.key      Ed25519 private key (0600), made on first run
       keys/station.key.pub  its public half
-      state.db              SQLite (WAL): ledger, checkpoints, items, recorder files, sessions, uploads
+      state.db              SQLite (WAL): ledger, checkpoints, items, acquisitions, sessions, uploads
       ledger.reserve        space held back so that a full disk can still be put on the record
       tmp/                  copies in progress (discarded or resumed after a crash)
       items/YYYY/MM/DD/<item>.<ext>                 sealed evidence (original + manifest box, or original)
@@ -48,16 +48,17 @@ CREATE TABLE IF NOT EXISTS sessions (
     outcome TEXT,
     identity TEXT NOT NULL            -- canonical JSON of the recorder identity and clock facts
 );
-CREATE TABLE IF NOT EXISTS recorder_files (
-    device_serial TEXT NOT NULL,
-    original_path TEXT NOT NULL,      -- relative path on the volume, as bytes in hex when not UTF-8
-    device_size INTEGER NOT NULL,
-    device_mtime_ns INTEGER NOT NULL,
-    state TEXT NOT NULL,              -- pending, copied, verified, sealed, wiping, wiped, failed
-    item TEXT,
+CREATE TABLE IF NOT EXISTS acquisitions (   -- one row per original a source offered (edge.ingest)
+    source TEXT NOT NULL,             -- usb, gb28181, room, local
+    device TEXT NOT NULL,             -- recorder serial, platform device, room
+    original TEXT NOT NULL,           -- its name at the source (usb: path on the volume, hex if not UTF-8)
+    version TEXT NOT NULL,            -- tells apart originals of the same name (usb: "size:mtime_ns")
+    item TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,              -- pending, copied, verified, sealed, failed; then the source's own
+                                      -- (usb: wiping, wiped)
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    PRIMARY KEY (device_serial, original_path, device_size, device_mtime_ns)
+    PRIMARY KEY (source, device, original, version)
 );
 CREATE TABLE IF NOT EXISTS items (
     item TEXT PRIMARY KEY,
@@ -168,6 +169,7 @@ class StationStore:
         self.key = StationKey.load_or_create(self.layout.private_key)
         self.conn = open_db(self.layout.db)
         self.conn.executescript(SCHEMA)
+        _migrate_recorder_files(self.conn)
         Ledger.create_schema(self.conn)
         self._check_station_id()
         self.ledger = Ledger(self.conn, station_id, self.key)
@@ -210,6 +212,25 @@ class StationStore:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _migrate_recorder_files(conn: sqlite3.Connection) -> None:
+    """Stores made before the ingest pipeline kept USB acquisition state in `recorder_files`: move its
+    rows into `acquisitions` (same states, same items) in one transaction, so an interrupted offload
+    resumes after the upgrade exactly where it stopped."""
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='recorder_files'"
+    ).fetchone()
+    if found is None:
+        return
+    with immediate_transaction(conn):
+        conn.execute(
+            "INSERT OR IGNORE INTO acquisitions(source, device, original, version, item, state, attempts,"
+            " last_error) SELECT 'usb', device_serial, original_path, device_size || ':' || device_mtime_ns,"
+            " item, state, attempts, last_error FROM recorder_files WHERE item IS NOT NULL"
+        )
+        conn.execute("DROP TABLE recorder_files")
+    log.info("moved the USB acquisition state of an older store into the acquisitions table")
 
 
 class StoreError(Exception):

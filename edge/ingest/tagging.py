@@ -6,11 +6,11 @@ for it, in ledger order.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from edge.custody.ledger import EntryType, LedgerEntry
+from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
 
 CASE_FIELDS = ("case_number", "location", "collector", "subject", "important", "category", "retention")
@@ -41,10 +41,10 @@ def _validated(changes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def current_case(store: StationStore, item: str) -> dict[str, Any]:
-    row = store.conn.execute("SELECT manifest FROM items WHERE item=?", (item,)).fetchone()
-    if row is None or row["manifest"] is None:
+    record = IngestRepository(store).item(item)
+    if record is None or record.manifest is None:
         raise TagError(f"no sealed item {item} in this store")
-    case: dict[str, Any] = dict(json.loads(row["manifest"]).get("case") or {})
+    case: dict[str, Any] = dict(record.manifest.get("case") or {})
     for entry in store.ledger.entries(item=item):
         if entry.type == EntryType.TAGGED:
             case.update(entry.data.get("changes") or {})

@@ -90,7 +90,7 @@ async def test_read_error_fails_that_file_only_and_it_stays_on_the_recorder(
     assert len(left) == 1 and next(iter(left)).endswith("_0001.MP4"), "the unreadable file is kept"
     assert len(result.items) == len(truth) - 1
     assert any("read failed" in e for e in errors(store))
-    failed = store.conn.execute("SELECT state, attempts FROM recorder_files WHERE state='failed'").fetchall()
+    failed = store.conn.execute("SELECT state, attempts FROM acquisitions WHERE state='failed'").fetchall()
     assert [(r["state"], r["attempts"]) for r in failed] == [("failed", 3)]
 
 

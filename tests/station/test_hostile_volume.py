@@ -135,7 +135,7 @@ async def test_real_enospc_stops_cleanly(
     """The station disk really fills up (a 1 MiB tmpfs) in the middle of an offload: either the
     free-space check sees it coming, or (check blinded) a write fails with ENOSPC."""
     if not precheck:
-        monkeypatch.setattr("edge.sources.usb.offload.free_bytes", lambda path: 1 << 50)
+        monkeypatch.setattr("edge.ingest.pipeline.free_bytes", lambda path: 1 << 50)
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     import subprocess

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -30,8 +29,9 @@ from drivers.usb.recorder import (
     RecorderLockedError,
 )
 from edge.config.station import StationConfig
-from edge.custody.canonical import canonical_json
 from edge.custody.ledger import EntryType, station_time_now
+from edge.ingest.pipeline import IngestPipeline
+from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
 from edge.runtime.clock import measure_offset_ms, station_clock_trusted
 from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
@@ -107,8 +107,11 @@ class DockingSession:
         set_led: SetLed,
         on_progress: ProgressSink | None = None,
         receipts: ReceiptGate | None = None,
+        pipeline: IngestPipeline | None = None,
     ) -> None:
         self.store = store
+        self.pipeline = pipeline
+        self.repository = IngestRepository(store)
         self.receipts = receipts
         self.config = config
         self.executor = executor
@@ -154,31 +157,20 @@ class DockingSession:
             raise self._refuse(f"recorder {device_serial} is not on the station's allow-list", data)
 
     async def offload(self, session: SessionInfo, root: Path) -> OffloadResult:
-        with self.store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO sessions(session, device_serial, usb_serial, bay, started, identity) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    session.session,
-                    session.identity.device_serial,
-                    session.identity.usb_serial,
-                    session.bay,
-                    station_time_now(),
-                    canonical_json(
-                        {"identity": session.identity.as_dict(), "clock": session.clock.as_dict()}
-                    ).decode(),
-                ),
-            )
-            self.store.ledger.append(
-                EntryType.SESSION_STARTED,
-                None,
-                {
-                    "session": session.session,
-                    "bay": session.bay,
-                    "identity": session.identity.as_dict(),
-                    "clock": session.clock.as_dict(),
-                },
-            )
+        self.repository.start_session(
+            session.session,
+            device_serial=session.identity.device_serial,
+            usb_serial=session.identity.usb_serial,
+            bay=session.bay,
+            started=station_time_now(),
+            facts={"identity": session.identity.as_dict(), "clock": session.clock.as_dict()},
+            entry={
+                "session": session.session,
+                "bay": session.bay,
+                "identity": session.identity.as_dict(),
+                "clock": session.clock.as_dict(),
+            },
+        )
         await self.set_led(session.bay, BayLed.COPYING)
 
         def progress(p: BayProgress) -> None:
@@ -193,6 +185,7 @@ class DockingSession:
             executor=self.executor,
             on_progress=progress,
             receipts=self.receipts,
+            pipeline=self.pipeline,
         )
         try:
             result = await offload.run()
@@ -216,27 +209,21 @@ class DockingSession:
                 offload.progress.bytes_done,
                 [*offload.progress.errors, f"unexpected {type(exc).__name__}: {exc}"],
             )
-        with self.store.transaction() as conn:
-            conn.execute(
-                "UPDATE sessions SET ended=?, outcome=? WHERE session=?",
-                (station_time_now(), result.outcome.value, session.session),
-            )
-            self.store.ledger.append(
-                EntryType.SESSION_STOPPED,
-                None,
-                {
-                    "session": session.session,
-                    "outcome": result.outcome.value,
-                    "items": len(result.items),
-                    "verified": result.verified,
-                    "wiped": result.wiped,
-                    "errors": len(result.errors),
-                    # Files that are not evidence (PARAM.INI, firmware): left alone, but on the record.
-                    "not_evidence": result.not_evidence[:100],
-                },
-            )
-        with self.store.transaction():
-            self.store.ledger.checkpoint()
+        self.repository.end_session(
+            session.session,
+            ended=station_time_now(),
+            outcome=result.outcome.value,
+            entry={
+                "session": session.session,
+                "outcome": result.outcome.value,
+                "items": len(result.items),
+                "verified": result.verified,
+                "wiped": result.wiped,
+                "errors": len(result.errors),
+                # Files that are not evidence (PARAM.INI, firmware): left alone, but on the record.
+                "not_evidence": result.not_evidence[:100],
+            },
+        )
         await self.set_led(session.bay, OUTCOME_LED[result.outcome])
         return result
 
@@ -450,14 +437,10 @@ class VolumeSession(DockingSession):
         A recorder found in mass-storage mode after a restart was authenticated before the switch;
         its files keep the identity read over the control protocol rather than the volume's claims.
         """
-        row = self.store.conn.execute(
-            "SELECT identity, bay FROM sessions WHERE device_serial=? AND ended IS NULL "
-            "ORDER BY started DESC LIMIT 1",
-            (device_serial,),
-        ).fetchone()
-        if row is None:
+        found = self.repository.unfinished_session(device_serial)
+        if found is None:
             return None
-        facts = json.loads(row["identity"])
+        facts, bay = found
         if facts["identity"].get("source") not in ("usb-control", "resumed session"):
             return None
-        return {"identity": facts["identity"], "clock": facts["clock"], "bay": row["bay"]}
+        return {"identity": facts["identity"], "clock": facts["clock"], "bay": bay}

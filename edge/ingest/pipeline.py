@@ -1,0 +1,544 @@
+"""The ingest pipeline: every source's items become sealed, verified, ledgered evidence the same way.
+
+Per item the states are pending → copied → verified → sealed (or failed), each transition committed
+together with its ledger entry (:mod:`edge.ingest.repository`), so a crash at any instant resumes
+from the last committed state:
+
+* pending: the source's bytes are copied to tmp/<item>.part while hashing (a stale .part from a crash
+  is discarded first); `acquired`, with a `duplicate` entry when the same bytes are already held;
+* copied: media facts are read, the manifest is built and signed, and for ISO-BMFF files the sealed
+  form is built in the .part (truncated back to the original size first, so a half-appended manifest
+  box from a crash is dropped); then it is verified: the stored prefix re-read from disk and, when the
+  source can, the original read again must both give the acquisition hash; `verified`;
+* verified: renamed into items/ (directory fsynced), the sidecar written; `sealed`; the upload queue
+  is told.
+
+What happens next to the original (USB: erased from the recorder per wipe policy) is the source's
+business. Copying item N+1 overlaps verifying and sealing item N, so verification costs little wall
+time. Memory is bounded: each item in flight holds a fixed number of read buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge.config.station import OffloadSection
+from edge.custody.errors import CustodyError
+from edge.custody.isobmff import evidence_box, seal_decision
+from edge.custody.ledger import EntryType, station_time_now
+from edge.custody.manifest import sign_manifest
+from edge.custody.seal import append_evidence_box, write_sidecar
+from edge.durable.files import free_bytes, fsync_dir
+from edge.ingest.copy import (
+    AcquireError,
+    CopyResult,
+    ReRead,
+    SourceReadError,
+    StoreFullError,
+    copy_and_hash,
+    hash_reader,
+    reread_and_compare,
+)
+from edge.ingest.manifest import build_manifest
+from edge.ingest.mediainfo import media_facts
+from edge.ingest.repository import Acquisition, AcquisitionState, IngestRepository
+from edge.ingest.source import ItemReader, OfferedItem, ReaderOpener, Source
+from edge.ingest.store import StationStore, stored_extension
+
+log = logging.getLogger(__name__)
+
+MAX_FINISHING = 2
+PLACEHOLDER_MANIFEST = b'{"format":"evidence-edge/placeholder"}'
+ISO_BMFF_EXTENSIONS = {"mp4", "mov", "m4a", "m4v", "3gp"}
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    chunk_bytes: int = 1 << 20
+    verify_reread: bool = True  # re-read each stored copy (and the original, where possible) and compare
+    min_free_bytes: int = 1 << 30  # never fill the store's disk beyond this
+    max_item_bytes: int = 256 << 30  # bound on an item whose size is not known up front (a stream)
+    max_attempts: int = 3  # per item and run; a new run (docking) starts again
+
+    @classmethod
+    def from_config(cls, offload: OffloadSection) -> IngestSettings:
+        return cls(
+            chunk_bytes=offload.chunk_bytes,
+            verify_reread=offload.verify_reread,
+            min_free_bytes=offload.min_free_bytes,
+            max_item_bytes=offload.max_file_bytes,
+        )
+
+
+class UploadQueue(Protocol):
+    """The uplink, as the pipeline sees it: told of each sealed item at once, so uploading overlaps
+    acquiring."""
+
+    def item_sealed(self, item: str) -> None: ...
+
+
+@dataclass
+class IngestProgress:
+    """Counts of one run, updated in place and passed to the progress callback."""
+
+    files_total: int = 0
+    files_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    verified: int = 0
+    current: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+class IngestOutcome(StrEnum):
+    DONE = "done"  # every item reached sealed or failed; failures are in `progress.errors`
+    SOURCE_GONE = "source-gone"  # the device became unreachable; the rest resumes next time
+    STORE_FULL = "store-full"  # the station disk is full; nothing more was taken from the source
+
+
+@dataclass
+class IngestedItem:
+    """One offered item after a run."""
+
+    offered: OfferedItem
+    acquisition: Acquisition
+    # Re-read from the store and from the source, and matched, during this run.
+    reread_now: bool = False
+    copied_bytes: int = 0
+
+    @property
+    def item(self) -> str:
+        return self.acquisition.item
+
+    @property
+    def state(self) -> str:
+        return self.acquisition.state
+
+
+@dataclass
+class IngestRun:
+    outcome: IngestOutcome
+    items: list[IngestedItem]
+    sealed: list[str]  # items sealed in this run or before, in the order they were done
+
+
+class SourceGoneError(Exception):
+    """The source's device is no longer reachable."""
+
+
+class _VerificationMismatch(AcquireError):
+    pass
+
+
+class IngestPipeline:
+    """Turns what sources offer into sealed evidence in one station store; shared by all sources."""
+
+    def __init__(
+        self,
+        store: StationStore,
+        settings: IngestSettings,
+        *,
+        executor: Executor | None = None,
+        uploads: UploadQueue | None = None,
+    ) -> None:
+        self.store = store
+        self.repository = IngestRepository(store)
+        self.settings = settings
+        self.executor = executor
+        self.uploads = uploads
+
+    async def ingest(
+        self,
+        source: Source,
+        offered: Sequence[OfferedItem],
+        *,
+        progress: IngestProgress | None = None,
+        on_progress: Callable[[IngestProgress], None] | None = None,
+    ) -> IngestRun:
+        """Acquire, verify, seal and publish every offered item not already sealed; resume any that
+        an earlier run left half way."""
+        await _in_thread(self.executor, self.store.hold_reserve)  # given up by an earlier disk-full run
+        run = _Run(self, source, progress or IngestProgress(), on_progress)
+        admitted = self.repository.admit([o.key for o in offered])
+        work = [IngestedItem(o, a) for o, a in zip(offered, admitted, strict=True)]
+        return await run.acquire_all(work)
+
+
+async def _in_thread(executor: Executor | None, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, lambda: fn(*args, **kwargs))
+
+
+class _Run:
+    """One `ingest` call: one source's offered items, its progress and its errors."""
+
+    def __init__(
+        self,
+        pipeline: IngestPipeline,
+        source: Source,
+        progress: IngestProgress,
+        on_progress: Callable[[IngestProgress], None] | None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.repository = pipeline.repository
+        self.layout = pipeline.store.layout
+        self.settings = pipeline.settings
+        self.source = source
+        self.progress = progress
+        self.on_progress = on_progress
+        self.sealed: list[str] = []
+
+    async def _thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await _in_thread(self.pipeline.executor, fn, *args, **kwargs)
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
+
+    def _where(self, work: IngestedItem | None) -> dict[str, Any]:
+        data: dict[str, Any] = {"device_serial": self.source.device}
+        if work is not None:
+            data["original"] = work.offered.display
+        return data
+
+    def error(self, work: IngestedItem | None, stage: str, reason: str) -> None:
+        log.warning("%s %s: %s: %s", self.source.kind, self.source.device, stage, reason)
+        self.progress.errors.append(reason)
+        self.repository.record(
+            EntryType.ERROR,
+            None if work is None else work.item,
+            {**self._where(work), "stage": stage, "reason": reason},
+        )
+        self._report()
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    async def acquire_all(self, work: list[IngestedItem]) -> IngestRun:
+        self.progress.files_total = len(work)
+        self.progress.bytes_total = sum(w.offered.size or 0 for w in work)
+        self._report()
+        # Verifying and sealing (media facts, two re-reads) can take longer than copying a file from
+        # the page cache; a few items finishing at once keep the copy loop busy. Memory stays
+        # bounded: each finishing item holds one read buffer.
+        finishing: set[asyncio.Task[None]] = set()
+        outcome = IngestOutcome.DONE
+        try:
+            for w in work:
+                if w.state not in AcquisitionState.IN_PROGRESS:
+                    self._count_done(w)
+                    continue
+                self.progress.current = w.offered.display
+                self._report()
+                if w.state in (AcquisitionState.COPIED, AcquisitionState.VERIFIED):
+                    w.copied_bytes = w.offered.size or 0  # resumed after a crash: copied before
+                    self.progress.bytes_done += w.copied_bytes
+                if w.state == AcquisitionState.PENDING:
+                    await self._copy_with_retries(w)
+                while len(finishing) >= MAX_FINISHING:
+                    done, finishing = await asyncio.wait(finishing, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()  # a fatal error (source gone, disk full) stops the run
+                if w.state in (AcquisitionState.COPIED, AcquisitionState.VERIFIED):
+                    finishing.add(asyncio.create_task(self._finish_with_retries(w)))
+            while finishing:
+                done, finishing = await asyncio.wait(finishing, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+        except SourceGoneError as exc:
+            self.error(None, "device", str(exc))
+            outcome = IngestOutcome.SOURCE_GONE
+        except StoreFullError as exc:
+            self.pipeline.store.release_reserve()  # room for the ledger to say so
+            self.error(None, "store", str(exc))
+            outcome = IngestOutcome.STORE_FULL
+        finally:
+            # Let items in flight reach a committed state; their own errors are already recorded.
+            for task in finishing:
+                with contextlib.suppress(SourceGoneError, StoreFullError):
+                    await task
+        self.progress.current = ""
+        self._report()
+        return IngestRun(outcome, work, self.sealed)
+
+    def _count_done(self, w: IngestedItem) -> None:
+        self.sealed.append(w.item)
+        self.progress.files_done += 1
+        self.progress.verified += 1
+        self.progress.bytes_done += w.offered.size or 0
+
+    async def raise_if_gone(self, exc: Exception) -> None:
+        if not await self._thread(self.source.reachable):
+            raise SourceGoneError(f"{self.source.kind} device {self.source.device} is gone ({exc})") from exc
+
+    # -- copy -------------------------------------------------------------------------------------
+
+    async def _copy_with_retries(self, w: IngestedItem) -> None:
+        display = w.offered.display
+        while w.state == AcquisitionState.PENDING:
+            if w.acquisition.attempts >= self.settings.max_attempts:
+                self._fail(w, "copy", f"{display}: gave up after {self.settings.max_attempts} attempts")
+                return
+            w.acquisition.attempts += 1
+            try:
+                await self._copy(w)
+            except StoreFullError:
+                raise  # the whole run stops; the source stays untouched
+            except SourceReadError as exc:
+                await self.raise_if_gone(exc)
+                self.error(w, "copy", str(exc))
+            except AcquireError as exc:  # changed at the source, or the station failed to write
+                self.error(w, "copy", str(exc))
+            except FileNotFoundError:
+                gone = f"{display}: vanished from the {self.source.kind} device before copying"
+                self._fail(w, "copy", gone)
+                return
+            except OSError as exc:
+                await self.raise_if_gone(exc)
+                self.error(w, "copy", f"{display}: cannot open: {exc.strerror or exc}")
+
+    def _fail(self, w: IngestedItem, stage: str, reason: str) -> None:
+        w.acquisition.state = AcquisitionState.FAILED
+        self.repository.record_failed(
+            w.item, w.acquisition.attempts, {**self._where(w), "stage": stage, "reason": reason}
+        )
+        self.progress.errors.append(reason)
+        self._report()
+
+    async def _copy(self, w: IngestedItem) -> None:
+        part = self.layout.tmp_copy(w.item)
+        part.unlink(missing_ok=True)  # a stale copy from an interrupted attempt is never trusted
+        reserve = self.settings.min_free_bytes
+        available = await self._thread(free_bytes, self.layout.tmp)
+        needed = w.offered.size or 0
+        if available - needed < reserve:
+            raise StoreFullError(
+                f"{w.offered.display}: needs {needed} bytes, station disk has {available} free "
+                f"(keeping {reserve} in reserve)"
+            )
+        what = f"{self.source.device}:{w.offered.display}"
+        acquired_utc = station_time_now()
+        counted = 0
+
+        def progress(count: int) -> None:
+            nonlocal counted
+            counted += count
+            self.progress.bytes_done += count
+
+        def work() -> CopyResult:
+            reader = w.offered.open()
+            try:
+                return copy_and_hash(
+                    reader,
+                    part,
+                    expected_size=w.offered.size,
+                    max_bytes=self.settings.max_item_bytes,
+                    chunk_bytes=self.settings.chunk_bytes,
+                    what=what,
+                    progress=progress,
+                )
+            finally:
+                reader.close()
+
+        try:
+            copied: CopyResult = await self._thread(work)
+        except BaseException:
+            self.progress.bytes_done -= counted
+            part.unlink(missing_ok=True)
+            raise
+        w.copied_bytes = copied.size
+        entry = self.repository.record_acquired(
+            w.item,
+            w.offered.origin,
+            sha256=copied.sha256,
+            size=copied.size,
+            acquired_utc=acquired_utc,
+            attempt=w.acquisition.attempts,
+            facts={"device_serial": w.offered.origin.device, **w.offered.origin.facts,
+                   "original": w.offered.display},
+        )
+        log.debug("%s %s: acquired %s as item %s (seq %d)", self.source.kind, self.source.device,
+                  w.offered.display, w.item, entry.seq)
+        w.acquisition.state = AcquisitionState.COPIED
+
+    # -- verify and seal --------------------------------------------------------------------------
+
+    async def _finish_with_retries(self, w: IngestedItem) -> None:
+        display = w.offered.display
+        while w.state in (AcquisitionState.COPIED, AcquisitionState.VERIFIED):
+            try:
+                await self._finish(w)
+            except StoreFullError:
+                raise
+            except (SourceReadError, OSError) as exc:
+                await self.raise_if_gone(exc)
+                self._retry_copy(w, f"{display}: {exc}")
+            except AcquireError as exc:  # the re-read did not match, or the original changed
+                self._retry_copy(w, str(exc))
+            except CustodyError as exc:  # the manifest could not be signed or sealed
+                self._retry_copy(w, f"{display}: {exc}")
+            if w.state == AcquisitionState.PENDING:
+                await self._copy_with_retries(w)
+
+    def _retry_copy(self, w: IngestedItem, reason: str) -> None:
+        self.layout.tmp_copy(w.item).unlink(missing_ok=True)
+        self.repository.record_retry(
+            w.item, {**self._where(w), "stage": "verify", "reason": reason, "action": "copy again"}
+        )
+        self.progress.errors.append(reason)
+        self.progress.bytes_done -= w.copied_bytes
+        w.copied_bytes = 0
+        w.acquisition.state = AcquisitionState.PENDING
+
+    async def _finish(self, w: IngestedItem) -> None:
+        if w.state == AcquisitionState.COPIED:
+            await self._seal_and_verify(w)
+        await self._publish(w)
+
+    async def _seal_and_verify(self, w: IngestedItem) -> None:
+        display = w.offered.display
+        record = self.repository.item(w.item)
+        if record is None:
+            raise _VerificationMismatch(f"{display}: item {w.item} has no index row")
+        sha256, size = record.sha256, record.size
+        part = self.layout.tmp_copy(w.item)
+        if not part.exists():
+            raise _VerificationMismatch(f"{display}: the copy in progress was lost")
+        # Drop whatever a crash may have left appended to the copy: only the original bytes remain.
+        await self._thread(os.truncate, part, size)
+        ext = stored_extension(w.offered.name)
+        media, fallback = await self._thread(_probe, part, size, ext)
+        acquired_entry = self.repository.latest_entry(w.item, EntryType.ACQUIRED)
+        if acquired_entry is None:
+            raise _VerificationMismatch(f"item {w.item}: no {EntryType.ACQUIRED} ledger entry")
+        manifest = sign_manifest(
+            build_manifest(
+                item=w.item,
+                sha256=sha256,
+                size=size,
+                origin=w.offered.origin,
+                media=media,
+                acquired_utc=record.acquired,
+                chain_seq=acquired_entry[0],
+                chain_hash=acquired_entry[1],
+            ),
+            self.pipeline.store.key,
+        )
+        embedded = fallback is None
+        if embedded:
+            await self._thread(append_evidence_box, part, manifest)
+        else:
+            log.info("item %s: manifest kept in the sidecar only: %s", w.item, fallback)
+        verify = self.settings.verify_reread
+        source_reread = verify and w.offered.reopen is not None
+        checks: dict[str, Any] = {"stored_reread": verify, "source_reread": source_reread}
+        if verify:
+            reread: ReRead = await self._thread(
+                reread_stored_and_source, part, w.offered.reopen, size, self.settings.chunk_bytes, display
+            )
+            if reread.stored_sha256 != sha256 or reread.stored_size != size:
+                raise _VerificationMismatch(
+                    f"{display}: stored copy re-read from disk gives {reread.stored_sha256} "
+                    f"({reread.stored_size} bytes), acquisition hash was {sha256} ({size} bytes)"
+                )
+            if reread.source_differs_at is not None:
+                raise _VerificationMismatch(
+                    f"{display}: second read from the {self.source.kind} device differs from the copy at "
+                    f"byte {reread.source_differs_at} (inconsistent device reads)"
+                )
+        self.repository.record_verified(
+            w.item,
+            {"sha256": sha256, "size": size, **checks, "embedded": embedded,
+             "media_readable": "error" not in media},
+            manifest,
+        )
+        w.acquisition.state = AcquisitionState.VERIFIED
+        w.reread_now = source_reread
+        self.progress.verified += 1
+        self._report()
+
+    async def _publish(self, w: IngestedItem) -> None:
+        """verified → sealed: move the sealed copy into items/ and write the sidecar."""
+        record = self.repository.item(w.item)
+        if record is None or record.manifest is None:
+            raise _VerificationMismatch(f"{w.offered.display}: item {w.item} has no signed manifest")
+        manifest = record.manifest
+        relpath = self.layout.item_relpath(w.item, record.acquired, stored_extension(w.offered.name))
+        final = self.layout.root / relpath
+        part = self.layout.tmp_copy(w.item)
+
+        def work() -> bool:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if part.exists():
+                os.replace(part, final)
+                fsync_dir(final.parent)
+            elif not final.exists():
+                raise _VerificationMismatch(f"{w.offered.display}: sealed copy missing before publishing")
+            write_sidecar(final, manifest)
+            return final.stat().st_size > int(manifest["size"])
+
+        embedded = await self._thread(work)
+        self.repository.record_sealed(w.item, str(relpath), manifest, embedded)
+        w.acquisition.state = AcquisitionState.SEALED
+        self.sealed.append(w.item)
+        if self.pipeline.uploads is not None:
+            self.pipeline.uploads.item_sealed(w.item)
+        self.progress.files_done += 1
+        self._report()
+
+
+def reread_stored_and_source(
+    stored: Path, reopen: ReaderOpener | None, size: int, chunk_bytes: int, what: str
+) -> ReRead:
+    """The verification read: the stored copy from disk and, when the source can, the original again."""
+    reader: ItemReader | None = None if reopen is None else reopen()
+    try:
+        return reread_and_compare(stored, reader, size=size, chunk_bytes=chunk_bytes, what=what)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def hash_original(reopen: ReaderOpener, chunk_bytes: int) -> CopyResult:
+    """SHA-256 and size of the original as the source holds it now (no stored copy to compare)."""
+    reader = reopen()
+    try:
+        return hash_reader(reader, chunk_bytes=chunk_bytes)
+    finally:
+        reader.close()
+
+
+def _probe(part: Path, size: int, ext: str) -> tuple[dict[str, Any], str | None]:
+    """Media facts, and why the manifest cannot be embedded (None when it can).
+
+    ffprobe costs more than copying a file from a fast disk, so it runs once per file: an ISO-BMFF
+    copy is probed with a placeholder evidence box already appended, which both reads the media facts
+    and shows that players accept a trailing box on this very file. The real box differs only in its
+    payload, which no player reads.
+    """
+    if ext not in ISO_BMFF_EXTENSIONS:
+        return media_facts(part), f"not an ISO-BMFF file (.{ext})"
+    with part.open("rb") as f:
+        sealable, reason = seal_decision(f, size)
+    if not sealable:
+        return media_facts(part), reason
+    with part.open("ab") as f:
+        f.write(evidence_box(PLACEHOLDER_MANIFEST))
+    try:
+        media = media_facts(part)
+    finally:
+        os.truncate(part, size)
+    if "error" not in media:
+        return media, None
+    original = media_facts(part)
+    if "error" in original:
+        return original, "ffprobe cannot read the file"
+    return original, "ffprobe reads the file only without a trailing box; manifest kept in the sidecar"

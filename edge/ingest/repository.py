@@ -1,0 +1,302 @@
+"""The one place where the station's item, acquisition, session and ledger rows are read and written.
+
+Every state change is committed together with the ledger entry that describes it, in one SQLite
+transaction (invariant 4): after a crash the rows and the ledger agree, and the pipeline resumes from
+the last committed state. Methods named `record_*` open and commit their own transaction; nothing
+here awaits, so a transaction never spans an await.
+
+Tables (schema in :mod:`edge.ingest.store`):
+
+* `acquisitions`: one row per original a source offered, keyed by its :class:`OriginalKey`, with the
+  item it became and its state: pending → copied → verified → sealed (or failed); a source may move a
+  sealed item on to states of its own (USB: wiping → wiped);
+* `items`: the item index (hash, size, acquisition time, signed manifest, stored path);
+* `sessions`: docking sessions of recorders;
+* the ledger, through :class:`edge.custody.ledger.Ledger`.
+
+The uplink's `uploads` table is the spool's (:mod:`edge.uplink.spool`); only the purge mark is read
+here, because a recorder file whose local copy was purged is re-verified differently before erasure.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from edge.custody.canonical import canonical_json, sha256_hex
+from edge.custody.ledger import EntryType, Ledger, LedgerEntry
+from edge.ingest.source import Origin, OriginalKey
+from edge.ingest.store import StationStore
+
+
+class AcquisitionState:
+    """States of an `acquisitions` row that the pipeline moves through (sources add their own after
+    SEALED, which the pipeline treats as sealed)."""
+
+    PENDING = "pending"
+    COPIED = "copied"
+    VERIFIED = "verified"
+    SEALED = "sealed"
+    FAILED = "failed"
+
+    IN_PROGRESS = frozenset({PENDING, COPIED, VERIFIED})
+
+
+@dataclass
+class Acquisition:
+    """An offered original and the item it is (or will be) stored as."""
+
+    key: OriginalKey
+    item: str
+    state: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """An `items` row."""
+
+    item: str
+    sha256: str
+    size: int
+    acquired: str
+    manifest: dict[str, Any] | None
+    path: str | None
+
+
+MAX_DUPLICATES_NAMED = 10
+
+
+class IngestRepository:
+    """Rows and ledger entries of one station store."""
+
+    def __init__(self, store: StationStore) -> None:
+        self.store = store
+        self.conn: sqlite3.Connection = store.conn
+        self.ledger: Ledger = store.ledger
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self.store.transaction()
+
+    def record(self, type_: str, item: str | None, data: Mapping[str, Any]) -> LedgerEntry:
+        """One ledger entry with no state change, in its own transaction."""
+        return self.store.record(type_, item, dict(data))
+
+    def record_all(self, entries: Sequence[tuple[str, str | None, Mapping[str, Any]]]) -> None:
+        """Several ledger entries in one transaction (a hostile volume can hold thousands of refusals)."""
+        if not entries:
+            return
+        with self.transaction():
+            for type_, item, data in entries:
+                self.ledger.append(type_, item, dict(data))
+
+    # -- acquisitions -----------------------------------------------------------------------------
+
+    def admit(self, keys: Sequence[OriginalKey]) -> list[Acquisition]:
+        """The acquisition row of each offered original, created `pending` with a new item id when
+        first seen, in one transaction however many there are. A row that failed in an earlier run is
+        given a fresh set of attempts."""
+        admitted: list[Acquisition] = []
+        with self.transaction() as conn:
+            for key in keys:
+                found = conn.execute(
+                    "SELECT item, state, attempts FROM acquisitions WHERE source=? AND device=? "
+                    "AND original=? AND version=?",
+                    (key.source, key.device, key.original, key.version),
+                ).fetchone()
+                if found is None:
+                    item = str(uuid.uuid4())
+                    conn.execute(
+                        "INSERT INTO acquisitions(source, device, original, version, item, state) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (key.source, key.device, key.original, key.version, item, AcquisitionState.PENDING),
+                    )
+                    admitted.append(Acquisition(key, item, AcquisitionState.PENDING, 0))
+                elif found["state"] == AcquisitionState.FAILED:
+                    self._set_state(found["item"], AcquisitionState.PENDING, attempts=0)
+                    admitted.append(Acquisition(key, found["item"], AcquisitionState.PENDING, 0))
+                else:
+                    admitted.append(Acquisition(key, found["item"], found["state"], int(found["attempts"])))
+        return admitted
+
+    def _set_state(
+        self, item: str, state: str, *, attempts: int | None = None, error: str | None = None
+    ) -> None:
+        """Inside the caller's transaction."""
+        self.conn.execute(
+            "UPDATE acquisitions SET state=?, attempts=COALESCE(?, attempts), last_error=? WHERE item=?",
+            (state, attempts, error, item),
+        )
+
+    def set_state(self, item: str, state: str) -> None:
+        """A state change that needs no ledger entry of its own (USB: about to erase), committed."""
+        with self.transaction():
+            self._set_state(item, state)
+
+    def acquisitions_in_state(self, source: str, device: str, state: str) -> list[Acquisition]:
+        rows = self.conn.execute(
+            "SELECT original, version, item, state, attempts FROM acquisitions "
+            "WHERE source=? AND device=? AND state=?",
+            (source, device, state),
+        ).fetchall()
+        return [
+            Acquisition(OriginalKey(source, device, r["original"], r["version"]), r["item"], r["state"],
+                        int(r["attempts"]))
+            for r in rows
+        ]
+
+    # -- the pipeline's transitions ---------------------------------------------------------------
+
+    def record_acquired(
+        self,
+        item: str,
+        origin: Origin,
+        *,
+        sha256: str,
+        size: int,
+        acquired_utc: str,
+        attempt: int,
+        facts: Mapping[str, Any],
+    ) -> LedgerEntry:
+        """pending → copied: the `acquired` entry, the item row, and a `duplicate` entry when the same
+        bytes are already held (a renamed or re-touched file, another recorder's copy: both stay
+        evidence with their own origin, and the ledger links them)."""
+        with self.transaction() as conn:
+            entry = self.ledger.append(
+                EntryType.ACQUIRED, item, {**facts, "size": size, "sha256": sha256, "attempt": attempt}
+            )
+            conn.execute(
+                "INSERT INTO items(item, sha256, size, device_serial, officer_no, acquired) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(item) DO UPDATE SET sha256=excluded.sha256, "
+                "size=excluded.size, acquired=excluded.acquired, manifest=NULL",
+                (item, sha256, size, origin.device, origin.officer_no, acquired_utc),
+            )
+            self._set_state(item, AcquisitionState.COPIED, attempts=attempt)
+            same = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT item FROM items WHERE sha256=? AND item!=? ORDER BY acquired LIMIT ?",
+                    (sha256, item, MAX_DUPLICATES_NAMED),
+                )
+            ]
+            if same:
+                self.ledger.append(EntryType.DUPLICATE, item, {"sha256": sha256, "same_as": same})
+        return entry
+
+    def record_verified(self, item: str, data: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:
+        """copied → verified: the signed manifest is kept in the index until the item is published."""
+        with self.transaction() as conn:
+            self.ledger.append(EntryType.VERIFIED, item, dict(data))
+            conn.execute(
+                "UPDATE items SET manifest=? WHERE item=?", (canonical_json(manifest).decode(), item)
+            )
+            self._set_state(item, AcquisitionState.VERIFIED)
+
+    def record_sealed(self, item: str, relpath: str, manifest: Mapping[str, Any], embedded: bool) -> None:
+        """verified → sealed: the item is in items/ with its sidecar."""
+        with self.transaction() as conn:
+            self.ledger.append(
+                EntryType.SEALED,
+                item,
+                {
+                    "path": relpath,
+                    "manifest_sha256": sha256_hex(canonical_json(manifest)),
+                    "embedded": embedded,
+                },
+            )
+            conn.execute(
+                "UPDATE items SET path=?, sealed_in_file=? WHERE item=?", (relpath, int(embedded), item)
+            )
+            self._set_state(item, AcquisitionState.SEALED)
+
+    def record_retry(self, item: str, data: Mapping[str, Any]) -> None:
+        """Back to pending after a failed verification (an `error` entry saying it is copied again)."""
+        with self.transaction():
+            self.ledger.append(EntryType.ERROR, item, dict(data))
+            self._set_state(item, AcquisitionState.PENDING, error=str(data.get("reason", "")))
+
+    def record_failed(self, item: str, attempts: int, data: Mapping[str, Any]) -> None:
+        """Given up for this run: `failed`, with a final `error` entry."""
+        with self.transaction():
+            reason = str(data.get("reason", ""))
+            self._set_state(item, AcquisitionState.FAILED, attempts=attempts, error=reason)
+            self.ledger.append(EntryType.ERROR, item, {**data, "final": True})
+
+    def record_source_state(self, item: str, state: str, type_: str, data: Mapping[str, Any]) -> None:
+        """A source's own state after sealing (USB: wiped), with its ledger entry."""
+        with self.transaction():
+            self.ledger.append(type_, item, dict(data))
+            self._set_state(item, state)
+
+    # -- items ------------------------------------------------------------------------------------
+
+    def item(self, item: str) -> ItemRecord | None:
+        row = self.conn.execute(
+            "SELECT item, sha256, size, acquired, manifest, path FROM items WHERE item=?", (item,)
+        ).fetchone()
+        if row is None:
+            return None
+        manifest = None if row["manifest"] is None else json.loads(row["manifest"])
+        return ItemRecord(
+            row["item"], row["sha256"], int(row["size"]), row["acquired"], manifest, row["path"]
+        )
+
+    def latest_entry(self, item: str, type_: str) -> tuple[int, str] | None:
+        """(seq, hash) of the item's newest ledger entry of `type_`."""
+        found = self.conn.execute(
+            "SELECT seq, hash FROM ledger WHERE item=? AND type=? ORDER BY seq DESC LIMIT 1", (item, type_)
+        ).fetchone()
+        return None if found is None else (int(found[0]), str(found[1]))
+
+    def purged(self, item: str) -> bool:
+        """Whether the local copy was purged after the central's verified receipt (retention)."""
+        found = self.conn.execute(
+            "SELECT 1 FROM uploads WHERE item=? AND state='receipted' AND purged IS NOT NULL", (item,)
+        ).fetchone()
+        return found is not None
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def start_session(
+        self,
+        session: str,
+        *,
+        device_serial: str,
+        usb_serial: str,
+        bay: int | None,
+        started: str,
+        facts: Mapping[str, Any],
+        entry: Mapping[str, Any],
+    ) -> None:
+        """A docking session row (identity and clock facts as canonical JSON) and `session_started`."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO sessions(session, device_serial, usb_serial, bay, started, identity) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (session, device_serial, usb_serial, bay, started, canonical_json(facts).decode()),
+            )
+            self.ledger.append(EntryType.SESSION_STARTED, None, dict(entry))
+
+    def end_session(self, session: str, *, ended: str, outcome: str, entry: Mapping[str, Any]) -> None:
+        """`session_stopped`, then a signed checkpoint over the ledger head in a second transaction."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE sessions SET ended=?, outcome=? WHERE session=?", (ended, outcome, session))
+            self.ledger.append(EntryType.SESSION_STOPPED, None, dict(entry))
+        with self.transaction():
+            self.ledger.checkpoint()
+
+    def unfinished_session(self, device_serial: str) -> tuple[dict[str, Any], int | None] | None:
+        """(identity and clock facts, bay) of the device's newest session that never ended."""
+        row = self.conn.execute(
+            "SELECT identity, bay FROM sessions WHERE device_serial=? AND ended IS NULL "
+            "ORDER BY started DESC LIMIT 1",
+            (device_serial,),
+        ).fetchone()
+        if row is None:
+            return None
+        return json.loads(row["identity"]), row["bay"]

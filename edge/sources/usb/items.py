@@ -1,0 +1,105 @@
+"""A recorder file as an item for the ingest pipeline: its identity, its readers and its origin facts.
+
+Identity: (device serial, path on the volume, size, mtime), so a file re-recorded at the same path is a
+new original. Readers open the file component by component without following symlinks
+(:func:`open_volume_file`) and refuse a file whose size or mtime changed since listing; the re-read
+for verification drops the device's cached pages first, so it really reads the recorder again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from drivers.usb.mass_storage import parse_recorder_file_name
+from edge.config.station import CaseDefaults
+from edge.ingest.manifest import iso_from_ns
+from edge.ingest.source import FileReader, ItemReader, OfferedItem, Origin, OriginalKey, ReaderOpener
+from edge.sources.usb.enumerate import VolumeFile, open_volume_file
+from edge.sources.usb.identity import SessionInfo
+
+SOURCE_KIND = "usb"
+
+
+def original_key(device_serial: str, file: VolumeFile) -> OriginalKey:
+    return OriginalKey(SOURCE_KIND, device_serial, file.key, f"{file.size}:{file.mtime_ns}")
+
+
+def file_opener(root: Path, file: VolumeFile, *, what: str, verification: bool = False) -> ReaderOpener:
+    def open_reader() -> ItemReader:
+        fd = open_volume_file(root, file)
+        return FileReader(fd, size=file.size, mtime_ns=file.mtime_ns, what=what, drop_cache=verification)
+
+    return open_reader
+
+
+def case_block(defaults: CaseDefaults, session: SessionInfo, important: bool) -> dict[str, Any]:
+    identity = session.identity
+    collector = defaults.collector or (
+        f"{identity.officer_name}({identity.officer_no})" if identity.officer_name else identity.officer_no
+    )
+    return {
+        "case_number": defaults.case_number,
+        "location": defaults.location,
+        "collector": collector,
+        "subject": defaults.subject,
+        "important": important,
+        "category": defaults.category,
+        "retention": "permanent" if important and defaults.retention == "6-months" else defaults.retention,
+    }
+
+
+def file_origin(file: VolumeFile, session: SessionInfo, case_defaults: CaseDefaults) -> Origin:
+    parsed = parse_recorder_file_name(file.name)
+    original: dict[str, Any] = {
+        "name": file.name,
+        "path": file.display_path,
+        "device_mtime": iso_from_ns(file.mtime_ns),
+    }
+    if not file.name_is_utf8:
+        original["path_bytes_hex"] = b"/".join(file.parts).hex()
+    identity = session.identity
+    clock = session.clock
+    return Origin(
+        device=identity.device_serial,
+        officer_no=identity.officer_no,
+        original=original,
+        source={
+            "kind": SOURCE_KIND,
+            "station": session.station_id,
+            "session": session.session,
+            "bay": session.bay,
+            "device_serial": identity.device_serial,
+            "usb_serial": identity.usb_serial,
+            "id_code": identity.id_code,
+            "identity_source": identity.source,
+            "officer_no": identity.officer_no,
+            "officer_name": identity.officer_name,
+            "unit_code": identity.unit_code,
+            "unit_name": identity.unit_name,
+        },
+        time={
+            # As the device wrote it (local device time, from the file name), never corrected.
+            "recorded_start": parsed.recorded_at.isoformat() if parsed else None,
+            "device_clock_offset_ms": clock.offset_ms,
+            "device_tz_offset_min": clock.tz_offset_min,
+            "station_clock_synchronised": clock.station_synchronised,
+        },
+        case=case_block(case_defaults, session, important=bool(parsed and parsed.important)),
+        facts={"session": session.session, "bay": session.bay},
+    )
+
+
+def volume_item(
+    root: Path, file: VolumeFile, session: SessionInfo, case_defaults: CaseDefaults
+) -> OfferedItem:
+    device = session.identity.device_serial
+    return OfferedItem(
+        key=original_key(device, file),
+        name=file.name,
+        display=file.display_path,
+        size=file.size,
+        origin=file_origin(file, session, case_defaults),
+        open=file_opener(root, file, what=f"{device}:{file.display_path}"),
+        reopen=file_opener(root, file, what=file.display_path, verification=True),
+    )
