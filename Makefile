@@ -7,8 +7,10 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # System tools the project runs: ffmpeg/ffprobe (media), fusermount3 (simulated recorder
-# volumes), mosquitto (MQTT uplink tests), python3-venv (the virtual environment).
-APT_PACKAGES := ffmpeg fuse3 mosquitto python3-venv python3-dev
+# volumes), mosquitto (MQTT uplink tests), python3-venv (the virtual environment); systemd-analyze and
+# busctl (systemd: the unit's seccomp groups, systemd-timedated over D-Bus), dbus-daemon (a private bus
+# for the timedated stand-in) and libseccomp2 (the unit's filter installed in tests).
+APT_PACKAGES := ffmpeg fuse3 mosquitto python3-venv python3-dev systemd dbus-daemon libseccomp2
 
 .PHONY: setup system demo test lint bench clean
 
@@ -23,6 +25,9 @@ system:
 	command -v mosquitto >/dev/null && [ -x "$$(command -v mosquitto)" ] || \
 	  [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv python3-dev"; \
+	command -v systemd-analyze >/dev/null && command -v busctl >/dev/null || missing="$$missing systemd"; \
+	command -v dbus-daemon >/dev/null || missing="$$missing dbus-daemon"; \
+	ldconfig -p | grep -q 'libseccomp\.so\.2 ' || missing="$$missing libseccomp2"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "setup: installing system packages:$$missing"; \

@@ -9,6 +9,8 @@ import sys
 SIMULATORS: dict[str, str] = {
     "recorder": "simulators.recorder.cli",
     "dock": "simulators.dock",
+    "chronyc": "simulators.timesync.chronyc",
+    "timedated": "simulators.timesync.timedated",
 }
 
 

@@ -29,9 +29,45 @@ class StationSection(StrictModel):
     store_dir: Path = Field(description="Evidence store: state DB, ledger, keys, items")
     clock: Literal["auto", "trusted", "untrusted"] = Field(
         "auto",
-        description="Whether the station clock may set recorder clocks: auto asks the kernel "
-        "(adjtimex) whether NTP synchronised it",
+        description="Whether the station clock may set recorder clocks: auto asks the time-sync "
+        "sources of [time_sync] in order (chrony, systemd-timesyncd, systemd-timedated, adjtimex)",
     )
+
+
+TimeSyncSource = Literal["chrony", "timesyncd", "timedated", "adjtimex"]
+# A command name looked up on PATH, or an absolute path; never arguments.
+COMMAND = r"^(/[^\x00-\x1f]{1,255}|[A-Za-z0-9._+-]{1,64})$"
+
+
+class TimeSyncSection(StrictModel):
+    """How `station.clock = "auto"` reads whether the station clock is synchronised."""
+
+    sources: tuple[TimeSyncSource, ...] = Field(
+        ("chrony", "timesyncd", "timedated", "adjtimex"),
+        min_length=1,
+        description="Sources asked in this order; the first that can tell decides",
+    )
+    chronyc: str = Field("chronyc", pattern=COMMAND, description="chronyc command (name or absolute path)")
+    chrony_max_error_ms: float = Field(
+        250.0, gt=0, le=1000, description="Largest clock error chrony may report for the clock to be trusted"
+    )
+    timesyncd_flag: Path = Field(
+        Path("/run/systemd/timesync/synchronized"),
+        description="File systemd-timesyncd touches at every synchronisation",
+    )
+    timesyncd_max_age_s: float = Field(
+        7200.0, gt=0, le=7 * 86400, description="Oldest last synchronisation that still counts"
+    )
+    busctl: str = Field("busctl", pattern=COMMAND, description="busctl command, to ask systemd-timedated")
+    command_timeout_s: float = Field(2.0, gt=0, le=30, description="Time limit for chronyc or busctl")
+
+    @model_validator(mode="after")
+    def _valid(self) -> TimeSyncSection:
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError("time_sync.sources lists a source twice")
+        if not self.timesyncd_flag.is_absolute():
+            raise ValueError("time_sync.timesyncd_flag must be an absolute path")
+        return self
 
 
 class UsbSection(StrictModel):
@@ -40,6 +76,13 @@ class UsbSection(StrictModel):
     poll_interval_s: float = Field(1.0, gt=0, le=60)
     mount_root: Path = Field(description="Where recorder volumes are mounted (udisks/automount)")
     volume_timeout_s: float = Field(30.0, gt=0, le=600, description="Wait for a volume after mode switch")
+    mass_storage_tz_offset_min: int | None = Field(
+        None,
+        ge=-720,
+        le=840,
+        description="UTC offset of the wall clock mass-storage-only recorders write into file names and "
+        "FAT times (they cannot say); unset: the station's own time zone",
+    )
 
     @model_validator(mode="after")
     def _socket_for_simulator(self) -> UsbSection:
@@ -219,6 +262,7 @@ class StationConfig(StrictModel):
     dock: DockSection = DockSection()
     bays: list[BayConfig] = Field(default_factory=list)
     recorders: RecordersSection = RecordersSection()
+    time_sync: TimeSyncSection = TimeSyncSection()
     offload: OffloadSection = OffloadSection()
     wipe: WipeSection = WipeSection()
     uplink: UplinkSection = UplinkSection()

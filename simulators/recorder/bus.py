@@ -27,12 +27,15 @@ import socketserver
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from drivers.usb.mass_storage import parse_recorder_file_name
 from drivers.usb.protocol import (
     DEFAULT_VENDOR_ID,
     RecorderInfo,
@@ -129,6 +132,11 @@ class RecorderSpec:
     tz_offset_min: int = 480
     storage_total_bytes: int = DEFAULT_STORAGE_TOTAL_BYTES
     vendor_id: int = DEFAULT_VENDOR_ID
+    # The recorder's files carry its own (offset, drifting) clock instead of a fixed 2024 shift, and it
+    # was recording when docked: at plug-in it closes its newest recording, whose mtime becomes the
+    # device clock's wall time then (in FAT's 2 s steps). The newest recording starts 5 min to
+    # (files - 1) x 29 min + 5 min before the recorder is created.
+    recording_until_docked: bool = False
 
     def __post_init__(self) -> None:
         self.info()  # validates serial, officer number, text fields
@@ -285,6 +293,34 @@ def _faults_from_json(text: object) -> VolumeFaults | None:
     from simulators.recorder.faultfs import VolumeFaults
 
     return VolumeFaults.from_cli_string(text)
+
+
+def _device_wall_time(utc_ms: float, tz_offset_min: int) -> datetime:
+    """The recorder's wall clock (naive, as it writes file names and FAT times)."""
+    return datetime(1970, 1, 1) + timedelta(milliseconds=utc_ms + tz_offset_min * 60_000)
+
+
+def _shift_start(spec: RecorderSpec) -> datetime:
+    # populate_volume spaces recordings 1-30 min apart: the newest then starts 5 min to
+    # (files - 1) x 29 min + 5 min before now, on the recorder's clock.
+    now = _device_wall_time(time.time() * 1000 + spec.clock_offset_s * 1000, spec.tz_offset_min)
+    return now - timedelta(seconds=max(spec.files - 1, 0) * 1800 + 300)
+
+
+def _close_newest_recording(slot: _Slot) -> None:
+    """Recording when docked: the recorder closes its newest recording at plug-in, so its last write
+    (mtime) is the device clock's wall time at docking. FAT keeps even seconds only."""
+    newest: tuple[datetime, int, Path] | None = None
+    for _rel, path in _walk_files(slot.backing_dir):
+        parsed = parse_recorder_file_name(path.name)
+        if parsed is not None and (newest is None or (parsed.recorded_at, parsed.seq) > newest[:2]):
+            newest = (parsed.recorded_at, parsed.seq, path)
+    if newest is None:
+        return
+    clock = slot.device.clock_now()
+    wall = _device_wall_time(clock.utc_ms, clock.tz_offset_min)
+    seconds = int(wall.replace(tzinfo=UTC).timestamp()) // 2 * 2
+    os.utime(newest[2], (seconds, seconds))
 
 
 class RecorderBus:
@@ -446,6 +482,7 @@ class RecorderBus:
             files=spec.files,
             file_mb=spec.file_mb,
             seed=spec.seed,
+            start=_shift_start(spec) if spec.recording_until_docked else None,
         )
         populated = {rel: path.stat().st_size for rel, path in _walk_files(staging)}
         if (directory / "volume").exists():
@@ -480,6 +517,8 @@ class RecorderBus:
             with contextlib.suppress(FileNotFoundError):
                 slot.unplug_marker.unlink()
             slot.device.power_on()
+            if slot.spec.recording_until_docked:
+                _close_newest_recording(slot)
             if slot.device.mode is RecorderMode.MASS_STORAGE:
                 self._mount(slot)
             with self._lock:

@@ -76,6 +76,7 @@ def recorder_spec(index: int, args: argparse.Namespace, password: str) -> Record
         msc_only=index >= args.recorders - args.msc_only,
         clock_offset_s=args.clock_offset_s,
         clock_drift_ppm=args.clock_drift_ppm,
+        recording_until_docked=args.recording_until_docked,
         battery_percent=20 + (37 * index) % 80,
         files=args.files,
         file_mb=args.file_mb,
@@ -105,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="initial device clock minus host clock, seconds (default 0)")
     serve.add_argument("--clock-drift-ppm", type=float, default=0.0,
                        help="device clock rate error, parts per million (default 0)")
+    serve.add_argument("--recording-until-docked", action="store_true",
+                       help="volumes carry each recorder's own clock, and the newest recording is closed "
+                            "at plug-in (as a recorder still recording when docked)")
     rate = serve.add_mutually_exclusive_group()
     rate.add_argument("--rate-limit-mbps", type=float, default=None,
                       help="volume read rate limit in megabytes (10^6 bytes) per second; USB 2.0 mass "

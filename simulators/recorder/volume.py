@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -174,8 +174,9 @@ def populate_volume(volume_dir: Path, *, device_serial: str, officer_no: str, of
         else:
             path = volume_dir / AUDIO_DIR / name
             make_wav(path, seconds=1 + rng.randrange(4), seed=file_seed)
-        # FAT keeps local wall-clock time, which the kernel shows through the local timezone.
-        moment = recorded_at.timestamp()
+        # FAT keeps the recorder's wall-clock time with no zone; the station mounts vfat with tz=UTC
+        # (systemd/99-evidence-edge.rules), so the mtime read as UTC is that wall time unchanged.
+        moment = recorded_at.replace(tzinfo=UTC).timestamp()
         os.utime(path, (moment, moment))
         made.append(path)
         recorded_at += timedelta(seconds=rng.randint(60, 1800))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from edge.sources.usb.volume_clock import DeviceClockEstimate
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,12 @@ class RecorderIdentity:
 
 @dataclass(frozen=True)
 class ClockFacts:
-    """Device time against station time, measured at docking (invariant 8)."""
+    """Device time against station time, measured at docking (invariant 8).
+
+    `offset_ms` is a measurement over the control protocol, or None. A mass-storage-only recorder has no
+    readable clock; its `estimate` says what its volume suggests, labelled as an estimate, or why
+    nothing can be said.
+    """
 
     device_utc_ms: int | None
     station_utc_ms: int
@@ -34,9 +41,23 @@ class ClockFacts:
     station_synchronised: bool
     clock_set: bool = False
     offset_after_set_ms: int | None = None
+    station_clock_source: str = ""  # which time-sync source decided `station_synchronised`
+    station_clock_reason: str = ""  # and why, in its words (for the ledger; may name system files)
+    estimate: DeviceClockEstimate | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "estimate"}
+        if self.estimate is not None:
+            data["estimate"] = self.estimate.as_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClockFacts:
+        """Back from `as_dict` (sessions stored before a field existed get its default)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known and k != "estimate"}
+        estimate = data.get("estimate")
+        return cls(**values, estimate=None if estimate is None else DeviceClockEstimate.from_dict(estimate))
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,26 @@ def case_block(defaults: CaseDefaults, session: SessionInfo, important: bool) ->
     }
 
 
+def manifest_time(recorded_start: str | None, session: SessionInfo) -> dict[str, Any]:
+    """The manifest's `time` block (the pipeline adds `acquired_utc`): device time as written, the
+    clock offset measured at docking or, for recorders that cannot be asked, its labelled estimate."""
+    clock = session.clock
+    facts: dict[str, Any] = {
+        # As the device wrote it (local device time, from the file name), never corrected.
+        "recorded_start": recorded_start,
+        # Measured over the control protocol at docking; None when the device has no readable clock.
+        "device_clock_offset_ms": clock.offset_ms,
+        "device_tz_offset_min": clock.tz_offset_min,
+        "station_clock_synchronised": clock.station_synchronised,
+        # Which time-sync source decided (chrony, timesyncd, timedated, adjtimex, config, none).
+        "station_clock_source": clock.station_clock_source,
+    }
+    if clock.estimate is not None:
+        # Mass-storage-only recorders: what the volume's times suggest, labelled as an estimate.
+        facts["device_clock_offset_estimate"] = clock.estimate.as_dict()
+    return facts
+
+
 def file_origin(file: VolumeFile, session: SessionInfo, case_defaults: CaseDefaults) -> Origin:
     parsed = parse_recorder_file_name(file.name)
     original: dict[str, Any] = {
@@ -59,7 +79,6 @@ def file_origin(file: VolumeFile, session: SessionInfo, case_defaults: CaseDefau
     if not file.name_is_utf8:
         original["path_bytes_hex"] = b"/".join(file.parts).hex()
     identity = session.identity
-    clock = session.clock
     return Origin(
         device=identity.device_serial,
         officer_no=identity.officer_no,
@@ -78,13 +97,7 @@ def file_origin(file: VolumeFile, session: SessionInfo, case_defaults: CaseDefau
             "unit_code": identity.unit_code,
             "unit_name": identity.unit_name,
         },
-        time={
-            # As the device wrote it (local device time, from the file name), never corrected.
-            "recorded_start": parsed.recorded_at.isoformat() if parsed else None,
-            "device_clock_offset_ms": clock.offset_ms,
-            "device_tz_offset_min": clock.tz_offset_min,
-            "station_clock_synchronised": clock.station_synchronised,
-        },
+        time=manifest_time(parsed.recorded_at.isoformat() if parsed else None, session),
         case=case_block(case_defaults, session, important=bool(parsed and parsed.important)),
         facts={"session": session.session, "bay": session.bay},
     )

@@ -33,9 +33,11 @@ from edge.custody.ledger import EntryType, station_time_now
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
-from edge.runtime.clock import measure_offset_ms, station_clock_trusted
+from edge.runtime.clock import ClockTrust, measure_offset_ms, station_clock_trust
+from edge.sources.usb.enumerate import list_volume
 from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
 from edge.sources.usb.offload import BayProgress, OffloadOutcome, OffloadResult, ReceiptGate, VolumeOffload
+from edge.sources.usb.volume_clock import DeviceClockEstimate, TimedFile, estimate_device_clock_offset
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,13 @@ class DockingSession:
                 log.exception("could not record the failure in the ledger")
             await self.set_led(bay, BayLed.ERROR)
             return None
+
+    async def _clock_trust(self) -> ClockTrust:
+        # Asking chronyc or timedated blocks for up to [time_sync] command_timeout_s: not on the loop.
+        trust: ClockTrust = await self._thread(
+            station_clock_trust, self.config.station.clock, self.config.time_sync
+        )
+        return trust
 
     def _allowed(self, device_serial: str, data: dict[str, Any]) -> None:
         recorders = self.config.recorders
@@ -291,6 +300,19 @@ class ControlSession(DockingSession):
         finally:
             claims.release(device_serial)
 
+    def _refusal(self, device_serial: str, usb_serial: str) -> str | None:
+        """Why this recorder may not be served here (USB serial pin, allow-list), or None."""
+        recorders = self.config.recorders
+        entry = recorders.entry(device_serial)
+        if entry is not None and entry.usb_serial and entry.usb_serial != usb_serial:
+            return (
+                f"recorder {device_serial} answers on USB serial {usb_serial}, "
+                f"allow-list pins {entry.usb_serial}"
+            )
+        if entry is None and not recorders.allow_unknown:
+            return f"recorder {device_serial} is not on the station's allow-list"
+        return None
+
     def _password_for(self, handle: RecorderHandle) -> str | None:
         recorders = self.config.recorders
         entry = recorders.entry_for_usb(handle.usb_serial)
@@ -303,21 +325,24 @@ class ControlSession(DockingSession):
         password = self._password_for(handle)
         if password is None:
             raise self._refuse("no recorder password configured (recorders.default_password)", where)
-        trusted = station_clock_trusted(self.config.station.clock)
+        trust = await self._clock_trust()
+        trusted = trust.trusted
 
         def work() -> tuple[Any, str, tuple[int, int, int], int, Any, ClockFacts | None]:
             with RecorderDriver(handle, backend) as driver:
                 id_code = driver.id_code()
                 driver.login(password)
                 info = driver.info()
+                if self._refusal(info.device_serial, handle.usb_serial) is not None:
+                    # Refused below, with a ledger entry: nothing more is read from, and above all
+                    # nothing is written to, a recorder that is not the one the allow-list names.
+                    return info, id_code, (0, 0, 0), 0, None, None
                 sample = driver.clock_sample()
                 tz = driver.clock().tz_offset_min
                 status = driver.status()
                 after: ClockFacts | None = None
                 offset = measure_offset_ms(*sample)
-                entry = self.config.recorders.entry(info.device_serial)
-                allowed = entry is not None or self.config.recorders.allow_unknown
-                if trusted and allowed and abs(offset) > CLOCK_TOLERANCE_MS:
+                if trusted and abs(offset) > CLOCK_TOLERANCE_MS:
                     driver.set_clock(int(time.time() * 1000), tz)
                     again = driver.clock_sample()
                     after = ClockFacts(
@@ -328,6 +353,8 @@ class ControlSession(DockingSession):
                         trusted,
                         True,
                         measure_offset_ms(*again),
+                        station_clock_source=trust.source,
+                        station_clock_reason=trust.reason,
                     )
                 return info, id_code, sample, tz, status, after
 
@@ -339,14 +366,9 @@ class ControlSession(DockingSession):
             raise self._refuse(f"recorder rejected the station's password: {exc}", where) from exc
         device_serial = info.device_serial
         data = {**where, "device_serial": device_serial}
-        entry = self.config.recorders.entry(device_serial)
-        if entry is not None and entry.usb_serial and entry.usb_serial != handle.usb_serial:
-            raise self._refuse(
-                f"recorder {device_serial} answers on USB serial {handle.usb_serial}, allow-list pins "
-                f"{entry.usb_serial}",
-                data,
-            )
-        self._allowed(device_serial, data)
+        refusal = self._refusal(device_serial, handle.usb_serial)
+        if refusal is not None:
+            raise self._refuse(refusal, data)
         identity = RecorderIdentity(
             device_serial=device_serial,
             officer_no=info.officer_no,
@@ -358,7 +380,15 @@ class ControlSession(DockingSession):
             id_code=id_code,
         )
         offset = measure_offset_ms(*sample)
-        clock = after or ClockFacts(sample[1], (sample[0] + sample[2]) // 2, offset, tz, trusted)
+        clock = after or ClockFacts(
+            sample[1],
+            (sample[0] + sample[2]) // 2,
+            offset,
+            tz,
+            trusted,
+            station_clock_source=trust.source,
+            station_clock_reason=trust.reason,
+        )
         self.store.record(
             EntryType.DEVICE_AUTHENTICATED,
             None,
@@ -374,7 +404,9 @@ class ControlSession(DockingSession):
             },
         )
         self.store.record(
-            EntryType.CLOCK_MEASURED, None, {**data, "offset_ms": offset, "station_synchronised": trusted}
+            EntryType.CLOCK_MEASURED,
+            None,
+            {**data, "offset_ms": offset, "station_synchronised": trusted, "station_clock": trust.as_dict()},
         )
         if clock.clock_set:
             self.store.record(
@@ -414,7 +446,7 @@ class VolumeSession(DockingSession):
         resumed = self._unfinished_session(found.device_serial)
         if resumed is not None:
             identity = RecorderIdentity(**{**resumed["identity"], "source": "resumed session"})
-            clock = ClockFacts(**resumed["clock"])
+            clock = ClockFacts.from_dict(resumed["clock"])
             bay = resumed["bay"] if bay is None else bay
         else:
             identity = RecorderIdentity(
@@ -425,11 +457,36 @@ class VolumeSession(DockingSession):
                 unit_name=found.unit_name,
                 source=found.source,
             )
+            docked_ms = int(time.time() * 1000)
+            trust = await self._clock_trust()
+            estimate: DeviceClockEstimate = await self._thread(self._estimate_device_clock, root, docked_ms)
             clock = ClockFacts(
-                None, int(time.time() * 1000), None, None, station_clock_trusted(self.config.station.clock)
+                None,
+                docked_ms,
+                None,
+                None,
+                trust.trusted,
+                station_clock_source=trust.source,
+                station_clock_reason=trust.reason,
+                estimate=estimate,
             )
         session = SessionInfo(str(uuid.uuid4()), self.config.station.id, bay, identity, clock)
         return await self.offload(session, root)
+
+    def _estimate_device_clock(self, root: Path, docked_ms: int) -> DeviceClockEstimate:
+        """This recorder cannot be asked its time: estimate its offset from the times on its volume."""
+        tz = self.config.usb.mass_storage_tz_offset_min
+        if tz is None:
+            tz = (time.localtime(docked_ms / 1000).tm_gmtoff or 0) // 60
+        try:
+            listing = list_volume(
+                root, max_files=self.config.offload.max_files, max_depth=self.config.offload.max_depth
+            )
+        except OSError as exc:
+            reason = f"no estimate: cannot list the volume: {exc.strerror or exc}"
+            return DeviceClockEstimate(None, reason, {})
+        files = (TimedFile(f.name, f.display_path, f.mtime_ns) for f in listing.files)
+        return estimate_device_clock_offset(files, docked_utc_ms=docked_ms, tz_offset_min=tz)
 
     def _unfinished_session(self, device_serial: str) -> dict[str, Any] | None:
         """Identity and clock facts of this recorder's interrupted USB-authenticated session, if any.
