@@ -23,6 +23,13 @@ The SHA-256 of the whole content is computed while the bytes stream in (one hash
 memory, valid at the committed offset; a rolled-back chunk restores the hasher copied at the last
 commit). After a restart the hasher is gone, so a completion reads the ``.part`` file once instead.
 
+Bounds: every upload has an expiry, kept in its record and enforced by :meth:`TusUploadStore.purge_expired`
+(run periodically by the HTTP layer): an incomplete upload expires ``expire_after_s`` after its last
+committed bytes, a complete one ``expire_complete_after_s`` after completion when no registration took
+it. A station's uploads may together declare at most ``station_quota_bytes`` (their ``Upload-Length``
+sum, counted from the records on disk so a restart forgets nothing); a creation beyond it raises
+:class:`QuotaExceededError`, so one station cannot fill the central's disk with uploads it never finishes.
+
 The store is synchronous and thread-safe; the HTTP layer calls it from worker threads. One process owns
 a store directory at a time.
 """
@@ -57,6 +64,7 @@ __all__ = [
     "InsufficientStorageError",
     "InvalidUploadIdError",
     "OffsetMismatchError",
+    "QuotaExceededError",
     "TusStoreError",
     "TusUploadStore",
     "UploadBusyError",
@@ -79,6 +87,8 @@ _INFO_SUFFIX = ".info.json"
 _MAX_INFO_BYTES = 64 * 1024
 _READ_BLOCK_BYTES = 1024 * 1024
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# How long a registration holds a complete upload's content once it asked for it (see complete_path).
+_LEASE_S = 3600.0
 
 
 class _Hasher(Protocol):
@@ -130,6 +140,20 @@ class UploadTooLargeError(TusStoreError):
 
 class InsufficientStorageError(TusStoreError):
     """The store's file system has not got room for the declared length."""
+
+
+class QuotaExceededError(TusStoreError):
+    """The station's uploads not yet registered already declare as many bytes as its quota allows."""
+
+    def __init__(self, station: str, outstanding: int, length: int, quota: int) -> None:
+        super().__init__(
+            f"station {station} has uploads of {outstanding} bytes not yet registered; {length} more would "
+            f"exceed its quota of {quota} bytes"
+        )
+        self.station = station
+        self.outstanding = outstanding
+        self.length = length
+        self.quota = quota
 
 
 class OffsetMismatchError(TusStoreError):
@@ -279,6 +303,8 @@ class _UploadState:
     # SHA-256 of content[0:info.offset] while it is known; None after a restart (re-read on completion).
     hasher: _Hasher | None
     busy: bool = False
+    # Clock time until which a registration holds the complete content (see complete_path): not purged.
+    leased_until: float = 0.0
 
 
 class TusUploadStore:
@@ -290,6 +316,8 @@ class TusUploadStore:
         *,
         max_size_bytes: int,
         expire_after_s: float,
+        expire_complete_after_s: float | None = None,
+        station_quota_bytes: int | None = None,
         commit_every_bytes: int = 16 * 1024 * 1024,
         reserve_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
@@ -298,17 +326,27 @@ class TusUploadStore:
             raise ValueError(f"max_size_bytes must be >= 0, got {max_size_bytes}")
         if expire_after_s <= 0:
             raise ValueError(f"expire_after_s must be > 0, got {expire_after_s}")
+        if expire_complete_after_s is not None and expire_complete_after_s <= 0:
+            raise ValueError(f"expire_complete_after_s must be > 0, got {expire_complete_after_s}")
+        if station_quota_bytes is not None and station_quota_bytes < 0:
+            raise ValueError(f"station_quota_bytes must be >= 0, got {station_quota_bytes}")
         if commit_every_bytes <= 0:
             raise ValueError(f"commit_every_bytes must be > 0, got {commit_every_bytes}")
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._root = root.resolve()
         self._max_size_bytes = max_size_bytes
         self._expire_after_s = float(expire_after_s)
+        self._expire_complete_after_s = float(expire_complete_after_s or expire_after_s)
+        self._station_quota_bytes = station_quota_bytes
         self._commit_every_bytes = commit_every_bytes
         self._reserve_bytes = reserve_bytes
         self._clock = clock
         self._lock = threading.Lock()
         self._states: dict[str, _UploadState] = {}
+        # Every record on disk is in _states once this is set (the quota needs all of them).
+        self._all_loaded = False
+        # Bytes of creations in progress per station (reserved against the quota before the files exist).
+        self._creating: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"TusUploadStore(root={str(self._root)!r}, max_size_bytes={self._max_size_bytes})"
@@ -325,6 +363,14 @@ class TusUploadStore:
     def expire_after_s(self) -> float:
         return self._expire_after_s
 
+    @property
+    def expire_complete_after_s(self) -> float:
+        return self._expire_complete_after_s
+
+    @property
+    def station_quota_bytes(self) -> int | None:
+        return self._station_quota_bytes
+
     def now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
@@ -334,8 +380,11 @@ class TusUploadStore:
     def _info_path(self, upload_id: str) -> Path:
         return self._root / f"{_check_id(upload_id)}{_INFO_SUFFIX}"
 
-    def _expiry(self) -> datetime:
-        return _whole_seconds(self._clock() + self._expire_after_s)
+    def _expiry(self, *, complete: bool = False) -> datetime:
+        """When an upload committed now is purged: incomplete ones after ``expire_after_s`` without new
+        bytes, complete ones ``expire_complete_after_s`` after completion if no registration took them."""
+        after_s = self._expire_complete_after_s if complete else self._expire_after_s
+        return _whole_seconds(self._clock() + after_s)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -359,6 +408,46 @@ class TusUploadStore:
             raise InsufficientStorageError(
                 f"length {length} does not fit: {free} bytes free, {self._reserve_bytes} kept in reserve"
             )
+        with self._lock:
+            self._reserve_quota_locked(station, length)
+        try:
+            return self._create(station, length, metadata)
+        finally:
+            with self._lock:
+                self._creating[station] -= length
+                if not self._creating[station]:
+                    del self._creating[station]
+
+    def outstanding_bytes(self, station: str) -> int:
+        """The sum of ``Upload-Length`` of ``station``'s uploads that count against its quota: every
+        upload in the store except incomplete ones past their expiry (they are only waiting for the
+        purge), plus creations in progress."""
+        with self._lock:
+            return self._outstanding_locked(station)
+
+    def _outstanding_locked(self, station: str) -> int:
+        if not self._all_loaded:
+            for path in sorted(self._root.iterdir()):
+                name = path.name
+                if name.endswith(_INFO_SUFFIX) and is_upload_id(name[: -len(_INFO_SUFFIX)]):
+                    self._load_locked(name[: -len(_INFO_SUFFIX)])
+            self._all_loaded = True
+        now = self.now()
+        held = sum(
+            state.info.length
+            for state in self._states.values()
+            if state.info.station == station and not self.is_expired(state.info, now)
+        )
+        return held + self._creating.get(station, 0)
+
+    def _reserve_quota_locked(self, station: str, length: int) -> None:
+        if self._station_quota_bytes is not None:
+            outstanding = self._outstanding_locked(station)
+            if outstanding + length > self._station_quota_bytes:
+                raise QuotaExceededError(station, outstanding, length, self._station_quota_bytes)
+        self._creating[station] = self._creating.get(station, 0) + length
+
+    def _create(self, station: str, length: int, metadata: Mapping[str, str] | None) -> UploadInfo:
         upload_id = secrets.token_hex(16)
         part = self._part_path(upload_id)
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -374,7 +463,7 @@ class TusUploadStore:
             offset=0,
             metadata=dict(metadata or {}),
             created=_whole_seconds(self._clock()),
-            expires=self._expiry(),
+            expires=self._expiry(complete=length == 0),
             sha256=hasher.hexdigest() if length == 0 else None,
         )
         try:
@@ -425,12 +514,20 @@ class TusUploadStore:
             raise
 
     def complete_path(self, upload_id: str) -> Path:
-        """The content file of a complete upload (its first ``length`` bytes are the content)."""
-        info = self.get(upload_id)
-        if info is None:
-            raise UploadNotFoundError(f"no upload {upload_id}")
-        if not info.complete:
-            raise UploadIncompleteError(f"upload {upload_id} has {info.offset} of {info.length} bytes")
+        """The content file of a complete upload (its first ``length`` bytes are the content).
+
+        The caller (registration) is about to move the content away: the upload is leased to it for
+        ``_LEASE_S`` seconds, during which the purge leaves it alone even past its expiry, so an expiry
+        can never pull the content from under a registration in progress.
+        """
+        with self._lock:
+            state = self._load_locked(upload_id)
+            if state is None:
+                raise UploadNotFoundError(f"no upload {upload_id}")
+            info = state.info
+            if not info.complete:
+                raise UploadIncompleteError(f"upload {upload_id} has {info.offset} of {info.length} bytes")
+            state.leased_until = self._clock() + _LEASE_S
         return self._part_path(upload_id)
 
     def remove(self, upload_id: str) -> bool:
@@ -447,10 +544,12 @@ class TusUploadStore:
         return state is not None or removed
 
     def purge_expired(self, now: datetime | None = None) -> int:
-        """Remove incomplete uploads past their expiry (and stale leftovers); returns uploads removed.
+        """Remove uploads past their expiry (and stale leftovers); returns uploads removed.
 
-        Uploads being written are skipped. Complete uploads are kept: they wait for registration, and the
-        registering side removes them.
+        Incomplete uploads expire ``expire_after_s`` after their last bytes; complete ones
+        ``expire_complete_after_s`` after completion when no registration took them (registration
+        removes them otherwise). Uploads being written, and complete ones a registration holds (see
+        :meth:`complete_path`), are skipped.
         """
         moment = now or self.now()
         stale_before = moment.timestamp() - self._expire_after_s
@@ -468,19 +567,30 @@ class TusUploadStore:
                             touched |= self._unlink_files(upload_id)
                             removed += 1
                         continue
-                    if state.busy or not self.is_expired(state.info, moment):
+                    if state.busy or not self._purge_due(state, moment):
                         continue
                     self._states.pop(upload_id, None)
                     touched |= self._unlink_files(upload_id)
                 removed += 1
-                log.info(
-                    "upload %s of station %s expired at %s with %d of %d bytes: purged",
-                    upload_id,
-                    state.info.station,
-                    _format_time(state.info.expires),
-                    state.info.offset,
-                    state.info.length,
-                )
+                if state.info.complete:
+                    log.warning(
+                        "upload %s of station %s: complete (%d bytes, sha256 %s) but never registered; "
+                        "expired at %s: purged",
+                        upload_id,
+                        state.info.station,
+                        state.info.length,
+                        state.info.sha256,
+                        _format_time(state.info.expires),
+                    )
+                else:
+                    log.info(
+                        "upload %s of station %s expired at %s with %d of %d bytes: purged",
+                        upload_id,
+                        state.info.station,
+                        _format_time(state.info.expires),
+                        state.info.offset,
+                        state.info.length,
+                    )
             elif name.endswith(_PART_SUFFIX) and is_upload_id(name[: -len(_PART_SUFFIX)]):
                 # A .part without its record is a creation that crashed before the record was written.
                 upload_id = name[: -len(_PART_SUFFIX)]
@@ -501,6 +611,11 @@ class TusUploadStore:
         return removed
 
     # -- internals -------------------------------------------------------------------------------------
+
+    def _purge_due(self, state: _UploadState, moment: datetime) -> bool:
+        if moment < state.info.expires:
+            return False
+        return not (state.info.complete and moment.timestamp() < state.leased_until)
 
     def _unlink_files(self, upload_id: str) -> bool:
         removed = False
@@ -772,7 +887,8 @@ class UploadWrite:
             else:
                 sha256 = self._store._hash_file(self.upload_id, self._info.length)
         info = dataclasses.replace(
-            self._info, offset=self._offset, expires=self._store._expiry(), sha256=sha256
+            self._info, offset=self._offset, expires=self._store._expiry(complete=sha256 is not None),
+            sha256=sha256,
         )
         self._store._write_info(info)
         self._info = info

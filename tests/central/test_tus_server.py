@@ -80,6 +80,7 @@ def store(tmp_path: Path, clock: FakeClock) -> SignallingStore:
         tmp_path / "uploads",
         max_size_bytes=MAX_SIZE,
         expire_after_s=3600,
+        expire_complete_after_s=4 * 3600,
         commit_every_bytes=256 * 1024,
         clock=clock,
     )

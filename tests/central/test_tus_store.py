@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from edge.central.tus_store import (
     ChunkChecksum,
     InvalidUploadIdError,
     OffsetMismatchError,
+    QuotaExceededError,
     TusUploadStore,
     UploadBusyError,
     UploadExpiredError,
@@ -316,7 +319,9 @@ def test_records_are_parsed_strictly(store: TusUploadStore, change: dict[str, An
         UploadInfo.from_dict(doc)
 
 
-def test_purge_removes_only_expired_incomplete_idle_uploads(store: TusUploadStore, clock: FakeClock) -> None:
+def test_purge_removes_only_expired_idle_uploads(tmp_path: Path, clock: FakeClock) -> None:
+    # Complete uploads wait longer (for their registration) than incomplete ones (for their next bytes).
+    store = make_store(tmp_path / "uploads", clock, expire_complete_after_s=7200.0)
     stale = store.create("s", 10)
     busy = store.create("s", 10)
     done = store.create("s", 1)
@@ -349,3 +354,87 @@ def test_purge_removes_only_expired_incomplete_idle_uploads(store: TusUploadStor
     assert "f" * 32 + ".part" not in names and ".leftover.info.json.1.ab.tmp" not in names
     assert "unrelated.txt" in names
     assert store.purge_expired() == 1  # the busy one, now idle
+
+
+def test_complete_uploads_never_registered_expire_after_their_own_time(
+    tmp_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge.central.tus_store")
+    store = make_store(tmp_path / "uploads", clock, expire_complete_after_s=7200.0)
+    done = store.create("s", 1)
+    clock.now_s += 3000  # completion restarts the clock: 7200 s from here
+    with store.begin_write(done.upload_id, offset=0) as write:
+        write.write(b"x")
+        write.finish()
+    empty = store.create("s", 0)  # complete at creation
+    held = store.create("s", 2)
+    with store.begin_write(held.upload_id, offset=0) as write:
+        write.write(b"yz")
+        write.finish()
+    clock.now_s += 7199
+    assert store.purge_expired() == 0
+    assert not store.is_expired(store.get(done.upload_id))  # type: ignore[arg-type]
+    # A registration asks for the content just before the expiry: it keeps it while it works.
+    store.complete_path(held.upload_id)
+    clock.now_s += 2
+    assert store.purge_expired() == 2
+    assert store.get(done.upload_id) is None and store.get(empty.upload_id) is None
+    assert not part(store, done.upload_id).exists()
+    assert store.get(held.upload_id) is not None
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(done.upload_id in m and "never registered" in m for m in messages)
+    # The lease ends; nothing registered the upload: purged.
+    clock.now_s += 3600
+    assert store.purge_expired() == 1
+    assert store.get(held.upload_id) is None
+
+
+def test_station_quota_counts_every_upload_not_yet_removed(tmp_path: Path, clock: FakeClock) -> None:
+    root = tmp_path / "uploads"
+    store = make_store(root, clock, station_quota_bytes=100)
+    first = store.create("a", 60)
+    done = store.create("a", 30)
+    with store.begin_write(done.upload_id, offset=0) as write:
+        write.write(b"d" * 30)
+        write.finish()
+    assert store.outstanding_bytes("a") == 90 and store.outstanding_bytes("b") == 0
+    with pytest.raises(QuotaExceededError) as caught:
+        store.create("a", 11)
+    assert (caught.value.outstanding, caught.value.length, caught.value.quota) == (90, 11, 100)
+    assert "station a" in str(caught.value)
+    assert len(list(root.glob("*.info.json"))) == 2  # nothing was created
+    store.create("a", 10)  # exactly the quota
+    store.create("b", 100)  # another station's quota is its own
+    # A restart counts the records on disk.
+    again = make_store(root, clock, station_quota_bytes=100)
+    with pytest.raises(QuotaExceededError):
+        again.create("a", 1)
+    # Removing an upload frees its share; an expired incomplete one no longer counts.
+    again.remove(done.upload_id)
+    assert again.outstanding_bytes("a") == 70
+    clock.now_s += 3601
+    assert again.outstanding_bytes("a") == 0
+    again.create("a", 100)
+    assert again.get(first.upload_id) is not None  # counted out, not yet purged
+
+
+def test_concurrent_creations_cannot_overshoot_the_quota(tmp_path: Path, clock: FakeClock) -> None:
+    store = make_store(tmp_path / "uploads", clock, station_quota_bytes=1000)
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def create() -> None:
+        start.wait()
+        try:
+            store.create("a", 300)
+            outcomes.append("created")
+        except QuotaExceededError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
+    assert store.outstanding_bytes("a") == 900
