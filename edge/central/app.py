@@ -1,8 +1,17 @@
 """The central receiver's aiohttp application: tus uploads, station endpoints, the Merkle log, the read side.
 
-Every endpoint lives under ``/v1``; every error is ``{"error": code, "detail": sentence}``. Station
-endpoints act only for the calling station (its certificate's CN, or the development header); the read
-side is for readers (auditors) and logs every read before serving it.
+Every endpoint lives under ``/v1``; every error is ``{"error": code, "detail": sentence}`` (with
+``Tus-Resumable`` under ``/v1/uploads``), including the refusals aiohttp makes itself (see
+:mod:`edge.central.http_server`). Station endpoints act only for the calling station (its certificate's
+CN, or the development header): ``/v1/log/inclusion`` answers a station only for its own items, with the
+same 404 whether another station's item exists or not. The read side is for readers (auditors) and logs
+every read before serving it.
+
+Bounds (``[server]`` in the configuration): at most ``max_concurrent_requests`` requests in progress and
+``max_buffered_body_mb`` of JSON bodies held in memory together (503 with ``Retry-After`` beyond either),
+each JSON body at most ``max_json_body_mb``; numbers in query strings are ASCII digits only
+(:mod:`edge.central.numbers`). A client that disconnects mid-request is logged as such (INFO, no
+traceback, status 499 in the access log), never as an internal error.
 
 :func:`build_app` wires the parts from the configuration; :class:`CentralParts` is what it built, kept on
 the application (``app[CENTRAL]``) for the service and for tests.
@@ -21,21 +30,31 @@ from aiohttp import web
 
 from edge.central.auth import Authenticator
 from edge.central.config import CentralConfig
+from edge.central.http_server import (
+    CLIENT_GONE,
+    add_response_headers,
+    client_is_gone,
+    hold_body,
+    request_middleware,
+)
 from edge.central.identity import load_signing_key
 from edge.central.index import CentralIndex
+from edge.central.limits import BodyBudget, HttpBounds, RequestLimiter
 from edge.central.log import MerkleLog
 from edge.central.log import create_schema as create_log_schema
+from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.objects import FileObjectStore
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
-from edge.central.tus import add_tus_routes, tus_purge_task
+from edge.central.tus import TusRequestError, add_tus_routes, tus_purge_task
 from edge.central.tus_store import TusUploadStore
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.keys import StationKey
 
 __all__ = [
+    "BOUNDS",
     "CENTRAL",
-    "MAX_JSON_BODY_BYTES",
+    "TUS_BASE_PATH",
     "CentralParts",
     "build_app",
     "error_response",
@@ -45,9 +64,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# A ledger segment of 10 000 entries is a few MiB; the body limit leaves room and no more.
-MAX_JSON_BODY_BYTES = 32 << 20
-# Expired incomplete uploads are looked for this often (bounded both ways around the expiry time).
+TUS_BASE_PATH = "/v1/uploads"
+# Expired uploads are looked for this often (bounded both ways around the shorter expiry time).
 _PURGE_MIN_INTERVAL_S = 60.0
 _PURGE_MAX_INTERVAL_S = 3600.0
 
@@ -67,6 +85,7 @@ class CentralParts:
 
 
 CENTRAL = web.AppKey("central", CentralParts)
+BOUNDS = web.AppKey("central-bounds", HttpBounds)
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -83,40 +102,29 @@ def rejection_response(rejection: Rejection) -> web.Response:
     return error_response(str(rejection.code), rejection.detail, rejection.status)
 
 
-_HTTP_EXCEPTIONS: dict[int, type[web.HTTPException]] = {
-    400: web.HTTPBadRequest,
-    401: web.HTTPUnauthorized,
-    403: web.HTTPForbidden,
-    404: web.HTTPNotFound,
-    409: web.HTTPConflict,
-    408: web.HTTPRequestTimeout,
-    413: web.HTTPRequestEntityTooLarge,
-    422: web.HTTPUnprocessableEntity,
-    500: web.HTTPInternalServerError,
-    503: web.HTTPServiceUnavailable,
-}
-
-
-def rejection_exception(rejection: Rejection) -> web.HTTPException:
-    """The rejection as a raisable aiohttp exception with the JSON body (for callbacks that must raise)."""
-    cls = _HTTP_EXCEPTIONS.get(rejection.status, web.HTTPForbidden)
-    body = canonical_json({"error": str(rejection.code), "detail": rejection.detail}).decode("utf-8")
-    if cls is web.HTTPRequestEntityTooLarge:
-        return web.HTTPRequestEntityTooLarge(max_size=MAX_JSON_BODY_BYTES, actual_size=0, text=body,
-                                             content_type="application/json")
-    return cls(text=body, content_type="application/json")
+def _busy(bounds: HttpBounds, what: str) -> Rejection:
+    return Rejection(RejectCode.SERVER_BUSY, f"the central holds {bounds.budget.max_bytes} bytes of request "
+                                             f"bodies, its configured maximum, and cannot take {what} now; "
+                                             f"retry after {bounds.limiter.retry_after_s} s")
 
 
 async def read_json_body(request: web.Request, *, stall_timeout_s: float) -> object:
-    """The request body parsed strictly as JSON; raises :class:`Rejection` (too large, stalled, not JSON).
+    """The request body parsed strictly as JSON; raises :class:`Rejection` (too large, stalled, not JSON,
+    no room in the body budget).
 
     The body is read in pieces with a deadline per piece, so a client that stops sending cannot hold a
-    connection (and a handler) open indefinitely; the size bound is enforced while reading.
+    connection (and a handler) open indefinitely; the size bound and the application's body budget
+    (:class:`~edge.central.limits.BodyBudget`, held until the request ends) are enforced while reading.
     """
+    bounds = request.app[BOUNDS]
+    max_bytes = bounds.max_json_body_bytes
     declared = request.content_length
-    if declared is not None and declared > MAX_JSON_BODY_BYTES:
+    if declared is not None and declared > max_bytes:
         raise Rejection(RejectCode.TOO_LARGE, f"the request body declares {declared} bytes; at most "
-                                              f"{MAX_JSON_BODY_BYTES} are accepted")
+                                              f"{max_bytes} are accepted")
+    if declared is not None and not hold_body(request, bounds.budget, declared):
+        raise _busy(bounds, f"a body of {declared} bytes")
+    held = declared or 0
     pieces: list[bytes] = []
     received = 0
     while True:
@@ -129,8 +137,13 @@ async def read_json_body(request: web.Request, *, stall_timeout_s: float) -> obj
         if not piece:
             break
         received += len(piece)
-        if received > MAX_JSON_BODY_BYTES:
-            raise Rejection(RejectCode.TOO_LARGE, f"the request body exceeds {MAX_JSON_BODY_BYTES} bytes")
+        if received > max_bytes:
+            raise Rejection(RejectCode.TOO_LARGE, f"the request body exceeds {max_bytes} bytes")
+        if received > held:
+            # A chunked body declares no length: hold its bytes as they come.
+            if not hold_body(request, bounds.budget, received - held):
+                raise _busy(bounds, f"{received} bytes of this body")
+            held = received
         pieces.append(piece)
     raw = b"".join(pieces)
     if not raw:
@@ -144,13 +157,22 @@ async def read_json_body(request: web.Request, *, stall_timeout_s: float) -> obj
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _refusal(request: web.Request, response: web.Response) -> web.Response:
+    """Finish a refusal: ``Retry-After`` on 503, and no keep-alive when the body was left unread."""
+    if response.status == 503:
+        response.headers.setdefault("Retry-After", str(request.app[BOUNDS].limiter.retry_after_s))
+    if request.body_exists and not request.content.is_eof():
+        response.force_close()
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every refusal as ``{"error", "detail"}`` JSON, whoever raised it."""
+    """Every refusal as ``{"error", "detail"}`` JSON, whoever raised it; a vanished client is not an error."""
     try:
         return await handler(request)
     except Rejection as rejection:
-        return rejection_response(rejection)
+        return _refusal(request, rejection_response(rejection))
     except web.HTTPException as exc:
         if exc.content_type == "application/json" or exc.status < 400:
             raise
@@ -162,11 +184,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         for name in ("Allow",):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
-        return response
+        return _refusal(request, response)
+    except ConnectionError as exc:
+        if not client_is_gone(request):
+            # Not our client's connection (a backend's, say): a real failure.
+            return _internal_error(request)
+        request[CLIENT_GONE] = True
+        log.info("%s %s from %s: the client disconnected before the answer (%s)", request.method,
+                 request.path[:200], request.remote, exc)
+        # Never sent (the connection is gone); aiohttp drops it quietly.
+        return error_response("client_gone", "the connection ended during the request", 400)
     except Exception:
-        log.exception("internal error in %s %s", request.method, request.path[:200])
-        return error_response(RejectCode.INTERNAL_ERROR, "the central failed to handle this request; it was "
-                                                         "logged", HTTP_STATUS[RejectCode.INTERNAL_ERROR])
+        return _internal_error(request)
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    log.exception("internal error in %s %s", request.method, request.path[:200])
+    return error_response(RejectCode.INTERNAL_ERROR, "the central failed to handle this request; it was "
+                                                     "logged", HTTP_STATUS[RejectCode.INTERNAL_ERROR])
 
 
 class StationEndpoints:
@@ -177,11 +212,11 @@ class StationEndpoints:
         self.stall_timeout_s = parts.config.uploads.chunk_timeout_s
 
     async def identify(self, request: web.Request) -> str:
-        """The tus layer's caller: an enrolled, active station, or an HTTP error with a JSON body."""
+        """The tus layer's caller: an enrolled, active station, or a tus refusal with a JSON body."""
         try:
             return self.parts.auth.station(request).station_id
         except Rejection as rejection:
-            raise rejection_exception(rejection) from None
+            raise TusRequestError(rejection.status, str(rejection.code), rejection.detail) from None
 
     def _recorded(self, rejection: Rejection, caller: Caller) -> Rejection:
         return self.parts.registrar.reject(rejection, station=caller.station_id, remote=caller.remote)
@@ -234,9 +269,18 @@ class StationEndpoints:
         return json_response({"first": first, "second": second, "proof": [h.hex() for h in proof]})
 
     async def inclusion(self, request: web.Request) -> web.Response:
-        self.parts.auth.station_or_reader(request)
+        principal = self.parts.auth.station_or_reader(request)
         item = request.query.get("item", "")
         receipt = self.parts.registrar.receipt_for(item) if item else None
+        if receipt is not None and principal.kind == "station":
+            # A station learns about its own items only; another station's item answers exactly like an
+            # item that does not exist, so the answer does not tell which items exist.
+            record = self.parts.index.item(item)
+            if record is None or record.station != principal.name:
+                if record is not None:
+                    log.warning("station %s asked for the inclusion proof of item %s of station %s",
+                                principal.name, item, record.station)
+                receipt = None
         if receipt is None:
             raise Rejection(RejectCode.NOT_FOUND, f"no accepted item {item[:80]!r} in the log")
         return json_response(receipt.to_dict())
@@ -244,10 +288,13 @@ class StationEndpoints:
 
 def _size_param(request: web.Request, name: str) -> int:
     values = request.query.getall(name, [])
-    if len(values) != 1 or not values[0].isdigit() or len(values[0]) > 19:
+    if len(values) != 1:
         raise Rejection(RejectCode.BAD_REQUEST, f"query parameter {name} must be given once as a tree size "
-                                                f"(a non-negative integer), found {values[:2]!r}")
-    return int(values[0])
+                                                f"(a non-negative integer), found {len(values)} values")
+    try:
+        return parse_ascii_uint(values[0])
+    except AsciiNumberError as exc:
+        raise Rejection(RejectCode.BAD_REQUEST, f"query parameter {name} is a tree size: {exc}") from None
 
 
 def build_app(config: CentralConfig, *, signing_key: StationKey | None = None) -> web.Application:
@@ -264,7 +311,9 @@ def build_app(config: CentralConfig, *, signing_key: StationKey | None = None) -
         merkle = MerkleLog(index.conn, key, config.central.id)
         objects = FileObjectStore(layout.objects_dir)
         uploads = TusUploadStore(layout.uploads_dir, max_size_bytes=config.uploads.max_size_bytes,
-                                 expire_after_s=config.uploads.expire_incomplete_s)
+                                 expire_after_s=config.uploads.expire_incomplete_s,
+                                 expire_complete_after_s=config.uploads.expire_unregistered_s,
+                                 station_quota_bytes=config.uploads.station_quota_bytes)
     except BaseException:
         index.close()
         raise
@@ -275,10 +324,17 @@ def build_app(config: CentralConfig, *, signing_key: StationKey | None = None) -
 
     auth = Authenticator(index, dev_mode=config.server.insecure_plain_http, on_reject=record)
     parts = CentralParts(config, index, objects, merkle, uploads, registrar, auth, key)
-    app = web.Application(client_max_size=MAX_JSON_BODY_BYTES, middlewares=[error_middleware])
+    server = config.server
+    bounds = HttpBounds(RequestLimiter(server.max_concurrent_requests, retry_after_s=server.retry_after_s),
+                        BodyBudget(server.max_buffered_body_bytes), server.max_json_body_bytes)
+    app = web.Application(client_max_size=server.max_json_body_bytes,
+                          middlewares=[request_middleware(bounds.limiter, bounds.budget), error_middleware])
     app[CENTRAL] = parts
+    app[BOUNDS] = bounds
+    app.on_response_prepare.append(add_response_headers(TUS_BASE_PATH))
     stations = StationEndpoints(parts)
-    add_tus_routes(app, uploads, identify=stations.identify, chunk_timeout_s=config.uploads.chunk_timeout_s)
+    add_tus_routes(app, uploads, base_path=TUS_BASE_PATH, identify=stations.identify,
+                   chunk_timeout_s=config.uploads.chunk_timeout_s, limiter=bounds.limiter)
     app.router.add_get("/v1/stations/{station}/ledger/head", stations.ledger_head)
     app.router.add_post("/v1/stations/{station}/ledger", stations.post_ledger)
     app.router.add_post("/v1/stations/{station}/items", stations.post_item)
@@ -286,7 +342,7 @@ def build_app(config: CentralConfig, *, signing_key: StationKey | None = None) -
     app.router.add_get("/v1/log/consistency", stations.consistency)
     app.router.add_get("/v1/log/inclusion", stations.inclusion)
     add_read_routes(app, parts)
-    expire_s = config.uploads.expire_incomplete_s
+    expire_s = min(config.uploads.expire_incomplete_s, config.uploads.expire_unregistered_s)
     interval_s = min(_PURGE_MAX_INTERVAL_S, max(_PURGE_MIN_INTERVAL_S, expire_s / 10))
     app.cleanup_ctx.append(tus_purge_task(uploads, interval_s))
     app.cleanup_ctx.append(_close_index(index))

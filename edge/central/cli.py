@@ -68,7 +68,7 @@ def cmd_central_run(args: argparse.Namespace) -> int:
 
     try:
         result: int = run_central(config)
-    except IdentityError as exc:
+    except (IdentityError, ConfigError) as exc:
         # Missing or unsafe keys and certificates: restarting cannot fix them, an operator must.
         _say(f"error: {exc}")
         return EXIT_CONFIG

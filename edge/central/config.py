@@ -29,6 +29,7 @@ __all__ = [
     "ServerSection",
     "UploadsSection",
     "default_server_names",
+    "is_loopback_listen",
     "load_central_config",
     "parse_central_config",
 ]
@@ -48,6 +49,14 @@ def default_server_names() -> list[str]:
 def _is_dns_name(name: str) -> bool:
     labels = name.rstrip(".").split(".")
     return len(name) <= 253 and all(_DNS_LABEL.match(label) for label in labels)
+
+
+def is_loopback_listen(listen: str) -> bool:
+    """Whether a ``listen`` value names this host only: a loopback IP address, or ``localhost``."""
+    try:
+        return ipaddress.ip_address(listen).is_loopback
+    except ValueError:
+        return listen.rstrip(".").lower() == "localhost"
 
 
 def _absolute(value: Path, what: str) -> Path:
@@ -96,6 +105,34 @@ class ServerSection(StrictModel):
     tls_key: Path | None = Field(
         None, description="Server private key (PEM, mode 0600); empty: <store_dir>/identity/server.key"
     )
+    max_concurrent_requests: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Requests in progress at once (uploads included); more get 503 with Retry-After",
+    )
+    max_json_body_mb: int = Field(
+        32, ge=1, le=1024, description="Largest JSON request body (a ledger segment, a registration), in MiB"
+    )
+    max_buffered_body_mb: int = Field(
+        256,
+        ge=1,
+        le=64 * 1024,
+        description="JSON request bodies held in memory together, in MiB; more get 503 with Retry-After",
+    )
+    retry_after_s: int = Field(
+        10, ge=1, le=3600, description="Retry-After sent with 503 (busy) and 507 (quota) refusals, in seconds"
+    )
+    request_header_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="A connection must deliver a complete request head this long after it opened or after "
+        "its previous response, or it is closed (slow headers, idle keep-alive, TLS handshake)",
+    )
+    access_log: bool = Field(
+        True, strict=True, description="One line per request on the edge.central.access logger"
+    )
 
     @field_validator("listen")
     @classmethod
@@ -139,6 +176,33 @@ class ServerSection(StrictModel):
             raise ValueError("tls_cert and tls_key must be given together (or both left empty)")
         return self
 
+    @model_validator(mode="after")
+    def _plain_http_on_loopback_only(self) -> ServerSection:
+        # Without TLS anyone who reaches the port can claim any station: only this host may reach it.
+        if self.insecure_plain_http and not is_loopback_listen(self.listen):
+            raise ValueError(
+                f"insecure_plain_http serves without authentication, so listen must be a loopback address "
+                f"(127.0.0.1, ::1 or localhost), found {self.listen!r}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_json_body_fits_the_buffer(self) -> ServerSection:
+        if self.max_buffered_body_mb < self.max_json_body_mb:
+            raise ValueError(
+                f"max_buffered_body_mb ({self.max_buffered_body_mb}) must be at least max_json_body_mb "
+                f"({self.max_json_body_mb}), or the largest JSON body could never be accepted"
+            )
+        return self
+
+    @property
+    def max_json_body_bytes(self) -> int:
+        return self.max_json_body_mb << 20
+
+    @property
+    def max_buffered_body_bytes(self) -> int:
+        return self.max_buffered_body_mb << 20
+
 
 class UploadsSection(StrictModel):
     max_size_mb: int = Field(65536, gt=0, le=16 << 20, description="Largest upload accepted, in MiB")
@@ -148,6 +212,28 @@ class UploadsSection(StrictModel):
     chunk_timeout_s: float = Field(
         60.0, gt=0, le=3600, description="A request body that stalls this long is cut off (slow clients)"
     )
+    expire_unregistered_h: float = Field(
+        72.0,
+        gt=0,
+        le=24 * 365,
+        description="Complete uploads that no registration took are purged this many hours after completion",
+    )
+    station_quota_mb: int = Field(
+        262144,
+        gt=0,
+        le=1 << 30,
+        description="Per station: the sum of Upload-Length of its uploads not yet registered, in MiB; "
+        "a creation beyond it gets 507 quota_exceeded with Retry-After",
+    )
+
+    @model_validator(mode="after")
+    def _largest_upload_fits_the_quota(self) -> UploadsSection:
+        if self.station_quota_mb < self.max_size_mb:
+            raise ValueError(
+                f"station_quota_mb ({self.station_quota_mb}) must be at least max_size_mb "
+                f"({self.max_size_mb}), or the largest upload could never be created"
+            )
+        return self
 
     @property
     def max_size_bytes(self) -> int:
@@ -156,6 +242,14 @@ class UploadsSection(StrictModel):
     @property
     def expire_incomplete_s(self) -> float:
         return self.expire_incomplete_h * 3600.0
+
+    @property
+    def expire_unregistered_s(self) -> float:
+        return self.expire_unregistered_h * 3600.0
+
+    @property
+    def station_quota_bytes(self) -> int:
+        return self.station_quota_mb << 20
 
 
 class IdentitySection(StrictModel):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from aiohttp import web
 
 from edge.central.index import CentralIndexError, ItemQuery, ItemRecord, validate_station_id
+from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.registration import RejectCode, Rejection
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
@@ -94,10 +95,10 @@ def parse_item_query(params: Any) -> ItemQuery:
             values[name] = value
     limit = _DEFAULT_LIMIT
     if "limit" in values:
-        text = values["limit"]
-        if not text.isdigit() or not 1 <= int(text[:5]) <= _MAX_LIMIT or len(text) > 5:
-            raise _bad(f"limit must be an integer 1-{_MAX_LIMIT}, found {text[:20]!r}")
-        limit = int(text)
+        try:
+            limit = parse_ascii_uint(values["limit"], minimum=1, maximum=_MAX_LIMIT)
+        except AsciiNumberError as exc:
+            raise _bad(f"limit must be an integer 1-{_MAX_LIMIT}: {exc}") from None
     if "station" in values:
         try:
             validate_station_id(values["station"])

@@ -91,6 +91,8 @@ class RejectCode(StrEnum):
     REQUEST_TIMEOUT = "request_timeout"
     ACCESS_LOG_UNAVAILABLE = "access_log_unavailable"
     INTERNAL_ERROR = "internal_error"
+    # The central is at a configured bound (requests, buffered bodies): retry after Retry-After.
+    SERVER_BUSY = "server_busy"
 
 
 HTTP_STATUS: dict[RejectCode, int] = {
@@ -119,6 +121,7 @@ HTTP_STATUS: dict[RejectCode, int] = {
     RejectCode.REQUEST_TIMEOUT: 408,
     RejectCode.ACCESS_LOG_UNAVAILABLE: 503,
     RejectCode.INTERNAL_ERROR: 500,
+    RejectCode.SERVER_BUSY: 503,
 }
 
 

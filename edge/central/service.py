@@ -1,8 +1,12 @@
 """Running the central receiver: under systemd (`run_central`) or inside a test or demo (`start_central`).
 
 `run_central` blocks until SIGTERM or SIGINT, tells systemd when it is ready (Type=notify) and pings the
-watchdog while the event loop turns. The application is served over HTTPS with mutual TLS; plain HTTP
-only in the development mode the configuration must ask for.
+watchdog while the event loop turns. The application is served over HTTPS with mutual TLS, each
+connection a :class:`~edge.central.http_server.CentralProtocol` (request-head deadline, access log). Plain
+HTTP only in the development mode the configuration must ask for, and then only on a loopback address:
+the configuration refuses anything else, and so does :func:`start_central` once more, on the addresses
+the name resolves to and on the sockets actually bound (a ``localhost`` that resolves elsewhere, a
+configuration built without validation).
 """
 
 from __future__ import annotations
@@ -12,13 +16,16 @@ import contextlib
 import ipaddress
 import logging
 import signal
+import socket
 import ssl
 
 from aiohttp import web
 
-from edge.central.app import CENTRAL, CentralParts, build_app
-from edge.central.config import CentralConfig
+from edge.central.app import BOUNDS, CENTRAL, CentralParts, build_app
+from edge.central.config import CentralConfig, ConfigError
+from edge.central.http_server import listen
 from edge.central.identity import server_ssl_context
+from edge.central.limits import HttpBounds
 from edge.custody.keys import StationKey
 from edge.runtime.sdnotify import SystemdNotifier
 
@@ -33,9 +40,19 @@ _SHUTDOWN_TIMEOUT_S = 10.0
 class RunningCentral:
     """A central serving in the current event loop."""
 
-    def __init__(self, runner: web.AppRunner, parts: CentralParts, url: str, port: int) -> None:
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        server: asyncio.Server,
+        parts: CentralParts,
+        bounds: HttpBounds,
+        url: str,
+        port: int,
+    ) -> None:
         self._runner = runner
+        self._server = server
         self.parts = parts
+        self.bounds = bounds
         self.url = url
         self.port = port
         self._stopped = False
@@ -48,6 +65,7 @@ class RunningCentral:
         if self._stopped:
             return
         self._stopped = True
+        self._server.close()
         await self._runner.cleanup()
         log.info("central at %s stopped", self.url)
 
@@ -63,23 +81,57 @@ def _url_host(listen: str) -> str:
     return f"[{address}]" if address.version == 6 else str(address)
 
 
+def _not_loopback(addresses: list[str]) -> list[str]:
+    return [address for address in addresses if not ipaddress.ip_address(address.split("%")[0]).is_loopback]
+
+
+async def _refuse_plain_http_beyond_loopback(config: CentralConfig) -> None:
+    """Plain HTTP believes identity headers: it must not be reachable from another host."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(config.server.listen, config.server.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"server.listen: cannot resolve {config.server.listen!r}: {exc}") from None
+    outside = _not_loopback([str(info[4][0]) for info in infos])
+    if outside:
+        raise ConfigError(
+            f"server.listen: insecure_plain_http must listen on loopback only, but {config.server.listen!r} "
+            f"resolves to {', '.join(sorted(set(outside)))}"
+        )
+
+
 async def start_central(config: CentralConfig, *, signing_key: StationKey | None = None) -> RunningCentral:
-    """Build the application and serve it on the configured address; stop it with ``.stop()``."""
+    """Build the application and serve it on the configured address; stop it with ``.stop()``.
+
+    Raises :class:`ConfigError` when development mode (plain HTTP) would be reachable beyond loopback.
+    """
     ssl_context: ssl.SSLContext | None = None
-    if not config.server.insecure_plain_http:
+    if config.server.insecure_plain_http:
+        await _refuse_plain_http_beyond_loopback(config)
+    else:
         ssl_context = server_ssl_context(config)
     app = build_app(config, signing_key=signing_key)
     runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT_S, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(
-            runner, host=config.server.listen, port=config.server.port, ssl_context=ssl_context
+        server = await listen(
+            runner,
+            host=config.server.listen,
+            port=config.server.port,
+            ssl_context=ssl_context,
+            head_timeout_s=config.server.request_header_timeout_s,
+            access_log=config.server.access_log,
         )
-        await site.start()
     except BaseException:
         await runner.cleanup()
         raise
-    port = int(runner.addresses[0][1])
+    bound = [str(sock.getsockname()[0]) for sock in server.sockets]
+    if ssl_context is None and _not_loopback(bound):
+        server.close()
+        await runner.cleanup()
+        raise ConfigError(f"server.listen: insecure_plain_http must listen on loopback only, but the server "
+                          f"was bound to {', '.join(bound)}; it was closed at once")
+    port = int(server.sockets[0].getsockname()[1])
     scheme = "http" if ssl_context is None else "https"
     url = f"{scheme}://{_url_host(config.server.listen)}:{port}"
     if ssl_context is None:
@@ -87,14 +139,14 @@ async def start_central(config: CentralConfig, *, signing_key: StationKey | None
                     config.central.id, url)
     else:
         log.info("central %s listening on %s (mutual TLS)", config.central.id, url)
-    return RunningCentral(runner, app[CENTRAL], url, port)
+    return RunningCentral(runner, server, app[CENTRAL], app[BOUNDS], url, port)
 
 
 def run_central(config: CentralConfig) -> int:
     """Serve until SIGTERM/SIGINT; 0 on a clean stop, 1 when the server cannot start (port in use, ...).
 
-    Identity problems (missing CA or keys) raise :class:`edge.central.identity.IdentityError` for the
-    command line to report.
+    Identity problems (missing CA or keys) raise :class:`edge.central.identity.IdentityError`, and plain
+    HTTP beyond loopback :class:`ConfigError`, for the command line to report.
     """
     return asyncio.run(_serve(config))
 

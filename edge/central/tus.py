@@ -7,11 +7,19 @@ Who may touch an upload: ``identify(request)`` (supplied by the application: the
 station, or a header in development mode) names the caller; an upload belongs to the station that created
 it, and any other station gets the same 404 as for an upload that never existed.
 
-Every refusal is a JSON body ``{"error": code, "detail": sentence}`` naming the header and what was wrong.
-Request bodies stream to disk in blocks of at most ``_WRITE_BLOCK_BYTES`` whatever their size; a body that
-sends nothing for ``chunk_timeout_s`` ends the request (408, connection closed), keeping the bytes that
-arrived unless the request declared a checksum (a partial chunk cannot be verified). A client that
-disconnects (or a handler cancelled by the server) is treated the same way.
+Every refusal is a JSON body ``{"error": code, "detail": sentence}`` naming the header and what was wrong,
+with ``Tus-Resumable`` (tus requires it on every response). Numbers in headers are ASCII digits only
+(:mod:`edge.central.numbers`). Request bodies stream to disk in blocks of at most ``_WRITE_BLOCK_BYTES``
+whatever their size; a body that sends nothing for ``chunk_timeout_s`` ends the request (408, connection
+closed), keeping the bytes that arrived unless the request declared a checksum (a partial chunk cannot be
+verified). A client that disconnects (or a handler cancelled by the server) is treated the same way, and
+logged as an ordinary event (INFO), not as a failure. A ``Transfer-Encoding`` other than ``chunked`` is
+refused with 501 before any byte is read: the offsets count content bytes, and nothing is decoded.
+
+Bounds: a creation that would take the station's uploads not yet registered beyond its quota gets
+``507 quota_exceeded`` with ``Retry-After``. 507 and not 413, because it passes (as uploads complete and
+register, or expire) and tus clients retry a 5xx but treat a 413 as final. When the application's request
+limiter is saturated, ``Expect: 100-continue`` requests get their 503 before they send a body.
 
 Choices the protocol leaves open:
 
@@ -47,12 +55,16 @@ from typing import TypeVar
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from edge.central.http_server import CLIENT_GONE
+from edge.central.limits import RequestLimiter
+from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.tus_store import (
     CHECKSUM_ALGORITHMS,
     ChecksumMismatchError,
     ChunkChecksum,
     InsufficientStorageError,
     OffsetMismatchError,
+    QuotaExceededError,
     TusUploadStore,
     UploadBusyError,
     UploadExpiredError,
@@ -90,14 +102,13 @@ OFFSET_OCTET_STREAM = "application/offset+octet-stream"
 METADATA_MAX_CHARS = 4096
 METADATA_MAX_PAIRS = 32
 METADATA_KEY_MAX_CHARS = 64
-# A 64-bit byte count has at most 19 decimal digits; anything longer is not a size.
-_MAX_DECIMAL_DIGITS = 19
-_DECIMAL_RE = re.compile(r"[0-9]+")
 _METADATA_KEY_RE = re.compile(r"[!-+\--~]+")  # printable ASCII without space and comma
 _SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
 _ITEM_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _WRITE_BLOCK_BYTES = 1024 * 1024
 _REASONS = {460: "Checksum Mismatch"}
+# Retry-After of 503/507 refusals when the application gives no limiter to take it from.
+_DEFAULT_RETRY_AFTER_S = 10
 
 Identify = Callable[[web.Request], Awaitable[str]]
 OnComplete = Callable[[UploadInfo], Awaitable[None]]
@@ -137,14 +148,12 @@ class TusRequestError(Exception):
 
 
 def parse_decimal(header: str, value: str) -> int:
-    """A non-negative decimal byte count as tus sends it (ASCII digits only, no sign, no spaces)."""
-    if not value:
-        raise TusHeaderError(header, "expected a non-negative decimal integer, got an empty value")
-    if _DECIMAL_RE.fullmatch(value) is None:
-        raise TusHeaderError(header, f"expected a non-negative decimal integer, got {value[:40]!r}")
-    if len(value) > _MAX_DECIMAL_DIGITS:
-        raise TusHeaderError(header, f"expected at most {_MAX_DECIMAL_DIGITS} digits, got {len(value)}")
-    return int(value)
+    """A non-negative decimal byte count as tus sends it (see :mod:`edge.central.numbers`: ASCII digits
+    only, no sign, no spaces, at most 19 digits)."""
+    try:
+        return parse_ascii_uint(value)
+    except AsciiNumberError as exc:
+        raise TusHeaderError(header, str(exc)) from None
 
 
 def _has_control(text: str) -> bool:
@@ -309,11 +318,14 @@ class _TusEndpoints:
         identify: Identify,
         chunk_timeout_s: float,
         on_complete: OnComplete | None,
+        limiter: RequestLimiter | None,
     ) -> None:
         self._store = store
         self._identify = identify
         self._chunk_timeout_s = chunk_timeout_s
         self._on_complete = on_complete
+        self._limiter = limiter
+        self._retry_after_s = limiter.retry_after_s if limiter is not None else _DEFAULT_RETRY_AFTER_S
 
     # -- request plumbing ----------------------------------------------------------------------------
 
@@ -325,6 +337,12 @@ class _TusEndpoints:
             try:
                 return await handler(request)
             except TusRequestError as err:
+                if err.code == "client_gone":
+                    # An ordinary event: the station resumes from the offset its next HEAD reports.
+                    request[CLIENT_GONE] = True
+                    log.info("tus %s %r: the client disconnected during the body; upload offset now %s",
+                             request.method, request.path, err.headers.get("Upload-Offset", "unchanged"))
+                    return _error_response(request, err)  # never sent: the connection is gone
                 level = logging.INFO if err.status in (404, 409, 410) else logging.WARNING
                 log.log(
                     level,
@@ -339,8 +357,11 @@ class _TusEndpoints:
                 if err.close:
                     # A stalled client: answer, then drop the connection at once rather than let the
                     # server linger on a body that is not coming.
-                    await response.prepare(request)
-                    await response.write_eof()
+                    try:
+                        await response.prepare(request)
+                        await response.write_eof()
+                    except ConnectionError:
+                        request[CLIENT_GONE] = True
                     if request.transport is not None:
                         request.transport.close()
                 return response
@@ -360,7 +381,11 @@ class _TusEndpoints:
             )
 
     async def _caller(self, request: web.Request) -> str:
-        station = await self._identify(request)
+        try:
+            station = await self._identify(request)
+        except web.HTTPException as exc:
+            # An identify callback that speaks aiohttp: the refusal still goes out as tus JSON.
+            raise TusRequestError(exc.status, f"http_{exc.status}", exc.text or exc.reason) from None
         if not isinstance(station, str) or not station:
             raise TusRequestError(403, "no_identity", "the request carries no station identity")
         return station
@@ -394,6 +419,15 @@ class _TusEndpoints:
             # aiohttp would decompress it, and the offsets would no longer count the bytes sent.
             raise TusRequestError(
                 415, "unsupported_media_type", f"Content-Encoding: expected identity, got {encoding[:40]!r}"
+            )
+        codings = [value.strip().lower() for value in request.headers.getall("Transfer-Encoding", [])]
+        if codings and codings != ["chunked"]:
+            # aiohttp removes the chunked framing and nothing else: a gzip coding would be stored as is.
+            raise TusRequestError(
+                501,
+                "unsupported_transfer_coding",
+                f"Transfer-Encoding: only chunked is accepted, got {', '.join(codings)[:80]!r}",
+                close=True,
             )
 
     @staticmethod
@@ -442,7 +476,12 @@ class _TusEndpoints:
                         close=True,
                     )
                     break
-                except (ConnectionError, HttpProcessingError) as exc:
+                except ConnectionError as exc:
+                    failure = TusRequestError(
+                        400, "client_gone", f"the connection ended during the body: {exc}", close=True
+                    )
+                    break
+                except HttpProcessingError as exc:
                     failure = TusRequestError(
                         400, "body_interrupted", f"the request body ended early: {exc}", close=True
                     )
@@ -582,6 +621,13 @@ class _TusEndpoints:
                 f"Upload-Length: {length} bytes exceeds the maximum upload size {self._store.max_size_bytes}",
                 headers={"Tus-Max-Size": str(self._store.max_size_bytes)},
             )
+        quota = self._store.station_quota_bytes
+        if quota is not None:
+            # Decided again, atomically, by the store's create; checked here so that a refusal can come
+            # before the body of an Expect: 100-continue request.
+            outstanding = await _blocking(self._store.outstanding_bytes, station)
+            if outstanding + length > quota:
+                raise self._over_quota(QuotaExceededError(station, outstanding, length, quota))
         checksum: ChunkChecksum | None = None
         if request.body_exists:
             self._check_body_type(request)
@@ -589,12 +635,23 @@ class _TusEndpoints:
             self._check_fits(request, 0, length)
         return _Creation(station, length, metadata, checksum)
 
+    def _over_quota(self, exc: QuotaExceededError) -> TusRequestError:
+        log.warning("station %s: upload creation refused: %s", exc.station, exc)
+        return TusRequestError(
+            507,
+            "quota_exceeded",
+            f"Upload-Length: {exc}; finish or register those uploads, or retry after {self._retry_after_s} s",
+            headers={"Retry-After": str(self._retry_after_s)},
+        )
+
     async def create(self, request: web.Request) -> web.StreamResponse:
         creation = await self._check_create(request)
         try:
             info = await _blocking(self._store.create, creation.station, creation.length, creation.metadata)
         except UploadTooLargeError as exc:
             raise TusRequestError(413, "too_large", str(exc)) from None
+        except QuotaExceededError as exc:
+            raise self._over_quota(exc) from None
         except InsufficientStorageError as exc:
             log.error("cannot create an upload for station %s: %s", creation.station, exc)
             raise TusRequestError(
@@ -675,10 +732,18 @@ class _TusEndpoints:
         """``Expect: 100-continue``: refuse from the headers alone, before the client sends a body."""
         expect = request.headers.get("Expect", "")
         if request.version != HttpVersion11 or expect.lower() != "100-continue":
-            raise web.HTTPExpectationFailed(
-                text=f"Expect: only 100-continue is understood, got {expect[:40]!r}"
-            )
+            return _error_response(request, TusRequestError(
+                417, "expectation_failed", f"Expect: only 100-continue is understood, got {expect[:40]!r}"
+            ))
         try:
+            if self._limiter is not None and self._limiter.refuse_if_saturated():
+                raise TusRequestError(
+                    503,
+                    "server_busy",
+                    f"the central is handling {self._limiter.max_requests} requests, its configured maximum; "
+                    f"retry after {self._retry_after_s} s",
+                    headers={"Retry-After": str(self._retry_after_s)},
+                )
             if "upload_id" not in request.match_info:
                 await self._check_create(request)
             elif request.method == "PATCH" or (
@@ -743,13 +808,15 @@ def add_tus_routes(
     identify: Identify,
     chunk_timeout_s: float,
     on_complete: OnComplete | None = None,
+    limiter: RequestLimiter | None = None,
 ) -> None:
     """Mount the tus endpoints: ``base_path`` (OPTIONS, POST) and ``base_path/{upload_id}`` (OPTIONS,
-    HEAD, PATCH, DELETE, POST with X-HTTP-Method-Override)."""
+    HEAD, PATCH, DELETE, POST with X-HTTP-Method-Override). ``limiter``: the application's request
+    limiter, consulted before ``100 Continue`` (it is applied by the application's middleware)."""
     if chunk_timeout_s <= 0:
         raise ValueError(f"chunk_timeout_s must be > 0, got {chunk_timeout_s}")
     base = "/" + base_path.strip("/")
-    endpoints = _TusEndpoints(store, identify, chunk_timeout_s, on_complete)
+    endpoints = _TusEndpoints(store, identify, chunk_timeout_s, on_complete, limiter)
     guard = endpoints.guarded
     item = base + "/{upload_id}"
     expect = endpoints.expect
@@ -765,8 +832,8 @@ def add_tus_routes(
 def tus_purge_task(
     store: TusUploadStore, interval_s: float
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """An ``app.cleanup_ctx`` entry that purges expired incomplete uploads at start and every
-    ``interval_s`` seconds until the application stops."""
+    """An ``app.cleanup_ctx`` entry that purges expired uploads (incomplete ones, and complete ones no
+    registration took) at start and every ``interval_s`` seconds until the application stops."""
     if interval_s <= 0:
         raise ValueError(f"interval_s must be > 0, got {interval_s}")
 

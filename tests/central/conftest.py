@@ -215,11 +215,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def central_config(store_dir: Path, *, dev: bool, **uploads: Any) -> CentralConfig:
+def central_config(
+    store_dir: Path, *, dev: bool, server: Mapping[str, Any] | None = None, **uploads: Any
+) -> CentralConfig:
     return CentralConfig.model_validate({
         "central": {"id": "central-test", "store_dir": str(store_dir)},
         "server": {"listen": "127.0.0.1", "port": free_port(), "insecure_plain_http": dev,
-                   "names": ["localhost", "127.0.0.1"]},
+                   "names": ["localhost", "127.0.0.1"], **(server or {})},
         "uploads": uploads,
     })
 
@@ -262,8 +264,11 @@ class HttpCentral:
         return bundle
 
 
-async def start_http_central(workdir: Path, *, dev: bool, **uploads: Any) -> HttpCentral:
-    config = central_config(workdir / "central-store", dev=dev, **uploads)
+async def start_http_central(
+    workdir: Path, *, dev: bool, server: Mapping[str, Any] | None = None, **uploads: Any
+) -> HttpCentral:
+    """A central on a free port; ``server`` and ``uploads`` override settings of those sections."""
+    config = central_config(workdir / "central-store", dev=dev, server=server, **uploads)
     if dev:
         running = await start_central(config, signing_key=StationKey.generate())
     else:

@@ -162,7 +162,40 @@ def test_plain_http_switch_takes_only_a_boolean(value: str) -> None:
 
 
 def test_plain_http_must_be_asked_for() -> None:
-    assert _parse("[server]\ninsecure_plain_http = true\n").server.insecure_plain_http is True
+    config = _parse('[server]\ninsecure_plain_http = true\nlisten = "127.0.0.1"\n')
+    assert config.server.insecure_plain_http is True
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "::", "192.168.10.20", "fe80::1", "central.example.org"])
+def test_plain_http_binds_loopback_only(listen: str) -> None:
+    message = _problem(MINIMAL + f'[server]\ninsecure_plain_http = true\nlisten = "{listen}"\n')
+    assert "loopback" in message and listen in message
+    # Control: the same address is fine with TLS.
+    assert _parse(f'[server]\nlisten = "{listen}"\n').server.listen == listen
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.53", "::1", "localhost", "LOCALHOST."])
+def test_plain_http_on_loopback_is_accepted(listen: str) -> None:
+    config = _parse(f'[server]\ninsecure_plain_http = true\nlisten = "{listen}"\n')
+    assert config.server.listen == listen
+
+
+def test_bounds_have_safe_defaults_and_are_validated() -> None:
+    server = _parse("").server
+    assert server.max_concurrent_requests == 256 and server.retry_after_s == 10
+    assert server.max_json_body_bytes == 32 << 20 and server.max_buffered_body_bytes == 256 << 20
+    assert server.request_header_timeout_s == 30 and server.access_log is True
+    uploads = _parse("").uploads
+    assert uploads.expire_unregistered_s == 72 * 3600
+    assert uploads.station_quota_bytes == 262144 << 20
+    for bad in ("max_concurrent_requests = 0", "request_header_timeout_s = 0", "retry_after_s = 0",
+                "max_json_body_mb = 0", 'access_log = "yes"', "request_header_timeout_s = 1e9"):
+        assert f"server.{bad.split(' ')[0]}" in _problem(MINIMAL + f"[server]\n{bad}\n")
+    assert "max_buffered_body_mb" in _problem(MINIMAL + "[server]\nmax_json_body_mb = 64\n"
+                                                        "max_buffered_body_mb = 32\n")
+    for bad in ("expire_unregistered_h = 0", "station_quota_mb = 0"):
+        assert f"uploads.{bad.split(' ')[0]}" in _problem(MINIMAL + f"[uploads]\n{bad}\n")
+    assert "station_quota_mb" in _problem(MINIMAL + "[uploads]\nmax_size_mb = 100\nstation_quota_mb = 99\n")
 
 
 @pytest.mark.parametrize(
