@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
+
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -94,3 +100,173 @@ def test_foundation_packages_depend_only_on_foundations() -> None:
 def test_edge_root_holds_composition_roots_only() -> None:
     modules = {p.name for p in (ROOT / "edge").glob("*.py")}
     assert modules - COMPOSITION_ROOTS == set(), "move foundation modules into a package named for its role"
+
+
+# -- dependencies: declare what you import, drop what you don't, pin what was tested ----------------------
+
+# Which declared requirements may serve the imports of each source folder: the service and the drivers
+# run on the runtime dependencies alone; simulators add the `sim` extra; tests add `test` as well.
+IMPORT_SCOPES = {
+    "edge": ("dependencies",),
+    "drivers": ("dependencies",),
+    "simulators": ("dependencies", "sim"),
+    "tests": ("dependencies", "sim", "test"),
+}
+# Declared distributions that are used without being imported, each with the reason. Nothing else may be
+# declared without an import: a dependency kept "for later" is added by the change that imports it.
+USED_WITHOUT_IMPORT = {
+    "pytest-asyncio": "pytest plugin: runs the async tests (asyncio_mode = auto)",
+    "pytest-timeout": "pytest plugin: the per-test timeout in [tool.pytest.ini_options]",
+    "mypy": "run as a program by test_mypy_strict_is_clean and `make lint`",
+    "ruff": "run as a program by test_ruff_is_clean and `make lint`",
+}
+CONSTRAINTS = ROOT / "constraints.txt"
+# Installed in every virtual environment to install the rest; pinned so that the install itself is
+# reproducible, but needed by no import.
+INSTALLER_DISTRIBUTIONS = {"pip", "setuptools"}
+
+
+def _dist_name(name: str) -> str:
+    """PEP 503 normal form, so that `pydantic_core`, `pydantic-core` and `Pydantic.Core` compare equal."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pyproject() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+def _declared(*, expand_extras: bool = True) -> dict[str, set[str]]:
+    """Distribution names declared per scope (`dependencies` and each extra); a self-reference such as
+    `evidence-edge[sim]` brings in the named extras' requirements unless `expand_extras` is false."""
+    project = _pyproject()["project"]
+    raw = {"dependencies": project["dependencies"], **project["optional-dependencies"]}
+    own = _dist_name(project["name"])
+
+    def names(scope: str, seen: frozenset[str] = frozenset()) -> set[str]:
+        found: set[str] = set()
+        for text in raw[scope]:
+            requirement = Requirement(text)
+            if _dist_name(requirement.name) == own:
+                for extra in (requirement.extras - seen) if expand_extras else ():
+                    found |= names(extra, seen | {scope})
+            else:
+                found.add(_dist_name(requirement.name))
+        return found
+
+    return {scope: names(scope) for scope in raw}
+
+
+def _third_party_imports(folder: str) -> dict[str, set[str]]:
+    """Top-level modules imported from `folder` that are neither the standard library nor the project's own
+    (the packages, and modules that sit beside the tests such as `dock_helpers`), with the files."""
+    local = set(IMPORT_SCOPES) | {p.stem for folder in IMPORT_SCOPES for p in (ROOT / folder).rglob("*.py")}
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / folder).rglob("*.py"):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in local:
+                found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_third_party_import_is_declared() -> None:
+    declared = _declared()
+    providers = importlib.metadata.packages_distributions()
+    problems = []
+    for folder, scopes in IMPORT_SCOPES.items():
+        allowed = set().union(*(declared[scope] for scope in scopes))
+        for module, files in sorted(_third_party_imports(folder).items()):
+            dists = {_dist_name(d) for d in providers.get(module, [])}
+            where = ", ".join(sorted(files)[:3])
+            if not dists:
+                problems.append(f"{module} (imported by {where}) is not installed by any declared dependency")
+            elif not dists & allowed:
+                problems.append(
+                    f"{module} (imported by {where}) comes from {'/'.join(sorted(dists))}, "
+                    f"which is not declared in {' or '.join(scopes)} of pyproject.toml"
+                )
+    assert not problems, "\n".join(problems)
+
+
+# The folder whose imports justify each scope: a runtime dependency imported only by tests belongs in `test`.
+SCOPE_USERS = {"dependencies": ("edge", "drivers"), "sim": ("simulators",), "test": ("tests",)}
+
+
+def test_every_declared_dependency_is_imported() -> None:
+    declared = _declared(expand_extras=False)
+    assert set(declared) == set(SCOPE_USERS), "a new extra needs its entry in SCOPE_USERS and IMPORT_SCOPES"
+    providers = importlib.metadata.packages_distributions()
+    imported_dists = {
+        folder: {
+            _dist_name(dist)
+            for module in _third_party_imports(folder)
+            for dist in providers.get(module, [])
+        }
+        for folder in IMPORT_SCOPES
+    }
+    problems = []
+    for scope, users in SCOPE_USERS.items():
+        used = set().union(*(imported_dists[folder] for folder in users))
+        for dist in sorted(declared[scope] - used - set(USED_WITHOUT_IMPORT)):
+            problems.append(f"{dist} is declared in {scope} but imported nowhere in {', '.join(users)}")
+    assert not problems, "\n".join(problems)
+    # The allow-list holds only what is still declared (a dropped tool leaves no stale excuse behind).
+    assert set(USED_WITHOUT_IMPORT) <= set().union(*declared.values())
+
+
+def _pins() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for number, line in enumerate(CONSTRAINTS.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        name, sep, version = text.partition("==")
+        assert sep and name.strip() and version.strip(), f"constraints.txt:{number} is not NAME==VERSION"
+        pins[_dist_name(name.strip())] = version.strip()
+    return pins
+
+
+def _needed_distributions() -> set[str]:
+    """Every distribution that `pip install -e '.[test,sim]'` needs, following the installed metadata
+    from the requirements declared in pyproject.toml (markers evaluated for this interpreter)."""
+    declared = _declared()
+    todo = set().union(*declared.values())
+    needed: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        try:
+            requires = importlib.metadata.distribution(name).requires or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # reported by the caller as "not installed"
+        for text in requires:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.add(_dist_name(requirement.name))
+    return needed
+
+
+def test_constraints_pin_exactly_what_is_installed_and_needed() -> None:
+    pins = _pins()
+    needed = _needed_distributions() | INSTALLER_DISTRIBUTIONS
+    regenerate = "run `make constraints` and commit constraints.txt"
+    problems = []
+    for name in sorted(needed):
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            problems.append(f"{name} is required but not installed: make setup")
+            continue
+        if name not in pins:
+            problems.append(f"{name} {installed} is needed but has no pin: {regenerate}")
+        elif pins[name] != installed:
+            problems.append(
+                f"{name}: constraints.txt pins {pins[name]} but {installed} is installed: `make setup` "
+                f"installs the pinned one; to keep {installed}, {regenerate}"
+            )
+    for name in sorted(set(pins) - needed):
+        problems.append(f"{name} is pinned but nothing needs it: uninstall it from .venv, then {regenerate}")
+    assert not problems, "\n".join(problems)
