@@ -246,7 +246,6 @@ class FaultFS:
         """Called with the lock held: from now on the device is gone."""
         if self.unplugged:
             return
-        self.unplugged = True
         log.warning("simulated unplug of %s: %s after %d bytes delivered", self.backing_dir, reason,
                     self.bytes_delivered)
         if self.unplug_marker is not None:
@@ -255,6 +254,9 @@ class FaultFS:
                                                    "time_unix_s": time.time()})
             except OSError:
                 log.exception("cannot write unplug marker %s", self.unplug_marker)
+        # Only now: operations that check without the lock (getattr, open) fail from here on, and whoever
+        # sees the device gone must already find the marker.
+        self.unplugged = True
         if self._on_unplug is not None:
             self._on_unplug()
 
