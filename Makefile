@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed
 # System tools the project runs: ffmpeg/ffprobe (media), fusermount3 (simulated recorder
 # volumes), mosquitto (MQTT uplink tests), python3-venv (the virtual environment); systemd-analyze and
 # busctl (systemd: the unit's seccomp groups, systemd-timedated over D-Bus), dbus-daemon (a private bus
-# for the timedated stand-in) and libseccomp2 (the unit's filter installed in tests).
-APT_PACKAGES := ffmpeg fuse3 mosquitto python3-venv python3-dev systemd dbus-daemon libseccomp2
+# for the timedated stand-in) and libseccomp2 (the unit's filter installed in tests). Under CI a missing
+# tool fails the tests that need it instead of skipping them (tests/prerequisites.py).
+APT_PACKAGES := ffmpeg fuse3 mosquitto curl python3-venv python3-dev systemd dbus-daemon libseccomp2
 
 # Exact versions of every Python distribution the tests ran with (pip and the build backend included),
 # so that an install a year from now gets what was tested. `make constraints` rewrites it from .venv.
@@ -62,8 +63,9 @@ constraints:
 demo: setup
 	$(VENV)/bin/edge demo
 
+# -q ends with the counts; -rfEs lists failures, errors and skips (with their reasons) above them.
 test: setup
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -rfEs
 
 lint: setup
 	$(VENV)/bin/ruff check edge drivers simulators tests

@@ -270,3 +270,35 @@ def test_constraints_pin_exactly_what_is_installed_and_needed() -> None:
     for name in sorted(set(pins) - needed):
         problems.append(f"{name} is pinned but nothing needs it: uninstall it from .venv, then {regenerate}")
     assert not problems, "\n".join(problems)
+
+
+# -- tests: no way to go green by skipping ----------------------------------------------------------------
+
+SKIPPING = {"skip", "skipif", "importorskip", "xfail"}
+
+
+def _pytest_skipping_calls(path: Path) -> list[str]:
+    """`pytest.skip`, `pytest.mark.skipif`, `pytest.importorskip`, `pytest.xfail`, ... used in `path`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr in SKIPPING:
+            base = node.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id == "pytest":
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} uses {ast.unparse(node)}")
+    return found
+
+
+def test_tests_skip_only_through_the_prerequisites_helper() -> None:
+    # A skip that CI cannot see through hides a missing tool or privilege; tests/prerequisites.py skips
+    # locally and fails under CI. Anything else that skips or expects failure is refused here.
+    helper = ROOT / "tests" / "prerequisites.py"
+    offenders = [
+        line
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if path != helper
+        for line in _pytest_skipping_calls(path)
+    ]
+    assert not offenders, "use tests.prerequisites.require/requires instead:\n" + "\n".join(offenders)
+    assert _pytest_skipping_calls(helper), "control: the helper's own pytest.skip is seen"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge.central.config import load_central_config
+from tests.prerequisites import requires
 from tests.service.test_unit_files import SYSTEMD_DIR, Unit, one, parse_unit, seconds, words
 
 CENTRAL_UNIT = SYSTEMD_DIR / "edge-central.service"
@@ -144,7 +145,7 @@ def test_install_section(central: Unit) -> None:
 analyze = shutil.which("systemd-analyze")
 
 
-@pytest.mark.skipif(analyze is None, reason="systemd-analyze not installed")
+@requires(analyze is not None, "systemd-analyze not installed (Debian: apt-get install systemd)")
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     assert analyze is not None
     text = re.sub(r"(?m)^ExecStart=\S+", "ExecStart=/bin/true", CENTRAL_UNIT.read_text(encoding="utf-8"))
@@ -157,7 +158,7 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     assert [line for line in (done.stdout + done.stderr).splitlines() if CENTRAL_UNIT.name in line] == []
 
 
-@pytest.mark.skipif(analyze is None, reason="systemd-analyze not installed")
+@requires(analyze is not None, "systemd-analyze not installed (Debian: apt-get install systemd)")
 def test_systemd_analyze_security_exposure_is_low(tmp_path: Path) -> None:
     assert analyze is not None
     copy = tmp_path / CENTRAL_UNIT.name

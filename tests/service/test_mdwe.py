@@ -14,11 +14,11 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
+from tests.prerequisites import prerequisite_met, require, requires
 
-pytestmark = pytest.mark.skipif(
-    sys.platform != "linux" or platform.machine() != "x86_64",
-    reason="the probe's seccomp filter uses x86-64 system call numbers",
+pytestmark = requires(
+    sys.platform == "linux" and platform.machine() == "x86_64",
+    "the probe's seccomp filter uses x86-64 system call numbers",
 )
 
 _PROBE = textwrap.dedent(
@@ -115,13 +115,13 @@ _PROBE = textwrap.dedent(
 def test_service_stack_runs_under_memory_deny_write_execute() -> None:
     ffmpeg = shutil.which("ffmpeg")
     argv = [sys.executable, "-c", _PROBE]
-    if ffmpeg:
+    if prerequisite_met(ffmpeg is not None, "the encode under W^X needs ffmpeg (make setup installs it)"):
+        assert ffmpeg is not None
         encoders = subprocess.run(
             [ffmpeg, "-hide_banner", "-encoders"], capture_output=True, text=True
         ).stdout
         argv += [ffmpeg, "libx264" if " libx264 " in encoders else "mpeg4"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    if done.returncode == 77:
-        pytest.skip(done.stdout.strip())
+    require(done.returncode != 77, done.stdout.strip())
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().endswith("OK")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.prerequisites import requires
+
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
 UNIT = SYSTEMD_DIR / "edge-station.service"
 RULES = SYSTEMD_DIR / "99-evidence-edge.rules"
@@ -290,7 +292,7 @@ def test_udev_mounts_are_safe() -> None:
 analyze = shutil.which("systemd-analyze")
 
 
-@pytest.mark.skipif(analyze is None, reason="systemd-analyze not installed")
+@requires(analyze is not None, "systemd-analyze not installed (Debian: apt-get install systemd)")
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     assert analyze is not None
     # The agent is not installed here; point ExecStart at an executable that exists.
@@ -305,7 +307,7 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     assert complaints == []
 
 
-@pytest.mark.skipif(analyze is None, reason="systemd-analyze not installed")
+@requires(analyze is not None, "systemd-analyze not installed (Debian: apt-get install systemd)")
 def test_systemd_analyze_security_exposure_is_low(tmp_path: Path) -> None:
     assert analyze is not None
     copy = tmp_path / UNIT.name

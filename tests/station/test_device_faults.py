@@ -18,6 +18,7 @@ from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
 from edge.verify.station import verify_store
 from simulators.recorder.faultfs import VolumeFaults
 from simulators.recorder.volume import MountedVolume, check_fuse_available, mount_volume
+from tests.prerequisites import require
 
 from .conftest import session_info, volume_hashes
 
@@ -29,7 +30,7 @@ def backing(volume_template: Path, tmp_path: Path) -> Path:
     try:
         check_fuse_available()
     except Exception as exc:
-        pytest.skip(f"FUSE unavailable: {exc}")
+        require(False, f"FUSE unavailable: {exc}")
     root = tmp_path / "backing"
     shutil.copytree(volume_template, root)
     return root

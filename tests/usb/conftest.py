@@ -13,6 +13,7 @@ import pytest
 
 from simulators.recorder.backend import SimulatorBackend, get_backend
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
+from tests.prerequisites import requires
 
 PASSWORD = "246810"
 
@@ -31,7 +32,7 @@ def fuse_usable() -> bool:
     return os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3") is not None
 
 
-needs_fuse = pytest.mark.skipif(not fuse_usable(), reason="needs /dev/fuse and fusermount3")
+needs_fuse = requires(fuse_usable(), "needs /dev/fuse and fusermount3")
 
 
 def make_spec(index: int = 0, **overrides: Any) -> RecorderSpec:

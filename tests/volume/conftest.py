@@ -13,6 +13,7 @@ import pytest
 
 from simulators.recorder.faultfs import VolumeFaults
 from simulators.recorder.volume import MountedVolume, is_mounted, mount_volume
+from tests.prerequisites import requires
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,7 +30,7 @@ def fuse_usable() -> bool:
     return os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fusermount3") is not None
 
 
-needs_fuse = pytest.mark.skipif(not fuse_usable(), reason="needs /dev/fuse and fusermount3")
+needs_fuse = requires(fuse_usable(), "needs /dev/fuse and fusermount3")
 
 
 def wait_for_mounts(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:

@@ -19,6 +19,7 @@ import pytest
 from simulators.recorder import volume as volume_mod
 from simulators.recorder.faultfs import GROW_BYTES, VolumeFaults
 from simulators.recorder.volume import VolumeError, VolumeMountError, is_mounted, mount_volume
+from tests.prerequisites import require
 from tests.volume.conftest import MountFactory, needs_fuse, wait_for_mounts
 
 MIB = 1024 * 1024
@@ -97,8 +98,10 @@ def test_backing_must_be_a_real_directory(backing: Path, tmp_path: Path) -> None
 @pytest.fixture
 def other_filesystem_dir(tmp_path: Path) -> Iterator[Path]:
     shm = Path("/dev/shm")
-    if not shm.is_dir() or not os.access(shm, os.W_OK) or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
-        pytest.skip("needs a writable /dev/shm on another filesystem than the temp dir")
+    require(
+        shm.is_dir() and os.access(shm, os.W_OK) and os.stat(shm).st_dev != os.stat(tmp_path).st_dev,
+        "needs a writable /dev/shm on another filesystem than the temp dir",
+    )
     path = Path(tempfile.mkdtemp(dir=shm))
     yield path
     for p in sorted(path.rglob("*"), reverse=True):

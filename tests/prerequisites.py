@@ -1,0 +1,68 @@
+"""Prerequisites of tests that need FUSE, root, a system tool or a kernel feature.
+
+On a developer's machine that lacks one, the test is skipped with the reason. Under CI (the environment
+variable `CI` set, as CI systems and `.ci/run` do) a missing prerequisite is a failure instead: a CI run
+must not go green by skipping the tests that matter most. Every skip in tests/ goes through here
+(tests/test_quality.py refuses `pytest.skip`, `skipif`, `importorskip` and `xfail` anywhere else).
+
+    require(shutil.which("mount") is not None, "needs mount(8)")    # inside a test or fixture
+    needs_tool = requires(shutil.which("x") is not None, "needs x")  # a mark for tests or modules
+    if prerequisite_met(os.geteuid() == 0, "a device node needs root"):  # an optional part of a test
+        ...
+
+This module is also a pytest plugin (loaded by tests/conftest.py) that checks `requires` marks.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Values of CI that mean "not CI" (an empty or explicitly false variable).
+_CI_OFF = {"", "0", "false", "no", "off"}
+
+
+def ci_enforced() -> bool:
+    """True under CI: a missing prerequisite then fails the test instead of skipping it."""
+    return os.environ.get("CI", "").strip().lower() not in _CI_OFF
+
+
+def _missing(reason: str) -> str:
+    return f"missing prerequisite: {reason} (CI is set, so this fails instead of skipping)"
+
+
+def require(condition: object, reason: str) -> None:
+    """Skip the current test when `condition` is false, or fail it under CI."""
+    if condition:
+        return
+    if ci_enforced():
+        pytest.fail(_missing(reason), pytrace=False)
+    pytest.skip(reason)
+
+
+def prerequisite_met(condition: object, reason: str) -> bool:
+    """For an optional part of a test: whether to run it. False when `condition` is false on a developer's
+    machine (the rest of the test still runs); under CI a false condition fails the test."""
+    if condition:
+        return True
+    if ci_enforced():
+        pytest.fail(_missing(reason), pytrace=False)
+    return False
+
+
+def requires(condition: object, reason: str) -> pytest.MarkDecorator:
+    """A mark for a test, a class or a module (`pytestmark = requires(...)`) that calls `require` before
+    the test runs. The condition is evaluated once, where the mark is made."""
+    return pytest.mark.requires(bool(condition), reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "requires(condition, reason): skip when false, or fail under CI (tests/prerequisites.py)"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires"):
+        require(*mark.args, **mark.kwargs)
