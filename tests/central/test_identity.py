@@ -111,6 +111,7 @@ async def _connect(
         # asyncio calls this only after the server side of the handshake succeeded.
         outcome.server_accepted = True
         outcome.server_peercert = writer.get_extra_info("peercert")
+        outcome.extra["version"] = writer.get_extra_info("ssl_object").version()
         writer.write(b"accepted")
         await writer.drain()
         writer.close()
@@ -263,13 +264,35 @@ async def test_server_certificate_cannot_act_as_a_client(
     _refused(await _connect(server_ssl_context(config), client_ssl_context(impostor)))
 
 
-async def test_tls_below_1_2_is_refused(config: CentralConfig, bundle: Path) -> None:
-    old = client_ssl_context(bundle)
+def _allow_tls_below_1_2(context: ssl.SSLContext, *, only: bool = False) -> ssl.SSLContext:
+    """Let `context` speak TLS 1.0 and 1.1 (with `only`, nothing newer): no version floor, and OpenSSL
+    security level 0 (from level 1 up, OpenSSL itself refuses the SHA-1 handshake signatures of
+    TLS < 1.2, whatever the floor says)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # setting up an old client is deprecated too
-        old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-        old.maximum_version = ssl.TLSVersion.TLSv1_1
+        warnings.simplefilter("ignore", DeprecationWarning)  # setting up an old protocol is deprecated too
+        context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        if only:
+            context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return context
+
+
+async def test_tls_below_1_2_is_refused(config: CentralConfig, bundle: Path) -> None:
+    # A client that speaks only TLS 1.0 and 1.1 and is willing to (security level 0), so that a refusal
+    # cannot come from the client's own OpenSSL policy. (Without SECLEVEL=0 it refuses by itself with
+    # NO_CIPHERS_AVAILABLE, and the test would pass against a server that accepts TLS 1.0.)
+    old = _allow_tls_below_1_2(client_ssl_context(bundle), only=True)
     _refused(await _connect(server_ssl_context(config), old))
+    # Still refused with the server's cipher policy lowered too: the server's version floor refuses,
+    # not only OpenSSL's default security level.
+    floor_only = server_ssl_context(config)
+    floor_only.set_ciphers("DEFAULT:@SECLEVEL=0")
+    _refused(await _connect(floor_only, old))
+    # Control: the same client with the same certificates is served by a server without the floor, so
+    # this probe does see a server that accepts TLS < 1.2.
+    outcome = await _connect(_allow_tls_below_1_2(server_ssl_context(config)), old)
+    assert outcome.client_received == b"accepted"
+    assert outcome.extra["version"] in ("TLSv1", "TLSv1.1")
 
 
 async def test_reader_certificate_is_an_auditor_not_a_station(
