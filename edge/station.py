@@ -71,6 +71,9 @@ class StationAgent:
         self.results: list[OffloadResult] = []
         self.claims = VolumeClaims()
         self.dock: DockDriver | None = None
+        # What each bay's LED should show. Shown again whenever the bay board (re)connects, so a docking
+        # decided before the board answered (at start, or while it was lost) still shows on its bay.
+        self._bay_leds: dict[int, BayLed] = {}
         # Each busy bay holds a copy thread and a verify thread; ffprobe and USB calls need a few more.
         self.executor = ThreadPoolExecutor(
             max_workers=4 + 3 * config.offload.concurrency, thread_name_prefix="offload"
@@ -160,7 +163,10 @@ class StationAgent:
     # -- bays -------------------------------------------------------------------------------------
 
     async def set_led(self, bay: int | None, led: BayLed) -> None:
-        if bay is None or self.dock is None:
+        if bay is None:
+            return
+        self._bay_leds[bay] = led
+        if self.dock is None:
             return
         try:
             await self.dock.set_led(bay, led)
@@ -175,6 +181,8 @@ class StationAgent:
             self.store.record(EntryType.ERROR, None, {"stage": "dock", "reason": f"dock unavailable: {exc}"})
             raise
         try:
+            for bay in list(self._bay_leds):
+                await self.set_led(bay, self._bay_leds[bay])
             async for event in self.dock.events():
                 self.supervisor_alive("dock")
                 if event.kind is BayEventKind.CHARGE:

@@ -335,6 +335,9 @@ class RecorderBus:
         self._slots: dict[str, _Slot] = {}
         self._next_address: dict[int, int] = {}
         self._closed = False
+        # Enumerations served to the host: tests await "the host looked N more times" instead of a delay.
+        self._enumerations = 0
+        self._enumerated = threading.Condition(self._lock)
         (self.state_dir / "recorders").mkdir(parents=True, exist_ok=True)
         self.mount_root.mkdir(parents=True, exist_ok=True)
         self._load()
@@ -634,8 +637,21 @@ class RecorderBus:
                         configuration_descriptor=slot.device.configuration_descriptor().to_bytes(),
                     )
                 )
+            self._enumerations += 1
+            self._enumerated.notify_all()
         devices.sort(key=lambda d: (d.bus, d.address))
         return devices
+
+    @property
+    def enumerations(self) -> int:
+        """How many times the host has enumerated the bus."""
+        with self._lock:
+            return self._enumerations
+
+    def wait_for_enumerations(self, count: int, timeout_s: float) -> bool:
+        """Block until the host has enumerated the bus `count` times in all (True), or `timeout_s` passes."""
+        with self._enumerated:
+            return self._enumerated.wait_for(lambda: self._enumerations >= count, timeout_s)
 
     def open(self, key: str) -> None:
         self._slot_for_key(key)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from drivers.serial.dock import BayLed
 from edge.config.station import StationConfig
 from edge.station import StationAgent
 from simulators.dock import DockSimulator
@@ -78,6 +79,20 @@ class Station:
             while len(self.agent.results) < count:
                 await asyncio.sleep(0.05)
             await self.agent.idle()
+
+    async def led_shows(self, bay: int, led: BayLed, timeout_s: float = 20) -> bool:
+        """Whether `bay` shows `led` within `timeout_s`, woken by the bay board simulator as it changes
+        (the agent sets LEDs asynchronously, and only once the bay board is connected)."""
+        return await asyncio.to_thread(self.dock.wait_for_led, bay, led, timeout_s)
+
+    async def wait_ledger(self, type_: str, count: int = 1, timeout_s: float = 20) -> list[dict[str, Any]]:
+        """The data of the ledger's `type_` entries once there are at least `count` of them. The store has
+        no change signal, so this re-reads the ledger: a condition checked until it holds (bounded by
+        `timeout_s`), never a fixed delay standing in for it."""
+        async with asyncio.timeout(timeout_s):
+            while len(entries := self.ledger(type_)) < count:
+                await asyncio.sleep(0.02)
+        return entries
 
     def ledger(self, type_: str) -> list[dict[str, Any]]:
         assert self.agent.store is not None

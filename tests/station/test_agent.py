@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
-from drivers.serial.dock import BayLed
+import pytest
+
+from drivers.serial.dock import BayLed, DockDriver
 from edge.sources.usb.offload import OffloadOutcome
 from edge.verify.station import verify_store
 from simulators.recorder.faultfs import VolumeFaults
@@ -27,7 +30,7 @@ async def test_docked_recorder_is_offloaded_verified_wiped_and_clock_set(tmp_pat
         assert [r.outcome for r in station.agent.results] == [OffloadOutcome.DONE] * 2
         for s in specs:
             assert evidence_on(station.bus, s.device_serial) == []
-        assert station.dock.led(1) is BayLed.DONE and station.dock.led(2) is BayLed.DONE
+        assert await station.led_shows(1, BayLed.DONE) and await station.led_shows(2, BayLed.DONE)
         assert BayLed.COPYING in station.dock.led_history(1)
         clock_set = station.ledger("clock_set")
         assert [c["device_serial"] for c in clock_set] == [specs[0].device_serial]
@@ -60,14 +63,12 @@ async def test_wrong_password_is_refused_and_nothing_is_copied(tmp_path: Path) -
     async with simulated_station(tmp_path, specs) as station:
         before = evidence_on(station.bus, specs[0].device_serial)
         await station.dock_recorder(specs[0].device_serial, 1)
-        async with asyncio.timeout(20):
-            while not station.ledger("refused"):
-                await asyncio.sleep(0.05)
+        await station.wait_ledger("refused")
         await station.agent.idle()
         assert "password" in station.ledger("refused")[0]["reason"]
         assert station.ledger("acquired") == []
         assert evidence_on(station.bus, specs[0].device_serial) == before
-        assert station.dock.led(1) is BayLed.ERROR
+        assert await station.led_shows(1, BayLed.ERROR)
 
 
 async def test_recorder_not_on_allow_list_is_refused(tmp_path: Path) -> None:
@@ -77,14 +78,38 @@ async def test_recorder_not_on_allow_list_is_refused(tmp_path: Path) -> None:
     config = station_config(tmp_path, specs[:1])  # only the first recorder is allowed
     async with simulated_station(tmp_path, specs, agent_config=config) as station:
         await station.dock_recorder(specs[1].device_serial, 2)
-        async with asyncio.timeout(20):
-            while not station.ledger("refused"):
-                await asyncio.sleep(0.05)
+        await station.wait_ledger("refused")
         await station.agent.idle()
         refused = station.ledger("refused")[0]
         assert refused["device_serial"] == specs[1].device_serial and "allow-list" in refused["reason"]
         assert station.ledger("acquired") == []
         assert station.ledger("clock_set") == [], "an unknown recorder's clock is never touched"
+
+
+async def test_a_bay_led_decided_before_the_dock_answers_shows_once_it_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bay board is slow to open (a board still booting at start, or one reconnecting): the docking
+    # is decided before the agent can talk to it, and its LED must still show once it can.
+    board_may_open = asyncio.Event()
+    opening = asyncio.Event()
+    real_open = DockDriver.open
+
+    async def held_open(*args: Any, **kwargs: Any) -> DockDriver:
+        opening.set()
+        await board_may_open.wait()
+        return await real_open(*args, **kwargs)
+
+    monkeypatch.setattr(DockDriver, "open", held_open)
+    specs = [spec(0, password="999999")]
+    async with simulated_station(tmp_path, specs) as station:
+        await opening.wait()
+        await station.dock_recorder(specs[0].device_serial, 1)
+        await station.wait_ledger("refused")
+        await station.agent.idle()
+        assert station.dock.led(1) is BayLed.OFF, "the board is not open yet: nothing can have been shown"
+        board_may_open.set()
+        assert await station.led_shows(1, BayLed.ERROR)
 
 
 async def test_mass_storage_only_recorder_takes_identity_from_its_volume(tmp_path: Path) -> None:
@@ -109,6 +134,6 @@ async def test_a_failing_bay_does_not_disturb_the_others(tmp_path: Path) -> None
         assert OffloadOutcome.DEVICE_GONE in outcomes
         done = [r for r in station.agent.results if r.outcome is OffloadOutcome.DONE]
         assert len(done) == 2 and all(len(r.items) == 3 for r in done)
-        assert station.dock.led(1) is BayLed.ERROR
-        assert station.dock.led(2) is BayLed.DONE and station.dock.led(3) is BayLed.DONE
+        assert await station.led_shows(1, BayLed.ERROR)
+        assert await station.led_shows(2, BayLed.DONE) and await station.led_shows(3, BayLed.DONE)
     assert verify_store(tmp_path / "store").ok

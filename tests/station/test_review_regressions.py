@@ -65,7 +65,7 @@ async def test_an_unexpected_error_ends_the_docking_on_the_record(
         stopped = station.ledger("session_stopped")
         assert stopped and stopped[0]["outcome"] == "failed"
         assert any("simulated bug" in e.get("reason", "") for e in station.ledger("error"))
-        assert station.dock.led(1) is BayLed.ERROR
+        assert await station.led_shows(1, BayLed.ERROR)
         assert len(station.bus.volume_files(specs[0].device_serial)) == 4, "nothing erased"
 
 
@@ -73,20 +73,21 @@ async def test_wrong_password_is_tried_once_per_docking_never_to_lockout(tmp_pat
     specs = [spec(0, password="999999")]
     async with simulated_station(tmp_path, specs) as station:
         await station.dock_recorder(specs[0].device_serial, 1)
-        async with asyncio.timeout(20):
-            while not station.ledger("refused"):
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # ten more USB polls
+        await station.wait_ledger("refused")
+        # Ten more looks at the bus by the agent, each a chance to try the password again; then every
+        # session those looks started has finished.
+        looked = station.bus.enumerations
+        assert await asyncio.to_thread(station.bus.wait_for_enumerations, looked + 10, 20)
+        await station.agent.idle()
         state = station.bus.recorder_state(specs[0].device_serial)
         assert state.failed_logins == 1 and not state.locked
         assert len(station.ledger("refused")) == 1
-        # Re-docking is a new attempt.
+        # Re-docking is a new attempt, once the agent has seen the recorder go.
         station.bus.unplug(specs[0].device_serial)
-        await asyncio.sleep(0.5)
+        removed = await station.wait_ledger("device_removed")
+        assert removed[0]["usb_serial"] == specs[0].usb_serial
         station.bus.plug(specs[0].device_serial, "1-1.1")
-        async with asyncio.timeout(20):
-            while len(station.ledger("refused")) < 2:
-                await asyncio.sleep(0.05)
+        await station.wait_ledger("refused", 2)
 
 
 async def test_absurd_device_status_numbers_are_recorded_not_fatal(tmp_path: Path) -> None:
