@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +63,17 @@ def station_config(
     return StationConfig.model_validate(raw)
 
 
+async def eventually(condition: Callable[[], bool], timeout_s: float = 20) -> None:
+    """Return once `condition()` holds; TimeoutError after `timeout_s`.
+
+    For state that offers no change signal (the ledger, the uplink's breaker): the condition is checked
+    until it holds, so no fixed delay ever stands in for the event itself.
+    """
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
 @dataclass
 class Station:
     bus: RecorderBus
@@ -85,13 +96,22 @@ class Station:
         (the agent sets LEDs asynchronously, and only once the bay board is connected)."""
         return await asyncio.to_thread(self.dock.wait_for_led, bay, led, timeout_s)
 
-    async def wait_ledger(self, type_: str, count: int = 1, timeout_s: float = 20) -> list[dict[str, Any]]:
-        """The data of the ledger's `type_` entries once there are at least `count` of them. The store has
-        no change signal, so this re-reads the ledger: a condition checked until it holds (bounded by
-        `timeout_s`), never a fixed delay standing in for it."""
-        async with asyncio.timeout(timeout_s):
-            while len(entries := self.ledger(type_)) < count:
-                await asyncio.sleep(0.02)
+    async def wait_ledger(
+        self,
+        type_: str,
+        count: int = 1,
+        timeout_s: float = 20,
+        where: Callable[[dict[str, Any]], bool] = lambda data: True,
+    ) -> list[dict[str, Any]]:
+        """The data of the ledger's `type_` entries matching `where`, once there are at least `count`."""
+        entries: list[dict[str, Any]] = []
+
+        def enough() -> bool:
+            nonlocal entries
+            entries = [data for data in self.ledger(type_) if where(data)]
+            return len(entries) >= count
+
+        await eventually(enough, timeout_s)
         return entries
 
     def ledger(self, type_: str) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@ recorder → station → central → receipt → erase, and the faults the issue
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from edge.central.verify import verify_central_store
 from edge.custody.keys import StationKey, load_public_key
 from edge.sources.usb.offload import OffloadOutcome
 from edge.verify.station import verify_store
-from tests.station.harness import Station, simulated_station, spec
+from tests.station.harness import Station, eventually, simulated_station, spec
 
 STATION = "TEST-STATION"
 FAST_RETRY = {
@@ -94,7 +93,9 @@ async def test_central_down_at_start_backlog_drains_later_and_erases_at_next_doc
         assert station.ledger("receipt") == []
         uplink_service = station.agent.uplink
         assert uplink_service is not None
-        await asyncio.sleep(0.5)  # several failed attempts: the breaker opens, items back off
+        # Failed attempts until the breaker opens.
+        threshold = uplink_service.breaker.failure_threshold
+        await eventually(lambda: uplink_service.breaker.consecutive_failures >= threshold)
         # Failures are transient: the breaker opened, every item waits queued, none was refused.
         assert uplink_service.breaker.state.value != "closed"
         assert uplink_service.spool.counts() == {"queued": 3}
@@ -109,7 +110,7 @@ async def test_central_down_at_start_backlog_drains_later_and_erases_at_next_doc
             # checking the recorder's file against the receipted hash (there is no local copy left).
             station.bus.unplug(s.device_serial)
             station.dock.remove(1)
-            await asyncio.sleep(0.3)
+            await station.wait_ledger("device_removed", where=lambda data: data["source"] == "usb")
             await station.dock_recorder(s.device_serial, 1)
             await station.wait_results(2)
             assert station.agent.results[1].outcome is OffloadOutcome.DONE
@@ -139,11 +140,12 @@ async def test_central_killed_mid_upload_resumes_from_the_offset(tmp_path: Path)
         tmp_path, [s], uplink=uplink, wipe={"policy": "after-receipt", "receipt_wait_s": 60}
     ) as station:
         await station.dock_recorder(s.device_serial, 1)
-        async with asyncio.timeout(60):
-            while not any(p.stat().st_size >= 4 << 20 for p in uploads_dir.glob("*.part")):
-                await asyncio.sleep(0.02)
+        await eventually(lambda: any(p.stat().st_size >= 4 << 20 for p in uploads_dir.glob("*.part")), 60)
         await running.stop()  # the central dies mid-upload
-        await asyncio.sleep(0.5)
+        uplink_service = station.agent.uplink
+        assert uplink_service is not None
+        # The station has seen it gone (a failed request) before it comes back.
+        await eventually(lambda: uplink_service.breaker.consecutive_failures >= 1)
         running = await start_central(config)
         try:
             await station.wait_results(1, timeout_s=120)
