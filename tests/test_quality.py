@@ -119,6 +119,7 @@ USED_WITHOUT_IMPORT = {
     "pytest-timeout": "pytest plugin: the per-test timeout in [tool.pytest.ini_options]",
     "mypy": "run as a program by test_mypy_strict_is_clean and `make lint`",
     "ruff": "run as a program by test_ruff_is_clean and `make lint`",
+    "pyseccomp": "imported by the probe script that test_clock_under_unit_filter.py runs as a child process",
 }
 CONSTRAINTS = ROOT / "constraints.txt"
 # Installed in every virtual environment to install the rest; pinned so that the install itself is

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,9 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from simulators.timesync.timedated import TimedatedSimulator
+from tests.prerequisites import require
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -47,11 +45,8 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 def need_tool(name: str) -> str:
     """The path of a system tool; without it the test skips, or fails when CI is set (no green skips)."""
     path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (make system installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(path is not None, f"{name} is not installed (make system installs it)")
+    assert path is not None
     return path
 
 
@@ -60,10 +55,7 @@ def need_module(name: str) -> None:
     try:
         importlib.import_module(name)
     except ImportError as exc:
-        message = f"{name} is not installed ({exc}); pip install -e '.[test]'"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        require(False, f"{name} is not installed ({exc}); pip install -e '.[test]'")
 
 
 class FakeChronyc:
