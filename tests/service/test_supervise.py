@@ -491,10 +491,18 @@ async def test_no_watchdog_pings_without_watchdog_usec(
     manager: tuple[Notifications, str], notifier_factory: Callable[..., SystemdNotifier]
 ) -> None:
     notifications, path = manager
+    started = asyncio.Event()
+
+    async def task() -> None:
+        started.set()
+        await _forever()
+
     supervisor = Supervisor(notifier=notifier_factory(path), notify_ready=False)
-    supervisor.add(TaskSpec("a", _forever))
+    supervisor.add(TaskSpec("a", task))
     async with running(supervisor):
-        await asyncio.sleep(0.05)
+        # The task runs only once the supervisor's first pass (start, READY, watchdog ping) is over and
+        # it waits; without WATCHDOG_USEC no later pass has a ping to send.
+        await _wait(started)
     messages = notifications.drain()
     assert not any(m.startswith(("WATCHDOG=1", "READY=1")) for m in messages)
     assert any(m.startswith("STOPPING=1") for m in messages)
@@ -514,7 +522,7 @@ async def test_shutdown_cancels_in_reverse_start_order_one_at_a_time() -> None:
                 await _forever()
             except asyncio.CancelledError:
                 events.append(f"{name} cancelled")
-                await asyncio.sleep(0.01)  # cleanup that takes a moment
+                await asyncio.sleep(0.01)  # simulates cleanup that takes a moment: the next must wait for it
                 events.append(f"{name} cleaned up")
                 raise
 
