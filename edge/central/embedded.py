@@ -19,6 +19,7 @@ from edge.central.identity import enroll_station, init_central
 from edge.central.index import CentralIndex
 from edge.central.service import RunningCentral, start_central
 from edge.custody.keys import StationKey, load_public_key
+from edge.durable.files import ensure_private_dir
 from edge.ingest.store import StoreLayout
 
 
@@ -82,7 +83,8 @@ class EmbeddedCentral:
 def enroll(config: CentralConfig, station_id: str, station_store: Path, bundle_dir: Path) -> None:
     """Enroll a station by its store: its ledger key is made now if the store is new."""
     layout = StoreLayout(station_store)
-    layout.keys_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(layout.root)
+    ensure_private_dir(layout.keys_dir)
     key = StationKey.load_or_create(layout.private_key)
     assert key.public_path is not None
     enrollment = enroll_station(config, station_id, signing_key_pub=key.public_path, out_dir=bundle_dir)

@@ -24,11 +24,11 @@ from edge.central.config import CentralConfig, CentralLayout
 from edge.custody.errors import CustodyError
 from edge.custody.keys import StationKey, load_public_key, public_key_raw
 from edge.custody.ledger import station_time_now
+from edge.durable.files import ensure_private_dir
 from edge.pki import tls
 from edge.pki.bundle import Enrollment, prepare_bundle_dir, write_bundle
 from edge.pki.certs import (
     PRIVATE_MODE,
-    PUBLIC_MODE,
     alt_name_set,
     alt_names,
     cert_pem,
@@ -93,8 +93,8 @@ def init_central(config: CentralConfig) -> CentralIdentity:
     created: list[str] = []
     kept: list[str] = []
     try:
-        layout.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        layout.identity_dir.mkdir(exist_ok=True, mode=0o700)
+        ensure_private_dir(layout.store_dir)  # certificates too: nothing in a store is for other users
+        ensure_private_dir(layout.identity_dir)
     except OSError as exc:
         raise IdentityError(f"cannot create {layout.identity_dir}: {exc.strerror or exc}") from None
 
@@ -148,7 +148,7 @@ def _init_ca(
         if not install_file(layout.ca_key, key_pem(key), PRIVATE_MODE, replace=False):
             key = load_ec_key(layout.ca_key)  # a concurrent init won; use its key
     cert = issue_ca(key, central_id)
-    if not install_file(layout.ca_cert, cert_pem(cert), PUBLIC_MODE, replace=False):
+    if not install_file(layout.ca_cert, cert_pem(cert), PRIVATE_MODE, replace=False):
         cert, key = _load_ca(layout)
         kept.append(f"CA (sha256 {certificate_sha256(cert)}): {layout.ca_cert}")
         return cert, key
@@ -209,7 +209,7 @@ def _init_server_cert(
     )
     # Key first: a crash before the certificate leaves a mismatch that the next init repairs.
     install_file(layout.server_key, key_pem(key), PRIVATE_MODE, replace=True)
-    install_file(layout.server_cert, cert_pem(cert), PUBLIC_MODE, replace=True)
+    install_file(layout.server_cert, cert_pem(cert), PRIVATE_MODE, replace=True)
     reason = "" if problem == "missing" else f" (reissued: {problem})"
     created.append(
         f"server certificate for {', '.join(config.server.names)}{reason}, valid until "

@@ -30,6 +30,7 @@ from edge.custody.canonical import canonical_json, parse_json, sha256_hex
 from edge.custody.errors import CanonicalJsonError, KeyFormatError
 from edge.custody.keys import key_id_of, public_key_from_b64
 from edge.custody.ledger import GENESIS_PREV, Checkpoint, LedgerEntry, station_time_now
+from edge.durable.files import create_private_file, ensure_private_dir
 from edge.durable.sqlite import immediate_transaction
 from edge.pki import names
 from edge.pki.names import checked_name
@@ -370,7 +371,9 @@ class CentralIndex:
 
     @classmethod
     def open(cls, db_path: Path) -> CentralIndex:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(db_path.parent)
+        # SQLite gives the -wal and -shm files the database file's mode: create it private first.
+        create_private_file(db_path)
         conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")

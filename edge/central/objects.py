@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from edge.durable.files import fsync_dir
+from edge.durable.files import ensure_private_dir, fsync_dir, make_dirs_durable
 
 __all__ = [
     "FileObjectStore",
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _READ_CHUNK_BYTES = 1 << 20
-_OBJECT_MODE = 0o444
+_OBJECT_MODE = 0o400  # read-only, and the central service user's alone
 _TMP_PREFIX = ".incoming-"
 
 
@@ -115,7 +115,7 @@ class FileObjectStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(root)
 
     def __repr__(self) -> str:
         return f"FileObjectStore(root={str(self.root)!r})"
@@ -205,17 +205,15 @@ class FileObjectStore:
 
     def _make_dirs(self, directory: Path) -> None:
         # Each new directory entry must be durable before the link inside it is.
-        for level in (directory.parent, directory):
-            if not level.is_dir():
-                level.mkdir(exist_ok=True)
-                fsync_dir(level.parent)
+        make_dirs_durable(directory)
 
     def _copy_into_place(self, source: Path, final: Path, sha256: str) -> None:
         tmp = final.with_name(f"{_TMP_PREFIX}{secrets.token_hex(8)}")
         digest = hashlib.sha256()
         size = 0
         try:
-            with open(source, "rb") as src, open(tmp, "xb") as dst:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            with open(source, "rb") as src, open(os.open(tmp, flags, 0o600), "wb") as dst:
                 while chunk := src.read(_READ_CHUNK_BYTES):
                     digest.update(chunk)
                     dst.write(chunk)

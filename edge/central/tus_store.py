@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge.custody.canonical import canonical_json, parse_json
-from edge.durable.files import free_bytes, fsync_dir, write_atomic
+from edge.durable.files import ensure_private_dir, free_bytes, fsync_dir, write_atomic
 
 __all__ = [
     "CHECKSUM_ALGORITHMS",
@@ -332,7 +332,7 @@ class TusUploadStore:
             raise ValueError(f"station_quota_bytes must be >= 0, got {station_quota_bytes}")
         if commit_every_bytes <= 0:
             raise ValueError(f"commit_every_bytes must be > 0, got {commit_every_bytes}")
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_private_dir(root)
         self._root = root.resolve()
         self._max_size_bytes = max_size_bytes
         self._expire_after_s = float(expire_after_s)

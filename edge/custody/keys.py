@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_ALG = "Ed25519"
 _PRIVATE_MODE = 0o600
-_PUBLIC_MODE = 0o644
+# The public half is no secret, but it lives in a store, and nothing in a store is for other users
+# (it is shared through enrollment bundles and the ledger, not by file mode).
+_PUBLIC_MODE = 0o600
 # A PEM Ed25519 key is about 120 bytes; anything far larger is not a key file.
 _MAX_KEY_FILE_BYTES = 64 * 1024
 

@@ -1,11 +1,21 @@
-"""File-system primitives of the store: directory fsync (invariant 4), page-cache control, free space."""
+"""File-system primitives of the stores: directory fsync (invariant 4), private modes, page-cache
+control, free space.
+
+Everything a store creates is private to the service user: directories 0700, files 0600, set
+explicitly after creation, so the result does not depend on the umask of whoever runs the program
+(the shipped units set UMask=0077; a shell or a test may not).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+import stat
 from pathlib import Path
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 
 def fsync_dir(path: Path) -> None:
@@ -13,6 +23,70 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs_durable(path: Path, mode: int = PRIVATE_DIR_MODE) -> list[Path]:
+    """Create `path` and its missing parents, each with exactly `mode`, each made durable in its parent.
+
+    A directory entry is durable only once its parent directory is fsynced; `mkdir(parents=True)`
+    alone leaves a power loss free to forget a fresh items/YYYY/MM/DD/ together with the evidence
+    renamed into it. Levels are created top down and each parent is fsynced before the next level is
+    made inside it. Directories that already exist are left as they are. Returns the directories
+    created (a concurrent creator may win a level: that level is still fsynced in its parent).
+    Raises NotADirectoryError when a component exists and is not a directory.
+    """
+    missing: list[Path] = []
+    probe = path
+    while True:
+        try:
+            info = os.stat(probe)  # an existing ancestor may be a symlink (/var -> /data/var): follow it
+        except FileNotFoundError:
+            if probe.parent == probe:
+                raise
+            missing.append(probe)
+            probe = probe.parent
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            raise NotADirectoryError(f"{probe} exists and is not a directory")
+        break
+    created: list[Path] = []
+    for level in reversed(missing):
+        try:
+            os.mkdir(level, mode)
+        except FileExistsError:
+            if not level.is_dir():
+                raise NotADirectoryError(f"{level} exists and is not a directory") from None
+        else:
+            os.chmod(level, mode)  # the umask may have removed bits; it never adds any
+            created.append(level)
+        fsync_dir(level.parent)
+    return created
+
+
+def ensure_private_dir(path: Path) -> None:
+    """`path` exists (made durably when new) with no access for group or others, whatever it had."""
+    make_dirs_durable(path)
+    info = os.stat(path)
+    if stat.S_IMODE(info.st_mode) != PRIVATE_DIR_MODE:
+        os.chmod(path, PRIVATE_DIR_MODE)
+
+
+def ensure_private_file(path: Path) -> None:
+    """An existing file of the store gets mode 0600 (a file made by an older version, or under another
+    umask); a missing one is left missing."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_IMODE(os.lstat(path).st_mode) != PRIVATE_FILE_MODE:
+            os.chmod(path, PRIVATE_FILE_MODE, follow_symlinks=False)
+
+
+def create_private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600 unless it exists (then make it 0600): for files another
+    library creates later with the mode it finds (SQLite gives its -wal and -shm the database's mode)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
     finally:
         os.close(fd)
 
@@ -31,8 +105,8 @@ def free_bytes(path: Path) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-def write_atomic(target: Path, data: bytes, mode: int = 0o644) -> Path:
-    """Write `data` to `target` crash-safely: temp file, fsync, rename, directory fsync.
+def write_atomic(target: Path, data: bytes, mode: int = PRIVATE_FILE_MODE) -> Path:
+    """Write `data` to `target` crash-safely with exactly `mode`: temp file, fsync, rename, directory fsync.
 
     A crash leaves the old file or the new one, never half of either.
     """
@@ -40,6 +114,7 @@ def write_atomic(target: Path, data: bytes, mode: int = 0o644) -> Path:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
+            os.fchmod(fd, mode)  # the umask may have removed bits of `mode`
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -84,7 +159,7 @@ def write_new_file(path: Path, data: bytes, mode: int) -> None:
     """Create `path` (never replacing one), write `data` with exactly `mode`, fsync; on failure remove it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        os.fchmod(fd, mode)  # the umask may have removed bits we want (0644 for the public key)
+        os.fchmod(fd, mode)  # the umask may have removed bits we want
         view = memoryview(data)
         while view:
             written = os.write(fd, view)

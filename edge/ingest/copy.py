@@ -1,8 +1,8 @@
 """Copy an original into the store while hashing it, in one pass, with bounded memory.
 
 Invariant 1: the acquisition hash is computed over exactly the bytes read from the source, the same
-buffer that is then written. Verification re-reads the stored copy from the disk (after fsync the
-clean pages are dropped from the page cache) and, when the source can, re-reads the original; both
+buffer that is then written. Verification re-reads the stored copy from the disk (O_DIRECT, or a
+read proven not to come from the page cache) and, when the source can, re-reads the original; both
 must give the acquisition hash, which catches a bad write, a transient device read fault and a file
 that changed. Sources hand their bytes over as readers (see :mod:`edge.ingest.source`).
 """
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge.durable.files import drop_page_cache
+from edge.durable.files import PRIVATE_FILE_MODE
+from edge.durable.uncached import ReadMethod, UncachedFile, aligned_buffer
 
 if TYPE_CHECKING:
     from edge.ingest.source import ItemReader
@@ -124,15 +125,25 @@ def _create_copy(dst: Path, what: str) -> tuple[int, bool]:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        return os.open(dst, flags | os.O_DIRECT, 0o640), True
+        return _private(os.open(dst, flags | os.O_DIRECT, PRIVATE_FILE_MODE)), True
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise _write_error(exc, what) from exc
-    dst.unlink(missing_ok=True)  # tmpfs and some FUSE file systems refuse O_DIRECT
+    dst.unlink(missing_ok=True)  # ramfs and some FUSE file systems refuse O_DIRECT
     try:
-        return os.open(dst, flags, 0o640), False
+        return _private(os.open(dst, flags, PRIVATE_FILE_MODE)), False
     except OSError as exc:
         raise _write_error(exc, what) from exc
+
+
+def _private(fd: int) -> int:
+    """Evidence is the service user's alone, whatever the umask of whoever runs the program."""
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class _Writer:
@@ -218,6 +229,8 @@ class ReRead:
     # First offset where the second read of the original differs from the stored copy, or None; always
     # None when there was no second read.
     source_differs_at: int | None
+    # How the stored copy's read bypassed the page cache (edge.durable.uncached.ReadMethod).
+    stored_read: str = ReadMethod.O_DIRECT
 
 
 def reread_and_compare(
@@ -227,36 +240,37 @@ def reread_and_compare(
 
     The stored bytes are hashed (they must give the acquisition hash); the source's bytes are compared
     with them byte for byte, which proves the second read equal without hashing it again. The stored
-    copy's cached pages are dropped first, so its read comes from the disk (the source's reader drops
-    its own).
+    copy is read with O_DIRECT (or, where the file system refuses it, only after proving that none of
+    its pages is cached: :mod:`edge.durable.uncached`), so its read comes from the disk; the source's
+    reader drops its own cached pages.
     """
     digest = hashlib.sha256()
-    mine, theirs = bytearray(chunk_bytes), bytearray(chunk_bytes)
-    stored_fd = os.open(stored, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    mine, theirs = aligned_buffer(chunk_bytes), bytearray(chunk_bytes)
     differs_at: int | None = None
     offset = 0
-    try:
-        drop_page_cache(stored_fd)
-        while offset < size:
-            want = min(chunk_bytes, size - offset)
-            got = os.preadv(stored_fd, [memoryview(mine)[:want]], offset)
-            if got == 0:
-                break
-            digest.update(memoryview(mine)[:got])
+    with UncachedFile(stored) as disk:
+        try:
+            while offset < size:
+                want = min(chunk_bytes, size - offset)
+                got = min(disk.read_at(mine, offset, want), want)  # an aligned read may run past `size`
+                if got <= 0:
+                    break
+                digest.update(memoryview(mine)[:got])
+                if source is not None and differs_at is None:
+                    theirs_got = _read_full(source, memoryview(theirs)[:got])
+                    if theirs_got != got or mine[:got] != theirs[:got]:
+                        differs_at = offset + _first_difference(mine, theirs, min(got, theirs_got))
+                offset += got
             if source is not None and differs_at is None:
-                theirs_got = _read_full(source, memoryview(theirs)[:got])
-                if theirs_got != got or mine[:got] != theirs[:got]:
-                    differs_at = offset + _first_difference(mine, theirs, min(got, theirs_got))
-            offset += got
-        if source is not None and differs_at is None:
-            if source.readinto(memoryview(theirs)[:1]):
-                differs_at = offset  # the source now has more bytes than were copied
-            else:
-                source.check_unchanged()
-    finally:
-        drop_page_cache(stored_fd)  # leave no cached evidence behind: memory stays bounded
-        os.close(stored_fd)
-    return ReRead(digest.hexdigest(), offset, differs_at)
+                if source.readinto(memoryview(theirs)[:1]):
+                    differs_at = offset  # the source now has more bytes than were copied
+                else:
+                    source.check_unchanged()
+        finally:
+            disk.drop_cache()  # leave no cached evidence behind: memory stays bounded
+            mine.close()
+        method = disk.method
+    return ReRead(digest.hexdigest(), offset, differs_at, method)
 
 
 def _read_full(reader: ItemReader, view: memoryview) -> int:
@@ -281,7 +295,7 @@ def hash_reader(reader: ItemReader, *, chunk_bytes: int) -> CopyResult:
     return CopyResult(digest.hexdigest(), total)
 
 
-def _first_difference(a: bytearray, b: bytearray, length: int) -> int:
+def _first_difference(a: bytearray | mmap.mmap, b: bytearray, length: int) -> int:
     for index in range(length):
         if a[index] != b[index]:
             return index

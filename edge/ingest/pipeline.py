@@ -37,7 +37,7 @@ from edge.custody.isobmff import evidence_box, seal_decision
 from edge.custody.ledger import EntryType, station_time_now
 from edge.custody.manifest import sign_manifest
 from edge.custody.seal import append_evidence_box, write_sidecar
-from edge.durable.files import free_bytes, fsync_dir
+from edge.durable.files import free_bytes, fsync_dir, make_dirs_durable
 from edge.ingest.copy import (
     AcquireError,
     CopyResult,
@@ -444,6 +444,7 @@ class _Run:
             reread: ReRead = await self._thread(
                 reread_stored_and_source, part, w.offered.reopen, size, self.settings.chunk_bytes, display
             )
+            checks["stored_read"] = reread.stored_read  # how the read bypassed the page cache
             if reread.stored_sha256 != sha256 or reread.stored_size != size:
                 raise _VerificationMismatch(
                     f"{display}: stored copy re-read from disk gives {reread.stored_sha256} "
@@ -476,7 +477,7 @@ class _Run:
         part = self.layout.tmp_copy(w.item)
 
         def work() -> bool:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs_durable(final.parent)  # a new items/YYYY/MM/DD/ must survive power loss too
             if part.exists():
                 os.replace(part, final)
                 fsync_dir(final.parent)

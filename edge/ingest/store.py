@@ -18,7 +18,6 @@ without the other after a crash.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sqlite3
 from contextlib import AbstractContextManager
@@ -28,7 +27,7 @@ from typing import Any
 
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Ledger, LedgerEntry
-from edge.durable.files import write_atomic
+from edge.durable.files import create_private_file, ensure_private_dir, ensure_private_file, write_atomic
 from edge.durable.sqlite import immediate_transaction
 
 log = logging.getLogger(__name__)
@@ -148,6 +147,10 @@ def read_station_id(conn: sqlite3.Connection) -> str | None:
 
 
 def open_db(path: Path) -> sqlite3.Connection:
+    # SQLite gives the -wal and -shm files the database file's mode: create it private first.
+    create_private_file(path)
+    for companion in ("-wal", "-shm", "-journal"):
+        ensure_private_file(path.with_name(path.name + companion))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
@@ -164,8 +167,7 @@ class StationStore:
         self.layout = StoreLayout(root)
         self.station_id = station_id
         for directory in (root, self.layout.keys_dir, self.layout.tmp, self.layout.items):
-            directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.layout.keys_dir, 0o700)
+            ensure_private_dir(directory)  # 0700 whatever the umask, each new level fsynced in its parent
         self.key = StationKey.load_or_create(self.layout.private_key)
         self.conn = open_db(self.layout.db)
         self.conn.executescript(SCHEMA)

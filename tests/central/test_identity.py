@@ -393,7 +393,7 @@ def test_init_creates_everything_with_private_modes(
     for secret in (layout.ca_key, layout.server_key, layout.signing_key):
         assert _mode(secret) == 0o600, secret
     for public in (layout.ca_cert, layout.server_cert, layout.signing_pub):
-        assert _mode(public) == 0o644, public
+        assert _mode(public) == 0o600, public  # public material, but nothing in a store is for others
     assert len(initialised.created) == 3 and initialised.kept == ()
     assert initialised.ca_sha256 == certificate_sha256(_cert(layout.ca_cert))
     assert initialised.signing_key.key_id == load_signing_key(config).key_id

@@ -33,7 +33,7 @@ def test_put_links_into_a_content_addressed_read_only_path(store: FileObjectStor
     assert stored.sha256 == sha and stored.size_bytes == len(data)
     path = store.root / sha[:2] / sha[2:4] / sha
     assert path.read_bytes() == data
-    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400  # read-only, private to the service user
     assert store.exists(sha) and store.size_bytes(sha) == len(data)
     with store.open(sha) as stream:
         assert stream.read() == data

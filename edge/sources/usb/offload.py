@@ -374,6 +374,7 @@ class VolumeOffload:
                 "sha256": found.sha256,
                 "size": found.size,
                 "stored_reread": True,
+                "stored_read": reread.stored_read,
                 "source_reread": True,
                 "purpose": "before erasing",
             },
