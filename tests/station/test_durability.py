@@ -30,6 +30,7 @@ from edge.durable.uncached import CacheBypassError, ReadMethod, UncachedFile, re
 from edge.ingest.copy import reread_and_compare
 from edge.ingest.store import StationStore
 from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
+from tests.prerequisites import require
 from tests.station.harness import simulated_station, spec
 
 from .conftest import session_info
@@ -123,11 +124,7 @@ def test_the_fsync_recorder_sees_a_directory_made_without_fsync(
 
 
 def _need(tool: str) -> None:
-    if shutil.which(tool) is None or os.geteuid() != 0:
-        message = f"needs root and {tool}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(shutil.which(tool) is not None and os.geteuid() == 0, f"needs root and {tool}")
 
 
 @pytest.fixture
