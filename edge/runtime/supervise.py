@@ -42,6 +42,7 @@ from typing import TypedDict
 from edge.runtime.sdnotify import SystemdNotifier
 
 __all__ = [
+    "Clock",
     "Liveness",
     "Supervisor",
     "SupervisorError",
@@ -49,6 +50,7 @@ __all__ = [
     "TaskHealth",
     "TaskSpec",
     "TaskState",
+    "Wait",
     "current_liveness",
 ]
 
@@ -118,6 +120,12 @@ class TaskSpec:
             raise ValueError(f"task {self.name}: stop_timeout_s must be > 0, got {self.stop_timeout_s!r}")
 
 
+Clock = Callable[[], float]
+"""Monotonic seconds: ``time.monotonic``, or a test's fake clock."""
+Wait = Callable[[asyncio.Event, float], Awaitable[None]]
+"""Return once the event is set or ``timeout_s`` of the clock's time has passed (:func:`wait_event`)."""
+
+
 class TaskHealth(TypedDict):
     """One task's entry in :meth:`Supervisor.health` (JSON-serialisable)."""
 
@@ -136,6 +144,7 @@ class TaskHealth(TypedDict):
 @dataclass(eq=False)
 class _Supervised:
     spec: TaskSpec
+    clock: Clock = field(default=time.monotonic, repr=False)
     state: TaskState = TaskState.PENDING
     task: asyncio.Task[None] | None = None
     restarts: int = 0
@@ -165,7 +174,7 @@ class Liveness:
 
     def beat(self) -> None:
         """Record that the task just did something useful. Thread-safe, cheap."""
-        self._record.last_alive = time.monotonic()
+        self._record.last_alive = self._record.clock()
 
     def __repr__(self) -> str:
         return f"Liveness({self.name!r})"
@@ -220,6 +229,9 @@ class Supervisor:
     (0.5: the delay falls in [d/2, d]) using ``rng``, so bays failing together do not restart in step.
     ``restart_budget`` restarts per task within ``budget_window_s``; the next failure gives up.
     ``notify_ready``: send ``READY=1`` once every task has been started.
+    ``clock`` and ``wait``: where the supervisor reads the time and how it waits for its next deadline
+    (monotonic time and a real timed wait; tests pass a fake clock that moves only when told, so that
+    liveness, backoff, budget windows and watchdog pings are checked without racing real timers).
     """
 
     def __init__(
@@ -233,6 +245,8 @@ class Supervisor:
         budget_window_s: float = 60.0,
         rng: random.Random | None = None,
         notify_ready: bool = True,
+        clock: Clock = time.monotonic,
+        wait: Wait | None = None,
     ) -> None:
         if not backoff_initial_s >= 0:
             raise ValueError(f"backoff_initial_s must be >= 0, got {backoff_initial_s!r}")
@@ -254,6 +268,8 @@ class Supervisor:
         self._budget_window_s = budget_window_s
         self._rng = rng if rng is not None else random.Random()
         self._notify_ready = notify_ready
+        self._clock = clock
+        self._wait = wait if wait is not None else wait_event
         self._records: dict[str, _Supervised] = {}
         self._wakeup: asyncio.Event | None = None
         self._started = False
@@ -275,7 +291,7 @@ class Supervisor:
         """
         if spec.name in self._records:
             raise ValueError(f"a task named {spec.name!r} is already supervised")
-        self._records[spec.name] = _Supervised(spec)
+        self._records[spec.name] = _Supervised(spec, clock=self._clock)
         if self._wakeup is not None:
             self._wakeup.set()
 
@@ -284,7 +300,7 @@ class Supervisor:
 
     def alive(self, name: str) -> None:
         """Mark task ``name`` as having just done something useful. Thread-safe."""
-        self._record(name).last_alive = time.monotonic()
+        self._record(name).last_alive = self._clock()
 
     def _record(self, name: str) -> _Supervised:
         try:
@@ -293,7 +309,7 @@ class Supervisor:
             raise KeyError(f"no supervised task named {name!r}; known: {sorted(self._records)}") from None
 
     def health(self) -> dict[str, TaskHealth]:
-        now = time.monotonic()
+        now = self._clock()
         report: dict[str, TaskHealth] = {}
         for name, rec in self._records.items():
             self._prune(rec, now)
@@ -330,7 +346,7 @@ class Supervisor:
                 wakeup.clear()
                 if stop.is_set():
                     break
-                now = time.monotonic()
+                now = self._clock()
                 self._reap(now)
                 if self._gave_up is None:
                     self._start_due(now)
@@ -340,13 +356,9 @@ class Supervisor:
                 self._announce_ready()
                 self._ping_watchdog(now)
                 self._publish_status()
-                delay_s = self._next_deadline(now) - time.monotonic()
+                delay_s = self._next_deadline(now) - self._clock()
                 if delay_s > 0:
-                    try:
-                        async with asyncio.timeout(delay_s):
-                            await wakeup.wait()
-                    except TimeoutError:
-                        pass
+                    await self._wait(wakeup, delay_s)
         finally:
             stop_watcher.cancel()
             await self._shutdown()

@@ -32,6 +32,8 @@ class _Backoff(TypedDict):
 
 
 FAST = _Backoff(backoff_initial_s=0.001, backoff_max_s=0.002)
+# Fake-clock step between supervisor passes in the tests that drive time.
+STEP_S = 1 / 1024  # a power of two: fake time adds up exactly
 
 
 async def _forever() -> None:
@@ -41,6 +43,70 @@ async def _forever() -> None:
 async def _wait(event: asyncio.Event, timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):
         await event.wait()
+
+
+class FakeClock:
+    """Monotonic time that moves only when the test moves it, and the supervisor's wait on it.
+
+    Give both to the supervisor (``clock=clock, wait=clock.wait``). ``advance(s)`` waits until the
+    supervisor is waiting, moves time, wakes it, and returns once it has finished that pass and waits
+    again: each call is exactly one supervisor pass at the new time, however loaded the machine is.
+    ``pass_time(s)`` only moves time (a task that ran for a while), without a pass.
+    """
+
+    def __init__(self) -> None:
+        self.now = 1024.0
+        self._timer: asyncio.Future[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._waiting = asyncio.Event()  # set while the supervisor waits
+        self._woke = asyncio.Event()  # set once it stopped waiting
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> None:
+        timer = self._timer = asyncio.get_running_loop().create_future()
+        self._wakeup = event
+        woken = asyncio.ensure_future(event.wait())
+        self._woke.clear()
+        self._waiting.set()
+        try:
+            await asyncio.wait({woken, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._waiting.clear()
+            self._woke.set()
+            self._timer = None
+            woken.cancel()
+
+    def pass_time(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def advance(self, seconds: float) -> None:
+        while True:
+            await _wait(self._waiting)
+            # Let callbacks already queued run first (a task that just ended sets the wakeup from its
+            # done callback): what happened before the step belongs to the present time.
+            for _ in range(3):
+                await asyncio.sleep(0)
+            if self._waiting.is_set() and (self._wakeup is None or not self._wakeup.is_set()):
+                break
+            # It is waking already (or woke): let that pass run and park again before time moves.
+            await _wait(self._woke)
+        timer = self._timer
+        assert timer is not None
+        self.now += seconds
+        self._waiting.clear()
+        timer.set_result(None)
+        await _wait(self._waiting)
+
+    async def advance_until(self, event: asyncio.Event, step_s: float, max_steps: int = 1000) -> None:
+        """Advance in `step_s` steps until `event` is set (a restart after its backoff, say)."""
+        for _ in range(max_steps):
+            if event.is_set():
+                return
+            await self.advance(step_s)
+            await asyncio.sleep(0)  # let a task the pass started run its first step
+        raise AssertionError(f"not set after {max_steps} steps of {step_s} s")
 
 
 @asynccontextmanager
@@ -111,29 +177,36 @@ def notifier_factory() -> Iterator[Callable[..., SystemdNotifier]]:
 
 
 async def test_restarts_crashed_task_with_exponential_jittered_backoff() -> None:
+    clock = FakeClock()
     starts: list[float] = []
     steady = asyncio.Event()
 
     async def flaky() -> None:
-        starts.append(time.monotonic())
+        starts.append(clock.now)
         if len(starts) <= 3:
             raise OSError(f"bay controller vanished (attempt {len(starts)})")
         steady.set()
         await _forever()
 
     supervisor = Supervisor(
-        backoff_initial_s=0.04, backoff_max_s=1.0, backoff_jitter=0.5, rng=random.Random(7)
+        backoff_initial_s=0.04,
+        backoff_max_s=1.0,
+        backoff_jitter=0.5,
+        rng=random.Random(7),
+        clock=clock,
+        wait=clock.wait,
     )
     supervisor.add(TaskSpec("dock", flaky))
     async with running(supervisor):
-        await _wait(steady)
+        await clock.advance_until(steady, STEP_S)
         health = supervisor.health()["dock"]
     expected_rng = random.Random(7)
     expected_s = [base * (1 - 0.5 * expected_rng.random()) for base in (0.04, 0.08, 0.16)]
     gaps_s = [b - a for a, b in itertools.pairwise(starts)]
     assert len(gaps_s) == 3
+    # Each restart comes at the first supervisor pass (every STEP_S of fake time) after its delay.
     for gap_s, want_s in zip(gaps_s, expected_s, strict=True):
-        assert want_s <= gap_s < want_s + 0.5
+        assert want_s - 1e-9 <= gap_s < want_s + STEP_S + 1e-9
     assert health["state"] == "running"
     assert health["restarts"] == 3
     assert health["recent_restarts"] == 3
@@ -141,23 +214,31 @@ async def test_restarts_crashed_task_with_exponential_jittered_backoff() -> None
 
 
 async def test_backoff_is_capped() -> None:
+    clock = FakeClock()
     starts: list[float] = []
     done = asyncio.Event()
 
     async def crashing() -> None:
-        starts.append(time.monotonic())
+        starts.append(clock.now)
         if len(starts) == 6:
             done.set()
             await _forever()
         raise RuntimeError("boom")
 
-    supervisor = Supervisor(backoff_initial_s=0.01, backoff_max_s=0.02, backoff_jitter=0.0, restart_budget=10)
+    supervisor = Supervisor(
+        backoff_initial_s=0.01,
+        backoff_max_s=0.02,
+        backoff_jitter=0.0,
+        restart_budget=10,
+        clock=clock,
+        wait=clock.wait,
+    )
     supervisor.add(TaskSpec("t", crashing))
     async with running(supervisor):
-        await _wait(done)
+        await clock.advance_until(done, STEP_S)
     gaps_s = [b - a for a, b in itertools.pairwise(starts)]
-    assert gaps_s[0] >= 0.01
-    assert all(0.02 <= gap_s < 0.3 for gap_s in gaps_s[1:])
+    assert 0.01 - 1e-9 <= gaps_s[0] < 0.01 + STEP_S + 1e-9
+    assert all(0.02 - 1e-9 <= gap_s < 0.02 + STEP_S + 1e-9 for gap_s in gaps_s[1:])
 
 
 async def test_crash_traceback_logged_once_then_one_line(caplog: pytest.LogCaptureFixture) -> None:
@@ -285,13 +366,14 @@ async def test_budget_window_forgets_old_restarts() -> None:
             await _forever()
         if attempts == 2:
             # Runs longer than the budget window before failing again: the first restart has aged out.
-            await asyncio.sleep(0.15)
+            clock.pass_time(0.15)
         raise RuntimeError(f"failure {attempts}")
 
-    supervisor = Supervisor(**FAST, restart_budget=1, budget_window_s=0.1)
+    clock = FakeClock()
+    supervisor = Supervisor(**FAST, restart_budget=1, budget_window_s=0.1, clock=clock, wait=clock.wait)
     supervisor.add(TaskSpec("t", crashes_after_a_while))
     async with running(supervisor):
-        await _wait(third)
+        await clock.advance_until(third, STEP_S)
         health = supervisor.health()["t"]
     assert health["restarts"] == 2
     assert health["recent_restarts"] <= 1
@@ -365,46 +447,40 @@ async def test_silent_task_is_cancelled_and_restarted(caplog: pytest.LogCaptureF
 
 
 async def test_beating_task_is_left_alone() -> None:
-    finished_beating = asyncio.Event()
-
-    async def busy() -> None:
-        for _ in range(15):
-            supervisor.alive("busy")
-            await asyncio.sleep(0.02)
-        finished_beating.set()
-        await _forever()
-
-    supervisor = Supervisor(**FAST)
-    supervisor.add(TaskSpec("busy", busy, liveness_timeout_s=0.1))
+    clock = FakeClock()
+    supervisor = Supervisor(**FAST, clock=clock, wait=clock.wait)
+    supervisor.add(TaskSpec("busy", _forever, liveness_timeout_s=0.1))
     handle = supervisor.liveness("busy")
     assert handle.name == "busy"
     async with running(supervisor):
-        await _wait(finished_beating)
-        handle.beat()
-        assert supervisor.health()["busy"]["restarts"] == 0
-        age_s = supervisor.health()["busy"]["last_alive_age_s"]
-        assert age_s is not None and age_s < 0.1
+        # 0.3 s of beats every 20 ms (three liveness timeouts), a supervisor pass after each one.
+        for beat in range(15):
+            if beat % 2:
+                handle.beat()
+            else:
+                supervisor.alive("busy")
+            await clock.advance(0.02)
+        health = supervisor.health()["busy"]
+        assert health["restarts"] == 0 and health["state"] == "running"
+        assert health["last_alive_age_s"] == pytest.approx(0.02)
+        # Control: the same task, silent for longer than its timeout, is cancelled at the next pass.
+        await clock.advance(0.09)
+        assert supervisor.health()["busy"]["state"] == "cancelling"
 
 
 async def test_beats_from_a_worker_thread_count() -> None:
-    done = asyncio.Event()
-
-    def copy_in_thread() -> None:
-        liveness = supervisor.liveness("copy")
-        for _ in range(10):
-            liveness.beat()
-            time.sleep(0.02)
-
-    async def copier() -> None:
-        await asyncio.to_thread(copy_in_thread)
-        done.set()
-        await _forever()
-
-    supervisor = Supervisor(**FAST)
-    supervisor.add(TaskSpec("copy", copier, liveness_timeout_s=0.08))
+    clock = FakeClock()
+    supervisor = Supervisor(**FAST, clock=clock, wait=clock.wait)
+    supervisor.add(TaskSpec("copy", _forever, liveness_timeout_s=0.08))
+    liveness = supervisor.liveness("copy")
     async with running(supervisor):
-        await _wait(done)
+        for _ in range(10):
+            await asyncio.to_thread(liveness.beat)  # a copy loop in an executor marks progress
+            await clock.advance(0.05)
         assert supervisor.health()["copy"]["restarts"] == 0
+        assert supervisor.health()["copy"]["state"] == "running"
+        await clock.advance(0.05)  # control: 0.1 s without a beat is too long
+        assert supervisor.health()["copy"]["state"] == "cancelling"
 
 
 async def test_task_ignoring_cancellation_makes_supervisor_give_up() -> None:
@@ -460,9 +536,7 @@ async def test_watchdog_withheld_while_a_task_is_not_live(
         incarnations += 1
         if incarnations > 1:
             restarted.set()
-            while True:
-                current_liveness().beat()
-                await asyncio.sleep(0.01)
+            await _forever()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -470,20 +544,26 @@ async def test_watchdog_withheld_while_a_task_is_not_live(
             await release_cleanup.wait()  # e.g. closing a half-written file on a slow disk
             raise
 
-    supervisor = Supervisor(notifier=notifier_factory(path, 40_000), **FAST)  # ping every 20 ms
+    clock = FakeClock()
+    supervisor = Supervisor(
+        notifier=notifier_factory(path, 40_000), **FAST, clock=clock, wait=clock.wait
+    )  # ping every 20 ms
     supervisor.add(TaskSpec("core", _forever))
     supervisor.add(TaskSpec("bay", hangs_with_slow_cleanup, liveness_timeout_s=0.1, stop_timeout_s=5.0))
     async with running(supervisor):
         await notifications.next_matching("WATCHDOG=1")
-        await _wait(cancel_seen)
+        await clock.advance_until(cancel_seen, 0.02)
         notifications.drain()  # everything sent before the hang was noticed
-        await asyncio.sleep(0.15)  # proving an absence: 7 ping periods
+        for _ in range(7):  # seven ping periods, a supervisor pass at each
+            await clock.advance(0.02)
         withheld = notifications.drain()
         assert "WATCHDOG=1" not in withheld
         assert supervisor.health()["bay"]["state"] == "cancelling"
         release_cleanup.set()
-        await _wait(restarted)
-        await notifications.next_matching("WATCHDOG=1")
+        await clock.advance_until(restarted, STEP_S)
+        # Control: with every task live again, the next pass pings.
+        await clock.advance(0.02)
+        assert "WATCHDOG=1" in notifications.drain()
     assert supervisor.health()["bay"]["restarts"] == 1
 
 

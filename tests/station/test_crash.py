@@ -126,7 +126,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
         kills = 0
         for _ in range(ROUNDS):
             agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.4, 2.5))
+            time.sleep(rng.uniform(0.4, 2.5))  # the world: power fails at a random (seeded) moment
             if agent.poll() is None:
                 agent.send_signal(signal.SIGKILL)
                 kills += 1
