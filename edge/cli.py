@@ -59,7 +59,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
         is_store,
         verify_file,
         verify_receipt_file,
-        verify_store,
     )
 
     target = Path(args.path)
@@ -76,7 +75,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not is_store(target):
             print(f"error: {target} is not a station store (no state.db)", file=sys.stderr)
             return 2
-        report = verify_store(target, only_item=args.item, pinned_key=key, central_key=central_key)
+        try:
+            report = _verify_station_store(target, args, key, central_key)
+        except (ConfigError, CustodyError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     elif is_receipt_file(target):
         if central_key is None:
             print(
@@ -100,12 +103,38 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         for problem in report.problems:
             print(f"FAIL {problem.where}: {problem.what}")
+        for note in report.notes:
+            print(f"NOTE {note}")
         checked = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.checked.items())
         print(
             f"{'OK' if report.ok else 'FAILED'}: {report.target} ({checked}; "
             f"{len(report.problems)} problem(s))"
         )
     return 0 if report.ok else 1
+
+
+def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, central_key: Any) -> Any:
+    """A station store, checked against what the central witnessed: the central key and the central
+    itself are found from the station's configuration (`--config`, `$EDGE_STATION_CONFIG` or
+    /etc/evidence-edge/station.toml, when it configures this store)."""
+    from edge.custody.keys import load_public_key
+    from edge.verify.station import verify_store
+    from edge.verify.witness import fetch_central_view, find_station_config
+
+    found = find_station_config(target, Path(args.config) if args.config else None)
+    view = None
+    if found.config is not None and found.config.uplink.enabled and args.item is None:
+        pinned = found.config.uplink.pinned_key_path
+        if central_key is None and pinned is not None:
+            central_key = load_public_key(pinned)
+        view = asyncio.run(fetch_central_view(found.config))
+    report = verify_store(target, only_item=args.item, pinned_key=key, central_key=central_key,
+                          central_view=view)
+    if found.note is not None:
+        report.notes.insert(0, found.note)
+    elif found.path is not None:
+        report.notes.insert(0, f"station configuration: {found.path}")
+    return report
 
 
 def _verify_central(store_dir: Path, central_key: Any) -> Any:
@@ -206,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--central-key", help="the central's signing public key (central-signing.pub), to verify receipts"
     )
     verify.add_argument("--content", help="with a receipt: the file whose bytes it should receipt")
+    verify.add_argument(
+        "--config",
+        help="the station configuration of the store (default: $EDGE_STATION_CONFIG, else "
+        "/etc/evidence-edge/station.toml when it configures this store): its pinned central key checks "
+        "receipts and witnessed heads, and its central is asked for its witnessed head",
+    )
     verify.add_argument("--json", action="store_true", help="one JSON object")
     verify.set_defaults(func=cmd_verify)
 

@@ -97,7 +97,12 @@ class StationAgent:
     async def run(self, stop: asyncio.Event, *, notifier: SystemdNotifier | None = None) -> None:
         """Run until `stop` is set. Raises SupervisorGaveUp when a loop keeps failing (systemd restarts)."""
         self.store = StationStore(self.config.station.store_dir, self.config.station.id)
-        self.store.record(EntryType.STATION_STARTED, None, {"station": self.config.station.id})
+        # The cadence of self-signed checkpoints is declared in the ledger, where `edge verify` finds it.
+        self.store.ledger.checkpoint_every = self.config.station.checkpoint_every
+        self.store.record(
+            EntryType.STATION_STARTED, None,
+            {"station": self.config.station.id, "checkpoint_every": self.config.station.checkpoint_every},
+        )
         watcher = VolumeWatcher(self.config.usb.mount_root)
         supervisor = Supervisor(notifier=notifier)
         self.supervisor = supervisor
@@ -144,6 +149,10 @@ class StationAgent:
             with self.store.transaction():
                 self.store.ledger.append(EntryType.STATION_STOPPED, None, {"station": self.config.station.id})
                 self.store.ledger.checkpoint()
+            if self.uplink is not None:
+                # The central witnesses the ledger up to the stop (bounded: a central that is down
+                # cannot hold up the shutdown).
+                await self.uplink.flush_ledger()
             self.store.close()
             self.executor.shutdown(wait=True, cancel_futures=True)
             close = getattr(self.backend, "close", None)

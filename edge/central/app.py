@@ -234,8 +234,9 @@ class StationEndpoints:
             doc = await read_json_body(request, stall_timeout_s=self.stall_timeout_s)
         except Rejection as rejection:
             raise self._recorded(rejection, caller) from None
-        seq, hash_hex = await self.parts.registrar.accept_segment(caller, request.match_info["station"], doc)
-        return json_response({"seq": seq, "hash": hash_hex})
+        await self.parts.registrar.accept_segment(caller, request.match_info["station"], doc)
+        # The accepted head, witnessed (signed) by the central, and the log's tree head.
+        return json_response(self.parts.registrar.ledger_answer(caller))
 
     async def post_item(self, request: web.Request) -> web.Response:
         caller = self.parts.auth.station(request)
@@ -317,7 +318,7 @@ def build_app(config: CentralConfig, *, signing_key: StationKey | None = None) -
     except BaseException:
         index.close()
         raise
-    registrar = Registrar(index, objects, merkle, uploads)
+    registrar = Registrar(index, objects, merkle, uploads, signing_key=key, central_id=config.central.id)
 
     def record(rejection: Rejection, station: str | None, remote: str | None) -> None:
         registrar.reject(rejection, station=station, remote=remote)

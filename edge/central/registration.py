@@ -33,10 +33,11 @@ from edge.central.index import CentralIndex, ItemRecord, StationRecord
 from edge.central.objects import ObjectCorrupt, ObjectMismatch, ObjectStore, ObjectStoreError
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.errors import CanonicalJsonError, KeyFormatError, LedgerError
-from edge.custody.keys import key_id_of
+from edge.custody.keys import StationKey, key_id_of
 from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry, station_time_now, verify_chain
 from edge.custody.manifest import REQUIRED_FIELDS, verify_manifest
 from edge.custody.receipt import Receipt, TreeHead, make_leaf_entry, make_receipt
+from edge.custody.witness import WitnessedHead, sign_witnessed_head
 
 __all__ = [
     "HTTP_STATUS",
@@ -169,6 +170,7 @@ class MerkleLogLike(Protocol):
     def append(self, leaf_entry: Mapping[str, Any]) -> int: ...
     def size(self) -> int: ...
     def tree_head(self) -> TreeHead: ...
+    def latest_tree_head(self) -> TreeHead | None: ...
     def inclusion_proof(self, index: int, size: int) -> list[bytes]: ...
     def leaf(self, index: int) -> dict[str, Any]: ...
 
@@ -434,12 +436,17 @@ class Registrar:
         merkle: MerkleLogLike,
         uploads: UploadSource,
         *,
+        signing_key: StationKey | None = None,
+        central_id: str | None = None,
         clock: Callable[[], str] = station_time_now,
     ) -> None:
         self.index = index
         self.objects = objects
         self.merkle = merkle
         self.uploads = uploads
+        # With both, every receipt and ledger answer carries the station's witnessed head.
+        self._signing_key = signing_key
+        self._central_id = central_id
         self._clock = clock
         self._station_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -468,10 +475,39 @@ class Registrar:
     # -- ledger ----------------------------------------------------------------------------------
 
     def ledger_head(self, caller: Caller, path_station: str) -> dict[str, Any]:
+        """The station's accepted head, its newest checkpoint, the head witnessed and the log's tree head."""
         self._same_station(caller, path_station)
-        seq, hash_hex = self.index.ledger_head(caller.station_id)
         checkpoint = self.index.latest_checkpoint(caller.station_id)
-        return {"seq": seq, "hash": hash_hex, "checkpoint": checkpoint.to_dict() if checkpoint else None}
+        return {**self.ledger_answer(caller), "checkpoint": checkpoint.to_dict() if checkpoint else None}
+
+    def ledger_answer(self, caller: Caller) -> dict[str, Any]:
+        """What the central says about a station's ledger: the accepted head ``(seq, hash)``, that head
+        signed as witnessed (None before the first entry, or when the central does not witness), and the
+        log's current signed tree head, so that the station can check the log's consistency."""
+        seq, hash_hex = self.index.ledger_head(caller.station_id)
+        witnessed = self.witnessed_head(caller.station, (seq, hash_hex))
+        with self.index.transaction():
+            tree_head = self.merkle.tree_head()
+        return {
+            "seq": seq,
+            "hash": hash_hex,
+            "witnessed_head": None if witnessed is None else witnessed.to_dict(),
+            "tree_head": tree_head.to_dict(),
+        }
+
+    def witnessed_head(
+        self, station: StationRecord, head: tuple[int, str] | None = None
+    ) -> WitnessedHead | None:
+        """The station's accepted ledger head, signed by the central (None for an empty ledger)."""
+        if self._signing_key is None or self._central_id is None:
+            return None
+        seq, hash_hex = head if head is not None else self.index.ledger_head(station.station)
+        if seq == 0:
+            return None
+        return sign_witnessed_head(
+            central=self._central_id, station=station.station, seq=seq, hash_hex=hash_hex,
+            station_key_id=station.key_id, time=self._clock(), key=self._signing_key,
+        )
 
     async def accept_segment(self, caller: Caller, path_station: str, doc: object) -> tuple[int, str]:
         """Verify and store a ledger segment; returns the accepted head. Raises :class:`Rejection`."""
@@ -623,7 +659,7 @@ class Registrar:
             existing = self.index.item(item)
             if existing is not None:
                 self._replay_of(caller, existing, manifest, manifest_text)
-                receipt = self._receipt(existing.leaf_index)
+                receipt = self._receipt(existing.leaf_index, caller.station)
                 log.info("item %s accepted concurrently; answering as a replay", item)
                 return Registered(receipt, replay=True)
             accepted_utc = self._clock()
@@ -635,7 +671,7 @@ class Registrar:
             leaf_index = self.merkle.append(leaf)
             self.index.insert_item(manifest, station_id=caller.station_id, leaf_index=leaf_index,
                                    accepted_utc=accepted_utc)
-            receipt = self._receipt(leaf_index)
+            receipt = self._receipt(leaf_index, caller.station)
         log.info("item %s from station %s accepted: leaf %d, tree size %d, upload %s", item,
                  caller.station_id, leaf_index, receipt.tree_size, upload_id)
         return Registered(receipt, replay=False)
@@ -645,13 +681,15 @@ class Registrar:
         record = self.index.item(item)
         if record is None:
             return None
+        station = self.index.station(record.station)
         with self.index.transaction():
-            return self._receipt(record.leaf_index)
+            return self._receipt(record.leaf_index, station)
 
-    def _receipt(self, leaf_index: int) -> Receipt:
+    def _receipt(self, leaf_index: int, station: StationRecord | None) -> Receipt:
         head = self.merkle.tree_head()
         proof = self.merkle.inclusion_proof(leaf_index, head.tree_size)
-        return make_receipt(self.merkle.leaf(leaf_index), leaf_index, proof, head)
+        witnessed = None if station is None else self.witnessed_head(station)
+        return make_receipt(self.merkle.leaf(leaf_index), leaf_index, proof, head, witnessed)
 
     def _replay(
         self, caller: Caller, manifest: Mapping[str, Any], manifest_text: bytes, upload_id: str
@@ -666,7 +704,7 @@ class Registrar:
         log.info("item %s replayed by station %s: same receipt leaf %d", existing.item, caller.station_id,
                  existing.leaf_index)
         with self.index.transaction():
-            receipt = self._receipt(existing.leaf_index)
+            receipt = self._receipt(existing.leaf_index, caller.station)
         return Registered(receipt, replay=True)
 
     @staticmethod

@@ -32,6 +32,11 @@ class StationSection(StrictModel):
         description="Whether the station clock may set recorder clocks: auto asks the time-sync "
         "sources of [time_sync] in order (chrony, systemd-timesyncd, systemd-timedated, adjtimex)",
     )
+    checkpoint_every: int = Field(
+        64, ge=1, le=100_000,
+        description="The ledger signs a checkpoint at least every this many entries; declared in each "
+        "station_started entry, so that `edge verify` names a longer run without one (deleted checkpoints)",
+    )
 
 
 TimeSyncSource = Literal["chrony", "timesyncd", "timedated", "adjtimex"]
@@ -218,6 +223,19 @@ class UplinkSection(StrictModel):
     retention_days: float | None = Field(
         30.0, ge=0,
         description="Purge the local copy this long after its receipt verified; unset: keep for ever",
+    )
+    ledger_push_delay_s: float = Field(
+        2.0, ge=0, le=300,
+        description="New ledger entries go to the central this long after the first of them (erasures at "
+        "once), so that the tail the central has not witnessed stays short",
+    )
+    ledger_push_shutdown_s: float = Field(
+        5.0, ge=0, le=60, description="At shutdown, how long the last ledger push may take"
+    )
+    tree_head_interval_s: float = Field(
+        300.0, gt=0, le=86400,
+        description="How often the station fetches the central's signed tree head and checks that the log "
+        "only grew (a consistency proof from the newest head it holds)",
     )
 
     @property

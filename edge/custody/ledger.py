@@ -8,20 +8,27 @@ recomputes every later hash still cannot produce the signed hash at a checkpoint
 The ledger lives in a connection the caller owns and never commits: the caller wraps a state change and
 its ledger entry in one transaction (``with conn:``), so a crash leaves both or neither.
 
+The ledger signs a checkpoint itself at seq 1 and whenever ``checkpoint_every`` entries have gone by
+without one, in the same transaction as the entry, so a ledger with entries but no checkpoint, or a run
+of more entries without one than the station declared (``checkpoint_every`` in its ``station_started``
+entries), means checkpoint rows were deleted: :func:`verify_ledger` names both.
+
 What verification cannot see on its own: a rewrite after the newest checkpoint, or the deletion of
-checkpoint rows together with the entries they cover. Checkpoints sent off the station (to the central)
-close that gap; :func:`verify_chain` takes them from any source.
+checkpoint rows together with the entries they cover, or anything done by someone who also holds the
+station key. The central's witnessed heads (:mod:`edge.custody.witness`) close that gap;
+:func:`verify_chain` takes checkpoints from any source.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,6 +42,7 @@ from edge.custody.keys import StationKey, key_id_of, verify_signature
 from edge.custody.problems import Problem
 
 __all__ = [
+    "CHECKPOINT_EVERY",
     "GENESIS_PREV",
     "Checkpoint",
     "EntryType",
@@ -50,6 +58,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GENESIS_PREV = "0" * 64
+# Default cadence of the checkpoints the ledger signs by itself: at most this many entries in a row go
+# without one. A station declares its cadence in each `station_started` entry (`checkpoint_every`).
+CHECKPOINT_EVERY = 64
+MAX_CHECKPOINT_EVERY = 100_000
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
@@ -85,6 +97,8 @@ class EntryType(StrEnum):
     REFUSED = "refused"
     GAP = "gap"
     CHECKPOINT = "checkpoint"
+    # The station's check of the central's log failed (a split view or a rewritten log): the uplink stops.
+    WITNESS_ALARM = "witness_alarm"
 
 
 def station_time_now() -> str:
@@ -203,6 +217,7 @@ CREATE TABLE IF NOT EXISTS ledger_checkpoints (
     key_id TEXT NOT NULL,
     signature TEXT NOT NULL
 ) STRICT;
+CREATE INDEX IF NOT EXISTS ledger_checkpoints_seq ON ledger_checkpoints (seq);
 CREATE TRIGGER IF NOT EXISTS ledger_extends_head BEFORE INSERT ON ledger
 WHEN NEW.seq IS NOT (SELECT coalesce(max(seq), 0) + 1 FROM ledger)
   OR NEW.prev IS NOT coalesce((SELECT hash FROM ledger ORDER BY seq DESC LIMIT 1), '{genesis}')
@@ -221,12 +236,23 @@ BEGIN SELECT RAISE(ABORT, 'ledger checkpoints are append-only: DELETE refused');
 class Ledger:
     """Appends to and reads the ledger in a caller-owned SQLite connection. Never commits."""
 
-    def __init__(self, conn: sqlite3.Connection, station_id: str, key: StationKey) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        station_id: str,
+        key: StationKey,
+        *,
+        checkpoint_every: int | None = None,
+    ) -> None:
         if not station_id:
             raise LedgerError("expected a non-empty station id")
         self._conn = conn
         self.station_id = station_id
         self._key = key
+        self._listeners: list[Callable[[LedgerEntry], None]] = []
+        # Unless told, keep the cadence the station last declared, so that every writer of the store
+        # (the agent, `edge tag`) keeps the promise `edge verify` checks.
+        self.checkpoint_every = checkpoint_every or declared_cadence(conn) or CHECKPOINT_EVERY
 
     def __repr__(self) -> str:
         return f"Ledger(station_id={self.station_id!r}, key_id={self._key.key_id!r})"
@@ -303,7 +329,27 @@ class Ledger:
                 f"ledger seq {entry.seq} was taken by another writer while appending {type_text}: {exc}"
             ) from exc
         log.debug("ledger seq %d %s item=%s", entry.seq, entry.type, entry.item)
+        if entry.seq == 1 or entry.seq - self._last_checkpoint_seq() >= self.checkpoint_every:
+            self.checkpoint()
+        for listener in self._listeners:
+            try:
+                listener(entry)
+            except Exception:  # a listener (the uplink's push trigger) must never fail an append
+                log.exception("ledger listener failed after seq %d", entry.seq)
         return entry
+
+    def add_listener(self, listener: Callable[[LedgerEntry], None]) -> None:
+        """Call ``listener(entry)`` after each append, possibly from a worker thread and before the
+        caller's transaction commits (so it may only schedule work that reads the ledger later)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[LedgerEntry], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def _last_checkpoint_seq(self) -> int:
+        row = self._conn.execute("SELECT max(seq) FROM ledger_checkpoints").fetchone()
+        return int(row[0]) if row is not None and isinstance(row[0], int) else 0
 
     def checkpoint(self, at_seq: int | None = None) -> Checkpoint | None:
         """Sign the current head (or the entry at ``at_seq``) and store the checkpoint (in the caller's
@@ -384,6 +430,32 @@ class Ledger:
         return verify_ledger(self._conn, public_key or self._key.public_key(), self.station_id)
 
 
+def cadence_of(entry_type: object, data: object) -> int | None:
+    """The checkpoint cadence a ``station_started`` entry declares, None for any other entry."""
+    if entry_type != EntryType.STATION_STARTED or not isinstance(data, Mapping):
+        return None
+    value = data.get("checkpoint_every")
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CHECKPOINT_EVERY:
+        return value
+    return None
+
+
+def declared_cadence(conn: sqlite3.Connection) -> int | None:
+    """The cadence the newest ``station_started`` entry declares (None when none declares one)."""
+    try:
+        row = conn.execute(
+            "SELECT data FROM ledger WHERE type = ? ORDER BY seq DESC LIMIT 1", (EntryType.STATION_STARTED,)
+        ).fetchone()
+    except sqlite3.OperationalError:  # no ledger table yet
+        return None
+    if row is None or not isinstance(row[0], str):
+        return None
+    try:
+        return cadence_of(EntryType.STATION_STARTED, parse_json(row[0]))
+    except CanonicalJsonError:
+        return None
+
+
 def _checkpoint_from_row(row: tuple[Any, ...]) -> Checkpoint:
     try:
         names = ("station", "seq", "hash", "time", "key_id", "signature")
@@ -435,6 +507,13 @@ class _ChainWalker:
         trusted.sort(key=lambda cp: cp.seq)
         self._pending = trusted
         self._next_cp = 0
+        # The checkpoint cadence (verify_ledger only): the newest authentic checkpoint at or before the
+        # entry being fed, the declared (every, at seq), and an open run of too many unsigned entries.
+        self._cadence_cp = 0
+        self._last_cp_seq = 0
+        self._cadence: tuple[int, int] | None = None
+        self._run: tuple[int, int, int] | None = None  # (first unsigned seq, every, declared at)
+        self.authentic_checkpoints = len(trusted)
         if self._pending and self._pending[0].seq == self._start_seq and self._start_seq > 0:
             self._match_checkpoints(self._start_seq, self._last_hash)
 
@@ -521,7 +600,33 @@ class _ChainWalker:
             else:
                 self._last_good_checkpoint = cp.seq
 
+    def declare_cadence(self, seq: int, every: int) -> None:
+        """From ``seq`` on, the station promises a signed checkpoint at least every ``every`` entries."""
+        self._cadence = (every, seq)
+
+    def check_cadence(self, seq: int) -> None:
+        """After feeding ``seq``: is it covered by a checkpoint close enough before it?"""
+        while self._cadence_cp < len(self._pending) and self._pending[self._cadence_cp].seq <= seq:
+            self._last_cp_seq = self._pending[self._cadence_cp].seq
+            self._cadence_cp += 1
+        if self._last_cp_seq == seq:
+            self._close_run(seq - 1)
+        elif self._cadence is not None and self._run is None and seq - self._last_cp_seq >= self._cadence[0]:
+            self._run = (self._last_cp_seq + 1, *self._cadence)
+
+    def _close_run(self, last: int) -> None:
+        if self._run is None:
+            return
+        first, every, declared_at = self._run
+        self._run = None
+        self.problems.append(Problem(
+            f"ledger seqs {first}-{last}",
+            f"{last - first + 1} entries in a row carry no signed checkpoint, but this station signs one at "
+            f"least every {every} entries (declared at seq {declared_at}): checkpoint rows were deleted",
+        ))
+
     def finish(self) -> list[Problem]:
+        self._close_run(self._last_seq)
         for cp in self._pending[self._next_cp:]:
             ends = f"the ledger ends at seq {self._last_seq}" if self._last_seq else "the ledger is empty"
             self.problems.append(
@@ -573,13 +678,16 @@ def verify_ledger(conn: sqlite3.Connection, public_key: Ed25519PublicKey, statio
     walker = _ChainWalker(checkpoints, public_key, station_id, (0, GENESIS_PREV))
     walker.problems[:0] = problems
     cursor = conn.execute("SELECT seq, time, type, item, data, prev, hash FROM ledger ORDER BY seq")
+    entries = 0
     for row in cursor:
+        entries += 1
         entry, problem = _entry_from_row(row)
         if entry is None:
             assert problem is not None
             walker.problems.append(problem)
             if isinstance(row[0], int) and isinstance(row[5], str) and isinstance(row[6], str):
                 walker.feed(row[0], row[5], row[6], None)
+                walker.check_cadence(row[0])
             continue
         where = f"ledger seq {entry.seq}"
         recomputed: str | None
@@ -595,4 +703,12 @@ def verify_ledger(conn: sqlite3.Connection, public_key: Ed25519PublicKey, statio
             walker.problems.append(Problem(where, f"time {entry.time[:80]!r} is not UTC ISO-8601 "
                                                   "with microseconds"))
         walker.feed(entry.seq, entry.prev, entry.hash, recomputed)
-    return walker.finish()
+        every = cadence_of(entry.type, entry.data)
+        if every is not None:
+            walker.declare_cadence(entry.seq, every)
+        walker.check_cadence(entry.seq)
+    found = walker.finish()
+    if entries and not walker.authentic_checkpoints:
+        found.append(Problem("ledger", f"holds {entries} entries but no authentic signed checkpoint; the "
+                                       f"ledger signs one at its first entry: checkpoint rows were deleted"))
+    return found

@@ -6,7 +6,9 @@ leaves it had, their RFC 9162 root (hex) and when it signed. A **leaf** is one a
 ``canonical_json`` of ``{"format": "evidence-edge/leaf/1", "item", "sha256", "size", "station",
 "manifest_sha256", "accepted_utc"}``, hashed with :func:`edge.custody.merkle.leaf_hash`. A **receipt**
 names the item, carries its leaf entry, the leaf's index and the audit path to the root of a signed tree
-head; a station (or a court expert) checks it offline with the central key pinned at enrolment.
+head; a station (or a court expert) checks it offline with the central key pinned at enrolment. A
+receipt/2 also carries the central's witnessed head of the station's ledger (:mod:`edge.custody.witness`);
+a receipt/1 (from before witnessing) still verifies and is reported as unwitnessed.
 
 Documents arrive from the network, so every reader checks every field strictly (type, length, range,
 no unknown members; ``True`` is not an integer) and names each problem by its JSON path.
@@ -15,26 +17,37 @@ no unknown members; ``True`` is not an integer) and names each problem by its JS
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.custody.canonical import MAX_SAFE_INTEGER, canonical_json
+from edge.custody.canonical import canonical_json
 from edge.custody.errors import CanonicalJsonError, CustodyError
+from edge.custody.fields import HEX64_RE as _HEX64_RE
+from edge.custody.fields import ORIGIN_RE as _ORIGIN_RE
+from edge.custody.fields import collect as _collect
+from edge.custody.fields import decode_signature as _decode_signature
+from edge.custody.fields import hex64_problem as _hex64_problem
+from edge.custody.fields import key_id_problem, signature_problem
+from edge.custody.fields import member_problems as _member_problems
+from edge.custody.fields import show as _show
+from edge.custody.fields import size_problem as _size_problem
+from edge.custody.fields import station_problem as _station_problem
+from edge.custody.fields import time_problem as _time_problem
 from edge.custody.keys import StationKey, key_id_of, verify_signature
 from edge.custody.merkle import HASH_SIZE, inclusion_proof_length, leaf_hash, verify_inclusion
 from edge.custody.problems import Problem
+from edge.custody.witness import WitnessedHead, verify_witnessed_head, witnessed_head_problems
 
 __all__ = [
     "LEAF_FIELDS",
     "LEAF_FORMAT",
     "MAX_PROOF_HASHES",
     "RECEIPT_FORMAT",
+    "RECEIPT_FORMAT_WITNESSED",
     "TREE_HEAD_FIELDS",
     "Receipt",
     "ReceiptError",
@@ -53,87 +66,24 @@ __all__ = [
 
 LEAF_FORMAT = "evidence-edge/leaf/1"
 RECEIPT_FORMAT = "evidence-edge/receipt/1"
+# A receipt that also carries the central's witnessed head of the station's ledger (edge.custody.witness).
+RECEIPT_FORMAT_WITNESSED = "evidence-edge/receipt/2"
 TREE_HEAD_FIELDS = ("origin", "tree_size", "root_hash", "time", "key_id", "signature")
 LEAF_FIELDS = ("format", "item", "sha256", "size", "station", "manifest_sha256", "accepted_utc")
 RECEIPT_FIELDS = (
     "format", "item", "sha256", "station", "leaf", "leaf_index", "tree_size", "inclusion_proof", "tree_head",
 )
+RECEIPT_FIELDS_WITNESSED = (*RECEIPT_FIELDS, "witnessed_head")
 # Tree sizes stay within canonical JSON's exact integers (2**53 - 1), so an audit path has at most 53
 # hashes; a longer list is refused before any of it is decoded.
 MAX_PROOF_HASHES = 53
 
-_HEX64_RE = re.compile(r"[0-9a-f]{64}")
-_KEY_ID_RE = re.compile(r"[0-9a-f]{32}")
-_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 # Exactly the strings str(uuid.UUID(...)) produces, as the manifest requires.
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_STATION_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# The origin names the log (the central's configured id); printable, no line breaks, bounded.
-_ORIGIN_RE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,126}[\x21-\x7e])?")
-_SIGNATURE_B64_CHARS = 88  # base64 of a 64-byte Ed25519 signature
 
 
 class ReceiptError(CustodyError, ValueError):
     """A tree head, leaf entry or receipt is malformed, or cannot be built from the given values."""
-
-
-def _show(value: object) -> str:
-    """A bounded rendering of a hostile value for a problem message."""
-    if isinstance(value, str):
-        return repr(value[:80]) + ("..." if len(value) > 80 else "")
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"an integer of {value.bit_length()} bits"  # repr of a huge int may even raise
-    if isinstance(value, bool | int | float) or value is None:
-        text = repr(value)
-        return text if len(text) <= 40 else text[:40] + "..."
-    return f"a {type(value).__name__}"
-
-
-def _valid_time(value: object) -> bool:
-    if not isinstance(value, str) or not _TIME_RE.fullmatch(value):
-        return False
-    try:
-        datetime.fromisoformat(value[:-1])  # the pattern fixed the layout; this checks the ranges
-    except ValueError:
-        return False
-    return True
-
-
-def _member_problems(doc: Mapping[Any, Any], expected: Sequence[str], where: str) -> list[Problem]:
-    problems = [Problem(where, f"required field {name!r} is missing") for name in expected if name not in doc]
-    unknown = [name for name in doc if name not in expected]
-    if unknown:
-        shown = ", ".join(_show(name) for name in unknown[:5])
-        problems.append(Problem(where, f"unexpected field(s) {shown}{' ...' if len(unknown) > 5 else ''}; "
-                                       f"expected only {', '.join(expected)}"))
-    return problems
-
-
-def _hex64_problem(doc: Mapping[str, Any], name: str, where: str) -> Problem | None:
-    value = doc.get(name)
-    if name in doc and not (isinstance(value, str) and _HEX64_RE.fullmatch(value)):
-        return Problem(f"{where}.{name}", f"expected 64 lower-case hex digits, found {_show(value)}")
-    return None
-
-
-def _size_problem(doc: Mapping[str, Any], name: str, where: str) -> Problem | None:
-    value = doc.get(name)
-    if name in doc and not (isinstance(value, int) and not isinstance(value, bool)
-                            and 0 <= value <= MAX_SAFE_INTEGER):
-        return Problem(f"{where}.{name}", f"expected an integer 0..2**53-1, found {_show(value)}")
-    return None
-
-
-def _time_problem(doc: Mapping[str, Any], name: str, where: str) -> Problem | None:
-    value = doc.get(name)
-    if name in doc and not _valid_time(value):
-        return Problem(f"{where}.{name}", f"expected UTC time like 2024-05-01T09:00:00.000000Z, "
-                                          f"found {_show(value)}")
-    return None
-
-
-def _collect(*problems: Problem | None) -> list[Problem]:
-    return [problem for problem in problems if problem is not None]
 
 
 # --- tree heads -------------------------------------------------------------------------------------
@@ -149,14 +99,7 @@ def tree_head_problems(doc: object, where: str = "tree_head") -> list[Problem]:
     if not isinstance(doc, Mapping):
         return [Problem(where, f"expected a JSON object, found {_show(doc)}")]
     problems = _member_problems(doc, TREE_HEAD_FIELDS, where) + _signed_field_problems(doc, where)
-    key_id = doc.get("key_id")
-    if "key_id" in doc and not (isinstance(key_id, str) and _KEY_ID_RE.fullmatch(key_id)):
-        problems.append(Problem(f"{where}.key_id",
-                                f"expected 32 lower-case hex digits, found {_show(key_id)}"))
-    signature = doc.get("signature")
-    if "signature" in doc and _decode_signature(signature) is None:
-        problems.append(Problem(f"{where}.signature", f"expected base64 of a 64-byte Ed25519 signature, "
-                                                      f"found {_show(signature)}"))
+    problems += _collect(key_id_problem(doc, "key_id", where), signature_problem(doc, where))
     return problems
 
 
@@ -173,19 +116,6 @@ def _signed_field_problems(doc: Mapping[str, Any], where: str) -> list[Problem]:
         _time_problem(doc, "time", where),
     )
     return problems
-
-
-def _decode_signature(value: object) -> bytes | None:
-    if not isinstance(value, str) or len(value) != _SIGNATURE_B64_CHARS:
-        return None
-    try:
-        raw = base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        return None
-    # Only the canonical encoding: the unused low bits of the last character must be zero.
-    if len(raw) != 64 or base64.b64encode(raw).decode("ascii") != value:
-        return None
-    return raw
 
 
 @dataclass(frozen=True)
@@ -298,14 +228,6 @@ def _item_problem(doc: Mapping[str, Any], where: str) -> Problem | None:
     return None
 
 
-def _station_problem(doc: Mapping[str, Any], where: str) -> Problem | None:
-    station = doc.get("station")
-    if "station" in doc and not (isinstance(station, str) and _STATION_RE.fullmatch(station)):
-        return Problem(f"{where}.station",
-                       f"expected 1-64 characters of [A-Za-z0-9._-], found {_show(station)}")
-    return None
-
-
 def make_leaf_entry(
     *, item: str, sha256: str, size: int, station: str, manifest_sha256: str, accepted_utc: str
 ) -> dict[str, Any]:
@@ -355,7 +277,13 @@ class Receipt:
     tree_size: int
     inclusion_proof: tuple[str, ...]  # hex hashes, leaf end first
     tree_head: TreeHead
-    format: str = RECEIPT_FORMAT
+    # The station's ledger head as the central had accepted it when it answered (receipt/2); None in a
+    # receipt/1, which stations still accept but `edge verify` reports as unwitnessed.
+    witnessed_head: WitnessedHead | None = None
+
+    @property
+    def format(self) -> str:
+        return RECEIPT_FORMAT if self.witnessed_head is None else RECEIPT_FORMAT_WITNESSED
 
     def proof_hashes(self) -> list[bytes]:
         return [bytes.fromhex(value) for value in self.inclusion_proof]
@@ -371,6 +299,7 @@ class Receipt:
             "tree_size": self.tree_size,
             "inclusion_proof": list(self.inclusion_proof),
             "tree_head": self.tree_head.to_dict(),
+            **({} if self.witnessed_head is None else {"witnessed_head": self.witnessed_head.to_dict()}),
         }
 
     @classmethod
@@ -392,14 +321,20 @@ class Receipt:
             tree_size=doc["tree_size"],
             inclusion_proof=tuple(doc["inclusion_proof"]),
             tree_head=TreeHead.from_dict(doc["tree_head"]),
-            format=doc["format"],
+            witnessed_head=(WitnessedHead.from_dict(doc["witnessed_head"]) if "witnessed_head" in doc
+                            else None),
         )
 
 
 def make_receipt(
-    leaf_entry: Mapping[str, Any], leaf_index: int, proof: Sequence[bytes], tree_head: TreeHead
+    leaf_entry: Mapping[str, Any],
+    leaf_index: int,
+    proof: Sequence[bytes],
+    tree_head: TreeHead,
+    witnessed_head: WitnessedHead | None = None,
 ) -> Receipt:
-    """A receipt for ``leaf_entry`` at ``leaf_index`` with its audit path to ``tree_head``'s root.
+    """A receipt for ``leaf_entry`` at ``leaf_index`` with its audit path to ``tree_head``'s root, and the
+    station's witnessed ledger head when given (a receipt/2).
 
     Checks everything a verifier will check except the signature, so the central never hands out a
     receipt that fails; raises :class:`ReceiptError`.
@@ -417,6 +352,7 @@ def make_receipt(
         tree_size=tree_head.tree_size,
         inclusion_proof=tuple(value.hex() if isinstance(value, bytes) else str(value) for value in proof),
         tree_head=tree_head,
+        witnessed_head=witnessed_head,
     )
     problems = receipt_problems(receipt.to_dict())
     if not problems:
@@ -430,10 +366,18 @@ def receipt_problems(doc: object, where: str = "receipt") -> list[Problem]:
     """Shape problems of a received receipt document (no signature or proof check)."""
     if not isinstance(doc, Mapping):
         return [Problem(where, f"expected a JSON object, found {_show(doc)}")]
-    problems = _member_problems(doc, RECEIPT_FIELDS, where)
     fmt = doc.get("format")
-    if "format" in doc and fmt != RECEIPT_FORMAT:
-        problems.append(Problem(f"{where}.format", f"expected {RECEIPT_FORMAT!r}, found {_show(fmt)}"))
+    if fmt not in (RECEIPT_FORMAT, RECEIPT_FORMAT_WITNESSED):
+        # Without a known format the expected members are unknown: the shape of receipt/1 is checked.
+        problems = [Problem(f"{where}.format", f"expected {RECEIPT_FORMAT!r} or "
+                                               f"{RECEIPT_FORMAT_WITNESSED!r}, found {_show(fmt)}")
+                    ] if "format" in doc else []
+        problems += _member_problems(doc, RECEIPT_FIELDS, where)
+    else:
+        expected = RECEIPT_FIELDS if fmt == RECEIPT_FORMAT else RECEIPT_FIELDS_WITNESSED
+        problems = _member_problems(doc, expected, where)
+    if "witnessed_head" in doc and fmt == RECEIPT_FORMAT_WITNESSED:
+        problems += witnessed_head_problems(doc["witnessed_head"], f"{where}.witnessed_head")
     problems += _collect(
         _item_problem(doc, where),
         _hex64_problem(doc, "sha256", where),
@@ -504,8 +448,10 @@ def verify_receipt(
     """Problems with a receipt; an empty list means the central accepted exactly this item.
 
     Checks the shape of every field, that the tree head is signed by the pinned central key, that the
-    leaf names the receipt's item, content hash and station (and the expected ones when given), and
-    that the inclusion proof leads from the leaf to the signed root.
+    leaf names the receipt's item, content hash and station (and the expected ones when given), that
+    the inclusion proof leads from the leaf to the signed root, and (receipt/2) that the witnessed head
+    of the station's ledger is the same central's signed statement about this station. Whether the
+    station's ledger still holds the witnessed entry is for the caller with the ledger to check.
     """
     doc = receipt_doc.to_dict() if isinstance(receipt_doc, Receipt) else receipt_doc
     where = "receipt"
@@ -519,4 +465,12 @@ def verify_receipt(
             problems.append(Problem(f"{where}.{name}", f"is {_show(doc[name])}, expected {_show(expected)}"))
     problems += verify_tree_head(doc["tree_head"], pinned_central_pub, where=f"{where}.tree_head")
     problems += _proof_problems(doc, where)
+    witnessed = doc.get("witnessed_head")
+    if witnessed is not None:
+        problems += verify_witnessed_head(witnessed, pinned_central_pub, expected_station=doc["station"],
+                                          where=f"{where}.witnessed_head")
+        if witnessed["central"] != doc["tree_head"]["origin"]:
+            problems.append(Problem(f"{where}.witnessed_head.central",
+                                    f"is {_show(witnessed['central'])} but the tree head is of log "
+                                    f"{_show(doc['tree_head']['origin'])}"))
     return problems

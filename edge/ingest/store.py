@@ -3,12 +3,14 @@
     store_dir/
       keys/station.key      Ed25519 private key (0600), made on first run
       keys/station.key.pub  its public half
-      state.db              SQLite (WAL): ledger, checkpoints, items, acquisitions, sessions, uploads
+      state.db              SQLite (WAL): ledger, checkpoints, items, acquisitions, sessions, uploads,
+                            and what the central witnessed (witnessed heads, its checked tree heads)
       ledger.reserve        space held back so that a full disk can still be put on the record
       tmp/                  copies in progress (discarded or resumed after a crash)
       items/YYYY/MM/DD/<item>.<ext>                 sealed evidence (original + manifest box, or original)
       items/YYYY/MM/DD/<item>.<ext>.manifest.json   signed manifest sidecar
-      items/YYYY/MM/DD/<item>.<ext>.receipt.json    the central's verified receipt (once uploaded)
+      items/YYYY/MM/DD/<item>.<ext>.receipt.json    the central's verified receipt (once uploaded), with
+                                                    its witnessed head of this station's ledger
 
 Stored names are the item UUID and a vetted extension: names from devices are never used as paths.
 State changes and their ledger entries are written in one SQLite transaction, so neither exists
@@ -27,6 +29,7 @@ from typing import Any
 
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Ledger, LedgerEntry
+from edge.custody.witness_log import StationWitness
 from edge.durable.files import create_private_file, ensure_private_dir, ensure_private_file, write_atomic
 from edge.durable.sqlite import immediate_transaction
 
@@ -173,6 +176,7 @@ class StationStore:
         self.conn.executescript(SCHEMA)
         _migrate_recorder_files(self.conn)
         Ledger.create_schema(self.conn)
+        StationWitness.create_schema(self.conn)
         self._check_station_id()
         self.ledger = Ledger(self.conn, station_id, self.key)
         self.hold_reserve()

@@ -1,20 +1,25 @@
 """The central receiver's registration and ledger endpoints, as the station calls them.
 
 Content goes through tus (`edge.uplink.tus_client`); this module sends what makes content evidence at
-the central: the signed manifest and the station's ledger segments, and brings back the receipt. Every
-answer from the central is untrusted input: bodies are bounded, JSON is parsed strictly and the receipt
-is verified by the caller before anything relies on it.
+the central: the signed manifest and the station's ledger segments, and brings back the receipt, the
+central's witnessed head of our ledger and its log's tree heads and consistency proofs. Every answer
+from the central is untrusted input: bodies are bounded, JSON is parsed strictly and every signed
+document is verified by the caller before anything relies on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+import ssl
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
+from edge.config.station import UplinkSection
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.ledger import GENESIS_PREV, Checkpoint, LedgerEntry
@@ -43,6 +48,21 @@ class CentralRejected(CentralError):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class LedgerAnswer:
+    """The central's view of our ledger: the accepted head, and (unverified) the signed documents that
+    came with it: the head as witnessed, and the log's tree head."""
+
+    seq: int
+    hash: str
+    witnessed_head: dict[str, Any] | None
+    tree_head: dict[str, Any] | None
+
+    @property
+    def head(self) -> tuple[int, str]:
+        return self.seq, self.hash
+
+
 class CentralApi:
     def __init__(
         self,
@@ -64,20 +84,32 @@ class CentralApi:
 
     async def ledger_head(self) -> tuple[int, str]:
         """The last ledger entry of this station the central accepted: (0, genesis) when none."""
-        doc = await self._request("GET", self._station_url("ledger/head"), None)
-        seq, hash_hex = doc.get("seq"), doc.get("hash")
-        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not _is_hex64(hash_hex):
-            raise CentralRejected(200, "bad_response", f"ledger head is malformed: {str(doc)[:200]}")
-        assert isinstance(hash_hex, str)
-        return seq, hash_hex if seq else GENESIS_PREV
+        return (await self.ledger_state()).head
 
-    async def post_ledger(self, entries: Sequence[LedgerEntry], checkpoint: Checkpoint) -> tuple[int, str]:
+    async def ledger_state(self) -> LedgerAnswer:
+        """The accepted head with the central's witnessed head and its log's tree head."""
+        doc = await self._request("GET", self._station_url("ledger/head"), None)
+        return _ledger_answer(doc, "ledger head")
+
+    async def post_ledger(self, entries: Sequence[LedgerEntry], checkpoint: Checkpoint) -> LedgerAnswer:
+        """Send a segment of our ledger; the answer is the head the central now holds."""
         doc = await self._request("POST", self._station_url("ledger"), _segment(entries, checkpoint))
-        seq, hash_hex = doc.get("seq"), doc.get("hash")
-        if not isinstance(seq, int) or isinstance(seq, bool) or not _is_hex64(hash_hex):
-            raise CentralRejected(200, "bad_response", f"ledger answer is malformed: {str(doc)[:200]}")
-        assert isinstance(hash_hex, str)
-        return seq, hash_hex
+        return _ledger_answer(doc, "ledger answer")
+
+    async def tree_head(self) -> dict[str, Any]:
+        """The central log's current signed tree head (unverified)."""
+        return await self._request("GET", f"{self.base_url}/v1/log/tree-head", None)
+
+    async def consistency(self, first: int, second: int) -> list[str]:
+        """The log's consistency proof from ``first`` to ``second`` leaves (hex hashes, unverified)."""
+        doc = await self._request("GET", f"{self.base_url}/v1/log/consistency?first={first}&second={second}",
+                                  None)
+        proof = doc.get("proof")
+        if (doc.get("first"), doc.get("second")) != (first, second) or not isinstance(proof, list) or not all(
+            _is_hex64(value) for value in proof
+        ) or len(proof) > 128:
+            raise CentralRejected(200, "bad_response", f"consistency answer is malformed: {str(doc)[:200]}")
+        return [str(value) for value in proof]
 
     async def register(
         self,
@@ -123,6 +155,41 @@ class CentralApi:
             code = doc.get("error") if isinstance(doc.get("error"), str) else f"http_{status}"
             raise CentralRejected(status, str(code)[:64], _detail(doc, raw))
         return doc
+
+
+@contextlib.asynccontextmanager
+async def central_session(
+    uplink: UplinkSection, station_id: str, *, connections: int = 4
+) -> AsyncIterator[tuple[aiohttp.ClientSession, dict[str, str]]]:
+    """An HTTP session to the central as ``uplink`` configures it (mutual TLS with the enrollment bundle,
+    or the development mode's plain HTTP), and the headers every request carries."""
+    context: ssl.SSLContext | bool = False
+    headers: dict[str, str] = {}
+    if uplink.insecure_plain_http:
+        log.warning("uplink uses PLAIN HTTP (insecure_plain_http): development only, not for evidence")
+        headers = {"X-Edge-Station": station_id}
+    else:
+        from edge.pki.tls import client_ssl_context  # the enrollment bundle's format
+
+        assert uplink.identity_dir is not None  # config validation guarantees it
+        context = client_ssl_context(uplink.identity_dir)
+    connector = aiohttp.TCPConnector(ssl=context, limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session, headers
+
+
+def _ledger_answer(doc: Mapping[str, Any], what: str) -> LedgerAnswer:
+    seq, hash_hex = doc.get("seq"), doc.get("hash")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not _is_hex64(hash_hex):
+        raise CentralRejected(200, "bad_response", f"{what} is malformed: {str(doc)[:200]}")
+    assert isinstance(hash_hex, str)
+    witnessed, tree_head = doc.get("witnessed_head"), doc.get("tree_head")
+    return LedgerAnswer(
+        seq,
+        hash_hex if seq else GENESIS_PREV,
+        witnessed if isinstance(witnessed, dict) else None,
+        tree_head if isinstance(tree_head, dict) else None,
+    )
 
 
 def _segment(entries: Sequence[LedgerEntry], checkpoint: Checkpoint) -> dict[str, Any]:

@@ -10,6 +10,12 @@ the retention period, the local copy purged.
 Failures never lose anything: transient ones (central down, timeouts, 5xx) back off exponentially with
 jitter per item and trip a circuit breaker that pauses all traffic; refusals the central explains
 (mismatch, signature, chain) are final for that item and named in the ledger.
+
+Witnessing (`edge.uplink.witness`): beside the items, the ledger tail goes to the central a few seconds
+after new entries (erasures at once) and at shutdown, so the part of the ledger the central has not
+witnessed stays short; every answer's witnessed head is checked and kept; every tree head the central
+shows us (receipts, ledger answers, a periodic fetch) must be a consistent extension of the newest one
+we hold, checked before a receipt is accepted. A failed check is an alarm that stops the uplink.
 """
 
 from __future__ import annotations
@@ -19,9 +25,8 @@ import contextlib
 import functools
 import logging
 import random
-import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,13 +37,20 @@ import aiohttp
 from edge.config.station import StationConfig
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import key_id_of, load_public_key
-from edge.custody.ledger import Checkpoint, LedgerEntry
+from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry
 from edge.custody.problems import Problem
 from edge.custody.receipt import verify_receipt
 from edge.durable.files import write_atomic
 from edge.ingest.store import StationStore
 from edge.runtime.supervise import wait_event
-from edge.uplink.central_api import CentralApi, CentralRejected, CentralUnavailable
+from edge.uplink.central_api import (
+    CentralApi,
+    CentralRejected,
+    CentralUnavailable,
+    LedgerAnswer,
+    central_session,
+)
+from edge.uplink.errors import UplinkFatal
 from edge.uplink.policy import Backoff, BreakerState, CircuitBreaker, RateLimiter, UploadWindows
 from edge.uplink.spool import Spool, SpoolEntry, UploadState
 from edge.uplink.tus_client import (
@@ -50,6 +62,9 @@ from edge.uplink.tus_client import (
     UplinkError,
     UploadInterrupted,
 )
+from edge.uplink.witness import BadWitnessDocument, CentralWitness
+
+__all__ = ["UplinkFatal", "UplinkService", "UplinkStats", "receipt_path"]
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +77,10 @@ _RETRY_CODES = {"ledger_gap", "chain_unknown", "bad_checkpoint", "bad_chain"}
 # Codes about the station itself, not the item: wait for an administrator (enroll, re-enroll) and retry.
 _STATION_CODES = {"unknown_station", "station_revoked", "wrong_station", "unauthenticated", "forbidden"}
 _REUPLOAD_CODES = {"upload_not_found", "upload_expired", "http_410"}
-
-
-class UplinkFatal(Exception):
-    """The central's record of this station's ledger disagrees with the station's: a fork. Uploading
-    stops until a human looks; the supervisor reports it."""
+# Entries that go to the central at once rather than after the push delay: erasures above all.
+_URGENT_ENTRIES = {EntryType.WIPED, EntryType.PURGED}
+# Without any new entry the ledger is still compared with the central's this often.
+LEDGER_PUSH_BACKSTOP_S = 60.0
 
 
 @dataclass
@@ -117,8 +131,13 @@ class UplinkService:
         self._last_purge = 0.0
         self._fatal: UplinkFatal | None = None
         self._bad_receipts: set[str] = set()
+        self._bad_answers: set[str] = set()
         self._tus: TusClient | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.witness = CentralWitness(store, config.station.id, self.central_key)
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._ledger_dirty = asyncio.Event()
+        self._ledger_urgent = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"UplinkService(central={self.uplink.central_url!r}, station={self.config.station.id!r})"
@@ -170,10 +189,34 @@ class UplinkService:
     # -- the loop ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until cancelled (a supervised task)."""
-        connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=self.uplink.concurrency + 2)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            headers = self._identity_headers()
+        """Run until cancelled (a supervised task). Raises :class:`UplinkFatal` at once while a witness
+        alarm stands: it is on the ledger, so a restart does not forget it."""
+        if self.witness.alarm is not None:
+            raise UplinkFatal(f"witness alarm: {self.witness.alarm}")
+        self._event_loop = asyncio.get_running_loop()
+        self.store.ledger.add_listener(self._ledger_appended)
+        self._ledger_dirty.set()  # compare with the central at start: a previous run may not have
+        try:
+            async with self._connection() as (tus, api):
+                self._tus = tus
+                try:
+                    await _first_failure(
+                        self._loop(tus, api), self._ledger_pusher(api), self._tree_head_poller(api)
+                    )
+                finally:
+                    tasks = list(self._in_flight.values())
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self.store.ledger.remove_listener(self._ledger_appended)
+            self._event_loop = None
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[tuple[TusClient, CentralApi]]:
+        async with central_session(
+            self.uplink, self.config.station.id, connections=self.uplink.concurrency + 2
+        ) as (session, headers):
             tus = TusClient(
                 session,
                 self.uplink.central_url.rstrip("/") + "/v1/uploads",
@@ -189,14 +232,7 @@ class UplinkService:
                 headers=headers,
                 timeout_s=self.uplink.request_timeout_s,
             )
-            self._tus = tus
-            try:
-                await self._loop(tus, api)
-            finally:
-                tasks = list(self._in_flight.values())
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            yield tus, api
 
     async def _loop(self, tus: TusClient, api: CentralApi) -> None:
         while True:
@@ -249,7 +285,8 @@ class UplinkService:
                 url = await self._upload(tus, entry)
             assert url is not None
             receipt = await self._register(api, entry, url)
-            self._accept_receipt(entry, receipt)
+            if await self._receipt_holds(api, entry, receipt):
+                self._accept_receipt(entry, receipt)
             self.breaker.record_success()
         except (
             CentralUnavailable,
@@ -275,6 +312,8 @@ class UplinkService:
                 self._transient(entry, f"{type(exc).__name__}: {exc}")
         except UplinkFatal:
             raise
+        except BadWitnessDocument as exc:
+            self._transient(entry, f"the central's answer does not verify: {exc}")
         except ValueError as exc:
             # e.g. a stored upload URL on another origin after central_url changed: start afresh.
             log.warning("item %s: %s; starting the upload again", entry.item, exc)
@@ -307,9 +346,9 @@ class UplinkService:
         upload_id = url.rstrip("/").rsplit("/", 1)[-1]
         async with self._register_lock:
             for attempt in range(3):
-                head = self._central_head or await api.ledger_head()
+                head = self._central_head or await self._central_state(api)
                 self._check_no_fork(head)
-                head = await self._send_backlog(api, head)
+                head = await self._send_segments(api, head, keep=LEDGER_BATCH)
                 entries, checkpoint = self._segment_after(head[0], LEDGER_BATCH)
                 try:
                     receipt = await api.register(upload_id, entry.manifest, entries, checkpoint)
@@ -335,19 +374,135 @@ class UplinkService:
                 "the ledgers forked; uploads stop until an administrator investigates"
             )
 
-    async def _send_backlog(self, api: CentralApi, head: tuple[int, str]) -> tuple[int, str]:
-        """Bring the central's copy of our ledger to within one batch of our head."""
-        while self.store.ledger.head()[0] - head[0] > LEDGER_BATCH:
+    async def _send_segments(self, api: CentralApi, head: tuple[int, str], *, keep: int) -> tuple[int, str]:
+        """Bring the central's copy of our ledger to within ``keep`` entries of our head (0: all of it)."""
+        while self.store.ledger.head()[0] - head[0] > keep:
             entries, checkpoint = self._segment_after(head[0], LEDGER_BATCH)
             assert checkpoint is not None
-            answer = await api.post_ledger(entries, checkpoint)
-            if answer != (entries[-1].seq, entries[-1].hash):
+            try:
+                answer = await api.post_ledger(entries, checkpoint)
+            except CentralRejected as exc:
+                if exc.code == "ledger_fork":
+                    raise UplinkFatal(f"the central reports a ledger fork: {exc.detail}") from None
+                if exc.code in ("ledger_gap", "chain_unknown"):
+                    self._central_head = None  # our view of the central's head was stale
+                raise
+            if answer.head != (entries[-1].seq, entries[-1].hash):
                 raise CentralUnavailable(
-                    f"the central answered ledger head {answer} to a segment ending at seq {entries[-1].seq}"
+                    f"the central answered ledger head {answer.head} to a segment ending at seq "
+                    f"{entries[-1].seq}"
                 )
-            head = answer
+            head = answer.head
             self._central_head = head
+            await self._take_answer(api, answer, "ledger_push")
         return head
+
+    async def _central_state(self, api: CentralApi) -> tuple[int, str]:
+        """The central's accepted head of our ledger, with its witnessed head and tree head checked."""
+        answer = await api.ledger_state()
+        await self._take_answer(api, answer, "ledger_head")
+        return answer.head
+
+    async def _take_answer(self, api: CentralApi, answer: LedgerAnswer, source: str) -> None:
+        """Check what came with an answer about our ledger; raises UplinkFatal on a witness alarm.
+
+        A signed document that does not verify is put on the record (once) and otherwise ignored: the
+        head only tells what to send next, the central checks continuity, and nothing is erased on
+        anything but a receipt that verifies.
+        """
+        self.witness.check_accepted_head(answer.seq, answer.hash)
+        try:
+            if answer.witnessed_head is not None:
+                self.witness.accept_witnessed_head(answer.witnessed_head, source)
+            if answer.tree_head is not None:
+                await self._observe_tree_head(api, answer.tree_head, source)
+        except BadWitnessDocument as exc:
+            reason = f"the central's answer ({source}) does not verify: {exc}"
+            log.error("%s", reason)
+            if reason not in self._bad_answers:
+                self._bad_answers.add(reason)
+                self.store.record("error", None, {"stage": "witness", "code": "bad_witness",
+                                                  "reason": reason[:1000]})
+
+    async def _observe_tree_head(self, api: CentralApi, doc: object, source: str) -> None:
+        async def consistency(first: int, second: int) -> list[str] | None:
+            try:
+                return await api.consistency(first, second)
+            except CentralRejected as exc:
+                if exc.status == 400 and exc.code == "bad_request":
+                    return None  # the central says it cannot: it holds fewer leaves than asked
+                raise
+
+        await self.witness.observe_tree_head(doc, source, consistency, api.tree_head)
+
+    # -- witnessing: the ledger tail and the central's tree heads ---------------------------------
+
+    def _ledger_appended(self, entry: LedgerEntry) -> None:
+        """A ledger listener: may run in a worker thread, inside the appender's transaction."""
+        loop = self._event_loop
+        if loop is None or loop.is_closed():
+            return
+        urgent = entry.type in _URGENT_ENTRIES
+
+        def mark() -> None:
+            if urgent:
+                self._ledger_urgent.set()
+            self._ledger_dirty.set()
+
+        with contextlib.suppress(RuntimeError):  # the loop closed in between
+            loop.call_soon_threadsafe(mark)
+
+    async def _ledger_pusher(self, api: CentralApi) -> None:
+        """Push the ledger tail a few seconds after new entries (erasures at once), independent of items."""
+        failures = 0
+        while True:
+            await wait_event(self._ledger_dirty, LEDGER_PUSH_BACKSTOP_S)
+            if not self._ledger_urgent.is_set():
+                await wait_event(self._ledger_urgent, self.uplink.ledger_push_delay_s)
+            self._ledger_dirty.clear()
+            self._ledger_urgent.clear()
+            try:
+                await self.push_ledger(api)
+                failures = 0
+            except (CentralUnavailable, CentralRejected, BadWitnessDocument, aiohttp.ClientError,
+                    TimeoutError) as exc:
+                failures += 1
+                delay = self.backoff.next_delay(failures)
+                log.warning("ledger push failed (%s); again in %.1f s", exc, delay)
+                self._ledger_dirty.set()
+                await wait_event(self._ledger_urgent, delay)
+
+    async def push_ledger(self, api: CentralApi) -> tuple[int, str]:
+        """Send every ledger entry the central does not hold yet; returns its accepted head."""
+        async with self._register_lock:
+            head = self._central_head or await self._central_state(api)
+            self._check_no_fork(head)
+            return await self._send_segments(api, head, keep=0)
+
+    async def flush_ledger(self, timeout_s: float | None = None) -> bool:
+        """At shutdown (after the uplink stopped): one last push, bounded in time; False when it failed."""
+        if self.witness.alarm is not None or not self.uplink.enabled:
+            return False
+        limit = self.uplink.ledger_push_shutdown_s if timeout_s is None else timeout_s
+        try:
+            async with asyncio.timeout(limit), self._connection() as (_tus, api):
+                head = await self.push_ledger(api)
+        except (UplinkFatal, CentralUnavailable, CentralRejected, BadWitnessDocument, aiohttp.ClientError,
+                TimeoutError, OSError) as exc:
+            log.warning("the last ledger push at shutdown failed: %s", exc)
+            return False
+        log.info("ledger pushed at shutdown: the central holds seq %d", head[0])
+        return True
+
+    async def _tree_head_poller(self, api: CentralApi) -> None:
+        """Fetch the central's tree head now and then and check the log only grew."""
+        while True:
+            try:
+                await self._observe_tree_head(api, await api.tree_head(), "tree_head")
+            except (CentralUnavailable, CentralRejected, BadWitnessDocument, aiohttp.ClientError,
+                    TimeoutError) as exc:
+                log.warning("central tree head not checked: %s", exc)
+            await asyncio.sleep(self.uplink.tree_head_interval_s)
 
     def _segment_after(self, seq: int, limit: int) -> tuple[list[LedgerEntry], Checkpoint | None]:
         entries: list[LedgerEntry] = []
@@ -361,7 +516,10 @@ class UplinkService:
             checkpoint = self.store.ledger.checkpoint(at_seq=entries[-1].seq)
         return entries, checkpoint
 
-    def _accept_receipt(self, entry: SpoolEntry, receipt: dict[str, Any]) -> None:
+    async def _receipt_holds(self, api: CentralApi, entry: SpoolEntry, receipt: dict[str, Any]) -> bool:
+        """Verify a receipt before anything relies on it: its signatures and proof, its manifest, and
+        (witnessing) its tree head against the newest we hold and its witnessed head against our ledger.
+        False (and the item deferred) when it does not verify; a witness alarm raises UplinkFatal."""
         problems = verify_receipt(
             receipt,
             self.central_key,
@@ -389,7 +547,13 @@ class UplinkService:
                     "error", entry.item, {"stage": "receipt", "code": "bad_receipt", "reason": reason[:1000]}
                 )
             self._transient(entry, f"receipt does not verify: {reason}")
-            return
+            return False
+        await self._observe_tree_head(api, receipt["tree_head"], "receipt")
+        if "witnessed_head" in receipt:
+            self.witness.accept_witnessed_head(receipt["witnessed_head"], "receipt")
+        return True
+
+    def _accept_receipt(self, entry: SpoolEntry, receipt: dict[str, Any]) -> None:
         tree_head = receipt["tree_head"]
         write_atomic(receipt_path(entry.path), canonical_json(receipt) + b"\n")
         self.spool.mark_receipted(
@@ -404,6 +568,8 @@ class UplinkService:
                 "tree_head_time": tree_head["time"],
                 "sha256": entry.sha256,
                 "verified": True,
+                **({"witnessed_seq": receipt["witnessed_head"]["seq"]} if "witnessed_head" in receipt
+                   else {}),
             },
         )
         self.stats.receipts += 1
@@ -493,18 +659,20 @@ class UplinkService:
             purged.append(item)
         return purged
 
-    # -- identity ---------------------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext | bool:
-        if self.uplink.insecure_plain_http:
-            return False
-        from edge.pki.tls import client_ssl_context  # the enrollment bundle's format
 
-        assert self.uplink.identity_dir is not None
-        return client_ssl_context(self.uplink.identity_dir)
+async def _first_failure(*coroutines: Any) -> None:
+    """Run coroutines together until the first one fails (its exception is raised, the rest cancelled).
 
-    def _identity_headers(self) -> dict[str, str]:
-        if self.uplink.insecure_plain_http:
-            log.warning("uplink uses PLAIN HTTP (insecure_plain_http): development only, not for evidence")
-            return {"X-Edge-Station": self.config.station.id}
-        return {}
+    Not a TaskGroup: the supervisor must see the exception itself, not an ExceptionGroup around it.
+    """
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -4,7 +4,9 @@ A store verifies when: the ledger chain and its signed checkpoints hold; every s
 object hashes to its manifest, its manifest is signed by the station key, agrees with the ledger's
 `acquired` and `sealed` entries and with the item index; every stored central receipt agrees with the
 ledger's `receipt` entry (and verifies in full when the central's key is given); an item purged after
-its receipt keeps a verifying signed manifest; and nothing in items/ is unaccounted for.
+its receipt keeps a verifying signed manifest; nothing in items/ is unaccounted for; and the ledger
+still holds every head the central witnessed (`edge.verify.witness`: the heads kept in the store and,
+when the station's configuration names the central, the central's own).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from edge.custody.problems import Problem
 from edge.custody.receipt import verify_receipt
 from edge.custody.seal import verify_sealed_file
 from edge.ingest.store import StoreLayout, read_station_id
+from edge.verify.witness import CentralView, witness_findings
 
 
 @dataclass
@@ -34,6 +37,8 @@ class VerifyReport:
     target: str
     checked: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    # What could not be checked, and why (not a failure: the checks that ran are in `checked`).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -45,6 +50,7 @@ class VerifyReport:
             "ok": self.ok,
             "checked": self.checked,
             "problems": [{"where": p.where, "what": p.what} for p in self.problems],
+            "notes": list(self.notes),
         }
 
 
@@ -136,11 +142,13 @@ def verify_store(
     *,
     pinned_key: Ed25519PublicKey | None = None,
     central_key: Ed25519PublicKey | None = None,
+    central_view: CentralView | None = None,
 ) -> VerifyReport:
     """Verify a station store. `pinned_key` is the station key as known from elsewhere (enrolment, the
     central): without it the store's own public key is used, which proves consistency but not origin.
-    `central_key` (the central's signing key from the enrollment bundle) makes every stored receipt
-    verify in full; without it receipts are checked against the ledger only."""
+    `central_key` (the central's signing key from the enrollment bundle) makes every stored receipt and
+    witnessed head verify in full; without it receipts are checked against the ledger only.
+    `central_view` is what the central said about this station's ledger (`fetch_central_view`)."""
     layout = StoreLayout(root)
     report = VerifyReport(str(root) if only_item is None else f"item {only_item}")
     try:
@@ -188,6 +196,12 @@ def verify_store(
         report.checked["purged"] = sum(1 for item in items if item.purged)
         if only_item is None:
             report.problems.extend(_unaccounted(conn, layout, known_paths))
+            findings = witness_findings(
+                conn, layout, station, key_id_of(public_key), central_key, central_view
+            )
+            report.problems.extend(findings.problems)
+            report.notes.extend(findings.notes)
+            report.checked.update(findings.checked)
     finally:
         conn.close()
     return report

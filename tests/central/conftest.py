@@ -195,7 +195,7 @@ def make_central_parts(root: Path, origin: str = "central-test") -> CentralParts
     merkle = MerkleLog(index.conn, key, origin)
     objects = FileObjectStore(root / "objects")
     uploads = TusUploadStore(root / "uploads", max_size_bytes=1 << 30, expire_after_s=3600)
-    registrar = Registrar(index, objects, merkle, uploads)
+    registrar = Registrar(index, objects, merkle, uploads, signing_key=key, central_id=origin)
     return CentralParts(root, index, objects, merkle, uploads, registrar, key)
 
 

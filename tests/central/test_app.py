@@ -14,6 +14,7 @@ from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
 from edge.custody.ledger import GENESIS_PREV
 from edge.custody.merkle import verify_consistency
 from edge.custody.receipt import TreeHead, verify_receipt, verify_tree_head
+from edge.custody.witness import verify_witnessed_head
 from tests.central.conftest import (
     FakeStation,
     HttpCentral,
@@ -40,12 +41,22 @@ async def test_station_over_mutual_tls_gets_a_receipt(tls_central: HttpCentral, 
     station_url = f"{tls_central.url}/v1/stations/{station.station_id}"
     async with tls_session(bundle) as session:
         status, head = await get_json(session, f"{station_url}/ledger/head")
-        assert status == 200 and head == {"seq": 0, "hash": GENESIS_PREV, "checkpoint": None}
+        assert status == 200
+        assert (head["seq"], head["hash"], head["checkpoint"], head["witnessed_head"]) == (
+            0, GENESIS_PREV, None, None
+        ), "nothing to witness before the first entry"
+        assert verify_tree_head(head["tree_head"], tls_central.central_public_key) == []
         status, doc = await register_over_http(session, tls_central.url, station, acquired)
         assert status == 201, doc
         receipt = doc["receipt"]
         assert verify_receipt(receipt, tls_central.central_public_key, expected_item=acquired.item,
                               expected_sha256=acquired.sha256, expected_station=station.station_id) == []
+        # The receipt carries the station's ledger head as the central accepted it, signed.
+        witnessed = receipt["witnessed_head"]
+        assert receipt["format"] == "evidence-edge/receipt/2"
+        assert (witnessed["station"], witnessed["seq"], witnessed["hash"]) == (
+            station.station_id, *station.ledger.head()
+        )
         # Replay: same leaf, 200.
         upload = await tus_upload(session, tls_central.url, acquired.content)
         status, again = await post_json(session, f"{station_url}/items",
@@ -54,6 +65,9 @@ async def test_station_over_mutual_tls_gets_a_receipt(tls_central: HttpCentral, 
         status, head = await get_json(session, f"{station_url}/ledger/head")
         assert (head["seq"], head["hash"]) == station.ledger.head()
         assert head["checkpoint"]["seq"] == head["seq"]
+        assert (head["witnessed_head"]["seq"], head["witnessed_head"]["hash"]) == station.ledger.head()
+        assert verify_witnessed_head(head["witnessed_head"], tls_central.central_public_key,
+                                     expected_station=station.station_id) == []
 
 
 async def test_certificate_of_an_unenrolled_station(tls_central: HttpCentral, station: FakeStation) -> None:

@@ -75,7 +75,11 @@ def problems_of(ledger: Ledger) -> list[Problem]:
         )
     except LedgerError:
         return from_table
-    assert [str(p) for p in from_entries] == [str(p) for p in from_table if "canonical form" not in p.what]
+    # Only the table knows the checkpoint cadence and whether checkpoints were expected at all.
+    table_only = ("canonical form", "carry no signed checkpoint", "no authentic signed checkpoint")
+    assert [str(p) for p in from_entries] == [
+        str(p) for p in from_table if not any(text in p.what for text in table_only)
+    ]
     return from_table
 
 
@@ -259,7 +263,9 @@ def test_checkpoints(conn: sqlite3.Connection, ledger: Ledger, station_key: Stat
     fill(conn, ledger, 1)
     cp2 = checkpoint(conn, ledger)
     assert cp2.seq == 4
-    assert ledger.checkpoints() == [cp, cp2]
+    first, *rest = ledger.checkpoints()
+    assert first.seq == 1, "the ledger signs its first entry by itself"
+    assert rest == [cp, cp2]
     assert Checkpoint.from_dict(cp2.to_dict()) == cp2
     assert problems_of(ledger) == []
 
@@ -330,7 +336,7 @@ def test_deleted_first_entry_is_named(
 ) -> None:
     as_attacker(conn, ("DELETE FROM ledger WHERE seq = 1", ()))
     problems = problems_of(ledger)
-    assert [p.where for p in problems] == ["ledger seq 1"]
+    assert [p.where for p in problems] == ["ledger seq 1", "checkpoint seq 1"]
     assert "starts at seq 2" in problems[0].what
 
 
@@ -348,8 +354,8 @@ def test_whole_ledger_deleted_is_named(
 ) -> None:
     as_attacker(conn, ("DELETE FROM ledger", ()))
     problems = problems_of(ledger)
-    assert [p.where for p in problems] == ["checkpoint seq 10"]
-    assert "empty" in problems[0].what
+    assert [p.where for p in problems] == ["checkpoint seq 1", "checkpoint seq 10"]
+    assert all("empty" in p.what for p in problems)
 
 
 def test_deleted_checkpointed_entry_in_the_middle_is_named(conn: sqlite3.Connection, ledger: Ledger) -> None:
@@ -438,8 +444,10 @@ def test_forged_checkpoint_signature_is_named(
         ),
     )
     problems = problems_of(ledger)
-    assert [p.where for p in problems] == ["checkpoint seq 10"]
+    # The forged checkpoint is named, and with the genuine ones gone the ledger has none at all.
+    assert [p.where for p in problems] == ["checkpoint seq 10", "ledger"]
     assert "signature does not verify" in problems[0].what
+    assert "no authentic signed checkpoint" in problems[1].what
 
 
 @pytest.mark.parametrize(
@@ -456,7 +464,7 @@ def test_forged_checkpoint_signature_is_named(
 def test_altered_checkpoint_fields_are_named(
     conn: sqlite3.Connection, ledger: Ledger, ten: list[LedgerEntry], column: str, value: str, message: str
 ) -> None:
-    as_attacker(conn, (f"UPDATE ledger_checkpoints SET {column} = ?", (value,)))
+    as_attacker(conn, (f"UPDATE ledger_checkpoints SET {column} = ? WHERE seq = 10", (value,)))
     problems = problems_of(ledger)
     assert [p.where for p in problems] == ["checkpoint seq 10"]
     assert message in problems[0].what
@@ -467,8 +475,8 @@ def test_checkpoint_signed_by_another_station_key(conn: sqlite3.Connection, ledg
     checkpoint(conn, ledger)
     stranger = StationKey.generate()
     problems = verify_ledger(conn, stranger.public_key(), STATION_ID)
-    assert [p.where for p in problems] == ["checkpoint seq 2"]
-    assert "signed by key" in problems[0].what
+    assert [p.where for p in problems] == ["checkpoint seq 1", "checkpoint seq 2", "ledger"]
+    assert "signed by key" in problems[0].what and "signed by key" in problems[1].what
 
 
 def test_edited_hash_column_is_named(
@@ -559,3 +567,62 @@ def test_entry_with_unserialisable_data_is_named(station_key: StationKey) -> Non
     problems = verify_chain([bad], [], station_key.public_key(), STATION_ID)
     assert [p.where for p in problems] == ["ledger seq 1"]
     assert "cannot recompute hash" in problems[0].what
+
+
+# -- checkpoints the ledger signs by itself, and their deletion ---------------------------------------
+
+
+def started(conn: sqlite3.Connection, ledger: Ledger, every: int) -> LedgerEntry:
+    ledger.checkpoint_every = every
+    with conn:
+        return ledger.append(
+            EntryType.STATION_STARTED, None, {"station": STATION_ID, "checkpoint_every": every}
+        )
+
+
+def test_the_ledger_signs_its_first_entry_and_then_at_its_declared_cadence(
+    conn: sqlite3.Connection, ledger: Ledger
+) -> None:
+    started(conn, ledger, 4)
+    fill(conn, ledger, 11)
+    assert [cp.seq for cp in ledger.checkpoints()] == [1, 5, 9]
+    assert problems_of(ledger) == []
+    # Another writer of the same store (`edge tag`) keeps the cadence the station declared.
+    assert Ledger(conn, STATION_ID, ledger._key).checkpoint_every == 4
+
+
+def test_a_ledger_without_any_checkpoint_is_a_problem(
+    conn: sqlite3.Connection, ledger: Ledger, ten: list[LedgerEntry]
+) -> None:
+    as_attacker(conn, ("DELETE FROM ledger_checkpoints", ()))
+    problems = problems_of(ledger)
+    assert [p.where for p in problems] == ["ledger"]
+    assert "holds 10 entries but no authentic signed checkpoint" in problems[0].what
+
+
+def test_deleted_checkpoints_leave_a_gap_that_is_named(conn: sqlite3.Connection, ledger: Ledger) -> None:
+    started(conn, ledger, 4)
+    fill(conn, ledger, 19)  # checkpoints at 1, 5, 9, 13, 17
+    as_attacker(conn, ("DELETE FROM ledger_checkpoints WHERE seq IN (9, 13)", ()))
+    problems = problems_of(ledger)
+    assert [p.where for p in problems] == ["ledger seqs 6-16"]
+    assert "11 entries in a row carry no signed checkpoint" in problems[0].what
+    assert "at least every 4 entries (declared at seq 1)" in problems[0].what
+
+
+def test_deleted_newest_checkpoints_leave_a_tail_gap_that_is_named(
+    conn: sqlite3.Connection, ledger: Ledger
+) -> None:
+    started(conn, ledger, 4)
+    fill(conn, ledger, 19)
+    as_attacker(conn, ("DELETE FROM ledger_checkpoints WHERE seq >= 13", ()))
+    assert [p.where for p in problems_of(ledger)] == ["ledger seqs 10-20"]
+
+
+def test_without_a_declared_cadence_a_long_unsigned_run_is_not_a_gap(
+    conn: sqlite3.Connection, ledger: Ledger
+) -> None:
+    ledger.checkpoint_every = 1000  # a store that never declared its cadence (a station never started)
+    fill(conn, ledger, 30)
+    assert [cp.seq for cp in ledger.checkpoints()] == [1]
+    assert problems_of(ledger) == []

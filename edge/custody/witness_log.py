@@ -1,0 +1,173 @@
+"""What a station keeps of the central's statements: witnessed heads of its own ledger and the newest
+tree heads of the central's log it has checked, in two append-only tables of the station's state.db.
+
+The uplink adds to them (:mod:`edge.uplink.witness`); ``edge verify`` reads them back, read-only, from
+stores made before they existed too (then there is simply nothing to read).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from edge.custody.canonical import canonical_json, parse_json
+from edge.custody.errors import CanonicalJsonError
+from edge.custody.ledger import station_time_now
+from edge.custody.receipt import ReceiptError, TreeHead
+from edge.custody.witness import WitnessedHead, WitnessError
+
+__all__ = [
+    "StationWitness",
+    "StoredHead",
+    "UnwitnessedWindow",
+    "newest_witnessed_seq",
+    "stored_witnessed_heads",
+    "unwitnessed_window",
+]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS witnessed_heads (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL CHECK (seq >= 1),
+    hash TEXT NOT NULL,
+    head TEXT NOT NULL,                -- canonical JSON of the central's signed witnessed head
+    source TEXT NOT NULL,              -- receipt, ledger_push, ledger_head
+    received TEXT NOT NULL             -- station UTC time
+) STRICT;
+CREATE TABLE IF NOT EXISTS central_tree_heads (
+    id INTEGER PRIMARY KEY,
+    tree_size INTEGER NOT NULL CHECK (tree_size >= 0),
+    root_hash TEXT NOT NULL,
+    head TEXT NOT NULL,                -- canonical JSON of the central's signed tree head
+    source TEXT NOT NULL,              -- receipt, ledger_push, tree_head
+    proved_from INTEGER,               -- the size of the newest head it was proved consistent with
+    received TEXT NOT NULL
+) STRICT;
+CREATE TRIGGER IF NOT EXISTS witnessed_heads_grow BEFORE INSERT ON witnessed_heads
+WHEN NEW.seq <= coalesce((SELECT max(seq) FROM witnessed_heads), 0)
+BEGIN SELECT RAISE(ABORT, 'witnessed heads are kept in ledger order: only a newer seq is added'); END;
+CREATE TRIGGER IF NOT EXISTS witnessed_heads_no_update BEFORE UPDATE ON witnessed_heads
+BEGIN SELECT RAISE(ABORT, 'witnessed heads are append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS witnessed_heads_no_delete BEFORE DELETE ON witnessed_heads
+BEGIN SELECT RAISE(ABORT, 'witnessed heads are append-only: DELETE refused'); END;
+CREATE TRIGGER IF NOT EXISTS central_tree_heads_grow BEFORE INSERT ON central_tree_heads
+WHEN NEW.tree_size <= coalesce((SELECT max(tree_size) FROM central_tree_heads), -1)
+BEGIN SELECT RAISE(ABORT, 'central tree heads are kept in log order: only a larger tree is added'); END;
+CREATE TRIGGER IF NOT EXISTS central_tree_heads_no_update BEFORE UPDATE ON central_tree_heads
+BEGIN SELECT RAISE(ABORT, 'central tree heads are append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS central_tree_heads_no_delete BEFORE DELETE ON central_tree_heads
+BEGIN SELECT RAISE(ABORT, 'central tree heads are append-only: DELETE refused'); END;
+"""
+
+
+@dataclass(frozen=True)
+class StoredHead:
+    """A witnessed head as the station stored it, or the problem that keeps it from being read."""
+
+    row_id: int
+    source: str
+    received: str
+    head: WitnessedHead | None
+    problem: str | None = None
+
+
+class StationWitness:
+    """What a station keeps of the central's statements, in tables of a caller-owned connection.
+
+    Witnessed heads of the station's own ledger (each newer one) and the newest tree heads of the
+    central's log it has checked (each proved consistent with the one before). Never commits; the
+    append-only triggers stop our own code, not someone with the file (``edge verify`` and the central
+    are the defence there).
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @staticmethod
+    def create_schema(conn: sqlite3.Connection) -> None:
+        for statement in _SCHEMA.split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+
+    # witnessed heads of our ledger
+
+    def newest_witnessed_seq(self) -> int:
+        return newest_witnessed_seq(self._conn)
+
+    def add_witnessed_head(self, head: WitnessedHead, source: str) -> bool:
+        """Keep ``head`` (already verified by the caller) when it is newer than every kept one."""
+        if head.seq <= self.newest_witnessed_seq():
+            return False
+        self._conn.execute(
+            "INSERT INTO witnessed_heads (seq, hash, head, source, received) VALUES (?, ?, ?, ?, ?)",
+            (head.seq, head.hash, canonical_json(head.to_dict()).decode("utf-8"), source, station_time_now()),
+        )
+        return True
+
+    def witnessed_heads(self) -> Iterator[StoredHead]:
+        return stored_witnessed_heads(self._conn)
+
+    # tree heads of the central's log
+
+    def newest_tree_head(self) -> TreeHead | None:
+        row = self._conn.execute(
+            "SELECT head FROM central_tree_heads ORDER BY tree_size DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return TreeHead.from_dict(parse_json(row[0]))
+        except (CanonicalJsonError, ReceiptError) as exc:
+            raise WitnessError(f"the newest kept central tree head is damaged: {exc}") from None
+
+    def add_tree_head(self, head: TreeHead, source: str, proved_from: int | None) -> None:
+        """Keep ``head`` (verified, and proved consistent with the newest kept one by the caller)."""
+        self._conn.execute(
+            "INSERT INTO central_tree_heads (tree_size, root_hash, head, source, proved_from, received) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (head.tree_size, head.root_hash, canonical_json(head.to_dict()).decode("utf-8"), source,
+             proved_from, station_time_now()),
+        )
+
+
+def newest_witnessed_seq(conn: sqlite3.Connection) -> int:
+    """The seq of the newest witnessed head a station kept (0 when none, or in a store from before)."""
+    try:
+        row = conn.execute("SELECT max(seq) FROM witnessed_heads").fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    return int(row[0]) if row is not None and isinstance(row[0], int) else 0
+
+
+def stored_witnessed_heads(conn: sqlite3.Connection) -> Iterator[StoredHead]:
+    """Every witnessed head a station kept, in the order kept; damaged rows are reported, not raised."""
+    try:
+        cursor = conn.execute("SELECT id, head, source, received FROM witnessed_heads ORDER BY id")
+    except sqlite3.OperationalError:
+        return
+    for row_id, text, source, received in cursor:
+        try:
+            head: WitnessedHead | None = WitnessedHead.from_dict(parse_json(text))
+            problem = None
+        except (CanonicalJsonError, WitnessError, TypeError) as exc:
+            head, problem = None, f"the stored head is unreadable ({str(exc)[:200]}): the row was altered"
+        yield StoredHead(row_id, str(source), str(received), head, problem)
+
+
+@dataclass(frozen=True)
+class UnwitnessedWindow:
+    """Entries of a station's ledger the central has not witnessed yet (for `edge verify` and status)."""
+
+    head_seq: int
+    witnessed_seq: int
+
+    @property
+    def entries(self) -> int:
+        return max(0, self.head_seq - self.witnessed_seq)
+
+
+def unwitnessed_window(conn: sqlite3.Connection) -> UnwitnessedWindow:
+    """How far the station's ledger runs past the newest head the central witnessed."""
+    row = conn.execute("SELECT coalesce(max(seq), 0) FROM ledger").fetchone()
+    return UnwitnessedWindow(int(row[0]), newest_witnessed_seq(conn))

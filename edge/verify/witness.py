@@ -1,0 +1,293 @@
+"""`edge verify` of a station store against what the central witnessed (invariant 3 of DESIGN.md).
+
+Local checkpoints are signed with a key that lives beside the ledger, so someone who can rewrite the
+store can rewrite the chain and re-sign it. What they cannot rewrite is what the central signed:
+
+* **offline**, from the store's own files: every witnessed head the station kept (the ``witnessed_heads``
+  table and the ``witnessed_head`` of every receipt/2 file) must verify with the central key pinned at
+  enrollment and name an entry the ledger still holds with exactly that hash. A truncated tail, a
+  rewritten chain or a replaced station key are named this way as long as any witnessed head survives;
+* **against the central**, when the station's configuration names a central (found without flags, see
+  :func:`find_station_config`): the central's own newest witnessed head for this station, which no
+  rewrite of the station's files can remove.
+
+The report says which of the two ran, and why the second did not when it could not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge.config.base import ConfigError
+from edge.config.station import StationConfig, load_config
+from edge.custody.canonical import parse_json
+from edge.custody.errors import CanonicalJsonError
+from edge.custody.ledger import EntryType
+from edge.custody.problems import Problem
+from edge.custody.witness import WitnessedHead, verify_witnessed_head
+from edge.custody.witness_log import stored_witnessed_heads
+from edge.ingest.store import StoreLayout
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG",
+    "CentralView",
+    "ConfigFound",
+    "WitnessFindings",
+    "fetch_central_view",
+    "find_station_config",
+    "witness_findings",
+]
+
+DEFAULT_CONFIG = Path("/etc/evidence-edge/station.toml")
+CONFIG_ENV = "EDGE_STATION_CONFIG"
+# A report names the first failing witnessed head in full and counts the rest.
+_KEY_ROTATED = "key_rotated"
+
+
+@dataclass(frozen=True)
+class ConfigFound:
+    """The station configuration that goes with a store, or why none was used."""
+
+    config: StationConfig | None
+    path: Path | None
+    note: str | None = None
+
+
+def find_station_config(store: Path, explicit: Path | None = None) -> ConfigFound:
+    """The configuration of the station whose store is ``store``: ``explicit`` (``--config``), else
+    ``$EDGE_STATION_CONFIG``, else ``/etc/evidence-edge/station.toml``; a file found the implicit way is
+    used only when its ``store_dir`` is this very store. Raises :class:`ConfigError` for an explicit file
+    that is unreadable, invalid, or for another store.
+
+    Never from inside the store: whoever can rewrite the store could point verification at a central
+    key of their own.
+    """
+    target = store.resolve()
+    if explicit is not None:
+        config = load_config(explicit)
+        if config.station.store_dir.resolve() != target:
+            raise ConfigError(f"{explicit}: configures store {config.station.store_dir}, not {store}")
+        return ConfigFound(config, explicit)
+    from_env = os.environ.get(CONFIG_ENV)
+    candidate = Path(from_env) if from_env else DEFAULT_CONFIG
+    how = f"${CONFIG_ENV}" if from_env else "the default location"
+    if not candidate.is_file():
+        return ConfigFound(None, None, f"no station configuration at {candidate} ({how}); give --config")
+    try:
+        config = load_config(candidate)
+    except ConfigError as exc:
+        return ConfigFound(None, None, f"the station configuration {candidate} ({how}) is not usable: {exc}")
+    if config.station.store_dir.resolve() != target:
+        return ConfigFound(None, None, f"the station configuration {candidate} ({how}) is for store "
+                                       f"{config.station.store_dir}, not this one; give --config")
+    return ConfigFound(config, candidate)
+
+
+@dataclass(frozen=True)
+class CentralView:
+    """What the central said about this station's ledger, or why it could not be asked."""
+
+    url: str
+    head: tuple[int, str] | None = None
+    witnessed_head: Mapping[str, Any] | None = None
+    failure: str | None = None
+
+
+async def fetch_central_view(config: StationConfig, timeout_s: float = 20.0) -> CentralView:
+    """Ask the configured central (mutual TLS with the enrollment bundle) for its witnessed head of this
+    station's ledger. Never raises for a central that cannot be reached: the view says why."""
+    from edge.pki.names import IdentityError
+    from edge.uplink.central_api import CentralApi, CentralError, central_session
+
+    uplink = config.uplink
+    url = uplink.central_url
+    if not uplink.enabled:
+        return CentralView(url, failure="the station configuration has no [uplink] central_url")
+    try:
+        async with (
+            asyncio.timeout(timeout_s),
+            central_session(uplink, config.station.id) as (session, headers),
+        ):
+            api = CentralApi(session, url, config.station.id, headers=headers, timeout_s=timeout_s)
+            answer = await api.ledger_state()
+    except (CentralError, IdentityError, OSError, TimeoutError, ValueError) as exc:
+        return CentralView(url, failure=f"{type(exc).__name__}: {str(exc)[:300]}")
+    return CentralView(url, head=answer.head, witnessed_head=answer.witnessed_head)
+
+
+@dataclass
+class WitnessFindings:
+    """What checking the store against the witnessed heads found."""
+
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Witnessed:
+    head: WitnessedHead
+    where: str  # where the station kept it, or "the central"
+
+
+def witness_findings(
+    conn: sqlite3.Connection,
+    layout: StoreLayout,
+    station: str,
+    station_key_id: str,
+    central_key: Ed25519PublicKey | None,
+    central_view: CentralView | None,
+) -> WitnessFindings:
+    """Check the ledger against every witnessed head the store keeps and, when given, the central's."""
+    found = WitnessFindings()
+    head_seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM ledger").fetchone()[0])
+    heads: dict[tuple[int, str], _Witnessed] = {}
+    for where, doc in _kept_heads(conn, layout, found):
+        if central_key is None:
+            continue
+        if not isinstance(doc, Mapping):
+            found.problems.append(Problem(where, "is not a JSON object"))
+            continue
+        problems = verify_witnessed_head(doc, central_key, expected_station=station or None, where=where)
+        if problems:
+            found.problems.extend(problems)
+            continue
+        witnessed = WitnessedHead.from_dict(doc)
+        heads.setdefault((witnessed.seq, witnessed.hash), _Witnessed(witnessed, where))
+    if central_key is None:
+        found.notes.append("witnessed heads not checked: no pinned central key (no station configuration "
+                           "with [uplink], and no --central-key)")
+    central = _central_head(central_view, central_key, station, found)
+    if central is not None:
+        heads.setdefault((central.head.seq, central.head.hash), central)
+    found.checked["witnessed_heads"] = len(heads)
+    _check_heads(conn, sorted(heads.values(), key=lambda w: w.head.seq), head_seq, found)
+    _check_station_key(conn, heads.values(), station_key_id, found)
+    newest = max((w.head.seq for w in heads.values()), default=0)
+    found.checked["unwitnessed_entries"] = max(0, head_seq - newest)
+    alarm = conn.execute(
+        "SELECT seq, data FROM ledger WHERE type = ? ORDER BY seq DESC LIMIT 1", (EntryType.WITNESS_ALARM,)
+    ).fetchone()
+    if alarm is not None:
+        found.notes.append(f"the uplink stopped on a witness alarm about the central (ledger seq "
+                           f"{alarm[0]}); see that entry")
+    return found
+
+
+def _kept_heads(
+    conn: sqlite3.Connection, layout: StoreLayout, found: WitnessFindings
+) -> Iterator[tuple[str, object]]:
+    for stored in stored_witnessed_heads(conn):
+        where = f"witnessed head {stored.row_id} (kept from a {stored.source} at {stored.received})"
+        if stored.head is None:
+            found.problems.append(Problem(where, stored.problem or "unreadable"))
+        else:
+            yield where, stored.head.to_dict()
+    unwitnessed = 0
+    for path in sorted(layout.items.rglob("*.receipt.json")) if layout.items.is_dir() else []:
+        try:
+            receipt = parse_json(path.read_bytes())
+        except (OSError, CanonicalJsonError, ValueError):
+            continue  # named by the receipt checks
+        if not isinstance(receipt, dict):
+            continue
+        if "witnessed_head" in receipt:
+            yield f"receipt {path.relative_to(layout.root)} witnessed_head", receipt["witnessed_head"]
+        else:
+            unwitnessed += 1
+    found.checked["receipts_unwitnessed"] = unwitnessed
+
+
+def _central_head(
+    view: CentralView | None, central_key: Ed25519PublicKey | None, station: str, found: WitnessFindings
+) -> _Witnessed | None:
+    if view is None:
+        found.notes.append("the central was not consulted (no station configuration with [uplink] found; "
+                           "give --config): only the witnessed heads kept in this store were checked, and "
+                           "someone who rewrote every file of the store could have removed those")
+        return None
+    if view.failure is not None:
+        found.notes.append(f"the central at {view.url} could not be consulted ({view.failure}): only the "
+                           "witnessed heads kept in this store were checked, and someone who rewrote every "
+                           "file of the store could have removed those")
+        return None
+    found.checked["central_consulted"] = 1
+    if view.witnessed_head is None:
+        found.notes.append(f"the central at {view.url} holds none of this station's ledger yet")
+        return None
+    if central_key is None:
+        return None
+    where = f"the central's witnessed head (from {view.url})"
+    problems = verify_witnessed_head(view.witnessed_head, central_key, expected_station=station or None,
+                                     where=where)
+    if problems:
+        found.problems.extend(problems)
+        return None
+    return _Witnessed(WitnessedHead.from_dict(view.witnessed_head), "the central")
+
+
+def _check_heads(
+    conn: sqlite3.Connection, heads: list[_Witnessed], head_seq: int, found: WitnessFindings
+) -> None:
+    """Every witnessed (seq, hash) must be in the ledger; the first failure is named in full."""
+    failing: list[tuple[_Witnessed, str]] = []
+    last_good = 0
+    for witnessed in heads:
+        head = witnessed.head
+        row = conn.execute("SELECT hash FROM ledger WHERE seq = ?", (head.seq,)).fetchone()
+        if row is not None and row[0] == head.hash:
+            last_good = max(last_good, head.seq)
+            continue
+        if head.seq > head_seq:
+            what = (f"the ledger ends at seq {head_seq}: entries {head_seq + 1}-{head.seq} were deleted "
+                    f"after the central accepted them (the tail was truncated)")
+        elif row is None:
+            what = f"the ledger has no entry at seq {head.seq}: it was deleted after the central accepted it"
+        else:
+            since = f" (the witnessed head at seq {last_good} still matches)" if last_good else ""
+            what = (f"ledger seq {head.seq} has hash {str(row[0])[:64]}: the ledger was rewritten at or "
+                    f"before seq {head.seq}{since}")
+        failing.append((witnessed, what))
+    if not failing:
+        return
+    witnessed, what = failing[0]
+    head = witnessed.head
+    found.problems.append(Problem(
+        f"witnessed head seq {head.seq}",
+        f"central {head.central} witnessed (signed) seq {head.seq} with hash {head.hash} at {head.time} "
+        f"({witnessed.where}), but {what}",
+    ))
+    if len(failing) > 1:
+        newest = failing[-1][0].head
+        found.problems.append(Problem(
+            "witnessed heads", f"{len(failing) - 1} later witnessed heads (up to seq {newest.seq}, "
+                               f"{failing[-1][0].where}) are not in the ledger either",
+        ))
+
+
+def _check_station_key(
+    conn: sqlite3.Connection, heads: Iterator[_Witnessed] | Any, station_key_id: str, found: WitnessFindings
+) -> None:
+    """The newest witnessed head names the key the central checked our chain with: the store's key,
+    unless the ledger rotated the key after it (re-enrollment pending)."""
+    newest = max(heads, key=lambda w: w.head.seq, default=None)
+    if newest is None or newest.head.station_key_id == station_key_id:
+        return
+    rotated = conn.execute("SELECT 1 FROM ledger WHERE type = ? AND seq > ? LIMIT 1",
+                           (_KEY_ROTATED, newest.head.seq)).fetchone()
+    if rotated is None:
+        found.problems.append(Problem(
+            "station key",
+            f"the store's public key is {station_key_id}, but the central checked this ledger with key "
+            f"{newest.head.station_key_id} up to seq {newest.head.seq} ({newest.where}) and the ledger "
+            "records no key rotation since: the station key was replaced",
+        ))
