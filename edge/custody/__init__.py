@@ -5,7 +5,10 @@ beyond the SQLite connection and files the caller hands in.
 Modules, one job each: ``canonical`` (RFC 8785 bytes, SHA-256), ``keys`` (Ed25519 station key),
 ``ledger`` (append-only chain + signed checkpoints + verification), ``manifest`` (sign/verify item
 manifests), ``isobmff`` (top-level box parsing, evidence box), ``seal`` (append/verify sealed files),
-``problems`` (the finding type every verifier returns), ``errors`` (the exception hierarchy).
+``merkle`` (RFC 9162 trees and proofs), ``receipt`` (tree heads, leaves, receipts), ``witness`` (the
+central's witnessed heads of a station's ledger), ``witness_log`` (what a station keeps of them),
+``fields`` (strict field checks of signed documents), ``problems`` (the finding type every verifier
+returns), ``errors`` (the exception hierarchy).
 """
 
 from edge.custody.canonical import canonical_json, parse_json, sha256_hex

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 
@@ -192,7 +192,7 @@ class UplinkService:
         """Run until cancelled (a supervised task). Raises :class:`UplinkFatal` at once while a witness
         alarm stands: it is on the ledger, so a restart does not forget it."""
         if self.witness.alarm is not None:
-            raise UplinkFatal(f"witness alarm: {self.witness.alarm}")
+            self._stop(UplinkFatal(f"witness alarm: {self.witness.alarm}"))
         self._event_loop = asyncio.get_running_loop()
         self.store.ledger.add_listener(self._ledger_appended)
         self._ledger_dirty.set()  # compare with the central at start: a previous run may not have
@@ -203,6 +203,8 @@ class UplinkService:
                     await _first_failure(
                         self._loop(tus, api), self._ledger_pusher(api), self._tree_head_poller(api)
                     )
+                except UplinkFatal as exc:
+                    self._stop(exc)
                 finally:
                     tasks = list(self._in_flight.values())
                     for task in tasks:
@@ -211,6 +213,12 @@ class UplinkService:
         finally:
             self.store.ledger.remove_listener(self._ledger_appended)
             self._event_loop = None
+
+    def _stop(self, exc: UplinkFatal) -> NoReturn:
+        """Stop for good: docked recorders stop waiting for receipts at once, and `exc` is raised."""
+        self._fatal = exc
+        self._receipt_event.set()
+        raise exc
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[tuple[TusClient, CentralApi]]:

@@ -248,8 +248,10 @@ def _check_heads(
             last_good = max(last_good, head.seq)
             continue
         if head.seq > head_seq:
-            what = (f"the ledger ends at seq {head_seq}: entries {head_seq + 1}-{head.seq} were deleted "
-                    f"after the central accepted them (the tail was truncated)")
+            lost = (f"entry {head.seq} was" if head.seq == head_seq + 1
+                    else f"entries {head_seq + 1}-{head.seq} were")
+            what = (f"the ledger ends at seq {head_seq}: {lost} deleted after the central accepted them (the "
+                    f"tail was truncated)")
         elif row is None:
             what = f"the ledger has no entry at seq {head.seq}: it was deleted after the central accepted it"
         else:
