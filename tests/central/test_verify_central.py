@@ -243,3 +243,75 @@ async def test_altered_station_key(store: Store) -> None:
                  f"WHERE station = '{store.station.station_id}'")
     text = _text(store.verify())
     assert f"station {store.station.station_id}: current key does not have the recorded id" in text
+
+
+# -- cross-check: what the stations' own ledgers say the central accepted ---------------------------
+
+
+@pytest.fixture
+async def receipted(tmp_path: Path, station: FakeStation) -> AsyncIterator[Store]:
+    """A central whose station recorded each verified receipt in its ledger and pushed it, as the
+    uplink does."""
+    root = tmp_path / "central"
+    parts = make_central_parts(root)
+    enroll(parts.index, station)
+    caller = parts.caller(station.station_id)
+    items = []
+    for n in range(3):
+        acquired = station.acquire(f"evidence {n}".encode() * 40)
+        after = parts.index.ledger_head(station.station_id)[0]
+        body = {"upload": parts.upload(station.station_id, acquired.content), "manifest": acquired.manifest,
+                "ledger": station.segment(after)}
+        registered = await parts.registrar.register_item(caller, station.station_id, body)
+        receipt = registered.receipt
+        station.record("uploaded", acquired.item,
+                       {"upload": body["upload"], "bytes_sent": 1, "resumed_from": 0})
+        station.record("receipt", acquired.item, {
+            "central": receipt.tree_head.origin, "leaf_index": receipt.leaf_index,
+            "tree_size": receipt.tree_size, "root_hash": receipt.tree_head.root_hash,
+            "sha256": acquired.sha256, "verified": True,
+        })
+        items.append(acquired)
+    await parts.registrar.accept_segment(caller, station.station_id,
+                                         station.segment(parts.index.ledger_head(station.station_id)[0]))
+    parts.index.close()
+    yield Store(root, parts, items, station)
+
+
+async def test_receipted_store_verifies_and_counts_the_cross_check(receipted: Store) -> None:
+    from edge.central.verify import verify_central
+
+    findings = verify_central(receipted.root, central_public_key=receipted.parts.signing_key.public_key())
+    assert findings.problems == []
+    assert findings.checked["receipt_entries"] == 3 and findings.checked["items"] == 3
+
+
+async def test_deleted_newest_item_with_its_leaf_nodes_and_heads_is_named(receipted: Store) -> None:
+    newest = receipted.items[-1]
+    # Everything the central itself holds about the newest item goes: row, history, leaf, the nodes over
+    # it, every head that covers it, and its content. What remains is consistent with itself.
+    receipted.tamper(
+        f"DELETE FROM metadata_history WHERE item = '{newest.item}'",
+        f"DELETE FROM item_case WHERE item = '{newest.item}'",
+        f"DELETE FROM items WHERE item = '{newest.item}'",
+        "DELETE FROM merkle_leaves WHERE idx = 2",
+        "DELETE FROM merkle_nodes WHERE ((idx + 1) << level) > 2",
+        "DELETE FROM merkle_tree_heads WHERE tree_size > 2",
+    )
+    path = receipted.parts.objects.path_of(newest.sha256)
+    os.chmod(path.parent, 0o700)
+    path.unlink()
+    problems = receipted.verify()
+    text = _text(problems)
+    station = receipted.station.station_id
+    assert all(p.where.startswith(f"station {station} ledger seq") for p in problems), text
+    assert f"verified receipt for item {newest.item}" in text
+    assert "the index holds no such item" in text and "the log holds only 2 leaves" in text
+
+
+async def test_a_log_rewritten_under_a_receipted_head_is_named(receipted: Store) -> None:
+    first = receipted.items[0]
+    receipted.tamper("DELETE FROM merkle_tree_heads WHERE tree_size = 1")
+    text = _text(receipted.verify())
+    assert f"verified receipt for item {first.item}" in text
+    assert "signed head is gone from the log's tree heads" in text
