@@ -139,12 +139,15 @@ def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, cent
 
 def _verify_central(store_dir: Path, central_key: Any) -> Any:
     """A central store: objects, index, station ledgers, Merkle log; the signing key pinned if given."""
-    from edge.central.verify import verify_central_store
+    from edge.central.verify import verify_central
     from edge.verify.station import VerifyReport
 
     report = VerifyReport(f"central store {store_dir}")
-    report.problems.extend(verify_central_store(store_dir, central_public_key=central_key))
+    findings = verify_central(store_dir, central_public_key=central_key)
+    report.problems.extend(findings.problems)
+    report.notes.extend(findings.notes)
     report.checked["central_stores"] = 1
+    report.checked.update(findings.checked)
     return report
 
 

@@ -48,6 +48,7 @@ from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode
 from edge.central.tus import TusRequestError, add_tus_routes, tus_purge_task
 from edge.central.tus_store import TusUploadStore
 from edge.custody.canonical import canonical_json, parse_json
+from edge.custody.checkpoint_note import checkpoint_text, sign_note
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.keys import StationKey
 
@@ -255,6 +256,15 @@ class StationEndpoints:
             head = self.parts.merkle.tree_head()
         return json_response(head.to_dict())
 
+    async def checkpoint(self, request: web.Request) -> web.Response:
+        """The latest tree head as a C2SP tlog-checkpoint signed note (text/plain), for outside witnesses."""
+        self.parts.auth.station_or_reader(request)
+        with self.parts.index.transaction():
+            head = self.parts.merkle.tree_head()
+        note = sign_note(checkpoint_text(head.origin, head.tree_size, head.root), head.origin,
+                         self.parts.signing_key)
+        return web.Response(text=note, content_type="text/plain", charset="utf-8")
+
     async def consistency(self, request: web.Request) -> web.Response:
         self.parts.auth.station_or_reader(request)
         first = _size_param(request, "first")
@@ -340,6 +350,7 @@ def build_app(config: CentralConfig, *, signing_key: StationKey | None = None) -
     app.router.add_post("/v1/stations/{station}/ledger", stations.post_ledger)
     app.router.add_post("/v1/stations/{station}/items", stations.post_item)
     app.router.add_get("/v1/log/tree-head", stations.tree_head)
+    app.router.add_get("/v1/log/checkpoint", stations.checkpoint)
     app.router.add_get("/v1/log/consistency", stations.consistency)
     app.router.add_get("/v1/log/inclusion", stations.inclusion)
     add_read_routes(app, parts)

@@ -286,3 +286,27 @@ async def test_a_stalled_json_body_is_cut_off(tmp_path: Path, station: FakeStati
         assert central.index.rejections(station.station_id)[-1]["code"] == "request_timeout"
     finally:
         await central.running.stop()
+
+
+async def test_the_checkpoint_is_a_c2sp_signed_note_of_the_latest_tree_head(
+    dev_central: HttpCentral, station: FakeStation
+) -> None:
+    from edge.custody.checkpoint_note import open_note, parse_checkpoint
+
+    enroll(dev_central.index, station)
+    headers = _station_headers(station)
+    async with aiohttp.ClientSession() as session:
+        for n in range(3):
+            acquired = station.acquire(f"checkpointed {n}".encode())
+            status, _ = await register_over_http(session, dev_central.url, station, acquired, headers,
+                                                 after=station.ledger.head()[0] - 3 if n else 0)
+            assert status == 201
+        async with session.get(f"{dev_central.url}/v1/log/checkpoint", headers=headers) as response:
+            assert response.status == 200 and response.content_type == "text/plain"
+            note = await response.read()
+        status, doc = await get_json(session, f"{dev_central.url}/v1/log/tree-head", headers)
+    head = TreeHead.from_dict(doc)
+    text, signatures = open_note(note, head.origin, dev_central.central_public_key)
+    checkpoint = parse_checkpoint(text)
+    assert (checkpoint.origin, checkpoint.tree_size, checkpoint.root) == (head.origin, 3, head.root)
+    assert [s.name for s in signatures] == [head.origin]
