@@ -45,6 +45,7 @@ from edge.central.log import create_schema as create_log_schema
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.objects import FileObjectStore
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
+from edge.central.timestamp import TimeStamper, keep_tsa_roots, load_tsa_roots, timestamp_task
 from edge.central.tus import TusRequestError, add_tus_routes, tus_purge_task
 from edge.central.tus_store import TusUploadStore
 from edge.custody.canonical import canonical_json, parse_json
@@ -357,6 +358,13 @@ def build_app(config: CentralConfig, *, signing_key: StationKey | None = None) -
     expire_s = min(config.uploads.expire_incomplete_s, config.uploads.expire_unregistered_s)
     interval_s = min(_PURGE_MAX_INTERVAL_S, max(_PURGE_MIN_INTERVAL_S, expire_s / 10))
     app.cleanup_ctx.append(tus_purge_task(uploads, interval_s))
+    if config.log.tsa_url:
+        assert config.log.tsa_root_cert is not None  # config validation guarantees it
+        roots = load_tsa_roots(config.log.tsa_root_cert)
+        keep_tsa_roots(roots, layout.tsa_roots_dir)
+        stamper = TimeStamper(index, merkle, key, config.log.tsa_url, roots,
+                              timeout_s=config.log.tsa_timeout_s)
+        app.cleanup_ctx.append(timestamp_task(stamper, config.log.tsa_interval_s))
     app.cleanup_ctx.append(_close_index(index))
     if config.server.insecure_plain_http:
         log.warning("INSECURE DEVELOPMENT MODE: the central serves plain HTTP and believes the station and "

@@ -25,6 +25,7 @@ __all__ = [
     "CentralSection",
     "ConfigError",
     "IdentitySection",
+    "LogSection",
     "RetentionSection",
     "ServerSection",
     "UploadsSection",
@@ -258,6 +259,33 @@ class IdentitySection(StrictModel):
     server_cert_days: int = Field(825, gt=0, le=3650, description="Validity of the server certificate")
 
 
+class LogSection(StrictModel):
+    """The Merkle log's outside anchors: RFC 3161 time-stamps of its checkpoints."""
+
+    tsa_url: str = Field(
+        "", pattern=r"^(https?://[^\s/]+(/[^\s]*)?)?$",
+        description="RFC 3161 time-stamping authority (HTTP POST application/timestamp-query); empty: none",
+    )
+    tsa_root_cert: Path | None = Field(
+        None, description="PEM root certificate(s) the TSA's responses must chain to (needed with tsa_url)"
+    )
+    tsa_interval_s: float = Field(
+        300.0, gt=0, le=86400, description="How often the newest tree head without a token is time-stamped"
+    )
+    tsa_timeout_s: float = Field(10.0, gt=0, le=300, description="Time limit of one request to the TSA")
+
+    @field_validator("tsa_root_cert", mode="before")
+    @classmethod
+    def _empty_root_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _root_with_url(self) -> LogSection:
+        if self.tsa_url and self.tsa_root_cert is None:
+            raise ValueError("tsa_url needs tsa_root_cert (the root the TSA's responses must chain to)")
+        return self
+
+
 class RetentionSection(StrictModel):
     """Nothing yet: immutability (WORM) is the object store's job."""
 
@@ -268,6 +296,7 @@ class CentralConfig(StrictModel):
     uploads: UploadsSection = Field(default_factory=UploadsSection)
     identity: IdentitySection = Field(default_factory=IdentitySection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
+    log: LogSection = Field(default_factory=LogSection)
 
     @property
     def layout(self) -> CentralLayout:
@@ -316,6 +345,11 @@ class CentralLayout:
     def signing_pub(self) -> Path:
         """Written by StationKey beside the private key; copied into every enrollment bundle."""
         return self.identity_dir / "signing.key.pub"
+
+    @property
+    def tsa_roots_dir(self) -> Path:
+        """Copies of the configured TSA roots, to check the store's time-stamps with later."""
+        return self.identity_dir / "tsa-roots"
 
     @property
     def uploads_dir(self) -> Path:

@@ -6,7 +6,9 @@ Three tables in a connection the caller owns (the central index database):
 * ``merkle_nodes``: the hash of every complete subtree of ``2**level`` leaves (level >= 1), written as
   soon as its last leaf arrives. Any range a proof needs is a handful of these, so roots and proofs cost
   O(log n) primary-key reads and an append writes amortised one node;
-* ``merkle_tree_heads``: every tree head the central signed, in signing order.
+* ``merkle_tree_heads``: every tree head the central signed, in signing order;
+* ``merkle_head_timestamps``: RFC 3161 time-stamps of checkpoints, when a TSA is configured
+  (:mod:`edge.central.timestamp`).
 
 The log never commits: the caller wraps the acceptance of an item (index rows, leaf, tree head) in one
 transaction, so a crash leaves all of it or none. Triggers refuse UPDATE, DELETE and inserts that do
@@ -88,6 +90,20 @@ CREATE TABLE IF NOT EXISTS merkle_tree_heads (
     signature TEXT NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS merkle_tree_heads_size ON merkle_tree_heads (tree_size, id);
+CREATE TABLE IF NOT EXISTS merkle_head_timestamps (
+    id INTEGER PRIMARY KEY,
+    head_id INTEGER NOT NULL,          -- the merkle_tree_heads row stamped
+    tree_size INTEGER NOT NULL,
+    root_hash TEXT NOT NULL,
+    note TEXT NOT NULL,                -- the C2SP checkpoint note whose bytes were time-stamped
+    token BLOB NOT NULL,               -- the TSA's DER TimeStampResp
+    gen_time TEXT NOT NULL,            -- the TSA's time in it
+    stamped_utc TEXT NOT NULL
+) STRICT;
+CREATE TRIGGER IF NOT EXISTS merkle_head_timestamps_no_update BEFORE UPDATE ON merkle_head_timestamps
+BEGIN SELECT RAISE(ABORT, 'time-stamps are append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS merkle_head_timestamps_no_delete BEFORE DELETE ON merkle_head_timestamps
+BEGIN SELECT RAISE(ABORT, 'time-stamps are append-only: DELETE refused'); END;
 CREATE TRIGGER IF NOT EXISTS merkle_leaves_extend BEFORE INSERT ON merkle_leaves
 WHEN NEW.idx IS NOT (SELECT coalesce(max(idx), -1) + 1 FROM merkle_leaves)
 BEGIN SELECT RAISE(ABORT, 'merkle leaf insert must extend the log (idx = number of leaves)'); END;

@@ -43,6 +43,7 @@ from edge.central.index import CASE_FIELDS, open_index_readonly
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore, is_sha256_hex
 from edge.custody.canonical import canonical_json, parse_json, sha256_hex
+from edge.custody.checkpoint_note import NoteError, open_note, parse_checkpoint
 from edge.custody.errors import CanonicalJsonError, KeyFileError, KeyFormatError, LedgerError
 from edge.custody.keys import StationKey, key_id_of, load_public_key, public_key_from_b64, verify_signature
 from edge.custody.ledger import Checkpoint, LedgerEntry, checkpoint_payload, verify_chain
@@ -174,6 +175,7 @@ class _Checker:
         self._check_leaves_without_items()
         self._check_orphan_history()
         self._check_objects()
+        self._check_timestamps()
         for table in ("access_log", "rejections", "enrolment_events", "metadata_history"):
             self._check_no_deleted_rows(table)
         for station, extra in sorted(self._cross_listed.items()):
@@ -618,6 +620,70 @@ class _Checker:
         if not verify_inclusion(leaf_hash(leaf_data(stored)), index, head.tree_size, proof, head.root):
             self.add(where, f"reproduced receipt: the inclusion proof of leaf {index} does not lead to the "
                             f"signed root {head.root_hash} of {head.tree_size} leaves")
+
+    # -- RFC 3161 time-stamps of checkpoints ----------------------------------------------------------
+
+    def _check_timestamps(self) -> None:
+        """Each kept token covers a checkpoint note the central signed for a head the log holds, and
+        verifies against the TSA roots the store keeps (copied from the configuration)."""
+        from edge.central.timestamp import TimeStampError, load_tsa_roots, verify_token
+
+        roots = []
+        roots_dir = self.layout.tsa_roots_dir
+        for path in sorted(roots_dir.glob("*.pem")) if roots_dir.is_dir() else []:
+            try:
+                roots += load_tsa_roots(path)
+            except TimeStampError as exc:
+                self.add(f"TSA root {path.name}", str(exc))
+        try:
+            rows = self.conn.execute(
+                "SELECT id, head_id, tree_size, root_hash, note, token FROM merkle_head_timestamps "
+                "ORDER BY id"
+            ).fetchall()
+        except sqlite3.OperationalError:
+            rows = []  # a store from before time-stamping
+        for row in rows:
+            self.count("timestamps")
+            self._check_timestamp(row, roots, verify_token, TimeStampError)
+        if rows and not roots:
+            self.findings.notes.append("time-stamps not verified: no TSA root certificate in "
+                                       f"{roots_dir}")
+        newest = self.conn.execute(
+            "SELECT id, tree_size FROM merkle_tree_heads ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if roots and newest is not None and not any(row["head_id"] == newest["id"] for row in rows[-1:]):
+            self.findings.notes.append(
+                f"the newest tree head (id {newest['id']}, size {newest['tree_size']}) has no time-stamp yet "
+                "(the TSA is asked at every interval; heads are signed regardless)"
+            )
+
+    def _check_timestamp(self, row: sqlite3.Row, roots: list[Any], verify_token: Any, error: Any) -> None:
+        where = f"time-stamp {row['id']} (tree head size {row['tree_size']})"
+        head = self.conn.execute(
+            "SELECT origin FROM merkle_tree_heads WHERE id = ? AND tree_size = ? AND root_hash = ?",
+            (row["head_id"], row["tree_size"], row["root_hash"]),
+        ).fetchone()
+        if head is None:
+            self.add(where, f"names tree head {row['head_id']} of size {row['tree_size']} with root "
+                            f"{str(row['root_hash'])[:64]}, which the log's signed heads do not hold")
+            return
+        note = row["note"]
+        if self.public_key is not None:
+            try:
+                text, _ = open_note(str(note), str(head["origin"]), self.public_key)
+                checkpoint = parse_checkpoint(text)
+            except NoteError as exc:
+                self.add(where, f"its checkpoint note does not verify: {exc}")
+                return
+            if (checkpoint.tree_size, checkpoint.root.hex()) != (row["tree_size"], row["root_hash"]):
+                self.add(where, f"its checkpoint note is for size {checkpoint.tree_size} with root "
+                                f"{checkpoint.root.hex()}, not the head it is kept for")
+                return
+        if roots:
+            try:
+                verify_token(bytes(row["token"]), str(note).encode("utf-8"), roots)
+            except error as exc:
+                self.add(where, f"the token {exc} over this checkpoint: it was replaced or altered")
 
     # -- metadata history ---------------------------------------------------------------------------
 
