@@ -1,4 +1,5 @@
-"""Media facts for the manifest, from ffprobe.
+"""Media facts for the manifest, from ffprobe (for what the in-process readers of
+:mod:`edge.ingest.media` do not fully understand).
 
 ffmpeg-python's `probe` has no timeout, and a hostile file must not hang an offload, so the ffprobe
 call is made here with the same arguments and a deadline. A file ffprobe cannot read is still
@@ -40,7 +41,7 @@ def media_facts(path: Path, *, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, 
         parsed = json.loads(done.stdout[:MAX_PROBE_OUTPUT])
     except ValueError:
         return {"error": "ffprobe printed something that is not JSON"}
-    return summarise_probe(parsed)
+    return {**summarise_probe(parsed), "parser": "ffprobe"}
 
 
 def summarise_probe(probe: dict[str, Any]) -> dict[str, Any]:

@@ -6,10 +6,11 @@ from the last committed state:
 
 * pending: the source's bytes are copied to tmp/<item>.part while hashing (a stale .part from a crash
   is discarded first); `acquired`, with a `duplicate` entry when the same bytes are already held;
-* copied: media facts are read, the manifest is built and signed, and for ISO-BMFF files the sealed
-  form is built in the .part (truncated back to the original size first, so a half-appended manifest
-  box from a crash is dropped); then it is verified: the stored prefix re-read from disk and, when the
-  source can, the original read again must both give the acquisition hash; `verified`;
+* copied: media facts are read (:mod:`edge.ingest.facts`), the manifest is built and signed, and
+  for ISO-BMFF files the sealed form is built in the .part (truncated back to the original size
+  first, so a half-appended manifest box from a crash is dropped); then it is verified: the stored
+  prefix re-read from disk and, when the source can, the original read again must both give the
+  acquisition hash; `verified`;
 * verified: renamed into items/ (directory fsynced), the sidecar written; `sealed`; the upload queue
   is told.
 
@@ -33,7 +34,6 @@ from typing import Any, Protocol
 
 from edge.config.station import OffloadSection
 from edge.custody.errors import CustodyError
-from edge.custody.isobmff import evidence_box, seal_decision
 from edge.custody.ledger import EntryType, station_time_now
 from edge.custody.manifest import sign_manifest
 from edge.custody.seal import append_evidence_box, write_sidecar
@@ -48,8 +48,8 @@ from edge.ingest.copy import (
     hash_reader,
     reread_and_compare,
 )
+from edge.ingest.facts import media_facts_and_seal
 from edge.ingest.manifest import build_manifest
-from edge.ingest.mediainfo import media_facts
 from edge.ingest.repository import Acquisition, AcquisitionState, IngestRepository
 from edge.ingest.source import ItemReader, OfferedItem, ReaderOpener, Source
 from edge.ingest.store import StationStore, stored_extension
@@ -57,8 +57,6 @@ from edge.ingest.store import StationStore, stored_extension
 log = logging.getLogger(__name__)
 
 MAX_FINISHING = 2
-PLACEHOLDER_MANIFEST = b'{"format":"evidence-edge/placeholder"}'
-ISO_BMFF_EXTENSIONS = {"mp4", "mov", "m4a", "m4v", "3gp"}
 
 
 @dataclass(frozen=True)
@@ -415,7 +413,7 @@ class _Run:
         # Drop whatever a crash may have left appended to the copy: only the original bytes remain.
         await self._thread(os.truncate, part, size)
         ext = stored_extension(w.offered.name)
-        media, fallback = await self._thread(_probe, part, size, ext)
+        media, fallback = await self._thread(media_facts_and_seal, part, size, ext)
         acquired_entry = self.repository.latest_entry(w.item, EntryType.ACQUIRED)
         if acquired_entry is None:
             raise _VerificationMismatch(f"item {w.item}: no {EntryType.ACQUIRED} ledger entry")
@@ -515,31 +513,3 @@ def hash_original(reopen: ReaderOpener, chunk_bytes: int) -> CopyResult:
         return hash_reader(reader, chunk_bytes=chunk_bytes)
     finally:
         reader.close()
-
-
-def _probe(part: Path, size: int, ext: str) -> tuple[dict[str, Any], str | None]:
-    """Media facts, and why the manifest cannot be embedded (None when it can).
-
-    ffprobe costs more than copying a file from a fast disk, so it runs once per file: an ISO-BMFF
-    copy is probed with a placeholder evidence box already appended, which both reads the media facts
-    and shows that players accept a trailing box on this very file. The real box differs only in its
-    payload, which no player reads.
-    """
-    if ext not in ISO_BMFF_EXTENSIONS:
-        return media_facts(part), f"not an ISO-BMFF file (.{ext})"
-    with part.open("rb") as f:
-        sealable, reason = seal_decision(f, size)
-    if not sealable:
-        return media_facts(part), reason
-    with part.open("ab") as f:
-        f.write(evidence_box(PLACEHOLDER_MANIFEST))
-    try:
-        media = media_facts(part)
-    finally:
-        os.truncate(part, size)
-    if "error" not in media:
-        return media, None
-    original = media_facts(part)
-    if "error" in original:
-        return original, "ffprobe cannot read the file"
-    return original, "ffprobe reads the file only without a trailing box; manifest kept in the sidecar"

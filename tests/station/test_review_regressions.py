@@ -55,7 +55,7 @@ async def test_an_unexpected_error_ends_the_docking_on_the_record(
     def explode(*args: object, **kwargs: object) -> object:
         raise RuntimeError("simulated bug in media facts")
 
-    monkeypatch.setattr("edge.ingest.pipeline.media_facts", explode)
+    monkeypatch.setattr("edge.ingest.pipeline.media_facts_and_seal", explode)
     specs = [spec(0)]
     async with simulated_station(tmp_path, specs) as station:
         await station.dock_recorder(specs[0].device_serial, 1)
