@@ -61,8 +61,11 @@ def summarise_probe(probe: dict[str, Any]) -> dict[str, Any]:
             for key in ("width", "height"):
                 if isinstance(stream.get(key), int):
                     entry[key] = stream[key]
-        if stream.get("codec_type") == "audio" and str(stream.get("sample_rate", "")).isdigit():
-            entry["sample_rate"] = int(stream["sample_rate"])
+        if stream.get("codec_type") == "audio":
+            if str(stream.get("sample_rate", "")).isdigit():
+                entry["sample_rate"] = int(stream["sample_rate"])
+            if isinstance(stream.get("channels"), int):
+                entry["channels"] = stream["channels"]
         streams.append(entry)
     facts["streams"] = streams
     tags = fmt.get("tags") or {}

@@ -147,8 +147,12 @@ AAC_LC = 2
 MAX_IMPLICIT_SBR_RATE = 24000
 
 
-def aac_sample_rate(config: bytes) -> int:
-    """The sample rate of an AAC-LC AudioSpecificConfig (ISO 14496-3 1.6.2.1)."""
+# channelConfiguration 1..7 (ISO 14496-3 table 1.19); 0 means a program config element follows.
+_AAC_CHANNELS = (0, 1, 2, 3, 4, 5, 6, 8)
+
+
+def aac_rate_and_channels(config: bytes) -> tuple[int, int]:
+    """Sample rate and channel count of an AAC-LC AudioSpecificConfig (ISO 14496-3 1.6.2.1)."""
     reader = BitReader(config)
     object_type = reader.bits(5)
     if object_type == 31:
@@ -159,4 +163,7 @@ def aac_sample_rate(config: bytes) -> int:
     rate = reader.bits(24) if index == 15 else (_AAC_RATES[index] if index < len(_AAC_RATES) else 0)
     if rate <= MAX_IMPLICIT_SBR_RATE or rate > 96000:
         raise NotUnderstood(f"AAC-LC at {rate} Hz")
-    return rate
+    configuration = reader.bits(4)
+    if not 1 <= configuration < len(_AAC_CHANNELS):
+        raise NotUnderstood(f"AAC channel configuration {configuration}")
+    return rate, _AAC_CHANNELS[configuration]

@@ -12,8 +12,8 @@ What ffprobe reports and how it is matched here (ffmpeg's mov demuxer):
 * duration: the movie header's duration rescaled to microseconds, printed with %f;
 * creation_time: the movie header's creation time (seconds since 1904) as UTC with microseconds;
 * streams, in track order: type from the handler, codec from the sample entry, width and height as
-  the decoder outputs them (the SPS size minus its cropping window), AAC sample rate from the
-  AudioSpecificConfig.
+  the decoder outputs them (the SPS size minus its cropping window), AAC sample rate and channel
+  count from the AudioSpecificConfig.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 from edge.custody.errors import IsoBmffError
 from edge.custody.isobmff import iter_top_level_boxes
-from edge.ingest.media.codecs import aac_sample_rate, h264_picture_size, hevc_picture_size
+from edge.ingest.media.codecs import aac_rate_and_channels, h264_picture_size, hevc_picture_size
 from edge.ingest.media.errors import NotUnderstood
 from edge.ingest.media.reader import ffprobe_milliseconds, read_exact, rescale_to_microseconds
 
@@ -261,12 +261,12 @@ def _stream(handler: bytes, stsd: bytes) -> dict[str, Any]:
             boxes = _sample_entry_boxes(boxes[b"wave"], 0)
         if b"esds" not in boxes:
             raise NotUnderstood("mp4a sample entry without esds")
-        rate = aac_sample_rate(_aac_config(boxes[b"esds"]))
+        rate, channels = aac_rate_and_channels(_aac_config(boxes[b"esds"]))
         if rate != rate_fixed >> 16:
             raise NotUnderstood(
                 f"the sample entry says {rate_fixed >> 16} Hz, the AAC configuration {rate} Hz"
             )
-        return {"type": "audio", "codec": "aac", "sample_rate": rate}
+        return {"type": "audio", "codec": "aac", "sample_rate": rate, "channels": channels}
     raise NotUnderstood(f"track handler {handler!r} (only video and sound are read in-process)")
 
 

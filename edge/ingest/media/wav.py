@@ -98,5 +98,5 @@ def wav_facts(f: BinaryIO, size: int) -> dict[str, Any]:
     return {
         "container": CONTAINER,
         "duration_ms": ffprobe_milliseconds(rescale_to_microseconds(samples, rate)),
-        "streams": [{"type": "audio", "codec": codec, "sample_rate": rate}],
+        "streams": [{"type": "audio", "codec": codec, "sample_rate": rate, "channels": channels}],
     }
