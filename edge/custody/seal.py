@@ -48,12 +48,13 @@ def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".manifest.json")
 
 
-def write_sidecar(path: Path, manifest_doc: Mapping[str, Any]) -> Path:
+def write_sidecar(path: Path, manifest_doc: Mapping[str, Any], *, sync_dir: bool = True) -> Path:
     """Write the canonical manifest plus a newline to ``sidecar_path(path)`` crash-safely.
 
     Temp file, fsync, rename, directory fsync: a crash leaves the old sidecar or the new one, never half.
+    With ``sync_dir=False`` the caller fsyncs the directory (once for several renames into it).
     """
-    return write_atomic(sidecar_path(path), manifest_bytes(manifest_doc) + b"\n")
+    return write_atomic(sidecar_path(path), manifest_bytes(manifest_doc) + b"\n", sync_dir=sync_dir)
 
 
 def hash_prefix(f: BinaryIO, length: int) -> tuple[str, int]:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import stat
+import threading
 from pathlib import Path
 
 PRIVATE_DIR_MODE = 0o700
@@ -91,6 +92,35 @@ def create_private_file(path: Path) -> None:
         os.close(fd)
 
 
+class DirectorySync:
+    """fsync of directories shared by the threads that renamed into them.
+
+    Renames into one directory from several threads need one fsync that starts after the last of
+    them, not one each: a caller returns once an fsync of the directory has completed that started
+    after its call, whether it ran that fsync itself or another thread did.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requested: dict[Path, int] = {}
+        self._durable: dict[Path, int] = {}
+        self._dir_locks: dict[Path, threading.Lock] = {}
+
+    def sync(self, path: Path) -> None:
+        with self._lock:
+            mine = self._requested[path] = self._requested.get(path, 0) + 1
+            dir_lock = self._dir_locks.setdefault(path, threading.Lock())
+        with dir_lock:
+            with self._lock:
+                if self._durable.get(path, 0) >= mine:
+                    return  # an fsync that started after our request has completed
+                covers = self._requested[path]
+            fsync_dir(path)
+            with self._lock:
+                # One entry per directory ever synced (the store's day directories): small.
+                self._durable[path] = max(self._durable.get(path, 0), covers)
+
+
 def drop_page_cache(fd: int) -> None:
     """Ask the kernel to forget clean cached pages of `fd`, so the next read comes from the disk.
 
@@ -105,10 +135,13 @@ def free_bytes(path: Path) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-def write_atomic(target: Path, data: bytes, mode: int = PRIVATE_FILE_MODE) -> Path:
+def write_atomic(
+    target: Path, data: bytes, mode: int = PRIVATE_FILE_MODE, *, sync_dir: bool = True
+) -> Path:
     """Write `data` to `target` crash-safely with exactly `mode`: temp file, fsync, rename, directory fsync.
 
-    A crash leaves the old file or the new one, never half of either.
+    A crash leaves the old file or the new one, never half of either. With `sync_dir=False` the
+    rename is durable only once the caller fsyncs `target.parent` (one fsync for several renames).
     """
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
@@ -126,7 +159,8 @@ def write_atomic(target: Path, data: bytes, mode: int = PRIVATE_FILE_MODE) -> Pa
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    fsync_dir(target.parent)
+    if sync_dir:
+        fsync_dir(target.parent)
     return target
 
 

@@ -258,7 +258,11 @@ def reread_and_compare(
                 digest.update(memoryview(mine)[:got])
                 if source is not None and differs_at is None:
                     theirs_got = _read_full(source, memoryview(theirs)[:got])
-                    if theirs_got != got or mine[:got] != theirs[:got]:
+                    if theirs_got == got == len(theirs) == len(mine):
+                        same = theirs == mine  # type: ignore[comparison-overlap]  # one memcmp, no copy
+                    else:
+                        same = theirs_got == got and theirs[:got] == mine[:got]
+                    if not same:
                         differs_at = offset + _first_difference(mine, theirs, min(got, theirs_got))
                 offset += got
             if source is not None and differs_at is None:

@@ -30,14 +30,15 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from edge.config.station import OffloadSection
 from edge.custody.errors import CustodyError
 from edge.custody.ledger import EntryType, station_time_now
 from edge.custody.manifest import sign_manifest
 from edge.custody.seal import append_evidence_box, write_sidecar
-from edge.durable.files import free_bytes, fsync_dir, make_dirs_durable
+from edge.durable.files import DirectorySync, free_bytes, make_dirs_durable
+from edge.ingest.commit import GroupCommit
 from edge.ingest.copy import (
     AcquireError,
     CopyResult,
@@ -55,6 +56,8 @@ from edge.ingest.source import ItemReader, OfferedItem, ReaderOpener, Source
 from edge.ingest.store import StationStore, stored_extension
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_FINISHING = 2
 
@@ -112,6 +115,9 @@ class IngestedItem:
     # Re-read from the store and from the source, and matched, during this run.
     reread_now: bool = False
     copied_bytes: int = 0
+    # Copied and fsynced, `acquired` not yet committed: the copy loop moves on to the next item and
+    # the item's finishing task records it (an interruption here only costs copying it again).
+    unrecorded: tuple[CopyResult, str] | None = None
 
     @property
     def item(self) -> str:
@@ -153,6 +159,14 @@ class IngestPipeline:
         self.settings = settings
         self.executor = executor
         self.uploads = uploads
+        # Shared by every run of this store: transitions of all bays batch into one transaction,
+        # and renames into one day directory share its fsync.
+        self.commits = GroupCommit(store)
+        self.directories = DirectorySync()
+
+    async def commit(self, work: Callable[[], T]) -> T:
+        """Run repository transitions in the next group transaction; resume once it committed."""
+        return await self.commits.run(work)
 
     async def ingest(
         self,
@@ -208,14 +222,12 @@ class _Run:
             data["original"] = work.offered.display
         return data
 
-    def error(self, work: IngestedItem | None, stage: str, reason: str) -> None:
+    async def error(self, work: IngestedItem | None, stage: str, reason: str) -> None:
         log.warning("%s %s: %s: %s", self.source.kind, self.source.device, stage, reason)
         self.progress.errors.append(reason)
-        self.repository.record(
-            EntryType.ERROR,
-            None if work is None else work.item,
-            {**self._where(work), "stage": stage, "reason": reason},
-        )
+        data = {**self._where(work), "stage": stage, "reason": reason}
+        item = None if work is None else work.item
+        await self.pipeline.commit(lambda: self.repository.entry(EntryType.ERROR, item, data))
         self._report()
 
     # -- the run ----------------------------------------------------------------------------------
@@ -240,23 +252,24 @@ class _Run:
                     w.copied_bytes = w.offered.size or 0  # resumed after a crash: copied before
                     self.progress.bytes_done += w.copied_bytes
                 if w.state == AcquisitionState.PENDING:
-                    await self._copy_with_retries(w)
+                    await self._copy_with_retries(w, record=False)
                 while len(finishing) >= MAX_FINISHING:
                     done, finishing = await asyncio.wait(finishing, return_when=asyncio.FIRST_COMPLETED)
                     for task in done:
                         task.result()  # a fatal error (source gone, disk full) stops the run
-                if w.state in (AcquisitionState.COPIED, AcquisitionState.VERIFIED):
+                copied = w.state in (AcquisitionState.COPIED, AcquisitionState.VERIFIED)
+                if copied or w.unrecorded is not None:
                     finishing.add(asyncio.create_task(self._finish_with_retries(w)))
             while finishing:
                 done, finishing = await asyncio.wait(finishing, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     task.result()
         except SourceGoneError as exc:
-            self.error(None, "device", str(exc))
+            await self.error(None, "device", str(exc))
             outcome = IngestOutcome.SOURCE_GONE
         except StoreFullError as exc:
             self.pipeline.store.release_reserve()  # room for the ledger to say so
-            self.error(None, "store", str(exc))
+            await self.error(None, "store", str(exc))
             outcome = IngestOutcome.STORE_FULL
         finally:
             # Let items in flight reach a committed state; their own errors are already recorded.
@@ -279,39 +292,40 @@ class _Run:
 
     # -- copy -------------------------------------------------------------------------------------
 
-    async def _copy_with_retries(self, w: IngestedItem) -> None:
+    async def _copy_with_retries(self, w: IngestedItem, *, record: bool = True) -> None:
+        """Copy until it worked (COPIED, or `unrecorded` without `record`) or failed for good."""
         display = w.offered.display
-        while w.state == AcquisitionState.PENDING:
+        while w.state == AcquisitionState.PENDING and w.unrecorded is None:
             if w.acquisition.attempts >= self.settings.max_attempts:
-                self._fail(w, "copy", f"{display}: gave up after {self.settings.max_attempts} attempts")
+                await self._fail(w, "copy", f"{display}: gave up after {self.settings.max_attempts} attempts")
                 return
             w.acquisition.attempts += 1
             try:
-                await self._copy(w)
+                await self._copy(w, record=record)
             except StoreFullError:
                 raise  # the whole run stops; the source stays untouched
             except SourceReadError as exc:
                 await self.raise_if_gone(exc)
-                self.error(w, "copy", str(exc))
+                await self.error(w, "copy", str(exc))
             except AcquireError as exc:  # changed at the source, or the station failed to write
-                self.error(w, "copy", str(exc))
+                await self.error(w, "copy", str(exc))
             except FileNotFoundError:
                 gone = f"{display}: vanished from the {self.source.kind} device before copying"
-                self._fail(w, "copy", gone)
+                await self._fail(w, "copy", gone)
                 return
             except OSError as exc:
                 await self.raise_if_gone(exc)
-                self.error(w, "copy", f"{display}: cannot open: {exc.strerror or exc}")
+                await self.error(w, "copy", f"{display}: cannot open: {exc.strerror or exc}")
 
-    def _fail(self, w: IngestedItem, stage: str, reason: str) -> None:
+    async def _fail(self, w: IngestedItem, stage: str, reason: str) -> None:
+        data = {**self._where(w), "stage": stage, "reason": reason}
+        attempts = w.acquisition.attempts
+        await self.pipeline.commit(lambda: self.repository.failed(w.item, attempts, data))
         w.acquisition.state = AcquisitionState.FAILED
-        self.repository.record_failed(
-            w.item, w.acquisition.attempts, {**self._where(w), "stage": stage, "reason": reason}
-        )
         self.progress.errors.append(reason)
         self._report()
 
-    async def _copy(self, w: IngestedItem) -> None:
+    async def _copy(self, w: IngestedItem, *, record: bool) -> None:
         part = self.layout.tmp_copy(w.item)
         part.unlink(missing_ok=True)  # a stale copy from an interrupted attempt is never trusted
         reserve = self.settings.min_free_bytes
@@ -353,24 +367,39 @@ class _Run:
             part.unlink(missing_ok=True)
             raise
         w.copied_bytes = copied.size
-        entry = self.repository.record_acquired(
-            w.item,
-            w.offered.origin,
-            sha256=copied.sha256,
-            size=copied.size,
-            acquired_utc=acquired_utc,
-            attempt=w.acquisition.attempts,
-            facts={"device_serial": w.offered.origin.device, **w.offered.origin.facts,
-                   "original": w.offered.display},
+        w.unrecorded = (copied, acquired_utc)
+        if record:
+            await self._record_acquired(w)
+
+    async def _record_acquired(self, w: IngestedItem) -> None:
+        """pending → copied, once the copy is durable (copy_and_hash fsynced it)."""
+        assert w.unrecorded is not None
+        copied, acquired_utc = w.unrecorded
+        origin = w.offered.origin
+        facts = {"device_serial": origin.device, **origin.facts, "original": w.offered.display}
+        attempt = w.acquisition.attempts
+        entry = await self.pipeline.commit(
+            lambda: self.repository.acquired(
+                w.item,
+                origin,
+                sha256=copied.sha256,
+                size=copied.size,
+                acquired_utc=acquired_utc,
+                attempt=attempt,
+                facts=facts,
+            )
         )
         log.debug("%s %s: acquired %s as item %s (seq %d)", self.source.kind, self.source.device,
                   w.offered.display, w.item, entry.seq)
+        w.unrecorded = None
         w.acquisition.state = AcquisitionState.COPIED
 
     # -- verify and seal --------------------------------------------------------------------------
 
     async def _finish_with_retries(self, w: IngestedItem) -> None:
         display = w.offered.display
+        if w.unrecorded is not None:
+            await self._record_acquired(w)
         while w.state in (AcquisitionState.COPIED, AcquisitionState.VERIFIED):
             try:
                 await self._finish(w)
@@ -378,19 +407,18 @@ class _Run:
                 raise
             except (SourceReadError, OSError) as exc:
                 await self.raise_if_gone(exc)
-                self._retry_copy(w, f"{display}: {exc}")
+                await self._retry_copy(w, f"{display}: {exc}")
             except AcquireError as exc:  # the re-read did not match, or the original changed
-                self._retry_copy(w, str(exc))
+                await self._retry_copy(w, str(exc))
             except CustodyError as exc:  # the manifest could not be signed or sealed
-                self._retry_copy(w, f"{display}: {exc}")
+                await self._retry_copy(w, f"{display}: {exc}")
             if w.state == AcquisitionState.PENDING:
                 await self._copy_with_retries(w)
 
-    def _retry_copy(self, w: IngestedItem, reason: str) -> None:
+    async def _retry_copy(self, w: IngestedItem, reason: str) -> None:
         self.layout.tmp_copy(w.item).unlink(missing_ok=True)
-        self.repository.record_retry(
-            w.item, {**self._where(w), "stage": "verify", "reason": reason, "action": "copy again"}
-        )
+        data = {**self._where(w), "stage": "verify", "reason": reason, "action": "copy again"}
+        await self.pipeline.commit(lambda: self.repository.copy_again(w.item, data))
         self.progress.errors.append(reason)
         self.progress.bytes_done -= w.copied_bytes
         w.copied_bytes = 0
@@ -453,12 +481,14 @@ class _Run:
                     f"{display}: second read from the {self.source.kind} device differs from the copy at "
                     f"byte {reread.source_differs_at} (inconsistent device reads)"
                 )
-        self.repository.record_verified(
-            w.item,
-            {"sha256": sha256, "size": size, **checks, "embedded": embedded,
-             "media_readable": "error" not in media},
-            manifest,
-        )
+        verified = {
+            "sha256": sha256,
+            "size": size,
+            **checks,
+            "embedded": embedded,
+            "media_readable": "error" not in media,
+        }
+        await self.pipeline.commit(lambda: self.repository.verified(w.item, verified, manifest))
         w.acquisition.state = AcquisitionState.VERIFIED
         w.reread_now = source_reread
         self.progress.verified += 1
@@ -478,14 +508,15 @@ class _Run:
             make_dirs_durable(final.parent)  # a new items/YYYY/MM/DD/ must survive power loss too
             if part.exists():
                 os.replace(part, final)
-                fsync_dir(final.parent)
             elif not final.exists():
                 raise _VerificationMismatch(f"{w.offered.display}: sealed copy missing before publishing")
-            write_sidecar(final, manifest)
+            write_sidecar(final, manifest, sync_dir=False)
+            # One fsync makes both renames durable, shared with the other items published meanwhile.
+            self.pipeline.directories.sync(final.parent)
             return final.stat().st_size > int(manifest["size"])
 
         embedded = await self._thread(work)
-        self.repository.record_sealed(w.item, str(relpath), manifest, embedded)
+        await self.pipeline.commit(lambda: self.repository.sealed(w.item, str(relpath), manifest, embedded))
         w.acquisition.state = AcquisitionState.SEALED
         self.sealed.append(w.item)
         if self.pipeline.uploads is not None:

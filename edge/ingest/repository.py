@@ -2,7 +2,9 @@
 
 Every state change is committed together with the ledger entry that describes it, in one SQLite
 transaction (invariant 4): after a crash the rows and the ledger agree, and the pipeline resumes from
-the last committed state. Methods named `record_*` open and commit their own transaction; nothing
+the last committed state. The transitions (`acquired`, `verified`, `sealed`, ...) run inside the
+caller's transaction: the pipeline commits several items' transitions together
+(:mod:`edge.ingest.commit`); methods named `record*` and `admit` open and commit their own. Nothing
 here awaits, so a transaction never spans an await.
 
 Tables (schema in :mod:`edge.ingest.store`):
@@ -133,10 +135,9 @@ class IngestRepository:
             (state, attempts, error, item),
         )
 
-    def set_state(self, item: str, state: str) -> None:
-        """A state change that needs no ledger entry of its own (USB: about to erase), committed."""
-        with self.transaction():
-            self._set_state(item, state)
+    def change_state(self, item: str, state: str) -> None:
+        """A state change that needs no ledger entry of its own (USB: about to erase)."""
+        self._set_state(item, state)
 
     def acquisitions_in_state(self, source: str, device: str, state: str) -> list[Acquisition]:
         rows = self.conn.execute(
@@ -152,7 +153,7 @@ class IngestRepository:
 
     # -- the pipeline's transitions ---------------------------------------------------------------
 
-    def record_acquired(
+    def acquired(
         self,
         item: str,
         origin: Origin,
@@ -166,72 +167,70 @@ class IngestRepository:
         """pending → copied: the `acquired` entry, the item row, and a `duplicate` entry when the same
         bytes are already held (a renamed or re-touched file, another recorder's copy: both stay
         evidence with their own origin, and the ledger links them)."""
-        with self.transaction() as conn:
-            entry = self.ledger.append(
-                EntryType.ACQUIRED, item, {**facts, "size": size, "sha256": sha256, "attempt": attempt}
+        entry = self.ledger.append(
+            EntryType.ACQUIRED, item, {**facts, "size": size, "sha256": sha256, "attempt": attempt}
+        )
+        self.conn.execute(
+            "INSERT INTO items(item, sha256, size, device_serial, officer_no, acquired) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(item) DO UPDATE SET sha256=excluded.sha256, "
+            "size=excluded.size, acquired=excluded.acquired, manifest=NULL",
+            (item, sha256, size, origin.device, origin.officer_no, acquired_utc),
+        )
+        self._set_state(item, AcquisitionState.COPIED, attempts=attempt)
+        same = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT item FROM items WHERE sha256=? AND item!=? ORDER BY acquired LIMIT ?",
+                (sha256, item, MAX_DUPLICATES_NAMED),
             )
-            conn.execute(
-                "INSERT INTO items(item, sha256, size, device_serial, officer_no, acquired) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(item) DO UPDATE SET sha256=excluded.sha256, "
-                "size=excluded.size, acquired=excluded.acquired, manifest=NULL",
-                (item, sha256, size, origin.device, origin.officer_no, acquired_utc),
-            )
-            self._set_state(item, AcquisitionState.COPIED, attempts=attempt)
-            same = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT item FROM items WHERE sha256=? AND item!=? ORDER BY acquired LIMIT ?",
-                    (sha256, item, MAX_DUPLICATES_NAMED),
-                )
-            ]
-            if same:
-                self.ledger.append(EntryType.DUPLICATE, item, {"sha256": sha256, "same_as": same})
+        ]
+        if same:
+            self.ledger.append(EntryType.DUPLICATE, item, {"sha256": sha256, "same_as": same})
         return entry
 
-    def record_verified(self, item: str, data: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:
+    def verified(self, item: str, data: Mapping[str, Any], manifest: Mapping[str, Any]) -> None:
         """copied → verified: the signed manifest is kept in the index until the item is published."""
-        with self.transaction() as conn:
-            self.ledger.append(EntryType.VERIFIED, item, dict(data))
-            conn.execute(
-                "UPDATE items SET manifest=? WHERE item=?", (canonical_json(manifest).decode(), item)
-            )
-            self._set_state(item, AcquisitionState.VERIFIED)
+        self.ledger.append(EntryType.VERIFIED, item, dict(data))
+        self.conn.execute(
+            "UPDATE items SET manifest=? WHERE item=?", (canonical_json(manifest).decode(), item)
+        )
+        self._set_state(item, AcquisitionState.VERIFIED)
 
-    def record_sealed(self, item: str, relpath: str, manifest: Mapping[str, Any], embedded: bool) -> None:
+    def sealed(self, item: str, relpath: str, manifest: Mapping[str, Any], embedded: bool) -> None:
         """verified → sealed: the item is in items/ with its sidecar."""
-        with self.transaction() as conn:
-            self.ledger.append(
-                EntryType.SEALED,
-                item,
-                {
-                    "path": relpath,
-                    "manifest_sha256": sha256_hex(canonical_json(manifest)),
-                    "embedded": embedded,
-                },
-            )
-            conn.execute(
-                "UPDATE items SET path=?, sealed_in_file=? WHERE item=?", (relpath, int(embedded), item)
-            )
-            self._set_state(item, AcquisitionState.SEALED)
+        self.ledger.append(
+            EntryType.SEALED,
+            item,
+            {
+                "path": relpath,
+                "manifest_sha256": sha256_hex(canonical_json(manifest)),
+                "embedded": embedded,
+            },
+        )
+        self.conn.execute(
+            "UPDATE items SET path=?, sealed_in_file=? WHERE item=?", (relpath, int(embedded), item)
+        )
+        self._set_state(item, AcquisitionState.SEALED)
 
-    def record_retry(self, item: str, data: Mapping[str, Any]) -> None:
+    def copy_again(self, item: str, data: Mapping[str, Any]) -> None:
         """Back to pending after a failed verification (an `error` entry saying it is copied again)."""
-        with self.transaction():
-            self.ledger.append(EntryType.ERROR, item, dict(data))
-            self._set_state(item, AcquisitionState.PENDING, error=str(data.get("reason", "")))
+        self.ledger.append(EntryType.ERROR, item, dict(data))
+        self._set_state(item, AcquisitionState.PENDING, error=str(data.get("reason", "")))
 
-    def record_failed(self, item: str, attempts: int, data: Mapping[str, Any]) -> None:
+    def failed(self, item: str, attempts: int, data: Mapping[str, Any]) -> None:
         """Given up for this run: `failed`, with a final `error` entry."""
-        with self.transaction():
-            reason = str(data.get("reason", ""))
-            self._set_state(item, AcquisitionState.FAILED, attempts=attempts, error=reason)
-            self.ledger.append(EntryType.ERROR, item, {**data, "final": True})
+        reason = str(data.get("reason", ""))
+        self._set_state(item, AcquisitionState.FAILED, attempts=attempts, error=reason)
+        self.ledger.append(EntryType.ERROR, item, {**data, "final": True})
 
-    def record_source_state(self, item: str, state: str, type_: str, data: Mapping[str, Any]) -> None:
+    def moved_on(self, item: str, state: str, type_: str, data: Mapping[str, Any]) -> None:
         """A source's own state after sealing (USB: wiped), with its ledger entry."""
-        with self.transaction():
-            self.ledger.append(type_, item, dict(data))
-            self._set_state(item, state)
+        self.ledger.append(type_, item, dict(data))
+        self._set_state(item, state)
+
+    def entry(self, type_: str, item: str | None, data: Mapping[str, Any]) -> LedgerEntry:
+        """One ledger entry with no state change."""
+        return self.ledger.append(type_, item, dict(data))
 
     # -- items ------------------------------------------------------------------------------------
 

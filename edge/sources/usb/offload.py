@@ -263,12 +263,13 @@ class VolumeOffload:
         for row in self.repository.acquisitions_in_state(SOURCE_KIND, self.device, WIPING):
             if row.key.original in listed:
                 continue  # still on the recorder: the normal wipe pass erases it
-            self.repository.record_source_state(
-                row.item,
-                WIPED,
-                EntryType.WIPED,
-                {"device_serial": self.device, "original": row.key.original, "already_absent": True},
-            )
+            with self.repository.transaction():
+                self.repository.moved_on(
+                    row.item,
+                    WIPED,
+                    EntryType.WIPED,
+                    {"device_serial": self.device, "original": row.key.original, "already_absent": True},
+                )
 
     async def _wipe_all(self, rows: list[_Wipe]) -> OffloadOutcome:
         policy = self.config.wipe.policy
@@ -367,18 +368,15 @@ class VolumeOffload:
                 row.file,
             )
             return False
-        self.repository.record(
-            EntryType.VERIFIED,
-            row.item,
-            {
-                "sha256": found.sha256,
-                "size": found.size,
-                "stored_reread": True,
-                "stored_read": reread.stored_read,
-                "source_reread": True,
-                "purpose": "before erasing",
-            },
-        )
+        rechecked = {
+            "sha256": found.sha256,
+            "size": found.size,
+            "stored_reread": True,
+            "stored_read": reread.stored_read,
+            "source_reread": True,
+            "purpose": "before erasing",
+        }
+        await self.pipeline.commit(lambda: self.repository.entry(EntryType.VERIFIED, row.item, rechecked))
         return True
 
     async def _reverify_source_only(self, row: _Wipe, sha256: str, size: int) -> bool:
@@ -400,22 +398,19 @@ class VolumeOffload:
                 row.file,
             )
             return False
-        self.repository.record(
-            EntryType.VERIFIED,
-            row.item,
-            {
-                "sha256": sha256,
-                "size": size,
-                "stored_reread": False,
-                "source_reread": True,
-                "purpose": "before erasing; the local copy was purged after the central's receipt",
-            },
-        )
+        rechecked = {
+            "sha256": sha256,
+            "size": size,
+            "stored_reread": False,
+            "source_reread": True,
+            "purpose": "before erasing; the local copy was purged after the central's receipt",
+        }
+        await self.pipeline.commit(lambda: self.repository.entry(EntryType.VERIFIED, row.item, rechecked))
         return True
 
     async def _wipe(self, row: _Wipe) -> None:
         if row.state == AcquisitionState.SEALED:
-            self.repository.set_state(row.item, WIPING)
+            await self.pipeline.commit(lambda: self.repository.change_state(row.item, WIPING))
             row.work.acquisition.state = WIPING
 
         def work() -> bool:
@@ -433,16 +428,12 @@ class VolumeOffload:
             return True
 
         erased_now = await self._thread(work)
-        self.repository.record_source_state(
-            row.item,
-            WIPED,
-            EntryType.WIPED,
-            {
-                "device_serial": self.device,
-                "original": row.file.display_path,
-                "already_absent": not erased_now,
-            },
-        )
+        wiped = {
+            "device_serial": self.device,
+            "original": row.file.display_path,
+            "already_absent": not erased_now,
+        }
+        await self.pipeline.commit(lambda: self.repository.moved_on(row.item, WIPED, EntryType.WIPED, wiped))
         row.work.acquisition.state = WIPED
         self.progress.wiped += 1
         self._report()
