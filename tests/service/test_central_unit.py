@@ -75,7 +75,6 @@ SHARED_HARDENING = [
     "RemoveIPC",
     "MemoryDenyWriteExecute",
     "SystemCallArchitectures",
-    "SystemCallFilter",
     "SystemCallErrorNumber",
     "UMask",
     "NotifyAccess",
@@ -98,6 +97,12 @@ def test_stricter_than_the_station_where_it_needs_less(central: Unit, station: U
     assert families < set(words(station, "Service", "RestrictAddressFamilies"))
     # Writable: only the state directory (ProtectSystem=strict, no ReadWritePaths=).
     assert "ReadWritePaths" not in central["Service"]
+    # The station's filter is the central's plus the Landlock calls its ffprobe sandbox needs; the
+    # central runs no ffprobe.
+    landlock = "landlock_create_ruleset landlock_add_rule landlock_restrict_self"
+    station_filter = station["Service"]["SystemCallFilter"]
+    assert landlock in station_filter
+    assert [line for line in station_filter if line != landlock] == central["Service"]["SystemCallFilter"]
 
 
 def test_exec_start_runs_the_central(central: Unit) -> None:
