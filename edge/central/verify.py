@@ -18,7 +18,11 @@ A central store verifies when:
   the index holds at that leaf, whose leaf is still in the log, under a signed tree head of the size and
   root the station was given; every `uploaded` entry an item the index holds (or refused, or whose
   registration is still pending). Deleting the newest item together with its leaf, nodes and heads
-  leaves the station's receipt entry, which names it.
+  leaves the station's receipt entry, which names it. The central key each receipt entry says it was
+  verified with must be the store's signing key: a replaced key, with every head re-signed by it, is named;
+* nothing lies in the store root, identity/ or uploads/ that the central does not write, and the
+  append-only trails (access log, rejections, enrolments, metadata history, station checkpoints) have
+  no gaps.
 
 The check streams station by station (each ledger, then that station's items, by point queries on the
 index), so memory stays bounded whatever the number of items; objects are hashed one at a time. The
@@ -30,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -156,6 +161,7 @@ class _Checker:
         self.merkle_size = 0
         self.head: TreeHead | None = None
         self._cross_listed: dict[str, int] = {}
+        self._key_named = False  # the signing key contradicted by a station's receipt entry, named once
         self._pending_registrations = 0
 
     def add(self, where: str, what: str) -> None:
@@ -175,8 +181,10 @@ class _Checker:
         self._check_leaves_without_items()
         self._check_orphan_history()
         self._check_objects()
+        self._check_store_files()
         self._check_timestamps()
-        for table in ("access_log", "rejections", "enrolment_events", "metadata_history"):
+        for table in ("access_log", "rejections", "enrolment_events", "metadata_history",
+                      "station_checkpoints"):
             self._check_no_deleted_rows(table)
         for station, extra in sorted(self._cross_listed.items()):
             if extra > _MAX_LISTED:
@@ -374,6 +382,7 @@ class _Checker:
         item = entry.item
         said = (f"the station recorded the central's verified receipt for item {item} (leaf {leaf_index} "
                 f"of a tree of {tree_size} leaves, root {root_hash[:64]})")
+        self._cross_check_signing_key(station, entry, data.get("central_key_id"))
         row = self.conn.execute("SELECT leaf_index, sha256 FROM items WHERE item = ?", (item,)).fetchone()
         if row is None:
             self._cross_problem(station, entry, f"{said}, but the index holds no such item: it was deleted "
@@ -405,6 +414,21 @@ class _Checker:
                    "that signed head is gone from the log's tree heads: heads were deleted or the log "
                    "rewritten")
             self._cross_problem(station, entry, f"{said}; {why}")
+
+    def _cross_check_signing_key(self, station: str, entry: LedgerEntry, recorded: object) -> None:
+        """The station recorded which central key its receipt verified with: whoever holds the central's
+        files can replace its signing key and re-sign every tree head, but not the stations' ledgers
+        (their checkpoints are signed with the stations' keys)."""
+        if self.public_key is None or not isinstance(recorded, str) or self._key_named:
+            return
+        current = key_id_of(self.public_key)
+        if recorded != current:
+            self._key_named = True
+            self.add(f"key {self.layout.signing_pub}",
+                     f"the central's signing key is {current}, but station {station} verified the "
+                     f"central's receipt for item {entry.item} with key {recorded[:64]} (its ledger seq "
+                     f"{entry.seq}): the signing key was replaced, and tree heads signed with it are not "
+                     "the central's")
 
     def _cross_check_upload(self, station: str, entry: LedgerEntry) -> None:
         """A station uploaded an item's content: the central accepted it, refused it, or (registration
@@ -621,6 +645,34 @@ class _Checker:
             self.add(where, f"reproduced receipt: the inclusion proof of leaf {index} does not lead to the "
                             f"signed root {head.root_hash} of {head.tree_size} leaves")
 
+    def _check_store_files(self) -> None:
+        """Files the central does not write, in the store root, identity/ and uploads/ (objects/ is
+        checked with the objects)."""
+        root = self.layout.store_dir
+        found: list[Path] = []
+        for path in sorted(root.iterdir()):
+            expected = _ROOT_DIRS if path.is_dir() and not path.is_symlink() else _ROOT_FILES
+            if path.name not in expected or path.is_symlink():
+                found.append(path)
+        identity = self.layout.identity_dir
+        for path in sorted(identity.rglob("*")) if identity.is_dir() else []:
+            if path.parent == identity and path.name in _IDENTITY_FILES and path.is_file():
+                continue
+            if path == self.layout.tsa_roots_dir and path.is_dir():
+                continue
+            if path.parent == self.layout.tsa_roots_dir and path.suffix == ".pem" and path.is_file():
+                continue
+            found.append(path)
+        uploads = self.layout.uploads_dir
+        for path in sorted(uploads.rglob("*")) if uploads.is_dir() else []:
+            if not (path.parent == uploads and _UPLOAD_FILE.fullmatch(path.name) and path.is_file()):
+                found.append(path)
+        for path in found[:_MAX_LISTED]:
+            self.add(f"file {path.relative_to(root)}",
+                     "not part of a central store (planted, or left by something else)")
+        if len(found) > _MAX_LISTED:
+            self.add("store", f"{len(found) - _MAX_LISTED} more files that are not part of a central store")
+
     # -- RFC 3161 time-stamps of checkpoints ----------------------------------------------------------
 
     def _check_timestamps(self) -> None:
@@ -804,6 +856,19 @@ class _Checker:
                     f"object {name}",
                     "no accepted item references it (left by an interrupted registration or planted)",
                 )
+
+
+# What a central store holds (edge.central.config.CentralLayout): anything else was planted or left over.
+_ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-journal", "store.lock"})
+_ROOT_DIRS = frozenset({"identity", "objects", "uploads"})
+_IDENTITY_FILES = frozenset(
+    {"ca.crt", "ca.key", "server.crt", "server.key", "signing.key", "signing.key.pub"}
+)
+# tus uploads in progress (edge.central.tus_store): <id>.part and <id>.info.json, and the temp file of an
+# atomic write of a record that a crash left behind (the purge removes it once stale).
+_UPLOAD_FILE = re.compile(
+    r"[0-9a-f]{32}\.(part|info\.json)|\.[0-9a-f]{32}\.info\.json\.\d+\.[0-9a-f]{8}\.tmp"
+)
 
 
 def _is_count(value: object) -> bool:

@@ -4,15 +4,19 @@ A store verifies when: the ledger chain and its signed checkpoints hold; every s
 object hashes to its manifest, its manifest is signed by the station key, agrees with the ledger's
 `acquired` and `sealed` entries and with the item index; every stored central receipt agrees with the
 ledger's `receipt` entry (and verifies in full when the central's key is given); an item purged after
-its receipt keeps a verifying signed manifest; nothing in items/ is unaccounted for; and the ledger
-still holds every head the central witnessed (`edge.verify.witness`: the heads kept in the store and,
-when the station's configuration names the central, the central's own).
+its receipt keeps a verifying signed manifest; the item index's device, officer and acquisition time
+agree with the sealed record, and the receipt state.db keeps with the receipt file; nothing in items/ is
+unaccounted for, and nothing lies in the store root, keys/ or tmp/ that a station does not write (a copy
+in progress is tmp/<item>.part of an acquisition under way); and the ledger still holds every head the
+central witnessed (`edge.verify.witness`: the heads kept in the store and, when the station's
+configuration names the central, the central's own).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +32,7 @@ from edge.custody.manifest import verify_manifest
 from edge.custody.problems import Problem
 from edge.custody.receipt import verify_receipt
 from edge.custody.seal import verify_sealed_file
+from edge.ingest.repository import AcquisitionState
 from edge.ingest.store import StoreLayout, read_station_id
 from edge.verify.witness import CentralView, witness_findings
 
@@ -196,6 +201,7 @@ def verify_store(
         report.checked["purged"] = sum(1 for item in items if item.purged)
         if only_item is None:
             report.problems.extend(_unaccounted(conn, layout, known_paths))
+            report.problems.extend(_unexpected_files(conn, layout))
             findings = witness_findings(
                 conn, layout, station, key_id_of(public_key), central_key, central_view
             )
@@ -252,7 +258,9 @@ def _sealed_items(conn: sqlite3.Connection, only: str | None, problems: list[Pro
             problems.append(Problem(f"ledger seq {seq}", "sealed entry without item, path or manifest hash"))
             continue
         index = conn.execute(
-            "SELECT path, sha256, size, sealed_in_file, manifest FROM items WHERE item=?", (item,)
+            "SELECT path, sha256, size, sealed_in_file, manifest, device_serial, officer_no, acquired "
+            "FROM items WHERE item=?",
+            (item,),
         ).fetchone()
         purged = conn.execute(
             "SELECT 1 FROM ledger WHERE item=? AND type='purged' AND seq > ? AND EXISTS (SELECT 1 FROM "
@@ -295,6 +303,7 @@ def _verify_item(
             problems.append(Problem(where, "the item index holds a different manifest than the sealed one"))
         if index["sha256"] != manifest.get("sha256") or index["size"] != manifest.get("size"):
             problems.append(Problem(where, "item index hash or size differs from the manifest"))
+        problems.extend(_index_column_problems(conn, sealed.item, index, manifest, where))
         if bool(index["sealed_in_file"]) != result.sealed:
             problems.append(
                 Problem(
@@ -306,6 +315,39 @@ def _verify_item(
             )
     problems.extend(_acquisition_problems(conn, sealed.item, manifest, where))
     return problems
+
+
+def _index_column_problems(
+    conn: sqlite3.Connection, item: str, index: sqlite3.Row, manifest: dict[str, Any], where: str
+) -> list[Problem]:
+    """The item index's device, officer and acquisition time are copies of what the signed manifest and
+    the `acquired` entry say; status pages and searches read them, so an edited copy is named."""
+    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+    times = manifest.get("time") if isinstance(manifest.get("time"), dict) else {}
+    assert isinstance(source, dict) and isinstance(times, dict)
+    expected: dict[str, object] = {"acquired": times.get("acquired_utc")}
+    if "officer_no" in source:  # sources without an officer (a station directory) leave it to the index
+        expected["officer_no"] = source["officer_no"]
+    acquired = conn.execute(
+        "SELECT data FROM ledger WHERE item=? AND type='acquired' ORDER BY seq DESC LIMIT 1", (item,)
+    ).fetchone()
+    data = _json_object(acquired["data"]) if acquired is not None else None
+    if data is not None and "device_serial" in data:
+        expected["device_serial"] = data["device_serial"]
+    return [
+        Problem(where, f"item index column {column} is {str(index[column])[:80]!r}, but the sealed record "
+                       f"says {str(value)[:80]!r}")
+        for column, value in expected.items()
+        if index[column] != value
+    ]
+
+
+def _json_object(raw: object) -> dict[str, Any] | None:
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _purged_item_problems(
@@ -365,6 +407,12 @@ def _receipt_problems(
         problems.append(
             Problem(where, f"receipt file differs from the receipt recorded at ledger seq {entry['seq']}")
         )
+    kept = conn.execute("SELECT receipt FROM uploads WHERE item=?", (sealed.item,)).fetchone()
+    if kept is None or kept["receipt"] is None:
+        problems.append(Problem(where, f"the ledger records its receipt at seq {entry['seq']}, but state.db "
+                                       "keeps no receipted upload for it (uploads row deleted or edited)"))
+    elif kept["receipt"].encode("utf-8") != canonical_json(receipt):
+        problems.append(Problem(where, "the receipt state.db keeps (uploads) differs from its receipt file"))
     index = sealed.index
     leaf = receipt.get("leaf") if isinstance(receipt.get("leaf"), dict) else {}
     assert isinstance(leaf, dict)
@@ -434,4 +482,47 @@ def _unaccounted(conn: sqlite3.Connection, layout: StoreLayout, known: set[str])
                 rel = ""
         if rel and rel not in known:
             problems.append(Problem(f"object {rel}", "not accounted for by any sealed ledger entry"))
+    return problems
+
+
+# What a station store holds besides items/ (edge.ingest.store): anything else was planted or left over.
+_ROOT_FILES = frozenset({"state.db", "state.db-wal", "state.db-shm", "state.db-journal", "ledger.reserve",
+                         "store.lock"})
+_ROOT_DIRS = frozenset({"items", "keys", "tmp"})
+# keys/station.key and its .pub; keys rotated out stay as station.key.<key id>.retired[.pub].
+_KEY_FILE = re.compile(r"station\.key(\.pub|\.[0-9a-f]{32}\.retired(\.pub)?)?")
+_TMP_FILE = re.compile(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.part")
+# A copy in progress, or one a failed attempt may leave until the next attempt discards it; sources add
+# states of their own after sealing, when no copy is left in tmp/.
+_COPY_STATES = AcquisitionState.IN_PROGRESS | {AcquisitionState.FAILED}
+
+
+def _unexpected_files(conn: sqlite3.Connection, layout: StoreLayout) -> list[Problem]:
+    """Files in the store root, keys/ and tmp/ that a station does not write: a copy in progress is
+    tmp/<item>.part of an acquisition not yet sealed; nothing else is expected there."""
+    problems: list[Problem] = []
+
+    def unexpected(path: Path, why: str) -> None:
+        problems.append(Problem(f"file {path.relative_to(layout.root)}", why))
+
+    for path in sorted(layout.root.iterdir()):
+        if path.name in _ROOT_DIRS and path.is_dir() and not path.is_symlink():
+            continue
+        if path.name in _ROOT_FILES and path.is_file() and not path.is_symlink():
+            continue
+        unexpected(path, "not part of a station store (planted, or left by something else)")
+    if layout.keys_dir.is_dir():
+        for path in sorted(layout.keys_dir.rglob("*")):
+            if not (_KEY_FILE.fullmatch(path.name) and path.parent == layout.keys_dir and path.is_file()):
+                unexpected(path, "not a station key file (planted, or left by an interrupted key write)")
+    if layout.tmp.is_dir():
+        for path in sorted(layout.tmp.rglob("*")):
+            match = _TMP_FILE.fullmatch(path.name)
+            state: str | None = None
+            if match is not None and path.parent == layout.tmp and path.is_file():
+                row = conn.execute("SELECT state FROM acquisitions WHERE item=?", (match[1],)).fetchone()
+                state = None if row is None else row[0]
+            if state not in _COPY_STATES:
+                unexpected(path, "not a copy in progress: no acquisition of the store is under way for it "
+                                 "(planted, or left over)")
     return problems

@@ -11,6 +11,8 @@ store can rewrite the chain and re-sign it. What they cannot rewrite is what the
   :func:`find_station_config`): the central's own newest witnessed head for this station, which no
   rewrite of the station's files can remove.
 
+A gap in the kept heads (rows are numbered 1, 2, 3...) is named, and so is a central that now answers
+with an older head than one it witnessed and the store kept: it lost or dropped entries it had accepted.
 The report says which of the two ran, and why the second did not when it could not.
 """
 
@@ -49,7 +51,6 @@ __all__ = [
 
 DEFAULT_CONFIG = Path("/etc/evidence-edge/station.toml")
 CONFIG_ENV = "EDGE_STATION_CONFIG"
-# A report names the first failing witnessed head in full and counts the rest.
 _KEY_ROTATED = "key_rotated"
 
 
@@ -168,6 +169,7 @@ def witness_findings(
                            "with [uplink], and no --central-key)")
     central = _central_head(central_view, central_key, station, found)
     if central is not None:
+        _check_central_kept(central, heads.values(), found)
         heads.setdefault((central.head.seq, central.head.hash), central)
     found.checked["witnessed_heads"] = len(heads)
     _check_heads(conn, sorted(heads.values(), key=lambda w: w.head.seq), head_seq, found)
@@ -186,7 +188,13 @@ def witness_findings(
 def _kept_heads(
     conn: sqlite3.Connection, layout: StoreLayout, found: WitnessFindings
 ) -> Iterator[tuple[str, object]]:
+    expected_id = 1  # kept heads are numbered 1, 2, 3...: a gap is a deleted row
     for stored in stored_witnessed_heads(conn):
+        if stored.row_id != expected_id:
+            gap = (f"witnessed head {expected_id}" if stored.row_id == expected_id + 1
+                   else f"witnessed heads {expected_id}-{stored.row_id - 1}")
+            found.problems.append(Problem(gap, "missing: kept heads are append-only, and rows were deleted"))
+        expected_id = stored.row_id + 1
         where = f"witnessed head {stored.row_id} (kept from a {stored.source} at {stored.received})"
         if stored.head is None:
             found.problems.append(Problem(where, stored.problem or "unreadable"))
@@ -235,10 +243,26 @@ def _central_head(
     return _Witnessed(WitnessedHead.from_dict(view.witnessed_head), "the central")
 
 
+def _check_central_kept(central: _Witnessed, kept: Any, found: WitnessFindings) -> None:
+    """The central must still hold what it witnessed: a head it signed earlier beyond the one it now
+    answers with means it lost or dropped entries of this station's ledger (the uplink raises the same
+    alarm; the station's own store may be intact)."""
+    newest = max(kept, key=lambda w: w.head.seq, default=None)
+    if newest is None or newest.head.seq <= central.head.seq:
+        return
+    found.problems.append(Problem(
+        f"central {central.head.central}",
+        f"now holds this station's ledger only up to seq {central.head.seq}, but it witnessed (signed) seq "
+        f"{newest.head.seq} with hash {newest.head.hash} at {newest.head.time} ({newest.where}): the central "
+        "lost or dropped ledger entries it had accepted",
+    ))
+
+
 def _check_heads(
     conn: sqlite3.Connection, heads: list[_Witnessed], head_seq: int, found: WitnessFindings
 ) -> None:
-    """Every witnessed (seq, hash) must be in the ledger; the first failure is named in full."""
+    """Every witnessed (seq, hash) must be in the ledger; the first rewritten head and the newest one past
+    the ledger's end are named in full."""
     failing: list[tuple[_Witnessed, str]] = []
     last_good = 0
     for witnessed in heads:
@@ -248,10 +272,12 @@ def _check_heads(
             last_good = max(last_good, head.seq)
             continue
         if head.seq > head_seq:
-            lost = (f"entry {head.seq} was" if head.seq == head_seq + 1
-                    else f"entries {head_seq + 1}-{head.seq} were")
-            what = (f"the ledger ends at seq {head_seq}: {lost} deleted after the central accepted them (the "
-                    f"tail was truncated)")
+            lost = (f"entry {head.seq} was deleted after the central accepted it" if head.seq == head_seq + 1
+                    else f"entries {head_seq + 1}-{head.seq} were deleted after the central accepted them")
+            # Only the head is known: the same count of entries may have gone from anywhere before it, the
+            # rest renumbered and the chain rewritten with the station key.
+            what = (f"the ledger ends at seq {head_seq}: {lost} (the tail was truncated, or as many earlier "
+                    "entries were deleted and the chain rewritten)")
         elif row is None:
             what = f"the ledger has no entry at seq {head.seq}: it was deleted after the central accepted it"
         else:
@@ -261,18 +287,24 @@ def _check_heads(
         failing.append((witnessed, what))
     if not failing:
         return
-    witnessed, what = failing[0]
-    head = witnessed.head
-    found.problems.append(Problem(
-        f"witnessed head seq {head.seq}",
-        f"central {head.central} witnessed (signed) seq {head.seq} with hash {head.hash} at {head.time} "
-        f"({witnessed.where}), but {what}",
-    ))
-    if len(failing) > 1:
-        newest = failing[-1][0].head
+    # Named in full: the first rewritten head (where the ledger stopped matching) and the newest head past
+    # the ledger's end (how far it reached before it was truncated); the others are counted.
+    rewritten = [pair for pair in failing if pair[0].head.seq <= head_seq]
+    truncated = [pair for pair in failing if pair[0].head.seq > head_seq]
+    named = rewritten[:1] + truncated[-1:]
+    for witnessed, what in named:
+        head = witnessed.head
         found.problems.append(Problem(
-            "witnessed heads", f"{len(failing) - 1} later witnessed heads (up to seq {newest.seq}, "
-                               f"{failing[-1][0].where}) are not in the ledger either",
+            f"witnessed head seq {head.seq}",
+            f"central {head.central} witnessed (signed) seq {head.seq} with hash {head.hash} at {head.time} "
+            f"({witnessed.where}), but {what}",
+        ))
+    others = [pair for pair in failing if pair not in named]
+    if others:
+        newest = max(others, key=lambda pair: pair[0].head.seq)[0]
+        found.problems.append(Problem(
+            "witnessed heads", f"{len(others)} other witnessed heads (up to seq {newest.head.seq}, "
+                               f"{newest.where}) are not in the ledger either",
         ))
 
 

@@ -263,6 +263,11 @@ async def test_verify_names_each_rewrite_through_the_witnessed_heads(journey: An
     del receipt["witnessed_head"]
     receipt["format"] = "evidence-edge/receipt/1"
     receipt_file.write_text(json.dumps(receipt))
+    # Only the file changed so far: state.db keeps the receipt/2 it was given, so this is a downgrade.
+    assert any("the receipt state.db keeps" in p.what for p in verify(old).problems)
+    with attacker_db(old) as db:  # as a store from before witnessing has it: the same receipt/1 in both
+        db.execute("UPDATE uploads SET receipt = ? WHERE item = ?",
+                   (canonical_json(receipt).decode(), receipt["item"]))
     report = verify(old)
     assert report.ok, text(report)
     assert report.checked["receipts_unwitnessed"] == 1
