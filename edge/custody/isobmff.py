@@ -154,6 +154,7 @@ def seal_decision(f: BinaryIO, file_size: int) -> tuple[bool, str]:
         return False, "the file is empty (0 bytes)"
     first: Box | None = None
     last: Box | None = None
+    ours: Box | None = None
     has_moov = False
     try:
         for box in iter_top_level_boxes(f, file_size):
@@ -161,6 +162,8 @@ def seal_decision(f: BinaryIO, file_size: int) -> tuple[bool, str]:
                 first = box
             last = box
             has_moov = has_moov or box.type == "moov"
+            if ours is None and box.is_evidence_box:
+                ours = box
     except IsoBmffError as exc:
         return False, f"not a clean ISO-BMFF file: {exc}"
     assert first is not None and last is not None
@@ -179,8 +182,13 @@ def seal_decision(f: BinaryIO, file_size: int) -> tuple[bool, str]:
         return False, (
             "the file ends with an mfra box, which players locate from the end of the file (fragmented MP4)"
         )
-    if last.is_evidence_box:
-        return False, "the file already ends with an evidence-edge box"
+    if ours is not None:
+        # A sealed file brought back onto a recorder, or a forged box: a second box would make the
+        # first one (which verifiers read) describe the wrong prefix. The file is kept as it is.
+        return False, (
+            f"the file already carries an evidence-edge box (top level, offset {ours.offset}): a sealed "
+            "file brought back or a forged box; the whole file is the original, sealed by sidecar only"
+        )
     return True, ""
 
 

@@ -243,7 +243,10 @@ class Ledger:
         key: StationKey,
         *,
         checkpoint_every: int | None = None,
+        scrub: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     ) -> None:
+        """`scrub` rewrites each entry's data before it is hashed and stored: the station uses it to keep
+        its own paths out of error prose (entries leave the station, :mod:`edge.custody.text`)."""
         if not station_id:
             raise LedgerError("expected a non-empty station id")
         self._conn = conn
@@ -253,6 +256,7 @@ class Ledger:
         # Unless told, keep the cadence the station last declared, so that every writer of the store
         # (the agent, `edge tag`) keeps the promise `edge verify` checks.
         self.checkpoint_every = checkpoint_every or declared_cadence(conn) or CHECKPOINT_EVERY
+        self._scrub = scrub
 
     def __repr__(self) -> str:
         return f"Ledger(station_id={self.station_id!r}, key_id={self._key.key_id!r})"
@@ -297,6 +301,8 @@ class Ledger:
             raise LedgerError(f"expected item to be None or a non-empty id string, found {str(item)[:80]!r}")
         if not isinstance(data, Mapping):
             raise LedgerError(f"expected data to be a mapping, found {data.__class__.__name__}")
+        if self._scrub is not None:
+            data = self._scrub(data)
         if time is None:
             time = station_time_now()
         elif not _valid_time(time):

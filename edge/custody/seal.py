@@ -2,8 +2,10 @@
 
 Sealing appends one evidence box (see :mod:`edge.custody.isobmff`) to a stored copy; the original bytes
 are never rewritten, so the manifest's ``sha256``/``size`` always describe an exact prefix of the
-sealed file. Files that cannot carry a box (not ISO-BMFF, fragmented with ``mfra``, truncated) are
-verified against their sidecar ``<name>.manifest.json`` instead.
+sealed file. Files that cannot carry a box (not ISO-BMFF, fragmented with ``mfra``, truncated, or
+already carrying an evidence box of their own: a sealed file brought back onto a recorder, a forged
+box) are verified against their sidecar ``<name>.manifest.json`` instead; the manifest's signed
+``seal`` block says which, so the whole file counts as the original when it says sidecar.
 """
 
 from __future__ import annotations
@@ -24,13 +26,17 @@ from edge.custody.isobmff import Box, evidence_box, iter_top_level_boxes, seal_d
 from edge.custody.manifest import manifest_bytes, parse_manifest, verify_manifest
 from edge.custody.problems import Problem
 from edge.durable.files import write_atomic
+from edge.durable.uncached import UncachedFile, aligned_buffer
 
 __all__ = [
     "CHUNK_BYTES",
     "MAX_MANIFEST_BYTES",
     "SealedFileReport",
     "append_evidence_box",
+    "declared_embedded",
     "hash_prefix",
+    "hash_prefix_from_disk",
+    "inspect_evidence_box",
     "sidecar_path",
     "verify_sealed_file",
     "write_sidecar",
@@ -72,6 +78,30 @@ def hash_prefix(f: BinaryIO, length: int) -> tuple[str, int]:
         digest.update(view[:got])
         done += got
     return digest.hexdigest(), done
+
+
+def hash_prefix_from_disk(path: Path, length: int) -> tuple[str, int, str]:
+    """Like :func:`hash_prefix`, read from the storage device rather than the page cache; also returns
+    how the cache was bypassed (:class:`edge.durable.uncached.ReadMethod`)."""
+    digest = hashlib.sha256()
+    buffer = aligned_buffer(CHUNK_BYTES)
+    done = 0
+    try:
+        with UncachedFile(path) as disk:
+            try:
+                while done < length:
+                    want = min(CHUNK_BYTES, length - done)
+                    got = min(disk.read_at(buffer, done, want), want)
+                    if got <= 0:
+                        break
+                    digest.update(memoryview(buffer)[:got])
+                    done += got
+            finally:
+                disk.drop_cache()
+            method = str(disk.method)
+    finally:
+        buffer.close()
+    return digest.hexdigest(), done, method
 
 
 def append_evidence_box(path: Path, manifest_doc: Mapping[str, Any], *, verify_prefix: bool = False) -> int:
@@ -146,6 +176,7 @@ class SealedFileReport:
     prefix_sha256: str
     manifest: dict[str, Any] | None
     problems: list[Problem] = field(default_factory=list)
+    stored_read: str = ""  # with from_disk: how the read bypassed the page cache
 
     @property
     def ok(self) -> bool:
@@ -219,16 +250,31 @@ def _locate_evidence_box(f: BinaryIO, file_size: int) -> tuple[Box | None, IsoBm
     return None, None
 
 
+def declared_embedded(manifest: Mapping[str, Any] | None) -> bool | None:
+    """What a signed manifest says about its own seal: True (in an evidence box appended to the file),
+    False (sidecar only: the whole file is the original, even if it carries evidence boxes of its
+    own), None for manifests made before the `seal` block existed."""
+    seal = None if manifest is None else manifest.get("seal")
+    embedded = seal.get("embedded") if isinstance(seal, Mapping) else None
+    return embedded if isinstance(embedded, bool) else None
+
+
 def verify_sealed_file(
     path: Path,
     trusted_keys: Mapping[str, Ed25519PublicKey] | None = None,
     sidecar: Path | None = None,
+    *,
+    from_disk: bool = False,
 ) -> SealedFileReport:
     """Verify a stored evidence file against its embedded (or sidecar) signed manifest.
 
     Hashes the original bytes (everything before our box) in bounded memory and compares hash and size
     with the manifest, checks the manifest signature (against ``trusted_keys`` when given) and, when
-    both exist, that the sidecar and the embedded manifest agree. Never raises for file content.
+    both exist, that the sidecar and the embedded manifest agree. A sidecar manifest that declares a
+    sidecar-only seal makes the whole file the original (a recorder file that already carried an
+    evidence box is kept exactly as it came). With ``from_disk`` the original bytes are read from the
+    storage device, never from the page cache (:mod:`edge.durable.uncached`; before erasing a
+    recorder's file). Never raises for file content.
     """
     path = Path(path)
     where = f"object {path}"
@@ -240,25 +286,39 @@ def verify_sealed_file(
         return SealedFileReport(path, False, 0, "", None, problems)
     try:
         file_size = os.fstat(f.fileno()).st_size
-        box, parse_error = _locate_evidence_box(f, file_size)
+        sidecar_file = sidecar if sidecar is not None else sidecar_path(path)
+        sidecar_manifest = None
+        if sidecar is not None or sidecar_file.exists():
+            sidecar_manifest = _read_sidecar(sidecar_file, where, problems)
+        if declared_embedded(sidecar_manifest) is False:
+            box, parse_error = None, None  # any evidence box inside belongs to the original
+        else:
+            box, parse_error = _locate_evidence_box(f, file_size)
         if box is not None and box.end != file_size:
             problems.append(Problem(where, f"{file_size - box.end} bytes follow the evidence box at offset "
                                            f"{box.offset}: data was appended after sealing"))
         box_manifest = None
         if box is not None:
             box_manifest = _read_box_manifest(f, box.payload_offset, box.payload_size, where, problems)
-        sidecar_file = sidecar if sidecar is not None else sidecar_path(path)
-        sidecar_manifest = None
-        if sidecar is not None or sidecar_file.exists():
-            sidecar_manifest = _read_sidecar(sidecar_file, where, problems)
         if box_manifest is not None and sidecar_manifest is not None and box_manifest != sidecar_manifest:
             problems.append(
                 Problem(where, f"sidecar manifest {sidecar_file} differs from the manifest in the "
                                "evidence box")
             )
         manifest = box_manifest if box_manifest is not None else sidecar_manifest
+        if box is None and declared_embedded(manifest) is True:
+            problems.append(Problem(where, "the manifest says it is embedded in the file, but the file "
+                                           "carries no evidence box: it was cut off"))
         prefix_size = box.offset if box is not None else file_size
-        prefix_sha256, read = hash_prefix(f, prefix_size)
+        read_method = ""
+        if from_disk:
+            try:
+                prefix_sha256, read, read_method = hash_prefix_from_disk(path, prefix_size)
+            except OSError as exc:
+                problems.append(Problem(where, f"cannot read from the disk: {exc.strerror or exc}"))
+                prefix_sha256, read = "", 0
+        else:
+            prefix_sha256, read = hash_prefix(f, prefix_size)
         if read != prefix_size:
             problems.append(Problem(where, f"expected {prefix_size} bytes, could read only {read}"))
         if manifest is None:
@@ -273,7 +333,30 @@ def verify_sealed_file(
             problems.extend(verify_manifest(manifest, trusted_keys))
     finally:
         f.close()
-    return SealedFileReport(path, box is not None, prefix_size, prefix_sha256, manifest, problems)
+    return SealedFileReport(
+        path, box is not None, prefix_size, prefix_sha256, manifest, problems, read_method
+    )
+
+
+def inspect_evidence_box(
+    path: Path, size: int, trusted_keys: Mapping[str, Ed25519PublicKey]
+) -> dict[str, Any] | None:
+    """What the first top-level evidence box inside the first `size` bytes of a file is, for the
+    record of a recorder file that already carried one: None when there is none; else its offset,
+    whether its manifest verifies with `trusted_keys` (a sealed copy of ours brought back) and, only
+    then, the item it names (a forged manifest's fields are not repeated)."""
+    with open(path, "rb") as f:
+        box, _ = _locate_evidence_box(f, size)
+        if box is None:
+            return None
+        problems: list[Problem] = []
+        manifest = _read_box_manifest(f, box.payload_offset, box.payload_size, "box", problems)
+    if manifest is not None:
+        problems.extend(verify_manifest(manifest, trusted_keys))
+    found: dict[str, Any] = {"offset": box.offset, "verifies": not problems}
+    if manifest is not None and not problems:
+        found["item"] = manifest["item"]
+    return found
 
 
 def _content_problems(manifest: Mapping[str, Any], prefix_size: int, prefix_sha256: str, sealed: bool,

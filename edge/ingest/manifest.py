@@ -32,7 +32,14 @@ def build_manifest(
     acquired_utc: str,
     chain_seq: int,
     chain_hash: str,
+    sidecar_reason: str | None = None,
 ) -> dict[str, Any]:
+    """The unsigned manifest. `sidecar_reason` is why the manifest cannot be embedded in the file
+    (None: it is, in a trailing evidence box); the `seal` block says which, so a verifier knows whether
+    the whole file is the original even when it carries an evidence box of its own."""
+    seal: dict[str, Any] = {"embedded": sidecar_reason is None}
+    if sidecar_reason is not None:
+        seal["reason"] = sidecar_reason
     return {
         "format": MANIFEST_FORMAT,
         "item": item,
@@ -44,4 +51,5 @@ def build_manifest(
         "time": {**origin.time, "acquired_utc": acquired_utc},
         "case": dict(origin.case),
         "chain": {"seq": chain_seq, "entry_hash": chain_hash},
+        "seal": seal,
     }

@@ -36,8 +36,8 @@ from edge.config.station import OffloadSection
 from edge.custody.errors import CustodyError
 from edge.custody.ledger import EntryType, station_time_now
 from edge.custody.manifest import sign_manifest
-from edge.custody.seal import append_evidence_box, write_sidecar
-from edge.durable.files import DirectorySync, free_bytes, make_dirs_durable
+from edge.custody.seal import append_evidence_box, inspect_evidence_box, sidecar_path, write_sidecar
+from edge.durable.files import DirectorySync, free_bytes, make_dirs_durable, remove_stale_temporaries
 from edge.ingest.commit import GroupCommit
 from edge.ingest.copy import (
     AcquireError,
@@ -49,7 +49,7 @@ from edge.ingest.copy import (
     hash_reader,
     reread_and_compare,
 )
-from edge.ingest.facts import media_facts_and_seal
+from edge.ingest.facts import ISO_BMFF_EXTENSIONS, media_facts_and_seal
 from edge.ingest.manifest import build_manifest
 from edge.ingest.repository import Acquisition, AcquisitionState, IngestRepository
 from edge.ingest.source import ItemReader, OfferedItem, ReaderOpener, Source
@@ -442,6 +442,7 @@ class _Run:
         await self._thread(os.truncate, part, size)
         ext = stored_extension(w.offered.name)
         media, fallback = await self._thread(media_facts_and_seal, part, size, ext)
+        media = self.pipeline.store.scrub_error_text(media)  # ffprobe names the .part it read
         acquired_entry = self.repository.latest_entry(w.item, EntryType.ACQUIRED)
         if acquired_entry is None:
             raise _VerificationMismatch(f"item {w.item}: no {EntryType.ACQUIRED} ledger entry")
@@ -455,14 +456,24 @@ class _Run:
                 acquired_utc=record.acquired,
                 chain_seq=acquired_entry[0],
                 chain_hash=acquired_entry[1],
+                sidecar_reason=fallback,
             ),
             self.pipeline.store.key,
         )
         embedded = fallback is None
+        sealing: dict[str, Any] = {"embedded": embedded}
         if embedded:
             await self._thread(append_evidence_box, part, manifest)
         else:
             log.info("item %s: manifest kept in the sidecar only: %s", w.item, fallback)
+            sealing["sidecar_reason"] = fallback
+            if ext in ISO_BMFF_EXTENSIONS:
+                station = self.pipeline.store.key
+                found = await self._thread(
+                    inspect_evidence_box, part, size, {station.key_id: station.public_key()}
+                )
+                if found is not None:  # a sealed file brought back, or a forged box: on the record
+                    sealing["evidence_box_in_original"] = found
         verify = self.settings.verify_reread
         source_reread = verify and w.offered.reopen is not None
         checks: dict[str, Any] = {"stored_reread": verify, "source_reread": source_reread}
@@ -485,7 +496,7 @@ class _Run:
             "sha256": sha256,
             "size": size,
             **checks,
-            "embedded": embedded,
+            **sealing,
             "media_readable": "error" not in media,
         }
         await self.pipeline.commit(lambda: self.repository.verified(w.item, verified, manifest))
@@ -510,6 +521,9 @@ class _Run:
                 os.replace(part, final)
             elif not final.exists():
                 raise _VerificationMismatch(f"{w.offered.display}: sealed copy missing before publishing")
+            else:
+                # Published before a crash: a sidecar write it interrupted left its temporary behind.
+                remove_stale_temporaries(sidecar_path(final))
             write_sidecar(final, manifest, sync_dir=False)
             # One fsync makes both renames durable, shared with the other items published meanwhile.
             self.pipeline.directories.sync(final.parent)

@@ -252,6 +252,17 @@ class IngestRepository:
         ).fetchone()
         return None if found is None else (int(found[0]), str(found[1]))
 
+    def sealed_manifest_sha256(self, item: str) -> str | None:
+        """The manifest hash the ledger's newest `sealed` entry of `item` recorded."""
+        found = self.conn.execute(
+            "SELECT data FROM ledger WHERE item=? AND type=? ORDER BY seq DESC LIMIT 1",
+            (item, EntryType.SEALED),
+        ).fetchone()
+        if found is None:
+            return None
+        value = json.loads(found[0]).get("manifest_sha256")
+        return value if isinstance(value, str) else None
+
     def purged(self, item: str) -> bool:
         """Whether the local copy was purged after the central's verified receipt (retention)."""
         found = self.conn.execute(

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import Any
 
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Ledger, LedgerEntry
+from edge.custody.text import scrub_error_text
 from edge.custody.witness_log import StationWitness
 from edge.durable.files import create_private_file, ensure_private_dir, ensure_private_file, write_atomic
 from edge.durable.sqlite import immediate_transaction
@@ -189,8 +190,15 @@ class StationStore:
         StationWitness.create_schema(self.conn)
         self.sync_log()  # the schema and any migration, durable before anything is built on them
         self._check_station_id()
-        self.ledger = Ledger(self.conn, station_id, self.key)
+        self.ledger = Ledger(self.conn, station_id, self.key, scrub=self.scrub_error_text)
         self.hold_reserve()
+
+    def scrub_error_text(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """`data` with no station path in its error prose (for ledger entries and manifests, which
+        leave the station): the store's own paths and any other absolute path are replaced."""
+        root = str(self.layout.root)
+        scrubbed: dict[str, Any] = scrub_error_text(data, (root, os.path.realpath(root)))
+        return scrubbed
 
     def hold_reserve(self) -> None:
         """Hold RESERVE_BYTES of disk for the ledger (best effort: not when the disk is already full).

@@ -97,7 +97,10 @@ def test_zero_byte_file_is_not_sealable() -> None:
         (FTYP + MDAT, "no moov"),
         (FTYP + MOOV + struct.pack(">I4s", 0, b"mdat") + bytes(40), "size 0"),
         (FTYP + MOOV + MDAT + box(b"mfra", bytes(8)), "mfra"),
-        (FTYP + MOOV + MDAT + evidence_box(b"{}"), "already ends with an evidence-edge box"),
+        (FTYP + MOOV + MDAT + evidence_box(b"{}"), "already carries an evidence-edge box"),
+        # Not last: a box appended after ours (a forged or re-docked file) must not hide it.
+        (FTYP + MOOV + evidence_box(b"{}") + MDAT, "already carries an evidence-edge box (top level, offset"),
+        (FTYP + MOOV + MDAT + evidence_box(b"{}") + box(b"free", bytes(8)), "already carries an evidence"),
         (FTYP + MOOV + MDAT + b"\x00" * 7, "7 trailing bytes"),
     ],
 )

@@ -7,7 +7,9 @@ the recorder. Everything between (copy+hash, verify, seal, publish, ledger) is t
 
 After the pipeline, per file: sealed → wiping → wiped, each committed with its ledger entry. A file is
 erased only after its stored copy and the recorder's file were re-read and matched (in this docking,
-or again just before erasing), and under after-receipt only once the central's receipt verified.
+or again just before erasing), the sealed artefact as stored verified once more just before erasing
+(signature with the station's key, prefix hash, the manifest the ledger recorded), and under
+after-receipt only once the central's receipt verified.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge.config.station import StationConfig, WipePolicy
+from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.ledger import EntryType
-from edge.ingest.copy import AcquireError, CopyResult, ReRead
+from edge.custody.seal import SealedFileReport, verify_sealed_file
+from edge.ingest.copy import AcquireError, CopyResult
 from edge.ingest.pipeline import (
     IngestedItem,
     IngestOutcome,
@@ -35,7 +39,6 @@ from edge.ingest.pipeline import (
     SourceGoneError,
     UploadQueue,
     hash_original,
-    reread_stored_and_source,
 )
 from edge.ingest.repository import AcquisitionState, IngestRepository
 from edge.ingest.store import StationStore, stored_extension
@@ -293,13 +296,10 @@ class VolumeOffload:
             if row.state not in (AcquisitionState.SEALED, WIPING):
                 continue
             try:
-                if (
-                    row.state == AcquisitionState.SEALED
-                    and not row.work.reread_now
-                    and not await self._reverify_sealed(row)
-                ):
+                checked = await self._verify_before_erasing(row)
+                if checked is None:
                     continue
-                await self._wipe(row)
+                await self._wipe(row, checked)
             except OSError as exc:
                 await self._raise_if_gone(exc)
                 reason = f"{row.file.display_path}: cannot erase: {exc.strerror}"
@@ -335,49 +335,82 @@ class VolumeOffload:
         # `wiping` rows were receipted before an interruption: finishing their erasure is safe.
         return [r for r in rows if r.state == WIPING or r.item in receipted]
 
-    async def _reverify_sealed(self, row: _Wipe) -> bool:
-        """Invariant 2 for files sealed in an earlier docking (or before a crash, or with re-reading
-        off): before erasing, the stored object and the recorder's file are read again and must
-        match the acquisition hash now."""
+    async def _verify_before_erasing(self, row: _Wipe) -> dict[str, Any] | None:
+        """Invariant 2, checked on the sealed artefact as stored, just before erasing the recorder's file.
+
+        The stored copy is read from the disk (not the page cache) and must verify as sealed: the
+        evidence box's (or sidecar's) manifest signed with the station's key as this process holds it
+        (not the public key file beside the store, which whoever tampers could replace too), the
+        prefix hashing to the manifest's hash and size, and the manifest the very one the ledger
+        recorded at sealing. A file not re-read from the recorder in this docking (sealed earlier,
+        before a crash, or with re-reading off) is read from the recorder again and must give the
+        same hash. Returns what was checked, for the `wiped` entry, or None (nothing erased, an
+        error entry names the item) when anything does not hold.
+        """
         found = self.repository.item(row.item)
+        what = row.file.display_path
         if found is None or found.path is None:
-            self._error(row.item, "wipe", f"{row.file.display_path}: not erased: no stored item", row.file)
-            return False
+            self._error(row.item, "wipe", f"{what}: not erased: no stored item", row.file)
+            return None
         if self.repository.purged(row.item):
-            return await self._reverify_source_only(row, found.sha256, found.size)
+            if not await self._reverify_source_only(row, found.sha256, found.size):
+                return None
+            return {"local_copy": "purged after the central's receipt", "source_reread": True}
+        key = self.store.key
         stored = self.store.layout.root / found.path
-        reopen = file_opener(self.root, row.file, what=row.file.display_path, verification=True)
+        report: SealedFileReport = await self._thread(
+            verify_sealed_file,
+            stored,
+            {key.key_id: key.public_key()},
+            self.store.layout.sidecar(stored),
+            from_disk=True,
+        )
+        problems = [p.what for p in report.problems]
+        sealed_manifest = self.repository.sealed_manifest_sha256(row.item)
+        if report.manifest is not None and (
+            sealed_manifest is None or sha256_hex(canonical_json(report.manifest)) != sealed_manifest
+        ):
+            problems.append("its manifest is not the one the ledger recorded when it was sealed")
+        if problems or report.manifest is None:
+            reason = problems[0] if problems else "no manifest"
+            self._error(
+                row.item, "wipe", f"{what}: not erased: the sealed copy of item {row.item} does not verify: "
+                f"{reason}", row.file
+            )
+            return None
+        checked: dict[str, Any] = {
+            "stored": "embedded" if report.sealed else "sidecar",
+            "stored_read": report.stored_read,
+            "signature_key": key.key_id,
+            "source_reread": row.work.reread_now,
+        }
+        if row.state == AcquisitionState.SEALED and row.work.reread_now:
+            return checked  # the recorder's file was re-read and matched in this docking
+        reopen = file_opener(self.root, row.file, what=what, verification=True)
         try:
-            reread: ReRead = await self._thread(
-                reread_stored_and_source, stored, reopen, found.size, self.chunk, row.file.display_path
-            )
+            again: CopyResult = await self._thread(hash_original, reopen, self.chunk)
         except AcquireError as exc:  # an OSError goes to the wipe loop: gone, or cannot erase
+            self._error(row.item, "wipe", f"{what}: not erased, re-verification failed: {exc}", row.file)
+            return None
+        if (again.sha256, again.size) != (found.sha256, found.size):
             self._error(
                 row.item,
                 "wipe",
-                f"{row.file.display_path}: not erased, re-verification failed: {exc}",
+                f"{what}: not erased: the recorder's file no longer matches the acquisition hash "
+                f"{found.sha256}",
                 row.file,
             )
-            return False
-        if reread.stored_sha256 != found.sha256 or reread.source_differs_at is not None:
-            self._error(
-                row.item,
-                "wipe",
-                f"{row.file.display_path}: not erased: the stored object or the recorder's file no longer "
-                f"matches the acquisition hash {found.sha256}",
-                row.file,
-            )
-            return False
+            return None
         rechecked = {
             "sha256": found.sha256,
             "size": found.size,
             "stored_reread": True,
-            "stored_read": reread.stored_read,
+            "stored_read": report.stored_read,
             "source_reread": True,
             "purpose": "before erasing",
         }
         await self.pipeline.commit(lambda: self.repository.entry(EntryType.VERIFIED, row.item, rechecked))
-        return True
+        return {**checked, "source_reread": True}
 
     async def _reverify_source_only(self, row: _Wipe, sha256: str, size: int) -> bool:
         """The local copy was purged after the central's verified receipt (retention): the central
@@ -408,7 +441,7 @@ class VolumeOffload:
         await self.pipeline.commit(lambda: self.repository.entry(EntryType.VERIFIED, row.item, rechecked))
         return True
 
-    async def _wipe(self, row: _Wipe) -> None:
+    async def _wipe(self, row: _Wipe, checked: dict[str, Any]) -> None:
         if row.state == AcquisitionState.SEALED:
             await self.pipeline.commit(lambda: self.repository.change_state(row.item, WIPING))
             row.work.acquisition.state = WIPING
@@ -432,6 +465,7 @@ class VolumeOffload:
             "device_serial": self.device,
             "original": row.file.display_path,
             "already_absent": not erased_now,
+            "verified_before_erasing": checked,
         }
         await self.pipeline.commit(lambda: self.repository.moved_on(row.item, WIPED, EntryType.WIPED, wiped))
         row.work.acquisition.state = WIPED
