@@ -7,7 +7,6 @@ import itertools
 import logging
 import random
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -648,11 +647,11 @@ async def test_shutdown_abandons_task_after_stop_timeout(caplog: pytest.LogCaptu
     supervisor = Supervisor()
     supervisor.add(TaskSpec("first", first))
     supervisor.add(TaskSpec("slow", slow_to_stop, stop_timeout_s=0.05))
-    began = time.monotonic()
     try:
         async with running(supervisor):
             await _wait(up)
-        assert time.monotonic() - began < 2
+        # Shutdown finished although the slow task still waits for `release` (set only below): it was
+        # abandoned, not waited for (waiting would have run into running()'s bound and failed).
         assert first_stopped.is_set()
         assert any("did not stop within" in r.getMessage() for r in caplog.records)
     finally:
