@@ -1,9 +1,9 @@
 """The docking-station agent: finds recorders, runs one docking session per recorder, drives the bays.
 
-Three sources of events feed it: USB polling (recorders in control mode), the mount-root watcher
-(volumes of mass-storage recorders and of recorders switched by a session) and the dock controller
-(bays inserted/removed, charge). Sessions run concurrently up to `offload.concurrency`; one bay's
-failure never touches another's session.
+Three sources of events feed it: USB polling (recorders in control mode), the mount-table watcher
+(volumes mounted under the mount root: mass-storage recorders, and recorders switched by a session;
+see `edge.sources.usb.volumes`) and the dock controller (bays inserted/removed, charge). Sessions run
+concurrently up to `offload.concurrency`; one bay's failure never touches another's session.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from drivers.serial.dock import BayEventKind, BayLed, DockDriver, DockError
@@ -29,7 +28,14 @@ from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
 from edge.sources.usb.offload import BayProgress, OffloadResult
 from edge.sources.usb.session import ControlSession, VolumeClaims, VolumeSession
-from edge.sources.usb.volumes import VolumeWatcher, wait_until_readable
+from edge.sources.usb.volumes import (
+    VolumeEvent,
+    VolumeEventKind,
+    VolumeMount,
+    VolumeWatcher,
+    display_name,
+    wait_until_readable,
+)
 from edge.uplink.service import UplinkService
 
 log = logging.getLogger(__name__)
@@ -83,7 +89,13 @@ class StationAgent:
         # Recorders whose control session ended while still in control mode (refused, failed): never
         # retried until unplugged, so a wrong password is tried once per docking, not until lockout.
         self._done_usb: set[str] = set()
+        # What the last USB poll saw: a session that ends after its recorder was pulled out (mid-copy)
+        # must not mark the recorder done, or docking it again would be ignored.
+        self._present_usb: set[str] = set()
         self._active_devices: set[str] = set()
+        # Notified whenever a volume session ends: a re-mount of a recorder whose previous session is
+        # still winding down on the old, gone mount waits for it instead of being dropped.
+        self._volume_session_ended = asyncio.Condition()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.store: StationStore | None = None
         self.uplink: UplinkService | None = None
@@ -103,7 +115,9 @@ class StationAgent:
             EntryType.STATION_STARTED, None,
             {"station": self.config.station.id, "checkpoint_every": self.config.station.checkpoint_every},
         )
-        watcher = VolumeWatcher(self.config.usb.mount_root)
+        watcher = VolumeWatcher(
+            self.config.usb.mount_root, rescan_interval_s=self.config.usb.volume_rescan_interval_s
+        )
         supervisor = Supervisor(notifier=notifier)
         self.supervisor = supervisor
         poll_s = self.config.usb.poll_interval_s
@@ -246,6 +260,7 @@ class StationAgent:
                 assert self.store is not None
                 self.store.record(EntryType.DEVICE_REMOVED, None, {"usb_serial": gone, "source": "usb"})
             seen = present
+            self._present_usb = present
             for handle in handles:
                 serial = handle.usb_serial
                 if handle.mode is RecorderMode.CONTROL and serial not in self._active_usb | self._done_usb:
@@ -272,28 +287,74 @@ class StationAgent:
             self._finished(result)
         finally:
             self._active_usb.discard(handle.usb_serial)
-            self._done_usb.add(handle.usb_serial)
+            if handle.usb_serial in self._present_usb:
+                self._done_usb.add(handle.usb_serial)
 
     # -- volumes ----------------------------------------------------------------------------------
 
     async def _watch_volumes(self, watcher: VolumeWatcher) -> None:
+        assert self.store is not None
         while True:
             event = await watcher.queue.get()
-            if event.present:
-                self._spawn(self._volume_appeared(event.path), f"volume-{event.path.name}")
+            if event.kind is VolumeEventKind.REFUSED:
+                # A symlink posing as a volume: never followed, on the record at once.
+                self.store.record(
+                    EntryType.REFUSED, None, {"volume": display_name(event.path), "reason": event.reason}
+                )
+                continue
+            assert event.mount is not None
+            self._record_mount(event)
+            if event.kind is VolumeEventKind.MOUNTED:
+                self._spawn(
+                    self._volume_appeared(watcher, event.mount), f"volume-{display_name(event.path)}"
+                )
 
-    async def _volume_appeared(self, path: Path) -> None:
+    def _record_mount(self, event: VolumeEvent) -> None:
+        assert self.store is not None and event.mount is not None
+        mounted = event.kind is VolumeEventKind.MOUNTED
+        self.store.record(
+            EntryType.DEVICE_CONNECTED if mounted else EntryType.DEVICE_REMOVED,
+            None,
+            {**event.mount.as_record(), "source": "volume"},
+        )
+
+    async def _volume_appeared(self, watcher: VolumeWatcher, mount: VolumeMount) -> None:
         assert self.store is not None
-        if not await wait_until_readable(path, self.config.usb.volume_timeout_s):
+        path = mount.path
+
+        def still_mounted() -> bool:
+            return watcher.current(path) == mount
+
+        if not await wait_until_readable(
+            path, self.config.usb.volume_timeout_s, executor=self.executor, still_mounted=still_mounted
+        ):
+            if still_mounted():
+                self.store.record(
+                    EntryType.ERROR,
+                    None,
+                    {
+                        **mount.as_record(),
+                        "stage": "volume",
+                        "reason": f"mounted but not readable within {self.config.usb.volume_timeout_s:.0f} s",
+                    },
+                )
             return
         loop = asyncio.get_running_loop()
         try:
             identity = await loop.run_in_executor(self.executor, read_volume_identity, path)
         except (MassStorageError, OSError) as exc:
-            self.store.record(EntryType.REFUSED, None, {"volume": path.name, "reason": f"no identity: {exc}"})
+            self.store.record(
+                EntryType.REFUSED, None, {"volume": display_name(path), "reason": f"no identity: {exc}"}
+            )
             return
         serial = identity.device_serial
-        if self.claims.offer(serial, path) or self.claims.busy(serial) or serial in self._active_devices:
+        if self.claims.offer(serial, path) or self.claims.busy(serial):
+            return
+        async with self._volume_session_ended:
+            # The same recorder, re-mounted while its previous session still ends on the old mount:
+            # this docking starts when that one has ended, if the mount is still there by then.
+            await self._volume_session_ended.wait_for(lambda: serial not in self._active_devices)
+        if not still_mounted():
             return
         self._active_devices.add(serial)
         try:
@@ -302,6 +363,8 @@ class StationAgent:
             self._finished(result)
         finally:
             self._active_devices.discard(serial)
+            async with self._volume_session_ended:
+                self._volume_session_ended.notify_all()
 
     def _finished(self, result: OffloadResult | None) -> None:
         if result is not None:

@@ -79,7 +79,10 @@ class UsbSection(StrictModel):
     backend: Literal["libusb", "simulator"] = Field("libusb", description="pyusb backend")
     simulator_socket: Path | None = Field(None, description="Socket of `python -m simulators recorder serve`")
     poll_interval_s: float = Field(1.0, gt=0, le=60)
-    mount_root: Path = Field(description="Where recorder volumes are mounted (udisks/automount)")
+    mount_root: Path = Field(
+        description="Where recorder volumes are mounted, one directory per bay (the udev rule's "
+        "systemd-mount); a new mount directly under it is a docking"
+    )
     volume_timeout_s: float = Field(30.0, gt=0, le=600, description="Wait for a volume after mode switch")
     mass_storage_tz_offset_min: int | None = Field(
         None,
@@ -87,6 +90,13 @@ class UsbSection(StrictModel):
         le=840,
         description="UTC offset of the wall clock mass-storage-only recorders write into file names and "
         "FAT times (they cannot say); unset: the station's own time zone",
+    )
+    volume_rescan_interval_s: float = Field(
+        5.0,
+        ge=0.1,
+        le=3600,
+        description="Re-read the mount table at least this often, in case a change notification was "
+        "missed; mounts are normally noticed at once",
     )
 
     @model_validator(mode="after")

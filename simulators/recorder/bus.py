@@ -1,4 +1,4 @@
-"""The simulated USB bus (and the udisks that mounts recorder volumes), plus its UNIX-socket server.
+"""The simulated USB bus (and the systemd-mount that mounts recorder volumes), plus its socket server.
 
 `RecorderBus` owns the recorders: their device logic (device.py), which port each is plugged into,
 the address each enumeration got, their volumes and their persisted state. `RecorderBusServer`
@@ -8,6 +8,11 @@ socket, so the real driver code talks to these recorders exactly as it would thr
 State lives under `state_dir/recorders/<device_serial>/`: `state.json` (written atomically; it holds
 the device password, as the device's own flash would, so it is created 0600), `volume/` (the backing
 folder of the recorder's storage) and, when the fault volume reports an unplug, `UNPLUGGED`.
+
+Volumes are mounted as production mounts them: at `mount_root/<bay directory>`, one directory per USB
+port named like udev's ID_PATH_TAG for a disk on that port (`bay_directory_name`), made when the bus
+starts for the usual hub ports (and at a port's first docking otherwise) and left in place when the
+recorder is pulled out. The next docking in that port mounts the same directory again.
 A restart of the bus is a power cycle of the hub: every recorder that was plugged comes back in its
 initial mode with a fresh session (no login, lockout cleared), keeping identity, clock and files.
 """
@@ -64,6 +69,8 @@ STATE_FORMAT = 1
 SPEED_HIGH = 3  # libusb_speed LIBUSB_SPEED_HIGH: USB 2.0, 480 Mbit/s
 MAX_RPC_LINE_BYTES = 1 << 20
 _PORT_PATH_RE = re.compile(r"([1-9][0-9]{0,2})-([1-9][0-9]{0,2}(?:\.[1-9][0-9]{0,2}){0,6})")
+# The eight ports of the station's hub: their bay directories exist before any recorder docks.
+DEFAULT_BAY_PORTS = tuple(f"1-1.{i}" for i in range(1, 9))
 
 
 class BusError(Exception):
@@ -106,6 +113,16 @@ def parse_port_path(port_path: str) -> tuple[int, tuple[int, ...]]:
     if bus > 127 or any(p > 255 for p in ports):
         raise InvalidRequestError(f"port path {port_path!r}: bus must be <= 127 and ports <= 255")
     return bus, ports
+
+
+def bay_directory_name(port_path: str) -> str:
+    """The directory systemd-mount would use for a recorder volume on this port: udev's ID_PATH_TAG of
+    the disk (here as the kernel's dummy_hcd host controller names it) plus the partition, e.g.
+    "1-1.3" → "platform-dummy_hcd_0-usb-0_1_3_1_0-scsi-0_0_0_0-part1". Stable per port, never chosen
+    by the device."""
+    bus, ports = parse_port_path(port_path)
+    devpath = "_".join(str(p) for p in ports)
+    return f"platform-dummy_hcd_{bus - 1}-usb-0_{devpath}_1_0-scsi-0_0_0_0-part1"
 
 
 @dataclass
@@ -202,7 +219,7 @@ class RecorderState:
     clock_utc_ms: int
     tz_offset_min: int
     mounted: bool
-    mount_point: str
+    mount_point: str | None  # the bay directory while plugged
     mount_error: str | None
     info: RecorderInfo
     files_present: tuple[str, ...]
@@ -259,6 +276,15 @@ def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _same_directory(a: Path, b: Path) -> bool:
+    """Both name the same directory (a bind mount shows its source's device and inode)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _walk_files(root: Path) -> Iterator[tuple[str, Path]]:
@@ -326,7 +352,8 @@ def _close_newest_recording(slot: _Slot) -> None:
 class RecorderBus:
     """The simulated bus. Thread-safe: transfers are serialised per recorder, not across recorders."""
 
-    def __init__(self, state_dir: Path, mount_root: Path) -> None:
+    def __init__(self, state_dir: Path, mount_root: Path, *,
+                 bay_ports: tuple[str, ...] = DEFAULT_BAY_PORTS) -> None:
         self.state_dir = Path(state_dir)
         self.mount_root = Path(mount_root)
         # A fresh id per bus life: handles from before a restart must not reach the new devices.
@@ -340,6 +367,9 @@ class RecorderBus:
         self._enumerated = threading.Condition(self._lock)
         (self.state_dir / "recorders").mkdir(parents=True, exist_ok=True)
         self.mount_root.mkdir(parents=True, exist_ok=True)
+        for port_path in bay_ports:
+            # As on a station that has docked before: the directories are there, nothing mounted.
+            self.bay_directory(port_path).mkdir(exist_ok=True)
         self._load()
 
     def __enter__(self) -> Self:
@@ -435,28 +465,40 @@ class RecorderBus:
         }
         _atomic_write(slot.directory / "state.json", json.dumps(state, ensure_ascii=False, indent=1).encode())
 
-    def _mount_point(self, slot: _Slot) -> Path:
-        return self.mount_root / f"ZFY_{slot.serial}"
+    def bay_directory(self, port_path: str) -> Path:
+        """Where a volume on `port_path` is mounted (the directory may not exist yet)."""
+        return self.mount_root / bay_directory_name(port_path)
+
+    def _mount_point(self, slot: _Slot) -> Path | None:
+        return None if slot.port_path is None else self.bay_directory(slot.port_path)
+
+    def mount_point(self, device_serial: str) -> Path | None:
+        """The directory the recorder's volume is (or would be) mounted at; None while unplugged."""
+        slot = self._slot(device_serial)
+        with self._lock:
+            return self._mount_point(slot)
 
     def _recover_volume(self, slot: _Slot) -> None:
-        """A bus killed while a volume was mounted leaves it at the mount point: bring it home."""
-        from simulators.recorder.faultfs import fusermount_unmount
-        from simulators.recorder.volume import is_mounted
+        """A bus killed while a volume was mounted leaves the mount behind: a FUSE volume unmounts
+        itself when its process loses the bus, a bind mount stays. Take it down before re-plugging,
+        as a hub power cycle would; a mount that is not this recorder's is left alone."""
+        from simulators.recorder.volume import VolumeError, is_simulator_fuse, mount_at, unmount_stale
 
         mount_point = self._mount_point(slot)
-        if is_mounted(mount_point):
-            logger.warning("recorder %s: stale mount at %s, unmounting", slot.serial, mount_point)
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                if not fusermount_unmount(mount_point):
-                    fusermount_unmount(mount_point, lazy=True)
-        if is_mounted(mount_point):
+        if mount_point is None:
             return
-        if not slot.backing_dir.exists() and mount_point.is_dir():
-            logger.warning("recorder %s: volume left at %s, moving it back", slot.serial, mount_point)
-            os.rename(mount_point, slot.backing_dir)
-        with contextlib.suppress(OSError):
-            if mount_point.is_dir() and not any(mount_point.iterdir()):
-                mount_point.rmdir()
+        entry = mount_at(mount_point)
+        if entry is None:
+            return
+        if not (is_simulator_fuse(entry) or _same_directory(mount_point, slot.backing_dir)):
+            logger.warning("recorder %s: %s holds a mount that is not its volume; left alone", slot.serial,
+                           mount_point)
+            return
+        logger.warning("recorder %s: stale mount at %s, unmounting", slot.serial, mount_point)
+        try:
+            unmount_stale(mount_point)
+        except (VolumeError, OSError, subprocess.SubprocessError) as exc:
+            logger.error("recorder %s: stale mount at %s not unmounted: %s", slot.serial, mount_point, exc)
 
     # -------------------------------------------------------------------- control API
 
@@ -557,6 +599,7 @@ class RecorderBus:
             clock = slot.device.clock_now()
             with self._lock:
                 plugged = slot.port_path is not None
+                plugged_at = self._mount_point(slot)
                 return RecorderState(
                     device_serial=slot.serial,
                     usb_serial=slot.spec.usb_serial,
@@ -571,7 +614,7 @@ class RecorderBus:
                     clock_utc_ms=clock.utc_ms,
                     tz_offset_min=clock.tz_offset_min,
                     mounted=slot.volume is not None and slot.volume.alive,
-                    mount_point=str(self._mount_point(slot)),
+                    mount_point=None if plugged_at is None else str(plugged_at),
                     mount_error=slot.mount_error,
                     info=slot.device.info,
                     files_present=tuple(sorted(present)),
@@ -756,11 +799,10 @@ class RecorderBus:
             candidate += 1
         raise InvalidRequestError(f"bus {bus_no} has no free address")
 
-    def _volume_root(self, slot: _Slot) -> Path:
-        # A rename-mounted volume is only at the mount point; a FUSE one passes through to backing.
-        if slot.backing_dir.is_dir():
-            return slot.backing_dir
-        return self._mount_point(slot)
+    @staticmethod
+    def _volume_root(slot: _Slot) -> Path:
+        # The recorder's storage itself; the mount at the bay directory shows (or serves) it.
+        return slot.backing_dir
 
     def _volume_stats(self, slot: _Slot) -> VolumeStats:
         count = used = 0
@@ -776,10 +818,12 @@ class RecorderBus:
         if slot.volume is not None and slot.volume.alive:
             return
         slot.mount_error = None
+        mount_point = self._mount_point(slot)
+        assert mount_point is not None, "only a plugged recorder is mounted"
         try:
             slot.volume = mount_volume(
                 slot.backing_dir,
-                self._mount_point(slot),
+                mount_point,
                 faults=slot.spec.faults,
                 rate_limit_bytes_per_s=slot.spec.rate_limit_bytes_per_s,
                 unplug_marker=slot.unplug_marker,
@@ -787,9 +831,9 @@ class RecorderBus:
         except Exception as exc:  # the device is fine; the host failed to mount it, as udisks can
             slot.volume = None
             slot.mount_error = f"{type(exc).__name__}: {exc}"
-            logger.error("recorder %s: mount at %s failed: %s", slot.serial, self._mount_point(slot), exc)
+            logger.error("recorder %s: mount at %s failed: %s", slot.serial, mount_point, exc)
             return
-        logger.info("recorder %s: volume mounted at %s", slot.serial, self._mount_point(slot))
+        logger.info("recorder %s: volume mounted at %s", slot.serial, mount_point)
 
     def _unmount(self, slot: _Slot) -> None:
         volume, slot.volume = slot.volume, None

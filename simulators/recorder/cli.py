@@ -37,10 +37,11 @@ unplug  pull a recorder out of a running bus.
 list    print the recorders of a running bus as one JSON array.
 
 The station reaches the bus with the pyusb backend simulators.recorder.backend.get_backend(SOCKET)
-(config key usb.simulator_socket). Switching a recorder to mass storage mounts its volume at
-MOUNT_ROOT/ZFY_<device serial>; without faults or a rate limit the volume is moved there by a rename,
-so --state and --mount-root must be on one filesystem; with them it is a FUSE mount (needs /dev/fuse
-and fusermount3).
+(config key usb.simulator_socket). Switching a recorder to mass storage mounts its volume the way
+the station's udev rule does: at MOUNT_ROOT/<bay directory>, one directory per USB port (e.g.
+platform-dummy_hcd_0-usb-0_1_3_1_0-scsi-0_0_0_0-part1 for port 1-1.3), there before the first docking
+and left in place after each unplug. As root it is a bind mount of the recorder's storage, otherwise,
+or with faults or a rate limit, a FUSE mount (needs /dev/fuse and fusermount3).
 
 Passwords are never printed. Every recorder's password is $EE_SIM_RECORDER_PASSWORD if set, else
 the factory default 000000. A restarted bus keeps identities, clocks, files and passwords from
@@ -95,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--state", type=Path, required=True, help="state directory (recorders, volumes)")
     serve.add_argument("--mount-root", type=Path, required=True,
-                       help="where volumes appear as ZFY_<device serial> in mass-storage mode")
+                       help="where volumes are mounted in mass-storage mode, one directory per port")
     serve.add_argument("--socket", type=Path, required=True, help="UNIX socket to serve the bus on")
     serve.add_argument("--recorders", type=int, default=2, help="number of recorders (default 2)")
     serve.add_argument("--files", type=int, default=5, help="files per recorder volume (default 5)")

@@ -40,6 +40,11 @@ GROW_BYTES = 64 * 1024
 # grow and vanish visible to the station at once, as on a device it stats again.
 MAX_READ_BYTES = 1024 * 1024
 _BIT_FLIP_MASK = 0x10
+# How the mount shows in the mount table: type `fuse.zfy`, source `evidence-edge-sim`.
+FUSE_FSNAME = "evidence-edge-sim"
+# The kernel waits for FUSE_INIT without a timeout; a simulated slow start stays well short of forever.
+MAX_READY_DELAY_MS = 60_000
+FUSE_SUBTYPE = "zfy"
 
 
 class VolumeFaultsError(ValueError):
@@ -59,6 +64,9 @@ class VolumeFaults:
     grow: glob: after the first read of a matching file, GROW_BYTES are appended to it.
     vanish: glob: after the first read of a matching file it is deleted; reads through handles
         still open fail with EIO.
+    ready_delay_ms: the mount is in the mount table this long before the filesystem answers (its
+        reply to the kernel's FUSE_INIT is held back): every access meanwhile blocks in the kernel,
+        as on a volume whose driver is still starting.
     Globs match the file's base name, or its path relative to the volume root if they contain "/".
     """
 
@@ -67,6 +75,7 @@ class VolumeFaults:
     unplug_after_bytes: int | None = None
     grow: str | None = None
     vanish: str | None = None
+    ready_delay_ms: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("read_error", "bit_flip"):
@@ -79,9 +88,13 @@ class VolumeFaults:
             _check_glob(name, glob)
             if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
                 raise VolumeFaultsError(f"{name} offset must be an int >= 0, got {offset!r}")
-        n = self.unplug_after_bytes
-        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
-            raise VolumeFaultsError(f"unplug_after_bytes must be an int >= 0, got {n!r}")
+        for name in ("unplug_after_bytes", "ready_delay_ms"):
+            n = getattr(self, name)
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+                raise VolumeFaultsError(f"{name} must be an int >= 0, got {n!r}")
+        delay = self.ready_delay_ms
+        if delay is not None and delay > MAX_READY_DELAY_MS:
+            raise VolumeFaultsError(f"ready_delay_ms must be <= {MAX_READY_DELAY_MS}, got {delay}")
         for name in ("grow", "vanish"):
             value = getattr(self, name)
             if value is not None:
@@ -106,7 +119,8 @@ class VolumeFaults:
 
     @classmethod
     def from_cli_string(cls, text: str) -> VolumeFaults:
-        """Parse "read_error=GLOB@OFFSET,bit_flip=GLOB@OFFSET,unplug_after_bytes=N,grow=GLOB,vanish=GLOB".
+        """Parse "read_error=GLOB@OFFSET,bit_flip=GLOB@OFFSET,unplug_after_bytes=N,grow=GLOB,vanish=GLOB,
+        ready_delay_ms=N".
 
         Globs cannot contain "," or "@" in this form.
         """
@@ -157,7 +171,7 @@ def _parse_value(key: str, value: str) -> object:
         if not sep or not offset.isdigit():
             raise VolumeFaultsError(f"fault {key}={value!r}: expected GLOB@OFFSET with a decimal offset")
         return (glob, int(offset))
-    if key == "unplug_after_bytes":
+    if key in ("unplug_after_bytes", "ready_delay_ms"):
         if not value.isdigit():
             raise VolumeFaultsError(f"fault {key}={value!r}: expected a decimal byte count")
         return int(value)
@@ -268,6 +282,9 @@ class FaultFS:
             conn.max_readahead = MAX_READ_BYTES
         if self._on_ready is not None:
             self._on_ready()
+        if self.faults.ready_delay_ms:
+            # The mount is in the table already; until this returns, the kernel holds every access.
+            time.sleep(self.faults.ready_delay_ms / 1000)
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         self._check_plugged(path)
@@ -424,8 +441,8 @@ def fusermount_unmount(mount_point: Path, *, lazy: bool = False) -> bool:
 
 def _mount_options() -> dict[str, Any]:
     options: dict[str, Any] = {
-        "fsname": "evidence-edge-sim",
-        "subtype": "zfy",
+        "fsname": FUSE_FSNAME,
+        "subtype": FUSE_SUBTYPE,
         "attr_timeout": 0,
         "entry_timeout": 0,
         "negative_timeout": 0,
@@ -482,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mount-point", type=Path, required=True, help="existing empty directory")
     parser.add_argument("--faults", default="",
                         help="e.g. read_error=*.MP4@1048576,bit_flip=*.MP4@4096,unplug_after_bytes=N,"
-                             "grow=GLOB,vanish=GLOB")
+                             "grow=GLOB,vanish=GLOB,ready_delay_ms=N")
     parser.add_argument("--rate-limit-bytes-per-s", type=int, default=None,
                         help="throttle all reads together (USB 2.0 is about 35000000)")
     parser.add_argument("--unplug-marker", type=Path, default=None,

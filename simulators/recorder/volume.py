@@ -4,10 +4,14 @@
 under `DCIM/100MEDIA/`, photos under `PHOTO/`, audio under `AUDIO/`, named
 `{警号}_{设备号}_{YYYYMMDDHHMMSS}_{seq:04d}[_IMP].{EXT}` with mtimes at the recording time.
 
-`mount_volume` makes a populated folder appear at a mount point, the way udisks mounts a docked
-recorder: a plain rename when no faults are wanted (fast, and deletions by the station persist in the
-backing folder), else a FUSE filesystem served by a subprocess (`simulators.recorder.faultfs_main`)
-that passes reads through to the backing folder while injecting faults and throttling.
+`mount_volume` mounts a populated folder at a mount point the way production does (systemd-mount, run
+by the udev rule): a real mount in the kernel's table, over a directory that exists before the docking
+and stays after the unmount, so that the next docking in the same bay mounts the same directory
+again. The mount is a bind mount of the backing folder when the simulator runs as root (deletions by
+the station persist in the folder), else, or when faults or a rate limit are wanted, a FUSE filesystem
+served by a subprocess (`simulators.recorder.faultfs_main`) that passes reads through to the backing
+folder while injecting faults and throttling. `MountedVolume.unmount()` is the recorder pulled out: a
+clean unmount, or a lazy one while the station still holds files open.
 """
 
 from __future__ import annotations
@@ -28,19 +32,26 @@ import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
-from simulators.recorder.faultfs import VolumeFaults, fusermount_unmount
+from drivers.usb.mountinfo import MountEntry
+from simulators.recorder import mounts
+from simulators.recorder.faultfs import FUSE_FSNAME, FUSE_SUBTYPE, VolumeFaults, fusermount_unmount
 from simulators.recorder.media import make_jpg, make_mp4, make_wav
+from simulators.recorder.mounts import absolute, is_mounted, mount_at
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "MountKind",
     "MountedVolume",
     "VolumeError",
     "VolumeFaults",
     "VolumeMountError",
+    "is_mounted",
+    "mount_at",
     "mount_volume",
     "populate_volume",
     "recorder_file_name",
@@ -69,7 +80,8 @@ class VolumeError(Exception):
 
 
 class VolumeMountError(VolumeError):
-    """The FUSE filesystem could not start (missing /dev/fuse or fusermount3, mount refused...)."""
+    """The mount could not be made (no privilege for a bind mount, missing /dev/fuse or fusermount3, a
+    FUSE process that did not start...)."""
 
 
 def recorder_file_name(officer_no: str, device_serial: str, recorded_at: datetime, seq: int,
@@ -187,35 +199,38 @@ def populate_volume(volume_dir: Path, *, device_serial: str, officer_no: str, of
 # -- mounting --------------------------------------------------------------------------------------------
 
 
-def _unescape_mountinfo(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+class MountKind(StrEnum):
+    """How a volume is mounted. Both are real mounts in the kernel's table, over a directory that
+    exists before and stays after, as systemd-mount does it in production."""
+
+    # `mount --bind` of the backing folder, remounted nosuid,nodev,noexec: the kernel serves the files
+    # (page cache and all) like a vfat mount. Needs root (CAP_SYS_ADMIN).
+    BIND = "bind"
+    # A FUSE filesystem in its own process (`faultfs_main`): any user with /dev/fuse and fusermount3;
+    # injects faults, throttles, and can make the mount appear before its content is readable.
+    FUSE = "fuse"
 
 
-def _absolute(path: Path) -> Path:
-    # Resolve the parent only: the mount point itself may be a dead FUSE mount that cannot be stat'ed.
-    return Path(os.path.realpath(path.parent)) / path.name
+def default_mount_kind() -> MountKind:
+    """Bind mounts where the kernel lets us (root), else FUSE, which any user can mount."""
+    return MountKind.BIND if os.geteuid() == 0 else MountKind.FUSE
 
 
-def is_mounted(path: Path) -> bool:
-    """True if `path` is a mount point per /proc/self/mountinfo (also for a dead FUSE mount)."""
-    target = str(_absolute(path))
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
-            return any(
-                _unescape_mountinfo(line.split(" ")[4]) == target for line in fh if line.count(" ") > 4
-            )
-    except OSError:
-        return os.path.ismount(path)
+def is_simulator_fuse(entry: MountEntry) -> bool:
+    """A FUSE volume of this simulator (see faultfs._mount_options)."""
+    return entry.fs_type == f"fuse.{FUSE_SUBTYPE}" and entry.source == FUSE_FSNAME
 
 
 class MountedVolume:
-    """A recorder volume visible at `mount_point` until `unmount()`."""
+    """A recorder volume mounted at `mount_point` until `unmount()`, which leaves the directory."""
 
-    def __init__(self, mount_point: Path, backing_dir: Path, *,
+    def __init__(self, mount_point: Path, backing_dir: Path, kind: MountKind, *,
                  process: subprocess.Popen[bytes] | None = None, lifeline_fd: int | None = None,
                  stderr_log: IO[bytes] | None = None) -> None:
         self.mount_point = mount_point
         self.backing_dir = backing_dir
+        self.kind = kind
+        self.identity: tuple[int, int, int, str, str, str] | None = None  # set once mounted
         self._process = process
         self._lifeline_fd = lifeline_fd
         self._stderr_log = stderr_log
@@ -224,16 +239,20 @@ class MountedVolume:
 
     @property
     def uses_fuse(self) -> bool:
-        return self._process is not None
+        return self.kind is MountKind.FUSE
+
+    def _ours_on_top(self) -> bool:
+        entry = mount_at(self.mount_point)
+        return entry is not None and entry.identity == self.identity
 
     @property
     def alive(self) -> bool:
         """Mounted and serving: False after unmount, an unplug fault, or the FUSE process dying."""
         if self._unmounted:
             return False
-        if self._process is None:
-            return self.mount_point.is_dir()
-        return self._process.poll() is None and is_mounted(self.mount_point)
+        if self._process is not None and self._process.poll() is not None:
+            return False
+        return self._ours_on_top()
 
     def stderr_tail(self, lines: int = 20) -> str:
         """The last lines the FUSE process wrote to stderr (for failure reports)."""
@@ -243,32 +262,38 @@ class MountedVolume:
         return "\n".join(self._stderr_log.read().decode("utf-8", "replace").splitlines()[-lines:])
 
     def unmount(self) -> None:
-        """Take the volume away; idempotent. Rename mounts give the folder back to `backing_dir`."""
+        """Take the volume away, as pulling the recorder out does: a clean unmount, or a lazy one while
+        files are open (the kernel's answer to a USB disk that is gone). Idempotent; the mount point
+        directory stays, as systemd leaves it."""
         with self._lock:
             if self._unmounted:
                 return
-            if self._process is None:
-                self._unmount_rename()
+            if self.kind is MountKind.BIND:
+                self._unmount_bind()
             else:
                 self._unmount_fuse()
             self._unmounted = True
         log.info("unmounted %s", self.mount_point)
 
-    def _unmount_rename(self) -> None:
-        if self.backing_dir.exists() and not _is_empty_dir(self.backing_dir):
-            raise VolumeError(
-                f"cannot unmount {self.mount_point}: {self.backing_dir} exists and is not empty"
-            )
-        try:
-            os.rename(self.mount_point, self.backing_dir)
-        except FileNotFoundError as exc:
-            raise VolumeError(f"cannot unmount {self.mount_point}: it disappeared while mounted") from exc
+    def _unmount_bind(self) -> None:
+        if self._ours_on_top():
+            try:
+                mounts.umount_syscall(self.mount_point, lazy=False)
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise VolumeError(f"cannot unmount {self.mount_point}: {exc.strerror}") from exc
+                try:
+                    mounts.umount_syscall(self.mount_point, lazy=True)
+                except OSError as again:
+                    raise VolumeError(f"cannot unmount {self.mount_point}: {again.strerror}") from again
+        mounts.unmounted(self.mount_point)
 
     def _unmount_fuse(self) -> None:
         assert self._process is not None
-        clean = not is_mounted(self.mount_point) or fusermount_unmount(self.mount_point)
-        # If busy (the station still holds a file open), detach now and let the kernel finish later.
-        if not clean and not fusermount_unmount(self.mount_point, lazy=True) and is_mounted(self.mount_point):
+        clean = not self._ours_on_top() or fusermount_unmount(self.mount_point)
+        # If busy (the station still holds a file open), detach now; the process is stopped below, so
+        # reads through descriptors still open fail as they do on a disk that is gone.
+        if not clean and not fusermount_unmount(self.mount_point, lazy=True) and self._ours_on_top():
             raise VolumeError(f"cannot unmount {self.mount_point}: fusermount3 -u and -uz both failed")
         # After a clean unmount the process ends by itself; a detached one may wait for open files.
         _stop_process(self._process, grace_s=STOP_TIMEOUT_S if clean else 0.0)
@@ -278,10 +303,6 @@ class MountedVolume:
             self._lifeline_fd = None
         if self._stderr_log is not None:
             self._stderr_log.close()
-        try:
-            self.mount_point.rmdir()
-        except OSError as exc:
-            log.warning("mount point %s left in place: %s", self.mount_point, exc)
 
     def __enter__(self) -> MountedVolume:
         return self
@@ -290,8 +311,23 @@ class MountedVolume:
         self.unmount()
 
     def __repr__(self) -> str:
-        kind = "fuse" if self._process is not None else "rename"
-        return f"MountedVolume({str(self.mount_point)!r}, {kind}, alive={self.alive})"
+        return f"MountedVolume({str(self.mount_point)!r}, {self.kind}, alive={self.alive})"
+
+
+def unmount_stale(mount_point: Path) -> None:
+    """Unmount whatever is mounted at `mount_point` (a volume a killed bus left behind), lazily."""
+    entry = mount_at(mount_point)
+    if entry is None:
+        return
+    if entry.fs_type.startswith("fuse"):
+        if not fusermount_unmount(mount_point):
+            fusermount_unmount(mount_point, lazy=True)
+        return
+    try:
+        mounts.umount_syscall(mount_point, lazy=True)
+    except OSError as exc:
+        raise VolumeError(f"cannot unmount the stale volume at {mount_point}: {exc.strerror}") from exc
+    mounts.unmounted(mount_point)
 
 
 def _is_empty_dir(path: Path) -> bool:
@@ -316,26 +352,34 @@ def _stop_process(process: subprocess.Popen[bytes], *, grace_s: float) -> None:
 
 
 def mount_volume(backing_dir: Path, mount_point: Path, *, faults: VolumeFaults | None = None,
-                 rate_limit_bytes_per_s: int | None = None,
-                 unplug_marker: Path | None = None) -> MountedVolume:
-    """Make `backing_dir`'s files appear at `mount_point` (which must be absent or an empty folder).
+                 rate_limit_bytes_per_s: int | None = None, unplug_marker: Path | None = None,
+                 kind: MountKind | None = None) -> MountedVolume:
+    """Mount `backing_dir`'s files at `mount_point`, an empty directory (made if absent, as
+    systemd-mount does at a bay's first docking; it is left in place by `unmount()`).
 
-    Without faults and rate limit the folder is renamed (same filesystem required); otherwise a FUSE
-    process serves it. Raises VolumeError / VolumeMountError saying what is missing.
+    `kind` None: FUSE when faults or a rate limit are wanted, else `default_mount_kind()`. Raises
+    VolumeError / VolumeMountError saying what is wrong or missing.
     """
     st = _lstat_or_none(backing_dir)
     if st is None or not stat.S_ISDIR(st.st_mode):
         raise VolumeError(f"backing dir {backing_dir} must be an existing directory (not a symlink)")
     if rate_limit_bytes_per_s is not None and rate_limit_bytes_per_s <= 0:
         raise VolumeError(f"rate limit must be > 0 bytes/s, got {rate_limit_bytes_per_s}")
+    wants_fuse = (faults is not None and faults.any) or rate_limit_bytes_per_s is not None
+    if kind is None:
+        kind = MountKind.FUSE if wants_fuse else default_mount_kind()
+    elif kind is MountKind.BIND and wants_fuse:
+        raise VolumeError("faults and rate limits need a FUSE mount, not a bind mount")
     if is_mounted(mount_point):
         raise VolumeError(f"{mount_point} is already a mount point: unmount the old volume first")
     mount_st = _lstat_or_none(mount_point)
     if mount_st is not None and (not stat.S_ISDIR(mount_st.st_mode) or not _is_empty_dir(mount_point)):
         raise VolumeError(f"mount point {mount_point} must be absent or an empty directory")
-    mount_point.parent.mkdir(parents=True, exist_ok=True)
-    if (faults is None or not faults.any) and rate_limit_bytes_per_s is None:
-        return _mount_rename(backing_dir, mount_point)
+    if kind is MountKind.FUSE:
+        check_fuse_available()
+    mount_point.mkdir(parents=True, exist_ok=True)
+    if kind is MountKind.BIND:
+        return _mount_bind(backing_dir, mount_point)
     return _mount_fuse(backing_dir, mount_point, faults or VolumeFaults(), rate_limit_bytes_per_s,
                        unplug_marker)
 
@@ -347,22 +391,30 @@ def _lstat_or_none(path: Path) -> os.stat_result | None:
         return None
 
 
-def _mount_rename(backing_dir: Path, mount_point: Path) -> MountedVolume:
-    backing_dev = os.stat(backing_dir).st_dev
-    target_dev = os.stat(mount_point.parent).st_dev
-    if backing_dev != target_dev:
-        raise VolumeError(
-            f"mounting by rename needs {backing_dir} and {mount_point} on one filesystem "
-            f"(devices {backing_dev} and {target_dev}); use a rate limit or faults to mount through FUSE"
-        )
+def _mount_bind(backing_dir: Path, mount_point: Path) -> MountedVolume:
     try:
-        os.rename(backing_dir, mount_point)
+        mounts.mount_syscall(backing_dir, mount_point, mounts.MS_BIND)
     except OSError as exc:
-        if exc.errno == errno.EXDEV:
-            raise VolumeError(f"{backing_dir} and {mount_point} are on different filesystems") from exc
-        raise VolumeError(f"cannot mount {backing_dir} at {mount_point}: {exc}") from exc
-    log.info("mounted %s at %s (rename)", backing_dir, mount_point)
-    return MountedVolume(mount_point, backing_dir)
+        hint = " (bind mounts need root; as another user volumes are FUSE mounts)" \
+            if exc.errno == errno.EPERM else ""
+        raise VolumeMountError(f"cannot bind-mount {backing_dir} at {mount_point}: {exc.strerror}{hint}") \
+            from exc
+    volume = MountedVolume(mount_point, backing_dir, MountKind.BIND)
+    try:
+        # The options the udev rule gives a recorder volume (a bind mount takes them on a remount).
+        options = mounts.MS_REMOUNT | mounts.MS_BIND | mounts.MS_NOSUID | mounts.MS_NODEV | mounts.MS_NOEXEC
+        mounts.mount_syscall(None, mount_point, options)
+        entry = mount_at(mount_point)
+        if entry is None:
+            raise VolumeMountError(f"{mount_point} is not in the mount table after mounting it")
+        mounts.mounted(mount_point, entry)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            mounts.umount_syscall(mount_point, lazy=True)
+        raise
+    volume.identity = entry.identity
+    log.info("mounted %s at %s (bind, mount id %d)", backing_dir, mount_point, entry.mount_id)
+    return volume
 
 
 def check_fuse_available() -> None:
@@ -394,14 +446,12 @@ def fuse_command(backing_dir: Path, mount_point: Path, faults: VolumeFaults,
 
 def _mount_fuse(backing_dir: Path, mount_point: Path, faults: VolumeFaults,
                 rate_limit_bytes_per_s: int | None, unplug_marker: Path | None) -> MountedVolume:
-    check_fuse_available()
-    mount_point.mkdir(exist_ok=True)
     ready_r, ready_w = os.pipe()
     lifeline_r, lifeline_w = os.pipe()
     # Append mode: the child shares the file offset, and reading the tail must not make it overwrite.
     # Owned by the MountedVolume from here on, closed in its unmount().
     stderr_log = tempfile.TemporaryFile(mode="a+b", prefix="faultfs-")  # noqa: SIM115
-    argv = fuse_command(backing_dir.resolve(), _absolute(mount_point), faults, rate_limit_bytes_per_s,
+    argv = fuse_command(backing_dir.resolve(), absolute(mount_point), faults, rate_limit_bytes_per_s,
                         unplug_marker.resolve() if unplug_marker else None,
                         ready_fd=ready_w, lifeline_fd=lifeline_r)
     env = dict(os.environ)
@@ -418,10 +468,10 @@ def _mount_fuse(backing_dir: Path, mount_point: Path, faults: VolumeFaults,
         raise VolumeMountError(f"cannot start the FUSE process for {mount_point}: {exc}") from exc
     os.close(ready_w)
     os.close(lifeline_r)
-    volume = MountedVolume(mount_point, backing_dir, process=process, lifeline_fd=lifeline_w,
-                           stderr_log=stderr_log)
+    volume = MountedVolume(mount_point, backing_dir, MountKind.FUSE, process=process,
+                           lifeline_fd=lifeline_w, stderr_log=stderr_log)
     try:
-        _await_ready(ready_r, process, mount_point)
+        volume.identity = _await_ready(ready_r, process, mount_point).identity
     except BaseException as exc:
         tail = volume.stderr_tail()
         try:
@@ -438,7 +488,7 @@ def _mount_fuse(backing_dir: Path, mount_point: Path, faults: VolumeFaults,
     return volume
 
 
-def _await_ready(ready_fd: int, process: subprocess.Popen[bytes], mount_point: Path) -> None:
+def _await_ready(ready_fd: int, process: subprocess.Popen[bytes], mount_point: Path) -> MountEntry:
     deadline = time.monotonic() + MOUNT_TIMEOUT_S
     # The child writes "R" from the FUSE init callback; EOF means it died before getting there.
     readable, _, _ = select.select([ready_fd], [], [], MOUNT_TIMEOUT_S)
@@ -450,8 +500,10 @@ def _await_ready(ready_fd: int, process: subprocess.Popen[bytes], mount_point: P
         except subprocess.TimeoutExpired:
             code = "no status"
         raise VolumeMountError(f"FUSE process for {mount_point} exited ({code}) before mounting")
-    # FUSE init can run a moment before the mount is attached to the tree; the window is tiny.
-    while not is_mounted(mount_point):
+    # The mount is in the table before the kernel sends FUSE_INIT, so this loop rarely turns. Only the
+    # table is read: the filesystem itself may not answer yet (the ready_delay_ms fault).
+    while (entry := mount_at(mount_point)) is None or not entry.fs_type.startswith("fuse"):
         if process.poll() is not None or time.monotonic() > deadline:
             raise VolumeMountError(f"{mount_point} did not appear as a mount point")
         time.sleep(0.005)
+    return entry

@@ -11,9 +11,11 @@ from typing import Any
 
 from drivers.serial.dock import BayLed
 from edge.config.station import StationConfig
+from edge.sources.usb.volumes import display_name
 from edge.station import StationAgent
 from simulators.dock import DockSimulator
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
+from tests.mounting import require_volume_mounts
 
 PASSWORD = "246810"
 
@@ -85,6 +87,29 @@ class Station:
         self.dock.insert(bay, charge_percent=50)
         self.bus.plug(device_serial, f"1-1.{bay}")
 
+    async def undock(self, device_serial: str, bay: int, timeout_s: float = 20) -> None:
+        """Pull the recorder out of its bay and wait until the station saw it leave: its USB device
+        and, if it was mounted, its volume (a person takes seconds to dock it again)."""
+        state = self.bus.recorder_state(device_serial)
+        where = self.bus.mount_point(device_serial)
+        volumes_before = len(self.volume_removals(where))
+        usb_before = len(self.usb_removals(state.usb_serial))
+        await asyncio.get_running_loop().run_in_executor(None, self.bus.unplug, device_serial)
+        self.dock.remove(bay)
+        async with asyncio.timeout(timeout_s):
+            while len(self.usb_removals(state.usb_serial)) == usb_before or (
+                state.mounted and len(self.volume_removals(where)) == volumes_before
+            ):
+                await asyncio.sleep(0.02)
+
+    def usb_removals(self, usb_serial: str) -> list[dict[str, Any]]:
+        return [e for e in self.ledger("device_removed") if e.get("usb_serial") == usb_serial]
+
+    def volume_removals(self, where: Path | None) -> list[dict[str, Any]]:
+        name = None if where is None else display_name(where)
+        removed = self.ledger("device_removed")
+        return [e for e in removed if e.get("source") == "volume" and e["volume"] == name]
+
     async def wait_results(self, count: int, timeout_s: float = 60) -> None:
         async with asyncio.timeout(timeout_s):
             while len(self.agent.results) < count:
@@ -123,6 +148,7 @@ class Station:
 async def simulated_station(
     root: Path, specs: list[RecorderSpec], *, agent_config: StationConfig | None = None, **sections: Any
 ) -> AsyncIterator[Station]:
+    require_volume_mounts()  # the bus mounts volumes for real
     bus = RecorderBus(root / "sim" / "state", root / "media")
     loop = asyncio.get_running_loop()
     for s in specs:

@@ -16,6 +16,8 @@ import pytest
 
 from drivers.usb.recorder import RecorderDriver, RecorderMode, find_recorders
 from simulators.recorder.backend import get_backend
+from simulators.recorder.bus import bay_directory_name
+from simulators.recorder.mounts import is_mounted
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 120.0
@@ -91,8 +93,9 @@ def test_serve_announces_list_plug_unplug_and_stops_cleanly(served: Served) -> N
     assert [r["msc_only"] for r in recorders] == [False, False, True]
     assert len({r["usb_serial"] for r in recorders}) == 3
     assert all(len(r["usb_serial"]) == 16 for r in recorders)
-    msc_mount = paths["media"] / f"ZFY_{recorders[2]['device_serial']}"
-    assert (msc_mount / "PARAM.INI").is_file()
+    msc_mount = Path(recorders[2]["mount_point"])
+    assert msc_mount == paths["media"] / bay_directory_name("1-1.3")
+    assert (msc_mount / "PARAM.INI").is_file() and is_mounted(msc_mount)
 
     listed = run_cli("list", "--socket", str(paths["socket"]))
     assert listed.returncode == 0, listed.stderr
@@ -124,11 +127,13 @@ def test_serve_announces_list_plug_unplug_and_stops_cleanly(served: Served) -> N
     finally:
         backend.close()
 
-    mounts = [paths["media"] / f"ZFY_{r['device_serial']}" for r in (recorders[0], recorders[2])]
-    assert all(m.is_dir() for m in mounts)
+    mounts = [paths["media"] / bay_directory_name(port) for port in ("1-1.1", "1-1.3")]
+    assert all(is_mounted(m) for m in mounts)
     served.process.send_signal(signal.SIGTERM)
     assert served.process.wait(30) == 0, served.stderr.read_text()
-    assert not any(m.exists() for m in mounts)
+    # Unmounted; the bay directories stay, empty, as systemd leaves them.
+    assert not any(is_mounted(m) for m in mounts)
+    assert all(m.is_dir() and list(m.iterdir()) == [] for m in mounts)
     assert not paths["socket"].exists()
     for r in recorders:
         assert (paths["state"] / "recorders" / r["device_serial"] / "volume" / "PARAM.INI").is_file()

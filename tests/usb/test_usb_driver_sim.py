@@ -28,6 +28,7 @@ from drivers.usb.recorder import (
     find_recorders,
 )
 from simulators.recorder.bus import BusClient, BusClientError
+from simulators.recorder.mounts import is_mounted, mount_at, mount_table
 from tests.usb.conftest import PASSWORD, SimBus, needs_fuse
 
 
@@ -234,8 +235,8 @@ def test_switch_to_mass_storage_reenumerates_with_the_same_serial(sim: SimBus) -
     msc = only(find_recorders(sim.backend), spec.usb_serial)
     assert msc.mode is RecorderMode.MASS_STORAGE
     assert (msc.location, msc.product_id) == (handle.location, 0x5A02)
-    mount = sim.mount_root / f"ZFY_{spec.device_serial}"
-    assert mount.is_dir()
+    mount = sim.bus.bay_directory("1-1.4")
+    assert sim.bus.mount_point(spec.device_serial) == mount and is_mounted(mount)
     on_mount = sorted(p.relative_to(mount).as_posix() for p in mount.rglob("*") if p.is_file())
     assert on_mount == sorted(before)
     assert sim.bus.volume_files(spec.device_serial) == before
@@ -244,9 +245,10 @@ def test_switch_to_mass_storage_reenumerates_with_the_same_serial(sim: SimBus) -
         RecorderDriver(handle, sim.backend).open()
     with pytest.raises(RecorderError, match="mass-storage mode"):
         RecorderDriver(msc, sim.backend).open()
-    # Pulled out in MSC mode: the volume goes away, the files stay on the device.
+    # Pulled out in MSC mode: the volume goes away, the files stay on the device, and the bay's
+    # directory stays behind, empty, as systemd leaves it.
     sim.bus.unplug(spec.device_serial)
-    assert not mount.exists()
+    assert not is_mounted(mount) and mount.is_dir() and list(mount.iterdir()) == []
     assert find_recorders(sim.backend) == []
     assert sim.bus.volume_files(spec.device_serial) == before
 
@@ -257,7 +259,8 @@ def test_station_erasures_are_visible_to_tests(sim: SimBus) -> None:
     with RecorderDriver(handle, sim.backend) as recorder:
         recorder.login(PASSWORD)
         recorder.switch_to_mass_storage()
-    mount = sim.mount_root / f"ZFY_{spec.device_serial}"
+    mount = sim.bus.mount_point(spec.device_serial)
+    assert mount is not None
     victim = next(p for p in sorted(mount.rglob("*.MP4")))
     victim.unlink()
     rel = victim.relative_to(mount).as_posix()
@@ -273,10 +276,10 @@ def test_mass_storage_only_recorder_is_mounted_on_plug(sim: SimBus) -> None:
     spec = sim.add(0, msc_only=True, port="1-1.2")
     handle = only(find_recorders(sim.backend), spec.usb_serial)
     assert handle.mode is RecorderMode.MASS_STORAGE and handle.mass_storage_only
-    mount = sim.mount_root / f"ZFY_{spec.device_serial}"
-    assert (mount / "PARAM.INI").is_file()
+    mount = sim.bus.bay_directory("1-1.2")
+    assert (mount / "PARAM.INI").is_file() and is_mounted(mount)
     state = sim.bus.recorder_state(spec.device_serial)
-    assert state.mode is RecorderMode.MASS_STORAGE and state.mounted
+    assert state.mode is RecorderMode.MASS_STORAGE and state.mounted and state.mount_point == str(mount)
     dev = usb.core.find(backend=sim.backend, idProduct=0x5A03)
     assert dev is not None
     with pytest.raises(usb.core.USBError) as stall:  # no vendor firmware behind this personality
@@ -402,11 +405,11 @@ def test_unplug_marker_from_the_volume_layer_unplugs(sim: SimBus) -> None:
     with RecorderDriver(handle, sim.backend) as recorder:
         recorder.login(PASSWORD)
         recorder.switch_to_mass_storage()
-    mount = sim.mount_root / f"ZFY_{spec.device_serial}"
-    assert mount.is_dir()
+    mount = sim.bus.bay_directory("1-1.1")
+    assert is_mounted(mount)
     (sim.state_dir / "recorders" / spec.device_serial / "UNPLUGGED").touch()
     assert find_recorders(sim.backend) == []
-    assert not mount.exists()
+    assert not is_mounted(mount) and mount.is_dir()
     assert not sim.bus.recorder_state(spec.device_serial).plugged
     sim.bus.plug(spec.device_serial, "1-1.1")  # re-plug clears the marker
     assert only(find_recorders(sim.backend), spec.usb_serial).mode is RecorderMode.CONTROL
@@ -421,8 +424,8 @@ def test_fault_volume_unplug_removes_the_recorder(sim: SimBus) -> None:
     with RecorderDriver(handle, sim.backend) as recorder:
         recorder.login(PASSWORD)
         recorder.switch_to_mass_storage()
-    mount = sim.mount_root / f"ZFY_{spec.device_serial}"
-    assert sim.bus.recorder_state(spec.device_serial).mounted
+    mount = sim.bus.mount_point(spec.device_serial)
+    assert mount is not None and sim.bus.recorder_state(spec.device_serial).mounted
     video = next(mount.rglob("*.MP4"))
     with pytest.raises(OSError), video.open("rb") as handle_io:
         while handle_io.read(16 * 1024):
@@ -548,20 +551,25 @@ def test_bus_restart_replugs_and_keeps_state(sim: SimBus) -> None:
     handles = {h.usb_serial: h for h in find_recorders(sim.backend)}
     assert set(handles) == {control.usb_serial, msc_only.usb_serial}
     assert handles[control.usb_serial].location.port_path == "1-1.1"
-    assert (sim.mount_root / f"ZFY_{msc_only.device_serial}" / "PARAM.INI").is_file()
+    assert (sim.bus.bay_directory("1-1.2") / "PARAM.INI").is_file()
     assert not sim.bus.recorder_state(unplugged.device_serial).plugged
 
 
 def test_bus_recovers_a_volume_left_mounted_by_a_killed_bus(sim: SimBus) -> None:
     spec = sim.add(0, msc_only=True)
     before = sim.bus.volume_files(spec.device_serial)
-    # What `kill -9` leaves: the volume renamed to its mount point, the state saying "plugged".
+    mount = sim.bus.bay_directory("1-1.1")
+    stale = mount_at(mount)
+    assert stale is not None
+    # What `kill -9` leaves: the volume still mounted at its bay directory, the state saying "plugged".
     sim.server.stop()
     sim.bus = type(sim.bus)(sim.state_dir, sim.mount_root)  # no close() of the old one
     sim.server = type(sim.server)(sim.bus, sim.socket_path)
     sim.server.start()
     assert sim.bus.volume_files(spec.device_serial) == before
     assert sim.bus.recorder_state(spec.device_serial).mounted
+    # Re-plugged like after a hub power cycle: the stale mount taken down, nothing stacked on it.
+    assert sum(1 for e in mount_table().entries if e.mount_point == str(mount.resolve())) == 1
 
 
 def test_bad_port_paths_and_duplicates_are_refused(sim: SimBus) -> None:

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from simulators.recorder import faultfs
 from simulators.recorder.faultfs import GROW_BYTES, FaultFS, TokenBucket, VolumeFaults, VolumeFaultsError
 
 ALL = VolumeFaults(read_error=("*.MP4", 1048576), bit_flip=("DCIM/*/A*.MP4", 4096),
-                   unplug_after_bytes=5_000_000, grow="*_0003.MP4", vanish="*.JPG")
+                   unplug_after_bytes=5_000_000, grow="*_0003.MP4", vanish="*.JPG", ready_delay_ms=250)
 
 
 def test_cli_string_and_args_round_trip() -> None:
     text = ALL.to_cli_string()
     assert text == ("read_error=*.MP4@1048576,bit_flip=DCIM/*/A*.MP4@4096,unplug_after_bytes=5000000,"
-                    "grow=*_0003.MP4,vanish=*.JPG")
+                    "grow=*_0003.MP4,vanish=*.JPG,ready_delay_ms=250")
     assert VolumeFaults.from_cli_string(text) == ALL
     assert VolumeFaults.from_args(ALL.to_args()) == ALL
     assert VolumeFaults().to_args() == [] and not VolumeFaults().any and ALL.any
@@ -37,6 +38,8 @@ def test_cli_string_and_args_round_trip() -> None:
         ("grow", "NAME=VALUE"),
         ("grow=a,grow=b", "twice"),
         ("vanish=", "glob"),
+        ("ready_delay_ms=soon", "decimal"),
+        ("ready_delay_ms=86400000", "<= 60000"),
     ],
 )
 def test_cli_string_errors(text: str, message: str) -> None:
@@ -51,6 +54,8 @@ def test_direct_construction_validated() -> None:
         VolumeFaults(bit_flip=("*", -1))
     with pytest.raises(VolumeFaultsError):
         VolumeFaults(unplug_after_bytes=True)
+    with pytest.raises(VolumeFaultsError):
+        VolumeFaults(ready_delay_ms=-1)
     with pytest.raises(VolumeFaultsError):
         VolumeFaults.from_args(["--faults", "grow=x", "--extra"])
 
@@ -183,6 +188,36 @@ def test_unplug_after_bytes(backing: Path, tmp_path: Path) -> None:
     with pytest.raises(OSError):
         fs.read(path, 10, 0, fh)
     assert (backing / "P.JPG").exists()
+
+
+def test_no_unplug_error_before_the_marker_is_written(
+    backing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bus, and tests, take the marker as the proof of a simulated unplug: whoever gets the first
+    error of the unplug must find it written. FUSE serves requests on several threads, and getattr
+    takes no lock, so a getattr arriving while the marker is being written must still be answered."""
+    marker = tmp_path / "state" / "UNPLUGGED"
+    answers: list[str] = []
+    write_marker = faultfs._write_marker
+
+    def marker_written_while_asked(path: Path, payload: dict[str, object]) -> None:
+        try:  # what another FUSE thread would answer at this very moment
+            fs.getattr("/")
+            answers.append("answered")
+        except OSError as exc:
+            answers.append(errno.errorcode[exc.errno or 0])
+        write_marker(path, payload)
+
+    monkeypatch.setattr(faultfs, "_write_marker", marker_written_while_asked)
+    fs = FaultFS(backing, VolumeFaults(unplug_after_bytes=1000), unplug_marker=marker)
+    path = "/DCIM/100MEDIA/A_0001.MP4"
+    with pytest.raises(OSError):
+        fs.read(path, 4096, 0, fs.open(path, os.O_RDONLY))
+    assert answers == ["answered"]
+    assert marker.exists()
+    with pytest.raises(OSError) as after:
+        fs.getattr("/")
+    assert after.value.errno == errno.ENODEV  # and from then on the device is gone
 
 
 def test_grow_after_first_read(backing: Path) -> None:

@@ -1,7 +1,9 @@
-"""mount_volume: rename mounts, and FUSE mounts with injected faults, through the real kernel."""
+"""mount_volume: bind mounts, and FUSE mounts with injected faults, through the real kernel, over
+bay directories that exist before the docking and stay after it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -9,17 +11,24 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from simulators.recorder import volume as volume_mod
 from simulators.recorder.faultfs import GROW_BYTES, VolumeFaults
-from simulators.recorder.volume import VolumeError, VolumeMountError, is_mounted, mount_volume
-from tests.prerequisites import require
+from simulators.recorder.volume import (
+    MountKind,
+    VolumeError,
+    VolumeMountError,
+    is_mounted,
+    mount_at,
+    mount_volume,
+)
+from tests.mounting import require_bind_mounts, require_volume_mounts
 from tests.volume.conftest import MountFactory, needs_fuse, wait_for_mounts
 
 MIB = 1024 * 1024
@@ -56,27 +65,92 @@ def read_until_error(path: Path, chunk: int = 65536) -> tuple[bytes, OSError | N
     return bytes(got), None
 
 
-# -- rename mounts -----------------------------------------------------------------------------------------
+# -- bind mounts -------------------------------------------------------------------------------------------
 
 
-def test_rename_mount_and_unmount(backing: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def bay(tmp_path: Path) -> Path:
+    """A bay's mount directory as a station that has docked before has it: there, empty, unmounted."""
+    directory = tmp_path / "media" / "platform-dummy_hcd_0-usb-0_1_1_1_0-scsi-0_0_0_0-part1"
+    directory.mkdir(parents=True)
+    return directory
+
+
+def test_bind_mount_over_an_existing_directory_that_stays(backing: Path, bay: Path) -> None:
+    require_bind_mounts()
     before = snapshot(backing)
-    mount_point = tmp_path / "media" / "ZFY_1234567"
-    vol = mount_volume(backing, mount_point)
-    assert not vol.uses_fuse and vol.alive and not backing.exists()
-    assert snapshot(mount_point) == before
-    (mount_point / PHOTO).unlink()  # the station erases after verifying
+    vol = mount_volume(backing, bay)
+    assert vol.kind is MountKind.BIND and not vol.uses_fuse and vol.alive
+    entry = mount_at(bay)
+    assert entry is not None and entry.identity == vol.identity
+    # The options the udev rule gives recorder volumes.
+    assert {"nosuid", "nodev", "noexec"} <= set(entry.mount_options.split(","))
+    assert snapshot(bay) == before
+    (bay / PHOTO).unlink()  # the station erases after verifying
     vol.unmount()
     vol.unmount()  # idempotent
-    assert not vol.alive and not mount_point.exists()
+    assert not vol.alive and not is_mounted(bay)
+    assert bay.is_dir() and list(bay.iterdir()) == []  # the directory stays, empty
     del before[PHOTO]
-    assert snapshot(backing) == before
+    assert snapshot(backing) == before  # erasures reached the device
 
 
-def test_rename_onto_empty_dir_but_not_full_one(backing: Path, tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    mount_volume(backing, empty).unmount()
+def test_the_same_directory_is_mounted_again_at_the_next_docking(backing: Path, bay: Path) -> None:
+    require_bind_mounts()
+    mount_volume(backing, bay).unmount()
+    again = mount_volume(backing, bay)
+    try:
+        assert again.alive and (bay / "PARAM.INI").is_file()
+    finally:
+        again.unmount()
+    assert bay.is_dir() and not is_mounted(bay)
+
+
+def test_a_bind_unmount_while_a_file_is_open_is_lazy(backing: Path, bay: Path) -> None:
+    require_bind_mounts()
+    vol = mount_volume(backing, bay)
+    with open(bay / BIG, "rb") as held:
+        vol.unmount()  # busy: detached at once, as the kernel does for a disk that went away
+        assert not is_mounted(bay) and list(bay.iterdir()) == []
+        # A kernel mount serves descriptors already open until they close (a FUSE volume does not:
+        # its process is gone, see test_unmount_while_station_holds_a_file_open).
+        assert held.read(10) == (backing / BIG).read_bytes()[:10]
+
+
+def test_faults_need_fuse_not_a_bind_mount(backing: Path, bay: Path) -> None:
+    with pytest.raises(VolumeError, match="need a FUSE mount"):
+        mount_volume(backing, bay, kind=MountKind.BIND, faults=VolumeFaults(grow="*"))
+    assert not is_mounted(bay)
+
+
+def test_a_killed_simulator_leaves_no_bind_mount_behind(backing: Path, bay: Path) -> None:
+    """A bind mount belongs to the kernel and would outlive its maker; the reaper takes it down."""
+    require_bind_mounts()
+    script = (
+        "import sys, pathlib\n"
+        "from simulators.recorder.volume import mount_volume\n"
+        f"mount_volume(pathlib.Path({str(backing)!r}), pathlib.Path({str(bay)!r}))\n"
+        "print('mounted', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          cwd=Path(__file__).resolve().parents[2]) as owner:
+        try:
+            assert owner.stdout is not None and owner.stdout.readline() == b"mounted\n"
+            assert is_mounted(bay)
+            owner.send_signal(signal.SIGKILL)
+            owner.wait(timeout=10)
+            assert wait_for_mounts(lambda: not is_mounted(bay))
+        finally:
+            if owner.poll() is None:
+                owner.kill()
+            if is_mounted(bay):
+                subprocess.run(["umount", "-l", str(bay)], check=False)
+    assert bay.is_dir() and (backing / BIG).is_file()
+
+
+def test_mount_onto_empty_dir_but_not_full_one(backing: Path, tmp_path: Path) -> None:
+    require_volume_mounts()
     full = tmp_path / "full"
     full.mkdir()
     (full / "x").touch()
@@ -85,6 +159,11 @@ def test_rename_onto_empty_dir_but_not_full_one(backing: Path, tmp_path: Path) -
     (tmp_path / "file").touch()
     with pytest.raises(VolumeError, match="absent or an empty directory"):
         mount_volume(backing, tmp_path / "file")
+    (tmp_path / "link").symlink_to(tmp_path / "empty", target_is_directory=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VolumeError, match="absent or an empty directory"):
+        mount_volume(backing, tmp_path / "link")
+    assert not any(is_mounted(p) for p in (full, tmp_path / "file", tmp_path / "empty"))
 
 
 def test_backing_must_be_a_real_directory(backing: Path, tmp_path: Path) -> None:
@@ -93,28 +172,6 @@ def test_backing_must_be_a_real_directory(backing: Path, tmp_path: Path) -> None
     (tmp_path / "link").symlink_to(backing)
     with pytest.raises(VolumeError, match="existing directory"):
         mount_volume(tmp_path / "link", tmp_path / "m")
-
-
-@pytest.fixture
-def other_filesystem_dir(tmp_path: Path) -> Iterator[Path]:
-    shm = Path("/dev/shm")
-    require(
-        shm.is_dir() and os.access(shm, os.W_OK) and os.stat(shm).st_dev != os.stat(tmp_path).st_dev,
-        "needs a writable /dev/shm on another filesystem than the temp dir",
-    )
-    path = Path(tempfile.mkdtemp(dir=shm))
-    yield path
-    for p in sorted(path.rglob("*"), reverse=True):
-        p.rmdir() if p.is_dir() else p.unlink()
-    path.rmdir()
-
-
-def test_rename_across_filesystems_is_a_clear_error(other_filesystem_dir: Path, tmp_path: Path) -> None:
-    backing = other_filesystem_dir / "vol"
-    backing.mkdir()
-    with pytest.raises(VolumeError, match="one filesystem"):
-        mount_volume(backing, tmp_path / "m")
-    assert backing.is_dir()
 
 
 # -- FUSE mounts -----------------------------------------------------------------------------------------
@@ -195,7 +252,7 @@ def test_fuse_unplug_after_bytes(backing: Path, mount: MountFactory, tmp_path: P
     with pytest.raises(OSError):
         (vol.mount_point / SMALL).read_bytes()
     vol.unmount()
-    assert not vol.mount_point.exists()
+    assert vol.mount_point.is_dir() and not is_mounted(vol.mount_point)  # the bay directory stays
     assert (backing / BIG).exists()  # a pulled cable loses nothing on the device
 
 
@@ -249,7 +306,7 @@ def test_unmount_after_fuse_process_killed(backing: Path, tmp_path: Path) -> Non
         os.listdir(vol.mount_point)
     assert info.value.errno == errno.ENOTCONN  # ... and answers "transport endpoint is not connected"
     vol.unmount()
-    assert not is_mounted(vol.mount_point) and not vol.mount_point.exists()
+    assert not is_mounted(vol.mount_point) and vol.mount_point.is_dir()
 
 
 @needs_fuse
@@ -286,7 +343,7 @@ def test_unmount_while_station_holds_a_file_open(backing: Path, tmp_path: Path) 
         started = time.monotonic()
         vol.unmount()  # `fusermount3 -u` says busy; the volume is detached lazily instead
         assert time.monotonic() - started < volume_mod.STOP_TIMEOUT_S
-        assert not is_mounted(vol.mount_point) and not vol.mount_point.exists()
+        assert not is_mounted(vol.mount_point) and vol.mount_point.is_dir()
         with pytest.raises(OSError):
             held.seek(2 * MIB)
             held.read(10)  # the device is gone under the open file
@@ -325,9 +382,50 @@ def test_fuse_process_dying_at_start_is_reported(backing: Path, tmp_path: Path,
     monkeypatch.setattr(volume_mod, "fuse_command", failing_command)
     with pytest.raises(VolumeMountError, match=r"exited \(3\) before mounting(.|\n)*fuse: device not found"):
         mount_volume(backing, tmp_path / "m", rate_limit_bytes_per_s=1000)
-    assert not (tmp_path / "m").exists()
+    assert not is_mounted(tmp_path / "m")
 
 
 def test_bad_rate_limit(backing: Path, tmp_path: Path) -> None:
     with pytest.raises(VolumeError, match="rate limit"):
         mount_volume(backing, tmp_path / "m", rate_limit_bytes_per_s=0)
+
+
+def blocked_in_fuse(thread: threading.Thread, timeout_s: float = 10.0) -> bool:
+    """Wait until `thread` sleeps in the kernel's FUSE request code (its wchan), or has ended."""
+    wchan = Path(f"/proc/self/task/{thread.native_id}/wchan")
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if wchan.read_text().startswith("fuse_"):
+                return True
+        time.sleep(0.01)
+    return False
+
+
+@needs_fuse
+def test_a_mount_can_be_in_the_table_before_its_content_is_readable(backing: Path, bay: Path) -> None:
+    """The kernel puts a FUSE mount in the table before the filesystem answered FUSE_INIT; until then
+    every access waits. With the answer held back for a minute, a listing started after the mount
+    appeared can only end when the filesystem dies, and then without content."""
+    vol = mount_volume(backing, bay, faults=VolumeFaults(ready_delay_ms=60_000))
+    try:
+        assert is_mounted(bay) and vol.identity is not None
+        outcome: list[object] = []
+
+        def listing() -> None:
+            try:
+                outcome.append(sorted(os.listdir(bay)))
+            except OSError as exc:
+                outcome.append(exc.errno)
+
+        lister = threading.Thread(target=listing)
+        lister.start()
+        assert blocked_in_fuse(lister), "the listing never reached the filesystem"
+        process = vol._process
+        assert process is not None
+        process.kill()  # the driver dies before it ever answered
+        lister.join(timeout=30)
+        assert not lister.is_alive() and outcome == [errno.ENOTCONN]
+    finally:
+        vol.unmount()
+    assert not is_mounted(bay) and bay.is_dir()

@@ -461,6 +461,10 @@ class VolumeOffload:
             return True
 
         erased_now = await self._thread(work)
+        if not erased_now:
+            # Absent because the volume is gone (its bay directory stays, empty) is not erased.
+            absent = FileNotFoundError(errno.ENOENT, "not on the volume", row.file.display_path)
+            await self._raise_if_gone(absent)
         wiped = {
             "device_serial": self.device,
             "original": row.file.display_path,
