@@ -309,7 +309,10 @@ class _Run:
                 await self.error(w, "copy", str(exc))
             except AcquireError as exc:  # changed at the source, or the station failed to write
                 await self.error(w, "copy", str(exc))
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                # A device that is gone can make every file look vanished (an unmounted volume leaves
+                # its empty mount directory behind): that ends the run, it fails no file.
+                await self.raise_if_gone(exc)
                 gone = f"{display}: vanished from the {self.source.kind} device before copying"
                 await self._fail(w, "copy", gone)
                 return

@@ -184,3 +184,46 @@ async def test_a_volume_pulled_out_before_erasing_is_never_recorded_as_erased(
     assert result.verified == len(before) and result.wiped == 0
     assert [e for e in store.ledger.entries() if e.type == "wiped"] == []
     assert volume_hashes(backing) == before  # all still on the recorder, to be erased next docking
+
+
+async def test_a_volume_pulled_out_between_files_ends_the_docking_and_fails_no_file(
+    tmp_path: Path,
+    volume_template: Path,
+    store: StationStore,
+    config_factory: Callable[..., StationConfig],
+) -> None:
+    """A kernel mount lets a file already open be read to its end after the unmount; the next file
+    is then "not found" in the empty bay directory. That is the recorder gone (resume at the next
+    docking), not a file that vanished (each would be failed, a final error on the ledger, and the
+    docking would end as if the rest of the recorder had been dealt with)."""
+    require_volume_mounts()
+    backing = tmp_path / "recorder"
+    shutil.copytree(volume_template, backing)
+    before = volume_hashes(backing)
+    bay = tmp_path / "media" / "bay1"
+    bay.mkdir(parents=True)
+    volume = mount_volume(backing, bay)
+    pulled: list[bool] = []
+
+    def pull_after_the_first_file(progress: BayProgress) -> None:
+        if progress.files_done >= 1 and not pulled:
+            pulled.append(True)
+            volume.unmount()
+
+    config = config_factory()
+    try:
+        offload = VolumeOffload(store, config, session_info(), bay, on_progress=pull_after_the_first_file)
+        first = await offload.run()
+    finally:
+        volume.unmount()
+    assert pulled and first.outcome is OffloadOutcome.DEVICE_GONE, first.errors
+    assert not any(e.type == "error" and e.data.get("final") for e in store.ledger.entries())
+    assert volume_hashes(backing) == before
+    again = mount_volume(backing, bay)  # docked again
+    try:
+        second = await VolumeOffload(store, config, session_info(), bay).run()
+    finally:
+        again.unmount()
+    assert second.outcome is OffloadOutcome.DONE, second.errors
+    assert second.verified == len(before) and second.wiped == len(before)
+    assert volume_hashes(backing) == {}
