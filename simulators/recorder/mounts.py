@@ -11,6 +11,8 @@ if the mount at that place is still the one it was told about.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -105,7 +107,21 @@ class _Reaper:
             )
             assert self._process.stdin is not None
             self._pipe = self._process.stdin
+            atexit.register(self.close)
         return self._pipe
+
+    def close(self) -> None:
+        """At a normal exit: EOF now (whatever is still mounted is taken down), and reap the process."""
+        with self._lock:
+            pipe, process, self._pipe, self._process = self._pipe, self._process, None, None
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+        if process is not None:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log.warning("mount reaper %d still busy at exit", process.pid)
 
     def announce(self, line: bytes) -> None:
         with self._lock:
