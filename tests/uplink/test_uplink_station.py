@@ -108,9 +108,8 @@ async def test_central_down_at_start_backlog_drains_later_and_erases_at_next_doc
             assert stored_objects(tmp_path / "store") == []
             # ...and re-docking the recorder still erases what the central has receipted, after
             # checking the recorder's file against the receipted hash (there is no local copy left).
-            station.bus.unplug(s.device_serial)
-            station.dock.remove(1)
-            await station.wait_ledger("device_removed", where=lambda data: data["source"] == "usb")
+            # Pulled out, and seen to leave (its USB device and the mount of its volume), then docked.
+            await station.undock(s.device_serial, 1)
             await station.dock_recorder(s.device_serial, 1)
             await station.wait_results(2)
             assert station.agent.results[1].outcome is OffloadOutcome.DONE
