@@ -314,7 +314,7 @@ def check_segment(
                 f"accepted seq {head_seq} has hash {head_hash}: the "
                 "station's ledger forked",
             )
-    _check_checkpoint(checkpoint, entries[-1], station_id, public_key)
+    _check_checkpoint(checkpoint, entries[-1], station_id, public_key, entries)
     if new:
         problems = verify_chain(new, [checkpoint], public_key, station_id, after=head)
         if problems:
@@ -326,8 +326,25 @@ def check_segment(
     return new
 
 
+def _rotation_hint(entries: Sequence[LedgerEntry], station_id: str, key_id: str) -> str:
+    """When the station announced the checkpoint's key with `edge keys rotate`, say what to do."""
+    for entry in entries:
+        if entry.type == EntryType.KEY_ROTATED and entry.data.get("new_key_id") == key_id:
+            return (
+                f"; the station rotated its ledger key at seq {entry.seq} (from "
+                f"{_show(entry.data.get('old_key_id'))} to {key_id}), which the central accepts only "
+                f"after re-enrollment: `edge central enroll {station_id} --signing-key STATION_KEY.pub "
+                "--out DIR` with the station's new public key, then install the new bundle on the station"
+            )
+    return ""
+
+
 def _check_checkpoint(
-    cp: Checkpoint, last: LedgerEntry, station_id: str, public_key: Ed25519PublicKey
+    cp: Checkpoint,
+    last: LedgerEntry,
+    station_id: str,
+    public_key: Ed25519PublicKey,
+    entries: Sequence[LedgerEntry] = (),
 ) -> None:
     if cp.station != station_id:
         raise Rejection(
@@ -347,7 +364,7 @@ def _check_checkpoint(
         raise Rejection(
             RejectCode.BAD_CHECKPOINT,
             f"checkpoint is signed by key {_show(cp.key_id)}, not the "
-            f"station's enrolled key {enrolled}",
+            f"station's enrolled key {enrolled}{_rotation_hint(entries, station_id, cp.key_id)}",
         )
     # verify_chain checks the signature again; here a bad one gets its own code rather than bad_chain.
     problems = verify_chain([], [cp], public_key, station_id, after=(cp.seq, cp.hash))
@@ -734,13 +751,28 @@ class Registrar:
 
     def _check_signature(self, caller: Caller, manifest: Mapping[str, Any]) -> None:
         public_key = self._enrolled_key(caller)
-        problems = verify_manifest(manifest, {key_id_of(public_key): public_key})
+        retired = self._retired_signer(caller.station_id, manifest)
+        problems = verify_manifest(manifest, {key_id_of(key): key for key in (public_key, retired) if key})
         if problems:
             raise Rejection(
                 RejectCode.BAD_SIGNATURE,
                 f"{problems[0].what} (the station's enrolled key is "
                 f"{key_id_of(public_key)})",
             )
+
+    def _retired_signer(self, station_id: str, manifest: Mapping[str, Any]) -> Ed25519PublicKey | None:
+        """A key the station was enrolled with before `edge keys rotate`, when it was still the
+        station's key as the item was acquired: the accepted ledger retires it after the manifest's
+        chain seq. An item sealed before a rotation and uploaded after the re-enrollment verifies."""
+        signature = manifest.get("signature")
+        key_id = signature.get("key_id") if isinstance(signature, Mapping) else None
+        chain_seq = manifest["chain"]["seq"]
+        if not isinstance(key_id, str) or not isinstance(chain_seq, int):
+            return None
+        for rotation in self.index.ledger_entries(station_id, chain_seq + 1, type_=EntryType.KEY_ROTATED):
+            if rotation.data.get("old_key_id") == key_id:
+                return self.index.station_keys(station_id).get(key_id)
+        return None
 
     def _check_chain(self, station_id: str, manifest: Mapping[str, Any]) -> None:
         chain = manifest["chain"]

@@ -172,6 +172,57 @@ class StationKey:
         key._ensure_public_file()
         return key
 
+    @classmethod
+    def load(cls, private_path: Path) -> StationKey:
+        """Load an existing key, without creating or repairing anything (not even the ``.pub`` file).
+
+        Raises :class:`KeyFileError` as :meth:`load_or_create` does, and when the file does not exist.
+        Callers that must never replace a key (a store whose ledger the key signed) use this and
+        :meth:`create` instead of :meth:`load_or_create`.
+        """
+        return cls._load(Path(private_path))
+
+    @classmethod
+    def create(cls, private_path: Path) -> StationKey:
+        """Create a new key file (and its ``.pub``); raises :class:`KeyFileError` when one exists."""
+        private_path = Path(private_path)
+        try:
+            created = cls._create(private_path)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise KeyFileError(f"cannot create key {private_path}: {reason}") from exc
+        if created is None:
+            raise KeyFileError(f"cannot create key {private_path}: a key file already exists there")
+        return created
+
+    def save_new(self, private_path: Path) -> None:
+        """Write this key (one made by :meth:`generate`) to a new file at ``private_path``, crash-safely:
+        the file appears complete or not at all, and an existing file is never replaced."""
+        private_path = Path(private_path)
+        private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pem = self._private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        remove_stale_temporaries(private_path)
+        tmp = private_path.with_name(f".{private_path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        write_new_file(tmp, pem, _PRIVATE_MODE)
+        try:
+            os.link(tmp, private_path)
+        except FileExistsError:
+            raise KeyFileError(f"cannot write key {private_path}: a file already exists there") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        fsync_dir(private_path.parent)
+
+    def at(self, private_path: Path) -> StationKey:
+        """The same key, known to live at ``private_path`` (after its file was moved there)."""
+        return StationKey(self._private, Path(private_path))
+
+    def ensure_public_file(self) -> None:
+        """Write ``<name>.pub`` when missing; raise :class:`KeyFileError` when it holds another key."""
+        self._ensure_public_file()
+
     @property
     def public_path(self) -> Path | None:
         """Where the PEM public key is written beside the private key (``<name>.pub``)."""
@@ -210,23 +261,12 @@ class StationKey:
     @classmethod
     def _create(cls, path: Path) -> StationKey | None:
         """Create a key file atomically; None when another process won the race."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = cls(Ed25519PrivateKey.generate(), path)
-        pem = key._private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        remove_stale_temporaries(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        write_new_file(tmp, pem, _PRIVATE_MODE)
         try:
             # link() never replaces an existing file, so the key appears complete or not at all.
-            os.link(tmp, path)
-        except FileExistsError:
+            key.save_new(path)
+        except KeyFileError:
             return None
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        fsync_dir(path.parent)
         log.info("created station key %s at %s", key.key_id, path)
         key._ensure_public_file()
         return key

@@ -38,7 +38,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError, LedgerError
-from edge.custody.keys import StationKey, key_id_of, verify_signature
+from edge.custody.keys import StationKey, verify_signature
+from edge.custody.keyschedule import KEY_ROTATED, KeySchedule
 from edge.custody.problems import Problem
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "LedgerEntry",
     "Problem",
     "entry_hash",
+    "ledger_key_schedule",
     "station_time_now",
     "verify_chain",
     "verify_ledger",
@@ -99,6 +101,7 @@ class EntryType(StrEnum):
     CHECKPOINT = "checkpoint"
     # The station's check of the central's log failed (a split view or a rewritten log): the uplink stops.
     WITNESS_ALARM = "witness_alarm"
+    KEY_ROTATED = KEY_ROTATED  # `edge keys rotate`: see edge.custody.keyschedule
 
 
 def station_time_now() -> str:
@@ -497,18 +500,20 @@ class _ChainWalker:
     def __init__(
         self,
         checkpoints: Iterable[Checkpoint],
-        public_key: Ed25519PublicKey,
+        keys: KeySchedule,
         station_id: str,
         after: tuple[int, str],
     ) -> None:
         self.problems: list[Problem] = []
-        self._key_id = key_id_of(public_key)
+        self._keys = keys
         self._last_seq, self._last_hash = after
         self._start_seq = after[0]
         self._last_good_checkpoint = 0
+        # (seq, key id) of every checkpoint whose signature verified: a rotation needs its old key's.
+        self._signed: set[tuple[int, str]] = set()
         trusted: list[Checkpoint] = []
         for cp in checkpoints:
-            if self._checkpoint_is_authentic(cp, public_key, station_id) and cp.seq >= self._start_seq:
+            if self._checkpoint_is_authentic(cp, station_id) and cp.seq >= self._start_seq:
                 trusted.append(cp)
         trusted.sort(key=lambda cp: cp.seq)
         self._pending = trusted
@@ -523,7 +528,7 @@ class _ChainWalker:
         if self._pending and self._pending[0].seq == self._start_seq and self._start_seq > 0:
             self._match_checkpoints(self._start_seq, self._last_hash)
 
-    def _checkpoint_is_authentic(self, cp: Checkpoint, public_key: Ed25519PublicKey, station_id: str) -> bool:
+    def _checkpoint_is_authentic(self, cp: Checkpoint, station_id: str) -> bool:
         where = f"checkpoint seq {cp.seq}"
         if not isinstance(cp.seq, int) or isinstance(cp.seq, bool) or cp.seq < 1:
             self.problems.append(Problem(where, "expected a positive integer seq"))
@@ -532,11 +537,22 @@ class _ChainWalker:
             self.problems.append(Problem(where, f"signed for station {cp.station!r}, expected "
                                                 f"{station_id!r}"))
             return False
-        if cp.key_id != self._key_id:
+        key = self._keys.get(cp.key_id)
+        if key is None:
+            if len(self._keys.keys) == 1:
+                expected = f"expected the station key {self._keys.keys[0].key_id}"
+            else:
+                expected = (f"which no key_rotated entry announced (the station keys are "
+                            f"{', '.join(k.key_id for k in self._keys.keys)})")
+            self.problems.append(Problem(where, f"signed by key {cp.key_id!r}, {expected}"))
+            return False
+        if key.retired_at is not None and cp.seq > key.retired_at:
             self.problems.append(
-                Problem(where, f"signed by key {cp.key_id!r}, expected the station key {self._key_id}")
+                Problem(where, f"signed by key {key.key_id}, which was retired at seq {key.retired_at}: a "
+                               f"retired key signs nothing after its rotation")
             )
             return False
+        public_key = key.public_key
         try:
             signature = base64.b64decode(cp.signature.encode("ascii"), validate=True)
             payload = checkpoint_payload(cp.station, cp.seq, cp.hash, cp.time)
@@ -544,10 +560,11 @@ class _ChainWalker:
             signature, payload = b"", b""
         if not payload or not verify_signature(public_key, signature, payload):
             self.problems.append(
-                Problem(where, f"signature does not verify with station key {self._key_id}: "
+                Problem(where, f"signature does not verify with station key {key.key_id}: "
                                f"the checkpoint was forged or altered")
             )
             return False
+        self._signed.add((cp.seq, key.key_id))
         return True
 
     def feed(self, seq: int, prev: str, stored_hash: str, recomputed_hash: str | None) -> None:
@@ -633,6 +650,15 @@ class _ChainWalker:
 
     def finish(self) -> list[Problem]:
         self._close_run(self._last_seq)
+        for rotation in self._keys.rotations:
+            if rotation.old_key_lost or rotation.seq <= self._start_seq or rotation.seq > self._last_seq:
+                continue
+            if (rotation.seq, rotation.old_key_id) not in self._signed:
+                self.problems.append(
+                    Problem(f"ledger seq {rotation.seq}",
+                            f"key rotation from {rotation.old_key_id} to {rotation.new_key_id} carries no "
+                            f"checkpoint signed by the old key at this seq: nothing vouches for the new key")
+                )
         for cp in self._pending[self._next_cp:]:
             ends = f"the ledger ends at seq {self._last_seq}" if self._last_seq else "the ledger is empty"
             self.problems.append(
@@ -646,7 +672,7 @@ class _ChainWalker:
 def verify_chain(
     entries: Iterable[LedgerEntry],
     checkpoints: Iterable[Checkpoint],
-    public_key: Ed25519PublicKey,
+    public_key: Ed25519PublicKey | KeySchedule,
     station_id: str,
     *,
     after: tuple[int, str] = (0, GENESIS_PREV),
@@ -655,10 +681,12 @@ def verify_chain(
 
     Hashes are recomputed from each entry's content; the stored ``hash`` is only compared, never
     trusted. ``after`` is the ``(seq, hash)`` the first entry must follow: the genesis by default, or a
-    previously verified head when verifying a continuation (as the central does). An empty list means
-    the chain verifies.
+    previously verified head when verifying a continuation (as the central does). ``public_key`` is the
+    one key every checkpoint must be signed with, or a :class:`KeySchedule` of rotated keys. An empty
+    list means the chain verifies.
     """
-    walker = _ChainWalker(checkpoints, public_key, station_id, after)
+    keys = public_key if isinstance(public_key, KeySchedule) else KeySchedule.single(public_key)
+    walker = _ChainWalker(checkpoints, keys, station_id, after)
     for entry in entries:
         recomputed: str | None
         try:
@@ -670,9 +698,36 @@ def verify_chain(
     return walker.finish()
 
 
-def verify_ledger(conn: sqlite3.Connection, public_key: Ed25519PublicKey, station_id: str) -> list[Problem]:
-    """Verify the ledger tables read raw from SQLite, reporting damaged rows instead of raising."""
+def ledger_key_schedule(
+    conn: sqlite3.Connection, anchor: Ed25519PublicKey, anchor_name: str = "the station public key"
+) -> tuple[KeySchedule, list[Problem]]:
+    """The keys the ledger's ``key_rotated`` entries announce, anchored on the key the verifier trusts."""
+    rotations: list[tuple[int, dict[str, Any] | None]] = []
+    for seq, data_text in conn.execute(
+        "SELECT seq, data FROM ledger WHERE type = ? ORDER BY seq", (KEY_ROTATED,)
+    ):
+        try:
+            data = parse_json(data_text) if isinstance(data_text, str) else None
+        except CanonicalJsonError:
+            data = None
+        rotations.append((seq, data if isinstance(data, dict) else None))
+    return KeySchedule.from_rotations(rotations, anchor, anchor_name)
+
+
+def verify_ledger(
+    conn: sqlite3.Connection, public_key: Ed25519PublicKey | KeySchedule, station_id: str
+) -> list[Problem]:
+    """Verify the ledger tables read raw from SQLite, reporting damaged rows instead of raising.
+
+    Given one key (the station's current public key), the keys of any ``key_rotated`` entries are
+    taken from the ledger, anchored on it; given a :class:`KeySchedule`, that one is used as it is
+    (its own problems are the caller's to report).
+    """
     problems: list[Problem] = []
+    if isinstance(public_key, KeySchedule):
+        keys = public_key
+    else:
+        keys, problems = ledger_key_schedule(conn, public_key)
     checkpoints: list[Checkpoint] = []
     for row in conn.execute(
         "SELECT station, seq, hash, time, key_id, signature FROM ledger_checkpoints ORDER BY seq, id"
@@ -681,7 +736,7 @@ def verify_ledger(conn: sqlite3.Connection, public_key: Ed25519PublicKey, statio
             checkpoints.append(_checkpoint_from_row(row))
         except LedgerError as exc:
             problems.append(Problem(f"checkpoint seq {row[1]!r}", str(exc)))
-    walker = _ChainWalker(checkpoints, public_key, station_id, (0, GENESIS_PREV))
+    walker = _ChainWalker(checkpoints, keys, station_id, (0, GENESIS_PREV))
     walker.problems[:0] = problems
     cursor = conn.execute("SELECT seq, time, type, item, data, prev, hash FROM ledger ORDER BY seq")
     entries = 0

@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge.custody.canonical import canonical_json, parse_json, sha256_hex
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.keys import key_id_of, load_public_key
-from edge.custody.ledger import verify_ledger
+from edge.custody.keyschedule import KeySchedule
+from edge.custody.ledger import ledger_key_schedule, verify_ledger
 from edge.custody.manifest import verify_manifest
 from edge.custody.problems import Problem
 from edge.custody.receipt import verify_receipt
@@ -80,11 +81,14 @@ def _open_readonly(db: Path) -> sqlite3.Connection:
 
 def verify_file(path: Path, trusted_key: Ed25519PublicKey | None = None) -> VerifyReport:
     report = VerifyReport(str(path))
+    trusted: dict[str, Ed25519PublicKey] | None = None
     if trusted_key is None:
         store = find_store_of(path)
         if store is not None:
             trusted_key = load_public_key(StoreLayout(store).public_key)
-    trusted = None if trusted_key is None else {key_id_of(trusted_key): trusted_key}
+            trusted = _store_keys(store, trusted_key, report)
+    if trusted is None and trusted_key is not None:
+        trusted = {key_id_of(trusted_key): trusted_key}
     result = verify_sealed_file(path, trusted)
     report.checked["objects"] = 1
     report.problems.extend(result.problems)
@@ -97,6 +101,20 @@ def verify_file(path: Path, trusted_key: Ed25519PublicKey | None = None) -> Veri
             )
         )
     return report
+
+
+def _store_keys(
+    store: Path, current: Ed25519PublicKey, report: VerifyReport
+) -> dict[str, Ed25519PublicKey]:
+    """Every key the store's ledger announces (a file sealed before a rotation is signed by an older one)."""
+    layout = StoreLayout(store)
+    conn = _open_readonly(layout.db)
+    try:
+        keys, problems = ledger_key_schedule(conn, current, f"key {layout.public_key}")
+    finally:
+        conn.close()
+    report.problems.extend(problems)
+    return keys.trusted()
 
 
 def is_receipt_file(path: Path) -> bool:
@@ -156,42 +174,49 @@ def verify_store(
     `central_view` is what the central said about this station's ledger (`fetch_central_view`)."""
     layout = StoreLayout(root)
     report = VerifyReport(str(root) if only_item is None else f"item {only_item}")
+    store_key: Ed25519PublicKey | None
     try:
-        public_key = load_public_key(layout.public_key)
+        store_key = load_public_key(layout.public_key)
     except Exception as exc:
         report.problems.append(
             Problem(f"key {layout.public_key}", f"cannot load the station public key: {exc}")
         )
         if pinned_key is None:
             return report
-        public_key = pinned_key
-    if pinned_key is not None and key_id_of(pinned_key) != key_id_of(public_key):
-        report.problems.append(
-            Problem(
-                f"key {layout.public_key}",
-                f"the store's key {key_id_of(public_key)} is not the pinned station key "
-                f"{key_id_of(pinned_key)}",
-            )
-        )
-        public_key = pinned_key
+        store_key = None
+    public_key = pinned_key if pinned_key is not None else store_key
+    assert public_key is not None
     if not layout.db.is_file():
         report.problems.append(Problem(f"database {layout.db}", "missing"))
         return report
     conn = _open_readonly(layout.db)
     try:
         station = read_station_id(conn) or ""
+        # Keys rotated with `edge keys rotate` are announced in the ledger; each signed what was sealed
+        # while it was in force. The anchor (pinned, or the store's key file) must be one of them, and
+        # the store's key file must hold the key now in force.
+        anchor_name = "the pinned station key" if pinned_key is not None else f"key {layout.public_key}"
+        keys, key_problems = ledger_key_schedule(conn, public_key, anchor_name)
+        report.problems.extend(key_problems)
+        if store_key is not None and key_id_of(store_key) != keys.current.key_id:
+            what = "pinned station key" if not keys.rotations else "ledger's current key"
+            report.problems.append(
+                Problem(
+                    f"key {layout.public_key}",
+                    f"the store's key {key_id_of(store_key)} is not the {what} {keys.current.key_id}",
+                )
+            )
         if only_item is None:
-            report.problems.extend(verify_ledger(conn, public_key, station))
+            report.problems.extend(verify_ledger(conn, keys, station))
             report.checked["ledger_entries"] = int(conn.execute("SELECT COUNT(*) FROM ledger").fetchone()[0])
             report.checked["entries_after_last_checkpoint"] = _unsigned_tail(conn)
         items = _sealed_items(conn, only_item, report.problems)
         if only_item is not None and not items:
             report.problems.append(Problem(f"item {only_item}", "no such sealed item in the store"))
-        trusted = {key_id_of(public_key): public_key}
         known_paths: set[str] = set()
         receipts = 0
         for item in items:
-            report.problems.extend(_verify_item(conn, layout, item, trusted))
+            report.problems.extend(_verify_item(conn, layout, item, _signer_at(keys, item.seq)))
             known_paths.add(item.ledger_path)
             receipt_problems, had_receipt = _receipt_problems(conn, layout, item, central_key, station)
             report.problems.extend(receipt_problems)
@@ -211,6 +236,12 @@ def verify_store(
     finally:
         conn.close()
     return report
+
+
+def _signer_at(keys: KeySchedule, seq: int) -> dict[str, Ed25519PublicKey]:
+    """The key a manifest sealed at ledger ``seq`` must be signed with: the one in force then."""
+    key = keys.in_force_at(seq)
+    return {key.key_id: key.public_key}
 
 
 def _unsigned_tail(conn: sqlite3.Connection) -> int:

@@ -17,6 +17,7 @@ from edge.central.registration import (
 )
 from edge.custody.canonical import sha256_hex
 from edge.custody.keys import StationKey
+from edge.custody.keyschedule import KEY_ROTATED, rotation_data
 from edge.custody.ledger import GENESIS_PREV, Ledger
 from edge.custody.manifest import sign_manifest
 from edge.custody.receipt import verify_receipt
@@ -420,3 +421,44 @@ async def test_retry_after_a_failed_commit_adopts_the_moved_content(
     registered = await parts.registrar.register_item(caller, station.station_id, body)
     assert not registered.replay and registered.receipt.leaf_index == 0
     assert parts.uploads.get(body["upload"]) is None
+
+
+def _rotate(station: FakeStation) -> tuple[StationKey, int]:
+    """`edge keys rotate` as the station does it: the entry, a checkpoint by the old key, then the new."""
+    old, new = station.key, StationKey.generate()
+    data = rotation_data(old.key_id, old.public_key_b64, new.key_id, new.public_key_b64,
+                         old_key_lost=False, reason="yearly", by="admin")
+    entry = station.record(KEY_ROTATED, None, data)
+    station.checkpoint()
+    station.key = new
+    station.ledger = Ledger(station.conn, station.station_id, new)
+    return old, entry.seq
+
+
+async def test_a_rotated_station_key_is_accepted_after_re_enrollment_with_what_it_signed_before(
+    parts: CentralParts, station: FakeStation
+) -> None:
+    enroll(parts.index, station)
+    first = station.acquire(b"registered before the rotation")
+    await parts.registrar.register_item(parts.caller(station.station_id), station.station_id,
+                                        _body(parts, station, first))
+    head = station.ledger.head()[0]
+    pending = station.acquire(b"sealed before the rotation, uploaded after it")
+    old, rotated_at = _rotate(station)
+    later = station.acquire(b"sealed with the new key")
+    # Until the station is enrolled again, its new key is refused, with what to do about it.
+    rejection = await _rejected(parts, station, _body(parts, station, pending, after=head),
+                                RejectCode.BAD_CHECKPOINT)
+    assert f"the station rotated its ledger key at seq {rotated_at}" in rejection.detail
+    assert f"edge central enroll {station.station_id} --signing-key" in rejection.detail
+    enroll(parts.index, station, cert_sha256="d" * 64)
+    caller = parts.caller(station.station_id)
+    await parts.registrar.register_item(caller, station.station_id, _body(parts, station, pending, after=head))
+    await parts.registrar.register_item(caller, station.station_id, _body(parts, station, later, after=head))
+    assert parts.index.item(pending.item) is not None and parts.index.item(later.item) is not None
+    # Control: the retired key cannot sign for an item acquired after it was retired.
+    forged_item = station.acquire(b"acquired after the rotation, signed with the retired key")
+    unsigned = {k: v for k, v in forged_item.manifest.items() if k != "signature"}
+    body = _body(parts, station, forged_item, after=station.ledger.head()[0] - 3)
+    body["manifest"] = sign_manifest(unsigned, old)
+    await _rejected(parts, station, body, RejectCode.BAD_SIGNATURE)
