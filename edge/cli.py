@@ -12,8 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from edge.central.cli import add_central_parser
-from edge.config.base import ConfigError
+from edge.config.base import (
+    ROLE_TABLES,
+    ConfigError,
+    check_secrets_resolve,
+    config_role,
+    parse_toml_document,
+    read_config_text,
+)
 from edge.config.station import StationConfig, load_config
+from edge.durable.lock import StoreBusy
+from edge.runtime.exit_codes import ExitCode
 
 log = logging.getLogger("edge")
 
@@ -26,28 +35,61 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     )
 
 
+def _error(message: object) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a station or a central configuration: the file's one top-level table says which."""
+    path = Path(args.file)
     try:
-        config = load_config(Path(args.file))
+        raw = parse_toml_document(read_config_text(path), str(path))
+        role = config_role(raw)
+        if role == "central":
+            from edge.central.cli import describe_central_config
+            from edge.central.config import load_central_config
+
+            print(f"{path}: OK ({describe_central_config(load_central_config(path))})")
+            return ExitCode.OK
+        if role is None:
+            expected = "; or ".join(
+                f"[{table}] for {what} (checked by `{check.replace('FILE', str(path))}`)"
+                for table, (what, check, _run) in ROLE_TABLES.items()
+            )
+            found = "both" if all(isinstance(raw.get(table), dict) for table in ROLE_TABLES) else "neither"
+            raise ConfigError(f"{path}: expected one of the top-level tables {expected}; found {found}")
+        config = load_config(path)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        _error(exc)
+        return ExitCode.CONFIG
     print(
-        f"{args.file}: OK (station {config.station.id}, {len(config.bays)} bays, "
+        f"{path}: OK (station {config.station.id}, {len(config.bays)} bays, "
         f"{len(config.recorders.allow)} recorders on the allow-list)"
     )
-    return 0
+    return ExitCode.OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """The station agent. Exit statuses (see edge.runtime.exit_codes): 78 when the configuration, a
+    secret it refers to or the store is unusable; 75 when another process holds the store."""
+    from edge.ingest.store import StoreError
     from edge.station import run_station
 
     try:
         config = load_config(Path(args.config))
+        # At start, not at the first recorder: a secret that cannot be read is a configuration error.
+        check_secrets_resolve(config, str(args.config))
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return asyncio.run(run_station(config))
+        _error(exc)
+        return ExitCode.CONFIG
+    try:
+        return asyncio.run(run_station(config))
+    except StoreBusy as exc:
+        _error(exc)
+        return ExitCode.STORE_BUSY
+    except StoreError as exc:
+        _error(exc)
+        return ExitCode.CONFIG
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -152,7 +194,7 @@ def _verify_central(store_dir: Path, central_key: Any) -> Any:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from edge.ingest.store import StationStore
+    from edge.ingest.store import StationStore, StoreError
     from edge.ingest.tagging import TagError, tag_item
 
     changes: dict[str, Any] = {}
@@ -165,14 +207,21 @@ def cmd_tag(args: argparse.Namespace) -> int:
     try:
         config: StationConfig | None = load_config(Path(args.config)) if args.config else None
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        _error(exc)
+        return ExitCode.CONFIG
     store_dir = config.station.store_dir if config else Path(args.store)
     if not (store_dir / "state.db").is_file():
         print(f"error: {store_dir} is not a station store (no state.db)", file=sys.stderr)
         return 2
     station_id = config.station.id if config else _store_station_id(store_dir)
-    store = StationStore(store_dir, station_id)
+    try:
+        store = StationStore(store_dir, station_id, purpose="edge tag")
+    except StoreBusy as exc:
+        _error(exc)
+        return ExitCode.STORE_BUSY
+    except StoreError as exc:
+        _error(exc)
+        return ExitCode.CONFIG
     try:
         entry = tag_item(store, args.item, changes, by=args.by or getpass.getuser())
     except TagError as exc:
@@ -182,6 +231,55 @@ def cmd_tag(args: argparse.Namespace) -> int:
         store.close()
     print(f"tagged {args.item}: ledger seq {entry.seq} ({', '.join(sorted(changes))})")
     return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Replace the station key explicitly: a signed `key_rotated` ledger entry, the old key kept."""
+    from edge.ingest.key_rotation import RotationError, rotate_station_key
+    from edge.ingest.store import StoreError
+
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as exc:
+        _error(exc)
+        return ExitCode.CONFIG
+    store_dir = config.station.store_dir
+    try:
+        result = rotate_station_key(
+            store_dir,
+            config.station.id,
+            lost_key=args.lost_key,
+            old_public_key=Path(args.old_public_key) if args.old_public_key else None,
+            reason=args.reason or "",
+            by=getpass.getuser(),
+        )
+    except StoreBusy as exc:
+        _error(exc)
+        return ExitCode.STORE_BUSY
+    except StoreError as exc:
+        _error(exc)
+        return ExitCode.CONFIG
+    except RotationError as exc:
+        _error(exc)
+        return ExitCode.FAILED
+    old = (
+        f"old key {result.old_key_id} recorded as lost"
+        if result.old_key_lost
+        else f"old key {result.old_key_id} signed the rotation and is kept as {result.retired_path}"
+    )
+    print(
+        f"station {config.station.id}: ledger seq {result.seq} rotates the signing key to "
+        f"{result.new_key_id}; {old}.\n"
+        f"New public key: {result.public_path}\n"
+        "Next steps:\n"
+        f"  1. Re-enroll the station with the central, which refuses its new ledger entries until then "
+        f"(uploads wait in the spool; nothing is lost). On the central, with a copy of the new public "
+        f"key:\n       edge central enroll {config.station.id} --signing-key station.key.pub --out DIR\n"
+        "  2. Install the new bundle on the station (its [uplink] identity_dir), then start the agent.\n"
+        "  3. Replace every pinned copy of the old public key (`edge verify --key`) with the new one; "
+        "the ledger announces both, so `edge verify STORE` accepts what each key signed."
+    )
+    return ExitCode.OK
 
 
 def _store_station_id(store_dir: Path) -> str:
@@ -263,6 +361,27 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--by", help="who tags (default: the login name)")
     tag.set_defaults(func=cmd_tag)
 
+    keys = sub.add_parser("keys", help="the station's signing key")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    rotate = key_commands.add_parser(
+        "rotate",
+        help="replace the station key: a signed key_rotated ledger entry; then re-enroll with the central",
+        description="Stop the agent first: the store is locked while the key changes.",
+    )
+    rotate.add_argument("--config", required=True, help="station TOML file (its store)")
+    rotate.add_argument(
+        "--lost-key",
+        action="store_true",
+        help="the old private key is lost: record that, sign with the new key only",
+    )
+    rotate.add_argument(
+        "--old-public-key",
+        metavar="FILE",
+        help="with --lost-key: the old public key (PEM) when keys/station.key.pub is gone too",
+    )
+    rotate.add_argument("--reason", help="why (kept in the ledger entry)")
+    rotate.set_defaults(func=cmd_keys_rotate)
+
     demo = sub.add_parser("demo", help="simulated station: recorders, dock, offload, verify")
     demo.add_argument("--recorders", type=int, default=3)
     demo.add_argument("--files", type=int, default=5, help="files per recorder")
@@ -281,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The demo prints its own progress; its log shows only warnings unless asked.
-    _setup_logging(args.verbose, quiet=args.command in ("demo", "verify", "check-config", "tag"))
+    _setup_logging(args.verbose, quiet=args.command in ("demo", "verify", "check-config", "tag", "keys"))
     result: int = args.func(args)
     return result
 

@@ -108,7 +108,9 @@ class StationAgent:
 
     async def run(self, stop: asyncio.Event, *, notifier: SystemdNotifier | None = None) -> None:
         """Run until `stop` is set. Raises SupervisorGaveUp when a loop keeps failing (systemd restarts)."""
-        self.store = StationStore(self.config.station.store_dir, self.config.station.id)
+        self.store = StationStore(
+            self.config.station.store_dir, self.config.station.id, purpose="station agent"
+        )
         # The cadence of self-signed checkpoints is declared in the ledger, where `edge verify` finds it.
         self.store.ledger.checkpoint_every = self.config.station.checkpoint_every
         self.store.record(

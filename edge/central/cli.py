@@ -1,8 +1,16 @@
 """`edge central ...`: run the central receiver and manage its identity (CA, stations, auditors).
 
-Every command says on stderr what it did and where the files are. Exit status: 0 done, 2 the
-configuration (or the command line) is wrong, 1 anything else went wrong. No command prints key
-material: bundles are written to files with mode 0600 for the private key.
+Every command says on stderr what it did and where the files are. Exit status (edge.runtime.exit_codes):
+0 done; 78 (EX_CONFIG) the configuration, or the identity files it points at, are unusable; 75
+(EX_TEMPFAIL) another process holds the central store; 2 the command line is wrong; 1 anything else
+went wrong. No command prints key material: bundles are written to files with mode 0600 for the
+private key.
+
+The central store is locked (`edge.durable.lock`) by the process serving it and by `init`; one
+receiver per store (with the embedded SQLite index and local files). `enroll`, `revoke` and their
+reader counterparts take no lock: they are single SQLite transactions on the index, safe beside a
+running receiver, which reads station and auditor records per request; so a revocation takes effect
+at once, with no downtime.
 """
 
 from __future__ import annotations
@@ -13,8 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.central.config import CentralConfig, ConfigError, load_central_config
-from edge.central.identity import enroll_reader, enroll_station, init_central
+from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
 from edge.central.index import CentralIndex, CentralIndexError
+from edge.durable.lock import StoreBusy
 from edge.pki.bundle import (
     BUNDLE_CA_CERT,
     BUNDLE_CENTRAL_SIGNING_PUB,
@@ -25,6 +34,7 @@ from edge.pki.bundle import (
     discard_bundle,
 )
 from edge.pki.names import IdentityError
+from edge.runtime.exit_codes import ExitCode
 
 __all__ = [
     "add_central_parser",
@@ -35,34 +45,38 @@ __all__ = [
     "cmd_central_revoke",
     "cmd_central_revoke_reader",
     "cmd_central_run",
+    "describe_central_config",
 ]
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
+EXIT_OK = ExitCode.OK
+EXIT_FAILED = ExitCode.FAILED
+EXIT_CONFIG = ExitCode.CONFIG
+EXIT_STORE_BUSY = ExitCode.STORE_BUSY
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _load(args: argparse.Namespace) -> CentralConfig | None:
-    """The configuration named by `--config` (after `central` or after the sub-command); None: said why."""
+def _load(args: argparse.Namespace) -> CentralConfig | ExitCode:
+    """The configuration named by `--config` (after `central` or after the sub-command), or the exit
+    status after saying why not: USAGE without `--config`, CONFIG for a file that is not a usable
+    central configuration (a station's file is named as such, with the command that takes it)."""
     path = getattr(args, "config", None) or getattr(args, "central_config", None)
     if not path:
         _say("error: --config FILE is required (the central's TOML configuration)")
-        return None
+        return ExitCode.USAGE
     try:
         return load_central_config(Path(path))
     except ConfigError as exc:
         _say(f"error: {exc}")
-        return None
+        return EXIT_CONFIG
 
 
 def cmd_central_run(args: argparse.Namespace) -> int:
     config = _load(args)
-    if config is None:
-        return EXIT_CONFIG
+    if isinstance(config, ExitCode):
+        return config
     # Imported here: the server pulls in aiohttp and the whole receiver, which the other commands skip.
     from edge.central.service import run_central
 
@@ -72,29 +86,41 @@ def cmd_central_run(args: argparse.Namespace) -> int:
         # Missing or unsafe keys and certificates: restarting cannot fix them, an operator must.
         _say(f"error: {exc}")
         return EXIT_CONFIG
+    except StoreBusy as exc:
+        _say(f"error: {exc}")
+        return EXIT_STORE_BUSY
     return result
+
+
+def describe_central_config(config: CentralConfig) -> str:
+    """One line on what a valid central configuration sets up (for `check-config`)."""
+    mode = "PLAIN HTTP (development only)" if config.server.insecure_plain_http else "HTTPS with mutual TLS"
+    return (
+        f"central {config.central.id}, store {config.central.store_dir}, {mode} on "
+        f"{config.server.listen}:{config.server.port}"
+    )
 
 
 def cmd_central_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
-    if config is None:
-        return EXIT_CONFIG
-    mode = "PLAIN HTTP (development only)" if config.server.insecure_plain_http else "HTTPS with mutual TLS"
-    print(
-        f"{args.config or args.central_config}: OK (central {config.central.id}, store "
-        f"{config.central.store_dir}, {mode} on {config.server.listen}:{config.server.port})"
-    )
+    if isinstance(config, ExitCode):
+        return config
+    print(f"{args.config or args.central_config}: OK ({describe_central_config(config)})")
     return EXIT_OK
 
 
 def cmd_central_init(args: argparse.Namespace) -> int:
     config = _load(args)
-    if config is None:
-        return EXIT_CONFIG
+    if isinstance(config, ExitCode):
+        return config
     try:
-        identity = init_central(config)
-        index_existed = config.layout.index_db.exists()
-        CentralIndex.open(config.layout.index_db).close()
+        with lock_central_store(config, purpose="edge central init"):
+            identity = init_central(config)
+            index_existed = config.layout.index_db.exists()
+            CentralIndex.open(config.layout.index_db).close()
+    except StoreBusy as exc:
+        _say(f"error: central init: {exc}")
+        return EXIT_STORE_BUSY
     except (IdentityError, CentralIndexError, OSError) as exc:
         _say(f"error: central init: {exc}")
         return EXIT_FAILED
@@ -143,8 +169,8 @@ def _describe_bundle(enrollment: Enrollment) -> str:
 
 def cmd_central_enroll(args: argparse.Namespace) -> int:
     config = _load(args)
-    if config is None:
-        return EXIT_CONFIG
+    if isinstance(config, ExitCode):
+        return config
     try:
         enrollment = enroll_station(
             config, args.station_id, signing_key_pub=Path(args.signing_key), out_dir=Path(args.out)
@@ -176,8 +202,8 @@ def cmd_central_enroll(args: argparse.Namespace) -> int:
 
 def cmd_central_enroll_reader(args: argparse.Namespace) -> int:
     config = _load(args)
-    if config is None:
-        return EXIT_CONFIG
+    if isinstance(config, ExitCode):
+        return config
     try:
         enrollment = enroll_reader(config, args.name, out_dir=Path(args.out))
     except IdentityError as exc:
@@ -199,12 +225,12 @@ def cmd_central_enroll_reader(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[CentralIndex, str, str], None]) -> int:
     config = _load(args)
-    if config is None:
-        return EXIT_CONFIG
+    if isinstance(config, ExitCode):
+        return config
     reason = args.reason.strip()
     if not reason:
         _say("error: --reason must say why (it is kept in the index with the revocation)")
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     try:
         index = CentralIndex.open(config.layout.index_db)
         try:
@@ -271,7 +297,7 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         "--signing-key",
         required=True,
         metavar="FILE",
-        help="the station's ledger public key (PEM; signing.key.pub in the station store)",
+        help="the station's ledger public key (PEM; keys/station.key.pub in the station store)",
     )
     enroll.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for the bundle")
     enroll.set_defaults(func=cmd_central_enroll)

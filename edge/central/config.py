@@ -366,7 +366,7 @@ class CentralLayout:
 
 def parse_central_config(text: str, source: str = "<string>") -> CentralConfig:
     """Validate TOML text; `ConfigError` names `source`, the line and the key of every problem."""
-    return parse_toml_model(text, source, CentralConfig)
+    return parse_toml_model(text, source, CentralConfig, role="central")
 
 
 def load_central_config(path: Path) -> CentralConfig:

@@ -2,7 +2,8 @@
 stations and auditors (client certificates written into bundles, see `edge.pki`).
 
 `init_central` never replaces the CA or the signing key: replacing them would orphan every enrolled
-station and every receipt.
+station and every receipt. A store whose Merkle log holds signed tree heads refuses to start (and `init`
+refuses to make a key) when the signing key is missing or is not the key those heads were signed with.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import sqlite3
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from edge.custody.errors import CustodyError
 from edge.custody.keys import StationKey, load_public_key, public_key_raw
 from edge.custody.ledger import station_time_now
 from edge.durable.files import ensure_private_dir
+from edge.durable.lock import StoreLock
 from edge.pki import tls
 from edge.pki.bundle import Enrollment, prepare_bundle_dir, write_bundle
 from edge.pki.certs import (
@@ -101,10 +104,13 @@ def init_central(config: CentralConfig) -> CentralIdentity:
     ca_cert, ca_key = _init_ca(layout, config.central.id, created, kept)
 
     signing_existed = layout.signing_key.exists()
+    if not signing_existed:
+        _refuse_new_signing_key(layout)
     try:
         signing_key = StationKey.load_or_create(layout.signing_key)
     except CustodyError as exc:
         raise IdentityError(f"central signing key: {exc}") from None
+    _check_signing_key(layout, signing_key)
     (kept if signing_existed else created).append(
         f"signing key {signing_key.key_id}: {layout.signing_key} (public: {layout.signing_pub})"
     )
@@ -218,14 +224,84 @@ def _init_server_cert(
 
 
 def load_signing_key(config: CentralConfig) -> StationKey:
-    """The central's Ed25519 signing key (tree heads, receipts); never creates one (that is `init`)."""
-    path = config.layout.signing_key
+    """The central's Ed25519 signing key (tree heads, receipts); never creates one (that is `init`).
+
+    Refuses a key that is not the one the Merkle log's newest signed tree head names."""
+    layout = config.layout
+    path = layout.signing_key
     if not path.exists():
+        _refuse_new_signing_key(layout)
         raise IdentityError(f"no central signing key at {path}: run `edge central init --config FILE` first")
     try:
-        return StationKey.load_or_create(path)
+        key = StationKey.load_or_create(path)
     except CustodyError as exc:
         raise IdentityError(f"central signing key: {exc}") from None
+    _check_signing_key(layout, key)
+    return key
+
+
+def lock_central_store(config: CentralConfig, *, purpose: str) -> StoreLock:
+    """Take the central store's lock (one process serving or initialising a store); raises
+    :class:`edge.durable.lock.StoreBusy` naming the holder, :class:`IdentityError` when the store
+    directory cannot be used."""
+    store_dir = config.central.store_dir
+    try:
+        ensure_private_dir(store_dir)
+        return StoreLock.acquire(
+            store_dir,
+            purpose=purpose,
+            advice="Stop it first (systemctl stop edge-central) or wait until it is done; enroll and "
+            "revoke work beside a running central",
+        )
+    except OSError as exc:
+        raise IdentityError(f"central store {store_dir} cannot be used: {exc.strerror or exc}") from None
+
+
+def _signed_heads(layout: CentralLayout) -> tuple[int, str | None, str | None]:
+    """How many tree heads the central's Merkle log holds, and the key id and time of the newest."""
+    if not layout.index_db.is_file():
+        return 0, None, None
+    try:
+        conn = sqlite3.connect(f"file:{layout.index_db}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        raise IdentityError(f"cannot read the index {layout.index_db}: {exc}") from None
+    try:
+        count, = conn.execute("SELECT COUNT(*) FROM merkle_tree_heads").fetchone()
+        newest = conn.execute(
+            "SELECT key_id, time FROM merkle_tree_heads ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0, None, None  # an index made before the log was ever opened
+        raise IdentityError(f"cannot read the Merkle log in {layout.index_db}: {exc}") from None
+    except sqlite3.Error as exc:
+        raise IdentityError(f"cannot read the Merkle log in {layout.index_db}: {exc}") from None
+    finally:
+        conn.close()
+    if newest is None:
+        return int(count), None, None
+    return int(count), str(newest[0]), str(newest[1])
+
+
+def _refuse_new_signing_key(layout: CentralLayout) -> None:
+    """A missing signing key is made anew only for a central that never signed anything."""
+    count, key_id, time = _signed_heads(layout)
+    if count:
+        raise IdentityError(
+            f"the central signing key {layout.signing_key} is missing, but the Merkle log in "
+            f"{layout.index_db} holds {count} tree head(s) signed with key {key_id} (the newest at "
+            f"{time}). A new key would orphan every receipt and every station that pinned key {key_id}, "
+            f"so none is made: restore {layout.signing_key.name} from backup (mode 0600)"
+        )
+
+
+def _check_signing_key(layout: CentralLayout, key: StationKey) -> None:
+    _count, key_id, time = _signed_heads(layout)
+    if key_id is not None and key_id != key.key_id:
+        raise IdentityError(
+            f"{layout.signing_key} is key {key.key_id}, but the Merkle log's newest tree head (at {time}) "
+            f"is signed with key {key_id}: the signing key was replaced. Restore key {key_id} from backup"
+        )
 
 
 def enroll_station(

@@ -24,9 +24,10 @@ from aiohttp import web
 from edge.central.app import BOUNDS, CENTRAL, CentralParts, build_app
 from edge.central.config import CentralConfig, ConfigError
 from edge.central.http_server import listen
-from edge.central.identity import server_ssl_context
+from edge.central.identity import lock_central_store, server_ssl_context
 from edge.central.limits import HttpBounds
 from edge.custody.keys import StationKey
+from edge.durable.lock import StoreLock
 from edge.runtime.sdnotify import SystemdNotifier
 
 __all__ = ["RunningCentral", "run_central", "start_central"]
@@ -48,6 +49,7 @@ class RunningCentral:
         bounds: HttpBounds,
         url: str,
         port: int,
+        lock: StoreLock,
     ) -> None:
         self._runner = runner
         self._server = server
@@ -55,6 +57,7 @@ class RunningCentral:
         self.bounds = bounds
         self.url = url
         self.port = port
+        self._lock = lock
         self._stopped = False
 
     def __repr__(self) -> str:
@@ -65,8 +68,11 @@ class RunningCentral:
         if self._stopped:
             return
         self._stopped = True
-        self._server.close()
-        await self._runner.cleanup()
+        try:
+            self._server.close()
+            await self._runner.cleanup()
+        finally:
+            self._lock.release()
         log.info("central at %s stopped", self.url)
 
 
@@ -104,15 +110,22 @@ async def start_central(config: CentralConfig, *, signing_key: StationKey | None
     """Build the application and serve it on the configured address; stop it with ``.stop()``.
 
     Raises :class:`ConfigError` when development mode (plain HTTP) would be reachable beyond loopback.
+    The store is locked first (one receiver per store): :class:`edge.durable.lock.StoreBusy` names the
+    process that holds it.
     """
-    ssl_context: ssl.SSLContext | None = None
-    if config.server.insecure_plain_http:
-        await _refuse_plain_http_beyond_loopback(config)
-    else:
-        ssl_context = server_ssl_context(config)
-    app = build_app(config, signing_key=signing_key)
-    runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT_S, access_log=None)
-    await runner.setup()
+    lock = lock_central_store(config, purpose="central receiver")
+    try:
+        ssl_context: ssl.SSLContext | None = None
+        if config.server.insecure_plain_http:
+            await _refuse_plain_http_beyond_loopback(config)
+        else:
+            ssl_context = server_ssl_context(config)
+        app = build_app(config, signing_key=signing_key)
+        runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT_S, access_log=None)
+        await runner.setup()
+    except BaseException:
+        lock.release()
+        raise
     try:
         server = await listen(
             runner,
@@ -123,12 +136,18 @@ async def start_central(config: CentralConfig, *, signing_key: StationKey | None
             access_log=config.server.access_log,
         )
     except BaseException:
-        await runner.cleanup()
+        try:
+            await runner.cleanup()
+        finally:
+            lock.release()
         raise
     bound = [str(sock.getsockname()[0]) for sock in server.sockets]
     if ssl_context is None and _not_loopback(bound):
         server.close()
-        await runner.cleanup()
+        try:
+            await runner.cleanup()
+        finally:
+            lock.release()
         raise ConfigError(f"server.listen: insecure_plain_http must listen on loopback only, but the server "
                           f"was bound to {', '.join(bound)}; it was closed at once")
     port = int(server.sockets[0].getsockname()[1])
@@ -139,7 +158,7 @@ async def start_central(config: CentralConfig, *, signing_key: StationKey | None
                     config.central.id, url)
     else:
         log.info("central %s listening on %s (mutual TLS)", config.central.id, url)
-    return RunningCentral(runner, server, app[CENTRAL], app[BOUNDS], url, port)
+    return RunningCentral(runner, server, app[CENTRAL], app[BOUNDS], url, port, lock)
 
 
 def run_central(config: CentralConfig) -> int:

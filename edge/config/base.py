@@ -3,14 +3,19 @@ whose errors name the file, the line and the key.
 
 Every model forbids unknown keys, so a typo in a field name is an error rather than a silently ignored
 setting. Secrets never appear in a file: fields hold a *reference* (`env:NAME`, `file:/path`,
-`credential:NAME`) resolved at use time.
+`credential:NAME`) resolved at use time; `check_secrets_resolve` tries each once at start, so a service
+fails at start rather than at the first recorder. A file says which role it configures by its one
+required top-level table (`[station]`, `[central]`); given to the other role's command, it is refused in
+one sentence naming the command that takes it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,13 +110,14 @@ def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
     return None
 
 
-def parse_toml_model(text: str, source: str, model: type[ModelT]) -> ModelT:
+def parse_toml_model(text: str, source: str, model: type[ModelT], *, role: str | None = None) -> ModelT:
     """Validate TOML text against a config model; `ConfigError` names `source`, the line and the key of
-    every problem. Shared by the station's and the central's configuration."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    every problem. Shared by the station's and the central's configuration. With `role`, a file that
+    configures another role is refused with one sentence naming the command that takes it, instead of
+    a list of every key the two models disagree on."""
+    raw = parse_toml_document(text, source)
+    if role is not None and (mismatch := role_mismatch(raw, source, role)) is not None:
+        raise ConfigError(mismatch)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -119,10 +125,109 @@ def parse_toml_model(text: str, source: str, model: type[ModelT]) -> ModelT:
         raise ConfigError(f"{source}: {exc.error_count()} problem(s):\n  {details}") from None
 
 
+# A configuration file is a few KiB; anything far larger is not one (and is not read into memory).
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_config_text(path: Path) -> str:
+    """The text of a configuration file; `ConfigError` names the file and what is wrong with it.
+
+    Only a regular file is read (a FIFO or device planted at the path cannot hang or flood the caller),
+    and at most `MAX_CONFIG_BYTES`.
+    """
     try:
-        return path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = (
+                "a directory" if stat.S_ISDIR(info.st_mode) else f"not a regular file (mode {info.st_mode:o})"
+            )
+            raise ConfigError(f"{path}: cannot read: expected a TOML file, found {kind}")
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            data = stream.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: expected a configuration file of at most {MAX_CONFIG_BYTES} bytes, "
+                          "found a larger file")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+
+
+# Which role a file configures is told by its one required top-level table.
+ROLE_TABLES: dict[str, tuple[str, str, str]] = {
+    # table: (what it configures, the command that checks it, the command that runs it)
+    "station": ("a docking station or room PC", "edge check-config FILE", "edge run --config FILE"),
+    "central": ("the central receiver", "edge central check-config --config FILE",
+                "edge central --config FILE"),
+}
+
+
+def config_role(raw: dict[str, Any]) -> str | None:
+    """The role a parsed TOML document configures ("station", "central"), or None when it names none
+    (or more than one) of them."""
+    roles = [table for table in ROLE_TABLES if isinstance(raw.get(table), dict)]
+    return roles[0] if len(roles) == 1 else None
+
+
+def role_mismatch(raw: dict[str, Any], source: str, expected: str) -> str | None:
+    """Why a document is not a configuration of role `expected` (naming the command that does take
+    it), or None when it is one or names no role at all (then validation reports the missing table)."""
+    found = config_role(raw)
+    if found is None or found == expected:
+        return None
+    what, check, run = ROLE_TABLES[found]
+    wanted = ROLE_TABLES[expected][0]
+    return (
+        f"{source}: this file configures {what} ([{found}]), not {wanted}; check it with "
+        f"`{check.replace('FILE', source)}` and run it with `{run.replace('FILE', source)}`"
+    )
+
+
+def parse_toml_document(text: str, source: str) -> dict[str, Any]:
+    """Parse TOML text; `ConfigError` names `source` and the line of a syntax error."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+
+
+def secret_references(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, SecretRef]]:
+    """Every secret reference in a validated configuration, with the key path that holds it."""
+    for name in type(model).model_fields:
+        yield from _references(getattr(model, name), f"{prefix}{name}")
+
+
+def _references(value: object, where: str) -> Iterator[tuple[str, SecretRef]]:
+    if isinstance(value, SecretRef):
+        yield where, value
+    elif isinstance(value, BaseModel):
+        yield from secret_references(value, f"{where}.")
+    elif isinstance(value, list | tuple):
+        for index, element in enumerate(value):
+            yield from _references(element, f"{where}[{index}]")
+    elif isinstance(value, dict):
+        for key, element in value.items():
+            yield from _references(element, f"{where}.{key}")
+
+
+def check_secrets_resolve(model: BaseModel, source: str, env: dict[str, str] | None = None) -> None:
+    """Resolve every secret reference once, at start, and forget the values; `ConfigError` names each
+    key whose reference cannot be resolved (never a value), so a service fails at start, not at the
+    first recorder."""
+    problems: list[str] = []
+    for where, ref in secret_references(model):
+        try:
+            ref.resolve(env)
+        except ConfigError as exc:
+            problems.append(f"{where}: {exc}")
+    if problems:
+        details = "\n  ".join(problems)
+        raise ConfigError(f"{source}: {len(problems)} secret reference(s) cannot be resolved:\n  {details}")

@@ -328,7 +328,7 @@ class StationConfig(StrictModel):
 
 
 def parse_config(text: str, source: str = "<string>") -> StationConfig:
-    return parse_toml_model(text, source, StationConfig)
+    return parse_toml_model(text, source, StationConfig, role="station")
 
 
 def load_config(path: Path) -> StationConfig:

@@ -1,8 +1,10 @@
 """The station's evidence store: one directory holding everything the station knows.
 
     store_dir/
-      keys/station.key      Ed25519 private key (0600), made on first run
+      store.lock            held (flock) by the one process writing the store; names it (pid, command)
+      keys/station.key      Ed25519 private key (0600), made on first run (never over a non-empty ledger)
       keys/station.key.pub  its public half
+      keys/station.key.<keyid>.retired[.pub]   keys rotated out by `edge keys rotate`, kept for good
       state.db              SQLite (WAL): ledger, checkpoints, items, acquisitions, sessions, uploads,
                             and what the central witnessed (witnessed heads, its checked tree heads)
       ledger.reserve        space held back so that a full disk can still be put on the record
@@ -15,6 +17,10 @@
 Stored names are the item UUID and a vetted extension: names from devices are never used as paths.
 State changes and their ledger entries are written in one SQLite transaction, so neither exists
 without the other after a crash.
+
+One process at a time writes a store: opening it takes the store lock (`edge.durable.lock`) before
+anything else is touched, and a second writer is refused with `StoreBusy` naming the holder. Readers
+(`edge verify`) open state.db read-only and take no lock, so they work beside a running agent.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.custody.keys import StationKey
 from edge.custody.ledger import Ledger, LedgerEntry
 from edge.custody.text import scrub_error_text
 from edge.custody.witness_log import StationWitness
 from edge.durable.files import create_private_file, ensure_private_dir, ensure_private_file, write_atomic
+from edge.durable.lock import StoreBusy, StoreLock
 from edge.durable.sqlite import immediate_transaction
+from edge.ingest.station_key import StationKeyProblem, open_station_key
 
 log = logging.getLogger(__name__)
 
@@ -174,22 +181,65 @@ def open_db(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class StationStore:
-    """Opens (creating on first run) a station store and gives the ledger and state tables."""
+def lock_store(root: Path, purpose: str) -> StoreLock:
+    """Take the store's lock (creating the store directory if needed); `StoreBusy` names the holder,
+    `StoreError` says why the directory cannot be used."""
+    try:
+        ensure_private_dir(root)  # 0700 whatever the umask, each new level fsynced in its parent
+        return StoreLock.acquire(
+            root,
+            purpose=purpose,
+            advice="Stop it first (the agent: systemctl stop edge-station), or wait until it is done; "
+            "`edge verify` reads a store without this lock",
+        )
+    except StoreBusy:
+        raise
+    except OSError as exc:
+        raise StoreError(f"station store {root} cannot be used: {exc.strerror or exc}") from None
 
-    def __init__(self, root: Path, station_id: str) -> None:
+
+class StationStore:
+    """Opens (creating on first run) a station store and gives the ledger and state tables.
+
+    Raises `StoreBusy` when another process holds the store, and `StoreError` when the store cannot be
+    used as configured (directory, database or key unusable, another station's store). `purpose` says
+    what this process is, for the message another process gets while this one holds the store.
+    """
+
+    def __init__(self, root: Path, station_id: str, *, purpose: str = "station store") -> None:
         self.layout = StoreLayout(root)
         self.station_id = station_id
-        for directory in (root, self.layout.keys_dir, self.layout.tmp, self.layout.items):
-            ensure_private_dir(directory)  # 0700 whatever the umask, each new level fsynced in its parent
-        self.key = StationKey.load_or_create(self.layout.private_key)
-        self.conn = open_db(self.layout.db)
-        self.conn.executescript(SCHEMA)
-        _migrate_recorder_files(self.conn)
-        Ledger.create_schema(self.conn)
-        StationWitness.create_schema(self.conn)
-        self.sync_log()  # the schema and any migration, durable before anything is built on them
-        self._check_station_id()
+        self._lock = lock_store(root, purpose)
+        try:
+            self._open(root, station_id)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, root: Path, station_id: str) -> None:
+        try:
+            for directory in (self.layout.keys_dir, self.layout.tmp, self.layout.items):
+                ensure_private_dir(directory)  # 0700 whatever the umask, each new level fsynced in its parent
+            self.conn = open_db(self.layout.db)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"station store {root} cannot be used: {_reason(exc)}") from None
+        try:
+            self.conn.executescript(SCHEMA)
+            _migrate_recorder_files(self.conn)
+            Ledger.create_schema(self.conn)
+            StationWitness.create_schema(self.conn)
+            self.sync_log()  # the schema and any migration, durable before anything is built on them
+            self._check_station_id()
+            self.key = open_station_key(root, self.layout.private_key, self.conn)
+        except (OSError, sqlite3.Error) as exc:
+            self.conn.close()
+            raise StoreError(f"station store {root} cannot be used: {_reason(exc)}") from None
+        except StationKeyProblem as exc:
+            self.conn.close()
+            raise StoreError(str(exc)) from None
+        except BaseException:
+            self.conn.close()
+            raise
         self.ledger = Ledger(self.conn, station_id, self.key, scrub=self.scrub_error_text)
         self.hold_reserve()
 
@@ -260,7 +310,14 @@ class StationStore:
             return self.ledger.append(type_, item, data)
 
     def close(self) -> None:
-        self.conn.close()
+        try:
+            self.conn.close()
+        finally:
+            self._lock.release()
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def _migrate_recorder_files(conn: sqlite3.Connection) -> None:
@@ -283,4 +340,4 @@ def _migrate_recorder_files(conn: sqlite3.Connection) -> None:
 
 
 class StoreError(Exception):
-    """The store cannot be used as configured."""
+    """The store cannot be used as configured (restarting cannot fix it; the message says what can)."""

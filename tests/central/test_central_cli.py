@@ -102,11 +102,11 @@ def test_missing_config_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
     assert "--config FILE is required" in _stderr(capsys)
 
 
-def test_invalid_config_exits_2_naming_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_config_exits_78_naming_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[central]\nid = "c"\nstore_dir = "/x"\n[server]\nport = 0\n', encoding="utf-8")
     for command in ("init", "run", "check-config"):
-        assert _run(command, "--config", str(bad)) == 2
+        assert _run(command, "--config", str(bad)) == 78
         assert "line 5: server.port" in _stderr(capsys)
     assert not Path("/x").exists()
 
@@ -295,7 +295,7 @@ def test_run_hands_the_loaded_config_to_the_service(
     assert [c.central.id for c in seen] == ["central-test"]
 
 
-def test_run_with_missing_identity_exits_2(
+def test_run_with_missing_identity_exits_78(
     config_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from edge.central.identity import server_ssl_context
@@ -305,7 +305,7 @@ def test_run_with_missing_identity_exits_2(
         return 0
 
     _fake_service(monkeypatch, run)
-    assert _run("run", "--config", str(config_file)) == 2
+    assert _run("run", "--config", str(config_file)) == 78
     assert "server.crt, " in (err := _stderr(capsys)) and "missing: run `edge central init" in err
 
 

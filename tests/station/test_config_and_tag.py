@@ -84,10 +84,10 @@ def test_secret_references_resolve_from_env_file_and_credentials(tmp_path: Path)
 def test_check_config_exit_status_and_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(MINIMAL + '[wipe]\npolicy = "sometimes"\n')
-    assert main(["check-config", str(bad)]) == 2
+    assert main(["check-config", str(bad)]) == 78
     err = capsys.readouterr().err
     assert "wipe.policy" in err and str(bad) in err
-    assert main(["check-config", str(tmp_path / "missing.toml")]) == 2
+    assert main(["check-config", str(tmp_path / "missing.toml")]) == 78
 
 
 def test_officer_defaults_override_station_defaults(config_factory: Callable[..., object]) -> None:
@@ -109,6 +109,10 @@ async def test_tag_appends_signed_entries_and_the_fold_is_current(
     item = result.items[0]
     manifest_before = store.conn.execute("SELECT manifest FROM items WHERE item=?", (item,)).fetchone()[0]
     root = str(store.layout.root)
+    # `edge tag` writes the store, so it needs the store's lock: this process lets go of it first.
+    assert main(["tag", item, "--store", root, "--case", "X"]) == 75
+    assert "is in use by pid" in capsys.readouterr().err
+    store.close()
     assert (
         main(
             [
@@ -127,6 +131,7 @@ async def test_tag_appends_signed_entries_and_the_fold_is_current(
         == 0
     )
     assert main(["tag", item, "--store", root, "--important", "--location", "文三路 12 号"]) == 0
+    store = StationStore(store.layout.root, "TEST-STATION")
     case = current_case(store, item)
     assert case["case_number"] == "杭综执罚〔2026〕118号" and case["subject"] == "无证经营"
     assert case["important"] is True and case["location"] == "文三路 12 号"
@@ -139,9 +144,70 @@ async def test_tag_appends_signed_entries_and_the_fold_is_current(
         == manifest_before
     )
     assert verify_store(store.layout.root).ok
+    store.close()
     capsys.readouterr()
     assert main(["tag", "no-such-item", "--store", root, "--case", "X"]) == 2
     assert "no sealed item" in capsys.readouterr().err
     assert main(["tag", item, "--store", root, "--case", "bad\x07bell"]) == 2
     assert main(["tag", item, "--store", root]) == 2
     json.dumps(case, ensure_ascii=False)
+
+
+CENTRAL_EXAMPLE = EXAMPLE.with_name("central.toml")
+
+
+def test_check_config_recognises_a_central_file_and_validates_it_as_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It used to report seven errors about [station] and [usb] missing and [central] unknown.
+    assert main(["check-config", str(CENTRAL_EXAMPLE)]) == 0
+    out, err = capsys.readouterr()
+    assert out == (
+        f"{CENTRAL_EXAMPLE}: OK (central central-hq, store /var/lib/evidence-central, HTTPS with mutual TLS "
+        "on 0.0.0.0:8443)\n"
+    )
+    assert err == ""
+
+
+def test_check_config_of_a_broken_central_file_names_its_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "central.toml"
+    bad.write_text('[central]\nid = "c"\nstore_dir = "relative"\n[server]\nprot = 1\n')
+    assert main(["check-config", str(bad)]) == 78
+    err = capsys.readouterr().err
+    assert "central.store_dir" in err and "line 5: server.prot: unknown key" in err
+    assert "station" not in err  # judged as the central file it is, not as a broken station file
+
+
+def test_each_command_names_the_one_that_takes_the_other_role(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["central", "check-config", "--config", str(EXAMPLE)]) == 78
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {EXAMPLE}: this file configures a docking station or room PC ([station]), not the central "
+        f"receiver; check it with `edge check-config {EXAMPLE}` and run it with "
+        f"`edge run --config {EXAMPLE}`\n"
+    )
+    with pytest.raises(ConfigError, match=r"configures the central receiver \(\[central\]\), not a docking"):
+        load_config(CENTRAL_EXAMPLE)
+
+
+def test_check_config_of_a_file_that_is_neither_says_what_was_expected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for text, found in (
+        ('[stations]\nid = "S1"\n', "neither"),
+        ("", "neither"),
+        ('[station]\nid = "S"\n[central]\nid = "C"\n', "both"),
+    ):
+        odd = tmp_path / "odd.toml"
+        odd.write_text(text)
+        assert main(["check-config", str(odd)]) == 78
+        err = capsys.readouterr().err
+        assert (
+            "expected one of the top-level tables [station] for a docking station or room PC (checked by "
+            f"`edge check-config {odd}`); or [central] for the central receiver (checked by `edge central "
+            f"check-config --config {odd}`); found {found}"
+        ) in err
