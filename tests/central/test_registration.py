@@ -452,9 +452,9 @@ async def test_a_rotated_station_key_is_accepted_after_re_enrollment_with_what_i
     assert f"the station rotated its ledger key at seq {rotated_at}" in rejection.detail
     assert f"edge central enroll {station.station_id} --signing-key" in rejection.detail
     enroll(parts.index, station, cert_sha256="d" * 64)
-    caller = parts.caller(station.station_id)
-    await parts.registrar.register_item(caller, station.station_id, _body(parts, station, pending, after=head))
-    await parts.registrar.register_item(caller, station.station_id, _body(parts, station, later, after=head))
+    caller, path = parts.caller(station.station_id), station.station_id
+    await parts.registrar.register_item(caller, path, _body(parts, station, pending, after=head))
+    await parts.registrar.register_item(caller, path, _body(parts, station, later, after=head))
     assert parts.index.item(pending.item) is not None and parts.index.item(later.item) is not None
     # Control: the retired key cannot sign for an item acquired after it was retired.
     forged_item = station.acquire(b"acquired after the rotation, signed with the retired key")
