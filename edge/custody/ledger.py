@@ -49,8 +49,10 @@ __all__ = [
     "EntryType",
     "Ledger",
     "LedgerEntry",
+    "LedgerKeyFacts",
     "Problem",
     "entry_hash",
+    "ledger_key_facts",
     "ledger_key_schedule",
     "station_time_now",
     "verify_chain",
@@ -712,6 +714,50 @@ def ledger_key_schedule(
             data = None
         rotations.append((seq, data if isinstance(data, dict) else None))
     return KeySchedule.from_rotations(rotations, anchor, anchor_name)
+
+
+@dataclass(frozen=True)
+class LedgerKeyFacts:
+    """What a store's ledger says about the key that signs it."""
+
+    head_seq: int
+    checkpoints: int
+    current_key_id: str | None  # None: nothing in the ledger names a key yet
+    since_seq: int | None  # seq of the rotation that introduced the current key; None: from the start
+    previous_key_id: str | None = None  # the key that rotation retired
+
+    def describe(self) -> str:
+        entries = f"{self.head_seq} {'entry' if self.head_seq == 1 else 'entries'}"
+        if self.current_key_id is None:
+            return f"the ledger has {entries} and no signed checkpoint names its key"
+        since = f"since its key rotation at seq {self.since_seq}" if self.since_seq else "from the start"
+        return (
+            f"the ledger has {entries}, and its {self.checkpoints} checkpoint(s) are signed with key "
+            f"{self.current_key_id} ({since})"
+        )
+
+
+def ledger_key_facts(conn: sqlite3.Connection) -> LedgerKeyFacts:
+    """Read the ledger's length and the key it is signed with (the tables must exist): what a store
+    checks its key file against before signing anything."""
+    head = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
+    checkpoints = conn.execute("SELECT COUNT(*) FROM ledger_checkpoints").fetchone()[0]
+    rotation = conn.execute(
+        "SELECT seq, data FROM ledger WHERE type = ? ORDER BY seq DESC LIMIT 1", (KEY_ROTATED,)
+    ).fetchone()
+    if rotation is not None:
+        try:
+            data = parse_json(rotation[1])
+        except CanonicalJsonError:
+            data = None
+        key_id = data.get("new_key_id") if isinstance(data, dict) else None
+        old_id = data.get("old_key_id") if isinstance(data, dict) else None
+        if isinstance(key_id, str):
+            previous = old_id if isinstance(old_id, str) else None
+            return LedgerKeyFacts(int(head), int(checkpoints), key_id, int(rotation[0]), previous)
+    latest = conn.execute("SELECT key_id FROM ledger_checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+    key_id = latest[0] if latest is not None and isinstance(latest[0], str) else None
+    return LedgerKeyFacts(int(head), int(checkpoints), key_id, None)
 
 
 def verify_ledger(

@@ -29,12 +29,11 @@ from pathlib import Path
 from edge.custody.errors import CustodyError
 from edge.custody.keys import StationKey, key_id_of, load_public_key, public_key_raw
 from edge.custody.keyschedule import KEY_ROTATED, rotation_data
-from edge.custody.ledger import Ledger
+from edge.custody.ledger import Ledger, ledger_key_facts
 from edge.durable.sqlite import immediate_transaction
 from edge.ingest.station_key import (
     StationKeyProblem,
     finish_rotation,
-    ledger_key_facts,
     open_station_key,
     retired_key_path,
     staged_key_path,

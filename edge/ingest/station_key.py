@@ -18,20 +18,16 @@ import contextlib
 import logging
 import os
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
 
-from edge.custody.canonical import parse_json
-from edge.custody.errors import CanonicalJsonError, CustodyError
+from edge.custody.errors import CustodyError
 from edge.custody.keys import StationKey
-from edge.custody.keyschedule import KEY_ROTATED
+from edge.custody.ledger import LedgerKeyFacts, ledger_key_facts
 from edge.durable.files import fsync_dir
 
 __all__ = [
-    "LedgerKeyFacts",
     "StationKeyProblem",
     "finish_rotation",
-    "ledger_key_facts",
     "open_station_key",
     "retired_key_path",
     "staged_key_path",
@@ -44,27 +40,6 @@ class StationKeyProblem(Exception):
     """The store's key cannot be used; the message says why and what the operator can do."""
 
 
-@dataclass(frozen=True)
-class LedgerKeyFacts:
-    """What a store's ledger says about the key that signs it."""
-
-    head_seq: int
-    checkpoints: int
-    current_key_id: str | None  # None: nothing in the ledger names a key yet
-    since_seq: int | None  # seq of the rotation that introduced the current key; None: from the start
-    previous_key_id: str | None = None  # the key that rotation retired
-
-    def describe(self) -> str:
-        entries = f"{self.head_seq} {'entry' if self.head_seq == 1 else 'entries'}"
-        if self.current_key_id is None:
-            return f"the ledger has {entries} and no signed checkpoint names its key"
-        since = f"since its key rotation at seq {self.since_seq}" if self.since_seq else "from the start"
-        return (
-            f"the ledger has {entries}, and its {self.checkpoints} checkpoint(s) are signed with key "
-            f"{self.current_key_id} ({since})"
-        )
-
-
 def staged_key_path(private_path: Path) -> Path:
     """Where `edge keys rotate` writes the new key before the ledger announces it."""
     return private_path.with_name(private_path.name + ".next")
@@ -73,28 +48,6 @@ def staged_key_path(private_path: Path) -> Path:
 def retired_key_path(private_path: Path, key_id: str) -> Path:
     """Where a rotated-out key is kept, never deleted: `station.key.<keyid>.retired`."""
     return private_path.with_name(f"{private_path.name}.{key_id}.retired")
-
-
-def ledger_key_facts(conn: sqlite3.Connection) -> LedgerKeyFacts:
-    """Read the ledger's length and the key it is signed with (the tables must exist)."""
-    head = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger").fetchone()[0]
-    checkpoints = conn.execute("SELECT COUNT(*) FROM ledger_checkpoints").fetchone()[0]
-    rotation = conn.execute(
-        "SELECT seq, data FROM ledger WHERE type = ? ORDER BY seq DESC LIMIT 1", (KEY_ROTATED,)
-    ).fetchone()
-    if rotation is not None:
-        try:
-            data = parse_json(rotation[1])
-        except CanonicalJsonError:
-            data = None
-        key_id = data.get("new_key_id") if isinstance(data, dict) else None
-        old_id = data.get("old_key_id") if isinstance(data, dict) else None
-        if isinstance(key_id, str):
-            previous = old_id if isinstance(old_id, str) else None
-            return LedgerKeyFacts(int(head), int(checkpoints), key_id, int(rotation[0]), previous)
-    latest = conn.execute("SELECT key_id FROM ledger_checkpoints ORDER BY id DESC LIMIT 1").fetchone()
-    key_id = latest[0] if latest is not None and isinstance(latest[0], str) else None
-    return LedgerKeyFacts(int(head), int(checkpoints), key_id, None)
 
 
 def _load(path: Path) -> StationKey:
