@@ -23,6 +23,7 @@ from edge.config.base import (
 from edge.config.station import StationConfig, load_config
 from edge.durable.lock import StoreBusy
 from edge.runtime.exit_codes import ExitCode
+from edge.uplink.cli import add_uplink_parser
 
 log = logging.getLogger("edge")
 
@@ -394,13 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     add_central_parser(sub)
+    add_uplink_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The demo prints its own progress; its log shows only warnings unless asked.
-    _setup_logging(args.verbose, quiet=args.command in ("demo", "verify", "check-config", "tag", "keys"))
+    _setup_logging(args.verbose, quiet=args.command in ("demo", "verify", "check-config", "tag", "keys", "uplink"))
     result: int = args.func(args)
     return result
 

@@ -2,10 +2,11 @@
 
 Every endpoint lives under ``/v1``; every error is ``{"error": code, "detail": sentence}`` (with
 ``Tus-Resumable`` under ``/v1/uploads``), including the refusals aiohttp makes itself (see
-:mod:`edge.central.http_server`). Station endpoints act only for the calling station (its certificate's
-CN, or the development header): ``/v1/log/inclusion`` answers a station only for its own items, with the
-same 404 whether another station's item exists or not. The read side is for readers (auditors) and logs
-every read before serving it.
+:mod:`edge.central.http_server`); a final refusal (``registration.SIGNED_REFUSALS``) adds ``"refusal"``,
+signed by the central, which is all a station takes as final. Station endpoints act only for the
+calling station (its certificate's CN, or the development header): ``/v1/log/inclusion`` answers a
+station only for its own items, with the same 404 whether another station's item exists or not. The read
+side is for readers (auditors) and logs every read before serving it.
 
 Bounds (``[server]`` in the configuration): at most ``max_concurrent_requests`` requests in progress and
 ``max_buffered_body_mb`` of JSON bodies held in memory together (503 with ``Retry-After`` beyond either),
@@ -101,7 +102,11 @@ def error_response(code: str, detail: str, status: int) -> web.Response:
 
 
 def rejection_response(rejection: Rejection) -> web.Response:
-    return error_response(str(rejection.code), rejection.detail, rejection.status)
+    if rejection.refusal is None:
+        return error_response(str(rejection.code), rejection.detail, rejection.status)
+    # A final refusal carries the central's signature: a station takes nothing else as final.
+    return json_response({"error": str(rejection.code), "detail": rejection.detail,
+                          "refusal": rejection.refusal}, status=rejection.status)
 
 
 def _busy(bounds: HttpBounds, what: str) -> Rejection:
@@ -346,7 +351,8 @@ def build_app(config: CentralConfig, *, signing_key: StationKey | None = None) -
     app.on_response_prepare.append(add_response_headers(TUS_BASE_PATH))
     stations = StationEndpoints(parts)
     add_tus_routes(app, uploads, base_path=TUS_BASE_PATH, identify=stations.identify,
-                   chunk_timeout_s=config.uploads.chunk_timeout_s, limiter=bounds.limiter)
+                   chunk_timeout_s=config.uploads.chunk_timeout_s, limiter=bounds.limiter,
+                   sign_refusal=registrar.sign_refusal)
     app.router.add_get("/v1/stations/{station}/ledger/head", stations.ledger_head)
     app.router.add_post("/v1/stations/{station}/ledger", stations.post_ledger)
     app.router.add_post("/v1/stations/{station}/items", stations.post_item)

@@ -37,6 +37,7 @@ from edge.custody.keys import StationKey, key_id_of
 from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry, station_time_now, verify_chain
 from edge.custody.manifest import REQUIRED_FIELDS, verify_manifest
 from edge.custody.receipt import Receipt, TreeHead, make_leaf_entry, make_receipt
+from edge.custody.refusal import FINAL_ITEM_CODES, LEDGER_FORK, RefusalError, sign_refusal
 from edge.custody.witness import WitnessedHead, sign_witnessed_head
 
 __all__ = [
@@ -126,13 +127,24 @@ HTTP_STATUS: dict[RejectCode, int] = {
 }
 
 
+# Refusals the registrar signs (edge.custody.refusal): final for the item, or a ledger fork. Its too_large
+# is about a request body, not an item, and stays unsigned (the tus layer signs an upload's too_large).
+SIGNED_REFUSALS = frozenset(
+    code for code in RejectCode
+    if (code in FINAL_ITEM_CODES and code is not RejectCode.TOO_LARGE) or code == LEDGER_FORK
+)
+
+
 class Rejection(Exception):
-    """A refused request: ``code`` for machines, ``detail`` (one sentence) for people."""
+    """A refused request: ``code`` for machines, ``detail`` (one sentence) for people; ``refusal`` the
+    signed refusal (:mod:`edge.custody.refusal`) when the refusal is final, so that the station can tell
+    it from a proxy's answer."""
 
     def __init__(self, code: RejectCode, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+        self.refusal: dict[str, Any] | None = None
 
     @property
     def status(self) -> int:
@@ -479,15 +491,37 @@ class Registrar:
         item: str | None = None,
         upload: str | None = None,
     ) -> Rejection:
-        """Log and record a rejection; returns it for raising. Recording failure is logged, never hidden."""
+        """Log and record a rejection, and sign it when it is final; returns it for raising. Recording
+        failure is logged, never hidden."""
         log.warning("rejected station=%s item=%s upload=%s remote=%s: %s: %s", station, item, upload, remote,
                     rejection.code, rejection.detail)
+        if station is not None and rejection.code in SIGNED_REFUSALS:
+            # A fork is about the station's ledger, not about the item whose registration found it.
+            about_item = rejection.code is not RejectCode.LEDGER_FORK
+            rejection.refusal = self.sign_refusal(
+                station, item if about_item else None, upload if about_item else None, str(rejection.code),
+                rejection.detail,
+            )
         try:
             self.index.record_rejection(station=station, code=str(rejection.code), detail=rejection.detail,
                                         remote=remote, item=item, upload=upload)
         except Exception:
             log.exception("could not record the rejection above in the index")
         return rejection
+
+    def sign_refusal(
+        self, station: str, item: str | None, upload: str | None, code: str, detail: str
+    ) -> dict[str, Any] | None:
+        """A final refusal signed by the central (None when this central does not sign)."""
+        if self._signing_key is None or self._central_id is None:
+            return None
+        try:
+            return sign_refusal(central=self._central_id, station=station, item=item, upload=upload,
+                                code=code, detail=detail, time=self._clock(), key=self._signing_key)
+        except RefusalError as exc:
+            # Names the station cannot match anyway (a malformed item id): unsigned, so it stays retryable.
+            log.warning("refusal %s for station %s not signed: %s", code, station, exc)
+            return None
 
     # -- ledger ----------------------------------------------------------------------------------
 

@@ -8,7 +8,10 @@ station, or a header in development mode) names the caller; an upload belongs to
 it, and any other station gets the same 404 as for an upload that never existed.
 
 Every refusal is a JSON body ``{"error": code, "detail": sentence}`` naming the header and what was wrong,
-with ``Tus-Resumable`` (tus requires it on every response). Numbers in headers are ASCII digits only
+with ``Tus-Resumable`` (tus requires it on every response). The one refusal of this layer that is final
+for an item, a creation longer than the maximum upload size (413 ``too_large``), also carries
+``"refusal"``: the central's signed refusal (``sign_refusal``, :mod:`edge.custody.refusal`), by which the
+station tells it from a proxy's 413. Numbers in headers are ASCII digits only
 (:mod:`edge.central.numbers`). Request bodies stream to disk in blocks of at most ``_WRITE_BLOCK_BYTES``
 whatever their size; a body that sends nothing for ``chunk_timeout_s`` ends the request (408, connection
 closed), keeping the bytes that arrived unless the request declared a checksum (a partial chunk cannot be
@@ -50,7 +53,7 @@ import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -111,6 +114,8 @@ _REASONS = {460: "Checksum Mismatch"}
 _DEFAULT_RETRY_AFTER_S = 10
 
 Identify = Callable[[web.Request], Awaitable[str]]
+SignRefusal = Callable[[str, str | None, str | None, str, str], dict[str, Any] | None]
+"""``sign(station, item, upload, code, detail)``: the central's signed final refusal (None: unsigned)."""
 OnComplete = Callable[[UploadInfo], Awaitable[None]]
 _T = TypeVar("_T")
 
@@ -135,6 +140,7 @@ class TusRequestError(Exception):
         *,
         headers: Mapping[str, str] | None = None,
         close: bool = False,
+        refusal: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(f"{status} {code}: {detail}")
         self.status = status
@@ -142,6 +148,7 @@ class TusRequestError(Exception):
         self.detail = detail
         self.headers = dict(headers or {})
         self.close = close
+        self.refusal = refusal
 
 
 # -- pure header codecs --------------------------------------------------------------------------------
@@ -289,7 +296,10 @@ def _base_headers() -> dict[str, str]:
 def _error_response(request: web.Request, err: TusRequestError) -> web.Response:
     headers = _base_headers()
     headers.update(err.headers)
-    body = json.dumps({"error": err.code, "detail": err.detail}).encode("utf-8")
+    doc: dict[str, Any] = {"error": err.code, "detail": err.detail}
+    if err.refusal is not None:
+        doc["refusal"] = err.refusal  # final, and signed: see edge.custody.refusal
+    body = json.dumps(doc).encode("utf-8")
     response = web.Response(
         status=err.status,
         reason=_REASONS.get(err.status),
@@ -319,8 +329,10 @@ class _TusEndpoints:
         chunk_timeout_s: float,
         on_complete: OnComplete | None,
         limiter: RequestLimiter | None,
+        sign_refusal: SignRefusal | None = None,
     ) -> None:
         self._store = store
+        self._sign_refusal = sign_refusal
         self._identify = identify
         self._chunk_timeout_s = chunk_timeout_s
         self._on_complete = on_complete
@@ -615,11 +627,9 @@ class _TusEndpoints:
         except TusHeaderError as exc:
             raise _bad_header(exc) from None
         if length > self._store.max_size_bytes:
-            raise TusRequestError(
-                413,
-                "too_large",
+            raise self._too_large(
+                station, metadata.get("item"),
                 f"Upload-Length: {length} bytes exceeds the maximum upload size {self._store.max_size_bytes}",
-                headers={"Tus-Max-Size": str(self._store.max_size_bytes)},
             )
         quota = self._store.station_quota_bytes
         if quota is not None:
@@ -635,6 +645,15 @@ class _TusEndpoints:
             self._check_fits(request, 0, length)
         return _Creation(station, length, metadata, checksum)
 
+    def _too_large(self, station: str, item: str | None, detail: str) -> TusRequestError:
+        """The item is larger than this central takes: final for it, so signed (the station tells it from a
+        proxy's 413 by the signature)."""
+        refusal = None if self._sign_refusal is None else self._sign_refusal(
+            station, item, None, "too_large", detail
+        )
+        headers = {"Tus-Max-Size": str(self._store.max_size_bytes)}
+        return TusRequestError(413, "too_large", detail, headers=headers, refusal=refusal)
+
     def _over_quota(self, exc: QuotaExceededError) -> TusRequestError:
         log.warning("station %s: upload creation refused: %s", exc.station, exc)
         return TusRequestError(
@@ -649,7 +668,7 @@ class _TusEndpoints:
         try:
             info = await _blocking(self._store.create, creation.station, creation.length, creation.metadata)
         except UploadTooLargeError as exc:
-            raise TusRequestError(413, "too_large", str(exc)) from None
+            raise self._too_large(creation.station, creation.metadata.get("item"), str(exc)) from None
         except QuotaExceededError as exc:
             raise self._over_quota(exc) from None
         except InsufficientStorageError as exc:
@@ -809,14 +828,16 @@ def add_tus_routes(
     chunk_timeout_s: float,
     on_complete: OnComplete | None = None,
     limiter: RequestLimiter | None = None,
+    sign_refusal: SignRefusal | None = None,
 ) -> None:
     """Mount the tus endpoints: ``base_path`` (OPTIONS, POST) and ``base_path/{upload_id}`` (OPTIONS,
     HEAD, PATCH, DELETE, POST with X-HTTP-Method-Override). ``limiter``: the application's request
-    limiter, consulted before ``100 Continue`` (it is applied by the application's middleware)."""
+    limiter, consulted before ``100 Continue`` (it is applied by the application's middleware).
+    ``sign_refusal``: signs the one final refusal of this layer, an upload longer than the maximum."""
     if chunk_timeout_s <= 0:
         raise ValueError(f"chunk_timeout_s must be > 0, got {chunk_timeout_s}")
     base = "/" + base_path.strip("/")
-    endpoints = _TusEndpoints(store, identify, chunk_timeout_s, on_complete, limiter)
+    endpoints = _TusEndpoints(store, identify, chunk_timeout_s, on_complete, limiter, sign_refusal)
     guard = endpoints.guarded
     item = base + "/{upload_id}"
     expect = endpoints.expect

@@ -230,6 +230,11 @@ class UplinkSection(StrictModel):
     backoff_max_s: float = Field(300.0, gt=0, le=86400)
     breaker_failures: int = Field(5, ge=1, le=1000, description="Consecutive failures that open the circuit")
     breaker_open_s: float = Field(60.0, gt=0, le=86400, description="Pause before probing the central again")
+    retry_after_max_s: float = Field(
+        900.0, ge=0, le=86400,
+        description="A Retry-After from the central (503 busy, 507 quota) holds the item and the breaker's "
+        "next probe that long, but never longer than this (anyone in between can send the header)",
+    )
     retention_days: float | None = Field(
         30.0, ge=0,
         description="Purge the local copy this long after its receipt verified; unset: keep for ever",

@@ -91,6 +91,8 @@ class EntryType(StrEnum):
     SEGMENT_SEALED = "segment_sealed"
     TAGGED = "tagged"
     QUEUED = "queued"
+    # An operator sent an item the central had refused back to the upload queue (`edge uplink retry`).
+    REQUEUED = "requeued"
     UPLOADED = "uploaded"
     RECEIPT = "receipt"
     WIPED = "wiped"

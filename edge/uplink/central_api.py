@@ -5,6 +5,12 @@ the central: the signed manifest and the station's ledger segments, and brings b
 central's witnessed head of our ledger and its log's tree heads and consistency proofs. Every answer
 from the central is untrusted input: bodies are bounded, JSON is parsed strictly and every signed
 document is verified by the caller before anything relies on it.
+
+A refusal here is only what an answer *says*: a proxy in front of the central, or a broken link, can
+answer with any status and any body. So :class:`CentralRejected` carries the body's code and the signed
+refusal it came with, if any (unverified); the service decides, and takes nothing as final for an item
+unless that refusal verifies with the pinned central key (:mod:`edge.custody.refusal`). ``Retry-After``
+on a transient answer is passed on as ``retry_after_s``.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +30,7 @@ from edge.config.station import UplinkSection
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.ledger import GENESIS_PREV, Checkpoint, LedgerEntry
+from edge.uplink.policy import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +43,26 @@ class CentralError(Exception):
 
 
 class CentralUnavailable(CentralError):
-    """Down, unreachable, overloaded or timing out: retry later."""
+    """Down, unreachable, overloaded or timing out: retry later (not before ``retry_after_s`` when the
+    answer carried a ``Retry-After``)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class CentralRejected(CentralError):
-    """The central refused the request and said why (`code`, `detail`)."""
+    """The answer refused the request and said why (`code`, `detail`), perhaps in the central's name:
+    ``refusal`` is the signed refusal the body carried (unverified), None when it carried none."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, *, refusal: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"HTTP {status} {code}: {detail}")
         self.status = status
         self.code = code
         self.detail = detail
+        self.refusal = refusal
 
 
 @dataclass(frozen=True)
@@ -144,16 +161,22 @@ class CentralApi:
                     received += piece
                 raw = bytes(received)
                 status = response.status
+                retry_after = response.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise CentralUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
         if len(raw) > MAX_RESPONSE_BYTES:
             raise CentralRejected(status, "bad_response", f"response larger than {MAX_RESPONSE_BYTES} bytes")
         doc = _json_object(raw)
-        if status in _TRANSIENT_STATUSES:
-            raise CentralUnavailable(f"{method} {url}: HTTP {status} {_detail(doc, raw)}")
+        if status in _TRANSIENT_STATUSES or status >= 500:
+            raise CentralUnavailable(
+                f"{method} {url}: HTTP {status} {_detail(doc, raw)}",
+                retry_after_s=parse_retry_after(retry_after, time.time()),
+            )
         if status >= 300:
             code = doc.get("error") if isinstance(doc.get("error"), str) else f"http_{status}"
-            raise CentralRejected(status, str(code)[:64], _detail(doc, raw))
+            refusal = doc.get("refusal")
+            signed = refusal if isinstance(refusal, dict) else None
+            raise CentralRejected(status, str(code)[:64], _detail(doc, raw), refusal=signed)
         return doc
 
 
@@ -205,10 +228,10 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 def _detail(doc: Mapping[str, Any], raw: bytes) -> str:
+    """What the answer says, bounded and printable (a proxy's HTML page must not forge log lines)."""
     detail = doc.get("detail")
-    if isinstance(detail, str):
-        return detail[:1000]
-    return raw[:200].decode("utf-8", "replace")
+    text = detail[:1000] if isinstance(detail, str) else raw[:200].decode("utf-8", "replace")
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def _is_hex64(value: object) -> bool:

@@ -11,11 +11,13 @@ so a seeded test is reproducible.
 - :class:`RateLimiter`: a token bucket shared by every concurrent upload, so the limit is the
   station's aggregate bandwidth, not a per-upload one.
 - :class:`UploadWindows`: local wall-clock ranges during which uploads may run (``22:00-06:00``).
+- :func:`parse_retry_after`: the central's ``Retry-After`` (RFC 9110 §10.2.3), strictly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import math
 import random
@@ -34,6 +36,7 @@ __all__ = [
     "UploadWindow",
     "UploadWindows",
     "WindowSpecError",
+    "parse_retry_after",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,32 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 _SECONDS_PER_DAY = 24 * 3600
+_DELAY_SECONDS_RE = re.compile(r"[0-9]{1,10}")
+_HTTP_DATE_MAX_CHARS = 64
+
+
+# --------------------------------------------------------------------------------------------------
+# Retry-After
+
+
+def parse_retry_after(value: str | None, now_s: float) -> float | None:
+    """Seconds to wait from ``now_s`` (Unix time) that a ``Retry-After`` value asks for: delay-seconds
+    (ASCII digits only) or an HTTP-date (a date in the past asks for 0). None for no header or a value
+    that is neither: a malformed header is ignored, never trusted. The caller bounds the result."""
+    if value is None:
+        return None
+    text = value.strip(" \t")
+    if _DELAY_SECONDS_RE.fullmatch(text):
+        return float(int(text))
+    if len(text) > _HTTP_DATE_MAX_CHARS or not text.isascii() or not text.isprintable():
+        return None
+    try:
+        moment = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if moment.tzinfo is None:  # RFC 9110 dates are GMT; a date without a zone is not one
+        return None
+    return max(0.0, moment.timestamp() - now_s)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,6 +194,7 @@ class CircuitBreaker:
         self._failures = 0
         self._retry_at: float | None = None
         self._probe_started_at: float | None = None
+        self._hold_until: float | None = None
 
     @property
     def state(self) -> BreakerState:
@@ -182,22 +212,45 @@ class CircuitBreaker:
     @property
     def retry_at(self) -> float | None:
         """Clock time from which a probe is allowed while open (or the running probe may be replaced
-        while half-open); None while closed."""
+        while half-open), or until which the central asked for quiet (:meth:`hold_until`); None while
+        closed and not held."""
         state = self.state
+        at: float | None = None
         if state is BreakerState.OPEN:
-            return self._retry_at
-        if state is BreakerState.HALF_OPEN:
-            if self._probe_started_at is None:
-                return self._clock()
-            return self._probe_started_at + self.open_s
-        return None
+            at = self._retry_at
+        elif state is BreakerState.HALF_OPEN:
+            at = self._clock() if self._probe_started_at is None else self._probe_started_at + self.open_s
+        hold = self._held()
+        if hold is not None:
+            at = hold if at is None else max(at, hold)
+        return at
+
+    def hold_until(self, until: float) -> None:
+        """The central asked for no request before ``until`` (``Retry-After``): nothing is allowed, not
+        even the half-open probe, until then; a later hold extends it, an earlier one changes nothing."""
+        if self._hold_until is None or until > self._hold_until:
+            self._hold_until = until
+            log.warning("the central asked for no request for %.1f s (Retry-After)", until - self._clock())
+
+    @property
+    def held_until(self) -> float | None:
+        """Clock time until which the central asked for quiet, None when it did not (or it passed)."""
+        return self._held()
+
+    def _held(self) -> float | None:
+        if self._hold_until is not None and self._clock() >= self._hold_until:
+            self._hold_until = None
+        return self._hold_until
 
     @property
     def consecutive_failures(self) -> int:
         return self._failures
 
     def allow(self) -> bool:
-        """May a request be sent now? In half-open, True for exactly one caller (the probe)."""
+        """May a request be sent now? In half-open, True for exactly one caller (the probe). Never while
+        the central's Retry-After holds."""
+        if self._held() is not None:
+            return False
         state = self.state
         if state is BreakerState.CLOSED:
             return True

@@ -8,8 +8,15 @@ receipt sidecar. Only then may the recorder's file be erased (wipe policy after-
 the retention period, the local copy purged.
 
 Failures never lose anything: transient ones (central down, timeouts, 5xx) back off exponentially with
-jitter per item and trip a circuit breaker that pauses all traffic; refusals the central explains
-(mismatch, signature, chain) are final for that item and named in the ledger.
+jitter per item and trip a circuit breaker that pauses all traffic; a ``Retry-After`` from the central
+(or anyone answering for it) holds that item and the breaker's next probe until then, bounded by
+``retry_after_max_s``. Evidence is never rejected by accident: a refusal is final for an item only when
+its code is on the published list (``edge.custody.refusal.FINAL_ITEM_CODES``: mismatch, signature,
+chain, conflict, too large) *and* the answer carries that refusal signed by the central key pinned at
+enrollment, for this item (and this upload). A proxy's 400/413/502, an HTML page, a truncated or forged
+JSON refusal is retried with backoff; a refusal that claims finality without a valid signature is also
+put on the ledger once. A final refusal goes into the item's `error` ledger entry, signature included;
+`edge uplink retry` requeues the item later (`edge.uplink.requeue`).
 
 Witnessing (`edge.uplink.witness`): beside the items, the ledger tail goes to the central a few seconds
 after new entries (erasures at once) and at shutdown, so the part of the ledger the central has not
@@ -40,6 +47,7 @@ from edge.custody.keys import key_id_of, load_public_key
 from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry
 from edge.custody.problems import Problem
 from edge.custody.receipt import verify_receipt
+from edge.custody.refusal import FINAL_ITEM_CODES, LEDGER_FORK, verify_refusal
 from edge.durable.files import write_atomic
 from edge.ingest.store import StationStore
 from edge.runtime.supervise import wait_event
@@ -131,6 +139,7 @@ class UplinkService:
         self._last_purge = 0.0
         self._fatal: UplinkFatal | None = None
         self._bad_receipts: set[str] = set()
+        self._unverified_refusals: set[tuple[str | None, str]] = set()
         self._bad_answers: set[str] = set()
         self._tus: TusClient | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -167,6 +176,9 @@ class UplinkService:
         now = datetime.now().astimezone()
         if not self.windows.is_open(now) and (self.windows.next_open(now) - now).total_seconds() > seconds:
             return True
+        held = self.breaker.held_until
+        if held is not None and held - self.clock() > seconds:
+            return True  # the central asked for quiet longer than that (Retry-After)
         retry_at = self.breaker.retry_at
         return (
             self.breaker.state is BreakerState.OPEN
@@ -287,8 +299,8 @@ class UplinkService:
     # -- one item ---------------------------------------------------------------------------------
 
     async def _send(self, tus: TusClient, api: CentralApi, entry: SpoolEntry) -> None:
+        url = entry.upload_url
         try:
-            url = entry.upload_url
             if entry.state is UploadState.QUEUED:
                 url = await self._upload(tus, entry)
             assert url is not None
@@ -303,21 +315,27 @@ class UplinkService:
             TimeoutError,
             aiohttp.ClientError,
         ) as exc:
-            self._transient(entry, f"{type(exc).__name__}: {exc}")
+            retry_after_s = getattr(exc, "retry_after_s", None)
+            self._transient(entry, f"{type(exc).__name__}: {exc}", retry_after_s=retry_after_s)
         except CentralRejected as exc:
-            self._rejected_by_central(entry, exc)
+            self._rejected_by_central(entry, exc, upload_url=url)
         except (LocalFileError, OSError) as exc:
             # The stored copy cannot be read (or the receipt not written): the local store needs a
             # human. Nothing is final about that: retry slowly, and keep it in the log.
             log.error("item %s: local store problem: %s", entry.item, exc)
             self._transient(entry, f"local store: {exc}", count_for_breaker=False, at_least_s=60.0)
-        except (ServerRejected, ProtocolViolation, UplinkError) as exc:
-            status = getattr(exc, "status", None)
-            if isinstance(exc, ServerRejected) and status == 413:
-                self.spool.mark_rejected(entry.item, "upload", "too_large", str(exc))
-                self.stats.rejected += 1
+        except ServerRejected as exc:
+            # Only the central's signed too_large (the item is beyond its maximum upload size) is final
+            # here: a proxy's 413 or 400, whatever its body, is retried.
+            code = exc.error or f"http_{exc.status}"
+            refusal = self._verified_refusal(entry, code, exc.refusal, upload=None, stage="upload")
+            if refusal is not None:
+                self._reject(entry, "upload", code, exc.detail or exc.body, refusal, upload_url=None)
             else:
-                self._transient(entry, f"{type(exc).__name__}: {exc}")
+                # One item's 4xx says nothing about the central's health: not counted by the breaker.
+                self._transient(entry, f"{type(exc).__name__}: {exc}", count_for_breaker=False)
+        except (ProtocolViolation, UplinkError) as exc:
+            self._transient(entry, f"{type(exc).__name__}: {exc}")
         except UplinkFatal:
             raise
         except BadWitnessDocument as exc:
@@ -390,7 +408,7 @@ class UplinkService:
             try:
                 answer = await api.post_ledger(entries, checkpoint)
             except CentralRejected as exc:
-                if exc.code == "ledger_fork":
+                if exc.code == LEDGER_FORK and self._fork_is_signed(exc):
                     raise UplinkFatal(f"the central reports a ledger fork: {exc.detail}") from None
                 if exc.code in ("ledger_gap", "chain_unknown"):
                     self._central_head = None  # our view of the central's head was stale
@@ -475,7 +493,8 @@ class UplinkService:
             except (CentralUnavailable, CentralRejected, BadWitnessDocument, aiohttp.ClientError,
                     TimeoutError) as exc:
                 failures += 1
-                delay = self.backoff.next_delay(failures)
+                asked = self._honour_retry_after(getattr(exc, "retry_after_s", None))
+                delay = max(asked, self.backoff.next_delay(failures))
                 log.warning("ledger push failed (%s); again in %.1f s", exc, delay)
                 self._ledger_dirty.set()
                 await wait_event(self._ledger_urgent, delay)
@@ -590,22 +609,102 @@ class UplinkService:
         )
 
     def _transient(
-        self, entry: SpoolEntry, reason: str, *, count_for_breaker: bool = True, at_least_s: float = 0.0
+        self,
+        entry: SpoolEntry,
+        reason: str,
+        *,
+        count_for_breaker: bool = True,
+        at_least_s: float = 0.0,
+        retry_after_s: float | None = None,
     ) -> None:
         if count_for_breaker:
             self.breaker.record_failure()
-        delay = max(at_least_s, self.backoff.next_delay(entry.attempts + 1))
+        asked = self._honour_retry_after(retry_after_s)
+        delay = max(at_least_s, asked, self.backoff.next_delay(entry.attempts + 1))
         log.warning("item %s: %s; retrying in %.1f s", entry.item, reason, delay)
         self.spool.defer(entry.item, reason, self.clock() + delay)
 
-    def _rejected_by_central(self, entry: SpoolEntry, exc: CentralRejected) -> None:
+    def _honour_retry_after(self, retry_after_s: float | None) -> float:
+        """Seconds the central (or whoever answered for it) asked for, bounded by ``retry_after_max_s``;
+        the breaker lets nothing through before then, not even its probe. 0.0 when nothing was asked."""
+        if retry_after_s is None:
+            return 0.0
+        wait = min(max(0.0, retry_after_s), self.uplink.retry_after_max_s)
+        if wait > 0:
+            self.breaker.hold_until(self.clock() + wait)
+        return wait
+
+    def _verified_refusal(
+        self, entry: SpoolEntry, code: str, refusal: dict[str, Any] | None, *, upload: str | None, stage: str
+    ) -> dict[str, Any] | None:
+        """The refusal, when ``code`` is final for an item and the central signed exactly that (this
+        station, this item, this upload, this code) with the pinned key; None otherwise. A claim of
+        finality that does not verify is logged, and put on the ledger once per item and code."""
+        if code not in FINAL_ITEM_CODES:
+            return None
+        if refusal is None:
+            reason = "the answer carries no signed refusal"
+        else:
+            problems = verify_refusal(
+                refusal, self.central_key, station=self.config.station.id, item=entry.item, code=code,
+                upload=upload,
+            )
+            if not problems:
+                return refusal
+            reason = "; ".join(str(problem) for problem in problems[:3])
+        self._unverified(entry.item, stage, code, reason)
+        return None
+
+    def _fork_is_signed(self, exc: CentralRejected) -> bool:
+        """A ledger fork stops the uplink only when the central signed it: anyone else's word is retried."""
+        if exc.refusal is None:
+            reason = "the answer carries no signed refusal"
+        else:
+            problems = verify_refusal(
+                exc.refusal, self.central_key, station=self.config.station.id, item=None, code=LEDGER_FORK,
+                upload=None,
+            )
+            if not problems:
+                return True
+            reason = "; ".join(str(problem) for problem in problems[:3])
+        self._unverified(None, "ledger", LEDGER_FORK, reason)
+        return False
+
+    def _unverified(self, item: str | None, stage: str, code: str, reason: str) -> None:
+        log.error("%s: a %s refusal that the central did not sign (%s); it is retried, not taken as final",
+                  f"item {item}" if item else "ledger", code, reason)
+        if (item, code) not in self._unverified_refusals:  # on the record once, not at every retry
+            self._unverified_refusals.add((item, code))
+            self.store.record("error", item, {"stage": stage, "code": "unverified_refusal", "refused": code,
+                                              "reason": reason[:1000]})
+
+    def _reject(
+        self,
+        entry: SpoolEntry,
+        stage: str,
+        code: str,
+        detail: str,
+        refusal: dict[str, Any],
+        *,
+        upload_url: str | None,
+    ) -> None:
+        log.error("item %s: the central refused it (signed): %s: %s", entry.item, code, detail)
+        self.spool.mark_rejected(entry.item, stage, code, detail, refusal=refusal)
+        self.stats.rejected += 1
+        self._abandon_upload(upload_url)
+
+    def _rejected_by_central(
+        self, entry: SpoolEntry, exc: CentralRejected, *, upload_url: str | None = None
+    ) -> None:
+        upload_url = upload_url if upload_url is not None else entry.upload_url
         retry_at = self.clock() + self.backoff.next_delay(entry.attempts + 1)
         if exc.status >= 500 or exc.code == "bad_response":
             self._transient(entry, str(exc))
-        elif exc.code == "ledger_fork":
+        elif exc.code == LEDGER_FORK:
             # About the station, not the item: the item stays queued for when the fork is resolved.
             self._transient(entry, str(exc), count_for_breaker=False)
-            raise UplinkFatal(f"the central reports a ledger fork: {exc.detail}")
+            if self._fork_is_signed(exc):
+                raise UplinkFatal(f"the central reports a ledger fork: {exc.detail}")
         elif exc.code == "upload_incomplete":
             # The central holds less than we thought: resume the same upload from its offset.
             self.spool.resume_upload(entry.item, str(exc), retry_at)
@@ -620,15 +719,19 @@ class UplinkService:
             log.error("the central refuses this station's request: %s", exc)
             self._transient(entry, str(exc))
         else:
-            log.error("item %s: the central refused it: %s", entry.item, exc)
-            self.spool.mark_rejected(entry.item, "register", exc.code, exc.detail)
-            self.stats.rejected += 1
-            self._abandon_upload(entry)
+            upload = upload_url.rstrip("/").rsplit("/", 1)[-1] if upload_url else None
+            refusal = self._verified_refusal(entry, exc.code, exc.refusal, upload=upload, stage="register")
+            if refusal is not None:
+                self._reject(entry, "register", exc.code, exc.detail, refusal, upload_url=upload_url)
+            else:
+                # A code that is not final, or a final one nobody signed: a proxy's answer (400, 413, an
+                # HTML page), a garbled body, or a forgery. Never held against the evidence.
+                self._transient(entry, str(exc), count_for_breaker=exc.status >= 500)
 
-    def _abandon_upload(self, entry: SpoolEntry) -> None:
+    def _abandon_upload(self, upload_url: str | None) -> None:
         """Best effort: tell the central to drop the content of a refused item (tus termination)."""
-        if entry.upload_url and self._tus is not None:
-            tus, url = self._tus, entry.upload_url
+        if upload_url and self._tus is not None:
+            tus, url = self._tus, upload_url
 
             async def terminate() -> None:
                 with contextlib.suppress(Exception):

@@ -7,8 +7,9 @@ that tus upload from the server's offset; an item without one starts again.
 
 States: queued (waiting or in flight) → uploaded (content complete at the central, not yet registered)
 → receipted (the central accepted it and its receipt verified here). `rejected` items were refused by
-the central for a reason retrying cannot fix (a mismatch, a signature); they stay local and are named
-in the ledger for a human to examine.
+the central for a reason retrying cannot fix (a mismatch, a signature), in a refusal the central signed;
+they stay local and are named in the ledger, with that refusal, for a human to examine, who may send them
+back to the queue (`edge uplink retry`, a `requeued` ledger entry).
 """
 
 from __future__ import annotations
@@ -163,15 +164,59 @@ class Spool:
             self.store.ledger.append(EntryType.RECEIPT, item, dict(summary))
         return now
 
-    def mark_rejected(self, item: str, stage: str, code: str, detail: str) -> None:
+    def mark_rejected(
+        self, item: str, stage: str, code: str, detail: str, *, refusal: Mapping[str, Any] | None = None
+    ) -> None:
+        """The central refused the item for good: `refusal` is its signed refusal, kept in the ledger
+        entry so that the refusal itself stays provable."""
+        data: dict[str, Any] = {"stage": stage, "code": code, "reason": detail[:1000]}
+        if refusal is not None:
+            data["refusal"] = dict(refusal)
         with self.store.transaction() as conn:
             conn.execute(
                 "UPDATE uploads SET state=?, last_error=? WHERE item=?",
                 (UploadState.REJECTED.value, f"{code}: {detail}"[:1000], item),
             )
-            self.store.ledger.append(
-                EntryType.ERROR, item, {"stage": stage, "code": code, "reason": detail[:1000]}
-            )
+            self.store.ledger.append(EntryType.ERROR, item, data)
+
+    def states(self, items: Iterable[str]) -> dict[str, UploadState]:
+        """The upload state of each of ``items`` the spool holds (items not in it are left out)."""
+        found: dict[str, UploadState] = {}
+        wanted = list(items)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.store.conn.execute(
+                f"SELECT item, state FROM uploads WHERE item IN ({marks})", chunk
+            ).fetchall()
+            found.update((row["item"], UploadState(row["state"])) for row in rows)
+        return found
+
+    def rejected_items(self) -> list[str]:
+        """Every item the central refused for good, oldest acquisition first."""
+        rows = self.store.conn.execute(
+            "SELECT uploads.item FROM uploads JOIN items USING (item) WHERE uploads.state='rejected' "
+            "ORDER BY items.acquired, uploads.item"
+        ).fetchall()
+        return [row["item"] for row in rows]
+
+    def requeue_rejected(self, requeued: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+        """Send refused items back to the queue, all or none: state queued, attempts and backoff reset,
+        no upload URL (the content goes again), each with its `requeued` ledger entry (``requeued`` maps
+        an item to that entry's data). Returns each item's entry seq. Raises ValueError, changing
+        nothing, when an item is not rejected (any more)."""
+        seqs: dict[str, int] = {}
+        with self.store.transaction() as conn:
+            for item, data in requeued.items():
+                changed = conn.execute(
+                    "UPDATE uploads SET state=?, upload_url=NULL, attempts=0, next_attempt=0, "
+                    "last_error=NULL WHERE item=? AND state=?",
+                    (UploadState.QUEUED.value, item, UploadState.REJECTED.value),
+                ).rowcount
+                if changed != 1:
+                    raise ValueError(f"item {item} is not rejected")
+                seqs[item] = self.store.ledger.append(EntryType.REQUEUED, item, dict(data)).seq
+        return seqs
 
     def defer(self, item: str, error: str, retry_at_s: float) -> None:
         """A transient failure: try again after `retry_at_s` (no ledger entry; the log has it)."""

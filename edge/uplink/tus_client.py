@@ -42,16 +42,17 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 from yarl import URL
 
 from edge.custody.canonical import parse_json
-from edge.uplink.policy import RateLimiter
+from edge.uplink.policy import RateLimiter, parse_retry_after
 
 __all__ = [
     "CHECKSUM_ALGORITHMS",
@@ -80,7 +81,7 @@ CHECKSUM_ALGORITHMS: Final = frozenset({"sha256", "sha1", "sha512", "md5"})
 # stall timeout, large enough that per-piece overhead is nothing next to the copy.
 _PIECE_BYTES: Final = 256 * 1024
 _MAX_LOCATION_CHARS: Final = 2048
-_MAX_ERROR_BODY_BYTES: Final = 4096
+_MAX_ERROR_BODY_BYTES: Final = 16 * 1024  # room for a signed refusal beside the error and detail
 _MAX_DETAIL_CHARS: Final = 300
 _MAX_SHOWN_HEADER_CHARS: Final = 80
 _OFFSET_RE: Final = re.compile(r"[0-9]{1,19}")  # below 2**63: no 10**4000-digit integer parsing
@@ -105,7 +106,8 @@ class UploadInterrupted(UplinkError):
     """The transfer stopped for a reason that may pass: connection refused/reset, timeout, a
     transient server status (5xx, 408, 429). Retry later; the upload resumes from the server's offset.
     ``status`` is the HTTP status when the server answered; ``offset`` the last offset the server
-    confirmed in this call (None if none); ``bytes_sent`` body bytes put on the wire in this call."""
+    confirmed in this call (None if none); ``bytes_sent`` body bytes put on the wire in this call;
+    ``retry_after_s`` what the answer's ``Retry-After`` asked for (None: nothing)."""
 
     def __init__(
         self,
@@ -115,11 +117,13 @@ class UploadInterrupted(UplinkError):
         status: int | None = None,
         offset: int | None = None,
         bytes_sent: int = 0,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message, url=url)
         self.status = status
         self.offset = offset
         self.bytes_sent = bytes_sent
+        self.retry_after_s = retry_after_s
 
 
 class UploadGone(UplinkError):
@@ -136,9 +140,10 @@ class ChecksumRejected(UplinkError):
 
 
 class ServerRejected(UplinkError):
-    """The server refused the request for good (a 4xx other than the ones handled). ``error`` and
-    ``detail`` come from the server's JSON body when it has one; ``body`` is the (truncated, sanitised)
-    text of the body."""
+    """The answer refused the request (a 4xx other than the ones handled). ``error`` and ``detail`` come
+    from the JSON body when it has one; ``body`` is the (truncated, sanitised) text of the body;
+    ``refusal`` the signed refusal the body carried (unverified). Whether it is final is the caller's
+    decision: a proxy in front of the server can answer anything."""
 
     def __init__(
         self,
@@ -149,6 +154,7 @@ class ServerRejected(UplinkError):
         request: str = "",
         error: str | None = None,
         detail: str | None = None,
+        refusal: dict[str, Any] | None = None,
     ) -> None:
         said = detail or body or "(no body)"
         code = f" {error}" if error else ""
@@ -157,6 +163,7 @@ class ServerRejected(UplinkError):
         self.body = body
         self.error = error
         self.detail = detail
+        self.refusal = refusal
 
 
 class ProtocolViolation(UplinkError):
@@ -813,7 +820,7 @@ class TusClient:
             raise UploadGone(
                 f"{request}: the server does not know upload {_upload_id(url or '')} ({status})", url=url
             )
-        body_text, error, detail = await self._error_body(resp)
+        body_text, error, detail, refusal = await self._error_body(resp)
         if status >= 500 or status in _TRANSIENT_STATUSES:
             raise UploadInterrupted(
                 f"{request}: the server answered {status}: {detail or body_text or '(no body)'}",
@@ -821,13 +828,19 @@ class TusClient:
                 status=status,
                 offset=offset,
                 bytes_sent=bytes_sent,
+                retry_after_s=parse_retry_after(resp.headers.get("Retry-After"), time.time()),
             )
         log.warning("%s refused with %d: %s %s", request, status, error or "", detail or body_text)
-        raise ServerRejected(status, body_text, url=url, request=request, error=error, detail=detail)
+        raise ServerRejected(
+            status, body_text, url=url, request=request, error=error, detail=detail, refusal=refusal
+        )
 
     @staticmethod
-    async def _error_body(resp: aiohttp.ClientResponse) -> tuple[str, str | None, str | None]:
-        """(sanitised body text, JSON ``error``, JSON ``detail``), reading at most a few KiB."""
+    async def _error_body(
+        resp: aiohttp.ClientResponse,
+    ) -> tuple[str, str | None, str | None, dict[str, Any] | None]:
+        """(sanitised body text, JSON ``error``, JSON ``detail``, JSON ``refusal`` object), reading at
+        most a few KiB."""
         raw = b""
         try:
             while len(raw) < _MAX_ERROR_BODY_BYTES:
@@ -840,6 +853,7 @@ class TusClient:
         text = raw.decode("utf-8", errors="replace")
         error: str | None = None
         detail: str | None = None
+        refusal: dict[str, Any] | None = None
         try:
             doc = parse_json(raw)
         except ValueError:
@@ -849,7 +863,9 @@ class TusClient:
                 error = _sanitise(doc["error"], 64)
             if isinstance(doc.get("detail"), str):
                 detail = _sanitise(doc["detail"], _MAX_DETAIL_CHARS)
-        return _sanitise(text, _MAX_DETAIL_CHARS), error, detail
+            if isinstance(doc.get("refusal"), dict):
+                refusal = doc["refusal"]
+        return _sanitise(text, _MAX_DETAIL_CHARS), error, detail, refusal
 
 
 def _retrieve(fut: asyncio.Future[_Chunk]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import random
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -16,6 +17,7 @@ from edge.uplink.policy import (
     RateLimiter,
     UploadWindows,
     WindowSpecError,
+    parse_retry_after,
 )
 
 
@@ -180,6 +182,52 @@ def test_breaker_rejects_bad_parameters() -> None:
         CircuitBreaker(0, 1.0, FakeClock())
     with pytest.raises(ValueError, match="open_s"):
         CircuitBreaker(1, 0.0, FakeClock())
+
+
+def test_breaker_holds_everything_until_retry_after_even_the_probe() -> None:
+    clock = FakeClock()
+    cb = CircuitBreaker(failure_threshold=2, open_s=5.0, clock=clock)
+    cb.hold_until(clock.now + 30)
+    assert state_of(cb) is BreakerState.CLOSED and not cb.allow()
+    assert cb.held_until == cb.retry_at == 1030.0
+    cb.hold_until(clock.now + 10)  # an earlier hold changes nothing
+    assert cb.held_until == 1030.0
+    cb.record_failure()
+    cb.record_failure()  # opens for 5 s, but the hold is longer: no probe before it ends
+    clock.advance(6)
+    assert state_of(cb) is BreakerState.HALF_OPEN and not cb.allow() and cb.retry_at == 1030.0
+    clock.advance(24)
+    assert cb.held_until is None and cb.allow()  # the probe, at last
+    assert not cb.allow()  # and only one
+    cb.record_success()
+    assert cb.allow() and cb.retry_at is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("120", 120.0),
+        ("0", 0.0),
+        (" 7 ", 7.0),
+        ("007", 7.0),
+        (email.utils.formatdate(1_800_000_090, usegmt=True), 90.0),
+        ("Sun, 06 Nov 1994 08:49:37 GMT", 0.0),  # a date in the past: at once
+        (None, None),
+        ("", None),
+        ("-5", None),
+        ("1.5", None),
+        ("+5", None),
+        ("1_000", None),
+        ("٣٠", None),  # Arabic-Indic digits are not delay-seconds
+        ("99999999999", None),  # beyond ten digits: not a delay anyone meant
+        ("soon", None),
+        ("Sun, 06 Nov 1994 08:49:37", None),  # no zone: not an HTTP-date
+        ("Sun, 06 Nov 1994 08:49:37 GMT\r\nX-Forged: 1", None),
+        ("x" * 10_000, None),
+    ],
+)
+def test_retry_after_is_read_strictly(value: str | None, expected: float | None) -> None:
+    assert parse_retry_after(value, 1_800_000_000.0) == expected
 
 
 # ---------------------------------------------------------------------------------------------- limiter

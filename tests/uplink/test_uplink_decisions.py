@@ -1,6 +1,7 @@
-"""What the uplink does with each kind of refusal from the central: only refusals about the item are
-final; station-level, transient and garbled answers are retried with back-off, never held against
-the evidence. And `edge verify` binds a stored receipt to the sealed manifest."""
+"""What the uplink does with each kind of refusal from the central: only refusals about the item, signed
+by the central, are final; station-level, transient, garbled, unsigned and forged answers are retried
+with back-off, never held against the evidence. And `edge verify` binds a stored receipt to the sealed
+manifest."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from edge.central.embedded import EmbeddedCentral
 from edge.config.station import StationConfig
 from edge.custody.keys import StationKey
+from edge.custody.refusal import sign_refusal
 from edge.ingest.store import StationStore
 from edge.uplink.central_api import CentralRejected
 from edge.uplink.service import UplinkFatal, UplinkService
@@ -21,9 +23,22 @@ from tests.station.harness import simulated_station, spec
 from tests.uplink.test_uplink_station import FAST_RETRY, STATION
 
 
+def central_key(tmp_path: Path) -> StationKey:
+    return StationKey.load_or_create(tmp_path / "central.key")
+
+
+def signed(tmp_path: Path, code: str, **overrides: object) -> dict[str, object]:
+    values: dict[str, object] = {
+        "central": "central-test", "station": STATION, "item": "it-1", "upload": None, "code": code,
+        "detail": "why", "time": "2026-11-21T00:00:00.000000Z", "key": central_key(tmp_path),
+    }
+    values.update(overrides)
+    return sign_refusal(**values)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> UplinkService:
-    key = StationKey.load_or_create(tmp_path / "central.key")
+    key = central_key(tmp_path)
     assert key.public_path is not None
     config = StationConfig.model_validate(
         {
@@ -78,11 +93,58 @@ def test_transient_or_station_level_refusals_back_off_and_keep_the_item(
 
 
 @pytest.mark.parametrize("code", ["content_mismatch", "bad_signature", "item_conflict", "chain_mismatch"])
-def test_refusals_about_the_item_are_final_and_on_the_record(service: UplinkService, code: str) -> None:
-    service._rejected_by_central(entry(service.spool), CentralRejected(422, code, "why"))
+def test_signed_refusals_about_the_item_are_final_and_on_the_record(
+    service: UplinkService, tmp_path: Path, code: str
+) -> None:
+    refusal = signed(tmp_path, code)
+    service._rejected_by_central(entry(service.spool), CentralRejected(422, code, "why", refusal=refusal))
     assert state_of(service.spool)[0] == "rejected"
     errors = [e.data for e in service.store.ledger.entries() if e.type == "error"]
-    assert errors == [{"stage": "register", "code": code, "reason": "why"}]
+    assert errors == [{"stage": "register", "code": code, "reason": "why", "refusal": refusal}]
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    ["unsigned", "other_key", "other_item", "other_station", "other_code", "other_upload", "altered",
+     "malformed"],
+)
+def test_refusals_the_central_did_not_sign_for_this_item_are_retried(
+    service: UplinkService, tmp_path: Path, forgery: str
+) -> None:
+    """Only the pinned central key's signature over this station, item, upload and code makes a refusal
+    final: anything else (a proxy's JSON, a refusal of another item replayed) keeps the item queued."""
+    refusal: object = {
+        "unsigned": None,
+        "other_key": signed(tmp_path, "content_mismatch", key=StationKey.generate()),
+        "other_item": signed(tmp_path, "content_mismatch", item="it-2"),
+        "other_station": signed(tmp_path, "content_mismatch", station="OTHER-STATION"),
+        "other_code": signed(tmp_path, "bad_signature"),
+        "other_upload": signed(tmp_path, "content_mismatch", upload="f" * 32),
+        "altered": {**signed(tmp_path, "content_mismatch"), "detail": "edited"},
+        "malformed": {"code": "content_mismatch", "item": "it-1", "signature": "yes"},
+    }[forgery]
+    rejection = CentralRejected(422, "content_mismatch", "why", refusal=refusal)  # type: ignore[arg-type]
+    service._rejected_by_central(entry(service.spool), rejection)
+    state, attempts, next_attempt = state_of(service.spool)
+    assert (state, attempts) == ("queued", 1) and next_attempt > 1000.0
+    errors = [e.data for e in service.store.ledger.entries() if e.type == "error"]
+    assert [(e["stage"], e["code"], e["refused"]) for e in errors] == [
+        ("register", "unverified_refusal", "content_mismatch")
+    ]
+    # On the record once, however often the same claim comes back.
+    service._rejected_by_central(entry(service.spool), rejection)
+    assert len([e for e in service.store.ledger.entries() if e.type == "error"]) == 1
+
+
+@pytest.mark.parametrize(("status", "code"), [(400, "http_400"), (413, "http_413"), (422, "bad_request"),
+                                              (418, "whatever_a_proxy_says")])
+def test_codes_off_the_published_list_are_never_final_even_signed(
+    service: UplinkService, tmp_path: Path, status: int, code: str
+) -> None:
+    rejection = CentralRejected(status, code, "why", refusal=signed(tmp_path, code))
+    service._rejected_by_central(entry(service.spool), rejection)
+    assert state_of(service.spool)[0] == "queued"
+    assert [e for e in service.store.ledger.entries() if e.type == "error"] == []
 
 
 def test_a_lost_upload_is_sent_again_after_a_backoff(service: UplinkService) -> None:
@@ -101,10 +163,25 @@ def test_upload_incomplete_resumes_the_same_upload(service: UplinkService) -> No
     assert service.spool.store.conn.execute("SELECT upload_url FROM uploads").fetchone()[0] == url
 
 
-def test_a_ledger_fork_stops_the_uplink_without_blaming_the_item(service: UplinkService) -> None:
+def test_a_ledger_fork_stops_the_uplink_without_blaming_the_item(
+    service: UplinkService, tmp_path: Path
+) -> None:
+    fork = signed(tmp_path, "ledger_fork", item=None)
     with pytest.raises(UplinkFatal):
-        service._rejected_by_central(entry(service.spool), CentralRejected(409, "ledger_fork", "seq 3"))
+        service._rejected_by_central(entry(service.spool), CentralRejected(409, "ledger_fork", "seq 3",
+                                                                           refusal=fork))
     assert state_of(service.spool)[0] == "queued"
+
+
+def test_an_unsigned_ledger_fork_does_not_stop_the_uplink(service: UplinkService, tmp_path: Path) -> None:
+    """Anyone between station and central could answer "ledger_fork": only the central's word stops it."""
+    forged = signed(tmp_path, "ledger_fork", item=None, key=StationKey.generate())
+    for refusal in (None, forged):
+        service._rejected_by_central(entry(service.spool), CentralRejected(409, "ledger_fork", "seq 3",
+                                                                           refusal=refusal))
+    assert state_of(service.spool)[:2] == ("queued", 2)
+    errors = [e.data for e in service.store.ledger.entries() if e.type == "error"]
+    assert [(e["code"], e["refused"]) for e in errors] == [("unverified_refusal", "ledger_fork")]
 
 
 async def test_verify_names_a_receipt_bound_to_another_manifest(tmp_path: Path) -> None:
