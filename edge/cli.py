@@ -402,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The demo prints its own progress; its log shows only warnings unless asked.
-    _setup_logging(args.verbose, quiet=args.command in ("demo", "verify", "check-config", "tag", "keys", "uplink"))
+    quiet = args.command in ("demo", "verify", "check-config", "tag", "keys", "uplink")
+    _setup_logging(args.verbose, quiet=quiet)
     result: int = args.func(args)
     return result
 
