@@ -22,6 +22,7 @@ from edge.config.base import (
 )
 from edge.config.station import StationConfig, load_config
 from edge.durable.lock import StoreBusy
+from edge.ingest.store_commands import load_station_config, open_station_store, store_failure_status
 from edge.runtime.exit_codes import ExitCode
 from edge.uplink.cli import add_uplink_parser
 
@@ -76,8 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.ingest.store import StoreError
     from edge.station import run_station
 
+    config = load_station_config(Path(args.config))
+    if isinstance(config, ExitCode):
+        return config
     try:
-        config = load_config(Path(args.config))
         # At start, not at the first recorder: a secret that cannot be read is a configuration error.
         check_secrets_resolve(config, str(args.config))
     except ConfigError as exc:
@@ -85,12 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return ExitCode.CONFIG
     try:
         return asyncio.run(run_station(config))
-    except StoreBusy as exc:
-        _error(exc)
-        return ExitCode.STORE_BUSY
-    except StoreError as exc:
-        _error(exc)
-        return ExitCode.CONFIG
+    except (StoreBusy, StoreError) as exc:
+        return store_failure_status(exc)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -195,7 +194,6 @@ def _verify_central(store_dir: Path, central_key: Any) -> Any:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from edge.ingest.store import StationStore, StoreError
     from edge.ingest.tagging import TagError, tag_item
 
     changes: dict[str, Any] = {}
@@ -205,24 +203,14 @@ def cmd_tag(args: argparse.Namespace) -> int:
             changes[field] = value
     if args.important is not None:
         changes["important"] = args.important
-    try:
-        config: StationConfig | None = load_config(Path(args.config)) if args.config else None
-    except ConfigError as exc:
-        _error(exc)
-        return ExitCode.CONFIG
+    config: StationConfig | ExitCode | None = load_station_config(Path(args.config)) if args.config else None
+    if isinstance(config, ExitCode):
+        return config
     store_dir = config.station.store_dir if config else Path(args.store)
-    if not (store_dir / "state.db").is_file():
-        print(f"error: {store_dir} is not a station store (no state.db)", file=sys.stderr)
-        return 2
-    station_id = config.station.id if config else _store_station_id(store_dir)
-    try:
-        store = StationStore(store_dir, station_id, purpose="edge tag")
-    except StoreBusy as exc:
-        _error(exc)
-        return ExitCode.STORE_BUSY
-    except StoreError as exc:
-        _error(exc)
-        return ExitCode.CONFIG
+    station_id = config.station.id if config else None
+    store = open_station_store(store_dir, station_id, purpose="edge tag")
+    if isinstance(store, ExitCode):
+        return store
     try:
         entry = tag_item(store, args.item, changes, by=args.by or getpass.getuser())
     except TagError as exc:
@@ -239,11 +227,9 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from edge.ingest.key_rotation import RotationError, rotate_station_key
     from edge.ingest.store import StoreError
 
-    try:
-        config = load_config(Path(args.config))
-    except ConfigError as exc:
-        _error(exc)
-        return ExitCode.CONFIG
+    config = load_station_config(Path(args.config))
+    if isinstance(config, ExitCode):
+        return config
     store_dir = config.station.store_dir
     try:
         result = rotate_station_key(
@@ -254,12 +240,8 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
             reason=args.reason or "",
             by=getpass.getuser(),
         )
-    except StoreBusy as exc:
-        _error(exc)
-        return ExitCode.STORE_BUSY
-    except StoreError as exc:
-        _error(exc)
-        return ExitCode.CONFIG
+    except (StoreBusy, StoreError) as exc:
+        return store_failure_status(exc)
     except RotationError as exc:
         _error(exc)
         return ExitCode.FAILED
@@ -281,21 +263,6 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         "the ledger announces both, so `edge verify STORE` accepts what each key signed."
     )
     return ExitCode.OK
-
-
-def _store_station_id(store_dir: Path) -> str:
-    import sqlite3
-
-    from edge.ingest.store import read_station_id
-
-    conn = sqlite3.connect(f"file:{store_dir / 'state.db'}?mode=ro", uri=True)
-    try:
-        station = read_station_id(conn)
-    finally:
-        conn.close()
-    if station is None:
-        raise SystemExit(f"error: {store_dir} is not a station store")
-    return station
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

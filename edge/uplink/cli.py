@@ -6,8 +6,10 @@ naming the operator and the refusal it overrides. The command writes the station
 `edge tag`, it needs the store to itself: stop the agent first (`systemctl stop edge-station`), requeue,
 start it again; the agent sends the requeued items at once.
 
-Exit status: 0 done (also when `--all-rejected` finds nothing), 2 the configuration, the store or the
-request is wrong (an unknown item, one that is not rejected: nothing is changed).
+Exit status: 0 done (also when `--all-rejected` finds nothing); 2 the request is wrong (an unknown item,
+one that is not rejected, a directory that is no station store: nothing is changed); 75 the agent or
+another command holds the store; 78 the configuration or the store is unusable
+(`edge.ingest.store_commands`, as for every command that opens the store).
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-from edge.config.base import ConfigError
-from edge.config.station import load_config
 
 __all__ = ["add_uplink_parser", "cmd_uplink_retry"]
 
@@ -31,28 +30,19 @@ def _error(message: object) -> int:
 
 
 def cmd_uplink_retry(args: argparse.Namespace) -> int:
-    from edge.durable.lock import StoreBusy
-    from edge.ingest.store import StationStore, StoreError
+    from edge.ingest.store_commands import load_station_config, open_station_store
     from edge.runtime.exit_codes import ExitCode
     from edge.uplink.requeue import RequeueError, local_operator, requeue_rejected
 
     if bool(args.items) == bool(args.all_rejected):
         return _error("name the items to retry, or give --all-rejected (not both)")
-    try:
-        config = load_config(Path(args.config))
-    except ConfigError as exc:
-        return _error(exc)
-    store_dir = config.station.store_dir
-    if not (store_dir / "state.db").is_file():
-        return _error(f"{store_dir} is not a station store (no state.db)")
-    try:
-        store = StationStore(store_dir, config.station.id, purpose="edge uplink retry")
-    except StoreBusy as exc:  # the agent (or another command) holds the store: it names the holder
-        _error(exc)
-        return int(ExitCode.STORE_BUSY)
-    except StoreError as exc:
-        _error(exc)
-        return int(ExitCode.CONFIG)
+    config = load_station_config(Path(args.config))
+    if isinstance(config, ExitCode):
+        return int(config)
+    # The agent (or another command) holding the store is named in the message, with status 75.
+    store = open_station_store(config.station.store_dir, config.station.id, purpose="edge uplink retry")
+    if isinstance(store, ExitCode):
+        return int(store)
     try:
         items = None if args.all_rejected else args.items
         done = requeue_rejected(store, items, operator=local_operator(), reason=args.reason or "")
