@@ -25,6 +25,7 @@ from edge.durable.lock import StoreBusy
 from edge.ingest.store_commands import load_station_config, open_station_store, store_failure_status
 from edge.runtime.exit_codes import ExitCode
 from edge.uplink.cli import add_uplink_parser
+from edge.uplink.witness_cli import add_witness_parser
 
 log = logging.getLogger("edge")
 
@@ -363,13 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_central_parser(sub)
     add_uplink_parser(sub)
+    add_witness_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The demo prints its own progress; its log shows only warnings unless asked.
-    quiet = args.command in ("demo", "verify", "check-config", "tag", "keys", "uplink")
+    quiet = args.command in ("demo", "verify", "check-config", "tag", "keys", "uplink", "witness")
     _setup_logging(args.verbose, quiet=quiet)
     result: int = args.func(args)
     return result

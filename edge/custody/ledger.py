@@ -105,6 +105,8 @@ class EntryType(StrEnum):
     CHECKPOINT = "checkpoint"
     # The station's check of the central's log failed (a split view or a rewritten log): the uplink stops.
     WITNESS_ALARM = "witness_alarm"
+    # An operator cleared a witness alarm (`edge witness clear`): who, why, which alarm, what is trusted.
+    WITNESS_ALARM_CLEARED = "witness_alarm_cleared"
     KEY_ROTATED = KEY_ROTATED  # `edge keys rotate`: see edge.custody.keyschedule
 
 

@@ -12,7 +12,9 @@ consistency proof from the one we hold. A head that cannot be proved consistent,
 same size, a log that shrank, or a central that no longer holds ledger entries it witnessed, is an
 **alarm**: a ``witness_alarm`` ledger entry, and :class:`WitnessAlarm` stops the uplink (nothing more is
 receipted, so under ``after-receipt`` nothing more is erased) until an administrator has investigated.
-The alarm is read back from the ledger at every start, so a restart does not forget it.
+The alarm is read back from the ledger at every start, so a restart does not forget it; only a
+``witness_alarm_cleared`` entry that names it (``edge witness clear``, :mod:`edge.uplink.alarm_clear`)
+lets the uplink start again.
 
 A malformed or badly signed document is *not* an alarm: proxies garble answers. It is refused like any
 bad answer and asked for again.
@@ -35,7 +37,13 @@ from edge.custody.ledger import EntryType
 from edge.custody.merkle import verify_consistency
 from edge.custody.receipt import ReceiptError, TreeHead, verify_tree_head
 from edge.custody.witness import WitnessedHead, verify_witnessed_head
-from edge.custody.witness_log import StationWitness, UnwitnessedWindow, unwitnessed_window
+from edge.custody.witness_log import (
+    StationWitness,
+    UnwitnessedWindow,
+    alarm_state,
+    newest_witnessed_seq,
+    unwitnessed_window,
+)
 from edge.ingest.store import StationStore
 from edge.uplink.errors import UplinkFatal
 
@@ -45,6 +53,8 @@ __all__ = [
     "ConsistencyFetch",
     "WitnessAlarm",
     "WitnessStatus",
+    "ledger_floor",
+    "standing_alarm",
     "witness_status",
 ]
 
@@ -86,18 +96,34 @@ def witness_status(store: StationStore) -> WitnessStatus:
 
 
 def standing_alarm(store: StationStore) -> str | None:
-    """The reason of the newest ``witness_alarm`` ledger entry, None when there is none."""
+    """The newest ``witness_alarm`` ledger entry while no ``witness_alarm_cleared`` entry cleared it
+    (``edge witness clear``); None when no alarm stands."""
+    state = alarm_state(store.conn)
+    return state.summary() if state is not None and state.standing else None
+
+
+def ledger_floor(store: StationStore) -> int:
+    """The lowest head of our ledger the central may answer with without an alarm: the newest seq it
+    witnessed, unless an operator accepted that it holds less (``edge witness clear
+    --accept-central-head`` after it lost accepted entries) and nothing newer has been witnessed since;
+    then the head it held when the operator accepted it (it only grows again from there)."""
+    witnessed = newest_witnessed_seq(store.conn)
     row = store.conn.execute(
-        "SELECT seq, data FROM ledger WHERE type = ? ORDER BY seq DESC LIMIT 1", (EntryType.WITNESS_ALARM,)
+        "SELECT data FROM ledger WHERE type = ? ORDER BY seq DESC LIMIT 1", (EntryType.WITNESS_ALARM_CLEARED,)
     ).fetchone()
     if row is None:
-        return None
+        return witnessed
     try:
-        data = parse_json(row[1])
+        data = parse_json(row[0])
     except CanonicalJsonError:
-        data = {}
-    reason = data.get("reason") if isinstance(data, dict) else None
-    return f"ledger seq {row[0]}: {reason if isinstance(reason, str) else 'witness alarm'}"
+        return witnessed
+    accepted = data.get("accepted_central") if isinstance(data, dict) else None
+    if not isinstance(accepted, dict):
+        return witnessed
+    ledger_seq, kept_then = accepted.get("ledger_seq"), accepted.get("witnessed_seq_kept")
+    if isinstance(ledger_seq, int) and isinstance(kept_then, int) and witnessed <= kept_then:
+        return min(witnessed, ledger_seq)
+    return witnessed
 
 
 class CentralWitness:
@@ -144,7 +170,7 @@ class CentralWitness:
 
     def check_accepted_head(self, seq: int, hash_hex: str) -> None:
         """The central's answer about our ledger must not fall behind what it witnessed before."""
-        witnessed = self.kept.newest_witnessed_seq()
+        witnessed = ledger_floor(self.store)
         if seq < witnessed:
             self.raise_alarm(
                 f"the central says it holds this station's ledger up to seq {seq}, but it witnessed (signed) "

@@ -32,10 +32,9 @@ from edge.config.base import ConfigError
 from edge.config.station import StationConfig, load_config
 from edge.custody.canonical import parse_json
 from edge.custody.errors import CanonicalJsonError
-from edge.custody.ledger import EntryType
 from edge.custody.problems import Problem
 from edge.custody.witness import WitnessedHead, verify_witnessed_head
-from edge.custody.witness_log import stored_witnessed_heads
+from edge.custody.witness_log import alarm_state, stored_witnessed_heads, unwitnessed_window
 from edge.ingest.store import StoreLayout
 
 __all__ = [
@@ -176,12 +175,14 @@ def witness_findings(
     _check_station_key(conn, heads.values(), station_key_id, found)
     newest = max((w.head.seq for w in heads.values()), default=0)
     found.checked["unwitnessed_entries"] = max(0, head_seq - newest)
-    alarm = conn.execute(
-        "SELECT seq, data FROM ledger WHERE type = ? ORDER BY seq DESC LIMIT 1", (EntryType.WITNESS_ALARM,)
-    ).fetchone()
-    if alarm is not None:
+    found.notes.append(f"unwitnessed window: {unwitnessed_window(conn, newest).describe()}")
+    alarm = alarm_state(conn)
+    if alarm is not None and alarm.standing:
         found.notes.append(f"the uplink stopped on a witness alarm about the central (ledger seq "
-                           f"{alarm[0]}); see that entry")
+                           f"{alarm.seq}); see that entry, and `edge witness show`")
+    elif alarm is not None:
+        found.notes.append(f"the witness alarm of ledger seq {alarm.seq} was cleared by an operator at "
+                           f"ledger seq {alarm.cleared_seq}; see both entries")
     return found
 
 

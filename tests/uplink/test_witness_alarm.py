@@ -18,13 +18,14 @@ from edge.central.log import MerkleLog
 from edge.central.log import create_schema as create_log_schema
 from edge.central.service import start_central
 from edge.custody.canonical import parse_json
+from edge.custody.keys import StationKey
 from edge.sources.usb.offload import OffloadOutcome
 from edge.uplink.witness import witness_status
 from tests.station.harness import Station, simulated_station, spec
 from tests.uplink.test_uplink_station import FAST_RETRY, STATION, evidence_on_recorder
 
 
-def rewrite_log(config: CentralConfig, mode: str) -> None:
+def rewrite_log(config: CentralConfig, mode: str, key: StationKey | None = None) -> None:
     """``rewritten``: replace leaf 0 with another well-formed leaf and append one more; ``shrunk``: drop
     the newest leaf (the newest item deleted with its leaf, nodes and heads). Either way every node is
     rebuilt and a new head signed with the central's own key."""
@@ -44,7 +45,7 @@ def rewrite_log(config: CentralConfig, mode: str) -> None:
                     conn.execute(f"DROP TRIGGER IF EXISTS {table}_{suffix}")
                 conn.execute(f"DELETE FROM {table}")
             create_log_schema(conn)
-            merkle = MerkleLog(conn, load_signing_key(config), config.central.id)
+            merkle = MerkleLog(conn, key or load_signing_key(config), config.central.id)
             for entry in entries:
                 merkle.append(entry)
             merkle.tree_head()

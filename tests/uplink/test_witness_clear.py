@@ -1,0 +1,211 @@
+"""The way back from a witness alarm: `edge witness clear` and `edge witness show` (the real command line,
+in a process of its own) against a real central whose Merkle log was rewritten or shrunk under a head it
+had signed.
+
+An alarm stands across restarts (the control: the uplink refuses to start) until a signed
+`witness_alarm_cleared` entry names it. Clearing with the kept head only lets the uplink try again: the
+central is still inconsistent with the head the station trusts, so the alarm is raised again (a new
+entry). Clearing with `--accept-central-head` re-anchors the station on the central's current head,
+named in the entry with the head it replaces, and a new item is receipted against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.central.service import start_central
+from edge.ingest.pipeline import IngestOutcome, IngestPipeline, IngestSettings
+from edge.ingest.store import StationStore
+from edge.sources.local import LocalDirectory
+from edge.uplink.errors import UplinkFatal
+from edge.uplink.service import UplinkService
+from simulators.recorder.media import make_jpg
+from tests.tamper.attacker import attacker_db
+from tests.uplink.test_refusals import (
+    CASE,
+    REPO,
+    STATION,
+    Rig,
+    central_config,
+    drain,
+    edge_cli,
+    make_rig,
+    media,
+    station_toml,
+)
+from tests.uplink.test_witness_alarm import rewrite_log
+
+__all__ = ["media"]  # the fixture, used by name
+
+
+async def alarm_stops_the_uplink(rig: Rig) -> str:
+    """Run the uplink until the witness alarm stops it; the UplinkFatal's message."""
+    service = UplinkService(rig.config(tree_head_interval_s=0.2), rig.store)
+    with pytest.raises(UplinkFatal) as raised:
+        async with asyncio.timeout(30):
+            await service.run()
+    return str(raised.value)
+
+
+async def restart_central_rewritten(rig: Rig, mode: str) -> None:
+    """The same central (same key, same store, reached through the same proxy) comes back with its log
+    rewritten (`rewritten`: leaf 0 replaced and one more leaf, a larger tree) or shrunk (`shrunk`: the
+    newest leaf gone, a smaller tree)."""
+    await rig.central.stop()
+    config = central_config(rig.tmp / "central-store")
+    rewrite_log(config, mode, rig.central_key)
+    if mode == "shrunk":  # the newest item goes with its leaf, so the central can take new items again
+        with attacker_db(config.layout.index_db) as conn:
+            conn.execute("DELETE FROM items WHERE leaf_index = (SELECT max(leaf_index) FROM items)")
+    rig.central = await start_central(config, signing_key=rig.central_key)
+    rig.proxy.upstream = rig.central.url
+
+
+def reopen(rig: Rig) -> None:
+    rig.store = StationStore(rig.tmp / "store", STATION)
+
+
+async def ingest_one_more(rig: Rig, seed: int) -> str:
+    drop = rig.tmp / f"drop-{seed}"
+    drop.mkdir()
+    make_jpg(drop / f"scene-{seed}.jpg", seed=seed)
+    source = LocalDirectory(drop, label="room-2", station_id=STATION, case=CASE, collector_no="110002")
+    done = await IngestPipeline(rig.store, IngestSettings(min_free_bytes=0)).ingest(
+        source, source.listing().items)
+    assert done.outcome is IngestOutcome.DONE and len(done.sealed) == 1
+    return str(done.sealed[0])
+
+
+async def edge_cli_async(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command line in its own process, while this event loop keeps serving the central."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge.cli", *args, cwd=REPO, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return subprocess.CompletedProcess(list(args), process.returncode, out.decode(), err.decode())
+
+
+def show(config: Path) -> dict[str, Any]:
+    result = edge_cli("witness", "show", "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    doc: dict[str, Any] = json.loads(result.stdout)
+    return doc
+
+
+@pytest.mark.parametrize("mode", ["rewritten", "shrunk"])
+async def test_edge_witness_clear_keeps_or_re_anchors_the_trusted_tree_head(
+    tmp_path: Path, media: Path, mode: str
+) -> None:
+    async with make_rig(tmp_path, media) as rig:
+        await drain(rig)
+        assert rig.states() == {"clip.mp4": "receipted", "scene.jpg": "receipted"}
+        kept_before = rig.store.conn.execute(
+            "SELECT tree_size, root_hash FROM central_tree_heads ORDER BY id DESC LIMIT 1").fetchone()
+        assert kept_before["tree_size"] == 2
+        await restart_central_rewritten(rig, mode)
+        first_alarm = await alarm_stops_the_uplink(rig)
+        alarms = rig.ledger("witness_alarm")
+        assert len(alarms) == 1
+        alarm_seq = next(e.seq for e in rig.store.ledger.entries() if e.type == "witness_alarm")
+        # Control: the alarm stands across a restart; the uplink refuses to start.
+        with pytest.raises(UplinkFatal, match="witness alarm"):
+            await UplinkService(rig.config(), rig.store).run()
+        config = station_toml(rig)
+
+        # While the store is held (the agent runs), clearing is refused with the holder named.
+        busy = edge_cli("witness", "clear", "--config", str(config), "--reason", "investigated")
+        assert busy.returncode == 75 and f"pid {os.getpid()}" in busy.stderr, busy.stderr
+        # `show` only reads: it works while the agent runs.
+        shown = show(config)
+        assert shown["alarm"] == {"seq": alarm_seq, "reason": alarms[0]["reason"], "standing": True,
+                                  "cleared_seq": None}
+        assert shown["central_tree_head"]["tree_size"] == 2
+        assert shown["witnessed_head"]["seq"] >= 1
+        assert shown["unwitnessed"]["entries"] >= 1, "the alarm entry itself is not witnessed yet"
+        assert shown["unwitnessed"]["seconds"] >= 0
+        text = edge_cli("witness", "show", "--config", str(config))
+        assert f"alarm: STANDING since ledger seq {alarm_seq}" in text.stdout, text.stdout
+        assert "unwitnessed window:" in text.stdout
+        rig.store.close()
+
+        no_reason = edge_cli("witness", "clear", "--config", str(config), "--reason", "  ")
+        assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+
+        # Cleared, keeping the old head: the uplink starts and raises the alarm again, as a new entry.
+        kept = edge_cli("witness", "clear", "--config", str(config), "--reason",
+                        "central restored from backup", env={"SUDO_USER": "wangfang"})
+        assert kept.returncode == 0, kept.stderr
+        assert f"witness alarm of ledger seq {alarm_seq}" in kept.stdout and "kept" in kept.stdout
+        reopen(rig)
+        entry = rig.ledger("witness_alarm_cleared")[0]
+        assert entry["by"] == {"uid": os.getuid(), "user": pwd.getpwuid(os.getuid()).pw_name,
+                               "sudo_user": "wangfang"}
+        assert entry["alarm"] == {"seq": alarm_seq, "reason": alarms[0]["reason"]}
+        assert entry["reason"] == "central restored from backup"
+        assert entry["trusted_tree_head"]["decision"] == "kept"
+        assert entry["trusted_tree_head"]["head"]["tree_size"] == 2
+        assert entry["trusted_tree_head"]["head"]["root_hash"] == kept_before["root_hash"]
+        assert "accepted_central" not in entry
+        again = await alarm_stops_the_uplink(rig)
+        assert len(rig.ledger("witness_alarm")) == 2 and again != first_alarm
+        rig.store.close()
+
+        # Nothing to clear twice; then cleared accepting the central's current head.
+        accepted = await edge_cli_async("witness", "clear", "--config", str(config), "--accept-central-head",
+                            "--reason", "central log rebuilt after disk loss, see ticket 4411")
+        assert accepted.returncode == 0, accepted.stderr
+        assert "accepted the central's current head" in accepted.stdout
+        nothing = edge_cli("witness", "clear", "--config", str(config), "--reason", "again")
+        assert nothing.returncode == 2 and "already cleared" in nothing.stderr
+        reopen(rig)
+        entry = rig.ledger("witness_alarm_cleared")[1]
+        new_size = 3 if mode == "rewritten" else 1
+        assert entry["trusted_tree_head"]["decision"] == "accepted"
+        assert entry["trusted_tree_head"]["head"]["tree_size"] == new_size
+        assert entry["trusted_tree_head"]["replaces"]["tree_size"] == 2
+        assert entry["accepted_central"]["tree_head"]["tree_size"] == new_size
+        shown = show(config)
+        assert shown["alarm"]["standing"] is False
+        assert shown["central_tree_head"]["source"] == "operator_accepted"
+        assert shown["central_tree_head"]["tree_size"] == new_size
+
+        # The uplink resumes: a new item is receipted against the accepted head, with no new alarm.
+        item = await ingest_one_more(rig, 31)
+        await drain(rig)
+        state = rig.store.conn.execute("SELECT state FROM uploads WHERE item=?", (item,)).fetchone()
+        assert state["state"] == "receipted"
+        assert len(rig.ledger("witness_alarm")) == 2
+        newest = rig.store.conn.execute(
+            "SELECT tree_size, source FROM central_tree_heads ORDER BY id DESC LIMIT 1").fetchone()
+        assert newest["tree_size"] > new_size and newest["source"] != "operator_accepted"
+
+        verified = await edge_cli_async("verify", str(tmp_path / "store"), "--config", str(config))
+        assert "NOTE unwitnessed window:" in verified.stdout, verified.stdout
+        assert "was cleared by an operator" in verified.stdout
+
+
+async def test_edge_witness_clear_without_an_alarm_changes_nothing(tmp_path: Path, media: Path) -> None:
+    async with make_rig(tmp_path, media) as rig:
+        await drain(rig)
+        config = station_toml(rig)
+        head = rig.store.ledger.head()
+        rig.store.close()
+        for extra in ([], ["--accept-central-head"]):
+            result = await edge_cli_async("witness", "clear", "--config", str(config), "--reason", "checking",
+                                          *extra)
+            assert result.returncode == 2 and "no witness alarm" in result.stderr, result.stderr
+        reopen(rig)
+        assert rig.store.ledger.head() == head
+        assert show(config)["alarm"] is None
