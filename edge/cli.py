@@ -21,9 +21,11 @@ from edge.config.base import (
     read_config_text,
 )
 from edge.config.station import StationConfig, load_config
+from edge.custody.text import json_printable, printable
 from edge.durable.lock import StoreBusy
 from edge.ingest.store_commands import load_station_config, open_station_store, store_failure_status
 from edge.runtime.exit_codes import ExitCode
+from edge.runtime.logs import configure_logging
 from edge.uplink.cli import add_uplink_parser
 from edge.uplink.witness_cli import add_witness_parser
 
@@ -31,15 +33,12 @@ log = logging.getLogger("edge")
 
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # One printable line per record: log messages quote device names (edge.runtime.logs).
+    configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO, sys.stderr)
 
 
 def _error(message: object) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(printable(f"error: {message}"), file=sys.stderr)  # an exception can quote device text
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -141,17 +140,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # What a store, a manifest or a receipt says can be anything a forger wrote: shown escaped.
     if args.json:
-        print(json.dumps(report.as_dict(), ensure_ascii=False))
+        print(json_printable(json.dumps(report.as_dict(), ensure_ascii=False)))
     else:
         for problem in report.problems:
-            print(f"FAIL {problem.where}: {problem.what}")
+            print(printable(f"FAIL {problem.where}: {problem.what}"))
         for note in report.notes:
-            print(f"NOTE {note}")
+            print(printable(f"NOTE {note}"))
         checked = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.checked.items())
         print(
-            f"{'OK' if report.ok else 'FAILED'}: {report.target} ({checked}; "
-            f"{len(report.problems)} problem(s))"
+            printable(
+                f"{'OK' if report.ok else 'FAILED'}: {report.target} ({checked}; "
+                f"{len(report.problems)} problem(s))"
+            )
         )
     return 0 if report.ok else 1
 

@@ -26,6 +26,7 @@ from typing import Any
 from edge.central.embedded import EmbeddedCentral
 from edge.central.verify import verify_central_store
 from edge.config.station import StationConfig
+from edge.custody.text import printable
 from edge.ingest.store import open_db
 from edge.station import BayView, StationAgent
 from edge.verify.station import verify_store
@@ -145,9 +146,11 @@ class ProgressPrinter:
         self.last[view.device_serial] = state
         mib = 1 << 20
         print(
-            f"  bay {view.bay or '-'} recorder {view.device_serial}: {p.files_done}/{p.files_total} files "
-            f"{p.bytes_done / mib:7.1f}/{p.bytes_total / mib:.1f} MiB  verified {p.verified}  "
-            f"wiped {p.wiped}  errors {len(p.errors)}",
+            printable(  # the serial is what the recorder says it is
+                f"  bay {view.bay or '-'} recorder {view.device_serial}: {p.files_done}/{p.files_total} "
+                f"files {p.bytes_done / mib:7.1f}/{p.bytes_total / mib:.1f} MiB  verified {p.verified}  "
+                f"wiped {p.wiped}  errors {len(p.errors)}"
+            ),
             file=self.stream,
             flush=True,
         )

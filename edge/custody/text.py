@@ -1,4 +1,5 @@
-"""Text that leaves the station: error prose without station paths.
+"""Text that leaves the station or reaches a reader: error prose without station paths, and device
+strings that cannot forge a line or drive a terminal.
 
 Signed manifests, ledger entries and everything the uplink sends are read far from the station, for
 years. Error prose that reaches them (an ffprobe message, an OSError with its file name, an
@@ -7,6 +8,11 @@ exception's str()) must not carry the station's file system layout: a temp path 
 machine. :func:`hide_station_paths` replaces every absolute path in a piece of prose by
 :data:`STATION_PATH`; :func:`scrub_error_text` applies it to the prose fields of a JSON-like record.
 Device data (a file's name and path on the recorder) is kept exactly, in fields of its own.
+
+Names and strings from devices (a recorder's file names, its serial number, a forged manifest's
+fields) are stored exactly, but whenever they are shown (a log line, `edge verify` output, the
+console) they go through :func:`printable`: one record stays one line and a terminal is never driven
+by what a device wrote. :func:`json_printable` does the same inside JSON text.
 """
 
 from __future__ import annotations
@@ -15,7 +21,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["ERROR_TEXT_KEYS", "STATION_PATH", "hide_station_paths", "scrub_error_text"]
+__all__ = [
+    "ERROR_TEXT_KEYS",
+    "STATION_PATH",
+    "hide_station_paths",
+    "json_printable",
+    "printable",
+    "scrub_error_text",
+]
 
 STATION_PATH = "<station path>"
 # Prose members of ledger data and media facts (the keys errors are written under).
@@ -49,3 +62,30 @@ def scrub_error_text(data: Any, roots: Sequence[str] = ()) -> Any:
     if isinstance(data, list):
         return [scrub_error_text(value, roots) for value in data]
     return data
+
+
+# What must never reach a log line, a terminal or a report raw: C0 controls (newline, carriage return
+# and tab included: one record is one line), DEL, C1 controls (U+009B is a one-character CSI on some
+# terminals), the line and paragraph separators, and the Unicode bidi controls that make a reader see
+# text in another order than it is (Trojan Source, CVE-2021-42574): ALM, LRM, RLM, the embeddings and
+# overrides U+202A-U+202E and the isolates U+2066-U+2069.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` safe to show on one line: control and bidi characters as ``\\xNN`` / ``\\uNNNN``.
+
+    Everything else (Chinese names included) is shown as it is.
+    """
+    return _UNSAFE.sub(_escaped, text)
+
+
+def json_printable(text: str) -> str:
+    """JSON text (from ``json.dumps(..., ensure_ascii=False)``) with the characters :func:`printable`
+    escapes written as JSON escapes, so the document means the same and shows safely."""
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -175,12 +175,27 @@ class IngestPipeline:
         *,
         progress: IngestProgress | None = None,
         on_progress: Callable[[IngestProgress], None] | None = None,
+        gone: Collection[str] = (),
+        prove_by_hash: bool = False,
     ) -> IngestRun:
         """Acquire, verify, seal and publish every offered item not already sealed; resume any that
-        an earlier run left half way."""
+        an earlier run left half way.
+
+        `gone`: the source's states in which an original is known to be no longer at the source (USB:
+        erased), so that one offered under the same key is a new original
+        (:meth:`IngestRepository.admit`). `prove_by_hash`: a key is not proof (a file's name, size and
+        mtime can be reused), so an original offered again whose item is already sealed and not gone
+        is read again (when the source can) and must hash to that item; if it does, the match is on
+        the ledger (`verified`) and counts as this run's re-read of the original; if not, the earlier
+        item is `superseded` (an `error` entry says why) and the original is acquired as a new item.
+        """
+        keys = [o.key for o in offered]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"{source.kind} {source.device}: an original was offered twice in one run")
         await _in_thread(self.executor, self.store.hold_reserve)  # given up by an earlier disk-full run
-        run = _Run(self, source, progress or IngestProgress(), on_progress)
-        admitted = self.repository.admit([o.key for o in offered])
+        gone = frozenset({*gone, AcquisitionState.SUPERSEDED})
+        run = _Run(self, source, progress or IngestProgress(), on_progress, gone=gone, prove=prove_by_hash)
+        admitted = self.repository.admit(keys, gone=gone)
         work = [IngestedItem(o, a) for o, a in zip(offered, admitted, strict=True)]
         return await run.acquire_all(work)
 
@@ -199,8 +214,13 @@ class _Run:
         source: Source,
         progress: IngestProgress,
         on_progress: Callable[[IngestProgress], None] | None,
+        *,
+        gone: frozenset[str] = frozenset(),
+        prove: bool = False,
     ) -> None:
         self.pipeline = pipeline
+        self.gone = gone
+        self.prove = prove
         self.repository = pipeline.repository
         self.layout = pipeline.store.layout
         self.settings = pipeline.settings
@@ -243,6 +263,8 @@ class _Run:
         outcome = IngestOutcome.DONE
         try:
             for w in work:
+                if self.prove and w.state not in AcquisitionState.IN_PROGRESS and w.state not in self.gone:
+                    await self._prove_same(w)  # may make it a new item to acquire
                 if w.state not in AcquisitionState.IN_PROGRESS:
                     self._count_done(w)
                     continue
@@ -289,6 +311,53 @@ class _Run:
     async def raise_if_gone(self, exc: Exception) -> None:
         if not await self._thread(self.source.reachable):
             raise SourceGoneError(f"{self.source.kind} device {self.source.device} is gone ({exc})") from exc
+
+    # -- identity -------------------------------------------------------------------------------
+
+    async def _prove_same(self, w: IngestedItem) -> None:
+        """An original offered again under the key of a sealed item: the same original only if its
+        bytes hash to that item (hashing is the only truth; a name, size and mtime can be reused)."""
+        reopen = w.offered.reopen
+        record = self.repository.item(w.item)
+        if reopen is None or record is None:
+            return
+        display = w.offered.display
+        try:
+            again: CopyResult = await self._thread(hash_original, reopen, self.settings.chunk_bytes)
+        except (SourceReadError, OSError) as exc:
+            await self.raise_if_gone(exc)
+            reason = f"{display}: cannot read it again to prove it is still item {w.item}: {exc}"
+            await self.error(w, "identity", reason)
+            return  # kept as it is: nothing is erased that does not hash to its item (wipe check)
+        except AcquireError as exc:  # changed since listing
+            await self.error(w, "identity", str(exc))
+            return
+        if (again.sha256, again.size) == (record.sha256, record.size):
+            proven = {
+                "sha256": record.sha256,
+                "size": record.size,
+                "stored_reread": False,
+                "source_reread": True,
+                "purpose": "offered again: the original is still the one this item was acquired from",
+            }
+            await self.pipeline.commit(lambda: self.repository.entry(EntryType.VERIFIED, w.item, proven))
+            w.reread_now = True
+            return
+        data = {
+            **self._where(w),
+            "stage": "identity",
+            "reason": (
+                f"{display}: offered again under the same key, but its bytes hash to {again.sha256} "
+                f"({again.size} bytes), not to item {w.item} ({record.sha256}): another original, "
+                "acquired as a new item; this item's original is no longer at the source"
+            ),
+            "found_sha256": again.sha256,
+        }
+        log.warning("%s %s: identity: %s", self.source.kind, self.source.device, data["reason"])
+        offered_key = w.offered.key
+        w.acquisition = await self.pipeline.commit(
+            lambda: self.repository.superseded(w.acquisition, offered_key, data, self.gone)
+        )
 
     # -- copy -------------------------------------------------------------------------------------
 
@@ -380,6 +449,9 @@ class _Run:
         copied, acquired_utc = w.unrecorded
         origin = w.offered.origin
         facts = {"device_serial": origin.device, **origin.facts, "original": w.offered.display}
+        if w.acquisition.earlier is not None:
+            # Another original under the key of one that is gone from the source: linked, not merged.
+            facts["earlier_item"] = w.acquisition.earlier
         attempt = w.acquisition.attempts
         entry = await self.pipeline.commit(
             lambda: self.repository.acquired(

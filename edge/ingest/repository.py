@@ -25,9 +25,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edge.custody.canonical import canonical_json, sha256_hex
@@ -45,6 +45,8 @@ class AcquisitionState:
     VERIFIED = "verified"
     SEALED = "sealed"
     FAILED = "failed"
+    # Sealed, then found no longer at the source: its key was listed again with other bytes under it.
+    SUPERSEDED = "superseded"
 
     IN_PROGRESS = frozenset({PENDING, COPIED, VERIFIED})
 
@@ -57,6 +59,9 @@ class Acquisition:
     item: str
     state: str
     attempts: int
+    # The item an earlier original with the same key became, when that one is gone from the source
+    # (erased, or given up for a fresh copy) and this is another original under the same key.
+    earlier: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class ItemRecord:
 
 
 MAX_DUPLICATES_NAMED = 10
+GENERATION_MARK = "#"  # OriginalKey.version + "#2": the second original seen under one key
 
 
 class IngestRepository:
@@ -99,31 +105,69 @@ class IngestRepository:
 
     # -- acquisitions -----------------------------------------------------------------------------
 
-    def admit(self, keys: Sequence[OriginalKey]) -> list[Acquisition]:
+    def admit(self, keys: Sequence[OriginalKey], *, gone: Collection[str] = ()) -> list[Acquisition]:
         """The acquisition row of each offered original, created `pending` with a new item id when
         first seen, in one transaction however many there are. A row that failed in an earlier run is
-        given a fresh set of attempts."""
-        admitted: list[Acquisition] = []
-        with self.transaction() as conn:
-            for key in keys:
-                found = conn.execute(
-                    "SELECT item, state, attempts FROM acquisitions WHERE source=? AND device=? "
-                    "AND original=? AND version=?",
-                    (key.source, key.device, key.original, key.version),
-                ).fetchone()
-                if found is None:
-                    item = str(uuid.uuid4())
-                    conn.execute(
-                        "INSERT INTO acquisitions(source, device, original, version, item, state) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (key.source, key.device, key.original, key.version, item, AcquisitionState.PENDING),
-                    )
-                    admitted.append(Acquisition(key, item, AcquisitionState.PENDING, 0))
-                elif found["state"] == AcquisitionState.FAILED:
-                    self._set_state(found["item"], AcquisitionState.PENDING, attempts=0)
-                    admitted.append(Acquisition(key, found["item"], AcquisitionState.PENDING, 0))
-                else:
-                    admitted.append(Acquisition(key, found["item"], found["state"], int(found["attempts"])))
+        given a fresh set of attempts.
+
+        A row in one of the `gone` states (USB: `wiped`; every source: `superseded`) describes an
+        original that is no longer at the source, so an original offered under the same key now is
+        another one (a recorder whose clock was reset can write a new file with the path, size and
+        mtime of one it erased): it gets a row of its own, the key's next generation (version
+        `size:mtime#2`, `#3`, ...), whose `earlier` names the item before it. Any other row is taken
+        for the same original: a crash or a new docking resumes it; whether a sealed one still is the
+        same bytes is for the pipeline to prove by hash.
+        """
+        with self.transaction():
+            return [self._admit(key, gone) for key in keys]
+
+    def _admit(self, key: OriginalKey, gone: Collection[str]) -> Acquisition:
+        """Inside the caller's transaction."""
+        conn = self.conn
+        generations = (
+            "FROM acquisitions WHERE source=? AND device=? AND original=? "
+            "AND (version=? OR substr(version, 1, ?)=?)"
+        )
+        args = (key.source, key.device, key.original, key.version, len(key.version) + 1,
+                key.version + GENERATION_MARK)  # fmt: skip
+        found = conn.execute(
+            f"SELECT rowid, item, state, attempts, version {generations} ORDER BY rowid DESC LIMIT 1", args
+        ).fetchone()
+        earlier: str | None = None
+        if found is not None and found["state"] in gone:
+            count = int(conn.execute(f"SELECT COUNT(*) {generations}", args).fetchone()[0])
+            earlier = found["item"]
+            key = replace(key, version=f"{key.version}{GENERATION_MARK}{count + 1}")
+            found = None
+        elif found is not None and found["version"] != key.version:
+            key = replace(key, version=found["version"])  # a later generation, resumed
+            before = conn.execute(
+                f"SELECT item {generations} AND rowid < ? ORDER BY rowid DESC LIMIT 1",
+                (*args, found["rowid"]),
+            ).fetchone()
+            earlier = None if before is None else before["item"]
+        if found is None:
+            item = str(uuid.uuid4())
+            conn.execute(
+                "INSERT INTO acquisitions(source, device, original, version, item, state) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key.source, key.device, key.original, key.version, item, AcquisitionState.PENDING),
+            )
+            return Acquisition(key, item, AcquisitionState.PENDING, 0, earlier)
+        if found["state"] == AcquisitionState.FAILED:
+            self._set_state(found["item"], AcquisitionState.PENDING, attempts=0)
+            return Acquisition(key, found["item"], AcquisitionState.PENDING, 0, earlier)
+        return Acquisition(key, found["item"], found["state"], int(found["attempts"]), earlier)
+
+    def superseded(
+        self, earlier: Acquisition, offered: OriginalKey, data: Mapping[str, Any], gone: Collection[str]
+    ) -> Acquisition:
+        """The original of a sealed item is no longer at the source although its key is listed again
+        (the bytes under it differ): the earlier row becomes `superseded`, an `error` entry on its item
+        says so, and the original now under the key is admitted as the key's next generation."""
+        self._set_state(earlier.item, AcquisitionState.SUPERSEDED)
+        admitted = self._admit(offered, {*gone, AcquisitionState.SUPERSEDED})
+        self.ledger.append(EntryType.ERROR, earlier.item, {**data, "new_item": admitted.item})
         return admitted
 
     def _set_state(

@@ -64,10 +64,11 @@ CREATE TABLE IF NOT EXISTS acquisitions (   -- one row per original a source off
     source TEXT NOT NULL,             -- usb, gb28181, room, local
     device TEXT NOT NULL,             -- recorder serial, platform device, room
     original TEXT NOT NULL,           -- its name at the source (usb: path on the volume, hex if not UTF-8)
-    version TEXT NOT NULL,            -- tells apart originals of the same name (usb: "size:mtime_ns")
+    version TEXT NOT NULL,            -- tells apart originals of the same name (usb: "size:mtime_ns";
+                                      -- "#2", "#3"... appended: a later original under a gone key)
     item TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL,              -- pending, copied, verified, sealed, failed; then the source's own
-                                      -- (usb: wiping, wiped)
+    state TEXT NOT NULL,              -- pending, copied, verified, sealed, failed, superseded; then the
+                                      -- source's own (usb: wiping, wiped)
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     PRIMARY KEY (source, device, original, version)

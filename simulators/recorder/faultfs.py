@@ -64,6 +64,8 @@ class VolumeFaults:
     grow: glob: after the first read of a matching file, GROW_BYTES are appended to it.
     vanish: glob: after the first read of a matching file it is deleted; reads through handles
         still open fail with EIO.
+    repeat_entry: glob: every matching directory entry is listed twice by readdir, as a damaged FAT
+        directory or a buggy FUSE driver does (both names open the same file).
     ready_delay_ms: the mount is in the mount table this long before the filesystem answers (its
         reply to the kernel's FUSE_INIT is held back): every access meanwhile blocks in the kernel,
         as on a volume whose driver is still starting.
@@ -75,6 +77,7 @@ class VolumeFaults:
     unplug_after_bytes: int | None = None
     grow: str | None = None
     vanish: str | None = None
+    repeat_entry: str | None = None
     ready_delay_ms: int | None = None
 
     def __post_init__(self) -> None:
@@ -95,7 +98,7 @@ class VolumeFaults:
         delay = self.ready_delay_ms
         if delay is not None and delay > MAX_READY_DELAY_MS:
             raise VolumeFaultsError(f"ready_delay_ms must be <= {MAX_READY_DELAY_MS}, got {delay}")
-        for name in ("grow", "vanish"):
+        for name in ("grow", "vanish", "repeat_entry"):
             value = getattr(self, name)
             if value is not None:
                 _check_glob(name, value)
@@ -120,7 +123,7 @@ class VolumeFaults:
     @classmethod
     def from_cli_string(cls, text: str) -> VolumeFaults:
         """Parse "read_error=GLOB@OFFSET,bit_flip=GLOB@OFFSET,unplug_after_bytes=N,grow=GLOB,vanish=GLOB,
-        ready_delay_ms=N".
+        repeat_entry=GLOB,ready_delay_ms=N".
 
         Globs cannot contain "," or "@" in this form.
         """
@@ -313,7 +316,13 @@ class FaultFS:
 
     def readdir(self, path: str, fh: int) -> list[str]:
         self._check_plugged(path)
-        return [".", "..", *sorted(os.listdir(self._real(path)))]
+        names = sorted(os.listdir(self._real(path)))
+        glob = self.faults.repeat_entry
+        if glob is not None:
+            base = path.rstrip("/")
+            repeated = {name for name in names if self._matches(glob, f"{base}/{name}")}
+            names = [n for name in names for n in ([name, name] if name in repeated else [name])]
+        return [".", "..", *names]
 
     def statfs(self, path: str) -> dict[str, int]:
         self._check_plugged(path)

@@ -5,6 +5,12 @@ corrupt FAT driver can return anything from readdir), entries may be symlinks, F
 and directories may loop. Every directory is opened relative to its parent's descriptor with
 O_NOFOLLOW, so nothing outside the volume is ever reached; rejected entries are reported, not skipped
 silently, so each becomes a ledger event.
+
+One file is one item: a directory that lists an entry twice, or a second name of a listed file (the
+same inode), is refused with a reason naming the first. A name is kept as its exact bytes
+(`VolumeFile.parts`, `raw_path`, and the `key` made from them); its readable form (`display_path`:
+UTF-8, else GB18030 as Chinese recorders write GB2312/GBK names on FAT, else escaped) is only for
+reading, since different byte strings can read alike.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 MAX_NAME_BYTES = 255
 
 
+KEY_HEX_PREFIX = "hex:"
+
+
 @dataclass(frozen=True)
 class VolumeFile:
     """A regular file on the volume, addressed by its path components (raw bytes, never joined)."""
@@ -27,32 +36,49 @@ class VolumeFile:
     parts: tuple[bytes, ...]
     size: int
     mtime_ns: int
+    inode: tuple[int, int] = (0, 0)  # (st_dev, st_ino) as listed: tells two names of one file
+
+    @property
+    def raw_path(self) -> bytes:
+        """The exact bytes of the relative path (for the record; never used to open anything)."""
+        return b"/".join(self.parts)
 
     @property
     def display_path(self) -> str:
-        """A printable relative path for logs and manifests (never used to open anything)."""
-        return "/".join(_display(p) for p in self.parts)
+        """A readable relative path for manifests and ledger entries (never used to open anything;
+        not unique when the path is not UTF-8: `raw_path` is). Shown through `printable`."""
+        return "/".join(readable_name(p) for p in self.parts)
 
     @property
     def key(self) -> str:
-        """Stable text key: the UTF-8 path, or `hex:` + hex bytes of the raw path when not UTF-8."""
-        raw = b"/".join(self.parts)
+        """Stable text key, one per exact path: the UTF-8 path, or `hex:` + the hex of the raw bytes
+        when the path is not UTF-8 (or is UTF-8 text that itself starts with `hex:`)."""
+        raw = self.raw_path
         try:
-            return raw.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            return "hex:" + raw.hex()
+            return KEY_HEX_PREFIX + raw.hex()
+        return KEY_HEX_PREFIX + raw.hex() if text.startswith(KEY_HEX_PREFIX) else text
 
     @property
     def name(self) -> str:
-        return _display(self.parts[-1])
+        return readable_name(self.parts[-1])
 
     @property
-    def name_is_utf8(self) -> bool:
+    def path_is_utf8(self) -> bool:
         try:
-            self.parts[-1].decode("utf-8")
+            self.raw_path.decode("utf-8")
         except UnicodeDecodeError:
             return False
         return True
+
+    @property
+    def readable_from(self) -> str:
+        """How `display_path` was made from the bytes: utf-8, gb18030, or escaped (\\xNN for bytes
+        that decode in neither)."""
+        if self.path_is_utf8:
+            return "utf-8"
+        return "gb18030" if all(_decodes(p, "gb18030") for p in self.parts) else "escaped"
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,9 @@ class Listing:
     files: list[VolumeFile] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     rejected_not_listed: int = 0  # beyond MAX_REJECTED a hostile volume only gets counted
+    # What tells a repeated entry or a second name of a listed file (never offered twice).
+    listed: set[tuple[bytes, ...]] = field(default_factory=set)
+    by_inode: dict[tuple[int, int], VolumeFile] = field(default_factory=dict)
 
     def reject(self, path: str, reason: str) -> None:
         if len(self.rejected) < MAX_REJECTED:
@@ -77,13 +106,24 @@ class Listing:
             self.rejected_not_listed += 1
 
 
-def _display(raw: bytes) -> str:
-    for encoding in ("utf-8", "gbk"):  # recorders with a Chinese code page write GBK names on FAT
+def readable_name(raw: bytes) -> str:
+    """A name component as text: UTF-8, else GB18030 (recorders with a Chinese code page write GB2312
+    or GBK names on FAT; GB18030 decodes both, one to one), else UTF-8 with each undecodable byte as
+    \\xNN. Several byte strings can give the same text: the exact bytes are kept beside it."""
+    for encoding in ("utf-8", "gb18030"):
         try:
             return raw.decode(encoding)
         except UnicodeDecodeError:
             continue
     return raw.decode("utf-8", errors="backslashreplace")
+
+
+def _decodes(raw: bytes, encoding: str) -> bool:
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def name_problem(raw: bytes) -> str | None:
@@ -127,13 +167,13 @@ def _walk(
         names = sorted(os.fsencode(name) for name in os.listdir(dir_fd))
     except OSError as exc:
         # The kernel refuses impossible names from a (FUSE) file system with EIO; a failing card too.
-        where = "/".join(_display(p) for p in prefix) or "."
+        where = "/".join(readable_name(p) for p in prefix) or "."
         if not prefix:
             raise  # the volume root itself cannot be read: the caller treats the volume as gone
         listing.reject(where, f"cannot list directory: {exc.strerror or exc}")
         return
     for raw in names:
-        where = "/".join(_display(p) for p in (*prefix, raw))
+        where = "/".join(readable_name(p) for p in (*prefix, raw))
         problem = name_problem(raw)
         if problem:
             listing.reject(where, problem)
@@ -164,12 +204,45 @@ def _walk(
             finally:
                 os.close(child)
         elif stat.S_ISREG(mode):
+            found = VolumeFile((*prefix, raw), info.st_size, info.st_mtime_ns, (info.st_dev, info.st_ino))
+            if found.parts in listing.listed:
+                # A FUSE or damaged FAT directory that repeats an entry: one path opens one file.
+                listing.reject(where, "listed twice in its directory: acquired once")
+                continue
+            same = _same_file(listing, found)
+            if same is not None:
+                listing.reject(
+                    where,
+                    f"another name of the file {same.display_path} (same inode, size and mtime: a hard "
+                    "link or an alias): acquired once, under that name",
+                )
+                continue
             if len(listing.files) >= max_files:
                 listing.reject(where, f"more than {max_files} files on the volume")
                 continue
-            listing.files.append(VolumeFile((*prefix, raw), info.st_size, info.st_mtime_ns))
+            listing.files.append(found)
+            listing.listed.add(found.parts)
+            if info.st_ino:
+                listing.by_inode[found.inode] = found
         else:
             listing.reject(where, f"not a regular file ({_kind(mode)})")
+
+
+def _same_file(listing: Listing, file: VolumeFile) -> VolumeFile | None:
+    """The file already listed that `file` is another name of, if any.
+
+    One file, one item: a hard link, or a FUSE volume that shows one file under two names, reaches the
+    same file by another name. The same inode is the same file; size and mtime must agree too, so that
+    a file system that numbers inodes carelessly cannot make two different files one (inode 0 never
+    counts). Nothing is lost if it lies even so: the second name is not erased with the first, and is
+    acquired at the next docking as a file of its own (a `duplicate` when its bytes are the same).
+    """
+    if not file.inode[1]:
+        return None
+    same = listing.by_inode.get(file.inode)
+    if same is None or (same.size, same.mtime_ns) != (file.size, file.mtime_ns):
+        return None
+    return same
 
 
 def _kind(mode: int) -> str:

@@ -1,7 +1,13 @@
 """A recorder file as an item for the ingest pipeline: its identity, its readers and its origin facts.
 
-Identity: (device serial, path on the volume, size, mtime), so a file re-recorded at the same path is a
-new original. Readers open the file component by component without following symlinks
+Identity: (device serial, exact path bytes on the volume, size, mtime), so a file re-recorded at the
+same path is a new original. Size and mtime are not proof (a recorder whose clock was reset can write a
+new file with the path, size and mtime of one it erased): a key that was erased is a new original
+when it is listed again, and one that was sealed but not erased is proven the same by its hash
+(:meth:`edge.ingest.pipeline.IngestPipeline.ingest`). A path that is not UTF-8 is recorded as its exact
+bytes (`path_bytes_hex`, and `original_bytes_hex` in ledger entries) beside a readable form.
+
+Readers open the file component by component without following symlinks
 (:func:`open_volume_file`) and refuse a file whose size or mtime changed since listing; the re-read
 for verification drops the device's cached pages first, so it really reads the recorder again.
 """
@@ -69,6 +75,12 @@ def manifest_time(recorded_start: str | None, session: SessionInfo) -> dict[str,
     return facts
 
 
+def path_bytes_fact(file: VolumeFile) -> dict[str, str]:
+    """For the ledger's entries, beside the readable `original`: the exact bytes of a path that is
+    not UTF-8 (two such paths can read alike)."""
+    return {} if file.path_is_utf8 else {"original_bytes_hex": file.raw_path.hex()}
+
+
 def file_origin(file: VolumeFile, session: SessionInfo, case_defaults: CaseDefaults) -> Origin:
     parsed = parse_recorder_file_name(file.name)
     original: dict[str, Any] = {
@@ -76,8 +88,11 @@ def file_origin(file: VolumeFile, session: SessionInfo, case_defaults: CaseDefau
         "path": file.display_path,
         "device_mtime": iso_from_ns(file.mtime_ns),
     }
-    if not file.name_is_utf8:
-        original["path_bytes_hex"] = b"/".join(file.parts).hex()
+    if not file.path_is_utf8:
+        # `path` is then only a readable rendering (several byte strings can render alike): the
+        # exact bytes of the whole path, any component not UTF-8, are the recorded identity.
+        original["path_bytes_hex"] = file.raw_path.hex()
+        original["path_readable_from"] = file.readable_from
     identity = session.identity
     return Origin(
         device=identity.device_serial,
@@ -99,7 +114,7 @@ def file_origin(file: VolumeFile, session: SessionInfo, case_defaults: CaseDefau
         },
         time=manifest_time(parsed.recorded_at.isoformat() if parsed else None, session),
         case=case_block(case_defaults, session, important=bool(parsed and parsed.important)),
-        facts={"session": session.session, "bay": session.bay},
+        facts={"session": session.session, "bay": session.bay, **path_bytes_fact(file)},
     )
 
 

@@ -5,6 +5,12 @@ record, choosing which files are evidence, telling when the recorder is gone, an
 the recorder. Everything between (copy+hash, verify, seal, publish, ledger) is the shared pipeline
 (:mod:`edge.ingest.pipeline`); a file is an item of it through :mod:`edge.sources.usb.items`.
 
+File identity: a file listed again under the key (path bytes, size, mtime) of a file this station
+erased is a new recording; one listed again under the key of a sealed file not yet erased is hashed
+again and is the same file only if it gives that item's hash (else the earlier item is `superseded` and
+the file is acquired as a new item). A directory that lists a file twice gives one item
+(:mod:`edge.sources.usb.enumerate`).
+
 After the pipeline, per file: sealed → wiping → wiped, each committed with its ledger entry. A file is
 erased only after its stored copy and the recorder's file were re-read and matched (in this docking,
 or again just before erasing), the sealed artefact as stored verified once more just before erasing
@@ -50,6 +56,10 @@ log = logging.getLogger(__name__)
 
 WIPING = "wiping"
 WIPED = "wiped"
+# Erased from the recorder: a file listed under the same path, size and mtime later is another
+# recording (a recorder whose clock was reset), acquired as a new item linked to the earlier one
+# (`earlier_item` in its `acquired` entry; a `duplicate` entry too if its bytes are the same).
+GONE = frozenset({WIPED})
 
 
 class OffloadOutcome(StrEnum):
@@ -211,7 +221,12 @@ class VolumeOffload:
         case_defaults = self.config.case_defaults_for(self.session.identity.officer_no)
         offered = [volume_item(self.root, f, self.session, case_defaults) for f in evidence]
         ingested = await self.pipeline.ingest(
-            self.source, offered, progress=self.progress, on_progress=lambda _: self._report()
+            self.source,
+            offered,
+            progress=self.progress,
+            on_progress=lambda _: self._report(),
+            gone=GONE,
+            prove_by_hash=True,  # a file sealed but not erased is hashed again: still the same file?
         )
         self.items = list(ingested.sealed)
         self.progress.wiped += sum(1 for w in ingested.items if w.state == WIPED)
