@@ -162,6 +162,8 @@ def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, cent
     """A station store, checked against what the central witnessed: the central key and the central
     itself are found from the station's configuration (`--config`, `$EDGE_STATION_CONFIG` or
     /etc/evidence-edge/station.toml, when it configures this store)."""
+    import sqlite3
+
     from edge.custody.keys import load_public_key
     from edge.verify.station import verify_store
     from edge.verify.witness import fetch_central_view, find_station_config
@@ -175,6 +177,20 @@ def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, cent
         view = asyncio.run(fetch_central_view(found.config))
     report = verify_store(target, only_item=args.item, pinned_key=key, central_key=central_key,
                           central_view=view)
+    if report.diverged_after is not None and view is not None and view.failure is None and found.config \
+            is not None and central_key is not None:
+        # The ledger no longer holds what the central witnessed: its own copy names what was removed.
+        from edge.verify.central_ledger import compare_with_central_ledger
+
+        conn = sqlite3.connect(f"file:{target / 'state.db'}?mode=ro", uri=True, timeout=10)
+        try:
+            named = asyncio.run(compare_with_central_ledger(found.config, conn, report.diverged_after,
+                                                            central_key))
+        finally:
+            conn.close()
+        report.problems.extend(named.problems)
+        report.notes.extend(named.notes)
+        report.checked.update(named.checked)
     if found.note is not None:
         report.notes.insert(0, found.note)
     elif found.path is not None:

@@ -318,6 +318,7 @@ def build_app(config: CentralConfig, *, signing_key: StationKey | None = None) -
     """The central application for ``config`` (its store directory must have been initialised)."""
     # Imported here so that importing this module does not need the read side's dependencies first.
     from edge.central.readside import add_read_routes
+    from edge.central.station_ledger_read import add_station_ledger_route
 
     layout = config.layout
     key = signing_key if signing_key is not None else load_signing_key(config)
@@ -361,6 +362,7 @@ def build_app(config: CentralConfig, *, signing_key: StationKey | None = None) -
     app.router.add_get("/v1/log/consistency", stations.consistency)
     app.router.add_get("/v1/log/inclusion", stations.inclusion)
     add_read_routes(app, parts)
+    add_station_ledger_route(app, parts)
     expire_s = min(config.uploads.expire_incomplete_s, config.uploads.expire_unregistered_s)
     interval_s = min(_PURGE_MAX_INTERVAL_S, max(_PURGE_MIN_INTERVAL_S, expire_s / 10))
     app.cleanup_ctx.append(tus_purge_task(uploads, interval_s))

@@ -202,6 +202,9 @@ class UnwitnessedWindow:
         return max(0.0, ((now or datetime.now(UTC)) - oldest).total_seconds())
 
     def describe(self, now: datetime | None = None) -> str:
+        if self.witnessed_seq > self.head_seq:
+            return (f"none: the central witnessed up to seq {self.witnessed_seq}, past this ledger's end "
+                    f"(seq {self.head_seq})")
         if self.entries == 0:
             return f"none: the central witnessed the ledger up to its head (seq {self.head_seq})"
         return (f"{self.entries} entries (seq {self.witnessed_seq + 1}-{self.head_seq}) after the newest "

@@ -113,6 +113,18 @@ class CentralApi:
         doc = await self._request("POST", self._station_url("ledger"), _segment(entries, checkpoint))
         return _ledger_answer(doc, "ledger answer")
 
+    async def ledger_page(self, after: int, limit: int) -> dict[str, Any]:
+        """Entries of our ledger the central holds after seq ``after`` (at most ``limit``), with ``next``
+        (the ``after`` of the next page, or None) and the central's witnessed head; shape checked here,
+        content (hashes, chain, signature) by the caller."""
+        doc = await self._request("GET", self._station_url(f"ledger?after={after}&limit={limit}"), None)
+        entries, following = doc.get("entries"), doc.get("next")
+        if not isinstance(entries, list) or len(entries) > limit or not (
+            following is None or (isinstance(following, int) and not isinstance(following, bool))
+        ):
+            raise CentralRejected(200, "bad_response", f"ledger page is malformed: {str(doc)[:200]}")
+        return doc
+
     async def tree_head(self) -> dict[str, Any]:
         """The central log's current signed tree head (unverified)."""
         return await self._request("GET", f"{self.base_url}/v1/log/tree-head", None)

@@ -45,6 +45,9 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     # What could not be checked, and why (not a failure: the checks that ran are in `checked`).
     notes: list[str] = field(default_factory=list)
+    # The newest seq the ledger still shares with what the central witnessed, when it no longer holds a
+    # witnessed head (None when it holds them all): where to compare it with the central's copy.
+    diverged_after: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -233,6 +236,7 @@ def verify_store(
             report.problems.extend(findings.problems)
             report.notes.extend(findings.notes)
             report.checked.update(findings.checked)
+            report.diverged_after = findings.diverged_after
     finally:
         conn.close()
     return report

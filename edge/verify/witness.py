@@ -13,7 +13,9 @@ store can rewrite the chain and re-sign it. What they cannot rewrite is what the
 
 A gap in the kept heads (rows are numbered 1, 2, 3...) is named, and so is a central that now answers
 with an older head than one it witnessed and the store kept: it lost or dropped entries it had accepted.
-The report says which of the two ran, and why the second did not when it could not.
+The report says which of the two ran, and why the second did not when it could not. When the ledger no
+longer holds a witnessed head, :attr:`WitnessFindings.diverged_after` says from where the central's copy
+of the ledger can name the items that were removed or changed (:mod:`edge.verify.central_ledger`).
 """
 
 from __future__ import annotations
@@ -131,6 +133,9 @@ class WitnessFindings:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
+    # When the ledger no longer holds a witnessed head: the newest witnessed seq it still matches (0 for
+    # none), from which the central's copy of the ledger can name what changed (edge.verify.central_ledger).
+    diverged_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -266,11 +271,14 @@ def _check_heads(
     the ledger's end are named in full."""
     failing: list[tuple[_Witnessed, str]] = []
     last_good = 0
+    common = 0
     for witnessed in heads:
         head = witnessed.head
         row = conn.execute("SELECT hash FROM ledger WHERE seq = ?", (head.seq,)).fetchone()
         if row is not None and row[0] == head.hash:
             last_good = max(last_good, head.seq)
+            if not failing:
+                common = head.seq  # the ledgers agree up to here (a hash chain: every entry before too)
             continue
         if head.seq > head_seq:
             lost = (f"entry {head.seq} was deleted after the central accepted it" if head.seq == head_seq + 1
@@ -288,6 +296,7 @@ def _check_heads(
         failing.append((witnessed, what))
     if not failing:
         return
+    found.diverged_after = common
     # Named in full: the first rewritten head (where the ledger stopped matching) and the newest head past
     # the ledger's end (how far it reached before it was truncated); the others are counted.
     rewritten = [pair for pair in failing if pair[0].head.seq <= head_seq]

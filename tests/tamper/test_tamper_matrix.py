@@ -367,7 +367,8 @@ def delete_newest_item_with_its_entries(t: Target) -> list[str]:
                            from_seq=item.acquired_seq)
         db.execute("DELETE FROM witnessed_heads WHERE seq >= ?", (item.acquired_seq,))
     _strip_receipt_heads(t, from_seq=item.acquired_seq)
-    return [f"witnessed head seq {t.pristine.ledger_head}", "(the central)"]
+    # The central's copy of the ledger names the item itself, not only that the ledger changed.
+    return [f"witnessed head seq {t.pristine.ledger_head}", "(the central)", f"item {item.item}"]
 
 
 STATION_ATTACKS: list[Attack] = [
