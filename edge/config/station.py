@@ -202,9 +202,20 @@ class WipeSection(StrictModel):
 _WINDOW = r"^\d{2}:\d{2}-\d{2}:\d{2}$"
 
 
+class TransportName(StrEnum):
+    """The wire protocols the uplink can speak (``edge.uplink.transports`` maps each to its module)."""
+
+    TUS = "tus"  # tus 1.0 resumable uploads and the central's JSON API over HTTPS with mutual TLS
+
+
 class UplinkSection(StrictModel):
     """How the station sends sealed evidence to the central receiver (tus over HTTPS with mutual TLS)."""
 
+    transport: TransportName = Field(
+        TransportName.TUS,
+        description="Wire protocol to the central: 'tus' (tus 1.0 over HTTPS with mutual TLS). Spool, retry, "
+        "breaker, receipts and purge are the same whatever it is",
+    )
     central_url: str = Field(
         "", pattern=r"^(https?://[^\s/]+(/[^\s]*)?)?$",
         description="Base URL of the central receiver, e.g. https://evidence.example:8443; empty: no uplink",

@@ -1,5 +1,6 @@
-"""The central receiver's registration and ledger endpoints, as the station calls them.
+"""The central receiver's registration and ledger endpoints over HTTPS, as the station calls them.
 
+Part of the tus transport (`edge.uplink.tus_transport`), and used by `edge verify` to fetch proofs.
 Content goes through tus (`edge.uplink.tus_client`); this module sends what makes content evidence at
 the central: the signed manifest and the station's ledger segments, and brings back the receipt, the
 central's witnessed head of our ledger and its log's tree heads and consistency proofs. Every answer
@@ -20,7 +21,6 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +31,7 @@ from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.ledger import GENESIS_PREV, Checkpoint, LedgerEntry
 from edge.uplink.policy import parse_retry_after
+from edge.uplink.transport import LedgerAnswer
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +64,6 @@ class CentralRejected(CentralError):
         self.code = code
         self.detail = detail
         self.refusal = refusal
-
-
-@dataclass(frozen=True)
-class LedgerAnswer:
-    """The central's view of our ledger: the accepted head, and (unverified) the signed documents that
-    came with it: the head as witnessed, and the log's tree head."""
-
-    seq: int
-    hash: str
-    witnessed_head: dict[str, Any] | None
-    tree_head: dict[str, Any] | None
-
-    @property
-    def head(self) -> tuple[int, str]:
-        return self.seq, self.hash
 
 
 class CentralApi:

@@ -1,11 +1,16 @@
 """The uplink: drains the spool to the central receiver while offloads go on, and checks receipts.
 
-Per item: tus upload of the original bytes (resumed from the server's offset after any failure, each
-chunk with its SHA-256) → registration of the signed manifest together with the station's ledger
-entries the central has not yet accepted → the receipt, verified here (tree-head signature by the
-central key pinned at enrollment, inclusion proof of the item's leaf) → `receipt` ledger entry and a
-receipt sidecar. Only then may the recorder's file be erased (wipe policy after-receipt) and, after
-the retention period, the local copy purged.
+This is the uplink's core; the wire is a :class:`~edge.uplink.transport.Transport` chosen by
+``[uplink] transport`` (:mod:`edge.uplink.transports`: tus over HTTPS today). The core never sees a
+status code or an offset: each transport call ends in one of the same outcomes (delivered, accepted with
+a receipt, retry later, refused), and every decision below is taken on those.
+
+Per item: upload of the original bytes (resumed where the central holds it after any failure) →
+registration of the signed manifest together with the station's ledger entries the central has not yet
+accepted → the receipt, verified here (tree-head signature by the central key pinned at enrollment,
+inclusion proof of the item's leaf) → `receipt` ledger entry and a receipt sidecar. Only then may the
+recorder's file be erased (wipe policy after-receipt) and, after the retention period, the local copy
+purged.
 
 Failures never lose anything: transient ones (central down, timeouts, 5xx) back off exponentially with
 jitter per item and trip a circuit breaker that pauses all traffic; a ``Retry-After`` from the central
@@ -33,43 +38,42 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-import aiohttp
-
 from edge.config.station import StationConfig
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import key_id_of, load_public_key
-from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry
+from edge.custody.ledger import EntryType, LedgerEntry
 from edge.custody.problems import Problem
 from edge.custody.receipt import verify_receipt
 from edge.custody.refusal import FINAL_ITEM_CODES, LEDGER_FORK, verify_refusal
 from edge.durable.files import write_atomic
 from edge.ingest.store import StationStore
 from edge.runtime.supervise import wait_event
-from edge.uplink.central_api import (
-    CentralApi,
-    CentralRejected,
-    CentralUnavailable,
-    LedgerAnswer,
-    central_session,
-)
 from edge.uplink.errors import UplinkFatal
 from edge.uplink.policy import Backoff, BreakerState, CircuitBreaker, RateLimiter, UploadWindows
 from edge.uplink.spool import Spool, SpoolEntry, UploadState
-from edge.uplink.tus_client import (
-    ChecksumRejected,
-    LocalFileError,
-    ProtocolViolation,
-    ServerRejected,
-    TusClient,
-    UplinkError,
-    UploadInterrupted,
+from edge.uplink.transport import (
+    UPLOAD_LOST,
+    Accepted,
+    ContentUnreadable,
+    Delivered,
+    LedgerAnswer,
+    LedgerSegment,
+    Link,
+    NotDone,
+    Parcel,
+    Refused,
+    RegisterOutcome,
+    RetryLater,
+    Transport,
+    UploadOutcome,
 )
+from edge.uplink.transports import transport_for
 from edge.uplink.witness import BadWitnessDocument, CentralWitness
 
 __all__ = ["UplinkFatal", "UplinkService", "UplinkStats", "receipt_path"]
@@ -84,7 +88,7 @@ IDLE_POLL_S = 5.0
 _RETRY_CODES = {"ledger_gap", "chain_unknown", "bad_checkpoint", "bad_chain"}
 # Codes about the station itself, not the item: wait for an administrator (enroll, re-enroll) and retry.
 _STATION_CODES = {"unknown_station", "station_revoked", "wrong_station", "unauthenticated", "forbidden"}
-_REUPLOAD_CODES = {"upload_not_found", "upload_expired", "http_410"}
+_REUPLOAD_CODES = {"upload_not_found", "upload_expired", "http_410", UPLOAD_LOST}
 # Entries that go to the central at once rather than after the push delay: erasures above all.
 _URGENT_ENTRIES = {EntryType.WIPED, EntryType.PURGED}
 # Without any new entry the ledger is still compared with the central's this often.
@@ -112,7 +116,9 @@ class UplinkService:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        transport: Transport | None = None,
     ) -> None:
+        """``transport`` overrides the one ``[uplink] transport`` names (tests, a composition root)."""
         if not config.uplink.enabled:
             raise ValueError("the uplink needs [uplink] central_url")
         self.config = config
@@ -141,15 +147,17 @@ class UplinkService:
         self._bad_receipts: set[str] = set()
         self._unverified_refusals: set[tuple[str | None, str]] = set()
         self._bad_answers: set[str] = set()
-        self._tus: TusClient | None = None
+        self._link: Link | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.witness = CentralWitness(store, config.station.id, self.central_key)
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._ledger_dirty = asyncio.Event()
         self._ledger_urgent = asyncio.Event()
+        self.transport = transport or transport_for(self.uplink, config.station.id, self.limiter)
 
     def __repr__(self) -> str:
-        return f"UplinkService(central={self.uplink.central_url!r}, station={self.config.station.id!r})"
+        return (f"UplinkService(central={self.uplink.central_url!r}, station={self.config.station.id!r}, "
+                f"transport={self.transport.name!r})")
 
     # -- what the offloads see (edge.sources.usb.offload.ReceiptGate) ---------------------------------
 
@@ -209,11 +217,11 @@ class UplinkService:
         self.store.ledger.add_listener(self._ledger_appended)
         self._ledger_dirty.set()  # compare with the central at start: a previous run may not have
         try:
-            async with self._connection() as (tus, api):
-                self._tus = tus
+            async with self.transport.connect() as link:
+                self._link = link
                 try:
                     await _first_failure(
-                        self._loop(tus, api), self._ledger_pusher(api), self._tree_head_poller(api)
+                        self._loop(link), self._ledger_pusher(link), self._tree_head_poller(link)
                     )
                 except UplinkFatal as exc:
                     self._stop(exc)
@@ -222,6 +230,7 @@ class UplinkService:
                     for task in tasks:
                         task.cancel()
                     await asyncio.gather(*tasks, return_exceptions=True)
+                    self._link = None
         finally:
             self.store.ledger.remove_listener(self._ledger_appended)
             self._event_loop = None
@@ -232,29 +241,7 @@ class UplinkService:
         self._receipt_event.set()
         raise exc
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[tuple[TusClient, CentralApi]]:
-        async with central_session(
-            self.uplink, self.config.station.id, connections=self.uplink.concurrency + 2
-        ) as (session, headers):
-            tus = TusClient(
-                session,
-                self.uplink.central_url.rstrip("/") + "/v1/uploads",
-                chunk_size_bytes=self.uplink.chunk_mb << 20,
-                limiter=self.limiter,
-                request_timeout_s=self.uplink.request_timeout_s,
-                headers=headers,
-            )
-            api = CentralApi(
-                session,
-                self.uplink.central_url,
-                self.config.station.id,
-                headers=headers,
-                timeout_s=self.uplink.request_timeout_s,
-            )
-            yield tus, api
-
-    async def _loop(self, tus: TusClient, api: CentralApi) -> None:
+    async def _loop(self, link: Link) -> None:
         while True:
             if self._fatal is not None:
                 raise self._fatal
@@ -268,7 +255,7 @@ class UplinkService:
                     free = min(free, 1)  # one probe while the central may still be down
                 if free > 0:
                     for entry in self.spool.due(self.clock(), self._in_flight, free):
-                        task = asyncio.create_task(self._send(tus, api, entry), name=f"upload-{entry.item}")
+                        task = asyncio.create_task(self._send(link, entry), name=f"upload-{entry.item}")
                         self._in_flight[entry.item] = task
                         task.add_done_callback(functools.partial(self._done, entry.item))
                 next_due = self.spool.next_due_s(exclude=self._in_flight)
@@ -298,95 +285,103 @@ class UplinkService:
 
     # -- one item ---------------------------------------------------------------------------------
 
-    async def _send(self, tus: TusClient, api: CentralApi, entry: SpoolEntry) -> None:
-        url = entry.upload_url
+    async def _send(self, link: Link, entry: SpoolEntry) -> None:
+        upload = entry.upload_url
         try:
             if entry.state is UploadState.QUEUED:
-                url = await self._upload(tus, entry)
-            assert url is not None
-            receipt = await self._register(api, entry, url)
-            if await self._receipt_holds(api, entry, receipt):
-                self._accept_receipt(entry, receipt)
-            self.breaker.record_success()
-        except (
-            CentralUnavailable,
-            UploadInterrupted,
-            ChecksumRejected,
-            TimeoutError,
-            aiohttp.ClientError,
-        ) as exc:
-            retry_after_s = getattr(exc, "retry_after_s", None)
-            self._transient(entry, f"{type(exc).__name__}: {exc}", retry_after_s=retry_after_s)
-        except CentralRejected as exc:
-            self._rejected_by_central(entry, exc, upload_url=url)
-        except (LocalFileError, OSError) as exc:
+                sent = await self._upload(link, entry)
+                if not isinstance(sent, Delivered):
+                    self._upload_failed(entry, sent)
+                    return
+                upload = sent.upload
+            assert upload is not None
+            try:
+                outcome = await self._register(link, entry, upload)
+            except NotDone as exc:  # the ledger segment that goes first did not get through
+                outcome = exc.outcome
+            if isinstance(outcome, Accepted):
+                if await self._receipt_holds(link, entry, outcome.receipt):
+                    self._accept_receipt(entry, outcome.receipt)
+                self.breaker.record_success()
+            else:
+                self._registration_failed(entry, outcome, upload=upload)
+        except NotDone as exc:  # while checking the receipt's tree head against the newest we hold
+            self._transient(entry, str(exc), retry_after_s=exc.retry_after_s)
+        except (ContentUnreadable, OSError) as exc:
             # The stored copy cannot be read (or the receipt not written): the local store needs a
-            # human. Nothing is final about that: retry slowly, and keep it in the log.
+            # human. Nothing is final about that: retry slowly, and keep it in the log. (A transport
+            # turns every failure of its wire into an outcome: an OSError here is local.)
             log.error("item %s: local store problem: %s", entry.item, exc)
             self._transient(entry, f"local store: {exc}", count_for_breaker=False, at_least_s=60.0)
-        except ServerRejected as exc:
-            # Only the central's signed too_large (the item is beyond its maximum upload size) is final
-            # here: a proxy's 413 or 400, whatever its body, is retried.
-            code = exc.error or f"http_{exc.status}"
-            refusal = self._verified_refusal(entry, code, exc.refusal, upload=None, stage="upload")
-            if refusal is not None:
-                self._reject(entry, "upload", code, exc.detail or exc.body, refusal, upload_url=None)
-            else:
-                # One item's 4xx says nothing about the central's health: not counted by the breaker.
-                self._transient(entry, f"{type(exc).__name__}: {exc}", count_for_breaker=False)
-        except (ProtocolViolation, UplinkError) as exc:
-            self._transient(entry, f"{type(exc).__name__}: {exc}")
         except UplinkFatal:
             raise
         except BadWitnessDocument as exc:
             self._transient(entry, f"the central's answer does not verify: {exc}")
-        except ValueError as exc:
-            # e.g. a stored upload URL on another origin after central_url changed: start afresh.
-            log.warning("item %s: %s; starting the upload again", entry.item, exc)
-            retry_at = self.clock() + self.backoff.next_delay(entry.attempts + 1)
-            self.spool.requeue(entry.item, str(exc), retry_at)
         except Exception as exc:  # never let one item spin the loop or kill the uplink
             log.exception("item %s: unexpected %s", entry.item, type(exc).__name__)
             self._transient(entry, f"unexpected {type(exc).__name__}: {exc}", at_least_s=60.0)
 
-    async def _upload(self, tus: TusClient, entry: SpoolEntry) -> str:
-        metadata = {"item": entry.item, "sha256": entry.sha256, "filename": entry.original_name[:200]}
-        # The upload URL is made durable as soon as the central creates it: after a crash or a restart
-        # the upload resumes from the central's offset, never from zero. An upload the central forgot
-        # (expired) is created anew by the client itself.
-        result = await tus.upload(
-            entry.upload_url,
-            entry.path,
-            entry.size,
-            metadata,
-            on_created=lambda created: self.spool.set_upload_url(entry.item, created),
+    async def _upload(self, link: Link, entry: SpoolEntry) -> UploadOutcome:
+        parcel = Parcel(
+            item=entry.item,
+            sha256=entry.sha256,
+            size=entry.size,
+            path=entry.path,
+            original_name=entry.original_name,
+            resume=entry.upload_url,
         )
-        self.spool.mark_uploaded(entry.item, result.url, result.bytes_sent, result.resumed_from)
-        self.stats.uploaded += 1
-        self.stats.bytes_sent += result.bytes_sent
-        if result.resumed_from:
-            self.stats.resumed += 1
-        return str(result.url)
+        # The resume reference is made durable as soon as the transport has one: after a crash or a
+        # restart the upload resumes where the central holds it, never from zero.
+        outcome = await link.upload(parcel, lambda upload: self.spool.set_upload_url(entry.item, upload))
+        if isinstance(outcome, Delivered):
+            self.spool.mark_uploaded(entry.item, outcome.upload, outcome.bytes_sent, outcome.resumed_from)
+            self.stats.uploaded += 1
+            self.stats.bytes_sent += outcome.bytes_sent
+            if outcome.resumed_from:
+                self.stats.resumed += 1
+        return outcome
 
-    async def _register(self, api: CentralApi, entry: SpoolEntry, url: str) -> dict[str, Any]:
-        upload_id = url.rstrip("/").rsplit("/", 1)[-1]
+    def _upload_failed(self, entry: SpoolEntry, outcome: RetryLater | Refused) -> None:
+        """The content did not get through: retry, start again, or (signed) reject."""
+        if isinstance(outcome, RetryLater):
+            self._transient(entry, outcome.reason, retry_after_s=outcome.retry_after_s)
+            return
+        if outcome.code in _REUPLOAD_CODES:
+            # e.g. a stored upload reference the configured central cannot continue: start afresh.
+            log.warning("item %s: %s; starting the upload again", entry.item, outcome)
+            retry_at = self.clock() + self.backoff.next_delay(entry.attempts + 1)
+            self.spool.requeue(entry.item, str(outcome), retry_at)
+            self._wake.set()
+            return
+        # Only the central's signed too_large (the item is beyond its maximum upload size) is final
+        # here: a proxy's 413 or 400, whatever its body, is retried.
+        refusal = self._verified_refusal(entry, outcome.code, outcome.refusal, upload=outcome.upload,
+                                         stage="upload")
+        if refusal is not None:
+            self._reject(entry, "upload", outcome.code, outcome.detail, refusal, upload_url=None)
+        else:
+            # One item's refusal says nothing about the central's health: not counted by the breaker.
+            self._transient(entry, f"refused: {outcome}", count_for_breaker=False)
+
+    async def _register(self, link: Link, entry: SpoolEntry, upload: str) -> RegisterOutcome:
+        """Register delivered content; raises :class:`NotDone` when the ledger segment that must go first
+        does not get through."""
         async with self._register_lock:
             for attempt in range(3):
-                head = self._central_head or await self._central_state(api)
+                head = self._central_head or await self._central_state(link)
                 self._check_no_fork(head)
-                head = await self._send_segments(api, head, keep=LEDGER_BATCH)
-                entries, checkpoint = self._segment_after(head[0], LEDGER_BATCH)
-                try:
-                    receipt = await api.register(upload_id, entry.manifest, entries, checkpoint)
-                except CentralRejected as exc:
-                    if exc.code in ("ledger_gap", "ledger_fork", "chain_unknown") and attempt < 2:
-                        self._central_head = None  # our view of the central's head was stale
-                        continue
-                    raise
-                if entries:
-                    self._central_head = (entries[-1].seq, entries[-1].hash)
-                return receipt
-        raise CentralUnavailable("registration did not settle after refreshing the ledger head")
+                head = await self._send_segments(link, head, keep=LEDGER_BATCH)
+                segment = self._segment_after(head[0], LEDGER_BATCH)
+                outcome = await link.register(upload, entry.manifest, segment)
+                if isinstance(outcome, Refused) and outcome.code in ("ledger_gap", "ledger_fork",
+                                                                     "chain_unknown") and attempt < 2:
+                    self._central_head = None  # our view of the central's head was stale
+                    continue
+                if isinstance(outcome, Accepted) and segment is not None:
+                    last = segment.entries[-1]
+                    self._central_head = (last.seq, last.hash)
+                return outcome
+        return RetryLater("registration did not settle after refreshing the ledger head")
 
     def _check_no_fork(self, head: tuple[int, str]) -> None:
         seq, hash_hex = head
@@ -400,36 +395,39 @@ class UplinkService:
                 "the ledgers forked; uploads stop until an administrator investigates"
             )
 
-    async def _send_segments(self, api: CentralApi, head: tuple[int, str], *, keep: int) -> tuple[int, str]:
-        """Bring the central's copy of our ledger to within ``keep`` entries of our head (0: all of it)."""
+    async def _send_segments(self, link: Link, head: tuple[int, str], *, keep: int) -> tuple[int, str]:
+        """Bring the central's copy of our ledger to within ``keep`` entries of our head (0: all of it).
+        Raises :class:`NotDone` when a segment does not get through."""
         while self.store.ledger.head()[0] - head[0] > keep:
-            entries, checkpoint = self._segment_after(head[0], LEDGER_BATCH)
-            assert checkpoint is not None
+            segment = self._segment_after(head[0], LEDGER_BATCH)
+            assert segment is not None
+            last = segment.entries[-1]
             try:
-                answer = await api.post_ledger(entries, checkpoint)
-            except CentralRejected as exc:
-                if exc.code == LEDGER_FORK and self._fork_is_signed(exc):
-                    raise UplinkFatal(f"the central reports a ledger fork: {exc.detail}") from None
-                if exc.code in ("ledger_gap", "chain_unknown"):
-                    self._central_head = None  # our view of the central's head was stale
+                answer = await link.push_ledger(segment)
+            except NotDone as exc:
+                refused = exc.outcome
+                if isinstance(refused, Refused):
+                    if refused.code == LEDGER_FORK and self._fork_is_signed(refused):
+                        raise UplinkFatal(f"the central reports a ledger fork: {refused.detail}") from None
+                    if refused.code in ("ledger_gap", "chain_unknown"):
+                        self._central_head = None  # our view of the central's head was stale
                 raise
-            if answer.head != (entries[-1].seq, entries[-1].hash):
-                raise CentralUnavailable(
-                    f"the central answered ledger head {answer.head} to a segment ending at seq "
-                    f"{entries[-1].seq}"
-                )
+            if answer.head != (last.seq, last.hash):
+                raise NotDone(RetryLater(
+                    f"the central answered ledger head {answer.head} to a segment ending at seq {last.seq}"
+                ))
             head = answer.head
             self._central_head = head
-            await self._take_answer(api, answer, "ledger_push")
+            await self._take_answer(link, answer, "ledger_push")
         return head
 
-    async def _central_state(self, api: CentralApi) -> tuple[int, str]:
+    async def _central_state(self, link: Link) -> tuple[int, str]:
         """The central's accepted head of our ledger, with its witnessed head and tree head checked."""
-        answer = await api.ledger_state()
-        await self._take_answer(api, answer, "ledger_head")
+        answer = await link.ledger_state()
+        await self._take_answer(link, answer, "ledger_head")
         return answer.head
 
-    async def _take_answer(self, api: CentralApi, answer: LedgerAnswer, source: str) -> None:
+    async def _take_answer(self, link: Link, answer: LedgerAnswer, source: str) -> None:
         """Check what came with an answer about our ledger; raises UplinkFatal on a witness alarm.
 
         A signed document that does not verify is put on the record (once) and otherwise ignored: the
@@ -441,7 +439,7 @@ class UplinkService:
             if answer.witnessed_head is not None:
                 self.witness.accept_witnessed_head(answer.witnessed_head, source)
             if answer.tree_head is not None:
-                await self._observe_tree_head(api, answer.tree_head, source)
+                await self._observe_tree_head(link, answer.tree_head, source)
         except BadWitnessDocument as exc:
             reason = f"the central's answer ({source}) does not verify: {exc}"
             log.error("%s", reason)
@@ -450,16 +448,8 @@ class UplinkService:
                 self.store.record("error", None, {"stage": "witness", "code": "bad_witness",
                                                   "reason": reason[:1000]})
 
-    async def _observe_tree_head(self, api: CentralApi, doc: object, source: str) -> None:
-        async def consistency(first: int, second: int) -> list[str] | None:
-            try:
-                return await api.consistency(first, second)
-            except CentralRejected as exc:
-                if exc.status == 400 and exc.code == "bad_request":
-                    return None  # the central says it cannot: it holds fewer leaves than asked
-                raise
-
-        await self.witness.observe_tree_head(doc, source, consistency, api.tree_head)
+    async def _observe_tree_head(self, link: Link, doc: object, source: str) -> None:
+        await self.witness.observe_tree_head(doc, source, link.consistency, link.tree_head)
 
     # -- witnessing: the ledger tail and the central's tree heads ---------------------------------
 
@@ -478,7 +468,7 @@ class UplinkService:
         with contextlib.suppress(RuntimeError):  # the loop closed in between
             loop.call_soon_threadsafe(mark)
 
-    async def _ledger_pusher(self, api: CentralApi) -> None:
+    async def _ledger_pusher(self, link: Link) -> None:
         """Push the ledger tail a few seconds after new entries (erasures at once), independent of items."""
         failures = 0
         while True:
@@ -488,10 +478,9 @@ class UplinkService:
             self._ledger_dirty.clear()
             self._ledger_urgent.clear()
             try:
-                await self.push_ledger(api)
+                await self.push_ledger(link)
                 failures = 0
-            except (CentralUnavailable, CentralRejected, BadWitnessDocument, aiohttp.ClientError,
-                    TimeoutError) as exc:
+            except (NotDone, BadWitnessDocument) as exc:
                 failures += 1
                 asked = self._honour_retry_after(getattr(exc, "retry_after_s", None))
                 delay = max(asked, self.backoff.next_delay(failures))
@@ -499,12 +488,12 @@ class UplinkService:
                 self._ledger_dirty.set()
                 await wait_event(self._ledger_urgent, delay)
 
-    async def push_ledger(self, api: CentralApi) -> tuple[int, str]:
+    async def push_ledger(self, link: Link) -> tuple[int, str]:
         """Send every ledger entry the central does not hold yet; returns its accepted head."""
         async with self._register_lock:
-            head = self._central_head or await self._central_state(api)
+            head = self._central_head or await self._central_state(link)
             self._check_no_fork(head)
-            return await self._send_segments(api, head, keep=0)
+            return await self._send_segments(link, head, keep=0)
 
     async def flush_ledger(self, timeout_s: float | None = None) -> bool:
         """At shutdown (after the uplink stopped): one last push, bounded in time; False when it failed."""
@@ -512,38 +501,38 @@ class UplinkService:
             return False
         limit = self.uplink.ledger_push_shutdown_s if timeout_s is None else timeout_s
         try:
-            async with asyncio.timeout(limit), self._connection() as (_tus, api):
-                head = await self.push_ledger(api)
-        except (UplinkFatal, CentralUnavailable, CentralRejected, BadWitnessDocument, aiohttp.ClientError,
-                TimeoutError, OSError) as exc:
+            async with asyncio.timeout(limit), self.transport.connect() as link:
+                head = await self.push_ledger(link)
+        except (UplinkFatal, NotDone, BadWitnessDocument, TimeoutError, OSError) as exc:
             log.warning("the last ledger push at shutdown failed: %s", exc)
             return False
         log.info("ledger pushed at shutdown: the central holds seq %d", head[0])
         return True
 
-    async def _tree_head_poller(self, api: CentralApi) -> None:
+    async def _tree_head_poller(self, link: Link) -> None:
         """Fetch the central's tree head now and then and check the log only grew."""
         while True:
             try:
-                await self._observe_tree_head(api, await api.tree_head(), "tree_head")
-            except (CentralUnavailable, CentralRejected, BadWitnessDocument, aiohttp.ClientError,
-                    TimeoutError) as exc:
+                await self._observe_tree_head(link, await link.tree_head(), "tree_head")
+            except (NotDone, BadWitnessDocument) as exc:
                 log.warning("central tree head not checked: %s", exc)
             await asyncio.sleep(self.uplink.tree_head_interval_s)
 
-    def _segment_after(self, seq: int, limit: int) -> tuple[list[LedgerEntry], Checkpoint | None]:
+    def _segment_after(self, seq: int, limit: int) -> LedgerSegment | None:
+        """Up to ``limit`` entries after ``seq`` with a checkpoint at the last of them; None when none."""
         entries: list[LedgerEntry] = []
         for entry in self.store.ledger.entries(seq + 1):
             entries.append(entry)
             if len(entries) >= limit:
                 break
         if not entries:
-            return [], None
+            return None
         with self.store.transaction():
             checkpoint = self.store.ledger.checkpoint(at_seq=entries[-1].seq)
-        return entries, checkpoint
+        assert checkpoint is not None  # the ledger holds entries[-1]
+        return LedgerSegment(entries, checkpoint)
 
-    async def _receipt_holds(self, api: CentralApi, entry: SpoolEntry, receipt: dict[str, Any]) -> bool:
+    async def _receipt_holds(self, link: Link, entry: SpoolEntry, receipt: dict[str, Any]) -> bool:
         """Verify a receipt before anything relies on it: its signatures and proof, its manifest, and
         (witnessing) its tree head against the newest we hold and its witnessed head against our ledger.
         False (and the item deferred) when it does not verify; a witness alarm raises UplinkFatal."""
@@ -575,7 +564,7 @@ class UplinkService:
                 )
             self._transient(entry, f"receipt does not verify: {reason}")
             return False
-        await self._observe_tree_head(api, receipt["tree_head"], "receipt")
+        await self._observe_tree_head(link, receipt["tree_head"], "receipt")
         if "witnessed_head" in receipt:
             self.witness.accept_witnessed_head(receipt["witnessed_head"], "receipt")
         return True
@@ -655,14 +644,14 @@ class UplinkService:
         self._unverified(entry.item, stage, code, reason)
         return None
 
-    def _fork_is_signed(self, exc: CentralRejected) -> bool:
+    def _fork_is_signed(self, refused: Refused) -> bool:
         """A ledger fork stops the uplink only when the central signed it: anyone else's word is retried."""
-        if exc.refusal is None:
+        if refused.refusal is None:
             reason = "the answer carries no signed refusal"
         else:
             problems = verify_refusal(
-                exc.refusal, self.central_key, station=self.config.station.id, item=None, code=LEDGER_FORK,
-                upload=None,
+                refused.refusal, self.central_key, station=self.config.station.id, item=None,
+                code=LEDGER_FORK, upload=None,
             )
             if not problems:
                 return True
@@ -693,51 +682,48 @@ class UplinkService:
         self.stats.rejected += 1
         self._abandon_upload(upload_url)
 
-    def _rejected_by_central(
-        self, entry: SpoolEntry, exc: CentralRejected, *, upload_url: str | None = None
+    def _registration_failed(
+        self, entry: SpoolEntry, outcome: RetryLater | Refused, *, upload: str | None = None
     ) -> None:
-        upload_url = upload_url if upload_url is not None else entry.upload_url
+        """Registration (or the ledger segment before it) did not end in a receipt: decide what the
+        outcome means for the item. ``upload`` is the delivered content's resume reference."""
+        upload = upload if upload is not None else entry.upload_url
+        if isinstance(outcome, RetryLater):
+            self._transient(entry, outcome.reason, retry_after_s=outcome.retry_after_s)
+            return
         retry_at = self.clock() + self.backoff.next_delay(entry.attempts + 1)
-        if exc.status >= 500 or exc.code == "bad_response":
-            self._transient(entry, str(exc))
-        elif exc.code == LEDGER_FORK:
+        if outcome.code == LEDGER_FORK:
             # About the station, not the item: the item stays queued for when the fork is resolved.
-            self._transient(entry, str(exc), count_for_breaker=False)
-            if self._fork_is_signed(exc):
-                raise UplinkFatal(f"the central reports a ledger fork: {exc.detail}")
-        elif exc.code == "upload_incomplete":
+            self._transient(entry, str(outcome), count_for_breaker=False)
+            if self._fork_is_signed(outcome):
+                raise UplinkFatal(f"the central reports a ledger fork: {outcome.detail}")
+        elif outcome.code == "upload_incomplete":
             # The central holds less than we thought: resume the same upload from its offset.
-            self.spool.resume_upload(entry.item, str(exc), retry_at)
-        elif exc.code in _REUPLOAD_CODES:
-            self.spool.requeue(entry.item, str(exc), retry_at)
+            self.spool.resume_upload(entry.item, str(outcome), retry_at)
+        elif outcome.code in _REUPLOAD_CODES:
+            self.spool.requeue(entry.item, str(outcome), retry_at)
             self._wake.set()
-        elif exc.code in _RETRY_CODES:
-            self._transient(entry, str(exc), count_for_breaker=False)
-        elif exc.code in _STATION_CODES or exc.status in (401, 403, 404):
+        elif outcome.code in _RETRY_CODES:
+            self._transient(entry, str(outcome), count_for_breaker=False)
+        elif outcome.code in _STATION_CODES or outcome.station_level:
             # Station-level refusals (enrollment, revocation, a wrong path or a proxy) say nothing
             # about this item: wait for an administrator and try again.
-            log.error("the central refuses this station's request: %s", exc)
-            self._transient(entry, str(exc))
+            log.error("the central refuses this station's request: %s", outcome)
+            self._transient(entry, str(outcome))
         else:
-            upload = upload_url.rstrip("/").rsplit("/", 1)[-1] if upload_url else None
-            refusal = self._verified_refusal(entry, exc.code, exc.refusal, upload=upload, stage="register")
+            refusal = self._verified_refusal(entry, outcome.code, outcome.refusal, upload=outcome.upload,
+                                             stage="register")
             if refusal is not None:
-                self._reject(entry, "register", exc.code, exc.detail, refusal, upload_url=upload_url)
+                self._reject(entry, "register", outcome.code, outcome.detail, refusal, upload_url=upload)
             else:
                 # A code that is not final, or a final one nobody signed: a proxy's answer (400, 413, an
                 # HTML page), a garbled body, or a forgery. Never held against the evidence.
-                self._transient(entry, str(exc), count_for_breaker=exc.status >= 500)
+                self._transient(entry, str(outcome), count_for_breaker=False)
 
-    def _abandon_upload(self, upload_url: str | None) -> None:
-        """Best effort: tell the central to drop the content of a refused item (tus termination)."""
-        if upload_url and self._tus is not None:
-            tus, url = self._tus, upload_url
-
-            async def terminate() -> None:
-                with contextlib.suppress(Exception):
-                    await tus.terminate(url)
-
-            task = asyncio.create_task(terminate())
+    def _abandon_upload(self, upload: str | None) -> None:
+        """Best effort: tell the central to drop the content of a refused item."""
+        if upload and self._link is not None:
+            task = asyncio.create_task(self._link.abandon(upload))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 

@@ -18,6 +18,7 @@ from edge.ingest.store import StationStore
 from edge.uplink.central_api import CentralRejected
 from edge.uplink.service import UplinkFatal, UplinkService
 from edge.uplink.spool import Spool
+from edge.uplink.tus_transport import outcome_of_rejection
 from edge.verify.station import verify_store
 from tests.station.harness import simulated_station, spec
 from tests.uplink.test_uplink_station import FAST_RETRY, STATION
@@ -71,6 +72,11 @@ def entry(spool: Spool):  # type: ignore[no-untyped-def]
     return spool.due(10_000.0, (), 1)[0]
 
 
+def answered(service: UplinkService, rejection: CentralRejected) -> None:
+    """The central's HTTP answer to a registration, as the tus transport reports it to the core."""
+    service._registration_failed(entry(service.spool), outcome_of_rejection(rejection, None))
+
+
 @pytest.mark.parametrize(
     ("status", "code"),
     [
@@ -86,7 +92,7 @@ def entry(spool: Spool):  # type: ignore[no-untyped-def]
 def test_transient_or_station_level_refusals_back_off_and_keep_the_item(
     service: UplinkService, status: int, code: str
 ) -> None:
-    service._rejected_by_central(entry(service.spool), CentralRejected(status, code, "detail"))
+    answered(service, CentralRejected(status, code, "detail"))
     state, attempts, next_attempt = state_of(service.spool)
     assert state == "queued" and attempts == 1 and next_attempt > 1000.0
     assert [e for e in service.store.ledger.entries() if e.type == "error"] == []
@@ -97,7 +103,7 @@ def test_signed_refusals_about_the_item_are_final_and_on_the_record(
     service: UplinkService, tmp_path: Path, code: str
 ) -> None:
     refusal = signed(tmp_path, code)
-    service._rejected_by_central(entry(service.spool), CentralRejected(422, code, "why", refusal=refusal))
+    answered(service, CentralRejected(422, code, "why", refusal=refusal))
     assert state_of(service.spool)[0] == "rejected"
     errors = [e.data for e in service.store.ledger.entries() if e.type == "error"]
     assert errors == [{"stage": "register", "code": code, "reason": "why", "refusal": refusal}]
@@ -124,7 +130,7 @@ def test_refusals_the_central_did_not_sign_for_this_item_are_retried(
         "malformed": {"code": "content_mismatch", "item": "it-1", "signature": "yes"},
     }[forgery]
     rejection = CentralRejected(422, "content_mismatch", "why", refusal=refusal)  # type: ignore[arg-type]
-    service._rejected_by_central(entry(service.spool), rejection)
+    answered(service, rejection)
     state, attempts, next_attempt = state_of(service.spool)
     assert (state, attempts) == ("queued", 1) and next_attempt > 1000.0
     errors = [e.data for e in service.store.ledger.entries() if e.type == "error"]
@@ -132,7 +138,7 @@ def test_refusals_the_central_did_not_sign_for_this_item_are_retried(
         ("register", "unverified_refusal", "content_mismatch")
     ]
     # On the record once, however often the same claim comes back.
-    service._rejected_by_central(entry(service.spool), rejection)
+    answered(service, rejection)
     assert len([e for e in service.store.ledger.entries() if e.type == "error"]) == 1
 
 
@@ -142,14 +148,14 @@ def test_codes_off_the_published_list_are_never_final_even_signed(
     service: UplinkService, tmp_path: Path, status: int, code: str
 ) -> None:
     rejection = CentralRejected(status, code, "why", refusal=signed(tmp_path, code))
-    service._rejected_by_central(entry(service.spool), rejection)
+    answered(service, rejection)
     assert state_of(service.spool)[0] == "queued"
     assert [e for e in service.store.ledger.entries() if e.type == "error"] == []
 
 
 def test_a_lost_upload_is_sent_again_after_a_backoff(service: UplinkService) -> None:
     service.spool.set_upload_url("it-1", "http://127.0.0.1:9/v1/uploads/" + "0" * 32)
-    service._rejected_by_central(entry(service.spool), CentralRejected(404, "upload_not_found", "gone"))
+    answered(service, CentralRejected(404, "upload_not_found", "gone"))
     state, attempts, next_attempt = state_of(service.spool)
     assert (state, attempts) == ("queued", 1) and next_attempt > 1000.0
     assert service.spool.store.conn.execute("SELECT upload_url FROM uploads").fetchone()[0] is None
@@ -158,7 +164,7 @@ def test_a_lost_upload_is_sent_again_after_a_backoff(service: UplinkService) -> 
 def test_upload_incomplete_resumes_the_same_upload(service: UplinkService) -> None:
     url = "http://127.0.0.1:9/v1/uploads/" + "1" * 32
     service.spool.mark_uploaded("it-1", url, 3, 0)
-    service._rejected_by_central(entry(service.spool), CentralRejected(409, "upload_incomplete", "short"))
+    answered(service, CentralRejected(409, "upload_incomplete", "short"))
     assert state_of(service.spool)[0] == "queued"
     assert service.spool.store.conn.execute("SELECT upload_url FROM uploads").fetchone()[0] == url
 
@@ -168,7 +174,7 @@ def test_a_ledger_fork_stops_the_uplink_without_blaming_the_item(
 ) -> None:
     fork = signed(tmp_path, "ledger_fork", item=None)
     with pytest.raises(UplinkFatal):
-        service._rejected_by_central(entry(service.spool), CentralRejected(409, "ledger_fork", "seq 3",
+        answered(service, CentralRejected(409, "ledger_fork", "seq 3",
                                                                            refusal=fork))
     assert state_of(service.spool)[0] == "queued"
 
@@ -177,7 +183,7 @@ def test_an_unsigned_ledger_fork_does_not_stop_the_uplink(service: UplinkService
     """Anyone between station and central could answer "ledger_fork": only the central's word stops it."""
     forged = signed(tmp_path, "ledger_fork", item=None, key=StationKey.generate())
     for refusal in (None, forged):
-        service._rejected_by_central(entry(service.spool), CentralRejected(409, "ledger_fork", "seq 3",
+        answered(service, CentralRejected(409, "ledger_fork", "seq 3",
                                                                            refusal=refusal))
     assert state_of(service.spool)[:2] == ("queued", 2)
     errors = [e.data for e in service.store.ledger.entries() if e.type == "error"]
