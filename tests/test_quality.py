@@ -97,6 +97,45 @@ def test_foundation_packages_depend_only_on_foundations() -> None:
     assert offenders == []
 
 
+# The uplink's core (spool, retry, breaker, receipts, witness, refusals, purge) decides on transport outcomes
+# and speaks no wire itself: only the transport modules speak HTTP/tus, only the registry names them, and
+# the transports reach into the core for the seam and the shared policy helpers only.
+UPLINK = ROOT / "edge" / "uplink"
+UPLINK_WIRE_MODULES = {"edge.uplink.tus_client", "edge.uplink.central_api", "edge.uplink.tus_transport"}
+UPLINK_REGISTRY = "edge.uplink.transports"
+UPLINK_SEAM_FOR_TRANSPORTS = {"edge.uplink.transport", "edge.uplink.policy", *UPLINK_WIRE_MODULES}
+WIRE_LIBRARIES = {"aiohttp", "yarl", "paho", "aiomqtt"}
+
+
+def _uplink_layer_offenders(paths: list[Path]) -> list[str]:
+    offenders = []
+    for path in paths:
+        module = f"edge.uplink.{path.stem}"
+        imports = _imports(path)
+        if module in UPLINK_WIRE_MODULES:
+            offenders += [f"{path.name} (a transport) imports {name}" for name in sorted(imports)
+                          if name.startswith("edge.uplink.") and name not in UPLINK_SEAM_FOR_TRANSPORTS]
+        elif module != UPLINK_REGISTRY:
+            offenders += [f"{path.name} (the core) imports {name}" for name in sorted(imports)
+                          if name in UPLINK_WIRE_MODULES or name.split(".")[0] in WIRE_LIBRARIES]
+    return offenders
+
+
+def test_the_uplink_core_never_imports_a_transport(tmp_path: Path) -> None:
+    paths = sorted(UPLINK.glob("*.py"))
+    assert {p.stem for p in paths} >= {"service", "spool", "policy", "witness", "requeue", "transport"}
+    assert _uplink_layer_offenders(paths) == []
+    # Control: the rule finds a core module that reaches for the tus client, and a transport that reaches
+    # into the core beyond the seam.
+    (tmp_path / "service.py").write_text("from edge.uplink.tus_client import TusClient\nimport aiohttp\n")
+    (tmp_path / "tus_transport.py").write_text("from edge.uplink.spool import Spool\n")
+    assert _uplink_layer_offenders(sorted(tmp_path.glob("*.py"))) == [
+        "service.py (the core) imports aiohttp",
+        "service.py (the core) imports edge.uplink.tus_client",
+        "tus_transport.py (a transport) imports edge.uplink.spool",
+    ]
+
+
 def test_edge_root_holds_composition_roots_only() -> None:
     modules = {p.name for p in (ROOT / "edge").glob("*.py")}
     assert modules - COMPOSITION_ROOTS == set(), "move foundation modules into a package named for its role"
