@@ -89,19 +89,19 @@ async def fetch_accepted_central(
     """Ask the configured central for its current tree head and its head of our ledger; raises
     :class:`ClearError` when it cannot be reached or what it answers does not verify."""
     from edge.pki.names import IdentityError
-    from edge.uplink.central_api import CentralApi, CentralError, central_session
+    from edge.uplink.transport import NotDone
+    from edge.uplink.transports import transport_for
 
     uplink = config.uplink
     try:
+        # Over the configured transport, like the uplink itself.
         async with (
             asyncio.timeout(timeout_s),
-            central_session(uplink, config.station.id) as (session, headers),
+            transport_for(uplink, config.station.id, None).connect() as link,
         ):
-            api = CentralApi(session, uplink.central_url, config.station.id, headers=headers,
-                             timeout_s=timeout_s)
-            tree_doc = await api.tree_head()
-            ledger = await api.ledger_state()
-    except (CentralError, IdentityError, OSError, TimeoutError, ValueError) as exc:
+            tree_doc = await link.tree_head()
+            ledger = await link.ledger_state()
+    except (NotDone, IdentityError, OSError, TimeoutError, ValueError) as exc:
         raise ClearError(f"the central at {uplink.central_url} could not be asked for its current tree "
                          f"head ({type(exc).__name__}: {str(exc)[:300]}); nothing was changed") from None
     problems = verify_tree_head(tree_doc, central_key)

@@ -2,8 +2,9 @@
 
 One `uploads` row per sealed item, in the station's state.db. Every change of state and its ledger
 entry share one transaction (queued, uploaded, receipt, purged, error), so after a crash the spool and
-the ledger agree and the uplink resumes where it stopped: an item whose upload URL is known resumes
-that tus upload from the server's offset; an item without one starts again.
+the ledger agree and the uplink resumes where it stopped: an item whose upload reference is known (the
+transport's resume reference, kept in `upload_url`; tus: the upload URL) resumes that upload where the
+central holds it; an item without one starts again.
 
 States: queued (waiting or in flight) → uploaded (content complete at the central, not yet registered)
 → receipted (the central accepted it and its receipt verified here). `rejected` items were refused by
