@@ -8,7 +8,10 @@ for several bays), the station's offload of the same files with re-read verifica
 it off; each ROUNDS times in rotating order, comparing medians. Offloads run in a
 child process so its peak RSS is the offload's own. Wipe is off in both (cp does not erase either).
 The last line printed is one JSON object:
-  cp_s, edge_s, edge_noverify_s, ratio (edge_s / cp_s), ratio_noverify, peak_rss_mb, total_mb, bays.
+  cp_s, edge_s, edge_noverify_s, ratio (edge_s / cp_s), ratio_noverify, peak_rss_mb, total_mb, bays,
+  and CPU seconds per GiB (user + system of the copying processes: cp's, the offload's child) for each
+  contender, cpu_s_per_gb. On a shared machine the wall-clock ratio wanders with the load of others;
+  CPU seconds per GiB barely do, so they show where a change helped.
 Targets on a 2-core machine: ratio_noverify <= 1.10, ratio <= 1.50, peak RSS <= 150 MB.
 """
 
@@ -62,19 +65,24 @@ def make_volumes(root: Path, total_mb: int, bays: int) -> list[Path]:
     return volumes
 
 
-def time_cp(volumes: list[Path], dest: Path) -> float:
+def time_cp(volumes: list[Path], dest: Path) -> tuple[float, float]:
+    """`cp -r` of every volume at once, then `sync`; returns (seconds, CPU seconds of the cp processes)."""
     os.sync()
     started = time.perf_counter()
     procs = [subprocess.Popen(["cp", "-r", str(v), str(dest / v.name)]) for v in volumes]
+    cpu = 0.0
     for proc in procs:
-        if proc.wait() != 0:
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
             raise SystemExit("cp failed")
+        cpu += usage.ru_utime + usage.ru_stime
     os.sync()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, cpu
 
 
-def run_worker(volumes: list[Path], store: Path, verify: bool) -> tuple[float, float]:
-    """Offload in a child process; returns (seconds, peak RSS MiB of that process)."""
+def run_worker(volumes: list[Path], store: Path, verify: bool) -> tuple[float, float, float]:
+    """Offload in a child process; returns (seconds, peak RSS MiB, CPU seconds of that process)."""
     args = [
         sys.executable,
         __file__,
@@ -94,11 +102,12 @@ def run_worker(volumes: list[Path], store: Path, verify: bool) -> tuple[float, f
     if proc.returncode != 0:
         raise SystemExit(f"offload worker failed with {proc.returncode}")
     result = json.loads(output.decode().strip().splitlines()[-1])
-    return float(result["seconds"]), usage.ru_maxrss / 1024
+    return float(result["seconds"]), usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def worker(volumes: list[Path], store_dir: Path, verify: bool) -> None:
     from edge.config.station import StationConfig
+    from edge.ingest.pipeline import IngestPipeline, IngestSettings
     from edge.ingest.store import StationStore
     from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
     from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
@@ -115,6 +124,9 @@ def worker(volumes: list[Path], store_dir: Path, verify: bool) -> None:
     executor = ThreadPoolExecutor(max_workers=4 + 3 * len(volumes))
 
     async def offload_all() -> list[OffloadOutcome]:
+        # One pipeline for every bay, as the station has (edge/station.py): their transitions share
+        # group commits and their renames share directory fsyncs.
+        pipeline = IngestPipeline(store, IngestSettings.from_config(config.offload), executor=executor)
         jobs = []
         for volume in volumes:
             serial = volume.name.removeprefix("ZFY_")
@@ -124,7 +136,8 @@ def worker(volumes: list[Path], store_dir: Path, verify: bool) -> None:
             session = SessionInfo(
                 str(uuid.uuid4()), "BENCH", None, identity, ClockFacts(None, 0, None, None, False)
             )
-            jobs.append(VolumeOffload(store, config, session, volume, executor=executor).run())
+            offload = VolumeOffload(store, config, session, volume, executor=executor, pipeline=pipeline)
+            jobs.append(offload.run())
         return [r.outcome for r in await asyncio.gather(*jobs)]
 
     started = time.perf_counter()
@@ -165,6 +178,7 @@ def main() -> int:
         for volume in volumes:  # warm the page cache the same way for every contender
             subprocess.run(["cat", *map(str, volume.rglob("*.MP4"))], stdout=subprocess.DEVNULL, check=True)
         samples: dict[str, list[float]] = {"cp": [], "edge": [], "noverify": []}
+        cpu: dict[str, list[float]] = {"cp": [], "edge": [], "noverify": []}
         rss: list[float] = []
         # This machine's disk timing wanders by a factor of several from run to run (host write
         # caching), so each contender runs several times, in rotating order, and medians are compared.
@@ -174,11 +188,12 @@ def main() -> int:
                 target = work / f"run-{name}"
                 if name == "cp":
                     target.mkdir()
-                    samples["cp"].append(time_cp(volumes, target))
+                    seconds, cpu_s = time_cp(volumes, target)
                 else:
-                    seconds, peak = run_worker(volumes, target, verify=name == "edge")
-                    samples[name].append(seconds)
+                    seconds, peak, cpu_s = run_worker(volumes, target, verify=name == "edge")
                     rss.append(peak)
+                samples[name].append(seconds)
+                cpu[name].append(cpu_s)
                 shutil.rmtree(target)
                 os.sync()
     finally:
@@ -196,6 +211,7 @@ def main() -> int:
         "ratio": round(edge_s / cp_s, 3),
         "ratio_noverify": round(noverify_s / cp_s, 3),
         "peak_rss_mb": round(max(rss), 1),
+        "cpu_s_per_gb": {k: round(statistics.median(vs) * 1024 / args.total_mb, 2) for k, vs in cpu.items()},
         "samples_s": {k: [round(v, 3) for v in vs] for k, vs in samples.items()},
     }
     print(json.dumps(result))
