@@ -16,13 +16,14 @@ import mmap
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.durable.files import PRIVATE_FILE_MODE
-from edge.durable.uncached import ReadMethod, UncachedFile, aligned_buffer
+from edge.durable.uncached import ReadMethod, UncachedFile
+from edge.ingest.buffers import BUFFERS
 
 if TYPE_CHECKING:
     from edge.ingest.source import ItemReader
@@ -149,8 +150,8 @@ def _private(fd: int) -> int:
 class _Writer:
     """Writes chunks in a second thread, so reading and hashing chunk N+1 overlaps writing chunk N.
 
-    A fixed pool of page-aligned buffers (as O_DIRECT needs) circulates between the two threads:
-    memory is bounded by BUFFERS * chunk_bytes whatever the file size.
+    A fixed set of page-aligned buffers (as O_DIRECT needs, from the process's pool) circulates
+    between the two threads: memory is bounded by BUFFERS * chunk_bytes whatever the file size.
     """
 
     BUFFERS = 3
@@ -161,8 +162,9 @@ class _Writer:
         self.what = what
         self.direct = direct
         self.free: queue.Queue[mmap.mmap] = queue.Queue()
-        for _ in range(self.BUFFERS):
-            self.free.put(mmap.mmap(-1, chunk_bytes))
+        self.buffers = [BUFFERS.aligned(chunk_bytes) for _ in range(self.BUFFERS)]
+        for buffer in self.buffers:
+            self.free.put(buffer)
         self.pending: queue.Queue[memoryview | None] = queue.Queue()
         self.error: AcquireError | None = None
         self.thread = threading.Thread(target=self._run, name="copy-writer", daemon=True)
@@ -188,6 +190,9 @@ class _Writer:
         if self.thread.is_alive():
             self.pending.put(None)
             self.thread.join()
+        for buffer in self.buffers:  # the writer is done with them, and so is the copy loop
+            BUFFERS.give(buffer)
+        self.buffers = []
 
     def _run(self) -> None:
         while True:
@@ -243,38 +248,109 @@ def reread_and_compare(
     copy is read with O_DIRECT (or, where the file system refuses it, only after proving that none of
     its pages is cached: :mod:`edge.durable.uncached`), so its read comes from the disk; the source's
     reader drops its own cached pages.
+
+    The stored copy is read in a second thread, ahead of the hashing and comparing here
+    (:class:`_DiskReadAhead`): O_DIRECT reads are synchronous, and alone they leave the disk idle
+    during every hash and every read of the source.
     """
     digest = hashlib.sha256()
-    mine, theirs = aligned_buffer(chunk_bytes), bytearray(chunk_bytes)
+    theirs = BUFFERS.plain(chunk_bytes)
     differs_at: int | None = None
     offset = 0
-    with UncachedFile(stored) as disk:
-        try:
-            while offset < size:
-                want = min(chunk_bytes, size - offset)
-                got = min(disk.read_at(mine, offset, want), want)  # an aligned read may run past `size`
-                if got <= 0:
-                    break
-                digest.update(memoryview(mine)[:got])
-                if source is not None and differs_at is None:
-                    theirs_got = _read_full(source, memoryview(theirs)[:got])
-                    if theirs_got == got == len(theirs) == len(mine):
-                        same = theirs == mine  # type: ignore[comparison-overlap]  # one memcmp, no copy
-                    else:
-                        same = theirs_got == got and theirs[:got] == mine[:got]
-                    if not same:
-                        differs_at = offset + _first_difference(mine, theirs, min(got, theirs_got))
-                offset += got
+    try:
+        with UncachedFile(stored) as disk:
+            ahead = _DiskReadAhead(disk, size, chunk_bytes)
+            try:
+                for mine, got in ahead.chunks():
+                    digest.update(memoryview(mine)[:got])
+                    if source is not None and differs_at is None:
+                        theirs_got = _read_full(source, memoryview(theirs)[:got])
+                        if theirs_got == got == len(theirs) == len(mine):
+                            same = theirs == mine  # type: ignore[comparison-overlap]  # one memcmp, no copy
+                        else:
+                            same = theirs_got == got and theirs[:got] == mine[:got]
+                        if not same:
+                            differs_at = offset + _first_difference(mine, theirs, min(got, theirs_got))
+                    offset += got
+                    ahead.done_with(mine)
+            finally:
+                ahead.close()
+                disk.drop_cache()  # leave no cached evidence behind: memory stays bounded
             if source is not None and differs_at is None:
                 if source.readinto(memoryview(theirs)[:1]):
                     differs_at = offset  # the source now has more bytes than were copied
                 else:
                     source.check_unchanged()
-        finally:
-            disk.drop_cache()  # leave no cached evidence behind: memory stays bounded
-            mine.close()
-        method = disk.method
+            method = disk.method
+    finally:
+        BUFFERS.give(theirs)
     return ReRead(digest.hexdigest(), offset, differs_at, method)
+
+
+class _DiskReadAhead:
+    """Reads the first `size` bytes of a stored copy in its own thread, up to DEPTH chunks ahead of
+    the consumer, which hands each chunk back once hashed and compared.
+
+    Memory is bounded by DEPTH * chunk_bytes. A read error reaches the consumer in order, in place of
+    the chunk it was reading; the reads stop early when the file ends (a short copy is found by its
+    size and hash).
+    """
+
+    DEPTH = 2
+
+    def __init__(self, disk: UncachedFile, size: int, chunk_bytes: int) -> None:
+        self.disk = disk
+        self.size = size
+        self.chunk_bytes = chunk_bytes
+        self.buffers = [BUFFERS.aligned(chunk_bytes) for _ in range(self.DEPTH)]
+        self.free: queue.Queue[mmap.mmap] = queue.Queue()
+        for buffer in self.buffers:
+            self.free.put(buffer)
+        self.ready: queue.Queue[tuple[mmap.mmap, int] | BaseException | None] = queue.Queue()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="verify-reader", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        offset = 0
+        try:
+            while offset < self.size:
+                buffer = self.free.get()
+                if self.stopping:
+                    return
+                want = min(self.chunk_bytes, self.size - offset)
+                # An aligned read may run past `size`: only the first `want` bytes count.
+                got = min(self.disk.read_at(buffer, offset, want), want)
+                if got <= 0:
+                    break
+                self.ready.put((buffer, got))
+                offset += got
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self.ready.put(exc)
+            return
+        self.ready.put(None)
+
+    def chunks(self) -> Iterator[tuple[mmap.mmap, int]]:
+        """(buffer, count) of each chunk in order; raises the read's error where it happened."""
+        while True:
+            item = self.ready.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def done_with(self, buffer: mmap.mmap) -> None:
+        self.free.put(buffer)
+
+    def close(self) -> None:
+        """Stop reading (the consumer may stop early), wait for the thread, give the buffers back."""
+        self.stopping = True
+        self.free.put(self.buffers[0])  # wakes the thread if it waits for a buffer
+        self.thread.join()
+        for buffer in self.buffers:
+            BUFFERS.give(buffer)
+        self.buffers = []
 
 
 def _read_full(reader: ItemReader, view: memoryview) -> int:
@@ -291,10 +367,13 @@ def _read_full(reader: ItemReader, view: memoryview) -> int:
 def hash_reader(reader: ItemReader, *, chunk_bytes: int) -> CopyResult:
     """SHA-256 and size of everything `reader` yields (the original alone, when no copy is kept)."""
     digest, total = hashlib.sha256(), 0
-    buffer = bytearray(chunk_bytes)
-    while count := reader.readinto(memoryview(buffer)):
-        digest.update(memoryview(buffer)[:count])
-        total += count
+    buffer = BUFFERS.plain(chunk_bytes)
+    try:
+        while count := reader.readinto(memoryview(buffer)):
+            digest.update(memoryview(buffer)[:count])
+            total += count
+    finally:
+        BUFFERS.give(buffer)
     reader.check_unchanged()
     return CopyResult(digest.hexdigest(), total)
 
