@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edge.central import http_server
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
 from edge.central.config import ConfigError
 from edge.central.service import start_central
@@ -379,7 +380,6 @@ async def test_a_request_head_sent_byte_by_byte_is_cut_off(
         enroll_dev(central, station)
         head = request_bytes("GET", "/v1/log/tree-head", [(DEV_READER_HEADER, "auditor")])[:-2]
         async with connection(central) as (reader, writer):
-            started = time.monotonic()
 
             async def dribble() -> None:
                 # A slowloris: a byte every 50 ms, never the blank line that ends the head.
@@ -395,8 +395,12 @@ async def test_a_request_head_sent_byte_by_byte_is_cut_off(
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                     await sender
-            assert time.monotonic() - started >= 0.5
-        assert any("request head was still incomplete" in r.getMessage() for r in caplog.records)
+        # Closed by the head deadline, not for any other reason: the deadline's own line, with the configured
+        # 0.5 s and the bytes of the head that had arrived by then.
+        cut = [r for r in caplog.records if "request head was still incomplete" in r.getMessage()]
+        assert len(cut) == 1 and isinstance(cut[0].args, tuple), [r.getMessage() for r in caplog.records]
+        _remote, _peer, timeout_s, head_bytes = cut[0].args
+        assert timeout_s == 0.5 and isinstance(head_bytes, int) and head_bytes > 0
         # A connection that says nothing, and an idle keep-alive connection, are closed the same way.
         async with connection(central) as (reader, _writer):
             assert await asyncio.wait_for(reader.read(), 10) == b""
@@ -408,8 +412,14 @@ async def test_a_request_head_sent_byte_by_byte_is_cut_off(
         await central.running.stop()
 
 
-async def test_a_slow_but_moving_upload_body_is_not_cut(tmp_path: Path, station: FakeStation) -> None:
+async def test_a_slow_but_moving_upload_body_is_not_cut(
+    tmp_path: Path, station: FakeStation, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Control for the head deadline: inside a request only the body's own stall timeout counts.
+    caplog.set_level(logging.INFO)
+    # The grace a just-ended head gets (5 s) shortened, so that three head deadlines outlast it: a deadline
+    # wrongly left running into the body would then fire, and say so, within the test.
+    monkeypatch.setattr(http_server, "_HEAD_GRACE_S", 0.2)
     central = await start_http_central(tmp_path, dev=True, server={"request_header_timeout_s": 0.5})
     try:
         enroll_dev(central, station)
@@ -417,16 +427,22 @@ async def test_a_slow_but_moving_upload_body_is_not_cut(tmp_path: Path, station:
         async with connection(central) as (reader, writer):
             writer.write(request_bytes("PATCH", location, [*station_headers(station), ("Content-Type", OCTET),
                                                            ("Upload-Offset", "0"), ("Content-Length", "30")]))
-            started = time.monotonic()
-            for _ in range(30):  # 30 bytes over 3 s: six head deadlines
+            for _ in range(3):
+                # A connection opened after this one's head that sends nothing is closed by its own head
+                # deadline: once that has happened, any deadline armed for the PATCH connection (earlier,
+                # on the same event loop) has passed too. A byte of the body each time keeps it moving.
                 writer.write(b"s")
                 await writer.drain()
-                await asyncio.sleep(0.1)
+                async with connection(central) as (idle_reader, _idle_writer):
+                    assert await asyncio.wait_for(idle_reader.read(), 10) == b""
+            writer.write(b"s" * 27)
             reply = await asyncio.wait_for(read_response(reader), 10)
             assert reply.status == 204 and reply.headers["upload-offset"] == "30"
-            assert time.monotonic() - started > 2.5
     finally:
         await central.running.stop()
+    closed = [r.getMessage() for r in caplog.records if r.name.startswith("edge.central")
+              and "closing the connection" in r.getMessage()]
+    assert len(closed) == 3 and all("no request within 0.5 s" in line for line in closed), closed
 
 
 async def test_a_tls_handshake_that_never_comes_is_cut_off(tmp_path: Path) -> None:

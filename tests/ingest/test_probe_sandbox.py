@@ -152,11 +152,10 @@ def test_a_report_longer_than_the_bound_is_cut_and_the_probe_killed(tmp_path: Pa
 
 
 def test_the_bounded_run_keeps_at_most_its_bound_of_endless_output() -> None:
-    started = time.monotonic()
     run = run_bounded([need("yes")], timeout_s=30, max_output_bytes=100_000)
     assert run.output_exceeded and run.returncode is None
+    assert not run.timed_out, "killed at the bound, not at the deadline"
     assert len(run.stdout) == 100_000
-    assert time.monotonic() - started < 20, "killed at the bound, not at the deadline"
 
 
 def hanging_probe(directory: Path) -> Path:
@@ -171,12 +170,10 @@ def test_a_hanging_probe_is_killed_at_the_deadline_with_what_it_started(
     part: Path, tmp_path: Path
 ) -> None:
     fake = hanging_probe(tmp_path)
-    started = time.monotonic()
     run = run_bounded(
         sandboxed_argv(part, [str(fake)]), timeout_s=1.0, max_output_bytes=1000, env=PROBE_ENV
     )
-    assert run.timed_out and run.returncode is None
-    assert time.monotonic() - started < 20
+    assert run.timed_out and run.returncode is None and not run.output_exceeded
     child = int(run.stdout.split()[0])
     assert _gone_or_zombie(child), "the probe's own child was killed with it"
     assert media_facts(part, ffprobe=str(fake), timeout_s=1.0) == {

@@ -418,9 +418,15 @@ async def test_cancelled_wait_does_not_break_the_event_iterator(
     sim = make_sim(4)
     driver = await open_driver(sim.tty_path)
     events = driver.events()
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.05):
-            await anext(events)
+
+    async def first_event() -> BayEvent:
+        return await anext(events)
+
+    waiter = asyncio.create_task(first_event())
+    await asyncio.sleep(0)  # let it block on the empty queue
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
     sim.insert(1, 1)
     assert await next_event(events) == BayEvent(1, BayEventKind.INSERTED, 1)
 

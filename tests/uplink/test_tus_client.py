@@ -1015,7 +1015,14 @@ async def test_a_slow_body_that_keeps_moving_is_not_a_stall(
     fake, served = hostile
     loop = asyncio.get_running_loop()
     piece = tus_client._PIECE_BYTES
-    limiter = RateLimiter(piece / 0.25, clock=loop.time, burst_bytes=1)  # 0.25 s per piece
+    waits: list[float] = []
+
+    async def wait_for_bandwidth(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(seconds)
+
+    # 0.25 s per piece, really waited (on the loop's clock), each wait recorded.
+    limiter = RateLimiter(piece / 0.25, clock=loop.time, burst_bytes=1, sleep=wait_for_bandwidth)
     path, data = evidence(tmp_path, piece * 3)
     client = make_client(
         session,
@@ -1025,10 +1032,11 @@ async def test_a_slow_body_that_keeps_moving_is_not_a_stall(
         limiter=limiter,
         request_timeout_s=0.2,
     )
-    started = loop.time()
     result = await client.upload(None, path, len(data), {})
-    assert loop.time() - started >= 0.7
     assert bytes(fake.uploads[upload_id(result.url)].data) == data
+    # The premise: the chunk's body waited for bandwidth between its pieces for longer than the request
+    # timeout, more than once, and the request still went through.
+    assert len([w for w in waits if w > 0.2]) >= 2, waits
 
 
 async def test_server_that_stops_reading_the_body_times_out(
@@ -1050,11 +1058,10 @@ async def test_server_that_stops_reading_the_body_times_out(
     client = make_client(
         session, served.origin, creation_with_upload=False, chunk_size_bytes=size, request_timeout_s=0.5
     )
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     with pytest.raises(UploadInterrupted, match="PATCH") as info:
         await client.upload(None, path, size, {})
-    assert loop.time() - started < 5.0
+    # The client's own stall deadline ended it (the server never answers, nor closes the connection).
+    assert "timed out" in str(info.value) and isinstance(info.value.__cause__, TimeoutError)
     assert 0 < info.value.bytes_sent < size
 
 

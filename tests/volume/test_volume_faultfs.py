@@ -241,3 +241,39 @@ def test_vanish_after_first_read(backing: Path) -> None:
     with pytest.raises(FileNotFoundError):
         fs.getattr("/P.JPG")
     assert "P.JPG" not in fs.readdir("/", 0)
+
+
+def test_reads_are_paced_by_the_rate_limit(backing: Path) -> None:
+    # The limit as the filesystem applies it to reads, on a clock the test owns: a burst at once, then
+    # each read waits for its bytes at the configured rate. (A mounted volume runs this same FaultFS.)
+    clock = FakeClock()
+    fs = FaultFS(backing, rate_limit_bytes_per_s=1_000_000)
+    assert fs.bucket is not None and fs.bucket.rate_bytes_per_s == 1_000_000
+    fs.bucket = TokenBucket(1_000_000, burst_bytes=100_000, clock=clock, sleep=clock.sleep)
+    data = read_all(fs, "/DCIM/100MEDIA/A_0001.MP4", chunk=100_000)
+    assert data == (backing / "DCIM/100MEDIA/A_0001.MP4").read_bytes()
+    assert clock.slept[0] == pytest.approx(0.1), "the first read past the burst waits for its bytes"
+    # What was asked for is paced, as the kernel asks it: 22 requests of 100 000 bytes for 2 MiB (the last
+    # two short and empty) at 1 MB/s, less the burst allowed up front.
+    assert len(clock.slept) == 21 and sum(clock.slept) == pytest.approx((22 - 1) * 100_000 / 1_000_000)
+    assert FaultFS(backing).bucket is None  # no limit, no pacing
+
+
+def test_the_mounted_volume_gets_the_rate_limit(
+    backing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from simulators.recorder.volume import fuse_command
+
+    served: dict[str, object] = {}
+
+    def fake_serve(backing_dir: Path, mount_point: Path, faults: VolumeFaults, **options: object) -> int:
+        served.update(options, faults=faults)
+        return 0
+
+    monkeypatch.setattr(faultfs, "serve", fake_serve)
+    argv = fuse_command(backing, tmp_path / "m", VolumeFaults(grow="*.X"), 4_000_000, None,
+                        ready_fd=7, lifeline_fd=8)
+    assert argv[1:3] == ["-m", "simulators.recorder.faultfs_main"]
+    assert faultfs.main(argv[3:]) == 0
+    assert served["rate_limit_bytes_per_s"] == 4_000_000 and served["faults"] == VolumeFaults(grow="*.X")
+    assert (served["ready_fd"], served["lifeline_fd"]) == (7, 8)

@@ -281,16 +281,12 @@ def test_fuse_vanish(backing: Path, mount: MountFactory) -> None:
 
 
 @needs_fuse
-def test_fuse_rate_limit_slows_reads(backing: Path, mount: MountFactory) -> None:
-    rate = 4 * MIB
-    mp = mount(backing, rate_limit_bytes_per_s=rate).mount_point
-    started = time.monotonic()
-    data = (mp / BIG).read_bytes()
-    elapsed = time.monotonic() - started
-    assert len(data) == 3 * MIB
-    burst = max(64 * 1024, rate // 20)
-    expected_s = (len(data) - burst) / rate
-    assert elapsed >= 0.5 * expected_s, f"{len(data)} bytes in {elapsed:.2f} s at a {rate} B/s limit"
+def test_fuse_rate_limited_volume_delivers_every_byte(backing: Path, mount: MountFactory) -> None:
+    # The pacing itself is checked on a clock the test owns (test_volume_faultfs: the filesystem's reads
+    # and the limit reaching the FUSE process); through the kernel, paced reads from several threads
+    # (readahead) still deliver the file exactly.
+    mp = mount(backing, rate_limit_bytes_per_s=16 * MIB).mount_point
+    assert (mp / BIG).read_bytes() == (backing / BIG).read_bytes()
 
 
 @needs_fuse
@@ -340,9 +336,10 @@ def test_unmount_while_station_holds_a_file_open(backing: Path, tmp_path: Path) 
     vol = mount_volume(backing, tmp_path / "m", rate_limit_bytes_per_s=10**10)
     with open(vol.mount_point / BIG, "rb") as held:
         assert held.read(10) == (backing / BIG).read_bytes()[:10]
-        started = time.monotonic()
         vol.unmount()  # `fusermount3 -u` says busy; the volume is detached lazily instead
-        assert time.monotonic() - started < volume_mod.STOP_TIMEOUT_S
+        # ... and when unmount() returns the device is stopped, although the file is still held: it does not
+        # wait for the station to let go (a detached FUSE process would serve the open file on and on).
+        assert vol._process is not None and vol._process.poll() is not None
         assert not is_mounted(vol.mount_point) and vol.mount_point.is_dir()
         with pytest.raises(OSError):
             held.seek(2 * MIB)
