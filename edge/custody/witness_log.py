@@ -124,9 +124,6 @@ class StationWitness:
         )
         return True
 
-    def witnessed_heads(self) -> Iterator[StoredHead]:
-        return stored_witnessed_heads(self._conn)
-
     # tree heads of the central's log
 
     def newest_tree_head(self) -> TreeHead | None:

@@ -14,8 +14,6 @@ from typing import Any
 from edge.pki.bundle import BUNDLE_CA_CERT, BUNDLE_CLIENT_CERT, BUNDLE_CLIENT_KEY
 from edge.pki.certs import read_pem
 from edge.pki.names import (
-    AUDITOR_OU,
-    STATION_OU,
     IdentityError,
     PeerIdentityError,
     checked_name,
@@ -96,23 +94,3 @@ def peer_identity(peercert: Mapping[str, Any] | None) -> tuple[str, str]:
         )
     # Station ids and reader names follow one rule; a CN outside it was not issued by `enroll`.
     return checked_name(validate_station_id, cns[0], PeerIdentityError), ous[0]
-
-
-def station_id_from_peercert(peercert: Mapping[str, Any] | None) -> str:
-    """The station id of a station certificate (OU=station); `PeerIdentityError` for any other."""
-    name, unit = peer_identity(peercert)
-    if unit != STATION_OU:
-        raise PeerIdentityError(
-            f"expected a station certificate (OU={STATION_OU}), found OU={unit!r} for {name!r}"
-        )
-    return name
-
-
-def reader_name_from_peercert(peercert: Mapping[str, Any] | None) -> str:
-    """The auditor name of an auditor certificate (OU=auditor); `PeerIdentityError` for any other."""
-    name, unit = peer_identity(peercert)
-    if unit != AUDITOR_OU:
-        raise PeerIdentityError(
-            f"expected an auditor certificate (OU={AUDITOR_OU}), found OU={unit!r} for {name!r}"
-        )
-    return name

@@ -397,11 +397,6 @@ class UploadWindow:
     end_s: int
     spec: str
 
-    def contains(self, second_of_day: float) -> bool:
-        if self.start_s < self.end_s:
-            return self.start_s <= second_of_day < self.end_s
-        return second_of_day >= self.start_s or second_of_day < self.end_s
-
 
 def _second_of_day(dt: datetime) -> float:
     return dt.hour * 3600 + dt.minute * 60 + dt.second + dt.microsecond / 1e6
