@@ -14,7 +14,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from edge.custody.canonical import MAX_SAFE_INTEGER
+from edge.custody.keys import key_id_of, verify_signature
 from edge.custody.problems import Problem
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "hex64_problem",
     "key_id_problem",
     "member_problems",
+    "pinned_signature_problems",
     "show",
     "signature_problem",
     "size_problem",
@@ -120,6 +124,23 @@ def signature_problem(doc: Mapping[str, Any], where: str) -> Problem | None:
         return Problem(f"{where}.signature", f"expected base64 of a 64-byte Ed25519 signature, "
                                              f"found {show(signature)}")
     return None
+
+
+def pinned_signature_problems(
+    doc: Mapping[str, Any], pinned_pub: Ed25519PublicKey, payload: bytes, where: str, what: str
+) -> list[Problem]:
+    """Empty when ``doc`` (its shape already checked) names the pinned central key as its signer and its
+    ``signature`` over ``payload`` verifies with that key; otherwise the one problem, saying ``what``
+    ("the tree head") was forged or altered. Tree heads, witnessed heads and refusals all end so."""
+    pinned_id = key_id_of(pinned_pub)
+    if doc["key_id"] != pinned_id:
+        return [Problem(f"{where}.key_id", f"signed by key {show(doc['key_id'])}, expected the pinned "
+                                           f"central key {pinned_id}")]
+    signature = decode_signature(doc["signature"])
+    if signature is None or not verify_signature(pinned_pub, signature, payload):
+        return [Problem(f"{where}.signature", f"does not verify with the pinned central key {pinned_id}: "
+                                              f"{what} was forged or altered")]
+    return []
 
 
 def collect(*problems: Problem | None) -> list[Problem]:

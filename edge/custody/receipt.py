@@ -29,15 +29,14 @@ from edge.custody.errors import CanonicalJsonError, CustodyError
 from edge.custody.fields import HEX64_RE as _HEX64_RE
 from edge.custody.fields import ORIGIN_RE as _ORIGIN_RE
 from edge.custody.fields import collect as _collect
-from edge.custody.fields import decode_signature as _decode_signature
 from edge.custody.fields import hex64_problem as _hex64_problem
-from edge.custody.fields import key_id_problem, signature_problem
+from edge.custody.fields import key_id_problem, pinned_signature_problems, signature_problem
 from edge.custody.fields import member_problems as _member_problems
 from edge.custody.fields import show as _show
 from edge.custody.fields import size_problem as _size_problem
 from edge.custody.fields import station_problem as _station_problem
 from edge.custody.fields import time_problem as _time_problem
-from edge.custody.keys import StationKey, key_id_of, verify_signature
+from edge.custody.keys import StationKey
 from edge.custody.merkle import HASH_SIZE, inclusion_proof_length, leaf_hash, verify_inclusion
 from edge.custody.problems import Problem
 from edge.custody.witness import WitnessedHead, verify_witnessed_head, witnessed_head_problems
@@ -186,17 +185,8 @@ def verify_tree_head(
     problems = tree_head_problems(doc, where)
     if problems:
         return problems
-    pinned_id = key_id_of(pinned_pub)
-    if doc["key_id"] != pinned_id:
-        return [Problem(f"{where}.key_id", f"signed by key {doc['key_id']}, expected the pinned central "
-                                           f"key {pinned_id}")]
-    signature = _decode_signature(doc["signature"])
-    assert signature is not None
     payload = tree_head_payload(doc["origin"], doc["tree_size"], doc["root_hash"], doc["time"])
-    if not verify_signature(pinned_pub, signature, payload):
-        return [Problem(f"{where}.signature", f"does not verify with the pinned central key {pinned_id}: "
-                                              f"the tree head was forged or altered")]
-    return []
+    return pinned_signature_problems(doc, pinned_pub, payload, where, "the tree head")
 
 
 # --- leaves -----------------------------------------------------------------------------------------

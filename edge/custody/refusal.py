@@ -31,15 +31,15 @@ from edge.custody.errors import CustodyError
 from edge.custody.fields import (
     ORIGIN_RE,
     collect,
-    decode_signature,
     key_id_problem,
     member_problems,
+    pinned_signature_problems,
     show,
     signature_problem,
     station_problem,
     time_problem,
 )
-from edge.custody.keys import StationKey, key_id_of, verify_signature
+from edge.custody.keys import StationKey
 from edge.custody.problems import Problem
 
 __all__ = [
@@ -171,13 +171,4 @@ def verify_refusal(
         if doc[name] != value:
             return [Problem(f"{where}.{name}", f"is {show(doc[name])}, expected {show(value)}: this refusal "
                                                "is about something else")]
-    pinned_id = key_id_of(pinned_pub)
-    if doc["key_id"] != pinned_id:
-        return [Problem(f"{where}.key_id", f"signed by key {show(doc['key_id'])}, expected the pinned "
-                                           f"central key {pinned_id}")]
-    signature = decode_signature(doc["signature"])
-    assert signature is not None
-    if not verify_signature(pinned_pub, signature, refusal_payload(doc)):
-        return [Problem(f"{where}.signature", f"does not verify with the pinned central key {pinned_id}: "
-                                              "the refusal was forged or altered")]
-    return []
+    return pinned_signature_problems(doc, pinned_pub, refusal_payload(doc), where, "the refusal")

@@ -33,17 +33,17 @@ from edge.custody.errors import CustodyError
 from edge.custody.fields import (
     ORIGIN_RE,
     collect,
-    decode_signature,
     hex64_problem,
     key_id_problem,
     member_problems,
+    pinned_signature_problems,
     show,
     signature_problem,
     size_problem,
     station_problem,
     time_problem,
 )
-from edge.custody.keys import StationKey, key_id_of, verify_signature
+from edge.custody.keys import StationKey
 from edge.custody.problems import Problem
 
 __all__ = [
@@ -159,14 +159,6 @@ def verify_witnessed_head(
         return problems
     if expected_station is not None and doc["station"] != expected_station:
         return [Problem(f"{where}.station", f"is {show(doc['station'])}, expected {show(expected_station)}")]
-    pinned_id = key_id_of(pinned_pub)
-    if doc["key_id"] != pinned_id:
-        return [Problem(f"{where}.key_id", f"signed by key {doc['key_id']}, expected the pinned central "
-                                           f"key {pinned_id}")]
-    signature = decode_signature(doc["signature"])
-    assert signature is not None
-    if not verify_signature(pinned_pub, signature, witnessed_head_payload(doc)):
-        return [Problem(f"{where}.signature", f"does not verify with the pinned central key {pinned_id}: "
-                                              f"the witnessed head was forged or altered")]
-    return []
+    payload = witnessed_head_payload(doc)
+    return pinned_signature_problems(doc, pinned_pub, payload, where, "the witnessed head")
 
