@@ -22,20 +22,18 @@ they print is checked before it is believed.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
 import math
 import os
 import re
-import selectors
-import signal
 import stat
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from edge.runtime.bounded import run_bounded
 
 TIME_ERROR = 5  # adjtimex(2) return value: the kernel clock is not synchronised
 TIMEX_BYTES = 512  # struct timex is 208 bytes on x86-64; room to spare on any ABI
@@ -87,64 +85,26 @@ def clean_text(text: str, limit: int = MAX_REASON_CHARS) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def run_bounded(
+def run_command(
     argv: list[str], *, timeout_s: float, max_bytes: int = MAX_COMMAND_OUTPUT_BYTES
 ) -> CommandOutput:
-    """Run a status command: no stdin, C locale, at most `max_bytes` kept from each stream, and the
-    whole process group killed when it has not finished within `timeout_s`."""
+    """Run a status command (`edge.runtime.bounded.run_bounded`: no stdin, its own process group, killed at
+    the deadline or when it prints more than `max_bytes`) in the C locale; `CommandUnavailable` says why
+    there is no answer."""
     env = {**os.environ, "LC_ALL": "C", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
     try:
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            close_fds=True,
-            start_new_session=True,  # so a timeout can end the command and anything it started
-        )
+        run = run_bounded(argv, timeout_s=timeout_s, max_output_bytes=max_bytes, max_error_bytes=max_bytes,
+                          env=env)
     except FileNotFoundError as exc:
         raise CommandUnavailable(f"{argv[0]} is not installed") from exc
     except OSError as exc:
         raise CommandUnavailable(f"{argv[0]} cannot be run: {exc.strerror or exc}") from exc
-    assert process.stdout is not None and process.stderr is not None
-    out_fd, err_fd = process.stdout.fileno(), process.stderr.fileno()
-    kept: dict[int, bytearray] = {out_fd: bytearray(), err_fd: bytearray()}
-    deadline = time.monotonic() + timeout_s
-    timed_out = False
-    try:
-        with selectors.DefaultSelector() as selector:
-            for fd in kept:
-                selector.register(fd, selectors.EVENT_READ)
-            while selector.get_map():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    timed_out = True
-                    break
-                for key, _ in selector.select(remaining):
-                    fd = int(key.fd)
-                    chunk = os.read(fd, 4096)
-                    if not chunk:
-                        selector.unregister(fd)
-                        continue
-                    room = max_bytes - len(kept[fd])
-                    kept[fd] += chunk[:room]
-        if not timed_out:
-            try:
-                returncode = process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-    finally:
-        if timed_out or process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
-    if timed_out:
+    if run.output_exceeded:
+        raise CommandUnavailable(f"{argv[0]} printed more than {max_bytes} bytes and was killed")
+    if run.timed_out or run.returncode is None:
         raise CommandUnavailable(f"{argv[0]} did not answer within {timeout_s:g} s")
     return CommandOutput(
-        returncode, kept[out_fd].decode("utf-8", "replace"), kept[err_fd].decode("utf-8", "replace")
+        run.returncode, run.stdout.decode("utf-8", "replace"), run.stderr_tail.decode("utf-8", "replace")
     )
 
 
@@ -245,7 +205,7 @@ def judge_chrony(tracking: ChronyTracking, max_error_s: float) -> SyncReading:
 
 def read_chrony(chronyc: str, *, max_error_s: float, timeout_s: float) -> SyncReading:
     try:
-        out = run_bounded([chronyc, "-c", "-n", "tracking"], timeout_s=timeout_s)
+        out = run_command([chronyc, "-c", "-n", "tracking"], timeout_s=timeout_s)
     except CommandUnavailable as exc:
         return SyncReading("chrony", None, str(exc))
     if out.returncode != 0:
@@ -315,14 +275,14 @@ def read_timedated(busctl: str, *, timeout_s: float) -> SyncReading:
         busctl,
         "--system",
         "--no-pager",
-        "get-property",  # busctl waits 25 s for a hung timedated whatever --timeout says: run_bounded ends it
+        "get-property",  # busctl waits 25 s for a hung timedated whatever --timeout says: run_command ends it
         TIMEDATED_BUS_NAME,
         TIMEDATED_OBJECT,
         TIMEDATED_INTERFACE,
         "NTPSynchronized",
     ]
     try:
-        out = run_bounded(argv, timeout_s=timeout_s)
+        out = run_command(argv, timeout_s=timeout_s)
     except CommandUnavailable as exc:
         return SyncReading("timedated", None, str(exc))
     if out.returncode != 0:
