@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +21,12 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, ValidationError
 from pydantic_core import CoreSchema, core_schema
 
+from edge.durable.files import SmallFileError, read_small_file
+
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SECRET_REF = re.compile(r"^(env|file|credential):(.+)$")
+# A password or token is short; a secret file far larger than this is not one.
+MAX_SECRET_BYTES = 64 * 1024
 
 
 class ConfigError(Exception):
@@ -65,11 +68,14 @@ class SecretRef(str):
         else:
             path = Path(target)
         try:
-            return path.read_text(encoding="utf-8").strip("\r\n")
-        except OSError as exc:
-            raise ConfigError(
-                f"secret reference {kind}:{target}: cannot read {path}: {exc.strerror}"
-            ) from exc
+            # A FIFO or device planted at the path must not hang the agent at start.
+            data = read_small_file(path, MAX_SECRET_BYTES, expected="a secret file")
+            return data.decode("utf-8").strip("\r\n")
+        except SmallFileError as exc:
+            why = str(exc).removeprefix(f"{path}: ")
+            raise ConfigError(f"secret reference {kind}:{target}: {why}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"secret reference {kind}:{target}: {path}: not UTF-8 text") from None
 
 
 def _secret_ref(value: object) -> SecretRef:
@@ -136,25 +142,9 @@ def read_config_text(path: Path) -> str:
     and at most `MAX_CONFIG_BYTES`.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = (
-                "a directory" if stat.S_ISDIR(info.st_mode) else f"not a regular file (mode {info.st_mode:o})"
-            )
-            raise ConfigError(f"{path}: cannot read: expected a TOML file, found {kind}")
-        with os.fdopen(fd, "rb", closefd=False) as stream:
-            data = stream.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: expected a configuration file of at most {MAX_CONFIG_BYTES} bytes, "
-                          "found a larger file")
+        data = read_small_file(path, MAX_CONFIG_BYTES, expected="a TOML file")
+    except SmallFileError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

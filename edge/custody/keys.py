@@ -18,7 +18,6 @@ import hashlib
 import logging
 import os
 import secrets
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -26,7 +25,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.custody.errors import KeyFileError, KeyFormatError
-from edge.durable.files import fsync_dir, remove_stale_temporaries, write_new_file
+from edge.durable.files import (
+    SmallFileError,
+    fsync_dir,
+    read_small_file,
+    remove_stale_temporaries,
+    write_new_file,
+)
 
 __all__ = [
     "SIGNATURE_ALG",
@@ -77,32 +82,14 @@ def read_pem_file(path: Path, *, what: str, secret: bool) -> bytes:
     64 KiB is read, and a FIFO planted at the path cannot hang the caller (O_NONBLOCK).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise KeyFileError(f"cannot read {what} {path}: it does not exist") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot open {what} {path}: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFileError(f"{what} {path}: expected a regular file, found mode {info.st_mode:o}")
-        if secret and info.st_mode & 0o077:
+        return read_small_file(path, _MAX_KEY_FILE_BYTES, expected="a small PEM file", private=secret)
+    except SmallFileError as exc:
+        if exc.exposed:
             raise KeyFileError(
-                f"{what} {path} has mode {stat.S_IMODE(info.st_mode):04o}: it is readable or "
-                f"writable by group or others; expected 0600 or stricter. The key may be exposed: "
-                f"fix the permissions (chmod 600) only after deciding whether to replace the key"
-            )
-        with os.fdopen(fd, "rb", closefd=False) as stream:
-            data = stream.read(_MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise KeyFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(data) > _MAX_KEY_FILE_BYTES:
-        raise KeyFileError(
-            f"{what} {path}: expected a small PEM file, found over {_MAX_KEY_FILE_BYTES} bytes"
-        )
-    return data
+                f"{what} {exc}. The key may be exposed: fix the permissions (chmod 600) only after deciding "
+                "whether to replace the key"
+            ) from None
+        raise KeyFileError(f"{what} {exc}") from None
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:

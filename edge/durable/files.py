@@ -205,3 +205,59 @@ def write_new_file(path: Path, data: bytes, mode: int) -> None:
             path.unlink()
         raise
     os.close(fd)
+
+
+class SmallFileError(Exception):
+    """`read_small_file` refused a file or could not read it; the message names the path and says why.
+    `exposed`: a private file that group or others can access (the caller says what that means)."""
+
+    def __init__(self, message: str, *, exposed: bool = False) -> None:
+        super().__init__(message)
+        self.exposed = exposed
+
+
+def read_small_file(path: Path, max_bytes: int, *, expected: str, private: bool = False) -> bytes:
+    """The bytes of the small regular file at `path` (a configuration, a key, a certificate).
+
+    Whatever is planted at the path cannot hang or flood the reader: it is opened without blocking
+    (a FIFO), checked to be a regular file before anything is read, and at most `max_bytes` are read.
+    `private`: a file that group or others can access is refused. `expected` names what should be there
+    ("a TOML file"), for the message of `SmallFileError`.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SmallFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _file_kind(info.st_mode)
+            raise SmallFileError(
+                f"{path}: cannot read: expected {expected}, found {kind} (mode {info.st_mode:o}), "
+                "not a regular file"
+            )
+        if private and info.st_mode & 0o077:
+            raise SmallFileError(
+                f"{path} has mode {stat.S_IMODE(info.st_mode):04o}: it is readable or writable by group or "
+                "others; expected 0600 or stricter",
+                exposed=True,
+            )
+        with os.fdopen(fd, "rb", closefd=False) as stream:
+            data = stream.read(max_bytes + 1)
+    except OSError as exc:
+        raise SmallFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise SmallFileError(f"{path}: expected {expected} of at most {max_bytes} bytes, found a larger file")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "something else"

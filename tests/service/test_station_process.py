@@ -92,7 +92,7 @@ def _directory(root: Path) -> tuple[Path, dict[str, str], str]:
 
 def _fifo(root: Path) -> tuple[Path, dict[str, str], str]:
     os.mkfifo(root / "fifo.toml")  # reading it would wait for a writer forever
-    return root / "fifo.toml", {}, "found not a regular file"
+    return root / "fifo.toml", {}, "found a FIFO"
 
 
 def _not_utf8(root: Path) -> tuple[Path, dict[str, str], str]:

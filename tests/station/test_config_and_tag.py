@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,6 +80,19 @@ def test_secret_references_resolve_from_env_file_and_credentials(tmp_path: Path)
     with pytest.raises(ConfigError, match="not set"):
         SecretRef("env:MISSING").resolve({})
     assert "246810" not in repr(SecretRef(f"file:{secret}"))
+
+
+@pytest.mark.timeout(30)
+def test_a_secret_reference_to_a_fifo_or_a_directory_is_refused_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "pw-fifo"
+    os.mkfifo(fifo, 0o600)  # reading it would wait for a writer forever
+    with pytest.raises(ConfigError, match=r"secret reference file:.*pw-fifo: cannot read: .*found a FIFO"):
+        SecretRef(f"file:{fifo}").resolve()
+    with pytest.raises(ConfigError, match="found a directory"):
+        SecretRef(f"file:{tmp_path}").resolve()
+    (tmp_path / "big").write_bytes(b"1" * (1 << 20))
+    with pytest.raises(ConfigError, match="at most"):
+        SecretRef(f"file:{tmp_path / 'big'}").resolve()
 
 
 def test_check_config_exit_status_and_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
