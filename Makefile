@@ -7,11 +7,13 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # System tools the project runs: ffmpeg/ffprobe (media), fusermount3 (simulated recorder
-# volumes), mosquitto (MQTT uplink tests), python3-venv (the virtual environment); systemd-analyze and
-# busctl (systemd: the unit's seccomp groups, systemd-timedated over D-Bus), dbus-daemon (a private bus
-# for the timedated stand-in) and libseccomp2 (the unit's filter installed in tests). Under CI a missing
-# tool fails the tests that need it instead of skipping them (tests/prerequisites.py).
-APT_PACKAGES := ffmpeg fuse3 mosquitto curl python3-venv python3-dev systemd dbus-daemon libseccomp2
+# volumes), curl (the baseline of the upload benchmark, tests/bench/upload.py), python3-venv (the
+# virtual environment); systemd-analyze and busctl (systemd: the unit's seccomp groups,
+# systemd-timedated over D-Bus), dbus-daemon (a private bus for the timedated stand-in) and libseccomp2
+# (the unit's filter installed in tests). Under CI a missing tool fails the tests that need it instead
+# of skipping them (tests/prerequisites.py). No MQTT transport exists yet, so no broker is installed:
+# the transport that brings MQTT adds mosquitto here with the tests that run it.
+APT_PACKAGES := ffmpeg fuse3 curl python3-venv python3-dev systemd dbus-daemon libseccomp2
 
 # Exact versions of every Python distribution the tests ran with (pip and the build backend included),
 # so that an install a year from now gets what was tested. `make constraints` rewrites it from .venv.
@@ -27,8 +29,6 @@ system:
 	command -v ffprobe >/dev/null || missing="$$missing ffmpeg"; \
 	command -v fusermount3 >/dev/null || missing="$$missing fuse3"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
-	command -v mosquitto >/dev/null && [ -x "$$(command -v mosquitto)" ] || \
-	  [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv python3-dev"; \
 	command -v systemd-analyze >/dev/null && command -v busctl >/dev/null || missing="$$missing systemd"; \
 	command -v dbus-daemon >/dev/null || missing="$$missing dbus-daemon"; \
