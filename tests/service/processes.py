@@ -74,6 +74,16 @@ class NotifySocket:
             if field in fields:
                 return at, fields
 
+    def wait_ready(self, process: subprocess.Popen[str], who: str) -> float:
+        """When READY=1 arrived from ``process``; without it, the process is killed and the test fails
+        with the end of what it said on stderr."""
+        try:
+            at, _fields = self.wait_for("READY", timeout_s=60)
+        except TimeoutError:
+            process.kill()
+            raise AssertionError(f"no READY=1; {who} said: {process.communicate()[1][-3000:]}") from None
+        return at
+
     def pending(self) -> list[dict[str, str]]:
         """Everything already queued (call once the sender has exited: nothing more can come)."""
         self.sock.setblocking(False)

@@ -13,7 +13,7 @@ import itertools
 import signal
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,6 @@ from tests.service.processes import (
     NotifySocket,
     exec_start,
     kill_signal,
-    notify_socket,
     restart_prevented,
     running,
     stop_timeout_s,
@@ -37,12 +36,6 @@ from tests.service.processes import (
 
 UNIT = "edge-central.service"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def notify(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotifySocket]:
-    with notify_socket(tmp_path_factory.mktemp("n", numbered=True)) as sock:
-        yield sock
 
 
 def _free_port() -> int:
@@ -166,14 +159,6 @@ def test_init_never_makes_a_signing_key_over_a_signed_log(tmp_path: Path) -> Non
     assert not (tmp_path / "store" / "identity" / "signing.key").exists()
 
 
-def _wait_ready(notify: NotifySocket, central: subprocess.Popen[str]) -> None:
-    try:
-        notify.wait_for("READY", timeout_s=60)
-    except TimeoutError:
-        central.kill()
-        raise AssertionError(f"no READY=1; central said: {central.communicate()[1][-3000:]}") from None
-
-
 def test_ready_once_listening_watchdog_inside_the_timeout_and_a_clean_sigterm_stop(
     tmp_path: Path, notify: NotifySocket
 ) -> None:
@@ -181,7 +166,7 @@ def test_ready_once_listening_watchdog_inside_the_timeout_and_a_clean_sigterm_st
     port = load_central_config(config).server.port
     watchdog_usec = 3_000_000
     with running(exec_start(UNIT, config), notify.env(WATCHDOG_USEC=str(watchdog_usec))) as central:
-        _wait_ready(notify, central)
+        notify.wait_ready(central, "central")
         socket.create_connection(("127.0.0.1", port), timeout=10).close()  # listening when it said so
         pings = [notify.wait_for("WATCHDOG", timeout_s=watchdog_usec / 1e6)[0] for _ in range(3)]
         gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
@@ -198,7 +183,7 @@ def test_one_receiver_per_store_while_enroll_and_revoke_work_beside_it(
     config = _initialised(tmp_path)
     station_key = StationKey.create(tmp_path / "station" / "station.key")
     with running(exec_start(UNIT, config), notify.env()) as central:
-        _wait_ready(notify, central)
+        notify.wait_ready(central, "central")
         for argv in (exec_start(UNIT, config)[1:], ["central", "init", "--config", str(config)]):
             second = _edge(*argv)
             assert second.returncode == 75, second.stderr[-2000:]
@@ -214,6 +199,6 @@ def test_one_receiver_per_store_while_enroll_and_revoke_work_beside_it(
         central.send_signal(signal.SIGKILL)
         central.wait(timeout=60)
     with running(exec_start(UNIT, config), notify.env()) as again:
-        _wait_ready(notify, again)  # a receiver killed with -9 leaves no lock behind
+        notify.wait_ready(again, "central")  # a receiver killed with -9 leaves no lock behind
         again.send_signal(signal.SIGTERM)
         assert again.wait(timeout=stop_timeout_s(UNIT)) == 0

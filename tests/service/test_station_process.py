@@ -14,7 +14,7 @@ import os
 import signal
 import sqlite3
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,6 @@ from tests.service.processes import (
     NotifySocket,
     exec_start,
     kill_signal,
-    notify_socket,
     restart_prevented,
     running,
     stop_timeout_s,
@@ -37,12 +36,6 @@ from tests.service.processes import (
 UNIT = "edge-station.service"
 REPO = Path(__file__).resolve().parents[2]
 STATION = "PROC-TEST"
-
-
-@pytest.fixture
-def notify(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NotifySocket]:
-    with notify_socket(tmp_path_factory.mktemp("n", numbered=True)) as sock:
-        yield sock
 
 
 def _config(root: Path, extra: str = "", *, store: str = "store", station: str = STATION) -> Path:
@@ -219,22 +212,13 @@ def test_an_unusable_configuration_exits_78_which_the_unit_never_restarts(
         assert not (tmp_path / "store" / "keys" / "station.key").exists()
 
 
-def _wait_ready(notify: NotifySocket, agent: subprocess.Popen[str]) -> float:
-    try:
-        at, _fields = notify.wait_for("READY", timeout_s=60)
-    except TimeoutError:
-        agent.kill()
-        raise AssertionError(f"no READY=1; agent said: {agent.communicate()[1][-3000:]}") from None
-    return at
-
-
 def test_ready_once_the_store_is_open_watchdog_at_half_the_interval_and_a_clean_sigterm_stop(
     tmp_path: Path, notify: NotifySocket
 ) -> None:
     config = _config(tmp_path)
     watchdog_usec = 3_000_000
     with running(exec_start(UNIT, config), notify.env(WATCHDOG_USEC=str(watchdog_usec))) as agent:
-        _wait_ready(notify, agent)
+        notify.wait_ready(agent, "agent")
         # READY=1 came after the store was opened, locked by this very process, and put on the record.
         db = tmp_path / "store" / "state.db"
         assert _rows(db, "SELECT type FROM ledger ORDER BY seq") == [("station_started",)]
@@ -262,7 +246,7 @@ def test_one_writer_per_store_verify_beside_it_and_a_killed_agent_blocks_nothing
 ) -> None:
     config = _config(tmp_path)
     with running(exec_start(UNIT, config), notify.env()) as agent:
-        _wait_ready(notify, agent)
+        notify.wait_ready(agent, "agent")
         for argv in (
             exec_start(UNIT, config),
             [str(EDGE), "tag", "0f1d2c3b-0000-4000-8000-0123", "--config", str(config), "--case", "X"],
@@ -284,7 +268,7 @@ def test_one_writer_per_store_verify_beside_it_and_a_killed_agent_blocks_nothing
     # The dead agent's name is still in the lock file, but the kernel let go of its lock.
     assert str(agent.pid) in (tmp_path / "store" / "store.lock").read_text()
     with running(exec_start(UNIT, config), notify.env()) as again:
-        _wait_ready(notify, again)
+        notify.wait_ready(again, "agent")
         again.send_signal(signal.SIGTERM)
         assert again.wait(timeout=stop_timeout_s(UNIT)) == 0
 
@@ -297,7 +281,7 @@ def test_a_loaded_credential_lets_the_agent_start(tmp_path: Path, notify: Notify
     (credentials / "recorder-password").write_text("246810\n")
     env = notify.env(CREDENTIALS_DIRECTORY=str(credentials))
     with running(exec_start(UNIT, config), env) as agent:
-        _wait_ready(notify, agent)
+        notify.wait_ready(agent, "agent")
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=stop_timeout_s(UNIT)) == 0
         assert "246810" not in agent.communicate()[1]
