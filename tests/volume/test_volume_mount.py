@@ -126,26 +126,8 @@ def test_faults_need_fuse_not_a_bind_mount(backing: Path, bay: Path) -> None:
 def test_a_killed_simulator_leaves_no_bind_mount_behind(backing: Path, bay: Path) -> None:
     """A bind mount belongs to the kernel and would outlive its maker; the reaper takes it down."""
     require_bind_mounts()
-    script = (
-        "import sys, pathlib\n"
-        "from simulators.recorder.volume import mount_volume\n"
-        f"mount_volume(pathlib.Path({str(backing)!r}), pathlib.Path({str(bay)!r}))\n"
-        "print('mounted', flush=True)\n"
-        "sys.stdin.read()\n"
-    )
-    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          cwd=Path(__file__).resolve().parents[2]) as owner:
-        try:
-            assert owner.stdout is not None and owner.stdout.readline() == b"mounted\n"
-            assert is_mounted(bay)
-            owner.send_signal(signal.SIGKILL)
-            owner.wait(timeout=10)
-            assert wait_for_mounts(lambda: not is_mounted(bay))
-        finally:
-            if owner.poll() is None:
-                owner.kill()
-            if is_mounted(bay):
-                subprocess.run(["umount", "-l", str(bay)], check=False)
+    mount_call = f"mount_volume(pathlib.Path({str(backing)!r}), pathlib.Path({str(bay)!r}))"
+    kill_the_mounting_process(bay, mount_call, cleanup=["umount", "-l", str(bay)])
     assert bay.is_dir() and (backing / BIG).is_file()
 
 
@@ -308,27 +290,9 @@ def test_unmount_after_fuse_process_killed(backing: Path, tmp_path: Path) -> Non
 @needs_fuse
 def test_volume_unmounts_itself_when_its_owner_dies(backing: Path, tmp_path: Path) -> None:
     mount_point = tmp_path / "m"
-    script = (
-        "import sys, pathlib\n"
-        "from simulators.recorder.volume import mount_volume, VolumeFaults\n"
-        f"mount_volume(pathlib.Path({str(backing)!r}), pathlib.Path({str(mount_point)!r}),"
-        " faults=VolumeFaults(grow='nothing'))\n"
-        "print('mounted', flush=True)\n"
-        "sys.stdin.read()\n"
-    )
-    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          cwd=Path(__file__).resolve().parents[2]) as owner:
-        try:
-            assert owner.stdout is not None and owner.stdout.readline() == b"mounted\n"
-            assert is_mounted(mount_point)
-            owner.send_signal(signal.SIGKILL)
-            owner.wait(timeout=10)
-            assert wait_for_mounts(lambda: not is_mounted(mount_point))
-        finally:
-            if owner.poll() is None:
-                owner.kill()
-            if is_mounted(mount_point):
-                subprocess.run(["fusermount3", "-uz", str(mount_point)], check=False)
+    mount_call = (f"mount_volume(pathlib.Path({str(backing)!r}), pathlib.Path({str(mount_point)!r}), "
+                  "faults=VolumeFaults(grow='nothing'))")
+    kill_the_mounting_process(mount_point, mount_call, cleanup=["fusermount3", "-uz", str(mount_point)])
 
 
 @needs_fuse
@@ -385,6 +349,31 @@ def test_fuse_process_dying_at_start_is_reported(backing: Path, tmp_path: Path,
 def test_bad_rate_limit(backing: Path, tmp_path: Path) -> None:
     with pytest.raises(VolumeError, match="rate limit"):
         mount_volume(backing, tmp_path / "m", rate_limit_bytes_per_s=0)
+
+
+def kill_the_mounting_process(mount_point: Path, mount_call: str, *, cleanup: list[str]) -> None:
+    """Mount a volume in a child process (`mount_call`, Python), SIGKILL the child once it is mounted, and
+    see the mount leave the table; `cleanup` takes down whatever the test leaves behind."""
+    script = (
+        "import sys, pathlib\n"
+        "from simulators.recorder.volume import mount_volume, VolumeFaults\n"
+        f"{mount_call}\n"
+        "print('mounted', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          cwd=Path(__file__).resolve().parents[2]) as owner:
+        try:
+            assert owner.stdout is not None and owner.stdout.readline() == b"mounted\n"
+            assert is_mounted(mount_point)
+            owner.send_signal(signal.SIGKILL)
+            owner.wait(timeout=10)
+            assert wait_for_mounts(lambda: not is_mounted(mount_point))
+        finally:
+            if owner.poll() is None:
+                owner.kill()
+            if is_mounted(mount_point):
+                subprocess.run(cleanup, check=False)
 
 
 def blocked_in_fuse(thread: threading.Thread, timeout_s: float = 10.0) -> bool:
