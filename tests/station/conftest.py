@@ -37,10 +37,8 @@ def volume_hashes(root: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
-def volume_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One populated recorder volume (3 MP4, plus photo/audio), copied per test."""
-    root = tmp_path_factory.mktemp("volume-template") / "vol"
+def populate_recorder_volume(root: Path, *, files: int, file_mb: float, seed: int) -> Path:
+    """A volume of the test recorder (DEVICE, officer OFFICER) at `root`, with real media."""
     populate_volume(
         root,
         device_serial=DEVICE,
@@ -48,11 +46,18 @@ def volume_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         officer_name="张伟",
         unit_code="330100000000",
         unit_name="杭州市综合行政执法局",
-        files=5,
-        file_mb=0.3,
-        seed=7,
+        files=files,
+        file_mb=file_mb,
+        seed=seed,
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def volume_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One populated recorder volume (3 MP4, plus photo/audio), copied per test."""
+    return populate_recorder_volume(tmp_path_factory.mktemp("volume-template") / "vol", files=5, file_mb=0.3,
+                                    seed=7)
 
 
 @pytest.fixture

@@ -26,9 +26,8 @@ from edge.ingest.store import StationStore, StoreError
 from edge.ingest.tagging import tag_item
 from edge.sources.usb.offload import VolumeOffload
 from edge.verify.station import verify_file, verify_store
-from simulators.recorder.volume import populate_volume
 
-from .conftest import DEVICE, OFFICER, session_info
+from .conftest import DEVICE, populate_recorder_volume, session_info
 
 STATION = "TEST-STATION"
 
@@ -104,19 +103,7 @@ def _offload(store: StationStore, config: StationConfig, volume: Path) -> list[s
 
 
 def _second_volume(tmp_path: Path) -> Path:
-    root = tmp_path / "media2" / f"ZFY_{DEVICE}"
-    populate_volume(
-        root,
-        device_serial=DEVICE,
-        officer_no=OFFICER,
-        officer_name="张伟",
-        unit_code="330100000000",
-        unit_name="杭州市综合行政执法局",
-        files=1,
-        file_mb=0.1,
-        seed=99,
-    )
-    return root
+    return populate_recorder_volume(tmp_path / "media2" / f"ZFY_{DEVICE}", files=1, file_mb=0.1, seed=99)
 
 
 def test_rotation_is_on_the_record_and_everything_signed_before_and_after_verifies(
