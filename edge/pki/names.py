@@ -30,24 +30,24 @@ class InvalidNameError(ValueError):
     """A station id or reader name outside the one rule."""
 
 
-def validate_station_id(station_id: object) -> str:
-    """The one place station ids are checked: 1-64 of ``[A-Za-z0-9._-]``, starting alphanumeric."""
-    if not isinstance(station_id, str) or not _NAME_RE.fullmatch(station_id):
+def _validated_name(name: object, what: str) -> str:
+    """The one rule for names in certificates: 1-64 of ``[A-Za-z0-9._-]``, starting alphanumeric."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidNameError(
-            f"expected a station id of 1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or "
-            f"digit, found {str(station_id)[:80]!r}"
+            f"expected {what} of 1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or "
+            f"digit, found {str(name)[:80]!r}"
         )
-    return station_id
+    return name
+
+
+def validate_station_id(station_id: object) -> str:
+    """The one place station ids are checked (`_validated_name`)."""
+    return _validated_name(station_id, "a station id")
 
 
 def validate_reader_name(name: object) -> str:
     """Reader (auditor) names follow the station id rules."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise InvalidNameError(
-            f"expected a reader name of 1-64 characters from A-Z a-z 0-9 . _ - starting with a letter or "
-            f"digit, found {str(name)[:80]!r}"
-        )
-    return name
+    return _validated_name(name, "a reader name")
 
 
 def checked_name(
