@@ -16,7 +16,8 @@ back to the queue (`edge uplink retry`, a `requeued` ledger entry).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -29,6 +30,8 @@ from edge.custody.ledger import EntryType, station_time_now
 from edge.ingest.store import StationStore
 
 log = logging.getLogger(__name__)
+# Items per query of an IN list: within SQLite's limit on host parameters whatever the build.
+_ITEMS_PER_QUERY = 500
 
 
 class UploadState(StrEnum):
@@ -182,16 +185,8 @@ class Spool:
 
     def states(self, items: Iterable[str]) -> dict[str, UploadState]:
         """The upload state of each of ``items`` the spool holds (items not in it are left out)."""
-        found: dict[str, UploadState] = {}
-        wanted = list(items)
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.store.conn.execute(
-                f"SELECT item, state FROM uploads WHERE item IN ({marks})", chunk
-            ).fetchall()
-            found.update((row["item"], UploadState(row["state"])) for row in rows)
-        return found
+        rows = self._rows_of("SELECT item, state FROM uploads WHERE item IN ({marks})", items)
+        return {row["item"]: UploadState(row["state"]) for row in rows}
 
     def rejected_items(self) -> list[str]:
         """Every item the central refused for good, oldest acquisition first."""
@@ -228,16 +223,16 @@ class Spool:
             )
 
     def receipted(self, items: Iterable[str]) -> set[str]:
+        rows = self._rows_of("SELECT item FROM uploads WHERE state='receipted' AND item IN ({marks})", items)
+        return {row["item"] for row in rows}
+
+    def _rows_of(self, query: str, items: Iterable[str]) -> Iterator[sqlite3.Row]:
+        """The rows of ``query`` for ``items``: its ``{marks}`` becomes the placeholders of one chunk of
+        items at a time, few enough for SQLite's limit on host parameters (999 in older builds)."""
         wanted = list(items)
-        found: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.store.conn.execute(
-                f"SELECT item FROM uploads WHERE state='receipted' AND item IN ({marks})", chunk
-            ).fetchall()
-            found.update(row["item"] for row in rows)
-        return found
+        for start in range(0, len(wanted), _ITEMS_PER_QUERY):
+            chunk = wanted[start : start + _ITEMS_PER_QUERY]
+            yield from self.store.conn.execute(query.format(marks=",".join("?" * len(chunk))), chunk)
 
     def pending_count(self) -> int:
         """Sealed items the central has not yet receipted (or refused)."""
