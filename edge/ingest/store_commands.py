@@ -1,12 +1,13 @@
 """What every operator command that works on the station store does to get at it, in one place.
 
-`edge tag`, `edge keys rotate`, `edge uplink retry` and `edge run` all load the station configuration
-and open the store under its lock; each failure has one exit status whatever the command (see
-`edge.runtime.exit_codes`), so that an operator, a script and systemd read them alike:
+`edge tag`, `edge keys rotate`, `edge uplink retry`, `edge witness clear` and `edge run` all load the
+station configuration and open the store under its lock; each failure has one exit status whatever the
+command (see `edge.runtime.exit_codes`), so that an operator, a script and systemd read them alike:
 
 - a configuration that cannot be loaded, or a store that cannot be used: 78 (EX_CONFIG);
 - another process holds the store (the message names it): 75 (EX_TEMPFAIL), try again when it is done;
-- a directory that is no station store at all: 2, the command line named the wrong thing.
+- a directory that is no station store at all: 2, the command line named the wrong thing (`edge witness`
+  checks this itself first and says 78: its store always comes from the configuration).
 
 The functions print the reason on stderr and return the status instead of the object, so that a
 command reads `if isinstance(x, ExitCode): return x`.

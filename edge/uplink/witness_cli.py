@@ -49,20 +49,17 @@ def _config(args: argparse.Namespace) -> StationConfig | int:
 def cmd_witness_clear(args: argparse.Namespace) -> int:
     from edge.custody.errors import CustodyError
     from edge.custody.keys import load_public_key
-    from edge.durable.lock import StoreBusy
-    from edge.ingest.store import StationStore, StoreError
+    from edge.ingest.store_commands import open_station_store
     from edge.uplink.alarm_clear import ClearError, clear_witness_alarm, fetch_accepted_central
     from edge.uplink.requeue import local_operator
 
     config = _config(args)
     if isinstance(config, int):
         return config
-    try:
-        store = StationStore(config.station.store_dir, config.station.id, purpose="edge witness clear")
-    except StoreBusy as exc:  # the agent (or another command) holds the store: it names the holder
-        return _error(exc, ExitCode.STORE_BUSY)
-    except StoreError as exc:
-        return _error(exc, ExitCode.CONFIG)
+    # The agent (or another command) holding the store is named in the message, with status 75.
+    store = open_station_store(config.station.store_dir, config.station.id, purpose="edge witness clear")
+    if isinstance(store, ExitCode):
+        return int(store)
     try:
         accepted = None
         central_key = None

@@ -17,6 +17,7 @@ COMMANDS = {
     "tag": ["tag", ITEM, "--case", "X"],
     "keys rotate": ["keys", "rotate", "--reason", "test"],
     "uplink retry": ["uplink", "retry", "--all-rejected"],
+    "witness clear": ["witness", "clear", "--reason", "test"],
 }
 
 
