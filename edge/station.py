@@ -26,6 +26,7 @@ from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
+from edge.sources.usb.mounted import BoundVolumes, VolumeRoot
 from edge.sources.usb.offload import BayProgress, OffloadResult
 from edge.sources.usb.session import ControlSession, VolumeClaims, VolumeSession
 from edge.sources.usb.volumes import (
@@ -76,6 +77,8 @@ class StationAgent:
         self.views: dict[str, BayView] = {}
         self.results: list[OffloadResult] = []
         self.claims = VolumeClaims()
+        # Every session's volume, bound to its mount: a mount's UNMOUNTED event unbinds its session.
+        self.bound = BoundVolumes()
         self.dock: DockDriver | None = None
         # What each bay's LED should show. Shown again whenever the bay board (re)connects, so a docking
         # decided before the board answered (at start, or while it was lost) still shows on its bay.
@@ -306,6 +309,10 @@ class StationAgent:
                 continue
             assert event.mount is not None
             self._record_mount(event)
+            if event.kind is VolumeEventKind.UNMOUNTED:
+                # The session working on it stops at once (ending as device-gone, resumable), even
+                # if another recorder is already mounted at the same bay directory.
+                self.bound.unmounted(event.mount)
             if event.kind is VolumeEventKind.MOUNTED:
                 self._spawn(
                     self._volume_appeared(watcher, event.mount), f"volume-{display_name(event.path)}"
@@ -343,14 +350,35 @@ class StationAgent:
             return
         loop = asyncio.get_running_loop()
         try:
-            identity = await loop.run_in_executor(self.executor, read_volume_identity, path)
+            # Bound to this mount from here on: nothing below looks the bay directory up again.
+            root = await loop.run_in_executor(self.executor, self.bound.open, path, mount)
+        except OSError as exc:
+            log.info("volume %s left before it was opened: %s", display_name(path), exc)
+            return
+        if not still_mounted():
+            self.bound.unmounted(mount)  # the UNMOUNTED event may have come before it was bound
+        try:
+            await self._offload_volume(root, still_mounted)
+        finally:
+            if root.owner is None:
+                self.bound.close(root)
+
+    async def _offload_volume(self, root: VolumeRoot, still_mounted: Callable[[], bool]) -> None:
+        assert self.store is not None
+        loop = asyncio.get_running_loop()
+        path = root.path
+        try:
+            identity = await loop.run_in_executor(self.executor, read_volume_identity, root.fd)
         except (MassStorageError, OSError) as exc:
             self.store.record(
                 EntryType.REFUSED, None, {"volume": display_name(path), "reason": f"no identity: {exc}"}
             )
             return
         serial = identity.device_serial
-        if self.claims.offer(serial, path) or self.claims.busy(serial):
+        if self.claims.offer(serial, root):
+            root.owner = "control session"  # it closes the volume when its docking ends
+            return
+        if self.claims.busy(serial):
             return
         async with self._volume_session_ended:
             # The same recorder, re-mounted while its previous session still ends on the old mount:
@@ -361,7 +389,7 @@ class StationAgent:
         self._active_devices.add(serial)
         try:
             async with self.limit:
-                result = await VolumeSession(self.store, self.config, **self._session_kwargs()).run(path)
+                result = await VolumeSession(self.store, self.config, **self._session_kwargs()).run(root)
             self._finished(result)
         finally:
             self._active_devices.discard(serial)

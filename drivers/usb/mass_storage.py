@@ -366,15 +366,18 @@ def _media_names(root_fd: int) -> list[str]:
     return names
 
 
-def read_volume_identity(root: Path) -> VolumeIdentity:
-    """Identity of the recorder volume mounted at `root`: PARAM.INI, else Info.dat, else file names.
+def read_volume_identity(root: Path | int) -> VolumeIdentity:
+    """Identity of the recorder volume mounted at `root` (a path, or an open descriptor of the volume
+    root, so that a host that bound itself to one mount reads nothing by path): PARAM.INI, else
+    Info.dat, else file names.
 
     Raises MassStorageError("no identity on volume ...") listing why each source failed.
     """
     try:
-        root_fd = os.open(root, _OPEN_DIR)
+        root_fd = os.open(".", _OPEN_DIR, dir_fd=root) if isinstance(root, int) else os.open(root, _OPEN_DIR)
     except OSError as exc:
-        raise MassStorageError(f"no identity on volume {root}: cannot open it: {exc.strerror}") from exc
+        where = _where(root)
+        raise MassStorageError(f"no identity on volume {where}: cannot open it: {exc.strerror}") from exc
     problems: list[str] = []
     try:
         for reader in (_identity_from_param_ini, _identity_from_info_dat):
@@ -407,9 +410,13 @@ def read_volume_identity(root: Path) -> VolumeIdentity:
             problems.append("file names: no files in DCIM")
     finally:
         os.close(root_fd)
-    raise MassStorageError(f"no identity on volume {root}: " + "; ".join(problems))
+    raise MassStorageError(f"no identity on volume {_where(root)}: " + "; ".join(problems))
 
 
-def _log_skipped(root: Path, problems: list[str]) -> None:
+def _where(root: Path | int) -> str:
+    return f"(open root descriptor {root})" if isinstance(root, int) else str(root)
+
+
+def _log_skipped(root: Path | int, problems: list[str]) -> None:
     if problems:
-        log.warning("volume %s: identity from a weaker source because %s", root, "; ".join(problems))
+        log.warning("volume %s: identity from a weaker source because %s", _where(root), "; ".join(problems))

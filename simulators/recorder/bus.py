@@ -586,6 +586,52 @@ class RecorderBus:
         if was is not None:
             logger.info("recorder %s: unplugged from %s", slot.serial, was)
 
+    def swap(self, out_serial: str, in_serial: str, *, impersonate: str | None = None) -> None:
+        """The unkind swap an officer can do: pull recorder `out_serial` out of its bay (a lazy
+        unmount if the station still holds the volume open, as the kernel does for a disk that is
+        gone) and dock `in_serial` in the very same port at once, so that its volume is mounted at
+        the same bay directory within milliseconds, while the station may still be working on the
+        first one.
+
+        `impersonate`: a relative path on the first recorder. The second one then holds a different
+        recording at that path with the same size and mtime (fixed-size segments; FAT keeps mtime to
+        2 s), as two recorders of one unit can. Only what tells files apart for real (device and
+        inode, the bytes) differs.
+        """
+        out_slot, in_slot = self._slot(out_serial), self._slot(in_serial)
+        with self._lock:
+            port_path = out_slot.port_path
+            if port_path is None:
+                raise InvalidRequestError(f"recorder {out_serial} is not plugged")
+            if in_slot.port_path is not None:
+                raise InvalidRequestError(f"recorder {in_serial} is already plugged on {in_slot.port_path}")
+        if impersonate is not None:
+            self._impersonate(out_slot, in_slot, impersonate)
+        with out_slot.lock:
+            self._unplug_locked(out_slot)
+        self.plug(in_serial, port_path)
+        logger.info("recorder %s swapped for %s on %s", out_serial, in_serial, port_path)
+
+    def _impersonate(self, original: _Slot, twin: _Slot, rel: str) -> None:
+        from simulators.recorder.media import make_mp4
+
+        source = original.backing_dir / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise InvalidRequestError(f"impersonate: expected a relative path on the volume, got {rel!r}")
+        try:
+            info = source.stat()
+        except FileNotFoundError:
+            raise InvalidRequestError(f"impersonate: recorder {original.serial} has no {rel}") from None
+        target = twin.backing_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        make_mp4(target, size_bytes=info.st_size, seed=0x5EED ^ info.st_size)
+        if _sha256_file(target) == _sha256_file(source):
+            raise InvalidRequestError(f"impersonate: the twin of {rel} came out identical")
+        os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+        with twin.lock:
+            twin.populated[rel] = info.st_size
+            self._save(twin)
+
     def recorders(self) -> list[RecorderState]:
         self.reap_unplugged()
         with self._lock:

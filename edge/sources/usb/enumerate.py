@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,10 +140,19 @@ def name_problem(raw: bytes) -> str | None:
     return None
 
 
-def list_volume(root: Path, *, max_files: int, max_depth: int) -> Listing:
-    """All regular files under `root`, with every entry that was refused and why."""
+def _open_root(root: Path | int) -> int:
+    """A new descriptor of the volume root: opened from its path, or from a session's bound root
+    descriptor (see :mod:`edge.sources.usb.mounted`), so that no path is looked up again."""
+    if isinstance(root, int):
+        return os.open(".", DIR_FLAGS, dir_fd=root)
+    return os.open(root, DIR_FLAGS)
+
+
+def list_volume(root: Path | int, *, max_files: int, max_depth: int) -> Listing:
+    """All regular files under `root` (a path, or an open root descriptor), with every entry that was
+    refused and why."""
     listing = Listing()
-    root_fd = os.open(root, DIR_FLAGS)
+    root_fd = _open_root(root)
     try:
         root_stat = os.fstat(root_fd)
         seen = {(root_stat.st_dev, root_stat.st_ino)}
@@ -257,9 +267,9 @@ def _kind(mode: int) -> str:
     return f"mode {mode:o}"
 
 
-def _open_parent(root: Path, file: VolumeFile) -> int:
+def _open_parent(root: Path | int, file: VolumeFile) -> int:
     """The directory holding `file`, reached component by component with O_NOFOLLOW from the root."""
-    fd = os.open(root, DIR_FLAGS)
+    fd = _open_root(root)
     try:
         for part in file.parts[:-1]:
             child = os.open(part, DIR_FLAGS, dir_fd=fd)
@@ -271,7 +281,7 @@ def _open_parent(root: Path, file: VolumeFile) -> int:
     return fd
 
 
-def open_volume_file(root: Path, file: VolumeFile) -> int:
+def open_volume_file(root: Path | int, file: VolumeFile) -> int:
     """Open a listed file read-only, never following a symlink anywhere on the way.
 
     Raises FileNotFoundError when it vanished, and OSError(ELOOP) if a component became a symlink
@@ -289,9 +299,27 @@ def open_volume_file(root: Path, file: VolumeFile) -> int:
     return leaf
 
 
-def unlink_volume_file(root: Path, file: VolumeFile) -> None:
+def unlink_volume_file(
+    root: Path | int,
+    file: VolumeFile,
+    *,
+    check: Callable[[os.stat_result], None] | None = None,
+    still_there: Callable[[], None] | None = None,
+) -> None:
+    """Unlink a listed file. With `check`, the file the name leads to is opened first (never
+    following a symlink) and `check` sees its fstat; it raises to refuse. `still_there` raises when
+    the volume went away meanwhile. (The file is closed before the unlink: a FUSE volume keeps an
+    open file that is unlinked as a hidden file on the recorder.)"""
     parent = _open_parent(root, file)
     try:
+        if check is not None:
+            leaf = os.open(file.parts[-1], FILE_FLAGS, dir_fd=parent)
+            try:
+                check(os.fstat(leaf))
+            finally:
+                os.close(leaf)
+        if still_there is not None:
+            still_there()
         os.unlink(file.parts[-1], dir_fd=parent)
         # The erasure is recorded as done only once the recorder's directory says so durably; a
         # FAT volume pulled right after an unsynced unlink can bring the file back.

@@ -8,21 +8,23 @@ when it is listed again, and one that was sealed but not erased is proven the sa
 bytes (`path_bytes_hex`, and `original_bytes_hex` in ledger entries) beside a readable form.
 
 Readers open the file component by component without following symlinks
-(:func:`open_volume_file`) and refuse a file whose size or mtime changed since listing; the re-read
+(:func:`open_volume_file`), relative to the session's bound volume root (never by path: see
+:mod:`edge.sources.usb.mounted`), and refuse a file whose size or mtime changed since listing; the re-read
 for verification drops the device's cached pages first, so it really reads the recorder again.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from drivers.usb.mass_storage import parse_recorder_file_name
 from edge.config.station import CaseDefaults
+from edge.ingest.copy import read_error
 from edge.ingest.manifest import iso_from_ns
 from edge.ingest.source import FileReader, ItemReader, OfferedItem, Origin, OriginalKey, ReaderOpener
-from edge.sources.usb.enumerate import VolumeFile, open_volume_file
+from edge.sources.usb.enumerate import VolumeFile
 from edge.sources.usb.identity import SessionInfo
+from edge.sources.usb.mounted import VolumeRoot
 
 SOURCE_KIND = "usb"
 
@@ -31,10 +33,28 @@ def original_key(device_serial: str, file: VolumeFile) -> OriginalKey:
     return OriginalKey(SOURCE_KIND, device_serial, file.key, f"{file.size}:{file.mtime_ns}")
 
 
-def file_opener(root: Path, file: VolumeFile, *, what: str, verification: bool = False) -> ReaderOpener:
+class _BoundFileReader(FileReader):
+    """A reader that stops at the next chunk once the station saw the volume's mount go (a bind or
+    lazily unmounted mount can still serve an open file: the session must not go on as if docked)."""
+
+    def __init__(self, root: VolumeRoot, fd: int, **kwargs: Any) -> None:
+        self.root = root
+        super().__init__(fd, **kwargs)
+
+    def readinto(self, buffer: memoryview) -> int:
+        try:
+            self.root.check_not_lost()
+        except OSError as exc:
+            raise read_error(exc, self.what) from exc
+        return super().readinto(buffer)
+
+
+def file_opener(root: VolumeRoot, file: VolumeFile, *, what: str, verification: bool = False) -> ReaderOpener:
     def open_reader() -> ItemReader:
-        fd = open_volume_file(root, file)
-        return FileReader(fd, size=file.size, mtime_ns=file.mtime_ns, what=what, drop_cache=verification)
+        fd = root.open_file(file)
+        return _BoundFileReader(
+            root, fd, size=file.size, mtime_ns=file.mtime_ns, what=what, drop_cache=verification
+        )
 
     return open_reader
 
@@ -119,7 +139,7 @@ def file_origin(file: VolumeFile, session: SessionInfo, case_defaults: CaseDefau
 
 
 def volume_item(
-    root: Path, file: VolumeFile, session: SessionInfo, case_defaults: CaseDefaults
+    root: VolumeRoot, file: VolumeFile, session: SessionInfo, case_defaults: CaseDefaults
 ) -> OfferedItem:
     device = session.identity.device_serial
     return OfferedItem(

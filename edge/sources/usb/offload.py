@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -48,9 +47,11 @@ from edge.ingest.pipeline import (
 )
 from edge.ingest.repository import AcquisitionState, IngestRepository
 from edge.ingest.store import StationStore, stored_extension
-from edge.sources.usb.enumerate import VolumeFile, list_volume, open_volume_file, unlink_volume_file
+from edge.sources.usb.enumerate import VolumeFile, list_volume
 from edge.sources.usb.identity import SessionInfo
 from edge.sources.usb.items import SOURCE_KIND, file_opener, volume_item
+from edge.sources.usb.mounted import VolumeRoot
+from edge.sources.usb.volumes import display_name
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +108,17 @@ class OffloadResult:
 
 
 class _VolumeSource:
-    """The USB recorder as a `Source` of the ingest pipeline."""
+    """The USB recorder as a `Source` of the ingest pipeline: reachable while the very mount this
+    docking was bound to is still there (not merely some mount at its bay directory)."""
 
     kind = SOURCE_KIND
 
-    def __init__(self, device: str, root: Path) -> None:
+    def __init__(self, device: str, volume: VolumeRoot) -> None:
         self.device = device
-        self.root = root
+        self.volume = volume
 
     def reachable(self) -> bool:
-        try:
-            return os.path.ismount(self.root) or bool(os.listdir(self.root))
-        except OSError:
-            return False
+        return self.volume.reachable()
 
 
 @dataclass
@@ -144,7 +143,7 @@ class VolumeOffload:
         store: StationStore,
         config: StationConfig,
         session: SessionInfo,
-        root: Path,
+        root: Path | VolumeRoot,
         *,
         executor: Executor | None = None,
         on_progress: Callable[[BayProgress], None] | None = None,
@@ -157,7 +156,10 @@ class VolumeOffload:
         self.awaiting_receipt = 0
         self.config = config
         self.session = session
-        self.root = root
+        # A path is opened (and bound to whatever is mounted there) when the run starts; a bound
+        # root (the station's sessions) belongs to the caller.
+        self.volume: VolumeRoot | None = root if isinstance(root, VolumeRoot) else None
+        self.root = root.path if isinstance(root, VolumeRoot) else root
         self.executor = executor
         self.on_progress = on_progress
         self.progress = BayProgress()
@@ -165,7 +167,6 @@ class VolumeOffload:
         self.not_evidence: list[str] = []
         self.device = session.identity.device_serial
         self.chunk = config.offload.chunk_bytes
-        self.source = _VolumeSource(self.device, root)
         self.pipeline = pipeline or IngestPipeline(
             store, IngestSettings.from_config(config.offload), executor=executor, uploads=receipts
         )
@@ -191,15 +192,29 @@ class VolumeOffload:
 
     async def _raise_if_gone(self, exc: Exception) -> None:
         if not await self._thread(self.source.reachable):
-            raise SourceGoneError(f"recorder volume {self.root} is gone ({exc})") from exc
+            raise SourceGoneError(f"recorder volume {display_name(self.root)} is gone ({exc})") from exc
 
     # -- the run ----------------------------------------------------------------------------------
 
     async def run(self) -> OffloadResult:
+        if self.volume is not None:
+            return await self._run(self.volume)
+        try:
+            volume = await self._thread(VolumeRoot.open, self.root)
+        except OSError as exc:
+            self._error(None, "list", f"cannot open the volume: {exc.strerror or exc}", None)
+            return self._result(OffloadOutcome.DEVICE_GONE)
+        try:
+            return await self._run(volume)
+        finally:
+            volume.close()
+
+    async def _run(self, volume: VolumeRoot) -> OffloadResult:
+        self.source = _VolumeSource(self.device, volume)
         try:
             listing = await self._thread(
                 list_volume,
-                self.root,
+                volume.fd,
                 max_files=self.config.offload.max_files,
                 max_depth=self.config.offload.max_depth,
             )
@@ -219,7 +234,7 @@ class VolumeOffload:
         self.not_evidence = [f.display_path for f in listing.files if stored_extension(f.name) not in wanted]
         self._finish_interrupted_wipes({f.key for f in evidence})
         case_defaults = self.config.case_defaults_for(self.session.identity.officer_no)
-        offered = [volume_item(self.root, f, self.session, case_defaults) for f in evidence]
+        offered = [volume_item(volume, f, self.session, case_defaults) for f in evidence]
         ingested = await self.pipeline.ingest(
             self.source,
             offered,
@@ -310,6 +325,9 @@ class VolumeOffload:
         for row in rows:
             if row.state not in (AcquisitionState.SEALED, WIPING):
                 continue
+            if not await self._thread(self.source.reachable):
+                # Pulled out (or another recorder docked in its bay): erase nothing more.
+                raise SourceGoneError(f"recorder volume {display_name(self.root)} is gone")
             try:
                 checked = await self._verify_before_erasing(row)
                 if checked is None:
@@ -401,7 +419,7 @@ class VolumeOffload:
         }
         if row.state == AcquisitionState.SEALED and row.work.reread_now:
             return checked  # the recorder's file was re-read and matched in this docking
-        reopen = file_opener(self.root, row.file, what=what, verification=True)
+        reopen = file_opener(self.source.volume, row.file, what=what, verification=True)
         try:
             again: CopyResult = await self._thread(hash_original, reopen, self.chunk)
         except AcquireError as exc:  # an OSError goes to the wipe loop: gone, or cannot erase
@@ -430,7 +448,7 @@ class VolumeOffload:
     async def _reverify_source_only(self, row: _Wipe, sha256: str, size: int) -> bool:
         """The local copy was purged after the central's verified receipt (retention): the central
         holds the evidence, so the recorder's file is erased only if it still hashes to it."""
-        reopen = file_opener(self.root, row.file, what=row.file.display_path, verification=True)
+        reopen = file_opener(self.source.volume, row.file, what=row.file.display_path, verification=True)
         try:
             found: CopyResult = await self._thread(hash_original, reopen, self.chunk)
         except AcquireError as exc:
@@ -461,21 +479,9 @@ class VolumeOffload:
             await self.pipeline.commit(lambda: self.repository.change_state(row.item, WIPING))
             row.work.acquisition.state = WIPING
 
-        def work() -> bool:
-            try:
-                fd = open_volume_file(self.root, row.file)
-            except FileNotFoundError:
-                return False
-            try:
-                info = os.fstat(fd)
-            finally:
-                os.close(fd)
-            if info.st_size != row.file.size or info.st_mtime_ns != row.file.mtime_ns:
-                raise OSError(errno.EBUSY, "file changed on the recorder since it was verified")
-            unlink_volume_file(self.root, row.file)
-            return True
-
-        erased_now = await self._thread(work)
+        # Only the very file hashed in this docking, on the very mount, is unlinked (see
+        # `VolumeRoot.erase`); absent from that mount is absent, never "absent from the bay".
+        erased_now = await self._thread(self.source.volume.erase, row.file)
         if not erased_now:
             # Absent because the volume is gone (its bay directory stays, empty) is not erased.
             absent = FileNotFoundError(errno.ENOENT, "not on the volume", row.file.display_path)

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from pathlib import Path
 from typing import Any
 
 from drivers.serial.dock import BayLed
@@ -36,8 +35,10 @@ from edge.ingest.store import StationStore
 from edge.runtime.clock import ClockTrust, measure_offset_ms, station_clock_trust
 from edge.sources.usb.enumerate import list_volume
 from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
+from edge.sources.usb.mounted import VolumeRoot
 from edge.sources.usb.offload import BayProgress, OffloadOutcome, OffloadResult, ReceiptGate, VolumeOffload
 from edge.sources.usb.volume_clock import DeviceClockEstimate, TimedFile, estimate_device_clock_offset
+from edge.sources.usb.volumes import display_name
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +68,22 @@ class SessionRefused(Exception):
 
 class VolumeClaims:
     """Control sessions announce the volume they expect before switching the recorder's mode, and
-    keep the recorder marked busy until they end, so its volume never starts a second session."""
+    keep the recorder marked busy until they end, so its volume never starts a second session.
+
+    The volume is handed over bound to its mount (:class:`VolumeRoot`): an accepted offer passes it
+    to the control session, which closes it when its docking ends."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, asyncio.Future[Path]] = {}
+        self._waiting: dict[str, asyncio.Future[VolumeRoot]] = {}
         self._busy: set[str] = set()
 
-    def expect(self, device_serial: str) -> asyncio.Future[Path]:
-        future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+    def expect(self, device_serial: str) -> asyncio.Future[VolumeRoot]:
+        future: asyncio.Future[VolumeRoot] = asyncio.get_running_loop().create_future()
         self._waiting[device_serial] = future
         self._busy.add(device_serial)
         return future
 
-    def offer(self, device_serial: str, root: Path) -> bool:
+    def offer(self, device_serial: str, root: VolumeRoot) -> bool:
         future = self._waiting.pop(device_serial, None)
         if future is None or future.done():
             return False
@@ -165,7 +169,7 @@ class DockingSession:
         if recorders.entry(device_serial) is None and not recorders.allow_unknown:
             raise self._refuse(f"recorder {device_serial} is not on the station's allow-list", data)
 
-    async def offload(self, session: SessionInfo, root: Path) -> OffloadResult:
+    async def offload(self, session: SessionInfo, root: VolumeRoot) -> OffloadResult:
         self.repository.start_session(
             session.session,
             device_serial=session.identity.device_serial,
@@ -296,7 +300,10 @@ class ControlSession(DockingSession):
                 return None
             finally:
                 claims.forget(device_serial)
-            return await self.offload(session, root)
+            try:
+                return await self.offload(session, root)
+            finally:
+                root.close()
         finally:
             claims.release(device_serial)
 
@@ -427,17 +434,19 @@ class ControlSession(DockingSession):
 class VolumeSession(DockingSession):
     """A volume that appeared with no control session expecting it."""
 
-    async def run(self, root: Path, bay: int | None = None) -> OffloadResult | None:
-        return await self._contained(self._run(root, bay), bay, {"volume": root.name})
+    async def run(self, root: VolumeRoot, bay: int | None = None) -> OffloadResult | None:
+        """Offload the volume bound to `root` (the caller keeps it and closes it after)."""
+        return await self._contained(self._run(root, bay), bay, {"volume": display_name(root.path)})
 
-    async def _run(self, root: Path, bay: int | None) -> OffloadResult | None:
+    async def _run(self, root: VolumeRoot, bay: int | None) -> OffloadResult | None:
+        volume = display_name(root.path)
         try:
-            found: VolumeIdentity = await self._thread(read_volume_identity, root)
+            found: VolumeIdentity = await self._thread(read_volume_identity, root.fd)
         except (MassStorageError, OSError) as exc:
-            self.store.record(EntryType.REFUSED, None, {"volume": root.name, "reason": f"no identity: {exc}"})
+            self.store.record(EntryType.REFUSED, None, {"volume": volume, "reason": f"no identity: {exc}"})
             await self.set_led(bay, BayLed.ERROR)
             return None
-        data = {"device_serial": found.device_serial, "volume": root.name}
+        data = {"device_serial": found.device_serial, "volume": volume}
         try:
             self._allowed(found.device_serial, data)
         except SessionRefused:
@@ -473,14 +482,14 @@ class VolumeSession(DockingSession):
         session = SessionInfo(str(uuid.uuid4()), self.config.station.id, bay, identity, clock)
         return await self.offload(session, root)
 
-    def _estimate_device_clock(self, root: Path, docked_ms: int) -> DeviceClockEstimate:
+    def _estimate_device_clock(self, root: VolumeRoot, docked_ms: int) -> DeviceClockEstimate:
         """This recorder cannot be asked its time: estimate its offset from the times on its volume."""
         tz = self.config.usb.mass_storage_tz_offset_min
         if tz is None:
             tz = (time.localtime(docked_ms / 1000).tm_gmtoff or 0) // 60
         try:
             listing = list_volume(
-                root, max_files=self.config.offload.max_files, max_depth=self.config.offload.max_depth
+                root.fd, max_files=self.config.offload.max_files, max_depth=self.config.offload.max_depth
             )
         except OSError as exc:
             reason = f"no estimate: cannot list the volume: {exc.strerror or exc}"
