@@ -24,6 +24,7 @@ from edge.custody.errors import CustodyError
 from edge.custody.ledger import EntryType
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
+from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
 from edge.sources.usb.mounted import BoundVolumes, VolumeRoot
@@ -401,6 +402,19 @@ class StationAgent:
             self.results.append(result)
 
 
+async def log_clock_verdict(config: StationConfig) -> None:
+    """One line at start: whether the station clock is trusted to set recorder clocks (校时), the source
+    that decided and why, so that an administrator sees a clock the sandbox keeps from being trusted
+    before the first docking. The decision is taken again, and recorded on the ledger, at each docking."""
+    trust = await asyncio.to_thread(station_clock_trust, config.station.clock, config.time_sync)
+    if trust.trusted:
+        log.info("station clock trusted (source %s): %s; recorder clocks are set at docking", trust.source,
+                 trust.reason)
+    else:
+        log.warning("station clock NOT trusted (source %s): %s; recorder clocks are not set at docking, "
+                    "only their offsets recorded", trust.source, trust.reason)
+
+
 async def run_station(config: StationConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -414,6 +428,7 @@ async def run_station(config: StationConfig) -> int:
         config.station.store_dir,
         config.usb.mount_root,
     )
+    await log_clock_verdict(config)
     try:
         await agent.run(stop, notifier=notifier)
     except SupervisorGaveUp as exc:
