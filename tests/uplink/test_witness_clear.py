@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from edge.central.service import start_central
+from edge.custody.witness_log import newest_witnessed_seq
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.local import LocalDirectory
@@ -41,6 +42,7 @@ from tests.uplink.test_refusals import (
     make_rig,
     media,
     station_toml,
+    uplink_running,
 )
 from tests.uplink.test_witness_alarm import rewrite_log
 
@@ -209,3 +211,51 @@ async def test_edge_witness_clear_without_an_alarm_changes_nothing(tmp_path: Pat
         reopen(rig)
         assert rig.store.ledger.head() == head
         assert show(config)["alarm"] is None
+
+
+async def test_a_central_that_lost_accepted_entries_is_an_alarm_until_its_head_is_accepted(
+    tmp_path: Path, media: Path
+) -> None:
+    """The central loses the tail of this station's ledger it had accepted and witnessed (restored from
+    an older backup): an alarm. Cleared keeping the old state, it is raised again; cleared accepting the
+    central's current head, the uplink sends the lost entries again and the central witnesses past the
+    old head."""
+    async with make_rig(tmp_path, media) as rig:
+        await drain(rig)
+        witnessed = newest_witnessed_seq(rig.store.conn)
+        assert witnessed >= 8
+        kept = witnessed - 4
+        await rig.central.stop()
+        config = central_config(rig.tmp / "central-store")
+        with attacker_db(config.layout.index_db) as conn:
+            conn.execute("DELETE FROM station_ledger WHERE station = ? AND seq > ?", (STATION, kept))
+            conn.execute("DELETE FROM station_checkpoints WHERE station = ? AND seq > ?", (STATION, kept))
+        rig.central = await start_central(config, signing_key=rig.central_key)
+        rig.proxy.upstream = rig.central.url
+        reason = await alarm_stops_the_uplink(rig)
+        assert f"up to seq {kept}" in reason and "lost or removed" in reason
+        station_config = station_toml(rig)
+        rig.store.close()
+
+        done = edge_cli("witness", "clear", "--config", str(station_config), "--reason", "restored backup")
+        assert done.returncode == 0, done.stderr
+        reopen(rig)
+        await alarm_stops_the_uplink(rig)
+        assert len(rig.ledger("witness_alarm")) == 2, "kept: the central still holds less than it witnessed"
+        rig.store.close()
+
+        done = await edge_cli_async("witness", "clear", "--config", str(station_config),
+                                    "--accept-central-head", "--reason",
+                                    "backup of 02:00 restored; entries after it resent")
+        assert done.returncode == 0, done.stderr
+        reopen(rig)
+        entry = rig.ledger("witness_alarm_cleared")[1]
+        assert entry["accepted_central"]["ledger_seq"] == kept
+        assert entry["accepted_central"]["witnessed_seq_kept"] == witnessed
+        service = UplinkService(rig.config(), rig.store)
+        async with uplink_running(service):
+            async with asyncio.timeout(30):
+                while newest_witnessed_seq(rig.store.conn) <= witnessed:
+                    await asyncio.sleep(0.05)
+        assert len(rig.ledger("witness_alarm")) == 2, "no new alarm"
+        assert rig.central.parts.index.ledger_head(STATION)[0] > witnessed
