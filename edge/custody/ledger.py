@@ -95,6 +95,9 @@ class EntryType(StrEnum):
     REQUEUED = "requeued"
     UPLOADED = "uploaded"
     RECEIPT = "receipt"
+    # A sealed item's stored copy, found damaged, was copied again from the original its source still
+    # holds (same bytes, same signed manifest): the `error` entry before it says what was found.
+    REACQUIRED = "reacquired"
     WIPED = "wiped"
     WIPE_DEFERRED = "wipe_deferred"
     RETRIEVED = "retrieved"

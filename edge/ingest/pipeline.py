@@ -15,8 +15,10 @@ from the last committed state:
   is told.
 
 What happens next to the original (USB: erased from the recorder per wipe policy) is the source's
-business. Copying item N+1 overlaps verifying and sealing item N, so verification costs little wall
-time. Memory is bounded: each item in flight holds a fixed number of read buffers.
+business. A sealed item whose stored copy is later found damaged while the source still holds the
+original is rebuilt from it (:meth:`IngestPipeline.reacquire`: `error` entry, stage `stored copy`,
+then `reacquired`). Copying item N+1 overlaps verifying and sealing item N, so verification costs
+little wall time. Memory is bounded: each item in flight holds a fixed number of read buffers.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from edge.ingest.copy import (
 )
 from edge.ingest.facts import ISO_BMFF_EXTENSIONS, media_facts_and_seal
 from edge.ingest.manifest import build_manifest
-from edge.ingest.repository import Acquisition, AcquisitionState, IngestRepository
+from edge.ingest.repository import Acquisition, AcquisitionState, IngestRepository, ItemRecord
 from edge.ingest.source import ItemReader, OfferedItem, ReaderOpener, Source
 from edge.ingest.store import StationStore, stored_extension
 
@@ -167,6 +169,121 @@ class IngestPipeline:
     async def commit(self, work: Callable[[], T]) -> T:
         """Run repository transitions in the next group transaction; resume once it committed."""
         return await self.commits.run(work)
+
+    async def stored_copy_damage(self, item: str, what: str) -> str | None:
+        """Why the stored copy of sealed `item` no longer holds its recorded bytes (its first `size`
+        bytes, read from the disk, not the page cache, must give the acquisition hash), or None. A
+        purged item (its content at the central) has no local copy to check."""
+        record = self.repository.item(item)
+        if record is None or record.path is None or self.repository.purged(item):
+            return None
+        damage: str | None = await _in_thread(self.executor, self._damage, record, what)
+        return damage
+
+    def _damage(self, record: ItemRecord, what: str) -> str | None:
+        """In a worker thread: the read behind `stored_copy_damage`."""
+        assert record.path is not None
+        try:
+            found = reread_and_compare(
+                self.store.layout.root / record.path,
+                None,
+                size=record.size,
+                chunk_bytes=self.settings.chunk_bytes,
+                what=what,
+            )
+        except OSError as exc:
+            return f"the stored copy cannot be read: {exc.strerror or exc}"
+        if (found.stored_sha256, found.stored_size) != (record.sha256, record.size):
+            return (
+                f"the stored copy read from disk gives {found.stored_sha256} ({found.stored_size} bytes), "
+                f"its recorded hash is {record.sha256} ({record.size} bytes)"
+            )
+        return None
+
+    async def reacquire(self, source: Source, work: IngestedItem, damage: str, *, found_by: str) -> bool:
+        """The stored copy of a sealed item is damaged (`damage`, found by `found_by`) while its source
+        may still hold the original: put the damage on the ledger (`error`, stage `stored copy`), then
+        copy the original again, hashing it, and only if it gives the recorded hash rebuild the same
+        sealed artefact (same signed manifest, in the same evidence box or sidecar), re-read it from
+        disk (and the original again), replace the damaged copy and record `reacquired`. Returns
+        whether the item is whole again; a failure is an `error` entry and leaves everything as it was.
+        """
+        display = work.offered.display
+        where = {"device_serial": source.device, "original": display}
+        detected = {
+            **where,
+            "stage": "stored copy",
+            "reason": f"{display}: item {work.item}: {damage}",
+            "found_by": found_by,
+            "action": f"re-acquire from the {source.kind} device",
+        }
+        log.error("%s %s: %s", source.kind, source.device, detected["reason"])
+        await self.commit(lambda: self.repository.entry(EntryType.ERROR, work.item, detected))
+        record = self.repository.item(work.item)
+        embedded = self.repository.sealed_in_file(work.item)
+        try:
+            done = await _in_thread(self.executor, self._rebuild, work, record, embedded)
+        except (AcquireError, CustodyError, OSError) as exc:
+            done = f"{display}: cannot re-acquire item {work.item}: {exc}"
+        if isinstance(done, str):
+            log.error("%s %s: %s", source.kind, source.device, done)
+            data = {**where, "stage": "reacquire", "reason": done}
+            await self.commit(lambda: self.repository.entry(EntryType.ERROR, work.item, data))
+            return False
+        reacquired = {**where, **done, "found_by": found_by}
+        await self.commit(lambda: self.repository.entry(EntryType.REACQUIRED, work.item, reacquired))
+        work.reread_now = done["source_reread"]
+        if self.uploads is not None:
+            self.uploads.item_sealed(work.item)  # held back while its copy was damaged: send it now
+        return True
+
+    def _rebuild(self, work: IngestedItem, record: ItemRecord | None, embedded: bool) -> dict[str, Any] | str:
+        """In a worker thread: the sealed artefact rebuilt from the original and put in place of the
+        damaged one; what was done, or why not."""
+        display = work.offered.display
+        if record is None or record.path is None or record.manifest is None:
+            return f"{display}: item {work.item} has no sealed record to rebuild"
+        manifest, size = record.manifest, record.size
+        part = self.store.layout.tmp_copy(work.item)
+        part.unlink(missing_ok=True)
+        try:
+            reader = work.offered.open()
+            try:
+                copied = copy_and_hash(
+                    reader, part, expected_size=size, max_bytes=size, chunk_bytes=self.settings.chunk_bytes,
+                    what=f"{work.offered.origin.device}:{display}",
+                )
+            finally:
+                reader.close()
+            if (copied.sha256, copied.size) != (record.sha256, size):
+                return (
+                    f"{display}: the source's file gives {copied.sha256} ({copied.size} bytes), not the "
+                    f"recorded {record.sha256}: the source no longer holds item {work.item}'s original"
+                )
+            if embedded:
+                append_evidence_box(part, manifest)
+            chunk = self.settings.chunk_bytes
+            reread = reread_stored_and_source(part, work.offered.reopen, size, chunk, display)
+            if (reread.stored_sha256, reread.stored_size) != (record.sha256, size):
+                return f"{display}: the new copy re-read from disk gives {reread.stored_sha256}: not replaced"
+            if reread.source_differs_at is not None:
+                return f"{display}: inconsistent reads of the source at byte {reread.source_differs_at}"
+            final = self.store.layout.root / record.path
+            os.replace(part, final)
+            write_sidecar(final, manifest, sync_dir=False)
+            self.directories.sync(final.parent)
+        finally:
+            part.unlink(missing_ok=True)
+        return {
+            "sha256": record.sha256,
+            "size": size,
+            "path": record.path,
+            "embedded": embedded,
+            "stored_reread": True,
+            "stored_read": reread.stored_read,
+            "source_reread": work.offered.reopen is not None,
+            "replaced_damaged_copy": True,
+        }
 
     async def ingest(
         self,
@@ -342,6 +459,11 @@ class _Run:
             }
             await self.pipeline.commit(lambda: self.repository.entry(EntryType.VERIFIED, w.item, proven))
             w.reread_now = True
+            # The source still holds the original: whatever damaged the stored copy since (found here,
+            # or earlier by the uplink or `edge verify`) is repaired from it now.
+            damage = await self.pipeline.stored_copy_damage(w.item, f"item {w.item}")
+            if damage is not None:
+                await self.pipeline.reacquire(self.source, w, damage, found_by="docking check")
             return
         data = {
             **self._where(w),

@@ -289,6 +289,11 @@ class IngestRepository:
             row["item"], row["sha256"], int(row["size"]), row["acquired"], manifest, row["path"]
         )
 
+    def sealed_in_file(self, item: str) -> bool:
+        """Whether the item's stored artefact carries its manifest in an evidence box."""
+        found = self.conn.execute("SELECT sealed_in_file FROM items WHERE item=?", (item,)).fetchone()
+        return bool(found is not None and found[0])
+
     def latest_entry(self, item: str, type_: str) -> tuple[int, str] | None:
         """(seq, hash) of the item's newest ledger entry of `type_`."""
         found = self.conn.execute(

@@ -21,7 +21,10 @@ chain, conflict, too large) *and* the answer carries that refusal signed by the 
 enrollment, for this item (and this upload). A proxy's 400/413/502, an HTML page, a truncated or forged
 JSON refusal is retried with backoff; a refusal that claims finality without a valid signature is also
 put on the ledger once. A final refusal goes into the item's `error` ledger entry, signature included;
-`edge uplink retry` requeues the item later (`edge.uplink.requeue`).
+`edge uplink retry` requeues the item later (`edge.uplink.requeue`). Before its first byte is sent, an
+item's stored copy must still give its recorded hash: a damaged copy is never sent (the central would
+refuse it for good while its recorder may still hold the file); it is on the ledger once and held until
+a docking re-acquires it (`edge.ingest.pipeline.IngestPipeline.reacquire`), then sent at once.
 
 Witnessing (`edge.uplink.witness`): beside the items, the ledger tail goes to the central a few seconds
 after new entries (erasures at once) and at shutdown, so the part of the ledger the central has not
@@ -51,6 +54,7 @@ from edge.custody.ledger import EntryType, LedgerEntry
 from edge.custody.problems import Problem
 from edge.custody.receipt import verify_receipt
 from edge.custody.refusal import FINAL_ITEM_CODES, LEDGER_FORK, verify_refusal
+from edge.custody.seal import hash_prefix
 from edge.durable.files import write_atomic
 from edge.ingest.store import StationStore
 from edge.runtime.supervise import wait_event
@@ -147,6 +151,8 @@ class UplinkService:
         self._bad_receipts: set[str] = set()
         self._unverified_refusals: set[tuple[str | None, str]] = set()
         self._bad_answers: set[str] = set()
+        # Items whose stored copy was found damaged before sending: held until it is re-acquired.
+        self._damaged: set[str] = set()
         self._link: Link | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.witness = CentralWitness(store, config.station.id, self.central_key)
@@ -162,6 +168,9 @@ class UplinkService:
     # -- what the offloads see (edge.sources.usb.offload.ReceiptGate) ---------------------------------
 
     def item_sealed(self, item: str) -> None:
+        if item in self._damaged:  # its stored copy was re-acquired from the recorder: send it now
+            self._damaged.discard(item)
+            self.spool.defer(item, "stored copy re-acquired", self.clock())
         self._wake.set()
 
     async def wait_receipts(self, items: Sequence[str], timeout_s: float) -> set[str]:
@@ -289,6 +298,7 @@ class UplinkService:
         upload = entry.upload_url
         try:
             if entry.state is UploadState.QUEUED:
+                await self._check_stored_copy(entry)
                 sent = await self._upload(link, entry)
                 if not isinstance(sent, Delivered):
                     self._upload_failed(entry, sent)
@@ -320,6 +330,33 @@ class UplinkService:
         except Exception as exc:  # never let one item spin the loop or kill the uplink
             log.exception("item %s: unexpected %s", entry.item, type(exc).__name__)
             self._transient(entry, f"unexpected {type(exc).__name__}: {exc}", at_least_s=60.0)
+
+    async def _check_stored_copy(self, entry: SpoolEntry) -> None:
+        """Before the first byte is sent, the stored copy must still give the recorded hash: a damaged
+        copy would be refused by the central for good, while its recorder may still hold the file. A
+        damaged copy is on the ledger once (`error`, stage `stored copy`) and held (retried slowly);
+        the next docking of a recorder that still holds the file re-acquires it
+        (:meth:`edge.ingest.pipeline.IngestPipeline.reacquire`), which sends it again at once."""
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(None, _prefix_sha256, entry.path, entry.size)
+        if found == entry.sha256:
+            return
+        reason = (
+            f"item {entry.item}: the stored copy gives {found}, its recorded hash is {entry.sha256}: not sent"
+        )
+        if entry.item not in self._damaged:
+            self._damaged.add(entry.item)
+            self.store.record(
+                EntryType.ERROR,
+                entry.item,
+                {
+                    "stage": "stored copy",
+                    "reason": reason,
+                    "found_by": "uplink before sending",
+                    "action": "held until re-acquired from its recorder",
+                },
+            )
+        raise ContentUnreadable(reason)
 
     async def _upload(self, link: Link, entry: SpoolEntry) -> UploadOutcome:
         parcel = Parcel(
@@ -773,3 +810,13 @@ async def _first_failure(*coroutines: Any) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _prefix_sha256(path: Path, size: int) -> str:
+    """SHA-256 of the stored file's first `size` bytes (the original), as what would be sent."""
+    try:
+        with path.open("rb") as f:
+            sha, read = hash_prefix(f, size)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    return sha if read == size else f"{sha} over only {read} bytes"

@@ -6,6 +6,7 @@ import hashlib
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import pytest
 from edge.config.station import StationConfig
 from edge.ingest.store import StationStore
 from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
-from simulators.recorder.volume import populate_volume
+from simulators.recorder.faultfs import VolumeFaults
+from simulators.recorder.volume import MountKind, mount_volume, populate_volume
 
 DEVICE = "3300001"
 OFFICER = "110001"
@@ -96,3 +98,30 @@ def session_info(bay: int | None = 1) -> SessionInfo:
     identity = RecorderIdentity(DEVICE, OFFICER, "张伟", "330100000000", "杭州市综合行政执法局", "PARAM.INI")
     clock = ClockFacts(None, 0, None, None, False)
     return SessionInfo(str(uuid.uuid4()), "TEST-STATION", bay, identity, clock)
+
+
+@pytest.fixture
+def backing(volume_template: Path, tmp_path: Path) -> Path:
+    """A recorder's files, to be mounted by `dock` (the simulator's backing folder)."""
+    root = tmp_path / "backing"
+    shutil.copytree(volume_template, root)
+    return root
+
+
+Dock = Callable[..., AbstractContextManager[Path]]
+
+
+@pytest.fixture
+def dock(backing: Path, tmp_path: Path) -> Dock:
+    """Mount the recorder's volume in its bay directory the way production does, for one docking:
+    `with dock(faults=None, kind=None) as root:` (the caller checks the mount prerequisites)."""
+
+    @contextmanager
+    def docked(faults: VolumeFaults | None = None, kind: MountKind | None = None) -> Iterator[Path]:
+        volume = mount_volume(backing, tmp_path / "media" / "ZFY_3300001", faults=faults, kind=kind)
+        try:
+            yield volume.mount_point
+        finally:
+            volume.unmount()
+
+    return docked

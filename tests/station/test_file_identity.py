@@ -12,49 +12,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from edge.config.station import StationConfig
 from edge.ingest.store import StationStore
 from edge.sources.usb.offload import OffloadOutcome, OffloadResult, VolumeOffload
 from edge.verify.station import verify_store
 from simulators.recorder.faultfs import VolumeFaults
-from simulators.recorder.volume import MountKind, mount_volume
+from simulators.recorder.volume import MountKind
 from tests.mounting import require_bind_mounts, require_fuse, require_volume_mounts
 
-from .conftest import session_info, sha256_file, volume_hashes
+from .conftest import Dock, session_info, sha256_file, volume_hashes
 
 MEDIA = Path("DCIM/100MEDIA")
-
-
-@pytest.fixture
-def backing(volume_template: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "backing"
-    shutil.copytree(volume_template, root)
-    return root
-
-
-Dock = Callable[..., Any]
-
-
-@pytest.fixture
-def dock(backing: Path, tmp_path: Path) -> Dock:
-    """Mount the recorder's volume in its bay directory the way production does, for one docking."""
-
-    @contextmanager
-    def docked(faults: VolumeFaults | None = None, kind: MountKind | None = None) -> Iterator[Path]:
-        volume = mount_volume(backing, tmp_path / "media" / "ZFY_3300001", faults=faults, kind=kind)
-        try:
-            yield volume.mount_point
-        finally:
-            volume.unmount()
-
-    return docked
 
 
 async def offload(store: StationStore, config: StationConfig, root: Path) -> OffloadResult:

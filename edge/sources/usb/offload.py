@@ -16,6 +16,10 @@ erased only after its stored copy and the recorder's file were re-read and match
 or again just before erasing), the sealed artefact as stored verified once more just before erasing
 (signature with the station's key, prefix hash, the manifest the ledger recorded), and under
 after-receipt only once the central's receipt verified.
+
+A stored copy found damaged while the recorder still holds the file (at docking, when the file is
+proven the same by its hash, or by the check before erasing) is rebuilt from the recorder
+(:meth:`IngestPipeline.reacquire`): an `error` entry (stage `stored copy`) and a `reacquired` entry.
 """
 
 from __future__ import annotations
@@ -391,19 +395,13 @@ class VolumeOffload:
             return {"local_copy": "purged after the central's receipt", "source_reread": True}
         key = self.store.key
         stored = self.store.layout.root / found.path
-        report: SealedFileReport = await self._thread(
-            verify_sealed_file,
-            stored,
-            {key.key_id: key.public_key()},
-            self.store.layout.sidecar(stored),
-            from_disk=True,
-        )
-        problems = [p.what for p in report.problems]
-        sealed_manifest = self.repository.sealed_manifest_sha256(row.item)
-        if report.manifest is not None and (
-            sealed_manifest is None or sha256_hex(canonical_json(report.manifest)) != sealed_manifest
-        ):
-            problems.append("its manifest is not the one the ledger recorded when it was sealed")
+        report, problems = await self._sealed_copy_problems(row.item, stored)
+        if problems:
+            # The recorder still holds the file: a damaged stored copy is rebuilt from it (if it still
+            # hashes to the item), then verified again like any other.
+            damage = f"the sealed copy does not verify: {problems[0]}"
+            if await self.pipeline.reacquire(self.source, row.work, damage, found_by="check before erasing"):
+                report, problems = await self._sealed_copy_problems(row.item, stored)
         if problems or report.manifest is None:
             reason = problems[0] if problems else "no manifest"
             self._error(
@@ -444,6 +442,26 @@ class VolumeOffload:
         }
         await self.pipeline.commit(lambda: self.repository.entry(EntryType.VERIFIED, row.item, rechecked))
         return {**checked, "source_reread": True}
+
+    async def _sealed_copy_problems(self, item: str, stored: Path) -> tuple[SealedFileReport, list[str]]:
+        """The sealed artefact as stored, read from the disk: what does not hold (see below)."""
+        key = self.store.key
+        report: SealedFileReport = await self._thread(
+            verify_sealed_file,
+            stored,
+            {key.key_id: key.public_key()},
+            self.store.layout.sidecar(stored),
+            from_disk=True,
+        )
+        problems = [p.what for p in report.problems]
+        sealed_manifest = self.repository.sealed_manifest_sha256(item)
+        if report.manifest is not None and (
+            sealed_manifest is None or sha256_hex(canonical_json(report.manifest)) != sealed_manifest
+        ):
+            problems.append("its manifest is not the one the ledger recorded when it was sealed")
+        if report.manifest is None and not problems:
+            problems.append("no manifest")
+        return report, problems
 
     async def _reverify_source_only(self, row: _Wipe, sha256: str, size: int) -> bool:
         """The local copy was purged after the central's verified receipt (retention): the central
