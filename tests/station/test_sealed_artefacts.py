@@ -6,7 +6,9 @@
 * A recorder file that already carries a top-level evidence box (a sealed file brought back onto a
   recorder, or a forged box) gets no second box: it is sealed by sidecar only, the reason on record.
 * Before anything is erased, the sealed artefact as stored is verified (signature with the station's
-  pinned key, prefix hash, the manifest the ledger recorded); a tampered one keeps the recorder's file.
+  pinned key, prefix hash, the manifest the ledger recorded). A tampered one is rebuilt from the
+  recorder's file when that still gives the item's hash (issue 7, 1.9), and verified again before the
+  file is erased; when the recorder cannot give it back, the recorder's file is kept.
 """
 
 from __future__ import annotations
@@ -227,49 +229,84 @@ def _swap_with(store: StationStore, row: dict[str, Any], other: dict[str, Any]) 
 TAMPERS = ["resigned-box-and-key-file", "resigned-sidecar", "prefix-byte", "swapped-for-another-item"]
 
 
+def _tamper(store: StationStore, tamper: str, victim: dict[str, Any]) -> None:
+    rows = item_rows(store)
+    mp4s = [r for r in rows.values() if r["sealed_in_file"]]
+    others = [r for r in rows.values() if not r["sealed_in_file"]]
+    victim.update(others[0] if tamper == "resigned-sidecar" else mp4s[0])
+    victim["sealed_bytes"] = (store.layout.root / victim["path"]).read_bytes()
+    if tamper == "resigned-box-and-key-file":
+        stranger = StationKey.generate()
+        _resign(store, victim, stranger)
+        # Whoever can rewrite the store can replace its public key file too: the pinned key counts.
+        os.chmod(store.layout.public_key, 0o600)
+        store.layout.public_key.write_bytes(stranger.public_pem())
+    elif tamper == "resigned-sidecar":
+        _resign(store, victim, StationKey.generate())
+    elif tamper == "prefix-byte":
+        _flip_prefix_byte(store, victim)
+    else:
+        _swap_with(store, victim, mp4s[1])
+
+
 @pytest.mark.parametrize("tamper", TAMPERS)
-async def test_a_sealed_copy_tampered_before_erasing_keeps_the_recorder_file(
+async def test_a_sealed_copy_tampered_before_erasing_is_rebuilt_from_the_recorder_before_erasing(
     store: StationStore,
     volume: Path,
     config_factory: Callable[..., StationConfig],
     tmp_path: Path,
     tamper: str,
 ) -> None:
+    victim: dict[str, Any] = {}
+    config = after_receipt(config_factory, tmp_path)
+    gate = TamperingReceipts(lambda: _tamper(store, tamper, victim))
+    result = await offload(store, config, volume, receipts=gate)
+
+    assert volume_hashes(volume) == {}, "every file erased, the tampered item's once its copy was rebuilt"
+    assert (store.layout.root / victim["path"]).read_bytes() == victim["sealed_bytes"]
+    entries = list(store.ledger.entries(item=victim["item"]))
+    found = [e for e in entries if e.type == "error" and e.data.get("stage") == "stored copy"]
+    assert [e.data["found_by"] for e in found] == ["check before erasing"]
+    assert [e.type for e in entries][-2:] == ["reacquired", "wiped"]
+    wiped = [e.data for e in store.ledger.entries() if e.type == "wiped"]
+    assert all(w["verified_before_erasing"]["signature_key"] == store.key.key_id for w in wiped)
+    assert all(w["verified_before_erasing"]["stored_read"] for w in wiped)
+    assert result.outcome is OffloadOutcome.DONE, result.errors
+
+
+@pytest.mark.parametrize("tamper", TAMPERS)
+async def test_a_sealed_copy_tampered_before_erasing_keeps_a_recorder_file_that_cannot_rebuild_it(
+    store: StationStore,
+    volume: Path,
+    config_factory: Callable[..., StationConfig],
+    tmp_path: Path,
+    tamper: str,
+) -> None:
+    """The same tampering, and the recorder's file no longer gives the item's hash either (the same size
+    and mtime, other bytes): nothing is rebuilt from it and it is not erased."""
     truth = volume_hashes(volume)
     victim: dict[str, Any] = {}
 
     def act() -> None:
-        rows = item_rows(store)
-        mp4s = [r for r in rows.values() if r["sealed_in_file"]]
-        others = [r for r in rows.values() if not r["sealed_in_file"]]
-        if tamper == "resigned-box-and-key-file":
-            victim.update(mp4s[0])
-            stranger = StationKey.generate()
-            _resign(store, victim, stranger)
-            # Whoever can rewrite the store can replace its public key file too: the pinned key counts.
-            os.chmod(store.layout.public_key, 0o600)
-            store.layout.public_key.write_bytes(stranger.public_pem())
-        elif tamper == "resigned-sidecar":
-            victim.update(others[0])
-            _resign(store, victim, StationKey.generate())
-        elif tamper == "prefix-byte":
-            victim.update(mp4s[0])
-            _flip_prefix_byte(store, victim)
-        else:
-            victim.update(mp4s[0])
-            _swap_with(store, victim, mp4s[1])
+        _tamper(store, tamper, victim)
+        original = volume / victim["manifest"]["original"]["path"]
+        info = original.stat()
+        data = bytearray(original.read_bytes())
+        data[100] ^= 0xFF
+        original.write_bytes(bytes(data))
+        os.utime(original, ns=(info.st_atime_ns, info.st_mtime_ns))
 
     config = after_receipt(config_factory, tmp_path)
     result = await offload(store, config, volume, receipts=TamperingReceipts(act))
 
     left = volume_hashes(volume)
-    assert list(left.values()) == [victim["manifest"]["sha256"]], "only the tampered item's file stays"
+    assert list(left) == [victim["manifest"]["original"]["path"]], "only the tampered item's file stays"
     assert result.wiped == len(truth) - 1
     errors = [e.data["reason"] for e in store.ledger.entries(item=victim["item"]) if e.type == "error"]
     assert any("not erased" in r and victim["item"] in r for r in errors), errors
+    assert not [e for e in store.ledger.entries(item=victim["item"]) if e.type == "reacquired"]
     wiped = [e.data for e in store.ledger.entries() if e.type == "wiped"]
     assert all(w["verified_before_erasing"]["signature_key"] == store.key.key_id for w in wiped)
-    assert all(w["verified_before_erasing"]["stored_read"] for w in wiped)
 
 
 async def test_untampered_after_receipt_erases_everything(
