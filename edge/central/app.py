@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -39,13 +39,13 @@ from edge.central.http_server import (
     request_middleware,
 )
 from edge.central.identity import load_signing_key
-from edge.central.index import CentralIndex
 from edge.central.limits import BodyBudget, HttpBounds, RequestLimiter
 from edge.central.log import MerkleLog
-from edge.central.log import create_schema as create_log_schema
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.objects import FileObjectStore
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
+from edge.central.sqlite import SqliteDatabase
+from edge.central.storage import CentralDatabase, Index
 from edge.central.timestamp import TimeStamper, keep_tsa_roots, load_tsa_roots, timestamp_task
 from edge.central.tus import TusRequestError, add_tus_routes, tus_purge_task
 from edge.central.tus_store import TusUploadStore
@@ -78,7 +78,7 @@ class CentralParts:
     """What :func:`build_app` assembled; closed with the application."""
 
     config: CentralConfig
-    index: CentralIndex
+    index: Index
     objects: FileObjectStore
     merkle: MerkleLog
     uploads: TusUploadStore
@@ -314,26 +314,33 @@ def _size_param(request: web.Request, name: str) -> int:
         raise Rejection(RejectCode.BAD_REQUEST, f"query parameter {name} is a tree size: {exc}") from None
 
 
-def build_app(config: CentralConfig, *, signing_key: StationKey | None = None) -> web.Application:
-    """The central application for ``config`` (its store directory must have been initialised)."""
+def build_app(
+    config: CentralConfig,
+    *,
+    signing_key: StationKey | None = None,
+    open_database: Callable[[Path], CentralDatabase] = SqliteDatabase.open,
+) -> web.Application:
+    """The central application for ``config`` (its store directory must have been initialised).
+
+    ``open_database`` chooses the backend of the index and the Merkle log (SQLite in the store's
+    ``index.db``); nothing else in the application knows which one it is."""
     # Imported here so that importing this module does not need the read side's dependencies first.
     from edge.central.readside import add_read_routes
     from edge.central.station_ledger_read import add_station_ledger_route
 
     layout = config.layout
     key = signing_key if signing_key is not None else load_signing_key(config)
-    index = CentralIndex.open(layout.index_db)
+    database = open_database(layout.index_db)
+    index = database.index
     try:
-        with index.transaction():
-            create_log_schema(index.conn)
-        merkle = MerkleLog(index.conn, key, config.central.id)
+        merkle = MerkleLog(database.log_store, key, config.central.id)
         objects = FileObjectStore(layout.objects_dir)
         uploads = TusUploadStore(layout.uploads_dir, max_size_bytes=config.uploads.max_size_bytes,
                                  expire_after_s=config.uploads.expire_incomplete_s,
                                  expire_complete_after_s=config.uploads.expire_unregistered_s,
                                  station_quota_bytes=config.uploads.station_quota_bytes)
     except BaseException:
-        index.close()
+        database.close()
         raise
     registrar = Registrar(index, objects, merkle, uploads, signing_key=key, central_id=config.central.id)
 
@@ -370,24 +377,24 @@ def build_app(config: CentralConfig, *, signing_key: StationKey | None = None) -
         assert config.log.tsa_root_cert is not None  # config validation guarantees it
         roots = load_tsa_roots(config.log.tsa_root_cert)
         keep_tsa_roots(roots, layout.tsa_roots_dir)
-        stamper = TimeStamper(index, merkle, key, config.log.tsa_url, roots,
+        stamper = TimeStamper(merkle, key, config.log.tsa_url, roots,
                               timeout_s=config.log.tsa_timeout_s)
         app.cleanup_ctx.append(timestamp_task(stamper, config.log.tsa_interval_s))
-    app.cleanup_ctx.append(_close_index(index))
+    app.cleanup_ctx.append(_close_database(database))
     if config.server.insecure_plain_http:
         log.warning("INSECURE DEVELOPMENT MODE: the central serves plain HTTP and believes the station and "
                     "reader names in request headers; anyone who can reach it can register evidence")
     return app
 
 
-def _close_index(index: CentralIndex) -> Callable[[web.Application], AsyncIterator[None]]:
+def _close_database(database: CentralDatabase) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
             try:
-                index.close()
-            except sqlite3.Error:
+                database.close()
+            except database.errors:
                 log.exception("closing the index failed")
 
     return context

@@ -23,8 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
-from edge.central.index import CentralIndex, CentralIndexError, validate_reader_name, validate_station_id
+from edge.central.index import CentralIndexError, validate_reader_name, validate_station_id
 from edge.central.registration import Caller, RejectCode, Rejection
+from edge.central.storage import Index
 from edge.pki.names import AUDITOR_OU, STATION_OU, PeerIdentityError
 from edge.pki.tls import peer_identity
 
@@ -86,7 +87,7 @@ def _discard(rejection: Rejection, station: str | None, remote: str | None) -> N
 class Authenticator:
     """Turns a request into an enrolled caller or a :class:`Rejection`, which ``on_reject`` records."""
 
-    def __init__(self, index: CentralIndex, *, dev_mode: bool, on_reject: RejectionSink = _discard) -> None:
+    def __init__(self, index: Index, *, dev_mode: bool, on_reject: RejectionSink = _discard) -> None:
         self.index = index
         self.dev_mode = dev_mode
         self._on_reject = on_reject

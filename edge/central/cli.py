@@ -22,7 +22,8 @@ from pathlib import Path
 
 from edge.central.config import CentralConfig, ConfigError, load_central_config
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
-from edge.central.index import CentralIndex, CentralIndexError
+from edge.central.index import CentralIndexError
+from edge.central.sqlite import SqliteIndex
 from edge.durable.lock import StoreBusy
 from edge.pki.bundle import (
     BUNDLE_CA_CERT,
@@ -117,7 +118,7 @@ def cmd_central_init(args: argparse.Namespace) -> int:
         with lock_central_store(config, purpose="edge central init"):
             identity = init_central(config)
             index_existed = config.layout.index_db.exists()
-            CentralIndex.open(config.layout.index_db).close()
+            SqliteIndex.open(config.layout.index_db).close()
     except StoreBusy as exc:
         _say(f"error: central init: {exc}")
         return EXIT_STORE_BUSY
@@ -138,11 +139,11 @@ def cmd_central_init(args: argparse.Namespace) -> int:
 
 
 def _record(
-    config: CentralConfig, enrollment: Enrollment, write: Callable[[CentralIndex], None]
+    config: CentralConfig, enrollment: Enrollment, write: Callable[[SqliteIndex], None]
 ) -> str | None:
     """Record an issued certificate in the index; on failure remove the bundle and return why."""
     try:
-        index = CentralIndex.open(config.layout.index_db)
+        index = SqliteIndex.open(config.layout.index_db)
         try:
             write(index)
         finally:
@@ -223,7 +224,7 @@ def cmd_central_enroll_reader(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[CentralIndex, str, str], None]) -> int:
+def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[SqliteIndex, str, str], None]) -> int:
     config = _load(args)
     if isinstance(config, ExitCode):
         return config
@@ -232,7 +233,7 @@ def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[CentralIndex,
         _say("error: --reason must say why (it is kept in the index with the revocation)")
         return ExitCode.USAGE
     try:
-        index = CentralIndex.open(config.layout.index_db)
+        index = SqliteIndex.open(config.layout.index_db)
         try:
             revoke(index, args.name, reason)
         finally:
@@ -248,11 +249,11 @@ def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[CentralIndex,
 
 
 def cmd_central_revoke(args: argparse.Namespace) -> int:
-    return _revoke(args, "station", CentralIndex.revoke_station)
+    return _revoke(args, "station", SqliteIndex.revoke_station)
 
 
 def cmd_central_revoke_reader(args: argparse.Namespace) -> int:
-    return _revoke(args, "auditor", CentralIndex.revoke_reader)
+    return _revoke(args, "auditor", SqliteIndex.revoke_reader)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.config import CentralConfig, CentralLayout
 from edge.central.identity import enroll_station, init_central
-from edge.central.index import CentralIndex
 from edge.central.service import RunningCentral, start_central
+from edge.central.sqlite import SqliteIndex
 from edge.custody.keys import StationKey, load_public_key
 from edge.durable.files import ensure_private_dir
 from edge.ingest.store import StoreLayout
@@ -89,7 +89,7 @@ def enroll(config: CentralConfig, station_id: str, station_store: Path, bundle_d
     assert key.public_path is not None
     enrollment = enroll_station(config, station_id, signing_key_pub=key.public_path, out_dir=bundle_dir)
     assert enrollment.signing_public_key_b64 is not None
-    index = CentralIndex.open(CentralLayout(config.central.store_dir).index_db)
+    index = SqliteIndex.open(CentralLayout(config.central.store_dir).index_db)
     try:
         index.enroll_station(station_id, enrollment.signing_public_key_b64, enrollment.cert_sha256)
     finally:

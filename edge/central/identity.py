@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
-import sqlite3
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edge.central.config import CentralConfig, CentralLayout
+from edge.central.sqlite import SqliteDatabase
+from edge.central.sqlite.log import signed_head_summary
 from edge.custody.errors import CustodyError
 from edge.custody.keys import StationKey, load_public_key, public_key_raw
 from edge.custody.ledger import station_time_now
@@ -262,25 +263,9 @@ def _signed_heads(layout: CentralLayout) -> tuple[int, str | None, str | None]:
     if not layout.index_db.is_file():
         return 0, None, None
     try:
-        conn = sqlite3.connect(f"file:{layout.index_db}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error as exc:
-        raise IdentityError(f"cannot read the index {layout.index_db}: {exc}") from None
-    try:
-        count, = conn.execute("SELECT COUNT(*) FROM merkle_tree_heads").fetchone()
-        newest = conn.execute(
-            "SELECT key_id, time FROM merkle_tree_heads ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return 0, None, None  # an index made before the log was ever opened
+        return signed_head_summary(layout.index_db)
+    except SqliteDatabase.errors as exc:
         raise IdentityError(f"cannot read the Merkle log in {layout.index_db}: {exc}") from None
-    except sqlite3.Error as exc:
-        raise IdentityError(f"cannot read the Merkle log in {layout.index_db}: {exc}") from None
-    finally:
-        conn.close()
-    if newest is None:
-        return int(count), None, None
-    return int(count), str(newest[0]), str(newest[1])
 
 
 def _refuse_new_signing_key(layout: CentralLayout) -> None:

@@ -1,20 +1,21 @@
-"""The central's append-only Merkle log of accepted items, with signed tree heads, kept in SQLite.
+"""The central's append-only Merkle log of accepted items, with signed tree heads.
 
-Three tables in a connection the caller owns (the central index database):
+The log's algorithms live here; its rows live in a :class:`edge.central.storage.LogStore` (SQLite today:
+:mod:`edge.central.sqlite.log`):
 
-* ``merkle_leaves``: index, the leaf entry as canonical JSON, and its RFC 9162 leaf hash;
-* ``merkle_nodes``: the hash of every complete subtree of ``2**level`` leaves (level >= 1), written as
-  soon as its last leaf arrives. Any range a proof needs is a handful of these, so roots and proofs cost
-  O(log n) primary-key reads and an append writes amortised one node;
-* ``merkle_tree_heads``: every tree head the central signed, in signing order;
-* ``merkle_head_timestamps``: RFC 3161 time-stamps of checkpoints, when a TSA is configured
+* the leaves: index, the leaf entry as canonical JSON, and its RFC 9162 leaf hash;
+* the nodes: the hash of every complete subtree of ``2**level`` leaves (level >= 1), written as soon as
+  its last leaf arrives. Any range a proof needs is a handful of these, so roots and proofs cost
+  O(log n) point reads and an append writes amortised one node;
+* the tree heads: every tree head the central signed, in signing order;
+* the time-stamps: RFC 3161 tokens over checkpoints, when a TSA is configured
   (:mod:`edge.central.timestamp`).
 
 The log never commits: the caller wraps the acceptance of an item (index rows, leaf, tree head) in one
-transaction, so a crash leaves all of it or none. Triggers refuse UPDATE, DELETE and inserts that do
-not extend the log, which stops our own code from rewriting history by accident; against someone with
-write access to the file, the signed tree heads (held by stations in their receipts) and
-:meth:`MerkleLog.verify` are the defence.
+transaction of the unit of work the log store shares with the index, so a crash leaves all of it or
+none. The store refuses updates, deletes and writes that do not extend the log, which stops our own
+code from rewriting history by accident; against someone with write access to the database, the signed
+tree heads (held by stations in their receipts) and :meth:`MerkleLog.verify` are the defence.
 
 A log must never sign a head inconsistent with one it signed before (C2SP tlog-checkpoint): before
 signing, :meth:`MerkleLog.tree_head` proves the new tree consistent with the previous signed head from
@@ -24,13 +25,13 @@ the stored nodes, and refuses when the storage under the old head changed.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge.central.storage import LogStore, LogStoreConflict, UnitOfWork
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError, CustodyError
 from edge.custody.keys import StationKey
@@ -58,89 +59,17 @@ from edge.custody.receipt import (
     verify_tree_head,
 )
 
-__all__ = ["MerkleLog", "MerkleLogError", "create_schema"]
+__all__ = ["MerkleLog", "MerkleLogError"]
 
 log = logging.getLogger(__name__)
 
-# Levels above 62 would overflow SQLite's 64-bit shift in the triggers; 2**62 leaves is out of reach.
-_MAX_LEVEL = 62
 _ZERO_HASH = bytes(HASH_SIZE)
 # A badly damaged table would otherwise yield one problem per row; past this many of one kind, count.
 _MAX_LISTED = 20
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS merkle_leaves (
-    idx INTEGER PRIMARY KEY CHECK (idx >= 0),
-    entry TEXT NOT NULL,
-    leaf_hash BLOB NOT NULL CHECK (length(leaf_hash) = 32)
-) STRICT;
-CREATE TABLE IF NOT EXISTS merkle_nodes (
-    level INTEGER NOT NULL CHECK (level BETWEEN 1 AND {max_level}),
-    idx INTEGER NOT NULL CHECK (idx >= 0),
-    hash BLOB NOT NULL CHECK (length(hash) = 32),
-    PRIMARY KEY (level, idx)
-) STRICT, WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS merkle_tree_heads (
-    id INTEGER PRIMARY KEY,
-    origin TEXT NOT NULL,
-    tree_size INTEGER NOT NULL CHECK (tree_size >= 0),
-    root_hash TEXT NOT NULL,
-    time TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    signature TEXT NOT NULL
-) STRICT;
-CREATE INDEX IF NOT EXISTS merkle_tree_heads_size ON merkle_tree_heads (tree_size, id);
-CREATE TABLE IF NOT EXISTS merkle_head_timestamps (
-    id INTEGER PRIMARY KEY,
-    head_id INTEGER NOT NULL,          -- the merkle_tree_heads row stamped
-    tree_size INTEGER NOT NULL,
-    root_hash TEXT NOT NULL,
-    note TEXT NOT NULL,                -- the C2SP checkpoint note whose bytes were time-stamped
-    token BLOB NOT NULL,               -- the TSA's DER TimeStampResp
-    gen_time TEXT NOT NULL,            -- the TSA's time in it
-    stamped_utc TEXT NOT NULL
-) STRICT;
-CREATE TRIGGER IF NOT EXISTS merkle_head_timestamps_no_update BEFORE UPDATE ON merkle_head_timestamps
-BEGIN SELECT RAISE(ABORT, 'time-stamps are append-only: UPDATE refused'); END;
-CREATE TRIGGER IF NOT EXISTS merkle_head_timestamps_no_delete BEFORE DELETE ON merkle_head_timestamps
-BEGIN SELECT RAISE(ABORT, 'time-stamps are append-only: DELETE refused'); END;
-CREATE TRIGGER IF NOT EXISTS merkle_leaves_extend BEFORE INSERT ON merkle_leaves
-WHEN NEW.idx IS NOT (SELECT coalesce(max(idx), -1) + 1 FROM merkle_leaves)
-BEGIN SELECT RAISE(ABORT, 'merkle leaf insert must extend the log (idx = number of leaves)'); END;
-CREATE TRIGGER IF NOT EXISTS merkle_leaves_no_update BEFORE UPDATE ON merkle_leaves
-BEGIN SELECT RAISE(ABORT, 'merkle log is append-only: UPDATE of a leaf refused'); END;
-CREATE TRIGGER IF NOT EXISTS merkle_leaves_no_delete BEFORE DELETE ON merkle_leaves
-BEGIN SELECT RAISE(ABORT, 'merkle log is append-only: DELETE of a leaf refused'); END;
-CREATE TRIGGER IF NOT EXISTS merkle_nodes_complete BEFORE INSERT ON merkle_nodes
-WHEN NEW.level NOT BETWEEN 1 AND {max_level}
-  OR ((NEW.idx + 1) << NEW.level) > (SELECT coalesce(max(idx), -1) + 1 FROM merkle_leaves)
-  OR EXISTS (SELECT 1 FROM merkle_nodes WHERE level = NEW.level AND idx = NEW.idx)
-BEGIN SELECT RAISE(ABORT, 'merkle node insert must add a new subtree whose leaves are all in the log'); END;
-CREATE TRIGGER IF NOT EXISTS merkle_nodes_no_update BEFORE UPDATE ON merkle_nodes
-BEGIN SELECT RAISE(ABORT, 'merkle log is append-only: UPDATE of a node refused'); END;
-CREATE TRIGGER IF NOT EXISTS merkle_nodes_no_delete BEFORE DELETE ON merkle_nodes
-BEGIN SELECT RAISE(ABORT, 'merkle log is append-only: DELETE of a node refused'); END;
-CREATE TRIGGER IF NOT EXISTS merkle_tree_heads_grow BEFORE INSERT ON merkle_tree_heads
-WHEN NEW.tree_size > (SELECT coalesce(max(idx), -1) + 1 FROM merkle_leaves)
-  OR NEW.tree_size < coalesce((SELECT tree_size FROM merkle_tree_heads ORDER BY id DESC LIMIT 1), 0)
-  OR EXISTS (SELECT 1 FROM merkle_tree_heads WHERE id = NEW.id)
-BEGIN SELECT RAISE(ABORT, 'tree head insert must cover at least the previous head and at most the log'); END;
-CREATE TRIGGER IF NOT EXISTS merkle_tree_heads_no_update BEFORE UPDATE ON merkle_tree_heads
-BEGIN SELECT RAISE(ABORT, 'tree heads are append-only: UPDATE refused'); END;
-CREATE TRIGGER IF NOT EXISTS merkle_tree_heads_no_delete BEFORE DELETE ON merkle_tree_heads
-BEGIN SELECT RAISE(ABORT, 'tree heads are append-only: DELETE refused'); END;
-""".replace("{max_level}", str(_MAX_LEVEL))
-
 
 class MerkleLogError(CustodyError):
     """The log cannot do what was asked: a damaged row, an invalid leaf, or an unsafe tree head."""
-
-
-def create_schema(conn: sqlite3.Connection) -> None:
-    """Create the log's tables, index and append-only triggers if missing (idempotent; never commits)."""
-    for statement in _SCHEMA.split(";\n"):
-        if statement.strip():
-            conn.execute(statement)
 
 
 def _leaves_label(level: int, index: int) -> str:
@@ -152,14 +81,10 @@ def _node_where(level: int, index: int) -> str:
     return f"merkle node level {level} index {index} ({_leaves_label(level, index)})"
 
 
-def _is_hash(value: object) -> bool:
-    return isinstance(value, bytes) and len(value) == HASH_SIZE
-
-
 class MerkleLog:
-    """Appends to, proves from and signs heads of the Merkle log in a caller-owned connection.
+    """Appends to, proves from and signs heads of the Merkle log kept in a :class:`LogStore`.
 
-    Never commits. State is read from the tables on every call (no cache), so a rolled-back
+    Never commits. State is read from the store on every call (no cache), so a rolled-back
     transaction cannot leave a stale size or node behind. Arguments outside the log (an index or size
     beyond it) raise :class:`edge.custody.merkle.MerkleError` (a ``ValueError``); damaged rows and
     refused operations raise :class:`MerkleLogError`.
@@ -167,7 +92,7 @@ class MerkleLog:
 
     def __init__(
         self,
-        conn: sqlite3.Connection,
+        store: LogStore,
         key: StationKey,
         origin: str,
         *,
@@ -175,10 +100,15 @@ class MerkleLog:
     ) -> None:
         if not isinstance(origin, str) or not origin:
             raise MerkleLogError(f"expected a non-empty log origin (the central id), found {origin!r}")
-        self._conn = conn
+        self.store = store
         self._key = key
         self.origin = origin
         self._clock = clock
+
+    @property
+    def unit(self) -> UnitOfWork:
+        """The unit of work the log writes in (the index of the same database shares it)."""
+        return self.store.unit
 
     def __repr__(self) -> str:
         return f"MerkleLog(origin={self.origin!r}, key_id={self._key.key_id!r})"
@@ -187,28 +117,24 @@ class MerkleLog:
 
     def size(self) -> int:
         """The number of leaves."""
-        row = self._conn.execute("SELECT max(idx) FROM merkle_leaves").fetchone()
-        if row is None or row[0] is None:
+        last = self.store.last_leaf_index()
+        if last is None:
             return 0
-        last = row[0]
         if not isinstance(last, int) or isinstance(last, bool) or last < 0:
             raise MerkleLogError(f"merkle_leaves has a damaged index {last!r}")
         return last + 1
 
     def _subtree_hash(self, level: int, index: int) -> bytes:
         if level == 0:
-            row = self._conn.execute("SELECT leaf_hash FROM merkle_leaves WHERE idx = ?", (index,)).fetchone()
+            value = self.store.leaf_hash(index)
             where = f"merkle leaf {index}"
         else:
-            row = self._conn.execute(
-                "SELECT hash FROM merkle_nodes WHERE level = ? AND idx = ?", (level, index)
-            ).fetchone()
+            value = self.store.node_hash(level, index)
             where = _node_where(level, index)
-        if row is None:
+        if value is None:
             raise MerkleLogError(f"{where} is missing from the log; run verify()")
-        if not _is_hash(row[0]):
+        if not isinstance(value, bytes) or len(value) != HASH_SIZE:
             raise MerkleLogError(f"{where} has a damaged hash (expected {HASH_SIZE} bytes); run verify()")
-        value: bytes = row[0]
         return value
 
     def _range_hash(self, start: int, end: int) -> bytes:
@@ -241,11 +167,11 @@ class MerkleLog:
 
     def leaf(self, index: int) -> dict[str, Any]:
         """The leaf entry at ``index`` as stored."""
-        row = self._conn.execute("SELECT entry FROM merkle_leaves WHERE idx = ?", (index,)).fetchone()
-        if row is None:
+        stored = self.store.leaf_entry(index)
+        if stored is None:
             raise MerkleError(f"expected a leaf index 0..{self.size() - 1}, found {index!r}")
         try:
-            entry = parse_json(row[0]) if isinstance(row[0], str) else None
+            entry = parse_json(stored) if isinstance(stored, str) else None
         except CanonicalJsonError:
             entry = None
         if not isinstance(entry, dict):
@@ -254,17 +180,12 @@ class MerkleLog:
 
     def latest_tree_head(self) -> TreeHead | None:
         """The most recently signed tree head, None before the first."""
-        row = self._conn.execute(
-            f"SELECT {', '.join(TREE_HEAD_FIELDS)} FROM merkle_tree_heads ORDER BY id DESC LIMIT 1"
-        ).fetchone()
+        row = self.store.latest_head()
         return None if row is None else self._head_from_row(row, "latest tree head")
 
     def tree_heads(self) -> Iterator[TreeHead]:
         """Every signed tree head, in signing order."""
-        cursor = self._conn.execute(
-            f"SELECT id, {', '.join(TREE_HEAD_FIELDS)} FROM merkle_tree_heads ORDER BY id"
-        )
-        for row in cursor:
+        for row in self.store.heads():
             yield self._head_from_row(row[1:], f"tree head {row[0]}")
 
     @staticmethod
@@ -289,19 +210,14 @@ class MerkleLog:
         index = self.size()
         current = leaf_hash(data)
         try:
-            self._conn.execute(
-                "INSERT INTO merkle_leaves (idx, entry, leaf_hash) VALUES (?, ?, ?)",
-                (index, data.decode("utf-8"), current),
-            )
+            self.store.append_leaf(index, data.decode("utf-8"), current)
             level, position = 0, index
             # A leaf at an odd position completes its parent; that parent, if odd, its own; and so on.
             while position & 1:
                 current = node_hash(self._subtree_hash(level, position - 1), current)
                 level, position = level + 1, position >> 1
-                self._conn.execute(
-                    "INSERT INTO merkle_nodes (level, idx, hash) VALUES (?, ?, ?)", (level, position, current)
-                )
-        except sqlite3.IntegrityError as exc:
+                self.store.append_node(level, position, current)
+        except LogStoreConflict as exc:
             raise MerkleLogError(f"merkle leaf {index} was taken by another writer: {exc}") from exc
         log.debug("merkle leaf %d item=%s", index, leaf_entry.get("item"))
         return index
@@ -323,10 +239,10 @@ class MerkleLog:
                 return latest
             self._check_consistent(latest, size, root)
         head = sign_tree_head(self.origin, size, root, time or self._clock(), self._key)
-        self._conn.execute(
-            f"INSERT INTO merkle_tree_heads ({', '.join(TREE_HEAD_FIELDS)}) VALUES (?, ?, ?, ?, ?, ?)",
-            (head.origin, head.tree_size, head.root_hash, head.time, head.key_id, head.signature),
-        )
+        try:
+            self.store.append_head(head)
+        except LogStoreConflict as exc:
+            raise MerkleLogError(f"tree head of {size} leaves refused by the log store: {exc}") from exc
         log.info("signed tree head size %d root %s with key %s", head.tree_size, head.root_hash, head.key_id)
         return head
 
@@ -358,7 +274,7 @@ class MerkleLog:
         with ``public_key`` or the log's own key, root against the recomputed tree, sizes never
         shrinking). Each problem names the leaf index, node or head. Empty means the log verifies.
         """
-        return _Verifier(self._conn, self.origin, public_key or self._key.public_key()).run()
+        return _Verifier(self.store, self.origin, public_key or self._key.public_key()).run()
 
 
 @dataclass
@@ -373,8 +289,8 @@ class _Pending:
 class _Verifier:
     """One streaming pass over leaves, nodes (one cursor per level) and heads; memory O(log n)."""
 
-    def __init__(self, conn: sqlite3.Connection, origin: str, public_key: Ed25519PublicKey) -> None:
-        self._conn = conn
+    def __init__(self, store: LogStore, origin: str, public_key: Ed25519PublicKey) -> None:
+        self._store = store
         self._origin = origin
         self._public_key = public_key
         self.problems: list[Problem] = []
@@ -387,13 +303,11 @@ class _Verifier:
         self._mismatched_heads: list[tuple[int, int]] = []
 
     def run(self) -> list[Problem]:
-        heads = self._conn.execute(
-            f"SELECT id, {', '.join(TREE_HEAD_FIELDS)} FROM merkle_tree_heads ORDER BY tree_size, id"
-        )
+        heads = self._store.heads(by_size=True)
         head = next(heads, None)
         head = self._check_heads_at(0, lambda: EMPTY_ROOT, head, heads)
         gap = False
-        for row in self._conn.execute("SELECT idx, entry, leaf_hash FROM merkle_leaves ORDER BY idx"):
+        for row in self._store.leaves():
             index = row[0]
             if index != self._size:
                 self.problems.append(Problem(
@@ -474,9 +388,7 @@ class _Verifier:
 
     def _next_stored(self, level: int) -> Any:
         if level not in self._node_cursors:
-            self._node_cursors[level] = iter(self._conn.execute(
-                "SELECT idx, hash FROM merkle_nodes WHERE level = ? ORDER BY idx", (level,)
-            ))
+            self._node_cursors[level] = iter(self._store.nodes(level))
             self._node_next[level] = next(self._node_cursors[level], None)
         return self._node_next[level]
 
@@ -508,9 +420,7 @@ class _Verifier:
                 extra.append((level, stored[0]))
                 stored = next(cursor, None)
         top = max(self._node_cursors, default=0)
-        for row in self._conn.execute(
-            "SELECT level, idx FROM merkle_nodes WHERE level > ? OR level < 1 ORDER BY level, idx", (top,)
-        ):
+        for row in self._store.nodes_outside(1, top):
             extra.append((row[0], row[1]))
         for level, index in extra[:_MAX_LISTED]:
             where = (_node_where(level, index) if isinstance(level, int) and isinstance(index, int)
@@ -588,8 +498,8 @@ class _Verifier:
         # Row ids are max(id) + 1 (no AUTOINCREMENT, and rollbacks do not consume ids), so a gap means a
         # head was deleted; sizes never shrink in signing order.
         previous: tuple[int, int] | None = None
-        for row in self._conn.execute("SELECT id, tree_size FROM merkle_tree_heads ORDER BY id"):
-            head_id, size = row[0], row[1]
+        for row in self._store.heads():
+            head_id, size = cast(int, row[0]), row[2]  # the id is the store's own key, always an integer
             expected_id = 1 if previous is None else previous[0] + 1
             if head_id != expected_id:
                 self.problems.append(Problem(

@@ -15,7 +15,6 @@ import binascii
 import hashlib
 import logging
 import re
-import sqlite3
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -140,7 +139,7 @@ class ReadSide:
         try:
             self.parts.index.log_access(reader=reader, what=what, item=item, query=query,
                                         remote=request.remote)
-        except sqlite3.Error as exc:
+        except self.parts.index.unit.errors as exc:
             log.error("access log unavailable (%s); refusing %s of %s by reader %s", exc, what, item or query,
                       reader)
             raise Rejection(

@@ -29,8 +29,9 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.central.index import CentralIndex, ItemRecord, StationRecord
+from edge.central.index import ItemRecord, StationRecord
 from edge.central.objects import ObjectCorrupt, ObjectMismatch, ObjectStore, ObjectStoreError
+from edge.central.storage import Index, UnitOfWork
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.errors import CanonicalJsonError, KeyFormatError, LedgerError
 from edge.custody.keys import StationKey, key_id_of
@@ -179,6 +180,8 @@ class UploadSource(Protocol):
 
 
 class MerkleLogLike(Protocol):
+    @property
+    def unit(self) -> UnitOfWork: ...
     def append(self, leaf_entry: Mapping[str, Any]) -> int: ...
     def size(self) -> int: ...
     def tree_head(self) -> TreeHead: ...
@@ -460,7 +463,7 @@ class Registrar:
 
     def __init__(
         self,
-        index: CentralIndex,
+        index: Index,
         objects: ObjectStore,
         merkle: MerkleLogLike,
         uploads: UploadSource,
@@ -469,6 +472,11 @@ class Registrar:
         central_id: str | None = None,
         clock: Callable[[], str] = station_time_now,
     ) -> None:
+        if merkle.unit is not index.unit:
+            # An acceptance writes the item rows and the Merkle leaf in one transaction of the index's
+            # unit of work: a log elsewhere would keep a leaf whose item rows were rolled back, or lose it.
+            raise ValueError(f"the Merkle log and the index must share one unit of work (one database): "
+                             f"{merkle!r} writes in {merkle.unit!r}, {index!r} in {index.unit!r}")
         self.index = index
         self.objects = objects
         self.merkle = merkle

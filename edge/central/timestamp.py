@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +33,10 @@ from rfc3161_client import (
     decode_timestamp_response,
 )
 
-from edge.central.index import CentralIndex
 from edge.central.log import MerkleLog
 from edge.custody.checkpoint_note import checkpoint_text, sign_note
 from edge.custody.keys import StationKey
 from edge.custody.ledger import station_time_now
-from edge.custody.receipt import TreeHead
 
 __all__ = ["TimeStampError", "TimeStamper", "load_tsa_roots", "timestamp_task", "verify_token"]
 
@@ -94,7 +91,6 @@ def verify_token(token: bytes, message: bytes, roots: list[x509.Certificate]) ->
 class TimeStamper:
     """Asks the TSA for a token over the newest unstamped checkpoint; keeps the verified token."""
 
-    index: CentralIndex
     merkle: MerkleLog
     key: StationKey
     tsa_url: str
@@ -104,15 +100,10 @@ class TimeStamper:
 
     async def stamp_newest(self, session: aiohttp.ClientSession) -> bool:
         """Time-stamp the newest tree head if it has no token yet; True when a token was kept."""
-        row = self.index.conn.execute(
-            "SELECT h.id FROM merkle_tree_heads h WHERE NOT EXISTS (SELECT 1 FROM merkle_head_timestamps t "
-            "WHERE t.head_id = h.id) ORDER BY h.id DESC LIMIT 1"
-        ).fetchone()
-        latest = self.index.conn.execute("SELECT max(id) FROM merkle_tree_heads").fetchone()
-        if row is None or latest is None or row[0] != latest[0]:
+        newest = self.merkle.store.newest_head_unstamped()
+        if newest is None:
             return False  # the newest head is stamped (older unstamped ones are covered by it)
-        head_id = int(row[0])
-        head = next(h for i, h in self._heads_from(head_id) if i == head_id)
+        head_id, head = newest
         note = sign_note(checkpoint_text(head.origin, head.tree_size, head.root), head.origin, self.key)
         message = note.encode("utf-8")
         request = TimestampRequestBuilder().data(message).hash_algorithm(HashAlgorithm.SHA256).build()
@@ -129,22 +120,11 @@ class TimeStamper:
         except VerificationError as exc:
             raise TimeStampError(f"the TSA's time-stamp does not verify: {exc}") from None
         gen_time = response.tst_info.gen_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        with self.index.transaction():
-            self.index.conn.execute(
-                "INSERT INTO merkle_head_timestamps (head_id, tree_size, root_hash, note, token, gen_time, "
-                "stamped_utc) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (head_id, head.tree_size, head.root_hash, note, token, gen_time, self.clock()),
-            )
+        with self.merkle.unit.transaction():
+            self.merkle.store.append_timestamp(head_id, head, note, token, gen_time, self.clock())
         log.info("tree head %d (size %d) time-stamped by %s at %s", head_id, head.tree_size, self.tsa_url,
                  gen_time)
         return True
-
-    def _heads_from(self, head_id: int) -> list[tuple[int, TreeHead]]:
-        rows = self.index.conn.execute(
-            "SELECT id, origin, tree_size, root_hash, time, key_id, signature FROM merkle_tree_heads "
-            "WHERE id = ?", (head_id,)
-        ).fetchall()
-        return [(int(r[0]), TreeHead(r[1], r[2], r[3], r[4], r[5], r[6])) for r in rows]
 
     async def _ask(self, session: aiohttp.ClientSession, query: bytes) -> bytes:
         try:
@@ -163,11 +143,12 @@ class TimeStamper:
 
     async def run(self, interval_s: float) -> None:
         """Stamp the newest head every ``interval_s`` until cancelled; failures are logged and retried."""
+        failures: tuple[type[Exception], ...] = (TimeStampError, *self.merkle.unit.errors)
         async with aiohttp.ClientSession() as session:
             while True:
                 try:
                     await self.stamp_newest(session)
-                except (TimeStampError, sqlite3.Error) as exc:
+                except failures as exc:
                     log.warning("checkpoint not time-stamped (asked again in %.0f s): %s", interval_s, exc)
                 await asyncio.sleep(interval_s)
 

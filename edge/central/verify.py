@@ -27,6 +27,14 @@ A central store verifies when:
 The check streams station by station (each ledger, then that station's items, by point queries on the
 index), so memory stays bounded whatever the number of items; objects are hashed one at a time. The
 store is opened read-only: verification never changes what it checks.
+
+Reading below the protocols: the Merkle log is checked through its :class:`edge.central.storage.LogStore`
+(the same algorithms the service signs with), but the index tables are read here with read-only SQL on
+the SQLite file, on purpose. :class:`edge.central.storage.Index` hands out validated records and refuses
+damaged rows, while this check must see what an attacker left: a data column no longer in canonical
+form, a row id gap in an append-only trail, a key row whose id does not match its key, a metadata row
+without an item, a leaf without an item row (a join across the index and the log). This module is
+therefore the verifier of the SQLite store; a PostgreSQL backend gets its own below-protocol checks.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import base64
 import binascii
 import logging
 import re
-import sqlite3
+import sqlite3  # read-only, below the protocols: see the module docstring
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +52,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.config import CentralLayout
-from edge.central.index import CASE_FIELDS, open_index_readonly
+from edge.central.index import CASE_FIELDS
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore, is_sha256_hex
+from edge.central.sqlite import SqliteDatabase
 from edge.custody.canonical import canonical_json, parse_json, sha256_hex
 from edge.custody.checkpoint_note import NoteError, open_note, parse_checkpoint
 from edge.custody.errors import CanonicalJsonError, KeyFileError, KeyFormatError, LedgerError
@@ -129,26 +138,27 @@ def verify_central(
                         f"is key {key_id_of(stored)}, not the pinned central key {key_id_of(public_key)}",
                     )
                 )
-    conn = open_index_readonly(layout.index_db)
+    database = SqliteDatabase.open_readonly(layout.index_db)
     try:
-        _Checker(conn, layout, public_key, origin, findings).run()
+        _Checker(database, layout, public_key, origin, findings).run()
     except sqlite3.DatabaseError as exc:
         problems.append(Problem(f"index {layout.index_db}", f"cannot be read: {exc}"))
     finally:
-        conn.close()
+        database.close()
     return findings
 
 
 class _Checker:
     def __init__(
         self,
-        conn: sqlite3.Connection,
+        database: SqliteDatabase,
         layout: CentralLayout,
         public_key: Ed25519PublicKey | None,
         origin: str | None,
         findings: CentralFindings,
     ) -> None:
-        self.conn = conn
+        self.conn = database.conn  # the index tables, read as stored (module docstring)
+        self.log_store = database.log_store
         self.layout = layout
         self.public_key = public_key
         self.origin = origin
@@ -197,8 +207,8 @@ class _Checker:
             )
 
     def _log_size(self) -> int:
-        row = self.conn.execute("SELECT coalesce(max(idx), -1) + 1 FROM merkle_leaves").fetchone()
-        return int(row[0]) if row is not None and isinstance(row[0], int) else 0
+        last = self.log_store.last_leaf_index()
+        return last + 1 if isinstance(last, int) and not isinstance(last, bool) and last >= 0 else 0
 
     def _check_no_deleted_rows(self, table: str) -> None:
         """Append-only trails number their rows 1, 2, 3...: a gap is a deleted row."""
@@ -396,19 +406,13 @@ class _Checker:
             self._cross_problem(station, entry, f"{said}, but the log holds only {self.merkle_size} leaves: "
                                                 "its leaf was removed")
         else:
-            leaf = _json_object(self.conn.execute(
-                "SELECT entry FROM merkle_leaves WHERE idx = ?", (leaf_index,)
-            ).fetchone()[0])
+            leaf = _json_object(self.log_store.leaf_entry(leaf_index))
             if leaf is None or leaf.get("item") != item or (
                 "sha256" in data and leaf.get("sha256") != data["sha256"]
             ):
                 shown = "an unreadable entry" if leaf is None else f"item {str(leaf.get('item'))[:40]}"
                 self._cross_problem(station, entry, f"{said}, but leaf {leaf_index} of the log names {shown}")
-        signed = self.conn.execute(
-            "SELECT 1 FROM merkle_tree_heads WHERE tree_size = ? AND root_hash = ? LIMIT 1",
-            (tree_size, root_hash),
-        ).fetchone()
-        if signed is None:
+        if not self.log_store.head_signed(tree_size, root_hash):
             why = (f"the log holds only {self.merkle_size} leaves: leaves and heads were removed"
                    if tree_size > self.merkle_size else
                    "that signed head is gone from the log's tree heads: heads were deleted or the log "
@@ -457,10 +461,10 @@ class _Checker:
             return None
         origin = self.origin
         if origin is None:
-            row = self.conn.execute("SELECT origin FROM merkle_tree_heads ORDER BY id LIMIT 1").fetchone()
-            origin = str(row[0]) if row is not None and row[0] else "unknown"
+            first = next(self.log_store.heads(), None)
+            origin = str(first[1]) if first is not None and first[1] else "unknown"
         # Verification needs only the public key; the log object wants a signing key it will never use here.
-        merkle = MerkleLog(self.conn, StationKey.generate(), origin)
+        merkle = MerkleLog(self.log_store, StationKey.generate(), origin)
         self.problems.extend(merkle.verify(self.public_key))
         return merkle
 
@@ -469,6 +473,7 @@ class _Checker:
     def _check_leaves_without_items(self) -> None:
         if self.merkle is None:
             return
+        # A join across the log and the index, in SQL below both protocols (module docstring).
         rows = self.conn.execute(
             "SELECT idx FROM merkle_leaves WHERE idx NOT IN (SELECT leaf_index FROM items) ORDER BY idx"
         )
@@ -687,6 +692,8 @@ class _Checker:
                 roots += load_tsa_roots(path)
             except TimeStampError as exc:
                 self.add(f"TSA root {path.name}", str(exc))
+        # Token rows as stored (the service only appends and asks for the newest unstamped head): read
+        # below the LogStore protocol, so that an altered or replaced token is seen (module docstring).
         try:
             rows = self.conn.execute(
                 "SELECT id, head_id, tree_size, root_hash, note, token FROM merkle_head_timestamps "

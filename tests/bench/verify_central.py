@@ -5,7 +5,7 @@
 The store is built fast but through the real APIs, not by N HTTP uploads: each station keeps a real
 ledger (`Ledger`, its own key) with the entries a station writes for an item (acquired, verified,
 sealed, queued, uploaded, receipt) and signs manifests as the station does; the central side uses
-`CentralIndex` (enrollment, accepted ledger entries and checkpoints, items), `MerkleLog` (a leaf and a
+`SqliteIndex` (enrollment, accepted ledger entries and checkpoints, items), `MerkleLog` (a leaf and a
 signed tree head per item, as registration does) and the object store layout for each object's bytes
 (written without fsync: durability is not what is measured). `--workdir` keeps the store, and a store
 already built there for the same size is reused.
@@ -35,10 +35,9 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge.central.config import CentralLayout  # noqa: E402
-from edge.central.index import CentralIndex  # noqa: E402
 from edge.central.log import MerkleLog  # noqa: E402
-from edge.central.log import create_schema as create_log_schema  # noqa: E402
 from edge.central.objects import FileObjectStore  # noqa: E402
+from edge.central.sqlite import SqliteDatabase  # noqa: E402
 from edge.custody.canonical import canonical_json, sha256_hex  # noqa: E402
 from edge.custody.keys import StationKey  # noqa: E402
 from edge.custody.ledger import EntryType, Ledger, station_time_now  # noqa: E402
@@ -56,10 +55,9 @@ def build(root: Path, items: int, stations: int) -> None:
     layout = CentralLayout(root)
     layout.identity_dir.mkdir(parents=True, exist_ok=True)
     central_key = StationKey.load_or_create(layout.signing_key)
-    index = CentralIndex.open(layout.index_db)
-    with index.transaction():
-        create_log_schema(index.conn)
-    merkle = MerkleLog(index.conn, central_key, ORIGIN)
+    database = SqliteDatabase.open(layout.index_db)
+    index = database.index
+    merkle = MerkleLog(database.log_store, central_key, ORIGIN)
     objects = FileObjectStore(layout.objects_dir)
     per_station = -(-items // stations)
     made = 0

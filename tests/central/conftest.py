@@ -21,12 +21,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.config import CentralConfig
 from edge.central.identity import enroll_reader, enroll_station, init_central
-from edge.central.index import CentralIndex
 from edge.central.log import MerkleLog
-from edge.central.log import create_schema as create_log_schema
 from edge.central.objects import FileObjectStore
 from edge.central.registration import Caller, Registrar
 from edge.central.service import RunningCentral, start_central
+from edge.central.sqlite import SqliteDatabase, SqliteIndex
 from edge.central.tus_store import TusUploadStore
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import StationKey
@@ -148,13 +147,13 @@ def other_station() -> Iterator[FakeStation]:
 
 
 @pytest.fixture
-def index(tmp_path: Path) -> Iterator[CentralIndex]:
-    idx = CentralIndex.open(tmp_path / "index.db")
+def index(tmp_path: Path) -> Iterator[SqliteIndex]:
+    idx = SqliteIndex.open(tmp_path / "index.db")
     yield idx
     idx.close()
 
 
-def enroll(index: CentralIndex, station: FakeStation, cert_sha256: str = CERT_SHA) -> None:
+def enroll(index: SqliteIndex, station: FakeStation, cert_sha256: str = CERT_SHA) -> None:
     index.enroll_station(station.station_id, station.key.public_key_b64, cert_sha256)
 
 
@@ -163,7 +162,7 @@ class CentralParts:
     """The central's core without HTTP: index, objects, Merkle log, uploads and the registrar."""
 
     root: Path
-    index: CentralIndex
+    index: SqliteIndex
     objects: FileObjectStore
     merkle: MerkleLog
     uploads: TusUploadStore
@@ -188,11 +187,10 @@ class CentralParts:
 
 
 def make_central_parts(root: Path, origin: str = "central-test") -> CentralParts:
-    index = CentralIndex.open(root / "index.db")
-    with index.transaction():
-        create_log_schema(index.conn)
+    database = SqliteDatabase.open(root / "index.db")
+    index = database.index
     key = StationKey.generate()
-    merkle = MerkleLog(index.conn, key, origin)
+    merkle = MerkleLog(database.log_store, key, origin)
     objects = FileObjectStore(root / "objects")
     uploads = TusUploadStore(root / "uploads", max_size_bytes=1 << 30, expire_after_s=3600)
     registrar = Registrar(index, objects, merkle, uploads, signing_key=key, central_id=origin)
@@ -239,7 +237,7 @@ class HttpCentral:
         return self.running.url
 
     @property
-    def index(self) -> CentralIndex:
+    def index(self) -> SqliteIndex:
         return self.running.parts.index
 
     @property

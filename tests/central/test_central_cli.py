@@ -20,7 +20,8 @@ import pytest
 from edge.central import cli as central_cli
 from edge.central.cli import add_central_parser
 from edge.central.config import CentralConfig, load_central_config
-from edge.central.index import CentralIndex, CentralIndexError
+from edge.central.index import CentralIndexError
+from edge.central.sqlite import SqliteIndex
 from edge.custody.keys import StationKey
 from edge.pki.bundle import read_bundle
 from edge.pki.tls import client_ssl_context
@@ -65,8 +66,8 @@ def station_pub(tmp_path: Path) -> Path:
     return key.public_path
 
 
-def _index(tmp_path: Path) -> CentralIndex:
-    return CentralIndex.open(tmp_path / "store" / "index.db")
+def _index(tmp_path: Path) -> SqliteIndex:
+    return SqliteIndex.open(tmp_path / "store" / "index.db")
 
 
 def _stderr(capsys: pytest.CaptureFixture[str]) -> str:
@@ -197,10 +198,10 @@ def test_enroll_rolls_back_the_bundle_when_the_index_refuses(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def refuse(self: CentralIndex, station_id: str, key_b64: str, cert_sha256: str) -> None:
+    def refuse(self: SqliteIndex, station_id: str, key_b64: str, cert_sha256: str) -> None:
         raise CentralIndexError("database is locked")
 
-    monkeypatch.setattr(CentralIndex, "enroll_station", refuse)
+    monkeypatch.setattr(SqliteIndex, "enroll_station", refuse)
     out = tmp_path / "bundle"
     code = _run(
         "enroll", STATION, "--config", str(initialised), "--signing-key", str(station_pub), "--out", str(out)

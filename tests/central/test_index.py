@@ -1,4 +1,4 @@
-"""CentralIndex: enrolment, append-only history, station ledgers, items, metadata history, queries."""
+"""The SQLite index: enrolment, append-only history, station ledgers, items, metadata history, queries."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from edge.central.index import (
-    CentralIndex,
     CentralIndexError,
     ItemQuery,
     validate_reader_name,
     validate_station_id,
 )
+from edge.central.sqlite import SqliteIndex
 from edge.custody.keys import StationKey
 from edge.custody.ledger import GENESIS_PREV
 from tests.central.conftest import CERT_SHA, FakeStation, enroll
@@ -31,7 +31,7 @@ def test_invalid_station_ids(bad: object) -> None:
         validate_station_id(bad)
 
 
-def test_enrol_revoke_and_re_enrol(index: CentralIndex, station: FakeStation) -> None:
+def test_enrol_revoke_and_re_enrol(index: SqliteIndex, station: FakeStation) -> None:
     assert index.station(station.station_id) is None
     enroll(index, station)
     record = index.station(station.station_id)
@@ -49,7 +49,7 @@ def test_enrol_revoke_and_re_enrol(index: CentralIndex, station: FakeStation) ->
     assert [e[0] for e in events] == ["enrolled", "revoked", "enrolled"]
 
 
-def test_enrol_refuses_bad_arguments(index: CentralIndex) -> None:
+def test_enrol_refuses_bad_arguments(index: SqliteIndex) -> None:
     key = StationKey.generate()
     with pytest.raises(CentralIndexError):
         index.enroll_station("../x", key.public_key_b64, CERT_SHA)
@@ -61,7 +61,7 @@ def test_enrol_refuses_bad_arguments(index: CentralIndex) -> None:
         index.revoke_station("nobody", "why")
 
 
-def test_readers(index: CentralIndex) -> None:
+def test_readers(index: SqliteIndex) -> None:
     index.enroll_reader("auditor1", CERT_SHA)
     reader = index.reader("auditor1")
     assert reader is not None and reader.active
@@ -71,7 +71,7 @@ def test_readers(index: CentralIndex) -> None:
 
 
 def test_station_ledger_is_append_only_and_must_extend_the_head(
-    index: CentralIndex, station: FakeStation
+    index: SqliteIndex, station: FakeStation
 ) -> None:
     enroll(index, station)
     a = station.acquire(b"one")
@@ -92,7 +92,7 @@ def test_station_ledger_is_append_only_and_must_extend_the_head(
     assert [e.seq for e in index.ledger_entries(station.station_id, item=a.item)] == [1, 2]
 
 
-def _accept(index: CentralIndex, station: FakeStation, leaf: int, **kwargs: str) -> str:
+def _accept(index: SqliteIndex, station: FakeStation, leaf: int, **kwargs: str) -> str:
     acquired = station.acquire(f"content {leaf}".encode(), **kwargs)
     head = index.ledger_head(station.station_id)[0]
     with index.transaction():
@@ -102,7 +102,7 @@ def _accept(index: CentralIndex, station: FakeStation, leaf: int, **kwargs: str)
     return acquired.item
 
 
-def test_items_are_append_only_and_carry_their_metadata(index: CentralIndex, station: FakeStation) -> None:
+def test_items_are_append_only_and_carry_their_metadata(index: SqliteIndex, station: FakeStation) -> None:
     enroll(index, station)
     item = _accept(index, station, 0)
     record = index.item(item)
@@ -119,7 +119,7 @@ def test_items_are_append_only_and_carry_their_metadata(index: CentralIndex, sta
 
 
 def test_tags_before_and_after_acceptance_fold_into_history(
-    index: CentralIndex, station: FakeStation
+    index: SqliteIndex, station: FakeStation
 ) -> None:
     enroll(index, station)
     acquired = station.acquire(b"tagged content")
@@ -142,7 +142,7 @@ def test_tags_before_and_after_acceptance_fold_into_history(
 
 
 def test_tag_from_another_station_is_not_applied(
-    index: CentralIndex, station: FakeStation, other_station: FakeStation
+    index: SqliteIndex, station: FakeStation, other_station: FakeStation
 ) -> None:
     enroll(index, station)
     item = _accept(index, station, 0)
@@ -152,7 +152,7 @@ def test_tag_from_another_station_is_not_applied(
     assert index.current_case(item)["case_number"] == "A-2024-001"
 
 
-def test_query_filters_and_cursor(index: CentralIndex, station: FakeStation) -> None:
+def test_query_filters_and_cursor(index: SqliteIndex, station: FakeStation) -> None:
     enroll(index, station)
     items = [
         _accept(index, station, n, case_number="C-1" if n % 2 else "C-2", officer_no=f"00{n % 3}",
@@ -176,7 +176,7 @@ def test_query_filters_and_cursor(index: CentralIndex, station: FakeStation) -> 
     assert none == []
 
 
-def test_rejections_and_access_log_are_append_only(index: CentralIndex) -> None:
+def test_rejections_and_access_log_are_append_only(index: SqliteIndex) -> None:
     index.record_rejection(station="st", code="ledger_gap", detail="expected seq 5, found 7")
     index.log_access(reader="aud", what="content", item="i", query=None, remote="127.0.0.1")
     assert index.rejections()[0]["code"] == "ledger_gap"
@@ -187,10 +187,10 @@ def test_rejections_and_access_log_are_append_only(index: CentralIndex) -> None:
 
 
 def test_reopen_keeps_everything(tmp_path: Path, station: FakeStation) -> None:
-    first = CentralIndex.open(tmp_path / "i.db")
+    first = SqliteIndex.open(tmp_path / "i.db")
     enroll(first, station)
     first.close()
-    second = CentralIndex.open(tmp_path / "i.db")
+    second = SqliteIndex.open(tmp_path / "i.db")
     try:
         assert second.station(station.station_id) is not None
     finally:

@@ -1,4 +1,4 @@
-"""The central Merkle log in SQLite: proofs against an in-memory reference, heads, tampering, reopening."""
+"""The central Merkle log over its SQLite store: proofs against an in-memory tree, heads, tampering."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from edge.central.log import MerkleLog, MerkleLogError, create_schema
+from edge.central.log import MerkleLog, MerkleLogError
+from edge.central.sqlite import SqliteDatabase
+from edge.central.sqlite.log import SqliteLogStore, create_schema
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import StationKey
 from edge.custody.merkle import (
@@ -67,6 +69,11 @@ def _connect(path: Path, style: str) -> sqlite3.Connection:
     return conn
 
 
+def _store(conn: sqlite3.Connection) -> SqliteLogStore:
+    """The log store on ``conn`` (the fixture's connection, which the tests also use as the attacker)."""
+    return SqliteDatabase(conn).log_store
+
+
 @pytest.fixture(scope="module")
 def key() -> StationKey:
     return StationKey.generate()
@@ -83,7 +90,7 @@ def conn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sqlite3.Con
 
 @pytest.fixture
 def log(conn: sqlite3.Connection, key: StationKey) -> MerkleLog:
-    return MerkleLog(conn, key, ORIGIN, clock=FakeClock())
+    return MerkleLog(_store(conn), key, ORIGIN, clock=FakeClock())
 
 
 def _in_transaction(conn: sqlite3.Connection) -> None:
@@ -221,7 +228,7 @@ def test_tree_head_is_signed_stored_and_reused_until_the_tree_grows(
 def test_a_new_key_signs_a_new_head_for_the_same_tree(log: MerkleLog, conn: sqlite3.Connection) -> None:
     fill(log, conn, 0, 4)
     old = log.tree_head()
-    rotated = MerkleLog(conn, StationKey.generate(), ORIGIN)
+    rotated = MerkleLog(_store(conn), StationKey.generate(), ORIGIN)
     new = rotated.tree_head()
     assert new.tree_size == old.tree_size and new.root_hash == old.root_hash and new.key_id != old.key_id
 
@@ -406,7 +413,7 @@ def test_deleted_and_reordered_heads_are_named(logged: MerkleLog, conn: sqlite3.
 
 def test_head_signed_by_another_key_is_named(logged: MerkleLog, conn: sqlite3.Connection,
                                              key: StationKey) -> None:
-    MerkleLog(conn, StationKey.generate(), ORIGIN).tree_head()
+    MerkleLog(_store(conn), StationKey.generate(), ORIGIN).tree_head()
     conn.commit()
     assert _where(logged.verify()) == ["tree head 41 (size 40).key_id"]
     assert _where(logged.verify(key.public_key())) == ["tree head 41 (size 40).key_id"]
@@ -416,7 +423,7 @@ def test_head_for_another_origin_is_named(
     logged: MerkleLog, conn: sqlite3.Connection, key: StationKey
 ) -> None:
     fill(logged, conn, 40, 41)
-    MerkleLog(conn, key, "central-other").tree_head()
+    MerkleLog(_store(conn), key, "central-other").tree_head()
     conn.commit()
     problems = logged.verify()
     assert _where(problems) == ["tree head 41 (size 41)"]
@@ -446,14 +453,14 @@ def test_reopened_connection_continues_the_same_log(tmp_path: Path, key: Station
     path = tmp_path / "index.db"
     conn = _connect(path, "default")
     create_schema(conn)
-    log = MerkleLog(conn, key, ORIGIN, clock=FakeClock())
+    log = MerkleLog(_store(conn), key, ORIGIN, clock=FakeClock())
     fill(log, conn, 0, 300, head_every=100)
     first_heads = list(log.tree_heads())
     conn.close()
 
     conn = _connect(path, "rows-autocommit")
     create_schema(conn)  # idempotent on an existing database
-    log = MerkleLog(conn, key, ORIGIN, clock=FakeClock())
+    log = MerkleLog(_store(conn), key, ORIGIN, clock=FakeClock())
     assert log.size() == 300
     assert list(log.tree_heads()) == first_heads
     fill(log, conn, 300, 777, head_every=100)
@@ -472,7 +479,7 @@ def test_reopened_connection_continues_the_same_log(tmp_path: Path, key: Station
 def test_repr_shows_no_key_material(log: MerkleLog, key: StationKey) -> None:
     assert repr(log) == f"MerkleLog(origin='central-hq', key_id='{key.key_id}')"
     with pytest.raises(MerkleLogError):
-        MerkleLog(sqlite3.connect(":memory:"), key, "")
+        MerkleLog(_store(sqlite3.connect(":memory:")), key, "")
 
 
 def test_heads_are_tree_heads(logged: MerkleLog) -> None:

@@ -37,7 +37,7 @@ async def _register(parts: CentralParts, station: FakeStation, content: bytes) -
 def _stamper(parts: CentralParts, tsa: LocalTsa, url: str | None = None) -> TimeStamper:
     from cryptography import x509
 
-    return TimeStamper(parts.index, parts.merkle, parts.signing_key, url or tsa.url,
+    return TimeStamper(parts.merkle, parts.signing_key, url or tsa.url,
                        [x509.load_pem_x509_certificate(tsa.root_pem())])
 
 

@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 
 from edge.central.config import load_central_config
-from edge.central.index import CentralIndex
 from edge.central.log import MerkleLog
-from edge.central.log import create_schema as create_log_schema
+from edge.central.sqlite import SqliteDatabase
 from edge.custody.keys import StationKey
 from edge.durable.lock import StoreLock
 from tests.service.processes import (
@@ -69,13 +68,12 @@ def _signed_log(config_path: Path) -> str:
     """Sign a tree head with the central's key, as a central that has served does; returns its key id."""
     config = load_central_config(config_path)
     key = StationKey.load(config.layout.signing_key)
-    index = CentralIndex.open(config.layout.index_db)
+    database = SqliteDatabase.open(config.layout.index_db)
     try:
-        with index.transaction():
-            create_log_schema(index.conn)
-            MerkleLog(index.conn, key, config.central.id).tree_head()
+        with database.transaction():
+            MerkleLog(database.log_store, key, config.central.id).tree_head()
     finally:
-        index.close()
+        database.close()
     return key.key_id
 
 

@@ -13,10 +13,10 @@ import pytest
 from edge.central.config import CentralConfig
 from edge.central.embedded import EmbeddedCentral
 from edge.central.identity import load_signing_key
-from edge.central.index import CentralIndex
 from edge.central.log import MerkleLog
-from edge.central.log import create_schema as create_log_schema
 from edge.central.service import start_central
+from edge.central.sqlite import SqliteDatabase
+from edge.central.sqlite.log import create_schema as create_log_schema
 from edge.custody.canonical import parse_json
 from edge.custody.keys import StationKey
 from edge.sources.usb.offload import OffloadOutcome
@@ -29,9 +29,9 @@ def rewrite_log(config: CentralConfig, mode: str, key: StationKey | None = None)
     """``rewritten``: replace leaf 0 with another well-formed leaf and append one more; ``shrunk``: drop
     the newest leaf (the newest item deleted with its leaf, nodes and heads). Either way every node is
     rebuilt and a new head signed with the central's own key."""
-    index = CentralIndex.open(config.layout.index_db)
+    database = SqliteDatabase.open(config.layout.index_db)
     try:
-        conn = index.conn
+        conn = database.conn
         rows = conn.execute("SELECT entry FROM merkle_leaves ORDER BY idx")
         entries = [parse_json(text) for (text,) in rows]
         if mode == "rewritten":
@@ -39,18 +39,18 @@ def rewrite_log(config: CentralConfig, mode: str, key: StationKey | None = None)
             entries.append({**entries[-1], "item": "00000000-0000-4000-8000-000000000001"})
         else:
             entries.pop()
-        with index.transaction():
+        with database.transaction():
             for table in ("merkle_leaves", "merkle_nodes", "merkle_tree_heads"):
                 for suffix in ("no_delete", "no_update"):
                     conn.execute(f"DROP TRIGGER IF EXISTS {table}_{suffix}")
                 conn.execute(f"DELETE FROM {table}")
             create_log_schema(conn)
-            merkle = MerkleLog(conn, key or load_signing_key(config), config.central.id)
+            merkle = MerkleLog(database.log_store, key or load_signing_key(config), config.central.id)
             for entry in entries:
                 merkle.append(entry)
             merkle.tree_head()
     finally:
-        index.close()
+        database.close()
 
 
 async def wait_alarm(station: Station, timeout_s: float = 20) -> dict[str, object]:

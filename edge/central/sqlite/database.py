@@ -1,0 +1,80 @@
+"""One SQLite file holds the central's index and its Merkle log, so one transaction covers both.
+
+:class:`SqliteDatabase` owns the connection and is the unit of work (:class:`edge.central.storage.UnitOfWork`)
+that :class:`~edge.central.sqlite.index.SqliteIndex` and :class:`~edge.central.sqlite.log.SqliteLogStore`
+are built on: neither is handed the connection by anyone else, and no module outside this package sees it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from edge.central.sqlite.index import SqliteIndex
+from edge.central.sqlite.index import create_schema as create_index_schema
+from edge.central.sqlite.log import SqliteLogStore
+from edge.central.sqlite.log import create_schema as create_log_schema
+from edge.durable.files import create_private_file, ensure_private_dir
+from edge.durable.sqlite import immediate_transaction
+
+__all__ = ["SqliteDatabase"]
+
+
+class SqliteDatabase:
+    """``index.db``: the unit of work, with the index and the log store on its one connection."""
+
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
+    def __init__(self, conn: sqlite3.Connection, path: Path | None = None) -> None:
+        self.conn = conn
+        self.path = path
+        self._index = SqliteIndex(self)
+        self._log_store = SqliteLogStore(self)
+
+    def __repr__(self) -> str:
+        return f"SqliteDatabase(path={str(self.path) if self.path else None!r})"
+
+    @property
+    def index(self) -> SqliteIndex:
+        return self._index
+
+    @property
+    def log_store(self) -> SqliteLogStore:
+        return self._log_store
+
+    @classmethod
+    def open(cls, db_path: Path) -> SqliteDatabase:
+        """Open (creating if missing) the database with the index and log tables and triggers."""
+        ensure_private_dir(db_path.parent)
+        # SQLite gives the -wal and -shm files the database file's mode: create it private first.
+        create_private_file(db_path)
+        conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=30)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: an acceptance the station was told about survives power loss, not only a crash.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            database = cls(conn, db_path)
+            with database.transaction():
+                create_index_schema(conn)
+                create_log_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return database
+
+    @classmethod
+    def open_readonly(cls, db_path: Path) -> SqliteDatabase:
+        """A read-only database (verification must never change what it checks); no schema is made."""
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        return cls(conn, db_path)
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception. Never await inside it."""
+        return immediate_transaction(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()

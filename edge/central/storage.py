@@ -1,0 +1,232 @@
+"""What the central keeps in its database, behind protocols: the index, the Merkle log's storage and the
+unit of work they share.
+
+The central's services (registration, the read side, authentication, the time-stamper) and the Merkle
+log's algorithms (:class:`edge.central.log.MerkleLog`) see only these protocols; the database behind them
+is chosen once, by the composition root (:func:`edge.central.app.build_app`). Today that is SQLite
+(:mod:`edge.central.sqlite`: one file, ``index.db``); a PostgreSQL backend would be a sibling package
+implementing the same three protocols, without any change to registration, the log or the read side.
+
+**One unit of work for both.** Accepting an item writes index rows *and* a Merkle leaf (and its subtree
+nodes, and a signed tree head); a crash or a failure in between must leave all of it or none. So the
+index and the log store are not handed a connection each: they are built on one :class:`UnitOfWork`,
+and :meth:`UnitOfWork.transaction` is the only way to make writes of either durable. A backend keeps
+both in one database (one SQLite file, one PostgreSQL database), so one transaction covers both. The
+registrar refuses to be built on an index and a log that do not share their unit
+(:class:`edge.central.registration.Registrar`).
+
+**Rows as stored.** The log store hands back leaf, node and head values exactly as stored (``object``):
+the log's own verification must see a damaged or rewritten value to name it, so the store never
+validates or repairs; :class:`~edge.central.log.MerkleLog` does. Writes that would not extend the log
+raise :class:`LogStoreConflict`; a backend's own failures (disk full, lost connection) raise one of
+:attr:`UnitOfWork.errors`.
+
+Every method is synchronous and never awaits: the central calls them from the event loop, and a
+transaction is opened and committed without yielding, so readers never see half of one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge.central.index import ItemQuery, ItemRecord, ReaderRecord, StationRecord
+from edge.custody.ledger import Checkpoint, LedgerEntry
+from edge.custody.receipt import TreeHead
+
+__all__ = ["CentralDatabase", "Index", "LogStore", "LogStoreConflict", "UnitOfWork"]
+
+
+class LogStoreConflict(Exception):
+    """A leaf, node or head write that does not extend the log (another writer took the index, or the
+    subtree is not complete); the enclosing transaction must be rolled back."""
+
+
+class UnitOfWork(Protocol):
+    """Transactions over everything the central keeps in its database."""
+
+    @property
+    def errors(self) -> tuple[type[Exception], ...]:
+        """The exceptions this backend raises when the database itself fails (not for a refused write)."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[object]:
+        """One atomic unit: committed when the block ends normally, rolled back when it raises. Never
+        await inside it. Reads outside a transaction see only committed units."""
+        ...
+
+
+class Index(Protocol):
+    """The central's index: stations and readers, the stations' accepted ledgers and checkpoints, items
+    with their officer/device/case folds and metadata history, rejections and the access log.
+
+    Methods named ``insert_*`` and :meth:`apply_tag` write in the caller's transaction (the registrar's,
+    which also appends the Merkle leaf); the others that write run their own. Arguments are validated
+    and damaged rows raise :class:`edge.central.index.CentralIndexError`.
+    """
+
+    @property
+    def unit(self) -> UnitOfWork:
+        """The unit of work this index writes in (shared with the log store of the same database)."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[object]:
+        """``self.unit.transaction()``."""
+        ...
+
+    def close(self) -> None: ...
+
+    # stations and readers
+    def enroll_station(self, station_id: str, signing_public_key_b64: str, cert_sha256: str) -> None: ...
+    def revoke_station(self, station_id: str, reason: str) -> None: ...
+    def station(self, station_id: str) -> StationRecord | None: ...
+    def stations(self) -> list[StationRecord]: ...
+    def station_keys(self, station_id: str) -> dict[str, Ed25519PublicKey]: ...
+    def enroll_reader(self, name: str, cert_sha256: str) -> None: ...
+    def revoke_reader(self, name: str, reason: str) -> None: ...
+    def reader(self, name: str) -> ReaderRecord | None: ...
+
+    # station ledgers
+    def ledger_head(self, station_id: str) -> tuple[int, str]: ...
+    def ledger_entry(self, station_id: str, seq: int) -> LedgerEntry | None: ...
+
+    def ledger_entries(
+        self,
+        station_id: str,
+        start_seq: int = 1,
+        *,
+        end_seq: int | None = None,
+        item: str | None = None,
+        type_: str | None = None,
+    ) -> Iterator[LedgerEntry]: ...
+
+    def insert_ledger_entries(
+        self, station_id: str, entries: Sequence[LedgerEntry], accepted_utc: str
+    ) -> None: ...
+
+    def insert_checkpoint(self, cp: Checkpoint, accepted_utc: str) -> None: ...
+    def latest_checkpoint(self, station_id: str) -> Checkpoint | None: ...
+    def checkpoints(self, station_id: str) -> list[Checkpoint]: ...
+
+    # items
+    def item(self, item: str) -> ItemRecord | None: ...
+
+    def insert_item(
+        self, manifest: Mapping[str, Any], *, station_id: str, leaf_index: int, accepted_utc: str
+    ) -> ItemRecord: ...
+
+    def apply_tag(self, station_id: str, entry: LedgerEntry, recorded_utc: str) -> bool: ...
+    def metadata_history(self, item: str) -> list[dict[str, Any]]: ...
+    def current_case(self, item: str) -> dict[str, Any]: ...
+    def query_items(self, query: ItemQuery) -> tuple[list[dict[str, Any]], tuple[str, str] | None]: ...
+
+    # audit trails
+    def record_rejection(
+        self,
+        *,
+        station: str | None,
+        code: str,
+        detail: str,
+        remote: str | None = None,
+        item: str | None = None,
+        upload: str | None = None,
+    ) -> None: ...
+
+    def rejections(self, station: str | None = None) -> list[dict[str, Any]]: ...
+
+    def log_access(
+        self, *, reader: str, what: str, item: str | None, query: str | None, remote: str | None
+    ) -> None: ...
+
+    def access_log(self) -> list[dict[str, Any]]: ...
+
+
+class LogStore(Protocol):
+    """Where the Merkle log keeps its leaves, complete-subtree nodes, signed tree heads and RFC 3161
+    time-stamps. Append-only: nothing is ever updated or deleted. Values come back as stored."""
+
+    @property
+    def unit(self) -> UnitOfWork:
+        """The unit of work this store writes in (shared with the index of the same database)."""
+        ...
+
+    # leaves and nodes
+    def last_leaf_index(self) -> object:
+        """The highest leaf index stored (None for an empty log)."""
+        ...
+
+    def leaf_hash(self, index: int) -> object:
+        """The stored leaf hash at ``index``, None when there is no such leaf."""
+        ...
+
+    def leaf_entry(self, index: int) -> object:
+        """The stored leaf entry (canonical JSON text) at ``index``, None when there is no such leaf."""
+        ...
+
+    def node_hash(self, level: int, index: int) -> object:
+        """The stored hash of complete subtree ``index`` of ``2**level`` leaves, None when absent."""
+        ...
+
+    def append_leaf(self, index: int, entry: str, leaf_hash: bytes) -> None:
+        """Store leaf ``index`` (which must be the number of leaves); :class:`LogStoreConflict` if not."""
+        ...
+
+    def append_node(self, level: int, index: int, node_hash: bytes) -> None:
+        """Store a complete subtree's hash; :class:`LogStoreConflict` when it is stored or incomplete."""
+        ...
+
+    def leaves(self) -> Iterator[tuple[object, object, object]]:
+        """Every stored ``(index, entry, leaf_hash)`` in index order (streamed)."""
+        ...
+
+    def nodes(self, level: int) -> Iterator[tuple[object, object]]:
+        """Every stored ``(index, hash)`` of one level in index order (streamed)."""
+        ...
+
+    def nodes_outside(self, lowest: int, highest: int) -> Iterator[tuple[object, object]]:
+        """``(level, index)`` of stored nodes whose level is below ``lowest`` or above ``highest``."""
+        ...
+
+    # signed tree heads
+    def latest_head(self) -> tuple[object, ...] | None:
+        """The newest head's values in :data:`edge.custody.receipt.TREE_HEAD_FIELDS` order."""
+        ...
+
+    def heads(self, *, by_size: bool = False) -> Iterator[tuple[object, ...]]:
+        """``(id, *TREE_HEAD_FIELDS)`` of every head in signing order (ids 1, 2, 3...), or by tree size
+        then id."""
+        ...
+
+    def append_head(self, head: TreeHead) -> int:
+        """Store a signed head after the previous one; returns its id. :class:`LogStoreConflict` when it
+        covers fewer leaves than the previous head or more than the log."""
+        ...
+
+    def head_signed(self, tree_size: int, root_hash: str) -> bool:
+        """Whether a head of this size and root was stored."""
+        ...
+
+    # RFC 3161 time-stamps of checkpoints (edge.central.timestamp)
+    def newest_head_unstamped(self) -> tuple[int, TreeHead] | None:
+        """The newest head with its id when it has no time-stamp yet; None when it has one (or there is
+        no head)."""
+        ...
+
+    def append_timestamp(
+        self, head_id: int, head: TreeHead, note: str, token: bytes, gen_time: str, stamped_utc: str
+    ) -> None: ...
+
+
+class CentralDatabase(UnitOfWork, Protocol):
+    """A backend: the unit of work with the index and the log store built on it."""
+
+    @property
+    def index(self) -> Index: ...
+
+    @property
+    def log_store(self) -> LogStore: ...
+
+    def close(self) -> None: ...
