@@ -141,6 +141,42 @@ def test_edge_root_holds_composition_roots_only() -> None:
     assert modules - COMPOSITION_ROOTS == set(), "move foundation modules into a package named for its role"
 
 
+# The central reaches its database through the protocols of edge/central/storage.py. SQL, sqlite3 and the
+# connection stay in the SQLite backend (edge/central/sqlite/), so that a PostgreSQL backend is a sibling
+# package and nothing else changes. Exceptions, each with the reason:
+CENTRAL_SQL_READERS = {
+    "edge/central/verify.py": "reads index.db read-only below the protocols to see tampered rows as stored",
+}
+# Modules that choose the backend (composition and store layout) may import it; no service module may.
+CENTRAL_BACKEND_CHOOSERS = {
+    "edge/central/app.py": "build_app: the default backend of the running central",
+    "edge/central/service.py": "start_central passes the backend choice to build_app",
+    "edge/central/cli.py": "edge central init/enroll/revoke open the store's index",
+    "edge/central/embedded.py": "the demo's in-process central enrols its station",
+    "edge/central/identity.py": "refuses a new signing key when the store's log holds signed heads",
+    "edge/central/verify.py": "edge verify CENTRAL checks the SQLite store's file",
+}
+
+
+def test_the_central_reaches_its_database_only_through_the_storage_protocols() -> None:
+    backend = ROOT / "edge" / "central" / "sqlite"
+    offenders: list[str] = []
+    for path in sorted((ROOT / "edge" / "central").rglob("*.py")):
+        if path.is_relative_to(backend):
+            continue
+        where = str(path.relative_to(ROOT))
+        names = _imports(path)
+        if where not in CENTRAL_SQL_READERS:
+            offenders += [f"{where} imports {name}" for name in sorted(names)
+                          if name == "sqlite3" or name == "edge.durable.sqlite"]
+            if re.search(r"\.conn\b|\.execute\(", path.read_text(encoding="utf-8")):
+                offenders.append(f"{where} runs SQL or touches a connection")
+        if where not in CENTRAL_BACKEND_CHOOSERS:
+            offenders += [f"{where} imports {name}" for name in sorted(names)
+                          if name.startswith("edge.central.sqlite")]
+    assert offenders == []
+
+
 # -- dependencies: declare what you import, drop what you don't, pin what was tested ----------------------
 
 # Which declared requirements may serve the imports of each source folder: the service and the drivers

@@ -9,8 +9,9 @@ expected and what came; :class:`Registrar` logs each one and appends it to the i
 
 Order of an acceptance (crash-safe): verify everything that needs no content; re-hash the finished
 upload while linking it into the object store (durable: fsync file and directories); then, in one
-SQLite transaction, the item, officer/device/case rows, metadata history, Merkle leaf and signed tree
-head. A crash before the commit leaves at most an unreferenced object, which the retry adopts.
+transaction of the unit of work the index and the log share (:mod:`edge.central.storage`), the item,
+officer/device/case rows, metadata history, Merkle leaf and signed tree head. A crash before the commit
+leaves at most an unreferenced object, which the retry adopts.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ import logging
 import signal
 import socket
 import ssl
+from collections.abc import Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -26,6 +28,8 @@ from edge.central.config import CentralConfig, ConfigError
 from edge.central.http_server import listen
 from edge.central.identity import lock_central_store, server_ssl_context
 from edge.central.limits import HttpBounds
+from edge.central.sqlite import SqliteDatabase
+from edge.central.storage import CentralDatabase
 from edge.custody.keys import StationKey
 from edge.durable.lock import StoreLock
 from edge.runtime.sdnotify import SystemdNotifier
@@ -106,8 +110,15 @@ async def _refuse_plain_http_beyond_loopback(config: CentralConfig) -> None:
         )
 
 
-async def start_central(config: CentralConfig, *, signing_key: StationKey | None = None) -> RunningCentral:
+async def start_central(
+    config: CentralConfig,
+    *,
+    signing_key: StationKey | None = None,
+    open_database: Callable[[Path], CentralDatabase] = SqliteDatabase.open,
+) -> RunningCentral:
     """Build the application and serve it on the configured address; stop it with ``.stop()``.
+
+    ``open_database`` chooses the backend of the index and the Merkle log (see :func:`build_app`).
 
     Raises :class:`ConfigError` when development mode (plain HTTP) would be reachable beyond loopback.
     The store is locked first (one receiver per store): :class:`edge.durable.lock.StoreBusy` names the
@@ -120,7 +131,7 @@ async def start_central(config: CentralConfig, *, signing_key: StationKey | None
             await _refuse_plain_http_beyond_loopback(config)
         else:
             ssl_context = server_ssl_context(config)
-        app = build_app(config, signing_key=signing_key)
+        app = build_app(config, signing_key=signing_key, open_database=open_database)
         runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT_S, access_log=None)
         await runner.setup()
     except BaseException:
