@@ -22,7 +22,6 @@ accepted: 400 with a JSON body otherwise.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -91,7 +90,7 @@ class StationLedgerRead:
             self.parts.index.log_access(reader=principal.name, what="station-ledger", item=None,
                                         query=f"station={station[:64]}&{request.query_string[:900]}",
                                         remote=request.remote)
-        except sqlite3.Error as exc:
+        except self.parts.index.unit.errors as exc:
             log.error("access log unavailable (%s); refusing the ledger of %s to reader %s", exc,
                       station[:64], principal.name)
             raise Rejection(RejectCode.ACCESS_LOG_UNAVAILABLE,
