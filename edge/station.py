@@ -27,6 +27,7 @@ from edge.ingest.store import StationStore
 from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
+from edge.sources.usb.bays import bay_of_volume
 from edge.sources.usb.mounted import BoundVolumes, VolumeRoot
 from edge.sources.usb.offload import BayProgress, OffloadResult
 from edge.sources.usb.session import ControlSession, VolumeClaims, VolumeSession
@@ -381,6 +382,14 @@ class StationAgent:
             return
         if self.claims.busy(serial):
             return
+        # No control session brought this volume: its bay comes from the kernel's topology or the
+        # per-bay mount directory, so that its LED shows the docking too.
+        assert root.mount is not None
+        bay, found_by = await loop.run_in_executor(
+            self.executor, bay_of_volume, root.mount.device, path, self.config.bays
+        )
+        if bay is None:
+            log.warning("volume %s: no bay for its LED: %s", display_name(path), found_by)
         async with self._volume_session_ended:
             # The same recorder, re-mounted while its previous session still ends on the old mount:
             # this docking starts when that one has ended, if the mount is still there by then.
@@ -390,7 +399,7 @@ class StationAgent:
         self._active_devices.add(serial)
         try:
             async with self.limit:
-                result = await VolumeSession(self.store, self.config, **self._session_kwargs()).run(root)
+                result = await VolumeSession(self.store, self.config, **self._session_kwargs()).run(root, bay)
             self._finished(result)
         finally:
             self._active_devices.discard(serial)

@@ -187,6 +187,14 @@ class OffloadSection(StrictModel):
     max_file_bytes: int = Field(256 << 30, gt=0, description="Refuse larger files as implausible")
     max_files: int = Field(100_000, gt=0, description="Refuse volumes with more files")
     max_depth: int = Field(8, ge=1, le=64)
+    max_dir_entries: int = Field(
+        20_000, gt=0, le=1_000_000,
+        description="Entries looked at in one volume directory; the rest is refused unlisted (memory bound)",
+    )
+    max_entries: int = Field(
+        250_000, gt=0, le=10_000_000,
+        description="Entries looked at on one volume; the rest is refused unlisted (memory bound)",
+    )
     min_free_bytes: int = Field(1 << 30, ge=0, description="Keep this much free on the store disk")
 
 

@@ -678,6 +678,12 @@ class RecorderBus:
                     files[rel] = _sha256_file(path)
         return files
 
+    def passwords_received(self, device_serial: str) -> list[str]:
+        """Every password a host sent this recorder (LOGIN requests), in order."""
+        slot = self._slot(device_serial)
+        with slot.lock:
+            return [secret.reveal() for secret in slot.device.passwords_received]
+
     def inject_reply(self, device_serial: str, request: VendorRequest, payload: bytes | None) -> None:
         """Hostile-device fault: the next reply to `request` is `payload` instead of the real one."""
         slot = self._slot(device_serial)

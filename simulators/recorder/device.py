@@ -186,6 +186,9 @@ class SimulatedRecorder:
         self.last_login_failed = False
         self.last_result = ResultCode.CONNECT_SUCCESS
         self.configuration = 1
+        # Every password any host sent to this device, right or wrong, kept across re-plugs: what a
+        # hostile device posing as a recorder would harvest (kept out of reprs and logs).
+        self.passwords_received: list[_Secret] = []
 
     def __repr__(self) -> str:
         return (f"SimulatedRecorder(serial={self.info.device_serial!r}, usb_serial={self.usb_serial!r}, "
@@ -388,6 +391,7 @@ class SimulatedRecorder:
         raise self._fail(ResultCode.BAD_REQUEST, f"{request.name} not implemented")  # pragma: no cover
 
     def _login(self, candidate: bytes) -> bytes:
+        self.passwords_received.append(_Secret(candidate.decode("ascii", errors="replace")))
         if self._password.matches(candidate):
             self.authenticated = True
             self.failed_logins = 0

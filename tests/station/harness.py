@@ -56,7 +56,8 @@ def station_config(
         "bays": [{"number": i + 1, "usb_port": f"1-1.{i + 1}"} for i in range(8)],
         "recorders": {
             "default_password": f"file:{password_file}",
-            "allow": [{"device_serial": s.device_serial} for s in specs],
+            # Pinned: the password goes only to a USB serial the allow-list names.
+            "allow": [{"device_serial": s.device_serial, "usb_serial": s.usb_serial} for s in specs],
         },
         "offload": {"min_free_bytes": 0, "concurrency": 4},
     }

@@ -81,7 +81,9 @@ async def test_recorder_not_on_allow_list_is_refused(tmp_path: Path) -> None:
         await station.wait_ledger("refused")
         await station.agent.idle()
         refused = station.ledger("refused")[0]
-        assert refused["device_serial"] == specs[1].device_serial and "allow-list" in refused["reason"]
+        # Refused before logging in (its USB serial is pinned by no entry): it never learns the password.
+        assert refused["usb_serial"] == specs[1].usb_serial and "allow-list" in refused["reason"]
+        assert station.bus.passwords_received(specs[1].device_serial) == []
         assert station.ledger("acquired") == []
         assert station.ledger("clock_set") == [], "an unknown recorder's clock is never touched"
 

@@ -30,11 +30,13 @@ def _hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _write_config(root: Path, serials: list[str]) -> Path:
+def _write_config(root: Path, serials: list[tuple[str, str]]) -> Path:
     password = root / "recorder-password"
     password.write_text(PASSWORD + "\n")
     password.chmod(0o600)
-    allow = "\n".join(f'[[recorders.allow]]\ndevice_serial = "{s}"\n' for s in serials)
+    allow = "\n".join(
+        f'[[recorders.allow]]\ndevice_serial = "{s}"\nusb_serial = "{u}"\n' for s, u in serials
+    )
     config = root / "station.toml"
     config.write_text(f"""
 [station]
@@ -114,7 +116,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
     try:
         assert sim.stdout is not None
         hello = json.loads(sim.stdout.readline())
-        serials = [r["device_serial"] for r in hello["recorders"]]
+        serials = [(r["device_serial"], r["usb_serial"]) for r in hello["recorders"]]
         truth = Counter(
             _hash(p)
             for p in (tmp_path / "sim" / "state" / "recorders").rglob("*")

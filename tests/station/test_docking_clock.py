@@ -26,6 +26,10 @@ async def test_clock_is_set_only_on_the_pinned_usb_serial(tmp_path: Path, pinned
     recorder = spec(0, clock_offset_s=OFFSET_S)
     pin = recorder.usb_serial if pinned_right else "EEZ01" + "9" * 11
     allow = [{"device_serial": recorder.device_serial, "usb_serial": pin}]
+    if not pinned_right:
+        # Its USB serial is pinned, by another entry: it gets the password, says which recorder it
+        # is, and that recorder's entry pins another USB serial.
+        allow.append({"device_serial": "9999999", "usb_serial": recorder.usb_serial})
     # The harness's station clock is "trusted": 校时 is wanted for a recorder 300 s slow.
     async with simulated_station(tmp_path, [recorder], recorders={"allow": allow}) as station:
         await station.dock_recorder(recorder.device_serial, 1)

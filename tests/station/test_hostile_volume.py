@@ -7,6 +7,7 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,15 +168,15 @@ def test_unlistable_directory_is_reported_and_the_rest_listed(
 ) -> None:
     import errno
 
-    real_listdir = os.listdir
+    real_scandir = os.scandir
     photo = os.stat(volume / "PHOTO") if (volume / "PHOTO").exists() else os.stat(volume / "AUDIO")
 
-    def failing_listdir(target: object) -> list[str]:
+    def failing_scandir(target: Any) -> Any:
         if isinstance(target, int) and os.fstat(target).st_ino == photo.st_ino:
             raise OSError(errno.EIO, "Input/output error")
-        return real_listdir(target)  # type: ignore[arg-type]
+        return real_scandir(target)
 
-    monkeypatch.setattr("edge.sources.usb.enumerate.os.listdir", failing_listdir)
+    monkeypatch.setattr("edge.sources.usb.enumerate.os.scandir", failing_scandir)
     listing = list_volume(volume, max_files=1000, max_depth=8)
     assert any("cannot list directory" in r.reason for r in listing.rejected)
     assert any(f.parts[0] == b"DCIM" for f in listing.files), "other directories are still listed"

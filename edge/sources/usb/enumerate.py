@@ -88,6 +88,11 @@ class Rejected:
     reason: str
 
 
+# A recorder's busiest folder holds a few thousand clips; FAT allows 65,534 entries per directory and
+# exFAT about 2.8 million. Names are held per directory to sort them, so these bound the memory a
+# hostile volume can make the station spend on listing it (about 100 bytes a name).
+MAX_DIR_ENTRIES = 20_000
+MAX_VOLUME_ENTRIES = 250_000
 MAX_REJECTED = 1000
 
 
@@ -96,6 +101,10 @@ class Listing:
     files: list[VolumeFile] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     rejected_not_listed: int = 0  # beyond MAX_REJECTED a hostile volume only gets counted
+    max_dir_entries: int = MAX_DIR_ENTRIES
+    max_entries: int = MAX_VOLUME_ENTRIES
+    entries: int = 0  # directory entries looked at, on the whole volume
+    stopped: bool = False  # the volume held more than max_entries: the walk ended there
     # What tells a repeated entry or a second name of a listed file (never offered twice).
     listed: set[tuple[bytes, ...]] = field(default_factory=set)
     by_inode: dict[tuple[int, int], VolumeFile] = field(default_factory=dict)
@@ -148,10 +157,21 @@ def _open_root(root: Path | int) -> int:
     return os.open(root, DIR_FLAGS)
 
 
-def list_volume(root: Path | int, *, max_files: int, max_depth: int) -> Listing:
+def list_volume(
+    root: Path | int,
+    *,
+    max_files: int,
+    max_depth: int,
+    max_dir_entries: int = MAX_DIR_ENTRIES,
+    max_entries: int = MAX_VOLUME_ENTRIES,
+) -> Listing:
     """All regular files under `root` (a path, or an open root descriptor), with every entry that was
-    refused and why."""
-    listing = Listing()
+    refused and why.
+
+    Directories are read as a stream (never a whole listing in memory at once): beyond
+    `max_dir_entries` entries in one directory, or `max_entries` on the whole volume, the rest is not
+    looked at, and a refusal says so."""
+    listing = Listing(max_dir_entries=max_dir_entries, max_entries=max_entries)
     root_fd = _open_root(root)
     try:
         root_stat = os.fstat(root_fd)
@@ -172,9 +192,10 @@ def _walk(
     max_files: int,
     max_depth: int,
 ) -> None:
+    if listing.stopped:
+        return
     try:
-        # listdir on a descriptor yields str with surrogate escapes; fsencode restores the exact bytes.
-        names = sorted(os.fsencode(name) for name in os.listdir(dir_fd))
+        names = _entry_names(dir_fd, prefix, listing)
     except OSError as exc:
         # The kernel refuses impossible names from a (FUSE) file system with EIO; a failing card too.
         where = "/".join(readable_name(p) for p in prefix) or "."
@@ -236,6 +257,29 @@ def _walk(
                 listing.by_inode[found.inode] = found
         else:
             listing.reject(where, f"not a regular file ({_kind(mode)})")
+
+
+def _entry_names(dir_fd: int, prefix: tuple[bytes, ...], listing: Listing) -> list[bytes]:
+    """The names in a directory, sorted, at most `listing.max_dir_entries` of them, read as a stream
+    (scandir on a descriptor yields str with surrogate escapes; fsencode restores the exact bytes)."""
+    names: list[bytes] = []
+    with os.scandir(dir_fd) as entries:
+        for entry in entries:
+            if listing.entries >= listing.max_entries:
+                listing.stopped = True
+                listing.reject(
+                    ".", f"more than {listing.max_entries} entries on the volume: the rest were not looked at"
+                )
+                break
+            if len(names) >= listing.max_dir_entries:
+                where = "/".join(readable_name(p) for p in prefix) or "."
+                limit = listing.max_dir_entries
+                listing.reject(where, f"directory holds more than {limit} entries: the rest not looked at")
+                break
+            listing.entries += 1
+            names.append(os.fsencode(entry.name))
+    names.sort()
+    return names
 
 
 def _same_file(listing: Listing, file: VolumeFile) -> VolumeFile | None:

@@ -34,7 +34,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge.config.station import StationConfig, WipePolicy
+from edge.config.station import OffloadSection, StationConfig, WipePolicy
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.ledger import EntryType
 from edge.custody.seal import SealedFileReport, verify_sealed_file
@@ -51,7 +51,7 @@ from edge.ingest.pipeline import (
 )
 from edge.ingest.repository import AcquisitionState, IngestRepository
 from edge.ingest.store import StationStore, stored_extension
-from edge.sources.usb.enumerate import VolumeFile, list_volume
+from edge.sources.usb.enumerate import Listing, VolumeFile, list_volume
 from edge.sources.usb.identity import SessionInfo
 from edge.sources.usb.items import SOURCE_KIND, file_opener, volume_item
 from edge.sources.usb.mounted import VolumeRoot
@@ -111,6 +111,17 @@ class OffloadResult:
     awaiting_receipt: int = 0
 
 
+def list_recorder_volume(root_fd: int, offload: OffloadSection) -> Listing:
+    """The volume's files as the configuration bounds the listing (files, depth, entries)."""
+    return list_volume(
+        root_fd,
+        max_files=offload.max_files,
+        max_depth=offload.max_depth,
+        max_dir_entries=offload.max_dir_entries,
+        max_entries=offload.max_entries,
+    )
+
+
 class _VolumeSource:
     """The USB recorder as a `Source` of the ingest pipeline: reachable while the very mount this
     docking was bound to is still there (not merely some mount at its bay directory)."""
@@ -153,9 +164,12 @@ class VolumeOffload:
         on_progress: Callable[[BayProgress], None] | None = None,
         receipts: ReceiptGate | None = None,
         pipeline: IngestPipeline | None = None,
+        listing: Listing | None = None,
     ) -> None:
         self.store = store
         self.repository = IngestRepository(store)
+        # The volume's listing, when the session already made it (a volume is listed once a docking).
+        self.listing = listing
         self.receipts = receipts
         self.awaiting_receipt = 0
         self.config = config
@@ -216,12 +230,7 @@ class VolumeOffload:
     async def _run(self, volume: VolumeRoot) -> OffloadResult:
         self.source = _VolumeSource(self.device, volume)
         try:
-            listing = await self._thread(
-                list_volume,
-                volume.fd,
-                max_files=self.config.offload.max_files,
-                max_depth=self.config.offload.max_depth,
-            )
+            listing = self.listing or await self._thread(list_recorder_volume, volume.fd, self.config.offload)
         except OSError as exc:
             self._error(None, "list", f"cannot list the volume: {exc.strerror or exc}", None)
             return self._result(OffloadOutcome.DEVICE_GONE)

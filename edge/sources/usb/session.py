@@ -33,12 +33,19 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
 from edge.runtime.clock import ClockTrust, measure_offset_ms, station_clock_trust
-from edge.sources.usb.enumerate import list_volume
+from edge.sources.usb.enumerate import Listing
 from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
 from edge.sources.usb.mounted import VolumeRoot
-from edge.sources.usb.offload import BayProgress, OffloadOutcome, OffloadResult, ReceiptGate, VolumeOffload
+from edge.sources.usb.offload import (
+    BayProgress,
+    OffloadOutcome,
+    OffloadResult,
+    ReceiptGate,
+    VolumeOffload,
+    list_recorder_volume,
+)
 from edge.sources.usb.volume_clock import DeviceClockEstimate, TimedFile, estimate_device_clock_offset
-from edge.sources.usb.volumes import display_name
+from edge.sources.usb.volumes import display_name, printable
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +176,9 @@ class DockingSession:
         if recorders.entry(device_serial) is None and not recorders.allow_unknown:
             raise self._refuse(f"recorder {device_serial} is not on the station's allow-list", data)
 
-    async def offload(self, session: SessionInfo, root: VolumeRoot) -> OffloadResult:
+    async def offload(
+        self, session: SessionInfo, root: VolumeRoot, listing: Listing | None = None
+    ) -> OffloadResult:
         self.repository.start_session(
             session.session,
             device_serial=session.identity.device_serial,
@@ -199,6 +208,7 @@ class DockingSession:
             on_progress=progress,
             receipts=self.receipts,
             pipeline=self.pipeline,
+            listing=listing,
         )
         try:
             result = await offload.run()
@@ -320,6 +330,23 @@ class ControlSession(DockingSession):
             return f"recorder {device_serial} is not on the station's allow-list"
         return None
 
+    def _refusal_before_login(self, usb_serial: str) -> str | None:
+        """Why the password may not be sent to this device at all, or None.
+
+        Anything with the recorders' USB vendor and product id gets this far; the recorder password
+        (often the fleet-wide default) goes over USB in clear. So unless unknown recorders are
+        allowed, it goes only to a device whose USB serial an allow-list entry pins: a device that
+        is pinned by no entry learns nothing from the station (its product serial would only be
+        readable after logging in)."""
+        recorders = self.config.recorders
+        if recorders.allow_unknown or recorders.entry_for_usb(usb_serial) is not None:
+            return None
+        return (
+            f"USB serial {printable(usb_serial)} is pinned by no allow-list entry and unknown "
+            "recorders are not allowed: the recorder password was not sent (pin it with usb_serial "
+            "in [[recorders.allow]])"
+        )
+
     def _password_for(self, handle: RecorderHandle) -> str | None:
         recorders = self.config.recorders
         entry = recorders.entry_for_usb(handle.usb_serial)
@@ -329,6 +356,9 @@ class ControlSession(DockingSession):
     async def _authenticate(
         self, handle: RecorderHandle, backend: Any, bay: int | None, where: dict[str, Any]
     ) -> tuple[SessionInfo, str]:
+        refusal = self._refusal_before_login(handle.usb_serial)
+        if refusal is not None:
+            raise self._refuse(refusal, where)
         password = self._password_for(handle)
         if password is None:
             raise self._refuse("no recorder password configured (recorders.default_password)", where)
@@ -453,6 +483,7 @@ class VolumeSession(DockingSession):
             await self.set_led(bay, BayLed.ERROR)
             return None
         resumed = self._unfinished_session(found.device_serial)
+        listing: Listing | None = None
         if resumed is not None:
             identity = RecorderIdentity(**{**resumed["identity"], "source": "resumed session"})
             clock = ClockFacts.from_dict(resumed["clock"])
@@ -468,7 +499,14 @@ class VolumeSession(DockingSession):
             )
             docked_ms = int(time.time() * 1000)
             trust = await self._clock_trust()
-            estimate: DeviceClockEstimate = await self._thread(self._estimate_device_clock, root, docked_ms)
+            try:
+                # Listed once for this docking: the clock estimate and the offload share it.
+                listing = await self._thread(list_recorder_volume, root.fd, self.config.offload)
+            except OSError as exc:
+                unlisted = f"no estimate: cannot list the volume: {exc.strerror or exc}"
+                estimate = DeviceClockEstimate(None, unlisted, {})
+            else:
+                estimate = self._estimate_device_clock(listing, docked_ms)
             clock = ClockFacts(
                 None,
                 docked_ms,
@@ -480,20 +518,13 @@ class VolumeSession(DockingSession):
                 estimate=estimate,
             )
         session = SessionInfo(str(uuid.uuid4()), self.config.station.id, bay, identity, clock)
-        return await self.offload(session, root)
+        return await self.offload(session, root, listing)
 
-    def _estimate_device_clock(self, root: VolumeRoot, docked_ms: int) -> DeviceClockEstimate:
+    def _estimate_device_clock(self, listing: Listing, docked_ms: int) -> DeviceClockEstimate:
         """This recorder cannot be asked its time: estimate its offset from the times on its volume."""
         tz = self.config.usb.mass_storage_tz_offset_min
         if tz is None:
             tz = (time.localtime(docked_ms / 1000).tm_gmtoff or 0) // 60
-        try:
-            listing = list_volume(
-                root.fd, max_files=self.config.offload.max_files, max_depth=self.config.offload.max_depth
-            )
-        except OSError as exc:
-            reason = f"no estimate: cannot list the volume: {exc.strerror or exc}"
-            return DeviceClockEstimate(None, reason, {})
         files = (TimedFile(f.name, f.display_path, f.mtime_ns) for f in listing.files)
         return estimate_device_clock_offset(files, docked_utc_ms=docked_ms, tz_offset_min=tz)
 
