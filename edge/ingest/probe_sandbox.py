@@ -1,5 +1,5 @@
 """Run a command (ffprobe) confined by Landlock: it may read one given file and the system's programs
-and libraries, and nothing else; it may write no file, open no TCP connection, signal no process
+and libraries, and nothing else; it may write no file, open no socket (TCP, UDP or UNIX), signal no process
 outside itself. Run as a script, before exec, so the agent itself is never confined:
 
     python -I probe_sandbox.py --read FILE -- COMMAND [ARG...]
@@ -11,6 +11,13 @@ agent runs as `evidence-edge` without capabilities, with NoNewPrivileges and Res
 make a user or mount namespace (unshare, bwrap). Landlock needs neither: an unprivileged process
 restricts itself (with no_new_privs set), and the restriction passes to what it executes. The unit
 allows its three system calls explicitly (systemd's @system-service does not hold them).
+
+Landlock does not cover every socket: a UNIX socket named by a path (journald, the system D-Bus) and
+UDP stay open to a Landlocked process. ffprobe with the file protocol needs no socket at all, so a
+seccomp filter on top refuses `socket`, `socketpair` and `io_uring_setup` (io_uring can open sockets
+without the socket call) with EACCES, and kills a process that calls through a foreign system-call
+ABI (x32, i386), where the numbers would mean something else. The unit allows prctl (@process), so the
+agent may install it; the filter only narrows what the unit's own filter already allows.
 
 Exit status 125 and a message on stderr when the sandbox cannot be set up: the command is then not
 run at all (fail closed). Standard library only: this file runs with `python -I`, importing nothing
@@ -33,6 +40,18 @@ _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446  # the sa
 _CREATE_RULESET_VERSION = 1 << 0
 _RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+
+# seccomp: (audit architecture, {call: number}) of the architectures the station ships on.
+_SECCOMP_ARCH: dict[str, tuple[int, dict[str, int]]] = {
+    "x86_64": (0xC000003E, {"socket": 41, "socketpair": 53, "io_uring_setup": 425}),
+    "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "io_uring_setup": 425}),
+}
+_X32_SYSCALL_BIT = 0x40000000
+_SECCOMP_RET_KILL_PROCESS, _SECCOMP_RET_ERRNO, _SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
+# Classic BPF opcodes: load a word at an absolute offset of struct seccomp_data, compare, return.
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+_SECCOMP_DATA_NR, _SECCOMP_DATA_ARCH = 0, 4
 
 # Filesystem access rights (linux/landlock.h) and the ABI version that introduced each.
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -113,6 +132,45 @@ def confine(readable_files: Sequence[str], executable: str) -> None:
         )
     finally:
         os.close(ruleset)
+    refuse_sockets()
+
+
+def socket_filter(machine: str) -> bytes:
+    """The classic-BPF seccomp program (struct sock_filter[]) that refuses socket creation with
+    EACCES on `machine` (os.uname().machine) and kills a call through a foreign ABI."""
+    try:
+        audit_arch, numbers = _SECCOMP_ARCH[machine]
+    except KeyError:
+        raise SandboxError(f"no socket filter for architecture {machine!r}") from None
+    refused = sorted(numbers.values())
+    n = len(refused)
+    # 0: arch; 1: foreign -> kill; 2: nr; 3: x32 -> kill; 4..4+n-1: refused -> errno; allow; errno; kill
+    allow_at = 4 + n
+    errno_at, kill_at = allow_at + 1, allow_at + 2
+    program = [
+        (_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_ARCH),
+        (_BPF_JEQ_K, 0, kill_at - 2, audit_arch),
+        (_BPF_LD_W_ABS, 0, 0, _SECCOMP_DATA_NR),
+        (_BPF_JGE_K, kill_at - 4, 0, _X32_SYSCALL_BIT),
+        *((_BPF_JEQ_K, errno_at - (5 + i), 0, nr) for i, nr in enumerate(refused)),
+        (_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
+        (_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | errno.EACCES),
+        (_BPF_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS),
+    ]
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in program)
+
+
+def refuse_sockets(machine: str | None = None) -> None:
+    """Install `socket_filter` on this process (no_new_privs must be set); raises SandboxError."""
+    program = socket_filter(machine or os.uname().machine)
+    buffer = ctypes.create_string_buffer(program, len(program))
+    # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+    fprog = struct.pack("HxxxxxxP", len(program) // 8, ctypes.addressof(buffer))
+    fprog_buffer = ctypes.create_string_buffer(fprog, len(fprog))
+    _check(
+        _libc().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, fprog_buffer, 0, 0),
+        "prctl(PR_SET_SECCOMP)",
+    )
 
 
 def _allow(libc: ctypes.CDLL, ruleset: int, path: str, access: int, *, optional: bool) -> None:

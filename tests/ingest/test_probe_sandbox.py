@@ -1,4 +1,4 @@
-"""ffprobe on hostile bytes: confined (no key, no store writes, no TCP), whitelisted demuxers, bounded
+"""ffprobe on hostile bytes: confined (no key, no store writes, no socket), whitelisted demuxers, bounded
 output, a deadline; and the confinement works under the shipped unit's own seccomp filter."""
 
 from __future__ import annotations
@@ -285,3 +285,64 @@ def test_the_sandbox_works_under_the_shipped_units_seccomp_filter(part: Path) ->
     without = {**policy, "allow": [n for n in policy["allow"] if not n.startswith("landlock_")]}
     refused = run_under(without, part)
     assert refused["error"].startswith("ffprobe not run, no sandbox"), refused
+
+
+SOCKET_ATTEMPTS = textwrap.dedent(
+    """
+    import json, socket, sys
+    tried = {}
+    for name, family, kind, address in (
+        ("unix", socket.AF_UNIX, socket.SOCK_STREAM, sys.argv[1]),
+        ("udp", socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", int(sys.argv[2]))),
+    ):
+        try:
+            with socket.socket(family, kind) as s:
+                s.connect(address)
+                s.send(b"from the probe")
+            tried[name] = "sent"
+        except OSError as exc:
+            tried[name] = exc.strerror
+    try:
+        socket.socketpair()
+        tried["socketpair"] = "made"
+    except OSError as exc:
+        tried["socketpair"] = exc.strerror
+    print(json.dumps(tried))
+    """
+)
+
+
+def test_the_probe_opens_no_socket_of_any_kind_but_a_control_can(part: Path, tmp_path: Path) -> None:
+    """Landlock leaves path-named UNIX sockets (journald, D-Bus) and UDP open; the sandbox's seccomp
+    layer refuses socket creation itself. The control runs the same script outside the sandbox."""
+    import socket
+
+    path = str(tmp_path / "listener.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener, socket.socket(
+        socket.AF_INET, socket.SOCK_DGRAM
+    ) as udp:
+        listener.bind(path)
+        listener.listen(1)
+        udp.bind(("127.0.0.1", 0))
+        argv = ["python3", "-I", "-S", "-c", SOCKET_ATTEMPTS, path, str(udp.getsockname()[1])]
+        confined = sandboxed(part, argv)
+        assert confined.returncode == 0, confined.stderr
+        assert json.loads(confined.stdout) == {
+            "unix": "Permission denied",
+            "udp": "Permission denied",
+            "socketpair": "Permission denied",
+        }
+        control = subprocess.run(argv, capture_output=True, timeout=60)
+        assert json.loads(control.stdout) == {"unix": "sent", "udp": "sent", "socketpair": "made"}
+        udp.settimeout(10)
+        assert udp.recv(64) == b"from the probe", "the control's datagram arrived"
+
+
+def test_the_socket_filter_is_refused_for_an_architecture_it_does_not_know() -> None:
+    """Fail closed: system-call numbers differ by architecture; an unknown one gets no guessed filter
+    (and so no probe run), while the shipped ones get a program."""
+    with pytest.raises(probe_sandbox.SandboxError, match="riscv64"):
+        probe_sandbox.socket_filter("riscv64")
+    for machine in ("x86_64", "aarch64"):
+        program = probe_sandbox.socket_filter(machine)
+        assert len(program) % 8 == 0 and len(program) // 8 == 10
