@@ -112,3 +112,19 @@ def test_a_lost_root_opens_nothing_more(tmp_path: Path, volume: Path) -> None:
         assert not root.reachable()
         with pytest.raises(VolumeGoneError, match="left the mount table"):
             root.open_file(file)
+
+
+def test_a_plain_directory_stays_reachable_while_threads_ask_at_once(tmp_path: Path, volume: Path) -> None:
+    """Asked from several threads at once (the copy workers do), a present plain-directory volume is
+    reachable every time; listing through the shared descriptor made some answers 'gone'."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for n in range(2000):  # a wide directory makes a listing slow enough to interleave
+        (volume / f"filler-{n:04d}").write_bytes(b"")
+    with VolumeRoot.open(volume) as root, ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: root.reachable(), range(400)))
+        assert all(answers), f"{answers.count(False)} of {len(answers)} answers said gone"
+        # Control: the directory replaced at the same path is not the bound volume any more.
+        volume.rename(tmp_path / "moved-away")
+        volume.mkdir()
+        assert not root.reachable()

@@ -151,9 +151,13 @@ class VolumeRoot:
         if self._lost.is_set() or self.fd < 0:
             return False
         try:
-            os.fstat(self.fd)  # a FUSE volume whose daemon died answers ENOTCONN
+            bound = os.fstat(self.fd)  # a FUSE volume whose daemon died answers ENOTCONN
             if self.mount is None:
-                return bool(os.listdir(self.fd))
+                # A plain directory: still the one opened at this path. Not os.listdir(self.fd): it
+                # reads through the descriptor's shared offset, so two threads asking at once can each
+                # see a partial (or empty) listing and call a present volume gone.
+                now_at_path = os.stat(self.path, follow_symlinks=False)
+                return (now_at_path.st_dev, now_at_path.st_ino) == (bound.st_dev, bound.st_ino)
             now = mount_now_at(self.path)
         except (OSError, ValueError):
             return False
