@@ -93,6 +93,12 @@ class Station:
         and, if it was mounted, its volume (a person takes seconds to dock it again)."""
         state = self.bus.recorder_state(device_serial)
         where = self.bus.mount_point(device_serial)
+        # The station polls USB: a recorder plugged in and pulled out between two polls was never
+        # seen and leaves no removal to wait for. A person docks for longer than a poll: wait until
+        # the station has seen it before pulling it out.
+        async with asyncio.timeout(timeout_s):
+            while state.usb_serial not in self.agent._present_usb:
+                await asyncio.sleep(0.02)
         volumes_before = len(self.volume_removals(where))
         usb_before = len(self.usb_removals(state.usb_serial))
         await asyncio.get_running_loop().run_in_executor(None, self.bus.unplug, device_serial)
