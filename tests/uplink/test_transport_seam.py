@@ -8,6 +8,7 @@ with tus or HTTP, so every behaviour below that holds over it belongs to the cor
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 from collections.abc import AsyncIterator
@@ -29,13 +30,15 @@ from edge.ingest.pipeline import IngestOutcome, IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.local import LocalDirectory
 from edge.uplink.service import UplinkService
+from edge.uplink.spool import Spool
 from edge.uplink.transports import TRANSPORTS, transport_for
 from edge.uplink.tus_transport import TusTransport
 from edge.verify.station import verify_store
 from simulators.recorder.media import make_jpg, make_mp4
 from tests.station.harness import eventually
 from tests.uplink.line_wire import Fault, LineReceiver, LineTransport
-from tests.uplink.test_refusals import CASE, central_config, uplink_running
+from tests.uplink.test_refusals import CASE, central_config, drain, uplink_running
+from tests.uplink.test_refusals import make_rig as make_http_rig
 
 STATION = "TEST-STATION"
 SEGMENT_BYTES = 64 << 10
@@ -264,3 +267,31 @@ async def test_only_a_refusal_the_central_signed_is_final_over_any_wire(tmp_path
         assert (data["stage"], data["code"]) == ("register", "content_mismatch")
         assert verify_refusal(data["refusal"], rig.central_key.public_key(), station=STATION, item=item,
                               code="content_mismatch", upload=data["refusal"]["upload"]) == []
+
+
+async def test_a_stored_upload_on_another_origin_is_started_afresh_never_contacted(
+    tmp_path: Path, media: Path
+) -> None:
+    """After `central_url` changed, an upload URL stored for the old central is not resumed (station
+    headers and content go to the configured origin only): the tus transport reports it lost and the
+    core starts a new upload."""
+    contacted: list[str] = []
+
+    async def elsewhere(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        contacted.append("connection")
+        writer.close()
+
+    other = await asyncio.start_server(elsewhere, "127.0.0.1", 0)
+    other_port = other.sockets[0].getsockname()[1]
+    try:
+        async with make_http_rig(tmp_path, media) as rig:
+            Spool(rig.store).enqueue_sealed()
+            stale = f"http://127.0.0.1:{other_port}/v1/uploads/{'a' * 32}"
+            Spool(rig.store).set_upload_url(rig.items["clip.mp4"], stale)
+            service = await drain(rig)
+            assert set(rig.states().values()) == {"receipted"}, rig.states()
+            assert service.stats.uploaded == 2 and service.stats.resumed == 0
+    finally:
+        other.close()
+        await other.wait_closed()
+    assert contacted == []
