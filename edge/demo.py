@@ -5,7 +5,9 @@ bay controller simulator (a real pty) and an embedded central receiver (its own 
 workdir, its own CA; the station is enrolled and talks to it over mutual TLS), runs the real station
 agent against them, docks every recorder and follows each item through offload → upload → receipt.
 Recorders are erased only once the central's receipt for each file verified (wipe policy
-after-receipt). At the end both stores are verified and a summary is printed.
+after-receipt: stricter than the stations' default after-witness, and it shows receipts); without the
+central the demo erases after verification (after-verify, which nobody witnesses: see the README's wipe
+policies). At the end both stores are verified and a summary is printed.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
+from edge.runtime.slots import ConcurrencySlot
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
 from edge.sources.usb.bays import bay_of_volume
 from edge.sources.usb.mounted import BoundVolumes, VolumeRoot
@@ -287,10 +288,10 @@ class StationAgent:
     async def _control_session(self, handle: RecorderHandle) -> None:
         assert self.store is not None
         try:
-            async with self.limit:
-                result = await ControlSession(self.store, self.config, **self._session_kwargs()).run(
-                    handle, self.claims, self.backend
-                )
+            async with ConcurrencySlot(self.limit) as slot:
+                result = await ControlSession(
+                    self.store, self.config, **self._session_kwargs(), slot=slot
+                ).run(handle, self.claims, self.backend)
             self._finished(result)
         finally:
             self._active_usb.discard(handle.usb_serial)
@@ -398,8 +399,12 @@ class StationAgent:
             return
         self._active_devices.add(serial)
         try:
-            async with self.limit:
-                result = await VolumeSession(self.store, self.config, **self._session_kwargs()).run(root, bay)
+            # The slot is given back while the docking only waits for the central (after-witness,
+            # after-receipt), so a recorder waiting for its receipts never holds up another bay.
+            async with ConcurrencySlot(self.limit) as slot:
+                result = await VolumeSession(
+                    self.store, self.config, **self._session_kwargs(), slot=slot
+                ).run(root, bay)
             self._finished(result)
         finally:
             self._active_devices.discard(serial)

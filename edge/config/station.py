@@ -146,7 +146,14 @@ class RecordersSection(StrictModel):
 
 class WipePolicy(StrEnum):
     NEVER = "never"
+    # Erase once the stored copy and the recorder's file were re-read and matched. Nobody outside the
+    # station has seen the acquisition yet: whoever can rewrite the store (the station key lies beside
+    # it) can then remove the item and re-sign the chain, and the recorder's copy is gone too.
     AFTER_VERIFY = "after-verify"
+    # Erase only once a head of the station ledger signed by the central (a witnessed head) covers the
+    # item's `sealed` entry: the central then holds the record of the acquisition and seal, so no
+    # rewrite of the store can remove it unseen. Without [uplink], nothing is erased (the default).
+    AFTER_WITNESS = "after-witness"
     # Erase only once the central's receipt for the file verified locally (needs [uplink]).
     AFTER_RECEIPT = "after-receipt"
 
@@ -199,7 +206,13 @@ class OffloadSection(StrictModel):
 
 
 class WipeSection(StrictModel):
-    policy: WipePolicy = WipePolicy.AFTER_VERIFY
+    policy: WipePolicy = WipePolicy.AFTER_WITNESS
+    witness_wait_s: float = Field(
+        20.0, ge=0, le=600,
+        description="after-witness: how long a docked recorder waits (without holding an offload slot) "
+        "for the central to witness its sealed items; the wait ends early when a ledger push fails, and "
+        "files not witnessed by then stay on the recorder and are erased at a later docking",
+    )
     receipt_wait_s: float = Field(
         900.0, ge=0, le=86400,
         description="after-receipt: how long a docked recorder waits for receipts; files whose receipt "

@@ -301,6 +301,14 @@ class IngestRepository:
         ).fetchone()
         return None if found is None else (int(found[0]), str(found[1]))
 
+    def sealed_seq(self, item: str) -> int | None:
+        """The ledger seq of `item`'s newest `sealed` entry: what a witnessed head must cover before the
+        recorder's file is erased under after-witness (the chain makes it cover acquisition too)."""
+        found = self.conn.execute(
+            "SELECT max(seq) FROM ledger WHERE item=? AND type=?", (item, EntryType.SEALED)
+        ).fetchone()
+        return int(found[0]) if found is not None and found[0] is not None else None
+
     def sealed_manifest_sha256(self, item: str) -> str | None:
         """The manifest hash the ledger's newest `sealed` entry of `item` recorded."""
         found = self.conn.execute(

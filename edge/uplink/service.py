@@ -160,6 +160,12 @@ class UplinkService:
         self._ledger_dirty = asyncio.Event()
         self._ledger_urgent = asyncio.Event()
         self.transport = transport or transport_for(self.uplink, config.station.id, self.limiter)
+        # Set after every ledger push attempt and every verified receipt: the central may have witnessed
+        # more of our ledger (after-witness waits on it). Attempts are numbered so that a waiter can tell
+        # a push that started after it asked from one already under way.
+        self._witness_event = asyncio.Event()
+        self._push_started = 0
+        self._push_finished: tuple[int, bool] = (0, True)
 
     def __repr__(self) -> str:
         return (f"UplinkService(central={self.uplink.central_url!r}, station={self.config.station.id!r}, "
@@ -184,6 +190,26 @@ class UplinkService:
             if done == wanted or remaining <= 0 or self._cannot_send_within(remaining):
                 return done
             await wait_event(self._receipt_event, min(remaining, IDLE_POLL_S))
+
+    async def wait_witnessed(self, seq: int, timeout_s: float) -> int:
+        """Push the ledger now and wait until the central has witnessed it up to ``seq`` (wipe policy
+        after-witness); returns the newest witnessed seq that verifies, which may be less. Gives up
+        early when a push started after this call fails (the central is down: the recorder keeps its
+        files until a later docking) or the uplink stopped."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        begun = self._push_started
+        self._ledger_dirty.set()
+        self._ledger_urgent.set()
+        while True:
+            self._witness_event.clear()
+            witnessed = self.witness.verified_witnessed_seq()
+            remaining = deadline - loop.time()
+            attempt, pushed = self._push_finished
+            push_failed = attempt > begun and not pushed
+            if witnessed >= seq or remaining <= 0 or self._fatal is not None or push_failed:
+                return witnessed
+            await wait_event(self._witness_event, min(remaining, IDLE_POLL_S))
 
     def _cannot_send_within(self, seconds: float) -> bool:
         """Waiting is pointless: the uplink stopped, or nothing may be sent before `seconds` pass
@@ -248,6 +274,7 @@ class UplinkService:
         """Stop for good: docked recorders stop waiting for receipts at once, and `exc` is raised."""
         self._fatal = exc
         self._receipt_event.set()
+        self._witness_event.set()
         raise exc
 
     async def _loop(self, link: Link) -> None:
@@ -514,16 +541,24 @@ class UplinkService:
                 await wait_event(self._ledger_urgent, self.uplink.ledger_push_delay_s)
             self._ledger_dirty.clear()
             self._ledger_urgent.clear()
+            self._push_started += 1
+            attempt = self._push_started
             try:
                 await self.push_ledger(link)
                 failures = 0
+                self._pushed(attempt, True)
             except (NotDone, BadWitnessDocument) as exc:
+                self._pushed(attempt, False)
                 failures += 1
                 asked = self._honour_retry_after(getattr(exc, "retry_after_s", None))
                 delay = max(asked, self.backoff.next_delay(failures))
                 log.warning("ledger push failed (%s); again in %.1f s", exc, delay)
                 self._ledger_dirty.set()
                 await wait_event(self._ledger_urgent, delay)
+
+    def _pushed(self, attempt: int, ok: bool) -> None:
+        self._push_finished = (attempt, ok)
+        self._witness_event.set()
 
     async def push_ledger(self, link: Link) -> tuple[int, str]:
         """Send every ledger entry the central does not hold yet; returns its accepted head."""
@@ -627,6 +662,7 @@ class UplinkService:
         )
         self.stats.receipts += 1
         self._receipt_event.set()
+        self._witness_event.set()
         log.info(
             "item %s: receipt verified (leaf %s of %s)",
             entry.item,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -167,6 +168,32 @@ class CentralWitness:
             if self.kept.add_witnessed_head(head, source):
                 log.debug("central witnessed ledger seq %d (%s)", head.seq, source)
         return head
+
+    def verified_witnessed_seq(self) -> int:
+        """The seq of the newest kept witnessed head, checked again before anything relies on it (the
+        wipe policy after-witness): signed with the pinned central key for this station, and naming an
+        entry our ledger holds with exactly that hash. 0 when none is kept or the newest does not hold
+        (a row planted or altered in state.db must never let a recorder be erased)."""
+        try:
+            row = self.store.conn.execute(
+                "SELECT head FROM witnessed_heads ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return 0  # a store from before witnessing
+        if row is None:
+            return 0
+        try:
+            doc = parse_json(row[0])
+        except CanonicalJsonError:
+            doc = None
+        if not isinstance(doc, Mapping) or verify_witnessed_head(
+            doc, self.central_key, expected_station=self.station_id
+        ):
+            log.error("the newest kept witnessed head does not verify with the pinned central key")
+            return 0
+        head = WitnessedHead.from_dict(doc)
+        held = self.store.conn.execute("SELECT hash FROM ledger WHERE seq = ?", (head.seq,)).fetchone()
+        return head.seq if held is not None and held[0] == head.hash else 0
 
     def check_accepted_head(self, seq: int, hash_hex: str) -> None:
         """The central's answer about our ledger must not fall behind what it witnessed before."""

@@ -34,6 +34,7 @@ from edge.config.base import ConfigError
 from edge.config.station import StationConfig, load_config
 from edge.custody.canonical import parse_json
 from edge.custody.errors import CanonicalJsonError
+from edge.custody.ledger import EntryType
 from edge.custody.problems import Problem
 from edge.custody.witness import WitnessedHead, verify_witnessed_head
 from edge.custody.witness_log import alarm_state, stored_witnessed_heads, unwitnessed_window
@@ -181,6 +182,8 @@ def witness_findings(
     newest = max((w.head.seq for w in heads.values()), default=0)
     found.checked["unwitnessed_entries"] = max(0, head_seq - newest)
     found.notes.append(f"unwitnessed window: {unwitnessed_window(conn, newest).describe()}")
+    if central_key is not None:
+        _check_erasures_witnessed(conn, newest, found)
     alarm = alarm_state(conn)
     if alarm is not None and alarm.standing:
         found.notes.append(f"the uplink stopped on a witness alarm about the central (ledger seq "
@@ -315,6 +318,37 @@ def _check_heads(
         found.problems.append(Problem(
             "witnessed heads", f"{len(others)} other witnessed heads (up to seq {newest.head.seq}, "
                                f"{newest.where}) are not in the ledger either",
+        ))
+
+
+_NAMED_ERASURES = 10
+
+
+def _check_erasures_witnessed(conn: sqlite3.Connection, witnessed_seq: int, found: WitnessFindings) -> None:
+    """A recorder file erased while no head the central witnessed covers its item's `sealed` entry is a
+    problem (wipe policy after-verify during an outage, or witnessed heads removed from the store):
+    nothing outside this store proves the acquisition, and the recorder's copy is gone. Under
+    after-witness and after-receipt the erasure waits for that head."""
+    rows = conn.execute(
+        "SELECT w.item, w.seq, (SELECT max(s.seq) FROM ledger s WHERE s.item = w.item AND s.type = ? "
+        "AND s.seq < w.seq) FROM ledger w WHERE w.type = ? ORDER BY w.seq",
+        (EntryType.SEALED, EntryType.WIPED),
+    ).fetchall()
+    unwitnessed = [(str(item), int(wiped), sealed) for item, wiped, sealed in rows
+                   if not isinstance(sealed, int) or sealed > witnessed_seq]
+    found.checked["erasures_unwitnessed"] = len(unwitnessed)
+    for item, wiped, sealed in unwitnessed[:_NAMED_ERASURES]:
+        at = f"its sealed entry (seq {sealed})" if isinstance(sealed, int) else "any sealed entry"
+        found.problems.append(Problem(
+            f"item {item}",
+            f"its recorder file was erased (ledger seq {wiped}) but no head the central witnessed covers "
+            f"{at} (witnessed up to seq {witnessed_seq}): nothing outside this store proves the "
+            "acquisition, and whoever can rewrite the store could remove the item unseen",
+        ))
+    if len(unwitnessed) > _NAMED_ERASURES:
+        found.problems.append(Problem(
+            "erasures", f"{len(unwitnessed) - _NAMED_ERASURES} more items erased from their recorders are "
+                        f"not covered by a witnessed head either",
         ))
 
 

@@ -76,6 +76,8 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> StationConfig:
         "usb": {"mount_root": str(tmp_path / "media")},
         "recorders": {"allow": [{"device_serial": DEVICE}]},
         "offload": {"min_free_bytes": 0},
+        # These tests exercise the offload alone (no central to witness): erase once verified.
+        "wipe": {"policy": "after-verify"},
     }
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}

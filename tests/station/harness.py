@@ -60,6 +60,8 @@ def station_config(
             "allow": [{"device_serial": s.device_serial, "usb_serial": s.usb_serial} for s in specs],
         },
         "offload": {"min_free_bytes": 0, "concurrency": 4},
+        # Most agent tests have no central; those about witnessing set their own policy.
+        "wipe": {"policy": "after-verify"},
     }
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}

@@ -57,6 +57,10 @@ default_password = "file:{password}"
 
 [offload]
 min_free_bytes = 0
+
+[wipe]
+# No central here to witness: erase once verified (what this test counts).
+policy = "after-verify"
 """)
     return config
 

@@ -14,8 +14,10 @@ the file is acquired as a new item). A directory that lists a file twice gives o
 After the pipeline, per file: sealed → wiping → wiped, each committed with its ledger entry. A file is
 erased only after its stored copy and the recorder's file were re-read and matched (in this docking,
 or again just before erasing), the sealed artefact as stored verified once more just before erasing
-(signature with the station's key, prefix hash, the manifest the ledger recorded), and under
-after-receipt only once the central's receipt verified.
+(signature with the station's key, prefix hash, the manifest the ledger recorded); under after-witness
+(the default) only once a head of our ledger signed by the central covers the item's `sealed` entry, and
+under after-receipt only once the central's receipt verified. Waiting for the central gives the bay's
+offload slot back, so a recorder that waits never keeps another bay from copying.
 
 A stored copy found damaged while the recorder still holds the file (at docking, when the file is
 proven the same by its hash, or by the check before erasing) is rebuilt from the recorder
@@ -25,10 +27,12 @@ proven the same by its hash, or by the check before erasing) is rebuilt from the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -51,6 +55,7 @@ from edge.ingest.pipeline import (
 )
 from edge.ingest.repository import AcquisitionState, IngestRepository
 from edge.ingest.store import StationStore, stored_extension
+from edge.runtime.slots import ConcurrencySlot
 from edge.sources.usb.enumerate import Listing, VolumeFile, list_volume
 from edge.sources.usb.identity import SessionInfo
 from edge.sources.usb.items import SOURCE_KIND, file_opener, volume_item
@@ -76,6 +81,9 @@ class OffloadOutcome(StrEnum):
     # Every file safe at the station; some stay on the recorder until the central's receipt verifies
     # (wipe policy after-receipt): they are erased at a later docking.
     AWAITING_RECEIPT = "awaiting-receipt"
+    # Every file safe at the station; some stay on the recorder until the central has witnessed their
+    # acquisition (wipe policy after-witness; the central is down or unreachable): erased at a later docking.
+    AWAITING_WITNESS = "awaiting-witness"
 
 
 _FROM_INGEST = {
@@ -87,9 +95,12 @@ _FROM_INGEST = {
 
 class ReceiptGate(UploadQueue, Protocol):
     """The uplink, as the offload sees it: told of each sealed item at once (so uploading overlaps
-    copying), and asked which items have a verified central receipt before anything is erased."""
+    copying), and asked which items have a verified central receipt, or how far the central has
+    witnessed the ledger, before anything is erased."""
 
     async def wait_receipts(self, items: Sequence[str], timeout_s: float) -> set[str]: ...
+
+    async def wait_witnessed(self, seq: int, timeout_s: float) -> int: ...
 
 
 @dataclass
@@ -109,6 +120,7 @@ class OffloadResult:
     errors: list[str]
     not_evidence: list[str] = field(default_factory=list)
     awaiting_receipt: int = 0
+    awaiting_witness: int = 0
 
 
 def list_recorder_volume(root_fd: int, offload: OffloadSection) -> Listing:
@@ -165,13 +177,17 @@ class VolumeOffload:
         receipts: ReceiptGate | None = None,
         pipeline: IngestPipeline | None = None,
         listing: Listing | None = None,
+        slot: ConcurrencySlot | None = None,
     ) -> None:
         self.store = store
         self.repository = IngestRepository(store)
         # The volume's listing, when the session already made it (a volume is listed once a docking).
         self.listing = listing
         self.receipts = receipts
+        self.slot = slot
         self.awaiting_receipt = 0
+        self.awaiting_witness = 0
+        self.witnessed_seq = 0  # after-witness: how far the central had witnessed our ledger before erasing
         self.config = config
         self.session = session
         # A path is opened (and bound to whatever is mounted there) when the run starts; a bound
@@ -299,6 +315,7 @@ class VolumeOffload:
             list(self.progress.errors),
             list(self.not_evidence),
             self.awaiting_receipt,
+            self.awaiting_witness,
         )
 
     # -- wipe -------------------------------------------------------------------------------------
@@ -335,6 +352,8 @@ class VolumeOffload:
             return OffloadOutcome.DONE
         if policy is WipePolicy.AFTER_RECEIPT:
             rows = await self._only_receipted(rows)
+        elif policy is WipePolicy.AFTER_WITNESS:
+            rows = await self._only_witnessed(rows)
         for row in rows:
             if row.state not in (AcquisitionState.SEALED, WIPING):
                 continue
@@ -345,12 +364,65 @@ class VolumeOffload:
                 checked = await self._verify_before_erasing(row)
                 if checked is None:
                     continue
+                if policy is WipePolicy.AFTER_WITNESS and row.state == AcquisitionState.SEALED:
+                    checked["witnessed_seq"] = self.witnessed_seq  # the central's head that allowed it
                 await self._wipe(row, checked)
             except OSError as exc:
                 await self._raise_if_gone(exc)
                 reason = f"{row.file.display_path}: cannot erase: {exc.strerror}"
                 self._error(row.item, "wipe", reason, row.file)
-        return OffloadOutcome.AWAITING_RECEIPT if self.awaiting_receipt else OffloadOutcome.DONE
+        if self.awaiting_receipt:
+            return OffloadOutcome.AWAITING_RECEIPT
+        return OffloadOutcome.AWAITING_WITNESS if self.awaiting_witness else OffloadOutcome.DONE
+
+    def _slot_released(self) -> AbstractAsyncContextManager[None]:
+        """Waiting for the central uses no disk or USB: the bay's offload slot goes back meanwhile."""
+        return self.slot.released() if self.slot is not None else contextlib.nullcontext()
+
+    async def _only_witnessed(self, rows: list[_Wipe]) -> list[_Wipe]:
+        """The rows that may be erased under after-witness: those whose `sealed` entry a head signed by
+        the central covers (asking the uplink to push the ledger now and waiting up to
+        `wipe.witness_wait_s`, without the offload slot). The `sealed` entry is the one to cover: it is
+        the last entry about the item before erasure, and through the hash chain it covers the item's
+        `acquired` and `verified` entries too, so the central holds the record of the acquisition, its
+        hash and the manifest hash. The rest stay on the recorder, each with a ledger entry saying why."""
+        waiting = [r for r in rows if r.state == AcquisitionState.SEALED]
+        sealed_at = {r.item: self.repository.sealed_seq(r.item) for r in waiting}
+        needed = max((seq for seq in sealed_at.values() if seq is not None), default=0)
+        witnessed = 0
+        if not waiting:
+            reason = ""
+        elif self.receipts is None:
+            reason = "no central is configured to witness the acquisition (wipe policy after-witness)"
+        else:
+            async with self._slot_released():
+                witnessed = await self.receipts.wait_witnessed(needed, self.config.wipe.witness_wait_s)
+            reason = (
+                f"the central has not witnessed the ledger up to this item's sealed entry yet (witnessed "
+                f"up to seq {witnessed}; wipe policy after-witness)"
+            )
+        self.witnessed_seq = witnessed
+        covered = {item for item, seq in sealed_at.items() if seq is not None and seq <= witnessed}
+        deferred = [r for r in waiting if r.item not in covered]
+        self.repository.record_all(
+            [
+                (
+                    EntryType.WIPE_DEFERRED,
+                    row.item,
+                    {
+                        "device_serial": self.device,
+                        "original": row.file.display_path,
+                        "reason": reason,
+                        "sealed_seq": sealed_at[row.item],
+                        "witnessed_seq": witnessed,
+                    },
+                )
+                for row in deferred
+            ]
+        )
+        self.awaiting_witness = len(deferred)
+        # `wiping` rows were covered before an interruption: finishing their erasure is safe.
+        return [r for r in rows if r.state == WIPING or r.item in covered]
 
     async def _only_receipted(self, rows: list[_Wipe]) -> list[_Wipe]:
         """The rows that may be erased under after-receipt: those whose central receipt verified
@@ -359,9 +431,10 @@ class VolumeOffload:
         waiting = [r for r in rows if r.state == AcquisitionState.SEALED]
         receipted: set[str] = set()
         if waiting and self.receipts is not None:
-            receipted = await self.receipts.wait_receipts(
-                [r.item for r in waiting], self.config.wipe.receipt_wait_s
-            )
+            async with self._slot_released():
+                receipted = await self.receipts.wait_receipts(
+                    [r.item for r in waiting], self.config.wipe.receipt_wait_s
+                )
         deferred = [r for r in waiting if r.item not in receipted]
         self.repository.record_all(
             [

@@ -33,6 +33,7 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
 from edge.runtime.clock import ClockTrust, measure_offset_ms, station_clock_trust
+from edge.runtime.slots import ConcurrencySlot
 from edge.sources.usb.enumerate import Listing
 from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
 from edge.sources.usb.mounted import VolumeRoot
@@ -60,6 +61,7 @@ OUTCOME_LED = {
     OffloadOutcome.STORE_FULL: BayLed.ERROR,
     OffloadOutcome.FAILED: BayLed.ERROR,
     OffloadOutcome.AWAITING_RECEIPT: BayLed.ATTENTION,
+    OffloadOutcome.AWAITING_WITNESS: BayLed.ATTENTION,
 }
 JSON_SAFE_INT = (1 << 53) - 1
 
@@ -121,9 +123,11 @@ class DockingSession:
         on_progress: ProgressSink | None = None,
         receipts: ReceiptGate | None = None,
         pipeline: IngestPipeline | None = None,
+        slot: ConcurrencySlot | None = None,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
+        self.slot = slot  # the bay's offload slot, given back while the docking only waits for the central
         self.repository = IngestRepository(store)
         self.receipts = receipts
         self.config = config
@@ -209,6 +213,7 @@ class DockingSession:
             receipts=self.receipts,
             pipeline=self.pipeline,
             listing=listing,
+            slot=self.slot,
         )
         try:
             result = await offload.run()
