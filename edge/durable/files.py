@@ -261,3 +261,25 @@ def _file_kind(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     return "a socket" if stat.S_ISSOCK(mode) else "something else"
+
+
+def adopt_owner(path: Path, owner_of: Path) -> bool:
+    """Give ``path`` (not following a symlink) the owner and group of ``owner_of`` when this process runs
+    as root and they differ; True when it changed anything.
+
+    A store belongs to the service user; an administrative command run as root (``sudo edge keys
+    rotate``, as the README shows) would otherwise leave root-owned 0600 files in it that the service
+    can no longer read, and the agent would stay down. Not root: nothing to do (a process can only
+    create files it owns, and the store's own modes keep them private).
+    """
+    if os.geteuid() != 0:
+        return False
+    want = os.stat(owner_of)
+    try:
+        have = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if (have.st_uid, have.st_gid) == (want.st_uid, want.st_gid):
+        return False
+    os.chown(path, want.st_uid, want.st_gid, follow_symlinks=False)
+    return True

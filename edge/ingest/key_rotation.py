@@ -30,6 +30,7 @@ from edge.custody.errors import CustodyError
 from edge.custody.keys import StationKey, key_id_of, load_public_key, public_key_raw
 from edge.custody.keyschedule import KEY_ROTATED, rotation_data
 from edge.custody.ledger import Ledger, ledger_key_facts
+from edge.durable.files import adopt_owner
 from edge.durable.sqlite import immediate_transaction
 from edge.ingest.station_key import (
     StationKeyProblem,
@@ -38,7 +39,14 @@ from edge.ingest.station_key import (
     retired_key_path,
     staged_key_path,
 )
-from edge.ingest.store import StoreError, StoreLayout, lock_store, open_db, read_station_id
+from edge.ingest.store import (
+    StoreError,
+    StoreLayout,
+    adopt_store_owner,
+    lock_store,
+    open_db,
+    read_station_id,
+)
 
 __all__ = ["RotationError", "RotationResult", "rotate_station_key"]
 
@@ -94,6 +102,8 @@ def rotate_station_key(
             return _rotate(layout, conn, station_id, lost_key, old_public_key, reason, by)
         finally:
             conn.close()
+            # The new public key file, and anything SQLite left, belong to the store's owner too.
+            adopt_store_owner(layout)
     finally:
         lock.release()
 
@@ -128,6 +138,9 @@ def _rotate(
     new_key = StationKey.generate()
     try:
         new_key.save_new(staged)
+        # Run as root (`sudo edge keys rotate`): the key belongs to the service user from the start, so
+        # that the agent can read it even if a crash leaves the rotation for it to finish.
+        adopt_owner(staged, layout.root)
     except (OSError, CustodyError) as exc:
         raise StoreError(f"cannot write the new key {staged}: {exc}") from None
     signer = new_key.at(staged)

@@ -38,8 +38,14 @@ from typing import Any
 from edge.custody.ledger import Ledger, LedgerEntry
 from edge.custody.text import scrub_error_text
 from edge.custody.witness_log import StationWitness
-from edge.durable.files import create_private_file, ensure_private_dir, ensure_private_file, write_atomic
-from edge.durable.lock import StoreBusy, StoreLock
+from edge.durable.files import (
+    adopt_owner,
+    create_private_file,
+    ensure_private_dir,
+    ensure_private_file,
+    write_atomic,
+)
+from edge.durable.lock import LOCK_FILE_NAME, StoreBusy, StoreLock
 from edge.durable.sqlite import immediate_transaction
 from edge.ingest.station_key import StationKeyProblem, open_station_key
 
@@ -199,6 +205,27 @@ def lock_store(root: Path, purpose: str) -> StoreLock:
         raise StoreError(f"station store {root} cannot be used: {exc.strerror or exc}") from None
 
 
+def adopt_store_owner(layout: StoreLayout) -> list[Path]:
+    """Run as root on a store that belongs to another user (the service user): every file or directory
+    an administrative command can have created in the store (its top level, SQLite's -wal/-shm, keys/)
+    takes the store directory's owner and group, so that the agent can still open it. Returns what was
+    changed; nothing when not root or when everything already belongs to the store's owner."""
+    if os.geteuid() != 0:
+        return []
+    root = layout.root
+    candidates = [
+        layout.keys_dir, layout.tmp, layout.items, layout.db, layout.wal, root / "state.db-shm",
+        root / "state.db-journal", layout.reserve, root / LOCK_FILE_NAME,
+    ]
+    if layout.keys_dir.is_dir():
+        candidates += sorted(layout.keys_dir.iterdir())
+    changed = [path for path in candidates if adopt_owner(path, root)]
+    if changed:
+        log.info("store %s: %d file(s) a root-run command created now belong to the store's owner", root,
+                 len(changed))
+    return changed
+
+
 class StationStore:
     """Opens (creating on first run) a station store and gives the ledger and state tables.
 
@@ -243,6 +270,7 @@ class StationStore:
             raise
         self.ledger = Ledger(self.conn, station_id, self.key, scrub=self.scrub_error_text)
         self.hold_reserve()
+        adopt_store_owner(self.layout)  # `sudo edge tag ...` must not leave files the agent cannot open
 
     def scrub_error_text(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """`data` with no station path in its error prose (for ledger entries and manifests, which
