@@ -92,6 +92,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return store_failure_status(exc)
 
 
+# `edge verify` exit statuses (README): 2 is a usage or input error.
+VERIFY_OK = 0  # every check held, for a station store the central's witnessing included
+VERIFY_FAILED = 1  # problems found (named on FAIL lines)
+VERIFY_LOCAL_ONLY = 3  # a station store whose local checks held, but the central was not consulted
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from edge.custody.errors import CustodyError
     from edge.custody.keys import load_public_key
@@ -140,22 +146,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # A whole station store whose central was not consulted: every local check may hold and the store
+    # still be a rewrite by someone with the station key; a court must not read that as OK.
+    local_only = (report.ok and is_store(target) and not args.item
+                  and not report.checked.get("central_consulted"))
+    verdict, status = ("LOCAL CHECKS ONLY", VERIFY_LOCAL_ONLY) if local_only else (
+        ("OK", VERIFY_OK) if report.ok else ("FAILED", VERIFY_FAILED))
     # What a store, a manifest or a receipt says can be anything a forger wrote: shown escaped.
     if args.json:
-        print(json_printable(json.dumps(report.as_dict(), ensure_ascii=False)))
+        answer = {**report.as_dict(), "verdict": verdict, "exit_status": status}
+        print(json_printable(json.dumps(answer, ensure_ascii=False)))
     else:
         for problem in report.problems:
             print(printable(f"FAIL {problem.where}: {problem.what}"))
         for note in report.notes:
             print(printable(f"NOTE {note}"))
         checked = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.checked.items())
-        print(
-            printable(
-                f"{'OK' if report.ok else 'FAILED'}: {report.target} ({checked}; "
-                f"{len(report.problems)} problem(s))"
-            )
-        )
-    return 0 if report.ok else 1
+        unwitnessed = (": every local check held, but the central was not consulted, so what it witnessed "
+                       "was not checked (see the notes)") if local_only else ""
+        summary = f"{verdict}: {report.target} ({checked}; {len(report.problems)} problem(s)){unwitnessed}"
+        print(printable(summary))
+    return status
 
 
 def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, central_key: Any) -> Any:
@@ -166,7 +177,7 @@ def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, cent
 
     from edge.custody.keys import load_public_key
     from edge.verify.station import verify_store
-    from edge.verify.witness import fetch_central_view, find_station_config
+    from edge.verify.witness import CentralView, fetch_central_view, find_station_config
 
     found = find_station_config(target, Path(args.config) if args.config else None)
     view = None
@@ -175,6 +186,9 @@ def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, cent
         if central_key is None and pinned is not None:
             central_key = load_public_key(pinned)
         view = asyncio.run(fetch_central_view(found.config))
+    elif found.config is not None and args.item is None:
+        view = CentralView("", failure=f"the station configuration {found.path} names no central: it has "
+                                       "no [uplink] central_url")
     report = verify_store(target, only_item=args.item, pinned_key=key, central_key=central_key,
                           central_view=view)
     if report.diverged_after is not None and view is not None and view.failure is None and found.config \

@@ -38,7 +38,7 @@ from edge.custody.ledger import EntryType
 from edge.custody.problems import Problem
 from edge.custody.witness import WitnessedHead, verify_witnessed_head
 from edge.custody.witness_log import alarm_state, stored_witnessed_heads, unwitnessed_window
-from edge.ingest.store import StoreLayout
+from edge.ingest.store import StoreLayout, read_station_id
 
 __all__ = [
     "CONFIG_ENV",
@@ -68,8 +68,9 @@ class ConfigFound:
 def find_station_config(store: Path, explicit: Path | None = None) -> ConfigFound:
     """The configuration of the station whose store is ``store``: ``explicit`` (``--config``), else
     ``$EDGE_STATION_CONFIG``, else ``/etc/evidence-edge/station.toml``; a file found the implicit way is
-    used only when its ``store_dir`` is this very store. Raises :class:`ConfigError` for an explicit file
-    that is unreadable, invalid, or for another store.
+    used only when its ``store_dir`` is this very store. An explicit file for another directory is used
+    for a copy of its store (a forensic copy, checked elsewhere) when the copy is of the same station.
+    Raises :class:`ConfigError` for an explicit file that is unreadable, invalid, or for another station.
 
     Never from inside the store: whoever can rewrite the store could point verification at a central
     key of their own.
@@ -78,7 +79,14 @@ def find_station_config(store: Path, explicit: Path | None = None) -> ConfigFoun
     if explicit is not None:
         config = load_config(explicit)
         if config.station.store_dir.resolve() != target:
-            raise ConfigError(f"{explicit}: configures store {config.station.store_dir}, not {store}")
+            copied = _station_of(store)
+            if copied != config.station.id:
+                whose = "no station" if copied is None else repr(copied)
+                raise ConfigError(f"{explicit}: configures station {config.station.id}, but {store} is a "
+                                  f"store of {whose}")
+            return ConfigFound(config, explicit, f"station configuration: {explicit} (its store is "
+                                                 f"{config.station.store_dir}; {store} is checked as a copy "
+                                                 f"of it, station {config.station.id})")
         return ConfigFound(config, explicit)
     from_env = os.environ.get(CONFIG_ENV)
     candidate = Path(from_env) if from_env else DEFAULT_CONFIG
@@ -93,6 +101,20 @@ def find_station_config(store: Path, explicit: Path | None = None) -> ConfigFoun
         return ConfigFound(None, None, f"the station configuration {candidate} ({how}) is for store "
                                        f"{config.station.store_dir}, not this one; give --config")
     return ConfigFound(config, candidate)
+
+
+def _station_of(store: Path) -> str | None:
+    """The station id recorded in a store's database (read-only), None when there is none."""
+    try:
+        conn = sqlite3.connect(f"file:{StoreLayout(store).db}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        return read_station_id(conn)
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
 
 
 @dataclass(frozen=True)
@@ -228,14 +250,16 @@ def _central_head(
     view: CentralView | None, central_key: Ed25519PublicKey | None, station: str, found: WitnessFindings
 ) -> _Witnessed | None:
     if view is None:
-        found.notes.append("the central was not consulted (no station configuration with [uplink] found; "
-                           "give --config): only the witnessed heads kept in this store were checked, and "
-                           "someone who rewrote every file of the store could have removed those")
+        found.notes.append("the central was not consulted (no station configuration naming a central was "
+                           "found for this store; give --config FILE): only the witnessed heads kept in this "
+                           "store were checked, and someone who rewrote every file of the store could have "
+                           "removed those")
         return None
     if view.failure is not None:
-        found.notes.append(f"the central at {view.url} could not be consulted ({view.failure}): only the "
-                           "witnessed heads kept in this store were checked, and someone who rewrote every "
-                           "file of the store could have removed those")
+        central = f"the central at {view.url}" if view.url else "the central"
+        found.notes.append(f"{central} could not be consulted ({view.failure}): only the witnessed heads "
+                           "kept in this store were checked, and someone who rewrote every file of the store "
+                           "could have removed those")
         return None
     found.checked["central_consulted"] = 1
     if view.witnessed_head is None:
