@@ -101,6 +101,7 @@ def cmd_witness_clear(args: argparse.Namespace) -> int:
 def witness_report(conn: sqlite3.Connection) -> dict[str, Any]:
     """What `edge witness show` prints, as one JSON-able object (read-only queries)."""
     from edge.custody.canonical import parse_json
+    from edge.custody.errors import CanonicalJsonError
     from edge.custody.witness_log import alarm_state, stored_witnessed_heads, unwitnessed_window
 
     state = alarm_state(conn)
@@ -125,7 +126,10 @@ def witness_report(conn: sqlite3.Connection) -> dict[str, Any]:
     except sqlite3.OperationalError:
         row = None  # a store from before witnessing
     if row is not None:
-        head = parse_json(row[2]) if isinstance(row[2], str) else {}
+        try:
+            head = parse_json(row[2]) if isinstance(row[2], str) else None
+        except CanonicalJsonError:
+            head = None  # an altered row: shown as such, `edge verify` names it
         tree = {"tree_size": row[0], "root_hash": row[1], "source": row[3], "proved_from": row[4],
                 "received": row[5], "origin": head.get("origin") if isinstance(head, dict) else None}
     window = unwitnessed_window(conn)

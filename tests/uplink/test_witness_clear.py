@@ -259,3 +259,26 @@ async def test_a_central_that_lost_accepted_entries_is_an_alarm_until_its_head_i
                     await asyncio.sleep(0.05)
         assert len(rig.ledger("witness_alarm")) == 2, "no new alarm"
         assert rig.central.parts.index.ledger_head(STATION)[0] > witnessed
+
+
+def test_edge_witness_show_reports_an_altered_tree_head_row_without_a_traceback(tmp_path: Path) -> None:
+    store = StationStore(tmp_path / "store", STATION)
+    try:
+        with store.transaction():
+            store.conn.execute(
+                "INSERT INTO central_tree_heads (tree_size, root_hash, head, source, proved_from, received) "
+                "VALUES (3, ?, '{\"origin\": \"central-test\"}', 'tree_head', NULL, ?)",
+                ("ab" * 32, "2026-12-05T00:00:00.000000Z"),
+            )
+    finally:
+        store.close()
+    config = tmp_path / "station.toml"
+    config.write_text(f'[station]\nid = "{STATION}"\nstore_dir = "{tmp_path / "store"}"\n'
+                      f'[usb]\nmount_root = "{tmp_path / "media"}"\n')
+    assert show(config)["central_tree_head"]["origin"] == "central-test"  # the control
+    with attacker_db(tmp_path / "store" / "state.db") as conn:
+        conn.execute("UPDATE central_tree_heads SET head = '{not json'")
+    result = edge_cli("witness", "show", "--config", str(config))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "newest central tree head kept: 3 leaves" in result.stdout
+    assert "alarm: none" in result.stdout and "unwitnessed window: none" in result.stdout
