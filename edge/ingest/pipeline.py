@@ -379,7 +379,10 @@ class _Run:
         finishing: set[asyncio.Task[None]] = set()
         outcome = IngestOutcome.DONE
         try:
-            for w in work:
+            # Originals not yet sealed go first: a re-docked recorder's new recordings do not wait
+            # behind the hashing that proves its old ones (stable order otherwise).
+            ordered = sorted(work, key=lambda w: w.state not in AcquisitionState.IN_PROGRESS)
+            for w in ordered:
                 if self.prove and w.state not in AcquisitionState.IN_PROGRESS and w.state not in self.gone:
                     await self._prove_same(w)  # may make it a new item to acquire
                 if w.state not in AcquisitionState.IN_PROGRESS:

@@ -129,6 +129,28 @@ async def test_a_sealed_file_left_on_the_recorder_is_the_same_only_if_its_hash_s
     assert item_hashes(store) == after
 
 
+async def test_new_recordings_are_acquired_before_the_old_ones_are_proven(
+    store: StationStore, backing: Path, dock: Dock, config_factory: Callable[..., StationConfig]
+) -> None:
+    """A recorder docked again with its old files still on it (wipe policy never): its new recording
+    is not kept waiting behind the hashing that proves the old ones."""
+    require_volume_mounts()
+    config = config_factory(wipe={"policy": "never"})
+    with dock() as root:
+        await offload(store, config, root)
+    old_items = set(item_hashes(store))
+    newest = backing / "PHOTO" / "ZZZZ_LAST.JPG"  # listed last of all
+    newest.write_bytes(b"a new photo after the docking" * 50)
+    start = store.ledger.head()[0]
+    with dock() as root:
+        await offload(store, config, root)
+    this_docking = [e for e in store.ledger.entries(start + 1)]
+    (new_item,) = set(item_hashes(store)) - old_items
+    acquired = next(e.seq for e in this_docking if e.type == "acquired" and e.item == new_item)
+    proofs = [e.seq for e in this_docking if e.type == "verified" and e.item in old_items]
+    assert len(proofs) == len(old_items) and acquired < min(proofs)
+
+
 def sha256_file_bytes(data: bytes) -> str:
     import hashlib
 
