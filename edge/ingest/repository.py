@@ -30,8 +30,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from edge.custody.canonical import canonical_json, sha256_hex
-from edge.custody.ledger import EntryType, Ledger, LedgerEntry
+from edge.custody.ledger import EntryType, Ledger, LedgerEntry, ledger_key_schedule
 from edge.ingest.source import Origin, OriginalKey
 from edge.ingest.store import StationStore
 
@@ -308,6 +310,16 @@ class IngestRepository:
             "SELECT max(seq) FROM ledger WHERE item=? AND type=?", (item, EntryType.SEALED)
         ).fetchone()
         return int(found[0]) if found is not None and found[0] is not None else None
+
+    def station_public_keys(self) -> dict[str, Ed25519PublicKey]:
+        """The station keys this ledger announced (``key_rotated`` entries), anchored on the key the
+        store holds now, by id: a manifest sealed before a rotation was signed by an older one. Only
+        the current key when the announcements do not lead to it (edge verify names why)."""
+        current = self.store.key.public_key()
+        schedule, problems = ledger_key_schedule(self.store.conn, current, "the station key")
+        if problems:
+            return {self.store.key.key_id: current}
+        return schedule.trusted()
 
     def sealed_manifest_sha256(self, item: str) -> str | None:
         """The manifest hash the ledger's newest `sealed` entry of `item` recorded."""

@@ -18,6 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge.custody.text import printable
+
 __all__ = ["add_uplink_parser", "cmd_uplink_retry"]
 
 EXIT_OK = 0
@@ -25,7 +27,7 @@ EXIT_REFUSED = 2
 
 
 def _error(message: object) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {printable(str(message))}", file=sys.stderr)
     return EXIT_REFUSED
 
 
@@ -60,7 +62,8 @@ def cmd_uplink_retry(args: argparse.Namespace) -> int:
             else f"refusal {requeued.refusal_code} at ledger seq {requeued.refusal_seq}"
             + (" (signed by the central)" if requeued.signed else " (unsigned)")
         )
-        print(f"requeued {requeued.item}: ledger seq {requeued.seq}, overriding {refusal}")
+        # The refusal code came from the network (an unsigned one from anyone on the path): escaped.
+        print(printable(f"requeued {requeued.item}: ledger seq {requeued.seq}, overriding {refusal}"))
     print(f"{len(done)} item(s) back in the upload queue; the agent sends them when it runs")
     return EXIT_OK
 

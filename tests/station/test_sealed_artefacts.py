@@ -30,6 +30,7 @@ from edge.custody.keys import StationKey
 from edge.custody.ledger import EntryType
 from edge.custody.manifest import manifest_bytes, sign_manifest
 from edge.custody.seal import sidecar_path, write_sidecar
+from edge.ingest.key_rotation import rotate_station_key
 from edge.ingest.store import StationStore
 from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
 from edge.verify.station import verify_file, verify_store
@@ -323,3 +324,32 @@ async def test_untampered_after_receipt_erases_everything(
         stored = store.layout.root / row["path"]
         with stored.open("rb") as f:
             assert find_evidence_box(f, stored.stat().st_size) is not None
+
+
+async def test_items_sealed_before_a_key_rotation_are_still_erased_after_it(
+    store: StationStore, volume: Path, config_factory: Callable[..., StationConfig]
+) -> None:
+    """The check before erasing accepts the key in force when an item was sealed, as announced by the
+    ledger's key_rotated entry; it trusted only the current key, so older items stayed on the recorder
+    for ever (and each docking rebuilt them). The controls are the resigned-* tamper cases above: a
+    key the ledger never announced is still refused."""
+    first = await offload(store, config_factory(wipe={"policy": "never"}), volume)
+    assert first.outcome is OffloadOutcome.DONE, first.errors
+    truth = volume_hashes(volume)
+    root, station = store.layout.root, store.station_id
+    store.close()
+    rotate_station_key(root, station, reason="yearly rotation", by="test")
+    rotated = StationStore(root, station)
+    try:
+        second = await offload(rotated, config_factory(), volume)
+        assert second.outcome is OffloadOutcome.DONE, second.errors
+        assert volume_hashes(volume) == {}, "every item sealed under the old key erased"
+        wiped = [e.data for e in rotated.ledger.entries() if e.type == "wiped"]
+        assert len(wiped) == len(truth)
+        old_key = next(e.data for e in rotated.ledger.entries() if e.type == "key_rotated")["old_key_id"]
+        assert {w["verified_before_erasing"]["signature_key"] for w in wiped} == {old_key}
+        assert not [e for e in rotated.ledger.entries() if e.type == "reacquired"], "nothing rebuilt"
+        assert verify_store(root).ok
+    finally:
+        rotated.close()
+

@@ -475,7 +475,6 @@ class VolumeOffload:
             if not await self._reverify_source_only(row, found.sha256, found.size):
                 return None
             return {"local_copy": "purged after the central's receipt", "source_reread": True}
-        key = self.store.key
         stored = self.store.layout.root / found.path
         report, problems = await self._sealed_copy_problems(row.item, stored)
         if problems:
@@ -494,7 +493,7 @@ class VolumeOffload:
         checked: dict[str, Any] = {
             "stored": "embedded" if report.sealed else "sidecar",
             "stored_read": report.stored_read,
-            "signature_key": key.key_id,
+            "signature_key": report.manifest["signature"]["key_id"],  # it verified: the field is there
             "source_reread": row.work.reread_now,
         }
         if row.state == AcquisitionState.SEALED and row.work.reread_now:
@@ -527,11 +526,12 @@ class VolumeOffload:
 
     async def _sealed_copy_problems(self, item: str, stored: Path) -> tuple[SealedFileReport, list[str]]:
         """The sealed artefact as stored, read from the disk: what does not hold (see below)."""
-        key = self.store.key
+        # Every key the ledger announced: an item sealed before `edge keys rotate` carries the old
+        # key's signature, and the ledger's record of its sealed manifest (checked below) ties it down.
         report: SealedFileReport = await self._thread(
             verify_sealed_file,
             stored,
-            {key.key_id: key.public_key()},
+            self.repository.station_public_keys(),
             self.store.layout.sidecar(stored),
             from_disk=True,
         )
