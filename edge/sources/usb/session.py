@@ -1,9 +1,12 @@
 """One docking of one recorder, from plug-in to LED done.
 
-Control-mode recorders: authenticate (allow-list, password) → identity → clock offset, 校时 when
-the station clock is trusted → mass-storage mode → wait for the volume → offload. Mass-storage-only
+Control-mode recorders: USB serial pinned by the allow-list (else refused before the password, which
+goes over USB in clear, is sent) → authenticate (allow-list, password) → identity → clock offset, 校时
+when the station clock is trusted → mass-storage mode → wait for the volume → offload. Mass-storage-only
 recorders, and recorders found already in mass-storage mode after a restart, start at the volume with
-identity from the volume (or from the unfinished session they belong to).
+identity from the volume (or from the unfinished session they belong to), and the bay the station found
+for the volume (:mod:`edge.sources.usb.bays`). Either way the volume comes bound to its mount
+(:mod:`edge.sources.usb.mounted`), listed once per docking.
 """
 
 from __future__ import annotations
