@@ -17,7 +17,14 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from edge.config.base import IDENTIFIER, ConfigError, StrictModel, parse_toml_model, read_config_text
+from edge.config.base import (
+    HTTP_URL_OR_EMPTY,
+    IDENTIFIER,
+    ConfigError,
+    StrictModel,
+    parse_toml_model,
+    read_config_text,
+)
 
 __all__ = [
     "CentralConfig",
@@ -263,7 +270,7 @@ class LogSection(StrictModel):
     """The Merkle log's outside anchors: RFC 3161 time-stamps of its checkpoints."""
 
     tsa_url: str = Field(
-        "", pattern=r"^(https?://[^\s/]+(/[^\s]*)?)?$",
+        "", pattern=HTTP_URL_OR_EMPTY,
         description="RFC 3161 time-stamping authority (HTTP POST application/timestamp-query); empty: none",
     )
     tsa_root_cert: Path | None = Field(

@@ -24,6 +24,8 @@ from pydantic_core import CoreSchema, core_schema
 from edge.durable.files import SmallFileError, read_small_file
 
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# An http(s) URL with a host and no white space, or nothing (the feature is off).
+HTTP_URL_OR_EMPTY = r"^(https?://[^\s/]+(/[^\s]*)?)?$"
 SECRET_REF = re.compile(r"^(env|file|credential):(.+)$")
 # A password or token is short; a secret file far larger than this is not one.
 MAX_SECRET_BYTES = 64 * 1024

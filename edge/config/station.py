@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from edge.config.base import (
+    HTTP_URL_OR_EMPTY,
     IDENTIFIER,
     SecretRef,
     StrictModel,
@@ -238,7 +239,7 @@ class UplinkSection(StrictModel):
         "breaker, receipts and purge are the same whatever it is",
     )
     central_url: str = Field(
-        "", pattern=r"^(https?://[^\s/]+(/[^\s]*)?)?$",
+        "", pattern=HTTP_URL_OR_EMPTY,
         description="Base URL of the central receiver, e.g. https://evidence.example:8443; empty: no uplink",
     )
     identity_dir: Path | None = Field(
