@@ -20,7 +20,7 @@ from edge.config.base import (
     parse_toml_document,
     read_config_text,
 )
-from edge.config.station import StationConfig, load_config
+from edge.config.station import StationConfig, WipePolicy, load_config
 from edge.custody.text import json_printable, printable
 from edge.durable.lock import StoreBusy
 from edge.ingest.store_commands import load_station_config, open_station_store, store_failure_status
@@ -38,7 +38,12 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
 
 
 def _error(message: object) -> None:
-    print(printable(f"error: {message}"), file=sys.stderr)  # an exception can quote device text
+    if isinstance(message, ConfigError):
+        # Our own multi-line report of a file the operator wrote: one problem per line, each escaped.
+        text = "\n".join(printable(line) for line in f"error: {message}".splitlines())
+    else:
+        text = printable(f"error: {message}")  # an exception can quote device text: one line
+    print(text, file=sys.stderr)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -68,6 +73,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{path}: OK (station {config.station.id}, {len(config.bays)} bays, "
         f"{len(config.recorders.allow)} recorders on the allow-list)"
     )
+    waits_for_central = (WipePolicy.AFTER_WITNESS, WipePolicy.AFTER_RECEIPT)
+    if config.wipe.policy in waits_for_central and not config.uplink.enabled:
+        # Valid, and safe, but an admin who copied a station file without [uplink] should know why
+        # recorders come back full: erasing waits for a central that is not configured.
+        print(
+            f"warning: [wipe] policy = {config.wipe.policy.value!r} erases only what a central has "
+            "witnessed, and no [uplink] central_url is set: recorders will never be erased. Configure "
+            '[uplink], or set policy = "after-verify" and accept what it costs (README, wipe policies)',
+            file=sys.stderr,
+        )
     return ExitCode.OK
 
 

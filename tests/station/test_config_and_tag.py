@@ -101,6 +101,7 @@ def test_check_config_exit_status_and_message(tmp_path: Path, capsys: pytest.Cap
     assert main(["check-config", str(bad)]) == 78
     err = capsys.readouterr().err
     assert "wipe.policy" in err and str(bad) in err
+    assert "\\x0a" not in err and len(err.splitlines()) > 1, "one problem per line, not escaped newlines"
     assert main(["check-config", str(tmp_path / "missing.toml")]) == 78
 
 
@@ -225,3 +226,23 @@ def test_check_config_of_a_file_that_is_neither_says_what_was_expected(
             f"`edge check-config {odd}`); or [central] for the central receiver (checked by `edge central "
             f"check-config --config {odd}`); found {found}"
         ) in err
+
+
+def test_check_config_warns_when_the_wipe_policy_waits_for_a_central_that_is_not_configured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Valid (exit 0) but recorders would never be erased: say so. Controls: after-verify without a
+    central, and the default policy with a central, give no warning."""
+    no_uplink = tmp_path / "no-uplink.toml"
+    no_uplink.write_text(MINIMAL)  # default policy: after-witness
+    assert main(["check-config", str(no_uplink)]) == 0
+    err = capsys.readouterr().err
+    assert "'after-witness'" in err and "never be erased" in err
+    no_uplink.write_text(MINIMAL + '[wipe]\npolicy = "after-verify"\n')
+    assert main(["check-config", str(no_uplink)]) == 0
+    assert capsys.readouterr().err == ""
+    no_uplink.write_text(
+        MINIMAL + '[uplink]\ncentral_url = "https://central.example:8443"\nidentity_dir = "identity"\n'
+    )
+    assert main(["check-config", str(no_uplink)]) == 0
+    assert capsys.readouterr().err == "", "the default policy with a central: nothing to warn about"
