@@ -12,12 +12,9 @@ from __future__ import annotations
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 from drivers.serial.dock import BayLed
-from edge.central.config import CentralConfig
-from edge.central.embedded import EmbeddedCentral, enroll, free_port
-from edge.central.identity import init_central
+from edge.central.embedded import EmbeddedCentral
 from edge.central.service import start_central
 from edge.config.station import WipeSection
 from edge.custody.keys import StationKey, load_public_key
@@ -28,20 +25,7 @@ from edge.uplink.service import UplinkService
 from edge.verify.station import verify_store
 from tests.station.harness import Station, eventually, simulated_station, spec
 from tests.tamper.attacker import attacker_db, forge_checkpoint, resign_checkpoints
-from tests.uplink.test_uplink_station import FAST_RETRY, STATION
-
-
-def enrolled_central(tmp_path: Path) -> tuple[CentralConfig, dict[str, Any]]:
-    """A central that exists (the station is enrolled, its key pinned) but is not running: an outage."""
-    config = EmbeddedCentral.make_config(tmp_path / "central-store", port=free_port())
-    init_central(config)
-    enroll(config, STATION, tmp_path / "store", tmp_path / "bundle")
-    uplink = {
-        "central_url": f"https://127.0.0.1:{config.server.port}",
-        "identity_dir": str(tmp_path / "bundle"),
-        **FAST_RETRY,
-    }
-    return config, uplink
+from tests.uplink.test_uplink_station import FAST_RETRY, STATION, enrolled_central
 
 
 def on_recorder(station: Station, device_serial: str) -> dict[str, str]:
@@ -92,7 +76,7 @@ def delete_items_and_truncate(store: Path, from_seq: int) -> set[str]:
 async def test_during_an_outage_the_recorder_keeps_its_files_until_the_central_witnessed_them(
     tmp_path: Path,
 ) -> None:
-    central_config, uplink = enrolled_central(tmp_path)
+    central_config, uplink = enrolled_central(tmp_path, **FAST_RETRY)
     s = spec(0)
     # The policy the station ships with: no [wipe] policy given.
     async with simulated_station(tmp_path, [s], uplink=uplink, wipe=WipeSection().model_dump()) as station:
@@ -173,7 +157,7 @@ async def test_after_verify_erases_during_an_outage_and_verify_names_each_unwitn
 ) -> None:
     """The control, and what after-verify costs: the recorder is erased with the central down, and
     `edge verify` names every erased item that no witnessed head covers, until the central witnesses."""
-    central_config, uplink = enrolled_central(tmp_path)
+    central_config, uplink = enrolled_central(tmp_path, **FAST_RETRY)
     s = spec(0)
     async with simulated_station(tmp_path, [s], uplink=uplink, wipe={"policy": "after-verify"}) as station:
         await station.dock_recorder(s.device_serial, 1)
@@ -204,7 +188,7 @@ async def test_after_verify_erases_during_an_outage_and_verify_names_each_unwitn
 async def test_a_recorder_waiting_for_the_central_does_not_hold_up_another_bay(tmp_path: Path) -> None:
     """One offload slot; bay 1 waits (up to 120 s) for receipts from a central that is down. Bay 2's
     recorder is offloaded meanwhile: the wait gives the slot back."""
-    _, uplink = enrolled_central(tmp_path)
+    _, uplink = enrolled_central(tmp_path, **FAST_RETRY)
     specs = [spec(0), spec(1)]
     async with simulated_station(
         tmp_path, specs, uplink=uplink, offload={"concurrency": 1},

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.central.embedded import EmbeddedCentral, enroll, free_port
-from edge.central.identity import init_central
 from edge.central.service import start_central
 from edge.ingest.store import StationStore
 from edge.verify.station import verify_store
 from tests.station.harness import eventually, simulated_station, spec
+from tests.uplink.test_uplink_station import enrolled_central
 
 STATION = "TEST-STATION"
 FAST_RETRY = {"backoff_base_s": 0.05, "backoff_max_s": 0.3, "breaker_failures": 2, "breaker_open_s": 0.2}
@@ -23,14 +22,7 @@ def _entries(store: StationStore, item: str, type_: str) -> list[dict[str, objec
 
 
 async def test_a_damaged_copy_is_never_sent_and_is_reacquired_when_its_recorder_docks(tmp_path: Path) -> None:
-    config = EmbeddedCentral.make_config(tmp_path / "central-store", port=free_port())
-    init_central(config)
-    enroll(config, STATION, tmp_path / "store", tmp_path / "bundle")
-    uplink = {
-        "central_url": f"https://127.0.0.1:{config.server.port}",
-        "identity_dir": str(tmp_path / "bundle"),
-        **FAST_RETRY,
-    }
+    config, uplink = enrolled_central(tmp_path, **FAST_RETRY)
     s = spec(0)
     async with simulated_station(
         tmp_path, [s], uplink=uplink, wipe={"policy": "after-receipt", "receipt_wait_s": 1}

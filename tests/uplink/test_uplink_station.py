@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from drivers.serial.dock import BayLed
+from edge.central.config import CentralConfig
 from edge.central.embedded import EmbeddedCentral, enroll, free_port
 from edge.central.identity import init_central
 from edge.central.service import start_central
@@ -24,6 +26,20 @@ FAST_RETRY = {
     "breaker_open_s": 0.2,
     "request_timeout_s": 20,
 }
+
+
+def enrolled_central(tmp_path: Path, **uplink_settings: Any) -> tuple[CentralConfig, dict[str, Any]]:
+    """A central that exists (the station is enrolled, its key pinned) but is not running yet, and the
+    station's [uplink] section for it with `uplink_settings`."""
+    config = EmbeddedCentral.make_config(tmp_path / "central-store", port=free_port())
+    init_central(config)
+    enroll(config, STATION, tmp_path / "store", tmp_path / "bundle")
+    uplink = {
+        "central_url": f"https://127.0.0.1:{config.server.port}",
+        "identity_dir": str(tmp_path / "bundle"),
+        **uplink_settings,
+    }
+    return config, uplink
 
 
 def evidence_on_recorder(station: Station, device_serial: str) -> list[str]:
@@ -69,14 +85,7 @@ async def test_every_item_is_receipted_before_its_recorder_file_is_erased(tmp_pa
 
 
 async def test_central_down_at_start_backlog_drains_later_and_erases_at_next_docking(tmp_path: Path) -> None:
-    config = EmbeddedCentral.make_config(tmp_path / "central-store", port=free_port())
-    init_central(config)
-    enroll(config, STATION, tmp_path / "store", tmp_path / "bundle")
-    uplink = {
-        "central_url": f"https://127.0.0.1:{config.server.port}",
-        "identity_dir": str(tmp_path / "bundle"),
-        **FAST_RETRY,
-    }
+    config, uplink = enrolled_central(tmp_path, **FAST_RETRY)
     s = spec(0)
     async with simulated_station(
         tmp_path, [s], uplink=uplink, wipe={"policy": "after-receipt", "receipt_wait_s": 1}
@@ -122,16 +131,12 @@ async def test_central_down_at_start_backlog_drains_later_and_erases_at_next_doc
 
 
 async def test_central_killed_mid_upload_resumes_from_the_offset(tmp_path: Path) -> None:
-    config = EmbeddedCentral.make_config(tmp_path / "central-store", port=free_port())
-    init_central(config)
-    enroll(config, STATION, tmp_path / "store", tmp_path / "bundle")
-    uplink = {
-        "central_url": f"https://127.0.0.1:{config.server.port}",
-        "identity_dir": str(tmp_path / "bundle"),
-        "chunk_mb": 1,
-        "bandwidth_mbit_s": 48,  # ~6 MB/s: slow enough to stop the central in the middle
+    config, uplink = enrolled_central(
+        tmp_path,
+        chunk_mb=1,
+        bandwidth_mbit_s=48,  # ~6 MB/s: slow enough to stop the central in the middle
         **FAST_RETRY,
-    }
+    )
     s = spec(0, files=1, file_mb=16)
     running = await start_central(config)
     uploads_dir = tmp_path / "central-store" / "uploads"
