@@ -12,8 +12,10 @@ STAMP := $(VENV)/.installed
 # systemd-timedated over D-Bus), dbus-daemon (a private bus for the timedated stand-in) and libseccomp2
 # (the unit's filter installed in tests). Under CI a missing tool fails the tests that need it instead
 # of skipping them (tests/prerequisites.py). No MQTT transport exists yet, so no broker is installed:
-# the transport that brings MQTT adds mosquitto here with the tests that run it.
-APT_PACKAGES := ffmpeg fuse3 curl python3-venv python3-dev systemd dbus-daemon libseccomp2
+# the transport that brings MQTT adds mosquitto here with the tests that run it. chromium: the browser
+# tests (tests/browser/) drive Debian's /usr/bin/chromium with Playwright's Python package, which never
+# downloads a browser of its own.
+APT_PACKAGES := ffmpeg fuse3 curl python3-venv python3-dev systemd dbus-daemon libseccomp2 chromium
 
 # Exact versions of every Python distribution the tests ran with (pip and the build backend included),
 # so that an install a year from now gets what was tested. `make constraints` rewrites it from .venv.
@@ -33,6 +35,7 @@ system:
 	command -v systemd-analyze >/dev/null && command -v busctl >/dev/null || missing="$$missing systemd"; \
 	command -v dbus-daemon >/dev/null || missing="$$missing dbus-daemon"; \
 	ldconfig -p | grep -q 'libseccomp\.so\.2 ' || missing="$$missing libseccomp2"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "setup: installing system packages:$$missing"; \
