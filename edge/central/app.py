@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,9 @@ from typing import Any
 
 from aiohttp import web
 
-from edge.central.auth import Authenticator
+from edge.central.auth import Authenticator, require_client_certificate
 from edge.central.config import CentralConfig
+from edge.central.health import PUBLIC_ROUTES, Readiness, add_health_routes
 from edge.central.http_server import (
     CLIENT_GONE,
     add_response_headers,
@@ -41,6 +43,7 @@ from edge.central.http_server import (
 from edge.central.identity import load_signing_key
 from edge.central.limits import BodyBudget, HttpBounds, RequestLimiter
 from edge.central.log import MerkleLog
+from edge.central.metrics import CentralMetrics
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.objects import FileObjectStore
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
@@ -57,6 +60,8 @@ from edge.custody.keys import StationKey
 __all__ = [
     "BOUNDS",
     "CENTRAL",
+    "METRICS",
+    "READINESS",
     "TUS_BASE_PATH",
     "CentralParts",
     "build_app",
@@ -89,6 +94,8 @@ class CentralParts:
 
 CENTRAL = web.AppKey("central", CentralParts)
 BOUNDS = web.AppKey("central-bounds", HttpBounds)
+METRICS = web.AppKey("central-metrics", CentralMetrics)
+READINESS = web.AppKey("central-readiness", Readiness)
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -214,8 +221,9 @@ def _internal_error(request: web.Request) -> web.Response:
 class StationEndpoints:
     """``/v1/stations/{station}/...`` and ``/v1/log/...``."""
 
-    def __init__(self, parts: CentralParts) -> None:
+    def __init__(self, parts: CentralParts, metrics: CentralMetrics) -> None:
         self.parts = parts
+        self.metrics = metrics
         self.stall_timeout_s = parts.config.uploads.chunk_timeout_s
 
     async def identify(self, request: web.Request) -> str:
@@ -251,7 +259,11 @@ class StationEndpoints:
             doc = await read_json_body(request, stall_timeout_s=self.stall_timeout_s)
         except Rejection as rejection:
             raise self._recorded(rejection, caller) from None
-        registered = await self.parts.registrar.register_item(caller, request.match_info["station"], doc)
+        started = time.monotonic()
+        try:
+            registered = await self.parts.registrar.register_item(caller, request.match_info["station"], doc)
+        finally:
+            self.metrics.receipt_seconds.observe(time.monotonic() - started)
         # 201 for a new acceptance, 200 for a replay (same leaf, fresh proof).
         status = 200 if registered.replay else 201
         return json_response({"receipt": registered.receipt.to_dict()}, status=status)
@@ -342,7 +354,9 @@ def build_app(
     except BaseException:
         database.close()
         raise
+    metrics = CentralMetrics(log_size=merkle.size)
     registrar = Registrar(index, objects, merkle, uploads, signing_key=key, central_id=config.central.id)
+    registrar.on_content_verified = metrics.verify_seconds.observe
 
     def record(rejection: Rejection, station: str | None, remote: str | None) -> None:
         registrar.reject(rejection, station=station, remote=remote)
@@ -353,11 +367,15 @@ def build_app(
     bounds = HttpBounds(RequestLimiter(server.max_concurrent_requests, retry_after_s=server.retry_after_s),
                         BodyBudget(server.max_buffered_body_bytes), server.max_json_body_bytes)
     app = web.Application(client_max_size=server.max_json_body_bytes,
-                          middlewares=[request_middleware(bounds.limiter, bounds.budget), error_middleware])
+                          middlewares=[request_middleware(bounds.limiter, bounds.budget), error_middleware,
+                                       require_client_certificate(PUBLIC_ROUTES)])
     app[CENTRAL] = parts
     app[BOUNDS] = bounds
+    app[METRICS] = metrics
+    app[READINESS] = Readiness(parts)
+    add_health_routes(app, app[READINESS])
     app.on_response_prepare.append(add_response_headers(TUS_BASE_PATH))
-    stations = StationEndpoints(parts)
+    stations = StationEndpoints(parts, metrics)
     add_tus_routes(app, uploads, base_path=TUS_BASE_PATH, identify=stations.identify,
                    chunk_timeout_s=config.uploads.chunk_timeout_s, limiter=bounds.limiter,
                    sign_refusal=registrar.sign_refusal)

@@ -17,11 +17,12 @@ import hashlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from edge.central.index import CentralIndexError, validate_reader_name, validate_station_id
 from edge.central.registration import Caller, RejectCode, Rejection
@@ -36,6 +37,7 @@ __all__ = [
     "PeerCertificate",
     "Principal",
     "peer_certificate",
+    "require_client_certificate",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,33 @@ def peer_certificate(request: web.Request) -> PeerCertificate | None:
     if not der or not subject:
         return None
     return PeerCertificate(dict(subject), hashlib.sha256(der).hexdigest())
+
+
+def require_client_certificate(public_routes: frozenset[str]) -> Middleware:
+    """Refuse (401) every request of a TLS connection without a client certificate, except on
+    ``public_routes`` (the health endpoints), before any handler runs.
+
+    The TLS context asks every client for a certificate but lets the handshake complete without one
+    (load balancers probe ``/healthz`` and ``/readyz`` without); so this is where "no certificate, no
+    service" is enforced, once for every route, including ones that never ask :class:`Authenticator`
+    (tus ``OPTIONS``). A certificate that is present was verified against the central CA by the
+    handshake; whether it is enrolled and active is the :class:`Authenticator`'s job, per route. Plain
+    HTTP (development mode, loopback only) has no certificates and is left to the Authenticator. Not
+    recorded in the index: an anonymous caller cannot make the central write.
+    """
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        transport = request.transport
+        on_tls = transport is not None and transport.get_extra_info("ssl_object") is not None
+        if on_tls and request.path not in public_routes and peer_certificate(request) is None:
+            raise Rejection(RejectCode.UNAUTHENTICATED, "no client certificate: this endpoint requires "
+                                                        "mutual TLS with a certificate from the central CA")
+        return await handler(request)
+
+    return middleware
 
 
 RejectionSink = Callable[[Rejection, str | None, str | None], object]

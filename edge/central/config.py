@@ -141,6 +141,13 @@ class ServerSection(StrictModel):
     access_log: bool = Field(
         True, strict=True, description="One line per request on the edge.central.access logger"
     )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="TCP port of the loopback-only (127.0.0.1) plain-HTTP listener serving /metrics, "
+        "/healthz and /readyz; 0: no such listener",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -192,6 +199,13 @@ class ServerSection(StrictModel):
                 f"insecure_plain_http serves without authentication, so listen must be a loopback address "
                 f"(127.0.0.1, ::1 or localhost), found {self.listen!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> ServerSection:
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port must differ from port ({self.port}): the metrics listener is a "
+                             f"separate loopback-only socket")
         return self
 
     @model_validator(mode="after")

@@ -14,8 +14,11 @@ aiohttp parses requests in its ``RequestHandler`` protocol. The central serves w
   transfer coding other than chunked): ``{"error", "detail"}`` with ``Tus-Resumable``, like every other
   refusal of the central, logged as one line without a traceback (a malformed request is the client's
   problem, not an internal error).
-- **The access log**: one line per request on the ``edge.central.access`` logger
+- **The access log**: one JSON line per request on the ``edge.central.access`` logger
   (:class:`CentralAccessLogger`).
+- **The request metrics** (:class:`edge.central.metrics.CentralMetrics`): every answered request counted
+  by route template and status, refusals by code, tus upload bytes; counted here, once per request,
+  whoever made the answer.
 
 :func:`request_middleware` is the application's outermost middleware: it names each request
 (``X-Request-Id``), tells the protocol a request reached the application, refuses transfer codings
@@ -34,10 +37,12 @@ closed, since the body's framing is not understood.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -46,6 +51,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from edge.central.limits import BodyBudget, RequestLimiter
+from edge.central.metrics import CentralMetrics, route_template
 from edge.custody.canonical import canonical_json
 
 __all__ = [
@@ -103,23 +109,24 @@ def _printable(text: str, limit: int, *, spaces: bool = False) -> str:
     return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
-def _peer_common_name(transport: asyncio.BaseTransport | None) -> str:
-    """The CN of the verified client certificate of a TLS connection, or ``-``."""
+def _peer_names(transport: asyncio.BaseTransport | None) -> tuple[str, str]:
+    """(CN, OU) of the verified client certificate of a TLS connection, each ``-`` when absent."""
     if transport is None:
-        return "-"
+        return "-", "-"
     ssl_object = transport.get_extra_info("ssl_object")
     if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
-        return "-"
+        return "-", "-"
     try:
         subject = ssl_object.getpeercert() or {}
     except ValueError:  # the handshake has not completed
-        return "-"
+        return "-", "-"
+    found = {"commonName": "-", "organizationalUnitName": "-"}
     rdns: Any = subject.get("subject", ())
     for rdn in rdns:
         for attribute in rdn:
-            if len(attribute) == 2 and attribute[0] == "commonName" and isinstance(attribute[1], str):
-                return _printable(attribute[1], 64)
-    return "-"
+            if len(attribute) == 2 and attribute[0] in found and isinstance(attribute[1], str):
+                found[attribute[0]] = _printable(attribute[1], 64)
+    return found["commonName"], found["organizationalUnitName"]
 
 
 def _remote(transport: asyncio.BaseTransport | None) -> str:
@@ -149,12 +156,13 @@ class CentralProtocol(web.RequestHandler):
     """aiohttp's HTTP/1.1 protocol with a request-head deadline and JSON refusals (see the module)."""
 
     def __init__(self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, head_timeout_s: float,
-                 **kwargs: Any) -> None:
+                 metrics: CentralMetrics | None = None, **kwargs: Any) -> None:
         if head_timeout_s <= 0:
             raise ValueError(f"head_timeout_s must be > 0, got {head_timeout_s}")
         super().__init__(manager, loop=loop, **kwargs)
         self._event_loop = loop
         self._head_timeout_s = head_timeout_s
+        self._metrics = metrics
         self._deadline: asyncio.TimerHandle | None = None
         self._in_request = False
         self._served = 0
@@ -164,13 +172,14 @@ class CentralProtocol(web.RequestHandler):
         self._scan_tail = b""
         self._graced = False
         self.peer_name = "-"
+        self.peer_role = "-"
         self.remote = "-"
 
     # -- asyncio protocol ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.peer_name = _peer_common_name(transport)
+        self.peer_name, self.peer_role = _peer_names(transport)
         self.remote = _remote(transport)
         self._arm()
 
@@ -199,6 +208,8 @@ class CentralProtocol(web.RequestHandler):
     def log_access(self, request: web.BaseRequest, response: web.StreamResponse, time: float | None) -> None:
         # aiohttp calls this once the response is written (or could not be): the next head's time starts.
         try:
+            if self._metrics is not None:
+                self._metrics.answered(request, response, answered_status(request, response))
             super().log_access(request, response, time)
         finally:
             self._in_request = False
@@ -283,31 +294,42 @@ class CentralProtocol(web.RequestHandler):
         self.force_close()
 
 
-class CentralAccessLogger(AbstractAccessLogger):
-    """One ``key=value`` line per request; no query strings, no headers, no bodies (no secrets).
+def answered_status(request: web.BaseRequest, response: web.StreamResponse) -> int:
+    """What was answered; 499 (nginx's convention) when the client went away before the answer."""
+    return 499 if request.get(CLIENT_GONE) else response.status
 
-    ``status`` is what was answered; 499 (nginx's convention) when the client went away before the
-    answer could be sent. ``peer`` is the CN of the client certificate (``-`` on plain HTTP), ``remote``
-    the peer's address, ``bytes_in`` the request body bytes received, ``bytes_out`` the response bytes
-    written (headers included), ``ms`` the time from the request head to the end of the response.
+
+class CentralAccessLogger(AbstractAccessLogger):
+    """One JSON object per request, on one line; no query strings, no headers, no bodies, no raw paths.
+
+    Members: ``time`` (UTC, ISO 8601, when the answer was finished), ``request_id`` (also sent as
+    ``X-Request-Id``), ``remote`` (the peer's address), ``principal`` (``OU:CN`` of the client
+    certificate, ``station:st-0001`` or ``auditor:auditor-1``; ``-`` without one), ``method``, ``route``
+    (the route template, ``/v1/items/{item}``: item and station ids are in the index's access log of
+    every read, not here; ``unmatched`` when no route matched), ``status`` (499 when the client went
+    away before the answer), ``bytes_in`` (request body bytes received), ``bytes_out`` (response bytes
+    written, headers included) and ``duration_ms`` (request head to end of the answer). The same members
+    are attached to the record as structured fields (``extra["edge_fields"]``), for the journal.
     """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         protocol = request.protocol
-        status = 499 if request.get(CLIENT_GONE) else response.status
-        content = request.content
-        self.logger.info(
-            "request_id=%s method=%s path=%s status=%d bytes_in=%d bytes_out=%d ms=%.1f peer=%s remote=%s",
-            request.get(REQUEST_ID, "-"),
-            _printable(request.method, 16),
-            _printable(request.rel_url.raw_path, _MAX_LOGGED_PATH_CHARS),
-            status,
-            int(getattr(content, "total_bytes", 0)),
-            int(response.body_length),
-            time * 1000.0,
-            getattr(protocol, "peer_name", "-"),
-            getattr(protocol, "remote", "-"),
-        )
+        name = getattr(protocol, "peer_name", "-")
+        role = getattr(protocol, "peer_role", "-")
+        fields: dict[str, object] = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "request_id": request.get(REQUEST_ID, "-"),
+            "remote": getattr(protocol, "remote", "-"),
+            "principal": f"{role}:{name}" if name != "-" else "-",
+            "method": _printable(request.method, 16),
+            "route": _printable(route_template(request), _MAX_LOGGED_PATH_CHARS),
+            "status": answered_status(request, response),
+            "bytes_in": int(getattr(request.content, "total_bytes", 0)),
+            "bytes_out": int(response.body_length),
+            "duration_ms": round(time * 1000.0, 1),
+        }
+        self.logger.info("%s", json.dumps(fields, ensure_ascii=True, separators=(",", ":")),
+                         extra={"edge_fields": fields})
 
 
 def _is_tus_path(path: str, tus_prefix: str) -> bool:
@@ -387,6 +409,7 @@ async def listen(
     ssl_context: ssl.SSLContext | None,
     head_timeout_s: float,
     access_log: bool,
+    metrics: CentralMetrics | None = None,
 ) -> asyncio.Server:
     """Serve ``runner``'s application on ``host:port`` with :class:`CentralProtocol` connections.
 
@@ -402,6 +425,7 @@ async def listen(
             manager,
             loop=loop,
             head_timeout_s=head_timeout_s,
+            metrics=metrics,
             # aiohttp's own idle timer stays behind ours, as a backstop that never fires first.
             keepalive_timeout=head_timeout_s + _HEAD_GRACE_S + 1.0,
             access_log_class=CentralAccessLogger,

@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import logging
 import re
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -458,6 +459,10 @@ class Registered:
     replay: bool
 
 
+def _ignore_duration(seconds: float) -> None:
+    """The default :attr:`Registrar.on_content_verified`: nothing measures."""
+
+
 class Registrar:
     """Accepts ledger segments and items for the central. All index work happens on the event loop
     thread without awaiting inside a transaction; hashing and chain verification run in threads."""
@@ -487,6 +492,8 @@ class Registrar:
         self._central_id = central_id
         self._clock = clock
         self._station_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Told how long each re-hash of an upload's content took, in seconds (the central's metrics).
+        self.on_content_verified: Callable[[float], object] = _ignore_duration
 
     def __repr__(self) -> str:
         return f"Registrar(index={self.index!r}, objects={self.objects!r})"
@@ -677,6 +684,7 @@ class Registrar:
                 f"bytes with SHA-256 {sha256}; the upload was removed",
             )
         path = self.uploads.complete_path(upload_id)
+        started = time.monotonic()
         try:
             await asyncio.to_thread(self._put_content, path, sha256)
         except ObjectMismatch as exc:
@@ -694,6 +702,8 @@ class Registrar:
                 RejectCode.STORE_DAMAGED,
                 f"the central could not store the content: {exc}",
             ) from None
+        finally:
+            self.on_content_verified(time.monotonic() - started)
         registered = self._commit(caller, manifest, manifest_text, upload_id)
         self._discard_upload(upload_id)
         return registered

@@ -7,6 +7,9 @@ HTTP only in the development mode the configuration must ask for, and then only 
 the configuration refuses anything else, and so does :func:`start_central` once more, on the addresses
 the name resolves to and on the sockets actually bound (a ``localhost`` that resolves elsewhere, a
 configuration built without validation).
+
+With ``[server] metrics_port`` set, a second, plain-HTTP listener on 127.0.0.1 (and only there) serves
+``/metrics``, ``/healthz`` and ``/readyz`` (:func:`edge.central.health.metrics_app`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from edge.central.app import BOUNDS, CENTRAL, CentralParts, build_app
+from edge.central.app import BOUNDS, CENTRAL, METRICS, READINESS, CentralParts, build_app
 from edge.central.config import CentralConfig, ConfigError
+from edge.central.health import metrics_app
 from edge.central.http_server import listen
 from edge.central.identity import lock_central_store, server_ssl_context
 from edge.central.limits import HttpBounds
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # How long in-flight requests get to finish at shutdown (a registration is short; uploads resume).
 _SHUTDOWN_TIMEOUT_S = 10.0
+# The metrics listener binds here and nowhere else (see edge.central.health).
+METRICS_LISTEN = "127.0.0.1"
 
 
 class RunningCentral:
@@ -54,6 +60,8 @@ class RunningCentral:
         url: str,
         port: int,
         lock: StoreLock,
+        metrics_runner: web.AppRunner | None = None,
+        metrics_url: str | None = None,
     ) -> None:
         self._runner = runner
         self._server = server
@@ -62,6 +70,9 @@ class RunningCentral:
         self.url = url
         self.port = port
         self._lock = lock
+        self._metrics_runner = metrics_runner
+        # http://127.0.0.1:PORT of the loopback metrics listener, None without one.
+        self.metrics_url = metrics_url
         self._stopped = False
 
     def __repr__(self) -> str:
@@ -74,6 +85,8 @@ class RunningCentral:
         self._stopped = True
         try:
             self._server.close()
+            if self._metrics_runner is not None:
+                await self._metrics_runner.cleanup()
             await self._runner.cleanup()
         finally:
             self._lock.release()
@@ -145,6 +158,7 @@ async def start_central(
             ssl_context=ssl_context,
             head_timeout_s=config.server.request_header_timeout_s,
             access_log=config.server.access_log,
+            metrics=app[METRICS],
         )
     except BaseException:
         try:
@@ -161,6 +175,18 @@ async def start_central(
             lock.release()
         raise ConfigError(f"server.listen: insecure_plain_http must listen on loopback only, but the server "
                           f"was bound to {', '.join(bound)}; it was closed at once")
+    metrics_runner: web.AppRunner | None = None
+    metrics_url: str | None = None
+    if config.server.metrics_port:
+        try:
+            metrics_runner, metrics_url = await _serve_metrics(app, config.server.metrics_port)
+        except BaseException:
+            server.close()
+            try:
+                await runner.cleanup()
+            finally:
+                lock.release()
+            raise
     port = int(server.sockets[0].getsockname()[1])
     scheme = "http" if ssl_context is None else "https"
     url = f"{scheme}://{_url_host(config.server.listen)}:{port}"
@@ -169,7 +195,23 @@ async def start_central(
                     config.central.id, url)
     else:
         log.info("central %s listening on %s (mutual TLS)", config.central.id, url)
-    return RunningCentral(runner, server, app[CENTRAL], app[BOUNDS], url, port, lock)
+    return RunningCentral(runner, server, app[CENTRAL], app[BOUNDS], url, port, lock, metrics_runner,
+                          metrics_url)
+
+
+async def _serve_metrics(app: web.Application, port: int) -> tuple[web.AppRunner, str]:
+    """The loopback-only listener of /metrics, /healthz and /readyz; (its runner, its URL)."""
+    runner = web.AppRunner(metrics_app(app[METRICS], app[READINESS]), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, METRICS_LISTEN, port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    url = f"http://{METRICS_LISTEN}:{port}"
+    log.info("central metrics, health and readiness on %s (loopback only)", url)
+    return runner, url
 
 
 def run_central(config: CentralConfig) -> int:

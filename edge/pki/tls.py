@@ -47,11 +47,16 @@ def _load_ca_file(context: ssl.SSLContext, ca: Path) -> None:
 
 
 def server_ssl_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
-    """TLS >= 1.2 server context: presents `cert`, requires a client certificate issued by `ca` (and
-    only that CA: no system trust store)."""
+    """TLS >= 1.2 server context: presents `cert`, asks for a client certificate issued by `ca` (and
+    only that CA: no system trust store).
+
+    A certificate that is presented must verify, or the handshake fails; a client that presents none
+    completes the handshake (CERT_OPTIONAL) so that load balancers can probe the health endpoints. The
+    central's application then refuses such a connection on every other route
+    (`edge.central.auth.require_client_certificate`)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(context)
-    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_mode = ssl.CERT_OPTIONAL
     _load_chain(context, cert, key)
     _load_ca_file(context, ca)
     return context

@@ -141,15 +141,20 @@ async def test_roles_do_not_cross(tls_central: HttpCentral, station: FakeStation
         assert status == 403 and doc["error"] == "forbidden"
 
 
-async def test_a_client_without_certificate_cannot_connect(
+async def test_a_client_without_certificate_is_refused(
     tls_central: HttpCentral, station: FakeStation
 ) -> None:
+    """The handshake completes (load balancers probe /healthz without a certificate); the request is
+    refused before any handler runs (every route: tests/central/test_health_metrics.py)."""
     bundle = tls_central.enroll_tls(station)
     context = ssl.create_default_context(cafile=str(bundle / "ca.crt"))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
-        with pytest.raises(aiohttp.ClientError):
-            async with session.get(f"{tls_central.url}/v1/log/tree-head") as response:
-                await response.read()
+        status, doc = await get_json(session, f"{tls_central.url}/v1/log/tree-head")
+    assert status == 401 and doc["error"] == "unauthenticated"
+    # Control: with the station's certificate the same request is answered.
+    async with tls_session(bundle) as session:
+        status, doc = await get_json(session, f"{tls_central.url}/v1/log/tree-head")
+    assert status == 200 and "tree_size" in doc
 
 
 # -- development mode and plain HTTP behaviour ----------------------------------------------------------

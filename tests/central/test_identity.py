@@ -215,15 +215,20 @@ async def test_station_refuses_a_server_of_another_ca(
     assert not outcome.server_accepted
 
 
-async def test_no_client_certificate_is_refused(config: CentralConfig, bundle: Path) -> None:
+async def test_no_client_certificate_completes_the_handshake_without_a_peer(
+    config: CentralConfig, bundle: Path
+) -> None:
+    """A certificate is asked for, not required: load balancers probe /healthz and /readyz without one.
+    The application refuses every other route to such a connection
+    (tests/central/test_health_metrics.py); here: the handshake names no peer."""
     anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     anonymous.load_verify_locations(cafile=str(bundle / "ca.crt"))
-    _refused(await _connect(server_ssl_context(config), anonymous))
-    # Control: the same client is served when a certificate is optional.
-    optional = server_ssl_context(config)
-    optional.verify_mode = ssl.CERT_OPTIONAL
-    outcome = await _connect(optional, anonymous)
+    outcome = await _connect(server_ssl_context(config), anonymous)
     assert outcome.client_received == b"accepted" and not outcome.server_peercert
+    # Control: a context that requires one refuses the same client.
+    required = server_ssl_context(config)
+    required.verify_mode = ssl.CERT_REQUIRED
+    _refused(await _connect(required, anonymous))
 
 
 async def test_expired_certificate_is_refused(
@@ -301,7 +306,8 @@ async def test_reader_certificate_is_an_auditor_not_a_station(
 def test_context_settings(config: CentralConfig, bundle: Path) -> None:
     server = server_ssl_context(config)
     assert server.minimum_version == ssl.TLSVersion.TLSv1_2
-    assert server.verify_mode == ssl.CERT_REQUIRED
+    # Asked for, verified when presented; required per route by the application (see above).
+    assert server.verify_mode == ssl.CERT_OPTIONAL
     # Only our CA: no system trust store.
     assert [c["subject"] for c in server.get_ca_certs()] == [
         ((("organizationName", "evidence-edge"),), (("commonName", "central-hq evidence CA"),))

@@ -1,0 +1,175 @@
+"""Health, readiness and metrics endpoints of the central, for load balancers and monitoring.
+
+- ``GET /healthz``: the process is alive and its event loop turns (``200 {"status": "alive"}``). Nothing
+  is checked beyond that: a load balancer that restarts on it must not restart a central whose disk is
+  merely full.
+- ``GET /readyz``: the central can accept evidence now: the store takes a write (a probe file created,
+  fsync'd and removed in ``uploads/`` and ``objects/``), the index answers (the Merkle log's size is
+  read), and the log signer signs (a probe message signed and verified with the central key). ``200``
+  when all pass; ``503`` naming each failing check otherwise, with ``Retry-After``. The body names checks
+  and a short word (``ok``, ``not_writable``, ``not_answering``, ``not_signing``, ``timed_out``): never a
+  path, an exception text or a key; the details go to the central's log, once per change of state.
+
+Both answer **without a client certificate** on the central's TLS listener (the TLS context asks for a
+certificate but no longer requires one in the handshake); :data:`PUBLIC_ROUTES` is the complete list
+of what :func:`edge.central.auth.require_client_certificate` lets through without one. Every other route
+refuses a caller without a certificate (401) before its handler runs.
+
+- ``GET /metrics``: Prometheus text exposition (:mod:`edge.central.metrics`). **Not** on the TLS
+  listener: only on a listener of its own on the loopback address (``[server] metrics_port``, off when
+  0), with ``/healthz`` and ``/readyz`` beside it. Who can connect to 127.0.0.1 on the central's host
+  may read it (a Prometheus on that host, or an agent that forwards); nothing beyond the host can. The
+  metrics carry no station or item ids, but traffic volumes and refusal patterns are still the agency's
+  business, so they are kept off the internet-facing port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+
+from edge.central.metrics import METRICS_CONTENT_TYPE, CentralMetrics
+from edge.custody.canonical import canonical_json
+
+if TYPE_CHECKING:
+    from edge.central.app import CentralParts
+
+__all__ = ["PUBLIC_ROUTES", "Readiness", "add_health_routes", "metrics_app"]
+
+log = logging.getLogger(__name__)
+
+HEALTHZ = "/healthz"
+READYZ = "/readyz"
+METRICS = "/metrics"
+# Routes of the TLS listener that answer without a client certificate: nothing else does.
+PUBLIC_ROUTES = frozenset({HEALTHZ, READYZ})
+# A probe that takes longer than this counts as failed (a hung disk must not hang the load balancer).
+_PROBE_TIMEOUT_S = 5.0
+_RETRY_AFTER_S = "5"
+_PROBE_MESSAGE_PREFIX = b"evidence-edge readiness probe "
+
+
+def _json(doc: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=canonical_json(doc), status=status, content_type="application/json",
+                        headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def _probe_directory(directory: Path) -> None:
+    """Create, write, fsync and remove a probe file in ``directory`` (raises OSError when it cannot)."""
+    probe = directory / f".readyz-{secrets.token_hex(8)}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"ready\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)
+
+
+class Readiness:
+    """The three readiness checks of ``/readyz``; remembers the last verdict to log only changes."""
+
+    def __init__(self, parts: CentralParts) -> None:
+        self._parts = parts
+        self._last_failed: frozenset[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"Readiness(last_failed={sorted(self._last_failed or ())!r})"
+
+    async def check(self) -> dict[str, str]:
+        """``{check: "ok" | failure word}`` for ``store``, ``index`` and ``signer``."""
+        details: dict[str, str] = {}
+        results = {
+            "store": await self._timed("store", "not_writable", self._store, details),
+            "index": await self._timed("index", "not_answering", self._index, details),
+            "signer": await self._timed("signer", "not_signing", self._signer, details),
+        }
+        failed = frozenset(name for name, word in results.items() if word != "ok")
+        if failed != self._last_failed:
+            if failed:
+                log.warning("central NOT ready: %s", "; ".join(f"{name}: {details[name]}" for name in
+                                                                sorted(failed)))
+            elif self._last_failed is not None:
+                log.info("central ready again: store, index and signer answer")
+            self._last_failed = failed
+        return results
+
+    async def _timed(self, name: str, failure: str, probe: Callable[[], Awaitable[None]],
+                     details: dict[str, str]) -> str:
+        try:
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                await probe()
+        except TimeoutError:
+            details[name] = f"no answer within {_PROBE_TIMEOUT_S:g} s"
+            return "timed_out"
+        except Exception as exc:  # a probe never fails the endpoint itself: it names the check instead
+            details[name] = f"{type(exc).__name__}: {exc}"
+            return failure
+        return "ok"
+
+    async def _store(self) -> None:
+        layout = self._parts.config.layout
+        for directory in (layout.uploads_dir, layout.objects_dir):
+            await asyncio.to_thread(_probe_directory, directory)
+
+    async def _index(self) -> None:
+        size = self._parts.merkle.size()
+        if size < 0:
+            raise ValueError(f"the log reports a negative size {size}")
+
+    async def _signer(self) -> None:
+        key = self._parts.signing_key
+        message = _PROBE_MESSAGE_PREFIX + str(time.time_ns()).encode()
+        signature = key.sign(message)
+        try:
+            key.public_key().verify(signature, message)
+        except InvalidSignature:
+            raise ValueError("the central key's signature does not verify with its own public key") from None
+
+
+def _handlers(readiness: Readiness) -> tuple[Callable[[web.Request], Awaitable[web.Response]],
+                                              Callable[[web.Request], Awaitable[web.Response]]]:
+    async def healthz(request: web.Request) -> web.Response:
+        return _json({"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        checks = await readiness.check()
+        if all(word == "ok" for word in checks.values()):
+            return _json({"status": "ready", "checks": checks})
+        return _json({"status": "not_ready", "checks": checks}, status=503,
+                     headers={"Retry-After": _RETRY_AFTER_S})
+
+    return healthz, readyz
+
+
+def add_health_routes(app: web.Application, readiness: Readiness) -> None:
+    """``/healthz`` and ``/readyz`` on the central's main (TLS) application."""
+    healthz, readyz = _handlers(readiness)
+    app.router.add_get(HEALTHZ, healthz, allow_head=False)
+    app.router.add_get(READYZ, readyz, allow_head=False)
+
+
+def metrics_app(metrics: CentralMetrics, readiness: Readiness) -> web.Application:
+    """The loopback-only application: ``/metrics``, ``/healthz`` and ``/readyz``."""
+    healthz, readyz = _handlers(readiness)
+
+    async def exposition(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE,
+                                                                "Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_get(METRICS, exposition, allow_head=False)
+    app.router.add_get(HEALTHZ, healthz, allow_head=False)
+    app.router.add_get(READYZ, readyz, allow_head=False)
+    return app

@@ -1,0 +1,123 @@
+"""The central's Prometheus metrics, on a registry of its own (never the process-global default one).
+
+What is counted, and where:
+
+- ``edge_central_requests_total{route, method, status}``: every request answered, by **route template**
+  (``/v1/items/{item}``, never the item id itself; ``unmatched`` for paths no route knows, so a scanner
+  cannot grow the label set), counted by the connection (:class:`edge.central.http_server.CentralProtocol`)
+  once the answer is written, whether a handler, a middleware or aiohttp itself made it.
+- ``edge_central_upload_bytes_total``: request body bytes received by tus ``PATCH`` requests (evidence
+  arriving), whatever their outcome.
+- ``edge_central_refusals_total{class}``: every answer with status 400 or more, by the refusal's
+  ``error`` code (``unauthenticated``, ``bad_chain``, ``server_busy``, ...); ``other`` when the answer
+  carries no code the central knows the shape of.
+- ``edge_central_verify_seconds``: the re-hash of an upload's content as it moves into the object store.
+- ``edge_central_receipt_seconds``: an item registration, from its request to its receipt (or refusal).
+- ``edge_central_log_size``: leaves in the Merkle log, read when scraped.
+
+No label carries a station id, an item id, a reader name or a case number. The metrics are still not for
+the internet (traffic volumes, refusal patterns): they are served only on a loopback listener of their
+own (``[server] metrics_port``), see :mod:`edge.central.health`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["METRICS_CONTENT_TYPE", "CentralMetrics", "refusal_class", "route_template"]
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UNMATCHED_ROUTE = "unmatched"
+# Refusal codes are short snake_case words; anything else is not a code the central made.
+_MAX_CODE_CHARS = 48
+_MAX_REFUSAL_BODY_BYTES = 64 * 1024
+# Registrations re-hash up to the largest upload (64 GiB at about 1 GB/s): buckets up to minutes.
+_DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                       300.0, 600.0)
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def route_template(request: web.BaseRequest) -> str:
+    """The route's template (``/v1/items/{item}``), or ``unmatched``: never a raw path."""
+    match_info = getattr(request, "match_info", None)
+    route = getattr(match_info, "route", None)
+    resource = getattr(route, "resource", None)
+    if resource is None:
+        return UNMATCHED_ROUTE
+    return str(resource.canonical)
+
+
+def refusal_class(response: web.StreamResponse) -> str:
+    """The ``error`` code of a JSON refusal, or ``other``."""
+    body = getattr(response, "body", None)
+    if not isinstance(body, bytes) or len(body) > _MAX_REFUSAL_BODY_BYTES:
+        return "other"
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return "other"
+    code = doc.get("error") if isinstance(doc, dict) else None
+    if (isinstance(code, str) and 0 < len(code) <= _MAX_CODE_CHARS
+            and all(ch.isascii() and (ch.islower() or ch.isdigit() or ch == "_") for ch in code)):
+        return code
+    return "other"
+
+
+class _LogSizeCollector(Collector):
+    def __init__(self, log_size: Callable[[], int]) -> None:
+        self._log_size = log_size
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily("edge_central_log_size", "Leaves in the central Merkle log")
+        family.add_metric([], float(self._log_size()))
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        # Described without reading the log (registration happens before the database may be asked).
+        yield GaugeMetricFamily("edge_central_log_size", "Leaves in the central Merkle log")
+
+
+class CentralMetrics:
+    """The central's counters and histograms on their own registry."""
+
+    def __init__(self, log_size: Callable[[], int] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("edge_central_requests", "Requests answered, by route template, method and "
+                                "status", ("route", "method", "status"), registry=self.registry)
+        self.upload_bytes = Counter("edge_central_upload_bytes", "Request body bytes received by tus PATCH "
+                                    "requests", registry=self.registry)
+        self.refusals = Counter("edge_central_refusals", "Answers with status 400 or more, by refusal code",
+                                ("class",), registry=self.registry)
+        self.verify_seconds = Histogram("edge_central_verify_seconds", "Re-hash of an upload's content "
+                                        "into the object store", buckets=_DURATION_BUCKETS_S,
+                                        registry=self.registry)
+        self.receipt_seconds = Histogram("edge_central_receipt_seconds", "Item registration, from request "
+                                         "to receipt or refusal", buckets=_DURATION_BUCKETS_S,
+                                         registry=self.registry)
+        if log_size is not None:
+            self.registry.register(_LogSizeCollector(log_size))
+
+    def __repr__(self) -> str:
+        return "CentralMetrics()"
+
+    def answered(self, request: web.BaseRequest, response: web.StreamResponse, status: int) -> None:
+        """Count one answered request (the connection calls this once per request)."""
+        method = request.method if request.method in _KNOWN_METHODS else "other"
+        route = route_template(request)
+        self.requests.labels(route=route, method=method, status=str(status)).inc()
+        if method == "PATCH" and route != UNMATCHED_ROUTE:
+            received = int(getattr(request.content, "total_bytes", 0))
+            if received:
+                self.upload_bytes.inc(received)
+        if status >= 400:
+            self.refusals.labels(refusal_class(response)).inc()
+
+    def exposition(self) -> bytes:
+        """The text exposition format (what Prometheus scrapes)."""
+        return generate_latest(self.registry)
