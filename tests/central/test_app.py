@@ -8,7 +8,6 @@ import ssl
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
 from edge.custody.ledger import GENESIS_PREV

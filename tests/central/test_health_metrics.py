@@ -146,7 +146,8 @@ async def test_metrics_count_what_was_requested(tmp_path: Path, station: FakeSta
             assert status == 201
             # Not on the internet-facing listener, whoever asks.
             assert (await get(enrolled, f"{central.url}/metrics"))[0] == 404
-        async with aiohttp.ClientSession() as plain, plain.get(f"{central.running.metrics_url}/metrics") as reply:
+        scrape = f"{central.running.metrics_url}/metrics"
+        async with aiohttp.ClientSession() as plain, plain.get(scrape) as reply:
             assert reply.status == 200 and reply.content_type == "text/plain"
             text = await reply.text()
     finally:
@@ -178,7 +179,7 @@ async def test_the_metrics_listener_binds_loopback_only(tmp_path: Path) -> None:
     try:
         runner = central.running._metrics_runner
         assert runner is not None
-        assert [tuple(address)[0] for address in runner.addresses] == ["127.0.0.1"]
+        assert [host for host, _port in runner.addresses] == ["127.0.0.1"]
     finally:
         await central.running.stop()
 

@@ -620,7 +620,8 @@ async def test_a_client_that_disconnects_mid_patch_is_an_ordinary_event(
                                    b"v" * 400))
         await writer.drain()
         await eventually(lambda: dev.running.bounds.limiter.in_progress == 1, "the PATCH is in progress")
-    await eventually(lambda: any('"method":"PATCH"' in line for line in access_lines(caplog)), "the PATCH ended")
+    await eventually(lambda: any('"method":"PATCH"' in line for line in access_lines(caplog)),
+                     "the PATCH ended")
     patch_line = fields(next(line for line in access_lines(caplog) if '"method":"PATCH"' in line))
     assert patch_line["status"] == 499
     assert await head_offset(dev, station, location) == 400  # what was committed stays
@@ -640,7 +641,8 @@ async def test_a_client_that_disconnects_mid_patch_is_an_ordinary_event(
                                    b'{"entries": ['))
         await writer.drain()
         await eventually(lambda: dev.running.bounds.budget.held == 1000, "the body is being read")
-    await eventually(lambda: any('"method":"POST"' in line for line in access_lines(caplog)), "the POST ended")
+    await eventually(lambda: any('"method":"POST"' in line for line in access_lines(caplog)),
+                     "the POST ended")
     assert fields(access_lines(caplog)[0])["status"] == 499
     assert all(r.exc_info is None and r.levelno < logging.ERROR for r in caplog.records)
     assert dev.running.bounds.budget.held == 0
