@@ -28,6 +28,7 @@ from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.slots import ConcurrencySlot
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
+from edge.sources.usb.bay_leds import led_after_removal
 from edge.sources.usb.bays import bay_of_volume
 from edge.sources.usb.mounted import BoundVolumes, VolumeRoot
 from edge.sources.usb.offload import BayProgress, OffloadResult
@@ -229,6 +230,9 @@ class StationAgent:
                     {"bay": event.bay, "source": "dock", "charge_percent": event.charge_percent},
                 )
                 if event.kind is BayEventKind.REMOVED:
+                    await self.set_led(event.bay, led_after_removal(self._bay_leds.get(event.bay)))
+                elif self._bay_leds.get(event.bay) is BayLed.PULLED:
+                    # Put back after being pulled early: the docking resumes; the bay is ready again.
                     await self.set_led(event.bay, BayLed.IDLE)
         except DockError as exc:
             self.store.record(EntryType.ERROR, None, {"stage": "dock", "reason": f"dock lost: {exc}"})

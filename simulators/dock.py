@@ -5,6 +5,13 @@
 the CLI) inserts or removes a recorder. Faults are options and can be changed while running through
 `.faults`; randomness (junk bytes, write splits, default charges) comes from one seeded generator.
 
+As unkind as a board in the field: line noise and cut-off frames (`garbage_every_n`), bad checksums,
+split writes, lost events, a hung board (`silent`), slow replies, a watchdog reset in the middle of a
+command with its `ACK` lost (`reset_every_n_leds`), a reset whose `BOOT` never reaches the host
+(`reboot(announce=False)`), and old firmware that speaks protocol 1 and refuses the LED patterns of
+protocol 2 (`protocol=1`). It records every LED state it was told (`led_history`) and what it showed
+over time, resets included (`shown_history`).
+
 Run it on its own: `python -m simulators dock --help`.
 """
 
@@ -26,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType, TracebackType
 
 from drivers.serial.dock_protocol import (
+    LEDS_BY_PROTOCOL,
     MAX_BAYS,
     PROTOCOL_VERSION,
     BayLed,
@@ -70,9 +78,12 @@ class DockFaults:
     drop_events_every_n: int = 0  # every n-th event is not sent; its number is still used (0 = never)
     silent: bool = False  # answer nothing and send nothing: a hung or unplugged board
     reply_delay_s: float = 0.0  # wait before every reply
+    # The board resets (watchdog) after applying every n-th LED command, before its ACK leaves: the host
+    # sees a timeout, then BOOT; the LEDs go dark (0 = never).
+    reset_every_n_leds: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("garbage_every_n", "bad_checksum_every_n", "drop_events_every_n"):
+        for name in ("garbage_every_n", "bad_checksum_every_n", "drop_events_every_n", "reset_every_n_leds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.reply_delay_s < 0:
@@ -91,6 +102,7 @@ class DockSimulatorStats:
     frames_corrupted: int = 0  # by the bad_checksum_every_n fault
     junk_bytes_sent: int = 0  # by the garbage_every_n fault
     output_dropped_bytes: int = 0  # nobody was reading the pty
+    resets: int = 0  # watchdog resets (reboot() and the reset_every_n_leds fault)
 
 
 @dataclass
@@ -100,7 +112,13 @@ class _SimBay:
     insertions: int = 0
     led: BayLed = BayLed.OFF
     history: list[BayLed] = field(default_factory=list)
+    shown: list[BayLed] = field(default_factory=list)  # what the LED showed, in order, resets included
     last_led_seq: int | None = None
+
+    def show(self, led: BayLed) -> None:
+        if not self.shown or self.shown[-1] is not led:
+            self.shown.append(led)
+        self.led = led
 
 
 class DockSimulator:
@@ -119,15 +137,22 @@ class DockSimulator:
         drop_events_every_n: int = 0,
         silent: bool = False,
         reply_delay_s: float = 0.0,
+        reset_every_n_leds: int = 0,
+        protocol: int = PROTOCOL_VERSION,
         on_led: Callable[[int, BayLed], None] | None = None,
     ) -> None:
         if not 1 <= bays <= MAX_BAYS:
             raise ValueError(f"bays must be 1..{MAX_BAYS}, got {bays}")
+        if protocol not in LEDS_BY_PROTOCOL:
+            raise ValueError(f"protocol must be one of {sorted(LEDS_BY_PROTOCOL)}, got {protocol}")
+        self.protocol = protocol
         # Validates serial and firmware against the wire grammar now rather than at the first VER.
-        self._boot = BootEvent(PROTOCOL_VERSION, bays, board_serial, firmware)
+        self._boot = BootEvent(protocol, bays, board_serial, firmware)
         self.faults = DockFaults(
-            garbage_every_n, bad_checksum_every_n, split_writes, drop_events_every_n, silent, reply_delay_s
+            garbage_every_n, bad_checksum_every_n, split_writes, drop_events_every_n, silent, reply_delay_s,
+            reset_every_n_leds,
         )
+        self._leds_applied = 0
         self.board_serial = board_serial
         self.firmware = firmware
         self._on_led = on_led
@@ -251,16 +276,22 @@ class DockSimulator:
             state.charge_percent = charge_percent
             self._emit(ChargeEvent(self._next_event_seq(), bay, charge_percent))
 
-    def reboot(self) -> None:
-        """Watchdog reset: LEDs off, counters and event numbering restart, BOOT sent. Recorders stay."""
+    def reboot(self, *, announce: bool = True) -> None:
+        """Watchdog reset: LEDs off, counters and event numbering restart, BOOT sent (unless `announce`
+        is False: a BOOT lost to line noise). Recorders stay."""
         with self._lock:
-            self._event_seq = 0
-            for state in self._bays:
-                state.led = BayLed.OFF
-                state.insertions = 0
-                state.last_led_seq = None
+            self._reset(announce=announce)
+
+    def _reset(self, *, announce: bool) -> None:
+        self._stats.resets += 1
+        self._event_seq = 0
+        for state in self._bays:
+            state.show(BayLed.OFF)
+            state.insertions = 0
+            state.last_led_seq = None
+        if announce:
             self._send(self._boot.to_bytes())
-            self._changed.notify_all()
+        self._changed.notify_all()
 
     def random_charge(self) -> int:
         """A plausible charge reading from the seeded generator."""
@@ -284,6 +315,12 @@ class DockSimulator:
         """Every LED state the host set on `bay`, in order; a retransmitted command counts once."""
         with self._lock:
             return list(self._bay(bay).history)
+
+    def shown_history(self, bay: int) -> list[BayLed]:
+        """What `bay`'s LED showed, in order: the host's states and the dark of each reset (a state
+        repeated without a change in between counts once)."""
+        with self._lock:
+            return list(self._bay(bay).shown)
 
     def wait_for_led(self, bay: int, led: BayLed, timeout_s: float) -> bool:
         """Block until `bay` shows `led` (True) or `timeout_s` passes (False)."""
@@ -345,6 +382,10 @@ class DockSimulator:
         if isinstance(message, SetLedCommand) and message.bay > len(self._bays):
             self._reply_later(NakReply(message.seq, message.COMMAND.value, NakReason.RANGE))
             return
+        if isinstance(message, SetLedCommand) and message.led not in LEDS_BY_PROTOCOL[self.protocol]:
+            # Firmware of an older protocol does not know the state: a value out of its domain.
+            self._reply_later(NakReply(message.seq, message.COMMAND.value, NakReason.VALUE))
+            return
         self._wait_reply_delay()
         changed: tuple[int, BayLed] | None = None
         with self._lock:
@@ -353,7 +394,7 @@ class DockSimulator:
                 reply = PingReply(message.seq, self._event_seq)
             elif isinstance(message, IdentityQuery):
                 reply = IdentityReply(
-                    message.seq, PROTOCOL_VERSION, len(self._bays), self.board_serial, self.firmware
+                    message.seq, self.protocol, len(self._bays), self.board_serial, self.firmware
                 )
             elif isinstance(message, StatusQuery):
                 reply = StatusReply(message.seq, self._event_seq, tuple(
@@ -366,9 +407,15 @@ class DockSimulator:
                     state.history.append(message.led)
                     state.last_led_seq = message.seq
                     changed = (message.bay, message.led)
-                state.led = message.led
+                state.show(message.led)
                 self._changed.notify_all()
                 reply = LedReply(message.seq, message.bay, message.led)
+                self._leds_applied += 1
+                every_n = self.faults.reset_every_n_leds
+                if every_n and self._leds_applied % every_n == 0:
+                    log.debug("dock simulator: fault: reset after LED command %d", message.seq)
+                    self._reset(announce=True)
+                    return
             self._stats.replies_sent += 1
             self._send(reply.to_bytes())
         if changed is not None and self._on_led is not None:
@@ -464,7 +511,7 @@ commands on stdin (one per line):
   charge BAY PCT        the charger reports PCT for the recorder in BAY
   leds                  print every bay: presence, charge, LED, LED history
   silent on|off         stop / resume answering (heartbeat loss)
-  reboot                watchdog reset: LEDs off, BOOT sent
+  reboot [quiet]        watchdog reset: LEDs off, BOOT sent (quiet: the BOOT is lost on the line)
   help                  this list
   quit                  stop and exit
 Output: the first line is the tty path (open it with DockDriver); then "led BAY STATE" whenever the host
@@ -495,6 +542,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
     parser.add_argument("--board-serial", default="SIMDOCK-0001", help="serial reported by VER and BOOT")
     parser.add_argument("--firmware", default="simdock-1.0", help="firmware version reported")
+    parser.add_argument("--protocol", type=int, default=PROTOCOL_VERSION, choices=sorted(LEDS_BY_PROTOCOL),
+                        help="protocol version of the firmware (1: no error-class LED patterns)")
     parser.add_argument("--insert", type=_parse_insert, action="append", default=[], metavar="BAY[:CHARGE]",
                         help="recorder present from the start (repeatable)")
     parser.add_argument("--link", metavar="PATH",
@@ -513,6 +562,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="answer nothing from the start (heartbeat loss)")
     faults.add_argument("--reply-delay", type=float, default=0.0, metavar="S",
                         help="wait S seconds before every reply")
+    faults.add_argument("--reset-every-leds", type=int, default=0, metavar="N",
+                        help="watchdog reset after every N-th LED command, its ACK lost")
     return parser
 
 
@@ -540,9 +591,9 @@ def _run_command(sim: DockSimulator, words: list[str], stop: threading.Event) ->
     elif verb == "silent" and args in (["on"], ["off"]):
         sim.silent = args[0] == "on"
         _say(f"ok silent {args[0]}")
-    elif verb == "reboot" and not args:
-        sim.reboot()
-        _say("ok rebooted")
+    elif verb == "reboot" and args in ([], ["quiet"]):
+        sim.reboot(announce=not args)
+        _say("ok rebooted" + (" (BOOT lost)" if args else ""))
     elif verb == "help":
         _say(_COMMANDS_HELP.split("\nOutput:")[0])
     elif verb in ("quit", "exit"):
@@ -578,7 +629,8 @@ def main(argv: list[str]) -> int:
             args.bays, seed=args.seed, board_serial=args.board_serial, firmware=args.firmware,
             garbage_every_n=args.garbage_every, bad_checksum_every_n=args.bad_checksum_every,
             split_writes=args.split_writes, drop_events_every_n=args.drop_events_every,
-            silent=args.silent, reply_delay_s=args.reply_delay, on_led=on_led,
+            silent=args.silent, reply_delay_s=args.reply_delay, reset_every_n_leds=args.reset_every_leds,
+            protocol=args.protocol, on_led=on_led,
         )
     except (ValueError, DockProtocolError) as exc:
         print(f"error: {exc}", file=sys.stderr)

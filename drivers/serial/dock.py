@@ -16,6 +16,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import itertools
 import logging
 import secrets
 import threading
@@ -30,7 +31,7 @@ import serial
 from drivers.serial.dock_protocol import (
     MAX_BAYS,
     MAX_SEQ,
-    PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOLS,
     BayLed,
     BoardEvent,
     BoardReply,
@@ -54,6 +55,7 @@ from drivers.serial.dock_protocol import (
     StatusQuery,
     StatusReply,
     decode_line,
+    led_for_protocol,
     next_seq,
 )
 
@@ -61,6 +63,8 @@ log = logging.getLogger(__name__)
 
 _READ_POLL_S = 0.05  # how long the reader thread blocks before checking whether it must stop
 _WRITE_TIMEOUT_S = 1.0  # a UART never takes this long for 256 bytes; longer means the link is stuck
+# Every n-th heartbeat asks for the full status instead of a PING (LEDs a restart turned dark).
+STATUS_EVERY_HEARTBEATS = 5
 
 
 class DockConnectionError(DockError):
@@ -334,9 +338,10 @@ class DockDriver:
 
         reply = await self._transact(IdentityQuery)
         assert isinstance(reply, IdentityReply)
-        if reply.protocol != PROTOCOL_VERSION:
+        if reply.protocol not in SUPPORTED_PROTOCOLS:
+            supported = ", ".join(str(v) for v in sorted(SUPPORTED_PROTOCOLS))
             raise DockConnectionError(
-                f"{self._url}: board speaks dock protocol {reply.protocol}, this driver {PROTOCOL_VERSION}"
+                f"{self._url}: board speaks dock protocol {reply.protocol}, this driver {supported}"
             )
         self._identity = DockIdentity(reply.board_serial, reply.firmware, reply.bays, reply.protocol)
         self._name = f"{reply.board_serial}@{self._url}"
@@ -426,14 +431,19 @@ class DockDriver:
         )
         return DockStatus(identity.board_serial, identity.firmware, bays)
 
-    async def set_led(self, bay: int, led: BayLed) -> None:
-        """Set one bay's LED; returns once the board acknowledged it (the LED is lit)."""
-        bay_count = self.identity.bay_count
-        if not 1 <= bay <= bay_count:
-            raise DockUsageError(f"dock {self._name}: bay must be 1..{bay_count}, got {bay}")
-        led = BayLed(led)
-        await self._transact(lambda seq: SetLedCommand(seq, bay, led))
-        self._desired_leds[bay] = led
+    async def set_led(self, bay: int, led: BayLed) -> BayLed:
+        """Set one bay's LED; returns once the board acknowledged it (the LED is lit), with the state
+        the board shows: `led` itself, or on a protocol 1 board the nearest state it knows."""
+        identity = self.identity
+        if not 1 <= bay <= identity.bay_count:
+            raise DockUsageError(f"dock {self._name}: bay must be 1..{identity.bay_count}, got {bay}")
+        shown = led_for_protocol(BayLed(led), identity.protocol)
+        if shown is not led:
+            log.debug("dock %s: bay %d: protocol %d board shows %s for %s", self._name, bay,
+                      identity.protocol, shown, led)
+        await self._transact(lambda seq: SetLedCommand(seq, bay, shown))
+        self._desired_leds[bay] = shown
+        return shown
 
     async def ping(self) -> None:
         """One heartbeat round trip now."""
@@ -528,10 +538,17 @@ class DockDriver:
     # -- background tasks ----------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        for beat in itertools.count(1):
             await asyncio.sleep(self._heartbeat_s)
             try:
-                await self._transact(PingCommand)
+                if beat % STATUS_EVERY_HEARTBEATS:
+                    await self._transact(PingCommand)
+                    continue
+                # A board that restarted while no bay event happened, with its BOOT lost on the line,
+                # keeps its event number at 0 like before: only its dark LEDs show it (see _reconcile).
+                await self._transact(StatusQuery)
+                if any(self._board_leds[bay - 1] != led for bay, led in self._desired_leds.items()):
+                    await self._restore_leds()
             except (DockConnectionError, DockClosedError):
                 return
             except DockError as exc:
@@ -640,9 +657,10 @@ class DockDriver:
                 self._restarted_unseen()
             self._resync_wanted.set()
 
-    def _restarted_unseen(self) -> None:
-        """Event numbers went backwards: the board restarted and its BOOT was lost."""
-        log.warning("dock %s: event numbers went backwards: board restarted unseen", self._name)
+    def _restarted_unseen(self, why: str = "event numbers went backwards") -> None:
+        """The board restarted and its BOOT was lost (event numbers went backwards, or LEDs it had
+        acknowledged went dark)."""
+        log.warning("dock %s: %s: board restarted unseen", self._name, why)
         self._boot_pending = True
         self._board_leds = [BayLed.OFF] * len(self._board_leds)
 
@@ -692,11 +710,15 @@ class DockDriver:
     def _on_boot(self, event: BootEvent) -> None:
         self._stats.boots += 1
         identity = self._identity
-        expected = None if identity is None else (identity.board_serial, identity.bay_count)
-        if identity is not None and (event.board_serial, event.bays) != expected:
+        expected = (
+            None if identity is None else (identity.board_serial, identity.bay_count, identity.protocol)
+        )
+        if identity is not None and (event.board_serial, event.bays, event.protocol) != expected:
+            # A firmware update can change the protocol too: reopening negotiates it again.
             self._lose(DockConnectionLost(
                 f"dock {self._name}: a different board booted on this line: {event.board_serial} with "
-                f"{event.bays} bays, expected {identity.board_serial} with {identity.bay_count}"
+                f"{event.bays} bays, protocol {event.protocol}, expected {identity.board_serial} with "
+                f"{identity.bay_count}, protocol {identity.protocol}"
             ))
             return
         log.warning("dock %s: board restarted (firmware %s): resyncing and restoring LEDs",
@@ -714,6 +736,13 @@ class DockDriver:
                 f"dock {self._name}: status has {len(reply.bays)} bays, identity said {len(self._bays)}"
             ))
             return
+        # A board changes an LED only when told, or by going dark when it restarts: an LED the board
+        # acknowledged that is now OFF means a restart whose BOOT was lost.
+        if self._synced and not self._boot_pending and any(
+            state.led is BayLed.OFF and self._board_leds[number] is not BayLed.OFF
+            for number, state in enumerate(reply.bays)
+        ):
+            self._restarted_unseen("LEDs it had acknowledged went dark")
         # At open the board's insertion counters are adopted; after its reboot they restarted at 0.
         infer_swap = self._synced and not self._boot_pending
         announce = self._synced or self._announce_present

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar
 
-PROTOCOL_VERSION = 1
+# Version 2 added the LED patterns that tell error classes apart (DENIED .. RECEIPT). A version 1 board
+# knows only the first six states: the host shows it the nearest one (`led_for_protocol`).
+PROTOCOL_VERSION = 2
+SUPPORTED_PROTOCOLS = frozenset({1, 2})
 MAX_LINE_BYTES = 256  # whole frame: '$' .. '\r\n'
 MAX_BAYS = 32
 MAX_SEQ = 65535
@@ -63,7 +66,7 @@ class DockProtocolError(DockError, ValueError):
 
 
 class BayLed(StrEnum):
-    """State of one bay's LED, as the host sets it."""
+    """State of one bay's LED, as the host sets it. What each looks like: `LED_PATTERNS`."""
 
     OFF = "OFF"
     IDLE = "IDLE"
@@ -71,6 +74,13 @@ class BayLed(StrEnum):
     DONE = "DONE"
     ERROR = "ERROR"
     ATTENTION = "ATTENTION"
+    # Protocol 2: one pattern per error class an officer acts on differently.
+    DENIED = "DENIED"  # recorder not on the station's allow-list
+    PASSWORD = "PASSWORD"  # the recorder refused the station's password (or locked itself)
+    FULL = "FULL"  # the station's disk is full; the recorder was left untouched
+    PULLED = "PULLED"  # removed before the docking ended
+    PARTIAL = "PARTIAL"  # some files could not be acquired; the rest are safe
+    RECEIPT = "RECEIPT"  # every file safe here; erased from the recorder after the central's receipt
 
 
 LED_LETTERS: dict[BayLed, str] = {
@@ -80,8 +90,92 @@ LED_LETTERS: dict[BayLed, str] = {
     BayLed.DONE: "D",
     BayLed.ERROR: "E",
     BayLed.ATTENTION: "A",
+    BayLed.DENIED: "N",
+    BayLed.PASSWORD: "P",
+    BayLed.FULL: "F",
+    BayLed.PULLED: "L",
+    BayLed.PARTIAL: "S",
+    BayLed.RECEIPT: "R",
 }
 _LED_BY_LETTER: dict[str, BayLed] = {letter: led for led, letter in LED_LETTERS.items()}
+
+# The states each protocol version knows; a board NAKs (VALUE) a state of a later version.
+PROTOCOL_1_LEDS = frozenset(
+    {BayLed.OFF, BayLed.IDLE, BayLed.COPYING, BayLed.DONE, BayLed.ERROR, BayLed.ATTENTION}
+)
+LEDS_BY_PROTOCOL: dict[int, frozenset[BayLed]] = {1: PROTOCOL_1_LEDS, 2: frozenset(BayLed)}
+# What a protocol 1 board shows instead: red for every failure, amber for "safe, but not finished".
+_PROTOCOL_1_FALLBACK: dict[BayLed, BayLed] = {
+    BayLed.DENIED: BayLed.ERROR,
+    BayLed.PASSWORD: BayLed.ERROR,
+    BayLed.FULL: BayLed.ERROR,
+    BayLed.PULLED: BayLed.ERROR,
+    BayLed.PARTIAL: BayLed.ERROR,
+    BayLed.RECEIPT: BayLed.ATTENTION,
+}
+
+
+def led_for_protocol(led: BayLed, protocol: int) -> BayLed:
+    """The state to send a board of `protocol` for `led`: itself, or the nearest state it knows."""
+    if protocol not in LEDS_BY_PROTOCOL:
+        raise DockProtocolError(f"protocol version must be one of {sorted(LEDS_BY_PROTOCOL)}, got {protocol}")
+    if led in LEDS_BY_PROTOCOL[protocol]:
+        return led
+    return _PROTOCOL_1_FALLBACK[led]
+
+
+class LedColour(StrEnum):
+    OFF = "off"
+    WHITE = "white"
+    BLUE = "blue"
+    GREEN = "green"
+    AMBER = "amber"
+    RED = "red"
+
+
+@dataclass(frozen=True)
+class LedPattern:
+    """How a state looks: a colour and a rhythm. `rhythm_ms` alternates on and off times in
+    milliseconds, starting with on, repeated; empty means steady (or dark for OFF). Firmware must show
+    exactly these (they are in DOCK_PROTOCOL.md) and the dock screen's legend animates the same table,
+    so an officer can match the bay to the screen."""
+
+    colour: LedColour
+    rhythm_ms: tuple[int, ...]
+    rhythm: str  # the rhythm in words, for documentation and the legend
+
+    def __post_init__(self) -> None:
+        if len(self.rhythm_ms) % 2 or any(not 50 <= ms <= 5000 for ms in self.rhythm_ms):
+            raise DockProtocolError(f"rhythm must be on/off pairs of 50..5000 ms, got {self.rhythm_ms}")
+
+    @property
+    def period_ms(self) -> int:
+        return sum(self.rhythm_ms)
+
+
+_STEADY: tuple[int, ...] = ()
+_SLOW = (500, 500)  # 1 Hz
+_FAST = (125, 125)  # 4 Hz: urgent, reads as a flicker from across a room
+_DOUBLE = (150, 150, 150, 1050)  # two flashes, then a pause
+_HEARTBEAT = (250, 1750)  # a short flash every two seconds: calm, nothing to do
+
+# Every red or amber pattern differs from the others of its colour by rhythm, and every pattern from
+# every other by colour or rhythm, so that an officer who does not tell red from green apart still
+# tells the states apart (tests/serial/test_dock_protocol.py checks both).
+LED_PATTERNS: dict[BayLed, LedPattern] = {
+    BayLed.OFF: LedPattern(LedColour.OFF, _STEADY, "dark"),
+    BayLed.IDLE: LedPattern(LedColour.WHITE, _STEADY, "steady"),
+    BayLed.COPYING: LedPattern(LedColour.BLUE, _SLOW, "slow blink, 1 Hz"),
+    BayLed.DONE: LedPattern(LedColour.GREEN, _STEADY, "steady"),
+    BayLed.RECEIPT: LedPattern(LedColour.GREEN, _HEARTBEAT, "short flash every 2 s"),
+    BayLed.ATTENTION: LedPattern(LedColour.AMBER, _STEADY, "steady"),
+    BayLed.FULL: LedPattern(LedColour.AMBER, _FAST, "fast blink, 4 Hz"),
+    BayLed.PARTIAL: LedPattern(LedColour.AMBER, _DOUBLE, "double flash"),
+    BayLed.ERROR: LedPattern(LedColour.RED, _STEADY, "steady"),
+    BayLed.DENIED: LedPattern(LedColour.RED, _FAST, "fast blink, 4 Hz"),
+    BayLed.PASSWORD: LedPattern(LedColour.RED, _DOUBLE, "double flash"),
+    BayLed.PULLED: LedPattern(LedColour.RED, _SLOW, "slow blink, 1 Hz"),
+}
 
 
 class Command(StrEnum):

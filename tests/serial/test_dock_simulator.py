@@ -11,6 +11,7 @@ import serial
 from dock_helpers import frame
 
 from drivers.serial.dock_protocol import (
+    PROTOCOL_VERSION,
     BayLed,
     BootEvent,
     DockProtocolError,
@@ -72,13 +73,13 @@ def test_boot_is_sent_at_power_up_and_on_reboot(make_sim: MakeSim) -> None:
             readable, _, _ = select.select([fd], [], [], 2.0)
             assert readable, "no BOOT within 2 s"
             lines = framer.feed(os.read(fd, 256))
-        assert decode_line(lines[0]) == BootEvent(1, 3, "B-1", "f")
+        assert decode_line(lines[0]) == BootEvent(PROTOCOL_VERSION, 3, "B-1", "f")
     finally:
         os.close(fd)
     raw = RawHost(sim.tty_path)
     try:
         sim.reboot()
-        assert raw.receive() == BootEvent(1, 3, "B-1", "f")
+        assert raw.receive() == BootEvent(PROTOCOL_VERSION, 3, "B-1", "f")
     finally:
         raw.close()
 
@@ -86,7 +87,7 @@ def test_boot_is_sent_at_power_up_and_on_reboot(make_sim: MakeSim) -> None:
 def test_answers_and_naks(host: tuple[DockSimulator, RawHost]) -> None:
     sim, raw = host
     cases: list[tuple[bytes, Message]] = [
-        (frame("10,VER"), IdentityReply(10, 1, 8, "RAW-1", "fw-9")),
+        (frame("10,VER"), IdentityReply(10, PROTOCOL_VERSION, 8, "RAW-1", "fw-9")),
         (frame("11,PING"), PingReply(11, 0)),
         (frame("12,LED,8,DONE"), LedReply(12, 8, BayLed.DONE)),
         (frame("13,LED,9,DONE"), NakReply(13, "LED", NakReason.RANGE)),  # legal on the wire, not here

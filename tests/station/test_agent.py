@@ -68,7 +68,7 @@ async def test_wrong_password_is_refused_and_nothing_is_copied(tmp_path: Path) -
         assert "password" in station.ledger("refused")[0]["reason"]
         assert station.ledger("acquired") == []
         assert evidence_on(station.bus, specs[0].device_serial) == before
-        assert await station.led_shows(1, BayLed.ERROR)
+        assert await station.led_shows(1, BayLed.PASSWORD)
 
 
 async def test_recorder_not_on_allow_list_is_refused(tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ async def test_a_bay_led_decided_before_the_dock_answers_shows_once_it_does(
         await station.agent.idle()
         assert station.dock.led(1) is BayLed.OFF, "the board is not open yet: nothing can have been shown"
         board_may_open.set()
-        assert await station.led_shows(1, BayLed.ERROR)
+        assert await station.led_shows(1, BayLed.PASSWORD)
 
 
 async def test_mass_storage_only_recorder_takes_identity_from_its_volume(tmp_path: Path) -> None:
@@ -136,6 +136,6 @@ async def test_a_failing_bay_does_not_disturb_the_others(tmp_path: Path) -> None
         assert OffloadOutcome.DEVICE_GONE in outcomes
         done = [r for r in station.agent.results if r.outcome is OffloadOutcome.DONE]
         assert len(done) == 2 and all(len(r.items) == 3 for r in done)
-        assert await station.led_shows(1, BayLed.ERROR)
+        assert await station.led_shows(1, BayLed.PULLED)
         assert await station.led_shows(2, BayLed.DONE) and await station.led_shows(3, BayLed.DONE)
     assert verify_store(tmp_path / "store").ok

@@ -37,7 +37,7 @@ async def test_the_password_is_sent_only_to_a_pinned_usb_serial(tmp_path: Path, 
         assert "password was not sent" in refused["reason"]
         assert station.bus.passwords_received(recorder.device_serial) == []
         assert station.ledger("device_authenticated") == [] and station.ledger("acquired") == []
-        assert await station.led_shows(1, BayLed.ERROR)
+        assert await station.led_shows(1, BayLed.DENIED)
 
 
 async def test_allow_unknown_still_sends_the_password_to_any_recorder(tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ async def test_during_an_outage_the_recorder_keeps_its_files_until_the_central_w
         assert on_recorder(station, s.device_serial) == before
         assert result.wiped == 0 and station.ledger("wiped") == []
         assert result.outcome.value == "awaiting-witness" and result.awaiting_witness == 3, result
-        assert await station.led_shows(1, BayLed.ATTENTION)
+        assert await station.led_shows(1, BayLed.RECEIPT)
         deferred = station.ledger("wipe_deferred")
         assert len(deferred) == 3 and all("witnessed" in d["reason"] for d in deferred)
 

@@ -97,7 +97,7 @@ async def test_central_down_at_start_backlog_drains_later_and_erases_at_next_doc
         assert result.outcome is OffloadOutcome.AWAITING_RECEIPT
         assert result.awaiting_receipt == 3 and result.wiped == 0
         assert len(evidence_on_recorder(station, s.device_serial)) == 3
-        assert await station.led_shows(1, BayLed.ATTENTION)
+        assert await station.led_shows(1, BayLed.RECEIPT)
         assert len(station.ledger("wipe_deferred")) == 3
         assert station.ledger("receipt") == []
         uplink_service = station.agent.uplink

@@ -37,6 +37,7 @@ from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
 from edge.runtime.clock import ClockTrust, measure_offset_ms, station_clock_trust
 from edge.runtime.slots import ConcurrencySlot
+from edge.sources.usb.bay_leds import NOT_ALLOWED, OUTCOME_LEDS, WRONG_PASSWORD, led_for_error
 from edge.sources.usb.enumerate import Listing
 from edge.sources.usb.identity import ClockFacts, RecorderIdentity, SessionInfo
 from edge.sources.usb.mounted import VolumeRoot
@@ -57,15 +58,6 @@ SetLed = Callable[[int | None, BayLed], Awaitable[None]]
 ProgressSink = Callable[[str, int | None, BayProgress], None]
 CLOCK_TOLERANCE_MS = 1000
 
-OUTCOME_LED = {
-    OffloadOutcome.DONE: BayLed.DONE,
-    OffloadOutcome.PARTIAL: BayLed.ERROR,
-    OffloadOutcome.DEVICE_GONE: BayLed.ERROR,
-    OffloadOutcome.STORE_FULL: BayLed.ERROR,
-    OffloadOutcome.FAILED: BayLed.ERROR,
-    OffloadOutcome.AWAITING_RECEIPT: BayLed.ATTENTION,
-    OffloadOutcome.AWAITING_WITNESS: BayLed.ATTENTION,
-}
 JSON_SAFE_INT = (1 << 53) - 1
 
 
@@ -75,7 +67,16 @@ def device_number(value: int) -> int | str:
 
 
 class SessionRefused(Exception):
-    """The recorder may not be offloaded here; the message says why (already in the ledger)."""
+    """The recorder may not be offloaded here; the message says why (already in the ledger), and
+    `error_class` which kind of refusal it is (the bay's LED pattern follows from it)."""
+
+    def __init__(self, reason: str, error_class: str | None = None) -> None:
+        super().__init__(reason)
+        self.error_class = error_class
+
+    @property
+    def led(self) -> BayLed:
+        return led_for_error(self.error_class)
 
 
 class VolumeClaims:
@@ -141,10 +142,10 @@ class DockingSession:
     async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args))
 
-    def _refuse(self, reason: str, data: dict[str, Any]) -> SessionRefused:
+    def _refuse(self, reason: str, data: dict[str, Any], error_class: str | None = None) -> SessionRefused:
         self.store.record(EntryType.REFUSED, None, {**data, "reason": reason})
         log.warning("refused recorder %s: %s", data.get("device_serial") or data.get("usb_serial"), reason)
-        return SessionRefused(reason)
+        return SessionRefused(reason, error_class)
 
     async def _contained(
         self, work: Awaitable[OffloadResult | None], bay: int | None, where: dict[str, Any]
@@ -181,7 +182,8 @@ class DockingSession:
     def _allowed(self, device_serial: str, data: dict[str, Any]) -> None:
         recorders = self.config.recorders
         if recorders.entry(device_serial) is None and not recorders.allow_unknown:
-            raise self._refuse(f"recorder {device_serial} is not on the station's allow-list", data)
+            reason = f"recorder {device_serial} is not on the station's allow-list"
+            raise self._refuse(reason, data, NOT_ALLOWED)
 
     async def offload(
         self, session: SessionInfo, root: VolumeRoot, listing: Listing | None = None
@@ -255,7 +257,7 @@ class DockingSession:
                 "not_evidence": result.not_evidence[:100],
             },
         )
-        await self.set_led(session.bay, OUTCOME_LED[result.outcome])
+        await self.set_led(session.bay, OUTCOME_LEDS[result.outcome])
         return result
 
 
@@ -290,8 +292,8 @@ class ControlSession(DockingSession):
         await self.set_led(bay, BayLed.COPYING)
         try:
             session, device_serial = await self._authenticate(handle, backend, bay, where)
-        except SessionRefused:
-            await self.set_led(bay, BayLed.ERROR)
+        except SessionRefused as refused:
+            await self.set_led(bay, refused.led)
             return None
         except RecorderError as exc:
             self.store.record(EntryType.ERROR, None, {**where, "stage": "control", "reason": str(exc)})
@@ -366,7 +368,7 @@ class ControlSession(DockingSession):
     ) -> tuple[SessionInfo, str]:
         refusal = self._refusal_before_login(handle.usb_serial)
         if refusal is not None:
-            raise self._refuse(refusal, where)
+            raise self._refuse(refusal, where, NOT_ALLOWED)
         password = self._password_for(handle)
         if password is None:
             raise self._refuse("no recorder password configured (recorders.default_password)", where)
@@ -406,14 +408,17 @@ class ControlSession(DockingSession):
         try:
             info, id_code, sample, tz, status, after = await self._thread(work)
         except RecorderLockedError as exc:
-            raise self._refuse(f"recorder locked after wrong passwords: {exc}", where) from exc
+            reason = f"recorder locked after wrong passwords: {exc}"
+            raise self._refuse(reason, where, WRONG_PASSWORD) from exc
         except RecorderAuthError as exc:
-            raise self._refuse(f"recorder rejected the station's password: {exc}", where) from exc
+            raise self._refuse(
+                f"recorder rejected the station's password: {exc}", where, WRONG_PASSWORD
+            ) from exc
         device_serial = info.device_serial
         data = {**where, "device_serial": device_serial}
         refusal = self._refusal(device_serial, handle.usb_serial)
         if refusal is not None:
-            raise self._refuse(refusal, data)
+            raise self._refuse(refusal, data, NOT_ALLOWED)
         identity = RecorderIdentity(
             device_serial=device_serial,
             officer_no=info.officer_no,
@@ -487,8 +492,8 @@ class VolumeSession(DockingSession):
         data = {"device_serial": found.device_serial, "volume": volume}
         try:
             self._allowed(found.device_serial, data)
-        except SessionRefused:
-            await self.set_led(bay, BayLed.ERROR)
+        except SessionRefused as refused:
+            await self.set_led(bay, refused.led)
             return None
         resumed = self._unfinished_session(found.device_serial)
         listing: Listing | None = None
