@@ -190,7 +190,17 @@ class OffloadSection(StrictModel):
         "firmware, logs) are listed in the session record and never copied or erased",
     )
     concurrency: int = Field(4, ge=1, le=64, description="Bays offloaded at once")
-    verify_reread: bool = Field(True, description="Re-read each stored copy from disk and compare")
+    verify_reread: bool = Field(
+        True,
+        description="Re-read each stored copy from disk (not the page cache) and match it with the "
+        "acquisition hash; recorders are only erased when this is on",
+    )
+    reread_original: bool = Field(
+        False,
+        description="Also read every original a second time from its device and compare it with the stored "
+        "copy byte for byte: catches a device or cable that returns different bytes on two reads without an "
+        "I/O error, at the cost of reading every recorder twice (over USB 2.0 as long as the copy itself)",
+    )
     chunk_bytes: int = Field(1 << 20, ge=4096, le=64 << 20, multiple_of=4096, description="Copy buffer size")
     max_file_bytes: int = Field(256 << 30, gt=0, description="Refuse larger files as implausible")
     max_files: int = Field(100_000, gt=0, description="Refuse volumes with more files")

@@ -1,10 +1,13 @@
 """Copy an original into the store while hashing it, in one pass, with bounded memory.
 
 Invariant 1: the acquisition hash is computed over exactly the bytes read from the source, the same
-buffer that is then written. Verification re-reads the stored copy from the disk (O_DIRECT, or a
-read proven not to come from the page cache) and, when the source can, re-reads the original; both
-must give the acquisition hash, which catches a bad write, a transient device read fault and a file
-that changed. Sources hand their bytes over as readers (see :mod:`edge.ingest.source`).
+buffer that is then written (the source's reader makes sure they come from the device, not from
+cached pages: :class:`edge.ingest.source.FileReader`). Verification (invariant 2) re-reads the stored
+copy from the disk (O_DIRECT, or a read proven not to come from the page cache), which must give the
+acquisition hash: that catches a bad or lost write. Where configured, the original is read a second
+time beside it and compared byte for byte, which also catches a device that returns different bytes
+on two reads. A file that changed on the source is caught by its size and mtime after the pass.
+Sources hand their bytes over as readers (see :mod:`edge.ingest.source`).
 """
 
 from __future__ import annotations

@@ -5,12 +5,16 @@ together with its ledger entry (:mod:`edge.ingest.repository`), so a crash at an
 from the last committed state:
 
 * pending: the source's bytes are copied to tmp/<item>.part while hashing (a stale .part from a crash
-  is discarded first); `acquired`, with a `duplicate` entry when the same bytes are already held;
+  is discarded first); `acquired` (saying how the read bypassed cached pages of the original, so that
+  the hash is of bytes read from the device now), with a `duplicate` entry when the same bytes are
+  already held;
 * copied: media facts are read (:mod:`edge.ingest.facts`), the manifest is built and signed, and
   for ISO-BMFF files the sealed form is built in the .part (truncated back to the original size
   first, so a half-appended manifest box from a crash is dropped); then it is verified: the stored
-  prefix re-read from disk and, when the source can, the original read again must both give the
-  acquisition hash; `verified`;
+  prefix re-read from disk (not the page cache) must give the acquisition hash and, only when
+  `reread_original` is configured and the source can, a second read of the original must equal it
+  byte for byte (that catches a device that returns different bytes on two reads, at the cost of
+  reading every original twice); `verified`;
 * verified: renamed into items/ (directory fsynced), the sidecar written; `sealed`; the upload queue
   is told.
 
@@ -40,6 +44,7 @@ from edge.custody.ledger import EntryType, station_time_now
 from edge.custody.manifest import sign_manifest
 from edge.custody.seal import append_evidence_box, inspect_evidence_box, sidecar_path, write_sidecar
 from edge.durable.files import DirectorySync, free_bytes, make_dirs_durable, remove_stale_temporaries
+from edge.durable.uncached import ReadMethod
 from edge.ingest.commit import GroupCommit
 from edge.ingest.copy import (
     AcquireError,
@@ -67,7 +72,9 @@ MAX_FINISHING = 2
 @dataclass(frozen=True)
 class IngestSettings:
     chunk_bytes: int = 1 << 20
-    verify_reread: bool = True  # re-read each stored copy (and the original, where possible) and compare
+    verify_reread: bool = True  # re-read each stored copy from disk and match it with the acquisition hash
+    # Also read each original a second time (where the source can) and compare it with the stored copy.
+    reread_original: bool = False
     min_free_bytes: int = 1 << 30  # never fill the store's disk beyond this
     max_item_bytes: int = 256 << 30  # bound on an item whose size is not known up front (a stream)
     max_attempts: int = 3  # per item and run; a new run (docking) starts again
@@ -77,6 +84,7 @@ class IngestSettings:
         return cls(
             chunk_bytes=offload.chunk_bytes,
             verify_reread=offload.verify_reread,
+            reread_original=offload.reread_original,
             min_free_bytes=offload.min_free_bytes,
             max_item_bytes=offload.max_file_bytes,
         )
@@ -114,8 +122,11 @@ class IngestedItem:
 
     offered: OfferedItem
     acquisition: Acquisition
-    # Re-read from the store and from the source, and matched, during this run.
-    reread_now: bool = False
+    # The original was read from its device during this run (copied with its cached pages bypassed, or
+    # read again) and gave the acquisition hash, which the stored copy, re-read from disk, gave too.
+    source_read_now: bool = False
+    # How this run's copy made sure it read the device, not cached pages (None: it could not prove it).
+    copied_from_device: ReadMethod | None = None
     copied_bytes: int = 0
     # Copied and fsynced, `acquired` not yet committed: the copy loop moves on to the next item and
     # the item's finishing task records it (an interruption here only costs copying it again).
@@ -232,7 +243,7 @@ class IngestPipeline:
             return False
         reacquired = {**where, **done, "found_by": found_by}
         await self.commit(lambda: self.repository.entry(EntryType.REACQUIRED, work.item, reacquired))
-        work.reread_now = done["source_reread"]
+        work.source_read_now = done["source_reread"]
         if self.uploads is not None:
             self.uploads.item_sealed(work.item)  # held back while its copy was damaged: send it now
         return True
@@ -461,7 +472,7 @@ class _Run:
                 "purpose": "offered again: the original is still the one this item was acquired from",
             }
             await self.pipeline.commit(lambda: self.repository.entry(EntryType.VERIFIED, w.item, proven))
-            w.reread_now = True
+            w.source_read_now = True
             # The source still holds the original: whatever damaged the stored copy since (found here,
             # or earlier by the uplink or `edge verify`) is repaired from it now.
             damage = await self.pipeline.stored_copy_damage(w.item, f"item {w.item}")
@@ -542,10 +553,10 @@ class _Run:
             counted += count
             self.progress.bytes_done += count
 
-        def work() -> CopyResult:
+        def work() -> tuple[CopyResult, ReadMethod | None]:
             reader = w.offered.open()
             try:
-                return copy_and_hash(
+                copied = copy_and_hash(
                     reader,
                     part,
                     expected_size=w.offered.size,
@@ -554,15 +565,17 @@ class _Run:
                     what=what,
                     progress=progress,
                 )
+                return copied, reader.cache_bypass
             finally:
                 reader.close()
 
         try:
-            copied: CopyResult = await self._thread(work)
+            copied, from_device = await self._thread(work)
         except BaseException:
             self.progress.bytes_done -= counted
             part.unlink(missing_ok=True)
             raise
+        w.copied_from_device = from_device
         w.copied_bytes = copied.size
         w.unrecorded = (copied, acquired_utc)
         if record:
@@ -574,6 +587,9 @@ class _Run:
         copied, acquired_utc = w.unrecorded
         origin = w.offered.origin
         facts = {"device_serial": origin.device, **origin.facts, "original": w.offered.display}
+        # Invariant 1: how the hashed read reached the device rather than cached pages of the original
+        # (null: not proven, and then the original is read again before anything erases it).
+        facts["source_read"] = None if w.copied_from_device is None else str(w.copied_from_device)
         if w.acquisition.earlier is not None:
             # Another original under the key of one that is gone from the source: linked, not merged.
             facts["earlier_item"] = w.acquisition.earlier
@@ -675,11 +691,14 @@ class _Run:
                 if found is not None:  # a sealed file brought back, or a forged box: on the record
                     sealing["evidence_box_in_original"] = found
         verify = self.settings.verify_reread
-        source_reread = verify and w.offered.reopen is not None
+        # The acquisition hash is already of the device's bytes (invariant 1); a second read of the
+        # original costs a full read of the device and is made only when configured.
+        reopen = w.offered.reopen if verify and self.settings.reread_original else None
+        source_reread = reopen is not None
         checks: dict[str, Any] = {"stored_reread": verify, "source_reread": source_reread}
         if verify:
             reread: ReRead = await self._thread(
-                reread_stored_and_source, part, w.offered.reopen, size, self.settings.chunk_bytes, display
+                reread_stored_and_source, part, reopen, size, self.settings.chunk_bytes, display
             )
             checks["stored_read"] = reread.stored_read  # how the read bypassed the page cache
             if reread.stored_sha256 != sha256 or reread.stored_size != size:
@@ -701,7 +720,8 @@ class _Run:
         }
         await self.pipeline.commit(lambda: self.repository.verified(w.item, verified, manifest))
         w.acquisition.state = AcquisitionState.VERIFIED
-        w.reread_now = source_reread
+        # Before erasing, an original not read from its device in this run is read again (USB wipe).
+        w.source_read_now = verify and (source_reread or w.copied_from_device is not None)
         self.progress.verified += 1
         self._report()
 

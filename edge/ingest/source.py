@@ -6,9 +6,13 @@ way for all of them: temp file and one-pass hash, verification, media facts, sea
 ledger and item transitions, enqueueing for upload. A source offers items, each with:
 
 * a stable identity at the source (:class:`OriginalKey`), so a restart finds the same item again;
-* an opener for its bytes (:class:`ItemReader`), read once, in order, hashed as they are stored;
-* optionally a way to read the original again, for verification: a file on a recorder or on the
-  station's disk can be re-read, bytes that arrived from an RTP stream cannot;
+* an opener for its bytes (:class:`ItemReader`), read once, in order, hashed as they are stored; a
+  reader says how it made sure those bytes came from the device and not from pages an earlier read
+  left in the page cache (:attr:`ItemReader.cache_bypass`);
+* optionally a way to read the original again: a file on a recorder or on the station's disk can be
+  re-read, bytes that arrived from an RTP stream cannot. The pipeline uses it only when configured to
+  compare a second read of every original (``[offload] reread_original``); the USB source uses it
+  before erasing an original that was not read from its device in the same docking;
 * the facts the manifest's ``original``, ``source``, ``time`` and ``case`` blocks carry
   (:class:`Origin`); a source that knows the case up front (a room session) fills it in, others give
   their configured defaults.
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edge.durable.files import drop_page_cache
+from edge.durable.uncached import ReadMethod, memory_file_system, resident_pages
 from edge.ingest.copy import SourceChangedError, read_error
 
 
@@ -36,6 +41,13 @@ class ItemReader(Protocol):
 
     def check_unchanged(self) -> None:
         """After the last byte: raise SourceChangedError if the original changed while it was read."""
+        ...
+
+    @property
+    def cache_bypass(self) -> ReadMethod | None:
+        """How this reader made sure that its bytes come from the device, not from pages of the
+        original an earlier read left in the page cache; None when it cannot say (some pages stayed
+        cached, or the source is not a file)."""
         ...
 
     def close(self) -> None: ...
@@ -118,6 +130,12 @@ class FileReader:
 
     Takes ownership of `fd`. The first check happens here: a file whose size or mtime changed since it
     was listed is refused before a byte is read.
+
+    With `drop_cache` the file's clean cached pages are dropped before the first read and mincore(2)
+    then shows whether any stayed (mapped or locked by another process): when none did, every byte
+    this reader returns is read from the device now (`cache_bypass` says so), which is what
+    invariant 1 asks of the one pass that is hashed. Buffered reads, not O_DIRECT: the kernel's
+    read-ahead is what keeps a USB device streaming.
     """
 
     def __init__(
@@ -127,13 +145,18 @@ class FileReader:
         self.size = size
         self.mtime_ns = mtime_ns
         self.what = what
+        self._cache_bypass: ReadMethod | None = None
         try:
             self._check("changed since listing")
             if drop_cache:
-                drop_page_cache(fd)  # a verification read must come from the device, not from memory
+                self._cache_bypass = _drop_and_check(fd, size)
         except BaseException:
             os.close(fd)
             raise
+
+    @property
+    def cache_bypass(self) -> ReadMethod | None:
+        return self._cache_bypass
 
     def _check(self, what_happened: str) -> None:
         info = os.fstat(self.fd)
@@ -154,3 +177,16 @@ class FileReader:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _drop_and_check(fd: int, size: int) -> ReadMethod | None:
+    """Drop `fd`'s clean cached pages; how the reads that follow are known to reach the device, or
+    None when some pages stayed cached or the check is not possible on this file system."""
+    if memory_file_system(fd) is not None:
+        return ReadMethod.MEMORY_FS  # its page cache is its storage: nothing to bypass
+    drop_page_cache(fd)
+    try:
+        still = resident_pages(fd, size)
+    except OSError:  # a file system that cannot map the file: its cache cannot be inspected
+        return None
+    return ReadMethod.DROPPED_AND_CHECKED if still == 0 else None

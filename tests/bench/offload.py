@@ -1,18 +1,25 @@
-"""Offload benchmark: the station's offload against `cp -r` + `sync` on the same recorder volume.
+"""Offload benchmark: the station's offload against `cp -r` on the same recorder volumes.
 
-    python tests/bench/offload.py [--total-mb 2048] [--bays 1] [--json]
+    python tests/bench/offload.py [--total-mb 2048] [--bays 1] [--rounds 5] [--json]
 
 Puts TOTAL MiB of real MP4 files (20 per recorder volume, TOTAL split over the bays) on simulated
-recorder volumes, then times in the same run: `cp -r` of each volume followed by `sync` (in parallel
-for several bays), the station's offload of the same files with re-read verification on, and once with
-it off; each ROUNDS times in rotating order, comparing medians. Offloads run in a
-child process so its peak RSS is the offload's own. Wipe is off in both (cp does not erase either).
+recorder volumes, then times, in each round and in rotating order: `cp -r` of every volume at once
+(then, timed separately, `sync` of every copied file and directory, which makes the copies durable as
+the offload's are), the station's offload of the same files with re-read verification on, and once
+with it off. Before every contender the volumes' pages are dropped from the page cache: a recorder is
+mounted fresh at docking, so every contender reads its files from the disk. Offloads run in a child
+process so its peak RSS is the offload's own, timed until the offload returns (everything it recorded
+is durable by then: it fsyncs what it writes). Wipe is off in both (cp does not erase either).
 The last line printed is one JSON object:
-  cp_s, edge_s, edge_noverify_s, ratio (edge_s / cp_s), ratio_noverify, peak_rss_mb, total_mb, bays,
-  and CPU seconds per GiB (user + system of the copying processes: cp's, the offload's child) for each
-  contender, cpu_s_per_gb. On a shared machine the wall-clock ratio wanders with the load of others;
-  CPU seconds per GiB barely do, so they show where a change helped.
-Targets on a 2-core machine: ratio_noverify <= 1.10, ratio <= 1.50, peak RSS <= 150 MB.
+  cp_s, edge_s, edge_noverify_s (medians), ratio (edge_s / cp_s), ratio_noverify, cp_durable_s
+  (cp followed by the fsync of every copy) with ratio_durable and ratio_durable_noverify,
+  peak_rss_mb, total_mb, bays, every round's samples_s and each figure's range, and CPU seconds per
+  GiB (user + system of the copying processes: cp's, the offload's child) for each contender,
+  cpu_s_per_gb. On a shared machine the wall-clock ratio wanders with the load of others; the
+  contenders of one round run back to back so load affects both, and CPU seconds per GiB barely
+  wander, so they show where a change helped.
+Targets on a 2-core machine: ratio_noverify <= 1.10, ratio <= 1.50 (against plain cp, as issue 7
+defines it), peak RSS <= 150 MB.
 """
 
 from __future__ import annotations
@@ -65,9 +72,21 @@ def make_volumes(root: Path, total_mb: int, bays: int) -> list[Path]:
     return volumes
 
 
-def time_cp(volumes: list[Path], dest: Path) -> tuple[float, float]:
-    """`cp -r` of every volume at once, then `sync`; returns (seconds, CPU seconds of the cp processes)."""
-    os.sync()
+def drop_cached(volumes: list[Path]) -> None:
+    """Drop the volumes' clean pages from the page cache (what a fresh mount of a recorder has)."""
+    for volume in volumes:
+        for path in volume.rglob("*"):
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+
+
+def time_cp(volumes: list[Path], dest: Path) -> tuple[float, float, float]:
+    """`cp -r` of every volume at once; returns (seconds, seconds of the `sync` of every copied file
+    and directory that follows, CPU seconds of the cp processes)."""
     started = time.perf_counter()
     procs = [subprocess.Popen(["cp", "-r", str(v), str(dest / v.name)]) for v in volumes]
     cpu = 0.0
@@ -77,8 +96,11 @@ def time_cp(volumes: list[Path], dest: Path) -> tuple[float, float]:
         if proc.returncode != 0:
             raise SystemExit("cp failed")
         cpu += usage.ru_utime + usage.ru_stime
-    os.sync()
-    return time.perf_counter() - started, cpu
+    copied = time.perf_counter() - started
+    # Durable as the offload's copies are: every file and every directory on the way fsynced.
+    paths = [str(dest), *(str(p) for p in dest.rglob("*"))]
+    subprocess.run(["sync", "--", *paths], check=True)
+    return copied, time.perf_counter() - started - copied, cpu
 
 
 def run_worker(volumes: list[Path], store: Path, verify: bool) -> tuple[float, float, float]:
@@ -93,7 +115,6 @@ def run_worker(volumes: list[Path], store: Path, verify: bool) -> tuple[float, f
         str(int(verify)),
         *[str(v) for v in volumes],
     ]
-    os.sync()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     output = proc.stdout.read()
@@ -142,12 +163,17 @@ def worker(volumes: list[Path], store_dir: Path, verify: bool) -> None:
 
     started = time.perf_counter()
     outcomes = asyncio.run(offload_all())
-    os.sync()
     seconds = time.perf_counter() - started
     if any(o is not OffloadOutcome.DONE for o in outcomes):
         raise SystemExit(f"offload did not finish cleanly: {outcomes}")
     store.close()
     print(json.dumps({"seconds": seconds}))
+
+
+def _ratios(contender: list[float], baseline: list[float]) -> list[float]:
+    """[lowest, highest] of the per-round ratios."""
+    ratios = [c / b for c, b in zip(contender, baseline, strict=True)]
+    return [round(min(ratios), 3), round(max(ratios), 3)]
 
 
 def main() -> int:
@@ -156,7 +182,7 @@ def main() -> int:
     )
     parser.add_argument("--total-mb", type=int, default=2048, help="MiB of media in all volumes together")
     parser.add_argument("--bays", type=int, default=1, help="recorders offloaded at once")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each contender; medians are compared")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each contender; medians are compared")
     parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
     parser.add_argument("--workdir", help="where to put volumes and copies (default: a temp dir on /var/tmp)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -174,42 +200,55 @@ def main() -> int:
     )
     try:
         print(f"making {args.total_mb} MiB on {args.bays} volume(s) in {work} ...", file=sys.stderr)
-        volumes = make_volumes(work / "media", args.total_mb, args.bays)
-        for volume in volumes:  # warm the page cache the same way for every contender
-            subprocess.run(["cat", *map(str, volume.rglob("*.MP4"))], stdout=subprocess.DEVNULL, check=True)
-        samples: dict[str, list[float]] = {"cp": [], "edge": [], "noverify": []}
-        cpu: dict[str, list[float]] = {"cp": [], "edge": [], "noverify": []}
+        media = work / "media"
+        # Volumes made by an earlier run with the same --workdir are used again.
+        volumes = sorted(media.iterdir()) if media.is_dir() else make_volumes(media, args.total_mb, args.bays)
+        names = ["cp", "edge", "noverify"]
+        samples: dict[str, list[float]] = {name: [] for name in [*names, "cp_durable"]}
+        cpu: dict[str, list[float]] = {name: [] for name in names}
         rss: list[float] = []
         # This machine's disk timing wanders by a factor of several from run to run (host write
-        # caching), so each contender runs several times, in rotating order, and medians are compared.
-        contenders = ["cp", "edge", "noverify"]
+        # caching, other users of the two cores), so each round runs every contender back to back,
+        # in rotating order, and medians are compared.
         for round_no in range(args.rounds):
-            for name in contenders[round_no % 3 :] + contenders[: round_no % 3]:
+            for name in names[round_no % 3 :] + names[: round_no % 3]:
                 target = work / f"run-{name}"
+                os.sync()  # earlier rounds' writeback is not charged to this contender
+                drop_cached(volumes)
                 if name == "cp":
                     target.mkdir()
-                    seconds, cpu_s = time_cp(volumes, target)
+                    seconds, durable_s, cpu_s = time_cp(volumes, target)
+                    samples["cp_durable"].append(seconds + durable_s)
                 else:
                     seconds, peak, cpu_s = run_worker(volumes, target, verify=name == "edge")
                     rss.append(peak)
                 samples[name].append(seconds)
                 cpu[name].append(cpu_s)
                 shutil.rmtree(target)
-                os.sync()
+            print(f"round {round_no + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in samples.items()),
+                  file=sys.stderr)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    cp_s, edge_s, noverify_s = (statistics.median(samples[k]) for k in ("cp", "edge", "noverify"))
+    median = {k: statistics.median(vs) for k, vs in samples.items()}
+    cp_s, edge_s, noverify_s, durable_s = (median[k] for k in ("cp", "edge", "noverify", "cp_durable"))
     result = {
         "total_mb": args.total_mb,
         "bays": args.bays,
         "files": FILES_PER_VOLUME * args.bays,
         "rounds": args.rounds,
         "cp_s": round(cp_s, 3),
+        "cp_durable_s": round(durable_s, 3),
         "edge_s": round(edge_s, 3),
         "edge_noverify_s": round(noverify_s, 3),
         "ratio": round(edge_s / cp_s, 3),
         "ratio_noverify": round(noverify_s / cp_s, 3),
+        "ratio_durable": round(edge_s / durable_s, 3),
+        "ratio_durable_noverify": round(noverify_s / durable_s, 3),
+        # Per round, each contender against that round's cp: the spread the load caused.
+        "ratio_range": _ratios(samples["edge"], samples["cp"]),
+        "ratio_noverify_range": _ratios(samples["noverify"], samples["cp"]),
+        "ratio_durable_range": _ratios(samples["edge"], samples["cp_durable"]),
         "peak_rss_mb": round(max(rss), 1),
         "cpu_s_per_gb": {k: round(statistics.median(vs) * 1024 / args.total_mb, 2) for k, vs in cpu.items()},
         "samples_s": {k: [round(v, 3) for v in vs] for k, vs in samples.items()},

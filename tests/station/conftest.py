@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -62,11 +63,25 @@ def volume_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                     seed=7)
 
 
+def settle_on_disk(root: Path) -> None:
+    """fsync every file under `root`: a recorder's files are on its flash, not dirty pages in the
+    station's cache (dirty pages cannot be dropped, so a read of them is never proven to reach the
+    device, and the original is then read again before it is erased)."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 @pytest.fixture
 def volume(volume_template: Path, tmp_path: Path) -> Path:
     root = tmp_path / "media" / f"ZFY_{DEVICE}"
     root.parent.mkdir(parents=True)
     shutil.copytree(volume_template, root, symlinks=True)
+    settle_on_disk(root)
     return root
 
 
@@ -107,6 +122,7 @@ def backing(volume_template: Path, tmp_path: Path) -> Path:
     """A recorder's files, to be mounted by `dock` (the simulator's backing folder)."""
     root = tmp_path / "backing"
     shutil.copytree(volume_template, root)
+    settle_on_disk(root)
     return root
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from edge.custody.isobmff import find_evidence_box
+from edge.durable.uncached import ReadMethod
 from edge.ingest.copy import read_error
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline, IngestSettings
 from edge.ingest.repository import IngestRepository
@@ -101,7 +102,8 @@ async def test_local_directory_items_are_sealed_verified_and_carry_their_case(
     with stored.open("rb") as f:
         assert find_evidence_box(f, stored.stat().st_size) is not None, "MP4s from any source are sealed"
     verified = [e.data for e in store.ledger.entries() if e.type == "verified"]
-    assert len(verified) == 3 and all(v["stored_reread"] and v["source_reread"] for v in verified)
+    # The originals are read once (reread_original is off by default); the stored copies again.
+    assert len(verified) == 3 and all(v["stored_reread"] and not v["source_reread"] for v in verified)
     report = verify_store(store.layout.root)
     assert report.ok, report.problems
     assert {p.name for p in drop.iterdir()} == {"segment-0001.mp4", "scene.jpg", "statement.wav"}, (
@@ -190,6 +192,10 @@ class PipeReader:
     def check_unchanged(self) -> None:
         if self.process.wait(timeout=30) != 0:
             raise read_error(OSError(5, "ffmpeg failed"), "stream")
+
+    @property
+    def cache_bypass(self) -> ReadMethod | None:
+        return None  # bytes from a pipe: there is no cached original to bypass, nor a file to check
 
     def close(self) -> None:
         if self.process.poll() is None:

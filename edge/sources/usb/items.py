@@ -9,8 +9,9 @@ bytes (`path_bytes_hex`, and `original_bytes_hex` in ledger entries) beside a re
 
 Readers open the file component by component without following symlinks
 (:func:`open_volume_file`), relative to the session's bound volume root (never by path: see
-:mod:`edge.sources.usb.mounted`), and refuse a file whose size or mtime changed since listing; the re-read
-for verification drops the device's cached pages first, so it really reads the recorder again.
+:mod:`edge.sources.usb.mounted`), and refuse a file whose size or mtime changed since listing. Every read
+drops the file's cached pages first and checks that none stayed (:class:`edge.ingest.source.FileReader`):
+the one pass that is copied and hashed reads the recorder itself, and so does any later read again.
 """
 
 from __future__ import annotations
@@ -49,12 +50,10 @@ class _BoundFileReader(FileReader):
         return super().readinto(buffer)
 
 
-def file_opener(root: VolumeRoot, file: VolumeFile, *, what: str, verification: bool = False) -> ReaderOpener:
+def file_opener(root: VolumeRoot, file: VolumeFile, *, what: str) -> ReaderOpener:
     def open_reader() -> ItemReader:
         fd = root.open_file(file)
-        return _BoundFileReader(
-            root, fd, size=file.size, mtime_ns=file.mtime_ns, what=what, drop_cache=verification
-        )
+        return _BoundFileReader(root, fd, size=file.size, mtime_ns=file.mtime_ns, what=what, drop_cache=True)
 
     return open_reader
 
@@ -149,5 +148,5 @@ def volume_item(
         size=file.size,
         origin=file_origin(file, session, case_defaults),
         open=file_opener(root, file, what=f"{device}:{file.display_path}"),
-        reopen=file_opener(root, file, what=file.display_path, verification=True),
+        reopen=file_opener(root, file, what=file.display_path),
     )

@@ -494,11 +494,11 @@ class VolumeOffload:
             "stored": "embedded" if report.sealed else "sidecar",
             "stored_read": report.stored_read,
             "signature_key": report.manifest["signature"]["key_id"],  # it verified: the field is there
-            "source_reread": row.work.reread_now,
+            "source_reread": row.work.source_read_now,
         }
-        if row.state == AcquisitionState.SEALED and row.work.reread_now:
+        if row.state == AcquisitionState.SEALED and row.work.source_read_now:
             return checked  # the recorder's file was re-read and matched in this docking
-        reopen = file_opener(self.source.volume, row.file, what=what, verification=True)
+        reopen = file_opener(self.source.volume, row.file, what=what)
         try:
             again: CopyResult = await self._thread(hash_original, reopen, self.chunk)
         except AcquireError as exc:  # an OSError goes to the wipe loop: gone, or cannot erase
@@ -548,7 +548,7 @@ class VolumeOffload:
     async def _reverify_source_only(self, row: _Wipe, sha256: str, size: int) -> bool:
         """The local copy was purged after the central's verified receipt (retention): the central
         holds the evidence, so the recorder's file is erased only if it still hashes to it."""
-        reopen = file_opener(self.source.volume, row.file, what=row.file.display_path, verification=True)
+        reopen = file_opener(self.source.volume, row.file, what=row.file.display_path)
         try:
             found: CopyResult = await self._thread(hash_original, reopen, self.chunk)
         except AcquireError as exc:
