@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.custody.errors import LedgerError
 from edge.custody.ledger import Ledger, LedgerEntry
 from edge.custody.text import scrub_error_text
 from edge.custody.witness_log import StationWitness
@@ -47,6 +48,7 @@ from edge.durable.files import (
 )
 from edge.durable.lock import LOCK_FILE_NAME, StoreBusy, StoreLock
 from edge.durable.sqlite import immediate_transaction
+from edge.ingest.events import LedgerEventLog
 from edge.ingest.station_key import StationKeyProblem, open_station_key
 
 log = logging.getLogger(__name__)
@@ -269,6 +271,8 @@ class StationStore:
             self.conn.close()
             raise
         self.ledger = Ledger(self.conn, station_id, self.key, scrub=self.scrub_error_text)
+        # Each committed ledger entry is also one log line with its fields (edge.ingest.events).
+        self.events = LedgerEventLog(station_id)
         self.hold_reserve()
         adopt_store_owner(self.layout)  # `sudo edge tag ...` must not leave files the agent cannot open
 
@@ -312,14 +316,35 @@ class StationStore:
 
     @contextmanager
     def _synced_transaction(self) -> Iterator[sqlite3.Connection]:
-        with immediate_transaction(self.conn) as conn:
+        with self._logged_transaction() as conn:
             yield conn
         self.sync_log()
 
     def unsynced_transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """A transaction that is committed but durable only after the next `sync_log()`: nothing may
         act on it before then (the pipeline's group commit syncs off the event loop)."""
-        return immediate_transaction(self.conn)
+        return self._logged_transaction()
+
+    @contextmanager
+    def _logged_transaction(self) -> Iterator[sqlite3.Connection]:
+        """`immediate_transaction`, and once it committed, a log line per ledger entry it appended (the
+        head before and after, read inside the exclusive transaction, bracket exactly its entries)."""
+        with immediate_transaction(self.conn) as conn:
+            before = self._head_seq()
+            yield conn
+            after = self._head_seq()
+        if before is not None and after is not None and after > before:
+            self.events.committed(e for e in self.ledger.entries(before + 1) if e.seq <= after)
+
+    def _head_seq(self) -> int | None:
+        # A damaged head row is `edge verify`'s to report; it must not stop transactions or the log.
+        ledger: Ledger | None = getattr(self, "ledger", None)  # opening runs transactions before it exists
+        if ledger is None:
+            return None
+        try:
+            return ledger.head()[0]
+        except LedgerError:
+            return None
 
     def sync_log(self) -> None:
         """Make every transaction committed so far survive power loss: fsync the write-ahead log
