@@ -276,14 +276,18 @@ class CircuitBreaker:
             return
         self._failures += 1
         if state is BreakerState.HALF_OPEN or self._failures >= self.failure_threshold:
-            self._open()
+            self._open(reopened=state is BreakerState.HALF_OPEN)
 
-    def _open(self) -> None:
+    def _open(self, *, reopened: bool) -> None:
         self._state = BreakerState.OPEN
         self._retry_at = self._clock() + self.open_s
         self._probe_started_at = None
-        log.warning(
-            "circuit breaker open after %d consecutive failures: no uploads for %.1f s",
+        # A warning when it opens; a failed probe that opens it again is the same outage (INFO), and
+        # the uplink's retry summary says how long it lasts.
+        log.log(
+            logging.INFO if reopened else logging.WARNING,
+            "circuit breaker %s after %d consecutive failures: no uploads for %.1f s",
+            "open again" if reopened else "open",
             self._failures,
             self.open_s,
         )

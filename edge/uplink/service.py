@@ -57,6 +57,7 @@ from edge.custody.refusal import FINAL_ITEM_CODES, LEDGER_FORK, verify_refusal
 from edge.custody.seal import hash_prefix
 from edge.durable.files import write_atomic
 from edge.ingest.store import StationStore
+from edge.runtime.retrylog import RetrySummary
 from edge.runtime.supervise import wait_event
 from edge.uplink.errors import UplinkFatal
 from edge.uplink.policy import Backoff, BreakerState, CircuitBreaker, RateLimiter, UploadWindows
@@ -142,6 +143,10 @@ class UplinkService:
         rate = self.uplink.bandwidth_mbit_s * 1_000_000 / 8
         self.limiter = RateLimiter(rate, clock=time.monotonic) if rate > 0 else None
         self._wake = asyncio.Event()
+        # Retries are summarised in the log (a warning when failures begin, a summary at most every few
+        # minutes, a line when they end), not one warning per attempt.
+        self._upload_retries = RetrySummary(log, "uploads to the central")
+        self._ledger_retries = RetrySummary(log, "ledger pushes to the central")
         self._receipt_event = asyncio.Event()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._register_lock = asyncio.Lock()
@@ -547,12 +552,13 @@ class UplinkService:
                 await self.push_ledger(link)
                 failures = 0
                 self._pushed(attempt, True)
+                self._ledger_retries.succeeded(station=self.config.station.id)
             except (NotDone, BadWitnessDocument) as exc:
                 self._pushed(attempt, False)
                 failures += 1
                 asked = self._honour_retry_after(getattr(exc, "retry_after_s", None))
                 delay = max(asked, self.backoff.next_delay(failures))
-                log.warning("ledger push failed (%s); again in %.1f s", exc, delay)
+                self._ledger_retries.failed(f"{exc}; again in {delay:.1f} s", station=self.config.station.id)
                 self._ledger_dirty.set()
                 await wait_event(self._ledger_urgent, delay)
 
@@ -661,6 +667,7 @@ class UplinkService:
             },
         )
         self.stats.receipts += 1
+        self._upload_retries.succeeded(item=entry.item, station=self.config.station.id)
         self._receipt_event.set()
         self._witness_event.set()
         log.info(
@@ -683,7 +690,8 @@ class UplinkService:
             self.breaker.record_failure()
         asked = self._honour_retry_after(retry_after_s)
         delay = max(at_least_s, asked, self.backoff.next_delay(entry.attempts + 1))
-        log.warning("item %s: %s; retrying in %.1f s", entry.item, reason, delay)
+        self._upload_retries.failed(f"item {entry.item}: {reason}; retrying in {delay:.1f} s",
+                                    item=entry.item, station=self.config.station.id)
         self.spool.defer(entry.item, reason, self.clock() + delay)
 
     def _honour_retry_after(self, retry_after_s: float | None) -> float:

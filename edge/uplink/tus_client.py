@@ -804,7 +804,8 @@ class TusClient:
     ) -> UploadInterrupted:
         reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
         where = f" upload {_upload_id(url)}" if url else ""
-        log.warning("%s%s interrupted: %s", request, where, reason)
+        # DEBUG: the uplink retries and summarises its failures (edge.runtime.retrylog), with this reason.
+        log.debug("%s%s interrupted: %s", request, where, reason)
         return UploadInterrupted(
             f"{request}{where} interrupted: {_sanitise(reason, _MAX_DETAIL_CHARS)}",
             url=url,
