@@ -25,16 +25,17 @@ from edge.custody.text import json_printable, printable
 from edge.durable.lock import StoreBusy
 from edge.ingest.store_commands import load_station_config, open_station_store, store_failure_status
 from edge.runtime.exit_codes import ExitCode
-from edge.runtime.logs import configure_logging
+from edge.runtime.logs import LOG_FORMATS, LogFormat, configure_logging
 from edge.uplink.cli import add_uplink_parser
 from edge.uplink.witness_cli import add_witness_parser
 
 log = logging.getLogger("edge")
 
 
-def _setup_logging(verbose: bool, quiet: bool = False) -> None:
+def _setup_logging(verbose: bool, quiet: bool = False, log_format: LogFormat = "auto") -> None:
     # One printable line per record: log messages quote device names (edge.runtime.logs).
-    configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO, sys.stderr)
+    configure_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO, sys.stderr,
+                      log_format)
 
 
 def _error(message: object) -> None:
@@ -102,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _error(exc)
         return ExitCode.CONFIG
     try:
-        return asyncio.run(run_station(config))
+        return asyncio.run(run_station(config, Path(args.config)))
     except (StoreBusy, StoreError) as exc:
         return store_failure_status(exc)
 
@@ -330,6 +331,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description="evidence-edge: docking-station evidence agent")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
+                        help="auto (the default): the journal's structured fields when stderr is the "
+                             "journal, else text lines; json: one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the station agent")
@@ -419,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The demo prints its own progress; its log shows only warnings unless asked.
     quiet = args.command in ("demo", "verify", "check-config", "tag", "keys", "uplink", "witness")
-    _setup_logging(args.verbose, quiet=quiet)
+    _setup_logging(args.verbose, quiet=quiet, log_format=args.log_format)
     result: int = args.func(args)
     return result
 

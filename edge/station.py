@@ -4,6 +4,9 @@ Three sources of events feed it: USB polling (recorders in control mode), the mo
 (volumes mounted under the mount root: mass-storage recorders, and recorders switched by a session;
 see `edge.sources.usb.volumes`) and the dock controller (bays inserted/removed, charge). Sessions run
 concurrently up to `offload.concurrency`; one bay's failure never touches another's session.
+
+SIGHUP rereads the configuration file (`edge.config.reload`): each docking keeps the configuration it
+started with, the next one uses the new one.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from drivers.serial.dock import BayEventKind, BayLed, DockDriver, DockError
 from drivers.usb.mass_storage import MassStorageError, read_volume_identity
 from drivers.usb.recorder import RecorderError, RecorderHandle, RecorderMode, find_recorders
+from edge.config.reload import ConfigReloader
 from edge.config.station import StationConfig
 from edge.custody.errors import CustodyError
 from edge.custody.ledger import EntryType
@@ -110,6 +115,8 @@ class StationAgent:
         self.pipeline: IngestPipeline | None = None
         self.supervisor: Supervisor | None = None
         self.ready = asyncio.Event()
+        # Whether [logging] level sets the log level (not when the command line chose one, with -v).
+        self.log_level_from_config = False
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -181,6 +188,17 @@ class StationAgent:
             close = getattr(self.backend, "close", None)
             if self._own_backend and close is not None:
                 close()
+
+    def apply_config(self, config: StationConfig) -> None:
+        """A reloaded configuration (only its live sections differ: edge.config.reload): dockings that
+        start from now on use it; those under way keep the one they started with."""
+        self.config = config
+        if self.log_level_from_config:
+            apply_log_level(config)
+
+    def record_event(self, type_: str, data: dict[str, Any]) -> None:
+        if self.store is not None:
+            self.store.record(type_, None, data)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -433,13 +451,29 @@ async def log_clock_verdict(config: StationConfig) -> None:
                     "only their offsets recorded", trust.source, trust.reason)
 
 
-async def run_station(config: StationConfig) -> int:
+def apply_log_level(config: StationConfig) -> None:
+    """The root log level from ``[logging] level`` (the command line's -v, when given, wins: see
+    `run_station`)."""
+    logging.getLogger().setLevel(config.logging.level.upper())
+
+
+async def run_station(config: StationConfig, config_path: Path | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     notifier = SystemdNotifier()
     agent = StationAgent(config)
+    # `edge run` logs at INFO unless -v (DEBUG) was given: only then does the command line decide.
+    agent.log_level_from_config = logging.getLogger().level == logging.INFO
+    if agent.log_level_from_config:
+        apply_log_level(config)
+    reloads: asyncio.Task[None] | None = None
+    if config_path is not None:
+        reloader = ConfigReloader(config_path, config, apply=agent.apply_config, record=agent.record_event,
+                                  notifier=notifier)
+        loop.add_signal_handler(signal.SIGHUP, reloader.request)
+        reloads = asyncio.create_task(_serve_reloads(reloader, agent), name="config-reload")
     log.info(
         "station %s starting: store %s, recorder volumes under %s",
         config.station.id,
@@ -453,6 +487,16 @@ async def run_station(config: StationConfig) -> int:
         log.error("%s; exiting so that systemd restarts the station", exc)
         return 1
     finally:
+        if reloads is not None:
+            loop.remove_signal_handler(signal.SIGHUP)
+            reloads.cancel()
+            await asyncio.gather(reloads, return_exceptions=True)
         notifier.stopping()
     log.info("station %s stopped", config.station.id)
     return 0
+
+
+async def _serve_reloads(reloader: ConfigReloader, agent: StationAgent) -> None:
+    """Reloads wait until the store is open (a SIGHUP during start-up is served right after it)."""
+    await agent.ready.wait()
+    await reloader.run()

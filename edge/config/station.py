@@ -332,6 +332,13 @@ class CaseDefaults(StrictModel):
     retention: str = Field("6-months", description="Retention class: 6-months, permanent, ...")
 
 
+class LoggingSection(StrictModel):
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info",
+        description="Log level of `edge run` (unless started with -v); changes at once on reload (SIGHUP)",
+    )
+
+
 class StationConfig(StrictModel):
     station: StationSection
     usb: UsbSection
@@ -346,6 +353,7 @@ class StationConfig(StrictModel):
     officers: dict[str, CaseDefaults] = Field(
         default_factory=dict, description="Per-officer (警号) case defaults, over the station defaults"
     )
+    logging: LoggingSection = LoggingSection()
 
     @model_validator(mode="after")
     def _receipt_needs_uplink(self) -> StationConfig:

@@ -111,6 +111,9 @@ class EntryType(StrEnum):
     # An operator cleared a witness alarm (`edge witness clear`): who, why, which alarm, what is trusted.
     WITNESS_ALARM_CLEARED = "witness_alarm_cleared"
     KEY_ROTATED = KEY_ROTATED  # `edge keys rotate`: see edge.custody.keyschedule
+    # The agent reread its configuration on SIGHUP (edge.config.reload): applied, or refused and why.
+    CONFIG_RELOADED = "config_reloaded"
+    CONFIG_REFUSED = "config_refused"
 
 
 def station_time_now() -> str:
