@@ -48,7 +48,7 @@ from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.objects import FileObjectStore
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
 from edge.central.sqlite import SqliteDatabase
-from edge.central.storage import CentralDatabase, Index
+from edge.central.storage import CentralDatabase, ConsoleStore, Index
 from edge.central.timestamp import TimeStamper, keep_tsa_roots, load_tsa_roots, timestamp_task
 from edge.central.tus import TusRequestError, add_tus_routes, tus_purge_task
 from edge.central.tus_store import TusUploadStore
@@ -90,6 +90,7 @@ class CentralParts:
     registrar: Registrar
     auth: Authenticator
     signing_key: StationKey
+    console: ConsoleStore
 
 
 CENTRAL = web.AppKey("central", CentralParts)
@@ -301,6 +302,14 @@ class StationEndpoints:
         principal = self.parts.auth.station_or_reader(request)
         item = request.query.get("item", "")
         receipt = self.parts.registrar.receipt_for(item) if item else None
+        if receipt is not None and principal.kind == "reader":
+            # A reader's scope as on the read side: an item it may not see answers like a missing one.
+            from edge.central.console.scope import log_read, scope_of
+
+            scope = scope_of(self.parts, principal.name)
+            log_read(request, scope, "inclusion", item=item[:64])
+            if not self.parts.index.item_visible(item, scope):
+                receipt = None
         if receipt is not None and principal.kind == "station":
             # A station learns about its own items only; another station's item answers exactly like an
             # item that does not exist, so the answer does not tell which items exist.
@@ -362,7 +371,7 @@ def build_app(
         registrar.reject(rejection, station=station, remote=remote)
 
     auth = Authenticator(index, dev_mode=config.server.insecure_plain_http, on_reject=record)
-    parts = CentralParts(config, index, objects, merkle, uploads, registrar, auth, key)
+    parts = CentralParts(config, index, objects, merkle, uploads, registrar, auth, key, database.console)
     server = config.server
     bounds = HttpBounds(RequestLimiter(server.max_concurrent_requests, retry_after_s=server.retry_after_s),
                         BodyBudget(server.max_buffered_body_bytes), server.max_json_body_bytes)

@@ -21,9 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.central.config import CentralConfig, ConfigError, load_central_config
+from edge.central.console.admin import add_console_admin_parsers
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
 from edge.central.index import CentralIndexError
-from edge.central.sqlite import SqliteIndex
+from edge.central.sqlite import SqliteDatabase, SqliteIndex
 from edge.durable.lock import StoreBusy
 from edge.pki.bundle import (
     BUNDLE_CA_CERT,
@@ -220,6 +221,8 @@ def cmd_central_enroll_reader(args: argparse.Namespace) -> int:
         f"enrolled auditor {enrollment.name}: client certificate sha256 {enrollment.cert_sha256}, "
         f"valid until {enrollment.not_after:%Y-%m-%d}; every read with it is logged under this name"
     )
+    _say(f"it reads nothing until granted a role: `edge central grant {enrollment.name} --role reader "
+         "--unit UNIT_CODE --reason ...` (or --role supervisor)")
     _say(_describe_bundle(enrollment))
     return EXIT_OK
 
@@ -320,3 +323,20 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     _config_option(revoke_reader)
     revoke_reader.add_argument("--reason", required=True, help="why (kept with the revocation)")
     revoke_reader.set_defaults(func=cmd_central_revoke_reader)
+
+    add_console_admin_parsers(commands, _config_option, _open_database)
+
+
+def _open_database(args: argparse.Namespace) -> SqliteDatabase | int:
+    """The store's database for the console's administration commands, or the exit status after
+    saying why not."""
+    config = _load(args)
+    if isinstance(config, ExitCode):
+        return int(config)
+    try:
+        return SqliteDatabase.open(config.layout.index_db)
+    except Exception as exc:
+        if not isinstance(exc, (OSError, *SqliteDatabase.errors)):
+            raise
+        _say(f"error: opening {config.layout.index_db}: {exc}")
+        return int(EXIT_FAILED)

@@ -32,10 +32,14 @@ from edge.pki.names import checked_name
 
 __all__ = [
     "CASE_FIELDS",
+    "AccountRecord",
     "CentralIndexError",
     "ItemQuery",
     "ItemRecord",
+    "ReaderGrant",
     "ReaderRecord",
+    "ReaderScope",
+    "Role",
     "StationRecord",
     "StationStatus",
     "indexable_case",
@@ -46,6 +50,7 @@ __all__ = [
     "validate_cert_sha256",
     "validate_reader_name",
     "validate_station_id",
+    "validate_unit_code",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,79 @@ def validate_station_id(station_id: object) -> str:
 def validate_reader_name(name: object) -> str:
     """A reader name (see `edge.pki.names`), or `CentralIndexError`."""
     return checked_name(names.validate_reader_name, name, CentralIndexError)
+
+
+# Unit (单位) codes: the 12-digit GA/T 380 agency codes in practice; any short code of letters and digits.
+_UNIT_CODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+
+
+def validate_unit_code(code: object) -> str:
+    """A unit (单位) code: 1-32 letters, digits, ``.``, ``_`` or ``-``, starting with a letter or digit."""
+    if not isinstance(code, str) or not _UNIT_CODE_RE.fullmatch(code):
+        raise CentralIndexError(f"a unit code is 1-32 letters, digits, '.', '_' or '-' starting with a "
+                                f"letter or digit, found {str(code)[:40]!r}")
+    return code
+
+
+class Role(StrEnum):
+    """What a reader may see: ``reader`` the items of its units, ``supervisor`` the items of every unit.
+
+    Either way an item marked sensitive is seen only by the readers named on it."""
+
+    READER = "reader"
+    SUPERVISOR = "supervisor"
+
+
+@dataclass(frozen=True)
+class ReaderScope:
+    """Who is reading and what they may see; every read of evidence is filtered by one.
+
+    ``units`` are the unit codes a ``reader`` sees (empty: nothing); a supervisor sees every unit and its
+    ``units`` are informational. An item is visible when its unit is (supervisor: always) and, if it is
+    marked sensitive, ``reader`` is named on it."""
+
+    reader: str
+    role: Role
+    units: frozenset[str]
+
+    @property
+    def all_units(self) -> bool:
+        return self.role is Role.SUPERVISOR
+
+    def sees_unit(self, unit: str | None) -> bool:
+        """Whether an item of ``unit`` (None: an item whose unit is unknown) is within the role and units."""
+        return self.all_units or (unit is not None and unit in self.units)
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    """A console account; ``repr`` never shows the hash or the TOTP secret."""
+
+    name: str
+    password_hash: str
+    totp_secret: str | None
+    totp_last_step: int | None
+    status: str
+    failed_attempts: int
+    locked_until: str | None
+
+    def __repr__(self) -> str:
+        return (f"AccountRecord(name={self.name!r}, status={self.status!r}, "
+                f"totp={self.totp_secret is not None}, "
+                f"failed_attempts={self.failed_attempts}, locked_until={self.locked_until!r})")
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True)
+class ReaderGrant:
+    name: str
+    role: Role
+    units: frozenset[str]
+    granted_utc: str
+    by: str
 
 
 def validate_cert_sha256(cert_sha256: object) -> str:
@@ -146,6 +224,8 @@ class ItemQuery:
     time_to: str | None = None
     limit: int = 100
     after: tuple[str, str] | None = None  # (acquired_utc, item) of the last row already returned
+    unit: str | None = None  # the item's unit (see :meth:`edge.central.storage.Index.item_unit`)
+    important: bool | None = None  # the current case fold's important flag
 
 
 def indexable_case(case: Mapping[str, Any], where: str) -> dict[str, Any]:

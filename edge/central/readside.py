@@ -1,10 +1,13 @@
 """The read side for readers (auditors): queries, content, manifest, metadata history, receipts.
 
-Every read is first appended to the index's ``access_log`` (who, what, which item or query, when, from
-where) in a transaction of its own; a read that cannot be logged is refused (503), because "every
-retrieval logged" is a rule, not a best effort. Content is streamed from the object store and hashed on
-the way out: a response whose bytes do not hash to the item's SHA-256 is cut off before it completes, so
-a damaged object is never served as if it were the evidence.
+Every read goes through the console's scope seam (:mod:`edge.central.console.scope`): a reader sees only
+the items its role, units and the sensitive markings allow; another item answers 404 like one that does
+not exist, and a search leaves it out in the database query. Every read is first appended to the
+index's ``access_log`` (who, what, which item or query, when, from where) in a transaction of its own;
+a read that cannot be logged is refused (503), because "every retrieval logged" is a rule, not a best
+effort. Content is streamed from the object store and hashed on the way out: a response whose bytes do
+not hash to the item's SHA-256 is cut off before it completes, so a damaged object is never served as if
+it were the evidence.
 """
 
 from __future__ import annotations
@@ -15,13 +18,19 @@ import binascii
 import hashlib
 import logging
 import re
-import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from aiohttp import web
 
-from edge.central.index import CentralIndexError, ItemQuery, ItemRecord, validate_station_id
+from edge.central.console.scope import log_read, reader_scope, require_item
+from edge.central.index import (
+    CentralIndexError,
+    ItemQuery,
+    ItemRecord,
+    validate_station_id,
+    validate_unit_code,
+)
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.registration import RejectCode, Rejection
 from edge.custody.canonical import canonical_json, parse_json
@@ -35,7 +44,8 @@ __all__ = ["QUERY_PARAMETERS", "ReadSide", "add_read_routes", "parse_item_query"
 
 log = logging.getLogger(__name__)
 
-QUERY_PARAMETERS = ("case", "officer", "device", "station", "from", "to", "limit", "after")
+QUERY_PARAMETERS = ("case", "officer", "device", "station", "unit", "important", "from", "to", "limit",
+                    "after")
 _DEFAULT_LIMIT = 100
 _MAX_LIMIT = 1000
 _MAX_PARAM_CHARS = 200
@@ -103,6 +113,16 @@ def parse_item_query(params: Any) -> ItemQuery:
             validate_station_id(values["station"])
         except CentralIndexError as exc:
             raise _bad(f"station: {exc}") from None
+    if "unit" in values:
+        try:
+            validate_unit_code(values["unit"])
+        except CentralIndexError as exc:
+            raise _bad(f"unit: {exc}") from None
+    important: bool | None = None
+    if "important" in values:
+        if values["important"] not in ("true", "false"):
+            raise _bad(f"important must be true or false, found {values['important'][:20]!r}")
+        important = values["important"] == "true"
     time_from = _parse_time(values["from"], "from") if "from" in values else None
     time_to = _parse_time(values["to"], "to") if "to" in values else None
     if time_from is not None and time_to is not None and time_from >= time_to:
@@ -116,6 +136,8 @@ def parse_item_query(params: Any) -> ItemQuery:
         time_to=time_to,
         limit=limit,
         after=_decode_cursor(values["after"]) if "after" in values else None,
+        unit=values.get("unit"),
+        important=important,
     )
 
 
@@ -131,47 +153,20 @@ class ReadSide:
     def __init__(self, parts: CentralParts) -> None:
         self.parts = parts
 
-    def _logged(
-        self, request: web.Request, what: str, item: str | None = None, query: str | None = None
-    ) -> str:
-        """Authenticate the reader and append the access-log row; raises :class:`Rejection`."""
-        reader = self.parts.auth.reader(request)
-        try:
-            self.parts.index.log_access(reader=reader, what=what, item=item, query=query,
-                                        remote=request.remote)
-        except self.parts.index.unit.errors as exc:
-            log.error("access log unavailable (%s); refusing %s of %s by reader %s", exc, what, item or query,
-                      reader)
-            raise Rejection(
-                RejectCode.ACCESS_LOG_UNAVAILABLE,
-                "this read cannot be logged, so it is refused; "
-                "try again later",
-            ) from None
-        log.info("reader %s: %s %s from %s", reader, what, item or query or "", request.remote)
-        return reader
-
-    def _item(self, request: web.Request, what: str) -> ItemRecord:
-        item = request.match_info["item"]
-        self._logged(request, what, item=item[:64])
-        try:
-            valid = str(uuid.UUID(item)) == item
-        except ValueError:
-            valid = False
-        if not valid:
-            raise _bad(f"item must be a lower-case hyphenated UUID, found {item[:80]!r}")
-        record = self.parts.index.item(item)
-        if record is None:
-            raise Rejection(RejectCode.NOT_FOUND, f"no accepted item {item}")
-        return record
+    async def _item(self, request: web.Request, what: str) -> ItemRecord:
+        """The item of the path, if the reader's scope may see it; the read logged first (404 if not)."""
+        scope = await reader_scope(request)
+        return require_item(request, scope, request.match_info["item"], what)
 
     async def query(self, request: web.Request) -> web.Response:
-        self._logged(request, "query", query=request.query_string[:1000] or None)
+        scope = await reader_scope(request)
+        log_read(request, scope, "query", query=request.query_string[:1000] or None)
         query = parse_item_query(request.query)
-        page, cursor = self.parts.index.query_items(query)
+        page, cursor = self.parts.index.query_items(query, scope)
         return _json({"items": page, "next": encode_cursor(cursor) if cursor else None})
 
     async def item(self, request: web.Request) -> web.Response:
-        record = self._item(request, "item")
+        record = await self._item(request, "item")
         receipt = self.parts.registrar.receipt_for(record.item)
         return _json({
             "item": record.item,
@@ -186,24 +181,24 @@ class ReadSide:
         })
 
     async def manifest(self, request: web.Request) -> web.Response:
-        record = self._item(request, "manifest")
+        record = await self._item(request, "manifest")
         # The bytes exactly as the station signed them (canonical JSON), not a re-serialisation.
         return web.Response(body=record.manifest_text.encode("utf-8"), content_type="application/json")
 
     async def history(self, request: web.Request) -> web.Response:
-        record = self._item(request, "history")
+        record = await self._item(request, "history")
         return _json({"item": record.item, "case": self.parts.index.current_case(record.item),
                       "history": self.parts.index.metadata_history(record.item)})
 
     async def receipt(self, request: web.Request) -> web.Response:
-        record = self._item(request, "receipt")
+        record = await self._item(request, "receipt")
         receipt = self.parts.registrar.receipt_for(record.item)
         if receipt is None:
             raise Rejection(RejectCode.NOT_FOUND, f"no receipt for item {record.item}")
         return _json(receipt.to_dict())
 
     async def content(self, request: web.Request) -> web.StreamResponse:
-        record = self._item(request, "content" if request.method == "GET" else "content-head")
+        record = await self._item(request, "content" if request.method == "GET" else "content-head")
         objects = self.parts.objects
         try:
             stream: BinaryIO = await asyncio.to_thread(objects.open, record.sha256)

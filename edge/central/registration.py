@@ -98,6 +98,10 @@ class RejectCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     # The central is at a configured bound (requests, buffered bodies): retry after Retry-After.
     SERVER_BUSY = "server_busy"
+    # The auditor console (edge.central.console): too many sign-in attempts; a state-changing request
+    # without the session's CSRF token.
+    RATE_LIMITED = "rate_limited"
+    CSRF_REFUSED = "csrf_refused"
 
 
 HTTP_STATUS: dict[RejectCode, int] = {
@@ -127,6 +131,8 @@ HTTP_STATUS: dict[RejectCode, int] = {
     RejectCode.ACCESS_LOG_UNAVAILABLE: 503,
     RejectCode.INTERNAL_ERROR: 500,
     RejectCode.SERVER_BUSY: 503,
+    RejectCode.RATE_LIMITED: 429,
+    RejectCode.CSRF_REFUSED: 403,
 }
 
 

@@ -7,8 +7,11 @@ items whose entries the central holds but the local ledger lacks or holds differ
 
 Who may read: the station itself (mutual TLS, its enrolled certificate) and enrolled readers (auditors),
 whose every read is first appended to the access log (a read that cannot be logged is refused, as on the
-read side). Any other station gets 403 ``wrong_station``, recorded like its other refusals, whether or
-not the station it named exists.
+read side). A reader with the role ``reader`` reads only the ledgers of stations assigned to its units
+(``edge central station-unit``), a supervisor any; for both, an entry about an item the reader may not
+see (another unit's, or sensitive without the reader named) keeps only ``seq``, ``prev`` and ``hash``
+with ``"redacted"``, so the chain still links. Any other station gets 403 ``wrong_station``, recorded
+like its other refusals, whether or not the station it named exists.
 
 The answer is ``{"station", "after", "entries": [...], "next", "head": {"seq", "hash"},
 "witnessed_head"}``: entries with ``seq > after`` in order, each exactly as the station hashed it (so a
@@ -26,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from edge.central.index import CentralIndexError, validate_station_id
+from edge.central.console.scope import log_read, scope_of
+from edge.central.index import CentralIndexError, ReaderScope, validate_station_id
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.registration import RejectCode, Rejection
 from edge.custody.canonical import canonical_json
@@ -74,8 +78,9 @@ class StationLedgerRead:
     def __init__(self, parts: CentralParts) -> None:
         self.parts = parts
 
-    def _authorised(self, request: web.Request, station: str) -> None:
-        """The station itself, or a reader whose read is logged first; raises :class:`Rejection`."""
+    async def _authorised(self, request: web.Request, station: str) -> ReaderScope | None:
+        """The station itself (None), or a reader's scope after its read is logged; raises
+        :class:`Rejection`. A reader (role reader) reads the ledgers of its units' stations only."""
         principal = self.parts.auth.station_or_reader(request)
         if principal.kind == "station":
             if principal.name != station:
@@ -85,22 +90,18 @@ class StationLedgerRead:
                                                         "only"),
                     station=principal.name, remote=request.remote,
                 )
-            return
-        try:
-            self.parts.index.log_access(reader=principal.name, what="station-ledger", item=None,
-                                        query=f"station={station[:64]}&{request.query_string[:900]}",
-                                        remote=request.remote)
-        except self.parts.index.unit.errors as exc:
-            log.error("access log unavailable (%s); refusing the ledger of %s to reader %s", exc,
-                      station[:64], principal.name)
-            raise Rejection(RejectCode.ACCESS_LOG_UNAVAILABLE,
-                            "this read cannot be logged, so it is refused; try again later") from None
-        log.info("reader %s: ledger of station %s (%s) from %s", principal.name, station[:64],
-                 request.query_string[:200], request.remote)
+            return None
+        scope = scope_of(self.parts, principal.name)
+        log_read(request, scope, "station-ledger",
+                 query=f"station={station[:64]}&{request.query_string[:900]}")
+        if not scope.all_units and self.parts.console.station_unit(station) not in scope.units:
+            raise Rejection(RejectCode.FORBIDDEN, f"reader {scope.reader} reads the ledgers of the stations "
+                                                  f"of units {' '.join(sorted(scope.units))} only")
+        return scope
 
     async def get(self, request: web.Request) -> web.Response:
         station = request.match_info["station"]
-        self._authorised(request, station)
+        scope = await self._authorised(request, station)
         try:
             validate_station_id(station)
         except CentralIndexError as exc:
@@ -111,12 +112,20 @@ class StationLedgerRead:
             raise Rejection(RejectCode.NOT_FOUND, f"no station {station} is enrolled at this central")
         head_seq, head_hash = self.parts.index.ledger_head(station)
         entries: list[dict[str, Any]] = []
+        seen: dict[str, bool] = {}
         size = 0
         last = after
         if after < head_seq:
             end = min(head_seq, after + limit)
             for entry in self.parts.index.ledger_entries(station, after + 1, end_seq=end):
                 doc = entry.to_dict()
+                hidden = scope is not None and entry.item is not None \
+                    and not self._visible(entry.item, scope, seen)
+                if hidden:
+                    # The chain still links (seq, prev, hash); what the entry says about an item this
+                    # reader may not see is left out.
+                    doc = {"seq": entry.seq, "prev": entry.prev, "hash": entry.hash,
+                           "redacted": "an item this reader may not see"}
                 length = len(canonical_json(doc)) + 1
                 if entries and size + length > MAX_ANSWER_BYTES:
                     break
@@ -136,6 +145,12 @@ class StationLedgerRead:
             content_type="application/json",
             headers={"Cache-Control": "no-store"},
         )
+
+
+    def _visible(self, item: str, scope: ReaderScope, seen: dict[str, bool]) -> bool:
+        if item not in seen:
+            seen[item] = self.parts.index.item_visible(item, scope)
+        return seen[item]
 
 
 def add_station_ledger_route(app: web.Application, parts: CentralParts) -> None:

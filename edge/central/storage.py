@@ -27,17 +27,26 @@ transaction is opened and committed without yielding, so readers never see half 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.central.index import ItemQuery, ItemRecord, ReaderRecord, StationRecord
+from edge.central.index import (
+    AccountRecord,
+    ItemQuery,
+    ItemRecord,
+    ReaderGrant,
+    ReaderRecord,
+    ReaderScope,
+    Role,
+    StationRecord,
+)
 from edge.custody.ledger import Checkpoint, LedgerEntry
 from edge.custody.receipt import TreeHead
 
-__all__ = ["CentralDatabase", "Index", "LogStore", "LogStoreConflict", "UnitOfWork"]
+__all__ = ["CentralDatabase", "ConsoleStore", "Index", "LogStore", "LogStoreConflict", "UnitOfWork"]
 
 
 class LogStoreConflict(Exception):
@@ -121,7 +130,14 @@ class Index(Protocol):
     def apply_tag(self, station_id: str, entry: LedgerEntry, recorded_utc: str) -> bool: ...
     def metadata_history(self, item: str) -> list[dict[str, Any]]: ...
     def current_case(self, item: str) -> dict[str, Any]: ...
-    def query_items(self, query: ItemQuery) -> tuple[list[dict[str, Any]], tuple[str, str] | None]: ...
+    def query_items(
+        self, query: ItemQuery, scope: ReaderScope
+    ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+        """Only items ``scope`` may see (:class:`edge.central.index.ReaderScope`), filtered in the query."""
+        ...
+
+    def item_unit(self, item: str) -> str | None: ...
+    def item_visible(self, item: str, scope: ReaderScope) -> bool: ...
 
     # audit trails
     def record_rejection(
@@ -139,9 +155,59 @@ class Index(Protocol):
 
     def log_access(
         self, *, reader: str, what: str, item: str | None, query: str | None, remote: str | None
-    ) -> None: ...
+    ) -> int:
+        """Append an access-log row in its own transaction; returns its id."""
+        ...
 
-    def access_log(self) -> list[dict[str, Any]]: ...
+    def access_log(
+        self,
+        *,
+        reader: str | None = None,
+        item: str | None = None,
+        what: str | None = None,
+        time_from: str | None = None,
+        time_to: str | None = None,
+        scope: ReaderScope | None = None,
+        before_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]: ...
+
+
+class ConsoleStore(Protocol):
+    """What the auditor console keeps: password accounts, reader grants (role and units), the unit of each
+    station, sensitive markings with their named readers, and the byte ranges served per playback. Every
+    change is also appended to an event table (who, when, why); methods run their own transactions."""
+
+    # accounts
+    def account(self, name: str) -> AccountRecord | None: ...
+    def create_account(self, name: str, password_hash: str, *, by: str) -> None: ...
+    def set_password(self, name: str, password_hash: str, *, by: str) -> None: ...
+    def set_totp(self, name: str, secret: str | None, *, by: str) -> None: ...
+    def set_account_active(self, name: str, active: bool, *, by: str, reason: str) -> None: ...
+
+    def record_sign_in(self, name: str, *, ok: bool, remote: str | None, lock_after: int,
+                       locked_until: str, totp_step: int | None = None) -> bool: ...
+
+    def account_events(self, name: str) -> list[dict[str, Any]]: ...
+
+    # grants and units
+    def grant(self, name: str, role: Role, units: Iterable[str], *, by: str, reason: str) -> ReaderGrant: ...
+    def revoke_grant(self, name: str, *, by: str, reason: str) -> None: ...
+    def grant_of(self, name: str) -> ReaderGrant | None: ...
+    def grant_events(self, name: str | None = None) -> list[dict[str, Any]]: ...
+    def assign_station_unit(self, station: str, unit: str, *, by: str, reason: str) -> None: ...
+    def station_unit(self, station: str) -> str | None: ...
+
+    # sensitivity
+    def mark_sensitive(self, item: str, readers: Iterable[str], *, by: str, reason: str,
+                       remote: str | None) -> None: ...
+
+    def unmark_sensitive(self, item: str, *, by: str, reason: str, remote: str | None) -> None: ...
+    def sensitivity(self, item: str) -> dict[str, Any] | None: ...
+    def sensitivity_events(self, item: str) -> list[dict[str, Any]]: ...
+
+    # media playback
+    def log_media_range(self, access_id: int, first_byte: int, last_byte: int) -> None: ...
 
 
 class LogStore(Protocol):
@@ -228,5 +294,8 @@ class CentralDatabase(UnitOfWork, Protocol):
 
     @property
     def log_store(self) -> LogStore: ...
+
+    @property
+    def console(self) -> ConsoleStore: ...
 
     def close(self) -> None: ...

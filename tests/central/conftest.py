@@ -21,11 +21,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.config import CentralConfig
 from edge.central.identity import enroll_reader, enroll_station, init_central
+from edge.central.index import Role
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore
 from edge.central.registration import Caller, Registrar
 from edge.central.service import RunningCentral, start_central
 from edge.central.sqlite import SqliteDatabase, SqliteIndex
+from edge.central.sqlite.console import SqliteConsoleStore
 from edge.central.tus_store import TusUploadStore
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import StationKey
@@ -75,6 +77,7 @@ class FakeStation:
         device_serial: str = "DSJ-0001",
         acquired_utc: str | None = None,
         manifest_station: str | None = None,
+        unit_code: str = "320100",
     ) -> Acquired:
         item = str(uuid.uuid4())
         sha = sha256_hex(content)
@@ -94,7 +97,7 @@ class FakeStation:
                 "device_serial": device_serial,
                 "officer_no": officer_no,
                 "officer_name": officer_name,
-                "unit_code": "320100",
+                "unit_code": unit_code,
                 "unit_name": "市局",
             },
             "time": {
@@ -255,10 +258,18 @@ class HttpCentral:
         self.index.enroll_station(station.station_id, key_b64, enrollment.cert_sha256)
         return bundle
 
-    def enroll_reader_tls(self, name: str) -> Path:
+    @property
+    def console(self) -> SqliteConsoleStore:
+        return self.running.parts.console  # type: ignore[return-value]
+
+    def enroll_reader_tls(self, name: str, *, role: Role = Role.SUPERVISOR,
+                          units: tuple[str, ...] = ()) -> Path:
+        """Issue a reader certificate (as `edge central enroll-reader`) and grant it ``role`` (as `edge
+        central grant`): a supervisor unless a test says otherwise."""
         bundle = self.workdir / f"reader-{name}-{uuid.uuid4().hex[:8]}"
         enrollment = enroll_reader(self.config, name, out_dir=bundle)
         self.index.enroll_reader(name, enrollment.cert_sha256)
+        self.console.grant(name, role, units, by="test-admin", reason="test reader")
         return bundle
 
 

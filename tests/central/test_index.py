@@ -10,6 +10,8 @@ import pytest
 from edge.central.index import (
     CentralIndexError,
     ItemQuery,
+    ReaderScope,
+    Role,
     validate_reader_name,
     validate_station_id,
 )
@@ -17,6 +19,8 @@ from edge.central.sqlite import SqliteIndex
 from edge.custody.keys import StationKey
 from edge.custody.ledger import GENESIS_PREV
 from tests.central.conftest import CERT_SHA, FakeStation, enroll
+
+EVERYTHING = ReaderScope("test-supervisor", Role.SUPERVISOR, frozenset())
 
 
 @pytest.mark.parametrize("good", ["st-0001", "A", "a.b_c-d", "9" * 64])
@@ -159,20 +163,20 @@ def test_query_filters_and_cursor(index: SqliteIndex, station: FakeStation) -> N
                 acquired_utc=f"2024-03-0{n + 1}T00:00:00.000000Z")
         for n in range(7)
     ]
-    page, cursor = index.query_items(ItemQuery(limit=3))
+    page, cursor = index.query_items(ItemQuery(limit=3), EVERYTHING)
     assert [p["item"] for p in page] == items[:3] and cursor is not None
-    page2, cursor2 = index.query_items(ItemQuery(limit=3, after=cursor))
+    page2, cursor2 = index.query_items(ItemQuery(limit=3, after=cursor), EVERYTHING)
     assert [p["item"] for p in page2] == items[3:6]
-    page3, cursor3 = index.query_items(ItemQuery(limit=3, after=cursor2))
+    page3, cursor3 = index.query_items(ItemQuery(limit=3, after=cursor2), EVERYTHING)
     assert [p["item"] for p in page3] == items[6:] and cursor3 is None
-    by_case, _ = index.query_items(ItemQuery(case_number="C-1"))
+    by_case, _ = index.query_items(ItemQuery(case_number="C-1"), EVERYTHING)
     assert [p["item"] for p in by_case] == [items[1], items[3], items[5]]
-    by_officer, _ = index.query_items(ItemQuery(officer_no="000"))
+    by_officer, _ = index.query_items(ItemQuery(officer_no="000"), EVERYTHING)
     assert [p["item"] for p in by_officer] == [items[0], items[3], items[6]]
     ranged, _ = index.query_items(ItemQuery(time_from="2024-03-02T00:00:00.000000Z",
-                                            time_to="2024-03-04T00:00:00.000000Z"))
+                                            time_to="2024-03-04T00:00:00.000000Z"), EVERYTHING)
     assert [p["item"] for p in ranged] == items[1:3]
-    none, _ = index.query_items(ItemQuery(station="other"))
+    none, _ = index.query_items(ItemQuery(station="other"), EVERYTHING)
     assert none == []
 
 

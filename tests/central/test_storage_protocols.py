@@ -20,13 +20,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
-from edge.central.index import ItemQuery, ItemRecord, ReaderRecord, StationRecord
+from edge.central.index import ItemQuery, ItemRecord, ReaderRecord, ReaderScope, StationRecord
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore
 from edge.central.registration import Caller, Registrar
 from edge.central.service import start_central
 from edge.central.sqlite import SqliteDatabase
-from edge.central.storage import CentralDatabase, Index, LogStore, UnitOfWork
+from edge.central.storage import CentralDatabase, ConsoleStore, Index, LogStore, UnitOfWork
 from edge.central.tus_store import TusUploadStore
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Checkpoint, LedgerEntry
@@ -164,9 +164,19 @@ class WrappedIndex:
         self._hooks.hit("current_case")
         return self._inner.current_case(item)
 
-    def query_items(self, query: ItemQuery) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    def query_items(
+        self, query: ItemQuery, scope: ReaderScope
+    ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
         self._hooks.hit("query_items")
-        return self._inner.query_items(query)
+        return self._inner.query_items(query, scope)
+
+    def item_unit(self, item: str) -> str | None:
+        self._hooks.hit("item_unit")
+        return self._inner.item_unit(item)
+
+    def item_visible(self, item: str, scope: ReaderScope) -> bool:
+        self._hooks.hit("item_visible")
+        return self._inner.item_visible(item, scope)
 
     def record_rejection(
         self,
@@ -187,12 +197,12 @@ class WrappedIndex:
 
     def log_access(
         self, *, reader: str, what: str, item: str | None, query: str | None, remote: str | None
-    ) -> None:
+    ) -> int:
         self._hooks.hit("log_access")
-        self._inner.log_access(reader=reader, what=what, item=item, query=query, remote=remote)
+        return self._inner.log_access(reader=reader, what=what, item=item, query=query, remote=remote)
 
-    def access_log(self) -> list[dict[str, Any]]:
-        return self._inner.access_log()
+    def access_log(self, **filters: Any) -> list[dict[str, Any]]:
+        return self._inner.access_log(**filters)
 
 
 class WrappedLogStore:
@@ -286,6 +296,11 @@ class WrappedDatabase:
     @property
     def log_store(self) -> LogStore:
         return self._log_store
+
+    @property
+    def console(self) -> ConsoleStore:
+        # The console's accounts and markings: not what this test counts, served by the same database.
+        return self._inner.console
 
     def close(self) -> None:
         self._inner.close()

@@ -11,6 +11,9 @@ import sqlite3
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from edge.central.sqlite.console import SqliteConsoleStore
+from edge.central.sqlite.console import create_schema as create_console_schema
+from edge.central.sqlite.console import migrate as migrate_console
 from edge.central.sqlite.index import SqliteIndex
 from edge.central.sqlite.index import create_schema as create_index_schema
 from edge.central.sqlite.log import SqliteLogStore
@@ -31,6 +34,7 @@ class SqliteDatabase:
         self.path = path
         self._index = SqliteIndex(self)
         self._log_store = SqliteLogStore(self)
+        self._console = SqliteConsoleStore(self)
 
     def __repr__(self) -> str:
         return f"SqliteDatabase(path={str(self.path) if self.path else None!r})"
@@ -42,6 +46,10 @@ class SqliteDatabase:
     @property
     def log_store(self) -> SqliteLogStore:
         return self._log_store
+
+    @property
+    def console(self) -> SqliteConsoleStore:
+        return self._console
 
     @classmethod
     def open(cls, db_path: Path) -> SqliteDatabase:
@@ -60,6 +68,9 @@ class SqliteDatabase:
             with database.transaction():
                 create_index_schema(conn)
                 create_log_schema(conn)
+                # The console's tables; a store made before them gets them, and its items their units.
+                create_console_schema(conn)
+                migrate_console(conn)
         except BaseException:
             conn.close()
             raise

@@ -25,6 +25,7 @@ from edge.central.index import (
     ItemQuery,
     ItemRecord,
     ReaderRecord,
+    ReaderScope,
     StationRecord,
     indexable_case,
     item_from_row,
@@ -35,6 +36,7 @@ from edge.central.index import (
     validate_reader_name,
     validate_station_id,
 )
+from edge.central.sqlite.console import item_unit_for, scope_clause
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import KeyFormatError
 from edge.custody.keys import key_id_of, public_key_from_b64
@@ -534,9 +536,24 @@ class SqliteIndex:
         )
         self._add_history(record.item, "manifest", station_id, chain_seq, acquired_utc, initial,
                           text_or_none(case.get("collector")), accepted_utc)
+        unit, unit_source = item_unit_for(self.conn, station_id, record.manifest)
+        self.conn.execute("INSERT INTO item_units (item, unit_code, source) VALUES (?, ?, ?)",
+                          (record.item, unit, unit_source))
         for entry in self.ledger_entries(station_id, item=record.item, type_="tagged"):
             self.apply_tag(station_id, entry, accepted_utc)
         return record
+
+    def item_unit(self, item: str) -> str | None:
+        """The unit an accepted item belongs to (fixed at acceptance), None when unknown."""
+        row = self.conn.execute("SELECT unit_code FROM item_units WHERE item = ?", (item,)).fetchone()
+        return None if row is None else row["unit_code"]
+
+    def item_visible(self, item: str, scope: ReaderScope) -> bool:
+        """Whether ``scope`` may see the accepted item ``item`` (False also when there is no such item)."""
+        condition, args = scope_clause(scope, "i.item")
+        row = self.conn.execute(f"SELECT 1 FROM items i WHERE i.item = ? AND {condition}",
+                                [item, *args]).fetchone()
+        return row is not None
 
     def apply_tag(self, station_id: str, entry: LedgerEntry, recorded_utc: str) -> bool:
         """Fold an accepted `tagged` entry into its item's metadata (caller's transaction).
@@ -621,13 +638,22 @@ class SqliteIndex:
             case["important"] = bool(case["important"])
         return case
 
-    def query_items(self, query: ItemQuery) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
-        """Item summaries matching every given filter, ordered by (acquired_utc, item).
+    def query_items(
+        self, query: ItemQuery, scope: ReaderScope
+    ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+        """Item summaries ``scope`` may see matching every given filter, ordered by (acquired_utc, item).
 
         Returns the page and the cursor for the next one (None when this page is the last).
         """
-        clauses: list[str] = []
-        args: list[Any] = []
+        visible, visible_args = scope_clause(scope, "i.item")
+        clauses: list[str] = [visible]
+        args: list[Any] = list(visible_args)
+        if query.unit is not None:
+            clauses.append("u.unit_code = ?")
+            args.append(query.unit)
+        if query.important is not None:
+            clauses.append("coalesce(c.important, 0) = ?")
+            args.append(int(query.important))
         for column, value in (
             ("c.case_number", query.case_number),
             ("i.officer_no", query.officer_no),
@@ -650,12 +676,17 @@ class SqliteIndex:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self.conn.execute(
             "SELECT i.item, i.sha256, i.size, i.station, i.officer_no, i.device_serial, i.acquired_utc, "
-            "i.recorded_start, i.accepted_utc, i.leaf_index, c.case_number "
-            f"FROM items i LEFT JOIN item_case c ON c.item = i.item {where} "
+            "i.recorded_start, i.accepted_utc, i.leaf_index, c.case_number, c.important, "
+            "u.unit_code AS unit, EXISTS (SELECT 1 FROM item_sensitive s WHERE s.item = i.item) AS sensitive "
+            "FROM items i LEFT JOIN item_case c ON c.item = i.item LEFT JOIN item_units u ON u.item = i.item "
+            f"{where} "
             "ORDER BY i.acquired_utc, i.item LIMIT ?",
             [*args, limit + 1],
         ).fetchall()
         page = [dict(row) for row in rows[:limit]]
+        for row in page:
+            row["sensitive"] = bool(row["sensitive"])
+            row["important"] = None if row["important"] is None else bool(row["important"])
         cursor = (page[-1]["acquired_utc"], page[-1]["item"]) if len(rows) > limit else None
         return page, cursor
 
@@ -689,18 +720,58 @@ class SqliteIndex:
 
     def log_access(
         self, *, reader: str, what: str, item: str | None, query: str | None, remote: str | None
-    ) -> None:
-        """Append an access-log row in its own transaction; raises sqlite3.Error when it cannot."""
+    ) -> int:
+        """Append an access-log row in its own transaction and return its id; raises sqlite3.Error when
+        it cannot."""
         with self.transaction():
-            self.conn.execute(
+            cursor = self.conn.execute(
                 "INSERT INTO access_log (time, reader, what, item, query, remote) VALUES (?, ?, ?, ?, ?, ?)",
                 (station_time_now(), reader, what, item, query, remote),
             )
+        return int(cursor.lastrowid or 0)
 
-    def access_log(self) -> list[dict[str, Any]]:
-        return [
-            dict(row)
-            for row in self.conn.execute(
-                "SELECT time, reader, what, item, query, remote FROM access_log ORDER BY id"
-            )
-        ]
+    def access_log(
+        self,
+        *,
+        reader: str | None = None,
+        item: str | None = None,
+        what: str | None = None,
+        time_from: str | None = None,
+        time_to: str | None = None,
+        scope: ReaderScope | None = None,
+        before_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Access-log rows (oldest first; with ``limit``, the newest ``limit`` before ``before_id``, newest
+        first), filtered. With ``scope``, rows about items the scope may not see are left out. Each row
+        has ``id`` and, for a media playback, ``bytes_served`` (the sum of its ranges)."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        for column, value in (("a.reader", reader), ("a.item", item), ("a.what", what)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if time_from is not None:
+            clauses.append("a.time >= ?")
+            args.append(time_from)
+        if time_to is not None:
+            clauses.append("a.time < ?")
+            args.append(time_to)
+        if before_id is not None:
+            clauses.append("a.id < ?")
+            args.append(before_id)
+        if scope is not None:
+            visible, visible_args = scope_clause(scope, "a.item")
+            clauses.append(f"(a.item IS NULL OR {visible})")
+            args.extend(visible_args)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = "ORDER BY a.id" if limit is None else "ORDER BY a.id DESC LIMIT ?"
+        if limit is not None:
+            args.append(max(1, min(limit, MAX_QUERY_LIMIT)))
+        rows = self.conn.execute(
+            "SELECT a.id, a.time, a.reader, a.what, a.item, a.query, a.remote, "
+            "(SELECT sum(m.last_byte - m.first_byte + 1) FROM media_ranges m WHERE m.access_id = a.id) "
+            f"AS bytes_served FROM access_log a {where} {order}",
+            args,
+        ).fetchall()
+        return [dict(row) for row in rows]

@@ -1,0 +1,122 @@
+"""`edge central account|grant|station-unit|sensitive`: the console's administration, in-process with the
+real parser and index; passwords come from stdin or a prompt, never argv, and never appear in output."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import pyotp
+import pytest
+
+from edge.central.cli import add_central_parser
+from edge.central.config import load_central_config
+from edge.central.console.credentials import totp_step, verify_password
+from edge.central.index import Role
+from edge.central.sqlite import SqliteDatabase
+
+PASSWORD = "correct horse battery staple 7"
+
+
+def _run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="edge")
+    add_central_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["central", *argv])
+    result: int = args.func(args)
+    return result
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> str:
+    path = tmp_path / "central.toml"
+    path.write_text(f'[central]\nid = "central-test"\nstore_dir = "{tmp_path / "store"}"\n[server]\n'
+                    'port = 18443\n', encoding="utf-8")
+    assert _run("init", "--config", str(path)) == 0
+    return str(path)
+
+
+def _database(config: str) -> SqliteDatabase:
+    return SqliteDatabase.open(load_central_config(Path(config)).layout.index_db)
+
+
+def test_account_lifecycle_from_stdin_with_totp(
+    config: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    assert _run("account", "add", "wang.legal", "--config", config, "--password-stdin") == 0
+    assert _run("account", "enrol-totp", "wang.legal", "--config", config) == 0
+    out = capsys.readouterr()
+    uri = out.out.strip()
+    assert uri.startswith("otpauth://totp/") and "issuer=evidence-edge" in uri
+    assert PASSWORD not in out.out + out.err
+    database = _database(config)
+    try:
+        account = database.console.account("wang.legal")
+        assert account is not None and account.active
+        assert account.password_hash.startswith("$argon2id$") and PASSWORD not in account.password_hash
+        assert verify_password(account.password_hash, PASSWORD)[0]
+        assert not verify_password(account.password_hash, PASSWORD + "x")[0]  # control
+        assert account.totp_secret is not None and account.totp_secret not in repr(account)
+        assert account.password_hash not in repr(account)
+        secret = pyotp.parse_uri(uri).secret
+        assert secret == account.totp_secret
+        assert totp_step(secret, pyotp.TOTP(secret).now()) is not None
+    finally:
+        database.close()
+    assert _run("account", "disable", "wang.legal", "--config", config, "--reason", "left the unit") == 0
+    database = _database(config)
+    try:
+        account = database.console.account("wang.legal")
+        assert account is not None and not account.active
+        events = [e["event"] for e in database.console.account_events("wang.legal")]
+        assert events == ["created", "totp_enrolled", "disabled"]
+        assert all(e["by"] for e in database.console.account_events("wang.legal"))
+    finally:
+        database.close()
+
+
+def test_a_password_is_never_taken_from_the_command_line(config: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _run("account", "add", "wang.legal", "--config", config, "--password", PASSWORD)
+    assert exit_info.value.code == 2
+
+
+def test_a_short_password_is_refused(config: str, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert _run("account", "add", "wang.legal", "--config", config, "--password-stdin") == 1
+    assert "12-1024 characters" in capsys.readouterr().err
+    database = _database(config)
+    try:
+        assert database.console.account("wang.legal") is None
+    finally:
+        database.close()
+
+
+def test_grant_station_unit_and_sensitive_are_recorded(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run("grant", "li.reader", "--config", config, "--role", "reader", "--unit", "330106000000",
+                "--reason", "legal review of 西湖区") == 0
+    assert _run("grant", "chief", "--config", config, "--role", "supervisor", "--reason", "bureau") == 0
+    # A reader without units would see nothing: refused, with the reason.
+    assert _run("grant", "nobody", "--config", config, "--role", "reader", "--reason", "x") == 1
+    assert "at least one unit" in capsys.readouterr().err
+    assert _run("station-unit", "ZJ-HZ-XH-0001", "330106000000", "--config", config,
+                "--reason", "installed at 西湖区") == 0
+    missing = "00000000-0000-4000-8000-000000000000"
+    assert _run("sensitive", missing, "--config", config, "--reader", "li.reader", "--reason", "x") == 1
+    database = _database(config)
+    try:
+        grant = database.console.grant_of("li.reader")
+        assert grant is not None and grant.role is Role.READER and grant.units == {"330106000000"}
+        chief = database.console.grant_of("chief")
+        assert chief is not None and chief.role is Role.SUPERVISOR
+        assert database.console.grant_of("nobody") is None
+        assert database.console.station_unit("ZJ-HZ-XH-0001") == "330106000000"
+        events = database.console.grant_events()
+        assert [(e["name"], e["reason"]) for e in events] == [("li.reader", "legal review of 西湖区"),
+                                                              ("chief", "bureau")]
+    finally:
+        database.close()
