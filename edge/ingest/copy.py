@@ -164,11 +164,11 @@ class _Writer:
         self.fd = fd
         self.what = what
         self.direct = direct
-        self.free: queue.Queue[mmap.mmap] = queue.Queue()
+        self.free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         self.buffers = [BUFFERS.aligned(chunk_bytes) for _ in range(self.BUFFERS)]
         for buffer in self.buffers:
             self.free.put(buffer)
-        self.pending: queue.Queue[memoryview | None] = queue.Queue()
+        self.pending: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
         self.error: AcquireError | None = None
         self.thread = threading.Thread(target=self._run, name="copy-writer", daemon=True)
         self.thread.start()
@@ -306,10 +306,10 @@ class _DiskReadAhead:
         self.size = size
         self.chunk_bytes = chunk_bytes
         self.buffers = [BUFFERS.aligned(chunk_bytes) for _ in range(self.DEPTH)]
-        self.free: queue.Queue[mmap.mmap] = queue.Queue()
+        self.free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         for buffer in self.buffers:
             self.free.put(buffer)
-        self.ready: queue.Queue[tuple[mmap.mmap, int] | BaseException | None] = queue.Queue()
+        self.ready: queue.SimpleQueue[tuple[mmap.mmap, int] | BaseException | None] = queue.SimpleQueue()
         self.stopping = False
         self.thread = threading.Thread(target=self._run, name="verify-reader", daemon=True)
         self.thread.start()

@@ -537,13 +537,7 @@ class _Run:
         part = self.layout.tmp_copy(w.item)
         part.unlink(missing_ok=True)  # a stale copy from an interrupted attempt is never trusted
         reserve = self.settings.min_free_bytes
-        available = await self._thread(free_bytes, self.layout.tmp)
         needed = w.offered.size or 0
-        if available - needed < reserve:
-            raise StoreFullError(
-                f"{w.offered.display}: needs {needed} bytes, station disk has {available} free "
-                f"(keeping {reserve} in reserve)"
-            )
         what = f"{self.source.device}:{w.offered.display}"
         acquired_utc = station_time_now()
         counted = 0
@@ -554,6 +548,12 @@ class _Run:
             self.progress.bytes_done += count
 
         def work() -> tuple[CopyResult, ReadMethod | None]:
+            available = free_bytes(self.layout.tmp)
+            if available - needed < reserve:
+                raise StoreFullError(
+                    f"{w.offered.display}: needs {needed} bytes, station disk has {available} free "
+                    f"(keeping {reserve} in reserve)"
+                )
             reader = w.offered.open()
             try:
                 copied = copy_and_hash(
@@ -654,10 +654,16 @@ class _Run:
         part = self.layout.tmp_copy(w.item)
         if not part.exists():
             raise _VerificationMismatch(f"{display}: the copy in progress was lost")
-        # Drop whatever a crash may have left appended to the copy: only the original bytes remain.
-        await self._thread(os.truncate, part, size)
         ext = stored_extension(w.offered.name)
-        media, fallback = await self._thread(media_facts_and_seal, part, size, ext)
+
+        def read_facts() -> tuple[dict[str, Any], str | None]:
+            # Drop whatever a crash may have left appended to the copy: only the original bytes remain.
+            os.truncate(part, size)
+            return media_facts_and_seal(part, size, ext)
+
+        # One hand-over to a worker thread per step, not one per call: with eight bays of short clips
+        # the hand-overs themselves cost measurable CPU time.
+        media, fallback = await self._thread(read_facts)
         media = self.pipeline.store.scrub_error_text(media)  # ffprobe names the .part it read
         acquired_entry = self.repository.latest_entry(w.item, EntryType.ACQUIRED)
         if acquired_entry is None:
@@ -678,28 +684,32 @@ class _Run:
         )
         embedded = fallback is None
         sealing: dict[str, Any] = {"embedded": embedded}
-        if embedded:
-            await self._thread(append_evidence_box, part, manifest)
-        else:
+        station = self.pipeline.store.key
+        inspect = not embedded and ext in ISO_BMFF_EXTENSIONS
+        if not embedded:
             log.info("item %s: manifest kept in the sidecar only: %s", w.item, fallback)
             sealing["sidecar_reason"] = fallback
-            if ext in ISO_BMFF_EXTENSIONS:
-                station = self.pipeline.store.key
-                found = await self._thread(
-                    inspect_evidence_box, part, size, {station.key_id: station.public_key()}
-                )
-                if found is not None:  # a sealed file brought back, or a forged box: on the record
-                    sealing["evidence_box_in_original"] = found
         verify = self.settings.verify_reread
         # The acquisition hash is already of the device's bytes (invariant 1); a second read of the
         # original costs a full read of the device and is made only when configured.
         reopen = w.offered.reopen if verify and self.settings.reread_original else None
         source_reread = reopen is not None
         checks: dict[str, Any] = {"stored_reread": verify, "source_reread": source_reread}
-        if verify:
-            reread: ReRead = await self._thread(
-                reread_stored_and_source, part, reopen, size, self.settings.chunk_bytes, display
-            )
+
+        def seal_and_reread() -> tuple[dict[str, Any] | None, ReRead | None]:
+            found = None
+            if embedded:
+                append_evidence_box(part, manifest)
+            elif inspect:
+                found = inspect_evidence_box(part, size, {station.key_id: station.public_key()})
+            if not verify:
+                return found, None
+            return found, reread_stored_and_source(part, reopen, size, self.settings.chunk_bytes, display)
+
+        found, reread = await self._thread(seal_and_reread)
+        if found is not None:  # a sealed file brought back, or a forged box: on the record
+            sealing["evidence_box_in_original"] = found
+        if reread is not None:
             checks["stored_read"] = reread.stored_read  # how the read bypassed the page cache
             if reread.stored_sha256 != sha256 or reread.stored_size != size:
                 raise _VerificationMismatch(

@@ -238,6 +238,7 @@ class StationStore:
 
     def __init__(self, root: Path, station_id: str, *, purpose: str = "station store") -> None:
         self.layout = StoreLayout(root)
+        self._path_roots: tuple[str, str] | None = None  # the root as given and resolved (scrubbing)
         self.station_id = station_id
         self._lock = lock_store(root, purpose)
         try:
@@ -279,8 +280,10 @@ class StationStore:
     def scrub_error_text(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """`data` with no station path in its error prose (for ledger entries and manifests, which
         leave the station): the store's own paths and any other absolute path are replaced."""
-        root = str(self.layout.root)
-        scrubbed: dict[str, Any] = scrub_error_text(data, (root, os.path.realpath(root)))
+        if self._path_roots is None:  # once: realpath costs a system call per path component
+            root = str(self.layout.root)
+            self._path_roots = (root, os.path.realpath(root))
+        scrubbed: dict[str, Any] = scrub_error_text(data, self._path_roots)
         return scrubbed
 
     def hold_reserve(self) -> None:

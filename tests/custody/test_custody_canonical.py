@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 import struct
 from collections import OrderedDict
 from types import MappingProxyType
 
 import pytest
 
-from edge.custody.canonical import MAX_SAFE_INTEGER, canonical_json, parse_json, sha256_hex
+from edge.custody.canonical import MAX_DEPTH, MAX_SAFE_INTEGER, canonical_json, parse_json, sha256_hex
 from edge.custody.errors import CanonicalJsonError
 
 # RFC 8785 Appendix B: IEEE-754 bit patterns and their canonical text.
@@ -192,3 +193,67 @@ def test_parse_then_canonical_is_stable() -> None:
 def test_parse_json_rejects_hostile_text(text: bytes, message: str) -> None:
     with pytest.raises(CanonicalJsonError, match=message):
         parse_json(text)
+
+
+# -- the C encoder's fast path writes exactly what the reference serialiser writes -------------------------
+
+
+def _reference(obj: object) -> bytes:
+    """The pure-Python serialiser alone (canonical_json takes a fast path for plain values)."""
+    from edge.custody import canonical
+
+    parts: list[str] = []
+    canonical._emit(obj, parts, "$", 0)
+    return "".join(parts).encode("utf-8")
+
+
+_ALPHABET = "aZ09 _-\"\\/\b\f\n\r\t\x00\x01\x1f\x7f\u2028\u00e9张伟\uffff\U0001f600\U00010000\ue000"
+
+
+def _random_text(rng: random.Random) -> str:
+    return "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 6)))
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    roll = rng.random()
+    if depth > 3 or roll < 0.45:
+        return rng.choice([
+            None, True, False, 0, -1, MAX_SAFE_INTEGER, -MAX_SAFE_INTEGER, rng.randint(-10**6, 10**6),
+            _random_text(rng), 1.5, -0.0, 1e21,
+        ])
+    if roll < 0.7:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return {_random_text(rng): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+
+
+def test_the_fast_path_writes_what_the_reference_serialiser_writes() -> None:
+    rng = random.Random(20261205)
+    for _ in range(3000):
+        value = _random_value(rng)
+        assert canonical_json(value) == _reference(value), value
+
+
+def test_the_fast_path_leaves_what_it_cannot_write_canonically_to_the_reference() -> None:
+    # Names outside the BMP sort by UTF-16 code units, not by code point.
+    names = {"\U0001f600": 1, "\ue000": 2, "a": 3}
+    assert canonical_json(names) == _reference(names) == '{"a":3,"\U0001f600":1,"\ue000":2}'.encode()
+
+    class Shown(str):
+        def __str__(self) -> str:
+            return "shown"
+
+    assert canonical_json({"k": Shown("raw")}) == _reference({"k": Shown("raw")})
+    assert canonical_json([1.0, 1e-7, -0.0]) == b"[1,1e-7,0]"
+    with pytest.raises(CanonicalJsonError, match="lone surrogate U\\+D800"):
+        canonical_json({"k": "\ud800"})
+    with pytest.raises(CanonicalJsonError, match="holds a lone surrogate"):
+        canonical_json({"\ud800": 1})
+    with pytest.raises(CanonicalJsonError, match="within \\+-\\(2\\*\\*53-1\\)"):
+        canonical_json({"k": MAX_SAFE_INTEGER + 1})
+    with pytest.raises(CanonicalJsonError, match="expected str object keys"):
+        canonical_json({1: "one"})
+    deep: object = "x"
+    for _ in range(MAX_DEPTH + 2):
+        deep = [deep]
+    with pytest.raises(CanonicalJsonError, match="nesting depth"):
+        canonical_json(deep)
