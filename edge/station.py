@@ -34,7 +34,7 @@ from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.slots import ConcurrencySlot
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
 from edge.sources.usb.bay_leds import led_after_removal
-from edge.sources.usb.bays import bay_of_volume
+from edge.sources.usb.bays import bay_of_volume, volume_on_port
 from edge.sources.usb.mounted import BoundVolumes, VolumeRoot
 from edge.sources.usb.offload import BayProgress, OffloadResult
 from edge.sources.usb.session import ControlSession, VolumeClaims, VolumeSession
@@ -44,6 +44,7 @@ from edge.sources.usb.volumes import (
     VolumeMount,
     VolumeWatcher,
     display_name,
+    printable,
     wait_until_readable,
 )
 from edge.uplink.service import UplinkService
@@ -400,14 +401,21 @@ class StationAgent:
             )
             return
         serial = identity.device_serial
-        if self.claims.offer(serial, root):
-            root.owner = "control session"  # it closes the volume when its docking ends
-            return
-        if self.claims.busy(serial):
+        assert root.mount is not None
+        claimed_port = self.claims.usb_port(serial)
+        if claimed_port is not None:
+            # A control session has this recorder: only a volume on its USB port is its volume.
+            on_port, found_at = await loop.run_in_executor(
+                self.executor, volume_on_port, root.mount.device, path, claimed_port
+            )
+            if not on_port:
+                await self._refuse_misplaced_volume(root, serial, claimed_port, found_at)
+                return
+            if self.claims.offer(serial, root):
+                root.owner = "control session"  # it closes the volume when its docking ends
             return
         # No control session brought this volume: its bay comes from the kernel's topology or the
         # per-bay mount directory, so that its LED shows the docking too.
-        assert root.mount is not None
         bay, found_by = await loop.run_in_executor(
             self.executor, bay_of_volume, root.mount.device, path, self.config.bays
         )
@@ -432,6 +440,35 @@ class StationAgent:
             self._active_devices.discard(serial)
             async with self._volume_session_ended:
                 self._volume_session_ended.notify_all()
+
+    async def _refuse_misplaced_volume(
+        self, root: VolumeRoot, serial: str, claimed_port: str, found_at: str
+    ) -> None:
+        """A volume claiming (PARAM.INI) a recorder that a control session holds on another USB port:
+        a spoofed stick, never read as evidence, on the record with the bay it is in."""
+        assert self.store is not None and root.mount is not None
+        bay, _ = await asyncio.get_running_loop().run_in_executor(
+            self.executor, bay_of_volume, root.mount.device, root.path, self.config.bays
+        )
+        expected_bay = self.config.bay_for_port(claimed_port)
+        reason = (
+            f"volume claims recorder {printable(serial)}, which a control session holds on USB port "
+            f"{claimed_port} (bay {expected_bay}); this volume is in bay {bay}, on {found_at}"
+        )
+        log.warning("volume %s refused: %s", display_name(root.path), reason)
+        self.store.record(
+            EntryType.REFUSED,
+            None,
+            {
+                **root.mount.as_record(),
+                "device_serial": printable(serial),
+                "bay": bay,
+                "expected_bay": expected_bay,
+                "expected_usb_port": claimed_port,
+                "reason": reason,
+            },
+        )
+        await self.set_led(bay, BayLed.ERROR)
 
     def _finished(self, result: OffloadResult | None) -> None:
         if result is not None:

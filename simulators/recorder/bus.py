@@ -154,9 +154,18 @@ class RecorderSpec:
     # device clock's wall time then (in FAT's 2 s steps). The newest recording starts 5 min to
     # (files - 1) x 29 min + 5 min before the recorder is created.
     recording_until_docked: bool = False
+    # An attacker's stick posing as another recorder: its PARAM.INI and file names name this serial
+    # instead of its own `device_serial` (which only tells the bus's recorders apart). A stick has no
+    # control protocol, so it is mass-storage only.
+    claims_device_serial: str = ""
 
     def __post_init__(self) -> None:
         self.info()  # validates serial, officer number, text fields
+        if self.claims_device_serial:
+            RecorderInfo(self.claims_device_serial, self.officer_no, self.officer_name, self.unit_code,
+                         self.unit_name)
+            if not self.msc_only:
+                raise ValueError("claims_device_serial: a stick posing as a recorder is msc_only")
         encode_password(self.password)
         encode_id_code(self.id_code)
         if not (len(self.usb_serial) == 16 and self.usb_serial.isascii() and self.usb_serial.isalnum()):
@@ -244,6 +253,7 @@ class _Slot:
     address: int | None = None
     volume: MountedVolume | None = None
     mount_error: str | None = None
+    mount_held: bool = False  # fault: mass-storage mode without its mount until released
 
     @property
     def serial(self) -> str:
@@ -519,7 +529,7 @@ class RecorderBus:
         staging.mkdir()
         populate_volume(
             staging,
-            device_serial=spec.device_serial,
+            device_serial=spec.claims_device_serial or spec.device_serial,
             officer_no=spec.officer_no,
             officer_name=spec.officer_name,
             unit_code=spec.unit_code,
@@ -564,7 +574,7 @@ class RecorderBus:
             slot.device.power_on()
             if slot.spec.recording_until_docked:
                 _close_newest_recording(slot)
-            if slot.device.mode is RecorderMode.MASS_STORAGE:
+            if slot.device.mode is RecorderMode.MASS_STORAGE and not slot.mount_held:
                 self._mount(slot)
             with self._lock:
                 slot.address = self._allocate_address(bus_no)
@@ -693,6 +703,22 @@ class RecorderBus:
             else:
                 slot.device.reply_faults[request] = payload
 
+    def hold_volume_mount(self, device_serial: str) -> None:
+        """Fault: the recorder's volume is not mounted when it enters mass-storage mode (at plug-in or
+        at the switch), only at `release_volume_mount`. Real hardware acknowledges the switch and
+        mounts seconds later; meanwhile anything else (a stick in another bay) can be mounted."""
+        slot = self._slot(device_serial)
+        with slot.lock:
+            slot.mount_held = True
+
+    def release_volume_mount(self, device_serial: str) -> None:
+        """End `hold_volume_mount`: a recorder plugged in mass-storage mode is mounted now."""
+        slot = self._slot(device_serial)
+        with slot.lock:
+            slot.mount_held = False
+            if slot.port_path is not None and slot.device.mode is RecorderMode.MASS_STORAGE:
+                self._mount(slot)
+
     @contextlib.contextmanager
     def hold_device(self, device_serial: str) -> Iterator[None]:
         """Fault: the device stops answering while the block runs (transfers time out)."""
@@ -791,7 +817,8 @@ class RecorderBus:
         # mounts later, so the service must wait for the mount either way.
         with self._lock:
             slot.address = None
-        self._mount(slot)
+        if not slot.mount_held:
+            self._mount(slot)
         assert slot.port_path is not None
         bus_no, _ = parse_port_path(slot.port_path)
         with self._lock:

@@ -17,6 +17,11 @@ restart) has only its mount. Two ways lead from the mount to the port, tried in 
 
 Neither is chosen by the recorder: the port is the kernel's topology. A volume found in neither way
 has no bay (its LED cannot show), which is on the record with the docking.
+
+The same two ways bind a control session's volume to its place (`volume_on_port`): a recorder switched
+to mass-storage mode re-enumerates on the very port its control session found it on, so the volume it
+expects must hang off that port. The serial in a volume's PARAM.INI is only a claim that any stick can
+make; the port is not.
 """
 
 from __future__ import annotations
@@ -77,3 +82,21 @@ def bay_of_volume(
     if not by_chain:
         return None, f"mount directory names USB port chain {chain}, which no [[bays]] entry has"
     return None, f"mount directory names USB port chain {chain}, which several bays have (see sysfs)"
+
+
+def volume_on_port(
+    device: str, mount_dir: Path, usb_port: str, sysfs: Path = SYSFS
+) -> tuple[bool, str]:
+    """Whether the volume (`MAJOR:MINOR` mounted at `mount_dir`) is on USB port `usb_port` (`1-1.3`),
+    and where it was found. sysfs decides when the volume is a block device on USB (always so for a
+    real recorder); otherwise the mount directory's port chain must be the port's chain (the directory
+    does not name the bus: bays on two controllers with one chain are told apart by sysfs only). A
+    volume placed in neither way is on no port: it cannot be bound to a docking."""
+    port = usb_port_of_block_device(device, sysfs)
+    if port is not None:
+        return port == usb_port, f"USB port {port} (sysfs)"
+    chain = port_chain_of_mount_dir(mount_dir.name)
+    if chain is None:
+        return False, "no USB port (neither sysfs nor the mount directory name one)"
+    expected_chain = usb_port.split("-", 1)[1] if "-" in usb_port else usb_port
+    return chain == expected_chain, f"USB port chain {chain} (mount directory)"

@@ -83,20 +83,29 @@ class VolumeClaims:
     """Control sessions announce the volume they expect before switching the recorder's mode, and
     keep the recorder marked busy until they end, so its volume never starts a second session.
 
+    A claim names the recorder's serial and the USB port its control session found it on. The serial
+    a volume carries (PARAM.INI) is a claim any stick can make, so the station offers a volume only
+    when it is on that port (:func:`edge.sources.usb.bays.volume_on_port`); `usb_port` says which.
+
     The volume is handed over bound to its mount (:class:`VolumeRoot`): an accepted offer passes it
     to the control session, which closes it when its docking ends."""
 
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Future[VolumeRoot]] = {}
-        self._busy: set[str] = set()
+        self._busy: dict[str, str] = {}  # device serial -> USB port of its control session
 
-    def expect(self, device_serial: str) -> asyncio.Future[VolumeRoot]:
+    def expect(self, device_serial: str, usb_port: str) -> asyncio.Future[VolumeRoot]:
         future: asyncio.Future[VolumeRoot] = asyncio.get_running_loop().create_future()
         self._waiting[device_serial] = future
-        self._busy.add(device_serial)
+        self._busy[device_serial] = usb_port
         return future
 
+    def usb_port(self, device_serial: str) -> str | None:
+        """The USB port of the control session that has (or waits for) this recorder, or None."""
+        return self._busy.get(device_serial)
+
     def offer(self, device_serial: str, root: VolumeRoot) -> bool:
+        """Hand the volume to the session waiting for it (the caller has checked its port)."""
         future = self._waiting.pop(device_serial, None)
         if future is None or future.done():
             return False
@@ -108,7 +117,7 @@ class VolumeClaims:
 
     def release(self, device_serial: str) -> None:
         self._waiting.pop(device_serial, None)
-        self._busy.discard(device_serial)
+        self._busy.pop(device_serial, None)
 
     def busy(self, device_serial: str) -> bool:
         return device_serial in self._busy
@@ -299,7 +308,7 @@ class ControlSession(DockingSession):
             self.store.record(EntryType.ERROR, None, {**where, "stage": "control", "reason": str(exc)})
             await self.set_led(bay, BayLed.ERROR)
             return None
-        volume = claims.expect(device_serial)
+        volume = claims.expect(device_serial, handle.location.port_path)
         try:
             try:
                 await self._thread(self._switch, handle, backend)
