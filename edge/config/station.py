@@ -282,6 +282,17 @@ class UplinkSection(StrictModel):
         30.0, ge=0,
         description="Purge the local copy this long after its receipt verified; unset: keep for ever",
     )
+    purge_max_per_hour: int = Field(
+        600, ge=1, le=1_000_000,
+        description="At most this many local copies are purged an hour (on the boot clock): a clock fault "
+        "that makes receipts look old cannot purge everything in one pass",
+    )
+    purge_max_downtime_h: float = Field(
+        168.0, gt=0, le=87_600,
+        description="The purge believes the wall clock only up to the newest ledger entry of the previous "
+        "run plus the time since boot plus this much downtime: a clock reset to the future cannot purge "
+        "(see edge.uplink.retention)",
+    )
     ledger_push_delay_s: float = Field(
         2.0, ge=0, le=300,
         description="New ledger entries go to the central this long after the first of them (erasures at "

@@ -43,7 +43,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -57,10 +57,12 @@ from edge.custody.refusal import FINAL_ITEM_CODES, LEDGER_FORK, verify_refusal
 from edge.custody.seal import hash_prefix
 from edge.durable.files import write_atomic
 from edge.ingest.store import StationStore
+from edge.runtime.clock import ClockTrust, station_clock_trust
 from edge.runtime.retrylog import RetrySummary
 from edge.runtime.supervise import wait_event
 from edge.uplink.errors import UplinkFatal
 from edge.uplink.policy import Backoff, BreakerState, CircuitBreaker, RateLimiter, UploadWindows
+from edge.uplink.retention import PurgeBudget, RetentionClock, boot_clock
 from edge.uplink.spool import Spool, SpoolEntry, UploadState
 from edge.uplink.transport import (
     UPLOAD_LOST,
@@ -120,10 +122,13 @@ class UplinkService:
         store: StationStore,
         *,
         clock: Callable[[], float] = time.time,
+        boot: Callable[[], float] = boot_clock,
         rng: random.Random | None = None,
         transport: Transport | None = None,
     ) -> None:
-        """``transport`` overrides the one ``[uplink] transport`` names (tests, a composition root)."""
+        """``transport`` overrides the one ``[uplink] transport`` names (tests, a composition root).
+        ``clock`` is the wall clock and ``boot`` the time since boot (CLOCK_BOOTTIME): the retention
+        purge believes the first only as far as the second and the ledger explain it."""
         if not config.uplink.enabled:
             raise ValueError("the uplink needs [uplink] central_url")
         self.config = config
@@ -151,7 +156,17 @@ class UplinkService:
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._register_lock = asyncio.Lock()
         self._central_head: tuple[int, str] | None = None
-        self._last_purge = 0.0
+        self.boot = boot
+        self._last_purge: float | None = None  # boot clock of the last purge pass
+        self.retention_clock = RetentionClock(
+            wall=clock,
+            boot=boot,
+            history_newest=self.spool.newest_entry_time_before_start(),
+            max_downtime_s=self.uplink.purge_max_downtime_h * 3600,
+        )
+        self.purge_budget = PurgeBudget(self.uplink.purge_max_per_hour, boot=boot)
+        # Why the purge stands refused now ("untrusted", "ahead"), so that it is on the ledger once.
+        self._purge_refusal: str | None = None
         self._fatal: UplinkFatal | None = None
         self._bad_receipts: set[str] = set()
         self._unverified_refusals: set[tuple[str | None, str]] = set()
@@ -288,7 +303,7 @@ class UplinkService:
                 raise self._fatal
             self._wake.clear()
             self.spool.enqueue_sealed()
-            self._purge_if_due()
+            await self._purge_if_due()
             delay = self._pause_s()
             if delay is None:
                 free = self.uplink.concurrency - len(self._in_flight)
@@ -810,18 +825,53 @@ class UplinkService:
 
     # -- retention --------------------------------------------------------------------------------
 
-    def _purge_if_due(self) -> None:
-        retention_days = self.uplink.retention_days
-        if retention_days is None or self.clock() - self._last_purge < PURGE_INTERVAL_S:
+    async def _purge_if_due(self) -> None:
+        if self._last_purge is not None and self.boot() - self._last_purge < PURGE_INTERVAL_S:
             return
-        self._last_purge = self.clock()
-        self.purge(retention_days * 86400)
+        self._last_purge = self.boot()
+        await self.purge_pass()
 
-    def purge(self, retention_s: float) -> list[str]:
-        """Delete local copies whose receipt verified at least `retention_s` ago; the manifest sidecar,
-        the receipt and every ledger entry stay, so the item remains provable against the central."""
+    async def purge_pass(self) -> list[str]:
+        """One pass of the retention purge (every PURGE_INTERVAL_S from the loop): nothing while the
+        station clock is not trusted; receipts count as elapsed only up to what the boot clock and the
+        ledger make plausible (:mod:`edge.uplink.retention`); at most the hourly budget. A refusal is
+        logged and on the ledger once, not per item nor per pass."""
+        retention_days = self.uplink.retention_days
+        if retention_days is None:
+            return []
+        trust: ClockTrust = await asyncio.to_thread(
+            station_clock_trust, self.config.station.clock, self.config.time_sync
+        )
+        if not trust.trusted:
+            self._refuse_purge("untrusted", f"station clock not trusted ({trust.source}: {trust.reason}): "
+                               "no local copy is purged", {"station_clock": trust.as_dict()})
+            return []
+        when = self.retention_clock.purge_time()
+        if when.refusal is not None:
+            self._refuse_purge("ahead", when.refusal, {"purge_until": when.until})
+        elif self._purge_refusal is not None:
+            log.info("retention purge: the station clock is trusted and plausible again")
+            self._purge_refusal = None
+        budget = self.purge_budget.available()
+        purged = self.purge(retention_days * 86400, now=when.until, limit=budget)
+        self.purge_budget.spend(len(purged))
+        return purged
+
+    def _refuse_purge(self, kind: str, reason: str, facts: dict[str, Any]) -> None:
+        if self._purge_refusal == kind:
+            return
+        self._purge_refusal = kind
+        log.error("retention purge refused: %s", reason)
+        self.store.record(EntryType.ERROR, None, {"stage": "retention", "reason": reason, **facts})
+
+    def purge(self, retention_s: float, *, now: float | None = None, limit: int | None = None) -> list[str]:
+        """Delete local copies whose receipt verified at least `retention_s` before `now` (epoch s, by
+        default the wall clock), at most `limit` of them; the manifest sidecar, the receipt and every
+        ledger entry stay, so the item remains provable against the central."""
         purged: list[str] = []
-        for item, stored in self.spool.purge_due(retention_s):
+        moment = datetime.fromtimestamp(self.clock() if now is None else now, UTC)
+        due = self.spool.purge_due(retention_s, moment)
+        for item, stored in due if limit is None else due[: max(limit, 0)]:
             if not self.spool.receipted([item]):
                 continue  # belt and braces: never purge what the central has not receipted
             relative = str(stored.relative_to(self.store.layout.root))

@@ -266,6 +266,27 @@ class Spool:
                 due.append((row["item"], self.store.layout.root / row["path"]))
         return due
 
+    def newest_entry_time_before_start(self) -> float | None:
+        """Epoch seconds of the newest ledger entry written before this run of the station, None when
+        there is none or its time does not read: the store's own history of the wall clock. This run
+        began at the newest `station_started` unless a `station_stopped` follows it (no run is on)."""
+        conn = self.store.conn
+        started = conn.execute("SELECT max(seq) FROM ledger WHERE type=?",
+                               (EntryType.STATION_STARTED.value,)).fetchone()[0]
+        if started is not None and conn.execute(
+            "SELECT 1 FROM ledger WHERE type=? AND seq>?", (EntryType.STATION_STOPPED.value, started)
+        ).fetchone() is None:
+            row = conn.execute("SELECT time FROM ledger WHERE seq<? ORDER BY seq DESC LIMIT 1",
+                               (started,)).fetchone()
+        else:
+            row = conn.execute("SELECT time FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        try:
+            return datetime.strptime(row[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+        except (TypeError, ValueError):
+            return None
+
     def mark_purged(self, item: str, files: list[str], *, already_absent: bool = False) -> None:
         with self.store.transaction() as conn:
             conn.execute("UPDATE uploads SET purged=? WHERE item=?", (station_time_now(), item))
