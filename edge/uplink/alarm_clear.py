@@ -15,6 +15,9 @@ said), and, explicitly, **which tree head of the central the station trusts from
   its current signed tree head and its head of our ledger, verifies the tree head with the pinned central
   key, and the entry names both the head it replaces and the head it accepts (size, root, the signed head
   itself), so an auditor sees exactly where the chain of tree heads was re-anchored, by whom and why.
+  Only a central whose signed head of our ledger is a prefix of the ledger here can be accepted: a head
+  of a fork (another hash at that seq, more entries than we hold, or a plain answer that differs from
+  the head it signed) is refused and nothing changes.
   Nothing before is lost: every receipt still carries its own signed head and inclusion proof.
 
 Why not simply accept whatever the central shows next: an anchor replaced silently is what a central
@@ -108,12 +111,22 @@ async def fetch_accepted_central(
     if problems:
         raise ClearError("the central's current tree head does not verify with the pinned central key ("
                          + "; ".join(str(p) for p in problems[:3]) + "); nothing was changed")
-    if ledger.witnessed_head is not None:
+    if ledger.seq > 0:
+        # What is accepted is what the central signed: a plain (seq, hash) beside a signed head of
+        # another ledger would let a forked central pass for a prefix of ours.
+        if ledger.witnessed_head is None:
+            raise ClearError(f"the central says it holds this station's ledger up to seq {ledger.seq} but "
+                             "sent no signed (witnessed) head of it; nothing was changed")
         problems = verify_witnessed_head(ledger.witnessed_head, central_key,
                                          expected_station=config.station.id)
         if problems:
             raise ClearError("the central's witnessed head of this station's ledger does not verify ("
                              + "; ".join(str(p) for p in problems[:3]) + "); nothing was changed")
+        signed = (ledger.witnessed_head["seq"], ledger.witnessed_head["hash"])
+        if signed != (ledger.seq, ledger.hash):
+            raise ClearError(f"the central's answer names seq {ledger.seq} with hash {ledger.hash}, but the "
+                             f"head it signed is seq {signed[0]} with hash {signed[1]}: its answer does not "
+                             "hold together; nothing was changed")
     return AcceptedCentral(TreeHead.from_dict(tree_doc), ledger.seq, ledger.hash)
 
 

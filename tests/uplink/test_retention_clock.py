@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from edge.config.station import StationConfig
 from edge.central.embedded import EmbeddedCentral
+from edge.config.station import StationConfig
 from edge.custody.ledger import EntryType
 from edge.ingest.store import StationStore
 from edge.uplink.retention import boot_clock
@@ -106,7 +106,8 @@ def uplink_on_copy(
 
 
 def retention_refusals(store: StationStore) -> list[dict[str, Any]]:
-    return [e.data for e in store.ledger.entries() if e.type == "error" and e.data.get("stage") == "retention"]
+    errors = (e.data for e in store.ledger.entries() if e.type == "error")
+    return [data for data in errors if data.get("stage") == "retention"]
 
 
 def purged(store: StationStore) -> int:
@@ -156,7 +157,8 @@ async def test_an_untrusted_station_clock_purges_nothing(receipted: Receipted, t
         assert await uplink.purge_pass() == []
         assert await uplink.purge_pass() == []
         (refusal,) = retention_refusals(store)
-        assert "station clock not trusted" in refusal["reason"] and refusal["station_clock"]["trusted"] is False
+        assert "station clock not trusted" in refusal["reason"]
+        assert refusal["station_clock"]["trusted"] is False
         assert purged(store) == 0
 
 

@@ -31,6 +31,7 @@ from edge.uplink.errors import UplinkFatal
 from edge.uplink.service import UplinkService
 from simulators.recorder.media import make_jpg
 from tests.tamper.attacker import attacker_db
+from tests.uplink.proxy import Fault
 from tests.uplink.test_refusals import (
     CASE,
     REPO,
@@ -282,3 +283,77 @@ def test_edge_witness_show_reports_an_altered_tree_head_row_without_a_traceback(
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "newest central tree head kept: 3 leaves" in result.stdout
     assert "alarm: none" in result.stdout and "unwitnessed window: none" in result.stdout
+
+
+def answer_json(doc: dict[str, Any]) -> Any:
+    body = json.dumps(doc).encode()
+    return lambda _request, _body: (200, {"Content-Type": "application/json"}, body)
+
+
+async def test_accepting_the_central_head_is_refused_when_the_central_holds_a_fork_of_our_ledger(
+    tmp_path: Path, media: Path
+) -> None:
+    """`--accept-central-head` re-anchors only on a central whose head of our ledger is a prefix of the
+    ledger here. A central holding a fork (same seq, another hash: an entry that is not ours), or
+    answering a head whose signed form names a fork, is refused and nothing changes; the control: the
+    same central holding a true prefix is accepted."""
+    async with make_rig(tmp_path, media) as rig:
+        await drain(rig)
+        witnessed = newest_witnessed_seq(rig.store.conn)
+        kept = witnessed - 4
+        ours = rig.store.conn.execute("SELECT hash FROM ledger WHERE seq=?", (kept,)).fetchone()[0]
+        forged = "f" * 64
+        await rig.central.stop()
+        config = central_config(rig.tmp / "central-store")
+        with attacker_db(config.layout.index_db) as conn:
+            conn.execute("DELETE FROM station_ledger WHERE station = ? AND seq > ?", (STATION, kept))
+            conn.execute("DELETE FROM station_checkpoints WHERE station = ? AND seq > ?", (STATION, kept))
+            conn.execute("UPDATE station_ledger SET hash = ? WHERE station = ? AND seq = ?",
+                         (forged, STATION, kept))
+        rig.central = await start_central(config, signing_key=rig.central_key)
+        rig.proxy.upstream = rig.central.url
+        await alarm_stops_the_uplink(rig)
+        station_config = station_toml(rig)
+        head_before = rig.store.ledger.head()
+        rig.store.close()
+
+        forked = await edge_cli_async("witness", "clear", "--config", str(station_config),
+                                      "--accept-central-head", "--reason", "accept whatever it has")
+        assert forked.returncode == 2, forked.stdout + forked.stderr
+        assert f"up to seq {kept} with hash {forged}" in forked.stderr and "forked" in forked.stderr
+        reopen(rig)
+        assert rig.store.ledger.head() == head_before and rig.ledger("witness_alarm_cleared") == []
+        rig.store.close()
+
+        # The plain head is made to look like ours while the head the central signed names the fork.
+        from edge.uplink.transports import transport_for
+
+        async with transport_for(rig.config().uplink, STATION, None).connect() as link:
+            real = await link.ledger_state()
+        assert real.witnessed_head is not None and real.witnessed_head["hash"] == forged
+        rig.proxy.faults.append(Fault("GET", rf"/v1/stations/{STATION}/ledger/head", answer_json(
+            {"seq": kept, "hash": ours, "witnessed_head": real.witnessed_head, "tree_head": real.tree_head}
+        ), times=0))
+        disguised = await edge_cli_async("witness", "clear", "--config", str(station_config),
+                                         "--accept-central-head", "--reason", "accept whatever it has")
+        assert disguised.returncode == 2, disguised.stdout + disguised.stderr
+        assert "signed" in disguised.stderr and forged in disguised.stderr, disguised.stderr
+        reopen(rig)
+        assert rig.store.ledger.head() == head_before and rig.ledger("witness_alarm_cleared") == []
+        rig.store.close()
+        rig.proxy.faults.clear()
+
+        # The control: the central's copy mended to a true prefix of ours is accepted.
+        await rig.central.stop()
+        with attacker_db(config.layout.index_db) as conn:
+            conn.execute("UPDATE station_ledger SET hash = ? WHERE station = ? AND seq = ?",
+                         (ours, STATION, kept))
+        rig.central = await start_central(config, signing_key=rig.central_key)
+        rig.proxy.upstream = rig.central.url
+        accepted = await edge_cli_async("witness", "clear", "--config", str(station_config),
+                                        "--accept-central-head", "--reason", "backup restored, verified")
+        assert accepted.returncode == 0, accepted.stderr
+        reopen(rig)
+        (entry,) = rig.ledger("witness_alarm_cleared")
+        assert entry["accepted_central"]["ledger_seq"] == kept
+        assert entry["accepted_central"]["ledger_hash"] == ours
