@@ -832,13 +832,16 @@ class UplinkService:
         await self.purge_pass()
 
     async def purge_pass(self) -> list[str]:
-        """One pass of the retention purge (every PURGE_INTERVAL_S from the loop): nothing while the
-        station clock is not trusted; receipts count as elapsed only up to what the boot clock and the
-        ledger make plausible (:mod:`edge.uplink.retention`); at most the hourly budget. A refusal is
-        logged and on the ledger once, not per item nor per pass."""
+        """One pass of the retention purge (every PURGE_INTERVAL_S from the loop). When the wall clock
+        says copies are due: nothing while the station clock is not trusted; receipts count as elapsed
+        only up to what the boot clock and the ledger make plausible (:mod:`edge.uplink.retention`); at
+        most the hourly budget. A refusal is logged and on the ledger once, not per item nor per pass."""
         retention_days = self.uplink.retention_days
         if retention_days is None:
             return []
+        retention_s = retention_days * 86400
+        if not self.spool.purge_due(retention_s, datetime.fromtimestamp(self.clock(), UTC)):
+            return []  # nothing due even by the wall clock: nothing to trust it for
         trust: ClockTrust = await asyncio.to_thread(
             station_clock_trust, self.config.station.clock, self.config.time_sync
         )
@@ -853,7 +856,7 @@ class UplinkService:
             log.info("retention purge: the station clock is trusted and plausible again")
             self._purge_refusal = None
         budget = self.purge_budget.available()
-        purged = self.purge(retention_days * 86400, now=when.until, limit=budget)
+        purged = self.purge(retention_s, now=when.until, limit=budget)
         self.purge_budget.spend(len(purged))
         return purged
 
