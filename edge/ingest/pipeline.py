@@ -58,7 +58,15 @@ from edge.ingest.copy import (
 )
 from edge.ingest.facts import ISO_BMFF_EXTENSIONS, media_facts_and_seal
 from edge.ingest.manifest import build_manifest
-from edge.ingest.repository import Acquisition, AcquisitionState, IngestRepository, ItemRecord
+from edge.ingest.repository import (
+    REBUILD_FAILED,
+    REBUILD_OPENED,
+    Acquisition,
+    AcquisitionState,
+    IngestRepository,
+    ItemRecord,
+    open_rebuild,
+)
 from edge.ingest.source import ItemReader, OfferedItem, ReaderOpener, Source
 from edge.ingest.store import StationStore, stored_extension
 
@@ -223,10 +231,12 @@ class IngestPipeline:
         where = {"device_serial": source.device, "original": display}
         detected = {
             **where,
-            "stage": "stored copy",
+            "stage": REBUILD_OPENED,
             "reason": f"{display}: item {work.item}: {damage}",
             "found_by": found_by,
             "action": f"re-acquire from the {source.kind} device",
+            # Named before it exists: a crash leaves it accounted for (discard_interrupted_rebuilds).
+            "temp_copy": self._temp_copy_name(work.item),
         }
         log.error("%s %s: %s", source.kind, source.device, detected["reason"])
         await self.commit(lambda: self.repository.entry(EntryType.ERROR, work.item, detected))
@@ -238,7 +248,7 @@ class IngestPipeline:
             done = f"{display}: cannot re-acquire item {work.item}: {exc}"
         if isinstance(done, str):
             log.error("%s %s: %s", source.kind, source.device, done)
-            data = {**where, "stage": "reacquire", "reason": done}
+            data = {**where, "stage": REBUILD_FAILED, "reason": done}
             await self.commit(lambda: self.repository.entry(EntryType.ERROR, work.item, data))
             return False
         reacquired = {**where, **done, "found_by": found_by}
@@ -247,6 +257,41 @@ class IngestPipeline:
         if self.uploads is not None:
             self.uploads.item_sealed(work.item)  # held back while its copy was damaged: send it now
         return True
+
+    def _temp_copy_name(self, item: str) -> str:
+        layout = self.store.layout
+        return str(layout.tmp_copy(item).relative_to(layout.root))
+
+    def discard_interrupted_rebuilds(self) -> list[str]:
+        """At start: remove the temp copies of re-acquisitions the station was stopped in the middle of
+        (kill -9, power cut), each closed on the ledger (`error`, stage `reacquire`); the stored copy
+        stays damaged and is re-acquired at the item's next docking. Only a temp copy that the ledger
+        says this station was writing is removed: anything else in tmp/ stays for `edge verify` to
+        report. Returns the items."""
+        layout = self.store.layout
+        discarded: list[str] = []
+        if not layout.tmp.is_dir():
+            return discarded
+        for part in sorted(layout.tmp.glob("*.part")):
+            item = part.name.removesuffix(".part")
+            name = self._temp_copy_name(item)
+            if part.is_symlink() or not part.is_file() or part != layout.tmp_copy(item):
+                continue
+            started = open_rebuild(self.store.conn, item, name)
+            if started is None:
+                continue
+            # Removed before it is recorded: a crash in between leaves no file and an open entry,
+            # which the next re-acquisition of the item supersedes.
+            part.unlink(missing_ok=True)
+            self.directories.sync(layout.tmp)
+            reason = (f"interrupted: the station stopped during the re-acquisition opened at ledger seq "
+                      f"{started}; its temp copy {name} was discarded; the stored copy is still damaged "
+                      "and is re-acquired at the item's next docking")
+            log.warning("item %s: %s", item, reason)
+            self.store.record(EntryType.ERROR, item, {"stage": REBUILD_FAILED, "reason": reason,
+                                                      "temp_copy": name, "opened_seq": started})
+            discarded.append(item)
+        return discarded
 
     def _rebuild(self, work: IngestedItem, record: ItemRecord | None, embedded: bool) -> dict[str, Any] | str:
         """In a worker thread: the sealed artefact rebuilt from the original and put in place of the

@@ -53,6 +53,27 @@ class AcquisitionState:
     IN_PROGRESS = frozenset({PENDING, COPIED, VERIFIED})
 
 
+# A re-acquisition (IngestPipeline.reacquire) opens with an `error` entry of stage `stored copy` that
+# names the temp copy it is about to write (`temp_copy`, relative to the store root), and closes with
+# `reacquired` or an `error` of stage `reacquire`. A temp copy is the station's own only while that is
+# open; anything else in tmp/ was left by something else, and `edge verify` reports it.
+REBUILD_OPENED = "stored copy"
+REBUILD_FAILED = "reacquire"
+
+
+def open_rebuild(conn: sqlite3.Connection, item: str, temp_copy: str) -> int | None:
+    """The ledger seq of the entry that opened a re-acquisition of `item` writing `temp_copy` and that
+    nothing closed since (the station stopped during it), or None."""
+    row = conn.execute(
+        "SELECT seq, type, json_extract(data, '$.temp_copy') FROM ledger WHERE item=? AND (type=? OR "
+        "(type=? AND json_extract(data, '$.stage') IN (?, ?))) ORDER BY seq DESC LIMIT 1",
+        (item, EntryType.REACQUIRED.value, EntryType.ERROR.value, REBUILD_OPENED, REBUILD_FAILED),
+    ).fetchone()
+    if row is None or row[1] != EntryType.ERROR.value or row[2] != temp_copy:
+        return None
+    return int(row[0])
+
+
 @dataclass
 class Acquisition:
     """An offered original and the item it is (or will be) stored as."""

@@ -33,7 +33,7 @@ from edge.custody.manifest import verify_manifest
 from edge.custody.problems import Problem
 from edge.custody.receipt import verify_receipt
 from edge.custody.seal import verify_sealed_file
-from edge.ingest.repository import AcquisitionState
+from edge.ingest.repository import AcquisitionState, open_rebuild
 from edge.ingest.store import StoreLayout, read_station_id
 from edge.verify.witness import CentralView, witness_findings
 
@@ -229,7 +229,7 @@ def verify_store(
         report.checked["purged"] = sum(1 for item in items if item.purged)
         if only_item is None:
             report.problems.extend(_unaccounted(conn, layout, known_paths))
-            report.problems.extend(_unexpected_files(conn, layout))
+            report.problems.extend(_unexpected_files(conn, layout, report.notes))
             findings = witness_findings(
                 conn, layout, station, key_id_of(public_key), central_key, central_view
             )
@@ -532,9 +532,10 @@ _TMP_FILE = re.compile(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 _COPY_STATES = AcquisitionState.IN_PROGRESS | {AcquisitionState.FAILED}
 
 
-def _unexpected_files(conn: sqlite3.Connection, layout: StoreLayout) -> list[Problem]:
+def _unexpected_files(conn: sqlite3.Connection, layout: StoreLayout, notes: list[str]) -> list[Problem]:
     """Files in the store root, keys/ and tmp/ that a station does not write: a copy in progress is
-    tmp/<item>.part of an acquisition not yet sealed; nothing else is expected there."""
+    tmp/<item>.part of an acquisition not yet sealed, or of a re-acquisition the ledger shows open (the
+    station was stopped in it: a note in `notes`, not a problem); nothing else is expected there."""
     problems: list[Problem] = []
 
     def unexpected(path: Path, why: str) -> None:
@@ -557,7 +558,16 @@ def _unexpected_files(conn: sqlite3.Connection, layout: StoreLayout) -> list[Pro
             if match is not None and path.parent == layout.tmp and path.is_file():
                 row = conn.execute("SELECT state FROM acquisitions WHERE item=?", (match[1],)).fetchone()
                 state = None if row is None else row[0]
-            if state not in _COPY_STATES:
-                unexpected(path, "not a copy in progress: no acquisition of the store is under way for it "
-                                 "(planted, or left over)")
+            if state in _COPY_STATES:
+                continue
+            if match is not None and path.parent == layout.tmp and path.is_file() and not path.is_symlink():
+                name = str(path.relative_to(layout.root))
+                opened = open_rebuild(conn, match[1], name)
+                if opened is not None:
+                    notes.append(f"file {name}: the temp copy of a re-acquisition of item {match[1]} that "
+                                 f"the station was stopped in (opened at ledger seq {opened}); the "
+                                 "station discards it at its next start")
+                    continue
+            unexpected(path, "not a copy in progress: no acquisition or re-acquisition of the store is "
+                             "under way for it (planted, or left over)")
     return problems
