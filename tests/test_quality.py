@@ -136,6 +136,19 @@ def test_the_uplink_core_never_imports_a_transport(tmp_path: Path) -> None:
     ]
 
 
+def _verify_wire_offenders(paths: list[Path]) -> list[str]:
+    return [f"{path.name} imports {name}" for path in paths for name in sorted(_imports(path))
+            if name in UPLINK_WIRE_MODULES or name.split(".")[0] in WIRE_LIBRARIES]
+
+
+def test_edge_verify_asks_the_central_through_the_transport_seam(tmp_path: Path) -> None:
+    """`edge verify` reaches the central over the station's configured transport (an MQTT station has
+    no HTTPS to its central), so edge/verify names no wire module and no wire library."""
+    assert _verify_wire_offenders(sorted((ROOT / "edge" / "verify").glob("*.py"))) == []
+    (tmp_path / "witness.py").write_text("def f():\n    from edge.uplink.central_api import CentralApi\n")
+    assert _verify_wire_offenders([tmp_path / "witness.py"]) == ["witness.py imports edge.uplink.central_api"]
+
+
 def test_edge_root_holds_composition_roots_only() -> None:
     modules = {p.name for p in (ROOT / "edge").glob("*.py")}
     assert modules - COMPOSITION_ROOTS == set(), "move foundation modules into a package named for its role"

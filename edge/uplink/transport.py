@@ -9,8 +9,8 @@ between one station and the central, over one wire, with one identity:
   init, segments with per-segment acks, fin);
 * **registration**: the signed manifest with the ledger entries the central has not yet accepted, which
   brings back the receipt;
-* **witnessing**: ledger segments pushed, the central's view of our ledger, its tree heads and
-  consistency proofs.
+* **witnessing**: ledger segments pushed, the central's view of our ledger (its head, and the entries it
+  holds page by page, which `edge verify` reads), its tree heads and consistency proofs.
 
 All three go over the same transport because the central answers about all three in the same signed
 documents (a receipt carries the witnessed head and a tree head, a ledger answer does too), because a
@@ -61,6 +61,7 @@ __all__ = [
     "ContentUnreadable",
     "Delivered",
     "LedgerAnswer",
+    "LedgerPage",
     "LedgerSegment",
     "Link",
     "NotDone",
@@ -115,6 +116,17 @@ class Parcel:
         except OSError as exc:
             raise ContentUnreadable(f"item {self.item}: cannot read the stored copy: {exc}") from exc
         return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class LedgerPage:
+    """Entries of our ledger as the central holds them (:meth:`Link.ledger_page`), unverified: the
+    entry documents after the asked seq in order, ``next`` (the seq to ask after for the next page, None
+    at the central's head), and the head the central signed as witnessed."""
+
+    entries: Sequence[Mapping[str, Any]]
+    next: int | None
+    witnessed_head: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -225,6 +237,11 @@ class Link(Protocol):
 
     async def push_ledger(self, segment: LedgerSegment) -> LedgerAnswer:
         """Send a ledger segment; the answer is the head the central now holds. Raises :class:`NotDone`."""
+        ...
+
+    async def ledger_page(self, after: int, limit: int) -> LedgerPage:
+        """At most ``limit`` entries of our ledger the central holds after seq ``after`` (`edge verify`
+        names from them what a rewrite of the local ledger removed); raises :class:`NotDone`."""
         ...
 
     async def tree_head(self) -> dict[str, Any]:

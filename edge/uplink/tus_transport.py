@@ -35,6 +35,7 @@ from edge.uplink.transport import (
     ContentUnreadable,
     Delivered,
     LedgerAnswer,
+    LedgerPage,
     LedgerSegment,
     NotDone,
     Parcel,
@@ -171,6 +172,12 @@ class TusLink:
     async def push_ledger(self, segment: LedgerSegment) -> LedgerAnswer:
         with _not_done():
             return await self.api.post_ledger(segment.entries, segment.checkpoint)
+
+    async def ledger_page(self, after: int, limit: int) -> LedgerPage:
+        with _not_done():
+            doc = await self.api.ledger_page(after, limit)  # its shape is checked there
+        witnessed = doc.get("witnessed_head")
+        return LedgerPage(doc["entries"], doc.get("next"), witnessed if isinstance(witnessed, dict) else None)
 
     async def tree_head(self) -> dict[str, Any]:
         with _not_done():

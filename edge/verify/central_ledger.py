@@ -34,6 +34,7 @@ from edge.custody.errors import CanonicalJsonError, LedgerError
 from edge.custody.ledger import GENESIS_PREV, LedgerEntry, entry_hash
 from edge.custody.problems import Problem
 from edge.custody.witness import WitnessedHead, verify_witnessed_head
+from edge.uplink.transport import NotDone, Transport
 
 __all__ = ["MAX_NAMED_ITEMS", "CentralLedgerFindings", "compare_with_central_ledger"]
 
@@ -157,12 +158,13 @@ async def compare_with_central_ledger(
     central_key: Ed25519PublicKey,
     *,
     timeout_s: float = 120.0,
+    transport: Transport | None = None,
 ) -> CentralLedgerFindings:
     """Page through the central's copy of this station's ledger from ``after`` (a seq both sides agree
-    on) and name what the local ledger lacks. Never raises for a central that cannot be used: a note
-    says why."""
+    on) and name what the local ledger lacks, over the station's own uplink transport (``transport``
+    overrides it). Never raises for a central that cannot be used: a note says why."""
     from edge.pki.names import IdentityError
-    from edge.uplink.central_api import CentralApi, CentralError, central_session
+    from edge.uplink.transports import transport_for
 
     uplink = config.uplink
     comparison = _Comparison(conn, after)
@@ -170,27 +172,25 @@ async def compare_with_central_ledger(
         return CentralLedgerFindings(notes=[f"the central's ledger was not compared: the local ledger has no "
                                             f"entry at seq {after}"])
     try:
-        async with (
-            asyncio.timeout(timeout_s),
-            central_session(uplink, config.station.id) as (session, headers),
-        ):
-            api = CentralApi(session, uplink.central_url, config.station.id, headers=headers,
-                             timeout_s=timeout_s)
+        wire = transport or transport_for(uplink, config.station.id, None)
+        async with asyncio.timeout(timeout_s), wire.connect() as link:
             cursor: int | None = after
             witnessed: Any = None
             pages = 0
             while cursor is not None and pages < MAX_PAGES:
-                page = await api.ledger_page(cursor, PAGE_LIMIT)
+                page = await link.ledger_page(cursor, PAGE_LIMIT)
                 pages += 1
+                if len(page.entries) > PAGE_LIMIT:
+                    raise _Unusable(f"a page holds {len(page.entries)} entries, {PAGE_LIMIT} were asked for")
                 # The last page's: the central may accept more of this ledger while we page.
-                witnessed = page.get("witnessed_head")
-                for doc in page["entries"]:
+                witnessed = page.witnessed_head
+                for doc in page.entries:
                     comparison.take(_entry(doc))
-                next_cursor = page.get("next")
+                next_cursor = page.next
                 if next_cursor is not None and (not isinstance(next_cursor, int) or next_cursor <= cursor):
                     raise _Unusable(f"its page cursor went from {cursor} to {str(next_cursor)[:20]}")
                 cursor = next_cursor
-    except (CentralError, IdentityError, OSError, TimeoutError, ValueError) as exc:
+    except (NotDone, IdentityError, OSError, TimeoutError, ValueError) as exc:
         return CentralLedgerFindings(notes=[f"the central's copy of this ledger could not be read "
                                             f"({type(exc).__name__}: {str(exc)[:300]}), so the items a "
                                             "rewrite removed are not named"])

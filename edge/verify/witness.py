@@ -39,6 +39,7 @@ from edge.custody.problems import Problem
 from edge.custody.witness import WitnessedHead, verify_witnessed_head
 from edge.custody.witness_log import alarm_state, stored_witnessed_heads, unwitnessed_window
 from edge.ingest.store import StoreLayout, read_station_id
+from edge.uplink.transport import NotDone, Transport
 
 __all__ = [
     "CONFIG_ENV",
@@ -127,24 +128,24 @@ class CentralView:
     failure: str | None = None
 
 
-async def fetch_central_view(config: StationConfig, timeout_s: float = 20.0) -> CentralView:
-    """Ask the configured central (mutual TLS with the enrollment bundle) for its witnessed head of this
-    station's ledger. Never raises for a central that cannot be reached: the view says why."""
+async def fetch_central_view(
+    config: StationConfig, timeout_s: float = 20.0, *, transport: Transport | None = None
+) -> CentralView:
+    """Ask the configured central for its witnessed head of this station's ledger, over the station's
+    own uplink transport (``[uplink] transport``, with the enrollment identity; ``transport`` overrides
+    it). Never raises for a central that cannot be reached: the view says why."""
     from edge.pki.names import IdentityError
-    from edge.uplink.central_api import CentralApi, CentralError, central_session
+    from edge.uplink.transports import transport_for
 
     uplink = config.uplink
     url = uplink.central_url
     if not uplink.enabled:
         return CentralView(url, failure="the station configuration has no [uplink] central_url")
     try:
-        async with (
-            asyncio.timeout(timeout_s),
-            central_session(uplink, config.station.id) as (session, headers),
-        ):
-            api = CentralApi(session, url, config.station.id, headers=headers, timeout_s=timeout_s)
-            answer = await api.ledger_state()
-    except (CentralError, IdentityError, OSError, TimeoutError, ValueError) as exc:
+        wire = transport or transport_for(uplink, config.station.id, None)
+        async with asyncio.timeout(timeout_s), wire.connect() as link:
+            answer = await link.ledger_state()
+    except (NotDone, IdentityError, OSError, TimeoutError, ValueError) as exc:
         return CentralView(url, failure=f"{type(exc).__name__}: {str(exc)[:300]}")
     return CentralView(url, head=answer.head, witnessed_head=answer.witnessed_head)
 

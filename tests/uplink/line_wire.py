@@ -37,6 +37,7 @@ from edge.uplink.transport import (
     Accepted,
     Delivered,
     LedgerAnswer,
+    LedgerPage,
     LedgerSegment,
     NotDone,
     Parcel,
@@ -172,6 +173,13 @@ class LineLink:
 
     async def push_ledger(self, segment: LedgerSegment) -> LedgerAnswer:
         return _ledger_answer(await self._call("push_ledger", {"segment": _segment(segment)}))
+
+    async def ledger_page(self, after: int, limit: int) -> LedgerPage:
+        doc = await self._call("ledger_page", {"after": after, "limit": limit})
+        entries, following, witnessed = doc.get("entries"), doc.get("next"), doc.get("witnessed_head")
+        if not isinstance(entries, list) or not (following is None or isinstance(following, int)):
+            raise NotDone(RetryLater(f"ledger page is malformed: {str(doc)[:200]}"))
+        return LedgerPage(entries, following, witnessed if isinstance(witnessed, dict) else None)
 
     async def tree_head(self) -> dict[str, Any]:
         return await self._call("tree_head", {})
@@ -368,6 +376,8 @@ class LineReceiver:
         if op == "push_ledger":
             await self.registrar.accept_segment(caller, caller.station_id, header.get("segment"))
             return self.registrar.ledger_answer(caller)
+        if op == "ledger_page":
+            return self._ledger_page(caller, int(header["after"]), int(header["limit"]))
         if op == "tree_head":
             with self.parts.index.transaction():
                 return self.parts.merkle.tree_head().to_dict()
@@ -377,3 +387,16 @@ class LineReceiver:
                 raise Rejection(RejectCode.BAD_REQUEST, f"expected first <= second <= {size}")
             return {"proof": [h.hex() for h in self.parts.merkle.consistency_proof(first, second)]}
         raise Rejection(RejectCode.BAD_REQUEST, f"unknown op {op[:40]!r}")
+
+    def _ledger_page(self, caller: Caller, after: int, limit: int) -> dict[str, Any]:
+        """The station's ledger entries the central holds after ``after``, as the HTTP central's
+        ``GET /v1/stations/{station}/ledger`` gives them (edge.central.station_ledger_read)."""
+        head_seq, head_hash = self.parts.index.ledger_head(caller.station_id)
+        entries = [] if after >= head_seq else [
+            e.to_dict() for e in self.parts.index.ledger_entries(
+                caller.station_id, after + 1, end_seq=min(head_seq, after + limit))
+        ]
+        last = entries[-1]["seq"] if entries else after
+        witnessed = self.registrar.witnessed_head(caller.station, (head_seq, head_hash))
+        return {"entries": entries, "next": last if entries and last < head_seq else None,
+                "witnessed_head": None if witnessed is None else witnessed.to_dict()}
