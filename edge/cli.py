@@ -74,6 +74,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{path}: OK (station {config.station.id}, {len(config.bays)} bays, "
         f"{len(config.recorders.allow)} recorders on the allow-list)"
     )
+    _check_vfat_codepage(config)
     waits_for_central = (WipePolicy.AFTER_WITNESS, WipePolicy.AFTER_RECEIPT)
     if config.wipe.policy in waits_for_central and not config.uplink.enabled:
         # Valid, and safe, but an admin who copied a station file without [uplink] should know why
@@ -85,6 +86,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return ExitCode.OK
+
+
+def _check_vfat_codepage(config: StationConfig) -> None:
+    """The vfat mount options the udev rule must carry for this configuration, and a warning when the
+    kernel lacks the modules they need (systemd/99-evidence-edge.rules, README)."""
+    from edge.sources.usb.vfat import nls_problem, vfat_mount_options
+
+    codepage = config.usb.vfat_codepage
+    if codepage is None:
+        return
+    print(f"vfat volumes must be mounted with --options={vfat_mount_options(codepage)}")
+    problem = nls_problem(codepage)
+    if problem is not None:
+        print(f"warning: {problem}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

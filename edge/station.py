@@ -38,6 +38,7 @@ from edge.sources.usb.bays import bay_of_volume, volume_on_port
 from edge.sources.usb.mounted import BoundVolumes, VolumeRoot
 from edge.sources.usb.offload import BayProgress, OffloadResult
 from edge.sources.usb.session import ControlSession, VolumeClaims, VolumeSession
+from edge.sources.usb.vfat import codepage_problem, nls_problem
 from edge.sources.usb.volumes import (
     VolumeEvent,
     VolumeEventKind,
@@ -163,6 +164,8 @@ class StationAgent:
             executor=self.executor,
             uploads=self.uplink,
         )
+        # Temp copies of re-acquisitions a crash interrupted (the ledger names them) go before any docking.
+        self.pipeline.discard_interrupted_rebuilds()
         watcher.start()
         self.ready.set()
         try:
@@ -352,6 +355,13 @@ class StationAgent:
             None,
             {**event.mount.as_record(), "source": "volume"},
         )
+        mount = event.mount
+        misread = codepage_problem(mount.fs_type, mount.super_options, self.config.usb.vfat_codepage)
+        if mounted and misread is not None:
+            # Offloaded all the same (names are kept as their bytes too), but an admin must fix the rule.
+            log.warning("volume %s: %s", display_name(event.path), misread)
+            self.store.record(EntryType.ERROR, None, {**event.mount.as_record(), "stage": "mount",
+                                                      "reason": misread})
 
     async def _volume_appeared(self, watcher: VolumeWatcher, mount: VolumeMount) -> None:
         assert self.store is not None
@@ -518,6 +528,9 @@ async def run_station(config: StationConfig, config_path: Path | None = None) ->
         config.usb.mount_root,
     )
     await log_clock_verdict(config)
+    nls = await asyncio.to_thread(nls_problem, config.usb.vfat_codepage)
+    if nls is not None:
+        log.warning("%s", nls)
     try:
         await agent.run(stop, notifier=notifier)
     except SupervisorGaveUp as exc:

@@ -92,6 +92,13 @@ class UsbSection(StrictModel):
         description="UTC offset of the wall clock mass-storage-only recorders write into file names and "
         "FAT times (they cannot say); unset: the station's own time zone",
     )
+    vfat_codepage: Literal[437, 737, 775, 850, 852, 855, 857, 860, 861, 862, 863, 864, 865, 866, 869, 874,
+                           932, 936, 949, 950] | None = Field(
+        None,
+        description="Code page of FAT 8.3 short names (936: GBK, as most recorders here write them); the "
+        "udev rule must mount vfat with this codepage= and the kernel needs nls_cp<N> (edge check-config "
+        "says both); unset: the kernel's default (437)",
+    )
     volume_rescan_interval_s: float = Field(
         5.0,
         ge=0.1,

@@ -97,11 +97,12 @@ class VolumeMount:
     fs_type: str
     source: str
     root: str
+    super_options: str = ""  # the filesystem's options (vfat: its codepage); not part of the identity
 
     @classmethod
     def from_entry(cls, entry: MountEntry) -> VolumeMount:
         return cls(Path(entry.mount_point), entry.mount_id, entry.device, entry.fs_type, entry.source,
-                   entry.root)
+                   entry.root, entry.super_options)
 
     @property
     def identity(self) -> tuple[int, str, str, str, str]:
