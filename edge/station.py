@@ -197,6 +197,8 @@ class StationAgent:
         """A reloaded configuration (only its live sections differ: edge.config.reload): dockings that
         start from now on use it; those under way keep the one they started with."""
         self.config = config
+        if self.uplink is not None:
+            self.uplink.reconfigure(config)
         if self.log_level_from_config:
             apply_log_level(config)
 

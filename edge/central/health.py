@@ -3,8 +3,8 @@
 - ``GET /healthz``: the process is alive and its event loop turns (``200 {"status": "alive"}``). Nothing
   is checked beyond that: a load balancer that restarts on it must not restart a central whose disk is
   merely full.
-- ``GET /readyz``: the central can accept evidence now: the store takes a write (a probe file created,
-  fsync'd and removed in ``uploads/`` and ``objects/``), the index answers (the Merkle log's size is
+- ``GET /readyz``: the central can accept evidence now: the store takes a write (an unnamed probe file
+  written and fsync'd in ``uploads/`` and ``objects/``), the index answers (the Merkle log's size is
   read), and the log signer signs (a probe message signed and verified with the central key). ``200``
   when all pass; ``503`` naming each failing check otherwise, with ``Retry-After``. The body names checks
   and a short word (``ok``, ``not_writable``, ``not_answering``, ``not_signing``, ``timed_out``): never a
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -65,7 +66,26 @@ def _json(doc: object, status: int = 200, headers: dict[str, str] | None = None)
 
 
 def _probe_directory(directory: Path) -> None:
-    """Create, write, fsync and remove a probe file in ``directory`` (raises OSError when it cannot)."""
+    """Write and fsync a byte in ``directory``'s file system (raises OSError when it cannot).
+
+    The probe is an unnamed file (``O_TMPFILE``): it never has a name in the store, so neither a crash
+    nor `edge verify` running beside the central can ever see it as a planted file. A file system
+    without ``O_TMPFILE`` gets a named probe, removed at once."""
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+        _probe_named(directory)
+        return
+    try:
+        os.write(fd, b"ready\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _probe_named(directory: Path) -> None:
     probe = directory / f".readyz-{secrets.token_hex(8)}"
     fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:

@@ -42,6 +42,7 @@ from edge.custody.manifest import REQUIRED_FIELDS, verify_manifest
 from edge.custody.receipt import Receipt, TreeHead, make_leaf_entry, make_receipt
 from edge.custody.refusal import FINAL_ITEM_CODES, LEDGER_FORK, RefusalError, sign_refusal
 from edge.custody.witness import WitnessedHead, sign_witnessed_head
+from edge.runtime.logs import event_fields
 
 __all__ = [
     "HTTP_STATUS",
@@ -516,7 +517,9 @@ class Registrar:
         """Log and record a rejection, and sign it when it is final; returns it for raising. Recording
         failure is logged, never hidden."""
         log.warning("rejected station=%s item=%s upload=%s remote=%s: %s: %s", station, item, upload, remote,
-                    rejection.code, rejection.detail)
+                    rejection.code, rejection.detail,
+                    extra=event_fields(event="rejected", station=station, item=item,
+                                       refusal=str(rejection.code)))
         if station is not None and rejection.code in SIGNED_REFUSALS:
             # A fork is about the station's ledger, not about the item whose registration found it.
             about_item = rejection.code is not RejectCode.LEDGER_FORK
@@ -617,7 +620,8 @@ class Registrar:
                     if entry.type == EntryType.TAGGED:
                         self.index.apply_tag(station_id, entry, now)
         if new:
-            log.info("station %s ledger accepted seq %d-%d", station_id, new[0].seq, new[-1].seq)
+            log.info("station %s ledger accepted seq %d-%d", station_id, new[0].seq, new[-1].seq,
+                     extra=event_fields(event="ledger_accepted", station=station_id, seq=new[-1].seq))
         return self.index.ledger_head(station_id)
 
     # -- items -----------------------------------------------------------------------------------
@@ -748,8 +752,12 @@ class Registrar:
             self.index.insert_item(manifest, station_id=caller.station_id, leaf_index=leaf_index,
                                    accepted_utc=accepted_utc)
             receipt = self._receipt(leaf_index, caller.station)
+        source = manifest.get("source")
+        device = source.get("device_serial") if isinstance(source, Mapping) else None
         log.info("item %s from station %s accepted: leaf %d, tree size %d, upload %s", item,
-                 caller.station_id, leaf_index, receipt.tree_size, upload_id)
+                 caller.station_id, leaf_index, receipt.tree_size, upload_id,
+                 extra=event_fields(event="accepted", item=item, station=caller.station_id, device=device,
+                                    leaf=leaf_index))
         return Registered(receipt, replay=False)
 
     def receipt_for(self, item: str) -> Receipt | None:
@@ -778,7 +786,8 @@ class Registrar:
         if info is not None and info.station == caller.station_id and info.offset == info.length:
             self._discard_upload(upload_id)  # a re-upload of content already held
         log.info("item %s replayed by station %s: same receipt leaf %d", existing.item, caller.station_id,
-                 existing.leaf_index)
+                 existing.leaf_index, extra=event_fields(event="replayed", item=existing.item,
+                                                         station=caller.station_id))
         with self.index.transaction():
             receipt = self._receipt(existing.leaf_index, caller.station)
         return Registered(receipt, replay=True)

@@ -6,13 +6,17 @@ ships systemd 252; ``Type=notify-reload`` needs 253). The agent then tells syste
 ends with ``READY=1`` whatever the outcome, so ``systemctl reload`` returns and the unit stays active.
 
 **Live** (:data:`LIVE_SECTIONS`): ``[recorders]`` (allow-list, passwords), ``[officers]``,
-``[case_defaults]``, ``[wipe]`` and ``[logging]``. A docking that has started keeps the configuration
-it started with to its end (its copy, verification and wipe decision are never changed half-way); the
-next docking uses the new one. The log level changes at once.
+``[case_defaults]``, ``[wipe]`` and ``[logging]``, and the policy settings of ``[uplink]``
+(:data:`UPLINK_LIVE_FIELDS`: upload windows, concurrency, backoff, breaker, Retry-After bound,
+retention, ledger push and tree-head timing). A docking that has started keeps the configuration it
+started with to its end (its copy, verification and wipe decision are never changed half-way); the
+next docking uses the new one. The uplink applies its new policy from its next decision (uploads in
+flight go on); the log level changes at once.
 
 **Fixed** (everything else: ``[station]`` with the store and identity, ``[usb]``, ``[dock]``,
-``[bays]``, ``[time_sync]``, ``[offload]``, ``[uplink]``): they shape what runs (the store lock, the
-watchers, the bay map, the upload service and its connections), so a change needs a restart. A new
+``[bays]``, ``[time_sync]``, ``[offload]``, and the connection settings of ``[uplink]``: central URL,
+identity, pinned key, transport, chunk size, bandwidth, request timeout): they shape what runs (the
+store lock, the watchers, the bay map, the upload connections), so a change needs a restart. A new
 file that changes any of them is **refused as a whole**: nothing of it applies, the old configuration
 stays in force, one ERROR line names the sections, and a ``config_refused`` ledger entry records it.
 An invalid file (syntax, a value, a secret that cannot be resolved) is refused the same way. The agent
@@ -34,11 +38,17 @@ from edge.config.base import ConfigError, check_secrets_resolve, read_config_tex
 from edge.config.station import StationConfig, load_config
 from edge.custody.ledger import EntryType
 
-__all__ = ["LIVE_SECTIONS", "ConfigReloader", "ReloadDecision", "compare_configs"]
+__all__ = ["LIVE_SECTIONS", "UPLINK_LIVE_FIELDS", "ConfigReloader", "ReloadDecision", "compare_configs"]
 
 log = logging.getLogger(__name__)
 
 LIVE_SECTIONS = frozenset({"recorders", "officers", "case_defaults", "wipe", "logging"})
+# Settings of [uplink] that the running upload service takes over (UplinkService.reconfigure).
+UPLINK_LIVE_FIELDS = frozenset({
+    "windows", "concurrency", "backoff_base_s", "backoff_max_s", "breaker_failures", "breaker_open_s",
+    "retry_after_max_s", "retention_days", "ledger_push_delay_s", "ledger_push_shutdown_s",
+    "tree_head_interval_s",
+})
 
 
 @dataclass(frozen=True)
@@ -51,11 +61,26 @@ class ReloadDecision:
 
 
 def compare_configs(old: StationConfig, new: StationConfig) -> ReloadDecision:
+    """Sections that differ; ``[uplink]`` is live when only its policy settings differ, else each of its
+    other settings that differs is named as fixed (``uplink.central_url``)."""
     changed: list[str] = []
     fixed: list[str] = []
     for name in type(old).model_fields:
-        if getattr(old, name) != getattr(new, name):
-            (changed if name in LIVE_SECTIONS else fixed).append(name)
+        before, after = getattr(old, name), getattr(new, name)
+        if before == after:
+            continue
+        if name == "uplink":
+            connection = [f"uplink.{field}" for field in type(before).model_fields
+                          if field not in UPLINK_LIVE_FIELDS
+                          and getattr(before, field) != getattr(after, field)]
+            if connection:
+                fixed.extend(connection)
+            else:
+                changed.append(name)
+        elif name in LIVE_SECTIONS:
+            changed.append(name)
+        else:
+            fixed.append(name)
     return ReloadDecision(tuple(changed), tuple(fixed))
 
 

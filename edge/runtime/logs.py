@@ -86,6 +86,10 @@ _CHAIN_SEPARATORS = frozenset(
 )
 _MAX_FIELD_NAME = 32
 _MAX_FIELD_CHARS = 1024
+# What the handler itself writes: event fields of the same name are written as EDGE_<NAME>.
+_JOURNAL_OWN_FIELDS = frozenset(
+    {"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER", "LOGGER", "CODE_FILE", "CODE_LINE", "CODE_FUNC"}
+)
 # syslog(3) priorities of the logging levels.
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 
@@ -218,7 +222,10 @@ class JournalHandler(logging.Handler):
         if record.funcName:
             parts.append(_journal_field("CODE_FUNC", record.funcName))
         for name, value in record_fields(record).items():
-            parts.append(_journal_field(name.upper(), str(value)))
+            journal_name = name.upper()
+            if journal_name in _JOURNAL_OWN_FIELDS:
+                journal_name = "EDGE_" + journal_name  # a field may not pose as the entry's own
+            parts.append(_journal_field(journal_name, str(value)))
         return b"".join(parts)
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -140,9 +140,8 @@ class UplinkService:
         key_path = self.uplink.pinned_key_path
         assert key_path is not None  # config validation guarantees it
         self.central_key = load_public_key(key_path)
-        self.backoff = Backoff(
-            self.uplink.backoff_base_s, self.uplink.backoff_max_s, rng=rng or random.Random()
-        )
+        self._rng = rng or random.Random()
+        self.backoff = Backoff(self.uplink.backoff_base_s, self.uplink.backoff_max_s, rng=self._rng)
         self.breaker = CircuitBreaker(self.uplink.breaker_failures, self.uplink.breaker_open_s, clock=clock)
         self.windows = UploadWindows.parse(self.uplink.windows)
         rate = self.uplink.bandwidth_mbit_s * 1_000_000 / 8
@@ -186,6 +185,21 @@ class UplinkService:
         self._witness_event = asyncio.Event()
         self._push_started = 0
         self._push_finished: tuple[int, bool] = (0, True)
+
+    def reconfigure(self, config: StationConfig) -> None:
+        """A reloaded configuration whose ``[uplink]`` differs only in policy settings (the upload
+        windows, concurrency, backoff, breaker thresholds, Retry-After bound, retention and the ledger
+        push and tree-head timing; `edge.config.reload.UPLINK_LIVE_FIELDS`): they apply from the next
+        decision, uploads in flight go on. The connection (central, identity, transport, chunk size,
+        bandwidth, timeout) is fixed for the life of the service: the reload refuses a change to it."""
+        uplink = config.uplink
+        self.backoff = Backoff(uplink.backoff_base_s, uplink.backoff_max_s, rng=self._rng)
+        self.breaker.failure_threshold = uplink.breaker_failures
+        self.breaker.open_s = uplink.breaker_open_s
+        self.windows = UploadWindows.parse(uplink.windows)
+        self.config = config
+        self.uplink = uplink
+        self._wake.set()
 
     def __repr__(self) -> str:
         return (f"UplinkService(central={self.uplink.central_url!r}, station={self.config.station.id!r}, "

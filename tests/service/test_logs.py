@@ -73,9 +73,9 @@ def receive(server: socket.socket) -> dict[str, str]:
     return parse_native(data)
 
 
-def record(message: str, *args: object, level: int = logging.WARNING, **fields: object) -> logging.LogRecord:
+def record(text: str, *args: object, level: int = logging.WARNING, **fields: object) -> logging.LogRecord:
     logger = logging.getLogger("edge.sources.usb.session")
-    made = logger.makeRecord(logger.name, level, __file__, 42, message, args, None, func="dock",
+    made = logger.makeRecord(logger.name, level, __file__, 42, text, args, None, func="dock",
                              extra=event_fields(**fields))
     return made
 
@@ -85,8 +85,10 @@ def test_journal_entries_carry_the_event_fields_over_the_native_protocol(
 ) -> None:
     server, handler = journal
     handler.emit(record("recorder %s refused: %s", DEVICE_TEXT, "not on the allow-list", item="a1b2",
-                        bay=3, device=DEVICE_TEXT, station="ST-01"))
+                        bay=3, device=DEVICE_TEXT, station="ST-01", priority=0, message="forged"))
     entry = receive(server)
+    # A field cannot pose as the entry's own (its priority or message).
+    assert entry["EDGE_PRIORITY"] == "0" and entry["EDGE_MESSAGE"] == "forged"
     assert entry["PRIORITY"] == "4" and entry["SYSLOG_IDENTIFIER"] == "edge"
     assert entry["LOGGER"] == "edge.sources.usb.session" and entry["CODE_LINE"] == "42"
     assert (entry["ITEM"], entry["BAY"], entry["STATION"]) == ("a1b2", "3", "ST-01")

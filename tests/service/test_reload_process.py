@@ -211,3 +211,5 @@ def test_reload_mid_copy_applies_to_the_next_docking_and_refuses_what_needs_a_re
     said = log_path.read_text(encoding="utf-8", errors="replace")
     assert said.count("configuration reload REFUSED") == 2, said[-3000:]
     assert "configuration reloaded from" in said and "[recorders] now in force" in said
+    # Each ledger event is a line naming its device (text format: stderr is not the journal here).
+    assert "acquired item " in said and f"device={a_serial}" in said and "station=RELOAD-TEST" in said

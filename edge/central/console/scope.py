@@ -31,6 +31,7 @@ from edge.central.app import CENTRAL, CentralParts
 from edge.central.console.sessions import COOKIE_NAME, AuthMethod, ConsoleSession, SessionStore
 from edge.central.index import ItemRecord, ReaderScope, Role
 from edge.central.registration import RejectCode, Rejection
+from edge.runtime.logs import event_fields
 
 __all__ = [
     "SESSIONS",
@@ -115,7 +116,7 @@ def log_read(request: web.Request, scope: ReaderScope, what: str, *, item: str |
         raise Rejection(RejectCode.ACCESS_LOG_UNAVAILABLE, "this read cannot be logged, so it is refused; "
                                                            "try again later") from None
     log.info("reader %s (%s): %s %s from %s", scope.reader, scope.role, what, item or query or "",
-             request.remote)
+             request.remote, extra=event_fields(event="read", reader=scope.reader, read=what, item=item))
     return row
 
 
