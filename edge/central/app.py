@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 
 TUS_BASE_PATH = "/v1/uploads"
 # Expired uploads are looked for this often (bounded both ways around the shorter expiry time).
+# The auditor console's paths: a browser session authenticates there (or a certificate signs one in),
+# so the client-certificate middleware leaves them to the console's own checks.
+CONSOLE_PREFIXES = ("/console/",)
 _PURGE_MIN_INTERVAL_S = 60.0
 _PURGE_MAX_INTERVAL_S = 3600.0
 
@@ -346,6 +349,10 @@ def build_app(
     ``open_database`` chooses the backend of the index and the Merkle log (SQLite in the store's
     ``index.db``); nothing else in the application knows which one it is."""
     # Imported here so that importing this module does not need the read side's dependencies first.
+    from edge.central.console.api import add_console_api_routes
+    from edge.central.console.pages import add_console_pages
+    from edge.central.console.signin import add_sign_in_routes
+    from edge.central.console.state import CONSOLE, ConsoleState
     from edge.central.readside import add_read_routes
     from edge.central.station_ledger_read import add_station_ledger_route
 
@@ -377,7 +384,8 @@ def build_app(
                         BodyBudget(server.max_buffered_body_bytes), server.max_json_body_bytes)
     app = web.Application(client_max_size=server.max_json_body_bytes,
                           middlewares=[request_middleware(bounds.limiter, bounds.budget), error_middleware,
-                                       require_client_certificate(PUBLIC_ROUTES)])
+                                       require_client_certificate(PUBLIC_ROUTES | {"/console"},
+                                                                  CONSOLE_PREFIXES)])
     app[CENTRAL] = parts
     app[BOUNDS] = bounds
     app[METRICS] = metrics
@@ -397,6 +405,11 @@ def build_app(
     app.router.add_get("/v1/log/inclusion", stations.inclusion)
     add_read_routes(app, parts)
     add_station_ledger_route(app, parts)
+    # The auditor console: its pages, sign-in and session-authenticated API (edge.central.console).
+    app[CONSOLE] = ConsoleState.from_settings(config.console)
+    add_sign_in_routes(app)
+    add_console_api_routes(app, parts)
+    add_console_pages(app)
     expire_s = min(config.uploads.expire_incomplete_s, config.uploads.expire_unregistered_s)
     interval_s = min(_PURGE_MAX_INTERVAL_S, max(_PURGE_MIN_INTERVAL_S, expire_s / 10))
     app.cleanup_ctx.append(tus_purge_task(uploads, interval_s))

@@ -78,9 +78,12 @@ def peer_certificate(request: web.Request) -> PeerCertificate | None:
     return PeerCertificate(dict(subject), hashlib.sha256(der).hexdigest())
 
 
-def require_client_certificate(public_routes: frozenset[str]) -> Middleware:
+def require_client_certificate(
+    public_routes: frozenset[str], session_prefixes: tuple[str, ...] = ()
+) -> Middleware:
     """Refuse (401) every request of a TLS connection without a client certificate, except on
-    ``public_routes`` (the health endpoints), before any handler runs.
+    ``public_routes`` (the health endpoints) and under ``session_prefixes`` (the auditor console, whose
+    routes authenticate a browser session or refuse it themselves), before any handler runs.
 
     The TLS context asks every client for a certificate but lets the handshake complete without one
     (load balancers probe ``/healthz`` and ``/readyz`` without); so this is where "no certificate, no
@@ -97,7 +100,8 @@ def require_client_certificate(public_routes: frozenset[str]) -> Middleware:
     ) -> web.StreamResponse:
         transport = request.transport
         on_tls = transport is not None and transport.get_extra_info("ssl_object") is not None
-        if on_tls and request.path not in public_routes and peer_certificate(request) is None:
+        if (on_tls and request.path not in public_routes and not request.path.startswith(session_prefixes)
+                and peer_certificate(request) is None):
             raise Rejection(RejectCode.UNAUTHENTICATED, "no client certificate: this endpoint requires "
                                                         "mutual TLS with a certificate from the central CA")
         return await handler(request)

@@ -31,6 +31,7 @@ __all__ = [
     "CentralLayout",
     "CentralSection",
     "ConfigError",
+    "ConsoleSection",
     "IdentitySection",
     "LogSection",
     "RetentionSection",
@@ -311,6 +312,27 @@ class RetentionSection(StrictModel):
     """Nothing yet: immutability (WORM) is the object store's job."""
 
 
+class ConsoleSection(StrictModel):
+    """The auditor console (edge.central.console): sessions and sign-in limits."""
+
+    session_idle_min: float = Field(
+        30.0, gt=0, le=24 * 60, description="A console session ends after this many minutes without a request"
+    )
+    session_max_h: float = Field(
+        8.0, gt=0, le=72, description="A console session ends this many hours after sign-in, however busy"
+    )
+    lockout_after: int = Field(
+        5, ge=1, le=100, description="An account is locked after this many failed sign-ins in a row"
+    )
+    lockout_min: float = Field(
+        15.0, gt=0, le=24 * 60, description="How long a locked account refuses every sign-in, in minutes"
+    )
+    sign_in_per_minute: int = Field(
+        10, ge=1, le=10_000,
+        description="Sign-in attempts accepted per client address in any minute (429 beyond)",
+    )
+
+
 class CentralConfig(StrictModel):
     central: CentralSection
     server: ServerSection = Field(default_factory=ServerSection)
@@ -318,6 +340,7 @@ class CentralConfig(StrictModel):
     identity: IdentitySection = Field(default_factory=IdentitySection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
     log: LogSection = Field(default_factory=LogSection)
+    console: ConsoleSection = Field(default_factory=ConsoleSection)
 
     @property
     def layout(self) -> CentralLayout:

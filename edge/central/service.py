@@ -75,6 +75,11 @@ class RunningCentral:
         self.metrics_url = metrics_url
         self._stopped = False
 
+    @property
+    def app(self) -> web.Application:
+        """The application being served (its parts, the console's state)."""
+        return self._runner.app
+
     def __repr__(self) -> str:
         return f"RunningCentral(url={self.url!r})"
 

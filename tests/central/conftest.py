@@ -217,13 +217,15 @@ def free_port() -> int:
 
 
 def central_config(
-    store_dir: Path, *, dev: bool, server: Mapping[str, Any] | None = None, **uploads: Any
+    store_dir: Path, *, dev: bool, server: Mapping[str, Any] | None = None,
+    console: Mapping[str, Any] | None = None, **uploads: Any
 ) -> CentralConfig:
     return CentralConfig.model_validate({
         "central": {"id": "central-test", "store_dir": str(store_dir)},
         "server": {"listen": "127.0.0.1", "port": free_port(), "insecure_plain_http": dev,
                    "names": ["localhost", "127.0.0.1"], **(server or {})},
         "uploads": uploads,
+        "console": dict(console or {}),
     })
 
 
@@ -274,10 +276,12 @@ class HttpCentral:
 
 
 async def start_http_central(
-    workdir: Path, *, dev: bool, server: Mapping[str, Any] | None = None, **uploads: Any
+    workdir: Path, *, dev: bool, server: Mapping[str, Any] | None = None,
+    console: Mapping[str, Any] | None = None, **uploads: Any
 ) -> HttpCentral:
-    """A central on a free port; ``server`` and ``uploads`` override settings of those sections."""
-    config = central_config(workdir / "central-store", dev=dev, server=server, **uploads)
+    """A central on a free port; ``server``, ``console`` and ``uploads`` override settings of those
+    sections."""
+    config = central_config(workdir / "central-store", dev=dev, server=server, console=console, **uploads)
     if dev:
         running = await start_central(config, signing_key=StationKey.generate())
     else:

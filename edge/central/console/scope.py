@@ -28,13 +28,13 @@ import uuid
 from aiohttp import web
 
 from edge.central.app import CENTRAL, CentralParts
-from edge.central.console.sessions import COOKIE_NAME, AuthMethod, ConsoleSession, SessionStore
+from edge.central.console.sessions import COOKIE_NAME, AuthMethod, ConsoleSession
+from edge.central.console.state import CONSOLE
 from edge.central.index import ItemRecord, ReaderScope, Role
 from edge.central.registration import RejectCode, Rejection
 from edge.runtime.logs import event_fields
 
 __all__ = [
-    "SESSIONS",
     "SESSION_KEY",
     "ItemRecord",
     "ReaderScope",
@@ -48,16 +48,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SESSIONS = web.AppKey("console-sessions", SessionStore)
 # The session a request was made in (set by reader_scope), for the handlers that need it (CSRF, media).
 SESSION_KEY = web.RequestKey("console-session", ConsoleSession)
 
 
 def session_of(request: web.Request) -> ConsoleSession | None:
     """The live console session of the request's cookie, with its account or certificate still good."""
-    store = request.app.get(SESSIONS)
-    if store is None:
+    state = request.app.get(CONSOLE)
+    if state is None:
         return None
+    store = state.sessions
     session = store.get(request.cookies.get(COOKIE_NAME))
     if session is None:
         return None

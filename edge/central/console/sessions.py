@@ -61,7 +61,7 @@ class SessionStore:
         self.idle_s = idle_s
         self.absolute_s = absolute_s
         self.max_sessions = max_sessions
-        self._clock = clock
+        self.clock = clock  # monotonic seconds; replaceable in tests
         self._sessions: OrderedDict[bytes, ConsoleSession] = OrderedDict()
 
     def __repr__(self) -> str:
@@ -75,7 +75,7 @@ class SessionStore:
         self, reader: str, method: AuthMethod, *, cert_sha256: str | None = None
     ) -> tuple[str, ConsoleSession]:
         """A new session; returns ``(token for the cookie, session)``."""
-        now = self._clock()
+        now = self.clock()
         token = secrets.token_urlsafe(32)
         session = ConsoleSession(reader, method, now, now, secrets.token_urlsafe(32), cert_sha256)
         self._sessions[_key(token)] = session
@@ -91,7 +91,7 @@ class SessionStore:
         session = self._sessions.get(key)
         if session is None:
             return None
-        now = self._clock()
+        now = self.clock()
         if now - session.last_seen > self.idle_s or now - session.created > self.absolute_s:
             del self._sessions[key]
             return None

@@ -273,16 +273,23 @@ class SqliteConsoleStore:
         self._update(name, "status = ?, failed_attempts = 0, locked_until = NULL", (status,),
                      "enabled" if active else "disabled", by=by, detail=reason)
 
-    def record_sign_in(self, name: str, *, ok: bool, remote: str | None, lock_after: int,
-                       locked_until: str, totp_step: int | None = None) -> bool:
-        """Record a sign-in attempt of an existing account. A success clears the failure count and, with
+    def record_sign_in(self, name: str, *, ok: bool, remote: str | None, now: str, lock_after: int,
+                       lock_until: str, totp_step: int | None = None) -> bool:
+        """Record a sign-in attempt of an existing account.
+
+        While the account is locked (its ``locked_until`` is after ``now``) every attempt is refused and
+        recorded, right or wrong, and counts for nothing. A success clears the failure count and, with
         ``totp_step``, spends that step: returns False (and records a failure) when the step was already
         used, so a code is good once. A failure counts; the ``lock_after``-th in a row locks the account
-        until ``locked_until``. One transaction, so two attempts at once cannot both spend one code."""
-        now = station_time_now()
+        until ``lock_until``. One transaction, so two attempts at once cannot both spend one code.
+        Times are UTC in the ledger's text format (comparable as text)."""
         with self.transaction():
             record = self.account(name)
             if record is None:
+                return False
+            if record.locked_until is not None and record.locked_until > now:
+                self._event(name, "refused_locked", remote=remote,
+                            detail=f"locked until {record.locked_until}")
                 return False
             if ok and totp_step is not None and record.totp_last_step is not None \
                     and totp_step <= record.totp_last_step:
@@ -303,12 +310,12 @@ class SqliteConsoleStore:
             self.conn.execute(
                 "UPDATE console_accounts SET failed_attempts = ?, locked_until = ?, updated_utc = ? "
                 "WHERE name = ?",
-                (0 if lock else failures, locked_until if lock else record.locked_until, now, name),
+                (0 if lock else failures, lock_until if lock else None, now, name),
             )
             self._event(name, "sign_in_failed", remote=remote, detail=detail)
             if lock:
                 self._event(name, "locked", remote=remote, detail=f"{failures} failed sign-ins in a row; "
-                                                                  f"locked until {locked_until}")
+                                                                  f"locked until {lock_until}")
             return False
 
     def account_events(self, name: str) -> list[dict[str, Any]]:

@@ -1,0 +1,39 @@
+"""What the console keeps in the running central: its settings, the sessions, the sign-in guard, its clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from edge.central.config import ConsoleSection
+from edge.central.console.sessions import SessionStore
+from edge.central.console.signin_guard import SignInGuard
+
+__all__ = ["CONSOLE", "ConsoleState"]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class ConsoleState:
+    settings: ConsoleSection
+    sessions: SessionStore
+    guard: SignInGuard
+    # Wall-clock time for account lockouts (kept in the index as UTC text); replaceable in tests.
+    utc_now: Callable[[], datetime] = field(default=_utc_now)
+
+    @classmethod
+    def from_settings(cls, settings: ConsoleSection) -> ConsoleState:
+        return cls(
+            settings,
+            SessionStore(idle_s=settings.session_idle_min * 60, absolute_s=settings.session_max_h * 3600),
+            SignInGuard(settings.sign_in_per_minute),
+        )
+
+
+CONSOLE = web.AppKey("console", ConsoleState)
