@@ -24,6 +24,7 @@ from edge.config.station import StationConfig, WipePolicy, load_config
 from edge.custody.text import json_printable, printable
 from edge.durable.lock import StoreBusy
 from edge.ingest.store_commands import load_station_config, open_station_store, store_failure_status
+from edge.observe.status_cli import add_status_parser
 from edge.runtime.exit_codes import ExitCode
 from edge.runtime.logs import LOG_FORMATS, LogFormat, configure_logging
 from edge.uplink.cli import add_uplink_parser
@@ -428,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
+    add_status_parser(sub)
     add_central_parser(sub)
     add_uplink_parser(sub)
     add_witness_parser(sub)
@@ -437,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The demo prints its own progress; its log shows only warnings unless asked.
-    quiet = args.command in ("demo", "verify", "check-config", "tag", "keys", "uplink", "witness")
+    quiet = args.command in ("demo", "verify", "check-config", "tag", "keys", "uplink", "witness", "status")
     _setup_logging(args.verbose, quiet=quiet, log_format=args.log_format)
     result: int = args.func(args)
     return result

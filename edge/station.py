@@ -12,6 +12,7 @@ started with, the next one uses the new one.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import signal
 from collections.abc import Callable
@@ -29,6 +30,10 @@ from edge.custody.errors import CustodyError
 from edge.custody.ledger import EntryType
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
+from edge.observe.api import LocalApi
+from edge.observe.board import CentralFacts, ClockFacts, StatusBoard, TaskFacts
+from edge.observe.facts import StoreFactsReader
+from edge.observe.sink import BayVacated, RefusalClass, Refused
 from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.slots import ConcurrencySlot
@@ -119,6 +124,20 @@ class StationAgent:
         self.ready = asyncio.Event()
         # Whether [logging] level sets the log level (not when the command line chose one, with -v).
         self.log_level_from_config = False
+        # The status board every layer reports to (edge.observe), and the local API that shows it.
+        self._store_facts = StoreFactsReader(config.station.store_dir, spooling=config.uplink.enabled)
+        self.status = StatusBoard(
+            identity=station_identity(config),
+            bays=[b.number for b in config.bays],
+            read_store=self._store_facts.read,
+            read_clock=lambda: clock_facts(config),
+            tasks=self._task_facts,
+            central=self._central_facts,
+        )
+        self.api: LocalApi | None = None
+        # Where each docked recorder is, so that the bay shows empty once it has left.
+        self._usb_bays: dict[str, int | None] = {}
+        self._volume_bays: dict[str, tuple[int | None, str]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -133,6 +152,9 @@ class StationAgent:
             EntryType.STATION_STARTED, None,
             {"station": self.config.station.id, "checkpoint_every": self.config.station.checkpoint_every},
         )
+        self.status.identity["key_id"] = self.store.key.key_id
+        self.status.attach()
+        self.store.ledger.add_listener(self.status.ledger_entry)
         watcher = VolumeWatcher(
             self.config.usb.mount_root, rescan_interval_s=self.config.usb.volume_rescan_interval_s
         )
@@ -143,6 +165,8 @@ class StationAgent:
             TaskSpec("usb-poll", lambda: self._poll_usb(stop), liveness_timeout_s=10 * poll_s + 30)
         )
         supervisor.add(TaskSpec("volumes", lambda: self._watch_volumes(watcher)))
+        # Losing the status board costs the displays, never evidence.
+        supervisor.add(TaskSpec("status", self.status.run, critical=False))
         if self.config.dock.port:
             # Offloads go on without the bay board: losing it costs the LEDs, never evidence.
             supervisor.add(TaskSpec("dock", self._dock_loop, critical=False))
@@ -150,7 +174,7 @@ class StationAgent:
             # Offloads go on without the central too: evidence waits in the spool (and with
             # after-receipt nothing is erased until the uplink works again).
             try:
-                self.uplink = UplinkService(self.config, self.store)
+                self.uplink = UplinkService(self.config, self.store, status=self.status)
             except (OSError, ValueError, CustodyError) as exc:
                 log.error("uplink disabled: %s", exc)
                 self.store.record(
@@ -163,14 +187,20 @@ class StationAgent:
             IngestSettings.from_config(self.config.offload),
             executor=self.executor,
             uploads=self.uplink,
+            status=self.status,
         )
         # Temp copies of re-acquisitions a crash interrupted (the ledger names them) go before any docking.
         self.pipeline.discard_interrupted_rebuilds()
+        await self._start_api()
         watcher.start()
         self.ready.set()
         try:
             await supervisor.run(stop)
         finally:
+            if self.api is not None:
+                await self.api.stop()
+                self.api = None
+            self._store_facts.close()
             if self._tasks:
                 # Sessions stop at their last committed state; whatever was in flight resumes next start.
                 for task in list(self._tasks):
@@ -205,6 +235,36 @@ class StationAgent:
     def record_event(self, type_: str, data: dict[str, Any]) -> None:
         if self.store is not None:
             self.store.record(type_, None, data)
+
+    async def _start_api(self) -> None:
+        """The local API; a socket that cannot be bound costs the status surfaces, never an offload."""
+        assert self.store is not None
+        if not self.config.api.enabled:
+            return
+        api = LocalApi(self.status, self.store, self.config.api)
+        try:
+            await api.start()
+        except OSError as exc:
+            # In the log, not the ledger: the API shows the custody record, it is no part of it.
+            log.error("local API not started: %s", exc)
+            return
+        self.api = api
+        log.info("local API on %s%s", self.config.api.socket_path,
+                 f" and {api.tcp_url} (dock screen, read-only)" if api.tcp_url else "")
+
+    def _task_facts(self) -> list[TaskFacts]:
+        if self.supervisor is None:
+            return []
+        return [
+            TaskFacts(name, TASK_STATES.get(h["state"], h["state"]), h["restarts"], h["last_alive_age_s"],
+                      h["last_error"])
+            for name, h in self.supervisor.health().items()
+        ]
+
+    def _central_facts(self) -> CentralFacts:
+        if self.uplink is None:
+            return CentralFacts(configured=self.config.uplink.enabled)
+        return CentralFacts(configured=True, breaker=self.uplink.breaker.state.value.replace("-", "_"))
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -254,6 +314,7 @@ class StationAgent:
                     {"bay": event.bay, "source": "dock", "charge_percent": event.charge_percent},
                 )
                 if event.kind is BayEventKind.REMOVED:
+                    self.status.publish(BayVacated(event.bay, None))
                     await self.set_led(event.bay, led_after_removal(self._bay_leds.get(event.bay)))
                 elif self._bay_leds.get(event.bay) is BayLed.PULLED:
                     # Put back after being pulled early: the docking resumes; the bay is ready again.
@@ -273,6 +334,7 @@ class StationAgent:
         view = self.views.setdefault(device_serial, BayView(device_serial, bay))
         view.bay = bay
         view.progress = progress
+        self.status.progress(device_serial, bay, progress)
         if self.on_progress is not None:
             self.on_progress(view)
 
@@ -293,12 +355,14 @@ class StationAgent:
             present = {h.usb_serial for h in handles}
             for gone in seen - present:
                 self._done_usb.discard(gone)
+                self.status.publish(BayVacated(self._usb_bays.pop(gone, None), gone))
                 assert self.store is not None
                 self.store.record(EntryType.DEVICE_REMOVED, None, {"usb_serial": gone, "source": "usb"})
             seen = present
             self._present_usb = present
             for handle in handles:
                 serial = handle.usb_serial
+                self._usb_bays[serial] = self.config.bay_for_port(handle.location.port_path)
                 if handle.mode is RecorderMode.CONTROL and serial not in self._active_usb | self._done_usb:
                     self._active_usb.add(handle.usb_serial)
                     self._spawn(self._control_session(handle), f"recorder-{handle.usb_serial}")
@@ -311,6 +375,7 @@ class StationAgent:
             "on_progress": self._progress,
             "receipts": self.uplink,
             "pipeline": self.pipeline,
+            "status": self.status,
         }
 
     async def _control_session(self, handle: RecorderHandle) -> None:
@@ -337,6 +402,7 @@ class StationAgent:
                 self.store.record(
                     EntryType.REFUSED, None, {"volume": display_name(event.path), "reason": event.reason}
                 )
+                self.status.publish(Refused(RefusalClass.VOLUME))
                 continue
             assert event.mount is not None
             self._record_mount(event)
@@ -344,6 +410,9 @@ class StationAgent:
                 # The session working on it stops at once (ending as device-gone, resumable), even
                 # if another recorder is already mounted at the same bay directory.
                 self.bound.unmounted(event.mount)
+                left = self._volume_bays.pop(str(event.mount.path), None)
+                if left is not None:
+                    self.status.publish(BayVacated(*left))
             if event.kind is VolumeEventKind.MOUNTED:
                 self._spawn(
                     self._volume_appeared(watcher, event.mount), f"volume-{display_name(event.path)}"
@@ -433,6 +502,7 @@ class StationAgent:
         )
         if bay is None:
             log.warning("volume %s: no bay for its LED: %s", display_name(path), found_by)
+        self._volume_bays[str(path)] = (bay, serial)
         async with self._volume_session_ended:
             # The same recorder, re-mounted while its previous session still ends on the old mount:
             # this docking starts when that one has ended, if the mount is still there by then.
@@ -485,6 +555,32 @@ class StationAgent:
     def _finished(self, result: OffloadResult | None) -> None:
         if result is not None:
             self.results.append(result)
+
+
+# The supervisor's task states as the status board words them (failed and stopped are their own).
+TASK_STATES = {
+    "pending": "running", "running": "running", "backoff": "restarting", "cancelling": "restarting"
+}
+
+
+def station_identity(config: StationConfig) -> dict[str, Any]:
+    """The fixed part of the status board's station JSON (the key id is added once the store is open)."""
+    try:
+        version = importlib.metadata.version("evidence-edge")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "id": config.station.id,
+        "name": config.station.name,
+        "unit": {"code": config.station.unit_code, "name": config.station.unit_name},
+        "version": version,
+        "key_id": None,
+    }
+
+
+def clock_facts(config: StationConfig) -> ClockFacts:
+    trust = station_clock_trust(config.station.clock, config.time_sync)
+    return ClockFacts(trust.trusted, trust.source, trust.reason)
 
 
 async def log_clock_verdict(config: StationConfig) -> None:

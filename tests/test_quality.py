@@ -65,7 +65,9 @@ def test_mypy_strict_is_clean() -> None:
 
 # Packages of the station side: none may reach into the central (the station talks to it over the
 # network only; certificates and bundles live in edge.pki, shared by both).
-STATION_PACKAGES = ("config", "custody", "durable", "ingest", "pki", "runtime", "sources", "uplink", "verify")
+STATION_PACKAGES = (
+    "config", "custody", "durable", "ingest", "observe", "pki", "runtime", "sources", "uplink", "verify"
+)
 # Foundation packages that everything builds on and that build on nothing above them.
 FOUNDATION = {"custody": {"custody", "durable"}, "durable": {"durable"}}
 COMPOSITION_ROOTS = {"__init__.py", "cli.py", "station.py", "demo.py"}
@@ -95,6 +97,35 @@ def test_foundation_packages_depend_only_on_foundations() -> None:
         if name.split(".")[1] not in allowed
     ]
     assert offenders == []
+
+
+# The status board (edge.observe) sits above the layers that feed it: they reach it only through the narrow
+# publish interface of edge.observe.sink, never the board, its metrics or the local API server.
+OBSERVE_SINK = "edge.observe.sink"
+OBSERVE_FEEDERS = ("config", "custody", "durable", "ingest", "pki", "runtime", "sources", "uplink", "verify")
+
+
+def _observe_offenders(paths: list[Path]) -> list[str]:
+    return [
+        f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name} imports {name}"
+        for path in paths
+        for name in sorted(_edge_imports(path))
+        if name.startswith("edge.observe") and name != OBSERVE_SINK
+    ]
+
+
+def test_lower_layers_reach_the_status_board_only_through_its_sink(tmp_path: Path) -> None:
+    paths = [p for package in OBSERVE_FEEDERS for p in sorted((ROOT / "edge" / package).rglob("*.py"))]
+    assert any(OBSERVE_SINK in _edge_imports(p) for p in paths), "the layers publish through the sink"
+    assert _observe_offenders(paths) == []
+    sink_imports = _edge_imports(ROOT / "edge" / "observe" / "sink.py")
+    assert sink_imports == set(), "the sink imports nothing of the project"
+    # Control: an offload that reached for the API server or the board is found.
+    (tmp_path / "offload.py").write_text("from edge.observe.api import LocalApi\nimport edge.observe.board\n")
+    assert _observe_offenders([tmp_path / "offload.py"]) == [
+        "offload.py imports edge.observe.api",
+        "offload.py imports edge.observe.board",
+    ]
 
 
 # The uplink's core (spool, retry, breaker, receipts, witness, refusals, purge) decides on transport outcomes

@@ -6,6 +6,7 @@ what was expected (see `edge.config.base`).
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -357,6 +358,72 @@ class LoggingSection(StrictModel):
     )
 
 
+# Where the local API listens by default: systemd's RuntimeDirectory=evidence-edge.
+DEFAULT_API_SOCKET = Path("/run/evidence-edge/station.sock")
+Uid = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]
+AccountName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._@-]{1,64}$")]
+MAX_UNIX_SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes with its terminating NUL
+
+
+class ApiSection(StrictModel):
+    """The station's local API (edge.observe.api): status, bays, items, tagging, metrics."""
+
+    enabled: bool = Field(True, description="Serve the local API (edge status and the dock screen need it)")
+    socket_path: Path = Field(
+        DEFAULT_API_SOCKET,
+        description="Unix socket of the full API (edge status, tagging, metrics); made 0660, owned by the "
+        "store's owner and operators_group; its directory is made if missing",
+    )
+    operators_group: str = Field(
+        "",
+        pattern=r"^([a-z_][a-z0-9_-]{0,31})?$",
+        description="Group whose members may use the Unix socket besides root and the store's owner; "
+        "empty: nobody else",
+    )
+    accounts: dict[Uid, AccountName] = Field(
+        default_factory=dict,
+        description="uid -> account name recorded as the tagger, over the uid's login name (for "
+        "uids without a passwd entry, or shared service accounts)",
+    )
+    tcp_host: str = Field("127.0.0.1", description="Address of the dock screen's read-only TCP listener")
+    tcp_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Port of the dock screen's read-only listener (config/station.toml uses 8470); 0 picks "
+        "a free one; absent: no TCP listener",
+    )
+    allow_non_loopback: bool = Field(
+        False,
+        description="Allow tcp_host to be an address other hosts can reach (the kiosk's read-only routes "
+        "only, without authentication): leave false unless the dock screen is another machine",
+    )
+    metrics_over_tcp: bool = Field(
+        False,
+        description="Also serve /metrics on the TCP listener (for a Prometheus that cannot read a socket)",
+    )
+
+    @model_validator(mode="after")
+    def _loopback_unless_allowed(self) -> ApiSection:
+        if self.tcp_port is not None and not self.allow_non_loopback and not is_loopback_host(self.tcp_host):
+            raise ValueError(
+                f"tcp_host {self.tcp_host!r} is not a loopback address: the dock screen's listener has no "
+                "authentication; set allow_non_loopback = true to serve it to other hosts on purpose"
+            )
+        if len(str(self.socket_path).encode()) > MAX_UNIX_SOCKET_PATH_BYTES:
+            raise ValueError(
+                f"socket_path is longer than the {MAX_UNIX_SOCKET_PATH_BYTES} bytes a Unix socket path holds"
+            )
+        return self
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class StationConfig(StrictModel):
     station: StationSection
     usb: UsbSection
@@ -368,6 +435,7 @@ class StationConfig(StrictModel):
     wipe: WipeSection = WipeSection()
     uplink: UplinkSection = UplinkSection()
     case_defaults: CaseDefaults = CaseDefaults()
+    api: ApiSection = ApiSection()
     officers: dict[str, CaseDefaults] = Field(
         default_factory=dict, description="Per-officer (警号) case defaults, over the station defaults"
     )
@@ -422,6 +490,7 @@ def load_config(path: Path) -> StationConfig:
                     else _rooted(base, config.usb.simulator_socket),
                 }
             ),
+            "api": config.api.model_copy(update={"socket_path": _rooted(base, config.api.socket_path)}),
             "uplink": config.uplink.model_copy(
                 update={
                     "identity_dir": None

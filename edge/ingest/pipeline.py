@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ from edge.ingest.repository import (
 )
 from edge.ingest.source import ItemReader, OfferedItem, ReaderOpener, Source
 from edge.ingest.store import StationStore, stored_extension
+from edge.observe.sink import NULL_SINK, Duration, DurationKind, StatusSink
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,9 @@ class IngestProgress:
     verified: int = 0
     current: str = ""
     errors: list[str] = field(default_factory=list)
+    # What the run does now, for status displays: "copying" while originals are still being copied,
+    # "verifying" once only re-reads and seals remain (the source's own stages may follow).
+    stage: str = ""
 
 
 class IngestOutcome(StrEnum):
@@ -174,8 +179,10 @@ class IngestPipeline:
         *,
         executor: Executor | None = None,
         uploads: UploadQueue | None = None,
+        status: StatusSink = NULL_SINK,
     ) -> None:
         self.store = store
+        self.status = status  # copy and verify times, for the station's metrics
         self.repository = IngestRepository(store)
         self.settings = settings
         self.executor = executor
@@ -428,6 +435,7 @@ class _Run:
     async def acquire_all(self, work: list[IngestedItem]) -> IngestRun:
         self.progress.files_total = len(work)
         self.progress.bytes_total = sum(w.offered.size or 0 for w in work)
+        self.progress.stage = "copying"
         self._report()
         # Verifying and sealing (media facts, two re-reads) can take longer than copying a file from
         # the page cache; a few items finishing at once keep the copy loop busy. Memory stays
@@ -458,6 +466,8 @@ class _Run:
                 copied = w.state in (AcquisitionState.COPIED, AcquisitionState.VERIFIED)
                 if copied or w.unrecorded is not None:
                     finishing.add(asyncio.create_task(self._finish_with_retries(w)))
+            self.progress.stage = "verifying"
+            self._report()
             while finishing:
                 done, finishing = await asyncio.wait(finishing, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
@@ -614,6 +624,7 @@ class _Run:
             finally:
                 reader.close()
 
+        started = time.monotonic()
         try:
             copied, from_device = await self._thread(work)
         except BaseException:
@@ -621,6 +632,7 @@ class _Run:
             part.unlink(missing_ok=True)
             raise
         w.copied_from_device = from_device
+        self.pipeline.status.publish(Duration(DurationKind.COPY, time.monotonic() - started, copied.size))
         w.copied_bytes = copied.size
         w.unrecorded = (copied, acquired_utc)
         if record:
@@ -691,6 +703,7 @@ class _Run:
         await self._publish(w)
 
     async def _seal_and_verify(self, w: IngestedItem) -> None:
+        started = time.monotonic()
         display = w.offered.display
         record = self.repository.item(w.item)
         if record is None:
@@ -777,6 +790,7 @@ class _Run:
         w.acquisition.state = AcquisitionState.VERIFIED
         # Before erasing, an original not read from its device in this run is read again (USB wipe).
         w.source_read_now = verify and (source_reread or w.copied_from_device is not None)
+        self.pipeline.status.publish(Duration(DurationKind.VERIFY, time.monotonic() - started, size))
         self.progress.verified += 1
         self._report()
 

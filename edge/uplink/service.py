@@ -57,6 +57,7 @@ from edge.custody.refusal import FINAL_ITEM_CODES, LEDGER_FORK, verify_refusal
 from edge.custody.seal import hash_prefix
 from edge.durable.files import write_atomic
 from edge.ingest.store import StationStore
+from edge.observe.sink import NULL_SINK, CentralContact, Duration, DurationKind, StatusSink
 from edge.runtime.clock import ClockTrust, station_clock_trust
 from edge.runtime.retrylog import RetrySummary
 from edge.runtime.supervise import wait_event
@@ -125,10 +126,13 @@ class UplinkService:
         boot: Callable[[], float] = boot_clock,
         rng: random.Random | None = None,
         transport: Transport | None = None,
+        status: StatusSink = NULL_SINK,
     ) -> None:
         """``transport`` overrides the one ``[uplink] transport`` names (tests, a composition root).
         ``clock`` is the wall clock and ``boot`` the time since boot (CLOCK_BOOTTIME): the retention
-        purge believes the first only as far as the second and the ledger explain it."""
+        purge believes the first only as far as the second and the ledger explain it. ``status`` hears
+        of contact with the central and of upload times (the station's status board)."""
+        self.status = status
         if not config.uplink.enabled:
             raise ValueError("the uplink needs [uplink] central_url")
         self.config = config
@@ -374,6 +378,7 @@ class UplinkService:
                 if await self._receipt_holds(link, entry, outcome.receipt):
                     self._accept_receipt(entry, outcome.receipt)
                 self.breaker.record_success()
+                self.status.publish(CentralContact(reachable=True))
             else:
                 self._registration_failed(entry, outcome, upload=upload)
         except NotDone as exc:  # while checking the receipt's tree head against the newest we hold
@@ -430,8 +435,10 @@ class UplinkService:
         )
         # The resume reference is made durable as soon as the transport has one: after a crash or a
         # restart the upload resumes where the central holds it, never from zero.
+        started = time.monotonic()
         outcome = await link.upload(parcel, lambda upload: self.spool.set_upload_url(entry.item, upload))
         if isinstance(outcome, Delivered):
+            self.status.publish(Duration(DurationKind.UPLOAD, time.monotonic() - started, outcome.bytes_sent))
             self.spool.mark_uploaded(entry.item, outcome.upload, outcome.bytes_sent, outcome.resumed_from)
             self.stats.uploaded += 1
             self.stats.bytes_sent += outcome.bytes_sent
@@ -593,6 +600,7 @@ class UplinkService:
 
     def _pushed(self, attempt: int, ok: bool) -> None:
         self._push_finished = (attempt, ok)
+        self.status.publish(CentralContact(reachable=ok))
         self._witness_event.set()
 
     async def push_ledger(self, link: Link) -> tuple[int, str]:
@@ -717,6 +725,7 @@ class UplinkService:
     ) -> None:
         if count_for_breaker:
             self.breaker.record_failure()
+            self.status.publish(CentralContact(reachable=False))
         asked = self._honour_retry_after(retry_after_s)
         delay = max(at_least_s, asked, self.backoff.next_delay(entry.attempts + 1))
         self._upload_retries.failed(f"item {entry.item}: {reason}; retrying in {delay:.1f} s",

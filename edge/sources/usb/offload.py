@@ -55,6 +55,7 @@ from edge.ingest.pipeline import (
 )
 from edge.ingest.repository import AcquisitionState, IngestRepository
 from edge.ingest.store import StationStore, stored_extension
+from edge.observe.sink import NULL_SINK, RefusalClass, Refused, StatusSink
 from edge.runtime.slots import ConcurrencySlot
 from edge.sources.usb.enumerate import Listing, VolumeFile, list_volume
 from edge.sources.usb.identity import SessionInfo
@@ -178,8 +179,10 @@ class VolumeOffload:
         pipeline: IngestPipeline | None = None,
         listing: Listing | None = None,
         slot: ConcurrencySlot | None = None,
+        status: StatusSink = NULL_SINK,
     ) -> None:
         self.store = store
+        self.status = status
         self.repository = IngestRepository(store)
         # The volume's listing, when the session already made it (a volume is listed once a docking).
         self.listing = listing
@@ -214,6 +217,11 @@ class VolumeOffload:
     def _report(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self.progress)
+
+    def _stage(self, stage: str) -> None:
+        """What the docking does now, for the bay's status (copying and verifying come from the pipeline)."""
+        self.progress.stage = stage
+        self._report()
 
     def _error(self, item: str | None, stage: str, reason: str, file: VolumeFile | None) -> None:
         log.warning("recorder %s: %s: %s", self.device, stage, reason)
@@ -301,6 +309,8 @@ class VolumeOffload:
                 )
             )
         self.repository.record_all(entries)
+        if refusals or not_listed:
+            self.status.publish(Refused(RefusalClass.FILE, len(refusals) + not_listed))
         self.progress.errors.extend(f"{path}: {reason}" for path, reason in refusals)
         if not_listed:
             self.progress.errors.append(f"{not_listed} more refused entries")
@@ -338,6 +348,9 @@ class VolumeOffload:
         policy = self.config.wipe.policy
         if policy is WipePolicy.NEVER:
             return OffloadOutcome.DONE
+        # The check before erasing re-reads every file: the bay shows it verifying (and waiting for
+        # the central while it does).
+        self._stage("verifying")
         if not self.config.offload.verify_reread:
             # Invariant 2: nothing is erased whose copy was not re-read and matched.
             self.repository.record(
@@ -395,8 +408,10 @@ class VolumeOffload:
         elif self.receipts is None:
             reason = "no central is configured to witness the acquisition (wipe policy after-witness)"
         else:
+            self._stage("awaiting_receipt")
             async with self._slot_released():
                 witnessed = await self.receipts.wait_witnessed(needed, self.config.wipe.witness_wait_s)
+            self._stage("verifying")
             reason = (
                 f"the central has not witnessed the ledger up to this item's sealed entry yet (witnessed "
                 f"up to seq {witnessed}; wipe policy after-witness)"
@@ -431,10 +446,12 @@ class VolumeOffload:
         waiting = [r for r in rows if r.state == AcquisitionState.SEALED]
         receipted: set[str] = set()
         if waiting and self.receipts is not None:
+            self._stage("awaiting_receipt")
             async with self._slot_released():
                 receipted = await self.receipts.wait_receipts(
                     [r.item for r in waiting], self.config.wipe.receipt_wait_s
                 )
+            self._stage("verifying")
         deferred = [r for r in waiting if r.item not in receipted]
         self.repository.record_all(
             [

@@ -35,6 +35,7 @@ from edge.custody.ledger import EntryType, station_time_now
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
+from edge.observe.sink import NULL_SINK, BayChanged, BayPhase, Device, ErrorClass, Officer, StatusSink
 from edge.runtime.clock import ClockTrust, measure_offset_ms, station_clock_trust
 from edge.runtime.slots import ConcurrencySlot
 from edge.sources.usb.bay_leds import NOT_ALLOWED, OUTCOME_LEDS, WRONG_PASSWORD, led_for_error
@@ -57,6 +58,17 @@ log = logging.getLogger(__name__)
 SetLed = Callable[[int | None, BayLed], Awaitable[None]]
 ProgressSink = Callable[[str, int | None, BayProgress], None]
 CLOCK_TOLERANCE_MS = 1000
+
+# What the bay shows on the status board when a docking ends: its phase, and the error class.
+OUTCOME_STATUS: dict[OffloadOutcome, tuple[BayPhase, ErrorClass | None]] = {
+    OffloadOutcome.DONE: (BayPhase.DONE, None),
+    OffloadOutcome.PARTIAL: (BayPhase.ERROR, ErrorClass.FILES_FAILED),
+    OffloadOutcome.DEVICE_GONE: (BayPhase.ERROR, ErrorClass.PULLED_EARLY),
+    OffloadOutcome.STORE_FULL: (BayPhase.ERROR, ErrorClass.DISK_FULL),
+    OffloadOutcome.FAILED: (BayPhase.ERROR, ErrorClass.FAILED),
+    OffloadOutcome.AWAITING_RECEIPT: (BayPhase.AWAITING_RECEIPT, None),
+    OffloadOutcome.AWAITING_WITNESS: (BayPhase.AWAITING_RECEIPT, None),
+}
 
 JSON_SAFE_INT = (1 << 53) - 1
 
@@ -137,8 +149,13 @@ class DockingSession:
         receipts: ReceiptGate | None = None,
         pipeline: IngestPipeline | None = None,
         slot: ConcurrencySlot | None = None,
+        status: StatusSink = NULL_SINK,
     ) -> None:
         self.store = store
+        self.status = status
+        # The bay and the serial this docking is shown under on the status board (set as they are known).
+        self._bay: int | None = None
+        self._shown_as: str | None = None
         self.pipeline = pipeline
         self.slot = slot  # the bay's offload slot, given back while the docking only waits for the central
         self.repository = IngestRepository(store)
@@ -151,8 +168,22 @@ class DockingSession:
     async def _thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, lambda: fn(*args))
 
+    def _show(
+        self,
+        phase: BayPhase,
+        error_class: ErrorClass | None = None,
+        *,
+        officer: Officer | None = None,
+        device: Device | None = None,
+    ) -> None:
+        self.status.publish(BayChanged(self._bay, self._shown_as, phase, error_class, officer, device))
+
     def _refuse(self, reason: str, data: dict[str, Any], error_class: str | None = None) -> SessionRefused:
         self.store.record(EntryType.REFUSED, None, {**data, "reason": reason})
+        shown = ErrorClass.NOT_ALLOWED
+        with contextlib.suppress(ValueError):  # a class the status model does not know: not_allowed
+            shown = ErrorClass(error_class or shown)
+        self._show(BayPhase.ERROR, shown)
         log.warning("refused recorder %s: %s", data.get("device_serial") or data.get("usb_serial"), reason)
         return SessionRefused(reason, error_class)
 
@@ -178,6 +209,7 @@ class DockingSession:
                 )
             except Exception:
                 log.exception("could not record the failure in the ledger")
+            self._show(BayPhase.ERROR, ErrorClass.FAILED)
             await self.set_led(bay, BayLed.ERROR)
             return None
 
@@ -212,6 +244,7 @@ class DockingSession:
             },
         )
         await self.set_led(session.bay, BayLed.COPYING)
+        self._show(BayPhase.COPYING)
 
         def progress(p: BayProgress) -> None:
             if self.on_progress is not None:
@@ -228,6 +261,7 @@ class DockingSession:
             pipeline=self.pipeline,
             listing=listing,
             slot=self.slot,
+            status=self.status,
         )
         try:
             result = await offload.run()
@@ -266,6 +300,8 @@ class DockingSession:
                 "not_evidence": result.not_evidence[:100],
             },
         )
+        phase, error_class = OUTCOME_STATUS[result.outcome]
+        self._show(phase, error_class)
         await self.set_led(session.bay, OUTCOME_LEDS[result.outcome])
         return result
 
@@ -299,6 +335,8 @@ class ControlSession(DockingSession):
             },
         )
         await self.set_led(bay, BayLed.COPYING)
+        self._bay, self._shown_as = bay, handle.usb_serial
+        self._show(BayPhase.AUTHENTICATING)
         try:
             session, device_serial = await self._authenticate(handle, backend, bay, where)
         except SessionRefused as refused:
@@ -306,6 +344,7 @@ class ControlSession(DockingSession):
             return None
         except RecorderError as exc:
             self.store.record(EntryType.ERROR, None, {**where, "stage": "control", "reason": str(exc)})
+            self._show(BayPhase.ERROR, ErrorClass.DEVICE_ERROR)
             await self.set_led(bay, BayLed.ERROR)
             return None
         volume = claims.expect(device_serial, handle.location.port_path)
@@ -325,6 +364,8 @@ class ControlSession(DockingSession):
                     None,
                     {**where, "device_serial": device_serial, "stage": "mass-storage", "reason": reason},
                 )
+                missing = isinstance(exc, TimeoutError)
+                self._show(BayPhase.ERROR, ErrorClass.NO_VOLUME if missing else ErrorClass.DEVICE_ERROR)
                 await self.set_led(bay, BayLed.ERROR)
                 return None
             finally:
@@ -380,7 +421,9 @@ class ControlSession(DockingSession):
             raise self._refuse(refusal, where, NOT_ALLOWED)
         password = self._password_for(handle)
         if password is None:
-            raise self._refuse("no recorder password configured (recorders.default_password)", where)
+            raise self._refuse(
+                "no recorder password configured (recorders.default_password)", where, ErrorClass.NO_PASSWORD
+            )
         trust = await self._clock_trust()
         trusted = trust.trusted
 
@@ -473,6 +516,12 @@ class ControlSession(DockingSession):
                 None,
                 {**data, "offset_before_ms": offset, "offset_after_ms": clock.offset_after_set_ms},
             )
+        battery = status.battery_percent
+        self._show(
+            BayPhase.AUTHENTICATING,
+            officer=Officer(info.officer_name, info.officer_no),
+            device=Device(device_serial, id_code, battery if 0 <= battery <= 100 else None),
+        )
         session = SessionInfo(str(uuid.uuid4()), self.config.station.id, bay, identity, clock)
         return session, device_serial
 
@@ -492,12 +541,21 @@ class VolumeSession(DockingSession):
 
     async def _run(self, root: VolumeRoot, bay: int | None) -> OffloadResult | None:
         volume = display_name(root.path)
+        self._bay, self._shown_as = bay, None
+        self._show(BayPhase.AUTHENTICATING)
         try:
             found: VolumeIdentity = await self._thread(read_volume_identity, root.fd)
         except (MassStorageError, OSError) as exc:
             self.store.record(EntryType.REFUSED, None, {"volume": volume, "reason": f"no identity: {exc}"})
+            self._show(BayPhase.ERROR, ErrorClass.NO_IDENTITY)
             await self.set_led(bay, BayLed.ERROR)
             return None
+        self._shown_as = found.device_serial
+        self._show(
+            BayPhase.AUTHENTICATING,
+            officer=Officer(found.officer_name, found.officer_no),
+            device=Device(found.device_serial),
+        )
         data = {"device_serial": found.device_serial, "volume": volume}
         try:
             self._allowed(found.device_serial, data)
@@ -510,6 +568,7 @@ class VolumeSession(DockingSession):
             identity = RecorderIdentity(**{**resumed["identity"], "source": "resumed session"})
             clock = ClockFacts.from_dict(resumed["clock"])
             bay = resumed["bay"] if bay is None else bay
+            self._bay = bay
         else:
             identity = RecorderIdentity(
                 device_serial=found.device_serial,

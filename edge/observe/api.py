@@ -1,0 +1,426 @@
+"""The station's local API (aiohttp): on a Unix socket for people and tools on the station, and on a
+loopback TCP port for the dock screen beside the bays.
+
+Routes (JSON unless said; shapes in the package docstring):
+
+  GET  /api/v1/status            station + bays                         kiosk
+  GET  /api/v1/bays              bays                                   kiosk
+  GET  /api/v1/events            text/event-stream: snapshot, bay, station   kiosk
+  GET  /api/v1/items?limit=N     recent items                           operator
+  GET  /api/v1/items/{item}      one item: case, manifest, ledger trail operator
+  POST /api/v1/items/{item}/tags case fields: a signed `tagged` entry    operator
+  GET  /metrics                  Prometheus text                        operator (kiosk with metrics_over_tcp)
+  GET  /dock/...                 the dock screen (registered by its package with add_kiosk_page)   kiosk
+
+Authorisation, on every route (a route registered without an access level is refused to everyone):
+
+* Unix socket: the caller is who the kernel says (SO_PEERCRED): root, the store's owner, or a member of
+  ``[api] operators_group`` (primary or supplementary group) may use every route; anyone else gets 403.
+  The socket file itself is 0660, owned by the store's owner and that group, so others cannot connect.
+* TCP: only the kiosk routes, read-only; everything else is 403 ("over the Unix socket only"). The
+  listener binds to loopback unless ``allow_non_loopback`` says otherwise, and a peer that is not
+  loopback is refused unless it does.
+* Tagging records the caller as the tagger: ``[api] accounts`` names a uid's account, else its login name
+  (``uid:N`` for a uid without one). It writes the very entry ``edge tag`` writes, through
+  :func:`edge.ingest.tagging.tag_item`, on the agent's own store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import ipaddress
+import json
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from edge.config.station import ApiSection
+from edge.custody.text import json_printable, printable
+from edge.ingest.store import StationStore
+from edge.ingest.tagging import TagError, tag_item
+from edge.observe.board import StatusBoard
+from edge.observe.items import ITEM_ID, StoreReader
+from edge.observe.metrics import CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+SSE_KEEPALIVE_S = 15.0
+
+
+class Access(StrEnum):
+    KIOSK = "kiosk"  # read-only status for the dock screen: TCP and the socket
+    OPERATOR = "operator"  # the socket only, authorised callers
+    METRICS = "metrics"  # the socket; TCP too when [api] metrics_over_tcp
+
+
+@dataclass(frozen=True)
+class Caller:
+    channel: str  # "unix" or "tcp"
+    uid: int | None = None
+    gid: int | None = None
+    pid: int | None = None
+    address: str | None = None
+
+    def describe(self) -> str:
+        return f"uid {self.uid} (pid {self.pid})" if self.channel == "unix" else f"tcp {self.address}"
+
+
+ACCESS = web.AppKey("access", dict[str, Access])
+BOARD = web.AppKey("board", StatusBoard)
+SETTINGS = web.AppKey("settings", ApiSection)
+STORE = web.AppKey("store", StationStore)
+READER = web.AppKey("reader", StoreReader)
+OWNER_UID = web.AppKey("owner_uid", int)
+CALLER = web.RequestKey("caller", Caller)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_route(app: web.Application, method: str, path: str, handler: Handler, access: Access) -> None:
+    """Register a route with the access level the authorisation middleware enforces."""
+    resource = app.router.add_resource(path)
+    resource.add_route(method, handler)
+    app[ACCESS][resource.canonical] = access
+
+
+def add_kiosk_page(app: web.Application, prefix: str, directory: Path) -> None:
+    """Serve a directory of static files read-only at ``prefix`` to the kiosk (TCP) and the socket;
+    ``prefix`` itself answers with its ``index.html``. The dock screen registers itself with this."""
+    index = directory / "index.html"
+
+    async def page(_request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
+
+    add_route(app, "GET", prefix, page, Access.KIOSK)
+    static = app.router.add_static(prefix + "/", directory, follow_symlinks=False)
+    app[ACCESS][static.canonical] = Access.KIOSK
+
+
+def build_app(board: StatusBoard, store: StationStore, settings: ApiSection) -> web.Application:
+    app = web.Application(middlewares=[_authorise], client_max_size=MAX_BODY_BYTES)
+    app[ACCESS] = {}
+    app[BOARD] = board
+    app[STORE] = store
+    app[SETTINGS] = settings
+    app[READER] = StoreReader(store.layout.root)
+    app[OWNER_UID] = os.stat(store.layout.root).st_uid
+    add_route(app, "GET", "/api/v1/status", _status, Access.KIOSK)
+    add_route(app, "GET", "/api/v1/bays", _bays, Access.KIOSK)
+    add_route(app, "GET", "/api/v1/events", _events, Access.KIOSK)
+    add_route(app, "GET", "/api/v1/items", _items, Access.OPERATOR)
+    add_route(app, "GET", "/api/v1/items/{item}", _item, Access.OPERATOR)
+    add_route(app, "POST", "/api/v1/items/{item}/tags", _tag, Access.OPERATOR)
+    add_route(app, "GET", "/metrics", _metrics, Access.METRICS)
+    # Kiosk pages register here with add_kiosk_page (the dock screen).
+
+    async def close_reader(app: web.Application) -> None:
+        app[READER].close()
+
+    app.on_cleanup.append(close_reader)
+    return app
+
+
+# -- authorisation ------------------------------------------------------------------------------------
+
+
+def _caller(request: web.Request) -> Caller:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        raise web.HTTPForbidden(text="no connection to identify the caller by")
+    if sock.family == socket.AF_UNIX:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+        return Caller("unix", uid=uid, gid=gid, pid=pid)
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return Caller("tcp", address=str(peer[0]) if peer else None)
+
+
+def _in_group(caller: Caller, group: str) -> bool:
+    try:
+        entry = grp.getgrnam(group)
+    except KeyError:
+        return False
+    if caller.gid == entry.gr_gid:
+        return True
+    try:
+        name = pwd.getpwuid(caller.uid or 0).pw_name
+    except KeyError:
+        name = None
+    if name is not None and name in entry.gr_mem:
+        return True
+    return entry.gr_gid in _supplementary_groups(caller.pid)
+
+
+def _supplementary_groups(pid: int | None) -> set[int]:
+    """The peer process's supplementary groups (SO_PEERCRED carries only the primary one)."""
+    if not pid:
+        return set()
+    try:
+        text = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("Groups:"):
+            return {int(g) for g in line.split()[1:] if g.isdigit()}
+    return set()
+
+
+def authorised(app: web.Application, caller: Caller, access: Access | None) -> str | None:
+    """Why ``caller`` may not use a route of ``access``, or None when it may."""
+    settings = app[SETTINGS]
+    if access is None:
+        return "this route has no access rule"
+    if caller.channel == "tcp":
+        if not settings.allow_non_loopback and not _loopback(caller.address):
+            return "the dock screen listener serves loopback only"
+        if access is Access.KIOSK or (access is Access.METRICS and settings.metrics_over_tcp):
+            return None
+        return "served over the station's Unix socket only"
+    if caller.uid == 0 or caller.uid == app[OWNER_UID]:
+        return None
+    if settings.operators_group and _in_group(caller, settings.operators_group):
+        return None
+    return f"uid {caller.uid} is neither root, the store's owner nor in the operators group"
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def _authorise(request: web.Request, handler: Handler) -> web.StreamResponse:
+    caller = _caller(request)
+    route = request.match_info.route
+    resource = route.resource
+    access = request.app[ACCESS].get(resource.canonical) if resource is not None else None
+    if resource is None:  # no such route: nothing to authorise, nothing to show
+        return await handler(request)
+    refusal = authorised(request.app, caller, access)
+    if refusal is not None:
+        log.info("local API: %s refused %s %s: %s", caller.describe(), request.method,
+                 printable(request.path)[:200], refusal)
+        raise web.HTTPForbidden(text=json.dumps({"error": refusal}), content_type="application/json")
+    request[CALLER] = caller
+    return await handler(request)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    # Device text is escaped as printable() does, inside the JSON (the dock screen never sees a control).
+    text = json_printable(json.dumps(data, ensure_ascii=False))
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+# -- handlers -----------------------------------------------------------------------------------------
+
+
+async def _status(request: web.Request) -> web.Response:
+    return _json(request.app[BOARD].snapshot())
+
+
+async def _bays(request: web.Request) -> web.Response:
+    return _json(request.app[BOARD].bays())
+
+
+async def _events(request: web.Request) -> web.StreamResponse:
+    board = request.app[BOARD]
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    subscription = board.subscribe()
+    try:
+        while True:
+            try:
+                kind, data = await asyncio.wait_for(subscription.get(), SSE_KEEPALIVE_S)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            text = json_printable(json.dumps(data, ensure_ascii=False))
+            await response.write(f"event: {kind}\ndata: {text}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    finally:
+        subscription.close()
+
+
+def _item_id(request: web.Request) -> str:
+    item = request.match_info["item"]
+    if not ITEM_ID.fullmatch(item):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "an item id is a lower-case UUID"}),
+                                 content_type="application/json")
+    return item
+
+
+async def _items(request: web.Request) -> web.Response:
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        return _json({"error": "limit must be a whole number"}, 400)
+    reader = request.app[READER]
+    items = await asyncio.get_running_loop().run_in_executor(None, reader.recent, limit)
+    return _json(items)
+
+
+async def _item(request: web.Request) -> web.Response:
+    item = _item_id(request)
+    reader = request.app[READER]
+    found = await asyncio.get_running_loop().run_in_executor(None, reader.item, item)
+    if found is None:
+        return _json({"error": f"no item {item} in this store"}, 404)
+    log.info("local API: %s read item %s", request[CALLER].describe(), item)
+    return _json(found)
+
+
+def tagger_name(settings: ApiSection, uid: int) -> str:
+    """The name a tag made over the socket records: the configured account, else the login name."""
+    configured = settings.accounts.get(str(uid))
+    if configured:
+        return configured
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"
+
+
+async def _tag(request: web.Request) -> web.Response:
+    item = _item_id(request)
+    caller: Caller = request[CALLER]
+    if caller.channel != "unix" or caller.uid is None:
+        raise web.HTTPForbidden(text=json.dumps({"error": "tagging is served over the Unix socket only"}),
+                                content_type="application/json")
+    try:
+        changes = await request.json()
+    except ValueError:
+        return _json({"error": "the body must be a JSON object of case fields"}, 400)
+    if not isinstance(changes, dict):
+        return _json({"error": "the body must be a JSON object of case fields"}, 400)
+    by = tagger_name(request.app[SETTINGS], caller.uid)
+    try:
+        # The agent's writes all run on the event loop (one connection, no interleaving): so does this.
+        entry = tag_item(request.app[STORE], item, changes, by=by)
+    except TagError as exc:
+        return _json({"error": printable(str(exc))}, 404 if "no sealed item" in str(exc) else 400)
+    log.info("local API: %s (%s) tagged item %s: ledger seq %d", caller.describe(), by, item, entry.seq)
+    return _json({"item": item, "seq": entry.seq, "by": by, "changes": entry.data["changes"]})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[BOARD].metrics.exposition()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+# -- serving ------------------------------------------------------------------------------------------
+
+
+class LocalApi:
+    """The API's listeners; ``start`` binds both, ``stop`` closes them (open event streams included)."""
+
+    def __init__(self, board: StatusBoard, store: StationStore, settings: ApiSection) -> None:
+        self.settings = settings
+        self.app = build_app(board, store, settings)
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        self.tcp_url: str | None = None
+        self.socket_path: Path | None = None
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        try:
+            await self._unix()
+            if self.settings.tcp_port is not None:
+                site = web.TCPSite(self.runner, self.settings.tcp_host, self.settings.tcp_port)
+                await site.start()
+                server = site._server
+                sockets = getattr(server, "sockets", None) or []
+                port = sockets[0].getsockname()[1] if sockets else self.settings.tcp_port
+                host = self.settings.tcp_host
+                host = f"[{host}]" if ":" in host else host
+                self.tcp_url = f"http://{host}:{port}"
+        except BaseException:
+            await self.runner.cleanup()
+            raise
+
+    async def _unix(self) -> None:
+        path = self.settings.socket_path
+        owner = self.app[OWNER_UID]
+        group_gid = _group_gid(self.settings.operators_group)
+        directory = path.parent
+        if not directory.exists():
+            # Others must reach the socket to connect: the socket's own mode and the credential check
+            # decide who may (as systemd's RuntimeDirectoryMode=0755 in the unit).
+            directory.mkdir(parents=True)
+            directory.chmod(0o755)
+        _remove_stale_socket(path)
+        # Made inaccessible until its owner and mode are right: nobody connects in between. (The umask is
+        # the process's: this runs at start, before any offload creates files.)
+        old = os.umask(0o177)
+        try:
+            site = web.UnixSite(self.runner, str(path))
+            await site.start()
+        finally:
+            os.umask(old)
+        self.socket_path = path
+        try:
+            os.chown(path, owner if os.geteuid() == 0 else -1, group_gid if group_gid is not None else -1)
+        except PermissionError as exc:
+            # The agent may give a file only to a group it is in (the unit's SupplementaryGroups=).
+            log.warning("local API: the socket stays the agent's alone (%s): make the service user a member "
+                        "of the operators group", exc.strerror)
+            group_gid = None
+        os.chmod(path, 0o660 if group_gid is not None else 0o600)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        if self.socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            self.socket_path = None
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket left by an agent that did not stop cleanly; refuse to take over one that answers
+    (another agent serves it: the store lock is per store, not per socket path)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket: not replaced")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise OSError(f"another process serves {path}: the local API is not started")
+
+
+def _group_gid(name: str) -> int | None:
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        log.warning("local API: operators group %r does not exist: only root and the store owner may "
+                    "use the socket", printable(name))
+        return None

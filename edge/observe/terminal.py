@@ -1,0 +1,169 @@
+"""The status model in words and tables for a terminal: `edge status` and `edge demo`.
+
+The model carries codes; the dock screen has its own Chinese and English strings. A terminal is read by
+an administrator: English words, with rich tables when the output is a terminal and plain lines when it
+is not (a log, a pipe). Every device string was escaped by the board already; rich markup in it is
+never interpreted (Text objects, not markup strings).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+STATE_WORDS = {
+    "empty": "empty",
+    "authenticating": "checking recorder",
+    "copying": "copying",
+    "verifying": "verifying",
+    "awaiting_receipt": "safe; awaiting central receipt",
+    "done": "done: take the recorder",
+    "error": "error",
+}
+STATE_STYLES = {
+    "empty": "dim",
+    "authenticating": "cyan",
+    "copying": "blue",
+    "verifying": "blue",
+    "awaiting_receipt": "yellow",
+    "done": "green",
+    "error": "bold red",
+}
+ERROR_WORDS = {
+    "not_allowed": "not on the allow-list",
+    "wrong_password": "recorder refused the password",
+    "no_password": "no recorder password configured",
+    "no_identity": "volume does not say which recorder it is",
+    "disk_full": "station disk full",
+    "pulled_early": "pulled out early: dock it again",
+    "files_failed": "some files failed",
+    "no_volume": "recorder volume did not appear",
+    "device_error": "recorder answered wrongly",
+    "failed": "unexpected failure (see the log)",
+}
+
+
+def state_words(bay: dict[str, Any]) -> str:
+    state = str(bay.get("state"))
+    if state == "error":
+        code = str(bay.get("error_class"))
+        return f"error: {ERROR_WORDS.get(code, code)}"
+    return STATE_WORDS.get(state, state)
+
+
+def size_text(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def bay_line(bay: dict[str, Any]) -> str:
+    """One plain line for a bay (logs, pipes)."""
+    officer = bay.get("officer") or {}
+    device = bay.get("device") or {}
+    parts = [f"bay {bay['bay']}: {state_words(bay)}"]
+    if device.get("serial"):
+        parts.append(f"recorder {device['serial']}")
+    if officer.get("name") or officer.get("badge"):
+        parts.append(f"{officer.get('name', '')} {officer.get('badge', '')}".strip())
+    if bay.get("files_total"):
+        parts.append(f"files {bay['files_done']}/{bay['files_total']}")
+        parts.append(f"{size_text(bay['bytes_done'])}/{size_text(bay['bytes_total'])}")
+    if bay.get("speed_bps"):
+        parts.append(f"{size_text(bay['speed_bps'])}/s")
+    return ", ".join(parts)
+
+
+def bays_table(bays: list[dict[str, Any]], title: str = "Bays") -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("bay", "state", "officer", "recorder", "files", "copied", "speed", "ETA"):
+        table.add_column(column, justify="right" if column in ("files", "copied", "speed", "ETA") else "left")
+    for bay in bays:
+        officer = bay.get("officer") or {}
+        device = bay.get("device") or {}
+        files = f"{bay['files_done']}/{bay['files_total']}" if bay.get("files_total") else ""
+        copied = ""
+        if bay.get("bytes_total"):
+            copied = f"{size_text(bay['bytes_done'])}/{size_text(bay['bytes_total'])}"
+        table.add_row(
+            Text(str(bay["bay"])),
+            Text(state_words(bay), style=STATE_STYLES.get(str(bay.get("state")), "")),
+            Text(f"{officer.get('name', '')} {officer.get('badge', '')}".strip()),
+            Text(str(device.get("serial") or "")),
+            files,
+            copied,
+            f"{size_text(bay['speed_bps'])}/s" if bay.get("speed_bps") else "",
+            f"{bay['eta_s']:.0f} s" if bay.get("eta_s") is not None else "",
+        )
+    return table
+
+
+def station_lines(station: dict[str, Any]) -> list[str]:
+    """The station part as `label: value` lines (the table's rows, and the plain output)."""
+    clock = station.get("clock") or {}
+    disk = station.get("disk") or {}
+    ledger = station.get("ledger") or {}
+    central = station.get("central") or {}
+    spool = station.get("spool") or {}
+    unit = station.get("unit") or {}
+    if not central.get("configured"):
+        central_text = "not configured"
+    else:
+        reachable = central.get("reachable")
+        reach = "not contacted yet" if reachable is None else "reachable" if reachable else "NOT reachable"
+        central_text = (
+            f"{reach}, breaker {central.get('breaker')}, "
+            f"last contact {central.get('last_contact_at') or '-'}, "
+            f"last receipt {central.get('last_receipt_at') or '-'}"
+        )
+    tasks = ", ".join(
+        f"{t['name']} {t['state']}" + (f" ({t['restarts']} restarts)" if t.get("restarts") else "")
+        for t in station.get("tasks") or []
+    )
+    counts = station.get("counts") or {}
+    refusals = ", ".join(f"{k} {v}" for k, v in sorted((counts.get("refusals") or {}).items())) or "none"
+    errors = ", ".join(f"{k} {v}" for k, v in sorted((counts.get("errors") or {}).items())) or "none"
+    return [
+        f"station: {station.get('id')} ({unit.get('name') or ''} {unit.get('code') or ''}), "
+        f"version {station.get('version')}, up since {station.get('started_at')}",
+        f"clock: {'trusted' if clock.get('trusted') else 'NOT trusted'} ({clock.get('source')}: "
+        f"{clock.get('detail')})",
+        f"signing key: {station.get('key_id')}",
+        f"disk: {size_text(disk.get('free_bytes'))} free of {size_text(disk.get('total_bytes'))}",
+        f"ledger: head {ledger.get('head_seq')}, central witnessed up to {ledger.get('witnessed_seq')} "
+        f"({ledger.get('unwitnessed_entries')} entries not yet witnessed)",
+        f"central: {central_text}",
+        f"spool: {spool.get('items')} items, {size_text(spool.get('bytes'))}, "
+        f"oldest {spool.get('oldest_at') or '-'}",
+        f"tasks: {tasks or '-'}",
+        f"refusals: {refusals}",
+        f"errors: {errors}",
+    ]
+
+
+def status_renderable(status: dict[str, Any]) -> Group:
+    station = Table(show_header=False, title="Station", title_justify="left")
+    station.add_column("what", style="bold")
+    station.add_column("value")
+    for line in station_lines(status["station"]):
+        label, _, value = line.partition(": ")
+        station.add_row(label, Text(value))
+    return Group(station, bays_table(status["bays"]))
+
+
+def print_status(status: dict[str, Any], console: Console) -> None:
+    if console.is_terminal:
+        console.print(status_renderable(status))
+        return
+    for line in station_lines(status["station"]):
+        console.print(Text(line), soft_wrap=True)
+    for bay in status["bays"]:
+        console.print(Text(bay_line(bay)), soft_wrap=True)

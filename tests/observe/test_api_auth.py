@@ -1,0 +1,206 @@
+"""Every route of the station's local API is authorised: the test enumerates the app's routes and calls
+each as callers that must be refused (a uid that is neither root, the store's owner nor an operator, on
+the Unix socket; anyone over TCP for what the kiosk does not need), with controls that an authorised
+caller gets through on each. The refused caller is a real other process running as `nobody`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from edge.config.station import ApiSection
+from edge.ingest.store import StationStore
+from edge.observe.api import LocalApi
+from edge.observe.board import StatusBoard
+from tests.prerequisites import require
+
+NOBODY = 65534  # nobody:nogroup on Debian
+# What the dock screen needs over TCP, read-only; every other route must be refused there.
+KIOSK_PATHS = {"/api/v1/status", "/api/v1/bays", "/api/v1/events"}
+ITEM = str(uuid.UUID(int=7))
+
+# Run as another user: one HTTP request per route on the Unix socket, the status code of each (or
+# "EACCES" when the socket file itself keeps the caller out). Only the status line is read (the event
+# stream never ends).
+CLIENT = r"""
+import json, socket, sys
+path, calls = sys.argv[1], json.loads(sys.argv[2])
+codes = []
+for method, target, body in calls:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect(path)
+    except PermissionError:
+        codes.append("EACCES")
+        continue
+    data = body.encode()
+    s.sendall((f"{method} {target} HTTP/1.1\r\nHost: station\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data)
+    line = b""
+    while not line.endswith(b"\r\n"):
+        chunk = s.recv(1)
+        if not chunk:
+            break
+        line += chunk
+    s.close()
+    codes.append(int(line.split()[1]))
+print(json.dumps(codes))
+"""
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="edge-auth-", dir="/tmp"))
+    path.chmod(0o755)  # the other user must reach the socket inside
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StationStore]:
+    s = StationStore(tmp_path / "store", "TEST-STATION")
+    yield s
+    s.close()
+
+
+def _board() -> StatusBoard:
+    return StatusBoard(identity={"id": "TEST-STATION"}, bays=[1, 2])
+
+
+@asynccontextmanager
+async def _serve(store: StationStore, settings: ApiSection) -> AsyncIterator[LocalApi]:
+    api = LocalApi(_board(), store, settings)
+    await api.start()
+    try:
+        yield api
+    finally:
+        await api.stop()
+
+
+def calls_for(app: web.Application) -> list[tuple[str, str, str]]:
+    """One call per route of the app: method, a path that matches it, a body."""
+    calls = []
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        if "path" in info:
+            path = info["path"]
+        elif "formatter" in info:
+            path = info["formatter"].format(item=ITEM)
+        else:
+            path = info["prefix"] + "/index.html"
+        body = json.dumps({"case_number": "A-1"}) if route.method == "POST" else ""
+        calls.append((route.method, path, body))
+    assert calls, "the app has routes"
+    return calls
+
+
+def as_user(socket_path: Path, calls: list[tuple[str, str, str]], **credentials: Any) -> list[Any]:
+    done = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", CLIENT, str(socket_path), json.dumps(calls)],
+        capture_output=True, text=True, timeout=60, check=True, **credentials,
+    )
+    codes: list[Any] = json.loads(done.stdout)
+    return codes
+
+
+def _require_root() -> None:
+    require(os.geteuid() == 0, "running a client as another user needs root")
+    require(Path("/usr/bin/python3").exists(), "needs /usr/bin/python3 for the other user's client")
+
+
+async def test_a_caller_who_is_not_an_operator_is_refused_on_every_route(
+    store: StationStore, short_dir: Path
+) -> None:
+    _require_root()
+    settings = ApiSection(socket_path=short_dir / "api.sock", operators_group="")
+    async with _serve(store, settings) as api:
+        calls = calls_for(api.app)
+        nobody = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+        # The socket file (0600, the store owner's) keeps others out...
+        codes = await asyncio.to_thread(as_user, short_dir / "api.sock", calls, **nobody)
+        assert codes == ["EACCES"] * len(calls)
+        # ...and the API refuses them itself, should the file's mode ever let them in.
+        (short_dir / "api.sock").chmod(0o666)
+        codes = await asyncio.to_thread(as_user, short_dir / "api.sock", calls, **nobody)
+        assert codes == [403] * len(calls), list(zip(calls, codes, strict=True))
+        # Control: root, on the same socket, gets through on every route.
+        codes = await asyncio.to_thread(as_user, short_dir / "api.sock", calls)
+        assert 403 not in codes and "EACCES" not in codes, list(zip(calls, codes, strict=True))
+
+
+@pytest.mark.parametrize("membership", ["primary", "supplementary"])
+async def test_members_of_the_operators_group_get_through_on_every_route(
+    store: StationStore, short_dir: Path, membership: str
+) -> None:
+    _require_root()
+    import grp
+
+    group = grp.getgrnam("nogroup" if membership == "primary" else "users")
+    settings = ApiSection(socket_path=short_dir / "api.sock", operators_group=group.gr_name)
+    credentials: dict[str, Any] = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+    if membership == "supplementary":
+        credentials["extra_groups"] = [group.gr_gid]
+    async with _serve(store, settings) as api:
+        calls = calls_for(api.app)
+        assert oct((short_dir / "api.sock").stat().st_mode & 0o777) == "0o660"
+        assert (short_dir / "api.sock").stat().st_gid == group.gr_gid
+        codes = await asyncio.to_thread(as_user, short_dir / "api.sock", calls, **credentials)
+        assert 403 not in codes and "EACCES" not in codes, list(zip(calls, codes, strict=True))
+        if membership == "supplementary":
+            # Control: the same user without the supplementary group is refused (the file's group
+            # lets it connect only through that group: it gets EACCES, not even a 403).
+            codes = await asyncio.to_thread(
+                as_user, short_dir / "api.sock", calls, user=NOBODY, group=NOBODY, extra_groups=[]
+            )
+            assert set(codes) == {"EACCES"}
+
+
+async def test_over_tcp_only_the_kiosk_routes_are_served(store: StationStore, short_dir: Path) -> None:
+    settings = ApiSection(socket_path=short_dir / "api.sock", tcp_port=0)
+    async with _serve(store, settings) as api:
+        assert api.tcp_url is not None and api.tcp_url.startswith("http://127.0.0.1:")
+        calls = calls_for(api.app)
+        kiosk = [c for c in calls if c[1] in KIOSK_PATHS or c[1].startswith("/dock")]
+        others = [c for c in calls if c not in kiosk]
+        assert others and {c[1] for c in kiosk} >= KIOSK_PATHS
+        async with aiohttp.ClientSession() as client:
+            for method, path, body in others:
+                async with client.request(method, api.tcp_url + path, data=body) as response:
+                    assert response.status == 403, (method, path)
+            for method, path, _ in kiosk:
+                # Control: the kiosk's own routes answer (only the headers of the event stream).
+                async with client.request(method, api.tcp_url + path) as response:
+                    assert response.status == 200, (method, path)
+
+
+async def test_metrics_over_tcp_only_when_configured(store: StationStore, short_dir: Path) -> None:
+    for allowed in (False, True):
+        settings = ApiSection(socket_path=short_dir / "api.sock", tcp_port=0, metrics_over_tcp=allowed)
+        async with _serve(store, settings) as api:
+            assert api.tcp_url is not None
+            async with aiohttp.ClientSession() as client, client.get(api.tcp_url + "/metrics") as response:
+                assert response.status == (200 if allowed else 403)
+
+
+def test_a_non_loopback_listener_needs_saying_so() -> None:
+    with pytest.raises(ValueError, match="not a loopback address"):
+        ApiSection(tcp_host="0.0.0.0", tcp_port=8470)
+    # Control: loopback is fine, and another address is when explicitly allowed.
+    assert ApiSection(tcp_host="::1", tcp_port=8470).tcp_host == "::1"
+    assert ApiSection(tcp_host="0.0.0.0", tcp_port=8470, allow_non_loopback=True).allow_non_loopback
