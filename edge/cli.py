@@ -340,6 +340,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         workdir=Path(args.workdir) if args.workdir else None,
         json_output=args.json,
         central=not args.no_central,
+        keep_running=args.keep_running,
     )
     return asyncio.run(run_demo(options))
 
@@ -426,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="last line: one JSON summary object")
     demo.add_argument(
         "--no-central", action="store_true", help="offload only: no embedded central, no uploads"
+    )
+    demo.add_argument(
+        "--keep-running", action="store_true",
+        help="after the journey keep the station, its API and dock screen (and the central) up until Ctrl-C",
     )
     demo.set_defaults(func=cmd_demo)
 

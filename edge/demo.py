@@ -8,6 +8,11 @@ Recorders are erased only once the central's receipt for each file verified (wip
 after-receipt: stricter than the stations' default after-witness, and it shows receipts); without the
 central the demo erases after verification (after-verify, which nobody witnesses: see the README's wipe
 policies). At the end both stores are verified and a summary is printed.
+
+On a terminal each bay shows a live progress bar (rich) and the summary is a table; otherwise (a log, a
+pipe) one plain line per change that matters. The station's local API runs as in production: its socket
+and the dock screen's URL are printed, and with ``--keep-running`` the station, its API and the central
+stay up after the journey until Ctrl-C, for a person to look.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -25,12 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
 from edge.central.embedded import EmbeddedCentral
 from edge.central.verify import verify_central_store
 from edge.config.station import StationConfig
-from edge.custody.text import printable
 from edge.ingest.store import open_db
-from edge.station import BayView, StationAgent
+from edge.observe.live import LiveBays
+from edge.station import StationAgent
 from edge.verify.station import verify_store
 from simulators.dock import DockSimulator
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
@@ -49,6 +59,7 @@ class DemoOptions:
     workdir: Path | None = None
     json_output: bool = False
     central: bool = True  # False: offload only (the pipeline benchmark's baseline)
+    keep_running: bool = False  # after the journey, keep the station and its API up until Ctrl-C
 
 
 def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]:
@@ -81,6 +92,7 @@ def demo_config(
     dock_port: str,
     password_file: Path,
     uplink: dict[str, Any] | None = None,
+    api: dict[str, Any] | None = None,
 ) -> StationConfig:
     return StationConfig.model_validate(
         {
@@ -109,6 +121,7 @@ def demo_config(
             "offload": {"concurrency": min(8, max(1, len(specs))), "min_free_bytes": 64 << 20},
             "wipe": {"policy": "after-receipt" if uplink else "after-verify", "receipt_wait_s": 600},
             "uplink": uplink or {},
+            "api": api or {"enabled": False},
             "case_defaults": {
                 "location": "杭州市西湖区文三路",
                 "subject": "现场执法过程",
@@ -135,42 +148,22 @@ def evidence_left(bus: RecorderBus, device_serial: str, config: StationConfig) -
     return sum(1 for name in bus.volume_files(device_serial) if name.rpartition(".")[2].lower() in wanted)
 
 
-class ProgressPrinter:
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.last: dict[str, tuple[int, int, int]] = {}
-
-    def __call__(self, view: BayView) -> None:
-        p = view.progress
-        state = (p.files_done, p.verified, p.wiped)
-        if self.last.get(view.device_serial) == state:
-            return
-        self.last[view.device_serial] = state
-        mib = 1 << 20
-        print(
-            printable(  # the serial is what the recorder says it is
-                f"  bay {view.bay or '-'} recorder {view.device_serial}: {p.files_done}/{p.files_total} "
-                f"files {p.bytes_done / mib:7.1f}/{p.bytes_total / mib:.1f} MiB  verified {p.verified}  "
-                f"wiped {p.wiped}  errors {len(p.errors)}"
-            ),
-            file=self.stream,
-            flush=True,
-        )
-
-
 async def run_demo(options: DemoOptions) -> int:
     keep = options.workdir is not None
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="evidence-edge-demo-"))
     workdir = workdir.resolve()
     out = sys.stdout
+    # A Unix socket's path holds 107 bytes: the API's socket gets a short directory of its own.
+    run_dir = Path(tempfile.mkdtemp(prefix="edge-demo-", dir="/tmp"))
     try:
-        return await _run(options, workdir, out)
+        return await _run(options, workdir, out, run_dir)
     finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
+async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> int:
     for sub in ("sim", "media"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     password_file = workdir / "recorder-password"
@@ -200,33 +193,37 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
         central = await EmbeddedCentral.start(workdir, STATION_ID, workdir / "station-store")
         uplink = central.uplink_config()
         print(f"central receiver listening on {central.url} (mutual TLS)", file=out, flush=True)
-    config = demo_config(workdir, specs, dock.tty_path, password_file, uplink)
+    # The station's local API as in production (its own socket; the dock screen on a free loopback port).
+    api = {"socket_path": str(run_dir / "station.sock"), "tcp_port": 0}
+    config = demo_config(workdir, specs, dock.tty_path, password_file, uplink, api)
     stop = asyncio.Event()
-    agent = StationAgent(config, on_progress=ProgressPrinter(out))
+    agent = StationAgent(config)
     runner = asyncio.create_task(agent.run(stop))
     drained = True
     try:
         await asyncio.wait_for(agent.ready.wait(), 30)
-        offload_started = time.monotonic()
-        for i, spec in enumerate(specs):
-            print(
-                f"docking recorder {spec.device_serial} ({spec.officer_name}, 警号 {spec.officer_no}) "
-                f"in bay {i + 1}",
-                file=out,
-                flush=True,
-            )
-            dock.insert(i + 1, charge_percent=spec.battery_percent)
-            bus.plug(spec.device_serial, f"1-1.{i + 1}")
-        deadline = loop.time() + SESSION_TIMEOUT_S
-        while len(agent.results) < len(specs) and loop.time() < deadline and not runner.done():
-            await asyncio.sleep(0.1)
-        await agent.idle()
-        offload_s = time.monotonic() - offload_started
-        if agent.uplink is not None:
-            drained = await agent.uplink.wait_drained(SESSION_TIMEOUT_S)
-        journey_s = time.monotonic() - offload_started
+        _print_urls(out, agent)
+        async with LiveBays(agent.status, out) as live:
+            offload_started = time.monotonic()
+            for i, spec in enumerate(specs):
+                live.print(
+                    f"docking recorder {spec.device_serial} ({spec.officer_name}, 警号 {spec.officer_no}) "
+                    f"in bay {i + 1}"
+                )
+                dock.insert(i + 1, charge_percent=spec.battery_percent)
+                bus.plug(spec.device_serial, f"1-1.{i + 1}")
+            deadline = loop.time() + SESSION_TIMEOUT_S
+            while len(agent.results) < len(specs) and loop.time() < deadline and not runner.done():
+                await asyncio.sleep(0.1)
+            await agent.idle()
+            offload_s = time.monotonic() - offload_started
+            if agent.uplink is not None:
+                drained = await agent.uplink.wait_drained(SESSION_TIMEOUT_S)
+            journey_s = time.monotonic() - offload_started
         leds = {i + 1: str(dock.led(i + 1)) for i in range(len(specs))}
         remaining = {s.device_serial: evidence_left(bus, s.device_serial, config) for s in specs}
+        if options.keep_running:
+            await _keep_running(out, agent)
     finally:
         stop.set()
         try:
@@ -289,6 +286,33 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
     return 0 if not errors else 1
 
 
+def _print_urls(out: Any, agent: StationAgent) -> None:
+    api = agent.api
+    if api is None:
+        print("the station's local API did not start (see the log)", file=out, flush=True)
+        return
+    print(f"station API: {api.socket_path} (edge status --socket {api.socket_path})", file=out)
+    if api.tcp_url is not None:
+        print(f"dock screen: {api.tcp_url}/dock  (status JSON: {api.tcp_url}/api/v1/status)", file=out)
+    out.flush()
+
+
+async def _keep_running(out: Any, agent: StationAgent) -> None:
+    """Keep the station, its API (and the central) up until Ctrl-C or SIGTERM, for a person to look."""
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupted.set)
+    try:
+        _print_urls(out, agent)
+        print("the station keeps running: press Ctrl-C to stop it", file=out, flush=True)
+        await interrupted.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    print("stopping", file=out, flush=True)
+
+
 def _print_table(
     out: Any,
     agent: StationAgent,
@@ -297,6 +321,26 @@ def _print_table(
     remaining: dict[str, int],
     store_ok: bool,
 ) -> None:
+    console = Console(file=out, highlight=False)
+    if console.is_terminal:
+        table = Table(title="Docked recorders", title_justify="left")
+        columns = ("bay", "recorder", "officer", "items", "MiB", "verified", "wiped", "left", "LED", "errors")
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("recorder", "officer", "LED") else "right")
+        for i, spec in enumerate(specs):
+            view = agent.views.get(spec.device_serial)
+            p = view.progress if view else None
+            table.add_row(
+                str(i + 1), Text(spec.device_serial), Text(f"{spec.officer_name} {spec.officer_no}"),
+                str(p.files_done if p else 0), f"{(p.bytes_done if p else 0) / (1 << 20):.1f}",
+                str(p.verified if p else 0), str(p.wiped if p else 0), str(remaining[spec.device_serial]),
+                leds.get(i + 1, ""),
+                Text(str(len(p.errors) if p else 0), style="red" if p and p.errors else ""),
+            )
+        console.print(table)
+        console.print(Text("store verification: " + ("OK" if store_ok else "FAILED"),
+                           style="green" if store_ok else "bold red"))
+        return
     print("", file=out)
     print(
         f"{'bay':>3}  {'recorder':<9} {'officer':<14} {'items':>5} {'MiB':>8} {'verified':>8} {'wiped':>5} "

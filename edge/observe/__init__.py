@@ -4,7 +4,8 @@ Modules: :mod:`~edge.observe.sink` (the events the lower layers publish: the onl
 package they may import), :mod:`~edge.observe.board` (the model: per bay, per supervised task, and the
 station), :mod:`~edge.observe.metrics` (Prometheus, on the station's own registry),
 :mod:`~edge.observe.api` (aiohttp on a Unix socket, and read-only on loopback TCP for the dock screen),
-:mod:`~edge.observe.status_cli` (`edge status`) and :mod:`~edge.observe.terminal` (words and tables).
+:mod:`~edge.observe.status_cli` (`edge status`), :mod:`~edge.observe.terminal` (words and tables) and
+:mod:`~edge.observe.live` (live per-bay progress bars for `edge demo`).
 
 The JSON (stable; a consumer ignores keys it does not know). Times are ISO 8601 UTC strings
 (``2026-12-05T02:41:52Z``), null when unknown. Device text (officer names, serials, models) is escaped

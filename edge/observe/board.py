@@ -245,6 +245,8 @@ class StatusBoard:
         moving = slot.phase in ACTIVE or slot.phase is BayPhase.AWAITING_RECEIPT
         if phase is not None and moving and phase is not slot.phase:
             self._enter(slot, phase)
+            if phase is not BayPhase.COPYING:
+                slot.speed_bps = None
             self._sample(slot, time.monotonic())
             self._emit_bay(slot)
         elif self._sample(slot, time.monotonic()):
@@ -362,8 +364,6 @@ class StatusBoard:
             if battery is None and slot.device is not None:
                 battery = slot.device.battery_pct
             slot.device = Device(event.device.serial, event.device.model, battery)
-        elif slot.device is None and event.device_serial:
-            slot.device = Device(event.device_serial)
         was = slot.phase
         self._enter(slot, event.phase, event.error_class)
         if event.phase not in ACTIVE and was in (*ACTIVE, BayPhase.AWAITING_RECEIPT):
@@ -372,7 +372,7 @@ class StatusBoard:
                 self.metrics.dockings.labels(outcome).inc()
         if event.error_class in REFUSAL_CLASSES:
             self._count(self._refusals, event.error_class.value, "refusals")
-        if event.phase not in ACTIVE:
+        if event.phase is not BayPhase.COPYING:
             slot.speed_bps = None
         self._sample(slot, time.monotonic())
         self._emit_bay(slot)
