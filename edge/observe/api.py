@@ -50,7 +50,7 @@ from edge.config.station import ApiSection
 from edge.custody.text import json_printable, printable
 from edge.ingest.store import StationStore
 from edge.ingest.tagging import TagError, tag_item
-from edge.observe.board import StatusBoard
+from edge.observe.board import StatusBoard, TooManySubscribers
 from edge.observe.items import ITEM_ID, StoreReader
 from edge.observe.metrics import CONTENT_TYPE
 
@@ -240,12 +240,15 @@ async def _bays(request: web.Request) -> web.Response:
 
 async def _events(request: web.Request) -> web.StreamResponse:
     board = request.app[BOARD]
+    try:
+        subscription = board.subscribe()
+    except TooManySubscribers as exc:
+        return _json({"error": str(exc)}, 503)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
-    await response.prepare(request)
-    subscription = board.subscribe()
     try:
+        await response.prepare(request)
         while True:
             try:
                 kind, data = await asyncio.wait_for(subscription.get(), SSE_KEEPALIVE_S)
@@ -254,8 +257,6 @@ async def _events(request: web.Request) -> web.StreamResponse:
                 continue
             text = json_printable(json.dumps(data, ensure_ascii=False))
             await response.write(f"event: {kind}\ndata: {text}\n\n".encode())
-    except (ConnectionResetError, asyncio.CancelledError):
-        raise
     finally:
         subscription.close()
 
@@ -348,9 +349,8 @@ class LocalApi:
             if self.settings.tcp_port is not None:
                 site = web.TCPSite(self.runner, self.settings.tcp_host, self.settings.tcp_port)
                 await site.start()
-                server = site._server
-                sockets = getattr(server, "sockets", None) or []
-                port = sockets[0].getsockname()[1] if sockets else self.settings.tcp_port
+                # The port bound (tcp_port 0 picks one): the runner's TCP address, the socket's being a path.
+                port = next(a[1] for a in self.runner.addresses if isinstance(a, tuple))
                 host = self.settings.tcp_host
                 host = f"[{host}]" if ":" in host else host
                 self.tcp_url = f"http://{host}:{port}"

@@ -44,7 +44,9 @@ from edge.observe.sink import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+MAX_SUBSCRIBERS = 64  # event streams at once (dock screens, edge status --watch): each holds a queue
 SUBSCRIBER_QUEUE = 256  # changes held for one subscriber before it is handed a fresh snapshot instead
+MAX_UNPLACED = 32  # tiles of recorders in no known bay kept; the oldest finished one goes first
 MAX_CLASSES = 64  # distinct error stages counted by name; more are counted as "other"
 MAX_SEALED_TIMES = 10_000  # sealing times kept to time receipts (older items are not timed)
 SPEED_HALF_LIFE_S = 3.0
@@ -139,6 +141,10 @@ class _Bay:
             "since": self.since,
             "updated_at": self.updated_at,
         }
+
+
+class TooManySubscribers(Exception):
+    """MAX_SUBSCRIBERS event streams are open already."""
 
 
 class Subscription:
@@ -322,6 +328,8 @@ class StatusBoard:
             key = f"device:{printable(device_serial or 'unknown')[:64]}"
         slot = self._bays.get(key)
         if slot is None:
+            if bay is None:
+                self._make_room()
             slot = self._bays[key] = _Bay(key, bay)
         if device_serial:
             # A bay's recorder named by the control protocol (or its volume) before: one record.
@@ -330,6 +338,17 @@ class StatusBoard:
                 del self._bays[stray.key]
                 self._emit("bay", {**stray.as_json(), "state": "removed"})
         return slot
+
+    def _make_room(self) -> None:
+        """Bounded memory whatever comes: beyond MAX_UNPLACED tiles of recorders in no known bay, the
+        oldest that is not docking any more is retired."""
+        unplaced = [b for b in self._bays.values() if b.bay is None]
+        if len(unplaced) < MAX_UNPLACED:
+            return
+        idle = [b for b in unplaced if b.phase not in ACTIVE] or unplaced
+        oldest = min(idle, key=lambda b: b.updated_at)
+        del self._bays[oldest.key]
+        self._emit("bay", {**oldest.as_json(), "state": "removed"})
 
     def _enter(self, slot: _Bay, phase: BayPhase, error_class: ErrorClass | None = None) -> None:
         if phase is not slot.phase or error_class is not slot.error_class:
@@ -500,6 +519,8 @@ class StatusBoard:
     # -- the change stream ------------------------------------------------------------------------
 
     def subscribe(self, limit: int = SUBSCRIBER_QUEUE) -> Subscription:
+        if len(self._subscribers) >= MAX_SUBSCRIBERS:
+            raise TooManySubscribers(f"{MAX_SUBSCRIBERS} event streams are open already")
         subscription = Subscription(self, limit)
         self._subscribers.add(subscription)
         return subscription

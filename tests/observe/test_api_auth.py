@@ -204,3 +204,22 @@ def test_a_non_loopback_listener_needs_saying_so() -> None:
     # Control: loopback is fine, and another address is when explicitly allowed.
     assert ApiSection(tcp_host="::1", tcp_port=8470).tcp_host == "::1"
     assert ApiSection(tcp_host="0.0.0.0", tcp_port=8470, allow_non_loopback=True).allow_non_loopback
+
+
+async def test_event_streams_are_bounded(store: StationStore, short_dir: Path) -> None:
+    from edge.observe.api import BOARD
+    from edge.observe.board import MAX_SUBSCRIBERS
+
+    settings = ApiSection(socket_path=short_dir / "api.sock", tcp_port=0)
+    async with _serve(store, settings) as api, aiohttp.ClientSession() as client:
+        assert api.tcp_url is not None
+        held = [api.app[BOARD].subscribe() for _ in range(MAX_SUBSCRIBERS)]
+        async with client.get(api.tcp_url + "/api/v1/events") as response:
+            assert response.status == 503 and "event streams" in (await response.json())["error"]
+        held.pop().close()
+        # Control: with one given back, a stream opens.
+        async with client.get(api.tcp_url + "/api/v1/events") as response:
+            assert response.status == 200
+            assert (await response.content.readline()).startswith(b"event: snapshot")
+        for subscription in held:
+            subscription.close()

@@ -91,3 +91,22 @@ async def test_device_text_is_escaped_in_the_model() -> None:
     status.publish(BayChanged(None, None, BayPhase.ERROR, ErrorClass.NO_IDENTITY))
     assert [b["bay"] for b in status.bays()] == ["1", "2"]
     assert status.station()["counts"]["refusals"] == {"no_identity": 1}
+
+
+async def test_tiles_of_recorders_in_no_known_bay_are_bounded() -> None:
+    from edge.observe.board import MAX_UNPLACED
+
+    status = board()
+    subscription = status.subscribe(limit=10_000)
+    await subscription.get()
+    for i in range(MAX_UNPLACED + 20):
+        status.publish(BayChanged(None, f"stray{i}", BayPhase.ERROR, ErrorClass.PULLED_EARLY))
+    keys = [b["bay"] for b in status.bays()]
+    assert len(keys) == 2 + MAX_UNPLACED and keys[:2] == ["1", "2"]
+    assert f"device:stray{MAX_UNPLACED + 19}" in keys and "device:stray0" not in keys
+    removed = []
+    while subscription._queue:
+        _, data = await subscription.get()
+        if data["state"] == "removed":
+            removed.append(data["bay"])
+    assert removed == [f"device:stray{i}" for i in range(20)]

@@ -26,20 +26,21 @@ def _env() -> dict[str, str]:
     return {**os.environ, "TERM": "xterm-256color", "COLUMNS": "140", "LINES": "40"}
 
 
-def test_on_a_terminal_each_bay_gets_a_live_progress_bar_and_the_summary_is_a_table(tmp_path: Path) -> None:
-    require_volume_mounts()
+def run_in_pty(argv: list[str], timeout_s: float = 120) -> tuple[int, str]:
+    """Run `argv` with a real pseudo-terminal as its stdin, stdout and stderr; its exit status and all it
+    wrote there."""
     controller, terminal = pty.openpty()
-    process = subprocess.Popen([*DEMO, "--workdir", str(tmp_path / "demo")], stdin=terminal, stdout=terminal,
-                               stderr=terminal, env=_env(), close_fds=True)
+    process = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, env=_env(),
+                               close_fds=True)
     os.close(terminal)
     shown = bytearray()
     try:
         while True:
-            ready, _, _ = select.select([controller], [], [], 120)
-            assert ready, "the demo fell silent"
+            ready, _, _ = select.select([controller], [], [], timeout_s)
+            assert ready, "the command fell silent"
             try:
                 chunk = os.read(controller, 65536)
-            except OSError:  # EIO: the demo closed the terminal (it exited)
+            except OSError:  # EIO: the command closed the terminal (it exited)
                 break
             if not chunk:
                 break
@@ -47,7 +48,12 @@ def test_on_a_terminal_each_bay_gets_a_live_progress_bar_and_the_summary_is_a_ta
     finally:
         os.close(controller)
         code = process.wait(timeout=60)
-    text = shown.decode("utf-8", errors="replace")
+    return code, shown.decode("utf-8", errors="replace")
+
+
+def test_on_a_terminal_each_bay_gets_a_live_progress_bar_and_the_summary_is_a_table(tmp_path: Path) -> None:
+    require_volume_mounts()
+    code, text = run_in_pty([*DEMO, "--workdir", str(tmp_path / "demo")])
     assert code == 0, text[-3000:]
     assert "\x1b[?25l" in text, "rich hides the cursor while it draws the live bars"
     assert "━" in text, "progress bars"

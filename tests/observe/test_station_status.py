@@ -7,31 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from simulators.recorder.faultfs import VolumeFaults
+from tests.observe.test_demo_terminal import run_in_pty
 from tests.station.harness import Station, simulated_station, spec
-
-
-@pytest.fixture
-def api_dir() -> Iterator[Path]:
-    """A short directory for the API's socket (a Unix socket path holds 107 bytes; pytest's are long)."""
-    path = Path(tempfile.mkdtemp(prefix="edge-api-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 async def sse_events(url: str) -> AsyncIterator[tuple[str, Any]]:
@@ -255,6 +243,12 @@ async def test_edge_status_prints_the_board_and_says_when_the_agent_is_not_runni
         line = f"bay 1: done: take the recorder, recorder {s.device_serial}, 张伟 110001, files 1/1"
         assert line in shown.stdout
         assert "station: TEST-STATION" in shown.stdout
+        # On a terminal: tables.
+        code, text = await asyncio.to_thread(
+            run_in_pty, [sys.executable, "-m", "edge.cli", "status", "--socket", sock]
+        )
+        assert code == 0, text
+        assert "┏" in text and "Station" in text and "done: take the recorder" in text
     gone = await asyncio.to_thread(edge_status, "--socket", sock)
     assert gone.returncode == 69 and "the station agent is not running" in gone.stderr
     assert gone.stdout == ""
