@@ -158,7 +158,7 @@ class StationAgent:
         watcher = VolumeWatcher(
             self.config.usb.mount_root, rescan_interval_s=self.config.usb.volume_rescan_interval_s
         )
-        supervisor = Supervisor(notifier=notifier)
+        supervisor = Supervisor(notifier=notifier, status=self.status)
         self.supervisor = supervisor
         poll_s = self.config.usb.poll_interval_s
         supervisor.add(

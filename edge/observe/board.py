@@ -39,6 +39,7 @@ from edge.observe.sink import (
     Officer,
     Refused,
     StatusEvent,
+    TaskChanged,
 )
 
 log = logging.getLogger(__name__)
@@ -305,6 +306,8 @@ class StatusBoard:
                 self.metrics.durations[event.kind].observe(max(0.0, event.seconds))
                 if event.kind is DurationKind.COPY and event.size_bytes:
                     self.metrics.copied_bytes.inc(event.size_bytes)
+            elif isinstance(event, TaskChanged):
+                self._station_changed()  # the station part goes out now, with the supervisor's facts
             elif isinstance(event, CentralContact):
                 self._reachable = event.reachable
                 if event.reachable:
@@ -546,6 +549,7 @@ class StatusBoard:
         loop = asyncio.get_running_loop()
         next_facts = 0.0
         next_clock = 0.0
+        self._changed.set()  # the station part goes out once at start, whatever feeds it
         while True:
             now = time.monotonic()
             for slot in list(self._bays.values()):

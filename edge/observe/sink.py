@@ -122,7 +122,17 @@ class CentralContact:
     reachable: bool
 
 
-StatusEvent = BayChanged | BayVacated | Refused | Duration | CentralContact
+@dataclass(frozen=True)
+class TaskChanged:
+    """A supervised task changed state (running, backoff, cancelling, failed, stopped)."""
+
+    name: str
+    state: str
+    restarts: int
+    last_error: str | None = None
+
+
+StatusEvent = BayChanged | BayVacated | Refused | Duration | CentralContact | TaskChanged
 
 
 class StatusSink(Protocol):

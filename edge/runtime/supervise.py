@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypedDict
 
+from edge.observe.sink import NULL_SINK, StatusSink, TaskChanged
 from edge.runtime.sdnotify import SystemdNotifier
 
 __all__ = [
@@ -247,6 +248,7 @@ class Supervisor:
         notify_ready: bool = True,
         clock: Clock = time.monotonic,
         wait: Wait | None = None,
+        status: StatusSink = NULL_SINK,
     ) -> None:
         if not backoff_initial_s >= 0:
             raise ValueError(f"backoff_initial_s must be >= 0, got {backoff_initial_s!r}")
@@ -261,6 +263,7 @@ class Supervisor:
         if not budget_window_s > 0:
             raise ValueError(f"budget_window_s must be > 0, got {budget_window_s!r}")
         self._notifier = notifier
+        self._status = status  # told of every task state change (the station's status board)
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._backoff_jitter = backoff_jitter
@@ -378,8 +381,12 @@ class Supervisor:
             ):
                 self._start(rec, now)
 
+    def _set_state(self, rec: _Supervised, state: TaskState) -> None:
+        rec.state = state
+        self._status.publish(TaskChanged(rec.spec.name, state.value, rec.restarts, rec.last_error))
+
     def _start(self, rec: _Supervised, now: float) -> None:
-        rec.state = TaskState.RUNNING
+        self._set_state(rec, TaskState.RUNNING)
         rec.started_at = now
         rec.last_alive = now
         rec.restart_at = None
@@ -448,8 +455,8 @@ class Supervisor:
             rec.restarts += 1
             attempt = len(rec.restart_times)
             delay_s = self._backoff_s(attempt)
-            rec.state = TaskState.BACKOFF
             rec.restart_at = now + delay_s
+            self._set_state(rec, TaskState.BACKOFF)
             window = f"{self._budget_window_s:g}s"
             outcome = f"restart {attempt}/{self._restart_budget} within {window} in {delay_s:.2f}s"
         else:
@@ -461,7 +468,7 @@ class Supervisor:
         if budget_left:
             return
         rec.restart_at = None
-        rec.state = TaskState.FAILED
+        self._set_state(rec, TaskState.FAILED)
         if rec.spec.critical:
             gave_up = SupervisorGaveUp(name, f"{reason}; {outcome}")
             gave_up.__cause__ = exc
@@ -486,7 +493,7 @@ class Supervisor:
                 silent_s = now - (rec.last_alive if rec.last_alive is not None else now)
                 if silent_s <= timeout_s:
                     continue
-                rec.state = TaskState.CANCELLING
+                self._set_state(rec, TaskState.CANCELLING)
                 rec.silent_for_s = silent_s
                 rec.cancel_deadline = now + rec.spec.stop_timeout_s
                 if ("hang",) in rec.seen_signatures:
@@ -616,7 +623,7 @@ class Supervisor:
                         "task %s ended with %s while stopping", name, _error_summary(exc), exc_info=exc
                     )
             if rec.state is not TaskState.FAILED:
-                rec.state = TaskState.STOPPED
+                self._set_state(rec, TaskState.STOPPED)
             log.debug("task %s stopped", name)
 
 

@@ -223,3 +223,27 @@ async def test_event_streams_are_bounded(store: StationStore, short_dir: Path) -
             assert (await response.content.readline()).startswith(b"event: snapshot")
         for subscription in held:
             subscription.close()
+
+
+async def test_edge_status_tells_a_caller_the_api_does_not_admit(
+    store: StationStore, short_dir: Path
+) -> None:
+    _require_root()
+    import sysconfig
+
+    root = Path(__file__).resolve().parents[2]
+    pythonpath = f"{root}:{sysconfig.get_paths()['purelib']}"
+    env = {"PYTHONPATH": pythonpath, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    argv = ["/usr/bin/python3", "-m", "edge.cli", "status", "--socket", str(short_dir / "api.sock"), "--json"]
+    for group, expected in (("", 77), ("nogroup", 0)):  # the second: the control, an operator
+        settings = ApiSection(socket_path=short_dir / "api.sock", operators_group=group)
+        async with _serve(store, settings):
+            done = await asyncio.to_thread(
+                subprocess.run, argv, user=NOBODY, group=NOBODY, extra_groups=[], env=env, cwd="/",
+                capture_output=True, text=True, timeout=120,
+            )
+        assert done.returncode == expected, done.stderr
+        if expected:
+            assert "not allowed to read the station status" in done.stderr and done.stdout == ""
+        else:
+            assert json.loads(done.stdout)["station"]["id"] == "TEST-STATION"
