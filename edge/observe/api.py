@@ -98,14 +98,16 @@ def add_route(app: web.Application, method: str, path: str, handler: Handler, ac
 
 def add_kiosk_page(app: web.Application, prefix: str, directory: Path) -> None:
     """Serve a directory of static files read-only at ``prefix`` to the kiosk (TCP) and the socket;
-    ``prefix`` itself answers with its ``index.html``. The dock screen registers itself with this."""
+    ``prefix`` and ``prefix/`` answer with its ``index.html``; symlinks are not followed out of it. The
+    dock screen registers itself with this, one line in :func:`build_app`."""
     index = directory / "index.html"
 
     async def page(_request: web.Request) -> web.StreamResponse:
         return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
 
     add_route(app, "GET", prefix, page, Access.KIOSK)
-    static = app.router.add_static(prefix + "/", directory, follow_symlinks=False)
+    add_route(app, "GET", prefix + "/", page, Access.KIOSK)  # (the static route would refuse a directory)
+    static = app.router.add_static(prefix, directory, follow_symlinks=False)
     app[ACCESS][static.canonical] = Access.KIOSK
 
 
