@@ -200,6 +200,10 @@ async def _run(options: DemoOptions, workdir: Path, out: Any) -> int:
         central = await EmbeddedCentral.start(workdir, STATION_ID, workdir / "station-store")
         uplink = central.uplink_config()
         print(f"central receiver listening on {central.url} (mutual TLS)", file=out, flush=True)
+        console_password = workdir / "console-auditor.password"
+        central.console_account("demo-auditor", console_password)
+        print(f"auditor console: {central.url}/console/ (account demo-auditor, a supervisor; its password "
+              f"is in {console_password}; the demo's CA is not one the browser knows)", file=out, flush=True)
     config = demo_config(workdir, specs, dock.tty_path, password_file, uplink)
     stop = asyncio.Event()
     agent = StationAgent(config, on_progress=ProgressPrinter(out))
