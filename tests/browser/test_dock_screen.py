@@ -159,6 +159,37 @@ def test_chinese_and_english_text_fit_the_tiles_at_kiosk_sizes(
         page.locator("#language").click()
 
 
+# WCAG contrast of every text in the tiles and the header against the background it is drawn on.
+CONTRAST_JS = """() => {
+  const rgb = (css) => css.match(/[\\d.]+/g).map(Number);
+  const luminance = ([r, g, b]) => [r, g, b].map((v) => v / 255)
+    .map((c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4))
+    .reduce((sum, c, i) => sum + c * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = (e) => {
+    for (; e; e = e.parentElement) {
+      const colour = rgb(getComputedStyle(e).backgroundColor);
+      if (colour.length < 4 || colour[3] > 0) return colour;
+    }
+    return [255, 255, 255];
+  };
+  return [...document.querySelectorAll('.bay [data-text], #station [data-text]')]
+    .filter((e) => e.offsetParent !== null && e.textContent.trim() !== '')
+    .map((e) => {
+      const [a, b] = [luminance(rgb(getComputedStyle(e).color)), luminance(background(e))];
+      return [e.className || e.id, (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+    });
+}"""
+
+
+def test_every_text_stands_out_from_its_background(page: Page, live_server: LiveServer) -> None:
+    api = StatusApi(live_server, _busy_bays())
+    _open(page, api, 1920, 1080)
+    ratios = page.evaluate(CONTRAST_JS)
+    assert len(ratios) > 60
+    low = [(name, round(ratio, 2)) for name, ratio in ratios if ratio < 4.5]
+    assert low == [], low
+
+
 def test_the_overflow_check_sees_text_that_does_not_fit(page: Page, live_server: LiveServer) -> None:
     # The control of the test above: a tile whose text cannot fit is reported.
     api = StatusApi(live_server, _busy_bays())
