@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
+from edge.observe.sink import BayPhase, ErrorClass
+from edge.sources.usb.bay_leds import STATE_LEDS
 from tests.browser.conftest import LiveServer, screenshot
 from tests.browser.status_api import StatusApi, bay
 
@@ -288,3 +290,10 @@ def test_the_legend_and_each_tile_show_the_bay_led_patterns(page: Page, live_ser
     expect(page.locator('#legend li[data-led="DENIED"]')).to_contain_text("红·快闪")
     page.locator("#language").click()
     expect(page.locator('#legend li[data-led="PASSWORD"]')).to_contain_text("red·double flash")
+
+
+def test_every_error_class_and_bay_state_of_the_status_model_has_words_and_a_led() -> None:
+    # The status model's codes (edge.observe.sink) against what the screen knows: a new class or state
+    # added there fails here until it has words (INSTRUCTIONS above, static/i18n.js) and an LED.
+    assert {error_class for error_class, _, _ in INSTRUCTIONS} == {c.value for c in ErrorClass}
+    assert set(STATE_LEDS) == {phase.value for phase in BayPhase}
