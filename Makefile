@@ -14,8 +14,10 @@ STAMP := $(VENV)/.installed
 # of skipping them (tests/prerequisites.py). No MQTT transport exists yet, so no broker is installed:
 # the transport that brings MQTT adds mosquitto here with the tests that run it. chromium: the browser
 # tests (tests/browser/) drive Debian's /usr/bin/chromium with Playwright's Python package, which never
-# downloads a browser of its own.
-APT_PACKAGES := ffmpeg fuse3 curl python3-venv python3-dev systemd dbus-daemon libseccomp2 chromium
+# downloads a browser of its own; fonts-wqy-microhei gives it Chinese glyphs, so that the dock screen's
+# Chinese text is measured (does it fit its tile?) and shown as a kiosk would show it.
+APT_PACKAGES := ffmpeg fuse3 curl python3-venv python3-dev systemd dbus-daemon libseccomp2 chromium \
+	fonts-wqy-microhei
 
 # Exact versions of every Python distribution the tests ran with (pip and the build backend included),
 # so that an install a year from now gets what was tested. `make constraints` rewrites it from .venv.
@@ -36,6 +38,7 @@ system:
 	command -v dbus-daemon >/dev/null || missing="$$missing dbus-daemon"; \
 	ldconfig -p | grep -q 'libseccomp\.so\.2 ' || missing="$$missing libseccomp2"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$$missing fonts-wqy-microhei"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "setup: installing system packages:$$missing"; \

@@ -48,6 +48,7 @@ from aiohttp import web
 
 from edge.config.station import ApiSection
 from edge.custody.text import json_printable, printable
+from edge.dockscreen import dock_screen_routes
 from edge.ingest.store import StationStore
 from edge.ingest.tagging import TagError, tag_item
 from edge.observe.board import StatusBoard, TooManySubscribers
@@ -126,7 +127,9 @@ def build_app(board: StatusBoard, store: StationStore, settings: ApiSection) -> 
     add_route(app, "GET", "/api/v1/items/{item}", _item, Access.OPERATOR)
     add_route(app, "POST", "/api/v1/items/{item}/tags", _tag, Access.OPERATOR)
     add_route(app, "GET", "/metrics", _metrics, Access.METRICS)
-    # Kiosk pages register here with add_kiosk_page (the dock screen).
+    # Kiosk pages register here with add_kiosk_page; the dock screen's own routes (read-only, kiosk):
+    for path, handler in dock_screen_routes():
+        add_route(app, "GET", path, handler, Access.KIOSK)
 
     async def close_reader(app: web.Application) -> None:
         app[READER].close()

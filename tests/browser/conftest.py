@@ -46,6 +46,8 @@ DEFAULT_VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 _SCREENSHOT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,80}")
 
+SHUTDOWN_TIMEOUT_S = 2.0
+
 T = TypeVar("T")
 
 
@@ -108,7 +110,8 @@ class LiveServer:
         """Start `app` on a free loopback port; return its base URL (no trailing slash)."""
 
         async def start() -> str:
-            runner = web.AppRunner(app)
+            # Open event streams end at shutdown: a browser still connected does not hold it up.
+            runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()

@@ -101,7 +101,7 @@ def calls_for(app: web.Application) -> list[tuple[str, str, str]]:
         if "path" in info:
             path = info["path"]
         elif "formatter" in info:
-            path = info["formatter"].format(item=ITEM)
+            path = info["formatter"].format(item=ITEM, name="main.js")  # name: the dock screen's files
         else:
             path = info["prefix"] + "/index.html"
         body = json.dumps({"case_number": "A-1"}) if route.method == "POST" else ""

@@ -34,6 +34,18 @@ ERROR_CLASS_LEDS: Mapping[str, BayLed] = MappingProxyType({
     AWAITING_RECEIPT: BayLed.RECEIPT,
 })
 
+# What a bay shows while it is not in error (the bay states of the status model; the dock screen's
+# tiles blink their LED dot with the same table).
+STATE_LEDS: Mapping[str, BayLed] = MappingProxyType({
+    "empty": BayLed.IDLE,
+    "authenticating": BayLed.COPYING,
+    "copying": BayLed.COPYING,
+    "verifying": BayLed.COPYING,
+    "awaiting_receipt": BayLed.RECEIPT,
+    "done": BayLed.DONE,
+    "error": BayLed.ERROR,
+})
+
 OUTCOME_LEDS: Mapping[OffloadOutcome, BayLed] = MappingProxyType({
     OffloadOutcome.DONE: BayLed.DONE,
     OffloadOutcome.PARTIAL: BayLed.PARTIAL,

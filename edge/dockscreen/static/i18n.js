@@ -1,0 +1,184 @@
+// Words of the dock screen, Chinese (default) and English. Codes come from the station's status API
+// (bay states, error classes, LED states); words live here, never in the API.
+
+export const LANGUAGES = ["zh", "en"];
+
+const zh = {
+  lang: "zh-CN",
+  switchTo: "English",
+  title: "执法记录仪采集站",
+  bay: (n) => (String(n).startsWith("device:") ? "位置未知" : `${n} 号位`),
+  central: "中心",
+  centralReachable: "已连接",
+  centralUnreachable: "无法连接",
+  centralNotConfigured: "未配置",
+  breakerOpen: "暂停上传",
+  backlog: "待上传",
+  backlogNone: "无",
+  backlogItems: (n, size) => `${n} 项 · ${size}`,
+  disk: "存储",
+  diskFree: (free, pct) => `可用 ${free} (${pct}%)`,
+  clock: "时钟",
+  clockTrusted: "已同步",
+  clockUntrusted: "未同步",
+  officer: "警员",
+  badge: "警号",
+  device: "设备",
+  battery: "电量",
+  files: "文件",
+  speed: "速度",
+  eta: "剩余",
+  legend: "指示灯说明",
+  disconnected: "与采集站的连接已中断，正在重新连接…",
+  duration: (s) => (s >= 3600 ? `${Math.floor(s / 3600)} 小时 ${Math.floor((s % 3600) / 60)} 分`
+    : s >= 60 ? `${Math.floor(s / 60)} 分 ${s % 60} 秒` : `${s} 秒`),
+  states: {
+    empty: ["空闲", "请插入执法记录仪"],
+    authenticating: ["正在识别", "请勿拔出"],
+    copying: ["正在采集", "请勿拔出"],
+    verifying: ["正在校验", "请勿拔出"],
+    awaiting_receipt: ["已保存，待回执", "文件已安全保存，可以取走；下次插入时清除"],
+    done: ["采集完成", "可以取走执法记录仪"],
+    error: ["采集失败", "请将执法记录仪交给管理员"],
+  },
+  errors: {
+    not_allowed: ["未登记的记录仪", "本站不认识此执法记录仪。请将执法记录仪交给管理员"],
+    wrong_password: ["密码错误", "记录仪拒绝了本站密码，未读取任何文件。请将执法记录仪交给管理员"],
+    no_password: ["本站未配置密码", "请将执法记录仪交给管理员"],
+    no_identity: ["无法识别记录仪", "请将执法记录仪交给管理员"],
+    disk_full: ["采集站存储已满", "记录仪未被改动。请取回执法记录仪并通知管理员"],
+    pulled_early: ["拔出过早", "采集未完成。请将执法记录仪放回原位"],
+    files_failed: ["部分文件失败", "其余文件已安全保存。请将执法记录仪交给管理员"],
+    no_volume: ["记录仪存储未出现", "请重新插入；如仍失败，请交给管理员"],
+    device_error: ["记录仪应答异常", "请将执法记录仪交给管理员"],
+    failed: ["采集出错", "请将执法记录仪交给管理员"],
+  },
+  leds: {
+    OFF: "熄灭",
+    IDLE: "空闲，可插入",
+    COPYING: "正在采集，请勿拔出",
+    DONE: "完成，可以取走",
+    RECEIPT: "已保存，可以取走，待中心回执",
+    ATTENTION: "需要人员处理",
+    FULL: "存储已满，通知管理员",
+    PARTIAL: "部分文件失败，交给管理员",
+    ERROR: "失败，见屏幕",
+    DENIED: "未登记，交给管理员",
+    PASSWORD: "密码错误，交给管理员",
+    PULLED: "拔出过早，请放回",
+  },
+  rhythms: {
+    steady: "常亮",
+    slow: "慢闪",
+    fast: "快闪",
+    double: "双闪",
+    heartbeat: "间隔短闪",
+  },
+  colours: { white: "白", blue: "蓝", green: "绿", amber: "黄", red: "红", off: "灭" },
+};
+
+const en = {
+  lang: "en",
+  switchTo: "中文",
+  title: "Docking station",
+  bay: (n) => (String(n).startsWith("device:") ? "Bay unknown" : `Bay ${n}`),
+  central: "Central",
+  centralReachable: "connected",
+  centralUnreachable: "unreachable",
+  centralNotConfigured: "not configured",
+  breakerOpen: "uploads paused",
+  backlog: "To upload",
+  backlogNone: "none",
+  backlogItems: (n, size) => `${n} items · ${size}`,
+  disk: "Storage",
+  diskFree: (free, pct) => `${free} free (${pct}%)`,
+  clock: "Clock",
+  clockTrusted: "synchronised",
+  clockUntrusted: "not synchronised",
+  officer: "Officer",
+  badge: "Badge",
+  device: "Device",
+  battery: "Battery",
+  files: "Files",
+  speed: "Speed",
+  eta: "Left",
+  legend: "What the bay lights mean",
+  disconnected: "Lost the connection to the station, reconnecting…",
+  duration: (s) => (s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`
+    : s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`),
+  states: {
+    empty: ["Empty", "Dock a recorder"],
+    authenticating: ["Identifying", "Do not remove"],
+    copying: ["Copying", "Do not remove"],
+    verifying: ["Verifying", "Do not remove"],
+    awaiting_receipt: ["Saved, awaiting receipt", "Files are safe here. Take it; erased at the next docking"],
+    done: ["Done", "Take your recorder"],
+    error: ["Failed", "Hand the recorder to the administrator"],
+  },
+  errors: {
+    not_allowed: ["Recorder not registered", "Hand the recorder to the administrator"],
+    wrong_password: ["Wrong password", "Nothing was read. Hand the recorder to the administrator"],
+    no_password: ["No password configured", "Hand the recorder to the administrator"],
+    no_identity: ["Unknown recorder", "Hand the recorder to the administrator"],
+    disk_full: ["Station storage full", "The recorder was not touched. Take it back and tell the administrator"],
+    pulled_early: ["Removed too early", "Not finished. Put the recorder back in its bay"],
+    files_failed: ["Some files failed", "The rest are safe. Hand the recorder to the administrator"],
+    no_volume: ["Recorder storage missing", "Dock it again; if it fails again, hand it to the administrator"],
+    device_error: ["Recorder answered wrongly", "Hand the recorder to the administrator"],
+    failed: ["Copy failed", "Hand the recorder to the administrator"],
+  },
+  leds: {
+    OFF: "Off",
+    IDLE: "Ready",
+    COPYING: "Copying, do not remove",
+    DONE: "Done, take it",
+    RECEIPT: "Saved, take it; awaiting receipt",
+    ATTENTION: "Needs a person",
+    FULL: "Storage full, tell the administrator",
+    PARTIAL: "Some files failed, to the administrator",
+    ERROR: "Failed, see the screen",
+    DENIED: "Not registered, to the administrator",
+    PASSWORD: "Wrong password, to the administrator",
+    PULLED: "Removed too early, put it back",
+  },
+  rhythms: {
+    steady: "steady",
+    slow: "slow blink",
+    fast: "fast blink",
+    double: "double flash",
+    heartbeat: "short flash",
+  },
+  colours: { white: "white", blue: "blue", green: "green", amber: "amber", red: "red", off: "off" },
+};
+
+const WORDS = { zh, en };
+const STORAGE_KEY = "edge.dock.language";
+
+export function savedLanguage() {
+  try {
+    const saved = localStorage.getItem(STORAGE_KEY);
+    return LANGUAGES.includes(saved) ? saved : "zh";
+  } catch {
+    return "zh"; // storage disabled in a locked-down kiosk profile: Chinese, as by default
+  }
+}
+
+export function saveLanguage(language) {
+  try {
+    localStorage.setItem(STORAGE_KEY, language);
+  } catch {
+    // nothing to do: the switch still works until the page reloads
+  }
+}
+
+export function words(language) {
+  return WORDS[language] ?? zh;
+}
+
+/** The heading and instruction of a bay: for an error, its class's; otherwise its state's. */
+export function stateWords(t, bay) {
+  if (bay.state === "error") {
+    return t.errors[bay.error_class] ?? t.states.error;
+  }
+  return t.states[bay.state] ?? [String(bay.state), ""];
+}

@@ -1,0 +1,323 @@
+// The dock screen: renders the station's status (GET /api/v1/status) and follows it live over
+// server-sent events (GET /api/v1/events: "snapshot", "bay", "station"), reconnecting after any loss.
+// Every text that came from a device or the configuration is set with textContent, never as HTML.
+
+import * as format from "./format.js";
+import { animateLed, ledOf } from "./led.js";
+import { saveLanguage, savedLanguage, stateWords, words } from "./i18n.js";
+
+const STATUS_URL = "/api/v1/status";
+const EVENTS_URL = "/api/v1/events";
+const PATTERNS_URL = "/dock/led-patterns.json";
+const RECONNECT_MIN_MS = 1000;
+const RECONNECT_MAX_MS = 15000;
+
+const view = {
+  language: savedLanguage(),
+  status: null,
+  patterns: null,
+  tiles: new Map(), // bay id -> tile element
+  connected: false,
+  reconnectMs: RECONNECT_MIN_MS,
+  source: null,
+};
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+function setText(element, text) {
+  const value = text == null ? "" : String(text);
+  if (element.textContent !== value) element.textContent = value;
+}
+
+function t() {
+  return words(view.language);
+}
+
+// -- station header ---------------------------------------------------------------------------------
+
+function renderFact(id, label, value, level) {
+  const fact = document.getElementById(id);
+  setText($("dt", fact), label);
+  setText($("dd", fact), value);
+  fact.dataset.level = level;
+}
+
+function renderStation() {
+  const w = t();
+  setText($("#title"), w.title);
+  document.title = w.title;
+  const station = view.status?.station;
+  if (!station) return;
+  const unit = station.unit?.name || station.unit?.code || "";
+  setText($("#station-id"), [unit, station.id].filter(Boolean).join(" · "));
+
+  const central = station.central ?? {};
+  if (!central.configured) {
+    renderFact("fact-central", w.central, w.centralNotConfigured, "warn");
+  } else if (central.reachable && central.breaker !== "open") {
+    renderFact("fact-central", w.central, w.centralReachable, "good");
+  } else {
+    renderFact("fact-central", w.central, central.breaker === "open" ? w.breakerOpen : w.centralUnreachable, "bad");
+  }
+
+  const spool = station.spool ?? {};
+  const items = Number(spool.items) || 0;
+  renderFact("fact-backlog", w.backlog, items ? w.backlogItems(items, format.bytes(spool.bytes)) : w.backlogNone,
+    items ? "warn" : "good");
+
+  const disk = station.disk ?? {};
+  const freePct = format.percent(disk.free_bytes, disk.total_bytes);
+  renderFact("fact-disk", w.disk, w.diskFree(format.bytes(disk.free_bytes), freePct ?? "–"),
+    freePct == null ? "warn" : freePct < 5 ? "bad" : freePct < 15 ? "warn" : "good");
+
+  const clock = station.clock ?? {};
+  renderFact("fact-clock", w.clock, clock.trusted ? w.clockTrusted : w.clockUntrusted, clock.trusted ? "good" : "bad");
+}
+
+function renderNow() {
+  const formatter = new Intl.DateTimeFormat(t().lang, {
+    month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
+  });
+  setText($("#now"), formatter.format(new Date()));
+}
+
+// -- bays -------------------------------------------------------------------------------------------
+
+function bayOrder(a, b) {
+  const na = Number(a.bay);
+  const nb = Number(b.bay);
+  if (Number.isFinite(na) && Number.isFinite(nb)) return na - nb;
+  return String(a.bay).localeCompare(String(b.bay));
+}
+
+function layoutGrid(count) {
+  const main = $("#bays");
+  const width = main.clientWidth || window.innerWidth;
+  const height = main.clientHeight || window.innerHeight;
+  let best = { cols: 1, rows: Math.max(1, count), size: 0 };
+  for (let cols = 1; cols <= Math.max(1, count); cols += 1) {
+    const rows = Math.ceil(count / cols);
+    // The biggest tile a little wider than high: what lets the text be largest.
+    const size = Math.min(width / cols / 1.15, height / rows);
+    if (size > best.size) best = { cols, rows, size };
+  }
+  main.style.setProperty("--cols", best.cols);
+  main.style.setProperty("--rows", best.rows);
+}
+
+function tileFor(bay) {
+  const key = String(bay.bay);
+  let tile = view.tiles.get(key);
+  if (!tile) {
+    tile = $("#bay-tile").content.firstElementChild.cloneNode(true);
+    tile.dataset.bay = key;
+    view.tiles.set(key, tile);
+    $("#bays").append(tile); // in the document before its LED starts blinking; renderBays orders it
+  }
+  return tile;
+}
+
+function renderBay(bay) {
+  const w = t();
+  const tile = tileFor(bay);
+  const [heading, instruction] = stateWords(w, bay);
+  tile.dataset.state = bay.state;
+  if (bay.error_class) tile.dataset.errorClass = bay.error_class;
+  else delete tile.dataset.errorClass;
+
+  setText($(".bay-no", tile), w.bay(bay.bay));
+  setText($(".state", tile), heading);
+  setText($(".instruction", tile), instruction);
+
+  if (view.patterns) {
+    const led = ledOf(bay, view.patterns);
+    const pattern = view.patterns.leds.find((p) => p.led === led);
+    if (pattern) {
+      tile.dataset.colour = pattern.colour;
+      const dot = $(".led", tile);
+      if (dot.dataset.led !== led) {
+        dot.dataset.led = led;
+        animateLed(dot, pattern);
+      }
+    }
+  }
+
+  const officer = bay.officer;
+  setText($(".officer", tile), officer?.name ? officer.name : "");
+  setText($(".badge", tile), officer?.badge ? `${w.badge} ${officer.badge}` : "");
+
+  const device = bay.device;
+  setText($(".model", tile), device?.model ?? "");
+  setText($(".serial", tile), device?.serial ?? "");
+  const battery = device?.battery_pct;
+  setText($(".battery", tile), typeof battery === "number" ? `${w.battery} ${battery}%` : "");
+
+  const total = bay.files_total;
+  setText($(".files", tile), typeof total === "number" && total > 0
+    ? `${w.files} ${format.count(bay.files_done)}/${format.count(total)}` : "");
+  const moving = bay.state === "copying" || bay.state === "verifying";
+  setText($(".speed", tile), moving && bay.speed_bps > 0 ? format.speed(bay.speed_bps) : "");
+  const eta = format.seconds(bay.eta_s);
+  setText($(".eta", tile), moving && eta != null ? `${w.eta} ${w.duration(eta)}` : "");
+
+  const pct = format.percent(bay.bytes_done, bay.bytes_total)
+    ?? format.percent(bay.files_done, bay.files_total)
+    ?? (bay.state === "done" || bay.state === "awaiting_receipt" ? 100 : 0);
+  $(".fill", tile).style.width = `${pct}%`;
+  $(".bar", tile).setAttribute("aria-valuenow", String(pct));
+}
+
+function renderBays() {
+  const bays = [...(view.status?.bays ?? [])].sort(bayOrder);
+  const main = $("#bays");
+  const keep = new Set(bays.map((b) => String(b.bay)));
+  for (const [key, tile] of view.tiles) {
+    if (!keep.has(key)) {
+      tile.remove();
+      view.tiles.delete(key);
+    }
+  }
+  bays.forEach((bay, index) => {
+    const tile = tileFor(bay);
+    if (main.children[index] !== tile) main.insertBefore(tile, main.children[index] ?? null);
+    renderBay(bay);
+  });
+  layoutGrid(bays.length);
+}
+
+// -- legend -----------------------------------------------------------------------------------------
+
+function renderLegend() {
+  const w = t();
+  setText($("#legend h2"), w.legend);
+  const list = $("#legend ul");
+  if (!view.patterns) return;
+  const shown = view.patterns.leds.filter((p) => p.led !== "OFF");
+  if (list.children.length !== shown.length) {
+    list.replaceChildren(...shown.map((pattern) => {
+      const item = document.createElement("li");
+      item.dataset.led = pattern.led;
+      const dot = document.createElement("span");
+      dot.className = "legend-led";
+      const text = document.createElement("span");
+      text.className = "legend-text";
+      text.dataset.text = "";
+      const look = document.createElement("span");
+      look.className = "pattern";
+      const meaning = document.createElement("span");
+      meaning.className = "meaning";
+      text.append(look, meaning);
+      item.append(dot, text);
+      return item;
+    }));
+    for (const item of list.children) {
+      animateLed($(".legend-led", item), shown.find((p) => p.led === item.dataset.led));
+    }
+  }
+  for (const item of list.children) {
+    const pattern = shown.find((p) => p.led === item.dataset.led);
+    const colour = w.colours[pattern.colour] ?? pattern.colour;
+    const rhythm = w.rhythms[pattern.rhythm] ?? pattern.rhythm;
+    setText($(".pattern", item), `${colour}·${rhythm} `);
+    setText($(".meaning", item), w.leds[pattern.led] ?? pattern.led);
+  }
+}
+
+// -- language ---------------------------------------------------------------------------------------
+
+function renderAll() {
+  const w = t();
+  document.documentElement.lang = w.lang;
+  setText($("#language"), w.switchTo);
+  setText($("#banner"), w.disconnected);
+  renderStation();
+  renderNow();
+  renderBays();
+  renderLegend();
+}
+
+function switchLanguage() {
+  view.language = view.language === "zh" ? "en" : "zh";
+  saveLanguage(view.language);
+  renderAll();
+}
+
+// -- live data --------------------------------------------------------------------------------------
+
+function setConnected(connected) {
+  view.connected = connected;
+  document.body.classList.toggle("disconnected", !connected);
+  $("#banner").hidden = connected;
+  document.body.dataset.connection = connected ? "live" : "lost";
+}
+
+function upsertBay(bay) {
+  if (!view.status) return;
+  const bays = view.status.bays ?? (view.status.bays = []);
+  const index = bays.findIndex((b) => String(b.bay) === String(bay.bay));
+  if (bay.state === "removed") {
+    // A recorder in no known bay left: its tile goes.
+    if (index >= 0) bays.splice(index, 1);
+    renderBays();
+    return;
+  }
+  if (index >= 0) bays[index] = bay;
+  else bays.push(bay);
+  if (index >= 0) renderBay(bay);
+  else renderBays();
+}
+
+function connect() {
+  const source = new EventSource(EVENTS_URL);
+  view.source = source;
+  source.addEventListener("snapshot", (event) => {
+    view.status = JSON.parse(event.data);
+    view.reconnectMs = RECONNECT_MIN_MS;
+    setConnected(true);
+    renderStation();
+    renderBays();
+  });
+  source.addEventListener("bay", (event) => upsertBay(JSON.parse(event.data)));
+  source.addEventListener("station", (event) => {
+    if (!view.status) return;
+    view.status.station = JSON.parse(event.data);
+    renderStation();
+  });
+  source.addEventListener("error", () => {
+    setConnected(false);
+    if (source.readyState === EventSource.CLOSED) {
+      // The browser gave up (an HTTP error, a wrong content type): try again ourselves, slower each time.
+      source.close();
+      setTimeout(connect, view.reconnectMs);
+      view.reconnectMs = Math.min(view.reconnectMs * 2, RECONNECT_MAX_MS);
+    }
+  });
+}
+
+async function loadJson(url) {
+  const response = await fetch(url, { cache: "no-store" });
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+  return response.json();
+}
+
+async function start() {
+  $("#language").addEventListener("click", switchLanguage);
+  setConnected(false);
+  renderAll();
+  setInterval(renderNow, 1000);
+  window.addEventListener("resize", () => layoutGrid(view.tiles.size));
+  try {
+    view.patterns = await loadJson(PATTERNS_URL);
+  } catch (error) {
+    console.error("dock screen: LED patterns", error);
+  }
+  try {
+    view.status = await loadJson(STATUS_URL);
+  } catch (error) {
+    console.error("dock screen: status", error);
+  }
+  renderAll();
+  connect();
+}
+
+start();
