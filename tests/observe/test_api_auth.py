@@ -256,30 +256,30 @@ async def test_a_kiosk_page_is_served_read_only_and_only_from_its_directory(
 
     page = tmp_path / "page"
     page.mkdir()
-    (page / "index.html").write_text("<html>dock</html>")
+    (page / "index.html").write_text("<html>extra</html>")
     (page / "app.js").write_text("export {}")
     (tmp_path / "secret.txt").write_text("not for the kiosk")
     (page / "link.txt").symlink_to(tmp_path / "secret.txt")
     settings = ApiSection(socket_path=short_dir / "api.sock", tcp_port=0)
     api = LocalApi(_board(), store, settings)
-    add_kiosk_page(api.app, "/dock", page)  # before start, as build_app does (a started app is frozen)
+    add_kiosk_page(api.app, "/extra", page)  # before start, as build_app does (a started app is frozen)
     await api.start()
     try:
         assert api.tcp_url is not None
         async with aiohttp.ClientSession() as client:
-            index = "<html>dock</html>"
-            served = (("/dock", index), ("/dock/", index), ("/dock/app.js", "export {}"))
+            index = "<html>extra</html>"
+            served = (("/extra", index), ("/extra/", index), ("/extra/app.js", "export {}"))
             for path, body in served:
                 async with client.get(api.tcp_url + path) as response:
                     assert (response.status, await response.text()) == (200, body), path
-            for path in ("/dock/link.txt", "/dock/../secret.txt", "/dock/%2e%2e/secret.txt"):
+            for path in ("/extra/link.txt", "/extra/../secret.txt", "/extra/%2e%2e/secret.txt"):
                 async with client.get(api.tcp_url + path) as response:
                     assert response.status in (403, 404), path
                     assert "not for the kiosk" not in await response.text()
-            async with client.post(api.tcp_url + "/dock/app.js") as response:
+            async with client.post(api.tcp_url + "/extra/app.js") as response:
                 assert response.status == 405
         # Every route the page added is a kiosk route: served over TCP, as the enumeration expects.
         calls = calls_for(api.app)
-        assert {c[1] for c in calls} >= {"/dock", "/dock/", "/dock/index.html"}
+        assert {c[1] for c in calls} >= {"/extra", "/extra/", "/extra/index.html"}
     finally:
         await api.stop()
