@@ -66,19 +66,32 @@ def scrub_error_text(data: Any, roots: Sequence[str] = ()) -> Any:
 
 # What must never reach a log line, a terminal or a report raw: C0 controls (newline, carriage return
 # and tab included: one record is one line), DEL, C1 controls (U+009B is a one-character CSI on some
-# terminals), the line and paragraph separators, and the Unicode bidi controls that make a reader see
-# text in another order than it is (Trojan Source, CVE-2021-42574): ALM, LRM, RLM, the embeddings and
-# overrides U+202A-U+202E and the isolates U+2066-U+2069.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# terminals), the line and paragraph separators, every format character (Unicode category Cf: the bidi
+# controls that make a reader see text in another order than it is, Trojan Source, CVE-2021-42574;
+# zero-width spaces and joiners, the soft hyphen, the BOM, the invisible tag characters) and every
+# space separator other than the ASCII space (category Zs: U+00A0, U+3000 ideographic space, ...),
+# which look like a space but are not one to a reader or a parser of `key=value` fields, so a device
+# name cannot look like two words or smuggle an invisible difference. The ranges are Cc, Cf, Zs, Zl
+# and Zp of Unicode 15 (U+13430-U+1343F in full: 15.0 added format controls there);
+# tests/station/test_device_text_escaped.py checks them against the running `unicodedata`.
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\xa0\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u1680\u180e"
+    "\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0001\U000e0020-\U000e007f]"
+)
 
 
 def _escaped(match: re.Match[str]) -> str:
     code = ord(match.group())
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def printable(text: str) -> str:
-    """`text` safe to show on one line: control and bidi characters as ``\\xNN`` / ``\\uNNNN``.
+    """`text` safe to show on one line: control, format (bidi, zero-width) and non-ASCII space
+    characters as ``\\xNN`` / ``\\uNNNN`` / ``\\UNNNNNNNN``.
 
     Everything else (Chinese names included) is shown as it is.
     """
@@ -88,4 +101,12 @@ def printable(text: str) -> str:
 def json_printable(text: str) -> str:
     """JSON text (from ``json.dumps(..., ensure_ascii=False)``) with the characters :func:`printable`
     escapes written as JSON escapes, so the document means the same and shows safely."""
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return _UNSAFE.sub(_json_escaped, text)
+
+
+def _json_escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    high, low = divmod(code - 0x10000, 0x400)  # JSON has no 6-digit escape: a surrogate pair
+    return f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}"

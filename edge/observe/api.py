@@ -20,6 +20,14 @@ Authorisation, on every route (a route registered without an access level is ref
 * TCP: only the kiosk routes, read-only; everything else is 403 ("over the Unix socket only"). The
   listener binds to loopback unless ``allow_non_loopback`` says otherwise, and a peer that is not
   loopback is refused unless it does.
+* TCP requests must name the listener in their ``Host`` header (``127.0.0.1:PORT``, ``localhost:PORT``,
+  ``[::1]:PORT``, or the configured ``tcp_host:PORT``): anything else is 421, no Host 400. A web page on
+  any origin that rebinds its own DNS name to 127.0.0.1 sends its own name as Host, so it cannot read
+  the status (officers' names, badge numbers) through the station's browser (DNS rebinding).
+* Event streams have a budget per channel (half of the board's subscribers each for the socket and for
+  TCP) and, within it, per local user (the kernel's uid of the peer: SO_PEERCRED on the socket, the
+  owner of the client's socket in /proc/net/tcp{,6} for a loopback TCP peer): one local user holding
+  many streams cannot leave the dock screen, another user's browser, without one (503 past a budget).
 * Tagging records the caller as the tagger: ``[api] accounts`` names a uid's account, else its login name
   (``uid:N`` for a uid without one). It writes the very entry ``edge tag`` writes, through
   :func:`edge.ingest.tagging.tag_item`, on the agent's own store.
@@ -38,6 +46,7 @@ import pwd
 import socket
 import stat
 import struct
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -51,7 +60,7 @@ from edge.custody.text import json_printable, printable
 from edge.dockscreen import dock_screen_routes
 from edge.ingest.store import StationStore
 from edge.ingest.tagging import TagError, tag_item
-from edge.observe.board import StatusBoard, TooManySubscribers
+from edge.observe.board import MAX_SUBSCRIBERS, StatusBoard, TooManySubscribers
 from edge.observe.items import ITEM_ID, StoreReader
 from edge.observe.metrics import CONTENT_TYPE
 
@@ -59,6 +68,14 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 SSE_KEEPALIVE_S = 15.0
+# Event streams per channel ("unix", "tcp") and per peer (uid, or address when the uid is unknown)
+# within it: the two channels together hold at most the board's MAX_SUBSCRIBERS.
+STREAMS_PER_CHANNEL = MAX_SUBSCRIBERS // 2
+STREAMS_PER_PEER = 8
+# SO_PEERGROUPS (Linux 4.13+; not in Python's socket module): the peer's supplementary groups as the
+# kernel recorded them at connect time. CPython's getsockopt takes at most 1024 bytes: 256 groups.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_PEERGROUPS_BYTES = 1024
 
 
 class Access(StrEnum):
@@ -74,6 +91,7 @@ class Caller:
     gid: int | None = None
     pid: int | None = None
     address: str | None = None
+    groups: frozenset[int] = frozenset()  # supplementary groups at connect time (SO_PEERGROUPS)
 
     def describe(self) -> str:
         return f"uid {self.uid} (pid {self.pid})" if self.channel == "unix" else f"tcp {self.address}"
@@ -86,6 +104,10 @@ STORE = web.AppKey("store", StationStore)
 READER = web.AppKey("reader", StoreReader)
 OWNER_UID = web.AppKey("owner_uid", int)
 CALLER = web.RequestKey("caller", Caller)
+# The Host values the TCP listener answers (filled when it binds: the port is known then).
+TCP_HOSTS = web.AppKey("tcp_hosts", set[str])
+# Open event streams per (channel, peer).
+STREAMS = web.AppKey("streams", dict[tuple[str, str], int])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -120,6 +142,8 @@ def build_app(board: StatusBoard, store: StationStore, settings: ApiSection) -> 
     app[SETTINGS] = settings
     app[READER] = StoreReader(store.layout.root)
     app[OWNER_UID] = os.stat(store.layout.root).st_uid
+    app[TCP_HOSTS] = set()
+    app[STREAMS] = {}
     add_route(app, "GET", "/api/v1/status", _status, Access.KIOSK)
     add_route(app, "GET", "/api/v1/bays", _bays, Access.KIOSK)
     add_route(app, "GET", "/api/v1/events", _events, Access.KIOSK)
@@ -149,9 +173,53 @@ def _caller(request: web.Request) -> Caller:
     if sock.family == socket.AF_UNIX:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, gid = struct.unpack("3i", raw)
-        return Caller("unix", uid=uid, gid=gid, pid=pid)
+        return Caller("unix", uid=uid, gid=gid, pid=pid, groups=_peer_groups(sock))
     peer = transport.get_extra_info("peername") if transport is not None else None
-    return Caller("tcp", address=str(peer[0]) if peer else None)
+    mine = transport.get_extra_info("sockname") if transport is not None else None
+    uid = _tcp_peer_uid(peer, mine) if peer and mine else None
+    return Caller("tcp", uid=uid, address=str(peer[0]) if peer else None)
+
+
+def _peer_groups(sock: socket.socket) -> frozenset[int]:
+    """The peer's supplementary groups as the kernel recorded them when it connected (SO_PEERGROUPS):
+    not /proc/<pid>/status at request time, where the pid may have changed its groups or been reused."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _PEERGROUPS_BYTES)
+    except OSError as exc:  # ERANGE: more than 256 groups; ENOPROTOOPT: kernel before 4.13
+        log.warning("local API: the peer's supplementary groups are unknown (%s): only its primary group "
+                    "counts", exc.strerror)
+        return frozenset()
+    count = len(raw) // 4
+    return frozenset(struct.unpack(f"{count}I", raw[: count * 4]))
+
+
+def _tcp_peer_uid(peer: Any, mine: Any) -> int | None:
+    """The uid owning a loopback TCP client's socket: its row in /proc/net/tcp{,6} has the peer's address
+    as local and ours as remote (a socket of this host; a remote peer has none)."""
+    try:
+        peer_ip, peer_port = ipaddress.ip_address(str(peer[0]).split("%")[0]), int(peer[1])
+        my_ip, my_port = ipaddress.ip_address(str(mine[0]).split("%")[0]), int(mine[1])
+    except (ValueError, IndexError, TypeError):
+        return None
+    table = "/proc/net/tcp6" if peer_ip.version == 6 else "/proc/net/tcp"
+    want_local, want_remote = _proc_address(peer_ip, peer_port), _proc_address(my_ip, my_port)
+    try:
+        with open(table, encoding="ascii") as rows:
+            next(rows, None)
+            for row in rows:
+                cols = row.split()
+                if len(cols) > 7 and cols[1] == want_local and cols[2] == want_remote:
+                    return int(cols[7])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _proc_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+    """An address as /proc/net/tcp{,6} writes it: the address's 32-bit words in host order, in hex."""
+    packed = ip.packed
+    words = "".join(f"{int.from_bytes(packed[i:i + 4], sys.byteorder):08X}" for i in range(0, len(packed), 4))
+    return f"{words}:{port:04X}"
 
 
 def _in_group(caller: Caller, group: str) -> bool:
@@ -167,21 +235,7 @@ def _in_group(caller: Caller, group: str) -> bool:
         name = None
     if name is not None and name in entry.gr_mem:
         return True
-    return entry.gr_gid in _supplementary_groups(caller.pid)
-
-
-def _supplementary_groups(pid: int | None) -> set[int]:
-    """The peer process's supplementary groups (SO_PEERCRED carries only the primary one)."""
-    if not pid:
-        return set()
-    try:
-        text = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("Groups:"):
-            return {int(g) for g in line.split()[1:] if g.isdigit()}
-    return set()
+    return entry.gr_gid in caller.groups
 
 
 def authorised(app: web.Application, caller: Caller, access: Access | None) -> str | None:
@@ -212,6 +266,8 @@ def _loopback(address: str | None) -> bool:
 @web.middleware
 async def _authorise(request: web.Request, handler: Handler) -> web.StreamResponse:
     caller = _caller(request)
+    if caller.channel == "tcp":
+        _check_host(request, caller)
     route = request.match_info.route
     resource = route.resource
     access = request.app[ACCESS].get(resource.canonical) if resource is not None else None
@@ -224,6 +280,29 @@ async def _authorise(request: web.Request, handler: Handler) -> web.StreamRespon
         raise web.HTTPForbidden(text=json.dumps({"error": refusal}), content_type="application/json")
     request[CALLER] = caller
     return await handler(request)
+
+
+def _check_host(request: web.Request, caller: Caller) -> None:
+    """A TCP request names the listener in its Host header, or it is refused (DNS rebinding: a page
+    whose name now resolves to 127.0.0.1 still sends its own name)."""
+    host = request.headers.get("Host")
+    if host is None:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "a Host header is required"}),
+                                 content_type="application/json")
+    if host.lower() not in request.app[TCP_HOSTS]:
+        log.info("local API: %s refused %s %s: Host %s is not this listener", caller.describe(),
+                 request.method, printable(request.path)[:200], printable(host)[:200])
+        raise web.HTTPMisdirectedRequest(text=json.dumps({"error": "the Host header does not name this "
+                                                          "listener"}), content_type="application/json")
+
+
+def listener_hosts(tcp_host: str, port: int) -> set[str]:
+    """The Host values the TCP listener answers: the loopback names with its port, and the configured
+    bind address (lower case; an IPv6 address in brackets)."""
+    names = {"127.0.0.1", "localhost", "[::1]"}
+    if tcp_host not in ("", "0.0.0.0", "::"):
+        names.add(f"[{tcp_host}]" if ":" in tcp_host else tcp_host)
+    return {f"{name.lower()}:{port}" for name in names}
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -245,10 +324,19 @@ async def _bays(request: web.Request) -> web.Response:
 
 async def _events(request: web.Request) -> web.StreamResponse:
     board = request.app[BOARD]
+    caller: Caller = request[CALLER]
+    streams = request.app[STREAMS]
+    peer = (caller.channel, f"uid:{caller.uid}" if caller.uid is not None else f"addr:{caller.address}")
+    in_channel = sum(n for (channel, _who), n in streams.items() if channel == caller.channel)
+    if in_channel >= STREAMS_PER_CHANNEL:
+        return _json({"error": f"{STREAMS_PER_CHANNEL} event streams are open on this channel already"}, 503)
+    if streams.get(peer, 0) >= STREAMS_PER_PEER:
+        return _json({"error": f"{STREAMS_PER_PEER} event streams are open for this user already"}, 503)
     try:
         subscription = board.subscribe()
     except TooManySubscribers as exc:
         return _json({"error": str(exc)}, 503)
+    streams[peer] = streams.get(peer, 0) + 1
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
@@ -264,6 +352,11 @@ async def _events(request: web.Request) -> web.StreamResponse:
             await response.write(f"event: {kind}\ndata: {text}\n\n".encode())
     finally:
         subscription.close()
+        left = streams.get(peer, 1) - 1
+        if left > 0:
+            streams[peer] = left
+        else:
+            streams.pop(peer, None)
 
 
 def _item_id(request: web.Request) -> str:
@@ -357,6 +450,7 @@ class LocalApi:
                 # The port bound (tcp_port 0 picks one): the runner's TCP address, the socket's being a path.
                 port = next(a[1] for a in self.runner.addresses if isinstance(a, tuple))
                 host = self.settings.tcp_host
+                self.app[TCP_HOSTS].update(listener_hosts(host, port))
                 host = f"[{host}]" if ":" in host else host
                 self.tcp_url = f"http://{host}:{port}"
         except BaseException:

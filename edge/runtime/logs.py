@@ -27,7 +27,9 @@ snake_case name). Values are escaped like the message.
   stable (systemd.io/JOURNAL_NATIVE_PROTOCOL) and the tests read it back from a real socket.
 - ``json``: one JSON object per line: ``time`` (UTC ISO 8601), ``level``, ``logger``, ``message``, the
   fields, ``exception`` (the formatted traceback) when there is one.
-- ``text``: the house line ``TIME LEVEL LOGGER: MESSAGE``, the fields appended as ``key=value``.
+- ``text``: the house line ``TIME LEVEL LOGGER: MESSAGE``; a record with fields reads
+  ``TIME LEVEL LOGGER: key=value ... | MESSAGE``: the fields first, each value a bare word or a JSON
+  string, so device text in the message cannot put a forged ``device=`` ahead of the real one.
 - ``auto`` (the default): ``journal`` when stderr is the journal (systemd sets ``JOURNAL_STREAM`` to
   the device and inode of the stream it connected; a match means stderr goes to the journal and no
   redirection happened in between), otherwise ``text``. ``json`` is chosen explicitly, for log
@@ -67,6 +69,7 @@ __all__ = [
     "journal_is_stderr",
     "printable_handler",
     "record_fields",
+    "text_fields",
 ]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -122,21 +125,22 @@ def record_fields(record: logging.LogRecord) -> dict[str, str | int | float | bo
 
 class PrintableFormatter(logging.Formatter):
     """A formatter whose message and exception messages are escaped by `printable`; the record's fields
-    are appended as ``key=value``."""
+    come first after ``LOGGER:``, as ``key=value`` (see :func:`text_fields`), then ``|`` and the message.
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = record_fields(record)
-        if not fields:
-            return line
-        head, newline, rest = line.partition("\n")  # a traceback stays below its line
-        shown = " ".join(f"{name}={value}" for name, value in fields.items() if " " not in str(value))
-        shown_spaced = " ".join(f"{name}={json.dumps(value, ensure_ascii=False)}"
-                                for name, value in fields.items() if " " in str(value))
-        return " ".join(part for part in (head, shown, shown_spaced) if part) + newline + rest
+    The fields go before the message because the message quotes device text: a recorder file named
+    ``x device=3399999 bay=7 .MP4`` would otherwise put a forged ``device=`` ahead of the real one for
+    a logfmt reader that takes the first (Loki, Vector, fluent-bit)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return printable(super().formatMessage(record))
+        line = super().formatMessage(record)
+        fields = record_fields(record)
+        if not fields:
+            return printable(line)
+        message = record.message  # set by format() just before; the house format ends with it
+        if message and line.endswith(message):
+            head = line[: len(line) - len(message)]
+            return printable(head) + text_fields(fields) + " | " + printable(message)
+        return printable(line) + " | " + text_fields(fields)  # a format without the message last
 
     def formatException(self, ei: logging._SysExcInfoType) -> str:
         exc = ei[1]
@@ -160,8 +164,8 @@ class _MessageFormatter(PrintableFormatter):
     def __init__(self) -> None:
         super().__init__("%(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        return logging.Formatter.format(self, record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(logging.Formatter.formatMessage(self, record))  # the fields go separately
 
 
 class JsonLineFormatter(logging.Formatter):
@@ -282,6 +286,19 @@ def printable_handler(stream: IO[str]) -> logging.Handler:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(PrintableFormatter(LOG_FORMAT))
     return handler
+
+
+def text_fields(fields: Mapping[str, str | int | float | bool]) -> str:
+    """Fields as ``key=value`` separated by single spaces; a value that is empty or holds a space, ``=``,
+    a quote or a backslash is written as a JSON string, so every value reads back unambiguously (its
+    other invisible or look-alike characters are already escaped by `printable`)."""
+    shown: list[str] = []
+    for name, value in fields.items():
+        text = str(value)
+        if text == "" or any(ch in text for ch in ' ="\\|'):
+            text = json.dumps(text, ensure_ascii=False)
+        shown.append(f"{name}={text}")
+    return " ".join(shown)
 
 
 def _handler(log_format: LogFormat, stream: IO[str]) -> logging.Handler:

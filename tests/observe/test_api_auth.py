@@ -283,3 +283,82 @@ async def test_a_kiosk_page_is_served_read_only_and_only_from_its_directory(
         assert {c[1] for c in calls} >= {"/extra", "/extra/", "/extra/index.html"}
     finally:
         await api.stop()
+
+
+async def test_tcp_answers_only_a_host_that_names_the_listener(store: StationStore, short_dir: Path) -> None:
+    """Review R8: a page that rebinds its DNS name to 127.0.0.1 sent `Host: evil.example` and read the
+    status (officers' names, badge numbers)."""
+    settings = ApiSection(socket_path=short_dir / "api.sock", tcp_port=0)
+    async with _serve(store, settings) as api, aiohttp.ClientSession() as client:
+        assert api.tcp_url is not None
+        port = api.tcp_url.rsplit(":", 1)[1]
+        for path in sorted(KIOSK_PATHS):
+            for host in ("evil.example:80", f"evil.example:{port}", "127.0.0.1", f"127.0.0.2:{port}"):
+                hostile = {"Host": host, "Origin": "http://evil.example"}
+                async with client.get(api.tcp_url + path, headers=hostile) as response:
+                    assert response.status == 421, (path, host)
+                    assert "TEST-STATION" not in await response.text()
+            # Control: the listener's own names are answered.
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", f"[::1]:{port}"):
+                async with client.get(api.tcp_url + path, headers={"Host": host}) as response:
+                    assert response.status == 200, (path, host)
+    # No Host header at all (HTTP/1.0): 400.
+    async with _serve(store, settings) as api:
+        assert api.tcp_url is not None
+        host, port = api.tcp_url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /api/v1/status HTTP/1.0\r\n\r\n")
+        await writer.drain()
+        assert (await reader.readline()).split()[1] == b"400"
+        writer.close()
+
+
+STREAM_HOG = r"""
+import json, socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held, codes = [], []
+for _ in range(count):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    codes.append(int(s.makefile("rb").readline().split()[1]))
+    held.append(s)
+print(json.dumps(codes), flush=True)
+sys.stdin.read()  # holds its streams until the test closes stdin
+"""
+
+
+async def test_another_local_user_cannot_take_the_dock_screens_event_streams(
+    store: StationStore, short_dir: Path
+) -> None:
+    """Review R8: any local user opened all 64 event streams over TCP and the dock screen got 503."""
+    _require_root()
+    from edge.observe.api import STREAMS_PER_PEER
+    from edge.observe.board import MAX_SUBSCRIBERS
+
+    settings = ApiSection(socket_path=short_dir / "api.sock", tcp_port=0)
+    async with _serve(store, settings) as api, aiohttp.ClientSession() as client:
+        assert api.tcp_url is not None
+        port = api.tcp_url.rsplit(":", 1)[1]
+        hog = await asyncio.create_subprocess_exec(
+            "/usr/bin/python3", "-I", "-c", STREAM_HOG, port, str(MAX_SUBSCRIBERS + 10),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, user=NOBODY, group=NOBODY,
+            extra_groups=[])
+        try:
+            assert hog.stdout is not None and hog.stdin is not None
+            codes = json.loads(await asyncio.wait_for(hog.stdout.readline(), 60))
+            # The other user gets its share and no more...
+            assert codes[:STREAMS_PER_PEER] == [200] * STREAMS_PER_PEER
+            assert set(codes[STREAMS_PER_PEER:]) == {503}
+            # ...and the dock screen (this user, same listener) still streams.
+            dock = await client.get(api.tcp_url + "/api/v1/events")
+            assert dock.status == 200
+            assert (await dock.content.readline()).startswith(b"event: snapshot")
+            # Control: this user is held to the same share, so the cap is real for everyone.
+            opened = [await client.get(api.tcp_url + "/api/v1/events") for _ in range(STREAMS_PER_PEER)]
+            assert [r.status for r in opened] == [200] * (STREAMS_PER_PEER - 1) + [503]
+            for response in [dock, *opened]:
+                response.close()
+        finally:
+            if hog.stdin is not None:
+                hog.stdin.close()
+            await hog.wait()

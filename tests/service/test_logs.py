@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from edge.custody.ledger import LedgerEntry
+from edge.ingest.events import LedgerEventLog
 from edge.runtime import logs
 from edge.runtime.logs import JournalHandler, JsonLineFormatter, PrintableFormatter, event_fields
 from edge.runtime.retrylog import RetrySummary
@@ -138,10 +140,49 @@ def test_json_lines_carry_fields_and_escape_device_text() -> None:
         assert "\x1b" not in text and "\n" not in text and "\\x0a" in text
 
 
-def test_text_lines_append_the_fields() -> None:
+def test_text_lines_put_the_fields_before_the_message() -> None:
     line = PrintableFormatter(logs.LOG_FORMAT).format(record("docked", bay=2, device="3300001",
                                                              station="ST-01"))
-    assert line.endswith("WARNING edge.sources.usb.session: docked bay=2 device=3300001 station=ST-01")
+    assert line.endswith("WARNING edge.sources.usb.session: bay=2 device=3300001 station=ST-01 | docked")
+    plain = PrintableFormatter(logs.LOG_FORMAT).format(record("docked"))
+    assert plain.endswith("WARNING edge.sources.usb.session: docked")  # no fields: the house line
+
+
+def _logfmt_first(line: str) -> dict[str, str]:
+    """What a logfmt reader that keeps the first occurrence of a key (Loki, Vector) reads."""
+    seen: dict[str, str] = {}
+    for token in line.split():
+        name, equals, value = token.partition("=")
+        if equals:
+            seen.setdefault(name, value)
+    return seen
+
+
+def test_a_file_name_cannot_forge_the_fields_of_a_text_line(caplog: pytest.LogCaptureFixture) -> None:
+    """Review R10: the name `x device=3399999 bay=7 station=OTHER` put forged fields ahead of the real
+    ones (they were appended after the message); U+3000 and U+00A0 passed unescaped."""
+    caplog.set_level(logging.INFO, logger="edge.ingest.events")
+    name = "DCIM/x device=3399999 bay=7 station=OTHER\u3000station=FAKE\u00a0bay=9 .MP4"
+    for reason, forged in ((f"{name}: read error", True), ("DCIM/0001.MP4: read error", False)):
+        entry = LedgerEntry(seq=5, time="2026-12-05T00:00:00Z", type="error",
+                            item="0b5c2a5e-0000-4000-8000-000000000001",
+                            data={"device_serial": "3300001", "bay": 2, "stage": "copy", "reason": reason},
+                            prev="0" * 64, hash="1" * 64)
+        LedgerEventLog("TEST-STATION").committed([entry])
+        line = PrintableFormatter(logs.LOG_FORMAT).format(caplog.records[-1])
+        fields = _logfmt_first(line)
+        assert (fields["device"], fields["bay"], fields["station"]) == ("3300001", "2", "TEST-STATION"), line
+        assert ("device=3399999" in line) is forged  # the name is still shown, after the fields
+        assert "\u3000" not in line and "\u00a0" not in line
+        if forged:
+            assert "\\u3000station=FAKE\\xa0bay=9" in line
+
+
+def test_text_field_values_read_back_unambiguously() -> None:
+    line = PrintableFormatter(logs.LOG_FORMAT).format(
+        record("refused", device='a b="c" | d=e', bay=1, reason=""))
+    head = line.split(": ", 1)[1]
+    assert head.startswith('device="a b=\\"c\\" | d=e" bay=1 reason="" | refused'), line
 
 
 def test_auto_picks_the_journal_only_when_stderr_is_the_journal(

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,11 +45,30 @@ RAW = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u20
         (HOSTILE, SHOWN),
         ("\u2066isolate\u2069 \u200fmark", "\\u2066isolate\\u2069 \\u200fmark"),
         ("录像_0001.MP4 IMP", "录像_0001.MP4 IMP"),  # control: readable text is left as it is
+        # Review R10: look-alike spaces and invisible format characters (ideographic and no-break
+        # space, zero-width space and joiner, soft hyphen, BOM, a tag character).
+        ("a\u3000b\u00a0c\u200bd\u200de\u00adf\ufeffg\U000e0041",
+         "a\\u3000b\\xa0c\\u200bd\\u200de\\xadf\\ufeffg\\U000e0041"),
     ],
 )
 def test_printable_escapes_controls_and_bidi_only(text: str, shown: str) -> None:
     assert printable(text) == shown
     assert json.loads(json_printable(json.dumps({"name": text}, ensure_ascii=False))) == {"name": text}
+
+
+def test_printable_escapes_every_control_format_and_non_ascii_space_character() -> None:
+    """Every Cc, Cf, Zl, Zp and Zs (but U+0020) code point of the running Unicode database is escaped;
+    control: letters, CJK ideographs, digits, punctuation and the ASCII space are not."""
+    unsafe = {"Cc", "Cf", "Zl", "Zp", "Zs"}
+    for code in range(0x110000):
+        char = chr(code)
+        category = unicodedata.category(char)
+        if category in unsafe and char != " ":
+            assert printable(char) != char, f"U+{code:04X} ({category}) shown raw"
+            assert json.loads(json_printable(json.dumps(char, ensure_ascii=False))) == char
+        elif category[0] in "LNPS" or char == " ":
+            assert printable(char) == char, f"U+{code:04X} ({category}) escaped"
+
 
 
 def _planted_store(tmp_path: Path, name: str) -> Path:
