@@ -7,6 +7,7 @@ serves on a free local port with mutual TLS. The station is pointed at it with `
 
 from __future__ import annotations
 
+import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.config import CentralConfig, CentralLayout
+from edge.central.console.credentials import hash_password
 from edge.central.identity import enroll_station, init_central
+from edge.central.index import Role
 from edge.central.service import RunningCentral, start_central
 from edge.central.sqlite import SqliteIndex
 from edge.custody.keys import StationKey, load_public_key
-from edge.durable.files import ensure_private_dir
+from edge.durable.files import create_private_file, ensure_private_dir
 from edge.ingest.store import StoreLayout
 
 
@@ -72,6 +75,19 @@ class EmbeddedCentral:
     def uplink_config(self) -> dict[str, Any]:
         """The station's [uplink] section pointing at this central."""
         return {"central_url": self.url, "identity_dir": str(self.bundle_dir)}
+
+    def console_account(self, name: str, password_file: Path) -> None:
+        """A supervisor account for the auditor console (as `edge central account add` and `grant` make
+        one), with a random password written to ``password_file`` (mode 0600), never printed."""
+        password = secrets.token_urlsafe(18)
+        create_private_file(password_file)
+        password_file.write_text(password + "\n", encoding="utf-8")
+        console = self.running.parts.console
+        if console.account(name) is None:
+            console.create_account(name, hash_password(password), by="edge-demo")
+        else:  # a demo run again in the same --workdir
+            console.set_password(name, hash_password(password), by="edge-demo")
+        console.grant(name, Role.SUPERVISOR, (), by="edge-demo", reason="the demo's auditor")
 
     def signing_public_key(self) -> Ed25519PublicKey:
         return load_public_key(self.bundle_dir / "central-signing.pub")

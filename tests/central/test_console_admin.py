@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import io
+import ssl
 from pathlib import Path
 
+import aiohttp
 import pyotp
 import pytest
 
 from edge.central.cli import add_central_parser
 from edge.central.config import load_central_config
 from edge.central.console.credentials import totp_step, verify_password
+from edge.central.embedded import EmbeddedCentral
 from edge.central.index import Role
 from edge.central.sqlite import SqliteDatabase
 
@@ -120,3 +123,24 @@ def test_grant_station_unit_and_sensitive_are_recorded(
                                                               ("chief", "bureau")]
     finally:
         database.close()
+
+
+async def test_the_demo_central_makes_an_auditor_who_can_sign_in(tmp_path: Path) -> None:
+    central = await EmbeddedCentral.start(tmp_path, "DEMO-STATION", tmp_path / "station-store")
+    try:
+        password_file = tmp_path / "console-auditor.password"
+        for _ in range(2):  # a second run in the same work directory resets the password
+            central.console_account("demo-auditor", password_file)
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        password = password_file.read_text(encoding="utf-8").strip()
+        context = ssl.create_default_context(cafile=str(central.config.layout.ca_cert))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as browser:
+            for tried, expected in ((password + "x", 401), (password, 200)):  # control first
+                async with browser.post(f"{central.url}/console/api/sign-in",
+                                        json={"name": "demo-auditor", "password": tried},
+                                        headers={"X-Edge-Console": "1"}) as response:
+                    assert response.status == expected
+                    if expected == 200:
+                        assert (await response.json())["role"] == "supervisor"
+    finally:
+        await central.stop()

@@ -126,7 +126,8 @@ async def sign_in(request: web.Request) -> web.Response:
             verify_password, account.password_hash if account else None, password
         )
     if account is None:
-        log.warning("console sign-in refused from %s: no account %s", request.remote, printable(name[:64]))
+        # The name typed is not logged: people type their password into the name field by mistake.
+        log.warning("console sign-in refused from %s: no such account", request.remote)
         raise Rejection(RejectCode.UNAUTHENTICATED, _REFUSED)
     step = None
     if good and account.totp_secret is not None:
