@@ -453,3 +453,43 @@ async def test_no_password_token_or_csrf_token_is_logged(
     for secret in (PASSWORD, "a wrong password 999", "MyPassw0rd.2026", cookie, doc["csrf"]):
         assert secret not in text
     assert "li.legal" in caplog.text  # control: the sign-in was logged
+
+
+async def test_an_if_range_request_is_logged_as_what_may_be_sent(
+    central: HttpCentral, browser: Browser, station: FakeStation
+) -> None:
+    (item,) = await _items(central, station, [EAST])
+    _account(central, "li.legal", Role.READER, EAST)
+    assert (await browser.sign_in("li.legal"))[0] == 200
+    url = f"/console/api/items/{item.item}/media?playback=0123456789abcdef0123"
+    # A validator that does not match: the whole file goes out, and the log must say so.
+    status, body, _ = await browser.call("GET", url, headers={"Range": "bytes=0-0",
+                                                              "If-Range": "Mon, 01 Jan 2001 00:00:00 GMT"})
+    assert status == 200 and body == item.content
+    (row,) = central.index.access_log(item=item.item, what="media")
+    assert row["bytes_served"] == len(item.content)
+
+
+async def test_the_item_timeline_shows_a_reader_only_its_own_reads(
+    central: HttpCentral, browser: Browser, station: FakeStation
+) -> None:
+    (item,) = await _items(central, station, [EAST])
+    _account(central, "li.legal", Role.READER, EAST)
+    _account(central, "zhao.legal", Role.READER, EAST)
+    _account(central, "wang.chief", Role.SUPERVISOR)
+    other = await _browser(central)
+    chief = await _browser(central)
+    try:
+        assert (await other.sign_in("zhao.legal"))[0] == 200
+        assert (await other.call("GET", f"/console/api/items/{item.item}"))[0] == 200
+        assert (await browser.sign_in("li.legal"))[0] == 200
+        status, doc, _ = await browser.call("GET", f"/console/api/items/{item.item}")
+        readers = {row["who"] for row in doc["timeline"] if row["event"].startswith("read:")}
+        assert status == 200 and readers == {"li.legal"}
+        assert (await chief.sign_in("wang.chief"))[0] == 200  # control: a supervisor sees every reader
+        status, doc, _ = await chief.call("GET", f"/console/api/items/{item.item}")
+        readers = {row["who"] for row in doc["timeline"] if row["event"].startswith("read:")}
+        assert status == 200 and readers == {"li.legal", "zhao.legal", "wang.chief"}
+    finally:
+        await other.session.close()
+        await chief.session.close()

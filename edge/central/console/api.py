@@ -139,7 +139,7 @@ class ConsoleApi:
                     "case": parts.index.current_case(record.item),
                     "history": parts.index.metadata_history(record.item),
                     "sensitive": parts.console.sensitivity(record.item),
-                    "timeline": custody_timeline(parts, record),
+                    "timeline": custody_timeline(parts, record, scope),
                     "receipt": receipt_check(parts, record),
                     "media": {"kind": kind, "type": mime},
                     "may_mark": scope.role is Role.SUPERVISOR,
@@ -178,6 +178,10 @@ class ConsoleApi:
         stop = record.size if wanted.stop is None else min(wanted.stop, record.size)
         if wanted.start is not None and wanted.start < 0:  # bytes=-N: the last N bytes
             first, stop = max(0, record.size + wanted.start), record.size
+        if "If-Range" in request.headers:
+            # FileResponse sends the whole file when the validator does not match: log what may go out
+            # (the whole object), not what the Range header asked for.
+            first, stop = 0, record.size
         if first < stop:
             try:
                 self.parts.console.log_media_range(access_id, first, stop - 1)

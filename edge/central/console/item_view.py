@@ -2,8 +2,9 @@
 
 **Timeline.** One row per event in the item's custody, oldest first: the station ledger entries the
 central holds for the item (acquired, verified, sealed, tagged, queued, uploaded, receipt, wiped, purged,
-errors...; the station's own times), the central's acceptance, every read on the access log (console and
-API, by whom, from where) and every sensitive marking. Each row has ``time``, ``event``, ``station`` (or
+errors...; the station's own times), the central's acceptance, the reads of the item on the access log
+(console and API, by whom, from where: a supervisor sees everybody's, a reader its own, as on the access
+log page) and every sensitive marking. Each row has ``time``, ``event``, ``station`` (or
 ``central``), ``who`` (the officer for acquisition, the operator or reader for the rest, when known) and
 ``detail``. Device text (names, paths) is escaped with :func:`edge.custody.text.printable`; the page
 puts every value in with ``textContent``.
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge.central.app import CentralParts
-from edge.central.index import ItemRecord
+from edge.central.index import ItemRecord, ReaderScope, Role
 from edge.custody.receipt import verify_receipt
 from edge.custody.text import printable
 
@@ -49,7 +50,9 @@ def _show(value: Any) -> str:
     return printable(text[:300])
 
 
-def custody_timeline(parts: CentralParts, record: ItemRecord) -> list[dict[str, Any]]:
+def custody_timeline(parts: CentralParts, record: ItemRecord, scope: ReaderScope) -> list[dict[str, Any]]:
+    """The rows of the item's custody; the reads in it are the same the access log shows ``scope``: a
+    supervisor's every reader's, a reader's its own (not other readers' names and addresses)."""
     rows: list[dict[str, Any]] = []
     found = record.manifest.get("source")
     source: dict[str, Any] = found if isinstance(found, dict) else {}
@@ -90,7 +93,8 @@ def custody_timeline(parts: CentralParts, record: ItemRecord) -> list[dict[str, 
                 "seq": None,
             }
         )
-    for read in parts.index.access_log(item=record.item):
+    own = None if scope.role is Role.SUPERVISOR else scope.reader
+    for read in parts.index.access_log(item=record.item, reader=own):
         detail = {"remote": read["remote"] or ""}
         if read["bytes_served"] is not None:
             detail["bytes"] = str(read["bytes_served"])
