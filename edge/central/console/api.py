@@ -57,6 +57,8 @@ from edge.custody.text import printable
 __all__ = ["ConsoleApi", "add_console_api_routes", "media_type"]
 
 log = logging.getLogger(__name__)
+# Request headers that would let FileResponse send something other than the logged range.
+_CONDITIONAL_HEADERS = ("If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
 
 _PLAYBACK_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _LOG_PARAMETERS = ("reader", "item", "what", "from", "to", "before", "limit")
@@ -139,7 +141,7 @@ class ConsoleApi:
                     "case": parts.index.current_case(record.item),
                     "history": parts.index.metadata_history(record.item),
                     "sensitive": parts.console.sensitivity(record.item),
-                    "timeline": custody_timeline(parts, record),
+                    "timeline": custody_timeline(parts, record, scope),
                     "receipt": receipt_check(parts, record),
                     "media": {"kind": kind, "type": mime},
                     "may_mark": scope.role is Role.SUPERVISOR,
@@ -197,6 +199,14 @@ class ConsoleApi:
                 "X-Content-Type-Options": "nosniff",
             },
         )
+        # FileResponse decides what it sends from the request's conditional headers too: a stale
+        # If-Range turns "bytes=0-0" into the whole file (200), If-None-Match into nothing (304). The
+        # access log must say what went out, so the response is prepared for the request without them:
+        # exactly the range logged above is sent (or 416 when it is unsatisfiable, which logs nothing).
+        unconditional = request.headers.copy()
+        for name in _CONDITIONAL_HEADERS:
+            unconditional.popall(name, None)
+        await response.prepare(request.clone(headers=unconditional))
         return response
 
     async def _verified_object(self, record: ItemRecord) -> Path:
