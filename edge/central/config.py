@@ -331,6 +331,14 @@ class ConsoleSection(StrictModel):
         10, ge=1, le=10_000,
         description="Sign-in attempts accepted per client address in any minute (429 beyond)",
     )
+    password_checks_at_once: int = Field(
+        2, ge=1, le=16,
+        description="Password sign-ins checked at once (argon2id, 64 MiB each); more get 503 + Retry-After",
+    )
+    allow_password_only: bool = Field(
+        False,
+        description="Let password accounts without TOTP sign in (warned at start); off: they are refused",
+    )
 
 
 class CentralConfig(StrictModel):

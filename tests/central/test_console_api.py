@@ -90,7 +90,9 @@ def _certless_context(central: HttpCentral) -> ssl.SSLContext:
 @pytest.fixture
 async def central(tmp_path: Path) -> AsyncIterator[HttpCentral]:
     running = await start_http_central(
-        tmp_path, dev=False, console={"sign_in_per_minute": 1000, "lockout_after": 3}
+        tmp_path, dev=False,
+        # Most tests here use password-only accounts; TOTP required by default is tested on its own.
+        console={"sign_in_per_minute": 1000, "lockout_after": 3, "allow_password_only": True},
     )
     yield running
     await running.running.stop()
@@ -199,19 +201,60 @@ async def test_totp_is_required_once_enrolled_and_a_code_is_good_once(
 async def test_failures_lock_the_account_until_the_lockout_ends(
     central: HttpCentral, browser: Browser
 ) -> None:
-    _account(central, "li.legal", Role.READER, EAST)
-    for _ in range(3):  # lockout_after = 3
-        assert (await browser.sign_in("li.legal", "wrong password 123"))[0] == 401
-    # Locked: the right password is refused too.
-    assert (await browser.sign_in("li.legal"))[0] == 401
+    secret = _account(central, "li.legal", Role.READER, EAST, totp=True)
+    assert secret is not None
+    code = pyotp.TOTP(secret).now()
+    wrong = "000000" if code != "000000" else "111111"
+    # Wrong passwords, as an outsider sends them: refused and recorded, but they never lock the account.
+    for _ in range(6):  # lockout_after = 3
+        assert (await browser.sign_in("li.legal", "wrong password 123", totp=code))[0] == 401
+    events = [e["event"] for e in central.console.account_events("li.legal")]
+    assert events.count("sign_in_failed") == 6 and "locked" not in events
+    # The right password with a wrong code (someone holds the password): the third locks the account.
+    for _ in range(3):
+        assert (await browser.sign_in("li.legal", totp=wrong))[0] == 401
     assert "locked" in [e["event"] for e in central.console.account_events("li.legal")]
+    # Locked: the right password and code are refused too.
+    assert (await browser.sign_in("li.legal", totp=code))[0] == 401
     state = central.running.app[CONSOLE]
     real_now = state.utc_now
     state.utc_now = lambda: real_now() + timedelta(minutes=state.settings.lockout_min + 1)
     try:
-        assert (await browser.sign_in("li.legal"))[0] == 200
+        assert (await browser.sign_in("li.legal", totp=code))[0] == 200
     finally:
         state.utc_now = real_now
+
+
+async def test_password_only_accounts_are_refused_unless_allowed(tmp_path: Path) -> None:
+    central = await start_http_central(tmp_path, dev=False)  # the default: TOTP required
+    client = await _browser(central)
+    try:
+        _account(central, "li.legal", Role.READER, EAST)
+        assert (await client.sign_in("li.legal"))[0] == 401
+        secret = _account(central, "wang.chief", Role.SUPERVISOR, totp=True)
+        assert secret is not None  # control: an account with TOTP signs in
+        assert (await client.sign_in("wang.chief", totp=pyotp.TOTP(secret).now()))[0] == 200
+    finally:
+        await client.session.close()
+        await central.running.stop()
+
+
+async def test_password_checks_beyond_the_global_cap_are_refused_busy(
+    central: HttpCentral, browser: Browser
+) -> None:
+    _account(central, "li.legal", Role.READER, EAST)
+    state = central.running.app[CONSOLE]
+    state.password_checks = state.settings.password_checks_at_once  # every check slot taken
+    try:
+        status, doc, response = await browser.call(
+            "POST", "/console/api/sign-in", {"name": "li.legal", "password": PASSWORD}
+        )
+    finally:
+        state.password_checks = 0
+    assert status == 503 and doc["error"] == "server_busy" and int(response.headers["Retry-After"]) >= 1
+    assert central.console.account_events("li.legal")[-1]["event"] == "created"  # nothing was checked
+    assert (await browser.sign_in("li.legal"))[0] == 200  # control: with a free slot it signs in
+    assert state.password_checks == 0  # the slot is given back
 
 
 async def test_sign_in_attempts_are_rate_limited_per_address(tmp_path: Path) -> None:
