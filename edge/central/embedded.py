@@ -40,6 +40,11 @@ class EmbeddedCentral:
         return str(self.running.url)
 
     @property
+    def console_url(self) -> str:
+        """The auditor console's own listener (password sign-in)."""
+        return str(self.running.console_url)
+
+    @property
     def store_dir(self) -> Path:
         return self.config.central.store_dir
 
@@ -54,6 +59,8 @@ class EmbeddedCentral:
                     "names": ["localhost", "127.0.0.1"],
                 },
                 "uploads": uploads,
+                # The console's own listener (password sign-in without a certificate), loopback only.
+                "console": {"listen": "127.0.0.1", "port": 0},
             }
         )
 

@@ -44,10 +44,13 @@ class Browser:
     session: aiohttp.ClientSession
     csrf: str | None = None
     last_set_cookie: str = ""
+    # The console's own listener by default (password sign-in); a reader certificate uses the main port.
+    base: str = ""
     origin: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.origin = self.central.url
+        self.base = self.base or self.central.console_url
+        self.origin = self.base
 
     async def call(
         self,
@@ -63,7 +66,7 @@ class Browser:
             sent["X-CSRF-Token"] = self.csrf
         sent.update(headers or {})
         async with self.session.request(
-            method, f"{self.central.url}{path}", json=body, headers=sent
+            method, f"{self.base}{path}", json=body, headers=sent
         ) as response:
             raw = await response.read()
             self.last_set_cookie = response.headers.get("Set-Cookie", self.last_set_cookie)
@@ -318,7 +321,7 @@ async def test_a_sign_in_from_another_site_is_refused(central: HttpCentral, brow
         "POST", "/console/api/sign-in", body, headers={"Origin": "https://evil.example"}
     )
     assert status == 403 and doc["error"] == "csrf_refused"
-    async with browser.session.post(f"{central.url}/console/api/sign-in", json=body) as response:
+    async with browser.session.post(f"{central.console_url}/console/api/sign-in", json=body) as response:
         assert response.status == 403  # no X-Edge-Console header: a plain cross-site form post
     assert (await browser.sign_in("li.legal"))[0] == 200  # control
 
@@ -465,7 +468,7 @@ async def test_a_reader_certificate_signs_in_to_the_console(central: HttpCentral
         connector=aiohttp.TCPConnector(ssl=client_ssl_context(bundle)),
         cookie_jar=aiohttp.CookieJar(unsafe=True),
     )
-    client = Browser(central, session)
+    client = Browser(central, session, base=central.url)
     try:
         status, doc, _ = await client.call("POST", "/console/api/sign-in/certificate")
         assert status == 200 and doc["reader"] == "court-expert" and doc["method"] == "certificate"
@@ -494,3 +497,37 @@ async def test_no_password_token_or_csrf_token_is_logged(
     for secret in (PASSWORD, "a wrong password 999", cookie, doc["csrf"]):
         assert secret not in text
     assert "li.legal" in caplog.text  # control: the sign-in was logged
+
+
+async def test_password_sign_in_is_only_on_the_consoles_own_listener(
+    central: HttpCentral, browser: Browser, station: FakeStation
+) -> None:
+    """The station-facing port needs a client certificate for the console too; the console's listener
+    serves the console only (review finding 6). Controls: the console listener signs in; a station with
+    its certificate reaches the main port."""
+    _account(central, "li.legal", Role.READER, EAST)
+    on_main = Browser(central, browser.session, base=central.url)
+    for method, path in [("POST", "/console/api/sign-in"), ("GET", "/console/"), ("GET", "/console")]:
+        status, doc, _ = await on_main.call(method, path, {"name": "li.legal", "password": PASSWORD})
+        assert status == 401 and doc["error"] == "unauthenticated", (method, path)
+    for path in ["/v1/items", "/v1/log/tree-head", "/v1/uploads", "/readyz"]:
+        status, doc, _ = await browser.call("GET", path)
+        assert status == 404 and doc["error"] == "not_found", path
+    assert (await browser.sign_in("li.legal"))[0] == 200  # control: the console's own listener
+    bundle = central.enroll_tls(station)
+    async with tls_session(bundle) as enrolled, enrolled.get(f"{central.url}/v1/log/tree-head") as response:
+        assert response.status == 200  # control: the main port with a certificate
+
+
+async def test_without_a_console_listener_the_main_port_still_needs_a_certificate(tmp_path: Path) -> None:
+    central = await start_http_central(tmp_path, dev=False, console={"listen": ""})
+    client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=_certless_context(central)))
+    try:
+        assert central.running.console_url is None
+        async with client.get(f"{central.url}/console/") as response:
+            assert response.status == 401
+        async with client.get(f"{central.url}/healthz") as response:
+            assert response.status == 200  # control: the public route answers the same client
+    finally:
+        await client.close()
+        await central.running.stop()

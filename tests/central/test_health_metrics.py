@@ -23,7 +23,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.central.app import READINESS
-from edge.central.console.pages import PUBLIC_CONSOLE_ROUTES
 from edge.central.health import PUBLIC_ROUTES, READINESS_DIR
 from edge.central.verify import verify_central
 from edge.runtime.logs import JsonLineFormatter
@@ -89,9 +88,7 @@ async def test_every_other_route_refuses_a_caller_without_a_certificate(
             if template in PUBLIC_ROUTES:
                 assert response.status == 200, (method, template)
                 continue
-            if template in PUBLIC_CONSOLE_ROUTES:
-                # The console's page, its files and its sign-in (tests/central/test_console_pages.py).
-                continue
+            # The console too: on this port it needs a certificate (its own listener serves it without).
             assert response.status == 401, (method, template, response.status, body)
             if method != "HEAD":
                 assert b'"error":"unauthenticated"' in body, (method, template, body)
