@@ -195,8 +195,9 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
         print(f"central receiver listening on {central.url} (mutual TLS)", file=out, flush=True)
         console_password = workdir / "console-auditor.password"
         central.console_account("demo-auditor", console_password)
-        print(f"auditor console: {central.url}/console/ (account demo-auditor, a supervisor; its password "
-              f"is in {console_password}; the demo's CA is not one the browser knows)", file=out, flush=True)
+        print(f"auditor console: {central.console_url}/console/ (account demo-auditor, a supervisor; its "
+              f"password and TOTP enrolment URI are in {console_password}; the demo's CA is not one the "
+              "browser knows)", file=out, flush=True)
     # The station's local API as in production (its own socket; the dock screen on a free loopback port).
     api = {"socket_path": str(run_dir / "station.sock"), "tcp_port": 0}
     config = demo_config(workdir, specs, dock.tty_path, password_file, uplink, api)

@@ -74,9 +74,6 @@ log = logging.getLogger(__name__)
 
 TUS_BASE_PATH = "/v1/uploads"
 # Expired uploads are looked for this often (bounded both ways around the shorter expiry time).
-# The auditor console's paths: a browser session authenticates there (or a certificate signs one in),
-# so the client-certificate middleware leaves them to the console's own checks.
-CONSOLE_PREFIXES = ("/console/",)
 _PURGE_MIN_INTERVAL_S = 60.0
 _PURGE_MAX_INTERVAL_S = 3600.0
 
@@ -384,8 +381,7 @@ def build_app(
                         BodyBudget(server.max_buffered_body_bytes), server.max_json_body_bytes)
     app = web.Application(client_max_size=server.max_json_body_bytes,
                           middlewares=[request_middleware(bounds.limiter, bounds.budget), error_middleware,
-                                       require_client_certificate(PUBLIC_ROUTES | {"/console"},
-                                                                  CONSOLE_PREFIXES)])
+                                       require_client_certificate(PUBLIC_ROUTES)])
     app[CENTRAL] = parts
     app[BOUNDS] = bounds
     app[METRICS] = metrics

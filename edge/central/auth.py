@@ -79,11 +79,15 @@ def peer_certificate(request: web.Request) -> PeerCertificate | None:
 
 
 def require_client_certificate(
-    public_routes: frozenset[str], session_prefixes: tuple[str, ...] = ()
+    public_routes: frozenset[str], console_prefix: str = "/console"
 ) -> Middleware:
     """Refuse (401) every request of a TLS connection without a client certificate, except on
-    ``public_routes`` (the health endpoints) and under ``session_prefixes`` (the auditor console, whose
-    routes authenticate a browser session or refuse it themselves), before any handler runs.
+    ``public_routes`` (the health endpoints), before any handler runs.
+
+    The auditor console's own listener (``[console] listen``, a connection whose protocol has
+    ``console_listener`` set) is the one exception: there the console's paths (``console_prefix`` and
+    below) answer without a certificate (they authenticate a browser session or refuse it themselves),
+    and every other path is refused (404), so a password sign-in never shares the station-facing port.
 
     The TLS context asks every client for a certificate but lets the handshake complete without one
     (load balancers probe ``/healthz`` and ``/readyz`` without); so this is where "no certificate, no
@@ -100,8 +104,12 @@ def require_client_certificate(
     ) -> web.StreamResponse:
         transport = request.transport
         on_tls = transport is not None and transport.get_extra_info("ssl_object") is not None
-        if (on_tls and request.path not in public_routes and not request.path.startswith(session_prefixes)
-                and peer_certificate(request) is None):
+        if getattr(request.protocol, "console_listener", False):
+            if request.path == console_prefix or request.path.startswith(console_prefix + "/"):
+                return await handler(request)
+            raise Rejection(RejectCode.NOT_FOUND, "this listener serves the auditor console only "
+                                                  f"({console_prefix}/)")
+        if on_tls and request.path not in public_routes and peer_certificate(request) is None:
             raise Rejection(RejectCode.UNAUTHENTICATED, "no client certificate: this endpoint requires "
                                                         "mutual TLS with a certificate from the central CA")
         return await handler(request)

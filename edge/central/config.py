@@ -331,6 +331,20 @@ class ConsoleSection(StrictModel):
         10, ge=1, le=10_000,
         description="Sign-in attempts accepted per client address in any minute (429 beyond)",
     )
+    listen: str = Field(
+        "",
+        description="Address of the console's own TLS listener (password sign-in, no client certificate); "
+                    "empty: none, the console only for reader certificates on the main port",
+    )
+    port: int = Field(8444, ge=0, le=65535, description="Port of the console's listener (0: any free port)")
+    password_checks_at_once: int = Field(
+        2, ge=1, le=16,
+        description="Password sign-ins checked at once (argon2id, 64 MiB each); more get 503 + Retry-After",
+    )
+    allow_password_only: bool = Field(
+        False,
+        description="Let password accounts without TOTP sign in (warned at start); off: they are refused",
+    )
 
 
 class CentralConfig(StrictModel):

@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.config import CentralConfig, CentralLayout
-from edge.central.console.credentials import hash_password
+from edge.central.console.credentials import hash_password, new_totp_secret, totp_uri
 from edge.central.identity import enroll_station, init_central
 from edge.central.index import Role
 from edge.central.service import RunningCentral, start_central
@@ -43,6 +43,11 @@ class EmbeddedCentral:
         return str(self.running.url)
 
     @property
+    def console_url(self) -> str:
+        """The auditor console's own listener (password sign-in)."""
+        return str(self.running.console_url)
+
+    @property
     def store_dir(self) -> Path:
         return self.config.central.store_dir
 
@@ -57,6 +62,8 @@ class EmbeddedCentral:
                     "names": ["localhost", "127.0.0.1"],
                 },
                 "uploads": uploads,
+                # The console's own listener (password sign-in without a certificate), loopback only.
+                "console": {"listen": "127.0.0.1", "port": 0},
             }
         )
 
@@ -78,15 +85,19 @@ class EmbeddedCentral:
 
     def console_account(self, name: str, password_file: Path) -> None:
         """A supervisor account for the auditor console (as `edge central account add` and `grant` make
-        one), with a random password written to ``password_file`` (mode 0600), never printed."""
+        one), with a random password and a TOTP secret (the console requires a second factor by default)
+        written to ``password_file`` (mode 0600), never printed: the password on the first line, the
+        otpauth URI for an authenticator app on the second."""
         password = secrets.token_urlsafe(18)
+        totp_secret = new_totp_secret()
         create_private_file(password_file)
-        password_file.write_text(password + "\n", encoding="utf-8")
+        password_file.write_text(f"{password}\n{totp_uri(name, totp_secret)}\n", encoding="utf-8")
         console = self.running.parts.console
         if console.account(name) is None:
             console.create_account(name, hash_password(password), by="edge-demo")
         else:  # a demo run again in the same --workdir
             console.set_password(name, hash_password(password), by="edge-demo")
+        console.set_totp(name, totp_secret, by="edge-demo")
         console.grant(name, Role.SUPERVISOR, (), by="edge-demo", reason="the demo's auditor")
 
     def signing_public_key(self) -> Ed25519PublicKey:

@@ -4,8 +4,12 @@
   is checked beyond that: a load balancer that restarts on it must not restart a central whose disk is
   merely full.
 - ``GET /readyz``: the central can accept evidence now: the store takes a write (an unnamed probe file
-  written and fsync'd in ``uploads/`` and ``objects/``), the index answers (the Merkle log's size is
-  read), and the log signer signs (a probe message signed and verified with the central key). ``200``
+  written and fsync'd in ``<store>/readiness/``, a directory of its own that holds no evidence and that
+  `edge verify` does not look into: never in ``objects/`` or ``uploads/``, where a named probe left by
+  a crash would read as a planted file), the index answers (the Merkle log's size is read), and the log
+  signer signs (a probe message signed and verified with the central key). The verdict is cached for
+  :data:`READINESS_MAX_AGE_S` seconds and shared by every caller: whoever calls and however often (the
+  endpoint answers anonymous callers), the central probes at most once in that time. ``200``
   when all pass; ``503`` naming each failing check otherwise, with ``Retry-After``. The body names checks
   and a short word (``ok``, ``not_writable``, ``not_answering``, ``not_signing``, ``timed_out``): never a
   path, an exception text or a key; the details go to the central's log, once per change of state.
@@ -45,7 +49,8 @@ from edge.custody.canonical import canonical_json
 if TYPE_CHECKING:
     from edge.central.app import CentralParts
 
-__all__ = ["PUBLIC_ROUTES", "Readiness", "add_health_routes", "metrics_app"]
+__all__ = ["PUBLIC_ROUTES", "READINESS_DIR", "READINESS_MAX_AGE_S", "Readiness", "add_health_routes",
+           "metrics_app"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,10 @@ PUBLIC_ROUTES = frozenset({HEALTHZ, READYZ})
 # A probe that takes longer than this counts as failed (a hung disk must not hang the load balancer).
 _PROBE_TIMEOUT_S = 5.0
 _RETRY_AFTER_S = "5"
+# How old a readiness verdict may be when answered: anonymous callers must not make the central write.
+READINESS_MAX_AGE_S = 5.0
+# The probe's directory under the store (edge.central.verify knows it holds nothing of the store's).
+READINESS_DIR = "readiness"
 _PROBE_MESSAGE_PREFIX = b"evidence-edge readiness probe "
 
 
@@ -66,11 +75,13 @@ def _json(doc: object, status: int = 200, headers: dict[str, str] | None = None)
 
 
 def _probe_directory(directory: Path) -> None:
-    """Write and fsync a byte in ``directory``'s file system (raises OSError when it cannot).
+    """Write and fsync a byte in ``directory`` (made when missing; raises OSError when it cannot).
 
     The probe is an unnamed file (``O_TMPFILE``): it never has a name in the store, so neither a crash
     nor `edge verify` running beside the central can ever see it as a planted file. A file system
-    without ``O_TMPFILE`` gets a named probe, removed at once."""
+    without ``O_TMPFILE`` gets a named probe, removed at once (one a crash leaves is in a directory
+    that holds nothing else and that verify does not look into)."""
+    directory.mkdir(mode=0o700, exist_ok=True)
     try:
         fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -98,11 +109,27 @@ def _probe_named(directory: Path) -> None:
 
 
 class Readiness:
-    """The three readiness checks of ``/readyz``; remembers the last verdict to log only changes."""
+    """The three readiness checks of ``/readyz``; remembers the last verdict to log only changes and to
+    answer from it while it is younger than ``max_age_s`` (:meth:`verdict`)."""
 
-    def __init__(self, parts: CentralParts) -> None:
+    def __init__(self, parts: CentralParts, *, max_age_s: float = READINESS_MAX_AGE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._parts = parts
         self._last_failed: frozenset[str] | None = None
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._cached: dict[str, str] | None = None
+        self._cached_at = float("-inf")
+        # One probe at a time: a burst of callers waits for the probe under way and shares its verdict.
+        self._refreshing = asyncio.Lock()
+
+    async def verdict(self) -> dict[str, str]:
+        """:meth:`check`'s answer, probed again only when the last one is ``max_age_s`` old."""
+        async with self._refreshing:
+            if self._cached is None or self._clock() - self._cached_at >= self.max_age_s:
+                self._cached = await self.check()
+                self._cached_at = self._clock()
+            return dict(self._cached)
 
     def __repr__(self) -> str:
         return f"Readiness(last_failed={sorted(self._last_failed or ())!r})"
@@ -139,9 +166,7 @@ class Readiness:
         return "ok"
 
     async def _store(self) -> None:
-        layout = self._parts.config.layout
-        for directory in (layout.uploads_dir, layout.objects_dir):
-            await asyncio.to_thread(_probe_directory, directory)
+        await asyncio.to_thread(_probe_directory, self._parts.config.layout.store_dir / READINESS_DIR)
 
     async def _index(self) -> None:
         size = self._parts.merkle.size()
@@ -164,7 +189,7 @@ def _handlers(readiness: Readiness) -> tuple[Callable[[web.Request], Awaitable[w
         return _json({"status": "alive"})
 
     async def readyz(request: web.Request) -> web.Response:
-        checks = await readiness.check()
+        checks = await readiness.verdict()
         if all(word == "ok" for word in checks.values()):
             return _json({"status": "ready", "checks": checks})
         return _json({"status": "not_ready", "checks": checks}, status=503,

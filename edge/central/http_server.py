@@ -156,11 +156,15 @@ class CentralProtocol(web.RequestHandler):
     """aiohttp's HTTP/1.1 protocol with a request-head deadline and JSON refusals (see the module)."""
 
     def __init__(self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, head_timeout_s: float,
-                 metrics: CentralMetrics | None = None, **kwargs: Any) -> None:
+                 metrics: CentralMetrics | None = None, console_listener: bool = False,
+                 **kwargs: Any) -> None:
         if head_timeout_s <= 0:
             raise ValueError(f"head_timeout_s must be > 0, got {head_timeout_s}")
         super().__init__(manager, loop=loop, **kwargs)
         self._event_loop = loop
+        # Whether this connection came in on the console's own listener ([console] listen): there the
+        # console answers without a client certificate, and nothing else answers at all.
+        self.console_listener = console_listener
         self._head_timeout_s = head_timeout_s
         self._metrics = metrics
         self._deadline: asyncio.TimerHandle | None = None
@@ -410,6 +414,7 @@ async def listen(
     head_timeout_s: float,
     access_log: bool,
     metrics: CentralMetrics | None = None,
+    console_listener: bool = False,
 ) -> asyncio.Server:
     """Serve ``runner``'s application on ``host:port`` with :class:`CentralProtocol` connections.
 
@@ -426,6 +431,7 @@ async def listen(
             loop=loop,
             head_timeout_s=head_timeout_s,
             metrics=metrics,
+            console_listener=console_listener,
             # aiohttp's own idle timer stays behind ours, as a backstop that never fires first.
             keepalive_timeout=head_timeout_s + _HEAD_GRACE_S + 1.0,
             access_log_class=CentralAccessLogger,

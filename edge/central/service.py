@@ -8,6 +8,10 @@ the configuration refuses anything else, and so does :func:`start_central` once 
 the name resolves to and on the sockets actually bound (a ``localhost`` that resolves elsewhere, a
 configuration built without validation).
 
+With ``[console] listen`` set, the auditor console also has a TLS listener of its own (same certificate,
+same application) where it answers without a client certificate (password sign-in) and nothing else
+answers; on the main, station-facing port the console needs a reader certificate like every other route.
+
 With ``[server] metrics_port`` set, a second, plain-HTTP listener on 127.0.0.1 (and only there) serves
 ``/metrics``, ``/healthz`` and ``/readyz`` (:func:`edge.central.health.metrics_app`).
 """
@@ -62,6 +66,8 @@ class RunningCentral:
         lock: StoreLock,
         metrics_runner: web.AppRunner | None = None,
         metrics_url: str | None = None,
+        console_server: asyncio.Server | None = None,
+        console_url: str | None = None,
     ) -> None:
         self._runner = runner
         self._server = server
@@ -73,6 +79,9 @@ class RunningCentral:
         self._metrics_runner = metrics_runner
         # http://127.0.0.1:PORT of the loopback metrics listener, None without one.
         self.metrics_url = metrics_url
+        self._console_server = console_server
+        # https://HOST:PORT of the console's own listener ([console] listen), None without one.
+        self.console_url = console_url
         self._stopped = False
 
     @property
@@ -90,6 +99,8 @@ class RunningCentral:
         self._stopped = True
         try:
             self._server.close()
+            if self._console_server is not None:
+                self._console_server.close()
             if self._metrics_runner is not None:
                 await self._metrics_runner.cleanup()
             await self._runner.cleanup()
@@ -180,18 +191,41 @@ async def start_central(
             lock.release()
         raise ConfigError(f"server.listen: insecure_plain_http must listen on loopback only, but the server "
                           f"was bound to {', '.join(bound)}; it was closed at once")
+    console_server: asyncio.Server | None = None
+    console_url: str | None = None
     metrics_runner: web.AppRunner | None = None
     metrics_url: str | None = None
-    if config.server.metrics_port:
-        try:
+    try:
+        if config.console.listen:
+            console_server = await listen(
+                runner,
+                host=config.console.listen,
+                port=config.console.port,
+                ssl_context=ssl_context,
+                head_timeout_s=config.server.request_header_timeout_s,
+                access_log=config.server.access_log,
+                metrics=app[METRICS],
+                console_listener=True,
+            )
+            console_bound = [str(sock.getsockname()[0]) for sock in console_server.sockets]
+            if ssl_context is None and _not_loopback(console_bound):
+                raise ConfigError(f"console.listen: insecure_plain_http must listen on loopback only, but "
+                                  f"the console was bound to {', '.join(console_bound)}")
+            console_port = int(console_server.sockets[0].getsockname()[1])
+            console_url = (f"{'http' if ssl_context is None else 'https'}://"
+                           f"{_url_host(config.console.listen)}:{console_port}")
+            log.info("central console (password sign-in, no client certificate) on %s", console_url)
+        if config.server.metrics_port:
             metrics_runner, metrics_url = await _serve_metrics(app, config.server.metrics_port)
-        except BaseException:
-            server.close()
-            try:
-                await runner.cleanup()
-            finally:
-                lock.release()
-            raise
+    except BaseException:
+        if console_server is not None:
+            console_server.close()
+        server.close()
+        try:
+            await runner.cleanup()
+        finally:
+            lock.release()
+        raise
     port = int(server.sockets[0].getsockname()[1])
     scheme = "http" if ssl_context is None else "https"
     url = f"{scheme}://{_url_host(config.server.listen)}:{port}"
@@ -201,7 +235,7 @@ async def start_central(
     else:
         log.info("central %s listening on %s (mutual TLS)", config.central.id, url)
     return RunningCentral(runner, server, app[CENTRAL], app[BOUNDS], url, port, lock, metrics_runner,
-                          metrics_url)
+                          metrics_url, console_server, console_url)
 
 
 async def _serve_metrics(app: web.Application, port: int) -> tuple[web.AppRunner, str]:

@@ -867,7 +867,9 @@ class _Checker:
 
 # What a central store holds (edge.central.config.CentralLayout): anything else was planted or left over.
 _ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-journal", "store.lock"})
-_ROOT_DIRS = frozenset({"identity", "objects", "uploads"})
+# readiness/: the /readyz write probe's directory (edge.central.health); it holds no evidence, and a probe
+# a crash left there is not a planted file.
+_ROOT_DIRS = frozenset({"identity", "objects", "uploads", "readiness"})
 _IDENTITY_FILES = frozenset(
     {"ca.crt", "ca.key", "server.crt", "server.key", "signing.key", "signing.key.pub"}
 )

@@ -127,7 +127,7 @@ def test_auditor_signs_in_searches_plays_and_finds_every_read_logged(
     videos = [item for item, extension in items.items() if extension == "mp4"]
     assert videos, f"the recorder made an MP4: {items}"
 
-    page.goto(f"{central.url}/console/")
+    page.goto(f"{central.console_url}/console/")
     expect(page.locator("#signin-view")).to_be_visible()
     # Chinese by default, English on request, and back.
     expect(page.locator("#signin-view h2")).to_have_text("登录")

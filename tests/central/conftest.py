@@ -225,7 +225,8 @@ def central_config(
         "server": {"listen": "127.0.0.1", "port": free_port(), "insecure_plain_http": dev,
                    "names": ["localhost", "127.0.0.1"], **(server or {})},
         "uploads": uploads,
-        "console": dict(console or {}),
+        # The console's own listener on a free port (off by default in production).
+        "console": {"listen": "127.0.0.1", "port": 0, **(console or {})},
     })
 
 
@@ -240,6 +241,12 @@ class HttpCentral:
     @property
     def url(self) -> str:
         return self.running.url
+
+    @property
+    def console_url(self) -> str:
+        """The console's own listener (password sign-in without a certificate)."""
+        assert self.running.console_url is not None
+        return self.running.console_url
 
     @property
     def index(self) -> SqliteIndex:

@@ -132,14 +132,17 @@ async def test_the_demo_central_makes_an_auditor_who_can_sign_in(tmp_path: Path)
         for _ in range(2):  # a second run in the same work directory resets the password
             central.console_account("demo-auditor", password_file)
         assert password_file.stat().st_mode & 0o777 == 0o600
-        password = password_file.read_text(encoding="utf-8").strip()
+        password, uri = password_file.read_text(encoding="utf-8").splitlines()
+        code = pyotp.parse_uri(uri).now()
         context = ssl.create_default_context(cafile=str(central.config.layout.ca_cert))
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as browser:
-            for tried, expected in ((password + "x", 401), (password, 200)):  # control first
-                async with browser.post(f"{central.url}/console/api/sign-in",
-                                        json={"name": "demo-auditor", "password": tried},
+            # Controls first: a wrong password, and the right one without the second factor.
+            tries = ((password + "x", code, 401), (password, None, 401), (password, code, 200))
+            for tried, totp, expected in tries:
+                body = {"name": "demo-auditor", "password": tried} | ({"totp": totp} if totp else {})
+                async with browser.post(f"{central.console_url}/console/api/sign-in", json=body,
                                         headers={"X-Edge-Console": "1"}) as response:
-                    assert response.status == expected
+                    assert response.status == expected, (tried == password, totp)
                     if expected == 200:
                         assert (await response.json())["role"] == "supervisor"
     finally:

@@ -61,22 +61,34 @@ async def test_every_route_refuses_a_caller_without_certificate_or_session(
     context = ssl.create_default_context(cafile=str(central.config.layout.ca_cert))
     checked = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as anonymous:
-        for method, path in routes:
-            url = central.url + _fill(path, acquired.item, station.station_id)
-            headers = {"X-Edge-Console": "1", "Tus-Resumable": "1.0.0"}
-            async with anonymous.request(method, url, headers=headers, allow_redirects=False,
-                                         json={} if method in ("POST", "PATCH", "PUT") else None) as response:
-                body = await response.read()
-            if (method, path) in PUBLIC or (method == "HEAD" and ("GET", path) in PUBLIC):
-                assert response.status in (200, 302, 404, 503), (method, path, response.status)
-                continue
-            if (method, path) in SIGN_IN:
-                assert 400 <= response.status < 500, (method, path, response.status)
-                continue
-            assert response.status in (401, 403), (method, path, response.status, body[:200])
-            assert acquired.item.encode() not in body and acquired.content[:16] not in body
-            checked += 1
-    assert checked >= 20
+        # The main (station-facing) port: only the health routes answer; the console needs a certificate
+        # there like everything else. The console's own listener: the console's public routes answer,
+        # everything else of the console refuses, and nothing but the console is served at all (404).
+        for base, console_listener in ((central.url, False), (central.console_url, True)):
+            for method, path in routes:
+                url = base + _fill(path, acquired.item, station.station_id)
+                headers = {"X-Edge-Console": "1", "Tus-Resumable": "1.0.0"}
+                body_doc = {} if method in ("POST", "PATCH", "PUT") else None
+                async with anonymous.request(method, url, headers=headers, allow_redirects=False,
+                                             json=body_doc) as response:
+                    body = await response.read()
+                is_console = path == "/console" or path.startswith("/console/")
+                public = (method, path) in PUBLIC or (method == "HEAD" and ("GET", path) in PUBLIC)
+                if console_listener and not is_console:
+                    assert response.status == 404, (base, method, path, response.status)
+                elif public and (console_listener or not is_console):
+                    assert response.status in (200, 302, 404, 503), (method, path, response.status)
+                    continue
+                elif (method, path) in SIGN_IN and console_listener:
+                    assert 400 <= response.status < 500, (method, path, response.status)
+                    continue
+                elif not console_listener and is_console:
+                    assert response.status == 401, (method, path, response.status, body[:200])
+                else:
+                    assert response.status in (401, 403), (method, path, response.status, body[:200])
+                assert acquired.item.encode() not in body and acquired.content[:16] not in body
+                checked += 1
+    assert checked >= 40
 
 
 async def test_a_certificate_alone_does_not_open_the_console_api(
@@ -94,18 +106,19 @@ async def test_a_certificate_alone_does_not_open_the_console_api(
 
 async def test_the_page_has_a_strict_policy_and_no_inline_script(central: HttpCentral) -> None:
     context = ssl.create_default_context(cafile=str(central.config.layout.ca_cert))
+    console = central.console_url
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as browser:
-        async with browser.get(f"{central.url}/console/") as response:
+        async with browser.get(f"{console}/console/") as response:
             assert response.status == 200 and response.content_type == "text/html"
             html = await response.text()
             assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
             assert response.headers["X-Content-Type-Options"] == "nosniff"
             assert response.headers["X-Frame-Options"] == "DENY"
         for name, content_type in STATIC_FILES.items():
-            async with browser.get(f"{central.url}/console/static/{name}") as response:
+            async with browser.get(f"{console}/console/static/{name}") as response:
                 assert response.status == 200 and response.content_type == content_type
         for bad in ("index.html", "..%2F..%2Fconsole%2Fapi.py", "app.js%00", "nope.js"):
-            async with browser.get(f"{central.url}/console/static/{bad}") as response:
+            async with browser.get(f"{console}/console/static/{bad}") as response:
                 assert response.status == 404, bad
     assert "script-src 'self'" in CONTENT_SECURITY_POLICY and "unsafe-inline" not in CONTENT_SECURITY_POLICY
     scripts = re.findall(r"<script\b[^>]*>(.*?)</script>", html, flags=re.S)

@@ -22,8 +22,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.central.console.pages import PUBLIC_CONSOLE_ROUTES
-from edge.central.health import PUBLIC_ROUTES
+from edge.central.app import READINESS
+from edge.central.health import PUBLIC_ROUTES, READINESS_DIR
+from edge.central.verify import verify_central
 from edge.runtime.logs import JsonLineFormatter
 from tests.central.conftest import (
     FakeStation,
@@ -60,8 +61,10 @@ async def test_health_and_readiness_answer_without_a_client_certificate(tls_cent
             status, body = await get(session, f"{tls_central.url}/readyz")
             assert status == 200
     assert body == {"status": "ready", "checks": {"store": "ok", "index": "ok", "signer": "ok"}}
-    # The write probes leave no name in the store (edge verify would call one planted).
-    assert store_listing(tls_central) == before
+    # The write probes leave no name in the store (edge verify would call one planted); their own
+    # directory is all that may appear.
+    assert sorted(set(store_listing(tls_central)) - set(before)) in ([], [READINESS_DIR])
+    assert set(before) <= set(store_listing(tls_central))
 
 
 def _sample_path(template: str) -> str:
@@ -85,9 +88,7 @@ async def test_every_other_route_refuses_a_caller_without_a_certificate(
             if template in PUBLIC_ROUTES:
                 assert response.status == 200, (method, template)
                 continue
-            if template in PUBLIC_CONSOLE_ROUTES:
-                # The console's page, its files and its sign-in (tests/central/test_console_pages.py).
-                continue
+            # The console too: on this port it needs a certificate (its own listener serves it without).
             assert response.status == 401, (method, template, response.status, body)
             if method != "HEAD":
                 assert b'"error":"unauthenticated"' in body, (method, template, body)
@@ -115,6 +116,7 @@ async def test_readiness_turns_503_when_the_store_is_read_only(
     require_bind_mounts()
     caplog.set_level(logging.INFO, logger="edge.central.health")
     store = tls_central.config.central.store_dir
+    tls_central.running.app[READINESS].max_age_s = 0.0  # every call probes (the cache is tested below)
     async with anonymous_session(tls_central) as session:
         status, body = await get(session, f"{tls_central.url}/readyz")
         assert status == 200 and body["checks"]["store"] == "ok"  # control: ready before
@@ -231,3 +233,46 @@ async def test_central_events_carry_item_station_and_device_as_fields(
     accepted = next(r for r in caplog.records if r.__dict__.get("edge_fields", {}).get("event") == "accepted")
     line = JsonLineFormatter().format(accepted)
     assert "\x1b" not in line and json.loads(line)["device"] == "DSJ\\x1b[2J-0042"
+
+
+async def test_anonymous_readiness_calls_share_one_cached_probe(tls_central: HttpCentral) -> None:
+    """A burst of anonymous /readyz calls makes the central probe (write, fsync) once, not per call."""
+    readiness = tls_central.running.app[READINESS]
+    readiness.max_age_s = 3600.0
+    probe_dir = tls_central.config.central.store_dir / READINESS_DIR
+    async with anonymous_session(tls_central) as session:
+        assert (await get(session, f"{tls_central.url}/readyz"))[0] == 200
+        # The store stops taking the probe: a directory where it writes is now a file.
+        probe_dir.rmdir()
+        probe_dir.write_bytes(b"")
+        for _ in range(20):
+            status, body = await get(session, f"{tls_central.url}/readyz")
+            assert status == 200 and body["checks"]["store"] == "ok"  # the cached verdict, no new probe
+        # Control: once the verdict is due again, the probe runs and sees the broken store.
+        readiness.max_age_s = 0.0
+        status, body = await get(session, f"{tls_central.url}/readyz")
+        assert status == 503 and body["checks"]["store"] == "not_writable"
+        probe_dir.unlink()
+        assert (await get(session, f"{tls_central.url}/readyz"))[0] == 200
+
+
+async def test_readiness_never_probes_the_object_store(tls_central: HttpCentral) -> None:
+    """The probe writes in its own directory; a probe a crash left there is not reported by edge verify,
+    while the same file in objects/ is (control)."""
+    layout = tls_central.config.layout
+    objects_before = sorted(layout.objects_dir.iterdir())
+    uploads_mtime = layout.uploads_dir.stat().st_mtime_ns
+    objects_mtime = layout.objects_dir.stat().st_mtime_ns
+    async with anonymous_session(tls_central) as session:
+        assert (await get(session, f"{tls_central.url}/readyz"))[0] == 200
+    assert sorted(layout.objects_dir.iterdir()) == objects_before
+    assert layout.objects_dir.stat().st_mtime_ns == objects_mtime
+    assert layout.uploads_dir.stat().st_mtime_ns == uploads_mtime
+    await tls_central.running.stop()
+    store = tls_central.config.central.store_dir
+    leftover = b"ready\n"
+    (store / READINESS_DIR / ".readyz-0123456789abcdef").write_bytes(leftover)
+    assert verify_central(store).problems == []
+    planted = layout.objects_dir / ".readyz-0123456789abcdef"
+    planted.write_bytes(leftover)
+    assert verify_central(store).problems  # control: the same file among the objects is reported

@@ -57,6 +57,8 @@ from edge.custody.text import printable
 __all__ = ["ConsoleApi", "add_console_api_routes", "media_type"]
 
 log = logging.getLogger(__name__)
+# Request headers that would let FileResponse send something other than the logged range.
+_CONDITIONAL_HEADERS = ("If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
 
 _PLAYBACK_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _LOG_PARAMETERS = ("reader", "item", "what", "from", "to", "before", "limit")
@@ -178,10 +180,6 @@ class ConsoleApi:
         stop = record.size if wanted.stop is None else min(wanted.stop, record.size)
         if wanted.start is not None and wanted.start < 0:  # bytes=-N: the last N bytes
             first, stop = max(0, record.size + wanted.start), record.size
-        if "If-Range" in request.headers:
-            # FileResponse sends the whole file when the validator does not match: log what may go out
-            # (the whole object), not what the Range header asked for.
-            first, stop = 0, record.size
         if first < stop:
             try:
                 self.parts.console.log_media_range(access_id, first, stop - 1)
@@ -201,6 +199,14 @@ class ConsoleApi:
                 "X-Content-Type-Options": "nosniff",
             },
         )
+        # FileResponse decides what it sends from the request's conditional headers too: a stale
+        # If-Range turns "bytes=0-0" into the whole file (200), If-None-Match into nothing (304). The
+        # access log must say what went out, so the response is prepared for the request without them:
+        # exactly the range logged above is sent (or 416 when it is unsatisfiable, which logs nothing).
+        unconditional = request.headers.copy()
+        for name in _CONDITIONAL_HEADERS:
+            unconditional.popall(name, None)
+        await response.prepare(request.clone(headers=unconditional))
         return response
 
     async def _verified_object(self, record: ItemRecord) -> Path:

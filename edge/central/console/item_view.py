@@ -2,9 +2,11 @@
 
 **Timeline.** One row per event in the item's custody, oldest first: the station ledger entries the
 central holds for the item (acquired, verified, sealed, tagged, queued, uploaded, receipt, wiped, purged,
-errors...; the station's own times), the central's acceptance, the reads of the item on the access log
-(console and API, by whom, from where: a supervisor sees everybody's, a reader its own, as on the access
-log page) and every sensitive marking. Each row has ``time``, ``event``, ``station`` (or
+errors...; the station's own times), the central's acceptance, every read on the access log (console and
+API, by whom, from where) and every sensitive marking. Who read and from where is shown to supervisors
+and to a reader for its own reads only (as on the access-log page): another reader's read shows as
+``read:...`` with its time and no name, address or byte count, so a reader sees that and when the item
+was read, not by whom. Each row has ``time``, ``event``, ``station`` (or
 ``central``), ``who`` (the officer for acquisition, the operator or reader for the rest, when known) and
 ``detail``. Device text (names, paths) is escaped with :func:`edge.custody.text.printable`; the page
 puts every value in with ``textContent``.
@@ -50,9 +52,8 @@ def _show(value: Any) -> str:
     return printable(text[:300])
 
 
-def custody_timeline(parts: CentralParts, record: ItemRecord, scope: ReaderScope) -> list[dict[str, Any]]:
-    """The rows of the item's custody; the reads in it are the same the access log shows ``scope``: a
-    supervisor's every reader's, a reader's its own (not other readers' names and addresses)."""
+def custody_timeline(parts: CentralParts, record: ItemRecord, viewer: ReaderScope) -> list[dict[str, Any]]:
+    """The item's custody rows, oldest first, as ``viewer`` may see them (see the module's docstring)."""
     rows: list[dict[str, Any]] = []
     found = record.manifest.get("source")
     source: dict[str, Any] = found if isinstance(found, dict) else {}
@@ -93,17 +94,20 @@ def custody_timeline(parts: CentralParts, record: ItemRecord, scope: ReaderScope
                 "seq": None,
             }
         )
-    own = None if scope.role is Role.SUPERVISOR else scope.reader
-    for read in parts.index.access_log(item=record.item, reader=own):
-        detail = {"remote": read["remote"] or ""}
-        if read["bytes_served"] is not None:
-            detail["bytes"] = str(read["bytes_served"])
+    sees_readers = viewer.role is Role.SUPERVISOR
+    for read in parts.index.access_log(item=record.item):
+        identified = sees_readers or read["reader"] == viewer.reader
+        detail = {}
+        if identified:
+            detail["remote"] = read["remote"] or ""
+            if read["bytes_served"] is not None:
+                detail["bytes"] = str(read["bytes_served"])
         rows.append(
             {
                 "time": read["time"],
                 "event": f"read:{read['what']}",
                 "station": "central",
-                "who": read["reader"],
+                "who": read["reader"] if identified else None,
                 "detail": detail,
                 "seq": None,
             }

@@ -26,7 +26,8 @@ __all__ = [
     "console_headers",
 ]
 
-# The console's routes that answer a caller with neither a certificate nor a session: the page, its
+# The console's routes that answer a caller with neither a certificate nor a session, on the console's
+# own listener only ([console] listen; the main port wants a certificate for them too): the page, its
 # files (no data in either) and signing in. Every other console route refuses such a caller (401).
 PUBLIC_CONSOLE_ROUTES = frozenset({
     "/console", "/console/", "/console/static/{name}", "/console/api/sign-in",

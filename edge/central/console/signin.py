@@ -6,16 +6,26 @@ learns nothing about which accounts exist. Attempts are limited twice over:
 
 * per client address, at most ``[console] sign_in_per_minute`` attempts in any minute (429 with
   ``Retry-After`` beyond it, before any password is checked);
-* per account, ``lockout_after`` failures in a row lock it for ``lockout_min`` minutes, during which even
-  the right password is refused; an administrator's ``account reset-password`` unlocks it at once.
+* per account, ``lockout_after`` failures in a row **with the right password** (a wrong or missing TOTP
+  code) lock it for ``lockout_min`` minutes, during which even the right password and code are refused;
+  an administrator's ``account reset-password`` unlocks it at once. A wrong password is recorded but
+  does not count: an outsider who lacks the password cannot keep an account locked, and guessing
+  passwords is bounded by the per-address limit and by the global cap below; the second factor is what
+  a guessed password still lacks, so TOTP is required (see below);
+* for everyone together, at most ``[console] password_checks_at_once`` password checks at once; an
+  attempt beyond is refused with 503 and ``Retry-After`` before any work (the per-address limit alone
+  does not hold behind a proxy or against many IPv6 addresses, and each check takes 64 MiB).
+
+A password account without TOTP is refused unless ``[console] allow_password_only = true`` (warned about
+at start): a password alone is too weak for evidence.
 
 Every attempt on an existing account is an ``account_events`` row (signed in, failed, locked, refused
 while locked) with the client address. Sign-in requests are same-origin only: they must carry the
 ``X-Edge-Console`` header (a cross-site form cannot set it without a CORS preflight, which the central
 never grants) and, when the browser sends ``Origin``, it must be the central's own.
 
-Password checks (argon2id, 64 MiB each) run in worker threads, at most two at once, so the event loop
-keeps serving uploads while they run and a burst of attempts cannot exhaust memory.
+Password checks (argon2id, 64 MiB each) run in worker threads, within the global cap above, so the
+event loop keeps serving uploads while they run and a burst of attempts cannot exhaust memory.
 """
 
 from __future__ import annotations
@@ -43,7 +53,8 @@ log = logging.getLogger(__name__)
 
 CONSOLE_HEADER = "X-Edge-Console"
 _REFUSED = "the name, password or code is wrong, or the account is disabled or locked after repeated failures"
-_password_checks = asyncio.Semaphore(2)
+# How long a caller refused for lack of a free password check is told to wait.
+_CHECKS_RETRY_AFTER_S = 2
 
 
 def require_same_origin(request: web.Request) -> None:
@@ -121,20 +132,37 @@ async def sign_in(request: web.Request) -> web.Response:
         account = parts.console.account(validate_reader_name(name))
     except CentralIndexError:
         account = None
-    async with _password_checks:
-        good, rehash = await asyncio.to_thread(
+    settings = state.settings
+    if state.password_checks >= settings.password_checks_at_once:
+        log.warning("console sign-in from %s refused: %d password checks already running", request.remote,
+                    state.password_checks)
+        return json_response(
+            {"error": str(RejectCode.SERVER_BUSY),
+             "detail": f"too many sign-ins at once; try again in {_CHECKS_RETRY_AFTER_S} s"},
+            status=503,
+            headers={"Retry-After": str(_CHECKS_RETRY_AFTER_S)},
+        )
+    state.password_checks += 1
+    try:
+        password_right, rehash = await asyncio.to_thread(
             verify_password, account.password_hash if account else None, password
         )
+    finally:
+        state.password_checks -= 1
     if account is None:
         # The name typed is not logged: people type their password into the name field by mistake.
         log.warning("console sign-in refused from %s: no such account", request.remote)
         raise Rejection(RejectCode.UNAUTHENTICATED, _REFUSED)
     step = None
+    good = password_right
     if good and account.totp_secret is not None:
         step = totp_step(account.totp_secret, code)
         good = step is not None
+    elif good and not settings.allow_password_only:
+        log.warning("console sign-in of %s refused from %s: the account has no TOTP and password-only "
+                    "sign-in is off", account.name, request.remote)
+        good = False
     now = state.utc_now()
-    settings = state.settings
     accepted = parts.console.record_sign_in(
         account.name,
         ok=good and account.active,
@@ -143,6 +171,7 @@ async def sign_in(request: web.Request) -> web.Response:
         lock_after=settings.lockout_after,
         lock_until=_utc(now + timedelta(minutes=settings.lockout_min)),
         totp_step=step,
+        counts=password_right,
     )
     if not accepted:
         log.warning("console sign-in of %s refused from %s", account.name, request.remote)

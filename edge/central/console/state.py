@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,6 +14,8 @@ from edge.central.console.sessions import SessionStore
 from edge.central.console.signin_guard import SignInGuard
 
 __all__ = ["CONSOLE", "ConsoleState"]
+
+log = logging.getLogger(__name__)
 
 
 def _utc_now() -> datetime:
@@ -26,9 +29,15 @@ class ConsoleState:
     guard: SignInGuard
     # Wall-clock time for account lockouts (kept in the index as UTC text); replaceable in tests.
     utc_now: Callable[[], datetime] = field(default=_utc_now)
+    # Password checks (argon2id) running now, for anyone who calls: at most
+    # settings.password_checks_at_once, the rest are refused (edge.central.console.signin).
+    password_checks: int = 0
 
     @classmethod
     def from_settings(cls, settings: ConsoleSection) -> ConsoleState:
+        if settings.allow_password_only:
+            log.warning("console: [console] allow_password_only = true: accounts without TOTP sign in with "
+                        "a password alone; enrol TOTP for every account and turn this off")
         return cls(
             settings,
             SessionStore(idle_s=settings.session_idle_min * 60, absolute_s=settings.session_max_h * 3600),

@@ -274,14 +274,17 @@ class SqliteConsoleStore:
                      "enabled" if active else "disabled", by=by, detail=reason)
 
     def record_sign_in(self, name: str, *, ok: bool, remote: str | None, now: str, lock_after: int,
-                       lock_until: str, totp_step: int | None = None) -> bool:
+                       lock_until: str, totp_step: int | None = None, counts: bool = True) -> bool:
         """Record a sign-in attempt of an existing account.
 
         While the account is locked (its ``locked_until`` is after ``now``) every attempt is refused and
         recorded, right or wrong, and counts for nothing. A success clears the failure count and, with
         ``totp_step``, spends that step: returns False (and records a failure) when the step was already
         used, so a code is good once. A failure counts; the ``lock_after``-th in a row locks the account
-        until ``lock_until``. One transaction, so two attempts at once cannot both spend one code.
+        until ``lock_until``. A failure with ``counts`` False (the console: a wrong password, which an
+        outsider can send at will) is recorded but neither counts nor locks, so nobody who lacks the
+        password can keep an account locked. One transaction, so two attempts at once cannot both spend
+        one code.
         Times are UTC in the ledger's text format (comparable as text)."""
         with self.transaction():
             record = self.account(name)
@@ -305,8 +308,8 @@ class SqliteConsoleStore:
                 )
                 self._event(name, "signed_in", remote=remote)
                 return True
-            failures = record.failed_attempts + 1
-            lock = failures >= lock_after
+            failures = record.failed_attempts + (1 if counts else 0)
+            lock = counts and failures >= lock_after
             self.conn.execute(
                 "UPDATE console_accounts SET failed_attempts = ?, locked_until = ?, updated_utc = ? "
                 "WHERE name = ?",
