@@ -207,7 +207,9 @@ class OffloadSection(StrictModel):
         False,
         description="Also read every original a second time from its device and compare it with the stored "
         "copy byte for byte: catches a device or cable that returns different bytes on two reads without an "
-        "I/O error, at the cost of reading every recorder twice (over USB 2.0 as long as the copy itself)",
+        "I/O error, at the cost of reading every recorder twice (over USB 2.0 as long as the copy itself). "
+        "Whatever this says, a recorder file is read again (proven to reach the device) and matched with "
+        "the acquisition hash just before it is erased; only such a proven read made here spares that one",
     )
     chunk_bytes: int = Field(1 << 20, ge=4096, le=64 << 20, multiple_of=4096, description="Copy buffer size")
     max_file_bytes: int = Field(256 << 30, gt=0, description="Refuse larger files as implausible")

@@ -239,6 +239,9 @@ class ReRead:
     source_differs_at: int | None
     # How the stored copy's read bypassed the page cache (edge.durable.uncached.ReadMethod).
     stored_read: str = ReadMethod.O_DIRECT
+    # How the second read of the original was proven to reach the device (its reader's
+    # `cache_bypass`); None when there was no second read or it may have come from cached pages.
+    source_read: ReadMethod | None = None
 
 
 def reread_and_compare(

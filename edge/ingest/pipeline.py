@@ -18,17 +18,21 @@ from the last committed state:
 * verified: renamed into items/ (directory fsynced), the sidecar written; `sealed`; the upload queue
   is told.
 
-What happens next to the original (USB: erased from the recorder per wipe policy) is the source's
-business. A sealed item whose stored copy is later found damaged while the source still holds the
-original is rebuilt from it (:meth:`IngestPipeline.reacquire`: `error` entry, stage `stored copy`,
-then `reacquired`). Copying item N+1 overlaps verifying and sealing item N, so verification costs
-little wall time. Memory is bounded: each item in flight holds a fixed number of read buffers.
+What happens next to the original (USB: erased from the recorder per wipe policy, after reading it
+from the recorder again: `IngestedItem.source_read_now` says whether this run already did, proven)
+is the source's business. A second read of the original counts (`source_reread` on the ledger) only
+when its reader proved it reached the device (`ItemReader.cache_bypass`). A sealed item whose stored
+copy is later found damaged while the source still holds the original is rebuilt from it
+(:meth:`IngestPipeline.reacquire`: `error` entry, stage `stored copy`, then `reacquired`). Copying
+item N+1 overlaps verifying and sealing item N, so verification costs little wall time. Memory is
+bounded: each item in flight holds a fixed number of read buffers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -135,8 +139,9 @@ class IngestedItem:
 
     offered: OfferedItem
     acquisition: Acquisition
-    # The original was read from its device during this run (copied with its cached pages bypassed, or
-    # read again) and gave the acquisition hash, which the stored copy, re-read from disk, gave too.
+    # The original was read AGAIN from its device during this run, by a read proven to reach the device
+    # (not the copy's own read), and gave the acquisition hash, which the stored copy, re-read from disk,
+    # gave too: then erasing it needs no further read of the original.
     source_read_now: bool = False
     # How this run's copy made sure it read the device, not cached pages (None: it could not prove it).
     copied_from_device: ReadMethod | None = None
@@ -344,7 +349,8 @@ class IngestPipeline:
             "embedded": embedded,
             "stored_reread": True,
             "stored_read": reread.stored_read,
-            "source_reread": work.offered.reopen is not None,
+            "source_reread": reread.source_read is not None,  # proven to reach the device
+            "source_read": None if reread.source_read is None else str(reread.source_read),
             "replaced_damaged_copy": True,
         }
 
@@ -509,7 +515,7 @@ class _Run:
             return
         display = w.offered.display
         try:
-            again: CopyResult = await self._thread(hash_original, reopen, self.settings.chunk_bytes)
+            again, proof = await self._thread(hash_original, reopen, self.settings.chunk_bytes)
         except (SourceReadError, OSError) as exc:
             await self.raise_if_gone(exc)
             reason = f"{display}: cannot read it again to prove it is still item {w.item}: {exc}"
@@ -523,11 +529,14 @@ class _Run:
                 "sha256": record.sha256,
                 "size": record.size,
                 "stored_reread": False,
-                "source_reread": True,
+                # A read only counts as one from the device when it was proven not to come from pages
+                # left in the page cache (then the check before erasing need not read it again).
+                "source_reread": proof is not None,
+                "source_read": None if proof is None else str(proof),
                 "purpose": "offered again: the original is still the one this item was acquired from",
             }
             await self.pipeline.commit(lambda: self.repository.entry(EntryType.VERIFIED, w.item, proven))
-            w.source_read_now = True
+            w.source_read_now = proof is not None
             # The source still holds the original: whatever damaged the stored copy since (found here,
             # or earlier by the uplink or `edge verify`) is repaired from it now.
             damage = await self.pipeline.stored_copy_damage(w.item, f"item {w.item}")
@@ -752,7 +761,7 @@ class _Run:
         # original costs a full read of the device and is made only when configured.
         reopen = w.offered.reopen if verify and self.settings.reread_original else None
         source_reread = reopen is not None
-        checks: dict[str, Any] = {"stored_reread": verify, "source_reread": source_reread}
+        checks: dict[str, Any] = {"stored_reread": verify, "source_reread": False}
 
         def seal_and_reread() -> tuple[dict[str, Any] | None, ReRead | None]:
             found = None
@@ -769,6 +778,11 @@ class _Run:
             sealing["evidence_box_in_original"] = found
         if reread is not None:
             checks["stored_read"] = reread.stored_read  # how the read bypassed the page cache
+            if source_reread:
+                # True only for a second read proven to come from the device: one answered by pages
+                # pinned in the page cache (mapped by another process) proves nothing about the device.
+                checks["source_reread"] = reread.source_read is not None
+                checks["source_read"] = None if reread.source_read is None else str(reread.source_read)
             if reread.stored_sha256 != sha256 or reread.stored_size != size:
                 raise _VerificationMismatch(
                     f"{display}: stored copy re-read from disk gives {reread.stored_sha256} "
@@ -788,8 +802,10 @@ class _Run:
         }
         await self.pipeline.commit(lambda: self.repository.verified(w.item, verified, manifest))
         w.acquisition.state = AcquisitionState.VERIFIED
-        # Before erasing, an original not read from its device in this run is read again (USB wipe).
-        w.source_read_now = verify and (source_reread or w.copied_from_device is not None)
+        # Before erasing, the original is read from its device again and must give the acquisition
+        # hash (USB wipe), unless this verification already did so with a proven device read: the one
+        # read that was copied and hashed may itself have been a silent misread.
+        w.source_read_now = bool(checks["source_reread"])
         self.pipeline.status.publish(Duration(DurationKind.VERIFY, time.monotonic() - started, size))
         self.progress.verified += 1
         self._report()
@@ -834,16 +850,21 @@ def reread_stored_and_source(
     """The verification read: the stored copy from disk and, when the source can, the original again."""
     reader: ItemReader | None = None if reopen is None else reopen()
     try:
-        return reread_and_compare(stored, reader, size=size, chunk_bytes=chunk_bytes, what=what)
+        found = reread_and_compare(stored, reader, size=size, chunk_bytes=chunk_bytes, what=what)
+        if reader is None:
+            return found
+        return dataclasses.replace(found, source_read=reader.cache_bypass)
     finally:
         if reader is not None:
             reader.close()
 
 
-def hash_original(reopen: ReaderOpener, chunk_bytes: int) -> CopyResult:
-    """SHA-256 and size of the original as the source holds it now (no stored copy to compare)."""
+def hash_original(reopen: ReaderOpener, chunk_bytes: int) -> tuple[CopyResult, ReadMethod | None]:
+    """SHA-256 and size of the original as the source holds it now (no stored copy to compare), and
+    how the read was proven to reach the device (the reader's `cache_bypass`; None: not proven, the
+    bytes may have come from pages another process keeps in the page cache)."""
     reader = reopen()
     try:
-        return hash_reader(reader, chunk_bytes=chunk_bytes)
+        return hash_reader(reader, chunk_bytes=chunk_bytes), reader.cache_bypass
     finally:
         reader.close()

@@ -12,7 +12,8 @@ ledger and item transitions, enqueueing for upload. A source offers items, each 
 * optionally a way to read the original again: a file on a recorder or on the station's disk can be
   re-read, bytes that arrived from an RTP stream cannot. The pipeline uses it only when configured to
   compare a second read of every original (``[offload] reread_original``); the USB source uses it
-  before erasing an original that was not read from its device in the same docking;
+  before erasing any original (unless such a second read, proven by its reader's `cache_bypass`, was
+  made in the same docking), and defers the erasure when that read is not proven;
 * the facts the manifest's ``original``, ``source``, ``time`` and ``case`` blocks carry
   (:class:`Origin`); a source that knows the case up front (a room session) fills it in, others give
   their configured defaults.

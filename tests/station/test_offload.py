@@ -46,7 +46,8 @@ async def test_every_file_is_sealed_verified_and_wiped(
         assert report.ok, report.problems
         assert report.prefix_sha256 == row["sha256"]
         assert bool(row["sealed_in_file"]) == path.name.endswith(".mp4")
-        assert ledger_types(store, item) == ["acquired", "verified", "sealed", "wiped"]
+        # The second `verified` is the read of the recorder's file just before erasing it.
+        assert ledger_types(store, item) == ["acquired", "verified", "sealed", "verified", "wiped"]
         assert manifest["source"]["device_serial"] == "3300001"
         assert manifest["case"]["collector"] == "张伟(110001)"
     assert stored == before, "every stored hash is the hash of the recorder's original bytes"

@@ -52,7 +52,10 @@ async def test_a_file_replaced_by_another_with_its_size_and_mtime_after_sealing_
     assert volume_hashes(volume).keys() == {sorted(before)[0]}, "every other file erased"
     errors = [e.data for e in store.ledger.entries() if e.type == "error"]
     (refusal,) = [data for data in errors if data.get("stage") == "wipe"]
-    assert "another file than the one copied" in refusal["reason"]
+    # The read of the recorder's file before erasing (always made) sees other bytes before the
+    # erasure's own identity check (another inode) is reached; either refusal keeps the file.
+    reason = refusal["reason"]
+    assert "not the acquisition hash" in reason or "another file than the one copied" in reason
     assert result.wiped == len(before) - 1
 
 

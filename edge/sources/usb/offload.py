@@ -42,7 +42,7 @@ from edge.config.station import OffloadSection, StationConfig, WipePolicy
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.ledger import EntryType
 from edge.custody.seal import SealedFileReport, verify_sealed_file
-from edge.ingest.copy import AcquireError, CopyResult
+from edge.ingest.copy import AcquireError
 from edge.ingest.pipeline import (
     IngestedItem,
     IngestOutcome,
@@ -478,10 +478,15 @@ class VolumeOffload:
         evidence box's (or sidecar's) manifest signed with the station's key as this process holds it
         (not the public key file beside the store, which whoever tampers could replace too), the
         prefix hashing to the manifest's hash and size, and the manifest the very one the ledger
-        recorded at sealing. A file not re-read from the recorder in this docking (sealed earlier,
-        before a crash, or with re-reading off) is read from the recorder again and must give the
-        same hash. Returns what was checked, for the `wiped` entry, or None (nothing erased, an
-        error entry names the item) when anything does not hold.
+        recorded at sealing. Then, always (whatever the wipe policy), the recorder's file is read
+        again and must give the acquisition hash: the one read that was copied and hashed may have
+        been a silent misread, and erasing is the step that cannot be undone. Only a second read
+        already made in this docking by `[offload] reread_original` and proven to reach the device
+        spares it. A read counts only when proven (its reader's `cache_bypass`): when the file's
+        pages stay in the page cache (another process keeps it mapped) the erasure is deferred, a
+        `wipe_deferred` entry says why and the file stays for the next docking. Returns what was
+        checked, for the `wiped` entry, or None (nothing erased; an error or wipe_deferred entry
+        names the item) when anything does not hold.
         """
         found = self.repository.item(row.item)
         what = row.file.display_path
@@ -517,7 +522,7 @@ class VolumeOffload:
             return checked  # the recorder's file was re-read and matched in this docking
         reopen = file_opener(self.source.volume, row.file, what=what)
         try:
-            again: CopyResult = await self._thread(hash_original, reopen, self.chunk)
+            again, proof = await self._thread(hash_original, reopen, self.chunk)
         except AcquireError as exc:  # an OSError goes to the wipe loop: gone, or cannot erase
             self._error(row.item, "wipe", f"{what}: not erased, re-verification failed: {exc}", row.file)
             return None
@@ -525,10 +530,13 @@ class VolumeOffload:
             self._error(
                 row.item,
                 "wipe",
-                f"{what}: not erased: the recorder's file no longer matches the acquisition hash "
-                f"{found.sha256}",
+                f"{what}: not erased: the recorder's file read again gives {again.sha256} "
+                f"({again.size} bytes), not the acquisition hash {found.sha256} ({found.size} bytes)",
                 row.file,
             )
+            return None
+        if proof is None:
+            self._defer_unproven(row)
             return None
         rechecked = {
             "sha256": found.sha256,
@@ -536,6 +544,7 @@ class VolumeOffload:
             "stored_reread": True,
             "stored_read": report.stored_read,
             "source_reread": True,
+            "source_read": str(proof),
             "purpose": "before erasing",
         }
         await self.pipeline.commit(lambda: self.repository.entry(EntryType.VERIFIED, row.item, rechecked))
@@ -567,7 +576,7 @@ class VolumeOffload:
         holds the evidence, so the recorder's file is erased only if it still hashes to it."""
         reopen = file_opener(self.source.volume, row.file, what=row.file.display_path)
         try:
-            found: CopyResult = await self._thread(hash_original, reopen, self.chunk)
+            found, proof = await self._thread(hash_original, reopen, self.chunk)
         except AcquireError as exc:
             reason = f"{row.file.display_path}: not erased, re-verification failed: {exc}"
             self._error(row.item, "wipe", reason, row.file)
@@ -581,15 +590,33 @@ class VolumeOffload:
                 row.file,
             )
             return False
+        if proof is None:
+            self._defer_unproven(row)
+            return False
         rechecked = {
             "sha256": sha256,
             "size": size,
             "stored_reread": False,
             "source_reread": True,
+            "source_read": str(proof),
             "purpose": "before erasing; the local copy was purged after the central's receipt",
         }
         await self.pipeline.commit(lambda: self.repository.entry(EntryType.VERIFIED, row.item, rechecked))
         return True
+
+    def _defer_unproven(self, row: _Wipe) -> None:
+        """The read before erasing matched but was not proven to reach the device (pages of the file
+        stayed in the page cache, mapped or locked by another process): not erased now, and not
+        recorded as a device read. The file stays on the recorder; the next docking tries again."""
+        reason = (
+            "the read before erasing could not be proven to come from the recorder (pages of the file "
+            "stayed in the station's page cache, kept by another process): not erased now, the next "
+            "docking tries again"
+        )
+        log.warning("recorder %s: wipe: %s: %s", self.device, row.file.display_path, reason)
+        data = {"device_serial": self.device, "original": row.file.display_path, "reason": reason}
+        self.repository.record(EntryType.WIPE_DEFERRED, row.item, data)
+        self._report()
 
     async def _wipe(self, row: _Wipe, checked: dict[str, Any]) -> None:
         if row.state == AcquisitionState.SEALED:
