@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import getpass
 import json
 import logging
@@ -118,6 +119,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _error(exc)
         return ExitCode.CONFIG
+    # A crash in C code (a library misused across threads) leaves every thread's Python stack on
+    # stderr, which under systemd is the journal: a field crash can be traced, not only counted.
+    faulthandler.enable(all_threads=True)
     try:
         return asyncio.run(run_station(config, Path(args.config)))
     except (StoreBusy, StoreError) as exc:

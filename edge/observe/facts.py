@@ -2,13 +2,18 @@
 the central witnessed, the spool and the last receipt (from state.db, over a read-only connection of
 its own, so that a status read never runs inside the agent's transactions), the disk, the clock.
 
-Called in a worker thread every few seconds; each read is small (indexed, aggregate queries).
+Called in a worker thread every few seconds; each read is small (indexed, aggregate queries). The
+agent closes the reader from its event loop at shutdown while a read the status board started may still
+run in its worker (a cancelled await does not stop the thread): a lock makes the close wait for that read,
+and a read after the close is refused. Closing a sqlite3 connection under a query of another thread is
+not safe in CPython's sqlite3 module: it crashed the agent with SIGSEGV at stop.
 """
 
 from __future__ import annotations
 
 import shutil
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,15 +53,22 @@ class StoreFactsReader:
         self.store_dir = store_dir
         self.spooling = spooling
         self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # one read at a time, and never a close under a read
+        self._closed = False
 
     def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise sqlite3.ProgrammingError("store facts reader is closed")
         if self._conn is None:
             uri = f"file:{(self.store_dir / 'state.db').as_posix()}?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=2.0)
         return self._conn
 
     def read(self) -> StoreFacts:
-        conn = self._connection()
+        with self._lock:
+            return self._read(self._connection())
+
+    def _read(self, conn: sqlite3.Connection) -> StoreFacts:
         head = conn.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
         head_seq, head_hash = (int(head[0]), str(head[1])) if head else (0, "")
         window = unwitnessed_window(conn)
@@ -86,9 +98,12 @@ class StoreFactsReader:
         )
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Waits for a read under way (small, bounded by the busy timeout), then closes for good."""
+        with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def _iso(value: object) -> str | None:

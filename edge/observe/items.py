@@ -1,8 +1,11 @@
 """Items as the local API shows them: the recent ones, and one with its ledger trail.
 
 Read from state.db over a read-only connection of the API's own (never inside the agent's
-transactions), in a worker thread. Device text (file names, serials, officer numbers) is escaped with
-:func:`edge.custody.text.printable` when the JSON is written (json_printable over the whole document).
+transactions), in worker threads: a lock keeps the one connection to one query at a time and makes the
+close at shutdown wait for a read under way (closing a sqlite3 connection under another thread's query
+crashes CPython's sqlite3 module, as it did the agent at stop); a read after the close is refused.
+Device text (file names, serials, officer numbers) is escaped with :func:`edge.custody.text.printable`
+when the JSON is written (json_printable over the whole document).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +26,12 @@ class StoreReader:
     def __init__(self, store_dir: Path) -> None:
         self.store_dir = store_dir
         self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # one query at a time, and never a close under a query
+        self._closed = False
 
     def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise sqlite3.ProgrammingError("store reader is closed")
         if self._conn is None:
             uri = f"file:{(self.store_dir / 'state.db').as_posix()}?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=2.0)
@@ -31,6 +39,14 @@ class StoreReader:
         return self._conn
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._recent(limit)
+
+    def item(self, item: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._item(item)
+
+    def _recent(self, limit: int) -> list[dict[str, Any]]:
         rows = self._connection().execute(
             "SELECT items.item, items.sha256, items.size, items.device_serial, items.officer_no, "
             "items.acquired, items.path IS NOT NULL AS sealed, items.manifest, uploads.state AS upload "
@@ -72,7 +88,7 @@ class StoreReader:
                 case.update(changes)
         return case
 
-    def item(self, item: str) -> dict[str, Any] | None:
+    def _item(self, item: str) -> dict[str, Any] | None:
         conn = self._connection()
         row = conn.execute(
             "SELECT items.item, items.sha256, items.size, items.device_serial, items.officer_no, "
@@ -99,9 +115,12 @@ class StoreReader:
         }
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Waits for a query under way (bounded by the busy timeout), then closes for good."""
+        with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def _json(text: object) -> dict[str, Any]:

@@ -284,5 +284,21 @@ def test_a_loaded_credential_lets_the_agent_start(tmp_path: Path, notify: Notify
     with running(exec_start(UNIT, config), env) as agent:
         notify.wait_ready(agent, "agent")
         agent.send_signal(signal.SIGTERM)
-        assert agent.wait(timeout=stop_timeout_s(UNIT)) == 0
-        assert "246810" not in agent.communicate()[1]
+        code = agent.wait(timeout=stop_timeout_s(UNIT))
+        stderr = agent.communicate()[1]
+        assert code == 0, stderr  # a crash at shutdown leaves faulthandler's thread stacks here
+        assert "246810" not in stderr
+
+
+def test_a_crashing_agent_leaves_every_threads_stack(tmp_path: Path, notify: NotifySocket) -> None:
+    """faulthandler is on in the agent itself (not only under PYTHONFAULTHANDLER): a fatal signal writes
+    every thread's Python stack to stderr, the journal under systemd, before the process dies."""
+    env = {k: v for k, v in notify.env().items() if k != "PYTHONFAULTHANDLER"}
+    with running(exec_start(UNIT, _config(tmp_path, "")), env) as agent:
+        notify.wait_ready(agent, "agent")
+        agent.send_signal(signal.SIGSEGV)
+        assert agent.wait(timeout=stop_timeout_s(UNIT)) == -signal.SIGSEGV
+        stderr = agent.communicate()[1]
+    assert "Fatal Python error: Segmentation fault" in stderr
+    assert "edge/station.py" in stderr and "edge/cli.py" in stderr  # the main thread's stack
+    assert "threading.py" in stderr  # and the worker threads'
