@@ -16,6 +16,7 @@ This module is also a pytest plugin (loaded by tests/conftest.py) that checks `r
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -58,6 +59,10 @@ def requires(condition: object, reason: str) -> pytest.MarkDecorator:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Agents the tests start without an [api] section take their socket from $RUNTIME_DIRECTORY (as
+    # under systemd): one private directory per test session, never the production /run/evidence-edge.
+    if "RUNTIME_DIRECTORY" not in os.environ:
+        os.environ["RUNTIME_DIRECTORY"] = tempfile.mkdtemp(prefix="edge-run-")
     config.addinivalue_line(
         "markers", "requires(condition, reason): skip when false, or fail under CI (tests/prerequisites.py)"
     )

@@ -7,6 +7,7 @@ what was expected (see `edge.config.base`).
 from __future__ import annotations
 
 import ipaddress
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -360,8 +361,13 @@ class LoggingSection(StrictModel):
     )
 
 
-# Where the local API listens by default: systemd's RuntimeDirectory=evidence-edge.
-DEFAULT_API_SOCKET = Path("/run/evidence-edge/station.sock")
+def default_api_socket() -> Path:
+    """Where the local API listens by default: the unit's runtime directory (systemd passes
+    RuntimeDirectory=evidence-edge as $RUNTIME_DIRECTORY), else /run/evidence-edge. An agent started
+    outside the unit with its own $RUNTIME_DIRECTORY (a test, a second store on a bench) therefore
+    never takes the production agent's socket."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(runtime if runtime.startswith("/") else "/run/evidence-edge") / "station.sock"
 Uid = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]
 AccountName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._@-]{1,64}$")]
 MAX_UNIX_SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes with its terminating NUL
@@ -372,7 +378,7 @@ class ApiSection(StrictModel):
 
     enabled: bool = Field(True, description="Serve the local API (edge status and the dock screen need it)")
     socket_path: Path = Field(
-        DEFAULT_API_SOCKET,
+        default_factory=default_api_socket,
         description="Unix socket of the full API (edge status, tagging, metrics); made 0660, owned by the "
         "store's owner and operators_group; its directory is made if missing",
     )

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from rich.console import Console
 
-from edge.config.station import DEFAULT_API_SOCKET
+from edge.config.station import default_api_socket
 from edge.custody.text import json_printable, printable
 from edge.ingest.store_commands import load_station_config
 from edge.observe.terminal import print_status
@@ -55,7 +55,7 @@ async def fetch_status(socket_path: Path, timeout_s: float = TIMEOUT_S) -> dict[
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    socket_path = DEFAULT_API_SOCKET
+    socket_path = default_api_socket()
     if args.socket:
         socket_path = Path(args.socket)
     elif args.config:
@@ -97,6 +97,7 @@ def add_status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "no agent answers.",
     )
     status.add_argument("--config", help="station TOML file (its [api] socket_path)")
-    status.add_argument("--socket", help=f"the API socket (default {DEFAULT_API_SOCKET})")
+    status.add_argument("--socket", help="the API socket (default: $RUNTIME_DIRECTORY/station.sock, else "
+                        "/run/evidence-edge/station.sock)")
     status.add_argument("--json", action="store_true", help="the status as JSON (see edge.observe)")
     status.set_defaults(func=cmd_status)
