@@ -133,6 +133,7 @@ VERIFY_LOCAL_ONLY = 3  # a station store whose local checks held, but the centra
 def cmd_verify(args: argparse.Namespace) -> int:
     from edge.custody.errors import CustodyError
     from edge.custody.keys import load_public_key
+    from edge.verify.package import is_package, verify_package
     from edge.verify.station import (
         VerifyReport,
         is_receipt_file,
@@ -151,6 +152,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 2
     if (target / "index.db").is_file():
         report = _verify_central(target, central_key)
+    elif is_package(target):
+        # An unzipped disclosure package (一案一包): checked offline against the central key.
+        report = verify_package(target, central_key)
     elif args.item or is_store(target):
         if not is_store(target):
             print(f"error: {target} is not a station store (no state.db)", file=sys.stderr)
@@ -173,8 +177,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report = verify_file(target, key)
     else:
         print(
-            f"error: {target} is neither a sealed file, a receipt, a station store (state.db) nor a "
-            "central store (index.db)",
+            f"error: {target} is neither a sealed file, a receipt, a station store (state.db), a "
+            "central store (index.db) nor an unzipped disclosure package (package.json)",
             file=sys.stderr,
         )
         return 2
@@ -362,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     verify = sub.add_parser(
-        "verify", help="verify a sealed file, an item, a station store, a central store or a receipt"
+        "verify", help="verify a sealed file, an item, a station store, a central store, a receipt or an "
+        "unzipped disclosure package"
     )
     verify.add_argument(
         "path", help="sealed evidence file, station store, central store, or a .receipt.json file"

@@ -1,0 +1,127 @@
+"""The plain-language page of a disclosure package, in Chinese and English: README.html and VERIFY.txt.
+
+Both are made from the same :func:`edge.custody.disclosure.openssl_commands`, so the commands a person
+reads are the commands the tests run. VERIFY.txt holds them one per line between :data:`COMMANDS_BEGIN`
+and :data:`COMMANDS_END`, exactly as typed; README.html shows each in a ``<code class="command">``.
+Everything that came from a station (case number, names) is HTML-escaped in the page.
+"""
+
+from __future__ import annotations
+
+import html
+
+from edge.custody.disclosure import (
+    CENTRAL_KEY_FILE,
+    CHECKSUMS_FILE,
+    CHECKSUMS_SIGNATURE_FILE,
+    PackageIndex,
+    openssl_commands,
+)
+from edge.custody.text import printable
+
+__all__ = ["COMMANDS_BEGIN", "COMMANDS_END", "page_html", "page_text"]
+
+COMMANDS_BEGIN = "# ---- commands / 命令 (run in the unzipped folder / 在解压后的文件夹中运行) ----"
+COMMANDS_END = "# ---- end of commands / 命令结束 ----"
+
+_INTRO_ZH = (
+    "本包是案件 {case} 的证据披露包（一案一包），由执法记录中心 {central} 于 {created} 为 {reader} 生成，"
+    "共 {count} 个证据文件。包内有原始文件（与采集时逐字节相同）、采集站签名的清单（manifest）、"
+    "采集站台账的相关片段、中心回执和中心公钥。"
+)
+_INTRO_EN = (
+    "This is the disclosure package of case {case}, built by the evidence central {central} at {created} "
+    "for {reader}: {count} evidence file(s). It holds the original files (byte for byte as recorded), the "
+    "manifests the docking station signed, the segments of the station ledger that cover them, the "
+    "central's receipts and the central's public key."
+)
+_KEY_ZH = (
+    "第一步：确认中心公钥。本包内的中心公钥 {key_file} 的标识为 {key_id}。请与本机构公布的中心公钥"
+    "（或采集站登记包中的 central-signing.pub）比对，例如 cmp {key_file} central-signing.pub。"
+    "只有公钥来源可信，下面的签名检查才有意义。"
+)
+_KEY_EN = (
+    "Step one: trust the central's key. The central key in this package, {key_file}, has the id {key_id}. "
+    "Compare it with the key your agency publishes (or central-signing.pub from a station's enrolment "
+    "bundle), for example cmp {key_file} central-signing.pub. The signature checks below mean something "
+    "only when that key is the real one."
+)
+_EDGE_ZH = "方法一：安装 evidence-edge 后运行 edge verify 解压后的文件夹，它离线检查全部内容（哈希、签名、回执的包含证明、台账连续性），全部通过时退出码为 0，否则逐项指出哪个文件或哪条台账记录有问题。可加 --central-key central-signing.pub 指定可信的中心公钥。"  # noqa: E501
+_EDGE_EN = ("Way one: with evidence-edge installed, run edge verify on the unzipped folder. It checks "
+            "everything offline (hashes, signatures, the receipts' inclusion proofs, the continuity of the "
+            "ledger segments), exits 0 when all holds, and otherwise names each file or ledger entry that "
+            "is wrong. Add --central-key central-signing.pub to pin the central key you trust.")
+_OPENSSL_ZH = "方法二：只用 openssl（3.0 或更新）和 sha256sum。在解压后的文件夹中逐条运行下列命令；每条命令成功时退出码为 0（openssl 显示 Signature Verified Successfully，sha256sum 显示 OK 或不显示），任何一条失败即说明包被改动。"  # noqa: E501
+_OPENSSL_EN = ("Way two: openssl (3.0 or later) and sha256sum alone. Run each command below in the unzipped "
+               "folder; each exits 0 when its check holds (openssl prints Signature Verified Successfully, "
+               "sha256sum prints OK or nothing), and any failure means the package was changed.")
+_LIMITS_ZH = ("这些命令证明：每个文件都是中心签发时的样子；每个原始文件的哈希值就是采集站签名的哈希值；"
+              "回执的树头和台账检查点的签名有效。回执的包含证明（默克尔路径）和台账的哈希链需要 edge verify "
+              "或按 RFC 9162 自行计算。台账片段中其他证据的记录只显示序号和哈希（redacted），只能检查它们"
+              "前后相连，内容不公开。")
+_LIMITS_EN = ("These commands prove that every file is as the central issued it, that each original's hash "
+              "is the hash its station signed, and that the receipts' tree heads and the ledger checkpoints "
+              "are validly signed. The receipts' inclusion proofs (Merkle audit paths) and the ledger's hash "
+              "chain need edge verify, or a computation after RFC 9162 by hand. Entries of other items in a "
+              "ledger segment show only their sequence number and hashes (\"redacted\"): they are checked "
+              "to link, their content is not disclosed.")
+
+
+def _facts(index: PackageIndex) -> dict[str, str]:
+    return {"case": printable(index.case_number), "central": printable(index.central),
+            "created": index.created_utc, "reader": printable(index.reader), "count": str(len(index.items)),
+            "key_file": CENTRAL_KEY_FILE, "key_id": index.central_key_id}
+
+
+def page_text(index: PackageIndex) -> bytes:
+    """VERIFY.txt: the same explanation as the page, with the commands one per line between markers."""
+    facts = _facts(index)
+    lines = [
+        "证据披露包 / Disclosure package", "",
+        _INTRO_ZH.format(**facts), "", _INTRO_EN.format(**facts), "",
+        _KEY_ZH.format(**facts), "", _KEY_EN.format(**facts), "",
+        _EDGE_ZH, "    edge verify PACKAGE_DIR", "", _EDGE_EN, "",
+        _OPENSSL_ZH, "", _OPENSSL_EN, "",
+    ]
+    steps = openssl_commands(index)
+    for n, step in enumerate(steps, 1):
+        lines.append(f"# {n}. {step.zh} / {step.en}")
+    lines += ["", COMMANDS_BEGIN, *(step.command for step in steps), COMMANDS_END, "",
+              _LIMITS_ZH, "", _LIMITS_EN, "",
+              f"{CHECKSUMS_FILE}: sha256sum list of every file; {CHECKSUMS_SIGNATURE_FILE}: its Ed25519 "
+              "signature by the central.", ""]
+    return "\n".join(lines).encode("utf-8")
+
+
+def page_html(index: PackageIndex) -> bytes:
+    """README.html: a self-contained page (no scripts, no outside resources)."""
+    facts = {name: html.escape(value) for name, value in _facts(index).items()}
+    rows = []
+    for step in openssl_commands(index):
+        rows.append(f"<li><p lang=\"zh-CN\">{html.escape(step.zh)}</p>"
+                    f"<p lang=\"en\">{html.escape(step.en)}</p>"
+                    f"<pre><code class=\"command\">{html.escape(step.command)}</code></pre></li>")
+    items = "".join(
+        f"<tr><td><code>{html.escape(i.item)}</code></td><td>{html.escape(i.station)}</td>"
+        f"<td>{i.size}</td><td><code>{i.sha256}</code></td></tr>" for i in index.items)
+    body = f"""<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8"><title>证据披露包 Disclosure package</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.5}}
+pre{{background:#f4f4f4;padding:.5em;white-space:pre-wrap;word-break:break-all}}
+td,th{{border:1px solid #ccc;padding:.2em .4em;font-size:.9em}}table{{border-collapse:collapse}}
+[lang=en]{{color:#333}}</style></head><body>
+<h1>证据披露包 <span lang="en">Disclosure package</span></h1>
+<p>{_INTRO_ZH.format(**facts)}</p><p lang="en">{_INTRO_EN.format(**facts)}</p>
+<table><tr><th>证据 item</th><th>采集站 station</th><th>字节 bytes</th><th>SHA-256</th></tr>{items}</table>
+<h2>公钥 <span lang="en">The key</span></h2>
+<p>{_KEY_ZH.format(**facts)}</p><p lang="en">{_KEY_EN.format(**facts)}</p>
+<h2>edge verify</h2>
+<p>{html.escape(_EDGE_ZH)}</p><p lang="en">{html.escape(_EDGE_EN)}</p>
+<pre><code>edge verify PACKAGE_DIR</code></pre>
+<h2>openssl + sha256sum</h2>
+<p>{html.escape(_OPENSSL_ZH)}</p><p lang="en">{html.escape(_OPENSSL_EN)}</p>
+<ol>{"".join(rows)}</ol>
+<p>{html.escape(_LIMITS_ZH)}</p><p lang="en">{html.escape(_LIMITS_EN)}</p>
+</body></html>
+"""
+    return body.encode("utf-8")
