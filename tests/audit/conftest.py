@@ -89,9 +89,19 @@ async def _run_station(root: Path) -> StationEvidence:
     )
 
 
+_BUILT: list[StationEvidence] = []
+
+
+def build_station_evidence(tmp_path_factory: pytest.TempPathFactory) -> StationEvidence:
+    """The station's evidence, made once per test session (the browser tests share it)."""
+    if not _BUILT:
+        _BUILT.append(asyncio.run(_run_station(tmp_path_factory.mktemp("station-evidence"))))
+    return _BUILT[0]
+
+
 @pytest.fixture(scope="session")
 def station_evidence(tmp_path_factory: pytest.TempPathFactory) -> StationEvidence:
-    return asyncio.run(_run_station(tmp_path_factory.mktemp("station-evidence")))
+    return build_station_evidence(tmp_path_factory)
 
 
 @dataclass

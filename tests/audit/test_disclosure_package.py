@@ -4,6 +4,7 @@ literally."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html.parser
 import subprocess
@@ -190,3 +191,24 @@ async def test_unknown_case_and_unauthenticated_callers_are_refused(audit_centra
             status = 0  # the TLS handshake itself refused the client
     assert status in (0, 401, 403)
     assert not (tmp_path / "x.zip").exists()
+
+
+async def test_a_damaged_stored_object_stops_the_package(audit_central: AuditCentral, tmp_path: Path) -> None:
+    victim = audit_central.items(CASE)[0]
+    path = audit_central.object_path(victim.sha256)
+    path.chmod(0o600)
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0x01
+    path.write_bytes(bytes(data))
+    archive = tmp_path / "damaged.zip"
+    async with audit_central.reader("auditor-3") as session:
+        # The central cuts the connection: the client knows the answer is incomplete.
+        with contextlib.suppress(aiohttp.ClientPayloadError):
+            await download(session, audit_central.url, CASE, archive)
+    # Whatever arrived is no package: the central never signs a list of files over a damaged original.
+    try:
+        with zipfile.ZipFile(archive) as opened:
+            names = opened.namelist()
+    except zipfile.BadZipFile:
+        names = []
+    assert CHECKSUMS_FILE not in names

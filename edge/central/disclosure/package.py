@@ -175,8 +175,8 @@ def _write_item(
     paths = item_paths(record.item, extension_of(record))
     digest = hashlib.sha256()
     written = 0
-    content = archive.open(_info(paths.content), "w", force_zip64=True)
-    with open_object(record.sha256) as source, content as out:
+    with open_object(record.sha256) as source, archive.open(_info(paths.content), "w",
+                                                             force_zip64=True) as out:
         while chunk := source.read(_CHUNK_BYTES):
             written += len(chunk)
             if written > record.size:

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import urlencode
 
 from aiohttp import web
-from multidict import MultiDict
 
 from edge.central.disclosure.access import Reader, items_matching, log_read, reader_of
 from edge.central.disclosure.package import (
@@ -83,10 +82,17 @@ def _case(request: web.Request) -> str:
     return case
 
 
+class _Params(dict[str, str]):
+    """Query parameters given once each, read the way the read side's parser reads a multidict."""
+
+    def getall(self, name: str, default: list[str]) -> list[str]:
+        return [self[name]] if name in self else default
+
+
 def _period(request: web.Request) -> tuple[str, str]:
     """The required from/to of a period, as the read side parses them (ledger UTC time format)."""
-    given = MultiDict((name, request.query[name]) for name in ("from", "to") if name in request.query)
-    if len(given) != 2:
+    given = _Params({name: request.query[name] for name in ("from", "to") if name in request.query})
+    if set(given) != {"from", "to"}:
         raise _bad("from and to are required (ISO-8601 dates or date-times with a zone)")
     query = parse_item_query(given)
     assert query.time_from is not None and query.time_to is not None
@@ -193,8 +199,15 @@ class AuditRoutes:
 
         try:
             await asyncio.to_thread(build)
-        except DamagedObject as exc:
-            log.error("disclosure package of case %r for %s stopped: %s", case[:80], reader.name, exc)
+        except ConnectionError as exc:
+            log.info("reader %s left before the package of case %r was complete (%s)", reader.name, case[:80],
+                     exc)
+            return response
+        except (DamagedObject, OSError) as exc:
+            # Cut off before the signed list of files: the reader holds a zip that does not open, never a
+            # package that passes for complete.
+            log.error("disclosure package of case %r for %s stopped: %s; run `edge verify`", case[:80],
+                      reader.name, exc)
             if request.transport is not None:
                 request.transport.close()
             return response

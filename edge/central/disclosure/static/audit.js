@@ -54,6 +54,23 @@ async function getJson(url) {
   return doc;
 }
 
+// A duration in words: "3 天 4 小时" / "3 d 4 h", down to seconds for short ones.
+function span(seconds) {
+  if (seconds === null || seconds === undefined) return "—";
+  const units = lang === "zh" ? [["天", 86400], ["小时", 3600], ["分", 60], ["秒", 1]]
+                              : [["d", 86400], ["h", 3600], ["min", 60], ["s", 1]];
+  let rest = Math.round(seconds);
+  const parts = [];
+  for (const [name, size] of units) {
+    if (rest >= size || (size === 1 && parts.length === 0)) {
+      parts.push(`${Math.floor(rest / size)} ${name}`);
+      rest %= size;
+    }
+    if (parts.length === 2) break;
+  }
+  return parts.join(" ");
+}
+
 function cell(row, value, numeric) {
   const td = document.createElement("td");
   td.textContent = value === null || value === undefined ? "—" : String(value);
