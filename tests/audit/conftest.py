@@ -22,7 +22,7 @@ import pytest
 from edge.central.config import CentralConfig, CentralLayout
 from edge.central.embedded import EmbeddedCentral, free_port
 from edge.central.identity import enroll_reader
-from edge.central.index import ItemQuery, ItemRecord
+from edge.central.index import ItemQuery, ItemRecord, ReaderScope, Role
 from edge.central.service import RunningCentral, start_central
 from edge.central.sqlite import SqliteIndex
 from edge.ingest.tagging import tag_item
@@ -73,7 +73,8 @@ async def _run_station(root: Path) -> StationEvidence:
             agent_store = station.agent.store
             assert agent_store is not None
             index = central.running.parts.index
-            page, _ = index.query_items(ItemQuery(officer_no=specs[1].officer_no, limit=1000))
+            everything = ReaderScope("test", Role.SUPERVISOR, frozenset())
+            page, _ = index.query_items(ItemQuery(officer_no=specs[1].officer_no, limit=1000), everything)
             tagged = page[0]["item"]
             # A clerk adds the case number later: a signed `tagged` entry the uplink pushes to the central.
             tag_item(agent_store, tagged, {"case_number": CASE}, by="clerk-01")
@@ -125,15 +126,18 @@ class AuditCentral:
     def store(self) -> Path:
         return self.config.central.store_dir
 
-    def reader(self, name: str) -> aiohttp.ClientSession:
-        """A TLS session with the reader certificate of ``name`` (enrolled now)."""
+    def reader(self, name: str, role: Role = Role.SUPERVISOR, *units: str) -> aiohttp.ClientSession:
+        """A TLS session with the reader certificate of ``name``, enrolled now and granted ``role`` (over
+        ``units`` for a reader)."""
         bundle = self.workdir / f"reader-{name}-{uuid.uuid4().hex[:8]}"
         enrollment = enroll_reader(self.config, name, out_dir=bundle)
         self.index.enroll_reader(name, enrollment.cert_sha256)
+        self.running.parts.console.grant(name, role, units, by="admin", reason="test")
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl_context(bundle)))
 
     def items(self, case: str | None = None) -> list[ItemRecord]:
-        page, _ = self.index.query_items(ItemQuery(case_number=case, limit=1000))
+        everything = ReaderScope("test", Role.SUPERVISOR, frozenset())
+        page, _ = self.index.query_items(ItemQuery(case_number=case, limit=1000), everything)
         records = [self.index.item(row["item"]) for row in page]
         return [r for r in records if r is not None]
 

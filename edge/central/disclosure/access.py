@@ -1,47 +1,37 @@
 """Who is reading, and which items they may see: the one place the disclosure package, the statistics and
-the spot checks ask.
+the spot checks ask, on the auditor console's reader scope (:mod:`edge.central.console.scope`).
 
-Every read here is logged before it is answered (``log_read``): a read that cannot be logged is refused
-(503), as on the read side. Today a reader is the authenticated reader certificate (or the development
-header) and sees every item; the auditor console's reader scope (units, role, sensitive items) replaces
-:func:`reader_of` and :func:`may_see` when it lands, and nothing else in this package changes.
+A reader is a console session or a reader certificate with a grant (role and units, ``edge central
+grant``); listings filter in the database by the scope (:meth:`edge.central.storage.Index.query_items`),
+so an item of another unit, or a sensitive item that does not name the reader, never reaches a package, a
+statistic or a sample. Every read is logged before it is answered (:func:`log_read`): a read that cannot
+be logged is refused (503).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from edge.central.index import MAX_QUERY_LIMIT, ItemQuery, ItemRecord
-from edge.central.registration import RejectCode, Rejection
+from edge.central.console.scope import log_read as _log_read
+from edge.central.console.scope import reader_scope
+from edge.central.index import MAX_QUERY_LIMIT, ItemQuery, ItemRecord, ReaderScope
 
 if TYPE_CHECKING:
     from edge.central.app import CentralParts
 
-__all__ = ["Reader", "items_matching", "log_read", "may_see", "reader_of"]
+__all__ = ["Reader", "items_matching", "log_read", "reader_of"]
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Reader:
-    """An authenticated reader and what bounds their view."""
-
-    name: str
+# The reader and what bounds their view.
+Reader = ReaderScope
 
 
 async def reader_of(request: web.Request, parts: CentralParts) -> Reader:
-    """The calling reader; raises :class:`Rejection` (401/403) for anyone else."""
-    return Reader(parts.auth.reader(request))
-
-
-def may_see(parts: CentralParts, reader: Reader, record: ItemRecord) -> bool:
-    """Whether ``reader`` may see ``record`` (its unit, role and the item's sensitive marking)."""
-    return True
+    """The calling reader's scope; raises :class:`Rejection` (401/403) for anyone else."""
+    return await reader_scope(request)
 
 
 def log_read(
@@ -49,12 +39,7 @@ def log_read(
     query: str | None = None,
 ) -> None:
     """Append one access-log row; raises :class:`Rejection` (503) when it cannot be written."""
-    try:
-        parts.index.log_access(reader=reader.name, what=what, item=item, query=query, remote=request.remote)
-    except parts.index.unit.errors as exc:
-        log.error("access log unavailable (%s); refusing %s by reader %s", exc, what, reader.name)
-        raise Rejection(RejectCode.ACCESS_LOG_UNAVAILABLE,
-                        "this read cannot be logged, so it is refused; try again later") from None
+    _log_read(request, reader, what, item=item, query=query)
 
 
 def items_matching(parts: CentralParts, reader: Reader, query: ItemQuery) -> Iterator[ItemRecord]:
@@ -62,13 +47,10 @@ def items_matching(parts: CentralParts, reader: Reader, query: ItemQuery) -> Ite
     (memory holds one page of summaries, whatever the number of items)."""
     after = query.after
     while True:
-        page, cursor = parts.index.query_items(ItemQuery(
-            case_number=query.case_number, officer_no=query.officer_no, device_serial=query.device_serial,
-            station=query.station, time_from=query.time_from, time_to=query.time_to, limit=MAX_QUERY_LIMIT,
-            after=after))
+        page, cursor = parts.index.query_items(replace(query, limit=MAX_QUERY_LIMIT, after=after), reader)
         for summary in page:
             record = parts.index.item(summary["item"])
-            if record is not None and may_see(parts, reader, record):
+            if record is not None:
                 yield record
         if cursor is None:
             return

@@ -167,7 +167,7 @@ class AuditRoutes:
         central_key = parts.signing_key.public_key()
         index = PackageIndex(
             case_number=case, central=parts.config.central.id, created_utc=station_time_now(),
-            reader=reader.name, central_key_id=key_id_of(central_key),
+            reader=reader.reader, central_key_id=key_id_of(central_key),
             items=tuple(disclosed_item(r) for r in records),
             station_keys={station: tuple(sorted(keys)) for station, keys in station_keys.items()},
         )
@@ -200,19 +200,19 @@ class AuditRoutes:
         try:
             await asyncio.to_thread(build)
         except ConnectionError as exc:
-            log.info("reader %s left before the package of case %r was complete (%s)", reader.name, case[:80],
+            log.info("reader %s left before the package of case %r was complete (%s)", reader.reader, case[:80],
                      exc)
             return response
         except (DamagedObject, OSError) as exc:
             # Cut off before the signed list of files: the reader holds a zip that does not open, never a
             # package that passes for complete.
             log.error("disclosure package of case %r for %s stopped: %s; run `edge verify`", case[:80],
-                      reader.name, exc)
+                      reader.reader, exc)
             if request.transport is not None:
                 request.transport.close()
             return response
         await response.write_eof()
-        log.info("reader %s: disclosure package of case %r with %d items", reader.name, case[:80],
+        log.info("reader %s: disclosure package of case %r with %d items", reader.reader, case[:80],
                  len(records))
         return response
 
@@ -246,7 +246,7 @@ class AuditRoutes:
         for item in chosen:
             log_read(self.parts, request, reader, "spot-check", item=item, query=f"seed={seed}")
             checks.append(await check_item(self.parts, records[item]))
-        result = SpotCheck(time_from, time_to, seed, len(records), requested, reader.name, started, checks)
+        result = SpotCheck(time_from, time_to, seed, len(records), requested, reader.reader, started, checks)
         log_read(self.parts, request, reader, "spot-check-result", query=canonical_json(
             {**recorded, "sampled": len(checks), "failed": result.failed,
              "failed_items": [c.item for c in checks if not c.ok][:50]}).decode())
