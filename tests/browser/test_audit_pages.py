@@ -104,3 +104,33 @@ def test_pages_refuse_an_unauthenticated_browser(page: Page, central_url: tuple[
     page.context.set_extra_http_headers({"X-Edge-Reader": READER})
     response = page.goto(f"{url}/audit/spot-check")
     assert response is not None and response.status == 200  # control
+
+
+def test_spot_check_from_the_page_prints_a_report(page: Page,
+                                                  central_url: tuple[str, RunningCentral]) -> None:
+    url, running = central_url
+    page.context.set_extra_http_headers({"X-Edge-Reader": READER})
+    page.goto(f"{url}/audit/spot-check")
+    page.fill("input[name=from]", "2000-01-01")
+    page.fill("input[name=to]", "2100-01-01")
+    page.fill("input[name=size]", "3")
+    page.fill("input[name=seed]", "11")
+    with page.context.expect_page() as opened:
+        page.click("button[type=submit]")
+    report = opened.value
+    report.wait_for_load_state()
+    expect(report.locator("#seed")).to_have_text("11")
+    expect(report.locator("tr[data-item]")).to_have_count(3)
+    expect(report.locator("tr[data-ok=false]")).to_have_count(0)
+    report.emulate_media(media="print")
+    screenshot(report, "audit-spot-check-report")
+    # The reproduce link (hidden in print) draws the same items again.
+    assert report.locator("a.reproduce").is_hidden()
+    items = report.locator("tr[data-item]").evaluate_all("rows => rows.map(r => r.dataset.item)")
+    report.emulate_media(media="screen")
+    report.click("a.reproduce")
+    expect(report.locator("tr[data-item]")).to_have_count(3)
+    again = report.locator("tr[data-item]").evaluate_all("rows => rows.map(r => r.dataset.item)")
+    assert again == items
+    checks = [r for r in running.parts.index.access_log() if r["what"] == "spot-check" and r["item"] is None]
+    assert len(checks) == 2 and all('"seed":11' in r["query"] for r in checks)

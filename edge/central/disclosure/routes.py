@@ -200,8 +200,8 @@ class AuditRoutes:
         try:
             await asyncio.to_thread(build)
         except ConnectionError as exc:
-            log.info("reader %s left before the package of case %r was complete (%s)", reader.reader, case[:80],
-                     exc)
+            log.info("reader %s left before the package of case %r was complete (%s)", reader.reader,
+                     case[:80], exc)
             return response
         except (DamagedObject, OSError) as exc:
             # Cut off before the signed list of files: the reader holds a zip that does not open, never a
