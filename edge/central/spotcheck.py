@@ -178,14 +178,7 @@ def report_html(check: SpotCheck, reproduce_query: str) -> bytes:
     verdict_zh, verdict_en = _STATUS[check.failed == 0]
     body = f"""<!doctype html>
 <html lang="zh-CN"><head><meta charset="utf-8"><title>案卷抽查报告 Spot check report</title>
-<style>
-body{{font-family:sans-serif;margin:1.5em;line-height:1.4}}
-table{{border-collapse:collapse;width:100%}}td,th{{border:1px solid #999;padding:.25em .4em;font-size:.85em;
-vertical-align:top}}.ok{{color:#155724}}.bad{{color:#8b0000;background:#fde8e8}}
-.problem{{font-size:.8em;color:#8b0000;word-break:break-all}}code{{word-break:break-all}}
-@media print{{body{{margin:0;font-size:10pt}}a.reproduce{{display:none}}tr{{break-inside:avoid}}
-.bad{{background:none;font-weight:bold}}@page{{size:A4 landscape;margin:12mm}}}}
-</style></head><body>
+<link rel="stylesheet" href="/audit/static/report.css"></head><body>
 <h1>案卷抽查报告 <span lang="en">Spot check report</span></h1>
 <table class="facts">
 <tr><th>期间 Period</th><td>{html.escape(check.time_from)} – {html.escape(check.time_to)}</td></tr>

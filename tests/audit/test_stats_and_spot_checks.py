@@ -153,7 +153,9 @@ async def test_a_tampered_object_in_the_sample_fails_and_the_report_prints_it(
         assert failed[0]["checks"]["manifest"]["ok"] and failed[0]["checks"]["receipt"]["ok"]
         assert failed[0]["checks"]["ledger"]["ok"]
         status, page = await get(session, f"{url}/report", params)
-    assert status == 200 and "@media print" in page
+        assert status == 200 and '<link rel="stylesheet" href="/audit/static/report.css">' in page
+        status, style = await get(session, f"{audit_central.url}/audit/static/report.css", {})
+        assert status == 200 and "@media print" in style
     parsed = _Rows()
     parsed.feed(page)
     assert len(parsed.rows) == 8 and parsed.rows[victim.item] is False

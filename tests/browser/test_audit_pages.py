@@ -104,6 +104,9 @@ def test_pages_refuse_an_unauthenticated_browser(page: Page, central_url: tuple[
     page.context.set_extra_http_headers({"X-Edge-Reader": READER})
     response = page.goto(f"{url}/audit/spot-check")
     assert response is not None and response.status == 200  # control
+    # No inline script or style runs on these pages (the other tests show they work under this policy).
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
 
 
 def test_spot_check_from_the_page_prints_a_report(page: Page,
