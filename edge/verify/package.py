@@ -1,8 +1,9 @@
 """`edge verify PACKAGE_DIR`: check an unzipped disclosure package offline, naming every file or entry that
 is wrong.
 
-A package (layout: :mod:`edge.custody.disclosure`) verifies when: SHA256SUMS is signed by the central key
-(the one in the package, or the one given with ``--central-key``); every file it lists is there and hashes
+A package (layout: :mod:`edge.custody.disclosure`) verifies when: SHA256SUMS is signed by the pinned
+central key (``--central-key``, or the station configuration's; without one the package's own key is used
+and the verdict is ORIGIN UNPROVEN, never OK); every file it lists is there and hashes
 to its line, and no other file is there; package.json lists the items and station keys; every item's
 manifest is signed by one of its station's keys in the package and names the original's hash and size,
 its receipt is the central's (signed tree head, inclusion proof) for exactly this item and manifest, the
@@ -10,7 +11,9 @@ ledger segment holds its acquired and sealed entries; the files openssl checks (
 content.sha256) say the same as the documents they are cut from; and each station's ledger segment is an
 unbroken hash chain ending at a checkpoint signed by one of the station's keys. Files are hashed a chunk
 at a time, so memory stays bounded whatever the evidence size. Redacted ledger entries (items outside the
-package) are checked to link, and counted in a note.
+package) are checked to link, and counted in a note; a disclosed entry they separate from the signed
+checkpoint is named NOT BOUND (its content rests on the central's word), a redacted line where a disclosed
+item's manifest puts its acquired entry is refused, and each item must belong to the package's case.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from edge.custody.errors import CanonicalJsonError, CustodyError, LedgerError
 from edge.custody.keys import key_id_of, load_public_key, public_key_raw, verify_signature
 from edge.custody.ledger import Checkpoint, LedgerEntry, RedactedEntry, checkpoint_payload
 from edge.custody.problems import Problem
+from edge.custody.text import printable
 from edge.verify.station import VerifyReport
 
 __all__ = ["is_package", "verify_package"]
@@ -220,16 +224,38 @@ def _segment(
     return entries, checkpoint
 
 
+def central_key_fingerprint(key: Ed25519PublicKey) -> str:
+    """SHA-256 of the raw 32-byte public key, in groups of four hex digits: what a person compares with
+    the fingerprint the agency gives out of band."""
+    digest = hashlib.sha256(public_key_raw(key)).hexdigest()
+    return " ".join(digest[i:i + 4] for i in range(0, len(digest), 4))
+
+
 def verify_package(root: Path, central_key: Ed25519PublicKey | None = None) -> VerifyReport:
-    """Every problem with the unzipped package at ``root``; ``central_key`` pins the central's key."""
+    """Every problem with the unzipped package at ``root``; ``central_key`` pins the central's key.
+
+    Without a pinned key the package's own key is used for the checks, and ``report.unproven["origin"]``
+    says so: a package that vouches for itself proves nothing about who built it. Disclosed ledger entries
+    that a redacted line separates from the station's signed checkpoint are named in
+    ``report.unproven["binding"]``: their content rests on the central's word alone (a redacted line's
+    hash cannot be recomputed).
+    """
     report = VerifyReport(f"disclosure package {root}")
     problems = report.problems
     included = _key(root, CENTRAL_KEY_FILE, problems)
     if central_key is None:
         central_key = included
         if included is not None:
-            report.notes.append(f"the central key was taken from the package (id {key_id_of(included)}): "
-                                "compare it with the key your agency publishes, or pin it with --central-key")
+            fingerprint = central_key_fingerprint(included)
+            report.unproven["origin"] = (
+                f"no central key was pinned: the package's own key {CENTRAL_KEY_FILE} (id "
+                f"{key_id_of(included)}, SHA-256 fingerprint {fingerprint}) vouches only for itself")
+            report.notes.insert(0, (
+                f"ORIGIN UNPROVEN: the central key in this package has SHA-256 fingerprint {fingerprint} "
+                f"(id {key_id_of(included)}). Anyone can build a self-consistent package with a key of their "
+                "own: obtain your agency central's key fingerprint out of band (not from this package), "
+                "compare, then pin it: edge verify --central-key central-signing.pub PACKAGE_DIR (or "
+                "--config the station configuration that pins it)"))
     elif included is not None and public_key_raw(included) != public_key_raw(central_key):
         problems.append(Problem(f"file {CENTRAL_KEY_FILE}", f"is key {key_id_of(included)}, not the pinned "
                                                             f"central key {key_id_of(central_key)}"))
@@ -244,6 +270,7 @@ def verify_package(root: Path, central_key: Ed25519PublicKey | None = None) -> V
         return report
     keys = _station_keys(root, index, problems)
     segments: dict[str, list[LedgerEntry | RedactedEntry]] = {}
+    checkpoints: dict[str, Checkpoint] = {}
     redacted = 0
     for station in sorted(index.station_keys):
         entries, checkpoint = _segment(root, station, problems)
@@ -251,10 +278,15 @@ def verify_package(root: Path, central_key: Ed25519PublicKey | None = None) -> V
         redacted += sum(isinstance(e, RedactedEntry) for e in entries)
         if checkpoint is None:
             continue
+        checkpoints[station] = checkpoint
         problems.extend(Problem(f"ledger/{station} {p.where}", p.what)
                         for p in ledger_segment_problems(station, entries, checkpoint, keys.get(station, {})))
+    pinned: set[tuple[str, int, str]] = set()  # (station, seq, hash) a station-signed manifest names
     for item in index.items:
-        _check_item(root, item, listed, keys, segments, central_key, problems)
+        chain = _check_item(root, item, index.case_number, listed, keys, segments, central_key, problems)
+        if chain is not None:
+            pinned.add((item.station, *chain))
+    _check_binding(index, segments, checkpoints, pinned, report)
     report.checked.update({"items": len(index.items), "stations": len(index.station_keys),
                            "ledger_entries": sum(len(e) for e in segments.values())})
     if redacted:
@@ -263,27 +295,78 @@ def verify_package(root: Path, central_key: Ed25519PublicKey | None = None) -> V
     return report
 
 
-def _check_item(
-    root: Path, item: Any, listed: Mapping[str, str], keys: Mapping[str, Mapping[str, Any]],
-    segments: Mapping[str, list[LedgerEntry | RedactedEntry]], central_key: Ed25519PublicKey,
-    problems: list[Problem],
+def _check_binding(
+    index: PackageIndex, segments: Mapping[str, list[LedgerEntry | RedactedEntry]],
+    checkpoints: Mapping[str, Checkpoint], pinned: set[tuple[str, int, str]], report: VerifyReport,
 ) -> None:
+    """Which disclosed entries the station's signed checkpoint reaches by a recomputable chain.
+
+    A whole entry is bound when every entry after it up to the checkpoint is whole (each hash recomputed
+    from content), or when a station-signed manifest names its hash. An entry before a redacted line is
+    not: the redacted line's hash is the central's word, so the central alone could rewrite the entry and
+    patch the redacted line's prev. A redacted line where a disclosed item's manifest puts its acquired
+    entry is refused outright.
+    """
+    disclosed = {(item.station, item.item) for item in index.items}
+    acquired_at = {(station, seq) for station, seq, _ in pinned}
+    unbound: list[str] = []
+    unbound_other = 0
+    for station, entries in sorted(segments.items()):
+        checkpoint = checkpoints.get(station)
+        if checkpoint is None:
+            continue
+        for entry in entries:
+            if isinstance(entry, RedactedEntry) and (station, entry.seq) in acquired_at:
+                report.problems.append(Problem(
+                    f"ledger/{station} seq {entry.seq}", "is a redacted line, but a disclosed item's signed "
+                    "manifest names its acquired entry here: an entry of a disclosed item was hidden"))
+        last_redacted = max((n for n, e in enumerate(entries)
+                             if isinstance(e, RedactedEntry) and e.seq <= checkpoint.seq), default=-1)
+        for entry in entries[:max(last_redacted, 0)]:
+            if not isinstance(entry, LedgerEntry) or (station, entry.seq, entry.hash) in pinned:
+                continue
+            if entry.item is not None and (station, entry.item) in disclosed:
+                unbound.append(f"ledger/{station} seq {entry.seq} ({printable(entry.type)} of item "
+                               f"{printable(entry.item)})")
+            else:
+                unbound_other += 1
+    report.checked["ledger_entries_unbound"] = len(unbound)
+    if unbound:
+        report.unproven["binding"] = (
+            f"{len(unbound)} custody entries of disclosed items are not bound to the station's signed "
+            "checkpoint: a redacted line follows them, so they rest on the central's word")
+        for where in unbound:
+            report.notes.append(f"NOT BOUND {where}: a redacted line lies between it and the station's "
+                                "signed checkpoint, so its content rests on the central's word, not the "
+                                "station's signature")
+    if unbound_other:
+        report.notes.append(f"{unbound_other} disclosed station entries of no disclosed item are not bound "
+                            "to the signed checkpoint either (a redacted line follows them)")
+
+
+def _check_item(
+    root: Path, item: Any, case_number: str, listed: Mapping[str, str],
+    keys: Mapping[str, Mapping[str, Any]], segments: Mapping[str, list[LedgerEntry | RedactedEntry]],
+    central_key: Ed25519PublicKey, problems: list[Problem],
+) -> tuple[int, str] | None:
+    """Check one item; the (seq, hash) of the acquired entry its manifest names, when it names one."""
     paths = item_paths(item.item, item.extension)
     if item.station not in keys:
         problems.append(Problem(f"item {item.item}", f"its station {item.station} has no keys in "
                                                      "package.json"))
-        return
+        return None
     manifest = _read_json(root, paths.manifest, problems)
     receipt = _read_json(root, paths.receipt, problems)
     if not isinstance(manifest, dict):
-        return
+        return None
     content = root / paths.content
     try:
         content_sha = _hash_file(content) if paths.content in listed else ""
         size = content.stat().st_size
     except OSError:
         problems.append(Problem(f"item {item.item}", f"its original {paths.content} is missing"))
-        return
+        return None
+    _check_membership(item.item, case_number, manifest, segments.get(item.station, []), problems)
     found = item_evidence_problems(
         item=item.item, station=item.station, content_sha256=content_sha, content_size=size,
         manifest=manifest, station_keys=keys[item.station],
@@ -312,3 +395,26 @@ def _check_item(
         else:
             _same(root, paths.tree_head_payload, head_payload, problems)
             _same(root, paths.tree_head_signature, head_signature, problems)
+    chain = manifest.get("chain")
+    seq = chain.get("seq") if isinstance(chain, Mapping) else None
+    entry_hash = chain.get("entry_hash") if isinstance(chain, Mapping) else None
+    if isinstance(seq, int) and isinstance(entry_hash, str):
+        return seq, entry_hash
+    return None
+
+
+def _check_membership(item: str, case_number: str, manifest: Mapping[str, Any],
+                      entries: list[LedgerEntry | RedactedEntry], problems: list[Problem]) -> None:
+    """The item belongs to the package's case: its station-signed manifest's case, changed by its disclosed
+    ``tagged`` entries in ledger order (as the station computes it), names the case."""
+    case = manifest.get("case")
+    found = case.get("case_number") if isinstance(case, Mapping) else None
+    for entry in entries:
+        if isinstance(entry, LedgerEntry) and entry.item == item and entry.type == "tagged":
+            changes = entry.data.get("changes")
+            if isinstance(changes, Mapping) and "case_number" in changes:
+                found = changes["case_number"]
+    if found != case_number:
+        problems.append(Problem(f"item {item}", f"does not belong to case {printable(case_number)}: its "
+                                                f"signed manifest and its disclosed tagged entries name case "
+                                                f"{printable(str(found))}"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from edge.central.disclosure.page import COMMANDS_BEGIN, COMMANDS_END
+from edge.central.identity import load_signing_key
 from edge.custody.canonical import parse_json
 from edge.custody.disclosure import CHECKSUMS_FILE, INDEX_FILE, PAGE_FILE, TEXT_FILE
 from edge.custody.keys import StationKey
@@ -96,10 +97,16 @@ async def test_package_holds_the_case_and_verifies_with_edge_verify(audit_centra
     ledger_text = (folder / "ledger" / "TEST-STATION" / "entries.jsonl").read_text()
     assert not any(item in ledger_text for item in other)
     assert '"redacted":true' in ledger_text
+    # Without a pinned key every check holds and the verdict is still not OK: the package's own key.
     verdict = run_edge("verify", str(folder))
-    assert verdict.code == 0, verdict
-    assert "OK: disclosure package" in verdict.stdout and "6 items" in verdict.stdout
+    assert verdict.code == 4, verdict
+    assert "ORIGIN UNPROVEN: disclosure package" in verdict.stdout and "6 items" in verdict.stdout
     assert "redacted" in verdict.stdout  # the note says what could only be linked
+    # The agency's key pinned: the entries a redacted line follows rest on the central's word (NOT BOUND).
+    real = tmp_path / "central.pub"
+    real.write_bytes(load_signing_key(audit_central.config).public_pem())
+    pinned = run_edge("verify", "--central-key", str(real), str(folder))
+    assert pinned.code == 5 and "NOT BOUND: disclosure package" in pinned.stdout, pinned
     # A central key pinned from elsewhere that is not the package's: refused.
     foreign = tmp_path / "other.pem"
     foreign.write_bytes(StationKey.generate().public_pem())
@@ -135,7 +142,7 @@ async def test_edge_verify_names_a_removed_file_a_foreign_file_and_a_changed_led
     audit_central: AuditCentral, tmp_path: Path
 ) -> None:
     folder = await unzipped_package(audit_central, tmp_path)
-    assert run_edge("verify", str(folder)).code == 0  # control
+    assert run_edge("verify", str(folder)).code == 4  # control: holds (origin unproven: no pinned key)
     record = audit_central.items(CASE)[1]
     receipt = folder / "items" / record.item / "receipt.json"
     saved = receipt.read_bytes()
@@ -143,7 +150,7 @@ async def test_edge_verify_names_a_removed_file_a_foreign_file_and_a_changed_led
     verdict = run_edge("verify", str(folder))
     assert verdict.code == 1 and verdict.names(f"items/{record.item}/receipt.json"), verdict
     receipt.write_bytes(saved)
-    assert run_edge("verify", str(folder)).code == 0
+    assert run_edge("verify", str(folder)).code == 4
     (folder / "items" / record.item / "note.txt").write_text("added later\n")
     verdict = run_edge("verify", str(folder))
     assert verdict.code == 1 and verdict.names(f"items/{record.item}/note.txt"), verdict

@@ -67,5 +67,5 @@ async def test_a_package_larger_than_its_memory_bound_streams(tmp_path: Path) ->
     with zipfile.ZipFile(archive) as opened:
         opened.extractall(folder)
     verdict = run_edge("verify", str(folder))
-    assert verdict.code == 0, verdict
+    assert verdict.code == 4, verdict  # every check holds; origin unproven without a pinned key
     assert expected in (folder / "SHA256SUMS").read_text()

@@ -36,35 +36,50 @@ _INTRO_EN = (
     "central's receipts and the central's public key."
 )
 _KEY_ZH = (
-    "第一步：确认中心公钥。本包内的中心公钥 {key_file} 的标识为 {key_id}。请与本机构公布的中心公钥"
-    "（或采集站登记包中的 central-signing.pub）比对，例如 cmp {key_file} central-signing.pub。"
-    "只有公钥来源可信，下面的签名检查才有意义。"
+    "第一步：先确认中心公钥，再做任何检查。本包内的中心公钥 {key_file} 的标识为 {key_id}，但它是本包自带的："
+    "任何人都能用自己的密钥做出一个自洽的包。请从包以外的渠道（本机构当面、公函或电话告知的指纹，或采集站"
+    "登记包中的 central-signing.pub）取得本机构中心公钥的 SHA-256 指纹，与 edge verify 显示的指纹比对一致后，"
+    "用 --central-key central-signing.pub 指定它（或用 --config 指定采集站配置中固定的中心公钥）。"
+    "未指定公钥时 edge verify 的结论是“ORIGIN UNPROVEN（来源未证实）”，退出码 4，不是通过。"
 )
 _KEY_EN = (
-    "Step one: trust the central's key. The central key in this package, {key_file}, has the id {key_id}. "
-    "Compare it with the key your agency publishes (or central-signing.pub from a station's enrolment "
-    "bundle), for example cmp {key_file} central-signing.pub. The signature checks below mean something "
-    "only when that key is the real one."
+    "Step one: pin the central's key before anything else. The central key in this package, {key_file}, "
+    "has the id {key_id}, but it came with the package: anyone can build a self-consistent package with a "
+    "key of their own. Obtain your agency central's key fingerprint out of band (in person, by letter or "
+    "phone, or central-signing.pub from a station's enrolment bundle), compare it with the SHA-256 "
+    "fingerprint edge verify prints, then pin it with --central-key central-signing.pub (or --config the "
+    "station configuration that pins it). Without a pinned key edge verify says ORIGIN UNPROVEN and exits "
+    "4: that is not a pass."
 )
-_EDGE_ZH = "方法一：安装 evidence-edge 后运行 edge verify 解压后的文件夹，它离线检查全部内容（哈希、签名、回执的包含证明、台账连续性），全部通过时退出码为 0，否则逐项指出哪个文件或哪条台账记录有问题。可加 --central-key central-signing.pub 指定可信的中心公钥。"  # noqa: E501
-_EDGE_EN = ("Way one: with evidence-edge installed, run edge verify on the unzipped folder. It checks "
-            "everything offline (hashes, signatures, the receipts' inclusion proofs, the continuity of the "
-            "ledger segments), exits 0 when all holds, and otherwise names each file or ledger entry that "
-            "is wrong. Add --central-key central-signing.pub to pin the central key you trust.")
-_OPENSSL_ZH = "方法二：只用 openssl（3.0 或更新）和 sha256sum。在解压后的文件夹中逐条运行下列命令；每条命令成功时退出码为 0（openssl 显示 Signature Verified Successfully，sha256sum 显示 OK 或不显示），任何一条失败即说明包被改动。"  # noqa: E501
-_OPENSSL_EN = ("Way two: openssl (3.0 or later) and sha256sum alone. Run each command below in the unzipped "
+_EDGE_ZH = ("方法二：安装 evidence-edge 后运行 edge verify --central-key central-signing.pub 解压后的文件夹，"
+            "它离线检查全部内容（哈希、签名、回执的包含证明、台账连续性）。退出码：0 全部通过；1 有问题（逐项"
+            "指出哪个文件或哪条台账记录）；2 用法或输入错误；4 ORIGIN UNPROVEN，未指定中心公钥，来源未证实；"
+            "5 NOT BOUND，包内各项一致，但某些已披露的保管记录之后、采集站签名检查点之前隔着被隐去（redacted）"  # noqa: E501
+            "的记录，这些记录（逐条列出）只凭中心的一面之词，未被采集站签名约束。")
+_EDGE_EN = ("Way two: with evidence-edge installed, run edge verify --central-key central-signing.pub on the "
+            "unzipped folder. It checks everything offline (hashes, signatures, the receipts' inclusion "
+            "proofs, the continuity of the ledger segments). Exit status: 0 all holds; 1 problems (each file "
+            "or ledger entry named); 2 a usage or input error; 4 ORIGIN UNPROVEN, no central key was pinned; "
+            "5 NOT BOUND, the package holds together but a redacted line lies between some disclosed custody "
+            "entries and the station's signed checkpoint, so those entries (each named) rest on the "
+            "central's word, not the station's signature.")
+_OPENSSL_ZH = "方法三：只用 openssl（3.0 或更新）和 sha256sum。在解压后的文件夹中逐条运行下列命令；每条命令成功时退出码为 0（openssl 显示 Signature Verified Successfully，sha256sum 显示 OK 或不显示），任何一条失败即说明包被改动。"  # noqa: E501
+_OPENSSL_EN = ("Way three: openssl (3.0 or later) and sha256sum alone. Run each command below in the unzipped "  # noqa: E501
                "folder; each exits 0 when its check holds (openssl prints Signature Verified Successfully, "
                "sha256sum prints OK or nothing), and any failure means the package was changed.")
 _LIMITS_ZH = ("这些命令证明：每个文件都是中心签发时的样子；每个原始文件的哈希值就是采集站签名的哈希值；"
               "回执的树头和台账检查点的签名有效。回执的包含证明（默克尔路径）和台账的哈希链需要 edge verify "
               "或按 RFC 9162 自行计算。台账片段中其他证据的记录只显示序号和哈希（redacted），只能检查它们"
-              "前后相连，内容不公开。")
+              "前后相连，内容不公开；它们之前的已披露记录因此不受采集站签名约束（见退出码 5）。每个证据的已签名"  # noqa: E501
+              "清单及其披露的标注（tagged）记录必须载明本案案号，否则 edge verify 指出该证据不属于本案。")
 _LIMITS_EN = ("These commands prove that every file is as the central issued it, that each original's hash "
               "is the hash its station signed, and that the receipts' tree heads and the ledger checkpoints "
               "are validly signed. The receipts' inclusion proofs (Merkle audit paths) and the ledger's hash "
               "chain need edge verify, or a computation after RFC 9162 by hand. Entries of other items in a "
               "ledger segment show only their sequence number and hashes (\"redacted\"): they are checked "
-              "to link, their content is not disclosed.")
+              "to link, their content is not disclosed, so disclosed entries before them are not bound by the "  # noqa: E501
+              "station's signature (exit status 5). Each item's signed manifest, with its disclosed tagged "
+              "entries, must name this case, else edge verify names the item as not belonging to it.")
 
 
 def _facts(index: PackageIndex) -> dict[str, str]:
@@ -80,7 +95,7 @@ def page_text(index: PackageIndex) -> bytes:
         "证据披露包 / Disclosure package", "",
         _INTRO_ZH.format(**facts), "", _INTRO_EN.format(**facts), "",
         _KEY_ZH.format(**facts), "", _KEY_EN.format(**facts), "",
-        _EDGE_ZH, "    edge verify PACKAGE_DIR", "", _EDGE_EN, "",
+        _EDGE_ZH, "    edge verify --central-key central-signing.pub PACKAGE_DIR", "", _EDGE_EN, "",
         _OPENSSL_ZH, "", _OPENSSL_EN, "",
     ]
     steps = openssl_commands(index)
@@ -117,7 +132,7 @@ td,th{{border:1px solid #ccc;padding:.2em .4em;font-size:.9em}}table{{border-col
 <p>{_KEY_ZH.format(**facts)}</p><p lang="en">{_KEY_EN.format(**facts)}</p>
 <h2>edge verify</h2>
 <p>{html.escape(_EDGE_ZH)}</p><p lang="en">{html.escape(_EDGE_EN)}</p>
-<pre><code>edge verify PACKAGE_DIR</code></pre>
+<pre><code>edge verify --central-key central-signing.pub PACKAGE_DIR</code></pre>
 <h2>openssl + sha256sum</h2>
 <p>{html.escape(_OPENSSL_ZH)}</p><p lang="en">{html.escape(_OPENSSL_EN)}</p>
 <ol>{"".join(rows)}</ol>
