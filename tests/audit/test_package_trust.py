@@ -80,6 +80,20 @@ async def test_a_package_that_brings_its_own_key_is_origin_unproven(audit_centra
     assert central_key_fingerprint(real.public_key()) in unpinned.stdout
     answer = json.loads(run_edge("verify", "--json", str(folder)).stdout)
     assert answer["verdict"] == "ORIGIN UNPROVEN" and answer["exit_status"] == 4 and answer["ok"]
+    # The key a station configuration pins (its trust bundle) pins it too; a foreign one is refused.
+    config = tmp_path / "station.toml"
+    for key, expected in ((_pin(audit_central, tmp_path), pinned.code), (_foreign_key(tmp_path), 1)):
+        config.write_text(f'[station]\nid = "TEST-STATION"\nstore_dir = "{tmp_path / "store"}"\n[usb]\n'
+                          f'mount_root = "{tmp_path / "media"}"\n[uplink]\ncentral_signing_key = "{key}"\n',
+                          encoding="utf-8")
+        by_config = run_edge("verify", "--config", str(config), str(folder))
+        assert by_config.code == expected and "ORIGIN UNPROVEN" not in by_config.stdout, by_config
+
+
+def _foreign_key(tmp_path: Path) -> Path:
+    path = tmp_path / "foreign.pub"
+    path.write_bytes(StationKey.generate().public_pem())
+    return path
 
 
 async def test_a_package_built_by_a_foreign_central_is_refused_with_the_pinned_key(
