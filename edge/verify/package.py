@@ -53,7 +53,7 @@ from edge.custody.problems import Problem
 from edge.custody.text import printable
 from edge.verify.station import VerifyReport
 
-__all__ = ["is_package", "verify_package"]
+__all__ = ["central_key_fingerprint", "is_package", "verify_package"]
 
 _CHUNK_BYTES = 1 << 20
 # Documents read whole (package.json, manifests, receipts, ledger lines) are small; a bigger one is hostile.
