@@ -132,11 +132,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 VERIFY_OK = 0  # every check held, for a station store the central's witnessing included
 VERIFY_FAILED = 1  # problems found (named on FAIL lines)
 VERIFY_LOCAL_ONLY = 3  # a station store whose local checks held, but the central was not consulted
+VERIFY_ORIGIN_UNPROVEN = 4  # a disclosure package that holds together, but no central key was pinned
+VERIFY_NOT_BOUND = 5  # a package whose disclosed custody entries the station's signed chain does not reach
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from edge.custody.errors import CustodyError
     from edge.custody.keys import load_public_key
+    from edge.verify.package import is_package, verify_package
     from edge.verify.station import (
         VerifyReport,
         is_receipt_file,
@@ -155,6 +158,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 2
     if (target / "index.db").is_file():
         report = _verify_central(target, central_key)
+    elif is_package(target):
+        # An unzipped disclosure package (一案一包): checked offline against the central key, pinned with
+        # --central-key or by the station configuration given with --config; never the package's own.
+        if central_key is None and args.config:
+            try:
+                central_key = _configured_central_key(Path(args.config))
+            except (ConfigError, CustodyError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        report = verify_package(target, central_key)
     elif args.item or is_store(target):
         if not is_store(target):
             print(f"error: {target} is not a station store (no state.db)", file=sys.stderr)
@@ -177,8 +190,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report = verify_file(target, key)
     else:
         print(
-            f"error: {target} is neither a sealed file, a receipt, a station store (state.db) nor a "
-            "central store (index.db)",
+            f"error: {target} is neither a sealed file, a receipt, a station store (state.db), a "
+            "central store (index.db) nor an unzipped disclosure package (package.json)",
             file=sys.stderr,
         )
         return 2
@@ -188,6 +201,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
                   and not report.checked.get("central_consulted"))
     verdict, status = ("LOCAL CHECKS ONLY", VERIFY_LOCAL_ONLY) if local_only else (
         ("OK", VERIFY_OK) if report.ok else ("FAILED", VERIFY_FAILED))
+    if report.ok and "origin" in report.unproven:
+        verdict, status = "ORIGIN UNPROVEN", VERIFY_ORIGIN_UNPROVEN
+    elif report.ok and "binding" in report.unproven:
+        verdict, status = "NOT BOUND", VERIFY_NOT_BOUND
     # What a store, a manifest or a receipt says can be anything a forger wrote: shown escaped.
     if args.json:
         answer = {**report.as_dict(), "verdict": verdict, "exit_status": status}
@@ -200,9 +217,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         checked = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.checked.items())
         unwitnessed = (": every local check held, but the central was not consulted, so what it witnessed "
                        "was not checked (see the notes)") if local_only else ""
-        summary = f"{verdict}: {report.target} ({checked}; {len(report.problems)} problem(s)){unwitnessed}"
+        unproven = "".join(f"; {why}" for why in report.unproven.values()) if report.ok else ""
+        summary = (f"{verdict}: {report.target} ({checked}; {len(report.problems)} problem(s)){unwitnessed}"
+                   f"{unproven}")
         print(printable(summary))
     return status
+
+
+def _configured_central_key(config_path: Path) -> Any:
+    """The central key a station configuration pins ([uplink] pinned key), for checking a package."""
+    from edge.custody.keys import load_public_key
+
+    config = load_config(config_path)
+    pinned = config.uplink.pinned_key_path
+    if pinned is None:
+        raise ConfigError(f"{config_path}: pins no central key ([uplink]); give --central-key")
+    return load_public_key(pinned)
 
 
 def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, central_key: Any) -> Any:
@@ -366,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     verify = sub.add_parser(
-        "verify", help="verify a sealed file, an item, a station store, a central store or a receipt"
+        "verify", help="verify a sealed file, an item, a station store, a central store, a receipt or an "
+        "unzipped disclosure package"
     )
     verify.add_argument(
         "path", help="sealed evidence file, station store, central store, or a .receipt.json file"
@@ -381,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         help="the station configuration of the store (default: $EDGE_STATION_CONFIG, else "
         "/etc/evidence-edge/station.toml when it configures this store): its pinned central key checks "
-        "receipts and witnessed heads, and its central is asked for its witnessed head",
+        "receipts and witnessed heads, and its central is asked for its witnessed head; for a disclosure "
+        "package, its pinned central key is the key the package must be signed with",
     )
     verify.add_argument("--json", action="store_true", help="one JSON object")
     verify.set_defaults(func=cmd_verify)

@@ -350,6 +350,7 @@ def build_app(
     from edge.central.console.pages import add_console_pages
     from edge.central.console.signin import add_sign_in_routes
     from edge.central.console.state import CONSOLE, ConsoleState
+    from edge.central.disclosure.routes import add_audit_routes
     from edge.central.readside import add_read_routes
     from edge.central.station_ledger_read import add_station_ledger_route
 
@@ -406,6 +407,7 @@ def build_app(
     add_sign_in_routes(app)
     add_console_api_routes(app, parts)
     add_console_pages(app)
+    add_audit_routes(app, parts)
     expire_s = min(config.uploads.expire_incomplete_s, config.uploads.expire_unregistered_s)
     interval_s = min(_PURGE_MAX_INTERVAL_S, max(_PURGE_MIN_INTERVAL_S, expire_s / 10))
     app.cleanup_ctx.append(tus_purge_task(uploads, interval_s))

@@ -48,6 +48,10 @@ class VerifyReport:
     # The newest seq the ledger still shares with what the central witnessed, when it no longer holds a
     # witnessed head (None when it holds them all): where to compare it with the central's copy.
     diverged_after: int | None = None
+    # Checks that held but prove less than they seem, by kind ("origin": a package whose central key was
+    # not pinned; "binding": disclosed custody entries the station's signed chain does not reach), each
+    # with its reason: `edge verify` gives them their own verdicts and exit statuses, never a plain OK.
+    unproven: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -60,6 +64,7 @@ class VerifyReport:
             "checked": self.checked,
             "problems": [{"where": p.where, "what": p.what} for p in self.problems],
             "notes": list(self.notes),
+            "unproven": dict(self.unproven),
         }
 
 

@@ -1,0 +1,449 @@
+"""The disclosure package (一案一包): its layout, the checks of one disclosed item, and the offline commands.
+
+A disclosure package is everything a court expert needs to check one case's evidence without the central:
+
+    package.json                      what the package holds (format, case, items, stations, key files)
+    SHA256SUMS                        sha256sum lines of every other file but SHA256SUMS.sig
+    SHA256SUMS.sig                    the central's Ed25519 signature over SHA256SUMS (raw 64 bytes)
+    README.html, VERIFY.txt           how to verify it, in Chinese and English
+    keys/central-signing.pem          the central's signing key (compare its id with the published one)
+    keys/station-STATION-KEYID.pem    every key the station was enrolled with
+    items/ITEM/ITEM.EXT               the original bytes as the central stores them
+    items/ITEM/manifest.json          the signed manifest exactly as the station sent it
+    items/ITEM/manifest.payload       the bytes the station signed (the manifest without its signature)
+    items/ITEM/manifest.sig           that signature (raw 64 bytes)
+    items/ITEM/content.sha256         one sha256sum line: the signed hash of the original
+    items/ITEM/receipt.json           the central's receipt with its inclusion proof
+    items/ITEM/tree-head.payload      the bytes the central signed for the receipt's tree head
+    items/ITEM/tree-head.sig          that signature
+    ledger/STATION/entries.jsonl      the station ledger from the first entry of a disclosed item to the
+                                      first signed checkpoint after its last one, one entry per line
+    ledger/STATION/checkpoint.json    that checkpoint; .payload and .sig as above
+
+Entries of items outside the package (other cases, or items the reader may not see) are in the ledger
+file as ``{"seq", "prev", "hash", "redacted": true}``: the chain around the disclosed entries still links
+through them, but what they say is not shown and cannot be re-hashed, so a verifier reports how many it
+could only link.
+
+Everything here is pure: the central builds packages with it (:mod:`edge.central.disclosure`), `edge
+verify` checks them (:mod:`edge.verify.package`) and the spot checks (:mod:`edge.central.spotcheck`)
+check stored items with the same :func:`item_evidence_problems`. The commands a person runs with
+openssl and sha256sum alone come from :func:`openssl_commands`, the one source of both the page and
+the test that runs them literally.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge.custody.canonical import canonical_json, sha256_hex
+from edge.custody.errors import CanonicalJsonError, LedgerError
+from edge.custody.keys import key_id_of
+from edge.custody.keyschedule import KeySchedule, ScheduledKey
+from edge.custody.ledger import Checkpoint, LedgerEntry, RedactedEntry, verify_chain
+from edge.custody.manifest import verify_manifest
+from edge.custody.problems import Problem
+from edge.custody.receipt import tree_head_payload, verify_receipt
+
+__all__ = [
+    "CENTRAL_KEY_FILE",
+    "CHECKSUMS_FILE",
+    "CHECKSUMS_SIGNATURE_FILE",
+    "INDEX_FILE",
+    "PACKAGE_FORMAT",
+    "PAGE_FILE",
+    "TEXT_FILE",
+    "DisclosedItem",
+    "PackageIndex",
+    "Step",
+    "checksum_line",
+    "entry_from_line",
+    "entry_line",
+    "item_evidence_problems",
+    "item_paths",
+    "ledger_paths",
+    "ledger_segment_problems",
+    "manifest_signature_parts",
+    "openssl_commands",
+    "station_key_file",
+    "tree_head_signature_parts",
+]
+
+PACKAGE_FORMAT = "evidence-edge/disclosure/1"
+INDEX_FILE = "package.json"
+CHECKSUMS_FILE = "SHA256SUMS"
+CHECKSUMS_SIGNATURE_FILE = "SHA256SUMS.sig"
+PAGE_FILE = "README.html"
+TEXT_FILE = "VERIFY.txt"
+CENTRAL_KEY_FILE = "keys/central-signing.pem"
+
+
+def station_key_file(station: str, key_id: str) -> str:
+    return f"keys/station-{station}-{key_id}.pem"
+
+
+@dataclass(frozen=True)
+class ItemPaths:
+    content: str
+    manifest: str
+    manifest_payload: str
+    manifest_signature: str
+    content_checksum: str
+    receipt: str
+    tree_head_payload: str
+    tree_head_signature: str
+
+
+def item_paths(item: str, extension: str) -> ItemPaths:
+    base = f"items/{item}"
+    return ItemPaths(
+        content=f"{base}/{item}.{extension}",
+        manifest=f"{base}/manifest.json",
+        manifest_payload=f"{base}/manifest.payload",
+        manifest_signature=f"{base}/manifest.sig",
+        content_checksum=f"{base}/content.sha256",
+        receipt=f"{base}/receipt.json",
+        tree_head_payload=f"{base}/tree-head.payload",
+        tree_head_signature=f"{base}/tree-head.sig",
+    )
+
+
+@dataclass(frozen=True)
+class LedgerPaths:
+    entries: str
+    checkpoint: str
+    checkpoint_payload: str
+    checkpoint_signature: str
+
+
+def ledger_paths(station: str) -> LedgerPaths:
+    base = f"ledger/{station}"
+    return LedgerPaths(f"{base}/entries.jsonl", f"{base}/checkpoint.json", f"{base}/checkpoint.payload",
+                       f"{base}/checkpoint.sig")
+
+
+def checksum_line(sha256: str, path: str) -> str:
+    """One line of ``sha256sum`` output (text mode: two spaces), which ``sha256sum -c`` reads back."""
+    return f"{sha256}  {path}\n"
+
+
+@dataclass(frozen=True)
+class DisclosedItem:
+    """One item as package.json lists it."""
+
+    item: str
+    station: str
+    sha256: str
+    size: int
+    extension: str
+    key_id: str  # the station key that signed its manifest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"item": self.item, "station": self.station, "sha256": self.sha256, "size": self.size,
+                "extension": self.extension, "key_id": self.key_id}
+
+
+@dataclass(frozen=True)
+class PackageIndex:
+    """package.json: what the package holds, and who had it built when."""
+
+    case_number: str
+    central: str
+    created_utc: str
+    reader: str
+    central_key_id: str
+    items: tuple[DisclosedItem, ...]
+    # station -> key ids whose public keys are in keys/
+    station_keys: Mapping[str, tuple[str, ...]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PACKAGE_FORMAT,
+            "case_number": self.case_number,
+            "central": self.central,
+            "created_utc": self.created_utc,
+            "reader": self.reader,
+            "central_key_id": self.central_key_id,
+            "items": [item.to_dict() for item in self.items],
+            "stations": {station: list(keys) for station, keys in sorted(self.station_keys.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, doc: object) -> PackageIndex:
+        """Strictly from package.json; raises ValueError naming the first field that is wrong."""
+        if not isinstance(doc, Mapping):
+            raise ValueError("package.json is not a JSON object")
+        if doc.get("format") != PACKAGE_FORMAT:
+            raise ValueError(f"package.json format is {str(doc.get('format'))[:60]!r}, expected "
+                             f"{PACKAGE_FORMAT}")
+        for name in ("case_number", "central", "created_utc", "reader", "central_key_id"):
+            if not isinstance(doc.get(name), str):
+                raise ValueError(f"package.json {name} must be a string")
+        raw_items, raw_stations = doc.get("items"), doc.get("stations")
+        if not isinstance(raw_items, list) or not isinstance(raw_stations, Mapping):
+            raise ValueError("package.json items must be a list and stations an object")
+        items: list[DisclosedItem] = []
+        for n, raw in enumerate(raw_items):
+            items.append(_disclosed_item(raw, f"package.json items[{n}]"))
+        stations: dict[str, tuple[str, ...]] = {}
+        for station, keys in raw_stations.items():
+            if not (_safe_name(station) and isinstance(keys, list) and keys
+                    and all(isinstance(k, str) and _safe_name(k) for k in keys)):
+                raise ValueError(f"package.json stations[{str(station)[:40]!r}] must list key ids")
+            stations[station] = tuple(keys)
+        return cls(doc["case_number"], doc["central"], doc["created_utc"], doc["reader"],
+                   doc["central_key_id"], tuple(items), stations)
+
+
+def _safe_name(text: object) -> bool:
+    """A name used as a path part: letters, digits, ``-``, ``_``, ``.``, not starting with a dot."""
+    return (isinstance(text, str) and 0 < len(text) <= 128 and not text.startswith(".")
+            and all(c.isascii() and (c.isalnum() or c in "-_.") for c in text))
+
+
+def _disclosed_item(raw: object, where: str) -> DisclosedItem:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where} is not an object")
+    item = raw.get("item")
+    try:
+        valid = isinstance(item, str) and str(uuid.UUID(item)) == item
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(f"{where}.item is not a lower-case UUID")
+    for name in ("station", "extension", "key_id"):
+        if not _safe_name(raw.get(name)):
+            raise ValueError(f"{where}.{name} is not a plain name")
+    sha, size = raw.get("sha256"), raw.get("size")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        raise ValueError(f"{where}.sha256 is not 64 lower-case hex digits")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"{where}.size is not a non-negative integer")
+    assert isinstance(item, str)
+    return DisclosedItem(item, str(raw["station"]), sha, size, str(raw["extension"]), str(raw["key_id"]))
+
+
+# -- ledger lines ----------------------------------------------------------------------------------------
+
+
+def entry_line(entry: LedgerEntry | RedactedEntry) -> bytes:
+    """One line of entries.jsonl: the whole entry, or only its links when redacted."""
+    if isinstance(entry, RedactedEntry):
+        redacted = {"seq": entry.seq, "prev": entry.prev, "hash": entry.hash, "redacted": True}
+        return canonical_json(redacted) + b"\n"
+    return canonical_json(entry.to_dict()) + b"\n"
+
+
+_ENTRY_MEMBERS = frozenset({"seq", "time", "type", "item", "data", "prev", "hash"})
+
+
+def entry_from_line(doc: object, where: str) -> LedgerEntry | RedactedEntry:
+    """An entry read back from entries.jsonl; raises LedgerError naming what is malformed."""
+    if not isinstance(doc, Mapping):
+        raise LedgerError(f"{where}: not a JSON object")
+    seq, prev, hash_ = doc.get("seq"), doc.get("prev"), doc.get("hash")
+    if not (isinstance(seq, int) and not isinstance(seq, bool) and isinstance(prev, str)
+            and isinstance(hash_, str)):
+        raise LedgerError(f"{where}: seq, prev and hash are required")
+    if doc.get("redacted") is True:
+        if set(doc) != {"seq", "prev", "hash", "redacted"}:
+            raise LedgerError(f"{where}: a redacted entry holds only seq, prev and hash")
+        return RedactedEntry(seq, prev, hash_)
+    time, type_, item, data = doc.get("time"), doc.get("type"), doc.get("item"), doc.get("data")
+    if not (isinstance(time, str) and isinstance(type_, str) and (item is None or isinstance(item, str))
+            and isinstance(data, dict)):
+        raise LedgerError(f"{where}: time, type, item and data are malformed")
+    unexpected = sorted(set(doc) - _ENTRY_MEMBERS)
+    if unexpected:
+        raise LedgerError(f"{where}: unexpected members {unexpected[:5]}")
+    return LedgerEntry(seq=seq, time=time, type=type_, item=item, data=data, prev=prev, hash=hash_)
+
+
+def station_schedule(keys: Mapping[str, Ed25519PublicKey]) -> KeySchedule:
+    """Every enrolled key of a station, each trusted for the whole segment (a package holds no rotation
+    history; the full store check of `edge verify STORE` applies the rotation rules)."""
+    return KeySchedule([ScheduledKey(key_id, key, 0, None) for key_id, key in sorted(keys.items())], [])
+
+
+def ledger_segment_problems(
+    station: str,
+    entries: Sequence[LedgerEntry | RedactedEntry],
+    checkpoint: Checkpoint,
+    station_keys: Mapping[str, Ed25519PublicKey],
+) -> list[Problem]:
+    """Problems with one station's segment: it must be an unbroken chain (each entry's prev the hash of
+    the one before, each whole entry hashing to its hash) ending at the signed checkpoint."""
+    if not entries:
+        return [Problem(f"ledger of station {station}", "the segment holds no entries")]
+    if not station_keys:
+        return [Problem(f"ledger of station {station}", "no station key to check its checkpoint with")]
+    first, last = entries[0], entries[-1]
+    problems = verify_chain(entries, [checkpoint], station_schedule(station_keys), station,
+                            after=(first.seq - 1, first.prev))
+    if checkpoint.seq < last.seq:
+        problems.append(Problem(f"ledger of station {station}",
+                                f"the checkpoint is at seq {checkpoint.seq} but the segment runs to seq "
+                                f"{last.seq}: entries after it are vouched for by nothing"))
+    return problems
+
+
+# -- one disclosed item ------------------------------------------------------------------------------------
+
+
+def item_evidence_problems(
+    *,
+    item: str,
+    station: str,
+    content_sha256: str,
+    content_size: int,
+    manifest: Mapping[str, Any],
+    station_keys: Mapping[str, Ed25519PublicKey],
+    receipt: Mapping[str, Any] | None,
+    central_key: Ed25519PublicKey,
+    item_entries: Iterable[LedgerEntry | RedactedEntry],
+) -> list[Problem]:
+    """Everything that ties one item together, given its content's hash as read now.
+
+    The manifest is signed by an enrolled key of its station and names this item, hash and size; the
+    receipt is the central's (signed tree head, inclusion proof) for exactly this item, hash, station and
+    manifest; the ledger holds the item's ``acquired`` entry where the manifest says and a ``sealed`` entry
+    for exactly this manifest.
+    """
+    where = f"item {item}"
+    problems = list(verify_manifest(manifest, station_keys))
+    for name, found, expected in (("item", manifest.get("item"), item),
+                                  ("sha256", manifest.get("sha256"), content_sha256),
+                                  ("size", manifest.get("size"), content_size)):
+        if found != expected:
+            what = "the content as read now" if name != "item" else "the item"
+            problems.append(Problem(where, f"manifest {name} is {str(found)[:80]!r} but {what} has "
+                                           f"{str(expected)[:80]!r}"))
+    try:
+        manifest_sha256 = sha256_hex(canonical_json(manifest))
+    except CanonicalJsonError as exc:
+        return [*problems, Problem(where, f"the manifest cannot be serialised canonically: {exc}")]
+    if receipt is None:
+        problems.append(Problem(where, "no receipt: the central's acceptance cannot be checked"))
+    else:
+        found = verify_receipt(receipt, central_key, expected_item=item, expected_sha256=content_sha256,
+                               expected_station=station)
+        problems += [Problem(f"{where} {p.where}", p.what) for p in found]
+        leaf = receipt.get("leaf")
+        if isinstance(leaf, Mapping) and leaf.get("manifest_sha256") != manifest_sha256:
+            problems.append(Problem(f"{where} receipt.leaf.manifest_sha256",
+                                    f"is {str(leaf.get('manifest_sha256'))[:80]!r} but the manifest hashes "
+                                    f"to {manifest_sha256}: the receipt is for another manifest"))
+    chain = manifest.get("chain")
+    chain_seq = chain.get("seq") if isinstance(chain, Mapping) else None
+    chain_hash = chain.get("entry_hash") if isinstance(chain, Mapping) else None
+    acquired = sealed = False
+    for entry in item_entries:
+        if isinstance(entry, RedactedEntry) or entry.item != item:
+            continue
+        if entry.type == "acquired" and entry.seq == chain_seq:
+            acquired = True
+            if entry.hash != chain_hash:
+                problems.append(Problem(f"{where} ledger seq {entry.seq}",
+                                        f"the acquired entry has hash {entry.hash[:80]} but the manifest "
+                                        f"names {str(chain_hash)[:80]}"))
+        elif entry.type == "sealed":
+            sealed = True
+            if entry.data.get("manifest_sha256") != manifest_sha256:
+                problems.append(Problem(f"{where} ledger seq {entry.seq}",
+                                        "the sealed entry names another manifest than the one disclosed"))
+    if not acquired:
+        problems.append(Problem(where, f"the ledger holds no acquired entry for it at seq {chain_seq!r}, "
+                                       "where its manifest says"))
+    if not sealed:
+        problems.append(Problem(where, "the ledger holds no sealed entry for it"))
+    return problems
+
+
+# -- the parts openssl checks ------------------------------------------------------------------------------
+
+
+def manifest_signature_parts(manifest: Mapping[str, Any]) -> tuple[bytes, bytes, str]:
+    """(signed bytes, raw signature, key id) of a signed manifest; ValueError when it has no usable one."""
+    signature = manifest.get("signature")
+    if not isinstance(signature, Mapping):
+        raise ValueError("the manifest is not signed")
+    body = {name: value for name, value in manifest.items() if name != "signature"}
+    try:
+        raw = base64.b64decode(str(signature.get("value", "")).encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError("the manifest signature is not base64") from None
+    return canonical_json(body), raw, str(signature.get("key_id", ""))
+
+
+def tree_head_signature_parts(head: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """(signed bytes, raw signature) of a tree head document."""
+    try:
+        raw = base64.b64decode(str(head["signature"]).encode("ascii"), validate=True)
+        payload = tree_head_payload(head["origin"], head["tree_size"], head["root_hash"], head["time"])
+    except (KeyError, binascii.Error, UnicodeEncodeError, CanonicalJsonError):
+        raise ValueError("the tree head is malformed") from None
+    return payload, raw
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of the offline check and what it proves, in both languages."""
+
+    zh: str
+    en: str
+    command: str
+
+
+def _verify_signature(key: str, payload: str, signature: str) -> str:
+    return f"openssl pkeyutl -verify -pubin -inkey {key} -rawin -in {payload} -sigfile {signature}"
+
+
+def openssl_commands(index: PackageIndex) -> list[Step]:
+    """Every command a person runs in the unzipped package with openssl and sha256sum alone; each exits 0
+    when its check holds and non-zero when it fails (the page shows them, the tests run them)."""
+    steps = [
+        Step("中心对文件清单的签名有效（用中心公钥）",
+             "the central's signature over the list of files verifies (with the central key)",
+             _verify_signature(CENTRAL_KEY_FILE, CHECKSUMS_FILE, CHECKSUMS_SIGNATURE_FILE)),
+        Step("包内每个文件与清单一致，一个字节也未改动",
+             "every file in the package matches the list, not one byte changed",
+             f"sha256sum --strict --quiet -c {CHECKSUMS_FILE}"),
+    ]
+    for entry in index.items:
+        paths = item_paths(entry.item, entry.extension)
+        key = station_key_file(entry.station, entry.key_id)
+        steps += [
+            Step(f"证据 {entry.item}：采集站对清单（manifest）的签名有效",
+                 f"item {entry.item}: the station's signature over its manifest verifies",
+                 _verify_signature(key, paths.manifest_payload, paths.manifest_signature)),
+            Step(f"证据 {entry.item}：签名的清单载明的哈希值就是原始文件的哈希值",
+                 f"item {entry.item}: the signed manifest names the hash of the original file",
+                 f"grep -c -F '\"sha256\":\"{entry.sha256}\"' {paths.manifest_payload}"),
+            Step(f"证据 {entry.item}：原始文件的 SHA-256 与签名的哈希值一致",
+                 f"item {entry.item}: the original file's SHA-256 is the signed hash",
+                 f"sha256sum --strict -c {paths.content_checksum}"),
+            Step(f"证据 {entry.item}：中心回执所依据的树头签名有效",
+                 f"item {entry.item}: the central's signature over the tree head of its receipt verifies",
+                 _verify_signature(CENTRAL_KEY_FILE, paths.tree_head_payload, paths.tree_head_signature)),
+        ]
+    for station, keys in sorted(index.station_keys.items()):
+        paths_l = ledger_paths(station)
+        steps.append(Step(
+            f"采集站 {station}：台账片段末尾的签名检查点有效（任一登记的密钥通过即可）",
+            f"station {station}: the signed checkpoint that ends its ledger segment verifies (with one of "
+            "its enrolled keys)",
+            " || ".join(_verify_signature(station_key_file(station, k), paths_l.checkpoint_payload,
+                                          paths_l.checkpoint_signature) for k in keys),
+        ))
+    return steps
+
+
+def central_key_id(key: Ed25519PublicKey) -> str:
+    return key_id_of(key)

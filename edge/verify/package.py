@@ -1,0 +1,420 @@
+"""`edge verify PACKAGE_DIR`: check an unzipped disclosure package offline, naming every file or entry that
+is wrong.
+
+A package (layout: :mod:`edge.custody.disclosure`) verifies when: SHA256SUMS is signed by the pinned
+central key (``--central-key``, or the station configuration's; without one the package's own key is used
+and the verdict is ORIGIN UNPROVEN, never OK); every file it lists is there and hashes
+to its line, and no other file is there; package.json lists the items and station keys; every item's
+manifest is signed by one of its station's keys in the package and names the original's hash and size,
+its receipt is the central's (signed tree head, inclusion proof) for exactly this item and manifest, the
+ledger segment holds its acquired and sealed entries; the files openssl checks (payloads, signatures,
+content.sha256) say the same as the documents they are cut from; and each station's ledger segment is an
+unbroken hash chain ending at a checkpoint signed by one of the station's keys. Files are hashed a chunk
+at a time, so memory stays bounded whatever the evidence size. Redacted ledger entries (items outside the
+package) are checked to link, and counted in a note; a disclosed entry they separate from the signed
+checkpoint is named NOT BOUND (its content rests on the central's word), a redacted line where a disclosed
+item's manifest puts its acquired entry is refused, and each item must belong to the package's case.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge.custody.canonical import parse_json
+from edge.custody.disclosure import (
+    CENTRAL_KEY_FILE,
+    CHECKSUMS_FILE,
+    CHECKSUMS_SIGNATURE_FILE,
+    INDEX_FILE,
+    PackageIndex,
+    checksum_line,
+    entry_from_line,
+    item_evidence_problems,
+    item_paths,
+    ledger_paths,
+    ledger_segment_problems,
+    manifest_signature_parts,
+    station_key_file,
+    tree_head_signature_parts,
+)
+from edge.custody.errors import CanonicalJsonError, CustodyError, LedgerError
+from edge.custody.keys import key_id_of, load_public_key, public_key_raw, verify_signature
+from edge.custody.ledger import Checkpoint, LedgerEntry, RedactedEntry, checkpoint_payload
+from edge.custody.problems import Problem
+from edge.custody.text import printable
+from edge.verify.station import VerifyReport
+
+__all__ = ["central_key_fingerprint", "is_package", "verify_package"]
+
+_CHUNK_BYTES = 1 << 20
+# Documents read whole (package.json, manifests, receipts, ledger lines) are small; a bigger one is hostile.
+_MAX_DOCUMENT_BYTES = 16 << 20
+_SUM_LINE = re.compile(r"([0-9a-f]{64})  (\S(?:.*\S)?)")
+_UNLISTED = {CHECKSUMS_FILE, CHECKSUMS_SIGNATURE_FILE}
+
+
+def is_package(path: Path) -> bool:
+    return path.is_dir() and (path / INDEX_FILE).is_file() and (path / CHECKSUMS_FILE).is_file()
+
+
+def _safe_relative(name: str) -> bool:
+    parts = name.split("/")
+    return not name.startswith("/") and "\\" not in name and all(p not in ("", ".", "..") for p in parts)
+
+
+def _read_document(root: Path, name: str, problems: list[Problem]) -> bytes | None:
+    path = root / name
+    try:
+        if path.is_symlink() or not path.is_file():
+            problems.append(Problem(f"file {name}", "missing"))
+            return None
+        if path.stat().st_size > _MAX_DOCUMENT_BYTES:
+            problems.append(Problem(f"file {name}", f"larger than {_MAX_DOCUMENT_BYTES} bytes"))
+            return None
+        return path.read_bytes()
+    except OSError as exc:
+        problems.append(Problem(f"file {name}", f"cannot be read: {exc.strerror or exc}"))
+        return None
+
+
+def _read_json(root: Path, name: str, problems: list[Problem]) -> Any:
+    data = _read_document(root, name, problems)
+    if data is None:
+        return None
+    try:
+        return parse_json(data)
+    except CanonicalJsonError as exc:
+        problems.append(Problem(f"file {name}", f"is not valid JSON: {exc}"))
+        return None
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files_on_disk(root: Path, problems: list[Problem]) -> set[str]:
+    found: set[str] = set()
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        for name in [*dirs, *files]:
+            path = here / name
+            relative = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                problems.append(Problem(f"file {relative}", "is a symbolic link: a package holds files only"))
+            elif path.is_file():
+                found.add(relative)
+            elif not path.is_dir():
+                problems.append(Problem(f"file {relative}", "is not a regular file"))
+        dirs[:] = [d for d in dirs if not (here / d).is_symlink()]
+    return found
+
+
+def _checksums(root: Path, report: VerifyReport, central_key: Ed25519PublicKey | None) -> dict[str, str]:
+    """The SHA256SUMS lines by path, after checking its signature; every file checked against them."""
+    problems = report.problems
+    data = _read_document(root, CHECKSUMS_FILE, problems)
+    signature = _read_document(root, CHECKSUMS_SIGNATURE_FILE, problems)
+    if data is None:
+        return {}
+    if (central_key is not None and signature is not None
+            and not verify_signature(central_key, signature, data)):
+        problems.append(Problem(f"file {CHECKSUMS_FILE}", "its signature (SHA256SUMS.sig) does not verify "
+                                                          "with the central key: the list was changed"))
+    listed: dict[str, str] = {}
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        match = _SUM_LINE.fullmatch(line)
+        if match is None or not _safe_relative(match.group(2)) or match.group(2) in _UNLISTED:
+            problems.append(Problem(f"file {CHECKSUMS_FILE} line {number}", "is not a sha256sum line of a "
+                                                                            "file inside the package"))
+            continue
+        if match.group(2) in listed:
+            problems.append(Problem(f"file {CHECKSUMS_FILE} line {number}", "lists a file a second time"))
+        listed[match.group(2)] = match.group(1)
+    on_disk = _files_on_disk(root, problems)
+    for name in sorted(on_disk - set(listed) - _UNLISTED):
+        problems.append(Problem(f"file {name}", "is not part of the package (not in SHA256SUMS): a file was "
+                                                "added"))
+    for name, expected in sorted(listed.items()):
+        if name not in on_disk:
+            problems.append(Problem(f"file {name}", "is missing: SHA256SUMS lists it"))
+            continue
+        try:
+            found = _hash_file(root / name)
+        except OSError as exc:
+            problems.append(Problem(f"file {name}", f"cannot be read: {exc.strerror or exc}"))
+            continue
+        if found != expected:
+            problems.append(Problem(f"file {name}", f"hashes to {found}, but SHA256SUMS says {expected}: the "
+                                                    "file was changed"))
+    report.checked["files"] = len(listed)
+    return listed
+
+
+def _key(root: Path, name: str, problems: list[Problem]) -> Ed25519PublicKey | None:
+    try:
+        return load_public_key(root / name)
+    except CustodyError as exc:
+        problems.append(Problem(f"file {name}", f"is not a usable public key: {exc}"))
+        return None
+
+
+def _station_keys(root: Path, index: PackageIndex, problems: list[Problem]) -> dict[str, dict[str, Any]]:
+    keys: dict[str, dict[str, Any]] = {}
+    for station, key_ids in index.station_keys.items():
+        keys[station] = {}
+        for key_id in key_ids:
+            name = station_key_file(station, key_id)
+            key = _key(root, name, problems)
+            if key is None:
+                continue
+            if key_id_of(key) != key_id:
+                problems.append(Problem(f"file {name}", f"holds key {key_id_of(key)}, not {key_id}"))
+                continue
+            keys[station][key_id] = key
+    return keys
+
+
+def _same(root: Path, name: str, expected: bytes, problems: list[Problem]) -> None:
+    found = _read_document(root, name, problems)
+    if found is not None and found != expected:
+        problems.append(Problem(f"file {name}", "differs from the document it is cut from: what openssl "
+                                                "checks would not be what the package says"))
+
+
+def _segment(
+    root: Path, station: str, problems: list[Problem]
+) -> tuple[list[LedgerEntry | RedactedEntry], Checkpoint | None]:
+    paths = ledger_paths(station)
+    entries: list[LedgerEntry | RedactedEntry] = []
+    data = _read_document(root, paths.entries, problems)
+    for number, line in enumerate((data or b"").splitlines(), 1):
+        where = f"file {paths.entries} line {number}"
+        try:
+            entries.append(entry_from_line(parse_json(line), where))
+        except (CanonicalJsonError, LedgerError) as exc:
+            problems.append(Problem(where, str(exc)))
+    doc = _read_json(root, paths.checkpoint, problems)
+    checkpoint = None
+    if isinstance(doc, Mapping):
+        try:
+            checkpoint = Checkpoint.from_dict(doc)
+        except LedgerError as exc:
+            problems.append(Problem(f"file {paths.checkpoint}", str(exc)))
+    if checkpoint is not None:
+        _same(root, paths.checkpoint_payload, checkpoint_payload(checkpoint.station, checkpoint.seq,
+                                                                 checkpoint.hash, checkpoint.time), problems)
+        try:
+            signature = base64.b64decode(checkpoint.signature.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            signature = b""
+        _same(root, paths.checkpoint_signature, signature, problems)
+    return entries, checkpoint
+
+
+def central_key_fingerprint(key: Ed25519PublicKey) -> str:
+    """SHA-256 of the raw 32-byte public key, in groups of four hex digits: what a person compares with
+    the fingerprint the agency gives out of band."""
+    digest = hashlib.sha256(public_key_raw(key)).hexdigest()
+    return " ".join(digest[i:i + 4] for i in range(0, len(digest), 4))
+
+
+def verify_package(root: Path, central_key: Ed25519PublicKey | None = None) -> VerifyReport:
+    """Every problem with the unzipped package at ``root``; ``central_key`` pins the central's key.
+
+    Without a pinned key the package's own key is used for the checks, and ``report.unproven["origin"]``
+    says so: a package that vouches for itself proves nothing about who built it. Disclosed ledger entries
+    that a redacted line separates from the station's signed checkpoint are named in
+    ``report.unproven["binding"]``: their content rests on the central's word alone (a redacted line's
+    hash cannot be recomputed).
+    """
+    report = VerifyReport(f"disclosure package {root}")
+    problems = report.problems
+    included = _key(root, CENTRAL_KEY_FILE, problems)
+    if central_key is None:
+        central_key = included
+        if included is not None:
+            fingerprint = central_key_fingerprint(included)
+            report.unproven["origin"] = (
+                f"no central key was pinned: the package's own key {CENTRAL_KEY_FILE} (id "
+                f"{key_id_of(included)}, SHA-256 fingerprint {fingerprint}) vouches only for itself")
+            report.notes.insert(0, (
+                f"ORIGIN UNPROVEN: the central key in this package has SHA-256 fingerprint {fingerprint} "
+                f"(id {key_id_of(included)}). Anyone can build a self-consistent package with a key of their "
+                "own: obtain your agency central's key fingerprint out of band (not from this package), "
+                "compare, then pin it: edge verify --central-key central-signing.pub PACKAGE_DIR (or "
+                "--config the station configuration that pins it)"))
+    elif included is not None and public_key_raw(included) != public_key_raw(central_key):
+        problems.append(Problem(f"file {CENTRAL_KEY_FILE}", f"is key {key_id_of(included)}, not the pinned "
+                                                            f"central key {key_id_of(central_key)}"))
+    listed = _checksums(root, report, central_key)
+    doc = _read_json(root, INDEX_FILE, problems)
+    try:
+        index = PackageIndex.from_dict(doc)
+    except ValueError as exc:
+        problems.append(Problem(f"file {INDEX_FILE}", str(exc)))
+        return report
+    if central_key is None:
+        return report
+    keys = _station_keys(root, index, problems)
+    segments: dict[str, list[LedgerEntry | RedactedEntry]] = {}
+    checkpoints: dict[str, Checkpoint] = {}
+    redacted = 0
+    for station in sorted(index.station_keys):
+        entries, checkpoint = _segment(root, station, problems)
+        segments[station] = entries
+        redacted += sum(isinstance(e, RedactedEntry) for e in entries)
+        if checkpoint is None:
+            continue
+        checkpoints[station] = checkpoint
+        problems.extend(Problem(f"ledger/{station} {p.where}", p.what)
+                        for p in ledger_segment_problems(station, entries, checkpoint, keys.get(station, {})))
+    pinned: set[tuple[str, int, str]] = set()  # (station, seq, hash) a station-signed manifest names
+    for item in index.items:
+        chain = _check_item(root, item, index.case_number, listed, keys, segments, central_key, problems)
+        if chain is not None:
+            pinned.add((item.station, *chain))
+    _check_binding(index, segments, checkpoints, pinned, report)
+    report.checked.update({"items": len(index.items), "stations": len(index.station_keys),
+                           "ledger_entries": sum(len(e) for e in segments.values())})
+    if redacted:
+        report.notes.append(f"{redacted} ledger entries of items outside this package are redacted: they "
+                            "were checked to link into the chain, their content is not disclosed")
+    return report
+
+
+def _check_binding(
+    index: PackageIndex, segments: Mapping[str, list[LedgerEntry | RedactedEntry]],
+    checkpoints: Mapping[str, Checkpoint], pinned: set[tuple[str, int, str]], report: VerifyReport,
+) -> None:
+    """Which disclosed entries the station's signed checkpoint reaches by a recomputable chain.
+
+    A whole entry is bound when every entry after it up to the checkpoint is whole (each hash recomputed
+    from content), or when a station-signed manifest names its hash. An entry before a redacted line is
+    not: the redacted line's hash is the central's word, so the central alone could rewrite the entry and
+    patch the redacted line's prev. A redacted line where a disclosed item's manifest puts its acquired
+    entry is refused outright.
+    """
+    disclosed = {(item.station, item.item) for item in index.items}
+    acquired_at = {(station, seq) for station, seq, _ in pinned}
+    unbound: list[str] = []
+    unbound_other = 0
+    for station, entries in sorted(segments.items()):
+        checkpoint = checkpoints.get(station)
+        if checkpoint is None:
+            continue
+        for entry in entries:
+            if isinstance(entry, RedactedEntry) and (station, entry.seq) in acquired_at:
+                report.problems.append(Problem(
+                    f"ledger/{station} seq {entry.seq}", "is a redacted line, but a disclosed item's signed "
+                    "manifest names its acquired entry here: an entry of a disclosed item was hidden"))
+        last_redacted = max((n for n, e in enumerate(entries)
+                             if isinstance(e, RedactedEntry) and e.seq <= checkpoint.seq), default=-1)
+        for entry in entries[:max(last_redacted, 0)]:
+            if not isinstance(entry, LedgerEntry) or (station, entry.seq, entry.hash) in pinned:
+                continue
+            if entry.item is not None and (station, entry.item) in disclosed:
+                unbound.append(f"ledger/{station} seq {entry.seq} ({printable(entry.type)} of item "
+                               f"{printable(entry.item)})")
+            else:
+                unbound_other += 1
+    report.checked["ledger_entries_unbound"] = len(unbound)
+    if unbound:
+        report.unproven["binding"] = (
+            f"{len(unbound)} custody entries of disclosed items are not bound to the station's signed "
+            "checkpoint: a redacted line follows them, so they rest on the central's word")
+        for where in unbound:
+            report.notes.append(f"NOT BOUND {where}: a redacted line lies between it and the station's "
+                                "signed checkpoint, so its content rests on the central's word, not the "
+                                "station's signature")
+    if unbound_other:
+        report.notes.append(f"{unbound_other} disclosed station entries of no disclosed item are not bound "
+                            "to the signed checkpoint either (a redacted line follows them)")
+
+
+def _check_item(
+    root: Path, item: Any, case_number: str, listed: Mapping[str, str],
+    keys: Mapping[str, Mapping[str, Any]], segments: Mapping[str, list[LedgerEntry | RedactedEntry]],
+    central_key: Ed25519PublicKey, problems: list[Problem],
+) -> tuple[int, str] | None:
+    """Check one item; the (seq, hash) of the acquired entry its manifest names, when it names one."""
+    paths = item_paths(item.item, item.extension)
+    if item.station not in keys:
+        problems.append(Problem(f"item {item.item}", f"its station {item.station} has no keys in "
+                                                     "package.json"))
+        return None
+    manifest = _read_json(root, paths.manifest, problems)
+    receipt = _read_json(root, paths.receipt, problems)
+    if not isinstance(manifest, dict):
+        return None
+    content = root / paths.content
+    try:
+        content_sha = _hash_file(content) if paths.content in listed else ""
+        size = content.stat().st_size
+    except OSError:
+        problems.append(Problem(f"item {item.item}", f"its original {paths.content} is missing"))
+        return None
+    _check_membership(item.item, case_number, manifest, segments.get(item.station, []), problems)
+    found = item_evidence_problems(
+        item=item.item, station=item.station, content_sha256=content_sha, content_size=size,
+        manifest=manifest, station_keys=keys[item.station],
+        receipt=receipt if isinstance(receipt, dict) else None, central_key=central_key,
+        item_entries=segments.get(item.station, []),
+    )
+    problems.extend(Problem(f"{p.where} ({paths.content})" if p.where == f"item {item.item}" else p.where,
+                            p.what) for p in found)
+    if (item.sha256, item.size) != (manifest.get("sha256"), manifest.get("size")):
+        problems.append(Problem(f"file {INDEX_FILE}", f"lists item {item.item} with another hash or size "
+                                                      "than its manifest"))
+    try:
+        payload, signature, _ = manifest_signature_parts(manifest)
+    except ValueError as exc:
+        problems.append(Problem(f"file {paths.manifest}", str(exc)))
+    else:
+        _same(root, paths.manifest_payload, payload, problems)
+        _same(root, paths.manifest_signature, signature, problems)
+    _same(root, paths.content_checksum, checksum_line(str(manifest.get("sha256")), paths.content).encode(),
+          problems)
+    if isinstance(receipt, dict) and isinstance(receipt.get("tree_head"), dict):
+        try:
+            head_payload, head_signature = tree_head_signature_parts(receipt["tree_head"])
+        except ValueError as exc:
+            problems.append(Problem(f"file {paths.receipt}", str(exc)))
+        else:
+            _same(root, paths.tree_head_payload, head_payload, problems)
+            _same(root, paths.tree_head_signature, head_signature, problems)
+    chain = manifest.get("chain")
+    seq = chain.get("seq") if isinstance(chain, Mapping) else None
+    entry_hash = chain.get("entry_hash") if isinstance(chain, Mapping) else None
+    if isinstance(seq, int) and isinstance(entry_hash, str):
+        return seq, entry_hash
+    return None
+
+
+def _check_membership(item: str, case_number: str, manifest: Mapping[str, Any],
+                      entries: list[LedgerEntry | RedactedEntry], problems: list[Problem]) -> None:
+    """The item belongs to the package's case: its station-signed manifest's case, changed by its disclosed
+    ``tagged`` entries in ledger order (as the station computes it), names the case."""
+    case = manifest.get("case")
+    found = case.get("case_number") if isinstance(case, Mapping) else None
+    for entry in entries:
+        if isinstance(entry, LedgerEntry) and entry.item == item and entry.type == "tagged":
+            changes = entry.data.get("changes")
+            if isinstance(changes, Mapping) and "case_number" in changes:
+                found = changes["case_number"]
+    if found != case_number:
+        problems.append(Problem(f"item {item}", f"does not belong to case {printable(case_number)}: its "
+                                                f"signed manifest and its disclosed tagged entries name case "
+                                                f"{printable(str(found))}"))
