@@ -121,7 +121,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return ExitCode.CONFIG
     # A crash in C code (a library misused across threads) leaves every thread's Python stack on
     # stderr, which under systemd is the journal: a field crash can be traced, not only counted.
-    faulthandler.enable(all_threads=True)
+    try:
+        faulthandler.enable(all_threads=True)
+    except (ValueError, OSError):  # io.UnsupportedOperation: stderr is not a file (embedded, captured)
+        if sys.__stderr__ is not None:
+            faulthandler.enable(file=sys.__stderr__, all_threads=True)
     try:
         return asyncio.run(run_station(config, Path(args.config)))
     except (StoreBusy, StoreError) as exc:
