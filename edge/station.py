@@ -99,10 +99,6 @@ class StationAgent:
         # What each bay's LED should show. Shown again whenever the bay board (re)connects, so a docking
         # decided before the board answered (at start, or while it was lost) still shows on its bay.
         self._bay_leds: dict[int, BayLed] = {}
-        # Bay presence debounce (BAY_SETTLE_S): per bay, the raw events not yet recorded, the timer that
-        # records them once the bay holds still.
-        self._bay_pending: dict[int, list[Any]] = {}
-        self._bay_settle: dict[int, asyncio.TimerHandle] = {}
         # Each busy bay holds a copy thread and a verify thread; ffprobe and USB calls need a few more.
         self.executor = ThreadPoolExecutor(
             max_workers=4 + 3 * config.offload.concurrency, thread_name_prefix="offload"
@@ -310,55 +306,25 @@ class StationAgent:
                         if view.bay == event.bay:
                             view.charge_percent = event.charge_percent
                     continue
-                self._bay_event(event)
+                self.store.record(
+                    EntryType.DEVICE_CONNECTED
+                    if event.kind is BayEventKind.INSERTED
+                    else EntryType.DEVICE_REMOVED,
+                    None,
+                    {"bay": event.bay, "source": "dock", "charge_percent": event.charge_percent},
+                )
+                if event.kind is BayEventKind.REMOVED:
+                    self.status.publish(BayVacated(event.bay, None))
+                    await self.set_led(event.bay, led_after_removal(self._bay_leds.get(event.bay)))
+                elif self._bay_leds.get(event.bay) is BayLed.PULLED:
+                    # Put back after being pulled early: the docking resumes; the bay is ready again.
+                    await self.set_led(event.bay, BayLed.IDLE)
         except DockError as exc:
             self.store.record(EntryType.ERROR, None, {"stage": "dock", "reason": f"dock lost: {exc}"})
             raise
         finally:
-            # Events still settling when the dock goes (lost, or the station stops) are recorded now.
-            for bay in list(self._bay_settle):
-                self._bay_settle.pop(bay).cancel()
-                try:
-                    await self._bay_settled(bay)
-                except Exception as exc:  # the LED of a going dock: the entry is what matters
-                    log.warning("bay %d: settling at dock close: %s", bay, exc)
             dock, self.dock = self.dock, None
             await dock.close()
-
-    def _bay_event(self, event: Any) -> None:
-        """A presence event from the dock: recorded once the bay has held its state for BAY_SETTLE_S, so
-        a bouncing switch (or a hostile board) makes one entry per burst, not one per edge."""
-        self._bay_pending.setdefault(event.bay, []).append(event)
-        timer = self._bay_settle.pop(event.bay, None)
-        if timer is not None:
-            timer.cancel()
-        self._bay_settle[event.bay] = asyncio.get_running_loop().call_later(
-            BAY_SETTLE_S, lambda: self._spawn(self._bay_settled(event.bay), f"bay-{event.bay}-settled"))
-
-    async def _bay_settled(self, bay: int) -> None:
-        """The bay held still: one entry for its settled state, with the number of raw events it stands
-        for when more than one (a burst). Every settled state is
-        recorded (`bay_events` counts them), so a real dock or undock is never lost and a burst that
-        ends where it began still leaves its trace in the custody record."""
-        self._bay_settle.pop(bay, None)
-        events = self._bay_pending.pop(bay, [])
-        if not events or self.store is None:
-            return
-        last = events[-1]
-        data: dict[str, Any] = {"bay": bay, "source": "dock", "charge_percent": last.charge_percent}
-        if len(events) > 1:
-            data["bay_events"] = len(events)
-        self.store.record(
-            EntryType.DEVICE_CONNECTED if last.kind is BayEventKind.INSERTED else EntryType.DEVICE_REMOVED,
-            None,
-            data,
-        )
-        if last.kind is BayEventKind.REMOVED:
-            self.status.publish(BayVacated(bay, None))
-            await self.set_led(bay, led_after_removal(self._bay_leds.get(bay)))
-        elif self._bay_leds.get(bay) is BayLed.PULLED:
-            # Put back after being pulled early: the docking resumes; the bay is ready again.
-            await self.set_led(bay, BayLed.IDLE)
 
     def supervisor_alive(self, name: str) -> None:
         if self.supervisor is not None:
@@ -592,10 +558,6 @@ class StationAgent:
 
 
 # The supervisor's task states as the status board words them (failed and stopped are their own).
-# How long a bay's presence must hold before it is recorded: a switch bounces for a few milliseconds, a
-# person docks or undocks a recorder in no less than about a second.
-BAY_SETTLE_S = 0.25
-
 TASK_STATES = {
     "pending": "running", "running": "running", "backoff": "restarting", "cancelling": "restarting"
 }
