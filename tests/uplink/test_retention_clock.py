@@ -21,15 +21,13 @@ from typing import Any
 
 import pytest
 
-from edge.central.embedded import EmbeddedCentral
 from edge.config.station import StationConfig
 from edge.custody.ledger import EntryType
 from edge.ingest.store import StationStore
 from edge.uplink.retention import boot_clock
 from edge.uplink.service import UplinkService
 from edge.verify.station import verify_store
-from tests.station.harness import simulated_station, spec
-from tests.uplink.test_uplink_station import FAST_RETRY, STATION, stored_objects
+from tests.uplink.test_uplink_station import one_recorder_offloaded, stored_objects
 
 DAY_S = 86400.0
 
@@ -43,21 +41,9 @@ class Receipted:
 
 
 async def _receipted_store(root: Path) -> Receipted:
-    central = await EmbeddedCentral.start(root, STATION, root / "store")
-    s = spec(0)
-    try:
-        async with simulated_station(
-            root,
-            [s],
-            uplink={**central.uplink_config(), **FAST_RETRY, "retention_days": 30},
-            wipe={"policy": "after-receipt", "receipt_wait_s": 60},
-        ) as station:
-            await station.dock_recorder(s.device_serial, 1)
-            await station.wait_results(1)
-            assert len(station.ledger("receipt")) == 3
-            config = station.config
-    finally:
-        await central.stop()
+    async with one_recorder_offloaded(root, retention_days=30) as (_central, station):
+        assert len(station.ledger("receipt")) == 3
+        config = station.config
     return Receipted(root / "store", config)
 
 

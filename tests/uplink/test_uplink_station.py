@@ -4,6 +4,8 @@ recorder → station → central → receipt → erase, and the faults the issue
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,30 @@ def enrolled_central(tmp_path: Path, **uplink_settings: Any) -> tuple[CentralCon
         **uplink_settings,
     }
     return config, uplink
+
+
+@asynccontextmanager
+async def one_recorder_offloaded(
+    root: Path, *, receipt_wait_s: float = 60, **uplink_settings: Any
+) -> AsyncIterator[tuple[EmbeddedCentral, Station]]:
+    """A running embedded central and a station uplinking to it (``FAST_RETRY`` and ``uplink_settings``,
+    erasing after receipt) once the station has offloaded one recorder (``spec(0)``) docked in bay 1.
+
+    The station stops when the block ends, then the central."""
+    central = await EmbeddedCentral.start(root, STATION, root / "store")
+    s = spec(0)
+    try:
+        async with simulated_station(
+            root,
+            [s],
+            uplink={**central.uplink_config(), **FAST_RETRY, **uplink_settings},
+            wipe={"policy": "after-receipt", "receipt_wait_s": receipt_wait_s},
+        ) as station:
+            await station.dock_recorder(s.device_serial, 1)
+            await station.wait_results(1)
+            yield central, station
+    finally:
+        await central.stop()
 
 
 def evidence_on_recorder(station: Station, device_serial: str) -> list[str]:
@@ -166,62 +192,38 @@ async def test_central_killed_mid_upload_resumes_from_the_offset(tmp_path: Path)
 
 
 async def test_a_receipt_that_does_not_verify_never_erases_or_purges(tmp_path: Path) -> None:
-    central = await EmbeddedCentral.start(tmp_path, STATION, tmp_path / "store")
     impostor = StationKey.load_or_create(tmp_path / "impostor" / "central.key")
     assert impostor.public_path is not None
-    s = spec(0)
-    try:
-        async with simulated_station(
-            tmp_path,
-            [s],
-            uplink={
-                **central.uplink_config(),
-                **FAST_RETRY,
-                # The station pins another central key: every receipt's tree head fails its signature.
-                "central_signing_key": str(impostor.public_path),
-                "retention_days": 0,
-            },
-            wipe={"policy": "after-receipt", "receipt_wait_s": 2},
-        ) as station:
-            await station.dock_recorder(s.device_serial, 1)
-            await station.wait_results(1)
-            uplink_service = station.agent.uplink
-            assert uplink_service is not None
-            assert uplink_service.purge(0) == []
-            assert station.agent.results[0].outcome is OffloadOutcome.AWAITING_RECEIPT
-            assert len(evidence_on_recorder(station, s.device_serial)) == 3
-            errors = [e for e in station.ledger("error") if e.get("code") == "bad_receipt"]
-            assert errors and "expected the pinned central key" in errors[0]["reason"]
-            assert len(errors) <= 3  # once per item, however often the station asks again
-            assert station.ledger("receipt") == [] and station.ledger("purged") == []
-    finally:
-        await central.stop()
+    async with one_recorder_offloaded(
+        tmp_path,
+        receipt_wait_s=2,
+        # The station pins another central key: every receipt's tree head fails its signature.
+        central_signing_key=str(impostor.public_path),
+        retention_days=0,
+    ) as (_central, station):
+        uplink_service = station.agent.uplink
+        assert uplink_service is not None
+        assert uplink_service.purge(0) == []
+        assert station.agent.results[0].outcome is OffloadOutcome.AWAITING_RECEIPT
+        assert len(evidence_on_recorder(station, spec(0).device_serial)) == 3
+        errors = [e for e in station.ledger("error") if e.get("code") == "bad_receipt"]
+        assert errors and "expected the pinned central key" in errors[0]["reason"]
+        assert len(errors) <= 3  # once per item, however often the station asks again
+        assert station.ledger("receipt") == [] and station.ledger("purged") == []
     assert len(stored_objects(tmp_path / "store")) == 3
 
 
 async def test_local_copies_are_purged_only_after_receipt_and_retention(tmp_path: Path) -> None:
-    central = await EmbeddedCentral.start(tmp_path, STATION, tmp_path / "store")
-    s = spec(0)
-    try:
-        async with simulated_station(
-            tmp_path,
-            [s],
-            uplink={**central.uplink_config(), **FAST_RETRY, "retention_days": 30},
-            wipe={"policy": "after-receipt", "receipt_wait_s": 60},
-        ) as station:
-            await station.dock_recorder(s.device_serial, 1)
-            await station.wait_results(1)
-            uplink_service = station.agent.uplink
-            assert uplink_service is not None
-            assert uplink_service.purge(30 * 86400) == []  # retention not yet elapsed
-            stored = stored_objects(tmp_path / "store")
-            digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in stored}
-            purged = uplink_service.purge(0)
-            assert len(purged) == 3
-            assert not any(p.exists() for p in stored)
-            assert len(station.ledger("purged")) == 3
-    finally:
-        await central.stop()
+    async with one_recorder_offloaded(tmp_path, retention_days=30) as (central, station):
+        uplink_service = station.agent.uplink
+        assert uplink_service is not None
+        assert uplink_service.purge(30 * 86400) == []  # retention not yet elapsed
+        stored = stored_objects(tmp_path / "store")
+        digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in stored}
+        purged = uplink_service.purge(0)
+        assert len(purged) == 3
+        assert not any(p.exists() for p in stored)
+        assert len(station.ledger("purged")) == 3
     assert digests
     # The item stays provable: manifest sidecar + receipt at the station, content at the central.
     pinned = load_public_key(central.bundle_dir / "central-signing.pub")
