@@ -12,53 +12,24 @@ from __future__ import annotations
 import json
 import shlex
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.agent_process import recorder_simulator, simulator_cli, state_rows, write_station_config
 from tests.mounting import require_fuse
 from tests.service.processes import NotifySocket, exec_start, unit
 from tests.service.test_unit_files import one
 
 UNIT = "edge-station.service"
 FILES = 3
-PASSWORD = "000000"  # the simulator's default
 
 
 def write_config(root: Path, allow: list[tuple[str, str]], *, store: str = "store", extra: str = "") -> Path:
-    password = root / "recorder-password"
-    password.write_text(PASSWORD + "\n")
-    password.chmod(0o600)
-    entries = "\n".join(f'[[recorders.allow]]\ndevice_serial = "{d}"\nusb_serial = "{u}"\n' for d, u in allow)
-    config = root / "station.toml"
-    config.write_text(f"""
-[station]
-id = "RELOAD-TEST"
-store_dir = "{store}"
-clock = "trusted"
-
-[usb]
-backend = "simulator"
-simulator_socket = "sim/bus.sock"
-poll_interval_s = 0.1
-mount_root = "media"
-volume_timeout_s = 20
-
-[recorders]
-default_password = "file:{password}"
-{entries}
-[offload]
-min_free_bytes = 0
-
-[wipe]
-policy = "never"
-{extra}""")
-    return config
+    return write_station_config(root, allow, station_id="RELOAD-TEST", wipe_policy="never", store=store,
+                                extra=extra)
 
 
 class Ledger:
@@ -66,13 +37,7 @@ class Ledger:
         self.db = db
 
     def entries(self, type_: str | None = None) -> list[tuple[int, str, dict[str, Any]]]:
-        if not self.db.exists():
-            return []
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = conn.execute("SELECT seq, type, data FROM ledger ORDER BY seq").fetchall()
-        finally:
-            conn.close()
+        rows = state_rows(self.db, "SELECT seq, type, data FROM ledger ORDER BY seq")
         return [(int(seq), str(kind), json.loads(data)) for seq, kind, data in rows
                 if type_ is None or kind == type_]
 
@@ -91,12 +56,8 @@ def acquired_by(ledger: Ledger, device: str) -> list[int]:
 
 
 def sealed_items_of(ledger: Ledger, device: str) -> set[str]:
-    conn = sqlite3.connect(f"file:{ledger.db}?mode=ro", uri=True, timeout=5)
-    try:
-        rows = conn.execute("SELECT item FROM acquisitions WHERE device=? AND state='sealed'", (device,))
-        return {str(row[0]) for row in rows}
-    finally:
-        conn.close()
+    rows = state_rows(ledger.db, "SELECT item FROM acquisitions WHERE device=? AND state='sealed'", (device,))
+    return {str(row[0]) for row in rows}
 
 
 def refusals_of(ledger: Ledger, usb_serial: str) -> int:
@@ -117,34 +78,13 @@ def await_reload_notifications(notify: NotifySocket) -> None:
     assert ready["READY"] == "1"
 
 
-def sim(socket: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "simulators", "recorder", *args, "--socket", str(socket)],
-                   check=True, timeout=30, capture_output=True)
-
-
-@contextmanager
-def simulator(root: Path) -> Iterator[list[dict[str, Any]]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simulators", "recorder", "serve", "--state", str(root / "sim" / "state"),
-         "--mount-root", str(root / "media"), "--socket", str(root / "sim" / "bus.sock"), "--recorders", "3",
-         "--files", str(FILES), "--file-mb", "2", "--rate-limit-mbps", "2", "--seed", "8"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    try:
-        assert process.stdout is not None
-        yield json.loads(process.stdout.readline())["recorders"]
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-        if process.stdout is not None:
-            process.stdout.close()
-
-
 def test_reload_mid_copy_applies_to_the_next_docking_and_refuses_what_needs_a_restart(
     tmp_path: Path, notify: NotifySocket
 ) -> None:
     require_fuse()  # the throttled volumes are FUSE mounts
-    with simulator(tmp_path) as recorders:
+    with recorder_simulator(
+        tmp_path, recorders=3, files=FILES, file_mb=2, rate_limit_mbps=2, seed=8
+    ) as recorders:
         (a_serial, a_usb), (b_serial, b_usb), (c_serial, c_usb) = (
             (r["device_serial"], r["usb_serial"]) for r in recorders)
         ports = {r["device_serial"]: r["port_path"] for r in recorders}
@@ -175,8 +115,8 @@ def test_reload_mid_copy_applies_to_the_next_docking_and_refuses_what_needs_a_re
                 assert not [d for _s, _t, d in ledger.entries("error") if d.get("device_serial") == a_serial]
 
                 # The next docking of B sees the new allow-list.
-                sim(tmp_path / "sim" / "bus.sock", "unplug", b_serial)
-                sim(tmp_path / "sim" / "bus.sock", "plug", b_serial, "--port", ports[b_serial])
+                simulator_cli(tmp_path, "unplug", b_serial)
+                simulator_cli(tmp_path, "plug", b_serial, "--port", ports[b_serial])
                 ledger.wait("B sealed", lambda: len(sealed_items_of(ledger, b_serial)) == FILES, agent)
 
                 # A change that needs a restart (the store) refuses the whole file, C's entry with it.
@@ -196,8 +136,8 @@ def test_reload_mid_copy_applies_to_the_next_docking_and_refuses_what_needs_a_re
                 assert agent.poll() is None  # still running
 
                 # C is still refused: the configuration in force is the last one applied.
-                sim(tmp_path / "sim" / "bus.sock", "unplug", c_serial)
-                sim(tmp_path / "sim" / "bus.sock", "plug", c_serial, "--port", ports[c_serial])
+                simulator_cli(tmp_path, "unplug", c_serial)
+                simulator_cli(tmp_path, "plug", c_serial, "--port", ports[c_serial])
                 ledger.wait("C refused again", lambda: refusals_of(ledger, c_usb) == 2, agent)
                 assert sealed_items_of(ledger, c_serial) == set()
                 assert not (tmp_path / "elsewhere").exists()
