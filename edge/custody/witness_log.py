@@ -27,6 +27,7 @@ from edge.custody.errors import CanonicalJsonError
 from edge.custody.ledger import EntryType, station_time_now
 from edge.custody.receipt import ReceiptError, TreeHead
 from edge.custody.witness import WitnessedHead, WitnessError
+from edge.durable.sqlite import apply_schema
 
 __all__ = [
     "OPERATOR_ACCEPTED",
@@ -105,9 +106,7 @@ class StationWitness:
 
     @staticmethod
     def create_schema(conn: sqlite3.Connection) -> None:
-        for statement in _SCHEMA.split(";\n"):
-            if statement.strip():
-                conn.execute(statement)
+        apply_schema(conn, _SCHEMA)
 
     # witnessed heads of our ledger
 

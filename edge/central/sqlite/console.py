@@ -36,6 +36,7 @@ from edge.central.index import (
     validate_unit_code,
 )
 from edge.custody.ledger import station_time_now
+from edge.durable.sqlite import apply_schema
 
 if TYPE_CHECKING:
     from edge.central.sqlite.database import SqliteDatabase
@@ -154,23 +155,9 @@ WHERE i.item NOT IN (SELECT item FROM item_units)
 """
 
 
-def _append_only_triggers(table: str) -> list[str]:
-    return [
-        f"CREATE TRIGGER IF NOT EXISTS {table}_no_update BEFORE UPDATE ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: UPDATE refused'); END",
-        f"CREATE TRIGGER IF NOT EXISTS {table}_no_delete BEFORE DELETE ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: DELETE refused'); END",
-    ]
-
-
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create the console tables and triggers if missing (idempotent; the caller's transaction)."""
-    for statement in _SCHEMA.split(";\n"):
-        if statement.strip():
-            conn.execute(statement)
-    for table in _APPEND_ONLY:
-        for statement in _append_only_triggers(table):
-            conn.execute(statement)
+    apply_schema(conn, _SCHEMA, append_only=_APPEND_ONLY)
 
 
 def migrate(conn: sqlite3.Connection) -> int:

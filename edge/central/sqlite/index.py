@@ -41,6 +41,7 @@ from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import KeyFormatError
 from edge.custody.keys import key_id_of, public_key_from_b64
 from edge.custody.ledger import GENESIS_PREV, Checkpoint, LedgerEntry, station_time_now
+from edge.durable.sqlite import apply_schema
 
 if TYPE_CHECKING:
     from edge.central.sqlite.database import SqliteDatabase
@@ -212,23 +213,9 @@ BEGIN SELECT RAISE(ABORT, 'station ledger insert must extend the head (seq = hea
 """.replace("{genesis}", GENESIS_PREV)
 
 
-def _append_only_triggers(table: str) -> list[str]:
-    return [
-        f"CREATE TRIGGER IF NOT EXISTS {table}_no_update BEFORE UPDATE ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: UPDATE refused'); END",
-        f"CREATE TRIGGER IF NOT EXISTS {table}_no_delete BEFORE DELETE ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: DELETE refused'); END",
-    ]
-
-
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create the index tables and triggers if missing (idempotent)."""
-    for statement in _SCHEMA.split(";\n"):
-        if statement.strip():
-            conn.execute(statement)
-    for table in _APPEND_ONLY:
-        for statement in _append_only_triggers(table):
-            conn.execute(statement)
+    apply_schema(conn, _SCHEMA, append_only=_APPEND_ONLY)
 
 
 class SqliteIndex:

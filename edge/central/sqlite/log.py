@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from edge.central.storage import LogStoreConflict
 from edge.custody.receipt import TREE_HEAD_FIELDS, TreeHead
+from edge.durable.sqlite import apply_schema
 
 if TYPE_CHECKING:
     from edge.central.sqlite.database import SqliteDatabase
@@ -95,9 +96,7 @@ BEGIN SELECT RAISE(ABORT, 'tree heads are append-only: DELETE refused'); END;
 
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create the log's tables, index and append-only triggers if missing (idempotent; never commits)."""
-    for statement in _SCHEMA.split(";\n"):
-        if statement.strip():
-            conn.execute(statement)
+    apply_schema(conn, _SCHEMA)
 
 
 class SqliteLogStore:
