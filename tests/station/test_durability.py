@@ -30,6 +30,7 @@ from edge.durable.uncached import CacheBypassError, ReadMethod, UncachedFile, re
 from edge.ingest.copy import reread_and_compare
 from edge.ingest.store import StationStore
 from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
+from tests.mounting import ext4_on_loop
 from tests.prerequisites import require
 from tests.station.harness import simulated_station, spec
 
@@ -130,19 +131,8 @@ def _need(tool: str) -> None:
 @pytest.fixture
 def ext4(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """A real ext4 file system on a loop device: (mount point, backing image file)."""
-    _need("mkfs.ext4")
-    _need("losetup")
-    image = tmp_path / "disk.img"
-    with image.open("wb") as f:
-        f.truncate(64 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], check=True)
-    mount_point = tmp_path / "mnt"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True)
-    try:
-        yield mount_point, image
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
+    with ext4_on_loop(tmp_path / "disk.img", tmp_path / "mnt", 64) as mount_point:
+        yield mount_point, tmp_path / "disk.img"
 
 
 def _corrupt_behind_the_cache(image: Path, marker: bytes, replacement: bytes) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import mmap
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from edge.ingest.store import StationStore
 from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
 from simulators.recorder.faultfs import VolumeFaults
 from simulators.recorder.volume import mount_volume
-from tests.prerequisites import require
+from tests.mounting import ext4_on_loop
 
 from .conftest import session_info, settle_on_disk, volume_hashes
 
@@ -96,16 +95,8 @@ async def test_a_single_silent_misread_is_caught_before_erasing_with_the_default
 @pytest.fixture
 def ext4_recorder(tmp_path: Path, volume_template: Path) -> Iterator[tuple[Path, Path]]:
     """A recorder volume on a real ext4 on a loop device (keeps mapped pages, as vfat does)."""
-    for tool in ("mkfs.ext4", "mount", "umount"):
-        require(shutil.which(tool) is not None and os.geteuid() == 0, f"needs root and {tool}")
     image = tmp_path / "card.img"
-    with image.open("wb") as f:
-        f.truncate(32 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], check=True)
-    mount_point = tmp_path / "media" / "ZFY_3300001"
-    mount_point.mkdir(parents=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True)
-    try:
+    with ext4_on_loop(image, tmp_path / "media" / "ZFY_3300001", 32) as mount_point:
         for entry in volume_template.iterdir():
             if entry.is_dir():
                 shutil.copytree(entry, mount_point / entry.name)
@@ -114,8 +105,6 @@ def ext4_recorder(tmp_path: Path, volume_template: Path) -> Iterator[tuple[Path,
         shutil.rmtree(mount_point / "lost+found", ignore_errors=True)
         settle_on_disk(mount_point)
         yield mount_point, image
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def _write_byte(image: Path, where: int, value: int) -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from edge.ingest.source import FileReader
 from edge.ingest.store import StationStore
 from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
 from edge.verify.station import verify_store
-from tests.prerequisites import require
+from tests.mounting import ext4_on_loop
 
 from .conftest import make_config, session_info, settle_on_disk, volume_hashes
 
@@ -166,19 +164,8 @@ async def test_reread_original_reads_every_original_again_while_verifying(
 @pytest.fixture
 def ext4(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """A real ext4 file system on a loop device for the station store: (mount point, backing image)."""
-    for tool in ("mkfs.ext4", "mount", "umount"):
-        require(shutil.which(tool) is not None and os.geteuid() == 0, f"needs root and {tool}")
-    image = tmp_path / "disk.img"
-    with image.open("wb") as f:
-        f.truncate(64 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", str(image)], check=True)
-    mount_point = tmp_path / "mnt"
-    mount_point.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True)
-    try:
-        yield mount_point, image
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
+    with ext4_on_loop(tmp_path / "disk.img", tmp_path / "mnt", 64) as mount_point:
+        yield mount_point, tmp_path / "disk.img"
 
 
 class _CorruptBehindTheCache:
