@@ -871,7 +871,7 @@ _ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-j
 # a crash left there is not a planted file.
 _ROOT_DIRS = frozenset({"identity", "objects", "uploads", "readiness"})
 _IDENTITY_FILES = frozenset(
-    {"ca.crt", "ca.key", "server.crt", "server.key", "signing.key", "signing.key.pub"}
+    {"ca.crt", "ca.key", "server.crt", "server.key", "signing.key", "signing.key.pub", "console.key"}
 )
 # tus uploads in progress (edge.central.tus_store): <id>.part and <id>.info.json, and the temp file of an
 # atomic write of a record that a crash left behind (the purge removes it once stale).

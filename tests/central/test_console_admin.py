@@ -15,6 +15,7 @@ import pytest
 from edge.central.cli import add_central_parser
 from edge.central.config import load_central_config
 from edge.central.console.credentials import totp_step, verify_password
+from edge.central.console.secret_key import ConsoleSecretKey
 from edge.central.embedded import EmbeddedCentral
 from edge.central.index import Role
 from edge.central.sqlite import SqliteDatabase
@@ -63,7 +64,10 @@ def test_account_lifecycle_from_stdin_with_totp(
         assert account.totp_secret is not None and account.totp_secret not in repr(account)
         assert account.password_hash not in repr(account)
         secret = pyotp.parse_uri(uri).secret
-        assert secret == account.totp_secret
+        # Stored sealed with the store's console key, for this account only.
+        key = ConsoleSecretKey.load(load_central_config(Path(config)).layout.console_key)
+        assert secret not in account.totp_secret and account.totp_secret.startswith("sealed-v1:")
+        assert key.open_totp("wang.legal", account.totp_secret) == secret
         assert totp_step(secret, pyotp.TOTP(secret).now()) is not None
     finally:
         database.close()
