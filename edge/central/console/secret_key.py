@@ -1,4 +1,4 @@
-"""The console's secret key: TOTP secrets sealed at rest, and the key of the console trails' chain.
+"""The console's secret key: TOTP secrets sealed at rest, and the key of the console trails' seals.
 
 ``index.db`` holds each account's TOTP secret sealed with AES-256-GCM (``cryptography``) under a key the
 central keeps outside the database, ``identity/console.key`` (mode 0600, beside the signing key, made by
@@ -15,8 +15,9 @@ accounts with TOTP are refused and the reason is logged naming the file; the cen
 A missing key is never silently replaced while sealed secrets exist (they could no longer be opened):
 the operator restores it from backup, or re-enrols TOTP for every account.
 
-The same file keys the hash chain of the console's append-only trails (:mod:`edge.central.console_trail`),
-through a subkey derived with HKDF, so the two uses never share key material.
+The same file keys the seals of the console's append-only trails (:mod:`edge.central.sqlite.trail`),
+through a subkey derived with HKDF, so the two uses never share key material. A starting central also
+seals, once, the trail rows of a store made before those seals.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class ConsoleSecretKey:
         if len(key) != _KEY_BYTES:
             raise ConsoleKeyError(f"{path}: a console key has {_KEY_BYTES} bytes, found {len(key)}")
         self._aead = AESGCM(key)
-        self._chain_key = _subkey(key, b"edge-console trail-chain v1")
+        self._trail_key = _subkey(key, b"edge-console trail-seals v1")
         self.fingerprint = hashlib.sha256(_subkey(key, b"edge-console fingerprint v1")).hexdigest()[:16]
         self.path = path
 
@@ -132,9 +133,9 @@ class ConsoleSecretKey:
         return plain.decode("ascii")
 
     @property
-    def chain_key(self) -> bytes:
-        """The HMAC key of the console trails' chain (a subkey: never the sealing key itself)."""
-        return self._chain_key
+    def trail_key(self) -> bytes:
+        """The HMAC key of the console trails' seals (a subkey: never the TOTP sealing key itself)."""
+        return self._trail_key
 
 
 def _subkey(key: bytes, info: bytes) -> bytes:
@@ -147,6 +148,7 @@ class TotpSecretStore(Protocol):
     def totp_secrets(self) -> list[tuple[str, str]]: ...
     def seal_totp_secret(self, name: str, stored_before: str, sealed: str, *, by: str) -> bool: ...
     def scrub_replaced(self) -> bool: ...
+    def seal_trails(self, trail_key: bytes) -> int: ...
 
 
 def prepare_console_key(path: Path, store: TotpSecretStore, *, by: str) -> ConsoleSecretKey | None:
@@ -172,6 +174,9 @@ def prepare_console_key(path: Path, store: TotpSecretStore, *, by: str) -> Conso
     except ConsoleKeyError as exc:
         log.error("console key unusable: %s; sign-ins of accounts with TOTP are refused", exc)
         return None
+    old_rows = store.seal_trails(key.trail_key)
+    if old_rows:
+        log.info("console: %d trail rows made before the seals are now sealed", old_rows)
     sealed_now = 0
     for name, text in stored:
         if is_sealed(text):

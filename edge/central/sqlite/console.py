@@ -37,6 +37,7 @@ from edge.central.index import (
     validate_station_id,
     validate_unit_code,
 )
+from edge.central.sqlite.trail import seal_rows_made_before_the_seals
 from edge.custody.ledger import station_time_now
 
 if TYPE_CHECKING:
@@ -302,6 +303,11 @@ class SqliteConsoleStore:
                 return False
             self._event(name, "totp_sealed", by=by, detail="the plain secret of an older central was sealed")
             return True
+
+    def seal_trails(self, trail_key: bytes) -> int:
+        """Seal, once, the trail rows made before the seals (edge.central.sqlite.trail)."""
+        with self.transaction():
+            return seal_rows_made_before_the_seals(self.conn, trail_key)
 
     def scrub_replaced(self) -> bool:
         """Copy the WAL into the database and truncate it, so that what a replaced row held is gone from
