@@ -6,6 +6,7 @@ a real process, stop it (SIGTERM) and start it again on the same store."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import hashlib
@@ -211,7 +212,7 @@ class CentralProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def init(self) -> None:
-        parser = __import__("argparse").ArgumentParser(prog="edge")
+        parser = argparse.ArgumentParser(prog="edge")
         add_central_parser(parser.add_subparsers(dest="command", required=True))
         args = parser.parse_args(["central", "init", "--config", str(self.config_path)])
         assert args.func(args) == 0
@@ -249,7 +250,7 @@ def process(tmp_path: Path) -> Iterator[CentralProcess]:
     central.init()
     database = SqliteDatabase.open(central.config.layout.index_db)
     try:
-        for name in ("li.legal", "wang.legal"):
+        for name in ("li.legal", "wang.legal", "zhao.legal"):
             database.console.create_account(name, hash_password(PASSWORD), by="admin")
             database.console.grant(name, Role.SUPERVISOR, (), by="admin", reason="test")
     finally:
@@ -301,12 +302,19 @@ async def test_a_session_survives_a_restart_and_a_signed_out_or_expired_one_does
     process: CentralProcess,
 ) -> None:
     await process.start()
-    kept, signed_out, idle = Browser(process), Browser(process), Browser(process)
-    for browser, name in ((kept, "li.legal"), (signed_out, "wang.legal"), (idle, "wang.legal")):
+    kept, signed_out, idle, revoked = (Browser(process) for _ in range(4))
+    for browser, name in ((kept, "li.legal"), (signed_out, "wang.legal"), (idle, "wang.legal"),
+                          (revoked, "zhao.legal")):
         await browser.sign_in(name)
         assert (await browser.call("GET", "/console/api/session"))[0] == 200
     assert (await signed_out.call("POST", "/console/api/sign-out"))[0] == 200
     process.stop()
+    # The administrator disables zhao.legal while the central is down: its session ends with it.
+    parser = argparse.ArgumentParser(prog="edge")
+    add_central_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["central", "account", "disable", "zhao.legal", "--reason", "left",
+                              "--config", str(process.config_path)])
+    assert args.func(args) == 0
 
     # What index.db keeps: the token's hash only, never the cookie or its CSRF token.
     rows = _stored_sessions(process.config)
@@ -329,6 +337,7 @@ async def test_a_session_survives_a_restart_and_a_signed_out_or_expired_one_does
     assert (await kept.call("GET", "/console/api/items"))[0] == 200
     assert (await signed_out.call("GET", "/console/api/session"))[0] == 401
     assert (await idle.call("GET", "/console/api/session"))[0] == 401
+    assert (await revoked.call("GET", "/console/api/session"))[0] == 401
 
     # A database-read attacker: the stored hash as a cookie is no session.
     forged = Browser(process)
