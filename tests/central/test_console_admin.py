@@ -83,6 +83,28 @@ def test_account_lifecycle_from_stdin_with_totp(
         database.close()
 
 
+def test_enrol_totp_refuses_without_the_key_its_other_secrets_are_sealed_with(
+    config: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("wang.legal", "li.legal"):
+        monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+        assert _run("account", "add", name, "--config", config, "--password-stdin") == 0
+    assert _run("account", "enrol-totp", "wang.legal", "--config", config) == 0  # control
+    key = load_central_config(Path(config)).layout.console_key
+    key.unlink()
+    capsys.readouterr()
+    assert _run("account", "enrol-totp", "li.legal", "--config", config) == 1
+    out = capsys.readouterr()
+    assert f"the console key {key} is missing or unusable" in out.err and "otpauth://" not in out.out
+    assert not key.exists()  # not replaced: wang.legal's sealed secret needs the old one
+    database = _database(config)
+    try:
+        account = database.console.account("li.legal")
+        assert account is not None and account.totp_secret is None
+    finally:
+        database.close()
+
+
 def test_a_password_is_never_taken_from_the_command_line(config: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
         _run("account", "add", "wang.legal", "--config", config, "--password", PASSWORD)
