@@ -348,6 +348,7 @@ def build_app(
     # Imported here so that importing this module does not need the read side's dependencies first.
     from edge.central.console.api import add_console_api_routes
     from edge.central.console.pages import add_console_pages
+    from edge.central.console.secret_key import prepare_console_key
     from edge.central.console.signin import add_sign_in_routes
     from edge.central.console.state import CONSOLE, ConsoleState
     from edge.central.disclosure.routes import add_audit_routes
@@ -403,7 +404,8 @@ def build_app(
     add_read_routes(app, parts)
     add_station_ledger_route(app, parts)
     # The auditor console: its pages, sign-in and session-authenticated API (edge.central.console).
-    app[CONSOLE] = ConsoleState.from_settings(config.console)
+    console_key = prepare_console_key(layout.console_key, database.console, by="central-start")
+    app[CONSOLE] = ConsoleState.from_settings(config.console, database.console, console_key)
     add_sign_in_routes(app)
     add_console_api_routes(app, parts)
     add_console_pages(app)

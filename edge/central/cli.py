@@ -22,6 +22,7 @@ from pathlib import Path
 
 from edge.central.config import CentralConfig, ConfigError, load_central_config
 from edge.central.console.admin import add_console_admin_parsers
+from edge.central.console.secret_key import prepare_console_key
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
 from edge.central.index import CentralIndexError
 from edge.central.sqlite import SqliteDatabase, SqliteIndex
@@ -120,6 +121,13 @@ def cmd_central_init(args: argparse.Namespace) -> int:
             identity = init_central(config)
             index_existed = config.layout.index_db.exists()
             SqliteIndex.open(config.layout.index_db).close()
+            key_existed = config.layout.console_key.exists()
+            database = SqliteDatabase.open(config.layout.index_db)
+            try:
+                console_key = prepare_console_key(config.layout.console_key, database.console,
+                                                  by="edge central init")
+            finally:
+                database.close()
     except StoreBusy as exc:
         _say(f"error: central init: {exc}")
         return EXIT_STORE_BUSY
@@ -131,6 +139,12 @@ def cmd_central_init(args: argparse.Namespace) -> int:
     for line in identity.kept:
         _say(f"exists, kept {line}")
     _say(f"{'exists, kept' if index_existed else 'created'} index: {config.layout.index_db}")
+    if console_key is None:
+        _say(f"error: central init: the console key {config.layout.console_key} is missing or unusable "
+             "while the index holds sealed TOTP secrets; restore it from backup (mode 0600)")
+        return EXIT_FAILED
+    _say(f"{'exists, kept' if key_existed else 'created'} console key (seals TOTP secrets): "
+         f"{config.layout.console_key}")
     _say(
         f"central {config.central.id} is initialised in {config.central.store_dir}; CA fingerprint "
         f"(sha256) {identity.ca_sha256}. Next: `edge central enroll STATION_ID --config FILE "
@@ -324,7 +338,14 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     revoke_reader.add_argument("--reason", required=True, help="why (kept with the revocation)")
     revoke_reader.set_defaults(func=cmd_central_revoke_reader)
 
-    add_console_admin_parsers(commands, _config_option, _open_database)
+    add_console_admin_parsers(commands, _config_option, _open_database, _console_key_path)
+
+
+def _console_key_path(args: argparse.Namespace) -> Path:
+    """identity/console.key of the configured store (the configuration loaded when the database was)."""
+    config = _load(args)
+    assert not isinstance(config, ExitCode)  # _open_database loaded it first
+    return config.layout.console_key
 
 
 def _open_database(args: argparse.Namespace) -> SqliteDatabase | int:

@@ -400,6 +400,11 @@ class CentralLayout:
         return self.identity_dir / "signing.key"
 
     @property
+    def console_key(self) -> Path:
+        """Seals the console's TOTP secrets and keys its trails' chain (edge.central.console.secret_key)."""
+        return self.identity_dir / "console.key"
+
+    @property
     def signing_pub(self) -> Path:
         """Written by StationKey beside the private key; copied into every enrollment bundle."""
         return self.identity_dir / "signing.key.pub"

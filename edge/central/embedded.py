@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.config import CentralConfig, CentralLayout
 from edge.central.console.credentials import hash_password, new_totp_secret, totp_uri
+from edge.central.console.state import CONSOLE
 from edge.central.identity import enroll_station, init_central
 from edge.central.index import Role
 from edge.central.service import RunningCentral, start_central
@@ -97,7 +98,10 @@ class EmbeddedCentral:
             console.create_account(name, hash_password(password), by="edge-demo")
         else:  # a demo run again in the same --workdir
             console.set_password(name, hash_password(password), by="edge-demo")
-        console.set_totp(name, totp_secret, by="edge-demo")
+        key = self.running.app[CONSOLE].secret_key
+        if key is None:
+            raise RuntimeError(f"the console key {self.config.layout.console_key} is unusable (logged)")
+        console.set_totp(name, key.seal_totp(name, totp_secret), by="edge-demo")
         console.grant(name, Role.SUPERVISOR, (), by="edge-demo", reason="the demo's auditor")
 
     def signing_public_key(self) -> Ed25519PublicKey:

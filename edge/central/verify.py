@@ -21,8 +21,12 @@ A central store verifies when:
   leaves the station's receipt entry, which names it. The central key each receipt entry says it was
   verified with must be the store's signing key: a replaced key, with every head re-signed by it, is named;
 * nothing lies in the store root, identity/ or uploads/ that the central does not write, and the
-  append-only trails (access log, rejections, enrolments, metadata history, station checkpoints) have
-  no gaps.
+  append-only trails (access log, rejections, enrolments, metadata history, station checkpoints, the
+  console's account, grant, station-unit and sensitivity events and media ranges) have no gaps;
+* the console's trails (access log, account, grant, station-unit and sensitivity events, media ranges)
+  match their seals (:mod:`edge.central.sqlite.trail`, keyed by ``identity/console.key``): a row
+  edited, deleted or inserted past the central is named, with the limits that module states (the holder
+  of the key can re-seal; the newest rows deleted with their seals leave a shorter, consistent sequence).
 
 The check streams station by station (each ledger, then that station's items, by point queries on the
 index), so memory stays bounded whatever the number of items; objects are hashed one at a time. The
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import logging
 import re
 import sqlite3  # read-only, below the protocols: see the module docstring
@@ -52,10 +57,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.config import CentralLayout
+from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey
 from edge.central.index import CASE_FIELDS
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore, is_sha256_hex
 from edge.central.sqlite import SqliteDatabase
+from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, row_json_sql, trail_mac
 from edge.custody.canonical import canonical_json, parse_json, sha256_hex
 from edge.custody.checkpoint_note import NoteError, open_note, parse_checkpoint
 from edge.custody.errors import CanonicalJsonError, KeyFileError, KeyFormatError, LedgerError
@@ -196,6 +203,10 @@ class _Checker:
         for table in ("access_log", "rejections", "enrolment_events", "metadata_history",
                       "station_checkpoints"):
             self._check_no_deleted_rows(table)
+        for table in _CONSOLE_TRAILS:
+            if self._table_exists(table):
+                self._check_no_deleted_rows(table)
+        self._check_trail_seals()
         for station, extra in sorted(self._cross_listed.items()):
             if extra > _MAX_LISTED:
                 self.add(f"station {station} ledger", f"{extra - _MAX_LISTED} more receipt or upload entries "
@@ -218,6 +229,81 @@ class _Checker:
                 missing = f"row {expected}" if row_id == expected + 1 else f"rows {expected}-{row_id - 1}"
                 self.add(table, f"{missing} missing: the append-only trail was cut")
             expected = row_id + 1
+
+    def _table_exists(self, table: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                 (table,)).fetchone() is not None
+
+    # -- the seals of the console's trails (edge.central.sqlite.trail) -------------------------------
+
+    def _trail_key(self) -> bytes | None:
+        try:
+            return ConsoleSecretKey.load(self.layout.console_key).trail_key
+        except ConsoleKeyError as exc:
+            self.add(f"file {self.layout.console_key.relative_to(self.layout.store_dir)}",
+                     f"the seals of the console's trails cannot be checked: {exc}")
+            return None
+
+    def _check_trail_seals(self) -> None:
+        """Every trail row has its seal, every seal its row, and each seal is the HMAC chain value over
+        its number and the row as stored: names a deleted, edited or inserted row."""
+        if not self._table_exists("trail_seals"):
+            self.findings.notes.append("the console's trails carry no seals yet (a store made before them; "
+                                       "the central's next start seals them)")
+            return
+        key: bytes | None = None
+        key_tried = False
+        began = False
+        expected = 1
+        named = 0
+        for seq, table, row_id, mac in self.conn.execute(
+                "SELECT seq, tbl, row_id, mac FROM trail_seals ORDER BY seq"):
+            self.count("trail seals")
+            gap = seq != expected
+            if gap:
+                missing = f"seal {expected}" if seq == expected + 1 else f"seals {expected}-{seq - 1}"
+                self.add("trail_seals", f"{missing} missing: deleted with the trail rows they sealed")
+            expected = seq + 1
+            problem: tuple[str, str] | None = None
+            if table == BEGIN_TABLE:
+                began = True
+                row_json: str | None = "[]"
+            elif table in TRAIL_COLUMNS and isinstance(row_id, int):
+                row = self.conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?",
+                                        (row_id,)).fetchone()
+                row_json = None if row is None else str(row[0])
+                if row_json is None:
+                    problem = (table, f"row {row_id} was deleted (its seal {seq} remains)")
+                elif mac is None:
+                    problem = (table, f"row {row_id} was appended without a seal (the console key was "
+                                      "unusable then)")
+            else:
+                row_json = None
+                problem = ("trail_seals", f"seal {seq} names no trail row ({str(table)[:40]!r} {row_id!r})")
+            if isinstance(mac, str) and not key_tried:  # the key is needed once there is a seal to check
+                key, key_tried = self._trail_key(), True
+            if problem is None and key is not None and row_json is not None and isinstance(row_id, int) and (
+                    not isinstance(mac, str)
+                    or not hmac.compare_digest(mac, trail_mac(key, seq, str(table), row_id, row_json))):
+                problem = (str(table), f"row {row_id} was edited, or its seal {seq} was: they no longer match"
+                           if table != BEGIN_TABLE else f"seal {seq} (where the seals begin) was edited")
+            if problem is not None:
+                named += 1
+                if named <= _MAX_LISTED:
+                    self.add(*problem)
+        for table in TRAIL_COLUMNS:
+            if not self._table_exists(table):
+                continue
+            for (row_id,) in self.conn.execute(
+                    f"SELECT t.id FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM trail_seals s "
+                    f"WHERE s.tbl = ? AND s.row_id = t.id) ORDER BY t.id LIMIT ?", (table, _MAX_LISTED)):
+                named += 1
+                self.add(table, f"row {row_id} has no seal: inserted past the central (its sealing trigger "
+                                "dropped)" if began else
+                         f"row {row_id} has no seal: the central has not started since the seals came, or "
+                         "the row was inserted past it")
+        if named > _MAX_LISTED:
+            self.add("trail_seals", f"{named - _MAX_LISTED} more trail rows do not match their seals")
 
     # -- stations and their ledgers ----------------------------------------------------------------
 
@@ -865,13 +951,16 @@ class _Checker:
                 )
 
 
+# The console's append-only trails besides the access log (edge.central.sqlite.console), numbered 1, 2, 3...
+_CONSOLE_TRAILS = ("account_events", "grant_events", "station_unit_events", "sensitivity_events",
+                   "media_ranges")
 # What a central store holds (edge.central.config.CentralLayout): anything else was planted or left over.
 _ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-journal", "store.lock"})
 # readiness/: the /readyz write probe's directory (edge.central.health); it holds no evidence, and a probe
 # a crash left there is not a planted file.
 _ROOT_DIRS = frozenset({"identity", "objects", "uploads", "readiness"})
 _IDENTITY_FILES = frozenset(
-    {"ca.crt", "ca.key", "server.crt", "server.key", "signing.key", "signing.key.pub"}
+    {"ca.crt", "ca.key", "server.crt", "server.key", "signing.key", "signing.key.pub", "console.key"}
 )
 # tus uploads in progress (edge.central.tus_store): <id>.part and <id>.info.json, and the temp file of an
 # atomic write of a record that a crash left behind (the purge removes it once stale).

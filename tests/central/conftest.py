@@ -19,7 +19,8 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.central.config import CentralConfig
+from edge.central.config import CentralConfig, CentralLayout
+from edge.central.console.secret_key import ConsoleSecretKey
 from edge.central.identity import enroll_reader, enroll_station, init_central
 from edge.central.index import Role
 from edge.central.log import MerkleLog
@@ -33,6 +34,7 @@ from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Checkpoint, EntryType, Ledger, LedgerEntry, station_time_now
 from edge.custody.manifest import manifest_bytes, sign_manifest
+from edge.durable.files import ensure_private_dir
 from edge.pki.tls import client_ssl_context
 
 CERT_SHA = "c" * 64
@@ -190,6 +192,10 @@ class CentralParts:
 
 
 def make_central_parts(root: Path, origin: str = "central-test") -> CentralParts:
+    console_key = CentralLayout(root).console_key  # made by `edge central init`: it seals the trails
+    if not console_key.exists():
+        ensure_private_dir(console_key.parent)
+        ConsoleSecretKey.create(console_key)
     database = SqliteDatabase.open(root / "index.db")
     index = database.index
     key = StationKey.generate()

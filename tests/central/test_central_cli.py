@@ -85,12 +85,14 @@ def test_init_reports_what_it_made_then_what_it_kept(
     assert "created CA (sha256 " in first and str(store / "identity" / "ca.crt") in first
     assert f"created index: {store / 'index.db'}" in first
     assert "created signing key" in first and "created server certificate" in first
+    assert f"created console key (seals TOTP secrets): {store / 'identity' / 'console.key'}" in first
     assert (store / "index.db").is_file()
+    assert (store / "identity" / "console.key").stat().st_mode & 0o777 == 0o600
 
     assert _run("init", "--config", str(config_file)) == 0
     second = _stderr(capsys)
     assert "created" not in second.replace("is initialised", "")
-    assert second.count("exists, kept") == 4
+    assert second.count("exists, kept") == 5
 
 
 def test_config_given_before_the_sub_command(config_file: Path, tmp_path: Path) -> None:

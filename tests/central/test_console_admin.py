@@ -15,6 +15,7 @@ import pytest
 from edge.central.cli import add_central_parser
 from edge.central.config import load_central_config
 from edge.central.console.credentials import totp_step, verify_password
+from edge.central.console.secret_key import ConsoleSecretKey
 from edge.central.embedded import EmbeddedCentral
 from edge.central.index import Role
 from edge.central.sqlite import SqliteDatabase
@@ -63,7 +64,10 @@ def test_account_lifecycle_from_stdin_with_totp(
         assert account.totp_secret is not None and account.totp_secret not in repr(account)
         assert account.password_hash not in repr(account)
         secret = pyotp.parse_uri(uri).secret
-        assert secret == account.totp_secret
+        # Stored sealed with the store's console key, for this account only.
+        key = ConsoleSecretKey.load(load_central_config(Path(config)).layout.console_key)
+        assert secret not in account.totp_secret and account.totp_secret.startswith("sealed-v1:")
+        assert key.open_totp("wang.legal", account.totp_secret) == secret
         assert totp_step(secret, pyotp.TOTP(secret).now()) is not None
     finally:
         database.close()
@@ -75,6 +79,28 @@ def test_account_lifecycle_from_stdin_with_totp(
         events = [e["event"] for e in database.console.account_events("wang.legal")]
         assert events == ["created", "totp_enrolled", "disabled"]
         assert all(e["by"] for e in database.console.account_events("wang.legal"))
+    finally:
+        database.close()
+
+
+def test_enrol_totp_refuses_without_the_key_its_other_secrets_are_sealed_with(
+    config: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("wang.legal", "li.legal"):
+        monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+        assert _run("account", "add", name, "--config", config, "--password-stdin") == 0
+    assert _run("account", "enrol-totp", "wang.legal", "--config", config) == 0  # control
+    key = load_central_config(Path(config)).layout.console_key
+    key.unlink()
+    capsys.readouterr()
+    assert _run("account", "enrol-totp", "li.legal", "--config", config) == 1
+    out = capsys.readouterr()
+    assert f"the console key {key} is missing or unusable" in out.err and "otpauth://" not in out.out
+    assert not key.exists()  # not replaced: wang.legal's sealed secret needs the old one
+    database = _database(config)
+    try:
+        account = database.console.account("li.legal")
+        assert account is not None and account.totp_secret is None
     finally:
         database.close()
 

@@ -122,7 +122,9 @@ def _account(central: HttpCentral, name: str, role: Role, *units: str, totp: boo
     if not totp:
         return None
     secret = pyotp.random_base32()
-    central.console.set_totp(name, secret, by="admin")
+    key = central.running.app[CONSOLE].secret_key
+    assert key is not None
+    central.console.set_totp(name, key.seal_totp(name, secret), by="admin")
     return secret
 
 

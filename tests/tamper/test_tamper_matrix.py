@@ -624,6 +624,24 @@ def replace_enrolled_station_key(t: Target) -> list[str]:
     return [f"station {STATION}"]
 
 
+def delete_newest_console_account_event(t: Target) -> list[str]:
+    """The demo auditor's newest account event (its TOTP enrolment) goes: no id gap shows the newest row,
+    its seal does (edge.central.sqlite.trail)."""
+    with attacker_db(t.path("index.db")) as db:
+        row_id, event = db.execute("SELECT id, event FROM account_events ORDER BY id DESC LIMIT 1").fetchone()
+        assert event == "totp_enrolled", "the demo enrols its auditor's TOTP last"
+        db.execute("DELETE FROM account_events WHERE id = ?", (row_id,))
+    return ["account_events", f"row {row_id} was deleted"]
+
+
+def edit_console_grant_event(t: Target) -> list[str]:
+    """Who granted the demo auditor its role, rewritten."""
+    with attacker_db(t.path("index.db")) as db:
+        row_id = db.execute("SELECT id FROM grant_events WHERE name = 'demo-auditor'").fetchone()[0]
+        db.execute("UPDATE grant_events SET by = 'someone-else' WHERE id = ?", (row_id,))
+    return ["grant_events", f"row {row_id} was edited"]
+
+
 CENTRAL_ATTACKS: list[Attack] = [
     flip_byte_in_object,
     truncate_object,
@@ -647,6 +665,8 @@ CENTRAL_ATTACKS: list[Attack] = [
     replace_central_public_key,
     replace_central_key_and_resign_log,
     replace_enrolled_station_key,
+    delete_newest_console_account_event,
+    edit_console_grant_event,
 ]
 
 

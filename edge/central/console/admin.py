@@ -14,6 +14,7 @@ import argparse
 import getpass
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from edge.central.console.credentials import (
     PasswordPolicyError,
@@ -22,12 +23,15 @@ from edge.central.console.credentials import (
     new_totp_secret,
     totp_uri,
 )
+from edge.central.console.secret_key import prepare_console_key
 from edge.central.index import CentralIndexError, Role
 from edge.central.storage import CentralDatabase
 
 __all__ = ["add_console_admin_parsers"]
 
 Opener = Callable[[argparse.Namespace], "CentralDatabase | int"]
+# Where the store's console key is (identity/console.key of the configured store).
+KeyPath = Callable[[argparse.Namespace], Path]
 
 
 def _say(message: str) -> None:
@@ -67,7 +71,7 @@ def _run(args: argparse.Namespace, open_database: Opener, action: Callable[[Cent
     return 0
 
 
-def _account(args: argparse.Namespace, open_database: Opener) -> int:
+def _account(args: argparse.Namespace, open_database: Opener, key_path: KeyPath) -> int:
     by = _admin()
     name = args.name
     command = args.account_command
@@ -86,12 +90,20 @@ def _account(args: argparse.Namespace, open_database: Opener) -> int:
             if not reason:
                 raise ValueError("--reason must say why (it is recorded)")
             console.set_account_active(name, command == "enable", by=by, reason=reason)
-            return f"account {name} {command}d; its console sessions end at their next request"
+            if command == "enable":
+                return f"account {name} enabled"
+            ended = console.end_sessions_of(name)
+            return f"account {name} disabled; {ended} console session(s) ended"
         if command == "enrol-totp":
             if console.account(name) is None:
                 raise CentralIndexError(f"there is no account {name}")
+            path = key_path(args)
+            key = prepare_console_key(path, console, by=by)
+            if key is None:
+                raise CentralIndexError(f"the console key {path} is missing or unusable (see the error "
+                                        "above); a TOTP secret is only stored sealed with it")
             secret = new_totp_secret()
-            console.set_totp(name, secret, by=by)
+            console.set_totp(name, key.seal_totp(name, secret), by=by)
             # The one time the secret is shown: for the account holder's authenticator app.
             print(totp_uri(name, secret))
             return (f"account {name}: TOTP enrolled; give the URI above (a QR code of it) to {name} only, "
@@ -146,6 +158,7 @@ def add_console_admin_parsers(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     config_option: Callable[[argparse.ArgumentParser], None],
     open_database: Opener,
+    key_path: KeyPath,
 ) -> None:
     """Add the console's administration commands under ``edge central``."""
     account = commands.add_parser("account", help="console sign-in accounts: add, reset-password, disable, "
@@ -167,7 +180,7 @@ def add_console_admin_parsers(
                                 help="read the password from the first line of standard input")
         if verb in ("disable", "enable"):
             parser.add_argument("--reason", required=True, help="why (recorded)")
-        parser.set_defaults(func=lambda a: _account(a, open_database))
+        parser.set_defaults(func=lambda a: _account(a, open_database, key_path))
 
     grant = commands.add_parser("grant", help="give a reader (certificate or account) a role and units")
     grant.add_argument("name", metavar="NAME")

@@ -1,16 +1,26 @@
-"""Server-side sessions of the auditor console: a random token in a cookie, everything else here.
+"""Server-side sessions of the auditor console: a random token in a cookie, everything else in the index.
 
-The cookie (``__Host-edge-console``: HttpOnly, Secure, SameSite=Strict, Path=/) carries 32 random bytes;
-the store keys sessions by the SHA-256 of the token, so neither a log line nor a memory dump of the
-store yields a usable cookie. A session ends at sign-out, after ``idle_s`` without a request, or
-``absolute_s`` after sign-in, whichever comes first; at most ``max_sessions`` are kept (the oldest is
-dropped). Sessions live in the central process: a restart signs everybody out, which is the safe way
-round. Each session has its own CSRF token, which every state-changing request must echo in the
-``X-CSRF-Token`` header (compared in constant time).
+The cookie (``__Host-edge-console``: HttpOnly, Secure, SameSite=Strict, Path=/) carries 32 random bytes.
+The index keeps each session (``console_sessions``) under the SHA-256 of its token, never the token: a
+copy of ``index.db`` or a read of its rows yields no usable cookie (the token has 256 random bits, so its
+hash cannot be turned back). The session's CSRF token is not stored either: it is an HMAC of the cookie
+token, so only the holder of the cookie can compute it.
+
+A session ends at sign-out (its row deleted), after ``idle_s`` without a request, or ``absolute_s``
+after sign-in, whichever comes first; at most ``max_sessions`` are kept (the oldest is dropped). Times
+are wall-clock seconds, so they keep counting across a restart of the central: a restart keeps a live
+session and refuses an expired or signed-out one. The idle timer is written back at most every
+``touch_every_s`` (a fraction of the idle time), so a busy page is not one database write per request;
+the session can thus end up to that much early, never late. Every state-changing request must echo the
+CSRF token in the ``X-CSRF-Token`` header (compared in constant time).
+
+Which playback a media range belongs to (``ConsoleSession.playbacks``) is kept in memory only: after a
+restart, the next range of a video opens a new logged playback.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -19,11 +29,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Protocol
 
-__all__ = ["COOKIE_NAME", "CSRF_HEADER", "AuthMethod", "ConsoleSession", "SessionStore"]
+__all__ = ["COOKIE_NAME", "CSRF_HEADER", "AuthMethod", "ConsoleSession", "SessionBackend", "SessionStore"]
 
 COOKIE_NAME = "__Host-edge-console"
 CSRF_HEADER = "X-CSRF-Token"
+_MAX_TOKEN_CHARS = 200
+# Sessions whose playbacks are remembered in memory (the rest open a new logged playback).
+_PLAYBACK_SESSIONS = 1000
 
 
 class AuthMethod(StrEnum):
@@ -49,63 +63,103 @@ class ConsoleSession:
                                                              self.csrf_token.encode("ascii"))
 
 
+class SessionBackend(Protocol):
+    """Where sessions are kept (:class:`edge.central.storage.ConsoleStore`), by token hash."""
+
+    def put_session(self, key: bytes, reader: str, method: str, cert_sha256: str | None, *, created_s: float,
+                    expires_s: float, max_sessions: int) -> None: ...
+    def session(self, key: bytes) -> dict[str, Any] | None: ...
+    def touch_session(self, key: bytes, last_seen_s: float) -> None: ...
+    def end_session(self, key: bytes) -> bool: ...
+    def end_sessions_of(self, reader: str) -> int: ...
+    def purge_sessions(self, *, idle_before_s: float, now_s: float) -> int: ...
+    def session_count(self) -> int: ...
+
+
 def _key(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "replace")).digest()
 
 
-class SessionStore:
-    """Sessions by token hash, with idle and absolute expiry; ``clock`` is monotonic seconds."""
+def _csrf(token: str) -> str:
+    mac = hmac.new(token.encode("utf-8", "replace"), b"edge-console csrf v1", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
-    def __init__(self, *, idle_s: float, absolute_s: float, max_sessions: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+
+class SessionStore:
+    """Sessions by token hash in ``backend``, with idle and absolute expiry; ``clock`` is wall-clock
+    seconds (replaceable in tests)."""
+
+    def __init__(self, backend: SessionBackend, *, idle_s: float, absolute_s: float,
+                 max_sessions: int = 10_000, clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
         self.idle_s = idle_s
         self.absolute_s = absolute_s
         self.max_sessions = max_sessions
-        self.clock = clock  # monotonic seconds; replaceable in tests
-        self._sessions: OrderedDict[bytes, ConsoleSession] = OrderedDict()
+        self.touch_every_s = min(60.0, idle_s / 20)
+        self.clock = clock
+        self._playbacks: OrderedDict[bytes, dict[str, int]] = OrderedDict()
 
     def __repr__(self) -> str:
-        return (f"SessionStore({len(self._sessions)} sessions, idle_s={self.idle_s}, "
-                f"absolute_s={self.absolute_s})")
+        return f"SessionStore(idle_s={self.idle_s}, absolute_s={self.absolute_s})"
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return self.backend.session_count()
 
     def create(
         self, reader: str, method: AuthMethod, *, cert_sha256: str | None = None
     ) -> tuple[str, ConsoleSession]:
         """A new session; returns ``(token for the cookie, session)``."""
         now = self.clock()
+        self.backend.purge_sessions(idle_before_s=now - self.idle_s, now_s=now)
         token = secrets.token_urlsafe(32)
-        session = ConsoleSession(reader, method, now, now, secrets.token_urlsafe(32), cert_sha256)
-        self._sessions[_key(token)] = session
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
-        return token, session
+        self.backend.put_session(_key(token), reader, str(method), cert_sha256, created_s=now,
+                                 expires_s=now + self.absolute_s, max_sessions=self.max_sessions)
+        return token, ConsoleSession(reader, method, now, now, _csrf(token), cert_sha256,
+                                     self._playbacks_of(_key(token)))
 
     def get(self, token: str | None) -> ConsoleSession | None:
-        """The live session of ``token`` (its idle timer restarted), None when unknown or expired."""
-        if not token or len(token) > 200:
+        """The live session of ``token`` (its idle timer restarted), None when unknown, ended or expired."""
+        if not token or len(token) > _MAX_TOKEN_CHARS:
             return None
         key = _key(token)
-        session = self._sessions.get(key)
-        if session is None:
+        row = self.backend.session(key)
+        if row is None:
             return None
         now = self.clock()
-        if now - session.last_seen > self.idle_s or now - session.created > self.absolute_s:
-            del self._sessions[key]
+        created, last_seen = float(row["created_s"]), float(row["last_seen_s"])
+        expires = min(float(row["expires_s"]), created + self.absolute_s)
+        if now - last_seen > self.idle_s or now >= expires:
+            self.backend.end_session(key)
+            self._playbacks.pop(key, None)
             return None
-        session.last_seen = now
-        return session
+        try:
+            method = AuthMethod(row["method"])
+        except ValueError:
+            self.backend.end_session(key)
+            return None
+        if now - last_seen >= self.touch_every_s:
+            self.backend.touch_session(key, now)
+            last_seen = now
+        return ConsoleSession(row["reader"], method, created, last_seen, _csrf(token), row["cert_sha256"],
+                              self._playbacks_of(key))
 
     def end(self, token: str | None) -> bool:
-        if not token:
+        if not token or len(token) > _MAX_TOKEN_CHARS:
             return False
-        return self._sessions.pop(_key(token), None) is not None
+        key = _key(token)
+        self._playbacks.pop(key, None)
+        return self.backend.end_session(key)
 
     def end_reader(self, reader: str) -> int:
         """End every session of ``reader`` (an account disabled or a grant withdrawn); returns how many."""
-        keys = [key for key, session in self._sessions.items() if session.reader == reader]
-        for key in keys:
-            del self._sessions[key]
-        return len(keys)
+        return self.backend.end_sessions_of(reader)
+
+    def _playbacks_of(self, key: bytes) -> dict[str, int]:
+        playbacks = self._playbacks.get(key)
+        if playbacks is None:
+            playbacks = self._playbacks[key] = {}
+            while len(self._playbacks) > _PLAYBACK_SESSIONS:
+                self._playbacks.popitem(last=False)
+        else:
+            self._playbacks.move_to_end(key)
+        return playbacks

@@ -41,6 +41,7 @@ from edge.central.app import CENTRAL, json_response, read_json_body
 from edge.central.auth import peer_certificate
 from edge.central.console.credentials import MAX_PASSWORD_CHARS, totp_step, verify_password
 from edge.central.console.scope import scope_of, session_of
+from edge.central.console.secret_key import ConsoleSecretKey, SealedSecretError
 from edge.central.console.sessions import COOKIE_NAME, CSRF_HEADER, AuthMethod, ConsoleSession
 from edge.central.console.state import CONSOLE
 from edge.central.index import CentralIndexError, validate_reader_name
@@ -156,8 +157,14 @@ async def sign_in(request: web.Request) -> web.Response:
     step = None
     good = password_right
     if good and account.totp_secret is not None:
-        step = totp_step(account.totp_secret, code)
-        good = step is not None
+        secret = _open_totp_secret(state.secret_key, account.name, account.totp_secret, request.remote)
+        if secret is None:
+            # Not the caller's fault: recorded, but it does not count towards a lockout.
+            password_right = False
+            good = False
+        else:
+            step = totp_step(secret, code)
+            good = step is not None
     elif good and not settings.allow_password_only:
         log.warning("console sign-in of %s refused from %s: the account has no TOTP and password-only "
                     "sign-in is off", account.name, request.remote)
@@ -226,6 +233,19 @@ async def sign_out(request: web.Request) -> web.Response:
     response = json_response({"signed_out": True})
     response.del_cookie(COOKIE_NAME, path="/", secure=True, httponly=True, samesite="Strict")
     return response
+
+
+def _open_totp_secret(key: ConsoleSecretKey | None, name: str, stored: str, remote: str | None) -> str | None:
+    """The account's TOTP secret, or None (logged as an error naming why) when it cannot be opened."""
+    if key is None:
+        log.error("console sign-in of %s refused from %s: its TOTP secret is sealed with the console key, "
+                  "which is missing or unreadable (see the error at start)", name, remote)
+        return None
+    try:
+        return key.open_totp(name, stored)
+    except SealedSecretError as exc:
+        log.error("console sign-in of %s refused from %s: %s", name, remote, exc)
+        return None
 
 
 def _utc(moment: datetime) -> str:

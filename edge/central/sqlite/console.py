@@ -14,7 +14,9 @@ accepted item gets its unit from its manifest, see :func:`migrate`):
   readers named on them; ``sensitivity_events`` (append-only): every marking and unmarking, by whom,
   when, why, naming whom, from where;
 * ``media_ranges`` (append-only): every byte range the console served of an item, under the access-log
-  row of its playback.
+  row of its playback;
+* ``console_sessions``: the live console sessions, keyed by the SHA-256 of their token (never the token,
+  see :mod:`edge.central.console.sessions`); a row is deleted when its session ends.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from edge.central.index import (
     validate_station_id,
     validate_unit_code,
 )
+from edge.central.sqlite.trail import seal_rows_made_before_the_seals
 from edge.custody.ledger import station_time_now
 from edge.durable.sqlite import apply_schema
 
@@ -57,7 +60,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS console_accounts (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,       -- argon2id PHC string; never the password
-    totp_secret TEXT,                  -- base32 RFC 6238 secret when a second factor is enrolled
+    totp_secret TEXT,                  -- the RFC 6238 secret sealed with identity/console.key (sealed-v1:...)
     totp_last_step INTEGER,            -- the last time step accepted: a code is good once
     status TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
     failed_attempts INTEGER NOT NULL DEFAULT 0,
@@ -138,7 +141,17 @@ CREATE TABLE IF NOT EXISTS media_ranges (
     first_byte INTEGER NOT NULL,
     last_byte INTEGER NOT NULL
 ) STRICT;
-CREATE INDEX IF NOT EXISTS media_ranges_access ON media_ranges (access_id)
+CREATE INDEX IF NOT EXISTS media_ranges_access ON media_ranges (access_id);
+CREATE TABLE IF NOT EXISTS console_sessions (
+    token_sha256 BLOB PRIMARY KEY CHECK (length(token_sha256) = 32),  -- never the token itself
+    reader TEXT NOT NULL,
+    method TEXT NOT NULL,
+    cert_sha256 TEXT,                  -- the certificate a certificate sign-in was made with
+    created_s REAL NOT NULL,           -- wall-clock seconds: the timers keep counting across a restart
+    last_seen_s REAL NOT NULL,
+    expires_s REAL NOT NULL            -- created_s + the absolute lifetime at sign-in
+) STRICT;
+CREATE INDEX IF NOT EXISTS console_sessions_reader ON console_sessions (reader)
 """
 
 # Items already accepted when a store first opens with the console: their unit from the manifest.
@@ -254,6 +267,40 @@ class SqliteConsoleStore:
     def set_totp(self, name: str, secret: str | None, *, by: str) -> None:
         self._update(name, "totp_secret = ?, totp_last_step = NULL", (secret,),
                      "totp_enrolled" if secret else "totp_removed", by=by)
+
+    def totp_secrets(self) -> list[tuple[str, str]]:
+        """``(name, stored text)`` of every account with a TOTP secret (sealed, or plain from an older
+        central)."""
+        return [(row[0], row[1]) for row in self.conn.execute(
+            "SELECT name, totp_secret FROM console_accounts WHERE totp_secret IS NOT NULL ORDER BY name")]
+
+    def seal_totp_secret(self, name: str, stored_before: str, sealed: str, *, by: str) -> bool:
+        """Replace a plain TOTP secret by its sealed text, if it is still ``stored_before``; recorded.
+
+        SQLite keeps a replaced row's bytes in the page's free space and in the WAL: secure_delete zeroes
+        the free space (for this connection from now on), :meth:`scrub_replaced` empties the WAL."""
+        self.conn.execute("PRAGMA secure_delete = ON")
+        with self.transaction():
+            done = self.conn.execute(
+                "UPDATE console_accounts SET totp_secret = ?, updated_utc = ? "
+                "WHERE name = ? AND totp_secret = ?",
+                (sealed, station_time_now(), name, stored_before),
+            )
+            if done.rowcount != 1:
+                return False
+            self._event(name, "totp_sealed", by=by, detail="the plain secret of an older central was sealed")
+            return True
+
+    def seal_trails(self, trail_key: bytes) -> int:
+        """Seal, once, the trail rows made before the seals (edge.central.sqlite.trail)."""
+        with self.transaction():
+            return seal_rows_made_before_the_seals(self.conn, trail_key)
+
+    def scrub_replaced(self) -> bool:
+        """Copy the WAL into the database and truncate it, so that what a replaced row held is gone from
+        the files; False when another connection's read kept part of the WAL (tried again next start)."""
+        busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return busy is None or busy[0] == 0
 
     def set_account_active(self, name: str, active: bool, *, by: str, reason: str) -> None:
         status = "active" if active else "disabled"
@@ -456,6 +503,52 @@ class SqliteConsoleStore:
                 "SELECT time, item, action, readers, by, reason, remote FROM sensitivity_events "
                 "WHERE item = ? ORDER BY id", (item,))
         ]
+
+    # -- console sessions (by token hash) ----------------------------------------------------------
+
+    def put_session(self, key: bytes, reader: str, method: str, cert_sha256: str | None, *, created_s: float,
+                    expires_s: float, max_sessions: int) -> None:
+        with self.transaction():
+            self.conn.execute(
+                "INSERT INTO console_sessions (token_sha256, reader, method, cert_sha256, created_s, "
+                "last_seen_s, expires_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, reader, method, cert_sha256, created_s, created_s, expires_s),
+            )
+            self.conn.execute(
+                "DELETE FROM console_sessions WHERE rowid NOT IN "
+                "(SELECT rowid FROM console_sessions ORDER BY created_s DESC, rowid DESC LIMIT ?)",
+                (max_sessions,),
+            )
+
+    def session(self, key: bytes) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT reader, method, cert_sha256, created_s, last_seen_s, expires_s FROM console_sessions "
+            "WHERE token_sha256 = ?", (key,),
+        ).fetchone()
+        return dict(row) if row is not None else None
+
+    def touch_session(self, key: bytes, last_seen_s: float) -> None:
+        with self.transaction():
+            self.conn.execute("UPDATE console_sessions SET last_seen_s = max(last_seen_s, ?) "
+                              "WHERE token_sha256 = ?", (last_seen_s, key))
+
+    def end_session(self, key: bytes) -> bool:
+        with self.transaction():
+            return self.conn.execute("DELETE FROM console_sessions WHERE token_sha256 = ?",
+                                     (key,)).rowcount == 1
+
+    def end_sessions_of(self, reader: str) -> int:
+        with self.transaction():
+            return self.conn.execute("DELETE FROM console_sessions WHERE reader = ?", (reader,)).rowcount
+
+    def purge_sessions(self, *, idle_before_s: float, now_s: float) -> int:
+        """Delete the sessions idle since before ``idle_before_s`` or expired at ``now_s``."""
+        with self.transaction():
+            return self.conn.execute("DELETE FROM console_sessions WHERE last_seen_s < ? OR expires_s <= ?",
+                                     (idle_before_s, now_s)).rowcount
+
+    def session_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM console_sessions").fetchone()[0])
 
     # -- media ranges ---------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import sqlite3
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from edge.central.config import CentralLayout
 from edge.central.sqlite.console import SqliteConsoleStore
 from edge.central.sqlite.console import create_schema as create_console_schema
 from edge.central.sqlite.console import migrate as migrate_console
@@ -18,6 +19,7 @@ from edge.central.sqlite.index import SqliteIndex
 from edge.central.sqlite.index import create_schema as create_index_schema
 from edge.central.sqlite.log import SqliteLogStore
 from edge.central.sqlite.log import create_schema as create_log_schema
+from edge.central.sqlite.trail import create_trail_schema, register_sealer
 from edge.durable.files import create_private_file, ensure_private_dir
 from edge.durable.sqlite import immediate_transaction
 
@@ -64,6 +66,8 @@ class SqliteDatabase:
             # FULL: an acceptance the station was told about survives power loss, not only a crash.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
+            # The console trails' seals (edge.central.sqlite.trail), keyed from the store's console key.
+            register_sealer(conn, CentralLayout(db_path.parent).console_key)
             database = cls(conn, db_path)
             with database.transaction():
                 create_index_schema(conn)
@@ -71,6 +75,7 @@ class SqliteDatabase:
                 # The console's tables; a store made before them gets them, and its items their units.
                 create_console_schema(conn)
                 migrate_console(conn)
+                create_trail_schema(conn)
         except BaseException:
             conn.close()
             raise

@@ -1,0 +1,157 @@
+"""The seals of the console's append-only trails: a deleted or edited row is named by `edge verify`.
+
+The trails (the access log, ``account_events``, ``grant_events``, ``station_unit_events``,
+``sensitivity_events``, ``media_ranges``) refuse UPDATE and DELETE by trigger, but whoever can write
+``index.db`` drops a trigger first. So every row appended to one of them gets, in the same statement (an
+AFTER INSERT trigger), a row in ``trail_seals``: one numbered sequence (1, 2, 3...) across all the trails
+in append order, each seal an HMAC-SHA256, under a key kept outside the database (a subkey of
+``identity/console.key``, see :mod:`edge.central.console.secret_key`), of its own number, the table, the
+row id and the row's values (SQLite's ``json_array`` of its columns). Numbers cannot be closed up or
+reused without the key, so a seal deleted with its row leaves a gap. `edge verify CENTRAL` recomputes
+every seal and names:
+
+* a row whose values no longer match its seal (edited);
+* a seal whose row is gone (deleted), and a gap in the seals' numbering (a seal deleted with its row);
+* a row without a seal (inserted by someone who dropped the trigger), or sealed without a key.
+
+What it cannot see: someone who holds the console key as well can re-seal whatever they changed, and
+deleting the newest rows together with their seals leaves a shorter sequence that is consistent with
+itself (nothing outside the store remembers how long it was). The key makes the trails as strong as the
+key file's protection, not as strong as the Merkle log, which stations witness.
+
+The HMAC is computed in Python by a function registered on the service's connection
+(:func:`register_sealer`); without a usable key it returns NULL, the row is still appended (a read must be
+logged even then), the error is logged once, and `edge verify` names the unsealed rows. Rows already in a
+store made before the seals are sealed once, at the first start that has the key
+(:func:`seal_rows_made_before_the_seals`); that start is marked, so rows inserted later without a seal are
+never blessed by a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import sqlite3
+from pathlib import Path
+
+__all__ = [
+    "BEGIN_TABLE",
+    "SEAL_FUNCTION",
+    "TRAIL_COLUMNS",
+    "create_trail_schema",
+    "register_sealer",
+    "row_json_sql",
+    "seal_rows_made_before_the_seals",
+    "trail_mac",
+]
+
+log = logging.getLogger(__name__)
+
+# Each trail's columns in the order they are sealed (the id is sealed on its own).
+TRAIL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "access_log": ("time", "reader", "what", "item", "query", "remote"),
+    "account_events": ("time", "name", "event", "by", "remote", "detail"),
+    "grant_events": ("time", "name", "role", "units", "by", "reason"),
+    "station_unit_events": ("time", "station", "unit_code", "by", "reason"),
+    "sensitivity_events": ("time", "item", "action", "readers", "by", "reason", "remote"),
+    "media_ranges": ("access_id", "time", "first_byte", "last_byte"),
+}
+SEAL_FUNCTION = "edge_trail_seal"
+# The marker seal of the start that sealed the rows made before the seals (row_id 0, no table of that name).
+BEGIN_TABLE = "(seals begin)"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trail_seals (
+    seq INTEGER PRIMARY KEY,
+    tbl TEXT NOT NULL,
+    row_id INTEGER NOT NULL,
+    mac TEXT,                          -- hex HMAC-SHA256; NULL: appended while the console key was unusable
+    UNIQUE (tbl, row_id)
+) STRICT
+"""
+
+
+def trail_mac(key: bytes, seq: int, table: str, row_id: int, row_json: str) -> str:
+    """The seal number ``seq`` of one trail row: HMAC-SHA256 over the number, the table, the id and the
+    values."""
+    message = "\n".join((str(seq), table, str(row_id), row_json)).encode("utf-8")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def row_json_sql(table: str, prefix: str = "") -> str:
+    """The SQL expression of a row's sealed values (``prefix`` ``NEW.`` in a trigger)."""
+    return "json_array(" + ", ".join(f"{prefix}{column}" for column in TRAIL_COLUMNS[table]) + ")"
+
+
+_NEXT_SEQ_SQL = "SELECT coalesce(max(seq), 0) + 1 FROM trail_seals"
+
+
+def create_trail_schema(conn: sqlite3.Connection) -> None:
+    """The seals table, its append-only triggers and one sealing trigger per trail (idempotent; after
+    the trails' tables exist)."""
+    conn.execute(_SCHEMA)
+    conn.execute("CREATE TRIGGER IF NOT EXISTS trail_seals_no_update BEFORE UPDATE ON trail_seals "
+                 "BEGIN SELECT RAISE(ABORT, 'trail_seals is append-only: UPDATE refused'); END")
+    conn.execute("CREATE TRIGGER IF NOT EXISTS trail_seals_no_delete BEFORE DELETE ON trail_seals "
+                 "BEGIN SELECT RAISE(ABORT, 'trail_seals is append-only: DELETE refused'); END")
+    for table in TRAIL_COLUMNS:
+        conn.execute(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_seal AFTER INSERT ON {table} BEGIN "
+            f"INSERT INTO trail_seals (seq, tbl, row_id, mac) VALUES (({_NEXT_SEQ_SQL}), '{table}', NEW.id, "
+            f"{SEAL_FUNCTION}(({_NEXT_SEQ_SQL}), '{table}', NEW.id, {row_json_sql(table, 'NEW.')})); END"
+        )
+
+
+class _Sealer:
+    """The SQL function: loads the seal key on first use (again while it is missing)."""
+
+    def __init__(self, key_path: Path) -> None:
+        self.key_path = key_path
+        self._key: bytes | None = None
+        self._warned = False
+
+    def key(self) -> bytes | None:
+        if self._key is None:
+            # Imported here: the key file's format belongs to the console, not to the SQL backend.
+            from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey
+
+            try:
+                self._key = ConsoleSecretKey.load(self.key_path).trail_key
+            except ConsoleKeyError as exc:
+                if not self._warned:
+                    log.error("trail rows (access log, account and grant events...) are appended without a "
+                              "seal until the console key is usable: %s; `edge verify` names them", exc)
+                    self._warned = True
+                return None
+        return self._key
+
+    def __call__(self, seq: int, table: str, row_id: int, row_json: str) -> str | None:
+        key = self.key()
+        return None if key is None else trail_mac(key, seq, table, row_id, row_json)
+
+
+def register_sealer(conn: sqlite3.Connection, key_path: Path) -> None:
+    conn.create_function(SEAL_FUNCTION, 4, _Sealer(key_path))
+
+
+def seal_rows_made_before_the_seals(conn: sqlite3.Connection, key: bytes) -> int:
+    """Seal, once, the trail rows a store made before the seals holds; returns how many. The caller's
+    transaction. Does nothing after the first time (the begin marker is there)."""
+    if conn.execute("SELECT 1 FROM trail_seals WHERE tbl = ?", (BEGIN_TABLE,)).fetchone() is not None:
+        return 0
+    sealed = 0
+    for table in TRAIL_COLUMNS:
+        rows = conn.execute(
+            f"SELECT t.id, {row_json_sql(table, 't.')} FROM {table} t WHERE NOT EXISTS "
+            f"(SELECT 1 FROM trail_seals s WHERE s.tbl = ? AND s.row_id = t.id) ORDER BY t.id", (table,),
+        ).fetchall()
+        for row_id, row_json in rows:
+            seq = int(conn.execute(_NEXT_SEQ_SQL).fetchone()[0])
+            conn.execute("INSERT INTO trail_seals (seq, tbl, row_id, mac) VALUES (?, ?, ?, ?)",
+                         (seq, table, row_id, trail_mac(key, seq, table, row_id, row_json)))
+            sealed += 1
+    seq = int(conn.execute(_NEXT_SEQ_SQL).fetchone()[0])
+    conn.execute("INSERT INTO trail_seals (seq, tbl, row_id, mac) VALUES (?, ?, 0, ?)",
+                 (seq, BEGIN_TABLE, trail_mac(key, seq, BEGIN_TABLE, 0, "[]")))
+    return sealed
