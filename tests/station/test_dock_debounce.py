@@ -80,6 +80,7 @@ async def test_a_pull_mid_copy_is_recorded_and_shown_at_once_and_kept_while_the_
 ) -> None:
     recorder = spec(0, files=4, file_mb=1)
     async with simulated_station(tmp_path, [recorder]) as station:
+        station.agent.bay_presence.settle_s = 1.0  # a loaded machine's stall must not split the burst
         pulled: list[bool] = []
 
         def pull_mid_copy(view: BayView) -> None:
@@ -118,6 +119,32 @@ async def test_a_pull_mid_copy_is_recorded_and_shown_at_once_and_kept_while_the_
         station.dock.insert(1, charge_percent=55)
         assert await station.led_shows(1, BayLed.IDLE)
         assert station.dock.led_history(1)[told:] == [BayLed.IDLE]
+
+
+async def test_error_patterns_survive_a_bay_that_bounces_after_them(tmp_path: Path) -> None:
+    # The recorders stay in their bays (per USB); the bay switches bounce afterwards, settling present.
+    stranger, wrong = spec(1), spec(2, password="999999")
+    allow = [{"device_serial": wrong.device_serial, "usb_serial": wrong.usb_serial}]
+    async with simulated_station(tmp_path, [stranger, wrong], recorders={"allow": allow}) as station:
+        station.agent.bay_presence.settle_s = 1.0  # a loaded machine's stall must not split the bursts
+        await station.dock_recorder(stranger.device_serial, 2)
+        await station.dock_recorder(wrong.device_serial, 3)
+        patterns = {2: BayLed.DENIED, 3: BayLed.PASSWORD}
+        for bay, led in patterns.items():
+            assert await station.led_shows(bay, led), station.dock.led_history(bay)
+        told = {bay: len(station.dock.led_history(bay)) for bay in patterns}
+        for _ in range(50):
+            for bay in patterns:
+                station.dock.remove(bay)
+                station.dock.insert(bay, charge_percent=50)
+        # The bursts have settled once a clean dock on another bay, after them on the same line, is
+        # recorded (it settles last).
+        station.dock.insert(5, charge_percent=90)
+        await station.wait_ledger("device_connected", where=lambda d: d.get("bay") == 5)
+        for bay, led in patterns.items():
+            assert station.dock.led(bay) is led, station.dock.led_history(bay)
+            assert set(station.dock.led_history(bay)[told[bay]:]) <= {led}, station.dock.led_history(bay)
+            assert raw_events(dock_entries(station, bay)) == 1 + 100, dock_entries(station, bay)
 
 
 async def test_events_still_settling_when_the_board_is_lost_are_recorded_then(tmp_path: Path) -> None:
