@@ -2,7 +2,8 @@
 
 Three sources of events feed it: USB polling (recorders in control mode), the mount-table watcher
 (volumes mounted under the mount root: mass-storage recorders, and recorders switched by a session;
-see `edge.sources.usb.volumes`) and the dock controller (bays inserted/removed, charge). Sessions run
+see `edge.sources.usb.volumes`) and the dock controller (bays inserted/removed, debounced by
+`edge.sources.usb.bay_presence`; charge). Sessions run
 concurrently up to `offload.concurrency`; one bay's failure never touches another's session.
 
 SIGHUP rereads the configuration file (`edge.config.reload`): each docking keeps the configuration it
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import itertools
 import logging
 import signal
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivers.serial.dock import BayEventKind, BayLed, DockDriver, DockError
+from drivers.serial.dock import BayEvent, BayEventKind, BayLed, DockDriver, DockError
 from drivers.usb.mass_storage import MassStorageError, read_volume_identity
 from drivers.usb.recorder import RecorderError, RecorderHandle, RecorderMode, find_recorders
 from edge.config.reload import ConfigReloader
@@ -38,7 +40,8 @@ from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.slots import ConcurrencySlot
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
-from edge.sources.usb.bay_leds import led_after_removal
+from edge.sources.usb.bay_leds import led_after_presence, led_after_removal
+from edge.sources.usb.bay_presence import BayPresenceDebounce, Settled
 from edge.sources.usb.bays import bay_of_volume, volume_on_port
 from edge.sources.usb.mounted import BoundVolumes, VolumeRoot
 from edge.sources.usb.offload import BayProgress, OffloadResult
@@ -99,6 +102,14 @@ class StationAgent:
         # What each bay's LED should show. Shown again whenever the bay board (re)connects, so a docking
         # decided before the board answered (at start, or while it was lost) still shows on its bay.
         self._bay_leds: dict[int, BayLed] = {}
+        # Bay presence is debounced (edge.sources.usb.bay_presence): a settled state stands as of its last
+        # raw event, so raw events and LED decisions share one order: `_bay_stamps`. Per bay, the stamp of
+        # the last LED decision (a refresh to a reconnected board is none), and of the station's own
+        # at-once PULLED with what the bay showed before it.
+        self.bay_presence = BayPresenceDebounce()
+        self._bay_stamps = itertools.count(1)
+        self._led_decided: dict[int, int] = {}
+        self._pulled_at_once: dict[int, tuple[int, BayLed | None]] = {}
         # Each busy bay holds a copy thread and a verify thread; ffprobe and USB calls need a few more.
         self.executor = ThreadPoolExecutor(
             max_workers=4 + 3 * config.offload.concurrency, thread_name_prefix="offload"
@@ -281,7 +292,14 @@ class StationAgent:
     async def set_led(self, bay: int | None, led: BayLed) -> None:
         if bay is None:
             return
+        self._decide_led(bay, led)
+        await self._show_led(bay, led)
+
+    def _decide_led(self, bay: int, led: BayLed) -> None:
         self._bay_leds[bay] = led
+        self._led_decided[bay] = next(self._bay_stamps)
+
+    async def _show_led(self, bay: int, led: BayLed) -> None:
         if self.dock is None:
             return
         try:
@@ -296,35 +314,97 @@ class StationAgent:
         except (DockError, OSError) as exc:
             self.store.record(EntryType.ERROR, None, {"stage": "dock", "reason": f"dock unavailable: {exc}"})
             raise
+        loop = asyncio.get_running_loop()
         try:
             for bay in list(self._bay_leds):
-                await self.set_led(bay, self._bay_leds[bay])
-            async for event in self.dock.events():
-                self.supervisor_alive("dock")
-                if event.kind is BayEventKind.CHARGE:
-                    for view in self.views.values():
-                        if view.bay == event.bay:
-                            view.charge_percent = event.charge_percent
-                    continue
-                self.store.record(
-                    EntryType.DEVICE_CONNECTED
-                    if event.kind is BayEventKind.INSERTED
-                    else EntryType.DEVICE_REMOVED,
-                    None,
-                    {"bay": event.bay, "source": "dock", "charge_percent": event.charge_percent},
-                )
-                if event.kind is BayEventKind.REMOVED:
-                    self.status.publish(BayVacated(event.bay, None))
-                    await self.set_led(event.bay, led_after_removal(self._bay_leds.get(event.bay)))
-                elif self._bay_leds.get(event.bay) is BayLed.PULLED:
-                    # Put back after being pulled early: the docking resumes; the bay is ready again.
-                    await self.set_led(event.bay, BayLed.IDLE)
+                await self._show_led(bay, self._bay_leds[bay])
+            events = self.dock.events()
+            while True:
+                # The next event, or the moment the next bay's presence settles, whichever comes first
+                # (the driver's iterator loses nothing to a cancelled wait).
+                try:
+                    async with asyncio.timeout(self.bay_presence.wait_s(loop.time())):
+                        event = await anext(events)
+                except TimeoutError:
+                    pass
+                except StopAsyncIteration:
+                    break
+                else:
+                    self.supervisor_alive("dock")
+                    await self._bay_event(event)
+                for settled in self.bay_presence.due(loop.time()):
+                    led = self._presence_settled(settled)
+                    if led is not None:
+                        await self._show_led(settled.bay, led)
         except DockError as exc:
             self.store.record(EntryType.ERROR, None, {"stage": "dock", "reason": f"dock lost: {exc}"})
             raise
         finally:
             dock, self.dock = self.dock, None
+            # Events still settling when the dock goes (lost, or the station stops) are recorded now;
+            # their LEDs are shown when a board answers again.
+            for settled in self.bay_presence.drain():
+                self._presence_settled(settled)
             await dock.close()
+
+    async def _bay_event(self, event: BayEvent) -> None:
+        """One raw event of the bay board. Presence waits to settle (`bay_presence`), except a pull in
+        the middle of a docking: the bay shows PULLED and the pull is on the record at once, whatever the
+        bay does next."""
+        if event.kind is BayEventKind.CHARGE:
+            for view in self.views.values():
+                if view.bay == event.bay:
+                    view.charge_percent = event.charge_percent
+            return
+        present = event.kind is BayEventKind.INSERTED
+        pulled_mid_docking = not present and self._bay_leds.get(event.bay) is BayLed.COPYING
+        if pulled_mid_docking:
+            # What the bay did before the pull (its docking, still settling) stands as it was: the pull
+            # is recorded on its own, never merged into the docking it ends.
+            earlier = self.bay_presence.take(event.bay)
+            if earlier is not None:
+                self._presence_settled(earlier)
+        self.bay_presence.add(event.bay, present, event.charge_percent, stamp=next(self._bay_stamps),
+                              now=asyncio.get_running_loop().time())
+        if pulled_mid_docking:
+            pulled = self.bay_presence.take(event.bay)
+            assert pulled is not None
+            led = self._presence_settled(pulled, mid_docking=True)
+            if led is not None:
+                await self._show_led(event.bay, led)
+
+    def _presence_settled(self, settled: Settled, *, mid_docking: bool = False) -> BayLed | None:
+        """Record a bay's settled presence (one entry, `bay_events` counting the raw events it stands
+        for when more than one) and decide its LED; returns the LED to show, if it decided one."""
+        assert self.store is not None
+        bay = settled.bay
+        data: dict[str, Any] = {"bay": bay, "source": "dock", "charge_percent": settled.charge_percent}
+        if settled.raw_events > 1:
+            data["bay_events"] = settled.raw_events
+        if not settled.settled:
+            data["settled"] = False  # still bouncing: on the record, the LED waits for it to settle
+        self.store.record(
+            EntryType.DEVICE_CONNECTED if settled.present else EntryType.DEVICE_REMOVED, None, data
+        )
+        if not settled.settled:
+            return None
+        if not settled.present:
+            self.status.publish(BayVacated(bay, None))
+        shown = self._bay_leds.get(bay)
+        if mid_docking:
+            self._decide_led(bay, led_after_removal(shown))
+            self._pulled_at_once[bay] = (self._led_decided[bay], shown)
+            return self._bay_leds[bay]
+        decided = self._led_decided.get(bay, 0)
+        pull = self._pulled_at_once.get(bay)
+        led = led_after_presence(
+            settled.present, shown,
+            decided_since=decided > settled.last_stamp,
+            before_pull=pull[1] if pull is not None and pull[0] == decided else None,
+        )
+        if led is not None:
+            self._decide_led(bay, led)
+        return led
 
     def supervisor_alive(self, name: str) -> None:
         if self.supervisor is not None:

@@ -570,8 +570,12 @@ class StatusBoard:
                     self._station_json = station
                     self._update_station_gauges(station)
                     self._emit("station", station)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that comes as
+            # the event is set, and the supervisor cancels the board right after another task's stop
+            # set it (the board then kept running until the stop timeout abandoned it).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.tick_s)
+                async with asyncio.timeout(self.tick_s):
+                    await self._changed.wait()
 
     def _update_station_gauges(self, station: dict[str, Any]) -> None:
         m = self.metrics

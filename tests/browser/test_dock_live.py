@@ -62,7 +62,10 @@ def _shows_the_bay_led(page: Page, station: Station, number: int) -> None:
             return
         page.wait_for_timeout(100)
     shown = dot.get_attribute("data-led")
-    raise AssertionError(f"bay {number}: the screen shows {shown}, the board {station.dock.led(number)}")
+    # The board's whole history says which decision overwrote which (a PULLED later set IDLE was the
+    # bay presence debounce overwriting a pulled-early bay: tests/station/test_dock_debounce.py).
+    raise AssertionError(f"bay {number}: the screen shows {shown}, the board {station.dock.led(number)} "
+                         f"(history {[led.value for led in station.dock.led_history(number)]})")
 
 
 def test_the_dock_screen_follows_real_dockings(

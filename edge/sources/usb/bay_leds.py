@@ -69,3 +69,27 @@ def led_after_removal(shown: BayLed | None) -> BayLed:
     if shown in (BayLed.COPYING, BayLed.PULLED):
         return BayLed.PULLED
     return BayLed.IDLE
+
+
+def led_after_presence(
+    present: bool, shown: BayLed | None, *, decided_since: bool, before_pull: BayLed | None = None
+) -> BayLed | None:
+    """What a bay shows once the bay board's presence of it settled (`edge.sources.usb.bay_presence`);
+    None leaves the LED as it is.
+
+    A settled state stands as of its last raw event, so a LED that a docking decided after that event
+    (`decided_since`: a session's outcome, an error class) is newer and stands: a bay whose recorder was
+    docked, then pulled early by the USB side before the bay board's insertion settled, keeps `PULLED`.
+    Otherwise a recorder leaving shows `led_after_removal`, and one going back into a bay that shows
+    `PULLED` makes it ready again; or, when that `PULLED` was the station's own at-once reaction to the
+    bay board reporting the bay empty in the middle of a docking and nothing has decided since
+    (`before_pull`: what the bay showed before), the LED it showed before (the board bounced, the
+    docking never stopped).
+    """
+    if decided_since:
+        return None
+    if not present:
+        return led_after_removal(shown)
+    if shown is BayLed.PULLED:
+        return before_pull if before_pull is not None else BayLed.IDLE
+    return None
