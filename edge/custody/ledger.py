@@ -9,7 +9,9 @@ The ledger lives in a connection the caller owns and never commits: the caller w
 its ledger entry in one transaction (``with conn:``), so a crash leaves both or neither.
 
 The ledger signs a checkpoint itself at seq 1 and whenever ``checkpoint_every`` entries have gone by
-without one, in the same transaction as the entry, so a ledger with entries but no checkpoint, or a run
+without one, in the same transaction as the entry (by default at every entry: a disclosure package can
+then prove each disclosed entry by the station's own signature, whatever other cases' entries lie between,
+:mod:`edge.custody.disclosure`), so a ledger with entries but no checkpoint, or a run
 of more entries without one than the station declared (``checkpoint_every`` in its ``station_started``
 entries), means checkpoint rows were deleted: :func:`verify_ledger` names both.
 
@@ -65,7 +67,10 @@ log = logging.getLogger(__name__)
 GENESIS_PREV = "0" * 64
 # Default cadence of the checkpoints the ledger signs by itself: at most this many entries in a row go
 # without one. A station declares its cadence in each `station_started` entry (`checkpoint_every`).
-CHECKPOINT_EVERY = 64
+# Every entry by default: a redacted line's hash cannot be recomputed, so a disclosed entry is bound to the
+# station's signature only through a chain of whole entries to a signed checkpoint; with a checkpoint at
+# each entry that chain is the entry itself (cost: tests/bench/checkpoints.py).
+CHECKPOINT_EVERY = 1
 MAX_CHECKPOINT_EVERY = 100_000
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -455,9 +460,12 @@ class Ledger:
                 raise LedgerError(str(problem))
             yield entry
 
-    def checkpoints(self) -> list[Checkpoint]:
+    def checkpoints(self, first_seq: int = 1, last_seq: int | None = None) -> list[Checkpoint]:
+        """Stored checkpoints in seq order, optionally only those at seqs ``first_seq``..``last_seq``."""
         rows = self._conn.execute(
-            "SELECT station, seq, hash, time, key_id, signature FROM ledger_checkpoints ORDER BY seq, id"
+            "SELECT station, seq, hash, time, key_id, signature FROM ledger_checkpoints "
+            "WHERE seq >= ? AND seq <= ? ORDER BY seq, id",
+            (first_seq, last_seq if last_seq is not None else 2**62),
         ).fetchall()
         return [_checkpoint_from_row(row) for row in rows]
 

@@ -644,8 +644,9 @@ class UplinkService:
             return None
         with self.store.transaction():
             checkpoint = self.store.ledger.checkpoint(at_seq=entries[-1].seq)
+            signed = self.store.ledger.checkpoints(entries[0].seq, entries[-1].seq)
         assert checkpoint is not None  # the ledger holds entries[-1]
-        return LedgerSegment(entries, checkpoint)
+        return LedgerSegment(entries, checkpoint, signed)
 
     async def _receipt_holds(self, link: Link, entry: SpoolEntry, receipt: dict[str, Any]) -> bool:
         """Verify a receipt before anything relies on it: its signatures and proof, its manifest, and
