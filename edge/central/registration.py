@@ -284,7 +284,7 @@ def check_segment_checkpoints(
     for cp in checkpoints:
         if cp.key_id != enrolled:
             continue
-        _check_checkpoint(cp, by_seq[cp.seq], station_id, public_key)
+        _check_checkpoint(cp, by_seq[cp.seq], station_id, public_key, signs="the segment's entry at its seq")
         kept.append(cp)
     return kept
 
@@ -418,6 +418,7 @@ def _check_checkpoint(
     station_id: str,
     public_key: Ed25519PublicKey,
     entries: Sequence[LedgerEntry] = (),
+    signs: str = "the segment's last entry",
 ) -> None:
     if cp.station != station_id:
         raise Rejection(
@@ -429,7 +430,7 @@ def _check_checkpoint(
         raise Rejection(
             RejectCode.BAD_CHECKPOINT,
             f"checkpoint signs seq {cp.seq} hash {_show(cp.hash)}; it "
-            f"must sign the segment's entry seq {last.seq} hash "
+            f"must sign {signs}, seq {last.seq} hash "
             f"{last.hash}",
         )
     enrolled = key_id_of(public_key)

@@ -173,9 +173,9 @@ def _shown(entry: LedgerEntry, disclosed: set[str], dockings: list[_Docking],
 
 def segment_for(station: str, records: Iterable[ItemRecord], index: Index) -> StationSegment | None:
     """The station's ledger from the first entry of the disclosed items (or of the dockings that produced
-    them) to the first signed checkpoint at or after their last one (or their dockings' end), with every checkpoint the station
-    signed at its seqs; entries of other items and of other dockings redacted; None when no checkpoint
-    covers it yet."""
+    them) to the first signed checkpoint at or after their last one (or their dockings' end), with every
+    checkpoint the station signed at its seqs; entries of other items and of other dockings redacted;
+    None when no checkpoint covers it yet."""
     disclosed = {record.item for record in records}
     entries = [entry for item in sorted(disclosed) for entry in index.ledger_entries(station, item=item)]
     if not entries:
