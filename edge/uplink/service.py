@@ -88,7 +88,8 @@ __all__ = ["UplinkFatal", "UplinkService", "UplinkStats", "receipt_path"]
 
 log = logging.getLogger(__name__)
 
-# Ledger entries per request: bounds the request body whatever the backlog after a long outage.
+# Ledger entries per request (each with its checkpoint, ~260 bytes): bounds the request body whatever the
+# backlog after a long outage, far below the central's max_json_body_mb.
 LEDGER_BATCH = 2000
 PURGE_INTERVAL_S = 60.0
 IDLE_POLL_S = 5.0
