@@ -668,8 +668,8 @@ class Registrar:
                         "the accepted head moved during verification; retry",
                     )
                 self.index.insert_ledger_entries(station_id, new, now)
-                self.index.insert_checkpoint(checkpoint, now)
-                for cp in kept:
+                # In seq order (the final one last), as the station signed them.
+                for cp in sorted([*kept, checkpoint], key=lambda cp: cp.seq):
                     self.index.insert_checkpoint(cp, now)
                 for entry in new:
                     if entry.type == EntryType.TAGGED:
