@@ -128,7 +128,9 @@ class _Docking:
 
 
 def _dockings(station: str, sessions: set[str], index: Index) -> list[_Docking]:
-    dockings = []
+    dockings: list[_Docking] = []
+    if not sessions:
+        return dockings  # items of no docking (a recording room, an import): nothing to attribute
     for started in index.ledger_entries(station, type_=EntryType.SESSION_STARTED):
         session = started.data.get("session")
         if session not in sessions:
