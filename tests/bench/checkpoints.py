@@ -6,10 +6,13 @@ For each cadence (``checkpoint_every`` 1, the default, and 64, the old one) a fr
 (`StationStore`, its real SQLite file, key and fsync'd transactions) records N entries the way the agent
 does (`store.record`: one transaction per entry, the checkpoint signed in the same one), with data shaped
 like an `acquired` entry. Reported per cadence: microseconds per entry (wall clock), the checkpoints
-signed, and the state database's bytes per entry (after a WAL checkpoint, so the file holds everything).
+signed, the state database's bytes per entry (after a WAL checkpoint, so the file holds everything), and
+the whole ledger's verification (every signature checked, `Ledger.verify`) in a child process: its time
+and peak RSS, which must not grow with the number of checkpoints (they are streamed).
 The time of one Ed25519 signature over a checkpoint payload is measured alone too (``sign_us``): the
 per-entry times are dominated by each transaction's fsync and are noisy on a shared disk. Last line JSON:
-{"entries": N, "runs": [{"checkpoint_every", "us_per_entry", "checkpoints", "db_bytes_per_entry"}, ...],
+{"entries": N, "runs": [{"checkpoint_every", "us_per_entry", "checkpoints", "db_bytes_per_entry",
+"verify_s", "verify_problems", "verify_peak_rss_mb"}, ...],
 "sign_us", "extra_us_per_entry", "extra_bytes_per_entry"}.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +58,28 @@ def run(root: Path, every: int, entries: int) -> dict[str, Any]:
         store.close()
     size = sum(p.stat().st_size for p in root.iterdir() if p.name.startswith("state.db"))
     return {"checkpoint_every": every, "us_per_entry": round(elapsed / entries * 1e6, 1),
-            "checkpoints": checkpoints, "db_bytes_per_entry": round(size / (entries + 1), 1)}
+            "checkpoints": checkpoints, "db_bytes_per_entry": round(size / (entries + 1), 1),
+            **verify_in_child(root)}
+
+
+_VERIFY = """
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[2])
+from edge.ingest.store import StationStore
+store = StationStore(__import__("pathlib").Path(sys.argv[1]), "BENCH-STATION", purpose="benchmark verify")
+started = time.perf_counter()
+problems = store.ledger.verify()
+print(json.dumps({"verify_s": round(time.perf_counter() - started, 2), "verify_problems": len(problems),
+                  "verify_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+"""
+
+
+def verify_in_child(root: Path) -> dict[str, Any]:
+    """The whole ledger verified (every signature checked) in a child, so its peak RSS is its own."""
+    done = subprocess.run([sys.executable, "-c", _VERIFY, str(root), str(REPO)], capture_output=True,
+                          text=True, check=True)
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
 
 
 def main() -> int:
@@ -76,7 +101,8 @@ def main() -> int:
     sign_us = round((time.perf_counter() - started) / args.entries * 1e6, 1)
     for r in runs:
         print(f"checkpoint_every={r['checkpoint_every']}: {r['us_per_entry']} us/entry, {r['checkpoints']} "
-              f"checkpoints, {r['db_bytes_per_entry']} DB bytes/entry")
+              f"checkpoints, {r['db_bytes_per_entry']} DB bytes/entry; verify {r['verify_s']} s, peak RSS "
+              f"{r['verify_peak_rss_mb']} MB, {r['verify_problems']} problems")
     print(f"one Ed25519 checkpoint signature: {sign_us} us")
     result = {"entries": args.entries, "runs": runs, "sign_us": sign_us,
               "extra_us_per_entry": round(runs[0]["us_per_entry"] - runs[1]["us_per_entry"], 1),
