@@ -19,6 +19,8 @@ from typing import Any
 
 from edge.central.identity import load_signing_key
 from edge.custody.canonical import canonical_json
+from edge.custody.keys import StationKey, key_id_of
+from edge.custody.ledger import checkpoint_payload
 from tests.audit.conftest import CASE, OTHER_CASE, AuditCentral
 from tests.audit.test_disclosure_package import unzipped_package
 from tests.audit.test_package_trust import LEDGER, _ledger, _pin, _resign, _write_ledger
@@ -118,7 +120,7 @@ async def test_a_flipped_byte_fails_and_is_named(audit_central: AuditCentral, tm
     assert any(f"seq {seq}" in line and "redacted line was altered" in line for line in verdict.failures)
 
 
-async def test_checkpoints_outside_the_segment_or_of_another_station_are_refused(
+async def test_checkpoint_lines_outside_the_segment_foreign_or_malformed_are_refused(
     audit_central: AuditCentral, tmp_path: Path
 ) -> None:
     pinned = _pin(audit_central, tmp_path)
@@ -127,15 +129,24 @@ async def test_checkpoints_outside_the_segment_or_of_another_station_are_refused
     folder = await unzipped_package(audit_central, tmp_path / "p")
     cps = _checkpoints(folder)
     docs = _ledger(folder)
-    # A genuine station checkpoint of a seq before the segment (seq 1: station_started), added to the list.
-    outside = cps[0] if cps[0]["seq"] < docs[0]["seq"] else None
-    assert outside is None  # the package lists only checkpoints of its own seqs
+    assert docs[0]["seq"] <= cps[0]["seq"] and cps[-1]["seq"] <= docs[-1]["seq"]  # only its own seqs
+    # A checkpoint moved past the segment, one signed by a key the package does not hold, and a line
+    # that is not JSON: each refused, naming its line.
     moved = {**cps[0], "seq": docs[-1]["seq"] + 5}
-    (folder / CHECKPOINTS).write_bytes(b"".join(canonical_json(c) + b"\n" for c in [*cps, moved]))
+    stranger = StationKey.generate()
+    payload = checkpoint_payload(cps[1]["station"], cps[1]["seq"], cps[1]["hash"], cps[1]["time"])
+    foreign = {**cps[1], "key_id": key_id_of(stranger.public_key()),
+               "signature": base64.b64encode(stranger.sign(payload)).decode()}
+    lines = [canonical_json(c) + b"\n" for c in [*cps, moved, foreign]] + [b"{not json\n"]
+    (folder / CHECKPOINTS).write_bytes(b"".join(lines))
     _resign(folder, sign, [CHECKPOINTS])
     verdict = _verify(pinned, folder)
-    assert verdict.code == 1 and verdict.names(f"{CHECKPOINTS} line {len(cps) + 1}"), verdict
-    assert any("outside the segment" in line for line in verdict.failures), verdict
+    assert verdict.code == 1, verdict
+    assert any(f"{CHECKPOINTS} line {len(cps) + 1}" in line and "outside the segment" in line
+               for line in verdict.failures), verdict
+    assert any(f"{CHECKPOINTS} line {len(cps) + 2}" in line and "not one of the station's keys" in line
+               for line in verdict.failures), verdict
+    assert verdict.names(f"{CHECKPOINTS} line {len(cps) + 3}"), verdict
 
 
 async def test_with_a_checkpoint_every_64_entries_the_same_case_is_not_bound(
