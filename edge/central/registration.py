@@ -56,8 +56,10 @@ __all__ = [
     "UploadFacts",
     "UploadSource",
     "check_segment",
+    "check_segment_checkpoints",
     "manifest_shape_problem",
     "parse_segment",
+    "parse_segment_checkpoints",
 ]
 
 log = logging.getLogger(__name__)
@@ -213,12 +215,12 @@ def parse_segment(doc: object) -> tuple[list[LedgerEntry], Checkpoint]:
             RejectCode.BAD_REQUEST,
             f"expected a ledger segment object, found {type(doc).__name__}",
         )
-    extra = sorted(set(doc) - {"entries", "checkpoint"})
+    extra = sorted(set(doc) - {"entries", "checkpoint", "checkpoints"})
     if extra:
         raise Rejection(
             RejectCode.BAD_REQUEST,
             f"ledger segment has unknown members {_show(extra)}; "
-            "expected only entries and checkpoint",
+            "expected only entries, checkpoint and checkpoints",
         )
     raw_entries = doc.get("entries")
     if not isinstance(raw_entries, list) or not raw_entries:
@@ -238,6 +240,53 @@ def parse_segment(doc: object) -> tuple[list[LedgerEntry], Checkpoint]:
     except LedgerError as exc:
         raise Rejection(RejectCode.BAD_CHECKPOINT, str(exc)) from None
     return entries, checkpoint
+
+
+def parse_segment_checkpoints(doc: Mapping[str, Any], entries: Sequence[LedgerEntry]) -> list[Checkpoint]:
+    """The segment's optional ``checkpoints``: the other checkpoints the station signed at its seqs.
+
+    The station signs one at every entry by default; the central keeps them so that a disclosure package
+    can bind each disclosed entry by the checkpoint at its own seq. A seq holds at most two (the old and
+    the new key at a rotation). Raises :class:`Rejection` for a malformed one or a seq outside the segment.
+    """
+    raw = doc.get("checkpoints", [])
+    if not isinstance(raw, list) or len(raw) > 2 * len(entries):
+        raise Rejection(RejectCode.BAD_REQUEST, "ledger segment checkpoints must be a list of at most two "
+                                                "checkpoints per entry")
+    first, last = entries[0].seq, entries[-1].seq
+    checkpoints = []
+    for position, raw_cp in enumerate(raw):
+        if not isinstance(raw_cp, Mapping):
+            raise Rejection(RejectCode.BAD_CHECKPOINT, f"checkpoints[{position}] is not an object")
+        try:
+            cp = Checkpoint.from_dict(raw_cp)
+        except LedgerError as exc:
+            raise Rejection(RejectCode.BAD_CHECKPOINT, f"checkpoints[{position}]: {exc}") from None
+        if not first <= cp.seq <= last:
+            raise Rejection(RejectCode.BAD_CHECKPOINT, f"checkpoints[{position}] signs seq {_show(cp.seq)}, "
+                                                       f"outside the segment's seqs {first}-{last}")
+        checkpoints.append(cp)
+    return checkpoints
+
+
+def check_segment_checkpoints(
+    checkpoints: Sequence[Checkpoint], entries: Sequence[LedgerEntry], station_id: str,
+    public_key: Ed25519PublicKey,
+) -> list[Checkpoint]:
+    """The checkpoints to keep: those signed by the enrolled key, each checked to sign its entry's hash.
+
+    One signed by another key (the old key at a rotation) cannot be checked here and is not kept; one by
+    the enrolled key that does not verify or signs another hash is refused (:class:`Rejection`).
+    """
+    by_seq = {entry.seq: entry for entry in entries}
+    enrolled = key_id_of(public_key)
+    kept = []
+    for cp in checkpoints:
+        if cp.key_id != enrolled:
+            continue
+        _check_checkpoint(cp, by_seq[cp.seq], station_id, public_key, signs="the segment's entry at its seq")
+        kept.append(cp)
+    return kept
 
 
 def _parse_entry(raw: object, position: int) -> LedgerEntry:
@@ -369,6 +418,7 @@ def _check_checkpoint(
     station_id: str,
     public_key: Ed25519PublicKey,
     entries: Sequence[LedgerEntry] = (),
+    signs: str = "the segment's last entry",
 ) -> None:
     if cp.station != station_id:
         raise Rejection(
@@ -380,7 +430,7 @@ def _check_checkpoint(
         raise Rejection(
             RejectCode.BAD_CHECKPOINT,
             f"checkpoint signs seq {cp.seq} hash {_show(cp.hash)}; it "
-            f"must sign the segment's last entry, seq {last.seq} hash "
+            f"must sign {signs}, seq {last.seq} hash "
             f"{last.hash}",
         )
     enrolled = key_id_of(public_key)
@@ -595,6 +645,8 @@ class Registrar:
 
     async def _accept_segment(self, caller: Caller, doc: object) -> tuple[int, str]:
         entries, checkpoint = parse_segment(doc)
+        assert isinstance(doc, Mapping)  # parse_segment refused anything else
+        signed = parse_segment_checkpoints(doc, entries)
         station_id = caller.station_id
         public_key = self._enrolled_key(caller)
         async with self._station_locks[station_id]:
@@ -607,6 +659,7 @@ class Registrar:
                 check_segment, entries, checkpoint, station_id=station_id, public_key=public_key, head=head,
                 accepted=accepted,
             )
+            kept = await asyncio.to_thread(check_segment_checkpoints, signed, entries, station_id, public_key)
             now = self._clock()
             with self.index.transaction():
                 if self.index.ledger_head(station_id) != head:  # unreachable under the lock; kept as a guard
@@ -615,7 +668,9 @@ class Registrar:
                         "the accepted head moved during verification; retry",
                     )
                 self.index.insert_ledger_entries(station_id, new, now)
-                self.index.insert_checkpoint(checkpoint, now)
+                # In seq order (the final one last), as the station signed them.
+                for cp in sorted([*kept, checkpoint], key=lambda cp: cp.seq):
+                    self.index.insert_checkpoint(cp, now)
                 for entry in new:
                     if entry.type == EntryType.TAGGED:
                         self.index.apply_tag(station_id, entry, now)

@@ -36,9 +36,11 @@ class StationSection(StrictModel):
         "sources of [time_sync] in order (chrony, systemd-timesyncd, systemd-timedated, adjtimex)",
     )
     checkpoint_every: int = Field(
-        64, ge=1, le=100_000,
+        1, ge=1, le=100_000,
         description="The ledger signs a checkpoint at least every this many entries; declared in each "
-        "station_started entry, so that `edge verify` names a longer run without one (deleted checkpoints)",
+        "station_started entry, so that `edge verify` names a longer run without one (deleted checkpoints). "
+        "1 (each entry signed) lets a disclosure package bind every disclosed entry to the station's "
+        "signature; with more, disclosed entries separated by other cases' entries verify NOT BOUND",
     )
 
 

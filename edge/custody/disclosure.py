@@ -16,14 +16,20 @@ A disclosure package is everything a court expert needs to check one case's evid
     items/ITEM/receipt.json           the central's receipt with its inclusion proof
     items/ITEM/tree-head.payload      the bytes the central signed for the receipt's tree head
     items/ITEM/tree-head.sig          that signature
-    ledger/STATION/entries.jsonl      the station ledger from the first entry of a disclosed item to the
-                                      first signed checkpoint after its last one, one entry per line
+    ledger/STATION/entries.jsonl      the station ledger from the first entry of a disclosed item (or of
+                                      the docking that produced one) to the first signed checkpoint after
+                                      its last one, one entry per line
     ledger/STATION/checkpoint.json    that checkpoint; .payload and .sig as above
+    ledger/STATION/checkpoints.jsonl  every checkpoint the station signed at a seq of the segment, one per
+                                      line (the station signs one at each entry by default)
 
-Entries of items outside the package (other cases, or items the reader may not see) are in the ledger
-file as ``{"seq", "prev", "hash", "redacted": true}``: the chain around the disclosed entries still links
-through them, but what they say is not shown and cannot be re-hashed, so a verifier reports how many it
-could only link.
+Entries of items outside the package (other cases, or items the reader may not see), and station entries
+of no disclosed item's docking, are in the ledger file as ``{"seq", "prev", "hash", "redacted": true}``:
+the chain around the disclosed entries still links through them, but what they say is not shown and
+cannot be re-hashed. A disclosed entry is therefore bound to the station's signature only when a chain of
+whole entries leads from it to one the station signed a checkpoint at, before any redacted line (or when a
+station-signed manifest names its hash); `edge verify` names every other entry of a disclosed item NOT
+BOUND. With the station's default cadence (a checkpoint at every entry) every disclosed entry is bound.
 
 Everything here is pure: the central builds packages with it (:mod:`edge.central.disclosure`), `edge
 verify` checks them (:mod:`edge.verify.package`) and the spot checks (:mod:`edge.central.spotcheck`)
@@ -63,6 +69,7 @@ __all__ = [
     "DisclosedItem",
     "PackageIndex",
     "Step",
+    "checkpoint_line",
     "checksum_line",
     "entry_from_line",
     "entry_line",
@@ -121,12 +128,18 @@ class LedgerPaths:
     checkpoint: str
     checkpoint_payload: str
     checkpoint_signature: str
+    checkpoints: str
 
 
 def ledger_paths(station: str) -> LedgerPaths:
     base = f"ledger/{station}"
     return LedgerPaths(f"{base}/entries.jsonl", f"{base}/checkpoint.json", f"{base}/checkpoint.payload",
-                       f"{base}/checkpoint.sig")
+                       f"{base}/checkpoint.sig", f"{base}/checkpoints.jsonl")
+
+
+def checkpoint_line(checkpoint: Checkpoint) -> bytes:
+    """One line of checkpoints.jsonl: the checkpoint as the station signed it."""
+    return canonical_json(checkpoint.to_dict()) + b"\n"
 
 
 def checksum_line(sha256: str, path: str) -> str:

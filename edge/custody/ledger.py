@@ -9,7 +9,9 @@ The ledger lives in a connection the caller owns and never commits: the caller w
 its ledger entry in one transaction (``with conn:``), so a crash leaves both or neither.
 
 The ledger signs a checkpoint itself at seq 1 and whenever ``checkpoint_every`` entries have gone by
-without one, in the same transaction as the entry, so a ledger with entries but no checkpoint, or a run
+without one, in the same transaction as the entry (by default at every entry: a disclosure package can
+then prove each disclosed entry by the station's own signature, whatever other cases' entries lie between,
+:mod:`edge.custody.disclosure`), so a ledger with entries but no checkpoint, or a run
 of more entries without one than the station declared (``checkpoint_every`` in its ``station_started``
 entries), means checkpoint rows were deleted: :func:`verify_ledger` names both.
 
@@ -65,7 +67,10 @@ log = logging.getLogger(__name__)
 GENESIS_PREV = "0" * 64
 # Default cadence of the checkpoints the ledger signs by itself: at most this many entries in a row go
 # without one. A station declares its cadence in each `station_started` entry (`checkpoint_every`).
-CHECKPOINT_EVERY = 64
+# Every entry by default: a redacted line's hash cannot be recomputed, so a disclosed entry is bound to the
+# station's signature only through a chain of whole entries to a signed checkpoint; with a checkpoint at
+# each entry that chain is the entry itself (cost: tests/bench/checkpoints.py).
+CHECKPOINT_EVERY = 1
 MAX_CHECKPOINT_EVERY = 100_000
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -455,9 +460,12 @@ class Ledger:
                 raise LedgerError(str(problem))
             yield entry
 
-    def checkpoints(self) -> list[Checkpoint]:
+    def checkpoints(self, first_seq: int = 1, last_seq: int | None = None) -> list[Checkpoint]:
+        """Stored checkpoints in seq order, optionally only those at seqs ``first_seq``..``last_seq``."""
         rows = self._conn.execute(
-            "SELECT station, seq, hash, time, key_id, signature FROM ledger_checkpoints ORDER BY seq, id"
+            "SELECT station, seq, hash, time, key_id, signature FROM ledger_checkpoints "
+            "WHERE seq >= ? AND seq <= ? ORDER BY seq, id",
+            (first_seq, last_seq if last_seq is not None else 2**62),
         ).fetchall()
         return [_checkpoint_from_row(row) for row in rows]
 
@@ -522,47 +530,84 @@ def _entry_from_row(row: tuple[Any, ...]) -> tuple[LedgerEntry | None, Problem |
 
 
 class _ChainWalker:
-    """Checks linkage, content hashes and checkpoints in one pass with memory bounded by the checkpoints."""
+    """Checks linkage, content hashes and checkpoints in one pass.
+
+    Checkpoints come as a stream in seq order and are checked as the entries reach them, so memory stays
+    bounded whatever the number of checkpoints (a station signs one at every entry by default). Problems
+    keep the order of a walker that checked every checkpoint first: those given at the start, then
+    unreadable checkpoint rows, then checkpoints that are not authentic, then what the entries show.
+    """
 
     def __init__(
         self,
-        checkpoints: Iterable[Checkpoint],
+        checkpoints: Iterable[Checkpoint | Problem],
         keys: KeySchedule,
         station_id: str,
         after: tuple[int, str],
+        problems: Iterable[Problem] = (),
     ) -> None:
-        self.problems: list[Problem] = []
+        """``checkpoints`` in seq order; a :class:`Problem` among them is an unreadable checkpoint row."""
+        self.problems: list[Problem] = list(problems)
+        self._rows_end = self._authentic_end = len(self.problems)
         self._keys = keys
+        self._station_id = station_id
         self._last_seq, self._last_hash = after
         self._start_seq = after[0]
         self._last_good_checkpoint = 0
-        # (seq, key id) of every checkpoint whose signature verified: a rotation needs its old key's.
+        # (seq, key id) of the checkpoints at rotation seqs whose signature verified: a rotation needs
+        # its old key's. Only those seqs are kept, so this stays as small as the rotations.
+        self._rotation_seqs = {rotation.seq for rotation in keys.rotations}
         self._signed: set[tuple[int, str]] = set()
-        trusted: list[Checkpoint] = []
-        for cp in checkpoints:
-            if self._checkpoint_is_authentic(cp, station_id) and cp.seq >= self._start_seq:
-                trusted.append(cp)
-        trusted.sort(key=lambda cp: cp.seq)
-        self._pending = trusted
-        self._next_cp = 0
+        self._stream = iter(checkpoints)
+        self._next: Checkpoint | None = None  # the next authentic checkpoint, pulled but not matched yet
+        self._stream_done = False
         # The checkpoint cadence (verify_ledger only): the newest authentic checkpoint at or before the
         # entry being fed, the declared (every, at seq), and an open run of too many unsigned entries.
-        self._cadence_cp = 0
         self._last_cp_seq = 0
         self._cadence: tuple[int, int] | None = None
         self._run: tuple[int, int, int] | None = None  # (first unsigned seq, every, declared at)
-        self.authentic_checkpoints = len(trusted)
-        if self._pending and self._pending[0].seq == self._start_seq and self._start_seq > 0:
+        self.authentic_checkpoints = 0
+        first = self._peek()
+        if first is not None and first.seq == self._start_seq and self._start_seq > 0:
             self._match_checkpoints(self._start_seq, self._last_hash)
+
+    def _front(self, problem: Problem, *, row: bool = False) -> None:
+        """Insert a checkpoint's problem where a walker that checked them all first would have it."""
+        if row:
+            self.problems.insert(self._rows_end, problem)
+            self._rows_end += 1
+        else:
+            self.problems.insert(self._authentic_end, problem)
+        self._authentic_end += 1
+
+    def _peek(self) -> Checkpoint | None:
+        """The next authentic checkpoint at or after the start seq, None when the stream is done."""
+        while self._next is None and not self._stream_done:
+            try:
+                cp = next(self._stream)
+            except StopIteration:
+                self._stream_done = True
+                break
+            if isinstance(cp, Problem):
+                self._front(cp, row=True)
+            elif self._checkpoint_is_authentic(cp, self._station_id) and cp.seq >= self._start_seq:
+                self.authentic_checkpoints += 1
+                self._next = cp
+        return self._next
+
+    def _pull(self, up_to_seq: int | None) -> Iterator[Checkpoint]:
+        """Authentic checkpoints at seqs up to ``up_to_seq`` (all when None), each once, in seq order."""
+        while (cp := self._peek()) is not None and (up_to_seq is None or cp.seq <= up_to_seq):
+            self._next = None
+            yield cp
 
     def _checkpoint_is_authentic(self, cp: Checkpoint, station_id: str) -> bool:
         where = f"checkpoint seq {cp.seq}"
         if not isinstance(cp.seq, int) or isinstance(cp.seq, bool) or cp.seq < 1:
-            self.problems.append(Problem(where, "expected a positive integer seq"))
+            self._front(Problem(where, "expected a positive integer seq"))
             return False
         if cp.station != station_id:
-            self.problems.append(Problem(where, f"signed for station {cp.station!r}, expected "
-                                                f"{station_id!r}"))
+            self._front(Problem(where, f"signed for station {cp.station!r}, expected {station_id!r}"))
             return False
         key = self._keys.get(cp.key_id)
         if key is None:
@@ -571,10 +616,10 @@ class _ChainWalker:
             else:
                 expected = (f"which no key_rotated entry announced (the station keys are "
                             f"{', '.join(k.key_id for k in self._keys.keys)})")
-            self.problems.append(Problem(where, f"signed by key {cp.key_id!r}, {expected}"))
+            self._front(Problem(where, f"signed by key {cp.key_id!r}, {expected}"))
             return False
         if key.retired_at is not None and cp.seq > key.retired_at:
-            self.problems.append(
+            self._front(
                 Problem(where, f"signed by key {key.key_id}, which was retired at seq {key.retired_at}: a "
                                f"retired key signs nothing after its rotation")
             )
@@ -586,12 +631,13 @@ class _ChainWalker:
         except (binascii.Error, UnicodeEncodeError, CanonicalJsonError):
             signature, payload = b"", b""
         if not payload or not verify_signature(public_key, signature, payload):
-            self.problems.append(
+            self._front(
                 Problem(where, f"signature does not verify with station key {key.key_id}: "
                                f"the checkpoint was forged or altered")
             )
             return False
-        self._signed.add((cp.seq, key.key_id))
+        if cp.seq in self._rotation_seqs:
+            self._signed.add((cp.seq, key.key_id))
         return True
 
     def feed(self, seq: int, prev: str, stored_hash: str, recomputed_hash: str | None) -> None:
@@ -628,9 +674,8 @@ class _ChainWalker:
         self._last_seq, self._last_hash = seq, stored_hash
 
     def _match_checkpoints(self, seq: int, content_hash: str) -> None:
-        while self._next_cp < len(self._pending) and self._pending[self._next_cp].seq <= seq:
-            cp = self._pending[self._next_cp]
-            self._next_cp += 1
+        for cp in self._pull(seq):
+            self._last_cp_seq = cp.seq
             where = f"checkpoint seq {cp.seq}"
             if cp.seq < seq:
                 self.problems.append(
@@ -656,9 +701,8 @@ class _ChainWalker:
 
     def check_cadence(self, seq: int) -> None:
         """After feeding ``seq``: is it covered by a checkpoint close enough before it?"""
-        while self._cadence_cp < len(self._pending) and self._pending[self._cadence_cp].seq <= seq:
-            self._last_cp_seq = self._pending[self._cadence_cp].seq
-            self._cadence_cp += 1
+        for cp in self._pull(seq):  # none left when feed(seq) came first, as verify_ledger does
+            self._last_cp_seq = cp.seq
         if self._last_cp_seq == seq:
             self._close_run(seq - 1)
         elif self._cadence is not None and self._run is None and seq - self._last_cp_seq >= self._cadence[0]:
@@ -686,13 +730,12 @@ class _ChainWalker:
                             f"key rotation from {rotation.old_key_id} to {rotation.new_key_id} carries no "
                             f"checkpoint signed by the old key at this seq: nothing vouches for the new key")
                 )
-        for cp in self._pending[self._next_cp:]:
+        for cp in self._pull(None):
             ends = f"the ledger ends at seq {self._last_seq}" if self._last_seq else "the ledger is empty"
             self.problems.append(
                 Problem(f"checkpoint seq {cp.seq}", f"{ends} but this signed checkpoint proves entries up to "
                                                     f"seq {cp.seq} existed: the tail was truncated")
             )
-        self._next_cp = len(self._pending)
         return self.problems
 
 
@@ -713,7 +756,8 @@ def verify_chain(
     list means the chain verifies.
     """
     keys = public_key if isinstance(public_key, KeySchedule) else KeySchedule.single(public_key)
-    walker = _ChainWalker(checkpoints, keys, station_id, after)
+    ordered = sorted(checkpoints, key=lambda cp: cp.seq if isinstance(cp.seq, int) else 0)
+    walker = _ChainWalker(ordered, keys, station_id, after)
     for entry in entries:
         recomputed: str | None
         if isinstance(entry, RedactedEntry):
@@ -803,16 +847,18 @@ def verify_ledger(
         keys = public_key
     else:
         keys, problems = ledger_key_schedule(conn, public_key)
-    checkpoints: list[Checkpoint] = []
-    for row in conn.execute(
-        "SELECT station, seq, hash, time, key_id, signature FROM ledger_checkpoints ORDER BY seq, id"
-    ):
-        try:
-            checkpoints.append(_checkpoint_from_row(row))
-        except LedgerError as exc:
-            problems.append(Problem(f"checkpoint seq {row[1]!r}", str(exc)))
-    walker = _ChainWalker(checkpoints, keys, station_id, (0, GENESIS_PREV))
-    walker.problems[:0] = problems
+
+    def checkpoint_rows() -> Iterator[Checkpoint | Problem]:
+        """Streamed in seq order beside the entries: a station signs a checkpoint at every entry."""
+        for row in conn.execute(
+            "SELECT station, seq, hash, time, key_id, signature FROM ledger_checkpoints ORDER BY seq, id"
+        ):
+            try:
+                yield _checkpoint_from_row(row)
+            except LedgerError as exc:
+                yield Problem(f"checkpoint seq {row[1]!r}", str(exc))
+
+    walker = _ChainWalker(checkpoint_rows(), keys, station_id, (0, GENESIS_PREV), problems)
     cursor = conn.execute("SELECT seq, time, type, item, data, prev, hash FROM ledger ORDER BY seq")
     entries = 0
     for row in cursor:

@@ -94,9 +94,12 @@ class CentralApi:
         doc = await self._request("GET", self._station_url("ledger/head"), None)
         return _ledger_answer(doc, "ledger head")
 
-    async def post_ledger(self, entries: Sequence[LedgerEntry], checkpoint: Checkpoint) -> LedgerAnswer:
-        """Send a segment of our ledger; the answer is the head the central now holds."""
-        doc = await self._request("POST", self._station_url("ledger"), _segment(entries, checkpoint))
+    async def post_ledger(
+        self, entries: Sequence[LedgerEntry], checkpoint: Checkpoint, signed: Sequence[Checkpoint] = ()
+    ) -> LedgerAnswer:
+        """Send a segment of our ledger (``signed``: the other checkpoints at its seqs); the answer is the
+        head the central now holds."""
+        doc = await self._request("POST", self._station_url("ledger"), _segment(entries, checkpoint, signed))
         return _ledger_answer(doc, "ledger answer")
 
     async def ledger_page(self, after: int, limit: int) -> dict[str, Any]:
@@ -132,12 +135,13 @@ class CentralApi:
         manifest: Mapping[str, Any],
         entries: Sequence[LedgerEntry],
         checkpoint: Checkpoint | None,
+        signed: Sequence[Checkpoint] = (),
     ) -> dict[str, Any]:
         """Register an uploaded item; returns the receipt document (unverified)."""
         body: dict[str, Any] = {"upload": upload_id, "manifest": dict(manifest), "ledger": None}
         if entries:
             assert checkpoint is not None
-            body["ledger"] = _segment(entries, checkpoint)
+            body["ledger"] = _segment(entries, checkpoint, signed)
         doc = await self._request("POST", self._station_url("items"), body)
         receipt = doc.get("receipt")
         if not isinstance(receipt, dict):
@@ -213,8 +217,14 @@ def _ledger_answer(doc: Mapping[str, Any], what: str) -> LedgerAnswer:
     )
 
 
-def _segment(entries: Sequence[LedgerEntry], checkpoint: Checkpoint) -> dict[str, Any]:
-    return {"entries": [e.to_dict() for e in entries], "checkpoint": checkpoint.to_dict()}
+def _segment(
+    entries: Sequence[LedgerEntry], checkpoint: Checkpoint, signed: Sequence[Checkpoint]
+) -> dict[str, Any]:
+    doc = {"entries": [e.to_dict() for e in entries], "checkpoint": checkpoint.to_dict()}
+    others = [cp.to_dict() for cp in signed if cp != checkpoint]
+    if others:
+        doc["checkpoints"] = others
+    return doc
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

@@ -88,7 +88,8 @@ __all__ = ["UplinkFatal", "UplinkService", "UplinkStats", "receipt_path"]
 
 log = logging.getLogger(__name__)
 
-# Ledger entries per request: bounds the request body whatever the backlog after a long outage.
+# Ledger entries per request (each with its checkpoint, ~260 bytes): bounds the request body whatever the
+# backlog after a long outage, far below the central's max_json_body_mb.
 LEDGER_BATCH = 2000
 PURGE_INTERVAL_S = 60.0
 IDLE_POLL_S = 5.0
@@ -644,8 +645,9 @@ class UplinkService:
             return None
         with self.store.transaction():
             checkpoint = self.store.ledger.checkpoint(at_seq=entries[-1].seq)
+            signed = self.store.ledger.checkpoints(entries[0].seq, entries[-1].seq)
         assert checkpoint is not None  # the ledger holds entries[-1]
-        return LedgerSegment(entries, checkpoint)
+        return LedgerSegment(entries, checkpoint, signed)
 
     async def _receipt_holds(self, link: Link, entry: SpoolEntry, receipt: dict[str, Any]) -> bool:
         """Verify a receipt before anything relies on it: its signatures and proof, its manifest, and

@@ -131,10 +131,13 @@ class LedgerPage:
 
 @dataclass(frozen=True)
 class LedgerSegment:
-    """Consecutive ledger entries with the checkpoint signed at the last of them."""
+    """Consecutive ledger entries with the checkpoint signed at the last of them, and every other
+    checkpoint the station signed at a seq of the segment (the central keeps them for disclosure
+    packages, which bind each disclosed entry by the checkpoint at its seq)."""
 
     entries: Sequence[LedgerEntry]
     checkpoint: Checkpoint
+    signed: Sequence[Checkpoint] = ()
 
 
 @dataclass(frozen=True)

@@ -152,8 +152,9 @@ class TusLink:
         name = upload_id(upload)
         entries = segment.entries if segment is not None else []
         checkpoint = segment.checkpoint if segment is not None else None
+        signed = segment.signed if segment is not None else ()
         try:
-            receipt = await self.api.register(name, manifest, entries, checkpoint)
+            receipt = await self.api.register(name, manifest, entries, checkpoint, signed)
         except CentralUnavailable as exc:
             return RetryLater(str(exc), exc.retry_after_s)
         except CentralRejected as exc:
@@ -171,7 +172,7 @@ class TusLink:
 
     async def push_ledger(self, segment: LedgerSegment) -> LedgerAnswer:
         with _not_done():
-            return await self.api.post_ledger(segment.entries, segment.checkpoint)
+            return await self.api.post_ledger(segment.entries, segment.checkpoint, segment.signed)
 
     async def ledger_page(self, after: int, limit: int) -> LedgerPage:
         with _not_done():

@@ -8,12 +8,15 @@ to its line, and no other file is there; package.json lists the items and statio
 manifest is signed by one of its station's keys in the package and names the original's hash and size,
 its receipt is the central's (signed tree head, inclusion proof) for exactly this item and manifest, the
 ledger segment holds its acquired and sealed entries; the files openssl checks (payloads, signatures,
-content.sha256) say the same as the documents they are cut from; and each station's ledger segment is an
-unbroken hash chain ending at a checkpoint signed by one of the station's keys. Files are hashed a chunk
-at a time, so memory stays bounded whatever the evidence size. Redacted ledger entries (items outside the
-package) are checked to link, and counted in a note; a disclosed entry they separate from the signed
-checkpoint is named NOT BOUND (its content rests on the central's word), a redacted line where a disclosed
-item's manifest puts its acquired entry is refused, and each item must belong to the package's case.
+content.sha256) say the same as the documents they are cut from; each station's ledger segment is an
+unbroken hash chain ending at a checkpoint signed by one of the station's keys; and each line of its
+checkpoints.jsonl is signed by one of those keys, at a seq of the segment, over the hash of the entry there
+(recomputed) or of the redacted line there. Files are hashed a chunk at a time, so memory stays bounded
+whatever the evidence size. Redacted ledger entries (items outside the package, other dockings) are
+checked to link, and counted in a note; a disclosed entry from which no chain of whole entries reaches a
+signed checkpoint before a redacted line is named NOT BOUND (its content rests on the central's word), a
+redacted line where a disclosed item's manifest puts its acquired entry is refused, and each item must
+belong to the package's case.
 """
 
 from __future__ import annotations
@@ -44,11 +47,12 @@ from edge.custody.disclosure import (
     ledger_segment_problems,
     manifest_signature_parts,
     station_key_file,
+    station_schedule,
     tree_head_signature_parts,
 )
 from edge.custody.errors import CanonicalJsonError, CustodyError, LedgerError
 from edge.custody.keys import key_id_of, load_public_key, public_key_raw, verify_signature
-from edge.custody.ledger import Checkpoint, LedgerEntry, RedactedEntry, checkpoint_payload
+from edge.custody.ledger import Checkpoint, LedgerEntry, RedactedEntry, checkpoint_payload, entry_hash
 from edge.custody.problems import Problem
 from edge.custody.text import printable
 from edge.verify.station import VerifyReport
@@ -196,7 +200,8 @@ def _same(root: Path, name: str, expected: bytes, problems: list[Problem]) -> No
 
 def _segment(
     root: Path, station: str, problems: list[Problem]
-) -> tuple[list[LedgerEntry | RedactedEntry], Checkpoint | None]:
+) -> tuple[list[LedgerEntry | RedactedEntry], Checkpoint | None, list[tuple[str, Checkpoint]]]:
+    """The segment's entries, its final checkpoint, and its checkpoints.jsonl lines (where, checkpoint)."""
     paths = ledger_paths(station)
     entries: list[LedgerEntry | RedactedEntry] = []
     data = _read_document(root, paths.entries, problems)
@@ -221,7 +226,71 @@ def _segment(
         except (binascii.Error, UnicodeEncodeError):
             signature = b""
         _same(root, paths.checkpoint_signature, signature, problems)
-    return entries, checkpoint
+    signed: list[tuple[str, Checkpoint]] = []
+    # A package built before stations signed every entry has no checkpoints.jsonl (if SHA256SUMS lists
+    # it, its absence is already named): its entries are bound only by the final checkpoint.
+    listed = (root / paths.checkpoints).exists() or (root / paths.checkpoints).is_symlink()
+    lines = (_read_document(root, paths.checkpoints, problems) or b"").splitlines() if listed else []
+    for number, line in enumerate(lines, 1):
+        where = f"file {paths.checkpoints} line {number}"
+        try:
+            raw = parse_json(line)
+            if not isinstance(raw, Mapping):
+                raise LedgerError("not a JSON object")
+            signed.append((where, Checkpoint.from_dict(raw)))
+        except (CanonicalJsonError, LedgerError) as exc:
+            problems.append(Problem(where, str(exc)))
+    return entries, checkpoint, signed
+
+
+def _signed_seqs(
+    station: str, entries: list[LedgerEntry | RedactedEntry], signed: list[tuple[str, Checkpoint]],
+    keys: Mapping[str, Ed25519PublicKey], problems: list[Problem],
+) -> set[int]:
+    """Seqs of whole entries whose recomputed hash a valid station checkpoint signs; every line of
+    checkpoints.jsonl that does not hold is a problem naming the line."""
+    by_seq = {entry.seq: entry for entry in entries}
+    first, last = (entries[0].seq, entries[-1].seq) if entries else (0, -1)
+    schedule = station_schedule(keys)
+    bound: set[int] = set()
+    for where, cp in signed:
+        if cp.station != station:
+            problems.append(Problem(where, f"is signed for station {printable(cp.station)}, not {station}"))
+            continue
+        entry = by_seq.get(cp.seq)
+        if entry is None:
+            problems.append(Problem(where, f"names seq {cp.seq}, outside the segment's seqs {first}-{last}"))
+            continue
+        key = schedule.get(cp.key_id)
+        try:
+            signature = base64.b64decode(cp.signature.encode("ascii"), validate=True)
+            payload = checkpoint_payload(cp.station, cp.seq, cp.hash, cp.time)
+        except (binascii.Error, UnicodeEncodeError, CanonicalJsonError):
+            signature, payload = b"", b""
+        if key is None:
+            problems.append(Problem(where, f"is signed by key {printable(cp.key_id)}, which is not one of "
+                                           "the station's keys in the package"))
+            continue
+        if not payload or not verify_signature(key.public_key, signature, payload):
+            problems.append(Problem(where, f"signature (seq {cp.seq}) does not verify with station key "
+                                           f"{key.key_id}: the checkpoint was forged or altered"))
+            continue
+        if isinstance(entry, RedactedEntry):
+            if entry.hash != cp.hash:
+                problems.append(Problem(where, f"the station signed hash {cp.hash[:80]} at seq {cp.seq}, but "
+                                               f"the redacted line there has hash {entry.hash[:80]}: the "
+                                               "redacted line was altered"))
+            continue
+        try:
+            recomputed = entry_hash(entry.body())
+        except (LedgerError, CanonicalJsonError):
+            continue  # the chain check names an entry that cannot be hashed
+        if recomputed != cp.hash:
+            problems.append(Problem(where, f"the station signed hash {cp.hash[:80]} at seq {cp.seq}, but the "
+                                           f"entry there hashes to {recomputed}: the entry was altered"))
+            continue
+        bound.add(cp.seq)
+    return bound
 
 
 def central_key_fingerprint(key: Ed25519PublicKey) -> str:
@@ -270,60 +339,69 @@ def verify_package(root: Path, central_key: Ed25519PublicKey | None = None) -> V
         return report
     keys = _station_keys(root, index, problems)
     segments: dict[str, list[LedgerEntry | RedactedEntry]] = {}
-    checkpoints: dict[str, Checkpoint] = {}
+    anchored: dict[str, set[int]] = {}  # station -> seqs of whole entries a valid station checkpoint signs
     redacted = 0
     for station in sorted(index.station_keys):
-        entries, checkpoint = _segment(root, station, problems)
+        entries, checkpoint, signed = _segment(root, station, problems)
         segments[station] = entries
         redacted += sum(isinstance(e, RedactedEntry) for e in entries)
         if checkpoint is None:
             continue
-        checkpoints[station] = checkpoint
-        problems.extend(Problem(f"ledger/{station} {p.where}", p.what)
-                        for p in ledger_segment_problems(station, entries, checkpoint, keys.get(station, {})))
+        found = ledger_segment_problems(station, entries, checkpoint, keys.get(station, {}))
+        problems.extend(Problem(f"ledger/{station} {p.where}", p.what) for p in found)
+        anchored[station] = _signed_seqs(station, entries, signed, keys.get(station, {}), problems)
+        final = next((e for e in entries if e.seq == checkpoint.seq), None)
+        if not found and isinstance(final, LedgerEntry):
+            anchored[station].add(final.seq)  # the final checkpoint, verified with the chain above
     pinned: set[tuple[str, int, str]] = set()  # (station, seq, hash) a station-signed manifest names
     for item in index.items:
         chain = _check_item(root, item, index.case_number, listed, keys, segments, central_key, problems)
         if chain is not None:
             pinned.add((item.station, *chain))
-    _check_binding(index, segments, checkpoints, pinned, report)
+    _check_binding(index, segments, anchored, pinned, report)
     report.checked.update({"items": len(index.items), "stations": len(index.station_keys),
-                           "ledger_entries": sum(len(e) for e in segments.values())})
+                           "ledger_entries": sum(len(e) for e in segments.values()),
+                           "station_checkpoints": sum(len(s) for s in anchored.values())})
     if redacted:
-        report.notes.append(f"{redacted} ledger entries of items outside this package are redacted: they "
-                            "were checked to link into the chain, their content is not disclosed")
+        report.notes.append(f"{redacted} ledger entries of items outside this package or of other dockings "
+                            "are redacted: they were checked to link into the chain, their content is not "
+                            "disclosed")
     return report
 
 
 def _check_binding(
     index: PackageIndex, segments: Mapping[str, list[LedgerEntry | RedactedEntry]],
-    checkpoints: Mapping[str, Checkpoint], pinned: set[tuple[str, int, str]], report: VerifyReport,
+    anchored: Mapping[str, set[int]], pinned: set[tuple[str, int, str]], report: VerifyReport,
 ) -> None:
-    """Which disclosed entries the station's signed checkpoint reaches by a recomputable chain.
+    """Which disclosed entries the station's signature reaches by a recomputable chain.
 
-    A whole entry is bound when every entry after it up to the checkpoint is whole (each hash recomputed
-    from content), or when a station-signed manifest names its hash. An entry before a redacted line is
-    not: the redacted line's hash is the central's word, so the central alone could rewrite the entry and
-    patch the redacted line's prev. A redacted line where a disclosed item's manifest puts its acquired
-    entry is refused outright.
+    A whole entry is bound when a chain of whole entries (each hash recomputed from content, each linked to
+    the one before) leads from it, forwards, to an entry the station signed a valid checkpoint at, before
+    any redacted line; or when a station-signed manifest names its hash. An entry whose chain to every
+    signed checkpoint passes a redacted line is not: the redacted line's hash is the central's word, so the
+    central alone could rewrite the entry and patch the redacted line's prev. A redacted line where a
+    disclosed item's manifest puts its acquired entry is refused outright.
     """
     disclosed = {(item.station, item.item) for item in index.items}
     acquired_at = {(station, seq) for station, seq, _ in pinned}
     unbound: list[str] = []
     unbound_other = 0
     for station, entries in sorted(segments.items()):
-        checkpoint = checkpoints.get(station)
-        if checkpoint is None:
+        signed = anchored.get(station)
+        if signed is None:
             continue
         for entry in entries:
             if isinstance(entry, RedactedEntry) and (station, entry.seq) in acquired_at:
                 report.problems.append(Problem(
                     f"ledger/{station} seq {entry.seq}", "is a redacted line, but a disclosed item's signed "
                     "manifest names its acquired entry here: an entry of a disclosed item was hidden"))
-        last_redacted = max((n for n, e in enumerate(entries)
-                             if isinstance(e, RedactedEntry) and e.seq <= checkpoint.seq), default=-1)
-        for entry in entries[:max(last_redacted, 0)]:
-            if not isinstance(entry, LedgerEntry) or (station, entry.seq, entry.hash) in pinned:
+        reached = False  # walking backwards: does a chain of whole entries reach a signed checkpoint?
+        for entry in reversed(entries):
+            if isinstance(entry, RedactedEntry):
+                reached = False
+                continue
+            reached = reached or entry.seq in signed
+            if reached or (station, entry.seq, entry.hash) in pinned:
                 continue
             if entry.item is not None and (station, entry.item) in disclosed:
                 unbound.append(f"ledger/{station} seq {entry.seq} ({printable(entry.type)} of item "
@@ -333,15 +411,22 @@ def _check_binding(
     report.checked["ledger_entries_unbound"] = len(unbound)
     if unbound:
         report.unproven["binding"] = (
-            f"{len(unbound)} custody entries of disclosed items are not bound to the station's signed "
-            "checkpoint: a redacted line follows them, so they rest on the central's word")
-        for where in unbound:
-            report.notes.append(f"NOT BOUND {where}: a redacted line lies between it and the station's "
-                                "signed checkpoint, so its content rests on the central's word, not the "
+            f"{len(unbound)} custody entries of disclosed items are not bound to a checkpoint the station "
+            "signed: a redacted line lies between each and every signed checkpoint, so they rest on the "
+            "central's word")
+        for where in sorted(unbound, key=_seq_order):
+            report.notes.append(f"NOT BOUND {where}: a redacted line lies between it and every checkpoint "
+                                "the station signed, so its content rests on the central's word, not the "
                                 "station's signature")
     if unbound_other:
         report.notes.append(f"{unbound_other} disclosed station entries of no disclosed item are not bound "
-                            "to the signed checkpoint either (a redacted line follows them)")
+                            "to a signed checkpoint either (a redacted line follows them)")
+
+
+def _seq_order(where: str) -> tuple[str, int]:
+    station, _, rest = where.partition(" seq ")
+    number = rest.split(" ", 1)[0]
+    return station, int(number) if number.isdigit() else 0
 
 
 def _check_item(

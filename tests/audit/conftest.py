@@ -49,7 +49,8 @@ class StationEvidence:
     tagged_item: str  # officer B's item tagged into CASE after the upload
 
 
-async def _run_station(root: Path) -> StationEvidence:
+async def _run_station(root: Path, checkpoint_every: int | None = None) -> StationEvidence:
+    """``checkpoint_every``: the station's checkpoint cadence; None keeps the configured default."""
     store = root / "store"
     central = await EmbeddedCentral.start(root, STATION, store)
     specs = [
@@ -63,6 +64,7 @@ async def _run_station(root: Path) -> StationEvidence:
             wipe={"policy": "after-receipt", "receipt_wait_s": 60},
             officers={specs[0].officer_no: {"case_number": CASE},
                       specs[1].officer_no: {"case_number": OTHER_CASE}},
+            **({"station": {"checkpoint_every": checkpoint_every}} if checkpoint_every else {}),
         ) as station:
             for s in specs:
                 names += [n for n in station.bus.volume_files(s.device_serial)
@@ -145,15 +147,38 @@ class AuditCentral:
         return self.running.parts.objects.path_of(sha256)
 
 
-@pytest.fixture
-async def audit_central(tmp_path: Path, station_evidence: StationEvidence) -> AsyncIterator[AuditCentral]:
+async def _audit_central(tmp_path: Path, evidence: StationEvidence) -> AsyncIterator[AuditCentral]:
     store = tmp_path / "central-store"
-    shutil.copytree(station_evidence.central_store, store, symlinks=True)
+    shutil.copytree(evidence.central_store, store, symlinks=True)
     config = EmbeddedCentral.make_config(store, port=free_port())
     assert CentralLayout(store).index_db.is_file()
     running = await start_central(config)
     try:
-        yield AuditCentral(running, config, tmp_path, station_evidence)
+        yield AuditCentral(running, config, tmp_path, evidence)
     finally:
         await running.stop()
 
+
+@pytest.fixture
+async def audit_central(tmp_path: Path, station_evidence: StationEvidence) -> AsyncIterator[AuditCentral]:
+    async for central in _audit_central(tmp_path, station_evidence):
+        yield central
+
+
+_BUILT_EVERY_64: list[StationEvidence] = []
+
+
+@pytest.fixture(scope="session")
+def station_evidence_every_64(tmp_path_factory: pytest.TempPathFactory) -> StationEvidence:
+    """The same run by a station that signs a checkpoint only every 64 entries (the old default)."""
+    if not _BUILT_EVERY_64:
+        root = tmp_path_factory.mktemp("station-evidence-64")
+        _BUILT_EVERY_64.append(asyncio.run(_run_station(root, checkpoint_every=64)))
+    return _BUILT_EVERY_64[0]
+
+
+@pytest.fixture
+async def audit_central_every_64(tmp_path: Path, station_evidence_every_64: StationEvidence
+                                 ) -> AsyncIterator[AuditCentral]:
+    async for central in _audit_central(tmp_path, station_evidence_every_64):
+        yield central

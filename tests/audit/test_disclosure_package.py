@@ -102,11 +102,11 @@ async def test_package_holds_the_case_and_verifies_with_edge_verify(audit_centra
     assert verdict.code == 4, verdict
     assert "ORIGIN UNPROVEN: disclosure package" in verdict.stdout and "6 items" in verdict.stdout
     assert "redacted" in verdict.stdout  # the note says what could only be linked
-    # The agency's key pinned: the entries a redacted line follows rest on the central's word (NOT BOUND).
+    # The agency's key pinned: every disclosed entry is bound by the station's checkpoint at its seq.
     real = tmp_path / "central.pub"
     real.write_bytes(load_signing_key(audit_central.config).public_pem())
     pinned = run_edge("verify", "--central-key", str(real), str(folder))
-    assert pinned.code == 5 and "NOT BOUND: disclosure package" in pinned.stdout, pinned
+    assert pinned.code == 0 and "OK: disclosure package" in pinned.stdout, pinned
     # A central key pinned from elsewhere that is not the package's: refused.
     foreign = tmp_path / "other.pem"
     foreign.write_bytes(StationKey.generate().public_pem())

@@ -2,8 +2,10 @@
 which disclosed custody entries the station's signed chain reaches (review findings R6, R7).
 
 `edge verify PACKAGE_DIR` without a pinned key says ORIGIN UNPROVEN (exit 4) and prints the included key's
-fingerprint; disclosed entries that a redacted line separates from the station's checkpoint make it say
-NOT BOUND (exit 5); an item whose signed manifest and disclosed tags name another case does not belong.
+fingerprint; disclosed entries that a redacted line separates from every checkpoint the station signed make
+it say NOT BOUND (exit 5: a station signing only every 64 entries), and a station signing each entry binds
+them all, so the central's rewrite is refused; an item whose signed manifest and disclosed tags name
+another case does not belong.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tests.audit.test_disclosure_package import unzipped_package
 from tests.tamper.stores import run_edge
 
 LEDGER = "ledger/TEST-STATION/entries.jsonl"
+CHECKPOINTS = "ledger/TEST-STATION/checkpoints.jsonl"
 
 
 def central_key_fingerprint(key: Any) -> str:
@@ -136,16 +139,20 @@ async def test_a_package_built_by_a_foreign_central_is_refused_with_the_pinned_k
 
 def _rewrite_entry_before_a_redacted_line(folder: Path, sign: Any, *, patch_redacted: bool) -> int:
     """What the central alone can do (review R6): rewrite a disclosed custody entry that a redacted line
-    follows, re-hash the whole entries up to it, patch the redacted line's prev, re-sign the list."""
+    follows, re-hash the whole entries up to it, patch the redacted line's prev, re-sign the list. The
+    entry is one no station checkpoint of the package reaches before that redacted line, when there is
+    such an entry (a station signing every 64 entries); otherwise any (a station signing each entry)."""
     docs = _ledger(folder)
+    signed = {json.loads(line)["seq"] for line in (folder / CHECKPOINTS).read_text().splitlines()}
     candidates = []
     for n, doc in enumerate(docs):
         if doc.get("redacted") or doc["type"] not in ("tagged", "wiped", "uploaded", "verified", "sealed"):
             continue
         follow = next((k for k in range(n + 1, len(docs)) if docs[k].get("redacted")), None)
         if follow is not None and not any(docs[k].get("type") == "acquired" for k in range(n, follow)):
-            candidates.append((doc["type"] != "tagged", n, follow))
-    _, start, follow = min(candidates)
+            reached = any(docs[k]["seq"] in signed for k in range(n, follow))
+            candidates.append((reached, doc["type"] != "tagged", n, follow))
+    _, _, start, follow = min(candidates)
     docs[start]["data"]["by"] = "someone-else"
     for k in range(start, follow):
         if k > start:
@@ -159,33 +166,59 @@ def _rewrite_entry_before_a_redacted_line(folder: Path, sign: Any, *, patch_reda
     return int(docs[start]["seq"])
 
 
-async def test_disclosed_entries_before_a_redacted_line_are_named_not_bound(audit_central: AuditCentral,
-                                                                           tmp_path: Path) -> None:
-    pinned = _pin(audit_central, tmp_path)
-    sign = load_signing_key(audit_central.config).sign
+async def test_disclosed_entries_before_a_redacted_line_are_named_not_bound(
+    audit_central_every_64: AuditCentral, tmp_path: Path
+) -> None:
+    """A station that signs a checkpoint only every 64 entries (the old default)."""
+    central = audit_central_every_64
+    pinned = _pin(central, tmp_path)
+    sign = load_signing_key(central.config).sign
     (tmp_path / "p").mkdir()
-    folder = await unzipped_package(audit_central, tmp_path / "p")
+    folder = await unzipped_package(central, tmp_path / "p")
     docs = _ledger(folder)
-    last_redacted = max(n for n, d in enumerate(docs) if d.get("redacted"))
+    signed = {json.loads(line)["seq"] for line in (folder / CHECKPOINTS).read_text().splitlines()}
     untouched = run_edge("verify", "--central-key", str(pinned), str(folder))
-    # The untouched package: no problem, but the entries a redacted line follows are named, the ones after
-    # the last redacted line (re-hashed up to the signed checkpoint) are not.
+    # The untouched package: no problem, but every entry of a case item from which no chain of whole
+    # entries reaches a signed checkpoint before a redacted line is named; the others are not.
     assert untouched.code == 5 and "NOT BOUND: disclosure package" in untouched.stdout, untouched
-    case_items = {r.item for r in audit_central.items(CASE)}
-    for n, doc in enumerate(docs):
-        if doc.get("redacted") or doc["item"] not in case_items or doc["type"] == "acquired":
+    case_items = {r.item for r in central.items(CASE)}
+    reached = False
+    for doc in reversed(docs):
+        if doc.get("redacted"):
+            reached = False
+            continue
+        reached = reached or doc["seq"] in signed
+        if doc["item"] not in case_items or doc["type"] == "acquired":
             continue
         named = f"NOT BOUND ledger/TEST-STATION seq {doc['seq']} " in untouched.stdout
-        assert named == (n < last_redacted), (doc["seq"], untouched.stdout)
+        assert named == (not reached), (doc["seq"], untouched.stdout)
     # The central rewrites such an entry and patches the redacted line: never OK, the entry named.
     seq = _rewrite_entry_before_a_redacted_line(folder, sign, patch_redacted=True)
     forged = run_edge("verify", "--central-key", str(pinned), str(folder))
     assert forged.code == 5 and f"NOT BOUND ledger/TEST-STATION seq {seq} " in forged.stdout, forged
     # Control: without patching the redacted line's prev the chain walker refuses it.
     (tmp_path / "c").mkdir()
-    control = await unzipped_package(audit_central, tmp_path / "c")
+    control = await unzipped_package(central, tmp_path / "c")
     _rewrite_entry_before_a_redacted_line(control, sign, patch_redacted=False)
     assert run_edge("verify", "--central-key", str(pinned), str(control)).code == 1
+
+
+async def test_a_station_signing_each_entry_binds_them_so_the_rewrite_is_refused(
+    audit_central: AuditCentral, tmp_path: Path
+) -> None:
+    pinned = _pin(audit_central, tmp_path)
+    (tmp_path / "p").mkdir()
+    folder = await unzipped_package(audit_central, tmp_path / "p")
+    untouched = run_edge("verify", "--central-key", str(pinned), str(folder))
+    assert untouched.code == 0 and "NOT BOUND" not in untouched.stdout, untouched
+    # The same rewrite, the redacted line patched, the list re-signed: the station's checkpoint at the
+    # rewritten seq signs the old hash.
+    seq = _rewrite_entry_before_a_redacted_line(folder, load_signing_key(audit_central.config).sign,
+                                                patch_redacted=True)
+    forged = run_edge("verify", "--central-key", str(pinned), str(folder))
+    assert forged.code == 1, forged
+    assert any(CHECKPOINTS in line and f"at seq {seq}" in line and "the entry was altered" in line
+               for line in forged.failures), forged
 
 
 async def test_hidden_entries_of_disclosed_items_are_refused_or_unbound(audit_central: AuditCentral,
@@ -196,7 +229,7 @@ async def test_hidden_entries_of_disclosed_items_are_refused_or_unbound(audit_ce
     (tmp_path / "p").mkdir()
     folder = await unzipped_package(audit_central, tmp_path / "p")
     control = run_edge("verify", "--central-key", str(pinned), str(folder))
-    assert control.code == 5 and "does not belong" not in control.stdout, control
+    assert control.code == 0 and "does not belong" not in control.stdout, control
     # Every tagged, wiped, uploaded and receipt entry of the case's items shipped as a redacted line: the
     # item moved into the case by a tag no longer belongs to it (its manifest names the other case).
     docs = _ledger(folder)

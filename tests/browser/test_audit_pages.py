@@ -13,7 +13,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from edge.central.config import CentralConfig
-from edge.central.embedded import free_port
+from edge.central.embedded import EmbeddedCentral, free_port
+from edge.central.identity import load_signing_key
 from edge.central.service import RunningCentral, start_central
 from tests.audit.conftest import CASE, StationEvidence, build_station_evidence
 from tests.browser.conftest import LiveServer, screenshot
@@ -47,7 +48,8 @@ def central_url(tmp_path: Path, station_evidence: StationEvidence,
 
 
 def test_download_a_package_from_the_page_and_verify_it(page: Page, tmp_path: Path,
-                                                         central_url: tuple[str, RunningCentral]) -> None:
+                                                         central_url: tuple[str, RunningCentral],
+                                                         station_evidence: StationEvidence) -> None:
     url, running = central_url
     page.context.set_extra_http_headers({"X-Edge-Reader": READER})
     page.goto(f"{url}/audit/disclosure")
@@ -65,11 +67,18 @@ def test_download_a_package_from_the_page_and_verify_it(page: Page, tmp_path: Pa
     with zipfile.ZipFile(archive) as opened:
         opened.extractall(folder)
     assert run_edge("verify", str(folder)).code == 4  # holds; origin unproven without a pinned key
+    # The agency's central key pinned from outside the package: every check holds and every disclosed
+    # custody entry is bound to the station's signature (OK, not NOT BOUND).
+    pinned = tmp_path / "central-signing.pub"
+    central = EmbeddedCentral.make_config(station_evidence.central_store)  # the key of the served copy
+    pinned.write_bytes(load_signing_key(central).public_pem())
+    verdict = run_edge("verify", "--central-key", str(pinned), str(folder))
+    assert verdict.code == 0 and "OK: disclosure package" in verdict.stdout, verdict
     original = next(folder.glob("items/*/*.mp4"))
     data = bytearray(original.read_bytes())
     data[-1] ^= 0xFF
     original.write_bytes(bytes(data))
-    verdict = run_edge("verify", str(folder))
+    verdict = run_edge("verify", "--central-key", str(pinned), str(folder))
     assert verdict.code == 1 and verdict.names(original.relative_to(folder).as_posix()), verdict
     log = running.parts.index.access_log()
     assert [r["what"] for r in log if r["item"] is None] == ["disclosure-preview", "disclosure-package"]

@@ -462,3 +462,30 @@ async def test_a_rotated_station_key_is_accepted_after_re_enrollment_with_what_i
     body = _body(parts, station, forged_item, after=station.ledger.head()[0] - 3)
     body["manifest"] = sign_manifest(unsigned, old)
     await _rejected(parts, station, body, RejectCode.BAD_SIGNATURE)
+
+
+async def test_every_checkpoint_of_a_segment_is_checked_and_kept(parts: CentralParts,
+                                                                 station: FakeStation) -> None:
+    """The station sends the checkpoint at each entry of a segment (`checkpoints`); the central keeps those
+    that sign the entry at their seq with the enrolled key, for disclosure packages, and refuses a forged
+    one or one outside the segment."""
+    enroll(parts.index, station)
+    station.acquire(b"one")
+    caller = parts.caller(station.station_id)
+    signed = [cp.to_dict() for cp in station.ledger.checkpoints()]
+    assert len(signed) == len(list(station.ledger.entries()))  # the default cadence signs every entry
+    signature = signed[1]["signature"]
+    for forged in (
+        {**signed[1], "signature": ("B" if signature[0] != "B" else "C") + signature[1:]},
+        {**signed[1], "seq": 99},
+        {**signed[1], "hash": signed[0]["hash"]},
+    ):
+        segment = {**station.segment(0), "checkpoints": [signed[0], forged]}
+        with pytest.raises(Rejection) as caught:
+            await parts.registrar.accept_segment(caller, station.station_id, segment)
+        assert caught.value.code == RejectCode.BAD_CHECKPOINT, caught.value
+        assert parts.index.ledger_head(station.station_id) == (0, GENESIS_PREV)
+    await parts.registrar.accept_segment(caller, station.station_id,
+                                         {**station.segment(0), "checkpoints": signed})
+    kept = {(cp.seq, cp.signature) for cp in parts.index.checkpoints(station.station_id)}
+    assert kept == {(cp["seq"], cp["signature"]) for cp in signed}

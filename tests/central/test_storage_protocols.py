@@ -137,8 +137,10 @@ class WrappedIndex:
     def latest_checkpoint(self, station_id: str) -> Checkpoint | None:
         return self._inner.latest_checkpoint(station_id)
 
-    def checkpoints(self, station_id: str) -> list[Checkpoint]:
-        return self._inner.checkpoints(station_id)
+    def checkpoints(
+        self, station_id: str, start_seq: int = 1, end_seq: int | None = None
+    ) -> list[Checkpoint]:
+        return self._inner.checkpoints(station_id, start_seq, end_seq)
 
     def item(self, item: str) -> ItemRecord | None:
         self._hooks.hit("item")

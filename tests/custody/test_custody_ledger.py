@@ -626,3 +626,21 @@ def test_without_a_declared_cadence_a_long_unsigned_run_is_not_a_gap(
     fill(conn, ledger, 30)
     assert [cp.seq for cp in ledger.checkpoints()] == [1]
     assert problems_of(ledger) == []
+
+
+def test_the_default_cadence_signs_every_entry_so_a_rewrite_is_named_at_its_seq(
+    conn: sqlite3.Connection, station_key: StationKey
+) -> None:
+    """By default the station signs a checkpoint in the transaction of each entry: a careful forger who
+    edits seq 5 and recomputes every later hash is named at seq 5 itself (and at each later seq), not only
+    at the next sparse checkpoint."""
+    ledger = Ledger(conn, STATION_ID, station_key)
+    assert ledger.checkpoint_every == 1
+    entries = fill(conn, ledger, 10)
+    assert [cp.seq for cp in ledger.checkpoints()] == [e.seq for e in entries]
+    assert [cp.seq for cp in ledger.checkpoints(4, 6)] == [4, 5, 6]
+    assert ledger.verify() == []  # control
+    rewrite_from(conn, 5, {"officer": "李四"})
+    problems = ledger.verify()
+    assert [p.where for p in problems] == [f"checkpoint seq {seq}" for seq in range(5, 11)], problems
+    assert "previous checkpoint, at seq 4, matches" in problems[0].what

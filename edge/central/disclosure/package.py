@@ -1,8 +1,10 @@
 """Build one case's disclosure package (layout: :mod:`edge.custody.disclosure`) and stream it as a zip.
 
 :func:`plan_package` reads the index (items the reader may see, their receipts, the stations' keys, and
-for each station the ledger from the first entry of a disclosed item to the first signed checkpoint at
-or after its last one). :func:`write_package` writes the zip to any binary sink in one pass: the original
+for each station the ledger from the first entry of a disclosed item or of the docking that produced it
+to the first signed checkpoint at or after its last one, with every checkpoint the station signed in
+that range; which entries are shown whole is an explicit allow-list, :data:`STATION_LEVEL_TYPES` and
+:data:`DOCKING_TYPES`). :func:`write_package` writes the zip to any binary sink in one pass: the original
 files are read from the object store a chunk at a time and hashed as they go out, so memory stays bounded
 whatever the evidence size; the zip is stored, not compressed (video does not compress) and written
 with data descriptors, so it never seeks. An object that does not hash to its item's SHA-256 stops the
@@ -34,6 +36,7 @@ from edge.custody.disclosure import (
     TEXT_FILE,
     DisclosedItem,
     PackageIndex,
+    checkpoint_line,
     checksum_line,
     entry_line,
     item_paths,
@@ -43,7 +46,7 @@ from edge.custody.disclosure import (
     tree_head_signature_parts,
 )
 from edge.custody.keys import StationKey
-from edge.custody.ledger import Checkpoint, LedgerEntry, RedactedEntry, checkpoint_payload
+from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry, RedactedEntry, checkpoint_payload
 from edge.custody.receipt import Receipt
 from edge.ingest.store import stored_extension
 
@@ -61,6 +64,7 @@ class StationSegment:
     station: str
     entries: list[LedgerEntry | RedactedEntry]
     checkpoint: Checkpoint
+    signed: list[Checkpoint]  # every checkpoint the station signed at a seq of the segment
 
 
 @dataclass(frozen=True)
@@ -90,25 +94,118 @@ def disclosed_item(record: ItemRecord) -> DisclosedItem:
                          key_id if isinstance(key_id, str) else "unsigned")
 
 
+# Station entries that name no item, shown whole in every package that covers them: they say what the
+# station was (its start and stop with its checkpoint cadence, its key rotations, its configuration
+# reloads and the central log's witnessing), which a verifier needs to judge the chain, and they name no
+# person, device or bay. `witness_alarm_cleared` names the operator who cleared the alarm: an official act
+# of custody a court must see, not another officer's evidence.
+STATION_LEVEL_TYPES = frozenset({
+    EntryType.STATION_STARTED, EntryType.STATION_STOPPED, EntryType.KEY_ROTATED, EntryType.CONFIG_RELOADED,
+    EntryType.WITNESS_ALARM, EntryType.WITNESS_ALARM_CLEARED,
+})
+# Entries of a docking: shown only for the docking that produced a disclosed item (its device, officer,
+# bay and clock facts are the item's custody); another officer's docking names their device, their name
+# and number, their battery and bay, and is redacted. Attributed by the session id, or before the session
+# starts by the recorder's USB serial from its last `device_connected` on; bay-only dock events and volume
+# mounts name no recorder, cannot be attributed, and are redacted like errors and refusals of no item
+# (which may name anyone's device or volume).
+DOCKING_TYPES = frozenset({
+    EntryType.DEVICE_CONNECTED, EntryType.DEVICE_AUTHENTICATED, EntryType.CLOCK_MEASURED,
+    EntryType.CLOCK_SET, EntryType.SESSION_STARTED, EntryType.SESSION_STOPPED, EntryType.DEVICE_REMOVED,
+})
+# How far before its session_started a docking's first entry may lie (connect, authenticate, clock).
+_DOCKING_LOOKBACK = 256
+
+
+@dataclass(frozen=True)
+class _Docking:
+    """One docking that produced a disclosed item: its session, recorder and the seqs it spans."""
+
+    session: str
+    usb_serial: str | None
+    first_seq: int  # its device_connected (or its session_started when none is found)
+    started_seq: int
+
+
+def _dockings(station: str, sessions: set[str], index: Index) -> list[_Docking]:
+    dockings: list[_Docking] = []
+    if not sessions:
+        return dockings  # items of no docking (a recording room, an import): nothing to attribute
+    for started in index.ledger_entries(station, type_=EntryType.SESSION_STARTED):
+        session = started.data.get("session")
+        if session not in sessions:
+            continue
+        identity = started.data.get("identity")
+        usb = identity.get("usb_serial") if isinstance(identity, dict) else None
+        usb = usb if isinstance(usb, str) else None
+        first = started.seq
+        for entry in index.ledger_entries(station, max(1, started.seq - _DOCKING_LOOKBACK),
+                                          end_seq=started.seq - 1):
+            if entry.type == EntryType.DEVICE_CONNECTED and usb is not None and entry.data.get(
+                    "usb_serial") == usb:
+                first = entry.seq  # the last connect of this recorder before its session
+        dockings.append(_Docking(str(session), usb, first, started.seq))
+    return dockings
+
+
+def _of_docking(entry: LedgerEntry, dockings: list[_Docking], removed_after: dict[str, int]) -> bool:
+    """Does this item-less entry belong to a disclosed item's docking?"""
+    for docking in dockings:
+        if entry.data.get("session") == docking.session:
+            return True
+        if docking.usb_serial is None or entry.data.get("usb_serial") != docking.usb_serial:
+            continue
+        # Its connect, authentication and clock before the session; its removal after it.
+        if docking.first_seq <= entry.seq <= docking.started_seq:
+            return True
+        if entry.type == EntryType.DEVICE_REMOVED and removed_after.get(docking.session) == entry.seq:
+            return True
+    return False
+
+
+def _shown(entry: LedgerEntry, disclosed: set[str], dockings: list[_Docking],
+           removed_after: dict[str, int]) -> bool:
+    if entry.item is not None:
+        # Another item's entry says which item, device and hash it was: only its links are shown.
+        return entry.item in disclosed
+    if entry.type in STATION_LEVEL_TYPES:
+        return True
+    return entry.type in DOCKING_TYPES and _of_docking(entry, dockings, removed_after)
+
+
 def segment_for(station: str, records: Iterable[ItemRecord], index: Index) -> StationSegment | None:
-    """The station's ledger from the first entry of the disclosed items to the first signed checkpoint at
-    or after their last one, entries of other items redacted; None when no checkpoint covers it yet."""
+    """The station's ledger from the first entry of the disclosed items (or of the dockings that produced
+    them) to the first signed checkpoint at or after their last one (or their dockings' end), with every
+    checkpoint the station signed at its seqs; entries of other items and of other dockings redacted;
+    None when no checkpoint covers it yet."""
     disclosed = {record.item for record in records}
-    seqs = [entry.seq for item in sorted(disclosed) for entry in index.ledger_entries(station, item=item)]
-    if not seqs:
+    entries = [entry for item in sorted(disclosed) for entry in index.ledger_entries(station, item=item)]
+    if not entries:
         return None
-    first, last = min(seqs), max(seqs)
-    checkpoint = next((cp for cp in index.checkpoints(station) if cp.seq >= last), None)
+    sessions = {str(e.data["session"]) for e in entries
+                if e.type == EntryType.ACQUIRED and isinstance(e.data.get("session"), str)}
+    dockings = _dockings(station, sessions, index)
+    first = min([e.seq for e in entries] + [d.first_seq for d in dockings])
+    # To the end of those dockings too: their session_stopped says how each ended (items, errors, wipes).
+    stopped = [e.seq for e in index.ledger_entries(station, first, type_=EntryType.SESSION_STOPPED)
+               if e.data.get("session") in sessions]
+    last = max([e.seq for e in entries] + stopped)
+    checkpoint = next(iter(index.checkpoints(station, last, last) or index.checkpoints(station, last)), None)
     if checkpoint is None:
         return None
-    shown: list[LedgerEntry | RedactedEntry] = []
-    for entry in index.ledger_entries(station, first, end_seq=checkpoint.seq):
-        # Another item's entry says which item, device and hash it was: only its links are shown.
-        if entry.item is not None and entry.item not in disclosed:
-            shown.append(RedactedEntry(entry.seq, entry.prev, entry.hash))
-        else:
-            shown.append(entry)
-    return StationSegment(station, shown, checkpoint)
+    segment = list(index.ledger_entries(station, first, end_seq=checkpoint.seq))
+    removed_after: dict[str, int] = {}  # session -> its recorder's first device_removed after it started
+    for docking in dockings:
+        removed_after[docking.session] = next(
+            (e.seq for e in segment if e.seq > docking.started_seq and e.type == EntryType.DEVICE_REMOVED
+             and e.data.get("usb_serial") == docking.usb_serial), 0)
+    shown: list[LedgerEntry | RedactedEntry] = [
+        entry if _shown(entry, disclosed, dockings, removed_after)
+        else RedactedEntry(entry.seq, entry.prev, entry.hash)
+        for entry in segment
+    ]
+    signed = index.checkpoints(station, first, checkpoint.seq)
+    return StationSegment(station, shown, checkpoint, signed)
 
 
 class _Sums:
@@ -160,6 +257,7 @@ def write_package(
             _put(archive, sums, paths.checkpoint_payload, checkpoint_payload(cp.station, cp.seq, cp.hash,
                                                                              cp.time))
             _put(archive, sums, paths.checkpoint_signature, _b64decode(cp.signature))
+            _put(archive, sums, paths.checkpoints, b"".join(checkpoint_line(c) for c in segment.signed))
         for record in plan.records:
             _write_item(archive, sums, plan, record, open_object)
         checksums = sums.text()

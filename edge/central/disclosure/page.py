@@ -52,34 +52,41 @@ _KEY_EN = (
     "4: that is not a pass."
 )
 _EDGE_ZH = ("方法二：安装 evidence-edge 后运行 edge verify --central-key central-signing.pub 解压后的文件夹，"
-            "它离线检查全部内容（哈希、签名、回执的包含证明、台账连续性）。退出码：0 全部通过；1 有问题（逐项"
-            "指出哪个文件或哪条台账记录）；2 用法或输入错误；4 ORIGIN UNPROVEN，未指定中心公钥，来源未证实；"
-            "5 NOT BOUND，包内各项一致，但某些已披露的保管记录之后、采集站签名检查点之前隔着被隐去（redacted）"  # noqa: E501
-            "的记录，这些记录（逐条列出）只凭中心的一面之词，未被采集站签名约束。")
+            "它离线检查全部内容（哈希、签名、回执的包含证明、台账连续性、采集站对每条台账记录的签名检查点）。"
+            "退出码：0 全部通过；1 有问题（逐项指出哪个文件、哪条台账记录或哪个检查点）；2 用法或输入错误；"
+            "4 ORIGIN UNPROVEN，未指定中心公钥，来源未证实；5 NOT BOUND，包内各项一致，但某些已披露的保管记录"
+            "与采集站签名的任何检查点之间都隔着被隐去（redacted）的记录，这些记录（逐条列出）只凭中心的一面之词"
+            "（仅见于每隔多条记录才签名一次的采集站）。")
 _EDGE_EN = ("Way two: with evidence-edge installed, run edge verify --central-key central-signing.pub on the "
             "unzipped folder. It checks everything offline (hashes, signatures, the receipts' inclusion "
-            "proofs, the continuity of the ledger segments). Exit status: 0 all holds; 1 problems (each file "
-            "or ledger entry named); 2 a usage or input error; 4 ORIGIN UNPROVEN, no central key was pinned; "
-            "5 NOT BOUND, the package holds together but a redacted line lies between some disclosed custody "
-            "entries and the station's signed checkpoint, so those entries (each named) rest on the "
-            "central's word, not the station's signature.")
+            "proofs, the continuity of the ledger segments, the station's signed checkpoint at each ledger "
+            "entry). Exit status: 0 all holds; 1 problems (each file, ledger entry or checkpoint named); 2 a "
+            "usage or input error; 4 ORIGIN UNPROVEN, no central key was pinned; 5 NOT BOUND, the package "
+            "holds together but a redacted line lies between some disclosed custody entries and every "
+            "checkpoint the station signed, so those entries (each named) rest on the central's word, not "
+            "the station's signature (only from a station that signs a checkpoint every few entries).")
 _OPENSSL_ZH = "方法三：只用 openssl（3.0 或更新）和 sha256sum。在解压后的文件夹中逐条运行下列命令；每条命令成功时退出码为 0（openssl 显示 Signature Verified Successfully，sha256sum 显示 OK 或不显示），任何一条失败即说明包被改动。"  # noqa: E501
 _OPENSSL_EN = ("Way three: openssl (3.0 or later) and sha256sum alone. Run each command below in the unzipped "  # noqa: E501
                "folder; each exits 0 when its check holds (openssl prints Signature Verified Successfully, "
                "sha256sum prints OK or nothing), and any failure means the package was changed.")
 _LIMITS_ZH = ("这些命令证明：每个文件都是中心签发时的样子；每个原始文件的哈希值就是采集站签名的哈希值；"
-              "回执的树头和台账检查点的签名有效。回执的包含证明（默克尔路径）和台账的哈希链需要 edge verify "
-              "或按 RFC 9162 自行计算。台账片段中其他证据的记录只显示序号和哈希（redacted），只能检查它们"
-              "前后相连，内容不公开；它们之前的已披露记录因此不受采集站签名约束（见退出码 5）。每个证据的已签名"  # noqa: E501
-              "清单及其披露的标注（tagged）记录必须载明本案案号，否则 edge verify 指出该证据不属于本案。")
+              "回执的树头和台账片段末尾检查点的签名有效。回执的包含证明（默克尔路径）、台账的哈希链，以及 "
+              "checkpoints.jsonl 中采集站对每条台账记录各自签名的检查点，需要 edge verify 或按 RFC 9162 "
+              "自行计算。台账片段中其他证据的记录、其他警员的接驳记录只显示序号和哈希（redacted），只能检查它们"
+              "前后相连，内容不公开；采集站默认对每条记录签名，所以每条已披露的记录都由其所在序号的检查点直接"
+              "约束，不依赖被隐去的记录。每个证据的已签名清单及其披露的标注（tagged）记录必须载明本案案号，"
+              "否则 edge verify 指出该证据不属于本案。")
 _LIMITS_EN = ("These commands prove that every file is as the central issued it, that each original's hash "
-              "is the hash its station signed, and that the receipts' tree heads and the ledger checkpoints "
-              "are validly signed. The receipts' inclusion proofs (Merkle audit paths) and the ledger's hash "
-              "chain need edge verify, or a computation after RFC 9162 by hand. Entries of other items in a "
-              "ledger segment show only their sequence number and hashes (\"redacted\"): they are checked "
-              "to link, their content is not disclosed, so disclosed entries before them are not bound by the "  # noqa: E501
-              "station's signature (exit status 5). Each item's signed manifest, with its disclosed tagged "
-              "entries, must name this case, else edge verify names the item as not belonging to it.")
+              "is the hash its station signed, and that the receipts' tree heads and the checkpoint ending "
+              "each ledger segment are validly signed. The receipts' inclusion proofs (Merkle audit paths), "
+              "the ledger's hash chain and the checkpoints the station signed at each ledger entry "
+              "(checkpoints.jsonl) need edge verify, or a computation after RFC 9162 by hand. Entries of "
+              "other items and of other officers' dockings show only their sequence number and hashes "
+              "(\"redacted\"): they are checked to link, their content is not disclosed. The station signs "
+              "a checkpoint at every entry by default, so each disclosed entry is bound by the station's "
+              "signature at its own sequence number, not through a redacted line. Each item's signed "
+              "manifest, with its disclosed tagged entries, must name this case, else edge verify names the "
+              "item as not belonging to it.")
 
 
 def _facts(index: PackageIndex) -> dict[str, str]:

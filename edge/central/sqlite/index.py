@@ -458,11 +458,14 @@ class SqliteIndex:
         ).fetchone()
         return None if row is None else Checkpoint.from_dict(dict(row))
 
-    def checkpoints(self, station_id: str) -> list[Checkpoint]:
+    def checkpoints(
+        self, station_id: str, start_seq: int = 1, end_seq: int | None = None
+    ) -> list[Checkpoint]:
+        """The station's accepted checkpoints at seqs ``start_seq``..``end_seq``, in seq order."""
         rows = self.conn.execute(
             "SELECT station, seq, hash, time, key_id, signature FROM station_checkpoints WHERE station = ? "
-            "ORDER BY seq, id",
-            (station_id,),
+            "AND seq >= ? AND seq <= ? ORDER BY seq, id",
+            (station_id, start_seq, end_seq if end_seq is not None else 2**62),
         ).fetchall()
         return [Checkpoint.from_dict(dict(row)) for row in rows]
 
