@@ -20,8 +20,9 @@ A disclosure package is everything a court expert needs to check one case's evid
                                       the docking that produced one) to the first signed checkpoint after
                                       its last one, one entry per line
     ledger/STATION/checkpoint.json    that checkpoint; .payload and .sig as above
-    ledger/STATION/checkpoints.jsonl  every checkpoint the station signed at a seq of the segment, one per
-                                      line (the station signs one at each entry by default)
+    ledger/STATION/checkpoints.jsonl  the checkpoint the station signed at each shown (not redacted) entry
+                                      of the segment, one per line (the station signs one at each entry
+                                      by default; none at a redacted line: it would date that entry)
 
 Entries of items outside the package (other cases, or items the reader may not see), and station entries
 of no disclosed item's docking, are in the ledger file as ``{"seq", "prev", "hash", "redacted": true}``:

@@ -204,7 +204,10 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index) -> St
         else RedactedEntry(entry.seq, entry.prev, entry.hash)
         for entry in segment
     ]
-    signed = index.checkpoints(station, first, checkpoint.seq)
+    # Only the checkpoints of shown entries: one at a redacted line binds nothing the package discloses and
+    # would tell the reader when another case's entry was written (its station time).
+    whole = {entry.seq for entry in shown if isinstance(entry, LedgerEntry)}
+    signed = [c for c in index.checkpoints(station, first, checkpoint.seq) if c.seq in whole]
     return StationSegment(station, shown, checkpoint, signed)
 
 
