@@ -248,8 +248,12 @@ class _Checker:
         """Every trail row has its seal, every seal its row, and each seal is the HMAC chain value over
         its number and the row as stored: names a deleted, edited or inserted row."""
         if not self._table_exists("trail_seals"):
-            self.findings.notes.append("the console's trails carry no seals yet (a store made before them; "
-                                       "the central's next start seals them)")
+            if self._key_records_sealing():
+                self.add("trail_seals", "the table is gone, but console.key records that the trails were "
+                                        "sealed: the seals were removed (tampering)")
+            else:
+                self.findings.notes.append("the console's trails carry no seals yet (a store made before "
+                                           "them; the central's next start seals them)")
             return
         key: bytes | None = None
         key_tried = False
@@ -302,8 +306,21 @@ class _Checker:
                                 "dropped)" if began else
                          f"row {row_id} has no seal: the central has not started since the seals came, or "
                          "the row was inserted past it")
+        if not began and self._key_records_sealing():
+            self.add("trail_seals", "no seal records where the seals begin, but console.key records that the "
+                                    "trails were sealed: the seals were removed (tampering)")
         if named > _MAX_LISTED:
             self.add("trail_seals", f"{named - _MAX_LISTED} more trail rows do not match their seals")
+
+    def _key_records_sealing(self) -> bool:
+        """console.key (format v2) records, outside index.db, that this store's trails were sealed."""
+        path = self.layout.console_key
+        if not (path.exists() or path.is_symlink()):
+            return False
+        try:
+            return ConsoleSecretKey.load(path).trails_sealed
+        except ConsoleKeyError:
+            return False  # named where the seals are checked with it
 
     # -- stations and their ledgers ----------------------------------------------------------------
 

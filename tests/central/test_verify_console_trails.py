@@ -175,12 +175,15 @@ def _seal_of(console: Console, table: str, row_id: int) -> int:
 
 
 async def test_rows_of_a_store_made_before_the_seals_are_sealed_at_its_first_start(console: Console) -> None:
-    # The store as the central before the seals left it: no seals table, no sealing triggers.
+    # The store as the central before the seals left it: no seals table, no sealing triggers, and a
+    # console.key of format v1 (nothing recorded the sealing yet).
     conn = _attacker(console.root / "index.db")
     try:
         conn.execute("DROP TABLE trail_seals")
     finally:
         conn.close()
+    key_file = CentralLayout(console.root).console_key
+    key_file.write_bytes(key_file.read_bytes().replace(b"edge-console-key-v2:", b"edge-console-key-v1:"))
     database = SqliteDatabase.open(console.root / "index.db")  # what the new central opens it with
     try:
         unsealed = console.verify()

@@ -17,15 +17,26 @@ the operator restores it from backup, or re-enrols TOTP for every account.
 
 The same file keys the seals of the console's append-only trails (:mod:`edge.central.sqlite.trail`),
 through a subkey derived with HKDF, so the two uses never share key material. A starting central also
-seals, once, the trail rows of a store made before those seals.
+seals, once, the trail rows of a store made before those seals, and then rewrites the key file as format
+v2 (``edge-console-key-v2:``, the same key): the record, outside ``index.db``, that the store's trails
+are sealed. From then on a store without its seals was stripped of them: the central never seals its
+rows again and `edge verify` names it. A crash between the key's creation and the first sealing leaves a
+v1 file, and the next start seals and records. A missing key is never replaced while trail rows are
+sealed with it either (every row would then look forged).
+
+The file is written like the station's signing key: a temporary file, fsynced, linked (or renamed, for
+the v2 rewrite) into place, its directory fsynced; made by a root-run command it takes the owner of its
+directory (the service user of the store).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
+import os
 import secrets
 from pathlib import Path
 from typing import Protocol
@@ -35,7 +46,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from edge.durable.files import SmallFileError, read_small_file, write_new_file
+from edge.durable.files import (
+    SmallFileError,
+    adopt_owner,
+    fsync_dir,
+    read_small_file,
+    remove_stale_temporaries,
+    write_new_file,
+)
 
 __all__ = [
     "SEALED_PREFIX",
@@ -50,6 +68,8 @@ log = logging.getLogger(__name__)
 
 SEALED_PREFIX = "sealed-v1:"
 _FILE_PREFIX = b"edge-console-key-v1:"
+# v2: the same key, and the record (outside index.db) that the store's trails are sealed under it.
+_SEALED_FILE_PREFIX = b"edge-console-key-v2:"
 _KEY_BYTES = 32
 _NONCE_BYTES = 12
 _TOTP_CONTEXT = b"edge-console totp-secret v1\x00"
@@ -70,13 +90,17 @@ def is_sealed(stored: str) -> bool:
 class ConsoleSecretKey:
     """The 32-byte key of ``identity/console.key``; its repr shows a fingerprint, never the key."""
 
-    def __init__(self, key: bytes, path: Path) -> None:
+    def __init__(self, key: bytes, path: Path, *, trails_sealed: bool = False) -> None:
         if len(key) != _KEY_BYTES:
             raise ConsoleKeyError(f"{path}: a console key has {_KEY_BYTES} bytes, found {len(key)}")
         self._aead = AESGCM(key)
         self._trail_key = _subkey(key, b"edge-console trail-seals v1")
         self.fingerprint = hashlib.sha256(_subkey(key, b"edge-console fingerprint v1")).hexdigest()[:16]
         self.path = path
+        # True once this file records that the store's trails are sealed under it (file format v2): from
+        # then on a store without its seals was stripped of them, never "a store made before them".
+        self.trails_sealed = trails_sealed
+        self._key = key
 
     def __repr__(self) -> str:
         return f"ConsoleSecretKey(path={str(self.path)!r}, fingerprint={self.fingerprint!r})"
@@ -88,24 +112,35 @@ class ConsoleSecretKey:
         except SmallFileError as exc:
             raise ConsoleKeyError(str(exc)) from None
         text = data.strip()
-        if not text.startswith(_FILE_PREFIX):
+        trails_sealed = text.startswith(_SEALED_FILE_PREFIX)
+        prefix = _SEALED_FILE_PREFIX if trails_sealed else _FILE_PREFIX
+        if not text.startswith(prefix):
             raise ConsoleKeyError(f"{path}: not a console key (it does not start with "
-                                  f"{_FILE_PREFIX.decode()!r})")
+                                  f"{_FILE_PREFIX.decode()!r} or {_SEALED_FILE_PREFIX.decode()!r})")
         try:
-            key = base64.urlsafe_b64decode(text[len(_FILE_PREFIX):])
+            key = base64.urlsafe_b64decode(text[len(prefix):])
         except (binascii.Error, ValueError):
             raise ConsoleKeyError(f"{path}: the console key is not valid base64") from None
-        return cls(key, path)
+        return cls(key, path, trails_sealed=trails_sealed)
 
     @classmethod
     def create(cls, path: Path) -> ConsoleSecretKey:
-        """A new random key written to ``path`` (mode 0600); never replaces an existing file."""
+        """A new random key written to ``path`` (mode 0600, the owner of its directory), crash-safely: the
+        file appears complete or not at all, and an existing file is never replaced. Format v1: the
+        trails are not sealed under it yet (:meth:`record_trails_sealed` follows the first sealing)."""
         key = secrets.token_bytes(_KEY_BYTES)
-        try:
-            write_new_file(path, _FILE_PREFIX + base64.urlsafe_b64encode(key) + b"\n", 0o600)
-        except OSError as exc:
-            raise ConsoleKeyError(f"{path}: cannot create the console key: {exc.strerror or exc}") from None
+        _write_key_file(path, _FILE_PREFIX + base64.urlsafe_b64encode(key) + b"\n", replace=False)
         return cls(key, path)
+
+    def record_trails_sealed(self) -> ConsoleSecretKey:
+        """Rewrite the file as format v2 (same key, crash-safely: the old or the new file, never a part),
+        recording that the store's trails are sealed under it. Called after the sealing committed, so a
+        crash in between leaves a v1 file and a sealed store, which the next start records again."""
+        if self.trails_sealed:
+            return self
+        _write_key_file(self.path, _SEALED_FILE_PREFIX + base64.urlsafe_b64encode(self._key) + b"\n",
+                        replace=True)
+        return ConsoleSecretKey(self._key, self.path, trails_sealed=True)
 
     def seal_totp(self, account: str, secret: str) -> str:
         nonce = secrets.token_bytes(_NONCE_BYTES)
@@ -138,6 +173,30 @@ class ConsoleSecretKey:
         return self._trail_key
 
 
+def _write_key_file(path: Path, data: bytes, *, replace: bool) -> None:
+    """Temporary file, fsync, link (new) or rename (replace), fsync of the directory, like the station's
+    signing key (StationKey.save_new). A key made by a root-run command takes the owner of its directory
+    (the store's service user), which must be able to read it."""
+    try:
+        remove_stale_temporaries(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        write_new_file(tmp, data, 0o600)
+        try:
+            adopt_owner(tmp, path.parent)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        fsync_dir(path.parent)
+    except FileExistsError:
+        raise ConsoleKeyError(f"{path}: cannot create the console key: a file already exists there") from None
+    except OSError as exc:
+        raise ConsoleKeyError(f"{path}: cannot write the console key: {exc.strerror or exc}") from None
+
+
 def _subkey(key: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
 
@@ -149,34 +208,51 @@ class TotpSecretStore(Protocol):
     def seal_totp_secret(self, name: str, stored_before: str, sealed: str, *, by: str) -> bool: ...
     def scrub_replaced(self) -> bool: ...
     def seal_trails(self, trail_key: bytes) -> int: ...
+    def trail_seals_state(self) -> tuple[bool, bool]: ...
 
 
 def prepare_console_key(path: Path, store: TotpSecretStore, *, by: str) -> ConsoleSecretKey | None:
     """The console key at ``path`` for a starting central (or an administration command): loaded, or
-    made when missing and no sealed secret needs the old one; then every TOTP secret an older central
-    stored in plain text is sealed with it (recorded as ``totp_sealed`` by ``by``).
+    made when missing and nothing in the index is sealed with an old one; then every TOTP secret an older
+    central stored in plain text is sealed with it (recorded as ``totp_sealed`` by ``by``).
 
-    None, with the reason logged as an error, when the key is missing while sealed secrets exist, or
-    cannot be read: TOTP sign-ins are then refused, everything else keeps working."""
+    The trail rows of a store made before the seals are sealed once, and the key file then records that
+    they are (format v2, :meth:`ConsoleSecretKey.record_trails_sealed`). On a store whose key records it,
+    missing seals are never made again: that would bless whatever was edited while the seals were
+    stripped; the error is logged and `edge verify` names it.
+
+    None, with the reason logged as an error, when the key is missing while sealed secrets or sealed trail
+    rows exist (a new key would make every one of them look forged), or cannot be read."""
     stored = store.totp_secrets()
+    seals_begun, trails_sealed = store.trail_seals_state()
     try:
         if path.exists() or path.is_symlink():
             key = ConsoleSecretKey.load(path)
-        elif any(is_sealed(text) for _, text in stored):
-            log.error("console key %s is missing, but TOTP secrets in the index are sealed with it: "
-                      "sign-ins of accounts with TOTP are refused until it is restored from backup "
-                      "(mode 0600), or TOTP is enrolled again for each account", path)
+        elif any(is_sealed(text) for _, text in stored) or trails_sealed:
+            log.error("console key %s is missing, but TOTP secrets or console trail rows in the index are "
+                      "sealed with it: it is not replaced (a new key would make every sealed row look "
+                      "forged); restore it from backup (mode 0600)", path)
             return None
         else:
             key = ConsoleSecretKey.create(path)
             log.info("console key %s created (fingerprint %s): TOTP secrets are sealed with it", path,
                      key.fingerprint)
     except ConsoleKeyError as exc:
-        log.error("console key unusable: %s; sign-ins of accounts with TOTP are refused", exc)
+        log.error("console key unusable: %s", exc)
         return None
-    old_rows = store.seal_trails(key.trail_key)
-    if old_rows:
-        log.info("console: %d trail rows made before the seals are now sealed", old_rows)
+    if key.trails_sealed and not seals_begun:
+        log.error("console: %s records that the trails were sealed, but index.db holds no start of the "
+                  "seals: the seals were removed (tampering); they are not made again, `edge verify` "
+                  "names the rows", path)
+    else:
+        old_rows = store.seal_trails(key.trail_key)
+        if old_rows:
+            log.info("console: %d trail rows made before the seals are now sealed", old_rows)
+        try:
+            key = key.record_trails_sealed()
+        except ConsoleKeyError as exc:
+            # The key still works; the record is tried again at the next start.
+            log.error("console: cannot record in the key file that the trails are sealed: %s", exc)
     sealed_now = 0
     for name, text in stored:
         if is_sealed(text):
@@ -185,7 +261,16 @@ def prepare_console_key(path: Path, store: TotpSecretStore, *, by: str) -> Conso
             except SealedSecretError as exc:
                 log.error("console: %s; that account cannot sign in until TOTP is enrolled again", exc)
             continue
-        if store.seal_totp_secret(name, text, key.seal_totp(name, text), by=by):
+        try:
+            sealed = key.seal_totp(name, text)
+        except UnicodeEncodeError:
+            # One damaged row must not stop the central (evidence intake included); that account cannot
+            # sign in with TOTP until it is enrolled again. The secret itself is never logged.
+            log.error("console: the plain TOTP secret of %r is not ASCII (a damaged or hand-edited row): "
+                      "left as it is, unsealed; that account cannot sign in until TOTP is enrolled again",
+                      name)
+            continue
+        if store.seal_totp_secret(name, text, sealed, by=by):
             sealed_now += 1
             log.info("console: the TOTP secret of %s, stored in plain text by an older central, is now "
                      "sealed with console key %s", name, key.fingerprint)

@@ -37,7 +37,7 @@ from edge.central.index import (
     validate_station_id,
     validate_unit_code,
 )
-from edge.central.sqlite.trail import seal_rows_made_before_the_seals
+from edge.central.sqlite.trail import BEGIN_TABLE, seal_rows_made_before_the_seals
 from edge.custody.ledger import station_time_now
 from edge.durable.sqlite import apply_schema
 
@@ -295,6 +295,12 @@ class SqliteConsoleStore:
         """Seal, once, the trail rows made before the seals (edge.central.sqlite.trail)."""
         with self.transaction():
             return seal_rows_made_before_the_seals(self.conn, trail_key)
+
+    def trail_seals_state(self) -> tuple[bool, bool]:
+        """(the start of the seals is recorded, some trail row or marker is sealed with a key)."""
+        begun = self.conn.execute("SELECT 1 FROM trail_seals WHERE tbl = ?", (BEGIN_TABLE,)).fetchone()
+        keyed = self.conn.execute("SELECT 1 FROM trail_seals WHERE mac IS NOT NULL LIMIT 1").fetchone()
+        return begun is not None, keyed is not None
 
     def scrub_replaced(self) -> bool:
         """Copy the WAL into the database and truncate it, so that what a replaced row held is gone from

@@ -24,7 +24,13 @@ The HMAC is computed in Python by a function registered on the service's connect
 logged even then), the error is logged once, and `edge verify` names the unsealed rows. Rows already in a
 store made before the seals are sealed once, at the first start that has the key
 (:func:`seal_rows_made_before_the_seals`); that start is marked, so rows inserted later without a seal are
-never blessed by a restart.
+never blessed by a restart. The mark is also kept outside the database (console.key format v2): a
+store whose seals were dropped or emptied is tampering, never "a store made before the seals", and is
+not sealed again.
+
+Known limit: deleting the newest trail rows together with their newest seals is not detectable from the
+store alone (nothing outside index.db records how long the sequence was). Anchoring the seal count in
+the witnessed tree heads would close it; that is not done yet.
 """
 
 from __future__ import annotations
