@@ -29,6 +29,7 @@ from edge.central.cli import add_central_parser
 from edge.central.config import CentralConfig, load_central_config
 from edge.central.console.credentials import hash_password
 from edge.central.console.secret_key import ConsoleSecretKey
+from edge.central.console.sessions import token_row_key
 from edge.central.console.state import CONSOLE
 from edge.central.index import Role
 from edge.central.sqlite import SqliteDatabase
@@ -295,6 +296,10 @@ class Browser:
             return response.status, await response.json(content_type=None)
 
 
+def _row_key(config: CentralConfig, token: str) -> bytes:
+    return token_row_key(ConsoleSecretKey.load(config.layout.console_key).session_key, token)
+
+
 def _stored_sessions(config: CentralConfig) -> list[tuple[Any, ...]]:
     db = sqlite3.connect(f"file:{config.layout.index_db}?mode=ro", uri=True)
     try:
@@ -328,13 +333,13 @@ async def test_a_session_survives_a_restart_and_a_signed_out_or_expired_one_does
     on_disk = _db_bytes(process.config)
     for browser in (kept, idle):
         assert browser.token.encode() not in on_disk and browser.csrf.encode() not in on_disk
-        assert hashlib.sha256(browser.token.encode()).digest() in {r[0] for r in rows}
+        assert _row_key(process.config, browser.token) in {r[0] for r in rows}
     # The idle session: its last request two minutes ago (session_idle_min = 1), written as a clock
     # moving on would leave it.
     db = sqlite3.connect(process.config.layout.index_db)
     with db:
         db.execute("UPDATE console_sessions SET last_seen_s = last_seen_s - 120 WHERE token_sha256 = ?",
-                   (hashlib.sha256(idle.token.encode()).digest(),))
+                   (_row_key(process.config, idle.token),))
     db.close()
 
     await process.start()

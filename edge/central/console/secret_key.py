@@ -95,6 +95,7 @@ class ConsoleSecretKey:
             raise ConsoleKeyError(f"{path}: a console key has {_KEY_BYTES} bytes, found {len(key)}")
         self._aead = AESGCM(key)
         self._trail_key = _subkey(key, b"edge-console trail-seals v1")
+        self._session_key = _subkey(key, b"edge-console sessions v1")
         self.fingerprint = hashlib.sha256(_subkey(key, b"edge-console fingerprint v1")).hexdigest()[:16]
         self.path = path
         # True once this file records that the store's trails are sealed under it (file format v2): from
@@ -166,6 +167,11 @@ class ConsoleSecretKey:
                 "another account or damaged"
             ) from None
         return plain.decode("ascii")
+
+    @property
+    def session_key(self) -> bytes:
+        """The HMAC key of the console sessions' row keys and row seals (a subkey of its own)."""
+        return self._session_key
 
     @property
     def trail_key(self) -> bytes:

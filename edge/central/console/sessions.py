@@ -1,15 +1,22 @@
 """Server-side sessions of the auditor console: a random token in a cookie, everything else in the index.
 
 The cookie (``__Host-edge-console``: HttpOnly, Secure, SameSite=Strict, Path=/) carries 32 random bytes.
-The index keeps each session (``console_sessions``) under the SHA-256 of its token, never the token: a
-copy of ``index.db`` or a read of its rows yields no usable cookie (the token has 256 random bits, so its
-hash cannot be turned back). The session's CSRF token is not stored either: it is an HMAC of the cookie
-token, so only the holder of the cookie can compute it.
+The index keeps each session (``console_sessions``) under an HMAC of its token, never the token, keyed by
+a subkey of ``identity/console.key`` (:attr:`ConsoleSecretKey.session_key
+<edge.central.console.secret_key.ConsoleSecretKey.session_key>`): a copy of ``index.db`` or a read of its
+rows yields no usable cookie. Each row also carries an HMAC, under the same subkey, of its key, reader,
+method, certificate, creation and expiry, checked in constant time: whoever can write ``index.db`` but
+does not hold the key can neither plant a session nor change whose session it is or how long it lasts
+(a row that does not match is ended). Without a usable console key the sessions are keyed by a random
+secret of this process: they end at its restart. The session's CSRF token is not stored either: it is an
+HMAC of the cookie token, so only the holder of the cookie can compute it.
 
 A session ends at sign-out (its row deleted), after ``idle_s`` without a request, or ``absolute_s``
 after sign-in, whichever comes first; at most ``max_sessions`` are kept (the oldest is dropped). Times
 are wall-clock seconds, so they keep counting across a restart of the central: a restart keeps a live
-session and refuses an expired or signed-out one. The idle timer is written back at most every
+session and refuses an expired or signed-out one. A session whose creation or last request lies more than
+``CLOCK_SKEW_S`` in the future (the clock was stepped back) ends: otherwise it would live on for the size
+of the step. The idle timer is written back at most every
 ``touch_every_s`` (a fraction of the idle time), so a busy page is not one database write per request;
 the session can thus end up to that much early, never late. Every state-changing request must echo the
 CSRF token in the ``X-CSRF-Token`` header (compared in constant time).
@@ -23,6 +30,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from collections import OrderedDict
@@ -31,13 +39,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-__all__ = ["COOKIE_NAME", "CSRF_HEADER", "AuthMethod", "ConsoleSession", "SessionBackend", "SessionStore"]
+__all__ = ["CLOCK_SKEW_S", "COOKIE_NAME", "CSRF_HEADER", "AuthMethod", "ConsoleSession", "SessionBackend",
+           "SessionStore",
+           "token_row_key"]
 
 COOKIE_NAME = "__Host-edge-console"
 CSRF_HEADER = "X-CSRF-Token"
 _MAX_TOKEN_CHARS = 200
 # Sessions whose playbacks are remembered in memory (the rest open a new logged playback).
 _PLAYBACK_SESSIONS = 1000
+# How far in the future a session's times may lie (clocks of one host stepping by NTP slew); beyond, it ends.
+CLOCK_SKEW_S = 60.0
 
 
 class AuthMethod(StrEnum):
@@ -67,7 +79,7 @@ class SessionBackend(Protocol):
     """Where sessions are kept (:class:`edge.central.storage.ConsoleStore`), by token hash."""
 
     def put_session(self, key: bytes, reader: str, method: str, cert_sha256: str | None, *, created_s: float,
-                    expires_s: float, max_sessions: int) -> None: ...
+                    expires_s: float, max_sessions: int, mac: str) -> None: ...
     def session(self, key: bytes) -> dict[str, Any] | None: ...
     def touch_session(self, key: bytes, last_seen_s: float) -> None: ...
     def end_session(self, key: bytes) -> bool: ...
@@ -76,8 +88,18 @@ class SessionBackend(Protocol):
     def session_count(self) -> int: ...
 
 
-def _key(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "replace")).digest()
+def token_row_key(secret: bytes, token: str) -> bytes:
+    """The key of a session's row: an HMAC of its cookie token (the token itself is never stored)."""
+    return hmac.new(secret, b"edge-console session-token v1\x00" + token.encode("utf-8", "replace"),
+                    hashlib.sha256).digest()
+
+
+def _row_mac(secret: bytes, key: bytes, reader: str, method: str, cert_sha256: str | None, created_s: float,
+             expires_s: float) -> str:
+    """The seal of a session row: what it grants (who, how signed in, from when, until when)."""
+    message = json.dumps([key.hex(), reader, method, cert_sha256, repr(float(created_s)),
+                          repr(float(expires_s))]).encode("utf-8")
+    return hmac.new(secret, b"edge-console session-row v1\x00" + message, hashlib.sha256).hexdigest()
 
 
 def _csrf(token: str) -> str:
@@ -90,8 +112,11 @@ class SessionStore:
     seconds (replaceable in tests)."""
 
     def __init__(self, backend: SessionBackend, *, idle_s: float, absolute_s: float,
-                 max_sessions: int = 10_000, clock: Callable[[], float] = time.time) -> None:
+                 max_sessions: int = 10_000, clock: Callable[[], float] = time.time,
+                 secret: bytes | None = None) -> None:
         self.backend = backend
+        # The session subkey of console.key; without one, a secret of this process (sessions end with it).
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
         self.idle_s = idle_s
         self.absolute_s = absolute_s
         self.max_sessions = max_sessions
@@ -112,23 +137,39 @@ class SessionStore:
         now = self.clock()
         self.backend.purge_sessions(idle_before_s=now - self.idle_s, now_s=now)
         token = secrets.token_urlsafe(32)
-        self.backend.put_session(_key(token), reader, str(method), cert_sha256, created_s=now,
-                                 expires_s=now + self.absolute_s, max_sessions=self.max_sessions)
+        key = self._key(token)
+        expires = now + self.absolute_s
+        mac = _row_mac(self._secret, key, reader, str(method), cert_sha256, now, expires)
+        self.backend.put_session(key, reader, str(method), cert_sha256, created_s=now, expires_s=expires,
+                                 max_sessions=self.max_sessions, mac=mac)
         return token, ConsoleSession(reader, method, now, now, _csrf(token), cert_sha256,
-                                     self._playbacks_of(_key(token)))
+                                     self._playbacks_of(key))
+
+    def _key(self, token: str) -> bytes:
+        return token_row_key(self._secret, token)
 
     def get(self, token: str | None) -> ConsoleSession | None:
         """The live session of ``token`` (its idle timer restarted), None when unknown, ended or expired."""
         if not token or len(token) > _MAX_TOKEN_CHARS:
             return None
-        key = _key(token)
+        key = self._key(token)
         row = self.backend.session(key)
         if row is None:
+            return None
+        stored_mac = row.get("mac")
+        want = _row_mac(self._secret, key, str(row["reader"]), str(row["method"]), row["cert_sha256"],
+                        float(row["created_s"]), float(row["expires_s"]))
+        if not isinstance(stored_mac, str) or not hmac.compare_digest(stored_mac.encode("ascii", "replace"),
+                                                                      want.encode("ascii")):
+            # Written or changed without the key (or by a central with another key): no session.
+            self.backend.end_session(key)
+            self._playbacks.pop(key, None)
             return None
         now = self.clock()
         created, last_seen = float(row["created_s"]), float(row["last_seen_s"])
         expires = min(float(row["expires_s"]), created + self.absolute_s)
-        if now - last_seen > self.idle_s or now >= expires:
+        stepped_back = max(created, last_seen) > now + CLOCK_SKEW_S
+        if stepped_back or now - last_seen > self.idle_s or now >= expires:
             self.backend.end_session(key)
             self._playbacks.pop(key, None)
             return None
@@ -146,7 +187,7 @@ class SessionStore:
     def end(self, token: str | None) -> bool:
         if not token or len(token) > _MAX_TOKEN_CHARS:
             return False
-        key = _key(token)
+        key = self._key(token)
         self._playbacks.pop(key, None)
         return self.backend.end_session(key)
 

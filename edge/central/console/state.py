@@ -47,7 +47,8 @@ class ConsoleState:
         return cls(
             settings,
             SessionStore(sessions, idle_s=settings.session_idle_min * 60,
-                         absolute_s=settings.session_max_h * 3600),
+                         absolute_s=settings.session_max_h * 3600,
+                         secret=None if secret_key is None else secret_key.session_key),
             SignInGuard(settings.sign_in_per_minute),
             secret_key,
         )

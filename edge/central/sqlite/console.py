@@ -15,8 +15,9 @@ accepted item gets its unit from its manifest, see :func:`migrate`):
   when, why, naming whom, from where;
 * ``media_ranges`` (append-only): every byte range the console served of an item, under the access-log
   row of its playback;
-* ``console_sessions``: the live console sessions, keyed by the SHA-256 of their token (never the token,
-  see :mod:`edge.central.console.sessions`); a row is deleted when its session ends.
+* ``console_sessions``: the live console sessions, keyed by an HMAC of their token (never the token),
+  each row sealed with an HMAC under console.key (see :mod:`edge.central.console.sessions`); a row is
+  deleted when its session ends.
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ CREATE TABLE IF NOT EXISTS console_sessions (
     cert_sha256 TEXT,                  -- the certificate a certificate sign-in was made with
     created_s REAL NOT NULL,           -- wall-clock seconds: the timers keep counting across a restart
     last_seen_s REAL NOT NULL,
-    expires_s REAL NOT NULL            -- created_s + the absolute lifetime at sign-in
+    expires_s REAL NOT NULL,           -- created_s + the absolute lifetime at sign-in
+    mac TEXT                           -- HMAC of the row under console.key's session subkey
 ) STRICT;
 CREATE INDEX IF NOT EXISTS console_sessions_reader ON console_sessions (reader)
 """
@@ -171,6 +173,11 @@ WHERE i.item NOT IN (SELECT item FROM item_units)
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create the console tables and triggers if missing (idempotent; the caller's transaction)."""
     apply_schema(conn, _SCHEMA, append_only=_APPEND_ONLY)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(console_sessions)")}
+    if "mac" not in columns:
+        # Sessions of a central before the rows were sealed: kept, but none of them checks (no mac), so
+        # each ends at its next use and its reader signs in again.
+        conn.execute("ALTER TABLE console_sessions ADD COLUMN mac TEXT")
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -513,12 +520,12 @@ class SqliteConsoleStore:
     # -- console sessions (by token hash) ----------------------------------------------------------
 
     def put_session(self, key: bytes, reader: str, method: str, cert_sha256: str | None, *, created_s: float,
-                    expires_s: float, max_sessions: int) -> None:
+                    expires_s: float, max_sessions: int, mac: str) -> None:
         with self.transaction():
             self.conn.execute(
                 "INSERT INTO console_sessions (token_sha256, reader, method, cert_sha256, created_s, "
-                "last_seen_s, expires_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key, reader, method, cert_sha256, created_s, created_s, expires_s),
+                "last_seen_s, expires_s, mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, reader, method, cert_sha256, created_s, created_s, expires_s, mac),
             )
             self.conn.execute(
                 "DELETE FROM console_sessions WHERE rowid NOT IN "
@@ -528,8 +535,8 @@ class SqliteConsoleStore:
 
     def session(self, key: bytes) -> dict[str, Any] | None:
         row = self.conn.execute(
-            "SELECT reader, method, cert_sha256, created_s, last_seen_s, expires_s FROM console_sessions "
-            "WHERE token_sha256 = ?", (key,),
+            "SELECT reader, method, cert_sha256, created_s, last_seen_s, expires_s, mac "
+            "FROM console_sessions WHERE token_sha256 = ?", (key,),
         ).fetchone()
         return dict(row) if row is not None else None
 
