@@ -25,8 +25,11 @@ A central store verifies when:
   console's account, grant, station-unit and sensitivity events and media ranges) have no gaps;
 * the console's trails (access log, account, grant, station-unit and sensitivity events, media ranges)
   match their seals (:mod:`edge.central.sqlite.trail`, keyed by ``identity/console.key``): a row
-  edited, deleted or inserted past the central is named, with the limits that module states (the holder
-  of the key can re-seal; the newest rows deleted with their seals leave a shorter, consistent sequence).
+  edited, deleted or inserted past the central is named, and so is a store whose seals were dropped or
+  emptied once console.key (format v2) records that its trails are sealed. Known limits, as that module
+  states: the holder of the key can re-seal; and deleting the newest trail rows together with their
+  newest seals is NOT detected (the shorter sequence is consistent with itself and nothing outside
+  index.db records its length; anchoring it in the witnessed tree heads is for later).
 
 The check streams station by station (each ledger, then that station's items, by point queries on the
 index), so memory stays bounded whatever the number of items; objects are hashed one at a time. The

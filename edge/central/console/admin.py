@@ -6,6 +6,10 @@ the administrator's login name (``by``) and, where it matters, a reason. Passwor
 without echo (twice), or from standard input with ``--password-stdin`` (one line), never from the command
 line, where ``ps`` and shell history would show them. A TOTP secret is shown once, at enrolment, as an
 ``otpauth://`` URI for the authenticator app; nothing else is ever printed of it.
+
+Whatever answers a compromised account ends its console sessions at once (sessions outlive a restart of
+the central): ``reset-password``, ``enrol-totp``, ``remove-totp``, ``disable``, ``grant --revoke``, and
+``sign-out`` alone, which only ends them.
 """
 
 from __future__ import annotations
@@ -84,7 +88,8 @@ def _account(args: argparse.Namespace, open_database: Opener, key_path: KeyPath)
                     "--role ...`); `edge central account enrol-totp` adds a second factor")
         if command == "reset-password":
             console.set_password(name, hash_password(_read_password(args)), by=by)
-            return f"account {name}: password reset (and any lockout cleared)"
+            return (f"account {name}: password reset (and any lockout cleared); "
+                    f"{console.end_sessions_of(name)} console session(s) ended")
         if command in ("disable", "enable"):
             reason = args.reason.strip()
             if not reason:
@@ -106,11 +111,17 @@ def _account(args: argparse.Namespace, open_database: Opener, key_path: KeyPath)
             console.set_totp(name, key.seal_totp(name, secret), by=by)
             # The one time the secret is shown: for the account holder's authenticator app.
             print(totp_uri(name, secret))
-            return (f"account {name}: TOTP enrolled; give the URI above (a QR code of it) to {name} only, "
-                    "then clear this terminal: sign-in now asks for the 6-digit code")
+            ended = console.end_sessions_of(name)
+            return (f"account {name}: TOTP enrolled; {ended} console session(s) ended; give the URI above "
+                    f"(a QR code of it) to {name} only, then clear this terminal: sign-in now asks for the "
+                    "6-digit code")
         if command == "remove-totp":
             console.set_totp(name, None, by=by)
-            return f"account {name}: TOTP removed; sign-in asks for the password only"
+            return (f"account {name}: TOTP removed; {console.end_sessions_of(name)} console session(s) "
+                    "ended; sign-in asks for the password only")
+        if command == "sign-out":
+            # A stolen cookie: end every session of NAME (an account or a certificate reader) now.
+            return f"{name}: {console.end_sessions_of(name)} console session(s) ended"
         raise AssertionError(command)
 
     return _run(args, open_database, act)
@@ -122,7 +133,9 @@ def _grant(args: argparse.Namespace, open_database: Opener) -> int:
     def act(database: CentralDatabase) -> str:
         if args.revoke:
             database.console.revoke_grant(args.name, by=by, reason=args.reason)
-            return f"{args.name} has no role any more: every read by it is refused"
+            ended = database.console.end_sessions_of(args.name)
+            return (f"{args.name} has no role any more: every read by it is refused; {ended} console "
+                    "session(s) ended")
         grant = database.console.grant(args.name, Role(args.role), args.unit, by=by, reason=args.reason)
         units = " ".join(sorted(grant.units)) or "(all units)"
         return f"{grant.name}: role {grant.role}, units {units}; recorded by {by}"
@@ -162,7 +175,7 @@ def add_console_admin_parsers(
 ) -> None:
     """Add the console's administration commands under ``edge central``."""
     account = commands.add_parser("account", help="console sign-in accounts: add, reset-password, disable, "
-                                                  "enable, enrol-totp, remove-totp")
+                                                  "enable, enrol-totp, remove-totp, sign-out")
     verbs = account.add_subparsers(dest="account_command", metavar="ACTION", required=True)
     for verb, helptext in (
         ("add", "create an account (password from a prompt, or --password-stdin)"),
@@ -171,6 +184,7 @@ def add_console_admin_parsers(
         ("enable", "allow a disabled account again"),
         ("enrol-totp", "add a TOTP second factor; prints its otpauth:// URI once"),
         ("remove-totp", "remove the TOTP second factor"),
+        ("sign-out", "end every console session of the reader now (a stolen cookie)"),
     ):
         parser = verbs.add_parser(verb, help=helptext)
         parser.add_argument("name", metavar="NAME", help="the account (reader) name the access log shows")
