@@ -56,6 +56,7 @@ from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.checkpoint_note import checkpoint_text, sign_note
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.keys import StationKey
+from edge.pki.names import IdentityError
 
 __all__ = [
     "BOUNDS",
@@ -348,7 +349,7 @@ def build_app(
     # Imported here so that importing this module does not need the read side's dependencies first.
     from edge.central.console.api import add_console_api_routes
     from edge.central.console.pages import add_console_pages
-    from edge.central.console.secret_key import prepare_console_key
+    from edge.central.console.secret_key import ConsoleKeyError, require_console_key
     from edge.central.console.signin import add_sign_in_routes
     from edge.central.console.state import CONSOLE, ConsoleState
     from edge.central.disclosure.routes import add_audit_routes
@@ -366,6 +367,12 @@ def build_app(
                                  expire_after_s=config.uploads.expire_incomplete_s,
                                  expire_complete_after_s=config.uploads.expire_unregistered_s,
                                  station_quota_bytes=config.uploads.station_quota_bytes)
+        try:
+            console_key = require_console_key(layout.console_key, database.console, by="central-start")
+        except ConsoleKeyError as exc:
+            # Like an unusable signing key (exit 78): running on would append every access-log row
+            # unsealed and refuse every TOTP sign-in, for as long as nobody noticed one log line.
+            raise IdentityError(f"console key: {exc}") from None
     except BaseException:
         database.close()
         raise
@@ -404,7 +411,6 @@ def build_app(
     add_read_routes(app, parts)
     add_station_ledger_route(app, parts)
     # The auditor console: its pages, sign-in and session-authenticated API (edge.central.console).
-    console_key = prepare_console_key(layout.console_key, database.console, by="central-start")
     app[CONSOLE] = ConsoleState.from_settings(config.console, database.console, console_key)
     add_sign_in_routes(app)
     add_console_api_routes(app, parts)

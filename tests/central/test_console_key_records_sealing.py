@@ -17,9 +17,13 @@ import pytest
 
 from edge.central.config import CentralLayout
 from edge.central.console.secret_key import ConsoleSecretKey, is_sealed, prepare_console_key
+from edge.central.identity import init_central
+from edge.central.service import start_central
 from edge.central.sqlite import SqliteDatabase
 from edge.central.verify import verify_central
 from edge.custody.keys import StationKey
+from edge.pki.names import IdentityError
+from tests.central.conftest import central_config
 from tests.central.test_verify_console_trails import Console, _attacker
 from tests.central.test_verify_console_trails import console as console
 
@@ -194,3 +198,35 @@ def test_one_bad_plain_secret_is_skipped_and_the_start_goes_on(tmp_path: Path) -
         assert not is_sealed(stored["li.legal"])
     finally:
         database.close()
+
+
+# -- R10: an unusable key stops the start -------------------------------------------------------------
+
+async def test_a_central_with_an_unusable_console_key_does_not_start(tmp_path: Path) -> None:
+    config = central_config(tmp_path / "store", dev=False)
+    init_central(config)
+    key = CentralLayout(config.central.store_dir).console_key
+    key.unlink(missing_ok=True)
+    key.write_bytes(b"")  # what a crash while writing left before R6, or any damaged file
+    key.chmod(0o600)
+    with pytest.raises(IdentityError, match=r"console\.key"):
+        running = await start_central(config)
+        await running.stop()  # reached only when the start wrongly succeeds
+
+
+def test_edge_central_run_exits_78_naming_the_key(tmp_path: Path) -> None:
+    config = central_config(tmp_path / "store", dev=False)
+    init_central(config)
+    config_path = tmp_path / "central.toml"
+    store = config.central.store_dir
+    config_path.write_text(f'[central]\nid = "central-test"\nstore_dir = "{store}"\n'
+                           '[server]\nlisten = "127.0.0.1"\nport = 1\nnames = ["localhost"]\n',
+                           encoding="utf-8")
+    key = CentralLayout(store).console_key
+    key.unlink(missing_ok=True)
+    key.write_bytes(b"edge-console-key-v1:not base64 at all!\n")
+    key.chmod(0o600)
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "central", "run", "--config", str(config_path)],
+                          capture_output=True, check=False, timeout=60)
+    assert done.returncode == 78, done.stderr.decode(errors="replace")
+    assert str(key) in done.stderr.decode(errors="replace")

@@ -10,10 +10,11 @@ Stored text: ``sealed-v1:`` and the URL-safe base64 of a 12-byte random nonce fo
 and its 16-byte tag. A secret without that prefix was written by an older central and is sealed at the
 next start (:func:`prepare_console_key`).
 
-When the key file is missing, unreadable, or not the key the secrets were sealed with, sign-ins of
-accounts with TOTP are refused and the reason is logged naming the file; the central keeps serving.
-A missing key is never silently replaced while sealed secrets exist (they could no longer be opened):
-the operator restores it from backup, or re-enrols TOTP for every account.
+When the key file cannot be read, or is missing while sealed secrets or sealed trail rows exist, the
+central does not start (``edge central run`` exits 78 naming the file, like an unusable signing key):
+running on would append every access-log row unsealed. A missing key is never silently replaced while
+anything is sealed with it: the operator restores it from backup. When it is not the key the secrets
+were sealed with, sign-ins of accounts with TOTP are refused and the reason is logged naming the file.
 
 The same file keys the seals of the console's append-only trails (:mod:`edge.central.sqlite.trail`),
 through a subkey derived with HKDF, so the two uses never share key material. A starting central also
@@ -50,6 +51,7 @@ from edge.durable.files import (
     SmallFileError,
     adopt_owner,
     fsync_dir,
+    make_dirs_durable,
     read_small_file,
     remove_stale_temporaries,
     write_new_file,
@@ -62,6 +64,7 @@ __all__ = [
     "SealedSecretError",
     "is_sealed",
     "prepare_console_key",
+    "require_console_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -184,6 +187,7 @@ def _write_key_file(path: Path, data: bytes, *, replace: bool) -> None:
     signing key (StationKey.save_new). A key made by a root-run command takes the owner of its directory
     (the store's service user), which must be able to read it."""
     try:
+        make_dirs_durable(path.parent)  # identity/ of a development store, which has no other key files
         remove_stale_temporaries(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         write_new_file(tmp, data, 0o600)
@@ -229,23 +233,28 @@ def prepare_console_key(path: Path, store: TotpSecretStore, *, by: str) -> Conso
 
     None, with the reason logged as an error, when the key is missing while sealed secrets or sealed trail
     rows exist (a new key would make every one of them look forged), or cannot be read."""
-    stored = store.totp_secrets()
-    seals_begun, trails_sealed = store.trail_seals_state()
     try:
-        if path.exists() or path.is_symlink():
-            key = ConsoleSecretKey.load(path)
-        elif any(is_sealed(text) for _, text in stored) or trails_sealed:
-            log.error("console key %s is missing, but TOTP secrets or console trail rows in the index are "
-                      "sealed with it: it is not replaced (a new key would make every sealed row look "
-                      "forged); restore it from backup (mode 0600)", path)
-            return None
-        else:
-            key = ConsoleSecretKey.create(path)
-            log.info("console key %s created (fingerprint %s): TOTP secrets are sealed with it", path,
-                     key.fingerprint)
+        return require_console_key(path, store, by=by)
     except ConsoleKeyError as exc:
         log.error("console key unusable: %s", exc)
         return None
+
+
+def require_console_key(path: Path, store: TotpSecretStore, *, by: str) -> ConsoleSecretKey:
+    """:func:`prepare_console_key` for a starting central: :class:`ConsoleKeyError`, naming the file,
+    instead of None. The central does not run without it (every access-log row would be unsealed)."""
+    stored = store.totp_secrets()
+    seals_begun, trails_sealed = store.trail_seals_state()
+    if path.exists() or path.is_symlink():
+        key = ConsoleSecretKey.load(path)
+    elif any(is_sealed(text) for _, text in stored) or trails_sealed:
+        raise ConsoleKeyError(f"{path} is missing, but TOTP secrets or console trail rows in the index are "
+                              "sealed with it: it is not replaced (a new key would make every sealed row "
+                              "look forged); restore it from backup (mode 0600)")
+    else:
+        key = ConsoleSecretKey.create(path)
+        log.info("console key %s created (fingerprint %s): TOTP secrets are sealed with it", path,
+                 key.fingerprint)
     if key.trails_sealed and not seals_begun:
         log.error("console: %s records that the trails were sealed, but index.db holds no start of the "
                   "seals: the seals were removed (tampering); they are not made again, `edge verify` "
