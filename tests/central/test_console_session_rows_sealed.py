@@ -135,3 +135,28 @@ def test_a_small_step_back_keeps_the_session(database: SqliteDatabase) -> None:
     token, _ = store.create("li.legal", AuthMethod.PASSWORD)
     clock.now -= 5  # NTP slewing a few seconds
     assert store.get(token) is not None
+
+
+def test_sessions_of_a_central_before_the_row_seals_end_at_their_next_use(tmp_path: Path) -> None:
+    # console_sessions as the central before the seals made it: no mac column, one live session.
+    token = secrets.token_urlsafe(32)
+    db = sqlite3.connect(tmp_path / "index.db")
+    try:
+        with db:
+            db.execute("CREATE TABLE console_sessions (token_sha256 BLOB PRIMARY KEY CHECK "
+                       "(length(token_sha256) = 32), reader TEXT NOT NULL, method TEXT NOT NULL, "
+                       "cert_sha256 TEXT, created_s REAL NOT NULL, last_seen_s REAL NOT NULL, "
+                       "expires_s REAL NOT NULL) STRICT")
+            db.execute("INSERT INTO console_sessions VALUES (?, 'li.legal', 'password', NULL, ?, ?, ?)",
+                       (hashlib.sha256(token.encode()).digest(), T, T, T + HOUR))
+    finally:
+        db.close()
+    database = SqliteDatabase.open(tmp_path / "index.db")
+    try:
+        clock = Clock()
+        store = _store(database, clock)
+        assert store.get(token) is None
+        fresh, _ = store.create("li.legal", AuthMethod.PASSWORD)  # control: the migrated table works
+        assert store.get(fresh) is not None
+    finally:
+        database.close()
