@@ -18,19 +18,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.central.test_console_at_rest import CentralProcess
 from tests.central.test_console_at_rest import process as process  # fixture
+from tests.prerequisites import require
 
 SERVICE_UID = 65534  # stands in for evidence-central
 
 
 def test_a_root_run_enrol_totp_leaves_the_key_to_the_store_owner(process: CentralProcess) -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("needs root (CI must run it)")
-        pytest.skip("needs root")
+    require(os.geteuid() == 0, "a file owned by another user needs root")
     store = process.config.central.store_dir
     process.config.layout.console_key.unlink()  # an older store: no key yet, and no trail seals
     db = sqlite3.connect(process.config.layout.index_db)
