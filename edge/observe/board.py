@@ -41,6 +41,7 @@ from edge.observe.sink import (
     StatusEvent,
     TaskChanged,
 )
+from edge.runtime.supervise import wait_event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -570,8 +571,9 @@ class StatusBoard:
                     self._station_json = station
                     self._update_station_gauges(station)
                     self._emit("station", station)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.tick_s)
+            # Not asyncio.wait_for: on Python 3.11 a cancel that arrives as the change does is taken for
+            # the change and lost, and the board then outlives the station's stop by its stop timeout.
+            await wait_event(self._changed, self.tick_s)
 
     def _update_station_gauges(self, station: dict[str, Any]) -> None:
         m = self.metrics
