@@ -70,8 +70,13 @@ demo: setup
 	$(VENV)/bin/edge demo
 
 # -q ends with the counts; -rfEs lists failures, errors and skips (with their reasons) above them.
+# -n: parallel worker processes (pytest-xdist); most tests wait on subprocesses, mounts, sockets and
+# ffmpeg rather than compute, so two workers pay off even on two cores. --dist loadfile keeps each test
+# file in one worker, so a module's fixtures (a demo store, a built package) are made once.
+# `make test TEST_WORKERS=0` runs everything in one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(VPY) -m pytest -q -rfEs
+	$(VPY) -m pytest -q -rfEs -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check edge drivers simulators tests

@@ -61,8 +61,11 @@ def requires(condition: object, reason: str) -> pytest.MarkDecorator:
 def pytest_configure(config: pytest.Config) -> None:
     # Agents the tests start without an [api] section take their socket from $RUNTIME_DIRECTORY (as
     # under systemd): one private directory per test session, never the production /run/evidence-edge.
-    if "RUNTIME_DIRECTORY" not in os.environ:
-        os.environ["RUNTIME_DIRECTORY"] = tempfile.mkdtemp(prefix="edge-run-")
+    # A pytest-xdist worker (tests run in parallel) is a session of its own: it inherits the controller's
+    # directory, so it takes one of its own, or the agents of two workers would take turns at one socket.
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if "RUNTIME_DIRECTORY" not in os.environ or worker:
+        os.environ["RUNTIME_DIRECTORY"] = tempfile.mkdtemp(prefix=f"edge-run-{worker or 'session'}-")
     config.addinivalue_line(
         "markers", "requires(condition, reason): skip when false, or fail under CI (tests/prerequisites.py)"
     )

@@ -236,6 +236,7 @@ IMPORT_SCOPES = {
 USED_WITHOUT_IMPORT = {
     "pytest-asyncio": "pytest plugin: runs the async tests (asyncio_mode = auto)",
     "pytest-timeout": "pytest plugin: the per-test timeout in [tool.pytest.ini_options]",
+    "pytest-xdist": "pytest plugin: `make test` runs the tests in parallel workers (-n)",
     "mypy": "run as a program by test_mypy_strict_is_clean and `make lint`",
     "ruff": "run as a program by test_ruff_is_clean and `make lint`",
     "pyseccomp": "imported by the probe script that test_clock_under_unit_filter.py runs as a child process",

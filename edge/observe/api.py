@@ -344,7 +344,10 @@ async def _events(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         while True:
             try:
-                kind, data = await asyncio.wait_for(subscription.get(), SSE_KEEPALIVE_S)
+                # Not asyncio.wait_for: on Python 3.11 it can take a cancel (the server stopping) that
+                # arrives with an event for the event, and the stream then outlives the server's stop.
+                async with asyncio.timeout(SSE_KEEPALIVE_S):
+                    kind, data = await subscription.get()
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
                 continue

@@ -41,6 +41,7 @@ from edge.observe.sink import (
     StatusEvent,
     TaskChanged,
 )
+from edge.runtime.supervise import wait_event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -570,12 +571,9 @@ class StatusBoard:
                     self._station_json = station
                     self._update_station_gauges(station)
                     self._emit("station", station)
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that comes as
-            # the event is set, and the supervisor cancels the board right after another task's stop
-            # set it (the board then kept running until the stop timeout abandoned it).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.tick_s):
-                    await self._changed.wait()
+            # Not asyncio.wait_for: on Python 3.11 a cancel that arrives as the change does is taken for
+            # the change and lost, and the board then outlives the station's stop by its stop timeout.
+            await wait_event(self._changed, self.tick_s)
 
     def _update_station_gauges(self, station: dict[str, Any]) -> None:
         m = self.metrics

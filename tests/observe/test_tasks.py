@@ -93,3 +93,21 @@ async def test_an_agent_without_its_bay_board_shows_the_dock_task_restarting(
         assert "no-such-tty" in dock["last_event"] or "No such file" in dock["last_event"], dock
         assert {t["name"]: t["state"] for t in station_json["tasks"]}["usb-poll"] == "running"
         subscription.close()
+
+
+async def test_the_board_stops_when_cancelled_as_a_change_arrives() -> None:
+    """The supervisor publishes a task's state change and cancels the board in one step when the
+    station stops: the cancel must end the board, not be taken for the change it was waiting for (it
+    was, with asyncio.wait_for on Python 3.11: every station stop waited out the status task's 10 s
+    stop timeout, then abandoned it)."""
+    status = StatusBoard(identity={"id": "S"}, bays=[], facts_every_s=3600, tick_s=3600)
+    subscription = status.subscribe()
+    runner = asyncio.create_task(status.run())
+    while (await subscription.get())[0] != "station":  # the board is waiting for a change
+        pass
+    status.publish(TaskChanged("dock", "stopped", 0))
+    runner.cancel()
+    # The board's own tick is an hour: the bound only matters when the cancel is lost.
+    done, _ = await asyncio.wait({runner}, timeout=30)
+    assert done == {runner} and runner.cancelled()
+    subscription.close()

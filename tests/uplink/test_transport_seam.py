@@ -215,7 +215,9 @@ async def test_a_receiver_that_is_down_is_retried_and_the_breaker_spaces_the_pro
     """Connection refused is a wire failure (retry soon), never a local store problem (the core waits a
     minute for those); once open, the breaker lets one probe through per `breaker_open_s`."""
     async with make_rig(tmp_path, media, listening=False) as rig:
-        service = rig.service(breaker_open_s=3.0, concurrency=1)
+        # Five times the longest backoff (0.2 s): a probe that waited this long waited for the breaker.
+        open_s = 1.0
+        service = rig.service(breaker_open_s=open_s, concurrency=1)
         async with uplink_running(service):
             await eventually(lambda: service.breaker.consecutive_failures >= 2, timeout_s=30)
             errors = [row[0] for row in rig.store.conn.execute("SELECT last_error FROM uploads")]
@@ -228,7 +230,7 @@ async def test_a_receiver_that_is_down_is_retried_and_the_breaker_spaces_the_pro
         inits = [at for at, op in rig.receiver.requests if op == "init"]
         assert len(inits) == 5  # three refused busy, then one per item
         # Each busy answer while the breaker is open earns a full pause before the next probe.
-        assert inits[1] - inits[0] >= 3.0 - 0.05 and inits[2] - inits[1] >= 3.0 - 0.05
+        assert inits[1] - inits[0] >= open_s - 0.05 and inits[2] - inits[1] >= open_s - 0.05
 
 
 async def test_retry_after_from_the_wire_holds_the_item(tmp_path: Path, media: Path) -> None:

@@ -17,13 +17,9 @@ from tests.prerequisites import requires
 
 
 @pytest.fixture(scope="session", autouse=True)
-def media_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A cache private to this test session: tests never depend on, or pollute, the user's cache."""
-    cache = tmp_path_factory.mktemp("media-cache")
-    cache.chmod(0o700)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EVIDENCE_EDGE_SIM_CACHE", str(cache))
-        yield cache
+def private_media_cache(media_cache: Path) -> Path:
+    """Every test here uses the session's private media cache (tests/conftest.py)."""
+    return media_cache
 
 
 def fuse_usable() -> bool:
