@@ -21,11 +21,14 @@ sync also makes every earlier group commit durable, since the log is one sequent
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from edge.durable.sqlite import savepoint
+from edge.ingest.copy import StoreFullError
 from edge.ingest.store import StationStore
 
 log = logging.getLogger(__name__)
@@ -122,4 +125,19 @@ def _settle(futures: list[asyncio.Future[Any]], outcomes: list[_Outcome]) -> Non
         if ok:
             future.set_result(value)
         else:
-            future.set_exception(value)
+            future.set_exception(_as_store_full(value))
+
+
+def _as_store_full(exc: BaseException) -> BaseException:
+    """A full disk met by the commit or the log's fsync, as the StoreFullError the copy raises for it.
+
+    Another bay's copy can fill the disk between its own ENOSPC and the reserve's release; the group
+    commit then fails with SQLITE_FULL, and the run must stop as "station disk full" (its ledger entry,
+    the FULL LED), not crash with a bare sqlite3 error."""
+    sqlite_full = isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL
+    full = sqlite_full or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+    if not full:
+        return exc
+    store_full = StoreFullError(f"the station disk is full: the ledger could not be committed ({exc})")
+    store_full.__cause__ = exc
+    return store_full

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from edge.custody.ledger import EntryType
 from edge.durable import files
 from edge.durable.files import DirectorySync
 from edge.ingest.commit import GroupCommit
+from edge.ingest.copy import StoreFullError
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
 
@@ -162,3 +164,23 @@ def test_renames_into_one_directory_share_an_fsync_that_started_after_them(
     for thread in late:
         thread.join(10)
     assert calls == [0, 1] and returned == {"first": 1, "second": 2, "third": 2}
+
+
+async def test_a_full_disk_met_by_the_commit_is_a_store_full_error(store: StationStore) -> None:
+    """Another bay can fill the disk between a copy's ENOSPC and the reserve's release: the group commit
+    then meets SQLite's own "database or disk is full", which must reach the run as StoreFullError (it
+    stops as "station disk full"), not as a bare sqlite3 error that escapes the run."""
+    repository = IngestRepository(store)
+    commits = GroupCommit(store)
+    await commits.run(lambda: repository.entry(EntryType.ERROR, "control", {"n": 1}))  # control: room
+    # A real SQLITE_FULL: the database may not grow past the pages it has.
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")
+    big = {"n": "x" * 200_000}
+    with pytest.raises(StoreFullError, match="station disk is full") as raised:
+        await commits.run(lambda: repository.entry(EntryType.ERROR, "too-big", big))
+    assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
+    assert entries(store, EntryType.ERROR) == ["control"]
+    # Other failures pass through as they are.
+    with pytest.raises(LedgerError):
+        await commits.run(lambda: repository.entry("Not A Type", "x", {}))
