@@ -197,6 +197,8 @@ async def test_events_still_settling_when_the_station_stops_are_recorded_before_
     types = [t for t, _ in rows]
     docked = [i for i, (t, d) in enumerate(rows) if t == "device_connected" and json.loads(d).get("bay") == 3]
     assert len(docked) == 1 and docked[0] < types.index("station_stopped"), types
+    data = json.loads(rows[docked[0]][1])
+    assert (data.get("settled"), data.get("cut_by")) == (False, "station stopped"), data  # review R12
 
 
 # -- the debounce itself ---------------------------------------------------------------------------------
