@@ -3,7 +3,7 @@
 Three sources of events feed it: USB polling (recorders in control mode), the mount-table watcher
 (volumes mounted under the mount root: mass-storage recorders, and recorders switched by a session;
 see `edge.sources.usb.volumes`) and the dock controller (bays inserted/removed, debounced by
-`edge.sources.usb.bay_presence`; charge). Sessions run
+`edge.sources.usb.bay_presence`, a bouncing bay recorded with back-off and flagged; charge). Sessions run
 concurrently up to `offload.concurrency`; one bay's failure never touches another's session.
 
 SIGHUP rereads the configuration file (`edge.config.reload`): each docking keeps the configuration it
@@ -35,7 +35,7 @@ from edge.ingest.store import StationStore
 from edge.observe.api import LocalApi
 from edge.observe.board import CentralFacts, ClockFacts, StatusBoard, TaskFacts
 from edge.observe.facts import StoreFactsReader
-from edge.observe.sink import BayVacated, RefusalClass, Refused
+from edge.observe.sink import BayBouncing, BayVacated, RefusalClass, Refused
 from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.slots import ConcurrencySlot
@@ -110,6 +110,9 @@ class StationAgent:
         self._bay_stamps = itertools.count(1)
         self._led_decided: dict[int, int] = {}
         self._pulled_at_once: dict[int, tuple[int, BayLed | None]] = {}
+        # The bays the debounce calls bouncing, with the stamp of the ATTENTION the station decided for
+        # them (None: a docking's or an error's LED stood and was left).
+        self._bouncing: dict[int, int | None] = {}
         # Each busy bay holds a copy thread and a verify thread; ffprobe and USB calls need a few more.
         self.executor = ThreadPoolExecutor(
             max_workers=4 + 3 * config.offload.concurrency, thread_name_prefix="offload"
@@ -315,6 +318,7 @@ class StationAgent:
             self.store.record(EntryType.ERROR, None, {"stage": "dock", "reason": f"dock unavailable: {exc}"})
             raise
         loop = asyncio.get_running_loop()
+        cut_by = "board lost"
         try:
             for bay in list(self._bay_leds):
                 await self._show_led(bay, self._bay_leds[bay])
@@ -339,12 +343,18 @@ class StationAgent:
         except DockError as exc:
             self.store.record(EntryType.ERROR, None, {"stage": "dock", "reason": f"dock lost: {exc}"})
             raise
+        except asyncio.CancelledError:
+            cut_by = "station stopped"
+            raise
         finally:
             dock, self.dock = self.dock, None
-            # Events still settling when the dock goes (lost, or the station stops) are recorded now;
-            # their LEDs are shown when a board answers again.
+            # Events still settling when the dock goes (lost, or the station stops) are recorded now, as
+            # not settled (nobody saw them settle, review R12): they decide no LED, the status of the
+            # board that answers next does (its present bays come as insertions).
             for settled in self.bay_presence.drain():
-                self._presence_settled(settled)
+                self._presence_settled(settled, cut_by=cut_by)
+            for bay in list(self._bouncing):
+                self._bouncing_ended(bay)
             await dock.close()
 
     async def _bay_event(self, event: BayEvent) -> None:
@@ -357,7 +367,11 @@ class StationAgent:
                     view.charge_percent = event.charge_percent
             return
         present = event.kind is BayEventKind.INSERTED
-        pulled_mid_docking = not present and self._bay_leds.get(event.bay) is BayLed.COPYING
+        # A bouncing bay's presence is only counted: whether its recorder left, the USB side tells.
+        pulled_mid_docking = (
+            not present and self._bay_leds.get(event.bay) is BayLed.COPYING
+            and not self.bay_presence.bouncing(event.bay)
+        )
         if pulled_mid_docking:
             # What the bay did before the pull (its docking, still settling) stands as it was: the pull
             # is recorded on its own, never merged into the docking it ends.
@@ -373,21 +387,36 @@ class StationAgent:
             if led is not None:
                 await self._show_led(event.bay, led)
 
-    def _presence_settled(self, settled: Settled, *, mid_docking: bool = False) -> BayLed | None:
+    def _presence_settled(
+        self, settled: Settled, *, mid_docking: bool = False, cut_by: str | None = None
+    ) -> BayLed | None:
         """Record a bay's settled presence (one entry, `bay_events` counting the raw events it stands
-        for when more than one) and decide its LED; returns the LED to show, if it decided one."""
+        for when more than one) and decide its LED; returns the LED to show, if it decided one.
+        `cut_by`: why a burst was handed over before it settled (the board lost, the station stopping)."""
         assert self.store is not None
         bay = settled.bay
+        if settled.bouncing == "started":
+            return self._bouncing_started(settled)
         data: dict[str, Any] = {"bay": bay, "source": "dock", "charge_percent": settled.charge_percent}
-        if settled.raw_events > 1:
+        if settled.raw_events > 1 or settled.bouncing is not None:
             data["bay_events"] = settled.raw_events
         if not settled.settled:
             data["settled"] = False  # still bouncing: on the record, the LED waits for it to settle
+        if cut_by is not None:
+            data["cut_by"] = cut_by
+        if settled.bouncing is not None:
+            data["bouncing"] = settled.bouncing  # "ongoing": a back-off report; "ended": it held still
         self.store.record(
             EntryType.DEVICE_CONNECTED if settled.present else EntryType.DEVICE_REMOVED, None, data
         )
         if not settled.settled:
             return None
+        if settled.bouncing == "ended" and self._bouncing_ended(bay):
+            # Nothing decided since the bay went bouncing: it is ready again (a recorder in it is told by
+            # the USB side).
+            if not settled.present:
+                self.status.publish(BayVacated(bay, None))
+            return BayLed.IDLE
         if not settled.present:
             self.status.publish(BayVacated(bay, None))
         shown = self._bay_leds.get(bay)
@@ -405,6 +434,42 @@ class StationAgent:
         if led is not None:
             self._decide_led(bay, led)
         return led
+
+    def _bouncing_started(self, settled: Settled) -> BayLed | None:
+        """The bay's presence changes too often to act on: one error entry, the bay's status flag, and
+        `ATTENTION` on a bay that showed nothing of a docking (a docking's or an error's pattern stands:
+        it says more, and the dock screen tells of the bouncing in words)."""
+        assert self.store is not None
+        bay = settled.bay
+        self.store.record(EntryType.ERROR, None, {
+            "stage": "dock", "bay": bay, "changes": settled.changes,
+            "window_s": self.bay_presence.changes_window_s,
+            "reason": (
+                f"bay {bay} bouncing: its presence changed {settled.changes} times within "
+                f"{self.bay_presence.changes_window_s:g} s; recorded with back-off until it holds still for "
+                f"{self.bay_presence.calm_s:g} s"
+            ),
+        })
+        self.status.publish(BayBouncing(bay, True))
+        if self._bay_leds.get(bay) in (None, BayLed.OFF, BayLed.IDLE):
+            self._decide_led(bay, BayLed.ATTENTION)
+            self._bouncing[bay] = self._led_decided[bay]
+            return BayLed.ATTENTION
+        self._bouncing[bay] = None
+        return None
+
+    def _bouncing_ended(self, bay: int) -> bool:
+        """The bay is not bouncing any more (it held still, or its board went): flag down; an ATTENTION
+        of the bouncing that nothing replaced gives way to IDLE (True; the next board's status decides
+        the rest)."""
+        if bay not in self._bouncing:
+            return False
+        attention = self._bouncing.pop(bay)
+        self.status.publish(BayBouncing(bay, False))
+        if attention is not None and self._led_decided.get(bay) == attention:
+            self._decide_led(bay, BayLed.IDLE)
+            return True
+        return False
 
     def supervisor_alive(self, name: str) -> None:
         if self.supervisor is not None:

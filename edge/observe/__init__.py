@@ -48,6 +48,8 @@ BAY::
      "device": {"serial": str, "model": str, "battery_pct": int | null} | null,
      "files_done": int, "files_total": int, "bytes_done": int, "bytes_total": int,
      "speed_bps": int | null, "eta_s": float | null,      # while copying
+     "bouncing": bool,                # the bay board reports its presence changing too often to act
+                                      # on (a worn switch, a faulty board): see the ledger's dock error
      "since": time,                   # when it entered this state
      "updated_at": time}
 

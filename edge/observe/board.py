@@ -28,6 +28,7 @@ from edge.observe.facts import StoreFacts
 from edge.observe.metrics import StationMetrics
 from edge.observe.sink import (
     REFUSAL_CLASSES,
+    BayBouncing,
     BayChanged,
     BayPhase,
     BayVacated,
@@ -113,6 +114,7 @@ class _Bay:
     updated_at: str = field(default_factory=utc_text)
     speed_bps: float | None = None
     sample: tuple[float, int] | None = None
+    bouncing: bool = False  # the bay board reports its presence changing too often to act on
 
     def as_json(self) -> dict[str, Any]:
         files_done, files_total, bytes_done, bytes_total = self.shown
@@ -140,6 +142,7 @@ class _Bay:
             "bytes_total": bytes_total,
             "speed_bps": speed,
             "eta_s": eta,
+            "bouncing": self.bouncing,
             "since": self.since,
             "updated_at": self.updated_at,
         }
@@ -300,6 +303,12 @@ class StatusBoard:
                 self._bay_changed(event)
             elif isinstance(event, BayVacated):
                 self._bay_vacated(event)
+            elif isinstance(event, BayBouncing):
+                slot = self._slot(event.bay, None)
+                if slot.bouncing is not event.bouncing:
+                    slot.bouncing = event.bouncing
+                    slot.updated_at = utc_text()
+                    self._emit_bay(slot)
             elif isinstance(event, Refused):
                 for _ in range(min(event.count, 1_000_000)):
                     self._count(self._refusals, event.refusal_class.value, "refusals")

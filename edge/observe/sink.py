@@ -101,6 +101,15 @@ class BayVacated:
 
 
 @dataclass(frozen=True)
+class BayBouncing:
+    """The bay board reports the bay's presence changing too often to act on (a worn switch, a faulty
+    or hostile board: `edge.sources.usb.bay_presence`), or no longer (``bouncing`` False)."""
+
+    bay: int
+    bouncing: bool
+
+
+@dataclass(frozen=True)
 class Refused:
     """Something the station refused that is not a whole docking (those come as :class:`BayChanged`)."""
 
@@ -132,7 +141,7 @@ class TaskChanged:
     last_error: str | None = None
 
 
-StatusEvent = BayChanged | BayVacated | Refused | Duration | CentralContact | TaskChanged
+StatusEvent = BayChanged | BayVacated | BayBouncing | Refused | Duration | CentralContact | TaskChanged
 
 
 class StatusSink(Protocol):

@@ -103,6 +103,34 @@ def test_every_error_shows_its_words_and_what_to_do_in_both_languages(
     expect(_tile(page, 1).locator(".instruction")).to_have_text("Hand the recorder to the administrator")
 
 
+def test_a_bouncing_bay_says_so_in_words_in_both_languages_and_fits(
+    page: Page, live_server: LiveServer
+) -> None:
+    busy = _busy_bays()
+    busy[0]["bouncing"] = True  # a copying bay with every line filled, at the smaller kiosk size
+    api = StatusApi(live_server, [*busy, bay(9, "empty", bouncing=True)])
+    _open(page, api, 1280, 800)
+    for language, phrase in (("zh", "本托架插拔信号异常，请通知管理员检查"),
+                             ("en", "This bay's sensor keeps flickering: tell the administrator")):
+        for number in (1, 9):
+            expect(_tile(page, number).locator(".bouncing")).to_have_text(phrase)
+            expect(_tile(page, number).locator(".bouncing")).to_be_visible()
+        # The dot shows what the bay shows: ATTENTION on the empty one, a docking's own on the busy one.
+        expect(_tile(page, 9).locator(".led")).to_have_attribute("data-led", "ATTENTION")
+        expect(_tile(page, 1).locator(".led")).to_have_attribute("data-led", "COPYING")
+        expect(_tile(page, 1).locator(".state")).to_have_text(("正在采集", "Copying")[language == "en"])
+        found = page.evaluate(OVERFLOW_JS)
+        assert (found["wide"], found["tall"], found["page"]) == ([], [], [False, False]), (language, found)
+        shot(page, f"dock-bouncing-{language}")
+        page.locator("#language").click()
+    # Control: the flag going down takes the words away (and a bay never flagged has none).
+    api.set_bay(bay(9, "empty", bouncing=False))
+    expect(_tile(page, 9).locator(".bouncing")).to_be_hidden()
+    expect(_tile(page, 9).locator(".bouncing")).to_have_text("")
+    expect(_tile(page, 9).locator(".led")).to_have_attribute("data-led", "IDLE")
+    expect(_tile(page, 2).locator(".bouncing")).to_be_hidden()
+
+
 def test_the_language_switch_is_remembered(page: Page, live_server: LiveServer) -> None:
     api = StatusApi(live_server, [bay(1, "done")])
     _open(page, api)

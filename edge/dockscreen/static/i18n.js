@@ -29,6 +29,8 @@ const zh = {
   speed: "速度",
   eta: "剩余",
   legend: "指示灯说明",
+  // The bay board reports this bay's presence changing too often to act on (a worn switch, a faulty board).
+  bouncing: "本托架插拔信号异常，请通知管理员检查",
   disconnected: "与采集站的连接已中断，正在重新连接…",
   duration: (s) => (s >= 3600 ? `${Math.floor(s / 3600)} 小时 ${Math.floor((s % 3600) / 60)} 分`
     : s >= 60 ? `${Math.floor(s / 60)} 分 ${s % 60} 秒` : `${s} 秒`),
@@ -103,6 +105,7 @@ const en = {
   speed: "Speed",
   eta: "Left",
   legend: "What the bay lights mean",
+  bouncing: "This bay's sensor keeps flickering: tell the administrator",
   disconnected: "Lost the connection to the station, reconnecting…",
   duration: (s) => (s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`
     : s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`),

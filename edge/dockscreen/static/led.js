@@ -24,5 +24,7 @@ export function ledOf(bay, patterns) {
   if (bay.state === "error") {
     return patterns.error_class_leds[bay.error_class] ?? "ERROR";
   }
+  // The station shows ATTENTION on a bouncing bay that showed nothing of a docking (edge/station.py).
+  if (bay.bouncing && bay.state === "empty") return "ATTENTION";
   return patterns.state_leds[bay.state] ?? "OFF";
 }

@@ -128,6 +128,10 @@ function renderBay(bay) {
   setText($(".bay-no", tile), w.bay(bay.bay));
   setText($(".state", tile), heading);
   setText($(".instruction", tile), instruction);
+  // A bay whose presence the station cannot act on (bay_presence): said in words whatever the state.
+  if (bay.bouncing) tile.dataset.bouncing = "";
+  else delete tile.dataset.bouncing;
+  setText($(".bouncing", tile), bay.bouncing ? w.bouncing : "");
 
   if (view.patterns) {
     const led = ledOf(bay, view.patterns);
