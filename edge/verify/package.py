@@ -10,7 +10,8 @@ its receipt is the central's (signed tree head, inclusion proof) for exactly thi
 ledger segment holds its acquired and sealed entries; the files openssl checks (payloads, signatures,
 content.sha256) say the same as the documents they are cut from; each station's ledger segment is an
 unbroken hash chain ending at a checkpoint signed by one of the station's keys; and each line of its
-checkpoints.jsonl is signed by one of those keys, at a seq of the segment, over the hash of the entry there
+checkpoints.jsonl is signed by one of those keys within its epoch (a key a key_rotated entry of the
+segment retired signs nothing after it, the key it announced nothing before it), at a seq of the segment, over the hash of the entry there
 (recomputed) or of the redacted line there. Files are hashed a chunk at a time, so memory stays bounded
 whatever the evidence size. Redacted ledger entries (items outside the package, other dockings) are
 checked to link, and counted in a note; a disclosed entry from which no chain of whole entries reaches a
@@ -43,6 +44,7 @@ from edge.custody.disclosure import (
     entry_from_line,
     item_evidence_problems,
     item_paths,
+    key_epoch_problem,
     ledger_paths,
     ledger_segment_problems,
     manifest_signature_parts,
@@ -251,7 +253,7 @@ def _signed_seqs(
     checkpoints.jsonl that does not hold is a problem naming the line."""
     by_seq = {entry.seq: entry for entry in entries}
     first, last = (entries[0].seq, entries[-1].seq) if entries else (0, -1)
-    schedule = station_schedule(keys)
+    schedule = station_schedule(keys, entries)
     bound: set[int] = set()
     for where, cp in signed:
         if cp.station != station:
@@ -270,6 +272,10 @@ def _signed_seqs(
         if key is None:
             problems.append(Problem(where, f"is signed by key {printable(cp.key_id)}, which is not one of "
                                            "the station's keys in the package"))
+            continue
+        epoch = key_epoch_problem(schedule, cp.key_id, cp.seq)
+        if epoch is not None:
+            problems.append(Problem(where, epoch))
             continue
         if not payload or not verify_signature(key.public_key, signature, payload):
             problems.append(Problem(where, f"signature (seq {cp.seq}) does not verify with station key "
