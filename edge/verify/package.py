@@ -10,14 +10,14 @@ its receipt is the central's (signed tree head, inclusion proof) for exactly thi
 ledger segment holds its acquired and sealed entries; the files openssl checks (payloads, signatures,
 content.sha256) say the same as the documents they are cut from; each station's ledger segment is an
 unbroken hash chain ending at a checkpoint signed by one of the station's keys; and each line of its
-checkpoints.jsonl is signed by one of those keys within its epoch (a key a key_rotated entry of the
-segment retired signs nothing after it, the key it announced nothing before it), at a seq of the segment, over the hash of the entry there
+checkpoints.jsonl is signed by one of those keys, at a seq of the segment, over the hash of the entry there
 (recomputed) or of the redacted line there. Files are hashed a chunk at a time, so memory stays bounded
 whatever the evidence size. Redacted ledger entries (items outside the package, other dockings) are
 checked to link, and counted in a note; a disclosed entry from which no chain of whole entries reaches a
 signed checkpoint before a redacted line is named NOT BOUND (its content rests on the central's word), a
 redacted line where a disclosed item's manifest puts its acquired entry is refused, and each item must
-belong to the package's case.
+belong to the package's case. Every checkpoint counts only within its key's epoch: a key a key_rotated
+entry of the segment retired signs nothing after it, the key it announced nothing before it.
 """
 
 from __future__ import annotations

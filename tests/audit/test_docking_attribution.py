@@ -53,10 +53,10 @@ def test_another_officers_docking_with_the_same_usb_serial_is_not_shown(tmp_path
     bay2 = {"usb_serial": SERIAL, "usb_port": "1-2", "bay": 2}
     ledger.append("device_connected", None, {**bay1, "mode": "storage"})
     ledger.append("device_connected", None, {**bay2, "mode": "storage"})
-    ledger.append("device_authenticated", None, {**bay1, "device_serial": "D-LINA",
-                                                 "identity": {"officer_name": "李娜", "officer_no": "220002"}})
-    ledger.append("device_authenticated", None, {**bay2, "device_serial": "D-WEI",
-                                                 "identity": {"officer_name": "张伟", "officer_no": "110001"}})
+    ledger.append("device_authenticated", None, {
+        **bay1, "device_serial": "D-LINA", "identity": {"officer_name": "李娜", "officer_no": "220002"}})
+    ledger.append("device_authenticated", None, {
+        **bay2, "device_serial": "D-WEI", "identity": {"officer_name": "张伟", "officer_no": "110001"}})
     ledger.append("clock_measured", None, {**bay2, "device_serial": "D-WEI", "offset_ms": 5})
     ledger.append("clock_measured", None, {**bay1, "device_serial": "D-LINA", "offset_ms": 3})
     ledger.append("session_started", None, {"session": "s-lina", "bay": 1, "identity": {
