@@ -48,6 +48,7 @@ from edge.runtime.logs import event_fields
 __all__ = [
     "HTTP_STATUS",
     "MAX_SEGMENT_ENTRIES",
+    "SEGMENT_CHECKPOINTS",
     "Caller",
     "MerkleLogLike",
     "Registered",
@@ -241,6 +242,10 @@ def parse_segment(doc: object) -> tuple[list[LedgerEntry], Checkpoint]:
     except LedgerError as exc:
         raise Rejection(RejectCode.BAD_CHECKPOINT, str(exc)) from None
     return entries, checkpoint
+
+
+# The capability a ledger answer advertises in ``accepts``: segments may carry ``checkpoints``.
+SEGMENT_CHECKPOINTS = "checkpoints"
 
 
 def parse_segment_checkpoints(doc: Mapping[str, Any], entries: Sequence[LedgerEntry]) -> list[Checkpoint]:
@@ -633,6 +638,9 @@ class Registrar:
             "hash": hash_hex,
             "witnessed_head": None if witnessed is None else witnessed.to_dict(),
             "tree_head": tree_head.to_dict(),
+            # What this central takes in a ledger segment beyond entries and checkpoint: a station sends
+            # its other checkpoints only to a central that says so (an older one refuses the member).
+            "accepts": [SEGMENT_CHECKPOINTS],
         }
 
     def witnessed_head(
