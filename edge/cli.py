@@ -180,7 +180,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             except (ConfigError, CustodyError) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-        report = verify_package(target, central_key)
+        try:
+            station_keys = [load_public_key(Path(name)) for name in args.station_key]
+        except CustodyError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        report = verify_package(target, central_key, station_keys)
     elif args.item or is_store(target):
         if not is_store(target):
             print(f"error: {target} is not a station store (no state.db)", file=sys.stderr)
@@ -421,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--central-key", help="the central's signing public key (central-signing.pub), to verify receipts"
     )
     verify.add_argument("--content", help="with a receipt: the file whose bytes it should receipt")
+    verify.add_argument(
+        "--station-key", action="append", default=[], metavar="FILE",
+        help="for a disclosure package: a station public key (PEM) obtained from the station, not from the "
+        "package; repeatable; only pinned station keys are then trusted",
+    )
     verify.add_argument(
         "--config",
         help="the station configuration of the store (default: $EDGE_STATION_CONFIG, else "
