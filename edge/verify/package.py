@@ -16,8 +16,7 @@ whatever the evidence size. Redacted ledger entries (items outside the package, 
 checked to link, and counted in a note; a disclosed entry from which no chain of whole entries reaches a
 signed checkpoint before a redacted line is named NOT BOUND (its content rests on the central's word), a
 redacted line where a disclosed item's manifest puts its acquired entry is refused, and each item must
-belong to the package's case. Every checkpoint counts only within its key's epoch: a key a key_rotated
-entry of the segment retired signs nothing after it, the key it announced nothing before it.
+belong to the package's case.
 """
 
 from __future__ import annotations
@@ -250,7 +249,9 @@ def _signed_seqs(
     keys: Mapping[str, Ed25519PublicKey], problems: list[Problem],
 ) -> set[int]:
     """Seqs of whole entries whose recomputed hash a valid station checkpoint signs; every line of
-    checkpoints.jsonl that does not hold is a problem naming the line."""
+    checkpoints.jsonl that does not hold is a problem naming the line. A checkpoint counts only within its
+    key's epoch: a key a key_rotated entry of the segment retired signs nothing after it, the key it
+    announced nothing before it (as for `edge verify STORE`)."""
     by_seq = {entry.seq: entry for entry in entries}
     first, last = (entries[0].seq, entries[-1].seq) if entries else (0, -1)
     schedule = station_schedule(keys, entries)
