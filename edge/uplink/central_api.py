@@ -127,7 +127,9 @@ class CentralApi:
         try:
             return await send(signed)
         except CentralRejected as exc:
-            if exc.status != 400 or exc.code != "bad_request" or SEGMENT_CHECKPOINTS not in exc.detail:
+            # The previous release's words: "ledger segment has unknown members ['checkpoints']; ...".
+            older = "unknown members" in exc.detail and repr(SEGMENT_CHECKPOINTS) in exc.detail
+            if exc.status != 400 or exc.code != "bad_request" or not older:
                 raise
             self.takes_checkpoints = False
             log.error(

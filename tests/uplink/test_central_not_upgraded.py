@@ -24,7 +24,7 @@ from edge.central.registration import SEGMENT_CHECKPOINTS
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.keys import StationKey
 from edge.custody.ledger import GENESIS_PREV, Checkpoint, Ledger, LedgerEntry
-from edge.uplink.central_api import CentralApi
+from edge.uplink.central_api import CentralApi, CentralRejected
 
 STATION = "ST-1"
 
@@ -132,3 +132,29 @@ async def test_segments_reach_a_central_whether_or_not_it_takes_checkpoints(
     fresh = CentralApi(api.session, api.base_url, STATION)
     await fresh.ledger_state()
     assert fresh.takes_checkpoints is fake.upgraded
+
+
+async def test_another_refusal_of_the_checkpoints_is_not_taken_for_an_older_central() -> None:
+    """A central that takes checkpoints but refuses these (malformed, too many) is not an older central:
+    the refusal stands, and the station does not stop sending checkpoints."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        detail = "ledger segment checkpoints must be a list of at most two checkpoints per entry"
+        return web.json_response({"error": "bad_request", "detail": detail}, status=400)
+
+    app = web.Application()
+    app.router.add_post(f"/v1/stations/{STATION}/ledger", refuse)
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    entries, signed = _ledger()
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = CentralApi(session, f"http://127.0.0.1:{port}", STATION)
+            with pytest.raises(CentralRejected, match="at most two checkpoints"):
+                await api.post_ledger(entries[:2], signed[1], signed[:2])
+            assert api.takes_checkpoints is None
+    finally:
+        await runner.cleanup()
