@@ -87,6 +87,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             '[uplink], or set policy = "after-verify" and accept what it costs (README, wipe policies)',
             file=sys.stderr,
         )
+    if config.station.checkpoint_every > 1:
+        # Valid, but a station upgraded in place keeps the old example's 64 in /etc: say what it costs.
+        print(
+            f"warning: [station] checkpoint_every = {config.station.checkpoint_every} signs a checkpoint "
+            "only every that many ledger entries: disclosure packages of cases whose entries share their "
+            "ledger stretch with other cases will verify NOT BOUND (exit 5). Set checkpoint_every = 1 (the "
+            "default: every entry signed; README, upgrading)",
+            file=sys.stderr,
+        )
     return ExitCode.OK
 
 
@@ -171,7 +180,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             except (ConfigError, CustodyError) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-        report = verify_package(target, central_key)
+        try:
+            station_keys = [load_public_key(Path(name)) for name in args.station_key]
+        except CustodyError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        report = verify_package(target, central_key, station_keys)
     elif args.item or is_store(target):
         if not is_store(target):
             print(f"error: {target} is not a station store (no state.db)", file=sys.stderr)
@@ -412,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--central-key", help="the central's signing public key (central-signing.pub), to verify receipts"
     )
     verify.add_argument("--content", help="with a receipt: the file whose bytes it should receipt")
+    verify.add_argument(
+        "--station-key", action="append", default=[], metavar="FILE",
+        help="for a disclosure package: a station public key (PEM) obtained from the station, not from the "
+        "package; repeatable; only pinned station keys are then trusted",
+    )
     verify.add_argument(
         "--config",
         help="the station configuration of the store (default: $EDGE_STATION_CONFIG, else "

@@ -35,6 +35,7 @@ from edge.central.index import ItemRecord, StationRecord
 from edge.central.objects import ObjectCorrupt, ObjectMismatch, ObjectStore, ObjectStoreError
 from edge.central.storage import Index, UnitOfWork
 from edge.custody.canonical import canonical_json, sha256_hex
+from edge.custody.disclosure import key_epoch_problem, shown_rotations, station_schedule
 from edge.custody.errors import CanonicalJsonError, KeyFormatError, LedgerError
 from edge.custody.keys import StationKey, key_id_of
 from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry, station_time_now, verify_chain
@@ -47,6 +48,7 @@ from edge.runtime.logs import event_fields
 __all__ = [
     "HTTP_STATUS",
     "MAX_SEGMENT_ENTRIES",
+    "SEGMENT_CHECKPOINTS",
     "Caller",
     "MerkleLogLike",
     "Registered",
@@ -242,6 +244,10 @@ def parse_segment(doc: object) -> tuple[list[LedgerEntry], Checkpoint]:
     return entries, checkpoint
 
 
+# The capability a ledger answer advertises in ``accepts``: segments may carry ``checkpoints``.
+SEGMENT_CHECKPOINTS = "checkpoints"
+
+
 def parse_segment_checkpoints(doc: Mapping[str, Any], entries: Sequence[LedgerEntry]) -> list[Checkpoint]:
     """The segment's optional ``checkpoints``: the other checkpoints the station signed at its seqs.
 
@@ -271,20 +277,33 @@ def parse_segment_checkpoints(doc: Mapping[str, Any], entries: Sequence[LedgerEn
 
 def check_segment_checkpoints(
     checkpoints: Sequence[Checkpoint], entries: Sequence[LedgerEntry], station_id: str,
-    public_key: Ed25519PublicKey,
+    public_key: Ed25519PublicKey, enrolled_keys: Mapping[str, Ed25519PublicKey] | None = None,
 ) -> list[Checkpoint]:
-    """The checkpoints to keep: those signed by the enrolled key, each checked to sign its entry's hash.
+    """The checkpoints to keep: those signed by a key of the station, each checked to sign its entry's hash
+    within that key's epoch.
 
-    One signed by another key (the old key at a rotation) cannot be checked here and is not kept; one by
-    the enrolled key that does not verify or signs another hash is refused (:class:`Rejection`).
+    The station's keys are the enrolled key, every key it was ever enrolled with (``enrolled_keys``: after a
+    rotation the segment still carries the old key's checkpoints at the entries before it, which every
+    package lists that key for) and the old keys the segment's ``key_rotated`` entries announce; the epochs
+    are the segment's rotations (a retired key signs nothing after its rotation, a new one nothing before).
+    One signed by a key of none of these cannot be checked here and is not kept; one by a known key that
+    does not verify, signs another hash or lies outside its key's epoch is refused (:class:`Rejection`).
     """
     by_seq = {entry.seq: entry for entry in entries}
-    enrolled = key_id_of(public_key)
+    known: dict[str, Ed25519PublicKey] = dict(enrolled_keys or {})
+    rotations, _ = shown_rotations(entries)  # a malformed one: check_segment's chain check stands
+    known.update((rotation.old_key_id, rotation.old_public_key) for rotation in rotations)
+    known[key_id_of(public_key)] = public_key
+    schedule = station_schedule(known, entries)
     kept = []
     for cp in checkpoints:
-        if cp.key_id != enrolled:
+        key = known.get(cp.key_id)
+        if key is None:
             continue
-        _check_checkpoint(cp, by_seq[cp.seq], station_id, public_key, signs="the segment's entry at its seq")
+        outside = key_epoch_problem(schedule, cp.key_id, cp.seq)
+        if outside is not None:
+            raise Rejection(RejectCode.BAD_CHECKPOINT, f"the checkpoint at seq {cp.seq} {outside}")
+        _check_checkpoint(cp, by_seq[cp.seq], station_id, key, signs="the segment's entry at its seq")
         kept.append(cp)
     return kept
 
@@ -619,6 +638,9 @@ class Registrar:
             "hash": hash_hex,
             "witnessed_head": None if witnessed is None else witnessed.to_dict(),
             "tree_head": tree_head.to_dict(),
+            # What this central takes in a ledger segment beyond entries and checkpoint: a station sends
+            # its other checkpoints only to a central that says so (an older one refuses the member).
+            "accepts": [SEGMENT_CHECKPOINTS],
         }
 
     def witnessed_head(
@@ -659,7 +681,8 @@ class Registrar:
                 check_segment, entries, checkpoint, station_id=station_id, public_key=public_key, head=head,
                 accepted=accepted,
             )
-            kept = await asyncio.to_thread(check_segment_checkpoints, signed, entries, station_id, public_key)
+            kept = await asyncio.to_thread(check_segment_checkpoints, signed, entries, station_id, public_key,
+                                           self.index.station_keys(station_id))
             now = self._clock()
             with self.index.transaction():
                 if self.index.ledger_head(station_id) != head:  # unreachable under the lock; kept as a guard

@@ -51,9 +51,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.custody.canonical import canonical_json, sha256_hex
-from edge.custody.errors import CanonicalJsonError, LedgerError
+from edge.custody.errors import CanonicalJsonError, KeyFormatError, LedgerError
 from edge.custody.keys import key_id_of
-from edge.custody.keyschedule import KeySchedule, ScheduledKey
+from edge.custody.keyschedule import KEY_ROTATED, KeyRotation, KeySchedule, ScheduledKey, parse_rotation
 from edge.custody.ledger import Checkpoint, LedgerEntry, RedactedEntry, verify_chain
 from edge.custody.manifest import verify_manifest
 from edge.custody.problems import Problem
@@ -76,11 +76,14 @@ __all__ = [
     "entry_line",
     "item_evidence_problems",
     "item_paths",
+    "key_epoch_problem",
     "ledger_paths",
     "ledger_segment_problems",
     "manifest_signature_parts",
     "openssl_commands",
+    "shown_rotations",
     "station_key_file",
+    "station_schedule",
     "tree_head_signature_parts",
 ]
 
@@ -280,10 +283,57 @@ def entry_from_line(doc: object, where: str) -> LedgerEntry | RedactedEntry:
     return LedgerEntry(seq=seq, time=time, type=type_, item=item, data=data, prev=prev, hash=hash_)
 
 
-def station_schedule(keys: Mapping[str, Ed25519PublicKey]) -> KeySchedule:
-    """Every enrolled key of a station, each trusted for the whole segment (a package holds no rotation
-    history; the full store check of `edge verify STORE` applies the rotation rules)."""
-    return KeySchedule([ScheduledKey(key_id, key, 0, None) for key_id, key in sorted(keys.items())], [])
+def station_schedule(
+    keys: Mapping[str, Ed25519PublicKey], entries: Iterable[LedgerEntry | RedactedEntry] = ()
+) -> KeySchedule:
+    """The station's keys in the package, each trusted over its epoch as the segment shows it: a key the
+    segment's ``key_rotated`` entries retire signs nothing after that seq, a key one announces signs nothing
+    before it (the rules of `edge verify STORE`, :mod:`edge.custody.keyschedule`). A key no rotation in the
+    segment names is trusted over the whole segment: the package holds only the segment's rotations."""
+    introduced: dict[str, int] = {}
+    retired: dict[str, tuple[int, bool]] = {}
+    for rotation in shown_rotations(entries)[0]:
+        retired.setdefault(rotation.old_key_id, (rotation.seq, rotation.old_key_lost))
+        introduced.setdefault(rotation.new_key_id, rotation.seq)
+    scheduled = [
+        ScheduledKey(key_id, key, introduced.get(key_id, 0), retired.get(key_id, (None, False))[0],
+                     retired.get(key_id, (None, False))[1])
+        for key_id, key in sorted(keys.items())
+    ]
+    scheduled.sort(key=lambda key: key.introduced_at)
+    return KeySchedule(scheduled, [])
+
+
+def shown_rotations(
+    entries: Iterable[LedgerEntry | RedactedEntry],
+) -> tuple[list[KeyRotation], list[Problem]]:
+    """The ``key_rotated`` entries the segment shows whole, decoded; one that cannot be decoded is a
+    problem naming its seq (its key epochs could not be applied)."""
+    rotations: list[KeyRotation] = []
+    problems: list[Problem] = []
+    for entry in entries:
+        if not isinstance(entry, LedgerEntry) or entry.type != KEY_ROTATED:
+            continue
+        try:
+            rotations.append(parse_rotation(entry.seq, entry.data))
+        except KeyFormatError as exc:
+            problems.append(Problem(f"ledger seq {entry.seq}", f"key_rotated entry is malformed, its key "
+                                                               f"epochs cannot be applied: {exc}"))
+    return rotations, problems
+
+
+def key_epoch_problem(schedule: KeySchedule, key_id: str, seq: int) -> str | None:
+    """Why the key may not sign a checkpoint at ``seq`` (outside its epoch), or None."""
+    key = schedule.get(key_id)
+    if key is None:
+        return None
+    if key.retired_at is not None and seq > key.retired_at:
+        return (f"is signed by key {key.key_id}, which the segment's key_rotated entry retired at seq "
+                f"{key.retired_at}: a retired key signs nothing after its rotation")
+    if seq < key.introduced_at:
+        return (f"is signed by key {key.key_id}, which the segment's key_rotated entry announced only at seq "
+                f"{key.introduced_at}: a key signs nothing before its rotation")
+    return None
 
 
 def ledger_segment_problems(
@@ -299,8 +349,13 @@ def ledger_segment_problems(
     if not station_keys:
         return [Problem(f"ledger of station {station}", "no station key to check its checkpoint with")]
     first, last = entries[0], entries[-1]
-    problems = verify_chain(entries, [checkpoint], station_schedule(station_keys), station,
-                            after=(first.seq - 1, first.prev))
+    schedule = station_schedule(station_keys, entries)
+    problems = shown_rotations(entries)[1]
+    problems += verify_chain(entries, [checkpoint], schedule, station, after=(first.seq - 1, first.prev))
+    key = schedule.get(checkpoint.key_id)
+    if key is not None and checkpoint.seq < key.introduced_at:  # a retired key: verify_chain names it
+        problems.append(Problem(f"checkpoint seq {checkpoint.seq}",
+                                str(key_epoch_problem(schedule, key.key_id, checkpoint.seq))))
     if checkpoint.seq < last.seq:
         problems.append(Problem(f"ledger of station {station}",
                                 f"the checkpoint is at seq {checkpoint.seq} but the segment runs to seq "

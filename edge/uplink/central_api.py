@@ -20,7 +20,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -36,6 +36,9 @@ from edge.uplink.transport import LedgerAnswer
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 4 << 20
+# The capability a central's ledger answer lists in ``accepts`` when it takes a segment's ``checkpoints``
+# (edge.central.registration.SEGMENT_CHECKPOINTS; the uplink does not import the central).
+SEGMENT_CHECKPOINTS = "checkpoints"
 _TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 
 
@@ -81,6 +84,9 @@ class CentralApi:
         self.station_id = station_id
         self.headers = dict(headers or {})
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # Does the central take a segment's other checkpoints? None until one of its ledger answers (or a
+        # refusal of the member) says: a central not yet upgraded refuses the whole segment for it.
+        self.takes_checkpoints: bool | None = None
 
     def _station_url(self, tail: str) -> str:
         return f"{self.base_url}/v1/stations/{quote(self.station_id, safe='')}/{tail}"
@@ -92,15 +98,46 @@ class CentralApi:
     async def ledger_state(self) -> LedgerAnswer:
         """The accepted head with the central's witnessed head and its log's tree head."""
         doc = await self._request("GET", self._station_url("ledger/head"), None)
-        return _ledger_answer(doc, "ledger head")
+        return self._learn(_ledger_answer(doc, "ledger head"), doc)
 
     async def post_ledger(
         self, entries: Sequence[LedgerEntry], checkpoint: Checkpoint, signed: Sequence[Checkpoint] = ()
     ) -> LedgerAnswer:
         """Send a segment of our ledger (``signed``: the other checkpoints at its seqs); the answer is the
         head the central now holds."""
-        doc = await self._request("POST", self._station_url("ledger"), _segment(entries, checkpoint, signed))
-        return _ledger_answer(doc, "ledger answer")
+        doc = await self._with_checkpoints(
+            signed, lambda sent: self._request("POST", self._station_url("ledger"),
+                                               _segment(entries, checkpoint, sent)))
+        return self._learn(_ledger_answer(doc, "ledger answer"), doc)
+
+    def _learn(self, answer: LedgerAnswer, doc: Mapping[str, Any]) -> LedgerAnswer:
+        accepts = doc.get("accepts")
+        self.takes_checkpoints = isinstance(accepts, list) and SEGMENT_CHECKPOINTS in accepts
+        return answer
+
+    async def _with_checkpoints(
+        self, signed: Sequence[Checkpoint],
+        send: Callable[[Sequence[Checkpoint]], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """Send a request carrying a ledger segment, with its checkpoints unless the central does not take
+        them; a central that refuses the member (not yet upgraded) gets the segment again without them,
+        and the station says loudly why its packages will verify NOT BOUND."""
+        if not signed or self.takes_checkpoints is False:
+            return await send(())
+        try:
+            return await send(signed)
+        except CentralRejected as exc:
+            # The previous release's words: "ledger segment has unknown members ['checkpoints']; ...".
+            older = "unknown members" in exc.detail and repr(SEGMENT_CHECKPOINTS) in exc.detail
+            if exc.status != 400 or exc.code != "bad_request" or not older:
+                raise
+            self.takes_checkpoints = False
+            log.error(
+                "the central %s refuses ledger segments carrying checkpoints (%s): it is older than this "
+                "station. Segments are sent without them, so disclosure packages of the entries sent now "
+                "will verify NOT BOUND: upgrade the central first (README, upgrading)",
+                self.base_url, exc.detail[:200])
+            return await send(())
 
     async def ledger_page(self, after: int, limit: int) -> dict[str, Any]:
         """Entries of our ledger the central holds after seq ``after`` (at most ``limit``), with ``next``
@@ -138,11 +175,14 @@ class CentralApi:
         signed: Sequence[Checkpoint] = (),
     ) -> dict[str, Any]:
         """Register an uploaded item; returns the receipt document (unverified)."""
-        body: dict[str, Any] = {"upload": upload_id, "manifest": dict(manifest), "ledger": None}
-        if entries:
-            assert checkpoint is not None
-            body["ledger"] = _segment(entries, checkpoint, signed)
-        doc = await self._request("POST", self._station_url("items"), body)
+        def request(sent: Sequence[Checkpoint]) -> Awaitable[dict[str, Any]]:
+            body: dict[str, Any] = {"upload": upload_id, "manifest": dict(manifest), "ledger": None}
+            if entries:
+                assert checkpoint is not None
+                body["ledger"] = _segment(entries, checkpoint, sent)
+            return self._request("POST", self._station_url("items"), body)
+
+        doc = await self._with_checkpoints(signed if entries else (), request)
         receipt = doc.get("receipt")
         if not isinstance(receipt, dict):
             raise CentralRejected(200, "bad_response", "registration answer carries no receipt object")

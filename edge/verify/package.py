@@ -26,7 +26,7 @@ import binascii
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from edge.custody.disclosure import (
     entry_from_line,
     item_evidence_problems,
     item_paths,
+    key_epoch_problem,
     ledger_paths,
     ledger_segment_problems,
     manifest_signature_parts,
@@ -248,10 +249,12 @@ def _signed_seqs(
     keys: Mapping[str, Ed25519PublicKey], problems: list[Problem],
 ) -> set[int]:
     """Seqs of whole entries whose recomputed hash a valid station checkpoint signs; every line of
-    checkpoints.jsonl that does not hold is a problem naming the line."""
+    checkpoints.jsonl that does not hold is a problem naming the line. A checkpoint counts only within its
+    key's epoch: a key a key_rotated entry of the segment retired signs nothing after it, the key it
+    announced nothing before it (as for `edge verify STORE`)."""
     by_seq = {entry.seq: entry for entry in entries}
     first, last = (entries[0].seq, entries[-1].seq) if entries else (0, -1)
-    schedule = station_schedule(keys)
+    schedule = station_schedule(keys, entries)
     bound: set[int] = set()
     for where, cp in signed:
         if cp.station != station:
@@ -270,6 +273,10 @@ def _signed_seqs(
         if key is None:
             problems.append(Problem(where, f"is signed by key {printable(cp.key_id)}, which is not one of "
                                            "the station's keys in the package"))
+            continue
+        epoch = key_epoch_problem(schedule, cp.key_id, cp.seq)
+        if epoch is not None:
+            problems.append(Problem(where, epoch))
             continue
         if not payload or not verify_signature(key.public_key, signature, payload):
             problems.append(Problem(where, f"signature (seq {cp.seq}) does not verify with station key "
@@ -300,7 +307,10 @@ def central_key_fingerprint(key: Ed25519PublicKey) -> str:
     return " ".join(digest[i:i + 4] for i in range(0, len(digest), 4))
 
 
-def verify_package(root: Path, central_key: Ed25519PublicKey | None = None) -> VerifyReport:
+def verify_package(
+    root: Path, central_key: Ed25519PublicKey | None = None,
+    pinned_station_keys: Sequence[Ed25519PublicKey] | None = None,
+) -> VerifyReport:
     """Every problem with the unzipped package at ``root``; ``central_key`` pins the central's key.
 
     Without a pinned key the package's own key is used for the checks, and ``report.unproven["origin"]``
@@ -308,6 +318,11 @@ def verify_package(root: Path, central_key: Ed25519PublicKey | None = None) -> V
     that a redacted line separates from the station's signed checkpoint are named in
     ``report.unproven["binding"]``: their content rests on the central's word alone (a redacted line's
     hash cannot be recomputed).
+
+    The station keys are whatever package.json lists, and only the central vouches for that list:
+    ``pinned_station_keys`` (``--station-key``, obtained from the station, not from the package) are then
+    the only station keys trusted, and anything signed by another key the package lists fails. Without
+    pins the report notes each station key's fingerprint as enrolled at the central.
     """
     report = VerifyReport(f"disclosure package {root}")
     problems = report.problems
@@ -338,6 +353,7 @@ def verify_package(root: Path, central_key: Ed25519PublicKey | None = None) -> V
     if central_key is None:
         return report
     keys = _station_keys(root, index, problems)
+    _apply_station_pins(keys, pinned_station_keys, report)
     segments: dict[str, list[LedgerEntry | RedactedEntry]] = {}
     anchored: dict[str, set[int]] = {}  # station -> seqs of whole entries a valid station checkpoint signs
     redacted = 0
@@ -367,6 +383,31 @@ def verify_package(root: Path, central_key: Ed25519PublicKey | None = None) -> V
                             "are redacted: they were checked to link into the chain, their content is not "
                             "disclosed")
     return report
+
+
+def _apply_station_pins(
+    keys: dict[str, dict[str, Any]], pinned: Sequence[Ed25519PublicKey] | None, report: VerifyReport
+) -> None:
+    """Keep only pinned station keys (naming each listed key that is not), or note, without pins, that the
+    station keys are as enrolled at the central: a central that lists a key of its own choosing as the
+    station's could otherwise re-sign any entry it rewrites."""
+    if not pinned:
+        for station, station_keys in sorted(keys.items()):
+            for key_id, key in sorted(station_keys.items()):
+                report.notes.append(
+                    f"STATION KEY AS ENROLLED AT THE CENTRAL: station {station} key {key_id} (SHA-256 "
+                    f"fingerprint {central_key_fingerprint(key)}). The package's station keys are the "
+                    "central's word: compare with the station's own public key (keys/station.key.pub of its "
+                    "store), then pin it: edge verify --station-key station.pub ...")
+        return
+    allowed = {public_key_raw(key) for key in pinned}
+    for station, station_keys in sorted(keys.items()):
+        for key_id in sorted(station_keys):
+            if public_key_raw(station_keys[key_id]) not in allowed:
+                del station_keys[key_id]
+                report.notes.append(f"station {station} key {key_id} is listed in {INDEX_FILE} but not "
+                                    "pinned (--station-key): nothing it signs is trusted")
+    report.checked["station_keys_pinned"] = len(pinned)
 
 
 def _check_binding(

@@ -17,8 +17,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import zipfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from cryptography.hazmat.primitives import serialization
@@ -106,13 +106,19 @@ STATION_LEVEL_TYPES = frozenset({
 # Entries of a docking: shown only for the docking that produced a disclosed item (its device, officer,
 # bay and clock facts are the item's custody); another officer's docking names their device, their name
 # and number, their battery and bay, and is redacted. Attributed by the session id, or before the session
-# starts by the recorder's USB serial from its last `device_connected` on; bay-only dock events and volume
-# mounts name no recorder, cannot be attributed, and are redacted like errors and refusals of no item
-# (which may name anyone's device or volume).
+# starts by the recorder's USB serial *and* its bay, USB port and device serial wherever the entry names
+# them, from its last `device_connected` on: USB serials are not unique in the field (a batch of cheap
+# recorders shares one, a hostile device copies one), so a serial alone would show another bay's officer.
+# Bay-only dock events and volume mounts name no recorder, cannot be attributed, and are redacted; errors
+# and refusals of no item are shown only when they fall inside a disclosed docking and name its session or
+# its recorder (:data:`DOCKING_FAULT_TYPES`), otherwise redacted (they may name anyone's device or volume).
 DOCKING_TYPES = frozenset({
     EntryType.DEVICE_CONNECTED, EntryType.DEVICE_AUTHENTICATED, EntryType.CLOCK_MEASURED,
     EntryType.CLOCK_SET, EntryType.SESSION_STARTED, EntryType.SESSION_STOPPED, EntryType.DEVICE_REMOVED,
 })
+# Faults of no item (a file that failed to copy, a refused file): the disclosed docking's own custody
+# when they lie between its first entry and its session_stopped and name its session or its recorder.
+DOCKING_FAULT_TYPES = frozenset({EntryType.ERROR, EntryType.REFUSED})
 # How far before its session_started a docking's first entry may lie (connect, authenticate, clock).
 _DOCKING_LOOKBACK = 256
 
@@ -125,6 +131,18 @@ class _Docking:
     usb_serial: str | None
     first_seq: int  # its device_connected (or its session_started when none is found)
     started_seq: int
+    bay: object = None  # as its session_started names it (None: a port mapped to no bay)
+    usb_port: str | None = None  # as its device_connected names it
+    device_serial: str | None = None  # as its session_started's identity names it
+    stopped_seq: int | None = None  # its session_stopped; None while the docking has not ended
+
+    def names_recorder(self, data: Mapping[str, object]) -> bool:
+        """Does an entry's data name this docking's recorder? It names its USB serial or device serial, and
+        every one of the USB serial, bay, USB port and device serial it carries is this docking's."""
+        expected = {"usb_serial": self.usb_serial, "bay": self.bay, "usb_port": self.usb_port,
+                    "device_serial": self.device_serial}
+        named = any(name in data and expected[name] is not None for name in ("usb_serial", "device_serial"))
+        return named and all(data[name] == value for name, value in expected.items() if name in data)
 
 
 def _dockings(station: str, sessions: set[str], index: Index) -> list[_Docking]:
@@ -138,13 +156,18 @@ def _dockings(station: str, sessions: set[str], index: Index) -> list[_Docking]:
         identity = started.data.get("identity")
         usb = identity.get("usb_serial") if isinstance(identity, dict) else None
         usb = usb if isinstance(usb, str) else None
-        first = started.seq
+        device = identity.get("device_serial") if isinstance(identity, dict) else None
+        device = device if isinstance(device, str) else None
+        bay = started.data.get("bay")
+        first, port = started.seq, None
         for entry in index.ledger_entries(station, max(1, started.seq - _DOCKING_LOOKBACK),
                                           end_seq=started.seq - 1):
-            if entry.type == EntryType.DEVICE_CONNECTED and usb is not None and entry.data.get(
-                    "usb_serial") == usb:
-                first = entry.seq  # the last connect of this recorder before its session
-        dockings.append(_Docking(str(session), usb, first, started.seq))
+            if (entry.type == EntryType.DEVICE_CONNECTED and usb is not None
+                    and entry.data.get("usb_serial") == usb and entry.data.get("bay") == bay):
+                first = entry.seq  # the last connect of this recorder at this bay before its session
+                found_port = entry.data.get("usb_port")
+                port = found_port if isinstance(found_port, str) else None
+        dockings.append(_Docking(str(session), usb, first, started.seq, bay, port, device))
     return dockings
 
 
@@ -153,10 +176,17 @@ def _of_docking(entry: LedgerEntry, dockings: list[_Docking], removed_after: dic
     for docking in dockings:
         if entry.data.get("session") == docking.session:
             return True
+        if entry.type in DOCKING_FAULT_TYPES:
+            # A fault naming its recorder, between its first entry and its end.
+            end = docking.stopped_seq if docking.stopped_seq is not None else entry.seq
+            if docking.first_seq <= entry.seq <= end and docking.names_recorder(entry.data):
+                return True
+            continue
         if docking.usb_serial is None or entry.data.get("usb_serial") != docking.usb_serial:
             continue
-        # Its connect, authentication and clock before the session; its removal after it.
-        if docking.first_seq <= entry.seq <= docking.started_seq:
+        # Its connect, authentication and clock before the session (at its bay and port); its removal after
+        # it (the USB poll's removal names the USB serial alone, and nothing else).
+        if docking.first_seq <= entry.seq <= docking.started_seq and docking.names_recorder(entry.data):
             return True
         if entry.type == EntryType.DEVICE_REMOVED and removed_after.get(docking.session) == entry.seq:
             return True
@@ -170,7 +200,7 @@ def _shown(entry: LedgerEntry, disclosed: set[str], dockings: list[_Docking],
         return entry.item in disclosed
     if entry.type in STATION_LEVEL_TYPES:
         return True
-    return entry.type in DOCKING_TYPES and _of_docking(entry, dockings, removed_after)
+    return (entry.type in DOCKING_TYPES | DOCKING_FAULT_TYPES) and _of_docking(entry, dockings, removed_after)
 
 
 def segment_for(station: str, records: Iterable[ItemRecord], index: Index) -> StationSegment | None:
@@ -187,8 +217,13 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index) -> St
     dockings = _dockings(station, sessions, index)
     first = min([e.seq for e in entries] + [d.first_seq for d in dockings])
     # To the end of those dockings too: their session_stopped says how each ended (items, errors, wipes).
-    stopped = [e.seq for e in index.ledger_entries(station, first, type_=EntryType.SESSION_STOPPED)
-               if e.data.get("session") in sessions]
+    stopped_entries = [e for e in index.ledger_entries(station, first, type_=EntryType.SESSION_STOPPED)
+                       if e.data.get("session") in sessions]
+    stopped = [e.seq for e in stopped_entries]
+    stopped_at: dict[str, int] = {}
+    for entry in stopped_entries:
+        stopped_at.setdefault(str(entry.data["session"]), entry.seq)
+    dockings = [replace(d, stopped_seq=stopped_at.get(d.session)) for d in dockings]
     last = max([e.seq for e in entries] + stopped)
     checkpoint = next(iter(index.checkpoints(station, last, last) or index.checkpoints(station, last)), None)
     if checkpoint is None:
