@@ -3,6 +3,8 @@
 A disclosure package is everything a court expert needs to check one case's evidence without the central:
 
     package.json                      what the package holds (format, case, items, stations, key files)
+                                      and its coverage: per station the ledger head the central held and
+                                      each disclosed item's last entry (the central's signed statement)
     SHA256SUMS                        sha256sum lines of every other file but SHA256SUMS.sig
     SHA256SUMS.sig                    the central's Ed25519 signature over SHA256SUMS (raw 64 bytes)
     README.html, VERIFY.txt           how to verify it, in Chinese and English
@@ -31,6 +33,9 @@ cannot be re-hashed. A disclosed entry is therefore bound to the station's signa
 whole entries leads from it to one the station signed a checkpoint at, before any redacted line (or when a
 station-signed manifest names its hash); `edge verify` names every other entry of a disclosed item NOT
 BOUND. With the station's default cadence (a checkpoint at every entry) every disclosed entry is bound.
+Each station entry of an item also names the hash of the item's previous entry (``data.item_prev``), so a
+verifier walking back from the item's stated last entry (``coverage``) sees any entry of it that the
+package hides as a redacted line or cuts off the end (:mod:`edge.verify.package`).
 
 Everything here is pure: the central builds packages with it (:mod:`edge.central.disclosure`), `edge
 verify` checks them (:mod:`edge.verify.package`) and the spot checks (:mod:`edge.central.spotcheck`)

@@ -16,7 +16,9 @@ whatever the evidence size. Redacted ledger entries (items outside the package, 
 checked to link, and counted in a note; a disclosed entry from which no chain of whole entries reaches a
 signed checkpoint before a redacted line is named NOT BOUND (its content rests on the central's word), a
 redacted line where a disclosed item's manifest puts its acquired entry is refused, and each item must
-belong to the package's case.
+belong to the package's case. Each item's entries must all be shown: its ``item_prev`` links, walked back
+from the last entry package.json states (``coverage``), meet only whole entries of the item down to its
+acquired entry; an item without those links is NOT COMPLETE (chain not recorded).
 """
 
 from __future__ import annotations

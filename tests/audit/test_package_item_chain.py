@@ -106,6 +106,12 @@ async def test_both_interleaved_cases_verify_ok_and_state_their_coverage(
         assert f"up to its head seq {head[0]}" in verdict.stdout
         assert "entries after that head are not covered" in verdict.stdout
         assert "the central's signed statement" in verdict.stdout
+        # The plain-language page says the same, in both languages, with the head it covers.
+        page = (folder / "README.html").read_text(encoding="utf-8")
+        text = (folder / "VERIFY.txt").read_text(encoding="utf-8")
+        for said in (page, text):
+            assert f"up to seq {head[0]}" in said and f"至序号 {head[0]}" in said
+            assert "entries after that head are not covered" in said and "中心签名的声明" in said
 
 
 async def test_entries_of_a_disclosed_item_hidden_as_redacted_lines_are_named(
