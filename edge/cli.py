@@ -147,6 +147,7 @@ VERIFY_FAILED = 1  # problems found (named on FAIL lines)
 VERIFY_LOCAL_ONLY = 3  # a station store whose local checks held, but the central was not consulted
 VERIFY_ORIGIN_UNPROVEN = 4  # a disclosure package that holds together, but no central key was pinned
 VERIFY_NOT_BOUND = 5  # a package whose disclosed custody entries the station's signed chain does not reach
+VERIFY_NOT_COMPLETE = 6  # a package whose items' entries carry no item chain (item_prev) to show all
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -223,6 +224,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         verdict, status = "ORIGIN UNPROVEN", VERIFY_ORIGIN_UNPROVEN
     elif report.ok and "binding" in report.unproven:
         verdict, status = "NOT BOUND", VERIFY_NOT_BOUND
+    elif report.ok and "completeness" in report.unproven:
+        verdict, status = "NOT COMPLETE", VERIFY_NOT_COMPLETE
     # What a store, a manifest or a receipt says can be anything a forger wrote: shown escaped.
     if args.json:
         answer = {**report.as_dict(), "verdict": verdict, "exit_status": status}

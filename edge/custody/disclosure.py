@@ -3,6 +3,8 @@
 A disclosure package is everything a court expert needs to check one case's evidence without the central:
 
     package.json                      what the package holds (format, case, items, stations, key files)
+                                      and its coverage: per station the ledger head the central held and
+                                      each disclosed item's last entry (the central's signed statement)
     SHA256SUMS                        sha256sum lines of every other file but SHA256SUMS.sig
     SHA256SUMS.sig                    the central's Ed25519 signature over SHA256SUMS (raw 64 bytes)
     README.html, VERIFY.txt           how to verify it, in Chinese and English
@@ -31,6 +33,9 @@ cannot be re-hashed. A disclosed entry is therefore bound to the station's signa
 whole entries leads from it to one the station signed a checkpoint at, before any redacted line (or when a
 station-signed manifest names its hash); `edge verify` names every other entry of a disclosed item NOT
 BOUND. With the station's default cadence (a checkpoint at every entry) every disclosed entry is bound.
+Each station entry of an item also names the hash of the item's previous entry (``data.item_prev``), so a
+verifier walking back from the item's stated last entry (``coverage``) sees any entry of it that the
+package hides as a redacted line or cuts off the end (:mod:`edge.verify.package`).
 
 Everything here is pure: the central builds packages with it (:mod:`edge.central.disclosure`), `edge
 verify` checks them (:mod:`edge.verify.package`) and the spot checks (:mod:`edge.central.spotcheck`)
@@ -69,6 +74,7 @@ __all__ = [
     "TEXT_FILE",
     "DisclosedItem",
     "PackageIndex",
+    "StationCoverage",
     "Step",
     "checkpoint_line",
     "checksum_line",
@@ -168,6 +174,48 @@ class DisclosedItem:
 
 
 @dataclass(frozen=True)
+class StationCoverage:
+    """What the central held of one station's ledger when it built the package (package.json
+    ``coverage``, signed by the central with the rest): its head, and each disclosed item's last entry.
+
+    "No later entries of these items up to the head" is the central's signed statement: the station's own
+    ledger contradicts it if it is false, and the central's signature makes it attributable."""
+
+    head_seq: int
+    head_hash: str
+    item_last_seq: Mapping[str, int]  # disclosed item -> seq of its last entry the central held
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"head_seq": self.head_seq, "head_hash": self.head_hash,
+                "item_last_seq": dict(sorted(self.item_last_seq.items()))}
+
+
+def _coverage(raw: object) -> dict[str, StationCoverage] | None:
+    """package.json ``coverage`` (absent in packages built before it was stated: None)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ValueError("package.json coverage must be an object")
+    found: dict[str, StationCoverage] = {}
+    for station, doc in raw.items():
+        where = f"package.json coverage[{str(station)[:40]!r}]"
+        if not _safe_name(station) or not isinstance(doc, Mapping):
+            raise ValueError(f"{where} must be an object under a station id")
+        seq, hash_hex, last = doc.get("head_seq"), doc.get("head_hash"), doc.get("item_last_seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise ValueError(f"{where}.head_seq is not a positive integer")
+        if not (isinstance(hash_hex, str) and len(hash_hex) == 64
+                and all(c in "0123456789abcdef" for c in hash_hex)):
+            raise ValueError(f"{where}.head_hash is not 64 lower-case hex digits")
+        if not isinstance(last, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= seq
+                for k, v in last.items()):
+            raise ValueError(f"{where}.item_last_seq must map items to seqs from 1 to head_seq")
+        found[station] = StationCoverage(seq, hash_hex, dict(last))
+    return found
+
+
+@dataclass(frozen=True)
 class PackageIndex:
     """package.json: what the package holds, and who had it built when."""
 
@@ -179,9 +227,15 @@ class PackageIndex:
     items: tuple[DisclosedItem, ...]
     # station -> key ids whose public keys are in keys/
     station_keys: Mapping[str, tuple[str, ...]]
+    # station -> the ledger head the central held and each disclosed item's last entry; None in packages
+    # built before the central stated it (their items' entries cannot be shown complete)
+    coverage: Mapping[str, StationCoverage] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        coverage = ({} if self.coverage is None else
+                    {"coverage": {s: c.to_dict() for s, c in sorted(self.coverage.items())}})
         return {
+            **coverage,
             "format": PACKAGE_FORMAT,
             "case_number": self.case_number,
             "central": self.central,
@@ -216,7 +270,7 @@ class PackageIndex:
                 raise ValueError(f"package.json stations[{str(station)[:40]!r}] must list key ids")
             stations[station] = tuple(keys)
         return cls(doc["case_number"], doc["central"], doc["created_utc"], doc["reader"],
-                   doc["central_key_id"], tuple(items), stations)
+                   doc["central_key_id"], tuple(items), stations, _coverage(doc.get("coverage")))
 
 
 def _safe_name(text: object) -> bool:

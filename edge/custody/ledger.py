@@ -47,6 +47,7 @@ from edge.custody.problems import Problem
 __all__ = [
     "CHECKPOINT_EVERY",
     "GENESIS_PREV",
+    "ITEM_PREV",
     "Checkpoint",
     "EntryType",
     "Ledger",
@@ -232,6 +233,14 @@ def checkpoint_payload(station: str, seq: int, hash_hex: str, time: str) -> byte
     return canonical_json({"station": station, "seq": seq, "hash": hash_hex, "time": time})
 
 
+# The member of an item entry's data that names the hash of the same item's previous entry (GENESIS_PREV for
+# the item's first). It chains each item's entries on their own, inside the station's chain: a disclosure
+# package shows only some entries of the ledger, and this link is what lets a reader see that none of a
+# disclosed item's entries was hidden as a redacted line or cut off the end. Entries written before
+# stations recorded it have none ("chain not recorded").
+ITEM_PREV = "item_prev"
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY CHECK (seq >= 1),
@@ -338,6 +347,8 @@ class Ledger:
             raise LedgerError(f"expected data to be a mapping, found {data.__class__.__name__}")
         if self._scrub is not None:
             data = self._scrub(data)
+        if item is not None:
+            data = self._with_item_prev(item, data)
         if time is None:
             time = station_time_now()
         elif not _valid_time(time):
@@ -378,6 +389,16 @@ class Ledger:
             except Exception:  # a listener (the uplink's push trigger) must never fail an append
                 log.exception("ledger listener failed after seq %d", entry.seq)
         return entry
+
+    def _with_item_prev(self, item: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        """``data`` with :data:`ITEM_PREV`: the hash of the item's newest entry (read by the ``ledger_item``
+        index inside the caller's transaction, so it is the entry this one follows), or the genesis."""
+        if ITEM_PREV in data:
+            raise LedgerError(f"ledger data must not carry {ITEM_PREV}: the ledger computes it")
+        row = self._conn.execute(
+            "SELECT hash FROM ledger WHERE item = ? ORDER BY seq DESC LIMIT 1", (item,)
+        ).fetchone()
+        return {**data, ITEM_PREV: row[0] if row is not None else GENESIS_PREV}
 
     def add_listener(self, listener: Callable[[LedgerEntry], None]) -> None:
         """Call ``listener(entry)`` after each append, possibly from a worker thread and before the
@@ -833,6 +854,36 @@ def ledger_key_facts(conn: sqlite3.Connection) -> LedgerKeyFacts:
     return LedgerKeyFacts(int(head), int(checkpoints), key_id, None)
 
 
+class _ItemChains:
+    """Checks each entry's :data:`ITEM_PREV` against its item's previous entry while the ledger streams by.
+
+    Holds one (seq, hash) per item seen; entries without the member (written before stations recorded it)
+    are accepted as before, and still count as their item's previous entry for the next one."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, str]] = {}
+
+    def feed(self, entry: LedgerEntry, problems: list[Problem]) -> None:
+        if entry.item is None:
+            return
+        previous = self._last.get(entry.item)
+        self._last[entry.item] = (entry.seq, entry.hash)
+        if ITEM_PREV not in entry.data:
+            return
+        found = entry.data[ITEM_PREV]
+        expected = previous[1] if previous is not None else GENESIS_PREV
+        if found == expected:
+            return
+        shown = str(found)[:80]
+        if previous is None:
+            what = (f"is item {entry.item[:80]}'s first entry, but its item_prev is {shown}, not the "
+                    f"genesis value: an earlier entry of the item was deleted")
+        else:
+            what = (f"item_prev is {shown}, but item {entry.item[:80]}'s previous entry (seq {previous[0]}) "
+                    f"has hash {previous[1]}: an entry of the item was deleted, inserted or replaced")
+        problems.append(Problem(f"ledger seq {entry.seq}", what))
+
+
 def verify_ledger(
     conn: sqlite3.Connection, public_key: Ed25519PublicKey | KeySchedule, station_id: str
 ) -> list[Problem]:
@@ -859,6 +910,7 @@ def verify_ledger(
                 yield Problem(f"checkpoint seq {row[1]!r}", str(exc))
 
     walker = _ChainWalker(checkpoint_rows(), keys, station_id, (0, GENESIS_PREV), problems)
+    item_chains = _ItemChains()
     cursor = conn.execute("SELECT seq, time, type, item, data, prev, hash FROM ledger ORDER BY seq")
     entries = 0
     for row in cursor:
@@ -885,6 +937,7 @@ def verify_ledger(
             walker.problems.append(Problem(where, f"time {entry.time[:80]!r} is not UTC ISO-8601 "
                                                   "with microseconds"))
         walker.feed(entry.seq, entry.prev, entry.hash, recomputed)
+        item_chains.feed(entry, walker.problems)
         every = cadence_of(entry.type, entry.data)
         if every is not None:
             walker.declare_cadence(entry.seq, every)

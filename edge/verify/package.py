@@ -16,7 +16,9 @@ whatever the evidence size. Redacted ledger entries (items outside the package, 
 checked to link, and counted in a note; a disclosed entry from which no chain of whole entries reaches a
 signed checkpoint before a redacted line is named NOT BOUND (its content rests on the central's word), a
 redacted line where a disclosed item's manifest puts its acquired entry is refused, and each item must
-belong to the package's case.
+belong to the package's case. Each item's entries must all be shown: its ``item_prev`` links, walked back
+from the last entry package.json states (``coverage``), meet only whole entries of the item down to its
+acquired entry; an item without those links is NOT COMPLETE (chain not recorded).
 """
 
 from __future__ import annotations
@@ -53,7 +55,15 @@ from edge.custody.disclosure import (
 )
 from edge.custody.errors import CanonicalJsonError, CustodyError, LedgerError
 from edge.custody.keys import key_id_of, load_public_key, public_key_raw, verify_signature
-from edge.custody.ledger import Checkpoint, LedgerEntry, RedactedEntry, checkpoint_payload, entry_hash
+from edge.custody.ledger import (
+    GENESIS_PREV,
+    ITEM_PREV,
+    Checkpoint,
+    LedgerEntry,
+    RedactedEntry,
+    checkpoint_payload,
+    entry_hash,
+)
 from edge.custody.problems import Problem
 from edge.custody.text import printable
 from edge.verify.station import VerifyReport
@@ -370,11 +380,14 @@ def verify_package(
         if not found and isinstance(final, LedgerEntry):
             anchored[station].add(final.seq)  # the final checkpoint, verified with the chain above
     pinned: set[tuple[str, int, str]] = set()  # (station, seq, hash) a station-signed manifest names
+    acquired: dict[str, int] = {}  # item -> seq of the acquired entry its signed manifest names
     for item in index.items:
         chain = _check_item(root, item, index.case_number, listed, keys, segments, central_key, problems)
         if chain is not None:
             pinned.add((item.station, *chain))
+            acquired[item.item] = chain[0]
     _check_binding(index, segments, anchored, pinned, report)
+    _check_completeness(index, segments, acquired, report)
     report.checked.update({"items": len(index.items), "stations": len(index.station_keys),
                            "ledger_entries": sum(len(e) for e in segments.values()),
                            "station_checkpoints": sum(len(s) for s in anchored.values())})
@@ -462,6 +475,110 @@ def _check_binding(
     if unbound_other:
         report.notes.append(f"{unbound_other} disclosed station entries of no disclosed item are not bound "
                             "to a signed checkpoint either (a redacted line follows them)")
+
+
+def _check_completeness(
+    index: PackageIndex, segments: Mapping[str, list[LedgerEntry | RedactedEntry]],
+    acquired: Mapping[str, int], report: VerifyReport,
+) -> None:
+    """Every entry of each disclosed item is shown, up to the last one the central states it held.
+
+    Each station entry naming an item carries ``item_prev``, the hash of the item's previous entry (the
+    genesis value for its first): walking those links back from the item's last entry (package.json
+    ``coverage``, signed by the central) to its acquired entry must meet only whole entries of the item.
+    A link to a redacted line, or a last entry outside the segment, is an entry of the item the package
+    hides; an item whose entries carry no ``item_prev`` (written before stations recorded it) cannot be
+    shown complete: NOT COMPLETE, never OK.
+    """
+    not_recorded: list[str] = []
+    stated: list[str] = []
+    for station, entries in sorted(segments.items()):
+        items = [item.item for item in index.items if item.station == station]
+        coverage = None if index.coverage is None else index.coverage.get(station)
+        if coverage is None:
+            not_recorded += [f"item {item} (package.json states no ledger head of station {station})"
+                             for item in items]
+            continue
+        by_seq = {entry.seq: entry for entry in entries}
+        by_hash = {entry.hash: entry for entry in entries}
+        head = by_seq.get(coverage.head_seq)
+        if head is not None and head.hash != coverage.head_hash:
+            report.problems.append(Problem(f"file {INDEX_FILE}", f"states head seq {coverage.head_seq} of "
+                                           f"station {station} with hash {coverage.head_hash}, but the "
+                                           f"segment's entry there has hash {head.hash[:80]}"))
+        for item in items:
+            missing = _item_chain_problem(station, item, entries, by_seq, by_hash, coverage.item_last_seq,
+                                          acquired.get(item), not_recorded)
+            if missing is not None:
+                report.problems.append(Problem(f"item {item}", missing))
+        stated.append(f"station {station} up to its head seq {coverage.head_seq} (hash {coverage.head_hash})")
+    if not_recorded:
+        report.unproven["completeness"] = (
+            f"{len(not_recorded)} disclosed items cannot be shown to have all their custody entries in the "
+            "package: their chain of entries (item_prev) is not recorded")
+        for what in not_recorded:
+            report.notes.append(f"NOT COMPLETE {what}: chain not recorded, so the package cannot show that "
+                                "none of its entries was hidden or cut off")
+    if stated:
+        report.notes.append(
+            "COVERAGE: this package covers the ledger of " + "; ".join(stated) + ", as the central held it "
+            "when it built the package; entries after that head are not covered. That the disclosed items "
+            "have no later entries up to that head is the central's signed statement (package.json, in the "
+            "signed SHA256SUMS): attributable to the central, and contradicted by the station's own ledger "
+            "if it is false")
+
+
+def _item_chain_problem(
+    station: str, item: str, entries: list[LedgerEntry | RedactedEntry],
+    by_seq: Mapping[int, LedgerEntry | RedactedEntry], by_hash: Mapping[str, LedgerEntry | RedactedEntry],
+    last_seqs: Mapping[str, int], acquired_seq: int | None, not_recorded: list[str],
+) -> str | None:
+    """What hides an entry of ``item``, or None when its chain is whole (or not recorded: added to
+    ``not_recorded``)."""
+    where = f"ledger/{station}"
+    last_seq = last_seqs.get(item)
+    if last_seq is None:
+        return f"package.json states no last entry of the item in station {station}'s ledger"
+    first, end = (entries[0].seq, entries[-1].seq) if entries else (0, -1)
+    last = by_seq.get(last_seq)
+    if last is None:
+        return (f"its last entry is seq {last_seq} (package.json), but the ledger segment holds seqs "
+                f"{first}-{end}: the segment stops before the item's later entries")
+    if isinstance(last, RedactedEntry) or last.item != item:
+        return (f"its last entry is seq {last_seq} (package.json), but {where} seq {last_seq} is a redacted "
+                "line or another entry: an entry of the item was hidden there")
+    later = [e.seq for e in entries if isinstance(e, LedgerEntry) and e.item == item and e.seq > last_seq]
+    if later:
+        return (f"package.json states seq {last_seq} is its last entry, but {where} seq {later[0]} is a "
+                "later one")
+    on_chain = {last.seq}
+    entry = last
+    while True:
+        link = entry.data.get(ITEM_PREV)
+        if link is None:
+            not_recorded.append(f"item {item} ({where} seq {entry.seq} carries no item_prev)")
+            return None
+        if link == GENESIS_PREV:
+            break
+        before = by_hash.get(link) if isinstance(link, str) else None
+        if before is None or before.seq >= entry.seq:
+            return (f"{where} seq {entry.seq} links (item_prev) to an entry of the item that is not in the "
+                    f"segment (seqs {first}-{end}): an earlier entry of the item is missing")
+        if isinstance(before, RedactedEntry):
+            return (f"an entry of the item was hidden at {where} seq {before.seq}: it is a redacted line, "
+                    f"but the item's entry at seq {entry.seq} links to it (item_prev)")
+        if before.item != item:
+            return f"{where} seq {entry.seq} links (item_prev) to seq {before.seq}, another item's entry"
+        on_chain.add(before.seq)
+        entry = before
+    if acquired_seq is not None and entry.seq != acquired_seq:
+        return (f"its chain of entries starts at {where} seq {entry.seq}, but its signed manifest names its "
+                f"acquired entry at seq {acquired_seq}")
+    stray = [e.seq for e in entries
+             if isinstance(e, LedgerEntry) and e.item == item and e.seq not in on_chain]
+    if stray:
+        return f"{where} seq {stray[0]} is an entry of the item that is not on its chain (item_prev)"
+    return None
 
 
 def _seq_order(where: str) -> tuple[str, int]:

@@ -195,7 +195,14 @@ async def test_disclosed_entries_before_a_redacted_line_are_named_not_bound(
     # The central rewrites such an entry and patches the redacted line: never OK, the entry named.
     seq = _rewrite_entry_before_a_redacted_line(folder, sign, patch_redacted=True)
     forged = run_edge("verify", "--central-key", str(pinned), str(folder))
-    assert forged.code == 5 and f"NOT BOUND ledger/TEST-STATION seq {seq} " in forged.stdout, forged
+    assert f"NOT BOUND ledger/TEST-STATION seq {seq} " in forged.stdout, forged
+    # And when a later entry of the same item is shown, its item_prev still names the entry's old hash:
+    # the item chain refuses the rewrite outright (FAILED), whatever the checkpoint cadence.
+    rewritten = next(d for d in _ledger(folder) if d["seq"] == seq)
+    followed = any(not d.get("redacted") and d["item"] == rewritten["item"] and d["seq"] > seq
+                   for d in _ledger(folder))
+    assert followed, "the scenario rewrites an entry its item's later entry links to"
+    assert forged.code == 1 and any("(item_prev)" in line for line in forged.failures), forged
     # Control: without patching the redacted line's prev the chain walker refuses it.
     (tmp_path / "c").mkdir()
     control = await unzipped_package(central, tmp_path / "c")

@@ -36,6 +36,7 @@ from edge.central.service import RunningCentral, start_central
 from edge.config.station import StationConfig
 from edge.custody.canonical import parse_json
 from edge.custody.keys import StationKey
+from edge.custody.ledger import ITEM_PREV
 from edge.custody.refusal import sign_refusal, verify_refusal
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
@@ -106,7 +107,9 @@ class Rig:
         return {name: by_item.get(item, "-") for name, item in self.items.items()}
 
     def ledger(self, type_: str, item: str | None = None) -> list[dict[str, Any]]:
-        return [e.data for e in self.store.ledger.entries(item=item) if e.type == type_]
+        # Without item_prev, the item chain's link the ledger adds (tested with the ledger).
+        return [{k: v for k, v in e.data.items() if k != ITEM_PREV}
+                for e in self.store.ledger.entries(item=item) if e.type == type_]
 
     def upload_row(self, name: str) -> tuple[str, int, float]:
         row = self.store.conn.execute(

@@ -36,6 +36,7 @@ from edge.custody.disclosure import (
     TEXT_FILE,
     DisclosedItem,
     PackageIndex,
+    StationCoverage,
     checkpoint_line,
     checksum_line,
     entry_line,
@@ -50,7 +51,7 @@ from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry, RedactedEntr
 from edge.custody.receipt import Receipt
 from edge.ingest.store import stored_extension
 
-__all__ = ["DamagedObject", "PackagePlan", "StationSegment", "write_package"]
+__all__ = ["DamagedObject", "PackagePlan", "StationSegment", "coverage_for", "write_package"]
 
 _CHUNK_BYTES = 1 << 20
 
@@ -244,6 +245,20 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index) -> St
     whole = {entry.seq for entry in shown if isinstance(entry, LedgerEntry)}
     signed = [c for c in index.checkpoints(station, first, checkpoint.seq) if c.seq in whole]
     return StationSegment(station, shown, checkpoint, signed)
+
+
+def coverage_for(station: str, records: Iterable[ItemRecord], index: Index) -> StationCoverage | None:
+    """What the package states the central held of the station's ledger: its head and each disclosed
+    item's last entry. Read before :func:`segment_for`, whose segment then reaches every one of those
+    entries (entries that arrive in between only lengthen it). None when the central holds no entry."""
+    head_seq, head_hash = index.ledger_head(station)
+    if head_seq < 1:
+        return None
+    last: dict[str, int] = {}
+    for record in records:
+        for entry in index.ledger_entries(station, item=record.item, end_seq=head_seq):
+            last[record.item] = entry.seq
+    return StationCoverage(head_seq, head_hash, last)
 
 
 class _Sums:

@@ -87,6 +87,41 @@ _LIMITS_EN = ("These commands prove that every file is as the central issued it,
               "signature at its own sequence number, not through a redacted line. Each item's signed "
               "manifest, with its disclosed tagged entries, must name this case, else edge verify names the "
               "item as not belonging to it.")
+_NOT_COMPLETE_ZH = ("退出码 6 NOT COMPLETE（不能证明完整）：包内各项一致，"
+                    "但某些证据的台账记录没有记载“本证据上一条记录”的链接（item_prev，"
+                    "升级前的采集站写的记录），或本包未载明中心持有的台账位置，"
+                    "所以无法证明这些证据的记录没有被隐去或截掉（逐个列出）。这不是通过。")
+_NOT_COMPLETE_EN = ("Exit status 6 NOT COMPLETE: the package holds together, but some items' ledger "
+                    "entries carry no link to the item's previous entry (item_prev: entries a station "
+                    "wrote before it recorded them), or the package states no ledger head, so nothing "
+                    "shows that none of those items' entries was hidden or cut off (each item named). "
+                    "That is not a pass.")
+_COVERAGE_ZH = ("覆盖范围：本包覆盖 {heads}，即中心生成本包时所持有的台账；此后的记录不在本包覆盖之内。"
+                "采集站在每条涉及某证据的台账记录中写入该证据上一条记录的哈希（item_prev），edge verify "
+                "沿着这条链从每个证据的最后一条记录检查到其采集记录，"
+                "任何一条被隐去或截掉的记录都会被指出（证据和序号）。“直到该位置，"
+                "这些证据没有更晚的记录”是中心签名的声明（package.json，列在中心签名的 SHA256SUMS 中）："
+                "它可归责于中心，如不属实，采集站自己的台账即可反驳。")
+_COVERAGE_EN = ("Coverage: this package covers {heads}, the ledger as the central held it when it built "
+                "the package; entries after that head are not covered. Each station entry of an item "
+                "carries the hash of the item's previous entry (item_prev), and edge verify follows that "
+                "chain from each item's last entry back to its acquired entry, naming the item and the "
+                "seq of any entry hidden or cut off. \"No later entries of these items up to that head\" is "
+                "the central's signed statement (package.json, listed in the SHA256SUMS the central "
+                "signs): attributable to the central, and contradicted by the station's own ledger if it "
+                "is false.")
+
+
+def _coverage(index: PackageIndex, zh: bool) -> str:
+    """The coverage paragraph, naming each station's stated head (or saying none was stated)."""
+    if not index.coverage:
+        return _NOT_COMPLETE_ZH if zh else _NOT_COMPLETE_EN
+    joiner = "；" if zh else "; "
+    heads = joiner.join(
+        (f"采集站 {printable(station)} 的台账至序号 {c.head_seq}（哈希 {c.head_hash}）" if zh else
+         f"the ledger of station {printable(station)} up to seq {c.head_seq} (hash {c.head_hash})")
+        for station, c in sorted(index.coverage.items()))
+    return (_COVERAGE_ZH if zh else _COVERAGE_EN).format(heads=heads)
 
 
 def _facts(index: PackageIndex) -> dict[str, str]:
@@ -103,6 +138,8 @@ def page_text(index: PackageIndex) -> bytes:
         _INTRO_ZH.format(**facts), "", _INTRO_EN.format(**facts), "",
         _KEY_ZH.format(**facts), "", _KEY_EN.format(**facts), "",
         _EDGE_ZH, "    edge verify --central-key central-signing.pub PACKAGE_DIR", "", _EDGE_EN, "",
+        _NOT_COMPLETE_ZH, "", _NOT_COMPLETE_EN, "",
+        _coverage(index, zh=True), "", _coverage(index, zh=False), "",
         _OPENSSL_ZH, "", _OPENSSL_EN, "",
     ]
     steps = openssl_commands(index)
@@ -140,6 +177,9 @@ td,th{{border:1px solid #ccc;padding:.2em .4em;font-size:.9em}}table{{border-col
 <h2>edge verify</h2>
 <p>{html.escape(_EDGE_ZH)}</p><p lang="en">{html.escape(_EDGE_EN)}</p>
 <pre><code>edge verify --central-key central-signing.pub PACKAGE_DIR</code></pre>
+<p>{html.escape(_NOT_COMPLETE_ZH)}</p><p lang="en">{html.escape(_NOT_COMPLETE_EN)}</p>
+<h2>覆盖范围 <span lang="en">Coverage</span></h2>
+<p>{html.escape(_coverage(index, zh=True))}</p><p lang="en">{html.escape(_coverage(index, zh=False))}</p>
 <h2>openssl + sha256sum</h2>
 <p>{html.escape(_OPENSSL_ZH)}</p><p lang="en">{html.escape(_OPENSSL_EN)}</p>
 <ol>{"".join(rows)}</ol>

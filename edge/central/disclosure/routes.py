@@ -30,6 +30,7 @@ from edge.central.disclosure.access import Reader, items_matching, log_read, rea
 from edge.central.disclosure.package import (
     DamagedObject,
     PackagePlan,
+    coverage_for,
     disclosed_item,
     segment_for,
     write_package,
@@ -165,7 +166,11 @@ class AuditRoutes:
             receipts[record.item] = receipt
         stations = sorted({record.station for record in records})
         segments = []
+        coverage = {}
         for station in stations:
+            covered = coverage_for(station, [r for r in records if r.station == station], parts.index)
+            if covered is not None:
+                coverage[station] = covered
             segment = segment_for(station, [r for r in records if r.station == station], parts.index)
             if segment is None:
                 raise Rejection(RejectCode.NOT_FOUND, f"the ledger of station {station} has no signed "
@@ -178,6 +183,7 @@ class AuditRoutes:
             reader=reader.reader, central_key_id=key_id_of(central_key),
             items=tuple(disclosed_item(r) for r in records),
             station_keys={station: tuple(sorted(keys)) for station, keys in station_keys.items()},
+            coverage=coverage,
         )
         return PackagePlan(index, records, receipts, segments, station_keys, central_key, page_html(index),
                            page_text(index))
