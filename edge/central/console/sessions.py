@@ -37,7 +37,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+
+from edge.central.storage import SessionRows
 
 __all__ = ["CLOCK_SKEW_S", "COOKIE_NAME", "CSRF_HEADER", "AuthMethod", "ConsoleSession", "SessionBackend",
            "SessionStore",
@@ -75,17 +76,8 @@ class ConsoleSession:
                                                              self.csrf_token.encode("ascii"))
 
 
-class SessionBackend(Protocol):
-    """Where sessions are kept (:class:`edge.central.storage.ConsoleStore`), by token hash."""
-
-    def put_session(self, key: bytes, reader: str, method: str, cert_sha256: str | None, *, created_s: float,
-                    expires_s: float, max_sessions: int, mac: str) -> None: ...
-    def session(self, key: bytes) -> dict[str, Any] | None: ...
-    def touch_session(self, key: bytes, last_seen_s: float) -> None: ...
-    def end_session(self, key: bytes) -> bool: ...
-    def end_sessions_of(self, reader: str) -> int: ...
-    def purge_sessions(self, *, idle_before_s: float, now_s: float) -> int: ...
-    def session_count(self) -> int: ...
+# Where sessions are kept: the console store's session rows, by an HMAC of their token.
+SessionBackend = SessionRows
 
 
 def token_row_key(secret: bytes, token: str) -> bytes:
