@@ -25,6 +25,12 @@ A disclosure package is everything a court expert needs to check one case's evid
     ledger/STATION/checkpoints.jsonl  the checkpoint the station signed at each shown (not redacted) entry
                                       of the segment, one per line (the station signs one at each entry
                                       by default; none at a redacted line: it would date that entry)
+    ledger/STATION/key_rotations.jsonl every ``key_rotated`` entry of the station that chains the keys
+                                      package.json lists (wherever it lies in the ledger, before, in or
+                                      after the segment), whole, one per line as ``{"entry": ENTRY,
+                                      "checkpoints": [CHECKPOINT, ...]}`` with the checkpoints the station
+                                      signed at its seq (the old key's, unless it was lost, and the new
+                                      key's)
 
 Entries of items outside the package (other cases, or items the reader may not see), and station entries
 of no disclosed item's docking, are in the ledger file as ``{"seq", "prev", "hash", "redacted": true}``:
@@ -36,6 +42,13 @@ BOUND. With the station's default cadence (a checkpoint at every entry) every di
 Each station entry of an item also names the hash of the item's previous entry (``data.item_prev``), so a
 verifier walking back from the item's stated last entry (``coverage``) sees any entry of it that the
 package hides as a redacted line or cuts off the end (:mod:`edge.verify.package`).
+
+Which station key may sign which checkpoint comes from key_rotations.jsonl, not from what the segment
+happens to show: the listed keys must form one chain of rotations (the first key is the one no rotation
+introduces), each rotation's hash is recomputed and its checkpoints verified, and a redacted line at a
+rotation's seq is refused (:func:`rotation_chain_problems`); otherwise a central could hide a rotation as
+a redacted line (or build a later case's package that starts after it) and have a retired, lost key
+trusted again.
 
 Everything here is pure: the central builds packages with it (:mod:`edge.central.disclosure`), `edge
 verify` checks them (:mod:`edge.verify.package`) and the spot checks (:mod:`edge.central.spotcheck`)
@@ -57,9 +70,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.errors import CanonicalJsonError, KeyFormatError, LedgerError
-from edge.custody.keys import key_id_of
+from edge.custody.keys import key_id_of, verify_signature
 from edge.custody.keyschedule import KEY_ROTATED, KeyRotation, KeySchedule, ScheduledKey, parse_rotation
-from edge.custody.ledger import Checkpoint, LedgerEntry, RedactedEntry, verify_chain
+from edge.custody.ledger import (
+    Checkpoint,
+    LedgerEntry,
+    RedactedEntry,
+    checkpoint_payload,
+    entry_hash,
+    verify_chain,
+)
 from edge.custody.manifest import verify_manifest
 from edge.custody.problems import Problem
 from edge.custody.receipt import tree_head_payload, verify_receipt
@@ -74,6 +94,7 @@ __all__ = [
     "TEXT_FILE",
     "DisclosedItem",
     "PackageIndex",
+    "ShippedRotation",
     "StationCoverage",
     "Step",
     "checkpoint_line",
@@ -87,6 +108,9 @@ __all__ = [
     "ledger_segment_problems",
     "manifest_signature_parts",
     "openssl_commands",
+    "rotation_chain_problems",
+    "rotation_from_line",
+    "rotation_line",
     "shown_rotations",
     "station_key_file",
     "station_schedule",
@@ -139,12 +163,13 @@ class LedgerPaths:
     checkpoint_payload: str
     checkpoint_signature: str
     checkpoints: str
+    key_rotations: str
 
 
 def ledger_paths(station: str) -> LedgerPaths:
     base = f"ledger/{station}"
     return LedgerPaths(f"{base}/entries.jsonl", f"{base}/checkpoint.json", f"{base}/checkpoint.payload",
-                       f"{base}/checkpoint.sig", f"{base}/checkpoints.jsonl")
+                       f"{base}/checkpoint.sig", f"{base}/checkpoints.jsonl", f"{base}/key_rotations.jsonl")
 
 
 def checkpoint_line(checkpoint: Checkpoint) -> bytes:
@@ -338,15 +363,20 @@ def entry_from_line(doc: object, where: str) -> LedgerEntry | RedactedEntry:
 
 
 def station_schedule(
-    keys: Mapping[str, Ed25519PublicKey], entries: Iterable[LedgerEntry | RedactedEntry] = ()
+    keys: Mapping[str, Ed25519PublicKey], entries: Iterable[LedgerEntry | RedactedEntry] = (),
+    rotations: Sequence[ShippedRotation] | None = None,
 ) -> KeySchedule:
-    """The station's keys in the package, each trusted over its epoch as the segment shows it: a key the
-    segment's ``key_rotated`` entries retire signs nothing after that seq, a key one announces signs nothing
-    before it (the rules of `edge verify STORE`, :mod:`edge.custody.keyschedule`). A key no rotation in the
-    segment names is trusted over the whole segment: the package holds only the segment's rotations."""
+    """The station's keys in the package, each trusted over its epoch: a key a ``key_rotated`` entry
+    retires signs nothing after that seq, a key one announces signs nothing before it (the rules of `edge
+    verify STORE`, :mod:`edge.custody.keyschedule`). The epochs come from ``rotations`` (a package's
+    key_rotations.jsonl, checked by :func:`rotation_chain_problems`) when given, else from the rotations
+    the segment shows whole (the central's own segment checks), where a key no shown rotation names is
+    trusted over the whole segment."""
     introduced: dict[str, int] = {}
     retired: dict[str, tuple[int, bool]] = {}
-    for rotation in shown_rotations(entries)[0]:
+    decoded = (shown_rotations(entries)[0] if rotations is None
+               else [shipped.rotation for shipped in rotations])
+    for rotation in decoded:
         retired.setdefault(rotation.old_key_id, (rotation.seq, rotation.old_key_lost))
         introduced.setdefault(rotation.new_key_id, rotation.seq)
     scheduled = [
@@ -376,16 +406,118 @@ def shown_rotations(
     return rotations, problems
 
 
+@dataclass(frozen=True)
+class ShippedRotation:
+    """One line of key_rotations.jsonl whose entry hash, data and checkpoints hold."""
+
+    entry: LedgerEntry
+    rotation: KeyRotation
+
+
+def rotation_line(entry: LedgerEntry, checkpoints: Iterable[Checkpoint]) -> bytes:
+    """One line of key_rotations.jsonl: a whole ``key_rotated`` entry and the checkpoints at its seq."""
+    doc = {"entry": entry.to_dict(), "checkpoints": [c.to_dict() for c in checkpoints]}
+    return canonical_json(doc) + b"\n"
+
+
+def rotation_from_line(doc: object, where: str) -> tuple[LedgerEntry, list[Checkpoint]]:
+    """A line of key_rotations.jsonl read back; raises LedgerError naming what is malformed."""
+    if not isinstance(doc, Mapping) or set(doc) != {"entry", "checkpoints"}:
+        raise LedgerError(f"{where}: not an object of entry and checkpoints")
+    entry = entry_from_line(doc["entry"], where)
+    if not isinstance(entry, LedgerEntry):
+        raise LedgerError(f"{where}: a key rotation is shipped whole, never as a redacted line")
+    raw = doc["checkpoints"]
+    if not isinstance(raw, list) or not all(isinstance(c, Mapping) for c in raw):
+        raise LedgerError(f"{where}: checkpoints must be a list of checkpoints")
+    return entry, [Checkpoint.from_dict(c) for c in raw]
+
+
+def rotation_chain_problems(
+    station: str,
+    lines: Sequence[tuple[str, LedgerEntry, Sequence[Checkpoint]]],
+    listed_keys: Iterable[str],
+) -> tuple[list[ShippedRotation], list[Problem]]:
+    """The station's key rotations a package ships (where, entry, checkpoints at its seq), checked: each
+    entry is a ``key_rotated`` entry whose hash is recomputed from its content, with a checkpoint at its
+    seq over that hash by the new key and one by the old key unless it was lost (each verified with the
+    public key the entry announces); together they form one chain (each retires the key the one before
+    announced), and every listed key is on it (the first key is the one no rotation introduces). Returns
+    the rotations that hold, in seq order, and a problem naming each line or key that does not."""
+    problems: list[Problem] = []
+    shipped: list[ShippedRotation] = []
+    for where, entry, checkpoints in lines:
+        where = f"{where} (seq {entry.seq})"
+        if entry.type != KEY_ROTATED:
+            problems.append(Problem(where, f"is a {str(entry.type)[:40]!r} entry, not key_rotated"))
+            continue
+        try:
+            recomputed = entry_hash(entry.body())
+            rotation = parse_rotation(entry.seq, entry.data)
+        except (LedgerError, CanonicalJsonError, KeyFormatError) as exc:
+            problems.append(Problem(where, f"key_rotated entry is malformed: {exc}"))
+            continue
+        if recomputed != entry.hash:
+            problems.append(Problem(where, f"the key_rotated entry hashes to {recomputed}, not its hash "
+                                           f"{entry.hash[:80]}: the rotation was altered"))
+            continue
+        announced = {rotation.old_key_id: rotation.old_public_key,
+                     rotation.new_key_id: rotation.new_public_key}
+        signers: set[str] = set()
+        for cp in checkpoints:
+            public = announced.get(cp.key_id)
+            try:
+                signature = base64.b64decode(cp.signature.encode("ascii"), validate=True)
+                payload = checkpoint_payload(cp.station, cp.seq, cp.hash, cp.time)
+            except (binascii.Error, UnicodeEncodeError, CanonicalJsonError):
+                signature, payload = b"", b""
+            if (cp.station != station or cp.seq != entry.seq or cp.hash != entry.hash or public is None
+                    or not payload or not verify_signature(public, signature, payload)):
+                problems.append(Problem(where, f"a checkpoint by key {str(cp.key_id)[:40]} does not verify "
+                                               "over this rotation with the keys it announces"))
+                continue
+            signers.add(cp.key_id)
+        needed = [rotation.new_key_id] + ([] if rotation.old_key_lost else [rotation.old_key_id])
+        missing = [key for key in needed if key not in signers]
+        if missing:
+            problems.append(Problem(where, f"carries no valid checkpoint at its seq by key "
+                                           f"{', '.join(missing)}: the rotation is not vouched for"))
+            continue
+        shipped.append(ShippedRotation(entry, rotation))
+    shipped.sort(key=lambda s: s.entry.seq)
+    chain: list[ShippedRotation] = []
+    for candidate in shipped:
+        if chain and (candidate.entry.seq == chain[-1].entry.seq
+                      or candidate.rotation.old_key_id != chain[-1].rotation.new_key_id):
+            before = chain[-1]
+            problems.append(Problem(f"ledger seq {candidate.entry.seq}",
+                                    f"key_rotated retires key {candidate.rotation.old_key_id}, but the key "
+                                    f"in force since seq {before.entry.seq} is {before.rotation.new_key_id}: "
+                                    "the rotations do not form one chain"))
+            continue
+        chain.append(candidate)
+    on_chain = ({chain[0].rotation.old_key_id} | {s.rotation.new_key_id for s in chain}) if chain else set()
+    listed = sorted(set(listed_keys))
+    if not chain and len(listed) == 1:
+        return chain, problems  # one key, never rotated: it signs the whole ledger
+    for key_id in listed:
+        if key_id not in on_chain:
+            problems.append(Problem(f"station {station} key {key_id}",
+                                    "is listed, but no key_rotated entry the package ships introduces or "
+                                    "retires it: its epoch cannot be known, so nothing it signs is trusted"))
+    return chain, problems
+
+
 def key_epoch_problem(schedule: KeySchedule, key_id: str, seq: int) -> str | None:
     """Why the key may not sign a checkpoint at ``seq`` (outside its epoch), or None."""
     key = schedule.get(key_id)
     if key is None:
         return None
     if key.retired_at is not None and seq > key.retired_at:
-        return (f"is signed by key {key.key_id}, which the segment's key_rotated entry retired at seq "
+        return (f"is signed by key {key.key_id}, which the station's key_rotated entry retired at seq "
                 f"{key.retired_at}: a retired key signs nothing after its rotation")
     if seq < key.introduced_at:
-        return (f"is signed by key {key.key_id}, which the segment's key_rotated entry announced only at seq "
+        return (f"is signed by key {key.key_id}, which the station's key_rotated entry announced only at seq "
                 f"{key.introduced_at}: a key signs nothing before its rotation")
     return None
 
@@ -395,16 +527,22 @@ def ledger_segment_problems(
     entries: Sequence[LedgerEntry | RedactedEntry],
     checkpoint: Checkpoint,
     station_keys: Mapping[str, Ed25519PublicKey],
+    rotations: Sequence[ShippedRotation] | None = None,
 ) -> list[Problem]:
     """Problems with one station's segment: it must be an unbroken chain (each entry's prev the hash of
-    the one before, each whole entry hashing to its hash) ending at the signed checkpoint."""
+    the one before, each whole entry hashing to its hash) ending at the signed checkpoint. With
+    ``rotations`` (a package's checked key_rotations.jsonl) the key epochs are theirs, and the segment's
+    line at each rotation's seq must be that rotation, whole; every key_rotated entry it shows must be
+    among them."""
     if not entries:
         return [Problem(f"ledger of station {station}", "the segment holds no entries")]
     if not station_keys:
         return [Problem(f"ledger of station {station}", "no station key to check its checkpoint with")]
     first, last = entries[0], entries[-1]
-    schedule = station_schedule(station_keys, entries)
+    schedule = station_schedule(station_keys, entries, rotations)
     problems = shown_rotations(entries)[1]
+    if rotations is not None:
+        problems += _segment_rotation_problems(entries, rotations)
     problems += verify_chain(entries, [checkpoint], schedule, station, after=(first.seq - 1, first.prev))
     key = schedule.get(checkpoint.key_id)
     if key is not None and checkpoint.seq < key.introduced_at:  # a retired key: verify_chain names it
@@ -414,6 +552,29 @@ def ledger_segment_problems(
         problems.append(Problem(f"ledger of station {station}",
                                 f"the checkpoint is at seq {checkpoint.seq} but the segment runs to seq "
                                 f"{last.seq}: entries after it are vouched for by nothing"))
+    return problems
+
+
+def _segment_rotation_problems(
+    entries: Sequence[LedgerEntry | RedactedEntry], rotations: Sequence[ShippedRotation]
+) -> list[Problem]:
+    problems: list[Problem] = []
+    by_seq = {shipped.entry.seq: shipped.entry for shipped in rotations}
+    for entry in entries:
+        shipped = by_seq.get(entry.seq)
+        if shipped is None:
+            if isinstance(entry, LedgerEntry) and entry.type == KEY_ROTATED:
+                problems.append(Problem(f"ledger seq {entry.seq}", "is a key_rotated entry that "
+                                        "key_rotations.jsonl does not hold (or that does not hold there): "
+                                        "its key epochs are not the ones applied"))
+            continue
+        if isinstance(entry, RedactedEntry):
+            problems.append(Problem(f"ledger seq {entry.seq}", "is a redacted line, but key_rotations.jsonl "
+                                    "names the station's key_rotated entry here: a key rotation was hidden"))
+        elif entry.hash != shipped.hash:
+            problems.append(Problem(f"ledger seq {entry.seq}", f"has hash {entry.hash[:80]}, but the "
+                                    f"key_rotated entry key_rotations.jsonl ships at this seq has hash "
+                                    f"{shipped.hash}"))
     return problems
 
 

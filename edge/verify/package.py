@@ -9,7 +9,9 @@ manifest is signed by one of its station's keys in the package and names the ori
 its receipt is the central's (signed tree head, inclusion proof) for exactly this item and manifest, the
 ledger segment holds its acquired and sealed entries; the files openssl checks (payloads, signatures,
 content.sha256) say the same as the documents they are cut from; each station's ledger segment is an
-unbroken hash chain ending at a checkpoint signed by one of the station's keys; and each line of its
+unbroken hash chain ending at a checkpoint signed by one of the station's keys, each within its epoch as
+the station's key rotations (key_rotations.jsonl: one chain over the listed keys, each rotation re-hashed
+and its checkpoints verified, none hidden as a redacted line) set it; and each line of its
 checkpoints.jsonl is signed by one of those keys, at a seq of the segment, over the hash of the entry there
 (recomputed) or of the redacted line there. Files are hashed a chunk at a time, so memory stays bounded
 whatever the evidence size. Redacted ledger entries (items outside the package, other dockings) are
@@ -41,6 +43,7 @@ from edge.custody.disclosure import (
     CHECKSUMS_SIGNATURE_FILE,
     INDEX_FILE,
     PackageIndex,
+    ShippedRotation,
     checksum_line,
     entry_from_line,
     item_evidence_problems,
@@ -49,6 +52,8 @@ from edge.custody.disclosure import (
     ledger_paths,
     ledger_segment_problems,
     manifest_signature_parts,
+    rotation_chain_problems,
+    rotation_from_line,
     station_key_file,
     station_schedule,
     tree_head_signature_parts,
@@ -254,17 +259,52 @@ def _segment(
     return entries, checkpoint, signed
 
 
+def _rotations(
+    root: Path, station: str, listed_keys: Sequence[str], problems: list[Problem]
+) -> list[ShippedRotation]:
+    """The station's key rotations the package ships (key_rotations.jsonl), checked to chain the listed
+    keys; every line or key that does not hold is a problem. A package without the file (built before it
+    was shipped) holds no rotation: more than one listed key is then refused."""
+    path = ledger_paths(station).key_rotations
+    present = (root / path).exists() or (root / path).is_symlink()
+    lines: list[tuple[str, LedgerEntry, list[Checkpoint]]] = []
+    for number, line in enumerate((_read_document(root, path, problems) or b"").splitlines()
+                                  if present else [], 1):
+        where = f"file {path} line {number}"
+        try:
+            lines.append((where, *rotation_from_line(parse_json(line), where)))
+        except (CanonicalJsonError, LedgerError) as exc:
+            problems.append(Problem(where, str(exc)))
+    chain, found = rotation_chain_problems(station, lines, listed_keys)
+    problems.extend(found)
+    return chain
+
+
+def _chained(
+    keys: Mapping[str, Ed25519PublicKey], rotations: Sequence[ShippedRotation], listed: int
+) -> dict[str, Ed25519PublicKey]:
+    """The station keys whose epoch the rotations set (all of them when one key was never rotated): a
+    listed key no rotation names (already a problem) signs nothing the package binds."""
+    if not rotations and listed == 1:
+        return dict(keys)
+    on_chain = {shipped.rotation.new_key_id for shipped in rotations}
+    on_chain.update(shipped.rotation.old_key_id for shipped in rotations[:1])
+    return {key_id: key for key_id, key in keys.items() if key_id in on_chain}
+
+
 def _signed_seqs(
     station: str, entries: list[LedgerEntry | RedactedEntry], signed: list[tuple[str, Checkpoint]],
     keys: Mapping[str, Ed25519PublicKey], problems: list[Problem],
+    rotations: Sequence[ShippedRotation] | None = None,
 ) -> set[int]:
     """Seqs of whole entries whose recomputed hash a valid station checkpoint signs; every line of
     checkpoints.jsonl that does not hold is a problem naming the line. A checkpoint counts only within its
     key's epoch: a key a key_rotated entry of the segment retired signs nothing after it, the key it
-    announced nothing before it (as for `edge verify STORE`)."""
+    announced nothing before it (as for `edge verify STORE`); the epochs come from ``rotations`` (the
+    package's checked key_rotations.jsonl) when given."""
     by_seq = {entry.seq: entry for entry in entries}
     first, last = (entries[0].seq, entries[-1].seq) if entries else (0, -1)
-    schedule = station_schedule(keys, entries)
+    schedule = station_schedule(keys, entries, rotations) if keys else None  # none trusted: none binds
     bound: set[int] = set()
     for where, cp in signed:
         if cp.station != station:
@@ -274,7 +314,7 @@ def _signed_seqs(
         if entry is None:
             problems.append(Problem(where, f"names seq {cp.seq}, outside the segment's seqs {first}-{last}"))
             continue
-        key = schedule.get(cp.key_id)
+        key = schedule.get(cp.key_id) if schedule is not None else None
         try:
             signature = base64.b64decode(cp.signature.encode("ascii"), validate=True)
             payload = checkpoint_payload(cp.station, cp.seq, cp.hash, cp.time)
@@ -284,6 +324,7 @@ def _signed_seqs(
             problems.append(Problem(where, f"is signed by key {printable(cp.key_id)}, which is not one of "
                                            "the station's keys in the package"))
             continue
+        assert schedule is not None  # a key was found in it
         epoch = key_epoch_problem(schedule, cp.key_id, cp.seq)
         if epoch is not None:
             problems.append(Problem(where, epoch))
@@ -369,13 +410,15 @@ def verify_package(
     redacted = 0
     for station in sorted(index.station_keys):
         entries, checkpoint, signed = _segment(root, station, problems)
+        rotations = _rotations(root, station, index.station_keys[station], problems)
+        trusted = _chained(keys.get(station, {}), rotations, len(index.station_keys[station]))
         segments[station] = entries
         redacted += sum(isinstance(e, RedactedEntry) for e in entries)
         if checkpoint is None:
             continue
-        found = ledger_segment_problems(station, entries, checkpoint, keys.get(station, {}))
+        found = ledger_segment_problems(station, entries, checkpoint, trusted, rotations)
         problems.extend(Problem(f"ledger/{station} {p.where}", p.what) for p in found)
-        anchored[station] = _signed_seqs(station, entries, signed, keys.get(station, {}), problems)
+        anchored[station] = _signed_seqs(station, entries, signed, trusted, problems, rotations)
         final = next((e for e in entries if e.seq == checkpoint.seq), None)
         if not found and isinstance(final, LedgerEntry):
             anchored[station].add(final.seq)  # the final checkpoint, verified with the chain above

@@ -114,10 +114,13 @@ async def test_a_station_key_of_the_centrals_choosing_fails_when_the_station_key
 
     forged = Path(shutil.copytree(genuine, tmp_path / "forged"))
     mine = _forge_with_a_key_of_the_centrals(forged, load_signing_key(audit_central.config).sign)
-    # Unpinned, the rewrite verifies (the package's keys are the central's word), but the caveat shows the
-    # foreign key's fingerprint next to the station's, for a reader to compare.
+    # Unpinned, the package's keys are the central's word, and the caveat shows the foreign key's
+    # fingerprint next to the station's, for a reader to compare; a key merely added to the list is refused
+    # even so, since no key rotation the package ships introduces it (key_rotations.jsonl). A central that
+    # also fabricates a lost-key rotation to its key is stopped only by pinning, below.
     verdict = run_edge("verify", "--central-key", str(pinned), str(forged))
-    assert verdict.code == 0 and central_key_fingerprint(mine.public_key()) in verdict.stdout, verdict
+    assert verdict.code == 1 and central_key_fingerprint(mine.public_key()) in verdict.stdout, verdict
+    assert f"station {STATION} key {mine.key_id}: is listed, but no key_rotated entry" in verdict.stdout
     # Pinned, every checkpoint the central-made key signed fails, naming its line.
     verdict = run_edge("verify", "--central-key", str(pinned), *pin_station, str(forged))
     assert verdict.code == 1, verdict

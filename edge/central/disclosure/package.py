@@ -3,13 +3,14 @@
 :func:`plan_package` reads the index (items the reader may see, their receipts, the stations' keys, and
 for each station the ledger from the first entry of a disclosed item or of the docking that produced it
 to the first signed checkpoint at or after its last one, with every checkpoint the station signed in
-that range; which entries are shown whole is an explicit allow-list, :data:`STATION_LEVEL_TYPES` and
-:data:`DOCKING_TYPES`). :func:`write_package` writes the zip to any binary sink in one pass: the original
-files are read from the object store a chunk at a time and hashed as they go out, so memory stays bounded
-whatever the evidence size; the zip is stored, not compressed (video does not compress) and written
-with data descriptors, so it never seeks. An object that does not hash to its item's SHA-256 stops the
-package (:class:`DamagedObject`) before the package's signed list of files is written: a damaged object
-is never disclosed as evidence.
+that range, and every key rotation of the station with the checkpoints at its seq; which entries are
+shown whole is an explicit allow-list, :data:`STATION_LEVEL_TYPES` and :data:`DOCKING_TYPES`).
+:func:`write_package` writes the zip to any binary sink in one pass: the original files are read from the
+object store a chunk at a time and hashed as they go out, so memory stays bounded whatever the evidence
+size; the zip is stored, not compressed (video does not compress) and written with data descriptors, so
+it never seeks. An object that does not hash to its item's SHA-256 stops the package
+(:class:`DamagedObject`) before the package's signed list of files is written: a damaged object is never
+disclosed as evidence.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import base64
 import hashlib
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 from cryptography.hazmat.primitives import serialization
@@ -43,6 +44,7 @@ from edge.custody.disclosure import (
     item_paths,
     ledger_paths,
     manifest_signature_parts,
+    rotation_line,
     station_key_file,
     tree_head_signature_parts,
 )
@@ -66,6 +68,9 @@ class StationSegment:
     entries: list[LedgerEntry | RedactedEntry]
     checkpoint: Checkpoint
     signed: list[Checkpoint]  # every checkpoint the station signed at a seq of the segment
+    # every key_rotated entry of the station (wherever it lies) with the checkpoints at its seq: the key
+    # epochs the verifier applies, whether or not the segment shows the rotation
+    rotations: list[tuple[LedgerEntry, list[Checkpoint]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -244,7 +249,15 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index) -> St
     # would tell the reader when another case's entry was written (its station time).
     whole = {entry.seq for entry in shown if isinstance(entry, LedgerEntry)}
     signed = [c for c in index.checkpoints(station, first, checkpoint.seq) if c.seq in whole]
-    return StationSegment(station, shown, checkpoint, signed)
+    return StationSegment(station, shown, checkpoint, signed, key_rotations(station, index))
+
+
+def key_rotations(station: str, index: Index) -> list[tuple[LedgerEntry, list[Checkpoint]]]:
+    """Every ``key_rotated`` entry the central holds of the station, with the checkpoints the station
+    signed at its seq: they chain the station keys the package lists and set each key's epoch, including
+    rotations before or after the segment (a later case's package) or hidden in it as a redacted line."""
+    return [(entry, index.checkpoints(station, entry.seq, entry.seq))
+            for entry in index.ledger_entries(station, type_=EntryType.KEY_ROTATED)]
 
 
 def coverage_for(station: str, records: Iterable[ItemRecord], index: Index) -> StationCoverage | None:
@@ -311,6 +324,8 @@ def write_package(
                                                                              cp.time))
             _put(archive, sums, paths.checkpoint_signature, _b64decode(cp.signature))
             _put(archive, sums, paths.checkpoints, b"".join(checkpoint_line(c) for c in segment.signed))
+            _put(archive, sums, paths.key_rotations,
+                 b"".join(rotation_line(entry, signed) for entry, signed in segment.rotations))
         for record in plan.records:
             _write_item(archive, sums, plan, record, open_object)
         checksums = sums.text()
