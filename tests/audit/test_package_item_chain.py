@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import shutil
 from collections.abc import AsyncIterator, Mapping
@@ -25,9 +24,9 @@ import pytest
 
 from edge.central.identity import load_signing_key
 from edge.custody.canonical import canonical_json
-from edge.custody.disclosure import CHECKSUMS_FILE, CHECKSUMS_SIGNATURE_FILE
 from edge.custody.ledger import Ledger, checkpoint_payload
 from tests.audit.conftest import CASE, OTHER_CASE, AuditCentral, StationEvidence, _audit_central, _run_station
+from tests.audit.package_edits import read_lines, resign_all, write_lines
 from tests.audit.test_disclosure_package import unzipped_package
 from tests.audit.test_package_trust import _pin
 from tests.tamper.stores import Verdict, run_edge
@@ -39,21 +38,7 @@ CHECKPOINT = f"ledger/{STATION}/checkpoint.json"
 VERIFY_NOT_COMPLETE = 6
 
 
-def _lines(folder: Path, name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (folder / name).read_text(encoding="utf-8").splitlines()]
 
-
-def _write_lines(folder: Path, name: str, docs: list[dict[str, Any]]) -> None:
-    (folder / name).write_bytes(b"".join(canonical_json(d) + b"\n" for d in docs))
-
-
-def _resign_all(folder: Path, sign: Any) -> None:
-    """What the central (or whoever holds its key) can do: list every file again and sign the list."""
-    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    names = [n for n in names if n not in (CHECKSUMS_FILE, CHECKSUMS_SIGNATURE_FILE)]
-    text = "".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n" for n in names)
-    (folder / CHECKSUMS_FILE).write_text(text)
-    (folder / CHECKSUMS_SIGNATURE_FILE).write_bytes(sign(text.encode()))
 
 
 def _set_final_checkpoint(folder: Path, cp: Mapping[str, Any]) -> None:
@@ -96,7 +81,7 @@ async def test_both_interleaved_cases_verify_ok_and_state_their_coverage(
         folder = await _package(audit_central, tmp_path, case, case)
         coverage = _index(folder)["coverage"][STATION]
         assert (coverage["head_seq"], coverage["head_hash"]) == head
-        docs = _lines(folder, LEDGER)
+        docs = read_lines(folder, LEDGER)
         for item in (i["item"] for i in _index(folder)["items"]):
             held = [e.seq for e in audit_central.index.ledger_entries(STATION, item=item)]
             assert coverage["item_last_seq"][item] == held[-1]
@@ -122,15 +107,16 @@ async def test_entries_of_a_disclosed_item_hidden_as_redacted_lines_are_named(
     pinned = _pin(audit_central, tmp_path)
     sign = load_signing_key(audit_central.config).sign
     folder = await _package(audit_central, tmp_path, "p")
-    docs = _lines(folder, LEDGER)
+    docs = read_lines(folder, LEDGER)
     victim = next(d for d in docs if not d.get("redacted") and d["item"] and d["type"] == "uploaded")
     item = victim["item"]
     later = [d for d in docs if not d.get("redacted") and d["item"] == item and d["seq"] > victim["seq"]]
     assert later, "the item has entries after its upload (its receipt, its wipe)"
     write = [_redacted(d) if d["seq"] == victim["seq"] else d for d in docs]
-    _write_lines(folder, LEDGER, write)
-    _write_lines(folder, CHECKPOINTS, [c for c in _lines(folder, CHECKPOINTS) if c["seq"] != victim["seq"]])
-    _resign_all(folder, sign)
+    write_lines(folder, LEDGER, write)
+    kept = [c for c in read_lines(folder, CHECKPOINTS) if c["seq"] != victim["seq"]]
+    write_lines(folder, CHECKPOINTS, kept)
+    resign_all(folder, sign)
     verdict = _verify(pinned, folder)
     assert verdict.code == 1, verdict
     assert _fail_naming(verdict, item, victim["seq"]), verdict
@@ -138,10 +124,10 @@ async def test_entries_of_a_disclosed_item_hidden_as_redacted_lines_are_named(
 
     # Its last entry hidden too (nothing links to it: the central's stated last seq does).
     last = later[-1]
-    write = [_redacted(d) if d["seq"] == last["seq"] else d for d in _lines(folder, LEDGER)]
-    _write_lines(folder, LEDGER, write)
-    _write_lines(folder, CHECKPOINTS, [c for c in _lines(folder, CHECKPOINTS) if c["seq"] != last["seq"]])
-    _resign_all(folder, sign)
+    write = [_redacted(d) if d["seq"] == last["seq"] else d for d in read_lines(folder, LEDGER)]
+    write_lines(folder, LEDGER, write)
+    write_lines(folder, CHECKPOINTS, [c for c in read_lines(folder, CHECKPOINTS) if c["seq"] != last["seq"]])
+    resign_all(folder, sign)
     verdict = _verify(pinned, folder)
     assert verdict.code == 1 and _fail_naming(verdict, item, last["seq"]), verdict
 
@@ -154,16 +140,16 @@ async def test_a_segment_cut_before_an_items_later_entries_is_named(
     pinned = _pin(audit_central, tmp_path)
     sign = load_signing_key(audit_central.config).sign
     folder = await _package(audit_central, tmp_path, "p", OTHER_CASE)
-    docs = _lines(folder, LEDGER)
+    docs = read_lines(folder, LEDGER)
     sealed = max(d["seq"] for d in docs if not d.get("redacted") and d["type"] in ("acquired", "sealed"))
-    cps = {c["seq"]: c for c in _lines(folder, CHECKPOINTS)}
+    cps = {c["seq"]: c for c in read_lines(folder, CHECKPOINTS)}
     cut = min(s for s in cps if s >= sealed)
     dropped = [d for d in docs if d["seq"] > cut and not d.get("redacted") and d["item"]]
     assert dropped, "entries of disclosed items lie after the cut"
-    _write_lines(folder, LEDGER, [d for d in docs if d["seq"] <= cut])
-    _write_lines(folder, CHECKPOINTS, [c for s, c in sorted(cps.items()) if s <= cut])
+    write_lines(folder, LEDGER, [d for d in docs if d["seq"] <= cut])
+    write_lines(folder, CHECKPOINTS, [c for s, c in sorted(cps.items()) if s <= cut])
     _set_final_checkpoint(folder, cps[cut])
-    _resign_all(folder, sign)
+    resign_all(folder, sign)
     verdict = _verify(pinned, folder)
     assert verdict.code == 1, verdict
     stated = _index(folder)["coverage"][STATION]["item_last_seq"]
@@ -184,7 +170,7 @@ async def test_an_item_tagged_out_of_the_case_cannot_be_disclosed_in_it(
     tagged = audit_central.evidence.tagged_item
     case_a = await _package(audit_central, tmp_path, "a", CASE)
     case_b = await _package(audit_central, tmp_path, "b", OTHER_CASE)
-    whole_a = {d["seq"]: d for d in _lines(case_a, LEDGER) if not d.get("redacted")}
+    whole_a = {d["seq"]: d for d in read_lines(case_a, LEDGER) if not d.get("redacted")}
     tag_seq = next(s for s, d in whole_a.items() if d["item"] == tagged and d["type"] == "tagged")
     assert _verify(pinned, case_b).code == 0  # control: the genuine package of OTHER_CASE holds
     stated_a = _index(case_a)["coverage"][STATION]["item_last_seq"][tagged]
@@ -192,7 +178,7 @@ async def test_an_item_tagged_out_of_the_case_cannot_be_disclosed_in_it(
 
     for variant in ("stated", "unstated"):
         forged = Path(shutil.copytree(case_b, tmp_path / f"forged-{variant}"))
-        docs = _lines(forged, LEDGER)
+        docs = read_lines(forged, LEDGER)
         shown = set()
         for n, doc in enumerate(docs):
             whole = whole_a.get(doc["seq"])
@@ -200,16 +186,17 @@ async def test_an_item_tagged_out_of_the_case_cannot_be_disclosed_in_it(
                 docs[n] = whole
                 shown.add(doc["seq"])
         assert shown and tag_seq not in shown
-        _write_lines(forged, LEDGER, docs)
-        cps = _lines(forged, CHECKPOINTS) + [c for c in _lines(case_a, CHECKPOINTS) if c["seq"] in shown]
-        _write_lines(forged, CHECKPOINTS, sorted(cps, key=lambda c: c["seq"]))
+        write_lines(forged, LEDGER, docs)
+        borrowed = [c for c in read_lines(case_a, CHECKPOINTS) if c["seq"] in shown]
+        cps = read_lines(forged, CHECKPOINTS) + borrowed
+        write_lines(forged, CHECKPOINTS, sorted(cps, key=lambda c: c["seq"]))
         shutil.copytree(case_a / f"items/{tagged}", forged / f"items/{tagged}")
         index = _index(forged)
         index["items"].append(next(i for i in _index(case_a)["items"] if i["item"] == tagged))
         if variant == "stated":
             index["coverage"][STATION]["item_last_seq"][tagged] = stated_a
         (forged / "package.json").write_bytes(canonical_json(index))
-        _resign_all(forged, sign)
+        resign_all(forged, sign)
         verdict = _verify(pinned, forged)
         assert verdict.code == 1, (variant, verdict)
         if variant == "stated":
@@ -229,7 +216,7 @@ async def test_a_package_without_stated_coverage_is_not_complete(
     index = _index(folder)
     del index["coverage"]
     (folder / "package.json").write_bytes(canonical_json(index))
-    _resign_all(folder, load_signing_key(audit_central.config).sign)
+    resign_all(folder, load_signing_key(audit_central.config).sign)
     verdict = _verify(pinned, folder)
     assert verdict.code == VERIFY_NOT_COMPLETE and "NOT COMPLETE" in verdict.stdout, verdict
     assert not verdict.failures and "chain not recorded" in verdict.stdout
@@ -262,7 +249,7 @@ async def test_items_of_a_ledger_without_item_chain_are_not_complete(
 ) -> None:
     pinned = _pin(old_ledger_central, tmp_path)
     folder = await _package(old_ledger_central, tmp_path, "p")
-    assert not any("item_prev" in d.get("data", {}) for d in _lines(folder, LEDGER))
+    assert not any("item_prev" in d.get("data", {}) for d in read_lines(folder, LEDGER))
     verdict = _verify(pinned, folder)
     assert verdict.code == VERIFY_NOT_COMPLETE, verdict
     assert "NOT COMPLETE" in verdict.stdout and "chain not recorded" in verdict.stdout

@@ -14,14 +14,11 @@ a real index filled with a real station ledger, then checked by `edge verify` as
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
-import json
 import sqlite3
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from edge.central.disclosure.package import PackagePlan, segment_for, write_package
 from edge.central.sqlite import SqliteIndex
@@ -30,6 +27,7 @@ from edge.custody.disclosure import PackageIndex
 from edge.custody.keys import StationKey, key_id_of
 from edge.custody.keyschedule import rotation_data
 from edge.custody.ledger import Ledger, checkpoint_payload, entry_hash
+from tests.audit.package_edits import read_lines, resign_all, write_lines
 from tests.tamper.stores import Verdict, run_edge
 
 STATION = "ST-1"
@@ -115,37 +113,23 @@ def _verify(folder: Path, central: StationKey) -> Verdict:
     return run_edge("verify", "--central-key", str(pinned), str(folder))
 
 
-def _lines(folder: Path, name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (folder / name).read_text(encoding="utf-8").splitlines()]
 
-
-def _write_lines(folder: Path, name: str, docs: list[dict[str, Any]]) -> None:
-    (folder / name).write_bytes(b"".join(canonical_json(doc) + b"\n" for doc in docs))
-
-
-def _resign(folder: Path, central: StationKey) -> None:
-    """What a hostile central (or anyone with its key) does after changing files: list them all again."""
-    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    names = [n for n in names if n not in ("SHA256SUMS", "SHA256SUMS.sig")]
-    text = "".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n" for n in names)
-    (folder / "SHA256SUMS").write_text(text)
-    (folder / "SHA256SUMS.sig").write_bytes(central.sign(text.encode()))
 
 
 def _forge_tag(folder: Path, item: str, lost_key: StationKey) -> int:
     """Rewrite the item's tag (the segment's last entry) into another case and sign its checkpoint with
     the lost key, as whoever stole it would; returns its seq."""
-    entries = _lines(folder, ENTRIES)
+    entries = read_lines(folder, ENTRIES)
     tag = entries[-1]
     assert (tag["type"], tag["item"]) == ("tagged", item)
     body = {k: v for k, v in tag.items() if k != "hash"}
     body["data"] = {**body["data"], "changes": {"case_number": "A-2026-001"}}
     forged = {**body, "hash": entry_hash(body)}
-    _write_lines(folder, ENTRIES, [*entries[:-1], forged])
+    write_lines(folder, ENTRIES, [*entries[:-1], forged])
     signature = lost_key.sign(checkpoint_payload(STATION, forged["seq"], forged["hash"], TIME))
     cp = {"station": STATION, "seq": forged["seq"], "hash": forged["hash"], "time": TIME,
           "key_id": lost_key.key_id, "signature": base64.b64encode(signature).decode()}
-    _write_lines(folder, CHECKPOINTS, [*(c for c in _lines(folder, CHECKPOINTS) if c["seq"] != cp["seq"]),
+    write_lines(folder, CHECKPOINTS, [*(c for c in read_lines(folder, CHECKPOINTS) if c["seq"] != cp["seq"]),
                                        cp])
     (folder / CHECKPOINT).write_bytes(canonical_json(cp))
     (folder / f"ledger/{STATION}/checkpoint.payload").write_bytes(
@@ -172,7 +156,7 @@ def test_an_honest_rotated_station_verifies_and_a_forged_tag_with_the_lost_key_i
     assert verdict.code == 0, verdict.stdout + verdict.stderr
     # Control of the refusal: the rotation shown whole, the lost key's checkpoint after it is refused.
     seq = _forge_tag(folder, EARLIER, station.keys[0])
-    _resign(folder, central)
+    resign_all(folder, central.sign)
     verdict = _verify(folder, central)
     assert verdict.code != 0
     assert f"retired at seq {_rotation_seq(station)}" in verdict.stdout and str(seq) in verdict.stdout
@@ -187,17 +171,17 @@ def test_a_rotation_shipped_as_a_redacted_line_is_refused(tmp_path: Path) -> Non
     folder = _package(station, EARLIER, tmp_path, central)
     rotation = _rotation_seq(station)
     entries = [{"seq": e["seq"], "prev": e["prev"], "hash": e["hash"], "redacted": True}
-               if e.get("type") == "key_rotated" else e for e in _lines(folder, ENTRIES)]
-    _write_lines(folder, ENTRIES, entries)
+               if e.get("type") == "key_rotated" else e for e in read_lines(folder, ENTRIES)]
+    write_lines(folder, ENTRIES, entries)
     seq = _forge_tag(folder, EARLIER, station.keys[0])
-    _resign(folder, central)
+    resign_all(folder, central.sign)
     verdict = _verify(folder, central)
     assert verdict.code != 0, f"the lost key binds the rewritten seq {seq}: the rotation was only redacted"
     assert f"seq {rotation}" in verdict.stdout and "redacted line" in verdict.stdout, verdict.stdout
     assert f"retired at seq {rotation}" in verdict.stdout and station.keys[0].key_id in verdict.stdout
     # The central also leaves the rotations out: both listed keys are then of no known epoch.
     (folder / ROTATIONS).write_bytes(b"")
-    _resign(folder, central)
+    resign_all(folder, central.sign)
     verdict = _verify(folder, central)
     assert verdict.code != 0
     assert all(f"key {key.key_id}" in verdict.stdout for key in station.keys), verdict.stdout
@@ -211,16 +195,16 @@ def test_a_rotation_before_the_segment_still_retires_the_lost_key(tmp_path: Path
     _custody(station, LATER)
     folder = _package(station, LATER, tmp_path, central)
     rotation = _rotation_seq(station)
-    assert all(e["seq"] > rotation for e in _lines(folder, ENTRIES))  # the segment starts after it
+    assert all(e["seq"] > rotation for e in read_lines(folder, ENTRIES))  # the segment starts after it
     assert _verify(folder, central).code == 0  # control: the honest later package verifies
     seq = _forge_tag(folder, LATER, station.keys[0])
-    _resign(folder, central)
+    resign_all(folder, central.sign)
     verdict = _verify(folder, central)
     assert verdict.code != 0, f"the lost key binds the rewritten seq {seq}: the rotation lies before it"
     assert f"retired at seq {rotation}" in verdict.stdout and station.keys[0].key_id in verdict.stdout
     # Without the rotations the listed keys have no known epoch: refused, each key named.
     (folder / ROTATIONS).unlink()
-    _resign(folder, central)
+    resign_all(folder, central.sign)
     verdict = _verify(folder, central)
     assert verdict.code != 0
     assert all(f"key {key.key_id}" in verdict.stdout for key in station.keys), verdict.stdout
@@ -234,20 +218,20 @@ def test_a_rotation_file_that_does_not_hold_is_refused(tmp_path: Path) -> None:
     _custody(station, LATER)
     folder = _package(station, LATER, tmp_path, central)
     assert _verify(folder, central).code == 0  # control: two rotations, retired then lost, chain
-    rotations = _lines(folder, ROTATIONS)
+    rotations = read_lines(folder, ROTATIONS)
     retired = station.keys[0].key_id
     assert retired in {c["key_id"] for c in rotations[0]["checkpoints"]}
     # The retired key's checkpoint dropped: nothing it signed vouches for the rotation.
     kept = [c for c in rotations[0]["checkpoints"] if c["key_id"] != retired]
-    _write_lines(folder, ROTATIONS, [{**rotations[0], "checkpoints": kept}, rotations[1]])
-    _resign(folder, central)
+    write_lines(folder, ROTATIONS, [{**rotations[0], "checkpoints": kept}, rotations[1]])
+    resign_all(folder, central.sign)
     verdict = _verify(folder, central)
     assert verdict.code != 0 and f"{ROTATIONS} line 1" in verdict.stdout, verdict.stdout
     assert f"by key {retired}" in verdict.stdout
     # The rotation's content changed (its reason): its hash no longer holds.
     changed = {**rotations[1]["entry"], "data": {**rotations[1]["entry"]["data"], "reason": "routine"}}
-    _write_lines(folder, ROTATIONS, [rotations[0], {**rotations[1], "entry": changed}])
-    _resign(folder, central)
+    write_lines(folder, ROTATIONS, [rotations[0], {**rotations[1], "entry": changed}])
+    resign_all(folder, central.sign)
     verdict = _verify(folder, central)
     assert verdict.code != 0 and f"{ROTATIONS} line 2" in verdict.stdout and "altered" in verdict.stdout
 

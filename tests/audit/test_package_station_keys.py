@@ -11,7 +11,6 @@ enrolled at the central, so a reader can compare it with the station's.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -24,6 +23,7 @@ from edge.custody.canonical import canonical_json
 from edge.custody.keys import StationKey, key_id_of, load_public_key
 from edge.custody.ledger import checkpoint_payload, entry_hash
 from tests.audit.conftest import AuditCentral
+from tests.audit.package_edits import read_lines, resign_all, write_lines
 from tests.audit.test_disclosure_package import unzipped_package
 from tests.audit.test_package_trust import _pin, central_key_fingerprint
 from tests.tamper.stores import run_edge
@@ -35,21 +35,7 @@ CHECKPOINT = f"ledger/{STATION}/checkpoint.json"
 TIME = "2026-12-05T00:00:00.000000Z"
 
 
-def _lines(folder: Path, name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (folder / name).read_text(encoding="utf-8").splitlines()]
 
-
-def _write_lines(folder: Path, name: str, docs: list[dict[str, Any]]) -> None:
-    (folder / name).write_bytes(b"".join(canonical_json(d) + b"\n" for d in docs))
-
-
-def _resign_all(folder: Path, sign: Any) -> None:
-    """SHA256SUMS lists every file of the folder again; the central's key signs it."""
-    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    names = [n for n in names if n not in ("SHA256SUMS", "SHA256SUMS.sig")]
-    text = "".join(f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n" for n in names)
-    (folder / "SHA256SUMS").write_text(text)
-    (folder / "SHA256SUMS.sig").write_bytes(sign(text.encode()))
 
 
 def _set_final_checkpoint(folder: Path, cp: dict[str, Any]) -> None:
@@ -61,7 +47,7 @@ def _set_final_checkpoint(folder: Path, cp: dict[str, Any]) -> None:
 
 def _forge_with_a_key_of_the_centrals(folder: Path, sign: Any) -> StationKey:
     """Rewrite who tagged a disclosed item and re-sign the chain after it with a central-made key."""
-    docs = _lines(folder, LEDGER)
+    docs = read_lines(folder, LEDGER)
     n = next(n for n, d in enumerate(docs) if not d.get("redacted") and d["type"] == "tagged")
     docs[n]["data"]["by"] = "someone-else"
     mine = StationKey.generate()
@@ -76,8 +62,8 @@ def _forge_with_a_key_of_the_centrals(folder: Path, sign: Any) -> StationKey:
         signature = mine.sign(checkpoint_payload(STATION, doc["seq"], doc["hash"], TIME))
         resigned[doc["seq"]] = {"station": STATION, "seq": doc["seq"], "hash": doc["hash"], "time": TIME,
                                 "key_id": mine.key_id, "signature": base64.b64encode(signature).decode()}
-    _write_lines(folder, LEDGER, docs)
-    _write_lines(folder, CHECKPOINTS, [resigned.get(c["seq"], c) for c in _lines(folder, CHECKPOINTS)])
+    write_lines(folder, LEDGER, docs)
+    write_lines(folder, CHECKPOINTS, [resigned.get(c["seq"], c) for c in read_lines(folder, CHECKPOINTS)])
     final = json.loads((folder / CHECKPOINT).read_text())
     _set_final_checkpoint(folder, resigned.get(final["seq"], final))
     index = json.loads((folder / "package.json").read_text())
@@ -85,7 +71,7 @@ def _forge_with_a_key_of_the_centrals(folder: Path, sign: Any) -> StationKey:
     (folder / "package.json").write_bytes(canonical_json(index))
     (folder / f"keys/station-{STATION}-{mine.key_id}.pem").write_bytes(mine.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    _resign_all(folder, sign)
+    resign_all(folder, sign)
     return mine
 
 
