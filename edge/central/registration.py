@@ -38,8 +38,16 @@ from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.disclosure import key_epoch_problem, shown_rotations, station_schedule
 from edge.custody.errors import CanonicalJsonError, KeyFormatError, LedgerError
 from edge.custody.keys import StationKey, key_id_of
-from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry, station_time_now, verify_chain
+from edge.custody.ledger import (
+    Checkpoint,
+    EntryType,
+    ItemChains,
+    LedgerEntry,
+    station_time_now,
+    verify_chain,
+)
 from edge.custody.manifest import REQUIRED_FIELDS, verify_manifest
+from edge.custody.problems import Problem
 from edge.custody.receipt import Receipt, TreeHead, make_leaf_entry, make_receipt
 from edge.custody.refusal import FINAL_ITEM_CODES, LEDGER_FORK, RefusalError, sign_refusal
 from edge.custody.witness import WitnessedHead, sign_witnessed_head
@@ -363,11 +371,19 @@ def check_segment(
     public_key: Ed25519PublicKey,
     head: tuple[int, str],
     accepted: Mapping[int, LedgerEntry],
+    item_heads: Mapping[str, tuple[int, str]] | None = None,
 ) -> list[LedgerEntry]:
     """The entries of a segment the central does not hold yet, after every check; raises :class:`Rejection`.
 
     ``head`` is the station's accepted ``(seq, hash)``; ``accepted`` the stored entries the segment
-    overlaps (seq <= head), which it must repeat exactly.
+    overlaps (seq <= head), which it must repeat exactly; ``item_heads`` the ``(seq, hash)`` of the last
+    accepted entry of each item the new entries name (:meth:`Index.ledger_item_last`; an item missing from
+    it has none, and None means the central holds none of the station's items, as at the genesis).
+
+    Each new entry of an item that carries ``data.item_prev`` must name the hash of the item's previous
+    entry (the segment's own, else the accepted one) or the genesis for the item's first: the link a
+    disclosure package relies on to show that none of the item's entries was hidden. Entries without it
+    (stations older than the item chain) are accepted as before.
     """
     for before, after in itertools.pairwise(entries):
         if after.seq != before.seq + 1:
@@ -409,6 +425,8 @@ def check_segment(
     _check_checkpoint(checkpoint, entries[-1], station_id, public_key, entries)
     if new:
         problems = verify_chain(new, [checkpoint], public_key, station_id, after=head)
+        if not problems:
+            problems = _item_chain_problems(new, item_heads or {})
         if problems:
             raise Rejection(
                 RejectCode.BAD_CHAIN,
@@ -416,6 +434,17 @@ def check_segment(
                 f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""),
             )
     return new
+
+
+def _item_chain_problems(
+    new: Sequence[LedgerEntry], item_heads: Mapping[str, tuple[int, str]]
+) -> list[Problem]:
+    """Each new entry's ``item_prev`` against its item's previous entry (:class:`ItemChains`)."""
+    chains = ItemChains(item_heads.get)
+    problems: list[Problem] = []
+    for entry in new:
+        chains.feed(entry, problems)
+    return problems
 
 
 def _rotation_hint(entries: Sequence[LedgerEntry], station_id: str, key_id: str) -> str:
@@ -677,9 +706,16 @@ class Registrar:
             accepted = {
                 e.seq: e for e in self.index.ledger_entries(station_id, entries[0].seq, end_seq=overlap_end)
             }
+            # The last accepted entry of each item the new entries name (the segment is bounded, so are
+            # these point lookups), read here: the index is not used from the worker thread.
+            item_heads = {
+                item: last
+                for item in {e.item for e in entries if e.seq > head[0] and e.item is not None}
+                if (last := self.index.ledger_item_last(station_id, item)) is not None
+            }
             new = await asyncio.to_thread(
                 check_segment, entries, checkpoint, station_id=station_id, public_key=public_key, head=head,
-                accepted=accepted,
+                accepted=accepted, item_heads=item_heads,
             )
             kept = await asyncio.to_thread(check_segment_checkpoints, signed, entries, station_id, public_key,
                                            self.index.station_keys(station_id))

@@ -101,6 +101,9 @@ class Index(Protocol):
     # station ledgers
     def ledger_head(self, station_id: str) -> tuple[int, str]: ...
     def ledger_entry(self, station_id: str, seq: int) -> LedgerEntry | None: ...
+    def ledger_item_last(self, station_id: str, item: str) -> tuple[int, str] | None:
+        """``(seq, hash)`` of the station's last accepted entry of ``item``, None when there is none."""
+        ...
 
     def ledger_entries(
         self,

@@ -7,8 +7,9 @@ A central store verifies when:
 * every item row agrees with its manifest (canonical text, hash, size, station, officer, device, times),
   the manifest is signed by a key the station was enrolled with, and it points at the `acquired` entry of
   the item in the station's accepted ledger;
-* every station's accepted ledger is an unbroken hash chain from seq 1, and every stored checkpoint is
-  signed by one of the station's enrolled keys over an entry the ledger holds;
+* every station's accepted ledger is an unbroken hash chain from seq 1, each entry of an item that carries
+  ``data.item_prev`` names the hash of that item's previous entry (the genesis for its first), and every
+  stored checkpoint is signed by one of the station's enrolled keys over an entry the ledger holds;
 * the metadata history repeats the manifest's case block and every accepted `tagged` entry, and the
   current case of each item is their fold;
 * the Merkle log recomputes from its leaves (leaf hashes, stored nodes, every signed tree head), each
@@ -70,7 +71,13 @@ from edge.custody.canonical import canonical_json, parse_json, sha256_hex
 from edge.custody.checkpoint_note import NoteError, open_note, parse_checkpoint
 from edge.custody.errors import CanonicalJsonError, KeyFileError, KeyFormatError, LedgerError
 from edge.custody.keys import StationKey, key_id_of, load_public_key, public_key_from_b64, verify_signature
-from edge.custody.ledger import Checkpoint, LedgerEntry, checkpoint_payload, verify_chain
+from edge.custody.ledger import (
+    Checkpoint,
+    ItemChains,
+    LedgerEntry,
+    checkpoint_payload,
+    verify_chain,
+)
 from edge.custody.manifest import verify_manifest
 from edge.custody.merkle import leaf_hash, verify_inclusion
 from edge.custody.problems import Problem
@@ -432,8 +439,20 @@ class _Checker:
         # Chain linkage and content hashes, streamed; the key matters only for checkpoints, checked below
         # per key.
         any_key = next(iter(keys.values()))
-        for problem in verify_chain(self._entries(station), [], any_key, station):
+        # Each item's own chain (data.item_prev) in the same pass: one (seq, hash) per item of the station
+        # is held, never its entries, so memory grows with the station's items and not with its ledger.
+        item_chains = ItemChains()
+        item_problems: list[Problem] = []
+
+        def with_item_chains() -> Iterator[LedgerEntry]:
+            for entry in self._entries(station):
+                item_chains.feed(entry, item_problems)
+                yield entry
+
+        for problem in verify_chain(with_item_chains(), [], any_key, station):
             self.add(f"station {station} {problem.where}", problem.what)
+        for problem in item_problems:
+            self.add(f"station {station} {problem.where}", f"item chain broken: {problem.what}")
         for row in self.conn.execute(
             "SELECT station, seq, hash, time, key_id, signature FROM station_checkpoints WHERE station = ? "
             "ORDER BY seq, id",

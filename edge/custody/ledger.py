@@ -50,6 +50,7 @@ __all__ = [
     "ITEM_PREV",
     "Checkpoint",
     "EntryType",
+    "ItemChains",
     "Ledger",
     "LedgerEntry",
     "LedgerKeyFacts",
@@ -854,19 +855,27 @@ def ledger_key_facts(conn: sqlite3.Connection) -> LedgerKeyFacts:
     return LedgerKeyFacts(int(head), int(checkpoints), key_id, None)
 
 
-class _ItemChains:
+class ItemChains:
     """Checks each entry's :data:`ITEM_PREV` against its item's previous entry while the ledger streams by.
 
-    Holds one (seq, hash) per item seen; entries without the member (written before stations recorded it)
-    are accepted as before, and still count as their item's previous entry for the next one."""
+    Holds one (seq, hash) per item seen (memory grows with the number of items, never with their entries);
+    entries without the member (written before stations recorded it) are accepted as before, and still
+    count as their item's previous entry for the next one. ``earlier(item)`` gives the item's last entry
+    before the first one fed, ``(seq, hash)``, or None when it has none: a continuation (the central's
+    accepted ledger before a new segment) is checked without streaming what came before it."""
 
-    def __init__(self) -> None:
+    def __init__(self, earlier: Callable[[str], tuple[int, str] | None] | None = None) -> None:
         self._last: dict[str, tuple[int, str]] = {}
+        self._earlier = earlier
 
     def feed(self, entry: LedgerEntry, problems: list[Problem]) -> None:
+        """Check ``entry`` (the next in seq order) and remember it; a broken link is added to ``problems``
+        as ``ledger seq N``, naming the item."""
         if entry.item is None:
             return
         previous = self._last.get(entry.item)
+        if previous is None and self._earlier is not None:
+            previous = self._earlier(entry.item)
         self._last[entry.item] = (entry.seq, entry.hash)
         if ITEM_PREV not in entry.data:
             return
@@ -876,11 +885,12 @@ class _ItemChains:
             return
         shown = str(found)[:80]
         if previous is None:
-            what = (f"is item {entry.item[:80]}'s first entry, but its item_prev is {shown}, not the "
+            what = (f"is item {str(entry.item)[:80]}'s first entry, but its item_prev is {shown}, not the "
                     f"genesis value: an earlier entry of the item was deleted")
         else:
-            what = (f"item_prev is {shown}, but item {entry.item[:80]}'s previous entry (seq {previous[0]}) "
-                    f"has hash {previous[1]}: an entry of the item was deleted, inserted or replaced")
+            what = (f"item_prev is {shown}, but item {str(entry.item)[:80]}'s previous entry "
+                    f"(seq {previous[0]}) has hash {previous[1]}: an entry of the item was deleted, inserted "
+                    f"or replaced")
         problems.append(Problem(f"ledger seq {entry.seq}", what))
 
 
@@ -910,7 +920,7 @@ def verify_ledger(
                 yield Problem(f"checkpoint seq {row[1]!r}", str(exc))
 
     walker = _ChainWalker(checkpoint_rows(), keys, station_id, (0, GENESIS_PREV), problems)
-    item_chains = _ItemChains()
+    item_chains = ItemChains()
     cursor = conn.execute("SELECT seq, time, type, item, data, prev, hash FROM ledger ORDER BY seq")
     entries = 0
     for row in cursor:

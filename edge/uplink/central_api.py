@@ -87,6 +87,11 @@ class CentralApi:
         # Does the central take a segment's other checkpoints? None until one of its ledger answers (or a
         # refusal of the member) says: a central not yet upgraded refuses the whole segment for it.
         self.takes_checkpoints: bool | None = None
+        # Once the central has said (``accepts``) that it takes them, it is an upgraded central for the life
+        # of this client: a later answer that contradicts it (an old instance behind a load balancer during
+        # a rolling upgrade, or anyone answering in the central's name) never strips a segment's checkpoints
+        # (the uplink sends each entry once, so checkpoints stripped once are lost for good).
+        self.said_it_takes_checkpoints = False
 
     def _station_url(self, tail: str) -> str:
         return f"{self.base_url}/v1/stations/{quote(self.station_id, safe='')}/{tail}"
@@ -113,6 +118,7 @@ class CentralApi:
     def _learn(self, answer: LedgerAnswer, doc: Mapping[str, Any]) -> LedgerAnswer:
         accepts = doc.get("accepts")
         self.takes_checkpoints = isinstance(accepts, list) and SEGMENT_CHECKPOINTS in accepts
+        self.said_it_takes_checkpoints |= self.takes_checkpoints
         return answer
 
     async def _with_checkpoints(
@@ -121,8 +127,11 @@ class CentralApi:
     ) -> dict[str, Any]:
         """Send a request carrying a ledger segment, with its checkpoints unless the central does not take
         them; a central that refuses the member (not yet upgraded) gets the segment again without them,
-        and the station says loudly why its packages will verify NOT BOUND."""
-        if not signed or self.takes_checkpoints is False:
+        and the station says loudly why its packages will verify NOT BOUND. A central that has said it
+        takes them is never sent a segment without them: a refusal of the member then stands (the uplink
+        retries the segment later, checkpoints and all, as any refused push) and is logged as the
+        contradiction it is."""
+        if not signed or (self.takes_checkpoints is False and not self.said_it_takes_checkpoints):
             return await send(())
         try:
             return await send(signed)
@@ -130,6 +139,13 @@ class CentralApi:
             # The previous release's words: "ledger segment has unknown members ['checkpoints']; ...".
             older = "unknown members" in exc.detail and repr(SEGMENT_CHECKPOINTS) in exc.detail
             if exc.status != 400 or exc.code != "bad_request" or not older:
+                raise
+            if self.said_it_takes_checkpoints:
+                log.error(
+                    "the central %s refused a ledger segment for its checkpoints (%s) after it said it takes "
+                    "them: an answer from an instance not upgraded, or not from the central. The refusal "
+                    "stands; the segment is sent again later with its checkpoints",
+                    self.base_url, exc.detail[:200])
                 raise
             self.takes_checkpoints = False
             log.error(

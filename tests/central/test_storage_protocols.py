@@ -112,6 +112,10 @@ class WrappedIndex:
         self._hooks.hit("ledger_entry")
         return self._inner.ledger_entry(station_id, seq)
 
+    def ledger_item_last(self, station_id: str, item: str) -> tuple[int, str] | None:
+        self._hooks.hit("ledger_item_last")
+        return self._inner.ledger_item_last(station_id, item)
+
     def ledger_entries(
         self,
         station_id: str,

@@ -158,3 +158,69 @@ async def test_another_refusal_of_the_checkpoints_is_not_taken_for_an_older_cent
             assert api.takes_checkpoints is None
     finally:
         await runner.cleanup()
+
+
+class _RollingUpgrade(_Central):
+    """An upgraded central with an instance not upgraded yet behind the same address (a rolling upgrade,
+    or anyone answering in the central's name): the next ``stale_answers`` requests land on it."""
+
+    stale_answers: int = 0
+
+    async def _stale(self, handler: Any, request: web.Request) -> web.Response:
+        if not self.stale_answers:
+            return await handler(request)  # type: ignore[no-any-return]
+        self.stale_answers -= 1
+        self.upgraded = False
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            self.upgraded = True
+
+    async def stale_post_ledger(self, request: web.Request) -> web.Response:
+        return await self._stale(super().post_ledger, request)
+
+    async def stale_ledger_head(self, request: web.Request) -> web.Response:
+        return await self._stale(super().ledger_head, request)
+
+
+async def test_a_central_that_said_it_takes_checkpoints_never_gets_a_segment_without_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review 4, finding 4: once the central said (``accepts``) it takes checkpoints, an answer refusing
+    the member is a contradiction, not an older central: the refusal stands (the segment goes again later,
+    with its checkpoints) and is logged as such; an answer without ``accepts`` does not strip them either.
+    The older central of the test above (never said it takes them) is the control: it gets them stripped."""
+    fake = _RollingUpgrade(upgraded=True)
+    app = web.Application()
+    app.router.add_get(f"/v1/stations/{STATION}/ledger/head", fake.stale_ledger_head)
+    app.router.add_post(f"/v1/stations/{STATION}/ledger", fake.stale_post_ledger)
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    entries, signed = _ledger()
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = CentralApi(session, f"http://127.0.0.1:{port}", STATION)
+            await api.ledger_state()
+            assert api.takes_checkpoints is True
+            fake.stale_answers = 1
+            with pytest.raises(CentralRejected, match="unknown members"):
+                await api.post_ledger(entries[:3], signed[2], signed[:3])
+            assert fake.refused == 1 and fake.segments == []  # refused, not sent again stripped
+            contradiction = [r for r in caplog.records if r.levelno == logging.ERROR
+                             and "after it said it takes them" in r.message]
+            assert len(contradiction) == 1
+            assert not [r for r in caplog.records if "older than this station" in r.message]
+            await api.post_ledger(entries[:3], signed[2], signed[:3])  # the uplink's retry
+            fake.stale_answers = 1  # a head answer from the old instance: no ``accepts``
+            await api.ledger_state()
+            assert api.takes_checkpoints is False
+            await api.post_ledger(entries[3:], signed[5], signed[3:])
+    finally:
+        await runner.cleanup()
+    carried = [[cp["seq"] for cp in s.get("checkpoints", [])] + [s["checkpoint"]["seq"]]
+               for s in fake.segments]
+    assert carried == [[entries[0].seq, entries[1].seq, entries[2].seq],
+                       [entries[3].seq, entries[4].seq, entries[5].seq]]

@@ -403,6 +403,15 @@ class SqliteIndex:
         ).fetchone()
         return None if row is None else ledger_entry_from_row(station_id, row)
 
+    def ledger_item_last(self, station_id: str, item: str) -> tuple[int, str] | None:
+        """``(seq, hash)`` of the station's last accepted entry naming ``item`` (by the index
+        ``station_ledger_item``), or None when it has none: what a new entry's ``item_prev`` must name."""
+        row = self.conn.execute(
+            "SELECT seq, hash FROM station_ledger WHERE item = ? AND station = ? ORDER BY seq DESC LIMIT 1",
+            (item, station_id),
+        ).fetchone()
+        return None if row is None else (int(row["seq"]), str(row["hash"]))
+
     def ledger_entries(
         self,
         station_id: str,
