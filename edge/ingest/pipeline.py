@@ -660,17 +660,24 @@ class _Run:
             # Another original under the key of one that is gone from the source: linked, not merged.
             facts["earlier_item"] = w.acquisition.earlier
         attempt = w.acquisition.attempts
-        entry = await self.pipeline.commit(
-            lambda: self.repository.acquired(
-                w.item,
-                origin,
-                sha256=copied.sha256,
-                size=copied.size,
-                acquired_utc=acquired_utc,
-                attempt=attempt,
-                facts=facts,
+        try:
+            entry = await self.pipeline.commit(
+                lambda: self.repository.acquired(
+                    w.item,
+                    origin,
+                    sha256=copied.sha256,
+                    size=copied.size,
+                    acquired_utc=acquired_utc,
+                    attempt=attempt,
+                    facts=facts,
+                )
             )
-        )
+        except Exception:
+            # Not recorded (the disk filled up under the commit, an I/O error): the temp copy belongs to
+            # no item, so it goes; the original stays on the source and is copied at its next docking.
+            if self.repository.item(w.item) is None:
+                self.layout.tmp_copy(w.item).unlink(missing_ok=True)
+            raise
         log.debug("%s %s: acquired %s as item %s (seq %d)", self.source.kind, self.source.device,
                   w.offered.display, w.item, entry.seq)
         w.unrecorded = None

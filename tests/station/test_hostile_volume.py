@@ -195,3 +195,36 @@ def test_the_ledger_reserve_is_held_released_and_held_again(tmp_path: Path) -> N
         assert verify_store(store.layout.root).ok  # not an unaccounted object
     finally:
         store.close()
+
+
+async def test_a_copy_whose_acquisition_cannot_be_recorded_leaves_no_temp_copy(
+    volume: Path, store: StationStore, config_factory: Callable[..., StationConfig],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The disk fills up under the commit that records a finished copy (SQLite's own "database or disk
+    is full", as another bay's copy can cause): the run stops as store full and the unrecorded temp copy
+    is removed, not left in tmp/ for ever as nobody's; the originals stay on the recorder."""
+    from edge.ingest.repository import IngestRepository
+
+    real_acquired = IngestRepository.acquired
+    failed: list[str] = []
+
+    def acquired_on_a_full_disk(self: IngestRepository, item: str, *args: Any, **kwargs: Any) -> Any:
+        if failed:
+            return real_acquired(self, item, *args, **kwargs)
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        self.conn.execute(f"PRAGMA max_page_count = {pages}")  # a real SQLITE_FULL, for this one
+        try:
+            failed.append(item)
+            padded = {**kwargs["facts"], "pad": "x" * 65536}  # more than the pages the database may have
+            return real_acquired(self, item, *args, **{**kwargs, "facts": padded})
+        finally:
+            self.conn.execute("PRAGMA max_page_count = 1073741823")
+
+    monkeypatch.setattr(IngestRepository, "acquired", acquired_on_a_full_disk)
+    before = {p: sha256_file(p) for p in volume.rglob("*") if p.is_file()}
+    result = await VolumeOffload(store, config_factory(), session_info(), volume).run()
+    assert failed, "the acquisition was recorded through the patched call"
+    assert result.outcome is OffloadOutcome.STORE_FULL
+    assert not [p for p in store.layout.tmp.iterdir() if p.name == f"{failed[0]}.part"]
+    assert {p: sha256_file(p) for p in volume.rglob("*") if p.is_file()} == before
