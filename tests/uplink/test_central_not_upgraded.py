@@ -10,6 +10,7 @@ older central here speaks over real HTTP, with the previous release's refusal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -77,13 +78,9 @@ class _Central:
                             content_type="application/json")
 
 
-@pytest.fixture(params=[False, True], ids=["older-central", "upgraded-central"])
-async def central(request: pytest.FixtureRequest) -> AsyncIterator[tuple[_Central, CentralApi]]:
-    fake = _Central(upgraded=request.param)
-    app = web.Application()
-    app.router.add_get(f"/v1/stations/{STATION}/ledger/head", fake.ledger_head)
-    app.router.add_post(f"/v1/stations/{STATION}/ledger", fake.post_ledger)
-    app.router.add_post(f"/v1/stations/{STATION}/items", fake.register)
+@contextlib.asynccontextmanager
+async def _serving(app: web.Application) -> AsyncIterator[CentralApi]:
+    """`app` on a free loopback port, and the station's client of it."""
     runner = web.AppRunner(app, shutdown_timeout=0.2)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -91,9 +88,20 @@ async def central(request: pytest.FixtureRequest) -> AsyncIterator[tuple[_Centra
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
         async with aiohttp.ClientSession() as session:
-            yield fake, CentralApi(session, f"http://127.0.0.1:{port}", STATION)
+            yield CentralApi(session, f"http://127.0.0.1:{port}", STATION)
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture(params=[False, True], ids=["older-central", "upgraded-central"])
+async def central(request: pytest.FixtureRequest) -> AsyncIterator[tuple[_Central, CentralApi]]:
+    fake = _Central(upgraded=request.param)
+    app = web.Application()
+    app.router.add_get(f"/v1/stations/{STATION}/ledger/head", fake.ledger_head)
+    app.router.add_post(f"/v1/stations/{STATION}/ledger", fake.post_ledger)
+    app.router.add_post(f"/v1/stations/{STATION}/items", fake.register)
+    async with _serving(app) as api:
+        yield fake, api
 
 
 def _ledger() -> tuple[list[LedgerEntry], list[Checkpoint]]:
@@ -144,20 +152,11 @@ async def test_another_refusal_of_the_checkpoints_is_not_taken_for_an_older_cent
 
     app = web.Application()
     app.router.add_post(f"/v1/stations/{STATION}/ledger", refuse)
-    runner = web.AppRunner(app, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     entries, signed = _ledger()
-    try:
-        async with aiohttp.ClientSession() as session:
-            api = CentralApi(session, f"http://127.0.0.1:{port}", STATION)
-            with pytest.raises(CentralRejected, match="at most two checkpoints"):
-                await api.post_ledger(entries[:2], signed[1], signed[:2])
-            assert api.takes_checkpoints is None
-    finally:
-        await runner.cleanup()
+    async with _serving(app) as api:
+        with pytest.raises(CentralRejected, match="at most two checkpoints"):
+            await api.post_ledger(entries[:2], signed[1], signed[:2])
+        assert api.takes_checkpoints is None
 
 
 class _RollingUpgrade(_Central):
@@ -194,32 +193,23 @@ async def test_a_central_that_said_it_takes_checkpoints_never_gets_a_segment_wit
     app = web.Application()
     app.router.add_get(f"/v1/stations/{STATION}/ledger/head", fake.stale_ledger_head)
     app.router.add_post(f"/v1/stations/{STATION}/ledger", fake.stale_post_ledger)
-    runner = web.AppRunner(app, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     entries, signed = _ledger()
-    try:
-        async with aiohttp.ClientSession() as session:
-            api = CentralApi(session, f"http://127.0.0.1:{port}", STATION)
-            await api.ledger_state()
-            assert api.takes_checkpoints is True
-            fake.stale_answers = 1
-            with pytest.raises(CentralRejected, match="unknown members"):
-                await api.post_ledger(entries[:3], signed[2], signed[:3])
-            assert fake.refused == 1 and fake.segments == []  # refused, not sent again stripped
-            contradiction = [r for r in caplog.records if r.levelno == logging.ERROR
-                             and "after it said it takes them" in r.message]
-            assert len(contradiction) == 1
-            assert not [r for r in caplog.records if "older than this station" in r.message]
-            await api.post_ledger(entries[:3], signed[2], signed[:3])  # the uplink's retry
-            fake.stale_answers = 1  # a head answer from the old instance: no ``accepts``
-            await api.ledger_state()
-            assert api.takes_checkpoints is False
-            await api.post_ledger(entries[3:], signed[5], signed[3:])
-    finally:
-        await runner.cleanup()
+    async with _serving(app) as api:
+        await api.ledger_state()
+        assert api.takes_checkpoints is True
+        fake.stale_answers = 1
+        with pytest.raises(CentralRejected, match="unknown members"):
+            await api.post_ledger(entries[:3], signed[2], signed[:3])
+        assert fake.refused == 1 and fake.segments == []  # refused, not sent again stripped
+        contradiction = [r for r in caplog.records if r.levelno == logging.ERROR
+                         and "after it said it takes them" in r.message]
+        assert len(contradiction) == 1
+        assert not [r for r in caplog.records if "older than this station" in r.message]
+        await api.post_ledger(entries[:3], signed[2], signed[:3])  # the uplink's retry
+        fake.stale_answers = 1  # a head answer from the old instance: no ``accepts``
+        await api.ledger_state()
+        assert api.takes_checkpoints is False
+        await api.post_ledger(entries[3:], signed[5], signed[3:])
     carried = [[cp["seq"] for cp in s.get("checkpoints", [])] + [s["checkpoint"]["seq"]]
                for s in fake.segments]
     assert carried == [[entries[0].seq, entries[1].seq, entries[2].seq],
