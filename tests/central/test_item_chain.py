@@ -12,34 +12,18 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from edge.central.registration import RejectCode, Rejection, check_segment
 from edge.central.verify import verify_central_store
-from edge.custody.canonical import canonical_json
 from edge.custody.keys import StationKey
-from edge.custody.ledger import GENESIS_PREV, ITEM_PREV, Ledger, entry_hash, station_time_now, verify_ledger
+from edge.custody.ledger import GENESIS_PREV, ITEM_PREV, Ledger, verify_ledger
 from tests.central.conftest import CentralParts, FakeStation, enroll, make_central_parts
-from tests.tamper.attacker import rewrite_chain
+from tests.tamper.attacker import append_forged_entry, rewrite_chain
 
 STATION = "ST-1"
 ITEM = "00000000-0000-4000-8000-000000000001"
-
-
-def _forge(conn: sqlite3.Connection, type_: str, item: str, data: dict[str, Any]) -> int:
-    """An entry written past ``Ledger.append`` (by the station key's holder): linked in the station chain,
-    its ``data`` (with whatever ``item_prev``) taken as given. Returns its seq."""
-    seq, prev = conn.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
-    body = {"seq": seq + 1, "time": station_time_now(), "type": type_, "item": item, "data": data,
-            "prev": prev}
-    with conn:
-        conn.execute("INSERT INTO ledger (seq, time, type, item, data, prev, hash) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (seq + 1, body["time"], type_, item, canonical_json(data).decode(), prev,
-                      entry_hash(body)))
-    return int(seq + 1)
 
 
 def test_the_central_refuses_a_segment_whose_item_chain_skips_an_entry() -> None:
@@ -55,7 +39,7 @@ def test_the_central_refuses_a_segment_whose_item_chain_skips_an_entry() -> None
     honest = check_segment(list(ledger.entries()), ledger.checkpoints()[-1], station_id=STATION,
                            public_key=key.public_key(), head=(0, GENESIS_PREV), accepted={})
     assert [e.seq for e in honest] == [1, 2]
-    seq = _forge(conn, "wiped", ITEM, {"wiped": True, ITEM_PREV: acquired.hash})
+    seq = append_forged_entry(conn, "wiped", ITEM, {"wiped": True, ITEM_PREV: acquired.hash})
     with conn:
         checkpoint = ledger.checkpoint()
     assert checkpoint is not None
@@ -75,7 +59,7 @@ def test_an_items_first_entry_must_link_to_the_genesis() -> None:
     ledger = Ledger(conn, STATION, key, checkpoint_every=1)
     with conn:
         other = ledger.append("acquired", "another-item", {"sha256": "0" * 64})
-    seq = _forge(conn, "acquired", ITEM, {"sha256": "1" * 64, ITEM_PREV: other.hash})
+    seq = append_forged_entry(conn, "acquired", ITEM, {"sha256": "1" * 64, ITEM_PREV: other.hash})
     with conn:
         checkpoint = ledger.checkpoint()
     assert checkpoint is not None
@@ -105,7 +89,7 @@ async def test_a_later_segment_links_into_the_items_accepted_entries(
     assert await _push(parts, station) == (tag.seq, tag.hash)
     sealed = list(station.ledger.entries())[-2]  # the sealed entry, the tag's item_prev
     assert tag.data[ITEM_PREV] == sealed.hash
-    seq = _forge(station.conn, "wiped", first.item, {"wiped": True, ITEM_PREV: sealed.hash})
+    seq = append_forged_entry(station.conn, "wiped", first.item, {"wiped": True, ITEM_PREV: sealed.hash})
     with pytest.raises(Rejection) as caught:
         await _push(parts, station)
     assert caught.value.code == RejectCode.BAD_CHAIN
@@ -121,7 +105,7 @@ async def test_entries_without_item_prev_are_accepted_as_before(tmp_path: Path, 
     enroll(parts.index, station)
     first = station.acquire(b"content")
     await _push(parts, station)
-    seq = _forge(station.conn, "wiped", first.item, {"wiped": True})
+    seq = append_forged_entry(station.conn, "wiped", first.item, {"wiped": True})
     assert (await _push(parts, station))[0] == seq
     parts.index.close()
 

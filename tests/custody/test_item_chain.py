@@ -4,12 +4,13 @@ it, and `verify_ledger` (what `edge verify STORE` runs) names an entry whose lin
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 import pytest
 
-from edge.custody.canonical import canonical_json
 from edge.custody.errors import LedgerError
-from edge.custody.ledger import GENESIS_PREV, ITEM_PREV, EntryType, Ledger, LedgerEntry, entry_hash
+from edge.custody.ledger import GENESIS_PREV, ITEM_PREV, EntryType, Ledger, LedgerEntry
+from tests.tamper.attacker import append_forged_entry
 
 ITEM = "0b8f1c52-8a4e-4b3e-9d0e-6f1f1c9a2b10"
 OTHER = "5d2a9e61-3c1b-4f7a-8e22-90a1b2c3d4e5"
@@ -46,17 +47,11 @@ def test_a_caller_cannot_set_item_prev(conn: sqlite3.Connection, ledger: Ledger)
 
 
 def _append_raw(
-    conn: sqlite3.Connection, ledger: Ledger, type_: str, item: str, data: dict[str, object]
+    conn: sqlite3.Connection, ledger: Ledger, type_: str, item: str, data: dict[str, Any]
 ) -> None:
     """What someone holding the station key can write: a well-linked, signed entry with any data."""
-    seq, prev = ledger.head()
-    body = {"seq": seq + 1, "time": "2026-12-05T07:00:00.000000Z", "type": type_, "item": item, "data": data,
-            "prev": prev}
+    append_forged_entry(conn, type_, item, data)
     with conn:
-        conn.execute("INSERT INTO ledger (seq, time, type, item, data, prev, hash) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (seq + 1, body["time"], type_, item, canonical_json(data).decode(), prev,
-                      entry_hash(body)))
         ledger.checkpoint()
 
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.keys import StationKey
-from edge.custody.ledger import checkpoint_payload, entry_hash, station_time_now
+from edge.custody.ledger import GENESIS_PREV, checkpoint_payload, entry_hash, station_time_now
 from edge.custody.receipt import sign_tree_head
 
 
@@ -120,6 +120,22 @@ def resign_checkpoints(conn: sqlite3.Connection, key: StationKey, *, from_seq: i
         signature = base64.b64encode(key.sign(checkpoint_payload(station, seq, found[0], time))).decode()
         conn.execute("UPDATE ledger_checkpoints SET hash = ?, key_id = ?, signature = ? WHERE id = ?",
                      (found[0], key.key_id, signature, row_id))
+
+
+def append_forged_entry(conn: sqlite3.Connection, type_: str, item: str | None, data: dict[str, Any]) -> int:
+    """An entry written past ``Ledger.append``, as the holder of the station key can: linked to the
+    ledger's head in the station chain, its ``data`` (with whatever ``item_prev``) taken as given, no
+    checkpoint (sign one with ``Ledger.checkpoint`` or :func:`forge_checkpoint`). Returns its seq."""
+    head = conn.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = head if head is not None else (0, GENESIS_PREV)
+    body = {"seq": seq + 1, "time": station_time_now(), "type": type_, "item": item, "data": data,
+            "prev": prev}
+    with conn:
+        conn.execute("INSERT INTO ledger (seq, time, type, item, data, prev, hash) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (seq + 1, body["time"], type_, item, canonical_json(data).decode(), prev,
+                      entry_hash(body)))
+    return int(seq + 1)
 
 
 def forge_checkpoint(conn: sqlite3.Connection, key: StationKey, station: str, seq: int) -> None:
