@@ -87,15 +87,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             '[uplink], or set policy = "after-verify" and accept what it costs (README, wipe policies)',
             file=sys.stderr,
         )
-    if config.station.checkpoint_every > 1:
-        # Valid, but a station upgraded in place keeps the old example's 64 in /etc: say what it costs.
-        print(
-            f"warning: [station] checkpoint_every = {config.station.checkpoint_every} signs a checkpoint "
-            "only every that many ledger entries: disclosure packages of cases whose entries share their "
-            "ledger stretch with other cases will verify NOT BOUND (exit 5). Set checkpoint_every = 1 (the "
-            "default: every entry signed; README, upgrading)",
-            file=sys.stderr,
-        )
     return ExitCode.OK
 
 

@@ -166,11 +166,6 @@ class StationAgent:
             EntryType.STATION_STARTED, None,
             {"station": self.config.station.id, "checkpoint_every": self.config.station.checkpoint_every},
         )
-        if self.config.station.checkpoint_every > 1:
-            # A station upgraded in place keeps the old example's 64 in /etc (edge check-config warns too).
-            log.warning("[station] checkpoint_every = %d: disclosure packages of cases sharing a ledger "
-                        "stretch with other cases will verify NOT BOUND; set checkpoint_every = 1 (README, "
-                        "upgrading)", self.config.station.checkpoint_every)
         self.status.identity["key_id"] = self.store.key.key_id
         self.status.attach()
         self.store.ledger.add_listener(self.status.ledger_entry)

@@ -55,6 +55,7 @@ from edge.runtime.logs import event_fields
 
 __all__ = [
     "HTTP_STATUS",
+    "LEDGER_FORMAT_2",
     "MAX_SEGMENT_ENTRIES",
     "SEGMENT_CHECKPOINTS",
     "Caller",
@@ -254,6 +255,9 @@ def parse_segment(doc: object) -> tuple[list[LedgerEntry], Checkpoint]:
 
 # The capability a ledger answer advertises in ``accepts``: segments may carry ``checkpoints``.
 SEGMENT_CHECKPOINTS = "checkpoints"
+# And: this central recomputes ledger format 2 hashes (edge.custody.ledger); an older one refuses every entry
+# a station writes since as edited, so a station facing one says to upgrade the central first.
+LEDGER_FORMAT_2 = "ledger_format_2"
 
 
 def parse_segment_checkpoints(doc: Mapping[str, Any], entries: Sequence[LedgerEntry]) -> list[Checkpoint]:
@@ -669,7 +673,7 @@ class Registrar:
             "tree_head": tree_head.to_dict(),
             # What this central takes in a ledger segment beyond entries and checkpoint: a station sends
             # its other checkpoints only to a central that says so (an older one refuses the member).
-            "accepts": [SEGMENT_CHECKPOINTS],
+            "accepts": [SEGMENT_CHECKPOINTS, LEDGER_FORMAT_2],
         }
 
     def witnessed_head(

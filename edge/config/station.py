@@ -39,8 +39,8 @@ class StationSection(StrictModel):
         1, ge=1, le=100_000,
         description="The ledger signs a checkpoint at least every this many entries; declared in each "
         "station_started entry, so that `edge verify` names a longer run without one (deleted checkpoints). "
-        "1 (each entry signed) lets a disclosure package bind every disclosed entry to the station's "
-        "signature; with more, disclosed entries separated by other cases' entries verify NOT BOUND",
+        "1 (the default) signs each entry, dating each by the station's signature; disclosure packages bind "
+        "their entries through other cases' (format 2) entries at any cadence",
     )
 
 

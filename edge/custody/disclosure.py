@@ -330,14 +330,19 @@ def _disclosed_item(raw: object, where: str) -> DisclosedItem:
 
 
 def entry_line(entry: LedgerEntry | RedactedEntry) -> bytes:
-    """One line of entries.jsonl: the whole entry, or only its links when redacted."""
+    """One line of entries.jsonl: the whole entry, or only its links (and format-2 parts) when redacted."""
     if isinstance(entry, RedactedEntry):
-        redacted = {"seq": entry.seq, "prev": entry.prev, "hash": entry.hash, "redacted": True}
+        redacted: dict[str, Any] = {"seq": entry.seq, "prev": entry.prev, "hash": entry.hash,
+                                    "redacted": True}
+        if entry.item_tag is not None and entry.body_sha256 is not None:
+            redacted.update(item_tag=entry.item_tag, body_sha256=entry.body_sha256)
         return canonical_json(redacted) + b"\n"
     return canonical_json(entry.to_dict()) + b"\n"
 
 
 _ENTRY_MEMBERS = frozenset({"seq", "time", "type", "item", "data", "prev", "hash"})
+_REDACTED_MEMBERS = frozenset({"seq", "prev", "hash", "redacted"})
+_REDACTED_FORMAT2_MEMBERS = _REDACTED_MEMBERS | {"item_tag", "body_sha256"}
 
 
 def entry_from_line(doc: object, where: str) -> LedgerEntry | RedactedEntry:
@@ -349,9 +354,16 @@ def entry_from_line(doc: object, where: str) -> LedgerEntry | RedactedEntry:
             and isinstance(hash_, str)):
         raise LedgerError(f"{where}: seq, prev and hash are required")
     if doc.get("redacted") is True:
-        if set(doc) != {"seq", "prev", "hash", "redacted"}:
-            raise LedgerError(f"{where}: a redacted entry holds only seq, prev and hash")
-        return RedactedEntry(seq, prev, hash_)
+        members = set(doc)
+        if members == _REDACTED_MEMBERS:
+            return RedactedEntry(seq, prev, hash_)
+        if members != _REDACTED_FORMAT2_MEMBERS:
+            raise LedgerError(f"{where}: a redacted entry holds only seq, prev and hash (and item_tag and "
+                              "body_sha256 in ledger format 2)")
+        tag, digest = doc["item_tag"], doc["body_sha256"]
+        if not isinstance(tag, str) or not isinstance(digest, str):
+            raise LedgerError(f"{where}: item_tag and body_sha256 must be text")
+        return RedactedEntry(seq, prev, hash_, tag, digest)
     time, type_, item, data = doc.get("time"), doc.get("type"), doc.get("item"), doc.get("data")
     if not (isinstance(time, str) and isinstance(type_, str) and (item is None or isinstance(item, str))
             and isinstance(data, dict)):

@@ -1,7 +1,20 @@
 """The station's append-only, hash-chained custody ledger, kept in SQLite.
 
-Each entry is ``{seq, time, type, item, data, prev}`` and its hash is
-``SHA-256(bytes.fromhex(prev) || canonical_json(entry))``; the first entry has ``prev = "0" * 64``.
+Each entry is ``{seq, time, type, item, data, prev}``; the first entry has ``prev = "0" * 64``. Two hash
+formats exist:
+
+- format 1 (entries written before 2026-12): ``SHA-256(bytes.fromhex(prev) || canonical_json(entry))``;
+- format 2 (every entry since; its ``data`` carries a random ``entry_salt``):
+  ``SHA-256("evidence-edge ledger 2" || prev || seq || item_tag || body_digest)`` with ``body_digest =
+  SHA-256(canonical_json(entry))`` and ``item_tag`` a hash of the entry's item and seq (of its salt and seq
+  when it names no item), see :func:`item_tag`.
+
+Format 2 exists for disclosure packages (:mod:`edge.custody.disclosure`): an entry a package must not show
+(another case's) is shipped as ``{seq, prev, hash, item_tag, body_sha256}``, and its hash can still be
+recomputed, so the chain binds every shown entry through it to one station signature. A reader who knows a
+disclosed item's id can test every redacted line's tag against it and so see that none of the item's
+entries was hidden; without the id (a uuid) a tag says nothing, and the salt keeps a guessable body (a
+station restart) from being confirmed by its digest.
 Signed checkpoints over ``{station, seq, hash, time}`` pin the chain: an attacker who edits an entry and
 recomputes every later hash still cannot produce the signed hash at a checkpointed seq.
 
@@ -29,6 +42,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -46,19 +60,25 @@ from edge.custody.problems import Problem
 
 __all__ = [
     "CHECKPOINT_EVERY",
+    "ENTRY_SALT",
     "GENESIS_PREV",
     "ITEM_PREV",
     "Checkpoint",
     "EntryType",
     "ItemChains",
+    "ItemTagTester",
     "Ledger",
     "LedgerEntry",
     "LedgerKeyFacts",
     "Problem",
     "RedactedEntry",
+    "entry_format",
     "entry_hash",
+    "format2_hash",
+    "item_tag",
     "ledger_key_facts",
     "ledger_key_schedule",
+    "redact",
     "station_time_now",
     "verify_chain",
     "verify_ledger",
@@ -139,15 +159,97 @@ def _valid_time(text: object) -> bool:
     return True
 
 
-def entry_hash(body: Mapping[str, Any]) -> str:
-    """``SHA-256(bytes.fromhex(prev) || canonical_json(body))`` as hex.
+# The member of an entry's data that holds its salt (32 hex digits, random per entry): its presence makes the
+# entry format 2 (module docstring). The ledger writes it; callers may not.
+ENTRY_SALT = "entry_salt"
+_SALT_RE = re.compile(r"[0-9a-f]{32}")
+_FORMAT2_DOMAIN = b"evidence-edge ledger 2\n"
+_ITEM_TAG_DOMAIN = b"evidence-edge ledger item tag\n"
+_NO_ITEM_TAG_DOMAIN = b"evidence-edge ledger no item\n"
 
-    Raises :class:`LedgerError` when ``prev`` is not 64 hex digits and :class:`CanonicalJsonError`
-    when the body cannot be serialised.
+
+def entry_format(data: object) -> int:
+    """2 when an entry's data carries :data:`ENTRY_SALT`, else 1."""
+    return 2 if isinstance(data, Mapping) and ENTRY_SALT in data else 1
+
+
+def item_tag(item: str | None, seq: int, salt: str) -> str:
+    """The tag a format-2 entry's hash commits to, as hex: ``SHA-256(domain || item || seq)`` for an entry
+    of an item, ``SHA-256(other domain || salt || seq)`` for one of none.
+
+    A reader holding a disclosed item's id recomputes its tag at each redacted seq: equal means an entry of
+    that item was hidden. The seq makes one item's tags unlinkable to each other; the salt makes an
+    item-less entry's tag indistinguishable from an unknown item's. Raises :class:`LedgerError` for a
+    malformed salt."""
+    if not isinstance(salt, str) or not _SALT_RE.fullmatch(salt):
+        raise LedgerError(f"expected {ENTRY_SALT} to be 32 lower-case hex digits, found {str(salt)[:80]!r}")
+    position = b"\n" + str(seq).encode("ascii")
+    if item is None:
+        return hashlib.sha256(_NO_ITEM_TAG_DOMAIN + bytes.fromhex(salt) + position).hexdigest()
+    return hashlib.sha256(_ITEM_TAG_DOMAIN + item.encode("utf-8") + position).hexdigest()
+
+
+class ItemTagTester:
+    """Which of some item ids a format-2 redacted line's tag names, at its seq (:func:`item_tag`).
+
+    One SHA-256 state per item, hashed once: each test then costs one copy and a few bytes per item."""
+
+    def __init__(self, items: Iterable[str]) -> None:
+        self._prefixes: list[tuple[str, Any]] = []
+        for item in sorted(set(items)):
+            state = hashlib.sha256(_ITEM_TAG_DOMAIN)
+            state.update(item.encode("utf-8"))
+            self._prefixes.append((item, state))
+
+    def item_of(self, seq: int, tag: str) -> str | None:
+        """The item whose entry at ``seq`` would carry ``tag``, None when none of them."""
+        position = b"\n" + str(seq).encode("ascii")
+        for item, prefix in self._prefixes:
+            state = prefix.copy()
+            state.update(position)
+            if state.hexdigest() == tag:
+                return item
+        return None
+
+
+def format2_hash(prev: str, seq: int, tag: str, body_sha256: str) -> str:
+    """The format-2 chain hash from its four parts (hex); what a redacted line is recomputed from.
+
+    Raises :class:`LedgerError` when a part is malformed."""
+    for name, value in (("prev", prev), ("item_tag", tag), ("body_sha256", body_sha256)):
+        if not isinstance(value, str) or not _HEX64_RE.fullmatch(value):
+            raise LedgerError(f"expected {name} to be 64 lower-case hex digits, found {str(value)[:80]!r}")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**63:
+        raise LedgerError(f"expected seq to be a positive integer, found {str(seq)[:80]!r}")
+    return hashlib.sha256(_FORMAT2_DOMAIN + bytes.fromhex(prev) + seq.to_bytes(8, "big") + bytes.fromhex(tag)
+                          + bytes.fromhex(body_sha256)).hexdigest()
+
+
+def _format2_parts(body: Mapping[str, Any]) -> tuple[str, str]:
+    """(item tag, body digest) of a format-2 entry body."""
+    data = body.get("data")
+    assert isinstance(data, Mapping)
+    item = body.get("item")
+    if item is not None and not isinstance(item, str):
+        raise LedgerError(f"expected item to be None or text, found {type(item).__name__}")
+    seq = body.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise LedgerError(f"expected seq to be an integer, found {type(seq).__name__}")
+    return item_tag(item, seq, data[ENTRY_SALT]), hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def entry_hash(body: Mapping[str, Any]) -> str:
+    """The entry's chain hash as hex, in its format (module docstring).
+
+    Raises :class:`LedgerError` when ``prev`` is not 64 hex digits or a format-2 part is malformed, and
+    :class:`CanonicalJsonError` when the body cannot be serialised.
     """
     prev = body.get("prev")
     if not isinstance(prev, str) or not _HEX64_RE.fullmatch(prev):
         raise LedgerError(f"expected prev to be 64 lower-case hex digits, found {str(prev)[:80]!r}")
+    if entry_format(body.get("data")) == 2:
+        tag, digest = _format2_parts(body)
+        return format2_hash(prev, body["seq"], tag, digest)
     return hashlib.sha256(bytes.fromhex(prev) + canonical_json(body)).hexdigest()
 
 
@@ -215,18 +317,41 @@ class Checkpoint:
         return cls(**fields)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RedactedEntry:
-    """An entry shown only by its place in the chain: ``seq``, ``prev`` and its stored ``hash``.
+    """An entry shown only by its place in the chain: ``seq``, ``prev`` and its stored ``hash``, and for a
+    format-2 entry its ``item_tag`` and ``body_sha256``.
 
     A disclosure package (:mod:`edge.custody.disclosure`) shows entries of items the reader may not see
-    this way, so that the chain around the disclosed entries still links. Its content cannot be hashed
-    again, so :func:`verify_chain` checks only that it links: what it says is not proven.
+    this way, so that the chain around the disclosed entries still links. A format-2 line's hash is
+    recomputed from its parts (:func:`verify_chain`), so the chain binds through it; a format-1 line's
+    cannot be, and only its link is checked: what it says, and what it hides, is not proven.
     """
 
     seq: int
     prev: str
     hash: str
+    item_tag: str | None = None
+    body_sha256: str | None = None
+
+    @property
+    def recomputable(self) -> bool:
+        return self.item_tag is not None and self.body_sha256 is not None
+
+    def recomputed_hash(self) -> str | None:
+        """The hash its parts give (format 2), None for a format-1 line; :class:`LedgerError` when a part
+        is malformed."""
+        if self.item_tag is None or self.body_sha256 is None:
+            return None
+        return format2_hash(self.prev, self.seq, self.item_tag, self.body_sha256)
+
+
+def redact(entry: LedgerEntry) -> RedactedEntry:
+    """The entry as a package shows it when it must not show its content (:class:`RedactedEntry`)."""
+    if entry_format(entry.data) == 2:
+        tag, digest = _format2_parts(entry.body())
+        return RedactedEntry(entry.seq, entry.prev, entry.hash, tag, digest)
+    return RedactedEntry(entry.seq, entry.prev, entry.hash)
 
 
 def checkpoint_payload(station: str, seq: int, hash_hex: str, time: str) -> bytes:
@@ -350,6 +475,7 @@ class Ledger:
             data = self._scrub(data)
         if item is not None:
             data = self._with_item_prev(item, data)
+        data = self._with_salt(data)
         if time is None:
             time = station_time_now()
         elif not _valid_time(time):
@@ -390,6 +516,13 @@ class Ledger:
             except Exception:  # a listener (the uplink's push trigger) must never fail an append
                 log.exception("ledger listener failed after seq %d", entry.seq)
         return entry
+
+    @staticmethod
+    def _with_salt(data: Mapping[str, Any]) -> dict[str, Any]:
+        """``data`` with a fresh :data:`ENTRY_SALT`: the entry is format 2 (module docstring)."""
+        if ENTRY_SALT in data:
+            raise LedgerError(f"ledger data must not carry {ENTRY_SALT}: the ledger writes it")
+        return {**data, ENTRY_SALT: secrets.token_hex(16)}
 
     def _with_item_prev(self, item: str, data: Mapping[str, Any]) -> dict[str, Any]:
         """``data`` with :data:`ITEM_PREV`: the hash of the item's newest entry (read by the ``ledger_item``
@@ -783,8 +916,14 @@ def verify_chain(
     for entry in entries:
         recomputed: str | None
         if isinstance(entry, RedactedEntry):
-            # Only its link is checked: the entry after it hashes this entry's hash as its prev.
-            walker.feed(entry.seq, entry.prev, entry.hash, None)
+            # Format 2: recomputed from its parts. Format 1: only its link is checked (the entry after it
+            # hashes this entry's hash as its prev).
+            try:
+                recomputed = entry.recomputed_hash()
+            except LedgerError as exc:
+                walker.problems.append(Problem(f"ledger seq {entry.seq}", f"cannot recompute hash: {exc}"))
+                recomputed = None
+            walker.feed(entry.seq, entry.prev, entry.hash, recomputed)
             continue
         try:
             recomputed = entry_hash(entry.body())

@@ -39,6 +39,9 @@ MAX_RESPONSE_BYTES = 4 << 20
 # The capability a central's ledger answer lists in ``accepts`` when it takes a segment's ``checkpoints``
 # (edge.central.registration.SEGMENT_CHECKPOINTS; the uplink does not import the central).
 SEGMENT_CHECKPOINTS = "checkpoints"
+# And that it recomputes ledger format 2 hashes (edge.central.registration.LEDGER_FORMAT_2): every entry this
+# station writes is format 2, which an older central refuses as edited.
+LEDGER_FORMAT_2 = "ledger_format_2"
 _TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 
 
@@ -92,6 +95,7 @@ class CentralApi:
         # a rolling upgrade, or anyone answering in the central's name) never strips a segment's checkpoints
         # (the uplink sends each entry once, so checkpoints stripped once are lost for good).
         self.said_it_takes_checkpoints = False
+        self.warned_old_format = False
 
     def _station_url(self, tail: str) -> str:
         return f"{self.base_url}/v1/stations/{quote(self.station_id, safe='')}/{tail}"
@@ -119,6 +123,12 @@ class CentralApi:
         accepts = doc.get("accepts")
         self.takes_checkpoints = isinstance(accepts, list) and SEGMENT_CHECKPOINTS in accepts
         self.said_it_takes_checkpoints |= self.takes_checkpoints
+        if not (isinstance(accepts, list) and LEDGER_FORMAT_2 in accepts) and not self.warned_old_format:
+            self.warned_old_format = True
+            log.error(
+                "the central %s does not say it takes ledger format 2: it is older than this station and "
+                "will refuse its ledger entries as edited; evidence stays spooled here until the central is "
+                "upgraded (README, upgrading: upgrade the central first)", self.base_url)
         return answer
 
     async def _with_checkpoints(

@@ -30,7 +30,7 @@ import binascii
 import hashlib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from edge.custody.ledger import (
     GENESIS_PREV,
     ITEM_PREV,
     Checkpoint,
+    ItemTagTester,
     LedgerEntry,
     RedactedEntry,
     checkpoint_payload,
@@ -104,6 +105,28 @@ def _read_document(root: Path, name: str, problems: list[Problem]) -> bytes | No
     except OSError as exc:
         problems.append(Problem(f"file {name}", f"cannot be read: {exc.strerror or exc}"))
         return None
+
+
+def _document_lines(root: Path, name: str, problems: list[Problem]) -> Iterator[tuple[int, bytes]]:
+    """(number, line) of a file of JSON lines read a line at a time: a ledger segment spans as many entries
+    as the station wrote from the first disclosed one to its head, so it is not read whole. A line longer
+    than any entry (:data:`_MAX_DOCUMENT_BYTES`) is hostile and ends the file."""
+    path = root / name
+    try:
+        if path.is_symlink() or not path.is_file():
+            problems.append(Problem(f"file {name}", "missing"))
+            return
+        with open(path, "rb") as stream:
+            number = 0
+            while line := stream.readline(_MAX_DOCUMENT_BYTES + 1):
+                number += 1
+                if len(line) > _MAX_DOCUMENT_BYTES:
+                    problems.append(Problem(f"file {name} line {number}",
+                                            f"longer than {_MAX_DOCUMENT_BYTES} bytes"))
+                    return
+                yield number, line.rstrip(b"\n")
+    except OSError as exc:
+        problems.append(Problem(f"file {name}", f"cannot be read: {exc.strerror or exc}"))
 
 
 def _read_json(root: Path, name: str, problems: list[Problem]) -> Any:
@@ -220,8 +243,7 @@ def _segment(
     """The segment's entries, its final checkpoint, and its checkpoints.jsonl lines (where, checkpoint)."""
     paths = ledger_paths(station)
     entries: list[LedgerEntry | RedactedEntry] = []
-    data = _read_document(root, paths.entries, problems)
-    for number, line in enumerate((data or b"").splitlines(), 1):
+    for number, line in _document_lines(root, paths.entries, problems):
         where = f"file {paths.entries} line {number}"
         try:
             entries.append(entry_from_line(parse_json(line), where))
@@ -407,6 +429,7 @@ def verify_package(
     _apply_station_pins(keys, pinned_station_keys, report)
     segments: dict[str, list[LedgerEntry | RedactedEntry]] = {}
     anchored: dict[str, set[int]] = {}  # station -> seqs of whole entries a valid station checkpoint signs
+    finals: dict[str, Checkpoint] = {}  # station -> the checkpoint at its segment's end, when it verified
     redacted = 0
     for station in sorted(index.station_keys):
         entries, checkpoint, signed = _segment(root, station, problems)
@@ -422,6 +445,8 @@ def verify_package(
         final = next((e for e in entries if e.seq == checkpoint.seq), None)
         if not found and isinstance(final, LedgerEntry):
             anchored[station].add(final.seq)  # the final checkpoint, verified with the chain above
+        if not found:
+            finals[station] = checkpoint
     pinned: set[tuple[str, int, str]] = set()  # (station, seq, hash) a station-signed manifest names
     acquired: dict[str, int] = {}  # item -> seq of the acquired entry its signed manifest names
     for item in index.items:
@@ -430,7 +455,7 @@ def verify_package(
             pinned.add((item.station, *chain))
             acquired[item.item] = chain[0]
     _check_binding(index, segments, anchored, pinned, report)
-    _check_completeness(index, segments, acquired, report)
+    _check_completeness(index, segments, acquired, finals, report)
     report.checked.update({"items": len(index.items), "stations": len(index.station_keys),
                            "ledger_entries": sum(len(e) for e in segments.values()),
                            "station_checkpoints": sum(len(s) for s in anchored.values())})
@@ -495,7 +520,9 @@ def _check_binding(
         reached = False  # walking backwards: does a chain of whole entries reach a signed checkpoint?
         for entry in reversed(entries):
             if isinstance(entry, RedactedEntry):
-                reached = False
+                # A format-2 line's hash is recomputed from its parts (ledger_segment_problems): the chain
+                # binds through it. A format-1 line's hash is the central's word.
+                reached = reached and entry.recomputable
                 continue
             reached = reached or entry.seq in signed
             if reached or (station, entry.seq, entry.hash) in pinned:
@@ -522,25 +549,28 @@ def _check_binding(
 
 def _check_completeness(
     index: PackageIndex, segments: Mapping[str, list[LedgerEntry | RedactedEntry]],
-    acquired: Mapping[str, int], report: VerifyReport,
+    acquired: Mapping[str, int], finals: Mapping[str, Checkpoint], report: VerifyReport,
 ) -> None:
-    """Every entry of each disclosed item is shown, up to the last one the central states it held.
+    """Every entry of each disclosed item is shown, from its first to the station's signed head.
 
-    Each station entry naming an item carries ``item_prev``, the hash of the item's previous entry (the
-    genesis value for its first): walking those links back from the item's last entry (package.json
-    ``coverage``, signed by the central) to its acquired entry must meet only whole entries of the item.
-    A link to a redacted line, or a last entry outside the segment, is an entry of the item the package
-    hides; an item whose entries carry no ``item_prev`` (written before stations recorded it) cannot be
-    shown complete: NOT COMPLETE, never OK.
+    Backwards: each station entry naming an item carries ``item_prev``, the hash of the item's previous
+    entry (the genesis value for its first): walking those links back from the item's last entry to its
+    acquired entry must meet only whole entries of the item. Forwards: each redacted line of ledger format 2
+    carries its entry's item tag (:func:`edge.custody.ledger.item_tag`), which the chain hash commits to:
+    none may be a disclosed item's, so no entry of one is hidden up to the segment's end, where the station
+    signed the checkpoint package.json's stated head (``coverage``) must match. What cannot be shown is NOT
+    COMPLETE, never OK: an item whose entries carry no ``item_prev`` (written before stations recorded it),
+    a format-1 redacted line after an item's first entry (its content is hidden and its hash cannot be
+    recomputed), a segment that ends before the stated head.
     """
-    not_recorded: list[str] = []
+    incomplete: list[str] = []
     stated: list[str] = []
     for station, entries in sorted(segments.items()):
         items = [item.item for item in index.items if item.station == station]
         coverage = None if index.coverage is None else index.coverage.get(station)
         if coverage is None:
-            not_recorded += [f"item {item} (package.json states no ledger head of station {station})"
-                             for item in items]
+            incomplete += [f"item {item}: package.json states no ledger head of station {station}, chain not "
+                           "recorded" for item in items]
             continue
         by_seq = {entry.seq: entry for entry in entries}
         by_hash = {entry.hash: entry for entry in entries}
@@ -549,26 +579,73 @@ def _check_completeness(
             report.problems.append(Problem(f"file {INDEX_FILE}", f"states head seq {coverage.head_seq} of "
                                            f"station {station} with hash {coverage.head_hash}, but the "
                                            f"segment's entry there has hash {head.hash[:80]}"))
+        not_recorded: list[str] = []
         for item in items:
             missing = _item_chain_problem(station, item, entries, by_seq, by_hash, coverage.item_last_seq,
                                           acquired.get(item), not_recorded)
             if missing is not None:
                 report.problems.append(Problem(f"item {item}", missing))
-        stated.append(f"station {station} up to its head seq {coverage.head_seq} (hash {coverage.head_hash})")
-    if not_recorded:
+        incomplete += [f"{what}: chain not recorded" for what in not_recorded]
+        report.problems.extend(_hidden_by_tag(station, items, entries))
+        end = entries[-1].seq if entries else 0
+        if end < coverage.head_seq:
+            incomplete += [f"item {item}: the ledger segment of station {station} ends at seq {end}, "
+                           f"before the head seq {coverage.head_seq} package.json states: later entries of "
+                           "the item cannot be ruled out" for item in items]
+        incomplete += _format1_gaps(station, items, entries)
+        final = finals.get(station)
+        if final is not None and end:
+            stated.append(f"station {station} up to seq {final.seq}, which the station signed at its time "
+                          f"{final.time}")
+    report.checked["ledger_redacted_tags_checked"] = sum(
+        isinstance(e, RedactedEntry) and e.recomputable for entries in segments.values() for e in entries)
+    if incomplete:
         report.unproven["completeness"] = (
-            f"{len(not_recorded)} disclosed items cannot be shown to have all their custody entries in the "
-            "package: their chain of entries (item_prev) is not recorded")
-        for what in not_recorded:
-            report.notes.append(f"NOT COMPLETE {what}: chain not recorded, so the package cannot show that "
-                                "none of its entries was hidden or cut off")
+            f"{len(incomplete)} disclosed items cannot be shown to have all their custody entries in the "
+            "package")
+        for what in incomplete:
+            report.notes.append(f"NOT COMPLETE {what}: the package cannot show that none of its entries was "
+                                "hidden or cut off")
     if stated:
         report.notes.append(
-            "COVERAGE: this package covers the ledger of " + "; ".join(stated) + ", as the central held it "
-            "when it built the package; entries after that head are not covered. That the disclosed items "
-            "have no later entries up to that head is the central's signed statement (package.json, in the "
-            "signed SHA256SUMS): attributable to the central, and contradicted by the station's own ledger "
-            "if it is false")
+            "COVERAGE: every custody entry of the disclosed items is shown for " + "; ".join(stated)
+            + " (the checkpoint at the end of the segment). Entries the station wrote after that are not "
+            "covered; that this was the newest entry the central held when it built the package is the "
+            "central's signed statement (package.json, in the signed SHA256SUMS): compare the station time "
+            "above with the package's date, and with the station's own ledger")
+
+
+def _hidden_by_tag(station: str, items: Sequence[str],
+                   entries: Sequence[LedgerEntry | RedactedEntry]) -> list[Problem]:
+    """A format-2 redacted line whose item tag is a disclosed item's is an entry of that item the package
+    hides (the tag is recomputed from the item id and the line's seq)."""
+    tester = ItemTagTester(items)
+    found: list[Problem] = []
+    for entry in entries:
+        if isinstance(entry, RedactedEntry) and entry.item_tag is not None:
+            hidden = tester.item_of(entry.seq, entry.item_tag)
+            if hidden is not None:
+                found.append(Problem(f"item {hidden}", f"an entry of the item was hidden at "
+                                                       f"ledger/{station} seq {entry.seq}: the redacted line "
+                                                       "there carries the item's tag (item_tag)"))
+    return found
+
+
+def _format1_gaps(station: str, items: Sequence[str],
+                  entries: Sequence[LedgerEntry | RedactedEntry]) -> list[str]:
+    """Items with a format-1 redacted line after their first shown entry: it may hide one of theirs."""
+    old = [e.seq for e in entries if isinstance(e, RedactedEntry) and not e.recomputable]
+    if not old:
+        return []
+    gaps = []
+    for item in items:
+        first = next((e.seq for e in entries if isinstance(e, LedgerEntry) and e.item == item), None)
+        after = [seq for seq in old if first is None or seq > first]
+        if after:
+            gaps.append(f"item {item}: {len(after)} redacted lines of ledger format 1 (written before "
+                        f"stations tagged them, ledger/{station} seqs {after[0]}-{after[-1]}) lie after its "
+                        "first entry, and their hashes cannot be recomputed")
+    return gaps
 
 
 def _item_chain_problem(

@@ -25,6 +25,7 @@ from edge.central.identity import enroll_reader
 from edge.central.index import ItemQuery, ItemRecord, ReaderScope, Role
 from edge.central.service import RunningCentral, start_central
 from edge.central.sqlite import SqliteIndex
+from edge.custody.ledger import Ledger
 from edge.ingest.tagging import tag_item
 from edge.pki.tls import client_ssl_context
 from tests.station.harness import eventually, simulated_station, spec
@@ -165,20 +166,43 @@ async def audit_central(tmp_path: Path, station_evidence: StationEvidence) -> As
         yield central
 
 
-_BUILT_EVERY_64: list[StationEvidence] = []
+_BUILT_EVERY_64: dict[str, StationEvidence] = {}
+
+
+def _evidence_every_64(tmp_path_factory: pytest.TempPathFactory, ledger_format: int) -> StationEvidence:
+    key = f"format-{ledger_format}"
+    if key not in _BUILT_EVERY_64:
+        root = tmp_path_factory.mktemp(f"station-evidence-64-{key}")
+        with pytest.MonkeyPatch.context() as patch:
+            if ledger_format == 1:
+                # The append of the release before ledger format 2 (no entry_salt), put back for the run.
+                patch.setattr(Ledger, "_with_salt", staticmethod(lambda data: dict(data)))
+            _BUILT_EVERY_64[key] = asyncio.run(_run_station(root, checkpoint_every=64))
+    return _BUILT_EVERY_64[key]
 
 
 @pytest.fixture(scope="session")
 def station_evidence_every_64(tmp_path_factory: pytest.TempPathFactory) -> StationEvidence:
-    """The same run by a station that signs a checkpoint only every 64 entries (the old default)."""
-    if not _BUILT_EVERY_64:
-        root = tmp_path_factory.mktemp("station-evidence-64")
-        _BUILT_EVERY_64.append(asyncio.run(_run_station(root, checkpoint_every=64)))
-    return _BUILT_EVERY_64[0]
+    """The same run by a station of the release before ledger format 2 that signed a checkpoint only every
+    64 entries (that release's old default): its redacted lines cannot be recomputed."""
+    return _evidence_every_64(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="session")
+def station_evidence_every_64_format_2(tmp_path_factory: pytest.TempPathFactory) -> StationEvidence:
+    """The same run by today's station signing a checkpoint only every 64 entries."""
+    return _evidence_every_64(tmp_path_factory, 2)
 
 
 @pytest.fixture
 async def audit_central_every_64(tmp_path: Path, station_evidence_every_64: StationEvidence
                                  ) -> AsyncIterator[AuditCentral]:
     async for central in _audit_central(tmp_path, station_evidence_every_64):
+        yield central
+
+
+@pytest.fixture
+async def audit_central_every_64_format_2(tmp_path: Path, station_evidence_every_64_format_2: StationEvidence
+                                          ) -> AsyncIterator[AuditCentral]:
+    async for central in _audit_central(tmp_path, station_evidence_every_64_format_2):
         yield central

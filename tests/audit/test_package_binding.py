@@ -151,7 +151,7 @@ async def test_checkpoint_lines_outside_the_segment_foreign_or_malformed_are_ref
     assert verdict.names(f"{CHECKPOINTS} line {len(cps) + 3}"), verdict
 
 
-async def test_with_a_checkpoint_every_64_entries_the_same_case_is_not_bound(
+async def test_from_a_format_1_station_signing_every_64_entries_the_same_case_is_not_bound(
     audit_central_every_64: AuditCentral, tmp_path: Path
 ) -> None:
     pinned = _pin(audit_central_every_64, tmp_path)
@@ -159,9 +159,36 @@ async def test_with_a_checkpoint_every_64_entries_the_same_case_is_not_bound(
     folder = await unzipped_package(audit_central_every_64, tmp_path / "p")
     docs = _ledger(folder)
     assert len(_checkpoints(folder)) < len(docs)  # the station signed only some entries
+    assert not any("item_tag" in d for d in docs)  # format 1: redacted lines carry only their links
     verdict = _verify(pinned, folder)
     assert verdict.code == 5 and "NOT BOUND: disclosure package" in verdict.stdout, verdict
     assert "NOTE NOT BOUND ledger/TEST-STATION seq " in verdict.stdout
+
+
+async def test_with_ledger_format_2_a_checkpoint_every_64_entries_binds_the_same_case(
+    audit_central_every_64_format_2: AuditCentral, tmp_path: Path
+) -> None:
+    """Format 2: each redacted line's hash is recomputed from its parts, so the chain binds every disclosed
+    entry through other cases' entries to the checkpoint at the segment's end, whatever the cadence."""
+    pinned = _pin(audit_central_every_64_format_2, tmp_path)
+    (tmp_path / "p").mkdir()
+    folder = await unzipped_package(audit_central_every_64_format_2, tmp_path / "p")
+    docs = _ledger(folder)
+    assert len(_checkpoints(folder)) < len(docs)
+    redacted = [d for d in docs if d.get("redacted")]
+    assert redacted and all(set(d) == {"seq", "prev", "hash", "redacted", "item_tag", "body_sha256"}
+                            for d in redacted)
+    verdict = _verify(pinned, folder)
+    assert verdict.code == 0 and "OK: disclosure package" in verdict.stdout, verdict
+    assert "NOT BOUND" not in verdict.stdout
+    # Control: one redacted line's body digest changed (its hash left as it was) breaks the chain there.
+    seq = redacted[0]["seq"]
+    edited = [{**d, "body_sha256": "0" * 64} if d["seq"] == seq else d for d in docs]
+    (folder / LEDGER).write_bytes(b"".join(canonical_json(d) + b"\n" for d in edited))
+    _resign(folder, load_signing_key(audit_central_every_64_format_2.config).sign, [LEDGER])
+    broken = _verify(pinned, folder)
+    assert broken.code == 1 and any(f"seq {seq}" in line and "does not match its hash" in line
+                                    for line in broken.failures), broken
 
 
 async def test_another_officers_docking_is_redacted_and_the_items_own_docking_shown(

@@ -88,9 +88,10 @@ async def test_both_interleaved_cases_verify_ok_and_state_their_coverage(
             assert {d["seq"] for d in docs if not d.get("redacted") and d["item"] == item} == set(held)
         verdict = _verify(pinned, folder)
         assert verdict.code == 0 and "OK: disclosure package" in verdict.stdout, verdict
-        assert f"up to its head seq {head[0]}" in verdict.stdout
-        assert "entries after that head are not covered" in verdict.stdout
+        assert f"station {STATION} up to seq {head[0]}, which the station signed" in verdict.stdout
+        assert "Entries the station wrote after that are not covered" in verdict.stdout
         assert "the central's signed statement" in verdict.stdout
+        assert docs[-1]["seq"] == head[0]  # the segment runs to the head, whatever case its last entry is
         # The plain-language page says the same, in both languages, with the head it covers.
         page = (folder / "README.html").read_text(encoding="utf-8")
         text = (folder / "VERIFY.txt").read_text(encoding="utf-8")
@@ -162,9 +163,10 @@ async def test_an_item_tagged_out_of_the_case_cannot_be_disclosed_in_it(
     audit_central: AuditCentral, tmp_path: Path
 ) -> None:
     """李娜's item was tagged into CASE after upload; its signed manifest still names OTHER_CASE. The
-    central adds it to OTHER_CASE's package with its entries shown (and their station checkpoints): the
-    tag lies past the segment's end. With the item's stated last entry (the central's own, or left out)
-    the package is refused naming the item and that seq."""
+    central adds it to OTHER_CASE's package with its entries before the tag shown (and their station
+    checkpoints), the tag left a redacted line. With the item's stated last entry (the central's own, or
+    left out) the package is refused naming the item and the tag's seq: the redacted line carries the
+    item's tag."""
     pinned = _pin(audit_central, tmp_path)
     sign = load_signing_key(audit_central.config).sign
     tagged = audit_central.evidence.tagged_item
@@ -182,7 +184,7 @@ async def test_an_item_tagged_out_of_the_case_cannot_be_disclosed_in_it(
         shown = set()
         for n, doc in enumerate(docs):
             whole = whole_a.get(doc["seq"])
-            if doc.get("redacted") and whole is not None and whole["item"] == tagged:
+            if doc.get("redacted") and whole is not None and whole["item"] == tagged and doc["seq"] < tag_seq:
                 docs[n] = whole
                 shown.add(doc["seq"])
         assert shown and tag_seq not in shown
@@ -199,6 +201,7 @@ async def test_an_item_tagged_out_of_the_case_cannot_be_disclosed_in_it(
         resign_all(forged, sign)
         verdict = _verify(pinned, forged)
         assert verdict.code == 1, (variant, verdict)
+        assert _fail_naming(verdict, tagged, tag_seq) and "item's tag" in verdict.stdout, verdict
         if variant == "stated":
             assert _fail_naming(verdict, tagged, stated_a), verdict
         else:

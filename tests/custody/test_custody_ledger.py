@@ -15,12 +15,14 @@ from edge.custody.canonical import canonical_json
 from edge.custody.errors import LedgerError
 from edge.custody.keys import StationKey
 from edge.custody.ledger import (
+    ENTRY_SALT,
     GENESIS_PREV,
     Checkpoint,
     EntryType,
     Ledger,
     LedgerEntry,
     entry_hash,
+    redact,
     verify_chain,
     verify_ledger,
 )
@@ -132,29 +134,61 @@ def test_append_builds_a_chain(conn: sqlite3.Connection, ledger: Ledger) -> None
     assert problems_of(ledger) == []
 
 
-def test_hash_is_sha256_of_prev_bytes_and_canonical_body(conn: sqlite3.Connection, ledger: Ledger) -> None:
+def test_format_2_hash_is_written_out_from_its_four_parts(conn: sqlite3.Connection, ledger: Ledger) -> None:
+    """The format-2 hash, computed here from the module docstring's definition, not by the code under test."""
     import hashlib
 
     with conn:
         entry = ledger.append("tagged", ITEM, {"case": {"number": "A1"}}, time="2024-05-01T09:00:00.000001Z")
+    salt = entry.data[ENTRY_SALT]
+    assert re.fullmatch(r"[0-9a-f]{32}", salt)
     body = {
         "seq": 1,
         "time": "2024-05-01T09:00:00.000001Z",
         "type": "tagged",
         "item": ITEM,
-        "data": {"case": {"number": "A1"}, "item_prev": GENESIS_PREV},  # the item's first entry
+        "data": {"case": {"number": "A1"}, "entry_salt": salt, "item_prev": GENESIS_PREV},
         "prev": "0" * 64,
     }
     assert entry.body() == body
-    assert entry.hash == hashlib.sha256(bytes(32) + canonical_json(body)).hexdigest()
+    tag = hashlib.sha256(b"evidence-edge ledger item tag\n" + ITEM.encode() + b"\n1").digest()
+    digest = hashlib.sha256(canonical_json(body)).digest()
+    expected = hashlib.sha256(b"evidence-edge ledger 2\n" + bytes(32) + (1).to_bytes(8, "big") + tag + digest)
+    assert entry.hash == expected.hexdigest()
     stored = conn.execute("SELECT data FROM ledger WHERE seq = 1").fetchone()[0]
-    assert stored == '{"case":{"number":"A1"},"item_prev":"' + GENESIS_PREV + '"}'
+    assert stored == '{"case":{"number":"A1"},"entry_salt":"' + salt + '","item_prev":"' + GENESIS_PREV + '"}'
+    # The redacted form recomputes to the same hash from its parts; an item-less entry's tag is salted.
+    redacted = redact(entry)
+    assert (redacted.item_tag, redacted.body_sha256) == (tag.hex(), digest.hex())
+    assert redacted.recomputed_hash() == entry.hash
+    with conn:
+        station = ledger.append("station_started", None, {"station": "S"})
+    salt_bytes = bytes.fromhex(station.data[ENTRY_SALT])
+    no_item = hashlib.sha256(b"evidence-edge ledger no item\n" + salt_bytes + b"\n2")
+    assert redact(station).item_tag == no_item.hexdigest()
+
+
+def test_format_1_hash_is_sha256_of_prev_bytes_and_canonical_body() -> None:
+    """Entries written before format 2 (no entry_salt) keep their hash: SHA-256(prev || canonical body)."""
+    import hashlib
+
+    body = {"seq": 1, "time": "2024-05-01T09:00:00.000001Z", "type": "tagged", "item": ITEM,
+            "data": {"case": {"number": "A1"}}, "prev": "0" * 64}
+    assert entry_hash(body) == hashlib.sha256(bytes(32) + canonical_json(body)).hexdigest()
+    assert redact(LedgerEntry(hash=entry_hash(body), **body)).item_tag is None  # nothing to recompute
+
+
+def test_the_ledger_refuses_a_caller_supplied_salt(conn: sqlite3.Connection, ledger: Ledger) -> None:
+    with pytest.raises(LedgerError, match="entry_salt"), conn:
+        ledger.append("tagged", ITEM, {"entry_salt": "0" * 32})
+    with conn:
+        ledger.append("tagged", ITEM, {"salt": "0" * 32})  # control: another member is data like any
 
 
 def test_data_is_stored_as_what_is_hashed(conn: sqlite3.Connection, ledger: Ledger) -> None:
     with conn:
         entry = ledger.append(EntryType.CLOCK_MEASURED, None, {"offset_s": 2.0, "drift": 0.5})
-    assert entry.data == {"offset_s": 2, "drift": 0.5}
+    assert entry.data == {"offset_s": 2, "drift": 0.5, ENTRY_SALT: entry.data[ENTRY_SALT]}
     assert entry.type == "clock_measured" and type(entry.type) is str
     assert list(ledger.entries()) == [entry]
 

@@ -246,20 +246,3 @@ def test_check_config_warns_when_the_wipe_policy_waits_for_a_central_that_is_not
     )
     assert main(["check-config", str(no_uplink)]) == 0
     assert capsys.readouterr().err == "", "the default policy with a central: nothing to warn about"
-
-
-def test_check_config_warns_that_a_cadence_above_one_verifies_not_bound(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A station upgraded in place keeps the old example's `checkpoint_every = 64` in /etc (review finding
-    7): check-config says its packages will verify NOT BOUND and what to set; the default says nothing."""
-    upgraded = tmp_path / "station.toml"
-    cadence = 'store_dir = "store"\ncheckpoint_every = 64\n'
-    upgraded.write_text(MINIMAL.replace('store_dir = "store"\n', cadence))
-    assert main(["check-config", str(upgraded)]) == 0  # valid: a warning, not a refusal
-    err = capsys.readouterr().err
-    assert "checkpoint_every = 64" in err and "NOT BOUND" in err and "checkpoint_every = 1" in err
-    default = tmp_path / "default.toml"
-    default.write_text(MINIMAL)
-    assert main(["check-config", str(default)]) == 0
-    assert "checkpoint_every" not in capsys.readouterr().err  # control

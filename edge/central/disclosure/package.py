@@ -49,7 +49,7 @@ from edge.custody.disclosure import (
     tree_head_signature_parts,
 )
 from edge.custody.keys import StationKey
-from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry, RedactedEntry, checkpoint_payload
+from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry, RedactedEntry, checkpoint_payload, redact
 from edge.custody.receipt import Receipt
 from edge.ingest.store import stored_extension
 
@@ -209,11 +209,18 @@ def _shown(entry: LedgerEntry, disclosed: set[str], dockings: list[_Docking],
     return (entry.type in DOCKING_TYPES | DOCKING_FAULT_TYPES) and _of_docking(entry, dockings, removed_after)
 
 
-def segment_for(station: str, records: Iterable[ItemRecord], index: Index) -> StationSegment | None:
+def segment_for(station: str, records: Iterable[ItemRecord], index: Index,
+                head_seq: int | None = None) -> StationSegment | None:
     """The station's ledger from the first entry of the disclosed items (or of the dockings that produced
-    them) to the first signed checkpoint at or after their last one (or their dockings' end), with every
-    checkpoint the station signed at its seqs; entries of other items and of other dockings redacted;
-    None when no checkpoint covers it yet."""
+    them) to ``head_seq`` (the head :func:`coverage_for` stated: a reader can then see that no later entry
+    of a disclosed item is hidden, :mod:`edge.verify.package`), ending at the checkpoint the station signed
+    there, with every checkpoint the station signed at its shown entries; entries of other items and of
+    other dockings redacted. Without a checkpoint at ``head_seq`` (or without ``head_seq``), to the first
+    signed checkpoint at or after their last entry (the verifier then says NOT COMPLETE past it). None when
+    no checkpoint covers them yet.
+
+    Streamed from the index: whole entries are kept only when shown, a redacted one as its links and
+    format-2 parts (:class:`RedactedEntry`), so a long span costs about 0.5 kB per entry."""
     disclosed = {record.item for record in records}
     entries = [entry for item in sorted(disclosed) for entry in index.ledger_entries(station, item=item)]
     if not entries:
@@ -231,24 +238,29 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index) -> St
         stopped_at.setdefault(str(entry.data["session"]), entry.seq)
     dockings = [replace(d, stopped_seq=stopped_at.get(d.session)) for d in dockings]
     last = max([e.seq for e in entries] + stopped)
-    checkpoint = next(iter(index.checkpoints(station, last, last) or index.checkpoints(station, last)), None)
+    at_head = (index.checkpoints(station, head_seq, head_seq)
+               if head_seq is not None and head_seq >= last else [])
+    found = at_head or index.checkpoints(station, last, last) or index.checkpoints(station, last)
+    checkpoint = next(iter(found), None)
     if checkpoint is None:
         return None
-    segment = list(index.ledger_entries(station, first, end_seq=checkpoint.seq))
     removed_after: dict[str, int] = {}  # session -> its recorder's first device_removed after it started
-    for docking in dockings:
-        removed_after[docking.session] = next(
-            (e.seq for e in segment if e.seq > docking.started_seq and e.type == EntryType.DEVICE_REMOVED
-             and e.data.get("usb_serial") == docking.usb_serial), 0)
-    shown: list[LedgerEntry | RedactedEntry] = [
-        entry if _shown(entry, disclosed, dockings, removed_after)
-        else RedactedEntry(entry.seq, entry.prev, entry.hash)
-        for entry in segment
-    ]
+    shown: list[LedgerEntry | RedactedEntry] = []
+    whole: list[int] = []
+    for entry in index.ledger_entries(station, first, end_seq=checkpoint.seq):
+        if entry.type == EntryType.DEVICE_REMOVED:
+            for docking in dockings:
+                if entry.seq > docking.started_seq and entry.data.get("usb_serial") == docking.usb_serial:
+                    removed_after.setdefault(docking.session, entry.seq)
+        if _shown(entry, disclosed, dockings, removed_after):
+            shown.append(entry)
+            whole.append(entry.seq)
+        else:
+            shown.append(redact(entry))
     # Only the checkpoints of shown entries: one at a redacted line binds nothing the package discloses and
-    # would tell the reader when another case's entry was written (its station time).
-    whole = {entry.seq for entry in shown if isinstance(entry, LedgerEntry)}
-    signed = [c for c in index.checkpoints(station, first, checkpoint.seq) if c.seq in whole]
+    # would tell the reader when another case's entry was written (its station time). (The final checkpoint
+    # at the head does date the head entry: the price of proving the segment is the station's to its end.)
+    signed = [c for seq in whole for c in index.checkpoints(station, seq, seq)]
     return StationSegment(station, shown, checkpoint, signed, key_rotations(station, index))
 
 
@@ -292,6 +304,16 @@ def _put(archive: zipfile.ZipFile, sums: _Sums, path: str, data: bytes) -> None:
     sums.add(path, hashlib.sha256(data).hexdigest())
 
 
+def _put_lines(archive: zipfile.ZipFile, sums: _Sums, path: str, lines: Iterable[bytes]) -> None:
+    """Write a file line by line (a ledger segment may span many entries), hashing as it goes."""
+    digest = hashlib.sha256()
+    with archive.open(_info(path), "w", force_zip64=True) as out:
+        for line in lines:
+            digest.update(line)
+            out.write(line)
+    sums.add(path, digest.hexdigest())
+
+
 def _info(path: str) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(path, date_time=(2000, 1, 1, 0, 0, 0))
     info.compress_type = zipfile.ZIP_STORED
@@ -317,7 +339,7 @@ def write_package(
                 _put(archive, sums, station_key_file(station, key_id), _pem(key))
         for segment in plan.segments:
             paths = ledger_paths(segment.station)
-            _put(archive, sums, paths.entries, b"".join(entry_line(e) for e in segment.entries))
+            _put_lines(archive, sums, paths.entries, (entry_line(e) for e in segment.entries))
             cp = segment.checkpoint
             _put(archive, sums, paths.checkpoint, canonical_json(cp.to_dict()))
             _put(archive, sums, paths.checkpoint_payload, checkpoint_payload(cp.station, cp.seq, cp.hash,

@@ -55,16 +55,18 @@ _EDGE_ZH = ("方法二：安装 evidence-edge 后运行 edge verify --central-ke
             "它离线检查全部内容（哈希、签名、回执的包含证明、台账连续性、采集站对每条台账记录的签名检查点）。"
             "退出码：0 全部通过；1 有问题（逐项指出哪个文件、哪条台账记录或哪个检查点）；2 用法或输入错误；"
             "4 ORIGIN UNPROVEN，未指定中心公钥，来源未证实；5 NOT BOUND，包内各项一致，但某些已披露的保管记录"
-            "与采集站签名的任何检查点之间都隔着被隐去（redacted）的记录，这些记录（逐条列出）只凭中心的一面之词"
-            "（仅见于每隔多条记录才签名一次的采集站）。")
+            "与采集站签名的任何检查点之间都隔着旧格式（2026 年 12 月前写入）的被隐去（redacted）记录，"
+            "这些记录（逐条列出）只凭中心的一面之词；6 NOT COMPLETE，不能证明某些证据的记录都在包内（见下文）。")  # noqa: E501
 _EDGE_EN = ("Way two: with evidence-edge installed, run edge verify --central-key central-signing.pub on the "
             "unzipped folder. It checks everything offline (hashes, signatures, the receipts' inclusion "
             "proofs, the continuity of the ledger segments, the station's signed checkpoint at each ledger "
             "entry). Exit status: 0 all holds; 1 problems (each file, ledger entry or checkpoint named); 2 a "
             "usage or input error; 4 ORIGIN UNPROVEN, no central key was pinned; 5 NOT BOUND, the package "
             "holds together but a redacted line lies between some disclosed custody entries and every "
-            "checkpoint the station signed, so those entries (each named) rest on the central's word, not "
-            "the station's signature (only from a station that signs a checkpoint every few entries).")
+            "checkpoint the station signed is a redacted line of the old ledger format (written before "
+            "2026-12), so those entries (each named) rest on the central's word, not the station's "
+            "signature; 6 NOT COMPLETE, some items cannot be shown to have all their entries in the package "
+            "(below).")
 _OPENSSL_ZH = "方法三：只用 openssl（3.0 或更新）和 sha256sum。在解压后的文件夹中逐条运行下列命令；每条命令成功时退出码为 0（openssl 显示 Signature Verified Successfully，sha256sum 显示 OK 或不显示），任何一条失败即说明包被改动。"  # noqa: E501
 _OPENSSL_EN = ("Way three: openssl (3.0 or later) and sha256sum alone. Run each command below in the unzipped "  # noqa: E501
                "folder; each exits 0 when its check holds (openssl prints Signature Verified Successfully, "
@@ -74,10 +76,10 @@ _LIMITS_ZH = ("这些命令证明：每个文件都是中心签发时的样子�
               "checkpoints.jsonl 中采集站对每条台账记录各自签名的检查点，以及 key_rotations.jsonl "
               "中的密钥轮换（决定每个采集站密钥可签名的范围：被轮换停用的密钥此后所签一律无效），"
               "需要 edge verify 或按 RFC 9162 "
-              "自行计算。台账片段中其他证据的记录、其他警员的接驳记录只显示序号和哈希（redacted），只能检查它们"
-              "前后相连，内容不公开；采集站默认对每条记录签名，所以每条已披露的记录都由其所在序号的检查点直接"
-              "约束，不依赖被隐去的记录。每个证据的已签名清单及其披露的标注（tagged）记录必须载明本案案号，"
-              "否则 edge verify 指出该证据不属于本案。")
+              "自行计算。台账片段中其他证据的记录、其他警员的接驳记录只显示序号、哈希、证据标签（item_tag）和"
+              "内容摘要（body_sha256，含随机盐，redacted），内容不公开；edge verify 用这些部分重新计算其哈希，"  # noqa: E501
+              "所以哈希链穿过它们把每条已披露的记录约束到采集站签名的检查点。每个证据的已签名清单及其披露的"
+              "标注（tagged）记录必须载明本案案号，否则 edge verify 指出该证据不属于本案。")
 _LIMITS_EN = ("These commands prove that every file is as the central issued it, that each original's hash "
               "is the hash its station signed, and that the receipts' tree heads and the checkpoint ending "
               "each ledger segment are validly signed. The receipts' inclusion proofs (Merkle audit paths), "
@@ -86,32 +88,35 @@ _LIMITS_EN = ("These commands prove that every file is as the central issued it,
               "(key_rotations.jsonl: a key rotated out signs nothing after its rotation), need edge verify, "
               "or a computation after RFC 9162 by hand. Entries of "
               "other items and of other officers' dockings show only their sequence number and hashes "
-              "(\"redacted\"): they are checked to link, their content is not disclosed. The station signs "
-              "a checkpoint at every entry by default, so each disclosed entry is bound by the station's "
-              "signature at its own sequence number, not through a redacted line. Each item's signed "
+              "and the parts of their hash (\"redacted\": item_tag, and body_sha256 over the salted content), "  # noqa: E501
+              "not their content; edge verify recomputes each one's hash from those parts, so the chain binds "  # noqa: E501
+              "every disclosed entry through them to a checkpoint the station signed. Each item's signed "
               "manifest, with its disclosed tagged entries, must name this case, else edge verify names the "
               "item as not belonging to it.")
 _NOT_COMPLETE_ZH = ("退出码 6 NOT COMPLETE（不能证明完整）：包内各项一致，"
-                    "但某些证据的台账记录没有记载“本证据上一条记录”的链接（item_prev，"
-                    "升级前的采集站写的记录），或本包未载明中心持有的台账位置，"
-                    "所以无法证明这些证据的记录没有被隐去或截掉（逐个列出）。这不是通过。")
-_NOT_COMPLETE_EN = ("Exit status 6 NOT COMPLETE: the package holds together, but some items' ledger "
-                    "entries carry no link to the item's previous entry (item_prev: entries a station "
-                    "wrote before it recorded them), or the package states no ledger head, so nothing "
-                    "shows that none of those items' entries was hidden or cut off (each item named). "
-                    "That is not a pass.")
-_COVERAGE_ZH = ("覆盖范围：本包覆盖 {heads}，即中心生成本包时所持有的台账；此后的记录不在本包覆盖之内。"
-                "采集站在每条涉及某证据的台账记录中写入该证据上一条记录的哈希（item_prev），edge verify "
-                "沿着这条链从每个证据的最后一条记录检查到其采集记录，"
-                "任何一条被隐去或截掉的记录都会被指出（证据和序号）。“直到该位置，"
-                "这些证据没有更晚的记录”是中心签名的声明（package.json，列在中心签名的 SHA256SUMS 中）："
+                    "但无法证明某些证据的记录没有被隐去或截掉（逐个列出）：其记录没有“本证据上一条记录”的链接"
+                    "（item_prev），或其首条记录之后有旧格式（2026 年 12 月前写入、无证据标签）的被隐去记录，"
+                    "或本包未载明中心持有的台账位置、或未覆盖到该位置。这不是通过。")
+_NOT_COMPLETE_EN = ("Exit status 6 NOT COMPLETE: the package holds together, but for some "
+                    "items nothing shows that none of their entries was hidden or cut off (each item named): "
+                    "their entries carry no link to the item's previous entry (item_prev), or a redacted line "  # noqa: E501
+                    "of the old ledger format (written before 2026-12, no item tag) follows their first "
+                    "entry, or the package states no ledger head or ends before it. That is not a pass.")
+_COVERAGE_ZH = ("覆盖范围：本包覆盖 {heads}，即中心生成本包时所持有的台账，片段末尾是采集站在该序号签名的检查点；"  # noqa: E501
+                "此后的记录不在本包覆盖之内。采集站在每条涉及某证据的台账记录中写入该证据上一条记录的哈希"
+                "（item_prev），并让每条记录的哈希包含由证据编号和序号算出的证据标签（item_tag）：edge verify "  # noqa: E501
+                "沿着这条链从每个证据的最后一条记录检查到其采集记录，并用本包证据的编号检查每条被隐去记录的"
+                "标签，任何一条被隐去或截掉的记录都会被指出（证据和序号）。“该位置是中心当时持有的最新记录”"
+                "是中心签名的声明（package.json，列在中心签名的 SHA256SUMS 中）："
                 "它可归责于中心，如不属实，采集站自己的台账即可反驳。")
 _COVERAGE_EN = ("Coverage: this package covers {heads}, the ledger as the central held it when it built "
-                "the package; entries after that head are not covered. Each station entry of an item "
-                "carries the hash of the item's previous entry (item_prev), and edge verify follows that "
-                "chain from each item's last entry back to its acquired entry, naming the item and the "
-                "seq of any entry hidden or cut off. \"No later entries of these items up to that head\" is "
-                "the central's signed statement (package.json, listed in the SHA256SUMS the central "
+                "the package, ending at the checkpoint the station signed there; entries after that head are "
+                "not covered. Each station entry of an item carries the hash of the item's previous entry "
+                "(item_prev), and each entry's hash commits to a tag computed from its item id and seq "
+                "(item_tag): edge verify follows the item chain from each item's last entry back to its "
+                "acquired entry and tests every redacted line's tag against the disclosed items' ids, naming "
+                "the item and the seq of any entry hidden or cut off. \"That head was the newest entry the "
+                "central held\" is the central's signed statement (package.json, listed in the SHA256SUMS the central "  # noqa: E501
                 "signs): attributable to the central, and contradicted by the station's own ledger if it "
                 "is false.")
 

@@ -171,7 +171,8 @@ class AuditRoutes:
             covered = coverage_for(station, [r for r in records if r.station == station], parts.index)
             if covered is not None:
                 coverage[station] = covered
-            segment = segment_for(station, [r for r in records if r.station == station], parts.index)
+            segment = segment_for(station, [r for r in records if r.station == station], parts.index,
+                                  covered.head_seq if covered is not None else None)
             if segment is None:
                 raise Rejection(RejectCode.NOT_FOUND, f"the ledger of station {station} has no signed "
                                                       "checkpoint covering these items yet; try again later")
