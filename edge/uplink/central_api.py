@@ -126,9 +126,9 @@ class CentralApi:
         if not (isinstance(accepts, list) and LEDGER_FORMAT_2 in accepts) and not self.warned_old_format:
             self.warned_old_format = True
             log.error(
-                "the central %s does not say it takes ledger format 2: it is older than this station and "
-                "will refuse its ledger entries as edited; evidence stays spooled here until the central is "
-                "upgraded (README, upgrading: upgrade the central first)", self.base_url)
+                "the central %s does not say it takes ledger format 2: a central from before that format "
+                "refuses this station's ledger entries as edited, and evidence stays spooled here until it "
+                "is upgraded (README, upgrading: upgrade the central first)", self.base_url)
         return answer
 
     async def _with_checkpoints(

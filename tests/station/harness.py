@@ -11,6 +11,7 @@ from typing import Any
 
 from drivers.serial.dock import BayLed
 from edge.config.station import StationConfig
+from edge.custody.ledger import ENTRY_SALT
 from edge.sources.usb.volumes import display_name
 from edge.station import StationAgent
 from simulators.dock import DockSimulator
@@ -149,8 +150,10 @@ class Station:
         return entries
 
     def ledger(self, type_: str) -> list[dict[str, Any]]:
+        """The data of the entries of ``type_``, without the salt every entry carries (ledger format 2)."""
         assert self.agent.store is not None
-        return [e.data for e in self.agent.store.ledger.entries() if e.type == type_]
+        return [{k: v for k, v in e.data.items() if k != ENTRY_SALT}
+                for e in self.agent.store.ledger.entries() if e.type == type_]
 
 
 @asynccontextmanager

@@ -139,15 +139,3 @@ async def test_a_failing_bay_does_not_disturb_the_others(tmp_path: Path) -> None
         assert await station.led_shows(1, BayLed.PULLED)
         assert await station.led_shows(2, BayLed.DONE) and await station.led_shows(3, BayLed.DONE)
     assert verify_store(tmp_path / "store").ok
-
-
-async def test_the_agent_warns_at_start_that_a_cadence_above_one_verifies_not_bound(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Review finding 7: a station upgraded in place with the old example's `checkpoint_every = 64`."""
-    station = {"id": "TEST-STATION", "store_dir": str(tmp_path / "store"), "checkpoint_every": 64}
-    with caplog.at_level("WARNING", logger="edge.station"):
-        async with simulated_station(tmp_path, [spec(0)], station=station):
-            pass
-    warned = [r.getMessage() for r in caplog.records if "checkpoint_every = 64" in r.getMessage()]
-    assert len(warned) == 1 and "NOT BOUND" in warned[0], warned

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from drivers.serial.dock import BayLed
+from edge.custody.ledger import ENTRY_SALT
 from edge.sources.usb.bay_leds import led_after_presence
 from edge.sources.usb.bay_presence import (
     BAY_BURST_MAX_S,
@@ -39,10 +40,11 @@ from .harness import Station, eventually, simulated_station, spec
 
 
 def dock_entries(station: Station, bay: int) -> list[tuple[str, dict[str, Any]]]:
-    """The bay board's presence entries of `bay`, in ledger order."""
+    """The bay board's presence entries of `bay`, in ledger order (without the salt the ledger adds)."""
     assert station.agent.store is not None
     return [
-        (e.type, e.data) for e in station.agent.store.ledger.entries()
+        (e.type, {k: v for k, v in e.data.items() if k != ENTRY_SALT})
+        for e in station.agent.store.ledger.entries()
         if e.type in ("device_connected", "device_removed") and e.data.get("source") == "dock"
         and e.data.get("bay") == bay
     ]

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edge.central.registration import SEGMENT_CHECKPOINTS
+from edge.central.registration import LEDGER_FORMAT_2, SEGMENT_CHECKPOINTS
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.keys import StationKey
 from edge.custody.ledger import GENESIS_PREV, Checkpoint, Ledger, LedgerEntry
@@ -43,7 +43,7 @@ class _Central:
         doc: dict[str, Any] = {"seq": self.head[0], "hash": self.head[1], "witnessed_head": None,
                                "tree_head": None}
         if self.upgraded:
-            doc["accepts"] = [SEGMENT_CHECKPOINTS]
+            doc["accepts"] = [SEGMENT_CHECKPOINTS, LEDGER_FORMAT_2]
         return doc
 
     def _refusal(self, segment: dict[str, Any]) -> web.Response | None:
@@ -126,6 +126,10 @@ async def test_segments_reach_a_central_whether_or_not_it_takes_checkpoints(
     warned = [r for r in caplog.records
               if r.levelno == logging.ERROR and "older than this station" in r.message]
     assert len(warned) == (0 if fake.upgraded else 1)
+    # ... and that it will refuse format-2 entries: once, however many answers lack the capability.
+    format_2 = [r for r in caplog.records
+                if r.levelno == logging.ERROR and "does not say it takes ledger format 2" in r.message]
+    assert len(format_2) == (0 if fake.upgraded else 1), format_2
     # Once known, the next segment and a registration go in one request each, checkpoints only if taken.
     await api.post_ledger(entries[2:4], signed[3], signed[2:4])
     await api.register("u-1", {"item": "i-1"}, entries[4:], signed[5], signed[4:])

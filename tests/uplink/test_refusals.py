@@ -36,7 +36,7 @@ from edge.central.service import RunningCentral, start_central
 from edge.config.station import StationConfig
 from edge.custody.canonical import parse_json
 from edge.custody.keys import StationKey
-from edge.custody.ledger import ITEM_PREV
+from edge.custody.ledger import ENTRY_SALT, ITEM_PREV
 from edge.custody.refusal import sign_refusal, verify_refusal
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
@@ -108,7 +108,7 @@ class Rig:
 
     def ledger(self, type_: str, item: str | None = None) -> list[dict[str, Any]]:
         # Without item_prev, the item chain's link the ledger adds (tested with the ledger).
-        return [{k: v for k, v in e.data.items() if k != ITEM_PREV}
+        return [{k: v for k, v in e.data.items() if k not in (ITEM_PREV, ENTRY_SALT)}
                 for e in self.store.ledger.entries(item=item) if e.type == type_]
 
     def upload_row(self, name: str) -> tuple[str, int, float]:

@@ -13,7 +13,7 @@ import pytest
 from edge.central.embedded import EmbeddedCentral
 from edge.config.station import StationConfig
 from edge.custody.keys import StationKey
-from edge.custody.ledger import ITEM_PREV
+from edge.custody.ledger import ENTRY_SALT, ITEM_PREV
 from edge.custody.refusal import sign_refusal
 from edge.ingest.store import StationStore
 from edge.uplink.central_api import CentralRejected
@@ -107,7 +107,7 @@ def test_signed_refusals_about_the_item_are_final_and_on_the_record(
     answered(service, CentralRejected(422, code, "why", refusal=refusal))
     assert state_of(service.spool)[0] == "rejected"
     # (item_prev, the item chain's link the ledger adds to every entry of an item, is tested with it)
-    errors = [{k: v for k, v in e.data.items() if k != ITEM_PREV}
+    errors = [{k: v for k, v in e.data.items() if k not in (ITEM_PREV, ENTRY_SALT)}
               for e in service.store.ledger.entries() if e.type == "error"]
     assert errors == [{"stage": "register", "code": code, "reason": "why", "refusal": refusal}]
 
