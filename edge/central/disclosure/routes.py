@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import urlencode
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.disclosure.access import Reader, items_matching, log_read, reader_of
 from edge.central.disclosure.package import (
     DamagedObject,
     PackagePlan,
+    StationSegment,
     coverage_for,
     disclosed_item,
     segment_for,
@@ -43,7 +45,7 @@ from edge.central.registration import RejectCode, Rejection
 from edge.central.spotcheck import SpotCheck, check_item, choose_sample, report_html
 from edge.central.stats import Statistics, item_facts
 from edge.custody.canonical import canonical_json
-from edge.custody.disclosure import PackageIndex
+from edge.custody.disclosure import PackageIndex, StationCoverage
 from edge.custody.keys import key_id_of
 from edge.custody.ledger import station_time_now
 
@@ -156,7 +158,7 @@ class AuditRoutes:
         records = self._case_records(reader, case)
         return _json({"case_number": case, "items": [disclosed_item(r).to_dict() for r in records]})
 
-    def _plan(self, reader: Reader, case: str, records: list[Any]) -> PackagePlan:
+    async def _plan(self, reader: Reader, case: str, records: list[Any]) -> PackagePlan:
         parts = self.parts
         receipts = {}
         for record in records:
@@ -164,20 +166,10 @@ class AuditRoutes:
             if receipt is None:
                 raise Rejection(RejectCode.NOT_FOUND, f"no receipt for item {record.item}")
             receipts[record.item] = receipt
-        stations = sorted({record.station for record in records})
-        segments = []
-        coverage = {}
-        for station in stations:
-            covered = coverage_for(station, [r for r in records if r.station == station], parts.index)
-            if covered is not None:
-                coverage[station] = covered
-            segment = segment_for(station, [r for r in records if r.station == station], parts.index,
-                                  covered.head_seq if covered is not None else None)
-            if segment is None:
-                raise Rejection(RejectCode.NOT_FOUND, f"the ledger of station {station} has no signed "
-                                                      "checkpoint covering these items yet; try again later")
-            segments.append(segment)
-        station_keys = {station: parts.index.station_keys(station) for station in stations}
+        # The ledger part reads every entry from the first disclosed one to the head (a long span for an old
+        # item): in a worker thread, on a snapshot of the index, so the event loop keeps serving and the
+        # stated head and the segment come from one state.
+        segments, coverage, station_keys = await asyncio.to_thread(self._ledger_part, records)
         central_key = parts.signing_key.public_key()
         index = PackageIndex(
             case_number=case, central=parts.config.central.id, created_utc=station_time_now(),
@@ -189,6 +181,27 @@ class AuditRoutes:
         return PackagePlan(index, records, receipts, segments, station_keys, central_key, page_html(index),
                            page_text(index))
 
+    def _ledger_part(self, records: list[Any]) -> tuple[
+        list[StationSegment], dict[str, StationCoverage], dict[str, dict[str, Ed25519PublicKey]]
+    ]:
+        stations = sorted({record.station for record in records})
+        segments = []
+        coverage = {}
+        with self.parts.index.snapshot() as index:
+            for station in stations:
+                mine = [r for r in records if r.station == station]
+                covered = coverage_for(station, mine, index)
+                if covered is not None:
+                    coverage[station] = covered
+                segment = segment_for(station, mine, index, covered.head_seq if covered is not None else None)
+                if segment is None:
+                    raise Rejection(RejectCode.NOT_FOUND, f"the ledger of station {station} has no "
+                                                          "signed checkpoint covering these items yet; try "
+                                                          "again later")
+                segments.append(segment)
+            station_keys = {station: index.station_keys(station) for station in stations}
+        return segments, coverage, station_keys
+
     async def package(self, request: web.Request) -> web.StreamResponse:
         reader = await self._reader(request)
         case = _case(request)
@@ -197,7 +210,7 @@ class AuditRoutes:
         # Each disclosed item's own trail shows that it left in this package, for whom and when.
         for record in records:
             log_read(self.parts, request, reader, "disclosure", item=record.item, query=f"case={case}")
-        plan = self._plan(reader, case, records)
+        plan = await self._plan(reader, case, records)
         safe = re.sub(r"[^A-Za-z0-9_-]+", "_", case)[:80] or "case"
         response = web.StreamResponse(headers={
             "Content-Type": "application/zip",

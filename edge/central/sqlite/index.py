@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -249,6 +249,23 @@ class SqliteIndex:
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One atomic unit of the shared database (index and log). Never await inside it."""
         return self._database.transaction()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SqliteIndex]:
+        """A read-only view of the index as it is now, on a connection of its own in one read transaction:
+        a long read (a disclosure package's plan, in a worker thread) sees one state throughout and never
+        shares the writer's connection. The index itself when it has no file (tests)."""
+        if self.path is None:
+            yield self
+            return
+        from edge.central.sqlite.database import SqliteDatabase
+
+        database = SqliteDatabase.open_readonly(self.path)
+        try:
+            database.conn.execute("BEGIN")
+            yield database.index
+        finally:
+            database.conn.close()
 
     # -- stations and readers -------------------------------------------------------------------
 
