@@ -268,6 +268,7 @@ class _Checker:
         key: bytes | None = None
         key_tried = False
         began = False
+        began_at = 0
         expected = 1
         named = 0
         for seq, table, row_id, mac in self.conn.execute(
@@ -280,7 +281,7 @@ class _Checker:
             expected = seq + 1
             problem: tuple[str, str] | None = None
             if table == BEGIN_TABLE:
-                began = True
+                began, began_at = True, seq
                 row_json: str | None = "[]"
             elif table in TRAIL_COLUMNS and isinstance(row_id, int):
                 row = self.conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?",
@@ -288,9 +289,15 @@ class _Checker:
                 row_json = None if row is None else str(row[0])
                 if row_json is None:
                     problem = (table, f"row {row_id} was deleted (its seal {seq} remains)")
+                elif mac is None and began:
+                    # Once the seals have begun the central never writes a NULL MAC (without a key the
+                    # append fails): someone emptied it, most likely to hide an edit of the row (R14).
+                    problem = (table, f"row {row_id}: its seal {seq} has no MAC, though the seals began "
+                                      f"before it (seal {began_at}): the seal was emptied, the row edited "
+                                      "or inserted past the central (tampering, not a key outage)")
                 elif mac is None:
                     problem = (table, f"row {row_id} was appended without a seal (the console key was "
-                                      "unusable then)")
+                                      "unusable then, before the seals began)")
             else:
                 row_json = None
                 problem = ("trail_seals", f"seal {seq} names no trail row ({str(table)[:40]!r} {row_id!r})")

@@ -299,7 +299,9 @@ class SqliteConsoleStore:
             return True
 
     def seal_trails(self, trail_key: bytes) -> int:
-        """Seal, once, the trail rows made before the seals (edge.central.sqlite.trail)."""
+        """Seal, once, the trail rows made before the seals (edge.central.sqlite.trail); from now on this
+        connection seals its trail rows with ``trail_key`` (the key the start checked)."""
+        self._database.use_trail_key(trail_key)
         with self.transaction():
             return seal_rows_made_before_the_seals(self.conn, trail_key)
 

@@ -1,0 +1,82 @@
+"""The console's sealed state after the second review: a NULL seal written after the seals began is
+tampering (R14); a console.key that is not the store's stops the start; a session's last request is under
+its row's seal; a TOTP secret put back from a backup is refused (R8).
+
+Each finding has a reproduction (it failed on the code before the fix) and a control showing that the
+check can fail the other way."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edge.central.config import CentralLayout
+from edge.central.console.secret_key import prepare_console_key
+from edge.central.index import Role
+from edge.central.sqlite import SqliteDatabase
+from edge.central.verify import verify_central_store
+from tests.central.conftest import make_central_parts
+from tests.central.test_verify_console_trails import Console, _attacker, _seal_of
+from tests.central.test_verify_console_trails import console as console
+
+# -- R14: a NULL seal after the seals began ------------------------------------------------------------
+
+
+def test_an_edited_row_whose_seal_was_emptied_is_named_as_tampering(console: Console) -> None:
+    seal = _seal_of(console, "access_log", 2)
+    conn = _attacker(console.root / "index.db")
+    try:
+        conn.execute("UPDATE access_log SET reader = 'someone.else' WHERE id = 2")
+        conn.execute("UPDATE trail_seals SET mac = NULL WHERE seq = ?", (seal,))
+    finally:
+        conn.close()
+    problems = console.verify()
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"access_log: row 2: its seal {seal} has no MAC, though the seals began")
+    assert "tampering, not a key outage" in problems[0]
+    assert "unusable" not in problems[0]
+
+
+def test_control_a_null_seal_from_before_the_seals_began_is_a_key_outage(tmp_path: Path) -> None:
+    """A store whose first trail row was appended while it had no key (before any start sealed it)."""
+    root = tmp_path / "central"
+    parts = make_central_parts(root)
+    layout = CentralLayout(root)
+    key_text = layout.console_key.read_bytes()
+    layout.console_key.unlink()
+    database = parts.index.unit
+    assert isinstance(database, SqliteDatabase)
+    database.console.create_account("li.legal", "$argon2id$not-a-real-hash", by="admin")  # NULL seal
+    layout.console_key.write_bytes(key_text)
+    layout.console_key.chmod(0o600)
+    assert prepare_console_key(layout.console_key, database.console, by="central-start") is not None
+    parts.index.close()
+    problems = [str(p) for p in verify_central_store(root, central_public_key=parts.signing_key.public_key())]
+    assert problems == ["account_events: row 1 was appended without a seal (the console key was unusable "
+                        "then, before the seals began)"]
+
+
+def test_once_the_seals_began_a_row_without_a_key_is_refused_not_left_unsealed(console: Console) -> None:
+    CentralLayout(console.root).console_key.unlink()
+    database = SqliteDatabase.open(console.root / "index.db")  # an administration command's connection
+    try:
+        with pytest.raises(sqlite3.Error):
+            database.console.grant("zhao.clerk", Role.READER, ["330106000000"], by="admin", reason="case")
+        assert database.console.grant_of("zhao.clerk") is None
+        nulls = database.conn.execute("SELECT count(*) FROM trail_seals WHERE mac IS NULL").fetchone()[0]
+        assert nulls == 0
+    finally:
+        database.close()
+
+
+def test_control_a_store_not_sealed_yet_appends_without_a_key(tmp_path: Path) -> None:
+    (tmp_path / "identity").mkdir()
+    database = SqliteDatabase.open(tmp_path / "index.db")
+    try:
+        database.console.grant("zhao.clerk", Role.READER, ["330106000000"], by="admin", reason="case")
+        assert database.console.grant_of("zhao.clerk") is not None
+        assert [tuple(r) for r in database.conn.execute("SELECT mac FROM trail_seals")] == [(None,)]
+    finally:
+        database.close()
