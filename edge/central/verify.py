@@ -66,7 +66,7 @@ from edge.central.index import CASE_FIELDS
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore, is_sha256_hex
 from edge.central.sqlite import SqliteDatabase
-from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, row_json_sql, trail_mac
+from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, key_fits_seals, row_json_sql, trail_mac
 from edge.custody.canonical import canonical_json, parse_json, sha256_hex
 from edge.custody.checkpoint_note import NoteError, open_note, parse_checkpoint
 from edge.custody.errors import CanonicalJsonError, KeyFileError, KeyFormatError, LedgerError
@@ -303,6 +303,12 @@ class _Checker:
                 problem = ("trail_seals", f"seal {seq} names no trail row ({str(table)[:40]!r} {row_id!r})")
             if isinstance(mac, str) and not key_tried:  # the key is needed once there is a seal to check
                 key, key_tried = self._trail_key(), True
+                if key is not None and key_fits_seals(self.conn, key) is False:
+                    self.add(f"file {self.layout.console_key.relative_to(self.layout.store_dir)}",
+                             "it is not the key this store's console trails were sealed with (neither the "
+                             "check value written when the seals began nor the first sealed rows check with "
+                             "it): the rows' seals cannot be checked; restore this store's key")
+                    key = None
             if problem is None and key is not None and row_json is not None and isinstance(row_id, int) and (
                     not isinstance(mac, str)
                     or not hmac.compare_digest(mac, trail_mac(key, seq, str(table), row_id, row_json))):

@@ -8,16 +8,21 @@ check can fail the other way."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from edge.central.config import CentralLayout
-from edge.central.console.secret_key import prepare_console_key
+from edge.central.config import CentralConfig, CentralLayout
+from edge.central.console.secret_key import ConsoleSecretKey, prepare_console_key
+from edge.central.identity import init_central
 from edge.central.index import Role
+from edge.central.service import start_central
 from edge.central.sqlite import SqliteDatabase
 from edge.central.verify import verify_central_store
-from tests.central.conftest import make_central_parts
+from edge.pki.names import IdentityError
+from tests.central.conftest import central_config, make_central_parts
 from tests.central.test_verify_console_trails import Console, _attacker, _seal_of
 from tests.central.test_verify_console_trails import console as console
 
@@ -80,3 +85,82 @@ def test_control_a_store_not_sealed_yet_appends_without_a_key(tmp_path: Path) ->
         assert [tuple(r) for r in database.conn.execute("SELECT mac FROM trail_seals")] == [(None,)]
     finally:
         database.close()
+
+
+# -- a console.key that is not the store's --------------------------------------------------------------
+
+
+def _another_key(path: Path) -> None:
+    """A well-formed key of another store (format v2, as a sealed store's key is), put at ``path``."""
+    path.unlink()
+    ConsoleSecretKey.create(path).record_trails_sealed()
+
+
+async def _started_once(tmp_path: Path) -> CentralConfig:
+    config = central_config(tmp_path / "store", dev=False)
+    init_central(config)
+    running = await start_central(config)  # the first start seals the trails (writes the check value)
+    running.parts.console.create_account("li.legal", "$argon2id$not-a-real-hash", by="admin")
+    await running.stop()
+    return config
+
+
+async def test_a_central_with_another_stores_console_key_does_not_start(tmp_path: Path) -> None:
+    config = await _started_once(tmp_path)
+    key = CentralLayout(config.central.store_dir).console_key
+    _another_key(key)
+    with pytest.raises(IdentityError, match=r"console\.key .* is not the key this store's console trails"):
+        running = await start_central(config)
+        await running.stop()  # reached only when the start wrongly succeeds
+
+
+async def test_control_the_stores_own_key_restored_starts(tmp_path: Path) -> None:
+    config = await _started_once(tmp_path)
+    key = CentralLayout(config.central.store_dir).console_key
+    own = key.read_bytes()
+    _another_key(key)
+    key.write_bytes(own)  # the right backup restored
+    running = await start_central(config)
+    await running.stop()
+
+
+async def test_edge_central_run_exits_78_on_another_stores_key(tmp_path: Path) -> None:
+    config = await _started_once(tmp_path)
+    store = config.central.store_dir
+    config_path = tmp_path / "central.toml"
+    config_path.write_text(f'[central]\nid = "central-test"\nstore_dir = "{store}"\n'
+                           '[server]\nlisten = "127.0.0.1"\nport = 1\nnames = ["localhost"]\n',
+                           encoding="utf-8")
+    key = CentralLayout(store).console_key
+    _another_key(key)
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "central", "run", "--config", str(config_path)],
+                          capture_output=True, check=False, timeout=60)
+    stderr = done.stderr.decode(errors="replace")
+    assert done.returncode == 78, stderr
+    assert str(key) in stderr and "is not the key this store's console trails were sealed with" in stderr
+
+
+def test_verify_names_another_stores_key_once_not_every_row(console: Console) -> None:
+    assert console.verify() == []  # control: the store's own key
+    _another_key(CentralLayout(console.root).console_key)
+    problems = console.verify()
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("file identity/console.key: it is not the key this store's console trails")
+
+
+def test_control_an_edited_check_value_alone_is_not_a_wrong_key(console: Console) -> None:
+    """The marker edited by a DB writer: the rows still check with the key, so the start goes on and
+    `edge verify` names the marker, not the key."""
+    conn = _attacker(console.root / "index.db")
+    try:
+        conn.execute("UPDATE trail_seals SET mac = ? WHERE tbl = '(seals begin)'", ("0" * 64,))
+    finally:
+        conn.close()
+    database = SqliteDatabase.open(console.root / "index.db")
+    try:
+        assert prepare_console_key(CentralLayout(console.root).console_key, database.console,
+                                   by="central-start") is not None
+    finally:
+        database.close()
+    problems = console.verify()
+    assert len(problems) == 1 and "(where the seals begin) was edited" in problems[0], problems

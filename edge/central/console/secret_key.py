@@ -10,11 +10,14 @@ Stored text: ``sealed-v1:`` and the URL-safe base64 of a 12-byte random nonce fo
 and its 16-byte tag. A secret without that prefix was written by an older central and is sealed at the
 next start (:func:`prepare_console_key`).
 
-When the key file cannot be read, or is missing while sealed secrets or sealed trail rows exist, the
-central does not start (``edge central run`` exits 78 naming the file, like an unusable signing key):
-running on would append every access-log row unsealed. A missing key is never silently replaced while
-anything is sealed with it: the operator restores it from backup. When it is not the key the secrets
-were sealed with, sign-ins of accounts with TOTP are refused and the reason is logged naming the file.
+When the key file cannot be read, is missing while sealed secrets or sealed trail rows exist, or is not
+the key the store's trails were sealed with (the check value written when the seals began, and the first
+sealed rows, do not check with it: a key of another store or another backup), the central does not start
+(``edge central run`` exits 78 naming the file, like an unusable signing key): running on would append
+every access-log row unsealed, or sealed with a key nothing else in the store checks with. A missing key is
+never silently replaced while anything is sealed with it: the operator restores it from backup. A sealed
+secret that does not open with the key (moved from another account, damaged) refuses that account's TOTP
+sign-ins, and the reason is logged naming the file.
 
 The same file keys the seals of the console's append-only trails (:mod:`edge.central.sqlite.trail`),
 through a subkey derived with HKDF, so the two uses never share key material. A starting central also
@@ -218,6 +221,7 @@ class TotpSecretStore(Protocol):
     def seal_totp_secret(self, name: str, stored_before: str, sealed: str, *, by: str) -> bool: ...
     def scrub_replaced(self) -> bool: ...
     def seal_trails(self, trail_key: bytes) -> int: ...
+    def trail_key_fits(self, trail_key: bytes) -> bool | None: ...
     def trail_seals_state(self) -> tuple[bool, bool]: ...
 
 
@@ -255,6 +259,13 @@ def require_console_key(path: Path, store: TotpSecretStore, *, by: str) -> Conso
         key = ConsoleSecretKey.create(path)
         log.info("console key %s created (fingerprint %s): TOTP secrets are sealed with it", path,
                  key.fingerprint)
+    if store.trail_key_fits(key.trail_key) is False:
+        # Accepting it would seal new rows with a key nothing else in the store checks with, and make
+        # `edge verify` name every row as edited.
+        raise ConsoleKeyError(f"{path} (fingerprint {key.fingerprint}) is not the key this store's console "
+                              "trails were sealed with: neither the check value written when the seals began "
+                              "nor the first sealed rows check with it (a key of another store or another "
+                              "backup?); restore this store's console.key (mode 0600)")
     if key.trails_sealed and not seals_begun:
         log.error("console: %s records that the trails were sealed, but index.db holds no start of the "
                   "seals: the seals were removed (tampering); they are not made again, `edge verify` "

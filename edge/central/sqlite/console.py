@@ -38,7 +38,7 @@ from edge.central.index import (
     validate_station_id,
     validate_unit_code,
 )
-from edge.central.sqlite.trail import BEGIN_TABLE, seal_rows_made_before_the_seals
+from edge.central.sqlite.trail import BEGIN_TABLE, key_fits_seals, seal_rows_made_before_the_seals
 from edge.custody.ledger import station_time_now
 from edge.durable.sqlite import apply_schema
 
@@ -304,6 +304,10 @@ class SqliteConsoleStore:
         self._database.use_trail_key(trail_key)
         with self.transaction():
             return seal_rows_made_before_the_seals(self.conn, trail_key)
+
+    def trail_key_fits(self, trail_key: bytes) -> bool | None:
+        """Whether ``trail_key`` is the one the trails were sealed with (None: nothing sealed yet)."""
+        return key_fits_seals(self.conn, trail_key)
 
     def trail_seals_state(self) -> tuple[bool, bool]:
         """(the start of the seals is recorded, some trail row or marker is sealed with a key)."""

@@ -53,6 +53,7 @@ __all__ = [
     "TRAIL_COLUMNS",
     "TrailKeyUnusable",
     "create_trail_schema",
+    "key_fits_seals",
     "register_sealer",
     "row_json_sql",
     "seal_rows_made_before_the_seals",
@@ -194,3 +195,33 @@ def seal_rows_made_before_the_seals(conn: sqlite3.Connection, key: bytes) -> int
     conn.execute("INSERT INTO trail_seals (seq, tbl, row_id, mac) VALUES (?, ?, 0, ?)",
                  (seq, BEGIN_TABLE, trail_mac(key, seq, BEGIN_TABLE, 0, "[]")))
     return sealed
+
+
+# How many sealed rows besides the marker are tried before a key is called the wrong one.
+_KEY_CHECK_SAMPLE = 4
+
+
+def key_fits_seals(conn: sqlite3.Connection, key: bytes) -> bool | None:
+    """Whether ``key`` is the trail key this store was sealed with; None when nothing is sealed yet.
+
+    The marker of the start of the seals is an HMAC of a fixed label (its number, ``(seals begin)``, 0,
+    ``[]``) written at the first sealing: the store's key check value. When it does not check (edited, or
+    gone), the first few sealed rows are tried: a key none of them checks with is not the store's key (a
+    wrong key restored from another store or backup), which would otherwise make every row look edited."""
+    marker = conn.execute("SELECT seq, mac FROM trail_seals WHERE tbl = ?", (BEGIN_TABLE,)).fetchone()
+    if marker is not None and isinstance(marker[1], str) and hmac.compare_digest(
+            marker[1], trail_mac(key, int(marker[0]), BEGIN_TABLE, 0, "[]")):
+        return True
+    tried = marker is not None and marker[1] is not None
+    for seq, table, row_id, mac in conn.execute(
+            "SELECT seq, tbl, row_id, mac FROM trail_seals WHERE mac IS NOT NULL AND tbl != ? ORDER BY seq "
+            "LIMIT ?", (BEGIN_TABLE, _KEY_CHECK_SAMPLE)).fetchall():
+        if table not in TRAIL_COLUMNS or not isinstance(row_id, int):
+            continue
+        row = conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?", (row_id,)).fetchone()
+        if row is None:
+            continue
+        tried = True
+        if hmac.compare_digest(str(mac), trail_mac(key, int(seq), str(table), row_id, str(row[0]))):
+            return True
+    return False if tried else None
