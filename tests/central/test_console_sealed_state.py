@@ -10,12 +10,14 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edge.central.config import CentralConfig, CentralLayout
 from edge.central.console.secret_key import ConsoleSecretKey, prepare_console_key
+from edge.central.console.sessions import AuthMethod, SessionStore
 from edge.central.identity import init_central
 from edge.central.index import Role
 from edge.central.service import start_central
@@ -164,3 +166,73 @@ def test_control_an_edited_check_value_alone_is_not_a_wrong_key(console: Console
         database.close()
     problems = console.verify()
     assert len(problems) == 1 and "(where the seals begin) was edited" in problems[0], problems
+
+
+# -- a session's last request is under its row's seal -------------------------------------------------
+
+T = 1_800_000_000.0
+IDLE_S = 15 * 60.0
+SECRET = b"s" * 32
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _sessions(database: SqliteDatabase, clock: Clock) -> SessionStore:
+    return SessionStore(database.console, idle_s=IDLE_S, absolute_s=8 * 3600.0, clock=clock, secret=SECRET)
+
+
+def _last_seen(database: SqliteDatabase) -> float:
+    return float(database.conn.execute("SELECT last_seen_s FROM console_sessions").fetchone()[0])
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[SqliteDatabase]:
+    db = SqliteDatabase.open(tmp_path / "index.db")
+    yield db
+    db.close()
+
+
+def test_an_idle_session_is_not_revived_by_moving_its_last_request_in_the_database(
+    database: SqliteDatabase,
+) -> None:
+    clock = Clock()
+    token, _ = _sessions(database, clock).create("li.legal", AuthMethod.PASSWORD)
+    clock.now += IDLE_S + 60  # the reviewer walked away from a shared screen
+    writer = sqlite3.connect(database.path or "")  # whoever writes index.db without console.key
+    try:
+        with writer:
+            writer.execute("UPDATE console_sessions SET last_seen_s = ?", (clock.now,))
+    finally:
+        writer.close()
+    assert _sessions(database, clock).get(token) is None, "an idle session was revived by a database edit"
+    assert database.console.session_count() == 0  # ended, not merely refused once
+
+
+def test_control_a_session_in_use_lives_on_and_its_touches_are_sealed(database: SqliteDatabase) -> None:
+    clock = Clock()
+    store = _sessions(database, clock)
+    token, _ = store.create("li.legal", AuthMethod.PASSWORD)
+    for _ in range(6):  # an hour and a half of use, a request every quarter hour less a minute
+        clock.now += IDLE_S - 60
+        assert store.get(token) is not None
+    assert _last_seen(database) == clock.now
+    # A restarted central (a new store, the same key) accepts the row the touches re-sealed.
+    assert _sessions(database, clock).get(token) is not None
+
+
+def test_requests_within_the_touch_interval_write_nothing(database: SqliteDatabase) -> None:
+    clock = Clock()
+    store = _sessions(database, clock)
+    token, _ = store.create("li.legal", AuthMethod.PASSWORD)
+    clock.now += store.touch_every_s / 2
+    assert store.get(token) is not None
+    assert _last_seen(database) == T  # no write for this request
+    clock.now += store.touch_every_s
+    assert store.get(token) is not None
+    assert _last_seen(database) == clock.now

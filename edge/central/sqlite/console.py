@@ -546,10 +546,13 @@ class SqliteConsoleStore:
         ).fetchone()
         return dict(row) if row is not None else None
 
-    def touch_session(self, key: bytes, last_seen_s: float) -> None:
+    def touch_session(self, key: bytes, last_seen_s: float, *, mac: str, last_seen_before_s: float) -> bool:
+        """The session's last request moved to ``last_seen_s``, with the row's new seal ``mac``, if it was
+        still ``last_seen_before_s`` (a later touch is never undone); whether it was."""
         with self.transaction():
-            self.conn.execute("UPDATE console_sessions SET last_seen_s = max(last_seen_s, ?) "
-                              "WHERE token_sha256 = ?", (last_seen_s, key))
+            return self.conn.execute(
+                "UPDATE console_sessions SET last_seen_s = ?, mac = ? WHERE token_sha256 = ? "
+                "AND last_seen_s = ?", (last_seen_s, mac, key, last_seen_before_s)).rowcount == 1
 
     def end_session(self, key: bytes) -> bool:
         with self.transaction():
