@@ -28,6 +28,7 @@ import pytest
 from edge.central.cli import add_central_parser
 from edge.central.config import CentralConfig, load_central_config
 from edge.central.console.credentials import hash_password
+from edge.central.console.enrolments import enrol_totp
 from edge.central.console.secret_key import ConsoleSecretKey
 from edge.central.console.sessions import session_row_mac, token_row_key
 from edge.central.console.state import CONSOLE
@@ -63,7 +64,10 @@ def _account(console: Any, name: str, sealed_with: ConsoleSecretKey | None) -> s
     console.create_account(name, hash_password(PASSWORD), by="admin")
     console.grant(name, Role.SUPERVISOR, (), by="admin", reason="test")
     secret = pyotp.random_base32()
-    console.set_totp(name, sealed_with.seal_totp(name, secret) if sealed_with else secret, by="admin")
+    if sealed_with is None:
+        console.set_totp(name, secret, by="admin")
+    else:
+        enrol_totp(console, sealed_with, name, secret, by="admin")
     return secret
 
 
@@ -123,13 +127,14 @@ async def test_a_sealed_secret_moved_to_another_account_does_not_open(
 
 
 async def test_plain_secrets_of_an_older_central_are_sealed_at_the_first_start(tmp_path: Path) -> None:
-    # A store as the central before the console key left it: plain TOTP secrets, no console.key and no
-    # trail seals (a key is never replaced while rows are sealed with it).
+    # A store as the central before the console key left it: plain TOTP secrets, no console.key, no
+    # enrolment record and no trail seals (a key is never replaced while rows are sealed with it).
     first = await start_http_central(tmp_path, dev=False)
     config = first.config
     secret = _account(first.running.parts.console, "li.legal", None)
     await first.running.stop()
     config.layout.console_key.unlink()
+    (config.layout.identity_dir / "console-enrolments").unlink()
     db = sqlite3.connect(config.layout.index_db)
     try:
         db.execute("DROP TABLE trail_seals")

@@ -7,16 +7,25 @@ check can fail the other way."""
 
 from __future__ import annotations
 
+import argparse
+import base64
+import json
+import logging
+import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import pyotp
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edge.central.cli import add_central_parser
 from edge.central.config import CentralConfig, CentralLayout
-from edge.central.console.secret_key import ConsoleSecretKey, prepare_console_key
+from edge.central.console.credentials import hash_password
+from edge.central.console.secret_key import ConsoleSecretKey, SealedSecretError, prepare_console_key
 from edge.central.console.sessions import AuthMethod, SessionStore
 from edge.central.identity import init_central
 from edge.central.index import Role
@@ -24,7 +33,8 @@ from edge.central.service import start_central
 from edge.central.sqlite import SqliteDatabase
 from edge.central.verify import verify_central_store
 from edge.pki.names import IdentityError
-from tests.central.conftest import central_config, make_central_parts
+from tests.central.conftest import HttpCentral, central_config, make_central_parts, start_http_central
+from tests.central.test_console_at_rest import PASSWORD, _code, _sign_in
 from tests.central.test_verify_console_trails import Console, _attacker, _seal_of
 from tests.central.test_verify_console_trails import console as console
 
@@ -236,3 +246,186 @@ def test_requests_within_the_touch_interval_write_nothing(database: SqliteDataba
     clock.now += store.touch_every_s
     assert store.get(token) is not None
     assert _last_seen(database) == clock.now
+
+
+# -- R8: a sealed TOTP secret put back from a backup ------------------------------------------------------
+
+
+class Enrolled:
+    """A running central with a console account, administered by the real `edge central account`."""
+
+    def __init__(self, central: HttpCentral, config_path: Path) -> None:
+        self.central = central
+        self.config_path = config_path
+
+    def admin(self, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+        parser = argparse.ArgumentParser(prog="edge")
+        add_central_parser(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(["central", "account", *argv, "--config", str(self.config_path)])
+        capsys.readouterr()
+        assert args.func(args) == 0
+        return capsys.readouterr().out
+
+    def enrol(self, capsys: pytest.CaptureFixture[str]) -> str:
+        """`enrol-totp li.legal`: the secret of the URI it prints once."""
+        return str(pyotp.parse_uri(self.admin(capsys, "enrol-totp", "li.legal").strip()).secret)
+
+    def stored(self) -> str:
+        account = self.central.console.account("li.legal")
+        assert account is not None and account.totp_secret is not None
+        return account.totp_secret
+
+    def put_back(self, stored: str) -> None:
+        """Whoever writes index.db without console.key: an older row's secret, its code step unspent."""
+        db = sqlite3.connect(self.central.config.layout.index_db)
+        try:
+            with db:
+                db.execute("UPDATE console_accounts SET totp_secret = ?, totp_last_step = NULL "
+                           "WHERE name = 'li.legal'", (stored,))
+        finally:
+            db.close()
+
+    async def sign_in(self, secret: str) -> int:
+        config = self.central.config
+        return (await _sign_in(self.central.console_url, config.layout.ca_cert, "li.legal",
+                               _code(secret)))[0]
+
+    def verify(self) -> list[str]:
+        store = self.central.config.central.store_dir
+        public_key = self.central.central_public_key
+        return [str(p) for p in verify_central_store(store, central_public_key=public_key)]
+
+
+@pytest.fixture
+async def enrolled(tmp_path: Path) -> AsyncIterator[Enrolled]:
+    central = await start_http_central(tmp_path, dev=False)
+    config_path = tmp_path / "central.toml"
+    store = central.config.central.store_dir
+    config_path.write_text(f'[central]\nid = "central-test"\nstore_dir = "{store}"\n[server]\nport = 18443\n',
+                           encoding="utf-8")
+    central.console.create_account("li.legal", hash_password(PASSWORD), by="admin")
+    central.console.grant("li.legal", Role.SUPERVISOR, (), by="admin", reason="test")
+    yield Enrolled(central, config_path)
+    await central.running.stop()
+
+
+async def test_a_secret_put_back_after_a_re_enrolment_is_refused(
+    enrolled: Enrolled, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    old = enrolled.enrol(capsys)  # the phone that was lost
+    old_row = enrolled.stored()   # ...as last night's backup of index.db holds it
+    new = enrolled.enrol(capsys)  # the administrator re-enrols the account
+    new_row = enrolled.stored()
+    enrolled.put_back(old_row)
+    with caplog.at_level(logging.ERROR):
+        status = await enrolled.sign_in(old)
+    assert status == 401, "the codes of a secret replaced by a re-enrolment work again once it is put back"
+    assert "an older secret was put back" in caplog.text
+    events = enrolled.central.console.account_events("li.legal")
+    assert events[-2]["event"] == "totp_refused" and "of enrolment 1" in events[-2]["detail"]
+    assert "records enrolment 2" in events[-2]["detail"] and old not in events[-2]["detail"]
+    assert any(p.startswith("console_accounts li.legal: the sealed TOTP secret of li.legal is of enrolment "
+                            "1, but ") and "records enrolment 2" in p for p in enrolled.verify())
+    enrolled.put_back(new_row)  # control: the current secret signs in, and the store verifies
+    assert await enrolled.sign_in(new) == 200
+    assert not any(p.startswith("console_accounts") for p in enrolled.verify())
+
+
+async def test_a_secret_put_back_after_its_removal_is_refused(
+    enrolled: Enrolled, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = enrolled.enrol(capsys)
+    old_row = enrolled.stored()
+    enrolled.admin(capsys, "remove-totp", "li.legal")
+    enrolled.put_back(old_row)
+    assert await enrolled.sign_in(old) == 401
+    enrolled.admin(capsys, "enrol-totp", "li.legal")  # control: enrolled again, a new secret works
+    assert await enrolled.sign_in(enrolled_secret_from_store(enrolled)) == 200
+
+
+def enrolled_secret_from_store(enrolled: Enrolled) -> str:
+    key = ConsoleSecretKey.load(enrolled.central.config.layout.console_key)
+    return key.open_totp("li.legal", enrolled.stored())[0]
+
+
+async def test_a_plain_secret_planted_in_a_numbered_store_is_not_sealed_by_the_next_start(
+    tmp_path: Path,
+) -> None:
+    first = await start_http_central(tmp_path, dev=False)
+    config = first.config
+    first.console.create_account("li.legal", hash_password(PASSWORD), by="admin")
+    first.console.grant("li.legal", Role.SUPERVISOR, (), by="admin", reason="test")
+    await first.running.stop()
+    planted = pyotp.random_base32()  # the attacker's own secret, written as an older central stored one
+    db = sqlite3.connect(config.layout.index_db)
+    try:
+        with db:
+            db.execute("UPDATE console_accounts SET totp_secret = ? WHERE name = 'li.legal'", (planted,))
+    finally:
+        db.close()
+    again = await start_http_central(tmp_path, dev=False, server={"port": config.server.port})
+    try:
+        status, _ = await _sign_in(again.console_url, config.layout.ca_cert, "li.legal", _code(planted))
+        assert status == 401, "a secret planted in plain text was sealed by the next start and signs in"
+        account = again.console.account("li.legal")
+        assert account is not None and account.totp_secret == planted  # left as found, for the record
+    finally:
+        await again.running.stop()
+
+
+def _sealed_v1(key_path: Path, account: str, secret: str) -> str:
+    """A secret as the central before the enrolment numbers sealed it (bound to the account only)."""
+    text = key_path.read_bytes().strip()
+    raw_key = base64.urlsafe_b64decode(text.partition(b":")[2])
+    nonce = os.urandom(12)
+    context = b"edge-console totp-secret v1\x00" + account.encode()
+    sealed = AESGCM(raw_key).encrypt(nonce, secret.encode(), context)
+    return "sealed-v1:" + base64.urlsafe_b64encode(nonce + sealed).decode()
+
+
+async def test_a_store_sealed_before_the_numbers_is_numbered_at_its_first_start_and_then_refuses_v1(
+    tmp_path: Path,
+) -> None:
+    first = await start_http_central(tmp_path, dev=False)
+    config = first.config
+    first.console.create_account("li.legal", hash_password(PASSWORD), by="admin")
+    first.console.grant("li.legal", Role.SUPERVISOR, (), by="admin", reason="test")
+    await first.running.stop()
+    secret = pyotp.random_base32()
+    v1 = _sealed_v1(config.layout.console_key, "li.legal", secret)
+    (config.layout.identity_dir / "console-enrolments").unlink()  # the store as the older central left it
+    db = sqlite3.connect(config.layout.index_db)
+    try:
+        with db:
+            db.execute("UPDATE console_accounts SET totp_secret = ? WHERE name = 'li.legal'", (v1,))
+    finally:
+        db.close()
+    again = await start_http_central(tmp_path, dev=False, server={"port": config.server.port})
+    try:
+        account = again.console.account("li.legal")
+        assert account is not None and account.totp_secret is not None
+        assert account.totp_secret.startswith("sealed-v2:1:")  # numbered: enrolment 1
+        record = json.loads((config.layout.identity_dir / "console-enrolments").read_text())
+        assert record["accounts"] == {"li.legal": 1}
+        assert (await _sign_in(again.console_url, config.layout.ca_cert, "li.legal", _code(secret)))[0] == 200
+        # The v1 row put back (a backup from before the upgrade): never numbered again, refused.
+        db = sqlite3.connect(config.layout.index_db)
+        try:
+            with db:
+                db.execute("UPDATE console_accounts SET totp_secret = ?, totp_last_step = NULL "
+                           "WHERE name = 'li.legal'", (v1,))
+        finally:
+            db.close()
+        assert (await _sign_in(again.console_url, config.layout.ca_cert, "li.legal", _code(secret)))[0] == 401
+    finally:
+        await again.running.stop()
+
+
+def test_an_enrolment_number_edited_in_the_stored_text_does_not_open(tmp_path: Path) -> None:
+    """The number is in the associated data: changing it to the recorded one does not revive the secret."""
+    path = tmp_path / "console.key"
+    key = ConsoleSecretKey.create(path)
+    stored = key.seal_totp("li.legal", "JBSWY3DPEHPK3PXP", enrolment=1)
+    assert key.open_totp("li.legal", stored) == ("JBSWY3DPEHPK3PXP", 1)  # control
+    with pytest.raises(SealedSecretError, match="enrolment number or text was changed"):
+        key.open_totp("li.legal", stored.replace("sealed-v2:1:", "sealed-v2:2:"))

@@ -295,8 +295,14 @@ class SqliteConsoleStore:
             )
             if done.rowcount != 1:
                 return False
-            self._event(name, "totp_sealed", by=by, detail="the plain secret of an older central was sealed")
+            self._event(name, "totp_sealed", by=by,
+                        detail="the secret stored by an older central was sealed as enrolment 1")
             return True
+
+    def record_totp_refused(self, name: str, *, remote: str | None, detail: str) -> None:
+        """A sign-in's sealed TOTP secret refused (put back from a backup, moved, damaged): recorded."""
+        with self.transaction():
+            self._event(name, "totp_refused", remote=remote, detail=detail)
 
     def seal_trails(self, trail_key: bytes) -> int:
         """Seal, once, the trail rows made before the seals (edge.central.sqlite.trail); from now on this
