@@ -27,10 +27,15 @@ A central store verifies when:
 * the console's trails (access log, account, grant, station-unit and sensitivity events, media ranges)
   match their seals (:mod:`edge.central.sqlite.trail`, keyed by ``identity/console.key``): a row
   edited, deleted or inserted past the central is named, and so is a store whose seals were dropped or
-  emptied once console.key (format v2) records that its trails are sealed. Known limits, as that module
+  emptied once console.key (format v2) records that its trails are sealed; a seal with no MAC numbered
+  after the start of the seals is tampering (the central never writes one), and a console.key that is
+  not the store's is named once, not as every row edited. Known limits, as that module
   states: the holder of the key can re-seal; and deleting the newest trail rows together with their
   newest seals is NOT detected (the shorter sequence is consistent with itself and nothing outside
-  index.db records its length; anchoring it in the witnessed tree heads is for later).
+  index.db records its length; anchoring it in the witnessed tree heads is for later);
+* every console account's TOTP secret opens with console.key and is of the enrolment that
+  ``identity/console-enrolments`` records (:mod:`edge.central.console.enrolments`): an older sealed secret
+  put back into index.db is named with both numbers.
 
 The check streams station by station (each ledger, then that station's items, by point queries on the
 index), so memory stays bounded whatever the number of items; objects are hashed one at a time. The
