@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.config import CentralConfig, CentralLayout
 from edge.central.console.credentials import hash_password, new_totp_secret, totp_uri
+from edge.central.console.enrolments import enrol_totp
 from edge.central.console.state import CONSOLE
 from edge.central.identity import enroll_station, init_central
 from edge.central.index import Role
@@ -101,7 +102,7 @@ class EmbeddedCentral:
         key = self.running.app[CONSOLE].secret_key
         if key is None:
             raise RuntimeError(f"the console key {self.config.layout.console_key} is unusable (logged)")
-        console.set_totp(name, key.seal_totp(name, totp_secret), by="edge-demo")
+        enrol_totp(console, key, name, totp_secret, by="edge-demo")
         console.grant(name, Role.SUPERVISOR, (), by="edge-demo", reason="the demo's auditor")
 
     def signing_public_key(self) -> Ed25519PublicKey:

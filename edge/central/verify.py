@@ -27,10 +27,15 @@ A central store verifies when:
 * the console's trails (access log, account, grant, station-unit and sensitivity events, media ranges)
   match their seals (:mod:`edge.central.sqlite.trail`, keyed by ``identity/console.key``): a row
   edited, deleted or inserted past the central is named, and so is a store whose seals were dropped or
-  emptied once console.key (format v2) records that its trails are sealed. Known limits, as that module
+  emptied once console.key (format v2) records that its trails are sealed; a seal with no MAC numbered
+  after the start of the seals is tampering (the central never writes one), and a console.key that is
+  not the store's is named once, not as every row edited. Known limits, as that module
   states: the holder of the key can re-seal; and deleting the newest trail rows together with their
   newest seals is NOT detected (the shorter sequence is consistent with itself and nothing outside
-  index.db records its length; anchoring it in the witnessed tree heads is for later).
+  index.db records its length; anchoring it in the witnessed tree heads is for later);
+* every console account's TOTP secret opens with console.key and is of the enrolment that
+  ``identity/console-enrolments`` records (:mod:`edge.central.console.enrolments`): an older sealed secret
+  put back into index.db is named with both numbers.
 
 The check streams station by station (each ledger, then that station's items, by point queries on the
 index), so memory stays bounded whatever the number of items; objects are hashed one at a time. The
@@ -61,12 +66,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.config import CentralLayout
+from edge.central.console.enrolments import ENROLMENTS_FILE, EnrolmentRecord, enrolment_problems
 from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey
 from edge.central.index import CASE_FIELDS
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore, is_sha256_hex
 from edge.central.sqlite import SqliteDatabase
-from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, row_json_sql, trail_mac
+from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, key_fits_seals, row_json_sql, trail_mac
 from edge.custody.canonical import canonical_json, parse_json, sha256_hex
 from edge.custody.checkpoint_note import NoteError, open_note, parse_checkpoint
 from edge.custody.errors import CanonicalJsonError, KeyFileError, KeyFormatError, LedgerError
@@ -217,6 +223,7 @@ class _Checker:
             if self._table_exists(table):
                 self._check_no_deleted_rows(table)
         self._check_trail_seals()
+        self._check_totp_enrolments()
         for station, extra in sorted(self._cross_listed.items()):
             if extra > _MAX_LISTED:
                 self.add(f"station {station} ledger", f"{extra - _MAX_LISTED} more receipt or upload entries "
@@ -268,6 +275,7 @@ class _Checker:
         key: bytes | None = None
         key_tried = False
         began = False
+        began_at = 0
         expected = 1
         named = 0
         for seq, table, row_id, mac in self.conn.execute(
@@ -280,7 +288,7 @@ class _Checker:
             expected = seq + 1
             problem: tuple[str, str] | None = None
             if table == BEGIN_TABLE:
-                began = True
+                began, began_at = True, seq
                 row_json: str | None = "[]"
             elif table in TRAIL_COLUMNS and isinstance(row_id, int):
                 row = self.conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?",
@@ -288,14 +296,26 @@ class _Checker:
                 row_json = None if row is None else str(row[0])
                 if row_json is None:
                     problem = (table, f"row {row_id} was deleted (its seal {seq} remains)")
+                elif mac is None and began:
+                    # Once the seals have begun the central never writes a NULL MAC (without a key the
+                    # append fails): someone emptied it, most likely to hide an edit of the row (R14).
+                    problem = (table, f"row {row_id}: its seal {seq} has no MAC, though the seals began "
+                                      f"before it (seal {began_at}): the seal was emptied, the row edited "
+                                      "or inserted past the central (tampering, not a key outage)")
                 elif mac is None:
                     problem = (table, f"row {row_id} was appended without a seal (the console key was "
-                                      "unusable then)")
+                                      "unusable then, before the seals began)")
             else:
                 row_json = None
                 problem = ("trail_seals", f"seal {seq} names no trail row ({str(table)[:40]!r} {row_id!r})")
             if isinstance(mac, str) and not key_tried:  # the key is needed once there is a seal to check
                 key, key_tried = self._trail_key(), True
+                if key is not None and key_fits_seals(self.conn, key) is False:
+                    self.add(f"file {self.layout.console_key.relative_to(self.layout.store_dir)}",
+                             "it is not the key this store's console trails were sealed with (neither the "
+                             "check value written when the seals began nor the first sealed rows check with "
+                             "it): the rows' seals cannot be checked; restore this store's key")
+                    key = None
             if problem is None and key is not None and row_json is not None and isinstance(row_id, int) and (
                     not isinstance(mac, str)
                     or not hmac.compare_digest(mac, trail_mac(key, seq, str(table), row_id, row_json))):
@@ -321,6 +341,34 @@ class _Checker:
                                     "trails were sealed: the seals were removed (tampering)")
         if named > _MAX_LISTED:
             self.add("trail_seals", f"{named - _MAX_LISTED} more trail rows do not match their seals")
+
+    def _check_totp_enrolments(self) -> None:
+        """Every account's TOTP secret opens with console.key and is of the enrolment that
+        identity/console-enrolments records (edge.central.console.enrolments): an older sealed secret put
+        back into index.db is named."""
+        if not self._table_exists("console_accounts"):
+            return
+        stored = [(str(name), str(text)) for name, text in self.conn.execute(
+            "SELECT name, totp_secret FROM console_accounts WHERE totp_secret IS NOT NULL ORDER BY name")]
+        if not stored:
+            return
+        path = self.layout.identity_dir / ENROLMENTS_FILE
+        try:
+            record = EnrolmentRecord.load(path)
+        except ConsoleKeyError as exc:
+            self.add(f"file {path.relative_to(self.layout.store_dir)}", str(exc))
+            return
+        if not record.exists:
+            self.findings.notes.append("no TOTP enrolment record yet (a store made before it; the central's "
+                                       "next start writes it)")
+            return
+        try:
+            key: ConsoleSecretKey | None = ConsoleSecretKey.load(self.layout.console_key)
+        except ConsoleKeyError:
+            key = None  # named where the trails' seals are checked; the numbers are still compared
+        self.count("TOTP secrets", len(stored))
+        for name, problem in enrolment_problems(stored, key, record)[:_MAX_LISTED]:
+            self.add(f"console_accounts {name}", problem)
 
     def _key_records_sealing(self) -> bool:
         """console.key (format v2) records, outside index.db, that this store's trails were sealed."""
@@ -999,7 +1047,8 @@ _ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-j
 # a crash left there is not a planted file.
 _ROOT_DIRS = frozenset({"identity", "objects", "uploads", "readiness"})
 _IDENTITY_FILES = frozenset(
-    {"ca.crt", "ca.key", "server.crt", "server.key", "signing.key", "signing.key.pub", "console.key"}
+    {"ca.crt", "ca.key", "server.crt", "server.key", "signing.key", "signing.key.pub", "console.key",
+     ENROLMENTS_FILE}
 )
 # tus uploads in progress (edge.central.tus_store): <id>.part and <id>.info.json, and the temp file of an
 # atomic write of a record that a crash left behind (the purge removes it once stale).

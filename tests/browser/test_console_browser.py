@@ -19,6 +19,7 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from edge.central.console.credentials import hash_password
+from edge.central.console.enrolments import enrol_totp
 from edge.central.console.secret_key import ConsoleSecretKey
 from edge.central.embedded import EmbeddedCentral
 from edge.central.index import ItemQuery, ReaderScope, Role
@@ -104,7 +105,7 @@ def _account(central: EmbeddedCentral) -> str:
     console.grant("li.legal", Role.READER, [UNIT], by="admin", reason="browser test")
     secret = pyotp.random_base32()
     key = ConsoleSecretKey.load(central.running.parts.config.layout.console_key)
-    console.set_totp("li.legal", key.seal_totp("li.legal", secret), by="admin")
+    enrol_totp(console, key, "li.legal", secret, by="admin")
     return secret
 
 

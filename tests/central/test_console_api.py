@@ -19,6 +19,7 @@ import pyotp
 import pytest
 
 from edge.central.console.credentials import hash_password
+from edge.central.console.enrolments import enrol_totp
 from edge.central.console.state import CONSOLE
 from edge.central.index import Role
 from edge.pki.tls import client_ssl_context
@@ -124,7 +125,7 @@ def _account(central: HttpCentral, name: str, role: Role, *units: str, totp: boo
     secret = pyotp.random_base32()
     key = central.running.app[CONSOLE].secret_key
     assert key is not None
-    central.console.set_totp(name, key.seal_totp(name, secret), by="admin")
+    enrol_totp(central.console, key, name, secret, by="admin")
     return secret
 
 

@@ -5,7 +5,9 @@ transactions beside a running receiver, like ``enroll`` and ``revoke``), and eve
 the administrator's login name (``by``) and, where it matters, a reason. Passwords are read from a prompt
 without echo (twice), or from standard input with ``--password-stdin`` (one line), never from the command
 line, where ``ps`` and shell history would show them. A TOTP secret is shown once, at enrolment, as an
-``otpauth://`` URI for the authenticator app; nothing else is ever printed of it.
+``otpauth://`` URI for the authenticator app; nothing else is ever printed of it. ``enrol-totp`` and
+``remove-totp`` take the account's next enrolment number (:mod:`edge.central.console.enrolments`), so that
+an older sealed secret of the account put back into ``index.db`` is refused.
 
 Whatever answers a compromised account ends its console sessions at once (sessions outlive a restart of
 the central): ``reset-password``, ``enrol-totp``, ``remove-totp``, ``disable``, ``grant --revoke``, and
@@ -27,6 +29,7 @@ from edge.central.console.credentials import (
     new_totp_secret,
     totp_uri,
 )
+from edge.central.console.enrolments import enrol_totp, remove_totp
 from edge.central.console.secret_key import prepare_console_key
 from edge.central.index import CentralIndexError, Role
 from edge.central.storage import CentralDatabase
@@ -108,15 +111,22 @@ def _account(args: argparse.Namespace, open_database: Opener, key_path: KeyPath)
                 raise CentralIndexError(f"the console key {path} is missing or unusable (see the error "
                                         "above); a TOTP secret is only stored sealed with it")
             secret = new_totp_secret()
-            console.set_totp(name, key.seal_totp(name, secret), by=by)
+            number = enrol_totp(console, key, name, secret, by=by)
             # The one time the secret is shown: for the account holder's authenticator app.
             print(totp_uri(name, secret))
             ended = console.end_sessions_of(name)
-            return (f"account {name}: TOTP enrolled; {ended} console session(s) ended; give the URI above "
+            return (f"account {name}: TOTP enrolled (enrolment {number}: every older secret of it is refused "
+                    f"from now on); {ended} console session(s) ended; give the URI above "
                     f"(a QR code of it) to {name} only, then clear this terminal: sign-in now asks for the "
                     "6-digit code")
         if command == "remove-totp":
-            console.set_totp(name, None, by=by)
+            if console.account(name) is None:
+                raise CentralIndexError(f"there is no account {name}")
+            path = key_path(args)
+            if prepare_console_key(path, console, by=by) is None:
+                raise CentralIndexError(f"the console key {path} is missing or unusable (see the error "
+                                        "above); the removal is recorded beside it")
+            remove_totp(console, path, name, by=by)
             return (f"account {name}: TOTP removed; {console.end_sessions_of(name)} console session(s) "
                     "ended; sign-in asks for the password only")
         if command == "sign-out":

@@ -6,15 +6,21 @@ central keeps outside the database, ``identity/console.key`` (mode 0600, beside 
 associated data, so a sealed secret copied onto another account's row does not open; a copy of
 ``index.db`` alone (a backup, a stolen file, a read-only SQL hole) yields no second factor.
 
-Stored text: ``sealed-v1:`` and the URL-safe base64 of a 12-byte random nonce followed by the ciphertext
-and its 16-byte tag. A secret without that prefix was written by an older central and is sealed at the
-next start (:func:`prepare_console_key`).
+Stored text: ``sealed-v2:``, the account's enrolment number, ``:``, and the URL-safe base64 of a 12-byte
+random nonce followed by the ciphertext and its 16-byte tag. The enrolment number is in the associated
+data too, so it cannot be changed without the key; :mod:`edge.central.console.enrolments` keeps, outside
+``index.db``, the number of each account's current enrolment, and a secret of an older one (put back from
+a backup) is refused. ``sealed-v1:`` (bound to the account only) and plain secrets were written by older
+centrals: sealed as v2 at the first start that records the enrolments, refused after it.
 
-When the key file cannot be read, or is missing while sealed secrets or sealed trail rows exist, the
-central does not start (``edge central run`` exits 78 naming the file, like an unusable signing key):
-running on would append every access-log row unsealed. A missing key is never silently replaced while
-anything is sealed with it: the operator restores it from backup. When it is not the key the secrets
-were sealed with, sign-ins of accounts with TOTP are refused and the reason is logged naming the file.
+When the key file cannot be read, is missing while sealed secrets or sealed trail rows exist, or is not
+the key the store's trails were sealed with (the check value written when the seals began, and the first
+sealed rows, do not check with it: a key of another store or another backup), the central does not start
+(``edge central run`` exits 78 naming the file, like an unusable signing key): running on would append
+every access-log row unsealed, or sealed with a key nothing else in the store checks with. A missing key is
+never silently replaced while anything is sealed with it: the operator restores it from backup. A sealed
+secret that does not open with the key (moved from another account, damaged) refuses that account's TOTP
+sign-ins, and the reason is logged naming the file.
 
 The same file keys the seals of the console's append-only trails (:mod:`edge.central.sqlite.trail`),
 through a subkey derived with HKDF, so the two uses never share key material. A starting central also
@@ -59,6 +65,7 @@ from edge.durable.files import (
 
 __all__ = [
     "SEALED_PREFIX",
+    "SEALED_V1_PREFIX",
     "ConsoleKeyError",
     "ConsoleSecretKey",
     "SealedSecretError",
@@ -69,13 +76,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SEALED_PREFIX = "sealed-v1:"
+SEALED_PREFIX = "sealed-v2:"
+# Sealed by a central before the enrolment numbers: bound to the account only (opened to be re-sealed).
+SEALED_V1_PREFIX = "sealed-v1:"
 _FILE_PREFIX = b"edge-console-key-v1:"
 # v2: the same key, and the record (outside index.db) that the store's trails are sealed under it.
 _SEALED_FILE_PREFIX = b"edge-console-key-v2:"
 _KEY_BYTES = 32
 _NONCE_BYTES = 12
-_TOTP_CONTEXT = b"edge-console totp-secret v1\x00"
+_TOTP_CONTEXT_V1 = b"edge-console totp-secret v1\x00"
+_TOTP_CONTEXT = b"edge-console totp-secret v2\x00"
 
 
 class ConsoleKeyError(Exception):
@@ -87,7 +97,12 @@ class SealedSecretError(Exception):
 
 
 def is_sealed(stored: str) -> bool:
-    return stored.startswith(SEALED_PREFIX)
+    """Sealed with the console key (either format), not stored in plain text."""
+    return stored.startswith((SEALED_PREFIX, SEALED_V1_PREFIX))
+
+
+def _totp_context(account: str, enrolment: int) -> bytes:
+    return _TOTP_CONTEXT + account.encode("utf-8") + b"\x00" + str(enrolment).encode("ascii")
 
 
 class ConsoleSecretKey:
@@ -146,30 +161,41 @@ class ConsoleSecretKey:
                         replace=True)
         return ConsoleSecretKey(self._key, self.path, trails_sealed=True)
 
-    def seal_totp(self, account: str, secret: str) -> str:
+    def seal_totp(self, account: str, secret: str, *, enrolment: int) -> str:
+        """``secret`` sealed for ``account``'s enrolment number ``enrolment`` (see
+        :mod:`edge.central.console.enrolments`, which numbers them)."""
+        if enrolment < 1:
+            raise ValueError(f"an enrolment number is 1 or more, not {enrolment}")
         nonce = secrets.token_bytes(_NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, secret.encode("ascii"), _TOTP_CONTEXT + account.encode("utf-8"))
-        return SEALED_PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+        sealed = self._aead.encrypt(nonce, secret.encode("ascii"), _totp_context(account, enrolment))
+        return f"{SEALED_PREFIX}{enrolment}:" + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
 
-    def open_totp(self, account: str, stored: str) -> str:
-        """The TOTP secret of ``account`` from its stored text; :class:`SealedSecretError` when it does
-        not open with this key for this account (or is not sealed at all)."""
-        if not is_sealed(stored):
+    def open_totp(self, account: str, stored: str) -> tuple[str, int | None]:
+        """``(secret, enrolment number)`` of ``account`` from its stored text (the number None: sealed by
+        an older central, bound to no enrolment); :class:`SealedSecretError` when it does not open with
+        this key for this account and number (or is not sealed at all)."""
+        if stored.startswith(SEALED_PREFIX):
+            number, _, body = stored[len(SEALED_PREFIX):].partition(":")
+            enrolment: int | None = int(number) if number.isascii() and number.isdigit() else None
+            context = None if enrolment is None else _totp_context(account, enrolment)
+        elif stored.startswith(SEALED_V1_PREFIX):
+            enrolment, body = None, stored[len(SEALED_V1_PREFIX):]
+            context = _TOTP_CONTEXT_V1 + account.encode("utf-8")
+        else:
             raise SealedSecretError(f"the TOTP secret of {account} is not sealed (written by an older "
-                                    "central; the next start seals it)")
+                                    "central)")
         try:
-            raw = base64.urlsafe_b64decode(stored[len(SEALED_PREFIX):])
-            if len(raw) <= _NONCE_BYTES + 16:
-                raise ValueError("too short")
-            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:],
-                                       _TOTP_CONTEXT + account.encode("utf-8"))
+            raw = base64.urlsafe_b64decode(body)
+            if context is None or len(raw) <= _NONCE_BYTES + 16:
+                raise ValueError("malformed")
+            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], context)
         except (binascii.Error, ValueError, InvalidTag):
             raise SealedSecretError(
                 f"the sealed TOTP secret of {account} does not open with console key {self.fingerprint} "
                 f"({self.path}): the key is not the one it was sealed with, or the secret was moved from "
-                "another account or damaged"
+                "another account, or its enrolment number or text was changed"
             ) from None
-        return plain.decode("ascii")
+        return plain.decode("ascii"), enrolment
 
     @property
     def session_key(self) -> bytes:
@@ -218,13 +244,17 @@ class TotpSecretStore(Protocol):
     def seal_totp_secret(self, name: str, stored_before: str, sealed: str, *, by: str) -> bool: ...
     def scrub_replaced(self) -> bool: ...
     def seal_trails(self, trail_key: bytes) -> int: ...
+    def trail_key_fits(self, trail_key: bytes) -> bool | None: ...
     def trail_seals_state(self) -> tuple[bool, bool]: ...
 
 
 def prepare_console_key(path: Path, store: TotpSecretStore, *, by: str) -> ConsoleSecretKey | None:
     """The console key at ``path`` for a starting central (or an administration command): loaded, or
-    made when missing and nothing in the index is sealed with an old one; then every TOTP secret an older
-    central stored in plain text is sealed with it (recorded as ``totp_sealed`` by ``by``).
+    made when missing and nothing in the index is sealed with an old one, and refused when it is not the
+    key the store's trails were sealed with. Then, at the first start that keeps the enrolment record,
+    every TOTP secret an older central stored (plain, or sealed without an enrolment number) is sealed as
+    enrolment 1 (recorded as ``totp_sealed`` by ``by``); at later starts, every secret a sign-in would
+    refuse is logged (:func:`edge.central.console.enrolments.prepare_totp_secrets`).
 
     The trail rows of a store made before the seals are sealed once, and the key file then records that
     they are (format v2, :meth:`ConsoleSecretKey.record_trails_sealed`). On a store whose key records it,
@@ -255,6 +285,13 @@ def require_console_key(path: Path, store: TotpSecretStore, *, by: str) -> Conso
         key = ConsoleSecretKey.create(path)
         log.info("console key %s created (fingerprint %s): TOTP secrets are sealed with it", path,
                  key.fingerprint)
+    if store.trail_key_fits(key.trail_key) is False:
+        # Accepting it would seal new rows with a key nothing else in the store checks with, and make
+        # `edge verify` name every row as edited.
+        raise ConsoleKeyError(f"{path} (fingerprint {key.fingerprint}) is not the key this store's console "
+                              "trails were sealed with: neither the check value written when the seals began "
+                              "nor the first sealed rows check with it (a key of another store or another "
+                              "backup?); restore this store's console.key (mode 0600)")
     if key.trails_sealed and not seals_begun:
         log.error("console: %s records that the trails were sealed, but index.db holds no start of the "
                   "seals: the seals were removed (tampering); they are not made again, `edge verify` "
@@ -268,28 +305,8 @@ def require_console_key(path: Path, store: TotpSecretStore, *, by: str) -> Conso
         except ConsoleKeyError as exc:
             # The key still works; the record is tried again at the next start.
             log.error("console: cannot record in the key file that the trails are sealed: %s", exc)
-    sealed_now = 0
-    for name, text in stored:
-        if is_sealed(text):
-            try:
-                key.open_totp(name, text)
-            except SealedSecretError as exc:
-                log.error("console: %s; that account cannot sign in until TOTP is enrolled again", exc)
-            continue
-        try:
-            sealed = key.seal_totp(name, text)
-        except UnicodeEncodeError:
-            # One damaged row must not stop the central (evidence intake included); that account cannot
-            # sign in with TOTP until it is enrolled again. The secret itself is never logged.
-            log.error("console: the plain TOTP secret of %r is not ASCII (a damaged or hand-edited row): "
-                      "left as it is, unsealed; that account cannot sign in until TOTP is enrolled again",
-                      name)
-            continue
-        if store.seal_totp_secret(name, text, sealed, by=by):
-            sealed_now += 1
-            log.info("console: the TOTP secret of %s, stored in plain text by an older central, is now "
-                     "sealed with console key %s", name, key.fingerprint)
-    if sealed_now and not store.scrub_replaced():
-        log.warning("console: the plain TOTP secrets just sealed may remain in index.db-wal until the "
-                    "next checkpoint (another connection was reading)")
+    # Imported here: the enrolment record builds on this module's key.
+    from edge.central.console.enrolments import prepare_totp_secrets
+
+    prepare_totp_secrets(key, store, stored, by=by)
     return key

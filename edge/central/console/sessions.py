@@ -5,11 +5,14 @@ The index keeps each session (``console_sessions``) under an HMAC of its token, 
 a subkey of ``identity/console.key`` (:attr:`ConsoleSecretKey.session_key
 <edge.central.console.secret_key.ConsoleSecretKey.session_key>`): a copy of ``index.db`` or a read of its
 rows yields no usable cookie. Each row also carries an HMAC, under the same subkey, of its key, reader,
-method, certificate, creation and expiry, checked in constant time: whoever can write ``index.db`` but
-does not hold the key can neither plant a session nor change whose session it is or how long it lasts
-(a row that does not match is ended). Without a usable console key the sessions are keyed by a random
-secret of this process: they end at its restart. The session's CSRF token is not stored either: it is an
-HMAC of the cookie token, so only the holder of the cookie can compute it.
+method, certificate, creation, expiry and last request, checked in constant time: whoever can write
+``index.db`` but does not hold the key can neither plant a session nor change whose session it is or how
+long it lasts, nor revive an idle session by moving its last request forward (a row that does not match
+is ended). The last request is under the seal because the idle limit is what ends a session left open
+on a shared screen; restoring an older copy of a row only makes it end sooner. Without a usable console
+key the sessions are keyed by a random secret of this process: they end at its restart. The session's
+CSRF token is not stored either: it is an HMAC of the cookie token, so only the holder of the cookie can
+compute it.
 
 A session ends at sign-out (its row deleted), after ``idle_s`` without a request, or ``absolute_s``
 after sign-in, whichever comes first; at most ``max_sessions`` are kept (the oldest is dropped). Times
@@ -18,8 +21,9 @@ session and refuses an expired or signed-out one. A session whose creation or la
 ``CLOCK_SKEW_S`` in the future (the clock was stepped back) ends: otherwise it would live on for the size
 of the step. The idle timer is written back at most every
 ``touch_every_s`` (a fraction of the idle time), so a busy page is not one database write per request;
-the session can thus end up to that much early, never late. Every state-changing request must echo the
-CSRF token in the ``X-CSRF-Token`` header (compared in constant time).
+the session can thus end up to that much early, never late. Each such write re-seals the row (one
+HMAC-SHA256 with the write it rides on): no write is added per request. Every state-changing request must
+echo the CSRF token in the ``X-CSRF-Token`` header (compared in constant time).
 
 Which playback a media range belongs to (``ConsoleSession.playbacks``) is kept in memory only: after a
 restart, the next range of a video opens a new logged playback.
@@ -42,7 +46,7 @@ from edge.central.storage import SessionRows
 
 __all__ = ["CLOCK_SKEW_S", "COOKIE_NAME", "CSRF_HEADER", "AuthMethod", "ConsoleSession", "SessionBackend",
            "SessionStore",
-           "token_row_key"]
+           "session_row_mac", "token_row_key"]
 
 COOKIE_NAME = "__Host-edge-console"
 CSRF_HEADER = "X-CSRF-Token"
@@ -86,12 +90,14 @@ def token_row_key(secret: bytes, token: str) -> bytes:
                     hashlib.sha256).digest()
 
 
-def _row_mac(secret: bytes, key: bytes, reader: str, method: str, cert_sha256: str | None, created_s: float,
-             expires_s: float) -> str:
-    """The seal of a session row: what it grants (who, how signed in, from when, until when)."""
+def session_row_mac(secret: bytes, key: bytes, reader: str, method: str, cert_sha256: str | None,
+                    created_s: float, expires_s: float, last_seen_s: float) -> str:
+    """The seal of a session row: what it grants (who, how signed in, from when, until when) and when it
+    was last used (the idle timer). v2: v1 rows, sealed without the last request, no longer check (their
+    sessions end at their next use, once, at the upgrade)."""
     message = json.dumps([key.hex(), reader, method, cert_sha256, repr(float(created_s)),
-                          repr(float(expires_s))]).encode("utf-8")
-    return hmac.new(secret, b"edge-console session-row v1\x00" + message, hashlib.sha256).hexdigest()
+                          repr(float(expires_s)), repr(float(last_seen_s))]).encode("utf-8")
+    return hmac.new(secret, b"edge-console session-row v2\x00" + message, hashlib.sha256).hexdigest()
 
 
 def _csrf(token: str) -> str:
@@ -131,7 +137,7 @@ class SessionStore:
         token = secrets.token_urlsafe(32)
         key = self._key(token)
         expires = now + self.absolute_s
-        mac = _row_mac(self._secret, key, reader, str(method), cert_sha256, now, expires)
+        mac = session_row_mac(self._secret, key, reader, str(method), cert_sha256, now, expires, now)
         self.backend.put_session(key, reader, str(method), cert_sha256, created_s=now, expires_s=expires,
                                  max_sessions=self.max_sessions, mac=mac)
         return token, ConsoleSession(reader, method, now, now, _csrf(token), cert_sha256,
@@ -149,8 +155,8 @@ class SessionStore:
         if row is None:
             return None
         stored_mac = row.get("mac")
-        want = _row_mac(self._secret, key, str(row["reader"]), str(row["method"]), row["cert_sha256"],
-                        float(row["created_s"]), float(row["expires_s"]))
+        want = session_row_mac(self._secret, key, str(row["reader"]), str(row["method"]), row["cert_sha256"],
+                               float(row["created_s"]), float(row["expires_s"]), float(row["last_seen_s"]))
         if not isinstance(stored_mac, str) or not hmac.compare_digest(stored_mac.encode("ascii", "replace"),
                                                                       want.encode("ascii")):
             # Written or changed without the key (or by a central with another key): no session.
@@ -171,8 +177,10 @@ class SessionStore:
             self.backend.end_session(key)
             return None
         if now - last_seen >= self.touch_every_s:
-            self.backend.touch_session(key, now)
-            last_seen = now
+            mac = session_row_mac(self._secret, key, str(row["reader"]), str(method), row["cert_sha256"],
+                                  created, float(row["expires_s"]), now)
+            if self.backend.touch_session(key, now, mac=mac, last_seen_before_s=last_seen):
+                last_seen = now
         return ConsoleSession(row["reader"], method, created, last_seen, _csrf(token), row["cert_sha256"],
                               self._playbacks_of(key))
 

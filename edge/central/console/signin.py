@@ -40,8 +40,9 @@ from aiohttp import web
 from edge.central.app import CENTRAL, json_response, read_json_body
 from edge.central.auth import peer_certificate
 from edge.central.console.credentials import MAX_PASSWORD_CHARS, totp_step, verify_password
+from edge.central.console.enrolments import open_enrolled_totp
 from edge.central.console.scope import scope_of, session_of
-from edge.central.console.secret_key import ConsoleSecretKey, SealedSecretError
+from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey, SealedSecretError
 from edge.central.console.sessions import COOKIE_NAME, CSRF_HEADER, AuthMethod, ConsoleSession
 from edge.central.console.state import CONSOLE
 from edge.central.index import CentralIndexError, validate_reader_name
@@ -157,7 +158,11 @@ async def sign_in(request: web.Request) -> web.Response:
     step = None
     good = password_right
     if good and account.totp_secret is not None:
-        secret = _open_totp_secret(state.secret_key, account.name, account.totp_secret, request.remote)
+        secret, refusal = _open_totp_secret(state.secret_key, account.name, account.totp_secret,
+                                            request.remote)
+        if refusal is not None:
+            # Recorded beside the failed sign-in: a secret put back from a backup is tampering to look at.
+            parts.console.record_totp_refused(account.name, remote=request.remote, detail=refusal)
         if secret is None:
             # Not the caller's fault: recorded, but it does not count towards a lockout.
             password_right = False
@@ -235,17 +240,20 @@ async def sign_out(request: web.Request) -> web.Response:
     return response
 
 
-def _open_totp_secret(key: ConsoleSecretKey | None, name: str, stored: str, remote: str | None) -> str | None:
-    """The account's TOTP secret, or None (logged as an error naming why) when it cannot be opened."""
+def _open_totp_secret(key: ConsoleSecretKey | None, name: str, stored: str,
+                      remote: str | None) -> tuple[str | None, str | None]:
+    """``(the account's TOTP secret, None)``, or ``(None, why)`` (logged as an error) when it cannot be
+    opened or is not of the account's recorded enrolment (edge.central.console.enrolments); why is None
+    when the key itself is missing (logged at start, nothing about the account to record)."""
     if key is None:
         log.error("console sign-in of %s refused from %s: its TOTP secret is sealed with the console key, "
                   "which is missing or unreadable (see the error at start)", name, remote)
-        return None
+        return None, None
     try:
-        return key.open_totp(name, stored)
-    except SealedSecretError as exc:
+        return open_enrolled_totp(key, name, stored), None
+    except (SealedSecretError, ConsoleKeyError) as exc:
         log.error("console sign-in of %s refused from %s: %s", name, remote, exc)
-        return None
+        return None, str(exc)
 
 
 def _utc(moment: datetime) -> str:

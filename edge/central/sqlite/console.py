@@ -38,7 +38,7 @@ from edge.central.index import (
     validate_station_id,
     validate_unit_code,
 )
-from edge.central.sqlite.trail import BEGIN_TABLE, seal_rows_made_before_the_seals
+from edge.central.sqlite.trail import BEGIN_TABLE, key_fits_seals, seal_rows_made_before_the_seals
 from edge.custody.ledger import station_time_now
 from edge.durable.sqlite import apply_schema
 
@@ -295,13 +295,25 @@ class SqliteConsoleStore:
             )
             if done.rowcount != 1:
                 return False
-            self._event(name, "totp_sealed", by=by, detail="the plain secret of an older central was sealed")
+            self._event(name, "totp_sealed", by=by,
+                        detail="the secret stored by an older central was sealed as enrolment 1")
             return True
 
+    def record_totp_refused(self, name: str, *, remote: str | None, detail: str) -> None:
+        """A sign-in's sealed TOTP secret refused (put back from a backup, moved, damaged): recorded."""
+        with self.transaction():
+            self._event(name, "totp_refused", remote=remote, detail=detail)
+
     def seal_trails(self, trail_key: bytes) -> int:
-        """Seal, once, the trail rows made before the seals (edge.central.sqlite.trail)."""
+        """Seal, once, the trail rows made before the seals (edge.central.sqlite.trail); from now on this
+        connection seals its trail rows with ``trail_key`` (the key the start checked)."""
+        self._database.use_trail_key(trail_key)
         with self.transaction():
             return seal_rows_made_before_the_seals(self.conn, trail_key)
+
+    def trail_key_fits(self, trail_key: bytes) -> bool | None:
+        """Whether ``trail_key`` is the one the trails were sealed with (None: nothing sealed yet)."""
+        return key_fits_seals(self.conn, trail_key)
 
     def trail_seals_state(self) -> tuple[bool, bool]:
         """(the start of the seals is recorded, some trail row or marker is sealed with a key)."""
@@ -540,10 +552,13 @@ class SqliteConsoleStore:
         ).fetchone()
         return dict(row) if row is not None else None
 
-    def touch_session(self, key: bytes, last_seen_s: float) -> None:
+    def touch_session(self, key: bytes, last_seen_s: float, *, mac: str, last_seen_before_s: float) -> bool:
+        """The session's last request moved to ``last_seen_s``, with the row's new seal ``mac``, if it was
+        still ``last_seen_before_s`` (a later touch is never undone); whether it was."""
         with self.transaction():
-            self.conn.execute("UPDATE console_sessions SET last_seen_s = max(last_seen_s, ?) "
-                              "WHERE token_sha256 = ?", (last_seen_s, key))
+            return self.conn.execute(
+                "UPDATE console_sessions SET last_seen_s = ?, mac = ? WHERE token_sha256 = ? "
+                "AND last_seen_s = ?", (last_seen_s, mac, key, last_seen_before_s)).rowcount == 1
 
     def end_session(self, key: bytes) -> bool:
         with self.transaction():

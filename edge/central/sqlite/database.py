@@ -8,6 +8,7 @@ are built on: neither is handed the connection by anyone else, and no module out
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -26,6 +27,10 @@ from edge.durable.sqlite import immediate_transaction
 __all__ = ["SqliteDatabase"]
 
 
+def _no_sealer(key: bytes) -> None:
+    """A connection without the sealing function (read-only): nothing to hand the key to."""
+
+
 class SqliteDatabase:
     """``index.db``: the unit of work, with the index and the log store on its one connection."""
 
@@ -37,6 +42,8 @@ class SqliteDatabase:
         self._index = SqliteIndex(self)
         self._log_store = SqliteLogStore(self)
         self._console = SqliteConsoleStore(self)
+        # Hands the trails' sealing function the key a starting central checked (none: read-only).
+        self.use_trail_key: Callable[[bytes], None] = _no_sealer
 
     def __repr__(self) -> str:
         return f"SqliteDatabase(path={str(self.path) if self.path else None!r})"
@@ -67,8 +74,9 @@ class SqliteDatabase:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             # The console trails' seals (edge.central.sqlite.trail), keyed from the store's console key.
-            register_sealer(conn, CentralLayout(db_path.parent).console_key)
+            sealer = register_sealer(conn, CentralLayout(db_path.parent).console_key)
             database = cls(conn, db_path)
+            database.use_trail_key = sealer.use
             with database.transaction():
                 create_index_schema(conn)
                 create_log_schema(conn)

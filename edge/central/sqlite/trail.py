@@ -20,8 +20,14 @@ itself (nothing outside the store remembers how long it was). The key makes the 
 key file's protection, not as strong as the Merkle log, which stations witness.
 
 The HMAC is computed in Python by a function registered on the service's connection
-(:func:`register_sealer`); without a usable key it returns NULL, the row is still appended (a read must be
-logged even then), the error is logged once, and `edge verify` names the unsealed rows. Rows already in a
+(:func:`register_sealer`). Before the seals have begun (a store made before them, whose first start has not
+sealed it yet), a row appended without a usable key gets a seal with a NULL MAC (the row is still
+appended), the error is logged once, and `edge verify` names it as appended while the key was unusable.
+Once the seals have begun (the marker below), the function never returns NULL: without a key it raises,
+the append fails and so does what it records (a read is refused rather than left unsealed; the central
+does not even start without its key). So a NULL MAC on a seal numbered after the marker was written by
+someone else: `edge verify` names it as tampering (a row edited and its seal emptied), never as a key
+outage (review R14). Rows already in a
 store made before the seals are sealed once, at the first start that has the key
 (:func:`seal_rows_made_before_the_seals`); that start is marked, so rows inserted later without a seal are
 never blessed by a restart. The mark is also kept outside the database (console.key format v2): a
@@ -45,7 +51,9 @@ __all__ = [
     "BEGIN_TABLE",
     "SEAL_FUNCTION",
     "TRAIL_COLUMNS",
+    "TrailKeyUnusable",
     "create_trail_schema",
+    "key_fits_seals",
     "register_sealer",
     "row_json_sql",
     "seal_rows_made_before_the_seals",
@@ -91,6 +99,7 @@ def row_json_sql(table: str, prefix: str = "") -> str:
 
 
 _NEXT_SEQ_SQL = "SELECT coalesce(max(seq), 0) + 1 FROM trail_seals"
+_BEGUN_SQL = f"EXISTS (SELECT 1 FROM trail_seals WHERE tbl = '{BEGIN_TABLE}')"
 
 
 def create_trail_schema(conn: sqlite3.Connection) -> None:
@@ -102,20 +111,34 @@ def create_trail_schema(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TRIGGER IF NOT EXISTS trail_seals_no_delete BEFORE DELETE ON trail_seals "
                  "BEGIN SELECT RAISE(ABORT, 'trail_seals is append-only: DELETE refused'); END")
     for table in TRAIL_COLUMNS:
+        # Made afresh at every open: a store of a central whose trigger did not tell the function whether
+        # the seals have begun gets the one that does.
+        conn.execute(f"DROP TRIGGER IF EXISTS {table}_seal")
         conn.execute(
-            f"CREATE TRIGGER IF NOT EXISTS {table}_seal AFTER INSERT ON {table} BEGIN "
+            f"CREATE TRIGGER {table}_seal AFTER INSERT ON {table} BEGIN "
             f"INSERT INTO trail_seals (seq, tbl, row_id, mac) VALUES (({_NEXT_SEQ_SQL}), '{table}', NEW.id, "
-            f"{SEAL_FUNCTION}(({_NEXT_SEQ_SQL}), '{table}', NEW.id, {row_json_sql(table, 'NEW.')})); END"
+            f"{SEAL_FUNCTION}(({_NEXT_SEQ_SQL}), '{table}', NEW.id, {row_json_sql(table, 'NEW.')}, "
+            f"{_BEGUN_SQL})); END"
         )
 
 
+class TrailKeyUnusable(Exception):
+    """Raised by the sealing function when the seals have begun and no key is usable: the append fails."""
+
+
 class _Sealer:
-    """The SQL function: loads the seal key on first use (again while it is missing)."""
+    """The SQL function: loads the seal key on first use (again while it is missing), unless the starting
+    central handed it the key it checked (:meth:`use`)."""
 
     def __init__(self, key_path: Path) -> None:
         self.key_path = key_path
         self._key: bytes | None = None
         self._warned = False
+
+    def use(self, key: bytes) -> None:
+        """The trail key the starting central loaded and checked against the store: kept for the life of
+        the connection, so a key file that becomes unreadable later does not stop the trails."""
+        self._key = key
 
     def key(self) -> bytes | None:
         if self._key is None:
@@ -132,13 +155,24 @@ class _Sealer:
                 return None
         return self._key
 
-    def __call__(self, seq: int, table: str, row_id: int, row_json: str) -> str | None:
+    def __call__(self, seq: int, table: str, row_id: int, row_json: str, begun: int) -> str | None:
         key = self.key()
-        return None if key is None else trail_mac(key, seq, table, row_id, row_json)
+        if key is not None:
+            return trail_mac(key, seq, table, row_id, row_json)
+        if begun:
+            # SQLite reports only "user-defined function raised exception": the reason goes to the log.
+            log.error("a %s row is refused: the console's trails are sealed, and the console key %s is not "
+                      "usable to seal it (a NULL seal would be indistinguishable from tampering)", table,
+                      self.key_path)
+            raise TrailKeyUnusable(f"{self.key_path}: no usable console key to seal a {table} row")
+        return None
 
 
-def register_sealer(conn: sqlite3.Connection, key_path: Path) -> None:
-    conn.create_function(SEAL_FUNCTION, 4, _Sealer(key_path))
+def register_sealer(conn: sqlite3.Connection, key_path: Path) -> _Sealer:
+    """Register the sealing function on ``conn``; returns it (:meth:`_Sealer.use` hands it the key)."""
+    sealer = _Sealer(key_path)
+    conn.create_function(SEAL_FUNCTION, 5, sealer)
+    return sealer
 
 
 def seal_rows_made_before_the_seals(conn: sqlite3.Connection, key: bytes) -> int:
@@ -161,3 +195,33 @@ def seal_rows_made_before_the_seals(conn: sqlite3.Connection, key: bytes) -> int
     conn.execute("INSERT INTO trail_seals (seq, tbl, row_id, mac) VALUES (?, ?, 0, ?)",
                  (seq, BEGIN_TABLE, trail_mac(key, seq, BEGIN_TABLE, 0, "[]")))
     return sealed
+
+
+# How many sealed rows besides the marker are tried before a key is called the wrong one.
+_KEY_CHECK_SAMPLE = 4
+
+
+def key_fits_seals(conn: sqlite3.Connection, key: bytes) -> bool | None:
+    """Whether ``key`` is the trail key this store was sealed with; None when nothing is sealed yet.
+
+    The marker of the start of the seals is an HMAC of a fixed label (its number, ``(seals begin)``, 0,
+    ``[]``) written at the first sealing: the store's key check value. When it does not check (edited, or
+    gone), the first few sealed rows are tried: a key none of them checks with is not the store's key (a
+    wrong key restored from another store or backup), which would otherwise make every row look edited."""
+    marker = conn.execute("SELECT seq, mac FROM trail_seals WHERE tbl = ?", (BEGIN_TABLE,)).fetchone()
+    if marker is not None and isinstance(marker[1], str) and hmac.compare_digest(
+            marker[1], trail_mac(key, int(marker[0]), BEGIN_TABLE, 0, "[]")):
+        return True
+    tried = marker is not None and marker[1] is not None
+    for seq, table, row_id, mac in conn.execute(
+            "SELECT seq, tbl, row_id, mac FROM trail_seals WHERE mac IS NOT NULL AND tbl != ? ORDER BY seq "
+            "LIMIT ?", (BEGIN_TABLE, _KEY_CHECK_SAMPLE)).fetchall():
+        if table not in TRAIL_COLUMNS or not isinstance(row_id, int):
+            continue
+        row = conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?", (row_id,)).fetchone()
+        if row is None:
+            continue
+        tried = True
+        if hmac.compare_digest(str(mac), trail_mac(key, int(seq), str(table), row_id, str(row[0]))):
+            return True
+    return False if tried else None
