@@ -57,6 +57,7 @@ from simulators.recorder.device import (
     SimulatedRecorder,
     StallError,
     VolumeStats,
+    check_usb_serial,
 )
 
 if TYPE_CHECKING:
@@ -168,8 +169,7 @@ class RecorderSpec:
                 raise ValueError("claims_device_serial: a stick posing as a recorder is msc_only")
         encode_password(self.password)
         encode_id_code(self.id_code)
-        if not (len(self.usb_serial) == 16 and self.usb_serial.isascii() and self.usb_serial.isalnum()):
-            raise ValueError(f"usb_serial: expected 16 characters A-Za-z0-9, got {self.usb_serial!r}")
+        check_usb_serial(self.usb_serial)
         if not 0 <= self.battery_percent <= 100:
             raise ValueError(f"battery_percent: expected 0..100, got {self.battery_percent}")
         if self.files < 0 or self.file_mb < 0:
@@ -519,8 +519,6 @@ class RecorderBus:
         with self._lock:
             if spec.device_serial in self._slots:
                 raise ValueError(f"recorder {spec.device_serial} already exists")
-            if any(s.spec.usb_serial == spec.usb_serial for s in self._slots.values()):
-                raise ValueError(f"usb serial {spec.usb_serial} already in use")
         directory = self.state_dir / "recorders" / spec.device_serial
         directory.mkdir(parents=True, exist_ok=True)
         staging = directory / "volume.populating"

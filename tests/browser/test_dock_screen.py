@@ -131,6 +131,46 @@ def test_a_bouncing_bay_says_so_in_words_in_both_languages_and_fits(
     expect(_tile(page, 2).locator(".bouncing")).to_be_hidden()
 
 
+def test_a_usb_serial_shared_or_missing_is_a_warning_in_words_in_both_languages_and_fits(
+    page: Page, live_server: LiveServer
+) -> None:
+    busy = _busy_bays()
+    # Two recorders claiming one USB serial, both copying with every line filled; one with none at all.
+    busy[0]["usb_serial_warning"] = {"problem": "shared", "bays": [2]}
+    busy[1]["usb_serial_warning"] = {"problem": "shared", "bays": [1]}
+    busy[1]["bouncing"] = True  # both warnings on one tile, at the smaller kiosk size
+    busy[5]["usb_serial_warning"] = {"problem": "missing"}
+    api = StatusApi(live_server, busy)
+    _open(page, api, 1280, 800)
+    words = {
+        "zh": ("USB序列号与2号托架相同，已按托架分别采集；请通知管理员",
+               "USB序列号与1号托架相同，已按托架分别采集；请通知管理员",
+               "记录仪无可用USB序列号，无法登记绑定；请通知管理员"),
+        "en": ("Same USB serial as bay 2: each copied from its own bay. Tell the administrator",
+               "Same USB serial as bay 1: each copied from its own bay. Tell the administrator",
+               "No usable USB serial, it cannot be registered: tell the administrator"),
+    }
+    for language, (first, second, missing) in words.items():
+        expect(_tile(page, 1).locator(".usb-serial")).to_have_text(first)
+        expect(_tile(page, 2).locator(".usb-serial")).to_have_text(second)
+        expect(_tile(page, 6).locator(".usb-serial")).to_have_text(missing)
+        for number in (1, 2, 6):
+            expect(_tile(page, number).locator(".usb-serial")).to_be_visible()
+        # The warning says more; the docking goes on, and its own words and LED stay.
+        expect(_tile(page, 1).locator(".state")).to_have_text(("正在采集", "Copying")[language == "en"])
+        expect(_tile(page, 1).locator(".led")).to_have_attribute("data-led", "COPYING")
+        found = page.evaluate(OVERFLOW_JS)
+        assert (found["wide"], found["tall"], found["page"]) == ([], [], [False, False]), (language, found)
+        shot(page, f"dock-usb-serial-{language}")
+        page.locator("#language").click()
+    # Control: the warning going (the other recorder left) takes the words away; a bay never warned
+    # has none.
+    api.set_bay({**busy[0], "usb_serial_warning": None})
+    expect(_tile(page, 1).locator(".usb-serial")).to_be_hidden()
+    expect(_tile(page, 1).locator(".usb-serial")).to_have_text("")
+    expect(_tile(page, 3).locator(".usb-serial")).to_be_hidden()
+
+
 def test_the_language_switch_is_remembered(page: Page, live_server: LiveServer) -> None:
     api = StatusApi(live_server, [bay(1, "done")])
     _open(page, api)

@@ -100,7 +100,7 @@ class Station:
         # seen and leaves no removal to wait for. A person docks for longer than a poll: wait until
         # the station has seen it before pulling it out.
         async with asyncio.timeout(timeout_s):
-            while state.usb_serial not in self.agent._present_usb:
+            while (state.port_path, state.usb_serial) not in self.agent._present_usb:
                 await asyncio.sleep(0.02)
         volumes_before = len(self.volume_removals(where))
         usb_before = len(self.usb_removals(state.usb_serial))
