@@ -119,11 +119,11 @@ class StationAgent:
         # raw event, so raw events and LED decisions share one order: `_bay_stamps`. Per bay, the stamp of
         # the last LED decision (a refresh to a reconnected board is none), and of the station's own
         # at-once PULLED with what the bay showed before it.
-        self.bay_presence = BayPresenceDebounce()
+        self.bay_presence = BayPresenceDebounce(bouncing=config.dock.bouncing)
         self._bay_stamps = itertools.count(1)
         self._led_decided: dict[int, int] = {}
         self._pulled_at_once: dict[int, tuple[int, BayLed | None]] = {}
-        # The bays the debounce calls bouncing, with the stamp of the ATTENTION the station decided for
+        # The bays the debounce calls bouncing, with the stamp of the BOUNCING the station decided for
         # them (None: a docking's or an error's LED stood and was left).
         self._bouncing: dict[int, int | None] = {}
         # Each busy bay holds a copy thread and a verify thread; ffprobe and USB calls need a few more.
@@ -457,8 +457,9 @@ class StationAgent:
 
     def _bouncing_started(self, settled: Settled) -> BayLed | None:
         """The bay's presence changes too often to act on: one error entry, the bay's status flag, and
-        `ATTENTION` on a bay that showed nothing of a docking (a docking's or an error's pattern stands:
-        it says more, and the dock screen tells of the bouncing in words)."""
+        `BOUNCING` on a bay that showed nothing of a docking (a board older than dock protocol 3 shows
+        `ATTENTION`; a docking's or an error's pattern stands: it says more, and the dock screen tells of
+        the bouncing in words)."""
         assert self.store is not None
         bay = settled.bay
         self.store.record(EntryType.ERROR, None, {
@@ -472,14 +473,14 @@ class StationAgent:
         })
         self.status.publish(BayBouncing(bay, True))
         if self._bay_leds.get(bay) in (None, BayLed.OFF, BayLed.IDLE):
-            self._decide_led(bay, BayLed.ATTENTION)
+            self._decide_led(bay, BayLed.BOUNCING)
             self._bouncing[bay] = self._led_decided[bay]
-            return BayLed.ATTENTION
+            return BayLed.BOUNCING
         self._bouncing[bay] = None
         return None
 
     def _bouncing_ended(self, bay: int) -> bool:
-        """The bay is not bouncing any more (it held still, or its board went): flag down; an ATTENTION
+        """The bay is not bouncing any more (it held still, or its board went): flag down; a BOUNCING
         of the bouncing that nothing replaced gives way to IDLE (True; the next board's status decides
         the rest)."""
         if bay not in self._bouncing:

@@ -115,8 +115,10 @@ def test_a_bouncing_bay_says_so_in_words_in_both_languages_and_fits(
         for number in (1, 9):
             expect(_tile(page, number).locator(".bouncing")).to_have_text(phrase)
             expect(_tile(page, number).locator(".bouncing")).to_be_visible()
-        # The dot shows what the bay shows: ATTENTION on the empty one, a docking's own on the busy one.
-        expect(_tile(page, 9).locator(".led")).to_have_attribute("data-led", "ATTENTION")
+        # The dot shows what the bay shows: its own BOUNCING pattern (amber, triple flash) on the empty
+        # one, a docking's own on the busy one.
+        expect(_tile(page, 9).locator(".led")).to_have_attribute("data-led", "BOUNCING")
+        expect(_tile(page, 9)).to_have_attribute("data-colour", "amber")
         expect(_tile(page, 1).locator(".led")).to_have_attribute("data-led", "COPYING")
         expect(_tile(page, 1).locator(".state")).to_have_text(("正在采集", "Copying")[language == "en"])
         found = page.evaluate(OVERFLOW_JS)
@@ -352,12 +354,23 @@ def test_the_legend_and_each_tile_show_the_bay_led_patterns(page: Page, live_ser
                 t.querySelector('.led').getAnimations().map((a) => a.effect.getTiming().duration)]))""")
     assert periods == {"1": [1000], "2": [250], "3": [2000], "4": [1000]}
     legend = page.locator("#legend li")
-    expect(legend).to_have_count(11)
+    expect(legend).to_have_count(12)
+    expect(page.locator('#legend li[data-led="BOUNCING"]')).to_contain_text("托架插拔信号异常，通知管理员")
+    expect(page.locator('#legend li[data-led="BOUNCING"]')).to_contain_text("黄·三闪")
     expect(page.locator('#legend li[data-led="PULLED"]')).to_contain_text("拔出过早，请放回")
     expect(page.locator('#legend li[data-led="PULLED"]')).to_contain_text("红·慢闪")
     expect(page.locator('#legend li[data-led="DENIED"]')).to_contain_text("红·快闪")
     page.locator("#language").click()
     expect(page.locator('#legend li[data-led="PASSWORD"]')).to_contain_text("red·double flash")
+    expect(page.locator('#legend li[data-led="BOUNCING"]')).to_contain_text(
+        "Bay sensor faulty, tell the administrator"
+    )
+    expect(page.locator('#legend li[data-led="BOUNCING"]')).to_contain_text("amber·triple flash")
+    # A bouncing empty bay's dot blinks the triple flash: 150/150 x 3 then a pause, 2 s in all.
+    api.set_bay(bay(5, "empty", bouncing=True))
+    expect(_tile(page, 5).locator(".led")).to_have_attribute("data-led", "BOUNCING")
+    assert page.evaluate("""() => document.querySelector('.bay[data-bay="5"] .led').getAnimations()
+        .map((a) => a.effect.getTiming().duration)""") == [1800]
 
 
 def test_every_error_class_and_bay_state_of_the_status_model_has_words_and_a_led() -> None:

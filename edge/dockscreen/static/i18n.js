@@ -73,6 +73,7 @@ const zh = {
     DENIED: "未登记，交给管理员",
     PASSWORD: "密码错误，交给管理员",
     PULLED: "拔出过早，请放回",
+    BOUNCING: "托架插拔信号异常，通知管理员",
   },
   rhythms: {
     steady: "常亮",
@@ -80,6 +81,7 @@ const zh = {
     fast: "快闪",
     double: "双闪",
     heartbeat: "间隔短闪",
+    triple: "三闪",
   },
   colours: { white: "白", blue: "蓝", green: "绿", amber: "黄", red: "红", off: "灭" },
 };
@@ -152,6 +154,7 @@ const en = {
     DENIED: "Not registered, to the administrator",
     PASSWORD: "Wrong password, to the administrator",
     PULLED: "Removed too early, put it back",
+    BOUNCING: "Bay sensor faulty, tell the administrator",
   },
   rhythms: {
     steady: "steady",
@@ -159,6 +162,7 @@ const en = {
     fast: "fast blink",
     double: "double flash",
     heartbeat: "short flash",
+    triple: "triple flash",
   },
   colours: { white: "white", blue: "blue", green: "green", amber: "amber", red: "red", off: "off" },
 };
