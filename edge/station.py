@@ -541,7 +541,8 @@ class StationAgent:
         """A USB serial claimed at more than one port at once (identical factory serials, or a device
         copying another's) is a claim the station cannot believe: each recorder is served by its port as
         always, and the shared claim goes on the record (one entry each time the set of ports sharing it
-        grows) and on the bays' tiles. A missing serial is shown on its bay too."""
+        grows) and on the bays' tiles. A missing serial is shown on its bay too (a control-mode recorder's:
+        the allow-list cannot pin it)."""
         assert self.store is not None
         ports_by_serial: dict[str, list[str]] = {}
         for handle in handles:
@@ -567,7 +568,8 @@ class StationAgent:
             bay = self.config.bay_for_port(handle.location.port_path)
             if bay is None:
                 continue
-            if handle.serial_problem is not None:
+            if handle.serial_problem is not None and not handle.mass_storage_only:
+                # (A mass-storage-only recorder is known by its volume: its USB serial is pinned by nothing.)
                 warnings[bay] = BayUsbSerialClaim(bay, UsbSerialProblem.MISSING)
             elif handle.usb_serial in shared:
                 others = [self.config.bay_for_port(port) for port in shared[handle.usb_serial]
