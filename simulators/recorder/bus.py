@@ -159,6 +159,10 @@ class RecorderSpec:
     # instead of its own `device_serial` (which only tells the bus's recorders apart). A stick has no
     # control protocol, so it is mass-storage only.
     claims_device_serial: str = ""
+    # A fault of the USB serial: the exact serial string descriptor the device presents instead of
+    # `usb_serial` ("" for an empty one, or text that is no identifier). `usb_serial` "" with this None:
+    # no serial string at all, as cheap recorders ship. Several recorders may share one `usb_serial`.
+    usb_serial_string: str | None = None
 
     def __post_init__(self) -> None:
         self.info()  # validates serial, officer number, text fields
@@ -446,6 +450,7 @@ class RecorderBus:
         device = SimulatedRecorder(
             info=info or spec.info(),
             usb_serial=spec.usb_serial,
+            usb_serial_string=spec.usb_serial_string,
             password=spec.password,
             id_code=spec.id_code,
             msc_only=spec.msc_only,

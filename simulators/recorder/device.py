@@ -157,6 +157,7 @@ class SimulatedRecorder:
         id_code: str = "EEZ01",
         msc_only: bool = False,
         vendor_id: int = DEFAULT_VENDOR_ID,
+        usb_serial_string: str | None = None,
         clock: ClockReference | None = None,
         clock_offset_s: float = 0.0,
         clock_drift_ppm: float = 0.0,
@@ -170,8 +171,13 @@ class SimulatedRecorder:
     ) -> None:
         encode_id_code(id_code)
         check_usb_serial(usb_serial)
+        if usb_serial_string is not None:
+            string_descriptor(usb_serial_string)  # it must fit in a descriptor
         self.info = info
         self.usb_serial = usb_serial
+        # Fault: the exact serial string the device presents instead of `usb_serial` ("" for an empty
+        # string descriptor, or hostile text); None presents `usb_serial` (none at all when it is "").
+        self.usb_serial_string = usb_serial_string
         self._password = _Secret(password)
         self.id_code = id_code
         self.msc_only = msc_only
@@ -251,7 +257,7 @@ class SimulatedRecorder:
             iManufacturer=STRING_MANUFACTURER,
             iProduct=STRING_PRODUCT,
             # A recorder shipped without a serial has no serial string at all (index 0).
-            iSerialNumber=STRING_SERIAL if self.usb_serial else 0,
+            iSerialNumber=STRING_SERIAL if self.usb_serial or self.usb_serial_string is not None else 0,
             bNumConfigurations=1,
         )
 
@@ -269,7 +275,9 @@ class SimulatedRecorder:
     def string(self, index: int) -> str | None:
         product = PRODUCT_CONTROL if self.mode is RecorderMode.CONTROL else PRODUCT_MASS_STORAGE
         strings = {STRING_MANUFACTURER: MANUFACTURER, STRING_PRODUCT: product}
-        if self.usb_serial:
+        if self.usb_serial_string is not None:
+            strings[STRING_SERIAL] = self.usb_serial_string
+        elif self.usb_serial:
             strings[STRING_SERIAL] = self.usb_serial
         return strings.get(index)
 

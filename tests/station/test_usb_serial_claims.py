@@ -11,8 +11,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from drivers.serial.dock import BayLed
-from drivers.usb.recorder import find_recorders
+from drivers.usb.recorder import RecorderDriver, find_recorders
 from edge.ingest.repository import IngestRepository
 from edge.observe.terminal import bay_line
 from edge.sources.usb.offload import OffloadOutcome
@@ -141,19 +143,34 @@ async def test_a_device_copying_a_recorders_usb_serial_is_refused_and_the_record
         assert await loop.run_in_executor(None, station.bus.volume_files, copy.device_serial) == copy_files
 
 
-async def test_a_recorder_without_a_usb_serial_is_refused_on_the_record_before_the_password(
-    tmp_path: Path,
+# A recorder's USB serial as the device presents it (None: no serial string at all) and how the station
+# words the problem. The hostile one would put an escape sequence and a path into the ledger.
+NO_USABLE_SERIAL = [
+    (None, "missing (no serial string descriptor)"),
+    ("", "empty"),
+    ("\x1b[2J../../etc", "not an identifier ('\\x1b[2J../../etc')"),
+]
+
+
+@pytest.mark.parametrize(("presented", "problem"), NO_USABLE_SERIAL)
+async def test_a_recorder_without_a_usable_usb_serial_is_refused_on_the_record_before_the_password(
+    tmp_path: Path, presented: str | None, problem: str
 ) -> None:
-    nameless = spec(0, usb_serial="", files=2)
+    nameless = spec(0, usb_serial="", usb_serial_string=presented, files=2)
     async with simulated_station(tmp_path, [nameless]) as station:
         await station.dock_recorder(nameless.device_serial, 3)
         (refused,) = await station.wait_ledger("refused")
         assert refused["usb_serial"] == "" and refused["usb_port"] == "1-1.3" and refused["bay"] == 3
-        assert "USB serial missing" in refused["reason"] and "password was not sent" in refused["reason"]
+        assert refused["reason"].startswith(f"USB serial {problem}: ")
+        assert "password was not sent" in refused["reason"]
         assert station.bus.passwords_received(nameless.device_serial) == []
         assert await station.led_shows(3, BayLed.DENIED)
         (connected,) = station.ledger("device_connected")
-        assert connected["usb_serial_problem"].startswith("missing")
+        assert connected["usb_serial_problem"] == problem
+        # Nothing the device sent is in the record raw (an escape sequence would reach a terminal).
+        entries = station.ledger("device_connected") + station.ledger("refused")
+        recorded = [value for entry in entries for value in entry.values()]
+        assert not [v for v in recorded if isinstance(v, str) and "\x1b" in v], recorded
         assert station.agent.status.bay("3")["usb_serial_warning"] == {"problem": "missing"}  # type: ignore[index]
 
 
@@ -190,20 +207,26 @@ def test_the_driver_keeps_devices_without_a_usb_serial_and_tells_same_serial_dev
     """The driver on its own: every device is found at its port, whatever serial it claims."""
     bus = RecorderBus(tmp_path / "state", tmp_path / "media")
     twins = [spec(0, usb_serial=SHARED_USB_SERIAL, files=0), spec(1, usb_serial=SHARED_USB_SERIAL, files=0)]
-    nameless = spec(2, usb_serial="", files=0)
-    for s in [*twins, nameless]:
+    nameless = [spec(2 + i, usb_serial="", usb_serial_string=presented, files=0)
+                for i, (presented, _) in enumerate(NO_USABLE_SERIAL)]
+    for s in [*twins, *nameless]:
         bus.add_recorder(s)
     server = RecorderBusServer(bus, tmp_path / "bus.sock")
     server.start()
     backend = get_backend(tmp_path / "bus.sock")
     try:
-        for i, s in enumerate([*twins, nameless]):
+        for i, s in enumerate([*twins, *nameless]):
             bus.plug(s.device_serial, f"1-1.{i + 1}")
         handles = find_recorders(backend)
         assert [(h.location.port_path, h.usb_serial) for h in handles] == [
-            ("1-1.1", SHARED_USB_SERIAL), ("1-1.2", SHARED_USB_SERIAL), ("1-1.3", ""),
+            ("1-1.1", SHARED_USB_SERIAL), ("1-1.2", SHARED_USB_SERIAL),
+            ("1-1.3", ""), ("1-1.4", ""), ("1-1.5", ""),
         ]
-        assert [h.serial_problem is None for h in handles] == [True, True, False]
+        assert [h.serial_problem for h in handles] == [None, None, *(p for _, p in NO_USABLE_SERIAL)]
+        # Each is opened at its own port, whatever it claims (the twins' serials tell them apart not).
+        for handle in handles:
+            with RecorderDriver(handle, backend) as driver:
+                assert driver.id_code() == "EEZ01"
     finally:
         backend.close()
         server.stop()
