@@ -35,7 +35,14 @@ from edge.ingest.store import StationStore
 from edge.observe.api import LocalApi
 from edge.observe.board import CentralFacts, ClockFacts, StatusBoard, TaskFacts
 from edge.observe.facts import StoreFactsReader
-from edge.observe.sink import BayBouncing, BayVacated, RefusalClass, Refused
+from edge.observe.sink import (
+    BayBouncing,
+    BayUsbSerialClaim,
+    BayVacated,
+    RefusalClass,
+    Refused,
+    UsbSerialProblem,
+)
 from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.slots import ConcurrencySlot
@@ -45,7 +52,13 @@ from edge.sources.usb.bay_presence import BayPresenceDebounce, Settled
 from edge.sources.usb.bays import bay_of_volume, volume_on_port
 from edge.sources.usb.mounted import BoundVolumes, VolumeRoot
 from edge.sources.usb.offload import BayProgress, OffloadResult
-from edge.sources.usb.session import ControlSession, VolumeClaims, VolumeSession
+from edge.sources.usb.session import (
+    ControlSession,
+    UsbAttachment,
+    VolumeClaims,
+    VolumeSession,
+    usb_attachment,
+)
 from edge.sources.usb.vfat import codepage_problem, nls_problem
 from edge.sources.usb.volumes import (
     VolumeEvent,
@@ -106,11 +119,11 @@ class StationAgent:
         # raw event, so raw events and LED decisions share one order: `_bay_stamps`. Per bay, the stamp of
         # the last LED decision (a refresh to a reconnected board is none), and of the station's own
         # at-once PULLED with what the bay showed before it.
-        self.bay_presence = BayPresenceDebounce()
+        self.bay_presence = BayPresenceDebounce(bouncing=config.dock.bouncing)
         self._bay_stamps = itertools.count(1)
         self._led_decided: dict[int, int] = {}
         self._pulled_at_once: dict[int, tuple[int, BayLed | None]] = {}
-        # The bays the debounce calls bouncing, with the stamp of the ATTENTION the station decided for
+        # The bays the debounce calls bouncing, with the stamp of the BOUNCING the station decided for
         # them (None: a docking's or an error's LED stood and was left).
         self._bouncing: dict[int, int | None] = {}
         # Each busy bay holds a copy thread and a verify thread; ffprobe and USB calls need a few more.
@@ -118,13 +131,20 @@ class StationAgent:
             max_workers=4 + 3 * config.offload.concurrency, thread_name_prefix="offload"
         )
         self.limit = asyncio.Semaphore(config.offload.concurrency)
-        self._active_usb: set[str] = set()
+        # Docked USB recorders are told apart by where they are attached (`UsbAttachment`: the port,
+        # i.e. the bay, with the serial the device claims there), never by their serial alone: two
+        # recorders may claim the same serial, or none, and each gets its own docking.
+        self._active_usb: set[UsbAttachment] = set()
         # Recorders whose control session ended while still in control mode (refused, failed): never
         # retried until unplugged, so a wrong password is tried once per docking, not until lockout.
-        self._done_usb: set[str] = set()
+        self._done_usb: set[UsbAttachment] = set()
         # What the last USB poll saw: a session that ends after its recorder was pulled out (mid-copy)
         # must not mark the recorder done, or docking it again would be ignored.
-        self._present_usb: set[str] = set()
+        self._present_usb: set[UsbAttachment] = set()
+        # Per USB serial claimed at more than one port, the ports last recorded as sharing it.
+        self._shared_usb_serials: dict[str, tuple[str, ...]] = {}
+        # The USB serial warning each bay's tile shows (`_record_shared_usb_serials`).
+        self._usb_serial_warnings: dict[int, BayUsbSerialClaim] = {}
         self._active_devices: set[str] = set()
         # Notified whenever a volume session ends: a re-mount of a recorder whose previous session is
         # still winding down on the old, gone mount waits for it instead of being dropped.
@@ -150,7 +170,7 @@ class StationAgent:
         )
         self.api: LocalApi | None = None
         # Where each docked recorder is, so that the bay shows empty once it has left.
-        self._usb_bays: dict[str, int | None] = {}
+        self._usb_bays: dict[UsbAttachment, int | None] = {}
         self._volume_bays: dict[str, tuple[int | None, str]] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -437,8 +457,9 @@ class StationAgent:
 
     def _bouncing_started(self, settled: Settled) -> BayLed | None:
         """The bay's presence changes too often to act on: one error entry, the bay's status flag, and
-        `ATTENTION` on a bay that showed nothing of a docking (a docking's or an error's pattern stands:
-        it says more, and the dock screen tells of the bouncing in words)."""
+        `BOUNCING` on a bay that showed nothing of a docking (a board older than dock protocol 3 shows
+        `ATTENTION`; a docking's or an error's pattern stands: it says more, and the dock screen tells of
+        the bouncing in words)."""
         assert self.store is not None
         bay = settled.bay
         self.store.record(EntryType.ERROR, None, {
@@ -452,14 +473,14 @@ class StationAgent:
         })
         self.status.publish(BayBouncing(bay, True))
         if self._bay_leds.get(bay) in (None, BayLed.OFF, BayLed.IDLE):
-            self._decide_led(bay, BayLed.ATTENTION)
+            self._decide_led(bay, BayLed.BOUNCING)
             self._bouncing[bay] = self._led_decided[bay]
-            return BayLed.ATTENTION
+            return BayLed.BOUNCING
         self._bouncing[bay] = None
         return None
 
     def _bouncing_ended(self, bay: int) -> bool:
-        """The bay is not bouncing any more (it held still, or its board went): flag down; an ATTENTION
+        """The bay is not bouncing any more (it held still, or its board went): flag down; a BOUNCING
         of the bouncing that nothing replaced gives way to IDLE (True; the next board's status decides
         the rest)."""
         if bay not in self._bouncing:
@@ -487,7 +508,7 @@ class StationAgent:
 
     async def _poll_usb(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        seen: set[str] = set()
+        seen: dict[UsbAttachment, RecorderHandle] = {}
         while not stop.is_set():
             try:
                 handles: list[RecorderHandle] = await loop.run_in_executor(
@@ -497,21 +518,70 @@ class StationAgent:
                 log.warning("USB enumeration failed: %s", exc)
                 handles = []
             self.supervisor_alive("usb-poll")
-            present = {h.usb_serial for h in handles}
-            for gone in seen - present:
+            assert self.store is not None
+            present = {usb_attachment(h): h for h in handles}
+            for gone in seen.keys() - present.keys():
                 self._done_usb.discard(gone)
-                self.status.publish(BayVacated(self._usb_bays.pop(gone, None), gone))
-                assert self.store is not None
-                self.store.record(EntryType.DEVICE_REMOVED, None, {"usb_serial": gone, "source": "usb"})
+                bay = self._usb_bays.pop(gone, None)
+                self.status.publish(BayVacated(bay, gone.usb_serial or None))
+                self.store.record(EntryType.DEVICE_REMOVED, None, {
+                    "usb_serial": gone.usb_serial, "usb_port": gone.port, "bay": bay, "source": "usb",
+                })
             seen = present
-            self._present_usb = present
-            for handle in handles:
-                serial = handle.usb_serial
-                self._usb_bays[serial] = self.config.bay_for_port(handle.location.port_path)
-                if handle.mode is RecorderMode.CONTROL and serial not in self._active_usb | self._done_usb:
-                    self._active_usb.add(handle.usb_serial)
-                    self._spawn(self._control_session(handle), f"recorder-{handle.usb_serial}")
+            self._present_usb = set(present)
+            self._record_shared_usb_serials(handles)
+            for key, handle in present.items():
+                self._usb_bays[key] = self.config.bay_for_port(handle.location.port_path)
+                if handle.mode is RecorderMode.CONTROL and key not in self._active_usb | self._done_usb:
+                    self._active_usb.add(key)
+                    self._spawn(self._control_session(handle), f"recorder-{key.port}")
             await wait_event(stop, self.config.usb.poll_interval_s)
+
+    def _record_shared_usb_serials(self, handles: list[RecorderHandle]) -> None:
+        """A USB serial claimed at more than one port at once (identical factory serials, or a device
+        copying another's) is a claim the station cannot believe: each recorder is served by its port as
+        always, and the shared claim goes on the record (one entry each time the set of ports sharing it
+        grows) and on the bays' tiles. A missing serial is shown on its bay too (a control-mode recorder's:
+        the allow-list cannot pin it)."""
+        assert self.store is not None
+        ports_by_serial: dict[str, list[str]] = {}
+        for handle in handles:
+            if handle.usb_serial:
+                ports_by_serial.setdefault(handle.usb_serial, []).append(handle.location.port_path)
+        shared = {serial: tuple(sorted(ports)) for serial, ports in ports_by_serial.items() if len(ports) > 1}
+        for serial, ports in shared.items():
+            if set(ports) <= set(self._shared_usb_serials.get(serial, ())):
+                continue
+            bays = [self.config.bay_for_port(port) for port in ports]
+            where = ", ".join(f"{port} (bay {bay})" for port, bay in zip(ports, bays, strict=True))
+            reason = (f"USB serial {serial} is claimed by {len(ports)} devices at once, at USB ports "
+                      f"{where}: a serial is a claim, not an identity; each is served as the recorder in "
+                      "its own bay")
+            log.warning("%s", reason)
+            self.store.record(EntryType.ERROR, None, {
+                "stage": "usb-identity", "usb_serial": serial, "usb_ports": list(ports), "bays": bays,
+                "reason": reason,
+            })
+        self._shared_usb_serials = shared
+        warnings: dict[int, BayUsbSerialClaim] = {}
+        for handle in handles:
+            bay = self.config.bay_for_port(handle.location.port_path)
+            if bay is None:
+                continue
+            if handle.serial_problem is not None and not handle.mass_storage_only:
+                # (A mass-storage-only recorder is known by its volume: its USB serial is pinned by nothing.)
+                warnings[bay] = BayUsbSerialClaim(bay, UsbSerialProblem.MISSING)
+            elif handle.usb_serial in shared:
+                others = [self.config.bay_for_port(port) for port in shared[handle.usb_serial]
+                          if port != handle.location.port_path]
+                warnings[bay] = BayUsbSerialClaim(bay, UsbSerialProblem.SHARED, others)
+        # Only changes go to the board: a warning appears, changes, or goes (its recorder left).
+        for bay in self._usb_serial_warnings.keys() - warnings.keys():
+            self.status.publish(BayUsbSerialClaim(bay, None))
+        for bay, warning in warnings.items():
+            if self._usb_serial_warnings.get(bay) != warning:
+                self.status.publish(warning)
+        self._usb_serial_warnings = warnings
 
     def _session_kwargs(self) -> dict[str, Any]:
         return {
@@ -532,9 +602,10 @@ class StationAgent:
                 ).run(handle, self.claims, self.backend)
             self._finished(result)
         finally:
-            self._active_usb.discard(handle.usb_serial)
-            if handle.usb_serial in self._present_usb:
-                self._done_usb.add(handle.usb_serial)
+            key = usb_attachment(handle)
+            self._active_usb.discard(key)
+            if key in self._present_usb:
+                self._done_usb.add(key)
 
     # -- volumes ----------------------------------------------------------------------------------
 
@@ -628,17 +699,20 @@ class StationAgent:
             return
         serial = identity.device_serial
         assert root.mount is not None
-        claimed_port = self.claims.usb_port(serial)
-        if claimed_port is not None:
-            # A control session has this recorder: only a volume on its USB port is its volume.
-            on_port, found_at = await loop.run_in_executor(
-                self.executor, volume_on_port, root.mount.device, path, claimed_port
-            )
-            if not on_port:
-                await self._refuse_misplaced_volume(root, serial, claimed_port, found_at)
-                return
-            if self.claims.offer(serial, root):
-                root.owner = "control session"  # it closes the volume when its docking ends
+        claimed_ports = self.claims.usb_ports(serial)
+        if claimed_ports:
+            # A control session has this recorder: only a volume on its USB port is its volume (two
+            # sessions may wait for the same serial, one per port: the volume's port picks one).
+            found_at = ""
+            for claimed_port in claimed_ports:
+                on_port, found_at = await loop.run_in_executor(
+                    self.executor, volume_on_port, root.mount.device, path, claimed_port
+                )
+                if on_port:
+                    if self.claims.offer(claimed_port, root):
+                        root.owner = "control session"  # it closes the volume when its docking ends
+                    return
+            await self._refuse_misplaced_volume(root, serial, claimed_ports, found_at)
             return
         # No control session brought this volume: its bay comes from the kernel's topology or the
         # per-bay mount directory, so that its LED shows the docking too.
@@ -669,7 +743,7 @@ class StationAgent:
                 self._volume_session_ended.notify_all()
 
     async def _refuse_misplaced_volume(
-        self, root: VolumeRoot, serial: str, claimed_port: str, found_at: str
+        self, root: VolumeRoot, serial: str, claimed_ports: list[str], found_at: str
     ) -> None:
         """A volume claiming (PARAM.INI) a recorder that a control session holds on another USB port:
         a spoofed stick, never read as evidence, on the record with the bay it is in."""
@@ -677,10 +751,17 @@ class StationAgent:
         bay, _ = await asyncio.get_running_loop().run_in_executor(
             self.executor, bay_of_volume, root.mount.device, root.path, self.config.bays
         )
-        expected_bay = self.config.bay_for_port(claimed_port)
+        expected_bays = [self.config.bay_for_port(port) for port in claimed_ports]
+        held_at = ", ".join(f"{port} (bay {b})" for port, b in zip(claimed_ports, expected_bays, strict=True))
         reason = (
             f"volume claims recorder {printable(serial)}, which a control session holds on USB port "
-            f"{claimed_port} (bay {expected_bay}); this volume is in bay {bay}, on {found_at}"
+            f"{held_at}; this volume is in bay {bay}, on {found_at}"
+        )
+        # One port (the usual case) keeps the entry's shape; a serial held at several lists them all.
+        expected: dict[str, Any] = (
+            {"expected_bay": expected_bays[0], "expected_usb_port": claimed_ports[0]}
+            if len(claimed_ports) == 1
+            else {"expected_bays": expected_bays, "expected_usb_ports": claimed_ports}
         )
         log.warning("volume %s refused: %s", display_name(root.path), reason)
         self.store.record(
@@ -690,8 +771,7 @@ class StationAgent:
                 **root.mount.as_record(),
                 "device_serial": printable(serial),
                 "bay": bay,
-                "expected_bay": expected_bay,
-                "expected_usb_port": claimed_port,
+                **expected,
                 "reason": reason,
             },
         )

@@ -8,9 +8,9 @@ the CLI) inserts or removes a recorder. Faults are options and can be changed wh
 As unkind as a board in the field: line noise and cut-off frames (`garbage_every_n`), bad checksums,
 split writes, lost events, a hung board (`silent`), slow replies, a watchdog reset in the middle of a
 command with its `ACK` lost (`reset_every_n_leds`), a reset whose `BOOT` never reaches the host
-(`reboot(announce=False)`), and old firmware that speaks protocol 1 and refuses the LED patterns of
-protocol 2 (`protocol=1`). It records every LED state it was told (`led_history`) and what it showed
-over time, resets included (`shown_history`).
+(`reboot(announce=False)`), and old firmware that speaks protocol 1 or 2 and refuses the LED patterns
+of later versions (`protocol=1`: the error-class patterns; `protocol=2`: BOUNCING). It records every
+LED state it was told (`led_history`) and what it showed over time, resets included (`shown_history`).
 
 Run it on its own: `python -m simulators dock --help`.
 """
@@ -543,7 +543,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--board-serial", default="SIMDOCK-0001", help="serial reported by VER and BOOT")
     parser.add_argument("--firmware", default="simdock-1.0", help="firmware version reported")
     parser.add_argument("--protocol", type=int, default=PROTOCOL_VERSION, choices=sorted(LEDS_BY_PROTOCOL),
-                        help="protocol version of the firmware (1: no error-class LED patterns)")
+                        help="protocol version of the firmware (1: no error-class LED patterns, 2: no "
+                        "BOUNCING pattern)")
     parser.add_argument("--insert", type=_parse_insert, action="append", default=[], metavar="BAY[:CHARGE]",
                         help="recorder present from the start (repeatable)")
     parser.add_argument("--link", metavar="PATH",

@@ -433,7 +433,7 @@ class DockDriver:
 
     async def set_led(self, bay: int, led: BayLed) -> BayLed:
         """Set one bay's LED; returns once the board acknowledged it (the LED is lit), with the state
-        the board shows: `led` itself, or on a protocol 1 board the nearest state it knows."""
+        the board shows: `led` itself, or on an older board (protocol 1 or 2) the nearest state it knows."""
         identity = self.identity
         if not 1 <= bay <= identity.bay_count:
             raise DockUsageError(f"dock {self._name}: bay must be 1..{identity.bay_count}, got {bay}")

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar
 
-# Version 2 added the LED patterns that tell error classes apart (DENIED .. RECEIPT). A version 1 board
-# knows only the first six states: the host shows it the nearest one (`led_for_protocol`).
-PROTOCOL_VERSION = 2
-SUPPORTED_PROTOCOLS = frozenset({1, 2})
+# Version 2 added the LED patterns that tell error classes apart (DENIED .. RECEIPT), version 3 the pattern
+# of a bouncing bay (BOUNCING). An older board knows only the states of its version: the host shows it the
+# nearest one it knows (`led_for_protocol`).
+PROTOCOL_VERSION = 3
+SUPPORTED_PROTOCOLS = frozenset({1, 2, 3})
 MAX_LINE_BYTES = 256  # whole frame: '$' .. '\r\n'
 MAX_BAYS = 32
 MAX_SEQ = 65535
@@ -81,6 +82,8 @@ class BayLed(StrEnum):
     PULLED = "PULLED"  # removed before the docking ended
     PARTIAL = "PARTIAL"  # some files could not be acquired; the rest are safe
     RECEIPT = "RECEIPT"  # every file safe here; erased from the recorder after the central's receipt
+    # Protocol 3.
+    BOUNCING = "BOUNCING"  # the bay's presence switch keeps toggling: its events are only counted
 
 
 LED_LETTERS: dict[BayLed, str] = {
@@ -96,6 +99,7 @@ LED_LETTERS: dict[BayLed, str] = {
     BayLed.PULLED: "L",
     BayLed.PARTIAL: "S",
     BayLed.RECEIPT: "R",
+    BayLed.BOUNCING: "B",
 }
 _LED_BY_LETTER: dict[str, BayLed] = {letter: led for led, letter in LED_LETTERS.items()}
 
@@ -103,15 +107,21 @@ _LED_BY_LETTER: dict[str, BayLed] = {letter: led for led, letter in LED_LETTERS.
 PROTOCOL_1_LEDS = frozenset(
     {BayLed.OFF, BayLed.IDLE, BayLed.COPYING, BayLed.DONE, BayLed.ERROR, BayLed.ATTENTION}
 )
-LEDS_BY_PROTOCOL: dict[int, frozenset[BayLed]] = {1: PROTOCOL_1_LEDS, 2: frozenset(BayLed)}
-# What a protocol 1 board shows instead: red for every failure, amber for "safe, but not finished".
-_PROTOCOL_1_FALLBACK: dict[BayLed, BayLed] = {
+PROTOCOL_2_LEDS = frozenset(BayLed) - {BayLed.BOUNCING}
+LEDS_BY_PROTOCOL: dict[int, frozenset[BayLed]] = {
+    1: PROTOCOL_1_LEDS, 2: PROTOCOL_2_LEDS, 3: frozenset(BayLed)
+}
+# What an older board shows instead of a state it does not know: a protocol 1 board red for every failure,
+# amber for "safe, but not finished"; a protocol 1 or 2 board amber ATTENTION ("needs a person") for a
+# bouncing bay, as the host showed before protocol 3.
+_OLDER_FALLBACK: dict[BayLed, BayLed] = {
     BayLed.DENIED: BayLed.ERROR,
     BayLed.PASSWORD: BayLed.ERROR,
     BayLed.FULL: BayLed.ERROR,
     BayLed.PULLED: BayLed.ERROR,
     BayLed.PARTIAL: BayLed.ERROR,
     BayLed.RECEIPT: BayLed.ATTENTION,
+    BayLed.BOUNCING: BayLed.ATTENTION,
 }
 
 
@@ -121,7 +131,7 @@ def led_for_protocol(led: BayLed, protocol: int) -> BayLed:
         raise DockProtocolError(f"protocol version must be one of {sorted(LEDS_BY_PROTOCOL)}, got {protocol}")
     if led in LEDS_BY_PROTOCOL[protocol]:
         return led
-    return _PROTOCOL_1_FALLBACK[led]
+    return _OLDER_FALLBACK[led]
 
 
 class LedColour(StrEnum):
@@ -158,6 +168,7 @@ _SLOW = (500, 500)  # 1 Hz
 _FAST = (125, 125)  # 4 Hz: urgent, reads as a flicker from across a room
 _DOUBLE = (150, 150, 150, 1050)  # two flashes, then a pause
 _HEARTBEAT = (250, 1750)  # a short flash every two seconds: calm, nothing to do
+_TRIPLE = (150, 150, 150, 150, 150, 1050)  # three flashes, then a pause: no other state has this rhythm
 
 # Every red or amber pattern differs from the others of its colour by rhythm, and every pattern from
 # every other by colour or rhythm, so that an officer who does not tell red from green apart still
@@ -171,6 +182,8 @@ LED_PATTERNS: dict[BayLed, LedPattern] = {
     BayLed.ATTENTION: LedPattern(LedColour.AMBER, _STEADY, "steady"),
     BayLed.FULL: LedPattern(LedColour.AMBER, _FAST, "fast blink, 4 Hz"),
     BayLed.PARTIAL: LedPattern(LedColour.AMBER, _DOUBLE, "double flash"),
+    # A rhythm of its own, so that it reads as "this bay is faulty" whatever colours the officer sees.
+    BayLed.BOUNCING: LedPattern(LedColour.AMBER, _TRIPLE, "triple flash"),
     BayLed.ERROR: LedPattern(LedColour.RED, _STEADY, "steady"),
     BayLed.DENIED: LedPattern(LedColour.RED, _FAST, "fast blink, 4 Hz"),
     BayLed.PASSWORD: LedPattern(LedColour.RED, _DOUBLE, "double flash"),

@@ -65,6 +65,7 @@ __all__ = [
     "RecorderTimeoutError",
     "UsbLocation",
     "find_recorders",
+    "usb_serial_claim",
 ]
 
 logger = logging.getLogger(__name__)
@@ -126,15 +127,36 @@ class UsbLocation:
         return cls(bus_no, f"{bus_no}-@{int(address or 0)}")
 
 
+def usb_serial_claim(serial: object) -> tuple[str, str | None]:
+    """The USB serial a device claims, as a handle keeps it, and what is wrong with it (None: nothing).
+
+    Cheap recorders ship with no serial string or an empty one, so a missing serial is no reason to
+    ignore a device: it is kept as "" with the problem in words, and the station decides (a device
+    without a serial cannot be pinned by the allow-list). A serial that is not a plain identifier (it
+    would end up in ledger entries) is kept as "" too, its problem naming it in escaped form."""
+    if serial is None:
+        return "", "missing (no serial string descriptor)"
+    if serial == "":
+        return "", "empty"
+    if not isinstance(serial, str) or not _USB_SERIAL_RE.fullmatch(serial):
+        return "", f"not an identifier ({ascii(serial)[:80]})"
+    return serial, None
+
+
 @dataclass(frozen=True)
 class RecorderHandle:
-    """One recorder as discovered: a claim of identity (the USB serial) at a place, in a mode."""
+    """One recorder as discovered: a claim of identity (the USB serial) at a place, in a mode.
+
+    The place (`location`: bus and port path, i.e. the bay) is what tells two docked recorders apart:
+    serials are claims that two devices can share (identical factory serials, none at all, or a
+    hostile copy). `usb_serial` is "" when the device claims none usable; `serial_problem` says why."""
 
     location: UsbLocation
     usb_serial: str
     mode: RecorderMode
     vendor_id: int
     product_id: int
+    serial_problem: str | None = None
 
     @property
     def mass_storage_only(self) -> bool:
@@ -183,8 +205,9 @@ def _is_gone(exc: usb.core.USBError) -> bool:
 def find_recorders(backend: Any | None = None, *,
                    ids: Iterable[tuple[int, int]] = DEFAULT_IDS) -> list[RecorderHandle]:
     """Every attached recorder with one of `ids` (vendor, product): control-mode, switched and
-    mass-storage-only ones. Devices that vanish while being read, or whose serial is missing or not
-    a plain identifier, are left out with a warning: an unreadable identity is no identity."""
+    mass-storage-only ones. Devices that vanish while being read are left out with a warning. A
+    device whose serial is missing, empty or not a plain identifier is kept, with usb_serial "" and
+    the problem in `serial_problem` (`usb_serial_claim`): the station records and decides."""
     wanted = {(int(vid), int(pid)) for vid, pid in ids}
     try:
         devices = list(usb.core.find(
@@ -211,11 +234,12 @@ def find_recorders(backend: Any | None = None, *,
             logger.warning("usb %s %04x:%04x: neither vendor nor mass-storage interface, skipped",
                            location.port_path, dev.idVendor, dev.idProduct)
             continue
-        if not isinstance(serial, str) or not _USB_SERIAL_RE.fullmatch(serial):
-            logger.warning("usb %s %04x:%04x: serial %r is not an identifier, skipped", location.port_path,
-                           dev.idVendor, dev.idProduct, serial)
-            continue
-        handles.append(RecorderHandle(location, serial, mode, int(dev.idVendor), int(dev.idProduct)))
+        usb_serial, problem = usb_serial_claim(serial)
+        if problem is not None:
+            logger.warning("usb %s %04x:%04x: USB serial %s", location.port_path, dev.idVendor,
+                           dev.idProduct, problem)
+        handles.append(RecorderHandle(location, usb_serial, mode, int(dev.idVendor), int(dev.idProduct),
+                                      problem))
     handles.sort(key=lambda h: (h.location.bus, h.location.port_path))
     return handles
 
@@ -291,7 +315,7 @@ class RecorderDriver:
             except (usb.core.USBError, ValueError) as exc:
                 usb.util.dispose_resources(dev)
                 raise RecorderGoneError(f"{self._tag}: serial unreadable ({exc})") from exc
-            if serial == self.handle.usb_serial:
+            if usb_serial_claim(serial)[0] == self.handle.usb_serial:
                 return dev
             usb.util.dispose_resources(dev)
             raise RecorderGoneError(f"{self._tag}: port now holds another device (serial {serial!r})")

@@ -118,9 +118,63 @@ class UsbSection(StrictModel):
         return self
 
 
+# How long a bay's presence must hold before it stands (edge.sources.usb.bay_presence): fixed, a property
+# of bay switches. The bouncing settings below are checked against it.
+BAY_SETTLE_S = 0.25
+
+
+class BouncingSection(StrictModel):
+    """When a bay counts as bouncing (its presence toggling just slower than the settle time, or for
+    ever: a worn switch, a faulty or hostile board) and how its raw events are recorded then
+    (edge.sources.usb.bay_presence). The defaults suit a person docking by hand."""
+
+    changes_max: int = Field(
+        4, ge=3, le=100,
+        description="More settled presence changes of one bay than this within window_s make it bouncing "
+        "(a person docking, pulling out and docking again makes 3, so at least 3)",
+    )
+    window_s: float = Field(20.0, gt=0, le=3600, description="The window changes_max is counted in, seconds")
+    report_first_s: float = Field(
+        60.0, ge=10, le=86400,
+        description="A bouncing bay's counted raw events are first recorded this long after it started, "
+        "then with the interval doubling up to report_max_s, seconds",
+    )
+    report_max_s: float = Field(
+        3600.0, ge=300, le=86400,
+        description="The longest interval between two records of a bouncing bay, seconds (bounds the "
+        "ledger entries a bouncing bay makes a day)",
+    )
+    calm_s: float = Field(
+        30.0, gt=BAY_SETTLE_S, le=3600,
+        description="A bouncing bay is a bay again once its presence held still this long, seconds",
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> BouncingSection:
+        # Each settled change needs the bay to hold still for the settle time: a window shorter than
+        # changes_max of them can never see one change too many, and no bay would ever be called bouncing.
+        shortest = self.changes_max * BAY_SETTLE_S
+        if self.window_s <= shortest:
+            raise ValueError(
+                f"window_s = {self.window_s:g} is too short for changes_max = {self.changes_max}: "
+                f"{self.changes_max + 1} settled changes take more than {shortest:g} s (each holds "
+                f"{BAY_SETTLE_S:g} s), so no bay could ever be found bouncing; make window_s longer than "
+                f"{shortest:g} s"
+            )
+        if self.report_max_s < self.report_first_s:
+            raise ValueError(
+                f"report_max_s = {self.report_max_s:g} is shorter than report_first_s = "
+                f"{self.report_first_s:g}: the interval between records of a bouncing bay only grows"
+            )
+        return self
+
+
 class DockSection(StrictModel):
     port: str = Field("", description="pyserial URL of the bay controller; empty: no controller")
     baudrate: int = Field(115200, gt=0)
+    bouncing: BouncingSection = Field(
+        default_factory=BouncingSection, description="When a bay is bouncing, and how it is recorded then"
+    )
 
 
 class BayConfig(StrictModel):

@@ -37,6 +37,7 @@ RHYTHM_NAMES: dict[tuple[int, ...], str] = {
     (125, 125): "fast",
     (150, 150, 150, 1050): "double",
     (250, 1750): "heartbeat",
+    (150, 150, 150, 150, 150, 1050): "triple",
 }
 # Only what the page itself loads: its own files and the local API, nothing inline, no frames.
 SECURITY_HEADERS = {
@@ -51,7 +52,7 @@ SECURITY_HEADERS = {
 # The legend's order: calm first, then what needs the officer, red last.
 LEGEND_ORDER = [
     BayLed.IDLE, BayLed.COPYING, BayLed.DONE, BayLed.RECEIPT, BayLed.ATTENTION, BayLed.FULL,
-    BayLed.PARTIAL, BayLed.PULLED, BayLed.DENIED, BayLed.PASSWORD, BayLed.ERROR, BayLed.OFF,
+    BayLed.PARTIAL, BayLed.BOUNCING, BayLed.PULLED, BayLed.DENIED, BayLed.PASSWORD, BayLed.ERROR, BayLed.OFF,
 ]
 
 
@@ -70,6 +71,8 @@ def led_patterns_document() -> dict[str, Any]:
         ],
         "state_leds": {state: led.value for state, led in STATE_LEDS.items()},
         "error_class_leds": {error_class: led.value for error_class, led in ERROR_CLASS_LEDS.items()},
+        # What a bouncing bay that showed nothing of a docking shows (edge/station.py).
+        "bouncing_led": BayLed.BOUNCING.value,
     }
 
 

@@ -31,6 +31,7 @@ from edge.observe.sink import (
     BayBouncing,
     BayChanged,
     BayPhase,
+    BayUsbSerialClaim,
     BayVacated,
     CentralContact,
     Device,
@@ -115,6 +116,8 @@ class _Bay:
     speed_bps: float | None = None
     sample: tuple[float, int] | None = None
     bouncing: bool = False  # the bay board reports its presence changing too often to act on
+    # What is wrong with the USB serial its recorder claims: {"problem": "shared", "bays": [..]} or None.
+    usb_serial_warning: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         files_done, files_total, bytes_done, bytes_total = self.shown
@@ -143,6 +146,7 @@ class _Bay:
             "speed_bps": speed,
             "eta_s": eta,
             "bouncing": self.bouncing,
+            "usb_serial_warning": self.usb_serial_warning,
             "since": self.since,
             "updated_at": self.updated_at,
         }
@@ -309,6 +313,8 @@ class StatusBoard:
                     slot.bouncing = event.bouncing
                     slot.updated_at = utc_text()
                     self._emit_bay(slot)
+            elif isinstance(event, BayUsbSerialClaim):
+                self._usb_serial_claim(event)
             elif isinstance(event, Refused):
                 for _ in range(min(event.count, 1_000_000)):
                     self._count(self._refusals, event.refusal_class.value, "refusals")
@@ -408,6 +414,23 @@ class StatusBoard:
             slot.speed_bps = None
         self._sample(slot, time.monotonic())
         self._emit_bay(slot)
+
+    def _usb_serial_claim(self, event: BayUsbSerialClaim) -> None:
+        if event.bay is None:
+            return  # a recorder in no known bay has no tile of its own to warn on
+        warning: dict[str, Any] | None = None
+        if event.problem is not None:
+            warning = {"problem": event.problem.value}
+            if event.shared_with is not None:
+                warning["bays"] = sorted(b for b in event.shared_with if b is not None)
+        slot = self._bays.get(str(event.bay))
+        if slot is None and warning is None:
+            return
+        slot = slot or self._slot(event.bay, None)
+        if slot.usb_serial_warning != warning:
+            slot.usb_serial_warning = warning
+            slot.updated_at = utc_text()
+            self._emit_bay(slot)
 
     def _bay_vacated(self, event: BayVacated) -> None:
         if event.bay is None and not event.device_serial:

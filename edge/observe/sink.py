@@ -109,6 +109,23 @@ class BayBouncing:
     bouncing: bool
 
 
+class UsbSerialProblem(StrEnum):
+    """What is wrong with the USB serial a docked recorder claims (it is served by its bay all the same)."""
+
+    SHARED = "shared"  # another docked device claims the same serial (identical factory serials, a copy)
+    MISSING = "missing"  # no serial, an empty one, or one that is not a plain identifier
+
+
+@dataclass(frozen=True)
+class BayUsbSerialClaim:
+    """What the station makes of the USB serial claimed in ``bay``: a problem (``shared_with``: the other
+    bays claiming it), or None once nothing is wrong (the recorder left, or the other one did)."""
+
+    bay: int | None
+    problem: UsbSerialProblem | None
+    shared_with: list[int | None] | None = None
+
+
 @dataclass(frozen=True)
 class Refused:
     """Something the station refused that is not a whole docking (those come as :class:`BayChanged`)."""
@@ -141,7 +158,10 @@ class TaskChanged:
     last_error: str | None = None
 
 
-StatusEvent = BayChanged | BayVacated | BayBouncing | Refused | Duration | CentralContact | TaskChanged
+StatusEvent = (
+    BayChanged | BayVacated | BayBouncing | BayUsbSerialClaim | Refused | Duration | CentralContact
+    | TaskChanged
+)
 
 
 class StatusSink(Protocol):

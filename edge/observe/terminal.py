@@ -50,8 +50,25 @@ def state_words(bay: dict[str, Any]) -> str:
     state = str(bay.get("state"))
     if state == "error":
         code = str(bay.get("error_class"))
-        return f"error: {ERROR_WORDS.get(code, code)}"
-    return STATE_WORDS.get(state, state)
+        words = f"error: {ERROR_WORDS.get(code, code)}"
+    else:
+        words = STATE_WORDS.get(state, state)
+    return "; ".join([words, *bay_warnings(bay)])
+
+
+def bay_warnings(bay: dict[str, Any]) -> list[str]:
+    """What an administrator must look at in a bay whatever its state: its presence switch bouncing, the
+    USB serial its recorder claims shared with another bay's or missing."""
+    warnings: list[str] = []
+    if bay.get("bouncing"):
+        warnings.append("bay sensor bouncing: check the bay board")
+    usb_serial = bay.get("usb_serial_warning") or {}
+    if usb_serial.get("problem") == "shared":
+        others = ", ".join(str(b) for b in usb_serial.get("bays") or []) or "another bay"
+        warnings.append(f"USB serial also claimed in bay {others} (each copied from its own bay)")
+    elif usb_serial.get("problem") == "missing":
+        warnings.append("no usable USB serial (cannot be pinned by the allow-list)")
+    return warnings
 
 
 def size_text(n: int | None) -> str:

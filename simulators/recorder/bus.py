@@ -57,6 +57,7 @@ from simulators.recorder.device import (
     SimulatedRecorder,
     StallError,
     VolumeStats,
+    check_usb_serial,
 )
 
 if TYPE_CHECKING:
@@ -158,6 +159,10 @@ class RecorderSpec:
     # instead of its own `device_serial` (which only tells the bus's recorders apart). A stick has no
     # control protocol, so it is mass-storage only.
     claims_device_serial: str = ""
+    # A fault of the USB serial: the exact serial string descriptor the device presents instead of
+    # `usb_serial` ("" for an empty one, or text that is no identifier). `usb_serial` "" with this None:
+    # no serial string at all, as cheap recorders ship. Several recorders may share one `usb_serial`.
+    usb_serial_string: str | None = None
 
     def __post_init__(self) -> None:
         self.info()  # validates serial, officer number, text fields
@@ -168,8 +173,7 @@ class RecorderSpec:
                 raise ValueError("claims_device_serial: a stick posing as a recorder is msc_only")
         encode_password(self.password)
         encode_id_code(self.id_code)
-        if not (len(self.usb_serial) == 16 and self.usb_serial.isascii() and self.usb_serial.isalnum()):
-            raise ValueError(f"usb_serial: expected 16 characters A-Za-z0-9, got {self.usb_serial!r}")
+        check_usb_serial(self.usb_serial)
         if not 0 <= self.battery_percent <= 100:
             raise ValueError(f"battery_percent: expected 0..100, got {self.battery_percent}")
         if self.files < 0 or self.file_mb < 0:
@@ -446,6 +450,7 @@ class RecorderBus:
         device = SimulatedRecorder(
             info=info or spec.info(),
             usb_serial=spec.usb_serial,
+            usb_serial_string=spec.usb_serial_string,
             password=spec.password,
             id_code=spec.id_code,
             msc_only=spec.msc_only,
@@ -519,8 +524,6 @@ class RecorderBus:
         with self._lock:
             if spec.device_serial in self._slots:
                 raise ValueError(f"recorder {spec.device_serial} already exists")
-            if any(s.spec.usb_serial == spec.usb_serial for s in self._slots.values()):
-                raise ValueError(f"usb serial {spec.usb_serial} already in use")
         directory = self.state_dir / "recorders" / spec.device_serial
         directory.mkdir(parents=True, exist_ok=True)
         staging = directory / "volume.populating"

@@ -66,9 +66,14 @@ def recorder_spec(index: int, args: argparse.Namespace, password: str) -> Record
     if rate is None and args.rate_limit_mbps is not None:
         rate = int(args.rate_limit_mbps * 1_000_000)
     usb_tag = hashlib.sha256(f"{seed}:{index}".encode()).hexdigest()[:6].upper()
+    usb_serial = f"EEZ01{usb_tag}{index + 1:05d}"
+    if args.usb_serial == "same":  # identical factory serials: every recorder claims the first one's
+        usb_serial = f"EEZ01{hashlib.sha256(f'{seed}:0'.encode()).hexdigest()[:6].upper()}00001"
+    elif args.usb_serial == "none":  # shipped without a serial string
+        usb_serial = ""
     return RecorderSpec(
         device_serial=f"{1_000_000 + (seed * 1000 + index) % 9_000_000}",
-        usb_serial=f"EEZ01{usb_tag}{index + 1:05d}",
+        usb_serial=usb_serial,
         officer_no=f"{(100_001 + index) % 1_000_000:06d}",
         officer_name=OFFICERS[index % len(OFFICERS)],
         unit_code=UNIT_CODE,
@@ -103,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--file-mb", type=float, default=1.0, help="size of each video in MiB (default 1)")
     serve.add_argument("--msc-only", type=int, default=0, metavar="N",
                        help="the last N recorders are mass-storage-only (no control interface)")
+    serve.add_argument("--usb-serial", choices=("unique", "same", "none"), default="unique",
+                       help="USB serials of the recorders: unique (default), the same for all (cheap "
+                            "recorders, or one copying another's), or none (no serial string)")
     serve.add_argument("--clock-offset-s", type=float, default=0.0,
                        help="initial device clock minus host clock, seconds (default 0)")
     serve.add_argument("--clock-drift-ppm", type=float, default=0.0,

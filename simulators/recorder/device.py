@@ -137,6 +137,14 @@ def wall_clock_ms() -> float:
     return time.time_ns() / 1e6
 
 
+def check_usb_serial(usb_serial: str) -> None:
+    """A simulated recorder's USB serial: 16 characters A-Za-z0-9 as the EE-ZFY ships them, or "" for a
+    cheap recorder shipped without one (no serial string descriptor). Nothing keeps two recorders from
+    sharing one: identical factory serials and copied ones happen in the field."""
+    if usb_serial and not (len(usb_serial) == 16 and usb_serial.isascii() and usb_serial.isalnum()):
+        raise ValueError(f"usb_serial: expected 16 characters A-Za-z0-9 or none, got {usb_serial!r}")
+
+
 class SimulatedRecorder:
     """One recorder's endpoint 0. Not thread-safe: the bus serialises transfers per device."""
 
@@ -149,6 +157,7 @@ class SimulatedRecorder:
         id_code: str = "EEZ01",
         msc_only: bool = False,
         vendor_id: int = DEFAULT_VENDOR_ID,
+        usb_serial_string: str | None = None,
         clock: ClockReference | None = None,
         clock_offset_s: float = 0.0,
         clock_drift_ppm: float = 0.0,
@@ -161,10 +170,14 @@ class SimulatedRecorder:
         host_ms: Callable[[], float] = wall_clock_ms,
     ) -> None:
         encode_id_code(id_code)
-        if not (len(usb_serial) == 16 and usb_serial.isascii() and usb_serial.isalnum()):
-            raise ValueError(f"usb_serial: expected 16 characters A-Za-z0-9, got {usb_serial!r}")
+        check_usb_serial(usb_serial)
+        if usb_serial_string is not None:
+            string_descriptor(usb_serial_string)  # it must fit in a descriptor
         self.info = info
         self.usb_serial = usb_serial
+        # Fault: the exact serial string the device presents instead of `usb_serial` ("" for an empty
+        # string descriptor, or hostile text); None presents `usb_serial` (none at all when it is "").
+        self.usb_serial_string = usb_serial_string
         self._password = _Secret(password)
         self.id_code = id_code
         self.msc_only = msc_only
@@ -243,7 +256,8 @@ class SimulatedRecorder:
             bcdDevice=0x0100,
             iManufacturer=STRING_MANUFACTURER,
             iProduct=STRING_PRODUCT,
-            iSerialNumber=STRING_SERIAL,
+            # A recorder shipped without a serial has no serial string at all (index 0).
+            iSerialNumber=STRING_SERIAL if self.usb_serial or self.usb_serial_string is not None else 0,
             bNumConfigurations=1,
         )
 
@@ -260,7 +274,11 @@ class SimulatedRecorder:
 
     def string(self, index: int) -> str | None:
         product = PRODUCT_CONTROL if self.mode is RecorderMode.CONTROL else PRODUCT_MASS_STORAGE
-        strings = {STRING_MANUFACTURER: MANUFACTURER, STRING_PRODUCT: product, STRING_SERIAL: self.usb_serial}
+        strings = {STRING_MANUFACTURER: MANUFACTURER, STRING_PRODUCT: product}
+        if self.usb_serial_string is not None:
+            strings[STRING_SERIAL] = self.usb_serial_string
+        elif self.usb_serial:
+            strings[STRING_SERIAL] = self.usb_serial
         return strings.get(index)
 
     # ---------------------------------------------------------------------------- endpoint 0

@@ -42,7 +42,7 @@ def bay(number: int, state: str = "empty", **fields: Any) -> dict[str, Any]:
     document: dict[str, Any] = {
         "bay": str(number), "state": state, "error_class": None, "officer": None, "device": None,
         "files_done": 0, "files_total": 0, "bytes_done": 0, "bytes_total": 0, "speed_bps": None,
-        "eta_s": None, "bouncing": False,
+        "eta_s": None, "bouncing": False, "usb_serial_warning": None,
         "since": "2026-12-05T02:00:00Z", "updated_at": "2026-12-05T02:00:00Z",
     }
     if state != "empty":

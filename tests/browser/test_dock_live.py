@@ -5,6 +5,7 @@ words and what the officer must do, and each tile's LED dot shows what the bay b
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -123,5 +124,58 @@ def test_the_dock_screen_follows_real_dockings(
         )
         screenshot(page, "dock-agent-en")
         assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+    finally:
+        live_server.run(stack.aclose(), timeout=120)
+
+
+async def _toggle(station: Station, bay: int, times: int, every_s: float) -> None:
+    """A hostile or worn bay board: the bay's presence toggling just slower than the settle time (the
+    sleeps pace the stimulus, they prove nothing)."""
+    for n in range(times):
+        if n % 2 == 0:
+            station.dock.insert(bay, charge_percent=50)
+        else:
+            station.dock.remove(bay)
+        await asyncio.sleep(every_s)
+
+
+def test_the_dock_screen_warns_of_a_shared_usb_serial_and_shows_a_bouncing_bay(
+    page: Page, live_server: LiveServer, tmp_path: Path, api_dir: Path
+) -> None:
+    # Two recorders claiming one USB serial in bays 1 and 2; bay 4's presence switch bounces, and the
+    # configuration calls it bouncing after 3 changes too many.
+    shared = "EEZ01SHARED00002"
+    first, second = spec(0, usb_serial=shared), spec(1, usb_serial=shared)
+    api = {"socket_path": str(api_dir / "station.sock"), "tcp_port": 0}
+    stack = AsyncExitStack()
+    station: Station = live_server.run(stack.enter_async_context(simulated_station(
+        tmp_path, [first, second], api=api, dock={"bouncing": {"changes_max": 3, "calm_s": 60.0}}
+    )))
+    try:
+        assert station.agent.api is not None and station.agent.api.tcp_url is not None
+        page.set_viewport_size({"width": 1920, "height": 1080})
+        page.goto(station.agent.api.tcp_url + "/dock")
+        expect(page.locator("body")).to_have_attribute("data-connection", "live", timeout=DOCKING_MS)
+
+        live_server.run(station.dock_recorder(first.device_serial, 1))
+        live_server.run(station.dock_recorder(second.device_serial, 2))
+        for number, other in ((1, 2), (2, 1)):
+            expect(_tile(page, number).locator(".usb-serial")).to_have_text(
+                f"USB序列号与{other}号托架相同，已按托架分别采集；请通知管理员", timeout=DOCKING_MS
+            )
+        for number in (1, 2):
+            expect(_tile(page, number).locator(".state")).to_have_text("采集完成", timeout=DOCKING_MS)
+
+        live_server.run(_toggle(station, 4, 6, 0.35), timeout=60)
+        expect(_tile(page, 4).locator(".bouncing")).to_have_text(
+            "本托架插拔信号异常，请通知管理员检查", timeout=DOCKING_MS
+        )
+        _shows_the_bay_led(page, station, 4)
+        assert station.dock.led(4).value == "BOUNCING"
+        screenshot(page, "dock-agent-usb-serial-bouncing-zh")
+
+        # One of the two leaves: the other's warning goes, on the screen too.
+        live_server.run(station.undock(second.device_serial, 2))
+        expect(_tile(page, 1).locator(".usb-serial")).to_be_hidden(timeout=DOCKING_MS)
     finally:
         live_server.run(stack.aclose(), timeout=120)

@@ -115,8 +115,10 @@ def test_a_bouncing_bay_says_so_in_words_in_both_languages_and_fits(
         for number in (1, 9):
             expect(_tile(page, number).locator(".bouncing")).to_have_text(phrase)
             expect(_tile(page, number).locator(".bouncing")).to_be_visible()
-        # The dot shows what the bay shows: ATTENTION on the empty one, a docking's own on the busy one.
-        expect(_tile(page, 9).locator(".led")).to_have_attribute("data-led", "ATTENTION")
+        # The dot shows what the bay shows: its own BOUNCING pattern (amber, triple flash) on the empty
+        # one, a docking's own on the busy one.
+        expect(_tile(page, 9).locator(".led")).to_have_attribute("data-led", "BOUNCING")
+        expect(_tile(page, 9)).to_have_attribute("data-colour", "amber")
         expect(_tile(page, 1).locator(".led")).to_have_attribute("data-led", "COPYING")
         expect(_tile(page, 1).locator(".state")).to_have_text(("正在采集", "Copying")[language == "en"])
         found = page.evaluate(OVERFLOW_JS)
@@ -129,6 +131,46 @@ def test_a_bouncing_bay_says_so_in_words_in_both_languages_and_fits(
     expect(_tile(page, 9).locator(".bouncing")).to_have_text("")
     expect(_tile(page, 9).locator(".led")).to_have_attribute("data-led", "IDLE")
     expect(_tile(page, 2).locator(".bouncing")).to_be_hidden()
+
+
+def test_a_usb_serial_shared_or_missing_is_a_warning_in_words_in_both_languages_and_fits(
+    page: Page, live_server: LiveServer
+) -> None:
+    busy = _busy_bays()
+    # Two recorders claiming one USB serial, both copying with every line filled; one with none at all.
+    busy[0]["usb_serial_warning"] = {"problem": "shared", "bays": [2]}
+    busy[1]["usb_serial_warning"] = {"problem": "shared", "bays": [1]}
+    busy[1]["bouncing"] = True  # both warnings on one tile, at the smaller kiosk size
+    busy[5]["usb_serial_warning"] = {"problem": "missing"}
+    api = StatusApi(live_server, busy)
+    _open(page, api, 1280, 800)
+    words = {
+        "zh": ("USB序列号与2号托架相同，已按托架分别采集；请通知管理员",
+               "USB序列号与1号托架相同，已按托架分别采集；请通知管理员",
+               "记录仪无可用USB序列号，无法登记绑定；请通知管理员"),
+        "en": ("Same USB serial as bay 2: each copied from its own bay. Tell the administrator",
+               "Same USB serial as bay 1: each copied from its own bay. Tell the administrator",
+               "No usable USB serial, it cannot be registered: tell the administrator"),
+    }
+    for language, (first, second, missing) in words.items():
+        expect(_tile(page, 1).locator(".usb-serial")).to_have_text(first)
+        expect(_tile(page, 2).locator(".usb-serial")).to_have_text(second)
+        expect(_tile(page, 6).locator(".usb-serial")).to_have_text(missing)
+        for number in (1, 2, 6):
+            expect(_tile(page, number).locator(".usb-serial")).to_be_visible()
+        # The warning says more; the docking goes on, and its own words and LED stay.
+        expect(_tile(page, 1).locator(".state")).to_have_text(("正在采集", "Copying")[language == "en"])
+        expect(_tile(page, 1).locator(".led")).to_have_attribute("data-led", "COPYING")
+        found = page.evaluate(OVERFLOW_JS)
+        assert (found["wide"], found["tall"], found["page"]) == ([], [], [False, False]), (language, found)
+        shot(page, f"dock-usb-serial-{language}")
+        page.locator("#language").click()
+    # Control: the warning going (the other recorder left) takes the words away; a bay never warned
+    # has none.
+    api.set_bay({**busy[0], "usb_serial_warning": None})
+    expect(_tile(page, 1).locator(".usb-serial")).to_be_hidden()
+    expect(_tile(page, 1).locator(".usb-serial")).to_have_text("")
+    expect(_tile(page, 3).locator(".usb-serial")).to_be_hidden()
 
 
 def test_the_language_switch_is_remembered(page: Page, live_server: LiveServer) -> None:
@@ -312,12 +354,23 @@ def test_the_legend_and_each_tile_show_the_bay_led_patterns(page: Page, live_ser
                 t.querySelector('.led').getAnimations().map((a) => a.effect.getTiming().duration)]))""")
     assert periods == {"1": [1000], "2": [250], "3": [2000], "4": [1000]}
     legend = page.locator("#legend li")
-    expect(legend).to_have_count(11)
+    expect(legend).to_have_count(12)
+    expect(page.locator('#legend li[data-led="BOUNCING"]')).to_contain_text("托架插拔信号异常，通知管理员")
+    expect(page.locator('#legend li[data-led="BOUNCING"]')).to_contain_text("黄·三闪")
     expect(page.locator('#legend li[data-led="PULLED"]')).to_contain_text("拔出过早，请放回")
     expect(page.locator('#legend li[data-led="PULLED"]')).to_contain_text("红·慢闪")
     expect(page.locator('#legend li[data-led="DENIED"]')).to_contain_text("红·快闪")
     page.locator("#language").click()
     expect(page.locator('#legend li[data-led="PASSWORD"]')).to_contain_text("red·double flash")
+    expect(page.locator('#legend li[data-led="BOUNCING"]')).to_contain_text(
+        "Bay sensor faulty, tell the administrator"
+    )
+    expect(page.locator('#legend li[data-led="BOUNCING"]')).to_contain_text("amber·triple flash")
+    # A bouncing empty bay's dot blinks the triple flash: 150/150 x 3 then a pause, 2 s in all.
+    api.set_bay(bay(5, "empty", bouncing=True))
+    expect(_tile(page, 5).locator(".led")).to_have_attribute("data-led", "BOUNCING")
+    assert page.evaluate("""() => document.querySelector('.bay[data-bay="5"] .led').getAnimations()
+        .map((a) => a.effect.getTiming().duration)""") == [1800]
 
 
 def test_every_error_class_and_bay_state_of_the_status_model_has_words_and_a_led() -> None:

@@ -234,7 +234,7 @@ async def test_edge_status_prints_the_board_and_says_when_the_agent_is_not_runni
         bay = next(b for b in status["bays"] if b["bay"] == "1")
         assert set(bay) == {
             "bay", "state", "error_class", "officer", "device", "files_done", "files_total", "bytes_done",
-            "bytes_total", "speed_bps", "eta_s", "bouncing", "since", "updated_at",
+            "bytes_total", "speed_bps", "eta_s", "bouncing", "usb_serial_warning", "since", "updated_at",
         }
         assert (bay["state"], bay["files_done"], bay["device"]["serial"]) == ("done", 1, s.device_serial)
         assert status["station"]["ledger"]["head_seq"] > 0

@@ -1,6 +1,7 @@
-"""LED patterns per error class (dock protocol 2) through the real driver and the simulator on a pty:
-every state reaches the board and comes back in its status, an old protocol 1 board is shown the nearest
-state it knows, and a board that resets in the middle of commands, with noise on the line or its BOOT
+"""LED patterns per error class (dock protocol 2) and of a bouncing bay (protocol 3) through the real
+driver and the simulator on a pty: every state reaches the board and comes back in its status, an older
+protocol 1 or 2 board is shown the nearest state it knows, and a board that resets in the middle of
+commands, with noise on the line or its BOOT
 lost, ends up showing what the host last set."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from drivers.serial.dock_protocol import (
     LED_LETTERS,
     LED_PATTERNS,
     PROTOCOL_1_LEDS,
+    PROTOCOL_2_LEDS,
     LedColour,
     LineFramer,
     NakReason,
@@ -29,7 +31,7 @@ from simulators.dock import DockSimulator
 
 MakeSim = Callable[..., DockSimulator]
 OpenDriver = Callable[..., Awaitable[DockDriver]]
-PROTOCOL_2_ONLY = [led for led in BayLed if led not in PROTOCOL_1_LEDS]
+NOT_PROTOCOL_1 = [led for led in BayLed if led not in PROTOCOL_1_LEDS]
 WAIT_S = 10.0
 
 
@@ -47,19 +49,24 @@ def test_every_state_has_a_letter_and_a_pattern_and_no_two_look_alike() -> None:
     )
     # The error classes an officer must act on are all distinct from the generic red ERROR and
     # from DONE, whatever the colour.
-    for led in PROTOCOL_2_ONLY:
+    for led in NOT_PROTOCOL_1:
         assert LED_PATTERNS[led] not in (LED_PATTERNS[BayLed.ERROR], LED_PATTERNS[BayLed.DONE])
 
 
-def test_a_protocol_1_board_is_shown_the_nearest_state_it_knows() -> None:
+def test_an_older_board_is_shown_the_nearest_state_it_knows() -> None:
     for led in BayLed:
-        assert led_for_protocol(led, 2) is led
-        shown = led_for_protocol(led, 1)
-        assert shown in PROTOCOL_1_LEDS
-        if led in PROTOCOL_1_LEDS:
-            assert shown is led
+        assert led_for_protocol(led, 3) is led
+        for protocol, known in ((1, PROTOCOL_1_LEDS), (2, PROTOCOL_2_LEDS)):
+            shown = led_for_protocol(led, protocol)
+            assert shown in known
+            if led in known:
+                assert shown is led
     assert led_for_protocol(BayLed.PULLED, 1) is BayLed.ERROR
     assert led_for_protocol(BayLed.RECEIPT, 1) is BayLed.ATTENTION
+    # A bouncing bay: ATTENTION ("needs a person") on a board before protocol 3, as before it existed.
+    assert frozenset(BayLed) - {BayLed.BOUNCING} == PROTOCOL_2_LEDS
+    assert led_for_protocol(BayLed.BOUNCING, 2) is BayLed.ATTENTION
+    assert led_for_protocol(BayLed.BOUNCING, 1) is BayLed.ATTENTION
 
 
 async def test_every_pattern_reaches_the_board_and_its_status(
@@ -67,7 +74,7 @@ async def test_every_pattern_reaches_the_board_and_its_status(
 ) -> None:
     sim = make_sim(bays=len(BayLed))
     driver = await open_driver(sim.tty_path)
-    assert driver.identity.protocol == 2
+    assert driver.identity.protocol == 3
     for bay, led in enumerate(BayLed, start=1):
         assert await driver.set_led(bay, led) is led
     assert [sim.led(bay) for bay in range(1, len(BayLed) + 1)] == list(BayLed)
@@ -97,18 +104,35 @@ def _ask_raw(tty_path: str, frame: bytes) -> NakReply:
 async def test_an_old_board_refuses_the_new_patterns_so_the_driver_sends_it_the_old_ones(
     make_sim: MakeSim, open_driver: OpenDriver
 ) -> None:
-    old = make_sim(bays=len(PROTOCOL_2_ONLY), protocol=1, firmware="simdock-0.9")
+    old = make_sim(bays=len(NOT_PROTOCOL_1), protocol=1, firmware="simdock-0.9")
     # The control: a protocol 2 state sent as such is refused by protocol 1 firmware.
     refused = await asyncio.to_thread(_ask_raw, old.tty_path, SetLedCommand(7, 1, BayLed.DENIED).to_bytes())
     assert (refused.seq, refused.command, refused.reason) == (7, "LED", NakReason.VALUE)
     driver = await open_driver(old.tty_path)
     assert driver.identity.protocol == 1
-    for bay, led in enumerate(PROTOCOL_2_ONLY, start=1):
+    for bay, led in enumerate(NOT_PROTOCOL_1, start=1):
         assert await driver.set_led(bay, led) is led_for_protocol(led, 1)
-    assert [old.led(bay) for bay in range(1, len(PROTOCOL_2_ONLY) + 1)] == [
-        BayLed.ERROR, BayLed.ERROR, BayLed.ERROR, BayLed.ERROR, BayLed.ERROR, BayLed.ATTENTION
+    assert [old.led(bay) for bay in range(1, len(NOT_PROTOCOL_1) + 1)] == [
+        BayLed.ERROR, BayLed.ERROR, BayLed.ERROR, BayLed.ERROR, BayLed.ERROR, BayLed.ATTENTION,
+        BayLed.ATTENTION,
     ]
     assert old.stats.naks_sent == 1  # only the raw control above
+
+
+async def test_a_protocol_2_board_refuses_bouncing_so_the_driver_sends_it_attention(
+    make_sim: MakeSim, open_driver: OpenDriver
+) -> None:
+    board = make_sim(bays=2, protocol=2, firmware="simdock-1.4")
+    # The control: BOUNCING sent as such is refused by protocol 2 firmware.
+    bouncing = SetLedCommand(9, 1, BayLed.BOUNCING).to_bytes()
+    refused = await asyncio.to_thread(_ask_raw, board.tty_path, bouncing)
+    assert (refused.seq, refused.command, refused.reason) == (9, "LED", NakReason.VALUE)
+    driver = await open_driver(board.tty_path)
+    assert driver.identity.protocol == 2
+    assert await driver.set_led(1, BayLed.BOUNCING) is BayLed.ATTENTION
+    assert await driver.set_led(2, BayLed.PARTIAL) is BayLed.PARTIAL  # what protocol 2 knows, as it is
+    assert (board.led(1), board.led(2)) == (BayLed.ATTENTION, BayLed.PARTIAL)
+    assert board.stats.naks_sent == 1  # only the raw control above
 
 
 async def _until(predicate: Callable[[], bool], what: str) -> None:

@@ -68,7 +68,7 @@ ROUND_TRIPS: list[Message] = [
     PingCommand(65535),
     IdentityQuery(7),
     StatusQuery(8),
-    *(SetLedCommand(9, bay, led) for bay, led in zip((1, 17, 32, *range(2, 11)), BayLed, strict=True)),
+    *(SetLedCommand(9, bay, led) for bay, led in zip((1, 17, 32, *range(2, 12)), BayLed, strict=True)),
     PingReply(1, 0),
     PingReply(65535, 65535),
     IdentityReply(2, 1, 32, "DK-2024:0001/A.b_c+d", "fw-1.2.3"),

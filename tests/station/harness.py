@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.serial.dock import BayLed
+from drivers.serial.dock_protocol import PROTOCOL_VERSION
 from edge.config.station import StationConfig
 from edge.custody.ledger import ENTRY_SALT
 from edge.sources.usb.volumes import display_name
@@ -100,7 +101,7 @@ class Station:
         # seen and leaves no removal to wait for. A person docks for longer than a poll: wait until
         # the station has seen it before pulling it out.
         async with asyncio.timeout(timeout_s):
-            while state.usb_serial not in self.agent._present_usb:
+            while (state.port_path, state.usb_serial) not in self.agent._present_usb:
                 await asyncio.sleep(0.02)
         volumes_before = len(self.volume_removals(where))
         usb_before = len(self.usb_removals(state.usb_serial))
@@ -158,7 +159,12 @@ class Station:
 
 @asynccontextmanager
 async def simulated_station(
-    root: Path, specs: list[RecorderSpec], *, agent_config: StationConfig | None = None, **sections: Any
+    root: Path,
+    specs: list[RecorderSpec],
+    *,
+    agent_config: StationConfig | None = None,
+    dock_protocol: int = PROTOCOL_VERSION,
+    **sections: Any,
 ) -> AsyncIterator[Station]:
     require_volume_mounts()  # the bus mounts volumes for real
     bus = RecorderBus(root / "sim" / "state", root / "media")
@@ -166,7 +172,7 @@ async def simulated_station(
     for s in specs:
         await loop.run_in_executor(None, bus.add_recorder, s)
     server = RecorderBusServer(bus, root / "sim" / "bus.sock")
-    dock = DockSimulator(bays=8, seed=3)
+    dock = DockSimulator(bays=8, seed=3, protocol=dock_protocol)
     server.start()
     dock.start()
     config = agent_config or station_config(root, specs, dock.tty_path, **sections)

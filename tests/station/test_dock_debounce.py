@@ -4,7 +4,8 @@ flicker; a real dock and undock are each recorded; a pull in the middle of a doc
 at once, and its PULLED pattern (and the pulled-early state) survive the bouncing that follows; events
 still settling when the board goes are recorded then, as not settled (review R12). Review R5: 300 bounces
 made 256 entries; a bay toggled just slower than the settle time made one per toggle, so a bay that
-changes too often is bouncing: one error, a status flag, ATTENTION, recording with back-off (bounded a
+changes too often ([dock.bouncing] of the configuration) is bouncing: one error, a status flag, its own
+BOUNCING LED pattern (ATTENTION on a board before dock protocol 3), recording with back-off (bounded a
 day), until it holds still; docks and undocks at a person's pace are each still recorded.
 
 The station, the bay board simulator on a real pty and the recorder bus are real (tests.station.harness).
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from drivers.serial.dock import BayLed
+from edge.config.station import BouncingSection
 from edge.custody.ledger import ENTRY_SALT
 from edge.sources.usb.bay_leds import led_after_presence
 from edge.sources.usb.bay_presence import (
@@ -32,6 +34,7 @@ from edge.sources.usb.bay_presence import (
     BOUNCE_REPORTS_PER_DAY_MAX,
     BayPresenceDebounce,
     Settled,
+    bounce_reports_per_day_max,
 )
 from edge.sources.usb.offload import OffloadOutcome
 from edge.station import BayView
@@ -368,13 +371,16 @@ def test_docks_and_undocks_at_human_speed_are_each_recorded_and_settled() -> Non
         ]
 
 
-async def test_a_bouncing_bay_is_one_error_a_status_flag_and_attention_until_it_holds_still(
-    tmp_path: Path,
+@pytest.mark.parametrize(("protocol", "shown"), [(3, BayLed.BOUNCING), (2, BayLed.ATTENTION)])
+async def test_a_bouncing_bay_is_one_error_a_status_flag_and_its_pattern_until_it_holds_still(
+    tmp_path: Path, protocol: int, shown: BayLed
 ) -> None:
-    async with simulated_station(tmp_path, []) as station:
-        # Held still this long: a bay again (30 s in the field); far longer than a loaded machine stalls
-        # the stimulus below.
-        station.agent.bay_presence.calm_s = 3.0
+    # From the configuration: bouncing after 5 changes too many (4 by default); held still 3 s, a bay
+    # again (30 s by default; far longer than a loaded machine stalls the stimulus below).
+    bouncing = {"changes_max": 5, "calm_s": 3.0}
+    async with simulated_station(
+        tmp_path, [], dock_protocol=protocol, dock={"bouncing": bouncing}
+    ) as station:
         await eventually(lambda: station.agent.dock is not None)
         for n in range(20):  # the sleeps pace the hostile board (the stimulus), they prove nothing
             if n % 2 == 0:
@@ -392,14 +398,17 @@ async def test_a_bouncing_bay_is_one_error_a_status_flag_and_attention_until_it_
         errors = [e.data for e in station.agent.store.ledger.entries()
                   if e.type == "error" and e.data.get("bay") == 1]
         assert len(errors) == 1 and "bouncing" in errors[0]["reason"], errors
-        assert errors[0]["changes"] == BAY_CHANGES_MAX + 1
+        assert errors[0]["changes"] == 5 + 1
+        assert "holds still for 3 s" in errors[0]["reason"]
         entries = dock_entries(station, 1)
         assert raw_events(entries) == 20 - 0, entries  # no raw event lost, none counted twice
         # Held still, empty: ready again. The LED command follows the committed entry, so await it.
         await eventually(lambda: station.dock.led_history(1)[-1] is BayLed.IDLE)
         history = station.dock.led_history(1)
-        assert BayLed.ATTENTION in history, history
-        assert history.count(BayLed.ATTENTION) == 1, history  # no LED command per toggle once bouncing
+        # The board is told the bouncing bay's own pattern (a protocol 2 board the nearest it knows), once:
+        # no LED command per toggle once bouncing.
+        assert history.count(shown) == 1, history
+        assert {BayLed.BOUNCING, BayLed.ATTENTION} - {shown} - set(history), history
         assert (station.agent.status.bay("1") or {}).get("bouncing") is False
         # Control: once it held still, a real dock is recorded as one settled entry again.
         before = len(entries)
@@ -408,3 +417,39 @@ async def test_a_bouncing_bay_is_one_error_a_status_flag_and_attention_until_it_
         assert dock_entries(station, 1)[-1] == (
             "device_connected", {"bay": 1, "source": "dock", "charge_percent": 60}
         )
+
+
+@pytest.mark.parametrize("changes_max", [3, 4, 7])
+def test_the_configured_change_limit_decides_when_a_bay_is_bouncing(changes_max: int) -> None:
+    """[dock.bouncing] changes_max: that many settled changes within the window are a person's, one more
+    makes the bay bouncing (the control: the same toggling one change short is not)."""
+    bouncing = BouncingSection(changes_max=changes_max, window_s=20.0, calm_s=5.0)
+    debounce = BayPresenceDebounce(bouncing=bouncing)
+    handed: list[Settled] = []
+    now = 0.0
+    for n in range(changes_max + 1):
+        debounce.add(2, n % 2 == 0, None, stamp=n + 1, now=now)
+        now += BAY_SETTLE_S + 0.05  # just slower than the settle time: each toggle settles on its own
+        handed += debounce.due(now)
+        if n < changes_max:
+            assert not debounce.bouncing(2), (n, handed)
+    assert [s.bouncing for s in handed] == [None] * changes_max + ["started"]
+    assert handed[-1].changes == changes_max + 1
+    # Held still for the configured calm_s: a bay again.
+    (ended,) = debounce.due(now + 5.0)
+    assert ended.bouncing == "ended" and not debounce.bouncing(2)
+
+
+def test_the_configured_back_off_bounds_the_reports_of_a_bay_bouncing_for_a_day() -> None:
+    bouncing = BouncingSection(report_first_s=30.0, report_max_s=600.0)
+    debounce = BayPresenceDebounce(bouncing=bouncing)
+    assert (debounce.report_first_s, debounce.report_max_s) == (30.0, 600.0)
+    reports = 0
+    now = 0.0
+    for n in range(int(86400 / 0.3)):  # toggling every 0.3 s for a day
+        debounce.add(5, n % 2 == 0, None, stamp=n + 1, now=now)
+        now += 0.3
+        reports += sum(1 for s in debounce.due(now) if s.bouncing == "ongoing")
+    assert debounce.bouncing(5)
+    assert reports <= bounce_reports_per_day_max(bouncing) == 5 + 144
+    assert reports >= 86400 / 600.0 - 5  # recorded all day all the same, at the configured pace

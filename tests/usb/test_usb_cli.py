@@ -162,3 +162,17 @@ def test_serve_options_become_recorder_specs() -> None:
     # Deterministic: a restarted `serve` finds the same recorders in its state directory.
     assert [recorder_spec(i, args, "pw4x7q").usb_serial for i in range(4)] == [s.usb_serial for s in specs]
     assert specs[0].password == "pw4x7q" and "pw4x7q" not in repr(specs[0])
+
+
+def test_serve_can_present_recorders_sharing_one_usb_serial_or_none() -> None:
+    from simulators.recorder.cli import _parser, recorder_spec
+
+    def serials(*extra: str) -> list[str]:
+        args = _parser().parse_args(["serve", "--state", "s", "--mount-root", "m", "--socket", "k",
+                                     "--recorders", "3", *extra])
+        return [recorder_spec(i, args, "pw4x7q").usb_serial for i in range(3)]
+
+    same = serials("--usb-serial", "same")
+    assert len(set(same)) == 1 and same[0] == serials()[0]  # the first recorder's, claimed by all
+    assert serials("--usb-serial", "none") == ["", "", ""]
+    assert len(set(serials())) == 3  # the control: unique by default

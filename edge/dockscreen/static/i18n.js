@@ -31,6 +31,11 @@ const zh = {
   legend: "指示灯说明",
   // The bay board reports this bay's presence changing too often to act on (a worn switch, a faulty board).
   bouncing: "本托架插拔信号异常，请通知管理员检查",
+  // The USB serial the recorder in this bay claims: shared with the recorder in another bay, or none.
+  usbSerial: {
+    shared: (bays) => `USB序列号与${bays.length ? `${bays.join("、")}号托架` : "另一设备"}相同，已按托架分别采集；请通知管理员`,
+    missing: "记录仪无可用USB序列号，无法登记绑定；请通知管理员",
+  },
   disconnected: "与采集站的连接已中断，正在重新连接…",
   duration: (s) => (s >= 3600 ? `${Math.floor(s / 3600)} 小时 ${Math.floor((s % 3600) / 60)} 分`
     : s >= 60 ? `${Math.floor(s / 60)} 分 ${s % 60} 秒` : `${s} 秒`),
@@ -68,6 +73,7 @@ const zh = {
     DENIED: "未登记，交给管理员",
     PASSWORD: "密码错误，交给管理员",
     PULLED: "拔出过早，请放回",
+    BOUNCING: "托架插拔信号异常，通知管理员",
   },
   rhythms: {
     steady: "常亮",
@@ -75,6 +81,7 @@ const zh = {
     fast: "快闪",
     double: "双闪",
     heartbeat: "间隔短闪",
+    triple: "三闪",
   },
   colours: { white: "白", blue: "蓝", green: "绿", amber: "黄", red: "红", off: "灭" },
 };
@@ -106,6 +113,10 @@ const en = {
   eta: "Left",
   legend: "What the bay lights mean",
   bouncing: "This bay's sensor keeps flickering: tell the administrator",
+  usbSerial: {
+    shared: (bays) => `Same USB serial as ${bays.length ? `bay ${bays.join(", ")}` : "another device"}: each copied from its own bay. Tell the administrator`,
+    missing: "No usable USB serial, it cannot be registered: tell the administrator",
+  },
   disconnected: "Lost the connection to the station, reconnecting…",
   duration: (s) => (s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`
     : s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`),
@@ -143,6 +154,7 @@ const en = {
     DENIED: "Not registered, to the administrator",
     PASSWORD: "Wrong password, to the administrator",
     PULLED: "Removed too early, put it back",
+    BOUNCING: "Bay sensor faulty, tell the administrator",
   },
   rhythms: {
     steady: "steady",
@@ -150,6 +162,7 @@ const en = {
     fast: "fast blink",
     double: "double flash",
     heartbeat: "short flash",
+    triple: "triple flash",
   },
   colours: { white: "white", blue: "blue", green: "green", amber: "amber", red: "red", off: "off" },
 };

@@ -24,7 +24,8 @@ export function ledOf(bay, patterns) {
   if (bay.state === "error") {
     return patterns.error_class_leds[bay.error_class] ?? "ERROR";
   }
-  // The station shows ATTENTION on a bouncing bay that showed nothing of a docking (edge/station.py).
-  if (bay.bouncing && bay.state === "empty") return "ATTENTION";
+  // The station shows BOUNCING on a bouncing bay that showed nothing of a docking (edge/station.py;
+  // a board older than dock protocol 3 shows ATTENTION instead).
+  if (bay.bouncing && bay.state === "empty") return patterns.bouncing_led ?? "ATTENTION";
   return patterns.state_leds[bay.state] ?? "OFF";
 }

@@ -132,6 +132,13 @@ function renderBay(bay) {
   if (bay.bouncing) tile.dataset.bouncing = "";
   else delete tile.dataset.bouncing;
   setText($(".bouncing", tile), bay.bouncing ? w.bouncing : "");
+  // The USB serial its recorder claims is shared with another bay's, or missing (edge/station.py).
+  const serialWarning = bay.usb_serial_warning;
+  if (serialWarning) tile.dataset.usbSerial = serialWarning.problem;
+  else delete tile.dataset.usbSerial;
+  const serialWords = w.usbSerial[serialWarning?.problem];
+  setText($(".usb-serial", tile), !serialWarning ? ""
+    : typeof serialWords === "function" ? serialWords(serialWarning.bays ?? []) : serialWords ?? "");
 
   if (view.patterns) {
     const led = ledOf(bay, view.patterns);

@@ -17,13 +17,15 @@ Two exceptions, both decided by the station (`edge.station`), which owns the LED
 The settle window alone bounds bounce *within* it only: a board toggling a bay just slower than
 `BAY_SETTLE_S` makes every toggle a settled state of its own, and one that bounces for ever makes an
 unsettled entry every `BAY_BURST_MAX_S` (review R5: 77 entries in 20 s; ~43,200 a day per bay). So the
-handovers of a bay are limited too: a bay handed over more than `BAY_CHANGES_MAX` times within
-`BAY_CHANGES_WINDOW_S` is *bouncing* (`Settled.bouncing` "started", once: the station records one error
-and flags the bay). From then on its raw events are only counted, and handed over (unsettled) with
-exponential back-off, `BAY_BOUNCE_REPORT_FIRST_S` after it started, then twice as long each time up to
-`BAY_BOUNCE_REPORT_MAX_S` (at most `BOUNCE_REPORTS_PER_DAY_MAX` entries a day per bay, each with the raw
-count since the last). It stops bouncing once it held still for `BAY_CALM_S` (`bouncing` "ended": its
-settled state, acted on again). A person docks and undocks far slower: each of those is still one entry.
+handovers of a bay are limited too: a bay handed over more than `changes_max` times within `window_s`
+is *bouncing* (`Settled.bouncing` "started", once: the station records one error, flags the bay and shows
+its BOUNCING LED pattern). From then on its raw events are only counted, and handed over (unsettled) with
+exponential back-off, `report_first_s` after it started, then twice as long each time up to
+`report_max_s` (at most `bounce_reports_per_day_max` entries a day per bay, each with the raw count since
+the last). It stops bouncing once it held still for `calm_s` (`bouncing` "ended": its settled state, acted
+on again). These come from `[dock.bouncing]` of the station configuration (`BouncingSection`, validated
+by `edge check-config`); the `BAY_*` constants below are their defaults. A person docks and undocks far
+slower: each of those is still one entry.
 
 Pure: times and order stamps come from the caller. Memory per bay is constant however long the burst.
 """
@@ -35,25 +37,36 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edge.config.station import BAY_SETTLE_S as CONFIG_BAY_SETTLE_S
+from edge.config.station import BouncingSection
+
 # How long a bay's presence must hold before it stands: a switch bounces for a few milliseconds, a person
-# docks or undocks a recorder in no less than about a second.
-BAY_SETTLE_S = 0.25
+# docks or undocks a recorder in no less than about a second (the config checks its bouncing settings
+# against it, so it lives there).
+BAY_SETTLE_S = CONFIG_BAY_SETTLE_S
 # A burst still bouncing after this long is recorded all the same (unsettled), and a new one begins.
 BAY_BURST_MAX_S = 2.0
-# More handovers than this of one bay within the window make it bouncing: a person docking, pulling and
-# docking again within the window makes 3, a board toggling just slower than BAY_SETTLE_S makes 5 in 1.3 s.
-BAY_CHANGES_MAX = 4
-BAY_CHANGES_WINDOW_S = 20.0
-# A bouncing bay is recorded this long after it started bouncing, then with the interval doubling, at most
-# this far apart; it is a bay again once it held still this long.
-BAY_BOUNCE_REPORT_FIRST_S = 60.0
-BAY_BOUNCE_REPORT_MAX_S = 3600.0
-BAY_CALM_S = 30.0
-# Back-off reports of one bay in a day, at worst (the doubling steps, then one per BAY_BOUNCE_REPORT_MAX_S).
-BOUNCE_REPORTS_PER_DAY_MAX = (
-    math.ceil(math.log2(BAY_BOUNCE_REPORT_MAX_S / BAY_BOUNCE_REPORT_FIRST_S))
-    + math.ceil(86400 / BAY_BOUNCE_REPORT_MAX_S)
-)
+# When a bay is bouncing, and how it is recorded then: `[dock.bouncing]` of the station configuration
+# (BouncingSection, validated by `edge check-config`). These are its defaults: more handovers than
+# BAY_CHANGES_MAX of one bay within the window make it bouncing (a person docking, pulling and docking
+# again within the window makes 3, a board toggling just slower than BAY_SETTLE_S makes 5 in 1.3 s); it is
+# recorded BAY_BOUNCE_REPORT_FIRST_S after it started bouncing, then with the interval doubling, at most
+# BAY_BOUNCE_REPORT_MAX_S apart; it is a bay again once it held still BAY_CALM_S.
+_DEFAULTS = BouncingSection()
+BAY_CHANGES_MAX = _DEFAULTS.changes_max
+BAY_CHANGES_WINDOW_S = _DEFAULTS.window_s
+BAY_BOUNCE_REPORT_FIRST_S = _DEFAULTS.report_first_s
+BAY_BOUNCE_REPORT_MAX_S = _DEFAULTS.report_max_s
+BAY_CALM_S = _DEFAULTS.calm_s
+
+
+def bounce_reports_per_day_max(bouncing: BouncingSection) -> int:
+    """Back-off reports of one bay in a day, at worst (the doubling steps, then one per report_max_s)."""
+    return (math.ceil(math.log2(bouncing.report_max_s / bouncing.report_first_s))
+            + math.ceil(86400 / bouncing.report_max_s))
+
+
+BOUNCE_REPORTS_PER_DAY_MAX = bounce_reports_per_day_max(_DEFAULTS)
 
 _LATE_ENOUGH_S = 1e-6
 
@@ -112,18 +125,23 @@ class _History:
 class BayPresenceDebounce:
     """Per bay, the raw presence events not yet handed over, and when they settle."""
 
-    def __init__(self, settle_s: float = BAY_SETTLE_S, burst_max_s: float = BAY_BURST_MAX_S) -> None:
+    def __init__(
+        self,
+        settle_s: float = BAY_SETTLE_S,
+        burst_max_s: float = BAY_BURST_MAX_S,
+        bouncing: BouncingSection = _DEFAULTS,
+    ) -> None:
         if settle_s < 0 or burst_max_s < settle_s:
             raise ValueError(f"need 0 <= settle_s <= burst_max_s, got {settle_s} and {burst_max_s}")
         self.settle_s = settle_s
         self.burst_max_s = burst_max_s
         self._bursts: dict[int, _Burst] = {}
         self._history: dict[int, _History] = {}
-        self.changes_max = BAY_CHANGES_MAX
-        self.changes_window_s = BAY_CHANGES_WINDOW_S
-        self.report_first_s = BAY_BOUNCE_REPORT_FIRST_S
-        self.report_max_s = BAY_BOUNCE_REPORT_MAX_S
-        self.calm_s = BAY_CALM_S
+        self.changes_max = bouncing.changes_max
+        self.changes_window_s = bouncing.window_s
+        self.report_first_s = bouncing.report_first_s
+        self.report_max_s = bouncing.report_max_s
+        self.calm_s = bouncing.calm_s
 
     def add(self, bay: int, present: bool, charge_percent: int | None, *, stamp: int, now: float) -> None:
         """One raw event of `bay`: it joins the bay's burst (or starts one), or is counted if it bounces."""

@@ -20,6 +20,9 @@ class RecorderIdentity:
     source: str  # "usb-control" | "PARAM.INI" | "Info.dat" | "file names" | "resumed session"
     usb_serial: str = ""
     id_code: str = ""
+    # Where the recorder was attached when it was asked (control mode): with the bay, what tells two
+    # recorders claiming one USB serial apart. "" for identities read from a volume.
+    usb_port: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

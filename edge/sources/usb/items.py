@@ -124,6 +124,7 @@ def file_origin(file: VolumeFile, session: SessionInfo, case_defaults: CaseDefau
             "bay": session.bay,
             "device_serial": identity.device_serial,
             "usb_serial": identity.usb_serial,
+            **({"usb_port": identity.usb_port} if identity.usb_port else {}),
             "id_code": identity.id_code,
             "identity_source": identity.source,
             "officer_no": identity.officer_no,

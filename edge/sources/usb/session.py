@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, NamedTuple
 
 from drivers.serial.dock import BayLed
 from drivers.usb.mass_storage import MassStorageError, VolumeIdentity, read_volume_identity
@@ -91,48 +91,64 @@ class SessionRefused(Exception):
         return led_for_error(self.error_class)
 
 
+class UsbAttachment(NamedTuple):
+    """One docked USB recorder as the station tells it apart: where it is attached (the port path, i.e.
+    the bay) and the USB serial it claims there ("" for none). Never the serial alone: two recorders
+    can claim the same serial (identical factory serials, a hostile copy) or none at all."""
+
+    port: str
+    usb_serial: str
+
+
+def usb_attachment(handle: RecorderHandle) -> UsbAttachment:
+    return UsbAttachment(handle.location.port_path, handle.usb_serial)
+
+
 class VolumeClaims:
     """Control sessions announce the volume they expect before switching the recorder's mode, and
     keep the recorder marked busy until they end, so its volume never starts a second session.
 
-    A claim names the recorder's serial and the USB port its control session found it on. The serial
-    a volume carries (PARAM.INI) is a claim any stick can make, so the station offers a volume only
-    when it is on that port (:func:`edge.sources.usb.bays.volume_on_port`); `usb_port` says which.
+    A claim is keyed by the USB port its control session found the recorder on, and names the serial
+    the recorder gave after login. The serial a volume carries (PARAM.INI) is a claim any stick can
+    make, and two recorders in two bays may give the same one, so the station offers a volume only to
+    the claim of the port it is on (:func:`edge.sources.usb.bays.volume_on_port`); `usb_ports` says
+    which ports wait for a serial.
 
     The volume is handed over bound to its mount (:class:`VolumeRoot`): an accepted offer passes it
     to the control session, which closes it when its docking ends."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, asyncio.Future[VolumeRoot]] = {}
-        self._busy: dict[str, str] = {}  # device serial -> USB port of its control session
+        self._waiting: dict[str, asyncio.Future[VolumeRoot]] = {}  # USB port -> its session's volume
+        self._busy: dict[str, str] = {}  # USB port of a control session -> the device serial it holds
 
     def expect(self, device_serial: str, usb_port: str) -> asyncio.Future[VolumeRoot]:
         future: asyncio.Future[VolumeRoot] = asyncio.get_running_loop().create_future()
-        self._waiting[device_serial] = future
-        self._busy[device_serial] = usb_port
+        self._waiting[usb_port] = future
+        self._busy[usb_port] = device_serial
         return future
 
-    def usb_port(self, device_serial: str) -> str | None:
-        """The USB port of the control session that has (or waits for) this recorder, or None."""
-        return self._busy.get(device_serial)
+    def usb_ports(self, device_serial: str) -> list[str]:
+        """The USB ports of the control sessions that have (or wait for) this recorder serial."""
+        return sorted(port for port, serial in self._busy.items() if serial == device_serial)
 
-    def offer(self, device_serial: str, root: VolumeRoot) -> bool:
-        """Hand the volume to the session waiting for it (the caller has checked its port)."""
-        future = self._waiting.pop(device_serial, None)
+    def offer(self, usb_port: str, root: VolumeRoot) -> bool:
+        """Hand the volume to the session of this port waiting for it (the caller has checked that the
+        volume is on the port)."""
+        future = self._waiting.pop(usb_port, None)
         if future is None or future.done():
             return False
         future.set_result(root)
         return True
 
-    def forget(self, device_serial: str) -> None:
-        self._waiting.pop(device_serial, None)
+    def forget(self, usb_port: str) -> None:
+        self._waiting.pop(usb_port, None)
 
-    def release(self, device_serial: str) -> None:
-        self._waiting.pop(device_serial, None)
-        self._busy.pop(device_serial, None)
+    def release(self, usb_port: str) -> None:
+        self._waiting.pop(usb_port, None)
+        self._busy.pop(usb_port, None)
 
     def busy(self, device_serial: str) -> bool:
-        return device_serial in self._busy
+        return device_serial in self._busy.values()
 
 
 class DockingSession:
@@ -332,10 +348,12 @@ class ControlSession(DockingSession):
                 "vendor_id": handle.vendor_id,
                 "product_id": handle.product_id,
                 "mode": handle.mode.value,
+                # No usable USB serial: served by its port like any other, but it cannot be pinned.
+                **({"usb_serial_problem": handle.serial_problem} if handle.serial_problem else {}),
             },
         )
         await self.set_led(bay, BayLed.COPYING)
-        self._bay, self._shown_as = bay, handle.usb_serial
+        self._bay, self._shown_as = bay, handle.usb_serial or None
         self._show(BayPhase.AUTHENTICATING)
         try:
             session, device_serial = await self._authenticate(handle, backend, bay, where)
@@ -347,7 +365,8 @@ class ControlSession(DockingSession):
             self._show(BayPhase.ERROR, ErrorClass.DEVICE_ERROR)
             await self.set_led(bay, BayLed.ERROR)
             return None
-        volume = claims.expect(device_serial, handle.location.port_path)
+        port = handle.location.port_path
+        volume = claims.expect(device_serial, port)
         try:
             try:
                 await self._thread(self._switch, handle, backend)
@@ -369,13 +388,13 @@ class ControlSession(DockingSession):
                 await self.set_led(bay, BayLed.ERROR)
                 return None
             finally:
-                claims.forget(device_serial)
+                claims.forget(port)
             try:
                 return await self.offload(session, root)
             finally:
                 root.close()
         finally:
-            claims.release(device_serial)
+            claims.release(port)
 
     def _refusal(self, device_serial: str, usb_serial: str) -> str | None:
         """Why this recorder may not be served here (USB serial pin, allow-list), or None."""
@@ -401,6 +420,11 @@ class ControlSession(DockingSession):
         recorders = self.config.recorders
         if recorders.allow_unknown or recorders.entry_for_usb(usb_serial) is not None:
             return None
+        if not usb_serial:
+            return (
+                "the device has no usable USB serial, so no allow-list entry can pin it, and unknown "
+                "recorders are not allowed: the recorder password was not sent"
+            )
         return (
             f"USB serial {printable(usb_serial)} is pinned by no allow-list entry and unknown "
             "recorders are not allowed: the recorder password was not sent (pin it with usb_serial "
@@ -417,6 +441,8 @@ class ControlSession(DockingSession):
         self, handle: RecorderHandle, backend: Any, bay: int | None, where: dict[str, Any]
     ) -> tuple[SessionInfo, str]:
         refusal = self._refusal_before_login(handle.usb_serial)
+        if refusal is not None and handle.serial_problem is not None:
+            refusal = f"USB serial {handle.serial_problem}: {refusal}"
         if refusal is not None:
             raise self._refuse(refusal, where, NOT_ALLOWED)
         password = self._password_for(handle)
@@ -480,6 +506,7 @@ class ControlSession(DockingSession):
             source="usb-control",
             usb_serial=handle.usb_serial,
             id_code=id_code,
+            usb_port=handle.location.port_path,
         )
         offset = measure_offset_ms(*sample)
         clock = after or ClockFacts(
