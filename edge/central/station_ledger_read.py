@@ -10,9 +10,9 @@ whose every read is first appended to the access log (a read that cannot be logg
 read side). A reader with the role ``reader`` reads only the ledgers of stations assigned to its units
 (``edge central station-unit``), a supervisor any; for both, an entry about an item the reader may not
 see (another unit's, or sensitive without the reader named) keeps only ``seq``, ``prev`` and ``hash``
-with ``"redacted"`` (and a format-2 entry's ``item_tag`` and ``body_sha256``), so the chain still links.
-Any other station gets 403 ``wrong_station``, recorded like its other refusals, whether or not the station
-it named exists.
+with ``"redacted"``, so the chain still links (not a format-2 entry's item tag: it would let a reader who
+once saw the item's id follow it). Any other station gets 403 ``wrong_station``, recorded like its other
+refusals, whether or not the station it named exists.
 
 The answer is ``{"station", "after", "entries": [...], "next", "head": {"seq", "hash"},
 "witnessed_head"}``: entries with ``seq > after`` in order, each exactly as the station hashed it (so a
@@ -35,7 +35,6 @@ from edge.central.index import CentralIndexError, ReaderScope, validate_station_
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.registration import RejectCode, Rejection
 from edge.custody.canonical import canonical_json
-from edge.custody.ledger import redact
 
 if TYPE_CHECKING:
     from edge.central.app import CentralParts
@@ -124,14 +123,12 @@ class StationLedgerRead:
                 hidden = scope is not None and entry.item is not None \
                     and not self._visible(entry.item, scope, seen)
                 if hidden:
-                    # The chain still links (seq, prev, hash, and in ledger format 2 the parts its hash
-                    # is recomputed from); what the entry says about an item this reader may not see is
-                    # left out.
-                    line = redact(entry)
+                    # The chain still links (seq, prev, hash); what the entry says about an item this
+                    # reader may not see is left out. Not its format-2 parts: its item tag would let a
+                    # reader who once saw the item's id follow it after it became hidden (a disclosure
+                    # package ships them, to prove completeness for the items it discloses).
                     doc = {"seq": entry.seq, "prev": entry.prev, "hash": entry.hash,
                            "redacted": "an item this reader may not see"}
-                    if line.item_tag is not None:
-                        doc.update(item_tag=line.item_tag, body_sha256=line.body_sha256)
                 length = len(canonical_json(doc)) + 1
                 if entries and size + length > MAX_ANSWER_BYTES:
                     break

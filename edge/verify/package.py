@@ -68,6 +68,7 @@ from edge.custody.ledger import (
     LedgerEntry,
     RedactedEntry,
     checkpoint_payload,
+    entry_format,
     entry_hash,
 )
 from edge.custody.problems import Problem
@@ -443,8 +444,10 @@ def verify_package(
         problems.extend(Problem(f"ledger/{station} {p.where}", p.what) for p in found)
         anchored[station] = _signed_seqs(station, entries, signed, trusted, problems, rotations)
         final = next((e for e in entries if e.seq == checkpoint.seq), None)
-        if not found and isinstance(final, LedgerEntry):
-            anchored[station].add(final.seq)  # the final checkpoint, verified with the chain above
+        if not found and final is not None:
+            # The final checkpoint, verified with the chain above; the head it signs is usually another
+            # case's entry, redacted (format 2: recomputed, so it binds what lies before it).
+            anchored[station].add(final.seq)
         if not found:
             finals[station] = checkpoint
     pinned: set[tuple[str, int, str]] = set()  # (station, seq, hash) a station-signed manifest names
@@ -522,7 +525,7 @@ def _check_binding(
             if isinstance(entry, RedactedEntry):
                 # A format-2 line's hash is recomputed from its parts (ledger_segment_problems): the chain
                 # binds through it. A format-1 line's hash is the central's word.
-                reached = reached and entry.recomputable
+                reached = (reached or entry.seq in signed) and entry.recomputable
                 continue
             reached = reached or entry.seq in signed
             if reached or (station, entry.seq, entry.hash) in pinned:
@@ -592,7 +595,9 @@ def _check_completeness(
             incomplete += [f"item {item}: the ledger segment of station {station} ends at seq {end}, "
                            f"before the head seq {coverage.head_seq} package.json states: later entries of "
                            "the item cannot be ruled out" for item in items]
-        incomplete += _format1_gaps(station, items, entries)
+        gaps, stripped = _format1_gaps(station, items, entries)
+        incomplete += gaps
+        report.problems.extend(stripped)
         final = finals.get(station)
         if final is not None and end:
             stated.append(f"station {station} up to seq {final.seq}, which the station signed at its time "
@@ -632,20 +637,34 @@ def _hidden_by_tag(station: str, items: Sequence[str],
 
 
 def _format1_gaps(station: str, items: Sequence[str],
-                  entries: Sequence[LedgerEntry | RedactedEntry]) -> list[str]:
-    """Items with a format-1 redacted line after their first shown entry: it may hide one of theirs."""
-    old = [e.seq for e in entries if isinstance(e, RedactedEntry) and not e.recomputable]
-    if not old:
-        return []
+                  entries: Sequence[LedgerEntry | RedactedEntry]) -> tuple[list[str], list[Problem]]:
+    """Items with a format-1 redacted line after their last shown entry (it may hide a later one of theirs;
+    before it, the item chain already rules a hidden entry out), and, as problems, format-1 redacted lines
+    after an entry of format 2: a station writes format 2 from its upgrade on, so such a line is a format-2
+    entry stripped of its parts, which would turn a proven hiding into an unprovable one."""
+    problems: list[Problem] = []
+    old: list[int] = []
+    seen_format_2 = False
+    for entry in entries:
+        if isinstance(entry, RedactedEntry) and not entry.recomputable:
+            if seen_format_2:
+                problems.append(Problem(f"ledger/{station} seq {entry.seq}", "is a redacted line without "
+                                        "item_tag and body_sha256 after entries of ledger format 2: the "
+                                        "station writes format 2 from its upgrade on, so its parts were "
+                                        "stripped"))
+            else:
+                old.append(entry.seq)
+        elif isinstance(entry, RedactedEntry) or entry_format(entry.data) == 2:
+            seen_format_2 = True
     gaps = []
     for item in items:
-        first = next((e.seq for e in entries if isinstance(e, LedgerEntry) and e.item == item), None)
-        after = [seq for seq in old if first is None or seq > first]
+        last = max((e.seq for e in entries if isinstance(e, LedgerEntry) and e.item == item), default=None)
+        after = [seq for seq in old if last is None or seq > last]
         if after:
             gaps.append(f"item {item}: {len(after)} redacted lines of ledger format 1 (written before "
                         f"stations tagged them, ledger/{station} seqs {after[0]}-{after[-1]}) lie after its "
-                        "first entry, and their hashes cannot be recomputed")
-    return gaps
+                        "last entry, and their hashes cannot be recomputed")
+    return gaps, problems
 
 
 def _item_chain_problem(

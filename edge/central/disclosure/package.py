@@ -250,7 +250,10 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index,
     for entry in index.ledger_entries(station, first, end_seq=checkpoint.seq):
         if entry.type == EntryType.DEVICE_REMOVED:
             for docking in dockings:
-                if entry.seq > docking.started_seq and entry.data.get("usb_serial") == docking.usb_serial:
+                # Its USB serial, and its port and bay where the entry names them (since stations
+                # tracked recorders by attachment): two recorders may claim one serial.
+                if (entry.seq > docking.started_seq and entry.data.get("usb_serial") == docking.usb_serial
+                        and docking.names_recorder(entry.data)):
                     removed_after.setdefault(docking.session, entry.seq)
         if _shown(entry, disclosed, dockings, removed_after):
             shown.append(entry)
