@@ -13,7 +13,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.central.disclosure.package import StationSegment, segment_for
+from edge.central.disclosure.package import segment_for
 from edge.central.sqlite import SqliteIndex
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Ledger, LedgerEntry, RedactedEntry
@@ -36,7 +36,8 @@ def _new_ledger() -> Ledger:
     return ledger
 
 
-def _segment(ledger: Ledger, tmp_path: Path) -> StationSegment:
+def _segment(ledger: Ledger, tmp_path: Path) -> list[LedgerEntry | RedactedEntry]:
+    """The lines of the item's segment as a package writes them."""
     index = SqliteIndex.open(tmp_path / "index.db")
     with index.transaction():
         index.insert_ledger_entries(STATION, list(ledger.entries()), "2026-12-05T00:00:00Z")
@@ -44,7 +45,10 @@ def _segment(ledger: Ledger, tmp_path: Path) -> StationSegment:
             index.insert_checkpoint(cp, "2026-12-05T00:00:00Z")
     segment = segment_for(STATION, [_Record(ITEM)], index)  # type: ignore[list-item]
     assert segment is not None
-    return segment
+    try:
+        return list(segment.lines(index))
+    finally:
+        index.close()
 
 
 def test_another_officers_docking_with_the_same_usb_serial_is_not_shown(tmp_path: Path) -> None:
@@ -65,14 +69,14 @@ def test_another_officers_docking_with_the_same_usb_serial_is_not_shown(tmp_path
     ledger.append("sealed", ITEM, {"manifest_sha256": "1" * 64})
     ledger.append("session_stopped", None, {"session": "s-lina"})
     segment = _segment(ledger, tmp_path)
-    shown = [e for e in segment.entries if isinstance(e, LedgerEntry)]
+    shown = [e for e in segment if isinstance(e, LedgerEntry)]
     # Control: 李娜's own docking (connect, authentication, clock at bay 1) is shown.
     assert [(e.type, e.data.get("bay")) for e in shown if e.item is None and e.type != "station_started"] == [
         ("device_connected", 1), ("device_authenticated", 1), ("clock_measured", 1), ("session_started", 1),
         ("session_stopped", None)]
     leaked = [(e.seq, e.type) for e in shown if "张伟" in str(e.data) or e.data.get("bay") == 2]
     assert not leaked, f"officer 张伟's docking (bay 2) is shown in 李娜's package: {leaked}"
-    assert sum(isinstance(e, RedactedEntry) for e in segment.entries) == 3
+    assert sum(isinstance(e, RedactedEntry) for e in segment) == 3
 
 
 def test_an_error_of_the_disclosed_docking_is_shown_not_redacted(tmp_path: Path) -> None:
@@ -94,7 +98,7 @@ def test_an_error_of_the_disclosed_docking_is_shown_not_redacted(tmp_path: Path)
     ledger.append("session_stopped", None, {"session": "s-1", "items": 1, "errors": 2})
     after = ledger.append("error", None, {"device_serial": "D-1", "stage": "control", "reason": "later"})
     ledger.append("tagged", ITEM, {"changes": {"case_number": "A-1"}, "by": "clerk-01"})
-    by_seq = {e.seq: e for e in _segment(ledger, tmp_path).entries}
+    by_seq = {e.seq: e for e in _segment(ledger, tmp_path)}
     assert isinstance(by_seq[own.seq], LedgerEntry), f"seq {own.seq}: the docking's copy error is redacted"
     assert isinstance(by_seq[refused.seq], LedgerEntry)
     for hidden in (other, other_bay, anonymous, after):  # control: the match is by recorder and span

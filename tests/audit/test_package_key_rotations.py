@@ -99,7 +99,7 @@ def _package(station: _Station, item: str, tmp_path: Path, central: StationKey) 
                                  {STATION: tuple(sorted(station_keys[STATION]))})
     plan = PackagePlan(package_index, [], {}, [segment], station_keys, central.public_key(), b"", b"")
     sink = io.BytesIO()
-    write_package(plan, sink, lambda _: io.BytesIO(), central)
+    write_package(plan, sink, lambda _: io.BytesIO(), central, index)
     index.close()
     folder = tmp_path / "package"
     with zipfile.ZipFile(io.BytesIO(sink.getvalue())) as archive:

@@ -96,13 +96,15 @@ def main() -> None:
         started = time.perf_counter()
         segment = segment_for(STATION, [_Record(ITEM)], index, head)  # type: ignore[list-item]
         assert segment is not None
+        count = 0
         with open(jsonl, "wb") as out:
-            for entry in segment.entries:
+            for entry in segment.lines(index):
                 out.write(entry_line(entry))
+                count += 1
         build_s = time.perf_counter() - started
         build_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        checkpoint, count = segment.checkpoint, len(segment.entries)
+        checkpoint = segment.checkpoint
         del segment
 
         tracemalloc.start()
@@ -125,7 +127,7 @@ def main() -> None:
         size = jsonl.stat().st_size
     print(json.dumps({
         "station_entries": head, "segment_entries": count, "entries_jsonl_mb": round(size / 1e6, 1),
-        "build_s": round(build_s, 2), "build_peak_mb": round(build_peak / 1e6, 1),
+        "build_s": round(build_s, 2), "build_peak_mb": round(build_peak / 1e6, 2),
         "verify_s": round(verify_s, 2), "verify_peak_mb": round(verify_peak / 1e6, 1),
         "sha256sum_s": round(sha_s, 3), "verify_over_sha256sum": round(verify_s / max(sha_s, 1e-6), 1),
         "verify_cpu_s_per_gb": round(verify_cpu / (size / 1e9), 1),

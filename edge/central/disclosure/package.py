@@ -1,14 +1,15 @@
 """Build one case's disclosure package (layout: :mod:`edge.custody.disclosure`) and stream it as a zip.
 
-:func:`plan_package` reads the index (items the reader may see, their receipts, the stations' keys, and
-for each station the ledger from the first entry of a disclosed item or of the docking that produced it
-to the first signed checkpoint at or after its last one, with every checkpoint the station signed in
-that range, and every key rotation of the station with the checkpoints at its seq; which entries are
-shown whole is an explicit allow-list, :data:`STATION_LEVEL_TYPES` and :data:`DOCKING_TYPES`).
-:func:`write_package` writes the zip to any binary sink in one pass: the original files are read from the
-object store a chunk at a time and hashed as they go out, so memory stays bounded whatever the evidence
-size; the zip is stored, not compressed (video does not compress) and written with data descriptors, so
-it never seeks. An object that does not hash to its item's SHA-256 stops the package
+:func:`coverage_for` and :func:`segment_for` plan each station's part from a snapshot of the index: the
+ledger head the central holds, and the ledger from the first entry of a disclosed item or of the docking
+that produced it to that head (ending at the checkpoint the station signed there), which of its entries
+are shown whole (an explicit allow-list, :data:`STATION_LEVEL_TYPES` and :data:`DOCKING_TYPES`; the others
+are redacted), the checkpoints the station signed at the shown ones, and every key rotation of the station
+with the checkpoints at its seq. :func:`write_package` writes the zip to any binary sink in one pass: the
+ledger lines are read again from the index one at a time and the original files from the object store a
+chunk at a time, hashed as they go out, so memory stays bounded whatever the evidence size and however
+long the ledger span; the zip is stored, not compressed (video does not compress) and written with data
+descriptors, so it never seeks. An object that does not hash to its item's SHA-256 stops the package
 (:class:`DamagedObject`) before the package's signed list of files is written: a damaged object is never
 disclosed as evidence.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
@@ -64,13 +65,24 @@ class DamagedObject(Exception):
 
 @dataclass(frozen=True)
 class StationSegment:
+    """One station's ledger segment as planned: its bounds and which seqs it shows whole. The lines are read
+    again from the index as they are written (:meth:`lines`): a segment runs to the station's head and may
+    span millions of entries, which are never all held at once. Entries up to the segment's end never
+    change (the ledger is append-only), so a second read gives the same lines."""
+
     station: str
-    entries: list[LedgerEntry | RedactedEntry]
-    checkpoint: Checkpoint
-    signed: list[Checkpoint]  # every checkpoint the station signed at a seq of the segment
+    first_seq: int
+    checkpoint: Checkpoint  # at the segment's last seq
+    shown: frozenset[int]  # seqs of the entries shown whole; every other one is redacted
+    signed: list[Checkpoint]  # every checkpoint the station signed at a shown seq of the segment
     # every key_rotated entry of the station (wherever it lies) with the checkpoints at its seq: the key
     # epochs the verifier applies, whether or not the segment shows the rotation
     rotations: list[tuple[LedgerEntry, list[Checkpoint]]] = field(default_factory=list)
+
+    def lines(self, index: Index) -> Iterator[LedgerEntry | RedactedEntry]:
+        """The segment's entries in seq order, each whole or redacted as planned."""
+        for entry in index.ledger_entries(self.station, self.first_seq, end_seq=self.checkpoint.seq):
+            yield entry if entry.seq in self.shown else redact(entry)
 
 
 @dataclass(frozen=True)
@@ -219,8 +231,8 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index,
     signed checkpoint at or after their last entry (the verifier then says NOT COMPLETE past it). None when
     no checkpoint covers them yet.
 
-    Streamed from the index: whole entries are kept only when shown, a redacted one as its links and
-    format-2 parts (:class:`RedactedEntry`), so a long span costs about 0.5 kB per entry."""
+    Streamed from the index: only the seqs of shown entries are kept (:class:`StationSegment`), so the
+    plan's memory does not grow with the redacted entries of a long span."""
     disclosed = {record.item for record in records}
     entries = [entry for item in sorted(disclosed) for entry in index.ledger_entries(station, item=item)]
     if not entries:
@@ -240,12 +252,11 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index,
     last = max([e.seq for e in entries] + stopped)
     at_head = (index.checkpoints(station, head_seq, head_seq)
                if head_seq is not None and head_seq >= last else [])
-    found = at_head or index.checkpoints(station, last, last) or index.checkpoints(station, last)
-    checkpoint = next(iter(found), None)
-    if checkpoint is None:
+    found = at_head or index.checkpoints(station, last, last)
+    checkpoint = found[0] if found else index.latest_checkpoint(station)
+    if checkpoint is None or checkpoint.seq < last:
         return None
     removed_after: dict[str, int] = {}  # session -> its recorder's first device_removed after it started
-    shown: list[LedgerEntry | RedactedEntry] = []
     whole: list[int] = []
     for entry in index.ledger_entries(station, first, end_seq=checkpoint.seq):
         if entry.type == EntryType.DEVICE_REMOVED:
@@ -256,15 +267,12 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index,
                         and docking.names_recorder(entry.data)):
                     removed_after.setdefault(docking.session, entry.seq)
         if _shown(entry, disclosed, dockings, removed_after):
-            shown.append(entry)
             whole.append(entry.seq)
-        else:
-            shown.append(redact(entry))
     # Only the checkpoints of shown entries: one at a redacted line binds nothing the package discloses and
     # would tell the reader when another case's entry was written (its station time). (The final checkpoint
     # at the head does date the head entry: the price of proving the segment is the station's to its end.)
     signed = [c for seq in whole for c in index.checkpoints(station, seq, seq)]
-    return StationSegment(station, shown, checkpoint, signed, key_rotations(station, index))
+    return StationSegment(station, first, checkpoint, frozenset(whole), signed, key_rotations(station, index))
 
 
 def key_rotations(station: str, index: Index) -> list[tuple[LedgerEntry, list[Checkpoint]]]:
@@ -329,8 +337,10 @@ def write_package(
     sink: BinaryIO,
     open_object: Callable[[str], BinaryIO],
     signing_key: StationKey,
+    index: Index,
 ) -> None:
-    """Write the package to ``sink`` (it need not seek); raises :class:`DamagedObject`."""
+    """Write the package to ``sink`` (it need not seek), the ledger segments read again from ``index`` (a
+    snapshot, :meth:`Index.snapshot`, when in a worker thread); raises :class:`DamagedObject`."""
     sums = _Sums()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         _put(archive, sums, INDEX_FILE, canonical_json(plan.index.to_dict()))
@@ -342,7 +352,7 @@ def write_package(
                 _put(archive, sums, station_key_file(station, key_id), _pem(key))
         for segment in plan.segments:
             paths = ledger_paths(segment.station)
-            _put_lines(archive, sums, paths.entries, (entry_line(e) for e in segment.entries))
+            _put_lines(archive, sums, paths.entries, (entry_line(e) for e in segment.lines(index)))
             cp = segment.checkpoint
             _put(archive, sums, paths.checkpoint, canonical_json(cp.to_dict()))
             _put(archive, sums, paths.checkpoint_payload, checkpoint_payload(cp.station, cp.seq, cp.hash,

@@ -222,7 +222,9 @@ class AuditRoutes:
 
         def build() -> None:
             # zipfile needs only write() (and finds out by itself that the sink cannot seek).
-            write_package(plan, cast(BinaryIO, sink), self.parts.objects.open, self.parts.signing_key)
+            with self.parts.index.snapshot() as index:
+                write_package(plan, cast(BinaryIO, sink), self.parts.objects.open, self.parts.signing_key,
+                              index)
             sink.send()
 
         try:
