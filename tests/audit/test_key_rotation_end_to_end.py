@@ -1,0 +1,234 @@
+"""A case's evidence across two station key rotations, end to end (issue 8).
+
+A real station (real agent, simulated recorders and dock) offloads one recorder and uploads to a real
+central over mutual TLS; the administrator stops it and rotates its key with `edge keys rotate`, then
+re-enrolls it with `edge central enroll` (README "Commands"); the station offloads a second recorder; its
+key is then lost (the private key file is gone) and rotated with `edge keys rotate --lost-key`, re-enrolled
+again, and a third recorder is offloaded. Every recorder's officer works the same case, so its disclosure
+package spans both rotations. The package must verify with `edge verify` pinned to the three keys, fail
+with only the newest pinned, fail when the central leaves the rotations out, and a spot check over every
+item must pass.
+
+The run takes seconds, so it is made once per session; each test serves its own copy of the central store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import zipfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edge.central.embedded import EmbeddedCentral
+from edge.central.identity import load_signing_key
+from edge.central.index import ItemQuery, ReaderScope, Role
+from edge.custody.keys import key_id_of, load_public_key
+from edge.custody.ledger import Ledger
+from edge.ingest.store import StoreLayout
+from tests.audit.conftest import FAST, STATION, AuditCentral, StationEvidence, _audit_central
+from tests.audit.package_edits import resign_all
+from tests.audit.test_disclosure_package import download
+from tests.audit.test_stats_and_spot_checks import EVERYTHING, get
+from tests.station.harness import eventually, simulated_station, spec
+from tests.tamper.stores import Verdict, run_edge
+
+CASE = "R-2026-007"
+UNIT = ("330100000000", "杭州市综合行政执法局")
+FILES_PER_RECORDER = 2
+ROTATIONS = f"ledger/{STATION}/key_rotations.jsonl"
+
+
+@dataclass(frozen=True)
+class RotatedStation:
+    """The central store a station filled across two key rotations, and what the test knows of it."""
+
+    evidence: StationEvidence
+    public_keys: list[Path]  # the station's public keys in the order it used them (copies made on the way)
+    retired_private_key: Path  # the first key, retired (not lost) by the first rotation, kept by the store
+    rotation_seqs: list[int]  # the ledger seq of each key_rotated entry
+    items_by_phase: list[list[str]]  # the items uploaded under each key
+
+
+def _write_central_config(path: Path, central: EmbeddedCentral) -> Path:
+    """The central's configuration file, as `edge central enroll --config` reads it."""
+    config = central.config
+    path.write_text(
+        f'[central]\nid = "{config.central.id}"\nstore_dir = "{config.central.store_dir}"\n'
+        f'[server]\nlisten = "127.0.0.1"\nport = {config.server.port}\nnames = ["localhost", "127.0.0.1"]\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def _write_station_config(path: Path, store: Path) -> Path:
+    """The station's configuration file, as `edge keys rotate --config` reads it."""
+    media = path.parent / "media"
+    path.write_text(f'[station]\nid = "{STATION}"\nstore_dir = "{store}"\n[usb]\nmount_root = "{media}"\n',
+                    encoding="utf-8")
+    return path
+
+
+def _edge(*args: str) -> Verdict:
+    verdict = run_edge(*args)
+    assert verdict.code == 0, (args, verdict)
+    return verdict
+
+
+async def _run_rotated_station(root: Path) -> RotatedStation:
+    store = root / "store"
+    layout = StoreLayout(store)
+    central = await EmbeddedCentral.start(root, STATION, store)
+    central_config = _write_central_config(root / "central.toml", central)
+    station_config = _write_station_config(root / "station.toml", store)
+    specs = [spec(n, files=FILES_PER_RECORDER, unit_code=UNIT[0], unit_name=UNIT[1]) for n in range(3)]
+    index = central.running.parts.index
+    everything = ReaderScope("test", Role.SUPERVISOR, frozenset())
+    public_keys: list[Path] = []
+    items_by_phase: list[list[str]] = []
+    bundle = central.bundle_dir
+    retired: Path | None = None
+    try:
+        for phase, recorder in enumerate(specs):
+            if phase:
+                old = key_id_of(load_public_key(layout.public_key))
+                if phase == 1:
+                    # A yearly rotation: the old key vouches for the new one.
+                    _edge("keys", "rotate", "--config", str(station_config), "--reason", "yearly rotation")
+                    retired = layout.private_key.with_name(f"{layout.private_key.name}.{old}.retired")
+                else:
+                    # The station PC's key is lost: only its public half is left in the store.
+                    layout.private_key.unlink()
+                    _edge("keys", "rotate", "--config", str(station_config), "--lost-key",
+                          "--reason", "disk replaced, key not recoverable")
+                # The administrator re-enrolls the station with its new key (README: `edge keys rotate`).
+                bundle = root / f"station-identity-{phase}"
+                _edge("central", "enroll", STATION, "--config", str(central_config),
+                      "--signing-key", str(layout.public_key), "--out", str(bundle))
+            copy = root / f"station-key-{phase}.pub"
+            copy.write_bytes(layout.public_key.read_bytes())
+            public_keys.append(copy)
+            (root / f"phase-{phase}").mkdir()
+            async with simulated_station(
+                root / f"phase-{phase}", [recorder],
+                station={"store_dir": str(store)},
+                uplink={"central_url": central.url, "identity_dir": str(bundle), **FAST},
+                wipe={"policy": "after-receipt", "receipt_wait_s": 60},
+                officers={recorder.officer_no: {"case_number": CASE}},
+            ) as station:
+                await station.dock_recorder(recorder.device_serial, 1)
+                await station.wait_results(1)
+                agent_store = station.agent.store
+                assert agent_store is not None
+
+                def uploaded(officer: str = recorder.officer_no, ledger: Ledger = agent_store.ledger) -> bool:
+                    page, _ = index.query_items(ItemQuery(officer_no=officer, limit=100), everything)
+                    head = index.ledger_head(STATION)[0]
+                    return len(page) == FILES_PER_RECORDER and head == ledger.head()[0]
+
+                await eventually(uploaded, 30)
+                page, _ = index.query_items(ItemQuery(officer_no=recorder.officer_no, limit=100), everything)
+                items_by_phase.append([row["item"] for row in page])
+        rotation_seqs = [entry.seq for entry in index.ledger_entries(STATION, type_="key_rotated")]
+    finally:
+        await central.stop()
+    assert retired is not None
+    return RotatedStation(
+        StationEvidence(central.store_dir, {s.officer_no: UNIT[0] for s in specs},
+                        {s.officer_no: FILES_PER_RECORDER for s in specs}, 0, ""),
+        public_keys, retired, rotation_seqs, items_by_phase)
+
+
+_BUILT: list[RotatedStation] = []
+
+
+@pytest.fixture(scope="session")
+def rotated_station(tmp_path_factory: pytest.TempPathFactory) -> RotatedStation:
+    if not _BUILT:
+        _BUILT.append(asyncio.run(_run_rotated_station(tmp_path_factory.mktemp("rotated-station"))))
+    return _BUILT[0]
+
+
+@pytest.fixture
+async def rotated_central(tmp_path: Path, rotated_station: RotatedStation) -> AsyncIterator[AuditCentral]:
+    async for central in _audit_central(tmp_path, rotated_station.evidence):
+        yield central
+
+
+async def _package(central: AuditCentral, tmp_path: Path) -> Path:
+    archive = tmp_path / "package.zip"
+    async with central.reader("auditor-rotation") as session:
+        assert await download(session, central.url, CASE, archive) == 200
+    folder = tmp_path / "package"
+    with zipfile.ZipFile(archive) as opened:
+        opened.extractall(folder)
+    return folder
+
+
+def _verify(folder: Path, central: AuditCentral, station_keys: list[Path]) -> Verdict:
+    pinned = folder.parent / "central-signing.pub"
+    pinned.write_bytes(load_signing_key(central.config).public_pem())
+    pins = [arg for key in station_keys for arg in ("--station-key", str(key))]
+    return run_edge("verify", "--central-key", str(pinned), *pins, str(folder))
+
+
+async def test_a_package_spanning_two_rotations_verifies_with_every_key_pinned(
+    rotated_station: RotatedStation, rotated_central: AuditCentral, tmp_path: Path
+) -> None:
+    old, middle, new = rotated_station.public_keys
+    ids = [key_id_of(load_public_key(key)) for key in rotated_station.public_keys]
+    assert len(set(ids)) == 3 and len(rotated_station.rotation_seqs) == 2
+    folder = await _package(rotated_central, tmp_path)
+    case_items = [item for phase in rotated_station.items_by_phase for item in phase]
+    assert len(case_items) == 3 * FILES_PER_RECORDER
+    assert sorted(p.name for p in (folder / "items").iterdir()) == sorted(case_items)
+    # The package's segment shows both rotations, and key_rotations.jsonl ships them with their checkpoints:
+    # the first by the old and the new key, the lost key's by the new key alone.
+    shipped = [json.loads(line) for line in (folder / ROTATIONS).read_text().splitlines()]
+    assert [line["entry"]["seq"] for line in shipped] == rotated_station.rotation_seqs
+    assert [sorted({c["key_id"] for c in line["checkpoints"]}) for line in shipped] == [
+        sorted(ids[:2]), [ids[2]]]
+    assert [line["entry"]["data"]["old_key"] for line in shipped] == ["retired", "lost"]
+    verdict = _verify(folder, rotated_central, [old, middle, new])
+    assert verdict.code == 0 and "OK: disclosure package" in verdict.stdout, verdict
+    # Control: only the newest key pinned, what the older keys signed (manifests, checkpoints) is not OK.
+    verdict = _verify(folder, rotated_central, [new])
+    assert verdict.code == 1 and verdict.stdout.splitlines()[-1].startswith("FAILED: disclosure package")
+    for old_id, phase in ((ids[0], 0), (ids[1], 1)):
+        assert f"key {old_id} is listed in package.json but not pinned" in verdict.stdout, verdict.stdout
+        for item in rotated_station.items_by_phase[phase]:  # each item the unpinned key signed is named
+            assert any(item in line and old_id in line for line in verdict.failures), (item, verdict.stdout)
+    assert not any(item in line for item in rotated_station.items_by_phase[2] for line in verdict.failures)
+    # Control: the first key left unpinned, what it signed is refused, and only that.
+    verdict = _verify(folder, rotated_central, [middle, new])
+    assert verdict.code == 1 and all(ids[0] in line for line in verdict.failures), verdict.stdout
+
+
+async def test_a_package_without_its_key_rotations_fails(
+    rotated_station: RotatedStation, rotated_central: AuditCentral, tmp_path: Path
+) -> None:
+    folder = await _package(rotated_central, tmp_path)
+    assert _verify(folder, rotated_central, rotated_station.public_keys).code == 0  # control
+    # A central leaves the rotations out and signs the list of files again: the keys' epochs are unknown.
+    (folder / ROTATIONS).unlink()
+    resign_all(folder, load_signing_key(rotated_central.config).sign)
+    verdict = _verify(folder, rotated_central, rotated_station.public_keys)
+    assert verdict.code != 0, verdict
+    ids = [key_id_of(load_public_key(key)) for key in rotated_station.public_keys]
+    assert verdict.code == 1 and "no key_rotated entry" in verdict.stdout, verdict.stdout
+    assert all(f"key {key_id}" in verdict.stdout for key_id in ids), verdict.stdout
+
+
+async def test_a_spot_check_over_items_of_every_key_passes(
+    rotated_station: RotatedStation, rotated_central: AuditCentral
+) -> None:
+    async with rotated_central.reader("supervisor-rotation") as session:
+        status, doc = await get(session, f"{rotated_central.url}/v1/spot-checks",
+                                {**EVERYTHING, "fraction": "1", "seed": "11"})
+    assert status == 200, doc
+    sampled = {item["item"] for item in doc["items"]}
+    assert sampled == {item for phase in rotated_station.items_by_phase for item in phase}
+    assert doc["failed"] == 0, [i for i in doc["items"] if not i["ok"]]
