@@ -15,6 +15,7 @@ The run takes seconds, so it is made once per session; each test serves its own 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import zipfile
 from collections.abc import AsyncIterator
@@ -26,8 +27,9 @@ import pytest
 from edge.central.embedded import EmbeddedCentral
 from edge.central.identity import load_signing_key
 from edge.central.index import ItemQuery, ReaderScope, Role
-from edge.custody.keys import key_id_of, load_public_key
-from edge.custody.ledger import Ledger
+from edge.central.sqlite.index import create_schema
+from edge.custody.keys import StationKey, key_id_of, load_public_key
+from edge.custody.ledger import Checkpoint, Ledger, checkpoint_payload
 from edge.ingest.store import StoreLayout
 from tests.audit.conftest import FAST, STATION, AuditCentral, StationEvidence, _audit_central
 from tests.audit.package_edits import resign_all
@@ -232,3 +234,62 @@ async def test_a_spot_check_over_items_of_every_key_passes(
     sampled = {item["item"] for item in doc["items"]}
     assert sampled == {item for phase in rotated_station.items_by_phase for item in phase}
     assert doc["failed"] == 0, [i for i in doc["items"] if not i["ok"]]
+
+
+async def test_a_spot_check_after_a_rotation_refuses_a_checkpoint_by_the_retired_key(
+    rotated_station: RotatedStation, rotated_central: AuditCentral
+) -> None:
+    """The spot check takes the key epochs from the station's rotations, not from the ledger stretch it
+    checks: an item of the second key's time, whose stretch shows no rotation, is not vouched for by a
+    checkpoint the retired first key signed (whoever kept that key rewrote the central's checkpoint)."""
+    index = rotated_central.index
+    victim = rotated_station.items_by_phase[1][0]
+    params = {**EVERYTHING, "fraction": "1", "seed": "5"}
+    async with rotated_central.reader("supervisor-epochs") as session:
+        status, clean = await get(session, f"{rotated_central.url}/v1/spot-checks", params)
+        assert status == 200 and clean["failed"] == 0, clean  # control: the honest central passes
+        last = max(entry.seq for entry in index.ledger_entries(STATION, item=victim))
+        genuine = index.checkpoints(STATION, last, last)
+        assert genuine and rotated_station.rotation_seqs[0] < last < rotated_station.rotation_seqs[1]
+        retired = StationKey.load(rotated_station.retired_private_key)
+        signature = retired.sign(checkpoint_payload(STATION, last, genuine[0].hash, genuine[0].time))
+        forged = Checkpoint(STATION, last, genuine[0].hash, genuine[0].time, retired.key_id,
+                            base64.b64encode(signature).decode("ascii"))
+        with index.transaction() as conn:  # what someone with write access to the file can do
+            conn.execute("DROP TRIGGER station_checkpoints_no_delete")
+            conn.execute("DELETE FROM station_checkpoints WHERE station = ? AND seq = ?", (STATION, last))
+            index.insert_checkpoint(forged, genuine[0].time)
+            create_schema(conn)
+        status, tampered = await get(session, f"{rotated_central.url}/v1/spot-checks", params)
+    assert status == 200
+    failed = {item["item"]: item for item in tampered["items"] if not item["ok"]}
+    assert victim in failed, f"the retired key {retired.key_id} vouched for seq {last} after its rotation"
+    ledger = failed[victim]["checks"]["ledger"]["problems"]
+    assert any(f"retired at seq {rotated_station.rotation_seqs[0]}" in p and retired.key_id in p
+               for p in ledger), ledger
+    assert failed[victim]["checks"]["manifest"]["ok"] and failed[victim]["checks"]["object"]["ok"]
+
+
+async def test_a_spot_check_names_a_rotation_its_old_key_no_longer_vouches_for(
+    rotated_station: RotatedStation, rotated_central: AuditCentral
+) -> None:
+    """The rotations whose epochs the spot check applies are checked as a package's are: the yearly
+    rotation's checkpoint by the key it retired gone from the central, nothing vouches that the old key
+    handed over to the new one, and every item sampled says so."""
+    index = rotated_central.index
+    rotated_at = rotated_station.rotation_seqs[0]
+    old_id = key_id_of(load_public_key(rotated_station.public_keys[0]))
+    assert old_id in {cp.key_id for cp in index.checkpoints(STATION, rotated_at, rotated_at)}
+    with index.transaction() as conn:  # what someone with write access to the file can do
+        conn.execute("DROP TRIGGER station_checkpoints_no_delete")
+        conn.execute("DELETE FROM station_checkpoints WHERE station = ? AND seq = ? AND key_id = ?",
+                     (STATION, rotated_at, old_id))
+        create_schema(conn)
+    async with rotated_central.reader("supervisor-rotations") as session:
+        status, doc = await get(session, f"{rotated_central.url}/v1/spot-checks",
+                                {**EVERYTHING, "size": "2", "seed": "3"})
+    assert status == 200 and doc["sampled"] == 2 and doc["failed"] == 2, doc
+    for item in doc["items"]:
+        problems = item["checks"]["ledger"]["problems"]
+        assert any(f"seq {rotated_at}" in p and f"no valid checkpoint at its seq by key {old_id}" in p
+                   for p in problems), problems
