@@ -1,8 +1,10 @@
 """A case's evidence across two station key rotations, end to end (issue 8).
 
 A real station (real agent, simulated recorders and dock) offloads one recorder and uploads to a real
-central over mutual TLS; the administrator stops it and rotates its key with `edge keys rotate`, then
-re-enrolls it with `edge central enroll` (README "Commands"); the station offloads a second recorder; its
+central over mutual TLS; the administrator stops it and rotates its key with `edge keys rotate`, and the
+agent runs again before the station is re-enrolled (the central refuses its new key's entries while it
+offloads a second recorder); then the administrator re-enrolls it with `edge central enroll` (README
+"Commands") and the second recorder's items go up; its
 key is then lost (the private key file is gone) and rotated with `edge keys rotate --lost-key`, re-enrolled
 again, and a third recorder is offloaded. Every recorder's officer works the same case, so its disclosure
 package spans both rotations. The package must verify with `edge verify` pinned to the three keys, fail
@@ -19,8 +21,10 @@ import base64
 import json
 import zipfile
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,13 +33,14 @@ from edge.central.identity import load_signing_key
 from edge.central.index import ItemQuery, ReaderScope, Role
 from edge.central.sqlite.index import create_schema
 from edge.custody.keys import StationKey, key_id_of, load_public_key
-from edge.custody.ledger import Checkpoint, Ledger, checkpoint_payload
+from edge.custody.ledger import Checkpoint, checkpoint_payload
 from edge.ingest.store import StoreLayout
+from simulators.recorder.bus import RecorderSpec
 from tests.audit.conftest import FAST, STATION, AuditCentral, StationEvidence, _audit_central
 from tests.audit.package_edits import resign_all
 from tests.audit.test_disclosure_package import download
 from tests.audit.test_stats_and_spot_checks import EVERYTHING, get
-from tests.station.harness import eventually, simulated_station, spec
+from tests.station.harness import Station, eventually, simulated_station, spec
 from tests.tamper.stores import Verdict, run_edge
 
 CASE = "R-2026-007"
@@ -53,6 +58,11 @@ class RotatedStation:
     retired_private_key: Path  # the first key, retired (not lost) by the first rotation, kept by the store
     rotation_seqs: list[int]  # the ledger seq of each key_rotated entry
     items_by_phase: list[list[str]]  # the items uploaded under each key
+    # Before the station was re-enrolled after the first rotation: the central's head as the agent started
+    # again, as it stopped, and what the central refused meanwhile.
+    head_before_enrollment: int
+    head_at_enrollment: int
+    refused_before_enrollment: list[dict[str, Any]]
 
 
 def _write_central_config(path: Path, central: EmbeddedCentral) -> Path:
@@ -80,6 +90,22 @@ def _edge(*args: str) -> Verdict:
     return verdict
 
 
+@asynccontextmanager
+async def _station_run(root: Path, store: Path, recorder: RecorderSpec, central_url: str,
+                       bundle: Path) -> AsyncIterator[Station]:
+    """The agent on ``store`` with ``recorder`` allowed (not docked), uploading with the bundle in
+    ``bundle``; each run has its own recorder bus and dock under ``root``."""
+    root.mkdir()
+    async with simulated_station(
+        root, [recorder],
+        station={"store_dir": str(store)},
+        uplink={"central_url": central_url, "identity_dir": str(bundle), **FAST},
+        wipe={"policy": "after-receipt", "receipt_wait_s": 60},
+        officers={recorder.officer_no: {"case_number": CASE}},
+    ) as station:
+        yield station
+
+
 async def _run_rotated_station(root: Path) -> RotatedStation:
     store = root / "store"
     layout = StoreLayout(store)
@@ -93,14 +119,39 @@ async def _run_rotated_station(root: Path) -> RotatedStation:
     items_by_phase: list[list[str]] = []
     bundle = central.bundle_dir
     retired: Path | None = None
+    window: tuple[int, int, list[dict[str, Any]]] | None = None
+
+    def officers_items(officer: str) -> list[str]:
+        page, _ = index.query_items(ItemQuery(officer_no=officer, limit=100), everything)
+        return [row["item"] for row in page]
+
+    async def all_uploaded(station: Station, officer: str) -> None:
+        """Until the central holds the officer's items and the station's whole ledger."""
+        ledger = station.agent.store.ledger if station.agent.store is not None else None
+        assert ledger is not None
+        await eventually(lambda: len(officers_items(officer)) == FILES_PER_RECORDER
+                         and index.ledger_head(STATION)[0] == ledger.head()[0], 30)
+
     try:
         for phase, recorder in enumerate(specs):
+            docked = False
             if phase:
                 old = key_id_of(load_public_key(layout.public_key))
                 if phase == 1:
                     # A yearly rotation: the old key vouches for the new one.
                     _edge("keys", "rotate", "--config", str(station_config), "--reason", "yearly rotation")
                     retired = layout.private_key.with_name(f"{layout.private_key.name}.{old}.retired")
+                    # The agent is started again before the administrator re-enrolled the station: it
+                    # offloads, and the central refuses its new ledger entries; nothing is given up.
+                    head_before = index.ledger_head(STATION)[0]
+                    async with _station_run(root / "phase-1-before-enrollment", store, recorder,
+                                            central.url, bundle) as station:
+                        await station.dock_recorder(recorder.device_serial, 1)
+                        await station.wait_ledger("sealed", FILES_PER_RECORDER, timeout_s=30)
+                        await eventually(lambda: any(r["code"] == "bad_checkpoint"
+                                                     for r in index.rejections(STATION)), 30)
+                    docked = True
+                    window = (head_before, index.ledger_head(STATION)[0], index.rejections(STATION))
                 else:
                     # The station PC's key is lost: only its public half is left in the store.
                     layout.private_key.unlink()
@@ -113,35 +164,20 @@ async def _run_rotated_station(root: Path) -> RotatedStation:
             copy = root / f"station-key-{phase}.pub"
             copy.write_bytes(layout.public_key.read_bytes())
             public_keys.append(copy)
-            (root / f"phase-{phase}").mkdir()
-            async with simulated_station(
-                root / f"phase-{phase}", [recorder],
-                station={"store_dir": str(store)},
-                uplink={"central_url": central.url, "identity_dir": str(bundle), **FAST},
-                wipe={"policy": "after-receipt", "receipt_wait_s": 60},
-                officers={recorder.officer_no: {"case_number": CASE}},
-            ) as station:
-                await station.dock_recorder(recorder.device_serial, 1)
-                await station.wait_results(1)
-                agent_store = station.agent.store
-                assert agent_store is not None
-
-                def uploaded(officer: str = recorder.officer_no, ledger: Ledger = agent_store.ledger) -> bool:
-                    page, _ = index.query_items(ItemQuery(officer_no=officer, limit=100), everything)
-                    head = index.ledger_head(STATION)[0]
-                    return len(page) == FILES_PER_RECORDER and head == ledger.head()[0]
-
-                await eventually(uploaded, 30)
-                page, _ = index.query_items(ItemQuery(officer_no=recorder.officer_no, limit=100), everything)
-                items_by_phase.append([row["item"] for row in page])
+            async with _station_run(root / f"phase-{phase}", store, recorder, central.url, bundle) as station:
+                if not docked:
+                    await station.dock_recorder(recorder.device_serial, 1)
+                    await station.wait_results(1)
+                await all_uploaded(station, recorder.officer_no)
+            items_by_phase.append(officers_items(recorder.officer_no))
         rotation_seqs = [entry.seq for entry in index.ledger_entries(STATION, type_="key_rotated")]
     finally:
         await central.stop()
-    assert retired is not None
+    assert retired is not None and window is not None
     return RotatedStation(
         StationEvidence(central.store_dir, {s.officer_no: UNIT[0] for s in specs},
                         {s.officer_no: FILES_PER_RECORDER for s in specs}, 0, ""),
-        public_keys, retired, rotation_seqs, items_by_phase)
+        public_keys, retired, rotation_seqs, items_by_phase, *window)
 
 
 _BUILT: list[RotatedStation] = []
@@ -293,3 +329,19 @@ async def test_a_spot_check_names_a_rotation_its_old_key_no_longer_vouches_for(
         problems = item["checks"]["ledger"]["problems"]
         assert any(f"seq {rotated_at}" in p and f"no valid checkpoint at its seq by key {old_id}" in p
                    for p in problems), problems
+
+
+async def test_before_re_enrollment_the_central_refuses_the_new_key_and_nothing_is_lost(
+    rotated_station: RotatedStation,
+) -> None:
+    """The agent started again after `edge keys rotate` but before `edge central enroll`: the central
+    refuses the ledger entries signed by the new key, saying what to do, and accepts none of them; the
+    recorder docked meanwhile is offloaded, and its items reach the central once the station is enrolled
+    again (README: uploads wait in the spool)."""
+    rotated_at = rotated_station.rotation_seqs[0]
+    assert rotated_station.head_at_enrollment == rotated_station.head_before_enrollment < rotated_at
+    refused = rotated_station.refused_before_enrollment
+    assert refused and all(r["code"] == "bad_checkpoint" for r in refused), refused
+    assert all(f"the station rotated its ledger key at seq {rotated_at}" in r["detail"]
+               and f"edge central enroll {STATION} --signing-key" in r["detail"] for r in refused), refused
+    assert len(rotated_station.items_by_phase[1]) == FILES_PER_RECORDER
