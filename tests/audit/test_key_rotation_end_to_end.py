@@ -32,6 +32,7 @@ from edge.central.embedded import EmbeddedCentral
 from edge.central.identity import load_signing_key
 from edge.central.index import ItemQuery, ReaderScope, Role
 from edge.central.sqlite.index import create_schema
+from edge.central.verify import verify_central_store
 from edge.custody.keys import StationKey, key_id_of, load_public_key
 from edge.custody.ledger import Checkpoint, checkpoint_payload
 from edge.ingest.store import StoreLayout
@@ -286,15 +287,17 @@ async def test_a_spot_check_after_a_rotation_refuses_a_checkpoint_by_the_retired
         assert status == 200 and clean["failed"] == 0, clean  # control: the honest central passes
         last = max(entry.seq for entry in index.ledger_entries(STATION, item=victim))
         genuine = index.checkpoints(STATION, last, last)
-        assert genuine and rotated_station.rotation_seqs[0] < last < rotated_station.rotation_seqs[1]
+        first_rotation, second_rotation = rotated_station.rotation_seqs
+        assert len(genuine) == 1 and first_rotation < last < second_rotation
         retired = StationKey.load(rotated_station.retired_private_key)
         signature = retired.sign(checkpoint_payload(STATION, last, genuine[0].hash, genuine[0].time))
         forged = Checkpoint(STATION, last, genuine[0].hash, genuine[0].time, retired.key_id,
                             base64.b64encode(signature).decode("ascii"))
+        assert verify_central_store(rotated_central.store) == []  # control: the store holds
         with index.transaction() as conn:  # what someone with write access to the file can do
-            conn.execute("DROP TRIGGER station_checkpoints_no_delete")
-            conn.execute("DELETE FROM station_checkpoints WHERE station = ? AND seq = ?", (STATION, last))
-            index.insert_checkpoint(forged, genuine[0].time)
+            conn.execute("DROP TRIGGER station_checkpoints_no_update")
+            conn.execute("UPDATE station_checkpoints SET key_id = ?, signature = ? "
+                         "WHERE station = ? AND seq = ?", (forged.key_id, forged.signature, STATION, last))
             create_schema(conn)
         status, tampered = await get(session, f"{rotated_central.url}/v1/spot-checks", params)
     assert status == 200
@@ -304,6 +307,10 @@ async def test_a_spot_check_after_a_rotation_refuses_a_checkpoint_by_the_retired
     assert any(f"retired at seq {rotated_station.rotation_seqs[0]}" in p and retired.key_id in p
                for p in ledger), ledger
     assert failed[victim]["checks"]["manifest"]["ok"] and failed[victim]["checks"]["object"]["ok"]
+    # `edge verify` of the central store applies the station's key epochs to its checkpoints too.
+    problems = verify_central_store(rotated_central.store)
+    assert [p.where for p in problems] == [f"station {STATION} checkpoint seq {last}"], problems
+    assert f"retired at seq {rotated_station.rotation_seqs[0]}" in problems[0].what, problems
 
 
 async def test_a_spot_check_names_a_rotation_its_old_key_no_longer_vouches_for(
