@@ -61,6 +61,7 @@ class RotatedStation:
     items_by_phase: list[list[str]]  # the items uploaded under each key
     # Before the station was re-enrolled after the first rotation: the central's head as the agent started
     # again, as it stopped, and what the central refused meanwhile.
+    station_store: Path
     head_before_enrollment: int
     head_at_enrollment: int
     refused_before_enrollment: list[dict[str, Any]]
@@ -178,7 +179,7 @@ async def _run_rotated_station(root: Path) -> RotatedStation:
     return RotatedStation(
         StationEvidence(central.store_dir, {s.officer_no: UNIT[0] for s in specs},
                         {s.officer_no: FILES_PER_RECORDER for s in specs}, 0, ""),
-        public_keys, retired, rotation_seqs, items_by_phase, *window)
+        public_keys, retired, rotation_seqs, items_by_phase, store, *window)
 
 
 _BUILT: list[RotatedStation] = []
@@ -352,3 +353,11 @@ async def test_before_re_enrollment_the_central_refuses_the_new_key_and_nothing_
     assert all(f"the station rotated its ledger key at seq {rotated_at}" in r["detail"]
                and f"edge central enroll {STATION} --signing-key" in r["detail"] for r in refused), refused
     assert len(rotated_station.items_by_phase[1]) == FILES_PER_RECORDER
+
+
+def test_the_station_store_verifies_across_both_rotations(rotated_station: RotatedStation) -> None:
+    """`edge verify STORE` (no central configured: local checks only) holds for the store whose key was
+    rotated, then lost and rotated again: each key signed only within its epoch."""
+    verdict = run_edge("verify", str(rotated_station.station_store))
+    assert verdict.code == 3 and not verdict.failures, verdict
+    assert verdict.stdout.splitlines()[-1].startswith("LOCAL CHECKS ONLY"), verdict.stdout
