@@ -39,7 +39,7 @@ from edge.ingest.store import StoreLayout
 from simulators.recorder.bus import RecorderSpec
 from tests.audit.conftest import FAST, STATION, AuditCentral, StationEvidence, _audit_central
 from tests.audit.package_edits import resign_all
-from tests.audit.test_disclosure_package import download
+from tests.audit.test_disclosure_package import documented_commands, download, run_commands
 from tests.audit.test_stats_and_spot_checks import EVERYTHING, get
 from tests.station.harness import Station, eventually, simulated_station, spec
 from tests.tamper.stores import Verdict, run_edge
@@ -361,3 +361,25 @@ def test_the_station_store_verifies_across_both_rotations(rotated_station: Rotat
     verdict = run_edge("verify", str(rotated_station.station_store))
     assert verdict.code == 3 and not verdict.failures, verdict
     assert verdict.stdout.splitlines()[-1].startswith("LOCAL CHECKS ONLY"), verdict.stdout
+
+
+async def test_the_documented_commands_hold_for_a_package_spanning_rotations(
+    rotated_station: RotatedStation, rotated_central: AuditCentral, tmp_path: Path
+) -> None:
+    """The openssl and sha256sum commands the package's own page documents pass for a package whose items
+    three station keys signed, and fail for an original changed afterwards."""
+    folder = await _package(rotated_central, tmp_path)
+    commands = documented_commands(folder)
+    for key in rotated_station.public_keys:  # each item's manifest is checked with the key that signed it
+        pem = f"keys/station-{STATION}-{key_id_of(load_public_key(key))}.pem"
+        manifests = [command for command in commands if pem in command and "manifest.payload" in command]
+        assert len(manifests) == FILES_PER_RECORDER, commands
+    results = run_commands(folder, commands)
+    assert all(code == 0 for _, code, _ in results), [r for r in results if r[1] != 0]
+    item = rotated_station.items_by_phase[0][0]  # signed by the first, retired key
+    original = next((folder / "items" / item).glob(f"{item}.*"))
+    data = bytearray(original.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    original.write_bytes(bytes(data))
+    failed = [command for command, code, _ in run_commands(folder, commands) if code != 0]
+    assert any(f"items/{item}/content.sha256" in command for command in failed), failed
