@@ -35,9 +35,10 @@ from edge.central.index import ItemRecord, StationRecord
 from edge.central.objects import ObjectCorrupt, ObjectMismatch, ObjectStore, ObjectStoreError
 from edge.central.storage import Index, UnitOfWork
 from edge.custody.canonical import canonical_json, sha256_hex
-from edge.custody.disclosure import key_epoch_problem, shown_rotations, station_schedule
+from edge.custody.disclosure import ShippedRotation, key_epoch_problem, station_schedule
 from edge.custody.errors import CanonicalJsonError, KeyFormatError, LedgerError
 from edge.custody.keys import StationKey, key_id_of
+from edge.custody.keyschedule import parse_rotation
 from edge.custody.ledger import (
     Checkpoint,
     EntryType,
@@ -290,23 +291,33 @@ def parse_segment_checkpoints(doc: Mapping[str, Any], entries: Sequence[LedgerEn
 def check_segment_checkpoints(
     checkpoints: Sequence[Checkpoint], entries: Sequence[LedgerEntry], station_id: str,
     public_key: Ed25519PublicKey, enrolled_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    stored_rotations: Sequence[LedgerEntry] = (),
 ) -> list[Checkpoint]:
     """The checkpoints to keep: those signed by a key of the station, each checked to sign its entry's hash
     within that key's epoch.
 
     The station's keys are the enrolled key, every key it was ever enrolled with (``enrolled_keys``: after a
     rotation the segment still carries the old key's checkpoints at the entries before it, which every
-    package lists that key for) and the old keys the segment's ``key_rotated`` entries announce; the epochs
-    are the segment's rotations (a retired key signs nothing after its rotation, a new one nothing before).
-    One signed by a key of none of these cannot be checked here and is not kept; one by a known key that
-    does not verify, signs another hash or lies outside its key's epoch is refused (:class:`Rejection`).
+    package lists that key for) and the old keys the ``key_rotated`` entries announce; the epochs are those
+    of the station's rotations the central already holds (``stored_rotations``) and of the segment's (a
+    retired key signs nothing after its rotation, a new one nothing before), wherever they lie: disclosure
+    packages and spot checks apply them all, so a checkpoint kept outside them would fail every package
+    that ships it. One signed by a key of none of these cannot be checked here and is not kept; one by a
+    known key that does not verify, signs another hash or lies outside its key's epoch is refused
+    (:class:`Rejection`).
     """
     by_seq = {entry.seq: entry for entry in entries}
     known: dict[str, Ed25519PublicKey] = dict(enrolled_keys or {})
-    rotations, _ = shown_rotations(entries)  # a malformed one: check_segment's chain check stands
-    known.update((rotation.old_key_id, rotation.old_public_key) for rotation in rotations)
+    rotated = {e.seq: e for e in [*stored_rotations, *entries] if e.type == EntryType.KEY_ROTATED}
+    rotations = []
+    for entry in sorted(rotated.values(), key=lambda e: e.seq):
+        try:
+            rotations.append(ShippedRotation(entry, parse_rotation(entry.seq, entry.data)))
+        except KeyFormatError:
+            continue  # a malformed one: check_segment's chain check stands
+    known.update((shipped.rotation.old_key_id, shipped.rotation.old_public_key) for shipped in rotations)
     known[key_id_of(public_key)] = public_key
-    schedule = station_schedule(known, entries)
+    schedule = station_schedule(known, entries, rotations)
     kept = []
     for cp in checkpoints:
         key = known.get(cp.key_id)
@@ -601,6 +612,9 @@ class Registrar:
         self._central_id = central_id
         self._clock = clock
         self._station_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # station -> (the seq its stored key_rotated entries were read to, those entries): each segment reads
+        # only the entries accepted since, not the station's whole ledger (:meth:`_stored_rotations`).
+        self._rotations_read: dict[str, tuple[int, list[LedgerEntry]]] = {}
         # Told how long each re-hash of an upload's content took, in seconds (the central's metrics).
         self.on_content_verified: Callable[[float], object] = _ignore_duration
 
@@ -698,6 +712,16 @@ class Registrar:
         except Rejection as rejection:
             raise self.reject(rejection, station=caller.station_id, remote=caller.remote) from None
 
+    def _stored_rotations(self, station_id: str, head_seq: int) -> list[LedgerEntry]:
+        """The station's ``key_rotated`` entries the central holds up to ``head_seq``; read incrementally
+        (only the entries accepted since the last read), another instance's acceptances included."""
+        read_to, found = self._rotations_read.get(station_id, (0, []))
+        if head_seq > read_to:
+            found = [*found, *self.index.ledger_entries(station_id, read_to + 1, end_seq=head_seq,
+                                                        type_=EntryType.KEY_ROTATED)]
+            self._rotations_read[station_id] = (head_seq, found)
+        return [entry for entry in found if entry.seq <= head_seq]
+
     async def _accept_segment(self, caller: Caller, doc: object) -> tuple[int, str]:
         entries, checkpoint = parse_segment(doc)
         assert isinstance(doc, Mapping)  # parse_segment refused anything else
@@ -722,7 +746,8 @@ class Registrar:
                 accepted=accepted, item_heads=item_heads,
             )
             kept = await asyncio.to_thread(check_segment_checkpoints, signed, entries, station_id, public_key,
-                                           self.index.station_keys(station_id))
+                                           self.index.station_keys(station_id),
+                                           self._stored_rotations(station_id, head[0]))
             now = self._clock()
             with self.index.transaction():
                 if self.index.ledger_head(station_id) != head:  # unreachable under the lock; kept as a guard

@@ -7,7 +7,10 @@ seed is recorded in the access log and printed on the report. Each sampled item 
 expert would (:func:`check_item`): its stored object is read and hashed again, its manifest's signature
 verified with the station's enrolled keys, a fresh receipt from the log verified with the central key
 (signed tree head and inclusion proof), and the station ledger around it checked for continuity from
-its acquired entry to the first signed checkpoint after its last entry.
+its acquired entry to the first signed checkpoint after its last entry. The key epochs of that check come
+from every ``key_rotated`` entry of the station the central holds, with the checkpoints at its seq (as a
+disclosure package ships them, :func:`edge.central.disclosure.package.key_rotations`), not from the
+stretch checked: an item of a later key's time is never vouched for by a key retired before it.
 """
 
 from __future__ import annotations
@@ -21,15 +24,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edge.central.disclosure.package import key_rotations
 from edge.central.index import ItemRecord
-from edge.custody.disclosure import item_evidence_problems, ledger_segment_problems
+from edge.custody.disclosure import (
+    ShippedRotation,
+    item_evidence_problems,
+    ledger_segment_problems,
+    rotation_chain_problems,
+)
 from edge.custody.ledger import GENESIS_PREV
 from edge.custody.problems import Problem
 
 if TYPE_CHECKING:
     from edge.central.app import CentralParts
 
-__all__ = ["CHECKS", "ItemCheck", "SpotCheck", "check_item", "choose_sample", "report_html"]
+__all__ = ["CHECKS", "ItemCheck", "RotationCache", "SpotCheck", "check_item", "choose_sample", "report_html"]
 
 CHECKS = ("object", "manifest", "receipt", "ledger")
 _CHUNK_BYTES = 1 << 20
@@ -105,8 +114,14 @@ def _classify(problem: Problem) -> str:
     return "manifest"
 
 
-async def check_item(parts: CentralParts, record: ItemRecord) -> ItemCheck:
-    """One item re-verified end to end (the object is hashed in a worker thread)."""
+# station -> its key rotations as checked (the chain and the problems found), for one spot check's items
+RotationCache = dict[str, tuple[list[ShippedRotation], list[Problem]]]
+
+
+async def check_item(parts: CentralParts, record: ItemRecord, rotations: RotationCache | None = None
+                     ) -> ItemCheck:
+    """One item re-verified end to end (the object is hashed in a worker thread). ``rotations`` keeps
+    each station's checked key rotations across the items of one spot check (read once per station)."""
     check = ItemCheck(record.item, record.station, record.officer_no or "", record.acquired_utc)
     try:
         found_sha, found_size = await asyncio.to_thread(_hash_object, parts, record.sha256)
@@ -133,12 +148,28 @@ async def check_item(parts: CentralParts, record: ItemRecord) -> ItemCheck:
         central_key=central_key, item_entries=entries,
     ):
         check.problems[_classify(problem)].append(str(problem))
-    check.problems["ledger"] += [str(p) for p in _continuity(parts, record, entries, keys)]
+    cache = rotations if rotations is not None else {}
+    if record.station not in cache:
+        cache[record.station] = _rotations(parts, record.station, keys)
+    chain, rotation_problems = cache[record.station]
+    check.problems["ledger"] += [str(p) for p in rotation_problems]
+    check.problems["ledger"] += [str(p) for p in _continuity(parts, record, entries, keys, chain)]
     return check
 
 
-def _continuity(parts: CentralParts, record: ItemRecord, entries: list[Any], keys: Any) -> list[Problem]:
-    """The station ledger from the item's acquired entry to the first signed checkpoint after its last."""
+def _rotations(parts: CentralParts, station: str, keys: Any) -> tuple[list[ShippedRotation], list[Problem]]:
+    """The station's key rotations the central holds, checked as `edge verify` checks a package's
+    key_rotations.jsonl: each re-hashed and vouched for by its keys' checkpoints, one chain over the
+    station's enrolled keys. A rotation or key that does not hold is a ledger problem of every item."""
+    lines = [(f"station {station} ledger seq {entry.seq} (key_rotated)", entry, checkpoints)
+             for entry, checkpoints in key_rotations(station, parts.index)]
+    return rotation_chain_problems(station, lines, keys)
+
+
+def _continuity(parts: CentralParts, record: ItemRecord, entries: list[Any], keys: Any,
+                rotations: list[ShippedRotation]) -> list[Problem]:
+    """The station ledger from the item's acquired entry to the first signed checkpoint after its last,
+    under the key epochs of the station's ``rotations``."""
     if not entries:
         return [Problem(f"item {record.item} ledger", "the station's accepted ledger holds no entry of it")]
     first = min(record.chain_seq, entries[0].seq)
@@ -148,7 +179,7 @@ def _continuity(parts: CentralParts, record: ItemRecord, entries: list[Any], key
         return [Problem(f"item {record.item} ledger", f"no signed checkpoint covers seq {last} yet")]
     before = parts.index.ledger_entry(record.station, first - 1) if first > 1 else None
     segment = list(parts.index.ledger_entries(record.station, first, end_seq=checkpoint.seq))
-    problems = ledger_segment_problems(record.station, segment, checkpoint, keys)
+    problems = ledger_segment_problems(record.station, segment, checkpoint, keys, rotations)
     expected_prev = before.hash if before is not None else GENESIS_PREV
     if segment and segment[0].prev != expected_prev:
         problems.append(Problem(f"ledger seq {segment[0].seq}", f"does not link to seq {first - 1}"))

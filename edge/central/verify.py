@@ -75,10 +75,13 @@ from edge.central.sqlite import SqliteDatabase
 from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, key_fits_seals, row_json_sql, trail_mac
 from edge.custody.canonical import canonical_json, parse_json, sha256_hex
 from edge.custody.checkpoint_note import NoteError, open_note, parse_checkpoint
+from edge.custody.disclosure import key_epoch_problem, shown_rotations, station_schedule
 from edge.custody.errors import CanonicalJsonError, KeyFileError, KeyFormatError, LedgerError
 from edge.custody.keys import StationKey, key_id_of, load_public_key, public_key_from_b64, verify_signature
+from edge.custody.keyschedule import KeySchedule
 from edge.custody.ledger import (
     Checkpoint,
+    EntryType,
     ItemChains,
     LedgerEntry,
     checkpoint_payload,
@@ -492,24 +495,34 @@ class _Checker:
         item_chains = ItemChains()
         item_problems: list[Problem] = []
 
+        rotated: list[LedgerEntry] = []  # the station's key_rotated entries: they set its keys' epochs
+
         def with_item_chains() -> Iterator[LedgerEntry]:
             for entry in self._entries(station):
                 item_chains.feed(entry, item_problems)
+                if entry.type == EntryType.KEY_ROTATED:
+                    rotated.append(entry)
                 yield entry
 
         for problem in verify_chain(with_item_chains(), [], any_key, station):
             self.add(f"station {station} {problem.where}", problem.what)
         for problem in item_problems:
             self.add(f"station {station} {problem.where}", f"item chain broken: {problem.what}")
+        # A checkpoint counts only within its key's epoch (a key retired by a rotation signs nothing after
+        # it, one announced by a rotation nothing before), as for packages and spot checks.
+        schedule = station_schedule(keys, rotated)
+        for problem in shown_rotations(rotated)[1]:
+            self.add(f"station {station} {problem.where}", problem.what)
         for row in self.conn.execute(
             "SELECT station, seq, hash, time, key_id, signature FROM station_checkpoints WHERE station = ? "
             "ORDER BY seq, id",
             (station,),
         ):
-            self._check_checkpoint(station, dict(row), keys)
+            self._check_checkpoint(station, dict(row), keys, schedule)
 
     def _check_checkpoint(
-        self, station: str, row: Mapping[str, Any], keys: Mapping[str, Ed25519PublicKey]
+        self, station: str, row: Mapping[str, Any], keys: Mapping[str, Ed25519PublicKey],
+        schedule: KeySchedule,
     ) -> None:
         where = f"station {station} checkpoint seq {row['seq']}"
         try:
@@ -529,6 +542,10 @@ class _Checker:
             self.add(
                 where, f"signature does not verify with station key {cp.key_id}: the checkpoint was altered"
             )
+            return
+        outside = key_epoch_problem(schedule, cp.key_id, cp.seq)
+        if outside is not None:
+            self.add(where, f"{outside}: the checkpoint vouches for nothing")
             return
         entry = self._ledger_entry(station, cp.seq)
         if entry is None:

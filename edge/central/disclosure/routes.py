@@ -42,7 +42,7 @@ from edge.central.index import ItemQuery
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.readside import parse_item_query
 from edge.central.registration import RejectCode, Rejection
-from edge.central.spotcheck import SpotCheck, check_item, choose_sample, report_html
+from edge.central.spotcheck import RotationCache, SpotCheck, check_item, choose_sample, report_html
 from edge.central.stats import Statistics, item_facts
 from edge.custody.canonical import canonical_json
 from edge.custody.disclosure import PackageIndex, StationCoverage
@@ -273,9 +273,10 @@ class AuditRoutes:
                                                      ItemQuery(time_from=time_from, time_to=time_to))}
         chosen = choose_sample(list(records), seed=seed, size=size, fraction=fraction)
         checks = []
+        rotations: RotationCache = {}  # each station's key rotations, read once per spot check
         for item in chosen:
             log_read(self.parts, request, reader, "spot-check", item=item, query=f"seed={seed}")
-            checks.append(await check_item(self.parts, records[item]))
+            checks.append(await check_item(self.parts, records[item], rotations))
         result = SpotCheck(time_from, time_to, seed, len(records), requested, reader.reader, started, checks)
         log_read(self.parts, request, reader, "spot-check-result", query=canonical_json(
             {**recorded, "sampled": len(checks), "failed": result.failed,
