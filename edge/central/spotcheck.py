@@ -174,7 +174,12 @@ def _continuity(parts: CentralParts, record: ItemRecord, entries: list[Any], key
         return [Problem(f"item {record.item} ledger", "the station's accepted ledger holds no entry of it")]
     first = min(record.chain_seq, entries[0].seq)
     last = entries[-1].seq
-    checkpoint = next((cp for cp in parts.index.checkpoints(record.station) if cp.seq >= last), None)
+    # The checkpoint at its last entry (a station signs one at each by default), else the newest: never
+    # every checkpoint of the station (one per entry: millions).
+    at_last = parts.index.checkpoints(record.station, last, last)
+    checkpoint = at_last[0] if at_last else parts.index.latest_checkpoint(record.station)
+    if checkpoint is not None and checkpoint.seq < last:
+        checkpoint = None
     if checkpoint is None:
         return [Problem(f"item {record.item} ledger", f"no signed checkpoint covers seq {last} yet")]
     before = parts.index.ledger_entry(record.station, first - 1) if first > 1 else None

@@ -563,10 +563,12 @@ class Ledger:
             if row is None or not isinstance(row[0], str) or not _HEX64_RE.fullmatch(row[0]):
                 raise LedgerError(f"cannot checkpoint seq {at_seq}: no such entry (head is {head_seq})")
             head_seq, head_hash = at_seq, row[0]
+        # This key's own checkpoint at the seq, if any: at a key rotation the new key signs the entry as it is
+        # appended and again after the old key vouched for it, and must not add a second row of its own.
         latest = self._conn.execute(
             "SELECT station, seq, hash, time, key_id, signature FROM ledger_checkpoints "
-            "WHERE seq=? ORDER BY id DESC LIMIT 1",
-            (head_seq,),
+            "WHERE seq=? AND key_id=? ORDER BY id DESC LIMIT 1",
+            (head_seq, self._key.key_id),
         ).fetchone()
         if latest is not None:
             existing = _checkpoint_from_row(latest)

@@ -345,7 +345,9 @@ def _signed_seqs(
             signature, payload = b"", b""
         if key is None:
             problems.append(Problem(where, f"is signed by key {printable(cp.key_id)}, which is not one of "
-                                           "the station's keys in the package"))
+                                           "the station's keys trusted here (listed in the package, pinned "
+                                           "with --station-key when any are, on the chain of its key "
+                                           "rotations)"))
             continue
         assert schedule is not None  # a key was found in it
         epoch = key_epoch_problem(schedule, cp.key_id, cp.seq)
