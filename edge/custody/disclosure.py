@@ -33,15 +33,23 @@ A disclosure package is everything a court expert needs to check one case's evid
                                       key's)
 
 Entries of items outside the package (other cases, or items the reader may not see), and station entries
-of no disclosed item's docking, are in the ledger file as ``{"seq", "prev", "hash", "redacted": true}``:
-the chain around the disclosed entries still links through them, but what they say is not shown and
-cannot be re-hashed. A disclosed entry is therefore bound to the station's signature only when a chain of
-whole entries leads from it to one the station signed a checkpoint at, before any redacted line (or when a
-station-signed manifest names its hash); `edge verify` names every other entry of a disclosed item NOT
-BOUND. With the station's default cadence (a checkpoint at every entry) every disclosed entry is bound.
-Each station entry of an item also names the hash of the item's previous entry (``data.item_prev``), so a
-verifier walking back from the item's stated last entry (``coverage``) sees any entry of it that the
-package hides as a redacted line or cuts off the end (:mod:`edge.verify.package`).
+of no disclosed item's docking, are in the ledger file as ``{"seq", "prev", "hash", "redacted": true,
+"item_tag", "body_sha256"}`` (ledger format 2, :mod:`edge.custody.ledger`): what they say is not shown, but
+their hash is recomputed from those parts, so the chain binds every disclosed entry through them to the
+checkpoint at the segment's end, and each tag is tested against every disclosed item id: a match is an
+entry of a disclosed item the package hides. Entries written before format 2 show only ``{"seq", "prev",
+"hash", "redacted": true}`` and cannot be re-hashed: a disclosed entry is bound across one only by a
+checkpoint the station signed at or after it before the line (or a station-signed manifest naming its
+hash), else `edge verify` names it NOT BOUND; such a line after an item's last entry leaves the item NOT
+COMPLETE, and one after entries of format 2 is refused as stripped parts. Each station entry of an item
+also names the hash of the item's previous entry (``data.item_prev``), so a verifier walking back from
+the item's last entry sees any earlier entry of it that the package hides (:mod:`edge.verify.package`).
+The segment runs from the first disclosed entry to the head the central held (``coverage``), ending at the
+checkpoint the station signed there: that this was the newest head is the central's signed word.
+
+What a tag tells: nothing to a reader without the item id (a random UUID); to one who holds the id of an
+item of another case (from that case's package), the seqs of that item's entries within this segment, not
+their content.
 
 Which station key may sign which checkpoint comes from key_rotations.jsonl, not from what the segment
 happens to show: the listed keys must form one chain of rotations (the first key is the one no rotation
