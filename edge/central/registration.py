@@ -712,15 +712,26 @@ class Registrar:
         except Rejection as rejection:
             raise self.reject(rejection, station=caller.station_id, remote=caller.remote) from None
 
-    def _stored_rotations(self, station_id: str, head_seq: int) -> list[LedgerEntry]:
+    def _stored_rotations(self, index: Index, station_id: str, head_seq: int) -> list[LedgerEntry]:
         """The station's ``key_rotated`` entries the central holds up to ``head_seq``; read incrementally
-        (only the entries accepted since the last read), another instance's acceptances included."""
+        (only the entries accepted since the last read), another instance's acceptances included. Called
+        under the station's lock, in a worker thread."""
         read_to, found = self._rotations_read.get(station_id, (0, []))
         if head_seq > read_to:
-            found = [*found, *self.index.ledger_entries(station_id, read_to + 1, end_seq=head_seq,
-                                                        type_=EntryType.KEY_ROTATED)]
+            found = [*found, *index.ledger_entries(station_id, read_to + 1, end_seq=head_seq,
+                                                   type_=EntryType.KEY_ROTATED)]
             self._rotations_read[station_id] = (head_seq, found)
         return [entry for entry in found if entry.seq <= head_seq]
+
+    def _kept_checkpoints(self, signed: Sequence[Checkpoint], entries: Sequence[LedgerEntry], station_id: str,
+                          public_key: Ed25519PublicKey, head_seq: int) -> list[Checkpoint]:
+        """:func:`check_segment_checkpoints` with the station's enrolled keys and stored rotations read on a
+        snapshot of the index (a worker thread: the first push after a start reads the station's rotations
+        over its whole stored ledger)."""
+        with self.index.snapshot() as index:
+            keys = index.station_keys(station_id)
+            rotations = self._stored_rotations(index, station_id, head_seq)
+        return check_segment_checkpoints(signed, entries, station_id, public_key, keys, rotations)
 
     async def _accept_segment(self, caller: Caller, doc: object) -> tuple[int, str]:
         entries, checkpoint = parse_segment(doc)
@@ -745,9 +756,8 @@ class Registrar:
                 check_segment, entries, checkpoint, station_id=station_id, public_key=public_key, head=head,
                 accepted=accepted, item_heads=item_heads,
             )
-            kept = await asyncio.to_thread(check_segment_checkpoints, signed, entries, station_id, public_key,
-                                           self.index.station_keys(station_id),
-                                           self._stored_rotations(station_id, head[0]))
+            kept = await asyncio.to_thread(self._kept_checkpoints, signed, entries, station_id, public_key,
+                                           head[0])
             now = self._clock()
             with self.index.transaction():
                 if self.index.ledger_head(station_id) != head:  # unreachable under the lock; kept as a guard

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edge.central.disclosure.package import key_rotations
+from edge.central.disclosure.package import key_rotations, station_keys_in_use
 from edge.central.index import ItemRecord
 from edge.custody.disclosure import (
     ShippedRotation,
@@ -37,6 +37,7 @@ from edge.custody.problems import Problem
 
 if TYPE_CHECKING:
     from edge.central.app import CentralParts
+    from edge.central.storage import Index
 
 __all__ = ["CHECKS", "ItemCheck", "RotationCache", "SpotCheck", "check_item", "choose_sample", "report_html"]
 
@@ -115,7 +116,7 @@ def _classify(problem: Problem) -> str:
 
 
 # station -> its key rotations as checked (the chain and the problems found), for one spot check's items
-RotationCache = dict[str, tuple[list[ShippedRotation], list[Problem]]]
+RotationCache = dict[str, tuple[list[ShippedRotation], list[Problem], dict[str, Any]]]
 
 
 async def check_item(parts: CentralParts, record: ItemRecord, rotations: RotationCache | None = None
@@ -136,6 +137,8 @@ async def check_item(parts: CentralParts, record: ItemRecord, rotations: Rotatio
             check.problems["object"].append(
                 f"object hashes to {found_sha} ({found_size} bytes), but the item is {record.sha256} "
                 f"({record.size} bytes): the stored content was changed")
+    # The manifest's signer may be any key the station was enrolled with; the ledger's epochs only the keys
+    # in use (a key enrolled by mistake and never used names no rotation: station_keys_in_use).
     keys = parts.index.station_keys(record.station)
     receipt = parts.registrar.receipt_for(record.item)
     entries = list(parts.index.ledger_entries(record.station, item=record.item))
@@ -150,23 +153,41 @@ async def check_item(parts: CentralParts, record: ItemRecord, rotations: Rotatio
         check.problems[_classify(problem)].append(str(problem))
     cache = rotations if rotations is not None else {}
     if record.station not in cache:
-        cache[record.station] = _rotations(parts, record.station, keys)
-    chain, rotation_problems = cache[record.station]
+        cache[record.station] = await asyncio.to_thread(_rotations_of, parts, record.station)
+    chain, rotation_problems, in_use = cache[record.station]
     check.problems["ledger"] += [str(p) for p in rotation_problems]
-    check.problems["ledger"] += [str(p) for p in _continuity(parts, record, entries, keys, chain)]
+    # The stretch re-hashed may be long (an item tagged months after it was docked): in a worker thread, on
+    # a snapshot of the index.
+    found = await asyncio.to_thread(_continuity_of, parts, record, entries, in_use, chain)
+    check.problems["ledger"] += [str(p) for p in found]
     return check
 
 
-def _rotations(parts: CentralParts, station: str, keys: Any) -> tuple[list[ShippedRotation], list[Problem]]:
+def _rotations_of(parts: CentralParts, station: str
+                  ) -> tuple[list[ShippedRotation], list[Problem], dict[str, Any]]:
+    """:func:`_rotations` over the station's keys in use, read on a snapshot of the index (in a worker)."""
+    with parts.index.snapshot() as index:
+        keys = station_keys_in_use(station, index)
+        chain, problems = _rotations(index, station, keys)
+    return chain, problems, keys
+
+
+def _rotations(index: Index, station: str, keys: Any) -> tuple[list[ShippedRotation], list[Problem]]:
     """The station's key rotations the central holds, checked as `edge verify` checks a package's
     key_rotations.jsonl: each re-hashed and vouched for by its keys' checkpoints, one chain over the
-    station's enrolled keys. A rotation or key that does not hold is a ledger problem of every item."""
+    station's keys in use. A rotation or key that does not hold is a ledger problem of every item."""
     lines = [(f"station {station} ledger seq {entry.seq} (key_rotated)", entry, checkpoints)
-             for entry, checkpoints in key_rotations(station, parts.index)]
+             for entry, checkpoints in key_rotations(station, index)]
     return rotation_chain_problems(station, lines, keys)
 
 
-def _continuity(parts: CentralParts, record: ItemRecord, entries: list[Any], keys: Any,
+def _continuity_of(parts: CentralParts, record: ItemRecord, entries: list[Any], keys: Any,
+                   rotations: list[ShippedRotation]) -> list[Problem]:
+    with parts.index.snapshot() as index:
+        return _continuity(index, record, entries, keys, rotations)
+
+
+def _continuity(index: Index, record: ItemRecord, entries: list[Any], keys: Any,
                 rotations: list[ShippedRotation]) -> list[Problem]:
     """The station ledger from the item's acquired entry to the first signed checkpoint after its last,
     under the key epochs of the station's ``rotations``."""
@@ -174,16 +195,13 @@ def _continuity(parts: CentralParts, record: ItemRecord, entries: list[Any], key
         return [Problem(f"item {record.item} ledger", "the station's accepted ledger holds no entry of it")]
     first = min(record.chain_seq, entries[0].seq)
     last = entries[-1].seq
-    # The checkpoint at its last entry (a station signs one at each by default), else the newest: never
-    # every checkpoint of the station (one per entry: millions).
-    at_last = parts.index.checkpoints(record.station, last, last)
-    checkpoint = at_last[0] if at_last else parts.index.latest_checkpoint(record.station)
-    if checkpoint is not None and checkpoint.seq < last:
-        checkpoint = None
+    # The first checkpoint at or after its last entry: one indexed row, never every checkpoint of the
+    # station (one per entry: millions) nor a stretch to its newest.
+    checkpoint = index.checkpoint_at_or_after(record.station, last)
     if checkpoint is None:
         return [Problem(f"item {record.item} ledger", f"no signed checkpoint covers seq {last} yet")]
-    before = parts.index.ledger_entry(record.station, first - 1) if first > 1 else None
-    segment = list(parts.index.ledger_entries(record.station, first, end_seq=checkpoint.seq))
+    before = index.ledger_entry(record.station, first - 1) if first > 1 else None
+    segment = list(index.ledger_entries(record.station, first, end_seq=checkpoint.seq))
     problems = ledger_segment_problems(record.station, segment, checkpoint, keys, rotations)
     expected_prev = before.hash if before is not None else GENESIS_PREV
     if segment and segment[0].prev != expected_prev:

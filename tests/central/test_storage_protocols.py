@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,13 @@ class WrappedIndex:
 
     def close(self) -> None:
         self._inner.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Index]:
+        """The inner index's snapshot, wrapped too: reads on it still go through this backend."""
+        self._hooks.hit("snapshot")
+        with self._inner.snapshot() as inner:
+            yield WrappedIndex(inner, self._hooks)
 
     def enroll_station(self, station_id: str, signing_public_key_b64: str, cert_sha256: str) -> None:
         self._hooks.hit("enroll_station")
@@ -140,6 +147,9 @@ class WrappedIndex:
 
     def latest_checkpoint(self, station_id: str) -> Checkpoint | None:
         return self._inner.latest_checkpoint(station_id)
+
+    def checkpoint_at_or_after(self, station_id: str, seq: int) -> Checkpoint | None:
+        return self._inner.checkpoint_at_or_after(station_id, seq)
 
     def checkpoints(
         self, station_id: str, start_seq: int = 1, end_seq: int | None = None

@@ -49,12 +49,14 @@ from edge.custody.disclosure import (
     station_key_file,
     tree_head_signature_parts,
 )
-from edge.custody.keys import StationKey
+from edge.custody.keys import StationKey, key_id_of
 from edge.custody.ledger import Checkpoint, EntryType, LedgerEntry, RedactedEntry, checkpoint_payload, redact
 from edge.custody.receipt import Receipt
 from edge.ingest.store import stored_extension
 
-__all__ = ["DamagedObject", "PackagePlan", "StationSegment", "coverage_for", "write_package"]
+__all__ = [
+    "DamagedObject", "PackagePlan", "StationSegment", "coverage_for", "station_keys_in_use", "write_package",
+]
 
 _CHUNK_BYTES = 1 << 20
 
@@ -252,9 +254,8 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index,
     last = max([e.seq for e in entries] + stopped)
     at_head = (index.checkpoints(station, head_seq, head_seq)
                if head_seq is not None and head_seq >= last else [])
-    found = at_head or index.checkpoints(station, last, last)
-    checkpoint = found[0] if found else index.latest_checkpoint(station)
-    if checkpoint is None or checkpoint.seq < last:
+    checkpoint = at_head[0] if at_head else index.checkpoint_at_or_after(station, last)
+    if checkpoint is None:
         return None
     removed_after: dict[str, int] = {}  # session -> its recorder's first device_removed after it started
     whole: list[int] = []
@@ -273,6 +274,21 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index,
     # at the head does date the head entry: the price of proving the segment is the station's to its end.)
     signed = [c for seq in whole for c in index.checkpoints(station, seq, seq)]
     return StationSegment(station, first, checkpoint, frozenset(whole), signed, key_rotations(station, index))
+
+
+def station_keys_in_use(station: str, index: Index) -> dict[str, Ed25519PublicKey]:
+    """The station's enrolled keys a package lists and a spot check trusts: its current key and every key
+    its stored ``key_rotated`` entries name. A key enrolled by mistake (the wrong file given to `edge central
+    enroll`, corrected at once) stays in the index for ever but signed nothing: listed, it would fail every
+    package and spot check of the station as a key no rotation introduces."""
+    keys = index.station_keys(station)
+    named: set[str] = set()
+    record = index.station(station)
+    if record is not None:
+        named.add(key_id_of(record.public_key()))
+    for entry in index.ledger_entries(station, type_=EntryType.KEY_ROTATED):
+        named.update(str(entry.data.get(name)) for name in ("old_key_id", "new_key_id"))
+    return {key_id: key for key_id, key in keys.items() if key_id in named}
 
 
 def key_rotations(station: str, index: Index) -> list[tuple[LedgerEntry, list[Checkpoint]]]:

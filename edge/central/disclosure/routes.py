@@ -35,6 +35,7 @@ from edge.central.disclosure.package import (
     coverage_for,
     disclosed_item,
     segment_for,
+    station_keys_in_use,
     write_package,
 )
 from edge.central.disclosure.page import page_html, page_text
@@ -199,7 +200,7 @@ class AuditRoutes:
                                                           "signed checkpoint covering these items yet; try "
                                                           "again later")
                 segments.append(segment)
-            station_keys = {station: index.station_keys(station) for station in stations}
+            station_keys = {station: station_keys_in_use(station, index) for station in stations}
         return segments, coverage, station_keys
 
     async def package(self, request: web.Request) -> web.StreamResponse:

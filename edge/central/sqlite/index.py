@@ -110,6 +110,8 @@ CREATE TABLE IF NOT EXISTS station_ledger (
     PRIMARY KEY (station, seq)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS station_ledger_item ON station_ledger (item, station, seq) WHERE item IS NOT NULL;
+-- A station's entries of one type (its key rotations, read at each push and spot check) without a scan.
+CREATE INDEX IF NOT EXISTS station_ledger_type ON station_ledger (station, type, seq);
 CREATE TABLE IF NOT EXISTS station_checkpoints (
     id INTEGER PRIMARY KEY,
     station TEXT NOT NULL,
@@ -481,6 +483,15 @@ class SqliteIndex:
             "SELECT station, seq, hash, time, key_id, signature FROM station_checkpoints WHERE station = ? "
             "ORDER BY seq DESC, id DESC LIMIT 1",
             (station_id,),
+        ).fetchone()
+        return None if row is None else Checkpoint.from_dict(dict(row))
+
+    def checkpoint_at_or_after(self, station_id: str, seq: int) -> Checkpoint | None:
+        """The station's first accepted checkpoint at ``seq`` or after it (one indexed row, not a list)."""
+        row = self.conn.execute(
+            "SELECT station, seq, hash, time, key_id, signature FROM station_checkpoints WHERE station = ? "
+            "AND seq >= ? ORDER BY seq, id LIMIT 1",
+            (station_id, seq),
         ).fetchone()
         return None if row is None else Checkpoint.from_dict(dict(row))
 
