@@ -44,6 +44,7 @@ Every refusal is a :class:`FileTransferError` whose message names the part that 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ __all__ = [
     "publish_packet_bytes",
     "response_topic",
     "safe_file_name",
+    "transfer_upload_id",
 ]
 
 RESPONSE_ROOT = "$file-response"
@@ -308,6 +310,16 @@ def parse_response_topic(topic: object) -> str:
             f"response topic: expected {RESPONSE_ROOT}/{{client_id}}, got {_shown(topic)}"
         )
     return check_client_id(client_id)
+
+
+def transfer_upload_id(client_id: str, file_id: str) -> str:
+    """The 32-hex-digit id under which the central keeps (and registration names) a transfer.
+
+    A transfer is keyed by {client id, file id}, as in EMQX; the id is a hash of both, so the station can
+    name its upload in the registration without a round trip, and nothing the station sent becomes a path.
+    """
+    key = f"evidence-edge/mqtt-transfer\x00{check_client_id(client_id)}\x00{check_file_id(file_id)}"
+    return hashlib.sha256(key.encode("ascii")).hexdigest()[:32]
 
 
 # -- the init payload -------------------------------------------------------------------------------
