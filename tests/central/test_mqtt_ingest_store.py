@@ -290,6 +290,37 @@ def test_a_restart_mid_transfer_loses_nothing_acknowledged(tmp_path: Path) -> No
     assert reopened.complete_path(upload_id).read_bytes() == DATA
 
 
+def test_a_segment_is_on_disk_before_its_journal_record_and_both_before_the_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit rule, as the system calls happen: data fsynced, then the record written and fsynced."""
+    import edge.central.mqtt_ingest_store as module
+
+    store = _store(tmp_path / "ft")
+    _ok(_init(store, DATA))
+    calls: list[str] = []
+    real_fdatasync, real_write = os.fdatasync, os.write
+
+    def name(fd: int) -> str:
+        return os.readlink(f"/proc/self/fd/{fd}").rsplit(".", 1)[-1]
+
+    def fdatasync(fd: int) -> None:
+        calls.append(f"fdatasync {name(fd)}")
+        real_fdatasync(fd)
+
+    def write(fd: int, data: bytes) -> int:
+        calls.append(f"write {name(fd)}")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(module.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(module.os, "write", write)
+    _ok(_segment(store, DATA, 0, 1000))
+    assert calls == ["fdatasync part", "write segments", "fdatasync segments"]
+    calls.clear()
+    _ok(_segment(store, DATA, 0, 1000))  # a duplicate writes nothing
+    assert calls == []
+
+
 def test_a_damaged_journal_makes_fin_ask_for_everything_again(tmp_path: Path) -> None:
     root = tmp_path / "ft"
     store = _store(root)

@@ -280,3 +280,19 @@ def test_publish_packet_size_matches_the_mqtt_encoding() -> None:
     assert publish_packet_bytes("t", 20000, properties_bytes=200) == 1 + 3 + 3 + 2 + 2 + 200 + 20000
     # UTF-8 bytes count, not characters.
     assert publish_packet_bytes("录", 0) - publish_packet_bytes("a", 0) == 2
+
+
+def test_the_central_upload_id_of_a_transfer_is_keyed_by_station_and_file_id() -> None:
+    from edge.mqtt.filetransfer import transfer_upload_id
+
+    ours = transfer_upload_id("st-0001", ITEM)
+    assert len(ours) == 32 and all(c in "0123456789abcdef" for c in ours)
+    assert ours == transfer_upload_id("st-0001", ITEM)
+    assert ours != transfer_upload_id("st-0002", ITEM)
+    assert ours != transfer_upload_id("st-0001", "other")
+    # No ambiguity from joining: ("a", "b.c") and ("a.b", "c") are different transfers.
+    assert transfer_upload_id("a", "b.c") != transfer_upload_id("a.b", "c")
+    with pytest.raises(FileTransferError, match="client id"):
+        transfer_upload_id("../x", ITEM)
+    with pytest.raises(FileTransferError, match="file id"):
+        transfer_upload_id("st-0001", "a/b")
