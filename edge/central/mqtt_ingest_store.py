@@ -105,6 +105,7 @@ _JOURNAL_BLOCK_BYTES = 48 * 4096
 _RECORD = struct.Struct(">QI32s4s")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _LEASE_S = 3600.0
+_MAX_INCIDENT_TAIL_BYTES = 1024 * 1024
 
 
 class TransferState(StrEnum):
@@ -653,7 +654,10 @@ class MqttIngestStore:
         path = self._root / _INCIDENTS
         try:
             with path.open("rb") as stream:
-                lines = stream.read().splitlines()[-limit:]
+                # The tail only: a station sending conflicting bytes grows the file, never our memory.
+                size = stream.seek(0, os.SEEK_END)
+                stream.seek(max(0, size - _MAX_INCIDENT_TAIL_BYTES))
+                lines = stream.read(_MAX_INCIDENT_TAIL_BYTES).splitlines()[-limit:]
         except FileNotFoundError:
             return []
         found: list[dict[str, Any]] = []
