@@ -80,9 +80,11 @@ __all__ = [
     "parse_init_payload",
     "parse_response_payload",
     "parse_response_topic",
+    "parse_scoped_topic",
     "publish_packet_bytes",
     "response_topic",
     "safe_file_name",
+    "scoped_topic",
     "transfer_upload_id",
 ]
 
@@ -320,6 +322,33 @@ def transfer_upload_id(client_id: str, file_id: str) -> str:
     """
     key = f"evidence-edge/mqtt-transfer\x00{check_client_id(client_id)}\x00{check_file_id(file_id)}"
     return hashlib.sha256(key.encode("ascii")).hexdigest()[:32]
+
+
+# -- station-scoped topics (a broker without file transfer) -----------------------------------------
+
+
+def scoped_topic(prefix: str, station: str, topic: str) -> str:
+    """``{prefix}/{station}/{topic}``: a file-transfer topic under the station's own subtree.
+
+    EMQX knows who published a ``$file/`` command (the transfer is keyed by the client id). Behind a broker
+    that only routes (Mosquitto), the central's receiver sees the topic and payload, not the publisher;
+    with the station id as a whole topic level, the broker's ACL (``pattern write {prefix}/%u/#``) is
+    what makes that level true, and the receiver reads the station from it.
+    """
+    if not prefix or prefix.startswith("/") or prefix.endswith("/") or any(c in prefix for c in "+#\x00"):
+        raise FileTransferError(f"topic prefix: expected levels without wildcards, got {_shown(prefix)}")
+    return f"{prefix}/{check_client_id(station)}/{topic}"
+
+
+def parse_scoped_topic(prefix: str, topic: object) -> tuple[str, Command]:
+    """The station and the command of ``{prefix}/{station}/$file[-async]/...``."""
+    if not isinstance(topic, str):
+        raise FileTransferError(f"topic: expected text, got {type(topic).__name__}")
+    head = f"{prefix}/"
+    if not topic.startswith(head):
+        raise FileTransferError(f"topic: expected it to start with {head}, got {_shown(topic)}")
+    station, _, rest = topic[len(head):].partition("/")
+    return check_client_id(station), parse_command_topic(rest)
 
 
 # -- the init payload -------------------------------------------------------------------------------

@@ -296,3 +296,25 @@ def test_the_central_upload_id_of_a_transfer_is_keyed_by_station_and_file_id() -
         transfer_upload_id("../x", ITEM)
     with pytest.raises(FileTransferError, match="file id"):
         transfer_upload_id("st-0001", "a/b")
+
+
+def test_station_scoped_topics_for_a_broker_that_only_routes() -> None:
+    from edge.mqtt.filetransfer import parse_scoped_topic, scoped_topic
+
+    inner = SegmentCommand(ITEM, 4096, SUM, Mode.ASYNC)
+    topic = scoped_topic("evidence/ft", "st-0001", inner.topic)
+    assert topic == f"evidence/ft/st-0001/$file-async/{ITEM}/4096/{SUM}"
+    assert parse_scoped_topic("evidence/ft", topic) == ("st-0001", inner)
+    for bad, words in [
+        (f"evidence/ft/../$file/{ITEM}/init", "client id"),
+        (f"evidence/ft//$file/{ITEM}/init", "client id"),
+        (f"evidence/other/st-0001/$file/{ITEM}/init", "start with evidence/ft/"),
+        ("evidence/ft/st-0001/$file/x", "too few levels"),
+        ("evidence/ft/st-0001", "start with $file/"),
+    ]:
+        with pytest.raises(FileTransferError) as caught:
+            parse_scoped_topic("evidence/ft", bad)
+        assert words in str(caught.value)
+    for prefix in ("", "/x", "x/", "a/+", "a/#"):
+        with pytest.raises(FileTransferError, match="topic prefix"):
+            scoped_topic(prefix, "st-0001", inner.topic)
