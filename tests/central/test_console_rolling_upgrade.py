@@ -28,6 +28,7 @@ from edge.central.index import Role
 from edge.central.sqlite import SqliteDatabase
 from edge.central.verify import verify_central_store
 from tests.central.conftest import make_central_parts
+from tests.prerequisites import require
 
 REPO = Path(__file__).resolve().parents[2]
 PREVIOUS_RELEASE = "4b40d3d"
@@ -55,6 +56,9 @@ print("appended")
 
 
 def _previous_release(tmp_path: Path) -> Path:
+    found = subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{PREVIOUS_RELEASE}^{{commit}}"],
+                           capture_output=True, check=False)
+    require(found.returncode == 0, f"needs a git checkout holding the previous release {PREVIOUS_RELEASE}")
     archive = subprocess.run(["git", "-C", str(REPO), "archive", PREVIOUS_RELEASE, "edge"],
                              check=True, capture_output=True).stdout
     target = tmp_path / "previous-release"
