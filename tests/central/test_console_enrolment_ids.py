@@ -163,7 +163,7 @@ async def test_an_enrolled_accounts_totp_nulled_in_index_db_is_refused_and_named
 
 
 def test_a_record_of_the_first_format_gets_each_accounts_state_from_index_db(tmp_path: Path) -> None:
-    """A record written this morning ({name: number}) says nothing of enrolled/removed: the next start
+    """A record of the first format ({name: number}) says nothing of enrolled/removed: the next start
     takes it from index.db (enrolled: the secret is of the recorded number)."""
     root = tmp_path / "central"
     parts = make_central_parts(root)

@@ -2,8 +2,8 @@
 
 A sealed TOTP secret is bound, in its AEAD associated data, to its account and to an enrolment id
 (:mod:`edge.central.console.secret_key`). Every ``enrol-totp`` and every ``remove-totp`` of an account takes
-a new **random** id (128 random bits, above 2**128: never one of the small counters a central of this
-morning's build handed out, and never repeated), and ``identity/console-enrolments`` (beside
+a new **random** id (128 random bits, above 2**128: never one of the small counters an earlier build
+handed out, and never repeated), and ``identity/console-enrolments`` (beside
 ``console.key``, mode 0600, written like it: a temporary file, fsynced, renamed into place, the directory
 fsynced) records it, and whether the account now has TOTP (enrolled) or not (removed), before ``index.db``
 stores the new secret. A secret whose id is not the recorded one is refused at sign-in, logged and
