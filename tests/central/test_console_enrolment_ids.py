@@ -162,7 +162,9 @@ async def test_an_enrolled_accounts_totp_nulled_in_index_db_is_refused_and_named
     assert not any(p.startswith("console_accounts") for p in password_only.verify())
 
 
-def test_a_record_of_the_first_format_gets_each_accounts_state_from_index_db(tmp_path: Path) -> None:
+def test_a_record_of_the_first_format_gets_each_accounts_state_from_index_db(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A record of the first format ({name: number}) says nothing of enrolled/removed: the next start
     takes it from index.db (enrolled: the secret is of the recorded number)."""
     root = tmp_path / "central"
@@ -181,6 +183,13 @@ def test_a_record_of_the_first_format_gets_each_accounts_state_from_index_db(tmp
     assert prepare_console_key(layout.console_key, database.console, by="central-start") is not None
     assert json.loads(record.read_text())["accounts"] == {"li.legal": {"enrolment": 2, "totp": True},
                                                           "wang.legal": {"enrolment": 2, "totp": False}}
+    # li.legal's secret emptied in index.db: the next start names it (and not wang.legal, removed).
+    database.conn.execute("UPDATE console_accounts SET totp_secret = NULL WHERE name = 'li.legal'")
+    with caplog.at_level(logging.ERROR):
+        assert prepare_console_key(layout.console_key, database.console, by="central-start") is not None
+    assert "console: li.legal: li.legal has no TOTP secret in index.db, but" in caplog.text
+    assert "wang.legal" not in caplog.text
+    database.console.set_totp("li.legal", key.seal_totp("li.legal", "JBSWY3DPEHPK3PXP", enrolment=2), by="a")
     parts.index.close()
     key_of_central = parts.signing_key.public_key()
     assert [str(p) for p in verify_central_store(root, central_public_key=key_of_central)] == []

@@ -344,8 +344,10 @@ def enrolment_problems(stored: list[tuple[str, str]], key: ConsoleSecretKey | No
 
 
 class SealingStore(Protocol):
-    """What a start needs to seal the secrets of an older central."""
+    """What a start needs to seal the secrets of an older central (and to name accounts stripped of
+    TOTP)."""
 
+    def accounts_without_totp(self) -> list[str]: ...
     def seal_totp_secret(self, name: str, stored_before: str, sealed: str, *, by: str) -> bool: ...
     def scrub_replaced(self) -> bool: ...
 
@@ -353,18 +355,19 @@ class SealingStore(Protocol):
 def prepare_totp_secrets(key: ConsoleSecretKey, store: SealingStore, stored: list[tuple[str, str]], *,
                          by: str) -> None:
     """At a start (or before an enrolment): the first time, every secret of an older central sealed under
-    a new enrolment id and the record written; afterwards, every secret a sign-in would refuse logged, and
-    a record of the first format given each account's enrolled/removed state. Temporaries of the record
+    a new enrolment id and the record written; afterwards, every secret a sign-in would refuse logged (and
+    every account the record says has TOTP whose secret is missing), and a record of the first format
+    given each account's enrolled/removed state. Temporaries of the record
     left by a crashed writer are removed."""
     path = record_path(key.path)
     with _locked(path.parent):
         remove_stale_temporaries(path)  # a crashed enrol-totp/remove-totp: `edge verify` names them
         record = EnrolmentRecord.load(path)
         if record.exists:
-            _fill_in_the_state(key, record, stored)
-            for name, problem in enrolment_problems(stored, key, record):
-                log.error("console: %s: %s; that account cannot sign in with TOTP until it is enrolled again",
-                          name, problem)
+            record = _fill_in_the_state(key, record, stored)
+            for name, problem in enrolment_problems(stored, key, record, store.accounts_without_totp()):
+                log.error("console: %s: %s; that account cannot sign in until TOTP is enrolled again", name,
+                          problem)
             return
         numbers = _number_the_secrets(key, store, stored, by=by)
         if any(text.startswith(SEALED_PREFIX) for _, text in stored):
@@ -373,12 +376,13 @@ def prepare_totp_secrets(key: ConsoleSecretKey, store: SealingStore, stored: lis
         record.with_entries({name: Enrolment(number, True) for name, number in numbers.items()})
 
 
-def _fill_in_the_state(key: ConsoleSecretKey, record: EnrolmentRecord, stored: list[tuple[str, str]]) -> None:
+def _fill_in_the_state(key: ConsoleSecretKey, record: EnrolmentRecord,
+                       stored: list[tuple[str, str]]) -> EnrolmentRecord:
     """A record of the first format: each account enrolled when index.db holds a secret of its recorded
-    id, removed otherwise (what that format could not say)."""
+    id, removed otherwise (what that format could not say); the record as written."""
     unknown = [name for name, entry in record.entries.items() if entry.totp is None]
     if not unknown:
-        return
+        return record
     texts = dict(stored)
     filled: dict[str, Enrolment | None] = {}
     for name in unknown:
@@ -388,8 +392,8 @@ def _fill_in_the_state(key: ConsoleSecretKey, record: EnrolmentRecord, stored: l
         except SealedSecretError:
             current = False
         filled[name] = Enrolment(number, current)
-    record.with_entries(filled)
     log.info("console: %s now records whether each of its %d accounts has TOTP", record.path, len(filled))
+    return record.with_entries(filled)
 
 
 def _number_the_secrets(key: ConsoleSecretKey, store: SealingStore, stored: list[tuple[str, str]], *,

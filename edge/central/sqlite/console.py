@@ -281,6 +281,11 @@ class SqliteConsoleStore:
         return [(row[0], row[1]) for row in self.conn.execute(
             "SELECT name, totp_secret FROM console_accounts WHERE totp_secret IS NOT NULL ORDER BY name")]
 
+    def accounts_without_totp(self) -> list[str]:
+        """The accounts with no TOTP secret (a start names those the enrolment record says have one)."""
+        return [row[0] for row in self.conn.execute(
+            "SELECT name FROM console_accounts WHERE totp_secret IS NULL ORDER BY name")]
+
     def seal_totp_secret(self, name: str, stored_before: str, sealed: str, *, by: str) -> bool:
         """Replace a plain TOTP secret by its sealed text, if it is still ``stored_before``; recorded.
 
