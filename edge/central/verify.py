@@ -34,8 +34,9 @@ A central store verifies when:
   newest seals is NOT detected (the shorter sequence is consistent with itself and nothing outside
   index.db records its length; anchoring it in the witnessed tree heads is for later);
 * every console account's TOTP secret opens with console.key and is of the enrolment that
-  ``identity/console-enrolments`` records (:mod:`edge.central.console.enrolments`): an older sealed secret
-  put back into index.db is named with both numbers.
+  ``identity/console-enrolments`` records (:mod:`edge.central.console.enrolments`): another sealed secret
+  put back into index.db is named with both enrolment ids, and an account the record says has TOTP whose
+  secret is missing from index.db (the second factor dropped) is named.
 
 The check streams station by station (each ledger, then that station's items, by point queries on the
 index), so memory stays bounded whatever the number of items; objects are hashed one at a time. The
@@ -347,21 +348,26 @@ class _Checker:
 
     def _check_totp_enrolments(self) -> None:
         """Every account's TOTP secret opens with console.key and is of the enrolment that
-        identity/console-enrolments records (edge.central.console.enrolments): an older sealed secret put
-        back into index.db is named."""
+        identity/console-enrolments records (edge.central.console.enrolments): another sealed secret put
+        back into index.db is named, and so is an account the record says has TOTP whose secret is
+        missing (index.db put back from before the enrolment, or the secret emptied)."""
         if not self._table_exists("console_accounts"):
             return
         stored = [(str(name), str(text)) for name, text in self.conn.execute(
             "SELECT name, totp_secret FROM console_accounts WHERE totp_secret IS NOT NULL ORDER BY name")]
-        if not stored:
-            return
+        without_secret = [str(name) for (name,) in self.conn.execute(
+            "SELECT name FROM console_accounts WHERE totp_secret IS NULL ORDER BY name")]
         path = self.layout.identity_dir / ENROLMENTS_FILE
+        if not stored and not (path.exists() or path.is_symlink()):
+            return
         try:
             record = EnrolmentRecord.load(path)
         except ConsoleKeyError as exc:
             self.add(f"file {path.relative_to(self.layout.store_dir)}", str(exc))
             return
         if not record.exists:
+            if not stored:
+                return
             self.findings.notes.append("no TOTP enrolment record yet (a store made before it; the central's "
                                        "next start writes it)")
             return
@@ -370,7 +376,7 @@ class _Checker:
         except ConsoleKeyError:
             key = None  # named where the trails' seals are checked; the numbers are still compared
         self.count("TOTP secrets", len(stored))
-        for name, problem in enrolment_problems(stored, key, record)[:_MAX_LISTED]:
+        for name, problem in enrolment_problems(stored, key, record, without_secret)[:_MAX_LISTED]:
             self.add(f"console_accounts {name}", problem)
 
     def _key_records_sealing(self) -> bool:

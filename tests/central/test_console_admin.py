@@ -66,8 +66,10 @@ def test_account_lifecycle_from_stdin_with_totp(
         secret = pyotp.parse_uri(uri).secret
         # Stored sealed with the store's console key, for this account only.
         key = ConsoleSecretKey.load(load_central_config(Path(config)).layout.console_key)
-        assert secret not in account.totp_secret and account.totp_secret.startswith("sealed-v2:1:")
-        assert key.open_totp("wang.legal", account.totp_secret) == (secret, 1)
+        assert secret not in account.totp_secret and account.totp_secret.startswith("sealed-v2:")
+        opened, enrolment = key.open_totp("wang.legal", account.totp_secret)
+        assert opened == secret and enrolment is not None and enrolment > 2**128  # a random enrolment id
+        assert f"(enrolment {enrolment}:" in out.err
         assert totp_step(secret, pyotp.TOTP(secret).now()) is not None
     finally:
         database.close()

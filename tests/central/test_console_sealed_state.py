@@ -320,12 +320,13 @@ async def test_a_secret_put_back_after_a_re_enrolment_is_refused(
     with caplog.at_level(logging.ERROR):
         status = await enrolled.sign_in(old)
     assert status == 401, "the codes of a secret replaced by a re-enrolment work again once it is put back"
-    assert "an older secret was put back" in caplog.text
+    assert "it is not the account's current secret (put back into index.db" in caplog.text
+    old_id, new_id = _enrolment_of(enrolled, old_row), _enrolment_of(enrolled, new_row)
     events = enrolled.central.console.account_events("li.legal")
-    assert events[-2]["event"] == "totp_refused" and "of enrolment 1" in events[-2]["detail"]
-    assert "records enrolment 2" in events[-2]["detail"] and old not in events[-2]["detail"]
-    assert any(p.startswith("console_accounts li.legal: the sealed TOTP secret of li.legal is of enrolment "
-                            "1, but ") and "records enrolment 2" in p for p in enrolled.verify())
+    assert events[-2]["event"] == "totp_refused" and f"of enrolment {old_id}" in events[-2]["detail"]
+    assert f"records enrolment {new_id}" in events[-2]["detail"] and old not in events[-2]["detail"]
+    named = f"console_accounts li.legal: the sealed TOTP secret of li.legal is of enrolment {old_id}, but "
+    assert any(p.startswith(named) and f"records enrolment {new_id}" in p for p in enrolled.verify())
     enrolled.put_back(new_row)  # control: the current secret signs in, and the store verifies
     assert await enrolled.sign_in(new) == 200
     assert not any(p.startswith("console_accounts") for p in enrolled.verify())
@@ -341,6 +342,10 @@ async def test_a_secret_put_back_after_its_removal_is_refused(
     assert await enrolled.sign_in(old) == 401
     enrolled.admin(capsys, "enrol-totp", "li.legal")  # control: enrolled again, a new secret works
     assert await enrolled.sign_in(enrolled_secret_from_store(enrolled)) == 200
+
+
+def _enrolment_of(enrolled: Enrolled, stored: str) -> int | None:
+    return ConsoleSecretKey.load(enrolled.central.config.layout.console_key).open_totp("li.legal", stored)[1]
 
 
 def enrolled_secret_from_store(enrolled: Enrolled) -> str:
@@ -404,9 +409,12 @@ async def test_a_store_sealed_before_the_numbers_is_numbered_at_its_first_start_
     try:
         account = again.console.account("li.legal")
         assert account is not None and account.totp_secret is not None
-        assert account.totp_secret.startswith("sealed-v2:1:")  # numbered: enrolment 1
+        assert account.totp_secret.startswith("sealed-v2:")  # numbered: a new random enrolment id
+        key = ConsoleSecretKey.load(config.layout.console_key)
+        enrolment = key.open_totp("li.legal", account.totp_secret)[1]
+        assert enrolment is not None and enrolment > 2**128
         record = json.loads((config.layout.identity_dir / "console-enrolments").read_text())
-        assert record["accounts"] == {"li.legal": 1}
+        assert record["accounts"] == {"li.legal": {"enrolment": enrolment, "totp": True}}
         assert (await _sign_in(again.console_url, config.layout.ca_cert, "li.legal", _code(secret)))[0] == 200
         # The v1 row put back (a backup from before the upgrade): never numbered again, refused.
         db = sqlite3.connect(config.layout.index_db)
@@ -427,5 +435,5 @@ def test_an_enrolment_number_edited_in_the_stored_text_does_not_open(tmp_path: P
     key = ConsoleSecretKey.create(path)
     stored = key.seal_totp("li.legal", "JBSWY3DPEHPK3PXP", enrolment=1)
     assert key.open_totp("li.legal", stored) == ("JBSWY3DPEHPK3PXP", 1)  # control
-    with pytest.raises(SealedSecretError, match="enrolment number or text was changed"):
+    with pytest.raises(SealedSecretError, match="enrolment id or text was changed"):
         key.open_totp("li.legal", stored.replace("sealed-v2:1:", "sealed-v2:2:"))

@@ -6,8 +6,8 @@ the administrator's login name (``by``) and, where it matters, a reason. Passwor
 without echo (twice), or from standard input with ``--password-stdin`` (one line), never from the command
 line, where ``ps`` and shell history would show them. A TOTP secret is shown once, at enrolment, as an
 ``otpauth://`` URI for the authenticator app; nothing else is ever printed of it. ``enrol-totp`` and
-``remove-totp`` take the account's next enrolment number (:mod:`edge.central.console.enrolments`), so that
-an older sealed secret of the account put back into ``index.db`` is refused.
+``remove-totp`` take a new random enrolment id for the account (:mod:`edge.central.console.enrolments`),
+so that any other sealed secret of the account put back into ``index.db`` is refused.
 
 Whatever answers a compromised account ends its console sessions at once (sessions outlive a restart of
 the central): ``reset-password``, ``enrol-totp``, ``remove-totp``, ``disable``, ``grant --revoke``, and
@@ -115,7 +115,7 @@ def _account(args: argparse.Namespace, open_database: Opener, key_path: KeyPath)
             # The one time the secret is shown: for the account holder's authenticator app.
             print(totp_uri(name, secret))
             ended = console.end_sessions_of(name)
-            return (f"account {name}: TOTP enrolled (enrolment {number}: every older secret of it is refused "
+            return (f"account {name}: TOTP enrolled (enrolment {number}: every other secret of it is refused "
                     f"from now on); {ended} console session(s) ended; give the URI above "
                     f"(a QR code of it) to {name} only, then clear this terminal: sign-in now asks for the "
                     "6-digit code")

@@ -6,11 +6,12 @@ central keeps outside the database, ``identity/console.key`` (mode 0600, beside 
 associated data, so a sealed secret copied onto another account's row does not open; a copy of
 ``index.db`` alone (a backup, a stolen file, a read-only SQL hole) yields no second factor.
 
-Stored text: ``sealed-v2:``, the account's enrolment number, ``:``, and the URL-safe base64 of a 12-byte
-random nonce followed by the ciphertext and its 16-byte tag. The enrolment number is in the associated
-data too, so it cannot be changed without the key; :mod:`edge.central.console.enrolments` keeps, outside
-``index.db``, the number of each account's current enrolment, and a secret of an older one (put back from
-a backup) is refused. ``sealed-v1:`` (bound to the account only) and plain secrets were written by older
+Stored text: ``sealed-v2:``, the account's enrolment id (decimal: a random number above 2**128; a
+small counter from an earlier build), ``:``, and the URL-safe base64 of a 12-byte random nonce followed by
+the ciphertext and its 16-byte tag. The enrolment id is in the associated data too, so it cannot be
+changed without the key; :mod:`edge.central.console.enrolments` keeps, outside ``index.db``, the id of each
+account's current enrolment, and a secret of another one (put back from a backup) is refused.
+``sealed-v1:`` (bound to the account only) and plain secrets were written by older
 centrals: sealed as v2 at the first start that records the enrolments, refused after it.
 
 When the key file cannot be read, is missing while sealed secrets or sealed trail rows exist, or is not
@@ -69,6 +70,7 @@ __all__ = [
     "ConsoleKeyError",
     "ConsoleSecretKey",
     "SealedSecretError",
+    "enrolment_id",
     "is_sealed",
     "prepare_console_key",
     "require_console_key",
@@ -77,7 +79,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SEALED_PREFIX = "sealed-v2:"
-# Sealed by a central before the enrolment numbers: bound to the account only (opened to be re-sealed).
+# Sealed by a central before the enrolment ids: bound to the account only (opened to be re-sealed).
 SEALED_V1_PREFIX = "sealed-v1:"
 _FILE_PREFIX = b"edge-console-key-v1:"
 # v2: the same key, and the record (outside index.db) that the store's trails are sealed under it.
@@ -99,6 +101,12 @@ class SealedSecretError(Exception):
 def is_sealed(stored: str) -> bool:
     """Sealed with the console key (either format), not stored in plain text."""
     return stored.startswith((SEALED_PREFIX, SEALED_V1_PREFIX))
+
+
+def enrolment_id(text: str) -> int | None:
+    """The enrolment id written in a sealed secret's text, None when it is not one (at most 40 digits:
+    a random id has 39; more would only cost time to convert)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 40 else None
 
 
 def _totp_context(account: str, enrolment: int) -> bytes:
@@ -162,21 +170,21 @@ class ConsoleSecretKey:
         return ConsoleSecretKey(self._key, self.path, trails_sealed=True)
 
     def seal_totp(self, account: str, secret: str, *, enrolment: int) -> str:
-        """``secret`` sealed for ``account``'s enrolment number ``enrolment`` (see
-        :mod:`edge.central.console.enrolments`, which numbers them)."""
+        """``secret`` sealed for ``account``'s enrolment id ``enrolment`` (see
+        :mod:`edge.central.console.enrolments`, which draws them)."""
         if enrolment < 1:
-            raise ValueError(f"an enrolment number is 1 or more, not {enrolment}")
+            raise ValueError(f"an enrolment id is 1 or more, not {enrolment}")
         nonce = secrets.token_bytes(_NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, secret.encode("ascii"), _totp_context(account, enrolment))
         return f"{SEALED_PREFIX}{enrolment}:" + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
 
     def open_totp(self, account: str, stored: str) -> tuple[str, int | None]:
-        """``(secret, enrolment number)`` of ``account`` from its stored text (the number None: sealed by
-        an older central, bound to no enrolment); :class:`SealedSecretError` when it does not open with
-        this key for this account and number (or is not sealed at all)."""
+        """``(secret, enrolment id)`` of ``account`` from its stored text (the id None: sealed by an
+        older central, bound to no enrolment); :class:`SealedSecretError` when it does not open with this
+        key for this account and id (or is not sealed at all)."""
         if stored.startswith(SEALED_PREFIX):
             number, _, body = stored[len(SEALED_PREFIX):].partition(":")
-            enrolment: int | None = int(number) if number.isascii() and number.isdigit() else None
+            enrolment = enrolment_id(number)
             context = None if enrolment is None else _totp_context(account, enrolment)
         elif stored.startswith(SEALED_V1_PREFIX):
             enrolment, body = None, stored[len(SEALED_V1_PREFIX):]
@@ -193,7 +201,7 @@ class ConsoleSecretKey:
             raise SealedSecretError(
                 f"the sealed TOTP secret of {account} does not open with console key {self.fingerprint} "
                 f"({self.path}): the key is not the one it was sealed with, or the secret was moved from "
-                "another account, or its enrolment number or text was changed"
+                "another account, or its enrolment id or text was changed"
             ) from None
         return plain.decode("ascii"), enrolment
 
@@ -241,6 +249,7 @@ class TotpSecretStore(Protocol):
     """What :func:`prepare_console_key` needs of the console store."""
 
     def totp_secrets(self) -> list[tuple[str, str]]: ...
+    def accounts_without_totp(self) -> list[str]: ...
     def seal_totp_secret(self, name: str, stored_before: str, sealed: str, *, by: str) -> bool: ...
     def scrub_replaced(self) -> bool: ...
     def seal_trails(self, trail_key: bytes) -> int: ...
@@ -252,8 +261,8 @@ def prepare_console_key(path: Path, store: TotpSecretStore, *, by: str) -> Conso
     """The console key at ``path`` for a starting central (or an administration command): loaded, or
     made when missing and nothing in the index is sealed with an old one, and refused when it is not the
     key the store's trails were sealed with. Then, at the first start that keeps the enrolment record,
-    every TOTP secret an older central stored (plain, or sealed without an enrolment number) is sealed as
-    enrolment 1 (recorded as ``totp_sealed`` by ``by``); at later starts, every secret a sign-in would
+    every TOTP secret an older central stored (plain, or sealed without an enrolment id) is sealed under a
+    new enrolment id (recorded as ``totp_sealed`` by ``by``); at later starts, every secret a sign-in would
     refuse is logged (:func:`edge.central.console.enrolments.prepare_totp_secrets`).
 
     The trail rows of a store made before the seals are sealed once, and the key file then records that

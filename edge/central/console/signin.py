@@ -40,7 +40,7 @@ from aiohttp import web
 from edge.central.app import CENTRAL, json_response, read_json_body
 from edge.central.auth import peer_certificate
 from edge.central.console.credentials import MAX_PASSWORD_CHARS, totp_step, verify_password
-from edge.central.console.enrolments import open_enrolled_totp
+from edge.central.console.enrolments import missing_totp_refusal, open_enrolled_totp
 from edge.central.console.scope import scope_of, session_of
 from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey, SealedSecretError
 from edge.central.console.sessions import COOKIE_NAME, CSRF_HEADER, AuthMethod, ConsoleSession
@@ -170,6 +170,13 @@ async def sign_in(request: web.Request) -> web.Response:
         else:
             step = totp_step(secret, code)
             good = step is not None
+    elif good and (stripped := missing_totp_refusal(parts.config.layout.console_key, account.name)):
+        # The record, outside index.db, says the account has TOTP: its secret was dropped (index.db put
+        # back from before the enrolment, or emptied), never removed. Recorded like a refused secret.
+        log.error("console sign-in of %s refused from %s: %s", account.name, request.remote, stripped)
+        parts.console.record_totp_refused(account.name, remote=request.remote, detail=stripped)
+        password_right = False
+        good = False
     elif good and not settings.allow_password_only:
         log.warning("console sign-in of %s refused from %s: the account has no TOTP and password-only "
                     "sign-in is off", account.name, request.remote)

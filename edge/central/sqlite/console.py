@@ -61,7 +61,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS console_accounts (
     name TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,       -- argon2id PHC string; never the password
-    totp_secret TEXT,                  -- the RFC 6238 secret sealed with identity/console.key (sealed-v1:...)
+    totp_secret TEXT,                  -- the RFC 6238 secret sealed with identity/console.key (sealed-v2:...)
     totp_last_step INTEGER,            -- the last time step accepted: a code is good once
     status TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
     failed_attempts INTEGER NOT NULL DEFAULT 0,
@@ -281,6 +281,11 @@ class SqliteConsoleStore:
         return [(row[0], row[1]) for row in self.conn.execute(
             "SELECT name, totp_secret FROM console_accounts WHERE totp_secret IS NOT NULL ORDER BY name")]
 
+    def accounts_without_totp(self) -> list[str]:
+        """The accounts with no TOTP secret (a start names those the enrolment record says have one)."""
+        return [row[0] for row in self.conn.execute(
+            "SELECT name FROM console_accounts WHERE totp_secret IS NULL ORDER BY name")]
+
     def seal_totp_secret(self, name: str, stored_before: str, sealed: str, *, by: str) -> bool:
         """Replace a plain TOTP secret by its sealed text, if it is still ``stored_before``; recorded.
 
@@ -296,7 +301,7 @@ class SqliteConsoleStore:
             if done.rowcount != 1:
                 return False
             self._event(name, "totp_sealed", by=by,
-                        detail="the secret stored by an older central was sealed as enrolment 1")
+                        detail="the secret stored by an older central was sealed under a new enrolment id")
             return True
 
     def record_totp_refused(self, name: str, *, remote: str | None, detail: str) -> None:

@@ -27,7 +27,11 @@ Once the seals have begun (the marker below), the function never returns NULL: w
 the append fails and so does what it records (a read is refused rather than left unsealed; the central
 does not even start without its key). So a NULL MAC on a seal numbered after the marker was written by
 someone else: `edge verify` names it as tampering (a row edited and its seal emptied), never as a key
-outage (review R14). Rows already in a
+outage (review R14). Whether the seals have begun is asked of the connection by the function itself, and
+only when it has no key (the rare case), never passed by the trigger: the triggers keep the four-argument
+call of the release before (``edge_trail_seal(seq, table, row_id, row_json)``), so that release and this
+one can append to one ``index.db`` during a rolling upgrade (review 6: a five-argument trigger, which this
+release's first open made, failed every trail append of a central of the previous release). Rows already in a
 store made before the seals are sealed once, at the first start that has the key
 (:func:`seal_rows_made_before_the_seals`); that start is marked, so rows inserted later without a seal are
 never blessed by a restart. The mark is also kept outside the database (console.key format v2): a
@@ -99,7 +103,7 @@ def row_json_sql(table: str, prefix: str = "") -> str:
 
 
 _NEXT_SEQ_SQL = "SELECT coalesce(max(seq), 0) + 1 FROM trail_seals"
-_BEGUN_SQL = f"EXISTS (SELECT 1 FROM trail_seals WHERE tbl = '{BEGIN_TABLE}')"
+_BEGUN_SQL = f"SELECT EXISTS (SELECT 1 FROM trail_seals WHERE tbl = '{BEGIN_TABLE}')"
 
 
 def create_trail_schema(conn: sqlite3.Connection) -> None:
@@ -111,15 +115,21 @@ def create_trail_schema(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TRIGGER IF NOT EXISTS trail_seals_no_delete BEFORE DELETE ON trail_seals "
                  "BEGIN SELECT RAISE(ABORT, 'trail_seals is append-only: DELETE refused'); END")
     for table in TRAIL_COLUMNS:
-        # Made afresh at every open: a store of a central whose trigger did not tell the function whether
-        # the seals have begun gets the one that does.
-        conn.execute(f"DROP TRIGGER IF EXISTS {table}_seal")
-        conn.execute(
-            f"CREATE TRIGGER {table}_seal AFTER INSERT ON {table} BEGIN "
+        # The previous release's trigger, word for word: a central of that release (an instance not yet
+        # upgraded behind the load balancer) registers only the four-argument function. A store whose
+        # trigger passed a fifth argument (a build between the two) gets this one back.
+        sql = _seal_trigger_sql(table)
+        found = conn.execute("SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?",
+                             (f"{table}_seal",)).fetchone()
+        if found is not None and found[0] != sql:
+            conn.execute(f"DROP TRIGGER {table}_seal")
+        conn.execute(sql.replace("CREATE TRIGGER", "CREATE TRIGGER IF NOT EXISTS", 1))
+
+
+def _seal_trigger_sql(table: str) -> str:
+    return (f"CREATE TRIGGER {table}_seal AFTER INSERT ON {table} BEGIN "
             f"INSERT INTO trail_seals (seq, tbl, row_id, mac) VALUES (({_NEXT_SEQ_SQL}), '{table}', NEW.id, "
-            f"{SEAL_FUNCTION}(({_NEXT_SEQ_SQL}), '{table}', NEW.id, {row_json_sql(table, 'NEW.')}, "
-            f"{_BEGUN_SQL})); END"
-        )
+            f"{SEAL_FUNCTION}(({_NEXT_SEQ_SQL}), '{table}', NEW.id, {row_json_sql(table, 'NEW.')})); END")
 
 
 class TrailKeyUnusable(Exception):
@@ -130,10 +140,12 @@ class _Sealer:
     """The SQL function: loads the seal key on first use (again while it is missing), unless the starting
     central handed it the key it checked (:meth:`use`)."""
 
-    def __init__(self, key_path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, key_path: Path) -> None:
+        self.conn = conn
         self.key_path = key_path
         self._key: bytes | None = None
         self._warned = False
+        self._begun = False  # once seen, for good: the marker is never removed but by tampering
 
     def use(self, key: bytes) -> None:
         """The trail key the starting central loaded and checked against the store: kept for the life of
@@ -155,11 +167,18 @@ class _Sealer:
                 return None
         return self._key
 
-    def __call__(self, seq: int, table: str, row_id: int, row_json: str, begun: int) -> str | None:
+    def begun(self) -> bool:
+        """Whether the seals have begun, as this connection sees it now (inside the append's own
+        transaction: a marker committed by another process, or written by this one, is seen)."""
+        if not self._begun:
+            self._begun = bool(self.conn.execute(_BEGUN_SQL).fetchone()[0])
+        return self._begun
+
+    def __call__(self, seq: int, table: str, row_id: int, row_json: str) -> str | None:
         key = self.key()
         if key is not None:
             return trail_mac(key, seq, table, row_id, row_json)
-        if begun:
+        if self.begun():
             # SQLite reports only "user-defined function raised exception": the reason goes to the log.
             log.error("a %s row is refused: the console's trails are sealed, and the console key %s is not "
                       "usable to seal it (a NULL seal would be indistinguishable from tampering)", table,
@@ -170,8 +189,8 @@ class _Sealer:
 
 def register_sealer(conn: sqlite3.Connection, key_path: Path) -> _Sealer:
     """Register the sealing function on ``conn``; returns it (:meth:`_Sealer.use` hands it the key)."""
-    sealer = _Sealer(key_path)
-    conn.create_function(SEAL_FUNCTION, 5, sealer)
+    sealer = _Sealer(conn, key_path)
+    conn.create_function(SEAL_FUNCTION, 4, sealer)
     return sealer
 
 
