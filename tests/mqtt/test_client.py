@@ -1,0 +1,272 @@
+"""edge.mqtt.client against a real Mosquitto (tests/mqtt/broker.py): TLS with client certificates, the
+shipped agency configuration and ACL, refusals reported as refused, QoS 1 acknowledgements, persistent
+sessions, reconnection after a broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from edge.mqtt.client import (
+    ConnectionState,
+    ConnectionStatus,
+    InboundMessage,
+    MqttClient,
+    MqttSettings,
+    ProtocolVersion,
+    PublishRefused,
+)
+from edge.uplink.policy import Backoff
+from tests.mqtt.broker import (
+    CENTRAL_ID,
+    TOPIC_PREFIX,
+    MosquittoBroker,
+    TestPki,
+    password_broker,
+    require_mosquitto,
+)
+
+WAIT_S = 20.0
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> TestPki:
+    return TestPki.create(tmp_path / "pki")
+
+
+@pytest.fixture
+async def broker(tmp_path: Path, pki: TestPki) -> AsyncIterator[MosquittoBroker]:
+    require_mosquitto()
+    broker = MosquittoBroker(tmp_path / "broker", pki)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+class Inbox:
+    """Messages a handler received, awaitable one by one."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[InboundMessage] = asyncio.Queue()
+
+    async def __call__(self, message: InboundMessage) -> None:
+        self.queue.put_nowait(message)
+
+    async def next(self) -> InboundMessage:
+        async with asyncio.timeout(WAIT_S):
+            return await self.queue.get()
+
+
+@asynccontextmanager
+async def running(settings: MqttSettings) -> AsyncIterator[tuple[MqttClient, list[ConnectionStatus]]]:
+    """A client running its connection loop (fast back-off), and every status it went through."""
+    history: list[ConnectionStatus] = []
+    client = MqttClient(settings, backoff=Backoff(0.05, 0.5, rng=random.Random(7)), on_status=history.append)
+    task = asyncio.create_task(client.run())
+    try:
+        yield client, history
+    finally:
+        await client.close()
+        async with asyncio.timeout(WAIT_S):
+            await task
+
+
+def topic(station: str, leaf: str) -> str:
+    return f"{TOPIC_PREFIX}/stations/{station}/{leaf}"
+
+
+async def test_station_connects_with_its_certificate_and_a_qos1_publish_is_acknowledged(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    async with running(broker.client_settings(pki.client("STATION-A"))) as (station, _):
+        status = await station.wait_connected(WAIT_S)
+        assert status.session_present is False and status.reason_code == 0
+        inbox = Inbox()
+        await station.subscribe(topic("STATION-A", "echo"), inbox)
+        ack = await station.publish(topic("STATION-A", "echo"), b"hello", qos=1)
+        assert ack.reason_code == 0  # a subscriber exists: "Success", not 0x10 "No matching subscribers"
+        message = await inbox.next()
+        assert (message.topic, message.payload, message.qos) == (topic("STATION-A", "echo"), b"hello", 1)
+        # With nobody subscribed Mosquitto still acknowledges (0x10): a PUBACK means the broker took it.
+        nobody = await station.publish(topic("STATION-A", "nobody"), b"x")
+        assert nobody.reason_code == 0x10
+
+
+@pytest.mark.parametrize("credential", ["no certificate", "certificate of another CA"])
+async def test_a_broker_that_rejects_the_certificate_is_reported_refused_never_connected(
+    broker: MosquittoBroker, pki: TestPki, tmp_path: Path, credential: str
+) -> None:
+    rogue = TestPki.create(tmp_path / "rogue")
+    bundle = None if credential == "no certificate" else rogue.client("STATION-A")
+    settings = broker.client_settings(bundle, client_id="STATION-A")
+    async with running(settings) as (client, history):
+        status = await client.wait_for(lambda s: s.state is ConnectionState.REFUSED, WAIT_S)
+        assert "rejected the client certificate" in status.reason
+        # It keeps trying with back-off, and is refused each time; never once connected.
+        await client.wait_for(lambda s: s.failed_attempts >= 3, WAIT_S)
+        assert all(s.state is not ConnectionState.CONNECTED for s in history)
+        assert client.status.connections == 0
+    # Control: the enrolled certificate connects to the same broker.
+    async with running(broker.client_settings(pki.client("STATION-A"))) as (client, _):
+        await client.wait_connected(WAIT_S)
+
+
+@pytest.mark.parametrize("protocol", [ProtocolVersion.V5, ProtocolVersion.V311])
+async def test_a_wrong_password_is_refused_with_the_brokers_reason_code(
+    pki: TestPki, tmp_path: Path, protocol: ProtocolVersion
+) -> None:
+    broker = await password_broker(tmp_path / "pw-broker", pki, {"STATION-A": "right horse battery"})
+    try:
+        def settings(password: str) -> MqttSettings:
+            return broker.client_settings(
+                None, client_id="STATION-A", protocol=protocol, username="STATION-A",
+                password=lambda: password,
+            )
+
+        async with running(settings("wrong")) as (client, history):
+            status = await client.wait_for(lambda s: s.state is ConnectionState.REFUSED, WAIT_S)
+            # Mosquitto 2.0 answers a wrong password with 0x87 "Not authorized" (MQTT 5), or CONNACK code 5
+            # (3.1.1), which paho maps to the same MQTT 5 reason code.
+            assert (status.reason_code, status.reason) == (0x87, "Not authorized"), status
+            await client.wait_for(lambda s: s.failed_attempts >= 2, WAIT_S)
+            assert all(s.state is not ConnectionState.CONNECTED for s in history)
+            assert "wrong" not in repr(client) and "wrong" not in repr(client.settings)
+        # Control: the right password connects.
+        async with running(settings("right horse battery")) as (client, _):
+            await client.wait_connected(WAIT_S)
+    finally:
+        await broker.stop()
+
+
+async def test_the_shipped_acl_confines_a_station_to_its_own_topics_mqtt5(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    async with (
+        running(broker.client_settings(pki.client(CENTRAL_ID, unit="server"))) as (central, _),
+        running(broker.client_settings(pki.client("STATION-A"))) as (station, _),
+    ):
+        await central.wait_connected(WAIT_S)
+        await station.wait_connected(WAIT_S)
+        inbox = Inbox()
+        await central.subscribe(f"{TOPIC_PREFIX}/stations/#", inbox)
+        with pytest.raises(PublishRefused) as refused:
+            await station.publish(topic("STATION-B", "state"), b"forged")
+        assert refused.value.reason_code == 0x87  # Not authorized
+        # Control: under its own id the same station is acknowledged and delivered.
+        ack = await station.publish(topic("STATION-A", "state"), b"genuine")
+        assert ack.reason_code == 0
+        assert (await inbox.next()).payload == b"genuine"
+        assert inbox.queue.empty()
+
+
+async def test_the_shipped_acl_drops_a_forged_publish_silently_under_mqtt311(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """MQTT 3.1.1 has no reason code in PUBACK: Mosquitto acknowledges the refused publish and drops it.
+    Detected by order: the station publishes the forged message, then a control message on its own topic,
+    over the same connection; the broker handles one connection's packets in order and delivers to one
+    subscriber in order, so when the control message arrives the forged one would have arrived first."""
+    station_settings = broker.client_settings(pki.client("STATION-A"), protocol=ProtocolVersion.V311)
+    async with (
+        running(broker.client_settings(pki.client(CENTRAL_ID, unit="server"))) as (central, _),
+        running(station_settings) as (station, _),
+    ):
+        await central.wait_connected(WAIT_S)
+        await station.wait_connected(WAIT_S)
+        inbox = Inbox()
+        await central.subscribe(f"{TOPIC_PREFIX}/stations/#", inbox)
+        forged = await station.publish(topic("STATION-B", "state"), b"forged")
+        assert forged.reason_code == 0  # acknowledged all the same: 3.1.1 cannot say otherwise
+        await station.publish(topic("STATION-A", "state"), b"control")
+        first = await inbox.next()
+        assert (first.topic, first.payload) == (topic("STATION-A", "state"), b"control")
+        assert inbox.queue.empty()
+        # Control of the method: a message the ACL allows, published before the control, does arrive first.
+        await station.publish(topic("STATION-A", "before"), b"allowed")
+        await station.publish(topic("STATION-A", "state"), b"control-2")
+        assert (await inbox.next()).payload == b"allowed"
+        assert (await inbox.next()).payload == b"control-2"
+
+
+async def test_messages_sent_while_a_subscriber_is_offline_arrive_after_it_reconnects(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    receiver_settings = broker.client_settings(pki.client(CENTRAL_ID, unit="server"))
+    async with running(receiver_settings) as (receiver, _):
+        await receiver.wait_connected(WAIT_S)
+        await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/events", Inbox())
+    # The receiver disconnected cleanly; its session (and subscription) stays on the broker.
+    async with running(broker.client_settings(pki.client("STATION-A"))) as (station, _):
+        await station.wait_connected(WAIT_S)
+        for n in range(3):
+            ack = await station.publish(topic("STATION-A", "events"), f"event {n}".encode())
+            assert ack.reason_code == 0  # the offline session counts as a subscriber
+    # A new process with the same client id resumes the session and gets what it missed.
+    inbox = Inbox()
+    async with running(receiver_settings) as (receiver, _):
+        subscribing = asyncio.create_task(receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/events", inbox))
+        status = await receiver.wait_connected(WAIT_S)
+        assert status.session_present is True
+        got = [(await inbox.next()).payload for _ in range(3)]
+        await subscribing
+    assert got == [b"event 0", b"event 1", b"event 2"]
+
+
+async def test_broker_killed_and_restarted_the_client_reconnects_and_subscribes_again(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    inbox = Inbox()
+    async with (
+        running(broker.client_settings(pki.client(CENTRAL_ID, unit="server"))) as (receiver, history),
+        running(broker.client_settings(pki.client("STATION-A"))) as (station, _),
+    ):
+        await receiver.wait_connected(WAIT_S)
+        await station.wait_connected(WAIT_S)
+        await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/state", inbox)
+        await station.publish(topic("STATION-A", "state"), b"before")
+        assert (await inbox.next()).payload == b"before"
+
+        await broker.stop(graceful=False)  # SIGKILL: the broker forgets every session
+        await receiver.wait_for(lambda s: s.state is not ConnectionState.CONNECTED, WAIT_S)
+        # A publish while the broker is down waits for the next connection and its PUBACK.
+        pending = asyncio.create_task(station.publish(topic("STATION-A", "state"), b"during"))
+        await receiver.wait_for(lambda s: s.failed_attempts >= 2, WAIT_S)  # backing off, not connected
+        assert not pending.done()
+        await broker.start()
+
+        status = await receiver.wait_for(lambda s: s.connections == 2, WAIT_S)
+        assert status.session_present is False  # the broker lost the subscription; the client made it again
+        assert (await pending).reason_code in (0, 0x10)
+        await station.publish(topic("STATION-A", "state"), b"after")
+        # "during" arrives too when the station's resend reached the broker after the re-subscription.
+        payloads = [(await inbox.next()).payload]
+        while payloads[-1] != b"after":
+            payloads.append((await inbox.next()).payload)
+        assert set(payloads) <= {b"during", b"after"}
+    states = [s.state for s in history]
+    first_down = states.index(ConnectionState.DISCONNECTED)
+    assert ConnectionState.CONNECTED in states[first_down:]
+    assert any(s.failed_attempts >= 2 for s in history)
+
+
+async def test_broker_restarted_gracefully_keeps_the_session(broker: MosquittoBroker, pki: TestPki) -> None:
+    inbox = Inbox()
+    async with (
+        running(broker.client_settings(pki.client(CENTRAL_ID, unit="server"))) as (receiver, _),
+        running(broker.client_settings(pki.client("STATION-A"))) as (station, _),
+    ):
+        await receiver.wait_connected(WAIT_S)
+        await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/state", inbox)
+        await broker.restart(graceful=True)  # SIGTERM: mosquitto saves its sessions
+        status = await receiver.wait_for(lambda s: s.connections == 2, WAIT_S)
+        assert status.session_present is True
+        await station.wait_for(lambda s: s.state is ConnectionState.CONNECTED and s.connections >= 2, WAIT_S)
+        await station.publish(topic("STATION-A", "state"), b"after")
+        assert (await inbox.next()).payload == b"after"
