@@ -270,3 +270,38 @@ async def test_broker_restarted_gracefully_keeps_the_session(broker: MosquittoBr
         await station.wait_for(lambda s: s.state is ConnectionState.CONNECTED and s.connections >= 2, WAIT_S)
         await station.publish(topic("STATION-A", "state"), b"after")
         assert (await inbox.next()).payload == b"after"
+
+
+async def test_the_shipped_acl_confines_transfer_commands_and_results_to_the_station(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """EMQX file-transfer commands go under the station's own topics on Mosquitto (the ACL cannot confine
+    a bare `$file/{file_id}` level to one station), and results come back on `$file-response/<id>`."""
+    async with (
+        running(broker.client_settings(pki.client(CENTRAL_ID, unit="server"))) as (central, _),
+        running(broker.client_settings(pki.client("STATION-A"))) as (station, _),
+    ):
+        await central.wait_connected(WAIT_S)
+        await station.wait_connected(WAIT_S)
+        commands = Inbox()
+        await central.subscribe(f"$share/receivers/{TOPIC_PREFIX}/stations/+/$file/#", commands)
+        results = Inbox()
+        # Mosquitto 2.0 grants a subscription to a topic the ACL does not let the client read, and checks
+        # the ACL on each delivery instead (below).
+        await station.subscribe("$file-response/STATION-B", results)
+        await station.subscribe("$file-response/STATION-A", results)
+        init = topic("STATION-A", "$file/f1/init")
+        assert (await station.publish(init, b'{"name":"a.mp4"}')).reason_code == 0
+        with pytest.raises(PublishRefused):
+            await station.publish(topic("STATION-B", "$file/f1/init"), b'{"name":"forged.mp4"}')
+        with pytest.raises(PublishRefused):  # bare $file/ is EMQX's, handled by that broker itself
+            await station.publish("$file/f1/init", b'{"name":"a.mp4"}')
+        got = await commands.next()
+        assert (got.topic, got.payload) == (init, b'{"name":"a.mp4"}')
+        # Another station's result, then this station's own (the control), in this order over one connection:
+        # had the first been delivered it would have arrived first.
+        await central.publish("$file-response/STATION-B", b'{"for":"B"}')
+        await central.publish("$file-response/STATION-A", b'{"for":"A"}')
+        got = await results.next()
+        assert (got.topic, got.payload) == ("$file-response/STATION-A", b'{"for":"A"}')
+        assert results.queue.empty() and commands.queue.empty()
