@@ -155,6 +155,9 @@ class ConnectionStatus:
     """Connections the broker accepted since `run()` started."""
     failed_attempts: int = 0
     """Consecutive attempts that did not lead to an accepted connection."""
+    unconfirmed_subscriptions: int = 0
+    """Subscriptions not (yet) in effect: sent but not acknowledged by a SUBACK on this session, or
+    refused. Messages published before a subscription is in effect are not delivered to it."""
 
 
 @dataclass(frozen=True)
@@ -344,6 +347,7 @@ class MqttClient:
         subscription = _Subscription(qos, handler, loop.create_future())
         self._subscriptions[topic_filter] = subscription
         self._confirmed.discard(topic_filter)
+        self._count_unconfirmed()
         if self._status.state is ConnectionState.CONNECTED:
             self._send_subscribe(topic_filter, subscription)
         async with asyncio.timeout(timeout_s):
@@ -374,12 +378,7 @@ class MqttClient:
                     "MQTT %s: %s (%s); next attempt in %.1f s",
                     self._settings.client_id, self._status.state.value, self._status.reason, delay_s,
                 )
-                if liveness is not None:
-                    liveness.beat()
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay_s):
-                        await self._wake.wait()
+                await self._back_off(delay_s, liveness)
         finally:
             dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -399,12 +398,27 @@ class MqttClient:
             self._paho._reset_sockets()
             self._set_status(replace(self._status, state=ConnectionState.CLOSED))
 
+    async def _back_off(self, delay_s: float, liveness: Liveness | None) -> None:
+        """Wait `delay_s` (or until `close()`), marking the task alive meanwhile: waiting out a back-off is
+        what this task should be doing while the broker is away."""
+        self._wake.clear()
+        deadline = asyncio.get_running_loop().time() + delay_s
+        while not self._wake.is_set():
+            if liveness is not None:
+                liveness.beat()
+            remaining_s = deadline - asyncio.get_running_loop().time()
+            if remaining_s <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(remaining_s, _LOOP_TIMEOUT_S)):
+                    await self._wake.wait()
+
     async def close(self) -> None:
         """Disconnect cleanly (a DISCONNECT: the broker does not publish the will) and make `run()` return.
         The session stays on the broker for `session_expiry_s`."""
         self._closing = True
         self._wake.set()
-        self._stop_thread.set()
+        self._stop_network_thread()
         if self._status.state not in (ConnectionState.IDLE, ConnectionState.CLOSED):
             with contextlib.suppress(TimeoutError):
                 await self.wait_for(lambda s: s.state is ConnectionState.CLOSED, _STOP_GRACE_S + 5)
@@ -434,6 +448,10 @@ class MqttClient:
         return self._attempt
 
     def _stop_network_thread(self) -> None:
+        # DISCONNECT first: queuing it wakes the network thread at once (the thread itself sends one only
+        # when it finds the connection still up).
+        if self._paho.is_connected():
+            self._paho.disconnect()
         self._stop_thread.set()
 
     def _network_main(
@@ -452,7 +470,8 @@ class MqttClient:
                     # give it a moment to go out, then stop regardless.
                     if stop_asked_at is None:
                         stop_asked_at = time.monotonic()
-                        self._paho.disconnect()
+                        if self._paho.is_connected():
+                            self._paho.disconnect()
                     elif time.monotonic() - stop_asked_at > _STOP_GRACE_S:
                         break
             if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
@@ -620,6 +639,11 @@ class MqttClient:
         for topic_filter, subscription in self._subscriptions.items():
             if topic_filter not in self._confirmed:
                 self._send_subscribe(topic_filter, subscription)
+        self._count_unconfirmed()
+
+    def _count_unconfirmed(self) -> None:
+        unconfirmed = sum(1 for topic_filter in self._subscriptions if topic_filter not in self._confirmed)
+        self._set_status(replace(self._status, unconfirmed_subscriptions=unconfirmed))
 
     def _on_disconnect(self, code: int, reason: str) -> None:
         self._suback_for.clear()
@@ -653,6 +677,7 @@ class MqttClient:
         self._confirmed.add(topic_filter)
         if not subscription.confirmed.done():
             subscription.confirmed.set_result(None)
+        self._count_unconfirmed()
 
     def _on_message(self, message: paho.MQTTMessage) -> None:
         self._inbound.put_nowait((self._generation, message))

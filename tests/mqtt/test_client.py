@@ -242,7 +242,8 @@ async def test_broker_killed_and_restarted_the_client_reconnects_and_subscribes_
         await broker.start()
 
         status = await receiver.wait_for(lambda s: s.connections == 2, WAIT_S)
-        assert status.session_present is False  # the broker lost the subscription; the client made it again
+        assert status.session_present is False  # the broker lost the subscription; the client makes it again
+        await receiver.wait_for(lambda s: s.unconfirmed_subscriptions == 0, WAIT_S)
         assert (await pending).reason_code in (0, 0x10)
         await station.publish(topic("STATION-A", "state"), b"after")
         # "during" arrives too when the station's resend reached the broker after the re-subscription.
@@ -305,3 +306,47 @@ async def test_the_shipped_acl_confines_transfer_commands_and_results_to_the_sta
         got = await results.next()
         assert (got.topic, got.payload) == ("$file-response/STATION-A", b'{"for":"A"}')
         assert results.queue.empty() and commands.queue.empty()
+
+
+async def test_a_message_whose_handler_failed_is_not_acknowledged_and_comes_again(
+    broker: MosquittoBroker, pki: TestPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a receiver that stores before it acknowledges relies on: a handler that raises leaves the
+    message unacknowledged, and the broker sends it again on the next connection of the session."""
+    seen: list[tuple[bytes, bool]] = []
+    inbox = Inbox()
+    failed_once = False
+
+    async def store_then_ack(message: InboundMessage) -> None:
+        nonlocal failed_once
+        seen.append((message.payload, message.duplicate))
+        if message.payload == b"flaky" and not failed_once:
+            failed_once = True
+            raise OSError("disk full")  # the store failed: nothing may be acknowledged
+        await inbox(message)
+
+    async with (
+        running(broker.client_settings(pki.client(CENTRAL_ID, unit="server"))) as (receiver, _),
+        running(broker.client_settings(pki.client("STATION-A"))) as (station, _),
+    ):
+        await receiver.wait_connected(WAIT_S)
+        await station.wait_connected(WAIT_S)
+        await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/segments", store_then_ack)
+        await station.publish(topic("STATION-A", "segments"), b"ok")
+        await station.publish(topic("STATION-A", "segments"), b"flaky")
+        await station.publish(topic("STATION-A", "segments"), b"marker")
+        assert [(await inbox.next()).payload for _ in range(2)] == [b"ok", b"marker"]
+        assert (b"flaky", False) in seen and "not acknowledged" in caplog.text
+
+        # A barrier: the broker handles one connection's packets in order, so once it has answered this
+        # SUBSCRIBE it has also had the PUBACKs the receiver queued before it (for "ok" and "marker").
+        await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/barrier", inbox)
+        await broker.restart(graceful=True)  # the session (with the unacknowledged message) survives
+        await receiver.wait_for(lambda s: s.connections == 2, WAIT_S)
+        await station.wait_for(lambda s: s.connections == 2, WAIT_S)
+        await station.publish(topic("STATION-A", "segments"), b"after")
+        # The unacknowledged message comes again (marked duplicate) before the new one; the acknowledged
+        # ones ("ok", "marker") do not.
+        assert [(await inbox.next()).payload for _ in range(2)] == [b"flaky", b"after"]
+        assert seen[-2:] == [(b"flaky", True), (b"after", False)]
+        assert [p for p, _ in seen].count(b"ok") == 1
