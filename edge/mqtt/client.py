@@ -235,6 +235,19 @@ def _matches(topic_filter: str, topic: str) -> bool:
     return bool(paho.topic_matches_sub(topic_filter, topic))
 
 
+class _HandshakeClosingSocket(ssl.SSLSocket):
+    """An SSLSocket that closes itself when its handshake fails. paho wraps and handshakes the socket
+    before it holds on to it, so a refused or untrusted handshake would otherwise leave the socket to the
+    garbage collector, one per attempt."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
 def _supervised_liveness() -> Liveness | None:
     try:
         return current_liveness()
@@ -540,6 +553,7 @@ class MqttClient:
                 CallbackAPIVersion.VERSION2, client_id=s.client_id, clean_session=False,
                 protocol=MQTTProtocolVersion.MQTTv311, manual_ack=True,
             )
+        s.tls.sslsocket_class = _HandshakeClosingSocket
         client.tls_set_context(s.tls)
         client.connect_timeout = s.connect_timeout_s
         client.max_queued_messages_set(0)

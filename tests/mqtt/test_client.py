@@ -118,6 +118,23 @@ async def test_a_broker_that_rejects_the_certificate_is_reported_refused_never_c
         await client.wait_connected(WAIT_S)
 
 
+async def test_a_broker_whose_certificate_the_station_does_not_trust_is_never_connected(
+    broker: MosquittoBroker, pki: TestPki, tmp_path: Path
+) -> None:
+    """An impostor broker (or a man in the middle) cannot collect the station's telemetry or feed it
+    commands: the station checks the broker's certificate against its own CA and stops at the handshake."""
+    other_ca = TestPki.create(tmp_path / "other").ca_file
+    settings = broker.client_settings(pki.client("STATION-A"), ca_file=other_ca)
+    async with running(settings) as (client, history):
+        status = await client.wait_for(lambda s: s.failed_attempts >= 2, WAIT_S)
+        assert status.state is ConnectionState.DISCONNECTED
+        assert "broker certificate not trusted" in status.reason
+        assert all(s.state is not ConnectionState.CONNECTED for s in history)
+    # Control: the CA that issued the broker's certificate.
+    async with running(broker.client_settings(pki.client("STATION-A"))) as (client, _):
+        await client.wait_connected(WAIT_S)
+
+
 @pytest.mark.parametrize("protocol", [ProtocolVersion.V5, ProtocolVersion.V311])
 async def test_a_wrong_password_is_refused_with_the_brokers_reason_code(
     pki: TestPki, tmp_path: Path, protocol: ProtocolVersion
