@@ -20,6 +20,7 @@ from edge.mqtt.client import (
     MqttSettings,
     ProtocolVersion,
     PublishRefused,
+    PublishTimeout,
 )
 from edge.uplink.policy import Backoff
 from tests.mqtt.broker import (
@@ -212,10 +213,11 @@ async def test_the_shipped_acl_drops_a_forged_publish_silently_under_mqtt311(
         assert (await inbox.next()).payload == b"control-2"
 
 
+@pytest.mark.parametrize("protocol", [ProtocolVersion.V5, ProtocolVersion.V311])
 async def test_messages_sent_while_a_subscriber_is_offline_arrive_after_it_reconnects(
-    broker: MosquittoBroker, pki: TestPki
+    broker: MosquittoBroker, pki: TestPki, protocol: ProtocolVersion
 ) -> None:
-    receiver_settings = broker.client_settings(pki.client(CENTRAL_ID, unit="server"))
+    receiver_settings = broker.client_settings(pki.client(CENTRAL_ID, unit="server"), protocol=protocol)
     async with running(receiver_settings) as (receiver, _):
         await receiver.wait_connected(WAIT_S)
         await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/events", Inbox())
@@ -367,3 +369,18 @@ async def test_a_message_whose_handler_failed_is_not_acknowledged_and_comes_agai
         assert [(await inbox.next()).payload for _ in range(2)] == [b"flaky", b"after"]
         assert seen[-2:] == [(b"flaky", True), (b"after", False)]
         assert [p for p, _ in seen].count(b"ok") == 1
+
+
+async def test_a_publish_the_broker_never_acknowledges_raises_after_its_time_limit(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    async with running(broker.client_settings(pki.client("STATION-A"))) as (station, _):
+        await station.wait_connected(WAIT_S)
+        await broker.stop(graceful=False)
+        await station.wait_for(lambda s: s.state is not ConnectionState.CONNECTED, WAIT_S)
+        with pytest.raises(PublishTimeout):
+            await station.publish(topic("STATION-A", "state"), b"lost?", timeout_s=0.3)
+        # Control: with the broker back, the same call is acknowledged.
+        await broker.start()
+        await station.wait_connected(WAIT_S)
+        assert (await station.publish(topic("STATION-A", "state"), b"x", timeout_s=5)).reason_code == 0x10
