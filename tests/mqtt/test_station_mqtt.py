@@ -45,6 +45,18 @@ def test_check_config_names_the_bad_mqtt_key(
     assert "hunter2" not in err
 
 
+def test_check_config_says_when_the_mqtt_certificate_cannot_be_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = TestPki.create(tmp_path / "pki").client("S1")
+    (bundle / "client.key").unlink()
+    bad = tmp_path / "station.toml"
+    bad.write_text(MINIMAL + f'[mqtt]\nbroker_url = "mqtts://broker.example"\nidentity_dir = "{bundle}"\n')
+    assert main(["check-config", str(bad)]) == 78
+    err = capsys.readouterr().err
+    assert "[mqtt]" in err and "client.key" in err
+
+
 def test_check_config_accepts_a_good_mqtt_section_and_settings_follow_it(tmp_path: Path) -> None:
     pki = TestPki.create(tmp_path / "pki")
     bundle = pki.client("S1")
