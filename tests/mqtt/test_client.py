@@ -5,6 +5,7 @@ sessions, reconnection after a broker restart."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,15 @@ from edge.mqtt.client import (
     ProtocolVersion,
     PublishRefused,
     PublishTimeout,
+)
+from edge.mqtt.filetransfer import (
+    FinCommand,
+    InitCommand,
+    Mode,
+    SegmentCommand,
+    parse_scoped_topic,
+    response_topic,
+    scoped_topic,
 )
 from edge.uplink.policy import Backoff
 from tests.mqtt.broker import (
@@ -304,24 +314,36 @@ async def test_the_shipped_acl_confines_transfer_commands_and_results_to_the_sta
         await central.wait_connected(WAIT_S)
         await station.wait_connected(WAIT_S)
         commands = Inbox()
-        await central.subscribe(f"$share/receivers/{TOPIC_PREFIX}/stations/+/$file/#", commands)
+        await central.subscribe(f"$share/receivers/{TOPIC_PREFIX}/stations/+/$file-async/#", commands)
         results = Inbox()
         # Mosquitto 2.0 grants a subscription to a topic the ACL does not let the client read, and checks
         # the ACL on each delivery instead (below).
         await station.subscribe("$file-response/STATION-B", results)
-        await station.subscribe("$file-response/STATION-A", results)
-        init = topic("STATION-A", "$file/f1/init")
-        assert (await station.publish(init, b'{"name":"a.mp4"}')).reason_code == 0
+        await station.subscribe(response_topic("STATION-A"), results)
+        # The topics as the file-transfer codec builds and reads them (edge.mqtt.filetransfer), with the
+        # station level under <prefix>/stations, where the shipped ACL confines it.
+        scope = f"{TOPIC_PREFIX}/stations"
+        digest = hashlib.sha256(b"segment").hexdigest()
+        sent = [
+            (scoped_topic(scope, "STATION-A", InitCommand("f1", Mode.ASYNC).topic), b'{"name":"a.mp4"}'),
+            (scoped_topic(scope, "STATION-A", SegmentCommand("f1", 0, digest, Mode.ASYNC).topic), b"segment"),
+            (scoped_topic(scope, "STATION-A", FinCommand("f1", 7, digest, Mode.ASYNC).topic), b""),
+        ]
+        for command_topic, payload in sent:
+            assert (await station.publish(command_topic, payload)).reason_code == 0
         with pytest.raises(PublishRefused):
-            await station.publish(topic("STATION-B", "$file/f1/init"), b'{"name":"forged.mp4"}')
+            forged = scoped_topic(scope, "STATION-B", InitCommand("f1", Mode.ASYNC).topic)
+            await station.publish(forged, b'{"name":"forged.mp4"}')
         with pytest.raises(PublishRefused):  # bare $file/ is EMQX's, handled by that broker itself
             await station.publish("$file/f1/init", b'{"name":"a.mp4"}')
-        got = await commands.next()
-        assert (got.topic, got.payload) == (init, b'{"name":"a.mp4"}')
+        received = [await commands.next() for _ in sent]
+        assert [(m.topic, m.payload) for m in received] == sent
+        assert [parse_scoped_topic(scope, m.topic)[0] for m in received] == ["STATION-A"] * 3
+        assert parse_scoped_topic(scope, received[1].topic)[1] == SegmentCommand("f1", 0, digest, Mode.ASYNC)
         # Another station's result, then this station's own (the control), in this order over one connection:
         # had the first been delivered it would have arrived first.
         await central.publish("$file-response/STATION-B", b'{"for":"B"}')
-        await central.publish("$file-response/STATION-A", b'{"for":"A"}')
+        await central.publish(response_topic("STATION-A"), b'{"for":"A"}')
         got = await results.next()
         assert (got.topic, got.payload) == ("$file-response/STATION-A", b'{"for":"A"}')
         assert results.queue.empty() and commands.queue.empty()
