@@ -11,13 +11,13 @@ STAMP := $(VENV)/.installed
 # virtual environment); systemd-analyze and busctl (systemd: the unit's seccomp groups,
 # systemd-timedated over D-Bus), dbus-daemon (a private bus for the timedated stand-in) and libseccomp2
 # (the unit's filter installed in tests). Under CI a missing tool fails the tests that need it instead
-# of skipping them (tests/prerequisites.py). No MQTT transport exists yet, so no broker is installed:
-# the transport that brings MQTT adds mosquitto here with the tests that run it. chromium: the browser
+# of skipping them (tests/prerequisites.py). mosquitto: the MQTT tests (tests/mqtt/) start a real broker
+# on a free port with TLS, client certificates and the agency ACL of config/mosquitto/. chromium: the browser
 # tests (tests/browser/) drive Debian's /usr/bin/chromium with Playwright's Python package, which never
 # downloads a browser of its own; fonts-wqy-microhei gives it Chinese glyphs, so that the dock screen's
 # Chinese text is measured (does it fit its tile?) and shown as a kiosk would show it.
 APT_PACKAGES := ffmpeg fuse3 curl python3-venv python3-dev systemd dbus-daemon libseccomp2 chromium \
-	fonts-wqy-microhei
+	fonts-wqy-microhei mosquitto
 
 # Exact versions of every Python distribution the tests ran with (pip and the build backend included),
 # so that an install a year from now gets what was tested. `make constraints` rewrites it from .venv.
@@ -39,6 +39,7 @@ system:
 	ldconfig -p | grep -q 'libseccomp\.so\.2 ' || missing="$$missing libseccomp2"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$$missing fonts-wqy-microhei"; \
+	[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "setup: installing system packages:$$missing"; \

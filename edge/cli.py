@@ -69,6 +69,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             found = "both" if all(isinstance(raw.get(table), dict) for table in ROLE_TABLES) else "neither"
             raise ConfigError(f"{path}: expected one of the top-level tables {expected}; found {found}")
         config = load_config(path)
+        _check_mqtt_identity(config, path)
     except ConfigError as exc:
         _error(exc)
         return ExitCode.CONFIG
@@ -88,6 +89,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return ExitCode.OK
+
+
+def _check_mqtt_identity(config: StationConfig, path: Path) -> None:
+    """With [mqtt], the certificate, key and CA the station will present and trust must be usable now,
+    not at the first connection attempt."""
+    if not config.mqtt.enabled:
+        return
+    from edge.mqtt.station_settings import station_mqtt_settings
+    from edge.pki.names import IdentityError
+
+    try:
+        station_mqtt_settings(config)
+    except (IdentityError, ValueError) as exc:
+        raise ConfigError(f"{path}: [mqtt]: {exc}") from None
 
 
 def _check_vfat_codepage(config: StationConfig) -> None:

@@ -32,6 +32,8 @@ from edge.custody.errors import CustodyError
 from edge.custody.ledger import EntryType
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
+from edge.mqtt.client import MqttClient
+from edge.mqtt.station_settings import station_mqtt_settings
 from edge.observe.api import LocalApi
 from edge.observe.board import CentralFacts, ClockFacts, StatusBoard, TaskFacts
 from edge.observe.facts import StoreFactsReader
@@ -43,6 +45,7 @@ from edge.observe.sink import (
     Refused,
     UsbSerialProblem,
 )
+from edge.pki.names import IdentityError
 from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.slots import ConcurrencySlot
@@ -69,6 +72,7 @@ from edge.sources.usb.volumes import (
     printable,
     wait_until_readable,
 )
+from edge.uplink.policy import Backoff
 from edge.uplink.service import UplinkService
 
 log = logging.getLogger(__name__)
@@ -152,6 +156,7 @@ class StationAgent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.store: StationStore | None = None
         self.uplink: UplinkService | None = None
+        self.mqtt: MqttClient | None = None
         # One ingest pipeline for every bay (and, later, every source) of this store.
         self.pipeline: IngestPipeline | None = None
         self.supervisor: Supervisor | None = None
@@ -216,6 +221,19 @@ class StationAgent:
                 )
             else:
                 supervisor.add(TaskSpec("uplink", self.uplink.run, critical=False))
+        if self.config.mqtt.enabled:
+            # The broker connection (telemetry, commands): losing it costs those, never evidence. It
+            # reconnects by itself with back-off; the supervisor restarts it only if it crashes.
+            try:
+                self.mqtt = MqttClient(
+                    station_mqtt_settings(self.config),
+                    backoff=Backoff(self.config.mqtt.backoff_base_s, self.config.mqtt.backoff_max_s),
+                )
+            except (OSError, ValueError, IdentityError) as exc:
+                log.error("mqtt disabled: %s", exc)
+                self.store.record(EntryType.ERROR, None, {"stage": "mqtt", "reason": f"mqtt disabled: {exc}"})
+            else:
+                supervisor.add(TaskSpec("mqtt", self.mqtt.run, critical=False))
         self.pipeline = IngestPipeline(
             self.store,
             IngestSettings.from_config(self.config.offload),

@@ -66,7 +66,8 @@ def test_mypy_strict_is_clean() -> None:
 # Packages of the station side: none may reach into the central (the station talks to it over the
 # network only; certificates and bundles live in edge.pki, shared by both).
 STATION_PACKAGES = (
-    "config", "custody", "durable", "ingest", "observe", "pki", "runtime", "sources", "uplink", "verify"
+    "config", "custody", "durable", "ingest", "mqtt", "observe", "pki", "runtime", "sources", "uplink",
+    "verify",
 )
 # Foundation packages that everything builds on and that build on nothing above them.
 FOUNDATION = {"custody": {"custody", "durable"}, "durable": {"durable"}}
@@ -102,7 +103,9 @@ def test_foundation_packages_depend_only_on_foundations() -> None:
 # The status board (edge.observe) sits above the layers that feed it: they reach it only through the narrow
 # publish interface of edge.observe.sink, never the board, its metrics or the local API server.
 OBSERVE_SINK = "edge.observe.sink"
-OBSERVE_FEEDERS = ("config", "custody", "durable", "ingest", "pki", "runtime", "sources", "uplink", "verify")
+OBSERVE_FEEDERS = (
+    "config", "custody", "durable", "ingest", "mqtt", "pki", "runtime", "sources", "uplink", "verify"
+)
 
 
 def _observe_offenders(paths: list[Path]) -> list[str]:
@@ -165,6 +168,30 @@ def test_the_uplink_core_never_imports_a_transport(tmp_path: Path) -> None:
         "service.py (the core) imports edge.uplink.tus_client",
         "tus_transport.py (a transport) imports edge.uplink.spool",
     ]
+
+
+# paho's network loop meets asyncio in one place: edge/mqtt/client.py runs paho's loop in its own thread
+# and hands every callback to the event loop. Any other module that drove paho itself would bring a second
+# thread model (and a second writer on the TLS socket).
+PAHO_OWNER = "edge/mqtt/client.py"
+
+
+def _paho_offenders(paths: list[Path]) -> list[str]:
+    offenders = []
+    for path in paths:
+        where = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+        offenders += [f"{where} imports {name}" for name in sorted(_imports(path))
+                      if name.split(".")[0] == "paho" and where != PAHO_OWNER]
+    return offenders
+
+
+def test_only_the_mqtt_client_drives_paho(tmp_path: Path) -> None:
+    paths = sorted((ROOT / "edge").rglob("*.py"))
+    assert any(str(p.relative_to(ROOT)) == PAHO_OWNER for p in paths)
+    assert _paho_offenders(paths) == []
+    # Control: a telemetry module that made its own paho client is found.
+    (tmp_path / "telemetry.py").write_text("import paho.mqtt.client as mqtt\n")
+    assert _paho_offenders([tmp_path / "telemetry.py"]) == ["telemetry.py imports paho.mqtt.client"]
 
 
 def _verify_wire_offenders(paths: list[Path]) -> list[str]:

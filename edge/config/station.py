@@ -401,6 +401,101 @@ class UplinkSection(StrictModel):
         return None if self.identity_dir is None else self.identity_dir / "central-signing.pub"
 
 
+# mqtts://host or mqtts://host:port: MQTT over TLS only (the station authenticates with its certificate
+# or a password, and neither crosses a network in clear).
+MQTT_BROKER_URL_OR_EMPTY = r"^(mqtts://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|mqtts://\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?)?$"
+# Topic levels without wildcards, without a leading `$` (reserved for the broker) and without empty levels.
+MQTT_TOPIC_PREFIX = r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64}){0,7}$"
+MQTT_DEFAULT_PORT = 8883
+
+
+class MqttProtocolVersion(StrEnum):
+    V5 = "5"
+    V311 = "3.1.1"
+
+
+class MqttSection(StrictModel):
+    """The station's MQTT connection (edge.mqtt): telemetry, commands and evidence over a broker."""
+
+    broker_url: str = Field(
+        "", pattern=MQTT_BROKER_URL_OR_EMPTY,
+        description="mqtts://host[:port] of the agency's broker (port 8883 when omitted); empty: no MQTT",
+    )
+    client_id: str = Field(
+        "", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$",
+        description="MQTT client id; empty: the station id. The broker keys the persistent session (and "
+        "EMQX file transfers) by it, so it must stay the same across restarts",
+    )
+    protocol: MqttProtocolVersion = Field(
+        MqttProtocolVersion.V5,
+        description="'5' (reason codes on every acknowledgement) or '3.1.1' (a refused publish is dropped "
+        "by the broker without a word)",
+    )
+    keepalive_s: int = Field(
+        60, ge=5, le=3600,
+        description="MQTT keep-alive: after 1.5 times this of silence either side drops the connection",
+    )
+    session_expiry_s: int = Field(
+        7 * 86400, ge=60, le=0xFFFFFFFE,
+        description="How long the broker keeps the station's session (subscriptions, queued QoS 1 messages) "
+        "while it is offline (MQTT 5; a 3.1.1 broker keeps it as its own configuration says)",
+    )
+    topic_prefix: str = Field(
+        "evidence", pattern=MQTT_TOPIC_PREFIX,
+        description="First levels of every topic; the station's own are <prefix>/stations/<station id>/...",
+    )
+    identity_dir: Path | None = Field(
+        None, description="Enrollment bundle whose client certificate the station presents to the broker; "
+        "unset: [uplink] identity_dir",
+    )
+    ca_file: Path | None = Field(
+        None, description="CA certificate that issued the broker's certificate; unset: ca.crt of the bundle",
+    )
+    username: str = Field(
+        "", max_length=128,
+        description="Password login instead of a client certificate (brokers that cannot map certificates "
+        "to identities); empty: the certificate is the identity",
+    )
+    password: SecretRef | None = Field(
+        None, description="Reference to the broker password (env:, file:, credential:), with username",
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, le=300, description="TCP connect and TLS handshake limit")
+    publish_timeout_s: float = Field(
+        60.0, gt=0, le=3600,
+        description="A QoS 1 publish not acknowledged by the broker this long after it was handed over "
+        "fails (it may still be delivered later: QoS 1 is at least once)",
+    )
+    backoff_base_s: float = Field(1.0, gt=0, le=3600, description="First reconnect delay (full jitter)")
+    backoff_max_s: float = Field(120.0, gt=0, le=86400, description="Longest reconnect delay")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.broker_url)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """Host and port of `broker_url` (an IPv6 address without its brackets)."""
+        rest = self.broker_url.removeprefix("mqtts://")
+        if rest.startswith("["):
+            host, _, port = rest[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = rest.partition(":")
+        return host, int(port) if port else MQTT_DEFAULT_PORT
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttSection:
+        if self.broker_url:
+            port = self.host_port[1]
+            if not 1 <= port <= 65535:
+                raise ValueError(f"broker_url port must be within 1-65535, got {port}")
+        if bool(self.username) != (self.password is not None):
+            raise ValueError("username and password go together (neither: the certificate is the identity)")
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("backoff_max_s must be >= backoff_base_s")
+        return self
+
+
 class CaseDefaults(StrictModel):
     case_number: str = ""
     location: str = ""
@@ -498,6 +593,7 @@ class StationConfig(StrictModel):
     offload: OffloadSection = OffloadSection()
     wipe: WipeSection = WipeSection()
     uplink: UplinkSection = UplinkSection()
+    mqtt: MqttSection = MqttSection()
     case_defaults: CaseDefaults = CaseDefaults()
     api: ApiSection = ApiSection()
     officers: dict[str, CaseDefaults] = Field(
@@ -520,6 +616,27 @@ class StationConfig(StrictModel):
         if len(set(ports)) != len(ports):
             raise ValueError("bay usb_port values must be unique")
         return self
+
+    @model_validator(mode="after")
+    def _mqtt_identity(self) -> StationConfig:
+        mqtt = self.mqtt
+        if mqtt.enabled and not mqtt.username and self.mqtt_identity_dir is None:
+            raise ValueError(
+                "mqtt.broker_url needs a client certificate (mqtt.identity_dir or uplink.identity_dir) or "
+                "mqtt.username with mqtt.password"
+            )
+        if mqtt.enabled and mqtt.username and mqtt.ca_file is None and self.mqtt_identity_dir is None:
+            raise ValueError("mqtt.username needs mqtt.ca_file (the CA that issued the broker's certificate)")
+        return self
+
+    @property
+    def mqtt_identity_dir(self) -> Path | None:
+        """The bundle the station presents to the broker: [mqtt] identity_dir, else [uplink]'s."""
+        return self.mqtt.identity_dir if self.mqtt.identity_dir is not None else self.uplink.identity_dir
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.mqtt.client_id or self.station.id
 
     def bay_for_port(self, usb_port: str) -> int | None:
         return next((b.number for b in self.bays if b.usb_port == usb_port), None)
@@ -555,6 +672,13 @@ def load_config(path: Path) -> StationConfig:
                 }
             ),
             "api": config.api.model_copy(update={"socket_path": _rooted(base, config.api.socket_path)}),
+            "mqtt": config.mqtt.model_copy(
+                update={
+                    "identity_dir": None if config.mqtt.identity_dir is None
+                    else _rooted(base, config.mqtt.identity_dir),
+                    "ca_file": None if config.mqtt.ca_file is None else _rooted(base, config.mqtt.ca_file),
+                }
+            ),
             "uplink": config.uplink.model_copy(
                 update={
                     "identity_dir": None

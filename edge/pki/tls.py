@@ -75,6 +75,20 @@ def client_ssl_context(bundle_dir: Path) -> ssl.SSLContext:
     return context
 
 
+def broker_ssl_context(*, ca_file: Path, bundle_dir: Path | None) -> ssl.SSLContext:
+    """TLS >= 1.2 client context for an MQTT broker: trusts only `ca_file` (the CA that issued the
+    broker's certificate), checks the broker's name, and presents the bundle's client certificate (none
+    when `bundle_dir` is None: a password login)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _harden(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = True
+    _load_ca_file(context, Path(ca_file))
+    if bundle_dir is not None:
+        _load_chain(context, Path(bundle_dir) / BUNDLE_CLIENT_CERT, Path(bundle_dir) / BUNDLE_CLIENT_KEY)
+    return context
+
+
 def peer_identity(peercert: Mapping[str, Any] | None) -> tuple[str, str]:
     """(CN, OU) of a verified peer certificate as `SSLSocket.getpeercert()` returns it.
 

@@ -1,0 +1,36 @@
+"""The station's `MqttSettings` from its validated `[mqtt]` section (and `[uplink]` for the identity)."""
+
+from __future__ import annotations
+
+from edge.config.station import MqttProtocolVersion, StationConfig
+from edge.mqtt.client import MqttSettings, ProtocolVersion, WillMessage
+from edge.pki.bundle import BUNDLE_CA_CERT
+from edge.pki.tls import broker_ssl_context
+
+
+def station_mqtt_settings(config: StationConfig, *, will: WillMessage | None = None) -> MqttSettings:
+    """Settings for `MqttClient`: TLS with the station's enrolled client certificate, or the password
+    login of `[mqtt] username`/`password` (resolved at each connection, never held here). Raises
+    `IdentityError` when a certificate or key cannot be used."""
+    mqtt = config.mqtt
+    if not mqtt.enabled:
+        raise ValueError("[mqtt] broker_url is empty: MQTT is off")
+    identity = config.mqtt_identity_dir
+    ca_file = mqtt.ca_file if mqtt.ca_file is not None else (identity / BUNDLE_CA_CERT if identity else None)
+    if ca_file is None:  # StationConfig's validation requires one of them
+        raise ValueError("[mqtt] needs ca_file, or an identity_dir whose ca.crt issued the broker's cert")
+    host, port = mqtt.host_port
+    return MqttSettings(
+        host=host,
+        port=port,
+        client_id=config.mqtt_client_id,
+        tls=broker_ssl_context(ca_file=ca_file, bundle_dir=None if mqtt.username else identity),
+        protocol=ProtocolVersion.V5 if mqtt.protocol is MqttProtocolVersion.V5 else ProtocolVersion.V311,
+        keepalive_s=mqtt.keepalive_s,
+        session_expiry_s=mqtt.session_expiry_s,
+        username=mqtt.username,
+        password=mqtt.password.resolve if mqtt.password is not None else None,
+        connect_timeout_s=mqtt.connect_timeout_s,
+        publish_timeout_s=mqtt.publish_timeout_s,
+        will=will,
+    )

@@ -1,0 +1,276 @@
+"""A real Mosquitto on a free port for the MQTT tests: TLS, client certificates from a test PKI made with the
+project's own certificate code (edge.pki.certs), and the agency configuration and ACL shipped in
+config/mosquitto/ with their placeholders filled in (nothing else: the test broker runs those files).
+
+    pki = TestPki.create(tmp_path / "pki")
+    async with running_broker(tmp_path, pki) as broker:
+        settings = broker.client_settings(pki.client("STATION-A"))
+        await broker.restart(graceful=False)      # SIGKILL: sessions not yet saved are lost
+
+Under CI a missing mosquitto fails the test instead of skipping it (tests/prerequisites.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import shutil
+import signal
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from edge.mqtt.client import MqttSettings, ProtocolVersion
+from edge.pki.bundle import BUNDLE_CA_CERT, BUNDLE_CLIENT_CERT, BUNDLE_CLIENT_KEY
+from edge.pki.certs import (
+    PRIVATE_MODE,
+    PUBLIC_MODE,
+    alt_names,
+    cert_pem,
+    install_file,
+    issue_ca,
+    issue_leaf,
+    key_pem,
+    subject_name,
+)
+from edge.pki.names import SERVER_OU, STATION_OU
+from edge.pki.tls import broker_ssl_context
+from tests.prerequisites import require
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_CONF = ROOT / "config" / "mosquitto" / "mosquitto.conf"
+SHIPPED_ACL = ROOT / "config" / "mosquitto" / "acl"
+# Debian installs it in /usr/sbin, which a non-root PATH often lacks.
+MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+CENTRAL_ID = "TEST-CENTRAL"
+TOPIC_PREFIX = "evidence"
+START_TIMEOUT_S = 15.0
+
+
+def require_mosquitto() -> str:
+    require(MOSQUITTO is not None, "needs mosquitto (apt-get install mosquitto)")
+    assert MOSQUITTO is not None
+    return MOSQUITTO
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def fill_placeholders(template: str, values: dict[str, str]) -> str:
+    """The shipped file with every @NAME@ replaced; a placeholder left unfilled is an error."""
+    text = template
+    for name, value in values.items():
+        text = text.replace(f"@{name}@", value)
+    leftover = [line for line in text.splitlines() if "@" in line.split("#", 1)[0]]
+    assert not leftover, f"placeholders left unfilled: {leftover}"
+    return text
+
+
+@dataclass
+class TestPki:
+    """A CA (standing in for the central's) with the broker's server certificate and client bundles."""
+
+    __test__ = False  # not a test class, despite its name
+
+    root: Path
+    ca_cert: x509.Certificate
+    ca_key: ec.EllipticCurvePrivateKey = field(repr=False)
+
+    @classmethod
+    def create(cls, root: Path, ca_name: str = CENTRAL_ID) -> TestPki:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        pki = cls(root, issue_ca(key, ca_name), key)
+        install_file(pki.ca_file, cert_pem(pki.ca_cert), PUBLIC_MODE, replace=True)
+        return pki
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "ca.crt"
+
+    def _leaf(
+        self, name: str, unit: str, usage: x509.ObjectIdentifier, hosts: list[str] | None = None
+    ) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = issue_leaf(
+            self.ca_cert, self.ca_key, key.public_key(), subject_name(name, unit), usage,
+            days=30, valid_from=None, alt_names=alt_names(hosts) if hosts else None,
+        )
+        return cert_pem(cert), key_pem(key)
+
+    def server(self) -> tuple[Path, Path]:
+        """The broker's certificate and key (names localhost and 127.0.0.1)."""
+        cert_file, key_file = self.root / "broker.crt", self.root / "broker.key"
+        if not cert_file.exists():
+            names = ["localhost", "127.0.0.1"]
+            cert, key = self._leaf("broker", SERVER_OU, ExtendedKeyUsageOID.SERVER_AUTH, names)
+            install_file(key_file, key, PRIVATE_MODE, replace=True)
+            install_file(cert_file, cert, PUBLIC_MODE, replace=True)
+        return cert_file, key_file
+
+    def client(self, name: str, unit: str = STATION_OU) -> Path:
+        """A bundle directory (client.crt, client.key, ca.crt) for a client whose certificate CN is `name`."""
+        bundle = self.root / f"client-{name}"
+        if not bundle.exists():
+            bundle.mkdir(mode=0o700)
+            cert, key = self._leaf(name, unit, ExtendedKeyUsageOID.CLIENT_AUTH)
+            install_file(bundle / BUNDLE_CLIENT_KEY, key, PRIVATE_MODE, replace=False)
+            install_file(bundle / BUNDLE_CLIENT_CERT, cert, PUBLIC_MODE, replace=False)
+            install_file(bundle / BUNDLE_CA_CERT, cert_pem(self.ca_cert), PUBLIC_MODE, replace=False)
+        return bundle
+
+
+class MosquittoBroker:
+    """One mosquitto process running the shipped configuration; restartable on the same port."""
+
+    def __init__(self, root: Path, pki: TestPki, *, port: int | None = None) -> None:
+        self.root = root
+        self.pki = pki
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.process: asyncio.subprocess.Process | None = None
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "data").mkdir(exist_ok=True)
+        self.conf_file = self.root / "mosquitto.conf"
+        self.acl_file = self.root / "acl"
+        self.log_file = self.root / "mosquitto.log"
+        cert, key = pki.server()
+        self.acl_file.write_text(
+            fill_placeholders(
+                SHIPPED_ACL.read_text(), {"CENTRAL_ID": CENTRAL_ID, "TOPIC_PREFIX": TOPIC_PREFIX}
+            )
+        )
+        self.conf_file.write_text(
+            fill_placeholders(
+                SHIPPED_CONF.read_text(),
+                {
+                    "PERSISTENCE_DIR": str(self.root / "data"),
+                    # Root keeps root (the test PKI's keys are 0600 root's); anyone else keeps themselves.
+                    "RUN_AS_USER": getpass.getuser(),
+                    "PORT": str(self.port),
+                    "BIND_ADDRESS": self.host,
+                    "CA_FILE": str(pki.ca_file),
+                    "CERT_FILE": str(cert),
+                    "KEY_FILE": str(key),
+                    "ACL_FILE": str(self.acl_file),
+                    "LOG_DEST": f"file {self.log_file}",
+                },
+            )
+        )
+
+    def log_text(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def client_settings(
+        self,
+        bundle: Path | None,
+        *,
+        client_id: str | None = None,
+        protocol: ProtocolVersion = ProtocolVersion.V5,
+        ca_file: Path | None = None,
+        **overrides: object,
+    ) -> MqttSettings:
+        """Settings to reach this broker presenting `bundle`'s certificate (None: no certificate)."""
+        tls = broker_ssl_context(ca_file=ca_file or self.pki.ca_file, bundle_dir=bundle)
+        name = client_id or (bundle.name.removeprefix("client-") if bundle is not None else "anonymous")
+        settings = MqttSettings(
+            host=self.host, port=self.port, client_id=name, tls=tls, protocol=protocol,
+            keepalive_s=10, connect_timeout_s=5.0, publish_timeout_s=10.0,
+        )
+        return settings if not overrides else _with(settings, overrides)
+
+    async def start(self) -> None:
+        executable = require_mosquitto()
+        assert self.process is None or self.process.returncode is not None, "already running"
+        self.process = await asyncio.create_subprocess_exec(
+            executable, "-c", str(self.conf_file),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await self._wait_listening()
+
+    async def _wait_listening(self) -> None:
+        """Until the listener accepts TCP connections (polls a subprocess becoming ready; proves nothing)."""
+        assert self.process is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT_S
+        while True:
+            if self.process.returncode is not None:
+                stderr = await self.process.stderr.read() if self.process.stderr else b""
+                raise AssertionError(f"mosquitto exited {self.process.returncode}: {stderr.decode()[-2000:]}"
+                                     f"\n{self.log_text()[-2000:]}")
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection(self.host, self.port)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+                return
+            if loop.time() > deadline:
+                raise AssertionError(f"mosquitto did not listen on {self.port}: {self.log_text()[-2000:]}")
+            await asyncio.sleep(0.02)
+
+    async def stop(self, *, graceful: bool = True) -> None:
+        """SIGTERM (mosquitto saves its sessions) or, not graceful, SIGKILL (what was not saved is lost)."""
+        process, self.process = self.process, None
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+        try:
+            async with asyncio.timeout(10):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+    async def restart(self, *, graceful: bool = True) -> None:
+        await self.stop(graceful=graceful)
+        await self.start()
+
+
+def _with(settings: MqttSettings, overrides: dict[str, object]) -> MqttSettings:
+    return replace(settings, **overrides)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running_broker(root: Path, pki: TestPki) -> AsyncIterator[MosquittoBroker]:
+    broker = MosquittoBroker(root / "broker", pki)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+
+async def password_broker(root: Path, pki: TestPki, users: dict[str, str]) -> MosquittoBroker:
+    """A broker for password logins (TLS without client certificates, a mosquitto_passwd file): the
+    `[mqtt] username`/`password` mode. Test-only: the shipped agency configuration uses certificates."""
+    require_mosquitto()
+    passwd_tool = shutil.which("mosquitto_passwd") or shutil.which("mosquitto_passwd", path="/usr/bin")
+    require(passwd_tool is not None, "needs mosquitto_passwd (package mosquitto)")
+    assert passwd_tool is not None
+    broker = MosquittoBroker(root, pki)
+    passwords = root / "passwd"
+    passwords.touch(mode=0o600)
+    for user, password in users.items():
+        done = await asyncio.create_subprocess_exec(passwd_tool, "-b", str(passwords), user, password)
+        assert await done.wait() == 0
+    cert, key = pki.server()
+    broker.conf_file.write_text(
+        f"per_listener_settings false\nallow_anonymous false\npersistence false\nuser {getpass.getuser()}\n"
+        f"listener {broker.port} {broker.host}\ncafile {pki.ca_file}\ncertfile {cert}\nkeyfile {key}\n"
+        f"require_certificate false\npassword_file {passwords}\nlog_dest file {broker.log_file}\n"
+    )
+    await broker.start()
+    return broker
