@@ -202,12 +202,38 @@ def _is_gone(exc: usb.core.USBError) -> bool:
     return exc.errno in (errno.ENODEV, errno.ENOENT, errno.ESHUTDOWN)
 
 
+def _read_usb_serial(dev: Any) -> tuple[str, str | None]:
+    """The USB serial a device claims and what is wrong with it, as `usb_serial_claim` says.
+
+    Reading it is a request to the device, which cheap devices fail while naming a serial string all
+    the same: they STALL it (EPIPE), time out, or have no LANGID table (pyusb raises ValueError). Such
+    a device is still a device in a bay: it is kept with no usable serial ("unreadable"), so the
+    station refuses it on the record (or serves it by its port) instead of never seeing it. Only a
+    device that is gone (USBError naming it gone) raises, and is left out."""
+    try:
+        serial = dev.serial_number
+    except usb.core.USBError as exc:
+        if _is_gone(exc):
+            raise
+        # Named by its errno alone (EPIPE: a STALL, ETIMEDOUT, EIO...): the same words for the same
+        # fault whatever the backend, and nothing of the message on the record.
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        return "", f"unreadable (USB error {name})"
+    except UnicodeDecodeError:
+        return "", "unreadable (not UTF-16 text)"
+    except ValueError:
+        # pyusb found no LANGID (string descriptor 0 failed or is empty): no string can be asked for.
+        return "", "unreadable (no LANGID table)"
+    return usb_serial_claim(serial)
+
+
 def find_recorders(backend: Any | None = None, *,
                    ids: Iterable[tuple[int, int]] = DEFAULT_IDS) -> list[RecorderHandle]:
     """Every attached recorder with one of `ids` (vendor, product): control-mode, switched and
     mass-storage-only ones. Devices that vanish while being read are left out with a warning. A
-    device whose serial is missing, empty or not a plain identifier is kept, with usb_serial "" and
-    the problem in `serial_problem` (`usb_serial_claim`): the station records and decides."""
+    device whose serial is missing, empty, not a plain identifier or unreadable (the request STALLs,
+    times out, or there is no LANGID table) is kept, with usb_serial "" and the problem in
+    `serial_problem` (`_read_usb_serial`): the station records and decides."""
     wanted = {(int(vid), int(pid)) for vid, pid in ids}
     try:
         devices = list(usb.core.find(
@@ -223,18 +249,17 @@ def find_recorders(backend: Any | None = None, *,
         location = UsbLocation.of(dev.bus, dev.port_numbers, dev.address)
         try:
             mode = _usb_mode(dev)
-            serial = dev.serial_number
+            if mode is None:
+                logger.warning("usb %s %04x:%04x: neither vendor nor mass-storage interface, skipped",
+                               location.port_path, dev.idVendor, dev.idProduct)
+                continue
+            usb_serial, problem = _read_usb_serial(dev)
         except (usb.core.USBError, ValueError) as exc:
             logger.warning("usb %s %04x:%04x: identity unreadable, skipped: %s", location.port_path,
                            dev.idVendor, dev.idProduct, exc)
             continue
         finally:
             usb.util.dispose_resources(dev)
-        if mode is None:
-            logger.warning("usb %s %04x:%04x: neither vendor nor mass-storage interface, skipped",
-                           location.port_path, dev.idVendor, dev.idProduct)
-            continue
-        usb_serial, problem = usb_serial_claim(serial)
         if problem is not None:
             logger.warning("usb %s %04x:%04x: USB serial %s", location.port_path, dev.idVendor,
                            dev.idProduct, problem)
@@ -311,11 +336,12 @@ class RecorderDriver:
             if (int(dev.idVendor), int(dev.idProduct)) != (self.handle.vendor_id, self.handle.product_id):
                 continue
             try:
-                serial = dev.serial_number
-            except (usb.core.USBError, ValueError) as exc:
+                # A device whose serial cannot be read claims "", as it did when it was found.
+                serial, _ = _read_usb_serial(dev)
+            except usb.core.USBError as exc:
                 usb.util.dispose_resources(dev)
-                raise RecorderGoneError(f"{self._tag}: serial unreadable ({exc})") from exc
-            if usb_serial_claim(serial)[0] == self.handle.usb_serial:
+                raise RecorderGoneError(f"{self._tag}: gone while its serial was read ({exc})") from exc
+            if serial == self.handle.usb_serial:
                 return dev
             usb.util.dispose_resources(dev)
             raise RecorderGoneError(f"{self._tag}: port now holds another device (serial {serial!r})")

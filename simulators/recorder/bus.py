@@ -56,6 +56,7 @@ from simulators.recorder.device import (
     SetupPacket,
     SimulatedRecorder,
     StallError,
+    UsbSerialFault,
     VolumeStats,
     check_usb_serial,
 )
@@ -163,8 +164,13 @@ class RecorderSpec:
     # `usb_serial` ("" for an empty one, or text that is no identifier). `usb_serial` "" with this None:
     # no serial string at all, as cheap recorders ship. Several recorders may share one `usb_serial`.
     usb_serial_string: str | None = None
+    # A fault of the USB serial read: the descriptor names a serial string, but the request STALLs or
+    # the device has no LANGID table (`UsbSerialFault`; the text form is kept across a restart).
+    usb_serial_fault: UsbSerialFault | None = None
 
     def __post_init__(self) -> None:
+        if self.usb_serial_fault is not None:
+            self.usb_serial_fault = UsbSerialFault(self.usb_serial_fault)
         self.info()  # validates serial, officer number, text fields
         if self.claims_device_serial:
             RecorderInfo(self.claims_device_serial, self.officer_no, self.officer_name, self.unit_code,
@@ -451,6 +457,7 @@ class RecorderBus:
             info=info or spec.info(),
             usb_serial=spec.usb_serial,
             usb_serial_string=spec.usb_serial_string,
+            usb_serial_fault=spec.usb_serial_fault,
             password=spec.password,
             id_code=spec.id_code,
             msc_only=spec.msc_only,

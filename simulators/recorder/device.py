@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from drivers.usb.protocol import (
     CLASS_MASS_STORAGE,
@@ -73,6 +74,16 @@ RECIPIENT_DEVICE, RECIPIENT_INTERFACE = 0, 1
 DIR_IN = 0x80
 
 DEFAULT_STORAGE_TOTAL_BYTES = 32 * 1024**3
+
+
+class UsbSerialFault(StrEnum):
+    """How a cheap device fails to give its serial although its device descriptor names a serial string
+    (iSerialNumber != 0): the commonest field faults, as libusb and pyusb report them."""
+
+    STALL = "stall"  # the serial string request STALLs (libusb LIBUSB_ERROR_PIPE, pyusb errno EPIPE)
+    # String descriptor 0 (the LANGID table) STALLs: pyusb finds no language to ask for the serial in
+    # and raises ValueError("The device has no langid ...") before any serial request.
+    NO_LANGIDS = "no-langids"
 
 
 class StallError(Exception):
@@ -158,6 +169,7 @@ class SimulatedRecorder:
         msc_only: bool = False,
         vendor_id: int = DEFAULT_VENDOR_ID,
         usb_serial_string: str | None = None,
+        usb_serial_fault: UsbSerialFault | None = None,
         clock: ClockReference | None = None,
         clock_offset_s: float = 0.0,
         clock_drift_ppm: float = 0.0,
@@ -178,6 +190,8 @@ class SimulatedRecorder:
         # Fault: the exact serial string the device presents instead of `usb_serial` ("" for an empty
         # string descriptor, or hostile text); None presents `usb_serial` (none at all when it is "").
         self.usb_serial_string = usb_serial_string
+        # Fault: the descriptor names a serial string, but reading it fails (`UsbSerialFault`).
+        self.usb_serial_fault = usb_serial_fault
         self._password = _Secret(password)
         self.id_code = id_code
         self.msc_only = msc_only
@@ -257,7 +271,9 @@ class SimulatedRecorder:
             iManufacturer=STRING_MANUFACTURER,
             iProduct=STRING_PRODUCT,
             # A recorder shipped without a serial has no serial string at all (index 0).
-            iSerialNumber=STRING_SERIAL if self.usb_serial or self.usb_serial_string is not None else 0,
+            # A device with a serial fault names one all the same: reading it is what fails.
+            iSerialNumber=STRING_SERIAL if self.usb_serial or self.usb_serial_string is not None
+            or self.usb_serial_fault is not None else 0,
             bNumConfigurations=1,
         )
 
@@ -320,8 +336,10 @@ class SimulatedRecorder:
         if kind == DescriptorType.CONFIGURATION and index == 0:
             return self.configuration_descriptor().to_bytes()
         if kind == DescriptorType.STRING:
-            if index == 0:
+            if index == 0 and self.usb_serial_fault is not UsbSerialFault.NO_LANGIDS:
                 return langid_descriptor((LANGID_EN_US,))
+            if index == STRING_SERIAL and self.usb_serial_fault is UsbSerialFault.STALL:
+                raise StallError(f"serial string {index}: the device STALLs its request (fault)")
             text = self.string(index)
             if text is not None and setup.wIndex == LANGID_EN_US:
                 return string_descriptor(text)
