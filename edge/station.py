@@ -709,7 +709,7 @@ class StationAgent:
                     self.executor, volume_on_port, root.mount.device, path, claimed_port
                 )
                 if on_port:
-                    if self.claims.offer(claimed_port, root):
+                    if self.claims.offer(claimed_port, serial, root):
                         root.owner = "control session"  # it closes the volume when its docking ends
                     return
             await self._refuse_misplaced_volume(root, serial, claimed_ports, found_at)
