@@ -25,7 +25,7 @@ from typing import Any
 
 from drivers.serial.dock import BayEvent, BayEventKind, BayLed, DockDriver, DockError
 from drivers.usb.mass_storage import MassStorageError, read_volume_identity
-from drivers.usb.recorder import RecorderError, RecorderHandle, RecorderMode, find_recorders
+from drivers.usb.recorder import RecorderError, RecorderHandle, RecorderMode, UsbSerialsRead, find_recorders
 from edge.config.reload import ConfigReloader
 from edge.config.station import StationConfig
 from edge.custody.errors import CustodyError
@@ -509,10 +509,13 @@ class StationAgent:
     async def _poll_usb(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         seen: dict[UsbAttachment, RecorderHandle] = {}
+        # Each device's serial is read once per enumeration, as the kernel reads it: a device answering
+        # a new serial at every read (or slowly) costs one read per attachment, not one per poll.
+        serials = UsbSerialsRead()
         while not stop.is_set():
             try:
                 handles: list[RecorderHandle] = await loop.run_in_executor(
-                    self.executor, lambda: find_recorders(self.backend)
+                    self.executor, lambda: find_recorders(self.backend, serials=serials)
                 )
             except (RecorderError, OSError) as exc:
                 log.warning("USB enumeration failed: %s", exc)

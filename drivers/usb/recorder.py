@@ -64,6 +64,7 @@ __all__ = [
     "RecorderRejectedError",
     "RecorderTimeoutError",
     "UsbLocation",
+    "UsbSerialsRead",
     "find_recorders",
     "usb_serial_claim",
 ]
@@ -227,13 +228,41 @@ def _read_usb_serial(dev: Any) -> tuple[str, str | None]:
     return usb_serial_claim(serial)
 
 
+class UsbSerialsRead:
+    """The USB serial each enumerated device claimed when it was first read, kept while the device
+    stays enumerated (same bus, address, port, vendor and product id); pass one to `find_recorders`
+    from poll to poll.
+
+    The kernel reads a device's strings once, when it enumerates it; a poller that asks again at every
+    poll lets a hostile device answer a new serial each time (a new docking, a removal and a session at
+    every poll) and a slow one cost a transfer timeout at every poll. Read once per enumeration, a
+    serial (or its being unreadable) stands for the whole attachment; a re-plug or a mode switch
+    enumerates the device anew (a new address) and it is read again."""
+
+    def __init__(self) -> None:
+        self._read: dict[tuple[int, int, str, int, int], tuple[str, str | None]] = {}
+
+    def get(self, key: tuple[int, int, str, int, int]) -> tuple[str, str | None] | None:
+        return self._read.get(key)
+
+    def put(self, key: tuple[int, int, str, int, int], claim: tuple[str, str | None]) -> None:
+        self._read[key] = claim
+
+    def keep_only(self, keys: set[tuple[int, int, str, int, int]]) -> None:
+        """Forget the devices that are no longer enumerated."""
+        for key in self._read.keys() - keys:
+            del self._read[key]
+
+
 def find_recorders(backend: Any | None = None, *,
-                   ids: Iterable[tuple[int, int]] = DEFAULT_IDS) -> list[RecorderHandle]:
+                   ids: Iterable[tuple[int, int]] = DEFAULT_IDS,
+                   serials: UsbSerialsRead | None = None) -> list[RecorderHandle]:
     """Every attached recorder with one of `ids` (vendor, product): control-mode, switched and
     mass-storage-only ones. Devices that vanish while being read are left out with a warning. A
     device whose serial is missing, empty, not a plain identifier or unreadable (the request STALLs,
     times out, or there is no LANGID table) is kept, with usb_serial "" and the problem in
-    `serial_problem` (`_read_usb_serial`): the station records and decides."""
+    `serial_problem` (`_read_usb_serial`): the station records and decides. With `serials`, a device
+    still enumerated as it was is not asked for its serial again (`UsbSerialsRead`)."""
     wanted = {(int(vid), int(pid)) for vid, pid in ids}
     try:
         devices = list(usb.core.find(
@@ -245,26 +274,34 @@ def find_recorders(backend: Any | None = None, *,
     except usb.core.USBError as exc:
         raise RecorderError(f"USB enumeration failed: {exc}") from exc
     handles: list[RecorderHandle] = []
+    enumerated: set[tuple[int, int, str, int, int]] = set()
     for dev in devices:
         location = UsbLocation.of(dev.bus, dev.port_numbers, dev.address)
+        key = (location.bus, int(dev.address or 0), location.port_path, int(dev.idVendor), int(dev.idProduct))
         try:
             mode = _usb_mode(dev)
             if mode is None:
                 logger.warning("usb %s %04x:%04x: neither vendor nor mass-storage interface, skipped",
                                location.port_path, dev.idVendor, dev.idProduct)
                 continue
-            usb_serial, problem = _read_usb_serial(dev)
+            known = None if serials is None else serials.get(key)
+            usb_serial, problem = known if known is not None else _read_usb_serial(dev)
+            enumerated.add(key)
+            if serials is not None:
+                serials.put(key, (usb_serial, problem))
         except (usb.core.USBError, ValueError) as exc:
             logger.warning("usb %s %04x:%04x: identity unreadable, skipped: %s", location.port_path,
                            dev.idVendor, dev.idProduct, exc)
             continue
         finally:
             usb.util.dispose_resources(dev)
-        if problem is not None:
+        if problem is not None and known is None:  # (warned of once, when it was read)
             logger.warning("usb %s %04x:%04x: USB serial %s", location.port_path, dev.idVendor,
                            dev.idProduct, problem)
         handles.append(RecorderHandle(location, usb_serial, mode, int(dev.idVendor), int(dev.idProduct),
                                       problem))
+    if serials is not None:
+        serials.keep_only(enumerated)
     handles.sort(key=lambda h: (h.location.bus, h.location.port_path))
     return handles
 

@@ -115,8 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--usb-serial", choices=("unique", "same", "none", *UsbSerialFault), default="unique",
                        help="USB serials of the recorders: unique (default), the same for all (cheap "
                             "recorders, or one copying another's), none (no serial string), stall (a "
-                            "serial string is named but its request STALLs), or no-langids (no LANGID "
-                            "table, so no string can be asked for)")
+                            "serial string is named but its request STALLs), no-langids (no LANGID "
+                            "table, so no string can be asked for), or changes (another serial at "
+                            "every request: a hostile device)")
     serve.add_argument("--clock-offset-s", type=float, default=0.0,
                        help="initial device clock minus host clock, seconds (default 0)")
     serve.add_argument("--clock-drift-ppm", type=float, default=0.0,

@@ -77,13 +77,16 @@ DEFAULT_STORAGE_TOTAL_BYTES = 32 * 1024**3
 
 
 class UsbSerialFault(StrEnum):
-    """How a cheap device fails to give its serial although its device descriptor names a serial string
-    (iSerialNumber != 0): the commonest field faults, as libusb and pyusb report them."""
+    """How a device fails to give one serial although its device descriptor names a serial string
+    (iSerialNumber != 0): the commonest field faults of cheap devices, as libusb and pyusb report them,
+    and a hostile one."""
 
     STALL = "stall"  # the serial string request STALLs (libusb LIBUSB_ERROR_PIPE, pyusb errno EPIPE)
     # String descriptor 0 (the LANGID table) STALLs: pyusb finds no language to ask for the serial in
     # and raises ValueError("The device has no langid ...") before any serial request.
     NO_LANGIDS = "no-langids"
+    # A hostile device: every serial request answers another (well-formed) serial.
+    CHANGES = "changes"
 
 
 class StallError(Exception):
@@ -192,6 +195,7 @@ class SimulatedRecorder:
         self.usb_serial_string = usb_serial_string
         # Fault: the descriptor names a serial string, but reading it fails (`UsbSerialFault`).
         self.usb_serial_fault = usb_serial_fault
+        self.usb_serial_reads = 0  # serial string requests answered (the CHANGES fault counts them)
         self._password = _Secret(password)
         self.id_code = id_code
         self.msc_only = msc_only
@@ -340,6 +344,9 @@ class SimulatedRecorder:
                 return langid_descriptor((LANGID_EN_US,))
             if index == STRING_SERIAL and self.usb_serial_fault is UsbSerialFault.STALL:
                 raise StallError(f"serial string {index}: the device STALLs its request (fault)")
+            if index == STRING_SERIAL and self.usb_serial_fault is UsbSerialFault.CHANGES:
+                self.usb_serial_reads += 1
+                return string_descriptor(f"EEZ01CHG{self.usb_serial_reads:08d}")
             text = self.string(index)
             if text is not None and setup.wIndex == LANGID_EN_US:
                 return string_descriptor(text)
