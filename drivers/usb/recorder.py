@@ -374,13 +374,16 @@ class RecorderDriver:
                 continue
             try:
                 # A device whose serial cannot be read claims "", as it did when it was found.
-                serial, _ = _read_usb_serial(dev)
+                serial, problem = _read_usb_serial(dev)
             except usb.core.USBError as exc:
                 usb.util.dispose_resources(dev)
                 raise RecorderGoneError(f"{self._tag}: gone while its serial was read ({exc})") from exc
             if serial == self.handle.usb_serial:
                 return dev
             usb.util.dispose_resources(dev)
+            if problem is not None:  # not necessarily another device, but not one that says it is this
+                raise RecorderGoneError(f"{self._tag}: the device at the port now gives no usable serial "
+                                        f"(serial {problem})")
             raise RecorderGoneError(f"{self._tag}: port now holds another device (serial {serial!r})")
         raise RecorderGoneError(f"{self._tag}: not on the bus in control mode")
 
