@@ -141,6 +141,12 @@ class StationAgent:
         # What the last USB poll saw: a session that ends after its recorder was pulled out (mid-copy)
         # must not mark the recorder done, or docking it again would be ignored.
         self._present_usb: set[UsbAttachment] = set()
+        # Which docking of each attachment the USB poll sees: a new one each time it comes back in
+        # control mode after a poll saw it gone (pulled and docked again; a switch to mass storage comes
+        # back in mass-storage mode). A session that ends after its recorder was pulled and docked again
+        # (or another with the same serial, or none, in the same bay) leaves that docking its own session.
+        self._usb_dockings: dict[UsbAttachment, int] = {}
+        self._usb_docking_numbers = itertools.count(1)
         # Per USB serial claimed at more than one port, the ports last recorded as sharing it.
         self._shared_usb_serials: dict[str, tuple[str, ...]] = {}
         # The USB serial warning each bay's tile shows (`_record_shared_usb_serials`).
@@ -530,6 +536,11 @@ class StationAgent:
                 self.store.record(EntryType.DEVICE_REMOVED, None, {
                     "usb_serial": gone.usb_serial, "usb_port": gone.port, "bay": bay, "source": "usb",
                 })
+            for key, handle in present.items():
+                if key not in seen and (handle.mode is RecorderMode.CONTROL or key not in self._usb_dockings):
+                    self._usb_dockings[key] = next(self._usb_docking_numbers)
+            for key in self._usb_dockings.keys() - present.keys() - self._active_usb:
+                del self._usb_dockings[key]
             seen = present
             self._present_usb = set(present)
             self._record_shared_usb_serials(handles)
@@ -537,7 +548,8 @@ class StationAgent:
                 self._usb_bays[key] = self.config.bay_for_port(handle.location.port_path)
                 if handle.mode is RecorderMode.CONTROL and key not in self._active_usb | self._done_usb:
                     self._active_usb.add(key)
-                    self._spawn(self._control_session(handle), f"recorder-{key.port}")
+                    docking = self._usb_dockings[key]
+                    self._spawn(self._control_session(handle, docking), f"recorder-{key.port}")
             await wait_event(stop, self.config.usb.poll_interval_s)
 
     def _record_shared_usb_serials(self, handles: list[RecorderHandle]) -> None:
@@ -596,7 +608,7 @@ class StationAgent:
             "status": self.status,
         }
 
-    async def _control_session(self, handle: RecorderHandle) -> None:
+    async def _control_session(self, handle: RecorderHandle, docking: int) -> None:
         assert self.store is not None
         try:
             async with ConcurrencySlot(self.limit) as slot:
@@ -607,7 +619,7 @@ class StationAgent:
         finally:
             key = usb_attachment(handle)
             self._active_usb.discard(key)
-            if key in self._present_usb:
+            if key in self._present_usb and self._usb_dockings.get(key) == docking:
                 self._done_usb.add(key)
 
     # -- volumes ----------------------------------------------------------------------------------

@@ -113,3 +113,42 @@ async def test_a_recorder_docked_where_a_pulled_one_still_waits_is_served_by_its
         connected = [(d["usb_serial"], d["usb_port"]) for d in station.ledger("device_connected")
                      if "usb_port" in d]
         assert connected == [(first.usb_serial, PORT), (second.usb_serial, PORT)], connected
+
+
+async def test_a_recorder_docked_again_while_its_earlier_session_still_ends_gets_a_session_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """The same attachment (same bay, same USB serial) docked again while the session of its earlier
+    docking still ends: once that session has ended, the new docking gets its own session (it used to be
+    taken for the docking that session had served, and ignored until pulled out again)."""
+    recorder = spec(0, files=2)
+    loop = asyncio.get_running_loop()
+    async with simulated_station(tmp_path, [recorder], usb={"volume_timeout_s": 10}) as station:
+        files = await loop.run_in_executor(None, station.bus.volume_files, recorder.device_serial)
+        station.bus.hold_volume_mount(recorder.device_serial)
+        await station.dock_recorder(recorder.device_serial, 1)
+        await eventually(
+            lambda: station.bus.recorder_state(recorder.device_serial).mode is RecorderMode.MASS_STORAGE
+            and station.agent.claims.usb_ports(recorder.device_serial) == [PORT]
+        )
+        await station.undock(recorder.device_serial, 1)
+        await station.dock_recorder(recorder.device_serial, 1)  # docked again: control mode
+        await eventually(
+            lambda: (PORT, recorder.usb_serial) in station.agent._present_usb
+            and station.bus.recorder_state(recorder.device_serial).mode is RecorderMode.CONTROL
+        )
+        # The earlier session ends: its volume never came.
+        await station.wait_ledger("error", where=lambda d: d.get("stage") == "mass-storage", timeout_s=30)
+
+        # The docking again is served: its own session, its own switch, its volume.
+        await station.wait_ledger("device_connected", 2, where=lambda d: d.get("usb_port") == PORT)
+        await eventually(
+            lambda: station.bus.recorder_state(recorder.device_serial).mode is RecorderMode.MASS_STORAGE
+            and station.agent.claims.usb_ports(recorder.device_serial) == [PORT]
+        )
+        await loop.run_in_executor(None, station.bus.release_volume_mount, recorder.device_serial)
+        await station.wait_results(1, timeout_s=30)
+        assert [r.outcome for r in station.agent.results] == [OffloadOutcome.DONE]
+        assert {d["sha256"] for d in station.ledger("acquired")} == {
+            sha for name, sha in files.items() if not name.endswith("PARAM.INI")
+        }
