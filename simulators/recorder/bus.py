@@ -53,6 +53,7 @@ from drivers.usb.protocol import (
 from simulators.recorder.device import (
     DEFAULT_STORAGE_TOTAL_BYTES,
     ClockReference,
+    NoAnswerError,
     SetupPacket,
     SimulatedRecorder,
     StallError,
@@ -698,6 +699,12 @@ class RecorderBus:
                     files[rel] = _sha256_file(path)
         return files
 
+    def usb_serial_requests(self, device_serial: str) -> int:
+        """How many serial string requests a recorder with a CHANGES or SLOW serial fault has seen."""
+        slot = self._slot(device_serial)
+        with slot.lock:
+            return slot.device.usb_serial_reads
+
     def passwords_received(self, device_serial: str) -> list[str]:
         """Every password a host sent this recorder (LOGIN requests), in order."""
         slot = self._slot(device_serial)
@@ -811,6 +818,10 @@ class RecorderBus:
                 reply = slot.device.control_transfer(setup, data_out)
             except StallError as exc:
                 raise TransferStallError(str(exc)) from None
+            except NoAnswerError as exc:
+                # The host waits out its whole timeout, and the device is busy meanwhile (the lock).
+                time.sleep(timeout_ms / 1000.0 if timeout_ms > 0 else 60.0)
+                raise TransferTimeoutError(str(exc)) from None
             if setup.is_in and len(reply) > setup.wLength:
                 raise TransferOverflowError(f"device sent {len(reply)} bytes for wLength {setup.wLength}")
             if (slot.device.info, slot.device.clock_reference) != remembered:

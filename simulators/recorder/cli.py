@@ -116,8 +116,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="USB serials of the recorders: unique (default), the same for all (cheap "
                             "recorders, or one copying another's), none (no serial string), stall (a "
                             "serial string is named but its request STALLs), no-langids (no LANGID "
-                            "table, so no string can be asked for), or changes (another serial at "
-                            "every request: a hostile device)")
+                            "table, so no string can be asked for), changes (another serial at "
+                            "every request: a hostile device), or slow (the serial request is never "
+                            "answered: the host's transfer times out)")
     serve.add_argument("--clock-offset-s", type=float, default=0.0,
                        help="initial device clock minus host clock, seconds (default 0)")
     serve.add_argument("--clock-drift-ppm", type=float, default=0.0,

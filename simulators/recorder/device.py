@@ -87,6 +87,13 @@ class UsbSerialFault(StrEnum):
     NO_LANGIDS = "no-langids"
     # A hostile device: every serial request answers another (well-formed) serial.
     CHANGES = "changes"
+    # The serial request is never answered (NAKed): the host's transfer times out (ETIMEDOUT).
+    SLOW = "slow"
+
+
+class NoAnswerError(Exception):
+    """The device NAKs the request until the host gives up: the transfer times out (libusb
+    LIBUSB_ERROR_TIMEOUT), after the host's whole timeout."""
 
 
 class StallError(Exception):
@@ -195,7 +202,7 @@ class SimulatedRecorder:
         self.usb_serial_string = usb_serial_string
         # Fault: the descriptor names a serial string, but reading it fails (`UsbSerialFault`).
         self.usb_serial_fault = usb_serial_fault
-        self.usb_serial_reads = 0  # serial string requests answered (the CHANGES fault counts them)
+        self.usb_serial_reads = 0  # serial string requests seen (the CHANGES and SLOW faults count them)
         self._password = _Secret(password)
         self.id_code = id_code
         self.msc_only = msc_only
@@ -344,6 +351,9 @@ class SimulatedRecorder:
                 return langid_descriptor((LANGID_EN_US,))
             if index == STRING_SERIAL and self.usb_serial_fault is UsbSerialFault.STALL:
                 raise StallError(f"serial string {index}: the device STALLs its request (fault)")
+            if index == STRING_SERIAL and self.usb_serial_fault is UsbSerialFault.SLOW:
+                self.usb_serial_reads += 1
+                raise NoAnswerError(f"serial string {index}: the device never answers (fault)")
             if index == STRING_SERIAL and self.usb_serial_fault is UsbSerialFault.CHANGES:
                 self.usb_serial_reads += 1
                 return string_descriptor(f"EEZ01CHG{self.usb_serial_reads:08d}")

@@ -3,7 +3,7 @@
 A hostile device answering another serial at every request made the station see a new attachment at every
 poll: a removal, a `device_connected` and a refusal per poll, with no back-off. Read once while the
 device stays enumerated, its first answer stands for the whole attachment; a re-plug enumerates it anew.
-The same bounds what a slow device costs: one read per attachment, not one per poll.
+The same bounds what a slow device costs: one transfer timeout per attachment, not one per poll.
 """
 
 from __future__ import annotations
@@ -45,6 +45,35 @@ def test_the_driver_reads_a_devices_serial_once_per_enumeration(tmp_path: Path) 
         bus.plug(hostile.device_serial, "1-1.2")
         again = serials(read)
         assert again[1] != once[1] and serials(read) == again
+        assert bus.usb_serial_requests(hostile.device_serial) == 4  # 2 unremembered, once per plug-in
+    finally:
+        backend.close()
+        server.stop()
+        bus.close()
+
+
+def test_a_device_that_never_answers_its_serial_request_costs_one_timeout_per_enumeration(
+    tmp_path: Path,
+) -> None:
+    """A slow device is kept, its serial unreadable (timed out), and asked once while it stays
+    enumerated: the USB poll does not wait out its timeout again at every poll."""
+    bus = RecorderBus(tmp_path / "state", tmp_path / "media")
+    good, slow = spec(0, files=0), spec(1, usb_serial_fault=UsbSerialFault.SLOW, files=0)
+    for s in (good, slow):
+        bus.add_recorder(s)
+    server = RecorderBusServer(bus, tmp_path / "bus.sock")
+    server.start()
+    backend = get_backend(tmp_path / "bus.sock")
+    try:
+        bus.plug(good.device_serial, "1-1.1")
+        bus.plug(slow.device_serial, "1-1.2")
+        read = UsbSerialsRead()
+        for _ in range(3):
+            handles = find_recorders(backend, serials=read)
+            assert [(h.usb_serial, h.serial_problem) for h in handles] == [
+                (good.usb_serial, None), ("", "unreadable (USB error ETIMEDOUT)")
+            ]
+        assert bus.usb_serial_requests(slow.device_serial) == 1
     finally:
         backend.close()
         server.stop()
