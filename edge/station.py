@@ -25,7 +25,7 @@ from typing import Any
 
 from drivers.serial.dock import BayEvent, BayEventKind, BayLed, DockDriver, DockError
 from drivers.usb.mass_storage import MassStorageError, read_volume_identity
-from drivers.usb.recorder import RecorderError, RecorderHandle, RecorderMode, find_recorders
+from drivers.usb.recorder import RecorderError, RecorderHandle, RecorderMode, UsbSerialsRead, find_recorders
 from edge.config.reload import ConfigReloader
 from edge.config.station import StationConfig
 from edge.custody.errors import CustodyError
@@ -145,6 +145,12 @@ class StationAgent:
         # What the last USB poll saw: a session that ends after its recorder was pulled out (mid-copy)
         # must not mark the recorder done, or docking it again would be ignored.
         self._present_usb: set[UsbAttachment] = set()
+        # Which docking of each attachment the USB poll sees: a new one each time it comes back in
+        # control mode after a poll saw it gone (pulled and docked again; a switch to mass storage comes
+        # back in mass-storage mode). A session that ends after its recorder was pulled and docked again
+        # (or another with the same serial, or none, in the same bay) leaves that docking its own session.
+        self._usb_dockings: dict[UsbAttachment, int] = {}
+        self._usb_docking_numbers = itertools.count(1)
         # Per USB serial claimed at more than one port, the ports last recorded as sharing it.
         self._shared_usb_serials: dict[str, tuple[str, ...]] = {}
         # The USB serial warning each bay's tile shows (`_record_shared_usb_serials`).
@@ -527,10 +533,13 @@ class StationAgent:
     async def _poll_usb(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         seen: dict[UsbAttachment, RecorderHandle] = {}
+        # Each device's serial is read once per enumeration, as the kernel reads it: a device answering
+        # a new serial at every read (or slowly) costs one read per attachment, not one per poll.
+        serials = UsbSerialsRead()
         while not stop.is_set():
             try:
                 handles: list[RecorderHandle] = await loop.run_in_executor(
-                    self.executor, lambda: find_recorders(self.backend)
+                    self.executor, lambda: find_recorders(self.backend, serials=serials)
                 )
             except (RecorderError, OSError) as exc:
                 log.warning("USB enumeration failed: %s", exc)
@@ -545,6 +554,11 @@ class StationAgent:
                 self.store.record(EntryType.DEVICE_REMOVED, None, {
                     "usb_serial": gone.usb_serial, "usb_port": gone.port, "bay": bay, "source": "usb",
                 })
+            for key, handle in present.items():
+                if key not in seen and (handle.mode is RecorderMode.CONTROL or key not in self._usb_dockings):
+                    self._usb_dockings[key] = next(self._usb_docking_numbers)
+            for key in self._usb_dockings.keys() - present.keys() - self._active_usb:
+                del self._usb_dockings[key]
             seen = present
             self._present_usb = set(present)
             self._record_shared_usb_serials(handles)
@@ -552,7 +566,8 @@ class StationAgent:
                 self._usb_bays[key] = self.config.bay_for_port(handle.location.port_path)
                 if handle.mode is RecorderMode.CONTROL and key not in self._active_usb | self._done_usb:
                     self._active_usb.add(key)
-                    self._spawn(self._control_session(handle), f"recorder-{key.port}")
+                    docking = self._usb_dockings[key]
+                    self._spawn(self._control_session(handle, docking), f"recorder-{key.port}")
             await wait_event(stop, self.config.usb.poll_interval_s)
 
     def _record_shared_usb_serials(self, handles: list[RecorderHandle]) -> None:
@@ -611,7 +626,7 @@ class StationAgent:
             "status": self.status,
         }
 
-    async def _control_session(self, handle: RecorderHandle) -> None:
+    async def _control_session(self, handle: RecorderHandle, docking: int) -> None:
         assert self.store is not None
         try:
             async with ConcurrencySlot(self.limit) as slot:
@@ -622,7 +637,7 @@ class StationAgent:
         finally:
             key = usb_attachment(handle)
             self._active_usb.discard(key)
-            if key in self._present_usb:
+            if key in self._present_usb and self._usb_dockings.get(key) == docking:
                 self._done_usb.add(key)
 
     # -- volumes ----------------------------------------------------------------------------------
@@ -727,7 +742,7 @@ class StationAgent:
                     self.executor, volume_on_port, root.mount.device, path, claimed_port
                 )
                 if on_port:
-                    if self.claims.offer(claimed_port, root):
+                    if self.claims.offer(claimed_port, serial, root):
                         root.owner = "control session"  # it closes the volume when its docking ends
                     return
             await self._refuse_misplaced_volume(root, serial, claimed_ports, found_at)

@@ -64,6 +64,7 @@ __all__ = [
     "RecorderRejectedError",
     "RecorderTimeoutError",
     "UsbLocation",
+    "UsbSerialsRead",
     "find_recorders",
     "usb_serial_claim",
 ]
@@ -202,12 +203,66 @@ def _is_gone(exc: usb.core.USBError) -> bool:
     return exc.errno in (errno.ENODEV, errno.ENOENT, errno.ESHUTDOWN)
 
 
+def _read_usb_serial(dev: Any) -> tuple[str, str | None]:
+    """The USB serial a device claims and what is wrong with it, as `usb_serial_claim` says.
+
+    Reading it is a request to the device, which cheap devices fail while naming a serial string all
+    the same: they STALL it (EPIPE), time out, or have no LANGID table (pyusb raises ValueError). Such
+    a device is still a device in a bay: it is kept with no usable serial ("unreadable"), so the
+    station refuses it on the record (or serves it by its port) instead of never seeing it. Only a
+    device that is gone (USBError naming it gone) raises, and is left out."""
+    try:
+        serial = dev.serial_number
+    except usb.core.USBError as exc:
+        if _is_gone(exc):
+            raise
+        # Named by its errno alone (EPIPE: a STALL, ETIMEDOUT, EIO...): the same words for the same
+        # fault whatever the backend, and nothing of the message on the record.
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        return "", f"unreadable (USB error {name})"
+    except UnicodeDecodeError:
+        return "", "unreadable (not UTF-16 text)"
+    except ValueError:
+        # pyusb found no LANGID (string descriptor 0 failed or is empty): no string can be asked for.
+        return "", "unreadable (no LANGID table)"
+    return usb_serial_claim(serial)
+
+
+class UsbSerialsRead:
+    """The USB serial each enumerated device claimed when it was first read, kept while the device
+    stays enumerated (same bus, address, port, vendor and product id); pass one to `find_recorders`
+    from poll to poll.
+
+    The kernel reads a device's strings once, when it enumerates it; a poller that asks again at every
+    poll lets a hostile device answer a new serial each time (a new docking, a removal and a session at
+    every poll) and a slow one cost a transfer timeout at every poll. Read once per enumeration, a
+    serial (or its being unreadable) stands for the whole attachment; a re-plug or a mode switch
+    enumerates the device anew (a new address) and it is read again."""
+
+    def __init__(self) -> None:
+        self._read: dict[tuple[int, int, str, int, int], tuple[str, str | None]] = {}
+
+    def get(self, key: tuple[int, int, str, int, int]) -> tuple[str, str | None] | None:
+        return self._read.get(key)
+
+    def put(self, key: tuple[int, int, str, int, int], claim: tuple[str, str | None]) -> None:
+        self._read[key] = claim
+
+    def keep_only(self, keys: set[tuple[int, int, str, int, int]]) -> None:
+        """Forget the devices that are no longer enumerated."""
+        for key in self._read.keys() - keys:
+            del self._read[key]
+
+
 def find_recorders(backend: Any | None = None, *,
-                   ids: Iterable[tuple[int, int]] = DEFAULT_IDS) -> list[RecorderHandle]:
+                   ids: Iterable[tuple[int, int]] = DEFAULT_IDS,
+                   serials: UsbSerialsRead | None = None) -> list[RecorderHandle]:
     """Every attached recorder with one of `ids` (vendor, product): control-mode, switched and
     mass-storage-only ones. Devices that vanish while being read are left out with a warning. A
-    device whose serial is missing, empty or not a plain identifier is kept, with usb_serial "" and
-    the problem in `serial_problem` (`usb_serial_claim`): the station records and decides."""
+    device whose serial is missing, empty, not a plain identifier or unreadable (the request STALLs,
+    times out, or there is no LANGID table) is kept, with usb_serial "" and the problem in
+    `serial_problem` (`_read_usb_serial`): the station records and decides. With `serials`, a device
+    still enumerated as it was is not asked for its serial again (`UsbSerialsRead`)."""
     wanted = {(int(vid), int(pid)) for vid, pid in ids}
     try:
         devices = list(usb.core.find(
@@ -219,27 +274,34 @@ def find_recorders(backend: Any | None = None, *,
     except usb.core.USBError as exc:
         raise RecorderError(f"USB enumeration failed: {exc}") from exc
     handles: list[RecorderHandle] = []
+    enumerated: set[tuple[int, int, str, int, int]] = set()
     for dev in devices:
         location = UsbLocation.of(dev.bus, dev.port_numbers, dev.address)
+        key = (location.bus, int(dev.address or 0), location.port_path, int(dev.idVendor), int(dev.idProduct))
         try:
             mode = _usb_mode(dev)
-            serial = dev.serial_number
+            if mode is None:
+                logger.warning("usb %s %04x:%04x: neither vendor nor mass-storage interface, skipped",
+                               location.port_path, dev.idVendor, dev.idProduct)
+                continue
+            known = None if serials is None else serials.get(key)
+            usb_serial, problem = known if known is not None else _read_usb_serial(dev)
+            enumerated.add(key)
+            if serials is not None:
+                serials.put(key, (usb_serial, problem))
         except (usb.core.USBError, ValueError) as exc:
             logger.warning("usb %s %04x:%04x: identity unreadable, skipped: %s", location.port_path,
                            dev.idVendor, dev.idProduct, exc)
             continue
         finally:
             usb.util.dispose_resources(dev)
-        if mode is None:
-            logger.warning("usb %s %04x:%04x: neither vendor nor mass-storage interface, skipped",
-                           location.port_path, dev.idVendor, dev.idProduct)
-            continue
-        usb_serial, problem = usb_serial_claim(serial)
-        if problem is not None:
+        if problem is not None and known is None:  # (warned of once, when it was read)
             logger.warning("usb %s %04x:%04x: USB serial %s", location.port_path, dev.idVendor,
                            dev.idProduct, problem)
         handles.append(RecorderHandle(location, usb_serial, mode, int(dev.idVendor), int(dev.idProduct),
                                       problem))
+    if serials is not None:
+        serials.keep_only(enumerated)
     handles.sort(key=lambda h: (h.location.bus, h.location.port_path))
     return handles
 
@@ -311,13 +373,17 @@ class RecorderDriver:
             if (int(dev.idVendor), int(dev.idProduct)) != (self.handle.vendor_id, self.handle.product_id):
                 continue
             try:
-                serial = dev.serial_number
-            except (usb.core.USBError, ValueError) as exc:
+                # A device whose serial cannot be read claims "", as it did when it was found.
+                serial, problem = _read_usb_serial(dev)
+            except usb.core.USBError as exc:
                 usb.util.dispose_resources(dev)
-                raise RecorderGoneError(f"{self._tag}: serial unreadable ({exc})") from exc
-            if usb_serial_claim(serial)[0] == self.handle.usb_serial:
+                raise RecorderGoneError(f"{self._tag}: gone while its serial was read ({exc})") from exc
+            if serial == self.handle.usb_serial:
                 return dev
             usb.util.dispose_resources(dev)
+            if problem is not None:  # not necessarily another device, but not one that says it is this
+                raise RecorderGoneError(f"{self._tag}: the device at the port now gives no usable serial "
+                                        f"(serial {problem})")
             raise RecorderGoneError(f"{self._tag}: port now holds another device (serial {serial!r})")
         raise RecorderGoneError(f"{self._tag}: not on the bus in control mode")
 

@@ -113,7 +113,7 @@ class UsbSerialProblem(StrEnum):
     """What is wrong with the USB serial a docked recorder claims (it is served by its bay all the same)."""
 
     SHARED = "shared"  # another docked device claims the same serial (identical factory serials, a copy)
-    MISSING = "missing"  # no serial, an empty one, or one that is not a plain identifier
+    MISSING = "missing"  # no serial, an empty one, one that is not a plain identifier, or unreadable
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,11 @@ from drivers.usb.protocol import (
 from simulators.recorder.device import (
     DEFAULT_STORAGE_TOTAL_BYTES,
     ClockReference,
+    NoAnswerError,
     SetupPacket,
     SimulatedRecorder,
     StallError,
+    UsbSerialFault,
     VolumeStats,
     check_usb_serial,
 )
@@ -163,8 +165,13 @@ class RecorderSpec:
     # `usb_serial` ("" for an empty one, or text that is no identifier). `usb_serial` "" with this None:
     # no serial string at all, as cheap recorders ship. Several recorders may share one `usb_serial`.
     usb_serial_string: str | None = None
+    # A fault of the USB serial read: the descriptor names a serial string, but the request STALLs or
+    # the device has no LANGID table (`UsbSerialFault`; the text form is kept across a restart).
+    usb_serial_fault: UsbSerialFault | None = None
 
     def __post_init__(self) -> None:
+        if self.usb_serial_fault is not None:
+            self.usb_serial_fault = UsbSerialFault(self.usb_serial_fault)
         self.info()  # validates serial, officer number, text fields
         if self.claims_device_serial:
             RecorderInfo(self.claims_device_serial, self.officer_no, self.officer_name, self.unit_code,
@@ -451,6 +458,7 @@ class RecorderBus:
             info=info or spec.info(),
             usb_serial=spec.usb_serial,
             usb_serial_string=spec.usb_serial_string,
+            usb_serial_fault=spec.usb_serial_fault,
             password=spec.password,
             id_code=spec.id_code,
             msc_only=spec.msc_only,
@@ -691,6 +699,12 @@ class RecorderBus:
                     files[rel] = _sha256_file(path)
         return files
 
+    def usb_serial_requests(self, device_serial: str) -> int:
+        """How many serial string requests a recorder with a CHANGES or SLOW serial fault has seen."""
+        slot = self._slot(device_serial)
+        with slot.lock:
+            return slot.device.usb_serial_reads
+
     def passwords_received(self, device_serial: str) -> list[str]:
         """Every password a host sent this recorder (LOGIN requests), in order."""
         slot = self._slot(device_serial)
@@ -804,6 +818,10 @@ class RecorderBus:
                 reply = slot.device.control_transfer(setup, data_out)
             except StallError as exc:
                 raise TransferStallError(str(exc)) from None
+            except NoAnswerError as exc:
+                # The host waits out its whole timeout, and the device is busy meanwhile (the lock).
+                time.sleep(timeout_ms / 1000.0 if timeout_ms > 0 else 60.0)
+                raise TransferTimeoutError(str(exc)) from None
             if setup.is_in and len(reply) > setup.wLength:
                 raise TransferOverflowError(f"device sent {len(reply)} bytes for wLength {setup.wLength}")
             if (slot.device.info, slot.device.clock_reference) != remembered:

@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any
 
 from simulators.recorder.bus import BusClient, BusClientError, RecorderBus, RecorderBusServer, RecorderSpec
+from simulators.recorder.device import UsbSerialFault
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def recorder_spec(index: int, args: argparse.Namespace, password: str) -> Record
         usb_serial = f"EEZ01{hashlib.sha256(f'{seed}:0'.encode()).hexdigest()[:6].upper()}00001"
     elif args.usb_serial == "none":  # shipped without a serial string
         usb_serial = ""
+    # Names a serial string but cannot give it: the request STALLs, or there is no LANGID table.
+    serial_fault = UsbSerialFault(args.usb_serial) if args.usb_serial in set(UsbSerialFault) else None
     return RecorderSpec(
         device_serial=f"{1_000_000 + (seed * 1000 + index) % 9_000_000}",
         usb_serial=usb_serial,
@@ -89,6 +92,7 @@ def recorder_spec(index: int, args: argparse.Namespace, password: str) -> Record
         seed=seed * 1000 + index,
         faults=faults,
         rate_limit_bytes_per_s=rate,
+        usb_serial_fault=serial_fault,
     )
 
 
@@ -108,9 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--file-mb", type=float, default=1.0, help="size of each video in MiB (default 1)")
     serve.add_argument("--msc-only", type=int, default=0, metavar="N",
                        help="the last N recorders are mass-storage-only (no control interface)")
-    serve.add_argument("--usb-serial", choices=("unique", "same", "none"), default="unique",
+    serve.add_argument("--usb-serial", choices=("unique", "same", "none", *UsbSerialFault), default="unique",
                        help="USB serials of the recorders: unique (default), the same for all (cheap "
-                            "recorders, or one copying another's), or none (no serial string)")
+                            "recorders, or one copying another's), none (no serial string), stall (a "
+                            "serial string is named but its request STALLs), no-langids (no LANGID "
+                            "table, so no string can be asked for), changes (another serial at "
+                            "every request: a hostile device), or slow (the serial request is never "
+                            "answered: the host's transfer times out)")
     serve.add_argument("--clock-offset-s", type=float, default=0.0,
                        help="initial device clock minus host clock, seconds (default 0)")
     serve.add_argument("--clock-drift-ppm", type=float, default=0.0,

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from drivers.usb.protocol import (
     CLASS_MASS_STORAGE,
@@ -73,6 +74,26 @@ RECIPIENT_DEVICE, RECIPIENT_INTERFACE = 0, 1
 DIR_IN = 0x80
 
 DEFAULT_STORAGE_TOTAL_BYTES = 32 * 1024**3
+
+
+class UsbSerialFault(StrEnum):
+    """How a device fails to give one serial although its device descriptor names a serial string
+    (iSerialNumber != 0): the commonest field faults of cheap devices, as libusb and pyusb report them,
+    and a hostile one."""
+
+    STALL = "stall"  # the serial string request STALLs (libusb LIBUSB_ERROR_PIPE, pyusb errno EPIPE)
+    # String descriptor 0 (the LANGID table) STALLs: pyusb finds no language to ask for the serial in
+    # and raises ValueError("The device has no langid ...") before any serial request.
+    NO_LANGIDS = "no-langids"
+    # A hostile device: every serial request answers another (well-formed) serial.
+    CHANGES = "changes"
+    # The serial request is never answered (NAKed): the host's transfer times out (ETIMEDOUT).
+    SLOW = "slow"
+
+
+class NoAnswerError(Exception):
+    """The device NAKs the request until the host gives up: the transfer times out (libusb
+    LIBUSB_ERROR_TIMEOUT), after the host's whole timeout."""
 
 
 class StallError(Exception):
@@ -158,6 +179,7 @@ class SimulatedRecorder:
         msc_only: bool = False,
         vendor_id: int = DEFAULT_VENDOR_ID,
         usb_serial_string: str | None = None,
+        usb_serial_fault: UsbSerialFault | None = None,
         clock: ClockReference | None = None,
         clock_offset_s: float = 0.0,
         clock_drift_ppm: float = 0.0,
@@ -178,6 +200,9 @@ class SimulatedRecorder:
         # Fault: the exact serial string the device presents instead of `usb_serial` ("" for an empty
         # string descriptor, or hostile text); None presents `usb_serial` (none at all when it is "").
         self.usb_serial_string = usb_serial_string
+        # Fault: the descriptor names a serial string, but reading it fails (`UsbSerialFault`).
+        self.usb_serial_fault = usb_serial_fault
+        self.usb_serial_reads = 0  # serial string requests seen (the CHANGES and SLOW faults count them)
         self._password = _Secret(password)
         self.id_code = id_code
         self.msc_only = msc_only
@@ -257,7 +282,9 @@ class SimulatedRecorder:
             iManufacturer=STRING_MANUFACTURER,
             iProduct=STRING_PRODUCT,
             # A recorder shipped without a serial has no serial string at all (index 0).
-            iSerialNumber=STRING_SERIAL if self.usb_serial or self.usb_serial_string is not None else 0,
+            # A device with a serial fault names one all the same: reading it is what fails.
+            iSerialNumber=STRING_SERIAL if self.usb_serial or self.usb_serial_string is not None
+            or self.usb_serial_fault is not None else 0,
             bNumConfigurations=1,
         )
 
@@ -320,8 +347,16 @@ class SimulatedRecorder:
         if kind == DescriptorType.CONFIGURATION and index == 0:
             return self.configuration_descriptor().to_bytes()
         if kind == DescriptorType.STRING:
-            if index == 0:
+            if index == 0 and self.usb_serial_fault is not UsbSerialFault.NO_LANGIDS:
                 return langid_descriptor((LANGID_EN_US,))
+            if index == STRING_SERIAL and self.usb_serial_fault is UsbSerialFault.STALL:
+                raise StallError(f"serial string {index}: the device STALLs its request (fault)")
+            if index == STRING_SERIAL and self.usb_serial_fault is UsbSerialFault.SLOW:
+                self.usb_serial_reads += 1
+                raise NoAnswerError(f"serial string {index}: the device never answers (fault)")
+            if index == STRING_SERIAL and self.usb_serial_fault is UsbSerialFault.CHANGES:
+                self.usb_serial_reads += 1
+                return string_descriptor(f"EEZ01CHG{self.usb_serial_reads:08d}")
             text = self.string(index)
             if text is not None and setup.wIndex == LANGID_EN_US:
                 return string_descriptor(text)

@@ -104,51 +104,81 @@ def usb_attachment(handle: RecorderHandle) -> UsbAttachment:
     return UsbAttachment(handle.location.port_path, handle.usb_serial)
 
 
+class VolumeClaim:
+    """One control session's claim: the USB port it found its recorder on, the device serial the
+    recorder gave after login, and the volume the session waits for. Returned by
+    `VolumeClaims.expect`; the session that made it is the only one that forgets or releases it."""
+
+    __slots__ = ("device_serial", "usb_port", "volume")
+
+    def __init__(self, device_serial: str, usb_port: str, volume: asyncio.Future[VolumeRoot]) -> None:
+        self.device_serial = device_serial
+        self.usb_port = usb_port
+        self.volume = volume
+
+    def __repr__(self) -> str:
+        return f"VolumeClaim({self.device_serial!r} at {self.usb_port})"
+
+
 class VolumeClaims:
     """Control sessions announce the volume they expect before switching the recorder's mode, and
     keep the recorder marked busy until they end, so its volume never starts a second session.
 
-    A claim is keyed by the USB port its control session found the recorder on, and names the serial
-    the recorder gave after login. The serial a volume carries (PARAM.INI) is a claim any stick can
-    make, and two recorders in two bays may give the same one, so the station offers a volume only to
-    the claim of the port it is on (:func:`edge.sources.usb.bays.volume_on_port`); `usb_ports` says
-    which ports wait for a serial.
+    A claim names the USB port its control session found the recorder on and the serial the recorder
+    gave after login. The serial a volume carries (PARAM.INI) is a claim any stick can make, and two
+    recorders in two bays may give the same one, so the station offers a volume only to a claim of the
+    port it is on (:func:`edge.sources.usb.bays.volume_on_port`); `usb_ports` says which ports wait for
+    a serial.
+
+    One port can hold two claims at once: recorder A's session still ends (waiting for the central
+    after a pull, or unwinding a pull mid-copy) when recorder B is docked in the same bay and its own
+    session starts. Each session holds its own claim (`VolumeClaim`) and forgets or releases only that
+    one, so the end of A's session never takes B's claim away.
 
     The volume is handed over bound to its mount (:class:`VolumeRoot`): an accepted offer passes it
     to the control session, which closes it when its docking ends."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, asyncio.Future[VolumeRoot]] = {}  # USB port -> its session's volume
-        self._busy: dict[str, str] = {}  # USB port of a control session -> the device serial it holds
+        self._claims: list[VolumeClaim] = []  # in the order they were made
+        self._waiting: set[VolumeClaim] = set()  # the claims whose session still waits for its volume
 
-    def expect(self, device_serial: str, usb_port: str) -> asyncio.Future[VolumeRoot]:
+    def expect(self, device_serial: str, usb_port: str) -> VolumeClaim:
         future: asyncio.Future[VolumeRoot] = asyncio.get_running_loop().create_future()
-        self._waiting[usb_port] = future
-        self._busy[usb_port] = device_serial
-        return future
+        claim = VolumeClaim(device_serial, usb_port, future)
+        self._claims.append(claim)
+        self._waiting.add(claim)
+        return claim
 
     def usb_ports(self, device_serial: str) -> list[str]:
         """The USB ports of the control sessions that have (or wait for) this recorder serial."""
-        return sorted(port for port, serial in self._busy.items() if serial == device_serial)
+        return sorted({c.usb_port for c in self._claims if c.device_serial == device_serial})
 
-    def offer(self, usb_port: str, root: VolumeRoot) -> bool:
-        """Hand the volume to the session of this port waiting for it (the caller has checked that the
-        volume is on the port)."""
-        future = self._waiting.pop(usb_port, None)
-        if future is None or future.done():
-            return False
-        future.set_result(root)
-        return True
+    def offer(self, usb_port: str, device_serial: str, root: VolumeRoot) -> bool:
+        """Hand the volume to the session on this port waiting for this recorder's volume (the caller
+        has checked that the volume is on the port). Of two such sessions the newer one takes it: the
+        older one's recorder left the port before its volume came."""
+        for claim in reversed(self._claims):
+            if claim.usb_port != usb_port or claim.device_serial != device_serial:
+                continue
+            if claim not in self._waiting or claim.volume.done():
+                continue
+            self._waiting.discard(claim)
+            claim.volume.set_result(root)
+            return True
+        return False
 
-    def forget(self, usb_port: str) -> None:
-        self._waiting.pop(usb_port, None)
+    def forget(self, claim: VolumeClaim) -> None:
+        """The claim's session no longer waits for its volume (it came, or the wait ended)."""
+        self._waiting.discard(claim)
 
-    def release(self, usb_port: str) -> None:
-        self._waiting.pop(usb_port, None)
-        self._busy.pop(usb_port, None)
+    def release(self, claim: VolumeClaim) -> None:
+        """The claim's session has ended: its recorder is no longer busy through it."""
+        self._waiting.discard(claim)
+        with contextlib.suppress(ValueError):
+            self._claims.remove(claim)
 
     def busy(self, device_serial: str) -> bool:
-        return device_serial in self._busy.values()
+        return any(c.device_serial == device_serial for c in self._claims)
 
 
 class DockingSession:
@@ -365,12 +395,11 @@ class ControlSession(DockingSession):
             self._show(BayPhase.ERROR, ErrorClass.DEVICE_ERROR)
             await self.set_led(bay, BayLed.ERROR)
             return None
-        port = handle.location.port_path
-        volume = claims.expect(device_serial, port)
+        claim = claims.expect(device_serial, handle.location.port_path)
         try:
             try:
                 await self._thread(self._switch, handle, backend)
-                root = await asyncio.wait_for(volume, self.config.usb.volume_timeout_s)
+                root = await asyncio.wait_for(claim.volume, self.config.usb.volume_timeout_s)
             except (RecorderError, TimeoutError) as exc:
                 reason = (
                     f"volume of recorder {device_serial} did not appear within "
@@ -388,13 +417,13 @@ class ControlSession(DockingSession):
                 await self.set_led(bay, BayLed.ERROR)
                 return None
             finally:
-                claims.forget(port)
+                claims.forget(claim)
             try:
                 return await self.offload(session, root)
             finally:
                 root.close()
         finally:
-            claims.release(port)
+            claims.release(claim)
 
     def _refusal(self, device_serial: str, usb_serial: str) -> str | None:
         """Why this recorder may not be served here (USB serial pin, allow-list), or None."""
