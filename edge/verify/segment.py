@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from edge.custody.disclosure import key_epoch_problem
 from edge.custody.errors import CanonicalJsonError, LedgerError
@@ -63,7 +63,6 @@ class SignedLine:
     binds: bool = False  # it signs the recomputed hash of the whole entry at its seq
 
 
-@dataclass
 class SegmentScan:
     """What one pass over a station's segment leaves for the checks that follow it (module docstring).
 
@@ -74,37 +73,36 @@ class SegmentScan:
     ``signed``: the checkpoints.jsonl lines, ``schedule`` the station's keys over their epochs (None: no
     key is trusted, no line binds)."""
 
-    station: str
-    items: Sequence[str] = ()
-    wanted_seqs: Iterable[int] = ()
-    watched_seqs: Iterable[int] = ()
-    signed: Sequence[tuple[str, Checkpoint]] = ()
-    schedule: KeySchedule | None = None
-
-    lines: int = 0
-    first_seq: int | None = None
-    last_seq: int | None = None
-    redacted: int = 0
-    recomputable: int = 0  # format-2 redacted lines: their hash recomputed, their tag tested
-    shown: list[LedgerEntry] = field(default_factory=list)
-    by_seq: dict[int, LedgerEntry | RedactedEntry] = field(default_factory=dict)
-    by_hash: dict[str, LedgerEntry | RedactedEntry] = field(default_factory=dict)
-    tag_hits: list[tuple[str, int]] = field(default_factory=list)  # (item, seq) of a redacted line
-    format1_runs: list[list[int]] = field(default_factory=list)  # [first, last] seqs, in file order
-    stripped: list[int] = field(default_factory=list)  # format-1 redacted lines after format 2
-    redacted_at: list[int] = field(default_factory=list)  # redacted lines at a watched seq
-    lines_checked: list[SignedLine] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._tester = ItemTagTester(self.items)
-        self._wanted = set(self.wanted_seqs)
-        self._watched = set(self.watched_seqs)
+    def __init__(
+        self, station: str, *, items: Iterable[str] = (), wanted_seqs: Iterable[int] = (),
+        watched_seqs: Iterable[int] = (), signed: Iterable[tuple[str, Checkpoint]] = (),
+        schedule: KeySchedule | None = None,
+    ) -> None:
+        self.station = station
+        self.schedule = schedule
+        self.lines = 0
+        self.first_seq: int | None = None
+        self.last_seq: int | None = None
+        self.redacted = 0
+        self.recomputable = 0  # format-2 redacted lines: their hash recomputed, their tag tested
+        self.shown: list[LedgerEntry] = []  # the whole entries, in file order
+        # The last line at a seq or with a hash: every whole entry, and a redacted line only where a later
+        # check looks (a wanted seq) or where it replaces a whole entry's answer.
+        self.by_seq: dict[int, LedgerEntry | RedactedEntry] = {}
+        self.by_hash: dict[str, LedgerEntry | RedactedEntry] = {}
+        self.tag_hits: list[tuple[str, int]] = []  # (disclosed item, seq) of a redacted line with its tag
+        self.format1_runs: list[list[int]] = []  # [first, last] seqs of consecutive format-1 lines
+        self.stripped: list[int] = []  # seqs of format-1 redacted lines after format 2
+        self.redacted_at: list[int] = []  # seqs of redacted lines at a watched seq
+        self._tester = ItemTagTester(items)
+        self._wanted = set(wanted_seqs)
+        self._watched = set(watched_seqs)
         self._seen_format_2 = False
         self._pending: list[LedgerEntry] = []  # whole entries no signed entry is known to follow yet
         self._unbound: list[LedgerEntry] = []  # whole entries a format-1 line cuts off from any signed one
-        self.lines_checked = [self._line(where, cp) for where, cp in self.signed]
+        self.signed_lines = [self._line(where, cp) for where, cp in signed]
         self._at_seq: dict[int, list[SignedLine]] = {}
-        for line in self.lines_checked:
+        for line in self.signed_lines:
             if line.foreign is None:
                 self._at_seq.setdefault(line.checkpoint.seq, []).append(line)
 
@@ -211,7 +209,7 @@ class SegmentScan:
         """Every checkpoints.jsonl line that does not hold, in line order."""
         first, last = (self.first_seq, self.last_seq) if self.first_seq is not None else (0, -1)
         problems: list[Problem] = []
-        for line in self.lines_checked:
+        for line in self.signed_lines:
             what = line.foreign
             if what is None and not line.seen:
                 what = f"names seq {line.checkpoint.seq}, outside the segment's seqs {first}-{last}"
@@ -222,7 +220,7 @@ class SegmentScan:
 
     def bound_seqs(self) -> set[int]:
         """Seqs of whole entries whose recomputed hash a valid station checkpoint signs."""
-        return {line.checkpoint.seq for line in self.lines_checked if line.binds}
+        return {line.checkpoint.seq for line in self.signed_lines if line.binds}
 
     def not_bound(self, final_binds: bool) -> list[LedgerEntry]:
         """Whole entries from which no chain of whole entries and format-2 lines reaches a signed entry,
