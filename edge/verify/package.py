@@ -476,7 +476,7 @@ def verify_package(
         if chain is not None:
             pinned.add((item.station, *chain))
             acquired[item.item] = chain[0]
-    _check_binding(index, scans, anchored, finals, pinned, report)
+    _check_binding(index, scans, anchored, pinned, report)
     _check_completeness(root, index, scans, acquired, finals, report)
     redacted = sum(scan.redacted for scan in scans.values())
     report.checked.update({"items": len(index.items), "stations": len(index.station_keys),
@@ -514,6 +514,7 @@ def _station_segment(
     scan = SegmentScan(station, items=[item.item for item in index.items if item.station == station],
                        wanted_seqs=wanted, watched_seqs=acquired_seqs,
                        signed=signed if checkpoint is not None else (),
+                       final_seq=None if checkpoint is None else checkpoint.seq,
                        schedule=_schedule(trusted, (), rotations))
     final_cp = checkpoint
     chain = None if final_cp is None else (
@@ -554,7 +555,7 @@ def _apply_station_pins(
 
 def _check_binding(
     index: PackageIndex, scans: Mapping[str, SegmentScan], anchored: Mapping[str, set[int]],
-    finals: Mapping[str, Checkpoint], pinned: set[tuple[str, int, str]], report: VerifyReport,
+    pinned: set[tuple[str, int, str]], report: VerifyReport,
 ) -> None:
     """Which disclosed entries the station's signature reaches by a recomputable chain.
 
@@ -563,9 +564,9 @@ def _check_binding(
     any redacted line of ledger format 1 (a format-2 line's hash is recomputed from its parts, so the chain
     binds through it); or when a station-signed manifest names its hash. An entry whose chain to every
     signed checkpoint passes a format-1 redacted line is not: that line's hash is the central's word, so
-    the central alone could rewrite the entry and patch the line's prev. The walk was done forwards as the
-    segment was read (:meth:`SegmentScan.not_bound`). A redacted line where a disclosed item's manifest
-    puts its acquired entry is refused outright.
+    the central alone could rewrite the entry and patch the line's prev. The walk goes over what the
+    segment's single pass kept of it (:meth:`SegmentScan.not_bound`). A redacted line where a disclosed
+    item's manifest puts its acquired entry is refused outright.
     """
     disclosed = {(item.station, item.item) for item in index.items}
     acquired_at = {(station, seq) for station, seq, _ in pinned}
@@ -579,9 +580,7 @@ def _check_binding(
                 report.problems.append(Problem(
                     f"ledger/{station} seq {seq}", "is a redacted line, but a disclosed item's signed "
                     "manifest names its acquired entry here: an entry of a disclosed item was hidden"))
-        final = finals.get(station)
-        final_binds = final is not None and final.seq in anchored[station]
-        for entry in scan.not_bound(final_binds):
+        for entry in scan.not_bound(anchored[station]):
             if (station, entry.seq, entry.hash) in pinned:
                 continue
             if entry.item is not None and (station, entry.item) in disclosed:

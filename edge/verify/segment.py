@@ -15,9 +15,11 @@ over the whole list afterwards, with the same outcomes:
 
 - each checkpoints.jsonl line is checked against the entry at its seq (the last line there, as a lookup by
   seq gave), its signature and key epoch once up front;
-- the binding walk runs forwards: whole entries wait in ``pending`` until a signed one clears them (every
-  entry before it reaches it through whole entries or format-2 lines, whose hashes are recomputed) or a
-  format-1 redacted line settles them as not bound (its hash is the central's word);
+- for the binding walk (which runs backwards from the signed checkpoints once they are all known) it keeps
+  the segment's skeleton: the whole entries, one mark per run of format-1 redacted lines (a chain cannot
+  bind through them: their hashes are the central's word), and the redacted lines at a seq a checkpoint
+  names; the format-2 lines between are left out, as the walk passes through them unchanged (their hashes
+  are recomputed);
 - format-2 redacted lines' item tags are tested against the disclosed items; format-1 lines are kept as
   runs of seqs, or named stripped after a format-2 entry.
 """
@@ -47,6 +49,8 @@ from edge.custody.text import printable
 
 __all__ = ["SegmentScan", "SignedLine"]
 
+_FORMAT_1 = None  # in the skeleton: a run of format-1 redacted lines at no anchor seq
+
 
 @dataclass
 class SignedLine:
@@ -70,13 +74,14 @@ class SegmentScan:
     seqs whose line later checks look up (package.json's head and last entries, the final checkpoint's,
     the manifests' acquired entries): the line there is kept even when redacted. ``watched_seqs``: seqs
     at which every redacted line is recorded in ``redacted_at`` (the manifests' acquired entries).
-    ``signed``: the checkpoints.jsonl lines, ``schedule`` the station's keys over their epochs (None: no
-    key is trusted, no line binds)."""
+    ``signed``: the checkpoints.jsonl lines, ``final_seq`` the seq of the checkpoint that ends the segment
+    (checkpoint.json), ``schedule`` the station's keys over their epochs (None: no key is trusted, no line
+    binds)."""
 
     def __init__(
         self, station: str, *, items: Iterable[str] = (), wanted_seqs: Iterable[int] = (),
         watched_seqs: Iterable[int] = (), signed: Iterable[tuple[str, Checkpoint]] = (),
-        schedule: KeySchedule | None = None,
+        final_seq: int | None = None, schedule: KeySchedule | None = None,
     ) -> None:
         self.station = station
         self.schedule = schedule
@@ -98,13 +103,15 @@ class SegmentScan:
         self._wanted = set(wanted_seqs)
         self._watched = set(watched_seqs)
         self._seen_format_2 = False
-        self._pending: list[LedgerEntry] = []  # whole entries no signed entry is known to follow yet
-        self._unbound: list[LedgerEntry] = []  # whole entries a format-1 line cuts off from any signed one
+        # What the binding walk needs (module docstring): whole entries, redacted lines at an anchor seq (one
+        # a checkpoint names), and _FORMAT_1 for each run of other format-1 redacted lines.
+        self._skeleton: list[LedgerEntry | RedactedEntry | None] = []
         self.signed_lines = [self._line(where, cp) for where, cp in signed]
         self._at_seq: dict[int, list[SignedLine]] = {}
         for line in self.signed_lines:
             if line.foreign is None:
                 self._at_seq.setdefault(line.checkpoint.seq, []).append(line)
+        self._anchor_seqs = set(self._at_seq) | ({final_seq} if final_seq is not None else set())
 
     def _line(self, where: str, cp: Checkpoint) -> SignedLine:
         line = SignedLine(where, cp)
@@ -138,16 +145,14 @@ class SegmentScan:
         if self.first_seq is None:
             self.first_seq = entry.seq
         self.last_seq = entry.seq
-        signed_here = self._check_lines(entry)
+        self._check_lines(entry)
         if isinstance(entry, LedgerEntry):
             self.shown.append(entry)
             self.by_seq[entry.seq] = entry
             self.by_hash[entry.hash] = entry
             if entry_format(entry.data) == 2:
                 self._seen_format_2 = True
-            self._pending.append(entry)
-            if signed_here:
-                self._pending.clear()
+            self._skeleton.append(entry)
             return
         self.redacted += 1
         # Kept only where a later lookup asks (or where a shown entry's place would otherwise answer).
@@ -157,6 +162,10 @@ class SegmentScan:
             self.by_hash[entry.hash] = entry
         if entry.seq in self._watched:
             self.redacted_at.append(entry.seq)
+        if entry.seq in self._anchor_seqs:
+            self._skeleton.append(entry)
+        elif not entry.recomputable and (not self._skeleton or self._skeleton[-1] is not _FORMAT_1):
+            self._skeleton.append(_FORMAT_1)
         if entry.recomputable:
             self.recomputable += 1
             self._seen_format_2 = True
@@ -165,9 +174,6 @@ class SegmentScan:
             if hidden is not None:
                 self.tag_hits.append((hidden, entry.seq))
             return
-        # Format 1: its hash cannot be recomputed, so nothing before it is bound through it.
-        self._unbound += self._pending
-        self._pending.clear()
         if self._seen_format_2:
             self.stripped.append(entry.seq)
         elif self.format1_runs and self.format1_runs[-1][1] + 1 == entry.seq:
@@ -175,18 +181,18 @@ class SegmentScan:
         else:
             self.format1_runs.append([entry.seq, entry.seq])
 
-    def _check_lines(self, entry: LedgerEntry | RedactedEntry) -> bool:
-        """Check the checkpoints.jsonl lines at the entry's seq against it; whether one binds it."""
+    def _check_lines(self, entry: LedgerEntry | RedactedEntry) -> None:
+        """Check the checkpoints.jsonl lines at the entry's seq against it (the last entry there decides,
+        as a lookup by seq did)."""
         lines = self._at_seq.get(entry.seq)
         if not lines:
-            return False
+            return
         recomputed: str | None = None
         if isinstance(entry, LedgerEntry):
             try:
                 recomputed = entry_hash(entry.body())
             except (LedgerError, CanonicalJsonError):
                 recomputed = None  # the chain check names an entry that cannot be hashed
-        binds = False
         for line in lines:
             cp = line.checkpoint
             line.seen, line.found, line.binds = True, None, False
@@ -202,8 +208,7 @@ class SegmentScan:
                 line.found = (f"the station signed hash {cp.hash[:80]} at seq {cp.seq}, but the entry there "
                               f"hashes to {recomputed}: the entry was altered")
             else:
-                line.binds = binds = True
-        return binds
+                line.binds = True
 
     def signed_problems(self) -> list[Problem]:
         """Every checkpoints.jsonl line that does not hold, in line order."""
@@ -222,11 +227,24 @@ class SegmentScan:
         """Seqs of whole entries whose recomputed hash a valid station checkpoint signs."""
         return {line.checkpoint.seq for line in self.signed_lines if line.binds}
 
-    def not_bound(self, final_binds: bool) -> list[LedgerEntry]:
-        """Whole entries from which no chain of whole entries and format-2 lines reaches a signed entry,
-        in file order. ``final_binds``: the final checkpoint verified at the segment's last line, which then
-        binds what is still pending."""
-        return self._unbound + ([] if final_binds else self._pending)
+    def not_bound(self, signed: set[int]) -> list[LedgerEntry]:
+        """Whole entries from which no chain reaches an entry at a ``signed`` seq, from the last line back.
+
+        Walking backwards: an entry is reached when it or a later one is signed with only whole entries and
+        format-2 redacted lines between (their hashes are recomputed, so the chain binds through them); a
+        format-1 redacted line breaks the chain (its hash is the central's word)."""
+        reached = False
+        found: list[LedgerEntry] = []
+        for entry in reversed(self._skeleton):
+            if entry is _FORMAT_1:
+                reached = False
+            elif isinstance(entry, RedactedEntry):
+                reached = (reached or entry.seq in signed) and entry.recomputable
+            else:
+                reached = reached or entry.seq in signed
+                if not reached:
+                    found.append(entry)
+        return found
 
     def format1_after(self, seq: int | None) -> tuple[int, int, int] | None:
         """(count, first, last) of the format-1 redacted lines after ``seq`` (all when None), in file
