@@ -59,7 +59,8 @@ async def long_package(workdir: Path, others: int) -> LongPackage:
     try:
         enroll(central.index, station)
         acquired = station.acquire(b"evidence " * 1000, case_number="OTHER-1")
-        async with aiohttp.ClientSession() as session:
+        # No total timeout: a long span takes the central minutes to plan on a busy machine (bench sizes).
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
             headers = {**TUS, DEV_STATION_HEADER: station.station_id}
             size = str(len(acquired.content))
             async with session.post(f"{central.url}/v1/uploads",
