@@ -69,8 +69,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -544,7 +545,7 @@ def key_epoch_problem(schedule: KeySchedule, key_id: str, seq: int) -> str | Non
 
 def ledger_segment_problems(
     station: str,
-    entries: Sequence[LedgerEntry | RedactedEntry],
+    entries: Iterable[LedgerEntry | RedactedEntry],
     checkpoint: Checkpoint,
     station_keys: Mapping[str, Ed25519PublicKey],
     rotations: Sequence[ShippedRotation] | None = None,
@@ -553,17 +554,40 @@ def ledger_segment_problems(
     the one before, each whole entry hashing to its hash) ending at the signed checkpoint. With
     ``rotations`` (a package's checked key_rotations.jsonl) the key epochs are theirs, and the segment's
     line at each rotation's seq must be that rotation, whole; every key_rotated entry it shows must be
-    among them."""
-    if not entries:
+    among them.
+
+    With ``rotations`` the entries are walked once, as they come, and none is kept: a package's segment
+    runs to the station's head, millions of lines (the caller may hand over a generator reading them; it
+    is not exhausted when the segment cannot be checked at all). Without them the key epochs come from the
+    rotations the segment shows, so the entries are gathered first."""
+    remaining = iter(entries)
+    first = next(remaining, None)
+    if first is None:
         return [Problem(f"ledger of station {station}", "the segment holds no entries")]
     if not station_keys:
         return [Problem(f"ledger of station {station}", "no station key to check its checkpoint with")]
-    first, last = entries[0], entries[-1]
-    schedule = station_schedule(station_keys, entries, rotations)
-    problems = shown_rotations(entries)[1]
-    if rotations is not None:
-        problems += _segment_rotation_problems(entries, rotations)
-    problems += verify_chain(entries, [checkpoint], schedule, station, after=(first.seq - 1, first.prev))
+    if rotations is None:
+        gathered = [first, *remaining]
+        schedule = station_schedule(station_keys, gathered, None)
+        remaining = iter(gathered[1:])
+    else:
+        schedule = station_schedule(station_keys, (), rotations)
+    malformed: list[Problem] = []  # shown key_rotated entries that cannot be decoded
+    hidden: list[Problem] = []  # lines at odds with key_rotations.jsonl
+    shipped = None if rotations is None else {s.entry.seq: s.entry for s in rotations}
+    last = first
+
+    def walked() -> Iterator[LedgerEntry | RedactedEntry]:
+        nonlocal last
+        for entry in itertools.chain((first,), remaining):
+            last = entry
+            malformed.extend(shown_rotations((entry,))[1])
+            if shipped is not None:
+                hidden.extend(_segment_rotation_problem(entry, shipped))
+            yield entry
+
+    chain = verify_chain(walked(), [checkpoint], schedule, station, after=(first.seq - 1, first.prev))
+    problems = malformed + hidden + chain
     key = schedule.get(checkpoint.key_id)
     if key is not None and checkpoint.seq < key.introduced_at:  # a retired key: verify_chain names it
         problems.append(Problem(f"checkpoint seq {checkpoint.seq}",
@@ -575,27 +599,25 @@ def ledger_segment_problems(
     return problems
 
 
-def _segment_rotation_problems(
-    entries: Sequence[LedgerEntry | RedactedEntry], rotations: Sequence[ShippedRotation]
+def _segment_rotation_problem(
+    entry: LedgerEntry | RedactedEntry, shipped: Mapping[int, LedgerEntry]
 ) -> list[Problem]:
-    problems: list[Problem] = []
-    by_seq = {shipped.entry.seq: shipped.entry for shipped in rotations}
-    for entry in entries:
-        shipped = by_seq.get(entry.seq)
-        if shipped is None:
-            if isinstance(entry, LedgerEntry) and entry.type == KEY_ROTATED:
-                problems.append(Problem(f"ledger seq {entry.seq}", "is a key_rotated entry that "
-                                        "key_rotations.jsonl does not hold (or that does not hold there): "
-                                        "its key epochs are not the ones applied"))
-            continue
-        if isinstance(entry, RedactedEntry):
-            problems.append(Problem(f"ledger seq {entry.seq}", "is a redacted line, but key_rotations.jsonl "
-                                    "names the station's key_rotated entry here: a key rotation was hidden"))
-        elif entry.hash != shipped.hash:
-            problems.append(Problem(f"ledger seq {entry.seq}", f"has hash {entry.hash[:80]}, but the "
-                                    f"key_rotated entry key_rotations.jsonl ships at this seq has hash "
-                                    f"{shipped.hash}"))
-    return problems
+    """The segment's line at a rotation's seq must be that rotation, whole; a key_rotated entry elsewhere
+    is one key_rotations.jsonl does not hold."""
+    rotation = shipped.get(entry.seq)
+    if rotation is None:
+        if isinstance(entry, LedgerEntry) and entry.type == KEY_ROTATED:
+            return [Problem(f"ledger seq {entry.seq}", "is a key_rotated entry that key_rotations.jsonl does "
+                            "not hold (or that does not hold there): its key epochs are not the ones "
+                            "applied")]
+        return []
+    if isinstance(entry, RedactedEntry):
+        return [Problem(f"ledger seq {entry.seq}", "is a redacted line, but key_rotations.jsonl names the "
+                        "station's key_rotated entry here: a key rotation was hidden")]
+    if entry.hash != rotation.hash:
+        return [Problem(f"ledger seq {entry.seq}", f"has hash {entry.hash[:80]}, but the key_rotated entry "
+                        f"key_rotations.jsonl ships at this seq has hash {rotation.hash}")]
+    return []
 
 
 # -- one disclosed item ------------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ signed checkpoint before a redacted line is named NOT BOUND (its content rests o
 redacted line where a disclosed item's manifest puts its acquired entry is refused, and each item must
 belong to the package's case. Each item's entries must all be shown: its ``item_prev`` links, walked back
 from the last entry package.json states (``coverage``), meet only whole entries of the item down to its
-acquired entry; an item without those links is NOT COMPLETE (chain not recorded).
+acquired entry; an item without those links is NOT COMPLETE (chain not recorded). Each ledger segment is
+read once, a line at a time, and only its whole entries are kept (:mod:`edge.verify.segment`): memory is
+bounded by what the package discloses, never by the redacted lines, which run to the station's head.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import binascii
 import hashlib
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,6 @@ from edge.custody.disclosure import (
     entry_from_line,
     item_evidence_problems,
     item_paths,
-    key_epoch_problem,
     ledger_paths,
     ledger_segment_problems,
     manifest_signature_parts,
@@ -60,19 +61,18 @@ from edge.custody.disclosure import (
 )
 from edge.custody.errors import CanonicalJsonError, CustodyError, LedgerError
 from edge.custody.keys import key_id_of, load_public_key, public_key_raw, verify_signature
+from edge.custody.keyschedule import KeySchedule
 from edge.custody.ledger import (
     GENESIS_PREV,
     ITEM_PREV,
     Checkpoint,
-    ItemTagTester,
     LedgerEntry,
     RedactedEntry,
     checkpoint_payload,
-    entry_format,
-    entry_hash,
 )
 from edge.custody.problems import Problem
 from edge.custody.text import printable
+from edge.verify.segment import SegmentScan
 from edge.verify.station import VerifyReport
 
 __all__ = ["central_key_fingerprint", "is_package", "verify_package"]
@@ -238,18 +238,9 @@ def _same(root: Path, name: str, expected: bytes, problems: list[Problem]) -> No
                                                 "checks would not be what the package says"))
 
 
-def _segment(
-    root: Path, station: str, problems: list[Problem]
-) -> tuple[list[LedgerEntry | RedactedEntry], Checkpoint | None, list[tuple[str, Checkpoint]]]:
-    """The segment's entries, its final checkpoint, and its checkpoints.jsonl lines (where, checkpoint)."""
+def _final_checkpoint(root: Path, station: str, problems: list[Problem]) -> Checkpoint | None:
+    """The checkpoint at the segment's end (checkpoint.json), checked against its .payload and .sig."""
     paths = ledger_paths(station)
-    entries: list[LedgerEntry | RedactedEntry] = []
-    for number, line in _document_lines(root, paths.entries, problems):
-        where = f"file {paths.entries} line {number}"
-        try:
-            entries.append(entry_from_line(parse_json(line), where))
-        except (CanonicalJsonError, LedgerError) as exc:
-            problems.append(Problem(where, str(exc)))
     doc = _read_json(root, paths.checkpoint, problems)
     checkpoint = None
     if isinstance(doc, Mapping):
@@ -265,6 +256,12 @@ def _segment(
         except (binascii.Error, UnicodeEncodeError):
             signature = b""
         _same(root, paths.checkpoint_signature, signature, problems)
+    return checkpoint
+
+
+def _checkpoint_lines(root: Path, station: str, problems: list[Problem]) -> list[tuple[str, Checkpoint]]:
+    """The checkpoints.jsonl lines (where, checkpoint): one per shown entry at most, so read whole."""
+    paths = ledger_paths(station)
     signed: list[tuple[str, Checkpoint]] = []
     # A package built before stations signed every entry has no checkpoints.jsonl (if SHA256SUMS lists
     # it, its absence is already named): its entries are bound only by the final checkpoint.
@@ -279,7 +276,66 @@ def _segment(
             signed.append((where, Checkpoint.from_dict(raw)))
         except (CanonicalJsonError, LedgerError) as exc:
             problems.append(Problem(where, str(exc)))
-    return entries, checkpoint, signed
+    return signed
+
+
+def _segment_lines(
+    root: Path, station: str, problems: list[Problem]
+) -> Iterator[LedgerEntry | RedactedEntry]:
+    """The segment's entries as entries.jsonl holds them, read and parsed a line at a time (a line that is
+    not an entry is a problem naming it); nothing is kept here."""
+    paths = ledger_paths(station)
+    for number, line in _document_lines(root, paths.entries, problems):
+        where = f"file {paths.entries} line {number}"
+        try:
+            yield entry_from_line(parse_json(line), where)
+        except (CanonicalJsonError, LedgerError) as exc:
+            problems.append(Problem(where, str(exc)))
+
+
+def _scan_segment(
+    root: Path, station: str, scan: SegmentScan, problems: list[Problem],
+    check: Callable[[Iterator[LedgerEntry | RedactedEntry]], list[Problem]] | None,
+) -> list[Problem]:
+    """One pass over the segment: every line fed to ``scan`` and, when given, to ``check`` (the chain
+    check, which walks the lines as they come); what ``check`` found. Lines it leaves unread (a segment it
+    cannot check at all) are still fed to the scan."""
+
+    def fed() -> Iterator[LedgerEntry | RedactedEntry]:
+        for entry in _segment_lines(root, station, problems):
+            scan.feed(entry)
+            yield entry
+
+    lines = fed()
+    found = check(lines) if check is not None else []
+    for _ in lines:
+        pass
+    return found
+
+
+def _redacted_with_hash(root: Path, station: str, hashes: set[str]) -> dict[str, RedactedEntry]:
+    """The (last) redacted line of the segment with each of ``hashes``: a second pass, made only when a
+    disclosed item's entry links (item_prev) to an entry the package does not show, to name where it hides
+    it. Problems with the file were named by the first pass."""
+    found: dict[str, RedactedEntry] = {}
+    for entry in _segment_lines(root, station, []):
+        if isinstance(entry, RedactedEntry) and entry.hash in hashes:
+            found[entry.hash] = entry
+    return found
+
+
+def _manifest_chain_seqs(root: Path, index: PackageIndex) -> dict[str, set[int]]:
+    """station -> the seqs where its disclosed items' manifests put their acquired entries, read ahead of
+    the items' checks (which name what is wrong with a manifest) so that the segment's single pass can note
+    a redacted line there."""
+    seqs: dict[str, set[int]] = {}
+    for item in index.items:
+        manifest = _read_json(root, item_paths(item.item, item.extension).manifest, [])
+        chain = manifest.get("chain") if isinstance(manifest, Mapping) else None
+        seq = chain.get("seq") if isinstance(chain, Mapping) else None
+        if isinstance(seq, int):
+            seqs.setdefault(item.station, set()).add(seq)
+    return seqs
 
 
 def _rotations(
@@ -316,7 +372,7 @@ def _chained(
 
 
 def _signed_seqs(
-    station: str, entries: list[LedgerEntry | RedactedEntry], signed: list[tuple[str, Checkpoint]],
+    station: str, entries: Iterable[LedgerEntry | RedactedEntry], signed: Sequence[tuple[str, Checkpoint]],
     keys: Mapping[str, Ed25519PublicKey], problems: list[Problem],
     rotations: Sequence[ShippedRotation] | None = None,
 ) -> set[int]:
@@ -324,56 +380,22 @@ def _signed_seqs(
     checkpoints.jsonl that does not hold is a problem naming the line. A checkpoint counts only within its
     key's epoch: a key a key_rotated entry of the segment retired signs nothing after it, the key it
     announced nothing before it (as for `edge verify STORE`); the epochs come from ``rotations`` (the
-    package's checked key_rotations.jsonl) when given."""
-    by_seq = {entry.seq: entry for entry in entries}
-    first, last = (entries[0].seq, entries[-1].seq) if entries else (0, -1)
-    schedule = station_schedule(keys, entries, rotations) if keys else None  # none trusted: none binds
-    bound: set[int] = set()
-    for where, cp in signed:
-        if cp.station != station:
-            problems.append(Problem(where, f"is signed for station {printable(cp.station)}, not {station}"))
-            continue
-        entry = by_seq.get(cp.seq)
-        if entry is None:
-            problems.append(Problem(where, f"names seq {cp.seq}, outside the segment's seqs {first}-{last}"))
-            continue
-        key = schedule.get(cp.key_id) if schedule is not None else None
-        try:
-            signature = base64.b64decode(cp.signature.encode("ascii"), validate=True)
-            payload = checkpoint_payload(cp.station, cp.seq, cp.hash, cp.time)
-        except (binascii.Error, UnicodeEncodeError, CanonicalJsonError):
-            signature, payload = b"", b""
-        if key is None:
-            problems.append(Problem(where, f"is signed by key {printable(cp.key_id)}, which is not one of "
-                                           "the station's keys trusted here (listed in the package, pinned "
-                                           "with --station-key when any are, on the chain of its key "
-                                           "rotations)"))
-            continue
-        assert schedule is not None  # a key was found in it
-        epoch = key_epoch_problem(schedule, cp.key_id, cp.seq)
-        if epoch is not None:
-            problems.append(Problem(where, epoch))
-            continue
-        if not payload or not verify_signature(key.public_key, signature, payload):
-            problems.append(Problem(where, f"signature (seq {cp.seq}) does not verify with station key "
-                                           f"{key.key_id}: the checkpoint was forged or altered"))
-            continue
-        if isinstance(entry, RedactedEntry):
-            if entry.hash != cp.hash:
-                problems.append(Problem(where, f"the station signed hash {cp.hash[:80]} at seq {cp.seq}, but "
-                                               f"the redacted line there has hash {entry.hash[:80]}: the "
-                                               "redacted line was altered"))
-            continue
-        try:
-            recomputed = entry_hash(entry.body())
-        except (LedgerError, CanonicalJsonError):
-            continue  # the chain check names an entry that cannot be hashed
-        if recomputed != cp.hash:
-            problems.append(Problem(where, f"the station signed hash {cp.hash[:80]} at seq {cp.seq}, but the "
-                                           f"entry there hashes to {recomputed}: the entry was altered"))
-            continue
-        bound.add(cp.seq)
-    return bound
+    package's checked key_rotations.jsonl) when given, else from the rotations the entries show (which are
+    then gathered first). :func:`verify_package` does the same within its single pass
+    (:class:`SegmentScan`)."""
+    if rotations is None:
+        entries = list(entries)
+    scan = SegmentScan(station, signed=signed, schedule=_schedule(keys, entries, rotations))
+    for entry in entries:
+        scan.feed(entry)
+    problems.extend(scan.signed_problems())
+    return scan.bound_seqs()
+
+
+def _schedule(keys: Mapping[str, Ed25519PublicKey], entries: Iterable[LedgerEntry | RedactedEntry],
+              rotations: Sequence[ShippedRotation] | None) -> KeySchedule | None:
+    """The station's keys over their epochs; None when no key is trusted (then no checkpoint binds)."""
+    return station_schedule(keys, entries, rotations) if keys else None
 
 
 def central_key_fingerprint(key: Ed25519PublicKey) -> str:
@@ -381,6 +403,7 @@ def central_key_fingerprint(key: Ed25519PublicKey) -> str:
     the fingerprint the agency gives out of band."""
     digest = hashlib.sha256(public_key_raw(key)).hexdigest()
     return " ".join(digest[i:i + 4] for i in range(0, len(digest), 4))
+
 
 
 def verify_package(
@@ -430,28 +453,22 @@ def verify_package(
         return report
     keys = _station_keys(root, index, problems)
     _apply_station_pins(keys, pinned_station_keys, report)
-    segments: dict[str, list[LedgerEntry | RedactedEntry]] = {}
+    scans: dict[str, SegmentScan] = {}
     anchored: dict[str, set[int]] = {}  # station -> seqs of whole entries a valid station checkpoint signs
     finals: dict[str, Checkpoint] = {}  # station -> the checkpoint at its segment's end, when it verified
-    redacted = 0
+    acquired_seqs = _manifest_chain_seqs(root, index)
     for station in sorted(index.station_keys):
-        entries, checkpoint, signed = _segment(root, station, problems)
-        rotations = _rotations(root, station, index.station_keys[station], problems)
-        trusted = _chained(keys.get(station, {}), rotations, len(index.station_keys[station]))
-        segments[station] = entries
-        redacted += sum(isinstance(e, RedactedEntry) for e in entries)
-        if checkpoint is None:
-            continue
-        found = ledger_segment_problems(station, entries, checkpoint, trusted, rotations)
-        problems.extend(Problem(f"ledger/{station} {p.where}", p.what) for p in found)
-        anchored[station] = _signed_seqs(station, entries, signed, trusted, problems, rotations)
-        final = next((e for e in entries if e.seq == checkpoint.seq), None)
-        if not found and final is not None:
-            # The final checkpoint, verified with the chain above; the head it signs is usually another
-            # case's entry, redacted (format 2: recomputed, so it binds what lies before it).
-            anchored[station].add(final.seq)
-        if not found:
+        scans[station], found = _station_segment(root, station, index, keys.get(station, {}),
+                                                 acquired_seqs.get(station, set()), problems)
+        if found is None:
+            continue  # no final checkpoint: nothing of the segment is bound or checked against one
+        verified, checkpoint = found
+        anchored[station] = scans[station].bound_seqs()
+        if verified and checkpoint.seq in scans[station].by_seq:
+            anchored[station].add(checkpoint.seq)
+        if verified:
             finals[station] = checkpoint
+    segments = {station: scan.shown for station, scan in scans.items()}
     pinned: set[tuple[str, int, str]] = set()  # (station, seq, hash) a station-signed manifest names
     acquired: dict[str, int] = {}  # item -> seq of the acquired entry its signed manifest names
     for item in index.items:
@@ -459,16 +476,56 @@ def verify_package(
         if chain is not None:
             pinned.add((item.station, *chain))
             acquired[item.item] = chain[0]
-    _check_binding(index, segments, anchored, pinned, report)
-    _check_completeness(index, segments, acquired, finals, report)
+    _check_binding(index, scans, anchored, pinned, report)
+    _check_completeness(root, index, scans, acquired, finals, report)
+    redacted = sum(scan.redacted for scan in scans.values())
     report.checked.update({"items": len(index.items), "stations": len(index.station_keys),
-                           "ledger_entries": sum(len(e) for e in segments.values()),
+                           "ledger_entries": sum(scan.lines for scan in scans.values()),
                            "station_checkpoints": sum(len(s) for s in anchored.values())})
     if redacted:
         report.notes.append(f"{redacted} ledger entries of items outside this package or of other dockings "
                             "are redacted: they were checked to link into the chain, their content is not "
                             "disclosed")
     return report
+
+
+def _station_segment(
+    root: Path, station: str, index: PackageIndex, keys: Mapping[str, Ed25519PublicKey],
+    acquired_seqs: set[int], problems: list[Problem],
+) -> tuple[SegmentScan, tuple[bool, Checkpoint] | None]:
+    """Check one station's segment in a single pass over entries.jsonl (:mod:`edge.verify.segment`): the
+    scan it leaves, and, when the segment ends at a checkpoint.json, (whether the whole chain verified up
+    to that checkpoint, the checkpoint). The problems come in the order of the files: entries.jsonl's
+    lines, checkpoint.json, checkpoints.jsonl, key_rotations.jsonl, the chain, checkpoints.jsonl's
+    signatures."""
+    read: list[Problem] = []  # entries.jsonl's lines, named as they are read
+    files: list[Problem] = []  # checkpoint.json, checkpoints.jsonl and key_rotations.jsonl
+    checkpoint = _final_checkpoint(root, station, files)
+    signed = _checkpoint_lines(root, station, files)
+    rotations = _rotations(root, station, index.station_keys[station], files)
+    trusted = _chained(keys, rotations, len(index.station_keys[station]))
+    coverage = None if index.coverage is None else index.coverage.get(station)
+    wanted = set(acquired_seqs)
+    if coverage is not None:
+        wanted.add(coverage.head_seq)
+        wanted.update(coverage.item_last_seq.values())
+    if checkpoint is not None:
+        wanted.add(checkpoint.seq)
+    scan = SegmentScan(station, items=[item.item for item in index.items if item.station == station],
+                       wanted_seqs=wanted, watched_seqs=acquired_seqs,
+                       signed=signed if checkpoint is not None else (),
+                       final_seq=None if checkpoint is None else checkpoint.seq,
+                       schedule=_schedule(trusted, (), rotations))
+    final_cp = checkpoint
+    chain = None if final_cp is None else (
+        lambda lines: ledger_segment_problems(station, lines, final_cp, trusted, rotations))
+    found = _scan_segment(root, station, scan, read, chain)
+    problems.extend(read + files)
+    if checkpoint is None:
+        return scan, None
+    problems.extend(Problem(f"ledger/{station} {p.where}", p.what) for p in found)
+    problems.extend(scan.signed_problems())
+    return scan, (not found, checkpoint)
 
 
 def _apply_station_pins(
@@ -497,40 +554,34 @@ def _apply_station_pins(
 
 
 def _check_binding(
-    index: PackageIndex, segments: Mapping[str, list[LedgerEntry | RedactedEntry]],
-    anchored: Mapping[str, set[int]], pinned: set[tuple[str, int, str]], report: VerifyReport,
+    index: PackageIndex, scans: Mapping[str, SegmentScan], anchored: Mapping[str, set[int]],
+    pinned: set[tuple[str, int, str]], report: VerifyReport,
 ) -> None:
     """Which disclosed entries the station's signature reaches by a recomputable chain.
 
     A whole entry is bound when a chain of whole entries (each hash recomputed from content, each linked to
     the one before) leads from it, forwards, to an entry the station signed a valid checkpoint at, before
-    any redacted line; or when a station-signed manifest names its hash. An entry whose chain to every
-    signed checkpoint passes a redacted line is not: the redacted line's hash is the central's word, so the
-    central alone could rewrite the entry and patch the redacted line's prev. A redacted line where a
-    disclosed item's manifest puts its acquired entry is refused outright.
+    any redacted line of ledger format 1 (a format-2 line's hash is recomputed from its parts, so the chain
+    binds through it); or when a station-signed manifest names its hash. An entry whose chain to every
+    signed checkpoint passes a format-1 redacted line is not: that line's hash is the central's word, so
+    the central alone could rewrite the entry and patch the line's prev. The walk goes over what the
+    segment's single pass kept of it (:meth:`SegmentScan.not_bound`). A redacted line where a disclosed
+    item's manifest puts its acquired entry is refused outright.
     """
     disclosed = {(item.station, item.item) for item in index.items}
     acquired_at = {(station, seq) for station, seq, _ in pinned}
     unbound: list[str] = []
     unbound_other = 0
-    for station, entries in sorted(segments.items()):
-        signed = anchored.get(station)
-        if signed is None:
+    for station, scan in sorted(scans.items()):
+        if station not in anchored:
             continue
-        for entry in entries:
-            if isinstance(entry, RedactedEntry) and (station, entry.seq) in acquired_at:
+        for seq in scan.redacted_at:
+            if (station, seq) in acquired_at:
                 report.problems.append(Problem(
-                    f"ledger/{station} seq {entry.seq}", "is a redacted line, but a disclosed item's signed "
+                    f"ledger/{station} seq {seq}", "is a redacted line, but a disclosed item's signed "
                     "manifest names its acquired entry here: an entry of a disclosed item was hidden"))
-        reached = False  # walking backwards: does a chain of whole entries reach a signed checkpoint?
-        for entry in reversed(entries):
-            if isinstance(entry, RedactedEntry):
-                # A format-2 line's hash is recomputed from its parts (ledger_segment_problems): the chain
-                # binds through it. A format-1 line's hash is the central's word.
-                reached = (reached or entry.seq in signed) and entry.recomputable
-                continue
-            reached = reached or entry.seq in signed
-            if reached or (station, entry.seq, entry.hash) in pinned:
+        for entry in scan.not_bound(anchored[station]):
+            if (station, entry.seq, entry.hash) in pinned:
                 continue
             if entry.item is not None and (station, entry.item) in disclosed:
                 unbound.append(f"ledger/{station} seq {entry.seq} ({printable(entry.type)} of item "
@@ -553,7 +604,7 @@ def _check_binding(
 
 
 def _check_completeness(
-    index: PackageIndex, segments: Mapping[str, list[LedgerEntry | RedactedEntry]],
+    root: Path, index: PackageIndex, scans: Mapping[str, SegmentScan],
     acquired: Mapping[str, int], finals: Mapping[str, Checkpoint], report: VerifyReport,
 ) -> None:
     """Every entry of each disclosed item is shown, from its first to the station's signed head.
@@ -570,42 +621,45 @@ def _check_completeness(
     """
     incomplete: list[str] = []
     stated: list[str] = []
-    for station, entries in sorted(segments.items()):
+    for station, scan in sorted(scans.items()):
         items = [item.item for item in index.items if item.station == station]
         coverage = None if index.coverage is None else index.coverage.get(station)
         if coverage is None:
             incomplete += [f"item {item}: package.json states no ledger head of station {station}, chain not "
                            "recorded" for item in items]
             continue
-        by_seq = {entry.seq: entry for entry in entries}
-        by_hash = {entry.hash: entry for entry in entries}
-        head = by_seq.get(coverage.head_seq)
+        head = scan.by_seq.get(coverage.head_seq)
         if head is not None and head.hash != coverage.head_hash:
             report.problems.append(Problem(f"file {INDEX_FILE}", f"states head seq {coverage.head_seq} of "
                                            f"station {station} with hash {coverage.head_hash}, but the "
                                            f"segment's entry there has hash {head.hash[:80]}"))
+        _find_hidden_links(root, station, items, scan)
         not_recorded: list[str] = []
         for item in items:
-            missing = _item_chain_problem(station, item, entries, by_seq, by_hash, coverage.item_last_seq,
-                                          acquired.get(item), not_recorded)
+            missing = _item_chain_problem(station, item, scan, coverage.item_last_seq, acquired.get(item),
+                                          not_recorded)
             if missing is not None:
                 report.problems.append(Problem(f"item {item}", missing))
         incomplete += [f"{what}: chain not recorded" for what in not_recorded]
-        report.problems.extend(_hidden_by_tag(station, items, entries))
-        end = entries[-1].seq if entries else 0
+        report.problems.extend(
+            Problem(f"item {hidden}", f"an entry of the item was hidden at ledger/{station} seq {seq}: the "
+                                      "redacted line there carries the item's tag (item_tag)")
+            for hidden, seq in scan.tag_hits)
+        end = scan.last_seq or 0
         if end < coverage.head_seq:
             incomplete += [f"item {item}: the ledger segment of station {station} ends at seq {end}, "
                            f"before the head seq {coverage.head_seq} package.json states: later entries of "
                            "the item cannot be ruled out" for item in items]
-        gaps, stripped = _format1_gaps(station, items, entries)
-        incomplete += gaps
-        report.problems.extend(stripped)
+        incomplete += _format1_gaps(station, items, scan)
+        report.problems.extend(Problem(f"ledger/{station} seq {seq}", "is a redacted line without item_tag "
+                                       "and body_sha256 after entries of ledger format 2: the station writes "
+                                       "format 2 from its upgrade on, so its parts were stripped")
+                               for seq in scan.stripped)
         final = finals.get(station)
         if final is not None and end:
             stated.append(f"station {station} up to seq {final.seq}, which the station signed at its time "
                           f"{final.time}")
-    report.checked["ledger_redacted_tags_checked"] = sum(
-        isinstance(e, RedactedEntry) and e.recomputable for entries in segments.values() for e in entries)
+    report.checked["ledger_redacted_tags_checked"] = sum(scan.recomputable for scan in scans.values())
     if incomplete:
         report.unproven["completeness"] = (
             f"{len(incomplete)} disclosed items cannot be shown to have all their custody entries in the "
@@ -622,57 +676,39 @@ def _check_completeness(
             "above with the package's date, and with the station's own ledger")
 
 
-def _hidden_by_tag(station: str, items: Sequence[str],
-                   entries: Sequence[LedgerEntry | RedactedEntry]) -> list[Problem]:
-    """A format-2 redacted line whose item tag is a disclosed item's is an entry of that item the package
-    hides (the tag is recomputed from the item id and the line's seq)."""
-    tester = ItemTagTester(items)
-    found: list[Problem] = []
-    for entry in entries:
-        if isinstance(entry, RedactedEntry) and entry.item_tag is not None:
-            hidden = tester.item_of(entry.seq, entry.item_tag)
-            if hidden is not None:
-                found.append(Problem(f"item {hidden}", f"an entry of the item was hidden at "
-                                                       f"ledger/{station} seq {entry.seq}: the redacted line "
-                                                       "there carries the item's tag (item_tag)"))
-    return found
+def _find_hidden_links(root: Path, station: str, items: Sequence[str], scan: SegmentScan) -> None:
+    """Add to ``scan.by_hash`` the redacted lines a disclosed item's entry links to (item_prev) when no
+    shown entry has that hash: the single pass kept no redacted line by hash, so a second one finds them.
+    Only a package that hides an entry of an item (or cuts its start off) needs it."""
+    disclosed = set(items)
+    links = {entry.data.get(ITEM_PREV) for entry in scan.shown if entry.item in disclosed}
+    wanted = {link for link in links
+              if isinstance(link, str) and link != GENESIS_PREV and link not in scan.by_hash}
+    if wanted:
+        scan.by_hash.update(_redacted_with_hash(root, station, wanted))
 
 
-def _format1_gaps(station: str, items: Sequence[str],
-                  entries: Sequence[LedgerEntry | RedactedEntry]) -> tuple[list[str], list[Problem]]:
-    """Items with a format-1 redacted line after their last shown entry (it may hide a later one of theirs;
-    before it, the item chain already rules a hidden entry out), and, as problems, format-1 redacted lines
-    after an entry of format 2: a station writes format 2 from its upgrade on, so such a line is a format-2
-    entry stripped of its parts, which would turn a proven hiding into an unprovable one."""
-    problems: list[Problem] = []
-    old: list[int] = []
-    seen_format_2 = False
-    for entry in entries:
-        if isinstance(entry, RedactedEntry) and not entry.recomputable:
-            if seen_format_2:
-                problems.append(Problem(f"ledger/{station} seq {entry.seq}", "is a redacted line without "
-                                        "item_tag and body_sha256 after entries of ledger format 2: the "
-                                        "station writes format 2 from its upgrade on, so its parts were "
-                                        "stripped"))
-            else:
-                old.append(entry.seq)
-        elif isinstance(entry, RedactedEntry) or entry_format(entry.data) == 2:
-            seen_format_2 = True
+def _format1_gaps(station: str, items: Sequence[str], scan: SegmentScan) -> list[str]:
+    """Items with a format-1 redacted line after their last shown entry: it may hide a later one of theirs
+    (before it, the item chain already rules a hidden entry out). Format-1 lines after an entry of format
+    2 are not counted here but named (``scan.stripped``): a station writes format 2 from its upgrade on, so
+    such a line is a format-2 entry stripped of its parts, which would turn a proven hiding into an
+    unprovable one."""
     gaps = []
     for item in items:
-        last = max((e.seq for e in entries if isinstance(e, LedgerEntry) and e.item == item), default=None)
-        after = [seq for seq in old if last is None or seq > last]
-        if after:
-            gaps.append(f"item {item}: {len(after)} redacted lines of ledger format 1 (written before "
-                        f"stations tagged them, ledger/{station} seqs {after[0]}-{after[-1]}) lie after its "
+        last = max((e.seq for e in scan.shown if e.item == item), default=None)
+        after = scan.format1_after(last)
+        if after is not None:
+            count, first, end = after
+            gaps.append(f"item {item}: {count} redacted lines of ledger format 1 (written before "
+                        f"stations tagged them, ledger/{station} seqs {first}-{end}) lie after its "
                         "last entry, and their hashes cannot be recomputed")
-    return gaps, problems
+    return gaps
 
 
 def _item_chain_problem(
-    station: str, item: str, entries: list[LedgerEntry | RedactedEntry],
-    by_seq: Mapping[int, LedgerEntry | RedactedEntry], by_hash: Mapping[str, LedgerEntry | RedactedEntry],
-    last_seqs: Mapping[str, int], acquired_seq: int | None, not_recorded: list[str],
+    station: str, item: str, scan: SegmentScan, last_seqs: Mapping[str, int], acquired_seq: int | None,
+    not_recorded: list[str],
 ) -> str | None:
     """What hides an entry of ``item``, or None when its chain is whole (or not recorded: added to
     ``not_recorded``)."""
@@ -680,15 +716,15 @@ def _item_chain_problem(
     last_seq = last_seqs.get(item)
     if last_seq is None:
         return f"package.json states no last entry of the item in station {station}'s ledger"
-    first, end = (entries[0].seq, entries[-1].seq) if entries else (0, -1)
-    last = by_seq.get(last_seq)
+    first, end = (scan.first_seq, scan.last_seq) if scan.first_seq is not None else (0, -1)
+    last = scan.by_seq.get(last_seq)
     if last is None:
         return (f"its last entry is seq {last_seq} (package.json), but the ledger segment holds seqs "
                 f"{first}-{end}: the segment stops before the item's later entries")
     if isinstance(last, RedactedEntry) or last.item != item:
         return (f"its last entry is seq {last_seq} (package.json), but {where} seq {last_seq} is a redacted "
                 "line or another entry: an entry of the item was hidden there")
-    later = [e.seq for e in entries if isinstance(e, LedgerEntry) and e.item == item and e.seq > last_seq]
+    later = [e.seq for e in scan.shown if e.item == item and e.seq > last_seq]
     if later:
         return (f"package.json states seq {last_seq} is its last entry, but {where} seq {later[0]} is a "
                 "later one")
@@ -701,7 +737,7 @@ def _item_chain_problem(
             return None
         if link == GENESIS_PREV:
             break
-        before = by_hash.get(link) if isinstance(link, str) else None
+        before = scan.by_hash.get(link) if isinstance(link, str) else None
         if before is None or before.seq >= entry.seq:
             return (f"{where} seq {entry.seq} links (item_prev) to an entry of the item that is not in the "
                     f"segment (seqs {first}-{end}): an earlier entry of the item is missing")
@@ -715,8 +751,7 @@ def _item_chain_problem(
     if acquired_seq is not None and entry.seq != acquired_seq:
         return (f"its chain of entries starts at {where} seq {entry.seq}, but its signed manifest names its "
                 f"acquired entry at seq {acquired_seq}")
-    stray = [e.seq for e in entries
-             if isinstance(e, LedgerEntry) and e.item == item and e.seq not in on_chain]
+    stray = [e.seq for e in scan.shown if e.item == item and e.seq not in on_chain]
     if stray:
         return f"{where} seq {stray[0]} is an entry of the item that is not on its chain (item_prev)"
     return None
@@ -730,7 +765,7 @@ def _seq_order(where: str) -> tuple[str, int]:
 
 def _check_item(
     root: Path, item: Any, case_number: str, listed: Mapping[str, str],
-    keys: Mapping[str, Mapping[str, Any]], segments: Mapping[str, list[LedgerEntry | RedactedEntry]],
+    keys: Mapping[str, Mapping[str, Any]], segments: Mapping[str, Sequence[LedgerEntry]],
     central_key: Ed25519PublicKey, problems: list[Problem],
 ) -> tuple[int, str] | None:
     """Check one item; the (seq, hash) of the acquired entry its manifest names, when it names one."""
@@ -788,13 +823,13 @@ def _check_item(
 
 
 def _check_membership(item: str, case_number: str, manifest: Mapping[str, Any],
-                      entries: list[LedgerEntry | RedactedEntry], problems: list[Problem]) -> None:
+                      entries: Sequence[LedgerEntry], problems: list[Problem]) -> None:
     """The item belongs to the package's case: its station-signed manifest's case, changed by its disclosed
     ``tagged`` entries in ledger order (as the station computes it), names the case."""
     case = manifest.get("case")
     found = case.get("case_number") if isinstance(case, Mapping) else None
     for entry in entries:
-        if isinstance(entry, LedgerEntry) and entry.item == item and entry.type == "tagged":
+        if entry.item == item and entry.type == "tagged":
             changes = entry.data.get("changes")
             if isinstance(changes, Mapping) and "case_number" in changes:
                 found = changes["case_number"]
