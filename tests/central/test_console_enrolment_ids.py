@@ -15,15 +15,13 @@ from pathlib import Path
 import pytest
 
 from edge.central.config import CentralLayout
-from edge.central.console.credentials import hash_password
 from edge.central.console.enrolments import enrol_totp, open_enrolled_totp
 from edge.central.console.secret_key import ConsoleSecretKey, SealedSecretError, prepare_console_key
-from edge.central.index import Role
 from edge.central.sqlite import SqliteDatabase
 from edge.central.verify import verify_central_store
-from tests.central.conftest import make_central_parts, start_http_central
-from tests.central.test_console_at_rest import PASSWORD, _sign_in
-from tests.central.test_console_sealed_state import Enrolled
+from tests.central.conftest import make_central_parts
+from tests.central.test_console_at_rest import _sign_in
+from tests.central.test_console_sealed_state import Enrolled, running_enrolled
 from tests.central.test_console_sealed_state import enrolled as enrolled  # the fixture
 
 # -- enrolment ids never repeat (review 6, R8 follow-up: HIGH) ------------------------------------------
@@ -102,15 +100,8 @@ def test_an_enrolment_id_of_thousands_of_digits_is_refused_not_raised(tmp_path: 
 @pytest.fixture
 async def password_only(tmp_path: Path) -> AsyncIterator[Enrolled]:
     """As ``enrolled``, with ``[console] allow_password_only = true``."""
-    central = await start_http_central(tmp_path, dev=False, console={"allow_password_only": True})
-    config_path = tmp_path / "central.toml"
-    store = central.config.central.store_dir
-    config_path.write_text(f'[central]\nid = "central-test"\nstore_dir = "{store}"\n[server]\nport = 18443\n',
-                           encoding="utf-8")
-    central.console.create_account("li.legal", hash_password(PASSWORD), by="admin")
-    central.console.grant("li.legal", Role.SUPERVISOR, (), by="admin", reason="test")
-    yield Enrolled(central, config_path)
-    await central.running.stop()
+    async for running in running_enrolled(tmp_path, allow_password_only=True):
+        yield running
 
 
 def _strip_totp(enrolled: Enrolled) -> None:

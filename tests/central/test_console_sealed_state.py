@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
@@ -296,9 +297,9 @@ class Enrolled:
         return [str(p) for p in verify_central_store(store, central_public_key=public_key)]
 
 
-@pytest.fixture
-async def enrolled(tmp_path: Path) -> AsyncIterator[Enrolled]:
-    central = await start_http_central(tmp_path, dev=False)
+async def running_enrolled(tmp_path: Path, **console: Any) -> AsyncIterator[Enrolled]:
+    """A central with one supervisor account (``[console]`` settings as given), stopped afterwards."""
+    central = await start_http_central(tmp_path, dev=False, **({"console": console} if console else {}))
     config_path = tmp_path / "central.toml"
     store = central.config.central.store_dir
     config_path.write_text(f'[central]\nid = "central-test"\nstore_dir = "{store}"\n[server]\nport = 18443\n',
@@ -307,6 +308,12 @@ async def enrolled(tmp_path: Path) -> AsyncIterator[Enrolled]:
     central.console.grant("li.legal", Role.SUPERVISOR, (), by="admin", reason="test")
     yield Enrolled(central, config_path)
     await central.running.stop()
+
+
+@pytest.fixture
+async def enrolled(tmp_path: Path) -> AsyncIterator[Enrolled]:
+    async for running in running_enrolled(tmp_path):
+        yield running
 
 
 async def test_a_secret_put_back_after_a_re_enrolment_is_refused(
