@@ -160,6 +160,13 @@ async def test_from_a_format_1_station_signing_every_64_entries_the_same_case_is
     docs = _ledger(folder)
     assert len(_checkpoints(folder)) < len(docs)  # the station signed only some entries
     assert not any("item_tag" in d for d in docs)  # format 1: redacted lines carry only their links
+    first_shown = next(d["seq"] for d in docs if not d.get("redacted"))
+    assert any(d.get("redacted") and d["seq"] > first_shown for d in docs)  # the cases interleave
+    # Which entries the station's other checkpoints happen to bind depends on when the uplink pushed (each
+    # push ends at an entry it signs): a central may ship none of them. Then only the final checkpoint
+    # vouches, and no chain binds through a format-1 redacted line.
+    (folder / CHECKPOINTS).write_bytes(b"")
+    _resign(folder, load_signing_key(audit_central_every_64.config).sign, [CHECKPOINTS])
     verdict = _verify(pinned, folder)
     assert verdict.code == 5 and "NOT BOUND: disclosure package" in verdict.stdout, verdict
     assert "NOTE NOT BOUND ledger/TEST-STATION seq " in verdict.stdout
@@ -181,11 +188,19 @@ async def test_with_ledger_format_2_a_checkpoint_every_64_entries_binds_the_same
     verdict = _verify(pinned, folder)
     assert verdict.code == 0 and "OK: disclosure package" in verdict.stdout, verdict
     assert "NOT BOUND" not in verdict.stdout
+    # Without the station's other checkpoints too (the control for the format-1 test above): the chain
+    # binds through format-2 lines to the final checkpoint.
+    signed_lines = (folder / CHECKPOINTS).read_bytes()
+    (folder / CHECKPOINTS).write_bytes(b"")
+    _resign(folder, load_signing_key(audit_central_every_64_format_2.config).sign, [CHECKPOINTS])
+    alone = _verify(pinned, folder)
+    assert alone.code == 0 and "NOT BOUND" not in alone.stdout, alone
+    (folder / CHECKPOINTS).write_bytes(signed_lines)
     # Control: one redacted line's body digest changed (its hash left as it was) breaks the chain there.
     seq = redacted[0]["seq"]
     edited = [{**d, "body_sha256": "0" * 64} if d["seq"] == seq else d for d in docs]
     (folder / LEDGER).write_bytes(b"".join(canonical_json(d) + b"\n" for d in edited))
-    _resign(folder, load_signing_key(audit_central_every_64_format_2.config).sign, [LEDGER])
+    _resign(folder, load_signing_key(audit_central_every_64_format_2.config).sign, [LEDGER, CHECKPOINTS])
     broken = _verify(pinned, folder)
     assert broken.code == 1 and any(f"seq {seq}" in line and "does not match its hash" in line
                                     for line in broken.failures), broken
