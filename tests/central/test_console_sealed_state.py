@@ -355,6 +355,15 @@ def _enrolment_of(enrolled: Enrolled, stored: str) -> int | None:
     return ConsoleSecretKey.load(enrolled.central.config.layout.console_key).open_totp("li.legal", stored)[1]
 
 
+async def _stopped_central_with_account(tmp_path: Path) -> CentralConfig:
+    """The configuration of a central that made the supervisor account li.legal and stopped."""
+    first = await start_http_central(tmp_path, dev=False)
+    first.console.create_account("li.legal", hash_password(PASSWORD), by="admin")
+    first.console.grant("li.legal", Role.SUPERVISOR, (), by="admin", reason="test")
+    await first.running.stop()
+    return first.config
+
+
 def enrolled_secret_from_store(enrolled: Enrolled) -> str:
     key = ConsoleSecretKey.load(enrolled.central.config.layout.console_key)
     return key.open_totp("li.legal", enrolled.stored())[0]
@@ -363,11 +372,7 @@ def enrolled_secret_from_store(enrolled: Enrolled) -> str:
 async def test_a_plain_secret_planted_in_a_numbered_store_is_not_sealed_by_the_next_start(
     tmp_path: Path,
 ) -> None:
-    first = await start_http_central(tmp_path, dev=False)
-    config = first.config
-    first.console.create_account("li.legal", hash_password(PASSWORD), by="admin")
-    first.console.grant("li.legal", Role.SUPERVISOR, (), by="admin", reason="test")
-    await first.running.stop()
+    config = await _stopped_central_with_account(tmp_path)
     planted = pyotp.random_base32()  # the attacker's own secret, written as an older central stored one
     db = sqlite3.connect(config.layout.index_db)
     try:
@@ -398,11 +403,7 @@ def _sealed_v1(key_path: Path, account: str, secret: str) -> str:
 async def test_a_store_sealed_before_the_numbers_is_numbered_at_its_first_start_and_then_refuses_v1(
     tmp_path: Path,
 ) -> None:
-    first = await start_http_central(tmp_path, dev=False)
-    config = first.config
-    first.console.create_account("li.legal", hash_password(PASSWORD), by="admin")
-    first.console.grant("li.legal", Role.SUPERVISOR, (), by="admin", reason="test")
-    await first.running.stop()
+    config = await _stopped_central_with_account(tmp_path)
     secret = pyotp.random_base32()
     v1 = _sealed_v1(config.layout.console_key, "li.legal", secret)
     (config.layout.identity_dir / "console-enrolments").unlink()  # the store as the older central left it

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,9 @@ from edge.custody.ledger import ENTRY_SALT
 from edge.sources.usb.volumes import display_name
 from edge.station import StationAgent
 from simulators.dock import DockSimulator
+from simulators.recorder.backend import get_backend
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
+from simulators.recorder.device import UsbSerialFault
 from tests.mounting import require_volume_mounts
 
 PASSWORD = "246810"
@@ -191,3 +193,33 @@ async def simulated_station(
             server.stop()
             dock.stop()
             bus.close()
+
+
+@dataclass
+class PluggedPair:
+    """A good recorder at USB port 1-1.1 and one with a USB serial fault at 1-1.2, on a simulated bus served
+    over its socket, and the pyusb backend the driver enumerates them through."""
+
+    bus: RecorderBus
+    backend: Any
+    good: RecorderSpec
+    faulty: RecorderSpec
+
+
+@contextmanager
+def plugged_pair(root: Path, fault: UsbSerialFault) -> Iterator[PluggedPair]:
+    bus = RecorderBus(root / "state", root / "media")
+    good, faulty = spec(0, files=0), spec(1, usb_serial_fault=fault, files=0)
+    for s in (good, faulty):
+        bus.add_recorder(s)
+    server = RecorderBusServer(bus, root / "bus.sock")
+    server.start()
+    backend = get_backend(root / "bus.sock")
+    try:
+        bus.plug(good.device_serial, "1-1.1")
+        bus.plug(faulty.device_serial, "1-1.2")
+        yield PluggedPair(bus, backend, good, faulty)
+    finally:
+        backend.close()
+        server.stop()
+        bus.close()

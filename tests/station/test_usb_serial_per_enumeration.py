@@ -12,23 +12,13 @@ import asyncio
 from pathlib import Path
 
 from drivers.usb.recorder import UsbSerialsRead, find_recorders
-from simulators.recorder.backend import get_backend
-from simulators.recorder.bus import RecorderBus, RecorderBusServer
 from simulators.recorder.device import UsbSerialFault
-from tests.station.harness import simulated_station, spec
+from tests.station.harness import plugged_pair, simulated_station, spec
 
 
 def test_the_driver_reads_a_devices_serial_once_per_enumeration(tmp_path: Path) -> None:
-    bus = RecorderBus(tmp_path / "state", tmp_path / "media")
-    good, hostile = spec(0, files=0), spec(1, usb_serial_fault=UsbSerialFault.CHANGES, files=0)
-    for s in (good, hostile):
-        bus.add_recorder(s)
-    server = RecorderBusServer(bus, tmp_path / "bus.sock")
-    server.start()
-    backend = get_backend(tmp_path / "bus.sock")
-    try:
-        bus.plug(good.device_serial, "1-1.1")
-        bus.plug(hostile.device_serial, "1-1.2")
+    with plugged_pair(tmp_path, UsbSerialFault.CHANGES) as pair:
+        bus, backend, good, hostile = pair.bus, pair.backend, pair.good, pair.faulty
 
         def serials(read: UsbSerialsRead | None) -> list[str]:
             return [h.usb_serial for h in find_recorders(backend, serials=read)]
@@ -46,10 +36,6 @@ def test_the_driver_reads_a_devices_serial_once_per_enumeration(tmp_path: Path) 
         again = serials(read)
         assert again[1] != once[1] and serials(read) == again
         assert bus.usb_serial_requests(hostile.device_serial) == 4  # 2 unremembered, once per plug-in
-    finally:
-        backend.close()
-        server.stop()
-        bus.close()
 
 
 def test_a_device_that_never_answers_its_serial_request_costs_one_timeout_per_enumeration(
@@ -57,16 +43,8 @@ def test_a_device_that_never_answers_its_serial_request_costs_one_timeout_per_en
 ) -> None:
     """A slow device is kept, its serial unreadable (timed out), and asked once while it stays
     enumerated: the USB poll does not wait out its timeout again at every poll."""
-    bus = RecorderBus(tmp_path / "state", tmp_path / "media")
-    good, slow = spec(0, files=0), spec(1, usb_serial_fault=UsbSerialFault.SLOW, files=0)
-    for s in (good, slow):
-        bus.add_recorder(s)
-    server = RecorderBusServer(bus, tmp_path / "bus.sock")
-    server.start()
-    backend = get_backend(tmp_path / "bus.sock")
-    try:
-        bus.plug(good.device_serial, "1-1.1")
-        bus.plug(slow.device_serial, "1-1.2")
+    with plugged_pair(tmp_path, UsbSerialFault.SLOW) as pair:
+        bus, backend, good, slow = pair.bus, pair.backend, pair.good, pair.faulty
         read = UsbSerialsRead()
         for _ in range(3):
             handles = find_recorders(backend, serials=read)
@@ -74,10 +52,6 @@ def test_a_device_that_never_answers_its_serial_request_costs_one_timeout_per_en
                 (good.usb_serial, None), ("", "unreadable (USB error ETIMEDOUT)")
             ]
         assert bus.usb_serial_requests(slow.device_serial) == 1
-    finally:
-        backend.close()
-        server.stop()
-        bus.close()
 
 
 async def test_a_device_answering_a_new_serial_at_every_read_is_one_docking(tmp_path: Path) -> None:

@@ -20,10 +20,8 @@ import pytest
 from drivers.serial.dock import BayLed
 from drivers.usb.recorder import RecorderDriver, find_recorders
 from edge.sources.usb.offload import OffloadOutcome
-from simulators.recorder.backend import get_backend
-from simulators.recorder.bus import RecorderBus, RecorderBusServer
 from simulators.recorder.device import UsbSerialFault
-from tests.station.harness import simulated_station, spec
+from tests.station.harness import plugged_pair, simulated_station, spec
 
 # What pyusb/libusb report for each fault, as the problem the handle and the record carry.
 FAULTS = [
@@ -36,17 +34,8 @@ FAULTS = [
 def test_the_driver_keeps_a_device_whose_serial_cannot_be_read(
     tmp_path: Path, fault: UsbSerialFault, problem: str
 ) -> None:
-    bus = RecorderBus(tmp_path / "state", tmp_path / "media")
-    good = spec(0, files=0)
-    faulty = spec(1, usb_serial_fault=fault, files=0)
-    for s in (good, faulty):
-        bus.add_recorder(s)
-    server = RecorderBusServer(bus, tmp_path / "bus.sock")
-    server.start()
-    backend = get_backend(tmp_path / "bus.sock")
-    try:
-        bus.plug(good.device_serial, "1-1.1")
-        bus.plug(faulty.device_serial, "1-1.2")
+    with plugged_pair(tmp_path, fault) as pair:
+        good, backend = pair.good, pair.backend
         handles = find_recorders(backend)
         found = [(h.location.port_path, h.usb_serial) for h in handles]
         # The control: the good recorder, with its serial; the faulty one at its port, with none.
@@ -56,10 +45,6 @@ def test_the_driver_keeps_a_device_whose_serial_cannot_be_read(
         # It can be opened at its port all the same (served there when unknown recorders are allowed).
         with RecorderDriver(handles[1], backend) as driver:
             assert driver.id_code() == "EEZ01"
-    finally:
-        backend.close()
-        server.stop()
-        bus.close()
 
 
 @pytest.mark.parametrize(("fault", "problem"), FAULTS)
