@@ -21,6 +21,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
+from edge.custody.canonical import canonical_json, parse_json
 from edge.mqtt.api import (
     ApiOp,
     ApiReply,
@@ -90,6 +93,9 @@ class Responder:
     held: list[tuple[str, FileResponse]] = field(default_factory=list)
     answered: Counter[str] = field(default_factory=Counter)
     client: MqttClient | None = None
+    relay_url: str | None = None
+    """A central in development mode (plain HTTP, station named by a header) to which API requests not
+    answered otherwise are relayed: its status and body go back as the reply."""
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -208,6 +214,8 @@ class Responder:
             answer = answering(station, request)
             if answer is not None:
                 break
+        if answer is None and self.relay_url is not None and op is not ApiOp.TRANSFER_STATE:
+            answer = await self._relay(station, request)
         if answer is None and op is ApiOp.TRANSFER_STATE:
             answer = (200, self.transfer_state(station, str(request.body.get("file_id"))))
         if answer is None:
@@ -217,6 +225,29 @@ class Responder:
             payload = encode_reply(ApiReply(request.request_id, status, body))
             self._spawn(self.publish_raw(reply_topic(TOPIC_PREFIX, station), payload))
         await self._notify()
+
+    async def _relay(self, station: str, request: ApiRequest) -> tuple[int, Any] | None:
+        assert self.relay_url is not None
+        base, body = self.relay_url.rstrip("/"), request.body
+        routes: dict[ApiOp, tuple[str, str, bool]] = {
+            ApiOp.LEDGER_HEAD: ("GET", f"{base}/v1/stations/{station}/ledger/head", False),
+            ApiOp.LEDGER_PUSH: ("POST", f"{base}/v1/stations/{station}/ledger", True),
+            ApiOp.LEDGER_PAGE: ("GET", f"{base}/v1/stations/{station}/ledger?after={body.get('after')}"
+                                f"&limit={body.get('limit')}", False),
+            ApiOp.REGISTER: ("POST", f"{base}/v1/stations/{station}/items", True),
+            ApiOp.TREE_HEAD: ("GET", f"{base}/v1/log/tree-head", False),
+            ApiOp.CONSISTENCY: ("GET", f"{base}/v1/log/consistency?first={body.get('first')}"
+                                f"&second={body.get('second')}", False),
+        }
+        if request.op not in routes:
+            return None
+        method, url, with_body = routes[request.op]
+        async with aiohttp.ClientSession() as session, session.request(
+            method, url, data=canonical_json(body) if with_body else None,
+            headers={"X-Edge-Station": station, "Content-Type": "application/json"},
+        ) as response:
+            raw = await response.read()
+            return response.status, parse_json(raw) if raw else None
 
     def transfer_state(self, station: str, file_id: str) -> dict[str, Any]:
         transfer = self.transfers.get((station, file_id))
