@@ -57,6 +57,7 @@ from typing import Any
 
 from edge.config.station import StationConfig
 from edge.custody.canonical import canonical_json
+from edge.custody.ledger import Checkpoint
 from edge.mqtt.api import (
     ApiCodecError,
     ApiOp,
@@ -114,8 +115,12 @@ from edge.uplink.transport import (
     UPLOAD_LOST,
     ContentUnreadable,
     Delivered,
+    LedgerAnswer,
+    LedgerSegment,
+    NotDone,
     Parcel,
     Refused,
+    RegisterOutcome,
     RetryLater,
     UploadOutcome,
 )
@@ -139,6 +144,8 @@ _NO_SUBSCRIBERS = 0x10
 # Bound on the transfer-state answer's segment list (beyond the plan's count it is damage).
 _STATE_SPARE = 16
 _RANDOM_HEX = 8
+# A request's topic, properties, envelope and remaining-length field: well within this.
+_REQUEST_MARGIN_BYTES = 1024
 
 
 def file_id_of(upload: str) -> str | None:
@@ -367,9 +374,16 @@ class MqttLink(ApiLinkCalls):
         self._pending[request_id] = future
         try:
             async with asyncio.timeout(self.request_timeout_s):
-                await self._publish(topic, payload, what=f"request {op.value}",
-                                    response_topic=self.reply_topic if self.mqtt5 else None,
-                                    correlation_data=request_id.encode("ascii") if self.mqtt5 else None)
+                code = await self._publish(
+                    topic, payload, what=f"request {op.value}",
+                    response_topic=self.reply_topic if self.mqtt5 else None,
+                    correlation_data=request_id.encode("ascii") if self.mqtt5 else None,
+                )
+                if code == _NO_SUBSCRIBERS:
+                    raise _Unanswered(RetryLater(
+                        f"MQTT {op.value}: no central is listening (the broker's PUBACK said 0x10, no "
+                        "matching subscribers)"
+                    ))
                 return await future
         except TimeoutError:
             raise _Unanswered(RetryLater(
@@ -411,6 +425,67 @@ class MqttLink(ApiLinkCalls):
             return
         future.set_result(reply)
 
+    # -- ledger segments within the broker's packet limit --------------------------------------------
+
+    async def push_ledger(self, segment: LedgerSegment) -> LedgerAnswer:
+        """A segment too large for one packet goes as several, each ending at a seq the station signed a
+        checkpoint at (the central takes each as any push)."""
+        answer: LedgerAnswer | None = None
+        for part in self._parts(segment, reserve_bytes=0):
+            answer = await super().push_ledger(part)
+        assert answer is not None
+        return answer
+
+    async def register(
+        self, upload: str, manifest: Mapping[str, Any], segment: LedgerSegment | None
+    ) -> RegisterOutcome:
+        """A registration whose ledger segment does not fit in one packet with the manifest: the leading
+        parts of the segment are pushed first, the registration carries the rest."""
+        if segment is not None:
+            parts = self._parts(segment, reserve_bytes=len(canonical_json(manifest)))
+            try:
+                for part in parts[:-1]:
+                    await super().push_ledger(part)
+            except NotDone as exc:
+                return exc.outcome
+            segment = parts[-1]
+        return await super().register(upload, manifest, segment)
+
+    def _parts(self, segment: LedgerSegment, *, reserve_bytes: int) -> list[LedgerSegment]:
+        """``segment`` cut at signed checkpoints into parts whose JSON fits a request (with
+        ``reserve_bytes`` of other body); one part when it fits or cannot be cut."""
+        budget = self.max_packet_bytes - _REQUEST_MARGIN_BYTES - reserve_bytes
+        entry_bytes = [len(canonical_json(entry.to_dict())) + 1 for entry in segment.entries]
+        checkpoint_bytes = len(canonical_json(segment.checkpoint.to_dict()))
+        signed_bytes = sum(len(canonical_json(cp.to_dict())) + 1 for cp in segment.signed)
+        if sum(entry_bytes) + checkpoint_bytes + signed_bytes <= budget or not segment.entries:
+            return [segment]
+        by_seq: dict[int, list[Checkpoint]] = {}
+        for checkpoint in segment.signed:
+            by_seq.setdefault(checkpoint.seq, []).append(checkpoint)
+        by_seq.setdefault(segment.checkpoint.seq, []).append(segment.checkpoint)
+        parts: list[LedgerSegment] = []
+        start = 0
+        while start < len(segment.entries):
+            size, cut = 0, None
+            for index in range(start, len(segment.entries)):
+                seq = segment.entries[index].seq
+                size += entry_bytes[index] + sum(len(canonical_json(cp.to_dict())) + 1
+                                                 for cp in by_seq.get(seq, ()))
+                if size + checkpoint_bytes > budget and cut is not None:
+                    break
+                if seq in by_seq:
+                    cut = index
+            if cut is None:
+                return [segment]  # no checkpoint to end a part at: as it is (the central refuses or not)
+            entries = segment.entries[start:cut + 1]
+            first, last = entries[0].seq, entries[-1].seq
+            parts.append(LedgerSegment(
+                entries, by_seq[last][-1], [cp for cp in segment.signed if first <= cp.seq <= last]
+            ))
+            start = cut + 1
+        return parts
+
     # -- content: EMQX file transfer ------------------------------------------------------------------
 
     def upload_name(self, upload: str) -> str:
@@ -439,8 +514,11 @@ class MqttLink(ApiLinkCalls):
         if file_id in self._transfers:
             return RetryLater(f"item {parcel.item}: transfer {file_id} is already in progress on this link")
         try:
+            # The plan measures the bare command topic; ours carries the station's scope before it (and
+            # a longer topic may lengthen the remaining-length field by a byte).
+            scope_bytes = len(scoped_topic(self.scope, self.station_id, "").encode("utf-8")) + 1
             plan = plan_segments(
-                file_id, parcel.size, self.max_packet_bytes, mode=Mode.ASYNC, mqtt5=self.mqtt5,
+                file_id, parcel.size, self.max_packet_bytes - scope_bytes, mode=Mode.ASYNC, mqtt5=self.mqtt5,
                 preferred_bytes=self.uplink.mqtt_segment_kb * 1024,
             )
         except PlanError as exc:

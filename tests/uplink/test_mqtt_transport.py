@@ -19,7 +19,15 @@ import pytest
 from edge.config.station import StationConfig
 from edge.mqtt.api import ApiOp, ApiRequest
 from edge.mqtt.client import ConnectionState
-from edge.mqtt.filetransfer import Command, FinCommand, ReasonCode, SegmentCommand, response_topic
+from edge.mqtt.filetransfer import (
+    Command,
+    FinCommand,
+    Mode,
+    ReasonCode,
+    SegmentCommand,
+    publish_packet_bytes,
+    response_topic,
+)
 from edge.uplink.mqtt_transport import MqttLink, MqttTransport, file_id_of
 from edge.uplink.transport import UPLOAD_LOST, Delivered, NotDone, Parcel, Refused, RetryLater
 from tests.mqtt.broker import CENTRAL_ID, TOPIC_PREFIX, MosquittoBroker, TestPki, require_mosquitto
@@ -401,3 +409,20 @@ async def test_the_uplink_connection_sits_beside_the_agents_with_the_stations_ri
     finally:
         await agent.close()
         await runner
+
+
+async def test_segments_fit_the_brokers_packet_limit(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    limit = 4 * 1024
+    config = station_config(tmp_path, broker, pki, mqtt_max_packet_kb=4, mqtt_segment_kb=64)
+    item = parcel(tmp_path, 10 * limit + 7)
+    async with receiver(broker, pki) as responder, link_for(config) as link:
+        outcome = await link.upload(item, Resumes([]))
+    file_id = delivered_intact(responder, outcome, item)
+    sizes = [
+        publish_packet_bytes(f"{TOPIC_PREFIX}/stations/{STATION}/" + SegmentCommand(
+            file_id, offset, hashlib.sha256(data).hexdigest(), Mode.ASYNC).topic, len(data))
+        for offset, data in responder.transfers[(STATION, file_id)].segments.items()
+    ]
+    assert max(sizes) <= limit and max(sizes) > limit - 16  # cut to the limit, not below it
