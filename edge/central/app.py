@@ -381,14 +381,10 @@ def build_app(
                                  station_quota_bytes=config.uploads.station_quota_bytes)
         transfers: MqttIngestStore | None = None
         if config.mqtt is not None:
-            transfers = MqttIngestStore(
-                config.mqtt_transfers_dir, max_size_bytes=config.uploads.max_size_bytes,
-                max_segment_bytes=config.mqtt.max_segment_bytes,
-                station_quota_bytes=config.uploads.station_quota_bytes,
-                segments_ttl_s=config.uploads.expire_incomplete_s,
-                max_segments_ttl_s=max(config.uploads.expire_incomplete_s, 7 * 24 * 3600.0),
-                expire_complete_after_s=config.uploads.expire_unregistered_s,
-            )
+            # Imported here: the MQTT client (paho) is needed only by a central with an [mqtt] section.
+            from edge.central.mqtt_receiver import transfers_store
+
+            transfers = transfers_store(config)
         try:
             console_key = require_console_key(layout.console_key, database.console, by="central-start")
         except ConsoleKeyError as exc:

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -59,13 +61,22 @@ from edge.pki.bundle import BUNDLE_CLIENT_CERT
 from edge.pki.certs import load_cert
 from edge.pki.names import IdentityError
 from edge.pki.tls import broker_ssl_context
+from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec
 from edge.uplink.policy import Backoff
 
 if TYPE_CHECKING:
     from edge.central.mqtt_api import MqttApi
 
-__all__ = ["MqttReceiver", "central_mqtt_settings", "mqtt_receiver_task"]
+__all__ = [
+    "MqttReceiver",
+    "central_mqtt_settings",
+    "mqtt_purge_task",
+    "mqtt_receiver_task",
+    "run_mqtt_worker",
+    "station_check_of",
+    "transfers_store",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +85,24 @@ _SUBSCRIBE_WAIT_S = 7 * 86400.0
 
 StationCheck = Callable[[str], str | None]
 """The reason a station may not send (not enrolled, revoked), or None when it may."""
+
+
+def transfers_store(config: CentralConfig) -> MqttIngestStore:
+    """The MQTT ingest store of ``config`` (``[mqtt] transfers_dir``; limits, quota and expiry from
+    ``[uploads]``): the same settings in the central and in its content-only workers."""
+    uploads = config.uploads
+    mqtt = config.mqtt
+    if mqtt is None:
+        raise ValueError("the configuration has no [mqtt] section")
+    return MqttIngestStore(
+        config.mqtt_transfers_dir,
+        max_size_bytes=uploads.max_size_bytes,
+        max_segment_bytes=mqtt.max_segment_bytes,
+        station_quota_bytes=uploads.station_quota_bytes,
+        segments_ttl_s=uploads.expire_incomplete_s,
+        max_segments_ttl_s=max(uploads.expire_incomplete_s, 7 * 24 * 3600.0),
+        expire_complete_after_s=uploads.expire_unregistered_s,
+    )
 
 
 def central_mqtt_settings(config: CentralConfig) -> MqttSettings:
@@ -164,8 +193,8 @@ class MqttReceiver:
             found.append((f"{share}/api/request/#", self._on_request))
         return found
 
-    async def wait_subscribed(self, timeout_s: float) -> None:
-        """Until every subscription of the current connection is in effect."""
+    async def wait_subscribed(self, timeout_s: float | None) -> None:
+        """Until every subscription of the current run is in effect (None: however long it takes)."""
         async with asyncio.timeout(timeout_s):
             await self._subscribed.wait()
 
@@ -300,3 +329,56 @@ def mqtt_purge_task(store: MqttIngestStore, interval_s: float) -> Callable[[obje
             await asyncio.gather(task, return_exceptions=True)
 
     return context
+
+
+def run_mqtt_worker(config: CentralConfig, *, client_id: str) -> int:
+    """``edge central mqtt-worker``: one more member of the receiver's shared group, for evidence content
+    only, until SIGTERM/SIGINT; 0 on a clean stop.
+
+    The central process (which holds the store's lock, the index and the log) answers the API; a worker
+    only assembles transfers in the shared ``transfers_dir``, so several processes (and cores) share the
+    hashing and fsyncs of many stations' segments. A worker does not read the index: it cannot refuse a
+    revoked station's segments (the broker's certificate check and the store's quota still apply, and
+    such a transfer is never registered). Raises :class:`IdentityError` for an unusable broker identity.
+    """
+    if config.mqtt is None:
+        raise ValueError("the configuration has no [mqtt] section")
+    settings = central_mqtt_settings(config)
+    if client_id == settings.client_id:
+        raise ValueError(f"the worker's client id {client_id!r} is the central's: every member of the group "
+                         "needs its own (the broker keeps one session per client id)")
+    mqtt = config.mqtt
+    receiver = MqttReceiver(dataclasses.replace(settings, client_id=client_id), prefix=mqtt.topic_prefix,
+                            shared_group=mqtt.shared_group, store=transfers_store(config), api=None)
+    return asyncio.run(_work(receiver))
+
+
+async def _work(receiver: MqttReceiver) -> int:
+    notifier = SystemdNotifier()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    supervisor = Supervisor(notifier=notifier, backoff_initial_s=1.0, backoff_max_s=60.0)
+    supervisor.add(TaskSpec("mqtt-receiver", receiver.run,
+                            liveness_timeout_s=max(60.0, 3.0 * receiver.settings.keepalive_s),
+                            stop_timeout_s=20.0))
+
+    async def announce() -> None:
+        await receiver.wait_subscribed(None)
+        name, group = receiver.settings.client_id, receiver.shared_group
+        notifier.status(f"MQTT worker {name} subscribed (group {group})")
+        log.info("MQTT worker %s subscribed (group %s)", name, group)
+
+    announcing = asyncio.create_task(announce(), name="mqtt-worker-announce")
+    try:
+        await supervisor.run(stop)
+    except SupervisorGaveUp as exc:
+        log.critical("MQTT worker %s gave up: %s", receiver.settings.client_id, exc)
+        return 1
+    finally:
+        announcing.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        notifier.close()
+    return 0

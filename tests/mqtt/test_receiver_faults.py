@@ -14,22 +14,22 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge.central.config import CentralConfig, load_central_config
 from edge.central.identity import init_central
-from edge.central.mqtt_ingest_store import MqttIngestStore
-from edge.central.mqtt_receiver import MqttReceiver, central_mqtt_settings
+from edge.central.service import start_central
 from edge.central.sqlite import SqliteDatabase
 from edge.mqtt.api import ApiOp
 from edge.mqtt.client import ConnectionState, ConnectionStatus, MqttClient
 from edge.mqtt.filetransfer import FinCommand, InitCommand, Mode, ReasonCode, transfer_upload_id
-from edge.uplink.policy import Backoff
 from tests.central.conftest import FakeStation, free_port
 from tests.mqtt.broker import CENTRAL_ID, MosquittoBroker, TestPki, require_mosquitto
 from tests.mqtt.central_harness import (
     WAIT_S,
+    MqttCentral,
     WireStation,
     file_id_for,
     init_payload,
@@ -116,44 +116,6 @@ async def test_the_broker_killed_mid_transfer_loses_nothing_and_duplicates_nothi
     fake.conn.close()
 
 
-async def test_two_receivers_sharing_the_group_both_take_segments_and_the_file_assembles(
-    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
-) -> None:
-    fake = FakeStation("st-0102")
-    acquired = fake.acquire(random.Random(12).randbytes(80_000))
-    file_id = file_id_for(acquired.item)
-    async with running_mqtt_central(tmp_path / "central", broker, pki) as central:
-        central.enroll(fake)
-        first = central.receiver
-        # A second receiver of the same group: its own connection and session (client id), its own store
-        # object on the same transfers directory (the transfer's file lock and journal keep them agreed).
-        second_settings = central_mqtt_settings(central.config.model_copy(update={
-            "mqtt": central.config.mqtt.model_copy(update={"client_id": f"{CENTRAL_ID}-2"})  # type: ignore[union-attr]
-        }))
-        store = central.running.parts.mqtt_transfers
-        assert store is not None
-        second = MqttReceiver(second_settings, prefix=first.prefix, shared_group=first.shared_group,
-                              store=MqttIngestStore(store.root, max_size_bytes=1 << 30, reserve_bytes=0),
-                              api=None, backoff=Backoff(base_s=0.05, max_s=0.5))
-        task = asyncio.create_task(second.run())
-        try:
-            await second.wait_subscribed(WAIT_S)
-            async with wire_station(fake, broker, pki) as station:
-                results = await station.send_file(file_id, acquired.content, segment_bytes=2048)
-                assert all(r.reason_code is ReasonCode.SUCCESS for r in results), \
-                    [r.reason_description for r in results]
-                # The broker split the commands between the two (round robin within the group).
-                assert first.counts.commands > 0 and second.counts.commands > 0
-                assert first.counts.commands + second.counts.commands == len(results)
-                reply = await station.request(ApiOp.REGISTER, station.register_body(acquired, file_id))
-                assert reply.status == 201, reply.body
-                assert central.running.parts.objects.path_of(acquired.sha256).read_bytes() == acquired.content
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-    fake.conn.close()
-
-
 # -- the central process killed mid-transfer ------------------------------------------------------------
 
 
@@ -180,22 +142,23 @@ def _config_file(root: Path, broker: MosquittoBroker, pki: TestPki) -> Path:
 
 
 @asynccontextmanager
-async def _central_process(config_file: Path, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`edge central run` in its own process, until READY=1 (sd_notify); killed at the end if still up."""
+async def _edge_process(
+    args: list[str], log: Path, *, until: bytes = b"READY=1"
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`edge <args>` in its own process, until its sd_notify messages carry `until`; killed at the end if
+    still up."""
     with tempfile.TemporaryDirectory(prefix="ntfy", dir="/tmp") as short:
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(f"{short}/notify")
         notify.setblocking(False)
         env = {**os.environ, "NOTIFY_SOCKET": f"{short}/notify"}
         with log.open("ab") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _RUN_CLI, "central", "run", "--config", str(config_file),
-                env=env, stderr=stderr,
-            )
+            process = await asyncio.create_subprocess_exec(sys.executable, "-c", _RUN_CLI, *args, env=env,
+                                                           stderr=stderr)
         try:
             loop = asyncio.get_running_loop()
             messages = b""
-            while b"READY=1" not in messages:
+            while until not in messages:
                 messages += await asyncio.wait_for(loop.sock_recv(notify, 4096), timeout=WAIT_S)
             yield process
         finally:
@@ -203,6 +166,10 @@ async def _central_process(config_file: Path, log: Path) -> AsyncIterator[asynci
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+def _central_process(config_file: Path, log: Path) -> Any:
+    return _edge_process(["central", "run", "--config", str(config_file)], log)
 
 
 async def _answered(station: WireStation) -> None:
@@ -274,4 +241,40 @@ async def test_the_central_killed_mid_transfer_loses_nothing_acknowledged_and_co
     assert not any(store.glob("*.part"))  # registration took it
     text = log.read_text(errors="replace")
     assert "PRIVATE KEY" not in text
+    fake.conn.close()
+
+
+async def test_a_worker_process_and_the_central_share_the_group_and_one_file_assembles(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """`edge central mqtt-worker` (its own process and session) beside the central: the broker splits one
+    file's commands between them, both store into the shared transfers directory, the central registers."""
+    config_file = _config_file(tmp_path / "central", broker, pki)
+    config = load_central_config(config_file)
+    init_central(config)
+    fake = FakeStation("st-0102")
+    acquired = fake.acquire(random.Random(12).randbytes(120_000))
+    file_id = file_id_for(acquired.item)
+    running = await start_central(config)
+    try:
+        central = MqttCentral(config, running)
+        central.enroll(fake)
+        await central.receiver.wait_subscribed(WAIT_S)
+        worker = ["central", "mqtt-worker", "--config", str(config_file), "--client-id", f"{CENTRAL_ID}-2"]
+        async with (
+            _edge_process(worker, tmp_path / "worker.log", until=b"subscribed"),
+            wire_station(fake, broker, pki) as station,
+        ):
+            results = await station.send_file(file_id, acquired.content, segment_bytes=2048)
+            assert all(r.reason_code is ReasonCode.SUCCESS for r in results), \
+                [r.reason_description for r in results]
+            # Round robin within the group: the central answered some, the worker the others.
+            by_central = central.receiver.counts.commands
+            assert 0 < by_central < len(results), (by_central, len(results))
+            reply = await station.request(ApiOp.REGISTER, station.register_body(acquired, file_id))
+            assert reply.status == 201, reply.body
+            assert running.parts.objects.path_of(acquired.sha256).read_bytes() == acquired.content
+    finally:
+        await running.stop()
+    assert "PRIVATE KEY" not in (tmp_path / "worker.log").read_text(errors="replace")
     fake.conn.close()
