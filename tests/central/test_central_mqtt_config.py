@@ -94,3 +94,22 @@ def test_the_receivers_broker_certificate_must_name_the_central(tmp_path: Path) 
         central_mqtt_settings(_config(pki, pki.client("st-0001", STATION_OU)))
     with pytest.raises(IdentityError, match="cannot read"):
         central_mqtt_settings(_config(pki, tmp_path / "no-bundle"))
+
+
+def test_a_worker_needs_an_mqtt_section_and_a_client_id_of_its_own(tmp_path: Path) -> None:
+    import argparse
+
+    from edge.central.cli import add_central_parser
+    from edge.central.mqtt_receiver import run_mqtt_worker
+
+    pki = TestPki.create(tmp_path / "pki")
+    config = _config(pki, pki.client("central-hq"))
+    # The central's own client id would take over (and end) the central's session: refused before connecting.
+    with pytest.raises(ValueError, match="is the central's"):
+        run_mqtt_worker(config, client_id="central-hq-2")
+    plain = tmp_path / "plain.toml"
+    plain.write_text(CENTRAL)
+    parser = argparse.ArgumentParser(prog="edge")
+    add_central_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["central", "mqtt-worker", "--config", str(plain), "--client-id", "w1"])
+    assert args.func(args) == 78  # nothing to do without [mqtt]: a configuration error
