@@ -464,9 +464,9 @@ def _add_mqtt_receiver(
     from edge.central.mqtt_api import MqttApi
     from edge.central.mqtt_receiver import (
         MqttReceiver,
+        SupervisedReceiver,
         central_mqtt_settings,
         mqtt_purge_task,
-        mqtt_receiver_task,
         station_check_of,
     )
 
@@ -481,7 +481,10 @@ def _add_mqtt_receiver(
     )
     app[MQTT_RECEIVER] = receiver
     app.cleanup_ctx.append(mqtt_purge_task(transfers, purge_interval_s))
-    app.cleanup_ctx.append(mqtt_receiver_task(receiver))
+    supervised = SupervisedReceiver(receiver)
+    app.cleanup_ctx.append(supervised.context)
+    # Stopped at shutdown, before the cleanup contexts close the index its API answers from.
+    app.on_shutdown.append(supervised.on_shutdown)
 
 
 def _close_database(database: CentralDatabase) -> Callable[[web.Application], AsyncIterator[None]]:

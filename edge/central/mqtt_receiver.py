@@ -70,9 +70,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MqttReceiver",
+    "SupervisedReceiver",
     "central_mqtt_settings",
     "mqtt_purge_task",
-    "mqtt_receiver_task",
     "run_mqtt_worker",
     "station_check_of",
     "transfers_store",
@@ -278,32 +278,44 @@ def station_check_of(check: Callable[[str], Any]) -> StationCheck:
     return checked
 
 
-def mqtt_receiver_task(receiver: MqttReceiver) -> Callable[[object], AsyncIterator[None]]:
-    """An aiohttp cleanup context running the receiver under a :class:`Supervisor` (restarts with back-off
-    and budget; liveness beaten by the MQTT client's network thread) until the application stops."""
+class SupervisedReceiver:
+    """The receiver under a :class:`Supervisor` (restarts with back-off and budget; liveness beaten by the
+    MQTT client's network thread) beside the application: started with it (:meth:`context`, an aiohttp
+    cleanup context) and stopped at its shutdown (:meth:`on_shutdown`), before the cleanup closes the
+    index that the API answers from."""
 
-    async def supervise(stop: asyncio.Event) -> None:
+    def __init__(self, receiver: MqttReceiver) -> None:
+        self.receiver = receiver
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _supervise(self) -> None:
         supervisor = Supervisor(notify_ready=False, backoff_initial_s=1.0, backoff_max_s=60.0,
                                 restart_budget=10, budget_window_s=600.0)
-        keepalive_s = receiver.settings.keepalive_s
-        supervisor.add(TaskSpec("mqtt-receiver", receiver.run,
+        keepalive_s = self.receiver.settings.keepalive_s
+        supervisor.add(TaskSpec("mqtt-receiver", self.receiver.run,
                                 liveness_timeout_s=max(60.0, 3.0 * keepalive_s), stop_timeout_s=20.0))
         try:
-            await supervisor.run(stop)
+            await supervisor.run(self._stop)
         except SupervisorGaveUp as exc:
             log.critical("the MQTT receiver keeps failing and was given up (HTTP goes on): %s", exc)
 
-    async def context(_app: object) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(supervise(stop), name="mqtt-receiver-supervisor")
+    async def stop(self) -> None:
+        """Stop the receiver (idempotent): its connection ends with a DISCONNECT, its session stays."""
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def on_shutdown(self, _app: object) -> None:
+        await self.stop()
+
+    async def context(self, _app: object) -> AsyncIterator[None]:
+        self._task = asyncio.create_task(self._supervise(), name="mqtt-receiver-supervisor")
         try:
             yield
         finally:
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    return context
+            await self.stop()
 
 
 def mqtt_purge_task(store: MqttIngestStore, interval_s: float) -> Callable[[object], AsyncIterator[None]]:
