@@ -195,7 +195,7 @@ class WireStation:
 
     async def request(
         self, op: ApiOp | str, body: dict[str, Any] | None = None, *, as_station: str | None = None,
-        raw: bytes | None = None, timeout_s: float = WAIT_S,
+        raw: bytes | None = None, timeout_s: float = WAIT_S, response_topic: str | None = None,
     ) -> ApiReply:
         """An API request on our (or `as_station`'s) request topic; returns the reply with its id (the
         reply goes to the station of the topic: `as_station`'s reply never reaches us with an ACL)."""
@@ -203,7 +203,8 @@ class WireStation:
         request_id = new_request_id()
         payload = raw if raw is not None else encode_request(ApiRequest(request_id, ApiOp(op), body or {}))
         topic = f"{STATIONS}/{station}/api/request/{op}"
-        await self.client.publish(topic, payload, qos=1, response_topic=reply_topic(TOPIC_PREFIX, station),
+        await self.client.publish(topic, payload, qos=1,
+                                  response_topic=response_topic or reply_topic(TOPIC_PREFIX, station),
                                   correlation_data=request_id.encode("ascii"))
         if as_station is not None:
             return ApiReply(request_id, 100, None)  # answered to `as_station`, not to us

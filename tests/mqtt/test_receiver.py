@@ -104,6 +104,14 @@ async def test_a_file_sent_over_mqtt_is_registered_with_the_receipt_the_station_
         # The ledger ops answer what their HTTP endpoints answer, for this station.
         head = await station.request(ApiOp.LEDGER_HEAD, {})
         assert head.status == 200
+        # Always on the station's own reply topic, with the request id as correlation data, whatever
+        # response topic the request named.
+        elsewhere = await station.request(ApiOp.LEDGER_HEAD, {},
+                                          response_topic="evidence/stations/st-9999/api/reply")
+        assert elsewhere.status == 200
+        message = station.reply_messages[-1]
+        assert message.topic == "evidence/stations/st-0001/api/reply"
+        assert message.correlation_data == elsewhere.request_id.encode("ascii")
         assert (head.body["seq"], head.body["hash"]) == parts.index.ledger_head(fake.station_id)
         page = await station.request(ApiOp.LEDGER_PAGE, {"after": 0, "limit": 2})
         assert page.status == 200 and [e["seq"] for e in page.body["entries"]] == [1, 2]
@@ -296,4 +304,24 @@ async def test_a_request_over_the_size_limit_gets_413(
             assert reply.status == 413 and reply.body["error"] == "too_large", reply.body
             # Control: a small request passes the same receiver.
             assert (await station.request(ApiOp.LEDGER_HEAD, {})).status == 200
+    fake.conn.close()
+
+
+async def test_the_synchronous_form_is_answered_on_the_response_topic_too(
+    central: MqttCentral, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """EMQX's $file/... (result in the PUBACK there): behind Mosquitto the receiver answers it like
+    $file-async/..., on $file-response/S, with the command's own topic."""
+    fake = FakeStation("st-0007")
+    central.enroll(fake)
+    data = _content(5000, seed=7)
+    file_id = file_id_for("item-0007")
+    async with wire_station(fake, broker, pki) as station:
+        init = await station.command(InitCommand(file_id, Mode.SYNC), init_payload(data))
+        assert init.reason_code is ReasonCode.SUCCESS and init.topic == f"$file/{file_id}/init"
+        sha = hashlib.sha256(data).hexdigest()
+        segment = SegmentCommand(file_id, 0, sha, Mode.SYNC)
+        assert (await station.command(segment, data)).reason_code is ReasonCode.SUCCESS
+        fin = await station.command(FinCommand(file_id, len(data), sha, Mode.SYNC))
+        assert fin.reason_code is ReasonCode.SUCCESS
     fake.conn.close()
