@@ -5,8 +5,10 @@ the contract's wire: evidence content as EMQX file-transfer commands under its o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -324,4 +326,42 @@ async def test_the_synchronous_form_is_answered_on_the_response_topic_too(
         assert (await station.command(segment, data)).reason_code is ReasonCode.SUCCESS
         fin = await station.command(FinCommand(file_id, len(data), sha, Mode.SYNC))
         assert fin.reason_code is ReasonCode.SUCCESS
+    fake.conn.close()
+
+
+async def test_a_registration_in_progress_does_not_hold_up_segments(
+    central: MqttCentral, broker: MosquittoBroker, pki: TestPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registration re-hashes the whole file (minutes for a large one); meanwhile segments are answered:
+    the API has its own connection."""
+    fake = FakeStation("st-0008")
+    central.enroll(fake)
+    acquired = fake.acquire(_content(20_000, seed=8))
+    file_id = file_id_for(acquired.item)
+    registrar = central.running.parts.registrar
+    hashing, release = threading.Event(), threading.Event()
+    put_content = registrar._put_content
+
+    def held_put_content(path: Path, sha256: str) -> None:
+        hashing.set()
+        assert release.wait(60)
+        put_content(path, sha256)
+
+    monkeypatch.setattr(registrar, "_put_content", held_put_content)
+    async with wire_station(fake, broker, pki) as station:
+        await station.send_file(file_id, acquired.content)
+        body = station.register_body(acquired, file_id)
+        registering = asyncio.create_task(station.request(ApiOp.REGISTER, body))
+        try:
+            assert await asyncio.to_thread(hashing.wait, 30)
+            # While the registration hashes, another transfer's commands are answered.
+            other = _content(3000, seed=9)
+            other_id = file_id_for("item-0008b")
+            init = await station.command(InitCommand(other_id, Mode.ASYNC), init_payload(other), timeout_s=10)
+            assert init.reason_code is ReasonCode.SUCCESS
+            assert not registering.done()
+        finally:
+            release.set()
+        reply = await registering
+        assert reply.status == 201, reply.body
     fake.conn.close()
