@@ -365,3 +365,33 @@ async def test_a_registration_in_progress_does_not_hold_up_segments(
         reply = await registering
         assert reply.status == 201, reply.body
     fake.conn.close()
+
+
+async def test_hostile_transfer_messages_are_answered_or_dropped_and_the_receiver_goes_on(
+    central: MqttCentral, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    fake = FakeStation("st-0009")
+    central.enroll(fake)
+    file_id = file_id_for("item-0009")
+    receiver = central.receiver
+    async with wire_station(fake, broker, pki) as station:
+        # Topics that name no command: nothing to echo, so dropped (and logged), nothing stored.
+        root = "evidence/stations/st-0009"
+        for tail in ("$file-async/../init", "$file-async/x/007", "$file-async/x/fin/1/zz", "$file-async",
+                     f"$file-async/{file_id}/0/{'A' * 63}"):
+            await station.client.publish(f"{root}/{tail}", b"\xff" * 10)
+        # A command whose payload is hostile: answered with what was wrong.
+        init = InitCommand(file_id, Mode.ASYNC)
+        hostile = ((b"\xff\xfe", "init payload"), (b'{"name":"a","size":1,"evil":1}', "unknown"),
+                   (b'{"name":"a","size":-1}', "init size"))
+        for payload, needle in hostile:
+            answer = await station.command(init, payload)
+            assert answer.reason_code is not ReasonCode.SUCCESS, answer
+            assert needle in answer.reason_description, answer
+        assert receiver.counts.dropped == 5
+        # Still answering: the right init passes.
+        assert (await station.command(init, init_payload(b"abc"))).reason_code is ReasonCode.SUCCESS
+    assert central.running.parts.mqtt_transfers is not None
+    names = {p.name for p in central.running.parts.mqtt_transfers.root.iterdir()}
+    assert all(n.startswith(transfer_upload_id("st-0009", file_id)) or n == "incidents.jsonl" for n in names)
+    fake.conn.close()
