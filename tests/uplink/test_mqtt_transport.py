@@ -263,13 +263,15 @@ async def test_a_refused_fin_sends_every_segment_again_and_a_cancel_starts_over(
     assert isinstance(cancelled, Refused) and cancelled.code == UPLOAD_LOST, cancelled
 
 
+@pytest.mark.parametrize("runs", [False, True], ids=["per-segment", "merged-runs"])
 async def test_a_station_restart_resumes_with_the_segments_the_receiver_lacks(
-    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki, runs: bool
 ) -> None:
     config = station_config(tmp_path, broker, pki)
     item = parcel(tmp_path, 10 * SEGMENT_BYTES)
     resumes = Resumes([])
     async with receiver(broker, pki) as responder:
+        responder.merge_runs = runs
         # The first run: six segments reach the receiver, the others are lost on the way.
         responder.lose.append(lambda _s, c: isinstance(c, SegmentCommand) and c.offset >= 6 * SEGMENT_BYTES)
         async with link_for(config) as link:
