@@ -34,7 +34,9 @@ from edge.mqtt.filetransfer import SegmentCommand, parse_command_topic, parse_sc
 from edge.sources.local import LocalDirectory
 from edge.uplink.policy import Backoff
 from edge.uplink.service import UplinkService
+from edge.verify.central_ledger import compare_with_central_ledger
 from edge.verify.station import verify_store
+from edge.verify.witness import fetch_central_view
 from tests.mqtt.broker import CENTRAL_ID, TOPIC_PREFIX, MosquittoBroker, TestPki, require_mosquitto
 from tests.uplink.test_refusals import CASE, uplink_running
 
@@ -176,6 +178,15 @@ async def test_items_go_over_mqtt_and_come_back_with_receipts_the_station_verifi
             assert await service.wait_drained(WAIT_S), rig.states()
             # Witnessed over MQTT too: the central holds the station's whole ledger.
             assert service.witness.verified_witnessed_seq() > 0
+            # `edge verify` asks the central over MQTT beside the running uplink (its own client id: the
+            # uplink's connection stays up, nobody's session is taken over).
+            uplink_client = service._link.client  # type: ignore[union-attr]
+            view = await fetch_central_view(rig.config())
+            assert view.failure is None and view.head is not None and view.head[0] > 0, view
+            findings = await compare_with_central_ledger(
+                rig.config(), rig.store.conn, 0, rig.central_key.public_key())
+            assert findings.problems == [] and findings.checked, findings
+            assert uplink_client.status.connections == 1
         all_receipted(rig, items)
         uploads = rig.uploads()
         assert all(uploads[item].startswith(f"mqtt:{item}.") for item in items), uploads
@@ -239,3 +250,55 @@ async def test_failover_to_tus_while_the_broker_is_down_and_back_to_mqtt_when_it
         uploads = rig.uploads()
         assert all(uploads[item].startswith(f"mqtt:{item}.") for item in second), uploads
         assert rig.central.parts.merkle.size() == len(first) + len(second)
+
+
+async def test_a_station_restart_mid_transfer_resumes_what_the_central_lacks(
+    tmp_path: Path, media: Path
+) -> None:
+    async with e2e(tmp_path) as rig, segment_spy(rig) as seen:
+        items = await rig.ingest(media, "room-1")
+        config = rig.config(concurrency=1, mqtt_segments_in_flight=2)
+        first = UplinkService(config, rig.store)
+        async with uplink_running(first):
+            async with asyncio.timeout(WAIT_S):
+                while sum(1 for t in seen if isinstance(parse_command_topic(t), SegmentCommand)) < 6:
+                    await asyncio.sleep(0.02)  # polls the spy's count; proves nothing by itself
+        # The process is gone (the task cancelled mid-transfer); a new one has only the store.
+        sent_before = sum(seen.values())
+        second = UplinkService(config, rig.store)
+        async with uplink_running(second):
+            assert await second.wait_drained(WAIT_S), rig.states()
+        all_receipted(rig, items)
+        assert second.stats.resumed >= 1  # it went on where the central was
+        inits = [t for t in seen if t.endswith("/init")]
+        assert len(inits) == len(items), inits  # the same transfer, not a new one
+        segments = [t for t in seen if isinstance(parse_command_topic(t), SegmentCommand)]
+        resent = sum(seen[t] - 1 for t in segments)
+        assert resent <= 2, (resent, sent_before)  # at most the window in flight at the restart
+
+
+async def test_small_packets_cut_segments_and_the_ledger_and_the_evidence_arrives(
+    tmp_path: Path, media: Path
+) -> None:
+    async with e2e(tmp_path) as rig:
+        items = await rig.ingest(media, "room-1")
+        service = UplinkService(rig.config(mqtt_max_packet_kb=8, mqtt_segments_in_flight=16), rig.store)
+        async with uplink_running(service):
+            assert await service.wait_drained(WAIT_S), rig.states()
+        all_receipted(rig, items)
+
+
+async def test_a_revoked_station_is_refused_at_station_level(tmp_path: Path, media: Path) -> None:
+    async with e2e(tmp_path) as rig:
+        items = await rig.ingest(media, "room-1")
+        rig.central.parts.index.revoke_station(STATION, "test: revoked")
+        from edge.uplink.mqtt_transport import MqttTransport
+        from edge.uplink.transport import Parcel, Refused
+
+        row = rig.store.conn.execute("SELECT item, sha256, size, path FROM items WHERE item=?",
+                                     (items[0],)).fetchone()
+        parcel = Parcel(row["item"], row["sha256"], row["size"], rig.tmp / "store" / row["path"], "clip.mp4")
+        async with MqttTransport(rig.config()).connect() as link:
+            outcome = await link.upload(parcel, lambda _ref: None)
+        assert isinstance(outcome, Refused) and outcome.station_level, outcome
+        assert outcome.code == "station_revoked", outcome
