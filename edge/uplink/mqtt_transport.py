@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import secrets
@@ -218,7 +219,10 @@ class MqttTransport:
             if client is None:
                 mqtt = self.config.mqtt
                 client = MqttClient(self.settings(), backoff=Backoff(mqtt.backoff_base_s, mqtt.backoff_max_s))
-                runner = asyncio.create_task(client.run(), name=f"mqtt-{self.purpose}-{self.station_id}")
+                # A context of its own: the client's network thread beats the liveness of the supervised
+                # task it runs in, and must not vouch for the uplink's loop.
+                runner = asyncio.create_task(client.run(), name=f"mqtt-{self.purpose}-{self.station_id}",
+                                             context=contextvars.Context())
 
                 async def stop_client(client: MqttClient = client) -> None:
                     await client.close()
