@@ -449,3 +449,24 @@ async def test_mqtt_3_1_1_delivers_and_asks_without_response_topics(
         responder.faults.append(lambda _s, c: "drop")
         lost = await link.upload(parcel(tmp_path, SEGMENT_BYTES, item="another-item"), Resumes([]))
         assert isinstance(lost, RetryLater) and "no answer from the receiver to init" in lost.reason
+
+
+async def test_a_cancel_ends_the_transfer_at_once_without_waiting_for_the_other_segments(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    # Results would take 10 minutes to time out: the outcome must come from the cancel, not a timer.
+    config = station_config(tmp_path, broker, pki, mqtt_result_timeout_s=600.0)
+    item = parcel(tmp_path, 8 * SEGMENT_BYTES)
+
+    def cancel_the_first_hold_the_rest(_station: str, command: Command) -> str | ReasonCode | None:
+        if isinstance(command, SegmentCommand):
+            return ReasonCode.CANCEL if command.offset == 0 else "hold"
+        return None
+
+    async with receiver(broker, pki) as responder, link_for(config) as link:
+        responder.faults.append(cancel_the_first_hold_the_rest)
+        async with asyncio.timeout(60):
+            outcome = await link.upload(item, Resumes([]))
+        assert isinstance(outcome, Refused) and outcome.code == UPLOAD_LOST, outcome
+        assert len(responder.held) == WINDOW - 1  # the others were in flight, unanswered
+        assert len(segments_of(responder)) == WINDOW  # and nothing was sent after the cancel
