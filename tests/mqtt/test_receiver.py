@@ -17,6 +17,7 @@ import pytest
 from edge.central.mqtt_ingest_store import TransferState
 from edge.custody.canonical import canonical_json
 from edge.mqtt.api import ApiOp
+from edge.mqtt.client import ConnectionState
 from edge.mqtt.filetransfer import (
     AbortCommand,
     FinCommand,
@@ -306,6 +307,11 @@ async def test_a_request_over_the_size_limit_gets_413(
             assert reply.status == 413 and reply.body["error"] == "too_large", reply.body
             # Control: a small request passes the same receiver.
             assert (await station.request(ApiOp.LEDGER_HEAD, {})).status == 200
+        receiver = central.receiver
+    # The central's stop ended the receiver's connections cleanly (DISCONNECT: the sessions stay).
+    assert receiver.client is not None and receiver.api_client is not None
+    assert receiver.client.status.state is ConnectionState.CLOSED
+    assert receiver.api_client.status.state is ConnectionState.CLOSED
     fake.conn.close()
 
 
