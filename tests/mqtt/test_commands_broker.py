@@ -36,12 +36,21 @@ from edge.mqtt.commands import (
     sign_command,
     utc_rfc3339,
 )
+from edge.pki.bundle import BUNDLE_CENTRAL_SIGNING_PUB
 from edge.sources.usb.offload import VolumeOffload
 from edge.uplink.spool import Spool, UploadState
 from edge.verify.station import verify_store
-from tests.mqtt.broker import CENTRAL_ID, TOPIC_PREFIX, MosquittoBroker, TestPki, require_mosquitto
+from tests.mqtt.broker import (
+    CENTRAL_ID,
+    TOPIC_PREFIX,
+    MosquittoBroker,
+    TestPki,
+    free_port,
+    require_mosquitto,
+)
 from tests.mqtt.test_client import WAIT_S, Inbox, running
 from tests.station.conftest import make_config, populate_recorder_volume, session_info, settle_on_disk
+from tests.station.harness import simulated_station
 
 STATION = "TEST-STATION"
 STATUS_DOC = {"station": {"id": STATION, "spool": {"items": 0}}, "bays": []}
@@ -120,6 +129,14 @@ class Rig:
         return self.store.ledger.head()[0]
 
 
+async def subscribed(client: MqttClient) -> None:
+    """Until the client's subscriptions (the command handler's) are in effect on the broker."""
+    await client.wait_for(
+        lambda s: s.state is ConnectionState.CONNECTED and s.unconfirmed_subscriptions == 0
+        and bool(client._subscriptions), WAIT_S,
+    )
+
+
 @asynccontextmanager
 async def station_handler(
     broker: MosquittoBroker, pki: TestPki, store: StationStore, central_pub: Ed25519PublicKey,
@@ -135,10 +152,7 @@ async def station_handler(
         )
         task = asyncio.create_task(handler.run())
         try:
-            await client.wait_for(
-                lambda s: s.state is ConnectionState.CONNECTED and s.unconfirmed_subscriptions == 0
-                and s.connections >= 1 and bool(client._subscriptions), WAIT_S,
-            )
+            await subscribed(client)
             yield client, handler
         finally:
             task.cancel()
@@ -432,3 +446,37 @@ async def test_edge_central_command_signs_with_the_central_key_and_prints_the_re
     finally:
         store.close()
     assert verify_store(tmp_path / "store").ok
+
+
+async def test_the_station_agent_takes_the_central_s_commands_with_the_pinned_key(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """The composition: the agent pins the central key of its enrollment bundle and answers commands
+    with its own status board; a command signed by any other key is refused."""
+    bundle = pki.client(STATION)
+    central_key = StationKey.generate()
+    (bundle / BUNDLE_CENTRAL_SIGNING_PUB).write_bytes(central_key.public_pem())
+    mqtt = {"broker_url": f"mqtts://127.0.0.1:{broker.port}", "identity_dir": str(bundle),
+            "backoff_base_s": 0.05, "backoff_max_s": 0.5}
+    # A central that is not there: the uplink waits (non-critical); its pinned key is what matters here.
+    uplink = {"central_url": f"https://127.0.0.1:{free_port()}", "identity_dir": str(bundle)}
+    async with running(broker.client_settings(pki.client(CENTRAL_ID))) as (central, _):
+        await central.wait_connected(WAIT_S)
+        replies = Inbox()
+        await central.subscribe(f"{TOPIC_PREFIX}/stations/{STATION}/command-reply/#", replies)
+        async with simulated_station(tmp_path, [], mqtt=mqtt, uplink=uplink) as station:
+            client = station.agent.mqtt
+            assert client is not None and station.agent.commands is not None
+            await subscribed(client)
+            now = utc_rfc3339(datetime.now(UTC))
+            status = Command(new_request_id(), CommandOp.STATUS, STATION, now, {})
+            topic = command_request_topic(TOPIC_PREFIX, STATION, CommandOp.STATUS)
+            await central.publish(topic, sign_command(status, StationKey.generate().sign))
+            refused = parse_reply((await replies.next()).payload)
+            assert not refused.ok and refused.error == "bad-signature"
+            await central.publish(topic, sign_command(status, central_key.sign))
+            reply = parse_reply((await replies.next()).payload)
+            assert reply.ok and reply.result is not None
+            assert reply.result["station"]["id"] == STATION and len(reply.result["bays"]) == 8
+            outcomes = [(e["outcome"], e.get("error")) for e in station.ledger("command")]
+            assert outcomes == [("refused", "bad-signature"), ("executed", None)]
