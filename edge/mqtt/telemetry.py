@@ -48,7 +48,14 @@ from typing import Any, Protocol
 from edge.custody.canonical import canonical_json
 from edge.custody.ledger import EntryType, LedgerEntry
 from edge.custody.text import printable
-from edge.mqtt.client import ConnectionState, ConnectionStatus, MqttClient, MqttError, WillMessage
+from edge.mqtt.client import (
+    ConnectionState,
+    ConnectionStatus,
+    MqttClient,
+    MqttError,
+    PublishRefused,
+    WillMessage,
+)
 
 __all__ = [
     "OFFLINE",
@@ -72,6 +79,9 @@ OFFLINE = b"offline"
 STATUS_PARTS = ("station", "spool", "storage", "clock", "ledger")
 # How long the stopping station waits for its "offline" to be acknowledged before it disconnects anyway.
 OFFLINE_TIMEOUT_S = 3.0
+# After a publish failed without a refusal (no acknowledgement in time), the next try waits for a change
+# of connection, or this long.
+_RETRY_AFTER_FAILURE_S = 5.0
 _BAY_NUMBER = re.compile(r"^[0-9]{1,6}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -207,6 +217,8 @@ class TelemetryPublisher:
         self._published_at: dict[str, float] = {}
         self._events: deque[tuple[str, bytes]] = deque()
         self.events_dropped = 0
+        self.refused = 0
+        """Publishes the broker refused (MQTT 5 reason codes; 3.1.1 brokers drop them silently)."""
         self._station_json: Mapping[str, Any] | None = None
         self._online_for: int | None = None
         self._wake = asyncio.Event()
@@ -311,8 +323,12 @@ class TelemetryPublisher:
             try:
                 delay_s = await self._publish_some()
             except MqttError as exc:
-                # The connection went (the next one publishes everything again) or the broker refused.
+                # Not acknowledged in time, or the client closed: the connection is going (the next one
+                # publishes everything again). Not at once again, while the connection may stand.
                 log.info("telemetry: publish failed: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_RETRY_AFTER_FAILURE_S):
+                        await self._wake.wait()
                 continue
             if delay_s is None:
                 await self._wake.wait()
@@ -328,13 +344,13 @@ class TelemetryPublisher:
         if connections != self._online_for:
             # A new connection: say so first (the will may have said "offline" meanwhile), then every
             # document again.
-            await self.client.publish(availability_topic(s.topic_prefix, s.station), ONLINE, retain=True)
+            await self._send(availability_topic(s.topic_prefix, s.station), ONLINE, retain=True)
             self._online_for = connections
             self._published.clear()
             self._published_at.clear()
         while self._events and self._connected():
             topic, payload = self._events[0]
-            await self.client.publish(topic, payload, retain=False)
+            await self._send(topic, payload, retain=False)
             if self._events and self._events[0] == (topic, payload):
                 self._events.popleft()
         now = self._clock()
@@ -348,12 +364,21 @@ class TelemetryPublisher:
                 continue
             if not self._connected():
                 return None
-            await self.client.publish(topic, payload, retain=True)
+            await self._send(topic, payload, retain=True)
             self._published[topic] = payload
             self._published_at[topic] = self._clock()
             if payload == b"":
                 del self._latest[topic]  # cleared on the broker; nothing to send after a reconnect
         return None if next_due is None else max(0.0, next_due - self._clock())
+
+    async def _send(self, topic: str, payload: bytes, *, retain: bool) -> None:
+        """Publish; a refusal by the broker (MQTT 5: its ACL, say) is logged and the message given up,
+        so that a misconfigured ACL costs that document, never a loop of publishes."""
+        try:
+            await self.client.publish(topic, payload, retain=retain)
+        except PublishRefused as exc:
+            self.refused += 1
+            log.warning("telemetry: %s", exc)
 
     async def _say_offline(self) -> None:
         """A stopping station disconnects cleanly, so the broker keeps its will: say "offline" here."""
