@@ -18,10 +18,10 @@ read-only ops; a re-upload runs `edge uplink retry`'s requeue (its own transacti
 naming the request id) just before: a crash between the two leaves the item queued and the id unrecorded,
 and a replay then finds the item no longer rejected and is refused, so it still runs at most once.
 
-Refusals of requests that did not verify are recorded at a bounded rate (`REFUSALS_RECORDED_PER_MINUTE`):
-only the station itself and the central may write to its command topics (broker ACL), but a station
-process gone wrong must not fill its own ledger; the refusals not recorded are counted in the next one
-that is.
+Refusals of requests that did not verify, and of replays, are recorded at a bounded rate
+(`REFUSALS_RECORDED_PER_MINUTE`): only the station itself and the central may write to its command topics
+(broker ACL), but a station process gone wrong must not fill its own ledger; the refusals not recorded are
+counted in the next one that is (`unrecorded_refusals_before`), and every one is logged and replied.
 
 Replies go to the request's MQTT 5 response topic with its correlation data when that topic is the
 station's command-reply topic or under it, else (and under 3.1.1) to `<prefix>/stations/<S>/command-reply`.
@@ -109,6 +109,7 @@ class CommandHandler:
         client: MqttClient,
         status: Callable[[], Mapping[str, Any]],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -117,8 +118,9 @@ class CommandHandler:
         self.client = client
         self.status = status
         self.now = now
+        self._monotonic = monotonic
         self._refusal_budget = float(REFUSALS_RECORDED_PER_MINUTE)
-        self._refusal_budget_at = time.monotonic()
+        self._refusal_budget_at = monotonic()
         self.unrecorded_refusals = 0
         with store.transaction() as conn:
             ensure_schema(conn)
@@ -231,7 +233,9 @@ class CommandHandler:
             record.update(self._authentic_record(received))
         elif request_id is not None:
             record["request_id"] = request_id  # as claimed: nothing vouches for it
-        if authentic or self._refusal_may_be_recorded():
+        # An authentic command is recorded whatever its fate, once; what anyone with write access to the
+        # topic can repeat (forgeries, garbage, replays of a command seen before) at a bounded rate.
+        if (authentic and refused.code is not CommandError.REPLAYED) or self._refusal_may_be_recorded():
             if self.unrecorded_refusals:
                 record["unrecorded_refusals_before"] = self.unrecorded_refusals
                 self.unrecorded_refusals = 0
@@ -248,7 +252,7 @@ class CommandHandler:
         return encode_reply(request_id, error=refused.code, detail=refused.detail)
 
     def _refusal_may_be_recorded(self) -> bool:
-        now = time.monotonic()
+        now = self._monotonic()
         self._refusal_budget = min(
             float(REFUSALS_RECORDED_PER_MINUTE),
             self._refusal_budget + (now - self._refusal_budget_at) * REFUSALS_RECORDED_PER_MINUTE / 60.0,

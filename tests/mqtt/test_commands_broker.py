@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -24,7 +24,7 @@ from edge.custody.ledger import LedgerEntry
 from edge.ingest.store import StationStore
 from edge.ingest.tagging import current_case
 from edge.mqtt.client import ConnectionState, InboundMessage, MqttClient, ProtocolVersion
-from edge.mqtt.command_handler import CommandHandler, CommandSettings
+from edge.mqtt.command_handler import REFUSALS_RECORDED_PER_MINUTE, CommandHandler, CommandSettings
 from edge.mqtt.commands import (
     MAX_COMMAND_BYTES,
     Command,
@@ -141,7 +141,7 @@ async def subscribed(client: MqttClient) -> None:
 async def station_handler(
     broker: MosquittoBroker, pki: TestPki, store: StationStore, central_pub: Ed25519PublicKey,
     clock: list[datetime],
-    *, protocol: ProtocolVersion = ProtocolVersion.V5,
+    *, protocol: ProtocolVersion = ProtocolVersion.V5, monotonic: Callable[[], float] | None = None,
 ) -> AsyncIterator[tuple[MqttClient, CommandHandler]]:
     settings = broker.client_settings(pki.client(STATION), protocol=protocol)
     async with running(settings) as (client, _):
@@ -149,6 +149,7 @@ async def station_handler(
             CommandSettings(STATION, TOPIC_PREFIX, window_s=300),
             store=store, central_key=central_pub, client=client,
             status=lambda: STATUS_DOC, now=lambda: clock[0],
+            **({"monotonic": monotonic} if monotonic is not None else {}),
         )
         task = asyncio.create_task(handler.run())
         try:
@@ -480,3 +481,50 @@ async def test_the_station_agent_takes_the_central_s_commands_with_the_pinned_ke
             assert reply.result["station"]["id"] == STATION and len(reply.result["bays"]) == 8
             outcomes = [(e["outcome"], e.get("error")) for e in station.ledger("command")]
             assert outcomes == [("refused", "bad-signature"), ("executed", None)]
+
+
+async def test_refusals_anyone_can_repeat_are_recorded_at_a_bounded_rate(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """A station process gone wrong may flood its own command topic: every forgery is replied and logged,
+    the ledger records them at most REFUSALS_RECORDED_PER_MINUTE a minute and counts the rest."""
+    store = StationStore(tmp_path / "store", STATION)
+    central_key = StationKey.generate()
+    clock = [datetime.now(UTC)]
+    ticks = [1000.0]
+    forger = StationKey.generate()
+    topic = command_request_topic(TOPIC_PREFIX, STATION, CommandOp.STATUS)
+
+    def forged() -> bytes:
+        command = Command(new_request_id(), CommandOp.STATUS, STATION, utc_rfc3339(clock[0]), {})
+        return sign_command(command, forger.sign)
+
+    try:
+        async with running(broker.client_settings(pki.client(CENTRAL_ID))) as (central, _):
+            await central.wait_connected(WAIT_S)
+            replies = Inbox()
+            await central.subscribe(f"{TOPIC_PREFIX}/stations/{STATION}/command-reply/#", replies)
+            async with station_handler(broker, pki, store, central_key.public_key(), clock,
+                                       monotonic=lambda: ticks[0]):
+                head = store.ledger.head()[0]
+                for _ in range(REFUSALS_RECORDED_PER_MINUTE + 5):
+                    await central.publish(topic, forged())
+                    assert parse_reply((await replies.next()).payload).error == "bad-signature"
+                recorded = list(store.ledger.entries(head + 1))
+                assert len(recorded) == REFUSALS_RECORDED_PER_MINUTE
+                # Control: an authentic command is recorded whatever the budget.
+                good = Command(new_request_id(), CommandOp.STATUS, STATION, utc_rfc3339(clock[0]), {})
+                await central.publish(topic, sign_command(good, central_key.sign))
+                assert parse_reply((await replies.next()).payload).ok
+                # Its replay is one anyone could repeat: bounded too, and counted.
+                await central.publish(topic, sign_command(good, central_key.sign))
+                assert parse_reply((await replies.next()).payload).error == "replayed"
+                assert [e.data["outcome"] for e in store.ledger.entries(head + 1)][-1] == "executed"
+                # Two seconds later the budget has one more: that refusal counts the six not recorded.
+                ticks[0] += 2.0
+                await central.publish(topic, forged())
+                await replies.next()
+                last = list(store.ledger.entries(head + 1))[-1]
+                assert (last.data["error"], last.data["unrecorded_refusals_before"]) == ("bad-signature", 6)
+    finally:
+        store.close()
