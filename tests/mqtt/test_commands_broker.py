@@ -22,7 +22,7 @@ from edge.custody.canonical import canonical_json
 from edge.custody.keys import StationKey, load_public_key
 from edge.custody.ledger import LedgerEntry
 from edge.ingest.store import StationStore
-from edge.ingest.tagging import current_case
+from edge.ingest.tagging import current_case, tag_item
 from edge.mqtt.client import ConnectionState, InboundMessage, MqttClient, ProtocolVersion
 from edge.mqtt.command_handler import REFUSALS_RECORDED_PER_MINUTE, CommandHandler, CommandSettings
 from edge.mqtt.commands import (
@@ -218,6 +218,9 @@ async def test_tag_writes_the_signed_entry_edge_tag_writes_and_a_replay_changes_
         assert len(tagged) == 1 and tagged[0].seq == reply.result["seq"] and tagged[0].item == item
         assert tagged[0].data["changes"] == changes and tagged[0].data["by"].startswith("central:clerk")
         assert current_case(r.store, item)["case_number"] == changes["case_number"]
+        # The very entry `edge tag` writes (tag_item): the same members.
+        by_hand = tag_item(r.store, item, {"location": "desk"}, by="clerk")
+        assert set(by_hand.data) == set(tagged[0].data)
         recorded = [e for e in r.entries(before) if e.type == "command"]
         assert [e.data["outcome"] for e in recorded] == ["executed"] and recorded[0].item == item
         # The same signed request again: refused as a replay, nothing tagged again.
