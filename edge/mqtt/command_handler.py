@@ -160,9 +160,15 @@ class CommandHandler:
 
     def _execute(self, received: ReceivedCommand, args: dict[str, Any]) -> bytes:
         command = received.command
-        if self._seen(command.request_id):
+        earlier = self._seen(command.request_id)
+        if earlier is not None:
+            # A duplicate delivery after a lost acknowledgement looks the same: the detail says what became
+            # of the first one, so that the central knows whether it took effect.
+            outcome, seen_at = earlier
+            when = datetime.fromtimestamp(seen_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             raise CommandRefused(
-                CommandError.REPLAYED, f"request {command.request_id} was received before", received
+                CommandError.REPLAYED, f"request {command.request_id} was received before, at {when}, and "
+                f"{outcome}", received,
             )
         # A re-upload runs the requeue's own transaction first (module docstring).
         requeued = self._requeue(received, args) if command.op is CommandOp.REUPLOAD else None
@@ -243,7 +249,7 @@ class CommandHandler:
                 # An authentic, fresh command refused for what it asks is used up: sent again, it is a replay.
                 if received is not None and authentic and refused.code not in (
                     CommandError.REPLAYED, CommandError.STALE, CommandError.WRONG_STATION
-                ) and not self._seen(received.request_id):
+                ) and self._seen(received.request_id) is None:
                     self._remember(conn, received, "refused")
                 item = received.command.args.get("item") if received is not None and authentic else None
                 self.store.ledger.append(EntryType.COMMAND, item if _is_item(item) else None, record)
@@ -274,11 +280,12 @@ class CommandHandler:
 
     # -- seen request ids ---------------------------------------------------------------------------------
 
-    def _seen(self, request_id: str) -> bool:
+    def _seen(self, request_id: str) -> tuple[str, float] | None:
+        """(outcome, station time first seen) of a request id kept in the state, None if never seen."""
         row = self.store.conn.execute(
-            "SELECT 1 FROM mqtt_command_ids WHERE request_id = ?", (request_id,)
+            "SELECT outcome, seen_at FROM mqtt_command_ids WHERE request_id = ?", (request_id,)
         ).fetchone()
-        return row is not None
+        return None if row is None else (str(row[0]), float(row[1]))
 
     def _remember(self, conn: sqlite3.Connection, received: ReceivedCommand, outcome: str) -> None:
         now = self.now().timestamp()
