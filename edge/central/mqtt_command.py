@@ -87,6 +87,9 @@ async def send_command(
     v5 = settings.protocol is ProtocolVersion.V5
     base = command_reply_topic(broker.topic_prefix, command.station)
     reply_topic = f"{base}/{command.request_id}" if v5 else base
+    # The station may speak 3.1.1 (it then replies on the base topic whatever the request named): listen
+    # on both, and tell the reply apart by its request id.
+    reply_filter = f"{base}/#"
     answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
 
     async def on_reply(message: InboundMessage) -> None:
@@ -107,7 +110,7 @@ async def send_command(
             )
             if status.state is ConnectionState.REFUSED:
                 raise MqttError(f"the broker refused the connection: {status.reason}")
-            await client.subscribe(reply_topic, on_reply, timeout_s=timeout_s)
+            await client.subscribe(reply_filter, on_reply, timeout_s=timeout_s)
             payload = sign_command(command, key.sign)
             await client.publish(
                 command_request_topic(broker.topic_prefix, command.station, command.op),

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge.central.mqtt_command import Broker, CommandTimeout, send_command
 from edge.cli import main
 from edge.custody.canonical import canonical_json
 from edge.custody.keys import StationKey, load_public_key
@@ -529,5 +530,30 @@ async def test_refusals_anyone_can_repeat_are_recorded_at_a_bounded_rate(
                 await replies.next()
                 last = list(store.ledger.entries(head + 1))[-1]
                 assert (last.data["error"], last.data["unrecorded_refusals_before"]) == ("bad-signature", 6)
+    finally:
+        store.close()
+
+
+async def test_a_central_on_mqtt_5_gets_the_reply_of_a_station_on_3_1_1_and_a_silent_station_times_out(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    store = StationStore(tmp_path / "store", STATION)
+    central_key = StationKey.generate()
+    clock = [datetime.now(UTC)]
+    central = Broker(broker.client_settings(pki.client(CENTRAL_ID)), TOPIC_PREFIX)
+    command = Command(new_request_id(), CommandOp.LEDGER_HEAD, STATION, utc_rfc3339(clock[0]), {})
+    try:
+        # No station listening: no reply, a timeout naming the request (the command may run later).
+        with pytest.raises(CommandTimeout, match=command.request_id):
+            await send_command(central, command, central_key, timeout_s=1.0)
+        async with station_handler(broker, pki, store, central_key.public_key(), clock,
+                                   protocol=ProtocolVersion.V311):
+            fresh = replace(command, request_id=new_request_id())
+            reply = await send_command(central, fresh, central_key, timeout_s=WAIT_S)
+            assert reply.ok and reply.request_id == fresh.request_id
+            # The first one never reached a station (none had subscribed yet): only this one ran.
+            assert [e.data["request_id"] for e in store.ledger.entries() if e.type == "command"] == [
+                fresh.request_id
+            ]
     finally:
         store.close()
