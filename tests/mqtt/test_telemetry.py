@@ -160,7 +160,8 @@ class StationSide:
 
 @asynccontextmanager
 async def station_side(
-    broker: MosquittoBroker, pki: TestPki, *, min_interval_s: float = 0.0, event_queue: int = 100
+    broker: MosquittoBroker, pki: TestPki, *, min_interval_s: float = 0.0, event_queue: int = 100,
+    topic_prefix: str = TOPIC_PREFIX,
 ) -> AsyncIterator[StationSide]:
     relay = TcpRelay(broker.port)
     await relay.start()
@@ -179,7 +180,7 @@ async def station_side(
         async with running(settings) as (client, _):
             publisher = TelemetryPublisher(
                 TelemetrySettings(
-                    STATION, TOPIC_PREFIX, min_interval_s=min_interval_s, event_queue=event_queue
+                    STATION, topic_prefix, min_interval_s=min_interval_s, event_queue=event_queue
                 ),
                 client=client, subscribe=board.subscribe,
             )
@@ -369,3 +370,29 @@ async def test_the_station_agent_publishes_telemetry_and_says_why_commands_are_o
             # No [uplink], so no central key is pinned: commands are off, and the ledger says why.
             assert any("mqtt commands disabled" in e.get("reason", "") for e in station.ledger("error"))
         await central.until(availability_topic(TOPIC_PREFIX, STATION), lambda m: m.payload == b"offline")
+
+
+async def test_publishes_the_broker_refuses_are_given_up_not_repeated(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """A station whose topic prefix the ACL does not allow (MQTT 5: PUBACK 0x87): each document is tried
+    once and given up, never retried in a loop."""
+    async with station_side(broker, pki, topic_prefix="elsewhere") as station:
+        calls: list[str] = []
+        publish = station.client.publish
+
+        async def counted(topic: str, payload: bytes, **kwargs: Any) -> Any:
+            calls.append(topic)
+            return await publish(topic, payload, **kwargs)
+
+        station.client.publish = counted  # type: ignore[method-assign]
+        documents = 1 + len(PARTS) + 2  # availability, the parts, two bays
+        async with asyncio.timeout(WAIT_S):
+            while station.publisher.refused < documents:
+                await asyncio.sleep(0.02)
+        station.publisher.ledger_entry(_entry(1, EntryType.ERROR, None, {"stage": "copy"}))
+        async with asyncio.timeout(WAIT_S):
+            while station.publisher.refused < documents + 1:
+                await asyncio.sleep(0.02)
+        assert station.publisher.refused == documents + 1
+        assert len(calls) <= documents + 1 and all(topic.startswith("elsewhere/") for topic in calls)
