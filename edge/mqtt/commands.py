@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -32,7 +32,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.custody.canonical import canonical_json, parse_json, sha256_hex
+from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.fields import decode_signature
 from edge.custody.keys import verify_signature
@@ -41,22 +41,32 @@ from edge.ingest.tagging import CASE_FIELDS, TagError, validated_changes
 
 __all__ = [
     "COMMAND_TYPE",
+    "ITEM_ID",
     "MAX_COMMAND_BYTES",
+    "MAX_CORRELATION_BYTES",
     "Command",
     "CommandError",
     "CommandOp",
     "CommandRefused",
     "ReceivedCommand",
+    "Reply",
+    "check_addressed",
+    "check_authentic",
     "command_reply_topic",
     "command_request_topic",
     "command_signing_input",
     "command_subscription",
     "encode_reply",
+    "freshness_keep_s",
     "new_request_id",
+    "op_of_topic",
     "parse_command",
+    "parse_issued_at",
     "parse_reply",
     "reply_topic_for",
     "sign_command",
+    "utc_rfc3339",
+    "validated_args",
 ]
 
 COMMAND_TYPE = "evidence-edge command"
@@ -71,6 +81,8 @@ MAX_CORRELATION_BYTES = 256
 MAX_BY_CHARS = 64
 MAX_REASON_CHARS = 200
 MAX_TOPIC_CHARS = 512
+# A reply carries at most the status model's document: far below this.
+MAX_REPLY_BYTES = 4 * 1024 * 1024
 
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 ITEM_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -171,7 +183,7 @@ def command_signing_input(command: Mapping[str, Any]) -> bytes:
     return canonical_json(command)
 
 
-def sign_command(command: Command, sign: Any) -> bytes:
+def sign_command(command: Command, sign: Callable[[bytes], bytes]) -> bytes:
     """The request payload: `command` signed by ``sign`` (a `StationKey.sign`: the central's key)."""
     document = command.as_json()
     signature = base64.b64encode(sign(command_signing_input(document))).decode("ascii")
@@ -422,9 +434,6 @@ class Reply:
         return doc
 
 
-MAX_REPLY_BYTES = 4 * 1024 * 1024
-
-
 def parse_reply(payload: bytes) -> Reply:
     """A station's reply (the central reads it); ValueError names what is wrong."""
     if len(payload) > MAX_REPLY_BYTES:
@@ -452,10 +461,6 @@ def parse_reply(payload: bytes) -> Reply:
     if doc["ok"] == (error is not None):
         raise ValueError("reply: ok and error disagree")
     return Reply(request_id, doc["ok"], error, detail, result)
-
-
-def payload_digest(payload: bytes) -> str:
-    return sha256_hex(payload)
 
 
 def freshness_keep_s(window_s: float) -> float:
