@@ -17,6 +17,7 @@ import importlib.metadata
 import itertools
 import logging
 import signal
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -308,20 +309,19 @@ class StationAgent:
         try:
             if key_path is None:
                 raise ValueError("no central key is pinned ([uplink] identity_dir or central_signing_key)")
-            central_key = load_public_key(key_path)
-        except (OSError, ValueError, CustodyError) as exc:
+            self.commands = CommandHandler(
+                CommandSettings(station_id, mqtt.topic_prefix, mqtt.command_window_s),
+                store=self.store,
+                central_key=load_public_key(key_path),
+                client=client,
+                status=self.status.snapshot,
+            )
+        except (OSError, ValueError, CustodyError, sqlite3.Error) as exc:
             log.error("mqtt commands disabled: %s", exc)
             self.store.record(
                 EntryType.ERROR, None, {"stage": "mqtt", "reason": f"mqtt commands disabled: {exc}"}
             )
             return
-        self.commands = CommandHandler(
-            CommandSettings(station_id, mqtt.topic_prefix, mqtt.command_window_s),
-            store=self.store,
-            central_key=central_key,
-            client=client,
-            status=self.status.snapshot,
-        )
         supervisor.add(TaskSpec("mqtt-commands", self.commands.run, critical=False))
 
     def apply_config(self, config: StationConfig) -> None:
