@@ -369,6 +369,9 @@ async def test_the_station_agent_publishes_telemetry_and_says_why_commands_are_o
                 await central.until(f"{ROOT}/status/bays/{bay}")
             # No [uplink], so no central key is pinned: commands are off, and the ledger says why.
             assert any("mqtt commands disabled" in e.get("reason", "") for e in station.ledger("error"))
+            # None of the station's own paths went out (its store, its password file, its mounts).
+            sent = b"".join(m.payload for messages in central.by_topic.values() for m in messages)
+            assert str(tmp_path).encode() not in sent
         await central.until(availability_topic(TOPIC_PREFIX, STATION), lambda m: m.payload == b"offline")
 
 
