@@ -17,6 +17,7 @@ import importlib.metadata
 import itertools
 import logging
 import signal
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,11 +30,14 @@ from drivers.usb.recorder import RecorderError, RecorderHandle, RecorderMode, Us
 from edge.config.reload import ConfigReloader
 from edge.config.station import StationConfig
 from edge.custody.errors import CustodyError
+from edge.custody.keys import load_public_key
 from edge.custody.ledger import EntryType
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.mqtt.client import MqttClient
+from edge.mqtt.command_handler import CommandHandler, CommandSettings
 from edge.mqtt.station_settings import station_mqtt_settings
+from edge.mqtt.telemetry import TelemetryPublisher, TelemetrySettings, will_message
 from edge.observe.api import LocalApi
 from edge.observe.board import CentralFacts, ClockFacts, StatusBoard, TaskFacts
 from edge.observe.facts import StoreFactsReader
@@ -163,6 +167,8 @@ class StationAgent:
         self.store: StationStore | None = None
         self.uplink: UplinkService | None = None
         self.mqtt: MqttClient | None = None
+        self.telemetry: TelemetryPublisher | None = None
+        self.commands: CommandHandler | None = None
         # One ingest pipeline for every bay (and, later, every source) of this store.
         self.pipeline: IngestPipeline | None = None
         self.supervisor: Supervisor | None = None
@@ -184,7 +190,7 @@ class StationAgent:
         self._usb_bays: dict[UsbAttachment, int | None] = {}
         self._volume_bays: dict[str, tuple[int | None, str]] = {}
 
-    # -- lifecycle --------------------------------------------------------------------------------
+    # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, *, notifier: SystemdNotifier | None = None) -> None:
         """Run until `stop` is set. Raises SupervisorGaveUp when a loop keeps failing (systemd restarts)."""
@@ -232,7 +238,9 @@ class StationAgent:
             # reconnects by itself with back-off; the supervisor restarts it only if it crashes.
             try:
                 self.mqtt = MqttClient(
-                    station_mqtt_settings(self.config),
+                    station_mqtt_settings(
+                        self.config, will=will_message(self.config.mqtt.topic_prefix, self.config.station.id)
+                    ),
                     backoff=Backoff(self.config.mqtt.backoff_base_s, self.config.mqtt.backoff_max_s),
                 )
             except (OSError, ValueError, IdentityError) as exc:
@@ -240,6 +248,8 @@ class StationAgent:
                 self.store.record(EntryType.ERROR, None, {"stage": "mqtt", "reason": f"mqtt disabled: {exc}"})
             else:
                 supervisor.add(TaskSpec("mqtt", self.mqtt.run, critical=False))
+                # Added after the client, so stopped before it: telemetry still says "offline" on the way out.
+                self._add_mqtt_services(supervisor, self.mqtt)
         self.pipeline = IngestPipeline(
             self.store,
             IngestSettings.from_config(self.config.offload),
@@ -280,6 +290,39 @@ class StationAgent:
             close = getattr(self.backend, "close", None)
             if self._own_backend and close is not None:
                 close()
+
+    def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient) -> None:
+        """Telemetry from the status board, and the central's commands (which need the central key pinned
+        at enrollment: without one, commands are off and the ledger says why)."""
+        assert self.store is not None
+        mqtt, station_id = self.config.mqtt, self.config.station.id
+        self.telemetry = TelemetryPublisher(
+            TelemetrySettings(
+                station_id, mqtt.topic_prefix, mqtt.telemetry_interval_s, mqtt.telemetry_event_queue
+            ),
+            client=client,
+            subscribe=self.status.subscribe,
+        )
+        self.store.ledger.add_listener(self.telemetry.ledger_entry)
+        supervisor.add(TaskSpec("telemetry", self.telemetry.run, critical=False))
+        key_path = self.config.uplink.pinned_key_path if self.config.uplink.enabled else None
+        try:
+            if key_path is None:
+                raise ValueError("no central key is pinned ([uplink] identity_dir or central_signing_key)")
+            self.commands = CommandHandler(
+                CommandSettings(station_id, mqtt.topic_prefix, mqtt.command_window_s),
+                store=self.store,
+                central_key=load_public_key(key_path),
+                client=client,
+                status=self.status.snapshot,
+            )
+        except (OSError, ValueError, CustodyError, sqlite3.Error) as exc:
+            log.error("mqtt commands disabled: %s", exc)
+            self.store.record(
+                EntryType.ERROR, None, {"stage": "mqtt", "reason": f"mqtt commands disabled: {exc}"}
+            )
+            return
+        supervisor.add(TaskSpec("mqtt-commands", self.commands.run, critical=False))
 
     def apply_config(self, config: StationConfig) -> None:
         """A reloaded configuration (only its live sections differ: edge.config.reload): dockings that
@@ -334,7 +377,7 @@ class StationAgent:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    # -- bays -------------------------------------------------------------------------------------
+    # -- bays ---------------------------------------------------------------------------------------------
 
     async def set_led(self, bay: int | None, led: BayLed) -> None:
         if bay is None:
@@ -640,7 +683,7 @@ class StationAgent:
             if key in self._present_usb and self._usb_dockings.get(key) == docking:
                 self._done_usb.add(key)
 
-    # -- volumes ----------------------------------------------------------------------------------
+    # -- volumes ------------------------------------------------------------------------------------------
 
     async def _watch_volumes(self, watcher: VolumeWatcher) -> None:
         assert self.store is not None

@@ -25,6 +25,7 @@ from edge.central.console.admin import add_console_admin_parsers
 from edge.central.console.secret_key import prepare_console_key
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
 from edge.central.index import CentralIndexError
+from edge.central.mqtt_command import add_command_parser
 from edge.central.sqlite import SqliteDatabase, SqliteIndex
 from edge.durable.lock import StoreBusy
 from edge.pki.bundle import (
@@ -366,6 +367,7 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     revoke_reader.set_defaults(func=cmd_central_revoke_reader)
 
     add_console_admin_parsers(commands, _config_option, _open_database, _console_key_path)
+    add_command_parser(commands)
 
 
 def _console_key_path(args: argparse.Namespace) -> Path:

@@ -525,6 +525,21 @@ class MqttSection(StrictModel):
     )
     backoff_base_s: float = Field(1.0, gt=0, le=3600, description="First reconnect delay (full jitter)")
     backoff_max_s: float = Field(120.0, gt=0, le=86400, description="Longest reconnect delay")
+    telemetry_interval_s: float = Field(
+        2.0, ge=0, le=3600,
+        description="Shortest time between two publishes of one retained status topic (a burst of changes "
+        "goes out as its last state; an unchanged document is never sent again)",
+    )
+    telemetry_event_queue: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="Events (item-sealed, receipt, error) held while the broker is away; beyond it the "
+        "oldest are dropped and counted",
+    )
+    command_window_s: float = Field(
+        300.0, ge=10, le=86400,
+        description="A command from the central is executed only when its issued_at is this close to the "
+        "station clock (request ids are kept well beyond it, so a replay is refused)",
+    )
 
     @property
     def enabled(self) -> bool:

@@ -142,6 +142,8 @@ class EntryType(StrEnum):
     # The agent reread its configuration on SIGHUP (edge.config.reload): applied, or refused and why.
     CONFIG_RELOADED = "config_reloaded"
     CONFIG_REFUSED = "config_refused"
+    # A command from the central over MQTT (edge.mqtt.command_handler), executed or refused, and why.
+    COMMAND = "command"
 
 
 def station_time_now() -> str:

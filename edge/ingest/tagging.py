@@ -21,7 +21,8 @@ class TagError(Exception):
     """A tag request names an unknown item or an invalid field."""
 
 
-def _validated(changes: Mapping[str, Any]) -> dict[str, Any]:
+def validated_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The case fields of a tag request, each checked; `TagError` names what is wrong."""
     clean: dict[str, Any] = {}
     for key, value in changes.items():
         if key not in CASE_FIELDS:
@@ -52,13 +53,21 @@ def current_case(store: StationStore, item: str) -> dict[str, Any]:
 
 
 def tag_item(store: StationStore, item: str, changes: Mapping[str, Any], *, by: str) -> LedgerEntry:
-    clean = _validated(changes)
-    before = current_case(store, item)
+    clean = validated_changes(changes)
+    current_case(store, item)  # an unknown item is refused before the transaction starts
     with store.transaction():
-        entry = store.ledger.append(
-            EntryType.TAGGED,
-            item,
-            {"changes": clean, "previous": {k: before.get(k) for k in clean}, "by": by},
-        )
-        store.ledger.checkpoint()
+        return append_tag(store, item, clean, by=by)
+
+
+def append_tag(store: StationStore, item: str, changes: Mapping[str, Any], *, by: str) -> LedgerEntry:
+    """The `tagged` entry (and a checkpoint after it) inside the caller's transaction, so that a caller
+    can record why it tagged (a central's command) in the same atomic unit; `TagError` as `tag_item`."""
+    clean = validated_changes(changes)
+    before = current_case(store, item)
+    entry = store.ledger.append(
+        EntryType.TAGGED,
+        item,
+        {"changes": clean, "previous": {k: before.get(k) for k in clean}, "by": by},
+    )
+    store.ledger.checkpoint()
     return entry

@@ -1,0 +1,255 @@
+"""`edge central command`: command a station over MQTT (README "MQTT"; codec: edge.mqtt.commands).
+
+    edge central command --config central.toml --broker mqtts://broker:8883 --identity DIR \\
+        STATION OP [ITEM] [options] [--json] [--timeout S]
+
+The command is signed with the central's signing key (the key every station pinned at enrollment; it
+signs receipts too), published on `<prefix>/stations/<STATION>/command/<OP>` with the central's broker
+identity (the client certificate in DIR, whose CN is the central's id: the broker's ACL gives it
+`<prefix>/#`), and the station's reply is awaited and printed. MQTT 5 (default): the request names the
+response topic `<prefix>/stations/<STATION>/command-reply/<request id>` and carries the request id as
+correlation data. MQTT 3.1.1: the reply comes on `<prefix>/stations/<STATION>/command-reply`, told apart
+by its request id.
+
+Exit status: 0 the station executed it; 1 the station refused it (the reply's error and detail are
+printed); 69 no reply in time (the command may still have run: ask `ledger-head`, or read the station's
+`command` ledger entries); 2 bad arguments; 78 configuration, signing key or broker identity unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import re
+import secrets
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edge.central.config import ConfigError, load_central_config
+from edge.central.identity import load_signing_key
+from edge.config.station import MQTT_BROKER_URL_OR_EMPTY, MQTT_DEFAULT_PORT, MQTT_TOPIC_PREFIX
+from edge.custody.errors import CustodyError
+from edge.custody.keys import StationKey
+from edge.mqtt.client import (
+    ConnectionState,
+    InboundMessage,
+    MqttClient,
+    MqttError,
+    MqttSettings,
+    ProtocolVersion,
+)
+from edge.mqtt.commands import (
+    Command,
+    CommandOp,
+    Reply,
+    command_reply_topic,
+    command_request_topic,
+    new_request_id,
+    parse_reply,
+    sign_command,
+    utc_rfc3339,
+    validated_args,
+)
+from edge.pki.bundle import BUNDLE_CA_CERT
+from edge.pki.names import IdentityError
+from edge.pki.tls import broker_ssl_context
+from edge.runtime.exit_codes import ExitCode
+from edge.uplink.policy import Backoff
+
+__all__ = ["CommandTimeout", "add_command_parser", "cmd_central_command", "send_command"]
+
+# Sessions of this short-lived client: the broker forgets them soon after it disconnects (MQTT 5).
+_SESSION_EXPIRY_S = 60
+
+
+class CommandTimeout(Exception):
+    """No reply from the station in time."""
+
+
+@dataclass(frozen=True)
+class Broker:
+    settings: MqttSettings
+    topic_prefix: str
+
+
+async def send_command(
+    broker: Broker, command: Command, key: StationKey, *, timeout_s: float
+) -> Reply:
+    """Sign, publish, and wait for the station's reply (see the module docstring). Raises
+    `CommandTimeout`, or `MqttError` when the broker refuses the connection or the publish."""
+    settings = broker.settings
+    v5 = settings.protocol is ProtocolVersion.V5
+    base = command_reply_topic(broker.topic_prefix, command.station)
+    reply_topic = f"{base}/{command.request_id}" if v5 else base
+    # The station may speak 3.1.1 (it then replies on the base topic whatever the request named): listen
+    # on both, and tell the reply apart by its request id.
+    reply_filter = f"{base}/#"
+    answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+    async def on_reply(message: InboundMessage) -> None:
+        try:
+            reply = parse_reply(message.payload)
+        except ValueError as exc:
+            print(f"warning: ignored a reply on {message.topic}: {exc}", file=sys.stderr)
+            return
+        if reply.request_id == command.request_id and not answered.done():
+            answered.set_result(reply)
+
+    client = MqttClient(settings, backoff=Backoff(0.5, 2.0))
+    runner = asyncio.create_task(client.run(), name="central-command-mqtt")
+    try:
+        async with asyncio.timeout(timeout_s):
+            status = await client.wait_for(
+                lambda s: s.state in (ConnectionState.CONNECTED, ConnectionState.REFUSED), timeout_s
+            )
+            if status.state is ConnectionState.REFUSED:
+                raise MqttError(f"the broker refused the connection: {status.reason}")
+            await client.subscribe(reply_filter, on_reply, timeout_s=timeout_s)
+            payload = sign_command(command, key.sign)
+            await client.publish(
+                command_request_topic(broker.topic_prefix, command.station, command.op),
+                payload,
+                response_topic=reply_topic if v5 else None,
+                correlation_data=command.request_id.encode("ascii") if v5 else None,
+            )
+            return await answered
+    except TimeoutError:
+        raise CommandTimeout(
+            f"no reply from station {command.station} within {timeout_s:g} s (request {command.request_id})"
+        ) from None
+    finally:
+        await client.close()
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError, MqttError):
+            await runner
+
+
+def broker_settings(
+    *, broker_url: str, identity_dir: Path, ca_file: Path | None, central_id: str, protocol: ProtocolVersion
+) -> MqttSettings:
+    """Client settings for the central's broker identity: TLS with the client certificate of
+    `identity_dir` (client.crt, client.key; ca.crt unless `ca_file`)."""
+    if not broker_url or not re.fullmatch(MQTT_BROKER_URL_OR_EMPTY, broker_url):
+        raise ValueError(f"--broker: expected mqtts://host[:port], found {broker_url[:100]!r}")
+    rest = broker_url.removeprefix("mqtts://")
+    if rest.startswith("["):
+        host, _, port_text = rest[1:].partition("]")
+        port_text = port_text.removeprefix(":")
+    else:
+        host, _, port_text = rest.partition(":")
+    port = int(port_text) if port_text else MQTT_DEFAULT_PORT
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--broker: port {port} is outside 1-65535")
+    tls = broker_ssl_context(ca_file=ca_file or identity_dir / BUNDLE_CA_CERT, bundle_dir=identity_dir)
+    return MqttSettings(
+        host=host, port=port, client_id=f"{central_id}.command.{secrets.token_hex(4)}", tls=tls,
+        protocol=protocol, session_expiry_s=_SESSION_EXPIRY_S, keepalive_s=30,
+    )
+
+
+def command_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The op's args from the command line (validated by the station's own rules before sending)."""
+    op = CommandOp(args.op)
+    if op is CommandOp.TAG:
+        changes: dict[str, Any] = {
+            field: getattr(args, field)
+            for field in ("case_number", "location", "collector", "subject", "category", "retention")
+            if getattr(args, field) is not None
+        }
+        if args.important is not None:
+            changes["important"] = args.important
+        raw: dict[str, Any] = {"item": args.item, "changes": changes, "by": args.by or getpass.getuser()}
+    elif op is CommandOp.REUPLOAD:
+        raw = {"item": args.item, **({"reason": args.reason} if args.reason else {})}
+    else:
+        if args.item is not None:
+            raise ValueError(f"{op.value} takes no item")
+        raw = {}
+    validated_args(op, raw)  # the station checks them again; this says what is wrong before sending
+    return raw
+
+
+def cmd_central_command(args: argparse.Namespace) -> int:
+    path = getattr(args, "config", None) or getattr(args, "central_config", None)
+    if not path:
+        print("error: --config FILE is required (the central's TOML configuration)", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        raw_args = command_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        config = load_central_config(Path(path))
+        key = load_signing_key(config)
+        settings = broker_settings(
+            broker_url=args.broker, identity_dir=Path(args.identity),
+            ca_file=Path(args.ca) if args.ca else None, central_id=config.central.id,
+            protocol=ProtocolVersion(args.protocol),
+        )
+    except (ConfigError, IdentityError, CustodyError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    if not re.fullmatch(MQTT_TOPIC_PREFIX, args.topic_prefix):
+        print(f"error: --topic-prefix {args.topic_prefix[:80]!r}: not a plain topic prefix", file=sys.stderr)
+        return ExitCode.USAGE
+    command = Command(new_request_id(), CommandOp(args.op), args.station, utc_rfc3339(datetime.now(UTC)),
+                      raw_args)
+    try:
+        reply = asyncio.run(
+            send_command(Broker(settings, args.topic_prefix), command, key, timeout_s=args.timeout)
+        )
+    except CommandTimeout as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    except MqttError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    if args.json:
+        print(json.dumps(reply.as_json(), ensure_ascii=False, sort_keys=True))
+    elif reply.ok:
+        print(f"station {command.station}: {command.op.value} done (request {command.request_id})")
+        print(json.dumps(reply.result, ensure_ascii=False, indent=2, sort_keys=True))
+    else:
+        print(f"station {command.station} refused {command.op.value} (request {command.request_id}): "
+              f"{reply.error}: {reply.detail}", file=sys.stderr)
+    return ExitCode.OK if reply.ok else ExitCode.FAILED
+
+
+def add_command_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`edge central command` (called from edge.central.cli)."""
+    parser = commands.add_parser(
+        "command",
+        help="command a station over MQTT (tag, reupload, ledger-head, status), signed by the central key",
+    )
+    parser.add_argument("station", metavar="STATION", help="the station's id")
+    parser.add_argument("op", metavar="OP", choices=[op.value for op in CommandOp],
+                        help="tag, reupload, ledger-head or status")
+    parser.add_argument("item", metavar="ITEM", nargs="?", help="the item (tag, reupload)")
+    parser.add_argument("--config", metavar="FILE", help="central TOML file (its signing key signs)")
+    parser.add_argument("--broker", required=True, metavar="URL", help="mqtts://host[:port] of the broker")
+    parser.add_argument(
+        "--identity", required=True, metavar="DIR",
+        help="the central's broker identity: client.crt (CN = the central id), client.key, ca.crt",
+    )
+    parser.add_argument("--ca", metavar="FILE", help="CA of the broker's certificate (default: DIR/ca.crt)")
+    parser.add_argument("--topic-prefix", default="evidence", help="[mqtt] topic_prefix of the stations")
+    parser.add_argument(
+        "--protocol", choices=[p.value for p in ProtocolVersion], default=ProtocolVersion.V5.value
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="S", help="reply deadline")
+    parser.add_argument("--json", action="store_true", help="print the reply as JSON")
+    tag = parser.add_argument_group("tag")
+    for field in ("case-number", "location", "collector", "subject", "category", "retention"):
+        tag.add_argument(f"--{field}", dest=field.replace("-", "_"))
+    tag.add_argument("--important", dest="important", action="store_true", default=None)
+    tag.add_argument("--not-important", dest="important", action="store_false")
+    tag.add_argument("--by", help="who at the central tags (default: the login name)")
+    parser.add_argument("--reason", help="reupload: why (kept in the station's requeued entry)")
+    parser.set_defaults(func=cmd_central_command)

@@ -1,0 +1,469 @@
+"""Commands from the central to a station over MQTT: the signed envelope, its signing input, its checks
+and the reply (README "MQTT", contract section 2). A pure codec: no I/O, no clock of its own.
+
+    request  <prefix>/stations/<S>/command/<op>        op: tag, reupload, ledger-head, status
+    payload  {"v": 1, "command": COMMAND, "signature": "<base64 Ed25519 over canonical_json(COMMAND)>"}
+    COMMAND  {"type": "evidence-edge command", "request_id": "<32 hex>", "op": op, "station": S,
+              "issued_at": "<RFC 3339 UTC>", "args": {...}}
+    reply    {"v": 1, "request_id": str | null, "ok": bool, "error": code?, "detail": str?, "result": {...}?}
+
+Why a signature and not the broker's word: behind Mosquitto a subscriber cannot see who published, and the
+ACL lets the station itself (and the central) write to the station's command topics. Only the central's
+signing key, the one the station pinned at enrollment and that signs its receipts, may command. The
+signing input is the canonical JSON of the command object, whose ``type`` member ("evidence-edge command")
+keeps it apart from everything else that key signs (tree heads, witnessed heads, refusals: objects with
+other members), so no other signature of the central can be passed off as a command.
+
+Every check is here, in the order the station applies them (`parse_command`, then `check_authentic`,
+then `check_addressed`): size, JSON, shape, signature, station, op, freshness, args. The station adds the
+one check that needs state: a request id executes at most once (edge.mqtt.command_handler).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge.custody.canonical import canonical_json, parse_json
+from edge.custody.errors import CanonicalJsonError
+from edge.custody.fields import decode_signature
+from edge.custody.keys import verify_signature
+from edge.custody.text import printable
+from edge.ingest.tagging import CASE_FIELDS, TagError, validated_changes
+
+__all__ = [
+    "COMMAND_TYPE",
+    "ITEM_ID",
+    "MAX_COMMAND_BYTES",
+    "MAX_CORRELATION_BYTES",
+    "Command",
+    "CommandError",
+    "CommandOp",
+    "CommandRefused",
+    "ReceivedCommand",
+    "Reply",
+    "check_addressed",
+    "check_authentic",
+    "command_reply_topic",
+    "command_request_topic",
+    "command_signing_input",
+    "command_subscription",
+    "encode_reply",
+    "freshness_keep_s",
+    "new_request_id",
+    "op_of_topic",
+    "parse_command",
+    "parse_issued_at",
+    "parse_reply",
+    "reply_topic_for",
+    "sign_command",
+    "utc_rfc3339",
+    "validated_args",
+]
+
+COMMAND_TYPE = "evidence-edge command"
+ENVELOPE_VERSION = 1
+# A command is a few hundred bytes (a tag's case fields at most a few KiB); anything bigger is refused
+# before it is parsed.
+MAX_COMMAND_BYTES = 16 * 1024
+# Replies name the refusal's cause; a detail is at most this long (it is shown, logged and recorded).
+MAX_DETAIL_CHARS = 300
+# A 3.1.1 request has no correlation data; an MQTT 5 one's is echoed only up to this size.
+MAX_CORRELATION_BYTES = 256
+MAX_BY_CHARS = 64
+MAX_REASON_CHARS = 200
+MAX_TOPIC_CHARS = 512
+# A reply carries at most the status model's document: far below this.
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+
+_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+ITEM_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# RFC 3339 in UTC only ("Z"), seconds, an optional fraction of up to 6 digits.
+_ISSUED_AT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z$")
+_TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_COMMAND_MEMBERS = frozenset({"type", "request_id", "op", "station", "issued_at", "args"})
+_ENVELOPE_MEMBERS = frozenset({"v", "command", "signature"})
+
+
+class CommandOp(StrEnum):
+    TAG = "tag"
+    """Tag an item into a case: the same signed `tagged` ledger entry as `edge tag`."""
+    REUPLOAD = "reupload"
+    """Send an item the central refused back to the upload queue (`edge uplink retry`)."""
+    LEDGER_HEAD = "ledger-head"
+    """The local ledger head and the newest head the central witnessed."""
+    STATUS = "status"
+    """The status model's document (`edge status --json`)."""
+
+
+class CommandError(StrEnum):
+    """Reply error codes (stable: the central's tools match on them)."""
+
+    MALFORMED = "malformed"
+    TOO_LARGE = "too-large"
+    BAD_SIGNATURE = "bad-signature"
+    WRONG_STATION = "wrong-station"
+    WRONG_TOPIC = "wrong-topic"
+    UNKNOWN_OP = "unknown-op"
+    STALE = "stale"
+    REPLAYED = "replayed"
+    BAD_ARGS = "bad-args"
+    REFUSED = "refused"
+    """Authentic and valid, but the station cannot do it (an unknown item, an item not rejected)."""
+    FAILED = "failed"
+    """The station failed while doing it (its store, say); nothing was changed."""
+
+
+class CommandRefused(Exception):
+    """A command that will not be executed, with the reply's code and a detail naming what was wrong."""
+
+    def __init__(self, code: CommandError, detail: str, command: ReceivedCommand | None = None) -> None:
+        super().__init__(f"{code.value}: {detail}")
+        self.code = code
+        self.detail = printable(detail)[:MAX_DETAIL_CHARS]
+        self.command = command
+        """The command, when its envelope parsed (signature checked: `ReceivedCommand.authentic`)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command as the central issues it (what `sign_command` signs)."""
+
+    request_id: str
+    op: CommandOp
+    station: str
+    issued_at: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "type": COMMAND_TYPE,
+            "request_id": self.request_id,
+            "op": self.op.value,
+            "station": self.station,
+            "issued_at": self.issued_at,
+            "args": dict(self.args),
+        }
+
+
+@dataclass(frozen=True)
+class ReceivedCommand:
+    """A parsed envelope. ``authentic`` only once `check_authentic` verified its signature."""
+
+    command: Command
+    document: dict[str, Any] = field(repr=False)
+    """The command object exactly as received (canonical-JSON serialisable: it was checked)."""
+    signature_b64: str = field(repr=False)
+    authentic: bool = False
+
+    @property
+    def request_id(self) -> str:
+        return self.command.request_id
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)
+
+
+def utc_rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def command_signing_input(command: Mapping[str, Any]) -> bytes:
+    """The exact bytes a command's signature covers: its canonical JSON (the ``type`` member is the
+    domain separation, see the module docstring)."""
+    return canonical_json(command)
+
+
+def sign_command(command: Command, sign: Callable[[bytes], bytes]) -> bytes:
+    """The request payload: `command` signed by ``sign`` (a `StationKey.sign`: the central's key)."""
+    document = command.as_json()
+    signature = base64.b64encode(sign(command_signing_input(document))).decode("ascii")
+    return canonical_json({"v": ENVELOPE_VERSION, "command": document, "signature": signature})
+
+
+# -- topics ---------------------------------------------------------------------------------------------
+
+
+def station_root(prefix: str, station: str) -> str:
+    return f"{prefix}/stations/{station}"
+
+
+def command_subscription(prefix: str, station: str) -> str:
+    return f"{station_root(prefix, station)}/command/+"
+
+
+def command_request_topic(prefix: str, station: str, op: CommandOp) -> str:
+    return f"{station_root(prefix, station)}/command/{op.value}"
+
+
+def command_reply_topic(prefix: str, station: str) -> str:
+    """Where replies go without (or without an acceptable) MQTT 5 response topic: the 3.1.1 convention."""
+    return f"{station_root(prefix, station)}/command-reply"
+
+
+def reply_topic_for(prefix: str, station: str, response_topic: str | None) -> tuple[str, bool]:
+    """The topic a reply goes to, and whether the request's response topic was honoured: only a topic
+    at or under the station's own command-reply topic (the station writes nowhere else on request), with
+    plain levels (no wildcards, no empty or `$` levels)."""
+    base = command_reply_topic(prefix, station)
+    if response_topic is None or len(response_topic) > MAX_TOPIC_CHARS:
+        return base, False
+    if response_topic == base:
+        return base, True
+    if response_topic.startswith(base + "/"):
+        extra = response_topic[len(base) + 1 :].split("/")
+        if len(extra) <= 4 and all(_TOPIC_LEVEL.fullmatch(level) for level in extra):
+            return response_topic, True
+    return base, False
+
+
+def op_of_topic(prefix: str, station: str, topic: str) -> str | None:
+    """The op level of a request topic of this station (None: not a command topic of ours)."""
+    head = f"{station_root(prefix, station)}/command/"
+    if not topic.startswith(head):
+        return None
+    op = topic[len(head) :]
+    return op if op and "/" not in op else None
+
+
+# -- parsing and checks -----------------------------------------------------------------------------------
+
+
+def parse_command(payload: bytes, *, topic_op: str) -> ReceivedCommand:
+    """The envelope of a request: size, JSON, shape of every member, args of its op. Raises
+    `CommandRefused` naming what is wrong. Checks no signature (`check_authentic`) and no station,
+    freshness or replay (`check_addressed`)."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandRefused(CommandError.TOO_LARGE, f"{len(payload)} bytes, at most {MAX_COMMAND_BYTES}")
+    try:
+        doc = parse_json(payload)
+    except (CanonicalJsonError, ValueError, RecursionError) as exc:
+        raise CommandRefused(CommandError.MALFORMED, f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise CommandRefused(CommandError.MALFORMED, f"expected a JSON object, found {type(doc).__name__}")
+    if set(doc) != _ENVELOPE_MEMBERS:
+        raise CommandRefused(
+            CommandError.MALFORMED, f"expected members {sorted(_ENVELOPE_MEMBERS)}, found {sorted(doc)[:10]}"
+        )
+    if doc["v"] != ENVELOPE_VERSION or type(doc["v"]) is not int:
+        found_v = str(doc["v"])[:20]
+        raise CommandRefused(CommandError.MALFORMED, f"v: expected {ENVELOPE_VERSION}, found {found_v}")
+    document = doc["command"]
+    if not isinstance(document, dict) or set(document) != _COMMAND_MEMBERS:
+        found = sorted(document)[:10] if isinstance(document, dict) else type(document).__name__
+        raise CommandRefused(
+            CommandError.MALFORMED, f"command: expected members {sorted(_COMMAND_MEMBERS)}, found {found}"
+        )
+    if document["type"] != COMMAND_TYPE:
+        raise CommandRefused(CommandError.MALFORMED, f"command.type: expected {COMMAND_TYPE!r}")
+    request_id = document["request_id"]
+    if not isinstance(request_id, str) or not _REQUEST_ID.fullmatch(request_id):
+        raise CommandRefused(CommandError.MALFORMED, "command.request_id: expected 32 lower-case hex digits")
+    station = document["station"]
+    if not isinstance(station, str) or not 0 < len(station) <= 64:
+        raise CommandRefused(CommandError.MALFORMED, "command.station: expected a station id")
+    issued_at = document["issued_at"]
+    if not isinstance(issued_at, str) or parse_issued_at(issued_at) is None:
+        raise CommandRefused(CommandError.MALFORMED, "command.issued_at: expected RFC 3339 UTC time with Z")
+    args = document["args"]
+    if not isinstance(args, dict):
+        raise CommandRefused(CommandError.MALFORMED, "command.args: expected a JSON object")
+    signature = doc["signature"]
+    if decode_signature(signature) is None:
+        raise CommandRefused(CommandError.MALFORMED, "signature: expected base64 of 64 bytes (Ed25519)")
+    try:
+        op = CommandOp(document["op"])
+    except ValueError:
+        raise CommandRefused(
+            CommandError.UNKNOWN_OP, f"command.op: expected one of {', '.join(o.value for o in CommandOp)}"
+        ) from None
+    try:
+        canonical_json(document)
+    except CanonicalJsonError as exc:
+        raise CommandRefused(CommandError.MALFORMED, f"command: not canonical JSON: {exc}") from None
+    command = Command(request_id, op, station, issued_at, args)
+    received = ReceivedCommand(command, document, signature)
+    if op.value != topic_op:
+        raise CommandRefused(
+            CommandError.WRONG_TOPIC, f"command.op {op.value} published on the topic of op "
+            f"{printable(topic_op)[:40]}", received,
+        )
+    return received
+
+
+def check_authentic(received: ReceivedCommand, central_key: Ed25519PublicKey) -> ReceivedCommand:
+    """The command with its signature verified against the pinned central key; `CommandRefused`
+    (bad-signature) otherwise."""
+    signature = decode_signature(received.signature_b64)
+    assert signature is not None  # parse_command checked it
+    if not verify_signature(central_key, signature, command_signing_input(received.document)):
+        raise CommandRefused(
+            CommandError.BAD_SIGNATURE, "the signature does not verify with the central's pinned key",
+            received,
+        )
+    return ReceivedCommand(received.command, received.document, received.signature_b64, authentic=True)
+
+
+def check_addressed(
+    received: ReceivedCommand, *, station: str, now: datetime, window_s: float
+) -> dict[str, Any]:
+    """Station, freshness (issued_at within ``window_s`` of ``now``, the station clock) and the op's args.
+    Returns the validated args; raises `CommandRefused`."""
+    command = received.command
+    if command.station != station:
+        raise CommandRefused(
+            CommandError.WRONG_STATION,
+            f"addressed to station {printable(command.station)}, this is {station}",
+            received,
+        )
+    issued = parse_issued_at(command.issued_at)
+    assert issued is not None  # parse_command checked it
+    skew_s = (now - issued).total_seconds()
+    if abs(skew_s) > window_s:
+        when = "ago" if skew_s > 0 else "ahead of the station clock"
+        raise CommandRefused(
+            CommandError.STALE,
+            f"issued {abs(skew_s):.0f} s {when} (window {window_s:g} s; station time {utc_rfc3339(now)})",
+            received,
+        )
+    try:
+        return validated_args(command.op, command.args)
+    except ValueError as exc:
+        raise CommandRefused(CommandError.BAD_ARGS, str(exc), received) from None
+
+
+def parse_issued_at(text: str) -> datetime | None:
+    if not _ISSUED_AT.fullmatch(text):
+        return None
+    try:
+        moment = datetime.strptime(text.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z" if "." in text
+                                   else "%Y-%m-%dT%H:%M:%S%z")
+    except ValueError:
+        return None
+    return moment
+
+
+def _only(args: Mapping[str, Any], required: set[str], optional: set[str]) -> None:
+    missing = required - set(args)
+    unknown = set(args) - required - optional
+    if missing:
+        raise ValueError(f"args: missing {', '.join(sorted(missing))}")
+    if unknown:
+        shown = ", ".join(printable(k)[:40] for k in sorted(unknown)[:5])
+        raise ValueError(f"args: unknown member(s) {shown}")
+
+
+def _item(args: Mapping[str, Any]) -> str:
+    item = args["item"]
+    if not isinstance(item, str) or not ITEM_ID.fullmatch(item):
+        raise ValueError("args.item: expected an item id (a lower-case UUID)")
+    return item
+
+
+def _short_text(value: object, name: str, limit: int, *, empty: bool) -> str:
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable() or not (empty or value):
+        raise ValueError(f"args.{name}: expected {'' if empty else 'non-empty '}printable text of at most "
+                         f"{limit} characters")
+    return value
+
+
+def validated_args(op: CommandOp, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The op's args, checked member by member; ValueError names what is wrong."""
+    if op is CommandOp.TAG:
+        _only(args, {"item", "changes", "by"}, set())
+        changes = args["changes"]
+        if not isinstance(changes, dict):
+            raise ValueError(f"args.changes: expected an object of case fields ({', '.join(CASE_FIELDS)})")
+        try:
+            clean = validated_changes(changes)
+        except TagError as exc:
+            raise ValueError(f"args.changes: {exc}") from None
+        return {"item": _item(args), "changes": clean, "by": _short_text(args["by"], "by", MAX_BY_CHARS,
+                                                                          empty=False)}
+    if op is CommandOp.REUPLOAD:
+        _only(args, {"item"}, {"reason"})
+        reason = _short_text(args.get("reason", ""), "reason", MAX_REASON_CHARS, empty=True)
+        return {"item": _item(args), "reason": reason}
+    _only(args, set(), set())
+    return {}
+
+
+# -- replies ----------------------------------------------------------------------------------------------
+
+
+def encode_reply(
+    request_id: str | None,
+    *,
+    result: Mapping[str, Any] | None = None,
+    error: CommandError | None = None,
+    detail: str | None = None,
+) -> bytes:
+    doc: dict[str, Any] = {"v": ENVELOPE_VERSION, "request_id": request_id, "ok": error is None}
+    if error is not None:
+        doc["error"] = error.value
+        doc["detail"] = printable(detail or "")[:MAX_DETAIL_CHARS]
+    if result is not None:
+        doc["result"] = dict(result)
+    return canonical_json(doc)
+
+
+@dataclass(frozen=True)
+class Reply:
+    request_id: str | None
+    ok: bool
+    error: str | None
+    detail: str | None
+    result: dict[str, Any] | None
+
+    def as_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"v": ENVELOPE_VERSION, "request_id": self.request_id, "ok": self.ok}
+        if self.error is not None:
+            doc["error"] = self.error
+            doc["detail"] = self.detail
+        if self.result is not None:
+            doc["result"] = self.result
+        return doc
+
+
+def parse_reply(payload: bytes) -> Reply:
+    """A station's reply (the central reads it); ValueError names what is wrong."""
+    if len(payload) > MAX_REPLY_BYTES:
+        raise ValueError(f"reply of {len(payload)} bytes, at most {MAX_REPLY_BYTES}")
+    try:
+        doc = parse_json(payload)
+    except (CanonicalJsonError, RecursionError) as exc:
+        raise ValueError(f"reply is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION or not isinstance(doc.get("ok"), bool):
+        raise ValueError("reply: expected an object with v 1 and ok")
+    unknown = set(doc) - {"v", "request_id", "ok", "error", "detail", "result"}
+    if unknown:
+        shown = ", ".join(printable(k)[:40] for k in sorted(unknown)[:5])
+        raise ValueError(f"reply: unknown member(s) {shown}")
+    request_id = doc.get("request_id")
+    if request_id is not None and not (isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id)):
+        raise ValueError("reply.request_id: expected null or 32 lower-case hex digits")
+    error, detail, result = doc.get("error"), doc.get("detail"), doc.get("result")
+    if error is not None and not isinstance(error, str):
+        raise ValueError("reply.error: expected text")
+    if detail is not None and not isinstance(detail, str):
+        raise ValueError("reply.detail: expected text")
+    if result is not None and not isinstance(result, dict):
+        raise ValueError("reply.result: expected an object")
+    if doc["ok"] == (error is not None):
+        raise ValueError("reply: ok and error disagree")
+    return Reply(request_id, doc["ok"], error, detail, result)
+
+
+def freshness_keep_s(window_s: float) -> float:
+    """How long a seen request id is kept: well beyond the freshness window (a command older than the
+    window is refused as stale anyway), so that a replay is refused whatever the clock did meanwhile."""
+    return max(2 * window_s, timedelta(days=1).total_seconds())
