@@ -316,3 +316,27 @@ async def test_a_log_rewritten_under_a_receipted_head_is_named(receipted: Store)
     text = _text(receipted.verify())
     assert f"verified receipt for item {first.item}" in text
     assert "signed head is gone from the log's tree heads" in text
+
+
+async def test_mqtt_transfers_in_progress_are_part_of_the_store_and_a_planted_file_there_is_named(
+    store: Store,
+) -> None:
+    # The [mqtt] receiver assembles transfers under <store>/mqtt-transfers by default: a transfer left in
+    # progress (init and one segment, no fin) is the store's own, anything else there is named.
+    from edge.central.mqtt_ingest_store import MqttIngestStore
+    from edge.mqtt.filetransfer import FileMeta, InitCommand, Mode, SegmentCommand
+
+    transfers = MqttIngestStore(store.root / "mqtt-transfers", max_size_bytes=1 << 20, reserve_bytes=0)
+    data = b"half a recording" * 64
+    meta = FileMeta(name="a.mp4", size=len(data), checksum=sha256_hex(data))
+    station = store.station.station_id
+    assert transfers.handle(station, InitCommand("f1", Mode.ASYNC).topic, meta.to_payload()).ok
+    half = data[: len(data) // 2]
+    segment = SegmentCommand("f1", 0, sha256_hex(half), Mode.ASYNC)
+    assert transfers.handle(station, segment.topic, half).ok
+    assert sorted(p.suffix for p in (store.root / "mqtt-transfers").iterdir()) == [
+        ".json", ".lock", ".part", ".segments"]
+    assert store.verify() == []
+    (store.root / "mqtt-transfers" / "evil.sh").write_text("planted")
+    text = _text(store.verify())
+    assert "file mqtt-transfers/evil.sh: not part of a central store" in text
