@@ -52,6 +52,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.mqtt.filetransfer import publish_packet_bytes
 from edge.runtime.supervise import Liveness, SupervisorError, current_liveness
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "MqttClosed",
     "MqttError",
     "MqttSettings",
+    "PacketTooLarge",
     "ProtocolVersion",
     "PublishAck",
     "PublishRefused",
@@ -198,6 +200,21 @@ class PublishRefused(MqttError):
         self.reason = reason
 
 
+class PacketTooLarge(MqttError):
+    """The PUBLISH would exceed the Maximum Packet Size the broker announced in its CONNACK (MQTT 5).
+
+    Raised before anything is queued: a broker drops the connection of a client that sends a larger packet
+    (MQTT 5 §3.1.2.11.4), and paho, which does not check the limit, would send the same message again after
+    every reconnection, for ever."""
+
+    def __init__(self, topic: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"publish to {topic}: {size} bytes exceed the broker's maximum packet size of {limit}"
+        )
+        self.size = size
+        self.limit = limit
+
+
 class PublishTimeout(MqttError):
     """No acknowledgement within the time limit; the message may still be delivered later (QoS 1)."""
 
@@ -279,6 +296,8 @@ class MqttClient:
         self._inbound: asyncio.Queue[tuple[int, paho.MQTTMessage]] = asyncio.Queue()
         self._generation = 0
         self._closing = False
+        # The Maximum Packet Size of the broker's last CONNACK (None: it announced none).
+        self._broker_max_packet: int | None = None
         self._wake = asyncio.Event()
         self._stop_thread = threading.Event()
         self._attempt = _Attempt()
@@ -329,6 +348,12 @@ class MqttClient:
         if self._closing:
             raise MqttClosed(f"{self!r} is closed")
         properties = self._publish_properties(response_topic, correlation_data, tuple(user_properties))
+        limit = self._broker_max_packet
+        if limit is not None:
+            size = publish_packet_bytes(topic, len(payload), properties_bytes=_properties_bytes(properties),
+                                        mqtt5=self._settings.protocol is ProtocolVersion.V5)
+            if size > limit:
+                raise PacketTooLarge(topic, size, limit)
         info = self._paho.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise MqttError(f"cannot publish to {topic}: {paho.error_string(info.rc)}")
@@ -578,8 +603,12 @@ class MqttClient:
                 self._loop.call_soon_threadsafe(callback, *args)
 
     def _paho_connect(
-        self, _client: paho.Client, _userdata: Any, flags: Any, reason_code: ReasonCode, _properties: Any
+        self, _client: paho.Client, _userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
     ) -> None:
+        # The broker's Maximum Packet Size (absent: no limit but the protocol's). Read here, on the network
+        # thread, before the CONNACK's handoff: publishes queued after it are checked against it.
+        limit = getattr(properties, "MaximumPacketSize", None) if properties is not None else None
+        self._broker_max_packet = limit if isinstance(limit, int) and limit > 0 else None
         if reason_code.is_failure:
             self._attempt.refused = True
             self._attempt.error = str(reason_code.getName())
@@ -748,6 +777,17 @@ class MqttClient:
         if user_properties:
             properties.UserProperty = list(user_properties)
         return properties
+
+
+def _properties_bytes(properties: Properties | None) -> int:
+    """Length of a PUBLISH's properties without their own length prefix (what `Properties.pack` prefixes)."""
+    if properties is None:
+        return 0
+    packed = properties.pack()  # type: ignore[no-untyped-call]  # paho leaves it untyped
+    prefix = 1
+    while packed[prefix - 1] & 0x80:
+        prefix += 1
+    return len(packed) - prefix
 
 
 def _no_op_socket_callback(_client: paho.Client, _userdata: Any, _sock: Any) -> None:

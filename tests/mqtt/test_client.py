@@ -19,6 +19,7 @@ from edge.mqtt.client import (
     InboundMessage,
     MqttClient,
     MqttSettings,
+    PacketTooLarge,
     ProtocolVersion,
     PublishRefused,
     PublishTimeout,
@@ -29,6 +30,7 @@ from edge.mqtt.filetransfer import (
     Mode,
     SegmentCommand,
     parse_scoped_topic,
+    publish_packet_bytes,
     response_topic,
     scoped_topic,
 )
@@ -406,3 +408,24 @@ async def test_a_publish_the_broker_never_acknowledges_raises_after_its_time_lim
         await broker.start()
         await station.wait_connected(WAIT_S)
         assert (await station.publish(topic("STATION-A", "state"), b"x", timeout_s=5)).reason_code == 0x10
+
+
+async def test_a_publish_over_the_brokers_maximum_packet_size_is_refused_before_it_is_sent(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    # The shipped broker announces max_packet_size 2097152 in its CONNACK. A larger packet would make it
+    # drop the connection, and paho would send the same message again after every reconnection.
+    async with running(broker.client_settings(pki.client("STATION-A"))) as (station, history):
+        await station.wait_connected(WAIT_S)
+        leaf = topic("STATION-A", "big")
+        largest = 2097152 - publish_packet_bytes(leaf, 0)
+        while publish_packet_bytes(leaf, largest) > 2097152:  # the remaining length takes more bytes
+            largest -= 1
+        with pytest.raises(PacketTooLarge) as refused:
+            await station.publish(leaf, b"\0" * (largest + 1))
+        assert (refused.value.size, refused.value.limit) == (2097153, 2097152)
+        # Control: the largest packet the broker takes goes through, on the same connection.
+        ack = await station.publish(leaf, b"\0" * largest)
+        assert ack.reason_code == 0x10
+        assert station.status.connections == 1
+        assert [s.state for s in history].count(ConnectionState.CONNECTED) == 1
