@@ -9,7 +9,7 @@ CN = central id (OU=central, which the central's own HTTPS endpoints refuse: it 
 auditor), and no station or auditor may ever be enrolled under the central id (`edge.central.identity`
 refuses it): with that name it would read every station's evidence off the broker.
 
-`issue_mqtt_identity` writes the bundle the central's `[mqtt]` section points at (client.crt,
+`issue_mqtt_identity` writes the bundle the central's `[mqtt] client_bundle_dir` names (client.crt,
 client.key mode 0600, ca.crt: the files a station bundle has, so the same TLS code reads both);
 `issue_broker_certificate` writes the broker's certfile, keyfile and cafile.
 """

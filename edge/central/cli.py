@@ -298,8 +298,10 @@ def cmd_central_mqtt_identity(args: argparse.Namespace) -> int:
         f"{issued.key_file.name} (secret, mode 0600), {issued.ca_file.name}"
     )
     _say(
-        f"point the central's [mqtt] identity_dir at {issued.out_dir}; the broker must trust the central's "
-        f"CA and give the user {config.central.id} every station's topics (config/mosquitto/acl)"
+        f"the central's [mqtt] section: client_bundle_dir = \"{issued.out_dir}\" (and ca_file = "
+        f"\"{issued.ca_file}\" when the broker's certificate is from `edge central broker-cert`); the broker "
+        f"must trust the central's CA and give the user {config.central.id} every station's topics "
+        "(config/mosquitto/acl)"
     )
     return EXIT_OK
 
