@@ -13,8 +13,8 @@ assumed to exist or to be writable, as under a sandboxed systemd unit.
         print(broker.url)                   # mqtts://127.0.0.1:<free port>
         await broker.restart(graceful=False)  # SIGKILL: sessions not yet saved are lost
 
-The broker dies with the process that started it (PR_SET_PDEATHSIG), so a crashed demo leaves no
-broker behind.
+The broker dies with the process that started it (PR_SET_PDEATHSIG, strictly: with the thread, the
+event loop's, that started it), so a crashed demo leaves no broker behind.
 """
 
 from __future__ import annotations
