@@ -21,7 +21,7 @@ import datetime as dt
 import ipaddress
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -65,6 +65,7 @@ class IssuedCertificate:
     ca_file: Path
     cert_sha256: str
     not_after: dt.datetime
+    warnings: tuple[str, ...] = ()
 
 
 def issue_mqtt_identity(
@@ -74,9 +75,8 @@ def issue_mqtt_identity(
     key and the central's CA, into the new or empty `out_dir`. `index`: the store's enrollments (None: a
     store that has none yet)."""
     central_id = config.central.id
-    if index is not None:
-        _refuse_taken_name(index, central_id)
-    return _issue(
+    warnings = _refuse_taken_name(index, central_id) if index is not None else ()
+    issued = _issue(
         config,
         common_name=central_id,
         unit=CENTRAL_OU,
@@ -86,6 +86,7 @@ def issue_mqtt_identity(
         files=(BUNDLE_CLIENT_CERT, BUNDLE_CLIENT_KEY),
         days=config.identity.station_cert_days if days is None else days,
     )
+    return replace(issued, warnings=warnings)
 
 
 def issue_broker_certificate(
@@ -124,16 +125,29 @@ def _checked_hosts(names: list[str]) -> list[str]:
     return names
 
 
-def _refuse_taken_name(index: Index, central_id: str) -> None:
-    """A station or auditor enrolled under the central id (before enrollment refused it) would share the
-    central's broker user name: refuse to issue until it is revoked and renamed."""
+def _refuse_taken_name(index: Index, central_id: str) -> tuple[str, ...]:
+    """A station or auditor enrolled under the central id (before enrollment refused it) has a certificate
+    the broker takes for the central's: refuse while it is active; once revoked, issue with a warning,
+    since the broker does not read the central's revocations and accepts that certificate until it
+    expires."""
+    warnings = []
     for kind, record in (("station", index.station(central_id)), ("auditor", index.reader(central_id))):
-        if record is not None and record.active:
+        if record is None:
+            continue
+        if record.active:
+            revoke = "revoke" if kind == "station" else "revoke-reader"
             raise IdentityError(
-                f"{kind} {central_id!r} is enrolled under the central's own id: on the broker it would "
-                f"be the central. Revoke it (`edge central revoke{'' if kind == 'station' else '-reader'} "
-                f"{central_id}`) and enroll it under another name first"
+                f"{kind} {central_id!r} is enrolled under the central's own id: on the broker its "
+                f"certificate is the central. Revoke it (`edge central {revoke} {central_id}`), enroll it "
+                f"under another name, and keep that certificate (sha256 {record.cert_sha256}) off the broker "
+                "until it expires"
             )
+        warnings.append(
+            f"revoked {kind} {central_id!r} has a certificate (sha256 {record.cert_sha256}) naming the "
+            "central's id: the broker, which does not read revocations, takes it for the central until it "
+            "expires"
+        )
+    return tuple(warnings)
 
 
 def _issue(

@@ -185,10 +185,37 @@ def _describe_bundle(enrollment: Enrollment) -> str:
     return f"bundle in {enrollment.bundle_dir}: {files}"
 
 
+def _broker_name_clash(config: CentralConfig, name: str, other: str) -> str | None:
+    """Why `name` cannot be enrolled when an `other` ("station" or "auditor") was ever enrolled under it:
+    the MQTT broker takes a certificate's CN as the user name, so an auditor named like a station would
+    be that station on the broker (revoked or not: the broker does not read revocations)."""
+    if not config.layout.index_db.is_file():
+        return None  # no enrollments yet (or no `init`: enrolling says so)
+    try:
+        index = SqliteIndex.open(config.layout.index_db)
+        try:
+            record = index.station(name) if other == "station" else index.reader(name)
+        finally:
+            index.close()
+    except (CentralIndexError, OSError) as exc:
+        return f"cannot read the enrollments: {exc}"
+    if record is None:
+        return None
+    return (
+        f"{other} {name!r} is enrolled under that name ({'active' if record.active else 'revoked'}): on the "
+        f"MQTT broker, which takes a certificate's CN as the user name, both would be the same user. "
+        f"Choose another name"
+    )
+
+
 def cmd_central_enroll(args: argparse.Namespace) -> int:
     config = _load(args)
     if isinstance(config, ExitCode):
         return config
+    clash = _broker_name_clash(config, args.station_id, "auditor")
+    if clash is not None:
+        _say(f"error: enroll {args.station_id}: {clash}")
+        return EXIT_FAILED
     try:
         enrollment = enroll_station(
             config, args.station_id, signing_key_pub=Path(args.signing_key), out_dir=Path(args.out)
@@ -222,6 +249,10 @@ def cmd_central_enroll_reader(args: argparse.Namespace) -> int:
     config = _load(args)
     if isinstance(config, ExitCode):
         return config
+    clash = _broker_name_clash(config, args.name, "station")
+    if clash is not None:
+        _say(f"error: enroll-reader {args.name}: {clash}")
+        return EXIT_FAILED
     try:
         enrollment = enroll_reader(config, args.name, out_dir=Path(args.out))
     except IdentityError as exc:
@@ -292,6 +323,8 @@ def cmd_central_mqtt_identity(args: argparse.Namespace) -> int:
     except (IdentityError, CentralIndexError, OSError) as exc:
         _say(f"error: mqtt-identity: {exc}")
         return EXIT_FAILED
+    for warning in issued.warnings:
+        _say(f"warning: {warning}")
     _say(
         f"issued the central's MQTT client certificate {issued.subject} (sha256 {issued.cert_sha256}, valid "
         f"until {issued.not_after:%Y-%m-%d}) into {issued.out_dir}: {issued.cert_file.name}, "

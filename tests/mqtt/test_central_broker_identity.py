@@ -254,4 +254,34 @@ def test_no_central_identity_while_a_station_holds_the_central_id(
     assert f"station '{CENTRAL_ID}' is enrolled under the central's own id" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
     assert main(["central", "revoke", CENTRAL_ID, "--config", str(config_file), "--reason", "renamed"]) == 0
+    # Revoked, it is issued, with a warning: the broker does not read revocations and still takes the
+    # station's certificate for the central's until it expires.
     assert main(["central", "mqtt-identity", "--config", str(config_file), "--out", str(out)]) == 0
+    assert "warning: revoked station 'AGENCY-CENTRAL' has a certificate (sha256 " + "0" * 64 in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_station_and_an_auditor_never_share_a_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On the broker a certificate's CN is the user name whatever its OU: an auditor named like a station
+    would be that station there (its replies, its transfer results, its telemetry)."""
+    config = str(write_central_config(tmp_path))
+    assert main(["central", "init", "--config", config]) == 0
+    key = StationKey.load_or_create(tmp_path / "station.key")
+    assert key.public_path is not None
+    enroll = ["central", "enroll", "S1", "--config", config, "--signing-key", str(key.public_path), "--out"]
+    assert main([*enroll, str(tmp_path / "s1")]) == 0
+    capsys.readouterr()
+    assert main(["central", "enroll-reader", "S1", "--config", config, "--out", str(tmp_path / "r1")]) == 1
+    assert "station 'S1' is enrolled under that name (active)" in capsys.readouterr().err
+    reader = ["central", "enroll-reader", "auditor.li", "--config", config, "--out"]
+    assert main([*reader, str(tmp_path / "r2")]) == 0
+    assert main([*enroll[:2], "auditor.li", *enroll[3:], str(tmp_path / "s2")]) == 1
+    assert "auditor 'auditor.li' is enrolled under that name" in capsys.readouterr().err
+    # Revoked does not free the name: the broker would still take the old certificate.
+    assert main(["central", "revoke", "S1", "--config", config, "--reason", "decommissioned"]) == 0
+    assert main(["central", "enroll-reader", "S1", "--config", config, "--out", str(tmp_path / "r3")]) == 1
+    # Control: a station enrolled again under its own name gets a new certificate.
+    assert main([*enroll, str(tmp_path / "s1-again")]) == 0
