@@ -44,6 +44,7 @@ from edge.central.identity import load_signing_key
 from edge.central.limits import BodyBudget, HttpBounds, RequestLimiter
 from edge.central.log import MerkleLog
 from edge.central.metrics import CentralMetrics
+from edge.central.mqtt_ingest_store import MqttIngestStore
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.objects import FileObjectStore
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
@@ -52,6 +53,7 @@ from edge.central.storage import CentralDatabase, ConsoleStore, Index
 from edge.central.timestamp import TimeStamper, keep_tsa_roots, load_tsa_roots, timestamp_task
 from edge.central.tus import TusRequestError, add_tus_routes, tus_purge_task
 from edge.central.tus_store import TusUploadStore
+from edge.central.upload_sources import CombinedUploadSource
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.checkpoint_note import checkpoint_text, sign_note
 from edge.custody.errors import CanonicalJsonError
@@ -62,6 +64,7 @@ __all__ = [
     "BOUNDS",
     "CENTRAL",
     "METRICS",
+    "MQTT_RECEIVER",
     "READINESS",
     "TUS_BASE_PATH",
     "CentralParts",
@@ -92,12 +95,17 @@ class CentralParts:
     auth: Authenticator
     signing_key: StationKey
     console: ConsoleStore
+    # The MQTT receiver's transfers ([mqtt] configured), None otherwise; registration resolves "mqtt:"
+    # uploads in it (edge.central.upload_sources).
+    mqtt_transfers: MqttIngestStore | None = None
 
 
 CENTRAL = web.AppKey("central", CentralParts)
 BOUNDS = web.AppKey("central-bounds", HttpBounds)
 METRICS = web.AppKey("central-metrics", CentralMetrics)
 READINESS = web.AppKey("central-readiness", Readiness)
+# The MQTT receiver ([mqtt] configured): its connection and counts, for tests and the service.
+MQTT_RECEIVER: web.AppKey[Any] = web.AppKey("central-mqtt-receiver")
 
 
 def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -110,12 +118,16 @@ def error_response(code: str, detail: str, status: int) -> web.Response:
     return json_response({"error": code, "detail": detail}, status=status)
 
 
-def rejection_response(rejection: Rejection) -> web.Response:
+def rejection_document(rejection: Rejection) -> dict[str, Any]:
+    """The JSON body of a refusal (HTTP, and the MQTT API's replies, which carry the same status)."""
     if rejection.refusal is None:
-        return error_response(str(rejection.code), rejection.detail, rejection.status)
+        return {"error": str(rejection.code), "detail": rejection.detail}
     # A final refusal carries the central's signature: a station takes nothing else as final.
-    return json_response({"error": str(rejection.code), "detail": rejection.detail,
-                          "refusal": rejection.refusal}, status=rejection.status)
+    return {"error": str(rejection.code), "detail": rejection.detail, "refusal": rejection.refusal}
+
+
+def rejection_response(rejection: Rejection) -> web.Response:
+    return json_response(rejection_document(rejection), status=rejection.status)
 
 
 def _busy(bounds: HttpBounds, what: str) -> Rejection:
@@ -367,6 +379,12 @@ def build_app(
                                  expire_after_s=config.uploads.expire_incomplete_s,
                                  expire_complete_after_s=config.uploads.expire_unregistered_s,
                                  station_quota_bytes=config.uploads.station_quota_bytes)
+        transfers: MqttIngestStore | None = None
+        if config.mqtt is not None:
+            # Imported here: the MQTT client (paho) is needed only by a central with an [mqtt] section.
+            from edge.central.mqtt_receiver import transfers_store
+
+            transfers = transfers_store(config)
         try:
             console_key = require_console_key(layout.console_key, database.console, by="central-start")
         except ConsoleKeyError as exc:
@@ -377,14 +395,16 @@ def build_app(
         database.close()
         raise
     metrics = CentralMetrics(log_size=merkle.size)
-    registrar = Registrar(index, objects, merkle, uploads, signing_key=key, central_id=config.central.id)
+    registrar = Registrar(index, objects, merkle, CombinedUploadSource(uploads, transfers), signing_key=key,
+                          central_id=config.central.id)
     registrar.on_content_verified = metrics.verify_seconds.observe
 
     def record(rejection: Rejection, station: str | None, remote: str | None) -> None:
         registrar.reject(rejection, station=station, remote=remote)
 
     auth = Authenticator(index, dev_mode=config.server.insecure_plain_http, on_reject=record)
-    parts = CentralParts(config, index, objects, merkle, uploads, registrar, auth, key, database.console)
+    parts = CentralParts(config, index, objects, merkle, uploads, registrar, auth, key, database.console,
+                         transfers)
     server = config.server
     bounds = HttpBounds(RequestLimiter(server.max_concurrent_requests, retry_after_s=server.retry_after_s),
                         BodyBudget(server.max_buffered_body_bytes), server.max_json_body_bytes)
@@ -419,6 +439,8 @@ def build_app(
     expire_s = min(config.uploads.expire_incomplete_s, config.uploads.expire_unregistered_s)
     interval_s = min(_PURGE_MAX_INTERVAL_S, max(_PURGE_MIN_INTERVAL_S, expire_s / 10))
     app.cleanup_ctx.append(tus_purge_task(uploads, interval_s))
+    if transfers is not None:
+        _add_mqtt_receiver(app, parts, transfers, metrics, interval_s)
     if config.log.tsa_url:
         assert config.log.tsa_root_cert is not None  # config validation guarantees it
         roots = load_tsa_roots(config.log.tsa_root_cert)
@@ -431,6 +453,38 @@ def build_app(
         log.warning("INSECURE DEVELOPMENT MODE: the central serves plain HTTP and believes the station and "
                     "reader names in request headers; anyone who can reach it can register evidence")
     return app
+
+
+def _add_mqtt_receiver(
+    app: web.Application, parts: CentralParts, transfers: MqttIngestStore, metrics: CentralMetrics,
+    purge_interval_s: float,
+) -> None:
+    """The MQTT receiver ([mqtt]): content and the station API, a supervised task beside the server."""
+    # Imported here: the MQTT client (paho) is needed only by a central that has an [mqtt] section.
+    from edge.central.mqtt_api import MqttApi
+    from edge.central.mqtt_receiver import (
+        MqttReceiver,
+        SupervisedReceiver,
+        central_mqtt_settings,
+        mqtt_purge_task,
+        station_check_of,
+    )
+
+    mqtt = parts.config.mqtt
+    assert mqtt is not None
+    api = MqttApi(parts, transfers, prefix=mqtt.topic_prefix, max_request_bytes=mqtt.max_request_bytes,
+                  observe_receipt=metrics.receipt_seconds.observe)
+    receiver = MqttReceiver(
+        central_mqtt_settings(parts.config), prefix=mqtt.topic_prefix, shared_group=mqtt.shared_group,
+        store=transfers, api=api,
+        station_check=station_check_of(lambda s: parts.auth.enrolled_station(s, remote="mqtt")),
+    )
+    app[MQTT_RECEIVER] = receiver
+    app.cleanup_ctx.append(mqtt_purge_task(transfers, purge_interval_s))
+    supervised = SupervisedReceiver(receiver)
+    app.cleanup_ctx.append(supervised.context)
+    # Stopped at shutdown, before the cleanup contexts close the index its API answers from.
+    app.on_shutdown.append(supervised.on_shutdown)
 
 
 def _close_database(database: CentralDatabase) -> Callable[[web.Application], AsyncIterator[None]]:

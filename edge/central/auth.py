@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from edge.central.index import CentralIndexError, validate_reader_name, validate_station_id
+from edge.central.index import CentralIndexError, StationRecord, validate_reader_name, validate_station_id
 from edge.central.registration import Caller, RejectCode, Rejection
 from edge.central.storage import Index
 from edge.pki.names import AUDITOR_OU, STATION_OU, PeerIdentityError
@@ -186,6 +186,17 @@ class Authenticator:
         else:
             station_id, cert_sha = self._certificate(request, STATION_OU)
         claimed_out.append(station_id)
+        record = self._active_station(station_id)
+        if cert_sha is not None and cert_sha != record.cert_sha256:
+            raise Rejection(
+                RejectCode.STATION_REVOKED,
+                f"station {station_id} presented certificate {cert_sha}, "
+                f"but its enrolled certificate is {record.cert_sha256} "
+                "(re-enrolment replaced the old one)",
+            )
+        return Caller(record, request.remote)
+
+    def _active_station(self, station_id: str) -> StationRecord:
         record = self.index.station(station_id)
         if record is None:
             raise Rejection(
@@ -195,14 +206,20 @@ class Authenticator:
         if not record.active:
             raise Rejection(RejectCode.STATION_REVOKED, f"station {station_id} was revoked at "
                                                         f"{record.revoked_utc}: {record.revoke_reason}")
-        if cert_sha is not None and cert_sha != record.cert_sha256:
-            raise Rejection(
-                RejectCode.STATION_REVOKED,
-                f"station {station_id} presented certificate {cert_sha}, "
-                f"but its enrolled certificate is {record.cert_sha256} "
-                "(re-enrolment replaced the old one)",
-            )
-        return Caller(record, request.remote)
+        return record
+
+    def enrolled_station(self, station_id: str, *, remote: str | None) -> Caller:
+        """The station a broker authenticated (the MQTT receiver: the station level of a topic the broker's
+        ACL confines to that station), enrolled and active; raises :class:`Rejection` (recorded).
+
+        The central never sees the broker-side certificate, so a re-enrolled station's old certificate is
+        the broker's to refuse; the registrar's signature checks (manifests, checkpoints) against the
+        enrolled key stay the central's own check that the station sent what it registers."""
+        try:
+            return Caller(self._active_station(station_id), remote)
+        except Rejection as rejection:
+            self._on_reject(rejection, station_id, remote)
+            raise
 
     def reader(self, request: web.Request) -> str:
         """The calling reader (auditor); raises :class:`Rejection` (recorded)."""

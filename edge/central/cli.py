@@ -47,6 +47,7 @@ __all__ = [
     "cmd_central_enroll_reader",
     "cmd_central_init",
     "cmd_central_mqtt_identity",
+    "cmd_central_mqtt_worker",
     "cmd_central_revoke",
     "cmd_central_revoke_reader",
     "cmd_central_run",
@@ -95,6 +96,23 @@ def cmd_central_run(args: argparse.Namespace) -> int:
         _say(f"error: {exc}")
         return EXIT_STORE_BUSY
     return result
+
+
+def cmd_central_mqtt_worker(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if isinstance(config, ExitCode):
+        return config
+    if config.mqtt is None:
+        _say("error: the configuration has no [mqtt] section: there is nothing for an MQTT worker to do")
+        return EXIT_CONFIG
+    # Imported here: only this command needs the MQTT client.
+    from edge.central.mqtt_receiver import run_mqtt_worker
+
+    try:
+        return run_mqtt_worker(config, client_id=args.client_id)
+    except (IdentityError, ValueError) as exc:
+        _say(f"error: {exc}")
+        return EXIT_CONFIG
 
 
 def describe_central_config(config: CentralConfig) -> str:
@@ -384,6 +402,15 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     run = commands.add_parser("run", help="run the central receiver until SIGTERM/SIGINT")
     _config_option(run)
     run.set_defaults(func=cmd_central_run)
+
+    worker = commands.add_parser(
+        "mqtt-worker",
+        help="one more MQTT receiver process for evidence content ([mqtt]), beside `edge central run`",
+    )
+    _config_option(worker)
+    worker.add_argument("--client-id", required=True, metavar="ID",
+                        help="this worker's MQTT client id (its persistent session): stable, and its own")
+    worker.set_defaults(func=cmd_central_mqtt_worker)
 
     check = commands.add_parser("check-config", help="validate the central configuration file")
     _config_option(check)

@@ -25,6 +25,7 @@ from edge.config.base import (
     parse_toml_model,
     read_config_text,
 )
+from edge.config.station import MQTT_DEFAULT_PORT, MQTT_TOPIC_PREFIX
 
 __all__ = [
     "CentralConfig",
@@ -34,6 +35,7 @@ __all__ = [
     "ConsoleSection",
     "IdentitySection",
     "LogSection",
+    "MqttSection",
     "RetentionSection",
     "ServerSection",
     "UploadsSection",
@@ -347,6 +349,99 @@ class ConsoleSection(StrictModel):
     )
 
 
+# mqtts://host[:port]: the central's broker connection is TLS with its client certificate, nothing else.
+_MQTTS_URL = r"^(mqtts://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|mqtts://\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?)$"
+
+
+class MqttSection(StrictModel):
+    """The central's MQTT receiver (edge.central.mqtt_receiver): evidence content (EMQX file-transfer
+    commands under each station's topics) and the station API, both through shared subscriptions."""
+
+    broker_url: str = Field(
+        pattern=_MQTTS_URL,
+        description="mqtts://host[:port] of the agency's broker (port 8883 when omitted); TLS only",
+    )
+    ca_file: Path = Field(description="CA certificate that issued the broker's certificate (PEM)")
+    client_bundle_dir: Path = Field(
+        description="Directory with client.crt and client.key: the central's broker identity, whose "
+        "certificate CN is the central id (the broker's ACL grants that user every station's topics)",
+    )
+    client_id: str = Field(
+        "", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$",
+        description="MQTT client id; empty: the central id. The broker keeps this process's persistent "
+        "session under it: stable across restarts, and different for every process sharing the group",
+    )
+    topic_prefix: str = Field(
+        "evidence", pattern=MQTT_TOPIC_PREFIX,
+        description="First levels of every topic; a station's are <prefix>/stations/<station id>/...",
+    )
+    shared_group: str = Field(
+        "edge-central", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Shared-subscription group ($share/<group>/...): the processes of one group split the "
+        "messages between them",
+    )
+    protocol: str = Field("5", pattern=r"^5$", description="MQTT protocol version: 5 only")
+    keepalive_s: int = Field(60, ge=5, le=3600, description="MQTT keep-alive, in seconds")
+    session_expiry_s: int = Field(
+        7 * 86400, ge=60, le=0xFFFFFFFE,
+        description="How long the broker keeps this process's session (and queues its messages) while it "
+        "is away, in seconds",
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, le=300, description="TCP connect and TLS handshake limit")
+    publish_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="A result or reply not acknowledged by the broker this long fails"
+    )
+    max_segment_kb: int = Field(
+        2048, ge=1, le=256 * 1024,
+        description="Largest segment payload accepted, in KiB; a larger one is refused (0x83, nothing "
+        "stored). Keep it at or above what the broker's max_packet_size lets through",
+    )
+    max_request_kb: int = Field(
+        2048, ge=1, le=256 * 1024,
+        description="Largest API request payload accepted, in KiB; a larger one gets a 413 reply",
+    )
+    transfers_dir: Path | None = Field(
+        None, description="Where transfers are assembled; empty: <store_dir>/mqtt-transfers. Processes "
+        "sharing the group may share it (every transfer has its own file lock)",
+    )
+
+    @field_validator("ca_file", "client_bundle_dir", "transfers_dir")
+    @classmethod
+    def _paths_absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else _absolute(value, "an [mqtt] path")
+
+    @field_validator("transfers_dir", mode="before")
+    @classmethod
+    def _empty_transfers_dir(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _port_in_range(self) -> MqttSection:
+        port = self.host_port[1]
+        if not 1 <= port <= 65535:
+            raise ValueError(f"broker_url port must be within 1-65535, got {port}")
+        return self
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """Host and port of ``broker_url`` (an IPv6 address without its brackets)."""
+        rest = self.broker_url.removeprefix("mqtts://")
+        if rest.startswith("["):
+            host, _, port = rest[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = rest.partition(":")
+        return host, int(port) if port else MQTT_DEFAULT_PORT
+
+    @property
+    def max_segment_bytes(self) -> int:
+        return self.max_segment_kb << 10
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.max_request_kb << 10
+
+
 class CentralConfig(StrictModel):
     central: CentralSection
     server: ServerSection = Field(default_factory=ServerSection)
@@ -355,10 +450,19 @@ class CentralConfig(StrictModel):
     retention: RetentionSection = Field(default_factory=RetentionSection)
     log: LogSection = Field(default_factory=LogSection)
     console: ConsoleSection = Field(default_factory=ConsoleSection)
+    # None (no [mqtt] section): no MQTT receiver, HTTP only.
+    mqtt: MqttSection | None = None
 
     @property
     def layout(self) -> CentralLayout:
         return CentralLayout(self.central.store_dir)
+
+    @property
+    def mqtt_transfers_dir(self) -> Path:
+        """Where the MQTT receiver assembles transfers ([mqtt] transfers_dir or the store's default)."""
+        if self.mqtt is not None and self.mqtt.transfers_dir is not None:
+            return self.mqtt.transfers_dir
+        return self.layout.mqtt_transfers_dir
 
     @property
     def server_cert_path(self) -> Path:
@@ -421,6 +525,11 @@ class CentralLayout:
     @property
     def objects_dir(self) -> Path:
         return self.store_dir / "objects"
+
+    @property
+    def mqtt_transfers_dir(self) -> Path:
+        """MQTT file transfers being assembled (edge.central.mqtt_ingest_store)."""
+        return self.store_dir / "mqtt-transfers"
 
     @property
     def index_db(self) -> Path:

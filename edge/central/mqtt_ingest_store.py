@@ -576,6 +576,25 @@ class MqttIngestStore:
         return TransferFacts(upload_id, record.station, record.file_id, record.meta.name, record.size, offset,
                              record.sha256, record.state, received)
 
+    def stored_runs(self, upload_id: str) -> tuple[TransferFacts, list[tuple[int, int]]] | None:
+        """The transfer ``upload_id`` and its separate runs of stored bytes as ``(offset, size)``, ascending
+        (what a station resuming after its own restart needs not send again); None when there is none."""
+        try:
+            with self._transfer_lock(upload_id):
+                record = self._read_record(upload_id)
+                if record is None:
+                    return None
+                coverage = self._load_coverage(record)
+                runs = [(lo, hi - lo) for lo, hi in zip(coverage.starts, coverage.ends, strict=True)]
+        except (_NoTransfer, _Refusal):
+            return None
+        complete = record.state is TransferState.COMPLETE
+        received = sum(size for _, size in runs)
+        offset = record.size if complete else min(received, max(record.size - 1, 0))
+        facts = TransferFacts(upload_id, record.station, record.file_id, record.meta.name, record.size,
+                              offset, record.sha256, record.state, received)
+        return facts, runs
+
     def complete_path(self, upload_id: str) -> Path:
         """The file of a verified transfer; leased to the caller (registration) so no purge takes it."""
         try:

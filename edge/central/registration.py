@@ -58,6 +58,7 @@ __all__ = [
     "HTTP_STATUS",
     "LEDGER_FORMAT_2",
     "MAX_SEGMENT_ENTRIES",
+    "MQTT_UPLOAD_PREFIX",
     "SEGMENT_CHECKPOINTS",
     "Caller",
     "MerkleLogLike",
@@ -72,6 +73,7 @@ __all__ = [
     "manifest_shape_problem",
     "parse_segment",
     "parse_segment_checkpoints",
+    "upload_source_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,10 @@ log = logging.getLogger(__name__)
 MAX_SEGMENT_ENTRIES = 10_000
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _UPLOAD_ID_RE = re.compile(r"[0-9a-f]{32}")
+# An upload delivered over MQTT is named "mqtt:<file id>" (the file-id grammar of edge.mqtt.filetransfer);
+# the registrar resolves it for the calling station only (:func:`upload_source_key`).
+MQTT_UPLOAD_PREFIX = "mqtt:"
+_MQTT_UPLOAD_RE = re.compile(r"mqtt:([A-Za-z0-9_-][A-Za-z0-9._-]{0,127})")
 _ENTRY_FIELDS = ("seq", "time", "type", "item", "data", "prev", "hash")
 _SHOW = 80
 
@@ -197,9 +203,24 @@ class UploadFacts(Protocol):
 
 
 class UploadSource(Protocol):
+    """Where registration finds an upload's content, by the key :func:`upload_source_key` gives."""
+
     def get(self, upload_id: str) -> UploadFacts | None: ...
     def complete_path(self, upload_id: str) -> Path: ...
     def remove(self, upload_id: str) -> bool: ...
+
+
+def upload_source_key(station_id: str, upload: str) -> str | None:
+    """The key under which the upload source holds the upload a registration names, or None when the name
+    is neither form: a tus upload id (32 hex digits) is its own key; ``mqtt:<file id>`` becomes
+    ``mqtt:<station>/<file id>`` with the CALLING station (MQTT transfers are keyed by station and file id,
+    as in EMQX), so a station can only ever name its own transfers."""
+    if _UPLOAD_ID_RE.fullmatch(upload):
+        return upload
+    found = _MQTT_UPLOAD_RE.fullmatch(upload)
+    if found is None:
+        return None
+    return f"{MQTT_UPLOAD_PREFIX}{station_id}/{found.group(1)}"
 
 
 class MerkleLogLike(Protocol):
@@ -809,12 +830,13 @@ class Registrar:
                 f"registration has unknown members {_show(extra)}; expected "
                 "upload, manifest and ledger",
             )
-        upload_id = doc.get("upload")
-        if not isinstance(upload_id, str) or not _UPLOAD_ID_RE.fullmatch(upload_id):
+        named = doc.get("upload")
+        upload_id = upload_source_key(caller.station_id, named) if isinstance(named, str) else None
+        if upload_id is None:
             raise Rejection(
                 RejectCode.BAD_REQUEST,
                 f"upload must be the 32-hex-digit id the tus server "
-                f"assigned, found {_show(upload_id)}",
+                f"assigned, or mqtt:<file id> for a file sent over MQTT, found {_show(named)}",
             )
         manifest = doc.get("manifest")
         problem = manifest_shape_problem(manifest)

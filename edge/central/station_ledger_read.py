@@ -39,7 +39,14 @@ from edge.custody.canonical import canonical_json
 if TYPE_CHECKING:
     from edge.central.app import CentralParts
 
-__all__ = ["DEFAULT_LIMIT", "MAX_ANSWER_BYTES", "MAX_LIMIT", "StationLedgerRead", "add_station_ledger_route"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_AFTER",
+    "MAX_ANSWER_BYTES",
+    "MAX_LIMIT",
+    "StationLedgerRead",
+    "add_station_ledger_route",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +54,7 @@ DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
 MAX_ANSWER_BYTES = 1 << 20
 _PARAMETERS = ("after", "limit")
-_MAX_AFTER = 2**53 - 1  # the largest integer canonical JSON carries (the answer echoes it)
+MAX_AFTER = 2**53 - 1  # the largest integer canonical JSON carries (the answer echoes it)
 
 
 def _bad(detail: str) -> Rejection:
@@ -60,7 +67,7 @@ def _parameters(query: Any) -> tuple[int, int]:
         raise _bad(f"unknown query parameters {[name[:40] for name in unknown[:5]]!r}; expected after and "
                    "limit only")
     values: dict[str, int] = {"after": 0, "limit": DEFAULT_LIMIT}
-    for name, bounds in (("after", (0, _MAX_AFTER)), ("limit", (1, MAX_LIMIT))):
+    for name, bounds in (("after", (0, MAX_AFTER)), ("limit", (1, MAX_LIMIT))):
         given = query.getall(name, [])
         if len(given) > 1:
             raise _bad(f"query parameter {name} is given {len(given)} times; give it once")
@@ -108,6 +115,15 @@ class StationLedgerRead:
         except CentralIndexError as exc:
             raise _bad(f"station: {exc}") from None
         after, limit = _parameters(request.query)
+        return web.Response(
+            body=canonical_json(self.page(station, after, limit, scope)),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    def page(self, station: str, after: int, limit: int, scope: ReaderScope | None) -> dict[str, Any]:
+        """The answer for ``station``'s entries after ``after`` (``scope`` None: the station itself; the MQTT
+        API's ledger-page answers with this too). Raises :class:`Rejection` for a station not enrolled."""
         record = self.parts.index.station(station)
         if record is None:
             raise Rejection(RejectCode.NOT_FOUND, f"no station {station} is enrolled at this central")
@@ -136,19 +152,14 @@ class StationLedgerRead:
                 size += length
                 last = entry.seq
         witnessed = self.parts.registrar.witnessed_head(record, (head_seq, head_hash))
-        return web.Response(
-            body=canonical_json({
-                "station": station,
-                "after": after,
-                "entries": entries,
-                "next": last if last < head_seq and entries else None,
-                "head": {"seq": head_seq, "hash": head_hash},
-                "witnessed_head": None if witnessed is None else witnessed.to_dict(),
-            }),
-            content_type="application/json",
-            headers={"Cache-Control": "no-store"},
-        )
-
+        return {
+            "station": station,
+            "after": after,
+            "entries": entries,
+            "next": last if last < head_seq and entries else None,
+            "head": {"seq": head_seq, "hash": head_hash},
+            "witnessed_head": None if witnessed is None else witnessed.to_dict(),
+        }
 
     def _visible(self, item: str, scope: ReaderScope, seen: dict[str, bool]) -> bool:
         if item not in seen:

@@ -1,0 +1,396 @@
+"""The central's MQTT receiver: evidence content (EMQX file transfer, scoped under each station's topics)
+and the station API, through shared subscriptions, run beside the HTTP server when the configuration has
+an ``[mqtt]`` section.
+
+Subscriptions (MQTT 5, QoS 1, one persistent session per process, client id ``[mqtt] client_id``):
+
+- ``$share/G/P/stations/+/$file-async/#`` and ``$share/G/P/stations/+/$file/#``: file-transfer commands.
+- ``$share/G/P/stations/+/api/request/#``: API requests (:mod:`edge.central.mqtt_api`).
+
+G is ``[mqtt] shared_group``: the broker hands each message to one member of the group, so several
+central processes split the load (they may share ``transfers_dir``: every transfer has its own file
+lock, see :mod:`edge.central.mqtt_ingest_store`).
+
+The station is always, and only, the station level S of the topic: the broker's ACL confines station S
+to ``P/stations/S/#``, so that level names the publisher (nothing in a payload does). Every command is
+carried out by the ingest store (in a worker thread: it fsyncs), and its result goes to
+``$file-response/S`` as EMQX's response JSON (:class:`edge.mqtt.filetransfer.FileResponse`, whose topic is
+the command's ``$file[-async]/...`` form, and packet id 0: the station's packet id does not reach us
+through the broker); a segment is answered only once it is durable. A message is acknowledged to the
+broker only after its answer was published: a receiver killed before that gets it again (it is stored
+idempotently, and its duplicate is answered "already stored"). A station that is not enrolled, or
+revoked, has its commands refused (0x83) before the store sees them.
+
+A topic that names no command is logged and dropped (there is nothing to echo); nothing anyone sends
+makes the receiver stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cryptography.x509.oid import NameOID
+
+from edge.central.config import CentralConfig
+from edge.central.mqtt_ingest_store import MqttIngestStore, Outcome
+from edge.central.registration import Rejection
+from edge.custody.text import printable
+from edge.mqtt.client import (
+    ConnectionStatus,
+    InboundMessage,
+    MessageHandler,
+    MqttClient,
+    MqttSettings,
+    ProtocolVersion,
+    ReconnectBackoff,
+)
+from edge.mqtt.filetransfer import (
+    FileTransferError,
+    ReasonCode,
+    parse_scoped_topic,
+    response_topic,
+)
+from edge.pki.bundle import BUNDLE_CLIENT_CERT
+from edge.pki.certs import load_cert
+from edge.pki.names import IdentityError
+from edge.pki.tls import broker_ssl_context
+from edge.runtime.sdnotify import SystemdNotifier
+from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec
+from edge.uplink.policy import Backoff
+
+if TYPE_CHECKING:
+    from edge.central.mqtt_api import MqttApi
+
+__all__ = [
+    "MqttReceiver",
+    "SupervisedReceiver",
+    "central_mqtt_settings",
+    "mqtt_purge_task",
+    "run_mqtt_worker",
+    "station_check_of",
+    "transfers_store",
+]
+
+log = logging.getLogger(__name__)
+
+# A subscription waits for a connection as long as it takes (the client reconnects meanwhile).
+_SUBSCRIBE_WAIT_S = 7 * 86400.0
+
+StationCheck = Callable[[str], str | None]
+"""The reason a station may not send (not enrolled, revoked), or None when it may."""
+
+
+def transfers_store(config: CentralConfig) -> MqttIngestStore:
+    """The MQTT ingest store of ``config`` (``[mqtt] transfers_dir``; limits, quota and expiry from
+    ``[uploads]``): the same settings in the central and in its content-only workers."""
+    uploads = config.uploads
+    mqtt = config.mqtt
+    if mqtt is None:
+        raise ValueError("the configuration has no [mqtt] section")
+    return MqttIngestStore(
+        config.mqtt_transfers_dir,
+        max_size_bytes=uploads.max_size_bytes,
+        max_segment_bytes=mqtt.max_segment_bytes,
+        station_quota_bytes=uploads.station_quota_bytes,
+        segments_ttl_s=uploads.expire_incomplete_s,
+        max_segments_ttl_s=max(uploads.expire_incomplete_s, 7 * 24 * 3600.0),
+        expire_complete_after_s=uploads.expire_unregistered_s,
+    )
+
+
+def central_mqtt_settings(config: CentralConfig) -> MqttSettings:
+    """The receiver's connection: TLS with the central's broker certificate, whose CN must be the central
+    id (the broker's ACL grants that user the stations' topics). Raises :class:`IdentityError`."""
+    mqtt = config.mqtt
+    if mqtt is None:
+        raise ValueError("the configuration has no [mqtt] section")
+    cert_path = mqtt.client_bundle_dir / BUNDLE_CLIENT_CERT
+    try:
+        cert = load_cert(cert_path)
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"[mqtt] client_bundle_dir: cannot read {cert_path}: {exc}") from None
+    names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if names != [config.central.id]:
+        raise IdentityError(
+            f"[mqtt] client_bundle_dir: the certificate {cert_path} names CN={names}, expected the central "
+            f"id {config.central.id!r} (the broker's ACL gives that user the stations' topics)"
+        )
+    try:
+        tls = broker_ssl_context(ca_file=mqtt.ca_file, bundle_dir=mqtt.client_bundle_dir)
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"[mqtt]: cannot use the CA file or client bundle: {exc}") from None
+    host, port = mqtt.host_port
+    return MqttSettings(
+        host=host,
+        port=port,
+        client_id=mqtt.client_id or config.central.id,
+        tls=tls,
+        protocol=ProtocolVersion.V5,
+        keepalive_s=mqtt.keepalive_s,
+        session_expiry_s=mqtt.session_expiry_s,
+        connect_timeout_s=mqtt.connect_timeout_s,
+        publish_timeout_s=mqtt.publish_timeout_s,
+    )
+
+
+@dataclass
+class ReceiverCounts:
+    """What this process answered since it started (for tests and logs)."""
+
+    commands: int = 0
+    refused_commands: int = 0
+    requests: int = 0
+    dropped: int = 0
+
+
+class MqttReceiver:
+    """One receiver process's subscriptions and answers (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        prefix: str,
+        shared_group: str,
+        store: MqttIngestStore,
+        api: MqttApi | None,
+        station_check: StationCheck | None = None,
+        backoff: ReconnectBackoff | None = None,
+    ) -> None:
+        self.settings = settings
+        self.prefix = prefix
+        self.shared_group = shared_group
+        self.store = store
+        self.api = api
+        self._station_check = station_check
+        self._backoff = backoff if backoff is not None else Backoff(base_s=1.0, max_s=60.0)
+        self.counts = ReceiverCounts()
+        self.client: MqttClient | None = None
+        self._subscribed = asyncio.Event()
+        self._status_listeners: list[Callable[[ConnectionStatus], None]] = []
+
+    def __repr__(self) -> str:
+        return f"MqttReceiver({self.settings.client_id!r}, group {self.shared_group!r})"
+
+    @property
+    def station_root(self) -> str:
+        return f"{self.prefix}/stations"
+
+    def subscriptions(self) -> list[tuple[str, MessageHandler]]:
+        share = f"$share/{self.shared_group}/{self.station_root}/+"
+        found: list[tuple[str, MessageHandler]] = [
+            (f"{share}/$file-async/#", self._on_transfer),
+            (f"{share}/$file/#", self._on_transfer),
+        ]
+        if self.api is not None:
+            found.append((f"{share}/api/request/#", self._on_request))
+        return found
+
+    async def wait_subscribed(self, timeout_s: float | None) -> None:
+        """Until every subscription of the current run is in effect (None: however long it takes)."""
+        async with asyncio.timeout(timeout_s):
+            await self._subscribed.wait()
+
+    async def run(self) -> None:
+        """Connect, subscribe and answer until cancelled (a supervised task: each run is a fresh client on
+        the same persistent session)."""
+        self._subscribed.clear()
+        client = MqttClient(self.settings, backoff=self._backoff)
+        self.client = client
+        # Handlers are registered before the connection: messages the broker kept for this session come
+        # right after the CONNACK and must find them (a message without a handler would be dropped).
+        subscribing = [
+            asyncio.create_task(client.subscribe(topic_filter, handler, timeout_s=_SUBSCRIBE_WAIT_S),
+                                name=f"mqtt-subscribe-{topic_filter}")
+            for topic_filter, handler in self.subscriptions()
+        ]
+        await asyncio.sleep(0)  # each subscribe() registers its handler before its first await
+        connection = asyncio.create_task(client.run(), name=f"mqtt-receiver-{self.settings.client_id}")
+        try:
+            await asyncio.gather(*subscribing)
+            self._subscribed.set()
+            log.info("MQTT receiver %s subscribed (group %s, prefix %s)", self.settings.client_id,
+                     self.shared_group, self.prefix)
+            await connection
+        finally:
+            self._subscribed.clear()
+            for task in subscribing:
+                task.cancel()
+            await client.close()
+            connection.cancel()
+            await asyncio.gather(connection, *subscribing, return_exceptions=True)
+
+    # -- file transfer ----------------------------------------------------------------------------------
+
+    async def _on_transfer(self, message: InboundMessage) -> None:
+        try:
+            station, command = parse_scoped_topic(self.station_root, message.topic)
+        except FileTransferError as exc:
+            self.counts.dropped += 1
+            log.warning("MQTT transfer message on %r refused and dropped (no command to answer): %s",
+                        printable(message.topic)[:200], exc)
+            return
+        refusal = self._station_check(station) if self._station_check is not None else None
+        if refusal is not None:
+            outcome = Outcome(command, ReasonCode.CANCEL, refusal)
+        else:
+            outcome = await asyncio.to_thread(self.store.carry_out, station, command, message.payload)
+        self.counts.commands += 1
+        if not outcome.ok:
+            self.counts.refused_commands += 1
+        response = outcome.response(0)
+        assert response is not None  # an outcome of a parsed command always has one
+        assert self.client is not None
+        # Published before the message is acknowledged (our handler returns): if this fails, the broker
+        # sends the command again and the store answers it idempotently.
+        await self.client.publish(response_topic(station), response.to_payload(), qos=1)
+
+    # -- the API ------------------------------------------------------------------------------------------
+
+    async def _on_request(self, message: InboundMessage) -> None:
+        assert self.api is not None and self.client is not None
+        answer = await self.api.answer(message.topic, message.payload, message.correlation_data)
+        if answer is None:
+            self.counts.dropped += 1
+            return
+        self.counts.requests += 1
+        await self.client.publish(answer.topic, answer.payload, qos=1,
+                                  correlation_data=answer.correlation_data)
+
+
+def station_check_of(check: Callable[[str], Any]) -> StationCheck:
+    """A :data:`StationCheck` from a callable that raises :class:`Rejection` (``Authenticator``'s)."""
+
+    def checked(station: str) -> str | None:
+        try:
+            check(station)
+        except Rejection as rejection:
+            return f"{rejection.code}: {rejection.detail}"
+        return None
+
+    return checked
+
+
+class SupervisedReceiver:
+    """The receiver under a :class:`Supervisor` (restarts with back-off and budget; liveness beaten by the
+    MQTT client's network thread) beside the application: started with it (:meth:`context`, an aiohttp
+    cleanup context) and stopped at its shutdown (:meth:`on_shutdown`), before the cleanup closes the
+    index that the API answers from."""
+
+    def __init__(self, receiver: MqttReceiver) -> None:
+        self.receiver = receiver
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _supervise(self) -> None:
+        supervisor = Supervisor(notify_ready=False, backoff_initial_s=1.0, backoff_max_s=60.0,
+                                restart_budget=10, budget_window_s=600.0)
+        keepalive_s = self.receiver.settings.keepalive_s
+        supervisor.add(TaskSpec("mqtt-receiver", self.receiver.run,
+                                liveness_timeout_s=max(60.0, 3.0 * keepalive_s), stop_timeout_s=20.0))
+        try:
+            await supervisor.run(self._stop)
+        except SupervisorGaveUp as exc:
+            log.critical("the MQTT receiver keeps failing and was given up (HTTP goes on): %s", exc)
+
+    async def stop(self) -> None:
+        """Stop the receiver (idempotent): its connection ends with a DISCONNECT, its session stays."""
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def on_shutdown(self, _app: object) -> None:
+        await self.stop()
+
+    async def context(self, _app: object) -> AsyncIterator[None]:
+        self._task = asyncio.create_task(self._supervise(), name="mqtt-receiver-supervisor")
+        try:
+            yield
+        finally:
+            await self.stop()
+
+
+def mqtt_purge_task(store: MqttIngestStore, interval_s: float) -> Callable[[object], AsyncIterator[None]]:
+    """An aiohttp cleanup context that purges expired transfers at start and every ``interval_s``."""
+
+    async def purge_forever() -> None:
+        while True:
+            try:
+                removed = await asyncio.to_thread(store.purge_expired)
+            except Exception:
+                log.exception("purging expired MQTT transfers in %s failed", store.root)
+            else:
+                if removed:
+                    log.info("purged %d expired MQTT transfers from %s", removed, store.root)
+            await asyncio.sleep(interval_s)
+
+    async def context(_app: object) -> AsyncIterator[None]:
+        task = asyncio.create_task(purge_forever(), name="mqtt-transfers-purge")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    return context
+
+
+def run_mqtt_worker(config: CentralConfig, *, client_id: str) -> int:
+    """``edge central mqtt-worker``: one more member of the receiver's shared group, for evidence content
+    only, until SIGTERM/SIGINT; 0 on a clean stop.
+
+    The central process (which holds the store's lock, the index and the log) answers the API; a worker
+    only assembles transfers in the shared ``transfers_dir``, so several processes (and cores) share the
+    hashing and fsyncs of many stations' segments. A worker does not read the index: it cannot refuse a
+    revoked station's segments (the broker's certificate check and the store's quota still apply, and
+    such a transfer is never registered). Raises :class:`IdentityError` for an unusable broker identity.
+    """
+    if config.mqtt is None:
+        raise ValueError("the configuration has no [mqtt] section")
+    settings = central_mqtt_settings(config)
+    if client_id == settings.client_id:
+        raise ValueError(f"the worker's client id {client_id!r} is the central's: every member of the group "
+                         "needs its own (the broker keeps one session per client id)")
+    mqtt = config.mqtt
+    receiver = MqttReceiver(dataclasses.replace(settings, client_id=client_id), prefix=mqtt.topic_prefix,
+                            shared_group=mqtt.shared_group, store=transfers_store(config), api=None)
+    return asyncio.run(_work(receiver))
+
+
+async def _work(receiver: MqttReceiver) -> int:
+    notifier = SystemdNotifier()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    supervisor = Supervisor(notifier=notifier, backoff_initial_s=1.0, backoff_max_s=60.0)
+    supervisor.add(TaskSpec("mqtt-receiver", receiver.run,
+                            liveness_timeout_s=max(60.0, 3.0 * receiver.settings.keepalive_s),
+                            stop_timeout_s=20.0))
+
+    async def announce() -> None:
+        await receiver.wait_subscribed(None)
+        name, group = receiver.settings.client_id, receiver.shared_group
+        notifier.status(f"MQTT worker {name} subscribed (group {group})")
+        log.info("MQTT worker %s subscribed (group %s)", name, group)
+
+    announcing = asyncio.create_task(announce(), name="mqtt-worker-announce")
+    try:
+        await supervisor.run(stop)
+    except SupervisorGaveUp as exc:
+        log.critical("MQTT worker %s gave up: %s", receiver.settings.client_id, exc)
+        return 1
+    finally:
+        announcing.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        notifier.close()
+    return 0
