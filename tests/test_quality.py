@@ -135,7 +135,10 @@ def test_lower_layers_reach_the_status_board_only_through_its_sink(tmp_path: Pat
 # and speaks no wire itself: only the transport modules speak HTTP/tus, only the registry names them, and
 # the transports reach into the core for the seam and the shared policy helpers only.
 UPLINK = ROOT / "edge" / "uplink"
-UPLINK_WIRE_MODULES = {"edge.uplink.tus_client", "edge.uplink.central_api", "edge.uplink.tus_transport"}
+UPLINK_WIRE_MODULES = {
+    "edge.uplink.tus_client", "edge.uplink.central_api", "edge.uplink.tus_transport",
+    "edge.uplink.central_calls", "edge.uplink.mqtt_transport", "edge.uplink.failover",
+}
 UPLINK_REGISTRY = "edge.uplink.transports"
 UPLINK_SEAM_FOR_TRANSPORTS = {"edge.uplink.transport", "edge.uplink.policy", *UPLINK_WIRE_MODULES}
 WIRE_LIBRARIES = {"aiohttp", "yarl", "paho", "aiomqtt"}

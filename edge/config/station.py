@@ -305,15 +305,55 @@ class TransportName(StrEnum):
     """The wire protocols the uplink can speak (``edge.uplink.transports`` maps each to its module)."""
 
     TUS = "tus"  # tus 1.0 resumable uploads and the central's JSON API over HTTPS with mutual TLS
+    MQTT = "mqtt"  # EMQX-compatible file transfer and the central's API over the [mqtt] broker
 
 
 class UplinkSection(StrictModel):
-    """How the station sends sealed evidence to the central receiver (tus over HTTPS with mutual TLS)."""
+    """How the station sends sealed evidence to the central receiver (tus over HTTPS with mutual TLS, or
+    file transfer over the [mqtt] broker, or both with failover)."""
 
     transport: TransportName = Field(
         TransportName.TUS,
-        description="Wire protocol to the central: 'tus' (tus 1.0 over HTTPS with mutual TLS). Spool, retry, "
+        description="Wire protocol to the central: 'tus' (tus 1.0 over HTTPS with mutual TLS) or 'mqtt' "
+        "(EMQX-compatible file transfer and the central's API over the [mqtt] broker). Spool, retry, "
         "breaker, receipts and purge are the same whatever it is",
+    )
+    transports: list[TransportName] = Field(
+        default_factory=list, max_length=2,
+        description="Instead of transport: the transports in order of preference, e.g. ['mqtt', 'tus']. The "
+        "first is used; after its outage persists (failover_after_failures attempts over at least "
+        "failover_after_s) the next one is; the first is tried again every failback_after_s and used as "
+        "soon as it answers",
+    )
+    failover_after_failures: int = Field(
+        3, ge=1, le=1000, description="transports: consecutive unanswered calls before failing over"
+    )
+    failover_after_s: float = Field(
+        30.0, ge=0, le=86400,
+        description="transports: and the failures span at least this long (a blip does not fail over)",
+    )
+    failback_after_s: float = Field(
+        60.0, gt=0, le=86400,
+        description="transports: while failed over, the preferred transport is tried again this often",
+    )
+    mqtt_max_packet_kb: int = Field(
+        1024, ge=4, le=256 * 1024,
+        description="mqtt: the broker's largest packet (EMQX mqtt.max_packet_size, Mosquitto max_packet_size)"
+        ", in KiB; segments and API requests are cut to fit it",
+    )
+    mqtt_segment_kb: int = Field(
+        1024, ge=1, le=256 * 1024,
+        description="mqtt: largest file-transfer segment in KiB (smaller if the packet limit demands)",
+    )
+    mqtt_segments_in_flight: int = Field(
+        8, ge=1, le=256,
+        description="mqtt: segments sent and not yet confirmed by the receiver, per station; memory is this "
+        "many segments whatever the file size",
+    )
+    mqtt_result_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="mqtt: a segment the receiver has not confirmed this long after the broker took it is "
+        "sent again (a result may be lost); a request unanswered after request_timeout_s is retried later",
     )
     central_url: str = Field(
         "", pattern=HTTP_URL_OR_EMPTY,
@@ -375,11 +415,29 @@ class UplinkSection(StrictModel):
     )
 
     @property
+    def transport_order(self) -> list[TransportName]:
+        """The transports to use, preferred first: ``transports``, or the one ``transport`` names."""
+        return list(self.transports) if self.transports else [self.transport]
+
+    @property
     def enabled(self) -> bool:
-        return bool(self.central_url)
+        return bool(self.central_url) or TransportName.MQTT in self.transport_order
 
     @model_validator(mode="after")
     def _transport_consistent(self) -> UplinkSection:
+        order = self.transport_order
+        if self.transports:
+            if len(set(self.transports)) != len(self.transports):
+                raise ValueError("transports names a transport twice")
+            if "transport" in self.model_fields_set and self.transport is not self.transports[0]:
+                raise ValueError("set transport or transports, not both")
+        if TransportName.MQTT in order and self.identity_dir is None and self.central_signing_key is None:
+            raise ValueError(
+                "transport 'mqtt' needs identity_dir (the enrollment bundle with the central's signing "
+                "key) or central_signing_key"
+            )
+        if TransportName.TUS in order and len(order) > 1 and not self.central_url:
+            raise ValueError("transports names 'tus', which needs central_url")
         if not self.central_url:
             return self
         if self.insecure_plain_http:
@@ -615,6 +673,12 @@ class StationConfig(StrictModel):
             raise ValueError("bay numbers must be unique")
         if len(set(ports)) != len(ports):
             raise ValueError("bay usb_port values must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _mqtt_transport_needs_a_broker(self) -> StationConfig:
+        if TransportName.MQTT in self.uplink.transport_order and not self.mqtt.enabled:
+            raise ValueError("uplink transport 'mqtt' needs [mqtt] broker_url (the broker it goes through)")
         return self
 
     @model_validator(mode="after")

@@ -100,7 +100,7 @@ async def fetch_accepted_central(
         # Over the configured transport, like the uplink itself.
         async with (
             asyncio.timeout(timeout_s),
-            transport_for(uplink, config.station.id, None).connect() as link,
+            transport_for(config, None, purpose="witness").connect() as link,
         ):
             tree_doc = await link.tree_head()
             ledger = await link.ledger_state()

@@ -183,7 +183,7 @@ class UplinkService:
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._ledger_dirty = asyncio.Event()
         self._ledger_urgent = asyncio.Event()
-        self.transport = transport or transport_for(self.uplink, config.station.id, self.limiter)
+        self.transport = transport or transport_for(config, self.limiter)
         # Set after every ledger push attempt and every verified receipt: the central may have witnessed
         # more of our ledger (after-witness waits on it). Attempts are numbered so that a waiter can tell
         # a push that started after it asked from one already under way.

@@ -21,26 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
 from edge.config.station import UplinkSection
-from edge.uplink.central_api import CentralApi, CentralRejected, CentralUnavailable, central_session
+from edge.uplink.central_api import CentralApi, central_session
+from edge.uplink.central_calls import ApiLinkCalls, outcome_of_rejection
 from edge.uplink.policy import RateLimiter
 from edge.uplink.transport import (
     UPLOAD_LOST,
-    Accepted,
     ContentUnreadable,
     Delivered,
-    LedgerAnswer,
-    LedgerPage,
-    LedgerSegment,
-    NotDone,
     Parcel,
     Refused,
-    RegisterOutcome,
     RetryLater,
     UploadOutcome,
 )
@@ -51,27 +45,12 @@ __all__ = ["TusLink", "TusTransport", "outcome_of_rejection", "upload_id"]
 log = logging.getLogger(__name__)
 
 UPLOADS_PATH = "/v1/uploads"
-_STATION_LEVEL_STATUSES = frozenset({401, 403, 404})
 _MAX_FILENAME_CHARS = 200
 
 
 def upload_id(url: str) -> str:
     """How the central names an upload (in registrations and signed refusals): the URL's last segment."""
     return url.rstrip("/").rsplit("/", 1)[-1]
-
-
-def outcome_of_rejection(exc: CentralRejected, upload: str | None) -> RetryLater | Refused:
-    """What a refusing answer of the central's JSON API means on the uplink's terms."""
-    if exc.status >= 500 or exc.code == "bad_response":
-        return RetryLater(str(exc))
-    return Refused(
-        code=exc.code,
-        detail=exc.detail,
-        refusal=exc.refusal,
-        upload=upload,
-        station_level=exc.status in _STATION_LEVEL_STATUSES,
-        via=f"HTTP {exc.status}",
-    )
 
 
 class TusTransport:
@@ -110,15 +89,21 @@ class TusTransport:
             yield TusLink(tus, api)
 
 
-class TusLink:
+class TusLink(ApiLinkCalls):
     """One HTTPS session: a :class:`TusClient` for content and a :class:`CentralApi` for the rest."""
 
+    wire_errors = (aiohttp.ClientError,)
+    via = "HTTP"
+
     def __init__(self, tus: TusClient, api: CentralApi) -> None:
+        super().__init__(api)
         self.tus = tus
-        self.api = api
 
     def __repr__(self) -> str:
         return f"TusLink({self.tus!r})"
+
+    def upload_name(self, upload: str) -> str:
+        return upload_id(upload)
 
     async def upload(self, parcel: Parcel, on_resume: Callable[[str], None]) -> UploadOutcome:
         metadata = {"item": parcel.item, "sha256": parcel.sha256,
@@ -146,62 +131,7 @@ class TusLink:
             return Refused(code=UPLOAD_LOST, detail=str(exc))
         return Delivered(str(result.url), bytes_sent=result.bytes_sent, resumed_from=result.resumed_from)
 
-    async def register(
-        self, upload: str, manifest: Mapping[str, Any], segment: LedgerSegment | None
-    ) -> RegisterOutcome:
-        name = upload_id(upload)
-        entries = segment.entries if segment is not None else []
-        checkpoint = segment.checkpoint if segment is not None else None
-        signed = segment.signed if segment is not None else ()
-        try:
-            receipt = await self.api.register(name, manifest, entries, checkpoint, signed)
-        except CentralUnavailable as exc:
-            return RetryLater(str(exc), exc.retry_after_s)
-        except CentralRejected as exc:
-            return outcome_of_rejection(exc, name)
-        return Accepted(receipt)
-
     async def abandon(self, upload: str) -> None:
         """tus termination (DELETE), best effort."""
         with contextlib.suppress(Exception):
             await self.tus.terminate(upload)
-
-    async def ledger_state(self) -> LedgerAnswer:
-        with _not_done():
-            return await self.api.ledger_state()
-
-    async def push_ledger(self, segment: LedgerSegment) -> LedgerAnswer:
-        with _not_done():
-            return await self.api.post_ledger(segment.entries, segment.checkpoint, segment.signed)
-
-    async def ledger_page(self, after: int, limit: int) -> LedgerPage:
-        with _not_done():
-            doc = await self.api.ledger_page(after, limit)  # its shape is checked there
-        witnessed = doc.get("witnessed_head")
-        return LedgerPage(doc["entries"], doc.get("next"), witnessed if isinstance(witnessed, dict) else None)
-
-    async def tree_head(self) -> dict[str, Any]:
-        with _not_done():
-            return await self.api.tree_head()
-
-    async def consistency(self, first: int, second: int) -> list[str] | None:
-        with _not_done():
-            try:
-                return await self.api.consistency(first, second)
-            except CentralRejected as exc:
-                if exc.status == 400 and exc.code == "bad_request":
-                    return None  # the central says it cannot: it holds fewer leaves than asked
-                raise
-
-
-@contextlib.contextmanager
-def _not_done() -> Iterator[None]:
-    """The central API's failures as :class:`NotDone`."""
-    try:
-        yield
-    except CentralUnavailable as exc:
-        raise NotDone(RetryLater(str(exc), exc.retry_after_s)) from exc
-    except CentralRejected as exc:
-        raise NotDone(outcome_of_rejection(exc, None)) from exc
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise NotDone(RetryLater(f"{type(exc).__name__}: {exc}")) from exc

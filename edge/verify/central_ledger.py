@@ -166,13 +166,12 @@ async def compare_with_central_ledger(
     from edge.pki.names import IdentityError
     from edge.uplink.transports import transport_for
 
-    uplink = config.uplink
     comparison = _Comparison(conn, after)
     if comparison.prev is None:
         return CentralLedgerFindings(notes=[f"the central's ledger was not compared: the local ledger has no "
                                             f"entry at seq {after}"])
     try:
-        wire = transport or transport_for(uplink, config.station.id, None)
+        wire = transport or transport_for(config, None, purpose="verify")
         async with asyncio.timeout(timeout_s), wire.connect() as link:
             cursor: int | None = after
             witnessed: Any = None

@@ -142,7 +142,7 @@ async def fetch_central_view(
     if not uplink.enabled:
         return CentralView(url, failure="the station configuration has no [uplink] central_url")
     try:
-        wire = transport or transport_for(uplink, config.station.id, None)
+        wire = transport or transport_for(config, None, purpose="verify")
         async with asyncio.timeout(timeout_s), wire.connect() as link:
             answer = await link.ledger_state()
     except (NotDone, IdentityError, OSError, TimeoutError, ValueError) as exc:

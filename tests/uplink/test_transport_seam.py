@@ -129,11 +129,15 @@ def station_config(tmp_path: Path, transport: str | None) -> StationConfig:
                               "central_signing_key": str(tmp_path / "central.pub")}
     if transport is not None:
         uplink["transport"] = transport
-    return StationConfig.model_validate({
+    doc: dict[str, Any] = {
         "station": {"id": STATION, "store_dir": str(tmp_path / "store")},
         "usb": {"mount_root": str(tmp_path / "media")},
         "uplink": uplink,
-    })
+    }
+    if transport == "mqtt":  # the broker it goes through (nothing connects here)
+        doc["mqtt"] = {"broker_url": "mqtts://127.0.0.1:9", "username": STATION,
+                       "password": "env:NO_SUCH_VAR", "ca_file": str(tmp_path / "ca.crt")}
+    return StationConfig.model_validate(doc)
 
 
 @pytest.mark.parametrize("transport", ["tus", None])
@@ -153,17 +157,18 @@ def test_every_configurable_transport_has_a_factory_that_makes_it(tmp_path: Path
     assert set(TRANSPORTS) == set(TransportName)
     for name in TransportName:
         config = station_config(tmp_path, str(name))
-        assert transport_for(config.uplink, STATION, None).name == name
+        assert transport_for(config, None).name == name
 
 
 def test_an_unknown_transport_is_a_config_error_naming_the_known_ones(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(ValidationError, match=r"uplink\.transport[\s\S]*'tus'"):
-        station_config(tmp_path, "mqtt")
-    section = station_config(tmp_path, "tus").uplink.model_copy(update={"transport": "mqtt"})
-    with pytest.raises(ValueError, match=r"'mqtt' is not one of: tus"):
-        transport_for(section, STATION, None)  # the registry refuses too, whatever gets past the model
+    with pytest.raises(ValidationError, match=r"uplink\.transport[\s\S]*'tus'[\s\S]*'mqtt'"):
+        station_config(tmp_path, "pigeon")
+    config = station_config(tmp_path, "tus")
+    config = config.model_copy(update={"uplink": config.uplink.model_copy(update={"transport": "pigeon"})})
+    with pytest.raises(ValueError, match=r"'pigeon' is not one of: mqtt, tus"):
+        transport_for(config, None)  # the registry refuses too, whatever gets past the model
 
     (tmp_path / "central.pub").write_bytes(StationKey.generate().public_pem())
     text = (
@@ -172,7 +177,7 @@ def test_an_unknown_transport_is_a_config_error_naming_the_known_ones(
         f'central_signing_key = "{tmp_path / "central.pub"}"\ntransport = "{{}}"\n'
     )
     bad, good = tmp_path / "bad.toml", tmp_path / "good.toml"
-    bad.write_text(text.format("mqtt"))
+    bad.write_text(text.format("pigeon"))
     good.write_text(text.format("tus"))
     assert main(["check-config", str(bad)]) == 78
     err = capsys.readouterr().err

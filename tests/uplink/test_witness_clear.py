@@ -328,7 +328,7 @@ async def test_accepting_the_central_head_is_refused_when_the_central_holds_a_fo
         # The plain head is made to look like ours while the head the central signed names the fork.
         from edge.uplink.transports import transport_for
 
-        async with transport_for(rig.config().uplink, STATION, None).connect() as link:
+        async with transport_for(rig.config(), None).connect() as link:
             real = await link.ledger_state()
         assert real.witnessed_head is not None and real.witnessed_head["hash"] == forged
         rig.proxy.faults.append(Fault("GET", rf"/v1/stations/{STATION}/ledger/head", answer_json(

@@ -1,0 +1,201 @@
+"""A preference of transports with failover (``[uplink] transports = ["mqtt", "tus"]``).
+
+Every call goes to the first transport that is not *out*. A transport is out once its calls went
+unanswered (:class:`RetryLater`, or :class:`NotDone` carrying one: down, timed out, no receiver) at least
+``failover_after_failures`` times in a row over at least ``failover_after_s``: a blip does not fail over,
+an outage does. While the preferred transport is out, one call every ``failback_after_s`` goes to it as a
+probe; the first answer it gives (anything but "unanswered": a success, a refusal) makes it the one in use
+again. The probe's failure costs that one call a retry, which the core schedules as any other.
+
+What belongs to one transport stays with it: an upload's resume reference (``mqtt:<file_id>`` is the
+MQTT transfer's, anything else a tus upload URL) is offered only to the transport that made it; the other
+starts a new upload and reports its own reference. Registration goes over whichever transport is in use:
+the central resolves an ``mqtt:`` upload in its MQTT ingest store and any other in its tus store, whichever
+API path the registration came by. ``abandon`` goes to the transport that holds the upload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from edge.uplink.transport import (
+    LedgerAnswer,
+    LedgerPage,
+    LedgerSegment,
+    Link,
+    NotDone,
+    Parcel,
+    RegisterOutcome,
+    RetryLater,
+    Transport,
+    UploadOutcome,
+)
+
+__all__ = ["FailoverLink", "FailoverPolicy", "FailoverTransport", "resume_owner"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_MQTT_RESUME_PREFIX = "mqtt:"
+
+
+def resume_owner(reference: str) -> str:
+    """The name of the transport an upload reference belongs to."""
+    return "mqtt" if reference.startswith(_MQTT_RESUME_PREFIX) else "tus"
+
+
+@dataclass(frozen=True)
+class FailoverPolicy:
+    after_failures: int
+    after_s: float
+    failback_s: float
+
+
+@dataclass
+class _Health:
+    failures: int = 0
+    first_failure_at: float | None = None
+    out_since: float | None = None
+    """When it was failed over from (or last probed): None while it is in use or available."""
+
+
+class FailoverTransport:
+    """Transports in order of preference; see the module docstring."""
+
+    def __init__(
+        self,
+        transports: Sequence[Transport],
+        policy: FailoverPolicy,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if len(transports) < 2:
+            raise ValueError("failover needs at least two transports")
+        self.transports = list(transports)
+        self.policy = policy
+        self.clock = clock
+        self.name = ">".join(t.name for t in self.transports)
+
+    def __repr__(self) -> str:
+        return f"FailoverTransport({', '.join(repr(t) for t in self.transports)})"
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[FailoverLink]:
+        async with contextlib.AsyncExitStack() as stack:
+            links = [await stack.enter_async_context(t.connect()) for t in self.transports]
+            yield FailoverLink([t.name for t in self.transports], links, self.policy, self.clock)
+
+
+class FailoverLink:
+    """The links of every transport; each call goes to the one in use (see the module docstring)."""
+
+    def __init__(
+        self, names: Sequence[str], links: Sequence[Link], policy: FailoverPolicy, clock: Callable[[], float]
+    ) -> None:
+        self.names = list(names)
+        self.links = list(links)
+        self.policy = policy
+        self.clock = clock
+        self.health = [_Health() for _ in self.links]
+
+    def __repr__(self) -> str:
+        return f"FailoverLink({', '.join(self.names)}; in use: {self.names[self.in_use]})"
+
+    @property
+    def in_use(self) -> int:
+        """The index of the transport calls go to now (probes aside)."""
+        return next((i for i, h in enumerate(self.health) if h.out_since is None), 0)
+
+    def _pick(self) -> int:
+        now = self.clock()
+        for index, health in enumerate(self.health):
+            if health.out_since is None:
+                return index
+            if now - health.out_since >= self.policy.failback_s:
+                health.out_since = now  # one probe per interval, however many calls come at once
+                log.info("uplink: trying %s again (failed over from it)", self.names[index])
+                return index
+        return 0  # every one is out: the preferred one
+
+    def _answered(self, index: int) -> None:
+        health = self.health[index]
+        if health.out_since is not None:
+            log.warning("uplink: %s answers again; it is in use again", self.names[index])
+        self.health[index] = _Health()
+
+    def _unanswered(self, index: int, reason: str) -> None:
+        health = self.health[index]
+        now = self.clock()
+        health.failures += 1
+        if health.first_failure_at is None:
+            health.first_failure_at = now
+        if health.out_since is not None:
+            health.out_since = now  # a failed probe: the next one after another interval
+            return
+        last = index == len(self.links) - 1
+        if (not last and health.failures >= self.policy.after_failures
+                and now - health.first_failure_at >= self.policy.after_s):
+            health.out_since = now
+            log.warning(
+                "uplink: %s unanswered %d times over %.0f s (%s): failing over to %s", self.names[index],
+                health.failures, now - health.first_failure_at, reason[:200], self.names[self.in_use])
+
+    async def _witnessing(self, call: Callable[[Link], Awaitable[_T]]) -> _T:
+        index = self._pick()
+        try:
+            result = await call(self.links[index])
+        except NotDone as exc:
+            if isinstance(exc.outcome, RetryLater):
+                self._unanswered(index, str(exc.outcome))
+            else:
+                self._answered(index)
+            raise
+        self._answered(index)
+        return result
+
+    async def upload(self, parcel: Parcel, on_resume: Callable[[str], None]) -> UploadOutcome:
+        index = self._pick()
+        if parcel.resume is not None and resume_owner(parcel.resume) != self.names[index]:
+            parcel = replace(parcel, resume=None)  # the other transport's upload: start one on this
+        outcome = await self.links[index].upload(parcel, on_resume)
+        if isinstance(outcome, RetryLater):
+            self._unanswered(index, str(outcome))
+        else:
+            self._answered(index)
+        return outcome
+
+    async def register(
+        self, upload: str, manifest: Mapping[str, Any], segment: LedgerSegment | None
+    ) -> RegisterOutcome:
+        index = self._pick()
+        outcome = await self.links[index].register(upload, manifest, segment)
+        if isinstance(outcome, RetryLater):
+            self._unanswered(index, str(outcome))
+        else:
+            self._answered(index)
+        return outcome
+
+    async def abandon(self, upload: str) -> None:
+        owner = resume_owner(upload)
+        index = self.names.index(owner) if owner in self.names else self._pick()
+        await self.links[index].abandon(upload)
+
+    async def ledger_state(self) -> LedgerAnswer:
+        return await self._witnessing(lambda link: link.ledger_state())
+
+    async def push_ledger(self, segment: LedgerSegment) -> LedgerAnswer:
+        return await self._witnessing(lambda link: link.push_ledger(segment))
+
+    async def ledger_page(self, after: int, limit: int) -> LedgerPage:
+        return await self._witnessing(lambda link: link.ledger_page(after, limit))
+
+    async def tree_head(self) -> dict[str, Any]:
+        return await self._witnessing(lambda link: link.tree_head())
+
+    async def consistency(self, first: int, second: int) -> list[str] | None:
+        return await self._witnessing(lambda link: link.consistency(first, second))
