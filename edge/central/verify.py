@@ -847,8 +847,8 @@ class _Checker:
                             f"signed root {head.root_hash} of {head.tree_size} leaves")
 
     def _check_store_files(self) -> None:
-        """Files the central does not write, in the store root, identity/ and uploads/ (objects/ is
-        checked with the objects)."""
+        """Files the central does not write, in the store root, identity/, uploads/ and mqtt-transfers/
+        (objects/ is checked with the objects)."""
         root = self.layout.store_dir
         found: list[Path] = []
         for path in sorted(root.iterdir()):
@@ -867,6 +867,10 @@ class _Checker:
         uploads = self.layout.uploads_dir
         for path in sorted(uploads.rglob("*")) if uploads.is_dir() else []:
             if not (path.parent == uploads and _UPLOAD_FILE.fullmatch(path.name) and path.is_file()):
+                found.append(path)
+        transfers = self.layout.mqtt_transfers_dir
+        for path in sorted(transfers.rglob("*")) if transfers.is_dir() else []:
+            if not (path.parent == transfers and _TRANSFER_FILE.fullmatch(path.name) and path.is_file()):
                 found.append(path)
         for path in found[:_MAX_LISTED]:
             self.add(f"file {path.relative_to(root)}",
@@ -1068,7 +1072,7 @@ _CONSOLE_TRAILS = ("account_events", "grant_events", "station_unit_events", "sen
 _ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-journal", "store.lock"})
 # readiness/: the /readyz write probe's directory (edge.central.health); it holds no evidence, and a probe
 # a crash left there is not a planted file.
-_ROOT_DIRS = frozenset({"identity", "objects", "uploads", "readiness"})
+_ROOT_DIRS = frozenset({"identity", "objects", "uploads", "readiness", "mqtt-transfers"})
 _IDENTITY_FILES = frozenset(
     {"ca.crt", "ca.key", "server.crt", "server.key", "signing.key", "signing.key.pub", "console.key",
      ENROLMENTS_FILE}
@@ -1077,6 +1081,13 @@ _IDENTITY_FILES = frozenset(
 # atomic write of a record that a crash left behind (the purge removes it once stale).
 _UPLOAD_FILE = re.compile(
     r"[0-9a-f]{32}\.(part|info\.json)|\.[0-9a-f]{32}\.info\.json\.\d+\.[0-9a-f]{8}\.tmp"
+)
+
+
+# MQTT transfers being assembled (edge.central.mqtt_ingest_store): <id>.info.json, .part, .segments and
+# .lock, and the temp file of an atomic write of a record that a crash left behind.
+_TRANSFER_FILE = re.compile(
+    r"[0-9a-f]{32}\.(part|info\.json|segments|lock)|\.[0-9a-f]{32}\.info\.json\.\d+\.[0-9a-f]{8}\.tmp"
 )
 
 
