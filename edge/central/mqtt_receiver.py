@@ -2,10 +2,13 @@
 and the station API, through shared subscriptions, run beside the HTTP server when the configuration has
 an ``[mqtt]`` section.
 
-Subscriptions (MQTT 5, QoS 1, one persistent session per process, client id ``[mqtt] client_id``):
+Subscriptions (MQTT 5, QoS 1, persistent sessions), on two connections, so that a registration (which
+re-hashes the whole file) never holds up the segments of every station:
 
-- ``$share/G/P/stations/+/$file-async/#`` and ``$share/G/P/stations/+/$file/#``: file-transfer commands.
-- ``$share/G/P/stations/+/api/request/#``: API requests (:mod:`edge.central.mqtt_api`).
+- client id ``[mqtt] client_id`` (default the central id): ``$share/G/P/stations/+/$file-async/#`` and
+  ``$share/G/P/stations/+/$file/#``, the file-transfer commands;
+- client id ``<client_id>-api``: ``$share/G/P/stations/+/api/request/#``, the API
+  (:mod:`edge.central.mqtt_api`); a content-only worker (``edge central mqtt-worker``) has no API.
 
 G is ``[mqtt] shared_group``: the broker hands each message to one member of the group, so several
 central processes split the load (they may share ``transfers_dir``: every transfer has its own file
@@ -173,6 +176,7 @@ class MqttReceiver:
         self._backoff = backoff if backoff is not None else Backoff(base_s=1.0, max_s=60.0)
         self.counts = ReceiverCounts()
         self.client: MqttClient | None = None
+        self.api_client: MqttClient | None = None
         self._subscribed = asyncio.Event()
         self._status_listeners: list[Callable[[ConnectionStatus], None]] = []
 
@@ -183,15 +187,26 @@ class MqttReceiver:
     def station_root(self) -> str:
         return f"{self.prefix}/stations"
 
+    @property
+    def api_client_id(self) -> str:
+        """The API's own connection and session: a registration re-hashes a whole file, and on the content
+        connection it would hold up every station's segments meanwhile (each connection answers its
+        messages one at a time, acknowledging each after its answer)."""
+        return f"{self.settings.client_id}-api"
+
     def subscriptions(self) -> list[tuple[str, MessageHandler]]:
+        """The content connection's subscriptions."""
         share = f"$share/{self.shared_group}/{self.station_root}/+"
-        found: list[tuple[str, MessageHandler]] = [
+        return [
             (f"{share}/$file-async/#", self._on_transfer),
             (f"{share}/$file/#", self._on_transfer),
         ]
-        if self.api is not None:
-            found.append((f"{share}/api/request/#", self._on_request))
-        return found
+
+    def api_subscriptions(self) -> list[tuple[str, MessageHandler]]:
+        """The API connection's subscription (none without an API: a content-only worker)."""
+        if self.api is None:
+            return []
+        return [(f"$share/{self.shared_group}/{self.station_root}/+/api/request/#", self._on_request)]
 
     async def wait_subscribed(self, timeout_s: float | None) -> None:
         """Until every subscription of the current run is in effect (None: however long it takes)."""
@@ -200,32 +215,44 @@ class MqttReceiver:
 
     async def run(self) -> None:
         """Connect, subscribe and answer until cancelled (a supervised task: each run is a fresh client on
-        the same persistent session)."""
+        the same persistent sessions)."""
         self._subscribed.clear()
-        client = MqttClient(self.settings, backoff=self._backoff)
-        self.client = client
-        # Handlers are registered before the connection: messages the broker kept for this session come
-        # right after the CONNACK and must find them (a message without a handler would be dropped).
+        self.client = MqttClient(self.settings, backoff=self._backoff)
+        wanted = [(self.client, topic_filter, handler) for topic_filter, handler in self.subscriptions()]
+        clients = [self.client]
+        if self.api is not None:
+            self.api_client = MqttClient(dataclasses.replace(self.settings, client_id=self.api_client_id),
+                                         backoff=self._backoff)
+            clients.append(self.api_client)
+            wanted += [(self.api_client, topic_filter, handler)
+                       for topic_filter, handler in self.api_subscriptions()]
+        # Handlers are registered before the connection: messages the broker kept for a session come right
+        # after its CONNACK and must find them (a message without a handler would be dropped).
         subscribing = [
             asyncio.create_task(client.subscribe(topic_filter, handler, timeout_s=_SUBSCRIBE_WAIT_S),
                                 name=f"mqtt-subscribe-{topic_filter}")
-            for topic_filter, handler in self.subscriptions()
+            for client, topic_filter, handler in wanted
         ]
         await asyncio.sleep(0)  # each subscribe() registers its handler before its first await
-        connection = asyncio.create_task(client.run(), name=f"mqtt-receiver-{self.settings.client_id}")
+        connections = [asyncio.create_task(client.run(), name=f"mqtt-receiver-{client.settings.client_id}")
+                       for client in clients]
         try:
             await asyncio.gather(*subscribing)
             self._subscribed.set()
             log.info("MQTT receiver %s subscribed (group %s, prefix %s)", self.settings.client_id,
                      self.shared_group, self.prefix)
-            await connection
+            # A connection's run() ends only when its client was closed: then this run ends too.
+            done, _ = await asyncio.wait(connections, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
         finally:
             self._subscribed.clear()
             for task in subscribing:
                 task.cancel()
-            await client.close()
-            connection.cancel()
-            await asyncio.gather(connection, *subscribing, return_exceptions=True)
+            await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
+            for task in connections:
+                task.cancel()
+            await asyncio.gather(*connections, *subscribing, return_exceptions=True)
 
     # -- file transfer ----------------------------------------------------------------------------------
 
@@ -255,14 +282,14 @@ class MqttReceiver:
     # -- the API ------------------------------------------------------------------------------------------
 
     async def _on_request(self, message: InboundMessage) -> None:
-        assert self.api is not None and self.client is not None
+        assert self.api is not None and self.api_client is not None
         answer = await self.api.answer(message.topic, message.payload, message.correlation_data)
         if answer is None:
             self.counts.dropped += 1
             return
         self.counts.requests += 1
-        await self.client.publish(answer.topic, answer.payload, qos=1,
-                                  correlation_data=answer.correlation_data)
+        await self.api_client.publish(answer.topic, answer.payload, qos=1,
+                                      correlation_data=answer.correlation_data)
 
 
 def station_check_of(check: Callable[[str], Any]) -> StationCheck:

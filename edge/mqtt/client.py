@@ -755,10 +755,10 @@ def _no_op_socket_callback(_client: paho.Client, _userdata: Any, _sock: Any) -> 
 
 
 def _no_delay(_client: paho.Client, _userdata: Any, sock: Any) -> None:
-    """TCP_NODELAY on the connection, before CONNECT. MQTT's small packets (PUBACKs, transfer results)
-    otherwise wait under Nagle's algorithm for the peer's delayed ACK, ~40 ms on Linux, each: a station
-    waiting for segment results sent evidence at a quarter of its speed (tests/bench/mqtt.py)."""
-    if isinstance(sock, socket.socket):
+    """TCP_NODELAY on the connection's socket. A transfer is a chain of small packets each waiting for the
+    other side's (PUBACK, the receiver's result): with Nagle's algorithm and delayed ACKs each waited ~40 ms
+    (64 MiB in 256 KiB segments through the central's receiver: 6.7 s with Nagle here, 1.1 s without)."""
+    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket (a test's socket pair, say)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 

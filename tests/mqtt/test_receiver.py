@@ -5,8 +5,10 @@ the contract's wire: evidence content as EMQX file-transfer commands under its o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from edge.central.mqtt_ingest_store import TransferState
 from edge.custody.canonical import canonical_json
 from edge.mqtt.api import ApiOp
+from edge.mqtt.client import ConnectionState
 from edge.mqtt.filetransfer import (
     AbortCommand,
     FinCommand,
@@ -304,6 +307,11 @@ async def test_a_request_over_the_size_limit_gets_413(
             assert reply.status == 413 and reply.body["error"] == "too_large", reply.body
             # Control: a small request passes the same receiver.
             assert (await station.request(ApiOp.LEDGER_HEAD, {})).status == 200
+        receiver = central.receiver
+    # The central's stop ended the receiver's connections cleanly (DISCONNECT: the sessions stay).
+    assert receiver.client is not None and receiver.api_client is not None
+    assert receiver.client.status.state is ConnectionState.CLOSED
+    assert receiver.api_client.status.state is ConnectionState.CLOSED
     fake.conn.close()
 
 
@@ -324,4 +332,72 @@ async def test_the_synchronous_form_is_answered_on_the_response_topic_too(
         assert (await station.command(segment, data)).reason_code is ReasonCode.SUCCESS
         fin = await station.command(FinCommand(file_id, len(data), sha, Mode.SYNC))
         assert fin.reason_code is ReasonCode.SUCCESS
+    fake.conn.close()
+
+
+async def test_a_registration_in_progress_does_not_hold_up_segments(
+    central: MqttCentral, broker: MosquittoBroker, pki: TestPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registration re-hashes the whole file (minutes for a large one); meanwhile segments are answered:
+    the API has its own connection."""
+    fake = FakeStation("st-0008")
+    central.enroll(fake)
+    acquired = fake.acquire(_content(20_000, seed=8))
+    file_id = file_id_for(acquired.item)
+    registrar = central.running.parts.registrar
+    hashing, release = threading.Event(), threading.Event()
+    put_content = registrar._put_content
+
+    def held_put_content(path: Path, sha256: str) -> None:
+        hashing.set()
+        assert release.wait(60)
+        put_content(path, sha256)
+
+    monkeypatch.setattr(registrar, "_put_content", held_put_content)
+    async with wire_station(fake, broker, pki) as station:
+        await station.send_file(file_id, acquired.content)
+        body = station.register_body(acquired, file_id)
+        registering = asyncio.create_task(station.request(ApiOp.REGISTER, body))
+        try:
+            assert await asyncio.to_thread(hashing.wait, 30)
+            # While the registration hashes, another transfer's commands are answered.
+            other = _content(3000, seed=9)
+            other_id = file_id_for("item-0008b")
+            init = await station.command(InitCommand(other_id, Mode.ASYNC), init_payload(other), timeout_s=10)
+            assert init.reason_code is ReasonCode.SUCCESS
+            assert not registering.done()
+        finally:
+            release.set()
+        reply = await registering
+        assert reply.status == 201, reply.body
+    fake.conn.close()
+
+
+async def test_hostile_transfer_messages_are_answered_or_dropped_and_the_receiver_goes_on(
+    central: MqttCentral, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    fake = FakeStation("st-0009")
+    central.enroll(fake)
+    file_id = file_id_for("item-0009")
+    receiver = central.receiver
+    async with wire_station(fake, broker, pki) as station:
+        # Topics that name no command: nothing to echo, so dropped (and logged), nothing stored.
+        root = "evidence/stations/st-0009"
+        for tail in ("$file-async/../init", "$file-async/x/007", "$file-async/x/fin/1/zz", "$file-async",
+                     f"$file-async/{file_id}/0/{'A' * 63}"):
+            await station.client.publish(f"{root}/{tail}", b"\xff" * 10)
+        # A command whose payload is hostile: answered with what was wrong.
+        init = InitCommand(file_id, Mode.ASYNC)
+        hostile = ((b"\xff\xfe", "init payload"), (b'{"name":"a","size":1,"evil":1}', "unknown"),
+                   (b'{"name":"a","size":-1}', "init size"))
+        for payload, needle in hostile:
+            answer = await station.command(init, payload)
+            assert answer.reason_code is not ReasonCode.SUCCESS, answer
+            assert needle in answer.reason_description, answer
+        assert receiver.counts.dropped == 5
+        # Still answering: the right init passes.
+        assert (await station.command(init, init_payload(b"abc"))).reason_code is ReasonCode.SUCCESS
+    assert central.running.parts.mqtt_transfers is not None
+    names = {p.name for p in central.running.parts.mqtt_transfers.root.iterdir()}
+    assert all(n.startswith(transfer_upload_id("st-0009", file_id)) or n == "incidents.jsonl" for n in names)
     fake.conn.close()

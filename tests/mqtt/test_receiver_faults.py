@@ -99,6 +99,7 @@ async def test_the_broker_killed_mid_transfer_loses_nothing_and_duplicates_nothi
             pending = asyncio.create_task(station.command_until_answered(*segments[half]))
             await broker.start()
             await _reconnected(central.receiver.client, 2)
+            await _reconnected(central.receiver.api_client, 2)
             await _reconnected(station.client, 2)
             assert (await pending).reason_code is ReasonCode.SUCCESS
             # The station cannot tell which results it missed: it sends a few acknowledged segments again
