@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import secrets
@@ -58,6 +59,7 @@ from typing import Any
 from edge.config.station import StationConfig
 from edge.custody.canonical import canonical_json
 from edge.custody.ledger import Checkpoint
+from edge.custody.text import printable
 from edge.mqtt.api import (
     ApiCodecError,
     ApiOp,
@@ -84,9 +86,9 @@ from edge.mqtt.filetransfer import (
     AbortCommand,
     Command,
     FileMeta,
+    FileResponse,
     FileTransferError,
     Mode,
-    ReasonCode,
     check_file_id,
     parse_response_payload,
     publish_packet_bytes,
@@ -138,6 +140,10 @@ MAX_ROUNDS = 2
 # Sessions of the command-line tools' connections: long enough to ride out a reconnect, short enough
 # that the broker does not keep them for a week.
 _TOOL_SESSION_EXPIRY_S = 600
+# What a receiver's cancel may say about the station itself (its description starts "<code>: "): not
+# enrolled, revoked. Only a wording: never final, the uplink retries as for any station-level refusal.
+_STATION_REFUSALS = frozenset({"unknown_station", "station_revoked", "wrong_station", "unauthenticated",
+                               "forbidden"})
 # The broker's reason codes that say this station may not do this (the ACL): a station-level refusal.
 _NOT_AUTHORISED = frozenset({0x87})
 _NO_SUBSCRIBERS = 0x10
@@ -213,7 +219,10 @@ class MqttTransport:
             if client is None:
                 mqtt = self.config.mqtt
                 client = MqttClient(self.settings(), backoff=Backoff(mqtt.backoff_base_s, mqtt.backoff_max_s))
-                runner = asyncio.create_task(client.run(), name=f"mqtt-{self.purpose}-{self.station_id}")
+                # A context of its own: the client's network thread beats the liveness of the supervised
+                # task it runs in, and must not vouch for the uplink's loop.
+                runner = asyncio.create_task(client.run(), name=f"mqtt-{self.purpose}-{self.station_id}",
+                                             context=contextvars.Context())
 
                 async def stop_client(client: MqttClient = client) -> None:
                     await client.close()
@@ -244,23 +253,23 @@ class _Transfer:
 
     plan: SegmentPlan
     progress: TransferProgress
-    waiting: dict[str, asyncio.Future[ReasonCode]]
+    waiting: dict[str, asyncio.Future[FileResponse]]
     bytes_sent: int = 0
 
-    def expect(self, command: Command) -> asyncio.Future[ReasonCode]:
+    def expect(self, command: Command) -> asyncio.Future[FileResponse]:
         future = self.waiting.get(command.topic)
         if future is None or future.done():
             future = asyncio.get_running_loop().create_future()
             self.waiting[command.topic] = future
         return future
 
-    def answered(self, command: Command, code: ReasonCode) -> bool:
-        """The receiver's result for ``command``: True when it was awaited (exactly that command, its
-        offset and checksum included)."""
-        future = self.waiting.get(command.topic)
+    def answered(self, response: FileResponse) -> bool:
+        """The receiver's result: True when it was awaited (exactly its command, offset and checksum
+        included)."""
+        future = self.waiting.get(response.topic)
         if future is None or future.done():
             return False
-        future.set_result(code)
+        future.set_result(response)
         return True
 
 
@@ -592,11 +601,18 @@ class MqttLink(ApiLinkCalls):
         for pair in segments:
             if not (isinstance(pair, list) and len(pair) == 2 and all(type(v) is int for v in pair)):
                 continue
-            offset, size = pair
-            with contextlib.suppress(PlanError):
-                # Only a segment exactly as this plan cuts it counts; anything else is sent again.
-                if plan.bounds(plan.index_of(offset)) == (offset, size):
-                    transfer.progress.acknowledge(offset)
+            start, size = pair
+            if start < 0 or size <= 0 or start + size > plan.file_size:
+                continue
+            # A held range (one segment, or a run of them the receiver merged): every segment of this plan
+            # wholly inside it counts; anything else is sent again.
+            index = -(-start // plan.segment_bytes)
+            while index < plan.count:
+                offset, length = plan.bounds(index)
+                if offset + length > start + size:
+                    break
+                transfer.progress.acknowledge(offset)
+                index += 1
         return True
 
     async def _send_segments(self, transfer: _Transfer, fd: int) -> None:
@@ -656,11 +672,11 @@ class MqttLink(ApiLinkCalls):
                     result = await waiter
             except TimeoutError:
                 continue  # the result (or the segment) was lost: send it again
-            action = action_for(command, result)
+            action = action_for(command, result.reason_code)
             if action is Action.DONE:
                 transfer.progress.acknowledge(command.offset)
                 return
-            self._act_on(action, plan, f"segment {command.offset}")
+            self._act_on(action, plan, f"segment {command.offset}", result)
         raise _Unanswered(RetryLater(
             f"transfer {plan.file_id}: no success from the receiver for the segment at offset "
             f"{plan.bounds(index)[0]} after {SENDS_PER_COMMAND} sends"
@@ -686,21 +702,27 @@ class MqttLink(ApiLinkCalls):
                     result = await waiter
             except TimeoutError:
                 continue
-            action = action_for(command, result)
+            action = action_for(command, result.reason_code)
             if action in (Action.DONE, Action.RESEND_ALL):
                 return action
-            self._act_on(action, plan, what)
+            self._act_on(action, plan, what, result)
         raise _Unanswered(RetryLater(
             f"transfer {plan.file_id}: no answer from the receiver to {what} after {SENDS_PER_COMMAND} sends"
         ))
 
-    def _act_on(self, action: Action, plan: SegmentPlan, what: str) -> None:
-        """A result other than success: cancel ends the transfer (a new one starts), a quota pauses the
-        item, "resend" is the caller's next turn; "every segment again" ends the round."""
+    def _act_on(self, action: Action, plan: SegmentPlan, what: str, result: FileResponse) -> None:
+        """A result other than success: cancel ends the transfer (a new one starts; a refusal of the station
+        itself, as the receiver describes it, is station-level), a quota pauses the item, "resend" is the
+        caller's next turn; "every segment again" ends the round."""
+        said = printable(result.reason_description)[:300]
         if action is Action.CANCEL:
+            word = result.reason_description.split(":", 1)[0].strip()
+            if word in _STATION_REFUSALS:
+                raise _Unanswered(Refused(code=word, detail=f"transfer {plan.file_id} ({what}): {said}",
+                                          station_level=True, via="MQTT"))
             raise _Unanswered(Refused(
-                code=UPLOAD_LOST, detail=f"the receiver cancelled transfer {plan.file_id} (at {what})",
-                via="MQTT",
+                code=UPLOAD_LOST, via="MQTT",
+                detail=f"the receiver cancelled transfer {plan.file_id} (at {what}): {said}",
             ))
         if action is Action.PAUSE_AND_RESEND:
             raise _Unanswered(RetryLater(
@@ -724,7 +746,7 @@ class MqttLink(ApiLinkCalls):
         transfer = self._transfers.get(command.file_id)
         if transfer is None or command.mode is not Mode.ASYNC:
             return  # another link's transfer, one already over, or not ours at all
-        transfer.answered(command, response.reason_code)
+        transfer.answered(response)
 
 
 def _acknowledged_bytes(transfer: _Transfer) -> int:

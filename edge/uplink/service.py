@@ -1,7 +1,7 @@
 """The uplink: drains the spool to the central receiver while offloads go on, and checks receipts.
 
 This is the uplink's core; the wire is a :class:`~edge.uplink.transport.Transport` chosen by
-``[uplink] transport`` (:mod:`edge.uplink.transports`: tus over HTTPS today). The core never sees a
+``[uplink] transport`` (:mod:`edge.uplink.transports`: tus over HTTPS, or MQTT). The core never sees a
 status code or an offset: each transport call ends in one of the same outcomes (delivered, accepted with
 a receipt, retry later, refused), and every decision below is taken on those.
 

@@ -37,11 +37,12 @@ these: an ``OSError`` reaching the core means the *local* store failed, and so d
 :class:`ContentUnreadable`.
 
 Resuming: ``Parcel.resume`` is the transport's own reference to an upload in progress (tus: the upload
-URL; MQTT: a file id and the acknowledged offset), persisted by the spool whenever the transport reports
-a new one through ``on_resume``, so an upload resumes after a crash or a restart instead of starting over.
+URL; MQTT: ``mqtt:<file_id>``, whose progress the receiver reports), persisted by the spool whenever the
+transport reports a new one through ``on_resume``, so an upload resumes after a crash or a restart
+instead of starting over.
 
-Transports are chosen by ``[uplink] transport`` through :mod:`edge.uplink.transports`, the only module
-of the core that names them.
+Transports are chosen by ``[uplink] transport`` (or a preference with failover, ``[uplink] transports``)
+through :mod:`edge.uplink.transports`, the only module of the core that names them.
 """
 
 from __future__ import annotations

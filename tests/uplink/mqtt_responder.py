@@ -94,6 +94,8 @@ class Responder:
     answered: Counter[str] = field(default_factory=Counter)
     client: MqttClient | None = None
     relay_url: str | None = None
+    merge_runs: bool = False
+    """transfer-state answers contiguous segments as one [offset, size] run (the central's form)."""
     """A central in development mode (plain HTTP, station named by a header) to which API requests not
     answered otherwise are relayed: its status and body go back as the reply."""
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -254,4 +256,12 @@ class Responder:
         if transfer is None:
             return {"file_id": file_id, "known": False, "segments": [], "complete": False}
         segments = [[offset, len(data)] for offset, data in sorted(transfer.segments.items())]
+        if self.merge_runs:  # as the central answers: contiguous segments as one run
+            runs: list[list[int]] = []
+            for offset, size in segments:
+                if runs and runs[-1][0] + runs[-1][1] == offset:
+                    runs[-1][1] += size
+                else:
+                    runs.append([offset, size])
+            segments = runs
         return {"file_id": file_id, "known": True, "segments": segments, "complete": transfer.complete}

@@ -56,7 +56,7 @@ async def broker(tmp_path: Path, pki: TestPki) -> AsyncIterator[MosquittoBroker]
 
 def station_config(
     tmp_path: Path, broker: MosquittoBroker, pki: TestPki, *, station: str = STATION, cert: str = STATION,
-    **uplink: Any,
+    protocol: str = "5", **uplink: Any,
 ) -> StationConfig:
     bundle = pki.client(cert)
     return StationConfig.model_validate({
@@ -66,7 +66,8 @@ def station_config(
                    "mqtt_result_timeout_s": 0.5, "mqtt_segment_kb": SEGMENT_BYTES // 1024,
                    "mqtt_segments_in_flight": WINDOW, **uplink},
         "mqtt": {"broker_url": f"mqtts://127.0.0.1:{broker.port}", "identity_dir": str(bundle),
-                 "backoff_base_s": 0.05, "backoff_max_s": 0.3, "publish_timeout_s": 10.0},
+                 "backoff_base_s": 0.05, "backoff_max_s": 0.3, "publish_timeout_s": 10.0,
+                 "protocol": protocol},
     })
 
 
@@ -263,13 +264,15 @@ async def test_a_refused_fin_sends_every_segment_again_and_a_cancel_starts_over(
     assert isinstance(cancelled, Refused) and cancelled.code == UPLOAD_LOST, cancelled
 
 
+@pytest.mark.parametrize("runs", [False, True], ids=["per-segment", "merged-runs"])
 async def test_a_station_restart_resumes_with_the_segments_the_receiver_lacks(
-    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki, runs: bool
 ) -> None:
     config = station_config(tmp_path, broker, pki)
     item = parcel(tmp_path, 10 * SEGMENT_BYTES)
     resumes = Resumes([])
     async with receiver(broker, pki) as responder:
+        responder.merge_runs = runs
         # The first run: six segments reach the receiver, the others are lost on the way.
         responder.lose.append(lambda _s, c: isinstance(c, SegmentCommand) and c.offset >= 6 * SEGMENT_BYTES)
         async with link_for(config) as link:
@@ -426,3 +429,23 @@ async def test_segments_fit_the_brokers_packet_limit(
         for offset, data in responder.transfers[(STATION, file_id)].segments.items()
     ]
     assert max(sizes) <= limit and max(sizes) > limit - 16  # cut to the limit, not below it
+
+
+async def test_mqtt_3_1_1_delivers_and_asks_without_response_topics(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """MQTT 3.1.1 has no response topic, correlation data or PUBACK reason codes: replies come on the
+    station's reply topic, results on $file-response/S, and delivery still waits for the receiver."""
+    config = station_config(tmp_path, broker, pki, protocol="3.1.1")
+    item = parcel(tmp_path, 5 * SEGMENT_BYTES + 1)
+    head = {"seq": 0, "hash": "00" * 32, "accepts": ["checkpoints", "ledger_format_2"]}
+    async with receiver(broker, pki) as responder, link_for(config) as link:
+        assert not link.mqtt5
+        responder.api_answers[:] = [answer(ApiOp.LEDGER_HEAD, 200, head)]
+        assert (await link.ledger_state()).seq == 0
+        outcome = await link.upload(item, Resumes([]))
+        delivered_intact(responder, outcome, item)
+        # Nobody answers: without reason codes the PUBACK cannot say so, the result timeouts do.
+        responder.faults.append(lambda _s, c: "drop")
+        lost = await link.upload(parcel(tmp_path, SEGMENT_BYTES, item="another-item"), Resumes([]))
+        assert isinstance(lost, RetryLater) and "no answer from the receiver to init" in lost.reason
