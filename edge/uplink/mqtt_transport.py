@@ -357,8 +357,9 @@ class MqttLink(ApiLinkCalls):
             reply = await self.request(op, body)
         except _Unanswered as exc:
             outcome = exc.outcome
-            if isinstance(outcome, Refused):
-                raise CentralRejected(403, outcome.code, outcome.detail) from None
+            if isinstance(outcome, Refused):  # the broker's refusal (403-like) or one too large for it
+                status = 403 if outcome.station_level else 413
+                raise CentralRejected(status, outcome.code, outcome.detail) from None
             raise CentralUnavailable(outcome.reason, retry_after_s=outcome.retry_after_s) from None
         doc = reply.body if isinstance(reply.body, dict) else {}
         raw = canonical_json(reply.body)

@@ -29,7 +29,7 @@ from edge.mqtt.filetransfer import (
     response_topic,
 )
 from edge.uplink.mqtt_transport import MqttLink, MqttTransport, file_id_of
-from edge.uplink.transport import UPLOAD_LOST, Delivered, NotDone, Parcel, Refused, RetryLater
+from edge.uplink.transport import UPLOAD_LOST, Accepted, Delivered, NotDone, Parcel, Refused, RetryLater
 from tests.mqtt.broker import CENTRAL_ID, TOPIC_PREFIX, MosquittoBroker, TestPki, require_mosquitto
 from tests.uplink.mqtt_responder import Responder
 
@@ -449,3 +449,39 @@ async def test_mqtt_3_1_1_delivers_and_asks_without_response_topics(
         responder.faults.append(lambda _s, c: "drop")
         lost = await link.upload(parcel(tmp_path, SEGMENT_BYTES, item="another-item"), Resumes([]))
         assert isinstance(lost, RetryLater) and "no answer from the receiver to init" in lost.reason
+
+
+async def test_a_cancel_ends_the_transfer_at_once_without_waiting_for_the_other_segments(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    # Results would take 10 minutes to time out: the outcome must come from the cancel, not a timer.
+    config = station_config(tmp_path, broker, pki, mqtt_result_timeout_s=600.0)
+    item = parcel(tmp_path, 8 * SEGMENT_BYTES)
+
+    def cancel_the_first_hold_the_rest(_station: str, command: Command) -> str | ReasonCode | None:
+        if isinstance(command, SegmentCommand):
+            return ReasonCode.CANCEL if command.offset == 0 else "hold"
+        return None
+
+    async with receiver(broker, pki) as responder, link_for(config) as link:
+        responder.faults.append(cancel_the_first_hold_the_rest)
+        async with asyncio.timeout(60):
+            outcome = await link.upload(item, Resumes([]))
+        assert isinstance(outcome, Refused) and outcome.code == UPLOAD_LOST, outcome
+        assert len(responder.held) == WINDOW - 1  # the others were in flight, unanswered
+        assert len(segments_of(responder)) == WINDOW  # and nothing was sent after the cancel
+
+
+async def test_a_request_too_large_for_the_broker_is_refused_as_the_items_not_the_stations(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    config = station_config(tmp_path, broker, pki, mqtt_max_packet_kb=4)
+    async with receiver(broker, pki) as responder, link_for(config) as link:
+        outcome = await link.register("mqtt:item.0badc0de", {"item": "item", "pad": "x" * 8192}, None)
+        assert isinstance(outcome, Refused) and outcome.code == "request_too_large", outcome
+        assert not outcome.station_level and "at most" in outcome.detail
+        # Control: the same registration within the limit goes out (and is answered).
+        responder.api_answers[:] = [answer(ApiOp.REGISTER, 201, {"receipt": {"item": "item"}})]
+        fits = await link.register("mqtt:item.0badc0de", {"item": "item"}, None)
+        assert fits == Accepted({"item": "item"})
+    assert [r.op for _, r in responder.requests] == [ApiOp.REGISTER]
