@@ -8,6 +8,7 @@ import faulthandler
 import getpass
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from edge.config.base import (
     parse_toml_document,
     read_config_text,
 )
-from edge.config.station import StationConfig, WipePolicy, load_config
+from edge.config.station import MQTT_BROKER_URL_OR_EMPTY, StationConfig, WipePolicy, load_config
 from edge.custody.text import json_printable, printable
 from edge.durable.lock import StoreBusy
 from edge.ingest.store_commands import load_station_config, open_station_store, store_failure_status
@@ -394,6 +395,12 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import DemoOptions, run_demo
 
+    if args.broker is not None and args.transport != "mqtt":
+        print("error: --broker needs --transport mqtt", file=sys.stderr)
+        return ExitCode.USAGE
+    if args.transport == "mqtt" and args.no_central:
+        print("error: --transport mqtt sends to the central: it cannot go with --no-central", file=sys.stderr)
+        return ExitCode.USAGE
     options = DemoOptions(
         recorders=args.recorders,
         files=args.files,
@@ -402,8 +409,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         json_output=args.json,
         central=not args.no_central,
         keep_running=args.keep_running,
+        transport=args.transport,
+        broker_url=args.broker,
     )
     return asyncio.run(run_demo(options))
+
+
+def _mqtts_url(value: str) -> str:
+    if not value or not re.fullmatch(MQTT_BROKER_URL_OR_EMPTY, value):
+        raise argparse.ArgumentTypeError(f"expected mqtts://host[:port], found {value[:100]!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -499,6 +514,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--keep-running", action="store_true",
         help="after the journey keep the station, its API and dock screen (and the central) up until Ctrl-C",
+    )
+    demo.add_argument(
+        "--transport", choices=["http", "mqtt"], default="http",
+        help="how the station reaches the central: http (tus over HTTPS) or mqtt (through a broker: a "
+        "local Mosquitto with the shipped agency configuration unless --broker names one)",
+    )
+    demo.add_argument(
+        "--broker", metavar="URL", type=_mqtts_url,
+        help="with --transport mqtt: mqtts://host:port of a broker that trusts the demo central's CA",
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -9,6 +9,12 @@ after-receipt: stricter than the stations' default after-witness, and it shows r
 central the demo erases after verification (after-verify, which nobody witnesses: see the README's wipe
 policies). At the end both stores are verified and a summary is printed.
 
+With ``--transport mqtt`` the station has no HTTPS path to the central at all: it registers, pushes its
+ledger and sends evidence through an MQTT broker (EMQX-style file transfer, README "MQTT"). Unless
+``--broker URL`` names one, the demo runs a local Mosquitto (edge.mqtt.local_broker) on a free port with
+the shipped agency configuration and ACL, its server certificate and the central's own broker identity
+issued by the demo central's CA, as `edge central broker-cert` and `edge central mqtt-identity` do.
+
 On a terminal each bay shows a live progress bar (rich) and the summary is a table; otherwise (a log, a
 pipe) one plain line per change that matters. The station's local API runs as in production: its socket
 and the dock screen's URL are printed, and with ``--keep-running`` the station, its API and the central
@@ -35,10 +41,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from edge.central.embedded import EmbeddedCentral
+from edge.central.embedded import EmbeddedCentral, issue_mqtt_identities
 from edge.central.verify import verify_central_store
 from edge.config.station import StationConfig
 from edge.ingest.store import open_db
+from edge.mqtt.local_broker import BrokerTls, LocalBroker, free_port
 from edge.observe.live import LiveBays
 from edge.station import StationAgent
 from edge.verify.station import verify_store
@@ -60,6 +67,8 @@ class DemoOptions:
     json_output: bool = False
     central: bool = True  # False: offload only (the pipeline benchmark's baseline)
     keep_running: bool = False  # after the journey, keep the station and its API up until Ctrl-C
+    transport: str = "http"  # how the station reaches the central: "http" (tus, HTTPS) or "mqtt" (a broker)
+    broker_url: str | None = None  # with transport "mqtt": this broker instead of a local Mosquitto
 
 
 def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]:
@@ -93,6 +102,7 @@ def demo_config(
     password_file: Path,
     uplink: dict[str, Any] | None = None,
     api: dict[str, Any] | None = None,
+    mqtt: dict[str, Any] | None = None,
 ) -> StationConfig:
     return StationConfig.model_validate(
         {
@@ -121,6 +131,7 @@ def demo_config(
             "offload": {"concurrency": min(8, max(1, len(specs))), "min_free_bytes": 64 << 20},
             "wipe": {"policy": "after-receipt" if uplink else "after-verify", "receipt_wait_s": 600},
             "uplink": uplink or {},
+            "mqtt": mqtt or {},
             "api": api or {"enabled": False},
             "case_defaults": {
                 "location": "杭州市西湖区文三路",
@@ -188,11 +199,19 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
     server.start()
     dock.start()
     central: EmbeddedCentral | None = None
+    broker: LocalBroker | None = None
     uplink: dict[str, Any] | None = None
-    if options.central:
+    station_mqtt: dict[str, Any] | None = None
+    if options.central and options.transport == "mqtt":
+        central, broker, broker_url = await _start_central_over_mqtt(options, workdir, out)
+        # MQTT only: the station knows no central URL, everything goes through the broker.
+        uplink = {"transport": "mqtt", "identity_dir": str(central.bundle_dir)}
+        station_mqtt = {"broker_url": broker_url}
+    elif options.central:
         central = await EmbeddedCentral.start(workdir, STATION_ID, workdir / "station-store")
         uplink = central.uplink_config()
         print(f"central receiver listening on {central.url} (mutual TLS)", file=out, flush=True)
+    if central is not None:
         console_password = workdir / "console-auditor.password"
         central.console_account("demo-auditor", console_password)
         print(f"auditor console: {central.console_url}/console/ (account demo-auditor, a supervisor; its "
@@ -200,7 +219,7 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
               "browser knows)", file=out, flush=True)
     # The station's local API as in production (its own socket; the dock screen on a free loopback port).
     api = {"socket_path": str(run_dir / "station.sock"), "tcp_port": 0}
-    config = demo_config(workdir, specs, dock.tty_path, password_file, uplink, api)
+    config = demo_config(workdir, specs, dock.tty_path, password_file, uplink, api, station_mqtt)
     stop = asyncio.Event()
     agent = StationAgent(config)
     runner = asyncio.create_task(agent.run(stop))
@@ -240,8 +259,12 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
             server.stop()
             dock.stop()
             bus.close()
-            if central is not None:
-                await central.stop()
+            try:
+                if central is not None:
+                    await central.stop()
+            finally:
+                if broker is not None:
+                    await broker.stop()
     central_key = central.signing_public_key() if central is not None else None
     report = await loop.run_in_executor(
         None, lambda: verify_store(config.station.store_dir, central_key=central_key)
@@ -277,6 +300,8 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
         "receipts": uplink_counts["receipts"],
         "central_store": str(central.store_dir) if central is not None else None,
         "central_verified": None if central_report is None else not central_report,
+        "transport": options.transport if central is not None else None,
+        "broker_url": station_mqtt["broker_url"] if station_mqtt is not None else None,
     }
     _print_table(out, agent, specs, leds, remaining, report.ok)
     if central is not None:
@@ -289,6 +314,54 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
     if options.json_output:
         print(json.dumps(summary, ensure_ascii=False), file=out, flush=True)
     return 0 if not errors else 1
+
+
+async def _start_central_over_mqtt(
+    options: DemoOptions, workdir: Path, out: Any
+) -> tuple[EmbeddedCentral, LocalBroker | None, str]:
+    """The demo central with its MQTT receiver, (without --broker) a local Mosquitto running the shipped
+    agency configuration, and the broker's URL. The broker's server certificate and the central's broker
+    identity come from the central's CA, as an administrator makes them with `edge central broker-cert` and
+    `edge central mqtt-identity`."""
+    identity_dir, broker_dir = workdir / "central-mqtt-identity", workdir / "broker-tls"
+    port = free_port() if options.broker_url is None else None
+    broker_url = options.broker_url or f"mqtts://127.0.0.1:{port}"
+    config = EmbeddedCentral.make_config(
+        workdir / "central-store",
+        mqtt={
+            "broker_url": broker_url,
+            "ca_file": str(identity_dir / "ca.crt"),
+            "client_bundle_dir": str(identity_dir),
+        },
+    )
+    loop = asyncio.get_running_loop()
+    bundle_dir = await loop.run_in_executor(
+        None, EmbeddedCentral.initialise, config, workdir, STATION_ID, workdir / "station-store"
+    )
+    await loop.run_in_executor(
+        None, issue_mqtt_identities, config, identity_dir, broker_dir, ["localhost", "127.0.0.1"]
+    )
+    broker: LocalBroker | None = None
+    if options.broker_url is None:
+        tls = BrokerTls(broker_dir / "ca.crt", broker_dir / "server.crt", broker_dir / "server.key")
+        broker = LocalBroker(workdir / "broker", tls, central_id=config.central.id, port=port)
+        await broker.start()
+        print(f"MQTT broker: mosquitto on {broker.url} (config/mosquitto/ as shipped: TLS, client "
+              f"certificates, the agency ACL; its files in {broker.root})", file=out, flush=True)
+    else:
+        print(f"MQTT broker: {broker_url}. It must trust the demo central's CA ({identity_dir / 'ca.crt'}), "
+              f"present a certificate from it ({broker_dir}) and give user {config.central.id} every "
+              "station's topics (config/mosquitto/acl)", file=out, flush=True)
+    try:
+        central = await EmbeddedCentral.serve(config, bundle_dir)
+    except BaseException:
+        if broker is not None:
+            await broker.stop()
+        raise
+    print(f"central receiver on {central.url} (mutual TLS) and on the broker as {config.central.id} "
+          f"(its certificate in {identity_dir}); the station sends everything over MQTT",
+          file=out, flush=True)
+    return central, broker, broker_url
 
 
 def _print_urls(out: Any, agent: StationAgent) -> None:

@@ -42,10 +42,12 @@ from edge.runtime.exit_codes import ExitCode
 
 __all__ = [
     "add_central_parser",
+    "cmd_central_broker_cert",
     "cmd_central_check_config",
     "cmd_central_enroll",
     "cmd_central_enroll_reader",
     "cmd_central_init",
+    "cmd_central_mqtt_identity",
     "cmd_central_mqtt_worker",
     "cmd_central_revoke",
     "cmd_central_revoke_reader",
@@ -202,10 +204,37 @@ def _describe_bundle(enrollment: Enrollment) -> str:
     return f"bundle in {enrollment.bundle_dir}: {files}"
 
 
+def _broker_name_clash(config: CentralConfig, name: str, other: str) -> str | None:
+    """Why `name` cannot be enrolled when an `other` ("station" or "auditor") was ever enrolled under it:
+    the MQTT broker takes a certificate's CN as the user name, so an auditor named like a station would
+    be that station on the broker (revoked or not: the broker does not read revocations)."""
+    if not config.layout.index_db.is_file():
+        return None  # no enrollments yet (or no `init`: enrolling says so)
+    try:
+        index = SqliteIndex.open(config.layout.index_db)
+        try:
+            record = index.station(name) if other == "station" else index.reader(name)
+        finally:
+            index.close()
+    except (CentralIndexError, OSError) as exc:
+        return f"cannot read the enrollments: {exc}"
+    if record is None:
+        return None
+    return (
+        f"{other} {name!r} is enrolled under that name ({'active' if record.active else 'revoked'}): on the "
+        f"MQTT broker, which takes a certificate's CN as the user name, both would be the same user. "
+        f"Choose another name"
+    )
+
+
 def cmd_central_enroll(args: argparse.Namespace) -> int:
     config = _load(args)
     if isinstance(config, ExitCode):
         return config
+    clash = _broker_name_clash(config, args.station_id, "auditor")
+    if clash is not None:
+        _say(f"error: enroll {args.station_id}: {clash}")
+        return EXIT_FAILED
     try:
         enrollment = enroll_station(
             config, args.station_id, signing_key_pub=Path(args.signing_key), out_dir=Path(args.out)
@@ -239,6 +268,10 @@ def cmd_central_enroll_reader(args: argparse.Namespace) -> int:
     config = _load(args)
     if isinstance(config, ExitCode):
         return config
+    clash = _broker_name_clash(config, args.name, "station")
+    if clash is not None:
+        _say(f"error: enroll-reader {args.name}: {clash}")
+        return EXIT_FAILED
     try:
         enrollment = enroll_reader(config, args.name, out_dir=Path(args.out))
     except IdentityError as exc:
@@ -290,6 +323,63 @@ def cmd_central_revoke(args: argparse.Namespace) -> int:
 
 def cmd_central_revoke_reader(args: argparse.Namespace) -> int:
     return _revoke(args, "auditor", SqliteIndex.revoke_reader)
+
+
+def cmd_central_mqtt_identity(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if isinstance(config, ExitCode):
+        return config
+    from edge.central.broker_identity import issue_mqtt_identity
+
+    try:
+        # The enrollments, to refuse an identity whose name a station or auditor already holds.
+        index = SqliteIndex.open(config.layout.index_db) if config.layout.index_db.is_file() else None
+        try:
+            issued = issue_mqtt_identity(config, index=index, out_dir=Path(args.out), days=args.days)
+        finally:
+            if index is not None:
+                index.close()
+    except (IdentityError, CentralIndexError, OSError) as exc:
+        _say(f"error: mqtt-identity: {exc}")
+        return EXIT_FAILED
+    for warning in issued.warnings:
+        _say(f"warning: {warning}")
+    _say(
+        f"issued the central's MQTT client certificate {issued.subject} (sha256 {issued.cert_sha256}, valid "
+        f"until {issued.not_after:%Y-%m-%d}) into {issued.out_dir}: {issued.cert_file.name}, "
+        f"{issued.key_file.name} (secret, mode 0600), {issued.ca_file.name}"
+    )
+    _say(
+        f"the central's [mqtt] section: client_bundle_dir = \"{issued.out_dir}\" (and ca_file = "
+        f"\"{issued.ca_file}\" when the broker's certificate is from `edge central broker-cert`); the broker "
+        f"must trust the central's CA and give the user {config.central.id} every station's topics "
+        "(config/mosquitto/acl)"
+    )
+    return EXIT_OK
+
+
+def cmd_central_broker_cert(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if isinstance(config, ExitCode):
+        return config
+    from edge.central.broker_identity import issue_broker_certificate
+
+    try:
+        issued = issue_broker_certificate(
+            config, names=list(args.name), out_dir=Path(args.out), days=args.days
+        )
+    except IdentityError as exc:
+        _say(f"error: broker-cert: {exc}")
+        return EXIT_FAILED
+    _say(
+        f"issued the MQTT broker's server certificate for {', '.join(args.name)} "
+        f"(sha256 {issued.cert_sha256}, valid until {issued.not_after:%Y-%m-%d}) into {issued.out_dir}"
+    )
+    _say(
+        f"mosquitto.conf: certfile {issued.cert_file}, keyfile {issued.key_file} (secret, mode 0600: "
+        f"readable by the broker's user only), cafile {issued.ca_file}"
+    )
+    return EXIT_OK
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -365,6 +455,31 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     _config_option(revoke_reader)
     revoke_reader.add_argument("--reason", required=True, help="why (kept with the revocation)")
     revoke_reader.set_defaults(func=cmd_central_revoke_reader)
+
+    mqtt_identity = commands.add_parser(
+        "mqtt-identity",
+        help="issue the central's own MQTT client certificate (CN = central id) for the agency broker",
+    )
+    _config_option(mqtt_identity)
+    mqtt_identity.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for it")
+    mqtt_identity.add_argument(
+        "--days", type=int, metavar="N", help="validity (default: [identity] station_cert_days)"
+    )
+    mqtt_identity.set_defaults(func=cmd_central_mqtt_identity)
+
+    broker_cert = commands.add_parser(
+        "broker-cert", help="issue the MQTT broker's server certificate from the central's CA"
+    )
+    _config_option(broker_cert)
+    broker_cert.add_argument(
+        "--name", required=True, action="append", metavar="HOST",
+        help="a DNS name or IP address stations and the central use to reach the broker (repeatable)",
+    )
+    broker_cert.add_argument("--out", required=True, metavar="DIR", help="new or empty directory for it")
+    broker_cert.add_argument(
+        "--days", type=int, metavar="N", help="validity (default: [identity] server_cert_days)"
+    )
+    broker_cert.set_defaults(func=cmd_central_broker_cert)
 
     add_console_admin_parsers(commands, _config_option, _open_database, _console_key_path)
     add_command_parser(commands)

@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge.central.broker_identity import issue_broker_certificate, issue_mqtt_identity
 from edge.central.config import CentralConfig, CentralLayout
 from edge.central.console.credentials import hash_password, new_totp_secret, totp_uri
 from edge.central.console.enrolments import enrol_totp
@@ -26,6 +27,7 @@ from edge.central.sqlite import SqliteIndex
 from edge.custody.keys import StationKey, load_public_key
 from edge.durable.files import create_private_file, ensure_private_dir
 from edge.ingest.store import StoreLayout
+from edge.pki.bundle import BUNDLE_CA_CERT
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -54,7 +56,10 @@ class EmbeddedCentral:
         return self.config.central.store_dir
 
     @classmethod
-    def make_config(cls, store_dir: Path, *, port: int | None = None, **uploads: Any) -> CentralConfig:
+    def make_config(
+        cls, store_dir: Path, *, port: int | None = None, mqtt: dict[str, Any] | None = None, **uploads: Any
+    ) -> CentralConfig:
+        """The demo central's configuration; `mqtt`: its [mqtt] section (None: no MQTT receiver)."""
         return CentralConfig.model_validate(
             {
                 "central": {"id": "DEMO-CENTRAL", "store_dir": str(store_dir)},
@@ -66,6 +71,7 @@ class EmbeddedCentral:
                 "uploads": uploads,
                 # The console's own listener (password sign-in without a certificate), loopback only.
                 "console": {"listen": "127.0.0.1", "port": 0},
+                **({"mqtt": mqtt} if mqtt is not None else {}),
             }
         )
 
@@ -74,10 +80,22 @@ class EmbeddedCentral:
         cls, workdir: Path, station_id: str, station_store: Path, **uploads: Any
     ) -> EmbeddedCentral:
         config = cls.make_config(workdir / "central-store", **uploads)
+        bundle_dir = cls.initialise(config, workdir, station_id, station_store)
+        return await cls.serve(config, bundle_dir)
+
+    @classmethod
+    def initialise(cls, config: CentralConfig, workdir: Path, station_id: str, station_store: Path) -> Path:
+        """`edge central init`, then `edge central enroll STATION` unless a bundle from an earlier run in
+        the same workdir exists; returns the station's bundle directory."""
         init_central(config)
         bundle_dir = workdir / "station-identity"
         if not (bundle_dir / "enrollment.json").is_file():
             enroll(config, station_id, station_store, bundle_dir)
+        return bundle_dir
+
+    @classmethod
+    async def serve(cls, config: CentralConfig, bundle_dir: Path) -> EmbeddedCentral:
+        """Serve an initialised central (`initialise`) on its configured port."""
         running = await start_central(config)
         return cls(config, running, bundle_dir)
 
@@ -110,6 +128,22 @@ class EmbeddedCentral:
 
     async def stop(self) -> None:
         await self.running.stop()
+
+
+def issue_mqtt_identities(
+    config: CentralConfig, identity_dir: Path, broker_dir: Path, broker_names: list[str]
+) -> None:
+    """What an administrator does once with `edge central mqtt-identity` and `edge central broker-cert`:
+    the central's broker client bundle and the broker's server certificate, both from the central's CA.
+    Kept from an earlier run in the same workdir (the CA is kept too, so they still fit)."""
+    if not (identity_dir / BUNDLE_CA_CERT).is_file():
+        index = SqliteIndex.open(CentralLayout(config.central.store_dir).index_db)
+        try:
+            issue_mqtt_identity(config, index=index, out_dir=identity_dir)
+        finally:
+            index.close()
+    if not (broker_dir / BUNDLE_CA_CERT).is_file():
+        issue_broker_certificate(config, names=broker_names, out_dir=broker_dir)
 
 
 def enroll(config: CentralConfig, station_id: str, station_store: Path, bundle_dir: Path) -> None:

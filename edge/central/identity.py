@@ -87,6 +87,21 @@ def _load_ca(layout: CentralLayout) -> tuple[x509.Certificate, ec.EllipticCurveP
     return cert, key
 
 
+def load_central_ca(layout: CentralLayout) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The central's CA certificate and key (they must belong together); IdentityError before `init`."""
+    return _load_ca(layout)
+
+
+def _refuse_central_id(config: CentralConfig, name: str, kind: str) -> None:
+    """No station or auditor under the central's own id: the agency broker takes a certificate's CN as
+    the user name, and the user named like the central id reads every station's topics."""
+    if name == config.central.id:
+        raise IdentityError(
+            f"{name!r} is the central's own id: a certificate for {kind} {name!r} would be the central "
+            f"on the MQTT broker (config/mosquitto/acl). Choose another name"
+        )
+
+
 def init_central(config: CentralConfig) -> CentralIdentity:
     """Create whatever of the central's identity is missing; never replace the CA or the signing key.
 
@@ -305,6 +320,7 @@ def enroll_station(
     `valid_from`/`days` override the validity (tests issue expired certificates this way).
     """
     checked_name(validate_station_id, station_id)
+    _refuse_central_id(config, station_id, "station")
     try:
         station_pub = load_public_key(Path(signing_key_pub))
     except CustodyError as exc:
@@ -344,6 +360,7 @@ def enroll_reader(
 ) -> Enrollment:
     """Issue an auditor's client certificate (OU=auditor) and write its bundle into `out_dir`."""
     checked_name(validate_reader_name, name)
+    _refuse_central_id(config, name, "auditor")
     return _enroll(
         config,
         "auditor",

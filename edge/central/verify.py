@@ -847,8 +847,8 @@ class _Checker:
                             f"signed root {head.root_hash} of {head.tree_size} leaves")
 
     def _check_store_files(self) -> None:
-        """Files the central does not write, in the store root, identity/ and uploads/ (objects/ is
-        checked with the objects)."""
+        """Files the central does not write, in the store root, identity/, uploads/ and mqtt-transfers/
+        (objects/ is checked with the objects)."""
         root = self.layout.store_dir
         found: list[Path] = []
         for path in sorted(root.iterdir()):

@@ -13,6 +13,8 @@ from collections.abc import Callable
 STATION_OU = "station"
 AUDITOR_OU = "auditor"
 SERVER_OU = "server"
+# The central's own client certificate on the MQTT broker (edge.central.broker_identity).
+CENTRAL_OU = "central"
 ORGANIZATION = "evidence-edge"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

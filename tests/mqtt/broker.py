@@ -1,6 +1,8 @@
 """A real Mosquitto on a free port for the MQTT tests: TLS, client certificates from a test PKI made with the
 project's own certificate code (edge.pki.certs), and the agency configuration and ACL shipped in
-config/mosquitto/ with their placeholders filled in (nothing else: the test broker runs those files).
+config/mosquitto/ with their placeholders filled in (nothing else: the test broker runs those files). The
+broker itself is the runtime one the demo and the benchmark use (edge.mqtt.local_broker.LocalBroker);
+this module adds the test PKI and client settings for its bundles.
 
     pki = TestPki.create(tmp_path / "pki")
     async with running_broker(tmp_path, pki) as broker:
@@ -13,11 +15,8 @@ Under CI a missing mosquitto fails the test instead of skipping it (tests/prereq
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import shutil
-import signal
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edge.mqtt.client import MqttSettings, ProtocolVersion
+from edge.mqtt.local_broker import (
+    SHIPPED_ACL,
+    SHIPPED_CONF,
+    START_TIMEOUT_S,
+    BrokerTls,
+    LocalBroker,
+    fill_placeholders,
+    find_mosquitto,
+    free_port,
+)
 from edge.pki.bundle import BUNDLE_CA_CERT, BUNDLE_CLIENT_CERT, BUNDLE_CLIENT_KEY
 from edge.pki.certs import (
     PRIVATE_MODE,
@@ -44,36 +53,33 @@ from edge.pki.names import SERVER_OU, STATION_OU
 from edge.pki.tls import broker_ssl_context
 from tests.prerequisites import require
 
+__all__ = [
+    "CENTRAL_ID",
+    "MOSQUITTO",
+    "ROOT",
+    "SHIPPED_ACL",
+    "SHIPPED_CONF",
+    "START_TIMEOUT_S",
+    "TOPIC_PREFIX",
+    "MosquittoBroker",
+    "TestPki",
+    "fill_placeholders",
+    "free_port",
+    "password_broker",
+    "require_mosquitto",
+    "running_broker",
+]
+
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_CONF = ROOT / "config" / "mosquitto" / "mosquitto.conf"
-SHIPPED_ACL = ROOT / "config" / "mosquitto" / "acl"
-# Debian installs it in /usr/sbin, which a non-root PATH often lacks.
-MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+MOSQUITTO = find_mosquitto()
 CENTRAL_ID = "TEST-CENTRAL"
 TOPIC_PREFIX = "evidence"
-START_TIMEOUT_S = 15.0
 
 
 def require_mosquitto() -> str:
     require(MOSQUITTO is not None, "needs mosquitto (apt-get install mosquitto)")
     assert MOSQUITTO is not None
     return MOSQUITTO
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def fill_placeholders(template: str, values: dict[str, str]) -> str:
-    """The shipped file with every @NAME@ replaced; a placeholder left unfilled is an error."""
-    text = template
-    for name, value in values.items():
-        text = text.replace(f"@{name}@", value)
-    leftover = [line for line in text.splitlines() if "@" in line.split("#", 1)[0]]
-    assert not leftover, f"placeholders left unfilled: {leftover}"
-    return text
 
 
 @dataclass
@@ -130,46 +136,17 @@ class TestPki:
         return bundle
 
 
-class MosquittoBroker:
-    """One mosquitto process running the shipped configuration; restartable on the same port."""
+class MosquittoBroker(LocalBroker):
+    """The runtime `LocalBroker` (edge/mqtt/local_broker.py) with the test PKI's CA and server
+    certificate, the test central id, and client settings for the test PKI's bundles."""
 
     def __init__(self, root: Path, pki: TestPki, *, port: int | None = None) -> None:
-        self.root = root
         self.pki = pki
-        self.port = port or free_port()
-        self.host = "127.0.0.1"
-        self.process: asyncio.subprocess.Process | None = None
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "data").mkdir(exist_ok=True)
-        self.conf_file = self.root / "mosquitto.conf"
-        self.acl_file = self.root / "acl"
-        self.log_file = self.root / "mosquitto.log"
         cert, key = pki.server()
-        self.acl_file.write_text(
-            fill_placeholders(
-                SHIPPED_ACL.read_text(), {"CENTRAL_ID": CENTRAL_ID, "TOPIC_PREFIX": TOPIC_PREFIX}
-            )
+        super().__init__(
+            root, BrokerTls(pki.ca_file, cert, key), central_id=CENTRAL_ID, topic_prefix=TOPIC_PREFIX,
+            port=port,
         )
-        self.conf_file.write_text(
-            fill_placeholders(
-                SHIPPED_CONF.read_text(),
-                {
-                    "PERSISTENCE_DIR": str(self.root / "data"),
-                    # Root keeps root (the test PKI's keys are 0600 root's); anyone else keeps themselves.
-                    "RUN_AS_USER": getpass.getuser(),
-                    "PORT": str(self.port),
-                    "BIND_ADDRESS": self.host,
-                    "CA_FILE": str(pki.ca_file),
-                    "CERT_FILE": str(cert),
-                    "KEY_FILE": str(key),
-                    "ACL_FILE": str(self.acl_file),
-                    "LOG_DEST": f"file {self.log_file}",
-                },
-            )
-        )
-
-    def log_text(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
     def client_settings(
         self,
@@ -190,52 +167,9 @@ class MosquittoBroker:
         return settings if not overrides else _with(settings, overrides)
 
     async def start(self) -> None:
-        executable = require_mosquitto()
-        assert self.process is None or self.process.returncode is not None, "already running"
-        self.process = await asyncio.create_subprocess_exec(
-            executable, "-c", str(self.conf_file),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        await self._wait_listening()
-
-    async def _wait_listening(self) -> None:
-        """Until the listener accepts TCP connections (polls a subprocess becoming ready; proves nothing)."""
-        assert self.process is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT_S
-        while True:
-            if self.process.returncode is not None:
-                stderr = await self.process.stderr.read() if self.process.stderr else b""
-                raise AssertionError(f"mosquitto exited {self.process.returncode}: {stderr.decode()[-2000:]}"
-                                     f"\n{self.log_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection(self.host, self.port)
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-                return
-            if loop.time() > deadline:
-                raise AssertionError(f"mosquitto did not listen on {self.port}: {self.log_text()[-2000:]}")
-            await asyncio.sleep(0.02)
-
-    async def stop(self, *, graceful: bool = True) -> None:
-        """SIGTERM (mosquitto saves its sessions) or, not graceful, SIGKILL (what was not saved is lost)."""
-        process, self.process = self.process, None
-        if process is None or process.returncode is not None:
-            return
-        process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
-        try:
-            async with asyncio.timeout(10):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-    async def restart(self, *, graceful: bool = True) -> None:
-        await self.stop(graceful=graceful)
-        await self.start()
+        # Under CI a missing mosquitto fails the test instead of skipping it.
+        require_mosquitto()
+        await super().start()
 
 
 def _with(settings: MqttSettings, overrides: dict[str, object]) -> MqttSettings:

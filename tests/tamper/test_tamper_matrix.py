@@ -512,6 +512,11 @@ def plant_in_uploads(t: Target) -> list[str]:
     return ["uploads/payload.bin"]
 
 
+def plant_in_mqtt_transfers(t: Target) -> list[str]:
+    _plant(t.path("mqtt-transfers/payload.bin"))
+    return ["mqtt-transfers/payload.bin"]
+
+
 def plant_in_central_root(t: Target) -> list[str]:
     _plant(t.path("index.db.bak"))
     return ["index.db.bak"]
@@ -652,6 +657,7 @@ CENTRAL_ATTACKS: list[Attack] = [
     edit_metadata_history,
     plant_in_objects,
     plant_in_uploads,
+    plant_in_mqtt_transfers,
     plant_in_central_root,
     plant_in_identity,
     delete_station_checkpoint_at_central,
@@ -682,6 +688,16 @@ def test_an_upload_in_progress_is_not_a_planted_file(pristine: Pristine, tmp_pat
     upload = uuid.uuid4().hex
     _plant(store / "uploads" / f"{upload}.part")
     _plant(store / "uploads" / f"{upload}.info.json", b"{}")
+    verdict = verify_central(store)
+    assert verdict.code == 0, str(verdict)
+
+
+def test_an_mqtt_transfer_in_progress_is_not_a_planted_file(pristine: Pristine, tmp_path: Path) -> None:
+    """Control for plant_in_mqtt_transfers: the four files of a transfer the MQTT receiver assembles."""
+    store = copy_tree(pristine.central_store, tmp_path / "central-store")
+    transfer = uuid.uuid4().hex
+    for suffix in (".part", ".info.json", ".segments", ".lock"):
+        _plant(store / "mqtt-transfers" / f"{transfer}{suffix}")
     verdict = verify_central(store)
     assert verdict.code == 0, str(verdict)
 
