@@ -360,10 +360,12 @@ class MqttLink(ApiLinkCalls):
             if isinstance(outcome, Refused):  # the broker's refusal (403-like) or one too large for it
                 status = 403 if outcome.station_level else 413
                 raise CentralRejected(status, outcome.code, outcome.detail) from None
-            raise CentralUnavailable(outcome.reason, retry_after_s=outcome.retry_after_s) from None
+            raise CentralUnavailable(outcome.reason, retry_after_s=outcome.retry_after_s,
+                                     answered=outcome.answered) from None
         doc = reply.body if isinstance(reply.body, dict) else {}
         raw = canonical_json(reply.body)
-        return check_answer(reply.status, doc, raw, what=f"MQTT {op.value}")
+        # Only the central's API publishes on our reply topic: a busy status is its answer.
+        return check_answer(reply.status, doc, raw, what=f"MQTT {op.value}", from_central=True)
 
     async def request(self, op: ApiOp, body: Mapping[str, Any]) -> ApiReply:
         """Publish a request and wait for the reply with its request id; raises :class:`_Unanswered`."""
@@ -522,7 +524,8 @@ class MqttLink(ApiLinkCalls):
             # Durable before any byte goes out: a crash from here on resumes this transfer.
             on_resume(f"{MQTT_UPLOAD_PREFIX}{file_id}")
         if file_id in self._transfers:
-            return RetryLater(f"item {parcel.item}: transfer {file_id} is already in progress on this link")
+            return RetryLater(f"item {parcel.item}: transfer {file_id} is already in progress on this link",
+                              answered=True)
         try:
             # The plan measures the bare command topic; ours carries the station's scope before it (and
             # a longer topic may lengthen the remaining-length field by a byte).
@@ -575,7 +578,7 @@ class MqttLink(ApiLinkCalls):
             transfer.progress.reset()  # the receiver wants every segment again
         raise _Unanswered(RetryLater(
             f"item {parcel.item}: the receiver refused fin of {plan.file_id} after every segment was sent "
-            "again"
+            "again", answered=True
         ))
 
     async def _restore(self, transfer: _Transfer) -> bool:
@@ -589,7 +592,7 @@ class MqttLink(ApiLinkCalls):
                         "again from init", self.station_id, plan.file_id, exc)
             return False
         except CentralUnavailable as exc:
-            raise _Unanswered(RetryLater(str(exc), exc.retry_after_s)) from None
+            raise _Unanswered(RetryLater(str(exc), exc.retry_after_s, answered=exc.answered)) from None
         segments = doc.get("segments")
         if (doc.get("file_id") != plan.file_id or not isinstance(doc.get("known"), bool)
                 or not isinstance(doc.get("complete"), bool) or not isinstance(segments, list)
@@ -727,11 +730,12 @@ class MqttLink(ApiLinkCalls):
             ))
         if action is Action.PAUSE_AND_RESEND:
             raise _Unanswered(RetryLater(
-                f"transfer {plan.file_id}: the receiver's quota is exceeded (at {what})"
+                f"transfer {plan.file_id}: the receiver's quota is exceeded (at {what})", answered=True
             ))
         if action is Action.RESEND_ALL:
             raise _Unanswered(RetryLater(
-                f"transfer {plan.file_id}: the receiver asked for every segment again (at {what})"
+                f"transfer {plan.file_id}: the receiver asked for every segment again (at {what})",
+                answered=True,
             ))
 
     async def _on_file_response(self, message: InboundMessage) -> None:
