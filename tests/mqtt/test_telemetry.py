@@ -377,30 +377,73 @@ async def test_the_station_agent_publishes_telemetry_and_says_why_commands_are_o
         await central.until(availability_topic(TOPIC_PREFIX, STATION), lambda m: m.payload == b"offline")
 
 
-async def test_publishes_the_broker_refuses_are_given_up_not_repeated(
-    broker: MosquittoBroker, pki: TestPki
-) -> None:
-    """A station whose topic prefix the ACL does not allow (MQTT 5: PUBACK 0x87): each document is tried
-    once and given up, never retried in a loop."""
+# The publisher's wait after a publish failed without a refusal, shortened so that a test can wait well
+# past it: a refused publish that were retried would show within that wait.
+RETRY_AFTER_FAILURE_S = 0.2
+
+
+async def _publishes_over_time(
+    broker: MosquittoBroker, pki: TestPki, monkeypatch: pytest.MonkeyPatch, *, refusal_as_failure: bool
+) -> tuple[list[str], int, int]:
+    """A station whose topic prefix the ACL does not allow (MQTT 5: PUBACK 0x87); the topics it tried to
+    publish, counted until several retry intervals after every document and one event were refused, and
+    the refusals the publisher counted. ``refusal_as_failure``: the client turns the refusal into a plain
+    failure (as a timeout), which the publisher does retry after its wait (the control)."""
+    from edge.mqtt import telemetry
+    from edge.mqtt.client import MqttError, PublishRefused
+
+    monkeypatch.setattr(telemetry, "_RETRY_AFTER_FAILURE_S", RETRY_AFTER_FAILURE_S)
     async with station_side(broker, pki, topic_prefix="elsewhere") as station:
         calls: list[str] = []
+        failed = 0
         publish = station.client.publish
 
         async def counted(topic: str, payload: bytes, **kwargs: Any) -> Any:
+            nonlocal failed
             calls.append(topic)
-            return await publish(topic, payload, **kwargs)
+            try:
+                return await publish(topic, payload, **kwargs)
+            except PublishRefused as exc:
+                if not refusal_as_failure:
+                    raise
+                failed += 1
+                raise MqttError(f"not acknowledged: {exc}") from None
 
         station.client.publish = counted  # type: ignore[method-assign]
         documents = 1 + len(PARTS) + 2  # availability, the parts, two bays
+
+        def tried() -> int:
+            return station.publisher.refused + failed
+
         async with asyncio.timeout(WAIT_S):
-            while station.publisher.refused < documents:
+            while tried() < documents:
                 await asyncio.sleep(0.02)
         station.publisher.ledger_entry(_entry(1, EntryType.ERROR, None, {"stage": "copy"}))
         async with asyncio.timeout(WAIT_S):
-            while station.publisher.refused < documents + 1:
+            while tried() < documents + 1:
                 await asyncio.sleep(0.02)
-        assert station.publisher.refused == documents + 1
-        assert len(calls) <= documents + 1 and all(topic.startswith("elsewhere/") for topic in calls)
+        # Wait well past the publisher's retry interval: a retry of anything given up would come here.
+        await asyncio.sleep(5 * RETRY_AFTER_FAILURE_S)
+        return list(calls), documents, station.publisher.refused  # before the stop says "offline"
+
+
+async def test_publishes_the_broker_refuses_are_given_up_not_repeated(
+    broker: MosquittoBroker, pki: TestPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each refused document is tried once and given up, also after the retry interval has passed
+    several times (review 8 finding 11: the old test stopped looking when the count was reached)."""
+    calls, documents, refused = await _publishes_over_time(broker, pki, monkeypatch, refusal_as_failure=False)
+    assert refused == documents + 1
+    assert len(calls) <= documents + 1 and all(topic.startswith("elsewhere/") for topic in calls), calls
+
+
+async def test_control_a_failed_publish_is_retried_within_the_wait(
+    broker: MosquittoBroker, pki: TestPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control of the test above: the same wait sees the retries of publishes that failed without a
+    refusal, so it would see a refused publish retried."""
+    calls, documents, _refused = await _publishes_over_time(broker, pki, monkeypatch, refusal_as_failure=True)
+    assert len(calls) > documents + 1
 
 
 async def test_no_published_payload_names_an_officer_a_badge_a_serial_or_a_file(
