@@ -61,6 +61,7 @@ from edge.custody.canonical import canonical_json
 from edge.custody.ledger import Checkpoint
 from edge.custody.text import printable
 from edge.mqtt.api import (
+    MAX_PAYLOAD_BYTES,
     ApiCodecError,
     ApiOp,
     ApiReply,
@@ -421,11 +422,19 @@ class MqttLink(ApiLinkCalls):
             raise _Unanswered(RetryLater(f"MQTT {what}: {type(exc).__name__}: {exc}")) from None
         return ack.reason_code
 
+    @property
+    def max_reply_bytes(self) -> int:
+        """The largest API reply taken: the broker's Maximum Packet Size (its CONNACK), or the shipped
+        broker's 2 MiB when it named none. Not ``mqtt_max_packet_kb``: that bounds what the station sends,
+        while the central may answer (a ledger page, say) with anything the broker carries."""
+        broker_limit = getattr(self.client, "_broker_max_packet", None)
+        return broker_limit if isinstance(broker_limit, int) and broker_limit > 0 else MAX_PAYLOAD_BYTES
+
     async def _on_reply(self, message: InboundMessage) -> None:
         if message.topic != self.reply_topic:
             return
         try:
-            reply = parse_reply(message.payload, max_bytes=self.max_packet_bytes)
+            reply = parse_reply(message.payload, max_bytes=self.max_reply_bytes)
         except ApiCodecError as exc:
             self.garbled += 1
             log.warning("station %s: an MQTT API reply is garbled and ignored: %s", self.station_id, exc)

@@ -485,3 +485,20 @@ async def test_a_request_too_large_for_the_broker_is_refused_as_the_items_not_th
         fits = await link.register("mqtt:item.0badc0de", {"item": "item"}, None)
         assert fits == Accepted({"item": "item"})
     assert [r.op for _, r in responder.requests] == [ApiOp.REGISTER]
+
+
+async def test_a_ledger_page_larger_than_the_station_packet_limit_is_taken_up_to_the_broker_limit(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """``mqtt_max_packet_kb`` bounds what the station sends; the central answers with anything the broker
+    carries (its CONNACK's Maximum Packet Size, 2 MiB in the shipped configuration). A 1.5 MiB ledger
+    page must be taken, not dropped as garbled until edge verify times out (review 8 finding 10)."""
+    config = station_config(tmp_path, broker, pki, mqtt_max_packet_kb=64)
+    entries = [{"seq": n, "note": f"{n:08d}" + "x" * 15_000} for n in range(1, 101)]
+    async with receiver(broker, pki) as responder, link_for(config) as link:
+        responder.api_answers[:] = [answer(ApiOp.LEDGER_PAGE, 200, {"entries": entries, "next": 100})]
+        assert link.max_packet_bytes == 64 * 1024  # what it sends: within its own limit
+        assert link.max_reply_bytes == 2 * 1024 * 1024  # what it takes: the broker's
+        page = await link.ledger_page(0, 100)
+        assert page.entries == entries and page.next == 100
+        assert link.garbled == 0
