@@ -502,3 +502,51 @@ async def test_a_ledger_page_larger_than_the_station_packet_limit_is_taken_up_to
         page = await link.ledger_page(0, 100)
         assert page.entries == entries and page.next == 100
         assert link.garbled == 0
+
+
+@pytest.mark.parametrize("central_back_after", ["expiry", "at-once"])
+async def test_an_api_request_the_station_gave_up_on_expires_on_the_broker(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki, central_back_after: str
+) -> None:
+    """MQTT 5 Message Expiry (review 8 finding 7): a request waits on the broker for an offline central
+    only as long as the station waits for its reply; a central back after that never gets it. Control:
+    a central back at once gets it. A marker published after it shows what the broker still held."""
+    from tests.mqtt.test_client import Inbox, running
+
+    request_filter = f"{TOPIC_PREFIX}/stations/+/api/request/#"
+    central = broker.client_settings(pki.client(CENTRAL_ID), client_id=f"{CENTRAL_ID}-expiry")
+    async with running(central) as (receiver, _):
+        await receiver.wait_connected(20)
+        await receiver.subscribe(request_filter, Inbox())
+    # The central is away; its session (and subscription) stays on the broker.
+    config = station_config(tmp_path, broker, pki, request_timeout_s=2.0)
+    async with link_for(config) as link:
+        acked = asyncio.Event()
+        publish = link.client.publish
+
+        async def noting(topic: str, payload: bytes, **kwargs: Any) -> Any:
+            ack = await publish(topic, payload, **kwargs)
+            acked.set()
+            return ack
+
+        link.client.publish = noting  # type: ignore[method-assign]
+        asking = asyncio.create_task(link.tree_head())
+        await acked.wait()  # the broker holds the request for the central's session
+        if central_back_after == "expiry":
+            with pytest.raises(NotDone, match="no reply"):
+                await asking  # the station gave up after request_timeout_s ...
+            await asyncio.sleep(1.5)  # ... and the request's expiry (2 s from the broker's receipt) passed
+        marker = f"{TOPIC_PREFIX}/stations/{STATION}/api/request/tree-head"
+        await publish(marker, b"marker")
+        inbox = Inbox()
+        async with running(central) as (receiver, _):
+            subscribing = asyncio.create_task(receiver.subscribe(request_filter, inbox))
+            assert (await receiver.wait_connected(20)).session_present is True
+            first = await inbox.next()
+            await subscribing
+        asking.cancel()
+        await asyncio.gather(asking, return_exceptions=True)
+    if central_back_after == "expiry":
+        assert first.payload == b"marker"  # the request expired on the broker
+    else:
+        assert first.payload != b"marker" and b'"op":"tree-head"' in first.payload
