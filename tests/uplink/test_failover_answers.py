@@ -214,3 +214,41 @@ def test_which_transient_answers_are_the_central_speaking(
         check_answer(status, {}, b"", what="GET /v1/log/head", retry_after_s=retry_after_s,
                      from_central=from_central)
     assert raised.value.answered is answered
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from simulators.recorder.media import make_jpg, make_mp4
+
+    root = tmp_path_factory.mktemp("failover-answers-media")
+    make_mp4(root / "clip.mp4", size_bytes=200_000, seed=51)
+    make_jpg(root / "scene.jpg", seed=52)
+    return root
+
+
+@pytest.mark.parametrize(("status", "retry_after", "answered"), [
+    (503, "10", True),    # the central's busy (it always names Retry-After)
+    (502, None, False),   # control: nginx with nobody behind it
+])
+async def test_over_https_a_busy_answer_is_an_answer_and_a_gateway_error_is_not(
+    tmp_path: Path, media: Path, status: int, retry_after: str | None, answered: bool
+) -> None:
+    """The real tus transport and central API through a real proxy: an upload's creation and a
+    registration answered 503 + Retry-After end as RetryLater.answered; a 502 page does not."""
+    from tests.uplink.proxy import Fault
+    from tests.uplink.test_refusals import ITEMS, STATION, UPLOADS, make_rig
+
+    def page(_request: Any, _body: bytes) -> tuple[int, dict[str, str], bytes]:
+        headers = {"Content-Type": "text/html"} | ({"Retry-After": retry_after} if retry_after else {})
+        return status, headers, b"<html><body>busy</body></html>"
+
+    from edge.uplink.tus_transport import TusTransport
+
+    async with make_rig(tmp_path, media) as rig:
+        rig.proxy.faults += [Fault("POST", UPLOADS, page, times=0), Fault("POST", ITEMS, page, times=0)]
+        async with TusTransport(rig.config().uplink, STATION).connect() as link:
+            uploaded = await link.upload(parcel(tmp_path), lambda _ref: None)
+            registered = await link.register("https://central/files/abc", {"item": "x"}, None)
+        for outcome in (uploaded, registered):
+            assert isinstance(outcome, RetryLater), outcome
+            assert outcome.answered is answered, outcome
