@@ -535,7 +535,8 @@ async def test_an_api_request_the_station_gave_up_on_expires_on_the_broker(
         if central_back_after == "expiry":
             with pytest.raises(NotDone, match="no reply"):
                 await asking  # the station gave up after request_timeout_s ...
-            await asyncio.sleep(1.5)  # ... and the request's expiry (2 s from the broker's receipt) passed
+            # ... and the request's expiry (2 s from the broker's receipt; Mosquitto counts whole seconds).
+            await asyncio.sleep(2.5)
         marker = f"{TOPIC_PREFIX}/stations/{STATION}/api/request/tree-head"
         await publish(marker, b"marker")
         inbox = Inbox()
@@ -550,3 +551,51 @@ async def test_an_api_request_the_station_gave_up_on_expires_on_the_broker(
         assert first.payload == b"marker"  # the request expired on the broker
     else:
         assert first.payload != b"marker" and b'"op":"tree-head"' in first.payload
+
+
+@pytest.mark.parametrize("central_back_after", ["expiry", "at-once"])
+async def test_a_transfer_command_the_station_gave_up_on_expires_on_the_broker(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki, central_back_after: str
+) -> None:
+    """The same for file transfer: init (like a segment) expires after the station's wait for its result
+    over every send (3 x mqtt_result_timeout_s = 1.5 s: 2 s). Control: a central back at once gets it."""
+    from tests.mqtt.test_client import Inbox, running
+
+    transfer_filter = f"{TOPIC_PREFIX}/stations/+/$file-async/#"
+    central = broker.client_settings(pki.client(CENTRAL_ID), client_id=f"{CENTRAL_ID}-expiry")
+    async with running(central) as (receiver, _):
+        await receiver.wait_connected(20)
+        await receiver.subscribe(transfer_filter, Inbox())
+    config = station_config(tmp_path, broker, pki, mqtt_result_timeout_s=0.5)
+    item = parcel(tmp_path, 3 * SEGMENT_BYTES)
+    async with link_for(config) as link:
+        acked = asyncio.Event()
+        publish = link.client.publish
+
+        async def noting(topic: str, payload: bytes, **kwargs: Any) -> Any:
+            ack = await publish(topic, payload, **kwargs)
+            acked.set()
+            return ack
+
+        link.client.publish = noting  # type: ignore[method-assign]
+        sending = asyncio.create_task(link.upload(item, Resumes([])))
+        await acked.wait()
+        if central_back_after == "expiry":
+            outcome = await sending  # no result for init after 3 sends: the station gave up ...
+            assert isinstance(outcome, RetryLater), outcome
+            # ... and the expiry (2 s) of its last send passed too (Mosquitto counts whole seconds).
+            await asyncio.sleep(3.5)
+        marker = f"{TOPIC_PREFIX}/stations/{STATION}/$file-async/marker/abort"
+        await publish(marker, b"")
+        inbox = Inbox()
+        async with running(central) as (receiver, _):
+            subscribing = asyncio.create_task(receiver.subscribe(transfer_filter, inbox))
+            assert (await receiver.wait_connected(20)).session_present is True
+            first = await inbox.next()
+            await subscribing
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+    if central_back_after == "expiry":
+        assert first.topic == marker  # every send of init expired on the broker
+    else:
+        assert first.topic.endswith("/init")
