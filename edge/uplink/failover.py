@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _MQTT_RESUME_PREFIX = "mqtt:"
+# How long a closing link lets abandons of the other transport's uploads finish.
+_ABANDON_GRACE_S = 5.0
 
 
 def resume_owner(reference: str) -> str:
@@ -212,9 +214,15 @@ class FailoverLink:
         task.add_done_callback(self.abandoning.discard)
 
     async def close(self) -> None:
-        """Wait for the abandons in progress (each bounded by its transport's own timeouts)."""
-        if self.abandoning:
-            await asyncio.gather(*list(self.abandoning), return_exceptions=True)
+        """Let the abandons in progress finish, at most ``_ABANDON_GRACE_S`` (a stopping uplink does not
+        wait for a transport that is down; the central's expiry then frees what was abandoned)."""
+        pending = list(self.abandoning)
+        if not pending:
+            return
+        _done, late = await asyncio.wait(pending, timeout=_ABANDON_GRACE_S)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def abandon(self, upload: str) -> None:
         owner = resume_owner(upload)

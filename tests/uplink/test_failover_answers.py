@@ -252,3 +252,31 @@ async def test_over_https_a_busy_answer_is_an_answer_and_a_gateway_error_is_not(
         for outcome in (uploaded, registered):
             assert isinstance(outcome, RetryLater), outcome
             assert outcome.answered is answered, outcome
+
+
+async def test_closing_does_not_wait_for_an_abandon_on_a_dead_transport(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.uplink import failover as failover_module
+
+    monkeypatch.setattr(failover_module, "_ABANDON_GRACE_S", 0.1)
+    clock = Clock()
+    preferred, other = ScriptedLink(SILENT[0]), ScriptedLink(None)
+    cancelled = asyncio.Event()
+
+    async def hanging_abandon(upload: str) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    preferred.abandon = hanging_abandon  # type: ignore[method-assign]
+    link = failover(preferred, other, clock)
+    for _ in range(3):
+        await call(link, "tree-head", tmp_path)
+        clock.now += 5
+    await link.upload(parcel(tmp_path, resume="mqtt:item-1.0a1b2c3d"), lambda _ref: None)
+    async with asyncio.timeout(10):
+        await link.close()
+    assert cancelled.is_set() and not link.abandoning
