@@ -298,7 +298,10 @@ class StationAgent:
         mqtt, station_id = self.config.mqtt, self.config.station.id
         self.telemetry = TelemetryPublisher(
             TelemetrySettings(
-                station_id, mqtt.topic_prefix, mqtt.telemetry_interval_s, mqtt.telemetry_event_queue
+                station_id, mqtt.topic_prefix, mqtt.telemetry_interval_s, mqtt.telemetry_event_queue,
+                # Ed25519 signs deterministically: a stable secret of this station's key, so published
+                # device ids tell recorders apart without naming them (edge.mqtt.telemetry).
+                device_salt=self.store.key.sign(b"evidence-edge telemetry device id v1"),
             ),
             client=client,
             subscribe=self.status.subscribe,

@@ -341,13 +341,17 @@ class MqttClient:
         correlation_data: bytes | None = None,
         user_properties: Iterable[tuple[str, str]] = (),
         timeout_s: float | None = None,
+        message_expiry_s: int | None = None,
     ) -> PublishAck:
-        """Publish and return once the broker acknowledged (QoS 1: PUBACK; QoS 0: written). Raises
+        """Publish and return once the broker acknowledged (QoS 1: PUBACK; QoS 0: written).
+        ``message_expiry_s`` (MQTT 5 Message Expiry Interval): the broker drops the message when it could
+        not deliver it to a subscriber within that many seconds. Raises
         `PublishRefused` for a failure reason code (MQTT 5), `PublishTimeout`, or `MqttClosed`. Published
         while disconnected, the message waits for the next connection (within the time limit)."""
         if self._closing:
             raise MqttClosed(f"{self!r} is closed")
-        properties = self._publish_properties(response_topic, correlation_data, tuple(user_properties))
+        properties = self._publish_properties(response_topic, correlation_data, tuple(user_properties),
+                                              message_expiry_s)
         limit = self._broker_max_packet
         if limit is not None:
             size = publish_packet_bytes(topic, len(payload), properties_bytes=_properties_bytes(properties),
@@ -764,11 +768,13 @@ class MqttClient:
         response_topic: str | None,
         correlation_data: bytes | None,
         user_properties: tuple[tuple[str, str], ...],
+        message_expiry_s: int | None = None,
     ) -> Properties | None:
-        if response_topic is None and correlation_data is None and not user_properties:
+        if (response_topic is None and correlation_data is None and not user_properties
+                and message_expiry_s is None):
             return None
         if self._settings.protocol is not ProtocolVersion.V5:
-            raise MqttError("response topic, correlation data and user properties need MQTT 5")
+            raise MqttError("response topic, correlation data, user properties and expiry need MQTT 5")
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it untyped
         if response_topic is not None:
             properties.ResponseTopic = response_topic
@@ -776,6 +782,8 @@ class MqttClient:
             properties.CorrelationData = correlation_data
         if user_properties:
             properties.UserProperty = list(user_properties)
+        if message_expiry_s is not None:
+            properties.MessageExpiryInterval = max(1, min(int(message_expiry_s), 0xFFFFFFFF))
         return properties
 
 

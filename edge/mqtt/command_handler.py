@@ -11,12 +11,15 @@ request gets one reply and one `command` ledger entry saying what the station di
      "payload_bytes", "command"?, "signature"?}         (command and signature only when they verified)
 
 A refused request changes nothing else. Authentic and fresh request ids are kept in the station's state
-(`mqtt_command_ids` in state.db) for `freshness_keep_s` (well beyond the freshness window, so a replay is
-refused as replayed, or as stale once older than the window, also after a restart), written in the
-transaction of the command's entry. Execution and that record are one transaction for tag and the
-read-only ops; a re-upload runs `edge uplink retry`'s requeue (its own transaction, its `requeued` entry
-naming the request id) just before: a crash between the two leaves the item queued and the id unrecorded,
-and a replay then finds the item no longer rejected and is refused, so it still runs at most once.
+(`mqtt_command_ids` in state.db), written in the transaction of the command's entry, also across restarts:
+the newest `MAX_SEEN_REQUEST_IDS` of them, by the order they were taken, never by a clock. Pruning by the
+station's wall clock let a forward jump (a wrong time source, then corrected) erase every id, and a replay
+fresh again by the corrected clock ran a second time; only the central signs commands, so a count this far
+beyond any day's commands keeps every id that could be fresh again. Execution and that record are one
+transaction for tag and the read-only ops; a re-upload runs `edge uplink retry`'s requeue (its own
+transaction, its `requeued` entry naming the request id) just before: a crash between the two leaves the
+item queued and the id unrecorded, and a replay then finds the item no longer rejected and is refused, so
+it still runs at most once.
 
 Refusals of requests that did not verify, and of replays, are recorded at a bounded rate
 (`REFUSALS_RECORDED_PER_MINUTE`): only the station itself and the central may write to its command topics
@@ -61,7 +64,6 @@ from edge.mqtt.commands import (
     check_authentic,
     command_subscription,
     encode_reply,
-    freshness_keep_s,
     op_of_topic,
     parse_command,
     reply_topic_for,
@@ -73,6 +75,8 @@ __all__ = ["REFUSALS_RECORDED_PER_MINUTE", "CommandHandler", "CommandSettings", 
 log = logging.getLogger(__name__)
 
 REFUSALS_RECORDED_PER_MINUTE = 30
+# Request ids kept (module docstring): ~100 bytes each in state.db; months of any agency's commands.
+MAX_SEEN_REQUEST_IDS = 50_000
 REPLY_TIMEOUT_S = 10.0
 
 _SCHEMA = """
@@ -290,12 +294,13 @@ class CommandHandler:
     def _remember(self, conn: sqlite3.Connection, received: ReceivedCommand, outcome: str) -> None:
         now = self.now().timestamp()
         conn.execute(
-            "DELETE FROM mqtt_command_ids WHERE seen_at < ?",
-            (now - freshness_keep_s(self.settings.window_s),),
-        )
-        conn.execute(
             "INSERT INTO mqtt_command_ids (request_id, issued_at, seen_at, outcome) VALUES (?, ?, ?, ?)",
             (received.request_id, received.command.issued_at, now, outcome),
+        )
+        # By insertion order (rowid grows; only the oldest are deleted), never by a clock.
+        conn.execute(
+            "DELETE FROM mqtt_command_ids WHERE rowid <= (SELECT MAX(rowid) FROM mqtt_command_ids) - ?",
+            (MAX_SEEN_REQUEST_IDS,),
         )
 
     # -- replies ------------------------------------------------------------------------------------------

@@ -1,19 +1,32 @@
 """Station telemetry over MQTT, from the status model (README "MQTT", contract section 1).
 
     <prefix>/stations/<S>/status/availability   retained "online" / "offline" (the last will: "offline")
-    <prefix>/stations/<S>/status/station        retained: identity, start, central contact, tasks, counts
-    <prefix>/stations/<S>/status/bays/<bay>     retained, one per bay (the status model's BAY document)
+    <prefix>/stations/<S>/status/station        retained: identity, start, central contact, tasks (name,
+                                                state, restarts), counts, telemetry.events_dropped
+    <prefix>/stations/<S>/status/bays/<bay>     retained, one per bay (the status model's BAY document
+                                                without personal data: see below)
     <prefix>/stations/<S>/status/spool          retained: sealed items waiting for their receipt
     <prefix>/stations/<S>/status/storage        retained: the store's file system
     <prefix>/stations/<S>/status/clock          retained: whether the station clock is trusted
     <prefix>/stations/<S>/status/ledger         retained: local head {seq, hash}, central-witnessed head
     <prefix>/stations/<S>/events/<kind>         not retained: item-sealed, receipt, error
 
-Every payload is canonical JSON. The documents are parts of the status model's JSON (edge.observe, whose
-board escapes device text with `printable`), taken from its change stream: nothing there is secret, and
-nothing here adds device text. Two things are left out on purpose: a task's `last_event_at` (its liveness
-beat, new every second: the document would never settle) and, in error events, the error's prose (it may
-quote a recorder's file names; the central reads it in the ledger it witnesses).
+Every payload is canonical JSON. The documents are parts of the status model's JSON (edge.observe),
+taken from its change stream, cut to what may sit in a broker's retained store (its persistence file, and
+every client the ACL lets read): no personal data and no free text.
+
+* A bay document (:func:`bay_document`) carries only: ``bay`` (the topic level below), ``state``,
+  ``error_class``, ``officer_present`` (a boolean: a holder is known; never the officer's name or badge
+  number), ``device`` as ``{"id", "model", "battery_pct"}`` where ``id`` is 16 hex digits of an HMAC of
+  the recorder's serial under the station's ``device_salt`` (tells recorders apart, never names them; the
+  salt is derived from the station's signing key, so it is stable across restarts and unknown to readers),
+  the progress counters, ``speed_bps``, ``eta_s``, ``bouncing``, ``usb_serial_warning`` as ``{"problem",
+  "bays"}`` (bay numbers only), ``since`` and ``updated_at``.
+* The station document's tasks carry ``name``, ``state`` and ``restarts`` only: a task's last error
+  (``last_event``) is free text that may quote a recorder's file names, and ``last_event_at`` is its
+  liveness beat, new every second (the document would never settle).
+* Error events carry the stage, never the error's prose (the central reads that in the ledger it
+  witnesses).
 
 Bounded, whatever the broker does. A retained topic is published only when its document differs from
 the one the broker last took on this connection, and at most once per `min_interval_s` (a burst of
@@ -23,8 +36,9 @@ broker is away: paho would queue it without limit. Events wait in a queue of `ev
 oldest when full, counting what it dropped (`telemetry.events_dropped` in the station document).
 
 Bay topic levels: a configured bay's number; a recorder in no known bay (the model's `device:SERIAL`
-tile) gets `device-` and 16 hex digits of the SHA-256 of its key, since a serial from a device may hold
-`/`, `+` or `#`. A tile the model retires is cleared (an empty retained message).
+tile) gets `device-` and 16 hex digits of the HMAC-SHA-256 of its key under ``device_salt`` (a serial
+from a device may hold `/`, `+` or `#`, and is not published). A tile the model retires is cleared (an
+empty retained message).
 
 Events come from ledger entries as they are appended, which may be just before their transaction commits:
 an event announces; the ledger is the record.
@@ -35,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import re
 import threading
@@ -65,7 +80,9 @@ __all__ = [
     "TelemetryPublisher",
     "TelemetrySettings",
     "availability_topic",
+    "bay_document",
     "bay_topic_level",
+    "device_id",
     "event_for_entry",
     "status_documents",
     "status_topic",
@@ -98,6 +115,9 @@ class TelemetrySettings:
     topic_prefix: str
     min_interval_s: float = 2.0
     event_queue: int = 1000
+    device_salt: bytes = b""
+    """The HMAC key of published device ids (see the module docstring); the station derives it from its
+    signing key. Empty: a plain SHA-256 (tests)."""
 
 
 class StatusFeed(Protocol):
@@ -124,8 +144,8 @@ def status_topic(prefix: str, station: str, part: str) -> str:
     return f"{_root(prefix, station)}/status/{part}"
 
 
-def bay_topic(prefix: str, station: str, key: str) -> str:
-    return f"{_root(prefix, station)}/status/bays/{bay_topic_level(key)}"
+def bay_topic(prefix: str, station: str, key: str, salt: bytes = b"") -> str:
+    return f"{_root(prefix, station)}/status/bays/{bay_topic_level(key, salt)}"
 
 
 def event_topic(prefix: str, station: str, kind: EventKind) -> str:
@@ -138,17 +158,70 @@ def will_message(prefix: str, station: str) -> WillMessage:
     return WillMessage(availability_topic(prefix, station), OFFLINE, qos=1, retain=True)
 
 
-def bay_topic_level(key: str) -> str:
+def bay_topic_level(key: str, salt: bytes = b"") -> str:
     if _BAY_NUMBER.fullmatch(key):
         return key
-    return "device-" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return "device-" + device_id(key, salt)
+
+
+def device_id(text: str, salt: bytes = b"") -> str:
+    """16 hex digits that tell ``text`` (a serial, a tile key) apart without naming it."""
+    data = text.encode("utf-8", "surrogateescape")
+    digest = hmac.new(salt, data, hashlib.sha256) if salt else hashlib.sha256(data)
+    return digest.hexdigest()[:16]
+
+
+def bay_document(bay: Mapping[str, Any], salt: bytes = b"") -> dict[str, Any]:
+    """The status model's BAY document without personal data or free text (see the module docstring):
+    only the fields named there, copied when they have the model's types."""
+    def number(key: str) -> int | float | None:
+        value = bay.get(key)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    def word(key: str) -> str | None:
+        value = bay.get(key)
+        return printable(value)[:64] if isinstance(value, str) else None
+
+    device = bay.get("device")
+    published_device = None
+    if isinstance(device, Mapping):
+        serial = device.get("serial")
+        battery = device.get("battery_pct")
+        model = device.get("model")
+        published_device = {
+            "id": device_id(serial, salt) if isinstance(serial, str) and serial else None,
+            "model": printable(model)[:64] if isinstance(model, str) else None,
+            "battery_pct": battery if type(battery) is int else None,
+        }
+    warning = bay.get("usb_serial_warning")
+    published_warning = None
+    if isinstance(warning, Mapping):
+        bays, problem = warning.get("bays"), warning.get("problem")
+        published_warning = {
+            "problem": printable(problem)[:32] if isinstance(problem, str) else None,
+            "bays": [b for b in bays if type(b) is int] if isinstance(bays, list) else None,
+        }
+    key = bay.get("bay")
+    return {
+        "bay": bay_topic_level(key, salt) if isinstance(key, str) else None,
+        "state": word("state"),
+        "error_class": word("error_class"),
+        "officer_present": bay.get("officer") is not None,
+        "device": published_device,
+        **{k: number(k) for k in ("files_done", "files_total", "bytes_done", "bytes_total", "speed_bps",
+                                  "eta_s")},
+        "bouncing": bay.get("bouncing") is True,
+        "usb_serial_warning": published_warning,
+        "since": word("since"),
+        "updated_at": word("updated_at"),
+    }
 
 
 def status_documents(station: Mapping[str, Any], *, events_dropped: int = 0) -> dict[str, dict[str, Any]]:
     """The status model's STATION document cut into the retained parts (see the module docstring)."""
     ledger = station.get("ledger") or {}
     tasks = [
-        {k: task.get(k) for k in ("name", "state", "restarts", "last_event")}
+        {k: task.get(k) for k in ("name", "state", "restarts")}  # never last_event: free text
         for task in station.get("tasks") or []
     ]
     identity = {k: station.get(k) for k in ("id", "name", "unit", "version", "key_id", "started_at")}
@@ -274,8 +347,10 @@ class TelemetryPublisher:
         if not isinstance(key, str) or not key:
             return
         s = self.settings
-        topic = bay_topic(s.topic_prefix, s.station, key)
-        self._latest[topic] = b"" if bay.get("state") == "removed" else canonical_json(dict(bay))
+        topic = bay_topic(s.topic_prefix, s.station, key, s.device_salt)
+        self._latest[topic] = (
+            b"" if bay.get("state") == "removed" else canonical_json(bay_document(bay, s.device_salt))
+        )
 
     # -- the task -----------------------------------------------------------------------------------------
 

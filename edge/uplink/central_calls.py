@@ -91,9 +91,11 @@ class CentralUnavailable(CentralError):
     """Down, unreachable, overloaded or timing out: retry later (not before ``retry_after_s`` when the
     answer carried a ``Retry-After``)."""
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: float | None = None, answered: bool = False) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.answered = answered
+        """The central answered (busy, Retry-After): see :attr:`edge.uplink.transport.RetryLater.answered`."""
 
 
 class CentralRejected(CentralError):
@@ -127,13 +129,19 @@ def detail_of(doc: Mapping[str, Any], raw: bytes) -> str:
 
 
 def check_answer(
-    status: int, doc: Mapping[str, Any], raw: bytes, *, what: str, retry_after_s: float | None = None
+    status: int, doc: Mapping[str, Any], raw: bytes, *, what: str, retry_after_s: float | None = None,
+    from_central: bool = False,
 ) -> dict[str, Any]:
     """The body of a successful answer; raises :class:`CentralUnavailable` for a transient status and
     :class:`CentralRejected` for any other refusal. ``doc`` is the body as a JSON object ({} when it was
-    none), ``raw`` its bytes (shown when it was no JSON object), ``what`` names the request in messages."""
+    none), ``raw`` its bytes (shown when it was no JSON object), ``what`` names the request in messages.
+    A transient status is the central's answer (``answered``) when it asked for a delay (``Retry-After``,
+    429), or when ``from_central`` (an MQTT reply: only the central's API publishes one); a gateway's 502
+    or 504 is not."""
     if status in TRANSIENT_STATUSES or status >= 500:
-        raise CentralUnavailable(f"{what}: HTTP {status} {detail_of(doc, raw)}", retry_after_s=retry_after_s)
+        answered = from_central or retry_after_s is not None or status == 429
+        raise CentralUnavailable(f"{what}: HTTP {status} {detail_of(doc, raw)}", retry_after_s=retry_after_s,
+                                 answered=answered)
     if status >= 300 or status < 200:
         code = doc.get("error") if isinstance(doc.get("error"), str) else f"http_{status}"
         refusal = doc.get("refusal")
@@ -165,7 +173,7 @@ def not_done(*wire_errors: type[BaseException], via: str = "HTTP") -> Iterator[N
     try:
         yield
     except CentralUnavailable as exc:
-        raise NotDone(RetryLater(str(exc), exc.retry_after_s)) from exc
+        raise NotDone(RetryLater(str(exc), exc.retry_after_s, answered=exc.answered)) from exc
     except CentralRejected as exc:
         raise NotDone(outcome_of_rejection(exc, None, via=via)) from exc
     except unanswered as exc:
@@ -334,7 +342,7 @@ class ApiLinkCalls:
         try:
             receipt = await self.api.register(name, manifest, entries, checkpoint, signed)
         except CentralUnavailable as exc:
-            return RetryLater(str(exc), exc.retry_after_s)
+            return RetryLater(str(exc), exc.retry_after_s, answered=exc.answered)
         except CentralRejected as exc:
             return outcome_of_rejection(exc, name, via=self.via)
         except unanswered as exc:

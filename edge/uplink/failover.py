@@ -1,21 +1,28 @@
 """A preference of transports with failover (``[uplink] transports = ["mqtt", "tus"]``).
 
 Every call goes to the first transport that is not *out*. A transport is out once its calls went
-unanswered (:class:`RetryLater`, or :class:`NotDone` carrying one: down, timed out, no receiver) at least
-``failover_after_failures`` times in a row over at least ``failover_after_s``: a blip does not fail over,
-an outage does. While the preferred transport is out, one call every ``failback_after_s`` goes to it as a
+unanswered (:class:`RetryLater`, or :class:`NotDone` carrying one, that was not an answer: down,
+connection refused, timed out, no receiver listening (PUBACK 0x10)) at least ``failover_after_failures``
+times in a row over at least ``failover_after_s``: a blip does not fail over, an outage does. An answer
+that asks for later (``RetryLater.answered``: busy with ``Retry-After``, 429, a quota pause 0x97, a
+transfer already in progress, "send every segment again") is the central speaking over that transport: it
+counts as an answer, never towards failover (the other transport reaches the same busy central).
+While the preferred transport is out, one call every ``failback_after_s`` goes to it as a
 probe; the first answer it gives (anything but "unanswered": a success, a refusal) makes it the one in use
 again. The probe's failure costs that one call a retry, which the core schedules as any other.
 
 What belongs to one transport stays with it: an upload's resume reference (``mqtt:<file_id>`` is the
 MQTT transfer's, anything else a tus upload URL) is offered only to the transport that made it; the other
-starts a new upload and reports its own reference. Registration goes over whichever transport is in use:
+starts a new upload and reports its own reference, and the old one is abandoned on its own transport (best
+effort, in the background: that transport may be the one that is down), so that it does not count against
+the station's quota at the central until it expires. Registration goes over whichever transport is in use:
 the central resolves an ``mqtt:`` upload in its MQTT ingest store and any other in its tus store, whichever
 API path the registration came by. ``abandon`` goes to the transport that holds the upload.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -42,6 +49,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _MQTT_RESUME_PREFIX = "mqtt:"
+# How long a closing link lets abandons of the other transport's uploads finish.
+_ABANDON_GRACE_S = 5.0
 
 
 def resume_owner(reference: str) -> str:
@@ -88,7 +97,9 @@ class FailoverTransport:
     async def connect(self) -> AsyncIterator[FailoverLink]:
         async with contextlib.AsyncExitStack() as stack:
             links = [await stack.enter_async_context(t.connect()) for t in self.transports]
-            yield FailoverLink([t.name for t in self.transports], links, self.policy, self.clock)
+            link = FailoverLink([t.name for t in self.transports], links, self.policy, self.clock)
+            stack.push_async_callback(link.close)  # before the links close
+            yield link
 
 
 class FailoverLink:
@@ -102,6 +113,8 @@ class FailoverLink:
         self.policy = policy
         self.clock = clock
         self.health = [_Health() for _ in self.links]
+        self.abandoning: set[asyncio.Task[None]] = set()
+        """Abandons of another transport's upload in progress (see :meth:`_abandon_elsewhere`)."""
 
     def __repr__(self) -> str:
         return f"FailoverLink({', '.join(self.names)}; in use: {self.names[self.in_use]})"
@@ -150,7 +163,7 @@ class FailoverLink:
         try:
             result = await call(self.links[index])
         except NotDone as exc:
-            if isinstance(exc.outcome, RetryLater):
+            if isinstance(exc.outcome, RetryLater) and not exc.outcome.answered:
                 self._unanswered(index, str(exc.outcome))
             else:
                 self._answered(index)
@@ -161,9 +174,10 @@ class FailoverLink:
     async def upload(self, parcel: Parcel, on_resume: Callable[[str], None]) -> UploadOutcome:
         index = self._pick()
         if parcel.resume is not None and resume_owner(parcel.resume) != self.names[index]:
+            self._abandon_elsewhere(parcel.resume)
             parcel = replace(parcel, resume=None)  # the other transport's upload: start one on this
         outcome = await self.links[index].upload(parcel, on_resume)
-        if isinstance(outcome, RetryLater):
+        if isinstance(outcome, RetryLater) and not outcome.answered:
             self._unanswered(index, str(outcome))
         else:
             self._answered(index)
@@ -174,11 +188,41 @@ class FailoverLink:
     ) -> RegisterOutcome:
         index = self._pick()
         outcome = await self.links[index].register(upload, manifest, segment)
-        if isinstance(outcome, RetryLater):
+        if isinstance(outcome, RetryLater) and not outcome.answered:
             self._unanswered(index, str(outcome))
         else:
             self._answered(index)
         return outcome
+
+    def _abandon_elsewhere(self, upload: str) -> None:
+        """The upload ``upload`` of another transport will not be resumed (a new one starts on the
+        transport in use): abandon it on its own transport, in the background (best effort: that transport
+        may be down, and the upload must not wait for it)."""
+        owner = resume_owner(upload)
+        if owner not in self.names:
+            return
+        link = self.links[self.names.index(owner)]
+        log.info("uplink: abandoning %s upload %s (a new upload starts on %s)", owner, upload[:200],
+                 self.names[self.in_use])
+
+        async def abandon() -> None:
+            with contextlib.suppress(Exception):
+                await link.abandon(upload)
+
+        task = asyncio.create_task(abandon(), name=f"uplink-abandon-{owner}")
+        self.abandoning.add(task)
+        task.add_done_callback(self.abandoning.discard)
+
+    async def close(self) -> None:
+        """Let the abandons in progress finish, at most ``_ABANDON_GRACE_S`` (a stopping uplink does not
+        wait for a transport that is down; the central's expiry then frees what was abandoned)."""
+        pending = list(self.abandoning)
+        if not pending:
+            return
+        _done, late = await asyncio.wait(pending, timeout=_ABANDON_GRACE_S)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def abandon(self, upload: str) -> None:
         owner = resume_owner(upload)

@@ -27,6 +27,13 @@ read and not yet confirmed by the receiver (a window shared by every upload of t
 segment (`edge.mqtt.segments.TransferProgress`). paho queues without limit, so the window is also what
 bounds paho's queue: a segment is published only while the broker connection is up.
 
+Expiry (MQTT 5). Every API request carries a Message Expiry Interval of ``request_timeout_s`` (the
+station waits that long for its reply); every segment and init one of ``SENDS_PER_COMMAND`` times
+``mqtt_result_timeout_s``, fin the same times ``request_timeout_s`` (how long the station waits for its
+result over all its sends); the abort one of ``request_timeout_s``: the broker drops what it could
+not deliver by then, so a central that was away does not work through requests the station gave up on
+and segments it sent again meanwhile (the broker queues up to ``max_queued_messages`` for it).
+
 Resuming. After a reconnect, whatever the receiver did not confirm is sent again (the wait for a result
 times out, or paho re-sends an unacknowledged QoS 1 publish in the persistent session). After a restart of
 the station, the spool's resume reference ``mqtt:<file_id>`` names the transfer; the receiver's
@@ -50,6 +57,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -61,6 +69,7 @@ from edge.custody.canonical import canonical_json
 from edge.custody.ledger import Checkpoint
 from edge.custody.text import printable
 from edge.mqtt.api import (
+    MAX_PAYLOAD_BYTES,
     ApiCodecError,
     ApiOp,
     ApiReply,
@@ -147,6 +156,8 @@ _STATION_REFUSALS = frozenset({"unknown_station", "station_revoked", "wrong_stat
 # The broker's reason codes that say this station may not do this (the ACL): a station-level refusal.
 _NOT_AUTHORISED = frozenset({0x87})
 _NO_SUBSCRIBERS = 0x10
+# A Message Expiry Interval property: its identifier byte and a four-byte integer.
+_EXPIRY_PROPERTY_BYTES = 5
 # Bound on the transfer-state answer's segment list (beyond the plan's count it is damage).
 _STATE_SPARE = 16
 _RANDOM_HEX = 8
@@ -360,16 +371,19 @@ class MqttLink(ApiLinkCalls):
             if isinstance(outcome, Refused):  # the broker's refusal (403-like) or one too large for it
                 status = 403 if outcome.station_level else 413
                 raise CentralRejected(status, outcome.code, outcome.detail) from None
-            raise CentralUnavailable(outcome.reason, retry_after_s=outcome.retry_after_s) from None
+            raise CentralUnavailable(outcome.reason, retry_after_s=outcome.retry_after_s,
+                                     answered=outcome.answered) from None
         doc = reply.body if isinstance(reply.body, dict) else {}
         raw = canonical_json(reply.body)
-        return check_answer(reply.status, doc, raw, what=f"MQTT {op.value}")
+        # Only the central's API publishes on our reply topic: a busy status is its answer.
+        return check_answer(reply.status, doc, raw, what=f"MQTT {op.value}", from_central=True)
 
     async def request(self, op: ApiOp, body: Mapping[str, Any]) -> ApiReply:
         """Publish a request and wait for the reply with its request id; raises :class:`_Unanswered`."""
         request_id = new_request_id()
         topic = request_topic(self.prefix, self.station_id, op)
-        properties = (1 + 2 + len(self.reply_topic.encode())) + (1 + 2 + len(request_id)) if self.mqtt5 else 0
+        properties = ((1 + 2 + len(self.reply_topic.encode())) + (1 + 2 + len(request_id))
+                      + _EXPIRY_PROPERTY_BYTES) if self.mqtt5 else 0
         # Room for the topic, the properties and a remaining-length field that grows with the payload.
         room = self.max_packet_bytes - publish_packet_bytes(topic, 0, properties_bytes=properties,
                                                             mqtt5=self.mqtt5) - 4
@@ -388,6 +402,7 @@ class MqttLink(ApiLinkCalls):
                     topic, payload, what=f"request {op.value}",
                     response_topic=self.reply_topic if self.mqtt5 else None,
                     correlation_data=request_id.encode("ascii") if self.mqtt5 else None,
+                    message_expiry_s=self._expiry_s(self.request_timeout_s),
                 )
                 if code == _NO_SUBSCRIBERS:
                     raise _Unanswered(RetryLater(
@@ -401,6 +416,12 @@ class MqttLink(ApiLinkCalls):
             )) from None
         finally:
             self._pending.pop(request_id, None)
+
+    def _expiry_s(self, waited_s: float) -> int | None:
+        """The MQTT 5 Message Expiry of a message the station waits ``waited_s`` for (its reply, or its
+        result over every send of it): after that the station has given up on it or sent it again, so the
+        broker drops it rather than hand it to a central catching up after an outage. None under 3.1.1."""
+        return max(1, math.ceil(waited_s)) if self.mqtt5 else None
 
     async def _publish(self, topic: str, payload: bytes, *, what: str, **properties: Any) -> int:
         """Publish at QoS 1; the broker's PUBACK reason code. A broker refusal (the ACL, a packet too
@@ -419,11 +440,19 @@ class MqttLink(ApiLinkCalls):
             raise _Unanswered(RetryLater(f"MQTT {what}: {type(exc).__name__}: {exc}")) from None
         return ack.reason_code
 
+    @property
+    def max_reply_bytes(self) -> int:
+        """The largest API reply taken: the broker's Maximum Packet Size (its CONNACK), or the shipped
+        broker's 2 MiB when it named none. Not ``mqtt_max_packet_kb``: that bounds what the station sends,
+        while the central may answer (a ledger page, say) with anything the broker carries."""
+        broker_limit = getattr(self.client, "_broker_max_packet", None)
+        return broker_limit if isinstance(broker_limit, int) and broker_limit > 0 else MAX_PAYLOAD_BYTES
+
     async def _on_reply(self, message: InboundMessage) -> None:
         if message.topic != self.reply_topic:
             return
         try:
-            reply = parse_reply(message.payload, max_bytes=self.max_packet_bytes)
+            reply = parse_reply(message.payload, max_bytes=self.max_reply_bytes)
         except ApiCodecError as exc:
             self.garbled += 1
             log.warning("station %s: an MQTT API reply is garbled and ignored: %s", self.station_id, exc)
@@ -511,7 +540,8 @@ class MqttLink(ApiLinkCalls):
             if file_id is not None:
                 abort = AbortCommand(file_id, Mode.ASYNC)
                 topic = scoped_topic(self.scope, self.station_id, abort.topic)
-                await self._publish(topic, b"", what="abort")
+                await self._publish(topic, b"", what="abort",
+                                    message_expiry_s=self._expiry_s(self.request_timeout_s))
             await self.call(ApiOp.ABANDON, {"upload": self.upload_name(upload)})
 
     async def upload(self, parcel: Parcel, on_resume: Callable[[str], None]) -> UploadOutcome:
@@ -522,13 +552,15 @@ class MqttLink(ApiLinkCalls):
             # Durable before any byte goes out: a crash from here on resumes this transfer.
             on_resume(f"{MQTT_UPLOAD_PREFIX}{file_id}")
         if file_id in self._transfers:
-            return RetryLater(f"item {parcel.item}: transfer {file_id} is already in progress on this link")
+            return RetryLater(f"item {parcel.item}: transfer {file_id} is already in progress on this link",
+                              answered=True)
         try:
             # The plan measures the bare command topic; ours carries the station's scope before it (and
             # a longer topic may lengthen the remaining-length field by a byte).
             scope_bytes = len(scoped_topic(self.scope, self.station_id, "").encode("utf-8")) + 1
             plan = plan_segments(
                 file_id, parcel.size, self.max_packet_bytes - scope_bytes, mode=Mode.ASYNC, mqtt5=self.mqtt5,
+                properties_bytes=_EXPIRY_PROPERTY_BYTES if self.mqtt5 else 0,
                 preferred_bytes=self.uplink.mqtt_segment_kb * 1024,
             )
         except PlanError as exc:
@@ -575,7 +607,7 @@ class MqttLink(ApiLinkCalls):
             transfer.progress.reset()  # the receiver wants every segment again
         raise _Unanswered(RetryLater(
             f"item {parcel.item}: the receiver refused fin of {plan.file_id} after every segment was sent "
-            "again"
+            "again", answered=True
         ))
 
     async def _restore(self, transfer: _Transfer) -> bool:
@@ -589,7 +621,7 @@ class MqttLink(ApiLinkCalls):
                         "again from init", self.station_id, plan.file_id, exc)
             return False
         except CentralUnavailable as exc:
-            raise _Unanswered(RetryLater(str(exc), exc.retry_after_s)) from None
+            raise _Unanswered(RetryLater(str(exc), exc.retry_after_s, answered=exc.answered)) from None
         segments = doc.get("segments")
         if (doc.get("file_id") != plan.file_id or not isinstance(doc.get("known"), bool)
                 or not isinstance(doc.get("complete"), bool) or not isinstance(segments, list)
@@ -658,8 +690,10 @@ class MqttLink(ApiLinkCalls):
                 await self.limiter.acquire(len(segment.data))
             waiter = transfer.expect(segment.command)
             await self._ready(f"segment {segment.offset} of {plan.file_id}")
+            expiry_s = self._expiry_s(self.result_timeout_s * SENDS_PER_COMMAND)
             code = await self._publish(scoped_topic(self.scope, self.station_id, segment.command.topic),
-                                       segment.data, what=f"segment {segment.offset} of {plan.file_id}")
+                                       segment.data, what=f"segment {segment.offset} of {plan.file_id}",
+                                       message_expiry_s=expiry_s)
             transfer.bytes_sent += len(segment.data)
             command = segment.command
             del segment  # the broker has it: the window holds no bytes while the result is awaited
@@ -692,7 +726,8 @@ class MqttLink(ApiLinkCalls):
             waiter = transfer.expect(command)
             await self._ready(f"{what} of {plan.file_id}")
             code = await self._publish(scoped_topic(self.scope, self.station_id, command.topic), payload,
-                                       what=f"{what} of {plan.file_id}")
+                                       what=f"{what} of {plan.file_id}",
+                                       message_expiry_s=self._expiry_s(SENDS_PER_COMMAND * timeout_s))
             if code == _NO_SUBSCRIBERS:
                 raise _Unanswered(RetryLater(
                     f"transfer {plan.file_id}: no receiver is listening (the broker's PUBACK to {what} said "
@@ -727,11 +762,12 @@ class MqttLink(ApiLinkCalls):
             ))
         if action is Action.PAUSE_AND_RESEND:
             raise _Unanswered(RetryLater(
-                f"transfer {plan.file_id}: the receiver's quota is exceeded (at {what})"
+                f"transfer {plan.file_id}: the receiver's quota is exceeded (at {what})", answered=True
             ))
         if action is Action.RESEND_ALL:
             raise _Unanswered(RetryLater(
-                f"transfer {plan.file_id}: the receiver asked for every segment again (at {what})"
+                f"transfer {plan.file_id}: the receiver asked for every segment again (at {what})",
+                answered=True,
             ))
 
     async def _on_file_response(self, message: InboundMessage) -> None:

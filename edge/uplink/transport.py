@@ -177,6 +177,10 @@ class RetryLater:
     reason: str
     retry_after_s: float | None = None
     """What the answer asked for (e.g. HTTP ``Retry-After``); the core bounds it by its configuration."""
+    answered: bool = False
+    """The central (or its receiver) answered and asked for later: busy (503 with ``Retry-After``, 429),
+    a quota pause, a transfer already in progress, "send every segment again". False: nothing answered
+    (down, refused, timed out, no receiver listening). Failover counts only the unanswered ones."""
 
     def __str__(self) -> str:
         return self.reason

@@ -125,7 +125,10 @@ class TusLink(ApiLinkCalls):
             )
         except (UplinkError, aiohttp.ClientError, TimeoutError) as exc:
             # Interrupted, a checksum refused every time, a protocol violation, the upload gone twice.
-            return RetryLater(f"{type(exc).__name__}: {exc}", getattr(exc, "retry_after_s", None))
+            retry_after_s = getattr(exc, "retry_after_s", None)
+            # The central's own "busy" (503 with Retry-After, 429) is an answer; failover ignores it.
+            answered = retry_after_s is not None or getattr(exc, "status", None) == 429
+            return RetryLater(f"{type(exc).__name__}: {exc}", retry_after_s, answered=answered)
         except ValueError as exc:
             # A stored upload URL on another origin (central_url changed): start afresh.
             return Refused(code=UPLOAD_LOST, detail=str(exc))

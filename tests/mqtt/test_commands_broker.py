@@ -557,3 +557,44 @@ async def test_a_central_on_mqtt_5_gets_the_reply_of_a_station_on_3_1_1_and_a_si
             ]
     finally:
         store.close()
+
+
+async def test_a_forward_jump_of_the_station_clock_does_not_reopen_a_replay(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """Seen request ids were pruned by the station's wall clock: a jump of more than a day forward (a
+    command fresh by the jumped clock taken then), corrected afterwards, erased them, and a replay fresh
+    again by the corrected clock ran twice (review 8 finding 10)."""
+    async with rig(tmp_path, broker, pki) as r:
+        start = r.clock[0]
+        first = r.command(CommandOp.LEDGER_HEAD)
+        _, reply = await r.ask(r.signed(first), "ledger-head")
+        assert reply.ok
+        r.clock[0] = start + timedelta(days=3)  # a wrong time source; the central's clock as wrong
+        _, reply = await r.ask(r.signed(r.command(CommandOp.LEDGER_HEAD)), "ledger-head")
+        assert reply.ok
+        r.clock[0] = start + timedelta(seconds=60)  # corrected: the first command is fresh again
+        head = r.head()
+        _, replay = await r.ask(r.signed(first), "ledger-head")
+        assert not replay.ok and replay.error == "replayed"
+        assert [e.data["outcome"] for e in r.entries(head)] == ["refused"]
+        # Control: a new command at the corrected time is executed.
+        _, fresh = await r.ask(r.signed(r.command(CommandOp.LEDGER_HEAD)), "ledger-head")
+        assert fresh.ok
+
+
+async def test_seen_request_ids_are_bounded_by_count_oldest_first(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.mqtt import command_handler
+
+    monkeypatch.setattr(command_handler, "MAX_SEEN_REQUEST_IDS", 3)
+    async with rig(tmp_path, broker, pki) as r:
+        commands = [r.command(CommandOp.LEDGER_HEAD) for _ in range(5)]
+        for command in commands:
+            assert (await r.ask(r.signed(command), "ledger-head"))[1].ok
+        kept = {row[0] for row in r.store.conn.execute("SELECT request_id FROM mqtt_command_ids")}
+        assert kept == {c.request_id for c in commands[2:]}
+        # The newest are still refused as replays; the oldest, beyond the bound, is fresh and forgotten.
+        assert (await r.ask(r.signed(commands[-1]), "ledger-head"))[1].error == "replayed"
+        assert (await r.ask(r.signed(commands[0]), "ledger-head"))[1].ok

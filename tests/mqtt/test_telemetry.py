@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ from edge.mqtt.telemetry import (
     bay_topic_level,
     will_message,
 )
-from edge.observe.board import StatusBoard
+from edge.observe.board import StatusBoard, TaskFacts
 from edge.observe.sink import BayChanged, BayPhase, Device, Officer
 from tests.mqtt.broker import CENTRAL_ID, TOPIC_PREFIX, MosquittoBroker, TestPki, free_port, require_mosquitto
 from tests.mqtt.test_client import WAIT_S, running
@@ -161,7 +161,8 @@ class StationSide:
 @asynccontextmanager
 async def station_side(
     broker: MosquittoBroker, pki: TestPki, *, min_interval_s: float = 0.0, event_queue: int = 100,
-    topic_prefix: str = TOPIC_PREFIX,
+    topic_prefix: str = TOPIC_PREFIX, tasks: Callable[[], list[TaskFacts]] | None = None,
+    device_salt: bytes = b"",
 ) -> AsyncIterator[StationSide]:
     relay = TcpRelay(broker.port)
     await relay.start()
@@ -173,14 +174,15 @@ async def station_side(
     board = StatusBoard(
         identity={"id": STATION, "name": "dock 1", "unit": {"code": "330100", "name": "unit"},
                   "version": "test", "key_id": "k1"},
-        bays=[1, 2], tick_s=0.05,
+        bays=[1, 2], tick_s=0.05, tasks=tasks,
     )
     board_task = asyncio.create_task(board.run())
     try:
         async with running(settings) as (client, _):
             publisher = TelemetryPublisher(
                 TelemetrySettings(
-                    STATION, topic_prefix, min_interval_s=min_interval_s, event_queue=event_queue
+                    STATION, topic_prefix, min_interval_s=min_interval_s, event_queue=event_queue,
+                    device_salt=device_salt,
                 ),
                 client=client, subscribe=board.subscribe,
             )
@@ -246,7 +248,7 @@ async def test_a_late_subscriber_sees_every_retained_document_and_changes_are_re
             # A change goes out as it happens, in the status model's words.
             station.board.publish(copying(80))
             bay1 = await late.until(f"{ROOT}/status/bays/1", lambda m: doc(m)["state"] == "copying")
-            assert doc(bay1)["device"]["battery_pct"] == 80 and doc(bay1)["officer"]["name"] == "张伟"
+            assert doc(bay1)["device"]["battery_pct"] == 80 and doc(bay1)["officer_present"] is True
 
 
 async def test_a_burst_is_coalesced_and_the_same_document_never_goes_twice(
@@ -375,27 +377,115 @@ async def test_the_station_agent_publishes_telemetry_and_says_why_commands_are_o
         await central.until(availability_topic(TOPIC_PREFIX, STATION), lambda m: m.payload == b"offline")
 
 
-async def test_publishes_the_broker_refuses_are_given_up_not_repeated(
-    broker: MosquittoBroker, pki: TestPki
-) -> None:
-    """A station whose topic prefix the ACL does not allow (MQTT 5: PUBACK 0x87): each document is tried
-    once and given up, never retried in a loop."""
+# The publisher's wait after a publish failed without a refusal, shortened so that a test can wait well
+# past it: a refused publish that were retried would show within that wait.
+RETRY_AFTER_FAILURE_S = 0.2
+
+
+async def _publishes_over_time(
+    broker: MosquittoBroker, pki: TestPki, monkeypatch: pytest.MonkeyPatch, *, refusal_as_failure: bool
+) -> tuple[list[str], int, int]:
+    """A station whose topic prefix the ACL does not allow (MQTT 5: PUBACK 0x87); the topics it tried to
+    publish, counted until several retry intervals after every document and one event were refused, and
+    the refusals the publisher counted. ``refusal_as_failure``: the client turns the refusal into a plain
+    failure (as a timeout), which the publisher does retry after its wait (the control)."""
+    from edge.mqtt import telemetry
+    from edge.mqtt.client import MqttError, PublishRefused
+
+    monkeypatch.setattr(telemetry, "_RETRY_AFTER_FAILURE_S", RETRY_AFTER_FAILURE_S)
     async with station_side(broker, pki, topic_prefix="elsewhere") as station:
         calls: list[str] = []
+        failed = 0
         publish = station.client.publish
 
         async def counted(topic: str, payload: bytes, **kwargs: Any) -> Any:
+            nonlocal failed
             calls.append(topic)
-            return await publish(topic, payload, **kwargs)
+            try:
+                return await publish(topic, payload, **kwargs)
+            except PublishRefused as exc:
+                if not refusal_as_failure:
+                    raise
+                failed += 1
+                raise MqttError(f"not acknowledged: {exc}") from None
 
         station.client.publish = counted  # type: ignore[method-assign]
         documents = 1 + len(PARTS) + 2  # availability, the parts, two bays
+
+        def tried() -> int:
+            return station.publisher.refused + failed
+
         async with asyncio.timeout(WAIT_S):
-            while station.publisher.refused < documents:
+            while tried() < documents:
                 await asyncio.sleep(0.02)
         station.publisher.ledger_entry(_entry(1, EntryType.ERROR, None, {"stage": "copy"}))
         async with asyncio.timeout(WAIT_S):
-            while station.publisher.refused < documents + 1:
+            while tried() < documents + 1:
                 await asyncio.sleep(0.02)
-        assert station.publisher.refused == documents + 1
-        assert len(calls) <= documents + 1 and all(topic.startswith("elsewhere/") for topic in calls)
+        # Wait well past the publisher's retry interval: a retry of anything given up would come here.
+        await asyncio.sleep(5 * RETRY_AFTER_FAILURE_S)
+        return list(calls), documents, station.publisher.refused  # before the stop says "offline"
+
+
+async def test_publishes_the_broker_refuses_are_given_up_not_repeated(
+    broker: MosquittoBroker, pki: TestPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each refused document is tried once and given up, also after the retry interval has passed
+    several times (review 8 finding 11: the old test stopped looking when the count was reached)."""
+    calls, documents, refused = await _publishes_over_time(broker, pki, monkeypatch, refusal_as_failure=False)
+    assert refused == documents + 1
+    assert len(calls) <= documents + 1 and all(topic.startswith("elsewhere/") for topic in calls), calls
+
+
+async def test_control_a_failed_publish_is_retried_within_the_wait(
+    broker: MosquittoBroker, pki: TestPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control of the test above: the same wait sees the retries of publishes that failed without a
+    refusal, so it would see a refused publish retried."""
+    calls, documents, _refused = await _publishes_over_time(broker, pki, monkeypatch, refusal_as_failure=True)
+    assert len(calls) > documents + 1
+
+
+async def test_no_published_payload_names_an_officer_a_badge_a_serial_or_a_file(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """Retained documents stay in the broker's persistence and go to every reader the ACL allows: no
+    officer name, badge number (警号), recorder serial or recorder file name in any of them (review 8
+    finding 9). Control: the status model itself holds them all, so the scan can find them."""
+    secrets_ = ["张伟", "110001", "3300001", "李娜", "110002", "3300099", "FILE0042.MP4", "100MEDIA"]
+    error = "copy of DCIM/100MEDIA/FILE0042.MP4 from recorder 3300099 failed"
+    salt = b"station-salt"
+    tasks = [TaskFacts("uplink", "restarting", 2, 1.0, last_error=error)]
+    async with station_side(broker, pki, tasks=lambda: tasks, device_salt=salt) as station:
+        station.board.publish(BayChanged(1, "3300001", BayPhase.COPYING, officer=Officer("张伟", "110001"),
+                                         device=Device("3300001", "DSJ-X", 80)))
+        # A recorder in no known bay: its tile is keyed by its serial in the model.
+        station.board.publish(BayChanged(None, "3300099", BayPhase.COPYING, officer=Officer("李娜", "110002"),
+                                         device=Device("3300099", "DSJ-Y", 50)))
+        snapshot = json.dumps(station.board.snapshot(), ensure_ascii=False)
+        assert all(secret in snapshot for secret in secrets_)  # the control
+        tile = f"{ROOT}/status/bays/{bay_topic_level('device:3300099', salt)}"
+        async with watching(broker, pki) as live:
+            bay1 = doc(await live.until(f"{ROOT}/status/bays/1", lambda m: doc(m)["state"] == "copying"))
+            stray = doc(await live.until(tile, lambda m: doc(m)["state"] == "copying"))
+            station_doc = doc(await live.until(f"{ROOT}/status/station", lambda m: doc(m)["tasks"]))
+            station.publisher.ledger_entry(_entry(9, EntryType.ERROR, None,
+                                                  {"stage": "copy", "reason": error}))
+            await live.until(f"{ROOT}/events/error")
+            # And what the broker keeps: a subscriber that comes later gets the retained documents.
+            async with watching(broker, pki) as late:
+                await late.until(tile, lambda m: m.retain and doc(m)["state"] == "copying")
+                await late.until(f"{ROOT}/status/bays/1", lambda m: m.retain and doc(m)["state"] == "copying")
+                for part in PARTS:
+                    await late.until(f"{ROOT}/status/{part}", lambda m: m.retain)
+                messages = [m for w in (live, late) for ms in w.by_topic.values() for m in ms]
+            for message in messages:
+                text = message.topic + message.payload.decode("utf-8")
+                leaked = [secret for secret in secrets_ if secret in text]
+                assert not leaked, f"{message.topic} publishes {leaked}"
+        # What is published instead: holder presence, a device id that tells recorders apart.
+        assert bay1["officer_present"] is True and stray["officer_present"] is True
+        assert bay1["device"]["model"] == "DSJ-X" and bay1["device"]["battery_pct"] == 80
+        assert len(bay1["device"]["id"]) == 16 and bay1["device"]["id"] != stray["device"]["id"]
+        assert stray["bay"] == tile.rsplit("/", 1)[1]
+        assert station_doc["tasks"] == [{"name": "uplink", "state": "restarting", "restarts": 2}]

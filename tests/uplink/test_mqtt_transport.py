@@ -485,3 +485,117 @@ async def test_a_request_too_large_for_the_broker_is_refused_as_the_items_not_th
         fits = await link.register("mqtt:item.0badc0de", {"item": "item"}, None)
         assert fits == Accepted({"item": "item"})
     assert [r.op for _, r in responder.requests] == [ApiOp.REGISTER]
+
+
+async def test_a_ledger_page_larger_than_the_station_packet_limit_is_taken_up_to_the_broker_limit(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """``mqtt_max_packet_kb`` bounds what the station sends; the central answers with anything the broker
+    carries (its CONNACK's Maximum Packet Size, 2 MiB in the shipped configuration). A 1.5 MiB ledger
+    page must be taken, not dropped as garbled until edge verify times out (review 8 finding 10)."""
+    config = station_config(tmp_path, broker, pki, mqtt_max_packet_kb=64)
+    entries = [{"seq": n, "note": f"{n:08d}" + "x" * 15_000} for n in range(1, 101)]
+    async with receiver(broker, pki) as responder, link_for(config) as link:
+        responder.api_answers[:] = [answer(ApiOp.LEDGER_PAGE, 200, {"entries": entries, "next": 100})]
+        assert link.max_packet_bytes == 64 * 1024  # what it sends: within its own limit
+        assert link.max_reply_bytes == 2 * 1024 * 1024  # what it takes: the broker's
+        page = await link.ledger_page(0, 100)
+        assert page.entries == entries and page.next == 100
+        assert link.garbled == 0
+
+
+@pytest.mark.parametrize("central_back_after", ["expiry", "at-once"])
+async def test_an_api_request_the_station_gave_up_on_expires_on_the_broker(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki, central_back_after: str
+) -> None:
+    """MQTT 5 Message Expiry (review 8 finding 7): a request waits on the broker for an offline central
+    only as long as the station waits for its reply; a central back after that never gets it. Control:
+    a central back at once gets it. A marker published after it shows what the broker still held."""
+    from tests.mqtt.test_client import Inbox, running
+
+    request_filter = f"{TOPIC_PREFIX}/stations/+/api/request/#"
+    central = broker.client_settings(pki.client(CENTRAL_ID), client_id=f"{CENTRAL_ID}-expiry")
+    async with running(central) as (receiver, _):
+        await receiver.wait_connected(20)
+        await receiver.subscribe(request_filter, Inbox())
+    # The central is away; its session (and subscription) stays on the broker.
+    config = station_config(tmp_path, broker, pki, request_timeout_s=2.0)
+    async with link_for(config) as link:
+        acked = asyncio.Event()
+        publish = link.client.publish
+
+        async def noting(topic: str, payload: bytes, **kwargs: Any) -> Any:
+            ack = await publish(topic, payload, **kwargs)
+            acked.set()
+            return ack
+
+        link.client.publish = noting  # type: ignore[method-assign]
+        asking = asyncio.create_task(link.tree_head())
+        await acked.wait()  # the broker holds the request for the central's session
+        if central_back_after == "expiry":
+            with pytest.raises(NotDone, match="no reply"):
+                await asking  # the station gave up after request_timeout_s ...
+            # ... and the request's expiry (2 s from the broker's receipt; Mosquitto counts whole seconds).
+            await asyncio.sleep(2.5)
+        marker = f"{TOPIC_PREFIX}/stations/{STATION}/api/request/tree-head"
+        await publish(marker, b"marker")
+        inbox = Inbox()
+        async with running(central) as (receiver, _):
+            subscribing = asyncio.create_task(receiver.subscribe(request_filter, inbox))
+            assert (await receiver.wait_connected(20)).session_present is True
+            first = await inbox.next()
+            await subscribing
+        asking.cancel()
+        await asyncio.gather(asking, return_exceptions=True)
+    if central_back_after == "expiry":
+        assert first.payload == b"marker"  # the request expired on the broker
+    else:
+        assert first.payload != b"marker" and b'"op":"tree-head"' in first.payload
+
+
+@pytest.mark.parametrize("central_back_after", ["expiry", "at-once"])
+async def test_a_transfer_command_the_station_gave_up_on_expires_on_the_broker(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki, central_back_after: str
+) -> None:
+    """The same for file transfer: init (like a segment) expires after the station's wait for its result
+    over every send (3 x mqtt_result_timeout_s = 1.5 s: 2 s). Control: a central back at once gets it."""
+    from tests.mqtt.test_client import Inbox, running
+
+    transfer_filter = f"{TOPIC_PREFIX}/stations/+/$file-async/#"
+    central = broker.client_settings(pki.client(CENTRAL_ID), client_id=f"{CENTRAL_ID}-expiry")
+    async with running(central) as (receiver, _):
+        await receiver.wait_connected(20)
+        await receiver.subscribe(transfer_filter, Inbox())
+    config = station_config(tmp_path, broker, pki, mqtt_result_timeout_s=0.5)
+    item = parcel(tmp_path, 3 * SEGMENT_BYTES)
+    async with link_for(config) as link:
+        acked = asyncio.Event()
+        publish = link.client.publish
+
+        async def noting(topic: str, payload: bytes, **kwargs: Any) -> Any:
+            ack = await publish(topic, payload, **kwargs)
+            acked.set()
+            return ack
+
+        link.client.publish = noting  # type: ignore[method-assign]
+        sending = asyncio.create_task(link.upload(item, Resumes([])))
+        await acked.wait()
+        if central_back_after == "expiry":
+            outcome = await sending  # no result for init after 3 sends: the station gave up ...
+            assert isinstance(outcome, RetryLater), outcome
+            # ... and the expiry (2 s) of its last send passed too (Mosquitto counts whole seconds).
+            await asyncio.sleep(3.5)
+        marker = f"{TOPIC_PREFIX}/stations/{STATION}/$file-async/marker/abort"
+        await publish(marker, b"")
+        inbox = Inbox()
+        async with running(central) as (receiver, _):
+            subscribing = asyncio.create_task(receiver.subscribe(transfer_filter, inbox))
+            assert (await receiver.wait_connected(20)).session_present is True
+            first = await inbox.next()
+            await subscribing
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+    if central_back_after == "expiry":
+        assert first.topic == marker  # every send of init expired on the broker
+    else:
+        assert first.topic.endswith("/init")
