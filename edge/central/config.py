@@ -514,6 +514,16 @@ class CentralLayout:
         return self.identity_dir / "signing.key.pub"
 
     @property
+    def crl_file(self) -> Path:
+        """The CA's revocation list, for the broker (edge.central.revocation)."""
+        return self.identity_dir / "ca.crl"
+
+    @property
+    def issued_dir(self) -> Path:
+        """A copy of every client certificate the CA issued (a CRL names certificates by serial)."""
+        return self.identity_dir / "issued"
+
+    @property
     def tsa_roots_dir(self) -> Path:
         """Copies of the configured TSA roots, to check the store's time-stamps with later."""
         return self.identity_dir / "tsa-roots"
