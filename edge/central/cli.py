@@ -366,8 +366,9 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         help="one more MQTT receiver process for evidence content ([mqtt]), beside `edge central run`",
     )
     _config_option(worker)
-    worker.add_argument("--client-id", required=True, metavar="ID",
-                        help="this worker's MQTT client id (its persistent session): stable, and its own")
+    worker.add_argument("--client-id", required=True, metavar="NAME",
+                        help="this worker's name, stable and its own: its MQTT client id (its persistent "
+                        "session) is the central's secret id and -w-NAME")
     worker.set_defaults(func=cmd_central_mqtt_worker)
 
     check = commands.add_parser("check-config", help="validate the central configuration file")
