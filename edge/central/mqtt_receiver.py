@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ __all__ = [
     "run_mqtt_worker",
     "station_check_of",
     "transfers_store",
+    "worker_mqtt_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -373,6 +375,19 @@ def mqtt_purge_task(store: MqttIngestStore, interval_s: float) -> Callable[[obje
     return context
 
 
+_WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+
+
+def worker_mqtt_settings(config: CentralConfig, name: str) -> MqttSettings:
+    """A worker's settings: the central's, under the client id ``<central's secret id>-w-<name>`` (as
+    unguessable as the central's, and never the central's own)."""
+    if not _WORKER_NAME.fullmatch(name):
+        raise ValueError(f"--client-id {name!r}: expected a name of letters, digits, '.', '_' or '-' "
+                         "(at most 32), stable and the worker's own")
+    settings = central_mqtt_settings(config)
+    return dataclasses.replace(settings, client_id=f"{settings.client_id}-w-{name}")
+
+
 def run_mqtt_worker(config: CentralConfig, *, client_id: str) -> int:
     """``edge central mqtt-worker``: one more member of the receiver's shared group, for evidence content
     only, until SIGTERM/SIGINT; 0 on a clean stop.
@@ -385,11 +400,9 @@ def run_mqtt_worker(config: CentralConfig, *, client_id: str) -> int:
     """
     if config.mqtt is None:
         raise ValueError("the configuration has no [mqtt] section")
-    settings = central_mqtt_settings(config)
+    settings = worker_mqtt_settings(config, client_id)
     mqtt = config.mqtt
-    # The worker's name, under the central's secret id: as unguessable, and never the central's own.
-    worker_id = f"{settings.client_id}-w-{client_id}"
-    receiver = MqttReceiver(dataclasses.replace(settings, client_id=worker_id), prefix=mqtt.topic_prefix,
+    receiver = MqttReceiver(settings, prefix=mqtt.topic_prefix,
                             shared_group=mqtt.shared_group, store=transfers_store(config), api=None)
     return asyncio.run(_work(receiver))
 

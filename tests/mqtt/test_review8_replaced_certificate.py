@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from edge.central.config import CentralLayout
+from edge.central.verify import verify_central_store
 from edge.cli import main
 from edge.durable.files import ensure_private_dir
 from edge.mqtt.api import ApiOp
@@ -130,3 +131,5 @@ async def test_review8_a_replaced_station_certificate_stops_working_over_mqtt_to
         assert revoked.state is ConnectionState.REFUSED and "CERTIFICATE_REVOKED" in revoked.reason
         # Control: another client of the same CA still connects (the CRL names certificates, not the CA).
         assert (await _connects(mosquitto, pki.client("st-b"), "st-b")).state is ConnectionState.CONNECTED
+    # What the CRL needs in the store (identity/ca.crl, issued/, the client secret) is the central's own.
+    assert [p for p in verify_central_store(store) if p.where.startswith("file ")] == []
