@@ -98,7 +98,8 @@ async def test_a_password_login_resolves_its_reference_at_connection_and_never_s
     password_file.write_text("Tr0ub4dor&3\n")
     password_file.chmod(0o600)
     config = parse_config(
-        MINIMAL + f'[mqtt]\nbroker_url = "mqtts://127.0.0.1:{broker.port}"\nusername = "S1"\n'
+        MINIMAL.replace('"store"', f'"{tmp_path / "store"}"')  # the client secret is made in the store
+        + f'[mqtt]\nbroker_url = "mqtts://127.0.0.1:{broker.port}"\nusername = "S1"\n'
         f'password = "file:{password_file}"\nca_file = "{pki.ca_file}"\nbackoff_base_s = 0.05\n'
         "backoff_max_s = 0.2\n"
     )
