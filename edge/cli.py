@@ -101,7 +101,7 @@ def _check_mqtt_identity(config: StationConfig, path: Path) -> None:
     from edge.pki.names import IdentityError
 
     try:
-        station_mqtt_settings(config)
+        station_mqtt_settings(config, create_secret=False)  # the agent makes its client secret
     except (IdentityError, ValueError) as exc:
         raise ConfigError(f"{path}: [mqtt]: {exc}") from None
 

@@ -343,7 +343,8 @@ async def _start_central_over_mqtt(
     )
     broker: LocalBroker | None = None
     if options.broker_url is None:
-        tls = BrokerTls(broker_dir / "ca.crt", broker_dir / "server.crt", broker_dir / "server.key")
+        tls = BrokerTls(broker_dir / "ca.crt", broker_dir / "server.crt", broker_dir / "server.key",
+                        broker_dir / "ca.crl")
         broker = LocalBroker(workdir / "broker", tls, central_id=config.central.id, port=port)
         await broker.start()
         print(f"MQTT broker: mosquitto on {broker.url} (config/mosquitto/ as shipped: TLS, client "

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 BROKER_CERT = "server.crt"
 BROKER_KEY = "server.key"
+# The CA's revocation list beside the broker's certificate, for mosquitto.conf's crlfile (edge central
+# broker-cert writes the current one; `edge central crl --out` renews it).
+BROKER_CRL_FILE = "ca.crl"
 MQTT_IDENTITY_FILES = (BUNDLE_CLIENT_KEY, BUNDLE_CLIENT_CERT, BUNDLE_CA_CERT)
 BROKER_FILES = (BROKER_KEY, BROKER_CERT, BUNDLE_CA_CERT)
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")

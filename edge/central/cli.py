@@ -26,6 +26,7 @@ from edge.central.console.secret_key import prepare_console_key
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
 from edge.central.index import CentralIndexError
 from edge.central.mqtt_command import add_command_parser
+from edge.central.revocation import CrlWritten, update_crl
 from edge.central.sqlite import SqliteDatabase, SqliteIndex
 from edge.durable.lock import StoreBusy
 from edge.pki.bundle import (
@@ -44,6 +45,7 @@ __all__ = [
     "add_central_parser",
     "cmd_central_broker_cert",
     "cmd_central_check_config",
+    "cmd_central_crl",
     "cmd_central_enroll",
     "cmd_central_enroll_reader",
     "cmd_central_init",
@@ -166,6 +168,8 @@ def cmd_central_init(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     _say(f"{'exists, kept' if key_existed else 'created'} console key (seals TOTP secrets): "
          f"{config.layout.console_key}")
+    if not _renew_crl(config, "the central's identity"):
+        return EXIT_FAILED
     _say(
         f"central {config.central.id} is initialised in {config.central.store_dir}; CA fingerprint "
         f"(sha256) {identity.ca_sha256}. Next: `edge central enroll STATION_ID --config FILE "
@@ -227,6 +231,31 @@ def _broker_name_clash(config: CentralConfig, name: str, other: str) -> str | No
     )
 
 
+def _update_crl(config: CentralConfig, copy_to: Path | None = None) -> CrlWritten:
+    """The CA's revocation list rewritten from the store's index (none yet: an empty list)."""
+    if not config.layout.index_db.exists():
+        return update_crl(config, None, copy_to=copy_to)
+    index = SqliteIndex.open(config.layout.index_db)
+    try:
+        return update_crl(config, index, copy_to=copy_to)
+    finally:
+        index.close()
+
+
+def _renew_crl(config: CentralConfig, what: str) -> bool:
+    """Rewrite the CA's revocation list after `what` changed the index; False (said why) if it failed."""
+    try:
+        written = _update_crl(config)
+    except (IdentityError, CentralIndexError, OSError) as exc:
+        _say(f"error: {what} is recorded, but the revocation list for the broker was not rewritten: {exc}. "
+             "Run `edge central crl --config FILE --out BROKER_CRL` once the cause is fixed")
+        return False
+    _say(f"revocation list {written.path}: {written.revoked} certificate(s), valid until "
+         f"{written.next_update:%Y-%m-%d}; copy it to the broker: `edge central crl --config FILE "
+         "--out BROKER_CRL`, then reload the broker (README \"Broker setup\")")
+    return True
+
+
 def cmd_central_enroll(args: argparse.Namespace) -> int:
     config = _load(args)
     if isinstance(config, ExitCode):
@@ -261,7 +290,7 @@ def cmd_central_enroll(args: argparse.Namespace) -> int:
         "copy the bundle to the station (only the station service user may read client.key); a new "
         "enrollment of the same station replaces this certificate"
     )
-    return EXIT_OK
+    return EXIT_OK if _renew_crl(config, f"the enrollment of {enrollment.name}") else EXIT_FAILED
 
 
 def cmd_central_enroll_reader(args: argparse.Namespace) -> int:
@@ -290,7 +319,7 @@ def cmd_central_enroll_reader(args: argparse.Namespace) -> int:
     _say(f"it reads nothing until granted a role: `edge central grant {enrollment.name} --role reader "
          "--unit UNIT_CODE --reason ...` (or --role supervisor)")
     _say(_describe_bundle(enrollment))
-    return EXIT_OK
+    return EXIT_OK if _renew_crl(config, f"the enrollment of {enrollment.name}") else EXIT_FAILED
 
 
 def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[SqliteIndex, str, str], None]) -> int:
@@ -314,6 +343,24 @@ def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[SqliteIndex, 
         f"revoked {kind} {args.name} in {config.layout.index_db}: {reason}. Its certificate is refused "
         f"from now on; `edge central enroll{'' if kind == 'station' else '-reader'}` issues a new one"
     )
+    return EXIT_OK if _renew_crl(config, f"the revocation of {args.name}") else EXIT_FAILED
+
+
+def cmd_central_crl(args: argparse.Namespace) -> int:
+    """Rewrite the revocation list (a fresh next update) and copy it to --out for the broker."""
+    config = _load(args)
+    if isinstance(config, ExitCode):
+        return config
+    out = Path(args.out) if args.out else None
+    try:
+        written = _update_crl(config, copy_to=out)
+    except (IdentityError, CentralIndexError, OSError) as exc:
+        _say(f"error: crl: {exc}")
+        return EXIT_FAILED
+    _say(f"revocation list {written.path}: {written.revoked} certificate(s), valid until "
+         f"{written.next_update:%Y-%m-%d %H:%M}Z" + (f"; copied to {out}" if out else ""))
+    _say("the broker reads it at start and on SIGHUP (`systemctl reload mosquitto`); a connection open "
+         "with a certificate it now names stays open until it ends: restart the broker to cut it")
     return EXIT_OK
 
 
@@ -362,13 +409,16 @@ def cmd_central_broker_cert(args: argparse.Namespace) -> int:
     config = _load(args)
     if isinstance(config, ExitCode):
         return config
-    from edge.central.broker_identity import issue_broker_certificate
+    from edge.central.broker_identity import BROKER_CRL_FILE, issue_broker_certificate
 
     try:
         issued = issue_broker_certificate(
             config, names=list(args.name), out_dir=Path(args.out), days=args.days
         )
-    except IdentityError as exc:
+        # The broker refuses every client without a CRL when its configuration names one (crlfile): the
+        # current list goes beside the certificate; `edge central crl --out` renews it there.
+        crl = _update_crl(config, copy_to=issued.out_dir / BROKER_CRL_FILE)
+    except (IdentityError, CentralIndexError) as exc:
         _say(f"error: broker-cert: {exc}")
         return EXIT_FAILED
     _say(
@@ -377,7 +427,9 @@ def cmd_central_broker_cert(args: argparse.Namespace) -> int:
     )
     _say(
         f"mosquitto.conf: certfile {issued.cert_file}, keyfile {issued.key_file} (secret, mode 0600: "
-        f"readable by the broker's user only), cafile {issued.ca_file}"
+        f"readable by the broker's user only), cafile {issued.ca_file}, crlfile "
+        f"{issued.out_dir / BROKER_CRL_FILE} (valid until {crl.next_update:%Y-%m-%d}: renew it with "
+        f"`edge central crl --config FILE --out {issued.out_dir / BROKER_CRL_FILE}` and reload the broker)"
     )
     return EXIT_OK
 
@@ -409,8 +461,9 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         help="one more MQTT receiver process for evidence content ([mqtt]), beside `edge central run`",
     )
     _config_option(worker)
-    worker.add_argument("--client-id", required=True, metavar="ID",
-                        help="this worker's MQTT client id (its persistent session): stable, and its own")
+    worker.add_argument("--client-id", required=True, metavar="NAME",
+                        help="this worker's name, stable and its own: its MQTT client id (its persistent "
+                        "session) is the central's secret id and -w-NAME")
     worker.set_defaults(func=cmd_central_mqtt_worker)
 
     check = commands.add_parser("check-config", help="validate the central configuration file")
@@ -480,6 +533,15 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         "--days", type=int, metavar="N", help="validity (default: [identity] server_cert_days)"
     )
     broker_cert.set_defaults(func=cmd_central_broker_cert)
+
+    crl = commands.add_parser(
+        "crl",
+        help="rewrite the revocation list (replaced and revoked certificates) and copy it for the broker",
+    )
+    _config_option(crl)
+    crl.add_argument("--out", metavar="FILE",
+                     help="also install it here (the broker's crlfile), replacing the file atomically")
+    crl.set_defaults(func=cmd_central_crl)
 
     add_console_admin_parsers(commands, _config_option, _open_database, _console_key_path)
     add_command_parser(commands)

@@ -368,8 +368,10 @@ class MqttSection(StrictModel):
     )
     client_id: str = Field(
         "", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$",
-        description="MQTT client id; empty: the central id. The broker keeps this process's persistent "
-        "session under it: stable across restarts, and different for every process sharing the group",
+        description="MQTT client id; empty: '<central id>-<secret>' (edge.mqtt.client_ids, the secret kept "
+        "in identity/mqtt-client.secret). The broker keeps this process's persistent session under it: "
+        "stable across restarts, and secret (Mosquitto lets any client it accepts take a session over by "
+        "its id)",
     )
     topic_prefix: str = Field(
         "evidence", pattern=MQTT_TOPIC_PREFIX,
@@ -512,6 +514,21 @@ class CentralLayout:
     def signing_pub(self) -> Path:
         """Written by StationKey beside the private key; copied into every enrollment bundle."""
         return self.identity_dir / "signing.key.pub"
+
+    @property
+    def crl_file(self) -> Path:
+        """The CA's revocation list, for the broker (edge.central.revocation)."""
+        return self.identity_dir / "ca.crl"
+
+    @property
+    def mqtt_client_secret(self) -> Path:
+        """The secret part of the central's MQTT client ids (edge.mqtt.client_ids)."""
+        return self.identity_dir / "mqtt-client.secret"
+
+    @property
+    def issued_dir(self) -> Path:
+        """A copy of every client certificate the CA issued (a CRL names certificates by serial)."""
+        return self.identity_dir / "issued"
 
     @property
     def tsa_roots_dir(self) -> Path:

@@ -15,13 +15,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.central.broker_identity import issue_broker_certificate, issue_mqtt_identity
+from edge.central.broker_identity import BROKER_CRL_FILE, issue_broker_certificate, issue_mqtt_identity
 from edge.central.config import CentralConfig, CentralLayout
 from edge.central.console.credentials import hash_password, new_totp_secret, totp_uri
 from edge.central.console.enrolments import enrol_totp
 from edge.central.console.state import CONSOLE
 from edge.central.identity import enroll_station, init_central
 from edge.central.index import Role
+from edge.central.revocation import update_crl
 from edge.central.service import RunningCentral, start_central
 from edge.central.sqlite import SqliteIndex
 from edge.custody.keys import StationKey, load_public_key
@@ -144,6 +145,12 @@ def issue_mqtt_identities(
             index.close()
     if not (broker_dir / BUNDLE_CA_CERT).is_file():
         issue_broker_certificate(config, names=broker_names, out_dir=broker_dir)
+    # The current revocation list for the broker's crlfile, renewed at every run (it has a next update).
+    index = SqliteIndex.open(CentralLayout(config.central.store_dir).index_db)
+    try:
+        update_crl(config, index, copy_to=broker_dir / BROKER_CRL_FILE)
+    finally:
+        index.close()
 
 
 def enroll(config: CentralConfig, station_id: str, station_store: Path, bundle_dir: Path) -> None:

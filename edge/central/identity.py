@@ -33,6 +33,7 @@ from edge.pki import tls
 from edge.pki.bundle import Enrollment, prepare_bundle_dir, write_bundle
 from edge.pki.certs import (
     PRIVATE_MODE,
+    PUBLIC_MODE,
     alt_name_set,
     alt_names,
     cert_pem,
@@ -75,7 +76,7 @@ class CentralIdentity:
     kept: tuple[str, ...] = ()
 
 
-def _load_ca(layout: CentralLayout) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def load_ca(layout: CentralLayout) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     if not layout.ca_cert.exists() and not layout.ca_key.exists():
         raise IdentityError(
             f"no central CA in {layout.identity_dir}: run `edge central init --config FILE` first"
@@ -89,7 +90,7 @@ def _load_ca(layout: CentralLayout) -> tuple[x509.Certificate, ec.EllipticCurveP
 
 def load_central_ca(layout: CentralLayout) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """The central's CA certificate and key (they must belong together); IdentityError before `init`."""
-    return _load_ca(layout)
+    return load_ca(layout)
 
 
 def _refuse_central_id(config: CentralConfig, name: str, kind: str) -> None:
@@ -159,7 +160,7 @@ def _init_ca(
             f"certificates. Restore the key from backup; init will not make a new CA over the old one"
         )
     if key_exists and cert_exists:
-        cert, key = _load_ca(layout)
+        cert, key = load_ca(layout)
         kept.append(f"CA (sha256 {certificate_sha256(cert)}): {layout.ca_cert}")
         return cert, key
     if key_exists:
@@ -171,7 +172,7 @@ def _init_ca(
             key = load_ec_key(layout.ca_key)  # a concurrent init won; use its key
     cert = issue_ca(key, central_id)
     if not install_file(layout.ca_cert, cert_pem(cert), PRIVATE_MODE, replace=False):
-        cert, key = _load_ca(layout)
+        cert, key = load_ca(layout)
         kept.append(f"CA (sha256 {certificate_sha256(cert)}): {layout.ca_cert}")
         return cert, key
     created.append(f"CA (sha256 {certificate_sha256(cert)}, valid 10 years): {layout.ca_cert}")
@@ -384,7 +385,7 @@ def _enroll(
 ) -> Enrollment:
     if days <= 0:
         raise IdentityError(f"certificate validity: expected a positive number of days, found {days}")
-    ca_cert, ca_key = _load_ca(config.layout)
+    ca_cert, ca_key = load_ca(config.layout)
     prepare_bundle_dir(out_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = issue_leaf(
@@ -397,6 +398,7 @@ def _enroll(
         valid_from=valid_from,
     )
     cert_sha256 = certificate_sha256(cert)
+    _keep_issued(config.layout, cert)
     record = {
         "station" if role == "station" else "reader": name,
         "central_id": config.central.id,
@@ -427,6 +429,18 @@ def _enroll(
         cert_sha256=cert_sha256,
         not_after=cert.not_valid_after_utc,
     )
+
+
+def _keep_issued(layout: CentralLayout, cert: x509.Certificate) -> None:
+    """Keep a copy of an issued client certificate before its bundle leaves the central: the revocation
+    list (edge.central.revocation) names a replaced or revoked certificate by its serial number."""
+    try:
+        ensure_private_dir(layout.issued_dir)
+        install_file(layout.issued_dir / f"{certificate_sha256(cert)}.crt", cert_pem(cert), PUBLIC_MODE,
+                     replace=False)
+    except OSError as exc:
+        raise IdentityError(f"cannot keep the issued certificate in {layout.issued_dir}: "
+                            f"{exc.strerror or exc}") from None
 
 
 def server_ssl_context(config: CentralConfig) -> ssl.SSLContext:

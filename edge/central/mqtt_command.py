@@ -24,7 +24,6 @@ import contextlib
 import getpass
 import json
 import re
-import secrets
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +43,7 @@ from edge.mqtt.client import (
     MqttSettings,
     ProtocolVersion,
 )
+from edge.mqtt.client_ids import fresh_client_id
 from edge.mqtt.commands import (
     Command,
     CommandOp,
@@ -148,7 +148,7 @@ def broker_settings(
         raise ValueError(f"--broker: port {port} is outside 1-65535")
     tls = broker_ssl_context(ca_file=ca_file or identity_dir / BUNDLE_CA_CERT, bundle_dir=identity_dir)
     return MqttSettings(
-        host=host, port=port, client_id=f"{central_id}.command.{secrets.token_hex(4)}", tls=tls,
+        host=host, port=port, client_id=fresh_client_id(central_id, "command"), tls=tls,
         protocol=protocol, session_expiry_s=_SESSION_EXPIRY_S, keepalive_s=30,
     )
 

@@ -5,8 +5,9 @@ an ``[mqtt]`` section.
 Subscriptions (MQTT 5, QoS 1, persistent sessions), on two connections, so that a registration (which
 re-hashes the whole file) never holds up the segments of every station:
 
-- client id ``[mqtt] client_id`` (default the central id): ``$share/G/P/stations/+/$file-async/#`` and
-  ``$share/G/P/stations/+/$file/#``, the file-transfer commands;
+- client id ``[mqtt] client_id`` (default ``<central id>-<secret>``, unguessable: see
+  :mod:`edge.mqtt.client_ids`; a worker's is that and ``-w-<name>``):
+  ``$share/G/P/stations/+/$file-async/#`` and ``$share/G/P/stations/+/$file/#``, the file-transfer commands;
 - client id ``<client_id>-api``: ``$share/G/P/stations/+/api/request/#``, the API
   (:mod:`edge.central.mqtt_api`); a content-only worker (``edge central mqtt-worker``) has no API.
 
@@ -34,6 +35,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -54,6 +56,7 @@ from edge.mqtt.client import (
     ProtocolVersion,
     ReconnectBackoff,
 )
+from edge.mqtt.client_ids import load_or_create_client_secret, secret_client_id
 from edge.mqtt.filetransfer import (
     FileTransferError,
     ReasonCode,
@@ -79,6 +82,7 @@ __all__ = [
     "run_mqtt_worker",
     "station_check_of",
     "transfers_store",
+    "worker_mqtt_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -133,7 +137,8 @@ def central_mqtt_settings(config: CentralConfig) -> MqttSettings:
     return MqttSettings(
         host=host,
         port=port,
-        client_id=mqtt.client_id or config.central.id,
+        client_id=mqtt.client_id or secret_client_id(
+            config.central.id, load_or_create_client_secret(config.layout.mqtt_client_secret) or ""),
         tls=tls,
         protocol=ProtocolVersion.V5,
         keepalive_s=mqtt.keepalive_s,
@@ -181,7 +186,7 @@ class MqttReceiver:
         self._status_listeners: list[Callable[[ConnectionStatus], None]] = []
 
     def __repr__(self) -> str:
-        return f"MqttReceiver({self.settings.client_id!r}, group {self.shared_group!r})"
+        return f"MqttReceiver({self.settings.log_id!r}, group {self.shared_group!r})"
 
     @property
     def station_root(self) -> str:
@@ -234,12 +239,12 @@ class MqttReceiver:
             for client, topic_filter, handler in wanted
         ]
         await asyncio.sleep(0)  # each subscribe() registers its handler before its first await
-        connections = [asyncio.create_task(client.run(), name=f"mqtt-receiver-{client.settings.client_id}")
+        connections = [asyncio.create_task(client.run(), name=f"mqtt-receiver-{client.settings.log_id}")
                        for client in clients]
         try:
             await asyncio.gather(*subscribing)
             self._subscribed.set()
-            log.info("MQTT receiver %s subscribed (group %s, prefix %s)", self.settings.client_id,
+            log.info("MQTT receiver %s subscribed (group %s, prefix %s)", self.settings.log_id,
                      self.shared_group, self.prefix)
             # A connection's run() ends only when its client was closed: then this run ends too.
             done, _ = await asyncio.wait(connections, return_when=asyncio.FIRST_COMPLETED)
@@ -370,6 +375,19 @@ def mqtt_purge_task(store: MqttIngestStore, interval_s: float) -> Callable[[obje
     return context
 
 
+_WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+
+
+def worker_mqtt_settings(config: CentralConfig, name: str) -> MqttSettings:
+    """A worker's settings: the central's, under the client id ``<central's secret id>-w-<name>`` (as
+    unguessable as the central's, and never the central's own)."""
+    if not _WORKER_NAME.fullmatch(name):
+        raise ValueError(f"--client-id {name!r}: expected a name of letters, digits, '.', '_' or '-' "
+                         "(at most 32), stable and the worker's own")
+    settings = central_mqtt_settings(config)
+    return dataclasses.replace(settings, client_id=f"{settings.client_id}-w-{name}")
+
+
 def run_mqtt_worker(config: CentralConfig, *, client_id: str) -> int:
     """``edge central mqtt-worker``: one more member of the receiver's shared group, for evidence content
     only, until SIGTERM/SIGINT; 0 on a clean stop.
@@ -382,12 +400,9 @@ def run_mqtt_worker(config: CentralConfig, *, client_id: str) -> int:
     """
     if config.mqtt is None:
         raise ValueError("the configuration has no [mqtt] section")
-    settings = central_mqtt_settings(config)
-    if client_id == settings.client_id:
-        raise ValueError(f"the worker's client id {client_id!r} is the central's: every member of the group "
-                         "needs its own (the broker keeps one session per client id)")
+    settings = worker_mqtt_settings(config, client_id)
     mqtt = config.mqtt
-    receiver = MqttReceiver(dataclasses.replace(settings, client_id=client_id), prefix=mqtt.topic_prefix,
+    receiver = MqttReceiver(settings, prefix=mqtt.topic_prefix,
                             shared_group=mqtt.shared_group, store=transfers_store(config), api=None)
     return asyncio.run(_work(receiver))
 
@@ -405,7 +420,7 @@ async def _work(receiver: MqttReceiver) -> int:
 
     async def announce() -> None:
         await receiver.wait_subscribed(None)
-        name, group = receiver.settings.client_id, receiver.shared_group
+        name, group = receiver.settings.log_id, receiver.shared_group
         notifier.status(f"MQTT worker {name} subscribed (group {group})")
         log.info("MQTT worker %s subscribed (group %s)", name, group)
 
@@ -413,7 +428,7 @@ async def _work(receiver: MqttReceiver) -> int:
     try:
         await supervisor.run(stop)
     except SupervisorGaveUp as exc:
-        log.critical("MQTT worker %s gave up: %s", receiver.settings.client_id, exc)
+        log.critical("MQTT worker %s gave up: %s", receiver.settings.log_id, exc)
         return 1
     finally:
         announcing.cancel()

@@ -861,6 +861,10 @@ class _Checker:
                 continue
             if path == self.layout.tsa_roots_dir and path.is_dir():
                 continue
+            if path == self.layout.issued_dir and path.is_dir():
+                continue
+            if path.parent == self.layout.issued_dir and _ISSUED_FILE.fullmatch(path.name) and path.is_file():
+                continue
             if path.parent == self.layout.tsa_roots_dir and path.suffix == ".pem" and path.is_file():
                 continue
             found.append(path)
@@ -1077,8 +1081,13 @@ _ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-j
 _ROOT_DIRS = frozenset({"identity", "objects", "uploads", "readiness", "mqtt-transfers"})
 _IDENTITY_FILES = frozenset(
     {"ca.crt", "ca.key", "server.crt", "server.key", "signing.key", "signing.key.pub", "console.key",
-     ENROLMENTS_FILE}
+     ENROLMENTS_FILE,
+     # the CA's revocation list and its lock (edge.central.revocation), the secret of the MQTT client ids
+     # (edge.mqtt.client_ids)
+     "ca.crl", ".crl.lock", "mqtt-client.secret"}
 )
+# identity/issued/<sha256>.crt: every client certificate the CA issued (edge.central.identity).
+_ISSUED_FILE = re.compile(r"[0-9a-f]{64}\.crt")
 # tus uploads in progress (edge.central.tus_store): <id>.part and <id>.info.json, and the temp file of an
 # atomic write of a record that a crash left behind (the purge removes it once stale).
 _UPLOAD_FILE = re.compile(

@@ -481,8 +481,10 @@ class MqttSection(StrictModel):
     )
     client_id: str = Field(
         "", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$",
-        description="MQTT client id; empty: the station id. The broker keys the persistent session (and "
-        "EMQX file transfers) by it, so it must stay the same across restarts",
+        description="MQTT client id; empty: '<station id>-<secret>' (edge.mqtt.client_ids, the secret kept "
+        "in <store_dir>/mqtt-client.secret). The broker keys the persistent session by it, so it must stay "
+        "the same across restarts, and be secret: Mosquitto lets any client it accepts take a session over "
+        "by naming its id",
     )
     protocol: MqttProtocolVersion = Field(
         MqttProtocolVersion.V5,
@@ -712,10 +714,6 @@ class StationConfig(StrictModel):
     def mqtt_identity_dir(self) -> Path | None:
         """The bundle the station presents to the broker: [mqtt] identity_dir, else [uplink]'s."""
         return self.mqtt.identity_dir if self.mqtt.identity_dir is not None else self.uplink.identity_dir
-
-    @property
-    def mqtt_client_id(self) -> str:
-        return self.mqtt.client_id or self.station.id
 
     def bay_for_port(self, usb_port: str) -> int | None:
         return next((b.number for b in self.bays if b.usb_port == usb_port), None)

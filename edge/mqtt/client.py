@@ -52,6 +52,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.mqtt.client_ids import loggable_client_id
 from edge.mqtt.filetransfer import publish_packet_bytes
 from edge.runtime.supervise import Liveness, SupervisorError, current_liveness
 
@@ -114,7 +115,7 @@ class MqttSettings:
 
     host: str
     port: int
-    client_id: str
+    client_id: str = field(repr=False)  # may hold a secret (edge.mqtt.client_ids): logs use log_id
     tls: ssl.SSLContext = field(repr=False)
     protocol: ProtocolVersion = ProtocolVersion.V5
     keepalive_s: int = 60
@@ -125,6 +126,11 @@ class MqttSettings:
     connect_timeout_s: float = 10.0
     publish_timeout_s: float = 60.0
     will: WillMessage | None = None
+
+    @property
+    def log_id(self) -> str:
+        """The client id with its secret part shortened, for logs, reprs and task names."""
+        return loggable_client_id(self.client_id)
 
     def __post_init__(self) -> None:
         if not self.client_id:
@@ -305,7 +311,7 @@ class MqttClient:
 
     def __repr__(self) -> str:
         s = self._settings
-        return f"MqttClient({s.client_id!r} at {s.host}:{s.port}, {self._status.state.value})"
+        return f"MqttClient({s.log_id!r} at {s.host}:{s.port}, {self._status.state.value})"
 
     # -- public interface -------------------------------------------------------------------------------
 
@@ -401,7 +407,7 @@ class MqttClient:
         cancelled). Meant to be a supervised task (`edge.runtime.supervise`)."""
         self._loop = asyncio.get_running_loop()
         liveness = _supervised_liveness()
-        dispatcher = asyncio.create_task(self._dispatch(), name=f"mqtt-dispatch-{self._settings.client_id}")
+        dispatcher = asyncio.create_task(self._dispatch(), name=f"mqtt-dispatch-{self._settings.log_id}")
         failures = 0
         try:
             while not self._closing:
@@ -419,7 +425,7 @@ class MqttClient:
                 delay_s = self._backoff.next_delay(max(failures, 1))
                 log.info(
                     "MQTT %s: %s (%s); next attempt in %.1f s",
-                    self._settings.client_id, self._status.state.value, self._status.reason, delay_s,
+                    self._settings.log_id, self._status.state.value, self._status.reason, delay_s,
                 )
                 await self._back_off(delay_s, liveness)
         finally:
@@ -476,7 +482,7 @@ class MqttClient:
         thread = threading.Thread(
             target=self._network_main,
             args=(loop, ended, liveness),
-            name=f"mqtt-{self._settings.client_id}",
+            name=f"mqtt-{self._settings.log_id}",
             daemon=True,
         )
         thread.start()
@@ -559,7 +565,7 @@ class MqttClient:
         if self._attempt.refused and self._status.state is not ConnectionState.REFUSED:
             log.warning(
                 "MQTT broker %s:%s refused %s: %s",
-                self._settings.host, self._settings.port, self._settings.client_id, self._attempt.error,
+                self._settings.host, self._settings.port, self._settings.log_id, self._attempt.error,
             )
             self._set_status(
                 replace(
@@ -661,7 +667,7 @@ class MqttClient:
         s = self._settings
         if code >= FAILURE_REASON_CODE:
             log.warning(
-                "MQTT broker %s:%s refused %s: %s (0x%02x)", s.host, s.port, s.client_id, reason, code
+                "MQTT broker %s:%s refused %s: %s (0x%02x)", s.host, s.port, s.log_id, reason, code
             )
             self._set_status(
                 replace(self._status, state=ConnectionState.REFUSED, reason=reason, reason_code=code)
@@ -670,7 +676,7 @@ class MqttClient:
         self._generation += 1
         log.info(
             "MQTT %s connected to %s:%s (MQTT %s, session %s)",
-            s.client_id, s.host, s.port, s.protocol.value, "resumed" if session_present else "new",
+            s.log_id, s.host, s.port, s.protocol.value, "resumed" if session_present else "new",
         )
         if not session_present:
             self._confirmed.clear()

@@ -8,7 +8,7 @@ and each station confined to its own topics. Everything the broker writes (confi
 persistence, log) lives under one directory given by the caller: no mount point, /var or /run is
 assumed to exist or to be writable, as under a sandboxed systemd unit.
 
-    broker = LocalBroker(workdir / "broker", BrokerTls(ca, cert, key), central_id="DEMO-CENTRAL")
+    broker = LocalBroker(workdir / "broker", BrokerTls(ca, cert, key, crl), central_id="DEMO-CENTRAL")
     async with broker:                      # start: until the listener accepts connections
         print(broker.url)                   # mqtts://127.0.0.1:<free port>
         await broker.restart(graceful=False)  # SIGKILL: sessions not yet saved are lost
@@ -105,6 +105,9 @@ class BrokerTls:
     ca_file: Path
     cert_file: Path
     key_file: Path
+    crl_file: Path
+    """The CA's revocation list (`edge central crl --out`; `edge central broker-cert` writes one beside the
+    certificate): the shipped configuration names a crlfile, and the broker refuses everyone without it."""
 
 
 class LocalBroker:
@@ -176,6 +179,7 @@ class LocalBroker:
                     "CA_FILE": str(Path(self.tls.ca_file).resolve()),
                     "CERT_FILE": str(Path(self.tls.cert_file).resolve()),
                     "KEY_FILE": str(Path(self.tls.key_file).resolve()),
+                    "CRL_FILE": str(Path(self.tls.crl_file).resolve()),
                     "ACL_FILE": str(self.acl_file),
                     "LOG_DEST": f"file {self.log_file}",
                 },

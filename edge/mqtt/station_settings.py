@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from edge.config.station import MqttProtocolVersion, StationConfig
 from edge.mqtt.client import MqttSettings, ProtocolVersion, WillMessage
+from edge.mqtt.client_ids import load_or_create_client_secret, secret_client_id
 from edge.pki.bundle import BUNDLE_CA_CERT
 from edge.pki.tls import broker_ssl_context
 
+# The secret part of the station's client ids (edge.mqtt.client_ids), beside state.db.
+CLIENT_SECRET_FILE = "mqtt-client.secret"
 
-def station_mqtt_settings(config: StationConfig, *, will: WillMessage | None = None) -> MqttSettings:
+
+def client_secret_path(config: StationConfig) -> Path:
+    return config.station.store_dir / CLIENT_SECRET_FILE
+
+
+def station_client_id(config: StationConfig, *, create: bool = True) -> str:
+    """`[mqtt] client_id` when set (it must be as secret), else ``<station id>-<secret>``, the secret
+    made at the first start; without `create` (check-config) a missing secret gives a stand-in id."""
+    if config.mqtt.client_id:
+        return config.mqtt.client_id
+    secret = load_or_create_client_secret(client_secret_path(config), create=create)
+    return secret_client_id(config.station.id, secret or "0" * 20)
+
+
+def station_mqtt_settings(
+    config: StationConfig, *, will: WillMessage | None = None, create_secret: bool = True
+) -> MqttSettings:
     """Settings for `MqttClient`: TLS with the station's enrolled client certificate, or the password
-    login of `[mqtt] username`/`password` (resolved at each connection, never held here). Raises
-    `IdentityError` when a certificate or key cannot be used."""
+    login of `[mqtt] username`/`password` (resolved at each connection, never held here), under the
+    station's unguessable client id (`station_client_id`). Raises `IdentityError` when a certificate, key
+    or the client secret cannot be used."""
     mqtt = config.mqtt
     if not mqtt.enabled:
         raise ValueError("[mqtt] broker_url is empty: MQTT is off")
@@ -23,7 +45,7 @@ def station_mqtt_settings(config: StationConfig, *, will: WillMessage | None = N
     return MqttSettings(
         host=host,
         port=port,
-        client_id=config.mqtt_client_id,
+        client_id=station_client_id(config, create=create_secret),
         tls=broker_ssl_context(ca_file=ca_file, bundle_dir=None if mqtt.username else identity),
         protocol=ProtocolVersion.V5 if mqtt.protocol is MqttProtocolVersion.V5 else ProtocolVersion.V311,
         keepalive_s=mqtt.keepalive_s,

@@ -40,9 +40,10 @@ the station, the spool's resume reference ``mqtt:<file_id>`` names the transfer;
 ``transfer-state`` answer (our extension) says which segments it holds, and only the others are sent. A
 central that cannot answer it (or forgot the transfer) gets the transfer again from ``init``.
 
-Connection. The transport has its own broker connection, client id ``<mqtt client id>-<purpose>``
-(``-uplink`` for the agent's uplink, ``-verify`` for `edge verify`, ``-witness`` for `edge witness
-clear`), presenting the station's certificate. The broker's ACL confines a client by its certificate's CN
+Connection. The transport has its own broker connection, client id ``<mqtt client id>-uplink`` for the
+agent's uplink (the station's secret id: edge.mqtt.client_ids), ``<station>-verify-<random>`` and
+``<station>-witness-<random>`` (fresh each run) for `edge verify` and `edge witness clear`, presenting the
+station's certificate. The broker's ACL confines a client by its certificate's CN
 (``%u`` with ``use_identity_as_username``), not by its client id, so this connection has exactly the
 station's rights (its own topics, and reading ``$file-response/S``); measured against the shipped
 configuration in tests/uplink/test_mqtt_transport.py. A separate connection keeps evidence segments from
@@ -91,6 +92,7 @@ from edge.mqtt.client import (
     PublishRefused,
     PublishTimeout,
 )
+from edge.mqtt.client_ids import fresh_client_id
 from edge.mqtt.filetransfer import (
     AbortCommand,
     Command,
@@ -217,11 +219,14 @@ class MqttTransport:
             return self._settings
         from edge.mqtt.station_settings import station_mqtt_settings
 
-        base = station_mqtt_settings(self.config)
-        expiry = base.session_expiry_s if self.purpose == "uplink" else min(
-            base.session_expiry_s, _TOOL_SESSION_EXPIRY_S
-        )
-        return replace(base, client_id=f"{base.client_id}-{self.purpose}", session_expiry_s=expiry, will=None)
+        uplink = self.purpose == "uplink"
+        base = station_mqtt_settings(self.config, create_secret=uplink)
+        expiry = base.session_expiry_s if uplink else min(base.session_expiry_s, _TOOL_SESSION_EXPIRY_S)
+        # The agent's: under the station's secret id. A command-line tool's: a fresh random one per run,
+        # so that no client can name (and take over) either session (edge.mqtt.client_ids).
+        client_id = f"{base.client_id}-uplink" if uplink else fresh_client_id(self.station_id, self.purpose)
+        self._settings = replace(base, client_id=client_id, session_expiry_s=expiry, will=None)
+        return self._settings
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[MqttLink]:

@@ -122,7 +122,8 @@ class Agency:
 
     async def start(self) -> None:
         tls_dir = self.broker_tls
-        tls = BrokerTls(tls_dir / "ca.crt", tls_dir / "server.crt", tls_dir / "server.key")
+        tls = BrokerTls(tls_dir / "ca.crt", tls_dir / "server.crt", tls_dir / "server.key",
+                        tls_dir / "ca.crl")
         self.broker = LocalBroker(self.root / "broker", tls, central_id=CENTRAL_ID, port=self.broker_port)
         await self.broker.start()
         log = (self.root / "central.log").open("wb")

@@ -100,13 +100,15 @@ def test_a_worker_needs_an_mqtt_section_and_a_client_id_of_its_own(tmp_path: Pat
     import argparse
 
     from edge.central.cli import add_central_parser
-    from edge.central.mqtt_receiver import run_mqtt_worker
+    from edge.central.mqtt_receiver import run_mqtt_worker, worker_mqtt_settings
 
     pki = TestPki.create(tmp_path / "pki")
     config = _config(pki, pki.client("central-hq"))
-    # The central's own client id would take over (and end) the central's session: refused before connecting.
-    with pytest.raises(ValueError, match="is the central's"):
-        run_mqtt_worker(config, client_id="central-hq-2")
+    # A worker's id is its name under the central's (secret) id: never the central's own session.
+    assert worker_mqtt_settings(config, "w1").client_id == "central-hq-2-w-w1"
+    assert central_mqtt_settings(config).client_id == "central-hq-2"
+    with pytest.raises(ValueError, match="--client-id"):
+        run_mqtt_worker(config, client_id="w1/../x")
     plain = tmp_path / "plain.toml"
     plain.write_text(CENTRAL)
     parser = argparse.ArgumentParser(prog="edge")

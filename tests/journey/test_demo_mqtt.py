@@ -131,7 +131,7 @@ def test_the_demo_uses_a_broker_named_by_url(tmp_path: Path) -> None:
         config, workdir / "central-mqtt-identity", workdir / "broker-tls", ["localhost", "127.0.0.1"]
     )
     tls_dir = workdir / "broker-tls"
-    tls = BrokerTls(tls_dir / "ca.crt", tls_dir / "server.crt", tls_dir / "server.key")
+    tls = BrokerTls(tls_dir / "ca.crt", tls_dir / "server.crt", tls_dir / "server.key", tls_dir / "ca.crl")
 
     async def scenario() -> tuple[int, dict[str, Any], str]:
         async with LocalBroker(tmp_path / "own-broker", tls, central_id=CENTRAL_ID) as broker:

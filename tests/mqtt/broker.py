@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -48,7 +49,9 @@ from edge.pki.certs import (
     issue_leaf,
     key_pem,
     subject_name,
+    utc_now,
 )
+from edge.pki.crl import RevokedCertificate, build_crl, write_crl
 from edge.pki.names import SERVER_OU, STATION_OU
 from edge.pki.tls import broker_ssl_context
 from tests.prerequisites import require
@@ -98,7 +101,19 @@ class TestPki:
         key = ec.generate_private_key(ec.SECP256R1())
         pki = cls(root, issue_ca(key, ca_name), key)
         install_file(pki.ca_file, cert_pem(pki.ca_cert), PUBLIC_MODE, replace=True)
+        pki.revoke()
         return pki
+
+    @property
+    def crl_file(self) -> Path:
+        return self.root / "ca.crl"
+
+    def revoke(self, *certificates: x509.Certificate) -> None:
+        """Write the CA's CRL (the broker's `crlfile`) naming exactly `certificates` (none: an empty one)."""
+        now = utc_now()
+        revoked = [RevokedCertificate(cert.serial_number, now, x509.ReasonFlags.superseded)
+                   for cert in certificates]
+        write_crl(self.crl_file, build_crl(self.ca_cert, self.ca_key, revoked, now=now))
 
     @property
     def ca_file(self) -> Path:
@@ -144,8 +159,8 @@ class MosquittoBroker(LocalBroker):
         self.pki = pki
         cert, key = pki.server()
         super().__init__(
-            root, BrokerTls(pki.ca_file, cert, key), central_id=CENTRAL_ID, topic_prefix=TOPIC_PREFIX,
-            port=port,
+            root, BrokerTls(pki.ca_file, cert, key, pki.crl_file), central_id=CENTRAL_ID,
+            topic_prefix=TOPIC_PREFIX, port=port,
         )
 
     def client_settings(
@@ -170,6 +185,19 @@ class MosquittoBroker(LocalBroker):
         # Under CI a missing mosquitto fails the test instead of skipping it.
         require_mosquitto()
         await super().start()
+
+    async def reload(self) -> None:
+        """SIGHUP, until mosquitto logged that it reads its configuration again (it does so in its main
+        loop, before it takes the next connection; what it re-reads: README "Broker setup")."""
+        assert self.process is not None and self.process.returncode is None, "not running"
+        before = self.log_text().count("Reloading config.")
+        self.process.send_signal(signal.SIGHUP)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT_S
+        while self.log_text().count("Reloading config.") == before:  # polls a log file; proves nothing
+            if loop.time() > deadline:
+                raise AssertionError(f"mosquitto did not reload: {self.log_text()[-2000:]}")
+            await asyncio.sleep(0.02)
 
 
 def _with(settings: MqttSettings, overrides: dict[str, object]) -> MqttSettings:

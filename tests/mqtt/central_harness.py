@@ -233,11 +233,12 @@ def parse_reply_lenient(payload: bytes) -> ApiReply:
 
 @asynccontextmanager
 async def wire_station(
-    fake: FakeStation, broker: MosquittoBroker, pki: TestPki, *, subscribe_as: str | None = None
+    fake: FakeStation, broker: MosquittoBroker, pki: TestPki, *, subscribe_as: str | None = None,
+    bundle: Path | None = None,
 ) -> AsyncIterator[WireStation]:
-    """`fake` on the broker with its own certificate; `subscribe_as` listens on another station's result
-    and reply topics (only a broker without the ACL lets it)."""
-    settings = broker.client_settings(pki.client(fake.station_id))
+    """`fake` on the broker with its own certificate (the test PKI's, or `bundle`'s); `subscribe_as`
+    listens on another station's result and reply topics (only a broker without the ACL lets it)."""
+    settings = broker.client_settings(bundle or pki.client(fake.station_id), client_id=fake.station_id)
     client = MqttClient(settings, backoff=Backoff(base_s=0.05, max_s=0.5))
     station = WireStation(fake, client)
     station.task = asyncio.create_task(client.run(), name=f"wire-station-{fake.station_id}")

@@ -82,7 +82,8 @@ async def agency(tmp_path: Path) -> AsyncIterator[Agency]:
     assert main(["central", "mqtt-identity", "--config", str(config), "--out", str(identity)]) == 0
     assert main(["central", "broker-cert", "--config", str(config), "--name", "127.0.0.1",
                  "--name", "localhost", "--out", str(broker_dir)]) == 0
-    tls = BrokerTls(broker_dir / "ca.crt", broker_dir / "server.crt", broker_dir / "server.key")
+    tls = BrokerTls(broker_dir / "ca.crt", broker_dir / "server.crt", broker_dir / "server.key",
+                    broker_dir / "ca.crl")
     async with LocalBroker(tmp_path / "broker", tls, central_id=CENTRAL_ID) as broker:
         yield Agency(tmp_path, config, broker, identity)
 

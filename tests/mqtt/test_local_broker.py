@@ -24,7 +24,7 @@ from tests.mqtt.broker import ROOT, TestPki, require_mosquitto
 
 def _tls(pki: TestPki) -> BrokerTls:
     cert, key = pki.server()
-    return BrokerTls(pki.ca_file, cert, key)
+    return BrokerTls(pki.ca_file, cert, key, pki.crl_file)
 
 
 def test_a_value_that_would_add_a_line_to_the_configuration_is_refused() -> None:
@@ -78,7 +78,8 @@ def test_the_broker_dies_with_the_process_that_started_it(tmp_path: Path) -> Non
         from edge.mqtt.local_broker import BrokerTls, LocalBroker
 
         async def main() -> None:
-            tls = BrokerTls(Path({str(pki.ca_file)!r}), Path({str(cert)!r}), Path({str(key)!r}))
+            tls = BrokerTls(Path({str(pki.ca_file)!r}), Path({str(cert)!r}), Path({str(key)!r}),
+                            Path({str(pki.crl_file)!r}))
             broker = LocalBroker(Path({str(tmp_path / "broker")!r}), tls, central_id="C1")
             await broker.start()
             print(json.dumps({{"pid": broker.process.pid}}), flush=True)

@@ -11,7 +11,7 @@ import pytest
 from edge.cli import main
 from edge.config.station import load_config, parse_config
 from edge.mqtt.client import ConnectionState, ProtocolVersion
-from edge.mqtt.station_settings import station_mqtt_settings
+from edge.mqtt.station_settings import client_secret_path, station_mqtt_settings
 from tests.mqtt.broker import MosquittoBroker, TestPki, password_broker, require_mosquitto
 from tests.mqtt.test_client import WAIT_S, running
 from tests.station.harness import simulated_station
@@ -66,8 +66,18 @@ def test_check_config_accepts_a_good_mqtt_section_and_settings_follow_it(tmp_pat
         'protocol = "3.1.1"\nkeepalive_s = 30\n'
     )
     assert main(["check-config", str(good)]) == 0  # control of the test above
-    settings = station_mqtt_settings(load_config(good))
-    assert (settings.host, settings.port, settings.client_id) == ("127.0.0.1", 18883, "S1")
+    loaded = load_config(good)
+    secret_file = client_secret_path(loaded)
+    assert not secret_file.exists(), "check-config made the station's client secret (the agent's to make)"
+    settings = station_mqtt_settings(loaded)
+    # The default client id: the station id and the secret made now (edge.mqtt.client_ids), kept for
+    # every later start, private, and never in the settings' repr or in log names.
+    secret = secret_file.read_text().strip()
+    assert len(secret) == 20 and int(secret, 16) >= 0 and secret_file.stat().st_mode & 0o777 == 0o600
+    assert (settings.host, settings.port, settings.client_id) == ("127.0.0.1", 18883, f"S1-{secret}")
+    assert station_mqtt_settings(load_config(good)).client_id == settings.client_id
+    assert secret not in repr(settings) and secret not in settings.log_id
+    assert settings.log_id.startswith("S1-")
     assert settings.protocol is ProtocolVersion.V311 and settings.keepalive_s == 30
     # The default port, an explicit client id, and IPv6 brackets.
     config = parse_config(
@@ -88,7 +98,8 @@ async def test_a_password_login_resolves_its_reference_at_connection_and_never_s
     password_file.write_text("Tr0ub4dor&3\n")
     password_file.chmod(0o600)
     config = parse_config(
-        MINIMAL + f'[mqtt]\nbroker_url = "mqtts://127.0.0.1:{broker.port}"\nusername = "S1"\n'
+        MINIMAL.replace('"store"', f'"{tmp_path / "store"}"')  # the client secret is made in the store
+        + f'[mqtt]\nbroker_url = "mqtts://127.0.0.1:{broker.port}"\nusername = "S1"\n'
         f'password = "file:{password_file}"\nca_file = "{pki.ca_file}"\nbackoff_base_s = 0.05\n'
         "backoff_max_s = 0.2\n"
     )

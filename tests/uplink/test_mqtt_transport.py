@@ -402,9 +402,10 @@ async def test_a_station_publishing_under_another_stations_id_is_refused_by_the_
 async def test_the_uplink_connection_sits_beside_the_agents_with_the_stations_rights(
     tmp_path: Path, broker: MosquittoBroker, pki: TestPki
 ) -> None:
-    """The ACL confines by certificate CN, not client id: "<station>-uplink" connects beside the agent's
-    own "<station>" connection (neither takes the other's session over) with exactly the station's rights."""
+    """The ACL confines by certificate CN, not client id: "<station>-<secret>-uplink" connects beside an agent
+    connection of the station (neither takes the other's session over) with exactly the station's rights."""
     from edge.mqtt.client import MqttClient
+    from edge.mqtt.station_settings import station_mqtt_settings
     from edge.uplink.policy import Backoff
 
     config = station_config(tmp_path, broker, pki)
@@ -413,7 +414,7 @@ async def test_the_uplink_connection_sits_beside_the_agents_with_the_stations_ri
     try:
         await agent.wait_connected(20)
         async with receiver(broker, pki) as responder, link_for(config) as link:
-            assert link.client.settings.client_id == f"{STATION}-uplink"
+            assert link.client.settings.client_id == f"{station_mqtt_settings(config).client_id}-uplink"
             outcome = await link.upload(parcel(tmp_path, 2 * SEGMENT_BYTES), Resumes([]))
             delivered_intact(responder, outcome, parcel(tmp_path, 2 * SEGMENT_BYTES))
             assert agent.status.state is ConnectionState.CONNECTED and agent.status.connections == 1

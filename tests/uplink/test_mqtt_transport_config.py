@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from edge.cli import main
 from edge.config.station import parse_config
+from edge.mqtt.station_settings import client_secret_path
 from edge.uplink.failover import FailoverTransport
 from edge.uplink.mqtt_transport import MqttTransport
 from edge.uplink.transports import transport_for
@@ -81,12 +83,22 @@ def test_a_good_choice_is_accepted_and_the_registry_builds_it(
 
 def test_the_uplink_connection_has_its_own_client_id_per_purpose(tmp_path: Path) -> None:
     mqtt, identity, _ = texts(tmp_path)
-    text = BASE + '[uplink]\ntransport = "mqtt"\n' + identity + mqtt + "session_expiry_s = 86400\n"
+    base = BASE.replace('store_dir = "store"', f'store_dir = "{tmp_path / "store"}"')
+    text = base + '[uplink]\ntransport = "mqtt"\n' + identity + mqtt + "session_expiry_s = 86400\n"
     config = parse_config(text)
     uplink = transport_for(config, None)
     verify = transport_for(config, None, purpose="verify")
     assert isinstance(uplink, MqttTransport) and isinstance(verify, MqttTransport)
-    assert uplink.settings().client_id == "S1-uplink" and uplink.settings().session_expiry_s == 86400
-    # A tool beside the agent: another id (no session takeover), and a session the broker soon forgets.
-    assert verify.settings().client_id == "S1-verify" and verify.settings().session_expiry_s == 600
+    # A tool beside the agent: a fresh random id each run (no session anyone can name or take over), a
+    # session the broker soon forgets, and it does not make the agent's secret.
+    tool_id = verify.settings().client_id
+    assert re.fullmatch(r"S1-verify-[0-9a-f]{20}", tool_id) and verify.settings().session_expiry_s == 600
+    assert verify.settings().client_id == tool_id  # one id for the whole run (its reconnects resume)
+    other = transport_for(config, None, purpose="verify")
+    assert isinstance(other, MqttTransport) and other.settings().client_id != tool_id
+    assert not client_secret_path(config).exists()
+    # The agent's uplink: the station's secret id (made at its first start) and "-uplink".
+    uplink_id = uplink.settings().client_id
+    secret = client_secret_path(config).read_text().strip()
+    assert uplink_id == f"S1-{secret}-uplink" and uplink.settings().session_expiry_s == 86400
     assert uplink.settings().will is None  # availability is the agent's connection's
