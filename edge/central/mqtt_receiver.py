@@ -50,8 +50,12 @@ from edge.mqtt.client import (
     InboundMessage,
     MessageHandler,
     MqttClient,
+    MqttClosed,
+    MqttError,
     MqttSettings,
+    PacketTooLarge,
     ProtocolVersion,
+    PublishTimeout,
     ReconnectBackoff,
 )
 from edge.mqtt.filetransfer import (
@@ -275,9 +279,18 @@ class MqttReceiver:
         response = outcome.response(0)
         assert response is not None  # an outcome of a parsed command always has one
         assert self.client is not None
-        # Published before the message is acknowledged (our handler returns): if this fails, the broker
-        # sends the command again and the store answers it idempotently.
-        await self.client.publish(response_topic(station), response.to_payload(), qos=1)
+        # Published before the message is acknowledged (our handler returns). A result the broker does not
+        # take (refused, or no PUBACK in time: it may still go out, paho keeps it) is logged and the command
+        # acknowledged all the same: the store has answered it durably, and a station that misses the result
+        # sends the command again (answered idempotently). Failing here would hold one of the broker's
+        # in-flight slots of this connection until the next reconnection.
+        try:
+            await self.client.publish(response_topic(station), response.to_payload(), qos=1)
+        except MqttClosed:
+            raise
+        except MqttError as exc:
+            log.warning("station %s: the result of %s could not be published (%s); the command is "
+                        "acknowledged, the station sends it again", station, command.topic, exc)
 
     # -- the API ------------------------------------------------------------------------------------------
 
@@ -288,8 +301,32 @@ class MqttReceiver:
             self.counts.dropped += 1
             return
         self.counts.requests += 1
-        await self.api_client.publish(answer.topic, answer.payload, qos=1,
-                                      correlation_data=answer.correlation_data)
+        try:
+            await self.api_client.publish(answer.topic, answer.payload, qos=1,
+                                          correlation_data=answer.correlation_data)
+            return
+        except MqttClosed:
+            raise
+        except PublishTimeout as exc:
+            # Not acknowledged in time, but paho keeps it and sends it on (QoS 1): nothing to replace.
+            log.warning("MQTT API reply to %s: %s; the request is acknowledged", answer.topic, exc)
+            return
+        except MqttError as exc:
+            # A reply the broker will not take (over its packet size, or refused): a short one instead, so
+            # that the station learns it and the request is acknowledged (not held, not delivered again).
+            log.warning("MQTT API reply to %s (status %d, %d bytes) cannot be sent: %s; a short %s reply "
+                        "goes instead", answer.topic, answer.status, len(answer.payload), exc,
+                        413 if isinstance(exc, PacketTooLarge) else 500)
+            stand_in = self.api.stand_in(answer,
+                                         over_limit=exc.limit if isinstance(exc, PacketTooLarge) else None)
+        try:
+            await self.api_client.publish(stand_in.topic, stand_in.payload, qos=1,
+                                          correlation_data=stand_in.correlation_data)
+        except MqttClosed:
+            raise
+        except MqttError as exc:
+            log.error("MQTT API: even the short reply to %s cannot be sent (%s); the request is "
+                      "acknowledged unanswered (the station asks again)", answer.topic, exc)
 
 
 def station_check_of(check: Callable[[str], Any]) -> StationCheck:
