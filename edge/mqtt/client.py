@@ -20,6 +20,15 @@ messages are acknowledged only after their handler returned, on the connection t
 that fails, or a connection lost meanwhile, leaves the message to the broker, which sends it again on the
 next connection of the session. Delivery is at least once, so handlers must be idempotent.
 
+Poison. A message whose handler keeps failing must not hold one of the broker's in-flight slots of the
+connection for ever (Mosquitto sends a client at most max_inflight_messages unacknowledged QoS 1 messages:
+that many held and nothing more comes). Failed deliveries are counted per message (its topic and the
+SHA-256 of its payload, the last `_FAILURE_MEMORY` messages remembered); once `_RECONNECT_AT_HELD_FAILURES`
+failed messages are held on one connection the client reconnects, so that the broker sends them again; a
+message whose handler failed `POISON_AFTER_FAILURES` times is acknowledged and logged as poison (one
+line: topic, size and digest, never the payload). A message whose handler failed fewer times is never
+acknowledged.
+
 Connections. `run()` (a supervised task) connects, and when the connection ends or cannot be made,
 waits an exponential back-off with jitter and tries again, until `close()`. A broker that refuses the
 connection (a CONNACK with a failure reason, such as 0x86 bad user name or password or 0x87 not
@@ -35,12 +44,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -56,6 +67,7 @@ from edge.mqtt.filetransfer import publish_packet_bytes
 from edge.runtime.supervise import Liveness, SupervisorError, current_liveness
 
 __all__ = [
+    "POISON_AFTER_FAILURES",
     "ConnectionState",
     "ConnectionStatus",
     "InboundMessage",
@@ -82,6 +94,14 @@ FAILURE_REASON_CODE = 0x80
 _LOOP_TIMEOUT_S = 1.0
 # After close() asked for a DISCONNECT, how long the network thread may take to send it and end.
 _STOP_GRACE_S = 5.0
+# A message whose handler failed this many times (counted across the deliveries of the session) is
+# acknowledged and logged as poison: it would otherwise hold a broker in-flight slot for ever.
+POISON_AFTER_FAILURES = 5
+# This many failed messages held unacknowledged on one connection and the client reconnects so that the
+# broker sends them again (Mosquitto's max_inflight_messages, 20 in config/mosquitto, stalls the connection).
+_RECONNECT_AT_HELD_FAILURES = 10
+# How many failing messages' counts are remembered (oldest forgotten first).
+_FAILURE_MEMORY = 4096
 # Text of a TLS alert the broker sent: it rejected the certificate we presented (or presented none).
 _TLS_ALERT = re.compile(r"\b(?:SSLV3|TLSV1|TLSV13)_ALERT_([A-Z_]+)\b")
 
@@ -294,6 +314,9 @@ class MqttClient:
         self._confirmed: set[str] = set()
         self._suback_for: dict[int, str] = {}
         self._inbound: asyncio.Queue[tuple[int, paho.MQTTMessage]] = asyncio.Queue()
+        # Failed deliveries per message (topic and payload digest); failed messages held on this connection.
+        self._failures: OrderedDict[bytes, int] = OrderedDict()
+        self._held_failures = 0
         self._generation = 0
         self._closing = False
         # The Maximum Packet Size of the broker's last CONNACK (None: it announced none).
@@ -664,6 +687,7 @@ class MqttClient:
             )
             return
         self._generation += 1
+        self._held_failures = 0
         log.info(
             "MQTT %s connected to %s:%s (MQTT %s, session %s)",
             s.client_id, s.host, s.port, s.protocol.value, "resumed" if session_present else "new",
@@ -747,17 +771,46 @@ class MqttClient:
                 try:
                     await handler(inbound)
                 except Exception:
-                    log.exception(
-                        "MQTT handler for %s failed; the message is not acknowledged (the broker sends it "
-                        "again on the next connection of the session)", inbound.topic,
-                    )
-                    continue
+                    if not self._failed(generation, inbound):
+                        continue
+                else:
+                    if self._failures:
+                        self._failures.pop(_message_key(inbound), None)
             # Acknowledged on the connection it came on only: after a reconnection its packet id means
             # nothing, and the broker sends the message again.
             if message.qos > 0 and generation == self._generation and (
                 self._status.state is ConnectionState.CONNECTED
             ):
                 self._paho.ack(message.mid, message.qos)
+
+    def _failed(self, generation: int, inbound: InboundMessage) -> bool:
+        """Counts a failed delivery of ``inbound``: True when it is poison (acknowledge it), else False
+        (leave it to the broker; reconnect when too many failed messages are held)."""
+        key = _message_key(inbound)
+        # Kept after the message is declared poison: if that acknowledgement is lost (a reconnection), the
+        # message comes again and is acknowledged at its next failure.
+        failures = self._failures.pop(key, 0) + 1
+        self._failures[key] = failures
+        while len(self._failures) > _FAILURE_MEMORY:
+            self._failures.popitem(last=False)
+        if failures >= POISON_AFTER_FAILURES:
+            log.error(
+                "MQTT message on %.200s (%d bytes, SHA-256 %s) failed its handler %d times: acknowledged as "
+                "poison and dropped", inbound.topic, len(inbound.payload), key.hex(), failures,
+            )
+            return True
+        log.exception(
+            "MQTT handler for %.200s failed (%d of %d); the message is not acknowledged (the broker sends it "
+            "again on the next connection of the session)", inbound.topic, failures, POISON_AFTER_FAILURES,
+        )
+        if generation == self._generation:
+            self._held_failures += 1
+            if self._held_failures >= _RECONNECT_AT_HELD_FAILURES and self._paho.is_connected():
+                log.warning("MQTT %s holds %d messages whose handler failed: reconnecting so that the broker "
+                            "sends them again", self._settings.client_id, self._held_failures)
+                self._held_failures = 0
+                self._paho.disconnect()
+        return False
 
     def _publish_properties(
         self,
@@ -777,6 +830,11 @@ class MqttClient:
         if user_properties:
             properties.UserProperty = list(user_properties)
         return properties
+
+
+def _message_key(inbound: InboundMessage) -> bytes:
+    """What identifies one message across its deliveries: the digest of its topic and payload."""
+    return hashlib.sha256(inbound.topic.encode("utf-8") + b"\0" + inbound.payload).digest()
 
 
 def _properties_bytes(properties: Properties | None) -> int:

@@ -9,11 +9,13 @@ import hashlib
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from edge.mqtt.client import (
+    POISON_AFTER_FAILURES,
     ConnectionState,
     ConnectionStatus,
     InboundMessage,
@@ -393,6 +395,62 @@ async def test_a_message_whose_handler_failed_is_not_acknowledged_and_comes_agai
         assert [(await inbox.next()).payload for _ in range(2)] == [b"flaky", b"after"]
         assert seen[-2:] == [(b"flaky", True), (b"after", False)]
         assert [p for p, _ in seen].count(b"ok") == 1
+
+
+def _more_connections(seen: int, status: ConnectionStatus) -> bool:
+    return status.connections > seen
+
+
+async def test_messages_whose_handler_keeps_failing_are_acknowledged_as_poison_and_stop_holding_the_broker(
+    broker: MosquittoBroker, pki: TestPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review 8, finding 2: the shipped broker sends a client at most max_inflight_messages (20)
+    unacknowledged messages; handler failures held for ever stalled the connection. Enough failed messages
+    held make the client reconnect (the broker sends them again), and after POISON_AFTER_FAILURES failed
+    deliveries a message is acknowledged as poison: the later messages get through, the poison never
+    comes again."""
+    attempts: dict[bytes, int] = {}
+    inbox = Inbox()
+
+    async def refuses_poison(message: InboundMessage) -> None:
+        attempts[message.payload] = attempts.get(message.payload, 0) + 1
+        if message.payload.startswith(b"poison"):
+            raise ValueError("cannot handle this")
+        await inbox(message)
+
+    async with (
+        running(broker.client_settings(pki.client(CENTRAL_ID, unit="server"))) as (receiver, _),
+        running(broker.client_settings(pki.client("STATION-A"))) as (station, _),
+    ):
+        await receiver.wait_connected(WAIT_S)
+        await station.wait_connected(WAIT_S)
+        await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/segments", refuses_poison)
+        poison = [b"poison %d" % n for n in range(25)]  # more than the broker's 20 in-flight slots
+        for payload in poison:
+            await station.publish(topic("STATION-A", "segments"), payload)
+        await station.publish(topic("STATION-A", "segments"), b"after")
+        # Without the poison rule the 20 held messages stall the connection and "after" never arrives.
+        assert (await inbox.next()).payload == b"after"
+        # A few failed messages (fewer than make the client reconnect) may still be held: they come again
+        # with each connection of the session (here: broker restarts) until they are poison too.
+        await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/barrier", inbox)
+        for restart in range(POISON_AFTER_FAILURES + 1):
+            connections = receiver.status.connections
+            await broker.restart(graceful=True)
+            await receiver.wait_for(partial(_more_connections, connections), WAIT_S)
+            await station.wait_for(lambda s: s.state is ConnectionState.CONNECTED, WAIT_S)
+            # The broker sends what it holds for the session before what is published afterwards.
+            await station.publish(topic("STATION-A", "barrier"), b"marker %d" % restart)
+            while (message := await inbox.next()).payload != b"marker %d" % restart:
+                # At least once: a message handled just before a reconnection, its acknowledgement lost, comes
+                # again ("after", an earlier marker); never a poison message (the handler would not pass it).
+                assert message.payload == b"after" or message.payload.startswith(b"marker"), message
+        # Each failed POISON_AFTER_FAILURES times before it was acknowledged (once more when that
+        # acknowledgement was lost to a reconnection), and not again after the last restart.
+        assert all(POISON_AFTER_FAILURES <= attempts[p] <= POISON_AFTER_FAILURES + 1 for p in poison), (
+            sorted(attempts.items()))
+        assert len(poison) <= caplog.text.count("acknowledged as poison") <= 2 * len(poison)
+        assert "poison 0" not in caplog.text  # logged by topic, size and digest, never the payload
 
 
 async def test_a_publish_the_broker_never_acknowledges_raises_after_its_time_limit(
