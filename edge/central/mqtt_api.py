@@ -36,6 +36,7 @@ from typing import Any
 
 from edge.central.app import CentralParts, rejection_document
 from edge.central.mqtt_ingest_store import MqttIngestStore, TransferState
+from edge.central.record_rate import noting_skipped
 from edge.central.registration import (
     HTTP_STATUS,
     Caller,
@@ -201,9 +202,13 @@ class MqttApi:
     def _malformed(self, station: str, detail: str, *, too_large: bool) -> tuple[int, Any]:
         code = RejectCode.TOO_LARGE if too_large else RejectCode.BAD_REQUEST
         rejection = Rejection(code, f"MQTT API request: {detail}")
-        log.warning("station %s: malformed MQTT API request: %s", station, detail)
-        if self.parts.index.station(station) is not None:
-            # Recorded like the HTTP path's refusals of a body (an unknown station's noise is not written).
+        if self.parts.index.station(station) is None:
+            return rejection.status, rejection_document(rejection)  # an unknown station's noise: not written
+        # Recorded like the HTTP path's refusals of a body, at the bounded rate of the broker's stations
+        # (edge.central.record_rate): a station may publish thousands of these a second.
+        skipped = self.parts.auth.broker_refusals.admit(station)
+        if skipped is not None:
+            rejection.detail = noting_skipped(rejection.detail, skipped)
             self.parts.registrar.reject(rejection, station=station, remote=MQTT_REMOTE)
         return rejection.status, rejection_document(rejection)
 

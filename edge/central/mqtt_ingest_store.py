@@ -29,7 +29,9 @@ send every segment again (reason 0x80), and the station's duplicates are harmles
 
 Verification: a segment's SHA-256 (its topic's last level) is checked before anything is written; a
 segment over bytes already stored must carry the same bytes (compared with what is on disk), or it is
-refused, nothing changes, and an incident is recorded; ``fin`` checks the size against the init, that the
+refused, nothing changes, and an incident is recorded (at a bounded rate per station,
+:class:`~edge.central.record_rate.RecordRate`: a record says how many of that station's were not written
+before it, ``unrecorded_incidents_before``); ``fin`` checks the size against the init, that the
 segments cover the file without a gap, then streams the file through SHA-256 and compares it with the
 checksum of ``fin`` or of ``init``. A mismatch fails the transfer (kept until it expires, as evidence of
 what came) and is recorded. Memory per transfer is the list of separate runs of stored bytes, bounded by
@@ -62,6 +64,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from edge.central.record_rate import RecordRate
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.text import printable
 from edge.durable.files import ensure_private_dir, free_bytes, fsync_dir, write_atomic
@@ -333,6 +336,9 @@ class MqttIngestStore:
         self._lock = threading.Lock()
         self._coverage: dict[str, _Coverage] = {}
         self._leases: dict[str, float] = {}
+        # Incidents are what a station sends wrong: written at a bounded rate per station (each still
+        # refused), the count of those not written carried in the next one.
+        self.incident_rate = RecordRate()
 
     def __repr__(self) -> str:
         return f"MqttIngestStore(root={str(self._root)!r}, max_size_bytes={self._max_size_bytes})"
@@ -927,8 +933,13 @@ class MqttIngestStore:
         return hasher.hexdigest()
 
     def _incident(self, record: _Record, kind: str, detail: str, **extra: object) -> None:
+        skipped = self.incident_rate.admit(record.station)
+        if skipped is None:
+            return
         entry = {"time": _format_time(self._clock()), "kind": kind, "station": record.station,
                  "file_id": record.file_id, "upload_id": record.upload_id, "detail": detail, **extra}
+        if skipped:
+            entry["unrecorded_incidents_before"] = skipped
         line = canonical_json(entry) + b"\n"
         fd = os.open(self._root / _INCIDENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
