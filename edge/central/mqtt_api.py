@@ -44,6 +44,7 @@ from edge.central.registration import (
     Rejection,
     upload_source_key,
 )
+from edge.central.tus_store import UploadBusyError
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.text import printable
@@ -285,8 +286,11 @@ class MqttApi:
             raise Rejection(RejectCode.NOT_FOUND, f"no upload {named} of station {caller.station_id}")
         try:
             await asyncio.to_thread(uploads.remove, key)
-        except Exception as exc:  # tus: the upload is being written by another request
-            return 409, {"error": "upload_busy", "detail": f"upload {named} cannot be removed now: {exc}"}
+        except UploadBusyError:
+            # What the tus DELETE answers, and nothing of the exception (it names files of the central);
+            # any other failure is the central's own (500, logged by _run).
+            return 409, {"error": "upload_busy",
+                         "detail": f"upload {named} is being written by another request; retry later"}
         log.info("upload %s abandoned by station %s over MQTT", named, caller.station_id)
         return 204, None
 
