@@ -575,3 +575,39 @@ def test_conflicting_duplicates_are_recorded_at_a_bounded_rate_with_the_count_of
     _ok(_segment(store, DATA, 0, 1000, station="st-0002"))
     assert _segment(store, bytes(forged), 0, 1000, station="st-0002").reason_code is ReasonCode.CANCEL
     assert store.incidents()[-1]["station"] == "st-0002"
+
+
+def test_a_resend_of_a_recorded_segment_is_answered_from_its_journal_digest_without_reading_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 8, finding 7: every duplicate cost a read and compare of up to 2 MiB. The journal records
+    each segment's SHA-256: a resend with that digest at the same offset and length is the same bytes."""
+    store = _store(tmp_path / "ft")
+    _ok(_init(store, DATA))
+    _ok(_segment(store, DATA, 0, 1000))
+    _ok(_segment(store, DATA, 1000, 1000))
+    compared: list[int] = []
+    real = MqttIngestStore._first_difference
+
+    def counting(
+        self: MqttIngestStore, upload_id: str, coverage: object, start: int, payload: bytes
+    ) -> object:
+        compared.append(start)
+        return real(self, upload_id, coverage, start, payload)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MqttIngestStore, "_first_difference", counting)
+    outcome = _segment(store, DATA, 1000, 1000)
+    assert outcome.ok and outcome.description == "success (already stored)" and compared == []
+    # After a restart the digests come from the journal: still no read-back.
+    again = _store(tmp_path / "ft")
+    assert _segment(again, DATA, 0, 1000).ok and compared == []
+    # Controls: a resend cut at other boundaries is compared with the stored bytes (accepted), and other
+    # bytes at the same offset and length (another digest) are compared and refused.
+    assert _segment(again, DATA, 500, 1000).ok and compared == [500]
+    forged = bytearray(DATA)
+    forged[1200] ^= 0xFF
+    refused = _segment(again, bytes(forged), 1000, 1000)
+    assert refused.reason_code is ReasonCode.CANCEL and compared == [500, 1000]
+    for offset in range(2000, len(DATA), 1000):
+        _ok(_segment(again, DATA, offset, 1000))
+    _ok(_fin(again, DATA))  # the stored bytes are the file's
