@@ -14,6 +14,10 @@ G is ``[mqtt] shared_group``: the broker hands each message to one member of the
 central processes split the load (they may share ``transfers_dir``: every transfer has its own file
 lock, see :mod:`edge.central.mqtt_ingest_store`).
 
+Each connection handles up to four messages at once, one at a time per station and in the order they came
+(:meth:`edge.mqtt.client.MqttClient.subscribe` with a key), and acknowledges them in the order they came:
+one station's slow registration does not hold up every other station's requests.
+
 The station is always, and only, the station level S of the topic: the broker's ACL confines station S
 to ``P/stations/S/#``, so that level names the publisher (nothing in a payload does). Every command is
 carried out by the ingest store (in a worker thread: it fsyncs), and its result goes to
@@ -87,6 +91,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Messages of different stations handled at once on each connection (one station's one at a time, in
+# order): a registration re-hashing a large file, or a station's slow disk, holds up only that station.
+_CONCURRENCY = 4
 # A subscription waits for a connection as long as it takes (the client reconnects meanwhile).
 _SUBSCRIBE_WAIT_S = 7 * 86400.0
 
@@ -194,8 +201,8 @@ class MqttReceiver:
     @property
     def api_client_id(self) -> str:
         """The API's own connection and session: a registration re-hashes a whole file, and on the content
-        connection it would hold up every station's segments meanwhile (each connection answers its
-        messages one at a time, acknowledging each after its answer)."""
+        connection it would take one of the few message slots meanwhile (each connection handles up to
+        _CONCURRENCY messages at once, one per station, acknowledging each in order after its answer)."""
         return f"{self.settings.client_id}-api"
 
     def subscriptions(self) -> list[tuple[str, MessageHandler]]:
@@ -233,7 +240,8 @@ class MqttReceiver:
         # Handlers are registered before the connection: messages the broker kept for a session come right
         # after its CONNACK and must find them (a message without a handler would be dropped).
         subscribing = [
-            asyncio.create_task(client.subscribe(topic_filter, handler, timeout_s=_SUBSCRIBE_WAIT_S),
+            asyncio.create_task(client.subscribe(topic_filter, handler, timeout_s=_SUBSCRIBE_WAIT_S,
+                                                 concurrency=_CONCURRENCY, key=self._station_key),
                                 name=f"mqtt-subscribe-{topic_filter}")
             for client, topic_filter, handler in wanted
         ]
@@ -257,6 +265,12 @@ class MqttReceiver:
             for task in connections:
                 task.cancel()
             await asyncio.gather(*connections, *subscribing, return_exceptions=True)
+
+    def _station_key(self, message: InboundMessage) -> str:
+        """The station level of a message's topic: one station's messages are handled in order, one at a
+        time; different stations' side by side (_CONCURRENCY)."""
+        head = f"{self.station_root}/"
+        return message.topic[len(head):].partition("/")[0] if message.topic.startswith(head) else ""
 
     # -- file transfer ----------------------------------------------------------------------------------
 

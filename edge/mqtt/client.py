@@ -29,6 +29,14 @@ message whose handler failed `POISON_AFTER_FAILURES` times is acknowledged and l
 line: topic, size and digest, never the payload). A message whose handler failed fewer times is never
 acknowledged.
 
+Concurrency. A subscription's messages are handled one at a time by default, each before the next is
+looked at. A subscription made with `concurrency` N > 1 and a `key` (the central: the station of the
+topic) has up to N messages handled at once, those of one key one at a time in the order they came, so
+that one station's slow message (a registration re-hashing a large file) does not hold up every other
+station's. The broker's in-flight window (Mosquitto's max_inflight_messages) bounds how many wait.
+Acknowledgements still go out in the order the messages came (MQTT 5 §4.6), each once its own handler
+and every earlier message's are done.
+
 Connections. `run()` (a supervised task) connects, and when the connection ends or cannot be made,
 waits an exponential back-off with jitter and tries again, until `close()`. A broker that refuses the
 connection (a CONNACK with a failure reason, such as 0x86 bad user name or password or 0x87 not
@@ -72,6 +80,7 @@ __all__ = [
     "ConnectionStatus",
     "InboundMessage",
     "MessageHandler",
+    "MessageKey",
     "MqttClient",
     "MqttClosed",
     "MqttError",
@@ -247,11 +256,18 @@ class SubscribeRefused(MqttError):
         self.reason = reason
 
 
+MessageKey = Callable[[InboundMessage], str]
+"""What orders a subscription's messages: those with the same key are handled one at a time, in order."""
+
+
 @dataclass
 class _Subscription:
     qos: int
     handler: MessageHandler
     confirmed: asyncio.Future[None]
+    concurrency: int = 1
+    key: MessageKey | None = None
+    slots: asyncio.Semaphore | None = None
 
 
 @dataclass
@@ -317,6 +333,8 @@ class MqttClient:
         # Failed deliveries per message (topic and payload digest); failed messages held on this connection.
         self._failures: OrderedDict[bytes, int] = OrderedDict()
         self._held_failures = 0
+        # Keys of concurrent subscriptions with messages in hand: their lock and how many messages use it.
+        self._key_locks: dict[tuple[int, str], tuple[asyncio.Lock, int]] = {}
         self._generation = 0
         self._closing = False
         # The Maximum Packet Size of the broker's last CONNACK (None: it announced none).
@@ -364,13 +382,17 @@ class MqttClient:
         correlation_data: bytes | None = None,
         user_properties: Iterable[tuple[str, str]] = (),
         timeout_s: float | None = None,
+        message_expiry_s: int | None = None,
     ) -> PublishAck:
-        """Publish and return once the broker acknowledged (QoS 1: PUBACK; QoS 0: written). Raises
+        """Publish and return once the broker acknowledged (QoS 1: PUBACK; QoS 0: written).
+        ``message_expiry_s`` (MQTT 5 Message Expiry Interval): the broker drops the message, instead of
+        delivering it, once it has waited that long for a subscriber (an offline central). Raises
         `PublishRefused` for a failure reason code (MQTT 5), `PublishTimeout`, or `MqttClosed`. Published
         while disconnected, the message waits for the next connection (within the time limit)."""
         if self._closing:
             raise MqttClosed(f"{self!r} is closed")
-        properties = self._publish_properties(response_topic, correlation_data, tuple(user_properties))
+        properties = self._publish_properties(response_topic, correlation_data, tuple(user_properties),
+                                              message_expiry_s)
         limit = self._broker_max_packet
         if limit is not None:
             size = publish_packet_bytes(topic, len(payload), properties_bytes=_properties_bytes(properties),
@@ -398,15 +420,28 @@ class MqttClient:
         return PublishAck(code, reason)
 
     async def subscribe(
-        self, topic_filter: str, handler: MessageHandler, *, qos: Literal[0, 1] = 1, timeout_s: float = 30.0
+        self,
+        topic_filter: str,
+        handler: MessageHandler,
+        *,
+        qos: Literal[0, 1] = 1,
+        timeout_s: float = 30.0,
+        concurrency: int = 1,
+        key: MessageKey | None = None,
     ) -> None:
         """Subscribe, and return once the broker confirmed it (SUBACK), on this connection or the next one;
         `SubscribeRefused` for a failure reason code. The subscription is made again after every
-        reconnection whose session the broker did not keep."""
+        reconnection whose session the broker did not keep.
+
+        ``concurrency`` > 1: up to that many of its messages are handled at once, those with the same
+        ``key`` one at a time in the order they came (see "Concurrency" in the module docstring)."""
         if self._closing:
             raise MqttClosed(f"{self!r} is closed")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         loop = asyncio.get_running_loop()
-        subscription = _Subscription(qos, handler, loop.create_future())
+        subscription = _Subscription(qos, handler, loop.create_future(), concurrency, key,
+                                     asyncio.Semaphore(concurrency) if concurrency > 1 else None)
         self._subscriptions[topic_filter] = subscription
         self._confirmed.discard(topic_filter)
         self._count_unconfirmed()
@@ -752,33 +787,93 @@ class MqttClient:
         self._inbound.put_nowait((self._generation, message))
 
     async def _dispatch(self) -> None:
-        while True:
-            generation, message = await self._inbound.get()
-            try:
-                inbound = _inbound_message(message)
-            except UnicodeDecodeError:  # MQTT requires UTF-8 topics; a broker that forwards others is wrong
-                log.warning("MQTT message with a topic that is not UTF-8: acknowledged and dropped")
-                inbound = None
-            handler = None if inbound is None else next(
-                (sub.handler for f, sub in self._subscriptions.items() if _matches(f, inbound.topic)), None
-            )
-            if inbound is None:
-                pass
-            elif handler is None:
-                log.warning("MQTT message on %s matches no subscription; acknowledged and dropped",
-                            inbound.topic)
+        # Acknowledgements go out in the order the messages came (MQTT 5 §4.6), whatever order their
+        # handlers end in: each message's outcome (acknowledge or not) is queued here in arrival order.
+        outcomes: asyncio.Queue[tuple[int, paho.MQTTMessage, asyncio.Future[bool]]] = asyncio.Queue()
+        acker = asyncio.create_task(self._acknowledge_in_order(outcomes),
+                                    name=f"mqtt-ack-{self._settings.client_id}")
+        running: set[asyncio.Task[bool]] = set()
+        try:
+            while True:
+                generation, message = await self._inbound.get()
+                outcome = await self._dispatch_one(generation, message, running)
+                outcomes.put_nowait((generation, message, outcome))
+        finally:
+            acker.cancel()
+            for task in running:
+                task.cancel()
+            await asyncio.gather(acker, *running, return_exceptions=True)
+
+    async def _dispatch_one(
+        self, generation: int, message: paho.MQTTMessage, running: set[asyncio.Task[bool]]
+    ) -> asyncio.Future[bool]:
+        """Whether ``message`` is to be acknowledged, as a future: done at once for a message handled here
+        (or to be dropped), a task for one of a concurrent subscription."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        try:
+            inbound = _inbound_message(message)
+        except UnicodeDecodeError:  # MQTT requires UTF-8 topics; a broker that forwards others is wrong
+            log.warning("MQTT message with a topic that is not UTF-8: acknowledged and dropped")
+            done.set_result(True)
+            return done
+        subscription = next(
+            (sub for f, sub in self._subscriptions.items() if _matches(f, inbound.topic)), None
+        )
+        if subscription is None:
+            log.warning("MQTT message on %s matches no subscription; acknowledged and dropped", inbound.topic)
+            done.set_result(True)
+            return done
+        if subscription.slots is None:
+            done.set_result(await self._handle(generation, inbound, subscription.handler))
+            return done
+        task = asyncio.create_task(self._handle_concurrently(generation, inbound, subscription))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        return task
+
+    async def _handle_concurrently(
+        self, generation: int, inbound: InboundMessage, subscription: _Subscription
+    ) -> bool:
+        assert subscription.slots is not None
+        key = (id(subscription), subscription.key(inbound) if subscription.key is not None else "")
+        # Tasks reach this lock in the order their messages came (nothing is awaited before it), and an
+        # asyncio.Lock serves its waiters first come, first served: one key's messages keep their order.
+        lock, users = self._key_locks.get(key, (asyncio.Lock(), 0))
+        self._key_locks[key] = (lock, users + 1)
+        try:
+            async with lock, subscription.slots:
+                return await self._handle(generation, inbound, subscription.handler)
+        finally:
+            lock, users = self._key_locks[key]
+            if users <= 1:
+                del self._key_locks[key]
             else:
-                try:
-                    await handler(inbound)
-                except Exception:
-                    if not self._failed(generation, inbound):
-                        continue
-                else:
-                    if self._failures:
-                        self._failures.pop(_message_key(inbound), None)
+                self._key_locks[key] = (lock, users - 1)
+
+    async def _handle(self, generation: int, inbound: InboundMessage, handler: MessageHandler) -> bool:
+        """Runs the handler: True when the message is to be acknowledged (handled, or poison)."""
+        try:
+            await handler(inbound)
+        except Exception:
+            return self._failed(generation, inbound)
+        if self._failures:
+            self._failures.pop(_message_key(inbound), None)
+        return True
+
+    async def _acknowledge_in_order(
+        self, outcomes: asyncio.Queue[tuple[int, paho.MQTTMessage, asyncio.Future[bool]]]
+    ) -> None:
+        while True:
+            generation, message, outcome = await outcomes.get()
+            try:
+                acknowledge = await outcome
+            except asyncio.CancelledError:
+                if not outcome.cancelled():
+                    raise
+                continue
             # Acknowledged on the connection it came on only: after a reconnection its packet id means
             # nothing, and the broker sends the message again.
-            if message.qos > 0 and generation == self._generation and (
+            if acknowledge and message.qos > 0 and generation == self._generation and (
                 self._status.state is ConnectionState.CONNECTED
             ):
                 self._paho.ack(message.mid, message.qos)
@@ -817,11 +912,16 @@ class MqttClient:
         response_topic: str | None,
         correlation_data: bytes | None,
         user_properties: tuple[tuple[str, str], ...],
+        message_expiry_s: int | None = None,
     ) -> Properties | None:
-        if response_topic is None and correlation_data is None and not user_properties:
+        if response_topic is None and correlation_data is None and not user_properties and (
+            message_expiry_s is None
+        ):
             return None
         if self._settings.protocol is not ProtocolVersion.V5:
-            raise MqttError("response topic, correlation data and user properties need MQTT 5")
+            raise MqttError("response topic, correlation data, user properties and expiry need MQTT 5")
+        if message_expiry_s is not None and not 1 <= message_expiry_s <= 0xFFFFFFFF:
+            raise ValueError(f"message expiry {message_expiry_s} s is outside 1-4294967295")
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho leaves it untyped
         if response_topic is not None:
             properties.ResponseTopic = response_topic
@@ -829,6 +929,8 @@ class MqttClient:
             properties.CorrelationData = correlation_data
         if user_properties:
             properties.UserProperty = list(user_properties)
+        if message_expiry_s is not None:
+            properties.MessageExpiryInterval = message_expiry_s
         return properties
 
 
