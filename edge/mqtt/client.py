@@ -335,6 +335,8 @@ class MqttClient:
         self._held_failures = 0
         # Keys of concurrent subscriptions with messages in hand: their lock and how many messages use it.
         self._key_locks: dict[tuple[int, str], tuple[asyncio.Lock, int]] = {}
+        # Outcomes queued for the in-order acknowledger and not yet acknowledged (or given up).
+        self._acks_waiting = 0
         self._generation = 0
         self._closing = False
         # The Maximum Packet Size of the broker's last CONNACK (None: it announced none).
@@ -790,6 +792,7 @@ class MqttClient:
         # Acknowledgements go out in the order the messages came (MQTT 5 §4.6), whatever order their
         # handlers end in: each message's outcome (acknowledge or not) is queued here in arrival order.
         outcomes: asyncio.Queue[tuple[int, paho.MQTTMessage, asyncio.Future[bool]]] = asyncio.Queue()
+        self._acks_waiting = 0
         acker = asyncio.create_task(self._acknowledge_in_order(outcomes),
                                     name=f"mqtt-ack-{self._settings.client_id}")
         running: set[asyncio.Task[bool]] = set()
@@ -797,7 +800,12 @@ class MqttClient:
             while True:
                 generation, message = await self._inbound.get()
                 outcome = await self._dispatch_one(generation, message, running)
-                outcomes.put_nowait((generation, message, outcome))
+                if outcome.done() and not self._acks_waiting:
+                    # Handled here and nothing earlier waits: acknowledged at once, as the handler returns.
+                    self._acknowledge(generation, message, outcome.result())
+                else:
+                    self._acks_waiting += 1
+                    outcomes.put_nowait((generation, message, outcome))
         finally:
             acker.cancel()
             for task in running:
@@ -870,13 +878,17 @@ class MqttClient:
             except asyncio.CancelledError:
                 if not outcome.cancelled():
                     raise
-                continue
-            # Acknowledged on the connection it came on only: after a reconnection its packet id means
-            # nothing, and the broker sends the message again.
-            if acknowledge and message.qos > 0 and generation == self._generation and (
-                self._status.state is ConnectionState.CONNECTED
-            ):
-                self._paho.ack(message.mid, message.qos)
+                acknowledge = False
+            self._acks_waiting -= 1
+            self._acknowledge(generation, message, acknowledge)
+
+    def _acknowledge(self, generation: int, message: paho.MQTTMessage, acknowledge: bool) -> None:
+        # Acknowledged on the connection it came on only: after a reconnection its packet id means nothing,
+        # and the broker sends the message again.
+        if acknowledge and message.qos > 0 and generation == self._generation and (
+            self._status.state is ConnectionState.CONNECTED
+        ):
+            self._paho.ack(message.mid, message.qos)
 
     def _failed(self, generation: int, inbound: InboundMessage) -> bool:
         """Counts a failed delivery of ``inbound``: True when it is poison (acknowledge it), else False
