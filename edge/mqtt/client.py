@@ -42,7 +42,8 @@ waits an exponential back-off with jitter and tries again, until `close()`. A br
 connection (a CONNACK with a failure reason, such as 0x86 bad user name or password or 0x87 not
 authorised; or a TLS alert rejecting the client certificate) is reported as `ConnectionState.REFUSED`
 with its reason, never as connected. Subscriptions are remembered and sent again after every connection
-whose session the broker did not keep.
+whose session the broker did not keep, and shared subscriptions (``$share/...``) after every connection:
+Mosquitto 2.0 loses them over a graceful restart while it reports the session present.
 
 Secrets. The password is a callable (a `SecretRef.resolve`) called at each connection; it is not held
 by this object between connections, never logged and never in a repr.
@@ -731,6 +732,11 @@ class MqttClient:
         )
         if not session_present:
             self._confirmed.clear()
+        else:
+            # Mosquitto 2.0 (2.0.11 seen) keeps a session over a graceful restart but not its shared
+            # subscriptions, and says "session present": the central would be deaf until its session
+            # expired. A shared subscription is made again after every connection (idempotent).
+            self._confirmed = {f for f in self._confirmed if not f.startswith("$share/")}
         self._set_status(
             replace(
                 self._status,

@@ -507,6 +507,30 @@ async def test_a_concurrent_subscription_handles_other_keys_while_one_is_slow_an
         assert sorted(started) == [b"A1", b"A2", b"B1"]
 
 
+async def test_a_shared_subscription_survives_a_graceful_broker_restart(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """Mosquitto 2.0 keeps a session over a graceful restart (session present) but not its shared
+    subscriptions: the central's receiver was deaf afterwards (seen while testing review 8, finding 2)."""
+    inbox = Inbox()
+    async with (
+        running(broker.client_settings(pki.client(CENTRAL_ID, unit="server"))) as (receiver, _),
+        running(broker.client_settings(pki.client("STATION-A"))) as (station, _),
+    ):
+        await receiver.wait_connected(WAIT_S)
+        await station.wait_connected(WAIT_S)
+        await receiver.subscribe(f"$share/group/{TOPIC_PREFIX}/stations/+/segments", inbox)
+        await station.publish(topic("STATION-A", "segments"), b"before")
+        assert (await inbox.next()).payload == b"before"
+        await broker.restart(graceful=True)
+        status = await receiver.wait_for(lambda s: s.connections == 2 and not s.unconfirmed_subscriptions,
+                                         WAIT_S)
+        assert status.session_present  # the broker says it kept the session...
+        await station.wait_for(lambda s: s.connections == 2, WAIT_S)
+        await station.publish(topic("STATION-A", "segments"), b"after")
+        assert (await inbox.next()).payload == b"after"  # ...and the subscription is in effect again
+
+
 async def test_a_publish_the_broker_never_acknowledges_raises_after_its_time_limit(
     broker: MosquittoBroker, pki: TestPki
 ) -> None:

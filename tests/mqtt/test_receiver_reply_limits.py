@@ -1,4 +1,4 @@
-"""The central's replies that the broker will not take (review 8, finding 2).
+"""The central's replies and results that the broker will not take (review 8, finding 2).
 
 A reply over the broker's maximum packet size used to fail the receiver's handler (PacketTooLarge): the
 request was never answered nor acknowledged, and held one of the broker's in-flight slots of the API
@@ -9,16 +9,27 @@ ordinary refusal's reply is over it while the short reply is not.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge.custody.canonical import canonical_json
 from edge.mqtt.api import ApiOp, new_request_id, reply_topic
+from edge.mqtt.client import ConnectionState, PublishAck, PublishRefused
+from edge.mqtt.filetransfer import InitCommand, Mode, ReasonCode, scoped_topic
 from tests.central.conftest import FakeStation
 from tests.mqtt.broker import TOPIC_PREFIX, MosquittoBroker, TestPki, require_mosquitto
-from tests.mqtt.central_harness import MqttCentral, running_mqtt_central, wire_station
+from tests.mqtt.central_harness import (
+    STATIONS,
+    MqttCentral,
+    file_id_for,
+    init_payload,
+    running_mqtt_central,
+    wire_station,
+)
 
 SMALL_PACKET = 400
 
@@ -70,3 +81,58 @@ async def test_a_reply_over_the_broker_packet_size_is_replaced_by_a_short_413(
         # The request was acknowledged: the API goes on answering (and nothing comes back twice).
         assert (await a.request(ApiOp.LEDGER_HEAD, {"x": 0})).status == 400
         assert sum(1 for m in a.reply_messages if request_id.encode() in m.payload) == 1
+
+
+@pytest.fixture
+async def plain_broker(tmp_path: Path) -> AsyncIterator[tuple[MosquittoBroker, TestPki]]:
+    require_mosquitto()
+    pki = TestPki.create(tmp_path / "pki2")
+    broker = MosquittoBroker(tmp_path / "broker2", pki)
+    await broker.start()
+    try:
+        yield broker, pki
+    finally:
+        await broker.stop()
+
+
+async def test_a_transfer_result_the_broker_refuses_is_logged_and_the_command_acknowledged(
+    tmp_path: Path, plain_broker: tuple[MosquittoBroker, TestPki], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The content path: a result that cannot be published used to fail the handler, leaving the command
+    unacknowledged (an in-flight slot held until the next reconnection, then the command again)."""
+    mosquitto, pki = plain_broker
+    async with running_mqtt_central(tmp_path / "central2", mosquitto, pki) as central:
+        station = FakeStation("st-a")
+        central.enroll(station)
+        receiver = central.receiver
+        assert receiver.client is not None
+        client = receiver.client
+        real_publish = client.publish
+        refused = asyncio.Event()
+
+        async def refuse_once(topic: str, payload: bytes, **options: Any) -> PublishAck:
+            if not refused.is_set():
+                refused.set()
+                raise PublishRefused(topic, 0x97, "Quota exceeded")
+            return await real_publish(topic, payload, **options)
+
+        monkeypatch.setattr(client, "publish", refuse_once)
+        data = b"x" * 100
+        async with wire_station(station, mosquitto, pki) as a:
+            first = InitCommand(file_id_for("0123456789abcdef0123456789abcdef"), Mode.ASYNC)
+            await a.client.publish(scoped_topic(STATIONS, "st-a", first.topic), init_payload(data))
+            async with asyncio.timeout(20):
+                await refused.wait()
+            assert receiver.counts.commands == 1
+            # The broker restarts with the sessions: an unacknowledged command would come again.
+            connections = client.status.connections
+            await mosquitto.restart(graceful=True)
+            await client.wait_for(
+                lambda s: s.connections > connections and not s.unconfirmed_subscriptions, 20
+            )
+            await a.client.wait_for(lambda s: s.state is ConnectionState.CONNECTED, 20)
+            second = InitCommand(file_id_for("fedcba9876543210fedcba9876543210"), Mode.ASYNC)
+            assert (await a.command(second, init_payload(data))).reason_code is ReasonCode.SUCCESS
+            assert receiver.counts.commands == 2  # the first was acknowledged: it did not come again
+        assert "could not be published" in caplog.text
