@@ -25,6 +25,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from edge.central.index import CentralIndexError, StationRecord, validate_reader_name, validate_station_id
+from edge.central.record_rate import RecordRate, noting_skipped
 from edge.central.registration import Caller, RejectCode, Rejection
 from edge.central.storage import Index
 from edge.pki.names import AUDITOR_OU, STATION_OU, PeerIdentityError
@@ -133,6 +134,8 @@ class Authenticator:
         self.dev_mode = dev_mode
         self._on_reject = on_reject
         self._last_dev_warning = float("-inf")
+        # Refusals of stations the broker let in (edge.central.record_rate): recorded at a bounded rate.
+        self.broker_refusals = RecordRate()
 
     def __repr__(self) -> str:
         return f"Authenticator(dev_mode={self.dev_mode})"
@@ -214,11 +217,18 @@ class Authenticator:
 
         The central never sees the broker-side certificate, so a re-enrolled station's old certificate is
         the broker's to refuse; the registrar's signature checks (manifests, checkpoints) against the
-        enrolled key stay the central's own check that the station sent what it registers."""
+        enrolled key stay the central's own check that the station sent what it registers.
+
+        A station the broker lets in can send thousands of messages a second: its refusals are recorded
+        (index and log) at most :data:`~edge.central.record_rate.RECORDS_PER_MINUTE` a minute after a burst
+        of as many, and a recorded one says how many were not (every one is still refused)."""
         try:
             return Caller(self._active_station(station_id), remote)
         except Rejection as rejection:
-            self._on_reject(rejection, station_id, remote)
+            skipped = self.broker_refusals.admit(station_id)
+            if skipped is not None:
+                rejection.detail = noting_skipped(rejection.detail, skipped)
+                self._on_reject(rejection, station_id, remote)
             raise
 
     def reader(self, request: web.Request) -> str:

@@ -14,7 +14,11 @@ status of :data:`edge.central.registration.HTTP_STATUS`, and ``"refusal"`` (sign
 :func:`edge.central.app.rejection_document` builds them for HTTP. A request that is not what the
 contract says (too large, not canonical JSON, unknown members, wrong op) gets a 400-style reply naming
 what was wrong, recorded like the HTTP path's refusals; whatever comes, the receiver keeps running and
-answers nothing anywhere but the reply topic of the request's station.
+answers nothing anywhere but the reply topic of the request's station. A refusal names at most a few of
+what it found (and how many), and every detail is bounded (:func:`edge.central.registration.bounded_detail`):
+a request within ``max_request_kb`` can never make a reply over the broker's packet size, nor megabytes in
+the log and the index. A reply the broker does not take all the same is replaced by a short 413 (over its
+packet size) or 500 (refused) (:meth:`MqttApi.stand_in`), so that every request is answered and acknowledged.
 
 ``transfer-state`` (our extension) answers from the MQTT ingest store what it holds of the station's
 transfer ``file_id``: ``{"file_id", "known", "segments": [[offset, size], ...], "complete"}``.
@@ -23,6 +27,7 @@ transfer ``file_id``: ``{"file_id", "known", "segments": [[offset, size], ...], 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,6 +36,7 @@ from typing import Any
 
 from edge.central.app import CentralParts, rejection_document
 from edge.central.mqtt_ingest_store import MqttIngestStore, TransferState
+from edge.central.record_rate import noting_skipped
 from edge.central.registration import (
     HTTP_STATUS,
     Caller,
@@ -38,6 +44,7 @@ from edge.central.registration import (
     Rejection,
     upload_source_key,
 )
+from edge.central.tus_store import UploadBusyError
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.text import printable
@@ -61,6 +68,9 @@ log = logging.getLogger(__name__)
 # What a refusal's "remote" says in the index: the request came through the broker.
 MQTT_REMOTE = "mqtt"
 _MAX_TREE_SIZE = 2**53 - 1
+# How many of a body's unexpected member names a refusal shows, and how much of each.
+_SHOWN_NAMES = 5
+_SHOWN_NAME_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -71,17 +81,28 @@ class ApiAnswer:
     payload: bytes
     correlation_data: bytes | None
     status: int
+    request_id: str | None = None
 
 
 def _bad(detail: str) -> Rejection:
     return Rejection(RejectCode.BAD_REQUEST, detail)
 
 
+def _members_found(body: Mapping[str, Any]) -> str:
+    """The members of a body as a refusal names them: the first few, each cut short, and how many in all
+    (a body may have tens of thousands of hostile names: naming them all made a reply over the broker's
+    packet size, and megabytes in the log and the index)."""
+    if not body:
+        return "none"
+    shown = [printable(str(k))[:_SHOWN_NAME_CHARS] for k in itertools.islice(body, _SHOWN_NAMES)]
+    more = len(body) - len(shown)
+    return ", ".join(shown) + (f" and {more} more ({len(body)} members)" if more > 0 else "")
+
+
 def _exact_members(body: Mapping[str, Any], names: tuple[str, ...], op: ApiOp) -> None:
     if set(body) != set(names):
         expected = ", ".join(names) if names else "no members ({})"
-        found = ", ".join(sorted(printable(str(k))[:40] for k in body)) or "none"
-        raise _bad(f"{op.value} body: expected {expected}; found {found}")
+        raise _bad(f"{op.value} body: expected {expected}; found {_members_found(body)}")
 
 
 def _integer(body: Mapping[str, Any], name: str, low: int, high: int, op: ApiOp) -> int:
@@ -162,14 +183,33 @@ class MqttApi:
         correlation = request_id.encode("ascii") if request_id is not None else correlation_data
         if correlation is not None and len(correlation) > 64:
             correlation = None
-        return ApiAnswer(topic, payload, correlation, status)
+        return ApiAnswer(topic, payload, correlation, status, request_id)
+
+    def stand_in(self, answer: ApiAnswer, *, over_limit: int | None) -> ApiAnswer:
+        """A short reply in place of ``answer``, which could not be published: over the broker's maximum
+        packet size ``over_limit`` (413), or refused by the broker (``over_limit`` None: 500). The station
+        learns that its request was handled and not answered, and the request is acknowledged instead of
+        coming back on every reconnection."""
+        if over_limit is not None:
+            rejection = Rejection(RejectCode.TOO_LARGE,
+                                  f"the reply ({len(answer.payload)} bytes) is over the broker's maximum "
+                                  f"packet size ({over_limit} bytes)")
+        else:
+            rejection = Rejection(RejectCode.INTERNAL_ERROR, "the broker refused the reply; it was logged")
+        station = answer.topic.removeprefix(f"{self.prefix}/stations/").partition("/")[0]
+        return self._reply(station, answer.request_id, rejection.status, rejection_document(rejection),
+                           answer.correlation_data)
 
     def _malformed(self, station: str, detail: str, *, too_large: bool) -> tuple[int, Any]:
         code = RejectCode.TOO_LARGE if too_large else RejectCode.BAD_REQUEST
         rejection = Rejection(code, f"MQTT API request: {detail}")
-        log.warning("station %s: malformed MQTT API request: %s", station, detail)
-        if self.parts.index.station(station) is not None:
-            # Recorded like the HTTP path's refusals of a body (an unknown station's noise is not written).
+        if self.parts.index.station(station) is None:
+            return rejection.status, rejection_document(rejection)  # an unknown station's noise: not written
+        # Recorded like the HTTP path's refusals of a body, at the bounded rate of the broker's stations
+        # (edge.central.record_rate): a station may publish thousands of these a second.
+        skipped = self.parts.auth.broker_refusals.admit(station)
+        if skipped is not None:
+            rejection.detail = noting_skipped(rejection.detail, skipped)
             self.parts.registrar.reject(rejection, station=station, remote=MQTT_REMOTE)
         return rejection.status, rejection_document(rejection)
 
@@ -208,8 +248,8 @@ class MqttApi:
         try:
             allowed = ("after", "limit")
             if not set(body) <= set(allowed) or "after" not in body:
-                found = ", ".join(sorted(printable(str(k))[:40] for k in body)) or "none"
-                raise _bad(f"ledger-page body: expected after and optionally limit; found {found}")
+                raise _bad(f"ledger-page body: expected after and optionally limit; found "
+                           f"{_members_found(body)}")
             after = _integer(body, "after", 0, MAX_AFTER, ApiOp.LEDGER_PAGE)
             limit = _integer(body, "limit", 1, MAX_LIMIT, ApiOp.LEDGER_PAGE) if "limit" in body else 500
         except Rejection as rejection:
@@ -246,8 +286,11 @@ class MqttApi:
             raise Rejection(RejectCode.NOT_FOUND, f"no upload {named} of station {caller.station_id}")
         try:
             await asyncio.to_thread(uploads.remove, key)
-        except Exception as exc:  # tus: the upload is being written by another request
-            return 409, {"error": "upload_busy", "detail": f"upload {named} cannot be removed now: {exc}"}
+        except UploadBusyError:
+            # What the tus DELETE answers, and nothing of the exception (it names files of the central);
+            # any other failure is the central's own (500, logged by _run).
+            return 409, {"error": "upload_busy",
+                         "detail": f"upload {named} is being written by another request; retry later"}
         log.info("upload %s abandoned by station %s over MQTT", named, caller.station_id)
         return 204, None
 

@@ -1,7 +1,12 @@
 """`edge central command`: command a station over MQTT (README "MQTT"; codec: edge.mqtt.commands).
 
-    edge central command --config central.toml --broker mqtts://broker:8883 --identity DIR \\
-        STATION OP [ITEM] [options] [--json] [--timeout S]
+    edge central command --config central.toml [--broker mqtts://broker:8883] [--identity DIR] \\
+        [--ca FILE] [--topic-prefix P] STATION OP [ITEM] [options] [--json] [--timeout S]
+
+The broker, the broker identity, its CA and the topic prefix come from the configuration's ``[mqtt]``
+section (``broker_url``, ``client_bundle_dir``, ``ca_file``, ``topic_prefix``) when it has one; each
+option overrides its setting (``--identity`` without ``--ca`` and without ``[mqtt]``: ``DIR/ca.crt``).
+Without ``[mqtt]``, ``--broker`` and ``--identity`` are required and the prefix is ``evidence``.
 
 The command is signed with the central's signing key (the key every station pinned at enrollment; it
 signs receipts too), published on `<prefix>/stations/<STATION>/command/<OP>` with the central's broker
@@ -30,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.central.config import ConfigError, load_central_config
+from edge.central.config import ConfigError, MqttSection, load_central_config
 from edge.central.identity import load_signing_key
 from edge.config.station import MQTT_BROKER_URL_OR_EMPTY, MQTT_DEFAULT_PORT, MQTT_TOPIC_PREFIX
 from edge.custody.errors import CustodyError
@@ -62,8 +67,17 @@ from edge.pki.tls import broker_ssl_context
 from edge.runtime.exit_codes import ExitCode
 from edge.uplink.policy import Backoff
 
-__all__ = ["CommandTimeout", "add_command_parser", "cmd_central_command", "send_command"]
+__all__ = [
+    "CommandTimeout",
+    "Connection",
+    "add_command_parser",
+    "cmd_central_command",
+    "command_connection",
+    "send_command",
+]
 
+# The stations' default [mqtt] topic_prefix (and the central's).
+DEFAULT_TOPIC_PREFIX = "evidence"
 # Sessions of this short-lived client: the broker forgets them soon after it disconnects (MQTT 5).
 _SESSION_EXPIRY_S = 60
 
@@ -153,6 +167,30 @@ def broker_settings(
     )
 
 
+@dataclass(frozen=True)
+class Connection:
+    """Where and as whom the command goes: the options, else the configuration's [mqtt] section."""
+
+    broker_url: str
+    identity_dir: Path
+    ca_file: Path | None
+    topic_prefix: str
+
+
+def command_connection(args: argparse.Namespace, mqtt: MqttSection | None) -> Connection:
+    """The options over the ``[mqtt]`` settings (see the module docstring); ValueError names what is
+    missing."""
+    broker_url = args.broker or (mqtt.broker_url if mqtt is not None else "")
+    identity = args.identity or (str(mqtt.client_bundle_dir) if mqtt is not None else "")
+    if not broker_url or not identity:
+        missing = " and ".join(name for name, value in (("--broker", broker_url), ("--identity", identity))
+                               if not value)
+        raise ValueError(f"{missing} required: the configuration has no [mqtt] section to take them from")
+    ca = Path(args.ca) if args.ca else (mqtt.ca_file if mqtt is not None else None)
+    prefix = args.topic_prefix or (mqtt.topic_prefix if mqtt is not None else DEFAULT_TOPIC_PREFIX)
+    return Connection(broker_url, Path(identity), ca, prefix)
+
+
 def command_args(args: argparse.Namespace) -> dict[str, Any]:
     """The op's args from the command line (validated by the station's own rules before sending)."""
     op = CommandOp(args.op)
@@ -187,23 +225,33 @@ def cmd_central_command(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     try:
         config = load_central_config(Path(path))
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    try:
+        connection = command_connection(args, config.mqtt)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    if not re.fullmatch(MQTT_TOPIC_PREFIX, connection.topic_prefix):
+        print(f"error: --topic-prefix {connection.topic_prefix[:80]!r}: not a plain topic prefix",
+              file=sys.stderr)
+        return ExitCode.USAGE
+    try:
         key = load_signing_key(config)
         settings = broker_settings(
-            broker_url=args.broker, identity_dir=Path(args.identity),
-            ca_file=Path(args.ca) if args.ca else None, central_id=config.central.id,
+            broker_url=connection.broker_url, identity_dir=connection.identity_dir,
+            ca_file=connection.ca_file, central_id=config.central.id,
             protocol=ProtocolVersion(args.protocol),
         )
     except (ConfigError, IdentityError, CustodyError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
-    if not re.fullmatch(MQTT_TOPIC_PREFIX, args.topic_prefix):
-        print(f"error: --topic-prefix {args.topic_prefix[:80]!r}: not a plain topic prefix", file=sys.stderr)
-        return ExitCode.USAGE
     command = Command(new_request_id(), CommandOp(args.op), args.station, utc_rfc3339(datetime.now(UTC)),
                       raw_args)
     try:
         reply = asyncio.run(
-            send_command(Broker(settings, args.topic_prefix), command, key, timeout_s=args.timeout)
+            send_command(Broker(settings, connection.topic_prefix), command, key, timeout_s=args.timeout)
         )
     except CommandTimeout as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -233,13 +281,18 @@ def add_command_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
                         help="tag, reupload, ledger-head or status")
     parser.add_argument("item", metavar="ITEM", nargs="?", help="the item (tag, reupload)")
     parser.add_argument("--config", metavar="FILE", help="central TOML file (its signing key signs)")
-    parser.add_argument("--broker", required=True, metavar="URL", help="mqtts://host[:port] of the broker")
+    parser.add_argument("--broker", metavar="URL",
+                        help="mqtts://host[:port] of the broker (default: [mqtt] broker_url)")
     parser.add_argument(
-        "--identity", required=True, metavar="DIR",
-        help="the central's broker identity: client.crt (CN = the central id), client.key, ca.crt",
+        "--identity", metavar="DIR",
+        help="the central's broker identity: client.crt (CN = the central id), client.key, ca.crt "
+        "(default: [mqtt] client_bundle_dir)",
     )
-    parser.add_argument("--ca", metavar="FILE", help="CA of the broker's certificate (default: DIR/ca.crt)")
-    parser.add_argument("--topic-prefix", default="evidence", help="[mqtt] topic_prefix of the stations")
+    parser.add_argument("--ca", metavar="FILE",
+                        help="CA of the broker's certificate (default: [mqtt] ca_file, else DIR/ca.crt)")
+    parser.add_argument("--topic-prefix", default=None,
+                        help=f"topic prefix of the stations (default: [mqtt] topic_prefix, else "
+                        f"{DEFAULT_TOPIC_PREFIX})")
     parser.add_argument(
         "--protocol", choices=[p.value for p in ProtocolVersion], default=ProtocolVersion.V5.value
     )

@@ -29,7 +29,11 @@ send every segment again (reason 0x80), and the station's duplicates are harmles
 
 Verification: a segment's SHA-256 (its topic's last level) is checked before anything is written; a
 segment over bytes already stored must carry the same bytes (compared with what is on disk), or it is
-refused, nothing changes, and an incident is recorded; ``fin`` checks the size against the init, that the
+refused, nothing changes, and an incident is recorded; a resend of one of the last segments recorded,
+with the SHA-256 its journal record holds at the same offset and length, is answered from that record
+without reading the stored bytes back (at a bounded rate per station,
+:class:`~edge.central.record_rate.RecordRate`: a record says how many of that station's were not written
+before it, ``unrecorded_incidents_before``); ``fin`` checks the size against the init, that the
 segments cover the file without a gap, then streams the file through SHA-256 and compares it with the
 checksum of ``fin`` or of ``init``. A mismatch fails the transfer (kept until it expires, as evidence of
 what came) and is recorded. Memory per transfer is the list of separate runs of stored bytes, bounded by
@@ -55,6 +59,7 @@ import secrets
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,6 +67,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from edge.central.record_rate import RecordRate
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.text import printable
 from edge.durable.files import ensure_private_dir, free_bytes, fsync_dir, write_atomic
@@ -106,6 +112,8 @@ _RECORD = struct.Struct(">QI32s4s")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _LEASE_S = 3600.0
 _MAX_INCIDENT_TAIL_BYTES = 1024 * 1024
+# Segments per transfer whose digest is kept in memory for cheap duplicates (~100 bytes each).
+_RECENT_SEGMENTS = 1024
 
 
 class TransferState(StrEnum):
@@ -243,6 +251,17 @@ class _Coverage:
         self.journal_bytes = 0
         self.starts: list[int] = []
         self.ends: list[int] = []
+        # The last segments recorded, (offset, length) -> SHA-256, so that a resend of one of them is
+        # answered from its recorded digest instead of reading the stored bytes back (bounded: a resend is
+        # almost always of the latest unanswered segments; older ones are still compared byte by byte).
+        self.recent: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+
+    def remember(self, start: int, length: int, digest: bytes) -> None:
+        key = (start, length)
+        self.recent.pop(key, None)
+        self.recent[key] = digest
+        while len(self.recent) > _RECENT_SEGMENTS:
+            self.recent.popitem(last=False)
 
     @property
     def received(self) -> int:
@@ -333,6 +352,9 @@ class MqttIngestStore:
         self._lock = threading.Lock()
         self._coverage: dict[str, _Coverage] = {}
         self._leases: dict[str, float] = {}
+        # Incidents are what a station sends wrong: written at a bounded rate per station (each still
+        # refused), the count of those not written carried in the next one.
+        self.incident_rate = RecordRate()
 
     def __repr__(self) -> str:
         return f"MqttIngestStore(root={str(self._root)!r}, max_size_bytes={self._max_size_bytes})"
@@ -465,6 +487,10 @@ class MqttIngestStore:
                 if stored == length:
                     return "success (file already complete and registered)"
                 raise _Refusal(ReasonCode.CANCEL, f"file {command.file_id} is already complete")
+            if stored == length and coverage.recent.get((start, length)) == digest:
+                # A resend of a segment the journal recorded with this very SHA-256 at this offset and
+                # length: the same bytes, answered without reading them back (2 MiB per resend otherwise).
+                return "success (already stored)"
             conflict = self._first_difference(upload_id, coverage, start, payload)
             if conflict is not None:
                 detail = (
@@ -825,7 +851,7 @@ class MqttIngestStore:
                     good_end = position  # the file shrank under us: damage; read no further
                     break
                 for at in range(0, len(chunk), _RECORD.size):
-                    offset, length, _segment_sum, check = _RECORD.unpack_from(chunk, at)
+                    offset, length, segment_sum, check = _RECORD.unpack_from(chunk, at)
                     if hashlib.sha256(chunk[at:at + 44]).digest()[:4] != check:
                         log.error(
                             "transfer %s: journal record at byte %d is damaged; it and the records after it "
@@ -836,6 +862,7 @@ class MqttIngestStore:
                         good_end = position + at
                         break
                     coverage.add(offset, offset + length)
+                    coverage.remember(offset, length, segment_sum)
                 else:
                     position += len(chunk)
                     continue
@@ -905,6 +932,7 @@ class MqttIngestStore:
             os.close(journal)
         coverage.add(start, start + len(payload))
         coverage.journal_bytes += _RECORD.size
+        coverage.remember(start, len(payload), digest)
 
     def _hash_part(self, upload_id: str, size: int) -> str:
         """SHA-256 of the first ``size`` bytes of the content, streamed; the file is cut to ``size``."""
@@ -927,8 +955,13 @@ class MqttIngestStore:
         return hasher.hexdigest()
 
     def _incident(self, record: _Record, kind: str, detail: str, **extra: object) -> None:
+        skipped = self.incident_rate.admit(record.station)
+        if skipped is None:
+            return
         entry = {"time": _format_time(self._clock()), "kind": kind, "station": record.station,
                  "file_id": record.file_id, "upload_id": record.upload_id, "detail": detail, **extra}
+        if skipped:
+            entry["unrecorded_incidents_before"] = skipped
         line = canonical_json(entry) + b"\n"
         fd = os.open(self._root / _INCIDENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

@@ -15,6 +15,10 @@ G is ``[mqtt] shared_group``: the broker hands each message to one member of the
 central processes split the load (they may share ``transfers_dir``: every transfer has its own file
 lock, see :mod:`edge.central.mqtt_ingest_store`).
 
+Each connection handles up to four messages at once, one at a time per station and in the order they came
+(:meth:`edge.mqtt.client.MqttClient.subscribe` with a key), and acknowledges them in the order they came:
+one station's slow registration does not hold up every other station's requests.
+
 The station is always, and only, the station level S of the topic: the broker's ACL confines station S
 to ``P/stations/S/#``, so that level names the publisher (nothing in a payload does). Every command is
 carried out by the ingest store (in a worker thread: it fsyncs), and its result goes to
@@ -52,8 +56,12 @@ from edge.mqtt.client import (
     InboundMessage,
     MessageHandler,
     MqttClient,
+    MqttClosed,
+    MqttError,
     MqttSettings,
+    PacketTooLarge,
     ProtocolVersion,
+    PublishTimeout,
     ReconnectBackoff,
 )
 from edge.mqtt.client_ids import load_or_create_client_secret, secret_client_id
@@ -87,6 +95,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Messages of different stations handled at once on each connection (one station's one at a time, in
+# order): a registration re-hashing a large file, or a station's slow disk, holds up only that station.
+_CONCURRENCY = 4
 # A subscription waits for a connection as long as it takes (the client reconnects meanwhile).
 _SUBSCRIBE_WAIT_S = 7 * 86400.0
 
@@ -195,8 +206,8 @@ class MqttReceiver:
     @property
     def api_client_id(self) -> str:
         """The API's own connection and session: a registration re-hashes a whole file, and on the content
-        connection it would hold up every station's segments meanwhile (each connection answers its
-        messages one at a time, acknowledging each after its answer)."""
+        connection it would take one of the few message slots meanwhile (each connection handles up to
+        _CONCURRENCY messages at once, one per station, acknowledging each in order after its answer)."""
         return f"{self.settings.client_id}-api"
 
     def subscriptions(self) -> list[tuple[str, MessageHandler]]:
@@ -234,7 +245,8 @@ class MqttReceiver:
         # Handlers are registered before the connection: messages the broker kept for a session come right
         # after its CONNACK and must find them (a message without a handler would be dropped).
         subscribing = [
-            asyncio.create_task(client.subscribe(topic_filter, handler, timeout_s=_SUBSCRIBE_WAIT_S),
+            asyncio.create_task(client.subscribe(topic_filter, handler, timeout_s=_SUBSCRIBE_WAIT_S,
+                                                 concurrency=_CONCURRENCY, key=self._station_key),
                                 name=f"mqtt-subscribe-{topic_filter}")
             for client, topic_filter, handler in wanted
         ]
@@ -259,6 +271,12 @@ class MqttReceiver:
                 task.cancel()
             await asyncio.gather(*connections, *subscribing, return_exceptions=True)
 
+    def _station_key(self, message: InboundMessage) -> str:
+        """The station level of a message's topic: one station's messages are handled in order, one at a
+        time; different stations' side by side (_CONCURRENCY)."""
+        head = f"{self.station_root}/"
+        return message.topic[len(head):].partition("/")[0] if message.topic.startswith(head) else ""
+
     # -- file transfer ----------------------------------------------------------------------------------
 
     async def _on_transfer(self, message: InboundMessage) -> None:
@@ -280,9 +298,18 @@ class MqttReceiver:
         response = outcome.response(0)
         assert response is not None  # an outcome of a parsed command always has one
         assert self.client is not None
-        # Published before the message is acknowledged (our handler returns): if this fails, the broker
-        # sends the command again and the store answers it idempotently.
-        await self.client.publish(response_topic(station), response.to_payload(), qos=1)
+        # Published before the message is acknowledged (our handler returns). A result the broker does not
+        # take (refused, or no PUBACK in time: it may still go out, paho keeps it) is logged and the command
+        # acknowledged all the same: the store has answered it durably, and a station that misses the result
+        # sends the command again (answered idempotently). Failing here would hold one of the broker's
+        # in-flight slots of this connection until the next reconnection.
+        try:
+            await self.client.publish(response_topic(station), response.to_payload(), qos=1)
+        except MqttClosed:
+            raise
+        except MqttError as exc:
+            log.warning("station %s: the result of %s could not be published (%s); the command is "
+                        "acknowledged, the station sends it again", station, command.topic, exc)
 
     # -- the API ------------------------------------------------------------------------------------------
 
@@ -293,8 +320,32 @@ class MqttReceiver:
             self.counts.dropped += 1
             return
         self.counts.requests += 1
-        await self.api_client.publish(answer.topic, answer.payload, qos=1,
-                                      correlation_data=answer.correlation_data)
+        try:
+            await self.api_client.publish(answer.topic, answer.payload, qos=1,
+                                          correlation_data=answer.correlation_data)
+            return
+        except MqttClosed:
+            raise
+        except PublishTimeout as exc:
+            # Not acknowledged in time, but paho keeps it and sends it on (QoS 1): nothing to replace.
+            log.warning("MQTT API reply to %s: %s; the request is acknowledged", answer.topic, exc)
+            return
+        except MqttError as exc:
+            # A reply the broker will not take (over its packet size, or refused): a short one instead, so
+            # that the station learns it and the request is acknowledged (not held, not delivered again).
+            log.warning("MQTT API reply to %s (status %d, %d bytes) cannot be sent: %s; a short %s reply "
+                        "goes instead", answer.topic, answer.status, len(answer.payload), exc,
+                        413 if isinstance(exc, PacketTooLarge) else 500)
+            stand_in = self.api.stand_in(answer,
+                                         over_limit=exc.limit if isinstance(exc, PacketTooLarge) else None)
+        try:
+            await self.api_client.publish(stand_in.topic, stand_in.payload, qos=1,
+                                          correlation_data=stand_in.correlation_data)
+        except MqttClosed:
+            raise
+        except MqttError as exc:
+            log.error("MQTT API: even the short reply to %s cannot be sent (%s); the request is "
+                      "acknowledged unanswered (the station asks again)", answer.topic, exc)
 
 
 def station_check_of(check: Callable[[str], Any]) -> StationCheck:

@@ -57,6 +57,7 @@ from edge.runtime.logs import event_fields
 __all__ = [
     "HTTP_STATUS",
     "LEDGER_FORMAT_2",
+    "MAX_REJECTION_DETAIL_CHARS",
     "MAX_SEGMENT_ENTRIES",
     "MQTT_UPLOAD_PREFIX",
     "SEGMENT_CHECKPOINTS",
@@ -68,6 +69,7 @@ __all__ = [
     "Rejection",
     "UploadFacts",
     "UploadSource",
+    "bounded_detail",
     "check_segment",
     "check_segment_checkpoints",
     "manifest_shape_problem",
@@ -87,6 +89,9 @@ MQTT_UPLOAD_PREFIX = "mqtt:"
 _MQTT_UPLOAD_RE = re.compile(r"mqtt:([A-Za-z0-9_-][A-Za-z0-9._-]{0,127})")
 _ENTRY_FIELDS = ("seq", "time", "type", "item", "data", "prev", "hash")
 _SHOW = 80
+# A refusal's detail is one sentence for people; whatever a request makes it say (names it found, values),
+# no more than this goes to the log, the index, the signed refusal and the reply.
+MAX_REJECTION_DETAIL_CHARS = 1000
 
 
 class RejectCode(StrEnum):
@@ -171,6 +176,7 @@ class Rejection(Exception):
     it from a proxy's answer."""
 
     def __init__(self, code: RejectCode, detail: str) -> None:
+        detail = bounded_detail(detail)
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
@@ -179,6 +185,15 @@ class Rejection(Exception):
     @property
     def status(self) -> int:
         return HTTP_STATUS[self.code]
+
+
+def bounded_detail(detail: str) -> str:
+    """``detail`` cut to :data:`MAX_REJECTION_DETAIL_CHARS`, saying how long it was (a detail is one
+    sentence; a hostile request must not make it megabytes in the log, the index and the reply)."""
+    if len(detail) <= MAX_REJECTION_DETAIL_CHARS:
+        return detail
+    tail = f"... ({len(detail)} characters, cut)"
+    return detail[: MAX_REJECTION_DETAIL_CHARS - len(tail)] + tail
 
 
 def _show(value: object) -> str:
@@ -652,7 +667,9 @@ class Registrar:
         upload: str | None = None,
     ) -> Rejection:
         """Log and record a rejection, and sign it when it is final; returns it for raising. Recording
-        failure is logged, never hidden."""
+        failure is logged, never hidden. The detail is bounded (:func:`bounded_detail`), also when it was
+        changed after the rejection was made."""
+        rejection.detail = bounded_detail(rejection.detail)
         log.warning("rejected station=%s item=%s upload=%s remote=%s: %s: %s", station, item, upload, remote,
                     rejection.code, rejection.detail,
                     extra=event_fields(event="rejected", station=station, item=item,

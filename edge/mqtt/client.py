@@ -20,12 +20,30 @@ messages are acknowledged only after their handler returned, on the connection t
 that fails, or a connection lost meanwhile, leaves the message to the broker, which sends it again on the
 next connection of the session. Delivery is at least once, so handlers must be idempotent.
 
+Poison. A message whose handler keeps failing must not hold one of the broker's in-flight slots of the
+connection for ever (Mosquitto sends a client at most max_inflight_messages unacknowledged QoS 1 messages:
+that many held and nothing more comes). Failed deliveries are counted per message (its topic and the
+SHA-256 of its payload, the last `_FAILURE_MEMORY` messages remembered); once `_RECONNECT_AT_HELD_FAILURES`
+failed messages are held on one connection the client reconnects, so that the broker sends them again; a
+message whose handler failed `POISON_AFTER_FAILURES` times is acknowledged and logged as poison (one
+line: topic, size and digest, never the payload). A message whose handler failed fewer times is never
+acknowledged.
+
+Concurrency. A subscription's messages are handled one at a time by default, each before the next is
+looked at. A subscription made with `concurrency` N > 1 and a `key` (the central: the station of the
+topic) has up to N messages handled at once, those of one key one at a time in the order they came, so
+that one station's slow message (a registration re-hashing a large file) does not hold up every other
+station's. The broker's in-flight window (Mosquitto's max_inflight_messages) bounds how many wait.
+Acknowledgements still go out in the order the messages came (MQTT 5 §4.6), each once its own handler
+and every earlier message's are done.
+
 Connections. `run()` (a supervised task) connects, and when the connection ends or cannot be made,
 waits an exponential back-off with jitter and tries again, until `close()`. A broker that refuses the
 connection (a CONNACK with a failure reason, such as 0x86 bad user name or password or 0x87 not
 authorised; or a TLS alert rejecting the client certificate) is reported as `ConnectionState.REFUSED`
 with its reason, never as connected. Subscriptions are remembered and sent again after every connection
-whose session the broker did not keep.
+whose session the broker did not keep, and shared subscriptions (``$share/...``) after every connection:
+Mosquitto 2.0 loses them over a graceful restart while it reports the session present.
 
 Secrets. The password is a callable (a `SecretRef.resolve`) called at each connection; it is not held
 by this object between connections, never logged and never in a repr.
@@ -35,12 +53,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -57,10 +77,12 @@ from edge.mqtt.filetransfer import publish_packet_bytes
 from edge.runtime.supervise import Liveness, SupervisorError, current_liveness
 
 __all__ = [
+    "POISON_AFTER_FAILURES",
     "ConnectionState",
     "ConnectionStatus",
     "InboundMessage",
     "MessageHandler",
+    "MessageKey",
     "MqttClient",
     "MqttClosed",
     "MqttError",
@@ -83,6 +105,14 @@ FAILURE_REASON_CODE = 0x80
 _LOOP_TIMEOUT_S = 1.0
 # After close() asked for a DISCONNECT, how long the network thread may take to send it and end.
 _STOP_GRACE_S = 5.0
+# A message whose handler failed this many times (counted across the deliveries of the session) is
+# acknowledged and logged as poison: it would otherwise hold a broker in-flight slot for ever.
+POISON_AFTER_FAILURES = 5
+# This many failed messages held unacknowledged on one connection and the client reconnects so that the
+# broker sends them again (Mosquitto's max_inflight_messages, 20 in config/mosquitto, stalls the connection).
+_RECONNECT_AT_HELD_FAILURES = 10
+# How many failing messages' counts are remembered (oldest forgotten first).
+_FAILURE_MEMORY = 4096
 # Text of a TLS alert the broker sent: it rejected the certificate we presented (or presented none).
 _TLS_ALERT = re.compile(r"\b(?:SSLV3|TLSV1|TLSV13)_ALERT_([A-Z_]+)\b")
 
@@ -233,11 +263,18 @@ class SubscribeRefused(MqttError):
         self.reason = reason
 
 
+MessageKey = Callable[[InboundMessage], str]
+"""What orders a subscription's messages: those with the same key are handled one at a time, in order."""
+
+
 @dataclass
 class _Subscription:
     qos: int
     handler: MessageHandler
     confirmed: asyncio.Future[None]
+    concurrency: int = 1
+    key: MessageKey | None = None
+    slots: asyncio.Semaphore | None = None
 
 
 @dataclass
@@ -300,6 +337,13 @@ class MqttClient:
         self._confirmed: set[str] = set()
         self._suback_for: dict[int, str] = {}
         self._inbound: asyncio.Queue[tuple[int, paho.MQTTMessage]] = asyncio.Queue()
+        # Failed deliveries per message (topic and payload digest); failed messages held on this connection.
+        self._failures: OrderedDict[bytes, int] = OrderedDict()
+        self._held_failures = 0
+        # Keys of concurrent subscriptions with messages in hand: their lock and how many messages use it.
+        self._key_locks: dict[tuple[int, str], tuple[asyncio.Lock, int]] = {}
+        # Outcomes queued for the in-order acknowledger and not yet acknowledged (or given up).
+        self._acks_waiting = 0
         self._generation = 0
         self._closing = False
         # The Maximum Packet Size of the broker's last CONNACK (None: it announced none).
@@ -350,8 +394,8 @@ class MqttClient:
         message_expiry_s: int | None = None,
     ) -> PublishAck:
         """Publish and return once the broker acknowledged (QoS 1: PUBACK; QoS 0: written).
-        ``message_expiry_s`` (MQTT 5 Message Expiry Interval): the broker drops the message when it could
-        not deliver it to a subscriber within that many seconds. Raises
+        ``message_expiry_s`` (MQTT 5 Message Expiry Interval): the broker drops the message, instead of
+        delivering it, once it has waited that long for a subscriber (an offline central). Raises
         `PublishRefused` for a failure reason code (MQTT 5), `PublishTimeout`, or `MqttClosed`. Published
         while disconnected, the message waits for the next connection (within the time limit)."""
         if self._closing:
@@ -385,15 +429,28 @@ class MqttClient:
         return PublishAck(code, reason)
 
     async def subscribe(
-        self, topic_filter: str, handler: MessageHandler, *, qos: Literal[0, 1] = 1, timeout_s: float = 30.0
+        self,
+        topic_filter: str,
+        handler: MessageHandler,
+        *,
+        qos: Literal[0, 1] = 1,
+        timeout_s: float = 30.0,
+        concurrency: int = 1,
+        key: MessageKey | None = None,
     ) -> None:
         """Subscribe, and return once the broker confirmed it (SUBACK), on this connection or the next one;
         `SubscribeRefused` for a failure reason code. The subscription is made again after every
-        reconnection whose session the broker did not keep."""
+        reconnection whose session the broker did not keep.
+
+        ``concurrency`` > 1: up to that many of its messages are handled at once, those with the same
+        ``key`` one at a time in the order they came (see "Concurrency" in the module docstring)."""
         if self._closing:
             raise MqttClosed(f"{self!r} is closed")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         loop = asyncio.get_running_loop()
-        subscription = _Subscription(qos, handler, loop.create_future())
+        subscription = _Subscription(qos, handler, loop.create_future(), concurrency, key,
+                                     asyncio.Semaphore(concurrency) if concurrency > 1 else None)
         self._subscriptions[topic_filter] = subscription
         self._confirmed.discard(topic_filter)
         self._count_unconfirmed()
@@ -674,12 +731,18 @@ class MqttClient:
             )
             return
         self._generation += 1
+        self._held_failures = 0
         log.info(
             "MQTT %s connected to %s:%s (MQTT %s, session %s)",
             s.log_id, s.host, s.port, s.protocol.value, "resumed" if session_present else "new",
         )
         if not session_present:
             self._confirmed.clear()
+        else:
+            # Mosquitto 2.0 (2.0.11 seen) keeps a session over a graceful restart but not its shared
+            # subscriptions, and says "session present": the central would be deaf until its session
+            # expired. A shared subscription is made again after every connection (idempotent).
+            self._confirmed = {f for f in self._confirmed if not f.startswith("$share/")}
         self._set_status(
             replace(
                 self._status,
@@ -738,36 +801,135 @@ class MqttClient:
         self._inbound.put_nowait((self._generation, message))
 
     async def _dispatch(self) -> None:
-        while True:
-            generation, message = await self._inbound.get()
-            try:
-                inbound = _inbound_message(message)
-            except UnicodeDecodeError:  # MQTT requires UTF-8 topics; a broker that forwards others is wrong
-                log.warning("MQTT message with a topic that is not UTF-8: acknowledged and dropped")
-                inbound = None
-            handler = None if inbound is None else next(
-                (sub.handler for f, sub in self._subscriptions.items() if _matches(f, inbound.topic)), None
-            )
-            if inbound is None:
-                pass
-            elif handler is None:
-                log.warning("MQTT message on %s matches no subscription; acknowledged and dropped",
-                            inbound.topic)
+        # Acknowledgements go out in the order the messages came (MQTT 5 §4.6), whatever order their
+        # handlers end in: each message's outcome (acknowledge or not) is queued here in arrival order.
+        outcomes: asyncio.Queue[tuple[int, paho.MQTTMessage, asyncio.Future[bool]]] = asyncio.Queue()
+        self._acks_waiting = 0
+        acker = asyncio.create_task(self._acknowledge_in_order(outcomes),
+                                    name=f"mqtt-ack-{self._settings.client_id}")
+        running: set[asyncio.Task[bool]] = set()
+        try:
+            while True:
+                generation, message = await self._inbound.get()
+                outcome = await self._dispatch_one(generation, message, running)
+                if outcome.done() and not self._acks_waiting:
+                    # Handled here and nothing earlier waits: acknowledged at once, as the handler returns.
+                    self._acknowledge(generation, message, outcome.result())
+                else:
+                    self._acks_waiting += 1
+                    outcomes.put_nowait((generation, message, outcome))
+        finally:
+            acker.cancel()
+            for task in running:
+                task.cancel()
+            await asyncio.gather(acker, *running, return_exceptions=True)
+
+    async def _dispatch_one(
+        self, generation: int, message: paho.MQTTMessage, running: set[asyncio.Task[bool]]
+    ) -> asyncio.Future[bool]:
+        """Whether ``message`` is to be acknowledged, as a future: done at once for a message handled here
+        (or to be dropped), a task for one of a concurrent subscription."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        try:
+            inbound = _inbound_message(message)
+        except UnicodeDecodeError:  # MQTT requires UTF-8 topics; a broker that forwards others is wrong
+            log.warning("MQTT message with a topic that is not UTF-8: acknowledged and dropped")
+            done.set_result(True)
+            return done
+        subscription = next(
+            (sub for f, sub in self._subscriptions.items() if _matches(f, inbound.topic)), None
+        )
+        if subscription is None:
+            log.warning("MQTT message on %s matches no subscription; acknowledged and dropped", inbound.topic)
+            done.set_result(True)
+            return done
+        if subscription.slots is None:
+            done.set_result(await self._handle(generation, inbound, subscription.handler))
+            return done
+        task = asyncio.create_task(self._handle_concurrently(generation, inbound, subscription))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        return task
+
+    async def _handle_concurrently(
+        self, generation: int, inbound: InboundMessage, subscription: _Subscription
+    ) -> bool:
+        assert subscription.slots is not None
+        key = (id(subscription), subscription.key(inbound) if subscription.key is not None else "")
+        # Tasks reach this lock in the order their messages came (nothing is awaited before it), and an
+        # asyncio.Lock serves its waiters first come, first served: one key's messages keep their order.
+        lock, users = self._key_locks.get(key, (asyncio.Lock(), 0))
+        self._key_locks[key] = (lock, users + 1)
+        try:
+            async with lock, subscription.slots:
+                return await self._handle(generation, inbound, subscription.handler)
+        finally:
+            lock, users = self._key_locks[key]
+            if users <= 1:
+                del self._key_locks[key]
             else:
-                try:
-                    await handler(inbound)
-                except Exception:
-                    log.exception(
-                        "MQTT handler for %s failed; the message is not acknowledged (the broker sends it "
-                        "again on the next connection of the session)", inbound.topic,
-                    )
-                    continue
-            # Acknowledged on the connection it came on only: after a reconnection its packet id means
-            # nothing, and the broker sends the message again.
-            if message.qos > 0 and generation == self._generation and (
-                self._status.state is ConnectionState.CONNECTED
-            ):
-                self._paho.ack(message.mid, message.qos)
+                self._key_locks[key] = (lock, users - 1)
+
+    async def _handle(self, generation: int, inbound: InboundMessage, handler: MessageHandler) -> bool:
+        """Runs the handler: True when the message is to be acknowledged (handled, or poison)."""
+        try:
+            await handler(inbound)
+        except Exception:
+            return self._failed(generation, inbound)
+        if self._failures:
+            self._failures.pop(_message_key(inbound), None)
+        return True
+
+    async def _acknowledge_in_order(
+        self, outcomes: asyncio.Queue[tuple[int, paho.MQTTMessage, asyncio.Future[bool]]]
+    ) -> None:
+        while True:
+            generation, message, outcome = await outcomes.get()
+            try:
+                acknowledge = await outcome
+            except asyncio.CancelledError:
+                if not outcome.cancelled():
+                    raise
+                acknowledge = False
+            self._acks_waiting -= 1
+            self._acknowledge(generation, message, acknowledge)
+
+    def _acknowledge(self, generation: int, message: paho.MQTTMessage, acknowledge: bool) -> None:
+        # Acknowledged on the connection it came on only: after a reconnection its packet id means nothing,
+        # and the broker sends the message again.
+        if acknowledge and message.qos > 0 and generation == self._generation and (
+            self._status.state is ConnectionState.CONNECTED
+        ):
+            self._paho.ack(message.mid, message.qos)
+
+    def _failed(self, generation: int, inbound: InboundMessage) -> bool:
+        """Counts a failed delivery of ``inbound``: True when it is poison (acknowledge it), else False
+        (leave it to the broker; reconnect when too many failed messages are held)."""
+        key = _message_key(inbound)
+        # Kept after the message is declared poison: if that acknowledgement is lost (a reconnection), the
+        # message comes again and is acknowledged at its next failure.
+        failures = self._failures.pop(key, 0) + 1
+        self._failures[key] = failures
+        while len(self._failures) > _FAILURE_MEMORY:
+            self._failures.popitem(last=False)
+        if failures >= POISON_AFTER_FAILURES:
+            log.error(
+                "MQTT message on %.200s (%d bytes, SHA-256 %s) failed its handler %d times: acknowledged as "
+                "poison and dropped", inbound.topic, len(inbound.payload), key.hex(), failures,
+            )
+            return True
+        log.exception(
+            "MQTT handler for %.200s failed (%d of %d); the message is not acknowledged (the broker sends it "
+            "again on the next connection of the session)", inbound.topic, failures, POISON_AFTER_FAILURES,
+        )
+        if generation == self._generation:
+            self._held_failures += 1
+            if self._held_failures >= _RECONNECT_AT_HELD_FAILURES and self._paho.is_connected():
+                log.warning("MQTT %s holds %d messages whose handler failed: reconnecting so that the broker "
+                            "sends them again", self._settings.client_id, self._held_failures)
+                self._held_failures = 0
+                self._paho.disconnect()
+        return False
 
     def _publish_properties(
         self,
@@ -791,6 +953,11 @@ class MqttClient:
         if message_expiry_s is not None:
             properties.MessageExpiryInterval = max(1, min(int(message_expiry_s), 0xFFFFFFFF))
         return properties
+
+
+def _message_key(inbound: InboundMessage) -> bytes:
+    """What identifies one message across its deliveries: the digest of its topic and payload."""
+    return hashlib.sha256(inbound.topic.encode("utf-8") + b"\0" + inbound.payload).digest()
 
 
 def _properties_bytes(properties: Properties | None) -> int:

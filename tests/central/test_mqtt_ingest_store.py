@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge.central.mqtt_ingest_store import MqttIngestStore, Outcome, TransferState
+from edge.central.record_rate import RecordRate
 from edge.central.registration import Registrar
 from edge.custody.receipt import verify_receipt
 from edge.mqtt.filetransfer import (
@@ -545,3 +546,68 @@ async def test_a_file_sent_over_mqtt_is_registered_with_the_same_signed_receipt(
                           expected_station=station.station_id) == []
     assert parts.objects.path_of(acquired.sha256).read_bytes() == content
     assert store.get(upload_id) is None  # consumed, as a tus upload is
+
+
+def test_conflicting_duplicates_are_recorded_at_a_bounded_rate_with_the_count_of_the_others(
+    tmp_path: Path,
+) -> None:
+    """Review 8, finding 5: a station resending conflicting segments grew incidents.jsonl by a line (and an
+    fsync) per message. Every one is still refused; a burst is recorded, then a few a minute, and the next
+    record carries how many were not."""
+    now = [1000.0]
+    store = _store(tmp_path / "ft")
+    store.incident_rate = RecordRate(30, monotonic=lambda: now[0])
+    _ok(_init(store, DATA))
+    _ok(_segment(store, DATA, 0, 1000))
+    forged = bytearray(DATA)
+    forged[10] ^= 0xFF
+    for _ in range(200):
+        assert _segment(store, bytes(forged), 0, 1000).reason_code is ReasonCode.CANCEL
+    incidents = store.incidents()
+    assert len(incidents) == 30  # the burst; the other 170 refused, counted, not written
+    assert all("unrecorded_incidents_before" not in i for i in incidents)
+    now[0] += 2.0  # one more record a 2 seconds at 30 a minute
+    assert _segment(store, bytes(forged), 0, 1000).reason_code is ReasonCode.CANCEL
+    last = store.incidents()[-1]
+    assert len(store.incidents()) == 31 and last["unrecorded_incidents_before"] == 170
+    # Another station's incidents have their own budget.
+    _ok(_init(store, DATA, station="st-0002"))
+    _ok(_segment(store, DATA, 0, 1000, station="st-0002"))
+    assert _segment(store, bytes(forged), 0, 1000, station="st-0002").reason_code is ReasonCode.CANCEL
+    assert store.incidents()[-1]["station"] == "st-0002"
+
+
+def test_a_resend_of_a_recorded_segment_is_answered_from_its_journal_digest_without_reading_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 8, finding 7: every duplicate cost a read and compare of up to 2 MiB. The journal records
+    each segment's SHA-256: a resend with that digest at the same offset and length is the same bytes."""
+    store = _store(tmp_path / "ft")
+    _ok(_init(store, DATA))
+    _ok(_segment(store, DATA, 0, 1000))
+    _ok(_segment(store, DATA, 1000, 1000))
+    compared: list[int] = []
+    real = MqttIngestStore._first_difference
+
+    def counting(
+        self: MqttIngestStore, upload_id: str, coverage: object, start: int, payload: bytes
+    ) -> object:
+        compared.append(start)
+        return real(self, upload_id, coverage, start, payload)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MqttIngestStore, "_first_difference", counting)
+    outcome = _segment(store, DATA, 1000, 1000)
+    assert outcome.ok and outcome.description == "success (already stored)" and compared == []
+    # After a restart the digests come from the journal: still no read-back.
+    again = _store(tmp_path / "ft")
+    assert _segment(again, DATA, 0, 1000).ok and compared == []
+    # Controls: a resend cut at other boundaries is compared with the stored bytes (accepted), and other
+    # bytes at the same offset and length (another digest) are compared and refused.
+    assert _segment(again, DATA, 500, 1000).ok and compared == [500]
+    forged = bytearray(DATA)
+    forged[1200] ^= 0xFF
+    refused = _segment(again, bytes(forged), 1000, 1000)
+    assert refused.reason_code is ReasonCode.CANCEL and compared == [500, 1000]
+    for offset in range(2000, len(DATA), 1000):
+        _ok(_segment(again, DATA, offset, 1000))
+    _ok(_fin(again, DATA))  # the stored bytes are the file's
