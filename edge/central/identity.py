@@ -33,7 +33,6 @@ from edge.pki import tls
 from edge.pki.bundle import Enrollment, prepare_bundle_dir, write_bundle
 from edge.pki.certs import (
     PRIVATE_MODE,
-    PUBLIC_MODE,
     alt_name_set,
     alt_names,
     cert_pem,
@@ -436,7 +435,8 @@ def _keep_issued(layout: CentralLayout, cert: x509.Certificate) -> None:
     list (edge.central.revocation) names a replaced or revoked certificate by its serial number."""
     try:
         ensure_private_dir(layout.issued_dir)
-        install_file(layout.issued_dir / f"{certificate_sha256(cert)}.crt", cert_pem(cert), PUBLIC_MODE,
+        # Private like everything in the store (tests/station/test_durability.py): only the CRL leaves it.
+        install_file(layout.issued_dir / f"{certificate_sha256(cert)}.crt", cert_pem(cert), PRIVATE_MODE,
                      replace=False)
     except OSError as exc:
         raise IdentityError(f"cannot keep the issued certificate in {layout.issued_dir}: "
