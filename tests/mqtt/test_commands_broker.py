@@ -24,7 +24,7 @@ from edge.custody.keys import StationKey, load_public_key
 from edge.custody.ledger import LedgerEntry
 from edge.ingest.store import StationStore
 from edge.ingest.tagging import current_case, tag_item
-from edge.mqtt.client import ConnectionState, InboundMessage, MqttClient, ProtocolVersion
+from edge.mqtt.client import ConnectionState, InboundMessage, MessageHandler, MqttClient, ProtocolVersion
 from edge.mqtt.command_handler import REFUSALS_RECORDED_PER_MINUTE, CommandHandler, CommandSettings
 from edge.mqtt.commands import (
     MAX_COMMAND_BYTES,
@@ -143,12 +143,12 @@ async def station_handler(
     broker: MosquittoBroker, pki: TestPki, store: StationStore, central_pub: Ed25519PublicKey,
     clock: list[datetime],
     *, protocol: ProtocolVersion = ProtocolVersion.V5, monotonic: Callable[[], float] | None = None,
-    handled: Inbox | None = None,
+    handled: MessageHandler | None = None,
 ) -> AsyncIterator[tuple[MqttClient, CommandHandler]]:
-    """A station's command handler on its own connection. ``handled`` gets each request once the handler
-    has returned for it: the client acknowledges a request (queues its PUBACK) in the same step as its
-    handler returns, so a request seen there is acknowledged ahead of any later DISCONNECT, and the broker
-    will not deliver it again to the next connection of the station's session."""
+    """A station's command handler on its own connection. ``handled`` is awaited with each request once the
+    handler has returned for it, before the client acknowledges it: the client queues the PUBACK in the
+    same step as ``handled`` returns, so a request seen in an `Inbox` there is acknowledged ahead of any
+    later DISCONNECT, and one whose ``handled`` never returns is not acknowledged at all."""
     settings = broker.client_settings(pki.client(STATION), protocol=protocol)
     async with running(settings) as (client, _):
         handler = CommandHandler(
@@ -417,6 +417,61 @@ async def test_a_replay_is_refused_after_a_restart_of_the_handler(
                                     (fresh.request_id, "executed")]
         finally:
             store.close()
+
+
+async def test_a_request_the_broker_delivers_again_after_a_lost_acknowledgement_is_answered_not_run_twice(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """QoS 1 is at least once: a station that stops after running a command but before its PUBACK went out
+    gets the request again on its next connection. It answers `replayed` there, saying the first delivery
+    was executed, and tags nothing a second time; both deliveries are ledger events."""
+    store = StationStore(tmp_path / "store", STATION)
+    central_key = StationKey.generate()
+    clock = [datetime.now(UTC)]
+    topic = command_request_topic(TOPIC_PREFIX, STATION, CommandOp.TAG)
+    reply_topic = f"{TOPIC_PREFIX}/stations/{STATION}/command-reply/central-1"
+    try:
+        item = await sealed_item(tmp_path, store)
+        changes = {"case_number": "C-9"}
+        command = Command(new_request_id(), CommandOp.TAG, STATION, utc_rfc3339(clock[0]),
+                          {"item": item, "changes": changes, "by": "clerk"})
+        payload = sign_command(command, central_key.sign)
+        async with running(broker.client_settings(pki.client(CENTRAL_ID))) as (central, _):
+            await central.wait_connected(WAIT_S)
+            replies = Inbox()
+            await central.subscribe(f"{TOPIC_PREFIX}/stations/{STATION}/command-reply/#", replies)
+            ran = asyncio.Event()
+
+            async def stop_before_acknowledging(message: InboundMessage) -> None:
+                ran.set()
+                await asyncio.Event().wait()  # cancelled when the station stops: never acknowledged
+
+            async with station_handler(broker, pki, store, central_key.public_key(), clock,
+                                       handled=stop_before_acknowledging):
+                await central.publish(topic, payload, response_topic=reply_topic, correlation_data=b"first")
+                message = await replies.next()
+                assert message.correlation_data == b"first" and parse_reply(message.payload).ok
+                async with asyncio.timeout(WAIT_S):
+                    await ran.wait()
+            clock[0] += timedelta(seconds=60)
+            handled = Inbox()
+            async with station_handler(broker, pki, store, central_key.public_key(), clock, handled=handled):
+                again = await handled.next()
+                assert (again.payload, again.correlation_data, again.duplicate) == (payload, b"first", True)
+                message = await replies.next()
+                assert message.correlation_data == b"first"  # the redelivery's reply, to its response topic
+                reply = parse_reply(message.payload)
+                assert reply.request_id == command.request_id and not reply.ok and reply.error == "replayed"
+                assert "executed" in (reply.detail or "")
+        assert len([e for e in store.ledger.entries() if e.type == "tagged"]) == 1
+        assert current_case(store, item)["case_number"] == "C-9"
+        assert [(e.data["request_id"], e.data["outcome"], e.data.get("error"))
+                for e in store.ledger.entries() if e.type == "command"] == [
+            (command.request_id, "executed", None), (command.request_id, "refused", "replayed")
+        ]
+    finally:
+        store.close()
+    assert verify_store(tmp_path / "store").ok
 
 
 async def test_mqtt_311_replies_on_the_command_reply_topic(
