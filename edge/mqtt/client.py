@@ -806,7 +806,7 @@ class MqttClient:
         outcomes: asyncio.Queue[tuple[int, paho.MQTTMessage, asyncio.Future[bool]]] = asyncio.Queue()
         self._acks_waiting = 0
         acker = asyncio.create_task(self._acknowledge_in_order(outcomes),
-                                    name=f"mqtt-ack-{self._settings.client_id}")
+                                    name=f"mqtt-ack-{self._settings.log_id}")
         running: set[asyncio.Task[bool]] = set()
         try:
             while True:
@@ -926,7 +926,7 @@ class MqttClient:
             self._held_failures += 1
             if self._held_failures >= _RECONNECT_AT_HELD_FAILURES and self._paho.is_connected():
                 log.warning("MQTT %s holds %d messages whose handler failed: reconnecting so that the broker "
-                            "sends them again", self._settings.client_id, self._held_failures)
+                            "sends them again", self._settings.log_id, self._held_failures)
                 self._held_failures = 0
                 self._paho.disconnect()
         return False

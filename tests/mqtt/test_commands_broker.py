@@ -24,7 +24,7 @@ from edge.custody.keys import StationKey, load_public_key
 from edge.custody.ledger import LedgerEntry
 from edge.ingest.store import StationStore
 from edge.ingest.tagging import current_case, tag_item
-from edge.mqtt.client import ConnectionState, InboundMessage, MqttClient, ProtocolVersion
+from edge.mqtt.client import ConnectionState, InboundMessage, MessageHandler, MqttClient, ProtocolVersion
 from edge.mqtt.command_handler import REFUSALS_RECORDED_PER_MINUTE, CommandHandler, CommandSettings
 from edge.mqtt.commands import (
     MAX_COMMAND_BYTES,
@@ -143,7 +143,12 @@ async def station_handler(
     broker: MosquittoBroker, pki: TestPki, store: StationStore, central_pub: Ed25519PublicKey,
     clock: list[datetime],
     *, protocol: ProtocolVersion = ProtocolVersion.V5, monotonic: Callable[[], float] | None = None,
+    handled: MessageHandler | None = None,
 ) -> AsyncIterator[tuple[MqttClient, CommandHandler]]:
+    """A station's command handler on its own connection. ``handled`` is awaited with each request once the
+    handler has returned for it, before the client acknowledges it: the client queues the PUBACK in the
+    same step as ``handled`` returns, so a request seen in an `Inbox` there is acknowledged ahead of any
+    later DISCONNECT, and one whose ``handled`` never returns is not acknowledged at all."""
     settings = broker.client_settings(pki.client(STATION), protocol=protocol)
     async with running(settings) as (client, _):
         handler = CommandHandler(
@@ -152,6 +157,14 @@ async def station_handler(
             status=lambda: STATUS_DOC, now=lambda: clock[0],
             **({"monotonic": monotonic} if monotonic is not None else {}),
         )
+        if handled is not None:
+            handle = handler.handle
+
+            async def handle_and_tell(message: InboundMessage) -> None:
+                await handle(message)
+                await handled(message)
+
+            handler.handle = handle_and_tell  # type: ignore[method-assign]  # run() subscribes self.handle
         task = asyncio.create_task(handler.run())
         try:
             await subscribed(client)
@@ -344,6 +357,11 @@ async def test_each_refused_command_gets_an_error_reply_a_ledger_event_and_chang
 async def test_a_replay_is_refused_after_a_restart_of_the_handler(
     tmp_path: Path, broker: MosquittoBroker, pki: TestPki
 ) -> None:
+    """The station's session outlives its connection (QoS 1, clean start off): a request whose PUBACK had
+    not gone out when the station closed is delivered again on its next connection, and answered
+    `replayed` there. That redelivery is not this test's replay, so the test waits for the station to
+    acknowledge the first request before restarting it, and tells each reply apart by its request id and
+    the correlation data of the delivery it answers (it once took a redelivery's reply for the replay's)."""
     store = StationStore(tmp_path / "store", STATION)
     central_key = StationKey.generate()
     clock = [datetime.now(UTC)]
@@ -351,30 +369,109 @@ async def test_a_replay_is_refused_after_a_restart_of_the_handler(
     payload = sign_command(command, central_key.sign)
     central_settings = broker.client_settings(pki.client(CENTRAL_ID))
     topic = command_request_topic(TOPIC_PREFIX, STATION, CommandOp.LEDGER_HEAD)
+    reply_topic = f"{TOPIC_PREFIX}/stations/{STATION}/command-reply/central-1"
     async with running(central_settings) as (central, _):
         await central.wait_connected(WAIT_S)
         replies = Inbox()
         await central.subscribe(f"{TOPIC_PREFIX}/stations/{STATION}/command-reply/#", replies)
-        async with station_handler(broker, pki, store, central_key.public_key(), clock):
-            await central.publish(topic, payload)
-            assert parse_reply((await replies.next()).payload).ok
+
+        async def ask(request: bytes, correlation: bytes) -> Reply:
+            await central.publish(topic, request, response_topic=reply_topic, correlation_data=correlation)
+            message = await replies.next()
+            # The next reply answers this delivery, not an earlier request delivered again.
+            assert message.correlation_data == correlation, (message.correlation_data, message.payload)
+            return parse_reply(message.payload)
+
+        first_handled = Inbox()
+        async with station_handler(broker, pki, store, central_key.public_key(), clock,
+                                   handled=first_handled):
+            first = await ask(payload, b"first")
+            assert first.ok and first.request_id == command.request_id
+            # The reply can reach the central before the station acknowledged the request: wait for that.
+            assert (await first_handled.next()).correlation_data == b"first"
         store.close()
         # The station restarts (a new store object, a new handler, a new connection), a minute later.
         store = StationStore(tmp_path / "store", STATION)
         clock[0] += timedelta(seconds=60)
+        handled = Inbox()
         try:
-            async with station_handler(broker, pki, store, central_key.public_key(), clock):
+            async with station_handler(broker, pki, store, central_key.public_key(), clock, handled=handled):
                 head = store.ledger.head()[0]
-                await central.publish(topic, payload)
-                replay = parse_reply((await replies.next()).payload)
-                assert not replay.ok and replay.error == "replayed"
+                replay = await ask(payload, b"replay")
+                assert replay.request_id == command.request_id
+                assert not replay.ok and replay.error == "replayed" and "executed" in (replay.detail or "")
                 assert [e.data["error"] for e in store.ledger.entries(head + 1)] == ["replayed"]
                 # Control: a new request is executed after the restart.
                 fresh = replace(command, request_id=new_request_id(), issued_at=utc_rfc3339(clock[0]))
-                await central.publish(topic, sign_command(fresh, central_key.sign))
-                assert parse_reply((await replies.next()).payload).ok
+                control = await ask(sign_command(fresh, central_key.sign), b"fresh")
+                assert control.ok and control.request_id == fresh.request_id
+                # The restarted station was handed exactly the two requests sent to it, neither a redelivery.
+                seen = [await handled.next(), await handled.next()]
+                assert [(m.correlation_data, m.duplicate) for m in seen] == [
+                    (b"replay", False), (b"fresh", False)
+                ]
+                assert handled.queue.empty()
+                outcomes = [(e.data["request_id"], e.data["outcome"]) for e in store.ledger.entries()
+                            if e.type == "command"]
+                assert outcomes == [(command.request_id, "executed"), (command.request_id, "refused"),
+                                    (fresh.request_id, "executed")]
         finally:
             store.close()
+
+
+async def test_a_request_the_broker_delivers_again_after_a_lost_acknowledgement_is_answered_not_run_twice(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """QoS 1 is at least once: a station that stops after running a command but before its PUBACK went out
+    gets the request again on its next connection. It answers `replayed` there, saying the first delivery
+    was executed, and tags nothing a second time; both deliveries are ledger events."""
+    store = StationStore(tmp_path / "store", STATION)
+    central_key = StationKey.generate()
+    clock = [datetime.now(UTC)]
+    topic = command_request_topic(TOPIC_PREFIX, STATION, CommandOp.TAG)
+    reply_topic = f"{TOPIC_PREFIX}/stations/{STATION}/command-reply/central-1"
+    try:
+        item = await sealed_item(tmp_path, store)
+        changes = {"case_number": "C-9"}
+        command = Command(new_request_id(), CommandOp.TAG, STATION, utc_rfc3339(clock[0]),
+                          {"item": item, "changes": changes, "by": "clerk"})
+        payload = sign_command(command, central_key.sign)
+        async with running(broker.client_settings(pki.client(CENTRAL_ID))) as (central, _):
+            await central.wait_connected(WAIT_S)
+            replies = Inbox()
+            await central.subscribe(f"{TOPIC_PREFIX}/stations/{STATION}/command-reply/#", replies)
+            ran = asyncio.Event()
+
+            async def stop_before_acknowledging(message: InboundMessage) -> None:
+                ran.set()
+                await asyncio.Event().wait()  # cancelled when the station stops: never acknowledged
+
+            async with station_handler(broker, pki, store, central_key.public_key(), clock,
+                                       handled=stop_before_acknowledging):
+                await central.publish(topic, payload, response_topic=reply_topic, correlation_data=b"first")
+                message = await replies.next()
+                assert message.correlation_data == b"first" and parse_reply(message.payload).ok
+                async with asyncio.timeout(WAIT_S):
+                    await ran.wait()
+            clock[0] += timedelta(seconds=60)
+            handled = Inbox()
+            async with station_handler(broker, pki, store, central_key.public_key(), clock, handled=handled):
+                again = await handled.next()
+                assert (again.payload, again.correlation_data, again.duplicate) == (payload, b"first", True)
+                message = await replies.next()
+                assert message.correlation_data == b"first"  # the redelivery's reply, to its response topic
+                reply = parse_reply(message.payload)
+                assert reply.request_id == command.request_id and not reply.ok and reply.error == "replayed"
+                assert "executed" in (reply.detail or "")
+        assert len([e for e in store.ledger.entries() if e.type == "tagged"]) == 1
+        assert current_case(store, item)["case_number"] == "C-9"
+        assert [(e.data["request_id"], e.data["outcome"], e.data.get("error"))
+                for e in store.ledger.entries() if e.type == "command"] == [
+            (command.request_id, "executed", None), (command.request_id, "refused", "replayed")
+        ]
+    finally:
+        store.close()
+    assert verify_store(tmp_path / "store").ok
 
 
 async def test_mqtt_311_replies_on_the_command_reply_topic(
