@@ -140,8 +140,8 @@ class Agency:
         await self._wait_ready()
 
     async def _wait_ready(self) -> None:
-        """Until the central's HTTPS port accepts connections and its receiver is on the broker (the broker
-        logs the central's client id connecting): neither transport's run then waits for a start-up."""
+        """Until the central's HTTPS port accepts connections and its receivers are subscribed on the broker:
+        neither transport's run then waits for a start-up."""
         assert self.broker is not None and self.central is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT_S
@@ -158,8 +158,10 @@ class Agency:
                     https_up = True
                 except OSError:
                     pass
-            broker_log = self.broker.log_text()
-            mqtt_up = all(f" as {name} " in broker_log for name in [CENTRAL_ID, *self.worker_ids])
+            # Each receiver process (the central, every worker) logs once it is subscribed; the broker's
+            # log cannot say (client ids are secret, and it does not log connections).
+            central_log = (self.root / "central.log").read_text(errors="replace")
+            mqtt_up = central_log.count("subscribed (group") >= 1 + len(self.worker_ids)
             await asyncio.sleep(0.05)  # polls processes becoming ready; proves nothing
 
     def cpu(self) -> dict[str, float]:
