@@ -199,19 +199,31 @@ async def test_an_abandon_that_hangs_on_the_dead_transport_does_not_hold_the_upl
     assert preferred.abandoned == ["mqtt:item-1.0a1b2c3d"] and not link.abandoning
 
 
-@pytest.mark.parametrize(("status", "retry_after_s", "from_central", "answered"), [
-    (503, 10.0, False, True),   # the central's busy: it always names a Retry-After
-    (429, None, False, True),
-    (503, None, True, True),    # an MQTT reply: only the central's API publishes one
-    (502, None, False, False),  # control: a gateway with nobody behind it
-    (504, None, False, False),
-    (503, None, False, False),  # a proxy's 503 without Retry-After: nobody behind it
+BUSY_DOC = b'{"detail":"registration queue full","error":"server_busy"}'
+HTML_PAGE = b"<html><body>503 Service Temporarily Unavailable</body></html>"
+
+
+@pytest.mark.parametrize(("status", "retry_after_s", "raw", "from_central", "answered"), [
+    (503, 10.0, BUSY_DOC, False, True),    # the central's busy: its error document and a Retry-After
+    (429, None, BUSY_DOC, False, True),
+    (503, None, b"", True, True),          # an MQTT reply: only the central's API publishes one
+    (503, 10.0, HTML_PAGE, False, False),  # a proxy's maintenance page with Retry-After (review 9)
+    (503, 10.0, b"", False, False),        # the same without a body
+    (429, None, HTML_PAGE, False, False),  # nginx limit_req_status 429
+    (429, None, b'{"message":"API rate limit exceeded"}', False, False),  # a gateway's own JSON
+    (503, 10.0, b'{"error":"Service Unavailable","detail":"x"}', False, False),  # not a central code
+    (503, 10.0, b'{"error":"server_busy","detail":"x","upstream":"down"}', False, False),
+    (502, None, BUSY_DOC, False, False),   # a gateway's 502: no Retry-After, nobody behind it
+    (504, None, b"", False, False),
+    (503, None, b"", False, False),        # a proxy's 503 without Retry-After: nobody behind it
 ])
 def test_which_transient_answers_are_the_central_speaking(
-    status: int, retry_after_s: float | None, from_central: bool, answered: bool
+    status: int, retry_after_s: float | None, raw: bytes, from_central: bool, answered: bool
 ) -> None:
+    from edge.uplink.central_calls import json_object
+
     with pytest.raises(CentralUnavailable) as raised:
-        check_answer(status, {}, b"", what="GET /v1/log/head", retry_after_s=retry_after_s,
+        check_answer(status, json_object(raw), raw, what="GET /v1/log/head", retry_after_s=retry_after_s,
                      from_central=from_central)
     assert raised.value.answered is answered
 
@@ -226,21 +238,27 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("status", "retry_after", "answered"), [
-    (503, "10", True),    # the central's busy (it always names Retry-After)
-    (502, None, False),   # control: nginx with nobody behind it
+@pytest.mark.parametrize(("status", "retry_after", "body", "answered"), [
+    (503, "10", BUSY_DOC, True),     # the central's busy: its error document and Retry-After
+    (429, None, BUSY_DOC, True),
+    (503, "10", HTML_PAGE, False),   # a proxy's maintenance page with Retry-After (review 9)
+    (429, None, HTML_PAGE, False),   # nginx limit_req
+    (503, "10", b"", False),         # no body at all
+    (502, None, HTML_PAGE, False),   # control: nginx with nobody behind it
 ])
-async def test_over_https_a_busy_answer_is_an_answer_and_a_gateway_error_is_not(
-    tmp_path: Path, media: Path, status: int, retry_after: str | None, answered: bool
+async def test_over_https_a_busy_answer_is_an_answer_and_a_proxy_page_is_not(
+    tmp_path: Path, media: Path, status: int, retry_after: str | None, body: bytes, answered: bool
 ) -> None:
     """The real tus transport and central API through a real proxy: an upload's creation and a
-    registration answered 503 + Retry-After end as RetryLater.answered; a 502 page does not."""
+    registration answered busy with the central's own error document end as RetryLater.answered; the
+    same status and header on a proxy's page (or with no body) do not."""
     from tests.uplink.proxy import Fault
     from tests.uplink.test_refusals import ITEMS, STATION, UPLOADS, make_rig
 
     def page(_request: Any, _body: bytes) -> tuple[int, dict[str, str], bytes]:
-        headers = {"Content-Type": "text/html"} | ({"Retry-After": retry_after} if retry_after else {})
-        return status, headers, b"<html><body>busy</body></html>"
+        kind = "application/json" if body.startswith(b"{") else "text/html"
+        headers = {"Content-Type": kind} | ({"Retry-After": retry_after} if retry_after else {})
+        return status, headers, body
 
     from edge.uplink.tus_transport import TusTransport
 
@@ -280,3 +298,4 @@ async def test_closing_does_not_wait_for_an_abandon_on_a_dead_transport(
     async with asyncio.timeout(10):
         await link.close()
     assert cancelled.is_set() and not link.abandoning
+
