@@ -299,3 +299,50 @@ async def test_closing_does_not_wait_for_an_abandon_on_a_dead_transport(
         await link.close()
     assert cancelled.is_set() and not link.abandoning
 
+
+def busy_capped(preferred: ScriptedLink, other: ScriptedLink, clock: Clock) -> FailoverLink:
+    return FailoverLink(["mqtt", "tus"], [preferred, other],
+                        FailoverPolicy(after_failures=3, after_s=10.0, failback_s=600.0, busy_s=60.0), clock)
+
+
+@pytest.mark.parametrize("which", ["upload", "register", "tree-head"])
+async def test_nothing_but_busy_beyond_the_cap_counts_as_silence_and_fails_over(
+    tmp_path: Path, which: str
+) -> None:
+    """Review 9: a central (or something answering in its name) that says "busy" for hours must not keep
+    the station from its other transport: after ``busy_s`` of nothing but busy answers, each further one
+    counts as unanswered."""
+    clock = Clock()
+    preferred, other = ScriptedLink(BUSY[0]), ScriptedLink(None)
+    link = busy_capped(preferred, other, clock)
+    for _ in range(7):  # busy at 0, 10, ... 60 s: the one at 60 s is the first beyond the cap
+        await call(link, which, tmp_path)
+        clock.now += 10
+    assert link.names[link.in_use] == "mqtt"
+    for _ in range(2):  # the third beyond the cap, over 20 s: out
+        await call(link, which, tmp_path)
+        clock.now += 10
+    assert link.names[link.in_use] == "tus"
+    # A probe after failback_s that is answered busy again is no answer: the run is not over.
+    clock.now += 600
+    await call(link, which, tmp_path)
+    assert preferred.calls.count(which) == 10 and link.names[link.in_use] == "tus"
+
+
+async def test_control_any_other_answer_ends_a_run_of_busy(tmp_path: Path) -> None:
+    """Busy for 50 s, one success, busy for 50 s more: no run lasted the cap, so no failover; busy within
+    the cap keeps it (the existing behaviour of a central that is briefly busy)."""
+    clock = Clock()
+    preferred, other = ScriptedLink(BUSY[1]), ScriptedLink(None)
+    link = busy_capped(preferred, other, clock)
+    for outcome in [BUSY[1]] * 6 + [None] + [BUSY[1]] * 6:
+        preferred.outcome = outcome
+        await call(link, "upload", tmp_path)
+        clock.now += 10
+    assert link.names[link.in_use] == "mqtt" and other.calls == []
+    for _ in range(2):  # 60 and 70 s into this run: two busy answers beyond the cap
+        await call(link, "upload", tmp_path)
+        clock.now += 10
+    assert link.names[link.in_use] == "mqtt"  # two beyond the cap: not yet three
+    await call(link, "upload", tmp_path)  # the third, 80 s into the run
+    assert link.names[link.in_use] == "tus"
