@@ -346,3 +346,32 @@ async def test_control_any_other_answer_ends_a_run_of_busy(tmp_path: Path) -> No
     assert link.names[link.in_use] == "mqtt"  # two beyond the cap: not yet three
     await call(link, "upload", tmp_path)  # the third, 80 s into the run
     assert link.names[link.in_use] == "tus"
+
+
+@pytest.mark.parametrize(("busy_s", "expected"), [(None, 600.0), (120.0, 120.0)])
+def test_failover_after_busy_s_is_the_policys_busy_cap(
+    tmp_path: Path, busy_s: float | None, expected: float
+) -> None:
+    """``[uplink] failover_after_busy_s`` (documented default 600 s) reaches the failover policy; a negative
+    one is a configuration error naming the key."""
+    from pydantic import ValidationError
+
+    from edge.config.station import StationConfig
+    from edge.uplink.failover import FailoverTransport
+    from edge.uplink.transports import transport_for
+
+    def config(extra: dict[str, Any]) -> StationConfig:
+        return StationConfig.model_validate({
+            "station": {"id": "S1", "store_dir": str(tmp_path / "store")},
+            "usb": {"mount_root": str(tmp_path / "media")},
+            "uplink": {"central_url": "http://127.0.0.1:9", "insecure_plain_http": True,
+                       "central_signing_key": str(tmp_path / "central.pub"), "transports": ["mqtt", "tus"],
+                       **extra},
+            "mqtt": {"broker_url": "mqtts://127.0.0.1:9", "username": "S1", "password": "env:NO_SUCH_VAR",
+                     "ca_file": str(tmp_path / "ca.crt")},
+        })
+
+    transport = transport_for(config({} if busy_s is None else {"failover_after_busy_s": busy_s}), None)
+    assert isinstance(transport, FailoverTransport) and transport.policy.busy_s == expected
+    with pytest.raises(ValidationError, match="failover_after_busy_s"):
+        config({"failover_after_busy_s": -1})
