@@ -36,7 +36,7 @@ from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.mqtt.client import MqttClient
 from edge.mqtt.command_handler import CommandHandler, CommandSettings
-from edge.mqtt.station_settings import station_mqtt_settings
+from edge.mqtt.station_settings import station_mqtt_settings, telemetry_device_salt
 from edge.mqtt.telemetry import TelemetryPublisher, TelemetrySettings, will_message
 from edge.observe.api import LocalApi
 from edge.observe.board import CentralFacts, ClockFacts, StatusBoard, TaskFacts
@@ -243,13 +243,14 @@ class StationAgent:
                     ),
                     backoff=Backoff(self.config.mqtt.backoff_base_s, self.config.mqtt.backoff_max_s),
                 )
+                device_salt = telemetry_device_salt(self.config)
             except (OSError, ValueError, IdentityError) as exc:
                 log.error("mqtt disabled: %s", exc)
                 self.store.record(EntryType.ERROR, None, {"stage": "mqtt", "reason": f"mqtt disabled: {exc}"})
             else:
                 supervisor.add(TaskSpec("mqtt", self.mqtt.run, critical=False))
                 # Added after the client, so stopped before it: telemetry still says "offline" on the way out.
-                self._add_mqtt_services(supervisor, self.mqtt)
+                self._add_mqtt_services(supervisor, self.mqtt, device_salt)
         self.pipeline = IngestPipeline(
             self.store,
             IngestSettings.from_config(self.config.offload),
@@ -291,7 +292,7 @@ class StationAgent:
             if self._own_backend and close is not None:
                 close()
 
-    def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient) -> None:
+    def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient, device_salt: bytes) -> None:
         """Telemetry from the status board, and the central's commands (which need the central key pinned
         at enrollment: without one, commands are off and the ledger says why)."""
         assert self.store is not None
@@ -299,9 +300,9 @@ class StationAgent:
         self.telemetry = TelemetryPublisher(
             TelemetrySettings(
                 station_id, mqtt.topic_prefix, mqtt.telemetry_interval_s, mqtt.telemetry_event_queue,
-                # Ed25519 signs deterministically: a stable secret of this station's key, so published
-                # device ids tell recorders apart without naming them (edge.mqtt.telemetry).
-                device_salt=self.store.key.sign(b"evidence-edge telemetry device id v1"),
+                # A random salt kept beside the client secret (not derived from the station key, which
+                # rotates): published device ids tell recorders apart without naming them, and stay put.
+                device_salt=device_salt,
             ),
             client=client,
             subscribe=self.status.subscribe,

@@ -336,6 +336,12 @@ class UplinkSection(StrictModel):
         60.0, gt=0, le=86400,
         description="transports: while failed over, the preferred transport is tried again this often",
     )
+    failover_after_busy_s: float = Field(
+        600.0, ge=0, le=7 * 86400,
+        description="transports: the central's busy answers (503 with Retry-After and its own error "
+        "document, 429, a quota pause) are answers, not silence, until they have been all a transport "
+        "answered for this long; then each further one counts as unanswered",
+    )
     mqtt_max_packet_kb: int = Field(
         1024, ge=4, le=256 * 1024,
         description="mqtt: the broker's largest packet (EMQX mqtt.max_packet_size, Mosquitto max_packet_size)"

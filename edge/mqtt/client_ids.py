@@ -8,6 +8,10 @@ and that plus a role suffix (``-uplink``, ``-api``, ``-w-<worker name>``), where
 bits made once per identity and kept beside its keys (station: ``<store_dir>/mqtt-client.secret``;
 central: ``identity/mqtt-client.secret``). Command-line connections use a fresh random id each time.
 
+The same helper keeps the station's telemetry salt (:func:`load_or_create_hex_secret`, 32 random bytes in
+``<store_dir>/mqtt-telemetry.salt``): the HMAC key of the device ids telemetry publishes
+(edge.mqtt.telemetry).
+
 The full id is never logged (`loggable_client_id`): whoever learns it (the broker's administrator, its
 logs) can still take the session over; EMQX can enforce client id = certificate CN with an authorization
 rule, Mosquitto cannot (README "Broker setup").
@@ -24,30 +28,39 @@ from edge.pki.certs import PRIVATE_MODE, install_file, read_pem
 from edge.pki.names import IdentityError
 
 SECRET_HEX_DIGITS = 20  # 80 bits
-_SECRET = re.compile(rf"[0-9a-f]{{{SECRET_HEX_DIGITS}}}")
 # A run this long of hex digits in a client id is taken for a secret and shortened in logs.
 _SECRET_LIKE = re.compile(r"[0-9a-fA-F]{12,}")
 
 
-def load_or_create_client_secret(path: Path, *, create: bool = True) -> str | None:
-    """The secret kept in `path` (mode 0600), made on first use; None when it is missing and not `create`.
-    Raises `IdentityError` for a file that is not such a secret (never replaced: sessions depend on it)."""
+def load_or_create_hex_secret(
+    path: Path, *, hex_digits: int, what: str, if_removed: str, create: bool = True
+) -> str | None:
+    """The random secret of `hex_digits` lowercase hex digits kept in `path` (mode 0600, its directory
+    private), made on first use; None when it is missing and not `create`. Raises `IdentityError` for a
+    file that is not such a secret, or is readable by others (never replaced: what was made under it
+    depends on it; `if_removed` says what removing it costs). `what` names it in messages."""
     if not path.exists():
         if not create:
             return None
         # link(): two processes starting at once agree on whichever secret was written first.
         try:
             ensure_private_dir(path.parent)
-            install_file(path, (secrets.token_hex(SECRET_HEX_DIGITS // 2) + "\n").encode("ascii"),
+            install_file(path, (secrets.token_hex(hex_digits // 2) + "\n").encode("ascii"),
                          PRIVATE_MODE, replace=False)
         except OSError as exc:
-            raise IdentityError(
-                f"cannot keep the MQTT client secret in {path}: {exc.strerror or exc}") from None
+            raise IdentityError(f"cannot keep the {what} in {path}: {exc.strerror or exc}") from None
     text = read_pem(path, secret=True).decode("ascii", errors="replace").strip()
-    if not _SECRET.fullmatch(text):
-        raise IdentityError(f"{path}: not an MQTT client secret ({SECRET_HEX_DIGITS} hex digits); remove it "
-                            "to make a new one (the broker's sessions of the old id are then abandoned)")
+    if not re.fullmatch(rf"[0-9a-f]{{{hex_digits}}}", text):
+        raise IdentityError(f"{path}: not an {what} ({hex_digits} hex digits); remove it to make a new one "
+                            f"({if_removed})")
     return text
+
+
+def load_or_create_client_secret(path: Path, *, create: bool = True) -> str | None:
+    """The client secret kept in `path` (see :func:`load_or_create_hex_secret`)."""
+    return load_or_create_hex_secret(
+        path, hex_digits=SECRET_HEX_DIGITS, what="MQTT client secret", create=create,
+        if_removed="the broker's sessions of the old id are then abandoned")
 
 
 def secret_client_id(identity: str, secret: str) -> str:

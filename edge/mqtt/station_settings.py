@@ -6,16 +6,35 @@ from pathlib import Path
 
 from edge.config.station import MqttProtocolVersion, StationConfig
 from edge.mqtt.client import MqttSettings, ProtocolVersion, WillMessage
-from edge.mqtt.client_ids import load_or_create_client_secret, secret_client_id
+from edge.mqtt.client_ids import load_or_create_client_secret, load_or_create_hex_secret, secret_client_id
 from edge.pki.bundle import BUNDLE_CA_CERT
 from edge.pki.tls import broker_ssl_context
 
 # The secret part of the station's client ids (edge.mqtt.client_ids), beside state.db.
 CLIENT_SECRET_FILE = "mqtt-client.secret"
+# The HMAC key of the device ids telemetry publishes (edge.mqtt.telemetry), beside it: 32 random bytes made
+# once, so ids stay the same across restarts and key rotations, differ between stations, and nobody who
+# reads the broker can recompute them from a serial.
+TELEMETRY_SALT_FILE = "mqtt-telemetry.salt"
+TELEMETRY_SALT_BYTES = 32
 
 
 def client_secret_path(config: StationConfig) -> Path:
     return config.station.store_dir / CLIENT_SECRET_FILE
+
+
+def telemetry_salt_path(config: StationConfig) -> Path:
+    return config.station.store_dir / TELEMETRY_SALT_FILE
+
+
+def telemetry_device_salt(config: StationConfig) -> bytes:
+    """The station's telemetry salt, made at the first start (private, never replaced); raises
+    `IdentityError` when the file is not one."""
+    text = load_or_create_hex_secret(
+        telemetry_salt_path(config), hex_digits=2 * TELEMETRY_SALT_BYTES, what="MQTT telemetry salt",
+        if_removed="the device ids telemetry publishes then change")
+    assert text is not None  # made when missing
+    return bytes.fromhex(text)
 
 
 def station_client_id(config: StationConfig, *, create: bool = True) -> str:

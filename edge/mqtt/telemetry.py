@@ -19,7 +19,8 @@ every client the ACL lets read): no personal data and no free text.
   ``error_class``, ``officer_present`` (a boolean: a holder is known; never the officer's name or badge
   number), ``device`` as ``{"id", "model", "battery_pct"}`` where ``id`` is 16 hex digits of an HMAC of
   the recorder's serial under the station's ``device_salt`` (tells recorders apart, never names them; the
-  salt is derived from the station's signing key, so it is stable across restarts and unknown to readers),
+  salt is 32 random bytes made once in ``<store_dir>/mqtt-telemetry.salt``, 0600, so it is stable across
+  restarts and key rotations, differs between stations, and is unknown to readers),
   the progress counters, ``speed_bps``, ``eta_s``, ``bouncing``, ``usb_serial_warning`` as ``{"problem",
   "bays"}`` (bay numbers only), ``since`` and ``updated_at``.
 * The station document's tasks carry ``name``, ``state`` and ``restarts`` only: a task's last error
@@ -116,8 +117,8 @@ class TelemetrySettings:
     min_interval_s: float = 2.0
     event_queue: int = 1000
     device_salt: bytes = b""
-    """The HMAC key of published device ids (see the module docstring); the station derives it from its
-    signing key. Empty: a plain SHA-256 (tests)."""
+    """The HMAC key of published device ids (see the module docstring); the station's is its telemetry
+    salt (edge.mqtt.station_settings.telemetry_device_salt). Empty: a plain SHA-256 (tests)."""
 
 
 class StatusFeed(Protocol):

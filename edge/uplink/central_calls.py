@@ -12,7 +12,8 @@ reply. So everything after "a status and a JSON body came back" lives here, once
   :meth:`CentralCalls.call`;
 * :class:`ApiLinkCalls`: those calls on the uplink's terms (:mod:`edge.uplink.transport`: answers or
   :class:`NotDone`, outcomes), shared by the links of both transports;
-* :func:`outcome_of_rejection`: a refusing answer as a :class:`Refused` or a :class:`RetryLater`.
+* :func:`outcome_of_rejection`: a refusing answer as a :class:`Refused` or a :class:`RetryLater`;
+* :func:`is_central_error_document`: is a body the central's own error document, or a proxy's page?
 
 Every answer is untrusted input: bodies are bounded by the wire, JSON is parsed strictly there, shapes are
 checked here, and every signed document is verified by the core before anything relies on it.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from enum import StrEnum
@@ -53,6 +55,7 @@ __all__ = [
     "CentralUnavailable",
     "check_answer",
     "detail_of",
+    "is_central_error_document",
     "json_object",
     "not_done",
     "outcome_of_rejection",
@@ -69,6 +72,11 @@ LEDGER_FORMAT_2 = "ledger_format_2"
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _STATION_LEVEL_STATUSES = frozenset({401, 403, 404})
 _MAX_PROOF_HASHES = 128
+# The central's error document (every refusal it writes: tus server, JSON API, console): a snake-case machine
+# code (edge.central.registration.RejectCode, the tus codes), a sentence, and a registration's signed refusal.
+_ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_ERROR_DOCUMENT_KEYS = frozenset({"error", "detail", "refusal"})
+_MAX_ERROR_DETAIL_CHARS = 4000
 
 
 class CentralOp(StrEnum):
@@ -128,6 +136,25 @@ def detail_of(doc: Mapping[str, Any], raw: bytes) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
+def is_central_error_document(doc: object) -> bool:
+    """True when ``doc`` (a body parsed strictly as JSON, read bounded) has exactly the shape of the
+    central's refusals: an object with a snake-case ``error`` code, a string ``detail`` of bounded length,
+    and at most a ``refusal`` object besides.
+
+    Why: agencies put nginx or a load balancer in front of the central; with the central down behind it,
+    the proxy answers 503 with ``Retry-After`` (a maintenance page) or 429 (``limit_req``) on every call.
+    Only a busy answer in the central's own document is the central answering (``RetryLater.answered``,
+    which failover does not count as silence); a proxy's page (HTML, text, no body, its own JSON) is not."""
+    if not isinstance(doc, Mapping) or not set(doc) <= _ERROR_DOCUMENT_KEYS:
+        return False
+    code, detail = doc.get("error"), doc.get("detail")
+    return (
+        isinstance(code, str) and _ERROR_CODE.fullmatch(code) is not None
+        and isinstance(detail, str) and len(detail) <= _MAX_ERROR_DETAIL_CHARS
+        and ("refusal" not in doc or isinstance(doc["refusal"], dict))
+    )
+
+
 def check_answer(
     status: int, doc: Mapping[str, Any], raw: bytes, *, what: str, retry_after_s: float | None = None,
     from_central: bool = False,
@@ -136,10 +163,12 @@ def check_answer(
     :class:`CentralRejected` for any other refusal. ``doc`` is the body as a JSON object ({} when it was
     none), ``raw`` its bytes (shown when it was no JSON object), ``what`` names the request in messages.
     A transient status is the central's answer (``answered``) when it asked for a delay (``Retry-After``,
-    429), or when ``from_central`` (an MQTT reply: only the central's API publishes one); a gateway's 502
-    or 504 is not."""
+    429) *and* its body is the central's own error document (:func:`is_central_error_document`: a reverse
+    proxy's 503 page with ``Retry-After`` or its 429 is not the central speaking), or when ``from_central``
+    (an MQTT reply: only the central's API publishes one); a gateway's 502 or 504 is not."""
     if status in TRANSIENT_STATUSES or status >= 500:
-        answered = from_central or retry_after_s is not None or status == 429
+        asked_for_later = retry_after_s is not None or status == 429
+        answered = from_central or (asked_for_later and is_central_error_document(doc))
         raise CentralUnavailable(f"{what}: HTTP {status} {detail_of(doc, raw)}", retry_after_s=retry_after_s,
                                  answered=answered)
     if status >= 300 or status < 200:

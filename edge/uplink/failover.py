@@ -6,7 +6,10 @@ connection refused, timed out, no receiver listening (PUBACK 0x10)) at least ``f
 times in a row over at least ``failover_after_s``: a blip does not fail over, an outage does. An answer
 that asks for later (``RetryLater.answered``: busy with ``Retry-After``, 429, a quota pause 0x97, a
 transfer already in progress, "send every segment again") is the central speaking over that transport: it
-counts as an answer, never towards failover (the other transport reaches the same busy central).
+counts as an answer, never towards failover (the other transport reaches the same busy central) --
+until "busy" has been all the transport answered for ``failover_after_busy_s`` on end: then each further busy
+answer counts as silence (a central that says busy for hours, or something in its name that does, must not
+keep the station from its other transport).
 While the preferred transport is out, one call every ``failback_after_s`` goes to it as a
 probe; the first answer it gives (anything but "unanswered": a success, a refusal) makes it the one in use
 again. The probe's failure costs that one call a retry, which the core schedules as any other.
@@ -63,6 +66,8 @@ class FailoverPolicy:
     after_failures: int
     after_s: float
     failback_s: float
+    busy_s: float = 600.0
+    """How long a continuous run of nothing but busy answers counts as answers (``failover_after_busy_s``)."""
 
 
 @dataclass
@@ -71,6 +76,8 @@ class _Health:
     first_failure_at: float | None = None
     out_since: float | None = None
     """When it was failed over from (or last probed): None while it is in use or available."""
+    busy_since: float | None = None
+    """When the current run of nothing but busy answers began (None: the last answer was not busy)."""
 
 
 class FailoverTransport:
@@ -141,6 +148,31 @@ class FailoverLink:
             log.warning("uplink: %s answers again; it is in use again", self.names[index])
         self.health[index] = _Health()
 
+    def _outcome(self, index: int, outcome: object) -> None:
+        """Count what a call of transport ``index`` ended with: silence, busy, or any other answer."""
+        if isinstance(outcome, RetryLater) and not outcome.answered:
+            self._unanswered(index, str(outcome))
+        elif isinstance(outcome, RetryLater):
+            self._busy(index, str(outcome))
+        else:
+            self._answered(index)
+
+    def _busy(self, index: int, reason: str) -> None:
+        """A busy answer: an answer, unless busy is all the transport has said for ``policy.busy_s``."""
+        now = self.clock()
+        since = self.health[index].busy_since
+        if since is None:
+            since = now
+        if now - since < self.policy.busy_s:
+            self._answered(index)
+            self.health[index].busy_since = since
+            return
+        health = self.health[index]
+        health.busy_since = since
+        if health.first_failure_at is None:
+            health.first_failure_at = since  # the whole busy run was silence in effect
+        self._unanswered(index, f"nothing but busy answers for {now - since:.0f} s: {reason}")
+
     def _unanswered(self, index: int, reason: str) -> None:
         health = self.health[index]
         now = self.clock()
@@ -163,10 +195,7 @@ class FailoverLink:
         try:
             result = await call(self.links[index])
         except NotDone as exc:
-            if isinstance(exc.outcome, RetryLater) and not exc.outcome.answered:
-                self._unanswered(index, str(exc.outcome))
-            else:
-                self._answered(index)
+            self._outcome(index, exc.outcome)
             raise
         self._answered(index)
         return result
@@ -177,10 +206,7 @@ class FailoverLink:
             self._abandon_elsewhere(parcel.resume)
             parcel = replace(parcel, resume=None)  # the other transport's upload: start one on this
         outcome = await self.links[index].upload(parcel, on_resume)
-        if isinstance(outcome, RetryLater) and not outcome.answered:
-            self._unanswered(index, str(outcome))
-        else:
-            self._answered(index)
+        self._outcome(index, outcome)
         return outcome
 
     async def register(
@@ -188,10 +214,7 @@ class FailoverLink:
     ) -> RegisterOutcome:
         index = self._pick()
         outcome = await self.links[index].register(upload, manifest, segment)
-        if isinstance(outcome, RetryLater) and not outcome.answered:
-            self._unanswered(index, str(outcome))
-        else:
-            self._answered(index)
+        self._outcome(index, outcome)
         return outcome
 
     def _abandon_elsewhere(self, upload: str) -> None:

@@ -59,5 +59,6 @@ def transport_for(
         return transports[0]
     from edge.uplink.failover import FailoverPolicy, FailoverTransport
 
-    policy = FailoverPolicy(uplink.failover_after_failures, uplink.failover_after_s, uplink.failback_after_s)
+    policy = FailoverPolicy(uplink.failover_after_failures, uplink.failover_after_s, uplink.failback_after_s,
+                            busy_s=uplink.failover_after_busy_s)
     return FailoverTransport(transports, policy)

@@ -52,6 +52,7 @@ import aiohttp
 from yarl import URL
 
 from edge.custody.canonical import parse_json
+from edge.uplink.central_calls import is_central_error_document
 from edge.uplink.policy import RateLimiter, parse_retry_after
 
 __all__ = [
@@ -107,7 +108,8 @@ class UploadInterrupted(UplinkError):
     transient server status (5xx, 408, 429). Retry later; the upload resumes from the server's offset.
     ``status`` is the HTTP status when the server answered; ``offset`` the last offset the server
     confirmed in this call (None if none); ``bytes_sent`` body bytes put on the wire in this call;
-    ``retry_after_s`` what the answer's ``Retry-After`` asked for (None: nothing)."""
+    ``retry_after_s`` what the answer's ``Retry-After`` asked for (None: nothing); ``central_document``
+    whether the answer's body was the central's own error document (not a proxy's page)."""
 
     def __init__(
         self,
@@ -118,12 +120,14 @@ class UploadInterrupted(UplinkError):
         offset: int | None = None,
         bytes_sent: int = 0,
         retry_after_s: float | None = None,
+        central_document: bool = False,
     ) -> None:
         super().__init__(message, url=url)
         self.status = status
         self.offset = offset
         self.bytes_sent = bytes_sent
         self.retry_after_s = retry_after_s
+        self.central_document = central_document
 
 
 class UploadGone(UplinkError):
@@ -821,7 +825,7 @@ class TusClient:
             raise UploadGone(
                 f"{request}: the server does not know upload {_upload_id(url or '')} ({status})", url=url
             )
-        body_text, error, detail, refusal = await self._error_body(resp)
+        body_text, error, detail, refusal, from_central = await self._error_body(resp)
         if status >= 500 or status in _TRANSIENT_STATUSES:
             raise UploadInterrupted(
                 f"{request}: the server answered {status}: {detail or body_text or '(no body)'}",
@@ -830,6 +834,7 @@ class TusClient:
                 offset=offset,
                 bytes_sent=bytes_sent,
                 retry_after_s=parse_retry_after(resp.headers.get("Retry-After"), time.time()),
+                central_document=from_central,
             )
         log.warning("%s refused with %d: %s %s", request, status, error or "", detail or body_text)
         raise ServerRejected(
@@ -839,9 +844,10 @@ class TusClient:
     @staticmethod
     async def _error_body(
         resp: aiohttp.ClientResponse,
-    ) -> tuple[str, str | None, str | None, dict[str, Any] | None]:
-        """(sanitised body text, JSON ``error``, JSON ``detail``, JSON ``refusal`` object), reading at
-        most a few KiB."""
+    ) -> tuple[str, str | None, str | None, dict[str, Any] | None, bool]:
+        """(sanitised body text, JSON ``error``, JSON ``detail``, JSON ``refusal`` object, whether the body
+        is the central's own error document (:func:`~edge.uplink.central_calls.is_central_error_document`:
+        not a proxy's page)), reading at most a few KiB."""
         raw = b""
         try:
             while len(raw) < _MAX_ERROR_BODY_BYTES:
@@ -866,7 +872,7 @@ class TusClient:
                 detail = _sanitise(doc["detail"], _MAX_DETAIL_CHARS)
             if isinstance(doc.get("refusal"), dict):
                 refusal = doc["refusal"]
-        return _sanitise(text, _MAX_DETAIL_CHARS), error, detail, refusal
+        return _sanitise(text, _MAX_DETAIL_CHARS), error, detail, refusal, is_central_error_document(doc)
 
 
 def _retrieve(fut: asyncio.Future[_Chunk]) -> None:

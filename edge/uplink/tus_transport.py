@@ -126,8 +126,10 @@ class TusLink(ApiLinkCalls):
         except (UplinkError, aiohttp.ClientError, TimeoutError) as exc:
             # Interrupted, a checksum refused every time, a protocol violation, the upload gone twice.
             retry_after_s = getattr(exc, "retry_after_s", None)
-            # The central's own "busy" (503 with Retry-After, 429) is an answer; failover ignores it.
-            answered = retry_after_s is not None or getattr(exc, "status", None) == 429
+            # The central's own "busy" (503 with Retry-After, 429, with its JSON error document) is an
+            # answer that failover does not count as silence; a proxy's page with the same status is not.
+            asked_for_later = retry_after_s is not None or getattr(exc, "status", None) == 429
+            answered = asked_for_later and getattr(exc, "central_document", False) is True
             return RetryLater(f"{type(exc).__name__}: {exc}", retry_after_s, answered=answered)
         except ValueError as exc:
             # A stored upload URL on another origin (central_url changed): start afresh.

@@ -438,6 +438,24 @@ def test_a_copy_in_progress_is_not_a_planted_file(pristine: Pristine, tmp_path: 
     assert verdict.code == 0, str(verdict)
 
 
+def test_the_stations_mqtt_secrets_are_not_planted_files(pristine: Pristine, tmp_path: Path) -> None:
+    """The MQTT client secret and the telemetry salt the agent keeps in the store root (edge.mqtt.
+    station_settings) verify; control: a file planted beside them under a similar name is named."""
+    from edge.config.station import load_config
+    from edge.mqtt.station_settings import station_client_id, telemetry_device_salt
+
+    target, config = _station_copy(pristine, tmp_path)
+    loaded = load_config(config)
+    assert loaded.station.store_dir.resolve() == target.root.resolve()
+    station_client_id(loaded)
+    telemetry_device_salt(loaded)
+    assert {"mqtt-client.secret", "mqtt-telemetry.salt"} <= {p.name for p in target.root.iterdir()}
+    verdict = verify_station(target.root, config)
+    assert verdict.code == 0 and not verdict.failures, str(verdict)
+    touched = [_plant(target.path("mqtt-telemetry.salt.old"))]
+    assert_named(verify_station(target.root, config), touched)
+
+
 @pytest.mark.parametrize("attack", STATION_ATTACKS, ids=lambda a: a.__name__)
 def test_station_store(attack: Attack, pristine: Pristine, tmp_path: Path) -> None:
     target, config = _station_copy(pristine, tmp_path)

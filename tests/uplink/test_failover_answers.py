@@ -199,19 +199,31 @@ async def test_an_abandon_that_hangs_on_the_dead_transport_does_not_hold_the_upl
     assert preferred.abandoned == ["mqtt:item-1.0a1b2c3d"] and not link.abandoning
 
 
-@pytest.mark.parametrize(("status", "retry_after_s", "from_central", "answered"), [
-    (503, 10.0, False, True),   # the central's busy: it always names a Retry-After
-    (429, None, False, True),
-    (503, None, True, True),    # an MQTT reply: only the central's API publishes one
-    (502, None, False, False),  # control: a gateway with nobody behind it
-    (504, None, False, False),
-    (503, None, False, False),  # a proxy's 503 without Retry-After: nobody behind it
+BUSY_DOC = b'{"detail":"registration queue full","error":"server_busy"}'
+HTML_PAGE = b"<html><body>503 Service Temporarily Unavailable</body></html>"
+
+
+@pytest.mark.parametrize(("status", "retry_after_s", "raw", "from_central", "answered"), [
+    (503, 10.0, BUSY_DOC, False, True),    # the central's busy: its error document and a Retry-After
+    (429, None, BUSY_DOC, False, True),
+    (503, None, b"", True, True),          # an MQTT reply: only the central's API publishes one
+    (503, 10.0, HTML_PAGE, False, False),  # a proxy's maintenance page with Retry-After (review 9)
+    (503, 10.0, b"", False, False),        # the same without a body
+    (429, None, HTML_PAGE, False, False),  # nginx limit_req_status 429
+    (429, None, b'{"message":"API rate limit exceeded"}', False, False),  # a gateway's own JSON
+    (503, 10.0, b'{"error":"Service Unavailable","detail":"x"}', False, False),  # not a central code
+    (503, 10.0, b'{"error":"server_busy","detail":"x","upstream":"down"}', False, False),
+    (502, None, BUSY_DOC, False, False),   # a gateway's 502: no Retry-After, nobody behind it
+    (504, None, b"", False, False),
+    (503, None, b"", False, False),        # a proxy's 503 without Retry-After: nobody behind it
 ])
 def test_which_transient_answers_are_the_central_speaking(
-    status: int, retry_after_s: float | None, from_central: bool, answered: bool
+    status: int, retry_after_s: float | None, raw: bytes, from_central: bool, answered: bool
 ) -> None:
+    from edge.uplink.central_calls import json_object
+
     with pytest.raises(CentralUnavailable) as raised:
-        check_answer(status, {}, b"", what="GET /v1/log/head", retry_after_s=retry_after_s,
+        check_answer(status, json_object(raw), raw, what="GET /v1/log/head", retry_after_s=retry_after_s,
                      from_central=from_central)
     assert raised.value.answered is answered
 
@@ -226,21 +238,27 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("status", "retry_after", "answered"), [
-    (503, "10", True),    # the central's busy (it always names Retry-After)
-    (502, None, False),   # control: nginx with nobody behind it
+@pytest.mark.parametrize(("status", "retry_after", "body", "answered"), [
+    (503, "10", BUSY_DOC, True),     # the central's busy: its error document and Retry-After
+    (429, None, BUSY_DOC, True),
+    (503, "10", HTML_PAGE, False),   # a proxy's maintenance page with Retry-After (review 9)
+    (429, None, HTML_PAGE, False),   # nginx limit_req
+    (503, "10", b"", False),         # no body at all
+    (502, None, HTML_PAGE, False),   # control: nginx with nobody behind it
 ])
-async def test_over_https_a_busy_answer_is_an_answer_and_a_gateway_error_is_not(
-    tmp_path: Path, media: Path, status: int, retry_after: str | None, answered: bool
+async def test_over_https_a_busy_answer_is_an_answer_and_a_proxy_page_is_not(
+    tmp_path: Path, media: Path, status: int, retry_after: str | None, body: bytes, answered: bool
 ) -> None:
     """The real tus transport and central API through a real proxy: an upload's creation and a
-    registration answered 503 + Retry-After end as RetryLater.answered; a 502 page does not."""
+    registration answered busy with the central's own error document end as RetryLater.answered; the
+    same status and header on a proxy's page (or with no body) do not."""
     from tests.uplink.proxy import Fault
     from tests.uplink.test_refusals import ITEMS, STATION, UPLOADS, make_rig
 
     def page(_request: Any, _body: bytes) -> tuple[int, dict[str, str], bytes]:
-        headers = {"Content-Type": "text/html"} | ({"Retry-After": retry_after} if retry_after else {})
-        return status, headers, b"<html><body>busy</body></html>"
+        kind = "application/json" if body.startswith(b"{") else "text/html"
+        headers = {"Content-Type": kind} | ({"Retry-After": retry_after} if retry_after else {})
+        return status, headers, body
 
     from edge.uplink.tus_transport import TusTransport
 
@@ -280,3 +298,80 @@ async def test_closing_does_not_wait_for_an_abandon_on_a_dead_transport(
     async with asyncio.timeout(10):
         await link.close()
     assert cancelled.is_set() and not link.abandoning
+
+
+def busy_capped(preferred: ScriptedLink, other: ScriptedLink, clock: Clock) -> FailoverLink:
+    return FailoverLink(["mqtt", "tus"], [preferred, other],
+                        FailoverPolicy(after_failures=3, after_s=10.0, failback_s=600.0, busy_s=60.0), clock)
+
+
+@pytest.mark.parametrize("which", ["upload", "register", "tree-head"])
+async def test_nothing_but_busy_beyond_the_cap_counts_as_silence_and_fails_over(
+    tmp_path: Path, which: str
+) -> None:
+    """Review 9: a central (or something answering in its name) that says "busy" for hours must not keep
+    the station from its other transport: after ``busy_s`` of nothing but busy answers, each further one
+    counts as unanswered."""
+    clock = Clock()
+    preferred, other = ScriptedLink(BUSY[0]), ScriptedLink(None)
+    link = busy_capped(preferred, other, clock)
+    for _ in range(7):  # busy at 0, 10, ... 60 s: the one at 60 s is the first beyond the cap
+        await call(link, which, tmp_path)
+        clock.now += 10
+    assert link.names[link.in_use] == "mqtt"
+    for _ in range(2):  # the third beyond the cap, over 20 s: out
+        await call(link, which, tmp_path)
+        clock.now += 10
+    assert link.names[link.in_use] == "tus"
+    # A probe after failback_s that is answered busy again is no answer: the run is not over.
+    clock.now += 600
+    await call(link, which, tmp_path)
+    assert preferred.calls.count(which) == 10 and link.names[link.in_use] == "tus"
+
+
+async def test_control_any_other_answer_ends_a_run_of_busy(tmp_path: Path) -> None:
+    """Busy for 50 s, one success, busy for 50 s more: no run lasted the cap, so no failover; busy within
+    the cap keeps it (the existing behaviour of a central that is briefly busy)."""
+    clock = Clock()
+    preferred, other = ScriptedLink(BUSY[1]), ScriptedLink(None)
+    link = busy_capped(preferred, other, clock)
+    for outcome in [BUSY[1]] * 6 + [None] + [BUSY[1]] * 6:
+        preferred.outcome = outcome
+        await call(link, "upload", tmp_path)
+        clock.now += 10
+    assert link.names[link.in_use] == "mqtt" and other.calls == []
+    for _ in range(2):  # 60 and 70 s into this run: two busy answers beyond the cap
+        await call(link, "upload", tmp_path)
+        clock.now += 10
+    assert link.names[link.in_use] == "mqtt"  # two beyond the cap: not yet three
+    await call(link, "upload", tmp_path)  # the third, 80 s into the run
+    assert link.names[link.in_use] == "tus"
+
+
+@pytest.mark.parametrize(("busy_s", "expected"), [(None, 600.0), (120.0, 120.0)])
+def test_failover_after_busy_s_is_the_policys_busy_cap(
+    tmp_path: Path, busy_s: float | None, expected: float
+) -> None:
+    """``[uplink] failover_after_busy_s`` (documented default 600 s) reaches the failover policy; a negative
+    one is a configuration error naming the key."""
+    from pydantic import ValidationError
+
+    from edge.config.station import StationConfig
+    from edge.uplink.failover import FailoverTransport
+    from edge.uplink.transports import transport_for
+
+    def config(extra: dict[str, Any]) -> StationConfig:
+        return StationConfig.model_validate({
+            "station": {"id": "S1", "store_dir": str(tmp_path / "store")},
+            "usb": {"mount_root": str(tmp_path / "media")},
+            "uplink": {"central_url": "http://127.0.0.1:9", "insecure_plain_http": True,
+                       "central_signing_key": str(tmp_path / "central.pub"), "transports": ["mqtt", "tus"],
+                       **extra},
+            "mqtt": {"broker_url": "mqtts://127.0.0.1:9", "username": "S1", "password": "env:NO_SUCH_VAR",
+                     "ca_file": str(tmp_path / "ca.crt")},
+        })
+
+    transport = transport_for(config({} if busy_s is None else {"failover_after_busy_s": busy_s}), None)
+    assert isinstance(transport, FailoverTransport) and transport.policy.busy_s == expected
+    with pytest.raises(ValidationError, match="failover_after_busy_s"):
+        config({"failover_after_busy_s": -1})
