@@ -402,7 +402,8 @@ def cmd_central_mqtt_identity(args: argparse.Namespace) -> int:
         f"must trust the central's CA and give the user {config.central.id} every station's topics "
         "(config/mosquitto/acl)"
     )
-    return EXIT_OK
+    # The list now names the identities this one replaces (edge.central.revocation).
+    return EXIT_OK if _renew_crl(config, "the central's new MQTT identity") else EXIT_FAILED
 
 
 def cmd_central_broker_cert(args: argparse.Namespace) -> int:
