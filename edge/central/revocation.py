@@ -20,7 +20,8 @@ must refuse it: Mosquitto's `crlfile`. This module keeps that list:
 
 `edge central enroll`, `enroll-reader`, `revoke`, `revoke-reader` and `init` rewrite it; `edge central
 crl --out FILE` rewrites it (a fresh next update) and copies it for the broker. Certificates issued before
-the central kept them are not in ``issued/`` and cannot be listed (README "Broker setup").
+the central kept them are not in ``issued/`` and cannot be listed until imported from their bundle
+(`import_issued`, `edge central keep-issued --cert FILE`; README "Broker setup").
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from edge.central.config import CentralConfig, CentralLayout
-from edge.central.identity import load_ca
+from edge.central.identity import keep_issued, load_ca
 from edge.central.index import ReaderRecord, StationRecord
 from edge.pki.bundle import BUNDLE_CLIENT_CERT
 from edge.pki.certs import PUBLIC_MODE, certificate_sha256, install_file, load_cert, utc_now
@@ -219,3 +221,39 @@ def update_crl(config: CentralConfig, index: EnrolmentRecords | None, *,
     log.info("revocation list %s: %d certificate(s), valid until %s", layout.crl_file, len(revoked),
              f"{next_update:%Y-%m-%d %H:%M}Z")
     return CrlWritten(layout.crl_file, len(revoked), next_update)
+
+
+def import_issued(config: CentralConfig, index: EnrolmentRecords | None, cert_file: Path) -> str:
+    """Keep `cert_file` in ``identity/issued/`` so the list can name it (a certificate issued before the
+    central kept copies): only one this CA issued, and for a station or auditor only the enrolled
+    certificate of that name or an older one (issued before its enrolment). Returns what it is; raises
+    `IdentityError` naming why not."""
+    ca_cert, _ = load_ca(config.layout)
+    cert = load_cert(cert_file)
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise IdentityError(f"{cert_file} was not issued by this central's CA") from None
+    name = _attribute(cert.subject, NameOID.COMMON_NAME)
+    unit = _attribute(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
+    sha256 = certificate_sha256(cert)
+    if name is None or unit not in (STATION_OU, AUDITOR_OU, CENTRAL_OU, SERVER_OU):
+        raise IdentityError(f"{cert_file}: not a certificate of a station, an auditor, the central or "
+                            "the broker")
+    if unit in (STATION_OU, AUDITOR_OU):
+        kind = "station" if unit == STATION_OU else "auditor"
+        record: StationRecord | ReaderRecord | None = None
+        if index is not None:
+            record = index.station(name) if unit == STATION_OU else index.reader(name)
+        if record is None:
+            raise IdentityError(f"{kind} {name!r} is not enrolled: there is nothing its certificate is "
+                                "for")
+        enrolled = _time(record.enrolled_utc, utc_now())
+        if record.cert_sha256 != sha256 and cert.not_valid_before_utc > enrolled:
+            raise IdentityError(f"{cert_file} (sha256 {sha256}) is neither the enrolled certificate of "
+                                f"{kind} {name!r} nor one issued before its enrolment")
+    else:
+        kind = "central MQTT identity" if unit == CENTRAL_OU else "broker server certificate"
+    keep_issued(config.layout, cert)
+    return (f"{kind} {name} (sha256 {sha256}, serial {cert.serial_number:x}, valid until "
+            f"{cert.not_valid_after_utc:%Y-%m-%d})")

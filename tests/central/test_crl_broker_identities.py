@@ -54,3 +54,55 @@ def test_the_configured_central_identity_stands_and_older_ones_and_replaced_brok
     for bundle in (first, second, third):
         kept = issued / f"{certificate_sha256(load_cert(bundle / BUNDLE_CLIENT_CERT))}.crt"
         assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+
+
+def _enroll(root: Path, config: Path, station_id: str) -> Path:
+    from edge.custody.keys import StationKey
+
+    key = StationKey.load_or_create(root / f"{station_id}.key")
+    bundle = root / f"bundle-{station_id}"
+    assert key.public_path is not None
+    assert main(["central", "enroll", station_id, "--config", str(config),
+                 "--signing-key", str(key.public_path), "--out", str(bundle)]) == 0
+    return bundle
+
+
+def test_keep_issued_imports_an_unkept_enrolled_certificate_and_refuses_foreign_ones(tmp_path: Path) -> None:
+    """An enrolment by an earlier release left no copy (removed here): `keep-issued` imports the bundle's
+    certificate and the list names it once revoked. Refused: a certificate of another CA, and a station
+    certificate of a name never enrolled."""
+    config = write_central_config(tmp_path)
+    assert main(["central", "init", "--config", str(config)]) == 0
+    bundle = _enroll(tmp_path, config, "ST-OLD")
+    cert_file = bundle / BUNDLE_CLIENT_CERT
+    issued = tmp_path / "central-store" / "identity" / "issued"
+    kept = issued / f"{certificate_sha256(load_cert(cert_file))}.crt"
+    kept.unlink()
+    assert main(["central", "revoke", "ST-OLD", "--config", str(config), "--reason", "stolen"]) == 0
+    assert _serial(cert_file) not in _listed(tmp_path, config)  # the gap keep-issued closes
+
+    # Refused: another CA's certificate of the same name (another central's store).
+    other = tmp_path / "other"
+    other.mkdir()
+    other_config = write_central_config(other)
+    assert main(["central", "init", "--config", str(other_config)]) == 0
+    foreign = _enroll(other, other_config, "ST-OLD") / BUNDLE_CLIENT_CERT
+    assert main(["central", "keep-issued", "--config", str(config), "--cert", str(foreign)]) != 0
+    assert not (issued / f"{certificate_sha256(load_cert(foreign))}.crt").exists()
+    # Refused: a certificate of this CA for a name the index never enrolled (issued, never recorded).
+    from edge.central.config import load_central_config
+    from edge.central.identity import enroll_station
+    from edge.custody.keys import StationKey
+
+    key = StationKey.load_or_create(tmp_path / "ghost.key")
+    assert key.public_path is not None
+    ghost = enroll_station(load_central_config(config), "ST-GHOST", signing_key_pub=key.public_path,
+                           out_dir=tmp_path / "bundle-ghost")
+    assert main(["central", "keep-issued", "--config", str(config),
+                 "--cert", str(ghost.bundle_dir / BUNDLE_CLIENT_CERT)]) != 0
+    assert not kept.exists()
+    renamed = tmp_path / "client-of-ST-OLD.crt"
+    renamed.write_bytes(cert_file.read_bytes())
+    assert main(["central", "keep-issued", "--config", str(config), "--cert", str(renamed)]) == 0
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert _serial(cert_file) in _listed(tmp_path, config)
