@@ -110,10 +110,14 @@ def cmd_central_mqtt_worker(args: argparse.Namespace) -> int:
         _say("error: the configuration has no [mqtt] section: there is nothing for an MQTT worker to do")
         return EXIT_CONFIG
     # Imported here: only this command needs the MQTT client.
-    from edge.central.mqtt_receiver import run_mqtt_worker
+    from edge.central.mqtt_receiver import CentralNotStarted, run_mqtt_worker
 
     try:
         return run_mqtt_worker(config, client_id=args.client_id)
+    except CentralNotStarted as exc:
+        # Temporary (75, EX_TEMPFAIL): systemd restarts the worker until the central has run once.
+        _say(f"error: {exc}")
+        return ExitCode.STORE_BUSY
     except (IdentityError, ValueError) as exc:
         _say(f"error: {exc}")
         return EXIT_CONFIG
