@@ -45,7 +45,7 @@ from edge.central.identity import keep_issued, load_ca
 from edge.central.index import ReaderRecord, StationRecord
 from edge.pki.bundle import BUNDLE_CLIENT_CERT
 from edge.pki.certs import PUBLIC_MODE, certificate_sha256, install_file, load_cert, utc_now
-from edge.pki.crl import RevokedCertificate, build_crl, crl_pem, write_crl
+from edge.pki.crl import RevokedCertificate, build_crl, crl_pem, load_crl, write_crl
 from edge.pki.names import AUDITOR_OU, CENTRAL_OU, SERVER_OU, STATION_OU, IdentityError
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,23 @@ def revoked_certificates(layout: CentralLayout, index: EnrolmentRecords | None, 
                 revoked.append(RevokedCertificate(cert.serial_number, _time(reader.enrolled_utc, now),
                                                   x509.ReasonFlags.superseded))
     return revoked
+
+
+# Less than this left before the list's next update: the central warns (readyz, log; metrics always show
+# the time left). Past it, Mosquitto refuses every client: renew it daily (systemd/edge-central-crl.timer).
+CRL_WARN_BEFORE = dt.timedelta(days=7)
+
+
+def crl_seconds_left(layout: CentralLayout, now: dt.datetime | None = None) -> float | None:
+    """Seconds until ``identity/ca.crl``'s next update (negative once past; the broker's copy, installed
+    by `edge central crl --out`, is the same list); None when it is missing or unreadable."""
+    try:
+        next_update = load_crl(layout.crl_file).next_update_utc
+    except (IdentityError, OSError):
+        return None
+    if next_update is None:
+        return None
+    return (next_update - (now or utc_now())).total_seconds()
 
 
 @contextmanager
