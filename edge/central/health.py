@@ -15,7 +15,8 @@
   path, an exception text or a key; the details go to the central's log, once per change of state.
   A warning that does not stop the central taking evidence is named under ``warnings`` without turning
   the answer 503: ``{"crl": "expires_soon"}`` (less than 7 days before the CA's revocation list needs
-  its next update; past it the broker refuses every client), ``"expired"`` or ``"unreadable"`` (also: missing while the central has an ``[mqtt]`` section).
+  its next update; past it the broker refuses every client), ``"expired"`` or ``"unreadable"`` (also:
+  missing while the central has an ``[mqtt]`` section).
 
 Both answer **without a client certificate** on the central's TLS listener (the TLS context asks for a
 certificate but no longer requires one in the handshake); :data:`PUBLIC_ROUTES` is the complete list

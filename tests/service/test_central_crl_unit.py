@@ -33,9 +33,12 @@ def central() -> Unit:
     return parse_unit(CENTRAL_UNIT.read_text(encoding="utf-8"))
 
 
+_SANDBOX = [key for key in SHARED_HARDENING if key not in ("NotifyAccess", "KillMode")]  # not a daemon
+
+
 @pytest.mark.parametrize(
     "key",
-    [*(key for key in SHARED_HARDENING if key not in ("NotifyAccess", "KillMode")), "PrivateDevices", "DevicePolicy", "SystemCallFilter", "CapabilityBoundingSet",
+    [*_SANDBOX, "PrivateDevices", "DevicePolicy", "SystemCallFilter", "CapabilityBoundingSet",
      "User", "Group", "ProcSubset", "StateDirectory", "StateDirectoryMode"],
 )
 def test_the_central_s_user_and_sandbox(crl: Unit, central: Unit, key: str) -> None:
