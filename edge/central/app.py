@@ -48,6 +48,7 @@ from edge.central.mqtt_ingest_store import MqttIngestStore
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.objects import FileObjectStore
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
+from edge.central.revocation import crl_seconds_left
 from edge.central.sqlite import SqliteDatabase
 from edge.central.storage import CentralDatabase, ConsoleStore, Index
 from edge.central.timestamp import TimeStamper, keep_tsa_roots, load_tsa_roots, timestamp_task
@@ -394,7 +395,7 @@ def build_app(
     except BaseException:
         database.close()
         raise
-    metrics = CentralMetrics(log_size=merkle.size)
+    metrics = CentralMetrics(log_size=merkle.size, crl_seconds_left=lambda: crl_seconds_left(layout))
     registrar = Registrar(index, objects, merkle, CombinedUploadSource(uploads, transfers), signing_key=key,
                           central_id=config.central.id)
     registrar.on_content_verified = metrics.verify_seconds.observe

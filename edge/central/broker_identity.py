@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from edge.central.config import CentralConfig
-from edge.central.identity import load_central_ca
+from edge.central.identity import keep_issued, load_central_ca
 from edge.central.storage import Index
 from edge.pki.bundle import BUNDLE_CA_CERT, BUNDLE_CLIENT_CERT, BUNDLE_CLIENT_KEY, prepare_bundle_dir
 from edge.pki.certs import (
@@ -130,9 +130,9 @@ def _checked_hosts(names: list[str]) -> list[str]:
 
 def _refuse_taken_name(index: Index, central_id: str) -> tuple[str, ...]:
     """A station or auditor enrolled under the central id (before enrollment refused it) has a certificate
-    the broker takes for the central's: refuse while it is active; once revoked, issue with a warning,
-    since the broker does not read the central's revocations and accepts that certificate until it
-    expires."""
+    the broker takes for the central's: refuse while it is active; once revoked, issue with a warning:
+    the broker refuses it only once the revocation list naming it is installed as its crlfile, and only
+    if the central kept a copy of it in identity/issued/ (an enrolment by an older release did not)."""
     warnings = []
     for kind, record in (("station", index.station(central_id)), ("auditor", index.reader(central_id))):
         if record is None:
@@ -147,8 +147,9 @@ def _refuse_taken_name(index: Index, central_id: str) -> tuple[str, ...]:
             )
         warnings.append(
             f"revoked {kind} {central_id!r} has a certificate (sha256 {record.cert_sha256}) naming the "
-            "central's id: the broker, which does not read revocations, takes it for the central until it "
-            "expires"
+            "central's id: the broker takes it for the central until the revocation list naming it is its "
+            "crlfile (`edge central crl --out BROKER_CRL`, then reload the broker); if identity/issued/ has "
+            "no copy of it, the list cannot name it: import it with `edge central keep-issued --cert FILE`"
         )
     return tuple(warnings)
 
@@ -179,6 +180,9 @@ def _issue(
         valid_from=None,
         alt_names=alt_names(hosts) if hosts else None,
     )
+    # Kept before it leaves the central, like every client certificate: a replaced one is named by the
+    # revocation list (edge.central.revocation).
+    keep_issued(config.layout, cert)
     cert_name, key_name = files
     contents = {
         key_name: (key_pem(key), PRIVATE_MODE),

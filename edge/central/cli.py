@@ -26,7 +26,7 @@ from edge.central.console.secret_key import prepare_console_key
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
 from edge.central.index import CentralIndexError
 from edge.central.mqtt_command import add_command_parser
-from edge.central.revocation import CrlWritten, update_crl
+from edge.central.revocation import CrlWritten, import_issued, kept_sha256s, update_crl
 from edge.central.sqlite import SqliteDatabase, SqliteIndex
 from edge.durable.lock import StoreBusy
 from edge.pki.bundle import (
@@ -49,6 +49,7 @@ __all__ = [
     "cmd_central_enroll",
     "cmd_central_enroll_reader",
     "cmd_central_init",
+    "cmd_central_keep_issued",
     "cmd_central_mqtt_identity",
     "cmd_central_mqtt_worker",
     "cmd_central_revoke",
@@ -109,10 +110,14 @@ def cmd_central_mqtt_worker(args: argparse.Namespace) -> int:
         _say("error: the configuration has no [mqtt] section: there is nothing for an MQTT worker to do")
         return EXIT_CONFIG
     # Imported here: only this command needs the MQTT client.
-    from edge.central.mqtt_receiver import run_mqtt_worker
+    from edge.central.mqtt_receiver import CentralNotStarted, run_mqtt_worker
 
     try:
         return run_mqtt_worker(config, client_id=args.client_id)
+    except CentralNotStarted as exc:
+        # Temporary (75, EX_TEMPFAIL): systemd restarts the worker until the central has run once.
+        _say(f"error: {exc}")
+        return ExitCode.STORE_BUSY
     except (IdentityError, ValueError) as exc:
         _say(f"error: {exc}")
         return EXIT_CONFIG
@@ -334,16 +339,46 @@ def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[SqliteIndex, 
         index = SqliteIndex.open(config.layout.index_db)
         try:
             revoke(index, args.name, reason)
+            record = index.station(args.name) if kind == "station" else index.reader(args.name)
         finally:
             index.close()
     except (CentralIndexError, OSError) as exc:
         _say(f"error: revoke {kind} {args.name}: {exc}")
         return EXIT_FAILED
-    _say(
-        f"revoked {kind} {args.name} in {config.layout.index_db}: {reason}. Its certificate is refused "
-        f"from now on; `edge central enroll{'' if kind == 'station' else '-reader'}` issues a new one"
-    )
+    enroll = f"edge central enroll{'' if kind == 'station' else '-reader'}"
+    kept = record is not None and record.cert_sha256 in kept_sha256s(config.layout)
+    if kept:
+        _say(f"revoked {kind} {args.name} in {config.layout.index_db}: {reason}. Its certificate is refused "
+             f"from now on (by the broker once it has the new revocation list); `{enroll}` issues a new one")
+    else:
+        days = config.identity.station_cert_days if kind == "station" else config.identity.reader_cert_days
+        enrolled = record.enrolled_utc if record is not None else "?"
+        _say(f"revoked {kind} {args.name} in {config.layout.index_db}: {reason}. The central refuses it from "
+             f"now on, but its enrolled certificate (sha256 {record.cert_sha256 if record else '?'}) has no "
+             f"copy in {config.layout.issued_dir} (enrolled by an earlier release) and cannot be listed in "
+             f"the revocation list: the broker will keep accepting it until it expires (enrolled "
+             f"{enrolled}, valid {days} days by the current [identity] setting). Import it: `edge central "
+             f"keep-issued --config FILE --cert ITS_BUNDLE/client.crt`, then renew the broker's list")
     return EXIT_OK if _renew_crl(config, f"the revocation of {args.name}") else EXIT_FAILED
+
+
+def cmd_central_keep_issued(args: argparse.Namespace) -> int:
+    """Keep a certificate issued before the central kept copies, so the revocation list can name it."""
+    config = _load(args)
+    if isinstance(config, ExitCode):
+        return config
+    try:
+        index = SqliteIndex.open(config.layout.index_db) if config.layout.index_db.is_file() else None
+        try:
+            what = import_issued(config, index, Path(args.cert))
+        finally:
+            if index is not None:
+                index.close()
+    except (IdentityError, CentralIndexError, OSError) as exc:
+        _say(f"error: keep-issued {args.cert}: {exc}")
+        return EXIT_FAILED
+    _say(f"kept {what} in {config.layout.issued_dir}")
+    return EXIT_OK if _renew_crl(config, f"keeping {args.cert}") else EXIT_FAILED
 
 
 def cmd_central_crl(args: argparse.Namespace) -> int:
@@ -402,7 +437,8 @@ def cmd_central_mqtt_identity(args: argparse.Namespace) -> int:
         f"must trust the central's CA and give the user {config.central.id} every station's topics "
         "(config/mosquitto/acl)"
     )
-    return EXIT_OK
+    # The list now names the identities this one replaces (edge.central.revocation).
+    return EXIT_OK if _renew_crl(config, "the central's new MQTT identity") else EXIT_FAILED
 
 
 def cmd_central_broker_cert(args: argparse.Namespace) -> int:
@@ -534,6 +570,14 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     )
     broker_cert.set_defaults(func=cmd_central_broker_cert)
 
+    keep = commands.add_parser(
+        "keep-issued",
+        help="keep a certificate this CA issued before the central kept copies (a station's bundle's "
+        "client.crt), so the revocation list can name it once replaced or revoked",
+    )
+    _config_option(keep)
+    keep.add_argument("--cert", required=True, metavar="FILE", help="the certificate (PEM)")
+    keep.set_defaults(func=cmd_central_keep_issued)
     crl = commands.add_parser(
         "crl",
         help="rewrite the revocation list (replaced and revoked certificates) and copy it for the broker",

@@ -13,6 +13,10 @@
   when all pass; ``503`` naming each failing check otherwise, with ``Retry-After``. The body names checks
   and a short word (``ok``, ``not_writable``, ``not_answering``, ``not_signing``, ``timed_out``): never a
   path, an exception text or a key; the details go to the central's log, once per change of state.
+  A warning that does not stop the central taking evidence is named under ``warnings`` without turning
+  the answer 503: ``{"crl": "expires_soon"}`` (less than 7 days before the CA's revocation list needs
+  its next update; past it the broker refuses every client), ``"expired"`` or ``"unreadable"`` (also:
+  missing while the central has an ``[mqtt]`` section).
 
 Both answer **without a client certificate** on the central's TLS listener (the TLS context asks for a
 certificate but no longer requires one in the handshake); :data:`PUBLIC_ROUTES` is the complete list
@@ -44,6 +48,7 @@ from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 
 from edge.central.metrics import METRICS_CONTENT_TYPE, CentralMetrics
+from edge.central.revocation import CRL_WARN_BEFORE, crl_seconds_left
 from edge.custody.canonical import canonical_json
 
 if TYPE_CHECKING:
@@ -119,6 +124,8 @@ class Readiness:
         self.max_age_s = max_age_s
         self._clock = clock
         self._cached: dict[str, str] | None = None
+        # Not failures: named in the answer, logged once per change.
+        self.warnings: dict[str, str] = {}
         self._cached_at = float("-inf")
         # One probe at a time: a burst of callers waits for the probe under way and shares its verdict.
         self._refreshing = asyncio.Lock()
@@ -150,7 +157,35 @@ class Readiness:
             elif self._last_failed is not None:
                 log.info("central ready again: store, index and signer answer")
             self._last_failed = failed
+        self._check_crl()
         return results
+
+    def _check_crl(self) -> None:
+        layout = self._parts.config.layout
+        left = crl_seconds_left(layout)
+        if left is None and not layout.crl_file.exists() and self._parts.config.mqtt is None:
+            word = ""  # a store made before the list (or by hand) serving HTTPS only: no broker reads one
+        elif left is None:
+            word = "unreadable"
+        elif left <= 0:
+            word = "expired"
+        elif left < CRL_WARN_BEFORE.total_seconds():
+            word = "expires_soon"
+        else:
+            word = ""
+        if word != self.warnings.get("crl", ""):
+            if word:
+                log.warning("the CA's revocation list %s is %s (%s): the broker refuses every client once "
+                            "it is past its next update; renew it: `edge central crl --config FILE --out "
+                            "BROKER_CRL` (systemd/edge-central-crl.timer does it daily)", layout.crl_file,
+                            word.replace("_", " "),
+                            "no next update" if left is None else f"{left / 86400:.1f} days left")
+            else:
+                log.info("the CA's revocation list %s is renewed", layout.crl_file)
+        if word:
+            self.warnings["crl"] = word
+        else:
+            self.warnings.pop("crl", None)
 
     async def _timed(self, name: str, failure: str, probe: Callable[[], Awaitable[None]],
                      details: dict[str, str]) -> str:
@@ -190,9 +225,10 @@ def _handlers(readiness: Readiness) -> tuple[Callable[[web.Request], Awaitable[w
 
     async def readyz(request: web.Request) -> web.Response:
         checks = await readiness.verdict()
+        warnings = {"warnings": dict(readiness.warnings)} if readiness.warnings else {}
         if all(word == "ok" for word in checks.values()):
-            return _json({"status": "ready", "checks": checks})
-        return _json({"status": "not_ready", "checks": checks}, status=503,
+            return _json({"status": "ready", "checks": checks, **warnings})
+        return _json({"status": "not_ready", "checks": checks, **warnings}, status=503,
                      headers={"Retry-After": _RETRY_AFTER_S})
 
     return healthz, readyz

@@ -397,7 +397,7 @@ def _enroll(
         valid_from=valid_from,
     )
     cert_sha256 = certificate_sha256(cert)
-    _keep_issued(config.layout, cert)
+    keep_issued(config.layout, cert)
     record = {
         "station" if role == "station" else "reader": name,
         "central_id": config.central.id,
@@ -430,9 +430,10 @@ def _enroll(
     )
 
 
-def _keep_issued(layout: CentralLayout, cert: x509.Certificate) -> None:
-    """Keep a copy of an issued client certificate before its bundle leaves the central: the revocation
-    list (edge.central.revocation) names a replaced or revoked certificate by its serial number."""
+def keep_issued(layout: CentralLayout, cert: x509.Certificate) -> None:
+    """Keep a copy of an issued certificate (station, auditor, the central's broker identity, the broker's
+    server certificate) before it leaves the central: the revocation list (edge.central.revocation) names
+    a replaced or revoked certificate by its serial number. Keeping one already kept is a no-op."""
     try:
         ensure_private_dir(layout.issued_dir)
         # Private like everything in the store (tests/station/test_durability.py): only the CRL leaves it.

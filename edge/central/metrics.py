@@ -14,6 +14,9 @@ What is counted, and where:
 - ``edge_central_verify_seconds``: the re-hash of an upload's content as it moves into the object store.
 - ``edge_central_receipt_seconds``: an item registration, from its request to its receipt (or refusal).
 - ``edge_central_log_size``: leaves in the Merkle log, read when scraped.
+- ``edge_central_crl_next_update_seconds``: seconds until the CA's revocation list needs its next update
+  (``identity/ca.crl``, read when scraped; negative once past: then the broker refuses every client; NaN
+  when it cannot be read). Alert below 7 days (``/readyz`` names it too).
 
 No label carries a station id, an item id, a reader name or a case number. The metrics are still not for
 the internet (traffic volumes, refusal patterns): they are served only on a loopback listener of their
@@ -83,10 +86,28 @@ class _LogSizeCollector(Collector):
         yield GaugeMetricFamily("edge_central_log_size", "Leaves in the central Merkle log")
 
 
+class _CrlCollector(Collector):
+    _NAME = "edge_central_crl_next_update_seconds"
+    _HELP = "Seconds until the CA revocation list's next update (negative: past, the broker refuses all)"
+
+    def __init__(self, seconds_left: Callable[[], float | None]) -> None:
+        self._seconds_left = seconds_left
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self._NAME, self._HELP)
+        left = self._seconds_left()
+        family.add_metric([], float("nan") if left is None else left)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self._NAME, self._HELP)
+
+
 class CentralMetrics:
     """The central's counters and histograms on their own registry."""
 
-    def __init__(self, log_size: Callable[[], int] | None = None) -> None:
+    def __init__(self, log_size: Callable[[], int] | None = None,
+                 crl_seconds_left: Callable[[], float | None] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("edge_central_requests", "Requests answered, by route template, method and "
                                 "status", ("route", "method", "status"), registry=self.registry)
@@ -102,6 +123,8 @@ class CentralMetrics:
                                          registry=self.registry)
         if log_size is not None:
             self.registry.register(_LogSizeCollector(log_size))
+        if crl_seconds_left is not None:
+            self.registry.register(_CrlCollector(crl_seconds_left))
 
     def __repr__(self) -> str:
         return "CentralMetrics()"

@@ -83,6 +83,7 @@ if TYPE_CHECKING:
     from edge.central.mqtt_api import MqttApi
 
 __all__ = [
+    "CentralNotStarted",
     "MqttReceiver",
     "SupervisedReceiver",
     "central_mqtt_settings",
@@ -123,9 +124,16 @@ def transfers_store(config: CentralConfig) -> MqttIngestStore:
     )
 
 
-def central_mqtt_settings(config: CentralConfig) -> MqttSettings:
+class CentralNotStarted(Exception):
+    """A worker found no client-id secret: only the central makes it (a worker's identity/ is read-only
+    under its systemd sandbox), so the central has never run; try again once it has."""
+
+
+def central_mqtt_settings(config: CentralConfig, *, create_secret: bool = True) -> MqttSettings:
     """The receiver's connection: TLS with the central's broker certificate, whose CN must be the central
-    id (the broker's ACL grants that user the stations' topics). Raises :class:`IdentityError`."""
+    id (the broker's ACL grants that user the stations' topics). `create_secret`: make the client-id
+    secret when missing (the central); a worker only reads it and raises :class:`CentralNotStarted`
+    without it. Raises :class:`IdentityError`."""
     mqtt = config.mqtt
     if mqtt is None:
         raise ValueError("the configuration has no [mqtt] section")
@@ -145,11 +153,18 @@ def central_mqtt_settings(config: CentralConfig) -> MqttSettings:
     except (OSError, ValueError) as exc:
         raise IdentityError(f"[mqtt]: cannot use the CA file or client bundle: {exc}") from None
     host, port = mqtt.host_port
+    client_id = mqtt.client_id
+    if not client_id:
+        secret = load_or_create_client_secret(config.layout.mqtt_client_secret, create=create_secret)
+        if secret is None:
+            raise CentralNotStarted(
+                f"no MQTT client secret in {config.layout.mqtt_client_secret}: the central makes it at its "
+                "first start; start edge-central first")
+        client_id = secret_client_id(config.central.id, secret)
     return MqttSettings(
         host=host,
         port=port,
-        client_id=mqtt.client_id or secret_client_id(
-            config.central.id, load_or_create_client_secret(config.layout.mqtt_client_secret) or ""),
+        client_id=client_id,
         tls=tls,
         protocol=ProtocolVersion.V5,
         keepalive_s=mqtt.keepalive_s,
@@ -435,7 +450,9 @@ def worker_mqtt_settings(config: CentralConfig, name: str) -> MqttSettings:
     if not _WORKER_NAME.fullmatch(name):
         raise ValueError(f"--client-id {name!r}: expected a name of letters, digits, '.', '_' or '-' "
                          "(at most 32), stable and the worker's own")
-    settings = central_mqtt_settings(config)
+    # Never create the secret: under the worker's sandbox identity/ is read-only (EROFS), and a secret the
+    # worker made would not be the central's anyway if both started at once.
+    settings = central_mqtt_settings(config, create_secret=False)
     return dataclasses.replace(settings, client_id=f"{settings.client_id}-w-{name}")
 
 
@@ -447,7 +464,8 @@ def run_mqtt_worker(config: CentralConfig, *, client_id: str) -> int:
     only assembles transfers in the shared ``transfers_dir``, so several processes (and cores) share the
     hashing and fsyncs of many stations' segments. A worker does not read the index: it cannot refuse a
     revoked station's segments (the broker's certificate check and the store's quota still apply, and
-    such a transfer is never registered). Raises :class:`IdentityError` for an unusable broker identity.
+    such a transfer is never registered). Raises :class:`IdentityError` for an unusable broker identity,
+    :class:`CentralNotStarted` before the central has made its client-id secret.
     """
     if config.mqtt is None:
         raise ValueError("the configuration has no [mqtt] section")

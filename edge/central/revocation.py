@@ -4,17 +4,24 @@ Over HTTPS the central refuses a replaced or revoked certificate itself (it comp
 certificate with the enrolled one). Behind an MQTT broker it never sees the certificate, so the broker
 must refuse it: Mosquitto's `crlfile`. This module keeps that list:
 
-- every client certificate the CA issues is kept in ``identity/issued/<sha256>.crt``
-  (`edge.central.identity`; a CRL names certificates by serial number, the index records only their
-  SHA-256);
+- every certificate the CA issues is kept in ``identity/issued/<sha256>.crt``
+  (`edge.central.identity`, `edge.central.broker_identity`; a CRL names certificates by serial number,
+  the index records only their SHA-256);
 - ``identity/ca.crl`` names each kept certificate whose station or auditor is revoked, or whose enrolled
-  certificate is another one now (re-enrolment replaced it); a certificate past its end is left out
-  (nobody accepts it anyway). It is computed from the index as a whole each time, under a lock, so two
+  certificate is another one now (re-enrolment replaced it); each kept OU=central certificate (the
+  central's own broker identity, which reads every station's evidence) issued before the current one:
+  the one in the central's ``[mqtt] client_bundle_dir`` when configured, else the newest issued (one
+  issued after the configured one is its replacement waiting for the configuration, never listed); each
+  kept broker server certificate that is not the newest for its host name (stations check no CRL for the
+  broker's certificate: listing it only records the replacement, README "Broker setup"). A certificate
+  past its end is left out (nobody accepts it anyway). It is computed from the index as a whole each
+  time, under a lock, so two
   `enroll`/`revoke` commands at once cannot write a list that misses one of them.
 
 `edge central enroll`, `enroll-reader`, `revoke`, `revoke-reader` and `init` rewrite it; `edge central
 crl --out FILE` rewrites it (a fresh next update) and copies it for the broker. Certificates issued before
-the central kept them are not in ``issued/`` and cannot be listed (README "Broker setup").
+the central kept them are not in ``issued/`` and cannot be listed until imported from their bundle
+(`import_issued`, `edge central keep-issued --cert FILE`; README "Broker setup").
 """
 
 from __future__ import annotations
@@ -30,14 +37,16 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from edge.central.config import CentralConfig, CentralLayout
-from edge.central.identity import load_ca
+from edge.central.identity import keep_issued, load_ca
 from edge.central.index import ReaderRecord, StationRecord
+from edge.pki.bundle import BUNDLE_CLIENT_CERT
 from edge.pki.certs import PUBLIC_MODE, certificate_sha256, install_file, load_cert, utc_now
-from edge.pki.crl import RevokedCertificate, build_crl, crl_pem, write_crl
-from edge.pki.names import AUDITOR_OU, STATION_OU, IdentityError
+from edge.pki.crl import RevokedCertificate, build_crl, crl_pem, load_crl, write_crl
+from edge.pki.names import AUDITOR_OU, CENTRAL_OU, SERVER_OU, STATION_OU, IdentityError
 
 log = logging.getLogger(__name__)
 
@@ -73,30 +82,89 @@ def _time(text: str | None, fallback: dt.datetime) -> dt.datetime:
         return fallback
 
 
-def _issued(layout: CentralLayout) -> Iterator[x509.Certificate]:
+@dataclass(frozen=True)
+class _Kept:
+    """A kept copy of an issued certificate; `written_ns`: when the copy was written (the file's mtime),
+    which orders two certificates issued within the same second (their notBefore ties)."""
+
+    cert: x509.Certificate
+    written_ns: int
+
+    def age_key(self) -> tuple[dt.datetime, int]:
+        return (self.cert.not_valid_before_utc, self.written_ns)
+
+
+def _issued(layout: CentralLayout) -> Iterator[_Kept]:
     if not layout.issued_dir.is_dir():
         return
     for path in sorted(layout.issued_dir.glob("*.crt")):
         try:
-            yield load_cert(path)
-        except IdentityError as exc:
+            yield _Kept(load_cert(path), path.stat().st_mtime_ns)
+        except (IdentityError, OSError) as exc:
             # A damaged copy cannot be listed; say so loudly rather than drop the whole list.
             log.error("revocation list: skipping %s: %s", path, exc)
 
 
-def revoked_certificates(layout: CentralLayout, index: EnrolmentRecords | None,
-                         now: dt.datetime) -> list[RevokedCertificate]:
-    """Every kept certificate, not yet expired, that the index no longer takes as its holder's."""
+def kept_sha256s(layout: CentralLayout) -> set[str]:
+    """The SHA-256 of every certificate kept in ``identity/issued/`` (those the list can name)."""
+    return {certificate_sha256(kept.cert) for kept in _issued(layout)}
+
+
+def _current_central_sha256(config_bundle_cert: Path | None, central: list[_Kept]) -> str | None:
+    """The central's current broker identity: the certificate in its configured bundle when readable,
+    else the newest kept one."""
+    if config_bundle_cert is not None:
+        try:
+            return certificate_sha256(load_cert(config_bundle_cert))
+        except (IdentityError, OSError) as exc:
+            log.error("revocation list: cannot read the central's MQTT client certificate %s (%s): taking "
+                      "the newest issued OU=central certificate for the current one", config_bundle_cert, exc)
+    if not central:
+        return None
+    return certificate_sha256(max(central, key=_Kept.age_key).cert)
+
+
+def revoked_certificates(layout: CentralLayout, index: EnrolmentRecords | None, now: dt.datetime, *,
+                         central_bundle_cert: Path | None = None) -> list[RevokedCertificate]:
+    """Every kept certificate, not yet expired, that no longer stands: a station's or auditor's that the
+    index no longer takes as its holder's, a central broker identity issued before the current one
+    (`central_bundle_cert`: the configured bundle's client.crt, None: the newest), a broker server
+    certificate that is not the newest of its host name."""
     revoked: list[RevokedCertificate] = []
-    for cert in _issued(layout):
-        if cert.not_valid_after_utc <= now or index is None:
-            continue
+    kept = [k for k in _issued(layout) if k.cert.not_valid_after_utc > now]
+    central = [k for k in kept if _attribute(k.cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) == CENTRAL_OU]
+    current_central = _current_central_sha256(central_bundle_cert, central)
+    newest_server: dict[str, _Kept] = {}
+    for k in kept:
+        if _attribute(k.cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) == SERVER_OU:
+            host = _attribute(k.cert.subject, NameOID.COMMON_NAME) or ""
+            if host not in newest_server or k.age_key() > newest_server[host].age_key():
+                newest_server[host] = k
+    for k in kept:
+        cert = k.cert
         name = _attribute(cert.subject, NameOID.COMMON_NAME)
         unit = _attribute(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
         sha256 = certificate_sha256(cert)
         if name is None:
             continue
-        if unit == STATION_OU:
+        # Superseded when its successor was issued (its notBefore), so the date stays put across rewrites.
+        if unit == CENTRAL_OU:
+            current = [c for c in central if certificate_sha256(c.cert) == current_central]
+            if sha256 == current_central:
+                continue
+            if not current:  # the configured one was never kept: every kept one is older
+                revoked.append(RevokedCertificate(cert.serial_number, now, x509.ReasonFlags.superseded))
+            elif k.age_key() < current[0].age_key():
+                revoked.append(RevokedCertificate(cert.serial_number, current[0].cert.not_valid_before_utc,
+                                                  x509.ReasonFlags.superseded))
+        elif unit == SERVER_OU:
+            newest = newest_server[name]
+            if newest is not k:
+                revoked.append(RevokedCertificate(cert.serial_number, newest.cert.not_valid_before_utc,
+                                                  x509.ReasonFlags.superseded))
+        elif index is None:
+            continue
+        elif unit == STATION_OU:
             station = index.station(name)
             if station is None:
                 continue  # issued, but its enrolment was never recorded (the bundle was removed)
@@ -119,6 +187,23 @@ def revoked_certificates(layout: CentralLayout, index: EnrolmentRecords | None,
     return revoked
 
 
+# Less than this left before the list's next update: the central warns (readyz, log; metrics always show
+# the time left). Past it, Mosquitto refuses every client: renew it daily (systemd/edge-central-crl.timer).
+CRL_WARN_BEFORE = dt.timedelta(days=7)
+
+
+def crl_seconds_left(layout: CentralLayout, now: dt.datetime | None = None) -> float | None:
+    """Seconds until ``identity/ca.crl``'s next update (negative once past; the broker's copy, installed
+    by `edge central crl --out`, is the same list); None when it is missing or unreadable."""
+    try:
+        next_update = load_crl(layout.crl_file).next_update_utc
+    except (IdentityError, OSError):
+        return None
+    if next_update is None:
+        return None
+    return (next_update - (now or utc_now())).total_seconds()
+
+
 @contextmanager
 def _crl_lock(layout: CentralLayout) -> Iterator[None]:
     fd = os.open(layout.identity_dir / ".crl.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -139,7 +224,8 @@ def update_crl(config: CentralConfig, index: EnrolmentRecords | None, *,
     try:
         with _crl_lock(layout):
             now = utc_now()
-            revoked = revoked_certificates(layout, index, now)
+            bundle = config.mqtt.client_bundle_dir / BUNDLE_CLIENT_CERT if config.mqtt is not None else None
+            revoked = revoked_certificates(layout, index, now, central_bundle_cert=bundle)
             crl = build_crl(ca_cert, ca_key, revoked, now=now)
             write_crl(layout.crl_file, crl)
             if copy_to is not None:
@@ -152,3 +238,39 @@ def update_crl(config: CentralConfig, index: EnrolmentRecords | None, *,
     log.info("revocation list %s: %d certificate(s), valid until %s", layout.crl_file, len(revoked),
              f"{next_update:%Y-%m-%d %H:%M}Z")
     return CrlWritten(layout.crl_file, len(revoked), next_update)
+
+
+def import_issued(config: CentralConfig, index: EnrolmentRecords | None, cert_file: Path) -> str:
+    """Keep `cert_file` in ``identity/issued/`` so the list can name it (a certificate issued before the
+    central kept copies): only one this CA issued, and for a station or auditor only the enrolled
+    certificate of that name or an older one (issued before its enrolment). Returns what it is; raises
+    `IdentityError` naming why not."""
+    ca_cert, _ = load_ca(config.layout)
+    cert = load_cert(cert_file)
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise IdentityError(f"{cert_file} was not issued by this central's CA") from None
+    name = _attribute(cert.subject, NameOID.COMMON_NAME)
+    unit = _attribute(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
+    sha256 = certificate_sha256(cert)
+    if name is None or unit not in (STATION_OU, AUDITOR_OU, CENTRAL_OU, SERVER_OU):
+        raise IdentityError(f"{cert_file}: not a certificate of a station, an auditor, the central or "
+                            "the broker")
+    if unit in (STATION_OU, AUDITOR_OU):
+        kind = "station" if unit == STATION_OU else "auditor"
+        record: StationRecord | ReaderRecord | None = None
+        if index is not None:
+            record = index.station(name) if unit == STATION_OU else index.reader(name)
+        if record is None:
+            raise IdentityError(f"{kind} {name!r} is not enrolled: there is nothing its certificate is "
+                                "for")
+        enrolled = _time(record.enrolled_utc, utc_now())
+        if record.cert_sha256 != sha256 and cert.not_valid_before_utc > enrolled:
+            raise IdentityError(f"{cert_file} (sha256 {sha256}) is neither the enrolled certificate of "
+                                f"{kind} {name!r} nor one issued before its enrolment")
+    else:
+        kind = "central MQTT identity" if unit == CENTRAL_OU else "broker server certificate"
+    keep_issued(config.layout, cert)
+    return (f"{kind} {name} (sha256 {sha256}, serial {cert.serial_number:x}, valid until "
+            f"{cert.not_valid_after_utc:%Y-%m-%d})")

@@ -10,7 +10,7 @@ stops at once (`systemctl status` shows the message) instead of looping until it
 | 1 | a fault a fresh start may cure (a task kept failing, the port is taken) | restarts |
 | 2 | the command line is wrong (argparse's own status) | does not restart |
 | 69 (EX_UNAVAILABLE) | `edge status`: no station agent answers on the local API socket | — |
-| 75 (EX_TEMPFAIL) | another process holds the store; try again when it is done | restarts |
+| 75 (EX_TEMPFAIL) | another process holds the store, or (mqtt-worker) the central never ran | restarts |
 | 77 (EX_NOPERM) | `edge status`: the caller may not use the local API (not root, owner or operator) | — |
 | 78 (EX_CONFIG) | the configuration, a secret it names, or its store is unusable | does not restart |
 """

@@ -44,16 +44,19 @@ def test_a_replaced_central_mqtt_identity_is_named_by_the_crl(tmp_path: Path) ->
     old, new = tmp_path / "central-mqtt-old", tmp_path / "central-mqtt-new"
     assert main(["central", "mqtt-identity", "--config", str(config), "--out", str(old)]) == 0
     station_old = _enroll(tmp_path, config, "ST-1")
+    old_station = load_cert(station_old / BUNDLE_CLIENT_CERT).serial_number
     shutil.rmtree(station_old)
     _enroll(tmp_path, config, "ST-1")  # re-enrolment replaces the station's certificate
     assert main(["central", "mqtt-identity", "--config", str(config), "--out", str(new)]) == 0
     out = tmp_path / "broker-ca.crl"
     assert main(["central", "crl", "--config", str(config), "--out", str(out)]) == 0
     serials = _serials(out)
-    # Control: the replaced station certificate is listed.
-    assert len(serials) == 1
+    # Control: the replaced station certificate is listed, the current central identity is not.
+    assert old_station in serials
+    assert load_cert(new / BUNDLE_CLIENT_CERT).serial_number not in serials
     old_central = load_cert(old / BUNDLE_CLIENT_CERT).serial_number
     assert old_central in serials, "the replaced central MQTT identity is still accepted by the broker"
+    assert len(serials) == 2
 
 
 def test_revoking_a_station_whose_certificate_the_central_never_kept_says_the_broker_still_takes_it(
