@@ -256,6 +256,51 @@ async def test_messages_beyond_the_bound_per_key_are_not_handled_nor_acknowledge
         assert got == sent[4:]
 
 
+async def test_on_a_resumed_session_the_earlier_connections_waiting_messages_are_dropped_not_run_twice(
+    broker: MosquittoBroker, pki: TestPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 2, seen while fixing it: after a reconnection the broker sends every unacknowledged message
+    again; the copies of the earlier connection still waiting for their key counted against the bound a
+    second time (one key's 20 in flight became 40 and went over it at every reconnection). A1 slow, A2..A4
+    waiting, bound 4; the broker restarts (session kept): A1..A4 come again. The earlier A2..A4 are dropped:
+    nothing goes over the bound, and each of A2..A4 is handled once (A1, already running, twice: at least
+    once). Control: every message is handled, in order."""
+    monkeypatch.setattr(client_module, "_WAITING_PER_KEY", 4)
+    release = asyncio.Event()
+    inbox = Inbox()
+    handled: list[bytes] = []
+
+    async def handler(message: InboundMessage) -> None:
+        handled.append(message.payload)
+        if message.payload == b"A1" and not release.is_set():
+            await release.wait()
+        await inbox(message)
+
+    async with (
+        running(broker.client_settings(pki.client(CENTRAL_ID, unit="server"))) as (receiver, _),
+        running(broker.client_settings(pki.client("STATION-A"))) as (a, _),
+        running(broker.client_settings(pki.client("STATION-B"))) as (b, _),
+    ):
+        for client in (receiver, a, b):
+            await client.wait_connected(WAIT_S)
+        await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/api", handler, concurrency=4, key=_station_of)
+        sent = [b"A%d" % n for n in range(1, 5)]
+        for payload in sent:
+            await a.publish(topic("STATION-A", "api"), payload)
+        await b.publish(topic("STATION-B", "api"), b"marker")
+        await _dispatched(inbox, b"marker")
+        seen = receiver.status.connections
+        await broker.restart(graceful=True)
+        await receiver.wait_for(partial(_more_connections, seen), WAIT_S)
+        await b.wait_for(lambda s: s.state is ConnectionState.CONNECTED, WAIT_S)
+        await b.publish(topic("STATION-B", "api"), b"marker 2")
+        await _dispatched(inbox, b"marker 2")  # the session's A1..A4 came before it
+        assert receiver.held_over_bound == 0
+        release.set()
+        assert [(await inbox.next()).payload for _ in range(5)] == [b"A1", *sent]
+        assert handled == [b"A1", b"marker", b"marker 2", b"A1", *sent[1:]]
+
+
 async def test_a_message_acknowledged_as_poison_is_forgotten_so_an_identical_resend_starts_at_zero(
     broker: MosquittoBroker, pki: TestPki, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
