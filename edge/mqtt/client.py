@@ -135,7 +135,7 @@ _RECONNECT_AT_HELD_FAILURES = 10
 _FAILURE_MEMORY = 4096
 # Messages of one key of a concurrent subscription that may wait behind its running one (see "Memory" in
 # the module docstring): above Mosquitto's max_inflight_messages (20 in config/mosquitto) and EMQX's default
-# max_inflight (32), so that with those brokers the broker's window, not this bound, is what holds a station.
+# max_inflight (32), which should hold a station first; Mosquitto 2.0.11 was seen sending the receiver more.
 _WAITING_PER_KEY = 32
 # Dropped (QoS 0) or held (over the bound) messages are logged at most once per this many seconds each.
 _DROP_LOG_INTERVAL_S = 60.0
