@@ -10,11 +10,14 @@ record that is admitted, so nothing is silently forgotten (as the station's own 
 ``edge.mqtt.command_handler.REFUSALS_RECORDED_PER_MINUTE``).
 
 The stations it remembers are bounded (the oldest forgotten first): a forgotten station starts again
-with a full burst, which bounds the records by the number of stations the broker lets in.
+with a full burst, which bounds the records by the number of stations the broker lets in. A station
+forgotten with records not written gets one log line with their count (a station skips only after a
+full burst, so these lines are fewer than a burst's share of what the stations send).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -22,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["RECORDS_PER_MINUTE", "RecordRate", "noting_skipped"]
+
+log = logging.getLogger(__name__)
 
 RECORDS_PER_MINUTE = 30
 _REMEMBERED_STATIONS = 4096
@@ -60,6 +65,7 @@ class RecordRate:
         """None when this record of ``station`` is not to be written (it is counted); else the number of
         its records not written since its last one (0 mostly), to be carried in this one."""
         now = self._monotonic()
+        forgotten: list[tuple[str, int]] = []
         with self._lock:
             bucket = self._buckets.pop(station, None)
             if bucket is None:
@@ -69,13 +75,21 @@ class RecordRate:
             bucket.at = now
             self._buckets[station] = bucket
             while len(self._buckets) > self._remembered:
-                self._buckets.popitem(last=False)
+                old_station, old_bucket = self._buckets.popitem(last=False)
+                if old_bucket.skipped:
+                    forgotten.append((old_station, old_bucket.skipped))
             if bucket.tokens < 1.0:
                 bucket.skipped += 1
-                return None
-            bucket.tokens -= 1.0
-            skipped, bucket.skipped = bucket.skipped, 0
-            return skipped
+                admitted = None
+            else:
+                bucket.tokens -= 1.0
+                admitted, bucket.skipped = bucket.skipped, 0
+        for old_station, skipped in forgotten:  # logged outside the lock
+            # repr, cut: a station id comes from a topic, whatever bytes the station put there.
+            log.warning("%d record(s) of station %.80r were not written (rate-limited) and it is forgotten "
+                        "(more than %d stations remembered): no later record of it will carry that count",
+                        skipped, old_station, self._remembered)
+        return admitted
 
 
 def noting_skipped(detail: str, skipped: int) -> str:

@@ -26,16 +26,36 @@ that many held and nothing more comes). Failed deliveries are counted per messag
 SHA-256 of its payload, the last `_FAILURE_MEMORY` messages remembered); once `_RECONNECT_AT_HELD_FAILURES`
 failed messages are held on one connection the client reconnects, so that the broker sends them again; a
 message whose handler failed `POISON_AFTER_FAILURES` times is acknowledged and logged as poison (one
-line: topic, size and digest, never the payload). A message whose handler failed fewer times is never
-acknowledged.
+line: topic, size and digest, never the payload), and its count is forgotten, so that an identical message
+published later starts again at zero. A message whose handler failed fewer times is never acknowledged.
 
 Concurrency. A subscription's messages are handled one at a time by default, each before the next is
 looked at. A subscription made with `concurrency` N > 1 and a `key` (the central: the station of the
 topic) has up to N messages handled at once, those of one key one at a time in the order they came, so
 that one station's slow message (a registration re-hashing a large file) does not hold up every other
-station's. The broker's in-flight window (Mosquitto's max_inflight_messages) bounds how many wait.
-Acknowledgements still go out in the order the messages came (MQTT 5 §4.6), each once its own handler
-and every earlier message's are done.
+station's. A message takes one of the N slots only once its key's turn has come: messages waiting behind
+their own key's earlier message hold no slot. Each message is acknowledged as soon as its own handler
+ends, not in arrival order: acknowledging in arrival order made every station's acknowledgements wait
+behind one slow message, and after the broker's in-flight window (Mosquitto's max_inflight_messages, 20)
+of unacknowledged messages the connection got nothing more. MQTT 5 §4.6 asks for acknowledgements in
+order only for an Ordered Topic, and the order that matters here (one key's messages handled one after
+another) is kept by the handling, not by the acknowledgements; Mosquitto (2.0.11, tested against in
+tests/mqtt) and EMQX accept acknowledgements out of order.
+
+Memory. What waits is bounded whatever a station publishes. A concurrent subscription handles QoS 1
+messages only: the broker's in-flight window bounds those, but not QoS 0 (a QoS 0 publish is delivered at
+QoS 0 whatever the subscription's QoS, and Mosquitto sends QoS 0 without limit), so a QoS 0 message there
+is dropped, counted (`dropped_qos0`) and logged at most once a minute (stations always publish QoS 1).
+At most `_WAITING_PER_KEY` messages wait behind one key's running one: a message beyond that is not
+handled and not acknowledged, counted (`held_over_bound`) and logged at most once a minute; the broker
+sends it again on the next connection of the session, and a station resends what goes unanswered. The
+bound is above the in-flight windows of the shipped Mosquitto (20) and of EMQX's default (32), yet the
+central's receiver in tests/mqtt/test_receiver_faults.py got more than 33 of one station's unacknowledged
+segments at once from Mosquitto 2.0.11, so the broker's window is not relied on. Such a message does not
+count towards the reconnection for held messages below: a reconnection has the broker send every
+unacknowledged message again, and a key that had too many would have them again (a reconnection loop).
+On a resumed session, messages of the earlier connection still waiting for their key's turn are dropped
+(the broker sends them again), so that they neither run twice nor count twice against the bound.
 
 Connections. `run()` (a supervised task) connects, and when the connection ends or cannot be made,
 waits an exponential back-off with jitter and tries again, until `close()`. A broker that refuses the
@@ -113,6 +133,12 @@ POISON_AFTER_FAILURES = 5
 _RECONNECT_AT_HELD_FAILURES = 10
 # How many failing messages' counts are remembered (oldest forgotten first).
 _FAILURE_MEMORY = 4096
+# Messages of one key of a concurrent subscription that may wait behind its running one (see "Memory" in
+# the module docstring): above Mosquitto's max_inflight_messages (20 in config/mosquitto) and EMQX's default
+# max_inflight (32), which should hold a station first; Mosquitto 2.0.11 was seen sending the receiver more.
+_WAITING_PER_KEY = 32
+# Dropped (QoS 0) or held (over the bound) messages are logged at most once per this many seconds each.
+_DROP_LOG_INTERVAL_S = 60.0
 # Text of a TLS alert the broker sent: it rejected the certificate we presented (or presented none).
 _TLS_ALERT = re.compile(r"\b(?:SSLV3|TLSV1|TLSV13)_ALERT_([A-Z_]+)\b")
 
@@ -263,6 +289,28 @@ class SubscribeRefused(MqttError):
         self.reason = reason
 
 
+class _DropLog:
+    """Counts messages a concurrent subscription does not handle, and logs them at a bounded rate: the first,
+    then at most one line per `_DROP_LOG_INTERVAL_S` saying how many came since the last line."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def note(self, topic: str) -> None:
+        self.count += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if self._logged_at is not None and now - self._logged_at < _DROP_LOG_INTERVAL_S:
+            return
+        log.warning("MQTT %d message(s) %s (the last on %.200s; %d since this client started)",
+                    self._unlogged, self.what, topic, self.count)
+        self._unlogged = 0
+        self._logged_at = now
+
+
 MessageKey = Callable[[InboundMessage], str]
 """What orders a subscription's messages: those with the same key are handled one at a time, in order."""
 
@@ -342,8 +390,16 @@ class MqttClient:
         self._held_failures = 0
         # Keys of concurrent subscriptions with messages in hand: their lock and how many messages use it.
         self._key_locks: dict[tuple[int, str], tuple[asyncio.Lock, int]] = {}
-        # Outcomes queued for the in-order acknowledger and not yet acknowledged (or given up).
-        self._acks_waiting = 0
+        # Tasks of concurrent subscriptions whose handler has not started yet, with their generation.
+        self._waiting_tasks: dict[asyncio.Task[None], int] = {}
+        # The generation of the last connection on which the broker had lost (or never had) the session.
+        self._lost_session_at = 0
+        self._qos0_drops = _DropLog(
+            "at QoS 0 on a concurrent subscription dropped unhandled (it handles QoS 1 only: nothing bounds "
+            "QoS 0 deliveries)")
+        self._over_bound = _DropLog(
+            f"beyond the {_WAITING_PER_KEY} waiting behind their key's running one left unhandled and "
+            "unacknowledged (the broker sends them again on the next connection)")
         self._generation = 0
         self._closing = False
         # The Maximum Packet Size of the broker's last CONNACK (None: it announced none).
@@ -366,6 +422,16 @@ class MqttClient:
     @property
     def settings(self) -> MqttSettings:
         return self._settings
+
+    @property
+    def dropped_qos0(self) -> int:
+        """QoS 0 messages a concurrent subscription dropped unhandled since this client was made."""
+        return self._qos0_drops.count
+
+    @property
+    def held_over_bound(self) -> int:
+        """Messages left unacknowledged, unhandled, because too many of their key waited already."""
+        return self._over_bound.count
 
     async def wait_for(
         self, predicate: Callable[[ConnectionStatus], bool], timeout_s: float
@@ -732,6 +798,9 @@ class MqttClient:
             return
         self._generation += 1
         self._held_failures = 0
+        if not session_present:
+            self._lost_session_at = self._generation
+        self._drop_stale_waiting()
         log.info(
             "MQTT %s connected to %s:%s (MQTT %s, session %s)",
             s.log_id, s.host, s.port, s.protocol.value, "resumed" if session_present else "new",
@@ -801,69 +870,82 @@ class MqttClient:
         self._inbound.put_nowait((self._generation, message))
 
     async def _dispatch(self) -> None:
-        # Acknowledgements go out in the order the messages came (MQTT 5 §4.6), whatever order their
-        # handlers end in: each message's outcome (acknowledge or not) is queued here in arrival order.
-        outcomes: asyncio.Queue[tuple[int, paho.MQTTMessage, asyncio.Future[bool]]] = asyncio.Queue()
-        self._acks_waiting = 0
-        acker = asyncio.create_task(self._acknowledge_in_order(outcomes),
-                                    name=f"mqtt-ack-{self._settings.log_id}")
-        running: set[asyncio.Task[bool]] = set()
+        running: set[asyncio.Task[None]] = set()
         try:
             while True:
                 generation, message = await self._inbound.get()
-                outcome = await self._dispatch_one(generation, message, running)
-                if outcome.done() and not self._acks_waiting:
-                    # Handled here and nothing earlier waits: acknowledged at once, as the handler returns.
-                    self._acknowledge(generation, message, outcome.result())
-                else:
-                    self._acks_waiting += 1
-                    outcomes.put_nowait((generation, message, outcome))
+                await self._dispatch_one(generation, message, running)
         finally:
-            acker.cancel()
             for task in running:
                 task.cancel()
-            await asyncio.gather(acker, *running, return_exceptions=True)
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _dispatch_one(
-        self, generation: int, message: paho.MQTTMessage, running: set[asyncio.Task[bool]]
-    ) -> asyncio.Future[bool]:
-        """Whether ``message`` is to be acknowledged, as a future: done at once for a message handled here
-        (or to be dropped), a task for one of a concurrent subscription."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self, generation: int, message: paho.MQTTMessage, running: set[asyncio.Task[None]]
+    ) -> None:
+        """Handles ``message`` here, or starts a task for it (a concurrent subscription), or drops it; each
+        message is acknowledged when its own handling ends (see "Concurrency" in the module docstring)."""
         try:
             inbound = _inbound_message(message)
         except UnicodeDecodeError:  # MQTT requires UTF-8 topics; a broker that forwards others is wrong
             log.warning("MQTT message with a topic that is not UTF-8: acknowledged and dropped")
-            done.set_result(True)
-            return done
+            self._acknowledge(generation, message, True)
+            return
         subscription = next(
             (sub for f, sub in self._subscriptions.items() if _matches(f, inbound.topic)), None
         )
         if subscription is None:
             log.warning("MQTT message on %s matches no subscription; acknowledged and dropped", inbound.topic)
-            done.set_result(True)
-            return done
+            self._acknowledge(generation, message, True)
+            return
         if subscription.slots is None:
-            done.set_result(await self._handle(generation, inbound, subscription.handler))
-            return done
-        task = asyncio.create_task(self._handle_concurrently(generation, inbound, subscription))
-        running.add(task)
-        task.add_done_callback(running.discard)
-        return task
-
-    async def _handle_concurrently(
-        self, generation: int, inbound: InboundMessage, subscription: _Subscription
-    ) -> bool:
-        assert subscription.slots is not None
+            acknowledge = await self._handle(generation, inbound, subscription.handler)
+            self._acknowledge(generation, message, acknowledge)
+            return
+        if message.qos == 0:  # nothing but this bounds how many come (see "Memory" in the module docstring)
+            self._qos0_drops.note(inbound.topic)
+            return
+        if self._stale(generation):  # the broker has sent it again on this connection (or will)
+            return
         key = (id(subscription), subscription.key(inbound) if subscription.key is not None else "")
-        # Tasks reach this lock in the order their messages came (nothing is awaited before it), and an
+        # Tasks reach the key's lock in the order their messages came (a task's first step takes it), and an
         # asyncio.Lock serves its waiters first come, first served: one key's messages keep their order.
         lock, users = self._key_locks.get(key, (asyncio.Lock(), 0))
+        if users > _WAITING_PER_KEY:  # one running and _WAITING_PER_KEY waiting already
+            # Not counted towards the reconnection for held messages: a reconnection has the broker send
+            # every unacknowledged message again, and those of a key that had over the bound go over again.
+            # The broker sends it again on the next connection; a station resends what goes unanswered.
+            self._over_bound.note(inbound.topic)
+            return
         self._key_locks[key] = (lock, users + 1)
+        task = asyncio.create_task(self._handle_concurrently(generation, message, inbound, subscription, key))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        self._waiting_tasks[task] = generation
+
+    async def _handle_concurrently(
+        self,
+        generation: int,
+        message: paho.MQTTMessage,
+        inbound: InboundMessage,
+        subscription: _Subscription,
+        key: tuple[int, str],
+    ) -> None:
+        assert subscription.slots is not None
+        lock = self._key_locks[key][0]
+        task = asyncio.current_task()
         try:
+            # The slot only once the key's turn came: a message waiting behind its own key's holds none.
             async with lock, subscription.slots:
-                return await self._handle(generation, inbound, subscription.handler)
+                if task is not None:
+                    self._waiting_tasks.pop(task, None)
+                if self._stale(generation):
+                    return
+                acknowledge = await self._handle(generation, inbound, subscription.handler)
+            self._acknowledge(generation, message, acknowledge)
         finally:
+            if task is not None:
+                self._waiting_tasks.pop(task, None)
             lock, users = self._key_locks[key]
             if users <= 1:
                 del self._key_locks[key]
@@ -880,19 +962,21 @@ class MqttClient:
             self._failures.pop(_message_key(inbound), None)
         return True
 
-    async def _acknowledge_in_order(
-        self, outcomes: asyncio.Queue[tuple[int, paho.MQTTMessage, asyncio.Future[bool]]]
-    ) -> None:
-        while True:
-            generation, message, outcome = await outcomes.get()
-            try:
-                acknowledge = await outcome
-            except asyncio.CancelledError:
-                if not outcome.cancelled():
-                    raise
-                acknowledge = False
-            self._acks_waiting -= 1
-            self._acknowledge(generation, message, acknowledge)
+    def _stale(self, generation: int) -> bool:
+        """Whether a message that came on connection ``generation`` has been (or will be) sent again by the
+        broker: it came on an earlier connection, and every connection since resumed the session."""
+        return generation < self._generation and generation >= self._lost_session_at
+
+    def _drop_stale_waiting(self) -> None:
+        """On a new connection: messages of a concurrent subscription still waiting for their key's turn
+        that the broker sends again are dropped, so that they neither wait twice nor count twice against
+        `_WAITING_PER_KEY` (Mosquitto 2.0.11 sends a resumed session its 20 unacknowledged messages and 20
+        more: with the old copies still waiting, one key's 40 went over the bound at every reconnection).
+        Those of a connection whose session the broker lost are kept: the broker does not have them."""
+        stale = [task for task, generation in self._waiting_tasks.items() if self._stale(generation)]
+        for task in stale:
+            del self._waiting_tasks[task]
+            task.cancel()
 
     def _acknowledge(self, generation: int, message: paho.MQTTMessage, acknowledge: bool) -> None:
         # Acknowledged on the connection it came on only: after a reconnection its packet id means nothing,
@@ -906,30 +990,37 @@ class MqttClient:
         """Counts a failed delivery of ``inbound``: True when it is poison (acknowledge it), else False
         (leave it to the broker; reconnect when too many failed messages are held)."""
         key = _message_key(inbound)
-        # Kept after the message is declared poison: if that acknowledgement is lost (a reconnection), the
-        # message comes again and is acknowledged at its next failure.
         failures = self._failures.pop(key, 0) + 1
-        self._failures[key] = failures
-        while len(self._failures) > _FAILURE_MEMORY:
-            self._failures.popitem(last=False)
         if failures >= POISON_AFTER_FAILURES:
+            # Forgotten once acknowledged as poison: an identical message published later (a station
+            # sending the same request again after a fix on the central) starts again at zero. An
+            # acknowledgement lost to a reconnection costs another POISON_AFTER_FAILURES failures.
             log.error(
                 "MQTT message on %.200s (%d bytes, SHA-256 %s) failed its handler %d times: acknowledged as "
                 "poison and dropped", inbound.topic, len(inbound.payload), key.hex(), failures,
             )
             return True
+        self._failures[key] = failures
+        while len(self._failures) > _FAILURE_MEMORY:
+            self._failures.popitem(last=False)
         log.exception(
             "MQTT handler for %.200s failed (%d of %d); the message is not acknowledged (the broker sends it "
             "again on the next connection of the session)", inbound.topic, failures, POISON_AFTER_FAILURES,
         )
+        self._hold(generation)
+        return False
+
+    def _hold(self, generation: int) -> None:
+        """Counts a failed message left unacknowledged on its connection; at `_RECONNECT_AT_HELD_FAILURES`
+        the client reconnects, so that the broker sends them again instead of keeping their slots."""
         if generation == self._generation:
             self._held_failures += 1
             if self._held_failures >= _RECONNECT_AT_HELD_FAILURES and self._paho.is_connected():
                 log.warning("MQTT %s holds %d messages whose handler failed: reconnecting so that the broker "
-                            "sends them again", self._settings.log_id, self._held_failures)
+                            "sends them again",
+                            self._settings.log_id, self._held_failures)
                 self._held_failures = 0
                 self._paho.disconnect()
-        return False
 
     def _publish_properties(
         self,

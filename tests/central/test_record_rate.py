@@ -3,6 +3,8 @@ refused messages (review 8, finding 5)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from edge.central.record_rate import RecordRate, noting_skipped
@@ -32,6 +34,26 @@ def test_the_stations_it_remembers_are_bounded() -> None:
     assert rate.admit("d") is None
     assert rate.admit("a") == 0  # forgotten: a fresh burst
     assert len(rate._buckets) == 3
+
+
+def test_a_station_forgotten_with_records_not_written_logs_their_count_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review 9, finding 9: the count of a forgotten station's records not written was dropped without a
+    word, though the module says nothing is silently forgotten. Its eviction logs one line with the count.
+    Control: a station forgotten with nothing skipped logs nothing."""
+    caplog.set_level(logging.WARNING, logger="edge.central.record_rate")
+    rate = RecordRate(1, monotonic=lambda: 0.0, remembered=2)
+    assert rate.admit("quiet") == 0
+    assert rate.admit("loud\n") == 0
+    assert [rate.admit("loud\n") for _ in range(7)] == [None] * 7
+    assert rate.admit("c") == 0  # forgets "quiet": nothing skipped, nothing logged
+    assert caplog.records == []
+    assert rate.admit("d") == 0  # forgets "loud\n" with 7 not written
+    assert len(caplog.records) == 1
+    line = caplog.records[0].getMessage()
+    assert "7 record(s) of station 'loud\\n' were not written" in line  # repr: no raw control characters
+    assert rate.admit("e") == 0 and len(caplog.records) == 1  # "c": nothing skipped
 
 
 def test_noting_skipped() -> None:

@@ -496,7 +496,7 @@ async def test_a_concurrent_subscription_handles_other_keys_while_one_is_slow_an
         release.set()
         assert [(await inbox.next()).payload for _ in range(2)] == [b"A1", b"A2"]
         assert started == [b"A1", b"B1", b"A2"]
-        # All three acknowledged (in the order they came): a restart of the broker brings none back.
+        # All three acknowledged (each once its own handler ended): a restart of the broker brings none back.
         await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/barrier", inbox)
         connections = receiver.status.connections
         await broker.restart(graceful=True)
