@@ -125,11 +125,6 @@ class Agency:
         tls = BrokerTls(tls_dir / "ca.crt", tls_dir / "server.crt", tls_dir / "server.key",
                         tls_dir / "ca.crl")
         self.broker = LocalBroker(self.root / "broker", tls, central_id=CENTRAL_ID, port=self.broker_port)
-        # The shipped configuration logs no connections (client ids are secret); readiness below reads the
-        # connection messages of this bench's own, throw-away broker log, so they are switched on here.
-        conf = self.broker.conf_file.read_text()
-        self.broker.conf_file.write_text(conf.replace("\nconnection_messages false\n",
-                                                      "\nconnection_messages true\n"))
         await self.broker.start()
         log = (self.root / "central.log").open("wb")
         self.central = await asyncio.create_subprocess_exec(
