@@ -112,11 +112,17 @@ def test_the_content_went_over_mqtt_and_never_over_tus(journey: Journey) -> None
     assert [p for p in layout.uploads_dir.rglob("*") if p.is_file()] == []
 
 
-def test_the_broker_knew_station_and_central_by_their_certificates(journey: Journey) -> None:
+def test_the_demo_broker_runs_the_shipped_configuration_and_logs_no_secret_client_id(
+    journey: Journey,
+) -> None:
+    # The demo's broker is the shipped configuration (connection_messages false): its log never holds the
+    # station's or the central's client id, whose secret would let anyone reading it take the session.
     workdir, _, text, _ = journey
     log = (workdir / "broker" / "mosquitto.log").read_text()
-    # use_identity_as_username: the user name (u'...') is the CN of the certificate presented.
-    assert f"u'{STATION_ID}'" in log and f"u'{CENTRAL_ID}'" in log
+    secrets = [(workdir / "station-store" / "mqtt-client.secret").read_text().strip(),
+               (workdir / "central-store" / "identity" / "mqtt-client.secret").read_text().strip()]
+    assert all(len(secret) >= 16 for secret in secrets)
+    assert "mosquitto version" in log and not any(secret in log for secret in secrets)
     assert "mosquitto on mqtts://127.0.0.1:" in text
 
 
@@ -134,7 +140,12 @@ def test_the_demo_uses_a_broker_named_by_url(tmp_path: Path) -> None:
     tls = BrokerTls(tls_dir / "ca.crt", tls_dir / "server.crt", tls_dir / "server.key", tls_dir / "ca.crl")
 
     async def scenario() -> tuple[int, dict[str, Any], str]:
-        async with LocalBroker(tmp_path / "own-broker", tls, central_id=CENTRAL_ID) as broker:
+        broker = LocalBroker(tmp_path / "own-broker", tls, central_id=CENTRAL_ID)
+        # This broker is the administrator's own: it logs connections (with the user name each certificate
+        # gave), which the shipped configuration does not, to show whom the broker took each client for.
+        broker.conf_file.write_text(broker.conf_file.read_text().replace(
+            "\nconnection_messages false\n", "\nconnection_messages true\n"))
+        async with broker:
             options = DemoOptions(recorders=1, files=2, file_mb=0.25, workdir=workdir, json_output=True,
                                   transport="mqtt", broker_url=broker.url)
             loop = asyncio.get_running_loop()
@@ -144,7 +155,9 @@ def test_the_demo_uses_a_broker_named_by_url(tmp_path: Path) -> None:
     assert code == 0, text[-3000:]
     assert summary["receipts"] == summary["items"] == 2 and summary["errors"] == []
     assert not (workdir / "broker").exists()  # the demo started no broker of its own
-    assert f"u'{STATION_ID}'" in (tmp_path / "own-broker" / "mosquitto.log").read_text()
+    # use_identity_as_username: the user name (u'...') is the CN of the certificate presented.
+    log = (tmp_path / "own-broker" / "mosquitto.log").read_text()
+    assert f"u'{STATION_ID}'" in log and f"u'{CENTRAL_ID}'" in log
 
 
 @pytest.mark.parametrize(
