@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import re
@@ -921,7 +922,18 @@ class MqttClient:
         task = asyncio.create_task(self._handle_concurrently(generation, message, inbound, subscription, key))
         running.add(task)
         task.add_done_callback(running.discard)
+        # The key's count is given back when the task is done, whatever its end: a task cancelled before its
+        # first step (a reconnection's CONNACK can land between two task creations of one burst) never runs
+        # its coroutine, so a `finally` in it would leave the key counted for ever.
+        task.add_done_callback(functools.partial(self._release_key, key))
         self._waiting_tasks[task] = generation
+
+    def _release_key(self, key: tuple[int, str], _task: asyncio.Task[None]) -> None:
+        lock, users = self._key_locks[key]
+        if users <= 1:
+            del self._key_locks[key]
+        else:
+            self._key_locks[key] = (lock, users - 1)
 
     async def _handle_concurrently(
         self,
@@ -946,11 +958,6 @@ class MqttClient:
         finally:
             if task is not None:
                 self._waiting_tasks.pop(task, None)
-            lock, users = self._key_locks[key]
-            if users <= 1:
-                del self._key_locks[key]
-            else:
-                self._key_locks[key] = (lock, users - 1)
 
     async def _handle(self, generation: int, inbound: InboundMessage, handler: MessageHandler) -> bool:
         """Runs the handler: True when the message is to be acknowledged (handled, or poison)."""
