@@ -17,9 +17,7 @@ from edge.cli import main
 from edge.custody.keys import load_public_key
 from edge.ingest.store import StationStore
 from tests.mqtt.broker import CENTRAL_ID, MosquittoBroker, TestPki
-from tests.mqtt.test_commands_broker import STATION, broker, pki, station_handler
-
-__all__ = ["broker", "pki"]  # fixtures
+from tests.mqtt.test_commands_broker import STATION, station_handler
 
 
 def _args(**options: str | None) -> argparse.Namespace:

@@ -43,26 +43,9 @@ from tests.mqtt.broker import (
     MosquittoBroker,
     TestPki,
     password_broker,
-    require_mosquitto,
 )
 
 WAIT_S = 20.0
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> TestPki:
-    return TestPki.create(tmp_path / "pki")
-
-
-@pytest.fixture
-async def broker(tmp_path: Path, pki: TestPki) -> AsyncIterator[MosquittoBroker]:
-    require_mosquitto()
-    broker = MosquittoBroker(tmp_path / "broker", pki)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
 
 
 class Inbox:

@@ -10,10 +10,8 @@ import pytest
 from edge.mqtt import client as client_module
 from edge.mqtt.client import InboundMessage
 from tests.mqtt.broker import CENTRAL_ID, TOPIC_PREFIX, MosquittoBroker, TestPki
-from tests.mqtt.test_client import broker, pki, topic
+from tests.mqtt.test_client import topic
 from tests.mqtt.test_review9_client import _station_of
-
-__all__ = ["broker", "pki"]
 
 
 @pytest.mark.parametrize("started_first", [False, True], ids=["connack-before-first-step", "control"])

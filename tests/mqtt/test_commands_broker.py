@@ -47,7 +47,6 @@ from tests.mqtt.broker import (
     MosquittoBroker,
     TestPki,
     free_port,
-    require_mosquitto,
 )
 from tests.mqtt.test_client import WAIT_S, Inbox, running
 from tests.station.conftest import make_config, populate_recorder_volume, session_info, settle_on_disk
@@ -55,22 +54,6 @@ from tests.station.harness import simulated_station
 
 STATION = "TEST-STATION"
 STATUS_DOC = {"station": {"id": STATION, "spool": {"items": 0}}, "bays": []}
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> TestPki:
-    return TestPki.create(tmp_path / "pki")
-
-
-@pytest.fixture
-async def broker(tmp_path: Path, pki: TestPki) -> AsyncIterator[MosquittoBroker]:
-    require_mosquitto()
-    broker = MosquittoBroker(tmp_path / "broker", pki)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
 
 
 async def sealed_item(tmp_path: Path, store: StationStore) -> str:

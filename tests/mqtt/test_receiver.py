@@ -28,7 +28,7 @@ from edge.mqtt.filetransfer import (
     transfer_upload_id,
 )
 from tests.central.conftest import FakeStation
-from tests.mqtt.broker import MosquittoBroker, TestPki, require_mosquitto
+from tests.mqtt.broker import MosquittoBroker, TestPki
 from tests.mqtt.central_harness import (
     MqttCentral,
     file_id_for,
@@ -40,22 +40,6 @@ from tests.mqtt.central_harness import (
 )
 
 SEGMENT = 4096
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> TestPki:
-    return TestPki.create(tmp_path / "pki")
-
-
-@pytest.fixture
-async def broker(tmp_path: Path, pki: TestPki) -> AsyncIterator[MosquittoBroker]:
-    require_mosquitto()
-    broker = MosquittoBroker(tmp_path / "broker", pki)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
 
 
 @pytest.fixture

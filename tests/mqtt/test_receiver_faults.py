@@ -16,8 +16,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edge.central.config import CentralConfig, load_central_config
 from edge.central.identity import init_central
 from edge.central.service import start_central
@@ -26,7 +24,7 @@ from edge.mqtt.api import ApiOp
 from edge.mqtt.client import ConnectionState, ConnectionStatus, MqttClient
 from edge.mqtt.filetransfer import FinCommand, InitCommand, Mode, ReasonCode, transfer_upload_id
 from tests.central.conftest import FakeStation, free_port
-from tests.mqtt.broker import CENTRAL_ID, MosquittoBroker, TestPki, require_mosquitto
+from tests.mqtt.broker import CENTRAL_ID, MosquittoBroker, TestPki
 from tests.mqtt.central_harness import (
     WAIT_S,
     MqttCentral,
@@ -40,22 +38,6 @@ from tests.mqtt.central_harness import (
 )
 
 JOURNAL_RECORD_BYTES = 48
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> TestPki:
-    return TestPki.create(tmp_path / "pki")
-
-
-@pytest.fixture
-async def broker(tmp_path: Path, pki: TestPki) -> AsyncIterator[MosquittoBroker]:
-    require_mosquitto()
-    broker = MosquittoBroker(tmp_path / "broker", pki)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
 
 
 def _ready(status: ConnectionStatus, connections: int) -> bool:

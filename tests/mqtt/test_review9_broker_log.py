@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from edge.mqtt.client_ids import secret_client_id
 from tests.mqtt.broker import MosquittoBroker, TestPki
-from tests.mqtt.test_client import WAIT_S, broker, pki, running, topic
-
-__all__ = ["broker", "pki"]  # fixtures re-used from test_client
+from tests.mqtt.test_client import WAIT_S, running, topic
 
 SECRET = "fedcba9876543210fedc"  # 20 hex digits, the shape of edge.mqtt.client_ids' secret
 

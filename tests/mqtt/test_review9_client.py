@@ -16,9 +16,7 @@ from edge.mqtt import client as client_module
 from edge.mqtt.client import ConnectionState, InboundMessage
 from edge.mqtt.client_ids import secret_client_id
 from tests.mqtt.broker import CENTRAL_ID, TOPIC_PREFIX, MosquittoBroker, TestPki
-from tests.mqtt.test_client import WAIT_S, Inbox, _more_connections, broker, pki, running, topic
-
-__all__ = ["broker", "pki"]  # fixtures re-used from test_client
+from tests.mqtt.test_client import WAIT_S, Inbox, _more_connections, running, topic
 
 SECRET = "0123456789abcdef0123"  # 20 hex digits, the shape of edge.mqtt.client_ids' secret
 

@@ -30,7 +30,7 @@ from edge.mqtt.telemetry import (
 )
 from edge.observe.board import StatusBoard, TaskFacts
 from edge.observe.sink import BayChanged, BayPhase, Device, Officer
-from tests.mqtt.broker import CENTRAL_ID, TOPIC_PREFIX, MosquittoBroker, TestPki, free_port, require_mosquitto
+from tests.mqtt.broker import CENTRAL_ID, TOPIC_PREFIX, MosquittoBroker, TestPki, free_port
 from tests.mqtt.test_client import WAIT_S, running
 from tests.mqtt.test_commands_broker import sealed_item
 from tests.station.harness import simulated_station
@@ -38,22 +38,6 @@ from tests.station.harness import simulated_station
 STATION = "TEST-STATION"
 ROOT = f"{TOPIC_PREFIX}/stations/{STATION}"
 PARTS = ("station", "spool", "storage", "clock", "ledger")
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> TestPki:
-    return TestPki.create(tmp_path / "pki")
-
-
-@pytest.fixture
-async def broker(tmp_path: Path, pki: TestPki) -> AsyncIterator[MosquittoBroker]:
-    require_mosquitto()
-    broker = MosquittoBroker(tmp_path / "broker", pki)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
 
 
 class TcpRelay:

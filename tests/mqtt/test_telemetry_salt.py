@@ -7,7 +7,6 @@ These run the real station agent against a real Mosquitto and read the salt its 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,27 +16,11 @@ from edge.mqtt.client_ids import load_or_create_hex_secret
 from edge.mqtt.station_settings import TELEMETRY_SALT_FILE
 from edge.mqtt.telemetry import device_id
 from edge.pki.names import IdentityError
-from tests.mqtt.broker import MosquittoBroker, TestPki, require_mosquitto
+from tests.mqtt.broker import MosquittoBroker, TestPki
 from tests.station.harness import simulated_station
 
 STATION = "TEST-STATION"
 SERIAL = "3300001"
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> TestPki:
-    return TestPki.create(tmp_path / "pki")
-
-
-@pytest.fixture
-async def broker(tmp_path: Path, pki: TestPki) -> AsyncIterator[MosquittoBroker]:
-    require_mosquitto()
-    broker = MosquittoBroker(tmp_path / "broker", pki)
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
 
 
 def mqtt_section(broker: MosquittoBroker, pki: TestPki) -> dict[str, object]:
