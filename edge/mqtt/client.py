@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 import re
@@ -393,6 +392,8 @@ class MqttClient:
         self._key_locks: dict[tuple[int, str], tuple[asyncio.Lock, int]] = {}
         # Tasks of concurrent subscriptions whose handler has not started yet, with their generation.
         self._waiting_tasks: dict[asyncio.Task[None], int] = {}
+        # The key each task of a concurrent subscription counts against, until its count is given back.
+        self._task_keys: dict[asyncio.Task[None], tuple[int, str]] = {}
         # The generation of the last connection on which the broker had lost (or never had) the session.
         self._lost_session_at = 0
         self._qos0_drops = _DropLog(
@@ -925,10 +926,15 @@ class MqttClient:
         # The key's count is given back when the task is done, whatever its end: a task cancelled before its
         # first step (a reconnection's CONNACK can land between two task creations of one burst) never runs
         # its coroutine, so a `finally` in it would leave the key counted for ever.
-        task.add_done_callback(functools.partial(self._release_key, key))
+        self._task_keys[task] = key
+        task.add_done_callback(self._release_key)
         self._waiting_tasks[task] = generation
 
-    def _release_key(self, key: tuple[int, str], _task: asyncio.Task[None]) -> None:
+    def _release_key(self, task: asyncio.Task[None]) -> None:
+        """Gives back ``task``'s count on its key, once (when it is done, or when it is dropped as stale)."""
+        key = self._task_keys.pop(task, None)
+        if key is None:
+            return
         lock, users = self._key_locks[key]
         if users <= 1:
             del self._key_locks[key]
@@ -984,6 +990,9 @@ class MqttClient:
         for task in stale:
             del self._waiting_tasks[task]
             task.cancel()
+            # Given back now, not when the cancelled task is done: the resumed session's copies may already
+            # be queued, and the dispatcher takes them without yielding to the loop in between.
+            self._release_key(task)
 
     def _acknowledge(self, generation: int, message: paho.MQTTMessage, acknowledge: bool) -> None:
         # Acknowledged on the connection it came on only: after a reconnection its packet id means nothing,

@@ -287,6 +287,8 @@ async def test_on_a_resumed_session_the_earlier_connections_waiting_messages_are
             await a.publish(topic("STATION-A", "api"), payload)
         await b.publish(topic("STATION-B", "api"), b"marker")
         await _dispatched(inbox, b"marker")
+        # A barrier: once the broker answered this SUBSCRIBE it has had the marker's PUBACK queued before it.
+        await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/barrier", inbox)
         seen = receiver.status.connections
         await broker.restart(graceful=True)
         await receiver.wait_for(partial(_more_connections, seen), WAIT_S)
@@ -296,7 +298,10 @@ async def test_on_a_resumed_session_the_earlier_connections_waiting_messages_are
         assert receiver.held_over_bound == 0
         release.set()
         assert [(await inbox.next()).payload for _ in range(5)] == [b"A1", *sent]
-        assert handled == [b"A1", b"marker", b"marker 2", b"A1", *sent[1:]]
+        # QoS 1 is at least once: a marker whose acknowledgement a graceful stop did not flush may come twice;
+        # what this test is about is station A's messages, each run once (A1 twice: it was running).
+        assert [p for p in handled if p.startswith(b"A")] == [b"A1", b"A1", *sent[1:]]
+        assert handled.count(b"marker 2") == 1 and 1 <= handled.count(b"marker") <= 2
 
 
 async def test_a_message_acknowledged_as_poison_is_forgotten_so_an_identical_resend_starts_at_zero(
