@@ -226,6 +226,7 @@ CENTRAL_BACKEND_CHOOSERS = {
     "edge/central/app.py": "build_app: the default backend of the running central",
     "edge/central/service.py": "start_central passes the backend choice to build_app",
     "edge/central/cli.py": "edge central init/enroll/revoke open the store's index",
+    "edge/central/mqtt_command.py": "edge central command reads the station's enrolled keys from the index",
     "edge/central/embedded.py": "the demo's in-process central enrols its station",
     "edge/central/identity.py": "refuses a new signing key when the store's log holds signed heads",
     "edge/central/verify.py": "edge verify CENTRAL checks the SQLite store's file",

@@ -16,9 +16,16 @@ response topic `<prefix>/stations/<STATION>/command-reply/<request id>` and carr
 correlation data. MQTT 3.1.1: the reply comes on `<prefix>/stations/<STATION>/command-reply`, told apart
 by its request id.
 
+The reply counts only when the station signed it (edge.mqtt.commands, "replies"): with one of the keys the
+central enrolled it with and uses (its current key and those its key rotations name), naming the station
+and the SHA-256 of the request just sent. A reply that does not verify is reported on stderr and the wait
+goes on (the station's own reply may still come). A station from before signed replies answers unsigned:
+that is reported and not taken, unless ``--allow-unsigned-reply`` (printed as unsigned).
+
 Exit status: 0 the station executed it; 1 the station refused it (the reply's error and detail are
-printed); 69 no reply in time (the command may still have run: ask `ledger-head`, or read the station's
-`command` ledger entries); 2 bad arguments; 78 configuration, signing key or broker identity unusable.
+printed); 69 no authentic reply in time, or only an unsigned one (the command may still have run: ask
+`ledger-head`, or read the station's `command` ledger entries); 2 bad arguments (an unknown or revoked
+station); 78 configuration, signing key, index or broker identity unusable.
 """
 
 from __future__ import annotations
@@ -30,14 +37,21 @@ import getpass
 import json
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.central.config import ConfigError, MqttSection, load_central_config
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge.central.config import CentralConfig, ConfigError, MqttSection, load_central_config
+from edge.central.disclosure.package import station_keys_in_use
 from edge.central.identity import load_signing_key
+from edge.central.index import CentralIndexError
+from edge.central.sqlite.index import SqliteIndex
 from edge.config.station import MQTT_BROKER_URL_OR_EMPTY, MQTT_DEFAULT_PORT, MQTT_TOPIC_PREFIX
+from edge.custody.canonical import sha256_hex
 from edge.custody.errors import CustodyError
 from edge.custody.keys import StationKey
 from edge.mqtt.client import (
@@ -53,6 +67,7 @@ from edge.mqtt.commands import (
     Command,
     CommandOp,
     Reply,
+    ReplyNotAuthentic,
     command_reply_topic,
     command_request_topic,
     new_request_id,
@@ -60,6 +75,7 @@ from edge.mqtt.commands import (
     sign_command,
     utc_rfc3339,
     validated_args,
+    verify_reply,
 )
 from edge.pki.bundle import BUNDLE_CA_CERT
 from edge.pki.names import IdentityError
@@ -83,7 +99,7 @@ _SESSION_EXPIRY_S = 60
 
 
 class CommandTimeout(Exception):
-    """No reply from the station in time."""
+    """No authentic reply from the station in time (or only an unsigned one, not allowed)."""
 
 
 @dataclass(frozen=True)
@@ -93,11 +109,21 @@ class Broker:
 
 
 async def send_command(
-    broker: Broker, command: Command, key: StationKey, *, timeout_s: float
+    broker: Broker,
+    command: Command,
+    key: StationKey,
+    *,
+    station_keys: Mapping[str, Ed25519PublicKey],
+    timeout_s: float,
+    allow_unsigned: bool = False,
 ) -> Reply:
-    """Sign, publish, and wait for the station's reply (see the module docstring). Raises
-    `CommandTimeout`, or `MqttError` when the broker refuses the connection or the publish."""
+    """Sign, publish, and wait for the station's reply signed by one of ``station_keys`` (see the module
+    docstring). Raises `CommandTimeout`, or `MqttError` when the broker refuses the connection or the
+    publish."""
     settings = broker.settings
+    payload = sign_command(command, key.sign)
+    request_sha256 = sha256_hex(payload)
+    not_taken: list[str] = []
     v5 = settings.protocol is ProtocolVersion.V5
     base = command_reply_topic(broker.topic_prefix, command.station)
     reply_topic = f"{base}/{command.request_id}" if v5 else base
@@ -112,8 +138,26 @@ async def send_command(
         except ValueError as exc:
             print(f"warning: ignored a reply on {message.topic}: {exc}", file=sys.stderr)
             return
-        if reply.request_id == command.request_id and not answered.done():
-            answered.set_result(reply)
+        if reply.request_id != command.request_id or answered.done():
+            return
+        try:
+            verify_reply(reply, station=command.station, request_sha256=request_sha256, keys=station_keys)
+        except ReplyNotAuthentic as exc:
+            if not reply.signed:
+                if allow_unsigned:
+                    print(f"warning: station {command.station}'s reply is not signed (taken: "
+                          "--allow-unsigned-reply)", file=sys.stderr)
+                    answered.set_result(reply)
+                else:
+                    answered.set_exception(CommandTimeout(
+                        f"station {command.station} answered request {command.request_id} with an unsigned "
+                        f"reply (a station from before signed replies; it said ok={reply.ok}): not taken. "
+                        "Upgrade the station, or accept it once with --allow-unsigned-reply"))
+                return
+            not_taken.append(str(exc))
+            print(f"warning: a reply on {message.topic} was not taken: {exc}", file=sys.stderr)
+            return
+        answered.set_result(reply)
 
     client = MqttClient(settings, backoff=Backoff(0.5, 2.0))
     runner = asyncio.create_task(client.run(), name="central-command-mqtt")
@@ -125,7 +169,6 @@ async def send_command(
             if status.state is ConnectionState.REFUSED:
                 raise MqttError(f"the broker refused the connection: {status.reason}")
             await client.subscribe(reply_filter, on_reply, timeout_s=timeout_s)
-            payload = sign_command(command, key.sign)
             await client.publish(
                 command_request_topic(broker.topic_prefix, command.station, command.op),
                 payload,
@@ -134,8 +177,10 @@ async def send_command(
             )
             return await answered
     except TimeoutError:
+        rejected = f"; {len(not_taken)} reply(ies) did not verify: {not_taken[-1]}" if not_taken else ""
         raise CommandTimeout(
-            f"no reply from station {command.station} within {timeout_s:g} s (request {command.request_id})"
+            f"no authentic reply from station {command.station} within {timeout_s:g} s (request "
+            f"{command.request_id}){rejected}"
         ) from None
     finally:
         await client.close()
@@ -247,11 +292,20 @@ def cmd_central_command(args: argparse.Namespace) -> int:
     except (ConfigError, IdentityError, CustodyError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
+    try:
+        station_keys = _station_keys(config, args.station)
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except (CentralIndexError, OSError) as exc:
+        print(f"error: the central's index: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
     command = Command(new_request_id(), CommandOp(args.op), args.station, utc_rfc3339(datetime.now(UTC)),
                       raw_args)
     try:
         reply = asyncio.run(
-            send_command(Broker(settings, connection.topic_prefix), command, key, timeout_s=args.timeout)
+            send_command(Broker(settings, connection.topic_prefix), command, key, station_keys=station_keys,
+                         timeout_s=args.timeout, allow_unsigned=args.allow_unsigned_reply)
         )
     except CommandTimeout as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -262,12 +316,30 @@ def cmd_central_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(reply.as_json(), ensure_ascii=False, sort_keys=True))
     elif reply.ok:
-        print(f"station {command.station}: {command.op.value} done (request {command.request_id})")
+        signed = f"signed by key {reply.key_id}" if reply.signed else "UNSIGNED reply"
+        print(f"station {command.station}: {command.op.value} done (request {command.request_id}; {signed})")
         print(json.dumps(reply.result, ensure_ascii=False, indent=2, sort_keys=True))
     else:
         print(f"station {command.station} refused {command.op.value} (request {command.request_id}): "
               f"{reply.error}: {reply.detail}", file=sys.stderr)
     return ExitCode.OK if reply.ok else ExitCode.FAILED
+
+
+def _station_keys(config: CentralConfig, station: str) -> dict[str, Ed25519PublicKey]:
+    """The keys a reply of ``station`` may be signed with: those the central uses for its packages (its
+    current key and every key its rotations name). LookupError when the station is unknown or revoked."""
+    if not config.layout.index_db.is_file():
+        raise LookupError(f"station {station} is not enrolled at this central (no enrollments yet)")
+    index = SqliteIndex.open(config.layout.index_db)
+    try:
+        record = index.station(station)
+        if record is None:
+            raise LookupError(f"station {station} is not enrolled at this central")
+        if not record.active:
+            raise LookupError(f"station {station} is {record.status}: its replies could not be trusted")
+        return station_keys_in_use(station, index)
+    finally:
+        index.close()
 
 
 def add_command_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -298,6 +370,10 @@ def add_command_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S", help="reply deadline")
     parser.add_argument("--json", action="store_true", help="print the reply as JSON")
+    parser.add_argument(
+        "--allow-unsigned-reply", action="store_true",
+        help="take an unsigned reply (a station from before signed replies), printed as unsigned",
+    )
     tag = parser.add_argument_group("tag")
     for field in ("case-number", "location", "collector", "subject", "category", "retention"):
         tag.add_argument(f"--{field}", dest=field.replace("-", "_"))

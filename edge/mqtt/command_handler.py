@@ -26,6 +26,9 @@ Refusals of requests that did not verify, and of replays, are recorded at a boun
 (broker ACL), but a station process gone wrong must not fill its own ledger; the refusals not recorded are
 counted in the next one that is (`unrecorded_refusals_before`), and every one is logged and replied.
 
+Each reply is signed by the station's ledger key and names the station and the SHA-256 of the request it
+answers (edge.mqtt.commands, "replies"): the central checks it against the keys it enrolled.
+
 Replies go to the request's MQTT 5 response topic with its correlation data when that topic is the
 station's command-reply topic or under it, else (and under 3.1.1) to `<prefix>/stations/<S>/command-reply`.
 A reply that cannot be published is logged and dropped (the command already took effect, or did not):
@@ -60,6 +63,7 @@ from edge.mqtt.commands import (
     CommandOp,
     CommandRefused,
     ReceivedCommand,
+    ReplySigner,
     check_addressed,
     check_authentic,
     command_subscription,
@@ -150,19 +154,28 @@ class CommandHandler:
             received = parse_command(message.payload, topic_op=topic_op)
             received = check_authentic(received, self.central_key)
             args = check_addressed(received, station=s.station, now=self.now(), window_s=s.window_s)
-            reply = self._execute(received, args)
+            answer = self._execute(received, args)
         except CommandRefused as refused:
-            reply = self._refuse(refused, message.payload, topic_op, refused.command or received)
+            answer = self._refuse(refused, message.payload, topic_op, refused.command or received)
         except (CustodyError, sqlite3.Error, OSError) as exc:
             # The store failed: nothing was committed (each outcome is one transaction).
             log.exception("MQTT command on %s: the station failed while handling it", message.topic)
             request_id = received.request_id if received is not None and received.authentic else None
-            reply = encode_reply(request_id, error=CommandError.FAILED, detail=f"station store: {exc}")
-        await self._reply(message, reply)
+            answer = _Answer(request_id, error=CommandError.FAILED, detail=f"station store: {exc}")
+        await self._reply(message, self._signed(answer, message.payload))
+
+    def _signed(self, answer: _Answer, payload: bytes) -> bytes:
+        """The reply, signed by the station's ledger key (read now: a rotation changes it)."""
+        key = self.store.key
+        return encode_reply(
+            answer.request_id, station=self.settings.station, request_sha256=sha256_hex(payload),
+            signer=ReplySigner(key.key_id, key.sign), result=answer.result, error=answer.error,
+            detail=answer.detail,
+        )
 
     # -- execution ----------------------------------------------------------------------------------------
 
-    def _execute(self, received: ReceivedCommand, args: dict[str, Any]) -> bytes:
+    def _execute(self, received: ReceivedCommand, args: dict[str, Any]) -> _Answer:
         command = received.command
         earlier = self._seen(command.request_id)
         if earlier is not None:
@@ -200,7 +213,7 @@ class CommandHandler:
             raise CommandRefused(CommandError.REFUSED, str(exc), received) from None
         log.info("MQTT command %s %s executed (ledger seq %d)", command.op.value, command.request_id,
                  entry.seq)
-        return encode_reply(command.request_id, result=result)
+        return _Answer(command.request_id, result=result)
 
     def _requeue(self, received: ReceivedCommand, args: dict[str, Any]) -> dict[str, Any]:
         command = received.command
@@ -227,7 +240,7 @@ class CommandHandler:
 
     def _refuse(
         self, refused: CommandRefused, payload: bytes, topic_op: str, received: ReceivedCommand | None
-    ) -> bytes:
+    ) -> _Answer:
         authentic = received is not None and received.authentic
         request_id = received.request_id if received is not None else None
         log.warning("MQTT command refused (%s): %s", refused.code.value, refused.detail)
@@ -259,7 +272,7 @@ class CommandHandler:
                 self.store.ledger.append(EntryType.COMMAND, item if _is_item(item) else None, record)
         else:
             self.unrecorded_refusals += 1
-        return encode_reply(request_id, error=refused.code, detail=refused.detail)
+        return _Answer(request_id, error=refused.code, detail=refused.detail)
 
     def _refusal_may_be_recorded(self) -> bool:
         now = self._monotonic()
@@ -320,6 +333,16 @@ class CommandHandler:
             )
         except MqttError as exc:
             log.warning("MQTT command reply to %s not published: %s", topic, exc)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What a reply says, before it is signed."""
+
+    request_id: str | None
+    result: Mapping[str, Any] | None = None
+    error: CommandError | None = None
+    detail: str | None = None
 
 
 def _is_item(value: object) -> bool:

@@ -5,7 +5,10 @@ and the reply (README "MQTT", contract section 2). A pure codec: no I/O, no cloc
     payload  {"v": 1, "command": COMMAND, "signature": "<base64 Ed25519 over canonical_json(COMMAND)>"}
     COMMAND  {"type": "evidence-edge command", "request_id": "<32 hex>", "op": op, "station": S,
               "issued_at": "<RFC 3339 UTC>", "args": {...}}
-    reply    {"v": 1, "request_id": str | null, "ok": bool, "error": code?, "detail": str?, "result": {...}?}
+    reply    {"v": 2, "reply": REPLY, "signature": "<base64 Ed25519 by the station's key>"} (see "replies")
+    REPLY    {"type": "evidence-edge command reply", "station": S, "request_id": str | null,
+              "request_sha256": "<SHA-256 of the request payload>", "key_id": K, "ok": bool,
+              "error": code?, "detail": str?, "result": {...}?}
 
 Why a signature and not the broker's word: behind Mosquitto a subscriber cannot see who published, and the
 ACL lets the station itself (and the central) write to the station's command topics. Only the central's
@@ -50,6 +53,8 @@ __all__ = [
     "CommandRefused",
     "ReceivedCommand",
     "Reply",
+    "ReplyNotAuthentic",
+    "ReplySigner",
     "check_addressed",
     "check_authentic",
     "command_reply_topic",
@@ -67,6 +72,7 @@ __all__ = [
     "sign_command",
     "utc_rfc3339",
     "validated_args",
+    "verify_reply",
 ]
 
 COMMAND_TYPE = "evidence-edge command"
@@ -398,22 +404,71 @@ def validated_args(op: CommandOp, args: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- replies ----------------------------------------------------------------------------------------------
+#
+# A reply is signed by the station's ledger key (the key the central enrolled and whose checkpoints it
+# keeps), over the canonical JSON of the reply object; its ``type`` member keeps it apart from everything
+# else that key signs (checkpoints and manifests are objects with other members). The object names the
+# station and the SHA-256 of the exact request payload it answers, so a reply cannot be passed off as the
+# answer to another command, or to the same command sent to another station; behind the broker's ACL
+# only the station itself and the central may write the station's reply topic, and the signature is what
+# tells the central that what it prints is the station's word and not a process's on the broker path.
+#
+#     {"v": 2, "reply": REPLY, "signature": "<base64 Ed25519 over canonical_json(REPLY)>"}
+#     REPLY {"type": "evidence-edge command reply", "station": S, "request_id": str | null,
+#            "request_sha256": "<64 hex>", "key_id": K, "ok": bool, "error": code?, "detail": str?,
+#            "result": {...}?}
+#
+# Version 1 (stations before signed replies) is the bare object {"v": 1, "request_id", "ok", ...}: it is
+# parsed, marked unsigned, and `verify_reply` refuses it.
+
+REPLY_TYPE = "evidence-edge command reply"
+REPLY_VERSION = 2
+_UNSIGNED_REPLY_VERSION = 1
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_KEY_ID = re.compile(r"^[A-Za-z0-9:_.+/=-]{1,128}$")
+_REPLY_MEMBERS = frozenset({"type", "station", "request_id", "request_sha256", "key_id", "ok", "error",
+                            "detail", "result"})
+_UNSIGNED_REPLY_MEMBERS = frozenset({"v", "request_id", "ok", "error", "detail", "result"})
+
+
+@dataclass(frozen=True)
+class ReplySigner:
+    """Who signs replies: the station's ledger key (a `StationKey`'s ``key_id`` and ``sign``)."""
+
+    key_id: str
+    sign: Callable[[bytes], bytes] = field(repr=False)
 
 
 def encode_reply(
     request_id: str | None,
     *,
+    station: str,
+    request_sha256: str,
+    signer: ReplySigner,
     result: Mapping[str, Any] | None = None,
     error: CommandError | None = None,
     detail: str | None = None,
 ) -> bytes:
-    doc: dict[str, Any] = {"v": ENVELOPE_VERSION, "request_id": request_id, "ok": error is None}
+    """The signed reply to the request whose payload has SHA-256 ``request_sha256`` (see above)."""
+    doc: dict[str, Any] = {
+        "type": REPLY_TYPE,
+        "station": station,
+        "request_id": request_id,
+        "request_sha256": request_sha256,
+        "key_id": signer.key_id,
+        "ok": error is None,
+    }
     if error is not None:
         doc["error"] = error.value
         doc["detail"] = printable(detail or "")[:MAX_DETAIL_CHARS]
     if result is not None:
         doc["result"] = dict(result)
-    return canonical_json(doc)
+    signature = base64.b64encode(signer.sign(canonical_json(doc))).decode("ascii")
+    return canonical_json({"v": REPLY_VERSION, "reply": doc, "signature": signature})
+
+
+class ReplyNotAuthentic(ValueError):
+    """A reply that is not the station's signed answer to the request (the message names why)."""
 
 
 @dataclass(frozen=True)
@@ -423,9 +478,23 @@ class Reply:
     error: str | None
     detail: str | None
     result: dict[str, Any] | None
+    station: str | None = None
+    """The station the signed reply names (None: an unsigned version-1 reply)."""
+    request_sha256: str | None = None
+    key_id: str | None = None
+    signature: bytes | None = field(default=None, repr=False)
+    document: dict[str, Any] | None = field(default=None, repr=False)
+    """The signed reply object exactly as received."""
+
+    @property
+    def signed(self) -> bool:
+        return self.signature is not None
 
     def as_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"v": ENVELOPE_VERSION, "request_id": self.request_id, "ok": self.ok}
+        doc: dict[str, Any] = {"request_id": self.request_id, "ok": self.ok, "signed": self.signed}
+        if self.signed:
+            doc["station"] = self.station
+            doc["key_id"] = self.key_id
         if self.error is not None:
             doc["error"] = self.error
             doc["detail"] = self.detail
@@ -435,19 +504,75 @@ class Reply:
 
 
 def parse_reply(payload: bytes) -> Reply:
-    """A station's reply (the central reads it); ValueError names what is wrong."""
+    """A station's reply, signed (version 2) or not (version 1), its signature not yet checked
+    (`verify_reply` does); ValueError names what is wrong."""
     if len(payload) > MAX_REPLY_BYTES:
         raise ValueError(f"reply of {len(payload)} bytes, at most {MAX_REPLY_BYTES}")
     try:
         doc = parse_json(payload)
     except (CanonicalJsonError, RecursionError) as exc:
         raise ValueError(f"reply is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION or not isinstance(doc.get("ok"), bool):
-        raise ValueError("reply: expected an object with v 1 and ok")
-    unknown = set(doc) - {"v", "request_id", "ok", "error", "detail", "result"}
+    if not isinstance(doc, dict):
+        raise ValueError("reply: expected an object")
+    version = doc.get("v")
+    if type(version) is int and version == _UNSIGNED_REPLY_VERSION:
+        _known_members(doc, _UNSIGNED_REPLY_MEMBERS, "reply")
+        return _reply_fields(doc)
+    if type(version) is not int or version != REPLY_VERSION:
+        raise ValueError(f"reply: expected v {REPLY_VERSION} (or an unsigned v {_UNSIGNED_REPLY_VERSION})")
+    _known_members(doc, frozenset({"v", "reply", "signature"}), "reply")
+    body, signature = doc.get("reply"), decode_signature(doc.get("signature"))
+    if not isinstance(body, dict):
+        raise ValueError("reply.reply: expected an object")
+    if signature is None:
+        raise ValueError("reply.signature: expected a base64 Ed25519 signature")
+    _known_members(body, _REPLY_MEMBERS, "reply.reply")
+    if body.get("type") != REPLY_TYPE:
+        raise ValueError(f"reply.reply.type: expected {REPLY_TYPE!r}")
+    station, digest, key_id = body.get("station"), body.get("request_sha256"), body.get("key_id")
+    if not (isinstance(station, str) and _TOPIC_LEVEL.fullmatch(station)):
+        raise ValueError("reply.reply.station: expected a station id")
+    if not (isinstance(digest, str) and _SHA256_HEX.fullmatch(digest)):
+        raise ValueError("reply.reply.request_sha256: expected 64 lower-case hex digits")
+    if not (isinstance(key_id, str) and _KEY_ID.fullmatch(key_id)):
+        raise ValueError("reply.reply.key_id: expected a key id")
+    fields = _reply_fields(body)
+    return Reply(fields.request_id, fields.ok, fields.error, fields.detail, fields.result, station, digest,
+                 key_id, signature, body)
+
+
+def verify_reply(
+    reply: Reply, *, station: str, request_sha256: str, keys: Mapping[str, Ed25519PublicKey]
+) -> None:
+    """Raises `ReplyNotAuthentic` unless ``reply`` is signed by one of ``keys`` (the station's enrolled
+    keys in use, by key id) and answers the request of SHA-256 ``request_sha256`` sent to ``station``."""
+    if not reply.signed or reply.document is None or reply.signature is None:
+        raise ReplyNotAuthentic("the reply is not signed (a station from before signed replies)")
+    if reply.station != station:
+        named = printable(str(reply.station))[:64]
+        raise ReplyNotAuthentic(f"the reply names station {named}, not {station}")
+    if reply.request_sha256 != request_sha256:
+        raise ReplyNotAuthentic("the reply answers another request (its request_sha256 differs)")
+    key = keys.get(reply.key_id or "")
+    if key is None:
+        raise ReplyNotAuthentic(
+            f"the reply is signed by key {printable(str(reply.key_id))[:80]}, which is not a key station "
+            f"{station} is enrolled with"
+        )
+    if not verify_signature(key, reply.signature, canonical_json(reply.document)):
+        raise ReplyNotAuthentic(f"the reply's signature does not verify with key {reply.key_id}")
+
+
+def _known_members(doc: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = set(doc) - allowed
     if unknown:
         shown = ", ".join(printable(k)[:40] for k in sorted(unknown)[:5])
-        raise ValueError(f"reply: unknown member(s) {shown}")
+        raise ValueError(f"{where}: unknown member(s) {shown}")
+
+
+def _reply_fields(doc: Mapping[str, Any]) -> Reply:
+    if not isinstance(doc.get("ok"), bool):
+        raise ValueError("reply: expected an object with ok")
     request_id = doc.get("request_id")
     if request_id is not None and not (isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id)):
         raise ValueError("reply.request_id: expected null or 32 lower-case hex digits")

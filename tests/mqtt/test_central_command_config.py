@@ -17,7 +17,7 @@ from edge.cli import main
 from edge.custody.keys import load_public_key
 from edge.ingest.store import StationStore
 from tests.mqtt.broker import CENTRAL_ID, MosquittoBroker, TestPki
-from tests.mqtt.test_commands_broker import STATION, station_handler
+from tests.mqtt.test_commands_broker import STATION, enroll_at_central, station_handler
 
 
 def _args(**options: str | None) -> argparse.Namespace:
@@ -64,6 +64,7 @@ async def test_edge_central_command_with_only_the_config_reaches_the_station(
     assert await asyncio.to_thread(main, ["central", "init", "--config", str(config)]) == 0
     central_pub = load_public_key(tmp_path / "central-store" / "identity" / "signing.key.pub")
     store = StationStore(tmp_path / "store", STATION)
+    enroll_at_central(tmp_path, store)
     try:
         async with station_handler(broker, pki, store, central_pub, [datetime.now(UTC)]):
             capsys.readouterr()

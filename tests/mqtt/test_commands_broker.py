@@ -18,8 +18,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.mqtt_command import Broker, CommandTimeout, send_command
+from edge.central.sqlite.index import SqliteIndex
 from edge.cli import main
-from edge.custody.canonical import canonical_json
+from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import StationKey, load_public_key
 from edge.custody.ledger import LedgerEntry
 from edge.ingest.store import StationStore
@@ -31,7 +32,9 @@ from edge.mqtt.commands import (
     Command,
     CommandOp,
     Reply,
+    ReplySigner,
     command_request_topic,
+    encode_reply,
     new_request_id,
     parse_reply,
     sign_command,
@@ -501,6 +504,7 @@ async def test_edge_central_command_signs_with_the_central_key_and_prints_the_re
     assert await asyncio.to_thread(main, ["central", "init", "--config", str(config)]) == 0
     central_pub = load_public_key(tmp_path / "central-store" / "identity" / "signing.key.pub")
     store = StationStore(tmp_path / "store", STATION)
+    enroll_at_central(tmp_path, store)
     clock = [datetime.now(UTC)]
 
     def cli(*extra: str) -> list[str]:
@@ -520,6 +524,7 @@ async def test_edge_central_command_signs_with_the_central_key_and_prints_the_re
             assert status == 0, out
             reply = json.loads(out)
             assert reply["ok"] and reply["result"]["item"] == item
+            assert reply["signed"] and reply["key_id"] == store.key.key_id
             assert current_case(store, item)["case_number"] == "C-7"
             # 3.1.1 too, and a refusal's exit status (reupload of an item that is not rejected).
             status = await asyncio.to_thread(main, cli(STATION, "reupload", item, "--protocol", "3.1.1"))
@@ -531,6 +536,96 @@ async def test_edge_central_command_signs_with_the_central_key_and_prints_the_re
     finally:
         store.close()
     assert verify_store(tmp_path / "store").ok
+
+
+def enroll_at_central(tmp_path: Path, store: StationStore) -> None:
+    """The station enrolled at the central of `_central_toml` (its index row: the key replies verify by)."""
+    index = SqliteIndex.open(tmp_path / "central-store" / "index.db")
+    try:
+        index.enroll_station(STATION, store.key.public_key_b64, "ab" * 32)
+    finally:
+        index.close()
+
+
+async def test_edge_central_command_takes_only_a_reply_the_enrolled_station_signed_for_this_request(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reply on the station's reply topic that the station did not sign (another key: a process on the
+    broker path, or a station whose key the central never enrolled) is reported and not taken; the wait
+    goes on, and the station's own reply is taken. A station that answers unsigned (from before signed
+    replies) gives exit 69 unless --allow-unsigned-reply. An unknown or revoked station is refused before
+    anything is sent. Control: the genuine station's reply is taken (exit 0)."""
+    config = _central_toml(tmp_path)
+    assert await asyncio.to_thread(main, ["central", "init", "--config", str(config)]) == 0
+    central_pub = load_public_key(tmp_path / "central-store" / "identity" / "signing.key.pub")
+    store = StationStore(tmp_path / "store", STATION)
+    clock = [datetime.now(UTC)]
+
+    def cli(*extra: str, timeout: str = "20") -> list[str]:
+        return [
+            "central", "command", "--config", str(config), "--broker", f"mqtts://127.0.0.1:{broker.port}",
+            "--identity", str(pki.client(CENTRAL_ID)), "--timeout", timeout, STATION, "ledger-head", *extra,
+        ]
+
+    try:
+        # Not enrolled: refused before anything is sent.
+        assert await asyncio.to_thread(main, cli()) == 2
+        assert "not enrolled" in capsys.readouterr().err
+        enroll_at_central(tmp_path, store)
+        async with station_handler(broker, pki, store, central_pub, clock) as (station_client, handler):
+            # A forger answers first on the station's reply topic, with another key (and the right request
+            # id and digest: it saw the request).
+            forger = StationKey.generate()
+
+            async def forge(message: InboundMessage) -> None:
+                request_sha256 = sha256_hex(message.payload)
+                request_id = json.loads(message.payload)["command"]["request_id"]
+                fake = encode_reply(request_id, station=STATION, request_sha256=request_sha256,
+                                    signer=ReplySigner(store.key.key_id, forger.sign),
+                                    result={"local": {"seq": 999_999, "hash": "0" * 64}})
+                await station_client.publish(f"{TOPIC_PREFIX}/stations/{STATION}/command-reply", fake)
+
+            real_reply = handler._reply
+
+            async def forged_then_real(message: InboundMessage, reply: bytes) -> None:
+                await forge(message)  # acknowledged by the broker before the station's own reply is sent
+                await real_reply(message, reply)
+
+            handler._reply = forged_then_real  # type: ignore[method-assign]
+            capsys.readouterr()
+            status = await asyncio.to_thread(main, cli("--json"))
+            captured = capsys.readouterr()
+            assert status == 0, captured.err
+            assert "not taken" in captured.err and "does not verify" in captured.err
+            reply = json.loads(captured.out)
+            assert reply["signed"] and reply["result"]["local"]["seq"] != 999_999  # the station's own
+            # A station from before signed replies.
+            handler._signed = lambda answer, payload: encode_unsigned(answer)  # type: ignore[method-assign]
+            status = await asyncio.to_thread(main, cli(timeout="20"))
+            assert status == 69 and "unsigned reply" in capsys.readouterr().err
+            status = await asyncio.to_thread(main, cli("--allow-unsigned-reply"))
+            captured = capsys.readouterr()
+            assert status == 0 and "UNSIGNED" in captured.out, captured.err
+        # Revoked: refused before anything is sent.
+        index = SqliteIndex.open(tmp_path / "central-store" / "index.db")
+        try:
+            index.revoke_station(STATION, "lost")
+        finally:
+            index.close()
+        assert await asyncio.to_thread(main, cli()) == 2
+        assert "revoked" in capsys.readouterr().err
+    finally:
+        store.close()
+
+
+def encode_unsigned(answer: Any) -> bytes:
+    """The version-1 reply of a station from before signed replies."""
+    doc: dict[str, Any] = {"v": 1, "request_id": answer.request_id, "ok": answer.error is None}
+    if answer.error is not None:
+        doc["error"], doc["detail"] = answer.error.value, answer.detail or ""
+    if answer.result is not None:
+        doc["result"] = dict(answer.result)
+    return canonical_json(doc)
 
 
 async def test_the_station_agent_takes_the_central_s_commands_with_the_pinned_key(
@@ -621,15 +716,16 @@ async def test_a_central_on_mqtt_5_gets_the_reply_of_a_station_on_3_1_1_and_a_si
     central_key = StationKey.generate()
     clock = [datetime.now(UTC)]
     central = Broker(broker.client_settings(pki.client(CENTRAL_ID)), TOPIC_PREFIX)
+    keys = {store.key.key_id: store.key.public_key()}
     command = Command(new_request_id(), CommandOp.LEDGER_HEAD, STATION, utc_rfc3339(clock[0]), {})
     try:
         # No station listening: no reply, a timeout naming the request (the command may run later).
         with pytest.raises(CommandTimeout, match=command.request_id):
-            await send_command(central, command, central_key, timeout_s=1.0)
+            await send_command(central, command, central_key, station_keys=keys, timeout_s=1.0)
         async with station_handler(broker, pki, store, central_key.public_key(), clock,
                                    protocol=ProtocolVersion.V311):
             fresh = replace(command, request_id=new_request_id())
-            reply = await send_command(central, fresh, central_key, timeout_s=WAIT_S)
+            reply = await send_command(central, fresh, central_key, station_keys=keys, timeout_s=WAIT_S)
             assert reply.ok and reply.request_id == fresh.request_id
             # The first one never reached a station (none had subscribed yet): only this one ran.
             assert [e.data["request_id"] for e in store.ledger.entries() if e.type == "command"] == [

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edge.custody.canonical import canonical_json
+from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import StationKey
 from edge.mqtt.commands import (
     COMMAND_TYPE,
@@ -19,6 +19,8 @@ from edge.mqtt.commands import (
     CommandError,
     CommandOp,
     CommandRefused,
+    ReplyNotAuthentic,
+    ReplySigner,
     check_addressed,
     check_authentic,
     command_signing_input,
@@ -28,6 +30,7 @@ from edge.mqtt.commands import (
     reply_topic_for,
     sign_command,
     utc_rfc3339,
+    verify_reply,
 )
 
 ITEM = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -168,12 +171,64 @@ def test_a_response_topic_is_honoured_only_under_the_stations_command_reply(
     assert reply_topic_for("evidence", "S1", response_topic) == (expected, honoured)
 
 
-def test_replies_round_trip_and_a_bad_one_is_named() -> None:
-    ok = parse_reply(encode_reply("ab" * 16, result={"seq": 3}))
-    assert ok.ok and ok.result == {"seq": 3} and ok.error is None
-    refused = parse_reply(encode_reply(None, error=CommandError.STALE, detail="issued \x1b[31m late"))
+STATION_KEY = StationKey.generate()
+SIGNER = ReplySigner(STATION_KEY.key_id, STATION_KEY.sign)
+REQUEST = b'{"the request":"payload"}'
+REQUEST_SHA256 = sha256_hex(REQUEST)
+KEYS = {STATION_KEY.key_id: STATION_KEY.public_key()}
+
+
+def signed_reply(request_id: str | None = "ab" * 16, **kwargs: Any) -> bytes:
+    return encode_reply(request_id, station="S1", request_sha256=REQUEST_SHA256, signer=SIGNER, **kwargs)
+
+
+def test_replies_round_trip_signed_and_a_bad_one_is_named() -> None:
+    ok = parse_reply(signed_reply(result={"seq": 3}))
+    assert ok.ok and ok.result == {"seq": 3} and ok.error is None and ok.signed
+    verify_reply(ok, station="S1", request_sha256=REQUEST_SHA256, keys=KEYS)
+    refused = parse_reply(signed_reply(None, error=CommandError.STALE, detail="issued \x1b[31m late"))
     assert not refused.ok and refused.error == "stale" and refused.detail is not None
     assert "\x1b" not in refused.detail  # device or hostile text is escaped before it is shown
-    for bad in (b"[]", b'{"v":1}', b'{"v":1,"ok":true,"error":"x"}', b'{"v":1,"ok":true,"extra":1}'):
+    verify_reply(refused, station="S1", request_sha256=REQUEST_SHA256, keys=KEYS)
+    for bad in (b"[]", b'{"v":1}', b'{"v":1,"ok":true,"error":"x"}', b'{"v":1,"ok":true,"extra":1}',
+                b'{"v":true,"ok":true}', b'{"v":2,"reply":{},"signature":"x"}'):
         with pytest.raises(ValueError):
             parse_reply(bad)
+
+
+def _resigned(payload: bytes, key: StationKey = STATION_KEY, **changes: Any) -> bytes:
+    """``payload``'s reply object changed by ``changes`` and signed again by ``key``."""
+    doc = json.loads(payload)
+    body = {**doc["reply"], **changes}
+    signature = base64.b64encode(key.sign(canonical_json(body))).decode("ascii")
+    return canonical_json({"v": 2, "reply": body, "signature": signature})
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (lambda p: _resigned(p, station="S2"), "names station S2"),
+        (lambda p: _resigned(p, request_sha256="0" * 64), "answers another request"),
+        (lambda p: _resigned(p, key=StationKey.generate()), "does not verify"),
+        (lambda p: _resigned(p, key_id="someone-else"), "not a key station S1 is enrolled with"),
+        (lambda p: canonical_json({**json.loads(p), "reply": {**json.loads(p)["reply"], "ok": False,
+                                                               "error": "refused", "detail": "x"}}),
+         "does not verify"),
+        (lambda p: canonical_json({"v": 1, "request_id": "ab" * 16, "ok": True}), "not signed"),
+    ],
+    ids=["other-station", "other-request", "other-key", "unknown-key-id", "edited", "unsigned"],
+)
+def test_a_reply_that_is_not_the_stations_signed_answer_to_this_request_is_not_authentic(
+    tamper: Any, reason: str
+) -> None:
+    good = signed_reply(result={"seq": 3})
+    verify_reply(parse_reply(good), station="S1", request_sha256=REQUEST_SHA256, keys=KEYS)  # control
+    with pytest.raises(ReplyNotAuthentic, match=reason):
+        verify_reply(parse_reply(tamper(good)), station="S1", request_sha256=REQUEST_SHA256, keys=KEYS)
+
+
+def test_a_reply_cannot_be_passed_off_as_a_command_or_a_checkpoint() -> None:
+    """Domain separation: the reply object's type member, which no command and no checkpoint has."""
+    body = json.loads(signed_reply(result={"seq": 3}))["reply"]
+    assert body["type"] == "evidence-edge command reply" != COMMAND_TYPE
+    assert set(body) >= {"type", "station", "request_sha256"}
