@@ -531,6 +531,12 @@ class CentralLayout:
         return self.identity_dir / "issued"
 
     @property
+    def issue_order_file(self) -> Path:
+        """The SHA-256 of each certificate the CA issued, one a line, in the order it issued them: which of
+        two identities is the newer, whatever their notBefore says (edge.central.identity.issue_order)."""
+        return self.identity_dir / "issued.order"
+
+    @property
     def tsa_roots_dir(self) -> Path:
         """Copies of the configured TSA roots, to check the store's time-stamps with later."""
         return self.identity_dir / "tsa-roots"
