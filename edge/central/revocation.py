@@ -40,6 +40,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -50,8 +51,9 @@ from cryptography.x509.oid import NameOID
 from edge.central.config import CentralConfig, CentralLayout
 from edge.central.identity import issue_order, keep_issued, load_ca
 from edge.central.index import ReaderRecord, StationRecord
+from edge.custody.canonical import canonical_json, parse_json
 from edge.pki.bundle import BUNDLE_CLIENT_CERT
-from edge.pki.certs import PUBLIC_MODE, certificate_sha256, install_file, load_cert, utc_now
+from edge.pki.certs import PRIVATE_MODE, PUBLIC_MODE, certificate_sha256, install_file, load_cert, utc_now
 from edge.pki.crl import RevokedCertificate, build_crl, crl_pem, load_crl, write_crl
 from edge.pki.names import AUDITOR_OU, CENTRAL_OU, SERVER_OU, STATION_OU, IdentityError
 
@@ -216,16 +218,84 @@ def revoked_certificates(layout: CentralLayout, index: EnrolmentRecords | None, 
 CRL_WARN_BEFORE = dt.timedelta(days=7)
 
 
-def crl_seconds_left(layout: CentralLayout, now: dt.datetime | None = None) -> float | None:
-    """Seconds until ``identity/ca.crl``'s next update (negative once past; the broker's copy, installed
-    by `edge central crl --out`, is the same list); None when it is missing or unreadable."""
+class CrlList(StrEnum):
+    """Which copy of the revocation list the central reports the time left of (/readyz names it)."""
+
+    # [mqtt] broker_crl_file: the file the broker reads (mosquitto.conf crlfile), read where it lies.
+    BROKER = "broker_crl_file"
+    # The copy `edge central crl --out` (or `broker-cert`) last installed for the broker, as recorded then.
+    INSTALLED = "last_installed"
+    # The central's own identity/ca.crl: nothing was ever installed for the broker through the central;
+    # every enrolment or revocation renews it, so it can show more time than the broker's copy has.
+    CENTRAL = "central_copy"
+
+
+@dataclass(frozen=True)
+class CrlStanding:
+    """Seconds until the next update of the list in `path` (negative once past; None: missing or
+    unreadable), and which copy that is."""
+
+    seconds_left: float | None
+    path: Path
+    copy: CrlList
+
+
+def _next_update_of(path: Path) -> dt.datetime | None:
     try:
-        next_update = load_crl(layout.crl_file).next_update_utc
-    except (IdentityError, OSError):
+        return load_crl(path).next_update_utc
+    except (IdentityError, OSError) as exc:
+        log.debug("revocation list %s unreadable: %s", path, exc)
         return None
-    if next_update is None:
+
+
+def _installed_record(layout: CentralLayout) -> tuple[Path, dt.datetime] | None:
+    """Where the list was last installed for the broker and its next update (None: never, or a record
+    that cannot be read, which is logged)."""
+    record = layout.crl_installed_file
+    try:
+        doc = parse_json(record.read_bytes()[:_RECORD_MAX_BYTES])
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        path, next_update = doc.get("path"), doc.get("next_update")
+        if not isinstance(path, str) or not isinstance(next_update, str):
+            raise ValueError("path or next_update missing")
+        return Path(path), dt.datetime.fromisoformat(next_update).astimezone(dt.UTC)
+    except FileNotFoundError:
         return None
-    return (next_update - (now or utc_now())).total_seconds()
+    except (OSError, ValueError) as exc:
+        log.error("cannot read %s (%s): reporting the central's own revocation list instead", record, exc)
+        return None
+
+
+def crl_standing(layout: CentralLayout, now: dt.datetime | None = None, *,
+                 broker_crl_file: Path | None = None) -> CrlStanding:
+    """The time left of the list the broker has, as near as the central can know it: `broker_crl_file`
+    ([mqtt] broker_crl_file) when configured, read where it lies; else the copy last installed through
+    `edge central crl --out` or `broker-cert` (recorded then in identity/crl-installed.json: an
+    enrolment or revocation renews the central's own list without installing it); else, when none was
+    ever installed that way, the central's own ``identity/ca.crl``."""
+    now = now or utc_now()
+    path: Path
+    next_update: dt.datetime | None
+    if broker_crl_file is not None:
+        path, copy, next_update = broker_crl_file, CrlList.BROKER, _next_update_of(broker_crl_file)
+    elif (installed := _installed_record(layout)) is not None:
+        path, next_update = installed
+        copy = CrlList.INSTALLED
+    else:
+        path, copy, next_update = layout.crl_file, CrlList.CENTRAL, _next_update_of(layout.crl_file)
+    left = None if next_update is None else (next_update - now).total_seconds()
+    return CrlStanding(left, path, copy)
+
+
+def crl_seconds_left(layout: CentralLayout, now: dt.datetime | None = None, *,
+                     broker_crl_file: Path | None = None) -> float | None:
+    """Seconds until the next update of the list the broker has (`crl_standing`); None when unknown."""
+    return crl_standing(layout, now, broker_crl_file=broker_crl_file).seconds_left
+
+
+# The installation record is a few hundred bytes; anything longer is not one.
+_RECORD_MAX_BYTES = 64 * 1024
 
 
 @contextmanager
@@ -254,6 +324,11 @@ def update_crl(config: CentralConfig, index: EnrolmentRecords | None, *,
             write_crl(layout.crl_file, crl)
             if copy_to is not None:
                 install_file(copy_to, crl_pem(crl), PUBLIC_MODE, replace=True)
+                # After the copy is in place: the time left the central reports is the installed list's.
+                assert crl.next_update_utc is not None  # build_crl always sets it
+                record = {"path": str(copy_to.absolute()), "next_update": crl.next_update_utc.isoformat(),
+                          "installed_utc": now.isoformat()}
+                install_file(layout.crl_installed_file, canonical_json(record), PRIVATE_MODE, replace=True)
     except OSError as exc:
         raise IdentityError(f"cannot write the revocation list: {exc.strerror or exc} "
                             f"({exc.filename or layout.crl_file})") from None
