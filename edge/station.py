@@ -36,7 +36,7 @@ from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.mqtt.client import MqttClient
 from edge.mqtt.command_handler import CommandHandler, CommandSettings
-from edge.mqtt.station_settings import station_mqtt_settings, telemetry_device_salt
+from edge.mqtt.station_settings import station_mqtt_settings, telemetry_device_salt, telemetry_salt_path
 from edge.mqtt.telemetry import TelemetryPublisher, TelemetrySettings, will_message
 from edge.observe.api import LocalApi
 from edge.observe.board import CentralFacts, ClockFacts, StatusBoard, TaskFacts
@@ -243,14 +243,13 @@ class StationAgent:
                     ),
                     backoff=Backoff(self.config.mqtt.backoff_base_s, self.config.mqtt.backoff_max_s),
                 )
-                device_salt = telemetry_device_salt(self.config)
             except (OSError, ValueError, IdentityError) as exc:
                 log.error("mqtt disabled: %s", exc)
                 self.store.record(EntryType.ERROR, None, {"stage": "mqtt", "reason": f"mqtt disabled: {exc}"})
             else:
                 supervisor.add(TaskSpec("mqtt", self.mqtt.run, critical=False))
                 # Added after the client, so stopped before it: telemetry still says "offline" on the way out.
-                self._add_mqtt_services(supervisor, self.mqtt, device_salt)
+                self._add_mqtt_services(supervisor, self.mqtt)
         self.pipeline = IngestPipeline(
             self.store,
             IngestSettings.from_config(self.config.offload),
@@ -292,16 +291,35 @@ class StationAgent:
             if self._own_backend and close is not None:
                 close()
 
-    def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient, device_salt: bytes) -> None:
-        """Telemetry from the status board, and the central's commands (which need the central key pinned
-        at enrollment: without one, commands are off and the ledger says why)."""
+    def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient) -> None:
+        """Telemetry from the status board (which needs the telemetry salt: a salt file that cannot be
+        used turns off telemetry alone, and the ledger says why), and the central's commands (which need
+        the central key pinned at enrollment: without one, commands are off and the ledger says why)."""
+        self._add_telemetry(supervisor, client)
+        self._add_commands(supervisor, client)
+
+    def _add_telemetry(self, supervisor: Supervisor, client: MqttClient) -> None:
         assert self.store is not None
         mqtt, station_id = self.config.mqtt, self.config.station.id
+        try:
+            # A random salt kept beside the client secret (not derived from the station key, which
+            # rotates): published device ids tell recorders apart without naming them, and stay put.
+            device_salt = telemetry_device_salt(self.config)
+        except (OSError, ValueError, IdentityError) as exc:
+            # Never a made-up salt in its place: the ids would change, and then change back once fixed.
+            salt_path = telemetry_salt_path(self.config)
+            log.error("mqtt telemetry disabled: the telemetry salt %s cannot be used: %s; commands and "
+                      "evidence over MQTT go on", salt_path, exc)
+            # The ledger shows store paths as "<station path>": the file's name says which one.
+            self.store.record(EntryType.ERROR, None, {
+                "stage": "mqtt",
+                "reason": f"mqtt telemetry disabled: the telemetry salt {salt_path.name} in the store "
+                          f"directory cannot be used: {exc}",
+            })
+            return
         self.telemetry = TelemetryPublisher(
             TelemetrySettings(
                 station_id, mqtt.topic_prefix, mqtt.telemetry_interval_s, mqtt.telemetry_event_queue,
-                # A random salt kept beside the client secret (not derived from the station key, which
-                # rotates): published device ids tell recorders apart without naming them, and stay put.
                 device_salt=device_salt,
             ),
             client=client,
@@ -309,6 +327,10 @@ class StationAgent:
         )
         self.store.ledger.add_listener(self.telemetry.ledger_entry)
         supervisor.add(TaskSpec("telemetry", self.telemetry.run, critical=False))
+
+    def _add_commands(self, supervisor: Supervisor, client: MqttClient) -> None:
+        assert self.store is not None
+        mqtt, station_id = self.config.mqtt, self.config.station.id
         key_path = self.config.uplink.pinned_key_path if self.config.uplink.enabled else None
         try:
             if key_path is None:

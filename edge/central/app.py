@@ -395,7 +395,9 @@ def build_app(
     except BaseException:
         database.close()
         raise
-    metrics = CentralMetrics(log_size=merkle.size, crl_seconds_left=lambda: crl_seconds_left(layout))
+    broker_crl_file = config.mqtt.broker_crl_file if config.mqtt is not None else None
+    metrics = CentralMetrics(log_size=merkle.size, crl_seconds_left=lambda: crl_seconds_left(
+        layout, broker_crl_file=broker_crl_file))
     registrar = Registrar(index, objects, merkle, CombinedUploadSource(uploads, transfers), signing_key=key,
                           central_id=config.central.id)
     registrar.on_content_verified = metrics.verify_seconds.observe

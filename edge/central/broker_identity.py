@@ -182,7 +182,7 @@ def _issue(
     )
     # Kept before it leaves the central, like every client certificate: a replaced one is named by the
     # revocation list (edge.central.revocation).
-    keep_issued(config.layout, cert)
+    keep_issued(config.layout, cert, newly_issued=True)
     cert_name, key_name = files
     contents = {
         key_name: (key_pem(key), PRIVATE_MODE),

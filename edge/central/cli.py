@@ -111,13 +111,28 @@ def cmd_central_mqtt_worker(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     # Imported here: only this command needs the MQTT client.
     from edge.central.mqtt_receiver import CentralNotStarted, run_mqtt_worker
+    from edge.central.worker_wait import transfers_dir_unusable, wait_for_the_central
 
+    secret = config.layout.mqtt_client_secret
     try:
-        return run_mqtt_worker(config, client_id=args.client_id)
-    except CentralNotStarted as exc:
-        # Temporary (75, EX_TEMPFAIL): systemd restarts the worker until the central has run once.
-        _say(f"error: {exc}")
-        return ExitCode.STORE_BUSY
+        while True:
+            try:
+                return run_mqtt_worker(config, client_id=args.client_id)
+            except CentralNotStarted as exc:
+                if secret.exists():
+                    # Not the missing secret after all: temporary (75, EX_TEMPFAIL), systemd restarts it.
+                    _say(f"error: {exc}")
+                    return ExitCode.STORE_BUSY
+            # Waits (rather than exit and be restarted until systemd's start limit gives up on it) until
+            # the central has run once: edge.central.worker_wait.
+            if not wait_for_the_central(secret):
+                return EXIT_OK
+            unusable = transfers_dir_unusable(config.mqtt_transfers_dir)
+            if unusable is not None:
+                # Its sandbox was set up before the central made the directory: one restart sets it up anew.
+                _say(f"error: the central has started, but {unusable}: exiting 75 for systemd to start the "
+                     "worker again")
+                return ExitCode.STORE_BUSY
     except (IdentityError, ValueError) as exc:
         _say(f"error: {exc}")
         return EXIT_CONFIG

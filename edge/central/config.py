@@ -406,15 +406,21 @@ class MqttSection(StrictModel):
         None, description="Where transfers are assembled; empty: <store_dir>/mqtt-transfers. Processes "
         "sharing the group may share it (every transfer has its own file lock)",
     )
+    broker_crl_file: Path | None = Field(
+        None, description="The revocation list the broker reads (mosquitto.conf crlfile), when this host "
+        "can read it: the CRL gauge on /metrics and the /readyz warning report its time left. Empty: the "
+        "copy last installed by `edge central crl --out` or `broker-cert`, else the central's own "
+        "identity/ca.crl",
+    )
 
-    @field_validator("ca_file", "client_bundle_dir", "transfers_dir")
+    @field_validator("ca_file", "client_bundle_dir", "transfers_dir", "broker_crl_file")
     @classmethod
     def _paths_absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else _absolute(value, "an [mqtt] path")
 
-    @field_validator("transfers_dir", mode="before")
+    @field_validator("transfers_dir", "broker_crl_file", mode="before")
     @classmethod
-    def _empty_transfers_dir(cls, value: object) -> object:
+    def _empty_path(cls, value: object) -> object:
         return None if value == "" else value
 
     @model_validator(mode="after")
@@ -529,6 +535,18 @@ class CentralLayout:
     def issued_dir(self) -> Path:
         """A copy of every client certificate the CA issued (a CRL names certificates by serial)."""
         return self.identity_dir / "issued"
+
+    @property
+    def issue_order_file(self) -> Path:
+        """The SHA-256 of each certificate the CA issued, one a line, in the order it issued them: which of
+        two identities is the newer, whatever their notBefore says (edge.central.identity.issue_order)."""
+        return self.identity_dir / "issued.order"
+
+    @property
+    def crl_installed_file(self) -> Path:
+        """Where and until when the revocation list was last installed for the broker (`edge central crl
+        --out`, `broker-cert`): the time left the central reports (edge.central.revocation.crl_standing)."""
+        return self.identity_dir / "crl-installed.json"
 
     @property
     def tsa_roots_dir(self) -> Path:

@@ -16,7 +16,11 @@
   A warning that does not stop the central taking evidence is named under ``warnings`` without turning
   the answer 503: ``{"crl": "expires_soon"}`` (less than 7 days before the CA's revocation list needs
   its next update; past it the broker refuses every client), ``"expired"`` or ``"unreadable"`` (also:
-  missing while the central has an ``[mqtt]`` section).
+  missing while the central has an ``[mqtt]`` section), with ``"crl_list"`` naming which copy was read
+  (:class:`edge.central.revocation.CrlList`: ``broker_crl_file``, the file the broker reads, when
+  ``[mqtt] broker_crl_file`` is set; else ``last_installed``, the copy `edge central crl --out` last
+  installed; else ``central_copy``, the central's own ``identity/ca.crl``, which enrolments renew
+  without installing it for the broker).
 
 Both answer **without a client certificate** on the central's TLS listener (the TLS context asks for a
 certificate but no longer requires one in the handshake); :data:`PUBLIC_ROUTES` is the complete list
@@ -48,7 +52,7 @@ from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 
 from edge.central.metrics import METRICS_CONTENT_TYPE, CentralMetrics
-from edge.central.revocation import CRL_WARN_BEFORE, crl_seconds_left
+from edge.central.revocation import CRL_WARN_BEFORE, CrlList, crl_standing
 from edge.custody.canonical import canonical_json
 
 if TYPE_CHECKING:
@@ -58,6 +62,13 @@ __all__ = ["PUBLIC_ROUTES", "READINESS_DIR", "READINESS_MAX_AGE_S", "Readiness",
            "metrics_app"]
 
 log = logging.getLogger(__name__)
+
+_CRL_COPY_TEXT = {
+    CrlList.BROKER: "the broker's copy, [mqtt] broker_crl_file",
+    CrlList.INSTALLED: "the copy last installed for the broker by `edge central crl --out`",
+    CrlList.CENTRAL: "the central's own copy: none was installed through `edge central crl --out`, and "
+                     "[mqtt] broker_crl_file is not set",
+}
 
 HEALTHZ = "/healthz"
 READYZ = "/readyz"
@@ -161,9 +172,12 @@ class Readiness:
         return results
 
     def _check_crl(self) -> None:
-        layout = self._parts.config.layout
-        left = crl_seconds_left(layout)
-        if left is None and not layout.crl_file.exists() and self._parts.config.mqtt is None:
+        config = self._parts.config
+        layout = config.layout
+        standing = crl_standing(layout, broker_crl_file=config.mqtt.broker_crl_file if config.mqtt else None)
+        left = standing.seconds_left
+        if left is None and standing.copy is CrlList.CENTRAL and not layout.crl_file.exists() \
+                and config.mqtt is None:
             word = ""  # a store made before the list (or by hand) serving HTTPS only: no broker reads one
         elif left is None:
             word = "unreadable"
@@ -175,17 +189,21 @@ class Readiness:
             word = ""
         if word != self.warnings.get("crl", ""):
             if word:
-                log.warning("the CA's revocation list %s is %s (%s): the broker refuses every client once "
-                            "it is past its next update; renew it: `edge central crl --config FILE --out "
-                            "BROKER_CRL` (systemd/edge-central-crl.timer does it daily)", layout.crl_file,
-                            word.replace("_", " "),
+                log.warning("the CA's revocation list %s (%s) is %s (%s): the broker refuses every client "
+                            "once it is past its next update; renew it: `edge central crl --config FILE "
+                            "--out BROKER_CRL` (systemd/edge-central-crl.timer does it daily)", standing.path,
+                            _CRL_COPY_TEXT[standing.copy], word.replace("_", " "),
                             "no next update" if left is None else f"{left / 86400:.1f} days left")
             else:
-                log.info("the CA's revocation list %s is renewed", layout.crl_file)
+                log.info("the CA's revocation list %s (%s) is renewed", standing.path,
+                         _CRL_COPY_TEXT[standing.copy])
         if word:
             self.warnings["crl"] = word
+            # Which copy was read (a word, never its path: /readyz answers anyone).
+            self.warnings["crl_list"] = standing.copy.value
         else:
             self.warnings.pop("crl", None)
+            self.warnings.pop("crl_list", None)
 
     async def _timed(self, name: str, failure: str, probe: Callable[[], Awaitable[None]],
                      details: dict[str, str]) -> str:

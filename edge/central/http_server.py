@@ -397,8 +397,12 @@ def add_response_headers(tus_prefix: str) -> Callable[[web.Request, web.StreamRe
 
     async def hook(request: web.Request, response: web.StreamResponse) -> None:
         request_id = request.get(REQUEST_ID)
-        if request_id is not None:
-            response.headers.setdefault("X-Request-Id", request_id)
+        if request_id is None:
+            # An answer given before the middleware ran (an Expect: 100-continue refusal): it is the
+            # central's too, and a station tells the central's busy from a proxy's by this header
+            # (edge.uplink.central_calls.is_central_error_answer).
+            request_id = request[REQUEST_ID] = secrets.token_hex(8)
+        response.headers.setdefault("X-Request-Id", request_id)
         if _is_tus_path(request.path, tus_prefix):
             response.headers.setdefault("Tus-Resumable", TUS_RESUMABLE)
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import logging
+import os
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,7 @@ from edge.central.sqlite.log import signed_head_summary
 from edge.custody.errors import CustodyError
 from edge.custody.keys import StationKey, load_public_key, public_key_raw
 from edge.custody.ledger import station_time_now
-from edge.durable.files import ensure_private_dir
+from edge.durable.files import ensure_private_dir, fsync_dir
 from edge.durable.lock import StoreLock
 from edge.pki import tls
 from edge.pki.bundle import Enrollment, prepare_bundle_dir, write_bundle
@@ -397,7 +400,7 @@ def _enroll(
         valid_from=valid_from,
     )
     cert_sha256 = certificate_sha256(cert)
-    keep_issued(config.layout, cert)
+    keep_issued(config.layout, cert, newly_issued=True)
     record = {
         "station" if role == "station" else "reader": name,
         "central_id": config.central.id,
@@ -430,18 +433,71 @@ def _enroll(
     )
 
 
-def keep_issued(layout: CentralLayout, cert: x509.Certificate) -> None:
+def keep_issued(layout: CentralLayout, cert: x509.Certificate, *, newly_issued: bool) -> None:
     """Keep a copy of an issued certificate (station, auditor, the central's broker identity, the broker's
     server certificate) before it leaves the central: the revocation list (edge.central.revocation) names
-    a replaced or revoked certificate by its serial number. Keeping one already kept is a no-op."""
+    a replaced or revoked certificate by its serial number. Keeping one already kept is a no-op.
+
+    `newly_issued`: the CA issued it just now, so it is recorded last in the issue order (before its copy
+    is written: a crash between the two leaves an order line without a copy, harmless, never a copy
+    without its place). A certificate imported later (`keep-issued`) is not: it was issued before the CA
+    recorded the order, so it is older than every certificate in it."""
     try:
         ensure_private_dir(layout.issued_dir)
+        if newly_issued:
+            _record_issue_order(layout.issue_order_file, certificate_sha256(cert))
         # Private like everything in the store (tests/station/test_durability.py): only the CRL leaves it.
         install_file(layout.issued_dir / f"{certificate_sha256(cert)}.crt", cert_pem(cert), PRIVATE_MODE,
                      replace=False)
     except OSError as exc:
         raise IdentityError(f"cannot keep the issued certificate in {layout.issued_dir}: "
                             f"{exc.strerror or exc}") from None
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _record_issue_order(path: Path, sha256: str) -> None:
+    """Append `sha256` to the issue order, durably, under an exclusive lock on the file (two `enroll`s at
+    once each get their own whole line)."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        # A line torn by a crash is ended first, so that it cannot swallow this one.
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        line = ("\n" if torn else "") + sha256 + "\n"
+        os.write(fd, line.encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if size == 0:
+        fsync_dir(path.parent)
+
+
+def issue_order(layout: CentralLayout) -> dict[str, int]:
+    """The place of each certificate in the order the CA issued it (0: the first recorded; the SHA-256 of
+    the certificate as key). A certificate absent from it was issued before the CA recorded the order (an
+    earlier release, or imported with `keep-issued`): older than every one in it. The order is that of
+    issuance on this CA, not of any clock, so a certificate made while the clock was wrong, or with a
+    backdated notBefore, keeps its true place. A damaged line is skipped, loudly."""
+    places: dict[str, int] = {}
+    try:
+        text = layout.issue_order_file.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return places
+    except OSError as exc:
+        log.error("cannot read the CA's issue order %s (%s): every certificate is taken as issued before "
+                  "it", layout.issue_order_file, exc.strerror or exc)
+        return places
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not _SHA256_HEX.fullmatch(line):
+            if line:
+                log.error("the CA's issue order %s: line %d is not a SHA-256, skipped",
+                          layout.issue_order_file, number)
+            continue
+        places.setdefault(line, len(places))
+    return places
 
 
 def server_ssl_context(config: CentralConfig) -> ssl.SSLContext:

@@ -9,14 +9,21 @@ must refuse it: Mosquitto's `crlfile`. This module keeps that list:
   the index records only their SHA-256);
 - ``identity/ca.crl`` names each kept certificate whose station or auditor is revoked, or whose enrolled
   certificate is another one now (re-enrolment replaced it); each kept OU=central certificate (the
-  central's own broker identity, which reads every station's evidence) issued before the current one:
-  the one in the central's ``[mqtt] client_bundle_dir`` when configured, else the newest issued (one
-  issued after the configured one is its replacement waiting for the configuration, never listed); each
-  kept broker server certificate that is not the newest for its host name (stations check no CRL for the
-  broker's certificate: listing it only records the replacement, README "Broker setup"). A certificate
-  past its end is left out (nobody accepts it anyway). It is computed from the index as a whole each
-  time, under a lock, so two
-  `enroll`/`revoke` commands at once cannot write a list that misses one of them.
+  central's own broker identity, which reads every station's evidence) issued strictly before the current
+  one: the one in the central's ``[mqtt] client_bundle_dir`` when configured, else the newest issued (one
+  issued after the configured one is its replacement waiting for the configuration, never listed; when
+  the configured one has no kept copy, its place is unknown and no other central identity is listed
+  until it is imported); each kept broker server certificate that is not the newest for its host name
+  (stations check no CRL for the broker's certificate: listing it only records the replacement, README
+  "Broker setup"). A certificate past its end is left out (nobody accepts it anyway). It is computed
+  from the index as a whole each time, under a lock, so two `enroll`/`revoke` commands at once cannot
+  write a list that misses one of them.
+
+"Older" and "newest" follow the order the CA issued its certificates in (``identity/issued.order``,
+written at issuance), never a clock: a certificate made while the central's clock was wrong, or with a
+backdated notBefore, keeps its place. Certificates issued before the CA recorded that order (earlier
+releases, imports with `keep-issued`) are older than every one in it, and among themselves are ordered by
+notBefore (a clock skew between two of those can still misorder them).
 
 `edge central enroll`, `enroll-reader`, `revoke`, `revoke-reader` and `init` rewrite it; `edge central
 crl --out FILE` rewrites it (a fresh next update) and copies it for the broker. Certificates issued before
@@ -33,6 +40,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -41,10 +49,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from edge.central.config import CentralConfig, CentralLayout
-from edge.central.identity import keep_issued, load_ca
+from edge.central.identity import issue_order, keep_issued, load_ca
 from edge.central.index import ReaderRecord, StationRecord
+from edge.custody.canonical import canonical_json, parse_json
 from edge.pki.bundle import BUNDLE_CLIENT_CERT
-from edge.pki.certs import PUBLIC_MODE, certificate_sha256, install_file, load_cert, utc_now
+from edge.pki.certs import PRIVATE_MODE, PUBLIC_MODE, certificate_sha256, install_file, load_cert, utc_now
 from edge.pki.crl import RevokedCertificate, build_crl, crl_pem, load_crl, write_crl
 from edge.pki.names import AUDITOR_OU, CENTRAL_OU, SERVER_OU, STATION_OU, IdentityError
 
@@ -84,22 +93,32 @@ def _time(text: str | None, fallback: dt.datetime) -> dt.datetime:
 
 @dataclass(frozen=True)
 class _Kept:
-    """A kept copy of an issued certificate; `written_ns`: when the copy was written (the file's mtime),
-    which orders two certificates issued within the same second (their notBefore ties)."""
+    """A kept copy of an issued certificate. `place`: where it stands in the order the CA issued its
+    certificates (`edge.central.identity.issue_order`), None for one issued before the CA recorded that
+    order; `written_ns`: when the copy was written (the file's mtime)."""
 
     cert: x509.Certificate
+    place: int | None
     written_ns: int
 
-    def age_key(self) -> tuple[dt.datetime, int]:
-        return (self.cert.not_valid_before_utc, self.written_ns)
+    def age_key(self) -> tuple[int, int, dt.datetime, int]:
+        """Orders certificates from oldest to newest: every one in the issue order after every one issued
+        before it was recorded, and within the order by their place, which no clock can change. Only
+        certificates that predate the order (earlier releases, imports) are ordered by their notBefore,
+        then by when their copy was written (notBefore ties within a second)."""
+        if self.place is not None:
+            return (1, self.place, dt.datetime.min.replace(tzinfo=dt.UTC), 0)
+        return (0, 0, self.cert.not_valid_before_utc, self.written_ns)
 
 
 def _issued(layout: CentralLayout) -> Iterator[_Kept]:
     if not layout.issued_dir.is_dir():
         return
+    order = issue_order(layout)
     for path in sorted(layout.issued_dir.glob("*.crt")):
         try:
-            yield _Kept(load_cert(path), path.stat().st_mtime_ns)
+            cert = load_cert(path)
+            yield _Kept(cert, order.get(certificate_sha256(cert)), path.stat().st_mtime_ns)
         except (IdentityError, OSError) as exc:
             # A damaged copy cannot be listed; say so loudly rather than drop the whole list.
             log.error("revocation list: skipping %s: %s", path, exc)
@@ -134,6 +153,12 @@ def revoked_certificates(layout: CentralLayout, index: EnrolmentRecords | None, 
     kept = [k for k in _issued(layout) if k.cert.not_valid_after_utc > now]
     central = [k for k in kept if _attribute(k.cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) == CENTRAL_OU]
     current_central = _current_central_sha256(central_bundle_cert, central)
+    current = next((c for c in central if certificate_sha256(c.cert) == current_central), None)
+    if current is None and central:
+        log.warning("revocation list: the central's MQTT identity in use (sha256 %s) has no copy in %s: no "
+                    "other central identity is listed, since any of them may be its replacement; import it "
+                    "with `edge central keep-issued --cert CLIENT_BUNDLE/client.crt`", current_central,
+                    layout.issued_dir)
     newest_server: dict[str, _Kept] = {}
     for k in kept:
         if _attribute(k.cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) == SERVER_OU:
@@ -147,21 +172,22 @@ def revoked_certificates(layout: CentralLayout, index: EnrolmentRecords | None, 
         sha256 = certificate_sha256(cert)
         if name is None:
             continue
-        # Superseded when its successor was issued (its notBefore), so the date stays put across rewrites.
+        # Superseded when its successor was issued (its notBefore), so the date stays put across rewrites
+        # (never after now: a successor made on a clock running ahead).
         if unit == CENTRAL_OU:
-            current = [c for c in central if certificate_sha256(c.cert) == current_central]
-            if sha256 == current_central:
+            # Only an identity issued strictly before the one in use is listed. When the one in use has no
+            # kept copy (issued by a release that kept none) its place is unknown, and every kept one may
+            # be its replacement waiting for the configuration: listing it would lock the central out of
+            # the broker once the configuration points at it, so none is listed until it is imported.
+            if current is None or not current.age_key() > k.age_key():
                 continue
-            if not current:  # the configured one was never kept: every kept one is older
-                revoked.append(RevokedCertificate(cert.serial_number, now, x509.ReasonFlags.superseded))
-            elif k.age_key() < current[0].age_key():
-                revoked.append(RevokedCertificate(cert.serial_number, current[0].cert.not_valid_before_utc,
-                                                  x509.ReasonFlags.superseded))
+            revoked.append(RevokedCertificate(cert.serial_number, min(current.cert.not_valid_before_utc, now),
+                                              x509.ReasonFlags.superseded))
         elif unit == SERVER_OU:
             newest = newest_server[name]
             if newest is not k:
-                revoked.append(RevokedCertificate(cert.serial_number, newest.cert.not_valid_before_utc,
-                                                  x509.ReasonFlags.superseded))
+                replaced = min(newest.cert.not_valid_before_utc, now)
+                revoked.append(RevokedCertificate(cert.serial_number, replaced, x509.ReasonFlags.superseded))
         elif index is None:
             continue
         elif unit == STATION_OU:
@@ -192,16 +218,84 @@ def revoked_certificates(layout: CentralLayout, index: EnrolmentRecords | None, 
 CRL_WARN_BEFORE = dt.timedelta(days=7)
 
 
-def crl_seconds_left(layout: CentralLayout, now: dt.datetime | None = None) -> float | None:
-    """Seconds until ``identity/ca.crl``'s next update (negative once past; the broker's copy, installed
-    by `edge central crl --out`, is the same list); None when it is missing or unreadable."""
+class CrlList(StrEnum):
+    """Which copy of the revocation list the central reports the time left of (/readyz names it)."""
+
+    # [mqtt] broker_crl_file: the file the broker reads (mosquitto.conf crlfile), read where it lies.
+    BROKER = "broker_crl_file"
+    # The copy `edge central crl --out` (or `broker-cert`) last installed for the broker, as recorded then.
+    INSTALLED = "last_installed"
+    # The central's own identity/ca.crl: nothing was ever installed for the broker through the central;
+    # every enrolment or revocation renews it, so it can show more time than the broker's copy has.
+    CENTRAL = "central_copy"
+
+
+@dataclass(frozen=True)
+class CrlStanding:
+    """Seconds until the next update of the list in `path` (negative once past; None: missing or
+    unreadable), and which copy that is."""
+
+    seconds_left: float | None
+    path: Path
+    copy: CrlList
+
+
+def _next_update_of(path: Path) -> dt.datetime | None:
     try:
-        next_update = load_crl(layout.crl_file).next_update_utc
-    except (IdentityError, OSError):
+        return load_crl(path).next_update_utc
+    except (IdentityError, OSError) as exc:
+        log.debug("revocation list %s unreadable: %s", path, exc)
         return None
-    if next_update is None:
+
+
+def _installed_record(layout: CentralLayout) -> tuple[Path, dt.datetime] | None:
+    """Where the list was last installed for the broker and its next update (None: never, or a record
+    that cannot be read, which is logged)."""
+    record = layout.crl_installed_file
+    try:
+        doc = parse_json(record.read_bytes()[:_RECORD_MAX_BYTES])
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        path, next_update = doc.get("path"), doc.get("next_update")
+        if not isinstance(path, str) or not isinstance(next_update, str):
+            raise ValueError("path or next_update missing")
+        return Path(path), dt.datetime.fromisoformat(next_update).astimezone(dt.UTC)
+    except FileNotFoundError:
         return None
-    return (next_update - (now or utc_now())).total_seconds()
+    except (OSError, ValueError) as exc:
+        log.error("cannot read %s (%s): reporting the central's own revocation list instead", record, exc)
+        return None
+
+
+def crl_standing(layout: CentralLayout, now: dt.datetime | None = None, *,
+                 broker_crl_file: Path | None = None) -> CrlStanding:
+    """The time left of the list the broker has, as near as the central can know it: `broker_crl_file`
+    ([mqtt] broker_crl_file) when configured, read where it lies; else the copy last installed through
+    `edge central crl --out` or `broker-cert` (recorded then in identity/crl-installed.json: an
+    enrolment or revocation renews the central's own list without installing it); else, when none was
+    ever installed that way, the central's own ``identity/ca.crl``."""
+    now = now or utc_now()
+    path: Path
+    next_update: dt.datetime | None
+    if broker_crl_file is not None:
+        path, copy, next_update = broker_crl_file, CrlList.BROKER, _next_update_of(broker_crl_file)
+    elif (installed := _installed_record(layout)) is not None:
+        path, next_update = installed
+        copy = CrlList.INSTALLED
+    else:
+        path, copy, next_update = layout.crl_file, CrlList.CENTRAL, _next_update_of(layout.crl_file)
+    left = None if next_update is None else (next_update - now).total_seconds()
+    return CrlStanding(left, path, copy)
+
+
+def crl_seconds_left(layout: CentralLayout, now: dt.datetime | None = None, *,
+                     broker_crl_file: Path | None = None) -> float | None:
+    """Seconds until the next update of the list the broker has (`crl_standing`); None when unknown."""
+    return crl_standing(layout, now, broker_crl_file=broker_crl_file).seconds_left
+
+
+# The installation record is a few hundred bytes; anything longer is not one.
+_RECORD_MAX_BYTES = 64 * 1024
 
 
 @contextmanager
@@ -230,6 +324,11 @@ def update_crl(config: CentralConfig, index: EnrolmentRecords | None, *,
             write_crl(layout.crl_file, crl)
             if copy_to is not None:
                 install_file(copy_to, crl_pem(crl), PUBLIC_MODE, replace=True)
+                # After the copy is in place: the time left the central reports is the installed list's.
+                assert crl.next_update_utc is not None  # build_crl always sets it
+                record = {"path": str(copy_to.absolute()), "next_update": crl.next_update_utc.isoformat(),
+                          "installed_utc": now.isoformat()}
+                install_file(layout.crl_installed_file, canonical_json(record), PRIVATE_MODE, replace=True)
     except OSError as exc:
         raise IdentityError(f"cannot write the revocation list: {exc.strerror or exc} "
                             f"({exc.filename or layout.crl_file})") from None
@@ -271,6 +370,6 @@ def import_issued(config: CentralConfig, index: EnrolmentRecords | None, cert_fi
                                 f"{kind} {name!r} nor one issued before its enrolment")
     else:
         kind = "central MQTT identity" if unit == CENTRAL_OU else "broker server certificate"
-    keep_issued(config.layout, cert)
+    keep_issued(config.layout, cert, newly_issued=False)
     return (f"{kind} {name} (sha256 {sha256}, serial {cert.serial_number:x}, valid until "
             f"{cert.not_valid_after_utc:%Y-%m-%d})")

@@ -1084,7 +1084,11 @@ _IDENTITY_FILES = frozenset(
      ENROLMENTS_FILE,
      # the CA's revocation list and its lock (edge.central.revocation), the secret of the MQTT client ids
      # (edge.mqtt.client_ids)
-     "ca.crl", ".crl.lock", "mqtt-client.secret"}
+     "ca.crl", ".crl.lock", "mqtt-client.secret",
+     # the order the CA issued its certificates in (edge.central.identity.issue_order)
+     "issued.order",
+     # where the revocation list was last installed for the broker (edge.central.revocation)
+     "crl-installed.json"}
 )
 # identity/issued/<sha256>.crt: every client certificate the CA issued (edge.central.identity).
 _ISSUED_FILE = re.compile(r"[0-9a-f]{64}\.crt")

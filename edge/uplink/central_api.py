@@ -30,6 +30,7 @@ import aiohttp
 from edge.config.station import UplinkSection
 from edge.custody.canonical import canonical_json
 from edge.uplink.central_calls import (
+    CENTRAL_REQUEST_ID_HEADER,
     LEDGER_FORMAT_2,
     SEGMENT_CHECKPOINTS,
     CentralCalls,
@@ -113,12 +114,13 @@ class CentralApi(CentralCalls):
                 raw = bytes(received)
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
+                request_id = response.headers.get(CENTRAL_REQUEST_ID_HEADER)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise CentralUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
         if len(raw) > MAX_RESPONSE_BYTES:
             raise CentralRejected(status, "bad_response", f"response larger than {MAX_RESPONSE_BYTES} bytes")
         return check_answer(status, json_object(raw), raw, what=f"{method} {url}",
-                            retry_after_s=parse_retry_after(retry_after, time.time()))
+                            retry_after_s=parse_retry_after(retry_after, time.time()), request_id=request_id)
 
 
 @contextlib.asynccontextmanager

@@ -13,7 +13,8 @@ reply. So everything after "a status and a JSON body came back" lives here, once
 * :class:`ApiLinkCalls`: those calls on the uplink's terms (:mod:`edge.uplink.transport`: answers or
   :class:`NotDone`, outcomes), shared by the links of both transports;
 * :func:`outcome_of_rejection`: a refusing answer as a :class:`Refused` or a :class:`RetryLater`;
-* :func:`is_central_error_document`: is a body the central's own error document, or a proxy's page?
+* :func:`is_central_error_answer`: is an HTTP answer the central's own refusal (its error document and
+  its ``X-Request-Id``), or a proxy's page?
 
 Every answer is untrusted input: bodies are bounded by the wire, JSON is parsed strictly there, shapes are
 checked here, and every signed document is verified by the core before anything relies on it.
@@ -55,6 +56,7 @@ __all__ = [
     "CentralUnavailable",
     "check_answer",
     "detail_of",
+    "is_central_error_answer",
     "is_central_error_document",
     "json_object",
     "not_done",
@@ -76,6 +78,12 @@ _MAX_PROOF_HASHES = 128
 # code (edge.central.registration.RejectCode, the tus codes), a sentence, and a registration's signed refusal.
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ERROR_DOCUMENT_KEYS = frozenset({"error", "detail", "refusal"})
+# The central names every HTTP answer it writes with ``X-Request-Id``: 16 lowercase hex digits
+# (``secrets.token_hex(8)``, edge/central/http_server.py). A reverse proxy answering for a central that
+# is down has none of the central's; proxies that add a request id of their own use other forms (nginx
+# ``$request_id``: 32 hex digits; Envoy, HAProxy, most load balancers: a UUID).
+CENTRAL_REQUEST_ID_HEADER = "X-Request-Id"
+_CENTRAL_REQUEST_ID = re.compile(r"[0-9a-f]{16}")
 _MAX_ERROR_DETAIL_CHARS = 4000
 
 
@@ -155,20 +163,34 @@ def is_central_error_document(doc: object) -> bool:
     )
 
 
+def is_central_error_answer(doc: object, request_id: str | None) -> bool:
+    """True when an HTTP answer is the central's own refusal: its body is the central's error document
+    (:func:`is_central_error_document`) *and* it carries the central's ``X-Request-Id`` (``request_id``:
+    that header's value, None when absent). The shape alone is not enough: a gateway's or a maintenance
+    page's JSON can have it by accident (``{"error": "server_busy", "detail": ...}`` is an obvious thing
+    to write), while the central's request id in the central's form comes only from the central. Not a
+    proof against forgery (nothing unsigned is): whoever forges it can only say "busy", which counts
+    towards failover once it has lasted ``failover_after_busy_s`` (edge.uplink.failover)."""
+    return (is_central_error_document(doc) and request_id is not None
+            and _CENTRAL_REQUEST_ID.fullmatch(request_id) is not None)
+
+
 def check_answer(
     status: int, doc: Mapping[str, Any], raw: bytes, *, what: str, retry_after_s: float | None = None,
-    from_central: bool = False,
+    from_central: bool = False, request_id: str | None = None,
 ) -> dict[str, Any]:
     """The body of a successful answer; raises :class:`CentralUnavailable` for a transient status and
     :class:`CentralRejected` for any other refusal. ``doc`` is the body as a JSON object ({} when it was
-    none), ``raw`` its bytes (shown when it was no JSON object), ``what`` names the request in messages.
+    none), ``raw`` its bytes (shown when it was no JSON object), ``what`` names the request in messages,
+    ``request_id`` the answer's ``X-Request-Id`` (None: none).
     A transient status is the central's answer (``answered``) when it asked for a delay (``Retry-After``,
-    429) *and* its body is the central's own error document (:func:`is_central_error_document`: a reverse
-    proxy's 503 page with ``Retry-After`` or its 429 is not the central speaking), or when ``from_central``
-    (an MQTT reply: only the central's API publishes one); a gateway's 502 or 504 is not."""
+    429) *and* it is the central's own refusal (:func:`is_central_error_answer`: its error document with
+    its request id; a reverse proxy's 503 page with ``Retry-After``, its 429, or its JSON of the same
+    shape is not the central speaking), or when ``from_central`` (an MQTT reply: only the central's API
+    publishes one); a gateway's 502 or 504 is not."""
     if status in TRANSIENT_STATUSES or status >= 500:
         asked_for_later = retry_after_s is not None or status == 429
-        answered = from_central or (asked_for_later and is_central_error_document(doc))
+        answered = from_central or (asked_for_later and is_central_error_answer(doc, request_id))
         raise CentralUnavailable(f"{what}: HTTP {status} {detail_of(doc, raw)}", retry_after_s=retry_after_s,
                                  answered=answered)
     if status >= 300 or status < 200:

@@ -9,7 +9,11 @@ transfer already in progress, "send every segment again") is the central speakin
 counts as an answer, never towards failover (the other transport reaches the same busy central) --
 until "busy" has been all the transport answered for ``failover_after_busy_s`` on end: then each further busy
 answer counts as silence (a central that says busy for hours, or something in its name that does, must not
-keep the station from its other transport).
+keep the station from its other transport). "On end" means without a pause: a busy answer that comes
+later than the wait the previous one asked for (its Retry-After) plus ``FailoverPolicy.idle_gap_s`` (the
+station's own longest wait between retries) follows a quiet spell, not a run, and starts a new run; so
+does any other answer. While the transport is failed over, the gaps are the station's own (one probe
+every ``failback_after_s``) and do not end the run.
 While the preferred transport is out, one call every ``failback_after_s`` goes to it as a
 probe; the first answer it gives (anything but "unanswered": a success, a refusal) makes it the one in use
 again. The probe's failure costs that one call a retry, which the core schedules as any other.
@@ -68,6 +72,10 @@ class FailoverPolicy:
     failback_s: float
     busy_s: float = 600.0
     """How long a continuous run of nothing but busy answers counts as answers (``failover_after_busy_s``)."""
+    idle_gap_s: float = 360.0
+    """A busy answer later than this after the wait the previous busy answer asked for starts a new run
+    (the station was idle in between, not retrying): the station's longest wait of its own between two
+    attempts (``backoff_max_s`` + ``breaker_open_s``)."""
 
 
 @dataclass
@@ -78,6 +86,9 @@ class _Health:
     """When it was failed over from (or last probed): None while it is in use or available."""
     busy_since: float | None = None
     """When the current run of nothing but busy answers began (None: the last answer was not busy)."""
+    busy_run_lapses_at: float | None = None
+    """A busy answer after this instant starts a new run: the last busy answer's time, plus the wait it
+    asked for, plus ``FailoverPolicy.idle_gap_s``."""
 
 
 class FailoverTransport:
@@ -153,22 +164,31 @@ class FailoverLink:
         if isinstance(outcome, RetryLater) and not outcome.answered:
             self._unanswered(index, str(outcome))
         elif isinstance(outcome, RetryLater):
-            self._busy(index, str(outcome))
+            self._busy(index, outcome)
         else:
             self._answered(index)
 
-    def _busy(self, index: int, reason: str) -> None:
+    def _busy(self, index: int, busy: RetryLater) -> None:
         """A busy answer: an answer, unless busy is all the transport has said for ``policy.busy_s``."""
         now = self.clock()
-        since = self.health[index].busy_since
+        previous = self.health[index]
+        since = previous.busy_since
+        lapses_at = previous.busy_run_lapses_at
+        if (since is not None and previous.out_since is None and lapses_at is not None
+                and now > lapses_at):
+            since = None  # a quiet spell since the last busy answer: not one continuous run
         if since is None:
             since = now
+        lapses_at = now + max(0.0, busy.retry_after_s or 0.0) + self.policy.idle_gap_s
         if now - since < self.policy.busy_s:
             self._answered(index)
             self.health[index].busy_since = since
+            self.health[index].busy_run_lapses_at = lapses_at
             return
         health = self.health[index]
         health.busy_since = since
+        health.busy_run_lapses_at = lapses_at
+        reason = str(busy)
         if health.first_failure_at is None:
             health.first_failure_at = since  # the whole busy run was silence in effect
         self._unanswered(index, f"nothing but busy answers for {now - since:.0f} s: {reason}")

@@ -60,5 +60,6 @@ def transport_for(
     from edge.uplink.failover import FailoverPolicy, FailoverTransport
 
     policy = FailoverPolicy(uplink.failover_after_failures, uplink.failover_after_s, uplink.failback_after_s,
-                            busy_s=uplink.failover_after_busy_s)
+                            busy_s=uplink.failover_after_busy_s,
+                            idle_gap_s=uplink.backoff_max_s + uplink.breaker_open_s)
     return FailoverTransport(transports, policy)

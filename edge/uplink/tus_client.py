@@ -52,7 +52,7 @@ import aiohttp
 from yarl import URL
 
 from edge.custody.canonical import parse_json
-from edge.uplink.central_calls import is_central_error_document
+from edge.uplink.central_calls import CENTRAL_REQUEST_ID_HEADER, is_central_error_answer
 from edge.uplink.policy import RateLimiter, parse_retry_after
 
 __all__ = [
@@ -846,8 +846,8 @@ class TusClient:
         resp: aiohttp.ClientResponse,
     ) -> tuple[str, str | None, str | None, dict[str, Any] | None, bool]:
         """(sanitised body text, JSON ``error``, JSON ``detail``, JSON ``refusal`` object, whether the body
-        is the central's own error document (:func:`~edge.uplink.central_calls.is_central_error_document`:
-        not a proxy's page)), reading at most a few KiB."""
+        is the central's own refusal (:func:`~edge.uplink.central_calls.is_central_error_answer`: its error
+        document with its ``X-Request-Id``, not a proxy's page)), reading at most a few KiB."""
         raw = b""
         try:
             while len(raw) < _MAX_ERROR_BODY_BYTES:
@@ -872,7 +872,8 @@ class TusClient:
                 detail = _sanitise(doc["detail"], _MAX_DETAIL_CHARS)
             if isinstance(doc.get("refusal"), dict):
                 refusal = doc["refusal"]
-        return _sanitise(text, _MAX_DETAIL_CHARS), error, detail, refusal, is_central_error_document(doc)
+        from_central = is_central_error_answer(doc, resp.headers.get(CENTRAL_REQUEST_ID_HEADER))
+        return _sanitise(text, _MAX_DETAIL_CHARS), error, detail, refusal, from_central
 
 
 def _retrieve(fut: asyncio.Future[_Chunk]) -> None:

@@ -31,7 +31,7 @@ async def test_a_list_close_to_its_next_update_is_named_by_readyz_and_metrics(tm
         scrape = f"{central.running.metrics_url}/metrics"
         async with anonymous_session(central) as session, aiohttp.ClientSession() as plain:
             status, body = await get(session, f"{central.url}/readyz")
-            assert status == 200 and body["warnings"] == {"crl": "expires_soon"}
+            assert status == 200 and body["warnings"] == {"crl": "expires_soon", "crl_list": "central_copy"}
             async with plain.get(scrape) as reply:
                 left = metric_samples(await reply.text())[_GAUGE]
             assert 2.9 * 86400 < left < 3.0 * 86400
@@ -45,6 +45,6 @@ async def test_a_list_close_to_its_next_update_is_named_by_readyz_and_metrics(tm
             # Past its next update: named as expired.
             write_crl(layout.crl_file, build_crl(ca_cert, ca_key, [], now=utc_now() - dt.timedelta(days=31)))
             status, body = await get(session, f"{central.url}/readyz")
-            assert body["warnings"] == {"crl": "expired"}
+            assert body["warnings"] == {"crl": "expired", "crl_list": "central_copy"}
     finally:
         await central.running.stop()

@@ -61,15 +61,18 @@ async def test_the_device_id_salt_is_kept_private_and_survives_restarts_and_key_
 async def test_a_salt_file_that_is_no_salt_is_refused_not_replaced(
     tmp_path: Path, broker: MosquittoBroker, pki: TestPki
 ) -> None:
-    """A damaged or exposed salt is never silently replaced (that would renumber every recorder): MQTT is
-    off and the ledger says why; the file stays as it was."""
+    """A damaged or exposed salt is never silently replaced (that would renumber every recorder):
+    telemetry is off (only telemetry: review 10, tests/mqtt/test_review10_telemetry_salt.py) and the
+    ledger says why; the file stays as it was."""
     _salt, store = await salt_of_a_run(tmp_path / "a", broker, pki)
     salt_file = store / TELEMETRY_SALT_FILE
     salt_file.write_text("not a salt\n")
     async with simulated_station(tmp_path / "a", [], mqtt=mqtt_section(broker, pki)) as station:
         assert station.agent.telemetry is None
         reasons = [e.get("reason", "") for e in station.ledger("error")]
-        assert any("mqtt disabled" in r and "telemetry salt" in r for r in reasons), reasons
+        assert any("mqtt telemetry disabled" in r and "telemetry salt" in r for r in reasons), reasons
+        assert station.agent.mqtt is not None and station.agent.supervisor is not None
+        assert "mqtt" in station.agent.supervisor.health()
     assert salt_file.read_text() == "not a salt\n"
     # The same for a salt readable by others.
     salt_file.write_text("ab" * 32 + "\n")

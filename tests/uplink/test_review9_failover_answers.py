@@ -31,5 +31,6 @@ def test_a_proxy_page_with_retry_after_or_429_is_not_the_central_answering(
 def test_control_the_centrals_own_busy_document_is_an_answer() -> None:
     doc = {"error": "server_busy", "detail": "registration queue full"}
     with pytest.raises(CentralUnavailable) as raised:
-        check_answer(503, doc, json.dumps(doc).encode(), what="POST /v1/items", retry_after_s=30.0)
+        check_answer(503, doc, json.dumps(doc).encode(), what="POST /v1/items", retry_after_s=30.0,
+                     request_id="0123456789abcdef")  # the central's X-Request-Id (review 10)
     assert raised.value.answered is True
