@@ -287,11 +287,11 @@ class DigestServer:
             return DigestVerdict.WRONG_REALM
         if credentials.algorithm.upper() != "MD5" or credentials.qop not in (None, "auth"):
             return DigestVerdict.UNSUPPORTED
-        if credentials.opaque is not None and not hmac.compare_digest(credentials.opaque, self._opaque):
-            return DigestVerdict.OPAQUE_MISMATCH
         nonce_verdict = self._nonce_verdict(credentials.nonce)
         if nonce_verdict is not DigestVerdict.OK:
             return nonce_verdict
+        if credentials.opaque is not None and not hmac.compare_digest(credentials.opaque, self._opaque):
+            return DigestVerdict.OPAQUE_MISMATCH
         if not response_matches(credentials, method=method, password=password):
             return DigestVerdict.WRONG_RESPONSE
         if credentials.qop is not None:
