@@ -618,6 +618,9 @@ def _decode_text(raw: bytes, what: str) -> str:
 
 def _parse_head(head: bytes, limits: SipLimits) -> tuple[str, Headers]:
     """The start line and the headers of a header section (without the blank line)."""
+    if b"\r" in head.replace(b"\r\n", b""):
+        # A CR not followed by LF ends no line; letting it through would put it into a rebuilt message.
+        raise SipProtocolError("header section contains a bare CR", status=400)
     lines = _LINE_SPLIT_RE.split(head)
     start = _decode_text(lines[0], "start line").strip()
     if not start:

@@ -244,6 +244,9 @@ HEAD = "From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\
         (b"MESSAGE sip:a@b SIP/2.0\r\n no name\r\n\r\n", "starts with white space"),
         (b"MESSAGE sip:a@b SIP/2.0\r\nNo colon here\r\n\r\n", "expected 'Name: value'"),
         (b"MESSAGE sip:a@b SIP/2.0\r\n\xff\xfe\xff: x\r\n\r\n", "neither UTF-8"),
+        # Found by the fuzzer: a bare CR in a value made the parsed message unbuildable (ValueError).
+        (f"MESSAGE sip:a@b SIP/2.0\r\n{HEAD}Subject: a\rb\r\n\r\n".encode(), "bare CR"),
+        (b"SIP/2.0 200 O\rK\r\n\r\n", "bare CR"),
     ],
 )
 def test_bad_messages_are_refused_naming_what_was_wrong(data: bytes, complaint: str) -> None:
