@@ -1,0 +1,509 @@
+"""The SIP transport over real UDP and TCP sockets: transactions, retransmissions, rport, dialogs, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from drivers.gb28181.sip import (
+    SipMessage,
+    SipRequest,
+    SipResponse,
+    SipStreamParser,
+    parse_datagram,
+    request,
+    response_to,
+)
+from drivers.gb28181.sip_transport import (
+    Peer,
+    SipTimers,
+    SipTransport,
+    SipTransportError,
+    TransactionTimeout,
+    Transport,
+    TransportLimits,
+)
+
+DEVICE = "34020000001320000001"
+SERVER = "34020000002000000001"
+
+
+def device_request(method: str, port: int, *, branch: str = "z9hG4bK-1", cseq: int = 1, call_id: str = "c1",
+                   to_tag: str | None = None, body: bytes = b"", transport: str = "UDP") -> bytes:
+    to = f"<sip:{SERVER}@3402000000>" + (f";tag={to_tag}" if to_tag else "")
+    return request(
+        method,
+        f"sip:{SERVER}@3402000000",
+        [
+            # The device believes it is 192.168.1.64 (behind NAT): the transport must record the real source.
+            ("Via", f"SIP/2.0/{transport} 192.168.1.64:{port};rport;branch={branch}"),
+            ("From", f"<sip:{DEVICE}@3402000000>;tag=dev1"),
+            ("To", to),
+            ("Call-ID", call_id),
+            ("CSeq", f"{cseq} {method}"),
+            ("Max-Forwards", "70"),
+        ],
+        body,
+    ).to_bytes()
+
+
+class Recorder:
+    """A handler that records what it was given and answers 200 (or waits for `release` first)."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.calls: list[tuple[SipRequest, Peer]] = []
+        self.arrived: asyncio.Queue[SipRequest] = asyncio.Queue()
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        if not hold:
+            self.release.set()
+
+    async def __call__(self, req: SipRequest, peer: Peer) -> SipResponse | None:
+        self.calls.append((req, peer))
+        self.arrived.put_nowait(req)
+        self.started.set()
+        await self.release.wait()
+        if req.method == "ACK":
+            return None
+        if req.method == "INVITE":
+            return response_to(req, 486, to_tag="srv")
+        return response_to(req, 200, to_tag="srv", headers=[("Expires", "3600")])
+
+
+class UdpClient(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[bytes] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.DatagramTransport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.received.put_nowait(data)
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    def send(self, data: bytes, port: int) -> None:
+        assert self.transport is not None
+        self.transport.sendto(data, ("127.0.0.1", port))
+
+    async def next(self) -> SipMessage:
+        data = await asyncio.wait_for(self.received.get(), 5)
+        message = parse_datagram(data)
+        assert message is not None
+        return message
+
+
+@pytest.fixture
+async def udp_client() -> AsyncIterator[UdpClient]:
+    loop = asyncio.get_running_loop()
+    _, client = await loop.create_datagram_endpoint(UdpClient, local_addr=("127.0.0.1", 0))
+    yield client
+    assert client.transport is not None
+    client.transport.close()
+
+
+async def started(handler: Any, **kwargs: Any) -> SipTransport:
+    transport = SipTransport(handler, host="127.0.0.1", port=0, **kwargs)
+    await transport.start()
+    return transport
+
+
+async def test_udp_request_is_answered_to_its_source_with_received_and_rport(udp_client: UdpClient) -> None:
+    handler = Recorder()
+    transport = await started(handler)
+    try:
+        udp_client.send(device_request("REGISTER", 5060), transport.port)
+        answer = await udp_client.next()
+        assert isinstance(answer, SipResponse) and answer.status == 200
+        via = answer.top_via
+        assert (via.host, via.port) == ("192.168.1.64", 5060)  # what the device believes
+        assert (via.received, via.rport) == ("127.0.0.1", udp_client.port)  # where it really is
+        assert answer.to.tag == "srv" and answer.call_id == "c1"
+        (req, peer), = handler.calls
+        assert peer == Peer(Transport.UDP, "127.0.0.1", udp_client.port)
+        assert req.top_via.received == "127.0.0.1"  # the handler sees the stamped request too
+    finally:
+        await transport.close()
+
+
+async def test_a_retransmitted_request_gets_the_same_response_without_running_the_handler_again(
+    udp_client: UdpClient,
+) -> None:
+    handler = Recorder(hold=True)
+    transport = await started(handler)
+    try:
+        data = device_request("MESSAGE", 5060, branch="z9hG4bK-retx")
+        udp_client.send(data, transport.port)
+        await handler.arrived.get()
+        udp_client.send(data, transport.port)  # while the handler still runs: absorbed, no answer yet
+        udp_client.send(data, transport.port)
+        # A new transaction (new branch) runs the handler: the control. Datagrams on loopback arrive in
+        # order, so when it reaches the handler both retransmissions were seen (and absorbed).
+        udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-new", cseq=2), transport.port)
+        assert (await handler.arrived.get()).top_via.branch == "z9hG4bK-new"
+        handler.release.set()
+        answers = {}
+        for _ in range(2):
+            answer = await udp_client.next()
+            answers[answer.cseq.number] = answer.to_bytes()
+        assert sorted(answers) == [1, 2]
+        udp_client.send(data, transport.port)  # after the answer: the same answer again
+        again = await udp_client.next()
+        assert again.to_bytes() == answers[1]
+        assert udp_client.received.empty()
+        assert [c[0].top_via.branch for c in handler.calls] == ["z9hG4bK-retx", "z9hG4bK-new"]
+    finally:
+        await transport.close()
+
+
+async def test_an_invite_gets_100_trying_at_once_and_its_ack_is_absorbed(udp_client: UdpClient) -> None:
+    handler = Recorder(hold=True)
+    transport = await started(handler)
+    try:
+        invite = device_request("INVITE", 5060, branch="z9hG4bK-inv")
+        udp_client.send(invite, transport.port)
+        trying = await udp_client.next()
+        assert isinstance(trying, SipResponse) and trying.status == 100 and trying.to.tag is None
+        udp_client.send(invite, transport.port)
+        assert isinstance(retried := await udp_client.next(), SipResponse) and retried.status == 100
+        handler.release.set()
+        busy = await udp_client.next()
+        assert isinstance(busy, SipResponse) and busy.status == 486
+        # The ACK of the 486 carries the INVITE's branch: it ends the transaction, the handler never sees it.
+        ack = device_request("ACK", 5060, branch="z9hG4bK-inv", to_tag="srv")
+        udp_client.send(ack, transport.port)
+        # An ACK of another branch (a 2xx's ACK) does reach the handler: the control.
+        udp_client.send(device_request("ACK", 5060, branch="z9hG4bK-other", to_tag="srv"), transport.port)
+        while len(handler.calls) < 2:
+            await asyncio.sleep(0.01)
+        assert [(c[0].method, c[0].top_via.branch) for c in handler.calls] == [
+            ("INVITE", "z9hG4bK-inv"), ("ACK", "z9hG4bK-other")]
+    finally:
+        await transport.close()
+
+
+async def test_garbage_datagrams_are_dropped_and_the_transport_keeps_serving(udp_client: UdpClient) -> None:
+    handler = Recorder()
+    transport = await started(handler)
+    try:
+        for junk in (b"\x00" * 100, b"GET / HTTP/1.1\r\n\r\n", b"MESSAGE sip:a SIP/2.0\r\nl: 9\r\n\r\n",
+                     b"MESSAGE sip:a SIP/2.0\r\nVia: nonsense\r\n\r\n", b"\r\n\r\n"):
+            udp_client.send(junk, transport.port)
+        udp_client.send(device_request("MESSAGE", 5060), transport.port)
+        answer = await udp_client.next()
+        assert isinstance(answer, SipResponse) and answer.status == 200
+        assert len(handler.calls) == 1
+    finally:
+        await transport.close()
+
+
+class TcpClient:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.parser = SipStreamParser()
+        self.pending: list[SipMessage] = []
+
+    @classmethod
+    async def connect(cls, port: int) -> TcpClient:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    @property
+    def port(self) -> int:
+        return int(self.writer.get_extra_info("sockname")[1])
+
+    async def next(self) -> SipMessage:
+        while not self.pending:
+            data = await asyncio.wait_for(self.reader.read(65536), 5)
+            assert data, "connection closed"
+            self.pending += self.parser.feed(data)
+        return self.pending.pop(0)
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+async def test_tcp_split_and_coalesced_writes_pings_and_a_second_transaction() -> None:
+    handler = Recorder()
+    transport = await started(handler)
+    client = await TcpClient.connect(transport.port)
+    try:
+        first = device_request("REGISTER", 5060, branch="z9hG4bK-a", transport="TCP")
+        for i in range(len(first)):  # one byte per write
+            client.writer.write(first[i : i + 1])
+            await client.writer.drain()
+        answer = await client.next()
+        assert isinstance(answer, SipResponse) and answer.status == 200
+        assert answer.top_via.rport == client.port and answer.top_via.received == "127.0.0.1"
+        # Two messages and a keepalive ping in one write.
+        second = device_request("MESSAGE", 5060, branch="z9hG4bK-b", cseq=2, body=b"<x/>", transport="TCP")
+        third = device_request("MESSAGE", 5060, branch="z9hG4bK-c", cseq=3, transport="TCP")
+        client.writer.write(b"\r\n\r\n" + second + third)
+        pong = await asyncio.wait_for(client.reader.readexactly(2), 5)
+        assert pong == b"\r\n"
+        answers = [await client.next(), await client.next()]
+        assert sorted(a.cseq.number for a in answers) == [2, 3]
+        assert [c[1] for c in handler.calls] == [Peer(Transport.TCP, "127.0.0.1", client.port)] * 3
+        assert handler.calls[1][0].body == b"<x/>"
+    finally:
+        await client.close()
+        await transport.close()
+
+
+async def test_tcp_garbage_closes_that_connection_only() -> None:
+    handler = Recorder()
+    transport = await started(handler)
+    bad = await TcpClient.connect(transport.port)
+    good = await TcpClient.connect(transport.port)
+    try:
+        bad.writer.write(b"MESSAGE sip:a SIP/2.0\r\nCall-ID: x\r\n\r\n<no content-length>")
+        assert await asyncio.wait_for(bad.reader.read(), 5) == b""  # closed by the transport
+        good.writer.write(device_request("MESSAGE", 5060, transport="TCP"))
+        answer = await good.next()
+        assert isinstance(answer, SipResponse) and answer.status == 200
+    finally:
+        await bad.close()
+        await good.close()
+        await transport.close()
+
+
+async def test_tcp_connections_and_header_sizes_are_bounded() -> None:
+    handler = Recorder()
+    limits = TransportLimits(max_tcp_connections=2)
+    transport = await started(handler, limits=limits)
+    clients = [await TcpClient.connect(transport.port) for _ in range(2)]
+    try:
+        for client in clients:  # both are served
+            client.writer.write(device_request("MESSAGE", 5060, transport="TCP", call_id=str(client.port)))
+            assert isinstance(await client.next(), SipResponse)
+        third = await TcpClient.connect(transport.port)
+        assert await asyncio.wait_for(third.reader.read(), 5) == b""  # refused: closed at once
+        await third.close()
+        # A peer that sends an endless header section is cut off at the limit, not buffered.
+        clients[0].writer.write(b"MESSAGE sip:a SIP/2.0\r\n")
+        with pytest.raises((ConnectionError, AssertionError)):
+            for _ in range(200):
+                clients[0].writer.write(b"X-Junk: " + b"y" * 1000 + b"\r\n")
+                await clients[0].writer.drain()
+            await clients[0].next()
+    finally:
+        for client in clients:
+            client.writer.close()
+        await transport.close()
+
+
+async def test_server_transactions_are_bounded(udp_client: UdpClient) -> None:
+    handler = Recorder(hold=True)
+    transport = await started(handler, limits=TransportLimits(max_server_transactions=1))
+    try:
+        udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-1"), transport.port)
+        await handler.started.wait()
+        udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-2", cseq=2), transport.port)
+        refused = await udp_client.next()
+        assert isinstance(refused, SipResponse) and (refused.status, refused.cseq.number) == (503, 2)
+        handler.release.set()
+        accepted = await udp_client.next()
+        assert isinstance(accepted, SipResponse) and (accepted.status, accepted.cseq.number) == (200, 1)
+    finally:
+        await transport.close()
+
+
+class Schedule:
+    """The clock seam: records each timer the transport starts and lets it fire at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        await asyncio.sleep(0.001)
+
+
+def platform_message(method: str = "MESSAGE") -> SipRequest:
+    return request(
+        method,
+        f"sip:{DEVICE}@127.0.0.1",
+        [("From", f"<sip:{SERVER}@3402000000>;tag=p1"), ("To", f"<sip:{DEVICE}@3402000000>"),
+         ("Call-ID", "q1"), ("CSeq", f"1 {method}"), ("Max-Forwards", "70")],
+        b"<Query/>",
+    )
+
+
+async def sent_until_marker(transport: SipTransport, client: UdpClient) -> list[bytes]:
+    """Every datagram the transport sent the client so far: a marker sent last through the same socket
+    arrives after them (loopback keeps order), so no wait is needed to know nothing else came."""
+    marker = response_to(platform_message(), 299, "marker")
+    await transport.send_stateless(marker, Peer(Transport.UDP, "127.0.0.1", client.port))
+    got = []
+    while (data := await asyncio.wait_for(client.received.get(), 5)) != marker.to_bytes():
+        got.append(data)
+    return got
+
+
+@pytest.mark.parametrize(
+    ("method", "waits", "sends"),
+    [
+        # Non-INVITE (Timer E then F): 0.5 doubling to T2 = 4, until 64*T1 = 32 s: 11 transmissions.
+        ("MESSAGE", [0.5, 1, 2, 4, 4, 4, 4, 4, 4, 4, 0.5], 11),
+        # INVITE (Timer A then B): doubling without cap: 7 transmissions.
+        ("INVITE", [0.5, 1, 2, 4, 8, 16, 0.5], 7),
+    ],
+)
+async def test_client_transactions_retransmit_over_udp_on_the_rfc_3261_schedule(
+    udp_client: UdpClient, method: str, waits: list[float], sends: int
+) -> None:
+    schedule = Schedule()
+    transport = await started(Recorder(), sleep=schedule)
+    try:
+        device = Peer(Transport.UDP, "127.0.0.1", udp_client.port)
+        with pytest.raises(TransactionTimeout, match="no final response in 32 s"):
+            await transport.request(platform_message(method), device)
+        assert schedule.waits == waits
+        got = await sent_until_marker(transport, udp_client)
+        assert len(got) == sends
+        assert len({g for g in got}) == 1  # the same bytes each time
+        sent = parse_datagram(got[0])
+        assert isinstance(sent, SipRequest) and sent.top_via.branch and sent.top_via.wants_rport
+        assert sent.top_via.port == transport.port
+    finally:
+        await transport.close()
+
+
+async def test_a_client_transaction_returns_the_final_response_after_provisional_ones(
+    udp_client: UdpClient,
+) -> None:
+    schedule = Schedule()
+    transport = await started(Recorder(), sleep=schedule, timers=SipTimers(t1_s=0.5))
+    try:
+        pending = asyncio.ensure_future(
+            transport.request(platform_message(), Peer(Transport.UDP, "127.0.0.1", udp_client.port)))
+        sent = await udp_client.next()
+        assert isinstance(sent, SipRequest)
+        # The device answers the first transmission: 100, then a stray 200 of another branch, then 200.
+        udp_client.send(response_to(sent, 100).to_bytes(), transport.port)
+        stray = response_to(sent, 404)
+        stray_via = stray.top_via.with_param("branch", "z9hG4bKnot-ours")
+        stray = SipResponse(headers=stray.headers.replaced("Via", str(stray_via)), status=404, reason="x")
+        udp_client.send(stray.to_bytes(), transport.port)
+        udp_client.send(response_to(sent, 200, to_tag="d").to_bytes(), transport.port)
+        final = await asyncio.wait_for(pending, 5)
+        assert final.status == 200 and final.to.tag == "d"
+    finally:
+        await transport.close()
+
+
+async def test_requests_to_a_device_reuse_its_tcp_connection() -> None:
+    handler = Recorder()
+    transport = await started(handler)
+    device = await TcpClient.connect(transport.port)
+    try:
+        device.writer.write(device_request("REGISTER", 5060, transport="TCP"))
+        await device.next()
+        (_, peer), = handler.calls
+        assert peer.transport is Transport.TCP
+        pending = asyncio.ensure_future(transport.request(platform_message(), peer))
+        query = await device.next()
+        assert isinstance(query, SipRequest) and query.method == "MESSAGE" and query.body == b"<Query/>"
+        assert query.top_via.transport == "TCP"
+        device.writer.write(response_to(query, 200, to_tag="d").to_bytes())
+        assert (await asyncio.wait_for(pending, 5)).status == 200
+    finally:
+        await device.close()
+        await transport.close()
+
+
+async def test_a_request_over_tcp_opens_a_connection_when_the_device_has_none() -> None:
+    received: asyncio.Queue[SipRequest] = asyncio.Queue()
+    hung_up = asyncio.Event()
+
+    async def device_side(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = SipStreamParser()
+        try:
+            while data := await reader.read(65536):
+                for message in parser.feed(data):
+                    assert isinstance(message, SipRequest)
+                    received.put_nowait(message)
+                    writer.write(response_to(message, 200, to_tag="d").to_bytes())
+        finally:
+            writer.close()
+            hung_up.set()
+
+    device = await asyncio.start_server(device_side, "127.0.0.1", 0)
+    transport = await started(Recorder())
+    try:
+        port = device.sockets[0].getsockname()[1]
+        answer = await transport.request(platform_message(), Peer(Transport.TCP, "127.0.0.1", port))
+        assert answer.status == 200
+        assert (await received.get()).method == "MESSAGE"
+    finally:
+        await transport.close()
+        await hung_up.wait()  # the transport closed the connection it opened
+        device.close()
+        await device.wait_closed()
+
+
+async def test_in_dialog_requests_are_routed_by_call_id_and_tag(udp_client: UdpClient) -> None:
+    main, dialog = Recorder(), Recorder()
+    transport = await started(main)
+    try:
+        transport.add_dialog("call-dl", "srv-tag", dialog)
+        # MediaStatus 121 inside the download dialog (Hikvision's From may not be the device id).
+        udp_client.send(device_request("MESSAGE", 5060, call_id="call-dl", to_tag="srv-tag"), transport.port)
+        assert isinstance(await udp_client.next(), SipResponse)
+        # A BYE naming a dialog that does not exist: 481, no handler runs.
+        udp_client.send(device_request("BYE", 5060, branch="z9hG4bK-bye", call_id="gone", to_tag="x"),
+                        transport.port)
+        unknown = await udp_client.next()
+        assert isinstance(unknown, SipResponse) and unknown.status == 481
+        # Out of dialog: the main handler.
+        udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-2", call_id="other"), transport.port)
+        await udp_client.next()
+        transport.remove_dialog("call-dl", "srv-tag")
+        udp_client.send(device_request("BYE", 5060, branch="z9hG4bK-3", call_id="call-dl", to_tag="srv-tag"),
+                        transport.port)
+        assert isinstance(after := await udp_client.next(), SipResponse) and after.status == 481
+        assert [c[0].call_id for c in dialog.calls] == ["call-dl"]
+        assert [c[0].call_id for c in main.calls] == ["other"]
+    finally:
+        await transport.close()
+
+
+async def test_a_device_that_moves_is_reported_at_its_new_source_address(udp_client: UdpClient) -> None:
+    handler = Recorder()
+    transport = await started(handler)
+    loop = asyncio.get_running_loop()
+    _, moved = await loop.create_datagram_endpoint(UdpClient, local_addr=("127.0.0.1", 0))
+    try:
+        udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-1"), transport.port)
+        await udp_client.next()
+        # NAT rebinding: the same device, a new source port.
+        moved.send(device_request("MESSAGE", 5060, branch="z9hG4bK-2", cseq=2), transport.port)
+        answer = await moved.next()
+        assert isinstance(answer, SipResponse) and answer.top_via.rport == moved.port
+        assert [c[1].port for c in handler.calls] == [udp_client.port, moved.port]
+    finally:
+        assert moved.transport is not None
+        moved.transport.close()
+        await transport.close()
+
+
+async def test_a_handler_that_fails_gives_500_and_a_closed_transport_refuses_requests(
+    udp_client: UdpClient,
+) -> None:
+    async def broken(req: SipRequest, peer: Peer) -> SipResponse:
+        raise RuntimeError("bug")
+
+    transport = await started(broken)
+    udp_client.send(device_request("MESSAGE", 5060), transport.port)
+    answer = await udp_client.next()
+    assert isinstance(answer, SipResponse) and answer.status == 500
+    await transport.close()
+    with pytest.raises(SipTransportError, match="closed"):
+        await transport.request(platform_message(), Peer(Transport.UDP, "127.0.0.1", udp_client.port))
