@@ -68,7 +68,7 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     while position < len(rest):
         match = _PARAM_RE.match(rest, position)
         if match is None or match.end() == position:
-            raise DigestError(f"authentication parameters: cannot read {rest[position:position + 30]!r}")
+            raise DigestError(f"authentication parameters: cannot read {rest[position : position + 30]!r}")
         name = match.group(1).lower()
         raw = match.group(2)
         if raw.startswith('"'):
@@ -353,4 +353,3 @@ def authorization_for(
         cnonce=cnonce if qop else None,
         opaque=challenge.opaque,
     )
-

@@ -45,11 +45,40 @@ COMPACT_FORMS = {
 _CANONICAL_NAMES = {
     name.lower(): name
     for name in (
-        "Accept", "Allow", "Authorization", "Call-ID", "Contact", "Content-Encoding", "Content-Length",
-        "Content-Type", "CSeq", "Date", "Event", "Allow-Events", "Expires", "From", "Max-Forwards",
-        "Proxy-Authenticate", "Proxy-Authorization", "Record-Route", "Route", "Server", "Subject",
-        "Subscription-State", "Supported", "To", "User-Agent", "Via", "WWW-Authenticate", "X-GB-Ver",
-        "Min-Expires", "Require", "Unsupported", "Warning", "Timestamp", "Retry-After",
+        "Accept",
+        "Allow",
+        "Authorization",
+        "Call-ID",
+        "Contact",
+        "Content-Encoding",
+        "Content-Length",
+        "Content-Type",
+        "CSeq",
+        "Date",
+        "Event",
+        "Allow-Events",
+        "Expires",
+        "From",
+        "Max-Forwards",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Record-Route",
+        "Route",
+        "Server",
+        "Subject",
+        "Subscription-State",
+        "Supported",
+        "To",
+        "User-Agent",
+        "Via",
+        "WWW-Authenticate",
+        "X-GB-Ver",
+        "Min-Expires",
+        "Require",
+        "Unsupported",
+        "Warning",
+        "Timestamp",
+        "Retry-After",
     )
 }
 # Headers whose value may be a comma-separated list (RFC 3261 section 7.3.1). Authorization and
@@ -66,13 +95,32 @@ _REQUEST_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+(\S+)[ \t]+SIP/2\.0", 
 _DIGITS_RE = re.compile(r"[0-9]{1,10}")
 
 REASON_PHRASES = {
-    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 183: "Session Progress",
-    200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Request Entity Too Large",
-    415: "Unsupported Media Type", 420: "Bad Extension", 423: "Interval Too Brief",
-    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 486: "Busy Here",
-    487: "Request Terminated", 488: "Not Acceptable Here", 500: "Server Internal Error",
-    501: "Not Implemented", 503: "Service Unavailable", 504: "Server Time-out", 603: "Decline",
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    415: "Unsupported Media Type",
+    420: "Bad Extension",
+    423: "Interval Too Brief",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    603: "Decline",
 }
 
 
@@ -405,11 +453,13 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         protocol, *param_parts = _split_params(text.strip())
-        match = re.fullmatch(r"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([A-Za-z]+)[ \t]+(\S+)", protocol.strip(),
-                             re.IGNORECASE)
+        match = re.fullmatch(
+            r"SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*([A-Za-z]+)[ \t]+(\S+)", protocol.strip(), re.IGNORECASE
+        )
         if match is None:
-            raise SipProtocolError(f"Via {text[:80]!r}: expected 'SIP/2.0/<transport> host[:port]'",
-                                   status=400)
+            raise SipProtocolError(
+                f"Via {text[:80]!r}: expected 'SIP/2.0/<transport> host[:port]'", status=400
+            )
         host, port = _split_host_port(match.group(2), "Via sent-by")
         params = _parse_params(param_parts, "Via")
         rport = _param(params, "rport")
@@ -567,9 +617,7 @@ class SipResponse(_SipMessage):
 SipMessage = SipRequest | SipResponse
 
 
-def request(
-    method: str, uri: str, headers: Iterable[tuple[str, str]] = (), body: bytes = b""
-) -> SipRequest:
+def request(method: str, uri: str, headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> SipRequest:
     """A request from its parts (header names may be compact or any case; they are canonicalised)."""
     return SipRequest(headers=Headers.of(headers), body=body, method=method.upper(), uri=uri)
 
@@ -705,8 +753,9 @@ def parse_datagram(data: bytes, limits: SipLimits = DEFAULT_LIMITS) -> SipMessag
         length = len(rest)
     _check_body_limit(length, limits)
     if len(rest) < length:
-        raise SipProtocolError(f"Content-Length {length} but the datagram carries {len(rest)} body bytes",
-                               status=400)
+        raise SipProtocolError(
+            f"Content-Length {length} but the datagram carries {len(rest)} body bytes", status=400
+        )
     return _message(start, headers, rest[:length])
 
 

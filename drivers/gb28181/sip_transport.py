@@ -433,8 +433,12 @@ class SipTransport:
                 self._safe_send(response_to(req, 100).to_bytes(), peer)
             return  # still being handled: absorbed
         if self.open_server_transactions >= self._limits.max_server_transactions:
-            log.warning("SIP %s from %s refused: %d transactions open", req.method, peer,
-                        self.open_server_transactions)
+            log.warning(
+                "SIP %s from %s refused: %d transactions open",
+                req.method,
+                peer,
+                self.open_server_transactions,
+            )
             self._safe_send(response_to(req, 503).to_bytes(), peer)
             return
         tx = _ServerTransaction()
@@ -515,8 +519,9 @@ class SipTransport:
         try:
             while True:
                 try:
-                    data = await asyncio.wait_for(connection.reader.read(65536),
-                                                  self._limits.tcp_idle_timeout_s)
+                    data = await asyncio.wait_for(
+                        connection.reader.read(65536), self._limits.tcp_idle_timeout_s
+                    )
                 except TimeoutError:
                     log.info("SIP TCP connection from %s idle, closed", peer)
                     return

@@ -37,8 +37,12 @@ def test_the_standards_annex_j1_vector() -> None:
     assert not response_matches(credentials, method="MESSAGE", password="12345678")
     assert (
         digest_response(
-            username="64010000002020000001", realm="64010000", password="12345678", method="REGISTER",
-            uri="sip:64010000002000000001@172.18.16.5:5060", nonce="6fe9ba44a76be22a",
+            username="64010000002020000001",
+            realm="64010000",
+            password="12345678",
+            method="REGISTER",
+            uri="sip:64010000002000000001@172.18.16.5:5060",
+            nonce="6fe9ba44a76be22a",
         )
         == "9625d92d1bddea7a911926e0db054968"
     )
@@ -63,8 +67,12 @@ def test_the_response_is_checked_against_the_uri_the_client_gave_not_the_request
     assert response_matches(credentials, method="REGISTER", password="12345678")
     # Control: the same response computed over the request URI would not match.
     over_request_uri = digest_response(
-        username=credentials.username, realm=credentials.realm, password="12345678", method="REGISTER",
-        uri=request_uri, nonce=credentials.nonce,
+        username=credentials.username,
+        realm=credentials.realm,
+        password="12345678",
+        method="REGISTER",
+        uri=request_uri,
+        nonce=credentials.nonce,
     )
     assert over_request_uri != credentials.response
 
@@ -86,8 +94,12 @@ def server(clock: Clock, **kwargs: object) -> DigestServer:
 
 def answer(challenge: DigestChallenge, password: str = "12345678", **kwargs: object) -> DigestCredentials:
     return authorization_for(
-        challenge, username="34020000001320000001", password=password, method="REGISTER",
-        uri="sip:34020000002000000001@10.0.0.1:5060", **kwargs,  # type: ignore[arg-type]
+        challenge,
+        username="34020000001320000001",
+        password=password,
+        method="REGISTER",
+        uri="sip:34020000002000000001@10.0.0.1:5060",
+        **kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -110,15 +122,19 @@ def test_wrong_password_method_realm_and_opaque_are_told_apart() -> None:
     digest = server(clock)
     challenge = digest.challenge()
     assert digest.verify(answer(challenge, "wrong"), method="REGISTER", password="12345678") is (
-        DigestVerdict.WRONG_RESPONSE)
+        DigestVerdict.WRONG_RESPONSE
+    )
     assert digest.verify(answer(challenge), method="MESSAGE", password="12345678") is (
-        DigestVerdict.WRONG_RESPONSE)
+        DigestVerdict.WRONG_RESPONSE
+    )
     other_realm = DigestChallenge(realm="64010000", nonce=challenge.nonce, opaque=challenge.opaque)
     assert digest.verify(answer(other_realm), method="REGISTER", password="12345678") is (
-        DigestVerdict.WRONG_REALM)
+        DigestVerdict.WRONG_REALM
+    )
     bad_opaque = DigestChallenge(realm=challenge.realm, nonce=challenge.nonce, opaque="00")
     assert digest.verify(answer(bad_opaque), method="REGISTER", password="12345678") is (
-        DigestVerdict.OPAQUE_MISMATCH)
+        DigestVerdict.OPAQUE_MISMATCH
+    )
     # Devices that drop the opaque are still accepted.
     no_opaque = DigestChallenge(realm=challenge.realm, nonce=challenge.nonce)
     assert digest.verify(answer(no_opaque), method="REGISTER", password="12345678") is DigestVerdict.OK
@@ -133,7 +149,8 @@ def test_nonces_go_stale_and_foreign_ones_are_refused() -> None:
     assert digest.verify(credentials, method="REGISTER", password="12345678") is DigestVerdict.OK
     clock.now += 1
     assert digest.verify(answer(challenge, nc=2), method="REGISTER", password="12345678") is (
-        DigestVerdict.STALE_NONCE)
+        DigestVerdict.STALE_NONCE
+    )
     assert str(digest.challenge(stale=True)).endswith(",stale=true")
     # The standard's nonce was not made by this server; nor is one with a forged MAC or a changed stamp.
     j1 = DigestCredentials.parse(J1_AUTHORIZATION.replace('realm="64010000"', 'realm="3402000000"'))
@@ -144,11 +161,13 @@ def test_nonces_go_stale_and_foreign_ones_are_refused() -> None:
     for forged in (other_mac, other_stamp):
         forged_challenge = DigestChallenge(realm="3402000000", nonce=forged, opaque=challenge.opaque)
         assert digest.verify(answer(forged_challenge), method="REGISTER", password="12345678") is (
-            DigestVerdict.FOREIGN_NONCE)
+            DigestVerdict.FOREIGN_NONCE
+        )
     # A different secret makes different nonces: a restart with a new secret re-challenges.
     other = DigestServer("3402000000", b"another-secret-of-16-bytes", clock=clock)
     assert other.verify(answer(digest.challenge()), method="REGISTER", password="12345678") is (
-        DigestVerdict.FOREIGN_NONCE)
+        DigestVerdict.FOREIGN_NONCE
+    )
 
 
 def test_a_replayed_nonce_count_is_refused_and_the_table_is_bounded() -> None:
@@ -159,10 +178,12 @@ def test_a_replayed_nonce_count_is_refused_and_the_table_is_bounded() -> None:
     assert digest.verify(first, method="REGISTER", password="12345678") is DigestVerdict.OK
     assert digest.verify(first, method="REGISTER", password="12345678") is DigestVerdict.STALE_NONCE
     assert digest.verify(answer(challenge, nc=2, cnonce="c1"), method="REGISTER", password="12345678") is (
-        DigestVerdict.OK)
+        DigestVerdict.OK
+    )
     # A new cnonce starts its own count.
     assert digest.verify(answer(challenge, nc=1, cnonce="c2"), method="REGISTER", password="12345678") is (
-        DigestVerdict.OK)
+        DigestVerdict.OK
+    )
     for i in range(MAX_TRACKED_NONCE_COUNTS + 10):
         digest.verify(answer(challenge, nc=1, cnonce=f"x{i}"), method="REGISTER", password="12345678")
     assert len(digest._nonce_counts) == MAX_TRACKED_NONCE_COUNTS
@@ -176,8 +197,13 @@ def test_unsupported_algorithms_and_qops_are_refused() -> None:
         altered = DigestCredentials(**{**ok.__dict__, **changed})
         assert digest.verify(altered, method="REGISTER", password="12345678") is DigestVerdict.UNSUPPORTED
     with pytest.raises(DigestError, match="not MD5"):
-        authorization_for(DigestChallenge("r", "n", algorithm="SHA-256"), username="u", password="p",
-                          method="REGISTER", uri="sip:x")
+        authorization_for(
+            DigestChallenge("r", "n", algorithm="SHA-256"),
+            username="u",
+            password="p",
+            method="REGISTER",
+            uri="sip:x",
+        )
 
 
 def test_headers_round_trip_and_tolerate_device_spelling() -> None:
@@ -226,9 +252,12 @@ def test_any_text_either_parses_or_raises_a_digest_error(value: str) -> None:
 def test_what_the_client_side_builds_the_server_side_accepts(username: str, password: str, uri: str) -> None:
     clock = Clock()
     digest = server(clock)
-    credentials = authorization_for(digest.challenge(), username=username, password=password,
-                                    method="REGISTER", uri=uri)
+    credentials = authorization_for(
+        digest.challenge(), username=username, password=password, method="REGISTER", uri=uri
+    )
     reparsed = DigestCredentials.parse(str(credentials))
     assert digest.verify(reparsed, method="REGISTER", password=password) is DigestVerdict.OK
-    assert digest.verify(DigestCredentials.parse(str(credentials)), method="REGISTER",
-                         password=password + "x") is not DigestVerdict.OK
+    assert (
+        digest.verify(DigestCredentials.parse(str(credentials)), method="REGISTER", password=password + "x")
+        is not DigestVerdict.OK
+    )

@@ -155,9 +155,15 @@ def test_builders_produce_exactly_these_bytes() -> None:
     req = request(
         "message",
         "sip:64010000001110000001@10.0.0.7:5060",
-        [("v", "SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bKabc"), ("f", "<sip:p@d>;tag=9"),
-         ("t", "<sip:64010000001110000001@d>"), ("i", "cid"), ("CSeq", "3 MESSAGE"),
-         ("c", "Application/MANSCDP+xml"), ("Content-Length", "999")],
+        [
+            ("v", "SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bKabc"),
+            ("f", "<sip:p@d>;tag=9"),
+            ("t", "<sip:64010000001110000001@d>"),
+            ("i", "cid"),
+            ("CSeq", "3 MESSAGE"),
+            ("c", "Application/MANSCDP+xml"),
+            ("Content-Length", "999"),
+        ],
         b"<x/>",
     )
     assert req.to_bytes() == (
@@ -204,7 +210,11 @@ def test_builders_refuse_header_injection() -> None:
 def test_uris_and_name_addresses() -> None:
     uri = SipUri.parse("sip:64010000041310000345@[2001:db8::1]:5061;transport=tcp")
     assert (uri.user, uri.host, uri.port, uri.params) == (
-        "64010000041310000345", "2001:db8::1", 5061, (("transport", "tcp"),))
+        "64010000041310000345",
+        "2001:db8::1",
+        5061,
+        (("transport", "tcp"),),
+    )
     assert str(uri) == "sip:64010000041310000345@[2001:db8::1]:5061;transport=tcp"
     bare = NameAddress.parse("sip:64010000041310000345@3402000000;tag=77")
     assert (bare.uri, bare.tag) == ("sip:64010000041310000345@3402000000", "77")
@@ -223,7 +233,7 @@ def test_header_names_are_canonical_and_lookups_ignore_case() -> None:
     assert canonical_header_name("X-Vendor") == "X-Vendor"
     headers = Headers.of([("l", "0"), ("cseq", "1 ACK")])
     assert headers.get("CONTENT-LENGTH") == "0" and headers.get("l") == "0" and "CSeq" in headers
-    assert split_header_values('a, "b,c" <sip:x>, <sip:y,z>') == ['a', '"b,c" <sip:x>', "<sip:y,z>"]
+    assert split_header_values('a, "b,c" <sip:x>, <sip:y,z>') == ["a", '"b,c" <sip:x>', "<sip:y,z>"]
 
 
 HEAD = "From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\n"

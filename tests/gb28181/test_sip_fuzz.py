@@ -27,9 +27,16 @@ FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCh
 def read_every_field(message: SipMessage) -> None:
     """Read what a transport or platform reads; each may refuse only with SipProtocolError."""
     for read in (
-        lambda: message.top_via, lambda: message.vias, lambda: message.from_, lambda: message.to,
-        lambda: message.call_id, lambda: message.cseq, lambda: message.expires, lambda: message.contacts,
-        lambda: [c.sip_uri for c in message.contacts], lambda: message.from_.sip_uri,
+        lambda: message.top_via,
+        lambda: message.vias,
+        lambda: message.from_,
+        lambda: message.to,
+        lambda: message.call_id,
+        lambda: message.cseq,
+        lambda: message.expires,
+        lambda: message.contacts,
+        lambda: [c.sip_uri for c in message.contacts],
+        lambda: message.from_.sip_uri,
         lambda: message.to_bytes(),
     ):
         with contextlib.suppress(SipProtocolError):
@@ -53,9 +60,40 @@ def test_random_datagrams_parse_or_are_refused(data: bytes) -> None:
 
 
 SIP_ALPHABET = st.sampled_from(
-    [b"\r\n", b"\n", b" ", b":", b";", b",", b"<", b">", b'"', b"=", b"@", b"SIP/2.0", b"Via", b"v",
-     b"Content-Length", b"l", b"CSeq", b"tag", b"branch", b"rport", b"0", b"9", b"65536", b"-1", b"\xff",
-     b"sip:", b"REGISTER", b"INVITE", b"[", b"]", b"\t", b"\x00"]
+    [
+        b"\r\n",
+        b"\n",
+        b" ",
+        b":",
+        b";",
+        b",",
+        b"<",
+        b">",
+        b'"',
+        b"=",
+        b"@",
+        b"SIP/2.0",
+        b"Via",
+        b"v",
+        b"Content-Length",
+        b"l",
+        b"CSeq",
+        b"tag",
+        b"branch",
+        b"rport",
+        b"0",
+        b"9",
+        b"65536",
+        b"-1",
+        b"\xff",
+        b"sip:",
+        b"REGISTER",
+        b"INVITE",
+        b"[",
+        b"]",
+        b"\t",
+        b"\x00",
+    ]
 )
 
 
@@ -128,8 +166,9 @@ VALUE = st.text(
 @given(
     method=TOKEN,
     user=st.from_regex(r"[0-9]{20}", fullmatch=True),
-    headers=st.lists(st.tuples(TOKEN.filter(lambda n: n.lower() not in ("l", "content-length")), VALUE),
-                     max_size=10),
+    headers=st.lists(
+        st.tuples(TOKEN.filter(lambda n: n.lower() not in ("l", "content-length")), VALUE), max_size=10
+    ),
     body=st.binary(max_size=200),
     cuts=st.lists(st.integers(1, 50), max_size=20),
 )
@@ -141,8 +180,10 @@ def test_built_messages_parse_back_unchanged_from_datagrams_and_split_streams(
     parsed = parse_datagram(data)
     assert isinstance(parsed, SipRequest)
     expected = SipRequest(
-        headers=built.headers.replaced("Content-Length", str(len(body))), body=body,
-        method=built.method, uri=built.uri,
+        headers=built.headers.replaced("Content-Length", str(len(body))),
+        body=body,
+        method=built.method,
+        uri=built.uri,
     )
     assert parsed == expected
     parser = SipStreamParser()

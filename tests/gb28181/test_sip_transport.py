@@ -31,8 +31,17 @@ DEVICE = "34020000001320000001"
 SERVER = "34020000002000000001"
 
 
-def device_request(method: str, port: int, *, branch: str = "z9hG4bK-1", cseq: int = 1, call_id: str = "c1",
-                   to_tag: str | None = None, body: bytes = b"", transport: str = "UDP") -> bytes:
+def device_request(
+    method: str,
+    port: int,
+    *,
+    branch: str = "z9hG4bK-1",
+    cseq: int = 1,
+    call_id: str = "c1",
+    to_tag: str | None = None,
+    body: bytes = b"",
+    transport: str = "UDP",
+) -> bytes:
     to = f"<sip:{SERVER}@3402000000>" + (f";tag={to_tag}" if to_tag else "")
     return request(
         method,
@@ -126,7 +135,7 @@ async def test_udp_request_is_answered_to_its_source_with_received_and_rport(udp
         assert (via.host, via.port) == ("192.168.1.64", 5060)  # what the device believes
         assert (via.received, via.rport) == ("127.0.0.1", udp_client.port)  # where it really is
         assert answer.to.tag == "srv" and answer.call_id == "c1"
-        (req, peer), = handler.calls
+        ((req, peer),) = handler.calls
         assert peer == Peer(Transport.UDP, "127.0.0.1", udp_client.port)
         assert req.top_via.received == "127.0.0.1"  # the handler sees the stamped request too
     finally:
@@ -184,7 +193,9 @@ async def test_an_invite_gets_100_trying_at_once_and_its_ack_is_absorbed(udp_cli
         while len(handler.calls) < 2:
             await asyncio.sleep(0.01)
         assert [(c[0].method, c[0].top_via.branch) for c in handler.calls] == [
-            ("INVITE", "z9hG4bK-inv"), ("ACK", "z9hG4bK-other")]
+            ("INVITE", "z9hG4bK-inv"),
+            ("ACK", "z9hG4bK-other"),
+        ]
     finally:
         await transport.close()
 
@@ -193,8 +204,13 @@ async def test_garbage_datagrams_are_dropped_and_the_transport_keeps_serving(udp
     handler = Recorder()
     transport = await started(handler)
     try:
-        for junk in (b"\x00" * 100, b"GET / HTTP/1.1\r\n\r\n", b"MESSAGE sip:a SIP/2.0\r\nl: 9\r\n\r\n",
-                     b"MESSAGE sip:a SIP/2.0\r\nVia: nonsense\r\n\r\n", b"\r\n\r\n"):
+        for junk in (
+            b"\x00" * 100,
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"MESSAGE sip:a SIP/2.0\r\nl: 9\r\n\r\n",
+            b"MESSAGE sip:a SIP/2.0\r\nVia: nonsense\r\n\r\n",
+            b"\r\n\r\n",
+        ):
             udp_client.send(junk, transport.port)
         udp_client.send(device_request("MESSAGE", 5060), transport.port)
         answer = await udp_client.next()
@@ -330,8 +346,13 @@ def platform_message(method: str = "MESSAGE") -> SipRequest:
     return request(
         method,
         f"sip:{DEVICE}@127.0.0.1",
-        [("From", f"<sip:{SERVER}@3402000000>;tag=p1"), ("To", f"<sip:{DEVICE}@3402000000>"),
-         ("Call-ID", "q1"), ("CSeq", f"1 {method}"), ("Max-Forwards", "70")],
+        [
+            ("From", f"<sip:{SERVER}@3402000000>;tag=p1"),
+            ("To", f"<sip:{DEVICE}@3402000000>"),
+            ("Call-ID", "q1"),
+            ("CSeq", f"1 {method}"),
+            ("Max-Forwards", "70"),
+        ],
         b"<Query/>",
     )
 
@@ -383,7 +404,8 @@ async def test_a_client_transaction_returns_the_final_response_after_provisional
     transport = await started(Recorder(), sleep=schedule, timers=SipTimers(t1_s=0.5))
     try:
         pending = asyncio.ensure_future(
-            transport.request(platform_message(), Peer(Transport.UDP, "127.0.0.1", udp_client.port)))
+            transport.request(platform_message(), Peer(Transport.UDP, "127.0.0.1", udp_client.port))
+        )
         sent = await udp_client.next()
         assert isinstance(sent, SipRequest)
         # The device answers the first transmission: 100, then a stray 200 of another branch, then 200.
@@ -406,7 +428,7 @@ async def test_requests_to_a_device_reuse_its_tcp_connection() -> None:
     try:
         device.writer.write(device_request("REGISTER", 5060, transport="TCP"))
         await device.next()
-        (_, peer), = handler.calls
+        ((_, peer),) = handler.calls
         assert peer.transport is Transport.TCP
         pending = asyncio.ensure_future(transport.request(platform_message(), peer))
         query = await device.next()
@@ -458,16 +480,19 @@ async def test_in_dialog_requests_are_routed_by_call_id_and_tag(udp_client: UdpC
         udp_client.send(device_request("MESSAGE", 5060, call_id="call-dl", to_tag="srv-tag"), transport.port)
         assert isinstance(await udp_client.next(), SipResponse)
         # A BYE naming a dialog that does not exist: 481, no handler runs.
-        udp_client.send(device_request("BYE", 5060, branch="z9hG4bK-bye", call_id="gone", to_tag="x"),
-                        transport.port)
+        udp_client.send(
+            device_request("BYE", 5060, branch="z9hG4bK-bye", call_id="gone", to_tag="x"), transport.port
+        )
         unknown = await udp_client.next()
         assert isinstance(unknown, SipResponse) and unknown.status == 481
         # Out of dialog: the main handler.
         udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-2", call_id="other"), transport.port)
         await udp_client.next()
         transport.remove_dialog("call-dl", "srv-tag")
-        udp_client.send(device_request("BYE", 5060, branch="z9hG4bK-3", call_id="call-dl", to_tag="srv-tag"),
-                        transport.port)
+        udp_client.send(
+            device_request("BYE", 5060, branch="z9hG4bK-3", call_id="call-dl", to_tag="srv-tag"),
+            transport.port,
+        )
         assert isinstance(after := await udp_client.next(), SipResponse) and after.status == 481
         assert [c[0].call_id for c in dialog.calls] == ["call-dl"]
         assert [c[0].call_id for c in main.calls] == ["other"]
