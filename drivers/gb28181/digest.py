@@ -45,7 +45,8 @@ class DigestVerdict(StrEnum):
 
 
 _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
-_PARAM_RE = re.compile(rf"\s*({_TOKEN})\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^\s,\"]*)\s*(?:,|$)")
+# One `name=value` or `name="quoted"`; the comma after it is optional (some firmware leaves it out).
+_PARAM_RE = re.compile(rf"\s*({_TOKEN})\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^\s,\"]*)\s*,?")
 MAX_HEADER_CHARS = 4096
 _NONCE_STAMP_HEX = 8
 _NONCE_MAC_HEX = 24

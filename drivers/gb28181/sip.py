@@ -519,7 +519,7 @@ class CSeq:
 # ------------------------------------------------------------------------------------------- messages
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _SipMessage:
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
@@ -579,12 +579,12 @@ class _SipMessage:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SipRequest(_SipMessage):
     """A request. `to_bytes()` writes `Content-Length` as the body's length (replacing any given)."""
 
-    method: str = "OPTIONS"
-    uri: str = ""
+    method: str
+    uri: str
 
     def __post_init__(self) -> None:
         if not _TOKEN_RE.fullmatch(self.method):
@@ -596,12 +596,12 @@ class SipRequest(_SipMessage):
         return self._encode(f"{self.method} {self.uri} {SIP_VERSION}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SipResponse(_SipMessage):
     """A response. `to_bytes()` writes `Content-Length` as the body's length (replacing any given)."""
 
-    status: int = 200
-    reason: str = "OK"
+    status: int
+    reason: str = ""
 
     def __post_init__(self) -> None:
         if not 100 <= self.status <= 699:

@@ -216,6 +216,12 @@ def test_headers_round_trip_and_tolerate_device_spelling() -> None:
     scheme, params = parse_auth_params('DIGEST Realm = "r" ,NONCE=n,qop=auth ,  Algorithm=md5')
     assert (scheme, params) == ("digest", {"realm": "r", "nonce": "n", "qop": "auth", "algorithm": "md5"})
     assert parse_auth_params(r'Digest realm="a \"quoted\" realm"')[1] == {"realm": 'a "quoted" realm'}
+    # Missing commas between parameters (seen in device firmware).
+    assert parse_auth_params('Digest realm="r"nonce="n" algorithm=MD5')[1] == {
+        "realm": "r",
+        "nonce": "n",
+        "algorithm": "MD5",
+    }
 
 
 @pytest.mark.parametrize(
