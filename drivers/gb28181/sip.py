@@ -650,6 +650,22 @@ def response_to(
     )
 
 
+def ack_for_non_2xx(invite: SipRequest, final: SipResponse) -> SipRequest:
+    """The ACK a client transaction sends for a non-2xx final response to `invite` (RFC 3261 section
+    17.1.1.3): same request URI, the INVITE's top Via only (same branch), From, Call-ID and Route, the
+    response's To (with its tag), CSeq with the INVITE's number and method ACK."""
+    fields: list[tuple[str, str]] = [("Via", invite._header("Via"))]
+    fields += [
+        ("From", invite._header("From")),
+        ("To", final._header("To")),
+        ("Call-ID", invite.call_id),
+        ("CSeq", f"{invite.cseq.number} ACK"),
+    ]
+    fields += [("Route", route) for route in invite.headers.get_all("Route")]
+    fields.append(("Max-Forwards", "70"))
+    return SipRequest(headers=Headers.of(fields), method="ACK", uri=invite.uri)
+
+
 # ------------------------------------------------------------------------------------------- parsing
 
 

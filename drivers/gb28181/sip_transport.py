@@ -17,14 +17,22 @@ request came on.
 Client transactions (section 17.1): `request()` adds the platform's Via (with a fresh branch and
 `rport`), sends, retransmits over UDP from T1 doubling (capped at T2 for non-INVITE), and returns the
 final response or raises `TransactionTimeout` after 64*T1. `sleep` is the clock seam of those timers.
+A non-2xx final answer to an INVITE is acknowledged by the transport (same branch) and acknowledged
+again when it is retransmitted (Timer D); a 2xx is the dialog's to acknowledge (`send_stateless`), and
+its retransmissions, like every response that matches no open transaction, go to
+`on_unmatched_response`.
 Over TCP the device's own connection is reused when it has one (GB/T 28181 9.1.1 f: keep the TCP
 channel and send everything through it), else one is opened.
 
 In-dialog requests (a To tag) are routed by Call-ID and local tag to the handler registered with
 `add_dialog()`; a dialog request with a To tag that matches no dialog gets 481.
 
-Bounds: TCP connections, bytes buffered per connection (the parser's limits), transactions both ways,
-TCP idle time. Nothing from the network can make the transport hold more.
+Bounds: TCP connections, bytes buffered per connection (the parser's limits) and unsent to it (a peer
+that does not read is disconnected), transactions both ways, running handlers, TCP idle time. Nothing
+from the network can make the transport hold more.
+
+Not done yet: CANCEL, the UAS retransmission of a 2xx to an INVITE until its ACK (devices rarely send
+the platform an INVITE), IPv6 tested only through the codec, TLS.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from drivers.gb28181.sip import (
     SipRequest,
     SipResponse,
     SipStreamParser,
+    ack_for_non_2xx,
     parse_datagram,
     response_to,
 )
@@ -94,6 +103,7 @@ class TransportLimits:
     max_server_transactions: int = 4096
     max_client_transactions: int = 1024
     tcp_idle_timeout_s: float = 600.0  # devices keep alive every 60 s by default (section 9.6.1)
+    max_tcp_unsent_bytes: int = 1024 * 1024
     max_udp_datagram_bytes: int = 65507
 
 
@@ -107,6 +117,9 @@ class TransactionTimeout(SipTransportError):
 
 # A handler answers a request; None means no response (an ACK, or a request it answers itself later).
 RequestHandler = Callable[[SipRequest, Peer], Awaitable[SipResponse | None]]
+# Gets responses that match no open client transaction: the retransmitted 2xx of an INVITE, which the
+# dialog layer answers with its ACK again (RFC 3261 section 13.2.2.4).
+UnmatchedResponseHandler = Callable[[SipResponse, Peer], None]
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -118,23 +131,37 @@ class _ServerTransaction:
 
 @dataclass
 class _ClientTransaction:
-    method: str
+    request: SipRequest  # as sent, with our Via
+    destination: Peer
     future: asyncio.Future[SipResponse]
     provisional: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def method(self) -> str:
+        return self.request.method
 
 
 class _Connection:
     """One TCP connection: its parser, writer and reader task."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer, max_unsent_bytes: int
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.peer = peer
+        self.max_unsent_bytes = max_unsent_bytes
         self.task: asyncio.Task[None] | None = None
 
     def send(self, data: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(data)
+        if self.writer.is_closing():
+            raise SipTransportError(f"TCP connection to {self.peer} is closing")
+        # A peer that sends requests but never reads its answers would grow our buffer without end.
+        if self.writer.transport.get_write_buffer_size() + len(data) > self.max_unsent_bytes:
+            log.warning("SIP TCP connection to %s closed: it does not read what we send", self.peer)
+            self.writer.close()
+            raise SipTransportError(f"TCP connection to {self.peer} does not read; closed")
+        self.writer.write(data)
 
 
 def _server_transaction_key(req: SipRequest) -> tuple[str, ...]:
@@ -175,8 +202,12 @@ class SipTransport:
         timers: SipTimers | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        on_unmatched_response: UnmatchedResponseHandler | None = None,
     ) -> None:
         self._handler = handler
+        self._on_unmatched_response = on_unmatched_response
+        # ACKs of non-2xx INVITE answers, by branch, kept for Timer D to answer retransmitted answers.
+        self._sent_acks: OrderedDict[str, tuple[bytes, Peer, float]] = OrderedDict()
         self._host = host
         self._port = port
         self._advertised_host = advertised_host
@@ -338,7 +369,7 @@ class SipTransport:
         via = self.via_for(destination.transport, branch)
         stamped = replace(req, headers=req.headers.prepended("Via", via))
         key = (branch, req.method)
-        tx = _ClientTransaction(req.method, asyncio.get_running_loop().create_future())
+        tx = _ClientTransaction(stamped, destination, asyncio.get_running_loop().create_future())
         self._client_transactions[key] = tx
         try:
             await self._ensure_connection(destination)
@@ -403,12 +434,44 @@ class SipTransport:
             return
         tx = self._client_transactions.get(key)
         if tx is None or tx.future.done():
-            log.debug("SIP response %d from %s matches no open transaction", resp.status, peer)
+            self._on_stray_response(resp, peer, key[0])
             return
         if resp.status < 200:
             tx.provisional.set()
-        else:
-            tx.future.set_result(resp)
+            return
+        if tx.method == "INVITE" and resp.status >= 300:
+            self._acknowledge(tx, resp)
+        tx.future.set_result(resp)
+
+    def _acknowledge(self, tx: _ClientTransaction, resp: SipResponse) -> None:
+        """ACK a non-2xx final answer to our INVITE, and keep the ACK for Timer D (RFC 3261 17.1.1)."""
+        try:
+            ack = ack_for_non_2xx(tx.request, resp).to_bytes()
+        except SipProtocolError as exc:
+            log.warning("SIP %d from %s cannot be acknowledged: %s", resp.status, tx.destination, exc)
+            return
+        self._safe_send(ack, tx.destination)
+        now = self._clock()
+        branch = tx.request.top_via.branch or ""
+        self._sent_acks[branch] = (ack, tx.destination, now + self._timers.transaction_timeout_s)
+        while self._sent_acks and (
+            len(self._sent_acks) > self._limits.max_client_transactions
+            or next(iter(self._sent_acks.values()))[2] <= now
+        ):
+            self._sent_acks.popitem(last=False)
+
+    def _on_stray_response(self, resp: SipResponse, peer: Peer, branch: str) -> None:
+        sent_ack = self._sent_acks.get(branch)
+        if sent_ack is not None and resp.status >= 300 and sent_ack[2] > self._clock():
+            self._safe_send(sent_ack[0], sent_ack[1])  # the answer came again: so does our ACK
+            return
+        if self._on_unmatched_response is not None:
+            try:
+                self._on_unmatched_response(resp, peer)
+            except Exception:
+                log.exception("SIP unmatched-response handler failed for %d from %s", resp.status, peer)
+            return
+        log.debug("SIP response %d from %s matches no open transaction", resp.status, peer)
 
     def _on_request(self, req: SipRequest, peer: Peer) -> None:
         try:
@@ -422,9 +485,12 @@ class SipTransport:
         self._purge_server_transactions()
         existing = self._pending_transactions.get(key) or self._completed_transactions.get(key)
         if req.method == "ACK":
-            if existing is not None:
+            if existing is not None and (existing.response is None or existing.response.status >= 300):
                 return  # the ACK of a non-2xx final response: ends the INVITE server transaction
-            self._spawn(self._run_handler(req, peer, None))
+            if len(self._tasks) >= self._limits.max_server_transactions:
+                log.warning("SIP ACK from %s dropped: %d handlers running", peer, len(self._tasks))
+                return
+            self._spawn(self._run_handler(req, peer, None))  # a 2xx's ACK belongs to the dialog
             return
         if existing is not None:
             if existing.response is not None:
@@ -505,7 +571,7 @@ class SipTransport:
             await connection.task
 
     def _adopt(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> _Connection:
-        connection = _Connection(reader, writer, peer)
+        connection = _Connection(reader, writer, peer, self._limits.max_tcp_unsent_bytes)
         previous = self._connections.get((peer.host, peer.port))
         if previous is not None:
             previous.writer.close()
@@ -534,7 +600,7 @@ class SipTransport:
                     log.warning("SIP TCP stream from %s closed: %s", peer, exc)
                     return
                 for _ in range(parser.pings - pings):
-                    connection.send(b"\r\n")  # RFC 5626 pong
+                    self._safe_send(b"\r\n", peer)  # RFC 5626 pong
                 for message in messages:
                     self._on_message(message, peer)
         except (ConnectionError, OSError) as exc:

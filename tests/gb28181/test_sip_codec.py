@@ -15,6 +15,7 @@ from drivers.gb28181.sip import (
     SipStreamParser,
     SipUri,
     Via,
+    ack_for_non_2xx,
     canonical_header_name,
     parse_datagram,
     request,
@@ -356,3 +357,33 @@ def test_the_stream_parser_bounds_what_it_buffers() -> None:
     assert ok.buffered_bytes == 63
     (msg,) = ok.feed(b"x")
     assert msg.body == b"x" * 64 and ok.buffered_bytes == 0
+
+
+def test_the_ack_of_a_non_2xx_answer_follows_rfc_3261_17_1_1_3() -> None:
+    invite = request(
+        "INVITE",
+        "sip:34020000001320000001@10.0.0.7:5060",
+        [
+            ("Via", "SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bKinv"),
+            ("Route", "<sip:proxy.example;lr>"),
+            ("From", "<sip:34020000002000000001@3402000000>;tag=p1"),
+            ("To", "<sip:34020000001320000001@3402000000>"),
+            ("Call-ID", "inv-1"),
+            ("CSeq", "7 INVITE"),
+            ("Subject", "34020000001320000001:1,34020000002000000001:0"),
+        ],
+        b"v=0\r\n",
+    )
+    busy = response_to(invite, 486, to_tag="dev")
+    assert ack_for_non_2xx(invite, busy).to_bytes() == (
+        b"ACK sip:34020000001320000001@10.0.0.7:5060 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bKinv\r\n"
+        b"From: <sip:34020000002000000001@3402000000>;tag=p1\r\n"
+        b"To: <sip:34020000001320000001@3402000000>;tag=dev\r\n"
+        b"Call-ID: inv-1\r\n"
+        b"CSeq: 7 ACK\r\n"
+        b"Route: <sip:proxy.example;lr>\r\n"
+        b"Max-Forwards: 70\r\n"
+        b"Content-Length: 0\r\n"
+        b"\r\n"
+    )

@@ -190,8 +190,9 @@ async def test_an_invite_gets_100_trying_at_once_and_its_ack_is_absorbed(udp_cli
         udp_client.send(ack, transport.port)
         # An ACK of another branch (a 2xx's ACK) does reach the handler: the control.
         udp_client.send(device_request("ACK", 5060, branch="z9hG4bK-other", to_tag="srv"), transport.port)
-        while len(handler.calls) < 2:
-            await asyncio.sleep(0.01)
+        assert (await handler.arrived.get()).method == "INVITE"
+        control = await asyncio.wait_for(handler.arrived.get(), 5)  # loopback keeps order: the ACK before it
+        assert control.top_via.branch == "z9hG4bK-other"
         assert [(c[0].method, c[0].top_via.branch) for c in handler.calls] == [
             ("INVITE", "z9hG4bK-inv"),
             ("ACK", "z9hG4bK-other"),
@@ -532,3 +533,51 @@ async def test_a_handler_that_fails_gives_500_and_a_closed_transport_refuses_req
     await transport.close()
     with pytest.raises(SipTransportError, match="closed"):
         await transport.request(platform_message(), Peer(Transport.UDP, "127.0.0.1", udp_client.port))
+
+
+async def test_a_non_2xx_answer_to_our_invite_is_acknowledged_and_again_when_retransmitted(
+    udp_client: UdpClient,
+) -> None:
+    unmatched: asyncio.Queue[SipResponse] = asyncio.Queue()
+    transport = await started(Recorder(), on_unmatched_response=lambda resp, peer: unmatched.put_nowait(resp))
+    try:
+        device = Peer(Transport.UDP, "127.0.0.1", udp_client.port)
+        pending = asyncio.ensure_future(transport.request(platform_message("INVITE"), device))
+        invite = await udp_client.next()
+        assert isinstance(invite, SipRequest) and invite.method == "INVITE"
+        busy = response_to(invite, 486, to_tag="dev")
+        udp_client.send(busy.to_bytes(), transport.port)
+        assert (await asyncio.wait_for(pending, 5)).status == 486
+        ack = await udp_client.next()
+        assert isinstance(ack, SipRequest) and ack.method == "ACK"
+        assert ack.top_via.branch == invite.top_via.branch and ack.to.tag == "dev"
+        assert ack.cseq.number == invite.cseq.number
+        udp_client.send(busy.to_bytes(), transport.port)  # the device did not get our ACK: it repeats
+        again = await udp_client.next()
+        assert again.to_bytes() == ack.to_bytes()
+        # A response of no transaction of ours (a 2xx retransmission) goes to the hook.
+        ok = response_to(invite, 200, to_tag="dev")
+        udp_client.send(ok.to_bytes(), transport.port)
+        assert (await asyncio.wait_for(unmatched.get(), 5)).status == 200
+    finally:
+        await transport.close()
+
+
+async def test_the_ack_of_a_2xx_reaches_the_handler_even_with_the_invites_branch(
+    udp_client: UdpClient,
+) -> None:
+    seen: asyncio.Queue[str] = asyncio.Queue()
+
+    async def accepting(req: SipRequest, peer: Peer) -> SipResponse | None:
+        seen.put_nowait(req.method)
+        return None if req.method == "ACK" else response_to(req, 200, to_tag="srv")
+
+    transport = await started(accepting)
+    try:
+        udp_client.send(device_request("INVITE", 5060, branch="z9hG4bK-same"), transport.port)
+        assert [(await udp_client.next()).status for _ in range(2)] == [100, 200]  # type: ignore[union-attr]
+        # RFC 2543-style devices reuse the INVITE's branch for the 2xx's ACK: the dialog must still see it.
+        udp_client.send(device_request("ACK", 5060, branch="z9hG4bK-same", to_tag="srv"), transport.port)
+        assert [await seen.get(), await seen.get()] == ["INVITE", "ACK"]
+    finally:
+        await transport.close()
