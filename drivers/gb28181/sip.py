@@ -666,6 +666,70 @@ def ack_for_non_2xx(invite: SipRequest, final: SipResponse) -> SipRequest:
     return SipRequest(headers=Headers.of(fields), method="ACK", uri=invite.uri)
 
 
+@dataclass(frozen=True)
+class Dialog:
+    """A dialog as the side that sent the INVITE (the platform) holds it after a 2xx (RFC 3261 12.1.2).
+
+    `request()` builds the next in-dialog request (BYE, INFO, MESSAGE) and returns the dialog with its
+    CSeq advanced; `ack()` builds the ACK of the 2xx (its own transaction, sent with the transport's
+    `send_ack`). Where to send them is the caller's: GB/T 28181 devices are reached at the source
+    address they registered from, whatever host their Contact names.
+    """
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    local_uri: str  # our From value without its tag
+    remote_uri: str  # our To value without its tag
+    remote_target: str  # the request URI of in-dialog requests: the 2xx's Contact
+    local_cseq: int
+    invite_cseq: int
+    route_set: tuple[str, ...] = ()
+
+    @classmethod
+    def from_2xx(cls, invite: SipRequest, ok: SipResponse) -> Dialog:
+        if not 200 <= ok.status < 300:
+            raise SipProtocolError(f"a dialog needs a 2xx, not {ok.status}")
+        local, remote = invite.from_, ok.to
+        if local.tag is None or remote.tag is None:
+            raise SipProtocolError("a dialog needs a From tag and a To tag", status=400)
+        contacts = ok.contacts
+        cseq = invite.cseq.number
+        return cls(
+            call_id=invite.call_id,
+            local_tag=local.tag,
+            remote_tag=remote.tag,
+            local_uri=str(NameAddress(local.uri, local.display)),
+            remote_uri=str(NameAddress(remote.uri, remote.display)),
+            # A 2xx without Contact breaks RFC 3261; such devices are reached at the INVITE's URI.
+            remote_target=contacts[0].uri if contacts else invite.uri,
+            local_cseq=cseq,
+            invite_cseq=cseq,
+            route_set=tuple(reversed(ok.headers.get_all("Record-Route"))),
+        )
+
+    def _fields(self, cseq: int, method: str) -> list[tuple[str, str]]:
+        fields = [
+            ("From", f"{self.local_uri};tag={self.local_tag}"),
+            ("To", f"{self.remote_uri};tag={self.remote_tag}"),
+            ("Call-ID", self.call_id),
+            ("CSeq", f"{cseq} {method}"),
+        ]
+        fields += [("Route", route) for route in self.route_set]
+        fields.append(("Max-Forwards", "70"))
+        return fields
+
+    def request(
+        self, method: str, *, headers: Iterable[tuple[str, str]] = (), body: bytes = b""
+    ) -> tuple[Dialog, SipRequest]:
+        cseq = self.local_cseq + 1
+        req = request(method, self.remote_target, [*self._fields(cseq, method.upper()), *headers], body)
+        return replace(self, local_cseq=cseq), req
+
+    def ack(self, *, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()) -> SipRequest:
+        return request("ACK", self.remote_target, [*self._fields(self.invite_cseq, "ACK"), *headers], body)
+
+
 # ------------------------------------------------------------------------------------------- parsing
 
 

@@ -352,6 +352,15 @@ class SipTransport:
         await self._ensure_connection(destination)
         self._send(message.to_bytes(), destination)
 
+    async def send_ack(self, ack: SipRequest, destination: Peer) -> SipRequest:
+        """Send the ACK of a 2xx (a transaction of its own, RFC 3261 13.2.2.4) with a fresh Via and
+        return it as sent: when the 2xx is retransmitted (`on_unmatched_response`) the same ACK goes
+        again through `send_stateless`."""
+        via = self.via_for(destination.transport, self.new_branch())
+        sent = replace(ack, headers=ack.headers.prepended("Via", via))
+        await self.send_stateless(sent, destination)
+        return sent
+
     def new_branch(self) -> str:
         return BRANCH_MAGIC_COOKIE + os.urandom(10).hex()
 

@@ -6,6 +6,7 @@ import pytest
 
 from drivers.gb28181.sip import (
     CSeq,
+    Dialog,
     Headers,
     NameAddress,
     SipLimits,
@@ -387,3 +388,56 @@ def test_the_ack_of_a_non_2xx_answer_follows_rfc_3261_17_1_1_3() -> None:
         b"Content-Length: 0\r\n"
         b"\r\n"
     )
+
+
+def test_a_dialog_from_a_2xx_builds_bye_and_ack_in_order() -> None:
+    invite = request(
+        "INVITE",
+        "sip:34020000001320000001@3402000000",
+        [
+            ("Via", "SIP/2.0/UDP 10.0.0.1:5060;rport;branch=z9hG4bKinv"),
+            ("From", '"platform" <sip:34020000002000000001@3402000000>;tag=p1'),
+            ("To", "<sip:34020000001320000001@3402000000>"),
+            ("Call-ID", "dl-1"),
+            ("CSeq", "20 INVITE"),
+        ],
+    )
+    ok = response_to(
+        invite,
+        200,
+        to_tag="dev9",
+        headers=[
+            ("Contact", "<sip:34020000001320000001@192.168.1.64:5060>"),
+            ("Record-Route", "<sip:p1.example;lr>, <sip:p2.example;lr>"),
+        ],
+    )
+    dialog = Dialog.from_2xx(invite, ok)
+    assert (dialog.call_id, dialog.local_tag, dialog.remote_tag) == ("dl-1", "p1", "dev9")
+    assert dialog.ack().to_bytes() == (
+        b"ACK sip:34020000001320000001@192.168.1.64:5060 SIP/2.0\r\n"
+        b'From: "platform" <sip:34020000002000000001@3402000000>;tag=p1\r\n'
+        b"To: <sip:34020000001320000001@3402000000>;tag=dev9\r\n"
+        b"Call-ID: dl-1\r\n"
+        b"CSeq: 20 ACK\r\n"
+        b"Route: <sip:p2.example;lr>\r\n"
+        b"Route: <sip:p1.example;lr>\r\n"
+        b"Max-Forwards: 70\r\n"
+        b"Content-Length: 0\r\n"
+        b"\r\n"
+    )
+    dialog, bye = dialog.request("bye")
+    assert (bye.method, bye.cseq, bye.uri) == (
+        "BYE",
+        CSeq(21, "BYE"),
+        "sip:34020000001320000001@192.168.1.64:5060",
+    )
+    dialog, info = dialog.request("INFO", headers=[("Content-Type", "Application/MANSRTSP")], body=b"PAUSE")
+    assert info.cseq == CSeq(22, "INFO") and info.body == b"PAUSE"
+    assert dialog.ack().cseq == CSeq(20, "ACK")  # the ACK keeps the INVITE's number
+    # Without a To tag there is no dialog; without a Contact the INVITE's URI is the target.
+    with pytest.raises(SipProtocolError, match="To tag"):
+        Dialog.from_2xx(invite, response_to(invite, 200))
+    bare = Dialog.from_2xx(invite, response_to(invite, 200, to_tag="x"))
+    assert bare.remote_target == invite.uri
+    with pytest.raises(SipProtocolError, match="not 486"):
+        Dialog.from_2xx(invite, response_to(invite, 486, to_tag="x"))

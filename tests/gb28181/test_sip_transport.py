@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from drivers.gb28181.sip import (
+    CSeq,
+    Dialog,
     SipMessage,
     SipRequest,
     SipResponse,
@@ -580,4 +582,78 @@ async def test_the_ack_of_a_2xx_reaches_the_handler_even_with_the_invites_branch
         udp_client.send(device_request("ACK", 5060, branch="z9hG4bK-same", to_tag="srv"), transport.port)
         assert [await seen.get(), await seen.get()] == ["INVITE", "ACK"]
     finally:
+        await transport.close()
+
+
+async def test_a_download_dialog_over_tcp_invite_ack_in_dialog_media_status_and_bye() -> None:
+    """The platform's side of a download as the next layer will drive it, against a device over TCP."""
+    platform_side: asyncio.Queue[SipRequest] = asyncio.Queue()
+
+    async def media_status(req: SipRequest, peer: Peer) -> SipResponse:
+        platform_side.put_nowait(req)
+        return response_to(req, 200)
+
+    transport = await started(Recorder())
+    device = await TcpClient.connect(transport.port)
+    try:
+        device.writer.write(device_request("REGISTER", 5060, transport="TCP"))
+        await device.next()
+        peer = Peer(Transport.TCP, "127.0.0.1", device.port)
+        invite = request(
+            "INVITE",
+            f"sip:{DEVICE}@3402000000",
+            [
+                ("From", f"<sip:{SERVER}@3402000000>;tag=plat"),
+                ("To", f"<sip:{DEVICE}@3402000000>"),
+                ("Call-ID", "download-1"),
+                ("CSeq", "1 INVITE"),
+                ("Content-Type", "APPLICATION/SDP"),
+            ],
+            b"v=0\r\ns=Download\r\n",
+        )
+        pending = asyncio.ensure_future(transport.request(invite, peer))
+        got = await device.next()
+        assert isinstance(got, SipRequest) and got.method == "INVITE"
+        device.writer.write(response_to(got, 100).to_bytes())
+        ok = response_to(
+            got, 200, to_tag="devtag", headers=[("Contact", f"<sip:{DEVICE}@192.168.1.64:5060>")]
+        )
+        device.writer.write(ok.to_bytes())
+        answer = await asyncio.wait_for(pending, 5)
+        dialog = Dialog.from_2xx(invite, answer)
+        transport.add_dialog(dialog.call_id, dialog.local_tag, media_status)
+        await transport.send_ack(dialog.ack(), peer)
+        ack = await device.next()
+        assert (
+            isinstance(ack, SipRequest) and ack.method == "ACK" and ack.cseq == CSeq(1, "ACK")
+        )
+        assert ack.top_via.branch != got.top_via.branch  # a 2xx's ACK is a transaction of its own
+        # MediaStatus 121 inside the dialog, from the device.
+        notify = request(
+            "MESSAGE",
+            f"sip:{SERVER}@3402000000",
+            [
+                ("Via", "SIP/2.0/TCP 192.168.1.64:5060;rport;branch=z9hG4bK-ms"),
+                ("From", f"<sip:{DEVICE}@3402000000>;tag=devtag"),
+                ("To", f"<sip:{SERVER}@3402000000>;tag=plat"),
+                ("Call-ID", "download-1"),
+                ("CSeq", "2 MESSAGE"),
+            ],
+            b"<Notify><CmdType>MediaStatus</CmdType><NotifyType>121</NotifyType></Notify>",
+        )
+        device.writer.write(notify.to_bytes())
+        assert (await asyncio.wait_for(platform_side.get(), 5)).body.endswith(b"</Notify>")
+        status_ok = await device.next()
+        assert isinstance(status_ok, SipResponse) and status_ok.status == 200
+        # BYE from the platform, in the dialog.
+        dialog, bye = dialog.request("BYE")
+        pending_bye = asyncio.ensure_future(transport.request(bye, peer))
+        got_bye = await device.next()
+        assert isinstance(got_bye, SipRequest) and got_bye.method == "BYE" and got_bye.cseq.number == 2
+        assert got_bye.uri == f"sip:{DEVICE}@192.168.1.64:5060" and got_bye.to.tag == "devtag"
+        device.writer.write(response_to(got_bye, 200).to_bytes())
+        assert (await asyncio.wait_for(pending_bye, 5)).status == 200
+        transport.remove_dialog(dialog.call_id, dialog.local_tag)
+    finally:
+        await device.close()
         await transport.close()
