@@ -418,6 +418,10 @@ class SipTransport:
     # ------------------------------------------------------------------------------------ receiving
 
     @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    @property
     def open_server_transactions(self) -> int:
         return len(self._pending_transactions) + len(self._completed_transactions)
 

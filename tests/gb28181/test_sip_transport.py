@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -624,9 +626,7 @@ async def test_a_download_dialog_over_tcp_invite_ack_in_dialog_media_status_and_
         transport.add_dialog(dialog.call_id, dialog.local_tag, media_status)
         await transport.send_ack(dialog.ack(), peer)
         ack = await device.next()
-        assert (
-            isinstance(ack, SipRequest) and ack.method == "ACK" and ack.cseq == CSeq(1, "ACK")
-        )
+        assert isinstance(ack, SipRequest) and ack.method == "ACK" and ack.cseq == CSeq(1, "ACK")
         assert ack.top_via.branch != got.top_via.branch  # a 2xx's ACK is a transaction of its own
         # MediaStatus 121 inside the dialog, from the device.
         notify = request(
@@ -656,4 +656,56 @@ async def test_a_download_dialog_over_tcp_invite_ack_in_dialog_media_status_and_
         transport.remove_dialog(dialog.call_id, dialog.local_tag)
     finally:
         await device.close()
+        await transport.close()
+
+
+async def test_an_idle_tcp_connection_is_closed() -> None:
+    transport = await started(Recorder(), limits=TransportLimits(tcp_idle_timeout_s=0.2))
+    client = await TcpClient.connect(transport.port)
+    try:
+        client.writer.write(device_request("MESSAGE", 5060, transport="TCP"))
+        assert isinstance(await client.next(), SipResponse)  # in use: open
+        assert await asyncio.wait_for(client.reader.read(), 10) == b""  # then idle: closed by the transport
+    finally:
+        await client.close()
+        await transport.close()
+
+
+async def test_seeded_garbage_streams_close_their_connections_and_leave_nothing_behind() -> None:
+    handler = Recorder()
+    transport = await started(handler)
+    rng = random.Random(28181)
+    valid = device_request("MESSAGE", 5060, transport="TCP")
+    try:
+        for i in range(40):
+            client = await TcpClient.connect(transport.port)
+            kind = i % 4
+            if kind == 0:
+                junk = rng.randbytes(rng.randrange(1, 4096))
+            elif kind == 1:  # a valid message with bytes flipped
+                junk = bytearray(valid)
+                for _ in range(rng.randrange(1, 6)):
+                    junk[rng.randrange(len(junk))] = rng.randrange(256)
+                junk = bytes(junk)
+            elif kind == 2:  # an endless header section
+                junk = b"MESSAGE sip:a SIP/2.0\r\n" + b"X: y\r\n" * 4000
+            else:  # a valid message cut short, then the peer hangs up
+                junk = valid[: rng.randrange(1, len(valid))]
+            for start in range(0, len(junk), 997):  # split writes
+                client.writer.write(junk[start : start + 997])
+            with contextlib.suppress(ConnectionError):
+                await client.writer.drain()
+            client.writer.write_eof()
+            with contextlib.suppress(ConnectionError):
+                while await asyncio.wait_for(client.reader.read(65536), 10):
+                    pass  # answers to the flipped messages that were still valid, then the close
+            await client.close()
+        survivor = await TcpClient.connect(transport.port)
+        survivor.writer.write(valid)
+        assert isinstance(answer := await survivor.next(), SipResponse) and answer.status == 200
+        await survivor.close()
+        while transport.open_connections:
+            await asyncio.sleep(0.01)  # the last close is being processed
+        assert transport.open_connections == 0
+    finally:
         await transport.close()
