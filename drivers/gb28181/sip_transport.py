@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -239,11 +240,22 @@ class SipTransport:
     def port(self) -> int:
         return self._port
 
-    @property
-    def advertised_host(self) -> str:
+    def local_host_for(self, destination: Peer) -> str:
+        """The address we put in Via (and the caller in Contact and SDP) for `destination`: the
+        configured public address when there is one (a platform behind NAT, research notes section 12),
+        else the address we listen on, else (listening on every address) the one the kernel routes
+        `destination` from (over TCP: the connection's own local address)."""
         if self._advertised_host:
             return self._advertised_host
-        return "127.0.0.1" if self._host in ("0.0.0.0", "", "::") else self._host
+        if self._host not in ("0.0.0.0", "", "::"):
+            return self._host
+        connection = self._connections.get((destination.host, destination.port))
+        if connection is not None:
+            return str(connection.writer.get_extra_info("sockname")[0])
+        family = socket.AF_INET6 if ":" in destination.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((destination.host, destination.port))  # no packet is sent: a route lookup
+            return str(probe.getsockname()[0])
 
     async def start(self) -> None:
         """Bind TCP and UDP to the same port (with port 0: a free port both are free on)."""
@@ -356,7 +368,7 @@ class SipTransport:
         """Send the ACK of a 2xx (a transaction of its own, RFC 3261 13.2.2.4) with a fresh Via and
         return it as sent: when the 2xx is retransmitted (`on_unmatched_response`) the same ACK goes
         again through `send_stateless`."""
-        via = self.via_for(destination.transport, self.new_branch())
+        via = self.via_for(destination, self.new_branch())
         sent = replace(ack, headers=ack.headers.prepended("Via", via))
         await self.send_stateless(sent, destination)
         return sent
@@ -364,8 +376,10 @@ class SipTransport:
     def new_branch(self) -> str:
         return BRANCH_MAGIC_COOKIE + os.urandom(10).hex()
 
-    def via_for(self, transport: Transport, branch: str) -> str:
-        return f"SIP/2.0/{transport.value} {self.advertised_host}:{self._port};rport;branch={branch}"
+    def via_for(self, destination: Peer, branch: str) -> str:
+        host = self.local_host_for(destination)
+        host = f"[{host}]" if ":" in host else host
+        return f"SIP/2.0/{destination.transport.value} {host}:{self._port};rport;branch={branch}"
 
     async def request(self, req: SipRequest, destination: Peer) -> SipResponse:
         """Run a client transaction: add our Via on top, send, retransmit over UDP per the timers, and
@@ -375,7 +389,7 @@ class SipTransport:
         if len(self._client_transactions) >= self._limits.max_client_transactions:
             raise SipTransportError(f"{len(self._client_transactions)} client transactions open, the limit")
         branch = self.new_branch()
-        via = self.via_for(destination.transport, branch)
+        via = self.via_for(destination, branch)
         stamped = replace(req, headers=req.headers.prepended("Via", via))
         key = (branch, req.method)
         tx = _ClientTransaction(stamped, destination, asyncio.get_running_loop().create_future())

@@ -709,3 +709,22 @@ async def test_seeded_garbage_streams_close_their_connections_and_leave_nothing_
         assert transport.open_connections == 0
     finally:
         await transport.close()
+
+
+@pytest.mark.parametrize(("advertised", "expected"), [(None, "127.0.0.1"), ("203.0.113.5", "203.0.113.5")])
+async def test_our_via_names_the_route_to_the_device_or_the_configured_public_address(
+    udp_client: UdpClient, advertised: str | None, expected: str
+) -> None:
+    transport = SipTransport(Recorder(), host="0.0.0.0", port=0, advertised_host=advertised)
+    await transport.start()
+    try:
+        pending = asyncio.ensure_future(
+            transport.request(platform_message(), Peer(Transport.UDP, "127.0.0.1", udp_client.port))
+        )
+        sent = await udp_client.next()
+        assert isinstance(sent, SipRequest)
+        assert (sent.top_via.host, sent.top_via.port) == (expected, transport.port)
+        udp_client.send(response_to(sent, 200, to_tag="d").to_bytes(), transport.port)
+        assert (await asyncio.wait_for(pending, 5)).status == 200
+    finally:
+        await transport.close()
