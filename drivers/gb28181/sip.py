@@ -4,15 +4,19 @@
 is exactly `Content-Length` bytes there), and `SipRequest.to_bytes()` / `SipResponse.to_bytes()` produce
 exactly the bytes that go on the wire. Messages are frozen dataclasses; headers keep their order and
 repetitions (`Headers`), compact forms (`i`, `f`, `t`, `v`, `m`, `l`, `c`, `k`, `s`, `e`) are expanded to
-their long names on parsing.
+their long names on parsing. Header values are read on demand (`top_via`, `from_`, `to`, `cseq`,
+`contacts`, `expires`) into `Via`, `NameAddress`, `SipUri` and `CSeq`. Builders: `request()`,
+`response_to()` (RFC 3261 section 8.2.6), `ack_for_non_2xx()` (section 17.1.1.3) and `Dialog` (the
+platform's side of an INVITE dialog: in-dialog requests and the ACK of a 2xx).
 
 Tolerant of what devices really send (GB/T 28181 research notes, section 12): lower-case or compact header
 names, no space after the colon, LF-only line ends, stray white space around values, folded header lines,
 CRLF keepalives between messages. Strict about what matters: a missing or bad `Content-Length` on a stream,
 a body shorter than it says, duplicate `Content-Length` values that disagree, oversized header sections or
-bodies, a start line that is not SIP/2.0. Every such case raises `SipProtocolError` naming what was wrong,
-and nothing else escapes the parsers. Sizes are bounded by `SipLimits`, so a hostile peer cannot make a
-parser hold more than `max_header_bytes + max_body_bytes` of input.
+bodies, a start line that is not SIP/2.0, a bare CR in the header section. Every such case raises
+`SipProtocolError` naming what was wrong, and nothing else escapes the parsers. Sizes are bounded by
+`SipLimits`, so a hostile peer cannot make a parser hold more than `max_header_bytes + max_body_bytes`
+of input.
 """
 
 from __future__ import annotations
