@@ -105,6 +105,8 @@ class TransportLimits:
     max_client_transactions: int = 1024
     tcp_idle_timeout_s: float = 600.0  # devices keep alive every 60 s by default (section 9.6.1)
     max_tcp_unsent_bytes: int = 1024 * 1024
+    # A handler that does not answer in time gets its request a 500 (devices retransmit for 32 s).
+    handler_timeout_s: float = 16.0
     max_udp_datagram_bytes: int = 65507
 
 
@@ -543,29 +545,37 @@ class SipTransport:
     async def _run_handler(
         self, req: SipRequest, peer: Peer, transaction: tuple[tuple[str, ...], _ServerTransaction] | None
     ) -> None:
-        response: SipResponse | None
         try:
-            handler = self._handler_for(req)
-            if handler is None:
-                response = response_to(req, 481)
-            else:
-                response = await handler(req, peer)
-        except SipProtocolError as exc:
-            log.warning("SIP %s from %s is malformed: %s", req.method, peer, exc)
-            response = response_to(req, exc.status or 400, reason=f"Bad Request ({exc})"[:120])
-        except Exception:
-            log.exception("SIP %s handler failed for a request from %s", req.method, peer)
-            response = response_to(req, 500)
+            response = await self._answer(req, peer)
+        finally:
+            if transaction is not None:  # whatever happened, the slot is given back
+                self._pending_transactions.pop(transaction[0], None)
         if transaction is None:
             return
         key, tx = transaction
-        self._pending_transactions.pop(key, None)
         if response is None:
             return
         tx.response = response
         tx.expires_at = self._clock() + self._timers.transaction_timeout_s
         self._completed_transactions[key] = tx
         self._safe_send(response.to_bytes(), peer)
+
+    async def _answer(self, req: SipRequest, peer: Peer) -> SipResponse | None:
+        handler = self._handler_for(req)
+        if handler is None:
+            return response_to(req, 481)
+        try:
+            return await asyncio.wait_for(handler(req, peer), self._limits.handler_timeout_s)
+        except SipProtocolError as exc:
+            log.warning("SIP %s from %s is malformed: %s", req.method, peer, exc)
+            reason = f"Bad Request ({exc})"[:120].replace("\r", " ").replace("\n", " ")
+            return response_to(req, exc.status or 400, reason=reason)
+        except TimeoutError:
+            log.error("SIP %s handler for a request from %s did not answer in time", req.method, peer)
+            return response_to(req, 500, reason="Server Internal Error (handler timeout)")
+        except Exception:
+            log.exception("SIP %s handler failed for a request from %s", req.method, peer)
+            return response_to(req, 500)
 
     def _safe_send(self, data: bytes, peer: Peer) -> None:
         try:

@@ -728,3 +728,27 @@ async def test_our_via_names_the_route_to_the_device_or_the_configured_public_ad
         assert (await asyncio.wait_for(pending, 5)).status == 200
     finally:
         await transport.close()
+
+
+async def test_a_handler_that_hangs_gets_its_request_a_500_and_gives_its_slot_back(
+    udp_client: UdpClient,
+) -> None:
+    hanging = Recorder(hold=True)  # never released
+    now = [1000.0]
+    limits = TransportLimits(max_server_transactions=1, handler_timeout_s=0.2)
+    transport = await started(hanging, limits=limits, clock=lambda: now[0])
+    try:
+        udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-1"), transport.port)
+        answer = await udp_client.next()
+        assert isinstance(answer, SipResponse) and answer.status == 500 and "timeout" in answer.reason
+        # The answered transaction is remembered for retransmissions (Timer J) and fills the one slot.
+        udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-2", cseq=2), transport.port)
+        refused = await udp_client.next()
+        assert isinstance(refused, SipResponse) and (refused.status, refused.cseq.number) == (503, 2)
+        now[0] += 32.1  # past Timer J: forgotten, and the hung handler holds nothing
+        udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-3", cseq=3), transport.port)
+        third = await udp_client.next()
+        assert isinstance(third, SipResponse) and (third.status, third.cseq.number) == (500, 3)
+        assert len(hanging.calls) == 2
+    finally:
+        await transport.close()
