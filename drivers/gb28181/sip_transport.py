@@ -162,7 +162,8 @@ class _Connection:
         # A peer that sends requests but never reads its answers would grow our buffer without end.
         if self.writer.transport.get_write_buffer_size() + len(data) > self.max_unsent_bytes:
             log.warning("SIP TCP connection to %s closed: it does not read what we send", self.peer)
-            self.writer.close()
+            # abort(), not close(): close() would wait for the unsent bytes to drain, which they never do.
+            self.writer.transport.abort()
             raise SipTransportError(f"TCP connection to {self.peer} does not read; closed")
         self.writer.write(data)
 

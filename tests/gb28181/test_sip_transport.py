@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -751,4 +752,35 @@ async def test_a_handler_that_hangs_gets_its_request_a_500_and_gives_its_slot_ba
         assert isinstance(third, SipResponse) and (third.status, third.cseq.number) == (500, 3)
         assert len(hanging.calls) == 2
     finally:
+        await transport.close()
+
+
+async def test_a_tcp_peer_that_never_reads_its_answers_is_disconnected(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def bulky(req: SipRequest, peer: Peer) -> SipResponse:
+        return response_to(req, 200, body=b"x" * 65536)  # a large Catalog answer, say
+
+    limits = TransportLimits(max_tcp_unsent_bytes=256 * 1024)
+    transport = await started(bulky, limits=limits)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the answers back up
+    probe.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(probe, ("127.0.0.1", transport.port))
+    _unread, writer = await asyncio.open_connection(sock=probe)
+    try:
+        # 200 answers of 64 KiB (13 MB) exceed the kernel's socket buffers and then our 256 KiB.
+        with contextlib.suppress(ConnectionError):
+            for i in range(200):
+                writer.write(
+                    device_request("MESSAGE", 5060, branch=f"z9hG4bK-{i}", cseq=i + 1, transport="TCP")
+                )
+                await writer.drain()
+        while transport.open_connections:
+            await asyncio.sleep(0.01)  # the transport is working through what it already read
+        assert "does not read what we send" in caplog.text
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
         await transport.close()
