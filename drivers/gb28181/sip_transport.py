@@ -640,6 +640,8 @@ class SipTransport:
                 for _ in range(parser.pings - pings):
                     self._safe_send(b"\r\n", peer)  # RFC 5626 pong
                 for message in messages:
+                    if connection.writer.is_closing():
+                        return  # aborted (it does not read): the rest of what it sent is not answered
                     self._on_message(message, peer)
         except (ConnectionError, OSError) as exc:
             log.info("SIP TCP connection from %s lost: %s", peer, exc)
