@@ -843,6 +843,22 @@ def parse_datagram(data: bytes, limits: SipLimits = DEFAULT_LIMITS) -> SipMessag
     return _message(start, headers, rest[:length])
 
 
+def request_head(data: bytes, limits: SipLimits = DEFAULT_LIMITS) -> SipRequest | None:
+    """The request line and headers of a datagram whose body was refused (a wrong `Content-Length`, a
+    body over the limit), without the body; None when they are not readable either. A server answers
+    such a request with the error (RFC 3261 section 21.4.1) instead of leaving the device to retransmit."""
+    stripped = data.lstrip(b"\r\n\t ")
+    match = _HEADER_END_RE.search(stripped, 0, limits.max_header_bytes + 4)
+    head = stripped[: match.start()] if match is not None else stripped.rstrip(b"\r\n")
+    if not head or len(head) > limits.max_header_bytes:
+        return None
+    try:
+        message = _message(*_parse_head(head, limits), b"")
+    except SipProtocolError:
+        return None
+    return message if isinstance(message, SipRequest) else None
+
+
 class SipStreamParser:
     """Cuts a TCP byte stream into SIP messages.
 

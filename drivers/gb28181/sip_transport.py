@@ -12,7 +12,9 @@ without running the handler a second time; while the handler still runs it is ab
 for 64*T1 (Timer J) and their number is bounded. On receipt the top Via gets `received` (when the
 sent-by host differs from the source) and `rport` filled in (RFC 3581), so responses built with
 `sip.response_to()` carry them; responses go back to the source address, or over the connection the
-request came on.
+request came on. A UDP request whose body is refused (a wrong `Content-Length`, an oversized body) is
+answered 400/413 naming the problem when its headers are readable; other garbage is dropped and logged,
+and a TCP stream that goes out of step is closed.
 
 Client transactions (section 17.1): `request()` adds the platform's Via (with a fresh branch and
 `rport`), sends, retransmits over UDP from T1 doubling (capped at T2 for non-INVITE), and returns the
@@ -52,6 +54,7 @@ from typing import Any
 from drivers.gb28181.sip import (
     BRANCH_MAGIC_COOKIE,
     DEFAULT_LIMITS,
+    REASON_PHRASES,
     Headers,
     SipLimits,
     SipMessage,
@@ -61,6 +64,7 @@ from drivers.gb28181.sip import (
     SipStreamParser,
     ack_for_non_2xx,
     parse_datagram,
+    request_head,
     response_to,
 )
 
@@ -589,10 +593,23 @@ class SipTransport:
         try:
             message = parse_datagram(data, self._limits.sip)
         except SipProtocolError as exc:
-            log.warning("SIP datagram from %s dropped: %s", peer, exc)
+            log.warning("SIP datagram from %s refused: %s", peer, exc)
+            self._answer_unreadable(data, exc, peer)
             return
         if message is not None:
             self._on_message(message, peer)
+
+    def _answer_unreadable(self, data: bytes, exc: SipProtocolError, peer: Peer) -> None:
+        """Answer a request whose body was refused, when its headers allow an answer."""
+        head = request_head(data, self._limits.sip) if exc.status is not None else None
+        if head is None or head.method == "ACK":
+            return
+        try:
+            reason = f"{REASON_PHRASES.get(exc.status or 400, 'Bad Request')} ({exc})"[:160]
+            answer = response_to(_stamp_via(head, peer), exc.status or 400, reason=reason)
+        except SipProtocolError:
+            return
+        self._safe_send(answer.to_bytes(), peer)
 
     # ------------------------------------------------------------------------------------------ TCP
 

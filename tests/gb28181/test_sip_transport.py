@@ -784,3 +784,21 @@ async def test_a_tcp_peer_that_never_reads_its_answers_is_disconnected(
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
         await transport.close()
+
+
+async def test_a_request_with_a_wrong_content_length_is_answered_400_naming_it(udp_client: UdpClient) -> None:
+    handler = Recorder()
+    transport = await started(handler)
+    try:
+        good = device_request("MESSAGE", 5060, body=b"<Notify/>")
+        udp_client.send(good.replace(b"Content-Length: 9", b"Content-Length: 900"), transport.port)
+        answer = await udp_client.next()
+        assert isinstance(answer, SipResponse) and answer.status == 400
+        assert "Content-Length 900 but the datagram carries 9 body bytes" in answer.reason
+        assert answer.top_via.rport == udp_client.port and answer.call_id == "c1"
+        # Control: the same request with its length right reaches the handler.
+        udp_client.send(good, transport.port)
+        assert isinstance(ok := await udp_client.next(), SipResponse) and ok.status == 200
+        assert len(handler.calls) == 1
+    finally:
+        await transport.close()
