@@ -16,6 +16,7 @@ from drivers.gb28181.sip import (
     SipStreamParser,
     parse_datagram,
     request,
+    request_head,
 )
 
 from .test_sip_codec import J1_REGISTER, KEEPALIVE_COMPACT
@@ -48,6 +49,9 @@ def parse_or_refuse(data: bytes) -> None:
         message = parse_datagram(data, LIMITS)
     except SipProtocolError as exc:
         assert str(exc)
+        head = request_head(data, LIMITS)  # what the transport reads to answer it: also only refusals
+        if head is not None:
+            read_every_field(head)
         return
     if message is not None:
         read_every_field(message)
