@@ -226,6 +226,7 @@ class SipTransport:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
         self._connections: dict[tuple[str, int], _Connection] = {}
+        self._connecting: dict[tuple[str, int], asyncio.Future[None]] = {}
         # Requests whose handler still runs, and answered ones in the order they expire.
         self._pending_transactions: dict[tuple[str, ...], _ServerTransaction] = {}
         self._completed_transactions: OrderedDict[tuple[str, ...], _ServerTransaction] = OrderedDict()
@@ -354,11 +355,28 @@ class SipTransport:
     async def _ensure_connection(self, destination: Peer) -> None:
         if destination.transport is not Transport.TCP:
             return
-        if (destination.host, destination.port) in self._connections:
+        key = (destination.host, destination.port)
+        if key in self._connections:
             return
+        # Requests racing to the same device share one connection attempt (a second connection would
+        # replace the first, and the answer to what went over the first would be lost).
+        attempt = self._connecting.get(key)
+        if attempt is None:
+            attempt = asyncio.ensure_future(self._connect(destination))
+            self._connecting[key] = attempt
+            attempt.add_done_callback(lambda _: self._connecting.pop(key, None))
+        await asyncio.shield(attempt)
+
+    async def _connect(self, destination: Peer) -> None:
         if len(self._connections) >= self._limits.max_tcp_connections:
             raise SipTransportError(f"{len(self._connections)} TCP connections open, the limit")
-        reader, writer = await asyncio.open_connection(destination.host, destination.port)
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(destination.host, destination.port),
+                self._timers.transaction_timeout_s,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise SipTransportError(f"cannot connect to {destination}: {exc or 'timed out'}") from exc
         self._adopt(reader, writer, destination)
 
     def send_response(self, response: SipResponse, destination: Peer) -> None:

@@ -802,3 +802,38 @@ async def test_a_request_with_a_wrong_content_length_is_answered_400_naming_it(u
         assert len(handler.calls) == 1
     finally:
         await transport.close()
+
+
+async def test_requests_racing_to_a_device_share_one_connection_and_a_refused_one_is_a_transport_error() -> (
+    None
+):
+    connections: list[asyncio.StreamWriter] = []
+
+    async def device_side(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        parser = SipStreamParser()
+        try:
+            while data := await reader.read(65536):
+                for message in parser.feed(data):
+                    assert isinstance(message, SipRequest)
+                    writer.write(response_to(message, 200, to_tag="d").to_bytes())
+        finally:
+            writer.close()
+
+    device = await asyncio.start_server(device_side, "127.0.0.1", 0)
+    transport = await started(Recorder())
+    try:
+        port = device.sockets[0].getsockname()[1]
+        peer = Peer(Transport.TCP, "127.0.0.1", port)
+        answers = await asyncio.gather(*(transport.request(platform_message(), peer) for _ in range(5)))
+        assert [a.status for a in answers] == [200] * 5
+        assert len(connections) == 1 and transport.open_connections == 1
+        device.close()
+        await device.wait_closed()
+        with socket.socket() as unused:  # a port nobody listens on
+            unused.bind(("127.0.0.1", 0))
+            closed_port = unused.getsockname()[1]
+        with pytest.raises(SipTransportError, match="cannot connect"):
+            await transport.request(platform_message(), Peer(Transport.TCP, "127.0.0.1", closed_port))
+    finally:
+        await transport.close()
