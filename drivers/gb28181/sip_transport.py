@@ -297,7 +297,8 @@ class SipTransport:
         for tx in self._client_transactions.values():
             if not tx.future.done():
                 tx.future.set_exception(SipTransportError("transport closed"))
-        tasks = list(self._tasks) + [c.task for c in self._connections.values() if c.task is not None]
+        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self._connecting.values()]
+        tasks += [c.task for c in self._connections.values() if c.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
