@@ -15,9 +15,10 @@ STAMP := $(VENV)/.installed
 # on a free port with TLS, client certificates and the agency ACL of config/mosquitto/. chromium: the browser
 # tests (tests/browser/) drive Debian's /usr/bin/chromium with Playwright's Python package, which never
 # downloads a browser of its own; fonts-wqy-microhei gives it Chinese glyphs, so that the dock screen's
-# Chinese text is measured (does it fit its tile?) and shown as a kiosk would show it.
+# Chinese text is measured (does it fit its tile?) and shown as a kiosk would show it. sip-tester: sipp,
+# an independent SIP peer that registers with digest to the GB/T 28181 SIP transport (tests/gb28181/).
 APT_PACKAGES := ffmpeg fuse3 curl python3-venv python3-dev systemd dbus-daemon libseccomp2 chromium \
-	fonts-wqy-microhei mosquitto
+	fonts-wqy-microhei mosquitto sip-tester
 
 # Exact versions of every Python distribution the tests ran with (pip and the build backend included),
 # so that an install a year from now gets what was tested. `make constraints` rewrites it from .venv.
@@ -40,6 +41,7 @@ system:
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$$missing fonts-wqy-microhei"; \
 	[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
+	command -v sipp >/dev/null || missing="$$missing sip-tester"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "setup: installing system packages:$$missing"; \

@@ -1,0 +1,698 @@
+"""The SIP transport of a GB/T 28181 platform: UDP and TCP on one port, transactions, dialogs routing.
+
+`SipTransport` listens on one address for UDP datagrams and TCP connections (GB/T 28181-2016 section
+4.3.2: both), parses with `drivers.gb28181.sip`, and hands each new request to a handler together with
+the `Peer` it came from: the source address (and transport) a platform must send later requests to,
+never the Contact host (4G devices put private addresses there).
+
+Server transactions (RFC 3261 section 17.2): a retransmitted request, matched by its top Via branch and
+sent-by (or by Call-ID, From tag, CSeq and Via for pre-RFC 3261 peers), gets the same response again
+without running the handler a second time; while the handler still runs it is absorbed (an INVITE gets
+`100 Trying` at once, which is what a retransmission gets then). Completed transactions are remembered
+for 64*T1 (Timer J) and their number is bounded. On receipt the top Via gets `received` (when the
+sent-by host differs from the source) and `rport` filled in (RFC 3581), so responses built with
+`sip.response_to()` carry them; responses go back to the source address, or over the connection the
+request came on. A UDP request whose body is refused (a wrong `Content-Length`, an oversized body) is
+answered 400/413 naming the problem when its headers are readable; other garbage is dropped and logged,
+and a TCP stream that goes out of step is closed.
+
+Client transactions (section 17.1): `request()` adds the platform's Via (with a fresh branch and
+`rport`), sends, retransmits over UDP from T1 doubling (capped at T2 for non-INVITE), and returns the
+final response or raises `TransactionTimeout` after 64*T1. `sleep` is the clock seam of those timers.
+A non-2xx final answer to an INVITE is acknowledged by the transport (same branch) and acknowledged
+again when it is retransmitted (Timer D); a 2xx is the dialog's to acknowledge (`send_stateless`), and
+its retransmissions, like every response that matches no open transaction, go to
+`on_unmatched_response`.
+Over TCP the device's own connection is reused when it has one (GB/T 28181 9.1.1 f: keep the TCP
+channel and send everything through it), else one is opened.
+
+In-dialog requests (a To tag) are routed by Call-ID and local tag to the handler registered with
+`add_dialog()`; a dialog request with a To tag that matches no dialog gets 481.
+
+Bounds: TCP connections, bytes buffered per connection (the parser's limits) and unsent to it (a peer
+that does not read is disconnected), transactions both ways, running handlers, TCP idle time. Nothing
+from the network can make the transport hold more.
+
+Not done yet: CANCEL, the UAS retransmission of a 2xx to an INVITE until its ACK (devices rarely send
+the platform an INVITE), IPv6 tested only through the codec, TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from drivers.gb28181.sip import (
+    BRANCH_MAGIC_COOKIE,
+    DEFAULT_LIMITS,
+    REASON_PHRASES,
+    Headers,
+    SipLimits,
+    SipMessage,
+    SipProtocolError,
+    SipRequest,
+    SipResponse,
+    SipStreamParser,
+    ack_for_non_2xx,
+    parse_datagram,
+    request_head,
+    response_to,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Transport(StrEnum):
+    UDP = "UDP"
+    TCP = "TCP"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where a message came from, or where one goes: transport and address."""
+
+    transport: Transport
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.transport.value.lower()}:{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SipTimers:
+    """RFC 3261 timer values (section 17.1.1.1). Tests shrink them or replace `sleep`."""
+
+    t1_s: float = 0.5
+    t2_s: float = 4.0
+
+    @property
+    def transaction_timeout_s(self) -> float:
+        """Timers B and F, and how long completed server transactions are remembered (Timer J)."""
+        return 64 * self.t1_s
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    sip: SipLimits = DEFAULT_LIMITS
+    max_tcp_connections: int = 1024
+    max_server_transactions: int = 4096
+    max_client_transactions: int = 1024
+    tcp_idle_timeout_s: float = 600.0  # devices keep alive every 60 s by default (section 9.6.1)
+    max_tcp_unsent_bytes: int = 1024 * 1024
+    # A handler that does not answer in time gets its request a 500 (devices retransmit for 32 s).
+    handler_timeout_s: float = 16.0
+    max_udp_datagram_bytes: int = 65507
+
+
+class SipTransportError(Exception):
+    """The transport could not do what was asked (not a peer's protocol error)."""
+
+
+class TransactionTimeout(SipTransportError):
+    """No final response within 64*T1."""
+
+
+# A handler answers a request; None means no response (an ACK, or a request it answers itself later).
+RequestHandler = Callable[[SipRequest, Peer], Awaitable[SipResponse | None]]
+# Gets responses that match no open client transaction: the retransmitted 2xx of an INVITE, which the
+# dialog layer answers with its ACK again (RFC 3261 section 13.2.2.4).
+UnmatchedResponseHandler = Callable[[SipResponse, Peer], None]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class _ServerTransaction:
+    response: SipResponse | None = None
+    expires_at: float = 0.0  # set when the response is: the transaction is remembered until then
+
+
+@dataclass
+class _ClientTransaction:
+    request: SipRequest  # as sent, with our Via
+    destination: Peer
+    future: asyncio.Future[SipResponse]
+    provisional: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+
+class _Connection:
+    """One TCP connection: its parser, writer and reader task."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer, max_unsent_bytes: int
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.max_unsent_bytes = max_unsent_bytes
+        self.task: asyncio.Task[None] | None = None
+
+    def send(self, data: bytes) -> None:
+        if self.writer.is_closing():
+            raise SipTransportError(f"TCP connection to {self.peer} is closing")
+        # A peer that sends requests but never reads its answers would grow our buffer without end.
+        if self.writer.transport.get_write_buffer_size() + len(data) > self.max_unsent_bytes:
+            log.warning("SIP TCP connection to %s closed: it does not read what we send", self.peer)
+            # abort(), not close(): close() would wait for the unsent bytes to drain, which they never do.
+            self.writer.transport.abort()
+            raise SipTransportError(f"TCP connection to {self.peer} does not read; closed")
+        self.writer.write(data)
+
+
+def _server_transaction_key(req: SipRequest) -> tuple[str, ...]:
+    via = req.top_via
+    method = "INVITE" if req.method == "ACK" else req.method
+    branch = via.branch or ""
+    if branch.startswith(BRANCH_MAGIC_COOKIE):
+        return ("3261", branch, via.host.lower(), str(via.port or ""), method)
+    # RFC 2543 peers (section 17.2.3): the request's identity stands in for the branch.
+    cseq = req.cseq
+    return ("2543", req.call_id, req.from_.tag or "", str(cseq.number), method, str(via), req.uri)
+
+
+def _stamp_via(req: SipRequest, peer: Peer) -> SipRequest:
+    """RFC 3261 section 18.2.1 and RFC 3581: record where the request really came from in its top Via."""
+    vias = req.headers.get_all("Via")
+    top = req.top_via
+    if top.host != peer.host or top.wants_rport:
+        top = top.with_param("received", peer.host)
+    if top.wants_rport:
+        top = top.with_param("rport", str(peer.port))
+    fields: list[tuple[str, str]] = [("Via", str(top)), *(("Via", v) for v in vias[1:])]
+    fields += [(name, value) for name, value in req.headers if name != "Via"]
+    return replace(req, headers=Headers.of(fields))
+
+
+class SipTransport:
+    """UDP and TCP SIP on one listening address. Use as `async with SipTransport(...) as transport:`."""
+
+    def __init__(
+        self,
+        handler: RequestHandler,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 5060,
+        advertised_host: str | None = None,
+        limits: TransportLimits | None = None,
+        timers: SipTimers | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        on_unmatched_response: UnmatchedResponseHandler | None = None,
+    ) -> None:
+        self._handler = handler
+        self._on_unmatched_response = on_unmatched_response
+        # ACKs of non-2xx INVITE answers, by branch, kept for Timer D to answer retransmitted answers.
+        self._sent_acks: OrderedDict[str, tuple[bytes, Peer, float]] = OrderedDict()
+        self._host = host
+        self._port = port
+        self._advertised_host = advertised_host
+        self._limits = limits or TransportLimits()
+        self._timers = timers or SipTimers()
+        self._sleep = sleep
+        self._clock = clock
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp_server: asyncio.Server | None = None
+        self._connections: dict[tuple[str, int], _Connection] = {}
+        self._connecting: dict[tuple[str, int], asyncio.Future[None]] = {}
+        # Requests whose handler still runs, and answered ones in the order they expire.
+        self._pending_transactions: dict[tuple[str, ...], _ServerTransaction] = {}
+        self._completed_transactions: OrderedDict[tuple[str, ...], _ServerTransaction] = OrderedDict()
+        self._client_transactions: dict[tuple[str, str], _ClientTransaction] = {}
+        self._dialogs: dict[str, dict[str, RequestHandler]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> SipTransport:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def local_host_for(self, destination: Peer) -> str:
+        """The address we put in Via (and the caller in Contact and SDP) for `destination`: the
+        configured public address when there is one (a platform behind NAT, research notes section 12),
+        else the address we listen on, else (listening on every address) the one the kernel routes
+        `destination` from (over TCP: the connection's own local address)."""
+        if self._advertised_host:
+            return self._advertised_host
+        if self._host not in ("0.0.0.0", "", "::"):
+            return self._host
+        connection = self._connections.get((destination.host, destination.port))
+        if connection is not None:
+            return str(connection.writer.get_extra_info("sockname")[0])
+        family = socket.AF_INET6 if ":" in destination.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((destination.host, destination.port))  # no packet is sent: a route lookup
+            return str(probe.getsockname()[0])
+
+    async def start(self) -> None:
+        """Bind TCP and UDP to the same port (with port 0: a free port both are free on)."""
+        loop = asyncio.get_running_loop()
+        attempts = 20 if self._port == 0 else 1
+        for attempt in range(attempts):
+            server = await asyncio.start_server(self._accept, self._host, self._port)
+            port = server.sockets[0].getsockname()[1]
+            try:
+                udp, _ = await loop.create_datagram_endpoint(
+                    lambda: _UdpProtocol(self), local_addr=(self._host, port)
+                )
+            except OSError:
+                server.close()
+                await server.wait_closed()
+                if attempt == attempts - 1:
+                    raise
+                continue
+            self._tcp_server, self._udp, self._port = server, udp, port
+            log.info("SIP transport listening on %s:%d (UDP and TCP)", self._host, port)
+            return
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        if self._udp is not None:
+            self._udp.close()
+        for connection in list(self._connections.values()):
+            connection.writer.close()
+        for tx in self._client_transactions.values():
+            if not tx.future.done():
+                tx.future.set_exception(SipTransportError("transport closed"))
+        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self._connecting.values()]
+        tasks += [c.task for c in self._connections.values() if c.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._tcp_server is not None:
+            await self._tcp_server.wait_closed()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------------------------- dialogs
+
+    def add_dialog(self, call_id: str, local_tag: str, handler: RequestHandler) -> None:
+        """Route requests carrying this Call-ID and To tag (our tag) to `handler`."""
+        self._dialogs.setdefault(call_id, {})[local_tag] = handler
+
+    def remove_dialog(self, call_id: str, local_tag: str) -> None:
+        tags = self._dialogs.get(call_id)
+        if tags is not None:
+            tags.pop(local_tag, None)
+            if not tags:
+                del self._dialogs[call_id]
+
+    def _handler_for(self, req: SipRequest) -> RequestHandler | None:
+        """The dialog's handler, the main handler, or None for a dialog request we have no dialog for."""
+        to_tag = req.to.tag
+        tags = self._dialogs.get(req.call_id)
+        if tags:
+            if to_tag in tags:
+                return tags[to_tag]
+            if to_tag is None and len(tags) == 1:
+                # Some devices drop the To tag in in-dialog MESSAGEs (MediaStatus): Call-ID identifies it.
+                return next(iter(tags.values()))
+        if to_tag is not None and req.method not in ("ACK", "MESSAGE", "NOTIFY", "REGISTER"):
+            return None
+        return self._handler
+
+    # -------------------------------------------------------------------------------------- sending
+
+    def _send(self, data: bytes, destination: Peer) -> None:
+        if destination.transport is Transport.UDP:
+            if self._udp is None:
+                raise SipTransportError("transport not started")
+            if len(data) > self._limits.max_udp_datagram_bytes:
+                raise SipTransportError(f"{len(data)} bytes do not fit a UDP datagram; use TCP")
+            self._udp.sendto(data, (destination.host, destination.port))
+            return
+        connection = self._connections.get((destination.host, destination.port))
+        if connection is None:
+            raise SipTransportError(f"no TCP connection to {destination}")
+        connection.send(data)
+
+    async def _ensure_connection(self, destination: Peer) -> None:
+        if destination.transport is not Transport.TCP:
+            return
+        key = (destination.host, destination.port)
+        if key in self._connections:
+            return
+        # Requests racing to the same device share one connection attempt (a second connection would
+        # replace the first, and the answer to what went over the first would be lost).
+        attempt = self._connecting.get(key)
+        if attempt is None:
+            attempt = asyncio.ensure_future(self._connect(destination))
+            self._connecting[key] = attempt
+            attempt.add_done_callback(lambda _: self._connecting.pop(key, None))
+        await asyncio.shield(attempt)
+
+    async def _connect(self, destination: Peer) -> None:
+        if len(self._connections) >= self._limits.max_tcp_connections:
+            raise SipTransportError(f"{len(self._connections)} TCP connections open, the limit")
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(destination.host, destination.port),
+                self._timers.transaction_timeout_s,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise SipTransportError(f"cannot connect to {destination}: {exc or 'timed out'}") from exc
+        self._adopt(reader, writer, destination)
+
+    def send_response(self, response: SipResponse, destination: Peer) -> None:
+        """Send a response outside the handler's return (e.g. a later final response)."""
+        self._send(response.to_bytes(), destination)
+
+    async def send_stateless(self, message: SipMessage, destination: Peer) -> None:
+        """Send without a transaction: the ACK of a 2xx, or a message the caller retransmits itself.
+        The caller supplies every header, Via included."""
+        await self._ensure_connection(destination)
+        self._send(message.to_bytes(), destination)
+
+    async def send_ack(self, ack: SipRequest, destination: Peer) -> SipRequest:
+        """Send the ACK of a 2xx (a transaction of its own, RFC 3261 13.2.2.4) with a fresh Via and
+        return it as sent: when the 2xx is retransmitted (`on_unmatched_response`) the same ACK goes
+        again through `send_stateless`."""
+        via = self.via_for(destination, self.new_branch())
+        sent = replace(ack, headers=ack.headers.prepended("Via", via))
+        await self.send_stateless(sent, destination)
+        return sent
+
+    def new_branch(self) -> str:
+        return BRANCH_MAGIC_COOKIE + os.urandom(10).hex()
+
+    def via_for(self, destination: Peer, branch: str) -> str:
+        host = self.local_host_for(destination)
+        host = f"[{host}]" if ":" in host else host
+        return f"SIP/2.0/{destination.transport.value} {host}:{self._port};rport;branch={branch}"
+
+    async def request(self, req: SipRequest, destination: Peer) -> SipResponse:
+        """Run a client transaction: add our Via on top, send, retransmit over UDP per the timers, and
+        return the final response. Raises `TransactionTimeout` after 64*T1 without one."""
+        if self._closed:
+            raise SipTransportError("transport closed")
+        if len(self._client_transactions) >= self._limits.max_client_transactions:
+            raise SipTransportError(f"{len(self._client_transactions)} client transactions open, the limit")
+        branch = self.new_branch()
+        via = self.via_for(destination, branch)
+        stamped = replace(req, headers=req.headers.prepended("Via", via))
+        key = (branch, req.method)
+        tx = _ClientTransaction(stamped, destination, asyncio.get_running_loop().create_future())
+        self._client_transactions[key] = tx
+        try:
+            await self._ensure_connection(destination)
+            data = stamped.to_bytes()
+            self._send(data, destination)
+            return await self._await_final(tx, data, destination)
+        finally:
+            self._client_transactions.pop(key, None)
+
+    async def _await_final(self, tx: _ClientTransaction, data: bytes, destination: Peer) -> SipResponse:
+        timers = self._timers
+        budget_s = timers.transaction_timeout_s
+        elapsed_s = 0.0
+        interval_s = timers.t1_s if destination.transport is Transport.UDP else budget_s
+        while True:
+            wait_s = min(interval_s, budget_s - elapsed_s)
+            sleeper = asyncio.ensure_future(self._sleep(wait_s))
+            waiters: set[asyncio.Future[Any]] = {tx.future, sleeper}
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+            if tx.future.done():
+                return tx.future.result()
+            elapsed_s += wait_s
+            if elapsed_s >= budget_s - 1e-9:
+                raise TransactionTimeout(f"{tx.method} to {destination}: no final response in {budget_s:g} s")
+            if destination.transport is Transport.UDP:
+                if tx.method == "INVITE":
+                    if not tx.provisional.is_set():  # Timer A: retransmit until a provisional answer
+                        self._send(data, destination)
+                    interval_s *= 2
+                else:  # Timer E: doubling up to T2, T2 at once after a provisional answer
+                    self._send(data, destination)
+                    interval_s = timers.t2_s if tx.provisional.is_set() else min(interval_s * 2, timers.t2_s)
+
+    # ------------------------------------------------------------------------------------ receiving
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    @property
+    def open_server_transactions(self) -> int:
+        return len(self._pending_transactions) + len(self._completed_transactions)
+
+    def _purge_server_transactions(self) -> None:
+        now = self._clock()
+        while self._completed_transactions:
+            key, tx = next(iter(self._completed_transactions.items()))
+            if tx.expires_at > now:
+                break
+            del self._completed_transactions[key]
+
+    def _on_message(self, message: SipMessage, peer: Peer) -> None:
+        if isinstance(message, SipResponse):
+            self._on_response(message, peer)
+        else:
+            self._on_request(message, peer)
+
+    def _on_response(self, resp: SipResponse, peer: Peer) -> None:
+        try:
+            key = (resp.top_via.branch or "", resp.cseq.method)
+        except SipProtocolError as exc:
+            log.warning("SIP response from %s dropped: %s", peer, exc)
+            return
+        tx = self._client_transactions.get(key)
+        if tx is None or tx.future.done():
+            self._on_stray_response(resp, peer, key[0])
+            return
+        if resp.status < 200:
+            tx.provisional.set()
+            return
+        if tx.method == "INVITE" and resp.status >= 300:
+            self._acknowledge(tx, resp)
+        tx.future.set_result(resp)
+
+    def _acknowledge(self, tx: _ClientTransaction, resp: SipResponse) -> None:
+        """ACK a non-2xx final answer to our INVITE, and keep the ACK for Timer D (RFC 3261 17.1.1)."""
+        try:
+            ack = ack_for_non_2xx(tx.request, resp).to_bytes()
+        except SipProtocolError as exc:
+            log.warning("SIP %d from %s cannot be acknowledged: %s", resp.status, tx.destination, exc)
+            return
+        self._safe_send(ack, tx.destination)
+        now = self._clock()
+        branch = tx.request.top_via.branch or ""
+        self._sent_acks[branch] = (ack, tx.destination, now + self._timers.transaction_timeout_s)
+        while self._sent_acks and (
+            len(self._sent_acks) > self._limits.max_client_transactions
+            or next(iter(self._sent_acks.values()))[2] <= now
+        ):
+            self._sent_acks.popitem(last=False)
+
+    def _on_stray_response(self, resp: SipResponse, peer: Peer, branch: str) -> None:
+        sent_ack = self._sent_acks.get(branch)
+        if sent_ack is not None and resp.status >= 300 and sent_ack[2] > self._clock():
+            self._safe_send(sent_ack[0], sent_ack[1])  # the answer came again: so does our ACK
+            return
+        if self._on_unmatched_response is not None:
+            try:
+                self._on_unmatched_response(resp, peer)
+            except Exception:
+                log.exception("SIP unmatched-response handler failed for %d from %s", resp.status, peer)
+            return
+        log.debug("SIP response %d from %s matches no open transaction", resp.status, peer)
+
+    def _on_request(self, req: SipRequest, peer: Peer) -> None:
+        try:
+            req = _stamp_via(req, peer)
+            key = _server_transaction_key(req)
+            # A request without From, To, Call-ID or CSeq cannot be answered: it is dropped here.
+            _ = (req.from_, req.to, req.call_id, req.cseq)
+        except SipProtocolError as exc:
+            log.warning("SIP request from %s dropped: %s", peer, exc)
+            return
+        self._purge_server_transactions()
+        existing = self._pending_transactions.get(key) or self._completed_transactions.get(key)
+        if req.method == "ACK":
+            if existing is not None and (existing.response is None or existing.response.status >= 300):
+                return  # the ACK of a non-2xx final response: ends the INVITE server transaction
+            if len(self._tasks) >= self._limits.max_server_transactions:
+                log.warning("SIP ACK from %s dropped: %d handlers running", peer, len(self._tasks))
+                return
+            self._spawn(self._run_handler(req, peer, None))  # a 2xx's ACK belongs to the dialog
+            return
+        if existing is not None:
+            if existing.response is not None:
+                self._safe_send(existing.response.to_bytes(), peer)
+            elif req.method == "INVITE":
+                self._safe_send(response_to(req, 100).to_bytes(), peer)
+            return  # still being handled: absorbed
+        if self.open_server_transactions >= self._limits.max_server_transactions:
+            log.warning(
+                "SIP %s from %s refused: %d transactions open",
+                req.method,
+                peer,
+                self.open_server_transactions,
+            )
+            self._safe_send(response_to(req, 503).to_bytes(), peer)
+            return
+        tx = _ServerTransaction()
+        self._pending_transactions[key] = tx
+        if req.method == "INVITE":
+            self._safe_send(response_to(req, 100).to_bytes(), peer)
+        self._spawn(self._run_handler(req, peer, (key, tx)))
+
+    async def _run_handler(
+        self, req: SipRequest, peer: Peer, transaction: tuple[tuple[str, ...], _ServerTransaction] | None
+    ) -> None:
+        try:
+            response = await self._answer(req, peer)
+        finally:
+            if transaction is not None:  # whatever happened, the slot is given back
+                self._pending_transactions.pop(transaction[0], None)
+        if transaction is None:
+            return
+        key, tx = transaction
+        if response is None:
+            return
+        tx.response = response
+        tx.expires_at = self._clock() + self._timers.transaction_timeout_s
+        self._completed_transactions[key] = tx
+        self._safe_send(response.to_bytes(), peer)
+
+    async def _answer(self, req: SipRequest, peer: Peer) -> SipResponse | None:
+        handler = self._handler_for(req)
+        if handler is None:
+            return response_to(req, 481)
+        try:
+            return await asyncio.wait_for(handler(req, peer), self._limits.handler_timeout_s)
+        except SipProtocolError as exc:
+            log.warning("SIP %s from %s is malformed: %s", req.method, peer, exc)
+            reason = f"Bad Request ({exc})"[:120].replace("\r", " ").replace("\n", " ")
+            return response_to(req, exc.status or 400, reason=reason)
+        except TimeoutError:
+            log.error("SIP %s handler for a request from %s did not answer in time", req.method, peer)
+            return response_to(req, 500, reason="Server Internal Error (handler timeout)")
+        except Exception:
+            log.exception("SIP %s handler failed for a request from %s", req.method, peer)
+            return response_to(req, 500)
+
+    def _safe_send(self, data: bytes, peer: Peer) -> None:
+        try:
+            self._send(data, peer)
+        except (SipTransportError, OSError) as exc:
+            log.warning("SIP send to %s failed: %s", peer, exc)
+
+    def _on_datagram(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        peer = Peer(Transport.UDP, str(addr[0]), int(addr[1]))
+        try:
+            message = parse_datagram(data, self._limits.sip)
+        except SipProtocolError as exc:
+            log.warning("SIP datagram from %s refused: %s", peer, exc)
+            self._answer_unreadable(data, exc, peer)
+            return
+        if message is not None:
+            self._on_message(message, peer)
+
+    def _answer_unreadable(self, data: bytes, exc: SipProtocolError, peer: Peer) -> None:
+        """Answer a request whose body was refused, when its headers allow an answer."""
+        head = request_head(data, self._limits.sip) if exc.status is not None else None
+        if head is None or head.method == "ACK":
+            return
+        try:
+            reason = f"{REASON_PHRASES.get(exc.status or 400, 'Bad Request')} ({exc})"[:160]
+            answer = response_to(_stamp_via(head, peer), exc.status or 400, reason=reason)
+        except SipProtocolError:
+            return
+        self._safe_send(answer.to_bytes(), peer)
+
+    # ------------------------------------------------------------------------------------------ TCP
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = writer.get_extra_info("peername")
+        peer = Peer(Transport.TCP, str(address[0]), int(address[1]))
+        if self._closed or len(self._connections) >= self._limits.max_tcp_connections:
+            log.warning("SIP TCP connection from %s refused: %d open", peer, len(self._connections))
+            writer.close()
+            return
+        connection = self._adopt(reader, writer, peer)
+        assert connection.task is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await connection.task
+
+    def _adopt(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> _Connection:
+        connection = _Connection(reader, writer, peer, self._limits.max_tcp_unsent_bytes)
+        previous = self._connections.get((peer.host, peer.port))
+        if previous is not None:
+            previous.writer.close()
+        self._connections[(peer.host, peer.port)] = connection
+        connection.task = asyncio.ensure_future(self._read_connection(connection))
+        return connection
+
+    async def _read_connection(self, connection: _Connection) -> None:
+        parser = SipStreamParser(self._limits.sip)
+        peer = connection.peer
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(
+                        connection.reader.read(65536), self._limits.tcp_idle_timeout_s
+                    )
+                except TimeoutError:
+                    log.info("SIP TCP connection from %s idle, closed", peer)
+                    return
+                if not data:
+                    return
+                pings = parser.pings
+                try:
+                    messages = parser.feed(data)
+                except SipProtocolError as exc:
+                    log.warning("SIP TCP stream from %s closed: %s", peer, exc)
+                    return
+                for _ in range(parser.pings - pings):
+                    self._safe_send(b"\r\n", peer)  # RFC 5626 pong
+                for message in messages:
+                    if connection.writer.is_closing():
+                        return  # aborted (it does not read): the rest of what it sent is not answered
+                    self._on_message(message, peer)
+        except (ConnectionError, OSError) as exc:
+            log.info("SIP TCP connection from %s lost: %s", peer, exc)
+        finally:
+            if self._connections.get((peer.host, peer.port)) is connection:
+                del self._connections[(peer.host, peer.port)]
+            connection.writer.close()
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, transport: SipTransport) -> None:
+        self._sip = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._sip._on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.info("SIP UDP error: %s", exc)
