@@ -347,7 +347,7 @@ class _NalFramer(_EsFramer):
         self._timestamps.clear()
 
     def _classify(self, header: int) -> tuple[bool, bool, bool] | None:
-        """(begins an access unit, ends the picture run / is a picture, is a key picture) for the NAL unit
+        """(may begin an access unit, is a slice of a picture, is a key picture's slice) for the NAL unit
         whose header starts at `header`; None until enough bytes are there."""
         buffer = self._buffer
         need = 3 if self._h265 else 2
@@ -459,6 +459,12 @@ class PsDemuxer:
         self.stats = PsStats()
         self.stream_map: StreamMap | None = None
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Input bytes held until they complete a structure (at most one PES and its lookahead, or one
+        unbounded video PES up to `max_frame_bytes`)."""
+        return len(self._buffer)
+
     def feed(self, data: bytes | bytearray) -> list[PsEvent]:
         if self._finished:
             raise PsError("fed after flush()")
@@ -472,7 +478,13 @@ class PsDemuxer:
         """The transport lost bytes here (an RTP gap): frames in progress are dropped and the next bytes
         are read from the next pack header on."""
         events: list[PsEvent] = []
+        # What came before the gap is good up to the last whole structure: take it without waiting to see
+        # what follows (what follows is the gap), then drop what is in progress.
+        self._run(events, final=True)
+        was_synced = self._synced
         self._lose_sync(reason, self._offset, events)
+        if not was_synced:
+            self._pending_dropped += sum(framer.reset() for framer in self._framers.values())
         self._run(events, final=False)
         return events
 
@@ -666,3 +678,109 @@ class PsDemuxer:
             if framer is not None and framer.codec is not info.codec:
                 events += framer.flush()
                 del self._framers[info.stream_id]
+
+
+# -- the GB/T 28181 layout, written (for the device simulator and tests) -----------------------------------
+
+
+def crc32_mpeg2(data: bytes) -> int:
+    """CRC-32/MPEG-2 (polynomial 0x04C11DB7, not reflected, initial 0xFFFFFFFF, no final xor): the PSM's."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def pack_header(scr: int, *, mux_rate: int = 6106, stuffing: int = 0) -> bytes:
+    """An MPEG-2 pack header: SCR (90 kHz base, extension 0), program_mux_rate in units of 50 bytes/s."""
+    if not 0 <= stuffing <= 7:
+        raise PsError(f"{stuffing} stuffing bytes, at most 7")
+    scr &= (1 << 33) - 1
+    return START_CODE + bytes([
+        PACK_START,
+        0x44 | ((scr >> 27) & 0x38) | ((scr >> 28) & 0x03),
+        (scr >> 20) & 0xFF,
+        ((scr >> 12) & 0xF8) | 0x04 | ((scr >> 13) & 0x03),
+        (scr >> 5) & 0xFF,
+        ((scr << 3) & 0xF8) | 0x04,
+        0x01,
+        (mux_rate >> 14) & 0xFF,
+        (mux_rate >> 6) & 0xFF,
+        ((mux_rate << 2) & 0xFC) | 0x03,
+        0xF8 | stuffing,
+    ]) + b"\xff" * stuffing
+
+
+def system_header(stream_ids: tuple[int, ...], *, rate_bound: int = 6106) -> bytes:
+    """A system header listing `stream_ids` (buffer bounds as GB devices write them)."""
+    body = bytearray([
+        0x80 | ((rate_bound >> 15) & 0x7F), (rate_bound >> 7) & 0xFF, ((rate_bound << 1) & 0xFE) | 1,
+        (sum(map(is_audio, stream_ids)) << 2) & 0xFC,  # audio_bound, fixed 0, CSPS 0
+        0xE0 | sum(map(is_video, stream_ids)),  # audio lock, video lock, marker, video_bound
+        0x7F,
+    ])
+    for stream_id in stream_ids:
+        video = is_video(stream_id)  # P-STD buffer bound: video 128 KiB (scale 1024), audio 4 KiB (scale 128)
+        body += bytes([stream_id, 0xE0 if video else 0xC0, 0x80 if video else 0x20])
+    return START_CODE + bytes([SYSTEM_HEADER]) + len(body).to_bytes(2, "big") + bytes(body)
+
+
+def program_stream_map(streams: tuple[tuple[int, int], ...], *, version: int = 0) -> bytes:
+    """A PSM for (stream_id, stream_type) pairs, with its CRC."""
+    entries = b"".join(bytes([stream_type, stream_id, 0, 0]) for stream_id, stream_type in streams)
+    body = bytes([0xE0 | (version & 0x1F), 0xFF, 0, 0]) + len(entries).to_bytes(2, "big") + entries
+    length = len(body) + 4
+    head = START_CODE + bytes([PROGRAM_STREAM_MAP]) + length.to_bytes(2, "big") + body
+    return head + crc32_mpeg2(head).to_bytes(4, "big")
+
+
+MAX_PES_PAYLOAD = 0xFFFF - 3 - 10  # what fits one PES after the MPEG-2 header with PTS and DTS
+
+
+def pes_packets(stream_id: int, payload: bytes, *, pts: int | None, dts: int | None = None) -> bytes:
+    """`payload` as MPEG-2 PES packets of at most 64 KiB: the first carries the timestamps."""
+    out = bytearray()
+    first = True
+    at = 0
+    while first or at < len(payload):
+        if first and pts is not None:
+            flags, fields = (0xC0, encode_timestamp(3, pts) + encode_timestamp(1, dts)) if dts is not None \
+                else (0x80, encode_timestamp(2, pts))
+        else:
+            flags, fields = 0x00, b""
+        chunk = payload[at:at + MAX_PES_PAYLOAD]
+        at += len(chunk)
+        length = 3 + len(fields) + len(chunk)
+        out += START_CODE + bytes([stream_id]) + length.to_bytes(2, "big")
+        out += bytes([0x80, flags, len(fields)]) + fields + chunk
+        first = False
+    return bytes(out)
+
+
+class PsMuxer:
+    """Writes GB/T 28181 Annex C.1 program streams: one pack per video frame, system header and PSM in each
+    key frame's pack, video PES 0xE0, audio PES 0xC0 in packs of their own. What the device simulator
+    sends; ffmpeg reads it back (tests/gb28181/test_ps.py)."""
+
+    VIDEO_ID = 0xE0
+    AUDIO_ID = 0xC0
+
+    def __init__(self, video: Codec = Codec.H264, audio: Codec | None = None) -> None:
+        if video not in CODEC_STREAM_TYPES or (audio is not None and audio not in CODEC_STREAM_TYPES):
+            raise PsError("no PSM stream type for that codec")
+        self._streams: tuple[tuple[int, int], ...] = ((self.VIDEO_ID, CODEC_STREAM_TYPES[video]),)
+        if audio is not None:
+            self._streams += ((self.AUDIO_ID, CODEC_STREAM_TYPES[audio]),)
+
+    def video_frame(self, data: bytes, pts: int, *, key: bool, dts: int | None = None) -> bytes:
+        head = pack_header(dts if dts is not None else pts)
+        if key:
+            head += system_header(tuple(s for s, _ in self._streams)) + program_stream_map(self._streams)
+        return head + pes_packets(self.VIDEO_ID, data, pts=pts, dts=dts)
+
+    def audio_frame(self, data: bytes, pts: int) -> bytes:
+        if len(self._streams) < 2:
+            raise PsError("this muxer has no audio stream")
+        return pack_header(pts) + pes_packets(self.AUDIO_ID, data, pts=pts)
