@@ -27,7 +27,7 @@ from drivers.gb28181.ps import (
     encode_timestamp,
     parse_timestamp,
 )
-from tests.prerequisites import requires
+from tests.prerequisites import require, requires
 
 HAVE_FFMPEG = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
 needs_ffmpeg = requires(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
@@ -49,8 +49,7 @@ class Media:
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> Media:
-    if not HAVE_FFMPEG:
-        pytest.skip("needs ffmpeg")  # the tests that use it carry the `requires` mark (fail under CI)
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
     folder = tmp_path_factory.mktemp("ps-media")
     source = ["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "4"]
     x264 = ["-c:v", "libx264", "-g", "25", "-bf", "0", "-pix_fmt", "yuv420p"]
