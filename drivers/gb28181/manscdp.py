@@ -270,6 +270,9 @@ def decode_body(body: bytes, *, charset_override: str | None = None) -> tuple[st
     """The body's text and the codec used: the declared charset unless the caller overrides it for a device
     known to declare one thing and send another; a body that fails its codec is tried with the other one
     (a device that declares GB2312 and sends UTF-8, or the reverse)."""
+    if body.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows-built devices)
+        body = body[3:]
+        charset_override = charset_override or "UTF-8"
     declaration = _DECLARATION_RE.match(body)
     declared = None
     if declaration is not None:

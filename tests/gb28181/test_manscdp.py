@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 from datetime import datetime
 
 import pytest
@@ -160,6 +161,11 @@ def test_a_body_declared_gb2312_but_sent_in_utf8_and_a_per_device_override() -> 
         parse_message(utf8, charset_override="EBCDIC")
 
 
+def test_a_utf8_byte_order_mark_is_tolerated() -> None:
+    body = b"\xef\xbb\xbf" + KEEPALIVE_J12.replace(b'version="1.0"', b'version="1.0" encoding="UTF-8"')
+    assert parse_message(body).payload == Keepalive(status="OK")
+
+
 def test_a_bare_ampersand_is_text_and_no_entity_is_expanded() -> None:
     body = KEEPALIVE_J12.replace(b"<Status>OK</Status>", b"<Status>A&B &nbsp; &amp; &#65;</Status>")
     payload = parse_message(body).payload
@@ -181,8 +187,12 @@ def test_a_bare_ampersand_is_text_and_no_entity_is_expanded() -> None:
     b"<Notify><CmdType>Keepalive</CmdType><SN>1</SN><DeviceID>1</DeviceID></Notify>",
 ])
 def test_doctype_entities_and_external_references_are_refused(hostile: bytes) -> None:
-    with pytest.raises(ManscdpError):
+    with pytest.raises(ManscdpError, match="DOCTYPE"):
         parse_message(hostile)
+    # Control: the same message without its DOCTYPE and entity references parses.
+    plain = re.sub(rb"<!\s*(?i:doctype)[^\[>]*(\[.*?\])?\s*>", b"", hostile)
+    plain = re.sub(rb"&\w+;", b"64010000001110000001", plain)
+    assert parse_message(plain).cmd_type == "Keepalive"
 
 
 def test_the_parser_itself_forbids_a_dtd_when_the_textual_check_is_passed() -> None:
@@ -192,7 +202,7 @@ def test_the_parser_itself_forbids_a_dtd_when_the_textual_check_is_passed() -> N
                b"<Notify><CmdType>Keepalive</CmdType><SN>1</SN><DeviceID>&x;</DeviceID></Notify>")
     original = manscdp._DOCTYPE_RE
     try:
-        manscdp._DOCTYPE_RE = __import__("re").compile("(?!x)x")  # a pattern that never matches
+        manscdp._DOCTYPE_RE = re.compile("(?!x)x")  # a pattern that never matches
         with pytest.raises(ManscdpError, match="refused XML construct"):
             parse_message(hostile)
     finally:
