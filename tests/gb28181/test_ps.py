@@ -373,3 +373,17 @@ def test_random_bytes_only_give_events(data: bytes) -> None:
     demuxer = PsDemuxer(max_frame_bytes=4096)
     events = demuxer.feed(data) + demuxer.flush()
     assert all(isinstance(e, EsFrame | StreamMap | Resync | FrameDropped) for e in events)
+
+
+def test_joining_a_live_stream_mid_pack_starts_at_the_next_pack() -> None:
+    muxer = PsMuxer(Codec.H264)
+    units = [b"\x00\x00\x00\x01" + (b"\x65\x88" if i == 0 else b"\x41\x9a") + bytes([i + 1]) * 500
+             for i in range(4)]
+    packs = [muxer.video_frame(unit, i * FRAME_TICKS, key=i == 0) for i, unit in enumerate(units)]
+    events = _demux([b"".join(packs)[100:]])
+    (resync,) = [e for e in events if isinstance(e, Resync)]
+    assert resync == Resync(0, len(packs[0]) - 100, "the stream did not start with a pack header", 0)
+    assert [f.data for f in _frames(events)] == units[1:]
+    # Control: from the start, nothing is skipped and every frame comes.
+    whole = _demux([b"".join(packs)])
+    assert [f.data for f in _frames(whole)] == units and not [e for e in whole if isinstance(e, Resync)]
