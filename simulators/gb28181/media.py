@@ -177,7 +177,8 @@ class _AccessUnitReader:
 
     async def next(self) -> bytes | None:
         while True:
-            cut = self._buffer.find(self._aud, 1)
+            first = self._buffer.find(self._aud)
+            cut = self._buffer.find(self._aud, first + len(self._aud)) if first >= 0 else -1
             if cut > 0:
                 if self._buffer[cut - 1] == 0:
                     cut -= 1  # the 4-byte start code's leading zero belongs to the next unit

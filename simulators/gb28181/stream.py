@@ -212,7 +212,7 @@ class MediaSender:
 
     async def run(self, frames: AsyncIterator[MediaFrame]) -> SendStats:
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = 0.0
         first_time: int | None = None
         async for frame in frames:
             if self._stop_after_frames is not None and self.stats.frames >= self._stop_after_frames:
@@ -227,8 +227,8 @@ class MediaSender:
                 self.stats.audio_frames += 1
             else:
                 continue
-            if first_time is None:
-                first_time = frame.send_time
+            if first_time is None:  # the clock starts with the first frame, not with ffmpeg's start-up
+                first_time, started = frame.send_time, loop.time()
             if self._speed is not None:
                 due = started + (frame.send_time - first_time) / CLOCK_HZ / self._speed
                 delay = due - loop.time()

@@ -1,0 +1,475 @@
+"""The device simulator's media side: INVITE Download / Playback / Play over UDP, TCP passive and TCP
+active, received by the test's minimal platform and reassembled with drivers/gb28181/{framing,rtp,ps};
+the received PS has the frame count ffprobe reports for the source file (and ffmpeg reads it too);
+MediaStatus 121 ends a download in its dialog; each media fault shows on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from drivers.gb28181 import manscdp
+from drivers.gb28181.framing import StreamDeframer
+from drivers.gb28181.ps import EsFrame, PsDemuxer, is_video
+from drivers.gb28181.rtp import Delivered, Duplicate, Gap, ReorderBuffer, RtpPacket, parse_rtp
+from drivers.gb28181.sdp import (
+    MediaTransport,
+    SessionDescription,
+    SessionKind,
+    Setup,
+    build_sdp,
+    history_offer,
+    parse_sdp,
+    play_offer,
+)
+from drivers.gb28181.sip import Dialog, request
+from drivers.gb28181.sip_transport import SipTransport
+from simulators.gb28181.device import MediaSession, SimulatedDevice
+from simulators.gb28181.settings import parse_faults
+
+from ..prerequisites import require
+from .test_sim_device import (
+    CHANNEL_ID,
+    DEVICE_ID,
+    DOMAIN,
+    HAVE_FFMPEG,
+    PASSWORD,
+    PLATFORM_ID,
+    MiniPlatform,
+    run_device,
+    settings_for,
+    stop_device,
+)
+
+START = datetime(2026, 12, 5, 9, 0, 0)  # device-local (UTC+8)
+UNIX_START = int((START - timedelta(hours=8)).timestamp() - datetime(1970, 1, 1).timestamp())
+
+
+def make_clip(media_dir: Path, *, codec: str = "h264", audio: bool = False, seconds: float = 2.0,
+              rate: int = 25, name: str = "REC0001.mp4") -> Path:
+    """A source file as a recorder stores it, with its time range in a sidecar."""
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    media_dir.mkdir(parents=True, exist_ok=True)
+    path = media_dir / name
+    argv = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size=320x240:rate={rate}"]
+    if audio:
+        argv += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000"]
+    argv += ["-t", str(seconds), "-g", str(rate)]
+    argv += ["-c:v", "libx265", "-x265-params", "log-level=error"] if codec == "h265" else ["-c:v", "libx264"]
+    if audio:
+        argv += ["-c:a", "aac", "-shortest"]
+    subprocess.run([*argv, str(path)], check=True, timeout=120)
+    end = START + timedelta(seconds=seconds)
+    path.with_name(path.name + ".json").write_text(json.dumps({"start": START.isoformat(),
+                                                               "end": end.isoformat()}))
+    return path
+
+
+def ffprobe_frames(path: Path, *, input_format: str | None = None) -> tuple[str, int]:
+    argv = ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+            "stream=codec_name,nb_read_frames", "-of", "json"]
+    if input_format:
+        argv += ["-f", input_format]
+    out = subprocess.run([*argv, str(path)], check=True, capture_output=True, timeout=120).stdout
+    stream = json.loads(out)["streams"][0]
+    return stream["codec_name"], int(stream["nb_read_frames"])
+
+
+@dataclass
+class Receiver:
+    """The platform's media endpoint: collects RTP packets (as bytes, arrival order)."""
+
+    mode: str  # udp | tcp-passive | tcp-active
+    packets: list[bytes] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    port: int = 0
+    _udp: asyncio.DatagramTransport | None = None
+    _server: asyncio.Server | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def _got(self, packet: bytes) -> None:
+        self.packets.append(packet)
+        self.arrivals.append(asyncio.get_running_loop().time())
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.mode == "udp":
+            receiver = self
+
+            class Protocol(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: object) -> None:
+                    receiver._got(data)
+
+            self._udp, _ = await loop.create_datagram_endpoint(Protocol, local_addr=("127.0.0.1", 0))
+            self.port = self._udp.get_extra_info("sockname")[1]
+        elif self.mode == "tcp-passive":
+            self._server = await asyncio.start_server(self._read, "127.0.0.1", 0)
+            self.port = self._server.sockets[0].getsockname()[1]
+        else:
+            self.port = 9  # a=setup:active: we connect; the port in our offer is not listened on
+
+    async def connect(self, host: str, port: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        self._tasks.append(asyncio.ensure_future(self._read(reader, writer)))
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        deframer = StreamDeframer()
+        try:
+            while data := await reader.read(65536):
+                for frame in deframer.feed(data):
+                    self._got(frame.payload)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            self.closed.set()
+
+    async def idle(self, quiet_s: float = 0.3) -> None:
+        """UDP has no end: the platform's rule is an idle timeout after the last packet."""
+        count = -1
+        while count != len(self.packets):
+            count = len(self.packets)
+            await asyncio.sleep(quiet_s)
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass
+class Reassembled:
+    rtp: list[RtpPacket]
+    video_frames: int
+    audio_frames: int
+    gaps: list[Gap]
+    duplicates: int
+    ps: bytes
+
+
+def reassemble(packets: list[bytes]) -> Reassembled:
+    """Received RTP → in-order PS bytes (drivers/gb28181/rtp) → frames (drivers/gb28181/ps)."""
+    rtp = [parse_rtp(p) for p in packets]
+    buffer = ReorderBuffer(window=64)
+    demuxer = PsDemuxer()
+    events: list[object] = []
+    gaps: list[Gap] = []
+    duplicates = 0
+    ps = bytearray()
+
+    def take(reorder_events: list[object]) -> None:
+        nonlocal duplicates
+        for event in reorder_events:
+            if isinstance(event, Delivered):
+                ps.extend(event.packet.payload)
+                events.extend(demuxer.feed(event.packet.payload))
+            elif isinstance(event, Gap):
+                gaps.append(event)
+                events.extend(demuxer.discontinuity("rtp gap"))
+            elif isinstance(event, Duplicate):
+                duplicates += 1
+
+    for packet in rtp:
+        take(list(buffer.push(packet)))
+    take(list(buffer.flush()))
+    events.extend(demuxer.flush())
+    frames = [e for e in events if isinstance(e, EsFrame)]
+    return Reassembled(rtp=rtp, video_frames=sum(is_video(f.stream_id) for f in frames),
+                       audio_frames=sum(not is_video(f.stream_id) for f in frames), gaps=gaps,
+                       duplicates=duplicates, ps=bytes(ps))
+
+
+@dataclass
+class Call:
+    dialog: Dialog
+    answer: SessionDescription
+    offer: SessionDescription
+    receiver: Receiver
+
+
+class MediaPlatform(MiniPlatform):
+    async def invite(self, receiver: Receiver, *, kind: SessionKind = SessionKind.DOWNLOAD,
+                     seconds: float = 2.0, ssrc: int = 1100000001, speed: int | None = 8) -> Call:
+        assert self.transport is not None
+        tcp = receiver.mode != "udp"
+        setup = None if not tcp else Setup.PASSIVE if receiver.mode == "tcp-passive" else Setup.ACTIVE
+        transport = MediaTransport.TCP if tcp else MediaTransport.UDP
+        if kind is SessionKind.PLAY:
+            offer = play_offer(owner_id=PLATFORM_ID, address="127.0.0.1", port=receiver.port, ssrc=ssrc,
+                               transport=transport, setup=setup)
+        else:
+            offer = history_offer(kind, owner_id=PLATFORM_ID, channel_id=CHANNEL_ID, address="127.0.0.1",
+                                  port=receiver.port, ssrc=ssrc, start_time=UNIX_START,
+                                  stop_time=UNIX_START + int(seconds), transport=transport, setup=setup,
+                                  download_speed=speed if kind is SessionKind.DOWNLOAD else None)
+        peer = self.registered[DEVICE_ID]
+        invite = request("INVITE", f"sip:{CHANNEL_ID}@{peer.host}:{peer.port}", [
+            ("From", f"<sip:{PLATFORM_ID}@{DOMAIN}>;tag=inv{os.urandom(3).hex()}"),
+            ("To", f"<sip:{CHANNEL_ID}@{DOMAIN}>"), ("Call-ID", f"call-{os.urandom(6).hex()}"),
+            ("CSeq", "20 INVITE"), ("Contact", f"<sip:{PLATFORM_ID}@127.0.0.1:{self.port}>"),
+            ("Subject", f"{CHANNEL_ID}:{ssrc},{PLATFORM_ID}:0"), ("Max-Forwards", "70"),
+            ("Content-Type", "APPLICATION/SDP")], build_sdp(offer))
+        ok = await self.transport.request(invite, peer)
+        assert ok.status == 200, ok
+        dialog = Dialog.from_2xx(invite, ok)
+        self.transport.add_dialog(dialog.call_id, dialog.local_tag, self)
+        answer = parse_sdp(ok.body)
+        if receiver.mode == "tcp-active":
+            assert answer.video.setup is Setup.PASSIVE
+            await receiver.connect(answer.media_address() or "127.0.0.1", answer.video.port)
+        await self.transport.send_ack(dialog.ack(), peer)
+        return Call(dialog, answer, offer, receiver)
+
+    async def bye(self, call: Call) -> int:
+        assert self.transport is not None
+        call.dialog, bye = call.dialog.request("BYE")
+        response = await self.transport.request(bye, self.registered[DEVICE_ID])
+        return response.status
+
+    async def wait_121(self, call: Call) -> None:
+        while (await asyncio.wait_for(self.media_status.get(), 30)) != call.dialog.call_id:
+            pass
+
+
+@pytest.fixture
+async def platform() -> AsyncIterator[MediaPlatform]:
+    mini = MediaPlatform({DEVICE_ID: PASSWORD})
+    async with SipTransport(mini, host="127.0.0.1", port=0) as transport:
+        mini.transport = transport
+        yield mini
+
+
+async def start(platform: MediaPlatform, media_dir: Path, faults: list[str] | None = None,
+                **overrides: object) -> tuple[SimulatedDevice, asyncio.Task[None]]:
+    device = SimulatedDevice(settings_for(platform, media_dir=media_dir, keepalive_interval_s=3600,
+                                          faults=parse_faults(faults or []), **overrides))
+    task = await run_device(device)
+    await platform.wait_for(lambda: DEVICE_ID in platform.registered)
+    return device, task
+
+
+async def download(platform: MediaPlatform, mode: str, **invite: object) -> Call:
+    receiver = Receiver(mode)
+    await receiver.open()
+    return await platform.invite(receiver, **invite)  # type: ignore[arg-type]
+
+
+def session_of(device: SimulatedDevice, call: Call) -> MediaSession:
+    return device.sessions.get(call.dialog.call_id) or next(
+        s for s in device.finished_sessions if s.call_id == call.dialog.call_id)
+
+
+async def finished(device: SimulatedDevice, call: Call) -> None:
+    """The device's stream task for this call has ended (whatever it was going to send, it sent)."""
+    session = session_of(device, call)
+    while session.task is None:
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.shield(session.task), 60)
+
+
+@pytest.mark.parametrize(("mode", "codec", "audio"), [
+    ("udp", "h264", True), ("tcp-passive", "h265", False), ("tcp-active", "h264", False),
+])
+async def test_download_delivers_every_frame_and_ends_with_media_status_121(
+    platform: MediaPlatform, tmp_path: Path, mode: str, codec: str, audio: bool
+) -> None:
+    source = make_clip(tmp_path / "media", codec=codec, audio=audio)
+    source_codec, source_frames = ffprobe_frames(source)
+    device, task = await start(platform, tmp_path / "media")
+    call = await download(platform, mode, ssrc=1100000042)
+    assert call.answer.ssrc == 1100000042
+    assert call.answer.video.file_size_bytes == source.stat().st_size
+    await platform.wait_121(call)
+    if mode == "udp":
+        await call.receiver.idle()
+    else:
+        await asyncio.wait_for(call.receiver.closed.wait(), 30)  # the device closes after the last packet
+    assert await platform.bye(call) == 200
+    got = reassemble(call.receiver.packets)
+    assert {p.ssrc for p in got.rtp} == {1100000042} and {p.payload_type for p in got.rtp} == {96}
+    assert got.gaps == [] and got.duplicates == 0
+    assert got.video_frames == source_frames
+    if audio:
+        assert got.audio_frames > 0  # G.711A frames of 20 ms
+    # An independent reader of the same PS: ffmpeg's own MPEG-PS demuxer.
+    ps_path = tmp_path / "received.ps"
+    ps_path.write_bytes(got.ps)
+    assert ffprobe_frames(ps_path, input_format="mpeg") == (source_codec, source_frames)
+    (_, message), *_ = platform.in_dialog
+    assert message.cmd_type == "MediaStatus" and isinstance(message.payload, manscdp.MediaStatus)
+    assert message.payload.is_file_end and message.device_id == CHANNEL_ID
+    await stop_device(device, task)
+    await call.receiver.close()
+
+
+async def test_no_121_ends_the_stream_without_media_status(platform: MediaPlatform, tmp_path: Path) -> None:
+    make_clip(tmp_path / "media", seconds=1.0)
+    device, task = await start(platform, tmp_path / "media", ["no-121"])
+    call = await download(platform, "tcp-passive")
+    await asyncio.wait_for(call.receiver.closed.wait(), 30)
+    await finished(device, call)
+    assert platform.media_status.empty() and platform.in_dialog == []
+    assert reassemble(call.receiver.packets).video_frames == 25
+    assert await platform.bye(call) == 200
+    await stop_device(device, task)
+    await call.receiver.close()
+
+
+@pytest.mark.parametrize("fault", ["different-y", "missing-y", "ssrc-mismatch", None])
+async def test_ssrc_faults(platform: MediaPlatform, tmp_path: Path, fault: str | None) -> None:
+    make_clip(tmp_path / "media", seconds=0.5)
+    device, task = await start(platform, tmp_path / "media", [fault] if fault else [])
+    call = await download(platform, "udp", ssrc=1100000007)
+    await platform.wait_121(call)
+    await call.receiver.idle()
+    rtp_ssrcs = {parse_rtp(p).ssrc for p in call.receiver.packets}
+    if fault == "different-y":
+        assert call.answer.ssrc not in (None, 1100000007) and rtp_ssrcs == {call.answer.ssrc}
+    elif fault == "missing-y":
+        assert call.answer.ssrc_text is None and rtp_ssrcs == {1100000007}
+    elif fault == "ssrc-mismatch":
+        assert call.answer.ssrc == 1100000007 and len(rtp_ssrcs) == 1 and 1100000007 not in rtp_ssrcs
+    else:  # the control: y= as offered, RTP as answered
+        assert call.answer.ssrc == 1100000007 and rtp_ssrcs == {1100000007}
+    await platform.bye(call)
+    await stop_device(device, task)
+    await call.receiver.close()
+
+
+@pytest.mark.parametrize("mode", ["udp", "tcp-active"])
+async def test_loss_reorder_and_duplicate_show_as_gaps_swaps_and_repeats(
+    platform: MediaPlatform, tmp_path: Path, mode: str
+) -> None:
+    make_clip(tmp_path / "media", seconds=2.0)
+    device, task = await start(platform, tmp_path / "media", ["loss=0.05", "reorder=0.05", "duplicate=0.05"],
+                               seed=7, rtp_payload_bytes=400)
+    call = await download(platform, mode)
+    await platform.wait_121(call)
+    if mode == "udp":
+        await call.receiver.idle()
+    else:
+        await asyncio.wait_for(call.receiver.closed.wait(), 30)
+    stats = session_of(device, call).stats
+    assert stats.dropped and stats.reordered and stats.duplicated
+    got = reassemble(call.receiver.packets)
+    sequences = [p.sequence for p in got.rtp]
+    # Loss: exactly the dropped sequence numbers are missing, and the receiver reports them as gaps.
+    assert not set(stats.dropped) & set(sequences)
+    assert sum(gap.count for gap in got.gaps) == len(stats.dropped)
+    # Duplicates: each duplicated packet came twice.
+    assert got.duplicates == len(stats.duplicated)
+    assert all(sequences.count(s) == 2 for s in stats.duplicated)
+    # Reordering: each held packet came after a later one.
+    for held in stats.reordered:
+        position = sequences.index(held)
+        assert position > 0 and sequences[position - 1] != (held - 1) & 0xFFFF
+    assert got.video_frames < 50  # frames touched by loss are dropped, never delivered with holes
+    await platform.bye(call)
+    await stop_device(device, task)
+    await call.receiver.close()
+
+
+async def test_same_seed_same_faults(platform: MediaPlatform, tmp_path: Path) -> None:
+    make_clip(tmp_path / "media", seconds=1.0)
+    dropped = []
+    for _ in range(2):
+        device, task = await start(platform, tmp_path / "media", ["loss=0.1"], seed=3)
+        call = await download(platform, "tcp-passive")
+        await asyncio.wait_for(call.receiver.closed.wait(), 30)
+        await finished(device, call)
+        session = session_of(device, call)
+        dropped.append(len(session.stats.dropped))
+        await platform.bye(call)
+        await stop_device(device, task)
+        await call.receiver.close()
+    assert dropped[0] == dropped[1] > 0
+
+
+async def test_die_mid_stream_stops_halfway_without_121(platform: MediaPlatform, tmp_path: Path) -> None:
+    make_clip(tmp_path / "media", seconds=2.0)
+    device, task = await start(platform, tmp_path / "media", ["die-mid-stream"])
+    call = await download(platform, "tcp-passive")
+    await asyncio.wait_for(call.receiver.closed.wait(), 30)
+    await finished(device, call)
+    got = reassemble(call.receiver.packets)
+    assert 0 < got.video_frames <= 25  # of 50
+    assert platform.media_status.empty()
+    await platform.bye(call)
+    await stop_device(device, task)
+    await call.receiver.close()
+
+
+async def test_slow_ignores_the_download_speed(platform: MediaPlatform, tmp_path: Path) -> None:
+    make_clip(tmp_path / "media", seconds=0.6, rate=10)
+    device, task = await start(platform, tmp_path / "media", ["slow"])
+    call = await download(platform, "udp", speed=4)
+    assert call.offer.video.download_speed == 4
+    await platform.wait_121(call)
+    session = session_of(device, call)
+    assert session.speed == 0.25
+    arrivals = call.receiver.arrivals
+    # 6 frames 0.1 s apart at a quarter speed: at least 5 x 0.4 s between the first and the last packet
+    # (a lower bound only: a slow machine is slower, never faster).
+    assert arrivals[-1] - arrivals[0] >= 1.9
+    await platform.bye(call)
+    await stop_device(device, task)
+    await call.receiver.close()
+
+
+async def test_live_play_streams_until_bye(platform: MediaPlatform, tmp_path: Path) -> None:
+    make_clip(tmp_path / "media", seconds=0.4)  # shorter than what we watch: Play loops the file
+    device, task = await start(platform, tmp_path / "media")
+    receiver = Receiver("udp")
+    await receiver.open()
+    call = await platform.invite(receiver, kind=SessionKind.PLAY, ssrc=100000001)
+    while reassemble(list(receiver.packets)).video_frames < 15:
+        await asyncio.sleep(0.05)
+    assert await platform.bye(call) == 200
+    session = device.finished_sessions[-1]
+    assert session.kind is SessionKind.PLAY and session.end_reason == "BYE" and session.task is not None
+    assert session.task.done() and platform.media_status.empty()
+    got = reassemble(receiver.packets)
+    # More frames than the 0.4 s file holds, and timestamps that run on past its end: it looped.
+    assert got.video_frames > 10 and max(p.timestamp for p in got.rtp) > 0.4 * 90000
+    await stop_device(device, task)
+    await receiver.close()
+
+
+async def test_unknown_time_range_and_channel_are_refused(platform: MediaPlatform, tmp_path: Path) -> None:
+    make_clip(tmp_path / "media", seconds=0.5)
+    device, task = await start(platform, tmp_path / "media")
+    receiver = Receiver("udp")
+    await receiver.open()
+    offer = history_offer(SessionKind.DOWNLOAD, owner_id=PLATFORM_ID, channel_id=CHANNEL_ID,
+                          address="127.0.0.1", port=receiver.port, ssrc=1, start_time=UNIX_START - 86400,
+                          stop_time=UNIX_START - 86000)
+    assert platform.transport is not None
+    peer = platform.registered[DEVICE_ID]
+    for channel, expected in ((CHANNEL_ID, 404), ("34020000001310000999", 404)):
+        invite = request("INVITE", f"sip:{channel}@127.0.0.1:{peer.port}", [
+            ("From", f"<sip:{PLATFORM_ID}@{DOMAIN}>;tag=x"), ("To", f"<sip:{channel}@{DOMAIN}>"),
+            ("Call-ID", f"c-{os.urandom(4).hex()}"), ("CSeq", "1 INVITE"), ("Max-Forwards", "70"),
+            ("Content-Type", "APPLICATION/SDP")], build_sdp(offer))
+        response = await platform.transport.request(invite, peer)
+        assert response.status == expected
+    assert device.sessions == {} and receiver.packets == []
+    await stop_device(device, task)
+    await receiver.close()
+
+
+def test_ffmpeg_is_present_under_ci() -> None:
+    require(HAVE_FFMPEG and shutil.which("ffprobe") is not None, "needs ffmpeg and ffprobe")
