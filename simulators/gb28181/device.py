@@ -90,6 +90,7 @@ MANSCDP_CONTENT_TYPE = "Application/MANSCDP+xml"
 USER_AGENT = "evidence-edge gb28181 device simulator"
 ALLOW = "INVITE, ACK, CANCEL, BYE, MESSAGE, INFO, OPTIONS"
 SLOW_FACTOR = 0.25
+UNREGISTER_TIMEOUT_S = 4.0
 MAX_RECORD_ITEMS = 10_000
 Sleep = Callable[[float], Awaitable[None]]
 WallClock = Callable[[], datetime]
@@ -223,8 +224,9 @@ class SimulatedDevice:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         if self.registered.is_set() and self._transport is not None:
-            with contextlib.suppress(SipTransportError, SipProtocolError, DigestError, OSError):
-                status = await self._register(expires=0)
+            # Bounded: a device switched off does not wait out 32 s of retransmissions to a silent platform.
+            with contextlib.suppress(SipTransportError, SipProtocolError, DigestError, OSError, TimeoutError):
+                status = await asyncio.wait_for(self._register(expires=0), UNREGISTER_TIMEOUT_S)
                 self.log.unregistered = status == 200
         if self._transport is not None:
             await self._transport.close()
