@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -421,3 +423,46 @@ def test_fault_options_are_validated() -> None:
     settings = DeviceSettings(platform_host="h", platform_port=5060, platform_id=PLATFORM_ID,
                               device_id=DEVICE_ID, password="do-not-print-me")
     assert "do-not-print-me" not in repr(settings)
+
+
+# -- the command line ------------------------------------------------------------------------------------
+
+
+async def test_cli_registers_answers_and_unregisters_on_sigterm(
+    platform: MiniPlatform, tmp_path: Path
+) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD + "\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "simulators", "gb28181-device", "--platform", f"127.0.0.1:{platform.port}",
+        "--platform-id", PLATFORM_ID, "--device-id", DEVICE_ID, "--password-file", str(password_file),
+        "--keepalive-interval", "0.1", "--fault", "gb2312-name",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await platform.wait_for(lambda: "keepalive" in platform.events)
+        catalog = await platform.query(lambda sn: manscdp.build_catalog_query(sn, DEVICE_ID))
+        assert isinstance(catalog, AssembledAnswer) and catalog.items[0].name == "执法记录仪通道一"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
+    assert platform.events[-1] == "unregistered" and DEVICE_ID not in platform.registered
+    assert PASSWORD.encode() not in stderr  # the password is never logged
+
+
+@pytest.mark.parametrize(("args", "complaint"), [
+    (["--fault", "loss"], "loss needs a probability"),
+    (["--fault", "teleport"], "unknown fault 'teleport'"),
+    (["--device-id", "123"], "device_id must be 20 digits"),
+])
+def test_cli_refuses_bad_options_naming_them(tmp_path: Path, args: list[str], complaint: str) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD)
+    base = ["--platform", "127.0.0.1:5060", "--platform-id", PLATFORM_ID, "--device-id", DEVICE_ID,
+            "--password-file", str(password_file)]
+    result = subprocess.run([sys.executable, "-m", "simulators", "gb28181-device", *base, *args],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and complaint in result.stderr
