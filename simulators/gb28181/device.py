@@ -91,6 +91,7 @@ USER_AGENT = "evidence-edge gb28181 device simulator"
 ALLOW = "INVITE, ACK, CANCEL, BYE, MESSAGE, INFO, OPTIONS"
 SLOW_FACTOR = 0.25
 UNREGISTER_TIMEOUT_S = 4.0
+BYE_WAIT_S = 60.0
 MAX_RECORD_ITEMS = 10_000
 Sleep = Callable[[float], Awaitable[None]]
 WallClock = Callable[[], datetime]
@@ -171,6 +172,7 @@ class SimulatedDevice:
         self._register_cseq = 0
         self._register_tag = _tag()
         self._register_now = asyncio.Event()
+        self._granted_expires_s: int | None = None
         self._closing = False
         self._closed = asyncio.Event()
         self._started = asyncio.Event()
@@ -281,7 +283,8 @@ class SimulatedDevice:
             self._register_now.clear()
             if status == 200:
                 self.registered.set()
-                wait_s = max(1.0, s.register_expires_s * 0.8)  # refresh well before expiry
+                granted_s = self._granted_expires_s or s.register_expires_s
+                wait_s = max(1.0, granted_s * 0.8)  # refresh well before the expiry the platform granted
             else:
                 self.registered.clear()
                 wait_s = s.register_retry_s
@@ -333,6 +336,11 @@ class SimulatedDevice:
         if response.status == 200:
             if expires:
                 self.log.registrations += 1
+                try:
+                    granted = response.expires
+                except SipProtocolError:
+                    granted = None
+                self._granted_expires_s = granted if granted else None
             self.log.platform_date = response.headers.get("Date")
         else:
             self.log.refusals.append(response.status)
@@ -664,6 +672,16 @@ class SimulatedDevice:
         session.end_reason = "end of file"
         if session.kind is not SessionKind.PLAY and not s.has(Fault.NO_121):
             await self._send_media_status(session)
+        # The platform should now send BYE; one that never does must not hold a session slot for ever.
+        self._spawn(self._expire_after(session, BYE_WAIT_S))
+
+    async def _expire_after(self, session: MediaSession, wait_s: float) -> None:
+        try:
+            await asyncio.wait_for(session.ended.wait(), wait_s)
+        except TimeoutError:
+            log.warning("device %s: no BYE %g s after the end of %s", self.settings.device_id, wait_s,
+                        session.call_id)
+            await self._end_session(session, "no BYE after the end")
 
     async def _send_media_status(self, session: MediaSession) -> None:
         """MediaStatus 121 inside the INVITE dialog (GB/T 28181 9.9.2 m, J.14.17)."""

@@ -66,6 +66,7 @@ class MiniPlatform:
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     answer_parts: list[ManscdpMessage] = field(default_factory=list)
     forget_keepalives: bool = False
+    grant_expires_s: int | None = None  # what the 200 grants; None: what the device asked
     sn: int = 100
 
     def __post_init__(self) -> None:
@@ -118,7 +119,8 @@ class MiniPlatform:
         else:
             self.registered[device] = peer
             await self._note(f"registered {peer.port}")
-        return response_to(req, 200, to_tag="p", headers=[("Expires", str(req.expires or 3600)),
+        granted = self.grant_expires_s or req.expires or 3600
+        return response_to(req, 200, to_tag="p", headers=[("Expires", str(granted)),
                                                           ("Date", "2026-12-05T12:00:00.000")])
 
     async def _message(self, req: SipRequest, peer: Peer) -> SipResponse:
@@ -278,12 +280,13 @@ async def test_right_password_control_registers(platform: MiniPlatform) -> None:
 
 async def test_keepalive_cadence_and_reregistration_follow_the_clock_seam(platform: MiniPlatform) -> None:
     clock = SteppedClock()
+    platform.grant_expires_s = 300  # less than asked: the platform's word counts
     device = SimulatedDevice(settings_for(platform, keepalive_interval_s=45.0, register_expires_s=600),
                              sleep=clock.sleep)
     task = await run_device(device)
     asked = sorted([(await clock.next_sleep()), (await clock.next_sleep())], key=lambda r: r[0])
     (keepalive_s, keepalive_go), (refresh_s, refresh_go) = asked
-    assert keepalive_s == 45.0 and 0 < refresh_s < 600  # re-register before the registration expires
+    assert keepalive_s == 45.0 and refresh_s == 240  # re-registers at 80 % of the granted 300 s
     assert platform.keepalives == []  # nothing is sent before its time has come
     for expected in (1, 2, 3):
         keepalive_go.set()
@@ -466,3 +469,21 @@ def test_cli_refuses_bad_options_naming_them(tmp_path: Path, args: list[str], co
     result = subprocess.run([sys.executable, "-m", "simulators", "gb28181-device", *base, *args],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and complaint in result.stderr
+
+
+async def test_unreadable_query_gets_400_and_the_device_keeps_answering(platform: MiniPlatform) -> None:
+    device = SimulatedDevice(settings_for(platform, keepalive_interval_s=3600))
+    task = await run_device(device)
+    await platform.wait_for(lambda: DEVICE_ID in platform.registered)
+    assert platform.transport is not None
+    for body in (b"<Query><CmdType>Catalog</CmdType><SN>x</SN>", b"<!DOCTYPE x [<!ENTITY a 'b'>]><Query/>",
+                 b"\xff\xfe not xml"):
+        req = request("MESSAGE", f"sip:{DEVICE_ID}@{DOMAIN}", [
+            ("From", f"<sip:{PLATFORM_ID}@{DOMAIN}>;tag=bad"), ("To", f"<sip:{DEVICE_ID}@{DOMAIN}>"),
+            ("Call-ID", f"bad-{os.urandom(4).hex()}"), ("CSeq", "1 MESSAGE"), ("Max-Forwards", "70"),
+            ("Content-Type", "Application/MANSCDP+xml")], body)
+        response = await platform.transport.request(req, platform.registered[DEVICE_ID])
+        assert response.status == 400
+    info = await platform.query(lambda sn: manscdp.build_device_info_query(sn, DEVICE_ID))
+    assert isinstance(info, ManscdpMessage) and info.cmd_type == "DeviceInfo"
+    await stop_device(device, task)

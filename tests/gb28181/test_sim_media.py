@@ -34,7 +34,7 @@ from drivers.gb28181.sdp import (
 from drivers.gb28181.sip import Dialog, request
 from drivers.gb28181.sip_transport import SipTransport
 from simulators.gb28181.device import MediaSession, SimulatedDevice
-from simulators.gb28181.settings import parse_faults
+from simulators.gb28181.settings import SipTransportKind, parse_faults
 
 from ..prerequisites import require
 from .test_sim_device import (
@@ -281,15 +281,16 @@ async def finished(device: SimulatedDevice, call: Call) -> None:
     await asyncio.wait_for(asyncio.shield(session.task), 60)
 
 
-@pytest.mark.parametrize(("mode", "codec", "audio"), [
-    ("udp", "h264", True), ("tcp-passive", "h265", False), ("tcp-active", "h264", False),
+@pytest.mark.parametrize(("mode", "codec", "audio", "sip"), [
+    ("udp", "h264", True, "udp"), ("tcp-passive", "h265", False, "udp"), ("tcp-active", "h264", False, "udp"),
+    ("tcp-passive", "h264", True, "tcp"),
 ])
 async def test_download_delivers_every_frame_and_ends_with_media_status_121(
-    platform: MediaPlatform, tmp_path: Path, mode: str, codec: str, audio: bool
+    platform: MediaPlatform, tmp_path: Path, mode: str, codec: str, audio: bool, sip: str
 ) -> None:
     source = make_clip(tmp_path / "media", codec=codec, audio=audio)
     source_codec, source_frames = ffprobe_frames(source)
-    device, task = await start(platform, tmp_path / "media")
+    device, task = await start(platform, tmp_path / "media", transport=SipTransportKind(sip))
     call = await download(platform, mode, ssrc=1100000042)
     assert call.answer.ssrc == 1100000042
     assert call.answer.video.file_size_bytes == source.stat().st_size
@@ -449,7 +450,9 @@ async def test_live_play_streams_until_bye(platform: MediaPlatform, tmp_path: Pa
     await receiver.close()
 
 
-async def test_unknown_time_range_and_channel_are_refused(platform: MediaPlatform, tmp_path: Path) -> None:
+async def test_unknown_time_range_channel_and_bad_sdp_are_refused(
+    platform: MediaPlatform, tmp_path: Path
+) -> None:
     make_clip(tmp_path / "media", seconds=0.5)
     device, task = await start(platform, tmp_path / "media")
     receiver = Receiver("udp")
@@ -459,11 +462,13 @@ async def test_unknown_time_range_and_channel_are_refused(platform: MediaPlatfor
                           stop_time=UNIX_START - 86000)
     assert platform.transport is not None
     peer = platform.registered[DEVICE_ID]
-    for channel, expected in ((CHANNEL_ID, 404), ("34020000001310000999", 404)):
+    cases = ((CHANNEL_ID, build_sdp(offer), 404), ("34020000001310000999", build_sdp(offer), 404),
+             (CHANNEL_ID, b"v=0\r\nm=video 99999 RTP/AVP 96\r\n", 488), (CHANNEL_ID, b"\x00garbage", 488))
+    for channel, body, expected in cases:
         invite = request("INVITE", f"sip:{channel}@127.0.0.1:{peer.port}", [
             ("From", f"<sip:{PLATFORM_ID}@{DOMAIN}>;tag=x"), ("To", f"<sip:{channel}@{DOMAIN}>"),
             ("Call-ID", f"c-{os.urandom(4).hex()}"), ("CSeq", "1 INVITE"), ("Max-Forwards", "70"),
-            ("Content-Type", "APPLICATION/SDP")], build_sdp(offer))
+            ("Content-Type", "APPLICATION/SDP")], body)
         response = await platform.transport.request(invite, peer)
         assert response.status == expected
     assert device.sessions == {} and receiver.packets == []
@@ -473,3 +478,21 @@ async def test_unknown_time_range_and_channel_are_refused(platform: MediaPlatfor
 
 def test_ffmpeg_is_present_under_ci() -> None:
     require(HAVE_FFMPEG and shutil.which("ffprobe") is not None, "needs ffmpeg and ffprobe")
+
+
+async def test_playback_runs_in_real_time_and_ends_with_121(platform: MediaPlatform, tmp_path: Path) -> None:
+    source = make_clip(tmp_path / "media", seconds=0.8, rate=10)
+    _, source_frames = ffprobe_frames(source)
+    device, task = await start(platform, tmp_path / "media")
+    receiver = Receiver("tcp-active")
+    await receiver.open()
+    call = await platform.invite(receiver, kind=SessionKind.PLAYBACK, seconds=0.8)
+    assert call.offer.video.download_speed is None and session_of(device, call).speed == 1.0
+    await platform.wait_121(call)
+    await asyncio.wait_for(receiver.closed.wait(), 30)
+    assert reassemble(receiver.packets).video_frames == source_frames
+    # 8 frames 0.1 s apart at real time: at least 0.7 s from the first packet to the last (lower bound).
+    assert receiver.arrivals[-1] - receiver.arrivals[0] >= 0.65
+    assert await platform.bye(call) == 200
+    await stop_device(device, task)
+    await receiver.close()
