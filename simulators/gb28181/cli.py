@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--domain", help="SIP domain (default: the platform id's first 10 digits)")
     parser.add_argument("--bind", default="127.0.0.1", help="local address for SIP and media")
     parser.add_argument("--sip-port", type=int, default=0, help="local SIP port (default: any free)")
+    parser.add_argument("--contact-host", help="address put in Via and Contact (e.g. a 4G private address)")
+    parser.add_argument("--media-host", help="address put in SDP answers (default: --bind)")
+    parser.add_argument("--ignore-date", action="store_true",
+                        help="do not set the clock from the REGISTER 200's Date header")
     parser.add_argument("--expires", type=int, default=3600, help="REGISTER Expires in seconds")
     parser.add_argument("--keepalive-interval", type=float, default=60.0, help="seconds between keepalives")
     parser.add_argument("--register-retry", type=float, default=60.0, help="seconds before a retry")
@@ -86,7 +90,8 @@ def main(argv: list[str]) -> int:
             register_expires_s=args.expires, register_retry_s=args.register_retry,
             keepalive_interval_s=args.keepalive_interval, clock_offset_s=args.clock_offset,
             utc_offset_s=args.utc_offset, records_per_message=args.records_per_message,
-            live_file=args.live_file, seed=args.seed, faults=parse_faults(args.fault))
+            live_file=args.live_file, seed=args.seed, faults=parse_faults(args.fault),
+            contact_host=args.contact_host, media_host=args.media_host, accept_date=not args.ignore_date)
     except SettingsError as exc:
         parser.error(str(exc))
     if settings.media_dir is not None and not settings.media_dir.is_dir():

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -92,6 +93,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, MESSAGE, INFO, OPTIONS"
 SLOW_FACTOR = 0.25
 UNREGISTER_TIMEOUT_S = 4.0
 BYE_WAIT_S = 60.0
+LOG_ENTRIES = 1000
 MAX_RECORD_ITEMS = 10_000
 Sleep = Callable[[float], Awaitable[None]]
 WallClock = Callable[[], datetime]
@@ -137,19 +139,24 @@ class MediaSession:
         return self.sender.stats
 
 
+def _recent() -> deque[Any]:
+    return deque(maxlen=LOG_ENTRIES)
+
+
 @dataclass
 class DeviceLog:
-    """What the device did, for tests and the CLI's summary."""
+    """What the device did, for tests and the CLI's summary (the lists keep the last LOG_ENTRIES)."""
 
     register_attempts: int = 0
     registrations: int = 0
-    refusals: list[int] = field(default_factory=list)  # final non-2xx statuses to REGISTER
+    refusals: deque[int] = field(default_factory=_recent)  # final non-2xx statuses to REGISTER
     unregistered: bool = False
     keepalives_sent: int = 0
-    keepalive_statuses: list[int] = field(default_factory=list)
-    queries_answered: list[str] = field(default_factory=list)
+    keepalive_statuses: deque[int] = field(default_factory=_recent)
+    queries_answered: deque[str] = field(default_factory=_recent)
     sip_ports: list[int] = field(default_factory=list)  # every local SIP port used (nat-rebind adds one)
     platform_date: str | None = None  # the Date header of the last REGISTER 200, if any
+    clock_set_from_date: bool = False
 
 
 class SimulatedDevice:
@@ -173,13 +180,14 @@ class SimulatedDevice:
         self._register_tag = _tag()
         self._register_now = asyncio.Event()
         self._granted_expires_s: int | None = None
+        self._clock_offset_s = settings.clock_offset_s
         self._closing = False
         self._closed = asyncio.Event()
         self._started = asyncio.Event()
         self._rebound = False
         self.registered = asyncio.Event()
         self.sessions: dict[str, MediaSession] = {}
-        self.finished_sessions: list[MediaSession] = []
+        self.finished_sessions: deque[MediaSession] = deque(maxlen=LOG_ENTRIES)
         self.session_started = asyncio.Event()
         self.log = DeviceLog()
 
@@ -256,7 +264,8 @@ class SimulatedDevice:
 
     async def _open_transport(self) -> SipTransport:
         transport = SipTransport(self._handle, host=self.settings.bind_host, port=self.settings.sip_port
-                                 if not self.log.sip_ports else 0, timers=self._timers)
+                                 if not self.log.sip_ports else 0, timers=self._timers,
+                                 advertised_host=self.settings.contact_host)
         await transport.start()
         self.log.sip_ports.append(transport.port)
         return transport
@@ -267,8 +276,18 @@ class SimulatedDevice:
         return Peer(kind, self.settings.platform_host, self.settings.platform_port)
 
     def _local_host(self) -> str:
+        """The address in Via and Contact: `contact_host` (a 4G device's private address) when set."""
         assert self._transport is not None
         return self._transport.local_host_for(self._platform)
+
+    def _media_host(self) -> str:
+        """The address in SDP answers: where the platform can reach the device's media port."""
+        s = self.settings
+        if s.media_host:
+            return s.media_host
+        if s.bind_host not in ("0.0.0.0", ""):
+            return s.bind_host
+        return self._local_host()
 
     # -- registration --------------------------------------------------------------------------------------
 
@@ -342,6 +361,8 @@ class SimulatedDevice:
                     granted = None
                 self._granted_expires_s = granted if granted else None
             self.log.platform_date = response.headers.get("Date")
+            if self.log.platform_date and s.accept_date:
+                self._set_clock_from(self.log.platform_date)
         else:
             self.log.refusals.append(response.status)
             log.warning("device %s: REGISTER answered %d", s.device_id, response.status)
@@ -477,10 +498,23 @@ class SimulatedDevice:
                 return
 
     def device_time(self) -> datetime:
-        """The device's clock: local time (UTC + utc_offset_s), off by clock_offset_s, no zone."""
-        s = self.settings
+        """The device's clock: local time (UTC + utc_offset_s), off by clock_offset_s until a REGISTER 200's
+        Date header set it, no zone."""
         now = self._wall_clock().astimezone(UTC).replace(tzinfo=None)
-        return now + timedelta(seconds=s.utc_offset_s + s.clock_offset_s)
+        return now + timedelta(seconds=self.settings.utc_offset_s + self._clock_offset_s)
+
+    def _set_clock_from(self, date_text: str) -> None:
+        """GB/T 28181 9.10.3: a device sets its clock from the Date of the REGISTER 200 (local time,
+        `yyyy-MM-ddTHH:mm:ss.SSS`), as real devices do whether or not the platform's clock is right."""
+        try:
+            platform_time = datetime.fromisoformat(date_text.strip()).replace(tzinfo=None)
+        except ValueError:
+            log.warning("device %s: Date %r is not GB/T 28181 time; clock kept", self.settings.device_id,
+                        date_text[:40])
+            return
+        now = self._wall_clock().astimezone(UTC).replace(tzinfo=None)
+        self._clock_offset_s = (platform_time - now).total_seconds() - self.settings.utc_offset_s
+        self.log.clock_set_from_date = True
 
     def _record_info_bodies(self, query: manscdp.ManscdpMessage, q: RecordInfoQuery) -> list[bytes]:
         s = self.settings
@@ -575,7 +609,7 @@ class SimulatedDevice:
             speed = float(media.download_speed or 1)
         if history and s.has(Fault.SLOW):
             speed = SLOW_FACTOR
-        media_host = s.media_host or self._local_host()
+        media_host = self._media_host()
         try:
             answer = answer_to(offer, owner_id=s.device_id, address=media_host, port=outlet.local_port,
                                ssrc=answered, file_size_bytes=recording.facts.size_bytes if recording and

@@ -96,7 +96,11 @@ class DeviceSettings:
     transport: SipTransportKind = SipTransportKind.UDP
     bind_host: str = "127.0.0.1"
     sip_port: int = 0  # 0: any free port
-    media_host: str | None = None  # address put in SDP answers; default: the SIP local address
+    media_host: str | None = None  # address put in SDP answers; default: the bind address
+    # The address put in Via and Contact. A 4G device behind carrier NAT puts its private address there
+    # (research notes section 2): a platform must answer to the source address, never to this.
+    contact_host: str | None = None
+    accept_date: bool = True  # set the clock from the REGISTER 200's Date header, as devices do
     register_expires_s: int = 3600
     register_retry_s: float = 60.0  # GB/T 28181 9.1.1: retries not more often than every 60 s
     keepalive_interval_s: float = 60.0

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from drivers.gb28181.framing import frame_rfc4571
@@ -162,9 +162,13 @@ class TcpListenOutlet(_TcpOutlet):
         await super().close(abort=abort)
 
 
+MAX_RECORDED_FAULTS = 100_000  # sequence numbers kept per fault list (a long live stream stays bounded)
+
+
 @dataclass
 class SendStats:
-    """What the sender did, by RTP sequence number (16-bit, as on the wire)."""
+    """What the sender did, by RTP sequence number (16-bit, as on the wire); the fault lists keep the
+    first MAX_RECORDED_FAULTS, the counters count them all."""
 
     packets_sent: int = 0  # datagrams/frames written, duplicates included
     frames: int = 0  # video access units muxed
@@ -174,6 +178,9 @@ class SendStats:
     duplicated: list[int] = field(default_factory=list)
     reordered: list[int] = field(default_factory=list)  # sent after their successor
     ssrcs: set[int] = field(default_factory=set)
+    dropped_count: int = 0
+    duplicated_count: int = 0
+    reordered_count: int = 0
     completed: bool = False  # every frame of the source was handed to the outlet
     died: bool = False
 
@@ -186,7 +193,9 @@ class PacketFaults:
     seed: int = 0
 
 
-Sleep = Callable[[float], Awaitable[None]]
+def _record(sequences: list[int], sequence: int) -> None:
+    if len(sequences) < MAX_RECORDED_FAULTS:
+        sequences.append(sequence)
 
 
 class MediaSender:
@@ -251,18 +260,22 @@ class MediaSender:
 
     async def _emit(self, sequence: int, packet: bytes, ps_bytes: int) -> None:
         faults = self._faults
+        stats = self.stats
         if faults.loss and self._random.random() < faults.loss:
-            self.stats.dropped.append(sequence)
+            stats.dropped_count += 1
+            _record(stats.dropped, sequence)
             return
         if faults.reorder and self._held is None and self._random.random() < faults.reorder:
             self._held = (sequence, packet)
-            self.stats.reordered.append(sequence)
+            stats.reordered_count += 1
+            _record(stats.reordered, sequence)
             self.stats.bytes_ps += ps_bytes
             return
         await self._write(packet)
         self.stats.bytes_ps += ps_bytes
         if faults.duplicate and self._random.random() < faults.duplicate:
-            self.stats.duplicated.append(sequence)
+            stats.duplicated_count += 1
+            _record(stats.duplicated, sequence)
             await self._write(packet)
         await self._flush_held()
 

@@ -66,6 +66,7 @@ class MiniPlatform:
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     answer_parts: list[ManscdpMessage] = field(default_factory=list)
     forget_keepalives: bool = False
+    contacts: list[str] = field(default_factory=list)
     grant_expires_s: int | None = None  # what the 200 grants; None: what the device asked
     sn: int = 100
 
@@ -118,6 +119,7 @@ class MiniPlatform:
             await self._note("unregistered")
         else:
             self.registered[device] = peer
+            self.contacts.append(req.headers.get("Contact") or "")
             await self._note(f"registered {peer.port}")
         granted = self.grant_expires_s or req.expires or 3600
         return response_to(req, 200, to_tag="p", headers=[("Expires", str(granted)),
@@ -262,7 +264,7 @@ async def test_wrong_password_is_refused_and_retried_later(platform: MiniPlatfor
     seconds, release = await clock.next_sleep()
     assert seconds == 60.0  # the retry waits as GB/T 28181 9.1.1 asks, it does not hammer the platform
     assert platform.events == ["challenged", "refused"]
-    assert platform.verdicts == [DigestVerdict.WRONG_RESPONSE] and device.log.refusals == [403]
+    assert platform.verdicts == [DigestVerdict.WRONG_RESPONSE] and list(device.log.refusals) == [403]
     assert DEVICE_ID not in platform.registered and not device.registered.is_set()
     release.set()
     await platform.wait_for(lambda: platform.events.count("refused") == 2)
@@ -341,7 +343,8 @@ async def test_without_nat_rebind_the_port_stays(platform: MiniPlatform) -> None
 
 async def test_catalog_device_info_and_device_status_are_answered(platform: MiniPlatform) -> None:
     wall = datetime(2026, 12, 5, 4, 0, 0, tzinfo=UTC)
-    device = SimulatedDevice(settings_for(platform, clock_offset_s=-90.0), wall_clock=lambda: wall)
+    device = SimulatedDevice(settings_for(platform, clock_offset_s=-90.0, accept_date=False),
+                             wall_clock=lambda: wall)
     task = await run_device(device)
     await platform.wait_for(lambda: DEVICE_ID in platform.registered)
     catalog = await platform.query(lambda sn: manscdp.build_catalog_query(sn, DEVICE_ID))
@@ -486,4 +489,30 @@ async def test_unreadable_query_gets_400_and_the_device_keeps_answering(platform
         assert response.status == 400
     info = await platform.query(lambda sn: manscdp.build_device_info_query(sn, DEVICE_ID))
     assert isinstance(info, ManscdpMessage) and info.cmd_type == "DeviceInfo"
+    await stop_device(device, task)
+
+
+async def test_date_of_the_register_200_sets_the_device_clock(platform: MiniPlatform) -> None:
+    wall = datetime(2026, 12, 5, 4, 0, 0, tzinfo=UTC)  # Beijing 12:00:00; the device is 1 h fast
+    device = SimulatedDevice(settings_for(platform, clock_offset_s=3600.0), wall_clock=lambda: wall)
+    assert device.device_time() == datetime(2026, 12, 5, 13, 0, 0)
+    task = await run_device(device)
+    await platform.wait_for(lambda: DEVICE_ID in platform.registered)
+    status = await platform.query(lambda sn: manscdp.build_device_status_query(sn, DEVICE_ID))
+    assert isinstance(status, ManscdpMessage) and isinstance(status.payload, DeviceStatusResponse)
+    # The platform's Date says 12:00:00.000 (MiniPlatform): the device took it, as real devices do.
+    assert status.payload.device_time == datetime(2026, 12, 5, 12, 0, 0) and device.log.clock_set_from_date
+    await stop_device(device, task)
+
+
+async def test_a_private_contact_address_is_only_advertised(platform: MiniPlatform) -> None:
+    """A 4G device names its carrier-private address in Via and Contact; it is reachable only at the
+    source address, so a platform that answered to the Contact would never reach it."""
+    device = SimulatedDevice(settings_for(platform, contact_host="10.64.12.7", keepalive_interval_s=3600))
+    task = await run_device(device)
+    await platform.wait_for(lambda: DEVICE_ID in platform.registered)
+    assert platform.registered[DEVICE_ID].host == "127.0.0.1"
+    assert platform.contacts == [f"<sip:{DEVICE_ID}@10.64.12.7:{device.sip_port}>"]
+    info = await platform.query(lambda sn: manscdp.build_device_info_query(sn, DEVICE_ID))
+    assert isinstance(info, ManscdpMessage)  # sent to the source address, answered
     await stop_device(device, task)

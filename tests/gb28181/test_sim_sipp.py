@@ -135,8 +135,8 @@ async def test_sipp_platform_registers_the_device_and_gets_its_catalog(tmp_path:
     error_file = tmp_path / "errors.log"
     errors = error_file.read_text(errors="replace") if error_file.exists() else ""
     assert sipp.returncode == 0, log + errors
-    assert device.log.registrations == 1 and device.log.refusals == []
-    assert device.log.queries_answered == ["Catalog"]
+    assert device.log.registrations == 1 and not device.log.refusals
+    assert list(device.log.queries_answered) == ["Catalog"]
     messages = (tmp_path / "messages.log").read_text(errors="replace")
     assert "<CmdType>Catalog</CmdType>" in messages and f"<DeviceID>{CHANNEL_ID}</DeviceID>" in messages
 
@@ -153,4 +153,4 @@ async def test_sipp_platform_refuses_a_wrong_password(tmp_path: Path) -> None:
     finally:
         await device.close()
         await asyncio.wait_for(task, 10)
-    assert device.log.refusals == [403] and device.log.registrations == 0
+    assert list(device.log.refusals) == [403] and device.log.registrations == 0
