@@ -5,6 +5,7 @@ Run it on its own::
     python -m simulators gb28181-device --platform HOST:PORT --platform-id 20DIGITS \\
         --device-id 20DIGITS --password-file FILE [--media-dir DIR] [--transport udp|tcp] \\
         [--keepalive-interval S] [--expires S] [--clock-offset S] [--seed N] [--fault NAME[=P] ...]
+        [--contact-host IP] [--media-host IP] [--ignore-date] [--live-file FILE]
 
 or from Python: `simulators.gb28181.device.SimulatedDevice(DeviceSettings(...))`, `await run()` until
 `await close()` (or `async with`); `settings.py` documents every field.
@@ -23,7 +24,11 @@ H.264 or H.265, G.711A audio when the source has audio) over RTP: UDP, TCP where
 (the platform offered `a=setup:passive`) or TCP where it listens (`a=setup:active`), RFC 4571 framing.
 MediaStatus 121 goes inside the dialog at the end of a history file; BYE ends a session.
 
-Faults (`--fault`, repeatable; `DeviceSettings.faults`):
+Like a real device it sets its clock from the Date header of the REGISTER 200 (`--ignore-date` keeps
+it), and `--contact-host` puts a 4G carrier-private address in Via and Contact (the device is reachable
+only at its source address). Raw H.264/H.265 files go out in decode order at their frame rate.
+
+Faults (`--fault NAME ...`, repeatable; `DeviceSettings.faults`):
 
     wrong-password     answers the digest challenge with another password (the platform should refuse)
     no-121             no MediaStatus 121 at the end of a Download or Playback

@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--records-per-message", type=int, default=10, help="RecordInfo items per MESSAGE")
     parser.add_argument("--live-file", type=Path, help="the file Play loops (default: first recording)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the packet faults")
-    parser.add_argument("--fault", action="append", default=[], metavar="NAME[=P]",
-                        help="a fault (repeatable): wrong-password, no-121, different-y, missing-y, "
+    parser.add_argument("--fault", action="extend", nargs="+", default=[], metavar="NAME[=P]",
+                        help="faults (several after one --fault, or --fault repeated): wrong-password, "
+                        "no-121, different-y, missing-y, "
                         "ssrc-mismatch, loss=P, reorder=P, duplicate=P, nat-rebind, gb2312-name, "
                         "split-recordinfo, slow, die-mid-stream")
     parser.add_argument("-v", "--verbose", action="store_true")

@@ -4,6 +4,10 @@
 each gets its time range from a sidecar `NAME.json` (`{"start": "2026-12-05T10:00:00", "end": ...}`,
 device-local time) or else ends at the file's mtime and starts its duration (ffprobe) earlier.
 
+Raw H.264/H.265 files (`.h264`, `.265`, ...) carry no timestamps: their frames go out in decode order at
+the frame rate ffprobe reports, PTS = DTS (right for streams without B-frames, which is what recorders
+encode; a raw stream with B-frames is sent with its frames in decode order).
+
 `read_frames(source)` yields the file's video access units (and G.711A audio in 20 ms frames when the
 file has audio) in sending order with 90 kHz timestamps, streamed: ffmpeg copies the video out as an
 Annex B elementary stream with an access unit delimiter before each access unit (so the cut is exact),
@@ -122,6 +126,13 @@ async def probe(path: Path) -> MediaFacts:
         duration_s = float(duration_text)
     except ValueError:
         duration_s = 0.0
+    if duration_s <= 0:  # a raw elementary stream has no duration: count its frames
+        counted = await _run(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0",
+                              "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", str(path)])
+        try:
+            duration_s = float(int(counted.decode().strip().split(",")[0]) / rate)
+        except (ValueError, IndexError):
+            duration_s = 0.0
     return MediaFacts(video=codec, has_audio=any(s.get("codec_type") == "audio" for s in streams),
                       duration_s=duration_s, frame_rate=rate, size_bytes=path.stat().st_size)
 

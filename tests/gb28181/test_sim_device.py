@@ -442,7 +442,7 @@ async def test_cli_registers_answers_and_unregisters_on_sigterm(
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "simulators", "gb28181-device", "--platform", f"127.0.0.1:{platform.port}",
         "--platform-id", PLATFORM_ID, "--device-id", DEVICE_ID, "--password-file", str(password_file),
-        "--keepalive-interval", "0.1", "--fault", "gb2312-name",
+        "--keepalive-interval", "0.1", "--fault", "gb2312-name", "loss=0.1", "--fault", "no-121",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         await platform.wait_for(lambda: "keepalive" in platform.events)

@@ -64,6 +64,8 @@ def make_clip(media_dir: Path, *, codec: str = "h264", audio: bool = False, seco
     if audio:
         argv += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000"]
     argv += ["-t", str(seconds), "-g", str(rate)]
+    if name.endswith((".h264", ".h265")):
+        argv += ["-bf", "0"]  # raw streams carry no timestamps: recorders encode them without B-frames
     argv += ["-c:v", "libx265", "-x265-params", "log-level=error"] if codec == "h265" else ["-c:v", "libx264"]
     if audio:
         argv += ["-c:a", "aac", "-shortest"]
@@ -283,12 +285,15 @@ async def finished(device: SimulatedDevice, call: Call) -> None:
 
 @pytest.mark.parametrize(("mode", "codec", "audio", "sip"), [
     ("udp", "h264", True, "udp"), ("tcp-passive", "h265", False, "udp"), ("tcp-active", "h264", False, "udp"),
-    ("tcp-passive", "h264", True, "tcp"),
+    ("tcp-passive", "h264", True, "tcp"), ("udp", "raw-h265", False, "udp"),
 ])
 async def test_download_delivers_every_frame_and_ends_with_media_status_121(
     platform: MediaPlatform, tmp_path: Path, mode: str, codec: str, audio: bool, sip: str
 ) -> None:
-    source = make_clip(tmp_path / "media", codec=codec, audio=audio)
+    raw = codec.startswith("raw-")
+    codec = codec.removeprefix("raw-")
+    source = make_clip(tmp_path / "media", codec=codec, audio=audio, name=f"REC0001.{codec}" if raw else
+                       "REC0001.mp4")
     source_codec, source_frames = ffprobe_frames(source)
     device, task = await start(platform, tmp_path / "media", transport=SipTransportKind(sip))
     call = await download(platform, mode, ssrc=1100000042)
