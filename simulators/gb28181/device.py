@@ -92,7 +92,6 @@ USER_AGENT = "evidence-edge gb28181 device simulator"
 ALLOW = "INVITE, ACK, CANCEL, BYE, MESSAGE, INFO, OPTIONS"
 SLOW_FACTOR = 0.25
 UNREGISTER_TIMEOUT_S = 4.0
-BYE_WAIT_S = 60.0
 LOG_ENTRIES = 1000
 MAX_RECORD_ITEMS = 10_000
 Sleep = Callable[[float], Awaitable[None]]
@@ -688,6 +687,15 @@ class SimulatedDevice:
         return _looped(path, facts)
 
     async def _stream(self, session: MediaSession) -> None:
+        try:
+            await self._send_stream(session)
+        finally:
+            if not session.ended.is_set():
+                # The platform should now send BYE; one that never does must not hold a session slot for
+                # ever (a broken or dead stream included: its dialog lives on until BYE, as on devices).
+                self._spawn(self._expire_after(session, self.settings.bye_wait_s))
+
+    async def _send_stream(self, session: MediaSession) -> None:
         s = self.settings
         self.session_started.set()
         try:
@@ -706,8 +714,6 @@ class SimulatedDevice:
         session.end_reason = "end of file"
         if session.kind is not SessionKind.PLAY and not s.has(Fault.NO_121):
             await self._send_media_status(session)
-        # The platform should now send BYE; one that never does must not hold a session slot for ever.
-        self._spawn(self._expire_after(session, BYE_WAIT_S))
 
     async def _expire_after(self, session: MediaSession, wait_s: float) -> None:
         try:

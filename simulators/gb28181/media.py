@@ -244,6 +244,8 @@ class _Processes:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
+            if process.returncode not in (0, -15, -9):  # a failed reader sent fewer frames than the file has
+                log.warning("media reader %s exited with %s", process.pid, process.returncode)
 
 
 async def _video_frames(path: Path | None, facts: MediaFacts | None,

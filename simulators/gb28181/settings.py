@@ -116,6 +116,7 @@ class DeviceSettings:
     seed: int = 0
     live_file: Path | None = None  # Play loops this file; default: the first recording, else testsrc
     max_sessions: int = 4  # concurrent INVITE sessions; more get 486 Busy Here
+    bye_wait_s: float = 60.0  # a stream that ended and got no BYE in this time is ended by the device
     rtp_payload_bytes: int = 1400
 
     def __post_init__(self) -> None:

@@ -501,3 +501,39 @@ async def test_playback_runs_in_real_time_and_ends_with_121(platform: MediaPlatf
     assert await platform.bye(call) == 200
     await stop_device(device, task)
     await receiver.close()
+
+
+async def test_a_session_the_platform_never_ends_is_ended_by_the_device(
+    platform: MediaPlatform, tmp_path: Path
+) -> None:
+    make_clip(tmp_path / "media", seconds=0.3)
+    device, task = await start(platform, tmp_path / "media", max_sessions=1, bye_wait_s=0.5)
+    first = await download(platform, "udp")
+    await platform.wait_121(first)
+    session = session_of(device, first)
+    await asyncio.wait_for(session.ended.wait(), 10)  # no BYE came: the slot is given back
+    assert session.end_reason == "end of file" and device.sessions == {}
+    second = await download(platform, "udp")  # max_sessions=1: this would get 486 had the slot leaked
+    await platform.wait_121(second)
+    assert await platform.bye(second) == 200
+    assert await platform.bye(first) == 481  # the device forgot the first dialog
+    await stop_device(device, task)
+    await first.receiver.close()
+    await second.receiver.close()
+
+
+async def test_sessions_beyond_the_limit_get_486(platform: MediaPlatform, tmp_path: Path) -> None:
+    make_clip(tmp_path / "media", seconds=0.3)
+    device, task = await start(platform, tmp_path / "media", max_sessions=1)
+    live = Receiver("udp")
+    await live.open()
+    call = await platform.invite(live, kind=SessionKind.PLAY, ssrc=100000002)
+    refused = Receiver("udp")
+    await refused.open()
+    with pytest.raises(AssertionError, match="486"):
+        await platform.invite(refused)
+    await refused.close()
+    assert list(device.sessions) == [call.dialog.call_id]
+    assert await platform.bye(call) == 200
+    await stop_device(device, task)
+    await live.close()
