@@ -571,6 +571,14 @@ class SimulatedDevice:
             return response_to(req, 488, to_tag=tag)
         if req.call_id in self.sessions:
             return response_to(req, 482, to_tag=tag)
+        subject_sender = _subject_sender(req)
+        for old in [x for x in self.sessions.values()
+                    if subject_sender and _subject_sender(x.invite) == subject_sender]:
+            # Annex M c): a device asked again for a stream it is sending under the same Subject sender
+            # tag tears the old one down and starts anew (why platforms keep that tag unique).
+            log.info("device %s: INVITE with Subject %s again: the old stream %s stops", s.device_id,
+                     subject_sender, old.call_id)
+            await self._end_session(old, "replaced by a new INVITE with the same Subject")
         if len(self.sessions) >= s.max_sessions:
             return response_to(req, 486, to_tag=tag)
         recording: Recording | None = None
@@ -765,6 +773,12 @@ class SimulatedDevice:
         if self._transport is not None:
             self._transport.remove_dialog(session.call_id, session.local_tag)
         self.finished_sessions.append(session)
+
+
+def _subject_sender(req: SipRequest) -> str:
+    """The sender part (`channel:sequence`) of a `Subject: sender:seq,receiver:seq` (Annex K), or ""."""
+    subject = req.headers.get("Subject") or ""
+    return subject.split(",", 1)[0].strip()
 
 
 async def _looped(path: Path | None, facts: MediaFacts | None) -> AsyncIterator[MediaFrame]:

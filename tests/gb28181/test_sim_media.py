@@ -537,3 +537,26 @@ async def test_sessions_beyond_the_limit_get_486(platform: MediaPlatform, tmp_pa
     assert await platform.bye(call) == 200
     await stop_device(device, task)
     await live.close()
+
+
+async def test_a_second_invite_with_the_same_subject_replaces_the_first(
+    platform: MediaPlatform, tmp_path: Path
+) -> None:
+    make_clip(tmp_path / "media", seconds=0.3)
+    device, task = await start(platform, tmp_path / "media")
+    first_receiver, second_receiver = Receiver("udp"), Receiver("udp")
+    await first_receiver.open()
+    await second_receiver.open()
+    first = await platform.invite(first_receiver, kind=SessionKind.PLAY, ssrc=100000003)
+    second = await platform.invite(second_receiver, kind=SessionKind.PLAY, ssrc=100000003)  # same Subject
+    old = session_of(device, first)
+    assert old.ended.is_set() and old.end_reason == "replaced by a new INVITE with the same Subject"
+    assert list(device.sessions) == [second.dialog.call_id]
+    third_receiver = Receiver("udp")
+    await third_receiver.open()
+    third = await platform.invite(third_receiver, kind=SessionKind.PLAY, ssrc=100000004)  # the control
+    assert set(device.sessions) == {second.dialog.call_id, third.dialog.call_id}
+    assert await platform.bye(second) == 200 and await platform.bye(third) == 200
+    await stop_device(device, task)
+    for receiver in (first_receiver, second_receiver, third_receiver):
+        await receiver.close()
