@@ -22,7 +22,9 @@ files), Playback (real time) and Download (at `a=downloadspeed`) are answered wi
 or its own SSRC when the offer has none), then the file goes out as GB PS (drivers/gb28181/ps.PsMuxer:
 H.264 or H.265, G.711A audio when the source has audio) over RTP: UDP, TCP where the device connects
 (the platform offered `a=setup:passive`) or TCP where it listens (`a=setup:active`), RFC 4571 framing.
-MediaStatus 121 goes inside the dialog at the end of a history file; BYE ends a session.
+MediaStatus 121 goes inside the dialog at the end of a history file; BYE ends a session (a session that
+ended and gets no BYE is ended after `bye_wait_s`; more than `max_sessions` get 486; a new INVITE with
+the Subject sender tag of a running stream tears that stream down, Annex M c).
 
 Like a real device it sets its clock from the Date header of the REGISTER 200 (`--ignore-date` keeps
 it), and `--contact-host` puts a 4G carrier-private address in Via and Contact (the device is reachable

@@ -77,6 +77,7 @@ from .media import CLOCK_HZ, MediaFacts, MediaFrame, Recording, read_frames, sca
 from .settings import DeviceSettings, Fault, SipTransportKind
 from .stream import (
     MediaSender,
+    Outlet,
     OutletError,
     PacketFaults,
     SendStats,
@@ -124,7 +125,7 @@ class MediaSession:
     transport: MediaTransport
     setup: Setup | None
     sender: MediaSender
-    outlet: Any
+    outlet: Outlet
     acked: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
