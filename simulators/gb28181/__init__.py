@@ -5,7 +5,7 @@ Run it on its own::
     python -m simulators gb28181-device --platform HOST:PORT --platform-id 20DIGITS \\
         --device-id 20DIGITS --password-file FILE [--media-dir DIR] [--transport udp|tcp] \\
         [--keepalive-interval S] [--expires S] [--clock-offset S] [--seed N] [--fault NAME[=P] ...]
-        [--contact-host IP] [--media-host IP] [--ignore-date] [--live-file FILE]
+        [--contact-host IP] [--media-host IP] [--ignore-date] [--live-file FILE] [--generate N]
 
 or from Python: `simulators.gb28181.device.SimulatedDevice(DeviceSettings(...))`, `await run()` until
 `await close()` (or `async with`); `settings.py` documents every field.
@@ -25,6 +25,9 @@ H.264 or H.265, G.711A audio when the source has audio) over RTP: UDP, TCP where
 MediaStatus 121 goes inside the dialog at the end of a history file; BYE ends a session (a session that
 ended and gets no BYE is ended after `bye_wait_s`; more than `max_sessions` get 486; a new INVITE with
 the Subject sender tag of a running stream tears that stream down, Annex M c).
+
+`--generate N` first makes N distinct recordings in --media-dir (ffmpeg test pattern, H.264 + AAC, each
+with its sidecar, ending now by the device's clock); from Python: `media.generate_recordings()`.
 
 Like a real device it sets its clock from the Date header of the REGISTER 200 (`--ignore-date` keeps
 it), and `--contact-host` puts a 4G carrier-private address in Via and Contact (the device is reachable

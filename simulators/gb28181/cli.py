@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .device import SimulatedDevice
+from .media import MediaError, generate_recordings
 from .settings import DeviceSettings, SettingsError, SipTransportKind, parse_faults
 
 
@@ -47,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clock-offset", type=float, default=0.0, help="device clock error in seconds")
     parser.add_argument("--utc-offset", type=int, default=8 * 3600, help="device local time minus UTC, s")
     parser.add_argument("--records-per-message", type=int, default=10, help="RecordInfo items per MESSAGE")
+    parser.add_argument("--generate", type=int, default=0, metavar="N",
+                        help="first make N recordings (ffmpeg test pattern, H.264 + AAC) in --media-dir, "
+                        "ending now by the device's clock")
     parser.add_argument("--live-file", type=Path, help="the file Play loops (default: first recording)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the packet faults")
     parser.add_argument("--fault", action="extend", nargs="+", default=[], metavar="NAME[=P]",
@@ -95,6 +100,17 @@ def main(argv: list[str]) -> int:
             contact_host=args.contact_host, media_host=args.media_host, accept_date=not args.ignore_date)
     except SettingsError as exc:
         parser.error(str(exc))
+    if args.generate:
+        if settings.media_dir is None:
+            parser.error("--generate needs --media-dir")
+        spacing = timedelta(minutes=10)
+        now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+        local_now = now + timedelta(seconds=settings.utc_offset_s + settings.clock_offset_s)
+        try:
+            generate_recordings(settings.media_dir, args.generate, start=local_now - args.generate * spacing,
+                                spacing=spacing)
+        except MediaError as exc:
+            parser.error(f"--generate: {exc}")
     if settings.media_dir is not None and not settings.media_dir.is_dir():
         parser.error(f"--media-dir {settings.media_dir} is not a directory")
     asyncio.run(_serve(SimulatedDevice(settings)))

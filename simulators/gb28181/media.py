@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import re
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -330,3 +331,46 @@ async def read_frames(path: Path | None, facts: MediaFacts | None, *,
                 next_audio = await anext(audios, None)
     finally:
         await processes.stop()
+
+
+# -- recordings for a simulated device -------------------------------------------------------------------
+
+
+def generate_recordings(media_dir: Path, count: int, *, start: datetime, seconds: float = 4.0,
+                        codec: Codec = Codec.H264, audio: bool = True, size: str = "640x360",
+                        rate: int = 25, spacing: timedelta = timedelta(minutes=10),
+                        video_bitrate: str | None = None) -> list[Path]:
+    """`count` recordings as a recorder stores them (MP4, H.264 or H.265, AAC audio when `audio`), each
+    with a sidecar giving its device-local time range, `spacing` apart from `start`. Every file differs
+    (its own test pattern position and tone), so their hashes do too. Blocking (runs ffmpeg)."""
+    if count < 0 or seconds <= 0 or rate <= 0:
+        raise MediaError("count, seconds and rate must be positive")
+    media_dir.mkdir(parents=True, exist_ok=True)
+    encoder = ["-c:v", "libx265", "-x265-params", "log-level=error"] if codec is Codec.H265 \
+        else ["-c:v", "libx264"]
+    if codec not in (Codec.H264, Codec.H265):
+        raise MediaError(f"recordings are H.264 or H.265, not {codec}")
+    paths = []
+    for index in range(count):
+        began = start + index * spacing
+        path = media_dir / f"{began:%Y%m%d_%H%M%S}_{index:04d}.mp4"
+        # Each file starts at another point of the pattern (an input seek), so no two are alike; never
+        # at 0: ffmpeg 5.1 loses the first frame of a lavfi input seeked to 0.
+        argv = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", str(1 + index % 50), "-f", "lavfi",
+                "-i", f"testsrc2=size={size}:rate={rate}"]
+        if audio:
+            argv += ["-f", "lavfi", "-i", f"sine=frequency={300 + 40 * index}:sample_rate=8000"]
+        argv += ["-t", str(seconds), "-g", str(rate), "-preset", "ultrafast", *encoder, "-pix_fmt", "yuv420p"]
+        if video_bitrate:
+            argv += ["-b:v", video_bitrate]
+        if audio:
+            argv += ["-c:a", "aac"]  # -t bounds both infinite inputs; -shortest would cut a frame
+        try:
+            subprocess.run([*argv, str(path)], check=True, capture_output=True, timeout=_PROBE_TIMEOUT_S * 5)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise MediaError(f"ffmpeg could not make {path.name}: {exc}") from None
+        ended = began + timedelta(seconds=seconds)
+        path.with_name(path.name + ".json").write_text(
+            json.dumps({"start": began.isoformat(), "end": ended.isoformat()}), encoding="utf-8")
+        paths.append(path)
+    return paths

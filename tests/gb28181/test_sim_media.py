@@ -9,7 +9,9 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,6 +36,7 @@ from drivers.gb28181.sdp import (
 from drivers.gb28181.sip import Dialog, request
 from drivers.gb28181.sip_transport import SipTransport
 from simulators.gb28181.device import MediaSession, SimulatedDevice
+from simulators.gb28181.media import generate_recordings
 from simulators.gb28181.settings import SipTransportKind, parse_faults
 
 from ..prerequisites import require
@@ -560,3 +563,40 @@ async def test_a_second_invite_with_the_same_subject_replaces_the_first(
     await stop_device(device, task)
     for receiver in (first_receiver, second_receiver, third_receiver):
         await receiver.close()
+
+
+def test_generated_recordings_are_distinct_media_with_their_times(tmp_path: Path) -> None:
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    paths = generate_recordings(tmp_path, 3, start=START, seconds=1.0, size="160x120", rate=10,
+                                spacing=timedelta(minutes=5))
+    assert len({path.read_bytes() for path in paths}) == 3
+    for index, path in enumerate(paths):
+        assert ffprobe_frames(path) == ("h264", 10)
+        times = json.loads(path.with_name(path.name + ".json").read_text())
+        began = START + index * timedelta(minutes=5)
+        assert times == {"start": began.isoformat(), "end": (began + timedelta(seconds=1)).isoformat()}
+
+
+async def test_cli_generates_recordings_and_lists_them(platform: MediaPlatform, tmp_path: Path) -> None:
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    password_file = tmp_path / "password"
+    password_file.write_text(PASSWORD)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "simulators", "gb28181-device", "--platform", f"127.0.0.1:{platform.port}",
+        "--platform-id", PLATFORM_ID, "--device-id", DEVICE_ID, "--password-file", str(password_file),
+        "--media-dir", str(tmp_path / "media"), "--generate", "2", "--keepalive-interval", "3600",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        await platform.wait_for(lambda: DEVICE_ID in platform.registered, timeout_s=60)
+        answer = await platform.query(lambda sn: manscdp.build_record_info_query(
+            sn, CHANNEL_ID, manscdp.RecordInfoQuery(datetime(2000, 1, 1), datetime(2100, 1, 1))))
+        assert isinstance(answer, manscdp.AssembledAnswer) and answer.sum_num == 2
+        names = sorted(path.name for path in (tmp_path / "media").glob("*.mp4"))
+        assert [item.name for item in answer.items if isinstance(item, manscdp.RecordItem)] == names
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
