@@ -34,7 +34,7 @@ from drivers.gb28181.sdp import (
     play_offer,
 )
 from drivers.gb28181.sip import Dialog, request
-from drivers.gb28181.sip_transport import SipTransport
+from drivers.gb28181.sip_transport import SipTimers, SipTransport
 from simulators.gb28181.device import MediaSession, SimulatedDevice
 from simulators.gb28181.media import generate_recordings
 from simulators.gb28181.settings import SipTransportKind, parse_faults
@@ -208,7 +208,8 @@ class Call:
 
 class MediaPlatform(MiniPlatform):
     async def invite(self, receiver: Receiver, *, kind: SessionKind = SessionKind.DOWNLOAD,
-                     seconds: float = 2.0, ssrc: int = 1100000001, speed: int | None = 8) -> Call:
+                     seconds: float = 2.0, ssrc: int = 1100000001, speed: int | None = 8,
+                     ack: bool = True) -> Call:
         assert self.transport is not None
         tcp = receiver.mode != "udp"
         setup = None if not tcp else Setup.PASSIVE if receiver.mode == "tcp-passive" else Setup.ACTIVE
@@ -236,7 +237,8 @@ class MediaPlatform(MiniPlatform):
         if receiver.mode == "tcp-active":
             assert answer.video.setup is Setup.PASSIVE
             await receiver.connect(answer.media_address() or "127.0.0.1", answer.video.port)
-        await self.transport.send_ack(dialog.ack(), peer)
+        if ack:
+            await self.transport.send_ack(dialog.ack(), peer)
         return Call(dialog, answer, offer, receiver)
 
     async def bye(self, call: Call) -> int:
@@ -600,3 +602,27 @@ async def test_cli_generates_recordings_and_lists_them(platform: MediaPlatform, 
             process.kill()
             await process.wait()
     assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
+
+
+async def test_the_200_is_repeated_until_the_ack_and_a_call_never_acked_ends(tmp_path: Path) -> None:
+    make_clip(tmp_path / "media", seconds=0.3)
+    repeated: asyncio.Queue[int] = asyncio.Queue()
+    mini = MediaPlatform({DEVICE_ID: PASSWORD})
+    async with SipTransport(mini, host="127.0.0.1", port=0,
+                            on_unmatched_response=lambda response, _peer: repeated.put_nowait(response.status)
+                            ) as transport:
+        mini.transport = transport
+        device = SimulatedDevice(settings_for(mini, media_dir=tmp_path / "media", keepalive_interval_s=3600),
+                                 sip_timers=SipTimers(t1_s=0.05, t2_s=0.2))
+        task = await run_device(device)
+        await mini.wait_for(lambda: DEVICE_ID in mini.registered)
+        receiver = Receiver("udp")
+        await receiver.open()
+        call = await mini.invite(receiver, ack=False)
+        assert await asyncio.wait_for(repeated.get(), 10) == 200  # no ACK yet: the 200 comes again
+        session = session_of(device, call)
+        assert not session.acked.is_set() and receiver.packets == []  # nothing streams before the ACK
+        await asyncio.wait_for(session.ended.wait(), 10)  # 64*T1 without an ACK: the call is over
+        assert session.end_reason == "no ACK" and device.sessions == {}
+        await stop_device(device, task)
+        await receiver.close()
