@@ -11,6 +11,7 @@ SIMULATORS: dict[str, str] = {
     "dock": "simulators.dock",
     "chronyc": "simulators.timesync.chronyc",
     "timedated": "simulators.timesync.timedated",
+    "gb28181-device": "simulators.gb28181.cli",
 }
 
 
