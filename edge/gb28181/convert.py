@@ -4,7 +4,8 @@ The raw PS stays the evidentiary original; the MP4 is a convenience made from it
 how (ffmpeg version and argv), so the conversion can be repeated and checked later. Steps:
 
 1. `scan_ps(raw, audio_out)` reads the raw PS once with the project's own demuxer (drivers/gb28181/ps.py,
-   bounded memory, in a worker thread): video codec and frame count, first and last video PTS, and the
+   bounded memory, in a worker thread), hashing what it reads (the MP4's manifest names that SHA-256 as
+   what it was made from): video codec and frame count, first and last video PTS, and the
    audio elementary stream written out to `audio_out`. ffmpeg's `mpeg` demuxer mis-detects G.711 in
    stream 0xC0 (PSM type 0x90/0x91) as MPEG audio with 0 channels (gb28181.md §7, §14.7), so audio is
    taken by its PSM stream type and given to ffmpeg as a second, raw input (`-f alaw|mulaw -ar 8000 -ac 1`;
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 from collections import deque
@@ -73,6 +75,8 @@ class PsScan:
     dropped_frames: int = 0
     resyncs: int = 0
     streams: dict[int, str] = field(default_factory=dict)
+    raw_sha256: str = ""  # of the bytes this scan read: what the MP4 was made from
+    raw_bytes: int = 0
 
     @property
     def video_span_s(self) -> float:
@@ -132,8 +136,12 @@ def scan_ps(raw: Path, audio_out: Path) -> PsScan:
                     audio.write(event.data)
                     scan.audio_bytes += len(event.data)
 
+        digest = hashlib.sha256()
         while chunk := source.read(READ_BYTES):
+            digest.update(chunk)
+            scan.raw_bytes += len(chunk)
             take(demuxer.feed(chunk))
+        scan.raw_sha256 = digest.hexdigest()
         take(demuxer.flush())
         audio.flush()
     scan.dropped_frames = demuxer.stats.dropped_frames
