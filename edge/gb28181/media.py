@@ -136,6 +136,7 @@ class MediaOutcome:
     mismatched_ssrcs: list[int]
     invalid_packets: int
     refused_connections: int
+    write_stalls: int  # TCP: times reading paused because the raw file's writes fell behind
     peer: str | None  # where the media came from (host:port)
     framing: str | None  # TCP: rfc4571 | interleaved
     payload_types: list[int]
@@ -175,6 +176,7 @@ class MediaOutcome:
             "mismatched_ssrcs": self.mismatched_ssrcs,
             "invalid_packets": self.invalid_packets,
             "refused_connections": self.refused_connections,
+            "write_stalls": self.write_stalls,
             "framing": self.framing,
             "video_frames": self.video_frames,
             "audio_frames": self.audio_frames,
@@ -198,6 +200,7 @@ class _Counters:
     mismatched_ssrcs: list[int] = field(default_factory=list)
     invalid_packets: int = 0
     refused_connections: int = 0
+    write_stalls: int = 0
     payload_types: set[int] = field(default_factory=set)
     streams: dict[int, str] = field(default_factory=dict)
     first_video_pts: int | None = None
@@ -592,7 +595,10 @@ class MediaReceiver:
         if self._connection is not None and self._connection.transport is not None:
             if not self._paused:
                 self._paused = True
+                self._counters.write_stalls += 1
                 self._connection.transport.pause_reading()
+            if self._flight is None:
+                self._start_flush()
             return
         self._end(EndReason.ERROR, f"writing the raw PS fell more than {self._max_buffered} bytes behind "
                                    "the stream (the disk is too slow); later packets would be lost")
@@ -680,7 +686,8 @@ class MediaReceiver:
             ssrc_expected=self._ssrc_expected,
             ssrc_policy="expected" if self._ssrc_expected is not None else "first-seen",
             ssrc_mismatches=c.ssrc_mismatches, mismatched_ssrcs=list(c.mismatched_ssrcs),
-            invalid_packets=c.invalid_packets, refused_connections=c.refused_connections, peer=self._peer,
+            invalid_packets=c.invalid_packets, refused_connections=c.refused_connections,
+            write_stalls=c.write_stalls, peer=self._peer,
             framing=self._framing, payload_types=sorted(c.payload_types),
             video_frames=c.video_frames, audio_frames=c.audio_frames, resyncs=self._demuxer.stats.resyncs,
             dropped_frames=self._demuxer.stats.dropped_frames, streams=dict(c.streams),
@@ -707,6 +714,8 @@ async def open_receiver(
     `raw_path` must not exist; its directory must. Raises MediaError."""
     if idle_timeout_s <= 0 or max_bytes <= 0:
         raise MediaError("idle_timeout_s and max_bytes must be positive")
+    if max_buffered_bytes < 2 * FLUSH_BYTES:
+        raise MediaError(f"max_buffered_bytes must be at least {2 * FLUSH_BYTES}")
     fd = _create_raw(raw_path)
     try:
         sock = bind_media_socket(transport, bind_host, port_range)

@@ -10,6 +10,7 @@ import asyncio
 import os
 import random
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from drivers.gb28181.ps import Codec, EsFrame, PsDemuxer
 from drivers.gb28181.rtp import parse_rtp
 from edge.gb28181.media import (
+    FLUSH_BYTES,
     EndReason,
     MediaError,
     MediaOutcome,
@@ -130,8 +132,10 @@ async def test_tcp_passive_h264_and_h265(h264: Stream, h265: Stream, spool: Path
     _assert_whole(outcome, stream, spool / "rec.ps")
 
 
-async def test_tcp_active_connects_to_the_device(h264: Stream, spool: Path) -> None:
-    device = TcpDevice(h264.packets)
+@pytest.mark.parametrize("codec", ["h264", "h265"])
+async def test_tcp_active_connects_to_the_device(h264: Stream, h265: Stream, spool: Path, codec: str) -> None:
+    stream = h264 if codec == "h264" else h265
+    device = TcpDevice(stream.packets, interleaved=codec == "h265")
     device_port = await device.start()
     try:
         receiver = await _open(spool, MediaTransport.TCP_ACTIVE)
@@ -143,7 +147,13 @@ async def test_tcp_active_connects_to_the_device(h264: Stream, spool: Path) -> N
         "we connect from the port our offer named"
     )
     assert outcome.ended is EndReason.CLOSED
-    _assert_whole(outcome, h264, spool / "rec.ps")
+    _assert_whole(outcome, stream, spool / "rec.ps")
+
+
+async def test_udp_h265(h265: Stream, spool: Path) -> None:
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=0.5)
+    await send_udp(reorder(h265.packets, seed=8), receiver.local_port)
+    _assert_whole(await receiver.wait_closed(), h265, spool / "rec.ps")
 
 
 async def test_tcp_active_to_a_closed_port_is_a_clear_error(spool: Path) -> None:
@@ -345,3 +355,48 @@ async def test_every_port_of_the_range_taken_is_a_clear_error(spool: Path) -> No
         with pytest.raises(MediaError, match=f"no free udp media port on 127.0.0.1 in {port}-{port}"):
             await _open(spool, MediaTransport.UDP, port_range=(port, port))
     assert not (spool / "rec.ps").exists(), "nothing is left behind"
+
+
+# -- a disk slower than the stream ------------------------------------------------------------------------
+
+
+def _slow_disk(monkeypatch: pytest.MonkeyPatch, delay_s: float) -> None:
+    """Each write of the raw file takes `delay_s` (in the writer thread, as a slow disk would)."""
+    from edge.gb28181 import media
+
+    real = media._write_all
+
+    def slow(fd: int, data: bytes | bytearray) -> None:
+        time.sleep(delay_s)
+        real(fd, data)
+
+    monkeypatch.setattr(media, "_write_all", slow)
+
+
+async def test_tcp_pauses_reading_when_the_disk_falls_behind_and_loses_nothing(
+    h264: Stream, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packs = ps_packs(h264.media) * 32  # a longer recording: several times the buffer bound
+    packets = rtp_packets(packs, ssrc=SSRC)
+    assert len(b"".join(p for p, _ in packs)) > 6 * FLUSH_BYTES
+    _slow_disk(monkeypatch, 0.05)
+    receiver = await _open(spool, MediaTransport.TCP_PASSIVE, max_buffered_bytes=2 * FLUSH_BYTES)
+    await send_tcp(packets, receiver.local_port)
+    outcome = await receiver.wait_closed()
+    assert outcome.write_stalls >= 1, "the device was slowed down, not the memory grown"
+    assert outcome.ended is EndReason.CLOSED and outcome.gaps == []
+    assert (spool / "rec.ps").read_bytes() == b"".join(p for p, _ in packs)
+
+
+async def test_udp_ends_with_an_error_when_the_disk_falls_behind(
+    h264: Stream, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packs = ps_packs(h264.media) * 32
+    whole = b"".join(p for p, _ in packs)
+    _slow_disk(monkeypatch, 1.0)
+    receiver = await _open(spool, MediaTransport.UDP, max_buffered_bytes=2 * FLUSH_BYTES, idle_timeout_s=5)
+    await send_udp(rtp_packets(packs, ssrc=SSRC), receiver.local_port)
+    outcome = await receiver.wait_closed()
+    assert outcome.ended is EndReason.ERROR and "fell more than" in outcome.detail
+    raw = (spool / "rec.ps").read_bytes()
+    assert len(raw) == outcome.bytes < len(whole) and whole.startswith(raw), "what was taken is written whole"
