@@ -35,11 +35,13 @@ def ffmpeg(*args: str) -> None:
 
 @dataclass(frozen=True)
 class SourceMedia:
-    """An elementary stream made by ffmpeg, cut into access units by ffprobe, and optional A-law audio."""
+    """An elementary stream made by ffmpeg, cut into access units by ffprobe, and optional audio (G.711
+    A-law or µ-law at 8 kHz, or ADTS AAC at 16 kHz)."""
 
     codec: Codec
     units: list[tuple[bytes, bool]]  # (access unit, key)
     audio: bytes | None
+    audio_codec: Codec = Codec.G711A
 
     @property
     def duration_s(self) -> float:
@@ -47,7 +49,8 @@ class SourceMedia:
 
 
 def make_source(folder: Path, codec: Codec, *, seconds: float = 4, audio: bool = True,
-                size: str = "320x240", bitrate: str | None = None) -> SourceMedia:
+                size: str = "320x240", bitrate: str | None = None,
+                audio_codec: Codec = Codec.G711A) -> SourceMedia:
     folder.mkdir(parents=True, exist_ok=True)
     es = folder / f"v.{codec}"
     video = ["-f", "lavfi", "-i", f"testsrc=size={size}:rate=25", "-t", f"{seconds}", "-pix_fmt", "yuv420p"]
@@ -69,25 +72,42 @@ def make_source(folder: Path, codec: Codec, *, seconds: float = 4, audio: bool =
         size_text, pos, flags = line.split(",")[:3]
         units.append((data[int(pos):int(pos) + int(size_text)], "K" in flags))
     assert b"".join(u for u, _ in units) == data
-    alaw = None
+    sound = None
     if audio:
-        path = folder / "a.alaw"
-        ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000", "-t", f"{seconds}", "-c:a",
-               "pcm_alaw", "-ar", "8000", "-ac", "1", "-f", "alaw", str(path))
-        alaw = path.read_bytes()
-    return SourceMedia(codec, units, alaw)
+        path = folder / "a.audio"
+        encoder = {Codec.G711A: ("pcm_alaw", "8000", "alaw"), Codec.G711U: ("pcm_mulaw", "8000", "mulaw"),
+                   Codec.AAC: ("aac", "16000", "adts")}[audio_codec]
+        ffmpeg("-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={encoder[1]}", "-t", f"{seconds}",
+               "-c:a", encoder[0], "-ar", encoder[1], "-ac", "1", "-f", encoder[2], str(path))
+        sound = path.read_bytes()
+    return SourceMedia(codec, units, sound, audio_codec)
+
+
+def audio_frames(media: SourceMedia) -> list[tuple[bytes, int]]:
+    """The audio cut into frames with their duration in 90 kHz ticks: 20 ms of G.711, or one ADTS frame
+    (1024 samples at 16 kHz)."""
+    audio = media.audio or b""
+    if media.audio_codec is not Codec.AAC:
+        cuts = range(0, len(audio), AUDIO_FRAME_BYTES)
+        return [(audio[at:at + AUDIO_FRAME_BYTES], AUDIO_TICKS) for at in cuts]
+    frames, at = [], 0
+    while at + 7 <= len(audio):
+        length = ((audio[at + 3] & 0x03) << 11) | (audio[at + 4] << 3) | (audio[at + 5] >> 5)
+        frames.append((audio[at:at + length], 1024 * 90000 // 16000))
+        at += length
+    return frames
 
 
 def ps_packs(media: SourceMedia) -> list[tuple[bytes, int]]:
     """The PS packs of the recording in sending order: (pack, PTS)."""
-    muxer = PsMuxer(media.codec, Codec.G711A if media.audio is not None else None)
+    muxer = PsMuxer(media.codec, media.audio_codec if media.audio is not None else None)
     packs = [(muxer.video_frame(unit, START_PTS + FRAME_TICKS * i, key=key), START_PTS + FRAME_TICKS * i)
              for i, (unit, key) in enumerate(media.units)]
     if media.audio is not None:
-        audio = media.audio
-        for n, at in enumerate(range(0, len(audio), AUDIO_FRAME_BYTES)):
-            pts = START_PTS + AUDIO_DELAY_TICKS + AUDIO_TICKS * n
-            packs.append((muxer.audio_frame(audio[at:at + AUDIO_FRAME_BYTES], pts), pts))
+        pts = START_PTS + AUDIO_DELAY_TICKS
+        for frame, ticks in audio_frames(media):
+            packs.append((muxer.audio_frame(frame, pts), pts))
+            pts += ticks
         packs.sort(key=lambda p: p[1])  # stable: a video pack before an audio pack of the same time
     return packs
 

@@ -80,6 +80,8 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SourceMedia]:
     return {
         "h264": make_source(root / "h264", Codec.H264, seconds=3),
         "h265": make_source(root / "h265", Codec.H265, seconds=2),
+        "h264-mulaw": make_source(root / "mulaw", Codec.H264, seconds=2, audio_codec=Codec.G711U),
+        "h264-aac": make_source(root / "aac", Codec.H264, seconds=2, audio_codec=Codec.AAC),
     }
 
 
@@ -92,8 +94,8 @@ def _probe(path: Path) -> dict[str, dict[str, Any]]:
     return {s["codec_type"]: s for s in json.loads(out)["streams"]}
 
 
-@pytest.mark.parametrize("kind", ["h264", "h265"])
-async def test_ps_with_g711a_becomes_an_mp4_matching_the_source(sources: dict[str, SourceMedia], kind: str,
+@pytest.mark.parametrize("kind", ["h264", "h265", "h264-mulaw", "h264-aac"])
+async def test_ps_with_audio_becomes_an_mp4_matching_the_source(sources: dict[str, SourceMedia], kind: str,
                                                               tmp_path: Path) -> None:
     media = sources[kind]
     raw = tmp_path / "rec.ps"
@@ -102,7 +104,7 @@ async def test_ps_with_g711a_becomes_an_mp4_matching_the_source(sources: dict[st
     streams = _probe(tmp_path / "rec.mp4")
     assert int(streams["video"]["nb_read_packets"]) == len(media.units)
     assert float(streams["video"]["duration"]) == pytest.approx(media.duration_s, abs=0.041)
-    assert streams["video"]["codec_name"] == ("h264" if kind == "h264" else "hevc")
+    assert streams["video"]["codec_name"] == ("hevc" if kind == "h265" else "h264")
     if kind == "h265":
         assert streams["video"]["codec_tag_string"] == "hvc1"
     assert streams["audio"]["codec_name"] == "aac" and int(streams["audio"]["channels"]) == 1
@@ -111,7 +113,7 @@ async def test_ps_with_g711a_becomes_an_mp4_matching_the_source(sources: dict[st
     assert float(streams["video"]["start_time"]) == 0
     first_sound = min(t for t in _audio_packet_times(tmp_path / "rec.mp4") if t >= 0)
     assert first_sound == pytest.approx(AUDIO_DELAY_TICKS / 90000, abs=0.01)
-    assert result.scan.video_frames == len(media.units) and result.scan.audio_codec is Codec.G711A
+    assert result.scan.video_frames == len(media.units) and result.scan.audio_codec is media.audio_codec
     assert result.size == (tmp_path / "rec.mp4").stat().st_size
     assert result.ffmpeg_version and result.argv[0] == "-nostdin"
     assert str(tmp_path) not in " ".join(result.argv), "no station path in what the manifest records"
