@@ -10,12 +10,20 @@ how (ffmpeg version and argv), so the conversion can be repeated and checked lat
    stream 0xC0 (PSM type 0x90/0x91) as MPEG audio with 0 channels (gb28181.md §7, §14.7), so audio is
    taken by its PSM stream type and given to ffmpeg as a second, raw input (`-f alaw|mulaw -ar 8000 -ac 1`;
    AAC: ADTS, `-f aac`), shifted by `-itsoffset` to where it starts relative to the video.
-2. `convert_argv(...)`: ffmpeg's command line, built by a pure function (tested as a list): video stream
-   copied (H.265 tagged `hvc1` so that players take it), G.711 transcoded to AAC, AAC copied,
-   `-movflags +faststart`, only the `file` protocol. Plain lists, not ffmpeg-python: that library
-   (0.2.0, 2019) adds a graph layer for what is one fixed command line here.
-3. ffmpeg runs as an asyncio subprocess with a minimal environment and a deadline (killed after it),
-   its stderr kept bounded (the last `STDERR_TAIL_BYTES`), writing to a temp name beside the output.
+2. Two ffmpeg runs, their command lines built by pure functions (tested as lists), only the `file`
+   protocol. `convert_argv(...)`: ffmpeg demuxes the device's PS, so it runs confined like ffprobe does
+   (edge/ingest/probe_sandbox.py, Landlock + seccomp: it may read the raw PS and the audio extract and
+   nothing else of the station, write no file, open no socket); it copies the video and the raw audio,
+   audio shifted by `-itsoffset`, into NUT (ffmpeg's own streamable container) on its stdout, an fd the
+   agent opened on a temp file (a confined process cannot open a file to write, and `+faststart` needs
+   to reopen its output). `mp4_argv(...)` then makes the MP4 from that, ffmpeg's own output, unconfined:
+   video stream-copied (H.265 tagged `hvc1` so that players take it), G.711 transcoded to AAC, AAC
+   copied, `-movflags +faststart`. The device's video bitstream still passes through the second run
+   (stream copy reads its parameter sets), the PS container parsing does not. Plain lists, not
+   ffmpeg-python: that library (0.2.0, 2019) adds a graph layer for two fixed command lines.
+3. Each ffmpeg runs as an asyncio subprocess with a minimal environment and a deadline (killed after
+   it; one deadline for both), its stderr kept bounded (the last `STDERR_TAIL_BYTES`), writing to temp
+   names beside the output. No sandbox (Landlock missing): no MP4, fail closed.
 4. ffprobe reads the result: its video packet count must equal the frames the demuxer counted (a
    damaged frame ffmpeg keeps and the demuxer drops is allowed for, up to what the demuxer dropped) and
    its video duration must match the video's PTS span (plus one frame) within two frames; audio must
@@ -32,12 +40,14 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from drivers.gb28181.ps import Codec, EsFrame, PsDemuxer, StreamMap, is_audio, is_video
+from edge.ingest import probe_sandbox
 
 READ_BYTES = 1 << 20
 CONVERT_TIMEOUT_S = 600.0
@@ -54,6 +64,8 @@ AUDIO_INPUTS: dict[Codec, tuple[str, ...]] = {
 VIDEO_CODECS = (Codec.H264, Codec.H265)
 # Placeholders for the files in the argv a manifest records (station paths are not evidence).
 RAW_PLACEHOLDER, AUDIO_PLACEHOLDER, OUTPUT_PLACEHOLDER = "{raw_ps}", "{audio}", "{mp4}"
+INTERMEDIATE_PLACEHOLDER = "{intermediate_nut}"
+SANDBOX = "landlock+seccomp (edge/ingest/probe_sandbox.py): reads the raw PS and the audio extract only"
 
 
 class ConversionError(Exception):
@@ -164,7 +176,6 @@ def _audio_codec(demuxer: PsDemuxer, frame: EsFrame) -> Codec:
 
 def convert_argv(
     raw: Path,
-    output: Path,
     *,
     video_codec: Codec,
     audio: Path | None = None,
@@ -172,7 +183,8 @@ def convert_argv(
     audio_offset_s: float = 0.0,
     ffmpeg: str = "ffmpeg",
 ) -> list[str]:
-    """ffmpeg's command line (pure): the PS's video copied, the separate raw audio (if any) as AAC."""
+    """The confined ffmpeg's command line (pure): the PS's video and the separate raw audio (if any, at
+    its offset) copied into NUT on stdout."""
     if video_codec not in VIDEO_CODECS:
         raise ConversionError(f"video codec {video_codec} is not one an MP4 takes by stream copy")
     argv = [ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-y", "-protocol_whitelist", "file",
@@ -184,21 +196,33 @@ def convert_argv(
     argv += ["-map", "0:v:0"]
     if audio is not None:
         argv += ["-map", "1:a:0"]
-    argv += ["-c:v", "copy"]
+    return [*argv, "-c", "copy", "-f", "nut", "pipe:1"]
+
+
+def mp4_argv(intermediate: Path, output: Path, *, video_codec: Codec, audio_codec: Codec | None = None,
+             ffmpeg: str = "ffmpeg") -> list[str]:
+    """The second ffmpeg's command line (pure): the confined run's NUT into MP4, video copied, G.711 as
+    AAC, the index first."""
+    argv = [ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-y", "-protocol_whitelist", "file",
+            "-f", "nut", "-i", f"file:{intermediate}", "-map", "0", "-c:v", "copy"]
     if video_codec is Codec.H265:
         argv += ["-tag:v", "hvc1"]
-    if audio is not None:
+    if audio_codec is not None:
         argv += ["-c:a", "copy"] if audio_codec is Codec.AAC else ["-c:a", "aac", "-b:a", "64k"]
-    argv += ["-movflags", "+faststart", "-f", "mp4", f"file:{output}"]
-    return argv
+    return [*argv, "-movflags", "+faststart", "-f", "mp4", f"file:{output}"]
 
 
-def recorded_argv(argv: list[str], raw: Path, output: Path, audio: Path | None) -> list[str]:
-    """`argv` with the station's file names replaced by placeholders, for the manifest."""
-    names = {f"file:{raw}": RAW_PLACEHOLDER, f"file:{output}": OUTPUT_PLACEHOLDER}
-    if audio is not None:
-        names[f"file:{audio}"] = AUDIO_PLACEHOLDER
-    return [names.get(a, a) for a in argv[1:]]
+def confined_argv(readable: list[Path], command: list[str]) -> list[str]:
+    """`command` run through the Landlock wrapper, allowed to read `readable` only (pure)."""
+    reads = [part for path in readable for part in ("--read", str(path))]
+    return [sys.executable, "-I", str(Path(probe_sandbox.__file__)), *reads, "--", *command]
+
+
+def recorded_argv(argv: list[str], names: dict[Path, str]) -> list[str]:
+    """`argv` without the program, with the station's file names replaced by placeholders (manifests
+    name no station path)."""
+    by_argument = {f"file:{path}": placeholder for path, placeholder in names.items()}
+    return [by_argument.get(a, a) for a in argv[1:]]
 
 
 def probe_argv(path: Path, ffprobe: str = "ffprobe") -> list[str]:
@@ -216,13 +240,22 @@ class _Run:
     timed_out: bool
 
 
-async def _run(argv: list[str], timeout_s: float, *, max_stdout: int = 1 << 20) -> _Run:
-    """Run `argv` with a deadline; stdout kept up to `max_stdout`, stderr's last STDERR_TAIL_BYTES."""
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=FFMPEG_ENV, start_new_session=True,
-    )
-    assert process.stdout is not None and process.stderr is not None
+async def _run(argv: list[str], timeout_s: float, *, max_stdout: int = 1 << 20,
+               stdout_to: Path | None = None) -> _Run:
+    """Run `argv` with a deadline; stdout kept up to `max_stdout` (or written to `stdout_to`, created
+    new), stderr's last STDERR_TAIL_BYTES."""
+    stdout_fd = os.open(stdout_to, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600) \
+        if stdout_to is not None else None
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if stdout_fd is None else stdout_fd,
+            stderr=asyncio.subprocess.PIPE, env=FFMPEG_ENV, start_new_session=True,
+        )
+    finally:
+        if stdout_fd is not None:
+            os.close(stdout_fd)
+    assert process.stderr is not None
     tail: deque[bytes] = deque()
     kept = 0
     out = bytearray()
@@ -235,8 +268,8 @@ async def _run(argv: list[str], timeout_s: float, *, max_stdout: int = 1 << 20) 
             while kept - len(tail[0]) >= STDERR_TAIL_BYTES:
                 kept -= len(tail.popleft())
 
-    async def read_stdout(stream: asyncio.StreamReader) -> None:
-        while chunk := await stream.read(65536):
+    async def read_stdout(stream: asyncio.StreamReader | None) -> None:
+        while stream is not None and (chunk := await stream.read(65536)):
             if len(out) < max_stdout:
                 out.extend(chunk[: max_stdout - len(out)])
 
@@ -276,7 +309,8 @@ class Conversion:
     mp4: Path
     size: int
     ffmpeg_version: str
-    argv: list[str]  # with placeholders for the files
+    argv: list[str]  # the confined run (PS -> NUT), with placeholders for the files
+    mp4_argv: list[str]  # the run that made the MP4 from its output
     scan: PsScan
     probe: dict[str, Any]  # what ffprobe said of the MP4: duration_s, video_packets, codecs
 
@@ -284,6 +318,8 @@ class Conversion:
         return {
             "ffmpeg_version": self.ffmpeg_version,
             "argv": self.argv,
+            "mp4_argv": self.mp4_argv,
+            "sandbox": SANDBOX,
             "video_codec": str(self.scan.video_codec) if self.scan.video_codec else None,
             "audio_codec": str(self.scan.audio_codec) if self.scan.audio_codec else None,
             "video_frames": self.scan.video_frames,
@@ -326,9 +362,24 @@ async def convert_recording(
     if output.exists():
         raise ConversionError(f"{display}: {output.name} already exists")
     temp = output.with_name(f".{output.name}.part.mp4")
+    intermediate = output.with_name(f".{output.name}.nut")
     audio = output.with_name(f".{output.name}.audio")
-    _discard(temp, audio)  # left by a conversion a crash interrupted
+    _discard(temp, intermediate, audio)  # left by a conversion a crash interrupted
     loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    names = {raw: RAW_PLACEHOLDER, audio: AUDIO_PLACEHOLDER, intermediate: INTERMEDIATE_PLACEHOLDER,
+             temp: OUTPUT_PLACEHOLDER}
+
+    def failed(what: str, run: _Run) -> ConversionError:
+        if run.timed_out:
+            return ConversionError(f"{display}: {what} did not finish within {timeout_s:g} s and was killed")
+        if run.returncode == probe_sandbox.SANDBOX_UNAVAILABLE:
+            return ConversionError(f"{display}: {what} not run, no sandbox: {run.stderr_tail.strip()[-300:]}")
+        why = " | ".join(run.stderr_tail.strip().splitlines()[-3:])
+        for path, placeholder in names.items():
+            why = why.replace(str(path), placeholder)
+        return ConversionError(f"{display}: {what} failed (exit {run.returncode}): {why[:500]}")
+
     try:
         try:
             scan: PsScan = await loop.run_in_executor(None, scan_ps, raw, audio)
@@ -338,28 +389,30 @@ async def convert_recording(
             raise ConversionError(f"{display}: the PS holds no H.264 or H.265 video frames "
                                   f"(video {scan.video_codec}, {scan.video_frames} frames)")
         has_audio = scan.audio_codec in AUDIO_INPUTS and scan.audio_bytes > 0
-        argv = convert_argv(raw, temp, video_codec=scan.video_codec, audio=audio if has_audio else None,
+        argv = convert_argv(raw, video_codec=scan.video_codec, audio=audio if has_audio else None,
                             audio_codec=scan.audio_codec if has_audio else None,
                             audio_offset_s=scan.audio_offset_s, ffmpeg=ffmpeg)
+        remux = mp4_argv(intermediate, temp, video_codec=scan.video_codec,
+                         audio_codec=scan.audio_codec if has_audio else None, ffmpeg=ffmpeg)
         version = await ffmpeg_version(ffmpeg)
-        run = await _run(argv, timeout_s)
-        if run.timed_out:
-            raise ConversionError(f"{display}: ffmpeg did not finish within {timeout_s:g} s and was killed")
-        if run.returncode != 0 or not temp.exists():
-            last = run.stderr_tail.strip().splitlines()[-3:]
-            why = " | ".join(last).replace(str(raw), RAW_PLACEHOLDER).replace(str(temp), OUTPUT_PLACEHOLDER)
-            why = why.replace(str(audio), AUDIO_PLACEHOLDER)[:500]
-            raise ConversionError(f"{display}: ffmpeg failed (exit {run.returncode}): {why}")
+        readable = [raw, audio] if has_audio else [raw]
+        run = await _run(confined_argv(readable, argv), max(0.0, deadline - loop.time()),
+                         stdout_to=intermediate)
+        if run.timed_out or run.returncode != 0 or intermediate.stat().st_size == 0:
+            raise failed("ffmpeg", run)
+        run = await _run(remux, max(0.0, deadline - loop.time()))
+        if run.timed_out or run.returncode != 0 or not temp.exists():
+            raise failed("ffmpeg (NUT to MP4)", run)
         probe = await _check(temp, scan, display, has_audio=has_audio, ffprobe=ffprobe)
         size = temp.stat().st_size
         await loop.run_in_executor(None, _durable_rename, temp, output)
-        return Conversion(output, size, version, recorded_argv(argv, raw, temp, audio if has_audio else None),
+        return Conversion(output, size, version, recorded_argv(argv, names), recorded_argv(remux, names),
                           scan, probe)
     except BaseException:
         _discard(temp)
         raise
     finally:
-        _discard(audio)
+        _discard(audio, intermediate)
 
 
 async def _check(mp4: Path, scan: PsScan, display: str, *, has_audio: bool, ffprobe: str) -> dict[str, Any]:

@@ -17,8 +17,10 @@ from drivers.gb28181.rtp import parse_rtp
 from edge.gb28181.convert import (
     AUDIO_PLACEHOLDER,
     ConversionError,
+    confined_argv,
     convert_argv,
     convert_recording,
+    mp4_argv,
     recorded_argv,
 )
 from tests.gb28181.media_sender import (
@@ -36,38 +38,54 @@ from tests.prerequisites import require
 
 
 def test_argv_h264_with_g711a_copies_video_and_transcodes_audio_at_its_offset() -> None:
-    argv = convert_argv(Path("/s/r.ps"), Path("/s/o.mp4"), video_codec=Codec.H264, audio=Path("/s/a.raw"),
+    argv = convert_argv(Path("/s/r.ps"), video_codec=Codec.H264, audio=Path("/s/a.raw"),
                         audio_codec=Codec.G711A, audio_offset_s=0.1)
     assert argv == [
         "ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-protocol_whitelist", "file",
         "-f", "mpeg", "-i", "file:/s/r.ps",
         "-itsoffset", "0.100000", "-f", "alaw", "-ar", "8000", "-ac", "1", "-i", "file:/s/a.raw",
-        "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "64k",
+        "-map", "0:v:0", "-map", "1:a:0", "-c", "copy", "-f", "nut", "pipe:1",
+    ]  # fmt: skip
+    recorded = recorded_argv(argv, {Path("/s/r.ps"): "{raw_ps}", Path("/s/a.raw"): AUDIO_PLACEHOLDER})
+    assert recorded[0] == "-nostdin" and recorded[9:11] == ["-i", "{raw_ps}"]
+    assert AUDIO_PLACEHOLDER in recorded
+    assert "/s/" not in " ".join(recorded)
+
+
+def test_the_mp4_copies_video_makes_g711_aac_and_puts_the_index_first() -> None:
+    assert mp4_argv(Path("/s/i.nut"), Path("/s/o.mp4"), video_codec=Codec.H264, audio_codec=Codec.G711A) == [
+        "ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-protocol_whitelist", "file",
+        "-f", "nut", "-i", "file:/s/i.nut", "-map", "0", "-c:v", "copy", "-c:a", "aac", "-b:a", "64k",
         "-movflags", "+faststart", "-f", "mp4", "file:/s/o.mp4",
     ]  # fmt: skip
-    assert recorded_argv(argv, Path("/s/r.ps"), Path("/s/o.mp4"), Path("/s/a.raw"))[9:11] == [
-        "-i", "{raw_ps}"]
-    assert AUDIO_PLACEHOLDER in recorded_argv(argv, Path("/s/r.ps"), Path("/s/o.mp4"), Path("/s/a.raw"))
+    h265 = mp4_argv(Path("i"), Path("o"), video_codec=Codec.H265)
+    assert h265[h265.index("-c:v"):h265.index("-c:v") + 4] == ["-c:v", "copy", "-tag:v", "hvc1"]
+    assert "-c:a" not in h265
+    aac = mp4_argv(Path("i"), Path("o"), video_codec=Codec.H264, audio_codec=Codec.AAC)
+    assert aac[aac.index("-c:a") + 1] == "copy"
 
 
-def test_argv_h265_is_tagged_hvc1_and_mulaw_and_aac_are_read_by_their_type() -> None:
-    argv = convert_argv(Path("r.ps"), Path("o.mp4"), video_codec=Codec.H265)
-    assert argv[argv.index("-c:v") + 1:argv.index("-c:v") + 4] == ["copy", "-tag:v", "hvc1"]
+def test_the_conversion_runs_confined_to_reading_its_inputs() -> None:
+    command = ["ffmpeg", "-i", "x"]
+    argv = confined_argv([Path("/s/r.ps"), Path("/s/a.raw")], command)
+    assert argv[1:2] == ["-I"] and argv[2].endswith("edge/ingest/probe_sandbox.py")
+    assert argv[3:] == ["--read", "/s/r.ps", "--read", "/s/a.raw", "--", *command]
+
+
+def test_argv_mulaw_and_aac_are_read_by_their_type() -> None:
+    argv = convert_argv(Path("r.ps"), video_codec=Codec.H265)
     assert "-map" in argv and "1:a:0" not in argv
-    mulaw = convert_argv(Path("r.ps"), Path("o.mp4"), video_codec=Codec.H264, audio=Path("a"),
-                         audio_codec=Codec.G711U)
+    mulaw = convert_argv(Path("r.ps"), video_codec=Codec.H264, audio=Path("a"), audio_codec=Codec.G711U)
     assert mulaw[mulaw.index("-itsoffset") + 2:mulaw.index("-itsoffset") + 4] == ["-f", "mulaw"]
-    aac = convert_argv(Path("r.ps"), Path("o.mp4"), video_codec=Codec.H264, audio=Path("a"),
-                       audio_codec=Codec.AAC)
-    assert aac[aac.index("-c:a") + 1] == "copy" and "aac" in aac[aac.index("-itsoffset") + 2:][:2]
+    aac = convert_argv(Path("r.ps"), video_codec=Codec.H264, audio=Path("a"), audio_codec=Codec.AAC)
+    assert aac[aac.index("-itsoffset") + 2:aac.index("-itsoffset") + 4] == ["-f", "aac"]
 
 
 def test_argv_refuses_codecs_an_mp4_cannot_take_by_copy() -> None:
     with pytest.raises(ConversionError, match="mpeg4"):
-        convert_argv(Path("r.ps"), Path("o.mp4"), video_codec=Codec.MPEG4)
+        convert_argv(Path("r.ps"), video_codec=Codec.MPEG4)
     with pytest.raises(ConversionError, match="g729"):
-        convert_argv(Path("r.ps"), Path("o.mp4"), video_codec=Codec.H264, audio=Path("a"),
-                     audio_codec=Codec.G729)
+        convert_argv(Path("r.ps"), video_codec=Codec.H264, audio=Path("a"), audio_codec=Codec.G729)
 
 
 # -- real conversions ----------------------------------------------------------------------------------------
@@ -109,21 +127,22 @@ async def test_ps_with_audio_becomes_an_mp4_matching_the_source(sources: dict[st
         assert streams["video"]["codec_tag_string"] == "hvc1"
     assert streams["audio"]["codec_name"] == "aac" and int(streams["audio"]["channels"]) == 1
     # The audio keeps its place: it began 0.1 s after the video in the PS.
-    # (The AAC encoder's priming packet comes before, at a negative time: it is not sound.)
-    assert float(streams["video"]["start_time"]) == 0
-    first_sound = min(t for t in _audio_packet_times(tmp_path / "rec.mp4") if t >= 0)
-    assert first_sound == pytest.approx(AUDIO_DELAY_TICKS / 90000, abs=0.01)
+    # (An AAC encoder's priming packet of 1024 samples comes first: it is not sound.)
+    priming = 0.0 if kind == "h264-aac" else 1024 / 8000
+    first_sound = _packet_times(tmp_path / "rec.mp4", "a:0")[0] + priming
+    offset = first_sound - _packet_times(tmp_path / "rec.mp4", "v:0")[0]
+    assert offset == pytest.approx(AUDIO_DELAY_TICKS / 90000, abs=0.01)
     assert result.scan.video_frames == len(media.units) and result.scan.audio_codec is media.audio_codec
     assert result.size == (tmp_path / "rec.mp4").stat().st_size
-    assert result.ffmpeg_version and result.argv[0] == "-nostdin"
-    assert str(tmp_path) not in " ".join(result.argv), "no station path in what the manifest records"
+    assert result.ffmpeg_version and result.argv[0] == "-nostdin" and result.mp4_argv[0] == "-nostdin"
+    assert str(tmp_path) not in " ".join(result.argv + result.mp4_argv), "no station path in a manifest"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.mp4", "rec.ps"], "no temp file left"
     assert _moov_before_mdat(tmp_path / "rec.mp4"), "+faststart: the index comes first"
 
 
-def _audio_packet_times(path: Path) -> list[float]:
+def _packet_times(path: Path, stream: str) -> list[float]:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "packet=pts_time", "-of",
+        ["ffprobe", "-v", "error", "-select_streams", stream, "-show_entries", "packet=pts_time", "-of",
          "csv=p=0", str(path)], check=True, capture_output=True, text=True, timeout=60,
     ).stdout.split()
     times = (t.strip(",") for t in out)
@@ -211,3 +230,26 @@ async def test_an_mp4_that_does_not_match_the_ps_is_refused_and_removed(
     with pytest.raises(ConversionError, match=expected):
         await convert_recording(raw, tmp_path / "rec.mp4", display="checked")
     assert [p.name for p in tmp_path.iterdir()] == ["rec.ps"], "the unchecked MP4 is not left behind"
+
+
+async def test_the_run_that_reads_the_ps_is_the_confined_one(
+    sources: dict[str, SourceMedia], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.gb28181 import convert
+
+    raw = tmp_path / "rec.ps"
+    raw.write_bytes(b"".join(p for p, _ in ps_packs(sources["h264"])))
+    real_run = convert._run
+    argvs: list[list[str]] = []
+
+    async def recording(argv: list[str], *args: Any, **kwargs: Any) -> Any:
+        argvs.append(argv)
+        return await real_run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(convert, "_run", recording)
+    await convert_recording(raw, tmp_path / "rec.mp4", display="confined")
+    reading_the_ps = [a for a in argvs if f"file:{raw}" in a]
+    assert len(reading_the_ps) == 1
+    wrapper = reading_the_ps[0][: reading_the_ps[0].index("--") + 1]
+    assert wrapper[2].endswith("probe_sandbox.py")
+    assert wrapper[3:] == ["--read", str(raw), "--read", str(tmp_path / ".rec.mp4.audio"), "--"]

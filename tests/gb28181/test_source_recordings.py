@@ -120,8 +120,9 @@ async def test_a_download_becomes_two_sealed_items_that_verify(media: SourceMedi
     assert made_from["sha256"] == raw["sha256"] and made_from["size"] == raw["size"]
     assert made_from["key"]["version"] == "raw-ps"
     conversion = mp4["original"]["conversion"]
-    assert conversion["ffmpeg_version"] and "-movflags" in conversion["argv"]
+    assert conversion["ffmpeg_version"] and "-movflags" in conversion["mp4_argv"]
     assert "{raw_ps}" in conversion["argv"] and str(spool) not in str(conversion)
+    assert conversion["sandbox"].startswith("landlock")
     assert mp4["media"]["streams"][0]["codec"] == "h264"
 
     gaps = [e for e in store.ledger.entries() if e.type == "gap"]
