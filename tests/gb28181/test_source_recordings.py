@@ -175,3 +175,14 @@ async def test_a_failed_conversion_still_seals_the_raw_ps_and_says_why(store: St
     assert DEVICE in errors[0].data["original"]
     assert verify_store(store.layout.root).ok
     assert list(spool.iterdir()) == []
+
+
+async def test_an_mp4_left_by_an_interrupted_attempt_is_made_again(media: SourceMedia, store: StationStore,
+                                                                   spool: Path) -> None:
+    download = await _download(media, spool)
+    (spool / "dl-0001.mp4").write_bytes(b"half an mp4 from before a power cut")
+    done = await ingest_download(IngestPipeline(store, SETTINGS), _source(spool), download)
+    assert done.conversion_error is None and done.mp4_item is not None
+    mp4 = _manifests(store)["mp4"]
+    assert mp4["size"] > 1000 and mp4["media"]["streams"][0]["codec"] == "h264"
+    assert verify_store(store.layout.root).ok

@@ -253,6 +253,8 @@ async def ingest_download(
     mp4_path = download.raw_ps.with_name(download.raw_ps.stem + ".mp4")
     conversion: Conversion | None = None
     error: str | None = None
+    # An MP4 an earlier, interrupted attempt left (ours: named after the raw PS, in the spool) is made again.
+    mp4_path.unlink(missing_ok=True)
     try:
         conversion = await convert_recording(download.raw_ps, mp4_path, display=shown,
                                              timeout_s=convert_timeout_s)
