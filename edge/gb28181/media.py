@@ -424,6 +424,17 @@ class MediaReceiver:
     def ended(self) -> EndReason | None:
         return self._ended
 
+    def expect_ssrc(self, ssrc: int | None) -> None:
+        """The device's answer named another SSRC than our offer (`y=`), or none (None: take the first one
+        seen). From now on packets of that SSRC are the session's; what was already taken stays."""
+        if ssrc is not None and not 0 <= ssrc <= 0xFFFFFFFF:
+            raise MediaError(f"SSRC {ssrc} does not fit 32 bits")
+        if self._counters.packets and ssrc != self._ssrc:
+            log.warning("media port %d: SSRC changed from %s to %s after %d packets", self.local_port,
+                        self._ssrc, ssrc, self._counters.packets)
+        self._ssrc_expected = ssrc
+        self._ssrc = ssrc
+
     def expect_peer(self, host: str) -> None:
         """TCP passive: from now on, take a connection only from `host` (the device's media address)."""
         self._expected_peer_host = host
@@ -697,7 +708,7 @@ class MediaReceiver:
 
 
 async def open_receiver(
-    transport: MediaTransport,
+    transport: MediaTransport | str,
     *,
     bind_host: str,
     port_range: tuple[int, int],
@@ -711,7 +722,13 @@ async def open_receiver(
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
 ) -> MediaReceiver:
     """Bind a media endpoint for one session and start receiving (see the module docstring).
-    `raw_path` must not exist; its directory must. Raises MediaError."""
+    `transport` may be given as its string ("udp", "tcp-passive", "tcp-active"). `raw_path` must not
+    exist; its directory must. Raises MediaError."""
+    try:
+        transport = MediaTransport(transport)
+    except ValueError:
+        raise MediaError(f"media transport {transport!r} is not one of "
+                         f"{', '.join(t.value for t in MediaTransport)}") from None
     if idle_timeout_s <= 0 or max_bytes <= 0:
         raise MediaError("idle_timeout_s and max_bytes must be positive")
     if max_buffered_bytes < 2 * FLUSH_BYTES:

@@ -400,3 +400,36 @@ async def test_udp_ends_with_an_error_when_the_disk_falls_behind(
     assert outcome.ended is EndReason.ERROR and "fell more than" in outcome.detail
     raw = (spool / "rec.ps").read_bytes()
     assert len(raw) == outcome.bytes < len(whole) and whole.startswith(raw), "what was taken is written whole"
+
+
+# -- what the platform tells the receiver after the 200 OK ------------------------------------------------
+
+
+async def test_the_ssrc_the_device_answered_replaces_the_offered_one(h264: Stream, spool: Path) -> None:
+    answered = SSRC + 77
+    theirs = rtp_packets(ps_packs(h264.media), ssrc=answered)
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=0.5)  # opened with our offer's SSRC
+    receiver.expect_ssrc(answered)
+    await send_udp(h264.packets[:10] + theirs, receiver.local_port)
+    outcome = await receiver.wait_closed()
+    assert outcome.ssrc == answered == outcome.ssrc_expected and outcome.ssrc_policy == "expected"
+    assert outcome.ssrc_mismatches == 10 and outcome.mismatched_ssrcs == [SSRC]
+    assert (spool / "rec.ps").read_bytes() == h264.ps
+
+
+async def test_an_answer_without_ssrc_can_leave_it_to_the_first_seen(h264: Stream, spool: Path) -> None:
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=0.5)
+    receiver.expect_ssrc(None)
+    await send_udp(rtp_packets(ps_packs(h264.media), ssrc=0), receiver.local_port)  # Dahua sends SSRC 0
+    outcome = await receiver.wait_closed()
+    assert outcome.ssrc == 0 and outcome.ssrc_policy == "first-seen"
+    assert (spool / "rec.ps").read_bytes() == h264.ps
+
+
+async def test_the_transport_may_be_named_by_its_string(h264: Stream, spool: Path) -> None:
+    receiver = await _open(spool, "tcp-passive")  # type: ignore[arg-type]
+    await send_tcp(h264.packets, receiver.local_port)
+    _assert_whole(await receiver.wait_closed(), h264, spool / "rec.ps")
+    with pytest.raises(MediaError, match="'sctp' is not one of udp, tcp-passive, tcp-active"):
+        await open_receiver("sctp", bind_host="127.0.0.1", port_range=PORTS, ssrc=None,
+                            raw_path=spool / "other.ps", idle_timeout_s=1, max_bytes=1)
