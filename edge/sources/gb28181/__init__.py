@@ -1,6 +1,8 @@
 """GB/T 28181 downloads as a source of the ingest pipeline: per recording, the raw PS as received (the
-evidentiary original) and the MP4 made from it (:mod:`edge.sources.gb28181.recordings`)."""
+evidentiary original) and the MP4 made from it (:mod:`edge.sources.gb28181.recordings`); each recording
+downloaded once (:mod:`edge.sources.gb28181.downloads`)."""
 
+from edge.sources.gb28181.downloads import DownloadReport, GbDownloads, StartDownload, Transfer
 from edge.sources.gb28181.recordings import (
     SOURCE_KIND,
     DownloadedRecording,
@@ -14,9 +16,13 @@ from edge.sources.gb28181.recordings import (
 
 __all__ = [
     "SOURCE_KIND",
+    "DownloadReport",
     "DownloadedRecording",
+    "GbDownloads",
     "GbRecordings",
     "RecordingRef",
+    "StartDownload",
+    "Transfer",
     "already_sealed",
     "ingest_download",
     "mp4_key",

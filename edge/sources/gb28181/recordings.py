@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drivers.gb28181.manscdp import RecordItem
 from edge.custody.ledger import EntryType
 from edge.gb28181.convert import Conversion, ConversionError, convert_recording
 from edge.gb28181.media import MediaOutcome
@@ -79,6 +80,17 @@ class RecordingRef:
     end_time: str
     record_type: str = ""
     recorder_id: str = ""
+    address: str = ""  # where the device says it was recorded
+    file_size_bytes: int | None = None  # as the device announced it (RecordInfo FileSize)
+
+    @classmethod
+    def from_record_item(cls, device_id: str, item: RecordItem) -> RecordingRef:
+        """A RecordInfo item of `device_id` (its DeviceID is the channel's), times as the device wrote
+        them (device local time, ISO-8601 without a zone)."""
+        return cls(device_id=device_id, channel_id=item.device_id, name=item.name, file_path=item.file_path,
+                   start_time=item.start_time.isoformat(), end_time=item.end_time.isoformat(),
+                   record_type=item.type, recorder_id=item.recorder_id, address=item.address,
+                   file_size_bytes=item.file_size_bytes)
 
     def identity(self) -> str:
         """The recording's stable identity at its device (what the keys are made of)."""
@@ -92,6 +104,8 @@ class RecordingRef:
             "end_time": display_text(self.end_time, 64),
             "record_type": display_text(self.record_type, 32),
             "recorder_id": display_text(self.recorder_id, 64),
+            "address": display_text(self.address),
+            "file_size_bytes": self.file_size_bytes,
         }
 
 
