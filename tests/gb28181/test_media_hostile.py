@@ -47,7 +47,7 @@ def _ps(frames: int) -> bytes:
 
 async def _receive(spool: Path, datagrams: list[bytes]) -> tuple[Any, bytes]:
     receiver = await open_receiver(MediaTransport.UDP, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC,
-                                   raw_path=spool / "rec.ps", idle_timeout_s=0.4, max_bytes=1 << 30)
+                                   raw_path=spool / "rec.ps", idle_timeout_s=1.0, max_bytes=1 << 30)
     await send_udp(datagrams, receiver.local_port)
     outcome = await receiver.wait_closed()
     return outcome, (spool / "rec.ps").read_bytes()

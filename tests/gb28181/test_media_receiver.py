@@ -110,7 +110,7 @@ def _assert_whole(outcome: MediaOutcome, stream: Stream, raw: Path, *, ssrc_poli
 
 
 async def test_udp_h264_with_g711a_arrives_byte_for_byte(h264: Stream, spool: Path) -> None:
-    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=0.5)
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=1.0)
     assert PORTS[0] <= receiver.local_port <= PORTS[1]
     await send_udp(h264.packets, receiver.local_port)
     outcome = await receiver.wait_closed()
@@ -151,7 +151,7 @@ async def test_tcp_active_connects_to_the_device(h264: Stream, h265: Stream, spo
 
 
 async def test_udp_h265(h265: Stream, spool: Path) -> None:
-    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=0.5)
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=1.0)
     await send_udp(reorder(h265.packets, seed=8), receiver.local_port)
     _assert_whole(await receiver.wait_closed(), h265, spool / "rec.ps")
 
@@ -174,7 +174,7 @@ async def test_reordering_and_duplicates_on_udp_are_put_right(h264: Stream, spoo
     packets = reorder(h264.packets, seed=3)
     assert packets != h264.packets
     packets = packets[:50] + packets[40:45] + packets[50:]  # five repeated
-    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=0.5)
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=1.0)
     await send_udp(packets, receiver.local_port)
     outcome = await receiver.wait_closed()
     _assert_whole(outcome, h264, spool / "rec.ps")
@@ -185,7 +185,7 @@ async def test_loss_is_a_recorded_gap_never_silent_corruption(h264: Stream, spoo
     rng = random.Random(5)
     lost = sorted(rng.sample(range(20, len(h264.packets) - 20), 6))
     sent = [p for i, p in enumerate(h264.packets) if i not in set(lost)]
-    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=0.5)
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=1.0)
     await send_udp(reorder(sent, seed=4), receiver.local_port)
     outcome = await receiver.wait_closed()
     first = parse_rtp(h264.packets[0]).sequence
@@ -211,7 +211,7 @@ async def test_packets_of_another_ssrc_are_dropped_and_counted(h264: Stream, spo
     stranger = rtp_packets(ps_packs(h264.media)[:30], ssrc=SSRC + 1, first_sequence=100)
     mixed = [p for pair in zip(h264.packets, stranger, strict=False) for p in pair]
     mixed += h264.packets[len(stranger):]
-    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=0.5)
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=1.0)
     await send_udp(mixed, receiver.local_port)
     outcome = await receiver.wait_closed()
     assert outcome.ssrc_mismatches == len(stranger) and outcome.mismatched_ssrcs == [SSRC + 1]
@@ -221,7 +221,7 @@ async def test_packets_of_another_ssrc_are_dropped_and_counted(h264: Stream, spo
 async def test_with_no_ssrc_expected_the_first_one_is_taken_and_recorded(h264: Stream, tmp_path: Path,
                                                                         spool: Path) -> None:
     stranger = rtp_packets(ps_packs(h264.media)[:5], ssrc=7, first_sequence=100)
-    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=0.5, ssrc=None)
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=1.0, ssrc=None)
     await send_udp(h264.packets + stranger, receiver.local_port)
     outcome = await receiver.wait_closed()
     assert outcome.ssrc_policy == "first-seen" and outcome.ssrc_expected is None
@@ -269,7 +269,7 @@ async def test_garbage_on_tcp_ends_the_session_with_an_error(h264: Stream, spool
 async def test_garbage_datagrams_are_counted_not_taken(h264: Stream, spool: Path) -> None:
     junk = [random.Random(i).randbytes(200) for i in range(10)]
     junk = [bytes([j[0] & 0x3F]) + j[1:] for j in junk]  # not RTP version 2
-    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=0.5)
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=1.0)
     await send_udp(junk + h264.packets, receiver.local_port)
     outcome = await receiver.wait_closed()
     assert outcome.invalid_packets == 10
@@ -408,7 +408,7 @@ async def test_udp_ends_with_an_error_when_the_disk_falls_behind(
 async def test_the_ssrc_the_device_answered_replaces_the_offered_one(h264: Stream, spool: Path) -> None:
     answered = SSRC + 77
     theirs = rtp_packets(ps_packs(h264.media), ssrc=answered)
-    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=0.5)  # opened with our offer's SSRC
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=1.0)  # opened with our offer's SSRC
     receiver.expect_ssrc(answered)
     await send_udp(h264.packets[:10] + theirs, receiver.local_port)
     outcome = await receiver.wait_closed()
@@ -418,7 +418,7 @@ async def test_the_ssrc_the_device_answered_replaces_the_offered_one(h264: Strea
 
 
 async def test_an_answer_without_ssrc_can_leave_it_to_the_first_seen(h264: Stream, spool: Path) -> None:
-    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=0.5)
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=1.0)
     receiver.expect_ssrc(None)
     await send_udp(rtp_packets(ps_packs(h264.media), ssrc=0), receiver.local_port)  # Dahua sends SSRC 0
     outcome = await receiver.wait_closed()

@@ -63,7 +63,7 @@ class Device:
         if ref.start_time in self.refused:
             raise RuntimeError("device answered 486 Busy Here")
         receiver = await open_receiver(MediaTransport.UDP, bind_host="127.0.0.1", port_range=(33000, 33999),
-                                       ssrc=SSRC, raw_path=raw_path, idle_timeout_s=0.4, max_bytes=1 << 30)
+                                       ssrc=SSRC, raw_path=raw_path, idle_timeout_s=1.0, max_bytes=1 << 30)
         if ref.start_time not in self.silent:
             await send_udp(self.packets, receiver.local_port)
         outcome = await receiver.wait_closed()

@@ -66,7 +66,7 @@ async def _download(media: SourceMedia, spool: Path, *, lose: tuple[int, ...] = 
     packets = rtp_packets(ps_packs(media), ssrc=SSRC)
     sent = [p for i, p in enumerate(packets) if i not in lose]
     receiver = await open_receiver(MediaTransport.UDP, bind_host="127.0.0.1", port_range=(31000, 31999),
-                                   ssrc=SSRC, raw_path=spool / "dl-0001.ps", idle_timeout_s=0.5,
+                                   ssrc=SSRC, raw_path=spool / "dl-0001.ps", idle_timeout_s=1.0,
                                    max_bytes=1 << 30)
     await send_udp(sent, receiver.local_port)
     outcome = await receiver.wait_closed()
