@@ -34,7 +34,8 @@ never waits for the disk; if the disk falls `max_buffered_bytes` behind, TCP rea
 is slowed, nothing lost) and UDP ends the session (`error`: the bytes would be lost otherwise). At the
 end the file is fsynced, then its directory.
 
-The session ends on `close()` (the platform saw MediaStatus 121 or BYE: `closed`), on the device closing
+The session ends on `close()` (the platform saw MediaStatus 121 or BYE: `closed`; packets already on
+their way are still taken, until a short silence), on the device closing
 its TCP connection (`closed`), on `idle_timeout_s` without a packet of the session (`idle`; also when no
 media ever came), on `max_bytes` of raw PS (`limit`: the packet that would pass it is not written), or on
 an error (`error`). `wait_closed()` returns the `MediaOutcome`. `progress` is readable while it runs.
@@ -78,6 +79,8 @@ FLUSH_BYTES = 256 * 1024  # a write is handed to the worker thread once this muc
 DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024  # how far the disk may fall behind (2 s of a 32 Mbit/s burst)
 MAX_RECORDED_GAPS = 1024
 IDLE_CHECK_S = 0.5
+DRAIN_S = 2.0  # close(): how long packets already sent may still be taken
+QUIET_S = 0.2  # close(): the silence that says they have all come
 MAX_RECORDED_SSRCS = 8
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # the PS demuxer's bound on one frame
 UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # asked for; the kernel caps it at net.core.rmem_max
@@ -406,6 +409,7 @@ class MediaReceiver:
         self._framing: str | None = None
         self._ended_event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._last_packet_at = self._loop.time()  # on the loop's clock: what close() drains by
 
     # -- the interface ---------------------------------------------------------------------------------------
 
@@ -457,8 +461,20 @@ class MediaReceiver:
             self._end(EndReason.ERROR, detail)
             raise MediaError(detail) from exc
 
-    async def close(self) -> MediaOutcome:
-        """End the session (MediaStatus 121, BYE, or the platform gave up) and return its outcome."""
+    async def close(self, *, drain_s: float = DRAIN_S) -> MediaOutcome:
+        """End the session (MediaStatus 121, BYE, or the platform gave up) and return its outcome.
+
+        A device sends MediaStatus 121 after its last packet, but those packets may still be on their
+        way or in the socket's buffer when the platform hears of it: reading goes on until `QUIET_S`
+        pass without a packet of the session, for at most `drain_s` (0: at once)."""
+        loop = self._loop
+        deadline = loop.time() + drain_s
+        while self._ended is None and drain_s > 0:
+            now = loop.time()
+            quiet_at = self._last_packet_at + QUIET_S
+            if now >= quiet_at or now >= deadline:
+                break
+            await asyncio.sleep(min(quiet_at, deadline) - now)
         self._end(EndReason.CLOSED, "closed by the platform")
         return await self.wait_closed()
 
@@ -539,6 +555,7 @@ class MediaReceiver:
             return
         now = self._clock()
         self._last_activity = now
+        self._last_packet_at = self._loop.time()
         if self._first_packet_at is None:
             self._first_packet_at = now
             if self._peer is None:

@@ -433,3 +433,24 @@ async def test_the_transport_may_be_named_by_its_string(h264: Stream, spool: Pat
     with pytest.raises(MediaError, match="'sctp' is not one of udp, tcp-passive, tcp-active"):
         await open_receiver("sctp", bind_host="127.0.0.1", port_range=PORTS, ssrc=None,
                             raw_path=spool / "other.ps", idle_timeout_s=1, max_bytes=1)
+
+
+async def test_close_after_media_status_121_still_takes_the_packets_on_their_way(h264: Stream,
+                                                                                 spool: Path) -> None:
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=30)
+    # The device has sent everything and its MediaStatus 121 beat the last packets to the platform.
+    sending = asyncio.create_task(send_udp(h264.packets, receiver.local_port))
+    await asyncio.sleep(0)
+    outcome = await receiver.close()
+    await sending
+    assert outcome.ended is EndReason.CLOSED
+    _assert_whole(outcome, h264, spool / "rec.ps")
+
+
+async def test_close_without_drain_ends_at_once(h264: Stream, spool: Path) -> None:
+    receiver = await _open(spool, MediaTransport.UDP, idle_timeout_s=30)
+    sending = asyncio.create_task(send_udp(h264.packets, receiver.local_port))
+    await asyncio.sleep(0)
+    outcome = await receiver.close(drain_s=0)
+    await sending
+    assert outcome.ended is EndReason.CLOSED and outcome.bytes < len(h264.ps)
