@@ -72,7 +72,7 @@ async def _download(media: SourceMedia, spool: Path, *, lose: tuple[int, ...] = 
     outcome = await receiver.wait_closed()
     assert (spool / "dl-0001.ps").read_bytes() == b"".join(parse_rtp(p).payload for p in sent)
     return DownloadedRecording(REF, spool / "dl-0001.ps", outcome, device_clock_offset_ms=-1200,
-                               facts={"call_id": "abc@station"})
+                               device_tz_offset_min=480, facts={"call_id": "abc@station"})
 
 
 def _source(spool: Path) -> GbRecordings:
@@ -102,7 +102,8 @@ async def test_a_download_becomes_two_sealed_items_that_verify(media: SourceMedi
     assert raw["sha256"] == hashlib.sha256(raw_bytes).hexdigest() and raw["size"] == len(raw_bytes)
     for manifest in (raw, mp4):
         assert manifest["source"] == {"kind": "gb28181", "station": "TEST-STATION", "device_id": DEVICE,
-                                      "channel_id": CHANNEL}
+                                      "channel_id": CHANNEL, "device_serial": DEVICE}
+        assert manifest["time"]["device_tz_offset_min"] == 480
         assert manifest["time"]["recorded_start"] == "2026-12-05T09:00:00"
         assert manifest["time"]["recorded_end"] == "2026-12-05T09:00:03"
         assert manifest["time"]["device_clock_offset_ms"] == -1200

@@ -76,12 +76,14 @@ class GbDownloads:
         start_download: StartDownload,
         *,
         device_clock_offset_ms: Callable[[], int | None] = lambda: None,
+        device_tz_offset_min: int | None = None,
         convert_timeout_s: float = 600.0,
     ) -> None:
         self.pipeline = pipeline
         self.source = source
         self.start_download = start_download
         self.device_clock_offset_ms = device_clock_offset_ms
+        self.device_tz_offset_min = device_tz_offset_min
         self.convert_timeout_s = convert_timeout_s
 
     async def download(self, recordings: Sequence[RecordingRef]) -> DownloadReport:
@@ -110,6 +112,7 @@ class GbDownloads:
             return await self._failed(ref, raw, shown, f"no media came ({outcome.ended}: {outcome.detail})")
         offset = self.device_clock_offset_ms()
         download = DownloadedRecording(ref, raw, outcome, device_clock_offset_ms=offset,
+                                       device_tz_offset_min=self.device_tz_offset_min,
                                        facts=dict(transfer.facts))
         done = await ingest_download(self.pipeline, self.source, download,
                                      convert_timeout_s=self.convert_timeout_s)

@@ -133,6 +133,7 @@ class DownloadedRecording:
     raw_ps: Path
     outcome: MediaOutcome
     device_clock_offset_ms: int | None = None  # from DeviceStatus, when the platform measured it
+    device_tz_offset_min: int | None = None  # the devices' configured zone (UTC+8: 480)
     facts: Mapping[str, Any] = field(default_factory=dict)  # for the `acquired` entry (e.g. the Call-ID)
 
 
@@ -166,8 +167,9 @@ class GbRecordings:
         return self.spool.is_dir()  # the files are on the station's disk, not on the device
 
     def _source_block(self, ref: RecordingRef) -> dict[str, Any]:
+        # device_serial as every source names its device (the central's index reads it).
         return {"kind": SOURCE_KIND, "station": self.station_id, "device_id": ref.device_id,
-                "channel_id": ref.channel_id}
+                "channel_id": ref.channel_id, "device_serial": ref.device_id}
 
     def _time_block(self, download: DownloadedRecording) -> dict[str, Any]:
         ref = download.recording
@@ -175,6 +177,8 @@ class GbRecordings:
             "recorded_start": display_text(ref.start_time, 64),
             "recorded_end": display_text(ref.end_time, 64),
             "device_clock_offset_ms": download.device_clock_offset_ms,
+            # The zone the platform is configured to read device times in (None: not known).
+            "device_tz_offset_min": download.device_tz_offset_min,
             "station_clock_synchronised": self.station_clock_synchronised,
         }
 
