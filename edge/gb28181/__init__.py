@@ -1,0 +1,1 @@
+"""The GB/T 28181 platform service: registrar, queries, downloads and live sessions."""

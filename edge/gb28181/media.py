@@ -1,0 +1,772 @@
+"""The media receiver of a GB/T 28181 session: RTP carrying MPEG-PS in, the raw PS as received out.
+
+The platform's INVITE (Play, Playback, Download) needs a local media endpoint before it sends its offer:
+`open_receiver(transport, ...)` binds one (one port per session, from a configured range: a port shared
+by two streams is how "ssrc mismatched" happens in the field, gb28181.md §12) and returns a
+`MediaReceiver`; its `local_port` goes into the offer's `m=` line. The platform owns SIP (INVITE, ACK,
+BYE, MediaStatus 121); the receiver owns the bytes.
+
+Transports (`MediaTransport`):
+
+* `udp`: RTP datagrams on the bound port.
+* `tcp-passive`: we listen (offer `a=setup:passive`); exactly one connection is taken, from the device's
+  host when `expected_peer_host` is given (`expect_peer()` can set it once the 200 OK is in); any other
+  connection is closed at once and counted (`refused_connections`).
+* `tcp-active`: we connect (offer `a=setup:active`) from the bound port to the address in the device's
+  answer: `connect(host, port)` after the 200 OK.
+
+On TCP the framing is detected from the first bytes (RFC 4571 length, or `$` interleaved: drivers/gb28181/
+framing.py); a stream that stops being framed RTP ends the session (`error`): TCP has no resync point.
+
+What is taken: packets of the expected SSRC (`y=` of the answer, or of our offer) only; others are
+counted and dropped (`ssrc_mismatches`, the first few values in `mismatched_ssrcs`). With no SSRC
+expected the receiver locks on the first packet's SSRC and says so (`ssrc_policy` "first-seen"). Packets
+go through a `ReorderBuffer` (UDP: a window of `reorder_window` packets; TCP: 1, since TCP does not
+reorder but a device may have lost packets before sending); every lost range is a recorded gap
+(`gaps`, extended sequence numbers) and a `discontinuity()` of the PS demuxer, so no frame is ever
+counted across a hole. The RTP payloads, in sequence order, are the raw PS file, byte for byte as the
+device sent it (RTP headers dropped); bytes that were lost are not invented, the gaps say where.
+
+The raw PS is written to `raw_path`, created new (never overwriting, never through a symlink, mode 0600):
+the caller puts it in the station's spool or temp area, and nothing else is written anywhere. Writes go
+through a bounded buffer flushed by a worker thread (at most one flush in flight), so the event loop
+never waits for the disk; if the disk falls `max_buffered_bytes` behind, TCP reading pauses (the device
+is slowed, nothing lost) and UDP ends the session (`error`: the bytes would be lost otherwise). At the
+end the file is fsynced, then its directory.
+
+The session ends on `close()` (the platform saw MediaStatus 121 or BYE: `closed`; packets already on
+their way are still taken, until a short silence), on the device closing
+its TCP connection (`closed`), on `idle_timeout_s` without a packet of the session (`idle`; also when no
+media ever came), on `max_bytes` of raw PS (`limit`: the packet that would pass it is not written), or on
+an error (`error`). `wait_closed()` returns the `MediaOutcome`. `progress` is readable while it runs.
+Memory is bounded whatever the stream's length: the reorder window, the write buffer, the PS demuxer's
+frame bound, and the first `MAX_RECORDED_GAPS` gaps (the rest are counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from drivers.gb28181.framing import Framing, FramingError, StreamDeframer, TcpFrame
+from drivers.gb28181.ps import EsFrame, PsDemuxer, PsEvent, StreamMap, is_audio, is_video
+from drivers.gb28181.rtp import (
+    Delivered,
+    Duplicate,
+    Gap,
+    Late,
+    ReorderBuffer,
+    ReorderEvent,
+    RtpError,
+    parse_rtp,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REORDER_WINDOW = 64
+FLUSH_BYTES = 256 * 1024  # a write is handed to the worker thread once this much is buffered
+DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024  # how far the disk may fall behind (2 s of a 32 Mbit/s burst)
+MAX_RECORDED_GAPS = 1024
+IDLE_CHECK_S = 0.5
+DRAIN_S = 2.0  # close(): how long packets already sent may still be taken
+QUIET_S = 0.2  # close(): the silence that says they have all come
+MAX_RECORDED_SSRCS = 8
+MAX_FRAME_BYTES = 8 * 1024 * 1024  # the PS demuxer's bound on one frame
+UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # asked for; the kernel caps it at net.core.rmem_max
+RAW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+PTS_MODULO = 1 << 33
+
+
+class MediaError(Exception):
+    """The receiver could not be opened or connected; the message says what and where."""
+
+
+class MediaTransport(StrEnum):
+    UDP = "udp"
+    TCP_PASSIVE = "tcp-passive"  # we listen, the device connects
+    TCP_ACTIVE = "tcp-active"  # we connect to the device
+
+
+class EndReason(StrEnum):
+    IDLE = "idle"
+    CLOSED = "closed"
+    LIMIT = "limit"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class MediaProgress:
+    """Counters of a running session (raw PS bytes written or buffered, packets taken, frames)."""
+
+    bytes: int
+    packets: int
+    frames: int
+    lost_packets: int
+    elapsed_s: float
+    rate_bps: float  # raw PS bits per second since the first packet
+
+
+@dataclass(frozen=True)
+class MediaOutcome:
+    """How a session ended and what it received. `gaps`: lost RTP sequence ranges (extended numbers,
+    inclusive), the first `MAX_RECORDED_GAPS`; `lost_packets` counts them all."""
+
+    transport: MediaTransport
+    ended: EndReason
+    detail: str
+    bytes: int
+    packets: int
+    gaps: list[tuple[int, int]]
+    lost_packets: int
+    gaps_unrecorded: int
+    duplicates: int
+    late: int
+    ssrc: int | None  # the SSRC whose packets were taken
+    ssrc_expected: int | None
+    ssrc_policy: str  # "expected" | "first-seen"
+    ssrc_mismatches: int
+    mismatched_ssrcs: list[int]
+    invalid_packets: int
+    refused_connections: int
+    write_stalls: int  # TCP: times reading paused because the raw file's writes fell behind
+    peer: str | None  # where the media came from (host:port)
+    framing: str | None  # TCP: rfc4571 | interleaved
+    payload_types: list[int]
+    video_frames: int
+    audio_frames: int
+    resyncs: int
+    dropped_frames: int
+    streams: dict[int, str]  # PS stream id -> codec, from the stream map
+    first_video_pts: int | None
+    last_video_pts: int | None
+    elapsed_s: float
+
+    @property
+    def video_span_s(self) -> float | None:
+        """Media time from the first to the last video frame's PTS (33-bit wrap handled)."""
+        if self.first_video_pts is None or self.last_video_pts is None:
+            return None
+        return ((self.last_video_pts - self.first_video_pts) % PTS_MODULO) / 90000
+
+    def summary(self) -> dict[str, Any]:
+        """The facts a manifest carries about the transfer (JSON-ready)."""
+        return {
+            "transport": str(self.transport),
+            "ended": str(self.ended),
+            "detail": self.detail,
+            "bytes": self.bytes,
+            "packets": self.packets,
+            "gaps": [list(g) for g in self.gaps],
+            "lost_packets": self.lost_packets,
+            "gaps_unrecorded": self.gaps_unrecorded,
+            "duplicates": self.duplicates,
+            "late": self.late,
+            "ssrc": self.ssrc,
+            "ssrc_expected": self.ssrc_expected,
+            "ssrc_policy": self.ssrc_policy,
+            "ssrc_mismatches": self.ssrc_mismatches,
+            "mismatched_ssrcs": self.mismatched_ssrcs,
+            "invalid_packets": self.invalid_packets,
+            "refused_connections": self.refused_connections,
+            "write_stalls": self.write_stalls,
+            "framing": self.framing,
+            "video_frames": self.video_frames,
+            "audio_frames": self.audio_frames,
+            "resyncs": self.resyncs,
+            "dropped_frames": self.dropped_frames,
+        }
+
+
+@dataclass
+class _Counters:
+    bytes: int = 0
+    packets: int = 0
+    video_frames: int = 0
+    audio_frames: int = 0
+    lost_packets: int = 0
+    gaps: list[tuple[int, int]] = field(default_factory=list)
+    gaps_unrecorded: int = 0
+    duplicates: int = 0
+    late: int = 0
+    ssrc_mismatches: int = 0
+    mismatched_ssrcs: list[int] = field(default_factory=list)
+    invalid_packets: int = 0
+    refused_connections: int = 0
+    write_stalls: int = 0
+    payload_types: set[int] = field(default_factory=set)
+    streams: dict[int, str] = field(default_factory=dict)
+    first_video_pts: int | None = None
+    last_video_pts: int | None = None
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _sync_and_close(fd: int, directory: Path, *, sync: bool) -> None:
+    try:
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if sync:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _create_raw(raw_path: Path) -> int:
+    """The raw PS file, created new in its directory (which must exist): no overwrite, no symlink."""
+    try:
+        dir_fd = os.open(raw_path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise MediaError(f"raw PS directory {raw_path.parent}: {exc.strerror or exc}") from exc
+    try:
+        return os.open(raw_path.name, RAW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        raise MediaError(f"raw PS file {raw_path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(dir_fd)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def bind_media_socket(transport: MediaTransport, host: str, port_range: tuple[int, int]) -> socket.socket:
+    """A socket bound to the first free port of `port_range` (inclusive), starting at a random one so
+    that a port just given up is not reused at once (a late packet of the old session would land in the
+    new one). Raises MediaError when every port is taken."""
+    first, last = port_range
+    if not 0 < first <= last <= 65535:
+        raise MediaError(f"port range {first}-{last} is not within 1-65535")
+    ports = list(range(first, last + 1))
+    start = random.randrange(len(ports))
+    kind = socket.SOCK_DGRAM if transport is MediaTransport.UDP else socket.SOCK_STREAM
+    for port in ports[start:] + ports[:start]:
+        sock = socket.socket(_family(host), kind)
+        try:
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER_BYTES)
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                continue
+            raise MediaError(f"cannot bind a {transport} media socket on {host}:{port}: {exc.strerror}") \
+                from exc
+        sock.setblocking(False)
+        return sock
+    raise MediaError(f"no free {transport} media port on {host} in {first}-{last}")
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, receiver: MediaReceiver) -> None:
+        self.receiver = receiver
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.receiver._rtp(data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors: not the end of a UDP stream
+        log.debug("media UDP socket: %s", exc)
+
+
+class _TcpProtocol(asyncio.Protocol):
+    def __init__(self, receiver: MediaReceiver) -> None:
+        self.receiver = receiver
+        self.deframer = StreamDeframer(Framing.AUTO)
+        self.transport: asyncio.Transport | None = None
+        self.admitted = False
+        self.peer: tuple[Any, ...] | None = None
+        self.unconsumed = b""  # bytes of a frame begun in an earlier read (at most one frame)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        self.admitted = self.receiver._admit(self)
+        if not self.admitted:
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.admitted:
+            return
+        try:
+            frames = self.deframer.feed(data)
+        except FramingError as exc:
+            # The frames of this read before the bad one are good: take them, then end.
+            for frame in self._frames_before_error(data):
+                self.receiver._rtp(frame.payload, self.peer)
+            self.receiver._end(EndReason.ERROR, f"TCP media from {_address(self.peer)}: {exc}")
+            return
+        held = self.deframer.buffered_bytes  # the start of a frame that the next read completes
+        self.unconsumed = (self.unconsumed + data)[-held:] if held else b""
+        for frame in frames:
+            self.receiver._rtp(frame.payload, self.peer)
+
+    def _frames_before_error(self, data: bytes) -> list[TcpFrame]:
+        """The whole frames of `data` (after what an earlier read left) before the first bad one: a failed
+        `feed` returns none of them, so they are cut again, one frame per feed, by a fresh deframer."""
+        framing = self.deframer.framing
+        if framing is Framing.AUTO:
+            return []
+        fresh = StreamDeframer(framing)
+        header = 4 if framing is Framing.INTERLEAVED else 2
+        buffer = self.unconsumed + data
+        frames: list[TcpFrame] = []
+        at = 0
+        while at + header <= len(buffer):
+            end = at + header + int.from_bytes(buffer[at + header - 2:at + header], "big")
+            if end > len(buffer):
+                break
+            try:
+                frames += fresh.feed(buffer[at:end])
+            except FramingError:
+                break
+            at = end
+        return frames
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.admitted:
+            self.receiver._connection_lost(self, exc)
+
+
+def _address(addr: tuple[Any, ...] | None) -> str:
+    if not addr:
+        return "?"
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+class MediaReceiver:
+    """One session's media endpoint (see the module docstring). Made by `open_receiver`."""
+
+    def __init__(
+        self,
+        transport: MediaTransport,
+        *,
+        sock: socket.socket,
+        raw_path: Path,
+        raw_fd: int,
+        ssrc: int | None,
+        idle_timeout_s: float,
+        max_bytes: int,
+        expected_peer_host: str | None,
+        clock: Callable[[], float],
+        reorder_window: int,
+        max_buffered_bytes: int,
+    ) -> None:
+        self.transport = transport
+        self.raw_path = raw_path
+        self.local_port: int = sock.getsockname()[1]
+        self._sock = sock
+        self._fd = raw_fd
+        self._ssrc_expected = ssrc
+        self._ssrc = ssrc
+        self._idle_timeout_s = idle_timeout_s
+        self._max_bytes = max_bytes
+        self._expected_peer_host = expected_peer_host
+        self._clock = clock
+        self._max_buffered = max_buffered_bytes
+        window = reorder_window if transport is MediaTransport.UDP else 1
+        self._reorder = ReorderBuffer(window=window)
+        self._demuxer = PsDemuxer(max_frame_bytes=MAX_FRAME_BYTES)
+        self._counters = _Counters()
+        self._pending = bytearray()
+        self._flight: asyncio.Future[None] | None = None
+        self._write_failed: str | None = None
+        self._opened_at = clock()
+        self._first_packet_at: float | None = None
+        self._last_activity = self._opened_at
+        self._ended: EndReason | None = None
+        self._detail = ""
+        self._limit_reached = False
+        self._peer: str | None = None
+        self._connection: _TcpProtocol | None = None
+        self._paused = False
+        self._datagram: asyncio.DatagramTransport | None = None
+        self._server: asyncio.Server | None = None
+        self._idle_task: asyncio.Task[None] | None = None
+        self._finish_task: asyncio.Task[MediaOutcome] | None = None
+        self._framing: str | None = None
+        self._ended_event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._last_packet_at = self._loop.time()  # on the loop's clock: what close() drains by
+
+    # -- the interface ---------------------------------------------------------------------------------------
+
+    @property
+    def progress(self) -> MediaProgress:
+        c = self._counters
+        now = self._clock()
+        since_first = now - self._first_packet_at if self._first_packet_at is not None else 0.0
+        return MediaProgress(
+            bytes=c.bytes, packets=c.packets, frames=c.video_frames + c.audio_frames,
+            lost_packets=c.lost_packets, elapsed_s=now - self._opened_at,
+            rate_bps=8 * c.bytes / since_first if since_first > 0 else 0.0,
+        )
+
+    @property
+    def ended(self) -> EndReason | None:
+        return self._ended
+
+    def expect_ssrc(self, ssrc: int | None) -> None:
+        """The device's answer named another SSRC than our offer (`y=`), or none (None: take the first one
+        seen). From now on packets of that SSRC are the session's; what was already taken stays."""
+        if ssrc is not None and not 0 <= ssrc <= 0xFFFFFFFF:
+            raise MediaError(f"SSRC {ssrc} does not fit 32 bits")
+        if self._counters.packets and ssrc != self._ssrc:
+            log.warning("media port %d: SSRC changed from %s to %s after %d packets", self.local_port,
+                        self._ssrc, ssrc, self._counters.packets)
+        self._ssrc_expected = ssrc
+        self._ssrc = ssrc
+
+    def expect_peer(self, host: str) -> None:
+        """TCP passive: from now on, take a connection only from `host` (the device's media address)."""
+        self._expected_peer_host = host
+
+    async def connect(self, remote_host: str, remote_port: int) -> None:
+        """TCP active: connect from our bound port to the device's listening address (from its answer).
+        Raises MediaError (and ends the session, `error`) when that fails within the idle timeout."""
+        if self.transport is not MediaTransport.TCP_ACTIVE:
+            raise MediaError(f"connect() is for {MediaTransport.TCP_ACTIVE} sessions, not {self.transport}")
+        if self._connection is not None or self._ended is not None:
+            raise MediaError("this media session is already connected or ended")
+        where = _address((remote_host, remote_port))
+        try:
+            await asyncio.wait_for(self._loop.sock_connect(self._sock, (remote_host, remote_port)),
+                                   self._idle_timeout_s)
+            await self._loop.create_connection(lambda: _TcpProtocol(self), sock=self._sock)
+        except (OSError, TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            detail = f"cannot connect to the device's media address {where}: {reason}"
+            self._end(EndReason.ERROR, detail)
+            raise MediaError(detail) from exc
+
+    async def close(self, *, drain_s: float = DRAIN_S) -> MediaOutcome:
+        """End the session (MediaStatus 121, BYE, or the platform gave up) and return its outcome.
+
+        A device sends MediaStatus 121 after its last packet, but those packets may still be on their
+        way or in the socket's buffer when the platform hears of it: reading goes on until `QUIET_S`
+        pass without a packet of the session, for at most `drain_s` (0: at once)."""
+        loop = self._loop
+        deadline = loop.time() + drain_s
+        while self._ended is None and drain_s > 0:
+            now = loop.time()
+            quiet_at = self._last_packet_at + QUIET_S
+            if now >= quiet_at or now >= deadline:
+                break
+            await asyncio.sleep(min(quiet_at, deadline) - now)
+        self._end(EndReason.CLOSED, "closed by the platform")
+        return await self.wait_closed()
+
+    async def wait_closed(self) -> MediaOutcome:
+        """Wait for the session to end (however it ends) and its raw file to be durable."""
+        while self._finish_task is None:
+            await self._ended_event.wait()
+        return await asyncio.shield(self._finish_task)
+
+    # -- start -----------------------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        if self.transport is MediaTransport.UDP:
+            self._datagram, _ = await self._loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), sock=self._sock)
+        elif self.transport is MediaTransport.TCP_PASSIVE:
+            self._sock.listen(4)
+            self._server = await self._loop.create_server(lambda: _TcpProtocol(self), sock=self._sock)
+        self._idle_task = asyncio.create_task(self._watch_idle(), name=f"media-idle-{self.local_port}")
+
+    async def _watch_idle(self) -> None:
+        while self._ended is None:
+            remaining = self._last_activity + self._idle_timeout_s - self._clock()
+            if remaining <= 0:
+                what = "no media arrived" if self._first_packet_at is None else "no media"
+                self._end(EndReason.IDLE, f"{what} for {self._idle_timeout_s:g} s")
+                return
+            # Woken at least every IDLE_CHECK_S, so the clock given (a monotonic seam) rules, not the loop's.
+            await asyncio.sleep(min(remaining, IDLE_CHECK_S))
+
+    # -- bytes in --------------------------------------------------------------------------------------------
+
+    def _admit(self, connection: _TcpProtocol) -> bool:
+        peer_host = str(connection.peer[0]) if connection.peer else None
+        if self._ended is not None or self._connection is not None:
+            why = "a connection was already taken" if self._connection is not None else "the session ended"
+        elif (self.transport is MediaTransport.TCP_PASSIVE and self._expected_peer_host is not None
+              and peer_host != self._expected_peer_host):
+            why = f"not from the device's address {self._expected_peer_host}"
+        else:
+            self._connection = connection
+            self._peer = _address(connection.peer)
+            return True
+        self._counters.refused_connections += 1
+        log.warning("media port %d: refused a TCP connection from %s: %s", self.local_port,
+                    _address(connection.peer), why)
+        return False
+
+    def _connection_lost(self, connection: _TcpProtocol, exc: Exception | None) -> None:
+        if self._ended is not None:
+            return
+        left = connection.deframer.buffered_bytes
+        tail = f", {left} bytes of an incomplete frame at its end" if left else ""
+        if exc is not None:
+            self._end(EndReason.ERROR, f"the TCP media connection from {self._peer} failed: {exc}{tail}")
+        else:
+            self._end(EndReason.CLOSED, f"the device closed the TCP media connection{tail}")
+        framing = connection.deframer.framing
+        self._framing = None if framing is Framing.AUTO else str(framing)
+
+    def _rtp(self, data: bytes, addr: tuple[Any, ...] | None) -> None:
+        if self._ended is not None:
+            return
+        c = self._counters
+        try:
+            packet = parse_rtp(data)
+        except RtpError:
+            c.invalid_packets += 1
+            return
+        if self._ssrc is None:
+            self._ssrc = packet.ssrc
+            log.info("media port %d: no SSRC expected, locked on %d from %s", self.local_port, packet.ssrc,
+                     _address(addr))
+        elif packet.ssrc != self._ssrc:
+            c.ssrc_mismatches += 1
+            if len(c.mismatched_ssrcs) < MAX_RECORDED_SSRCS and packet.ssrc not in c.mismatched_ssrcs:
+                c.mismatched_ssrcs.append(packet.ssrc)
+            return
+        now = self._clock()
+        self._last_activity = now
+        self._last_packet_at = self._loop.time()
+        if self._first_packet_at is None:
+            self._first_packet_at = now
+            if self._peer is None:
+                self._peer = _address(addr)
+        if len(c.payload_types) < 128:
+            c.payload_types.add(packet.payload_type)
+        self._take(self._reorder.push(packet))
+
+    def _take(self, events: list[ReorderEvent]) -> None:
+        c = self._counters
+        for event in events:
+            if isinstance(event, Delivered):
+                if not self._payload(event.packet.payload):
+                    return
+            elif isinstance(event, Gap):
+                c.lost_packets += event.count
+                if len(c.gaps) < MAX_RECORDED_GAPS:
+                    c.gaps.append((event.first, event.last))
+                else:
+                    c.gaps_unrecorded += 1
+                self._demux(self._demuxer.discontinuity(f"RTP packets {event.first}..{event.last} lost"))
+            elif isinstance(event, Duplicate):
+                c.duplicates += 1
+            elif isinstance(event, Late):
+                c.late += 1
+
+    def _payload(self, payload: bytes) -> bool:
+        """Append one packet's payload to the raw PS; False once the size limit stops the session."""
+        c = self._counters
+        if self._limit_reached or self._write_failed is not None:
+            return False
+        if c.bytes + len(payload) > self._max_bytes:
+            self._limit_reached = True
+            self._end(EndReason.LIMIT, f"the raw PS reached its limit of {self._max_bytes} bytes")
+            return False
+        c.bytes += len(payload)
+        c.packets += 1
+        self._pending += payload
+        self._demux(self._demuxer.feed(payload))
+        if self._flight is None and len(self._pending) >= FLUSH_BYTES:
+            self._start_flush()
+        if len(self._pending) > self._max_buffered:
+            self._behind()
+        return True
+
+    def _demux(self, events: list[PsEvent]) -> None:
+        c = self._counters
+        for event in events:
+            if isinstance(event, EsFrame):
+                if is_video(event.stream_id):
+                    c.video_frames += 1
+                    if event.pts is not None:
+                        if c.first_video_pts is None:
+                            c.first_video_pts = event.pts
+                        c.last_video_pts = event.pts
+                elif is_audio(event.stream_id):
+                    c.audio_frames += 1
+            elif isinstance(event, StreamMap):
+                c.streams = {s.stream_id: str(s.codec) for s in event.streams}
+
+    # -- bytes out -------------------------------------------------------------------------------------------
+
+    def _behind(self) -> None:
+        """The disk is `max_buffered_bytes` behind: slow a TCP device down, end a UDP session."""
+        if self._connection is not None and self._connection.transport is not None:
+            if not self._paused:
+                self._paused = True
+                self._counters.write_stalls += 1
+                self._connection.transport.pause_reading()
+            if self._flight is None:
+                self._start_flush()
+            return
+        self._end(EndReason.ERROR, f"writing the raw PS fell more than {self._max_buffered} bytes behind "
+                                   "the stream (the disk is too slow); later packets would be lost")
+
+    def _start_flush(self) -> None:
+        chunk, self._pending = self._pending, bytearray()
+        flight = self._loop.run_in_executor(None, _write_all, self._fd, chunk)
+        self._flight = flight
+        flight.add_done_callback(self._flushed)
+
+    def _flushed(self, flight: asyncio.Future[None]) -> None:
+        self._flight = None
+        exc = flight.exception()
+        if exc is not None:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._write_failed = f"writing the raw PS {self.raw_path.name} failed: {reason}"
+            self._pending.clear()
+            self._end(EndReason.ERROR, self._write_failed)
+            return
+        if self._paused and len(self._pending) < self._max_buffered // 2 and self._ended is None:
+            self._paused = False
+            if self._connection is not None and self._connection.transport is not None:
+                self._connection.transport.resume_reading()
+        if self._ended is None and len(self._pending) >= FLUSH_BYTES:
+            self._start_flush()
+
+    # -- the end ---------------------------------------------------------------------------------------------
+
+    def _end(self, reason: EndReason, detail: str) -> None:
+        if self._ended is not None:
+            return
+        self._ended = reason
+        self._detail = detail
+        log.info("media port %d (%s): ended %s: %s", self.local_port, self.transport, reason, detail)
+        if self._connection is not None and self._connection.transport is not None:
+            framing = self._connection.deframer.framing
+            self._framing = None if framing is Framing.AUTO else str(framing)
+            self._connection.transport.abort()
+        if self._datagram is not None:
+            self._datagram.abort()
+        if self._server is not None:
+            self._server.close()
+        if self.transport is MediaTransport.TCP_ACTIVE and self._connection is None:
+            self._sock.close()
+        if self._idle_task is not None and self._idle_task is not asyncio.current_task():
+            self._idle_task.cancel()
+        self._finish_task = asyncio.ensure_future(self._finish())
+        self._ended_event.set()
+
+    async def _finish(self) -> MediaOutcome:
+        if self._ended not in (EndReason.LIMIT,) and self._write_failed is None:
+            self._take(self._reorder.flush())
+        self._demux(self._demuxer.flush())
+        while self._flight is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._flight)
+            await asyncio.sleep(0)  # let the done callback run
+        synced = self._write_failed is None
+        try:
+            if synced and self._pending:
+                chunk, self._pending = self._pending, bytearray()
+                await self._loop.run_in_executor(None, _write_all, self._fd, chunk)
+        except OSError as exc:
+            synced = False
+            self._ended = EndReason.ERROR
+            self._detail = f"writing the raw PS {self.raw_path.name} failed: {exc.strerror or exc}"
+        try:
+            await self._loop.run_in_executor(None, lambda: _sync_and_close(self._fd, self.raw_path.parent,
+                                                                          sync=synced))
+        except OSError as exc:
+            self._ended = EndReason.ERROR
+            self._detail = f"making the raw PS {self.raw_path.name} durable failed: {exc.strerror or exc}"
+        if self._server is not None:
+            await self._server.wait_closed()
+        return self._outcome()
+
+    def _outcome(self) -> MediaOutcome:
+        c = self._counters
+        assert self._ended is not None
+        return MediaOutcome(
+            transport=self.transport, ended=self._ended, detail=self._detail, bytes=c.bytes,
+            packets=c.packets,
+            gaps=list(c.gaps), lost_packets=c.lost_packets, gaps_unrecorded=c.gaps_unrecorded,
+            duplicates=c.duplicates, late=c.late, ssrc=self._ssrc if c.packets else None,
+            ssrc_expected=self._ssrc_expected,
+            ssrc_policy="expected" if self._ssrc_expected is not None else "first-seen",
+            ssrc_mismatches=c.ssrc_mismatches, mismatched_ssrcs=list(c.mismatched_ssrcs),
+            invalid_packets=c.invalid_packets, refused_connections=c.refused_connections,
+            write_stalls=c.write_stalls, peer=self._peer,
+            framing=self._framing, payload_types=sorted(c.payload_types),
+            video_frames=c.video_frames, audio_frames=c.audio_frames, resyncs=self._demuxer.stats.resyncs,
+            dropped_frames=self._demuxer.stats.dropped_frames, streams=dict(c.streams),
+            first_video_pts=c.first_video_pts, last_video_pts=c.last_video_pts,
+            elapsed_s=self._clock() - self._opened_at,
+        )
+
+
+async def open_receiver(
+    transport: MediaTransport | str,
+    *,
+    bind_host: str,
+    port_range: tuple[int, int],
+    ssrc: int | None,
+    raw_path: Path,
+    idle_timeout_s: float,
+    max_bytes: int,
+    expected_peer_host: str | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    reorder_window: int = DEFAULT_REORDER_WINDOW,
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+) -> MediaReceiver:
+    """Bind a media endpoint for one session and start receiving (see the module docstring).
+    `transport` may be given as its string ("udp", "tcp-passive", "tcp-active"). `raw_path` must not
+    exist; its directory must. Raises MediaError."""
+    try:
+        transport = MediaTransport(transport)
+    except ValueError:
+        raise MediaError(f"media transport {transport!r} is not one of "
+                         f"{', '.join(t.value for t in MediaTransport)}") from None
+    if idle_timeout_s <= 0 or max_bytes <= 0:
+        raise MediaError("idle_timeout_s and max_bytes must be positive")
+    if max_buffered_bytes < 2 * FLUSH_BYTES:
+        raise MediaError(f"max_buffered_bytes must be at least {2 * FLUSH_BYTES}")
+    fd = _create_raw(raw_path)
+    try:
+        sock = bind_media_socket(transport, bind_host, port_range)
+    except BaseException:
+        os.close(fd)
+        raw_path.unlink(missing_ok=True)
+        raise
+    receiver = MediaReceiver(
+        transport, sock=sock, raw_path=raw_path, raw_fd=fd, ssrc=ssrc, idle_timeout_s=idle_timeout_s,
+        max_bytes=max_bytes, expected_peer_host=expected_peer_host, clock=clock,
+        reorder_window=reorder_window, max_buffered_bytes=max_buffered_bytes,
+    )
+    try:
+        await receiver._start()
+    except BaseException:
+        sock.close()
+        os.close(fd)
+        raw_path.unlink(missing_ok=True)
+        raise
+    return receiver

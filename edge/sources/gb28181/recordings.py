@@ -1,0 +1,307 @@
+"""Recordings downloaded from GB/T 28181 devices, offered to the one ingest pipeline.
+
+Per downloaded recording, two items:
+
+1. **the raw PS** exactly as the media receiver wrote it (:mod:`edge.gb28181.media`: RTP payloads in
+   sequence order, lost ranges recorded, never filled): the evidentiary original. Its manifest's
+   `original` block is the recording as the device described it in its RecordInfo answer (name and file
+   path escaped for display, never used as a path; start and end time as the device wrote them; record
+   type), plus the transfer: SSRC, media transport, the gaps (lost RTP sequence ranges), bytes, how the
+   session ended.
+2. **the MP4** made from it by ffmpeg (:mod:`edge.gb28181.convert`): its `original` block says it was
+   converted from the raw PS: that file's SHA-256 (taken in the conversion's one read of it), size and
+   key, the ffmpeg version and argv, and what ffprobe checked. So anyone can run the same conversion on
+   the sealed raw PS and compare.
+
+Both carry the `source` block kind "gb28181", the station, the device id and the channel id. Their keys
+(`raw_key`, `mp4_key`) are derived from the recording only (device, channel, start, end, file path),
+never from the download, so they are the same after a restart: the platform asks `already_sealed`
+before downloading a recording again, and the pipeline never seals one recording twice.
+
+`ingest_download` is the whole step for one finished download: convert (a failed conversion is an
+`error` ledger entry naming the recording, and the raw PS is still sealed), ingest both items in one
+run, put the transfer's gaps on the ledger (`gap`, on the raw item), and remove the spool files once
+their items are sealed. Files are read through `FileReader` (size and mtime checked, so a spool file
+changed under the pipeline is refused), opened relative to the spool directory without following
+symlinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivers.gb28181.manscdp import RecordItem
+from edge.custody.ledger import EntryType
+from edge.gb28181.convert import Conversion, ConversionError, convert_recording
+from edge.gb28181.media import MediaOutcome
+from edge.ingest.pipeline import IngestPipeline, IngestRun
+from edge.ingest.repository import AcquisitionState, IngestRepository
+from edge.ingest.source import FileReader, ItemReader, OfferedItem, Origin, OriginalKey, ReaderOpener
+from edge.ingest.store import StationStore
+
+log = logging.getLogger(__name__)
+
+SOURCE_KIND = "gb28181"
+MAX_DISPLAY_CHARS = 256
+MAX_GAPS_ON_LEDGER = 64
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def display_text(text: str, limit: int = MAX_DISPLAY_CHARS) -> str:
+    """A device's text made safe to show: control, format (bidi overrides) and other unprintable
+    characters and the backslash escaped, cut at `limit` characters. Chinese text stays as it is."""
+    out = []
+    for char in text[:limit]:
+        if char == "\\":
+            out.append("\\\\")
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.append(f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}")
+    return "".join(out) + ("…" if len(text) > limit else "")
+
+
+@dataclass(frozen=True)
+class RecordingRef:
+    """One recording as the device described it (a RecordInfo item), and who holds it."""
+
+    device_id: str
+    channel_id: str
+    name: str
+    file_path: str
+    start_time: str  # as the device wrote it (device local time)
+    end_time: str
+    record_type: str = ""
+    recorder_id: str = ""
+    address: str = ""  # where the device says it was recorded
+    file_size_bytes: int | None = None  # as the device announced it (RecordInfo FileSize)
+
+    @classmethod
+    def from_record_item(cls, device_id: str, item: RecordItem) -> RecordingRef:
+        """A RecordInfo item of `device_id` (its DeviceID is the channel's), times as the device wrote
+        them (device local time, ISO-8601 without a zone)."""
+        return cls(device_id=device_id, channel_id=item.device_id, name=item.name, file_path=item.file_path,
+                   start_time=item.start_time.isoformat(), end_time=item.end_time.isoformat(),
+                   record_type=item.type, recorder_id=item.recorder_id, address=item.address,
+                   file_size_bytes=item.file_size_bytes)
+
+    def identity(self) -> str:
+        """The recording's stable identity at its device (what the keys are made of)."""
+        return "|".join((self.channel_id, self.start_time, self.end_time, self.file_path))
+
+    def described(self) -> dict[str, Any]:
+        return {
+            "name": display_text(self.name),
+            "path": display_text(self.file_path),
+            "start_time": display_text(self.start_time, 64),
+            "end_time": display_text(self.end_time, 64),
+            "record_type": display_text(self.record_type, 32),
+            "recorder_id": display_text(self.recorder_id, 64),
+            "address": display_text(self.address),
+            "file_size_bytes": self.file_size_bytes,
+        }
+
+
+def raw_key(ref: RecordingRef) -> OriginalKey:
+    return OriginalKey(SOURCE_KIND, ref.device_id, ref.identity(), "raw-ps")
+
+
+def mp4_key(ref: RecordingRef) -> OriginalKey:
+    return OriginalKey(SOURCE_KIND, ref.device_id, ref.identity(), "mp4")
+
+
+def already_sealed(store: StationStore, ref: RecordingRef) -> bool:
+    """Whether this recording's raw PS is already sealed in the store (then it is not downloaded again)."""
+    key = raw_key(ref)
+    repository = IngestRepository(store)
+    sealed = repository.acquisitions_in_state(SOURCE_KIND, ref.device_id, AcquisitionState.SEALED)
+    return any(a.key.original == key.original and a.key.version == key.version for a in sealed)
+
+
+@dataclass(frozen=True)
+class DownloadedRecording:
+    """A finished download: the recording, the raw PS file the receiver wrote, and how the transfer went."""
+
+    recording: RecordingRef
+    raw_ps: Path
+    outcome: MediaOutcome
+    device_clock_offset_ms: int | None = None  # from DeviceStatus, when the platform measured it
+    device_tz_offset_min: int | None = None  # the devices' configured zone (UTC+8: 480)
+    facts: Mapping[str, Any] = field(default_factory=dict)  # for the `acquired` entry (e.g. the Call-ID)
+
+
+class GbRecordings:
+    """A `Source`: the downloads of one GB/T 28181 device, files in the station's spool directory."""
+
+    kind = SOURCE_KIND
+
+    def __init__(
+        self,
+        device_id: str,
+        spool: Path,
+        *,
+        station_id: str,
+        case: Mapping[str, Any],
+        collector_no: str = "",
+        station_clock_synchronised: bool = False,
+    ) -> None:
+        self.device_id = device_id
+        self.spool = spool
+        self.station_id = station_id
+        self.case = dict(case)
+        self.collector_no = collector_no
+        self.station_clock_synchronised = station_clock_synchronised
+
+    @property
+    def device(self) -> str:
+        return self.device_id
+
+    def reachable(self) -> bool:
+        return self.spool.is_dir()  # the files are on the station's disk, not on the device
+
+    def _source_block(self, ref: RecordingRef) -> dict[str, Any]:
+        # device_serial as every source names its device (the central's index reads it).
+        return {"kind": SOURCE_KIND, "station": self.station_id, "device_id": ref.device_id,
+                "channel_id": ref.channel_id, "device_serial": ref.device_id}
+
+    def _time_block(self, download: DownloadedRecording) -> dict[str, Any]:
+        ref = download.recording
+        return {
+            "recorded_start": display_text(ref.start_time, 64),
+            "recorded_end": display_text(ref.end_time, 64),
+            "device_clock_offset_ms": download.device_clock_offset_ms,
+            # The zone the platform is configured to read device times in (None: not known).
+            "device_tz_offset_min": download.device_tz_offset_min,
+            "station_clock_synchronised": self.station_clock_synchronised,
+        }
+
+    def raw_item(self, download: DownloadedRecording) -> OfferedItem:
+        ref, outcome = download.recording, download.outcome
+        original = {
+            **ref.described(),
+            "role": "raw-ps",
+            "ssrc": outcome.ssrc,
+            "transport": str(outcome.transport),
+            "gaps": [list(g) for g in outcome.gaps],
+            "bytes": outcome.bytes,
+            "transfer": outcome.summary(),
+        }
+        return self._offer(download, raw_key(ref), download.raw_ps, original, "ps")
+
+    def mp4_item(self, download: DownloadedRecording, conversion: Conversion) -> OfferedItem:
+        ref = download.recording
+        key = raw_key(ref)
+        original = {
+            **ref.described(),
+            "role": "mp4",
+            "converted_from": {
+                "sha256": conversion.scan.raw_sha256,
+                "size": conversion.scan.raw_bytes,
+                "key": {"source": key.source, "device": key.device, "original": display_text(key.original),
+                        "version": key.version},
+            },
+            "conversion": conversion.summary(),
+        }
+        return self._offer(download, mp4_key(ref), conversion.mp4, original, "mp4")
+
+    def _offer(self, download: DownloadedRecording, key: OriginalKey, path: Path, original: dict[str, Any],
+               extension: str) -> OfferedItem:
+        if path.parent.resolve() != self.spool.resolve():
+            raise ValueError(f"{path.name} is not in the spool directory of {self.device_id}")
+        info = os.stat(path, follow_symlinks=False)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path.name} in the spool is not a regular file")
+        ref = download.recording
+        shown = f"{ref.channel_id} {display_text(ref.start_time, 64)}–{display_text(ref.end_time, 64)} " \
+                f"({original['role']})"
+        origin = Origin(
+            device=self.device_id,
+            officer_no=self.collector_no,
+            original=original,
+            source=self._source_block(ref),
+            time=self._time_block(download),
+            case=self.case,
+            facts={"channel_id": ref.channel_id, **download.facts},
+        )
+        opener = self._opener(path.name, info, shown)
+        return OfferedItem(key=key, name=f"{ref.channel_id}.{extension}", display=shown, size=info.st_size,
+                           origin=origin, open=opener, reopen=opener)
+
+    def _opener(self, name: str, info: os.stat_result, shown: str) -> ReaderOpener:
+        def open_reader() -> ItemReader:
+            dir_fd = os.open(self.spool, DIR_FLAGS)
+            try:
+                fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+            return FileReader(fd, size=info.st_size, mtime_ns=info.st_mtime_ns,
+                              what=f"{self.device_id}:{shown}")
+
+        return open_reader
+
+
+@dataclass
+class DownloadIngest:
+    """What `ingest_download` did."""
+
+    run: IngestRun
+    raw_item: str | None
+    mp4_item: str | None
+    conversion: Conversion | None
+    conversion_error: str | None
+
+
+async def ingest_download(
+    pipeline: IngestPipeline,
+    source: GbRecordings,
+    download: DownloadedRecording,
+    *,
+    convert_timeout_s: float = 600.0,
+) -> DownloadIngest:
+    """Convert, ingest both items, ledger the gaps, and clear the spool (see the module docstring)."""
+    ref = download.recording
+    shown = f"{ref.device_id}/{ref.channel_id} {display_text(ref.start_time, 64)}"
+    mp4_path = download.raw_ps.with_name(download.raw_ps.stem + ".mp4")
+    conversion: Conversion | None = None
+    error: str | None = None
+    # An MP4 an earlier, interrupted attempt left (ours: named after the raw PS, in the spool) is made again.
+    mp4_path.unlink(missing_ok=True)
+    try:
+        conversion = await convert_recording(download.raw_ps, mp4_path, display=shown,
+                                             timeout_s=convert_timeout_s)
+    except ConversionError as exc:
+        error = str(exc)
+        log.error("gb28181 %s: %s", ref.device_id, error)
+    offered = [source.raw_item(download)]
+    if conversion is not None:
+        offered.append(source.mp4_item(download, conversion))
+    run = await pipeline.ingest(source, offered)
+    items = {w.offered.key: w for w in run.items}
+    raw = items.get(raw_key(ref))
+    mp4 = items.get(mp4_key(ref))
+    raw_item = raw.item if raw is not None and raw.state == AcquisitionState.SEALED else None
+    mp4_item = mp4.item if mp4 is not None and mp4.state == AcquisitionState.SEALED else None
+    repository = pipeline.repository
+    where = {"device_id": ref.device_id, "channel_id": ref.channel_id, "original": shown}
+    if error is not None:
+        data = {**where, "stage": "convert", "reason": error}
+        await pipeline.commit(lambda: repository.entry(EntryType.ERROR, raw_item, data))
+    outcome = download.outcome
+    if outcome.lost_packets and raw_item is not None:
+        gap = {**where, "reason": "RTP packets lost in transfer",
+               "lost_packets": outcome.lost_packets,
+               "rtp_ranges": [list(g) for g in outcome.gaps[:MAX_GAPS_ON_LEDGER]],
+               "ranges_not_listed": max(0, len(outcome.gaps) - MAX_GAPS_ON_LEDGER) + outcome.gaps_unrecorded}
+        await pipeline.commit(lambda: repository.entry(EntryType.GAP, raw_item, gap))
+    if raw_item is not None:
+        download.raw_ps.unlink(missing_ok=True)
+    if mp4_item is not None or conversion is None:
+        mp4_path.unlink(missing_ok=True)
+    return DownloadIngest(run, raw_item, mp4_item, conversion, error)
