@@ -122,6 +122,11 @@ class TestDevice:
         if self.sip is not None:
             await self.sip.close()
 
+    async def settled(self) -> None:
+        """Wait until the device has sent everything it started to send (answers, their 200s)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -217,6 +222,8 @@ class TestDevice:
         local_tag = secrets.token_hex(4)
         invite = Invite(req, peer, local_tag)
         self.invites.append(invite)
+        assert self.sip is not None
+        self.sip.add_dialog(req.call_id, local_tag, self._handle)  # the platform's BYE comes in the dialog
         # The platform's a=setup:active means it connects: the device listens.
         we_listen = offer.video.setup is not None and offer.video.setup.value == "active"
         port = self.media_port if we_listen else 9412
