@@ -58,6 +58,9 @@ class Ledger:
     def of(self, entry_type: str) -> list[dict[str, Any]]:
         return [data for kind, data in self.entries if kind == entry_type]
 
+    def entries_data(self) -> list[dict[str, Any]]:
+        return [data for _, data in self.entries]
+
 
 @dataclass
 class Invite:
