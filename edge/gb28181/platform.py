@@ -26,6 +26,7 @@ lives with the ingest source (edge.sources.gb28181), which calls `query_record_i
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import secrets
@@ -80,7 +81,7 @@ MAX_CHANNELS_PER_DEVICE = 1024
 # A keepalive-sized MESSAGE is < 1 KiB; a RecordInfo part over TCP may be MiBs (Annex N: 10000 records).
 MAX_MANSCDP_BODY_BYTES = 8 * 1024 * 1024
 
-Record = Callable[[str, dict[str, Any]], None]
+Record = Callable[[str, dict[str, Any]], object]
 
 
 @dataclass(frozen=True)
@@ -504,3 +505,14 @@ class GbPlatform:
             view.ssrc_answered = session.ssrc_answered
         self._on_change()
 
+
+
+def installed_open_receiver() -> OpenReceiver | None:
+    """`edge.gb28181.media.open_receiver` (GB_CONTRACT item 2) when that module is there; None leaves the
+    platform to signalling (registration, keepalive, queries) and refuses sessions with a clear error."""
+    try:
+        media = importlib.import_module("edge.gb28181.media")
+    except ImportError:
+        return None
+    opener: OpenReceiver | None = getattr(media, "open_receiver", None)
+    return opener
