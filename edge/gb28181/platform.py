@@ -78,6 +78,11 @@ log = logging.getLogger(__name__)
 SOURCE = "gb28181"
 CHECK_INTERVAL_S = 1.0
 MAX_CHANNELS_PER_DEVICE = 1024
+# Devices remembered (only ones that passed digest are added; with allow_unknown_devices anyone who knows
+# the shared password could otherwise add ids without end).
+MAX_DEVICES = 10_000
+MAX_REASON_CHARS = 300
+MAX_SHOWN_ID_CHARS = 64
 # A keepalive-sized MESSAGE is < 1 KiB; a RecordInfo part over TCP may be MiBs (Annex N: 10000 records).
 MAX_MANSCDP_BODY_BYTES = 8 * 1024 * 1024
 
@@ -240,6 +245,9 @@ class GbPlatform:
             return
         if held_back:
             data = {**data, "repeats_not_recorded": held_back}
+        others = self._limiter.take_over_budget()
+        if others:
+            data = {**data, "others_not_recorded": others}
         self._ledger(entry_type, data)
 
     def _transition(self, device_id: str, change: Transition) -> None:
@@ -257,11 +265,19 @@ class GbPlatform:
                         session.stop()
         self._on_change()
 
+    def _source_key(self, device_id: str, peer: Peer) -> str:
+        """What refusals are limited per: a device this platform knows at its host, else the host alone
+        (so a peer that makes up a new device id for every request still gets one entry a minute)."""
+        known = device_id in self.registry or self.settings.passwords.known(device_id)
+        return f"{device_id}|{peer.host}" if known else peer.host
+
     def _bad_input(self, device_id: str, peer: Peer, what: str) -> None:
         self.counters["bad_input"] += 1
-        log.warning("gb28181: %s from %s (device %s)", what, peer, printable(device_id) or "unknown")
-        self._limited(EntryType.ERROR, "bad-input", f"{device_id}|{peer.host}",
-                      {"stage": "gb28181", "device_id": device_id, "address": str(peer), "reason": what})
+        shown_id = printable(device_id[:MAX_SHOWN_ID_CHARS])
+        what = printable(what[:MAX_REASON_CHARS])
+        log.warning("gb28181: %s from %s (device %s)", what, peer, shown_id or "unknown")
+        self._limited(EntryType.ERROR, "bad-input", self._source_key(device_id, peer),
+                      {"stage": "gb28181", "device_id": shown_id, "address": str(peer), "reason": what})
 
     # -- requests ------------------------------------------------------------------------------------------
 
@@ -286,8 +302,13 @@ class GbPlatform:
         device_id = result.device_id
         if result.outcome is Outcome.REFUSED:
             self.counters["refused"] += 1
-            self._limited(EntryType.REFUSED, result.reason, f"{device_id}|{peer.host}",
-                          {"device_id": device_id, "address": str(peer), "reason": result.reason})
+            self._limited(EntryType.REFUSED, str(result.response.status), self._source_key(device_id, peer),
+                          {"device_id": device_id, "address": str(peer),
+                           "reason": printable(result.reason[:MAX_REASON_CHARS])})
+        elif result.outcome is Outcome.REGISTERED and device_id not in self.registry \
+                and len(self.registry) >= MAX_DEVICES:
+            log.error("gb28181: device %s not registered: %d devices already", device_id, MAX_DEVICES)
+            return response_to(req, 503, to_tag=secrets.token_hex(6))
         elif result.outcome is Outcome.REGISTERED:
             self.counters["registered"] += 1
             contacts = req.headers.get("Contact") or ""

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 GB_ID_LENGTH = 20
 REFUSAL_REPEAT_S = 60.0
 MAX_REFUSAL_KEYS = 4096
+REFUSAL_BUDGET = 30  # ledger entries of refusals and bad input per REFUSAL_REPEAT_S, over all sources
 
 
 class DevicePasswords:
@@ -88,12 +89,20 @@ def gb_date(now_utc: datetime, utc_offset_minutes: int) -> str:
 
 class RefusalLimiter:
     """Lets the first refusal of a (kind, key) through, then at most one per `repeat_s` with the number
-    held back meanwhile. Bounded: the oldest keys are forgotten first."""
+    held back meanwhile; and at most `budget` entries per `repeat_s` over all keys, so that requests from
+    many addresses (UDP sources are easily forged) cannot flood the ledger either: those beyond the budget
+    are counted in `over_budget` for the next entry let through to report. Bounded: the oldest keys are
+    forgotten first."""
 
-    def __init__(self, clock: Callable[[], float], repeat_s: float = REFUSAL_REPEAT_S) -> None:
+    def __init__(self, clock: Callable[[], float], repeat_s: float = REFUSAL_REPEAT_S,
+                 budget: int = REFUSAL_BUDGET) -> None:
         self._clock = clock
         self._repeat_s = repeat_s
+        self._budget = budget
         self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        self._window_start = -float("inf")
+        self._window_count = 0
+        self.over_budget = 0
 
     def admit(self, kind: str, key: str) -> int | None:
         """None: hold this one back. Otherwise the number held back since the last one let through."""
@@ -103,11 +112,21 @@ class RefusalLimiter:
         if last is not None and now - last[0] < self._repeat_s:
             self._last[slot] = (last[0], last[1] + 1)
             return None
+        if now - self._window_start >= self._repeat_s:
+            self._window_start, self._window_count = now, 0
+        if self._window_count >= self._budget:
+            self.over_budget += 1
+            return None
+        self._window_count += 1
         self._last.pop(slot, None)
         self._last[slot] = (now, 0)
         while len(self._last) > MAX_REFUSAL_KEYS:
             del self._last[next(iter(self._last))]
         return 0 if last is None else last[1]
+
+    def take_over_budget(self) -> int:
+        count, self.over_budget = self.over_budget, 0
+        return count
 
 
 class Registrar:

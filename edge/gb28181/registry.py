@@ -126,6 +126,9 @@ class DeviceRegistry:
     def __contains__(self, device_id: object) -> bool:
         return device_id in self._devices
 
+    def __len__(self) -> int:
+        return len(self._devices)
+
     def get(self, device_id: str) -> DeviceState | None:
         return self._devices.get(device_id)
 

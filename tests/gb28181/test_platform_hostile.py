@@ -146,3 +146,18 @@ async def test_messages_from_unregistered_devices_get_404(platform: GbPlatform) 
         assert (await stranger.message(build_keepalive(2, DEVICE))).status == 200
     finally:
         await stranger.close()
+
+
+def test_refusals_from_many_sources_are_held_to_a_budget() -> None:
+    """Forged UDP sources could each start a key of their own: beyond the budget per minute nothing is
+    recorded but a count, which the next entry let through reports."""
+    from edge.gb28181.registrar import RefusalLimiter
+
+    clock = FakeClock()
+    limiter = RefusalLimiter(clock, repeat_s=60, budget=3)
+    assert [limiter.admit("403", f"10.0.0.{i}") for i in range(5)] == [0, 0, 0, None, None]
+    assert limiter.admit("403", "10.0.0.1") is None  # a repeat within the minute: held back too
+    clock.now += 60
+    assert limiter.admit("403", "10.0.0.1") == 1  # its own repeat counted
+    assert limiter.take_over_budget() == 2  # and the two over the budget, reported once
+    assert limiter.take_over_budget() == 0
