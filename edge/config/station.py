@@ -621,7 +621,8 @@ class Gb28181DownloadSection(StrictModel):
     )
     window: str = Field(
         "", pattern=rf"^({_CLOCK_TIME[1:-1]}-{_CLOCK_TIME[1:-1]})?$",
-        description="Local time window HH:MM-HH:MM for when = 'schedule' (may wrap midnight)",
+        description="Time window HH:MM-HH:MM for when = 'schedule', in the devices' zone "
+        "(device_utc_offset_minutes); may wrap midnight",
     )
     lookback_days: int = Field(7, ge=1, le=366, description="How far back RecordInfo asks for recordings")
     speed: int = Field(
@@ -710,6 +711,10 @@ class Gb28181Section(StrictModel):
     )
     query_timeout_s: float = Field(
         30.0, gt=0, le=600, description="How long a query's answer (every part of it) may take",
+    )
+    describe_devices: bool = Field(
+        True, description="Ask each device that comes online for DeviceInfo, Catalog and DeviceStatus (its "
+        "channels and clock offset, for `edge gb28181 devices` and the ledger)",
     )
     download: Gb28181DownloadSection = Gb28181DownloadSection()
 
