@@ -107,6 +107,7 @@ class PlatformSettings:
     time_sync: bool = True
     utc_offset_minutes: int = 480
     query_timeout_s: float = 30.0
+    describe_devices: bool = True
     media_host: str = "0.0.0.0"
     media_port_range: tuple[int, int] = (30000, 30999)
     idle_timeout_s: float = 15.0
@@ -128,6 +129,7 @@ class PlatformSettings:
             keepalive_interval_s=section.keepalive_interval_s,
             keepalive_timeout_count=section.keepalive_timeout_count, time_sync=section.time_sync,
             utc_offset_minutes=section.device_utc_offset_minutes, query_timeout_s=section.query_timeout_s,
+            describe_devices=section.describe_devices,
             media_host=download.media_host,
             media_port_range=(download.media_port_min, download.media_port_max),
             idle_timeout_s=download.idle_timeout_s,
@@ -175,6 +177,8 @@ class GbPlatform:
         )
         self.started = asyncio.Event()
         self._closed = False
+        self._online_listeners: list[Callable[[str], None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.counters: dict[str, int] = {"registered": 0, "refused": 0, "bad_input": 0, "keepalives": 0}
 
     def __repr__(self) -> str:
@@ -196,8 +200,16 @@ class GbPlatform:
         await self.transport.start()
         self.started.set()
 
+    def add_online_listener(self, listener: Callable[[str], None]) -> None:
+        """Called with the device id each time a device comes online (registered, or back from silence):
+        the ingest source's cue to query and download (policy when = "on-registration")."""
+        self._online_listeners.append(listener)
+
     async def close(self) -> None:
         self.started.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             await self.sessions.close()
         finally:
@@ -219,6 +231,22 @@ class GbPlatform:
         for device_id, change in self.registry.check():
             self._transition(device_id, change)
         self.queries.expire()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _describe(self, device_id: str) -> None:
+        """DeviceInfo, Catalog and DeviceStatus of a device that came online, one after the other (devices
+        answer one query at a time best); a failure is logged and leaves the rest to be asked."""
+        for ask in (self.query_device_info, self.query_catalog, self.query_device_status):
+            try:
+                await ask(device_id)
+            except (QueryError, ManscdpError) as exc:
+                log.warning("gb28181 device %s: %s", device_id, printable(str(exc)[:MAX_REASON_CHARS]))
+                if isinstance(exc, DeviceUnavailable):
+                    return
 
     # -- the operator view -------------------------------------------------------------------------------
 
@@ -256,6 +284,13 @@ class GbPlatform:
         if change is Transition.ONLINE:
             log.info("gb28181 device %s online at %s", device_id, address)
             self._ledger(EntryType.DEVICE_CONNECTED, {"device_id": device_id, "address": address})
+            if self.settings.describe_devices:
+                self._spawn(self._describe(device_id))
+            for listener in self._online_listeners:
+                try:
+                    listener(device_id)
+                except Exception:  # a listener's bug must not cost the registration
+                    log.exception("gb28181: online listener failed for device %s", device_id)
         else:
             log.warning("gb28181 device %s offline: %s", device_id, change.value)
             self._ledger(EntryType.DEVICE_REMOVED, {"device_id": device_id, "reason": change.value})

@@ -404,7 +404,7 @@ def platform_settings(passwords: dict[str, str], *, unknown_password: str | None
     values: dict[str, Any] = dict(
         sip_id=PLATFORM_ID, domain=DOMAIN, listen_host="127.0.0.1", listen_port=0, advertised_host="",
         passwords=DevicePasswords(passwords, unknown_password), names={d: "" for d in passwords},
-        query_timeout_s=10.0, media_host="127.0.0.1",
+        query_timeout_s=10.0, media_host="127.0.0.1", describe_devices=False,
     )
     values.update(overrides)
     return PlatformSettings(**values)

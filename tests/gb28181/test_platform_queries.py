@@ -4,6 +4,7 @@ several GB2312 MESSAGEs, DeviceInfo, DeviceStatus and the device's clock offset,
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -156,3 +157,36 @@ async def test_incomplete_answers_are_handed_out_flagged(platform: GbPlatform, d
     platform.check()
     answer = future.result()
     assert answer.complete is False and len(answer.items) == 2
+
+
+async def test_a_device_that_comes_online_is_described(tmp_path: object) -> None:
+    """describe_devices: DeviceInfo, Catalog and DeviceStatus, one after the other, fill the operator view;
+    the online listeners (the ingest source's cue) hear of the device."""
+    ledger = Ledger()
+    platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, describe_devices=True), record=ledger,
+                          clock_trusted=lambda: True, clock=FakeClock())
+    heard: list[str] = []
+    platform.add_online_listener(heard.append)
+    await platform.start()
+    device = await TestDevice(
+        DEVICE, PASSWORD, platform.transport.port,
+        channels=[CatalogItem(device_id=CHANNEL, name="审讯室一", status="ON")],
+        device_time=(datetime.now(UTC) + BEIJING - timedelta(seconds=30)).replace(tzinfo=None, microsecond=0),
+    ).start()
+    try:
+        assert (await device.register()).status == 200
+        assert heard == [DEVICE]
+        while platform._tasks:  # the description runs beside the registration
+            await asyncio.gather(*list(platform._tasks))
+        assert device.queries == ["DeviceInfo", "Catalog", "DeviceStatus"]
+        [view] = platform.snapshot()["devices"]
+        assert view["device_info"]["name"] == "执法记录仪"
+        assert [c["channel_id"] for c in view["channels"]] == [CHANNEL]
+        assert -32.0 <= view["clock_offset_s"] <= -29.0
+        assert ledger.of("clock_measured")[0]["device_id"] == DEVICE
+        # Control: a keepalive of a device already online describes nothing again.
+        assert (await device.keepalive()).status == 200
+        assert not platform._tasks and device.queries == ["DeviceInfo", "Catalog", "DeviceStatus"]
+    finally:
+        await device.close()
+        await platform.close()

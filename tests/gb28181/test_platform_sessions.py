@@ -211,3 +211,19 @@ async def test_a_platform_without_a_receiver_refuses_sessions(tmp_path: Path) ->
     finally:
         await device.close()
         await platform.close()
+
+
+async def test_a_device_going_offline_ends_its_sessions(platform: GbPlatform, receivers: ReceiverFactory,
+                                                       tmp_path: Path) -> None:
+    device = await registered(platform)
+    try:
+        session = await platform.start_session(download(tmp_path))
+        clock = platform._clock
+        assert isinstance(clock, FakeClock)
+        clock.now += platform.settings.keepalive_interval_s * platform.settings.keepalive_timeout_count
+        platform.check()
+        result = await session.wait()
+        assert result.end_reason is EndReason.STOPPED
+        await device.bye_received.wait()
+    finally:
+        await device.close()
