@@ -161,3 +161,23 @@ def test_refusals_from_many_sources_are_held_to_a_budget() -> None:
     assert limiter.admit("403", "10.0.0.1") == 1  # its own repeat counted
     assert limiter.take_over_budget() == 2  # and the two over the budget, reported once
     assert limiter.take_over_budget() == 0
+
+
+async def test_made_up_device_ids_from_one_host_get_one_ledger_entry(platform: GbPlatform) -> None:
+    """A peer that invents a new device id for every REGISTER is limited by its host, not by the ids."""
+    made_up = [f"340200000013200001{i:02d}" for i in range(6)]
+    for device_id in made_up:
+        stranger = await TestDevice(device_id, PASSWORD, platform.transport.port).start()
+        try:
+            assert (await stranger.register()).status == 403
+        finally:
+            await stranger.close()
+    refused = ledger_of(platform).of("refused")
+    assert [r["device_id"] for r in refused] == [made_up[0]]
+    # Control: a configured device's refusals are its own (another key), so they are still recorded.
+    device = await TestDevice(DEVICE, PASSWORD, platform.transport.port).start()
+    try:
+        assert (await device.register(password="wrong")).status == 403
+        assert [r["device_id"] for r in ledger_of(platform).of("refused")] == [made_up[0], DEVICE]
+    finally:
+        await device.close()
