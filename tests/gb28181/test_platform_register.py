@@ -241,3 +241,15 @@ async def test_over_tcp_the_device_is_reached_on_its_own_connection(harness: Har
     info = await harness.platform.query_device_info(DEVICE)
     assert info.result == "OK"
     assert harness.platform.transport.open_connections == 1
+
+
+async def test_a_restarted_service_serves_again_and_remembers_its_devices(harness: Harness) -> None:
+    """The supervisor restarts a failed task by calling run() again: a fresh transport on the same port."""
+    device = await harness.device()
+    assert (await device.register()).status == 200
+    port = harness.platform.transport.port
+    await harness.platform.close()
+    await harness.platform.start()
+    assert harness.platform.transport.port == port
+    assert (await device.keepalive()).status == 200  # still registered: its keepalive is taken
+    assert (await device.register()).status == 200

@@ -227,3 +227,40 @@ async def test_a_device_going_offline_ends_its_sessions(platform: GbPlatform, re
         await device.bye_received.wait()
     finally:
         await device.close()
+
+
+async def test_media_status_outside_the_dialog_finds_the_devices_download(
+    platform: GbPlatform, receivers: ReceiverFactory, tmp_path: Path
+) -> None:
+    """Some devices send MediaStatus 121 with a Call-ID of its own: the device's one history session."""
+    from drivers.gb28181.manscdp import build_media_status
+
+    device = await registered(platform)
+    try:
+        session = await platform.start_session(download(tmp_path))
+        assert (await device.message(build_media_status(90, DEVICE))).status == 200
+        result = await session.wait()
+        assert result.end_reason is EndReason.FILE_END
+    finally:
+        await device.close()
+
+
+async def test_media_status_outside_the_dialog_ends_nothing_when_ambiguous(
+    platform: GbPlatform, receivers: ReceiverFactory, tmp_path: Path
+) -> None:
+    """Two downloads from one device: which one ended cannot be told, so neither is ended by it."""
+    from drivers.gb28181.manscdp import build_media_status
+
+    device = await registered(platform)
+    try:
+        first = await platform.start_session(download(tmp_path))
+        second = await platform.start_session(download(tmp_path / "second"))
+        assert (await device.message(build_media_status(91, DEVICE))).status == 200
+        assert first.end_reason is None and second.end_reason is None
+        assert (await device.send_media_status(device.invites[1])).status == 200  # in its dialog: that one
+        assert (await second.wait()).end_reason is EndReason.FILE_END
+        assert first.end_reason is None
+        first.stop()
+        assert (await first.wait()).end_reason is EndReason.STOPPED
+    finally:
+        await device.close()
