@@ -17,10 +17,13 @@ Ledger (through `record`, the store's, kept to the existing entry types with `"s
 `device_authenticated` for each accepted registration, `device_connected` and `device_removed` when a device
 comes online and goes offline (and why), `clock_measured` for a DeviceStatus answer's clock offset,
 `refused` for devices refused (unknown id, wrong password) and `error` for unreadable input, both limited
-per device and address (edge.gb28181.registrar.RefusalLimiter). Logs name the device, never raw bytes.
+(edge.gb28181.registrar.RefusalLimiter) to one entry a minute per configured device and host, else per
+host, and to a budget over all sources. Logs name the device (escaped), never raw bytes.
 
-Not done here: the download policy's scheduler (which recordings to fetch, once, resuming after restart)
-lives with the ingest source (edge.sources.gb28181), which calls `query_record_info` and `start_session`.
+A device that comes online is described (`describe_devices`: DeviceInfo, Catalog, DeviceStatus, one after
+the other) and announced to the online listeners (`add_online_listener`). The download scheduler (which
+recordings to fetch, once, resuming after a restart) is the ingest source's (edge.sources.gb28181): it
+decides with edge.gb28181.policy and calls `query_record_info` and `start_session`.
 """
 
 from __future__ import annotations
