@@ -24,8 +24,9 @@ MAIN = (
     + '  <recv response="401" auth="true"/>\n'
     + register(2, expires=3600, auth=True)
     + '  <recv response="200"/>\n'
-    # The device stays registered while the platform asks it (the out-of-call scenario answers).
-    + '  <pause milliseconds="3000"/>\n'
+    # The device stays registered while the platform asks it (the out-of-call scenario answers); sipp
+    # cannot wait for its out-of-call scenario, so this is its pace, generous for a loaded machine.
+    + '  <pause milliseconds="6000"/>\n'
     + "</scenario>\n"
 )
 
