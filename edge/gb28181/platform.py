@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from drivers.gb28181.digest import DigestServer
@@ -60,6 +61,7 @@ from drivers.gb28181.manscdp import (
     items_of,
     parse_message,
 )
+from drivers.gb28181.sdp import SessionKind
 from drivers.gb28181.sip import SipProtocolError, SipRequest, SipResponse, request, response_to
 from drivers.gb28181.sip_transport import Peer, SipTimers, SipTransport, SipTransportError
 from edge.custody.ledger import EntryType
@@ -74,6 +76,7 @@ from edge.gb28181.sessions import (
     OpenReceiver,
     SessionError,
     SessionManager,
+    SessionResult,
 )
 
 log = logging.getLogger(__name__)
@@ -531,12 +534,23 @@ class GbPlatform:
                         printable(channel_id), len(answer.items), answer.sum_num)
         return answer
 
+    def device_time_to_unix(self, moment: datetime | str) -> int:
+        """A device-local time (as RecordInfo gives it: a naive datetime, or its ISO text) as Unix seconds,
+        read in the devices' zone (`device_utc_offset_minutes`); an aware datetime as it is."""
+        if isinstance(moment, str):
+            text = moment
+            try:
+                moment = datetime.fromisoformat(text.strip())
+            except ValueError:
+                raise SessionError(f"time {printable(text[:40])!r} is not ISO 8601") from None
+        if moment.tzinfo is not None:
+            return int(moment.timestamp())
+        zone = timedelta(minutes=self.settings.utc_offset_minutes)
+        return int((moment.replace(tzinfo=UTC) - zone).timestamp())
+
     def record_times(self, item: RecordItem) -> tuple[int, int]:
         """A record's start and end as Unix seconds (for `t=`), read in the devices' zone."""
-        zone = timedelta(minutes=self.settings.utc_offset_minutes)
-        start = (item.start_time.replace(tzinfo=UTC) - zone).timestamp()
-        end = (item.end_time.replace(tzinfo=UTC) - zone).timestamp()
-        return int(start), int(end)
+        return self.device_time_to_unix(item.start_time), self.device_time_to_unix(item.end_time)
 
     # -- sessions ------------------------------------------------------------------------------------------
 
@@ -547,6 +561,17 @@ class GbPlatform:
         except DeviceUnavailable as exc:
             raise SessionError(str(exc)) from None
         return await self.sessions.start(req, destination)
+
+    async def download(self, device_id: str, channel_id: str, start: datetime | str, end: datetime | str,
+                       raw_path: Path, *, transport: str, speed: int | None) -> SessionResult:
+        """One recording, start to end: INVITE s=Download into a receiver writing `raw_path`, until
+        MediaStatus 121, BYE, or the media ending. Times as RecordInfo gave them (device-local). What the
+        ingest source's `start_download` seam needs: `result.outcome` and `result.facts()`."""
+        session = await self.start_session(MediaRequest(
+            device_id, channel_id, SessionKind.DOWNLOAD, transport, raw_path, self.device_time_to_unix(start),
+            self.device_time_to_unix(end), speed=speed,
+        ))
+        return await session.wait()
 
     def _session_changed(self, session: MediaSession, state: str) -> None:
         device = self.registry.get(session.request.device_id)

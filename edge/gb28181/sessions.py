@@ -57,6 +57,8 @@ class MediaReceiver(Protocol):
 
     async def connect(self, remote_host: str, remote_port: int) -> None: ...
 
+    def expect_ssrc(self, ssrc: int | None) -> None: ...  # the SSRC the device's answer named
+
     async def wait_closed(self) -> Any: ...  # MediaOutcome
 
     def close(self) -> Any: ...  # may be a coroutine function
@@ -106,6 +108,15 @@ class SessionResult:
     ssrc_used: int
     file_size_bytes: int | None
     outcome: Any
+
+
+    def facts(self) -> dict[str, Any]:
+        """For the ledger entry of what the session brought (the `acquired` entry's source facts)."""
+        return {
+            "call_id": self.call_id, "end_reason": self.end_reason.value, "ssrc_offered": self.ssrc_offered,
+            "ssrc_answered": self.ssrc_answered, "ssrc_answer_text": self.ssrc_answer_text,
+            "ssrc_used": self.ssrc_used, "file_size_bytes": self.file_size_bytes,
+        }
 
 
 @dataclass
@@ -203,10 +214,13 @@ class SessionManager:
             raise SessionError("no media receiver is available to this platform")
         history = req.kind is not SessionKind.PLAY
         ssrc = self._next_ssrc(history)
-        receiver = await self._open_receiver(
-            req.transport, bind_host=self._media_host, port_range=self._port_range, ssrc=ssrc,
-            raw_path=req.raw_path, idle_timeout_s=self._idle_timeout_s, max_bytes=self._max_bytes,
-        )
+        try:
+            receiver = await self._open_receiver(
+                req.transport, bind_host=self._media_host, port_range=self._port_range, ssrc=ssrc,
+                raw_path=req.raw_path, idle_timeout_s=self._idle_timeout_s, max_bytes=self._max_bytes,
+            )
+        except Exception as exc:  # the receiver's own error (no free port, the raw file exists ...)
+            raise SessionError(f"{req.kind} of {req.channel_id}: no media receiver: {exc}") from exc
         call_id = f"{secrets.token_hex(12)}@{self._sip_id}"
         session = MediaSession(req, call_id, ssrc, receiver)
         local_tag = secrets.token_hex(6)
@@ -268,10 +282,7 @@ class SessionManager:
         elif answered != session.ssrc_offered:
             log.info("device %s channel %s answered SSRC %d, not the %d offered: the device's is used",
                      printable(req.device_id), printable(req.channel_id), answered, session.ssrc_offered)
-            # The receiver filters on the SSRC it was opened with; one that can be told another follows it.
-            expect = getattr(session.receiver, "expect_ssrc", None)
-            if callable(expect):
-                expect(answered)
+            session.receiver.expect_ssrc(answered)  # it filtered on ours until now
         self._on_change(session, "streaming")
 
     async def _connect(self, session: MediaSession) -> None:

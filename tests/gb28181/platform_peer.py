@@ -359,8 +359,9 @@ class CountingReceiver:
         self._writers.append(writer)
         self._reader_task = asyncio.ensure_future(self._read(reader, writer))
 
-    def expect_ssrc(self, ssrc: int) -> None:
-        self.expected_ssrcs.append(ssrc)
+    def expect_ssrc(self, ssrc: int | None) -> None:
+        if ssrc is not None:
+            self.expected_ssrcs.append(ssrc)
 
     async def wait_closed(self) -> CountedOutcome:
         await self.closed.wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -262,5 +263,44 @@ async def test_media_status_outside_the_dialog_ends_nothing_when_ambiguous(
         assert first.end_reason is None
         first.stop()
         assert (await first.wait()).end_reason is EndReason.STOPPED
+    finally:
+        await device.close()
+
+
+async def test_download_takes_a_recording_as_record_info_gave_it(
+    platform: GbPlatform, receivers: ReceiverFactory, tmp_path: Path
+) -> None:
+    """The ingest source's seam: device-local times as RecordInfo wrote them (Beijing), t= in Unix seconds,
+    and the session's facts for the ledger."""
+    device = await registered(platform)
+    try:
+        running = asyncio.ensure_future(platform.download(
+            DEVICE, CHANNEL, "2026-12-01T09:00:00", "2026-12-01T09:05:00", tmp_path / "raw.ps",
+            transport="udp", speed=2))
+        await device.invited.wait()
+        offer = parse_sdp(device.invites[0].request.body)
+        utc = (datetime(2026, 12, 1, 1, 0, tzinfo=UTC), datetime(2026, 12, 1, 1, 5, tzinfo=UTC))
+        assert (offer.start_time, offer.stop_time) == tuple(int(t.timestamp()) for t in utc)
+        assert offer.video.download_speed == 2
+        await device.send_media_status(device.invites[0])
+        result = await running
+        facts = result.facts()
+        assert facts["end_reason"] == "media status 121"
+        assert facts["call_id"] == device.invites[0].request.call_id
+        assert facts["ssrc_used"] == facts["ssrc_offered"] and facts["file_size_bytes"] == 4096
+    finally:
+        await device.close()
+
+
+async def test_a_receiver_that_cannot_open_is_a_session_error(platform: GbPlatform, tmp_path: Path) -> None:
+    async def failing(*args: object, **kw: object) -> object:
+        raise OSError("no free port in 30000-30000")
+
+    platform.sessions._open_receiver = failing  # type: ignore[assignment]
+    device = await registered(platform)
+    try:
+        with pytest.raises(SessionError, match="no media receiver: no free port"):
+            await platform.start_session(download(tmp_path))
+        assert device.invites == []
     finally:
         await device.close()
