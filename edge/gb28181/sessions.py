@@ -48,6 +48,8 @@ from edge.custody.text import printable
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT_S = 5.0
+
 
 class MediaReceiver(Protocol):
     """The receiving end of one session (edge.gb28181.media.MediaReceiver, GB_CONTRACT item 2)."""
@@ -338,15 +340,15 @@ class SessionManager:
             self._on_change(session, "ending")
             if session.end_reason is not EndReason.DEVICE_BYE:
                 await self._bye(session, device)
-            await _close_receiver(session.receiver)
-            outcome = await receiver_done
         finally:
             ended.cancel()
-            if not receiver_done.done():
-                receiver_done.cancel()
+            # Whatever happened to the BYE (cancelled by a stopping station too), the receiver is closed
+            # and its file finished: what came is kept.
+            await _close_receiver(session.receiver)
             self.transport.remove_dialog(session.call_id, local_tag)
             self.sessions.pop(session.call_id, None)
             self._on_change(session, "ended")
+        outcome = await receiver_done
         assert session.end_reason is not None
         answer = session.answer
         answered = session.ssrc_answered
@@ -374,9 +376,15 @@ class SessionManager:
         if response.status >= 300:
             log.info("BYE of session %s answered %d", printable(session.call_id), response.status)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop every session (BYE, receiver closed); a device that does not answer its BYE is given up on
+        after `timeout_s`, so a stopping station is not held for a transaction's 32 s."""
         for session in list(self.sessions.values()):
             session.stop()
         tasks = list(self._tasks)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -304,3 +304,19 @@ async def test_a_receiver_that_cannot_open_is_a_session_error(platform: GbPlatfo
         assert device.invites == []
     finally:
         await device.close()
+
+
+async def test_closing_gives_up_on_a_silent_device_and_still_closes_the_receiver(
+    platform: GbPlatform, receivers: ReceiverFactory, tmp_path: Path
+) -> None:
+    """A stopping station does not wait out a BYE transaction (32 s) on a device that went silent."""
+    device = await registered(platform)
+    try:
+        session = await platform.start_session(download(tmp_path))
+        await device.close()  # gone: the BYE will never be answered
+        await platform.sessions.close(timeout_s=0.2)
+        assert receivers.made[0].closed.is_set()
+        assert platform.sessions.sessions == {}
+        assert session._done is not None and session._done.done()
+    finally:
+        await device.close()
