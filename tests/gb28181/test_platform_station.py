@@ -80,6 +80,9 @@ async def test_the_agent_runs_the_platform_and_shows_its_devices(tmp_path: Path,
             code, out, _ = await edge_cli("status", "--json", "--socket", str(socket_path))
             assert code == 0
             assert "gb28181" in [t["name"] for t in json.loads(out)["station"]["tasks"]]
+            code, out, _ = await edge_cli("status", "--socket", str(socket_path))
+            assert code == 0
+            assert "gb28181: 1 device(s), 1 online, 0 session(s) (edge gb28181 devices)" in out
         finally:
             await device.close()
 
@@ -90,3 +93,5 @@ async def test_without_the_platform_the_command_says_so(tmp_path: Path, api_dir:
         assert station.agent.gb28181 is None
         code, _, err = await edge_cli("gb28181", "devices", "--socket", str(socket_path))
         assert code == 69 and "no GB/T 28181 platform" in err
+        code, out, _ = await edge_cli("status", "--socket", str(socket_path))
+        assert code == 0 and "gb28181" not in out  # the status of a station without it is as before
