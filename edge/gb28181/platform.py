@@ -223,8 +223,16 @@ class GbPlatform:
             await self.transport.close()
 
     async def run(self) -> None:
-        """The supervised task: serve until cancelled."""
-        await self.start()
+        """The supervised task: serve until cancelled. A port that cannot be bound is an error entry (one a
+        minute while the supervisor retries) and the task fails."""
+        try:
+            await self.start()
+        except OSError as exc:
+            where = f"{self.settings.listen_host}:{self.transport.port}"
+            log.error("gb28181: cannot listen on %s (UDP and TCP): %s", where, exc.strerror or exc)
+            self._limited(EntryType.ERROR, "listen", where, {
+                "stage": "gb28181", "reason": f"cannot listen on {where}: {exc.strerror or exc}"})
+            raise
         try:
             while True:
                 await asyncio.sleep(CHECK_INTERVAL_S)

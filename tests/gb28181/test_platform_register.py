@@ -253,3 +253,25 @@ async def test_a_restarted_service_serves_again_and_remembers_its_devices(harnes
     assert harness.platform.transport.port == port
     assert (await device.keepalive()).status == 200  # still registered: its keepalive is taken
     assert (await device.register()).status == 200
+
+
+async def test_a_port_in_use_is_a_clear_error_in_the_ledger() -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ledger = Ledger()
+        platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, listen_port=port), record=ledger,
+                              clock_trusted=lambda: True, clock=FakeClock())
+        with pytest.raises(OSError):
+            await platform.run()
+    [error] = ledger.of("error")
+    assert error["reason"].startswith(f"cannot listen on 127.0.0.1:{port}: ")
+    # Control: the same service on a free port runs.
+    free = GbPlatform(platform_settings({DEVICE: PASSWORD}), record=Ledger(), clock_trusted=lambda: True,
+                      clock=FakeClock())
+    await free.start()
+    assert free.started.is_set()
+    await free.close()
