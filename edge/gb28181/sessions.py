@@ -231,6 +231,7 @@ class SessionManager:
         except BaseException:
             self.transport.remove_dialog(call_id, local_tag)
             self.sessions.pop(call_id, None)
+            self._on_change(session, "ended")
             await _close_receiver(receiver)
             raise
         session._done = asyncio.ensure_future(self._run(session, device, local_tag))

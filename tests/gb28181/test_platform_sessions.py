@@ -191,6 +191,7 @@ async def test_a_refused_invite_closes_the_receiver(platform: GbPlatform, receiv
             await platform.start_session(download(tmp_path))
         assert receivers.made[0].closed.is_set()
         assert platform.sessions.sessions == {}
+        assert platform.snapshot()["devices"][0]["sessions"] == []  # the operator view forgets it too
     finally:
         await device.close()
 
