@@ -27,11 +27,14 @@ from typing import Any
 from drivers.serial.dock import BayEvent, BayEventKind, BayLed, DockDriver, DockError
 from drivers.usb.mass_storage import MassStorageError, read_volume_identity
 from drivers.usb.recorder import RecorderError, RecorderHandle, RecorderMode, UsbSerialsRead, find_recorders
+from edge.config.base import ConfigError
 from edge.config.reload import ConfigReloader
 from edge.config.station import StationConfig
 from edge.custody.errors import CustodyError
 from edge.custody.keys import load_public_key
 from edge.custody.ledger import EntryType
+from edge.gb28181.media import open_receiver
+from edge.gb28181.platform import GbPlatform, PlatformSettings
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.mqtt.client import MqttClient
@@ -172,6 +175,7 @@ class StationAgent:
         # One ingest pipeline for every bay (and, later, every source) of this store.
         self.pipeline: IngestPipeline | None = None
         self.supervisor: Supervisor | None = None
+        self.gb28181: GbPlatform | None = None
         self.ready = asyncio.Event()
         # Whether [logging] level sets the log level (not when the command line chose one, with -v).
         self.log_level_from_config = False
@@ -250,6 +254,8 @@ class StationAgent:
                 supervisor.add(TaskSpec("mqtt", self.mqtt.run, critical=False))
                 # Added after the client, so stopped before it: telemetry still says "offline" on the way out.
                 self._add_mqtt_services(supervisor, self.mqtt)
+        if self.config.gb28181.enabled:
+            self._add_gb28181(supervisor)
         self.pipeline = IngestPipeline(
             self.store,
             IngestSettings.from_config(self.config.offload),
@@ -290,6 +296,26 @@ class StationAgent:
             close = getattr(self.backend, "close", None)
             if self._own_backend and close is not None:
                 close()
+
+    def _add_gb28181(self, supervisor: Supervisor) -> None:
+        """The GB/T 28181 platform (edge.gb28181): devices register, keep alive, answer queries. Losing it
+        costs those devices' downloads until it is back, never evidence already stored."""
+        assert self.store is not None
+        store = self.store
+        try:
+            settings = PlatformSettings.from_config(self.config.gb28181)
+        except ConfigError as exc:
+            log.error("gb28181 disabled: %s", exc)
+            store.record(EntryType.ERROR, None, {"stage": "gb28181", "reason": f"gb28181 disabled: {exc}"})
+            return
+        self.gb28181 = GbPlatform(
+            settings,
+            record=lambda entry_type, data: store.record(entry_type, None, data),
+            clock_trusted=lambda: self.status.clock_trusted,
+            open_receiver=open_receiver,
+        )
+        self.status.sections["gb28181"] = self.gb28181.snapshot
+        supervisor.add(TaskSpec("gb28181", self.gb28181.run, critical=False))
 
     def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient) -> None:
         """Telemetry from the status board (which needs the telemetry salt: a salt file that cannot be

@@ -577,6 +577,168 @@ class MqttSection(StrictModel):
         return self
 
 
+GB_SIP_ID = r"^[0-9]{20}$"  # GB/T 28181-2016 Annex D: 20 digits
+GB_DOMAIN = r"^[0-9]{10}$"  # the SIP domain (realm): the first 10 digits of the platform's id, by convention
+GbDeviceId = Annotated[str, Field(pattern=GB_SIP_ID)]
+_CLOCK_TIME = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class GbMediaTransport(StrEnum):
+    """How a device sends media to the station (GB/T 28181 Annex L): RTP over UDP, over TCP to the station's
+    listening port (tcp-passive, the standard's default), or over TCP from the device's (tcp-active)."""
+
+    UDP = "udp"
+    TCP_PASSIVE = "tcp-passive"
+    TCP_ACTIVE = "tcp-active"
+
+
+class Gb28181DeviceEntry(StrictModel):
+    """One device allowed to register, keyed by its 20-digit id in [gb28181.devices]."""
+
+    password: SecretRef = Field(
+        description="Reference to the device's SIP password (env:, file:, credential:); device passwords are "
+        "weak, so they are never logged or shown",
+    )
+    name: str = Field("", max_length=64, description="Human name shown by `edge gb28181 devices`")
+    download: bool = Field(True, description="Download this device's recordings per [gb28181.download]")
+    channels: list[GbDeviceId] = Field(
+        default_factory=list, description="Channels whose recordings are downloaded; empty: every channel "
+        "the device's Catalog lists",
+    )
+    media_transport: GbMediaTransport | None = Field(
+        None, description="Overrides [gb28181.download] media_transport for this device",
+    )
+
+
+class Gb28181DownloadSection(StrictModel):
+    """Which recordings of which devices the station downloads, when, and how the media comes."""
+
+    enabled: bool = Field(True, description="Download recordings at all (live Play works either way)")
+    when: Literal["on-registration", "schedule"] = Field(
+        "on-registration",
+        description="'on-registration': query and download whenever a device (re)registers; 'schedule': only "
+        "inside window",
+    )
+    window: str = Field(
+        "", pattern=rf"^({_CLOCK_TIME[1:-1]}-{_CLOCK_TIME[1:-1]})?$",
+        description="Time window HH:MM-HH:MM for when = 'schedule', in the devices' zone "
+        "(device_utc_offset_minutes); may wrap midnight",
+    )
+    lookback_days: int = Field(7, ge=1, le=366, description="How far back RecordInfo asks for recordings")
+    speed: int = Field(
+        4, ge=1, le=32, description="a=downloadspeed asked of the device (a hint: devices may ignore it)",
+    )
+    media_transport: GbMediaTransport = Field(
+        GbMediaTransport.TCP_PASSIVE,
+        description="udp, tcp-passive (the device connects to us) or tcp-active (we connect to it)",
+    )
+    media_host: str = Field("0.0.0.0", description="Address the media receivers bind")
+    media_port_min: int = Field(30000, ge=1024, le=65535, description="Lowest media port (one per session)")
+    media_port_max: int = Field(30999, ge=1024, le=65535, description="Highest media port")
+    idle_timeout_s: float = Field(
+        15.0, gt=0, le=600, description="A session whose media stops this long ends (devices that never send "
+        "MediaStatus 121)",
+    )
+    max_recording_mb: int = Field(
+        8192, ge=1, le=1_048_576, description="A recording larger than this is cut off and reported",
+    )
+    concurrency: int = Field(2, ge=1, le=64, description="Downloads at once over the whole station")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Gb28181DownloadSection:
+        if self.media_port_max < self.media_port_min:
+            raise ValueError("media_port_max must be >= media_port_min")
+        if self.media_port_max - self.media_port_min + 1 < self.concurrency:
+            raise ValueError("the media port range must hold at least one port per concurrent download")
+        if self.when == "schedule" and not self.window:
+            raise ValueError("when = 'schedule' needs window = 'HH:MM-HH:MM'")
+        if self.when != "schedule" and self.window:
+            raise ValueError("window is only used with when = 'schedule'")
+        return self
+
+
+class Gb28181Section(StrictModel):
+    """The station as a GB/T 28181 platform (edge.gb28181): devices register to it over SIP, it queries
+    them and pulls recordings and live video."""
+
+    enabled: bool = Field(False, description="Run the GB/T 28181 platform service")
+    sip_id: str = Field(
+        "34020000002000000001", pattern=GB_SIP_ID,
+        description="The station's own 20-digit SIP id (type code 200: SIP server)",
+    )
+    domain: str = Field(
+        "3402000000", pattern=GB_DOMAIN,
+        description="SIP domain, also the digest realm (devices echo the realm they are challenged with)",
+    )
+    listen_host: str = Field("0.0.0.0", description="Address the SIP service binds (UDP and TCP)")
+    listen_port: int = Field(5060, ge=0, le=65535, description="SIP port, UDP and TCP; 0 picks a free one")
+    advertised_host: str = Field(
+        "", max_length=253,
+        description="Address devices reach the station at, for Via, Contact and SDP (behind NAT); empty: the "
+        "address the route to each device leaves from",
+    )
+    devices: dict[GbDeviceId, Gb28181DeviceEntry] = Field(
+        default_factory=dict, description="Devices allowed to register, by 20-digit id",
+    )
+    allow_unknown_devices: bool = Field(
+        False, description="Let devices not in [gb28181.devices] register with unknown_device_password (not "
+        "advised); otherwise they are refused with 403 and a ledger event",
+    )
+    unknown_device_password: SecretRef | None = Field(
+        None, description="Reference to the password unknown devices must know, with allow_unknown_devices",
+    )
+    register_expires_min_s: int = Field(
+        3600, ge=60, le=86400,
+        description="Shortest registration granted; shorter requests get 423 (standard: not under 3600 s)",
+    )
+    register_expires_max_s: int = Field(
+        86400, ge=60, le=7 * 86400, description="Longest registration granted; longer requests get this",
+    )
+    keepalive_interval_s: int = Field(
+        60, ge=5, le=3600, description="Devices' keepalive interval (standard 60)",
+    )
+    keepalive_timeout_count: int = Field(
+        3, ge=1, le=100, description="Missed keepalives after which a device is offline (standard 3)",
+    )
+    time_sync: bool = Field(
+        True, description="Put the station time in the Date header of a registration's 200 OK (devices set "
+        "their clocks from it), and only while the station clock is trusted ([station] clock)",
+    )
+    device_utc_offset_minutes: int = Field(
+        480, ge=-720, le=840,
+        description="The time zone devices keep their clocks in (GB/T 28181 9.10: Beijing time, +480): for "
+        "Date, DeviceTime and RecordInfo times",
+    )
+    query_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="How long a query's answer (every part of it) may take",
+    )
+    describe_devices: bool = Field(
+        True, description="Ask each device that comes online for DeviceInfo, Catalog and DeviceStatus (its "
+        "channels and clock offset, for `edge gb28181 devices` and the ledger)",
+    )
+    download: Gb28181DownloadSection = Gb28181DownloadSection()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Gb28181Section:
+        if self.register_expires_max_s < self.register_expires_min_s:
+            raise ValueError("register_expires_max_s must be >= register_expires_min_s")
+        if self.sip_id in self.devices:
+            raise ValueError(f"device {self.sip_id} is the platform's own sip_id")
+        if self.allow_unknown_devices != (self.unknown_device_password is not None):
+            raise ValueError("allow_unknown_devices and unknown_device_password go together")
+        if self.enabled and not self.devices and not self.allow_unknown_devices:
+            raise ValueError(
+                "enabled with no [gb28181.devices] and allow_unknown_devices false: nothing could register"
+            )
+        hosts = (("listen_host", self.listen_host), ("download.media_host", self.download.media_host))
+        for what, host in hosts:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"{what} must be an IP address to bind, not {host!r}") from None
+        return self
+
+
 class CaseDefaults(StrictModel):
     case_number: str = ""
     location: str = ""
@@ -675,6 +837,7 @@ class StationConfig(StrictModel):
     wipe: WipeSection = WipeSection()
     uplink: UplinkSection = UplinkSection()
     mqtt: MqttSection = MqttSection()
+    gb28181: Gb28181Section = Gb28181Section()
     case_defaults: CaseDefaults = CaseDefaults()
     api: ApiSection = ApiSection()
     officers: dict[str, CaseDefaults] = Field(

@@ -57,6 +57,21 @@ A bay goes empty -> authenticating -> copying -> verifying -> done (or awaiting_
 policy waits for the central, or error with its class). It shows empty again once its recorder left,
 except after ``pulled_early``, which stays until the next docking there (the officer must dock it again).
 
+With ``[gb28181] enabled = true`` the status also holds ``"gb28181": GB28181`` (edge.gb28181.registry;
+device text as the device sent it, escaped by ``json_printable``, times with microseconds)::
+
+    {"sip_id": str, "domain": str, "port": int,
+     "devices": [{"device_id": str, "name": str, "online": bool, "registered": bool,
+                  "address": "udp:HOST:PORT" | "tcp:HOST:PORT" | null,   # where requests go
+                  "registered_at": time, "expires_s": int, "last_keepalive_at": time, "user_agent": str,
+                  "device_info": {"name", "manufacturer", "model", "firmware"} | {},
+                  "clock_offset_s": float | null, "clock_measured_at": time,   # device minus station
+                  "channels": [{"channel_id", "name", "status", "manufacturer", "model"}],
+                  "sessions": [{"call_id", "channel_id", "kind": "Play" | "Playback" | "Download",
+                                "transport", "ssrc_offered": int, "ssrc_answered": int | null,
+                                "started_at": time, "state": "inviting" | "streaming" | "ending"}]}],
+     "counters": {"registered": int, "refused": int, "bad_input": int, "keepalives": int}}
+
 ``GET /api/v1/bays`` -> ``[BAY, ...]``. ``GET /api/v1/events`` -> ``text/event-stream``: ``event:
 snapshot`` (the whole status, first, and again whenever the reader fell behind), ``event: bay`` (one BAY;
 ``"state": "removed"`` retires a ``device:`` tile), ``event: station`` (STATION), ``: keep-alive``

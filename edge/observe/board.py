@@ -239,6 +239,9 @@ class StatusBoard:
         self._station_json: dict[str, Any] | None = None
         self._changed = asyncio.Event()
         self._refresh_now = asyncio.Event()
+        # Further parts of the snapshot by name, read on the loop when asked (the GB/T 28181 device
+        # registry: "gb28181"); none by default, so the snapshot of a station without them is unchanged.
+        self.sections: dict[str, Callable[[], Any]] = {}
 
     # -- intake -----------------------------------------------------------------------------------
 
@@ -550,7 +553,13 @@ class StatusBoard:
         }
 
     def snapshot(self) -> dict[str, Any]:
-        return {"station": self.station(), "bays": self.bays()}
+        extra = {name: read() for name, read in self.sections.items()}
+        return {"station": self.station(), "bays": self.bays(), **extra}
+
+    @property
+    def clock_trusted(self) -> bool:
+        """The last clock verdict read (False until one is)."""
+        return self._clock.trusted
 
     # -- the change stream ------------------------------------------------------------------------
 

@@ -166,11 +166,28 @@ def station_lines(station: dict[str, Any]) -> list[str]:
     ]
 
 
+def gb28181_line(view: Any) -> str | None:
+    """One line about the GB/T 28181 platform, when the agent runs one (details: `edge gb28181 devices`)."""
+    if not isinstance(view, dict):
+        return None
+    devices = [d for d in view.get("devices", []) if isinstance(d, dict)]
+    online = sum(1 for d in devices if d.get("online"))
+    sessions = sum(len(d.get("sessions", [])) for d in devices)
+    return (f"gb28181: {len(devices)} device(s), {online} online, {sessions} session(s) "
+            "(edge gb28181 devices)")
+
+
+def _station_and_platform_lines(status: dict[str, Any]) -> list[str]:
+    lines = station_lines(status["station"])
+    platform = gb28181_line(status.get("gb28181"))
+    return lines if platform is None else [*lines, platform]
+
+
 def status_renderable(status: dict[str, Any]) -> Group:
     station = Table(show_header=False, title="Station", title_justify="left")
     station.add_column("what", style="bold")
     station.add_column("value")
-    for line in station_lines(status["station"]):
+    for line in _station_and_platform_lines(status):
         label, _, value = line.partition(": ")
         station.add_row(label, Text(value))
     return Group(station, bays_table(status["bays"]))
@@ -180,7 +197,7 @@ def print_status(status: dict[str, Any], console: Console) -> None:
     if console.is_terminal:
         console.print(status_renderable(status))
         return
-    for line in station_lines(status["station"]):
+    for line in _station_and_platform_lines(status):
         console.print(Text(line), soft_wrap=True)
     for bay in status["bays"]:
         console.print(Text(bay_line(bay)), soft_wrap=True)

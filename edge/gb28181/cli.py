@@ -1,0 +1,97 @@
+"""`edge gb28181 devices`: the running agent's GB/T 28181 devices, for a person (a table) or a program
+(`--json`).
+
+Reads the `gb28181` part of the status the local API serves (`/api/v1/status`, as `edge status` does), so
+it shows what the running platform knows: devices, online state, address, last keepalive, clock offset,
+channels and sessions in progress. Exit codes as `edge status`: 69 when no agent answers, 77 when the API
+does not admit the caller, 78 when the configuration has no local API, and 69 too when the agent runs
+without the platform ([gb28181] enabled = false).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from edge.config.station import default_api_socket
+from edge.custody.text import json_printable, printable
+from edge.ingest.store_commands import load_station_config
+from edge.observe.status_cli import AgentUnavailable, NotAdmitted, fetch_status
+from edge.runtime.exit_codes import ExitCode
+
+
+def _socket_path(args: argparse.Namespace) -> Path | ExitCode:
+    if args.socket:
+        return Path(args.socket)
+    if args.config:
+        config = load_station_config(Path(args.config))
+        if isinstance(config, ExitCode):
+            return config
+        if not config.api.enabled:
+            print("the local API is disabled in this configuration ([api] enabled = false)", file=sys.stderr)
+            return ExitCode.CONFIG
+        return config.api.socket_path
+    return default_api_socket()
+
+
+def _offset(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:+.1f} s"
+
+
+def print_devices(view: dict[str, Any], out: TextIO) -> None:
+    """Two lines per device (whatever the terminal's width): who and where, then what is known of it."""
+    devices = view.get("devices", [])
+    print(f"GB/T 28181 platform {printable(str(view.get('sip_id')))} (domain "
+          f"{printable(str(view.get('domain')))}, port {view.get('port')}): {len(devices)} device(s)",
+          file=out)
+    for device in devices:
+        state = "online" if device.get("online") else "offline"
+        name = printable(str(device.get("name") or ""))
+        print(f"{printable(str(device.get('device_id')))}  {state:<7}  "
+              f"{printable(str(device.get('address') or '-'))}  {name}".rstrip(), file=out)
+        sessions = ", ".join(f"{s.get('kind')} {s.get('channel_id')} ({s.get('state')})"
+                             for s in device.get("sessions", []))
+        print(f"    last keepalive {printable(str(device.get('last_keepalive_at') or '-'))}, clock offset "
+              f"{_offset(device.get('clock_offset_s'))}, {len(device.get('channels', []))} channel(s), "
+              f"sessions: {printable(sessions) or 'none'}", file=out)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    socket_path = _socket_path(args)
+    if isinstance(socket_path, ExitCode):
+        return socket_path
+    try:
+        status = asyncio.run(fetch_status(socket_path))
+    except AgentUnavailable as exc:
+        print(f"the station agent is not running: nothing answers on {printable(str(socket_path))} "
+              f"({printable(str(exc))})", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    except NotAdmitted as exc:
+        print(f"not allowed to read the station status: {printable(str(exc))}", file=sys.stderr)
+        return ExitCode.NO_PERMISSION
+    view = status.get("gb28181")
+    if not isinstance(view, dict):
+        print("the running agent has no GB/T 28181 platform ([gb28181] enabled = false)", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    if args.json:
+        print(json_printable(json.dumps(view, ensure_ascii=False)))
+    else:
+        print_devices(view, sys.stdout)
+    return ExitCode.OK
+
+
+def add_gb28181_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gb = sub.add_parser("gb28181", help="the GB/T 28181 platform: its devices")
+    commands = gb.add_subparsers(dest="gb28181_command", required=True)
+    devices = commands.add_parser(
+        "devices", help="devices, channels, online state, last keepalive, clock offset, sessions",
+        description="Ask the running station agent for its GB/T 28181 devices over the local API socket.",
+    )
+    devices.add_argument("--config", help="station TOML file (its [api] socket_path)")
+    devices.add_argument("--socket", help="the API socket (default as for `edge status`)")
+    devices.add_argument("--json", action="store_true", help="as JSON")
+    devices.set_defaults(func=cmd_devices)

@@ -1,0 +1,597 @@
+"""The GB/T 28181 platform service: the station as the SIP server its devices register to.
+
+`GbPlatform` binds the SIP transport (drivers.gb28181.sip_transport: UDP and TCP on one port), answers
+REGISTER through the registrar (edge.gb28181.registrar), tracks keepalives and online state in the device
+registry (edge.gb28181.registry), sends MANSCDP queries and matches their answers (edge.gb28181.queries),
+and opens media sessions (edge.gb28181.sessions). `run()` is its supervised task: it holds the transport
+and checks, every second, which devices went silent and which multi-part answers stopped coming.
+
+Where devices are: every request goes to the source address of the device's last accepted REGISTER or
+keepalive (never its Contact: 4G devices put private addresses there). A REGISTER proves the device (digest)
+and may move it anywhere. A keepalive proves nothing (MANSCDP carries no authentication), so it may move the
+device only to another port of the same host (a NAT rebinding its port, the common case on 4G); a
+keepalive from another host is answered 404, which makes the device register again, with its password.
+A MESSAGE whose body names another device than its From (a device claiming another's id) gets 403.
+
+Ledger (through `record`, the store's, kept to the existing entry types with `"source": "gb28181"`):
+`device_authenticated` for each accepted registration, `device_connected` and `device_removed` when a device
+comes online and goes offline (and why), `clock_measured` for a DeviceStatus answer's clock offset,
+`refused` for devices refused (unknown id, wrong password) and `error` for unreadable input, both limited
+(edge.gb28181.registrar.RefusalLimiter) to one entry a minute per configured device and host, else per
+host, and to a budget over all sources. Logs name the device (escaped), never raw bytes.
+
+A device that comes online is described (`describe_devices`: DeviceInfo, Catalog, DeviceStatus, one after
+the other) and announced to the online listeners (`add_online_listener`). The download scheduler (which
+recordings to fetch, once, resuming after a restart) is the ingest source's (edge.sources.gb28181): it
+decides with edge.gb28181.policy and calls `query_record_info` and `start_session`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from drivers.gb28181.digest import DigestServer
+from drivers.gb28181.manscdp import (
+    AssembledAnswer,
+    CatalogItem,
+    CmdType,
+    DeviceInfoResponse,
+    DeviceStatusResponse,
+    Keepalive,
+    ManscdpError,
+    ManscdpMessage,
+    MediaStatus,
+    RecordInfoQuery,
+    RecordItem,
+    Root,
+    build_catalog_query,
+    build_device_info_query,
+    build_device_status_query,
+    build_record_info_query,
+    items_of,
+    parse_message,
+)
+from drivers.gb28181.sdp import SessionKind
+from drivers.gb28181.sip import SipProtocolError, SipRequest, SipResponse, request, response_to
+from drivers.gb28181.sip_transport import Peer, SipTimers, SipTransport, SipTransportError
+from edge.custody.ledger import EntryType
+from edge.custody.text import printable
+from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
+from edge.gb28181.registrar import DevicePasswords, Outcome, RefusalLimiter, Registrar
+from edge.gb28181.registry import ChannelView, DeviceRegistry, SessionView, Transition
+from edge.gb28181.sessions import (
+    EndReason,
+    MediaRequest,
+    MediaSession,
+    OpenReceiver,
+    SessionError,
+    SessionManager,
+    SessionResult,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCE = "gb28181"
+CHECK_INTERVAL_S = 1.0
+MAX_CHANNELS_PER_DEVICE = 1024
+# Devices remembered (only ones that passed digest are added; with allow_unknown_devices anyone who knows
+# the shared password could otherwise add ids without end).
+MAX_DEVICES = 10_000
+MAX_REASON_CHARS = 300
+MAX_SHOWN_ID_CHARS = 64
+# A keepalive-sized MESSAGE is < 1 KiB; a RecordInfo part over TCP may be MiBs (Annex N: 10000 records).
+MAX_MANSCDP_BODY_BYTES = 8 * 1024 * 1024
+
+Record = Callable[[str, dict[str, Any]], object]
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    """What the platform needs, from the station's [gb28181] section (`from_config`) or a test."""
+
+    sip_id: str
+    domain: str
+    listen_host: str
+    listen_port: int
+    advertised_host: str
+    passwords: DevicePasswords
+    names: dict[str, str]
+    expires_min_s: int = 3600
+    expires_max_s: int = 86400
+    keepalive_interval_s: float = 60.0
+    keepalive_timeout_count: int = 3
+    time_sync: bool = True
+    utc_offset_minutes: int = 480
+    query_timeout_s: float = 30.0
+    describe_devices: bool = True
+    media_host: str = "0.0.0.0"
+    media_port_range: tuple[int, int] = (30000, 30999)
+    idle_timeout_s: float = 15.0
+    max_recording_bytes: int = 8 * 1024 * 1024 * 1024
+
+    @classmethod
+    def from_config(cls, section: Any, env: dict[str, str] | None = None) -> PlatformSettings:
+        """From a validated `Gb28181Section`; resolves the password references (ConfigError if one fails)."""
+        passwords = {device_id: entry.password.resolve(env) for device_id, entry in section.devices.items()}
+        unknown_ref = section.unknown_device_password
+        unknown = None if unknown_ref is None else unknown_ref.resolve(env)
+        download = section.download
+        return cls(
+            sip_id=section.sip_id, domain=section.domain, listen_host=section.listen_host,
+            listen_port=section.listen_port, advertised_host=section.advertised_host,
+            passwords=DevicePasswords(passwords, unknown),
+            names={device_id: entry.name for device_id, entry in section.devices.items()},
+            expires_min_s=section.register_expires_min_s, expires_max_s=section.register_expires_max_s,
+            keepalive_interval_s=section.keepalive_interval_s,
+            keepalive_timeout_count=section.keepalive_timeout_count, time_sync=section.time_sync,
+            utc_offset_minutes=section.device_utc_offset_minutes, query_timeout_s=section.query_timeout_s,
+            describe_devices=section.describe_devices,
+            media_host=download.media_host,
+            media_port_range=(download.media_port_min, download.media_port_max),
+            idle_timeout_s=download.idle_timeout_s,
+            max_recording_bytes=download.max_recording_mb * 1024 * 1024,
+        )
+
+
+class DeviceUnavailable(QueryError):
+    """The device is not registered, or not online: nothing can be sent to it."""
+
+
+class GbPlatform:
+    """See the module docstring. `clock` is monotonic seconds (the seam of online/offline);
+    `clock_trusted` says whether the station clock may set device clocks (Date in the 200 OK);
+    `open_receiver` is the media seam (None: signalling only, sessions refused)."""
+
+    def __init__(self, settings: PlatformSettings, *, record: Record, clock_trusted: Callable[[], bool],
+                 open_receiver: OpenReceiver | None = None, clock: Callable[[], float] = time.monotonic,
+                 timers: SipTimers | None = None, on_change: Callable[[], None] = lambda: None) -> None:
+        self.settings = settings
+        self._record = record
+        self._clock = clock
+        self._on_change = on_change
+        self.registry = DeviceRegistry(
+            keepalive_interval_s=settings.keepalive_interval_s,
+            keepalive_timeout_count=settings.keepalive_timeout_count, clock=clock, configured=settings.names,
+        )
+        self._limiter = RefusalLimiter(clock)
+        self.registrar = Registrar(
+            digest=DigestServer(settings.domain, os.urandom(32)), passwords=settings.passwords,
+            expires_min_s=settings.expires_min_s, expires_max_s=settings.expires_max_s,
+            time_sync=settings.time_sync, clock_trusted=clock_trusted,
+            utc_offset_minutes=settings.utc_offset_minutes, to_tag=lambda: secrets.token_hex(6),
+        )
+        self._timers = timers
+        self.transport = self._new_transport(settings.listen_port)
+        self.queries = PendingQueries(part_timeout_s=settings.query_timeout_s, clock=clock)
+        self._sns = SnAllocator()
+        self.sessions = SessionManager(
+            transport=self.transport, sip_id=settings.sip_id, domain=settings.domain,
+            advertised_host=settings.advertised_host, open_receiver=open_receiver,
+            media_host=settings.media_host, port_range=settings.media_port_range,
+            idle_timeout_s=settings.idle_timeout_s, max_bytes=settings.max_recording_bytes,
+            on_change=self._session_changed,
+        )
+        self.started = asyncio.Event()
+        self._closed = False
+        self._online_listeners: list[Callable[[str], None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.counters: dict[str, int] = {"registered": 0, "refused": 0, "bad_input": 0, "keepalives": 0}
+
+    def __repr__(self) -> str:
+        return f"GbPlatform(sip_id={self.settings.sip_id!r}, port={self.transport.port})"
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def _new_transport(self, port: int) -> SipTransport:
+        return SipTransport(self._handle, host=self.settings.listen_host, port=port,
+                            advertised_host=self.settings.advertised_host or None, timers=self._timers)
+
+    async def start(self) -> None:
+        if self._closed:
+            # A restart by the supervisor: a closed transport cannot be reopened. The registry stays:
+            # devices that registered are still where they were.
+            self.transport = self._new_transport(self.transport.port)
+            self.sessions.transport = self.transport
+            self._closed = False
+        await self.transport.start()
+        self.started.set()
+
+    def add_online_listener(self, listener: Callable[[str], None]) -> None:
+        """Called with the device id each time a device comes online (registered, or back from silence):
+        the ingest source's cue to query and download (policy when = "on-registration")."""
+        self._online_listeners.append(listener)
+
+    async def close(self) -> None:
+        self.started.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.sessions.close()
+        finally:
+            self._closed = True
+            await self.transport.close()
+
+    async def run(self) -> None:
+        """The supervised task: serve until cancelled. A port that cannot be bound is an error entry (one a
+        minute while the supervisor retries) and the task fails."""
+        try:
+            await self.start()
+        except OSError as exc:
+            where = f"{self.settings.listen_host}:{self.transport.port}"
+            log.error("gb28181: cannot listen on %s (UDP and TCP): %s", where, exc.strerror or exc)
+            self._limited(EntryType.ERROR, "listen", where, {
+                "stage": "gb28181", "reason": f"cannot listen on {where}: {exc.strerror or exc}"})
+            raise
+        try:
+            while True:
+                await asyncio.sleep(CHECK_INTERVAL_S)
+                self.check()
+        finally:
+            await self.close()
+
+    def check(self) -> None:
+        """Mark devices offline whose registration expired or who went silent; hand out stalled answers."""
+        for device_id, change in self.registry.check():
+            self._transition(device_id, change)
+        self.queries.expire()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _describe(self, device_id: str) -> None:
+        """DeviceInfo, Catalog and DeviceStatus of a device that came online, one after the other (devices
+        answer one query at a time best); a failure is logged and leaves the rest to be asked."""
+        for ask in (self.query_device_info, self.query_catalog, self.query_device_status):
+            try:
+                await ask(device_id)
+            except (QueryError, ManscdpError) as exc:
+                log.warning("gb28181 device %s: %s", device_id, printable(str(exc)[:MAX_REASON_CHARS]))
+                if isinstance(exc, DeviceUnavailable):
+                    return
+
+    # -- the operator view -------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "sip_id": self.settings.sip_id,
+            "domain": self.settings.domain,
+            "port": self.transport.port,
+            "devices": self.registry.snapshot(),
+            "counters": dict(self.counters),
+        }
+
+    # -- ledger --------------------------------------------------------------------------------------------
+
+    def _ledger(self, entry_type: str, data: dict[str, Any]) -> None:
+        try:
+            self._record(entry_type, {"source": SOURCE, **data})
+        except Exception:  # the SIP service goes on; the store reports its own failures
+            log.exception("gb28181: ledger entry %s not written", entry_type)
+
+    def _limited(self, entry_type: str, kind: str, key: str, data: dict[str, Any]) -> None:
+        held_back = self._limiter.admit(kind, key)
+        if held_back is None:
+            return
+        if held_back:
+            data = {**data, "repeats_not_recorded": held_back}
+        others = self._limiter.take_over_budget()
+        if others:
+            data = {**data, "others_not_recorded": others}
+        self._ledger(entry_type, data)
+
+    def _transition(self, device_id: str, change: Transition) -> None:
+        device = self.registry.get(device_id)
+        address = str(device.address) if device is not None and device.address is not None else None
+        if change is Transition.ONLINE:
+            log.info("gb28181 device %s online at %s", device_id, address)
+            self._ledger(EntryType.DEVICE_CONNECTED, {"device_id": device_id, "address": address})
+            if self.settings.describe_devices:
+                self._spawn(self._describe(device_id))
+            for listener in self._online_listeners:
+                try:
+                    listener(device_id)
+                except Exception:  # a listener's bug must not cost the registration
+                    log.exception("gb28181: online listener failed for device %s", device_id)
+        else:
+            log.warning("gb28181 device %s offline: %s", device_id, change.value)
+            self._ledger(EntryType.DEVICE_REMOVED, {"device_id": device_id, "reason": change.value})
+            if device is not None:
+                for session in list(self.sessions.sessions.values()):
+                    if session.request.device_id == device_id:
+                        session.stop()
+        self._on_change()
+
+    def _source_key(self, device_id: str, peer: Peer) -> str:
+        """What refusals are limited per: a device this platform knows at its host, else the host alone
+        (so a peer that makes up a new device id for every request still gets one entry a minute)."""
+        known = device_id in self.registry or self.settings.passwords.known(device_id)
+        return f"{device_id}|{peer.host}" if known else peer.host
+
+    def _bad_input(self, device_id: str, peer: Peer, what: str) -> None:
+        self.counters["bad_input"] += 1
+        shown_id = printable(device_id[:MAX_SHOWN_ID_CHARS])
+        what = printable(what[:MAX_REASON_CHARS])
+        log.warning("gb28181: %s from %s (device %s)", what, peer, shown_id or "unknown")
+        self._limited(EntryType.ERROR, "bad-input", self._source_key(device_id, peer),
+                      {"stage": "gb28181", "device_id": shown_id, "address": str(peer), "reason": what})
+
+    # -- requests ------------------------------------------------------------------------------------------
+
+    async def _handle(self, req: SipRequest, peer: Peer) -> SipResponse | None:
+        try:
+            if req.method == "REGISTER":
+                return self._register(req, peer)
+            if req.method == "MESSAGE":
+                return self._message(req, peer)
+            if req.method == "ACK":
+                return None
+            if req.method in ("OPTIONS", "NOTIFY", "INFO", "BYE"):
+                return response_to(req, 200 if req.method == "OPTIONS" else 481, to_tag=secrets.token_hex(6))
+            return response_to(req, 405, to_tag=secrets.token_hex(6),
+                               headers=[("Allow", "REGISTER, MESSAGE, ACK, BYE, OPTIONS")])
+        except SipProtocolError as exc:
+            self._bad_input("", peer, f"unreadable {req.method}: {exc}")
+            return response_to(req, 400)
+
+    def _register(self, req: SipRequest, peer: Peer) -> SipResponse:
+        result = self.registrar.handle(req, peer)
+        device_id = result.device_id
+        if result.outcome is Outcome.REFUSED:
+            self.counters["refused"] += 1
+            self._limited(EntryType.REFUSED, str(result.response.status), self._source_key(device_id, peer),
+                          {"device_id": device_id, "address": str(peer),
+                           "reason": printable(result.reason[:MAX_REASON_CHARS])})
+        elif result.outcome is Outcome.REGISTERED and device_id not in self.registry \
+                and len(self.registry) >= MAX_DEVICES:
+            log.error("gb28181: device %s not registered: %d devices already", device_id, MAX_DEVICES)
+            return response_to(req, 503, to_tag=secrets.token_hex(6))
+        elif result.outcome is Outcome.REGISTERED:
+            self.counters["registered"] += 1
+            contacts = req.headers.get("Contact") or ""
+            change = self.registry.registered(device_id, peer, expires_s=result.expires_s,
+                                              contact=contacts[:200],
+                                              user_agent=(req.headers.get("User-Agent") or "")[:120])
+            self._ledger(EntryType.DEVICE_AUTHENTICATED,
+                         {"device_id": device_id, "address": str(peer), "expires_s": result.expires_s,
+                          "date_sent": result.response.headers.get("Date") is not None})
+            if change is not None:
+                self._transition(device_id, change)
+            self._on_change()
+        elif result.outcome is Outcome.UNREGISTERED:
+            change = self.registry.unregistered(device_id)
+            if change is not None:
+                self._transition(device_id, change)
+        return result.response
+
+    def _message(self, req: SipRequest, peer: Peer) -> SipResponse:
+        tag = secrets.token_hex(6)
+        device_id = req.from_.sip_uri.user or ""
+        device = self.registry.get(device_id)
+        if device is None or not device.registered or device.address is None:
+            self._bad_input(device_id, peer, "MESSAGE from a device that is not registered")
+            return response_to(req, 404, to_tag=tag)
+        if len(req.body) > MAX_MANSCDP_BODY_BYTES:
+            self._bad_input(device_id, peer, f"MESSAGE body of {len(req.body)} bytes")
+            return response_to(req, 413, to_tag=tag)
+        if peer.host != device.address.host or peer.transport is not device.address.transport:
+            # Not proof of anything: register again (with the password) to move to another host.
+            self._bad_input(device_id, peer, f"MESSAGE from {peer}, registered at {device.address}")
+            return response_to(req, 404, to_tag=tag)
+        try:
+            message = parse_message(req.body, charset_override=device.charset or None)
+        except ManscdpError as exc:
+            self._bad_input(device_id, peer, f"unreadable MANSCDP: {exc}")
+            return response_to(req, 400, to_tag=tag)
+        if message.root is Root.NOTIFY and message.cmd_type == CmdType.KEEPALIVE:
+            if message.device_id != device_id:
+                self._bad_input(device_id, peer, f"keepalive naming another device ({message.device_id})")
+                return response_to(req, 403, to_tag=tag)
+            return self._keepalive(req, peer, device_id, message, tag)
+        if peer != device.address:
+            # Only a keepalive moves a device (above); anything else from a new port is still its own.
+            log.info("gb28181 device %s: %s from %s, registered at %s", device_id, message.cmd_type, peer,
+                     device.address)
+        if isinstance(message.payload, MediaStatus):
+            session = self.sessions.media_status_for_device(device_id)
+            if session is not None and message.payload.is_file_end:
+                session.end(EndReason.FILE_END)
+            return response_to(req, 200, to_tag=tag)
+        if message.root is Root.RESPONSE:
+            self.queries.deliver(device_id, message)
+        return response_to(req, 200, to_tag=tag)
+
+    def _keepalive(self, req: SipRequest, peer: Peer, device_id: str, message: ManscdpMessage,
+                   tag: str) -> SipResponse:
+        device = self.registry.get(device_id)
+        assert device is not None and device.address is not None
+        if peer != device.address:
+            log.info("gb28181 device %s moved from %s to %s (keepalive)", device_id, device.address, peer)
+        self.counters["keepalives"] += 1
+        change = self.registry.keepalive(device_id, peer)
+        if change is not None:
+            self._transition(device_id, change)
+        if isinstance(message.payload, Keepalive) and message.payload.status.upper() not in ("OK", ""):
+            log.info("gb28181 device %s keepalive status %s", device_id,
+                     printable(message.payload.status[:40]))
+        return response_to(req, 200, to_tag=tag)
+
+    # -- queries -------------------------------------------------------------------------------------------
+
+    def _address_of(self, device_id: str) -> Peer:
+        device = self.registry.get(device_id)
+        if device is None or not device.online or device.address is None:
+            raise DeviceUnavailable(f"device {device_id} is not online")
+        return device.address
+
+    async def _query(self, device_id: str, cmd_type: str, build: Callable[[int], bytes]) -> Answer:
+        destination = self._address_of(device_id)
+        sn = self._sns.allocate()
+        key = QueryKey(device_id, sn, cmd_type)
+        waiter = self.queries.expect(key)
+        try:
+            body = build(sn)
+            local = self.settings.advertised_host or self.transport.local_host_for(destination)
+            message = request("MESSAGE", f"sip:{device_id}@{destination.host}:{destination.port}", [
+                ("From", f"<sip:{self.settings.sip_id}@{self.settings.domain}>;tag={secrets.token_hex(6)}"),
+                ("To", f"<sip:{device_id}@{self.settings.domain}>"),
+                ("Call-ID", f"{secrets.token_hex(12)}@{local}"),
+                ("CSeq", "1 MESSAGE"),
+                ("Max-Forwards", "70"),
+                ("Content-Type", "Application/MANSCDP+xml"),
+            ], body)
+            try:
+                response = await self.transport.request(message, destination)
+            except SipTransportError as exc:
+                raise QueryError(f"{cmd_type} to {device_id}: {exc}") from None
+            if response.status >= 300:
+                raise QueryError(f"{cmd_type} to {device_id}: device answered {response.status}")
+            # First part within the timeout; a multi-part answer may take as long again to complete.
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter), 2 * self.settings.query_timeout_s
+                                              + CHECK_INTERVAL_S)
+            except TimeoutError:
+                raise QueryTimeout(f"{cmd_type} SN {sn} to {device_id}: no answer in "
+                                   f"{self.settings.query_timeout_s:g} s") from None
+        finally:
+            self.queries.forget(key)
+
+    async def query_catalog(self, device_id: str) -> list[CatalogItem]:
+        answer = await self._query(device_id, CmdType.CATALOG,
+                                   lambda sn: build_catalog_query(sn, device_id))
+        items = items_of(answer, CatalogItem) if isinstance(answer, AssembledAnswer) else []
+        device = self.registry.get(device_id)
+        if device is not None:
+            device.channels = {
+                item.device_id: ChannelView(item.device_id, item.name, item.status, item.manufacturer,
+                                            item.model)
+                for item in items[:MAX_CHANNELS_PER_DEVICE]
+            }
+            self._on_change()
+        return items
+
+    async def query_device_info(self, device_id: str) -> DeviceInfoResponse:
+        answer = await self._query(device_id, CmdType.DEVICE_INFO,
+                                   lambda sn: build_device_info_query(sn, device_id))
+        payload = answer.payload if isinstance(answer, ManscdpMessage) else None
+        if not isinstance(payload, DeviceInfoResponse):
+            raise QueryError(f"DeviceInfo of {device_id}: answer without its fields")
+        device = self.registry.get(device_id)
+        if device is not None:
+            device.device_info = {"name": payload.device_name[:64], "manufacturer": payload.manufacturer[:64],
+                                  "model": payload.model[:64], "firmware": payload.firmware[:64]}
+            self._on_change()
+        return payload
+
+    async def query_device_status(self, device_id: str) -> DeviceStatusResponse:
+        """DeviceStatus; its DeviceTime gives the device's clock offset (device minus station, seconds),
+        recorded in the registry and the ledger."""
+        asked = datetime.now(UTC)
+        answer = await self._query(device_id, CmdType.DEVICE_STATUS,
+                                   lambda sn: build_device_status_query(sn, device_id))
+        answered = datetime.now(UTC)
+        payload = answer.payload if isinstance(answer, ManscdpMessage) else None
+        if not isinstance(payload, DeviceStatusResponse):
+            raise QueryError(f"DeviceStatus of {device_id}: answer without its fields")
+        if payload.device_time is not None:
+            offset_s = self._clock_offset_s(payload.device_time, asked, answered)
+            device = self.registry.get(device_id)
+            if device is not None:
+                device.clock_offset_s = offset_s
+                device.clock_measured_at = answered.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                self._on_change()
+            self._ledger(EntryType.CLOCK_MEASURED, {
+                "device_id": device_id, "device_time": payload.device_time_text[:40],
+                "offset_s": offset_s, "round_trip_s": round((answered - asked).total_seconds(), 3),
+            })
+        return payload
+
+    def _clock_offset_s(self, device_time: datetime, asked: datetime, answered: datetime) -> float:
+        """Device minus station time, the device's zone-less local time read in the configured zone, the
+        station's taken at the middle of the round trip (DeviceTime has whole seconds only)."""
+        zone = timedelta(minutes=self.settings.utc_offset_minutes)
+        device_utc = device_time.replace(tzinfo=UTC) - zone
+        middle = asked + (answered - asked) / 2
+        return round((device_utc - middle).total_seconds(), 3)
+
+    async def query_record_info(self, device_id: str, channel_id: str, start: datetime,
+                                end: datetime) -> AssembledAnswer:
+        """The recordings of `channel_id` between `start` and `end` (aware datetimes, converted to the
+        devices' zone). The answer says whether every part came (`complete`)."""
+        zone = timedelta(minutes=self.settings.utc_offset_minutes)
+        query = RecordInfoQuery(start_time=(start.astimezone(UTC) + zone).replace(tzinfo=None),
+                                end_time=(end.astimezone(UTC) + zone).replace(tzinfo=None))
+        answer = await self._query(device_id, CmdType.RECORD_INFO,
+                                   lambda sn: build_record_info_query(sn, channel_id, query))
+        if not isinstance(answer, AssembledAnswer):
+            raise QueryError(f"RecordInfo of {channel_id}: answer without a record list")
+        if not answer.complete:
+            log.warning("gb28181 device %s channel %s: RecordInfo incomplete, %d of %d records", device_id,
+                        printable(channel_id), len(answer.items), answer.sum_num)
+        return answer
+
+    def device_time_to_unix(self, moment: datetime | str) -> int:
+        """A device-local time (as RecordInfo gives it: a naive datetime, or its ISO text) as Unix seconds,
+        read in the devices' zone (`device_utc_offset_minutes`); an aware datetime as it is."""
+        if isinstance(moment, str):
+            text = moment
+            try:
+                moment = datetime.fromisoformat(text.strip())
+            except ValueError:
+                raise SessionError(f"time {printable(text[:40])!r} is not ISO 8601") from None
+        if moment.tzinfo is not None:
+            return int(moment.timestamp())
+        zone = timedelta(minutes=self.settings.utc_offset_minutes)
+        return int((moment.replace(tzinfo=UTC) - zone).timestamp())
+
+    def record_times(self, item: RecordItem) -> tuple[int, int]:
+        """A record's start and end as Unix seconds (for `t=`), read in the devices' zone."""
+        return self.device_time_to_unix(item.start_time), self.device_time_to_unix(item.end_time)
+
+    # -- sessions ------------------------------------------------------------------------------------------
+
+    async def start_session(self, req: MediaRequest) -> MediaSession:
+        """INVITE (Play, Playback or Download) and return the running session; `SessionError` otherwise."""
+        try:
+            destination = self._address_of(req.device_id)
+        except DeviceUnavailable as exc:
+            raise SessionError(str(exc)) from None
+        return await self.sessions.start(req, destination)
+
+    async def download(self, device_id: str, channel_id: str, start: datetime | str, end: datetime | str,
+                       raw_path: Path, *, transport: str, speed: int | None) -> SessionResult:
+        """One recording, start to end: INVITE s=Download into a receiver writing `raw_path`, until
+        MediaStatus 121, BYE, or the media ending. Times as RecordInfo gave them (device-local). What the
+        ingest source's `start_download` seam needs: `result.outcome` and `result.facts()`."""
+        session = await self.start_session(MediaRequest(
+            device_id, channel_id, SessionKind.DOWNLOAD, transport, raw_path, self.device_time_to_unix(start),
+            self.device_time_to_unix(end), speed=speed,
+        ))
+        return await session.wait()
+
+    def _session_changed(self, session: MediaSession, state: str) -> None:
+        device = self.registry.get(session.request.device_id)
+        if device is None:
+            return
+        if state == "ended":
+            device.sessions.pop(session.call_id, None)
+        else:
+            view = device.sessions.get(session.call_id)
+            if view is None:
+                view = device.sessions[session.call_id] = SessionView(
+                    session.call_id, session.request.channel_id, session.request.kind.value,
+                    session.request.transport, session.ssrc_offered)
+            view.state = state
+            view.ssrc_answered = session.ssrc_answered
+        self._on_change()

@@ -1,0 +1,203 @@
+"""What the platform knows about each GB/T 28181 device: where it is, whether it is online, its channels,
+its clock, and the media sessions in progress. Pure state, no I/O: the platform service changes it, the
+operator view (`edge gb28181 devices`, the status board) reads `snapshot()`.
+
+Online and offline are judged with a monotonic clock passed in (the seam tests drive): a device is online
+from a successful REGISTER (or a keepalive while registered) until it unregisters (`Expires: 0`), its
+registration expires, or `keepalive_interval_s * keepalive_timeout_count` pass without a keepalive
+(GB/T 28181-2016 9.6.1; wvp takes the earlier of the two as well). Each transition is returned to the
+caller, which writes the ledger entry: the registry itself records nothing.
+
+Wall-clock times (`registered_at`, `last_keepalive_at`) are for people; every decision uses the
+monotonic readings beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from drivers.gb28181.sip_transport import Peer
+
+
+class Transition(StrEnum):
+    """A change of a device's online state, with why."""
+
+    ONLINE = "online"
+    OFFLINE_KEEPALIVE = "keepalive missed"
+    OFFLINE_EXPIRED = "registration expired"
+    OFFLINE_UNREGISTERED = "unregistered"
+
+
+def wall_text(ts: float | None = None) -> str:
+    moment = datetime.now(UTC) if ts is None else datetime.fromtimestamp(ts, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class ChannelView:
+    """A channel as the device's Catalog described it (text as sent, shown escaped by the views)."""
+
+    channel_id: str
+    name: str = ""
+    status: str = ""
+    manufacturer: str = ""
+    model: str = ""
+
+
+@dataclass
+class SessionView:
+    """A media session in progress, for the operator view."""
+
+    call_id: str
+    channel_id: str
+    kind: str  # Play, Playback, Download
+    transport: str
+    ssrc_offered: int
+    ssrc_answered: int | None = None
+    started_at: str = field(default_factory=wall_text)
+    state: str = "inviting"
+
+
+@dataclass
+class DeviceState:
+    """One device. `address` is where requests go: the source of its last REGISTER or keepalive."""
+
+    device_id: str
+    address: Peer | None = None
+    contact: str = ""
+    user_agent: str = ""
+    registered: bool = False
+    online: bool = False
+    registered_at: str | None = None
+    expires_s: int = 0
+    registration_deadline: float = 0.0  # monotonic
+    last_keepalive_at: str | None = None
+    last_seen: float = 0.0  # monotonic: the last REGISTER or keepalive
+    channels: dict[str, ChannelView] = field(default_factory=dict)
+    device_info: dict[str, str] = field(default_factory=dict)
+    clock_offset_s: float | None = None
+    clock_measured_at: str | None = None
+    sessions: dict[str, SessionView] = field(default_factory=dict)
+    charset: str = ""
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "address": None if self.address is None else str(self.address),
+            "online": self.online,
+            "registered": self.registered,
+            "registered_at": self.registered_at,
+            "expires_s": self.expires_s,
+            "last_keepalive_at": self.last_keepalive_at,
+            "user_agent": self.user_agent,
+            "device_info": dict(self.device_info),
+            "clock_offset_s": self.clock_offset_s,
+            "clock_measured_at": self.clock_measured_at,
+            "channels": [
+                {"channel_id": c.channel_id, "name": c.name, "status": c.status,
+                 "manufacturer": c.manufacturer, "model": c.model}
+                for c in sorted(self.channels.values(), key=lambda c: c.channel_id)
+            ],
+            "sessions": [
+                {"call_id": s.call_id, "channel_id": s.channel_id, "kind": s.kind, "transport": s.transport,
+                 "ssrc_offered": s.ssrc_offered, "ssrc_answered": s.ssrc_answered,
+                 "started_at": s.started_at, "state": s.state}
+                for s in self.sessions.values()
+            ],
+        }
+
+
+class DeviceRegistry:
+    """Every device that registered (or is configured), keyed by its 20-digit id."""
+
+    def __init__(self, *, keepalive_interval_s: float, keepalive_timeout_count: int,
+                 clock: Callable[[], float], configured: dict[str, str] | None = None) -> None:
+        self._silence_limit_s = keepalive_interval_s * keepalive_timeout_count
+        self._clock = clock
+        self._devices: dict[str, DeviceState] = {}
+        self._names = dict(configured or {})
+        for device_id in self._names:
+            self._devices[device_id] = DeviceState(device_id)
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._devices
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def get(self, device_id: str) -> DeviceState | None:
+        return self._devices.get(device_id)
+
+    def devices(self) -> list[DeviceState]:
+        return [self._devices[k] for k in sorted(self._devices)]
+
+    def registered(self, device_id: str, address: Peer, *, expires_s: int, contact: str,
+                   user_agent: str) -> Transition | None:
+        """A REGISTER was accepted: remember where the device is; ONLINE if it was not."""
+        device = self._devices.setdefault(device_id, DeviceState(device_id))
+        now = self._clock()
+        device.address = address
+        device.contact = contact
+        device.user_agent = user_agent
+        device.registered = True
+        device.registered_at = wall_text()
+        device.expires_s = expires_s
+        device.registration_deadline = now + expires_s
+        device.last_seen = now
+        return self._online(device)
+
+    def unregistered(self, device_id: str) -> Transition | None:
+        device = self._devices.get(device_id)
+        if device is None:
+            return None
+        device.registered = False
+        device.registration_deadline = 0.0
+        return self._offline(device, Transition.OFFLINE_UNREGISTERED)
+
+    def keepalive(self, device_id: str, address: Peer) -> Transition | None:
+        """A keepalive from a registered device (the caller checked it may move the address)."""
+        device = self._devices[device_id]
+        device.address = address
+        device.last_seen = self._clock()
+        device.last_keepalive_at = wall_text()
+        return self._online(device)
+
+    def _online(self, device: DeviceState) -> Transition | None:
+        if device.online:
+            return None
+        device.online = True
+        return Transition.ONLINE
+
+    def _offline(self, device: DeviceState, why: Transition) -> Transition | None:
+        if not device.online:
+            return None
+        device.online = False
+        return why
+
+    def check(self) -> list[tuple[str, Transition]]:
+        """Devices that went offline since the last check: registration expired, or silent too long."""
+        now = self._clock()
+        changes: list[tuple[str, Transition]] = []
+        for device in self._devices.values():
+            if device.registered and now >= device.registration_deadline:
+                device.registered = False
+                change = self._offline(device, Transition.OFFLINE_EXPIRED)
+            elif device.online and now - device.last_seen >= self._silence_limit_s:
+                change = self._offline(device, Transition.OFFLINE_KEEPALIVE)
+            else:
+                change = None
+            if change is not None:
+                changes.append((device.device_id, change))
+        return changes
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        views = []
+        for device in self.devices():
+            view = device.view()
+            view["name"] = self._names.get(device.device_id, "")
+            views.append(view)
+        return views

@@ -1,0 +1,391 @@
+"""Media sessions of the GB/T 28181 platform: INVITE for Play, Playback and Download, ACK, BYE, and the
+end of a recording (MediaStatus 121) routed to its session (GB/T 28181-2016 9.2, 9.8, 9.9; Annex F, K, L).
+
+The platform owns the signalling; the bytes are the media receiver's (GB_CONTRACT item 2): before the
+INVITE, `open_receiver` (edge.gb28181.media, passed in so any implementation plugs in) gives a local port
+for the offer's `m=` line. The offer (drivers.gb28181.sdp) carries `y=` (our SSRC: Annex F, history flag,
+domain digits, a stream number unique among this platform's sessions), `t=` (Unix seconds for history),
+`u=channel:0`, `a=downloadspeed` for Download, and for TCP `a=setup` (passive: we listen, the standard's
+default; active: we connect) with `a=connection:new`. The Subject header names the channel with our SSRC
+and the platform (Annex K), unique per session: a device that sees the same Subject twice restarts its
+stream (Annex M c).
+
+The 200 OK's SDP is parsed by hand (c=, m= port and protocol, a=setup, y=, a=filesize). The device's `y=`
+wins over ours when it differs (devices and cross-domain platforms choose their own SSRC, research notes
+6.3); when it is missing ours stands. Both are recorded in the session's result. For tcp-active the
+receiver connects to the answer's address and port. Then the ACK goes out, and the session ends on the
+first of: MediaStatus 121 in the dialog (or naming the device outside it, when it has one history
+session), the receiver's end (idle, closed, limit, error), a BYE from the device, or `stop()`. The platform
+sends BYE unless the device did, then closes the receiver and returns its outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from drivers.gb28181.sdp import (
+    MediaTransport,
+    SdpError,
+    SessionDescription,
+    SessionKind,
+    Setup,
+    build_sdp,
+    history_offer,
+    parse_sdp,
+    play_offer,
+)
+from drivers.gb28181.sip import Dialog, SipProtocolError, SipRequest, SipResponse, request, response_to
+from drivers.gb28181.sip_transport import Peer, RequestHandler, SipTransport, SipTransportError
+from edge.custody.text import printable
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 5.0
+
+
+class MediaReceiver(Protocol):
+    """The receiving end of one session (edge.gb28181.media.MediaReceiver, GB_CONTRACT item 2)."""
+
+    @property
+    def local_port(self) -> int: ...
+
+    async def connect(self, remote_host: str, remote_port: int) -> None: ...
+
+    def expect_ssrc(self, ssrc: int | None) -> None: ...  # the SSRC the device's answer named
+
+    async def wait_closed(self) -> Any: ...  # MediaOutcome
+
+    def close(self) -> Any: ...  # may be a coroutine function
+
+
+class OpenReceiver(Protocol):
+    """`edge.gb28181.media.open_receiver`."""
+
+    def __call__(self, transport: Any, *, bind_host: str, port_range: tuple[int, int], ssrc: int | None,
+                 raw_path: Path, idle_timeout_s: float, max_bytes: int) -> Awaitable[MediaReceiver]: ...
+
+
+class EndReason(StrEnum):
+    FILE_END = "media status 121"
+    RECEIVER_ENDED = "media ended"
+    DEVICE_BYE = "device sent BYE"
+    STOPPED = "stopped"
+
+
+class SessionError(Exception):
+    """An INVITE that did not make a session; the message says why (status, SDP problem, timeout)."""
+
+
+@dataclass(frozen=True)
+class MediaRequest:
+    """What to ask a device for. Times are Unix seconds (history only)."""
+
+    device_id: str
+    channel_id: str
+    kind: SessionKind
+    transport: str  # udp | tcp-passive | tcp-active (edge.config.station.GbMediaTransport)
+    raw_path: Path
+    start_time: int = 0
+    end_time: int = 0
+    speed: int | None = None
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    """How a session went: why it ended, the SSRCs, and the receiver's `MediaOutcome` as it gave it."""
+
+    call_id: str
+    end_reason: EndReason
+    ssrc_offered: int
+    ssrc_answered: int | None
+    ssrc_answer_text: str | None
+    ssrc_used: int
+    file_size_bytes: int | None
+    outcome: Any
+
+
+    def facts(self) -> dict[str, Any]:
+        """For the ledger entry of what the session brought (the `acquired` entry's source facts)."""
+        return {
+            "call_id": self.call_id, "end_reason": self.end_reason.value, "ssrc_offered": self.ssrc_offered,
+            "ssrc_answered": self.ssrc_answered, "ssrc_answer_text": self.ssrc_answer_text,
+            "ssrc_used": self.ssrc_used, "file_size_bytes": self.file_size_bytes,
+        }
+
+
+@dataclass
+class MediaSession:
+    """One INVITE dialog and its receiver. `wait()` returns when it has ended; `stop()` ends it."""
+
+    request: MediaRequest
+    call_id: str
+    ssrc_offered: int
+    receiver: MediaReceiver
+    dialog: Dialog | None = None
+    answer: SessionDescription | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    end_reason: EndReason | None = None
+    result: SessionResult | None = None
+    _done: asyncio.Future[SessionResult] | None = None
+
+    @property
+    def ssrc_answered(self) -> int | None:
+        return None if self.answer is None else self.answer.ssrc
+
+    def end(self, reason: EndReason) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
+        self.ended.set()
+
+    def stop(self) -> None:
+        self.end(EndReason.STOPPED)
+
+    async def wait(self) -> SessionResult:
+        assert self._done is not None
+        return await asyncio.shield(self._done)
+
+
+def offer_for(req: MediaRequest, *, owner_id: str, address: str, port: int, ssrc: int) -> SessionDescription:
+    """The platform's SDP offer for `req` (pure)."""
+    if req.transport == "udp":
+        media_transport, setup = MediaTransport.UDP, None
+    elif req.transport == "tcp-passive":
+        media_transport, setup = MediaTransport.TCP, Setup.PASSIVE
+    elif req.transport == "tcp-active":
+        media_transport, setup = MediaTransport.TCP, Setup.ACTIVE
+    else:
+        raise SessionError(f"media transport {req.transport!r} is not udp, tcp-passive or tcp-active")
+    if req.kind is SessionKind.PLAY:
+        return play_offer(owner_id=owner_id, address=address, port=port, ssrc=ssrc, transport=media_transport,
+                          setup=setup)
+    return history_offer(
+        req.kind, owner_id=owner_id, channel_id=req.channel_id, address=address, port=port, ssrc=ssrc,
+        start_time=req.start_time, stop_time=req.end_time, transport=media_transport, setup=setup,
+        download_speed=req.speed if req.kind is SessionKind.DOWNLOAD else None,
+    )
+
+
+async def _close_receiver(receiver: MediaReceiver) -> None:
+    closing = receiver.close()
+    if inspect.isawaitable(closing):
+        await closing
+
+
+class SessionManager:
+    """Opens and tracks the platform's media sessions over `transport`."""
+
+    def __init__(self, *, transport: SipTransport, sip_id: str, domain: str, advertised_host: str,
+                 open_receiver: OpenReceiver | None, media_host: str, port_range: tuple[int, int],
+                 idle_timeout_s: float, max_bytes: int,
+                 on_change: Callable[[MediaSession, str], None] = lambda s, state: None) -> None:
+        self.transport = transport
+        self._sip_id = sip_id
+        self._domain = domain
+        self._advertised_host = advertised_host
+        self._open_receiver = open_receiver
+        self._media_host = media_host
+        self._port_range = port_range
+        self._idle_timeout_s = idle_timeout_s
+        self._max_bytes = max_bytes
+        self._on_change = on_change
+        self._stream_numbers = secrets.randbelow(10000)
+        self.sessions: dict[str, MediaSession] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _next_ssrc(self, history: bool) -> int:
+        used = {s.ssrc_offered for s in self.sessions.values()}
+        for _ in range(10000):
+            self._stream_numbers = (self._stream_numbers + 1) % 10000
+            digits = f"{1 if history else 0}{self._sip_id[3:8]}{self._stream_numbers:04d}"
+            if int(digits) not in used:
+                return int(digits)
+        raise SessionError("10000 sessions in progress: no SSRC left")
+
+    async def start(self, req: MediaRequest, device: Peer) -> MediaSession:
+        """INVITE the device at `device` (its registered source address) and return the running session;
+        `SessionError` when there is none (refused, unreadable answer, no answer)."""
+        if self._open_receiver is None:
+            raise SessionError("no media receiver is available to this platform")
+        history = req.kind is not SessionKind.PLAY
+        ssrc = self._next_ssrc(history)
+        try:
+            receiver = await self._open_receiver(
+                req.transport, bind_host=self._media_host, port_range=self._port_range, ssrc=ssrc,
+                raw_path=req.raw_path, idle_timeout_s=self._idle_timeout_s, max_bytes=self._max_bytes,
+            )
+        except Exception as exc:  # the receiver's own error (no free port, the raw file exists ...)
+            raise SessionError(f"{req.kind} of {req.channel_id}: no media receiver: {exc}") from exc
+        call_id = f"{secrets.token_hex(12)}@{self._sip_id}"
+        session = MediaSession(req, call_id, ssrc, receiver)
+        local_tag = secrets.token_hex(6)
+        try:
+            await self._invite(session, device, local_tag)
+        except BaseException:
+            self.transport.remove_dialog(call_id, local_tag)
+            self.sessions.pop(call_id, None)
+            self._on_change(session, "ended")
+            await _close_receiver(receiver)
+            raise
+        session._done = asyncio.ensure_future(self._run(session, device, local_tag))
+        self._tasks.add(session._done)
+        session._done.add_done_callback(self._tasks.discard)
+        return session
+
+    async def _invite(self, session: MediaSession, device: Peer, local_tag: str) -> None:
+        req = session.request
+        address = self._advertised_host or self.transport.local_host_for(device)
+        offer = offer_for(req, owner_id=self._sip_id, address=address, port=session.receiver.local_port,
+                          ssrc=session.ssrc_offered)
+        body = build_sdp(offer)
+        uri = f"sip:{req.channel_id}@{device.host}:{device.port}"
+        invite = request("INVITE", uri, [
+            ("From", f"<sip:{self._sip_id}@{self._domain}>;tag={local_tag}"),
+            ("To", f"<sip:{req.channel_id}@{self._domain}>"),
+            ("Call-ID", session.call_id),
+            ("CSeq", "1 INVITE"),
+            ("Contact", f"<sip:{self._sip_id}@{address}:{self.transport.port}>"),
+            ("Max-Forwards", "70"),
+            ("Subject", f"{req.channel_id}:{offer.ssrc_text},{self._sip_id}:0"),
+            ("Content-Type", "APPLICATION/SDP"),
+        ], body)
+        self.sessions[session.call_id] = session
+        # In-dialog requests (MediaStatus, BYE) may come before our ACK has left: route them from now on.
+        self.transport.add_dialog(session.call_id, local_tag, self._dialog_handler(session))
+        self._on_change(session, "inviting")
+        try:
+            ok = await self.transport.request(invite, device)
+        except SipTransportError as exc:
+            raise SessionError(f"INVITE {req.kind} of {req.channel_id}: {exc}") from None
+        if not 200 <= ok.status < 300:
+            raise SessionError(f"INVITE {req.kind} of {req.channel_id}: device answered {ok.status} "
+                               f"{printable(ok.reason[:80])}")
+        try:
+            session.dialog = Dialog.from_2xx(invite, ok)
+        except SipProtocolError as exc:
+            raise SessionError(f"INVITE {req.kind} of {req.channel_id}: unusable 200 OK: {exc}") from None
+        await self.transport.send_ack(session.dialog.ack(), device)
+        try:
+            session.answer = parse_sdp(ok.body)
+            await self._connect(session)
+        except (SdpError, SessionError, OSError) as exc:
+            await self._bye(session, device)
+            raise SessionError(f"INVITE {req.kind} of {req.channel_id}: {exc}") from None
+        answered = session.answer.ssrc
+        if answered is None:
+            log.info("device %s channel %s answered without y=: SSRC %d (ours) stands",
+                     printable(req.device_id), printable(req.channel_id), session.ssrc_offered)
+        elif answered != session.ssrc_offered:
+            log.info("device %s channel %s answered SSRC %d, not the %d offered: the device's is used",
+                     printable(req.device_id), printable(req.channel_id), answered, session.ssrc_offered)
+            session.receiver.expect_ssrc(answered)  # it filtered on ours until now
+        self._on_change(session, "streaming")
+
+    async def _connect(self, session: MediaSession) -> None:
+        answer = session.answer
+        assert answer is not None
+        video = answer.video
+        if session.request.transport == "tcp-active":
+            host = answer.media_address(video)
+            if host is None or not video.is_tcp:
+                raise SessionError("tcp-active answer without a TCP address and port to connect to")
+            await session.receiver.connect(host, video.port)
+
+    def _dialog_handler(self, session: MediaSession) -> RequestHandler:
+        async def handle(req: SipRequest, peer: Peer) -> SipResponse | None:
+            if req.method == "ACK":
+                return None
+            if req.method == "BYE":
+                session.end(EndReason.DEVICE_BYE)
+                return response_to(req, 200)
+            if req.method == "MESSAGE":
+                return self._in_dialog_message(session, req)
+            if req.method == "INFO":
+                return response_to(req, 200)
+            return response_to(req, 405, headers=[("Allow", "ACK, BYE, MESSAGE, INFO")])
+        return handle
+
+    def _in_dialog_message(self, session: MediaSession, req: SipRequest) -> SipResponse:
+        from drivers.gb28181.manscdp import ManscdpError, MediaStatus, parse_message
+
+        try:
+            message = parse_message(req.body)
+        except ManscdpError as exc:
+            log.warning("device %s session %s: unreadable in-dialog MESSAGE: %s",
+                        printable(session.request.device_id), printable(session.call_id), printable(str(exc)))
+            return response_to(req, 400)
+        if isinstance(message.payload, MediaStatus) and message.payload.is_file_end:
+            session.end(EndReason.FILE_END)
+        return response_to(req, 200)
+
+    def media_status_for_device(self, device_id: str) -> MediaSession | None:
+        """A MediaStatus 121 that came outside any dialog: the device's one history session, if it has one."""
+        history = [s for s in self.sessions.values() if s.request.device_id == device_id
+                   and s.request.kind is not SessionKind.PLAY and s.end_reason is None]
+        return history[0] if len(history) == 1 else None
+
+    async def _run(self, session: MediaSession, device: Peer, local_tag: str) -> SessionResult:
+        receiver_done = asyncio.ensure_future(session.receiver.wait_closed())
+        ended = asyncio.ensure_future(session.ended.wait())
+        try:
+            await asyncio.wait({receiver_done, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if receiver_done.done():
+                session.end(EndReason.RECEIVER_ENDED)
+            self._on_change(session, "ending")
+            if session.end_reason is not EndReason.DEVICE_BYE:
+                await self._bye(session, device)
+        finally:
+            ended.cancel()
+            # Whatever happened to the BYE (cancelled by a stopping station too), the receiver is closed
+            # and its file finished: what came is kept.
+            await _close_receiver(session.receiver)
+            self.transport.remove_dialog(session.call_id, local_tag)
+            self.sessions.pop(session.call_id, None)
+            self._on_change(session, "ended")
+        outcome = await receiver_done
+        assert session.end_reason is not None
+        answer = session.answer
+        answered = session.ssrc_answered
+        result = SessionResult(
+            call_id=session.call_id, end_reason=session.end_reason, ssrc_offered=session.ssrc_offered,
+            ssrc_answered=answered, ssrc_answer_text=None if answer is None else answer.ssrc_text,
+            ssrc_used=answered if answered is not None else session.ssrc_offered,
+            file_size_bytes=None if answer is None else answer.video.file_size_bytes, outcome=outcome,
+        )
+        session.result = result
+        log.info("device %s channel %s %s session %s ended: %s", printable(session.request.device_id),
+                 printable(session.request.channel_id), session.request.kind, printable(session.call_id),
+                 session.end_reason)
+        return result
+
+    async def _bye(self, session: MediaSession, device: Peer) -> None:
+        if session.dialog is None:
+            return
+        session.dialog, bye = session.dialog.request("BYE")
+        try:
+            response = await self.transport.request(bye, device)
+        except SipTransportError as exc:
+            log.warning("BYE of session %s to %s: %s", printable(session.call_id), device, exc)
+            return
+        if response.status >= 300:
+            log.info("BYE of session %s answered %d", printable(session.call_id), response.status)
+
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop every session (BYE, receiver closed); a device that does not answer its BYE is given up on
+        after `timeout_s`, so a stopping station is not held for a transaction's 32 s."""
+        for session in list(self.sessions.values()):
+            session.stop()
+        tasks = list(self._tasks)
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,277 @@
+"""The platform's registrar and keepalive tracking over real sockets: sipp (a peer that is not ours)
+registering with digest, keeping alive and unregistering; the test device for the rest (wrong password,
+unknown device, expiry, offline after missed keepalives on the clock seam, NAT rebinding, Date only when
+the station clock is trusted)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.gb28181.sip_transport import Transport
+from edge.gb28181.platform import GbPlatform
+
+from ..prerequisites import requires
+from .platform_peer import FakeClock, Ledger, TestDevice, platform_settings
+from .test_sip_sipp import DEVICE_ID as SIPP_DEVICE_ID
+from .test_sip_sipp import PASSWORD as SIPP_PASSWORD
+from .test_sip_sipp import run_sipp, scenario
+
+DEVICE = "34020000001320000001"
+OTHER = "34020000001320000002"
+STRANGER = "34020000001320000099"
+PASSWORD = "12345678"
+
+needs_sipp = requires(shutil.which("sipp") is not None, "needs sipp (Debian package sip-tester)")
+
+
+class Harness:
+    def __init__(self, platform: GbPlatform, ledger: Ledger, clock: FakeClock) -> None:
+        self.platform = platform
+        self.ledger = ledger
+        self.clock = clock
+        self.devices: list[TestDevice] = []
+
+    async def device(self, device_id: str = DEVICE, password: str = PASSWORD, **kw: Any) -> TestDevice:
+        device = await TestDevice(device_id, password, self.platform.transport.port, **kw).start()
+        self.devices.append(device)
+        return device
+
+    def types(self) -> list[str]:
+        return [kind for kind, _ in self.ledger.entries]
+
+
+@pytest.fixture
+def trusted() -> dict[str, bool]:
+    return {"value": True}
+
+
+@pytest.fixture
+async def harness(trusted: dict[str, bool]) -> AsyncIterator[Harness]:
+    ledger, clock = Ledger(), FakeClock()
+    platform = GbPlatform(
+        platform_settings({DEVICE: PASSWORD, OTHER: "other-pass", SIPP_DEVICE_ID: SIPP_PASSWORD},
+                          keepalive_interval_s=60, keepalive_timeout_count=3),
+        record=ledger, clock_trusted=lambda: trusted["value"], clock=clock,
+    )
+    await platform.start()
+    h = Harness(platform, ledger, clock)
+    try:
+        yield h
+    finally:
+        for device in h.devices:
+            await device.close()
+        await platform.close()
+
+
+@needs_sipp
+@pytest.mark.parametrize("transport_mode", ["u1", "t1"])
+async def test_sipp_registers_keeps_alive_and_unregisters_with_the_platform(
+    harness: Harness, tmp_path: Path, transport_mode: str
+) -> None:
+    code, log = await run_sipp(tmp_path, harness.platform.transport.port, transport_mode, SIPP_PASSWORD,
+                               scenario(password_right=True))
+    assert code == 0, log
+    assert harness.types() == ["device_authenticated", "device_connected", "device_removed"]
+    authenticated = harness.ledger.of("device_authenticated")[0]
+    assert authenticated["device_id"] == SIPP_DEVICE_ID and authenticated["source"] == "gb28181"
+    expected_prefix = "udp:127.0.0.1:" if transport_mode == "u1" else "tcp:127.0.0.1:"
+    assert authenticated["address"].startswith(expected_prefix)
+    assert harness.ledger.of("device_removed")[0]["reason"] == "unregistered"
+    assert harness.platform.counters["keepalives"] == 1
+    device = harness.platform.registry.get(SIPP_DEVICE_ID)
+    assert device is not None and not device.online and not device.registered
+
+
+@needs_sipp
+async def test_sipp_with_a_wrong_password_gets_403_and_a_ledger_refusal(
+    harness: Harness, tmp_path: Path
+) -> None:
+    code, log = await run_sipp(tmp_path, harness.platform.transport.port, "u1", "wrong-one",
+                               scenario(password_right=False))
+    assert code == 0, log
+    refused = harness.ledger.of("refused")
+    assert len(refused) == 1 and refused[0]["device_id"] == SIPP_DEVICE_ID
+    assert "authentication failed" in refused[0]["reason"]
+    assert harness.ledger.of("device_authenticated") == []
+
+
+async def test_register_gives_contact_expires_and_date_when_the_clock_is_trusted(
+    harness: Harness, trusted: dict[str, bool]
+) -> None:
+    device = await harness.device()
+    ok = await device.register(expires=7200)
+    assert ok.status == 200
+    assert ok.headers.get("Expires") == "7200"
+    assert ok.headers.get("Contact") == f"<sip:{DEVICE}@127.0.0.1:{device.sip.port}>"  # type: ignore[union-attr]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}", ok.headers.get("Date") or "")
+    # Control: an untrusted clock sets no device clock.
+    trusted["value"] = False
+    again = await device.register(expires=7200)
+    assert again.status == 200 and again.headers.get("Date") is None
+    assert harness.ledger.of("device_authenticated")[-1]["date_sent"] is False
+
+
+async def test_expiry_is_bounded(harness: Harness) -> None:
+    device = await harness.device()
+    too_short = await device.register(expires=600)
+    assert too_short.status == 423 and too_short.headers.get("Min-Expires") == "3600"
+    too_long = await device.register(expires=10 * 86400)
+    assert too_long.status == 200 and too_long.headers.get("Expires") == "86400"
+
+
+async def test_wrong_password_is_refused_and_the_right_one_accepted(harness: Harness) -> None:
+    device = await harness.device()
+    refused = await device.register(password="00000000")
+    assert refused.status == 403
+    assert harness.types() == ["refused"]
+    accepted = await device.register()
+    assert accepted.status == 200
+    assert harness.types() == ["refused", "device_authenticated", "device_connected"]
+
+
+async def test_repeated_failures_are_rate_limited_in_the_ledger(harness: Harness) -> None:
+    device = await harness.device()
+    for _ in range(5):
+        assert (await device.register(password="00000000")).status == 403
+    assert len(harness.ledger.of("refused")) == 1
+    harness.clock.now += 61
+    assert (await device.register(password="00000000")).status == 403
+    refused = harness.ledger.of("refused")
+    assert len(refused) == 2 and refused[1]["repeats_not_recorded"] == 4
+
+
+async def test_unknown_device_is_refused_and_a_configured_one_accepted(harness: Harness) -> None:
+    stranger = await harness.device(STRANGER, PASSWORD)
+    refused = await stranger.register()
+    assert refused.status == 403
+    assert harness.ledger.of("refused") == [
+        {"source": "gb28181", "device_id": STRANGER, "address": f"udp:127.0.0.1:{stranger.sip.port}",  # type: ignore[union-attr]
+         "reason": "device not configured"}
+    ]
+    assert harness.platform.registry.get(STRANGER) is None
+    known = await harness.device()
+    assert (await known.register()).status == 200
+
+
+async def test_unknown_devices_register_when_allowed() -> None:
+    ledger = Ledger()
+    platform = GbPlatform(platform_settings({}, unknown_password="shared-one"), record=ledger,
+                          clock_trusted=lambda: False, clock=FakeClock())
+    await platform.start()
+    device = await TestDevice(STRANGER, "shared-one", platform.transport.port).start()
+    try:
+        assert (await device.register()).status == 200
+        assert (await device.register(password="not-it")).status == 403
+    finally:
+        await device.close()
+        await platform.close()
+
+
+async def test_expires_zero_unregisters(harness: Harness) -> None:
+    device = await harness.device()
+    assert (await device.register()).status == 200
+    assert (await device.register(expires=0)).status == 200
+    state = harness.platform.registry.get(DEVICE)
+    assert state is not None and not state.online and not state.registered
+    assert harness.ledger.of("device_removed")[-1]["reason"] == "unregistered"
+    # Unregistered, its keepalives are no longer taken: it must register again.
+    assert (await device.keepalive()).status == 404
+
+
+async def test_offline_after_missed_keepalives_and_online_again(harness: Harness) -> None:
+    device = await harness.device()
+    assert (await device.register()).status == 200
+    harness.clock.now += 179
+    assert (await device.keepalive()).status == 200
+    harness.clock.now += 179  # 60 s x 3 since the keepalive not yet passed
+    harness.platform.check()
+    assert harness.platform.registry.get(DEVICE).online  # type: ignore[union-attr]
+    assert harness.ledger.of("device_removed") == []
+    harness.clock.now += 1
+    harness.platform.check()
+    assert not harness.platform.registry.get(DEVICE).online  # type: ignore[union-attr]
+    assert harness.ledger.of("device_removed") == [{"source": "gb28181", "device_id": DEVICE,
+                                                    "reason": "keepalive missed"}]
+    harness.platform.check()
+    assert len(harness.ledger.of("device_removed")) == 1  # one transition, one entry
+    assert (await device.keepalive()).status == 200
+    assert harness.platform.registry.get(DEVICE).online  # type: ignore[union-attr]
+    assert len(harness.ledger.of("device_connected")) == 2
+
+
+async def test_offline_when_the_registration_expires(harness: Harness) -> None:
+    device = await harness.device()
+    assert (await device.register(expires=3600)).status == 200
+    for _ in range(59):  # keeps alive every minute, but never registers again
+        harness.clock.now += 60
+        assert (await device.keepalive()).status == 200
+    harness.platform.check()
+    assert harness.ledger.of("device_removed") == []
+    harness.clock.now += 60
+    harness.platform.check()
+    assert harness.ledger.of("device_removed")[0]["reason"] == "registration expired"
+    assert (await device.keepalive()).status == 404
+
+
+async def test_nat_rebinding_moves_the_device_and_queries_follow_it(harness: Harness) -> None:
+    device = await harness.device()
+    assert (await device.register()).status == 200
+    first_port = device.sip.port  # type: ignore[union-attr]
+    await device.rebind()
+    assert device.sip.port != first_port  # type: ignore[union-attr]
+    assert (await device.keepalive()).status == 200
+    address = harness.platform.registry.get(DEVICE).address  # type: ignore[union-attr]
+    assert address is not None and address.port == device.sip.port  # type: ignore[union-attr]
+    info = await harness.platform.query_device_info(DEVICE)
+    assert info.device_name == "执法记录仪" and device.queries == ["DeviceInfo"]
+
+
+async def test_over_tcp_the_device_is_reached_on_its_own_connection(harness: Harness) -> None:
+    device = await harness.device(transport=Transport.TCP)
+    assert (await device.register()).status == 200
+    address = harness.platform.registry.get(DEVICE).address  # type: ignore[union-attr]
+    assert address is not None and address.transport is Transport.TCP
+    assert harness.platform.transport.open_connections == 1
+    info = await harness.platform.query_device_info(DEVICE)
+    assert info.result == "OK"
+    assert harness.platform.transport.open_connections == 1
+
+
+async def test_a_restarted_service_serves_again_and_remembers_its_devices(harness: Harness) -> None:
+    """The supervisor restarts a failed task by calling run() again: a fresh transport on the same port."""
+    device = await harness.device()
+    assert (await device.register()).status == 200
+    port = harness.platform.transport.port
+    await harness.platform.close()
+    await harness.platform.start()
+    assert harness.platform.transport.port == port
+    assert (await device.keepalive()).status == 200  # still registered: its keepalive is taken
+    assert (await device.register()).status == 200
+
+
+async def test_a_port_in_use_is_a_clear_error_in_the_ledger() -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ledger = Ledger()
+        platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, listen_port=port), record=ledger,
+                              clock_trusted=lambda: True, clock=FakeClock())
+        with pytest.raises(OSError):
+            await platform.run()
+    [error] = ledger.of("error")
+    assert error["reason"].startswith(f"cannot listen on 127.0.0.1:{port}: ")
+    # Control: the same service on a free port runs.
+    free = GbPlatform(platform_settings({DEVICE: PASSWORD}), record=Ledger(), clock_trusted=lambda: True,
+                      clock=FakeClock())
+    await free.start()
+    assert free.started.is_set()
+    await free.close()
