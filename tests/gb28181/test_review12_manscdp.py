@@ -1,0 +1,95 @@
+"""Review 12: bounds of the multi-part answer assembler (Annex N) against one hostile or broken source.
+
+GB/T 28181 MESSAGEs are not authenticated: anyone who can reach the SIP port can send a RecordInfo or
+Catalog "answer" with any device id in From. Whether the platform feeds only answers to SNs it asked
+for is the platform's business; these tests hold the assembler to its own promise ("Bounded").
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from datetime import datetime, timedelta
+
+import pytest
+
+from drivers.gb28181.manscdp import (
+    ManscdpError,
+    ManscdpMessage,
+    MultipartAssembler,
+    RecordInfoResponse,
+    RecordItem,
+    Root,
+)
+
+CHANNEL = "34020000001320000001"
+START = datetime(2026, 12, 5, 8, 0, 0)
+
+
+def record(index: int) -> RecordItem:
+    """A record item as a device describes one file (distinct strings, as parsed from XML)."""
+    start = START + timedelta(seconds=index)
+    return RecordItem(
+        device_id=CHANNEL,
+        name=f"rec-{index}",
+        file_path=f"/mnt/sdcard/DCIM/2026/12/05/{index:08d}.mp4",
+        address=f"room {index % 7}",
+        start_time=start,
+        end_time=start + timedelta(minutes=5),
+        secrecy=0,
+        type="time",
+    )
+
+
+def part(sn: int, sum_num: int, items: tuple[RecordItem, ...]) -> ManscdpMessage:
+    payload = RecordInfoResponse(name="body-worn camera", sum_num=sum_num, items=items)
+    return ManscdpMessage(
+        root=Root.RESPONSE, cmd_type="RecordInfo", sn=sn, device_id=CHANNEL, payload=payload, charset="utf-8"
+    )
+
+
+def test_one_source_cannot_fill_every_pending_slot_and_lock_other_devices_out() -> None:
+    def second_device_accepted(parts_from_first: int) -> bool:
+        assembler = MultipartAssembler(timeout_s=60)
+        for sn in range(parts_from_first):
+            assembler.add("34020000001320000666", part(sn, 2, (record(sn),)), now_s=0.0)
+        try:
+            assembler.add("34020000001320000002", part(7, 2, (record(0),)), now_s=1.0)
+        except ManscdpError:
+            return False
+        return True
+
+    # Control: 63 answers in progress from one source leave room for another device.
+    assert second_device_accepted(63)
+    # 64 first parts (SumNum 2, one item each, never completed) from one source: for the next 60 s every
+    # other device's RecordInfo and Catalog answers are refused ("more than 64 multi-part answers").
+    assert second_device_accepted(64), "one source's 64 unfinished answers locked every other device out"
+
+
+@pytest.mark.timeout(600)
+def test_the_assemblers_default_bounds_keep_its_memory_within_256_mib() -> None:
+    # The defaults: 64 answers in progress (observed below) and 100 000 items per answer. Filling one
+    # answer to its item limit is measured; 64 of them are what one source can make it hold for the
+    # timeout (SumNum is taken as the largest any part claims, so an answer never completes).
+    assembler = MultipartAssembler(timeout_s=60)
+    per_part = 10_000  # Annex N's per-message maximum
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = 0
+        for first in range(0, 100_000, per_part):
+            items = tuple(record(i) for i in range(first, first + per_part))
+            assert assembler.add("34020000001320000666", part(1, 10**12, items), now_s=0.0) is None
+            held += len(items)
+        one_answer_bytes = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held == 100_000
+    for sn in range(2, 65):
+        assembler.add("34020000001320000666", part(sn, 2, (record(sn),)), now_s=0.0)
+    with pytest.raises(ManscdpError, match="more than 64"):
+        assembler.add("34020000001320000666", part(65, 2, (record(65),)), now_s=0.0)
+    worst_case = 64 * one_answer_bytes
+    assert worst_case <= 256 * 1024 * 1024, (
+        f"one answer at its item limit holds {one_answer_bytes / 2**20:.0f} MiB; 64 of them "
+        f"{worst_case / 2**30:.1f} GiB"
+    )
