@@ -288,6 +288,8 @@ async def test_one_source_address_cannot_take_every_tcp_connection_slot() -> Non
     # max_tcp_connections (1024 by default) is shared by every peer, the idle timeout (600 s) restarts with
     # every byte, and no message has a deadline: one host holds every slot for as long as it trickles, and
     # each slot may hold a partial 1 MiB body (1 GiB in all). Devices that use TCP are then refused.
+    # (A plain per-address cap is not the whole fix: 4G recorders behind carrier NAT share addresses;
+    # making room by dropping connections that never completed a message would pass this test too.)
     async def device_answered(attacker_connections: int) -> bool:
         async with running(Recorder(), limits=TransportLimits(max_tcp_connections=3)) as transport:
             held = [
@@ -320,3 +322,26 @@ async def test_one_source_address_cannot_take_every_tcp_connection_slot() -> Non
     # Control: two idle connections from one address leave the device its slot.
     assert await device_answered(2)
     assert await device_answered(3), "three idle connections from 127.0.0.1 locked out a device at 127.0.0.2"
+
+
+async def test_answered_transactions_do_not_hold_the_slots_that_refuse_devices_with_503() -> None:
+    # Completed server transactions are remembered 64*T1 = 32 s for retransmissions and count against
+    # max_server_transactions (4096) like running ones: 128 tiny datagrams a second with fresh branches,
+    # from any (spoofable) source, make the platform answer 503 to every device's REGISTER and Keepalive,
+    # so devices go offline. What is remembered only to absorb retransmissions could make room instead.
+    async def device_status(flood: int) -> int:
+        limits = TransportLimits(max_server_transactions=8)
+        async with running(Recorder(), limits=limits) as transport, udp_clients(2) as (device, flooder):
+            for i in range(flood):
+                flooder.send(device_request("MESSAGE", branch=f"z9hG4bK-flood{i}"), transport.port)
+                assert isinstance(answer := await flooder.next(), SipResponse) and answer.status == 200
+            device.send(device_request("REGISTER", branch="z9hG4bK-device"), transport.port)
+            answer = await device.next()
+            assert isinstance(answer, SipResponse)
+            return answer.status
+
+    # Control: 7 answered requests leave the device its slot.
+    assert await device_status(7) == 200
+    assert await device_status(8) == 200, (
+        "8 answered requests from another host made the device's REGISTER 503"
+    )
