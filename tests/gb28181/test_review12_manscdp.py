@@ -19,6 +19,7 @@ from drivers.gb28181.manscdp import (
     RecordInfoResponse,
     RecordItem,
     Root,
+    parse_message,
 )
 
 CHANNEL = "34020000001320000001"
@@ -93,3 +94,30 @@ def test_the_assemblers_default_bounds_keep_its_memory_within_256_mib() -> None:
         f"one answer at its item limit holds {one_answer_bytes / 2**20:.0f} MiB; 64 of them "
         f"{worst_case / 2**30:.1f} GiB"
     )
+
+
+def _device_info(name: str) -> bytes:
+    text = (
+        '<?xml version="1.0" encoding="GB2312"?>\r\n<Response>\r\n<CmdType>DeviceInfo</CmdType>\r\n'
+        f"<SN>1</SN>\r\n<DeviceID>{CHANNEL}</DeviceID>\r\n<DeviceName>{name}</DeviceName>\r\n"
+        "<Result>OK</Result>\r\n</Response>\r\n"
+    )
+    return text.encode("utf-8")  # declared GB2312, sent in UTF-8 (the case the module's docstring names)
+
+
+def test_a_body_declared_gb2312_but_sent_in_utf8_is_never_silently_garbled() -> None:
+    # The fallback to UTF-8 happens only when GB18030 *fails*; GB18030 decodes most UTF-8 Chinese without
+    # error (any even run of bytes 0x81-0xFE is valid there), so names of an even number of UTF-8 bytes
+    # come out as other characters: "张三" as "寮犱笁", "北京市公安局" as "鍖椾含甯傚叕瀹夊眬". The existing
+    # test passed because "审讯室" is 9 bytes. These names end up in manifests (device and channel names).
+    # Control: an odd-length name, where GB18030 fails and the fallback reads it.
+    control = parse_message(_device_info("审讯室")).payload
+    assert control is not None and getattr(control, "device_name", None) == "审讯室"
+    for name in ("张三", "北京市公安局"):
+        try:
+            payload = parse_message(_device_info(name)).payload
+        except ManscdpError:
+            continue  # refused as ambiguous: acceptable, it is never silently wrong
+        assert payload is not None and getattr(payload, "device_name", None) == name, (
+            f"{name!r} was read as {getattr(payload, 'device_name', None)!r}"
+        )
