@@ -9,7 +9,7 @@ and then drop every genuine packet that follows as `Late`, until the stream reac
 
 from __future__ import annotations
 
-from drivers.gb28181.rtp import Delivered, ReorderBuffer, ReorderEvent, RtpPacket
+from drivers.gb28181.rtp import Delivered, Duplicate, ReorderBuffer, ReorderEvent, RtpPacket
 
 
 def packet(sequence: int) -> RtpPacket:
@@ -38,3 +38,27 @@ def test_one_stray_packet_far_ahead_does_not_discard_the_genuine_stream() -> Non
     # are dropped as Late (at 4 Mbit/s, ~350 packets/s: a minute of evidence for one datagram).
     delivered, buffer = genuine_delivered(1100 + 20_000)
     assert delivered == 300, f"{delivered} of 300 delivered; stats {buffer.stats}"
+
+
+def test_the_streams_first_packet_reordered_past_the_startup_hold_is_not_called_a_duplicate() -> None:
+    # The buffer holds the first 8 packets to find where the stream starts. A first packet reordered
+    # behind 8 others (a burst at 4x download speed over 4G) is then "before the start": it is dropped and
+    # counted as a Duplicate, though it was never seen, so its loss is recorded nowhere (no Gap, no Late)
+    # and the recording silently starts one packet late (often the pack header, PSM and IDR start).
+    def events_for(order: list[int]) -> list[ReorderEvent]:
+        buffer = ReorderBuffer()
+        events: list[ReorderEvent] = []
+        for sequence in order:
+            events += buffer.push(packet(sequence))
+        return events + buffer.flush()
+
+    # Control: a real duplicate of an early packet is reported as one.
+    control = events_for([10, 11, 12, 13, 14, 15, 16, 17, 11, 18])
+    assert [type(e).__name__ for e in control].count("Duplicate") == 1
+
+    events = events_for([10, 11, 12, 13, 14, 15, 16, 17, 9, 18])
+    delivered = [e.index for e in events if isinstance(e, Delivered)]
+    reported = [e for e in events if not isinstance(e, Delivered)]
+    assert 9 in delivered or any(not isinstance(e, Duplicate) for e in reported), (
+        f"packet 9, never seen before, was reported as {reported}"
+    )
