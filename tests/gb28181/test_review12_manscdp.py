@@ -121,3 +121,45 @@ def test_a_body_declared_gb2312_but_sent_in_utf8_is_never_silently_garbled() -> 
         assert payload is not None and getattr(payload, "device_name", None) == name, (
             f"{name!r} was read as {getattr(payload, 'device_name', None)!r}"
         )
+
+
+def _record_xml(index: int, start: str, end: str) -> str:
+    return (
+        f"<Item>\r\n<DeviceID>{CHANNEL}</DeviceID>\r\n<Name>rec-{index}</Name>\r\n"
+        f"<FilePath>/mnt/sdcard/{index:04d}.mp4</FilePath>\r\n<Address>room</Address>\r\n"
+        f"<StartTime>{start}</StartTime>\r\n<EndTime>{end}</EndTime>\r\n<Secrecy>0</Secrecy>\r\n"
+        "<Type>time</Type>\r\n</Item>\r\n"
+    )
+
+
+def _record_info(items: list[str]) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="GB2312"?>\r\n<Response>\r\n<CmdType>RecordInfo</CmdType>\r\n'
+        f"<SN>5</SN>\r\n<DeviceID>{CHANNEL}</DeviceID>\r\n<Name>cam</Name>\r\n<SumNum>{len(items)}</SumNum>\r\n"
+        f'<RecordList Num="{len(items)}">\r\n{"".join(items)}</RecordList>\r\n</Response>\r\n'
+    ).encode("gb18030")
+
+
+def test_one_record_with_a_bad_time_does_not_hide_the_other_records_of_its_message() -> None:
+    # A recorder whose clock lost power writes 0000-00-00 times; one whose clock was set back while it
+    # recorded (校时) has a file that "ends before it starts". Today one such item makes the whole message
+    # a ManscdpError: the part is refused as a whole and the other records in it (up to 10 000) are never
+    # listed, so never downloaded, though nothing is wrong with them.
+    good = [
+        _record_xml(1, "2026-12-05T08:00:00", "2026-12-05T08:05:00"),
+        _record_xml(3, "2026-12-05T09:00:00", "2026-12-05T09:05:00"),
+    ]
+    # Control: the good records alone parse.
+    control = parse_message(_record_info(good)).payload
+    assert isinstance(control, RecordInfoResponse) and len(control.items) == 2
+
+    for bad in (
+        _record_xml(2, "0000-00-00T00:00:00", "0000-00-00T00:10:00"),
+        _record_xml(2, "2026-12-05T08:30:00", "2026-12-05T08:29:00"),
+    ):
+        try:
+            payload = parse_message(_record_info([good[0], bad, good[1]])).payload
+        except ManscdpError as error:
+            raise AssertionError(f"two good records lost with the bad one: {error}") from None
+        assert isinstance(payload, RecordInfoResponse)
+        assert {item.name for item in payload.items} >= {"rec-1", "rec-3"}
