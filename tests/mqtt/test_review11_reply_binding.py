@@ -131,13 +131,13 @@ async def test_an_unsigned_reply_does_not_end_the_wait_for_the_stations_signed_o
 
             real_reply = handler._reply
 
-            async def unsigned_forgery_first(message: InboundMessage, signed: bytes) -> None:
+            async def unsigned_forgery_first(message: InboundMessage, reply: bytes) -> None:
                 request_id = json.loads(message.payload)["command"]["request_id"]
                 forged: dict[str, Any] = {"v": 1, "request_id": request_id, "ok": False,
                                           "error": "refused", "detail": "forged"}
                 await client.publish(f"{TOPIC_PREFIX}/stations/{STATION}/command-reply",
                                      canonical_json(forged))
-                await real_reply(message, signed)
+                await real_reply(message, reply)
 
             handler._reply = unsigned_forgery_first  # type: ignore[method-assign]
             again = Command(new_request_id(), CommandOp.LEDGER_HEAD, STATION, utc_rfc3339(datetime.now(UTC)),
