@@ -146,3 +146,38 @@ async def test_an_unsigned_reply_does_not_end_the_wait_for_the_stations_signed_o
             assert reply.ok and reply.signed and reply.key_id == store.key.key_id
     finally:
         store.close()
+
+
+async def test_a_replayed_reply_for_a_command_that_executed_is_not_reported_as_refused(
+    tmp_path: Path, broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """QoS 1 is at least once: the station's reply to the first delivery is lost (published while the
+    connection dropped: logged and dropped, edge.mqtt.command_handler) and the broker delivers the request
+    again. The station answers `replayed`, ok false, saying in prose only that the first delivery
+    "executed". The central takes it as a refusal (Reply.ok false: `edge central command` exits 1, "the
+    station refused it") although the command took effect; whether it did is in no member a program can
+    read. Control: the same command answered once is ok."""
+    central = StationKey.generate()
+    store = StationStore(tmp_path / "store", STATION)
+    clock = [datetime.now(UTC)]
+    try:
+        item = await sealed_item(tmp_path, store)
+        async with station_handler(broker, pki, store, central.public_key(), clock) as (_client, handler):
+            reply = await _send(broker, pki, _tag(item, "C-1"), central, store)
+            assert reply.ok  # control
+            real_reply = handler._reply
+            lost = {"first": True}
+
+            async def first_reply_lost(message: InboundMessage, reply: bytes) -> None:
+                if lost["first"]:
+                    lost["first"] = False
+                    await handler.handle(message)  # the broker's second delivery of the same request
+                    return
+                await real_reply(message, reply)
+
+            handler._reply = first_reply_lost  # type: ignore[method-assign]
+            reply = await _send(broker, pki, _tag(item, "C-2"), central, store)
+            assert current_case(store, item)["case_number"] == "C-2"  # it took effect
+            assert reply.ok, f"the central reports a refusal: {reply.error}: {reply.detail}"
+    finally:
+        store.close()
