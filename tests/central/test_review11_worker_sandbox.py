@@ -7,7 +7,8 @@ The wait added in review 10 covers only a missing secret. Here the worker goes s
 run_mqtt_worker, whose MqttIngestStore makes the directory: EROFS, an OSError nobody catches, a
 traceback and exit 1; systemd restarts it every RestartSec=2 s and gives up after StartLimitBurst=10 (the
 very failure review 10 fixed for the secret), although the central will make the directory at its next
-start. Expected: a clear line naming the directory and either the same wait or exit 75 after it.
+start. Expected: a clear line naming the directory and the same wait as for the secret (then exit 75
+once); this test accepts that wait, or at least exit 75 with the line.
 
 Reproduced with a real read-only bind mount in a private mount namespace (unshare -m), which is what
 ProtectSystem=strict makes of the store. Control: the same sandbox with the directory present gets past
@@ -70,4 +71,5 @@ def test_a_worker_whose_transfers_dir_is_missing_in_its_sandbox_says_so_and_does
         return
     assert "Traceback" not in err, err[-2000:]
     assert str(config.mqtt_transfers_dir) in err
-    assert status == 75, (status, err[-2000:])
+    # Waiting for the directory (still running, as for the secret) or exit 75 (temporary) with that line.
+    assert status in (None, 75), (status, err[-2000:])
