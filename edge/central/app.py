@@ -468,6 +468,7 @@ def _add_mqtt_receiver(
         SupervisedReceiver,
         central_mqtt_settings,
         mqtt_purge_task,
+        queue_settings,
         station_check_of,
     )
 
@@ -479,6 +480,7 @@ def _add_mqtt_receiver(
         central_mqtt_settings(parts.config), prefix=mqtt.topic_prefix, shared_group=mqtt.shared_group,
         store=transfers, api=api,
         station_check=station_check_of(lambda s: parts.auth.enrolled_station(s, remote="mqtt")),
+        queue_settings=queue_settings(mqtt),
     )
     app[MQTT_RECEIVER] = receiver
     app.cleanup_ctx.append(mqtt_purge_task(transfers, purge_interval_s))
