@@ -270,29 +270,29 @@ async def test_damaged_queue_rows_are_removed_recorded_and_the_receiver_goes_on(
         good = encode_request(ApiRequest(queued_id, ApiOp.TREE_HEAD, {}))
         for topic, payload in ((good_topic, good), (good_topic, b"changed later"),
                                (good_topic, b"unknown lane"), (good_topic, b"no station")):
-            admission, digest = queue.reserve(Lane.API, "st-a", topic, payload)
+            _, digest = queue.reserve(Lane.API, "st-a", topic, payload)
             queue.insert(Lane.API, "st-a", topic, payload, queued_id.encode("ascii"), digest)
     finally:
         queue.close()
     with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE queued SET payload = ? WHERE payload = ?", (b"changed on disk", b"changed later"))
+        conn.execute("UPDATE queued SET payload = ? WHERE payload = ?",
+                     (b"changed on disk", b"changed later"))
         conn.execute("UPDATE queued SET lane = 'evil' WHERE payload = ?", (b"unknown lane",))
         conn.execute("UPDATE queued SET station = '' WHERE payload = ?", (b"no station",))
     conn.close()
-    async with wire_station(fake, broker, pki) as station:
-        async with running_mqtt_central(root, broker, pki) as central:
-            await station.wait_until(lambda: queued_id in station.replies)
-            assert station.replies[queued_id].status == 200
-            runner = central.receiver.queue
-            assert runner is not None
-            # Still answering after the damaged rows.
-            assert (await station.request(ApiOp.LEDGER_HEAD, {})).status == 200
-            # (A reply goes out before its row is removed: the queue empties a moment after.)
-            async with asyncio.timeout(30):
-                while runner.queue.damaged < 3 or runner.queue.waiting:
-                    await asyncio.sleep(0.05)
-            incidents = [json.loads(line) for line in
-                         (central.config.mqtt_transfers_dir / "incidents.jsonl").read_text().splitlines()]
+    async with wire_station(fake, broker, pki) as station, running_mqtt_central(root, broker, pki) as central:
+        await station.wait_until(lambda: queued_id in station.replies)
+        assert station.replies[queued_id].status == 200
+        runner = central.receiver.queue
+        assert runner is not None
+        # Still answering after the damaged rows.
+        assert (await station.request(ApiOp.LEDGER_HEAD, {})).status == 200
+        # (A reply goes out before its row is removed: the queue empties a moment after.)
+        async with asyncio.timeout(30):
+            while runner.queue.damaged < 3 or runner.queue.waiting:
+                await asyncio.sleep(0.05)
+        incidents = [json.loads(line) for line in
+                     (central.config.mqtt_transfers_dir / "incidents.jsonl").read_text().splitlines()]
     damaged = [i for i in incidents if i["kind"] == "receive_queue_damaged"]
     assert len(damaged) == 3, incidents
     details = " ".join(i["detail"] for i in damaged)
