@@ -126,18 +126,19 @@ def _config_file(root: Path, broker: MosquittoBroker, pki: TestPki) -> Path:
 
 @asynccontextmanager
 async def _edge_process(
-    args: list[str], log: Path, *, until: bytes = b"READY=1"
+    args: list[str], log: Path, *, until: bytes = b"READY=1", script: str = _RUN_CLI,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`edge <args>` in its own process, until its sd_notify messages carry `until`; killed at the end if
-    still up."""
+    """`edge <args>` in its own process (`script` runs the CLI, with `env` added to the environment),
+    until its sd_notify messages carry `until`; killed at the end if still up."""
     with tempfile.TemporaryDirectory(prefix="ntfy", dir="/tmp") as short:
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(f"{short}/notify")
         notify.setblocking(False)
-        env = {**os.environ, "NOTIFY_SOCKET": f"{short}/notify"}
+        environment = {**os.environ, **(env or {}), "NOTIFY_SOCKET": f"{short}/notify"}
         with log.open("ab") as stderr:
-            process = await asyncio.create_subprocess_exec(sys.executable, "-c", _RUN_CLI, *args, env=env,
-                                                           stderr=stderr)
+            process = await asyncio.create_subprocess_exec(sys.executable, "-c", script, *args,
+                                                           env=environment, stderr=stderr)
         try:
             loop = asyncio.get_running_loop()
             messages = b""
