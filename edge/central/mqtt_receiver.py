@@ -293,6 +293,8 @@ class MqttReceiver:
         runner = QueueRunner(queue, {Lane.CONTENT: self._handle_queued_transfer,
                                      Lane.API: self._handle_queued_request},
                              concurrency=self.queue_settings.concurrency, on_damaged=self._queue_row_damaged)
+        if queue.set_aside is not None:
+            await asyncio.to_thread(self.store.record_incident, "", "receive_queue_damaged", queue.set_aside)
         if queue.waiting:
             log.info("MQTT receiver %s: %d message(s) waiting in %s from before", self.settings.log_id,
                      queue.waiting, queue.path)

@@ -159,6 +159,8 @@ class ReceiveQueue:
         self._digests: set[bytes] = set()
         # Lane-stations with messages waiting, in the order they are to be served (round robin).
         self._lanes: OrderedDict[tuple[Lane, str], int] = OrderedDict()
+        # What was wrong with the file found at open, which was set aside (None: it was fine).
+        self.set_aside: str | None = None
         self.added = 0
         self.refused_full = 0
         self.duplicates = 0
@@ -184,16 +186,37 @@ class ReceiveQueue:
             except BlockingIOError:
                 raise QueueBusy(f"receive queue {path} is in use by another process: each receiving process "
                                 "needs its own name (a worker's --client-id)") from None
-            conn = _connect(path)
         except BaseException:
             os.close(lock_fd)
             raise
+        try:
+            try:
+                return cls._open_locked(path, lock_fd, per_station_messages, per_station_bytes, None)
+            except ReceiveQueueError as exc:
+                # A file that is not a usable queue (damaged on disk, or something else put there) would
+                # stop this process from receiving anything: it is set aside, named in the log and in an
+                # incident (set_aside), and a new queue starts. What it held is lost to this process; the
+                # stations send again whatever they have no answer for.
+                aside = _set_aside(path)
+                log.error("%s; set aside as %s, and a new queue starts", exc, aside.name)
+                return cls._open_locked(path, lock_fd, per_station_messages, per_station_bytes,
+                                        f"{exc}; set aside as {aside}")
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    @classmethod
+    def _open_locked(cls, path: Path, lock_fd: int, per_station_messages: int, per_station_bytes: int,
+                     set_aside: str | None) -> ReceiveQueue:
+        conn = _connect(path)
         queue = cls(path, conn, lock_fd, per_station_messages=per_station_messages,
                     per_station_bytes=per_station_bytes)
+        queue.set_aside = set_aside
         try:
             queue._load()
         except BaseException:
-            queue.close()
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
             raise
         return queue
 
@@ -378,6 +401,17 @@ def _connect(path: Path) -> sqlite3.Connection:
             os.chmod(path, 0o600)
         fsync_dir(path.parent)  # the new file's (and its WAL's) names are durable too
     return conn
+
+
+def _set_aside(path: Path) -> Path:
+    """Renames an unusable queue file (and its WAL and shared memory) out of the way; the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    fsync_dir(path.parent)
+    return aside
 
 
 def _row_problem(lane: object, station: object, topic: object, payload: object, correlation: object,

@@ -1106,7 +1106,9 @@ _TRANSFER_FILE = re.compile(
     r"[0-9a-f]{32}\.(part|info\.json|segments|lock)|\.[0-9a-f]{32}\.info\.json\.\d+\.[0-9a-f]{8}\.tmp"
 )
 # mqtt-transfers/receive-queue/: each receiving process's queue (SQLite, its WAL and shared memory, its lock).
-_QUEUE_FILE = re.compile(r"(central|worker-[A-Za-z0-9][A-Za-z0-9._-]{0,31})\.sqlite3(-wal|-shm|\.lock)?")
+# A damaged queue file set aside keeps its name and ".damaged-<UTC time>".
+_QUEUE_FILE = re.compile(r"(central|worker-[A-Za-z0-9][A-Za-z0-9._-]{0,31})\.sqlite3"
+                         r"(\.damaged-\d{8}T\d{6}Z)?(-wal|-shm|\.lock)?")
 
 
 def _is_count(value: object) -> bool:
