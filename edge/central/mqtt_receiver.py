@@ -315,8 +315,10 @@ class MqttReceiver:
         # the broker's in-flight window never fills behind one slow message, and nothing is held
         # unacknowledged in memory (review 10: the client's concurrent subscriptions held a station's
         # backlog unacknowledged, over their bound unhandled, and dropped copies on a resumed session).
+        # QoS 1 only: stations always publish QoS 1, and nothing bounds QoS 0 deliveries.
         subscribing = [
-            asyncio.create_task(client.subscribe(topic_filter, handler, timeout_s=_SUBSCRIBE_WAIT_S),
+            asyncio.create_task(client.subscribe(topic_filter, handler, timeout_s=_SUBSCRIBE_WAIT_S,
+                                                 qos1_only=True),
                                 name=f"mqtt-subscribe-{topic_filter}")
             for client, topic_filter, handler in wanted
         ]
