@@ -301,6 +301,10 @@ class ReceiveQueue:
             self._lanes.move_to_end(key)
         return chosen
 
+    def forget_lane(self, key: tuple[Lane, str]) -> None:
+        """A lane-station found empty in the file is no longer offered."""
+        self._lanes.pop(key, None)
+
     def _forget(self, station: str, payload_bytes: int, digest: bytes | None) -> None:
         waiting = self._waiting.get(station)
         if waiting is not None:
@@ -510,6 +514,9 @@ class QueueRunner:
         try:
             head = await asyncio.to_thread(self.queue.head, lane, station)
             if head is None:
+                # Counted but not in the file (an insert cancelled after its commit began is counted at
+                # the next open instead): forgotten, or the round would offer it again at once, for ever.
+                self.queue.forget_lane(key)
                 return
             if isinstance(head, str):
                 await self._remove_damaged(lane, station, head)

@@ -136,3 +136,38 @@ async def test_the_runner_keeps_each_stations_order_and_serves_others_beside_a_s
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         queue.close()
+
+
+async def test_a_lane_counted_but_empty_in_the_file_is_forgotten_not_offered_for_ever(tmp_path: Path) -> None:
+    """White-box: a count without its row (an insert cancelled while its commit ran is counted at the next
+    open instead) must not make the runner offer that station again and again. Control: a real message
+    after it is handled."""
+    queue = _open(queue_path(tmp_path, "central"))
+    handled: list[bytes] = []
+
+    async def handler(message: QueuedMessage) -> None:
+        handled.append(message.payload)
+
+    queue.queued(Lane.API, "ghost")  # counted, never inserted
+    runner = QueueRunner(queue, {Lane.API: handler, Lane.CONTENT: handler}, concurrency=1,
+                         on_damaged=lambda station, detail: None)
+    offered = 0
+    real_head = queue.head
+
+    def head(lane: Lane, station: str) -> QueuedMessage | str | None:
+        nonlocal offered
+        offered += station == "ghost"
+        return real_head(lane, station)
+
+    queue.head = head  # type: ignore[method-assign]
+    task = asyncio.create_task(runner.run())
+    try:
+        assert await runner.add(Lane.API, "st-a", "t/st-a/0", b"real", None) is Admission.ADDED
+        async with asyncio.timeout(10):
+            while not handled:
+                await asyncio.sleep(0.01)
+        assert handled == [b"real"] and offered == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        queue.close()
