@@ -280,6 +280,9 @@ async def test_broker_restarted_gracefully_keeps_the_session(broker: MosquittoBr
         running(broker.client_settings(pki.client("STATION-A"))) as (station, _),
     ):
         await receiver.wait_connected(WAIT_S)
+        # Both connected before the restart (on a loaded machine the station's first connection can come
+        # after it, and would then be its only one).
+        await station.wait_connected(WAIT_S)
         await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/state", inbox)
         await broker.restart(graceful=True)  # SIGTERM: mosquitto saves its sessions
         status = await receiver.wait_for(lambda s: s.connections == 2, WAIT_S)
