@@ -258,6 +258,12 @@ async def test_a_worker_process_and_the_central_share_the_group_and_one_file_ass
             reply = await station.request(ApiOp.REGISTER, station.register_body(acquired, file_id))
             assert reply.status == 201, reply.body
             assert running.parts.objects.path_of(acquired.sha256).read_bytes() == acquired.content
+            # Each process has its own receive queue, and the fin (queued by whichever got it) was
+            # answered once: no message was handled by both.
+            queues = config.mqtt_transfers_dir / "receive-queue"
+            assert {"central.sqlite3", f"worker-{CENTRAL_ID}-2.sqlite3"} <= {p.name for p in queues.iterdir()}
+            fin = FinCommand(file_id, len(acquired.content), acquired.sha256, Mode.ASYNC)
+            assert len(station.results[fin.topic]) == 1
     finally:
         await running.stop()
     assert "PRIVATE KEY" not in (tmp_path / "worker.log").read_text(errors="replace")
