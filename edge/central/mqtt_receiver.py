@@ -129,6 +129,8 @@ class QueueSettings:
     per_station: int = 64
     per_station_bytes: int = 16 << 20
     concurrency: int = 4
+
+
 # A subscription waits for a connection as long as it takes (the client reconnects meanwhile).
 _SUBSCRIBE_WAIT_S = 7 * 86400.0
 
