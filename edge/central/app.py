@@ -483,6 +483,7 @@ def _add_mqtt_receiver(
         queue_settings=queue_settings(mqtt),
     )
     app[MQTT_RECEIVER] = receiver
+    metrics.watch_receive_queue(receiver.queue_waiting, lambda: receiver.counts.busy)
     app.cleanup_ctx.append(mqtt_purge_task(transfers, purge_interval_s))
     supervised = SupervisedReceiver(receiver)
     app.cleanup_ctx.append(supervised.context)

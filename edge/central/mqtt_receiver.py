@@ -256,6 +256,10 @@ class MqttReceiver:
     def __repr__(self) -> str:
         return f"MqttReceiver({self.settings.log_id!r}, group {self.shared_group!r})"
 
+    def queue_waiting(self) -> int:
+        """Messages waiting in the receive queue (0 between runs)."""
+        return self.queue.queue.waiting if self.queue is not None else 0
+
     @property
     def station_root(self) -> str:
         return f"{self.prefix}/stations"

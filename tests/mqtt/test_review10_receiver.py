@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from edge.central.app import METRICS
 from edge.central.receive_queue import Lane, ReceiveQueue, queue_path
 from edge.central.registration import Caller
 from edge.custody.canonical import sha256_hex
@@ -249,6 +250,9 @@ async def test_a_station_over_its_share_of_the_queue_is_answered_busy_at_once_an
                 result.reason_description, result
             assert first not in station.replies and second not in station.replies
             assert central.receiver.counts.busy == 2
+            scraped = central.running.app[METRICS].exposition().decode()
+            assert "edge_central_mqtt_queue_busy_total 2.0" in scraped
+            assert "edge_central_mqtt_queue_waiting 2.0" in scraped
             release.set()
             await station.wait_until(lambda: first in station.replies and second in station.replies)
             # The station sends again what was busy: now there is room.
