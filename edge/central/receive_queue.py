@@ -48,9 +48,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from edge.custody.text import printable
 from edge.durable.files import ensure_private_dir, fsync_dir
@@ -67,6 +69,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A handler that raised is tried again after this many seconds times its failures, at most this often.
 _RETRY_BASE_S = 1.0
@@ -143,7 +147,7 @@ def _digest(lane: str, topic: str, payload: bytes) -> bytes:
 
 class ReceiveQueue:
     """The queue file and its bookkeeping; the methods that touch the file block (fsync) and are called
-    through :func:`asyncio.to_thread`, the others on the event loop. See the module docstring."""
+    on the queue's own thread (:meth:`call`), the others on the event loop. See the module docstring."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, lock_fd: int, *, per_station_messages: int,
                  per_station_bytes: int) -> None:
@@ -152,6 +156,9 @@ class ReceiveQueue:
         # One connection, used from worker threads of several coroutines (handlers inserting, the runner
         # reading and deleting): one statement or transaction at a time.
         self._db = threading.Lock()
+        # The queue's own thread: an insert (what an acknowledgement waits for) never waits behind the
+        # default executor's threads, which fins and registrations keep busy hashing whole files.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receive-queue")
         self._lock_fd: int | None = lock_fd
         self.per_station_messages = per_station_messages
         self.per_station_bytes = per_station_bytes
@@ -220,7 +227,12 @@ class ReceiveQueue:
             raise
         return queue
 
+    async def call(self, method: Callable[..., T], *args: object) -> T:
+        """``method(*args)`` on the queue's own thread (for the methods that touch the file)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, method, *args)
+
     def close(self) -> None:
+        self._executor.shutdown(wait=True)
         with self._db, contextlib.suppress(sqlite3.Error):
             self._conn.close()
         fd, self._lock_fd = self._lock_fd, None
@@ -482,8 +494,7 @@ class QueueRunner:
         if admission is not Admission.ADDED:
             return admission
         try:
-            await asyncio.to_thread(self.queue.insert, lane, station, topic, payload, correlation_data,
-                                    digest)
+            await self.queue.call(self.queue.insert, lane, station, topic, payload, correlation_data, digest)
         except BaseException:
             self.queue.unreserve(station, len(payload), digest)
             raise
@@ -520,7 +531,7 @@ class QueueRunner:
         """Handles the oldest message of one lane-station, then gives the turn back."""
         lane, station = key
         try:
-            head = await asyncio.to_thread(self.queue.head, lane, station)
+            head = await self.queue.call(self.queue.head, lane, station)
             if head is None:
                 # Counted but not in the file (an insert cancelled after its commit began is counted at
                 # the next open instead): forgotten, or the round would offer it again at once, for ever.
@@ -539,7 +550,7 @@ class QueueRunner:
             else:
                 self.handled += 1
             self._failures.pop(head.id, None)
-            await asyncio.to_thread(self.queue.delete, head.id)
+            await self.queue.call(self.queue.delete, head.id)
             self.queue.removed(lane, station, len(head.payload),
                                _digest(lane.value, head.topic, head.payload))
         except asyncio.CancelledError:
@@ -575,11 +586,11 @@ class QueueRunner:
         self._resting[key] = asyncio.get_running_loop().time() + delay_s
 
     async def _remove_damaged(self, lane: Lane, station: str, problem: str) -> None:
-        found = await asyncio.to_thread(self.queue.head_id, lane, station)
+        found = await self.queue.call(self.queue.head_id, lane, station)
         if found is None:
             return
         row_id, size, digest = found
-        await asyncio.to_thread(self.queue.delete, row_id)
+        await self.queue.call(self.queue.delete, row_id)
         self.queue.removed(lane, station, size, digest)
         self.queue.damaged += 1
         detail = (f"receive queue {self.queue.path}: {problem}; the row is removed unhandled (the station "
