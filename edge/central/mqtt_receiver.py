@@ -52,6 +52,7 @@ import logging
 import re
 import signal
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -250,6 +251,10 @@ class MqttReceiver:
         self.api_client: MqttClient | None = None
         # The queue of the current run (None between runs).
         self.queue: QueueRunner | None = None
+        # The content connection's own thread for what it carries out at once (one message at a time), per
+        # run: a segment never waits behind the default executor's threads, which queued fins and
+        # registrations may all keep busy hashing whole files.
+        self._inline_executor: ThreadPoolExecutor | None = None
         self._subscribed = asyncio.Event()
         self._status_listeners: list[Callable[[ConnectionStatus], None]] = []
 
@@ -305,6 +310,7 @@ class MqttReceiver:
             log.info("MQTT receiver %s: %d message(s) waiting in %s from before", self.settings.log_id,
                      queue.waiting, queue.path)
         self.queue = runner
+        self._inline_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqtt-inline")
         self.client = MqttClient(self.settings, backoff=self._backoff)
         wanted = [(self.client, topic_filter, handler) for topic_filter, handler in self.subscriptions()]
         clients = [self.client]
@@ -356,6 +362,7 @@ class MqttReceiver:
             await asyncio.gather(*connections, *subscribing, return_exceptions=True)
             await asyncio.to_thread(queue.close)
             self.queue = None
+            self._inline_executor.shutdown(wait=False)
 
     def _queue_row_damaged(self, station: str, detail: str) -> None:
         """A damaged row of the receive queue: an incident of the MQTT store (beside the log line)."""
@@ -383,21 +390,24 @@ class MqttReceiver:
             elif admission is Admission.ADDED:
                 self.counts.queued += 1
             return
-        await self._carry_out(station, command, message.payload)
+        await self._carry_out(station, command, message.payload, self._inline_executor)
 
     async def _handle_queued_transfer(self, queued: QueuedMessage) -> None:
         station, command = parse_scoped_topic(self.station_root, queued.topic)
         if station != queued.station:
             raise ValueError(f"queued message {queued.id}: its topic names station {station!r}, its row "
                              f"{queued.station!r}")
-        await self._carry_out(station, command, queued.payload)
+        await self._carry_out(station, command, queued.payload, None)
 
-    async def _carry_out(self, station: str, command: Command, payload: bytes) -> None:
+    async def _carry_out(self, station: str, command: Command, payload: bytes, executor: Executor | None
+                         ) -> None:
+        """Carry ``command`` out in the store (on ``executor``; None: the default one) and answer it."""
         refusal = self._station_check(station) if self._station_check is not None else None
         if refusal is not None:
             outcome = Outcome(command, ReasonCode.CANCEL, refusal)
         else:
-            outcome = await asyncio.to_thread(self.store.carry_out, station, command, payload)
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                executor, self.store.carry_out, station, command, payload)
         self.counts.commands += 1
         if not outcome.ok:
             self.counts.refused_commands += 1
