@@ -51,7 +51,7 @@ import dataclasses
 import logging
 import re
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -132,6 +132,10 @@ class QueueSettings:
     concurrency: int = 4
 
 
+# Results of commands carried out at once (segments, init, abort) whose PUBACK from the broker is still
+# awaited, at most: the content connection's next message does not wait a round trip to the broker per
+# segment, and what awaits stays bounded when the broker stops acknowledging.
+_RESULTS_AWAITED = 64
 # A subscription waits for a connection as long as it takes (the client reconnects meanwhile).
 _SUBSCRIBE_WAIT_S = 7 * 86400.0
 
@@ -255,6 +259,9 @@ class MqttReceiver:
         # run: a segment never waits behind the default executor's threads, which queued fins and
         # registrations may all keep busy hashing whole files.
         self._inline_executor: ThreadPoolExecutor | None = None
+        # Per run: results published at once whose broker acknowledgement is awaited in the background.
+        self._result_slots = asyncio.Semaphore(_RESULTS_AWAITED)
+        self._result_tasks: set[asyncio.Task[None]] = set()
         self._subscribed = asyncio.Event()
         self._status_listeners: list[Callable[[ConnectionStatus], None]] = []
 
@@ -311,6 +318,7 @@ class MqttReceiver:
                      queue.waiting, queue.path)
         self.queue = runner
         self._inline_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqtt-inline")
+        self._result_slots = asyncio.Semaphore(_RESULTS_AWAITED)
         self.client = MqttClient(self.settings, backoff=self._backoff)
         wanted = [(self.client, topic_filter, handler) for topic_filter, handler in self.subscriptions()]
         clients = [self.client]
@@ -360,6 +368,9 @@ class MqttReceiver:
             for task in connections:
                 task.cancel()
             await asyncio.gather(*connections, *subscribing, return_exceptions=True)
+            # Not cancelled: each ends once its PUBACK came or its client closed (MqttClosed), and a task
+            # cancelled before its first step would leave its acknowledgement never awaited.
+            await asyncio.gather(*self._result_tasks, return_exceptions=True)
             await asyncio.to_thread(queue.close)
             self.queue = None
             self._inline_executor.shutdown(wait=False)
@@ -390,18 +401,19 @@ class MqttReceiver:
             elif admission is Admission.ADDED:
                 self.counts.queued += 1
             return
-        await self._carry_out(station, command, message.payload, self._inline_executor)
+        await self._carry_out(station, command, message.payload, self._inline_executor, await_broker=False)
 
     async def _handle_queued_transfer(self, queued: QueuedMessage) -> None:
         station, command = parse_scoped_topic(self.station_root, queued.topic)
         if station != queued.station:
             raise ValueError(f"queued message {queued.id}: its topic names station {station!r}, its row "
                              f"{queued.station!r}")
-        await self._carry_out(station, command, queued.payload, None)
+        await self._carry_out(station, command, queued.payload, None, await_broker=True)
 
-    async def _carry_out(self, station: str, command: Command, payload: bytes, executor: Executor | None
-                         ) -> None:
-        """Carry ``command`` out in the store (on ``executor``; None: the default one) and answer it."""
+    async def _carry_out(self, station: str, command: Command, payload: bytes, executor: Executor | None,
+                         *, await_broker: bool) -> None:
+        """Carry ``command`` out in the store (on ``executor``; None: the default one) and answer it
+        (``await_broker``: see :meth:`_answer_transfer`)."""
         refusal = self._station_check(station) if self._station_check is not None else None
         if refusal is not None:
             outcome = Outcome(command, ReasonCode.CANCEL, refusal)
@@ -411,24 +423,58 @@ class MqttReceiver:
         self.counts.commands += 1
         if not outcome.ok:
             self.counts.refused_commands += 1
-        await self._answer_transfer(station, command, outcome)
+        await self._answer_transfer(station, command, outcome, await_broker=await_broker)
 
-    async def _answer_transfer(self, station: str, command: Command, outcome: Outcome) -> None:
+    async def _answer_transfer(self, station: str, command: Command, outcome: Outcome, *,
+                               await_broker: bool = True) -> None:
+        """Publish the result of ``command``. It is queued for the network thread before the message is
+        acknowledged (or removed from the queue), so it goes out on the wire first. ``await_broker``: return
+        once the broker acknowledged it; otherwise its acknowledgement is awaited in the background (at most
+        _RESULTS_AWAITED at once): a connection lost before it went out keeps it in the session and sends
+        it again, and the message, not acknowledged on that connection, comes again too."""
         response = outcome.response(0)
         assert response is not None  # an outcome of a parsed command always has one
         assert self.client is not None
-        # Published before the message is acknowledged (or removed from the queue). A result the broker does
-        # not take (refused, or no PUBACK in time: it may still go out, paho keeps it) is logged and the
-        # command done all the same: the store has answered it durably, and a station that misses the
-        # result sends the command again (answered idempotently). Failing here would hold one of the
-        # broker's in-flight slots of this connection until the next reconnection.
+        if not await_broker:
+            await self._result_slots.acquire()  # waits only while _RESULTS_AWAITED results are awaited
         try:
-            await self.client.publish(response_topic(station), response.to_payload(), qos=1)
-        except MqttClosed:
+            acknowledged = self.client.publish_started(response_topic(station), response.to_payload(), qos=1)
+        except BaseException as exc:
+            if not await_broker:
+                self._result_slots.release()
+            if isinstance(exc, MqttError) and not isinstance(exc, MqttClosed):
+                self._result_not_published(station, command, exc)
+                return
             raise
+        if await_broker:
+            await self._result_acknowledged(station, command, acknowledged)
+            return
+        task = asyncio.create_task(self._result_acknowledged(station, command, acknowledged, closing_ok=True))
+        self._result_tasks.add(task)
+        task.add_done_callback(self._result_task_done)
+
+    def _result_task_done(self, task: asyncio.Task[None]) -> None:
+        self._result_tasks.discard(task)
+        self._result_slots.release()
+
+    async def _result_acknowledged(self, station: str, command: Command, acknowledged: Awaitable[Any], *,
+                                   closing_ok: bool = False) -> None:
+        # A result the broker does not take (refused, or no PUBACK in time: it may still go out, paho keeps
+        # it) is logged and the command done all the same: the store has answered it durably, and a station
+        # that misses the result sends the command again (answered idempotently). Failing here would hold
+        # one of the broker's in-flight slots of this connection until the next reconnection.
+        try:
+            await acknowledged
+        except MqttClosed:
+            if not closing_ok:
+                raise
         except MqttError as exc:
-            log.warning("station %s: the result of %s could not be published (%s); the command is "
-                        "acknowledged, the station sends it again", station, command.topic, exc)
+            self._result_not_published(station, command, exc)
+
+    @staticmethod
+    def _result_not_published(station: str, command: Command, exc: MqttError) -> None:
+        log.warning("station %s: the result of %s could not be published (%s); the command is "
+                    "acknowledged, the station sends it again", station, command.topic, exc)
 
     def _busy_detail(self, station: str) -> str:
         assert self.queue is not None

@@ -426,6 +426,29 @@ class MqttClient:
         delivering it, once it has waited that long for a subscriber (an offline central). Raises
         `PublishRefused` for a failure reason code (MQTT 5), `PublishTimeout`, or `MqttClosed`. Published
         while disconnected, the message waits for the next connection (within the time limit)."""
+        acknowledged = self.publish_started(
+            topic, payload, qos=qos, retain=retain, response_topic=response_topic,
+            correlation_data=correlation_data, user_properties=user_properties, timeout_s=timeout_s,
+            message_expiry_s=message_expiry_s)
+        return await acknowledged
+
+    def publish_started(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: Literal[0, 1] = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        user_properties: Iterable[tuple[str, str]] = (),
+        timeout_s: float | None = None,
+        message_expiry_s: int | None = None,
+    ) -> Awaitable[PublishAck]:
+        """`publish`, with the message queued for the network thread before this returns (so ahead of
+        anything queued after it, an acknowledgement of a received message included); the broker's
+        acknowledgement is what the returned awaitable gives (or raises, as `publish`). Raises at once what
+        `publish` raises before sending (`MqttClosed`, `PacketTooLarge`, `MqttError`)."""
         if self._closing:
             raise MqttClosed(f"{self!r} is closed")
         properties = self._publish_properties(response_topic, correlation_data, tuple(user_properties),
@@ -445,13 +468,18 @@ class MqttClient:
         # Registered before the event loop can run the PUBACK's handoff (see the module docstring).
         self._pending_acks[info.mid] = waiter
         limit_s = self._settings.publish_timeout_s if timeout_s is None else timeout_s
+        return self._acknowledgement(topic, info.mid, waiter, limit_s)
+
+    async def _acknowledgement(
+        self, topic: str, mid: int, waiter: asyncio.Future[tuple[int, str]], limit_s: float
+    ) -> PublishAck:
         try:
             async with asyncio.timeout(limit_s):
                 code, reason = await waiter
         except TimeoutError:
             raise PublishTimeout(f"no acknowledgement of the publish to {topic} in {limit_s:g} s") from None
         finally:
-            self._pending_acks.pop(info.mid, None)
+            self._pending_acks.pop(mid, None)
         if code >= FAILURE_REASON_CODE:
             raise PublishRefused(topic, code, reason)
         return PublishAck(code, reason)
