@@ -507,3 +507,27 @@ async def test_a_publish_over_the_brokers_maximum_packet_size_is_refused_before_
         assert ack.reason_code == 0x10
         assert station.status.connections == 1
         assert [s.state for s in history].count(ConnectionState.CONNECTED) == 1
+
+
+async def test_a_publish_started_is_queued_before_it_returns_and_its_acknowledgement_comes_later(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """publish_started() (the central's results) queues the message for the network thread at once, ahead
+    of anything queued after it; the broker's answer, success or refusal, is what its awaitable gives."""
+    async with (
+        running(broker.client_settings(pki.client(CENTRAL_ID, unit="server"))) as (central, _),
+        running(broker.client_settings(pki.client("STATION-A"))) as (station, _),
+    ):
+        await central.wait_connected(WAIT_S)
+        await station.wait_connected(WAIT_S)
+        inbox = Inbox()
+        await central.subscribe(f"{TOPIC_PREFIX}/stations/#", inbox)
+        # Both started before either is awaited: they arrive in the order they were started.
+        first = station.publish_started(topic("STATION-A", "state"), b"first")
+        refused = station.publish_started(topic("STATION-B", "state"), b"forged")
+        second = station.publish_started(topic("STATION-A", "state"), b"second")
+        assert (await first).reason_code == 0 and (await second).reason_code == 0
+        with pytest.raises(PublishRefused) as refusal:
+            await refused
+        assert refusal.value.reason_code == 0x87  # the ACL's answer, given by the awaitable
+        assert [(await inbox.next()).payload for _ in range(2)] == [b"first", b"second"]
