@@ -453,6 +453,10 @@ class PsDemuxer:
         self._skip_reason = "the stream did not start with a pack header"
         self._pending_dropped = 0
         self._zeros = 0
+        # Where the search for the end of an unbounded video PES at the buffer's start resumes: the bytes
+        # before it were searched already (0 once the buffer's start moves). Without it every feed would
+        # search the whole held PES again: quadratic work in its length.
+        self._unbounded_scan = 0
         self._codecs: dict[int, StreamInfo] = {}
         self._framers: dict[int, _EsFramer] = {}
         self._finished = False
@@ -512,11 +516,13 @@ class PsDemuxer:
     def _skip(self, count: int) -> None:
         del self._buffer[:count]
         self._offset += count
+        self._unbounded_scan = 0
         self.stats.skipped_bytes += count
 
     def _consume(self, count: int) -> None:
         del self._buffer[:count]
         self._offset += count
+        self._unbounded_scan = 0
 
     def _lose_sync(self, reason: str, offset: int, events: list[PsEvent]) -> None:
         if not self._synced:
@@ -618,12 +624,16 @@ class PsDemuxer:
         return True
 
     def _unbounded_pes(self, code: int, events: list[PsEvent], *, final: bool) -> bool:
-        """A video PES of length 0 (unbounded): it runs to the next program stream start code."""
+        """A video PES of length 0 (unbounded): it runs to the next program stream start code. The search
+        resumes where the previous feed left it, so a PES that arrives in many reads is searched once."""
         buffer = self._buffer
-        at = 6
+        at = max(6, self._unbounded_scan)
         while True:
             at = buffer.find(START_CODE, at)
             if at < 0 or at + 3 >= len(buffer):
+                # Next time, search again only from here: a start code split across reads begins at most
+                # two bytes before the end, or is the one found without its fourth byte.
+                self._unbounded_scan = at if at >= 0 else max(6, len(buffer) - 2)
                 if final:
                     self._structure(code, len(buffer), events)
                     self._consume(len(buffer))
