@@ -314,15 +314,17 @@ class _NalFramer(_EsFramer):
         self._has_picture = False
         self._key = False
         self._unit_start = 0  # stream offset of the current access unit's first start code
-        # (start, end, pts, dts) of the PES that carried a PTS, oldest first
+        # (start, end, pts, dts) of the PES that carried a PTS and bytes, oldest first; only those that can
+        # still give an access unit its PTS are kept (see _forget_timestamps), so at most a few.
         self._timestamps: deque[tuple[int, int, int, int | None]] = deque()
 
     def push(self, payload: bytes | bytearray, pts: int | None, dts: int | None) -> list[PsEvent]:
-        if pts is not None:
+        if pts is not None and payload:  # a PTS applies to an access unit that begins in its PES's bytes
             start = self._base + len(self._buffer)
             self._timestamps.append((start, start + len(payload), pts, dts))
         self._buffer += payload
         events = self._cut()
+        self._forget_timestamps()
         if len(self._buffer) > self.max_frame_bytes:
             events.append(FrameDropped(self.stream_id, len(self._buffer),
                                        f"access unit over {self.max_frame_bytes} bytes"))
@@ -345,6 +347,24 @@ class _NalFramer(_EsFramer):
         self._scan = 0
         self._aligned = self._has_picture = self._key = False
         self._timestamps.clear()
+
+    def _forget_timestamps(self) -> None:
+        """Keep only the PES timestamps that can still apply: the one of the PES in which the current access
+        unit begins, and those of PES that end beyond what was searched for start codes (a later access
+        unit begins there or later). Without this, PES with a PTS but no access unit cut (no slices, or
+        one that never ends) would grow the list with the stream."""
+        timestamps = self._timestamps
+        horizon = self._base + self._scan  # no later access unit begins before this
+        current = None
+        if self._aligned:
+            while timestamps and timestamps[0][1] <= self._unit_start:
+                timestamps.popleft()
+            if timestamps and timestamps[0][0] <= self._unit_start:
+                current = timestamps.popleft()
+        while timestamps and timestamps[0][1] <= horizon:
+            timestamps.popleft()
+        if current is not None:
+            timestamps.appendleft(current)
 
     def _classify(self, header: int) -> tuple[bool, bool, bool] | None:
         """(may begin an access unit, is a slice of a picture, is a key picture's slice) for the NAL unit
