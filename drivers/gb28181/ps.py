@@ -19,8 +19,10 @@ they come (any split) and returns what became complete:
 
 Without a PSM (ffmpeg's muxers write none), video stream ids are probed: H.265 if the first NAL unit is an
 H.265 parameter set or delimiter, else H.264; audio stays `Codec.UNKNOWN`. Both MPEG-2 and MPEG-1 pack and
-PES headers are read (`ffmpeg -f mpeg` writes MPEG-1). Memory is bounded by `max_frame_bytes` per stream
-plus one PES (64 KiB) or one unbounded video PES (`max_frame_bytes`).
+PES headers are read (`ffmpeg -f mpeg` writes MPEG-1). Memory is bounded by `max_frame_bytes` of frames in
+progress over all streams together (a PSM may declare 16 video streams; over the limit the other streams'
+frames are dropped first, as `FrameDropped`), plus one PES (64 KiB) or one unbounded video PES
+(`max_frame_bytes`).
 
 `PsError` is raised only for a demuxer used wrongly (fed after `flush()`); the stream's own faults are
 reported as events, because a recording keeps going after a bad pack.
@@ -248,6 +250,11 @@ class _EsFramer:
         self.codec = codec
         self.max_frame_bytes = max_frame_bytes
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the frame in progress."""
+        raise NotImplementedError
+
     def push(self, payload: bytes | bytearray, pts: int | None, dts: int | None) -> list[PsEvent]:
         raise NotImplementedError
 
@@ -269,6 +276,10 @@ class _PesFramer(_EsFramer):
         self._data = bytearray()
         self._pts: int | None = None
         self._dts: int | None = None
+
+    @property
+    def held_bytes(self) -> int:
+        return len(self._data)
 
     def push(self, payload: bytes | bytearray, pts: int | None, dts: int | None) -> list[PsEvent]:
         events: list[PsEvent] = []
@@ -317,6 +328,10 @@ class _NalFramer(_EsFramer):
         # (start, end, pts, dts) of the PES that carried a PTS and bytes, oldest first; only those that can
         # still give an access unit its PTS are kept (see _forget_timestamps), so at most a few.
         self._timestamps: deque[tuple[int, int, int, int | None]] = deque()
+
+    @property
+    def held_bytes(self) -> int:
+        return len(self._buffer)
 
     def push(self, payload: bytes | bytearray, pts: int | None, dts: int | None) -> list[PsEvent]:
         if pts is not None and payload:  # a PTS applies to an access unit that begins in its PES's bytes
@@ -689,6 +704,27 @@ class PsDemuxer:
         if framer is None:
             framer = self._framers[code] = self._new_framer(code, payload)
         events += framer.push(payload, header.pts, header.dts)
+        self._bound_frames_in_progress(framer, events)
+
+    def _bound_frames_in_progress(self, pushed: _EsFramer, events: list[PsEvent]) -> None:
+        """Hold at most `max_frame_bytes` of frames in progress over all streams together, not per stream:
+        a PSM may declare 16 video streams, a device sends one. Over the limit, the other streams' frames
+        in progress are dropped first (a stray PES on an unused stream id must not starve the real one),
+        then the one just pushed to."""
+        held = sum(framer.held_bytes for framer in self._framers.values())
+        if held <= self._max_frame_bytes:
+            return
+        others = sorted((f for f in self._framers.values() if f is not pushed), key=lambda f: -f.held_bytes)
+        for framer in (*others, pushed):
+            size = framer.held_bytes
+            if not size:
+                continue
+            framer.reset()
+            held -= size
+            events.append(FrameDropped(framer.stream_id, size, f"frames in progress on several streams over "
+                                                               f"{self._max_frame_bytes} bytes together"))
+            if held <= self._max_frame_bytes:
+                return
 
     def _new_framer(self, stream_id: int, payload: bytes | bytearray) -> _EsFramer:
         info = self._codecs.get(stream_id)
