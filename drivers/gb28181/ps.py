@@ -117,13 +117,17 @@ class StreamMap:
 
 @dataclass(frozen=True)
 class Resync:
-    """Bytes from `offset` (in the demuxer's input) were skipped up to the next pack header; `reason` says
-    why; `dropped_frames` frames in progress were dropped with them."""
+    """Bytes from `offset` (in the demuxer's input) were skipped up to the pack header where reading
+    resumed; `reason` says why skipping began; `dropped_frames` frames in progress were dropped with them.
+    One event per run of garbage: a pack header followed by garbage again (not by a structure) does not end
+    the run; `count` says how many times sync was lost in it (so 10 MB of pack headers each followed by a
+    bad byte is one event, not 700 000)."""
 
     offset: int
     skipped_bytes: int
     reason: str
     dropped_frames: int
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -487,6 +491,10 @@ class PsDemuxer:
         self._skip_from: int | None = None  # input offset where skipping began
         self._skip_reason = "the stream did not start with a pack header"
         self._pending_dropped = 0
+        self._sync_losses = 0  # times sync was lost in the current run of skipped bytes
+        # Input offset of the pack header where reading resumed after skipping, until a structure after it
+        # confirms it (a pack header followed by garbage again continues the same run).
+        self._resync_at: int | None = None
         self._zeros = 0
         # Where the search for the end of an unbounded video PES at the buffer's start resumes: the bytes
         # before it were searched already (0 once the buffer's start moves). Without it every feed would
@@ -563,20 +571,33 @@ class PsDemuxer:
         if not self._synced:
             return
         self._synced = False
-        self._skip_from = offset
-        self._skip_reason = reason
+        if self._resync_at is not None:  # nothing followed the pack header where it resumed: the same run
+            self._resync_at = None
+        else:
+            self._skip_from = offset
+            self._skip_reason = reason
+        self._sync_losses += 1
         self._pending_dropped += sum(framer.reset() for framer in self._framers.values())
 
-    def _report_skip(self, events: list[PsEvent]) -> None:
+    def _confirm_resync(self, events: list[PsEvent], at: int | None = None) -> None:
+        """A structure was read after the pack header where reading resumed: the run of garbage ended."""
+        if self._resync_at is not None:
+            self._report_skip(events, len(events) if at is None else at)
+
+    def _report_skip(self, events: list[PsEvent], at: int | None = None) -> None:
+        """Report the run of skipped bytes (one `Resync`, inserted at `events[at]`, else appended)."""
         if self._skip_from is None:
             return
-        skipped = self._offset - self._skip_from
+        end = self._resync_at if self._resync_at is not None else self._offset
+        skipped = end - self._skip_from
         if skipped or self._pending_dropped:
-            events.append(Resync(self._skip_from, skipped, self._skip_reason, self._pending_dropped))
+            resync = Resync(self._skip_from, skipped, self._skip_reason, self._pending_dropped,
+                            max(1, self._sync_losses))
+            events.insert(len(events) if at is None else at, resync)
             self.stats.resyncs += 1
             self.stats.dropped_frames += self._pending_dropped
-        self._skip_from = None
-        self._pending_dropped = 0
+        self._skip_from = self._resync_at = None
+        self._pending_dropped = self._sync_losses = 0
 
     def _run(self, events: list[PsEvent], *, final: bool) -> None:
         before = len(events)
@@ -629,12 +650,15 @@ class PsDemuxer:
                 return True
             if length == 0 or len(buffer) < length:
                 return False
-            if self._skip_from is not None:
-                self._report_skip(events)
+            if self._skip_from is not None and self._resync_at is None:
+                self._resync_at = self._offset  # reading resumes here if a structure follows
+            else:
+                self._confirm_resync(events)
             self.stats.packs += 1
             self._consume(length)
             return True
         if code == PROGRAM_END:
+            self._confirm_resync(events)
             self._consume(4)
             return True
         if code < PROGRAM_END:
@@ -654,7 +678,7 @@ class PsDemuxer:
             self._lose_sync(f"PES 0x{code:02x} of {length} bytes at input offset {self._offset} does not end "
                             f"at a start code (bytes lost or inserted)", self._offset, events)
             return True
-        self._structure(code, end, events)
+        self._read_structure(code, end, events)
         self._consume(end)
         return True
 
@@ -670,7 +694,7 @@ class PsDemuxer:
                 # two bytes before the end, or is the one found without its fourth byte.
                 self._unbounded_scan = at if at >= 0 else max(6, len(buffer) - 2)
                 if final:
-                    self._structure(code, len(buffer), events)
+                    self._read_structure(code, len(buffer), events)
                     self._consume(len(buffer))
                     return True
                 if len(buffer) > self._max_frame_bytes:
@@ -679,10 +703,18 @@ class PsDemuxer:
                     return True
                 return False
             if buffer[at + 3] >= PROGRAM_END:
-                self._structure(code, at, events)
+                self._read_structure(code, at, events)
                 self._consume(at)
                 return True
             at += 3
+
+    def _read_structure(self, code: int, end: int, events: list[PsEvent]) -> None:
+        """Read the structure `_buffer[:end]`; if it was whole, it ends a run of skipped bytes (reported
+        before the frames it completed)."""
+        before = len(events)
+        self._structure(code, end, events)
+        if self._synced:
+            self._confirm_resync(events, before)
 
     def _structure(self, code: int, end: int, events: list[PsEvent]) -> None:
         buffer = self._buffer
