@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.gb28181.rtp import (
+    MAX_DROPOUT,
+    MAX_MISORDER,
     Delivered,
     Duplicate,
     Gap,
@@ -160,3 +162,89 @@ def test_fuzzed_packets_raise_only_rtp_error(data: bytes) -> None:
     with contextlib.suppress(RtpError):
         packet = parse_rtp(data)
         assert parse_rtp(packet.to_bytes()) == packet
+
+
+# -- numbering far off: restarts and strays (RFC 3550 A.1) --------------------------------------------------
+
+
+@pytest.mark.parametrize(("restart_at", "first"),
+                         [(0, 65536), (40_000, 40_000), (30_000 - 101, 65536 + 29_899)])
+def test_a_restart_is_reported_as_one_not_as_loss_or_duplicates(restart_at: int, first: int) -> None:
+    buffer = ReorderBuffer()
+    events = _run(buffer, [*range(30_000, 30_100), *range(restart_at, restart_at + 50)])
+    assert [e for e in events if not isinstance(e, Delivered)] == [
+        Restart(previous=30_099, previous_sequence=30_099, first=first, sequence=restart_at)]
+    delivered = [e.index for e in events if isinstance(e, Delivered)]
+    assert delivered == [*range(30_000, 30_100), *range(first, first + 50)]
+    stats = buffer.stats
+    assert (stats.lost, stats.duplicates, stats.late, stats.restarts) == (0, 0, 0, 1)
+
+
+def test_a_jump_within_misorder_is_still_reordering_not_a_restart() -> None:
+    # Control for the bounds: up to MAX_MISORDER behind the highest is a late or duplicate packet, one
+    # more is far off (held aside, then dropped as a stray since nothing confirms it).
+    buffer = ReorderBuffer(window=4)
+    for sequence in range(1000, 1200):
+        buffer.push(_packet(sequence))
+    assert buffer.push(_packet(1199 - MAX_MISORDER)) == [Duplicate(1199 - MAX_MISORDER)]
+    assert buffer.push(_packet(1199 - MAX_MISORDER - 1)) == []
+    assert buffer.flush() == [Stray(1199 - MAX_MISORDER - 1)]
+
+
+def test_packets_of_the_old_numbering_reordered_behind_a_restart_are_late() -> None:
+    buffer = ReorderBuffer(window=8)
+    events = _run(buffer, [*range(5000, 5100), 10, 11, 5097, 12])
+    assert Late(5097) in events
+    assert [e.index for e in events if isinstance(e, Delivered)][-3:] == [65536 + 10, 65536 + 11, 65536 + 12]
+    assert buffer.stats.strays == 0 and buffer.stats.restarts == 1
+
+
+def test_held_aside_is_bounded_and_unconfirmed_strays_expire() -> None:
+    buffer = ReorderBuffer(window=8)
+    events: list[ReorderEvent] = []
+    for sequence in range(0, 50):
+        events += buffer.push(_packet(sequence))
+    for k in range(40):  # spoofed packets far apart from each other and from the stream
+        events += buffer.push(_packet(10_000 + 1000 * k))
+        assert buffer.held <= 8 + ReorderBuffer.PROBATION_PACKETS
+    for sequence in range(50, 300):
+        events += buffer.push(_packet(sequence))
+    assert sum(isinstance(e, Stray) for e in events) == 40 == buffer.stats.strays
+    delivered = [e.index for e in events if isinstance(e, Delivered)]
+    assert delivered == list(range(len(delivered))) and len(delivered) >= 300 - 8
+    assert not [e for e in events if isinstance(e, Gap | Restart | Late | Duplicate)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 65535), st.integers(0, 65535), st.lists(st.integers(0, 65535), max_size=6),
+       st.integers(1, 300), st.integers(0, 6))
+def test_a_genuine_stream_with_strays_and_a_restart_is_delivered_whole(
+        start: int, restart: int, strays: list[int], before: int, seed: int) -> None:
+    # The genuine stream, reordered within 3, renumbered once after `before` packets; strays far from both
+    # numberings anywhere after its first packets. Every genuine packet is delivered in order (the
+    # restart's first packet too, once the second confirms it); every stray is dropped as one.
+    def far(sequence: int) -> bool:
+        return all(not -MAX_MISORDER - 400 <= sequence_delta(sequence, base) <= MAX_DROPOUT + 400
+                   for base in (start, restart))
+    old = [(start + i) % 65536 for i in range(before)]
+    new = [(restart + i) % 65536 for i in range(200)]
+    apart = all(abs(sequence_delta(a, b)) > ReorderBuffer.PROBATION_PACKETS
+                for i, a in enumerate(strays) for b in strays[i + 1:])
+    if not far(restart) or not all(far(s) for s in strays) or not apart:
+        return  # two strays close together are a restart by RFC 3550's rule; that is tested above
+    rng = random.Random(seed)
+    genuine = old + new
+    for i in range(0, len(genuine) - 3, 4):
+        if i + 3 < before or i >= before:  # not across the restart: reordered old packets there are Late
+            chunk = genuine[i:i + 3]
+            rng.shuffle(chunk)
+            genuine[i:i + 3] = chunk
+    arrivals = list(genuine)
+    for k, stray in enumerate(strays):
+        arrivals.insert(rng.randrange(10, len(arrivals) + 1) if k % 2 else before + 5 + k * 20, stray)
+    buffer = ReorderBuffer(window=16)
+    events = _run(buffer, arrivals)
+    delivered = [e.packet.payload for e in events if isinstance(e, Delivered)]
+    assert delivered == [s.to_bytes(4, "big") for s in old + new]
+    assert buffer.stats.strays == len(strays) and buffer.stats.restarts == 1
+    assert not [e for e in events if isinstance(e, Gap | Late | Duplicate)]
