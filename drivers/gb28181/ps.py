@@ -13,8 +13,10 @@ they come (any split) and returns what became complete:
   0x91 G.711U, 0x0f AAC, ...). Its CRC is not checked (Dahua sends bad ones: ZLMediaKit #324).
 * `Resync`: bytes that were not a PS structure where one had to start (garbage, or loss), or a PES whose
   length ran past the next start code, were skipped up to the next valid pack header; frames in progress
-  at that point are dropped and counted, never delivered with a hole in them. The caller also calls
-  `discontinuity()` when RTP reported lost packets, since loss of whole packs is invisible here.
+  at that point are dropped and counted, never delivered with a hole in them. One event per run of
+  garbage: a pack header followed by garbage again does not end the run (`count` says how many times sync
+  was lost in it), a structure after the pack header does. The caller also calls `discontinuity()` when
+  RTP reported lost packets or a renumbering, since loss of whole packs is invisible here.
 * `FrameDropped`: a frame that outgrew `max_frame_bytes`.
 
 Without a PSM (ffmpeg's muxers write none), video stream ids are probed: H.265 if the first NAL unit is an
