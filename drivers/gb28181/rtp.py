@@ -247,7 +247,9 @@ class ReorderBuffer:
     one held aside, the numbering restarted there (`Restart`): what is held of the old numbering is
     delivered with its holes reported, and the new numbering is delivered after it. A packet held aside that
     nothing confirms is dropped as a `Stray`. A packet of the old numbering reordered behind a restart is
-    `Late`.
+    `Late`. If the stream's first packet is the one far off (the startup hold has only it), it is the
+    stray, and the confirmed numbering is the stream's start (RFC 3550 A.1 takes a source as valid after
+    two packets in sequence).
 
     `flush()` (end of stream or an idle timeout) delivers what is held, reporting the holes between, and
     drops what is held aside as strays. Memory: at most `window` packets, `PROBATION_PACKETS` held aside
@@ -360,10 +362,21 @@ class ReorderBuffer:
             if all(other is not p for p in near):
                 self._drop_stray(other, events)
         self._aside.clear()
+        group = sorted([*near, packet], key=lambda p: sequence_delta(p.sequence, packet.sequence))
+        if self._next is None and len(self._held) == 1:
+            # The stream's very first packet was the one far off, and nothing confirmed it (RFC 3550 A.1:
+            # a source is valid after two packets in sequence): it was the stray, this is the stream.
+            self._drop_stray(self._held.popitem()[1], events)
+            self._unwrapper = SequenceUnwrapper()
+            for member in group:
+                self._held[self._unwrapper.unwrap(member.sequence)] = member
+            if len(self._held) >= self._startup:
+                self._next = self._start = min(self._held)
+                self._deliver(events)
+            return
         self._deliver_held(events)
         highest = self._unwrapper.highest
         assert highest is not None and self._next is not None
-        group = sorted([*near, packet], key=lambda p: sequence_delta(p.sequence, packet.sequence))
         first = highest + 1 + (group[0].sequence - highest - 1) % SEQUENCE_MODULO
         previous = self._next - 1
         events.append(Restart(previous, previous % SEQUENCE_MODULO, first, group[0].sequence))

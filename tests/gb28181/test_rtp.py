@@ -217,11 +217,11 @@ def test_held_aside_is_bounded_and_unconfirmed_strays_expire() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 65535), st.integers(0, 65535), st.lists(st.integers(0, 65535), max_size=6),
-       st.integers(1, 300), st.integers(0, 6))
+       st.integers(1, 300), st.integers(0, 6), st.booleans())
 def test_a_genuine_stream_with_strays_and_a_restart_is_delivered_whole(
-        start: int, restart: int, strays: list[int], before: int, seed: int) -> None:
+        start: int, restart: int, strays: list[int], before: int, seed: int, stray_first: bool) -> None:
     # The genuine stream, reordered within 3, renumbered once after `before` packets; strays far from both
-    # numberings anywhere after its first packets. Every genuine packet is delivered in order (the
+    # numberings anywhere (even first). Every genuine packet is delivered in order (the
     # restart's first packet too, once the second confirms it); every stray is dropped as one.
     def far(sequence: int) -> bool:
         return all(not -MAX_MISORDER - 400 <= sequence_delta(sequence, base) <= MAX_DROPOUT + 400
@@ -241,10 +241,23 @@ def test_a_genuine_stream_with_strays_and_a_restart_is_delivered_whole(
             genuine[i:i + 3] = chunk
     arrivals = list(genuine)
     for k, stray in enumerate(strays):
-        arrivals.insert(rng.randrange(10, len(arrivals) + 1) if k % 2 else before + 5 + k * 20, stray)
+        where = rng.randrange(len(arrivals) + 1) if k % 2 else before + 5 + k * 20
+        arrivals.insert(0 if stray_first and k == 0 else where, stray)
     buffer = ReorderBuffer(window=16)
     events = _run(buffer, arrivals)
     delivered = [e.packet.payload for e in events if isinstance(e, Delivered)]
     assert delivered == [s.to_bytes(4, "big") for s in old + new]
     assert buffer.stats.strays == len(strays) and buffer.stats.restarts == 1
     assert not [e for e in events if isinstance(e, Gap | Late | Duplicate)]
+
+
+def test_a_stray_before_the_stream_is_dropped_not_taken_for_its_start() -> None:
+    # The very first packet is far from what follows (a spoofed packet, or one of the port's previous
+    # session): one packet is no numbering (RFC 3550 A.1), so it is the stray, not the stream.
+    buffer = ReorderBuffer()
+    events = _run(buffer, [40_000, *range(100, 150)])
+    assert [e for e in events if not isinstance(e, Delivered)] == [Stray(40_000)]
+    assert [e.index for e in events if isinstance(e, Delivered)] == list(range(100, 150))
+    # Control: two packets in sequence before the jump are a numbering, and the jump a restart.
+    events = _run(ReorderBuffer(), [40_000, 40_001, *range(100, 150)])
+    assert [e for e in events if not isinstance(e, Delivered)] == [Restart(40_001, 40_001, 65636, 100)]
