@@ -294,10 +294,10 @@ class ReorderBuffer:
             # The first packets may come reordered too: hold a few before deciding where the stream starts.
             if index in self._held:
                 self.stats.duplicates += 1
-                return [Duplicate(index)]
+                return [*events, Duplicate(index)]
             self._held[index] = packet
             if len(self._held) < self._startup:
-                return []
+                return events
             self._next = min(self._held)
         elif index < self._next:
             assert self._start is not None

@@ -261,3 +261,14 @@ def test_a_stray_before_the_stream_is_dropped_not_taken_for_its_start() -> None:
     # Control: two packets in sequence before the jump are a numbering, and the jump a restart.
     events = _run(ReorderBuffer(), [40_000, 40_001, *range(100, 150)])
     assert [e for e in events if not isinstance(e, Delivered)] == [Restart(40_001, 40_001, 65636, 100)]
+
+
+def test_a_stray_expiring_during_the_startup_hold_is_reported() -> None:
+    # The first packet, then a stray, then only repeats of the first for longer than a stray is kept:
+    # the stray's expiry is reported even though the startup hold is still waiting.
+    buffer = ReorderBuffer()
+    events = buffer.push(_packet(500)) + buffer.push(_packet(30_000))
+    for _ in range(MAX_MISORDER + 1):
+        events += buffer.push(_packet(500))
+    assert events.count(Stray(30_000)) == 1 and buffer.stats.strays == 1
+    assert events.count(Duplicate(500)) == MAX_MISORDER + 1
