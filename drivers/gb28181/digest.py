@@ -103,7 +103,9 @@ def _quote(value: str) -> str:
 
 
 def _md5(text: str) -> str:
-    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+    # surrogatepass: a lone surrogate (never from the wire, which is decoded from UTF-8, but possible in a
+    # caller's str) hashes to some value that simply does not match, instead of raising UnicodeEncodeError.
+    return hashlib.md5(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
 
 
 def digest_response(
