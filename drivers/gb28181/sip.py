@@ -906,6 +906,11 @@ class SipStreamParser:
     def buffered_bytes(self) -> int:
         return len(self._buffer)
 
+    @property
+    def partial_message(self) -> bool:
+        """Whether bytes of an unfinished message are held (CR/LF keepalives between messages are not)."""
+        return self._head is not None or bool(self._buffer)
+
     def feed(self, data: bytes) -> list[SipMessage]:
         if self._failed is not None:
             raise SipProtocolError(f"stream already failed: {self._failed}")
