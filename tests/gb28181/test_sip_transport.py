@@ -913,3 +913,32 @@ async def test_unfinished_messages_over_all_connections_are_bounded() -> None:
         hog.writer.close()
         device.writer.close()
         await transport.close()
+
+
+async def test_one_address_gets_at_most_its_share_of_tcp_connections() -> None:
+    # Review 12: max_tcp_connections_per_host bounds what one address holds even while slots are free.
+    transport = await started(Recorder(), limits=TransportLimits(max_tcp_connections_per_host=2))
+    held = [await TcpClient.connect(transport.port) for _ in range(2)]
+    try:
+        async with asyncio.timeout(5):
+            while transport.open_connections < 2:
+                await asyncio.sleep(0.01)
+        third = await TcpClient.connect(transport.port)
+        assert await _closed_by_transport(third), "a third connection from one address was kept"
+        third.writer.close()
+        other = TcpClient(
+            *await asyncio.open_connection("127.0.0.1", transport.port, local_addr=("127.0.0.2", 0))
+        )
+        try:
+            other.writer.write(device_request("MESSAGE", 5060, transport="TCP", call_id="other"))
+            answer = await other.next()  # control: another address is served
+            assert isinstance(answer, SipResponse) and answer.call_id == "other"
+        finally:
+            other.writer.close()
+        for client in held:  # and the two it holds still work
+            client.writer.write(device_request("MESSAGE", 5060, transport="TCP", call_id=str(client.port)))
+            assert isinstance(await client.next(), SipResponse)
+    finally:
+        for client in held:
+            client.writer.close()
+        await transport.close()
