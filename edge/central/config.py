@@ -544,8 +544,8 @@ class CentralLayout:
 
     @property
     def crl_installed_file(self) -> Path:
-        """Where and until when the revocation list was last installed for the broker (`edge central crl
-        --out`, `broker-cert`): the time left the central reports (edge.central.revocation.crl_standing)."""
+        """Where and until when the revocation list was installed (`edge central crl --out`, `broker-cert`),
+        per destination: the time left the central reports (edge.central.revocation.crl_standing)."""
         return self.identity_dir / "crl-installed.json"
 
     @property
