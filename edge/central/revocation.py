@@ -20,10 +20,11 @@ must refuse it: Mosquitto's `crlfile`. This module keeps that list:
   write a list that misses one of them.
 
 "Older" and "newest" follow the order the CA issued its certificates in (``identity/issued.order``,
-written at issuance), never a clock: a certificate made while the central's clock was wrong, or with a
-backdated notBefore, keeps its place. Certificates issued before the CA recorded that order (earlier
-releases, imports with `keep-issued`) are older than every one in it, and among themselves are ordered by
-notBefore (a clock skew between two of those can still misorder them).
+written at issuance, and its copy outside identity/ that a restore of identity/ cannot lose), never a
+clock: a certificate made while the central's clock was wrong, or with a backdated notBefore, keeps its
+place. Certificates issued before the CA recorded that order (earlier releases, imports with
+`keep-issued`) are older than every one in it, and among themselves are ordered by notBefore (a clock skew
+between two of those can still misorder them).
 
 `edge central enroll`, `enroll-reader`, `revoke`, `revoke-reader` and `init` rewrite it; `edge central
 crl --out FILE` rewrites it (a fresh next update) and copies it for the broker. Certificates issued before
