@@ -46,7 +46,6 @@ import contextlib
 import getpass
 import json
 import re
-import sqlite3
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge.central.config import CentralConfig, ConfigError, MqttSection, load_central_config
 from edge.central.identity import load_signing_key
 from edge.central.index import CentralIndexError
-from edge.central.sqlite.database import SqliteDatabase
+from edge.central.sqlite.index import SqliteIndex
 from edge.central.storage import Index
 from edge.config.station import MQTT_BROKER_URL_OR_EMPTY, MQTT_DEFAULT_PORT, MQTT_TOPIC_PREFIX
 from edge.custody.canonical import sha256_hex
@@ -320,7 +319,7 @@ def cmd_central_command(args: argparse.Namespace) -> int:
     except LookupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    except (CentralIndexError, sqlite3.Error, OSError) as exc:
+    except (CentralIndexError, OSError) as exc:
         print(f"error: the central's index: {exc}", file=sys.stderr)
         return ExitCode.CONFIG
     command = Command(new_request_id(), CommandOp(args.op), args.station, utc_rfc3339(datetime.now(UTC)),
@@ -372,11 +371,11 @@ def _station_keys(config: CentralConfig, station: str) -> dict[str, Ed25519Publi
     """`station_reply_keys`, from the central's index opened read-only (this command changes nothing)."""
     if not config.layout.index_db.is_file():
         raise LookupError(f"station {station} is not enrolled at this central (no enrollments yet)")
-    database = SqliteDatabase.open_readonly(config.layout.index_db)
+    index = SqliteIndex.open_readonly(config.layout.index_db)
     try:
-        return station_reply_keys(station, database.index)
+        return station_reply_keys(station, index)
     finally:
-        database.close()
+        index.close()
 
 
 def add_command_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
