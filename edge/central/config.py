@@ -570,9 +570,15 @@ class CentralLayout:
         return self.identity_dir / "issued.order"
 
     @property
+    def issue_order_copy_file(self) -> Path:
+        """The second copy of the issue order, outside identity/: restoring identity/ from a backup cannot
+        lose the places of the certificates issued since (edge.central.identity.issue_order)."""
+        return self.store_dir / "issued-order.copy"
+
+    @property
     def crl_installed_file(self) -> Path:
-        """Where and until when the revocation list was last installed for the broker (`edge central crl
-        --out`, `broker-cert`): the time left the central reports (edge.central.revocation.crl_standing)."""
+        """Where and until when the revocation list was installed (`edge central crl --out`, `broker-cert`),
+        per destination: the time left the central reports (edge.central.revocation.crl_standing)."""
         return self.identity_dir / "crl-installed.json"
 
     @property
