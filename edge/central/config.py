@@ -425,8 +425,8 @@ class MqttSection(StrictModel):
     )
     queue_concurrency: int = Field(
         4, ge=1, le=64,
-        description="Stations whose queued messages are handled at once (each station's one at a time, "
-        "in order)",
+        description="Stations whose queued messages are handled at once, per lane (fins and API requests "
+        "have separate slots; each station's one at a time, in order)",
     )
 
     @field_validator("ca_file", "client_bundle_dir", "transfers_dir", "broker_crl_file")

@@ -24,8 +24,9 @@ once as the station already treats "busy, later" (a ``fin``: 0x97 quota exceeded
 an API request: 503 ``server_busy``) and the message is acknowledged; it is never held unacknowledged.
 
 Order. Messages are handled per *lane* (``content``: file-transfer commands; ``api``: the station API) and
-station, one at a time in the order they were queued; up to ``concurrency`` lane-stations at once, taken
-round robin, one message per turn, so that one station's backlog does not starve the others. A
+station, one at a time in the order they were queued; up to ``concurrency`` stations of each lane at once
+(each lane has its own slots, so stations' slow fins never hold up another station's API request: review
+13), taken round robin, one message per turn, so that one station's backlog does not starve the others. A
 duplicate of a message still waiting (the broker's redelivery after an acknowledgement lost with a
 connection) is not queued twice (topic, payload and lane digest). Handling is at least once: a message is
 removed only after its handler returned, so a process killed while handling handles it again.
@@ -300,15 +301,17 @@ class ReceiveQueue:
         self._lanes[key] = self._lanes.get(key, 0) + 1
         self.added += 1
 
-    def next_lanes(self, busy: set[tuple[Lane, str]], limit: int) -> list[tuple[Lane, str]]:
-        """Up to ``limit`` lane-stations with a message waiting that are not in ``busy``, longest
-        unserved first; each moves to the end of the round."""
+    def next_lanes(self, busy: set[tuple[Lane, str]], room: dict[Lane, int]) -> list[tuple[Lane, str]]:
+        """Up to ``room[lane]`` lane-stations of each lane with a message waiting that are not in ``busy``,
+        longest unserved first; each moves to the end of the round."""
+        left = dict(room)
         chosen: list[tuple[Lane, str]] = []
         for key in list(self._lanes):
-            if len(chosen) >= limit:
+            if not any(n > 0 for n in left.values()):
                 break
-            if key in busy:
+            if key in busy or left.get(key[0], 0) <= 0:
                 continue
+            left[key[0]] -= 1
             chosen.append(key)
             self._lanes.move_to_end(key)
         return chosen
@@ -463,7 +466,7 @@ DamageReport = Callable[[str, str], None]
 
 class QueueRunner:
     """Handles a :class:`ReceiveQueue`'s messages: per lane-station one at a time in order, up to
-    ``concurrency`` lane-stations at once (see the module docstring). Run :meth:`run` as a task."""
+    ``concurrency`` stations of each lane at once (see the module docstring). Run :meth:`run` as a task."""
 
     def __init__(self, queue: ReceiveQueue, handlers: dict[Lane, Handler], *, concurrency: int,
                  on_damaged: DamageReport) -> None:
@@ -511,8 +514,11 @@ class QueueRunner:
                 for key, until in list(self._resting.items()):
                     if until <= now:
                         del self._resting[key]
-                room = self._concurrency - len(self._busy)
-                if room > 0:
+                # Each lane has its own slots: stations' slow fins (a whole-file re-hash each, many at
+                # once at a shift change) never hold up another station's quick API request (review 13).
+                room = {lane: self._concurrency - sum(1 for busy_lane, _ in self._busy if busy_lane is lane)
+                        for lane in Lane}
+                if any(n > 0 for n in room.values()):
                     for key in self.queue.next_lanes(self._busy | set(self._resting), room):
                         self._busy.add(key)
                         task = asyncio.create_task(self._one(key), name=f"receive-queue-{key[0]}-{key[1]}")
