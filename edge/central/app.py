@@ -443,7 +443,11 @@ def build_app(
     interval_s = min(_PURGE_MAX_INTERVAL_S, max(_PURGE_MIN_INTERVAL_S, expire_s / 10))
     app.cleanup_ctx.append(tus_purge_task(uploads, interval_s))
     if transfers is not None:
-        _add_mqtt_receiver(app, parts, transfers, metrics, interval_s)
+        try:
+            _add_mqtt_receiver(app, parts, transfers, metrics, interval_s)
+        except BaseException:
+            database.close()  # the receive queue cannot be used now: the start fails
+            raise
     if config.log.tsa_url:
         assert config.log.tsa_root_cert is not None  # config validation guarantees it
         roots = load_tsa_roots(config.log.tsa_root_cert)
@@ -485,6 +489,9 @@ def _add_mqtt_receiver(
         queue_settings=queue_settings(mqtt),
     )
     app[MQTT_RECEIVER] = receiver
+    # Opened now, so that a queue file that cannot be used now (locked, I/O error, disk full) fails the
+    # start (exit 75) instead of the receiver retrying in the background without it (review 13).
+    receiver.open_queue()
     metrics.watch_receive_queue(receiver.queue_waiting, lambda: receiver.counts.busy)
     app.cleanup_ctx.append(mqtt_purge_task(transfers, purge_interval_s))
     supervised = SupervisedReceiver(receiver)

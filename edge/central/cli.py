@@ -2,9 +2,9 @@
 
 Every command says on stderr what it did and where the files are. Exit status (edge.runtime.exit_codes):
 0 done; 78 (EX_CONFIG) the configuration, or the identity files it points at, are unusable; 75
-(EX_TEMPFAIL) another process holds the central store; 2 the command line is wrong; 1 anything else
-went wrong. No command prints key material: bundles are written to files with mode 0600 for the
-private key.
+(EX_TEMPFAIL) another process holds the central store, or the MQTT receive queue cannot be used now; 2 the
+command line is wrong; 1 anything else went wrong. No command prints key material: bundles are written to
+files with mode 0600 for the private key.
 
 The central store is locked (`edge.durable.lock`) by the process serving it and by `init`; one
 receiver per store (with the embedded SQLite index and local files). `enroll`, `revoke` and their
@@ -26,6 +26,7 @@ from edge.central.console.secret_key import prepare_console_key
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
 from edge.central.index import CentralIndexError
 from edge.central.mqtt_command import add_command_parser
+from edge.central.receive_queue import ReceiveQueueError
 from edge.central.revocation import CrlWritten, import_issued, kept_sha256s, update_crl
 from edge.central.sqlite import SqliteDatabase, SqliteIndex
 from edge.durable.lock import StoreBusy
@@ -99,6 +100,11 @@ def cmd_central_run(args: argparse.Namespace) -> int:
     except StoreBusy as exc:
         _say(f"error: {exc}")
         return EXIT_STORE_BUSY
+    except ReceiveQueueError as exc:
+        # The MQTT receive queue cannot be used now (locked, I/O error, disk full): the file is left as it
+        # is, with its messages; 75 (EX_TEMPFAIL) and systemd starts the central again.
+        _say(f"error: {exc}: exiting 75 for systemd to start the central again")
+        return EXIT_STORE_BUSY
     return result
 
 
@@ -135,6 +141,11 @@ def cmd_central_mqtt_worker(args: argparse.Namespace) -> int:
                     return ExitCode.STORE_BUSY
             try:
                 return run_mqtt_worker(config, client_id=args.client_id)
+            except ReceiveQueueError as exc:
+                # Its receive queue cannot be used now (another worker under this name, locked, disk
+                # full): the file is left as it is; 75 (EX_TEMPFAIL), systemd starts the worker again.
+                _say(f"error: {exc}: exiting 75 for systemd to start the worker again")
+                return ExitCode.STORE_BUSY
             except CentralNotStarted as exc:
                 if secret.exists():
                     # Not the missing secret after all: temporary (75, EX_TEMPFAIL), systemd restarts it.

@@ -255,6 +255,8 @@ class MqttReceiver:
         self.api_client: MqttClient | None = None
         # The queue of the current run (None between runs).
         self.queue: QueueRunner | None = None
+        # The queue file opened at the process's start (open_queue), for the first run.
+        self._opened: ReceiveQueue | None = None
         # The content connection's own thread for what it carries out at once (one message at a time), per
         # run: a segment never waits behind the default executor's threads, which queued fins and
         # registrations may all keep busy hashing whole files.
@@ -301,13 +303,25 @@ class MqttReceiver:
         async with asyncio.timeout(timeout_s):
             await self._subscribed.wait()
 
+    def open_queue(self) -> None:
+        """Open the receive queue now, for the first :meth:`run` (blocking: call it at the process's start).
+        Raises :class:`edge.central.receive_queue.QueueUnavailable` (:class:`QueueBusy` among them) when
+        the file cannot be used now: the process fails its start (exit 75, systemd starts it again) and
+        the file, with the messages acknowledged into it, is left as it is."""
+        if self._opened is None:
+            self._opened = self._open_queue()
+
+    def _open_queue(self) -> ReceiveQueue:
+        return ReceiveQueue.open(self.queue_path, per_station_messages=self.queue_settings.per_station,
+                                 per_station_bytes=self.queue_settings.per_station_bytes)
+
     async def run(self) -> None:
         """Open the receive queue, connect, subscribe, answer and handle until cancelled (a supervised
         task: each run is a fresh client on the same persistent sessions, and the same queue file)."""
         self._subscribed.clear()
-        queue = await asyncio.to_thread(
-            ReceiveQueue.open, self.queue_path, per_station_messages=self.queue_settings.per_station,
-            per_station_bytes=self.queue_settings.per_station_bytes)
+        queue, self._opened = self._opened, None
+        if queue is None:
+            queue = await asyncio.to_thread(self._open_queue)
         runner = QueueRunner(queue, {Lane.CONTENT: self._handle_queued_transfer,
                                      Lane.API: self._handle_queued_request},
                              concurrency=self.queue_settings.concurrency, on_damaged=self._queue_row_damaged)
@@ -649,7 +663,8 @@ def run_mqtt_worker(config: CentralConfig, *, client_id: str) -> int:
     hashing and fsyncs of many stations' segments. A worker does not read the index: it cannot refuse a
     revoked station's segments (the broker's certificate check and the store's quota still apply, and
     such a transfer is never registered). Raises :class:`IdentityError` for an unusable broker identity,
-    :class:`CentralNotStarted` before the central has made its client-id secret.
+    :class:`CentralNotStarted` before the central has made its client-id secret,
+    :class:`edge.central.receive_queue.QueueUnavailable` when its receive queue cannot be used now.
     """
     if config.mqtt is None:
         raise ValueError("the configuration has no [mqtt] section")
@@ -660,6 +675,7 @@ def run_mqtt_worker(config: CentralConfig, *, client_id: str) -> int:
     receiver = MqttReceiver(settings, prefix=mqtt.topic_prefix,
                             shared_group=mqtt.shared_group, store=transfers_store(config), api=None,
                             queue_name=f"worker-{client_id}", queue_settings=queue_settings(mqtt))
+    receiver.open_queue()  # QueueUnavailable: the start fails (exit 75), the file is left as it is
     return asyncio.run(_work(receiver))
 
 

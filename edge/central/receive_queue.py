@@ -34,6 +34,10 @@ removed only after its handler returned, so a process killed while handling hand
 Damage. Each row carries the SHA-256 of its lane, topic and payload; a row that does not match (or whose
 columns are not what this module writes) is removed, reported to ``on_damaged`` (the receiver records an
 incident and logs it, naming the row and station), and the queue goes on with the next.
+A file that is not a queue at all (not SQLite, a failed quick_check, another schema) is set aside and a new
+one made; a file that cannot be used *now* (sqlite3.OperationalError: locked, I/O error, disk full) is left
+as it is and :class:`QueueUnavailable` fails the start (review 13: a good file set aside abandoned the
+messages acknowledged into it, with a false damage incident).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ __all__ = [
     "Admission",
     "Lane",
     "QueueBusy",
+    "QueueUnavailable",
     "QueuedMessage",
     "ReceiveQueue",
     "ReceiveQueueError",
@@ -92,6 +97,7 @@ CREATE TABLE IF NOT EXISTS queued (
 );
 CREATE INDEX IF NOT EXISTS queued_by_lane_station ON queued (lane, station, id)
 """
+_COLUMNS = ("id", "lane", "station", "topic", "payload", "correlation", "digest", "queued_at")
 
 
 class Lane(StrEnum):
@@ -110,10 +116,17 @@ class Admission(StrEnum):
 
 
 class ReceiveQueueError(Exception):
-    """The queue cannot be opened (another process holds its name, or its file is unusable)."""
+    """The queue cannot be opened: its file is not a usable queue (set aside by :meth:`ReceiveQueue.open`),
+    or (:class:`QueueUnavailable`) it cannot be used now."""
 
 
-class QueueBusy(ReceiveQueueError):
+class QueueUnavailable(ReceiveQueueError):
+    """The queue file cannot be used now (database locked, disk I/O error, disk full, cannot be opened:
+    sqlite3.OperationalError), which says nothing of its content: it is left as it is, with the messages
+    acknowledged into it, and the process fails its start (exit 75: systemd starts it again)."""
+
+
+class QueueBusy(QueueUnavailable):
     """Another process holds this queue's lock."""
 
 
@@ -179,15 +192,17 @@ class ReceiveQueue:
 
     @classmethod
     def open(cls, path: Path, *, per_station_messages: int, per_station_bytes: int) -> ReceiveQueue:
-        """Open (or make) the queue file and read what waits in it. Raises :class:`QueueBusy` when another
-        process holds it, :class:`ReceiveQueueError` when it cannot be used."""
+        """Open (or make) the queue file and read what waits in it. A file that is not a queue (not SQLite,
+        damaged, another schema) is set aside (:attr:`set_aside`) and a new one made. Raises
+        :class:`QueueBusy` when another process holds it, :class:`QueueUnavailable` when it cannot be used
+        now (left as it is)."""
         if per_station_messages < 1 or per_station_bytes < 1:
             raise ValueError("a receive queue needs room for at least one message per station")
         try:
             ensure_private_dir(path.parent)
             lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
-            raise ReceiveQueueError(f"receive queue {path}: cannot open its lock: {exc}") from None
+            raise QueueUnavailable(f"receive queue {path}: cannot open its lock: {exc}") from None
         try:
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -200,6 +215,10 @@ class ReceiveQueue:
         try:
             try:
                 return cls._open_locked(path, lock_fd, per_station_messages, per_station_bytes, None)
+            except QueueUnavailable:
+                # Locked, an I/O error, a full disk: nothing says the file is damaged, and setting it aside
+                # would abandon the messages acknowledged into it (review 13). The start fails instead.
+                raise
             except ReceiveQueueError as exc:
                 # A file that is not a usable queue (damaged on disk, or something else put there) would
                 # stop this process from receiving anything: it is set aside, named in the log and in an
@@ -244,6 +263,9 @@ class ReceiveQueue:
         try:
             rows = self._conn.execute(
                 "SELECT id, lane, station, length(payload), digest FROM queued ORDER BY id").fetchall()
+        except sqlite3.OperationalError as exc:
+            raise QueueUnavailable(f"receive queue {self.path}: cannot be read now: {exc}; the file is left "
+                                   "as it is") from None
         except sqlite3.DatabaseError as exc:
             raise ReceiveQueueError(f"receive queue {self.path}: cannot be read: {exc}") from None
         for _row_id, lane, station, size, digest in rows:
@@ -410,24 +432,49 @@ class ReceiveQueue:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    """The queue file's connection. Raises :class:`QueueUnavailable` for a condition of the moment
+    (sqlite3.OperationalError: locked, I/O error, disk full, cannot open), :class:`ReceiveQueueError` for a
+    file that is not a queue (not SQLite or damaged: another sqlite3.DatabaseError, a failed quick_check,
+    another schema)."""
     created = not path.exists()
+    conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit is fsynced before it returns (WAL's default NORMAL may lose the last commits
         # on power loss: messages the broker was told we hold).
         conn.execute("PRAGMA synchronous = FULL")
+        _check_file(conn, path)
         with immediate_transaction(conn):
             apply_schema(conn, _SCHEMA)
-    except sqlite3.DatabaseError as exc:
-        with contextlib.suppress(NameError, sqlite3.Error):
-            conn.close()
-        raise ReceiveQueueError(f"receive queue {path}: not a usable SQLite file: {exc}") from None
+    except BaseException as exc:
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        if isinstance(exc, sqlite3.OperationalError):
+            raise QueueUnavailable(f"receive queue {path}: cannot be used now ({exc}); the file is left as "
+                                   "it is, with the messages in it") from None
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise ReceiveQueueError(f"receive queue {path}: not a usable SQLite file: {exc}") from None
+        raise
     if created:
         with contextlib.suppress(OSError):
             os.chmod(path, 0o600)
         fsync_dir(path.parent)  # the new file's (and its WAL's) names are durable too
     return conn
+
+
+def _check_file(conn: sqlite3.Connection, path: Path) -> None:
+    """Raises :class:`ReceiveQueueError` when the file fails SQLite's quick_check or holds a ``queued``
+    table other than this module's (its other errors are raised as they come, for :func:`_connect`)."""
+    problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(5)").fetchall()]
+    if problems != ["ok"]:
+        raise ReceiveQueueError(f"receive queue {path}: not a usable SQLite file: quick_check: "
+                                f"{printable('; '.join(problems))[:_ROW_LIMIT_CHARS]}")
+    columns = [str(row[1]) for row in conn.execute("PRAGMA table_info(queued)").fetchall()]
+    if columns and columns != list(_COLUMNS):
+        raise ReceiveQueueError(f"receive queue {path}: not a receive queue: its table has the columns "
+                                f"{printable(', '.join(columns))[:_ROW_LIMIT_CHARS]}")
 
 
 def _set_aside(path: Path) -> Path:
