@@ -492,7 +492,8 @@ def _add_mqtt_receiver(
     # Opened now, so that a queue file that cannot be used now (locked, I/O error, disk full) fails the
     # start (exit 75) instead of the receiver retrying in the background without it (review 13).
     receiver.open_queue()
-    metrics.watch_receive_queue(receiver.queue_waiting, lambda: receiver.counts.busy)
+    metrics.watch_receive_queue(receiver.queue_waiting, lambda: receiver.counts.busy,
+                                lambda: receiver.counts.expired)
     app.cleanup_ctx.append(mqtt_purge_task(transfers, purge_interval_s))
     supervised = SupervisedReceiver(receiver)
     app.cleanup_ctx.append(supervised.context)

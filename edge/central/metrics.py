@@ -19,7 +19,9 @@ What is counted, and where:
   when it cannot be read). Alert below 7 days (``/readyz`` names it too).
 - ``edge_central_mqtt_queue_waiting``: messages waiting in this process's MQTT receive queue
   (:mod:`edge.central.receive_queue`), read when scraped; ``edge_central_mqtt_queue_busy_total``: messages
-  answered busy because their station's share of the queue was full. Only with ``[mqtt]``.
+  answered busy because their station's share of the queue was full;
+  ``edge_central_mqtt_queue_expired_total``: messages removed unhandled because their MQTT Message Expiry
+  passed while they waited. Only with ``[mqtt]``.
 
 No label carries a station id, an item id, a reader name or a case number. The metrics are still not for
 the internet (traffic volumes, refusal patterns): they are served only on a loopback listener of their
@@ -112,9 +114,15 @@ class _ReceiveQueueCollector(Collector):
     _BUSY = "edge_central_mqtt_queue_busy"
     _BUSY_HELP = "MQTT messages answered busy: their station's share of the receive queue was full"
 
-    def __init__(self, waiting: Callable[[], int], busy: Callable[[], int]) -> None:
+    _EXPIRED = "edge_central_mqtt_queue_expired"
+    _EXPIRED_HELP = ("MQTT messages removed from the receive queue unhandled: their Message Expiry passed "
+                     "while they waited")
+
+    def __init__(self, waiting: Callable[[], int], busy: Callable[[], int],
+                 expired: Callable[[], int] | None) -> None:
         self._waiting = waiting
         self._busy = busy
+        self._expired = expired
 
     def collect(self) -> Iterable[Metric]:
         waiting = GaugeMetricFamily(self._WAITING, self._WAITING_HELP)
@@ -123,10 +131,16 @@ class _ReceiveQueueCollector(Collector):
         busy = CounterMetricFamily(self._BUSY, self._BUSY_HELP)
         busy.add_metric([], float(self._busy()))
         yield busy
+        if self._expired is not None:
+            expired = CounterMetricFamily(self._EXPIRED, self._EXPIRED_HELP)
+            expired.add_metric([], float(self._expired()))
+            yield expired
 
     def describe(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(self._WAITING, self._WAITING_HELP)
         yield CounterMetricFamily(self._BUSY, self._BUSY_HELP)
+        if self._expired is not None:
+            yield CounterMetricFamily(self._EXPIRED, self._EXPIRED_HELP)
 
 
 class CentralMetrics:
@@ -155,9 +169,11 @@ class CentralMetrics:
     def __repr__(self) -> str:
         return "CentralMetrics()"
 
-    def watch_receive_queue(self, waiting: Callable[[], int], busy: Callable[[], int]) -> None:
-        """Report the MQTT receiver's queue (its waiting messages, its busy answers), read when scraped."""
-        self.registry.register(_ReceiveQueueCollector(waiting, busy))
+    def watch_receive_queue(self, waiting: Callable[[], int], busy: Callable[[], int],
+                            expired: Callable[[], int] | None = None) -> None:
+        """Report the MQTT receiver's queue (its waiting messages, its busy answers, the messages it removed
+        as expired), read when scraped."""
+        self.registry.register(_ReceiveQueueCollector(waiting, busy, expired))
 
     def answered(self, request: web.BaseRequest, response: web.StreamResponse, status: int) -> None:
         """Count one answered request (the connection calls this once per request)."""

@@ -25,6 +25,7 @@ never fill the broker's in-flight window of a connection (every station stalled 
 and nothing is held unacknowledged in memory: a process killed after the acknowledgement finds the message
 in its queue at the next start. A station whose share of the queue is full is answered busy at once (a
 fin: 0x97, which pauses the upload; a request: 503 ``server_busy``), and that message is acknowledged.
+A queued message keeps its MQTT 5 Message Expiry: one that expired while it waited is removed unhandled.
 Order: a station sends a transfer's segments only after init's result and fin only after every segment's
 result, so carrying segments out at once and fins from the queue keeps each transfer's order.
 
@@ -223,6 +224,8 @@ class ReceiverCounts:
     """Messages committed to the receive queue (then acknowledged), duplicates of waiting ones not."""
     busy: int = 0
     """Messages answered busy at once because their station's share of the queue was full."""
+    expired: int = 0
+    """Queued messages removed unhandled: their MQTT Message Expiry passed while they waited."""
 
 
 class MqttReceiver:
@@ -324,7 +327,8 @@ class MqttReceiver:
             queue = await asyncio.to_thread(self._open_queue)
         runner = QueueRunner(queue, {Lane.CONTENT: self._handle_queued_transfer,
                                      Lane.API: self._handle_queued_request},
-                             concurrency=self.queue_settings.concurrency, on_damaged=self._queue_row_damaged)
+                             concurrency=self.queue_settings.concurrency, on_damaged=self._queue_row_damaged,
+                             on_expired=self._queue_message_expired)
         if queue.set_aside is not None:
             await asyncio.to_thread(self.store.record_incident, "", "receive_queue_damaged", queue.set_aside)
         if queue.waiting:
@@ -389,6 +393,9 @@ class MqttReceiver:
             self.queue = None
             self._inline_executor.shutdown(wait=False)
 
+    def _queue_message_expired(self, _message: QueuedMessage) -> None:
+        self.counts.expired += 1
+
     def _queue_row_damaged(self, station: str, detail: str) -> None:
         """A damaged row of the receive queue: an incident of the MQTT store (beside the log line)."""
         self.store.record_incident(station, "receive_queue_damaged", detail)
@@ -406,7 +413,8 @@ class MqttReceiver:
                         printable(message.topic)[:200], exc)
             return
         if isinstance(command, FinCommand) and self.queue is not None:
-            admission = await self.queue.add(Lane.CONTENT, station, message.topic, message.payload, None)
+            admission = await self.queue.add(Lane.CONTENT, station, message.topic, message.payload, None,
+                                             expiry_s=message.message_expiry_s)
             if admission is Admission.FULL:
                 self.counts.busy += 1
                 await self._answer_transfer(station, command, Outcome(
@@ -508,7 +516,7 @@ class MqttReceiver:
             self.counts.dropped += 1
             return
         admission = await self.queue.add(Lane.API, station, message.topic, message.payload,
-                                         message.correlation_data)
+                                         message.correlation_data, expiry_s=message.message_expiry_s)
         if admission is Admission.FULL:
             self.counts.busy += 1
             await self._send_answer(self.api.busy(station, message.payload, message.correlation_data,

@@ -31,6 +31,12 @@ duplicate of a message still waiting (the broker's redelivery after an acknowled
 connection) is not queued twice (topic, payload and lane digest). Handling is at least once: a message is
 removed only after its handler returned, so a process killed while handling handles it again.
 
+Expiry. A row keeps what was left of the message's MQTT 5 Message Expiry at delivery, as a wall-clock
+deadline (``expires_at``; a process queuing it also keeps a monotonic one in memory). A message whose
+expiry passed before its turn is removed unhandled (the station gave up on it and sends it again under a
+new id: handling it would double the work exactly when the queue is slow, review 13), counted and logged
+at most once a minute; see :meth:`ReceiveQueue.expired` for why the judgement is conservative.
+
 Damage. Each row carries the SHA-256 of its lane, topic and payload; a row that does not match (or whose
 columns are not what this module writes) is removed, reported to ``on_damaged`` (the receiver records an
 incident and logs it, naming the row and station), and the queue goes on with the next.
@@ -82,6 +88,9 @@ T = TypeVar("T")
 _RETRY_BASE_S = 1.0
 # ...and after this many failures the message is removed as poison (one log line, never the payload).
 POISON_AFTER_FAILURES = 5
+# Messages dropped as expired are logged at most once per this many seconds (with the count since): under
+# overload many expire at once, and one line each would flood the log exactly then.
+_EXPIRED_LOG_EVERY_S = 60.0
 _ROW_LIMIT_CHARS = 200
 
 _SCHEMA = """
@@ -93,11 +102,14 @@ CREATE TABLE IF NOT EXISTS queued (
     payload BLOB NOT NULL,
     correlation BLOB,
     digest BLOB NOT NULL,
-    queued_at REAL NOT NULL
+    queued_at REAL NOT NULL,
+    expires_at REAL
 );
 CREATE INDEX IF NOT EXISTS queued_by_lane_station ON queued (lane, station, id)
 """
-_COLUMNS = ("id", "lane", "station", "topic", "payload", "correlation", "digest", "queued_at")
+_COLUMNS = ("id", "lane", "station", "topic", "payload", "correlation", "digest", "queued_at", "expires_at")
+# A queue file made before expires_at (review 13) gets the column (its rows: no expiry).
+_COLUMNS_BEFORE_EXPIRY = _COLUMNS[:-1]
 
 
 class Lane(StrEnum):
@@ -139,6 +151,9 @@ class QueuedMessage:
     payload: bytes
     correlation_data: bytes | None
     queued_at: float
+    expires_at: float | None = None
+    """Wall-clock time (time.time()) after which the station no longer wants an answer (its MQTT 5 Message
+    Expiry); None: no expiry."""
 
 
 @dataclass
@@ -178,6 +193,10 @@ class ReceiveQueue:
         self.per_station_bytes = per_station_bytes
         self._waiting: dict[str, _Waiting] = {}
         self._digests: set[bytes] = set()
+        # Expiry deadlines on the monotonic clock of the rows this process queued (row id: deadline): a
+        # wall clock stepped forward does not expire them early. Rows from before a restart have only
+        # their wall-clock expires_at.
+        self._deadlines: dict[int, float] = {}
         # Lane-stations with messages waiting, in the order they are to be served (round robin).
         self._lanes: OrderedDict[tuple[Lane, str], int] = OrderedDict()
         # What was wrong with the file found at open, which was set aside (None: it was fine).
@@ -365,15 +384,35 @@ class ReceiveQueue:
     # -- in a worker thread (they block on the disk) -------------------------------------------------
 
     def insert(self, lane: Lane, station: str, topic: str, payload: bytes, correlation_data: bytes | None,
-               digest: bytes) -> int:
-        """Commit one message; on disk when this returns (synchronous=FULL)."""
+               digest: bytes, expiry_s: int | None = None) -> int:
+        """Commit one message; on disk when this returns (synchronous=FULL). ``expiry_s``: what is left of
+        its MQTT 5 Message Expiry Interval (None: none), kept as a wall-clock deadline in the row and a
+        monotonic one in memory (see :meth:`expired`)."""
+        now = time.time()
+        expires_at = None if expiry_s is None else now + expiry_s
         with self._db, immediate_transaction(self._conn):
             cursor = self._conn.execute(
-                "INSERT INTO queued (lane, station, topic, payload, correlation, digest, queued_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (lane.value, station, topic, payload, correlation_data, digest, time.time()))
+                "INSERT INTO queued (lane, station, topic, payload, correlation, digest, queued_at, "
+                "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (lane.value, station, topic, payload, correlation_data, digest, now, expires_at))
         assert cursor.lastrowid is not None
+        if expiry_s is not None:
+            self._deadlines[cursor.lastrowid] = time.monotonic() + expiry_s
         return cursor.lastrowid
+
+    def expired(self, message: QueuedMessage) -> bool:
+        """Whether ``message``'s expiry has passed, judged conservatively (a message wrongly taken as
+        expired goes unanswered; one wrongly handled only costs work): its wall-clock deadline has passed,
+        the wall clock is not before its queueing (stepped back: cannot tell), and, for a row queued by
+        this process, its monotonic deadline has passed too (a wall clock stepped forward cannot expire
+        it)."""
+        if message.expires_at is None:
+            return False
+        now = time.time()
+        if now < message.expires_at or now < message.queued_at:
+            return False
+        deadline = self._deadlines.get(message.id)
+        return deadline is None or time.monotonic() >= deadline
 
     def head(self, lane: Lane, station: str) -> QueuedMessage | str | None:
         """The oldest message of a lane-station; a string naming what is wrong when its row is damaged
@@ -383,21 +422,25 @@ class ReceiveQueue:
 
     def _head(self, lane: Lane, station: str) -> QueuedMessage | str | None:
         row = self._conn.execute(
-            "SELECT id, lane, station, topic, payload, correlation, digest, queued_at FROM queued "
-            "WHERE lane = ? AND station = ? ORDER BY id LIMIT 1", (lane.value, station)).fetchone()
+            "SELECT id, lane, station, topic, payload, correlation, digest, queued_at, expires_at "
+            "FROM queued WHERE lane = ? AND station = ? ORDER BY id LIMIT 1",
+            (lane.value, station)).fetchone()
         if row is None and station == "" and lane is Lane.CONTENT:
             # Rows whose lane or station this module would never write were counted under this key.
             row = self._conn.execute(
-                "SELECT id, lane, station, topic, payload, correlation, digest, queued_at FROM queued "
-                "WHERE lane NOT IN (?, ?) OR typeof(station) != 'text' OR station = '' ORDER BY id LIMIT 1",
+                "SELECT id, lane, station, topic, payload, correlation, digest, queued_at, expires_at "
+                "FROM queued WHERE lane NOT IN (?, ?) OR typeof(station) != 'text' OR station = '' "
+                "ORDER BY id LIMIT 1",
                 (Lane.CONTENT.value, Lane.API.value)).fetchone()
         if row is None:
             return None
-        row_id, lane_text, station_text, topic, payload, correlation, digest, queued_at = row
-        problem = _row_problem(lane_text, station_text, topic, payload, correlation, digest, queued_at)
+        row_id, lane_text, station_text, topic, payload, correlation, digest, queued_at, expires_at = row
+        problem = _row_problem(lane_text, station_text, topic, payload, correlation, digest, queued_at,
+                               expires_at)
         if problem is not None:
             return f"row {row_id}: {problem}"
-        return QueuedMessage(row_id, Lane(lane_text), station_text, topic, payload, correlation, queued_at)
+        return QueuedMessage(row_id, Lane(lane_text), station_text, topic, payload, correlation, queued_at,
+                             float(expires_at) if expires_at is not None else None)
 
     def head_id(self, lane: Lane, station: str) -> tuple[int, int, bytes | None] | None:
         """Id, payload size and digest of the row :meth:`head` returned damaged (to remove and forget)."""
@@ -429,6 +472,7 @@ class ReceiveQueue:
                     self._conn.execute("DELETE FROM queued WHERE id = ?", (row_id,))
             finally:
                 self._conn.execute("PRAGMA synchronous = FULL")
+        self._deadlines.pop(row_id, None)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -472,7 +516,10 @@ def _check_file(conn: sqlite3.Connection, path: Path) -> None:
         raise ReceiveQueueError(f"receive queue {path}: not a usable SQLite file: quick_check: "
                                 f"{printable('; '.join(problems))[:_ROW_LIMIT_CHARS]}")
     columns = [str(row[1]) for row in conn.execute("PRAGMA table_info(queued)").fetchall()]
-    if columns and columns != list(_COLUMNS):
+    if columns == list(_COLUMNS_BEFORE_EXPIRY):
+        with immediate_transaction(conn):
+            conn.execute("ALTER TABLE queued ADD COLUMN expires_at REAL")
+    elif columns and columns != list(_COLUMNS):
         raise ReceiveQueueError(f"receive queue {path}: not a receive queue: its table has the columns "
                                 f"{printable(', '.join(columns))[:_ROW_LIMIT_CHARS]}")
 
@@ -489,7 +536,7 @@ def _set_aside(path: Path) -> Path:
 
 
 def _row_problem(lane: object, station: object, topic: object, payload: object, correlation: object,
-                 digest: object, queued_at: object) -> str | None:
+                 digest: object, queued_at: object, expires_at: object = None) -> str | None:
     """What is wrong with a row, or None (it is what :meth:`ReceiveQueue.insert` writes)."""
     if lane not in Lane._value2member_map_:
         return f"unknown lane {printable(repr(lane))[:_ROW_LIMIT_CHARS]}"
@@ -501,6 +548,8 @@ def _row_problem(lane: object, station: object, topic: object, payload: object, 
         return "correlation data of the wrong type"
     if not isinstance(queued_at, (int, float)):
         return "no queueing time"
+    if expires_at is not None and not isinstance(expires_at, (int, float)):
+        return "an expiry of the wrong type"
     if not isinstance(digest, bytes) or digest != _digest(str(lane), topic, payload):
         return "its SHA-256 does not match its lane, topic and payload (changed on disk)"
     return None
@@ -516,13 +565,16 @@ class QueueRunner:
     ``concurrency`` stations of each lane at once (see the module docstring). Run :meth:`run` as a task."""
 
     def __init__(self, queue: ReceiveQueue, handlers: dict[Lane, Handler], *, concurrency: int,
-                 on_damaged: DamageReport) -> None:
+                 on_damaged: DamageReport, on_expired: Callable[[QueuedMessage], None] | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.queue = queue
         self._handlers = handlers
         self._concurrency = concurrency
         self._on_damaged = on_damaged
+        self._on_expired = on_expired
+        self._expired_logged_at: float | None = None
+        self._expired_unlogged = 0
         self._busy: set[tuple[Lane, str]] = set()
         # Lane-stations resting after their handler raised, until the loop time in the value.
         self._resting: dict[tuple[Lane, str], float] = {}
@@ -530,6 +582,7 @@ class QueueRunner:
         self._wake = asyncio.Event()
         self.handled = 0
         self.poison = 0
+        self.expired = 0
 
     def __repr__(self) -> str:
         return f"QueueRunner({self.queue!r}, {len(self._busy)} handling)"
@@ -538,13 +591,16 @@ class QueueRunner:
         self._wake.set()
 
     async def add(self, lane: Lane, station: str, topic: str, payload: bytes,
-                  correlation_data: bytes | None) -> Admission:
-        """Queue one message durably (or say why not); the caller acknowledges it to the broker after."""
+                  correlation_data: bytes | None, *, expiry_s: int | None = None) -> Admission:
+        """Queue one message durably (or say why not); the caller acknowledges it to the broker after.
+        ``expiry_s``: what is left of its MQTT 5 Message Expiry Interval (None: none); a message whose
+        expiry passed before its turn is removed unhandled then."""
         admission, digest = self.queue.reserve(lane, station, topic, payload)
         if admission is not Admission.ADDED:
             return admission
         try:
-            await self.queue.call(self.queue.insert, lane, station, topic, payload, correlation_data, digest)
+            await self.queue.call(self.queue.insert, lane, station, topic, payload, correlation_data, digest,
+                                  expiry_s)
         except BaseException:
             self.queue.unreserve(station, len(payload), digest)
             raise
@@ -593,6 +649,14 @@ class QueueRunner:
             if isinstance(head, str):
                 await self._remove_damaged(lane, station, head)
                 return
+            if self.queue.expired(head):
+                # The station gave up on it (and sends it again, under a new request id if it still wants
+                # it): handling it now would be work for nobody, a registration re-hashing a whole file.
+                await self.queue.call(self.queue.delete, head.id)
+                self.queue.removed(lane, station, len(head.payload),
+                                   _digest(lane.value, head.topic, head.payload))
+                self._note_expired(head)
+                return
             try:
                 await self._handlers[head.lane](head)
             except asyncio.CancelledError:
@@ -634,6 +698,22 @@ class QueueRunner:
                       self.queue.path, printable(message.topic), failures, POISON_AFTER_FAILURES)
         self._rest((message.lane, message.station), _RETRY_BASE_S * failures)
         return True
+
+    def _note_expired(self, message: QueuedMessage) -> None:
+        self.expired += 1
+        if self._on_expired is not None:
+            try:
+                self._on_expired(message)
+            except Exception:
+                log.exception("receive queue %s: counting an expired message failed", self.queue.path)
+        now = asyncio.get_running_loop().time()
+        self._expired_unlogged += 1
+        if self._expired_logged_at is None or now - self._expired_logged_at >= _EXPIRED_LOG_EVERY_S:
+            log.warning("receive queue %s: %d message(s) removed unhandled since the last such line: their "
+                        "MQTT Message Expiry passed while they waited (the latest on %.200s); the stations "
+                        "gave up on them", self.queue.path, self._expired_unlogged, printable(message.topic))
+            self._expired_logged_at = now
+            self._expired_unlogged = 0
 
     def _rest(self, key: tuple[Lane, str], delay_s: float) -> None:
         self._resting[key] = asyncio.get_running_loop().time() + delay_s

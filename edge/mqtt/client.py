@@ -224,6 +224,9 @@ class InboundMessage:
     response_topic: str | None = None
     correlation_data: bytes | None = field(default=None, repr=False)
     user_properties: tuple[tuple[str, str], ...] = ()
+    message_expiry_s: int | None = None
+    """MQTT 5 Message Expiry Interval as delivered: what was left of it when the broker sent the message
+    (the broker subtracts the time it held it); None when the publisher set none."""
 
 
 MessageHandler = Callable[[InboundMessage], Awaitable[None]]
@@ -997,6 +1000,7 @@ def _inbound_message(message: paho.MQTTMessage) -> InboundMessage:
     response_topic = getattr(properties, "ResponseTopic", None) if properties is not None else None
     correlation = getattr(properties, "CorrelationData", None) if properties is not None else None
     users = getattr(properties, "UserProperty", None) if properties is not None else None
+    expiry = getattr(properties, "MessageExpiryInterval", None) if properties is not None else None
     return InboundMessage(
         topic=message.topic,
         payload=bytes(message.payload),
@@ -1006,4 +1010,5 @@ def _inbound_message(message: paho.MQTTMessage) -> InboundMessage:
         response_topic=response_topic,
         correlation_data=bytes(correlation) if correlation is not None else None,
         user_properties=tuple((str(k), str(v)) for k, v in users) if users else (),
+        message_expiry_s=expiry if isinstance(expiry, int) and expiry >= 0 else None,
     )
