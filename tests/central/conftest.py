@@ -256,7 +256,11 @@ class HttpCentral:
 
     @property
     def index(self) -> SqliteIndex:
-        return self.running.parts.index
+        # The app holds its index as the storage Index protocol; this central is started with the default
+        # SQLite backend, whose index the tests reach into (enroll, its connection).
+        index = self.running.parts.index
+        assert isinstance(index, SqliteIndex), type(index)
+        return index
 
     @property
     def central_public_key(self) -> Ed25519PublicKey:
