@@ -76,13 +76,13 @@ def test_expiry_is_judged_on_both_clocks_and_by_the_wall_clock_after_a_restart(
         queue.close()
     reopened = _open(path)  # a restart: the monotonic deadlines are gone, the rows keep their wall-clock one
     try:
-        message = reopened.head(Lane.API, "st-a")
-        assert isinstance(message, QueuedMessage) and message.expires_at is not None
-        assert reopened.expired(message)
-        clocks.wall = message.queued_at - 1  # the wall clock stepped back before its queueing: cannot tell
-        assert not reopened.expired(message)
-        clocks.wall = message.expires_at - 1  # before its deadline
-        assert not reopened.expired(message)
+        found = reopened.head(Lane.API, "st-a")
+        assert isinstance(found, QueuedMessage) and found.expires_at is not None
+        assert reopened.expired(found)
+        clocks.wall = found.queued_at - 1  # the wall clock stepped back before its queueing: cannot tell
+        assert not reopened.expired(found)
+        clocks.wall = found.expires_at - 1  # before its deadline
+        assert not reopened.expired(found)
     finally:
         reopened.close()
 
