@@ -78,6 +78,7 @@ __all__ = [
     "ReceiveQueue",
     "ReceiveQueueError",
     "queue_path",
+    "waiting_in",
 ]
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,19 @@ class _Waiting:
 def queue_path(transfers_dir: Path, name: str) -> Path:
     """The queue file of the receiving process ``name`` ("central", "worker-<name>")."""
     return transfers_dir / "receive-queue" / f"{name}.sqlite3"
+
+
+def waiting_in(path: Path) -> tuple[int, float | None]:
+    """Messages waiting in the queue file ``path`` and the wall-clock time the oldest was queued (None when
+    none wait), read only (no lock: the file may be another process's, running or gone), for
+    ``edge central verify``: a worker renamed or removed leaves its messages unhandled until a process
+    starts under its name again. Raises sqlite3.Error when the file cannot be read."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        count, oldest = conn.execute("SELECT count(*), min(queued_at) FROM queued").fetchone()
+    finally:
+        conn.close()
+    return int(count), float(oldest) if isinstance(oldest, (int, float)) else None
 
 
 def _digest(lane: str, topic: str, payload: bytes) -> bytes:

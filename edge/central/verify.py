@@ -59,6 +59,7 @@ import hmac
 import logging
 import re
 import sqlite3  # read-only, below the protocols: see the module docstring
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +220,7 @@ class _Checker:
         self._check_orphan_history()
         self._check_objects()
         self._check_store_files()
+        self._note_receive_queues()
         self._check_timestamps()
         for table in ("access_log", "rejections", "enrolment_events", "metadata_history",
                       "station_checkpoints"):
@@ -886,6 +888,35 @@ class _Checker:
                      "not part of a central store (planted, or left by something else)")
         if len(found) > _MAX_LISTED:
             self.add("store", f"{len(found) - _MAX_LISTED} more files that are not part of a central store")
+
+    def _note_receive_queues(self) -> None:
+        """A note per MQTT receive queue file (edge.central.receive_queue) holding waiting messages, read
+        only: each is handled only by the process of its name, so a worker renamed or removed (or a file
+        set aside as damaged) strands them; the note names the file, the count and the oldest's age."""
+        from edge.central.receive_queue import waiting_in
+
+        queues = self.layout.mqtt_transfers_dir / "receive-queue"
+        for path in sorted(queues.glob("*.sqlite3*")) if queues.is_dir() else []:
+            if (not path.is_file() or path.is_symlink() or path.name.endswith(("-wal", "-shm", ".lock"))
+                    or not _QUEUE_FILE.fullmatch(path.name)):
+                continue
+            name = path.relative_to(self.layout.store_dir)
+            try:
+                waiting, oldest = waiting_in(path)
+            except sqlite3.Error as exc:
+                self.findings.notes.append(f"receive queue {name}: cannot be read ({exc})")
+                continue
+            if not waiting:
+                continue
+            age = ""
+            if oldest is not None:
+                hours = max(0.0, time.time() - oldest) / 3600
+                queued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(oldest))
+                age = f", the oldest queued {queued} ({hours:.1f} h ago)"
+            who = ("set aside as damaged: never handled" if ".damaged-" in path.name
+                   else "handled only by the process of this name (edge-central, or "
+                        "`edge central mqtt-worker --client-id NAME` for worker-NAME) when it runs")
+            self.findings.notes.append(f"receive queue {name}: {waiting} message(s) waiting{age}; {who}")
 
     # -- RFC 3161 time-stamps of checkpoints ----------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.central.verify import verify_central_store
+from edge.central.receive_queue import Admission, Lane, ReceiveQueue, queue_path
+from edge.central.verify import verify_central, verify_central_store
 from edge.custody.canonical import sha256_hex
 from edge.custody.keys import StationKey
 from edge.custody.problems import Problem
@@ -358,3 +360,35 @@ def test_the_mqtt_receive_queue_files_are_part_of_the_store_and_a_planted_file_b
     (queues / "central.sqlite3.evil").write_text("planted")
     assert "file mqtt-transfers/receive-queue/central.sqlite3.evil: not part of a central store" in \
         _text(store.verify())
+
+
+# Review 13, note: a stranded receive queue is visible. `edge verify` of a central store names, in its notes,
+# each queue file holding waiting messages (a worker renamed or removed leaves its messages unhandled until
+# a process runs under its name again), how many and how old the oldest is, read only. Control: an empty
+# queue file held open (locked) by a running process gets no note, and reading it does not need its lock.
+
+
+def _queue(transfers: Path, name: str, messages: int) -> ReceiveQueue:
+    queue = ReceiveQueue.open(queue_path(transfers, name), per_station_messages=10, per_station_bytes=1000)
+    for n in range(messages):
+        topic = f"evidence/stations/st-a/$file-async/x/fin/{n}"
+        admission, digest = queue.reserve(Lane.CONTENT, "st-a", topic, b"%d" % n)
+        assert admission is Admission.ADDED
+        queue.insert(Lane.CONTENT, "st-a", topic, b"%d" % n, None, digest)
+    return queue
+
+
+async def test_verify_names_a_queue_file_with_waiting_messages_and_their_age(store: Store) -> None:
+    transfers = store.root / "mqtt-transfers"
+    _queue(transfers, "worker-gone", 3).close()  # its worker was renamed: nobody handles these
+    running = _queue(transfers, "central", 0)  # held open (locked) by a running process, empty
+    try:
+        findings = verify_central(store.root, central_public_key=store.parts.signing_key.public_key())
+    finally:
+        running.close()
+    assert findings.problems == []
+    notes = [n for n in findings.notes if "receive queue" in n]
+    assert len(notes) == 1, findings.notes
+    assert notes[0].startswith("receive queue mqtt-transfers/receive-queue/worker-gone.sqlite3: 3 message(s) "
+                               "waiting, the oldest queued ")
+    assert re.search(r"\(0\.0 h ago\); handled only by the process of this name", notes[0]), notes[0]
