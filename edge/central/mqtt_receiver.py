@@ -264,6 +264,11 @@ class MqttReceiver:
         # run: a segment never waits behind the default executor's threads, which queued fins and
         # registrations may all keep busy hashing whole files.
         self._inline_executor: ThreadPoolExecutor | None = None
+        # Per run: the threads of queued fins (as many as the content lane's slots), so that fins hashing
+        # whole files never take the default executor's threads, which the API lane's handlers use (a
+        # registration's verification, ledger pages): the lanes' separate slots (review 13) hold in threads
+        # too.
+        self._fin_executor: ThreadPoolExecutor | None = None
         # Per run: results published at once whose broker acknowledgement is awaited in the background.
         self._result_slots = asyncio.Semaphore(_RESULTS_AWAITED)
         self._result_tasks: set[asyncio.Task[None]] = set()
@@ -336,6 +341,8 @@ class MqttReceiver:
                      queue.waiting, queue.path)
         self.queue = runner
         self._inline_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqtt-inline")
+        self._fin_executor = ThreadPoolExecutor(max_workers=self.queue_settings.concurrency,
+                                                thread_name_prefix="mqtt-fin")
         self._result_slots = asyncio.Semaphore(_RESULTS_AWAITED)
         self.client = MqttClient(self.settings, backoff=self._backoff)
         wanted = [(self.client, topic_filter, handler) for topic_filter, handler in self.subscriptions()]
@@ -392,6 +399,7 @@ class MqttReceiver:
             await asyncio.to_thread(queue.close)
             self.queue = None
             self._inline_executor.shutdown(wait=False)
+            self._fin_executor.shutdown(wait=False)
 
     def _queue_message_expired(self, _message: QueuedMessage) -> None:
         self.counts.expired += 1
@@ -430,7 +438,7 @@ class MqttReceiver:
         if station != queued.station:
             raise ValueError(f"queued message {queued.id}: its topic names station {station!r}, its row "
                              f"{queued.station!r}")
-        await self._carry_out(station, command, queued.payload, None, await_broker=True)
+        await self._carry_out(station, command, queued.payload, self._fin_executor, await_broker=True)
 
     async def _carry_out(self, station: str, command: Command, payload: bytes, executor: Executor | None,
                          *, await_broker: bool) -> None:
