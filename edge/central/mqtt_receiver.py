@@ -319,6 +319,13 @@ class MqttReceiver:
         if self._opened is None:
             self._opened = self._open_queue()
 
+    def close_unused_queue(self) -> None:
+        """Close the queue :meth:`open_queue` opened if no run took it (stopped before its first run), so
+        that its lock does not outlive the receiver."""
+        queue, self._opened = self._opened, None
+        if queue is not None:
+            queue.close()
+
     def _open_queue(self) -> ReceiveQueue:
         return ReceiveQueue.open(self.queue_path, per_station_messages=self.queue_settings.per_station,
                                  per_station_bytes=self.queue_settings.per_station_bytes)
@@ -612,6 +619,7 @@ class SupervisedReceiver:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await asyncio.to_thread(self.receiver.close_unused_queue)
 
     async def on_shutdown(self, _app: object) -> None:
         await self.stop()
