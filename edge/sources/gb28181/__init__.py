@@ -2,7 +2,7 @@
 evidentiary original) and the MP4 made from it (:mod:`edge.sources.gb28181.recordings`); each recording
 downloaded once (:mod:`edge.sources.gb28181.downloads`)."""
 
-from edge.sources.gb28181.downloads import DownloadReport, GbDownloads, StartDownload, Transfer
+from edge.sources.gb28181.downloads import DeviceGone, DownloadReport, GbDownloads, StartDownload, Transfer
 from edge.sources.gb28181.recordings import (
     SOURCE_KIND,
     DownloadedRecording,
@@ -16,6 +16,7 @@ from edge.sources.gb28181.recordings import (
 
 __all__ = [
     "SOURCE_KIND",
+    "DeviceGone",
     "DownloadReport",
     "DownloadedRecording",
     "GbDownloads",

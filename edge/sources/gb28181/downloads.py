@@ -10,7 +10,7 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    BYE, the device closing, idle, limit or error) for the transfer;
 2. a transfer that brought no byte is an `error` entry naming the recording (stage `download`), the empty
    file is removed, the next recording is tried; a session that could not be made (the platform raised)
-   likewise;
+   likewise; a device gone offline (`DeviceGone` from `start_download`) ends the call instead;
 3. anything received, however the session ended, goes to `ingest_download`: the raw PS and its MP4 are
    sealed, its gaps and how it ended are in the manifest (a partial transfer is still evidence of what
    was received; the next listing offers the recording again only if its raw PS was not sealed).
@@ -52,6 +52,11 @@ class Transfer:
 
     outcome: MediaOutcome
     facts: Mapping[str, Any] = field(default_factory=dict)
+
+
+class DeviceGone(Exception):
+    """Raised by `start_download` when the device is no longer there (offline): the rest of the listing
+    waits for its next registration instead of becoming one `error` entry per recording."""
 
 
 StartDownload = Callable[[RecordingRef, Path], Awaitable[Transfer]]
@@ -105,6 +110,9 @@ class GbDownloads:
         shown = f"{ref.device_id}/{ref.channel_id} {display_text(ref.start_time, 64)}"
         try:
             transfer = await self.start_download(ref, raw)
+        except DeviceGone:
+            raw.unlink(missing_ok=True)
+            raise
         except Exception as exc:  # the platform's refusal, in whatever form: recorded, next recording
             return await self._failed(ref, raw, shown, f"no download session: {exc}")
         outcome = transfer.outcome

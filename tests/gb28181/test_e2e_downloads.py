@@ -1,0 +1,188 @@
+"""Downloads end to end: a real station agent (tests/station/harness.py) runs the platform and its download
+scheduler; the real device simulator (simulators/gb28181 SimulatedDevice, over real sockets) registers with
+digest, answers Catalog and RecordInfo from its recordings (MP4 made by ffmpeg) and streams each one as PS
+over RTP for s=Download, over UDP, TCP passive and TCP active. Each recording becomes two sealed items (raw
+PS + MP4) whose MP4 has the source's duration and frame count (ffprobe); manifests name device, channel and
+time range. Loss on the simulator gives a `gap` entry on the raw item; a restarted agent lists again and
+downloads nothing twice; `edge verify` of the store is OK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.station import StationAgent
+from edge.verify.station import verify_store
+from simulators.gb28181.device import SimulatedDevice
+from simulators.gb28181.media import generate_recordings
+from simulators.gb28181.settings import DeviceSettings, parse_faults
+from tests.gb28181.media_sender import HAVE_FFMPEG
+from tests.gb28181.test_platform_station import edge_cli
+from tests.prerequisites import require
+from tests.station.harness import simulated_station
+
+PLATFORM_ID = "34020000002000000001"
+DEVICE = "34020000001320000031"
+CHANNEL = DEVICE[:10] + "131" + DEVICE[13:]
+PASSWORD = "weak-5678"
+SECONDS = 2.0
+RATE = 10
+
+
+def ffprobe(path: Path) -> tuple[float, int]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
+         "stream=nb_read_frames:format=duration", "-of", "json", str(path)],
+        check=True, capture_output=True, text=True).stdout
+    facts = json.loads(out)
+    return float(facts["format"]["duration"]), int(facts["streams"][0]["nb_read_frames"])
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    media = tmp_path_factory.mktemp("gb-media")
+    device_now = (datetime.now(UTC) + timedelta(hours=8)).replace(tzinfo=None, microsecond=0)
+    generate_recordings(media, 2, start=device_now - timedelta(hours=2), seconds=SECONDS, size="320x240",
+                        rate=RATE, spacing=timedelta(minutes=10))
+    return media
+
+
+def gb_section(tmp_path: Path, transport: str) -> dict[str, Any]:
+    password_file = tmp_path / "gb-password"
+    password_file.write_text(PASSWORD + "\n")
+    password_file.chmod(0o600)
+    return {"enabled": True, "listen_host": "127.0.0.1", "listen_port": 0, "sip_id": PLATFORM_ID,
+            "devices": {DEVICE: {"password": f"file:{password_file}", "name": "记录仪 31",
+                                 "media_transport": transport}},
+            "download": {"media_host": "127.0.0.1", "idle_timeout_s": 3, "speed": 4}}
+
+
+async def device_for(agent: StationAgent, media: Path, **overrides: Any) -> SimulatedDevice:
+    assert agent.gb28181 is not None
+    async with asyncio.timeout(20):
+        await agent.gb28181.started.wait()
+    values: dict[str, Any] = dict(platform_host="127.0.0.1", platform_port=agent.gb28181.transport.port,
+                                  platform_id=PLATFORM_ID, device_id=DEVICE, password=PASSWORD,
+                                  media_dir=media, keepalive_interval_s=30.0)
+    values.update(overrides)
+    return SimulatedDevice(DeviceSettings(**values))
+
+
+async def one_pass(agent: StationAgent, device: SimulatedDevice, timeout_s: float = 90) -> dict[str, Any]:
+    """Runs `device` until the agent's scheduler finished a pass over it; its progress then."""
+    assert agent.gb28181_downloads is not None
+    scheduler = agent.gb28181_downloads
+    before = scheduler.passes_done
+    runner = asyncio.ensure_future(device.run())
+    try:
+        async with asyncio.timeout(timeout_s):
+            async with scheduler.pass_ended:
+                await scheduler.pass_ended.wait_for(lambda: scheduler.passes_done > before)
+    finally:
+        await device.close()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    progress: dict[str, Any] = agent.status.sections["gb28181"]()["downloads"][DEVICE]
+    return progress
+
+
+def sealed(store: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Each sealed item's file and its manifest (from the sidecar)."""
+    found = []
+    for sidecar in sorted((store / "items").rglob("*.manifest.json")):
+        document = json.loads(sidecar.read_text())
+        found.append((sidecar.with_name(sidecar.name.removesuffix(".manifest.json")),
+                      document.get("manifest", document)))
+    return found
+
+
+def manifests(store: Path) -> list[dict[str, Any]]:
+    return [manifest for _, manifest in sealed(store)]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp-passive", "tcp-active"])
+async def test_recordings_are_downloaded_sealed_and_not_twice(
+        recordings: Path, tmp_path: Path, transport: str) -> None:
+    section = gb_section(tmp_path, transport)
+    api_dir = Path(tempfile.mkdtemp(prefix="edge-gb-", dir="/tmp"))  # a socket path holds 107 bytes
+    socket_path = api_dir / "station.sock"
+    try:
+        async with simulated_station(tmp_path / "first", [], gb28181=section,
+                                     api={"socket_path": str(socket_path)}) as station:
+            started = time.monotonic()
+            progress = await one_pass(station.agent, await device_for(station.agent, recordings))
+            took_s = time.monotonic() - started
+            config = station.config
+            sealed_entries = len(station.ledger("sealed"))
+            code, shown, err = await edge_cli("gb28181", "devices", "--socket", str(socket_path))
+    finally:
+        shutil.rmtree(api_dir, ignore_errors=True)
+    assert code == 0, err
+    assert "    downloads: idle; 2 done, 0 already sealed, 0 failed, 0 incomplete, last pass 20" in shown
+    assert progress["done"] == 2 and progress["failed"] == 0 and progress["skipped"] == 0, progress
+    assert progress["incomplete"] == 0 and progress["state"] == "idle"
+    store = Path(config.station.store_dir)
+    found = manifests(store)
+    assert sorted(m["original"]["role"] for m in found) == ["mp4", "mp4", "raw-ps", "raw-ps"]
+    sources = sorted(recordings.glob("*.mp4"))
+    for manifest in found:
+        assert manifest["source"]["kind"] == "gb28181"
+        assert manifest["source"]["device_id"] == DEVICE and manifest["source"]["channel_id"] == CHANNEL
+        assert manifest["original"]["name"] in {p.name for p in sources}
+        times = json.loads((recordings / (manifest["original"]["name"] + ".json")).read_text())
+        assert manifest["time"]["recorded_start"] == times["start"]
+        assert manifest["time"]["recorded_end"] == times["end"]
+    for path, manifest in sealed(store):
+        if manifest["original"]["role"] != "mp4":
+            continue
+        duration, frames = ffprobe(path)
+        source_duration, source_frames = ffprobe(recordings / manifest["original"]["name"])
+        assert frames == source_frames == int(SECONDS * RATE)
+        assert abs(duration - source_duration) < 1.5 / RATE
+    raw_facts = [m for m in found if m["original"]["role"] == "raw-ps"]
+    assert all(m["original"]["transport"] == transport for m in raw_facts)
+    print(f"\n{transport}: 2 recordings downloaded, sealed in {took_s:.1f} s (incl. register and conversion)",
+          file=sys.stderr)
+
+    # A restart lists again and downloads nothing twice.
+    async with simulated_station(tmp_path / "second", [], agent_config=config) as station:
+        again = await one_pass(station.agent, await device_for(station.agent, recordings))
+        assert len(station.ledger("sealed")) == sealed_entries == 4  # the same ledger: nothing new sealed
+    assert again["skipped"] == 2 and again["done"] == 0 and again["failed"] == 0, again
+    assert len(manifests(store)) == 4
+    report = verify_store(store)
+    assert report.ok, report.problems
+
+
+async def test_loss_on_the_wire_is_a_recorded_gap(recordings: Path, tmp_path: Path) -> None:
+    section = gb_section(tmp_path, "udp")
+    async with simulated_station(tmp_path / "st", [], gb28181=section) as station:
+        device = await device_for(station.agent, recordings, faults=parse_faults(["loss=0.05"]), seed=7)
+        progress = await one_pass(station.agent, device)
+        gaps = [e for e in station.ledger("gap") if e.get("device_id") == DEVICE]
+        config = station.config
+    assert progress["done"] == 2, progress
+    assert gaps and all(g["lost_packets"] > 0 and g["rtp_ranges"] for g in gaps)
+    store = Path(config.station.store_dir)
+    raw = [m for m in manifests(store) if m["original"]["role"] == "raw-ps"]
+    assert raw and all(m["original"]["gaps"] for m in raw)  # the manifest says where bytes are missing
+    report = verify_store(store)
+    assert report.ok, report.problems
+
+
+async def test_the_control_without_loss_records_no_gap(recordings: Path, tmp_path: Path) -> None:
+    async with simulated_station(tmp_path / "st", [], gb28181=gb_section(tmp_path, "udp")) as station:
+        progress = await one_pass(station.agent, await device_for(station.agent, recordings))
+        assert progress["done"] == 2
+        assert [e for e in station.ledger("gap") if e.get("device_id") == DEVICE] == []
