@@ -269,7 +269,7 @@ class GbPlatform:
             "domain": self.settings.domain,
             "port": self.transport.port,
             "devices": self.registry.snapshot(),
-            "counters": dict(self.counters),
+            "counters": {**self.counters, "unsolicited_answers": self.queries.unsolicited},
         }
 
     # -- ledger --------------------------------------------------------------------------------------------

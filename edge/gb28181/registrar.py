@@ -59,6 +59,9 @@ class DevicePasswords:
         return self._passwords.get(device_id, self._unknown)
 
 
+MAX_SHOWN_USER = 40
+
+
 class Outcome(StrEnum):
     CHALLENGED = "challenged"
     REGISTERED = "registered"
@@ -169,6 +172,12 @@ class Registrar:
             credentials = DigestCredentials.parse(authorization)
         except DigestError as exc:
             return self._refuse(req, tag, device_id, 400, f"unreadable Authorization: {exc}")
+        if credentials.username != device_id:
+            # The password is the From's device's; a digest made for another user name proves nothing
+            # about who this is (and, with a shared password for unknown devices, would let one device
+            # register as another).
+            return self._refuse(req, tag, device_id, 403, f"digest user name "
+                                f"{printable(credentials.username[:MAX_SHOWN_USER])!r} is not the device id")
         verdict = self._digest.verify(credentials, method="REGISTER", password=password)
         if verdict in (DigestVerdict.STALE_NONCE, DigestVerdict.FOREIGN_NONCE):
             challenge = self._digest.challenge(stale=True)
