@@ -9,14 +9,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from drivers.gb28181.manscdp import RecordItem, build_record_info_responses
 from drivers.gb28181.sdp import SessionKind
+from drivers.gb28181.sip_transport import Transport
 from edge.gb28181.platform import GbPlatform
 from edge.gb28181.sessions import MediaRequest
 
@@ -27,6 +29,7 @@ OTHER = "34020000001320000002"
 CHANNEL = "34020000001310000001"
 PASSWORD = "12345678"
 SHARED = "shared-weak"
+LARGE_BODY_BYTES = 64 * 1024  # a body this large must not be parsed on the event loop
 
 
 @pytest.fixture
@@ -98,9 +101,11 @@ async def test_a_keepalive_from_another_host_moves_nothing_and_an_authenticated_
 
 
 def _records(count: int) -> list[RecordItem]:
+    start = datetime(2026, 12, 5, 9, 0)
     return [RecordItem(device_id=CHANNEL, name=f"r{i}", file_path=f"/r/{i}", address="",
-                       start_time=datetime(2026, 12, 5, 9, i), end_time=datetime(2026, 12, 5, 9, i, 30),
-                       secrecy=0, type="time", recorder_id="") for i in range(count)]
+                       start_time=start + timedelta(seconds=30 * i),
+                       end_time=start + timedelta(seconds=30 * i + 29), secrecy=0, type="time",
+                       recorder_id="") for i in range(count)]
 
 
 async def test_unsolicited_answers_are_dropped_before_the_assembler_and_counted(platform: GbPlatform) -> None:
@@ -172,5 +177,38 @@ async def test_tcp_active_to_the_devices_own_address_records_nothing(
         session.stop()
         result = await session.wait()
         assert device.media_connections == 1 and result.media_address_ignored is None
+    finally:
+        await device.close()
+
+
+# -- large bodies are parsed off the event loop ------------------------------------------------------------
+
+
+async def test_a_large_answer_is_parsed_off_the_event_loop(platform: GbPlatform,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge.gb28181.platform as platform_module
+
+    parsed_on: list[tuple[int, bool]] = []
+    real_parse = platform_module.parse_message
+
+    def spy(body: bytes, **kw: object) -> object:
+        parsed_on.append((len(body), threading.current_thread() is threading.main_thread()))
+        return real_parse(body, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(platform_module, "parse_message", spy)
+    # Over TCP, as large answers come (a UDP datagram holds 64 KiB).
+    device = await TestDevice(DEVICE, PASSWORD, platform.transport.port, transport=Transport.TCP).start()
+    try:
+        assert (await device.register()).status == 200
+        assert (await device.keepalive()).status == 200  # control: a small body is parsed on the loop
+        device.records = _records(1000)  # one part of ~250 KiB (the SIP parser takes up to 1 MiB)
+        device.per_message = 1000
+        answer = await platform.query_record_info(DEVICE, CHANNEL, datetime(2026, 12, 5, tzinfo=UTC),
+                                                  datetime(2026, 12, 6, tzinfo=UTC))
+        assert answer.complete and len(answer.items) == 1000
+        small = [on_loop for size, on_loop in parsed_on if size < LARGE_BODY_BYTES]
+        large = [on_loop for size, on_loop in parsed_on if size >= LARGE_BODY_BYTES]
+        assert small and all(small)
+        assert large and not any(large), parsed_on
     finally:
         await device.close()
