@@ -152,6 +152,7 @@ async def test_recordings_are_downloaded_sealed_and_not_twice(
         assert abs(duration - source_duration) < 1.5 / RATE
     raw_facts = [m for m in found if m["original"]["role"] == "raw-ps"]
     assert all(m["original"]["transport"] == transport for m in raw_facts)
+    assert all(m["original"]["complete"] is True and "incomplete" not in m["original"] for m in raw_facts)
     print(f"\n{transport}: 2 recordings downloaded, sealed in {took_s:.1f} s (incl. register and conversion)",
           file=sys.stderr)
 
@@ -186,3 +187,18 @@ async def test_the_control_without_loss_records_no_gap(recordings: Path, tmp_pat
         progress = await one_pass(station.agent, await device_for(station.agent, recordings))
         assert progress["done"] == 2
         assert [e for e in station.ledger("gap") if e.get("device_id") == DEVICE] == []
+
+
+async def test_a_stream_that_dies_halfway_is_sealed_as_incomplete(recordings: Path, tmp_path: Path) -> None:
+    """The device stops streaming halfway (no 121, the media goes idle): what came is sealed, and the
+    manifest and the ledger say the recording is incomplete; the control above has `incomplete == 0`."""
+    async with simulated_station(tmp_path / "st", [], gb28181=gb_section(tmp_path, "udp")) as station:
+        device = await device_for(station.agent, recordings, faults=parse_faults(["die-mid-stream"]))
+        progress = await one_pass(station.agent, device)
+        media = [e for e in station.ledger("error") if e.get("stage") == "media"]
+        config = station.config
+    assert progress["done"] == 2 and progress["incomplete"] == 2, progress
+    raw = [m for m in manifests(Path(config.station.store_dir)) if m["original"]["role"] == "raw-ps"]
+    assert len(raw) == 2 and all(m["original"]["complete"] is False for m in raw)
+    assert all("of the recording's 2 s" in m["original"]["incomplete"] for m in raw)
+    assert len(media) == 2 and all(e["reason"].startswith("incomplete: ") for e in media)

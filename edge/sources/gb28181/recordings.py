@@ -20,10 +20,11 @@ before downloading a recording again, and the pipeline never seals one recording
 
 `ingest_download` is the whole step for one finished download: convert (a failed conversion is an
 `error` ledger entry naming the recording, and the raw PS is still sealed), ingest both items in one
-run, put the transfer's gaps on the ledger (`gap`, on the raw item), and remove the spool files once
-their items are sealed. Files are read through `FileReader` (size and mtime checked, so a spool file
-changed under the pipeline is refused), opened relative to the spool directory without following
-symlinks.
+run, put the transfer's gaps on the ledger (`gap`, on the raw item) and any other damage or an
+incomplete transfer in one bounded `error` entry of stage `media` per session (`media_damage`), and
+remove the spool files once their items are sealed. Files are read through `FileReader` (size and
+mtime checked, so a spool file changed under the pipeline is refused), opened relative to the spool
+directory without following symlinks.
 """
 
 from __future__ import annotations
@@ -193,6 +194,11 @@ class GbRecordings:
             "bytes": outcome.bytes,
             "transfer": outcome.summary(),
         }
+        if "complete" in download.facts:
+            # Whether the whole recording came (its time range and a=filesize against what was received).
+            original["complete"] = bool(download.facts["complete"])
+            if download.facts.get("incomplete"):
+                original["incomplete"] = display_text(str(download.facts["incomplete"]), 300)
         return self._offer(download, raw_key(ref), download.raw_ps, original, "ps")
 
     def mp4_item(self, download: DownloadedRecording, conversion: Conversion) -> OfferedItem:
@@ -245,6 +251,20 @@ class GbRecordings:
                               what=f"{self.device_id}:{shown}")
 
         return open_reader
+
+
+def media_damage(outcome: MediaOutcome, facts: Mapping[str, Any]) -> list[str]:
+    """What was wrong with a transfer besides lost packets (those have their `gap` entry): unreadable
+    packets, packets of another SSRC, PS resynchronisations and dropped frames, refused connections, and
+    a transfer shorter than the recording (`facts["incomplete"]`, edge.sources.gb28181.scheduler). Counts
+    only: bounded whatever the stream did."""
+    counted = (("invalid_packets", "unreadable RTP packets"), ("ssrc_mismatches", "packets of another SSRC"),
+               ("resyncs", "PS resynchronisations"), ("dropped_frames", "frames dropped by the demuxer"),
+               ("refused_connections", "refused TCP connections"))
+    damage = [f"{getattr(outcome, name)} {what}" for name, what in counted if getattr(outcome, name, 0)]
+    if facts.get("incomplete"):
+        damage.append(f"incomplete: {display_text(str(facts['incomplete']), 300)}")
+    return damage
 
 
 @dataclass
@@ -300,6 +320,12 @@ async def ingest_download(
                "rtp_ranges": [list(g) for g in outcome.gaps[:MAX_GAPS_ON_LEDGER]],
                "ranges_not_listed": max(0, len(outcome.gaps) - MAX_GAPS_ON_LEDGER) + outcome.gaps_unrecorded}
         await pipeline.commit(lambda: repository.entry(EntryType.GAP, raw_item, gap))
+    damage = media_damage(outcome, download.facts)
+    if damage and raw_item is not None:
+        # One bounded entry per session, however many garbage packets or resyncs the stream had.
+        counts = {k: v for k, v in outcome.summary().items() if k != "gaps"}  # the ranges are the gap's
+        summary = {**where, "stage": "media", "reason": "; ".join(damage), "transfer": counts}
+        await pipeline.commit(lambda: repository.entry(EntryType.ERROR, raw_item, summary))
     if raw_item is not None:
         download.raw_ps.unlink(missing_ok=True)
     if mp4_item is not None or conversion is None:
