@@ -24,8 +24,9 @@ host, and to a budget over all sources. Logs name the device (escaped), never ra
 
 A device that comes online is described (`describe_devices`: DeviceInfo, Catalog, DeviceStatus, one after
 the other) and announced to the online listeners (`add_online_listener`). The download scheduler (which
-recordings to fetch, once, resuming after a restart) is the ingest source's (edge.sources.gb28181): it
-decides with edge.gb28181.policy and calls `query_record_info` and `start_session`.
+recordings to fetch, once, resuming after a restart) is the ingest source's
+(edge.sources.gb28181.scheduler, wired by the station): it decides with edge.gb28181.policy and calls
+`query_catalog`, `query_record_info` and `download`.
 """
 
 from __future__ import annotations
