@@ -6,8 +6,9 @@ configured domain); REGISTER with credentials -> verified against the password c
 in its From, over the `uri` the device gave; the user name in the credentials must be that device id
 (review 12: a digest made for another name proves nothing about the From, and with the shared
 `unknown_device_password` one device could register as another; a device set to answer as `admin`, as
-Hikvision lets people do, is refused 403 and must be set to its id) -> 200 with Contact, Expires (bounded by configuration) and, only when the station
-clock is trusted, Date (9.10.3: devices set their clocks from it). `Expires: 0` unregisters (9.1.2.3).
+Hikvision lets people do, is refused 403 and must be set to its id) -> 200 with Contact, Expires (bounded
+by configuration) and, only when the station clock is trusted, Date (9.10.3: devices set their clocks
+from it). `Expires: 0` unregisters (9.1.2.3).
 Every registration is challenged afresh: a refresh with the same Call-ID is no proof of anything.
 
 Refused: a device id not configured (unless `allow_unknown_devices`) gets 403 at once; a wrong password
