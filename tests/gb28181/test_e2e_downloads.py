@@ -202,3 +202,36 @@ async def test_a_stream_that_dies_halfway_is_sealed_as_incomplete(recordings: Pa
     assert len(raw) == 2 and all(m["original"]["complete"] is False for m in raw)
     assert all("of the recording's 2 s" in m["original"]["incomplete"] for m in raw)
     assert len(media) == 2 and all(e["reason"].startswith("incomplete: ") for e in media)
+
+
+async def test_a_device_that_leaves_mid_pass_gets_the_rest_downloaded_when_it_is_back(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The device unregisters while its recordings download: its pass ends without an error per recording
+    left; at its next registration the pass lists again and downloads only what is not sealed."""
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    media = tmp_path_factory.mktemp("gb-media-three")
+    device_now = (datetime.now(UTC) + timedelta(hours=8)).replace(tzinfo=None, microsecond=0)
+    generate_recordings(media, 3, start=device_now - timedelta(hours=2), seconds=SECONDS, size="320x240",
+                        rate=RATE, spacing=timedelta(minutes=10))
+    async with simulated_station(tmp_path / "st", [], gb28181=gb_section(tmp_path, "tcp-passive")) as station:
+        scheduler = station.agent.gb28181_downloads
+        assert scheduler is not None
+        device = await device_for(station.agent, media, faults=parse_faults(["slow"]))
+        runner = asyncio.ensure_future(device.run())
+        try:
+            await station.wait_ledger("sealed", count=2, timeout_s=60)  # the first recording is in
+        finally:
+            await device.close()  # unregisters: offline, its session stopped
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        async with asyncio.timeout(60):
+            async with scheduler.pass_ended:
+                await scheduler.pass_ended.wait_for(lambda: scheduler.passes_done >= 1)
+        first = dict(scheduler.snapshot()[DEVICE])
+        assert first["failed"] == 0 and "offline" in (first["last_problem"] or ""), first
+        assert [e for e in station.ledger("error") if e.get("stage") == "download"] == []
+        again = await one_pass(station.agent, await device_for(station.agent, media))
+        store = Path(station.config.station.store_dir)
+    raw = [m for m in manifests(store) if m["original"]["role"] == "raw-ps"]
+    assert len({m["original"]["name"] for m in raw}) == len(raw) == 3  # each recording once
+    assert again["failed"] == 0 and again["skipped"] >= 1
