@@ -149,3 +149,51 @@ def test_a_121_before_a_filesize_is_reached_is_incomplete() -> None:
     assert short["complete"] is False and "a=filesize 4000000" in short["incomplete"]
     enough = completeness(result(Outcome(0, 90000 * 60, 4_100_000), file_size=4_000_000), ref, 60.0)
     assert enough["complete"] is True
+
+
+async def test_an_incomplete_recording_is_downloaded_again_and_a_complete_one_never(
+        media: SourceMedia, tmp_path: Path) -> None:
+    packets = rtp_packets(ps_packs(media), ssrc=SSRC)
+    short = Device(packets[:len(packets) // 2], {"complete": False, "incomplete": "video spans 0.9 s"})
+    whole = Device(packets, {"complete": True})
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    store = StationStore(tmp_path / "store", "TEST-STATION")
+    try:
+        source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
+        pipeline = IngestPipeline(store, SETTINGS)
+        first = await GbDownloads(pipeline, source, short.start_download).download([recording(1)])
+        assert len(first.ingested) == 1 and first.skipped == []
+        second = await GbDownloads(pipeline, source, whole.start_download).download([recording(1)])
+        assert len(second.ingested) == 1 and second.skipped == []  # the incomplete one did not count
+        third = await GbDownloads(pipeline, source, whole.start_download).download([recording(1)])
+        assert third.ingested == [] and len(third.skipped) == 1  # the control: complete, never again
+        repository = IngestRepository(store)
+        raws = {}
+        for (item,) in store.conn.execute("SELECT item FROM items"):
+            record = repository.item(item)
+            assert record is not None and record.manifest is not None
+            if record.manifest["original"]["role"] == "raw-ps":
+                raws[record.manifest["original"].get("attempt", 1)] = record.manifest["original"]["complete"]
+        assert raws == {1: False, 2: True}
+    finally:
+        store.close()
+
+
+async def test_a_recording_incomplete_every_time_is_given_up_after_three(media: SourceMedia,
+                                                                         tmp_path: Path) -> None:
+    packets = rtp_packets(ps_packs(media), ssrc=SSRC)
+    short = Device(packets[:len(packets) // 3], {"complete": False, "incomplete": "short"})
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    store = StationStore(tmp_path / "store", "TEST-STATION")
+    try:
+        source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
+        pipeline = IngestPipeline(store, SETTINGS)
+        for _ in range(3):
+            report = await GbDownloads(pipeline, source, short.start_download).download([recording(1)])
+            assert len(report.ingested) == 1
+        report = await GbDownloads(pipeline, source, short.start_download).download([recording(1)])
+        assert report.ingested == [] and len(report.given_up) == 1
+    finally:
+        store.close()

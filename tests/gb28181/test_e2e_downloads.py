@@ -229,9 +229,15 @@ async def test_a_device_that_leaves_mid_pass_gets_the_rest_downloaded_when_it_is
                 await scheduler.pass_ended.wait_for(lambda: scheduler.passes_done >= 1)
         first = dict(scheduler.snapshot()[DEVICE])
         assert first["failed"] == 0 and "offline" in (first["last_problem"] or ""), first
-        assert [e for e in station.ledger("error") if e.get("stage") == "download"] == []
+        # The recordings left are not each an error; at most the one whose session the leaving cut short
+        # before any media came (when the device closes its media before its REGISTER Expires: 0 arrives).
+        assert len([e for e in station.ledger("error") if e.get("stage") == "download"]) <= 1
         again = await one_pass(station.agent, await device_for(station.agent, media))
         store = Path(station.config.station.store_dir)
     raw = [m for m in manifests(store) if m["original"]["role"] == "raw-ps"]
-    assert len({m["original"]["name"] for m in raw}) == len(raw) == 3  # each recording once
+    complete = [m for m in raw if m["original"]["complete"]]
+    assert len({m["original"]["name"] for m in complete}) == len(complete) == 3  # each recording, once whole
+    # One cut short by the device leaving is sealed as it came, and was downloaded again as attempt 2.
+    assert all(m["original"]["incomplete"] for m in raw if not m["original"]["complete"])
+    assert {m["original"].get("attempt", 1) for m in complete} <= {1, 2}
     assert again["failed"] == 0 and again["skipped"] >= 1

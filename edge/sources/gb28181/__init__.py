@@ -12,6 +12,7 @@ from edge.sources.gb28181.recordings import (
     ingest_download,
     mp4_key,
     raw_key,
+    sealed_attempts,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "ingest_download",
     "mp4_key",
     "raw_key",
+    "sealed_attempts",
 ]

@@ -10,9 +10,10 @@ over the whole station:
 1. the device's channels from its Catalog (those the policy names, among them); a Catalog that fails
    falls back to the channels configured for the device;
 2. per channel, RecordInfo over the policy's range (`lookback_days` back from now);
-3. the listed recordings to `GbDownloads.download`, which skips the ones already sealed (their keys come
-   from the recording alone, so a restart re-queries and downloads only what is missing) and sends each
-   other one through the one ingest pipeline (raw PS + MP4).
+3. the listed recordings to `GbDownloads.download`, which skips the ones already sealed complete (their
+   keys come from the recording alone, so a restart re-queries and downloads only what is missing; one
+   sealed incomplete is downloaded again, a few times at most) and sends each other one through the one
+   ingest pipeline (raw PS + MP4).
 
 Each Download session goes through `GbPlatform.download`; its result is checked (`completeness`): a
 session that ended on MediaStatus 121 (or anything else) with less media than the recording's time
@@ -107,6 +108,7 @@ class DeviceProgress:
     skipped: int = 0
     failed: int = 0
     incomplete: int = 0
+    given_up: int = 0  # recordings incomplete at every try (downloads.MAX_INCOMPLETE_ATTEMPTS)
     last_pass_at: str | None = None
     last_problem: str | None = None
     record_info_complete: bool | None = None
@@ -267,6 +269,7 @@ class GbDownloadScheduler:
             report = await downloads.download(refs)
             progress.skipped += len(report.skipped)
             progress.failed += len(report.failed)
+            progress.given_up += len(report.given_up)
             progress.done += sum(1 for done in report.ingested if done.raw_item is not None)
 
     def _ensure_online(self, device_id: str) -> None:
@@ -295,6 +298,8 @@ class GbDownloadScheduler:
                     self._ensure_online(device_id)
                     raise
             progress.current = None
+            if not getattr(result.outcome, "bytes", 0):
+                self._ensure_online(device_id)  # nothing came as the device left: not the recording's fault
             try:
                 expected_s: float | None = float(self.platform.device_time_to_unix(ref.end_time)
                                                  - self.platform.device_time_to_unix(ref.start_time))
