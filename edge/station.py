@@ -33,6 +33,7 @@ from edge.config.station import StationConfig
 from edge.custody.errors import CustodyError
 from edge.custody.keys import load_public_key
 from edge.custody.ledger import EntryType
+from edge.custody.text import hide_station_paths
 from edge.gb28181.media import open_receiver
 from edge.gb28181.platform import GbPlatform, PlatformSettings
 from edge.gb28181.policy import DownloadPolicy
@@ -358,11 +359,13 @@ class StationAgent:
             log.error("mqtt telemetry disabled: the telemetry salt %s cannot be used: %s; commands and "
                       "evidence over MQTT go on", salt_path, exc)
             # The ledger shows store paths as "<station path>": the file's name says which one.
-            self.store.record(EntryType.ERROR, None, {
-                "stage": "mqtt",
-                "reason": f"mqtt telemetry disabled: the telemetry salt {salt_path.name} in the store "
-                          f"directory cannot be used: {exc}",
-            })
+            reason = (f"the telemetry salt {salt_path.name} in the store directory cannot be used: "
+                      f"{hide_station_paths(str(exc))}")
+            self.store.record(EntryType.ERROR, None, {"stage": "mqtt",
+                                                      "reason": f"mqtt telemetry disabled: {reason}"})
+            # And the status model (edge status, the central's `status` command) says it is off, and why.
+            off = {"enabled": False, "reason": reason}
+            self.status.sections["mqtt_telemetry"] = lambda: dict(off)
             return
         self.telemetry = TelemetryPublisher(
             TelemetrySettings(

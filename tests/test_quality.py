@@ -220,6 +220,8 @@ def test_edge_root_holds_composition_roots_only() -> None:
 # package and nothing else changes. Exceptions, each with the reason:
 CENTRAL_SQL_READERS = {
     "edge/central/verify.py": "reads index.db read-only below the protocols to see tampered rows as stored",
+    "edge/central/receive_queue.py": "not the central's database: each MQTT receiving process's own local "
+    "queue file (on that process's disk by design, whatever backend the index has)",
 }
 # Modules that choose the backend (composition and store layout) may import it; no service module may.
 CENTRAL_BACKEND_CHOOSERS = {

@@ -1,12 +1,21 @@
 """HTTP digest authentication for SIP (RFC 2617, RFC 3261 section 22.4) as GB/T 28181 uses it: pure, no I/O.
 
-Server side: `DigestServer` makes challenges (`WWW-Authenticate` values) whose nonce carries its own
-time and an HMAC of it under a secret, so the server keeps no state per challenge, and verifies
-`Authorization` values with or without `qop=auth`. The response is checked against the `uri` parameter
-the client gave (devices and sipp put the server's address there, not the request URI) and the method
-of the request; the comparison is constant-time. A nonce older than its lifetime is stale (the client
-should retry with a fresh one, RFC 2617 `stale=true`); a nonce the server did not make is refused.
-With qop, the nonce count must grow per (nonce, cnonce): a replayed `nc` is refused as stale.
+Server side: `DigestServer` makes challenges (`WWW-Authenticate` values) whose nonce carries its own time, a
+random part and an HMAC of both under a secret, so the server keeps no state per challenge (two challenges in
+the same second differ), and verifies `Authorization` values with or without `qop=auth`. The response is
+checked against the `uri` parameter the client gave (devices and sipp put the server's address there, not the
+request URI) and the method of the request; the comparison is constant-time. A nonce older than its lifetime
+is stale (the client should retry with a fresh one, RFC 2617 `stale=true`); a nonce the server did not make is
+refused. With qop, the nonce count must grow per (nonce, cnonce): a replayed `nc` is refused as stale. Without
+qop (RFC 2069, what most GB/T 28181 devices send) there is no count, so a nonce answered that way is
+single-use: a second answer with it is refused as stale, so a captured REGISTER cannot be replayed; a device
+that reuses a nonce for its next REGISTER gets a fresh challenge with `stale=true` (one more 401, which GB
+devices handle). What is remembered for this is bounded and cannot be made to forget a live entry by anyone
+else: an entry is kept until its nonce's lifetime is over (after which the nonce itself is stale), each user
+name keeps at most `MAX_TRACKED_NONCE_COUNTS` entries (a device that exceeds it forgets only its own oldest
+ones; only the holder of that device's password can add them), and when the whole table
+(`MAX_TRACKED_NONCE_USES`) is full of live entries a new (nonce, cnonce) is refused as stale rather than
+forgetting another device's entry.
 
 Client side (for device simulators): `authorization_for()` answers a challenge.
 
@@ -18,6 +27,7 @@ are refused with a clear verdict.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import os
 import re
@@ -49,8 +59,15 @@ _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _PARAM_RE = re.compile(rf"\s*({_TOKEN})\s*=\s*(\"(?:[^\"\\]|\\.)*\"|[^\s,\"]*)\s*,?")
 MAX_HEADER_CHARS = 4096
 _NONCE_STAMP_HEX = 8
+_NONCE_RANDOM_HEX = 16
 _NONCE_MAC_HEX = 24
+_NONCE_HEX = _NONCE_STAMP_HEX + _NONCE_RANDOM_HEX + _NONCE_MAC_HEX
+# Live (nonce, cnonce) entries one user name may hold; beyond it the user's own oldest are forgotten.
 MAX_TRACKED_NONCE_COUNTS = 4096
+# Live entries of all users together (about 200 bytes each: a 16-byte digest key, a tuple, a heap slot).
+MAX_TRACKED_NONCE_USES = 16384
+# Nonces are accepted up to this many seconds "from the future" (clock steps between challenge and answer).
+_NONCE_FUTURE_SLACK_S = 5
 
 
 def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
@@ -86,7 +103,9 @@ def _quote(value: str) -> str:
 
 
 def _md5(text: str) -> str:
-    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+    # surrogatepass: a lone surrogate (never from the wire, which is decoded from UTF-8, but possible in a
+    # caller's str) hashes to some value that simply does not match, instead of raising UnicodeEncodeError.
+    return hashlib.md5(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
 
 
 def digest_response(
@@ -252,32 +271,45 @@ class DigestServer:
         self._qop = ("auth",) if qop_auth else ()
         self._clock = clock
         self._opaque = hmac.new(secret, b"opaque:" + realm.encode(), hashlib.sha256).hexdigest()[:32]
-        self._nonce_counts: OrderedDict[tuple[str, str], int] = OrderedDict()
+        # key (digest of nonce and cnonce, or of the nonce alone for answers without qop) → (the last
+        # nonce count, -1 without qop; when the nonce expires, Unix seconds; user name).
+        self._nonce_counts: dict[bytes, tuple[int, float, str]] = {}
+        self._keys_by_user: dict[str, OrderedDict[bytes, None]] = {}
+        self._expiries: list[tuple[float, bytes]] = []  # a heap; entries whose key is gone are skipped
 
     def __repr__(self) -> str:
         return f"DigestServer(realm={self.realm!r})"
 
-    def _mac(self, stamp: str) -> str:
-        message = f"{stamp}:{self.realm}".encode()
+    def _mac(self, stamp: str, random_part: str) -> str:
+        message = f"{stamp}:{random_part}:{self.realm}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:_NONCE_MAC_HEX]
 
     def new_nonce(self) -> str:
         stamp = f"{int(self._clock()) & 0xFFFFFFFF:0{_NONCE_STAMP_HEX}x}"
-        return stamp + self._mac(stamp)
+        random_part = os.urandom(_NONCE_RANDOM_HEX // 2).hex()
+        return stamp + random_part + self._mac(stamp, random_part)
 
     def challenge(self, *, stale: bool = False) -> DigestChallenge:
         return DigestChallenge(
             realm=self.realm, nonce=self.new_nonce(), opaque=self._opaque, qop=self._qop, stale=stale
         )
 
-    def _nonce_verdict(self, nonce: str) -> DigestVerdict:
-        if len(nonce) != _NONCE_STAMP_HEX + _NONCE_MAC_HEX or not re.fullmatch(r"[0-9a-f]+", nonce):
-            return DigestVerdict.FOREIGN_NONCE
+    def _nonce_age_s(self, nonce: str) -> int | None:
+        """The nonce's age in seconds if this server made it, else None."""
+        if len(nonce) != _NONCE_HEX or not re.fullmatch(r"[0-9a-f]+", nonce):
+            return None
         stamp = nonce[:_NONCE_STAMP_HEX]
-        if not hmac.compare_digest(self._mac(stamp), nonce[_NONCE_STAMP_HEX:]):
+        random_part = nonce[_NONCE_STAMP_HEX : _NONCE_STAMP_HEX + _NONCE_RANDOM_HEX]
+        mac = nonce[_NONCE_STAMP_HEX + _NONCE_RANDOM_HEX :]
+        if not hmac.compare_digest(self._mac(stamp, random_part), mac):
+            return None
+        return (int(self._clock()) & 0xFFFFFFFF) - int(stamp, 16)
+
+    def _nonce_verdict(self, nonce: str) -> DigestVerdict:
+        age_s = self._nonce_age_s(nonce)
+        if age_s is None:
             return DigestVerdict.FOREIGN_NONCE
-        age_s = (int(self._clock()) & 0xFFFFFFFF) - int(stamp, 16)
-        if age_s < -5 or age_s > self._lifetime_s:
+        if age_s < -_NONCE_FUTURE_SLACK_S or age_s > self._lifetime_s:
             return DigestVerdict.STALE_NONCE
         return DigestVerdict.OK
 
@@ -295,24 +327,58 @@ class DigestServer:
             return DigestVerdict.OPAQUE_MISMATCH
         if not response_matches(credentials, method=method, password=password):
             return DigestVerdict.WRONG_RESPONSE
-        if credentials.qop is not None:
-            return self._check_nonce_count(credentials)
-        return DigestVerdict.OK
-
-    def _check_nonce_count(self, credentials: DigestCredentials) -> DigestVerdict:
+        if credentials.qop is None:
+            return self._record_use(credentials, count=-1)
         nc_text = credentials.nc or ""
         if not re.fullmatch(r"[0-9A-Fa-f]{1,8}", nc_text):
             return DigestVerdict.WRONG_RESPONSE
-        count = int(nc_text, 16)
-        key = (credentials.nonce, credentials.cnonce or "")
-        last = self._nonce_counts.get(key)
-        if last is not None and count <= last:
+        return self._record_use(credentials, count=int(nc_text, 16))
+
+    def _record_use(self, credentials: DigestCredentials, *, count: int) -> DigestVerdict:
+        """Remember this (authenticated) use of a nonce: `count` is the nonce count, or -1 for an answer
+        without qop, which makes the nonce single-use. STALE_NONCE for a replay, and when the table is
+        full of live entries (the device is challenged again; nobody else's entry is forgotten)."""
+        now = self._clock()
+        self._forget_expired(now)
+        # A digest of the key keeps the table's size independent of how long a client makes its cnonce.
+        key_text = credentials.nonce if count < 0 else f"{credentials.nonce}\0{credentials.cnonce or ''}"
+        key = hashlib.sha256(key_text.encode("utf-8")).digest()[:16]
+        entry = self._nonce_counts.get(key)
+        if entry is not None:
+            if count < 0 or count <= entry[0]:
+                return DigestVerdict.STALE_NONCE
+            self._nonce_counts[key] = (count, entry[1], entry[2])
+            return DigestVerdict.OK
+        if len(self._nonce_counts) >= MAX_TRACKED_NONCE_USES:
             return DigestVerdict.STALE_NONCE
-        self._nonce_counts[key] = count
-        self._nonce_counts.move_to_end(key)
-        while len(self._nonce_counts) > MAX_TRACKED_NONCE_COUNTS:
-            self._nonce_counts.popitem(last=False)
+        age_s = self._nonce_age_s(credentials.nonce) or 0
+        expires_s = now - age_s + self._lifetime_s + _NONCE_FUTURE_SLACK_S + 1
+        user = credentials.username
+        self._nonce_counts[key] = (count, expires_s, user)
+        heapq.heappush(self._expiries, (expires_s, key))
+        own = self._keys_by_user.setdefault(user, OrderedDict())
+        own[key] = None
+        while len(own) > MAX_TRACKED_NONCE_COUNTS:
+            oldest, _ = own.popitem(last=False)
+            del self._nonce_counts[oldest]
+        if len(self._expiries) > 2 * MAX_TRACKED_NONCE_USES:  # stale heap slots of forgotten entries
+            self._expiries = [(entry[1], k) for k, entry in self._nonce_counts.items()]
+            heapq.heapify(self._expiries)
         return DigestVerdict.OK
+
+    def _forget_expired(self, now: float) -> None:
+        """Forget entries whose nonce is past its lifetime: such a nonce is refused as stale anyway."""
+        while self._expiries and self._expiries[0][0] <= now:
+            expires_s, key = heapq.heappop(self._expiries)
+            entry = self._nonce_counts.get(key)
+            if entry is None or entry[1] != expires_s:
+                continue
+            del self._nonce_counts[key]
+            own = self._keys_by_user.get(entry[2])
+            if own is not None:
+                own.pop(key, None)
+                if not own:
+                    del self._keys_by_user[entry[2]]
 
 
 def authorization_for(

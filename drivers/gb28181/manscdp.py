@@ -10,8 +10,13 @@ What devices really send, and how it is handled (see shared/reference/gb28181.md
 
 * The charset is the one the XML declaration names: GB2312 (the standard's "宜") is decoded as GB18030, its
   superset, because devices put GBK-only characters in names; UTF-8 as declared; no declaration: UTF-8, or the
-  caller's per-device override. Python's expat refuses multi-byte declared encodings on bytes, so the body is
-  decoded here and the text parsed.
+  caller's per-device override. A body declared GB but made of multi-byte UTF-8 that reads as Chinese text is
+  UTF-8 (many devices declare GB2312 and send UTF-8; GB18030 would garble it without an error); the codec
+  used is recorded in `ManscdpMessage.charset`. Python's expat refuses multi-byte declared encodings on
+  bytes, so the body is decoded here and the text parsed.
+* One unreadable item of a Catalog or RecordInfo part (a record dated 0000-00-00 or ending before it starts,
+  a catalog item without DeviceID) is left out and described in `ManscdpMessage.item_problems`; the other
+  items of the part are kept.
 * Values carry stray spaces even in the standard's own examples (`<CmdType>RecordInfo </CmdType>`): every text
   and attribute value is stripped.
 * Hikvision sends a bare `&`: any `&` that does not start one of XML's five predefined entities or a character
@@ -23,13 +28,15 @@ What devices really send, and how it is handled (see shared/reference/gb28181.md
 
 from __future__ import annotations
 
+import hashlib
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-from xml.etree.ElementTree import Element, ParseError, TreeBuilder
+from xml.etree.ElementTree import Element, ParseError, TreeBuilder, tostring
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
@@ -42,6 +49,9 @@ MAX_ELEMENTS = 40 * MAX_ITEMS_PER_MESSAGE
 MAX_DEPTH = 16
 MAX_SN_DIGITS = 18
 MAX_ID_CHARS = 64  # a 20-digit code normally; some devices send longer vendor ids
+# Problems of single items (a record with a bad time, a catalog item without DeviceID) described per
+# message; beyond this many only their number is kept.
+MAX_REPORTED_ITEM_PROBLEMS = 100
 
 
 class ManscdpError(ValueError):
@@ -215,6 +225,16 @@ class MediaStatus:
         return self.notify_type == NOTIFY_TYPE_FILE_END
 
 
+@dataclass(frozen=True)
+class ItemProblem:
+    """One item of a Catalog or RecordInfo part that was left out, and why. `index` counts from 0 in its
+    part's list; `item_digest` identifies the item's exact XML (a retransmitted part repeats it)."""
+
+    index: int
+    problem: str
+    item_digest: str
+
+
 Payload = (
     CatalogQuery | DeviceInfoQuery | DeviceStatusQuery | RecordInfoQuery | CatalogResponse
     | DeviceInfoResponse | DeviceStatusResponse | RecordInfoResponse | Keepalive | MediaStatus
@@ -227,7 +247,10 @@ class ManscdpMessage:
 
     `fields` holds every top-level element that has text (stripped), in document order, so that commands
     without a typed payload (Alarm, MobilePosition, ConfigDownload ...) can still be read. `payload` is None
-    for those. `charset` is the codec the body was decoded with."""
+    for those. `charset` is the codec the body was decoded with (which may differ from the declared one:
+    see `decode_body`). Items of a Catalog or RecordInfo part that cannot be read are left out of the
+    payload and described in `item_problems` (at most `MAX_REPORTED_ITEM_PROBLEMS`); `items_left_out`
+    counts them all."""
 
     root: Root
     cmd_type: str
@@ -236,6 +259,8 @@ class ManscdpMessage:
     payload: Payload | None
     charset: str
     fields: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    item_problems: tuple[ItemProblem, ...] = ()
+    items_left_out: int = 0
 
     def field(self, name: str) -> str | None:
         return next((value for key, value in self.fields if key == name), None)
@@ -266,10 +291,44 @@ def codec_for(charset: str) -> str:
     return codec
 
 
+# What Chinese text is made of besides ASCII: CJK radicals to ideographs (with CJK punctuation, kana and
+# Hangul in between), compatibility ideographs, fullwidth forms, general punctuation (dashes, quotes, …),
+# and the supplementary ideograph planes.
+_CJK_TEXT_RE = re.compile(
+    "[\u0000-\u007f\u2010-\u2027\u2e80-\u9fff\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef"
+    "\U00020000-\U0003ffff]*"
+)
+
+
+def _is_utf8_chinese(body: bytes) -> bool:
+    """Whether `body` holds multi-byte UTF-8 that reads as Chinese text: then it is UTF-8 whatever it
+    declares. GB18030 decodes most UTF-8 Chinese without error (any even run of bytes 0x81-0xFE is valid
+    there), so failing GB18030 is no test: "张三" in UTF-8 reads as "寮犱笁" in GB18030.
+
+    The reverse mistake (GB text that happens to be valid UTF-8) is why validity alone is not enough: a
+    random GB2312 level-1 character is valid UTF-8 18 % of the time (two such characters 3 %), but almost
+    always as a two-byte sequence (GB lead bytes 0xC2-0xDF), i.e. a Latin, Greek, Cyrillic or Arabic
+    letter. Requiring every non-ASCII character to be Chinese text (`_CJK_TEXT_RE`) leaves only GB
+    strings whose bytes line up as three-byte sequences of ideographs: measured over 200 000 random
+    strings of 1 to 6 characters, none for level-1 characters and at most 3 in 10 000 for 2-character
+    strings drawn from level 2, and every further non-ASCII character in the body must line up too.
+    GBK-only characters mostly have trail bytes below 0x80 or a lead byte that UTF-8 refuses, so they stay
+    GB18030. A device whose GB text is misread anyway can be given a per-device charset override."""
+    if body.isascii():
+        return False
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return _CJK_TEXT_RE.fullmatch(text) is not None
+
+
 def decode_body(body: bytes, *, charset_override: str | None = None) -> tuple[str, str]:
     """The body's text and the codec used: the declared charset unless the caller overrides it for a device
-    known to declare one thing and send another; a body that fails its codec is tried with the other one
-    (a device that declares GB2312 and sends UTF-8, or the reverse)."""
+    known to declare one thing and send another; a body declared GB2312/GBK/GB18030 that is multi-byte
+    UTF-8 reading as Chinese text is decoded as UTF-8 (`_is_utf8_chinese` says why that is safe); a body
+    that fails its codec is tried with the other one (a device that declares GB2312 and sends UTF-8, or
+    the reverse)."""
     if body.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (Windows-built devices)
         body = body[3:]
         charset_override = charset_override or "UTF-8"
@@ -279,6 +338,8 @@ def decode_body(body: bytes, *, charset_override: str | None = None) -> tuple[st
         encoding = _ENCODING_RE.search(declaration.group("attrs"))
         declared = encoding.group("name").decode("ascii") if encoding else None
     codec = codec_for(charset_override or declared or "utf-8")
+    if codec == "gb18030" and charset_override is None and _is_utf8_chinese(body):
+        return body.decode("utf-8"), "utf-8"
     for candidate in (codec, "gb18030" if codec == "utf-8" else "utf-8"):
         try:
             return body.decode(candidate), candidate
@@ -436,6 +497,27 @@ def _record_item(item: Element, index: int) -> RecordItem:
     )
 
 
+class _ItemProblems:
+    """Collects the items of one part that were left out (bounded detail, full count)."""
+
+    def __init__(self) -> None:
+        self.reported: list[ItemProblem] = []
+        self.count = 0
+
+    def parse(self, items: list[Element], parse_one: Any) -> list[Any]:
+        parsed = []
+        for index, item in enumerate(items):
+            try:
+                parsed.append(parse_one(item, index))
+            except ManscdpError as exc:
+                self.count += 1
+                if len(self.reported) < MAX_REPORTED_ITEM_PROBLEMS:
+                    xml = tostring(item, encoding="unicode").encode("utf-8")
+                    digest = hashlib.sha256(xml).hexdigest()[:32]
+                    self.reported.append(ItemProblem(index=index, problem=str(exc)[:200], item_digest=digest))
+        return parsed
+
+
 def _sum_num(root: Element, items: int) -> int:
     text = _child_text(root, "SumNum")
     sum_num = _int(text, "SumNum") if text else items
@@ -444,7 +526,8 @@ def _sum_num(root: Element, items: int) -> int:
     return sum_num
 
 
-def _payload(root_kind: Root, cmd_type: str, root: Element, max_items: int) -> Payload | None:
+def _payload(root_kind: Root, cmd_type: str, root: Element, max_items: int,
+             problems: _ItemProblems) -> Payload | None:
     if root_kind is Root.QUERY:
         if cmd_type == CmdType.CATALOG:
             return CatalogQuery()
@@ -468,13 +551,16 @@ def _payload(root_kind: Root, cmd_type: str, root: Element, max_items: int) -> P
         return None
     if root_kind is Root.RESPONSE:
         if cmd_type == CmdType.CATALOG:
+            # One unreadable item (no DeviceID, say) is left out and reported; the others stay.
             listed = _list_items(root, "DeviceList", max_items)
-            catalog = [_catalog_item(item, i) for i, item in enumerate(listed)]
-            return CatalogResponse(sum_num=_sum_num(root, len(catalog)), items=tuple(catalog))
+            catalog = problems.parse(listed, _catalog_item)
+            return CatalogResponse(sum_num=_sum_num(root, len(listed)), items=tuple(catalog))
         if cmd_type == CmdType.RECORD_INFO:
+            # A record with a bad time (0000-00-00 from a clock that lost power, an end before its start
+            # after the clock was set back) is left out and reported; the others are still listed.
             listed = _list_items(root, "RecordList", max_items)
-            records = [_record_item(item, i) for i, item in enumerate(listed)]
-            return RecordInfoResponse(name=_child_text(root, "Name"), sum_num=_sum_num(root, len(records)),
+            records = problems.parse(listed, _record_item)
+            return RecordInfoResponse(name=_child_text(root, "Name"), sum_num=_sum_num(root, len(listed)),
                                       items=tuple(records))
         if cmd_type == CmdType.DEVICE_INFO:
             return DeviceInfoResponse(
@@ -535,9 +621,11 @@ def parse_message(body: bytes, *, charset_override: str | None = None, max_body_
     if len(device_id) > MAX_ID_CHARS:
         raise ManscdpError(f"DeviceID of {len(device_id)} characters")
     fields = tuple((str(child.tag), _text(child)) for child in root if len(child) == 0)
-    payload = _payload(root_kind, cmd_type, root, max_items)
+    problems = _ItemProblems()
+    payload = _payload(root_kind, cmd_type, root, max_items, problems)
     return ManscdpMessage(root=root_kind, cmd_type=cmd_type, sn=sn, device_id=device_id, payload=payload,
-                          charset=codec, fields=fields)
+                          charset=codec, fields=fields, item_problems=tuple(problems.reported),
+                          items_left_out=problems.count)
 
 
 # -- building ----------------------------------------------------------------------------------------------
@@ -718,6 +806,10 @@ class AssembledAnswer:
     complete: bool
     parts: int
     duplicates: int
+    # Items the parts carried that could not be read (see `ManscdpMessage.item_problems`): they count
+    # towards `sum_num`, so an answer with a bad record still completes.
+    item_problems: tuple[ItemProblem, ...] = ()
+    items_left_out: int = 0
 
 
 @dataclass
@@ -730,6 +822,27 @@ class _Pending:
     parts: int = 0
     duplicates: int = 0
     items: dict[Item, None] = field(default_factory=dict)
+    cost_bytes: int = 0  # estimated memory of `items` and `left_out` (`_item_cost_bytes`)
+    left_out: dict[str, ItemProblem] = field(default_factory=dict)  # by item digest: repeats absorbed
+
+
+# What one item costs beyond its strings (the instance, its __dict__, two datetimes, its slot in the
+# answer's dict): rounded up so that the estimate stays above what tracemalloc measures (a parsed record
+# item: about 770 bytes estimated in all, 540 to 570 measured).
+_ITEM_OVERHEAD_BYTES = 400
+_ITEM_PROBLEM_COST_BYTES = 600
+
+
+def _item_cost_bytes(item: Item) -> int:
+    """An upper estimate of the memory `item` holds (its strings counted by their real size)."""
+    cost = _ITEM_OVERHEAD_BYTES
+    for value in vars(item).values():
+        if isinstance(value, str):
+            cost += sys.getsizeof(value)
+    if isinstance(item, CatalogItem):
+        for name, value in item.extra:
+            cost += sys.getsizeof(name) + sys.getsizeof(value) + 64  # the pair's tuple and its slot
+    return cost
 
 
 def _sort_key(item: Item) -> tuple[Any, ...]:
@@ -740,65 +853,136 @@ def _sort_key(item: Item) -> tuple[Any, ...]:
 
 class MultipartAssembler:
     """Joins multi-part Catalog and RecordInfo answers by (source, CmdType, SN) until `SumNum` distinct
-    items have come (Annex N). A repeated part or item (a UDP retransmission) is absorbed and counted;
-    parts may come in any order. Bounded: at most `max_pending` answers in progress and `max_items` items
-    per answer; an answer not complete `timeout_s` after its first part is handed out incomplete by
+    items have come (Annex N); items a part carried but that could not be read (`item_problems`) count
+    towards it too. A repeated part or item (a UDP retransmission) is absorbed and counted; parts may come
+    in any order. An answer not complete `timeout_s` after its first part is handed out incomplete by
     `expire(now_s)`. The clock is passed in (monotonic seconds), so tests need no sleeps.
+
+    Bounded, in answers and in memory (item costs are upper estimates, `_item_cost_bytes`):
+
+    * answers in progress: `max_pending` in all and `max_pending_per_source` from one source, so that one
+      device (or one hostile sender) cannot take every slot; beyond them a new answer is refused
+      (`ManscdpError`);
+    * one answer holds at most `max_items` items and `max_answer_bytes`; one source's answers together
+      `max_source_bytes`, all answers `max_total_bytes`. An answer that would pass any of these is handed
+      out incomplete at once (its items so far), never dropped silently.
+
+    The defaults keep the worst case within 256 MiB: one source holds at most 64 MiB (64 answers of 4 MiB
+    would be 256 MiB), all sources together `max_total_bytes`, and the estimates are above the real
+    figures (about 770 estimated for 540 real bytes per record item). 4 MiB is about 5 000 record items
+    as devices write them; a longer answer comes out incomplete and flagged (the platform can ask for a
+    shorter time range). One source can take at most a quarter of the answers in progress.
 
     `source` is whoever sent the MESSAGE (the device's SIP id): the body's DeviceID may be a channel."""
 
-    def __init__(self, *, timeout_s: float, max_pending: int = 64, max_items: int = 100_000) -> None:
-        if timeout_s <= 0 or max_pending < 1 or max_items < 1:
-            raise ValueError("timeout_s, max_pending and max_items must be positive")
+    def __init__(self, *, timeout_s: float, max_pending: int = 256, max_pending_per_source: int = 64,
+                 max_items: int = MAX_ITEMS_PER_MESSAGE, max_answer_bytes: int = 4 * 1024 * 1024,
+                 max_source_bytes: int = 64 * 1024 * 1024, max_total_bytes: int = 256 * 1024 * 1024) -> None:
+        bounds = (max_pending, max_pending_per_source, max_items, max_answer_bytes, max_source_bytes,
+                  max_total_bytes)
+        if timeout_s <= 0 or min(bounds) < 1:
+            raise ValueError("timeout_s and every bound of the assembler must be positive")
         self._timeout_s = timeout_s
         self._max_pending = max_pending
+        self._max_pending_per_source = max_pending_per_source
         self._max_items = max_items
+        self._max_answer_bytes = max_answer_bytes
+        self._max_source_bytes = max_source_bytes
+        self._max_total_bytes = max_total_bytes
         self._pending: dict[tuple[str, str, int], _Pending] = {}
+        self._pending_per_source: dict[str, int] = {}
+        self._bytes_per_source: dict[str, int] = {}
+        self._total_bytes = 0
 
     def __len__(self) -> int:
         return len(self._pending)
 
+    @property
+    def held_bytes(self) -> int:
+        """The estimated memory held by the answers in progress."""
+        return self._total_bytes
+
     def add(self, source: str, message: ManscdpMessage, now_s: float) -> AssembledAnswer | None:
-        """Take one part; the joined answer once it is complete, else None. Raises `ManscdpError` for a
-        message that is not a multi-part answer, or when too many answers are already in progress."""
+        """Take one part; the joined answer once it is complete (or handed out incomplete at a bound),
+        else None. Raises `ManscdpError` for a message that is not a multi-part answer, or when too many
+        answers are already in progress (in all, or from this source)."""
         payload = message.payload
         if not isinstance(payload, CatalogResponse | RecordInfoResponse):
             raise ManscdpError(f"{message.root} {message.cmd_type} is not a multi-part answer")
         key = (source, message.cmd_type, message.sn)
         pending = self._pending.get(key)
         if pending is None:
+            from_source = self._pending_per_source.get(source, 0)
+            if from_source >= self._max_pending_per_source:
+                raise ManscdpError(f"{from_source} multi-part answers from this source in progress")
             if len(self._pending) >= self._max_pending:
                 raise ManscdpError(f"more than {self._max_pending} multi-part answers in progress")
             pending = self._pending[key] = _Pending(started_s=now_s, device_id=message.device_id,
                                                     cmd_type=message.cmd_type)
+            self._pending_per_source[source] = from_source + 1
         pending.parts += 1
         pending.sum_num = max(pending.sum_num, payload.sum_num)
         if isinstance(payload, RecordInfoResponse) and payload.name:
             pending.name = payload.name
+        for problem in message.item_problems:
+            if problem.item_digest in pending.left_out:
+                pending.duplicates += 1
+            elif not self._take(source, pending, _ITEM_PROBLEM_COST_BYTES, items=len(pending.items)):
+                return self._hand_out(key, complete=False)
+            else:
+                pending.left_out[problem.item_digest] = problem
         for item in payload.items:
             if item in pending.items:
                 pending.duplicates += 1
-            elif len(pending.items) >= self._max_items:
-                del self._pending[key]
-                return self._answer(key, pending, complete=False)
+            elif not self._take(source, pending, _item_cost_bytes(item), items=len(pending.items) + 1):
+                return self._hand_out(key, complete=False)
             else:
                 pending.items[item] = None
-        if len(pending.items) >= pending.sum_num:
-            del self._pending[key]
-            return self._answer(key, pending, complete=True)
+        if len(pending.items) + len(pending.left_out) >= pending.sum_num:
+            return self._hand_out(key, complete=True)
         return None
+
+    def _take(self, source: str, pending: _Pending, cost: int, *, items: int) -> bool:
+        """Account `cost` bytes to `pending` if every bound allows it."""
+        source_bytes = self._bytes_per_source.get(source, 0)
+        if (
+            items > self._max_items
+            or pending.cost_bytes + cost > self._max_answer_bytes
+            or source_bytes + cost > self._max_source_bytes
+            or self._total_bytes + cost > self._max_total_bytes
+        ):
+            return False
+        pending.cost_bytes += cost
+        self._bytes_per_source[source] = source_bytes + cost
+        self._total_bytes += cost
+        return True
 
     def expire(self, now_s: float) -> list[AssembledAnswer]:
         """Answers still incomplete `timeout_s` after their first part, removed and handed out incomplete."""
         late = [key for key, p in self._pending.items() if now_s - p.started_s >= self._timeout_s]
-        return [self._answer(key, self._pending.pop(key), complete=False) for key in late]
+        return [self._hand_out(key, complete=False) for key in late]
 
-    def _answer(self, key: tuple[str, str, int], pending: _Pending, *, complete: bool) -> AssembledAnswer:
+    def _hand_out(self, key: tuple[str, str, int], *, complete: bool) -> AssembledAnswer:
+        pending = self._pending.pop(key)
         source, cmd_type, sn = key
+        left = self._pending_per_source[source] - 1
+        source_bytes = self._bytes_per_source.get(source, 0) - pending.cost_bytes
+        if left:
+            self._pending_per_source[source] = left
+        else:
+            del self._pending_per_source[source]
+        if source_bytes > 0:
+            self._bytes_per_source[source] = source_bytes
+        else:
+            self._bytes_per_source.pop(source, None)
+        self._total_bytes -= pending.cost_bytes
+        problems = tuple(pending.left_out.values())
         return AssembledAnswer(source=source, sn=sn, cmd_type=cmd_type, device_id=pending.device_id,
                                name=pending.name, sum_num=pending.sum_num,
                                items=tuple(sorted(pending.items, key=_sort_key)), complete=complete,
-                               parts=pending.parts, duplicates=pending.duplicates)
+                               parts=pending.parts, duplicates=pending.duplicates,
+                               item_problems=problems[:MAX_REPORTED_ITEM_PROBLEMS],
+                               items_left_out=len(problems))
 
 
 def items_of(answer: AssembledAnswer, kind: type[Item]) -> list[Any]:
@@ -808,7 +992,8 @@ def items_of(answer: AssembledAnswer, kind: type[Item]) -> list[Any]:
 
 __all__ = [
     "AssembledAnswer", "CatalogItem", "CatalogQuery", "CatalogResponse", "Charset", "CmdType",
-    "DeviceInfoQuery", "DeviceInfoResponse", "DeviceStatusQuery", "DeviceStatusResponse", "Keepalive",
+    "DeviceInfoQuery", "DeviceInfoResponse", "DeviceStatusQuery", "DeviceStatusResponse", "ItemProblem",
+    "Keepalive",
     "ManscdpError", "ManscdpMessage", "MediaStatus", "MultipartAssembler", "RecordInfoQuery",
     "RecordInfoResponse", "RecordItem", "Root", "build_body", "build_catalog_query",
     "build_catalog_responses",

@@ -13,14 +13,18 @@ they come (any split) and returns what became complete:
   0x91 G.711U, 0x0f AAC, ...). Its CRC is not checked (Dahua sends bad ones: ZLMediaKit #324).
 * `Resync`: bytes that were not a PS structure where one had to start (garbage, or loss), or a PES whose
   length ran past the next start code, were skipped up to the next valid pack header; frames in progress
-  at that point are dropped and counted, never delivered with a hole in them. The caller also calls
-  `discontinuity()` when RTP reported lost packets, since loss of whole packs is invisible here.
+  at that point are dropped and counted, never delivered with a hole in them. One event per run of
+  garbage: a pack header followed by garbage again does not end the run (`count` says how many times sync
+  was lost in it), a structure after the pack header does. The caller also calls `discontinuity()` when
+  RTP reported lost packets or a renumbering, since loss of whole packs is invisible here.
 * `FrameDropped`: a frame that outgrew `max_frame_bytes`.
 
 Without a PSM (ffmpeg's muxers write none), video stream ids are probed: H.265 if the first NAL unit is an
 H.265 parameter set or delimiter, else H.264; audio stays `Codec.UNKNOWN`. Both MPEG-2 and MPEG-1 pack and
-PES headers are read (`ffmpeg -f mpeg` writes MPEG-1). Memory is bounded by `max_frame_bytes` per stream
-plus one PES (64 KiB) or one unbounded video PES (`max_frame_bytes`).
+PES headers are read (`ffmpeg -f mpeg` writes MPEG-1). Memory is bounded by `max_frame_bytes` of frames in
+progress over all streams together (a PSM may declare 16 video streams; over the limit the other streams'
+frames are dropped first, as `FrameDropped`), plus one PES (64 KiB) or one unbounded video PES
+(`max_frame_bytes`).
 
 `PsError` is raised only for a demuxer used wrongly (fed after `flush()`); the stream's own faults are
 reported as events, because a recording keeps going after a bad pack.
@@ -115,13 +119,17 @@ class StreamMap:
 
 @dataclass(frozen=True)
 class Resync:
-    """Bytes from `offset` (in the demuxer's input) were skipped up to the next pack header; `reason` says
-    why; `dropped_frames` frames in progress were dropped with them."""
+    """Bytes from `offset` (in the demuxer's input) were skipped up to the pack header where reading
+    resumed; `reason` says why skipping began; `dropped_frames` frames in progress were dropped with them.
+    One event per run of garbage: a pack header followed by garbage again (not by a structure) does not end
+    the run; `count` says how many times sync was lost in it (so 10 MB of pack headers each followed by a
+    bad byte is one event, not 700 000)."""
 
     offset: int
     skipped_bytes: int
     reason: str
     dropped_frames: int
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -248,6 +256,11 @@ class _EsFramer:
         self.codec = codec
         self.max_frame_bytes = max_frame_bytes
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the frame in progress."""
+        raise NotImplementedError
+
     def push(self, payload: bytes | bytearray, pts: int | None, dts: int | None) -> list[PsEvent]:
         raise NotImplementedError
 
@@ -269,6 +282,10 @@ class _PesFramer(_EsFramer):
         self._data = bytearray()
         self._pts: int | None = None
         self._dts: int | None = None
+
+    @property
+    def held_bytes(self) -> int:
+        return len(self._data)
 
     def push(self, payload: bytes | bytearray, pts: int | None, dts: int | None) -> list[PsEvent]:
         events: list[PsEvent] = []
@@ -314,15 +331,21 @@ class _NalFramer(_EsFramer):
         self._has_picture = False
         self._key = False
         self._unit_start = 0  # stream offset of the current access unit's first start code
-        # (start, end, pts, dts) of the PES that carried a PTS, oldest first
+        # (start, end, pts, dts) of the PES that carried a PTS and bytes, oldest first; only those that can
+        # still give an access unit its PTS are kept (see _forget_timestamps), so at most a few.
         self._timestamps: deque[tuple[int, int, int, int | None]] = deque()
 
+    @property
+    def held_bytes(self) -> int:
+        return len(self._buffer)
+
     def push(self, payload: bytes | bytearray, pts: int | None, dts: int | None) -> list[PsEvent]:
-        if pts is not None:
+        if pts is not None and payload:  # a PTS applies to an access unit that begins in its PES's bytes
             start = self._base + len(self._buffer)
             self._timestamps.append((start, start + len(payload), pts, dts))
         self._buffer += payload
         events = self._cut()
+        self._forget_timestamps()
         if len(self._buffer) > self.max_frame_bytes:
             events.append(FrameDropped(self.stream_id, len(self._buffer),
                                        f"access unit over {self.max_frame_bytes} bytes"))
@@ -345,6 +368,24 @@ class _NalFramer(_EsFramer):
         self._scan = 0
         self._aligned = self._has_picture = self._key = False
         self._timestamps.clear()
+
+    def _forget_timestamps(self) -> None:
+        """Keep only the PES timestamps that can still apply: the one of the PES in which the current access
+        unit begins, and those of PES that end beyond what was searched for start codes (a later access
+        unit begins there or later). Without this, PES with a PTS but no access unit cut (no slices, or
+        one that never ends) would grow the list with the stream."""
+        timestamps = self._timestamps
+        horizon = self._base + self._scan  # no later access unit begins before this
+        current = None
+        if self._aligned:
+            while timestamps and timestamps[0][1] <= self._unit_start:
+                timestamps.popleft()
+            if timestamps and timestamps[0][0] <= self._unit_start:
+                current = timestamps.popleft()
+        while timestamps and timestamps[0][1] <= horizon:
+            timestamps.popleft()
+        if current is not None:
+            timestamps.appendleft(current)
 
     def _classify(self, header: int) -> tuple[bool, bool, bool] | None:
         """(may begin an access unit, is a slice of a picture, is a key picture's slice) for the NAL unit
@@ -452,7 +493,15 @@ class PsDemuxer:
         self._skip_from: int | None = None  # input offset where skipping began
         self._skip_reason = "the stream did not start with a pack header"
         self._pending_dropped = 0
+        self._sync_losses = 0  # times sync was lost in the current run of skipped bytes
+        # Input offset of the pack header where reading resumed after skipping, until a structure after it
+        # confirms it (a pack header followed by garbage again continues the same run).
+        self._resync_at: int | None = None
         self._zeros = 0
+        # Where the search for the end of an unbounded video PES at the buffer's start resumes: the bytes
+        # before it were searched already (0 once the buffer's start moves). Without it every feed would
+        # search the whole held PES again: quadratic work in its length.
+        self._unbounded_scan = 0
         self._codecs: dict[int, StreamInfo] = {}
         self._framers: dict[int, _EsFramer] = {}
         self._finished = False
@@ -512,30 +561,45 @@ class PsDemuxer:
     def _skip(self, count: int) -> None:
         del self._buffer[:count]
         self._offset += count
+        self._unbounded_scan = 0
         self.stats.skipped_bytes += count
 
     def _consume(self, count: int) -> None:
         del self._buffer[:count]
         self._offset += count
+        self._unbounded_scan = 0
 
     def _lose_sync(self, reason: str, offset: int, events: list[PsEvent]) -> None:
         if not self._synced:
             return
         self._synced = False
-        self._skip_from = offset
-        self._skip_reason = reason
+        if self._resync_at is not None:  # nothing followed the pack header where it resumed: the same run
+            self._resync_at = None
+        else:
+            self._skip_from = offset
+            self._skip_reason = reason
+        self._sync_losses += 1
         self._pending_dropped += sum(framer.reset() for framer in self._framers.values())
 
-    def _report_skip(self, events: list[PsEvent]) -> None:
+    def _confirm_resync(self, events: list[PsEvent], at: int | None = None) -> None:
+        """A structure was read after the pack header where reading resumed: the run of garbage ended."""
+        if self._resync_at is not None:
+            self._report_skip(events, len(events) if at is None else at)
+
+    def _report_skip(self, events: list[PsEvent], at: int | None = None) -> None:
+        """Report the run of skipped bytes (one `Resync`, inserted at `events[at]`, else appended)."""
         if self._skip_from is None:
             return
-        skipped = self._offset - self._skip_from
+        end = self._resync_at if self._resync_at is not None else self._offset
+        skipped = end - self._skip_from
         if skipped or self._pending_dropped:
-            events.append(Resync(self._skip_from, skipped, self._skip_reason, self._pending_dropped))
+            resync = Resync(self._skip_from, skipped, self._skip_reason, self._pending_dropped,
+                            max(1, self._sync_losses))
+            events.insert(len(events) if at is None else at, resync)
             self.stats.resyncs += 1
             self.stats.dropped_frames += self._pending_dropped
-        self._skip_from = None
-        self._pending_dropped = 0
+        self._skip_from = self._resync_at = None
+        self._pending_dropped = self._sync_losses = 0
 
     def _run(self, events: list[PsEvent], *, final: bool) -> None:
         before = len(events)
@@ -588,12 +652,15 @@ class PsDemuxer:
                 return True
             if length == 0 or len(buffer) < length:
                 return False
-            if self._skip_from is not None:
-                self._report_skip(events)
+            if self._skip_from is not None and self._resync_at is None:
+                self._resync_at = self._offset  # reading resumes here if a structure follows
+            else:
+                self._confirm_resync(events)
             self.stats.packs += 1
             self._consume(length)
             return True
         if code == PROGRAM_END:
+            self._confirm_resync(events)
             self._consume(4)
             return True
         if code < PROGRAM_END:
@@ -613,19 +680,23 @@ class PsDemuxer:
             self._lose_sync(f"PES 0x{code:02x} of {length} bytes at input offset {self._offset} does not end "
                             f"at a start code (bytes lost or inserted)", self._offset, events)
             return True
-        self._structure(code, end, events)
+        self._read_structure(code, end, events)
         self._consume(end)
         return True
 
     def _unbounded_pes(self, code: int, events: list[PsEvent], *, final: bool) -> bool:
-        """A video PES of length 0 (unbounded): it runs to the next program stream start code."""
+        """A video PES of length 0 (unbounded): it runs to the next program stream start code. The search
+        resumes where the previous feed left it, so a PES that arrives in many reads is searched once."""
         buffer = self._buffer
-        at = 6
+        at = max(6, self._unbounded_scan)
         while True:
             at = buffer.find(START_CODE, at)
             if at < 0 or at + 3 >= len(buffer):
+                # Next time, search again only from here: a start code split across reads begins at most
+                # two bytes before the end, or is the one found without its fourth byte.
+                self._unbounded_scan = at if at >= 0 else max(6, len(buffer) - 2)
                 if final:
-                    self._structure(code, len(buffer), events)
+                    self._read_structure(code, len(buffer), events)
                     self._consume(len(buffer))
                     return True
                 if len(buffer) > self._max_frame_bytes:
@@ -634,10 +705,18 @@ class PsDemuxer:
                     return True
                 return False
             if buffer[at + 3] >= PROGRAM_END:
-                self._structure(code, at, events)
+                self._read_structure(code, at, events)
                 self._consume(at)
                 return True
             at += 3
+
+    def _read_structure(self, code: int, end: int, events: list[PsEvent]) -> None:
+        """Read the structure `_buffer[:end]`; if it was whole, it ends a run of skipped bytes (reported
+        before the frames it completed)."""
+        before = len(events)
+        self._structure(code, end, events)
+        if self._synced:
+            self._confirm_resync(events, before)
 
     def _structure(self, code: int, end: int, events: list[PsEvent]) -> None:
         buffer = self._buffer
@@ -659,6 +738,27 @@ class PsDemuxer:
         if framer is None:
             framer = self._framers[code] = self._new_framer(code, payload)
         events += framer.push(payload, header.pts, header.dts)
+        self._bound_frames_in_progress(framer, events)
+
+    def _bound_frames_in_progress(self, pushed: _EsFramer, events: list[PsEvent]) -> None:
+        """Hold at most `max_frame_bytes` of frames in progress over all streams together, not per stream:
+        a PSM may declare 16 video streams, a device sends one. Over the limit, the other streams' frames
+        in progress are dropped first (a stray PES on an unused stream id must not starve the real one),
+        then the one just pushed to."""
+        held = sum(framer.held_bytes for framer in self._framers.values())
+        if held <= self._max_frame_bytes:
+            return
+        others = sorted((f for f in self._framers.values() if f is not pushed), key=lambda f: -f.held_bytes)
+        for framer in (*others, pushed):
+            size = framer.held_bytes
+            if not size:
+                continue
+            framer.reset()
+            held -= size
+            events.append(FrameDropped(framer.stream_id, size, f"frames in progress on several streams over "
+                                                               f"{self._max_frame_bytes} bytes together"))
+            if held <= self._max_frame_bytes:
+                return
 
     def _new_framer(self, stream_id: int, payload: bytes | bytearray) -> _EsFramer:
         info = self._codecs.get(stream_id)

@@ -6,7 +6,10 @@ devices set the X bit: srs-gb28181 #52) into an `RtpPacket`, or raises `RtpError
 `ReorderBuffer` puts packets that UDP reordered back in order within a bounded window and says what it could
 not: every lost range is reported as a `Gap`, every repeated packet as a `Duplicate`, every packet that came
 after its place was given up as `Late`; nothing is delivered twice or out of order, so a recording's gaps are
-known, never silently spliced.
+known, never silently spliced. A jump of the numbering far ahead or behind (RFC 3550 A.1: MAX_DROPOUT,
+MAX_MISORDER) is believed only when a following packet near it confirms it: then it is a `Restart` (devices
+renumber when their encoder or the file sent changes), never a loss count; a lone packet far off (spoofed, an
+old session's, corrupted) is held aside and dropped as a `Stray`, and the genuine stream goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 
 RTP_VERSION = 2
 HEADER_BYTES = 12
+MAX_DROPOUT = 3000  # RFC 3550 A.1: a jump ahead up to this is loss, beyond it a restart or a stray
+MAX_MISORDER = 100  # RFC 3550 A.1: a packet up to this far behind is reordered, beyond: restart or stray
 MAX_PACKET_BYTES = 65535  # what one UDP datagram or one RFC 4571 frame can carry
 SEQUENCE_MODULO = 1 << 16
 _HEADER = struct.Struct("!BBHII")
@@ -140,6 +145,10 @@ class SequenceUnwrapper:
     def highest(self) -> int | None:
         return self._highest
 
+    def rebase(self, extended: int) -> None:
+        """The numbering restarted: `extended` is the extended number of its packet unwrapped next."""
+        self._highest = extended
+
     def unwrap(self, sequence: int) -> int:
         if not 0 <= sequence < SEQUENCE_MODULO:
             raise RtpError(f"sequence number {sequence} does not fit 16 bits")
@@ -185,16 +194,42 @@ class Late:
     index: int
 
 
-ReorderEvent = Delivered | Gap | Duplicate | Late
+@dataclass(frozen=True)
+class Restart:
+    """The sender's numbering jumped from sequence number `previous_sequence` (the last of the old numbering,
+    extended `previous`) to `sequence`, and a following packet confirmed it: the new numbering is delivered
+    from extended number `first` on (after every number of the old one). Not a loss count: whether packets
+    were lost at the jump cannot be known from the numbers (a loss of more than MAX_DROPOUT packets looks the
+    same), so the caller records it as a discontinuity of its own."""
+
+    previous: int
+    previous_sequence: int
+    first: int
+    sequence: int
+
+
+@dataclass(frozen=True)
+class Stray:
+    """A packet far from the stream's numbering (sequence number `sequence`) that no following packet
+    confirmed as a restart: dropped (a spoofed or corrupted packet, or one of an old session)."""
+
+    sequence: int
+
+
+ReorderEvent = Delivered | Gap | Duplicate | Late | Restart | Stray
 
 
 @dataclass
 class ReorderStats:
+    """Every packet received ends as exactly one of delivered, duplicates, late, strays (or is still held)."""
+
     received: int = 0
     delivered: int = 0
     lost: int = 0
     duplicates: int = 0
     late: int = 0
+    strays: int = 0
+    restarts: int = 0
 
 
 class ReorderBuffer:
@@ -204,9 +239,23 @@ class ReorderBuffer:
     `Late` reports. A missing packet is waited for until a packet `window` or more ahead of it has come (at
     most `window` packets held); then it is reported lost and delivery continues. The stream's first
     packets are held until 8 (or `window`, if fewer) have come, so that a reordered start is put right
-    too. `flush()` (end of stream or an idle timeout) delivers what is held, reporting the holes between.
-    Memory: at most `window` packets and the last `remembered` given-up ranges (to tell a late packet from
-    a duplicate)."""
+    too; a packet from before that start, come later, is `Late` (never seen, so not a duplicate).
+
+    A packet more than max(MAX_DROPOUT, window) ahead of the highest number seen, or more than
+    max(MAX_MISORDER, window) behind it, is held aside (at most `PROBATION_PACKETS`, each for at most
+    MAX_MISORDER packets received): when another such packet comes within `PROBATION_PACKETS` numbers of
+    one held aside, the numbering restarted there (`Restart`): what is held of the old numbering is
+    delivered with its holes reported, and the new numbering is delivered after it. A packet held aside that
+    nothing confirms is dropped as a `Stray`. A packet of the old numbering reordered behind a restart is
+    `Late`. If the stream's first packet is the one far off (the startup hold has only it), it is the
+    stray, and the confirmed numbering is the stream's start (RFC 3550 A.1 takes a source as valid after
+    two packets in sequence).
+
+    `flush()` (end of stream or an idle timeout) delivers what is held, reporting the holes between, and
+    drops what is held aside as strays. Memory: at most `window` packets, `PROBATION_PACKETS` held aside
+    and the last `remembered` given-up ranges (to tell a late packet from a duplicate)."""
+
+    PROBATION_PACKETS = 8
 
     def __init__(self, *, window: int = 64, remembered: int = 64) -> None:
         if not 1 <= window < SEQUENCE_MODULO // 2:
@@ -217,36 +266,53 @@ class ReorderBuffer:
         self._held: dict[int, RtpPacket] = {}
         self._next: int | None = None
         self._given_up: deque[Gap] = deque(maxlen=remembered)
+        self._start: int | None = None  # the extended number the current numbering was delivered from
+        self._max_ahead = max(MAX_DROPOUT, window)
+        self._max_behind = max(MAX_MISORDER, window)
+        # Packets far from the numbering, waiting for a second one to confirm a restart: (received count
+        # when it came, packet), oldest first.
+        self._aside: deque[tuple[int, RtpPacket]] = deque()
+        self._previous: tuple[int, int] | None = None  # the old numbering's last (sequence, extended number)
         self.stats = ReorderStats()
 
     @property
     def held(self) -> int:
-        return len(self._held)
+        return len(self._held) + len(self._aside)
 
     def push(self, packet: RtpPacket) -> list[ReorderEvent]:
         self.stats.received += 1
-        index = self._unwrapper.unwrap(packet.sequence)
         events: list[ReorderEvent] = []
+        self._expire_aside(events)
+        highest = self._unwrapper.highest
+        if highest is not None:
+            delta = sequence_delta(packet.sequence, highest % SEQUENCE_MODULO)
+            if delta >= self._max_ahead or delta < -self._max_behind:
+                self._far_off(packet, events)
+                return events
+        index = self._unwrapper.unwrap(packet.sequence)
         if self._next is None:
             # The first packets may come reordered too: hold a few before deciding where the stream starts.
             if index in self._held:
                 self.stats.duplicates += 1
-                return [Duplicate(index)]
+                return [*events, Duplicate(index)]
             self._held[index] = packet
             if len(self._held) < self._startup:
-                return []
+                return events
             self._next = min(self._held)
         elif index < self._next:
-            if any(gap.first <= index <= gap.last for gap in self._given_up):
+            assert self._start is not None
+            if index < self._start or any(gap.first <= index <= gap.last for gap in self._given_up):
                 self.stats.late += 1
-                return [Late(index)]
+                return [*events, Late(index)]
             self.stats.duplicates += 1
-            return [Duplicate(index)]
+            return [*events, Duplicate(index)]
         elif index in self._held:
             self.stats.duplicates += 1
-            return [Duplicate(index)]
+            return [*events, Duplicate(index)]
         else:
             self._held[index] = packet
+        if self._start is None:
+            self._start = self._next
         self._deliver(events)
         while self._held and max(self._held) - self._next >= self._window:
             self._skip_to(min(self._held), events)
@@ -254,14 +320,81 @@ class ReorderBuffer:
         return events
 
     def flush(self) -> list[ReorderEvent]:
-        """Deliver everything held, in order, reporting the holes between (the stream ended or went idle)."""
+        """Deliver everything held, in order, reporting the holes between (the stream ended or went idle);
+        drop what is held aside as strays."""
         events: list[ReorderEvent] = []
+        self._deliver_held(events)
+        while self._aside:
+            self._drop_stray(self._aside.popleft()[1], events)
+        return events
+
+    def _deliver_held(self, events: list[ReorderEvent]) -> None:
         if self._next is None and self._held:
-            self._next = min(self._held)
+            self._next = self._start = min(self._held)
         while self._held:
             self._skip_to(min(self._held), events)
             self._deliver(events)
-        return events
+
+    def _far_off(self, packet: RtpPacket, events: list[ReorderEvent]) -> None:
+        """A packet far from the numbering: old numbering's, a restart's first or second, or a stray."""
+        if self._previous is not None:
+            previous_sequence, previous = self._previous
+            behind = sequence_delta(packet.sequence, previous_sequence)
+            if -self._max_behind <= behind <= 0:  # the old numbering, reordered behind the restart
+                self.stats.late += 1
+                events.append(Late(previous + behind))
+                return
+        if any(p.sequence == packet.sequence for _, p in self._aside):
+            self._drop_stray(packet, events)  # a repeat of one held aside: it confirms nothing
+            return
+        near = [p for _, p in self._aside
+                if 0 < abs(sequence_delta(packet.sequence, p.sequence)) <= self.PROBATION_PACKETS]
+        if near:
+            self._restart(packet, near, events)
+            return
+        if len(self._aside) >= self.PROBATION_PACKETS:
+            self._drop_stray(self._aside.popleft()[1], events)
+        self._aside.append((self.stats.received, packet))
+
+    def _restart(self, packet: RtpPacket, near: list[RtpPacket], events: list[ReorderEvent]) -> None:
+        """`packet` confirms the numbering restarted near the packets `near` held aside."""
+        for _, other in self._aside:
+            if all(other is not p for p in near):
+                self._drop_stray(other, events)
+        self._aside.clear()
+        group = sorted([*near, packet], key=lambda p: sequence_delta(p.sequence, packet.sequence))
+        if self._next is None and len(self._held) == 1:
+            # The stream's very first packet was the one far off, and nothing confirmed it (RFC 3550 A.1:
+            # a source is valid after two packets in sequence): it was the stray, this is the stream.
+            self._drop_stray(self._held.popitem()[1], events)
+            self._unwrapper = SequenceUnwrapper()
+            for member in group:
+                self._held[self._unwrapper.unwrap(member.sequence)] = member
+            if len(self._held) >= self._startup:
+                self._next = self._start = min(self._held)
+                self._deliver(events)
+            return
+        self._deliver_held(events)
+        highest = self._unwrapper.highest
+        assert highest is not None and self._next is not None
+        first = highest + 1 + (group[0].sequence - highest - 1) % SEQUENCE_MODULO
+        previous = self._next - 1
+        events.append(Restart(previous, previous % SEQUENCE_MODULO, first, group[0].sequence))
+        self.stats.restarts += 1
+        self._previous = (previous % SEQUENCE_MODULO, previous)
+        self._unwrapper.rebase(first)
+        self._next = self._start = first
+        for member in group:
+            self._held[self._unwrapper.unwrap(member.sequence)] = member
+        self._deliver(events)
+
+    def _expire_aside(self, events: list[ReorderEvent]) -> None:
+        while self._aside and self.stats.received - self._aside[0][0] > MAX_MISORDER:
+            self._drop_stray(self._aside.popleft()[1], events)
+
+    def _drop_stray(self, packet: RtpPacket, events: list[ReorderEvent]) -> None:
+        self.stats.strays += 1
+        events.append(Stray(packet.sequence))
 
     def _deliver(self, events: list[ReorderEvent]) -> None:
         assert self._next is not None

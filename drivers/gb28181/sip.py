@@ -13,7 +13,10 @@ Tolerant of what devices really send (GB/T 28181 research notes, section 12): lo
 names, no space after the colon, LF-only line ends, stray white space around values, folded header lines,
 CRLF keepalives between messages. Strict about what matters: a missing or bad `Content-Length` on a stream,
 a body shorter than it says, duplicate `Content-Length` values that disagree, oversized header sections or
-bodies, a start line that is not SIP/2.0, a bare CR in the header section. Every such case raises
+bodies, a start line that is not SIP/2.0, a bare CR in the header section, a control character other
+than HTAB in a header value (NUL included; refused when building a message too, so nothing read from the
+wire is echoed with one). The stream parser resumes its search for the blank line where the previous
+read left it, so a header trickled byte by byte costs linear work. Every such case raises
 `SipProtocolError` naming what was wrong, and nothing else escapes the parsers. Sizes are bounded by
 `SipLimits`, so a hostile peer cannot make a parser hold more than `max_header_bytes + max_body_bytes`
 of input.
@@ -93,6 +96,10 @@ _LIST_HEADERS = frozenset(
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
+_HEADER_END_MAX_BYTES = 4  # the longest match of _HEADER_END_RE: a search may resume this far back less one
+# RFC 3261 section 25.1: header text never holds control characters but HTAB. A NUL in a Call-ID echoed into
+# a response cuts it in device stacks that handle C strings; CR and LF would split a header.
+_CONTROL_CHAR_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _LINE_SPLIT_RE = re.compile(rb"\r?\n")
 _STATUS_RE = re.compile(r"SIP/2\.0[ \t]+([0-9]{3})(?:[ \t]+(.*))?", re.IGNORECASE)
 _REQUEST_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+(\S+)[ \t]+SIP/2\.0", re.IGNORECASE)
@@ -211,6 +218,8 @@ class Headers:
                 raise ValueError(f"header name {name!r} is not a token")
             if "\r" in value or "\n" in value:
                 raise ValueError(f"header {name} value contains a line break")
+            if _CONTROL_CHAR_RE.search(value):
+                raise ValueError(f"header {name} value contains a control character")
             checked.append((canonical_header_name(name), value))
         return cls(tuple(checked))
 
@@ -579,6 +588,13 @@ class _SipMessage:
 
     def _encode(self, start_line: str) -> bytes:
         headers = self.headers.replaced("Content-Length", str(len(self.body)))
+        # Headers made by the parser or by `Headers(...)` skipped `Headers.of`'s checks: nothing that
+        # could split or cut a header leaves in a message we write.
+        for name, value in headers:
+            if _CONTROL_CHAR_RE.search(value):
+                raise ValueError(f"header {name} value contains a control character (CR, LF, NUL, ...)")
+        if _CONTROL_CHAR_RE.search(start_line):
+            raise ValueError("start line contains a control character")
         lines = [start_line, *(f"{name}: {value}" for name, value in headers)]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
 
@@ -757,6 +773,8 @@ def _parse_head(head: bytes, limits: SipLimits) -> tuple[str, Headers]:
     start = _decode_text(lines[0], "start line").strip()
     if not start:
         raise SipProtocolError("empty start line")
+    if _CONTROL_CHAR_RE.search(start):
+        raise SipProtocolError("start line contains a control character", status=400)
     unfolded: list[str] = []
     for raw in lines[1:]:
         line = _decode_text(raw, "header line")
@@ -774,7 +792,12 @@ def _parse_head(head: bytes, limits: SipLimits) -> tuple[str, Headers]:
         name = name.strip()
         if not colon or not _TOKEN_RE.fullmatch(name):
             raise SipProtocolError(f"header line {line[:60]!r}: expected 'Name: value'", status=400)
-        fields.append((canonical_header_name(name), value.strip()))
+        value = value.strip()
+        if _CONTROL_CHAR_RE.search(value):
+            raise SipProtocolError(
+                f"header {name[:40]!r} value contains a control character (only HTAB is allowed)", status=400
+            )
+        fields.append((canonical_header_name(name), value))
     return start, Headers(tuple(fields))
 
 
@@ -873,12 +896,20 @@ class SipStreamParser:
         self._buffer = bytearray()
         self._head: tuple[str, Headers, int] | None = None  # parsed head awaiting its body
         self._failed: SipProtocolError | None = None
+        # Where the search for the end of the header section resumes: bytes before it were searched
+        # already (a header trickled one byte per read costs linear, not quadratic, work).
+        self._header_end_searched = 0
         self._ping_matched = 0
         self.pings = 0
 
     @property
     def buffered_bytes(self) -> int:
         return len(self._buffer)
+
+    @property
+    def partial_message(self) -> bool:
+        """Whether bytes of an unfinished message are held (CR/LF keepalives between messages are not)."""
+        return self._head is not None or bool(self._buffer)
 
     def feed(self, data: bytes) -> list[SipMessage]:
         if self._failed is not None:
@@ -905,6 +936,8 @@ class SipStreamParser:
                 self._ping_matched = 1 if byte == 0x0D else 0
             skipped += 1
         del self._buffer[:skipped]
+        if skipped:
+            self._header_end_searched = 0  # positions moved (never inside a header: it starts with text)
         if self._buffer:
             self._ping_matched = 0
 
@@ -915,13 +948,16 @@ class SipStreamParser:
                 self._skip_keepalives()
                 if not self._buffer:
                     return
-                match = _HEADER_END_RE.search(self._buffer, 0, limits.max_header_bytes + 4)
+                resume = max(0, self._header_end_searched - (_HEADER_END_MAX_BYTES - 1))
+                match = _HEADER_END_RE.search(self._buffer, resume, limits.max_header_bytes + 4)
                 if match is None:
                     if len(self._buffer) > limits.max_header_bytes:
                         raise SipProtocolError(
                             f"no end of header section within {limits.max_header_bytes} bytes", status=413
                         )
+                    self._header_end_searched = len(self._buffer)
                     return
+                self._header_end_searched = 0
                 head = bytes(self._buffer[: match.start()])
                 del self._buffer[: match.end()]
                 if len(head) > limits.max_header_bytes:

@@ -5,16 +5,21 @@
 the `Peer` it came from: the source address (and transport) a platform must send later requests to,
 never the Contact host (4G devices put private addresses there).
 
-Server transactions (RFC 3261 section 17.2): a retransmitted request, matched by its top Via branch and
-sent-by (or by Call-ID, From tag, CSeq and Via for pre-RFC 3261 peers), gets the same response again
-without running the handler a second time; while the handler still runs it is absorbed (an INVITE gets
-`100 Trying` at once, which is what a retransmission gets then). Completed transactions are remembered
-for 64*T1 (Timer J) and their number is bounded. On receipt the top Via gets `received` (when the
-sent-by host differs from the source) and `rport` filled in (RFC 3581), so responses built with
-`sip.response_to()` carry them; responses go back to the source address, or over the connection the
-request came on. A UDP request whose body is refused (a wrong `Content-Length`, an oversized body) is
-answered 400/413 naming the problem when its headers are readable; other garbage is dropped and logged,
-and a TCP stream that goes out of step is closed.
+Server transactions (RFC 3261 section 17.2): a retransmitted request, matched by its source address and
+its top Via branch and sent-by (or by Call-ID, From tag, CSeq and Via for pre-RFC 3261 peers), gets the
+same response again without running the handler a second time; while the handler still runs it is
+absorbed (an INVITE gets `100 Trying` at once, which is what a retransmission gets then), and so it is
+while a handler that returned None has not yet answered with `send_response()` (for at most the handler
+timeout). The source address is part of the match so that a host that predicts a device's branch cannot
+get the device's own request absorbed into its forgery. Requests being handled are bounded
+(`max_server_transactions`, beyond it 503); answered ones are remembered for 64*T1 (Timer J) apart from
+them, bounded too, the oldest forgotten first: they never make a new request fail.
+
+On receipt the top Via gets `received` (when the sent-by host differs from the source) and `rport` filled in
+(RFC 3581), so responses built with `sip.response_to()` carry them; responses go back to the source address,
+or over the connection the request came on. A UDP request whose body is refused (a wrong `Content-Length`,
+an oversized body) is answered 400/413 naming the problem when its headers are readable; other garbage is
+dropped and logged, and a TCP stream that goes out of step is closed.
 
 Client transactions (section 17.1): `request()` adds the platform's Via (with a fresh branch and
 `rport`), sends, retransmits over UDP from T1 doubling (capped at T2 for non-INVITE), and returns the
@@ -26,10 +31,16 @@ its retransmissions, like every response that matches no open transaction, go to
 Over TCP the device's own connection is reused when it has one (GB/T 28181 9.1.1 f: keep the TCP
 channel and send everything through it), else one is opened.
 
-In-dialog requests (a To tag) are routed by Call-ID and local tag to the handler registered with
-`add_dialog()`; a dialog request with a To tag that matches no dialog gets 481.
+In-dialog requests (a To tag) are routed by Call-ID and local tag, and the peer's tag (From) when the
+dialog was added with `remote_tag`, to the handler registered with `add_dialog()`; a dialog request with
+a To tag that matches no dialog gets 481. A MESSAGE without a To tag (devices drop it in MediaStatus) is
+routed into the only dialog of its Call-ID when its From tag matches; no other method is routed by
+Call-ID alone.
 
-Bounds: TCP connections, bytes buffered per connection (the parser's limits) and unsent to it (a peer
+Bounds: TCP connections (in all and per source address; when all are taken, the most crowded address
+gives up a connection to a newcomer from a less crowded one, first one that never completed a message),
+a deadline for a message to complete once started, bytes buffered per connection (the parser's limits)
+and over all connections (beyond it the connection holding the most is closed) and unsent to it (a peer
 that does not read is disconnected), transactions both ways, running handlers, TCP idle time. Nothing
 from the network can make the transport hold more.
 
@@ -105,9 +116,21 @@ class SipTimers:
 class TransportLimits:
     sip: SipLimits = DEFAULT_LIMITS
     max_tcp_connections: int = 1024
+    # One source address: 4G recorders behind carrier NAT share addresses, so this is generous; when every
+    # slot is taken, a newcomer from a less crowded address takes one from the most crowded (below).
+    max_tcp_connections_per_host: int = 64
+    # Requests being handled, or whose handler answers later: beyond it, new requests get 503.
     max_server_transactions: int = 4096
+    # Answered requests remembered (Timer J) only to absorb retransmissions; the oldest are forgotten
+    # first when there are more, and they never make a new request wait or fail.
+    max_answered_server_transactions: int = 8192
     max_client_transactions: int = 1024
     tcp_idle_timeout_s: float = 600.0  # devices keep alive every 60 s by default (section 9.6.1)
+    # Once a message has started on a TCP connection it must be complete within this (a peer trickling
+    # a byte at a time would otherwise hold its slot and its buffer forever).
+    tcp_message_deadline_s: float = 30.0
+    # Bytes of unfinished messages held across all TCP connections (each is bounded by `sip` too).
+    max_tcp_buffered_bytes: int = 64 * 1024 * 1024
     max_tcp_unsent_bytes: int = 1024 * 1024
     # A handler that does not answer in time gets its request a 500 (devices retransmit for 32 s).
     handler_timeout_s: float = 16.0
@@ -134,6 +157,9 @@ Sleep = Callable[[float], Awaitable[None]]
 class _ServerTransaction:
     response: SipResponse | None = None
     expires_at: float = 0.0  # set when the response is: the transaction is remembered until then
+    # Set when the handler returned None (it answers later with `send_response`): the transaction keeps
+    # absorbing retransmissions until then, or until this deadline (the handler timeout) passes.
+    answer_due_by: float | None = None
 
 
 @dataclass
@@ -159,6 +185,13 @@ class _Connection:
         self.peer = peer
         self.max_unsent_bytes = max_unsent_bytes
         self.task: asyncio.Task[None] | None = None
+        self.opened_at = time.monotonic()
+        self.messages_completed = 0  # a connection that completed none is the first to make room
+        self.buffered_bytes = 0  # of an unfinished message, as last counted in the transport's total
+
+    def abort(self) -> None:
+        """Close at once, dropping what is unsent (close() would wait for a peer that does not read)."""
+        self.writer.transport.abort()
 
     def send(self, data: bytes) -> None:
         if self.writer.is_closing():
@@ -172,15 +205,22 @@ class _Connection:
         self.writer.write(data)
 
 
-def _server_transaction_key(req: SipRequest) -> tuple[str, ...]:
-    via = req.top_via
-    method = "INVITE" if req.method == "ACK" else req.method
+def _server_transaction_key(message: SipMessage, peer: Peer) -> tuple[str, ...]:
+    """The server transaction a request (or our response to it) belongs to (RFC 3261 section 17.2.3),
+    and the source address: a host that predicts a device's branch and sends first with the device's Via
+    must not get the device's own request absorbed as a retransmission of its forgery. Over TCP the
+    connection's port is part of it too: a retransmission never comes over another connection."""
+    via = message.top_via
+    cseq = message.cseq
+    method = message.method if isinstance(message, SipRequest) else cseq.method
+    method = "INVITE" if method == "ACK" else method
+    source = (peer.transport.value, peer.host, str(peer.port))
     branch = via.branch or ""
     if branch.startswith(BRANCH_MAGIC_COOKIE):
-        return ("3261", branch, via.host.lower(), str(via.port or ""), method)
-    # RFC 2543 peers (section 17.2.3): the request's identity stands in for the branch.
-    cseq = req.cseq
-    return ("2543", req.call_id, req.from_.tag or "", str(cseq.number), method, str(via), req.uri)
+        return ("3261", *source, branch, via.host.lower(), str(via.port or ""), method)
+    # RFC 2543 peers: the request's identity stands in for the branch (the Request-URI is left out so
+    # that the response to the request finds it too; the source address and the top Via narrow it).
+    return ("2543", *source, message.call_id, message.from_.tag or "", str(cseq.number), method, str(via))
 
 
 def _stamp_via(req: SipRequest, peer: Peer) -> SipRequest:
@@ -227,11 +267,13 @@ class SipTransport:
         self._tcp_server: asyncio.Server | None = None
         self._connections: dict[tuple[str, int], _Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Future[None]] = {}
-        # Requests whose handler still runs, and answered ones in the order they expire.
+        # Requests whose handler still runs (or answers later), and answered ones in the order they expire.
         self._pending_transactions: dict[tuple[str, ...], _ServerTransaction] = {}
         self._completed_transactions: OrderedDict[tuple[str, ...], _ServerTransaction] = OrderedDict()
+        self._tcp_buffered_bytes = 0  # of unfinished messages, over every connection
         self._client_transactions: dict[tuple[str, str], _ClientTransaction] = {}
-        self._dialogs: dict[str, dict[str, RequestHandler]] = {}
+        # Call-ID → our tag → (the peer's tag when known, handler).
+        self._dialogs: dict[str, dict[str, tuple[str | None, RequestHandler]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -313,9 +355,12 @@ class SipTransport:
 
     # ------------------------------------------------------------------------------------- dialogs
 
-    def add_dialog(self, call_id: str, local_tag: str, handler: RequestHandler) -> None:
-        """Route requests carrying this Call-ID and To tag (our tag) to `handler`."""
-        self._dialogs.setdefault(call_id, {})[local_tag] = handler
+    def add_dialog(
+        self, call_id: str, local_tag: str, handler: RequestHandler, *, remote_tag: str | None = None
+    ) -> None:
+        """Route requests carrying this Call-ID and To tag (our tag) to `handler`; with `remote_tag` (the
+        peer's tag, which its requests carry as From tag) only requests with that From tag too."""
+        self._dialogs.setdefault(call_id, {})[local_tag] = (remote_tag, handler)
 
     def remove_dialog(self, call_id: str, local_tag: str) -> None:
         tags = self._dialogs.get(call_id)
@@ -327,13 +372,21 @@ class SipTransport:
     def _handler_for(self, req: SipRequest) -> RequestHandler | None:
         """The dialog's handler, the main handler, or None for a dialog request we have no dialog for."""
         to_tag = req.to.tag
+        from_tag = req.from_.tag
         tags = self._dialogs.get(req.call_id)
         if tags:
-            if to_tag in tags:
-                return tags[to_tag]
-            if to_tag is None and len(tags) == 1:
-                # Some devices drop the To tag in in-dialog MESSAGEs (MediaStatus): Call-ID identifies it.
-                return next(iter(tags.values()))
+            if to_tag is not None and to_tag in tags:
+                remote_tag, handler = tags[to_tag]
+                if remote_tag is None or remote_tag == from_tag:
+                    return handler
+                return None  # our tag, another peer's: not this dialog (481)
+            if to_tag is None and req.method == "MESSAGE" and len(tags) == 1:
+                # Some devices drop the To tag in in-dialog MESSAGEs (MediaStatus): Call-ID and the From
+                # tag (when the dialog knows it) identify it. Only MESSAGE: a BYE or INFO without a To
+                # tag is in no dialog (RFC 3261 12.2.2), and a Call-ID alone must not end a download.
+                ((remote_tag, handler),) = tags.values()
+                if remote_tag is None or remote_tag == from_tag:
+                    return handler
         if to_tag is not None and req.method not in ("ACK", "MESSAGE", "NOTIFY", "REGISTER"):
             return None
         return self._handler
@@ -381,8 +434,19 @@ class SipTransport:
         self._adopt(reader, writer, destination)
 
     def send_response(self, response: SipResponse, destination: Peer) -> None:
-        """Send a response outside the handler's return (e.g. a later final response)."""
-        self._send(response.to_bytes(), destination)
+        """Send a response outside the handler's return (e.g. a later final response, `destination`
+        being the request's peer). A final one completes the transaction the handler left open by
+        returning None: retransmissions of the request get it from then on."""
+        data = response.to_bytes()
+        with contextlib.suppress(SipProtocolError):
+            key = _server_transaction_key(response, destination)
+            tx = self._pending_transactions.get(key)
+            if tx is not None and tx.answer_due_by is not None:
+                tx.response = response
+                if response.status >= 200:
+                    del self._pending_transactions[key]
+                    self._remember_answered(key, tx)
+        self._send(data, destination)
 
     async def send_stateless(self, message: SipMessage, destination: Peer) -> None:
         """Send without a transaction: the ACK of a 2xx, or a message the caller retransmits itself.
@@ -462,8 +526,19 @@ class SipTransport:
         return len(self._connections)
 
     @property
+    def tcp_buffered_bytes(self) -> int:
+        """Bytes of unfinished messages held over all TCP connections (`max_tcp_buffered_bytes`)."""
+        return self._tcp_buffered_bytes
+
+    @property
     def open_server_transactions(self) -> int:
-        return len(self._pending_transactions) + len(self._completed_transactions)
+        """Requests being handled or awaiting a later answer (what `max_server_transactions` bounds)."""
+        return len(self._pending_transactions)
+
+    @property
+    def answered_server_transactions(self) -> int:
+        """Answered requests remembered for their retransmissions."""
+        return len(self._completed_transactions)
 
     def _purge_server_transactions(self) -> None:
         now = self._clock()
@@ -472,6 +547,22 @@ class SipTransport:
             if tx.expires_at > now:
                 break
             del self._completed_transactions[key]
+        overdue = [
+            key
+            for key, tx in self._pending_transactions.items()
+            if tx.answer_due_by is not None and tx.answer_due_by <= now
+        ]
+        for key in overdue:  # the handler said it would answer later, and did not: forgotten
+            del self._pending_transactions[key]
+
+    def _remember_answered(self, key: tuple[str, ...], tx: _ServerTransaction) -> None:
+        tx.expires_at = self._clock() + self._timers.transaction_timeout_s
+        self._completed_transactions[key] = tx
+        self._completed_transactions.move_to_end(key)
+        # Remembered only to absorb retransmissions: when there are too many, the oldest are forgotten
+        # (at worst a very late retransmission runs its handler again) rather than refusing new requests.
+        while len(self._completed_transactions) > self._limits.max_answered_server_transactions:
+            self._completed_transactions.popitem(last=False)
 
     def _on_message(self, message: SipMessage, peer: Peer) -> None:
         if isinstance(message, SipResponse):
@@ -529,7 +620,7 @@ class SipTransport:
     def _on_request(self, req: SipRequest, peer: Peer) -> None:
         try:
             req = _stamp_via(req, peer)
-            key = _server_transaction_key(req)
+            key = _server_transaction_key(req, peer)
             # A request without From, To, Call-ID or CSeq cannot be answered: it is dropped here.
             _ = (req.from_, req.to, req.call_id, req.cseq)
         except SipProtocolError as exc:
@@ -574,14 +665,19 @@ class SipTransport:
         finally:
             if transaction is not None:  # whatever happened, the slot is given back
                 self._pending_transactions.pop(transaction[0], None)
+        if self._closed:
+            return
         if transaction is None:
             return
         key, tx = transaction
         if response is None:
+            # The handler answers later (send_response): retransmissions meanwhile are absorbed, not
+            # handled again, for as long as a handler may take.
+            tx.answer_due_by = self._clock() + self._limits.handler_timeout_s
+            self._pending_transactions[key] = tx
             return
         tx.response = response
-        tx.expires_at = self._clock() + self._timers.transaction_timeout_s
-        self._completed_transactions[key] = tx
+        self._remember_answered(key, tx)
         self._safe_send(response.to_bytes(), peer)
 
     async def _answer(self, req: SipRequest, peer: Peer) -> SipResponse | None:
@@ -635,14 +731,51 @@ class SipTransport:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         address = writer.get_extra_info("peername")
         peer = Peer(Transport.TCP, str(address[0]), int(address[1]))
-        if self._closed or len(self._connections) >= self._limits.max_tcp_connections:
-            log.warning("SIP TCP connection from %s refused: %d open", peer, len(self._connections))
+        refusal = "transport closed" if self._closed else self._make_room_for(peer.host)
+        if refusal is not None:
+            log.warning("SIP TCP connection from %s refused: %s", peer, refusal)
             writer.close()
             return
         connection = self._adopt(reader, writer, peer)
         assert connection.task is not None
         with contextlib.suppress(asyncio.CancelledError):
             await connection.task
+
+    def _make_room_for(self, host: str) -> str | None:
+        """None when a connection from `host` may be accepted (after closing another to make room), else
+        why not. One address may hold `max_tcp_connections_per_host`. When every slot is taken, the
+        address holding the most gives one up, if it holds more than `host` would: its connection that
+        never completed a message, else its least recently opened. So no one address (nor a few) can
+        lock devices at other addresses out, and devices sharing a carrier NAT address still get in."""
+        per_host: dict[str, list[_Connection]] = {}
+        for connection in self._connections.values():
+            per_host.setdefault(connection.peer.host, []).append(connection)
+        own = len(per_host.get(host, ()))
+        if own >= self._limits.max_tcp_connections_per_host:
+            return f"{own} connections open from this address, the limit"
+        if len(self._connections) < self._limits.max_tcp_connections:
+            return None
+        crowded = max(per_host.values(), key=len)
+        if len(crowded) <= own + 1:
+            return f"{len(self._connections)} connections open, the limit"
+        victim = min(crowded, key=lambda c: (c.messages_completed > 0, c.opened_at))
+        log.warning(
+            "SIP TCP connection from %s closed to make room: %d connections open from %s",
+            victim.peer,
+            len(crowded),
+            victim.peer.host,
+        )
+        self._drop_connection(victim)
+        return None
+
+    def _drop_connection(self, connection: _Connection) -> None:
+        """Forget `connection` at once (its reader task ends on its own) and close it."""
+        key = (connection.peer.host, connection.peer.port)
+        if self._connections.get(key) is connection:
+            del self._connections[key]
+        self._tcp_buffered_bytes -= connection.buffered_bytes
+        connection.buffered_bytes = 0
+        connection.abort()
 
     def _adopt(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> _Connection:
         connection = _Connection(reader, writer, peer, self._limits.max_tcp_unsent_bytes)
@@ -656,14 +789,25 @@ class SipTransport:
     async def _read_connection(self, connection: _Connection) -> None:
         parser = SipStreamParser(self._limits.sip)
         peer = connection.peer
+        limits = self._limits
+        message_started_at: float | None = None  # monotonic time the unfinished message began
         try:
             while True:
+                timeout_s = limits.tcp_idle_timeout_s
+                if message_started_at is not None:
+                    deadline = message_started_at + limits.tcp_message_deadline_s
+                    timeout_s = min(timeout_s, deadline - time.monotonic())
                 try:
-                    data = await asyncio.wait_for(
-                        connection.reader.read(65536), self._limits.tcp_idle_timeout_s
-                    )
+                    data = await asyncio.wait_for(connection.reader.read(65536), max(timeout_s, 0.0))
                 except TimeoutError:
-                    log.info("SIP TCP connection from %s idle, closed", peer)
+                    if message_started_at is not None:
+                        log.warning(
+                            "SIP TCP connection from %s closed: a message not complete within %g s",
+                            peer,
+                            limits.tcp_message_deadline_s,
+                        )
+                    else:
+                        log.info("SIP TCP connection from %s idle, closed", peer)
                     return
                 if not data:
                     return
@@ -672,6 +816,13 @@ class SipTransport:
                     messages = parser.feed(data)
                 except SipProtocolError as exc:
                     log.warning("SIP TCP stream from %s closed: %s", peer, exc)
+                    return
+                connection.messages_completed += len(messages)
+                if not parser.partial_message:
+                    message_started_at = None
+                elif messages or message_started_at is None:
+                    message_started_at = time.monotonic()  # a new message began in this read
+                if not self._count_buffered(connection, parser.buffered_bytes):
                     return
                 for _ in range(parser.pings - pings):
                     self._safe_send(b"\r\n", peer)  # RFC 5626 pong
@@ -684,7 +835,29 @@ class SipTransport:
         finally:
             if self._connections.get((peer.host, peer.port)) is connection:
                 del self._connections[(peer.host, peer.port)]
+            self._tcp_buffered_bytes -= connection.buffered_bytes
+            connection.buffered_bytes = 0
             connection.writer.close()
+
+    def _count_buffered(self, connection: _Connection, buffered_bytes: int) -> bool:
+        """Account `connection`'s unfinished bytes in the total; over `max_tcp_buffered_bytes` the
+        connection holding the most is closed. False when that is `connection` itself."""
+        self._tcp_buffered_bytes += buffered_bytes - connection.buffered_bytes
+        connection.buffered_bytes = buffered_bytes
+        if self._tcp_buffered_bytes <= self._limits.max_tcp_buffered_bytes:
+            return True
+        largest = max(self._connections.values(), key=lambda c: c.buffered_bytes, default=connection)
+        if connection.buffered_bytes >= largest.buffered_bytes:
+            largest = connection
+        log.warning(
+            "SIP TCP connection from %s closed: %d bytes of unfinished messages held over all connections, "
+            "%d by it",
+            largest.peer,
+            self._tcp_buffered_bytes,
+            largest.buffered_bytes,
+        )
+        self._drop_connection(largest)
+        return largest is not connection
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

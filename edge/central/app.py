@@ -470,6 +470,7 @@ def _add_mqtt_receiver(
         SupervisedReceiver,
         central_mqtt_settings,
         mqtt_purge_task,
+        queue_settings,
         station_check_of,
     )
 
@@ -481,8 +482,10 @@ def _add_mqtt_receiver(
         central_mqtt_settings(parts.config), prefix=mqtt.topic_prefix, shared_group=mqtt.shared_group,
         store=transfers, api=api,
         station_check=station_check_of(lambda s: parts.auth.enrolled_station(s, remote="mqtt")),
+        queue_settings=queue_settings(mqtt),
     )
     app[MQTT_RECEIVER] = receiver
+    metrics.watch_receive_queue(receiver.queue_waiting, lambda: receiver.counts.busy)
     app.cleanup_ctx.append(mqtt_purge_task(transfers, purge_interval_s))
     supervised = SupervisedReceiver(receiver)
     app.cleanup_ctx.append(supervised.context)

@@ -111,11 +111,28 @@ def cmd_central_mqtt_worker(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     # Imported here: only this command needs the MQTT client.
     from edge.central.mqtt_receiver import CentralNotStarted, run_mqtt_worker
-    from edge.central.worker_wait import transfers_dir_unusable, wait_for_the_central
+    from edge.central.worker_wait import (
+        transfers_dir_may_appear,
+        transfers_dir_unusable,
+        wait_for_the_central,
+        wait_for_the_transfers_dir,
+    )
 
     secret = config.layout.mqtt_client_secret
+    transfers_dir = config.mqtt_transfers_dir
     try:
         while True:
+            if secret.exists() and (unusable := transfers_dir_unusable(transfers_dir)) is not None:
+                if transfers_dir_may_appear(transfers_dir):
+                    # Its sandbox cannot make it: wait for the central to (edge.central.worker_wait).
+                    _say(f"warning: {unusable}: waiting for edge-central to make it")
+                    if not wait_for_the_transfers_dir(transfers_dir, unusable):
+                        return EXIT_OK
+                    unusable = transfers_dir_unusable(transfers_dir)
+                if unusable is not None:
+                    _say(f"error: {unusable}: exiting 75 for systemd to start the worker again (with "
+                         "the directory in its sandbox)")
+                    return ExitCode.STORE_BUSY
             try:
                 return run_mqtt_worker(config, client_id=args.client_id)
             except CentralNotStarted as exc:
@@ -127,12 +144,8 @@ def cmd_central_mqtt_worker(args: argparse.Namespace) -> int:
             # the central has run once: edge.central.worker_wait.
             if not wait_for_the_central(secret):
                 return EXIT_OK
-            unusable = transfers_dir_unusable(config.mqtt_transfers_dir)
-            if unusable is not None:
-                # Its sandbox was set up before the central made the directory: one restart sets it up anew.
-                _say(f"error: the central has started, but {unusable}: exiting 75 for systemd to start the "
-                     "worker again")
-                return ExitCode.STORE_BUSY
+            # The central has started: the loop checks transfers_dir again (its sandbox was set up before the
+            # central made the directory: read-only to it, exit 75 once, one restart sets it up anew).
     except (IdentityError, ValueError) as exc:
         _say(f"error: {exc}")
         return EXIT_CONFIG

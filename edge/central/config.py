@@ -412,6 +412,22 @@ class MqttSection(StrictModel):
         "copy last installed by `edge central crl --out` or `broker-cert`, else the central's own "
         "identity/ca.crl",
     )
+    queue_per_station: int = Field(
+        64, ge=1, le=100_000,
+        description="Messages of one station waiting in this process's receive queue (fin and API requests, "
+        "acknowledged to the broker once queued); more are answered busy at once (fin: 0x97, API: 503) "
+        "and the station sends them again later",
+    )
+    queue_per_station_kb: int = Field(
+        16 * 1024, ge=1, le=4 * 1024 * 1024,
+        description="Payload bytes of one station waiting in the receive queue, in KiB; at least "
+        "max_request_kb (a largest request must fit)",
+    )
+    queue_concurrency: int = Field(
+        4, ge=1, le=64,
+        description="Stations whose queued messages are handled at once (each station's one at a time, "
+        "in order)",
+    )
 
     @field_validator("ca_file", "client_bundle_dir", "transfers_dir", "broker_crl_file")
     @classmethod
@@ -429,6 +445,17 @@ class MqttSection(StrictModel):
         if not 1 <= port <= 65535:
             raise ValueError(f"broker_url port must be within 1-65535, got {port}")
         return self
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> MqttSection:
+        if self.queue_per_station_kb < self.max_request_kb:
+            raise ValueError(f"queue_per_station_kb ({self.queue_per_station_kb}) must be at least "
+                             f"max_request_kb ({self.max_request_kb}): a largest request must fit the queue")
+        return self
+
+    @property
+    def queue_per_station_bytes(self) -> int:
+        return self.queue_per_station_kb << 10
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -543,9 +570,15 @@ class CentralLayout:
         return self.identity_dir / "issued.order"
 
     @property
+    def issue_order_copy_file(self) -> Path:
+        """The second copy of the issue order, outside identity/: restoring identity/ from a backup cannot
+        lose the places of the certificates issued since (edge.central.identity.issue_order)."""
+        return self.store_dir / "issued-order.copy"
+
+    @property
     def crl_installed_file(self) -> Path:
-        """Where and until when the revocation list was last installed for the broker (`edge central crl
-        --out`, `broker-cert`): the time left the central reports (edge.central.revocation.crl_standing)."""
+        """Where and until when the revocation list was installed (`edge central crl --out`, `broker-cert`),
+        per destination: the time left the central reports (edge.central.revocation.crl_standing)."""
         return self.identity_dir / "crl-installed.json"
 
     @property

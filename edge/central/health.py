@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 
 _CRL_COPY_TEXT = {
     CrlList.BROKER: "the broker's copy, [mqtt] broker_crl_file",
-    CrlList.INSTALLED: "the copy last installed for the broker by `edge central crl --out`",
+    CrlList.INSTALLED: "of the copies installed by `edge central crl --out` or `broker-cert`, the one whose "
+                       "next update comes first",
     CrlList.CENTRAL: "the central's own copy: none was installed through `edge central crl --out`, and "
                      "[mqtt] broker_crl_file is not set",
 }

@@ -445,7 +445,10 @@ def keep_issued(layout: CentralLayout, cert: x509.Certificate, *, newly_issued: 
     try:
         ensure_private_dir(layout.issued_dir)
         if newly_issued:
+            # Two copies, one outside identity/: restoring identity/ from a backup cannot lose the place of a
+            # certificate issued since (issue_order reads both).
             _record_issue_order(layout.issue_order_file, certificate_sha256(cert))
+            _record_issue_order(layout.issue_order_copy_file, certificate_sha256(cert))
         # Private like everything in the store (tests/station/test_durability.py): only the CRL leaves it.
         install_file(layout.issued_dir / f"{certificate_sha256(cert)}.crt", cert_pem(cert), PRIVATE_MODE,
                      replace=False)
@@ -480,24 +483,41 @@ def issue_order(layout: CentralLayout) -> dict[str, int]:
     the certificate as key). A certificate absent from it was issued before the CA recorded the order (an
     earlier release, or imported with `keep-issued`): older than every one in it. The order is that of
     issuance on this CA, not of any clock, so a certificate made while the clock was wrong, or with a
-    backdated notBefore, keeps its true place. A damaged line is skipped, loudly."""
+    backdated notBefore, keeps its true place. A damaged line is skipped, loudly.
+
+    The order is kept twice, ``identity/issued.order`` and ``<store_dir>/issued-order.copy`` (every
+    issuance appends to both): when one of them comes back from a backup, it lacks the certificates issued
+    since the backup, while every one issued after the restore is appended to both, so the other holds all
+    of its lines. The copy that holds every line of the other one is the order (identity/'s when both
+    hold the same); when neither does (both restored from different backups), the longer one, then the
+    other's lines it lacks."""
+    primary, other = _order_lines(layout.issue_order_file), _order_lines(layout.issue_order_copy_file)
+    if not set(other) <= set(primary) and (set(primary) <= set(other) or len(other) > len(primary)):
+        primary, other = other, primary
     places: dict[str, int] = {}
+    for line in [*primary, *other]:
+        places.setdefault(line, len(places))
+    return places
+
+
+def _order_lines(path: Path) -> list[str]:
+    """The SHA-256 lines of one copy of the issue order (none when missing or unreadable, logged)."""
     try:
-        text = layout.issue_order_file.read_text(encoding="ascii", errors="replace")
+        text = path.read_text(encoding="ascii", errors="replace")
     except FileNotFoundError:
-        return places
+        return []
     except OSError as exc:
-        log.error("cannot read the CA's issue order %s (%s): every certificate is taken as issued before "
-                  "it", layout.issue_order_file, exc.strerror or exc)
-        return places
+        log.error("cannot read the CA's issue order %s (%s): the other copy is used", path,
+                  exc.strerror or exc)
+        return []
+    lines = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not _SHA256_HEX.fullmatch(line):
             if line:
-                log.error("the CA's issue order %s: line %d is not a SHA-256, skipped",
-                          layout.issue_order_file, number)
+                log.error("the CA's issue order %s: line %d is not a SHA-256, skipped", path, number)
             continue
-        places.setdefault(line, len(places))
-    return places
+        lines.append(line)
+    return lines
 
 
 def server_ssl_context(config: CentralConfig) -> ssl.SSLContext:

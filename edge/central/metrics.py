@@ -17,6 +17,9 @@ What is counted, and where:
 - ``edge_central_crl_next_update_seconds``: seconds until the CA's revocation list needs its next update
   (``identity/ca.crl``, read when scraped; negative once past: then the broker refuses every client; NaN
   when it cannot be read). Alert below 7 days (``/readyz`` names it too).
+- ``edge_central_mqtt_queue_waiting``: messages waiting in this process's MQTT receive queue
+  (:mod:`edge.central.receive_queue`), read when scraped; ``edge_central_mqtt_queue_busy_total``: messages
+  answered busy because their station's share of the queue was full. Only with ``[mqtt]``.
 
 No label carries a station id, an item id, a reader name or a case number. The metrics are still not for
 the internet (traffic volumes, refusal patterns): they are served only on a loopback listener of their
@@ -30,7 +33,7 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 __all__ = ["METRICS_CONTENT_TYPE", "CentralMetrics", "refusal_class", "route_template"]
@@ -103,6 +106,29 @@ class _CrlCollector(Collector):
         yield GaugeMetricFamily(self._NAME, self._HELP)
 
 
+class _ReceiveQueueCollector(Collector):
+    _WAITING = "edge_central_mqtt_queue_waiting"
+    _WAITING_HELP = "Messages waiting in this process's MQTT receive queue"
+    _BUSY = "edge_central_mqtt_queue_busy"
+    _BUSY_HELP = "MQTT messages answered busy: their station's share of the receive queue was full"
+
+    def __init__(self, waiting: Callable[[], int], busy: Callable[[], int]) -> None:
+        self._waiting = waiting
+        self._busy = busy
+
+    def collect(self) -> Iterable[Metric]:
+        waiting = GaugeMetricFamily(self._WAITING, self._WAITING_HELP)
+        waiting.add_metric([], float(self._waiting()))
+        yield waiting
+        busy = CounterMetricFamily(self._BUSY, self._BUSY_HELP)
+        busy.add_metric([], float(self._busy()))
+        yield busy
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self._WAITING, self._WAITING_HELP)
+        yield CounterMetricFamily(self._BUSY, self._BUSY_HELP)
+
+
 class CentralMetrics:
     """The central's counters and histograms on their own registry."""
 
@@ -128,6 +154,10 @@ class CentralMetrics:
 
     def __repr__(self) -> str:
         return "CentralMetrics()"
+
+    def watch_receive_queue(self, waiting: Callable[[], int], busy: Callable[[], int]) -> None:
+        """Report the MQTT receiver's queue (its waiting messages, its busy answers), read when scraped."""
+        self.registry.register(_ReceiveQueueCollector(waiting, busy))
 
     def answered(self, request: web.BaseRequest, response: web.StreamResponse, status: int) -> None:
         """Count one answered request (the connection calls this once per request)."""

@@ -160,6 +160,19 @@ class MqttApi:
         status, body = await self._run(station, request.op, request.body)
         return self._reply(station, request.request_id, status, body, correlation_data)
 
+    def busy(self, station: str, payload: bytes, correlation_data: bytes | None, detail: str) -> ApiAnswer:
+        """The reply to a request the receiver could not queue (its station's share of the receive queue
+        is full): 503 ``server_busy``, the central's own error document, which a station takes as "busy,
+        send it again later" (``edge.uplink.central_calls.check_answer``), never as a refusal."""
+        request_id = _request_id_of(payload) if len(payload) <= self.max_request_bytes else None
+        rejection = Rejection(RejectCode.SERVER_BUSY, f"{detail}; send the request again later")
+        return self._reply(station, request_id, rejection.status, rejection_document(rejection),
+                           correlation_data)
+
+    def station_of(self, topic: str) -> str | None:
+        """The station level of a request topic, None when it names none (nobody to answer)."""
+        return self._station_of(topic)
+
     # -- plumbing ---------------------------------------------------------------------------------------
 
     def _station_of(self, topic: str) -> str | None:

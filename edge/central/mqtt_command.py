@@ -16,16 +16,26 @@ response topic `<prefix>/stations/<STATION>/command-reply/<request id>` and carr
 correlation data. MQTT 3.1.1: the reply comes on `<prefix>/stations/<STATION>/command-reply`, told apart
 by its request id.
 
-The reply counts only when the station signed it (edge.mqtt.commands, "replies"): with one of the keys the
-central enrolled it with and uses (its current key and those its key rotations name), naming the station
-and the SHA-256 of the request just sent. A reply that does not verify is reported on stderr and the wait
-goes on (the station's own reply may still come). A station from before signed replies answers unsigned:
-that is reported and not taken, unless ``--allow-unsigned-reply`` (printed as unsigned).
+The reply counts only when the station signed it (edge.mqtt.commands, "replies") with the key the station
+is enrolled with now (the index's record of the station: a station signs replies with its current key
+only, so a retired or lost key, even one a rotation names, is never taken), naming the station, the
+SHA-256 of the request just sent and the op of the topic it came on. Between a station's key rotation and
+its re-enrolment with the new key its replies do not verify: they are reported ("not the key station S is
+enrolled with now ... re-enrolled") and the command ends in 69; re-enrol the station. A reply that does not
+verify is reported on stderr and the wait goes on (the station's own reply may still come). A station from
+before signed replies answers unsigned: that is reported and does not end the wait either (the station's
+signed reply may follow; at the deadline exit 69 says an unsigned one came), unless
+``--allow-unsigned-reply``, which takes the first unsigned reply (printed as unsigned).
 
-Exit status: 0 the station executed it; 1 the station refused it (the reply's error and detail are
-printed); 69 no authentic reply in time, or only an unsigned one (the command may still have run: ask
-`ledger-head`, or read the station's `command` ledger entries); 2 bad arguments (an unknown or revoked
-station); 78 configuration, signing key, index or broker identity unusable.
+Everything from the reply that is printed (error, detail, result) is escaped (edge.custody.text): the
+station's text never drives the operator's terminal.
+
+Exit status: 0 the station executed it, or the request was a redelivery of one it executed earlier (a
+`replayed` reply whose signed ``first_outcome`` is executed: printed as such); 1 the station refused it
+(the reply's error and detail are printed); 69 no authentic reply in time, or only an unsigned one (the
+command may still have run: ask `ledger-head`, or read the station's `command` ledger entries); 2 bad
+arguments (an unknown or revoked station); 78 configuration, signing key, index or broker identity
+unusable. The index is opened read-only.
 """
 
 from __future__ import annotations
@@ -46,14 +56,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.config import CentralConfig, ConfigError, MqttSection, load_central_config
-from edge.central.disclosure.package import station_keys_in_use
 from edge.central.identity import load_signing_key
 from edge.central.index import CentralIndexError
 from edge.central.sqlite.index import SqliteIndex
+from edge.central.storage import Index
 from edge.config.station import MQTT_BROKER_URL_OR_EMPTY, MQTT_DEFAULT_PORT, MQTT_TOPIC_PREFIX
 from edge.custody.canonical import sha256_hex
 from edge.custody.errors import CustodyError
-from edge.custody.keys import StationKey
+from edge.custody.keys import StationKey, key_id_of
+from edge.custody.text import json_printable, printable
 from edge.mqtt.client import (
     ConnectionState,
     InboundMessage,
@@ -90,6 +101,7 @@ __all__ = [
     "cmd_central_command",
     "command_connection",
     "send_command",
+    "station_reply_keys",
 ]
 
 # The stations' default [mqtt] topic_prefix (and the central's).
@@ -124,6 +136,7 @@ async def send_command(
     payload = sign_command(command, key.sign)
     request_sha256 = sha256_hex(payload)
     not_taken: list[str] = []
+    unsigned: list[Reply] = []
     v5 = settings.protocol is ProtocolVersion.V5
     base = command_reply_topic(broker.topic_prefix, command.station)
     reply_topic = f"{base}/{command.request_id}" if v5 else base
@@ -133,29 +146,32 @@ async def send_command(
     answered: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
 
     async def on_reply(message: InboundMessage) -> None:
+        topic = printable(message.topic)[:300]
         try:
             reply = parse_reply(message.payload)
         except ValueError as exc:
-            print(f"warning: ignored a reply on {message.topic}: {exc}", file=sys.stderr)
+            print(f"warning: ignored a reply on {topic}: {printable(str(exc))}", file=sys.stderr)
             return
         if reply.request_id != command.request_id or answered.done():
             return
         try:
-            verify_reply(reply, station=command.station, request_sha256=request_sha256, keys=station_keys)
+            verify_reply(reply, station=command.station, op=command.op, request_sha256=request_sha256,
+                         keys=station_keys)
         except ReplyNotAuthentic as exc:
             if not reply.signed:
                 if allow_unsigned:
                     print(f"warning: station {command.station}'s reply is not signed (taken: "
                           "--allow-unsigned-reply)", file=sys.stderr)
                     answered.set_result(reply)
-                else:
-                    answered.set_exception(CommandTimeout(
-                        f"station {command.station} answered request {command.request_id} with an unsigned "
-                        f"reply (a station from before signed replies; it said ok={reply.ok}): not taken. "
-                        "Upgrade the station, or accept it once with --allow-unsigned-reply"))
+                    return
+                # Not the end of the wait: anyone who can write the reply topic can send one, and the
+                # station's signed reply may follow (module docstring).
+                unsigned.append(reply)
+                print(f"warning: an unsigned reply on {topic} was not taken (waiting for the station's "
+                      "signed one)", file=sys.stderr)
                 return
-            not_taken.append(str(exc))
-            print(f"warning: a reply on {message.topic} was not taken: {exc}", file=sys.stderr)
+            not_taken.append(printable(str(exc)))
+            print(f"warning: a reply on {topic} was not taken: {printable(str(exc))}", file=sys.stderr)
             return
         answered.set_result(reply)
 
@@ -178,6 +194,12 @@ async def send_command(
             return await answered
     except TimeoutError:
         rejected = f"; {len(not_taken)} reply(ies) did not verify: {not_taken[-1]}" if not_taken else ""
+        if unsigned:
+            rejected += (
+                f"; {len(unsigned)} unsigned reply(ies) came (a station from before signed replies, or a "
+                f"forgery; the last said ok={unsigned[-1].ok}): not taken. Upgrade the station, or accept "
+                "an unsigned reply once with --allow-unsigned-reply"
+            )
         raise CommandTimeout(
             f"no authentic reply from station {command.station} within {timeout_s:g} s (request "
             f"{command.request_id}){rejected}"
@@ -313,31 +335,45 @@ def cmd_central_command(args: argparse.Namespace) -> int:
     except MqttError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.UNAVAILABLE
+    # Everything the reply says is the station's text: escaped before it reaches the terminal.
+    signed = f"signed by key {printable(str(reply.key_id))}" if reply.signed else "UNSIGNED reply"
     if args.json:
-        print(json.dumps(reply.as_json(), ensure_ascii=False, sort_keys=True))
+        print(json_printable(json.dumps(reply.as_json(), ensure_ascii=False, sort_keys=True)))
     elif reply.ok:
-        signed = f"signed by key {reply.key_id}" if reply.signed else "UNSIGNED reply"
         print(f"station {command.station}: {command.op.value} done (request {command.request_id}; {signed})")
-        print(json.dumps(reply.result, ensure_ascii=False, indent=2, sort_keys=True))
+        print(json_printable(json.dumps(reply.result, ensure_ascii=False, indent=2, sort_keys=True)))
+    elif reply.executed_earlier:
+        print(f"station {command.station}: {command.op.value} done earlier: this delivery was a redelivery "
+              f"of request {command.request_id}, which the station had executed ({signed}): "
+              f"{printable(str(reply.detail))}")
     else:
         print(f"station {command.station} refused {command.op.value} (request {command.request_id}): "
-              f"{reply.error}: {reply.detail}", file=sys.stderr)
-    return ExitCode.OK if reply.ok else ExitCode.FAILED
+              f"{printable(str(reply.error))}: {printable(str(reply.detail))}", file=sys.stderr)
+    return ExitCode.OK if reply.took_effect else ExitCode.FAILED
+
+
+def station_reply_keys(station: str, index: Index) -> dict[str, Ed25519PublicKey]:
+    """The key a reply of ``station`` may be signed with, by key id: the one it is enrolled with now (its
+    index record). Not the keys its rotations name (edge.central.disclosure.package.station_keys_in_use,
+    which verify what the station signed in the past): a station signs every reply with its current key,
+    so a retired or lost one in a reply is someone else's hand. LookupError when the station is unknown or
+    not active."""
+    record = index.station(station)
+    if record is None:
+        raise LookupError(f"station {station} is not enrolled at this central")
+    if not record.active:
+        raise LookupError(f"station {station} is {record.status}: its replies could not be trusted")
+    key = record.public_key()
+    return {key_id_of(key): key}
 
 
 def _station_keys(config: CentralConfig, station: str) -> dict[str, Ed25519PublicKey]:
-    """The keys a reply of ``station`` may be signed with: those the central uses for its packages (its
-    current key and every key its rotations name). LookupError when the station is unknown or revoked."""
+    """`station_reply_keys`, from the central's index opened read-only (this command changes nothing)."""
     if not config.layout.index_db.is_file():
         raise LookupError(f"station {station} is not enrolled at this central (no enrollments yet)")
-    index = SqliteIndex.open(config.layout.index_db)
+    index = SqliteIndex.open_readonly(config.layout.index_db)
     try:
-        record = index.station(station)
-        if record is None:
-            raise LookupError(f"station {station} is not enrolled at this central")
-        if not record.active:
-            raise LookupError(f"station {station} is {record.status}: its replies could not be trusted")
-        return station_keys_in_use(station, index)
+        return station_reply_keys(station, index)
     finally:
         index.close()
 

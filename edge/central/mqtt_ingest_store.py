@@ -954,6 +954,18 @@ class MqttIngestStore:
             os.close(fd)
         return hasher.hexdigest()
 
+    def record_incident(self, station: str, kind: str, detail: str) -> None:
+        """An incident of the receiver that concerns no transfer (a damaged row of its receive queue),
+        recorded like the store's own (bounded per station)."""
+        skipped = self.incident_rate.admit(station)
+        if skipped is None:
+            return
+        entry: dict[str, object] = {"time": _format_time(self._clock()), "kind": kind, "station": station,
+                                    "detail": detail}
+        if skipped:
+            entry["unrecorded_incidents_before"] = skipped
+        self._append_incident(entry)
+
     def _incident(self, record: _Record, kind: str, detail: str, **extra: object) -> None:
         skipped = self.incident_rate.admit(record.station)
         if skipped is None:
@@ -962,6 +974,10 @@ class MqttIngestStore:
                  "file_id": record.file_id, "upload_id": record.upload_id, "detail": detail, **extra}
         if skipped:
             entry["unrecorded_incidents_before"] = skipped
+        self._append_incident(entry)
+        log.warning("station %s, file %s: %s: %s", record.station, record.file_id, kind, detail)
+
+    def _append_incident(self, entry: dict[str, object]) -> None:
         line = canonical_json(entry) + b"\n"
         fd = os.open(self._root / _INCIDENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -969,7 +985,6 @@ class MqttIngestStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        log.warning("station %s, file %s: %s: %s", record.station, record.file_id, kind, detail)
 
     def _unlink(self, upload_id: str) -> bool:
         removed = False

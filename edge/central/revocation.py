@@ -20,10 +20,11 @@ must refuse it: Mosquitto's `crlfile`. This module keeps that list:
   write a list that misses one of them.
 
 "Older" and "newest" follow the order the CA issued its certificates in (``identity/issued.order``,
-written at issuance), never a clock: a certificate made while the central's clock was wrong, or with a
-backdated notBefore, keeps its place. Certificates issued before the CA recorded that order (earlier
-releases, imports with `keep-issued`) are older than every one in it, and among themselves are ordered by
-notBefore (a clock skew between two of those can still misorder them).
+written at issuance, and its copy outside identity/ that a restore of identity/ cannot lose), never a
+clock: a certificate made while the central's clock was wrong, or with a backdated notBefore, keeps its
+place. Certificates issued before the CA recorded that order (earlier releases, imports with
+`keep-issued`) are older than every one in it, and among themselves are ordered by notBefore (a clock skew
+between two of those can still misorder them).
 
 `edge central enroll`, `enroll-reader`, `revoke`, `revoke-reader` and `init` rewrite it; `edge central
 crl --out FILE` rewrites it (a fresh next update) and copies it for the broker. Certificates issued before
@@ -248,38 +249,101 @@ def _next_update_of(path: Path) -> dt.datetime | None:
         return None
 
 
-def _installed_record(layout: CentralLayout) -> tuple[Path, dt.datetime] | None:
-    """Where the list was last installed for the broker and its next update (None: never, or a record
-    that cannot be read, which is logged)."""
+@dataclass(frozen=True)
+class _Install:
+    """One destination the list was installed to (`edge central crl --out`, `broker-cert`), with the next
+    update of the copy installed there last."""
+
+    path: Path
+    next_update: dt.datetime
+    installed_utc: str
+
+
+# The destinations kept in identity/crl-installed.json: the broker's, and a few one-off copies.
+_MAX_INSTALLS = 32
+# The record's problem last logged: a damaged record is logged once, not at every /readyz poll.
+_record_warned: list[str] = []
+
+
+def _installs(layout: CentralLayout) -> list[_Install] | None:
+    """Every destination the list was installed to (None: never, or a record that cannot be read, which is
+    logged once: any damage, whatever it is, is "cannot be read")."""
     record = layout.crl_installed_file
     try:
         doc = parse_json(record.read_bytes()[:_RECORD_MAX_BYTES])
-        if not isinstance(doc, dict):
-            raise ValueError("not a JSON object")
-        path, next_update = doc.get("path"), doc.get("next_update")
-        if not isinstance(path, str) or not isinstance(next_update, str):
-            raise ValueError("path or next_update missing")
-        return Path(path), dt.datetime.fromisoformat(next_update).astimezone(dt.UTC)
+        if not isinstance(doc, dict) or not isinstance(doc.get("installs"), list):
+            raise ValueError("expected an object with an installs list (or a record of an earlier release)")
+        installs = []
+        for item in doc["installs"][:_MAX_INSTALLS]:
+            path, next_update, when = (item.get(name) if isinstance(item, dict) else None
+                                       for name in ("path", "next_update", "installed_utc"))
+            if not isinstance(path, str) or not isinstance(next_update, str) or not isinstance(when, str):
+                raise ValueError("an install without path, next_update or installed_utc")
+            installs.append(_Install(Path(path), dt.datetime.fromisoformat(next_update).astimezone(dt.UTC),
+                                     when))
+        _record_warned.clear()
+        return installs
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        log.error("cannot read %s (%s): reporting the central's own revocation list instead", record, exc)
+    except Exception as exc:  # any damage: a local file must never fail /readyz or /metrics
+        problem = f"cannot read {record} ({type(exc).__name__}: {str(exc)[:200]})"
+        if _record_warned != [problem]:
+            _record_warned[:] = [problem]
+            log.error("%s: reporting the central's own revocation list instead (rewritten at the next "
+                      "`edge central crl --out`)", problem)
         return None
+
+
+def _broker_install(layout: CentralLayout) -> tuple[Path, dt.datetime] | None:
+    """The installed copy whose next update comes first, among the destinations whose file still exists
+    (all of them when none does): an install elsewhere (a look at the list in /tmp, a `broker-cert --out`
+    into a staging directory) never hides that the broker's own copy is running out. A one-off copy left in
+    place warns as it nears its own next update: delete it and it is forgotten."""
+    installs = _installs(layout)
+    if not installs:
+        return None
+    present = [item for item in installs if _still_there(item.path)] or installs
+    soonest = min(present, key=lambda item: item.next_update)
+    return soonest.path, soonest.next_update
+
+
+def _still_there(path: Path) -> bool:
+    """Whether an installed copy's file is still there (True when the central may not look: kept)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return True
+
+
+def _recorded_install(layout: CentralLayout, path: Path, next_update: dt.datetime, now: dt.datetime) -> bytes:
+    """The installation record with `path` installed now (replacing its earlier install), destinations
+    whose file is gone dropped, at most `_MAX_INSTALLS` kept (the most recent)."""
+    kept = [item for item in (_installs(layout) or []) if item.path != path and _still_there(item.path)]
+    kept.append(_Install(path, next_update, now.isoformat()))
+    return canonical_json({"installs": [
+        {"path": str(item.path), "next_update": item.next_update.isoformat(),
+         "installed_utc": item.installed_utc}
+        for item in kept[-_MAX_INSTALLS:]
+    ]})
 
 
 def crl_standing(layout: CentralLayout, now: dt.datetime | None = None, *,
                  broker_crl_file: Path | None = None) -> CrlStanding:
     """The time left of the list the broker has, as near as the central can know it: `broker_crl_file`
     ([mqtt] broker_crl_file) when configured, read where it lies; else the copy last installed through
-    `edge central crl --out` or `broker-cert` (recorded then in identity/crl-installed.json: an
-    enrolment or revocation renews the central's own list without installing it); else, when none was
-    ever installed that way, the central's own ``identity/ca.crl``."""
+    `edge central crl --out` or `broker-cert` (recorded then in identity/crl-installed.json, per
+    destination: the one whose next update comes first, `_broker_install`; an enrolment or revocation renews
+    the central's own list without installing it); else, when none was ever installed that way (or the
+    record is damaged), the central's own ``identity/ca.crl``."""
     now = now or utc_now()
     path: Path
     next_update: dt.datetime | None
     if broker_crl_file is not None:
         path, copy, next_update = broker_crl_file, CrlList.BROKER, _next_update_of(broker_crl_file)
-    elif (installed := _installed_record(layout)) is not None:
+    elif (installed := _broker_install(layout)) is not None:
         path, next_update = installed
         copy = CrlList.INSTALLED
     else:
@@ -326,9 +390,8 @@ def update_crl(config: CentralConfig, index: EnrolmentRecords | None, *,
                 install_file(copy_to, crl_pem(crl), PUBLIC_MODE, replace=True)
                 # After the copy is in place: the time left the central reports is the installed list's.
                 assert crl.next_update_utc is not None  # build_crl always sets it
-                record = {"path": str(copy_to.absolute()), "next_update": crl.next_update_utc.isoformat(),
-                          "installed_utc": now.isoformat()}
-                install_file(layout.crl_installed_file, canonical_json(record), PRIVATE_MODE, replace=True)
+                record = _recorded_install(layout, copy_to.absolute(), crl.next_update_utc, now)
+                install_file(layout.crl_installed_file, record, PRIVATE_MODE, replace=True)
     except OSError as exc:
         raise IdentityError(f"cannot write the revocation list: {exc.strerror or exc} "
                             f"({exc.filename or layout.crl_file})") from None

@@ -873,7 +873,12 @@ class _Checker:
             if not (path.parent == uploads and _UPLOAD_FILE.fullmatch(path.name) and path.is_file()):
                 found.append(path)
         transfers = self.layout.mqtt_transfers_dir
+        queues = transfers / "receive-queue"  # edge.central.receive_queue: one file set per process
         for path in sorted(transfers.rglob("*")) if transfers.is_dir() else []:
+            if path == queues and path.is_dir() and not path.is_symlink():
+                continue
+            if path.parent == queues and _QUEUE_FILE.fullmatch(path.name) and path.is_file():
+                continue
             if not (path.parent == transfers and _TRANSFER_FILE.fullmatch(path.name) and path.is_file()):
                 found.append(path)
         for path in found[:_MAX_LISTED]:
@@ -1073,7 +1078,9 @@ class _Checker:
 _CONSOLE_TRAILS = ("account_events", "grant_events", "station_unit_events", "sensitivity_events",
                    "media_ranges")
 # What a central store holds (edge.central.config.CentralLayout): anything else was planted or left over.
-_ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-journal", "store.lock"})
+# issued-order.copy: the second copy of the CA's issue order (edge.central.identity.issue_order).
+_ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-journal", "store.lock",
+                         "issued-order.copy"})
 # readiness/: the /readyz write probe's directory (edge.central.health); it holds no evidence, and a probe
 # a crash left there is not a planted file.
 # mqtt-transfers/: MQTT file transfers being assembled (edge.central.mqtt_ingest_store), the [mqtt]
@@ -1104,6 +1111,10 @@ _UPLOAD_FILE = re.compile(
 _TRANSFER_FILE = re.compile(
     r"[0-9a-f]{32}\.(part|info\.json|segments|lock)|\.[0-9a-f]{32}\.info\.json\.\d+\.[0-9a-f]{8}\.tmp"
 )
+# mqtt-transfers/receive-queue/: each receiving process's queue (SQLite, its WAL and shared memory, its lock).
+# A damaged queue file set aside keeps its name and ".damaged-<UTC time>".
+_QUEUE_FILE = re.compile(r"(central|worker-[A-Za-z0-9][A-Za-z0-9._-]{0,31})\.sqlite3"
+                         r"(\.damaged-\d{8}T\d{6}Z)?(-wal|-shm|\.lock)?")
 
 
 def _is_count(value: object) -> bool:

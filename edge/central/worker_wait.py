@@ -14,7 +14,10 @@ systemd sets up the worker's sandbox when it starts: its one writable path, ``tr
 when missing (``ReadWritePaths=-``; without the ``-`` the start itself fails, 226/NAMESPACE, and the unit
 hits its start limit the same way), so a worker that waited for the central's first start may find the
 directory the central made read-only to it. :func:`transfers_dir_unusable` says so, and the worker exits 75
-(EX_TEMPFAIL) once: systemd starts it again, with the directory in its sandbox now.
+(EX_TEMPFAIL) once: systemd starts it again, with the directory in its sandbox now. A worker that finds the
+secret but no transfers directory (removed while the central was stopped, or on a file system mounted
+later), which its sandbox cannot make, waits the same way for the directory
+(:func:`wait_for_the_transfers_dir`), then exits 75 once for a sandbox that has it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from types import FrameType
 
 from edge.runtime.sdnotify import SystemdNotifier
 
-__all__ = ["CENTRAL_POLL_S", "transfers_dir_unusable", "wait_for_the_central"]
+__all__ = ["CENTRAL_POLL_S", "transfers_dir_may_appear", "transfers_dir_unusable", "wait_for_path",
+           "wait_for_the_central", "wait_for_the_transfers_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +64,26 @@ def wait_for_the_central(secret: Path, *, poll_s: float = CENTRAL_POLL_S,
                          notifier: SystemdNotifier | None = None) -> bool:
     """Until `secret` exists: True then (at once when it already does), False when SIGTERM or SIGINT came
     first. Call from the main thread (it installs signal handlers for the wait)."""
-    if secret.exists():
-        return True
     waiting = (f"waiting for the central's first start: the MQTT client-id secret {secret} does not exist "
                "yet (only edge-central makes it); the worker starts once it does")
+    return wait_for_path(secret, waiting, poll_s=poll_s, notifier=notifier)
+
+
+def wait_for_the_transfers_dir(directory: Path, why: str, *, poll_s: float = CENTRAL_POLL_S,
+                               notifier: SystemdNotifier | None = None) -> bool:
+    """Until `directory` exists (the central makes it at its start; the worker's sandbox cannot): as
+    `wait_for_the_central`. `why`: what `transfers_dir_unusable` said."""
+    waiting = (f"waiting for the central to make the transfers directory {directory}: {why} (edge-central "
+               "makes it at its start); then the worker restarts once to have it in its sandbox")
+    return wait_for_path(directory, waiting, poll_s=poll_s, notifier=notifier)
+
+
+def wait_for_path(path: Path, waiting: str, *, poll_s: float = CENTRAL_POLL_S,
+                  notifier: SystemdNotifier | None = None) -> bool:
+    """Until `path` exists: True then (at once when it already does), False when SIGTERM or SIGINT came
+    first; `waiting` is said once (log, stderr and systemd's STATUS=). Call from the main thread."""
+    if path.exists():
+        return True
     log.warning("%s", waiting)
     stop = threading.Event()
     with notifier if notifier is not None else SystemdNotifier() as systemd, _stop_on_signals(stop):
@@ -74,11 +94,11 @@ def wait_for_the_central(secret: Path, *, poll_s: float = CENTRAL_POLL_S,
         while not stop.wait(interval_s):
             if period_s is not None:
                 systemd.watchdog()
-            if secret.exists():
-                log.info("the central's MQTT client-id secret %s exists: the worker starts", secret)
-                systemd.status("the central has started: connecting to the broker")
+            if path.exists():
+                log.info("%s exists: the worker goes on", path)
+                systemd.status(f"{path} exists: going on")
                 return True
-    log.info("stopped while waiting for the central's first start")
+    log.info("stopped while %s", waiting.split(":", 1)[0])
     return False
 
 
@@ -92,3 +112,18 @@ def transfers_dir_unusable(directory: Path) -> str | None:
     if not os.access(directory, os.W_OK):
         return f"the transfers directory {directory} is read-only to this process"
     return None
+
+
+def transfers_dir_may_appear(directory: Path) -> bool:
+    """Whether a missing `directory` can still be made by the central: its nearest existing ancestor is a
+    directory (a read-only sandbox, a file system not mounted yet). Not when something else is in the way
+    (a file where a directory should be): the worker then exits 75 with the reason, as before."""
+    try:
+        if directory.exists():
+            return False
+        ancestor = directory.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        return ancestor.is_dir()
+    except OSError:
+        return False  # cannot even look: not something a wait can mend

@@ -24,8 +24,11 @@ expected the receiver locks on the first packet's SSRC and says so (`ssrc_policy
 go through a `ReorderBuffer` (UDP: a window of `reorder_window` packets; TCP: 1, since TCP does not
 reorder but a device may have lost packets before sending); every lost range is a recorded gap
 (`gaps`, extended sequence numbers) and a `discontinuity()` of the PS demuxer, so no frame is ever
-counted across a hole. The RTP payloads, in sequence order, are the raw PS file, byte for byte as the
-device sent it (RTP headers dropped); bytes that were lost are not invented, the gaps say where.
+counted across a hole. A confirmed renumbering of the device's packets (RFC 3550 A.1) is recorded in
+`restarts` (last extended number before, first after; the first `MAX_RECORDED_GAPS`) and is a
+`discontinuity()` too; a lone packet far off the numbering is dropped and counted (`strays`). The RTP
+payloads, in sequence order, are the raw PS file, byte for byte as the device sent it (RTP headers
+dropped); bytes that were lost are not invented, the gaps say where.
 
 The raw PS is written to `raw_path`, created new (never overwriting, never through a symlink, mode 0600):
 the caller puts it in the station's spool or temp area, and nothing else is written anywhere. Writes go
@@ -68,7 +71,9 @@ from drivers.gb28181.rtp import (
     Late,
     ReorderBuffer,
     ReorderEvent,
+    Restart,
     RtpError,
+    Stray,
     parse_rtp,
 )
 
@@ -151,6 +156,10 @@ class MediaOutcome:
     first_video_pts: int | None
     last_video_pts: int | None
     elapsed_s: float
+    # confirmed renumberings (RFC 3550 A.1): (last extended number before, first after), the first
+    # MAX_RECORDED_GAPS; not losses, though packets may have been lost at the jump
+    restarts: list[tuple[int, int]] = field(default_factory=list)
+    strays: int = 0  # packets far off the numbering that nothing confirmed: dropped
 
     @property
     def video_span_s(self) -> float | None:
@@ -172,6 +181,8 @@ class MediaOutcome:
             "gaps_unrecorded": self.gaps_unrecorded,
             "duplicates": self.duplicates,
             "late": self.late,
+            "restarts": [list(r) for r in self.restarts],
+            "strays": self.strays,
             "ssrc": self.ssrc,
             "ssrc_expected": self.ssrc_expected,
             "ssrc_policy": self.ssrc_policy,
@@ -199,6 +210,8 @@ class _Counters:
     gaps_unrecorded: int = 0
     duplicates: int = 0
     late: int = 0
+    restarts: list[tuple[int, int]] = field(default_factory=list)
+    strays: int = 0
     ssrc_mismatches: int = 0
     mismatched_ssrcs: list[int] = field(default_factory=list)
     invalid_packets: int = 0
@@ -581,6 +594,13 @@ class MediaReceiver:
                 c.duplicates += 1
             elif isinstance(event, Late):
                 c.late += 1
+            elif isinstance(event, Restart):
+                if len(c.restarts) < MAX_RECORDED_GAPS:
+                    c.restarts.append((event.previous, event.first))
+                self._demux(self._demuxer.discontinuity(
+                    f"RTP numbering restarted from {event.previous_sequence} to {event.sequence}"))
+            elif isinstance(event, Stray):
+                c.strays += 1
 
     def _payload(self, payload: bytes) -> bool:
         """Append one packet's payload to the raw PS; False once the size limit stops the session."""
@@ -720,7 +740,7 @@ class MediaReceiver:
             video_frames=c.video_frames, audio_frames=c.audio_frames, resyncs=self._demuxer.stats.resyncs,
             dropped_frames=self._demuxer.stats.dropped_frames, streams=dict(c.streams),
             first_video_pts=c.first_video_pts, last_video_pts=c.last_video_pts,
-            elapsed_s=self._clock() - self._opened_at,
+            elapsed_s=self._clock() - self._opened_at, restarts=list(c.restarts), strays=c.strays,
         )
 
 

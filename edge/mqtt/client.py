@@ -29,33 +29,21 @@ message whose handler failed `POISON_AFTER_FAILURES` times is acknowledged and l
 line: topic, size and digest, never the payload), and its count is forgotten, so that an identical message
 published later starts again at zero. A message whose handler failed fewer times is never acknowledged.
 
-Concurrency. A subscription's messages are handled one at a time by default, each before the next is
-looked at. A subscription made with `concurrency` N > 1 and a `key` (the central: the station of the
-topic) has up to N messages handled at once, those of one key one at a time in the order they came, so
-that one station's slow message (a registration re-hashing a large file) does not hold up every other
-station's. A message takes one of the N slots only once its key's turn has come: messages waiting behind
-their own key's earlier message hold no slot. Each message is acknowledged as soon as its own handler
-ends, not in arrival order: acknowledging in arrival order made every station's acknowledgements wait
-behind one slow message, and after the broker's in-flight window (Mosquitto's max_inflight_messages, 20)
-of unacknowledged messages the connection got nothing more. MQTT 5 §4.6 asks for acknowledgements in
-order only for an Ordered Topic, and the order that matters here (one key's messages handled one after
-another) is kept by the handling, not by the acknowledgements; Mosquitto (2.0.11, tested against in
-tests/mqtt) and EMQX accept acknowledgements out of order.
+Order. A connection's messages are handled one at a time, each before the next is looked at, and each is
+acknowledged when its handler has returned. A receiver that must not let one slow message hold up the
+others (the central's) makes its handlers quick instead: it commits what is slow to a durable queue of its
+own and handles it from there (edge.central.receive_queue). This client once had concurrent subscriptions
+(N messages at once, one key's in order) holding a key's waiting messages unacknowledged in memory: one
+station's backlog behind its slow message filled the broker's in-flight window (Mosquitto's
+max_inflight_messages, 20) and stalled every station, a message held over the per-key bound was overtaken
+by its key's later ones, and after a broker crash copies in hand were dropped as "sent again" by a broker
+that no longer had them (review 10); they were removed with their only user.
 
-Memory. What waits is bounded whatever a station publishes. A concurrent subscription handles QoS 1
-messages only: the broker's in-flight window bounds those, but not QoS 0 (a QoS 0 publish is delivered at
-QoS 0 whatever the subscription's QoS, and Mosquitto sends QoS 0 without limit), so a QoS 0 message there
-is dropped, counted (`dropped_qos0`) and logged at most once a minute (stations always publish QoS 1).
-At most `_WAITING_PER_KEY` messages wait behind one key's running one: a message beyond that is not
-handled and not acknowledged, counted (`held_over_bound`) and logged at most once a minute; the broker
-sends it again on the next connection of the session, and a station resends what goes unanswered. The
-bound is above the in-flight windows of the shipped Mosquitto (20) and of EMQX's default (32), yet the
-central's receiver in tests/mqtt/test_receiver_faults.py got more than 33 of one station's unacknowledged
-segments at once from Mosquitto 2.0.11, so the broker's window is not relied on. Such a message does not
-count towards the reconnection for held messages below: a reconnection has the broker send every
-unacknowledged message again, and a key that had too many would have them again (a reconnection loop).
-On a resumed session, messages of the earlier connection still waiting for their key's turn are dropped
-(the broker sends them again), so that they neither run twice nor count twice against the bound.
+Memory. QoS 1 deliveries are bounded by the broker's in-flight window; QoS 0 ones are not (a QoS 0 publish
+is delivered at QoS 0 whatever the subscription's QoS, and Mosquitto sends QoS 0 without limit), and paho's
+thread reads them as fast as they come while a handler works. A subscription made with ``qos1_only``
+(the central's, whose stations always publish QoS 1) drops a QoS 0 message as it arrives on the event loop,
+before it waits for the dispatcher, counts it (`dropped_qos0`) and logs at most once a minute.
 
 Connections. `run()` (a supervised task) connects, and when the connection ends or cannot be made,
 waits an exponential back-off with jitter and tries again, until `close()`. A broker that refuses the
@@ -102,7 +90,6 @@ __all__ = [
     "ConnectionStatus",
     "InboundMessage",
     "MessageHandler",
-    "MessageKey",
     "MqttClient",
     "MqttClosed",
     "MqttError",
@@ -133,11 +120,7 @@ POISON_AFTER_FAILURES = 5
 _RECONNECT_AT_HELD_FAILURES = 10
 # How many failing messages' counts are remembered (oldest forgotten first).
 _FAILURE_MEMORY = 4096
-# Messages of one key of a concurrent subscription that may wait behind its running one (see "Memory" in
-# the module docstring): above Mosquitto's max_inflight_messages (20 in config/mosquitto) and EMQX's default
-# max_inflight (32), which should hold a station first; Mosquitto 2.0.11 was seen sending the receiver more.
-_WAITING_PER_KEY = 32
-# Dropped (QoS 0) or held (over the bound) messages are logged at most once per this many seconds each.
+# Dropped (QoS 0) messages are logged at most once per this many seconds.
 _DROP_LOG_INTERVAL_S = 60.0
 # Text of a TLS alert the broker sent: it rejected the certificate we presented (or presented none).
 _TLS_ALERT = re.compile(r"\b(?:SSLV3|TLSV1|TLSV13)_ALERT_([A-Z_]+)\b")
@@ -290,8 +273,8 @@ class SubscribeRefused(MqttError):
 
 
 class _DropLog:
-    """Counts messages a concurrent subscription does not handle, and logs them at a bounded rate: the first,
-    then at most one line per `_DROP_LOG_INTERVAL_S` saying how many came since the last line."""
+    """Counts messages dropped unhandled, and logs them at a bounded rate: the first, then at most one line
+    per `_DROP_LOG_INTERVAL_S` saying how many came since the last line."""
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -311,18 +294,12 @@ class _DropLog:
         self._logged_at = now
 
 
-MessageKey = Callable[[InboundMessage], str]
-"""What orders a subscription's messages: those with the same key are handled one at a time, in order."""
-
-
 @dataclass
 class _Subscription:
     qos: int
     handler: MessageHandler
     confirmed: asyncio.Future[None]
-    concurrency: int = 1
-    key: MessageKey | None = None
-    slots: asyncio.Semaphore | None = None
+    qos1_only: bool = False
 
 
 @dataclass
@@ -388,20 +365,8 @@ class MqttClient:
         # Failed deliveries per message (topic and payload digest); failed messages held on this connection.
         self._failures: OrderedDict[bytes, int] = OrderedDict()
         self._held_failures = 0
-        # Keys of concurrent subscriptions with messages in hand: their lock and how many messages use it.
-        self._key_locks: dict[tuple[int, str], tuple[asyncio.Lock, int]] = {}
-        # Tasks of concurrent subscriptions whose handler has not started yet, with their generation.
-        self._waiting_tasks: dict[asyncio.Task[None], int] = {}
-        # The key each task of a concurrent subscription counts against, until its count is given back.
-        self._task_keys: dict[asyncio.Task[None], tuple[int, str]] = {}
-        # The generation of the last connection on which the broker had lost (or never had) the session.
-        self._lost_session_at = 0
         self._qos0_drops = _DropLog(
-            "at QoS 0 on a concurrent subscription dropped unhandled (it handles QoS 1 only: nothing bounds "
-            "QoS 0 deliveries)")
-        self._over_bound = _DropLog(
-            f"beyond the {_WAITING_PER_KEY} waiting behind their key's running one left unhandled and "
-            "unacknowledged (the broker sends them again on the next connection)")
+            "at QoS 0 on a subscription for QoS 1 only dropped unhandled (nothing bounds QoS 0 deliveries)")
         self._generation = 0
         self._closing = False
         # The Maximum Packet Size of the broker's last CONNACK (None: it announced none).
@@ -427,13 +392,8 @@ class MqttClient:
 
     @property
     def dropped_qos0(self) -> int:
-        """QoS 0 messages a concurrent subscription dropped unhandled since this client was made."""
+        """QoS 0 messages a subscription for QoS 1 only dropped unhandled since this client was made."""
         return self._qos0_drops.count
-
-    @property
-    def held_over_bound(self) -> int:
-        """Messages left unacknowledged, unhandled, because too many of their key waited already."""
-        return self._over_bound.count
 
     async def wait_for(
         self, predicate: Callable[[ConnectionStatus], bool], timeout_s: float
@@ -466,6 +426,29 @@ class MqttClient:
         delivering it, once it has waited that long for a subscriber (an offline central). Raises
         `PublishRefused` for a failure reason code (MQTT 5), `PublishTimeout`, or `MqttClosed`. Published
         while disconnected, the message waits for the next connection (within the time limit)."""
+        acknowledged = self.publish_started(
+            topic, payload, qos=qos, retain=retain, response_topic=response_topic,
+            correlation_data=correlation_data, user_properties=user_properties, timeout_s=timeout_s,
+            message_expiry_s=message_expiry_s)
+        return await acknowledged
+
+    def publish_started(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: Literal[0, 1] = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        user_properties: Iterable[tuple[str, str]] = (),
+        timeout_s: float | None = None,
+        message_expiry_s: int | None = None,
+    ) -> Awaitable[PublishAck]:
+        """`publish`, with the message queued for the network thread before this returns (so ahead of
+        anything queued after it, an acknowledgement of a received message included); the broker's
+        acknowledgement is what the returned awaitable gives (or raises, as `publish`). Raises at once what
+        `publish` raises before sending (`MqttClosed`, `PacketTooLarge`, `MqttError`)."""
         if self._closing:
             raise MqttClosed(f"{self!r} is closed")
         properties = self._publish_properties(response_topic, correlation_data, tuple(user_properties),
@@ -485,13 +468,18 @@ class MqttClient:
         # Registered before the event loop can run the PUBACK's handoff (see the module docstring).
         self._pending_acks[info.mid] = waiter
         limit_s = self._settings.publish_timeout_s if timeout_s is None else timeout_s
+        return self._acknowledgement(topic, info.mid, waiter, limit_s)
+
+    async def _acknowledgement(
+        self, topic: str, mid: int, waiter: asyncio.Future[tuple[int, str]], limit_s: float
+    ) -> PublishAck:
         try:
             async with asyncio.timeout(limit_s):
                 code, reason = await waiter
         except TimeoutError:
             raise PublishTimeout(f"no acknowledgement of the publish to {topic} in {limit_s:g} s") from None
         finally:
-            self._pending_acks.pop(info.mid, None)
+            self._pending_acks.pop(mid, None)
         if code >= FAILURE_REASON_CODE:
             raise PublishRefused(topic, code, reason)
         return PublishAck(code, reason)
@@ -503,22 +491,17 @@ class MqttClient:
         *,
         qos: Literal[0, 1] = 1,
         timeout_s: float = 30.0,
-        concurrency: int = 1,
-        key: MessageKey | None = None,
+        qos1_only: bool = False,
     ) -> None:
         """Subscribe, and return once the broker confirmed it (SUBACK), on this connection or the next one;
         `SubscribeRefused` for a failure reason code. The subscription is made again after every
-        reconnection whose session the broker did not keep.
-
-        ``concurrency`` > 1: up to that many of its messages are handled at once, those with the same
-        ``key`` one at a time in the order they came (see "Concurrency" in the module docstring)."""
+        reconnection whose session the broker did not keep. Its messages are handled one at a time (see
+        "Order" in the module docstring); ``qos1_only``: QoS 0 messages are dropped as they come (see
+        "Memory")."""
         if self._closing:
             raise MqttClosed(f"{self!r} is closed")
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
         loop = asyncio.get_running_loop()
-        subscription = _Subscription(qos, handler, loop.create_future(), concurrency, key,
-                                     asyncio.Semaphore(concurrency) if concurrency > 1 else None)
+        subscription = _Subscription(qos, handler, loop.create_future(), qos1_only)
         self._subscriptions[topic_filter] = subscription
         self._confirmed.discard(topic_filter)
         self._count_unconfirmed()
@@ -800,9 +783,6 @@ class MqttClient:
             return
         self._generation += 1
         self._held_failures = 0
-        if not session_present:
-            self._lost_session_at = self._generation
-        self._drop_stale_waiting()
         log.info(
             "MQTT %s connected to %s:%s (MQTT %s, session %s)",
             s.log_id, s.host, s.port, s.protocol.value, "resumed" if session_present else "new",
@@ -869,24 +849,27 @@ class MqttClient:
         self._count_unconfirmed()
 
     def _on_message(self, message: paho.MQTTMessage) -> None:
+        if message.qos == 0 and self._subscriptions:
+            # Dropped here, as it arrives, not after waiting for the dispatcher: nothing else bounds how
+            # many come while a handler works (see "Memory" in the module docstring).
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:
+                topic = None
+            if topic is not None and any(sub.qos1_only and _matches(f, topic)
+                                         for f, sub in self._subscriptions.items()):
+                self._qos0_drops.note(topic)
+                return
         self._inbound.put_nowait((self._generation, message))
 
     async def _dispatch(self) -> None:
-        running: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                generation, message = await self._inbound.get()
-                await self._dispatch_one(generation, message, running)
-        finally:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+        while True:
+            generation, message = await self._inbound.get()
+            await self._dispatch_one(generation, message)
 
-    async def _dispatch_one(
-        self, generation: int, message: paho.MQTTMessage, running: set[asyncio.Task[None]]
-    ) -> None:
-        """Handles ``message`` here, or starts a task for it (a concurrent subscription), or drops it; each
-        message is acknowledged when its own handling ends (see "Concurrency" in the module docstring)."""
+    async def _dispatch_one(self, generation: int, message: paho.MQTTMessage) -> None:
+        """Handles ``message`` (or drops it: nothing to hand it to) and acknowledges it when its handler
+        returned (see "Order" in the module docstring)."""
         try:
             inbound = _inbound_message(message)
         except UnicodeDecodeError:  # MQTT requires UTF-8 topics; a broker that forwards others is wrong
@@ -900,70 +883,8 @@ class MqttClient:
             log.warning("MQTT message on %s matches no subscription; acknowledged and dropped", inbound.topic)
             self._acknowledge(generation, message, True)
             return
-        if subscription.slots is None:
-            acknowledge = await self._handle(generation, inbound, subscription.handler)
-            self._acknowledge(generation, message, acknowledge)
-            return
-        if message.qos == 0:  # nothing but this bounds how many come (see "Memory" in the module docstring)
-            self._qos0_drops.note(inbound.topic)
-            return
-        if self._stale(generation):  # the broker has sent it again on this connection (or will)
-            return
-        key = (id(subscription), subscription.key(inbound) if subscription.key is not None else "")
-        # Tasks reach the key's lock in the order their messages came (a task's first step takes it), and an
-        # asyncio.Lock serves its waiters first come, first served: one key's messages keep their order.
-        lock, users = self._key_locks.get(key, (asyncio.Lock(), 0))
-        if users > _WAITING_PER_KEY:  # one running and _WAITING_PER_KEY waiting already
-            # Not counted towards the reconnection for held messages: a reconnection has the broker send
-            # every unacknowledged message again, and those of a key that had over the bound go over again.
-            # The broker sends it again on the next connection; a station resends what goes unanswered.
-            self._over_bound.note(inbound.topic)
-            return
-        self._key_locks[key] = (lock, users + 1)
-        task = asyncio.create_task(self._handle_concurrently(generation, message, inbound, subscription, key))
-        running.add(task)
-        task.add_done_callback(running.discard)
-        # The key's count is given back when the task is done, whatever its end: a task cancelled before its
-        # first step (a reconnection's CONNACK can land between two task creations of one burst) never runs
-        # its coroutine, so a `finally` in it would leave the key counted for ever.
-        self._task_keys[task] = key
-        task.add_done_callback(self._release_key)
-        self._waiting_tasks[task] = generation
-
-    def _release_key(self, task: asyncio.Task[None]) -> None:
-        """Gives back ``task``'s count on its key, once (when it is done, or when it is dropped as stale)."""
-        key = self._task_keys.pop(task, None)
-        if key is None:
-            return
-        lock, users = self._key_locks[key]
-        if users <= 1:
-            del self._key_locks[key]
-        else:
-            self._key_locks[key] = (lock, users - 1)
-
-    async def _handle_concurrently(
-        self,
-        generation: int,
-        message: paho.MQTTMessage,
-        inbound: InboundMessage,
-        subscription: _Subscription,
-        key: tuple[int, str],
-    ) -> None:
-        assert subscription.slots is not None
-        lock = self._key_locks[key][0]
-        task = asyncio.current_task()
-        try:
-            # The slot only once the key's turn came: a message waiting behind its own key's holds none.
-            async with lock, subscription.slots:
-                if task is not None:
-                    self._waiting_tasks.pop(task, None)
-                if self._stale(generation):
-                    return
-                acknowledge = await self._handle(generation, inbound, subscription.handler)
-            self._acknowledge(generation, message, acknowledge)
-        finally:
-            if task is not None:
-                self._waiting_tasks.pop(task, None)
+        acknowledge = await self._handle(generation, inbound, subscription.handler)
+        self._acknowledge(generation, message, acknowledge)
 
     async def _handle(self, generation: int, inbound: InboundMessage, handler: MessageHandler) -> bool:
         """Runs the handler: True when the message is to be acknowledged (handled, or poison)."""
@@ -974,25 +895,6 @@ class MqttClient:
         if self._failures:
             self._failures.pop(_message_key(inbound), None)
         return True
-
-    def _stale(self, generation: int) -> bool:
-        """Whether a message that came on connection ``generation`` has been (or will be) sent again by the
-        broker: it came on an earlier connection, and every connection since resumed the session."""
-        return generation < self._generation and generation >= self._lost_session_at
-
-    def _drop_stale_waiting(self) -> None:
-        """On a new connection: messages of a concurrent subscription still waiting for their key's turn
-        that the broker sends again are dropped, so that they neither wait twice nor count twice against
-        `_WAITING_PER_KEY` (Mosquitto 2.0.11 sends a resumed session its 20 unacknowledged messages and 20
-        more: with the old copies still waiting, one key's 40 went over the bound at every reconnection).
-        Those of a connection whose session the broker lost are kept: the broker does not have them."""
-        stale = [task for task, generation in self._waiting_tasks.items() if self._stale(generation)]
-        for task in stale:
-            del self._waiting_tasks[task]
-            task.cancel()
-            # Given back now, not when the cancelled task is done: the resumed session's copies may already
-            # be queued, and the dispatcher takes them without yielding to the loop in between.
-            self._release_key(task)
 
     def _acknowledge(self, generation: int, message: paho.MQTTMessage, acknowledge: bool) -> None:
         # Acknowledged on the connection it came on only: after a reconnection its packet id means nothing,

@@ -26,8 +26,10 @@ Refusals of requests that did not verify, and of replays, are recorded at a boun
 (broker ACL), but a station process gone wrong must not fill its own ledger; the refusals not recorded are
 counted in the next one that is (`unrecorded_refusals_before`), and every one is logged and replied.
 
-Each reply is signed by the station's ledger key and names the station and the SHA-256 of the request it
-answers (edge.mqtt.commands, "replies"): the central checks it against the keys it enrolled.
+Each reply is signed by the station's ledger key and names the station, the SHA-256 of the request it
+answers and the op of the topic that request came on (edge.mqtt.commands, "replies"): the central checks
+it against the key it enrolled and its command's op. A redelivery of a request already handled is refused
+as `replayed`, its reply naming the first delivery's outcome (``first_outcome``: executed or refused).
 
 Replies go to the request's MQTT 5 response topic with its correlation data when that topic is the
 station's command-reply topic or under it, else (and under 3.1.1) to `<prefix>/stations/<S>/command-reply`.
@@ -42,7 +44,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +64,7 @@ from edge.mqtt.commands import (
     CommandError,
     CommandOp,
     CommandRefused,
+    FirstOutcome,
     ReceivedCommand,
     ReplySigner,
     check_addressed,
@@ -162,15 +165,19 @@ class CommandHandler:
             log.exception("MQTT command on %s: the station failed while handling it", message.topic)
             request_id = received.request_id if received is not None and received.authentic else None
             answer = _Answer(request_id, error=CommandError.FAILED, detail=f"station store: {exc}")
+        # The reply names the op of the topic the payload came on: a refused misrouted copy of a command's
+        # payload is then no answer to the command itself (edge.mqtt.commands, "replies").
+        answer = replace(answer, op=topic_op or None)
         await self._reply(message, self._signed(answer, message.payload))
 
     def _signed(self, answer: _Answer, payload: bytes) -> bytes:
         """The reply, signed by the station's ledger key (read now: a rotation changes it)."""
         key = self.store.key
         return encode_reply(
-            answer.request_id, station=self.settings.station, request_sha256=sha256_hex(payload),
-            signer=ReplySigner(key.key_id, key.sign), result=answer.result, error=answer.error,
-            detail=answer.detail,
+            answer.request_id, station=self.settings.station, op=answer.op,
+            request_sha256=sha256_hex(payload), signer=ReplySigner(key.key_id, key.sign),
+            result=answer.result, error=answer.error, detail=answer.detail,
+            first_outcome=answer.first_outcome,
         )
 
     # -- execution ----------------------------------------------------------------------------------------
@@ -186,6 +193,7 @@ class CommandHandler:
             raise CommandRefused(
                 CommandError.REPLAYED, f"request {command.request_id} was received before, at {when}, and "
                 f"{outcome}", received,
+                first_outcome=FirstOutcome(outcome) if outcome in set(FirstOutcome) else None,
             )
         # A re-upload runs the requeue's own transaction first (module docstring).
         requeued = self._requeue(received, args) if command.op is CommandOp.REUPLOAD else None
@@ -272,7 +280,8 @@ class CommandHandler:
                 self.store.ledger.append(EntryType.COMMAND, item if _is_item(item) else None, record)
         else:
             self.unrecorded_refusals += 1
-        return _Answer(request_id, error=refused.code, detail=refused.detail)
+        return _Answer(request_id, error=refused.code, detail=refused.detail,
+                       first_outcome=refused.first_outcome)
 
     def _refusal_may_be_recorded(self) -> bool:
         now = self._monotonic()
@@ -343,6 +352,9 @@ class _Answer:
     result: Mapping[str, Any] | None = None
     error: CommandError | None = None
     detail: str | None = None
+    first_outcome: FirstOutcome | None = None
+    op: str | None = None
+    """The op level of the topic the request came on (set by `CommandHandler.handle`)."""
 
 
 def _is_item(value: object) -> bool:

@@ -6,9 +6,9 @@ and the reply (README "MQTT", contract section 2). A pure codec: no I/O, no cloc
     COMMAND  {"type": "evidence-edge command", "request_id": "<32 hex>", "op": op, "station": S,
               "issued_at": "<RFC 3339 UTC>", "args": {...}}
     reply    {"v": 2, "reply": REPLY, "signature": "<base64 Ed25519 by the station's key>"} (see "replies")
-    REPLY    {"type": "evidence-edge command reply", "station": S, "request_id": str | null,
+    REPLY    {"type": "evidence-edge command reply", "station": S, "op": str | null, "request_id": str | null,
               "request_sha256": "<SHA-256 of the request payload>", "key_id": K, "ok": bool,
-              "error": code?, "detail": str?, "result": {...}?}
+              "error": code?, "detail": str?, "first_outcome": "executed" | "refused"?, "result": {...}?}
 
 Why a signature and not the broker's word: behind Mosquitto a subscriber cannot see who published, and the
 ACL lets the station itself (and the central) write to the station's command topics. Only the central's
@@ -51,6 +51,7 @@ __all__ = [
     "CommandError",
     "CommandOp",
     "CommandRefused",
+    "FirstOutcome",
     "ReceivedCommand",
     "Reply",
     "ReplyNotAuthentic",
@@ -131,12 +132,24 @@ class CommandError(StrEnum):
 class CommandRefused(Exception):
     """A command that will not be executed, with the reply's code and a detail naming what was wrong."""
 
-    def __init__(self, code: CommandError, detail: str, command: ReceivedCommand | None = None) -> None:
+    def __init__(
+        self, code: CommandError, detail: str, command: ReceivedCommand | None = None, *,
+        first_outcome: FirstOutcome | None = None,
+    ) -> None:
         super().__init__(f"{code.value}: {detail}")
         self.code = code
         self.detail = printable(detail)[:MAX_DETAIL_CHARS]
         self.command = command
         """The command, when its envelope parsed (signature checked: `ReceivedCommand.authentic`)."""
+        self.first_outcome = first_outcome
+        """A replay (`CommandError.REPLAYED`): what became of the request's first delivery."""
+
+
+class FirstOutcome(StrEnum):
+    """What became of a request's first delivery, told in a `replayed` reply (``first_outcome``)."""
+
+    EXECUTED = "executed"
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True)
@@ -408,15 +421,23 @@ def validated_args(op: CommandOp, args: Mapping[str, Any]) -> dict[str, Any]:
 # A reply is signed by the station's ledger key (the key the central enrolled and whose checkpoints it
 # keeps), over the canonical JSON of the reply object; its ``type`` member keeps it apart from everything
 # else that key signs (checkpoints and manifests are objects with other members). The object names the
-# station and the SHA-256 of the exact request payload it answers, so a reply cannot be passed off as the
-# answer to another command, or to the same command sent to another station; behind the broker's ACL
+# station, the SHA-256 of the exact request payload it answers and the op of the topic that payload came
+# on (``op``: null when it did not come on one of the station's command topics), so a reply cannot be
+# passed off as the answer to another command, to the same command sent to another station, or to a copy
+# of the command's payload delivered on another op's topic (the station refuses that copy as wrong-topic,
+# signed: the central takes only a reply whose ``op`` is its command's); behind the broker's ACL
 # only the station itself and the central may write the station's reply topic, and the signature is what
 # tells the central that what it prints is the station's word and not a process's on the broker path.
 #
 #     {"v": 2, "reply": REPLY, "signature": "<base64 Ed25519 over canonical_json(REPLY)>"}
-#     REPLY {"type": "evidence-edge command reply", "station": S, "request_id": str | null,
+#     REPLY {"type": "evidence-edge command reply", "station": S, "op": str | null, "request_id": str | null,
 #            "request_sha256": "<64 hex>", "key_id": K, "ok": bool, "error": code?, "detail": str?,
-#            "result": {...}?}
+#            "first_outcome": "executed" | "refused"?, "result": {...}?}
+#
+# A redelivery of a request already handled (MQTT QoS 1 is at least once: the first reply may have been
+# lost) is refused as ``replayed``, ok false: it is not executed again. ``first_outcome`` (only in a
+# replayed reply, signed like the rest) says what became of the first delivery, so that a program can tell
+# "took effect earlier" from a refusal: `Reply.took_effect`.
 #
 # Version 1 (stations before signed replies) is the bare object {"v": 1, "request_id", "ok", ...}: it is
 # parsed, marked unsigned, and `verify_reply` refuses it.
@@ -426,8 +447,9 @@ REPLY_VERSION = 2
 _UNSIGNED_REPLY_VERSION = 1
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _KEY_ID = re.compile(r"^[A-Za-z0-9:_.+/=-]{1,128}$")
-_REPLY_MEMBERS = frozenset({"type", "station", "request_id", "request_sha256", "key_id", "ok", "error",
-                            "detail", "result"})
+_REPLY_MEMBERS = frozenset({"type", "station", "op", "request_id", "request_sha256", "key_id", "ok", "error",
+                            "detail", "first_outcome", "result"})
+_REQUIRED_REPLY_MEMBERS = frozenset({"type", "station", "op", "request_id", "request_sha256", "key_id", "ok"})
 _UNSIGNED_REPLY_MEMBERS = frozenset({"v", "request_id", "ok", "error", "detail", "result"})
 
 
@@ -443,16 +465,22 @@ def encode_reply(
     request_id: str | None,
     *,
     station: str,
+    op: str | None,
     request_sha256: str,
     signer: ReplySigner,
     result: Mapping[str, Any] | None = None,
     error: CommandError | None = None,
     detail: str | None = None,
+    first_outcome: FirstOutcome | None = None,
 ) -> bytes:
-    """The signed reply to the request whose payload has SHA-256 ``request_sha256`` (see above)."""
+    """The signed reply to the request whose payload has SHA-256 ``request_sha256``, delivered on the topic
+    of ``op`` (None: not one of the station's command topics; see above)."""
+    if op is not None and not _TOPIC_LEVEL.fullmatch(op):
+        op = None  # not a topic level the station answers as an op (op_of_topic took anything)
     doc: dict[str, Any] = {
         "type": REPLY_TYPE,
         "station": station,
+        "op": op,
         "request_id": request_id,
         "request_sha256": request_sha256,
         "key_id": signer.key_id,
@@ -461,6 +489,8 @@ def encode_reply(
     if error is not None:
         doc["error"] = error.value
         doc["detail"] = printable(detail or "")[:MAX_DETAIL_CHARS]
+    if first_outcome is not None and error is CommandError.REPLAYED:
+        doc["first_outcome"] = first_outcome.value
     if result is not None:
         doc["result"] = dict(result)
     signature = base64.b64encode(signer.sign(canonical_json(doc))).decode("ascii")
@@ -475,11 +505,16 @@ class ReplyNotAuthentic(ValueError):
 class Reply:
     request_id: str | None
     ok: bool
+    """The station executed the command at this delivery (the reply's ``ok``)."""
     error: str | None
     detail: str | None
     result: dict[str, Any] | None
     station: str | None = None
     """The station the signed reply names (None: an unsigned version-1 reply)."""
+    op: str | None = None
+    """The op of the topic the answered payload came on (signed replies; None: not a command topic)."""
+    first_outcome: str | None = None
+    """A `replayed` reply: what became of the first delivery ("executed" or "refused"), else None."""
     request_sha256: str | None = None
     key_id: str | None = None
     signature: bytes | None = field(default=None, repr=False)
@@ -490,14 +525,28 @@ class Reply:
     def signed(self) -> bool:
         return self.signature is not None
 
+    @property
+    def executed_earlier(self) -> bool:
+        """A redelivery of a request whose first delivery the station executed (the reply is `replayed`)."""
+        return self.error == CommandError.REPLAYED.value and self.first_outcome == FirstOutcome.EXECUTED.value
+
+    @property
+    def took_effect(self) -> bool:
+        """The command took effect: executed now, or at its first delivery (`executed_earlier`)."""
+        return self.ok or self.executed_earlier
+
     def as_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"request_id": self.request_id, "ok": self.ok, "signed": self.signed}
+        doc: dict[str, Any] = {"request_id": self.request_id, "ok": self.ok, "signed": self.signed,
+                               "took_effect": self.took_effect}
         if self.signed:
             doc["station"] = self.station
+            doc["op"] = self.op
             doc["key_id"] = self.key_id
         if self.error is not None:
             doc["error"] = self.error
             doc["detail"] = self.detail
+        if self.first_outcome is not None:
+            doc["first_outcome"] = self.first_outcome
         if self.result is not None:
             doc["result"] = self.result
         return doc
@@ -527,6 +576,9 @@ def parse_reply(payload: bytes) -> Reply:
     if signature is None:
         raise ValueError("reply.signature: expected a base64 Ed25519 signature")
     _known_members(body, _REPLY_MEMBERS, "reply.reply")
+    missing = _REQUIRED_REPLY_MEMBERS - set(body)
+    if missing:
+        raise ValueError(f"reply.reply: missing member(s) {', '.join(sorted(missing))}")
     if body.get("type") != REPLY_TYPE:
         raise ValueError(f"reply.reply.type: expected {REPLY_TYPE!r}")
     station, digest, key_id = body.get("station"), body.get("request_sha256"), body.get("key_id")
@@ -536,16 +588,25 @@ def parse_reply(payload: bytes) -> Reply:
         raise ValueError("reply.reply.request_sha256: expected 64 lower-case hex digits")
     if not (isinstance(key_id, str) and _KEY_ID.fullmatch(key_id)):
         raise ValueError("reply.reply.key_id: expected a key id")
+    op = body["op"]
+    if op is not None and not (isinstance(op, str) and _TOPIC_LEVEL.fullmatch(op)):
+        raise ValueError("reply.reply.op: expected null or a topic level")
+    first_outcome = body.get("first_outcome")
+    if first_outcome is not None and (
+        first_outcome not in {o.value for o in FirstOutcome}
+        or body.get("error") != CommandError.REPLAYED.value
+    ):
+        raise ValueError("reply.reply.first_outcome: expected executed or refused, in a replayed reply only")
     fields = _reply_fields(body)
-    return Reply(fields.request_id, fields.ok, fields.error, fields.detail, fields.result, station, digest,
-                 key_id, signature, body)
+    return Reply(fields.request_id, fields.ok, fields.error, fields.detail, fields.result, station, op,
+                 first_outcome, digest, key_id, signature, body)
 
 
 def verify_reply(
-    reply: Reply, *, station: str, request_sha256: str, keys: Mapping[str, Ed25519PublicKey]
+    reply: Reply, *, station: str, op: CommandOp, request_sha256: str, keys: Mapping[str, Ed25519PublicKey]
 ) -> None:
-    """Raises `ReplyNotAuthentic` unless ``reply`` is signed by one of ``keys`` (the station's enrolled
-    keys in use, by key id) and answers the request of SHA-256 ``request_sha256`` sent to ``station``."""
+    """Raises `ReplyNotAuthentic` unless ``reply`` is signed by one of ``keys`` (the station's key, by key
+    id) and answers the request of SHA-256 ``request_sha256`` sent to ``station`` on the topic of ``op``."""
     if not reply.signed or reply.document is None or reply.signature is None:
         raise ReplyNotAuthentic("the reply is not signed (a station from before signed replies)")
     if reply.station != station:
@@ -553,11 +614,18 @@ def verify_reply(
         raise ReplyNotAuthentic(f"the reply names station {named}, not {station}")
     if reply.request_sha256 != request_sha256:
         raise ReplyNotAuthentic("the reply answers another request (its request_sha256 differs)")
+    if reply.op != op.value:
+        named = printable(str(reply.op))[:64]
+        raise ReplyNotAuthentic(
+            f"the reply answers a copy of the request delivered on the topic of op {named}, not {op.value} "
+            "(a misrouted copy: the station's answer to the command itself may still come)"
+        )
     key = keys.get(reply.key_id or "")
     if key is None:
         raise ReplyNotAuthentic(
-            f"the reply is signed by key {printable(str(reply.key_id))[:80]}, which is not a key station "
-            f"{station} is enrolled with"
+            f"the reply is signed by key {printable(str(reply.key_id))[:80]}, which is not the key station "
+            f"{station} is enrolled with now ({', '.join(sorted(keys)) or 'none'}): a station that rotated "
+            "its key signs with the new one, taken once the station is re-enrolled with it"
         )
     if not verify_signature(key, reply.signature, canonical_json(reply.document)):
         raise ReplyNotAuthentic(f"the reply's signature does not verify with key {reply.key_id}")

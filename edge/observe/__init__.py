@@ -57,6 +57,9 @@ A bay goes empty -> authenticating -> copying -> verifying -> done (or awaiting_
 policy waits for the central, or error with its class). It shows empty again once its recorder left,
 except after ``pulled_early``, which stays until the next docking there (the officer must dock it again).
 
+When the station's MQTT telemetry is off because its telemetry salt cannot be used, the status holds
+``"mqtt_telemetry": {"enabled": false, "reason": str}`` (no key otherwise; `edge status` shows a line).
+
 With ``[gb28181] enabled = true`` the status also holds ``"gb28181": GB28181`` (edge.gb28181.registry;
 device text as the device sent it, escaped by ``json_printable``, times with microseconds)::
 

@@ -14,6 +14,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from edge.custody.text import printable
+
 STATE_WORDS = {
     "empty": "empty",
     "authenticating": "checking recorder",
@@ -177,10 +179,17 @@ def gb28181_line(view: Any) -> str | None:
             "(edge gb28181 devices)")
 
 
+def telemetry_line(view: Any) -> str | None:
+    """One line when the station's MQTT telemetry is off for a reason (a telemetry salt it cannot use)."""
+    if not isinstance(view, dict) or view.get("enabled") is not False:
+        return None
+    return f"mqtt telemetry: OFF: {printable(str(view.get('reason', '?')))[:300]}"
+
+
 def _station_and_platform_lines(status: dict[str, Any]) -> list[str]:
     lines = station_lines(status["station"])
-    platform = gb28181_line(status.get("gb28181"))
-    return lines if platform is None else [*lines, platform]
+    extra = [gb28181_line(status.get("gb28181")), telemetry_line(status.get("mqtt_telemetry"))]
+    return [*lines, *(line for line in extra if line is not None)]
 
 
 def status_renderable(status: dict[str, Any]) -> Group:

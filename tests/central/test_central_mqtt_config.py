@@ -115,3 +115,18 @@ def test_a_worker_needs_an_mqtt_section_and_a_client_id_of_its_own(tmp_path: Pat
     add_central_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["central", "mqtt-worker", "--config", str(plain), "--client-id", "w1"])
     assert args.func(args) == 78  # nothing to do without [mqtt]: a configuration error
+
+
+def test_the_receive_queue_settings_are_validated_and_reach_the_receiver() -> None:
+    from edge.central.mqtt_receiver import QueueSettings, queue_settings
+
+    mqtt = _parse(CENTRAL + MQTT + "queue_per_station = 8\nqueue_per_station_kb = 4096\n"
+                  "queue_concurrency = 2\n").mqtt
+    assert mqtt is not None
+    assert queue_settings(mqtt) == QueueSettings(per_station=8, per_station_bytes=4096 << 10, concurrency=2)
+    # A largest request must fit a station's share: refused naming both keys; control: equal is fine.
+    problem = _problem(CENTRAL + MQTT + "queue_per_station_kb = 1024\nmax_request_kb = 2048\n")
+    assert "queue_per_station_kb (1024) must be at least max_request_kb (2048)" in problem
+    assert _parse(CENTRAL + MQTT + "queue_per_station_kb = 2048\nmax_request_kb = 2048\n").mqtt is not None
+    for line in ("queue_per_station = 0", "queue_concurrency = 0", "queue_per_station_kb = 0"):
+        assert line.split(" =")[0] in _problem(CENTRAL + MQTT + line + "\n")

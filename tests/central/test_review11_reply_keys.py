@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import pytest
 
-from edge.central.disclosure.package import station_keys_in_use
+from edge.central.mqtt_command import station_reply_keys
 from edge.custody.canonical import sha256_hex
 from edge.custody.keys import StationKey
 from edge.custody.keyschedule import KEY_ROTATED, rotation_data
 from edge.custody.ledger import Ledger
-from edge.mqtt.commands import ReplyNotAuthentic, ReplySigner, encode_reply, parse_reply, verify_reply
+from edge.mqtt.commands import (
+    CommandOp,
+    ReplyNotAuthentic,
+    ReplySigner,
+    encode_reply,
+    parse_reply,
+    verify_reply,
+)
 from tests.central.conftest import CentralParts, FakeStation, enroll
 
 REQUEST = b'{"the exact request payload the central sent":1}'
@@ -44,8 +51,8 @@ def _rotate(station: FakeStation, *, lost: bool) -> StationKey:
 
 
 def _reply_signed_by(station: FakeStation, key: StationKey) -> bytes:
-    return encode_reply(REQUEST_ID, station=station.station_id, request_sha256=sha256_hex(REQUEST),
-                        signer=ReplySigner(key.key_id, key.sign),
+    return encode_reply(REQUEST_ID, station=station.station_id, op="ledger-head",
+                        request_sha256=sha256_hex(REQUEST), signer=ReplySigner(key.key_id, key.sign),
                         result={"local": {"seq": 1, "hash": "0" * 64}})
 
 
@@ -66,11 +73,12 @@ async def test_a_reply_signed_by_the_stations_retired_or_lost_key_is_not_taken(
     # The central holds the rotation now.
     assert parts.index.ledger_entries(path, type_=KEY_ROTATED)
 
-    keys = station_keys_in_use(path, parts.index)  # what `edge central command` checks replies against
+    keys = station_reply_keys(path, parts.index)  # what `edge central command` checks replies against
     # Control: the station's reply, signed with the key in force, is taken.
     verify_reply(parse_reply(_reply_signed_by(station, station.key)), station=path,
-                 request_sha256=sha256_hex(REQUEST), keys=keys)
+                 op=CommandOp.LEDGER_HEAD, request_sha256=sha256_hex(REQUEST), keys=keys)
     # The old key's holder: the station never signs with it again (it was retired, or lost).
     forged = parse_reply(_reply_signed_by(station, old))
     with pytest.raises(ReplyNotAuthentic):
-        verify_reply(forged, station=path, request_sha256=sha256_hex(REQUEST), keys=keys)
+        verify_reply(forged, station=path, op=CommandOp.LEDGER_HEAD, request_sha256=sha256_hex(REQUEST),
+                     keys=keys)

@@ -340,3 +340,21 @@ async def test_mqtt_transfers_in_progress_are_part_of_the_store_and_a_planted_fi
     (store.root / "mqtt-transfers" / "evil.sh").write_text("planted")
     text = _text(store.verify())
     assert "file mqtt-transfers/evil.sh: not part of a central store" in text
+
+
+def test_the_mqtt_receive_queue_files_are_part_of_the_store_and_a_planted_file_beside_them_is_named(
+    store: Store,
+) -> None:
+    """The receiver's queue (edge.central.receive_queue) lives in mqtt-transfers/receive-queue: the
+    central's and a worker's, with their WAL and lock, and a file set aside as damaged, are the store's."""
+    from edge.central.receive_queue import ReceiveQueue, queue_path
+
+    transfers = store.root / "mqtt-transfers"
+    for name in ("central", "worker-w1"):
+        ReceiveQueue.open(queue_path(transfers, name), per_station_messages=1, per_station_bytes=1).close()
+    queues = transfers / "receive-queue"
+    (queues / "central.sqlite3.damaged-20261205T080000Z").write_bytes(b"damaged")
+    assert store.verify() == []
+    (queues / "central.sqlite3.evil").write_text("planted")
+    assert "file mqtt-transfers/receive-queue/central.sqlite3.evil: not part of a central store" in \
+        _text(store.verify())

@@ -229,12 +229,22 @@ def test_bounds_on_size_items_and_depth() -> None:
     (b"<Query><CmdType>Catalog</CmdType><SN>x</SN><DeviceID>1</DeviceID></Query>", "SN is not an integer"),
     (b"<Query><CmdType>Catalog</CmdType><SN>1</SN></Query>", "without DeviceID"),
     (b"<Query><CmdType>Catalog</CmdType><SN>1</SN><DeviceID>1</DeviceID>", "not well-formed"),
-    (RECORD_INFO_J13.replace(b"2010-11-11T19:46:17", b"yesterday"), "StartTime"),
     (RECORD_INFO_J13.replace(b"<SumNum>2</SumNum>", b"<SumNum>1</SumNum>"), "SumNum says 1"),
 ])
 def test_malformed_messages_name_what_was_wrong(body: bytes, complaint: str) -> None:
     with pytest.raises(ManscdpError, match=complaint):
         parse_message(body)
+
+
+def test_an_unreadable_item_is_left_out_and_its_problem_named() -> None:
+    # Review 12: one bad record no longer makes the whole part an error (it hid the good records); it is
+    # left out of the payload and described on the message.
+    message = parse_message(RECORD_INFO_J13.replace(b"2010-11-11T19:46:17", b"yesterday"))
+    assert isinstance(message.payload, RecordInfoResponse) and message.payload.sum_num == 2
+    assert message.items_left_out == 1 and len(message.payload.items) == 1
+    (problem,) = message.item_problems
+    assert "StartTime" in problem.problem and "yesterday" in problem.problem
+    assert parse_message(RECORD_INFO_J13).items_left_out == 0  # control
 
 
 def test_query_builders_write_exact_bytes() -> None:
@@ -375,3 +385,72 @@ def test_random_truncations_of_a_real_answer_raise_only_manscdp_error() -> None:
         cut = rng.randrange(len(RECORD_INFO_J13))
         with pytest.raises(ManscdpError):
             parse_message(RECORD_INFO_J13[:cut])
+
+
+def _many_records(first: int, count: int) -> list[RecordItem]:
+    start = datetime(2026, 12, 5, 8, 0, 0)
+    return [
+        RecordItem(device_id=DEVICE, name=f"rec-{i}", file_path=f"/mnt/sdcard/DCIM/{i:08d}.mp4",
+                   address=f"room {i % 7}",
+                   start_time=start.replace(hour=8 + i // 3600 % 10, minute=i // 60 % 60, second=i % 60),
+                   end_time=start.replace(hour=19), secrecy=0, type="time")
+        for i in range(first, first + count)
+    ]
+
+
+def test_one_answers_memory_is_bounded_by_its_estimated_cost_and_the_estimate_is_above_the_real_one() -> None:
+    # Review 12 (MultipartAssembler defaults could hold ~3 GiB). Parts of 500 parsed records (the review
+    # test's parts of 10 000 pass one answer's bound at once, so it measures nothing under the new
+    # defaults): the answer is handed out incomplete at its byte bound, and what it held, measured, times
+    # the 64 answers one source may have in progress stays within 256 MiB.
+    import tracemalloc
+
+    bodies = build_record_info_responses(1, DEVICE, "cam", _many_records(0, 20_000), per_message=500)
+    messages = [parse_message(body) for body in bodies]
+    assembler = MultipartAssembler(timeout_s=60)
+    held_bytes = 0
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for message in messages:
+            answer = assembler.add(DEVICE, message, now_s=0.0)
+            if answer is not None:
+                break
+            held_bytes = max(held_bytes, tracemalloc.get_traced_memory()[0] - before)
+            real = tracemalloc.get_traced_memory()[0] - before
+            assert assembler.held_bytes >= real, "the estimate is below the real cost"
+    finally:
+        tracemalloc.stop()
+    assert answer is not None and not answer.complete and 1000 < len(answer.items) < 20_000
+    assert assembler.held_bytes == 0 and len(assembler) == 0  # handed out: nothing held any more
+    assert 64 * held_bytes <= 256 * 1024 * 1024, f"one answer held {held_bytes} bytes"
+
+
+def test_a_source_cannot_hold_more_than_its_byte_budget_and_others_still_get_in() -> None:
+    mib = 1024 * 1024
+    assembler = MultipartAssembler(timeout_s=60, max_answer_bytes=mib, max_source_bytes=2 * mib)
+    part = build_record_info_responses(1, DEVICE, "cam", _many_records(0, 1000), per_message=1000)[0]
+    handed_out = 0
+    for sn in range(10):  # each ~770 KB estimated: the third passes the source's 2 MiB
+        message = parse_message(part.replace(b"<SN>1</SN>", f"<SN>{sn}</SN>".encode())
+                                .replace(b"<SumNum>1000</SumNum>", b"<SumNum>999999</SumNum>"))
+        if assembler.add("hog", message, now_s=0.0) is not None:
+            handed_out += 1
+    assert handed_out >= 7 and assembler.held_bytes <= 2 * mib
+    # Another device's answer is still taken and completes.
+    (other_body,) = build_record_info_responses(3, DEVICE, "cam", _many_records(0, 10), per_message=10)
+    other = parse_message(other_body)
+    answer = assembler.add("other", other, now_s=0.0)
+    assert answer is not None and answer.complete and len(answer.items) == 10
+
+
+def test_a_part_with_an_unreadable_record_still_completes_its_answer() -> None:
+    good = build_record_info_responses(9, DEVICE, "cam", _many_records(0, 3), per_message=3)[0]
+    broken = good.replace(b"<StartTime>2026-12-05T08:00:01", b"<StartTime>0000-00-00T00:00:00")
+    assert broken != good
+    message = parse_message(broken)
+    assert message.items_left_out == 1
+    assembler = MultipartAssembler(timeout_s=60)
+    answer = assembler.add(DEVICE, message, now_s=0.0)
+    assert answer is not None and answer.complete and len(answer.items) == 2 and answer.items_left_out == 1
+    assert "StartTime" in answer.item_problems[0].problem

@@ -25,6 +25,7 @@ from drivers.gb28181.ps import (
     StreamMap,
     crc32_mpeg2,
     encode_timestamp,
+    pack_header,
     parse_timestamp,
 )
 from tests.prerequisites import require, requires
@@ -409,3 +410,48 @@ def test_joining_a_live_stream_mid_pack_starts_at_the_next_pack() -> None:
     # Control: from the start, nothing is skipped and every frame comes.
     whole = _demux([b"".join(packs)])
     assert [f.data for f in _frames(whole)] == units and not [e for e in whole if isinstance(e, Resync)]
+
+
+def test_a_run_of_pack_headers_each_followed_by_garbage_is_one_resync_not_one_per_pack_header() -> None:
+    # A pack header then a bad byte, again and again: each pack header is a place where reading could
+    # resume, and each is followed by garbage. Reported one Resync per pack header, 10 MB of it made
+    # ~700 000 events for the receiver; it is one run of garbage, so one event, with the count and the
+    # bytes skipped (memory and event count bounded whatever the run's length).
+    muxer = PsMuxer(Codec.H264)
+    units = [b"\x00\x00\x00\x01" + (b"\x65\x88" if i == 0 else b"\x41\x9a") + bytes([i + 1]) * 500
+             for i in range(4)]
+    packs = [muxer.video_frame(unit, i * FRAME_TICKS, key=i == 0) for i, unit in enumerate(units)]
+    repeats = 20_000
+    garbage = (pack_header(0) + b"\x01") * repeats
+    stream = packs[0] + packs[1] + garbage + packs[2] + garbage + packs[3]
+    events = _demux([stream[at:at + 1400] for at in range(0, len(stream), 1400)])
+
+    resyncs = [e for e in events if isinstance(e, Resync)]
+    first_garbage = len(packs[0]) + len(packs[1])
+    second_garbage = first_garbage + len(garbage) + len(packs[2])
+    # The frame in progress when the garbage began (unit 1: an access unit ends only when the next begins)
+    # is dropped with it; the frames after each run are whole.
+    assert resyncs == [
+        Resync(first_garbage + len(pack_header(0)), len(garbage) - len(pack_header(0)),
+               f"expected a start code at input offset {first_garbage + len(pack_header(0))}", 1, repeats),
+        Resync(second_garbage + len(pack_header(0)), len(garbage) - len(pack_header(0)),
+               f"expected a start code at input offset {second_garbage + len(pack_header(0))}", 1, repeats),
+    ]
+    assert [f.data for f in _frames(events)] == [units[0], units[3]]
+
+
+def test_a_resync_confirmed_by_a_structure_is_reported_before_the_frames_after_it() -> None:
+    # Control for the coalescing: garbage then a good pack, twice: two runs, two events, each reported
+    # before the frame that the structure ending it completed (here an audio PES: one frame per PES).
+    muxer = PsMuxer(Codec.H264, Codec.G711A)
+    units = [b"\x00\x00\x00\x01" + (b"\x65\x88" if i == 0 else b"\x41\x9a") + bytes([i + 1]) * 500
+             for i in range(3)]
+    video = [muxer.video_frame(unit, i * FRAME_TICKS, key=i == 0) for i, unit in enumerate(units)]
+    audio = muxer.audio_frame(bytes(160), 0)
+    garbage = b"\x01\x02\x03" * 100
+    events = _demux([video[0] + garbage + audio + video[1] + garbage + audio + video[2]])
+    described = [(type(e).__name__, e.stream_id if isinstance(e, EsFrame) else None)
+                 for e in events if not isinstance(e, StreamMap)]
+    assert described == [("Resync", None), ("EsFrame", 0xC0), ("Resync", None), ("EsFrame", 0xC0),
+                         ("EsFrame", 0xE0)]
+    assert [e.count for e in events if isinstance(e, Resync)] == [1, 1]

@@ -11,16 +11,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.gb28181.rtp import (
+    MAX_DROPOUT,
+    MAX_MISORDER,
     Delivered,
     Duplicate,
     Gap,
     Late,
     ReorderBuffer,
     ReorderEvent,
+    Restart,
     RtpError,
     RtpExtension,
     RtpPacket,
     SequenceUnwrapper,
+    Stray,
     parse_rtp,
     sequence_delta,
 )
@@ -139,10 +143,17 @@ def test_any_arrival_order_delivers_each_sequence_once_in_order_and_accounts_for
         if isinstance(event, Delivered):
             assert event.packet.payload == (event.index - (event.index // 65536) * 65536).to_bytes(4, "big")
     stats = buffer.stats
-    assert stats.received == len(arrivals) == stats.delivered + stats.duplicates + stats.late
+    # Arrivals more than MAX_MISORDER apart are far off (RFC 3550 A.1): a restart once confirmed, a stray
+    # if not. Every packet is still accounted for exactly once, and the delivered numbers' span is exactly
+    # what was delivered, lost, and skipped by a restart (a new numbering begins after the old one).
+    assert stats.received == len(arrivals) == stats.delivered + stats.duplicates + stats.late + stats.strays
+    assert stats.strays == sum(isinstance(e, Stray) for e in events)
+    restarts = [e for e in events if isinstance(e, Restart)]
+    assert stats.restarts == len(restarts)
     if delivered:
         gaps = sum(e.count for e in events if isinstance(e, Gap))
-        assert delivered[-1] - delivered[0] + 1 == len(delivered) + gaps
+        jumps = sum(r.first - r.previous - 1 for r in restarts)
+        assert delivered[-1] - delivered[0] + 1 == len(delivered) + gaps + jumps
 
 
 @settings(max_examples=500, deadline=None)
@@ -151,3 +162,113 @@ def test_fuzzed_packets_raise_only_rtp_error(data: bytes) -> None:
     with contextlib.suppress(RtpError):
         packet = parse_rtp(data)
         assert parse_rtp(packet.to_bytes()) == packet
+
+
+# -- numbering far off: restarts and strays (RFC 3550 A.1) --------------------------------------------------
+
+
+@pytest.mark.parametrize(("restart_at", "first"),
+                         [(0, 65536), (40_000, 40_000), (30_000 - 101, 65536 + 29_899)])
+def test_a_restart_is_reported_as_one_not_as_loss_or_duplicates(restart_at: int, first: int) -> None:
+    buffer = ReorderBuffer()
+    events = _run(buffer, [*range(30_000, 30_100), *range(restart_at, restart_at + 50)])
+    assert [e for e in events if not isinstance(e, Delivered)] == [
+        Restart(previous=30_099, previous_sequence=30_099, first=first, sequence=restart_at)]
+    delivered = [e.index for e in events if isinstance(e, Delivered)]
+    assert delivered == [*range(30_000, 30_100), *range(first, first + 50)]
+    stats = buffer.stats
+    assert (stats.lost, stats.duplicates, stats.late, stats.restarts) == (0, 0, 0, 1)
+
+
+def test_a_jump_within_misorder_is_still_reordering_not_a_restart() -> None:
+    # Control for the bounds: up to MAX_MISORDER behind the highest is a late or duplicate packet, one
+    # more is far off (held aside, then dropped as a stray since nothing confirms it).
+    buffer = ReorderBuffer(window=4)
+    for sequence in range(1000, 1200):
+        buffer.push(_packet(sequence))
+    assert buffer.push(_packet(1199 - MAX_MISORDER)) == [Duplicate(1199 - MAX_MISORDER)]
+    assert buffer.push(_packet(1199 - MAX_MISORDER - 1)) == []
+    assert buffer.flush() == [Stray(1199 - MAX_MISORDER - 1)]
+
+
+def test_packets_of_the_old_numbering_reordered_behind_a_restart_are_late() -> None:
+    buffer = ReorderBuffer(window=8)
+    events = _run(buffer, [*range(5000, 5100), 10, 11, 5097, 12])
+    assert Late(5097) in events
+    assert [e.index for e in events if isinstance(e, Delivered)][-3:] == [65536 + 10, 65536 + 11, 65536 + 12]
+    assert buffer.stats.strays == 0 and buffer.stats.restarts == 1
+
+
+def test_held_aside_is_bounded_and_unconfirmed_strays_expire() -> None:
+    buffer = ReorderBuffer(window=8)
+    events: list[ReorderEvent] = []
+    for sequence in range(0, 50):
+        events += buffer.push(_packet(sequence))
+    for k in range(40):  # spoofed packets far apart from each other and from the stream
+        events += buffer.push(_packet(10_000 + 1000 * k))
+        assert buffer.held <= 8 + ReorderBuffer.PROBATION_PACKETS
+    for sequence in range(50, 300):
+        events += buffer.push(_packet(sequence))
+    assert sum(isinstance(e, Stray) for e in events) == 40 == buffer.stats.strays
+    delivered = [e.index for e in events if isinstance(e, Delivered)]
+    assert delivered == list(range(len(delivered))) and len(delivered) >= 300 - 8
+    assert not [e for e in events if isinstance(e, Gap | Restart | Late | Duplicate)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 65535), st.integers(0, 65535), st.lists(st.integers(0, 65535), max_size=6),
+       st.integers(1, 300), st.integers(0, 6), st.booleans())
+def test_a_genuine_stream_with_strays_and_a_restart_is_delivered_whole(
+        start: int, restart: int, strays: list[int], before: int, seed: int, stray_first: bool) -> None:
+    # The genuine stream, reordered within 3, renumbered once after `before` packets; strays far from both
+    # numberings anywhere (even first). Every genuine packet is delivered in order (the
+    # restart's first packet too, once the second confirms it); every stray is dropped as one.
+    def far(sequence: int) -> bool:
+        return all(not -MAX_MISORDER - 400 <= sequence_delta(sequence, base) <= MAX_DROPOUT + 400
+                   for base in (start, restart))
+    old = [(start + i) % 65536 for i in range(before)]
+    new = [(restart + i) % 65536 for i in range(200)]
+    apart = all(abs(sequence_delta(a, b)) > ReorderBuffer.PROBATION_PACKETS
+                for i, a in enumerate(strays) for b in strays[i + 1:])
+    if not far(restart) or not all(far(s) for s in strays) or not apart:
+        return  # two strays close together are a restart by RFC 3550's rule; that is tested above
+    rng = random.Random(seed)
+    genuine = old + new
+    for i in range(0, len(genuine) - 3, 4):
+        if i + 3 < before or i >= before:  # not across the restart: reordered old packets there are Late
+            chunk = genuine[i:i + 3]
+            rng.shuffle(chunk)
+            genuine[i:i + 3] = chunk
+    arrivals = list(genuine)
+    for k, stray in enumerate(strays):
+        where = rng.randrange(len(arrivals) + 1) if k % 2 else before + 5 + k * 20
+        arrivals.insert(0 if stray_first and k == 0 else where, stray)
+    buffer = ReorderBuffer(window=16)
+    events = _run(buffer, arrivals)
+    delivered = [e.packet.payload for e in events if isinstance(e, Delivered)]
+    assert delivered == [s.to_bytes(4, "big") for s in old + new]
+    assert buffer.stats.strays == len(strays) and buffer.stats.restarts == 1
+    assert not [e for e in events if isinstance(e, Gap | Late | Duplicate)]
+
+
+def test_a_stray_before_the_stream_is_dropped_not_taken_for_its_start() -> None:
+    # The very first packet is far from what follows (a spoofed packet, or one of the port's previous
+    # session): one packet is no numbering (RFC 3550 A.1), so it is the stray, not the stream.
+    buffer = ReorderBuffer()
+    events = _run(buffer, [40_000, *range(100, 150)])
+    assert [e for e in events if not isinstance(e, Delivered)] == [Stray(40_000)]
+    assert [e.index for e in events if isinstance(e, Delivered)] == list(range(100, 150))
+    # Control: two packets in sequence before the jump are a numbering, and the jump a restart.
+    events = _run(ReorderBuffer(), [40_000, 40_001, *range(100, 150)])
+    assert [e for e in events if not isinstance(e, Delivered)] == [Restart(40_001, 40_001, 65636, 100)]
+
+
+def test_a_stray_expiring_during_the_startup_hold_is_reported() -> None:
+    # The first packet, then a stray, then only repeats of the first for longer than a stray is kept:
+    # the stray's expiry is reported even though the startup hold is still waiting.
+    buffer = ReorderBuffer()
+    events = buffer.push(_packet(500)) + buffer.push(_packet(30_000))
+    for _ in range(MAX_MISORDER + 1):
+        events += buffer.push(_packet(500))
+    assert events.count(Stray(30_000)) == 1 and buffer.stats.strays == 1
+    assert events.count(Duplicate(500)) == MAX_MISORDER + 1

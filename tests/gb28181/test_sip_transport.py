@@ -742,15 +742,21 @@ async def test_a_handler_that_hangs_gets_its_request_a_500_and_gives_its_slot_ba
         udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-1"), transport.port)
         answer = await udp_client.next()
         assert isinstance(answer, SipResponse) and answer.status == 500 and "timeout" in answer.reason
-        # The answered transaction is remembered for retransmissions (Timer J) and fills the one slot.
+        # The answered transaction is remembered for retransmissions (Timer J): a retransmission gets
+        # the same answer without running the handler again ...
+        udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-1"), transport.port)
+        again = await udp_client.next()
+        assert isinstance(again, SipResponse) and (again.status, again.cseq.number) == (500, 1)
+        # ... but it does not fill the one slot (review 12: answered transactions never refuse a new
+        # request with 503), and the hung handler holds nothing.
         udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-2", cseq=2), transport.port)
-        refused = await udp_client.next()
-        assert isinstance(refused, SipResponse) and (refused.status, refused.cseq.number) == (503, 2)
-        now[0] += 32.1  # past Timer J: forgotten, and the hung handler holds nothing
+        second = await udp_client.next()
+        assert isinstance(second, SipResponse) and (second.status, second.cseq.number) == (500, 2)
+        now[0] += 32.1  # past Timer J: forgotten
         udp_client.send(device_request("MESSAGE", 5060, branch="z9hG4bK-3", cseq=3), transport.port)
         third = await udp_client.next()
         assert isinstance(third, SipResponse) and (third.status, third.cseq.number) == (500, 3)
-        assert len(hanging.calls) == 2
+        assert len(hanging.calls) == 3
     finally:
         await transport.close()
 
@@ -836,4 +842,103 @@ async def test_requests_racing_to_a_device_share_one_connection_and_a_refused_on
         with pytest.raises(SipTransportError, match="cannot connect"):
             await transport.request(platform_message(), Peer(Transport.TCP, "127.0.0.1", closed_port))
     finally:
+        await transport.close()
+
+
+async def _closed_by_transport(client: TcpClient) -> bool:
+    """True when the transport closes the connection within 5 s (reads what comes until then)."""
+    try:
+        async with asyncio.timeout(5):
+            while await client.reader.read(65536):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return True
+
+
+async def test_a_message_trickled_past_its_deadline_closes_its_connection() -> None:
+    # Review 12: the idle timer restarted with every byte, so one byte a minute held a slot (and a
+    # partial message) forever. A message that has started must be complete within a deadline.
+    transport = await started(Recorder(), limits=TransportLimits(tcp_message_deadline_s=0.5))
+    message = device_request("MESSAGE", 5060, transport="TCP", body=b"<Notify/>")
+    control, trickler = await TcpClient.connect(transport.port), await TcpClient.connect(transport.port)
+    try:
+        # Control: a message sent in two parts, well within the deadline, is answered.
+        control.writer.write(message[:40])
+        await asyncio.sleep(0.05)
+        control.writer.write(message[40:])
+        assert isinstance(await control.next(), SipResponse)
+
+        async def trickle() -> None:
+            for byte in message[:-1]:
+                trickler.writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+
+        sending = asyncio.ensure_future(trickle())
+        try:
+            assert await _closed_by_transport(trickler), "a message trickled for 5 s kept its connection"
+            assert not sending.done(), "the whole message was sent before the connection closed"
+        finally:
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await sending
+    finally:
+        control.writer.close()
+        trickler.writer.close()
+        await transport.close()
+
+
+async def test_unfinished_messages_over_all_connections_are_bounded() -> None:
+    # Review 12: each of 1024 connections could hold a partial 1 MiB body (1 GiB in all). Past the total
+    # bound, the connection holding the most is closed; the others go on.
+    transport = await started(Recorder(), limits=TransportLimits(max_tcp_buffered_bytes=64 * 1024))
+    big_body, small_body = b"x" * 60_000, b"y" * 30_000
+    hog, device = await TcpClient.connect(transport.port), await TcpClient.connect(transport.port)
+    try:
+        hogged = device_request("MESSAGE", 5060, transport="TCP", call_id="hog", body=big_body)
+        hog.writer.write(hogged[:-10_000])
+        async with asyncio.timeout(5):
+            while transport.tcp_buffered_bytes < 50_000:
+                await asyncio.sleep(0.01)
+        whole = device_request("MESSAGE", 5060, transport="TCP", call_id="device", body=small_body)
+        device.writer.write(whole[:-10_000])  # together: over 64 KiB
+        assert await _closed_by_transport(hog), "the connection holding the most was kept"
+        device.writer.write(whole[-10_000:])
+        answer = await device.next()  # the other one goes on
+        assert isinstance(answer, SipResponse) and answer.call_id == "device"
+        assert transport.tcp_buffered_bytes == 0
+    finally:
+        hog.writer.close()
+        device.writer.close()
+        await transport.close()
+
+
+async def test_one_address_gets_at_most_its_share_of_tcp_connections() -> None:
+    # Review 12: max_tcp_connections_per_host bounds what one address holds even while slots are free.
+    transport = await started(Recorder(), limits=TransportLimits(max_tcp_connections_per_host=2))
+    held = [await TcpClient.connect(transport.port) for _ in range(2)]
+    try:
+        async with asyncio.timeout(5):
+            while transport.open_connections < 2:
+                await asyncio.sleep(0.01)
+        third = await TcpClient.connect(transport.port)
+        assert await _closed_by_transport(third), "a third connection from one address was kept"
+        third.writer.close()
+        other = TcpClient(
+            *await asyncio.open_connection("127.0.0.1", transport.port, local_addr=("127.0.0.2", 0))
+        )
+        try:
+            other.writer.write(device_request("MESSAGE", 5060, transport="TCP", call_id="other"))
+            answer = await other.next()  # control: another address is served
+            assert isinstance(answer, SipResponse) and answer.call_id == "other"
+        finally:
+            other.writer.close()
+        for client in held:  # and the two it holds still work
+            client.writer.write(device_request("MESSAGE", 5060, transport="TCP", call_id=str(client.port)))
+            assert isinstance(await client.next(), SipResponse)
+    finally:
+        for client in held:
+            client.writer.close()
         await transport.close()

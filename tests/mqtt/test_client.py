@@ -443,56 +443,6 @@ async def test_messages_whose_handler_keeps_failing_are_acknowledged_as_poison_a
         assert "poison 0" not in caplog.text  # logged by topic, size and digest, never the payload
 
 
-async def test_a_concurrent_subscription_handles_other_keys_while_one_is_slow_and_keeps_each_key_in_order(
-    broker: MosquittoBroker, pki: TestPki
-) -> None:
-    """Review 8, finding 7: one message at a time per connection let one station's slow message (a
-    registration) hold up every station's. With concurrency and a key (the station), another station's
-    message is handled meanwhile; the slow station's next message waits for its first (order per key);
-    every message is acknowledged once handled (none comes again after a broker restart)."""
-    release = asyncio.Event()
-    started: list[bytes] = []
-    finished: list[bytes] = []
-    inbox = Inbox()
-
-    async def handler(message: InboundMessage) -> None:
-        started.append(message.payload)
-        if message.payload == b"A1":
-            await release.wait()
-        finished.append(message.payload)
-        await inbox(message)
-
-    def station_of(message: InboundMessage) -> str:
-        return message.topic.split("/")[2]
-
-    async with (
-        running(broker.client_settings(pki.client(CENTRAL_ID, unit="server"))) as (receiver, _),
-        running(broker.client_settings(pki.client("STATION-A"))) as (a, _),
-        running(broker.client_settings(pki.client("STATION-B"))) as (b, _),
-    ):
-        for client in (receiver, a, b):
-            await client.wait_connected(WAIT_S)
-        await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/api", handler, concurrency=4, key=station_of)
-        await a.publish(topic("STATION-A", "api"), b"A1")
-        await a.publish(topic("STATION-A", "api"), b"A2")
-        await b.publish(topic("STATION-B", "api"), b"B1")
-        # B1 is handled while A1 is still in its handler; A2 waits for A1.
-        assert (await inbox.next()).payload == b"B1"
-        assert started == [b"A1", b"B1"] and finished == [b"B1"]
-        release.set()
-        assert [(await inbox.next()).payload for _ in range(2)] == [b"A1", b"A2"]
-        assert started == [b"A1", b"B1", b"A2"]
-        # All three acknowledged (each once its own handler ended): a restart of the broker brings none back.
-        await receiver.subscribe(f"{TOPIC_PREFIX}/stations/+/barrier", inbox)
-        connections = receiver.status.connections
-        await broker.restart(graceful=True)
-        await receiver.wait_for(partial(_more_connections, connections), WAIT_S)
-        await a.wait_for(lambda s: s.state is ConnectionState.CONNECTED, WAIT_S)
-        await a.publish(topic("STATION-A", "barrier"), b"marker")
-        assert (await inbox.next()).payload == b"marker"
-        assert sorted(started) == [b"A1", b"A2", b"B1"]
-
-
 async def test_a_shared_subscription_survives_a_graceful_broker_restart(
     broker: MosquittoBroker, pki: TestPki
 ) -> None:
@@ -557,3 +507,27 @@ async def test_a_publish_over_the_brokers_maximum_packet_size_is_refused_before_
         assert ack.reason_code == 0x10
         assert station.status.connections == 1
         assert [s.state for s in history].count(ConnectionState.CONNECTED) == 1
+
+
+async def test_a_publish_started_is_queued_before_it_returns_and_its_acknowledgement_comes_later(
+    broker: MosquittoBroker, pki: TestPki
+) -> None:
+    """publish_started() (the central's results) queues the message for the network thread at once, ahead
+    of anything queued after it; the broker's answer, success or refusal, is what its awaitable gives."""
+    async with (
+        running(broker.client_settings(pki.client(CENTRAL_ID, unit="server"))) as (central, _),
+        running(broker.client_settings(pki.client("STATION-A"))) as (station, _),
+    ):
+        await central.wait_connected(WAIT_S)
+        await station.wait_connected(WAIT_S)
+        inbox = Inbox()
+        await central.subscribe(f"{TOPIC_PREFIX}/stations/#", inbox)
+        # Both started before either is awaited: they arrive in the order they were started.
+        first = station.publish_started(topic("STATION-A", "state"), b"first")
+        refused = station.publish_started(topic("STATION-B", "state"), b"forged")
+        second = station.publish_started(topic("STATION-A", "state"), b"second")
+        assert (await first).reason_code == 0 and (await second).reason_code == 0
+        with pytest.raises(PublishRefused) as refusal:
+            await refused
+        assert refusal.value.reason_code == 0x87  # the ACL's answer, given by the awaitable
+        assert [(await inbox.next()).payload for _ in range(2)] == [b"first", b"second"]

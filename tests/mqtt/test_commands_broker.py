@@ -580,7 +580,8 @@ async def test_edge_central_command_takes_only_a_reply_the_enrolled_station_sign
             async def forge(message: InboundMessage) -> None:
                 request_sha256 = sha256_hex(message.payload)
                 request_id = json.loads(message.payload)["command"]["request_id"]
-                fake = encode_reply(request_id, station=STATION, request_sha256=request_sha256,
+                fake = encode_reply(request_id, station=STATION, op="ledger-head",
+                                    request_sha256=request_sha256,
                                     signer=ReplySigner(store.key.key_id, forger.sign),
                                     result={"local": {"seq": 999_999, "hash": "0" * 64}})
                 await station_client.publish(f"{TOPIC_PREFIX}/stations/{STATION}/command-reply", fake)

@@ -19,6 +19,7 @@ from edge.mqtt.commands import (
     CommandError,
     CommandOp,
     CommandRefused,
+    FirstOutcome,
     ReplyNotAuthentic,
     ReplySigner,
     check_addressed,
@@ -179,17 +180,20 @@ KEYS = {STATION_KEY.key_id: STATION_KEY.public_key()}
 
 
 def signed_reply(request_id: str | None = "ab" * 16, **kwargs: Any) -> bytes:
-    return encode_reply(request_id, station="S1", request_sha256=REQUEST_SHA256, signer=SIGNER, **kwargs)
+    return encode_reply(request_id, station="S1", op="tag", request_sha256=REQUEST_SHA256, signer=SIGNER,
+                        **kwargs)
 
 
 def test_replies_round_trip_signed_and_a_bad_one_is_named() -> None:
     ok = parse_reply(signed_reply(result={"seq": 3}))
     assert ok.ok and ok.result == {"seq": 3} and ok.error is None and ok.signed
-    verify_reply(ok, station="S1", request_sha256=REQUEST_SHA256, keys=KEYS)
+    verify_reply(ok, station="S1", op=CommandOp.TAG, request_sha256=REQUEST_SHA256,
+                 keys=KEYS)
     refused = parse_reply(signed_reply(None, error=CommandError.STALE, detail="issued \x1b[31m late"))
     assert not refused.ok and refused.error == "stale" and refused.detail is not None
     assert "\x1b" not in refused.detail  # device or hostile text is escaped before it is shown
-    verify_reply(refused, station="S1", request_sha256=REQUEST_SHA256, keys=KEYS)
+    verify_reply(refused, station="S1", op=CommandOp.TAG, request_sha256=REQUEST_SHA256,
+                 keys=KEYS)
     for bad in (b"[]", b'{"v":1}', b'{"v":1,"ok":true,"error":"x"}', b'{"v":1,"ok":true,"extra":1}',
                 b'{"v":true,"ok":true}', b'{"v":2,"reply":{},"signature":"x"}'):
         with pytest.raises(ValueError):
@@ -210,21 +214,24 @@ def _resigned(payload: bytes, key: StationKey = STATION_KEY, **changes: Any) -> 
         (lambda p: _resigned(p, station="S2"), "names station S2"),
         (lambda p: _resigned(p, request_sha256="0" * 64), "answers another request"),
         (lambda p: _resigned(p, key=StationKey.generate()), "does not verify"),
-        (lambda p: _resigned(p, key_id="someone-else"), "not a key station S1 is enrolled with"),
+        (lambda p: _resigned(p, key_id="someone-else"), "not the key station S1 is enrolled with"),
+        (lambda p: _resigned(p, op="status"), "delivered on the topic of op status"),
         (lambda p: canonical_json({**json.loads(p), "reply": {**json.loads(p)["reply"], "ok": False,
                                                                "error": "refused", "detail": "x"}}),
          "does not verify"),
         (lambda p: canonical_json({"v": 1, "request_id": "ab" * 16, "ok": True}), "not signed"),
     ],
-    ids=["other-station", "other-request", "other-key", "unknown-key-id", "edited", "unsigned"],
+    ids=["other-station", "other-request", "other-key", "unknown-key-id", "other-op", "edited", "unsigned"],
 )
 def test_a_reply_that_is_not_the_stations_signed_answer_to_this_request_is_not_authentic(
     tamper: Any, reason: str
 ) -> None:
     good = signed_reply(result={"seq": 3})
-    verify_reply(parse_reply(good), station="S1", request_sha256=REQUEST_SHA256, keys=KEYS)  # control
+    verify_reply(parse_reply(good), station="S1", op=CommandOp.TAG, request_sha256=REQUEST_SHA256,
+                 keys=KEYS)  # control
     with pytest.raises(ReplyNotAuthentic, match=reason):
-        verify_reply(parse_reply(tamper(good)), station="S1", request_sha256=REQUEST_SHA256, keys=KEYS)
+        verify_reply(parse_reply(tamper(good)), station="S1", op=CommandOp.TAG,
+                     request_sha256=REQUEST_SHA256, keys=KEYS)
 
 
 def test_a_reply_cannot_be_passed_off_as_a_command_or_a_checkpoint() -> None:
@@ -232,3 +239,23 @@ def test_a_reply_cannot_be_passed_off_as_a_command_or_a_checkpoint() -> None:
     body = json.loads(signed_reply(result={"seq": 3}))["reply"]
     assert body["type"] == "evidence-edge command reply" != COMMAND_TYPE
     assert set(body) >= {"type", "station", "request_sha256"}
+
+
+def test_a_replayed_reply_says_what_became_of_the_first_delivery() -> None:
+    """A redelivery of an executed request is refused as replayed but names, signed, the first outcome: a
+    program tells "took effect earlier" from a refusal (review 11)."""
+    earlier = parse_reply(signed_reply(error=CommandError.REPLAYED, detail="received before",
+                                       first_outcome=FirstOutcome.EXECUTED))
+    verify_reply(earlier, station="S1", op=CommandOp.TAG, request_sha256=REQUEST_SHA256, keys=KEYS)
+    assert not earlier.ok and earlier.executed_earlier and earlier.took_effect
+    refused = parse_reply(signed_reply(error=CommandError.REPLAYED, detail="received before",
+                                       first_outcome=FirstOutcome.REFUSED))
+    assert not refused.took_effect and not refused.executed_earlier  # control
+    plain = parse_reply(signed_reply(error=CommandError.REFUSED, detail="x"))
+    assert not plain.took_effect and plain.first_outcome is None
+    # Only a replayed reply may name a first outcome, and only one of the two.
+    for changes in ({"first_outcome": "executed"}, {"error": "replayed", "first_outcome": "maybe"}):
+        body = {**json.loads(signed_reply(error=CommandError.REFUSED, detail="x"))["reply"], **changes}
+        signature = base64.b64encode(STATION_KEY.sign(canonical_json(body))).decode("ascii")
+        with pytest.raises(ValueError, match="first_outcome"):
+            parse_reply(canonical_json({"v": 2, "reply": body, "signature": signature}))

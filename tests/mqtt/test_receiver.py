@@ -383,5 +383,6 @@ async def test_hostile_transfer_messages_are_answered_or_dropped_and_the_receive
         assert (await station.command(init, init_payload(b"abc"))).reason_code is ReasonCode.SUCCESS
     assert central.running.parts.mqtt_transfers is not None
     names = {p.name for p in central.running.parts.mqtt_transfers.root.iterdir()}
-    assert all(n.startswith(transfer_upload_id("st-0009", file_id)) or n == "incidents.jsonl" for n in names)
+    ours = transfer_upload_id("st-0009", file_id)
+    assert all(n.startswith(ours) or n in ("incidents.jsonl", "receive-queue") for n in names)
     fake.conn.close()

@@ -126,18 +126,19 @@ def _config_file(root: Path, broker: MosquittoBroker, pki: TestPki) -> Path:
 
 @asynccontextmanager
 async def _edge_process(
-    args: list[str], log: Path, *, until: bytes = b"READY=1"
+    args: list[str], log: Path, *, until: bytes = b"READY=1", script: str = _RUN_CLI,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`edge <args>` in its own process, until its sd_notify messages carry `until`; killed at the end if
-    still up."""
+    """`edge <args>` in its own process (`script` runs the CLI, with `env` added to the environment),
+    until its sd_notify messages carry `until`; killed at the end if still up."""
     with tempfile.TemporaryDirectory(prefix="ntfy", dir="/tmp") as short:
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(f"{short}/notify")
         notify.setblocking(False)
-        env = {**os.environ, "NOTIFY_SOCKET": f"{short}/notify"}
+        environment = {**os.environ, **(env or {}), "NOTIFY_SOCKET": f"{short}/notify"}
         with log.open("ab") as stderr:
-            process = await asyncio.create_subprocess_exec(sys.executable, "-c", _RUN_CLI, *args, env=env,
-                                                           stderr=stderr)
+            process = await asyncio.create_subprocess_exec(sys.executable, "-c", script, *args,
+                                                           env=environment, stderr=stderr)
         try:
             loop = asyncio.get_running_loop()
             messages = b""
@@ -257,6 +258,12 @@ async def test_a_worker_process_and_the_central_share_the_group_and_one_file_ass
             reply = await station.request(ApiOp.REGISTER, station.register_body(acquired, file_id))
             assert reply.status == 201, reply.body
             assert running.parts.objects.path_of(acquired.sha256).read_bytes() == acquired.content
+            # Each process has its own receive queue, and the fin (queued by whichever got it) was
+            # answered once: no message was handled by both.
+            queues = config.mqtt_transfers_dir / "receive-queue"
+            assert {"central.sqlite3", f"worker-{CENTRAL_ID}-2.sqlite3"} <= {p.name for p in queues.iterdir()}
+            fin = FinCommand(file_id, len(acquired.content), acquired.sha256, Mode.ASYNC)
+            assert len(station.results[fin.topic]) == 1
     finally:
         await running.stop()
     assert "PRIVATE KEY" not in (tmp_path / "worker.log").read_text(errors="replace")

@@ -10,7 +10,7 @@ ordinary refusal's reply is over it while the short reply is not.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -108,16 +108,22 @@ async def test_a_transfer_result_the_broker_refuses_is_logged_and_the_command_ac
         receiver = central.receiver
         assert receiver.client is not None
         client = receiver.client
-        real_publish = client.publish
+        # The content path publishes a result at once and takes the broker's answer later
+        # (publish_started): the broker's refusal comes as that answer.
+        real_publish = client.publish_started
         refused = asyncio.Event()
 
-        async def refuse_once(topic: str, payload: bytes, **options: Any) -> PublishAck:
+        def refuse_once(topic: str, payload: bytes, **options: Any) -> Awaitable[PublishAck]:
             if not refused.is_set():
                 refused.set()
-                raise PublishRefused(topic, 0x97, "Quota exceeded")
-            return await real_publish(topic, payload, **options)
 
-        monkeypatch.setattr(client, "publish", refuse_once)
+                async def refusal() -> PublishAck:
+                    raise PublishRefused(topic, 0x97, "Quota exceeded")
+
+                return refusal()
+            return real_publish(topic, payload, **options)
+
+        monkeypatch.setattr(client, "publish_started", refuse_once)
         data = b"x" * 100
         async with wire_station(station, mosquitto, pki) as a:
             first = InitCommand(file_id_for("0123456789abcdef0123456789abcdef"), Mode.ASYNC)

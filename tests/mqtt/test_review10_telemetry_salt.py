@@ -23,6 +23,7 @@ from edge.mqtt.commands import (
     utc_rfc3339,
 )
 from edge.mqtt.station_settings import TELEMETRY_SALT_FILE
+from edge.observe.terminal import _station_and_platform_lines
 from edge.pki.bundle import BUNDLE_CENTRAL_SIGNING_PUB
 from tests.mqtt.broker import CENTRAL_ID, TOPIC_PREFIX, MosquittoBroker, TestPki, free_port
 from tests.mqtt.test_client import WAIT_S, Inbox, running
@@ -89,8 +90,15 @@ async def test_a_bad_telemetry_salt_turns_off_telemetry_only(
             if good:
                 assert station.agent.telemetry is not None and errors == []
                 assert (await availability.next()).payload == b"online"
+                assert "mqtt_telemetry" not in reply.result
             else:
                 assert station.agent.telemetry is None
+                # The status model says telemetry is off, and why (edge status shows it as a line).
+                off = reply.result["mqtt_telemetry"]
+                assert off["enabled"] is False and TELEMETRY_SALT_FILE in off["reason"], off
+                assert str(store_dir) not in off["reason"]
+                lines = _station_and_platform_lines(reply.result)
+                assert any(line.startswith("mqtt telemetry: OFF") for line in lines), lines
                 assert len(errors) == 1 and TELEMETRY_SALT_FILE in errors[0], errors
                 assert errors[0].startswith("mqtt telemetry disabled")
                 assert f"the telemetry salt {salt} cannot be used" in caplog.text  # the log: the full path

@@ -58,7 +58,8 @@ async def test_a_refusals_text_reaches_the_terminal_without_control_characters(
 
 def _signed_with_detail(store: StationStore, request_id: str | None, payload: bytes, detail: str) -> bytes:
     """A signed refusal whose detail is exactly `detail` (encode_reply itself would clean it: printable)."""
-    doc = {"type": "evidence-edge command reply", "station": STATION, "request_id": request_id,
+    doc = {"type": "evidence-edge command reply", "station": STATION, "op": "ledger-head",
+           "request_id": request_id,
            "request_sha256": sha256_hex(payload), "key_id": store.key.key_id, "ok": False,
            "error": "refused", "detail": detail}
     signature = base64.b64encode(store.key.sign(canonical_json(doc))).decode("ascii")

@@ -105,7 +105,9 @@ class E2E:
 
 
 @contextlib.asynccontextmanager
-async def e2e(tmp_path: Path, *, broker_up: bool = True) -> AsyncIterator[E2E]:
+async def e2e(
+    tmp_path: Path, *, broker_up: bool = True, mqtt: dict[str, Any] | None = None
+) -> AsyncIterator[E2E]:
     require_mosquitto()
     pki = TestPki.create(tmp_path / "pki")
     broker = MosquittoBroker(tmp_path / "broker", pki)
@@ -120,7 +122,7 @@ async def e2e(tmp_path: Path, *, broker_up: bool = True) -> AsyncIterator[E2E]:
                  "publish_timeout_s": 10,
                  # Outside the store: `edge central verify` takes the default <store>/mqtt-transfers for a
                  # planted file (found here; reported to the receiver's author).
-                 "transfers_dir": str(tmp_path / "mqtt-transfers")},
+                 "transfers_dir": str(tmp_path / "mqtt-transfers"), **(mqtt or {})},
     })
     central_key = StationKey.generate()
     central = await start_central(config, signing_key=central_key)

@@ -241,6 +241,18 @@ class SqliteIndex:
 
         return SqliteDatabase.open(db_path).index
 
+    @classmethod
+    def open_readonly(cls, db_path: Path) -> SqliteIndex:
+        """The index of the database at ``db_path``, read-only (a command that only reads it: nothing is
+        created, migrated or written); :meth:`close` closes it. CentralIndexError when it cannot be
+        opened."""
+        from edge.central.sqlite.database import SqliteDatabase
+
+        try:
+            return SqliteDatabase.open_readonly(db_path).index
+        except sqlite3.Error as exc:
+            raise CentralIndexError(f"{db_path}: cannot open read-only: {exc}") from None
+
     @property
     def unit(self) -> SqliteDatabase:
         return self._database
