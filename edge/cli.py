@@ -412,6 +412,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         keep_running=args.keep_running,
         transport=args.transport,
         broker_url=args.broker,
+        source=args.source,
     )
     return asyncio.run(run_demo(options))
 
@@ -524,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--broker", metavar="URL", type=_mqtts_url,
         help="with --transport mqtt: mqtts://host:port of a broker that trusts the demo central's CA",
+    )
+    demo.add_argument(
+        "--source", choices=["usb", "gb28181"], default="usb",
+        help="usb: recorders docked in bays; gb28181: 4G recorders that register over GB/T 28181 and have "
+        "their recordings downloaded (--recorders devices, --files recordings each)",
     )
     demo.set_defaults(func=cmd_demo)
 

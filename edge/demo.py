@@ -9,6 +9,11 @@ after-receipt: stricter than the stations' default after-witness, and it shows r
 central the demo erases after verification (after-verify, which nobody witnesses: see the README's wipe
 policies). At the end both stores are verified and a summary is printed.
 
+With ``--source gb28181`` the recorders are 4G body-worn recorders speaking GB/T 28181 instead
+(simulators.gb28181, real SIP and RTP sockets): they register to the station's platform, which lists and
+downloads their recordings (raw PS + MP4 each, sealed) and uploads them; same summary keys
+(`_run_gb28181`).
+
 With ``--transport mqtt`` the station has no HTTPS path to the central at all: it registers, pushes its
 ledger and sends evidence through an MQTT broker (EMQX-style file transfer, README "MQTT"). Unless
 ``--broker URL`` names one, the demo runs a local Mosquitto (edge.mqtt.local_broker) on a free port with
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -34,6 +40,7 @@ import tempfile
 import time
 import unicodedata
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +57,21 @@ from edge.observe.live import LiveBays
 from edge.station import StationAgent
 from edge.verify.station import verify_store
 from simulators.dock import DockSimulator
+from simulators.gb28181.device import SimulatedDevice
+from simulators.gb28181.media import generate_recordings
+from simulators.gb28181.settings import DeviceSettings, SipTransportKind
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
 
 OFFICERS = ["张伟", "王芳", "李娜", "刘洋", "陈静", "杨磊", "赵敏", "黄勇", "周婷", "吴强"]
 DEMO_PASSWORD = "000000"  # the factory default real recorders ship with; a demo has nothing to hide
 SESSION_TIMEOUT_S = 600.0
 STATION_ID = "DEMO-STATION-01"
+# GB/T 28181: the station's platform id (type 200, SIP server) and the demo devices' (type 132, IPC).
+GB_PLATFORM_ID = "33010000002000000001"
+GB_DEVICE_PREFIX = "3301000000132"
+GB_TRANSPORTS = ("tcp-passive", "udp")
+GB_RECORDING_S = 4.0
+GB_UTC_OFFSET_MIN = 480  # the devices' clocks: Beijing time (the [gb28181] default)
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,7 @@ class DemoOptions:
     keep_running: bool = False  # after the journey, keep the station and its API up until Ctrl-C
     transport: str = "http"  # how the station reaches the central: "http" (tus, HTTPS) or "mqtt" (a broker)
     broker_url: str | None = None  # with transport "mqtt": this broker instead of a local Mosquitto
+    source: str = "usb"  # "usb": recorders docked in bays; "gb28181": 4G recorders over GB/T 28181
 
 
 def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]:
@@ -103,6 +120,7 @@ def demo_config(
     uplink: dict[str, Any] | None = None,
     api: dict[str, Any] | None = None,
     mqtt: dict[str, Any] | None = None,
+    gb28181: dict[str, Any] | None = None,
 ) -> StationConfig:
     return StationConfig.model_validate(
         {
@@ -133,6 +151,7 @@ def demo_config(
             "uplink": uplink or {},
             "mqtt": mqtt or {},
             "api": api or {"enabled": False},
+            "gb28181": gb28181 or {},
             "case_defaults": {
                 "location": "杭州市西湖区文三路",
                 "subject": "现场执法过程",
@@ -167,6 +186,8 @@ async def run_demo(options: DemoOptions) -> int:
     # A Unix socket's path holds 107 bytes: the API's socket gets a short directory of its own.
     run_dir = Path(tempfile.mkdtemp(prefix="edge-demo-", dir="/tmp"))
     try:
+        if options.source == "gb28181":
+            return await _run_gb28181(options, workdir, out, run_dir)
         return await _run(options, workdir, out, run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -198,25 +219,7 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
     dock = DockSimulator(bays=max(8, len(specs)), seed=1)
     server.start()
     dock.start()
-    central: EmbeddedCentral | None = None
-    broker: LocalBroker | None = None
-    uplink: dict[str, Any] | None = None
-    station_mqtt: dict[str, Any] | None = None
-    if options.central and options.transport == "mqtt":
-        central, broker, broker_url = await _start_central_over_mqtt(options, workdir, out)
-        # MQTT only: the station knows no central URL, everything goes through the broker.
-        uplink = {"transport": "mqtt", "identity_dir": str(central.bundle_dir)}
-        station_mqtt = {"broker_url": broker_url}
-    elif options.central:
-        central = await EmbeddedCentral.start(workdir, STATION_ID, workdir / "station-store")
-        uplink = central.uplink_config()
-        print(f"central receiver listening on {central.url} (mutual TLS)", file=out, flush=True)
-    if central is not None:
-        console_password = workdir / "console-auditor.password"
-        central.console_account("demo-auditor", console_password)
-        print(f"auditor console: {central.console_url}/console/ (account demo-auditor, a supervisor; its "
-              f"password and TOTP enrolment URI are in {console_password}; the demo's CA is not one the "
-              "browser knows)", file=out, flush=True)
+    central, broker, uplink, station_mqtt = await _start_central(options, workdir, out)
     # The station's local API as in production (its own socket; the dock screen on a free loopback port).
     api = {"socket_path": str(run_dir / "station.sock"), "tcp_port": 0}
     config = demo_config(workdir, specs, dock.tty_path, password_file, uplink, api, station_mqtt)
@@ -314,6 +317,225 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
     if options.json_output:
         print(json.dumps(summary, ensure_ascii=False), file=out, flush=True)
     return 0 if not errors else 1
+
+
+def _gb_section(workdir: Path, password_file: Path, devices: list[str]) -> dict[str, Any]:
+    """The station's [gb28181]: the platform on a free loopback port, the demo devices allowed (the first
+    sends media over TCP to the station, the next over UDP, and so on), downloads on registration."""
+    return {
+        "enabled": True, "sip_id": GB_PLATFORM_ID, "domain": GB_PLATFORM_ID[:10], "listen_host": "127.0.0.1",
+        "listen_port": 0,
+        "devices": {device: {"password": f"file:{password_file}", "name": f"4G 执法记录仪 {i + 1}",
+                             "media_transport": GB_TRANSPORTS[i % len(GB_TRANSPORTS)]}
+                    for i, device in enumerate(devices)},
+        "download": {"media_host": "127.0.0.1", "idle_timeout_s": 5, "speed": 4},
+    }
+
+
+def gb_summary(store_dir: Path) -> dict[str, int]:
+    """Sealed GB/T 28181 items (raw PS and MP4), their bytes, and the recordings whose raw PS was sealed."""
+    conn = open_db(store_dir / "state.db")
+    try:
+        items, size = conn.execute(
+            "SELECT count(*), coalesce(sum(i.size), 0) FROM acquisitions a JOIN items i USING (item) "
+            "WHERE a.source='gb28181' AND a.state='sealed'").fetchone()
+        recordings = conn.execute(
+            "SELECT count(*) FROM acquisitions WHERE source='gb28181' AND state='sealed' AND version='raw-ps'"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    return {"items": int(items), "bytes": int(size), "recordings": int(recordings)}
+
+
+async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> int:
+    """`edge demo --source gb28181`: `options.recorders` simulated 4G recorders (simulators.gb28181, over
+    real sockets) with `options.files` recordings each register to the station's GB/T 28181 platform; the
+    station lists and downloads every recording (raw PS + MP4, sealed), uploads them to the central, and
+    both stores are verified. The summary has the USB demo's keys (`wiped` and `left_on_recorders` count
+    recordings: GB/T 28181 devices are never erased, and what was not downloaded is left)."""
+    for sub in ("sim", "media"):
+        (workdir / sub).mkdir(parents=True, exist_ok=True)
+    password_file = workdir / "recorder-password"
+    password_file.write_text(DEMO_PASSWORD + "\n")
+    os.chmod(password_file, 0o600)
+    devices = [f"{GB_DEVICE_PREFIX}{i + 1:07d}" for i in range(options.recorders)]
+    print(f"evidence-edge GB/T 28181 demo in {workdir}", file=out)
+    print(f"making {len(devices)} simulated 4G recorders with {options.files} recordings each "
+          f"({GB_RECORDING_S:g} s, about {options.file_mb:g} MiB) ...", file=out, flush=True)
+    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    device_now = (datetime.now(UTC) + timedelta(minutes=GB_UTC_OFFSET_MIN)).replace(tzinfo=None,
+                                                                                  microsecond=0)
+    bitrate = f"{max(100, int(options.file_mb * 8 * 1024 * 1024 / GB_RECORDING_S / 1000))}k"
+    media_dirs = {}
+    for index, device in enumerate(devices):
+        media_dir = workdir / "gb-media" / device
+        if not any(media_dir.glob("*.mp4")):
+            make = functools.partial(
+                generate_recordings, media_dir, options.files,
+                start=device_now - timedelta(hours=2, minutes=index), seconds=GB_RECORDING_S,
+                size="640x360", rate=25, spacing=timedelta(minutes=10), video_bitrate=bitrate)
+            await loop.run_in_executor(None, make)
+        media_dirs[device] = media_dir
+    recordings_total = sum(len(list(d.glob("*.mp4"))) for d in media_dirs.values())
+    # The USB side runs as on every station, with no recorder on its bus and no dock board.
+    bus = RecorderBus(workdir / "sim" / "state", workdir / "media")
+    server = RecorderBusServer(bus, workdir / "sim" / "bus.sock")
+    server.start()
+    central, broker, uplink, station_mqtt = await _start_central(options, workdir, out)
+    api = {"socket_path": str(run_dir / "station.sock"), "tcp_port": 0}
+    config = demo_config(workdir, [], "", password_file, uplink, api, station_mqtt,
+                         gb28181=_gb_section(workdir, password_file, devices))
+    stop = asyncio.Event()
+    agent = StationAgent(config)
+    runner = asyncio.create_task(agent.run(stop))
+    simulated: list[SimulatedDevice] = []
+    device_tasks: list[asyncio.Task[None]] = []
+    drained = True
+    progress: dict[str, Any] = {}
+    try:
+        await asyncio.wait_for(agent.ready.wait(), 30)
+        _print_urls(out, agent)
+        platform, scheduler = agent.gb28181, agent.gb28181_downloads
+        if platform is None or scheduler is None:
+            raise RuntimeError("the station did not start its GB/T 28181 platform (see the log)")
+        await asyncio.wait_for(platform.started.wait(), 30)
+        print(f"GB/T 28181 platform {GB_PLATFORM_ID} on 127.0.0.1:{platform.transport.port} (SIP over UDP "
+              "and TCP)", file=out, flush=True)
+        download_started = time.monotonic()
+        for index, device in enumerate(devices):
+            settings = DeviceSettings(
+                platform_host="127.0.0.1", platform_port=platform.transport.port, platform_id=GB_PLATFORM_ID,
+                device_id=device, password=DEMO_PASSWORD, media_dir=media_dirs[device],
+                keepalive_interval_s=30.0, device_name=f"4G recorder {index + 1}",
+                transport=SipTransportKind.TCP if index % 2 else SipTransportKind.UDP)
+            simulated.append(SimulatedDevice(settings))
+            device_tasks.append(asyncio.ensure_future(simulated[-1].run()))
+            print(f"4G recorder {device} registers (SIP over {settings.transport.value}, media over "
+                  f"{GB_TRANSPORTS[index % len(GB_TRANSPORTS)]})", file=out, flush=True)
+
+        def all_listed_and_idle() -> bool:
+            views = scheduler.snapshot()
+            return all(d in views and views[d]["last_pass_at"] and views[d]["state"] == "idle"
+                       and views[d]["listed"] >= len(list(media_dirs[d].glob("*.mp4"))) for d in devices)
+
+        async with asyncio.timeout(SESSION_TIMEOUT_S):
+            async with scheduler.pass_ended:
+                await scheduler.pass_ended.wait_for(all_listed_and_idle)
+        offload_s = time.monotonic() - download_started
+        progress = scheduler.snapshot()
+        if agent.uplink is not None:
+            drained = await agent.uplink.wait_drained(SESSION_TIMEOUT_S)
+        journey_s = time.monotonic() - download_started
+        if options.keep_running:
+            await _keep_running(out, agent)
+    finally:
+        for device_sim in simulated:
+            with contextlib.suppress(Exception):
+                await device_sim.close()
+        for task in device_tasks:
+            task.cancel()
+        await asyncio.gather(*device_tasks, return_exceptions=True)
+        stop.set()
+        try:
+            await runner
+        finally:
+            server.stop()
+            bus.close()
+            try:
+                if central is not None:
+                    await central.stop()
+            finally:
+                if broker is not None:
+                    await broker.stop()
+    central_key = central.signing_public_key() if central is not None else None
+    report = await loop.run_in_executor(
+        None, lambda: verify_store(config.station.store_dir, central_key=central_key)
+    )
+    errors = [f"{p.where}: {p.what}" for p in report.problems]
+    for device in devices:
+        view = progress.get(device, {})
+        if view.get("failed"):
+            errors.append(f"device {device}: {view['failed']} recording(s) not downloaded "
+                          f"({view.get('last_problem') or 'see the ledger'})")
+    if not drained:
+        errors.append("the uplink did not drain the spool in time")
+    counts = gb_summary(config.station.store_dir)
+    if counts["recordings"] < recordings_total:
+        errors.append(f"only {counts['recordings']} of {recordings_total} recordings were downloaded")
+    uplink_counts = uplink_summary(config.station.store_dir)
+    central_report = None
+    if central is not None:
+        central_report = await loop.run_in_executor(
+            None, lambda: verify_central_store(central.store_dir, central_public_key=central_key)
+        )
+        errors += [f"central {p.where}: {p.what}" for p in central_report]
+    summary = {
+        "recorders": len(devices),
+        "items": counts["items"],
+        "bytes": counts["bytes"],
+        "verified": counts["items"],  # an item is sealed only after its stored copy was re-read and matched
+        "wiped": 0,  # GB/T 28181 recordings stay on their device
+        "errors": errors,
+        "seconds": round(time.monotonic() - started, 2),
+        # Registration to the last recording sealed (the USB demo's docking to the last file verified).
+        "offload_seconds": round(offload_s, 2),
+        "journey_seconds": round(journey_s, 2),
+        "store": str(config.station.store_dir),
+        "store_verified": report.ok,
+        "left_on_recorders": recordings_total - counts["recordings"],
+        "uploaded": uplink_counts["uploaded"],
+        "receipts": uplink_counts["receipts"],
+        "central_store": str(central.store_dir) if central is not None else None,
+        "central_verified": None if central_report is None else not central_report,
+        "transport": options.transport if central is not None else None,
+        "broker_url": station_mqtt["broker_url"] if station_mqtt is not None else None,
+        "source": "gb28181",
+        "recordings": recordings_total,
+        "downloads": progress,
+    }
+    print("", file=out)
+    print(f"{'device':<20}  {'media':<11} {'listed':>6} {'done':>4} {'sealed':>6} {'failed':>6} "
+          f"{'incomplete':>10}", file=out)
+    for index, device in enumerate(devices):
+        view = progress.get(device, {})
+        print(f"{device:<20}  {GB_TRANSPORTS[index % len(GB_TRANSPORTS)]:<11} {view.get('listed', 0):>6} "
+              f"{view.get('done', 0):>4} {view.get('skipped', 0):>6} {view.get('failed', 0):>6} "
+              f"{view.get('incomplete', 0):>10}", file=out)
+    print(f"store verification: {'OK' if report.ok else 'FAILED'}", file=out, flush=True)
+    if central is not None:
+        print(f"uploaded {uplink_counts['uploaded']}, receipts verified {uplink_counts['receipts']}, "
+              f"central store verification: {'OK' if not central_report else 'FAILED'}", file=out, flush=True)
+    if options.json_output:
+        print(json.dumps(summary, ensure_ascii=False), file=out, flush=True)
+    return 0 if not errors else 1
+
+
+async def _start_central(
+    options: DemoOptions, workdir: Path, out: Any
+) -> tuple[EmbeddedCentral | None, LocalBroker | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """The embedded central (over HTTPS, or over MQTT with its broker), and the station's [uplink] and
+    [mqtt] sections that reach it; nothing without `options.central`."""
+    central: EmbeddedCentral | None = None
+    broker: LocalBroker | None = None
+    uplink: dict[str, Any] | None = None
+    station_mqtt: dict[str, Any] | None = None
+    if options.central and options.transport == "mqtt":
+        central, broker, broker_url = await _start_central_over_mqtt(options, workdir, out)
+        # MQTT only: the station knows no central URL, everything goes through the broker.
+        uplink = {"transport": "mqtt", "identity_dir": str(central.bundle_dir)}
+        station_mqtt = {"broker_url": broker_url}
+    elif options.central:
+        central = await EmbeddedCentral.start(workdir, STATION_ID, workdir / "station-store")
+        uplink = central.uplink_config()
+        print(f"central receiver listening on {central.url} (mutual TLS)", file=out, flush=True)
+    if central is not None:
+        console_password = workdir / "console-auditor.password"
+        central.console_account("demo-auditor", console_password)
+        print(f"auditor console: {central.console_url}/console/ (account demo-auditor, a supervisor; its "
+              f"password and TOTP enrolment URI are in {console_password}; the demo's CA is not one the "
+              "browser knows)", file=out, flush=True)
+    return central, broker, uplink, station_mqtt
 
 
 async def _start_central_over_mqtt(

@@ -36,6 +36,7 @@ from edge.custody.ledger import EntryType
 from edge.custody.text import hide_station_paths
 from edge.gb28181.media import open_receiver
 from edge.gb28181.platform import GbPlatform, PlatformSettings
+from edge.gb28181.policy import DownloadPolicy
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.mqtt.client import MqttClient
@@ -58,6 +59,7 @@ from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.slots import ConcurrencySlot
 from edge.runtime.supervise import Supervisor, SupervisorGaveUp, TaskSpec, wait_event
+from edge.sources.gb28181.scheduler import GB28181_SPOOL_DIR, GbDownloadScheduler, case_block_for_downloads
 from edge.sources.usb.bay_leds import led_after_presence, led_after_removal
 from edge.sources.usb.bay_presence import BayPresenceDebounce, Settled
 from edge.sources.usb.bays import bay_of_volume, volume_on_port
@@ -177,6 +179,7 @@ class StationAgent:
         self.pipeline: IngestPipeline | None = None
         self.supervisor: Supervisor | None = None
         self.gb28181: GbPlatform | None = None
+        self.gb28181_downloads: GbDownloadScheduler | None = None
         self.ready = asyncio.Event()
         # Whether [logging] level sets the log level (not when the command line chose one, with -v).
         self.log_level_from_config = False
@@ -266,6 +269,8 @@ class StationAgent:
         )
         # Temp copies of re-acquisitions a crash interrupted (the ledger names them) go before any docking.
         self.pipeline.discard_interrupted_rebuilds()
+        if self.gb28181 is not None:
+            self._add_gb28181_downloads(supervisor, self.gb28181)
         await self._start_api()
         watcher.start()
         self.ready.set()
@@ -317,6 +322,22 @@ class StationAgent:
         )
         self.status.sections["gb28181"] = self.gb28181.snapshot
         supervisor.add(TaskSpec("gb28181", self.gb28181.run, critical=False))
+
+    def _add_gb28181_downloads(self, supervisor: Supervisor, platform: GbPlatform) -> None:
+        """The download scheduler (edge.sources.gb28181.scheduler): devices the policy wants get their
+        recordings listed and downloaded through the one pipeline when they come online (or the schedule
+        window opens); its progress joins the platform's status section."""
+        assert self.store is not None
+        section = self.config.gb28181
+        self.gb28181_downloads = GbDownloadScheduler(
+            platform, DownloadPolicy.from_config(section), lambda: self.pipeline,
+            spool=self.store.layout.root / GB28181_SPOOL_DIR, station_id=self.config.station.id,
+            case=case_block_for_downloads(self.config.case_defaults),
+            concurrency=section.download.concurrency, clock_trusted=lambda: self.status.clock_trusted,
+        )
+        downloads = self.gb28181_downloads
+        self.status.sections["gb28181"] = lambda: {**platform.snapshot(), "downloads": downloads.snapshot()}
+        supervisor.add(TaskSpec("gb28181-downloads", downloads.run, critical=False))
 
     def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient) -> None:
         """Telemetry from the status board (which needs the telemetry salt: a salt file that cannot be

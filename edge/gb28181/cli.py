@@ -3,9 +3,10 @@
 
 Reads the `gb28181` part of the status the local API serves (`/api/v1/status`, as `edge status` does), so
 it shows what the running platform knows: devices, online state, address, last keepalive, clock offset,
-channels and sessions in progress. Exit codes as `edge status`: 69 when no agent answers, 77 when the API
-does not admit the caller, 78 when the configuration has no local API, and 69 too when the agent runs
-without the platform ([gb28181] enabled = false).
+channels and sessions in progress, and the downloads (in progress, done, already sealed, failed,
+incomplete; edge.sources.gb28181.scheduler). Exit codes as `edge status`: 69 when no agent answers, 77
+when the API does not admit the caller, 78 when the configuration has no local API, and 69 too when the
+agent runs without the platform ([gb28181] enabled = false).
 """
 
 from __future__ import annotations
@@ -58,6 +59,23 @@ def print_devices(view: dict[str, Any], out: TextIO) -> None:
         print(f"    last keepalive {printable(str(device.get('last_keepalive_at') or '-'))}, clock offset "
               f"{_offset(device.get('clock_offset_s'))}, {len(device.get('channels', []))} channel(s), "
               f"sessions: {printable(sessions) or 'none'}", file=out)
+        downloads = (view.get("downloads") or {}).get(device.get("device_id"))
+        if isinstance(downloads, dict):
+            print(f"    downloads: {_downloads(downloads)}", file=out)
+
+
+def _downloads(progress: dict[str, Any]) -> str:
+    """The download scheduler's progress for one device (edge.sources.gb28181.scheduler)."""
+    state = printable(str(progress.get("state") or "idle"))
+    if progress.get("current"):
+        state += f" {printable(str(progress['current']))}"
+    text = (f"{state}; {progress.get('done', 0)} done, {progress.get('skipped', 0)} already sealed, "
+            f"{progress.get('failed', 0)} failed, {progress.get('incomplete', 0)} incomplete")
+    if progress.get("last_pass_at"):
+        text += f", last pass {printable(str(progress['last_pass_at']))}"
+    if progress.get("last_problem"):
+        text += f" ({printable(str(progress['last_problem']))})"
+    return text
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ and may move it anywhere. A keepalive proves nothing (MANSCDP carries no authent
 device only to another port of the same host (a NAT rebinding its port, the common case on 4G); a
 keepalive from another host is answered 404, which makes the device register again, with its password.
 A MESSAGE whose body names another device than its From (a device claiming another's id) gets 403.
+A large MANSCDP body (from `OFF_LOOP_PARSE_BYTES`) is parsed in a worker thread, two at most at once, so
+SIP and RTP keep flowing while a 10000-record RecordInfo part is read.
 
 Ledger (through `record`, the store's, kept to the existing entry types with `"source": "gb28181"`):
 `device_authenticated` for each accepted registration, `device_connected` and `device_removed` when a device
@@ -22,8 +24,9 @@ host, and to a budget over all sources. Logs name the device (escaped), never ra
 
 A device that comes online is described (`describe_devices`: DeviceInfo, Catalog, DeviceStatus, one after
 the other) and announced to the online listeners (`add_online_listener`). The download scheduler (which
-recordings to fetch, once, resuming after a restart) is the ingest source's (edge.sources.gb28181): it
-decides with edge.gb28181.policy and calls `query_record_info` and `start_session`.
+recordings to fetch, once, resuming after a restart) is the ingest source's
+(edge.sources.gb28181.scheduler, wired by the station): it decides with edge.gb28181.policy and calls
+`query_catalog`, `query_record_info` and `download`.
 """
 
 from __future__ import annotations
@@ -90,6 +93,9 @@ MAX_REASON_CHARS = 300
 MAX_SHOWN_ID_CHARS = 64
 # A keepalive-sized MESSAGE is < 1 KiB; a RecordInfo part over TCP may be MiBs (Annex N: 10000 records).
 MAX_MANSCDP_BODY_BYTES = 8 * 1024 * 1024
+# Bodies from this size on are parsed off the event loop (a 10000-record RecordInfo part takes ~100 ms).
+OFF_LOOP_PARSE_BYTES = 64 * 1024
+MAX_PARALLEL_PARSES = 2
 
 Record = Callable[[str, dict[str, Any]], object]
 
@@ -184,6 +190,7 @@ class GbPlatform:
         self._closed = False
         self._online_listeners: list[Callable[[str], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._parse_slots = asyncio.Semaphore(MAX_PARALLEL_PARSES)
         self.counters: dict[str, int] = {"registered": 0, "refused": 0, "bad_input": 0, "keepalives": 0}
 
     def __repr__(self) -> str:
@@ -269,7 +276,7 @@ class GbPlatform:
             "domain": self.settings.domain,
             "port": self.transport.port,
             "devices": self.registry.snapshot(),
-            "counters": dict(self.counters),
+            "counters": {**self.counters, "unsolicited_answers": self.queries.unsolicited},
         }
 
     # -- ledger --------------------------------------------------------------------------------------------
@@ -334,7 +341,7 @@ class GbPlatform:
             if req.method == "REGISTER":
                 return self._register(req, peer)
             if req.method == "MESSAGE":
-                return self._message(req, peer)
+                return await self._message(req, peer)
             if req.method == "ACK":
                 return None
             if req.method in ("OPTIONS", "NOTIFY", "INFO", "BYE"):
@@ -375,7 +382,16 @@ class GbPlatform:
                 self._transition(device_id, change)
         return result.response
 
-    def _message(self, req: SipRequest, peer: Peer) -> SipResponse:
+    async def _parse(self, body: bytes, charset: str | None) -> ManscdpMessage:
+        """A MANSCDP body as a message. A large one (a RecordInfo part may hold 10000 records) is parsed in
+        a worker thread, at most `MAX_PARALLEL_PARSES` at once, so SIP and RTP keep flowing meanwhile;
+        a keepalive-sized one right here (a thread costs more than its parse)."""
+        if len(body) < OFF_LOOP_PARSE_BYTES:
+            return parse_message(body, charset_override=charset)
+        async with self._parse_slots:
+            return await asyncio.to_thread(parse_message, body, charset_override=charset)
+
+    async def _message(self, req: SipRequest, peer: Peer) -> SipResponse:
         tag = secrets.token_hex(6)
         device_id = req.from_.sip_uri.user or ""
         device = self.registry.get(device_id)
@@ -390,10 +406,13 @@ class GbPlatform:
             self._bad_input(device_id, peer, f"MESSAGE from {peer}, registered at {device.address}")
             return response_to(req, 404, to_tag=tag)
         try:
-            message = parse_message(req.body, charset_override=device.charset or None)
+            message = await self._parse(req.body, device.charset or None)
         except ManscdpError as exc:
             self._bad_input(device_id, peer, f"unreadable MANSCDP: {exc}")
             return response_to(req, 400, to_tag=tag)
+        device = self.registry.get(device_id)
+        if device is None or not device.registered or device.address is None:  # gone while it was parsed
+            return response_to(req, 404, to_tag=tag)
         if message.root is Root.NOTIFY and message.cmd_type == CmdType.KEEPALIVE:
             if message.device_id != device_id:
                 self._bad_input(device_id, peer, f"keepalive naming another device ({message.device_id})")

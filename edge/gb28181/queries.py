@@ -7,7 +7,8 @@ SN and the CmdType, never by the body's DeviceID alone (which names a channel fo
 RecordInfo answers may come in several parts (Annex N: same SN, SumNum in every part): they are joined by
 `drivers.gb28181.manscdp.MultipartAssembler`; `expire()` hands out an answer whose parts stopped coming,
 flagged incomplete, so a device that sends 261 of 299 records gives 261 flagged records rather than a
-hang. An answer nobody waits for (late, or a device's own idea) is answered 200 and dropped.
+hang. An answer nobody waits for (late, or a device's own idea) is answered 200, dropped before the
+assembler sees it, and counted (`unsolicited`, the platform's `unsolicited_answers` counter).
 
 SNs are allocated per platform from a counter that starts at a random point (so a restarted platform does
 not reuse the SNs a device may still be answering) and wraps inside 1..999999999.
@@ -72,6 +73,9 @@ class PendingQueries:
         self._waiters: dict[QueryKey, asyncio.Future[Answer]] = {}
         self._assembler = MultipartAssembler(timeout_s=part_timeout_s)
         self._clock = clock
+        # Answers to no SN this platform asked (or asked and already had answered): counted, dropped,
+        # never given to the assembler, so a device cannot fill it with parts nobody waits for.
+        self.unsolicited = 0
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -93,6 +97,7 @@ class PendingQueries:
         key = QueryKey(device_id, message.sn, message.cmd_type)
         waiter = self._waiters.get(key)
         if waiter is None:
+            self.unsolicited += 1
             log.info("device %s: answer %s SN %d matches no query; dropped", printable(device_id),
                      printable(message.cmd_type[:40]), message.sn)
             return False

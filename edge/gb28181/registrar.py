@@ -3,9 +3,12 @@ for how long, and what the 200 OK says.
 
 Flow: REGISTER without credentials -> 401 with a digest challenge (drivers.gb28181.digest, realm = the
 configured domain); REGISTER with credentials -> verified against the password configured for the device id
-in its From (the user name in the credentials may be anything: Hikvision lets people type `admin`), over
-the `uri` the device gave -> 200 with Contact, Expires (bounded by configuration) and, only when the station
-clock is trusted, Date (9.10.3: devices set their clocks from it). `Expires: 0` unregisters (9.1.2.3).
+in its From, over the `uri` the device gave; the user name in the credentials must be that device id
+(review 12: a digest made for another name proves nothing about the From, and with the shared
+`unknown_device_password` one device could register as another; a device set to answer as `admin`, as
+Hikvision lets people do, is refused 403 and must be set to its id) -> 200 with Contact, Expires (bounded
+by configuration) and, only when the station clock is trusted, Date (9.10.3: devices set their clocks
+from it). `Expires: 0` unregisters (9.1.2.3).
 Every registration is challenged afresh: a refresh with the same Call-ID is no proof of anything.
 
 Refused: a device id not configured (unless `allow_unknown_devices`) gets 403 at once; a wrong password
@@ -57,6 +60,9 @@ class DevicePasswords:
     def password_for(self, device_id: str) -> str | None:
         """The password to verify `device_id` with; None: the device is refused."""
         return self._passwords.get(device_id, self._unknown)
+
+
+MAX_SHOWN_USER = 40
 
 
 class Outcome(StrEnum):
@@ -169,6 +175,12 @@ class Registrar:
             credentials = DigestCredentials.parse(authorization)
         except DigestError as exc:
             return self._refuse(req, tag, device_id, 400, f"unreadable Authorization: {exc}")
+        if credentials.username != device_id:
+            # The password is the From's device's; a digest made for another user name proves nothing
+            # about who this is (and, with a shared password for unknown devices, would let one device
+            # register as another).
+            return self._refuse(req, tag, device_id, 403, f"digest user name "
+                                f"{printable(credentials.username[:MAX_SHOWN_USER])!r} is not the device id")
         verdict = self._digest.verify(credentials, method="REGISTER", password=password)
         if verdict in (DigestVerdict.STALE_NONCE, DigestVerdict.FOREIGN_NONCE):
             challenge = self._digest.challenge(stale=True)

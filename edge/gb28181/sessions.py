@@ -49,6 +49,7 @@ from edge.custody.text import printable
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
+MAX_SHOWN_ADDRESS = 64
 
 
 class MediaReceiver(Protocol):
@@ -110,6 +111,7 @@ class SessionResult:
     ssrc_used: int
     file_size_bytes: int | None
     outcome: Any
+    media_address_ignored: str | None = None
 
 
     def facts(self) -> dict[str, Any]:
@@ -118,6 +120,7 @@ class SessionResult:
             "call_id": self.call_id, "end_reason": self.end_reason.value, "ssrc_offered": self.ssrc_offered,
             "ssrc_answered": self.ssrc_answered, "ssrc_answer_text": self.ssrc_answer_text,
             "ssrc_used": self.ssrc_used, "file_size_bytes": self.file_size_bytes,
+            "media_address_ignored": self.media_address_ignored,
         }
 
 
@@ -134,6 +137,7 @@ class MediaSession:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     end_reason: EndReason | None = None
     result: SessionResult | None = None
+    media_address_ignored: str | None = None  # tcp-active: the answer's c= when it was not the device's
     _done: asyncio.Future[SessionResult] | None = None
 
     @property
@@ -274,7 +278,7 @@ class SessionManager:
         await self.transport.send_ack(session.dialog.ack(), device)
         try:
             session.answer = parse_sdp(ok.body)
-            await self._connect(session)
+            await self._connect(session, device)
         except (SdpError, SessionError, OSError) as exc:
             await self._bye(session, device)
             raise SessionError(f"INVITE {req.kind} of {req.channel_id}: {exc}") from None
@@ -288,15 +292,22 @@ class SessionManager:
             session.receiver.expect_ssrc(answered)  # it filtered on ours until now
         self._on_change(session, "streaming")
 
-    async def _connect(self, session: MediaSession) -> None:
+    async def _connect(self, session: MediaSession, device: Peer) -> None:
         answer = session.answer
         assert answer is not None
         video = answer.video
         if session.request.transport == "tcp-active":
-            host = answer.media_address(video)
-            if host is None or not video.is_tcp:
-                raise SessionError("tcp-active answer without a TCP address and port to connect to")
-            await session.receiver.connect(host, video.port)
+            if not video.is_tcp or not 0 < video.port < 65536:
+                raise SessionError("tcp-active answer without a TCP port to connect to")
+            named = answer.media_address(video)
+            if named != device.host:
+                # The station connects only to where the device's signalling comes from: an answer naming
+                # another address (or a host name) would otherwise aim the station at any host and port.
+                session.media_address_ignored = printable((named or "(none)")[:MAX_SHOWN_ADDRESS])
+                log.warning("device %s channel %s: its answer names media address %s; connecting to its "
+                            "source address %s instead", printable(session.request.device_id),
+                            printable(session.request.channel_id), session.media_address_ignored, device.host)
+            await session.receiver.connect(device.host, video.port)
 
     def _dialog_handler(self, session: MediaSession) -> RequestHandler:
         async def handle(req: SipRequest, peer: Peer) -> SipResponse | None:
@@ -358,6 +369,7 @@ class SessionManager:
             ssrc_answered=answered, ssrc_answer_text=None if answer is None else answer.ssrc_text,
             ssrc_used=answered if answered is not None else session.ssrc_offered,
             file_size_bytes=None if answer is None else answer.video.file_size_bytes, outcome=outcome,
+            media_address_ignored=session.media_address_ignored,
         )
         session.result = result
         log.info("device %s channel %s %s session %s ended: %s", printable(session.request.device_id),

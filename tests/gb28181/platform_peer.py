@@ -102,6 +102,8 @@ class TestDevice:
         self.sn = 1
         self._tasks: set[asyncio.Task[Any]] = set()
         self.on_invite: Callable[[Invite], None] | None = None
+        self.media_answer_host: str | None = None  # the c= of its INVITE answers (default: its own host)
+        self.media_connections = 0
 
     async def start(self, port: int = 0) -> TestDevice:
         self.sip = SipTransport(self._handle, host=self.host, port=port)
@@ -146,7 +148,8 @@ class TestDevice:
             ("Max-Forwards", "70"),
         ]
 
-    async def register(self, *, expires: int = 3600, password: str | None = None) -> SipResponse:
+    async def register(self, *, expires: int = 3600, password: str | None = None,
+                       username: str | None = None) -> SipResponse:
         """REGISTER, answer the challenge with digest, return the final answer."""
         assert self.sip is not None
         call_id = secrets.token_hex(8)
@@ -158,7 +161,7 @@ class TestDevice:
         if answer.status != 401:
             return answer
         challenge = DigestChallenge.parse(answer.headers.get("WWW-Authenticate") or "")
-        credentials = authorization_for(challenge, username=self.device_id,
+        credentials = authorization_for(challenge, username=username or self.device_id,
                                         password=password or self.password, method="REGISTER", uri=uri)
         second = request("REGISTER", uri, [*self._fields("REGISTER", 2, call_id), *contact,
                                            ("Authorization", str(credentials))])
@@ -230,8 +233,8 @@ class TestDevice:
         # The platform's a=setup:active means it connects: the device listens.
         we_listen = offer.video.setup is not None and offer.video.setup.value == "active"
         port = self.media_port if we_listen else 9412
-        answer = answer_to(offer, owner_id=self.device_id, address=self.host, port=port, ssrc=offer.ssrc,
-                           file_size_bytes=4096)
+        answer = answer_to(offer, owner_id=self.device_id, address=self.media_answer_host or self.host,
+                           port=port, ssrc=offer.ssrc, file_size_bytes=4096)
         if self.answer_ssrc is None:
             answer = with_ssrc(answer, None)
         elif self.answer_ssrc != "same":
@@ -249,6 +252,7 @@ class TestDevice:
         self.media_port = self.media_listener.sockets[0].getsockname()[1]
 
     async def _media_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.media_connections += 1
         writer.write(b"\x00\x10" + b"P" * 16)
         await writer.drain()
         writer.close()

@@ -2,7 +2,7 @@
 evidentiary original) and the MP4 made from it (:mod:`edge.sources.gb28181.recordings`); each recording
 downloaded once (:mod:`edge.sources.gb28181.downloads`)."""
 
-from edge.sources.gb28181.downloads import DownloadReport, GbDownloads, StartDownload, Transfer
+from edge.sources.gb28181.downloads import DeviceGone, DownloadReport, GbDownloads, StartDownload, Transfer
 from edge.sources.gb28181.recordings import (
     SOURCE_KIND,
     DownloadedRecording,
@@ -12,10 +12,12 @@ from edge.sources.gb28181.recordings import (
     ingest_download,
     mp4_key,
     raw_key,
+    sealed_attempts,
 )
 
 __all__ = [
     "SOURCE_KIND",
+    "DeviceGone",
     "DownloadReport",
     "DownloadedRecording",
     "GbDownloads",
@@ -27,4 +29,5 @@ __all__ = [
     "ingest_download",
     "mp4_key",
     "raw_key",
+    "sealed_attempts",
 ]

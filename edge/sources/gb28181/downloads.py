@@ -3,14 +3,16 @@
 `GbDownloads.download(recordings)` takes the recordings the platform listed (RecordInfo items, as
 `RecordingRef`s, for example from `RecordingRef.from_record_item`) and, one after the other (devices
 serve few history sessions at a time: wvp #980), for each one not already sealed in the store
-(`already_sealed`: its key comes from the recording alone, so this holds across restarts):
+(`sealed_attempts`: its key comes from the recording alone, so this holds across restarts; a download
+sealed incomplete does not count, and the recording is downloaded again, up to `MAX_INCOMPLETE_ATTEMPTS`
+times, each a new pair of items):
 
 1. picks a new raw PS file name in the spool (never from the device's text) and asks `start_download`
    (the platform's session: INVITE s=Download, the media receiver on that file, until MediaStatus 121,
    BYE, the device closing, idle, limit or error) for the transfer;
 2. a transfer that brought no byte is an `error` entry naming the recording (stage `download`), the empty
    file is removed, the next recording is tried; a session that could not be made (the platform raised)
-   likewise;
+   likewise; a device gone offline (`DeviceGone` from `start_download`) ends the call instead;
 3. anything received, however the session ended, goes to `ingest_download`: the raw PS and its MP4 are
    sealed, its gaps and how it ended are in the manifest (a partial transfer is still evidence of what
    was received; the next listing offers the recording again only if its raw PS was not sealed).
@@ -37,12 +39,15 @@ from edge.sources.gb28181.recordings import (
     DownloadIngest,
     GbRecordings,
     RecordingRef,
-    already_sealed,
     display_text,
     ingest_download,
+    sealed_attempts,
 )
 
 log = logging.getLogger(__name__)
+
+# A recording whose downloads came incomplete this many times is not asked for again.
+MAX_INCOMPLETE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,11 @@ class Transfer:
 
     outcome: MediaOutcome
     facts: Mapping[str, Any] = field(default_factory=dict)
+
+
+class DeviceGone(Exception):
+    """Raised by `start_download` when the device is no longer there (offline): the rest of the listing
+    waits for its next registration instead of becoming one `error` entry per recording."""
 
 
 StartDownload = Callable[[RecordingRef, Path], Awaitable[Transfer]]
@@ -64,6 +74,7 @@ class DownloadReport:
     skipped: list[RecordingRef] = field(default_factory=list)
     ingested: list[DownloadIngest] = field(default_factory=list)
     failed: list[tuple[RecordingRef, str]] = field(default_factory=list)
+    given_up: list[RecordingRef] = field(default_factory=list)  # incomplete MAX_INCOMPLETE_ATTEMPTS times
 
 
 class GbDownloads:
@@ -92,19 +103,26 @@ class GbDownloads:
             if ref.device_id != self.source.device_id:
                 raise ValueError(f"recording of device {ref.device_id} given to the downloads of "
                                  f"{self.source.device_id}")
-            if already_sealed(self.pipeline.store, ref):
+            attempts = sealed_attempts(self.pipeline.store, ref)
+            if any(attempts):
                 report.skipped.append(ref)
                 continue
-            failure = await self._one(ref, report)
+            if len(attempts) >= MAX_INCOMPLETE_ATTEMPTS:
+                report.given_up.append(ref)  # incomplete each time: what came is sealed, no more tries
+                continue
+            failure = await self._one(ref, report, attempt=len(attempts) + 1)
             if failure is not None:
                 report.failed.append((ref, failure))
         return report
 
-    async def _one(self, ref: RecordingRef, report: DownloadReport) -> str | None:
+    async def _one(self, ref: RecordingRef, report: DownloadReport, *, attempt: int) -> str | None:
         raw = self.source.spool / f"download-{uuid.uuid4().hex}.ps"
         shown = f"{ref.device_id}/{ref.channel_id} {display_text(ref.start_time, 64)}"
         try:
             transfer = await self.start_download(ref, raw)
+        except DeviceGone:
+            raw.unlink(missing_ok=True)
+            raise
         except Exception as exc:  # the platform's refusal, in whatever form: recorded, next recording
             return await self._failed(ref, raw, shown, f"no download session: {exc}")
         outcome = transfer.outcome
@@ -113,7 +131,7 @@ class GbDownloads:
         offset = self.device_clock_offset_ms()
         download = DownloadedRecording(ref, raw, outcome, device_clock_offset_ms=offset,
                                        device_tz_offset_min=self.device_tz_offset_min,
-                                       facts=dict(transfer.facts))
+                                       facts=dict(transfer.facts), attempt=attempt)
         done = await ingest_download(self.pipeline, self.source, download,
                                      convert_timeout_s=self.convert_timeout_s)
         report.ingested.append(done)

@@ -16,14 +16,17 @@ Per downloaded recording, two items:
 Both carry the `source` block kind "gb28181", the station, the device id and the channel id. Their keys
 (`raw_key`, `mp4_key`) are derived from the recording only (device, channel, start, end, file path),
 never from the download, so they are the same after a restart: the platform asks `already_sealed`
-before downloading a recording again, and the pipeline never seals one recording twice.
+before downloading a recording again, and the pipeline never seals one recording twice. A download that
+was sealed incomplete (its manifest says `"complete": false`) does not count: the recording is downloaded
+again, as attempt 2, 3 ... (`raw-ps#2`, `mp4#2`), each a new pair of items beside the earlier ones.
 
 `ingest_download` is the whole step for one finished download: convert (a failed conversion is an
 `error` ledger entry naming the recording, and the raw PS is still sealed), ingest both items in one
-run, put the transfer's gaps on the ledger (`gap`, on the raw item), and remove the spool files once
-their items are sealed. Files are read through `FileReader` (size and mtime checked, so a spool file
-changed under the pipeline is refused), opened relative to the spool directory without following
-symlinks.
+run, put the transfer's gaps on the ledger (`gap`, on the raw item) and any other damage or an
+incomplete transfer in one bounded `error` entry of stage `media` per session (`media_damage`), and
+remove the spool files once their items are sealed. Files are read through `FileReader` (size and
+mtime checked, so a spool file changed under the pipeline is refused), opened relative to the spool
+directory without following symlinks.
 """
 
 from __future__ import annotations
@@ -109,20 +112,41 @@ class RecordingRef:
         }
 
 
-def raw_key(ref: RecordingRef) -> OriginalKey:
-    return OriginalKey(SOURCE_KIND, ref.device_id, ref.identity(), "raw-ps")
+def _version(role: str, attempt: int) -> str:
+    return role if attempt <= 1 else f"{role}#{attempt}"
 
 
-def mp4_key(ref: RecordingRef) -> OriginalKey:
-    return OriginalKey(SOURCE_KIND, ref.device_id, ref.identity(), "mp4")
+def raw_key(ref: RecordingRef, attempt: int = 1) -> OriginalKey:
+    """The raw PS's key; a later download of a recording whose earlier one was incomplete is `attempt` 2,
+    3 ... (a new original of the same recording: the incomplete one stays sealed as it was)."""
+    return OriginalKey(SOURCE_KIND, ref.device_id, ref.identity(), _version("raw-ps", attempt))
+
+
+def mp4_key(ref: RecordingRef, attempt: int = 1) -> OriginalKey:
+    return OriginalKey(SOURCE_KIND, ref.device_id, ref.identity(), _version("mp4", attempt))
+
+
+def sealed_attempts(store: StationStore, ref: RecordingRef) -> list[bool]:
+    """Per sealed raw PS of this recording (one per download that brought something), whether it was
+    complete (a manifest without the fact, from before the check existed, counts as complete)."""
+    repository = IngestRepository(store)
+    sealed = repository.acquisitions_in_state(SOURCE_KIND, ref.device_id, AcquisitionState.SEALED)
+    found = []
+    for acquisition in sealed:
+        version = acquisition.key.version
+        if acquisition.key.original != ref.identity() or not (version == "raw-ps" or
+                                                               version.startswith("raw-ps#")):
+            continue
+        record = repository.item(acquisition.item)
+        original = (record.manifest or {}).get("original", {}) if record is not None else {}
+        found.append(original.get("complete") is not False)
+    return found
 
 
 def already_sealed(store: StationStore, ref: RecordingRef) -> bool:
-    """Whether this recording's raw PS is already sealed in the store (then it is not downloaded again)."""
-    key = raw_key(ref)
-    repository = IngestRepository(store)
-    sealed = repository.acquisitions_in_state(SOURCE_KIND, ref.device_id, AcquisitionState.SEALED)
-    return any(a.key.original == key.original and a.key.version == key.version for a in sealed)
+    """Whether this recording's raw PS is already sealed in the store, complete (then it is not downloaded
+    again)."""
+    return any(sealed_attempts(store, ref))
 
 
 @dataclass(frozen=True)
@@ -135,6 +159,7 @@ class DownloadedRecording:
     device_clock_offset_ms: int | None = None  # from DeviceStatus, when the platform measured it
     device_tz_offset_min: int | None = None  # the devices' configured zone (UTC+8: 480)
     facts: Mapping[str, Any] = field(default_factory=dict)  # for the `acquired` entry (e.g. the Call-ID)
+    attempt: int = 1  # the how-manieth download of this recording that is sealed (earlier ones incomplete)
 
 
 class GbRecordings:
@@ -193,11 +218,18 @@ class GbRecordings:
             "bytes": outcome.bytes,
             "transfer": outcome.summary(),
         }
-        return self._offer(download, raw_key(ref), download.raw_ps, original, "ps")
+        if "complete" in download.facts:
+            # Whether the whole recording came (its time range and a=filesize against what was received).
+            original["complete"] = bool(download.facts["complete"])
+            if download.facts.get("incomplete"):
+                original["incomplete"] = display_text(str(download.facts["incomplete"]), 300)
+        if download.attempt > 1:
+            original["attempt"] = download.attempt
+        return self._offer(download, raw_key(ref, download.attempt), download.raw_ps, original, "ps")
 
     def mp4_item(self, download: DownloadedRecording, conversion: Conversion) -> OfferedItem:
         ref = download.recording
-        key = raw_key(ref)
+        key = raw_key(ref, download.attempt)
         original = {
             **ref.described(),
             "role": "mp4",
@@ -209,7 +241,7 @@ class GbRecordings:
             },
             "conversion": conversion.summary(),
         }
-        return self._offer(download, mp4_key(ref), conversion.mp4, original, "mp4")
+        return self._offer(download, mp4_key(ref, download.attempt), conversion.mp4, original, "mp4")
 
     def _offer(self, download: DownloadedRecording, key: OriginalKey, path: Path, original: dict[str, Any],
                extension: str) -> OfferedItem:
@@ -245,6 +277,20 @@ class GbRecordings:
                               what=f"{self.device_id}:{shown}")
 
         return open_reader
+
+
+def media_damage(outcome: MediaOutcome, facts: Mapping[str, Any]) -> list[str]:
+    """What was wrong with a transfer besides lost packets (those have their `gap` entry): unreadable
+    packets, packets of another SSRC, PS resynchronisations and dropped frames, refused connections, and
+    a transfer shorter than the recording (`facts["incomplete"]`, edge.sources.gb28181.scheduler). Counts
+    only: bounded whatever the stream did."""
+    counted = (("invalid_packets", "unreadable RTP packets"), ("ssrc_mismatches", "packets of another SSRC"),
+               ("resyncs", "PS resynchronisations"), ("dropped_frames", "frames dropped by the demuxer"),
+               ("refused_connections", "refused TCP connections"))
+    damage = [f"{getattr(outcome, name)} {what}" for name, what in counted if getattr(outcome, name, 0)]
+    if facts.get("incomplete"):
+        damage.append(f"incomplete: {display_text(str(facts['incomplete']), 300)}")
+    return damage
 
 
 @dataclass
@@ -284,8 +330,8 @@ async def ingest_download(
         offered.append(source.mp4_item(download, conversion))
     run = await pipeline.ingest(source, offered)
     items = {w.offered.key: w for w in run.items}
-    raw = items.get(raw_key(ref))
-    mp4 = items.get(mp4_key(ref))
+    raw = items.get(raw_key(ref, download.attempt))
+    mp4 = items.get(mp4_key(ref, download.attempt))
     raw_item = raw.item if raw is not None and raw.state == AcquisitionState.SEALED else None
     mp4_item = mp4.item if mp4 is not None and mp4.state == AcquisitionState.SEALED else None
     repository = pipeline.repository
@@ -300,6 +346,12 @@ async def ingest_download(
                "rtp_ranges": [list(g) for g in outcome.gaps[:MAX_GAPS_ON_LEDGER]],
                "ranges_not_listed": max(0, len(outcome.gaps) - MAX_GAPS_ON_LEDGER) + outcome.gaps_unrecorded}
         await pipeline.commit(lambda: repository.entry(EntryType.GAP, raw_item, gap))
+    damage = media_damage(outcome, download.facts)
+    if damage and raw_item is not None:
+        # One bounded entry per session, however many garbage packets or resyncs the stream had.
+        counts = {k: v for k, v in outcome.summary().items() if k != "gaps"}  # the ranges are the gap's
+        summary = {**where, "stage": "media", "reason": "; ".join(damage), "transfer": counts}
+        await pipeline.commit(lambda: repository.entry(EntryType.ERROR, raw_item, summary))
     if raw_item is not None:
         download.raw_ps.unlink(missing_ok=True)
     if mp4_item is not None or conversion is None:

@@ -1,0 +1,317 @@
+"""When GB/T 28181 recordings are downloaded: the link between the platform (edge.gb28181.platform), the
+download policy (edge.gb28181.policy) and the downloads (edge.sources.gb28181.downloads).
+
+`GbDownloadScheduler` listens to the platform's devices coming online (`device_online`, registered with
+`GbPlatform.add_online_listener`) and, in its supervised task (`run`), to the schedule window opening.
+For a device the policy wants, while downloads may run (`on-registration`: always; `schedule`: inside
+the window), one pass (`_pass`) does, one device at a time per device and at most `concurrency` downloads
+over the whole station:
+
+1. the device's channels from its Catalog (those the policy names, among them); a Catalog that fails
+   falls back to the channels configured for the device;
+2. per channel, RecordInfo over the policy's range (`lookback_days` back from now);
+3. the listed recordings to `GbDownloads.download`, which skips the ones already sealed complete (their
+   keys come from the recording alone, so a restart re-queries and downloads only what is missing; one
+   sealed incomplete is downloaded again, a few times at most) and sends each other one through the one
+   ingest pipeline (raw PS + MP4).
+
+Each Download session goes through `GbPlatform.download`; its result is checked (`completeness`): a
+session that ended on MediaStatus 121 (or anything else) with less media than the recording's time
+range (the video PTS span) or than the `a=filesize` the device announced is recorded as incomplete in
+the items' facts; the items are sealed all the same (what came is evidence of what came).
+
+A device that goes offline ends the pass (the rest waits for its next online). Progress, per device
+(state, the recording in progress, counts of done, skipped and failed, the last pass), is `snapshot()`,
+shown by the platform's status section and `edge gb28181 devices`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from drivers.gb28181.manscdp import ManscdpError, RecordItem, items_of
+from edge.custody.text import printable
+from edge.gb28181.platform import GbPlatform
+from edge.gb28181.policy import DownloadPolicy
+from edge.gb28181.queries import QueryError
+from edge.gb28181.registry import wall_text
+from edge.gb28181.sessions import EndReason, SessionError, SessionResult
+from edge.ingest.pipeline import IngestPipeline
+from edge.sources.gb28181.downloads import DeviceGone, GbDownloads, Transfer
+from edge.sources.gb28181.recordings import GbRecordings, RecordingRef, display_text
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_CHECK_S = 30.0
+# A recording whose received video spans less than its time range by more than this is incomplete. The
+# PTS span of N frames is (N-1) frame intervals, so a complete file falls short by one frame: tolerated.
+SHORT_TOLERANCE_S = 0.5
+SHORT_TOLERANCE_FRACTION = 0.05
+# The PS of a recording is not smaller than the file the device stores (PS adds headers, G.711 is larger
+# than AAC); under this share of a=filesize the transfer was cut short.
+FILESIZE_MIN_SHARE = 0.9
+MAX_CHANNELS = 64
+# The raw PS and MP4 of downloads in progress, under the store's root (removed once sealed).
+GB28181_SPOOL_DIR = "gb28181-spool"
+
+
+def case_block_for_downloads(defaults: Any) -> dict[str, Any]:
+    """The manifest's `case` block for downloaded recordings: the station's case defaults (a download
+    has no officer at a bay; case fields are set later by `edge tag`, each change a ledger entry)."""
+    return {"case_number": defaults.case_number, "location": defaults.location,
+            "collector": defaults.collector, "subject": defaults.subject, "important": False,
+            "category": defaults.category, "retention": defaults.retention}
+
+
+def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | None) -> dict[str, Any]:
+    """Whether a Download brought the whole recording (pure): compared with the recording's time range
+    (`expected_s`, from RecordInfo) through the received video's PTS span, and with `a=filesize`."""
+    outcome = result.outcome
+    reasons: list[str] = []
+    received_s: float | None = None
+    first, last = getattr(outcome, "first_video_pts", None), getattr(outcome, "last_video_pts", None)
+    if first is not None and last is not None:
+        received_s = round(((last - first) % (1 << 33)) / 90000, 3)
+    if expected_s is not None and expected_s > 0:
+        tolerance = max(SHORT_TOLERANCE_S, SHORT_TOLERANCE_FRACTION * expected_s)
+        if received_s is None:
+            reasons.append("no video timestamps received")
+        elif received_s + tolerance < expected_s:
+            reasons.append(f"video spans {received_s:g} s of the recording's {expected_s:g} s")
+    announced = result.file_size_bytes
+    received = int(getattr(outcome, "bytes", 0))
+    if announced and received < FILESIZE_MIN_SHARE * announced:
+        reasons.append(f"{received} bytes received, the device announced a=filesize {announced}")
+    facts: dict[str, Any] = {"complete": not reasons, "received_video_s": received_s,
+                             "expected_s": expected_s}
+    if reasons:
+        facts["incomplete"] = "; ".join(reasons)
+        if result.end_reason is EndReason.FILE_END:
+            facts["incomplete"] += " (the device said the file had ended: MediaStatus 121)"
+    return facts
+
+
+@dataclass
+class DeviceProgress:
+    """The downloads of one device, for the operator view."""
+
+    state: str = "idle"  # idle | listing | downloading | waiting
+    current: str | None = None
+    listed: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    incomplete: int = 0
+    given_up: int = 0  # recordings incomplete at every try (downloads.MAX_INCOMPLETE_ATTEMPTS)
+    last_pass_at: str | None = None
+    last_problem: str | None = None
+    record_info_complete: bool | None = None
+
+    def view(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _DeviceRun:
+    task: asyncio.Task[None] | None = None
+    again: bool = False
+
+
+class GbDownloadScheduler:
+    """See the module docstring. `pipeline` is read when a pass starts (the agent makes it after the
+    platform); `now` is the UTC wall clock (the seam of the schedule window)."""
+
+    def __init__(
+        self,
+        platform: GbPlatform,
+        policy: DownloadPolicy,
+        pipeline: Callable[[], IngestPipeline | None],
+        *,
+        spool: Path,
+        station_id: str,
+        case: Mapping[str, Any],
+        concurrency: int = 2,
+        clock_trusted: Callable[[], bool] = lambda: False,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        check_interval_s: float = SCHEDULE_CHECK_S,
+    ) -> None:
+        self.platform = platform
+        self.policy = policy
+        self._pipeline = pipeline
+        self.spool = spool
+        self.station_id = station_id
+        self.case = dict(case)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._clock_trusted = clock_trusted
+        self._now = now
+        self._check_interval_s = check_interval_s
+        self._runs: dict[str, _DeviceRun] = {}
+        self.progress: dict[str, DeviceProgress] = {}
+        self.passes_done = 0
+        self.pass_ended = asyncio.Condition()
+        platform.add_online_listener(self.device_online)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {device_id: p.view() for device_id, p in sorted(self.progress.items())}
+
+    # -- when ------------------------------------------------------------------------------------------
+
+    def device_online(self, device_id: str) -> None:
+        """The platform's online listener: a pass for the device if the policy wants it now."""
+        if self.policy.wants_device(device_id) and self.policy.may_download_now(self._now()):
+            self.request(device_id)
+
+    def request(self, device_id: str) -> None:
+        """A pass for `device_id`; one already running is followed by one more (the device came back)."""
+        run = self._runs.setdefault(device_id, _DeviceRun())
+        if run.task is not None and not run.task.done():
+            run.again = True
+            return
+        run.again = False
+        run.task = asyncio.ensure_future(self._device(device_id, run))
+
+    async def run(self) -> None:
+        """The supervised task: opens the schedule window for online devices; stops the passes at the end."""
+        was_open = False
+        self._clear_spool()
+        try:
+            while True:
+                is_open = self.policy.may_download_now(self._now())
+                if is_open and not was_open and self.policy.when == "schedule":
+                    for device in self.platform.registry.devices():
+                        if device.online and self.policy.wants_device(device.device_id):
+                            self.request(device.device_id)
+                was_open = is_open
+                await asyncio.sleep(self._check_interval_s)
+        finally:
+            tasks = [r.task for r in self._runs.values() if r.task is not None and not r.task.done()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _clear_spool(self) -> None:
+        """Downloads a stop or crash interrupted are not evidence (never sealed): their files go, and the
+        recordings are downloaded again at the device's next pass."""
+        running = any(r.task is not None and not r.task.done() for r in self._runs.values())
+        if running or not self.spool.is_dir():
+            return
+        for path in self.spool.iterdir():
+            if path.name.startswith("download-") and path.suffix in (".ps", ".mp4") and not path.is_symlink():
+                log.info("gb28181: an interrupted download's %s removed from the spool", path.name)
+                path.unlink(missing_ok=True)
+
+    async def _device(self, device_id: str, run: _DeviceRun) -> None:
+        progress = self.progress.setdefault(device_id, DeviceProgress())
+        while True:
+            try:
+                await self._pass(device_id, progress)
+            except DeviceGone as exc:
+                progress.last_problem = printable(str(exc)[:200])
+                log.info("gb28181 device %s: downloads wait for its next registration: %s", device_id,
+                         progress.last_problem)
+            except Exception as exc:  # a pass's bug must not end the scheduler; the next online retries
+                progress.last_problem = printable(str(exc)[:200])
+                log.exception("gb28181 device %s: download pass failed", device_id)
+            finally:
+                progress.state, progress.current = "idle", None
+                progress.last_pass_at = wall_text()
+                self.passes_done += 1
+                async with self.pass_ended:
+                    self.pass_ended.notify_all()
+            if not run.again or not self.policy.may_download_now(self._now()):
+                return
+            run.again = False
+
+    # -- one pass --------------------------------------------------------------------------------------
+
+    async def _channels(self, device_id: str) -> list[str]:
+        try:
+            catalog = [item.device_id for item in await self.platform.query_catalog(device_id)]
+        except (QueryError, ManscdpError) as exc:
+            configured = self.policy.devices.get(device_id)
+            log.warning("gb28181 device %s: no Catalog (%s); the configured channels are asked", device_id,
+                        printable(str(exc)[:200]))
+            catalog = list(configured.channels) if configured is not None else []
+        return self.policy.channels_for(device_id, catalog)[:MAX_CHANNELS]
+
+    async def _pass(self, device_id: str, progress: DeviceProgress) -> None:
+        pipeline = self._pipeline()
+        if pipeline is None:
+            raise RuntimeError("the ingest pipeline is not running")
+        self._ensure_online(device_id)
+        progress.state, progress.last_problem = "listing", None
+        start, end = self.policy.query_range(self._now())
+        self.spool.mkdir(mode=0o700, exist_ok=True)
+        source = GbRecordings(device_id, self.spool, station_id=self.station_id, case=self.case,
+                              station_clock_synchronised=self._clock_trusted())
+        downloads = GbDownloads(pipeline, source, self._start_download(device_id, progress),
+                                device_clock_offset_ms=lambda: self._clock_offset_ms(device_id),
+                                device_tz_offset_min=self.policy.utc_offset_minutes)
+        for channel_id in await self._channels(device_id):
+            self._ensure_online(device_id)
+            try:
+                answer = await self.platform.query_record_info(device_id, channel_id, start, end)
+            except (QueryError, ManscdpError) as exc:
+                self._ensure_online(device_id)
+                progress.last_problem = printable(f"RecordInfo of {channel_id}: {exc}"[:200])
+                log.warning("gb28181 device %s: %s", device_id, progress.last_problem)
+                continue
+            progress.record_info_complete = answer.complete
+            refs = [RecordingRef.from_record_item(device_id, item) for item in items_of(answer, RecordItem)]
+            progress.listed += len(refs)
+            progress.state = "downloading"
+            report = await downloads.download(refs)
+            progress.skipped += len(report.skipped)
+            progress.failed += len(report.failed)
+            progress.given_up += len(report.given_up)
+            progress.done += sum(1 for done in report.ingested if done.raw_item is not None)
+
+    def _ensure_online(self, device_id: str) -> None:
+        device = self.platform.registry.get(device_id)
+        if device is None or not device.online:
+            raise DeviceGone(f"device {device_id} is offline")
+
+    def _clock_offset_ms(self, device_id: str) -> int | None:
+        device = self.platform.registry.get(device_id)
+        if device is None or device.clock_offset_s is None:
+            return None
+        return round(device.clock_offset_s * 1000)
+
+    def _start_download(self, device_id: str, progress: DeviceProgress) -> Callable[..., Any]:
+        async def start_download(ref: RecordingRef, raw_path: Path) -> Transfer:
+            self._ensure_online(device_id)  # offline: the pass ends, nothing is recorded as failed
+            shown = f"{ref.channel_id} {display_text(ref.start_time, 64)}"
+            progress.current, progress.state = shown, "waiting"
+            async with self._slots:
+                progress.state = "downloading"
+                try:
+                    result = await self.platform.download(
+                        device_id, ref.channel_id, ref.start_time, ref.end_time, raw_path,
+                        transport=self.policy.transport_for(device_id), speed=self.policy.speed)
+                except SessionError:
+                    self._ensure_online(device_id)
+                    raise
+            progress.current = None
+            if not getattr(result.outcome, "bytes", 0):
+                self._ensure_online(device_id)  # nothing came as the device left: not the recording's fault
+            try:
+                expected_s: float | None = float(self.platform.device_time_to_unix(ref.end_time)
+                                                 - self.platform.device_time_to_unix(ref.start_time))
+            except SessionError:
+                expected_s = None
+            check = completeness(result, ref, expected_s)
+            if not check["complete"]:
+                progress.incomplete += 1
+                log.warning("gb28181 device %s: download of %s incomplete: %s", device_id, shown,
+                            check["incomplete"])
+            transport = self.policy.transport_for(device_id)
+            return Transfer(result.outcome, {**result.facts(), "transport": transport, **check})
+
+        return start_download
+
