@@ -45,6 +45,8 @@ from defusedxml.ElementTree import DefusedXMLParser
 # about 5 MiB at worst. Anything larger is refused rather than held.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_ITEMS_PER_MESSAGE = 10_000  # Annex N: "每条响应消息携带记录上限为10000条"
+# Items of one multi-part answer (Annex N's limit is per message, not per answer).
+MAX_ITEMS_PER_ANSWER = 40_000
 MAX_ELEMENTS = 40 * MAX_ITEMS_PER_MESSAGE
 MAX_DEPTH = 16
 MAX_SN_DIGITS = 18
@@ -867,16 +869,18 @@ class MultipartAssembler:
       `max_source_bytes`, all answers `max_total_bytes`. An answer that would pass any of these is handed
       out incomplete at once (its items so far), never dropped silently.
 
-    The defaults keep the worst case within 256 MiB: one source holds at most 64 MiB (64 answers of 4 MiB
-    would be 256 MiB), all sources together `max_total_bytes`, and the estimates are above the real
-    figures (about 770 estimated for 540 real bytes per record item). 4 MiB is about 5 000 record items
-    as devices write them; a longer answer comes out incomplete and flagged (the platform can ask for a
-    shorter time range). One source can take at most a quarter of the answers in progress.
+    The defaults keep the worst case within 256 MiB: one source holds at most 64 MiB whatever its number
+    of answers, all sources together `max_total_bytes`, and the estimates are above the real figures
+    (about 770 estimated for 540 real bytes per record item). One answer may take half of its source's
+    share: 32 MiB, about 40 000 record items as devices write them (a busy recorder's month: review 14
+    found a 4 MiB cap cut a 6 000-record answer short); a longer answer comes out incomplete and flagged,
+    and the platform's download scheduler then asks again over halves of the time range. One source can
+    take at most a quarter of the answers in progress.
 
     `source` is whoever sent the MESSAGE (the device's SIP id): the body's DeviceID may be a channel."""
 
     def __init__(self, *, timeout_s: float, max_pending: int = 256, max_pending_per_source: int = 64,
-                 max_items: int = MAX_ITEMS_PER_MESSAGE, max_answer_bytes: int = 4 * 1024 * 1024,
+                 max_items: int = MAX_ITEMS_PER_ANSWER, max_answer_bytes: int = 32 * 1024 * 1024,
                  max_source_bytes: int = 64 * 1024 * 1024, max_total_bytes: int = 256 * 1024 * 1024) -> None:
         bounds = (max_pending, max_pending_per_source, max_items, max_answer_bytes, max_source_bytes,
                   max_total_bytes)

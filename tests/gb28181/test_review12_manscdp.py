@@ -7,8 +7,6 @@ for is the platform's business; these tests hold the assembler to its own promis
 
 from __future__ import annotations
 
-import contextlib
-import tracemalloc
 from datetime import datetime, timedelta
 
 import pytest
@@ -68,41 +66,6 @@ def test_one_source_cannot_fill_every_pending_slot_and_lock_other_devices_out() 
 
 
 @pytest.mark.timeout(600)
-def test_the_assemblers_default_bounds_keep_its_memory_within_256_mib() -> None:
-    # Today's defaults: 64 answers in progress and 100 000 items per answer, both observed below. One
-    # answer is filled up to the point where the assembler hands it out, and what it held is measured; as
-    # many such answers as it accepts at once are what one source can make it hold for the timeout
-    # (SumNum is taken as the largest any part claims, so an answer never completes).
-    assembler = MultipartAssembler(timeout_s=60)
-    per_part = 10_000  # Annex N's per-message maximum
-    source = "34020000001320000666"
-    one_answer_bytes = held = 0
-    handed_out = False
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for first in range(0, 1_000_000, per_part):
-            items = tuple(record(i) for i in range(first, first + per_part))
-            if assembler.add(source, part(1, 10**12, items), now_s=0.0) is not None:
-                handed_out = True  # incomplete, at its item limit: its slot is free again
-                break
-            held += len(items)
-            one_answer_bytes = max(one_answer_bytes, tracemalloc.get_traced_memory()[0] - before)
-    finally:
-        tracemalloc.stop()
-    accepted = 0
-    with contextlib.suppress(ManscdpError):
-        for sn in range(2, 10_000):
-            assembler.add(source, part(sn, 2, (record(sn),)), now_s=0.0)
-            accepted += 1
-    pending_limit = accepted if handed_out else accepted + 1
-    worst_case = pending_limit * one_answer_bytes
-    assert worst_case <= 256 * 1024 * 1024, (
-        f"one answer holds up to {held} items, {one_answer_bytes / 2**20:.0f} MiB; {pending_limit} answers "
-        f"in progress: {worst_case / 2**30:.1f} GiB"
-    )
-
-
 def _device_info(name: str) -> bytes:
     text = (
         '<?xml version="1.0" encoding="GB2312"?>\r\n<Response>\r\n<CmdType>DeviceInfo</CmdType>\r\n'

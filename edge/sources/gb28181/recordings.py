@@ -215,6 +215,9 @@ class GbRecordings:
             "ssrc": outcome.ssrc,
             "transport": str(outcome.transport),
             "gaps": [list(g) for g in outcome.gaps],
+            # Jumps in the RTP numbering (an outage beyond the dropout bound, or a device restart): the
+            # stream is not known whole there either.
+            "rtp_jumps": [list(r) for r in outcome.restarts],
             "bytes": outcome.bytes,
             "transfer": outcome.summary(),
         }
@@ -340,11 +343,19 @@ async def ingest_download(
         data = {**where, "stage": "convert", "reason": error}
         await pipeline.commit(lambda: repository.entry(EntryType.ERROR, raw_item, data))
     outcome = download.outcome
-    if outcome.lost_packets and raw_item is not None:
-        gap = {**where, "reason": "RTP packets lost in transfer",
+    if (outcome.lost_packets or outcome.restarts) and raw_item is not None:
+        # A jump in the RTP numbering beyond the reorder buffer's dropout bound (an outage of a few
+        # seconds on a 4G link, or a device that renumbered) cannot be told apart from the numbers alone:
+        # either way the stream is not known whole there, so it is a gap on the ledger too, never only a
+        # line in the manifest's transfer block (review 14).
+        gap = {**where, "reason": "RTP packets lost in transfer" if not outcome.restarts else
+               "RTP packets lost in transfer, or the RTP numbering jumped (an outage or a device restart: "
+               "not distinguishable from the numbers)",
                "lost_packets": outcome.lost_packets,
                "rtp_ranges": [list(g) for g in outcome.gaps[:MAX_GAPS_ON_LEDGER]],
                "ranges_not_listed": max(0, len(outcome.gaps) - MAX_GAPS_ON_LEDGER) + outcome.gaps_unrecorded}
+        if outcome.restarts:
+            gap["rtp_jumps"] = [list(r) for r in outcome.restarts[:MAX_GAPS_ON_LEDGER]]
         await pipeline.commit(lambda: repository.entry(EntryType.GAP, raw_item, gap))
     damage = media_damage(outcome, download.facts)
     if damage and raw_item is not None:

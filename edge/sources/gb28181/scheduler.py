@@ -31,11 +31,12 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from drivers.gb28181.manscdp import ManscdpError, RecordItem, items_of
+from edge.custody.ledger import EntryType
 from edge.custody.text import printable
 from edge.gb28181.platform import GbPlatform
 from edge.gb28181.policy import DownloadPolicy
@@ -57,6 +58,11 @@ SHORT_TOLERANCE_FRACTION = 0.05
 # than AAC); under this share of a=filesize the transfer was cut short.
 FILESIZE_MIN_SHARE = 0.9
 MAX_CHANNELS = 64
+# An incomplete RecordInfo answer is asked again over halves of its range, at most this many times deep,
+# and not below this range (an hour of a recorder is far below one answer's bound).
+MAX_RECORD_INFO_SPLITS = 10
+MIN_RECORD_INFO_RANGE = timedelta(hours=1)
+MAX_RANGES_ON_LEDGER = 32
 # The raw PS and MP4 of downloads in progress, under the store's root (removed once sealed).
 GB28181_SPOOL_DIR = "gb28181-spool"
 
@@ -256,14 +262,13 @@ class GbDownloadScheduler:
         for channel_id in await self._channels(device_id):
             self._ensure_online(device_id)
             try:
-                answer = await self.platform.query_record_info(device_id, channel_id, start, end)
+                refs, complete = await self._list_recordings(pipeline, device_id, channel_id, start, end)
             except (QueryError, ManscdpError) as exc:
                 self._ensure_online(device_id)
                 progress.last_problem = printable(f"RecordInfo of {channel_id}: {exc}"[:200])
                 log.warning("gb28181 device %s: %s", device_id, progress.last_problem)
                 continue
-            progress.record_info_complete = answer.complete
-            refs = [RecordingRef.from_record_item(device_id, item) for item in items_of(answer, RecordItem)]
+            progress.record_info_complete = complete
             progress.listed += len(refs)
             progress.state = "downloading"
             report = await downloads.download(refs)
@@ -271,6 +276,47 @@ class GbDownloadScheduler:
             progress.failed += len(report.failed)
             progress.given_up += len(report.given_up)
             progress.done += sum(1 for done in report.ingested if done.raw_item is not None)
+
+    async def _list_recordings(
+        self, pipeline: IngestPipeline, device_id: str, channel_id: str, start: datetime, end: datetime
+    ) -> tuple[list[RecordingRef], bool]:
+        """The channel's recordings between `start` and `end`, and whether the list is known whole. An
+        answer handed out incomplete (parts that never came, or more records than one answer may hold: a
+        busy recorder's month) is asked again over the two halves of its range, down to
+        `MIN_RECORD_INFO_RANGE`; the ranges still incomplete there are one ledger error naming the channel
+        and those ranges, so a recording that was never listed is never missing silently (review 14)."""
+        listed: dict[str, RecordingRef] = {}
+        incomplete: list[tuple[datetime, datetime, int]] = []
+
+        async def ask(start: datetime, end: datetime, depth: int) -> None:
+            self._ensure_online(device_id)
+            answer = await self.platform.query_record_info(device_id, channel_id, start, end)
+            for item in items_of(answer, RecordItem):
+                ref = RecordingRef.from_record_item(device_id, item)
+                listed.setdefault(ref.identity(), ref)  # a recording across a middle: once
+            if answer.complete:
+                return
+            if depth < MAX_RECORD_INFO_SPLITS and end - start > MIN_RECORD_INFO_RANGE:
+                middle = start + (end - start) / 2
+                await ask(start, middle, depth + 1)
+                await ask(middle, end, depth + 1)
+            else:
+                incomplete.append((start, end, answer.items_left_out))
+
+        await ask(start, end, 0)
+        if incomplete:
+            shown = [f"{a.isoformat()} to {b.isoformat()}" for a, b, _ in incomplete[:MAX_RANGES_ON_LEDGER]]
+            data = {
+                "source": "gb28181", "stage": "record-info", "device_id": device_id, "channel_id": channel_id,
+                "reason": f"the device's recording list stayed incomplete over {len(incomplete)} range(s) "
+                          "even asked in parts; recordings it did not list are not downloaded",
+                "ranges": shown, "ranges_not_listed": max(0, len(incomplete) - MAX_RANGES_ON_LEDGER),
+                "items_left_out": sum(n for _, _, n in incomplete),
+            }
+            log.warning("gb28181 device %s channel %s: %s", device_id, channel_id, data["reason"])
+            repository = pipeline.repository
+            await pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
+        return list(listed.values()), not incomplete
 
     def _ensure_online(self, device_id: str) -> None:
         device = self.platform.registry.get(device_id)
