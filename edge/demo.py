@@ -51,11 +51,12 @@ from rich.text import Text
 from edge.central.embedded import EmbeddedCentral, issue_mqtt_identities
 from edge.central.verify import verify_central_store
 from edge.config.station import StationConfig
+from edge.custody.problems import Problem
 from edge.ingest.store import open_db
 from edge.mqtt.local_broker import BrokerTls, LocalBroker, free_port
 from edge.observe.live import LiveBays
 from edge.station import StationAgent
-from edge.verify.station import verify_store
+from edge.verify.station import VerifyReport, verify_store
 from simulators.dock import DockSimulator
 from simulators.gb28181.device import SimulatedDevice
 from simulators.gb28181.media import generate_recordings
@@ -262,16 +263,8 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
             server.stop()
             dock.stop()
             bus.close()
-            try:
-                if central is not None:
-                    await central.stop()
-            finally:
-                if broker is not None:
-                    await broker.stop()
-    central_key = central.signing_public_key() if central is not None else None
-    report = await loop.run_in_executor(
-        None, lambda: verify_store(config.station.store_dir, central_key=central_key)
-    )
+            await _stop_services(central, broker)
+    report = await _verify_station(loop, config, central)
     results = agent.results
     errors = [e for r in results for e in r.errors] + [f"{p.where}: {p.what}" for p in report.problems]
     if len(results) < len(specs):
@@ -279,12 +272,8 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
     if not drained:
         errors.append("the uplink did not drain the spool in time")
     uplink_counts = uplink_summary(config.station.store_dir)
-    central_report = None
-    if central is not None:
-        central_report = await loop.run_in_executor(
-            None, lambda: verify_central_store(central.store_dir, central_public_key=central_key)
-        )
-        errors += [f"central {p.where}: {p.what}" for p in central_report]
+    central_report = await _verify_central(loop, central)
+    errors += [f"central {p.where}: {p.what}" for p in central_report or ()]
     summary = {
         "recorders": len(specs),
         "items": sum(len(r.items) for r in results),
@@ -442,16 +431,8 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
         finally:
             server.stop()
             bus.close()
-            try:
-                if central is not None:
-                    await central.stop()
-            finally:
-                if broker is not None:
-                    await broker.stop()
-    central_key = central.signing_public_key() if central is not None else None
-    report = await loop.run_in_executor(
-        None, lambda: verify_store(config.station.store_dir, central_key=central_key)
-    )
+            await _stop_services(central, broker)
+    report = await _verify_station(loop, config, central)
     errors = [f"{p.where}: {p.what}" for p in report.problems]
     for device in devices:
         view = progress.get(device, {})
@@ -464,12 +445,8 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
     if counts["recordings"] < recordings_total:
         errors.append(f"only {counts['recordings']} of {recordings_total} recordings were downloaded")
     uplink_counts = uplink_summary(config.station.store_dir)
-    central_report = None
-    if central is not None:
-        central_report = await loop.run_in_executor(
-            None, lambda: verify_central_store(central.store_dir, central_public_key=central_key)
-        )
-        errors += [f"central {p.where}: {p.what}" for p in central_report]
+    central_report = await _verify_central(loop, central)
+    errors += [f"central {p.where}: {p.what}" for p in central_report or ()]
     summary = {
         "recorders": len(devices),
         "items": counts["items"],
@@ -585,6 +562,38 @@ async def _start_central_over_mqtt(
           f"(its certificate in {identity_dir}); the station sends everything over MQTT",
           file=out, flush=True)
     return central, broker, broker_url
+
+
+async def _stop_services(central: EmbeddedCentral | None, broker: LocalBroker | None) -> None:
+    """The demo's central, then its broker (stopped even when the central's stop fails)."""
+    try:
+        if central is not None:
+            await central.stop()
+    finally:
+        if broker is not None:
+            await broker.stop()
+
+
+async def _verify_station(
+    loop: asyncio.AbstractEventLoop, config: StationConfig, central: EmbeddedCentral | None
+) -> VerifyReport:
+    """`edge verify` of the demo station's store (with the central's key, when there was a central)."""
+    central_key = central.signing_public_key() if central is not None else None
+    return await loop.run_in_executor(
+        None, lambda: verify_store(config.station.store_dir, central_key=central_key)
+    )
+
+
+async def _verify_central(
+    loop: asyncio.AbstractEventLoop, central: EmbeddedCentral | None
+) -> list[Problem] | None:
+    """`edge verify` of the demo central's store; None without a central."""
+    if central is None:
+        return None
+    central_key = central.signing_public_key()
+    return await loop.run_in_executor(
+        None, lambda: verify_central_store(central.store_dir, central_public_key=central_key)
+    )
 
 
 def _print_urls(out: Any, agent: StationAgent) -> None:

@@ -16,7 +16,6 @@ import pytest
 
 import drivers.gb28181.sip as sip
 from drivers.gb28181.sip import (
-    SipMessage,
     SipRequest,
     SipResponse,
     SipStreamParser,
@@ -25,6 +24,7 @@ from drivers.gb28181.sip import (
     response_to,
 )
 from drivers.gb28181.sip_transport import Peer, SipTransport, TransportLimits
+from tests.gb28181.test_sip_transport import UdpClient
 
 DEVICE = "34020000001320000001"
 SERVER = "34020000002000000001"
@@ -78,33 +78,6 @@ class Recorder:
             while len(self.calls) < count:
                 self.arrived.clear()
                 await self.arrived.wait()
-
-
-class UdpClient(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.received: asyncio.Queue[bytes] = asyncio.Queue()
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.DatagramTransport) -> None:  # type: ignore[override]
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.received.put_nowait(data)
-
-    @property
-    def port(self) -> int:
-        assert self.transport is not None
-        return int(self.transport.get_extra_info("sockname")[1])
-
-    def send(self, data: bytes, port: int) -> None:
-        assert self.transport is not None
-        self.transport.sendto(data, ("127.0.0.1", port))
-
-    async def next(self) -> SipMessage:
-        data = await asyncio.wait_for(self.received.get(), 5)
-        message = parse_datagram(data)
-        assert message is not None
-        return message
 
 
 @contextlib.asynccontextmanager
