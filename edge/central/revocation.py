@@ -302,9 +302,24 @@ def _broker_install(layout: CentralLayout) -> tuple[Path, dt.datetime] | None:
     installs = _installs(layout)
     if not installs:
         return None
-    present = [item for item in installs if _still_there(item.path)] or installs
+    present = [item for item in installs if _still_ours(item)] or installs
     soonest = min(present, key=lambda item: item.next_update)
     return soonest.path, soonest.next_update
+
+
+def _still_ours(item: _Install) -> bool:
+    """Whether the copy installed at `item.path` is still there and still the list installed there (its
+    next update as recorded): a file made again at a deleted one-off path (in a world-writable /tmp, say)
+    is not the central's, and must not raise or silence a warning (review 15). True when the central may
+    not look (kept)."""
+    try:
+        with open(item.path, "rb"):
+            pass
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True  # there, but not for the central to read (the broker's own permissions)
+    return _next_update_of(item.path) == item.next_update
 
 
 def _still_there(path: Path) -> bool:
@@ -320,13 +335,18 @@ def _still_there(path: Path) -> bool:
 
 def _recorded_install(layout: CentralLayout, path: Path, next_update: dt.datetime, now: dt.datetime) -> bytes:
     """The installation record with `path` installed now (replacing its earlier install), destinations
-    whose file is gone dropped, at most `_MAX_INSTALLS` kept (the most recent)."""
-    kept = [item for item in (_installs(layout) or []) if item.path != path and _still_there(item.path)]
-    kept.append(_Install(path, next_update, now.isoformat()))
+    whose file is gone dropped, at most `_MAX_INSTALLS` kept: beyond that the copies whose next update
+    comes LAST are forgotten, never the one that runs out first (the broker's copy once its timer stopped
+    is the oldest install and the soonest to expire: review 15)."""
+    others = [item for item in (_installs(layout) or []) if item.path != path and _still_there(item.path)]
+    if len(others) > _MAX_INSTALLS - 1:
+        keep = set(id(item) for item in sorted(others, key=lambda item: item.next_update)[:_MAX_INSTALLS - 1])
+        others = [item for item in others if id(item) in keep]
+    kept = [*others, _Install(path, next_update, now.isoformat())]
     return canonical_json({"installs": [
         {"path": str(item.path), "next_update": item.next_update.isoformat(),
          "installed_utc": item.installed_utc}
-        for item in kept[-_MAX_INSTALLS:]
+        for item in kept
     ]})
 
 

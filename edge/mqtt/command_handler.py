@@ -219,6 +219,17 @@ class CommandHandler:
                 )
         except TagError as exc:
             raise CommandRefused(CommandError.REFUSED, str(exc), received) from None
+        except (CustodyError, sqlite3.Error, OSError) as exc:
+            if requeued is None:
+                raise  # nothing took effect: the caller answers "failed"
+            # The re-upload took effect in its own transaction (its `requeued` entry names this request);
+            # only the command's own record failed. A reply "failed" would be a signed untruth (review 15):
+            # the reply says executed, and what could not be recorded. A redelivery is then refused by the
+            # requeue itself (the item is no longer rejected), so it still runs at most once.
+            log.exception("MQTT command %s %s: the re-upload was done, but its command entry could not be "
+                          "recorded", command.op.value, command.request_id)
+            return _Answer(command.request_id, result={
+                **requeued, "command_entry": printable(f"not recorded: {exc}")[:200]})
         log.info("MQTT command %s %s executed (ledger seq %d)", command.op.value, command.request_id,
                  entry.seq)
         return _Answer(command.request_id, result=result)
