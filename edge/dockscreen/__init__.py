@@ -5,8 +5,11 @@ The page is plain ES modules and CSS in ``static/`` (no build step, no framework
 elsewhere). It reads the status model of the local API (``/api/v1/status``, then the live stream
 ``/api/v1/events``) and ``/dock/led-patterns.json``, which is made here from the dock protocol's own LED
 table and the station's mapping from bay states and error classes to LED states, so the legend on the
-screen always matches what the bay board shows. Words (Chinese by default, English by a switch) live in
-``static/i18n.js``; device text is shown with ``textContent`` only.
+screen always matches what the bay board shows. While the station runs the GB/T 28181 platform, a panel
+below the bays lists its devices (the status's ``gb28181`` part: online state and keepalive age, address,
+clock offset, channels, downloads); that part has no event of its own, so the page reads the status again
+every few seconds while it is there, and shows no panel when it is not. Words (Chinese by default,
+English by a switch) live in ``static/i18n.js``; device text is shown with ``textContent`` only.
 """
 
 from __future__ import annotations

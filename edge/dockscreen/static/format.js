@@ -31,3 +31,18 @@ export function count(n) {
 export function seconds(value) {
   return typeof value === "number" && Number.isFinite(value) && value >= 0 ? Math.round(value) : null;
 }
+
+/** Whole seconds from an ISO 8601 UTC time (the status model's, microseconds allowed) to `nowMs`. */
+export function ageSeconds(isoText, nowMs) {
+  if (typeof isoText !== "string") return null;
+  // Milliseconds at most: what every browser's Date parser takes.
+  const parsed = Date.parse(isoText.replace(/(\.\d{3})\d+/, "$1"));
+  if (!Number.isFinite(parsed)) return null;
+  return Math.max(0, Math.round((nowMs - parsed) / 1000));
+}
+
+/** A clock offset in seconds with its sign ("+0.3"); null when unknown. */
+export function offset(value) {
+  if (typeof value !== "number" || !Number.isFinite(value)) return null;
+  return `${value >= 0 ? "+" : "−"}${Math.abs(value).toFixed(1)}`;
+}

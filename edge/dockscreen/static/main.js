@@ -1,5 +1,8 @@
 // The dock screen: renders the station's status (GET /api/v1/status) and follows it live over
 // server-sent events (GET /api/v1/events: "snapshot", "bay", "station"), reconnecting after any loss.
+// The GB/T 28181 devices (the status's "gb28181" part, present only while the station runs the platform)
+// come with no event of their own: while the station has them, the page reads the status again every
+// GB_REFRESH_MS, and counts the keepalive ages on by the second in between.
 // Every text that came from a device or the configuration is set with textContent, never as HTML.
 
 import * as format from "./format.js";
@@ -11,6 +14,8 @@ const EVENTS_URL = "/api/v1/events";
 const PATTERNS_URL = "/dock/led-patterns.json";
 const RECONNECT_MIN_MS = 1000;
 const RECONNECT_MAX_MS = 15000;
+const GB_REFRESH_MS = 3000;
+const GB_ROWS_MAX = 8; // the page fits one screen: more devices are counted, not listed
 
 const view = {
   language: savedLanguage(),
@@ -20,6 +25,7 @@ const view = {
   connected: false,
   reconnectMs: RECONNECT_MIN_MS,
   source: null,
+  gbRefresh: null, // the timer that reads the GB/T 28181 devices again
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -196,6 +202,92 @@ function renderBays() {
   layoutGrid(bays.length);
 }
 
+// -- GB/T 28181 devices -----------------------------------------------------------------------------
+
+function gbDeviceRow() {
+  return $("#gb-device").content.firstElementChild.cloneNode(true);
+}
+
+function gbDownloads(w, progress) {
+  if (!progress || typeof progress !== "object") return "";
+  const state = w.gb.downloadStates[progress.state] ?? String(progress.state ?? "");
+  const parts = [progress.current ? `${state} ${progress.current}` : state];
+  parts.push(w.gb.done(format.count(progress.done)));
+  if (progress.skipped > 0) parts.push(w.gb.skipped(format.count(progress.skipped)));
+  if (progress.failed > 0) parts.push(w.gb.failed(format.count(progress.failed)));
+  if (progress.incomplete > 0) parts.push(w.gb.incomplete(format.count(progress.incomplete)));
+  const lastPass = Date.parse(String(progress.last_pass_at ?? "").replace(/(\.\d{3})\d+/, "$1"));
+  if (Number.isFinite(lastPass)) {
+    const time = new Intl.DateTimeFormat(w.lang, { hour: "2-digit", minute: "2-digit", hour12: false });
+    parts.push(w.gb.lastPass(time.format(new Date(lastPass))));
+  }
+  return `${w.gb.downloads}: ${parts.join(" · ")}`;
+}
+
+function renderGbDevice(row, device, progress, w, nowMs) {
+  row.dataset.deviceId = String(device.device_id ?? "");
+  row.dataset.online = device.online ? "true" : "false";
+  // The configured name first; else the name the device gave in its DeviceInfo answer (device text).
+  setText($(".gb-name", row), device.name || device.device_info?.name || "");
+  setText($(".gb-id", row), device.device_id);
+  const age = format.ageSeconds(device.last_keepalive_at, nowMs);
+  const keepalive = age == null ? w.gb.noKeepalive : w.gb.keepalive(w.duration(age));
+  setText($(".gb-state", row), `${device.online ? w.gb.online : w.gb.offline} · ${keepalive}`);
+  const facts = [];
+  if (device.address) facts.push(String(device.address));
+  const offset = format.offset(device.clock_offset_s);
+  if (offset != null) facts.push(w.gb.clockOffset(offset));
+  facts.push(w.gb.channels(Array.isArray(device.channels) ? device.channels.length : 0));
+  setText($(".gb-facts", row), facts.join(" · "));
+  setText($(".gb-downloads", row), gbDownloads(w, progress));
+}
+
+function renderGb28181() {
+  const section = $("#gb28181");
+  const gb = view.status?.gb28181;
+  if (!gb || typeof gb !== "object") {
+    section.hidden = true;
+    return;
+  }
+  section.hidden = false;
+  const w = t();
+  const devices = Array.isArray(gb.devices) ? gb.devices : [];
+  const online = devices.filter((d) => d.online).length;
+  setText($(".gb-title", section), w.gb.title);
+  setText($(".gb-summary", section), devices.length ? w.gb.summary(devices.length, online) : w.gb.none);
+  // Online devices first, then by id: what is reachable is what an operator looks for.
+  const shown = [...devices]
+    .sort((a, b) => Number(Boolean(b.online)) - Number(Boolean(a.online))
+      || String(a.device_id).localeCompare(String(b.device_id)))
+    .slice(0, GB_ROWS_MAX);
+  const list = $(".gb-devices", section);
+  while (list.children.length < shown.length) list.append(gbDeviceRow());
+  while (list.children.length > shown.length) list.lastElementChild.remove();
+  const downloads = gb.downloads && typeof gb.downloads === "object" ? gb.downloads : {};
+  const nowMs = Date.now();
+  shown.forEach((device, index) => {
+    const progress = Object.hasOwn(downloads, device.device_id) ? downloads[device.device_id] : null;
+    renderGbDevice(list.children[index], device, progress, w, nowMs);
+  });
+  setText($(".gb-more", section), devices.length > shown.length ? w.gb.more(devices.length - shown.length) : "");
+}
+
+async function refreshGb28181() {
+  try {
+    const status = await loadJson(STATUS_URL);
+    if (view.status) view.status.gb28181 = status.gb28181;
+  } catch (error) {
+    console.error("dock screen: GB/T 28181 devices", error);
+  }
+  renderGb28181();
+  scheduleGbRefresh();
+}
+
+function scheduleGbRefresh() {
+  clearTimeout(view.gbRefresh);
+  view.gbRefresh = view.status?.gb28181 ? setTimeout(refreshGb28181, GB_REFRESH_MS) : null;
+}
+
 // -- legend -----------------------------------------------------------------------------------------
 
 function renderLegend() {
@@ -244,6 +336,7 @@ function renderAll() {
   renderStation();
   renderNow();
   renderBays();
+  renderGb28181();
   renderLegend();
 }
 
@@ -287,6 +380,8 @@ function connect() {
     setConnected(true);
     renderStation();
     renderBays();
+    renderGb28181();
+    scheduleGbRefresh();
   });
   source.addEventListener("bay", (event) => upsertBay(JSON.parse(event.data)));
   source.addEventListener("station", (event) => {
@@ -315,7 +410,10 @@ async function start() {
   $("#language").addEventListener("click", switchLanguage);
   setConnected(false);
   renderAll();
-  setInterval(renderNow, 1000);
+  setInterval(() => {
+    renderNow();
+    renderGb28181(); // keepalive ages count on between two reads of the status
+  }, 1000);
   window.addEventListener("resize", () => layoutGrid(view.tiles.size));
   try {
     view.patterns = await loadJson(PATTERNS_URL);
@@ -328,6 +426,7 @@ async function start() {
     console.error("dock screen: status", error);
   }
   renderAll();
+  scheduleGbRefresh();
   connect();
 }
 
