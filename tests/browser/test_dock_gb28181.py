@@ -1,8 +1,8 @@
 """The dock screen's GB/T 28181 devices panel, against a real station agent running the platform
 ([gb28181] enabled) and the real device simulator (simulators/gb28181 SimulatedDevice over real SIP
 sockets), shown in real headless Chromium: the device shows online with its keepalive, address, channels
-and downloads, then offline once it unregisters; a name the device sends with HTML and script in it is
-shown as text; without [gb28181] the panel is not there."""
+and downloads (its one recording downloaded), then offline once it unregisters; a name the device sends
+with HTML and script in it is shown as text; without [gb28181] the panel is not there."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,11 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from simulators.gb28181.device import SimulatedDevice
+from simulators.gb28181.media import generate_recordings
 from simulators.gb28181.settings import Channel, DeviceSettings
 from tests.browser.conftest import LiveServer, screenshot
+from tests.gb28181.media_sender import HAVE_FFMPEG
+from tests.prerequisites import require
 from tests.station.harness import Station, simulated_station
 
 PLATFORM_ID = "34020000002000000001"
@@ -52,7 +56,16 @@ def gb_section(tmp_path: Path) -> dict[str, Any]:
             "download": {"media_host": "127.0.0.1"}}
 
 
-async def start_device(station: Station, stack: AsyncExitStack) -> SimulatedDevice:
+def one_recording(media: Path) -> Path:
+    """One short recording on the device (device-local time, Beijing), for one download to be done."""
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    media.mkdir()
+    device_now = (datetime.now(UTC) + timedelta(hours=8)).replace(tzinfo=None, microsecond=0)
+    generate_recordings(media, 1, start=device_now - timedelta(hours=1), seconds=2.0, size="320x240", rate=10)
+    return media
+
+
+async def start_device(station: Station, stack: AsyncExitStack, media: Path) -> SimulatedDevice:
     """The simulated device registered and kept alive on the live server's loop until the stack closes."""
     platform = station.agent.gb28181
     assert platform is not None
@@ -60,8 +73,8 @@ async def start_device(station: Station, stack: AsyncExitStack) -> SimulatedDevi
         await platform.started.wait()
     device = SimulatedDevice(DeviceSettings(
         platform_host="127.0.0.1", platform_port=platform.transport.port, platform_id=PLATFORM_ID,
-        device_id=DEVICE, password=PASSWORD, keepalive_interval_s=2.0, device_name=HOSTILE_NAME,
-        channels=(Channel(CHANNEL, HOSTILE_CHANNEL_NAME),),
+        device_id=DEVICE, password=PASSWORD, media_dir=media, keepalive_interval_s=2.0,
+        device_name=HOSTILE_NAME, channels=(Channel(CHANNEL, HOSTILE_CHANNEL_NAME),),
     ))
     runner = asyncio.ensure_future(device.run())
 
@@ -79,6 +92,7 @@ async def start_device(station: Station, stack: AsyncExitStack) -> SimulatedDevi
 def test_the_panel_shows_a_device_online_then_offline_and_its_text_as_text(
     page: Page, live_server: LiveServer, tmp_path: Path, api_dir: Path
 ) -> None:
+    media = one_recording(tmp_path / "device-media")
     api = {"socket_path": str(api_dir / "station.sock"), "tcp_port": 0}
     stack = AsyncExitStack()
     station: Station = live_server.run(stack.enter_async_context(
@@ -87,7 +101,7 @@ def test_the_panel_shows_a_device_online_then_offline_and_its_text_as_text(
     device_stack = AsyncExitStack()
     try:
         assert station.agent.api is not None and station.agent.api.tcp_url is not None
-        device = live_server.run(start_device(station, device_stack))
+        device = live_server.run(start_device(station, device_stack, media))
         page.set_viewport_size({"width": 1920, "height": 1080})
         page.goto(station.agent.api.tcp_url + "/dock")
         expect(page.locator("body")).to_have_attribute("data-connection", "live", timeout=WAIT_MS)
@@ -111,16 +125,18 @@ def test_the_panel_shows_a_device_online_then_offline_and_its_text_as_text(
         assert row.locator(".gb-name *").count() == 0
         assert page.locator("#gb28181 img, #gb28181 script, #gb28181 iframe, #gb28181 b").count() == 0
         assert page.evaluate("window.__xss") is None
-        # The download scheduler's pass over it (no recordings on the device): its state and last pass.
+        # The download scheduler's pass over it: its one recording downloaded, then the pass's end.
         expect(row.locator(".gb-downloads")).to_contain_text("下载: ", timeout=WAIT_MS)
-        expect(row.locator(".gb-downloads")).to_contain_text("完成 0", timeout=WAIT_MS)
+        expect(row.locator(".gb-downloads")).to_contain_text("完成 1", timeout=WAIT_MS)
         expect(row.locator(".gb-downloads")).to_contain_text("上次 ", timeout=WAIT_MS)
+        expect(row.locator(".gb-downloads")).to_contain_text("下载: 空闲", timeout=WAIT_MS)
+        assert "失败" not in row.locator(".gb-downloads").inner_text()
         screenshot(page, "dock-gb28181-online-zh")
 
         page.locator("#language").click()
         expect(panel.locator(".gb-title")).to_have_text("GB/T 28181 devices")
         expect(row.locator(".gb-state")).to_contain_text("online · keepalive ")
-        expect(panel.locator(".gb-summary")).to_have_text("1 devices · 1 online")
+        expect(panel.locator(".gb-summary")).to_have_text("1 device · 1 online")
         screenshot(page, "dock-gb28181-online-en")
 
         # The device unregisters (Expires: 0): the panel follows without a reload.
@@ -128,7 +144,7 @@ def test_the_panel_shows_a_device_online_then_offline_and_its_text_as_text(
         assert device.log.unregistered
         expect(row).to_have_attribute("data-online", "false", timeout=WAIT_MS)
         expect(row.locator(".gb-state")).to_contain_text("offline · keepalive ")
-        expect(panel.locator(".gb-summary")).to_have_text("1 devices · 0 online")
+        expect(panel.locator(".gb-summary")).to_have_text("1 device · 0 online")
         page.locator("#language").click()
         expect(row.locator(".gb-state")).to_contain_text("离线 · 心跳")
         screenshot(page, "dock-gb28181-offline-zh")

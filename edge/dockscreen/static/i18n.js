@@ -186,7 +186,7 @@ const en = {
   },
   gb: {
     title: "GB/T 28181 devices",
-    summary: (n, online) => `${n} devices · ${online} online`,
+    summary: (n, online) => `${n === 1 ? "1 device" : `${n} devices`} · ${online} online`,
     none: "No device has registered yet",
     more: (n) => `${n} more not shown`,
     online: "online",
