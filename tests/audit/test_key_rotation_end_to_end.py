@@ -281,15 +281,21 @@ async def test_a_spot_check_after_a_rotation_refuses_a_checkpoint_by_the_retired
     checks: an item of the second key's time, whose stretch shows no rotation, is not vouched for by a
     checkpoint the retired first key signed (whoever kept that key rewrote the central's checkpoint)."""
     index = rotated_central.index
-    victim = rotated_station.items_by_phase[1][0]
+    first_rotation, second_rotation = rotated_station.rotation_seqs
+    # An item of the second key's time whose last entry came before the second rotation (an item's receipt
+    # can come after it on a loaded machine: that item's stretch then shows the rotation).
+    candidates = [(item, max(entry.seq for entry in index.ledger_entries(STATION, item=item)))
+                  for item in rotated_station.items_by_phase[1]]
+    victim, last = next(((item, seq) for item, seq in candidates
+                         if first_rotation < seq < second_rotation
+                         and len(index.checkpoints(STATION, seq, seq)) == 1), candidates[0])
     params = {**EVERYTHING, "fraction": "1", "seed": "5"}
     async with rotated_central.reader("supervisor-epochs") as session:
         status, clean = await get(session, f"{rotated_central.url}/v1/spot-checks", params)
         assert status == 200 and clean["failed"] == 0, clean  # control: the honest central passes
-        last = max(entry.seq for entry in index.ledger_entries(STATION, item=victim))
         genuine = index.checkpoints(STATION, last, last)
-        first_rotation, second_rotation = rotated_station.rotation_seqs
-        assert len(genuine) == 1 and first_rotation < last < second_rotation
+        assert len(genuine) == 1 and first_rotation < last < second_rotation, (candidates, first_rotation,
+                                                                               second_rotation)
         retired = StationKey.load(rotated_station.retired_private_key)
         signature = retired.sign(checkpoint_payload(STATION, last, genuine[0].hash, genuine[0].time))
         forged = Checkpoint(STATION, last, genuine[0].hash, genuine[0].time, retired.key_id,
