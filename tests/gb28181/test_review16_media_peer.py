@@ -4,7 +4,8 @@ TCP connection from any host to the offered port is taken and the device's own i
 network that connects first (the port is open from before the INVITE; the range is small) and sends RTP
 with the offered SSRC (sequential: '1' + the platform id's digits 3-8 + a 4-digit counter) has its stream
 sealed as the device's recording. The receiver supports the check (media.py: "from the device's host when
-`expected_peer_host` is given"); the platform does not use it.
+`expected_peer_host` is given"); the platform does not use it. Over UDP the receiver has no source check
+at all: a datagram from any host with the SSRC is taken (and one from elsewhere first makes the "peer").
 Real platform, real media receiver, real TCP sockets on loopback (127.0.0.2 plays the other host)."""
 
 from __future__ import annotations
@@ -92,3 +93,31 @@ async def test_a_tcp_passive_connection_from_another_host_is_not_taken(platform:
 async def test_control_the_devices_own_connection_is_taken(platform: GbPlatform, tmp_path: Path) -> None:
     peer, size = await _download(platform, tmp_path, "127.0.0.1")
     assert peer is not None and peer.startswith("127.0.0.1:") and size == 1000
+
+
+async def _udp_download(platform: GbPlatform, tmp_path: Path, sender: str) -> tuple[str | None, int]:
+    """A UDP Download; one RTP datagram with the offered SSRC from `sender`, then MediaStatus 121."""
+    device = await TestDevice(DEVICE, PASSWORD, platform.transport.port).start()
+    try:
+        assert (await device.register()).status == 200
+        session = await platform.start_session(MediaRequest(
+            DEVICE, CHANNEL, SessionKind.DOWNLOAD, "udp", tmp_path / "raw.ps", START, END, speed=1))
+        host, port = offered_media(device.invites[0])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((sender, 0))
+            sock.sendto(_framed(session.ssrc_offered, b"S" * 1000)[2:], (host, port))
+        await device.send_media_status(device.invites[0])
+        result = await session.wait()
+        return result.outcome.peer, result.outcome.bytes
+    finally:
+        await device.close()
+
+
+async def test_udp_media_from_another_host_is_not_taken(platform: GbPlatform, tmp_path: Path) -> None:
+    peer, size = await _udp_download(platform, tmp_path, "127.0.0.2")
+    assert size == 0, f"{size} bytes from {peer} taken as the device's recording"
+
+
+async def test_control_udp_media_from_the_devices_host_is_taken(platform: GbPlatform, tmp_path: Path) -> None:
+    peer, size = await _udp_download(platform, tmp_path, "127.0.0.1")
+    assert size == 1000 and peer is not None and peer.startswith("127.0.0.1:")
