@@ -1,0 +1,88 @@
+"""Review 16: the scheduler hands every listed recording to the downloads, whatever its times. A recording
+the device lists as ending in the future (a segment still being recorded, a device clock far ahead, or an
+EndTime of 2099: RecordItem only checks end >= start) is downloaded as if finished: its expected length
+(from its time range) can never be met, so it is sealed incomplete and fetched again three times, each
+session bounded by nothing but idle and max_recording_bytes (8 GiB by default), and its range is
+stamped in the manifests as the recording's though most of it does not exist."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from drivers.gb28181.manscdp import AssembledAnswer, RecordItem
+from edge.gb28181.sessions import SessionError
+from edge.ingest.pipeline import IngestPipeline, IngestSettings
+from edge.ingest.store import StationStore
+from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
+
+DEVICE = "34020000001320000016"
+CHANNEL = "34020000001310000001"
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+ZONE = timedelta(minutes=480)  # the devices' configured zone: UTC+8, device-local naive times
+LOCAL_NOW = (NOW + ZONE).replace(tzinfo=None)
+
+
+class Platform:
+    def __init__(self, start: datetime, end: datetime) -> None:
+        self.item = RecordItem(device_id=CHANNEL, name="rec", file_path="/sd/1.ps", address="",
+                               start_time=start, end_time=end, secrecy=0, type="time")
+        self.registry = {DEVICE: SimpleNamespace(online=True, clock_offset_s=0.0)}  # clock measured right
+        self.downloads: list[tuple[str, str]] = []
+
+    def add_online_listener(self, _callback: Any) -> None:
+        pass
+
+    async def query_catalog(self, device_id: str) -> list[SimpleNamespace]:
+        return [SimpleNamespace(device_id=CHANNEL)]
+
+    async def query_record_info(self, device_id: str, channel_id: str, start: datetime,
+                                end: datetime) -> AssembledAnswer:
+        return AssembledAnswer(source=device_id, sn=1, cmd_type="RecordInfo", device_id=channel_id,
+                               name="cam", sum_num=1, items=(self.item,), complete=True, parts=1,
+                               duplicates=0)
+
+    async def download(self, device_id: str, channel_id: str, start: str, end: str, *_a: Any,
+                       **_kw: Any) -> Any:
+        self.downloads.append((start, end))
+        raise SessionError("the test's device does not stream")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StationStore]:
+    s = StationStore(tmp_path / "store", "TEST-STATION")
+    yield s
+    s.close()
+
+
+async def _pass(platform: Platform, store: StationStore, tmp_path: Path) -> None:
+    pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
+    policy = SimpleNamespace(
+        wants_device=lambda _d: True, may_download_now=lambda _n: True,
+        query_range=lambda now: (now - timedelta(days=7), now),
+        channels_for=lambda _d, catalog: list(catalog),
+        devices={}, transport_for=lambda _d: "udp", speed=1, utc_offset_minutes=480)
+    scheduler = GbDownloadScheduler(platform, policy, lambda: pipeline,  # type: ignore[arg-type]
+                                    spool=tmp_path / "spool", station_id="TEST-STATION", case={},
+                                    now=lambda: NOW)
+    await scheduler._pass(DEVICE, DeviceProgress())
+
+
+@pytest.mark.parametrize("end", [LOCAL_NOW + timedelta(days=1), datetime(2099, 1, 1)])
+async def test_a_recording_listed_as_ending_in_the_future_is_not_downloaded_as_finished(
+        store: StationStore, tmp_path: Path, end: datetime) -> None:
+    platform = Platform(LOCAL_NOW - timedelta(hours=1), end)
+    await _pass(platform, store, tmp_path)
+    assert platform.downloads == [], platform.downloads
+
+
+async def test_control_a_recording_that_ended_before_now_is_downloaded(store: StationStore,
+                                                                      tmp_path: Path) -> None:
+    platform = Platform(LOCAL_NOW - timedelta(hours=1), LOCAL_NOW - timedelta(minutes=30))
+    await _pass(platform, store, tmp_path)
+    assert len(platform.downloads) == 1
