@@ -9,9 +9,17 @@ BYE, MediaStatus 121); the receiver owns the bytes.
 Transports (`MediaTransport`):
 
 * `udp`: RTP datagrams on the bound port.
-* `tcp-passive`: we listen (offer `a=setup:passive`); exactly one connection is taken, from the device's
-  host when `expected_peer_host` is given (`expect_peer()` can set it once the 200 OK is in); any other
+* `tcp-passive`: we listen (offer `a=setup:passive`); exactly one connection is taken; any other
   connection is closed at once and counted (`refused_connections`).
+
+Where media may come from: with `expected_peer_host` (the platform passes the host the device registered
+from: that one passed digest, while the answer's `c=` is only what the device claims, and behind a NAT a
+private address) only that host's media is taken. A TCP connection from another host is refused as above;
+a UDP datagram from another host is counted (`refused_packets`, the first few sources in
+`refused_sources`) and dropped before anything else looks at it: it never locks the SSRC, never becomes
+the `peer`, never keeps the session from going idle. Without it (a receiver used on its own) any host is
+taken, as before. The media port is open before the INVITE and the SSRC is guessable, so without this
+check anyone on the network could have a stream of theirs sealed as the device's recording (review 16).
 * `tcp-active`: we connect (offer `a=setup:active`) from the bound port to the address in the device's
   answer: `connect(host, port)` after the 200 OK.
 
@@ -51,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import random
@@ -87,6 +96,7 @@ IDLE_CHECK_S = 0.5
 DRAIN_S = 2.0  # close(): how long packets already sent may still be taken
 QUIET_S = 0.2  # close(): the silence that says they have all come
 MAX_RECORDED_SSRCS = 8
+MAX_RECORDED_SOURCES = 8  # refused media sources kept by address (the rest are only counted)
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # the PS demuxer's bound on one frame
 UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # asked for; the kernel caps it at net.core.rmem_max
 RAW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -160,6 +170,9 @@ class MediaOutcome:
     # MAX_RECORDED_GAPS; not losses, though packets may have been lost at the jump
     restarts: list[tuple[int, int]] = field(default_factory=list)
     strays: int = 0  # packets far off the numbering that nothing confirmed: dropped
+    expected_peer_host: str | None = None  # the only host media was taken from (None: any)
+    refused_packets: int = 0  # UDP datagrams from another host than `expected_peer_host`: dropped
+    refused_sources: list[str] = field(default_factory=list)  # where refused media came from (first few)
 
     @property
     def video_span_s(self) -> float | None:
@@ -190,6 +203,9 @@ class MediaOutcome:
             "mismatched_ssrcs": self.mismatched_ssrcs,
             "invalid_packets": self.invalid_packets,
             "refused_connections": self.refused_connections,
+            "expected_peer_host": self.expected_peer_host,
+            "refused_packets": self.refused_packets,
+            "refused_sources": list(self.refused_sources),
             "write_stalls": self.write_stalls,
             "framing": self.framing,
             "video_frames": self.video_frames,
@@ -216,6 +232,8 @@ class _Counters:
     mismatched_ssrcs: list[int] = field(default_factory=list)
     invalid_packets: int = 0
     refused_connections: int = 0
+    refused_packets: int = 0
+    refused_sources: list[str] = field(default_factory=list)
     write_stalls: int = 0
     payload_types: set[int] = field(default_factory=set)
     streams: dict[int, str] = field(default_factory=dict)
@@ -256,6 +274,22 @@ def _create_raw(raw_path: Path) -> int:
         raise MediaError(f"raw PS file {raw_path}: {exc.strerror or exc}") from exc
     finally:
         os.close(dir_fd)
+
+
+def _host_key(host: str) -> str:
+    """A host as compared for "is this the device's host": an IPv4-mapped IPv6 address as its IPv4 one
+    (a dual-stack socket reports IPv4 peers that way), other addresses in their canonical form."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host.lower()
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def same_host(a: str, b: str) -> bool:
+    return _host_key(a) == _host_key(b)
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -453,7 +487,8 @@ class MediaReceiver:
         self._ssrc = ssrc
 
     def expect_peer(self, host: str) -> None:
-        """TCP passive: from now on, take a connection only from `host` (the device's media address)."""
+        """From now on, take media only from `host` (the device's address): a TCP connection, or UDP
+        datagrams. Better given to `open_receiver` (the port is open from then on)."""
         self._expected_peer_host = host
 
     async def connect(self, remote_host: str, remote_port: int) -> None:
@@ -525,13 +560,14 @@ class MediaReceiver:
         if self._ended is not None or self._connection is not None:
             why = "a connection was already taken" if self._connection is not None else "the session ended"
         elif (self.transport is MediaTransport.TCP_PASSIVE and self._expected_peer_host is not None
-              and peer_host != self._expected_peer_host):
+              and (peer_host is None or not same_host(peer_host, self._expected_peer_host))):
             why = f"not from the device's address {self._expected_peer_host}"
         else:
             self._connection = connection
             self._peer = _address(connection.peer)
             return True
         self._counters.refused_connections += 1
+        self._note_refused_source(connection.peer)
         log.warning("media port %d: refused a TCP connection from %s: %s", self.local_port,
                     _address(connection.peer), why)
         return False
@@ -548,8 +584,32 @@ class MediaReceiver:
         framing = connection.deframer.framing
         self._framing = None if framing is Framing.AUTO else str(framing)
 
+    def _note_refused_source(self, addr: tuple[Any, ...] | None) -> None:
+        sources = self._counters.refused_sources
+        shown = _address(addr)
+        if len(sources) < MAX_RECORDED_SOURCES and shown not in sources:
+            sources.append(shown)
+
+    def _refuse_datagram(self, addr: tuple[Any, ...] | None) -> bool:
+        """UDP: whether this datagram comes from another host than the device's (then it is counted and
+        nothing else is done with it; logged for the first few sources only: a flood must not flood the
+        log)."""
+        expected = self._expected_peer_host
+        if expected is None or (addr and same_host(str(addr[0]), expected)):
+            return False
+        c = self._counters
+        c.refused_packets += 1
+        before = len(c.refused_sources)
+        self._note_refused_source(addr)
+        if len(c.refused_sources) > before:
+            log.warning("media port %d: refused UDP media from %s: not from the device's address %s",
+                        self.local_port, _address(addr), expected)
+        return True
+
     def _rtp(self, data: bytes, addr: tuple[Any, ...] | None) -> None:
         if self._ended is not None:
+            return
+        if self.transport is MediaTransport.UDP and self._refuse_datagram(addr):
             return
         c = self._counters
         try:
@@ -741,6 +801,8 @@ class MediaReceiver:
             dropped_frames=self._demuxer.stats.dropped_frames, streams=dict(c.streams),
             first_video_pts=c.first_video_pts, last_video_pts=c.last_video_pts,
             elapsed_s=self._clock() - self._opened_at, restarts=list(c.restarts), strays=c.strays,
+            expected_peer_host=self._expected_peer_host, refused_packets=c.refused_packets,
+            refused_sources=list(c.refused_sources),
         )
 
 

@@ -3,8 +3,11 @@ end of a recording (MediaStatus 121) routed to its session (GB/T 28181-2016 9.2,
 
 The platform owns the signalling; the bytes are the media receiver's (GB_CONTRACT item 2): before the
 INVITE, `open_receiver` (edge.gb28181.media, passed in so any implementation plugs in) gives a local port
-for the offer's `m=` line. The offer (drivers.gb28181.sdp) carries `y=` (our SSRC: Annex F, history flag,
-domain digits, a stream number unique among this platform's sessions), `t=` (Unix seconds for history),
+for the offer's `m=` line, and is told the device's host (`expected_peer_host`: the source host of its last
+authenticated REGISTER, where the INVITE goes), so that media from any other host is refused from the
+moment the port is open; the answer's `c=` is only the device's claim (behind a NAT, a private address).
+The offer (drivers.gb28181.sdp) carries `y=` (our SSRC: Annex F, history flag,
+domain digits, a stream number drawn at random among those free), `t=` (Unix seconds for history),
 `u=channel:0`, `a=downloadspeed` for Download, and for TCP `a=setup` (passive: we listen, the standard's
 default; active: we connect) with `a=connection:new`. The Subject header names the channel with our SSRC
 and the platform (Annex K), unique per session: a device that sees the same Subject twice restarts its
@@ -71,7 +74,8 @@ class OpenReceiver(Protocol):
     """`edge.gb28181.media.open_receiver`."""
 
     def __call__(self, transport: Any, *, bind_host: str, port_range: tuple[int, int], ssrc: int | None,
-                 raw_path: Path, idle_timeout_s: float, max_bytes: int) -> Awaitable[MediaReceiver]: ...
+                 raw_path: Path, idle_timeout_s: float, max_bytes: int,
+                 expected_peer_host: str | None) -> Awaitable[MediaReceiver]: ...
 
 
 class EndReason(StrEnum):
@@ -200,17 +204,22 @@ class SessionManager:
         self._idle_timeout_s = idle_timeout_s
         self._max_bytes = max_bytes
         self._on_change = on_change
-        self._stream_numbers = secrets.randbelow(10000)
         self.sessions: dict[str, MediaSession] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def _next_ssrc(self, history: bool) -> int:
+        """Annex F: history flag, domain digits, then a stream number; ours is drawn at random (not the
+        next of a counter), so the SSRC of a session is not known to whoever saw the previous one."""
         used = {s.ssrc_offered for s in self.sessions.values()}
-        for _ in range(10000):
-            self._stream_numbers = (self._stream_numbers + 1) % 10000
-            digits = f"{1 if history else 0}{self._sip_id[3:8]}{self._stream_numbers:04d}"
-            if int(digits) not in used:
-                return int(digits)
+        prefix = f"{1 if history else 0}{self._sip_id[3:8]}"
+        for _ in range(100):
+            ssrc = int(f"{prefix}{secrets.randbelow(10000):04d}")
+            if ssrc not in used:
+                return ssrc
+        for number in range(10000):  # nearly all taken: the first free one
+            ssrc = int(f"{prefix}{number:04d}")
+            if ssrc not in used:
+                return ssrc
         raise SessionError("10000 sessions in progress: no SSRC left")
 
     async def start(self, req: MediaRequest, device: Peer) -> MediaSession:
@@ -221,9 +230,12 @@ class SessionManager:
         history = req.kind is not SessionKind.PLAY
         ssrc = self._next_ssrc(history)
         try:
+            # Media only from the host the device registered from (its REGISTER passed digest; the answer's
+            # c= is the device's claim, a private address behind a NAT), from the moment the port is open.
             receiver = await self._open_receiver(
                 req.transport, bind_host=self._media_host, port_range=self._port_range, ssrc=ssrc,
                 raw_path=req.raw_path, idle_timeout_s=self._idle_timeout_s, max_bytes=self._max_bytes,
+                expected_peer_host=device.host,
             )
         except Exception as exc:  # the receiver's own error (no free port, the raw file exists ...)
             raise SessionError(f"{req.kind} of {req.channel_id}: no media receiver: {exc}") from exc

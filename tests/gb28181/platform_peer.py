@@ -393,11 +393,15 @@ class ReceiverFactory:
 
     made: list[CountingReceiver] = field(default_factory=list)
 
+    calls: list[dict[str, Any]] = field(default_factory=list)  # the keyword arguments of each call
+
     async def __call__(self, transport: Any, *, bind_host: str, port_range: tuple[int, int], ssrc: int | None,
-                       raw_path: Path, idle_timeout_s: float, max_bytes: int) -> CountingReceiver:
+                       raw_path: Path, idle_timeout_s: float, max_bytes: int,
+                       **limits: Any) -> CountingReceiver:
         receiver = await CountingReceiver(str(transport), "127.0.0.1", port_range, ssrc, raw_path,
                                           idle_timeout_s).open()
         self.made.append(receiver)
+        self.calls.append(limits)
         return receiver
 
 
