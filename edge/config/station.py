@@ -689,10 +689,15 @@ class Gb28181Section(StrictModel):
     )
     register_expires_min_s: int = Field(
         3600, ge=60, le=86400,
-        description="Shortest registration granted; shorter requests get 423 (standard: not under 3600 s)",
+        description="Shortest registration a device may ask for; shorter requests get 423 (standard: not "
+        "under 3600 s)",
     )
     register_expires_max_s: int = Field(
-        86400, ge=60, le=7 * 86400, description="Longest registration granted; longer requests get this",
+        3600, ge=60, le=7 * 86400,
+        description="Longest registration granted; longer requests get this (RFC 3261 10.3). Requests go to "
+        "where a device last registered, so this bounds how long a NAT rebinding of its port leaves them "
+        "going to the old one; may be set below register_expires_min_s (below 3600 s departs from GB/T "
+        "28181 9.1.1, for carrier NATs that rebind often)",
     )
     keepalive_interval_s: int = Field(
         60, ge=5, le=3600, description="Devices' keepalive interval (standard 60)",
@@ -720,8 +725,6 @@ class Gb28181Section(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Gb28181Section:
-        if self.register_expires_max_s < self.register_expires_min_s:
-            raise ValueError("register_expires_max_s must be >= register_expires_min_s")
         if self.sip_id in self.devices:
             raise ValueError(f"device {self.sip_id} is the platform's own sip_id")
         if self.allow_unknown_devices != (self.unknown_device_password is not None):

@@ -59,6 +59,12 @@ def print_devices(view: dict[str, Any], out: TextIO) -> None:
         print(f"    last keepalive {printable(str(device.get('last_keepalive_at') or '-'))}, clock offset "
               f"{_offset(device.get('clock_offset_s'))}, {len(device.get('channels', []))} channel(s), "
               f"sessions: {printable(sessions) or 'none'}", file=out)
+        other_port = device.get("keepalive_other_port")
+        if isinstance(other_port, dict):
+            # Not followed (only a REGISTER moves a device): a NAT rebinding, or a neighbour behind its NAT.
+            print(f"    keepalive from another port: {other_port.get('count')} since it registered, last "
+                  f"from {printable(str(other_port.get('last_from')))} at "
+                  f"{printable(str(other_port.get('last_at')))}", file=out)
         downloads = (view.get("downloads") or {}).get(device.get("device_id"))
         if isinstance(downloads, dict):
             print(f"    downloads: {_downloads(downloads)}", file=out)

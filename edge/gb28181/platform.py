@@ -6,11 +6,16 @@ registry (edge.gb28181.registry), sends MANSCDP queries and matches their answer
 and opens media sessions (edge.gb28181.sessions). `run()` is its supervised task: it holds the transport
 and checks, every second, which devices went silent and which multi-part answers stopped coming.
 
-Where devices are: every request goes to the source address of the device's last accepted REGISTER or
-keepalive (never its Contact: 4G devices put private addresses there). A REGISTER proves the device (digest)
-and may move it anywhere. A keepalive proves nothing (MANSCDP carries no authentication), so it may move the
-device only to another port of the same host (a NAT rebinding its port, the common case on 4G); a
-keepalive from another host is answered 404, which makes the device register again, with its password.
+Where devices are: every request goes to the source address of the device's last authenticated REGISTER
+(never its Contact: 4G devices put private addresses there). A REGISTER proves the device (digest) and may
+move it anywhere. A keepalive proves nothing (MANSCDP carries no authentication), and behind a carrier NAT
+many subscribers share one host, so a keepalive moves nothing: from another host it is answered 404, which
+makes the device register again, with its password; from another port of the device's host (a NAT that
+rebound the device's port, or a neighbour behind the same NAT) it keeps the device online but requests
+stay at the registered address; it is counted (`counters.keepalives_other_port`, the device's
+`keepalive_other_port` in the operator view) and a `refused` entry (limited as below) says so. What a real
+rebinding costs is bounded by the registration's expiry (`register_expires_max_s`, 3600 s by default): the
+device registers again, from its new port, within it.
 A MESSAGE whose body names another device than its From (a device claiming another's id) gets 403.
 A large MANSCDP body (from `OFF_LOOP_PARSE_BYTES`) is parsed in a worker thread, two at most at once, so
 SIP and RTP keep flowing while a 10000-record RecordInfo part is read.
@@ -112,7 +117,7 @@ class PlatformSettings:
     passwords: DevicePasswords
     names: dict[str, str]
     expires_min_s: int = 3600
-    expires_max_s: int = 86400
+    expires_max_s: int = 3600
     keepalive_interval_s: float = 60.0
     keepalive_timeout_count: int = 3
     time_sync: bool = True
@@ -191,7 +196,8 @@ class GbPlatform:
         self._online_listeners: list[Callable[[str], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._parse_slots = asyncio.Semaphore(MAX_PARALLEL_PARSES)
-        self.counters: dict[str, int] = {"registered": 0, "refused": 0, "bad_input": 0, "keepalives": 0}
+        self.counters: dict[str, int] = {"registered": 0, "refused": 0, "bad_input": 0, "keepalives": 0,
+                                         "keepalives_other_port": 0}
 
     def __repr__(self) -> str:
         return f"GbPlatform(sip_id={self.settings.sip_id!r}, port={self.transport.port})"
@@ -419,7 +425,8 @@ class GbPlatform:
                 return response_to(req, 403, to_tag=tag)
             return self._keepalive(req, peer, device_id, message, tag)
         if peer != device.address:
-            # Only a keepalive moves a device (above); anything else from a new port is still its own.
+            # Nothing moves a device but a REGISTER; an answer from another port of its host is still taken
+            # (matched by SN to a query that was asked).
             log.info("gb28181 device %s: %s from %s, registered at %s", device_id, message.cmd_type, peer,
                      device.address)
         if isinstance(message.payload, MediaStatus):
@@ -436,7 +443,16 @@ class GbPlatform:
         device = self.registry.get(device_id)
         assert device is not None and device.address is not None
         if peer != device.address:
-            log.info("gb28181 device %s moved from %s to %s (keepalive)", device_id, device.address, peer)
+            # A NAT that rebound the device's port, or someone else behind the same carrier NAT: either way
+            # not proof enough to send the device's requests there. It stays online; its next REGISTER
+            # (within the expiry granted) moves it.
+            self.counters["keepalives_other_port"] += 1
+            log.info("gb28181 device %s: keepalive from %s, registered at %s: requests stay there", device_id,
+                     peer, device.address)
+            self._limited(EntryType.REFUSED, "keepalive-port", self._source_key(device_id, peer), {
+                "device_id": device_id, "address": str(peer), "registered_at": str(device.address),
+                "reason": "keepalive from another port of the device's host: not followed (only an "
+                          "authenticated REGISTER moves a device)"})
         self.counters["keepalives"] += 1
         change = self.registry.keepalive(device_id, peer)
         if change is not None:

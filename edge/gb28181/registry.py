@@ -8,6 +8,13 @@ registration expires, or `keepalive_interval_s * keepalive_timeout_count` pass w
 (GB/T 28181-2016 9.6.1; wvp takes the earlier of the two as well). Each transition is returned to the
 caller, which writes the ledger entry: the registry itself records nothing.
 
+Where a device is (`address`, where every request goes) is the source of its last authenticated REGISTER,
+and nothing else moves it. A keepalive proves nothing (MANSCDP carries no authentication) and behind a
+carrier NAT many subscribers share one host: a keepalive from another port of the device's host keeps it
+online (a NAT that rebound the device's port is the common cause) but does not move it; it is counted and
+shown (`keepalive_other_port`), and the registrar bounds how long a rebinding can leave requests going to
+the old port (the registration's expiry: the device registers again from its new port).
+
 Wall-clock times (`registered_at`, `last_keepalive_at`) are for people; every decision uses the
 monotonic readings beside them.
 """
@@ -64,7 +71,7 @@ class SessionView:
 
 @dataclass
 class DeviceState:
-    """One device. `address` is where requests go: the source of its last REGISTER or keepalive."""
+    """One device. `address` is where requests go: the source of its last authenticated REGISTER."""
 
     device_id: str
     address: Peer | None = None
@@ -83,6 +90,10 @@ class DeviceState:
     clock_measured_at: str | None = None
     sessions: dict[str, SessionView] = field(default_factory=dict)
     charset: str = ""
+    # keepalives from another port of its host since it registered (not followed: see the module docstring)
+    keepalives_other_port: int = 0
+    keepalive_other_port_from: str | None = None
+    keepalive_other_port_at: str | None = None
 
     def view(self) -> dict[str, Any]:
         return {
@@ -97,6 +108,9 @@ class DeviceState:
             "device_info": dict(self.device_info),
             "clock_offset_s": self.clock_offset_s,
             "clock_measured_at": self.clock_measured_at,
+            "keepalive_other_port": None if not self.keepalives_other_port else {
+                "count": self.keepalives_other_port, "last_from": self.keepalive_other_port_from,
+                "last_at": self.keepalive_other_port_at},
             "channels": [
                 {"channel_id": c.channel_id, "name": c.name, "status": c.status,
                  "manufacturer": c.manufacturer, "model": c.model}
@@ -148,6 +162,8 @@ class DeviceRegistry:
         device.expires_s = expires_s
         device.registration_deadline = now + expires_s
         device.last_seen = now
+        device.keepalives_other_port = 0  # counted anew from where it registered now
+        device.keepalive_other_port_from = device.keepalive_other_port_at = None
         return self._online(device)
 
     def unregistered(self, device_id: str) -> Transition | None:
@@ -159,9 +175,13 @@ class DeviceRegistry:
         return self._offline(device, Transition.OFFLINE_UNREGISTERED)
 
     def keepalive(self, device_id: str, address: Peer) -> Transition | None:
-        """A keepalive from a registered device (the caller checked it may move the address)."""
+        """A keepalive from a registered device, from its host (the caller checked that). It keeps the
+        device online; from another port than the registration's it is counted, and the address stays."""
         device = self._devices[device_id]
-        device.address = address
+        if address != device.address:
+            device.keepalives_other_port += 1
+            device.keepalive_other_port_from = str(address)
+            device.keepalive_other_port_at = wall_text()
         device.last_seen = self._clock()
         device.last_keepalive_at = wall_text()
         return self._online(device)

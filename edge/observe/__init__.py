@@ -69,11 +69,13 @@ device text as the device sent it, escaped by ``json_printable``, times with mic
                   "registered_at": time, "expires_s": int, "last_keepalive_at": time, "user_agent": str,
                   "device_info": {"name", "manufacturer", "model", "firmware"} | {},
                   "clock_offset_s": float | null, "clock_measured_at": time,   # device minus station
+                  "keepalive_other_port": {"count": int, "last_from": str, "last_at": time} | null,
                   "channels": [{"channel_id", "name", "status", "manufacturer", "model"}],
                   "sessions": [{"call_id", "channel_id", "kind": "Play" | "Playback" | "Download",
                                 "transport", "ssrc_offered": int, "ssrc_answered": int | null,
                                 "started_at": time, "state": "inviting" | "streaming" | "ending"}]}],
-     "counters": {"registered": int, "refused": int, "bad_input": int, "keepalives": int}}
+     "counters": {"registered": int, "refused": int, "bad_input": int, "keepalives": int,
+                  "keepalives_other_port": int}}
 
 ``GET /api/v1/bays`` -> ``[BAY, ...]``. ``GET /api/v1/events`` -> ``text/event-stream``: ``event:
 snapshot`` (the whole status, first, and again whenever the reader fell behind), ``event: bay`` (one BAY;

@@ -43,6 +43,14 @@ def test_a_sound_section_is_accepted_and_read(tmp_path: Path, capsys: pytest.Cap
     assert section.download.media_transport is GbMediaTransport.TCP_PASSIVE
     assert (section.keepalive_interval_s, section.keepalive_timeout_count) == (60, 3)
     assert not section.allow_unknown_devices
+    # The registration granted is at most an hour by default (it bounds what a NAT rebinding costs) and may
+    # be set shorter than the shortest a device may ask for (review 16, design finding 12).
+    assert (section.register_expires_min_s, section.register_expires_max_s) == (3600, 3600)
+    status, said = check(tmp_path, SOUND.replace("listen_port = 5060", "listen_port = 5060\n"
+                                                 "register_expires_max_s = 600"), capsys)
+    assert status == 0, said
+    assert PlatformSettings.from_config(load_config(tmp_path / "station.toml").gb28181,
+                                        {"GB_DEVICE_PASSWORD": "x"}).expires_max_s == 600
 
 
 @pytest.mark.parametrize(
@@ -64,8 +72,8 @@ def test_a_sound_section_is_accepted_and_read(tmp_path: Path, capsys: pytest.Cap
          "less than or equal"),
         (SOUND.replace("listen_port = 5060", 'listen_port = 5060\nlisten_host = "station.local"'), "gb28181",
          "listen_host must be an IP address"),
-        (SOUND.replace("listen_port = 5060", "listen_port = 5060\nregister_expires_min_s = 7200\n"
-                       "register_expires_max_s = 3600"), "gb28181", "register_expires_max_s must be >="),
+        (SOUND.replace("listen_port = 5060", "listen_port = 5060\nregister_expires_max_s = 30"),
+         "gb28181.register_expires_max_s", "greater than or equal to 60"),
         (SOUND.replace("listen_port = 5060", "listen_port = 5060\nkeepalive_interval_s = 1"),
          "gb28181.keepalive_interval_s", "greater than or equal to 5"),
         (SOUND + "[gb28181.download]\nmedia_port_min = 31000\nmedia_port_max = 30000\n", "gb28181.download",

@@ -1,7 +1,8 @@
 """Review 12's notes on the platform, each a refusal with its control, over real sockets:
 
-* only an authenticated REGISTER moves a device anywhere; a keepalive (MANSCDP has no authentication) moves
-  it only to another port of its host, and the digest user name must be the device id of the From;
+* only an authenticated REGISTER moves a device anywhere; a keepalive (MANSCDP has no authentication)
+  moves it nowhere, not even to another port of its host (review 16: a carrier NAT's neighbours share it),
+  and the digest user name must be the device id of the From;
 * answers to SNs the platform never asked for are dropped before the multi-part assembler and counted;
 * tcp-active connects only to the device's own source address, whatever the answer's c= names.
 """
@@ -84,12 +85,16 @@ async def test_a_keepalive_from_another_host_moves_nothing_and_an_authenticated_
         assert platform.registry.get(DEVICE).address == registered_at  # type: ignore[union-attr]
         await platform.query_device_info(DEVICE)
         assert device.queries == ["DeviceInfo"] and impostor.queries == []  # requests still go to the device
-        # Control: the same host from another port (a NAT rebinding) is followed ...
+        # The same host from another port (a NAT rebinding, or a neighbour behind the same carrier NAT)
+        # keeps it online but is not followed either ...
         await device.rebind()
         assert (await device.keepalive()).status == 200
+        assert platform.registry.get(DEVICE).address == registered_at  # type: ignore[union-attr]
+        # ... a REGISTER with the password from the new port moves it (control) ...
+        assert (await device.register()).status == 200
         moved = platform.registry.get(DEVICE).address  # type: ignore[union-attr]
         assert moved is not None and moved.port == device.sip.port != registered_at.port  # type: ignore[union-attr]
-        # ... and a REGISTER with the password moves it to another host.
+        # ... and to another host.
         assert (await impostor.register()).status == 200
         assert platform.registry.get(DEVICE).address.host == "127.0.0.2"  # type: ignore[union-attr]
     finally:

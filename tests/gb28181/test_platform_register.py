@@ -5,6 +5,7 @@ the station clock is trusted)."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from drivers.gb28181.sip_transport import Transport
+from edge.gb28181.cli import print_devices
 from edge.gb28181.platform import GbPlatform
 
 from ..prerequisites import requires
@@ -105,9 +107,9 @@ async def test_register_gives_contact_expires_and_date_when_the_clock_is_trusted
     harness: Harness, trusted: dict[str, bool]
 ) -> None:
     device = await harness.device()
-    ok = await device.register(expires=7200)
+    ok = await device.register(expires=3600)
     assert ok.status == 200
-    assert ok.headers.get("Expires") == "7200"
+    assert ok.headers.get("Expires") == "3600"
     assert ok.headers.get("Contact") == f"<sip:{DEVICE}@127.0.0.1:{device.sip.port}>"  # type: ignore[union-attr]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}", ok.headers.get("Date") or "")
     # Control: an untrusted clock sets no device clock.
@@ -122,7 +124,32 @@ async def test_expiry_is_bounded(harness: Harness) -> None:
     too_short = await device.register(expires=600)
     assert too_short.status == 423 and too_short.headers.get("Min-Expires") == "3600"
     too_long = await device.register(expires=10 * 86400)
-    assert too_long.status == 200 and too_long.headers.get("Expires") == "86400"
+    assert too_long.status == 200 and too_long.headers.get("Expires") == "3600"  # the default's longest
+    assert harness.platform.registry.get(DEVICE).expires_s == 3600  # type: ignore[union-attr]
+
+
+async def test_a_registrar_may_grant_less_than_the_shortest_a_device_may_ask_for() -> None:
+    """RFC 3261 10.3: the registrar may lower Expires; the device registers again within what it was
+    granted (register_expires_max_s below register_expires_min_s: a carrier NAT that rebinds often)."""
+    clock = FakeClock()
+    platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, expires_min_s=3600, expires_max_s=600,
+                                            keepalive_interval_s=300),
+                          record=Ledger(), clock_trusted=lambda: False, clock=clock)
+    await platform.start()
+    device = await TestDevice(DEVICE, PASSWORD, platform.transport.port).start()
+    try:
+        assert (await device.register(expires=1800)).status == 423  # still the standard's shortest ask
+        ok = await device.register(expires=3600)
+        assert ok.status == 200 and ok.headers.get("Expires") == "600"
+        clock.now += 599
+        platform.check()
+        assert platform.registry.get(DEVICE).online  # type: ignore[union-attr]
+        clock.now += 1  # what was granted, not what was asked, runs out
+        platform.check()
+        assert not platform.registry.get(DEVICE).online  # type: ignore[union-attr]
+    finally:
+        await device.close()
+        await platform.close()
 
 
 async def test_wrong_password_is_refused_and_the_right_one_accepted(harness: Harness) -> None:
@@ -219,15 +246,37 @@ async def test_offline_when_the_registration_expires(harness: Harness) -> None:
     assert (await device.keepalive()).status == 404
 
 
-async def test_nat_rebinding_moves_the_device_and_queries_follow_it(harness: Harness) -> None:
+async def test_a_keepalive_from_another_port_keeps_the_device_online_but_does_not_move_it(
+        harness: Harness) -> None:
+    """Review 16, design finding 12: behind a carrier NAT many subscribers share the device's host, so a
+    keepalive from another port of it (a NAT rebinding, or a neighbour) moves nothing; the device's next
+    REGISTER from there does."""
     device = await harness.device()
     assert (await device.register()).status == 200
-    first_port = device.sip.port  # type: ignore[union-attr]
+    registered_at = harness.platform.registry.get(DEVICE).address  # type: ignore[union-attr]
     await device.rebind()
-    assert device.sip.port != first_port  # type: ignore[union-attr]
+    assert registered_at is not None and device.sip.port != registered_at.port  # type: ignore[union-attr]
+    harness.clock.now += 150
     assert (await device.keepalive()).status == 200
-    address = harness.platform.registry.get(DEVICE).address  # type: ignore[union-attr]
-    assert address is not None and address.port == device.sip.port  # type: ignore[union-attr]
+    state = harness.platform.registry.get(DEVICE)
+    assert state is not None and state.address == registered_at  # requests stay where it registered
+    assert harness.platform.counters["keepalives_other_port"] == 1
+    shown = harness.platform.snapshot()["devices"][0]["keepalive_other_port"]
+    assert shown["count"] == 1 and shown["last_from"] == f"udp:127.0.0.1:{device.sip.port}"  # type: ignore[union-attr]
+    [entry] = harness.ledger.of("refused")
+    assert "another port" in entry["reason"] and entry["registered_at"] == str(registered_at)
+    assert (await device.keepalive()).status == 200  # counted again, on the ledger once a minute only
+    assert harness.platform.counters["keepalives_other_port"] == 2 and len(harness.ledger.of("refused")) == 1
+    shown_text = io.StringIO()
+    print_devices(harness.platform.snapshot(), shown_text)  # what `edge gb28181 devices` prints
+    assert "keepalive from another port: 2 since it registered" in shown_text.getvalue()
+    harness.clock.now += 150  # 300 s after the registration: only the keepalive kept it online
+    harness.platform.check()
+    assert state.online
+    # Control: its REGISTER from the new port moves it, and queries follow.
+    assert (await device.register()).status == 200
+    assert state.address is not None and state.address.port == device.sip.port  # type: ignore[union-attr]
+    assert harness.platform.snapshot()["devices"][0]["keepalive_other_port"] is None
     info = await harness.platform.query_device_info(DEVICE)
     assert info.device_name == "执法记录仪" and device.queries == ["DeviceInfo"]
 

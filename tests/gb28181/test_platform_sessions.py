@@ -185,7 +185,7 @@ async def test_a_refused_invite_closes_the_receiver(platform: GbPlatform, receiv
 
     device._handle = busy  # type: ignore[assignment,method-assign]
     await device.rebind()  # the handler is taken by the transport when it starts
-    assert (await device.keepalive()).status == 200  # same host, new port: the platform follows
+    assert (await device.register()).status == 200  # a new port: its REGISTER moves it there
     try:
         with pytest.raises(SessionError, match="device answered 486"):
             await platform.start_session(download(tmp_path))

@@ -132,7 +132,8 @@ class MiniPlatform:
             if self.forget_keepalives or device not in self.registered:
                 await self._note("keepalive refused")
                 return response_to(req, 404, to_tag="p")
-            self.registered[device] = peer  # GB/T 28181: the last source address is where the device is
+            # As the real platform (review 16): a keepalive keeps the device but never moves it; requests go
+            # where it last registered.
             self.keepalives.append((peer, message.sn))
             await self._note("keepalive")
             return response_to(req, 200, to_tag="p")
@@ -316,9 +317,13 @@ async def test_keepalive_refused_makes_the_device_register_again(platform: MiniP
 
 
 @pytest.mark.parametrize("sip", [SipTransportKind.UDP, SipTransportKind.TCP])
-async def test_nat_rebind_moves_keepalives_to_a_new_port_that_answers_queries(
+async def test_nat_rebind_moves_keepalives_to_a_new_port_and_the_device_registers_again_from_it(
     platform: MiniPlatform, sip: SipTransportKind
 ) -> None:
+    """A platform follows a device only on its REGISTER (review 16) and grants a short expiry; the device
+    honours what was granted, so after its NAT rebound it registers again from the new port, and queries
+    reach it there."""
+    platform.grant_expires_s = 1
     device = SimulatedDevice(settings_for(platform, faults=parse_faults(["nat-rebind"]), transport=sip))
     task = await run_device(device)
     first_port = device.sip_port
@@ -327,6 +332,8 @@ async def test_nat_rebind_moves_keepalives_to_a_new_port_that_answers_queries(
     assert ports[-1] != ports[0] and len(device.log.sip_ports) == 2
     if sip is SipTransportKind.UDP:  # over TCP the source port is the new connection's
         assert ports[0] == first_port and device.log.sip_ports == [first_port, ports[-1]]
+    await platform.wait_for(lambda: platform.registered.get(DEVICE_ID) is not None
+                            and platform.registered[DEVICE_ID].port == ports[-1])
     answer = await platform.query(lambda sn: manscdp.build_device_info_query(sn, DEVICE_ID))
     assert isinstance(answer, ManscdpMessage)  # the query went to the new address, and was answered
     await stop_device(device, task)
