@@ -16,6 +16,10 @@ stay at the registered address; it is counted (`counters.keepalives_other_port`,
 `keepalive_other_port` in the operator view) and a `refused` entry (limited as below) says so. What a real
 rebinding costs is bounded by the registration's expiry (`register_expires_max_s`, 3600 s by default): the
 device registers again, from its new port, within it.
+A MediaStatus 121 outside any dialog (devices that send it so) ends the device's one history session only
+when it comes from exactly where the device registered (transport, host and port); from anywhere else it is
+answered 403, counted (`counters.media_status_refused`) and a limited `refused` entry: anyone behind the
+same carrier NAT could otherwise end the device's download.
 A MESSAGE whose body names another device than its From (a device claiming another's id) gets 403.
 A large MANSCDP body (from `OFF_LOOP_PARSE_BYTES`) is parsed in a worker thread, two at most at once, so
 SIP and RTP keep flowing while a 10000-record RecordInfo part is read.
@@ -197,7 +201,7 @@ class GbPlatform:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._parse_slots = asyncio.Semaphore(MAX_PARALLEL_PARSES)
         self.counters: dict[str, int] = {"registered": 0, "refused": 0, "bad_input": 0, "keepalives": 0,
-                                         "keepalives_other_port": 0}
+                                         "keepalives_other_port": 0, "media_status_refused": 0}
 
     def __repr__(self) -> str:
         return f"GbPlatform(sip_id={self.settings.sip_id!r}, port={self.transport.port})"
@@ -424,18 +428,31 @@ class GbPlatform:
                 self._bad_input(device_id, peer, f"keepalive naming another device ({message.device_id})")
                 return response_to(req, 403, to_tag=tag)
             return self._keepalive(req, peer, device_id, message, tag)
+        if isinstance(message.payload, MediaStatus):
+            return self._media_status(req, peer, device_id, device.address, message.payload, tag)
         if peer != device.address:
             # Nothing moves a device but a REGISTER; an answer from another port of its host is still taken
             # (matched by SN to a query that was asked).
             log.info("gb28181 device %s: %s from %s, registered at %s", device_id, message.cmd_type, peer,
                      device.address)
-        if isinstance(message.payload, MediaStatus):
-            session = self.sessions.media_status_for_device(device_id)
-            if session is not None and message.payload.is_file_end:
-                session.end(EndReason.FILE_END)
-            return response_to(req, 200, to_tag=tag)
         if message.root is Root.RESPONSE:
             self.queries.deliver(device_id, message)
+        return response_to(req, 200, to_tag=tag)
+
+    def _media_status(self, req: SipRequest, peer: Peer, device_id: str, registered_at: Peer,
+                      status: MediaStatus, tag: str) -> SipResponse:
+        """A MediaStatus outside any dialog: taken only from exactly where the device registered."""
+        if peer != registered_at:
+            self.counters["media_status_refused"] += 1
+            reason = (f"MediaStatus {printable(status.notify_type[:8])} outside a dialog from {peer}, "
+                      f"not from where the device registered ({registered_at}): not taken")
+            log.warning("gb28181 device %s: %s", device_id, reason)
+            self._limited(EntryType.REFUSED, "media-status", self._source_key(device_id, peer),
+                          {"device_id": device_id, "address": str(peer), "reason": reason})
+            return response_to(req, 403, to_tag=tag)
+        session = self.sessions.media_status_for_device(device_id)
+        if session is not None and status.is_file_end:
+            session.end(EndReason.FILE_END)
         return response_to(req, 200, to_tag=tag)
 
     def _keepalive(self, req: SipRequest, peer: Peer, device_id: str, message: ManscdpMessage,

@@ -75,7 +75,7 @@ device text as the device sent it, escaped by ``json_printable``, times with mic
                                 "transport", "ssrc_offered": int, "ssrc_answered": int | null,
                                 "started_at": time, "state": "inviting" | "streaming" | "ending"}]}],
      "counters": {"registered": int, "refused": int, "bad_input": int, "keepalives": int,
-                  "keepalives_other_port": int}}
+                  "keepalives_other_port": int, "media_status_refused": int}}
 
 ``GET /api/v1/bays`` -> ``[BAY, ...]``. ``GET /api/v1/events`` -> ``text/event-stream``: ``event:
 snapshot`` (the whole status, first, and again whenever the reader fell behind), ``event: bay`` (one BAY;
