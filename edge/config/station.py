@@ -707,7 +707,8 @@ class Gb28181Section(StrictModel):
     )
     time_sync: bool = Field(
         True, description="Put the station time in the Date header of a registration's 200 OK (devices set "
-        "their clocks from it), and only while the station clock is trusted ([station] clock)",
+        "their clocks from it), only while the station clock is trusted ([station] clock) and only once the "
+        "device's clock was measured (DeviceStatus): the Date goes in its next registration's 200 OK",
     )
     device_utc_offset_minutes: int = Field(
         480, ge=-720, le=840,

@@ -24,9 +24,23 @@ A MESSAGE whose body names another device than its From (a device claiming anoth
 A large MANSCDP body (from `OFF_LOOP_PARSE_BYTES`) is parsed in a worker thread, two at most at once, so
 SIP and RTP keep flowing while a 10000-record RecordInfo part is read.
 
+Device clocks (time sync, GB/T 28181 9.10.3: the only way a platform sets a device's clock is the Date
+of a REGISTER 200 OK). A recorder's clock may be far off (an RTC reset after a battery swap: a year), and
+its recordings are stamped with it; setting it before measuring it would lose that offset for good. So
+the 200 OK of a device whose clock was not measured since the station last set it carries no Date: the
+DeviceStatus asked when it comes online (with the description, or alone when `describe_devices` is off)
+measures its offset (`clock_measured`), and the device's next registration (within the expiry granted,
+`register_expires_max_s`) carries Date, recorded as `clock_set` with the offset before (or null when the
+device's DeviceStatus has no DeviceTime: then nothing more could be known). A device within
+`CLOCK_SYNC_MIN_OFFSET_S` is left alone. After a setting DeviceStatus is asked again, so the offset
+after it is on the record too. Only while the station clock is trusted and `time_sync` is on. The
+registry keeps the clock's epochs: `device_clock_offset_ms(device, recorded)` gives a recording the offset
+of the clock that stamped it (before or after a setting), and `download()` puts it in its result.
+
 Ledger (through `record`, the store's, kept to the existing entry types with `"source": "gb28181"`):
-`device_authenticated` for each accepted registration, `device_connected` and `device_removed` when a device
-comes online and goes offline (and why), `clock_measured` for a DeviceStatus answer's clock offset,
+`device_authenticated` for each accepted registration (with `date_sent`, and why it was withheld),
+`device_connected` and `device_removed` when a device comes online and goes offline (and why),
+`clock_measured` for a DeviceStatus answer's clock offset, `clock_set` when a 200 OK carried Date,
 `refused` for devices refused (unknown id, wrong password) and `error` for unreadable input, both limited
 (edge.gb28181.registrar.RefusalLimiter) to one entry a minute per configured device and host, else per
 host, and to a budget over all sources. Logs name the device (escaped), never raw bytes.
@@ -46,7 +60,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -79,7 +93,13 @@ from edge.custody.ledger import EntryType
 from edge.custody.text import printable
 from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
 from edge.gb28181.registrar import DevicePasswords, Outcome, RefusalLimiter, Registrar
-from edge.gb28181.registry import ChannelView, DeviceRegistry, SessionView, Transition
+from edge.gb28181.registry import (
+    CLOCK_SYNC_MIN_OFFSET_S,
+    ChannelView,
+    DeviceRegistry,
+    SessionView,
+    Transition,
+)
 from edge.gb28181.sessions import (
     EndReason,
     MediaRequest,
@@ -105,6 +125,9 @@ MAX_MANSCDP_BODY_BYTES = 8 * 1024 * 1024
 # Bodies from this size on are parsed off the event loop (a 10000-record RecordInfo part takes ~100 ms).
 OFF_LOOP_PARSE_BYTES = 64 * 1024
 MAX_PARALLEL_PARSES = 2
+# After a 200 OK with Date, DeviceStatus is asked this much later: a device sets its clock once its
+# registration is done, and a query that crossed the 200 would read the clock before.
+CLOCK_SETTLE_S = 1.0
 
 Record = Callable[[str, dict[str, Any]], object]
 
@@ -178,11 +201,14 @@ class GbPlatform:
             keepalive_timeout_count=settings.keepalive_timeout_count, clock=clock, configured=settings.names,
         )
         self._limiter = RefusalLimiter(clock)
+        self._clock_trusted = clock_trusted
+        self._measuring: set[str] = set()  # devices whose DeviceStatus for the clock is in flight
         self.registrar = Registrar(
             digest=DigestServer(settings.domain, os.urandom(32)), passwords=settings.passwords,
             expires_min_s=settings.expires_min_s, expires_max_s=settings.expires_max_s,
             time_sync=settings.time_sync, clock_trusted=clock_trusted,
             utc_offset_minutes=settings.utc_offset_minutes, to_tag=lambda: secrets.token_hex(6),
+            may_set_clock=self._clock_sync_due,
         )
         self._timers = timers
         self.transport = self._new_transport(settings.listen_port)
@@ -315,7 +341,9 @@ class GbPlatform:
             log.info("gb28181 device %s online at %s", device_id, address)
             self._ledger(EntryType.DEVICE_CONNECTED, {"device_id": device_id, "address": address})
             if self.settings.describe_devices:
-                self._spawn(self._describe(device_id))
+                self._spawn(self._describe(device_id))  # its DeviceStatus measures the clock too
+            elif self.settings.time_sync:
+                self._spawn(self._measure_clock(device_id))  # before the station may set it
             for listener in self._online_listeners:
                 try:
                     listener(device_id)
@@ -380,9 +408,15 @@ class GbPlatform:
             change = self.registry.registered(device_id, peer, expires_s=result.expires_s,
                                               contact=contacts[:200],
                                               user_agent=(req.headers.get("User-Agent") or "")[:120])
-            self._ledger(EntryType.DEVICE_AUTHENTICATED,
-                         {"device_id": device_id, "address": str(peer), "expires_s": result.expires_s,
-                          "date_sent": result.response.headers.get("Date") is not None})
+            date = result.response.headers.get("Date")
+            authenticated: dict[str, Any] = {"device_id": device_id, "address": str(peer),
+                                             "expires_s": result.expires_s, "date_sent": date is not None}
+            withheld = self._date_withheld(device_id) if date is None else None
+            if withheld is not None:
+                authenticated["date_withheld"] = withheld
+            self._ledger(EntryType.DEVICE_AUTHENTICATED, authenticated)
+            if date is not None:
+                self._clock_was_set(device_id, date)
             if change is not None:
                 self._transition(device_id, change)
             self._on_change()
@@ -391,6 +425,67 @@ class GbPlatform:
             if change is not None:
                 self._transition(device_id, change)
         return result.response
+
+    # -- device clocks -------------------------------------------------------------------------------------
+
+    def _clock_sync_due(self, device_id: str) -> bool:
+        device = self.registry.get(device_id)
+        return device is not None and device.clock_sync_due
+
+    def _date_withheld(self, device_id: str) -> str | None:
+        """Why a registration's 200 OK carried no Date (None: time sync is off or the clock untrusted)."""
+        if not self.settings.time_sync or not self._clock_trusted():
+            return None
+        device = self.registry.get(device_id)
+        if device is None or device.clock_offset_s is None or (
+                device.clock_set_at is not None and (device.clock_measured_at or "") < device.clock_set_at):
+            return "the device's clock is not measured yet (since the station last set it)"
+        return f"the device's clock is within {CLOCK_SYNC_MIN_OFFSET_S:g} s"
+
+    def _clock_was_set(self, device_id: str, date: str) -> None:
+        """A 200 OK carried Date: the device sets its clock from it. On the ledger with the offset before;
+        DeviceStatus is asked again for the offset after."""
+        ended = self.registry.clock_set(device_id, datetime.now(UTC).timestamp())
+        device = self.registry.get(device_id)
+        before = None if ended is None else ended.offset_s
+        data: dict[str, Any] = {
+            "device_id": device_id, "date": printable(date[:40]), "offset_before_s": before,
+            "offset_before_ms": None if before is None else round(before * 1000),
+            "offset_before_measured_at": None if device is None else device.clock_measured_at,
+        }
+        if before is None:
+            data["reason"] = "the device does not report its time (DeviceStatus without DeviceTime)"
+        log.info("gb28181 device %s: clock set from the registration's Date (offset before: %s s)", device_id,
+                 before)
+        self._ledger(EntryType.CLOCK_SET, data)
+        self._spawn(self._measure_clock(device_id, after_s=CLOCK_SETTLE_S))
+        self._on_change()
+
+    async def _measure_clock(self, device_id: str, *, after_s: float = 0.0) -> None:
+        if device_id in self._measuring:
+            return
+        self._measuring.add(device_id)
+        try:
+            if after_s:
+                await asyncio.sleep(after_s)
+            await self.query_device_status(device_id)
+        except (QueryError, ManscdpError) as exc:
+            # The Date stays withheld: the device's next coming online asks again.
+            log.warning("gb28181 device %s: clock not measured: %s", device_id,
+                        printable(str(exc)[:MAX_REASON_CHARS]))
+        finally:
+            self._measuring.discard(device_id)
+
+    def device_clock_offset_ms(self, device_id: str, recorded: datetime | str) -> int | None:
+        """The offset (device minus station, ms) of the device clock that stamped `recorded` (a device-local
+        time as RecordInfo gives it): the one before the station set the clock for what was recorded before,
+        the one measured since for what came after. None: not known (not measured, or an unreadable time)."""
+        try:
+            stamped = self.device_time_to_unix(recorded)
+        except SessionError:
+            return None
+        offset = self.registry.clock_offset_at(device_id, stamped)
+        return None if offset is None else round(offset * 1000)
 
     async def _parse(self, body: bytes, charset: str | None) -> ManscdpMessage:
         """A MANSCDP body as a message. A large one (a RecordInfo part may hold 10000 records) is parsed in
@@ -556,13 +651,15 @@ class GbPlatform:
         payload = answer.payload if isinstance(answer, ManscdpMessage) else None
         if not isinstance(payload, DeviceStatusResponse):
             raise QueryError(f"DeviceStatus of {device_id}: answer without its fields")
-        if payload.device_time is not None:
+        measured_at = answered.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if payload.device_time is None:
+            log.info("gb28181 device %s: DeviceStatus without DeviceTime: its clock cannot be measured",
+                     device_id)
+            self.registry.clock_measured(device_id, None, measured_at)
+        else:
             offset_s = self._clock_offset_s(payload.device_time, asked, answered)
-            device = self.registry.get(device_id)
-            if device is not None:
-                device.clock_offset_s = offset_s
-                device.clock_measured_at = answered.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                self._on_change()
+            self.registry.clock_measured(device_id, offset_s, measured_at)
+            self._on_change()
             self._ledger(EntryType.CLOCK_MEASURED, {
                 "device_id": device_id, "device_time": payload.device_time_text[:40],
                 "offset_s": offset_s, "round_trip_s": round((answered - asked).total_seconds(), 3),
@@ -630,7 +727,9 @@ class GbPlatform:
             device_id, channel_id, SessionKind.DOWNLOAD, transport, raw_path, self.device_time_to_unix(start),
             self.device_time_to_unix(end), speed=speed,
         ))
-        return await session.wait()
+        result = await session.wait()
+        # The offset of the clock that stamped the recording (it may have been set since).
+        return replace(result, device_clock_offset_ms=self.device_clock_offset_ms(device_id, start))
 
     def _session_changed(self, session: MediaSession, state: str) -> None:
         device = self.registry.get(session.request.device_id)

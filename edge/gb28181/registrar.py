@@ -7,8 +7,9 @@ in its From, over the `uri` the device gave; the user name in the credentials mu
 (review 12: a digest made for another name proves nothing about the From, and with the shared
 `unknown_device_password` one device could register as another; a device set to answer as `admin`, as
 Hikvision lets people do, is refused 403 and must be set to its id) -> 200 with Contact, Expires (bounded
-by configuration) and, only when the station clock is trusted, Date (9.10.3: devices set their clocks
-from it). `Expires: 0` unregisters (9.1.2.3).
+by configuration) and, only when the station clock is trusted and the platform says the device's clock may
+be set now (`may_set_clock`: its offset was measured first, so what it was is on the record), Date (9.10.3:
+devices set their clocks from it). `Expires: 0` unregisters (9.1.2.3).
 Every registration is challenged afresh: a refresh with the same Call-ID is no proof of anything.
 
 Refused: a device id not configured (unless `allow_unknown_devices`) gets 403 at once; a wrong password
@@ -141,7 +142,8 @@ class Registrar:
     def __init__(self, *, digest: DigestServer, passwords: DevicePasswords, expires_min_s: int,
                  expires_max_s: int, time_sync: bool, clock_trusted: Callable[[], bool],
                  utc_offset_minutes: int, to_tag: Callable[[], str],
-                 now_utc: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 now_utc: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 may_set_clock: Callable[[str], bool] = lambda device_id: True) -> None:
         self._digest = digest
         self._passwords = passwords
         self._expires_min_s = expires_min_s
@@ -151,6 +153,7 @@ class Registrar:
         self._utc_offset_minutes = utc_offset_minutes
         self._to_tag = to_tag
         self._now_utc = now_utc
+        self._may_set_clock = may_set_clock
 
     def handle(self, req: SipRequest, peer: Peer) -> RegisterResult:
         tag = self._to_tag()
@@ -195,8 +198,8 @@ class Registrar:
             return RegisterResult(response, Outcome.REFUSED, device_id,
                                   reason=f"expiry {requested} s below {self._expires_min_s} s")
         granted = min(requested, self._expires_max_s)
-        return RegisterResult(self._ok(req, tag, granted, with_date=True), Outcome.REGISTERED, device_id,
-                              expires_s=granted)
+        return RegisterResult(self._ok(req, tag, granted, with_date=self._may_set_clock(device_id)),
+                              Outcome.REGISTERED, device_id, expires_s=granted)
 
     def _ok(self, req: SipRequest, tag: str, expires_s: int, *, with_date: bool) -> SipResponse:
         contact = req.headers.get("Contact")

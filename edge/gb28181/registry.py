@@ -15,6 +15,12 @@ online (a NAT that rebound the device's port is the common cause) but does not m
 shown (`keepalive_other_port`), and the registrar bounds how long a rebinding can leave requests going to
 the old port (the registration's expiry: the device registers again from its new port).
 
+The device's clock: `clock_offset_s` is the last measured offset (device minus station, from DeviceStatus).
+The station sets a device's clock (the Date of a REGISTER 200, GB/T 28181 9.10.3) only once that clock was
+measured since it last set it (`clock_sync_due`), so the offset the device's recordings were made with is
+always on the record first; `clock_epochs` keep, per setting, the offset that applied before it, so a
+recording's time can be given the offset of the clock that stamped it (`clock_offset_at`).
+
 Wall-clock times (`registered_at`, `last_keepalive_at`) are for people; every decision uses the
 monotonic readings beside them.
 """
@@ -28,6 +34,20 @@ from enum import StrEnum
 from typing import Any
 
 from drivers.gb28181.sip_transport import Peer
+
+MAX_CLOCK_EPOCHS = 32
+# A measured offset smaller than this is not worth setting the clock for (DeviceTime has whole seconds).
+CLOCK_SYNC_MIN_OFFSET_S = 2.0
+
+
+@dataclass(frozen=True)
+class ClockEpoch:
+    """A stretch of the device clock between two settings by the station: its offset (device minus station,
+    seconds; None: not measured) and, once the station set the clock, the device-clock time (Unix seconds
+    read from the device's local time) at which that happened: stamps before it are this epoch's."""
+
+    offset_s: float | None
+    ended_at_device_s: float | None = None
 
 
 class Transition(StrEnum):
@@ -88,6 +108,9 @@ class DeviceState:
     device_info: dict[str, str] = field(default_factory=dict)
     clock_offset_s: float | None = None
     clock_measured_at: str | None = None
+    clock_sync_due: bool = False  # measured (or unmeasurable) since last set, and off: the next 200 sets it
+    clock_set_at: str | None = None
+    clock_epochs: list[ClockEpoch] = field(default_factory=list)  # oldest first; the last one is current
     sessions: dict[str, SessionView] = field(default_factory=dict)
     charset: str = ""
     # keepalives from another port of its host since it registered (not followed: see the module docstring)
@@ -108,6 +131,7 @@ class DeviceState:
             "device_info": dict(self.device_info),
             "clock_offset_s": self.clock_offset_s,
             "clock_measured_at": self.clock_measured_at,
+            "clock_set_at": self.clock_set_at,
             "keepalive_other_port": None if not self.keepalives_other_port else {
                 "count": self.keepalives_other_port, "last_from": self.keepalive_other_port_from,
                 "last_at": self.keepalive_other_port_at},
@@ -185,6 +209,50 @@ class DeviceRegistry:
         device.last_seen = self._clock()
         device.last_keepalive_at = wall_text()
         return self._online(device)
+
+    def clock_measured(self, device_id: str, offset_s: float | None, measured_at: str) -> None:
+        """A DeviceStatus answer: the device clock's offset (None: the answer had no DeviceTime, so the
+        offset before a setting cannot be known whatever the station does; it may be set)."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return
+        if offset_s is not None:
+            device.clock_offset_s = offset_s
+            device.clock_measured_at = measured_at
+            current = device.clock_epochs[-1] if device.clock_epochs else None
+            if current is None or current.ended_at_device_s is not None:
+                device.clock_epochs.append(ClockEpoch(offset_s))
+            else:
+                device.clock_epochs[-1] = ClockEpoch(offset_s)
+            del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
+        device.clock_sync_due = offset_s is None or abs(offset_s) >= CLOCK_SYNC_MIN_OFFSET_S
+
+    def clock_set(self, device_id: str, station_now_s: float) -> ClockEpoch | None:
+        """The station put its time in a REGISTER 200 (at Unix `station_now_s`): the current epoch ends
+        where the device's clock stood then. Returns the epoch that ended (its offset: the one before)."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return None
+        device.clock_sync_due = False
+        device.clock_set_at = wall_text(station_now_s)
+        # The last epoch is the open one (every change leaves one open at the end).
+        before = device.clock_epochs.pop() if device.clock_epochs else ClockEpoch(None)
+        ended = ClockEpoch(before.offset_s, station_now_s + (before.offset_s or 0.0))
+        device.clock_epochs += [ended, ClockEpoch(None)]
+        del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
+        return ended
+
+    def clock_offset_at(self, device_id: str, stamped_s: float) -> float | None:
+        """The offset of the device clock that stamped `stamped_s` (a device-local time as Unix seconds in
+        the devices' zone): the first epoch that ended after it, else the current one. None: not known.
+        A clock that was ahead and set back stamps the same times twice; those go to the older epoch."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return None
+        for epoch in device.clock_epochs:
+            if epoch.ended_at_device_s is None or stamped_s < epoch.ended_at_device_s:
+                return epoch.offset_s
+        return None
 
     def _online(self, device: DeviceState) -> Transition | None:
         if device.online:

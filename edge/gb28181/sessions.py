@@ -116,7 +116,9 @@ class SessionResult:
     file_size_bytes: int | None
     outcome: Any
     media_address_ignored: str | None = None
-
+    # The offset (device minus station) of the device clock that stamped the recording, when the platform
+    # knows it (`GbPlatform.download`: from before the station set that clock, for what was recorded before).
+    device_clock_offset_ms: int | None = None
 
     def facts(self) -> dict[str, Any]:
         """For the ledger entry of what the session brought (the `acquired` entry's source facts)."""
@@ -125,6 +127,7 @@ class SessionResult:
             "ssrc_answered": self.ssrc_answered, "ssrc_answer_text": self.ssrc_answer_text,
             "ssrc_used": self.ssrc_used, "file_size_bytes": self.file_size_bytes,
             "media_address_ignored": self.media_address_ignored,
+            "device_clock_offset_ms": self.device_clock_offset_ms,
         }
 
 

@@ -69,6 +69,7 @@ device text as the device sent it, escaped by ``json_printable``, times with mic
                   "registered_at": time, "expires_s": int, "last_keepalive_at": time, "user_agent": str,
                   "device_info": {"name", "manufacturer", "model", "firmware"} | {},
                   "clock_offset_s": float | null, "clock_measured_at": time,   # device minus station
+                  "clock_set_at": time | null,   # when the station last set its clock (Date)
                   "keepalive_other_port": {"count": int, "last_from": str, "last_at": time} | null,
                   "channels": [{"channel_id", "name", "status", "manufacturer", "model"}],
                   "sessions": [{"call_id", "channel_id", "kind": "Play" | "Playback" | "Download",

@@ -414,6 +414,9 @@ def platform_settings(passwords: dict[str, str], *, unknown_password: str | None
         sip_id=PLATFORM_ID, domain=DOMAIN, listen_host="127.0.0.1", listen_port=0, advertised_host="",
         passwords=DevicePasswords(passwords, unknown_password), names={d: "" for d in passwords},
         query_timeout_s=10.0, media_host="127.0.0.1", describe_devices=False,
+        # Setting device clocks asks DeviceStatus first (review 16): tests of other things leave it off, so
+        # the queries a device sees are the test's own.
+        time_sync=False,
     )
     values.update(overrides)
     return PlatformSettings(**values)

@@ -1,14 +1,16 @@
 """The platform's registrar and keepalive tracking over real sockets: sipp (a peer that is not ours)
 registering with digest, keeping alive and unregistering; the test device for the rest (wrong password,
-unknown device, expiry, offline after missed keepalives on the clock seam, NAT rebinding, Date only when
-the station clock is trusted)."""
+unknown device, expiry, offline after missed keepalives on the clock seam, keepalives from another port,
+Date only after the device's clock was measured and while the station clock is trusted)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -103,20 +105,64 @@ async def test_sipp_with_a_wrong_password_gets_403_and_a_ledger_refusal(
     assert harness.ledger.of("device_authenticated") == []
 
 
-async def test_register_gives_contact_expires_and_date_when_the_clock_is_trusted(
-    harness: Harness, trusted: dict[str, bool]
-) -> None:
-    device = await harness.device()
-    ok = await device.register(expires=3600)
-    assert ok.status == 200
-    assert ok.headers.get("Expires") == "3600"
-    assert ok.headers.get("Contact") == f"<sip:{DEVICE}@127.0.0.1:{device.sip.port}>"  # type: ignore[union-attr]
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}", ok.headers.get("Date") or "")
-    # Control: an untrusted clock sets no device clock.
-    trusted["value"] = False
-    again = await device.register(expires=7200)
-    assert again.status == 200 and again.headers.get("Date") is None
-    assert harness.ledger.of("device_authenticated")[-1]["date_sent"] is False
+async def test_register_gives_contact_expires_and_date_only_after_the_devices_clock_was_measured() -> None:
+    """Review 16: the Date of a 200 OK sets the device's clock (9.10.3), so it comes only once the clock's
+    offset is on the record: the first registration has none, DeviceStatus measures the clock (asked when
+    the device comes online, here with `describe_devices` off), the next registration carries Date, a
+    `clock_set` entry keeps the offset before, and DeviceStatus is asked again for the offset after."""
+    ledger, trusted = Ledger(), {"value": True}
+    platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, time_sync=True), record=ledger,
+                          clock_trusted=lambda: trusted["value"], clock=FakeClock())
+    await platform.start()
+    an_hour_behind = (datetime.now(UTC) + timedelta(hours=8) - timedelta(hours=1)).replace(tzinfo=None)
+    device = await TestDevice(DEVICE, PASSWORD, platform.transport.port, device_time=an_hour_behind).start()
+
+    async def settled() -> None:
+        while platform._tasks:
+            await asyncio.gather(*list(platform._tasks))
+        await device.settled()
+
+    try:
+        first = await device.register(expires=3600)
+        assert first.status == 200 and first.headers.get("Expires") == "3600"
+        assert first.headers.get("Contact") == f"<sip:{DEVICE}@127.0.0.1:{device.sip.port}>"  # type: ignore[union-attr]
+        assert first.headers.get("Date") is None  # its clock is not measured yet
+        assert "not measured" in ledger.of("device_authenticated")[-1]["date_withheld"]
+        await settled()
+        assert device.queries == ["DeviceStatus"]
+        [before] = ledger.of("clock_measured")
+        assert abs(before["offset_s"] + 3600) < 5
+        second = await device.register(expires=3600)
+        date = second.headers.get("Date") or ""
+        device.device_time = datetime.fromisoformat(date).replace(microsecond=0)  # the device sets its clock
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}", date)
+        [clock_set] = ledger.of("clock_set")
+        assert clock_set["offset_before_s"] == before["offset_s"] and clock_set["date"] == date
+        assert clock_set["offset_before_ms"] == round(before["offset_s"] * 1000)
+        await settled()
+        assert device.queries == ["DeviceStatus", "DeviceStatus"]  # the offset after, asked again
+        after = ledger.of("clock_measured")[-1]
+        assert abs(after["offset_s"]) < 3
+        # A recording stamped before the setting has the offset of the clock that stamped it; one after, not.
+        stamped_before = an_hour_behind - timedelta(minutes=10)
+        assert abs(platform.device_clock_offset_ms(DEVICE, stamped_before) + 3_600_000) < 5000  # type: ignore[operator]
+        stamped_after = device.device_time + timedelta(minutes=10)
+        assert abs(platform.device_clock_offset_ms(DEVICE, stamped_after.isoformat())) < 3000  # type: ignore[arg-type]
+        # A clock now right is left alone ...
+        third = await device.register(expires=3600)
+        assert third.headers.get("Date") is None
+        assert "within" in ledger.of("device_authenticated")[-1]["date_withheld"]
+        # ... and an untrusted station clock sets no device clock, whatever was measured.
+        platform.registry.get(DEVICE).clock_sync_due = True  # type: ignore[union-attr]
+        trusted["value"] = False
+        untrusted = await device.register(expires=3600)
+        assert untrusted.status == 200 and untrusted.headers.get("Date") is None
+        assert ledger.of("device_authenticated")[-1]["date_sent"] is False
+        assert "date_withheld" not in ledger.of("device_authenticated")[-1]
+        assert len(ledger.of("clock_set")) == 1
+    finally:
+        await device.close()
+        await platform.close()
 
 
 async def test_expiry_is_bounded(harness: Harness) -> None:

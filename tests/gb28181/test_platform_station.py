@@ -10,6 +10,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,22 @@ async def test_the_agent_runs_the_platform_and_shows_its_devices(tmp_path: Path,
         assert platform is not None
         async with asyncio.timeout(20):
             await platform.started.wait()
-        device = await TestDevice(DEVICE, PASSWORD, platform.transport.port).start()
+        two_minutes_behind = (datetime.now(UTC) + timedelta(hours=8, minutes=-2)).replace(tzinfo=None)
+        device = await TestDevice(DEVICE, PASSWORD, platform.transport.port,
+                                  device_time=two_minutes_behind).start()
         try:
             ok = await device.register()
             assert ok.status == 200
-            assert ok.headers.get("Date") is not None  # the harness's station clock is "trusted"
+            # The harness's station clock is "trusted", but the device's is set only once it was measured
+            # (DeviceStatus, asked when it comes online): then its next registration carries Date.
+            assert ok.headers.get("Date") is None
+            ours = lambda d: d.get("source") == "gb28181"  # noqa: E731
+            [measured] = await station.wait_ledger("clock_measured", where=ours)
+            again = await device.register()
+            assert again.headers.get("Date") is not None
+            [clock_set] = await station.wait_ledger("clock_set", where=ours)
+            assert clock_set["offset_before_s"] == measured["offset_s"]
+            assert abs(measured["offset_s"] + 120) < 5
             assert (await device.keepalive()).status == 200
             connected = await station.wait_ledger("device_connected",
                                                  where=lambda d: d.get("source") == "gb28181")
