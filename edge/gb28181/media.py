@@ -48,8 +48,14 @@ end the file is fsynced, then its directory.
 The session ends on `close()` (the platform saw MediaStatus 121 or BYE: `closed`; packets already on
 their way are still taken, until a short silence), on the device closing
 its TCP connection (`closed`), on `idle_timeout_s` without a packet of the session (`idle`; also when no
-media ever came), on `max_bytes` of raw PS (`limit`: the packet that would pass it is not written), or on
-an error (`error`). `wait_closed()` returns the `MediaOutcome`. `progress` is readable while it runs.
+media ever came), on `max_bytes` of raw PS (`limit`: the packet that would pass it is not written), when
+the video's media time passes `max_media_span_s` (`past-end`: a device that keeps sending after the
+recording it was asked for), when `time_limit_s` have passed since it opened (`time-limit`: a device that
+trickles just enough to never go idle), or on an error (`error`). The media time is the longest span of
+a monotonic run of video PTS (`video_run_span_s`): a PTS that steps back more than `PTS_BACKSTEP` (B-frames
+step back a little) or jumps ahead more than `PTS_JUMP` starts a new run (`video_pts_restarts`), so an
+encoder that restarts its PTS does not stretch the span (a wrap read as 26 hours).
+`wait_closed()` returns the `MediaOutcome`. `progress` is readable while it runs.
 Memory is bounded whatever the stream's length: the reorder window, the write buffer, the PS demuxer's
 frame bound, and the first `MAX_RECORDED_GAPS` gaps (the rest are counted).
 """
@@ -101,6 +107,9 @@ MAX_FRAME_BYTES = 8 * 1024 * 1024  # the PS demuxer's bound on one frame
 UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024  # asked for; the kernel caps it at net.core.rmem_max
 RAW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 PTS_MODULO = 1 << 33
+PTS_HZ = 90000
+PTS_BACKSTEP = PTS_HZ  # video PTS may step back this much inside a run (B-frames: a few frames)
+PTS_JUMP = 60 * PTS_HZ  # ... or jump ahead this much (packets lost over an outage); more: a new run
 
 
 class MediaError(Exception):
@@ -118,6 +127,8 @@ class EndReason(StrEnum):
     CLOSED = "closed"
     LIMIT = "limit"
     ERROR = "error"
+    PAST_END = "past-end"  # the video's media time passed `max_media_span_s`
+    TIME_LIMIT = "time-limit"  # `time_limit_s` passed since the receiver opened
 
 
 @dataclass(frozen=True)
@@ -173,6 +184,9 @@ class MediaOutcome:
     expected_peer_host: str | None = None  # the only host media was taken from (None: any)
     refused_packets: int = 0  # UDP datagrams from another host than `expected_peer_host`: dropped
     refused_sources: list[str] = field(default_factory=list)  # where refused media came from (first few)
+    # the longest span of a monotonic run of video PTS (seconds), and how often a run restarted
+    video_run_span_s: float | None = None
+    video_pts_restarts: int = 0
 
     @property
     def video_span_s(self) -> float | None:
@@ -206,6 +220,8 @@ class MediaOutcome:
             "expected_peer_host": self.expected_peer_host,
             "refused_packets": self.refused_packets,
             "refused_sources": list(self.refused_sources),
+            "video_run_span_s": self.video_run_span_s,
+            "video_pts_restarts": self.video_pts_restarts,
             "write_stalls": self.write_stalls,
             "framing": self.framing,
             "video_frames": self.video_frames,
@@ -239,6 +255,17 @@ class _Counters:
     streams: dict[int, str] = field(default_factory=dict)
     first_video_pts: int | None = None
     last_video_pts: int | None = None
+    pts_run_base: int | None = None  # the PTS the current run started at
+    pts_run_last: int = 0
+    pts_run_high: int = 0  # the furthest the current run went past its base (ticks)
+    pts_longest: int = 0  # the longest run's span (ticks)
+    pts_restarts: int = 0
+
+
+def _pts_delta(a: int, b: int) -> int:
+    """a - b on the 33-bit PTS circle, as the shorter way round (negative: a is before b)."""
+    delta = (a - b) % PTS_MODULO
+    return delta - PTS_MODULO if delta >= PTS_MODULO // 2 else delta
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:
@@ -417,6 +444,8 @@ class MediaReceiver:
         idle_timeout_s: float,
         max_bytes: int,
         expected_peer_host: str | None,
+        max_media_span_s: float | None,
+        time_limit_s: float | None,
         clock: Callable[[], float],
         reorder_window: int,
         max_buffered_bytes: int,
@@ -431,6 +460,8 @@ class MediaReceiver:
         self._idle_timeout_s = idle_timeout_s
         self._max_bytes = max_bytes
         self._expected_peer_host = expected_peer_host
+        self._max_media_span = None if max_media_span_s is None else round(max_media_span_s * PTS_HZ)
+        self._time_limit_s = time_limit_s
         self._clock = clock
         self._max_buffered = max_buffered_bytes
         window = reorder_window if transport is MediaTransport.UDP else 1
@@ -545,11 +576,19 @@ class MediaReceiver:
 
     async def _watch_idle(self) -> None:
         while self._ended is None:
-            remaining = self._last_activity + self._idle_timeout_s - self._clock()
+            now = self._clock()
+            remaining = self._last_activity + self._idle_timeout_s - now
             if remaining <= 0:
                 what = "no media arrived" if self._first_packet_at is None else "no media"
                 self._end(EndReason.IDLE, f"{what} for {self._idle_timeout_s:g} s")
                 return
+            if self._time_limit_s is not None:
+                left = self._opened_at + self._time_limit_s - now
+                if left <= 0:
+                    self._end(EndReason.TIME_LIMIT, f"still receiving after the session's limit of "
+                                                    f"{self._time_limit_s:g} s")
+                    return
+                remaining = min(remaining, left)
             # Woken at least every IDLE_CHECK_S, so the clock given (a monotonic seam) rules, not the loop's.
             await asyncio.sleep(min(remaining, IDLE_CHECK_S))
 
@@ -691,10 +730,29 @@ class MediaReceiver:
                         if c.first_video_pts is None:
                             c.first_video_pts = event.pts
                         c.last_video_pts = event.pts
+                        self._pts_run(event.pts)
                 elif is_audio(event.stream_id):
                     c.audio_frames += 1
             elif isinstance(event, StreamMap):
                 c.streams = {s.stream_id: str(s.codec) for s in event.streams}
+
+    def _pts_run(self, pts: int) -> None:
+        """Follow the monotonic runs of video PTS; end the session once the longest passes the bound."""
+        c = self._counters
+        if c.pts_run_base is not None:
+            step = _pts_delta(pts, c.pts_run_last)
+            if -PTS_BACKSTEP <= step <= PTS_JUMP:
+                c.pts_run_high = max(c.pts_run_high, _pts_delta(pts, c.pts_run_base))
+                c.pts_run_last = pts
+                c.pts_longest = max(c.pts_longest, c.pts_run_high)
+                if self._max_media_span is not None and c.pts_longest > self._max_media_span:
+                    bound = self._max_media_span / PTS_HZ
+                    self._end(EndReason.PAST_END, f"{c.pts_longest / PTS_HZ:.1f} s of video, past the "
+                                                  f"{bound:g} s the recording may hold")
+                return
+            c.pts_restarts += 1
+        c.pts_run_base = c.pts_run_last = pts
+        c.pts_run_high = 0
 
     # -- bytes out -------------------------------------------------------------------------------------------
 
@@ -803,6 +861,8 @@ class MediaReceiver:
             elapsed_s=self._clock() - self._opened_at, restarts=list(c.restarts), strays=c.strays,
             expected_peer_host=self._expected_peer_host, refused_packets=c.refused_packets,
             refused_sources=list(c.refused_sources),
+            video_run_span_s=None if c.pts_run_base is None else c.pts_longest / PTS_HZ,
+            video_pts_restarts=c.pts_restarts,
         )
 
 
@@ -816,6 +876,8 @@ async def open_receiver(
     idle_timeout_s: float,
     max_bytes: int,
     expected_peer_host: str | None = None,
+    max_media_span_s: float | None = None,
+    time_limit_s: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     reorder_window: int = DEFAULT_REORDER_WINDOW,
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
@@ -830,6 +892,9 @@ async def open_receiver(
                          f"{', '.join(t.value for t in MediaTransport)}") from None
     if idle_timeout_s <= 0 or max_bytes <= 0:
         raise MediaError("idle_timeout_s and max_bytes must be positive")
+    if (max_media_span_s is not None and max_media_span_s <= 0) or (time_limit_s is not None
+                                                                   and time_limit_s <= 0):
+        raise MediaError("max_media_span_s and time_limit_s must be positive when given")
     if max_buffered_bytes < 2 * FLUSH_BYTES:
         raise MediaError(f"max_buffered_bytes must be at least {2 * FLUSH_BYTES}")
     fd = _create_raw(raw_path)
@@ -841,7 +906,8 @@ async def open_receiver(
         raise
     receiver = MediaReceiver(
         transport, sock=sock, raw_path=raw_path, raw_fd=fd, ssrc=ssrc, idle_timeout_s=idle_timeout_s,
-        max_bytes=max_bytes, expected_peer_host=expected_peer_host, clock=clock,
+        max_bytes=max_bytes, expected_peer_host=expected_peer_host, max_media_span_s=max_media_span_s,
+        time_limit_s=time_limit_s, clock=clock,
         reorder_window=reorder_window, max_buffered_bytes=max_buffered_bytes,
     )
     try:

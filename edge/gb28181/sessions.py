@@ -20,6 +20,21 @@ receiver connects to the answer's address and port. Then the ACK goes out, and t
 first of: MediaStatus 121 in the dialog (or naming the device outside it, when it has one history
 session), the receiver's end (idle, closed, limit, error), a BYE from the device, or `stop()`. The platform
 sends BYE unless the device did, then closes the receiver and returns its outcome.
+
+A history session (Download, Playback) is bounded from above (`session_bounds`), each bound its own end
+reason, so that whoever reads the result knows the recording did not end by itself:
+* `past-end`: the received video's media time (the longest monotonic run of its PTS, the receiver's
+  `video_run_span_s`) passes the recording's length (`t=` end - start) by `PAST_END_TOLERANCE_S` plus
+  `PAST_END_TOLERANCE_SHARE` of the length: a device that keeps sending after the file (live, or the next
+  file) would otherwise have that sealed as this recording;
+* `time-limit`: a wall-clock limit from the recording's length L and the speed asked S:
+  L x max(3 / S, 2) + 60 s. Three times the time the speed asks, but never under twice the recording's
+  own length, since devices may ignore `a=downloadspeed` (research notes 9) and a 4G uplink may carry a
+  high-bitrate recording slower than real time; 60 s for the INVITE and the start. It stops a device that
+  trickles just enough never to go idle. The receiver ends on both (its outcome says `past-end` or
+  `time-limit`); the platform also stops a session whose receiver outlived the time limit by
+  `TIME_LIMIT_GRACE_S`, whatever receiver it was given.
+Live Play has neither bound.
 """
 
 from __future__ import annotations
@@ -74,8 +89,8 @@ class OpenReceiver(Protocol):
     """`edge.gb28181.media.open_receiver`."""
 
     def __call__(self, transport: Any, *, bind_host: str, port_range: tuple[int, int], ssrc: int | None,
-                 raw_path: Path, idle_timeout_s: float, max_bytes: int,
-                 expected_peer_host: str | None) -> Awaitable[MediaReceiver]: ...
+                 raw_path: Path, idle_timeout_s: float, max_bytes: int, expected_peer_host: str | None,
+                 max_media_span_s: float | None, time_limit_s: float | None) -> Awaitable[MediaReceiver]: ...
 
 
 class EndReason(StrEnum):
@@ -83,6 +98,37 @@ class EndReason(StrEnum):
     RECEIVER_ENDED = "media ended"
     DEVICE_BYE = "device sent BYE"
     STOPPED = "stopped"
+    PAST_END = "past-end"  # the video went past the recording's length (see the module docstring)
+    TIME_LIMIT = "time-limit"  # the session's wall-clock limit passed
+
+
+PAST_END_TOLERANCE_S = 30.0
+PAST_END_TOLERANCE_SHARE = 0.05
+TIME_LIMIT_SPEED_FACTOR = 3.0
+TIME_LIMIT_MIN_FACTOR = 2.0
+TIME_LIMIT_SLACK_S = 60.0
+TIME_LIMIT_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class SessionBounds:
+    """How much video a history session may bring (`max_media_span_s`) and for how long it may run
+    (`time_limit_s`); None: no bound (live Play, or a request without a time range)."""
+
+    max_media_span_s: float | None = None
+    time_limit_s: float | None = None
+
+
+def session_bounds(kind: SessionKind, start_time: int, end_time: int, speed: int | None) -> SessionBounds:
+    """The bounds of a session (pure; see the module docstring)."""
+    length = end_time - start_time
+    if kind is SessionKind.PLAY or length <= 0:
+        return SessionBounds()
+    factor = max(TIME_LIMIT_SPEED_FACTOR / max(speed or 1, 1), TIME_LIMIT_MIN_FACTOR)
+    return SessionBounds(
+        max_media_span_s=length * (1 + PAST_END_TOLERANCE_SHARE) + PAST_END_TOLERANCE_S,
+        time_limit_s=length * factor + TIME_LIMIT_SLACK_S,
+    )
 
 
 class SessionError(Exception):
@@ -119,6 +165,9 @@ class SessionResult:
     # The offset (device minus station) of the device clock that stamped the recording, when the platform
     # knows it (`GbPlatform.download`: from before the station set that clock, for what was recorded before).
     device_clock_offset_ms: int | None = None
+    # The session's bounds (`session_bounds`): past them it ended `past-end` or `time-limit`.
+    max_media_span_s: float | None = None
+    time_limit_s: float | None = None
 
     def facts(self) -> dict[str, Any]:
         """For the ledger entry of what the session brought (the `acquired` entry's source facts)."""
@@ -128,6 +177,7 @@ class SessionResult:
             "ssrc_used": self.ssrc_used, "file_size_bytes": self.file_size_bytes,
             "media_address_ignored": self.media_address_ignored,
             "device_clock_offset_ms": self.device_clock_offset_ms,
+            "max_media_span_s": self.max_media_span_s, "time_limit_s": self.time_limit_s,
         }
 
 
@@ -145,6 +195,7 @@ class MediaSession:
     end_reason: EndReason | None = None
     result: SessionResult | None = None
     media_address_ignored: str | None = None  # tcp-active: the answer's c= when it was not the device's
+    bounds: SessionBounds = field(default_factory=SessionBounds)
     _done: asyncio.Future[SessionResult] | None = None
 
     @property
@@ -182,6 +233,17 @@ def offer_for(req: MediaRequest, *, owner_id: str, address: str, port: int, ssrc
         start_time=req.start_time, stop_time=req.end_time, transport=media_transport, setup=setup,
         download_speed=req.speed if req.kind is SessionKind.DOWNLOAD else None,
     )
+
+
+def _receiver_end(done: asyncio.Future[Any]) -> EndReason:
+    """Why the session ended, as the receiver's outcome says (its bounds are the session's)."""
+    outcome = None if done.cancelled() or done.exception() is not None else done.result()
+    ended = str(getattr(outcome, "ended", ""))
+    if ended == EndReason.PAST_END.value:
+        return EndReason.PAST_END
+    if ended == EndReason.TIME_LIMIT.value:
+        return EndReason.TIME_LIMIT
+    return EndReason.RECEIVER_ENDED
 
 
 async def _close_receiver(receiver: MediaReceiver) -> None:
@@ -232,18 +294,20 @@ class SessionManager:
             raise SessionError("no media receiver is available to this platform")
         history = req.kind is not SessionKind.PLAY
         ssrc = self._next_ssrc(history)
+        bounds = session_bounds(req.kind, req.start_time, req.end_time, req.speed)
         try:
             # Media only from the host the device registered from (its REGISTER passed digest; the answer's
             # c= is the device's claim, a private address behind a NAT), from the moment the port is open.
             receiver = await self._open_receiver(
                 req.transport, bind_host=self._media_host, port_range=self._port_range, ssrc=ssrc,
                 raw_path=req.raw_path, idle_timeout_s=self._idle_timeout_s, max_bytes=self._max_bytes,
-                expected_peer_host=device.host,
+                expected_peer_host=device.host, max_media_span_s=bounds.max_media_span_s,
+                time_limit_s=bounds.time_limit_s,
             )
         except Exception as exc:  # the receiver's own error (no free port, the raw file exists ...)
             raise SessionError(f"{req.kind} of {req.channel_id}: no media receiver: {exc}") from exc
         call_id = f"{secrets.token_hex(12)}@{self._sip_id}"
-        session = MediaSession(req, call_id, ssrc, receiver)
+        session = MediaSession(req, call_id, ssrc, receiver, bounds=bounds)
         local_tag = secrets.token_hex(6)
         try:
             await self._invite(session, device, local_tag)
@@ -360,10 +424,14 @@ class SessionManager:
     async def _run(self, session: MediaSession, device: Peer, local_tag: str) -> SessionResult:
         receiver_done = asyncio.ensure_future(session.receiver.wait_closed())
         ended = asyncio.ensure_future(session.ended.wait())
+        limit = session.bounds.time_limit_s
         try:
-            await asyncio.wait({receiver_done, ended}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({receiver_done, ended}, return_when=asyncio.FIRST_COMPLETED,
+                               timeout=None if limit is None else limit + TIME_LIMIT_GRACE_S)
             if receiver_done.done():
-                session.end(EndReason.RECEIVER_ENDED)
+                session.end(_receiver_end(receiver_done))
+            elif not session.ended.is_set():
+                session.end(EndReason.TIME_LIMIT)  # a receiver that did not keep the limit itself
             self._on_change(session, "ending")
             if session.end_reason is not EndReason.DEVICE_BYE:
                 await self._bye(session, device)
@@ -385,6 +453,7 @@ class SessionManager:
             ssrc_used=answered if answered is not None else session.ssrc_offered,
             file_size_bytes=None if answer is None else answer.video.file_size_bytes, outcome=outcome,
             media_address_ignored=session.media_address_ignored,
+            max_media_span_s=session.bounds.max_media_span_s, time_limit_s=session.bounds.time_limit_s,
         )
         session.result = result
         log.info("device %s channel %s %s session %s ended: %s", printable(session.request.device_id),
