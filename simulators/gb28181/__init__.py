@@ -43,7 +43,9 @@ Faults (`--fault NAME ...`, repeatable; `DeviceSettings.faults`):
     loss=P             drops each RTP packet with probability P (its sequence number is skipped)
     reorder=P          sends a packet after its successor with probability P
     duplicate=P        sends a packet twice with probability P
-    nat-rebind         after its first keepalive, SIP leaves and arrives on a new local port
+    nat-rebind         after its first keepalive, SIP leaves and arrives on a new local port; a platform
+                       that follows only REGISTERs reaches it there once it registers again, which it
+                       does before the expiry the platform granted runs out (as real devices do)
     gb2312-name        Chinese device and channel names (bodies are GB2312 either way)
     split-recordinfo   RecordInfo one item per MESSAGE, the parts out of order
     slow               history streams at a quarter of real time, whatever downloadspeed asked
