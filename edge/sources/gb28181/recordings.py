@@ -226,6 +226,9 @@ class GbRecordings:
             original["complete"] = bool(download.facts["complete"])
             if download.facts.get("incomplete"):
                 original["incomplete"] = display_text(str(download.facts["incomplete"]), 300)
+            if download.facts.get("overlong"):
+                # More video than the recording's time range: the raw PS holds media outside it.
+                original["overlong"] = True
         if download.attempt > 1:
             original["attempt"] = download.attempt
         return self._offer(download, raw_key(ref, download.attempt), download.raw_ps, original, "ps")

@@ -15,10 +15,13 @@ over the whole station:
    sealed incomplete is downloaded again, a few times at most) and sends each other one through the one
    ingest pipeline (raw PS + MP4).
 
-Each Download session goes through `GbPlatform.download`; its result is checked (`completeness`): a
-session that ended on MediaStatus 121 (or anything else) with less media than the recording's time
-range (the video PTS span) or than the `a=filesize` the device announced is recorded as incomplete in
-the items' facts; the items are sealed all the same (what came is evidence of what came).
+Each Download session goes through `GbPlatform.download`; its result is checked (`completeness`, pure):
+complete only if the device ended the session itself (MediaStatus 121, its BYE, its media stopping), the
+received video's span (read signed in the 33-bit PTS space, so an encoder restart is no span rather than
+~26.5 hours; the receiver's own measure when it gives one) is neither short of the recording's time range
+nor far beyond it (`overlong`: media that is not the recording's came with it), and the bytes reach the
+`a=filesize` the device announced. Anything else is recorded as incomplete, and why, in the items' facts;
+the items are sealed all the same (what came is evidence of what came).
 
 A device that goes offline ends the pass (the rest waits for its next online). Progress, per device
 (state, the recording in progress, counts of done, skipped and failed, the last pass), is `snapshot()`,
@@ -54,9 +57,22 @@ SCHEDULE_CHECK_S = 30.0
 # PTS span of N frames is (N-1) frame intervals, so a complete file falls short by one frame: tolerated.
 SHORT_TOLERANCE_S = 0.5
 SHORT_TOLERANCE_FRACTION = 0.05
+# A recording whose received video spans more than its time range by more than this is not that recording
+# (the device went on sending: live after the file, another file appended). RecordInfo times are whole
+# seconds, so a complete file may outlast its listed range by up to a second and a frame.
+OVERLONG_TOLERANCE_S = 2.0
+OVERLONG_TOLERANCE_FRACTION = 0.05
 # The PS of a recording is not smaller than the file the device stores (PS adds headers, G.711 is larger
 # than AAC); under this share of a=filesize the transfer was cut short.
 FILESIZE_MIN_SHARE = 0.9
+PTS_HZ = 90000
+PTS_MODULO = 1 << 33
+# Sessions the device itself ended: MediaStatus 121, its BYE, or its media stopping (its TCP connection
+# closed, or no packet for idle_timeout_s: many devices send no 121, wvp #1545). Every other end (the
+# station stopped the session: the device went offline or the station stopped; a byte or time limit; an
+# error; the stream running past the recording's end) proves nothing about the recording being whole.
+DEVICE_ENDS = frozenset({EndReason.FILE_END.value, EndReason.DEVICE_BYE.value})
+DEVICE_MEDIA_ENDS = frozenset({"idle", "closed"})
 MAX_CHANNELS = 64
 # An incomplete RecordInfo answer is asked again over halves of its range, at most this many times deep,
 # and not below this range (an hour of a recorder is far below one answer's bound).
@@ -75,27 +91,86 @@ def case_block_for_downloads(defaults: Any) -> dict[str, Any]:
             "category": defaults.category, "retention": defaults.retention}
 
 
+def video_span_s(outcome: Any) -> tuple[float | None, str | None]:
+    """The video time a transfer's timestamps establish, and why it is not to be trusted (None: it is).
+
+    The receiver's own measure when it has one (`video_media_s`: the forward steps between consecutive
+    frames, summed; `video_pts_jumps`: steps backwards or beyond any frame interval, counted). Else from
+    the first and the last frame's PTS only, their difference read signed in the 33-bit PTS space: a wrap
+    (a stream starting near 2**33) counts forward, a last PTS below the first (an encoder that restarted its
+    clock mid-file) is no span at all, never the ~26.5 hours the modulo would make of it."""
+    jumps = getattr(outcome, "video_pts_jumps", None)
+    measured = getattr(outcome, "video_media_s", None)
+    distrust = f"the video timestamps jumped {jumps} time(s) (an encoder restart?)" if jumps else None
+    if measured is not None:
+        return round(float(measured), 3), distrust
+    first, last = getattr(outcome, "first_video_pts", None), getattr(outcome, "last_video_pts", None)
+    if first is None or last is None:
+        return None, distrust
+    half = PTS_MODULO // 2
+    signed = ((last - first + half) % PTS_MODULO) - half
+    if signed < 0:
+        return 0.0, distrust or (f"the last video frame's timestamp is {-signed / PTS_HZ:g} s before the "
+                                 "first's (an encoder restart?): the span received cannot be told")
+    return round(signed / PTS_HZ, 3), distrust
+
+
+def ended_by(result: SessionResult) -> str:
+    """Who or what ended the session, as the manifest says it."""
+    reason = str(getattr(result.end_reason, "value", result.end_reason))
+    media = getattr(result.outcome, "ended", None)
+    if reason == EndReason.RECEIVER_ENDED.value and media is not None:
+        return f"{reason}: {getattr(media, 'value', media)}"
+    return reason
+
+
+def device_ended(result: SessionResult) -> bool:
+    """Whether the device ended the session itself (`DEVICE_ENDS`, `DEVICE_MEDIA_ENDS`)."""
+    reason = str(getattr(result.end_reason, "value", result.end_reason))
+    if reason in DEVICE_ENDS:
+        return True
+    ended = getattr(result.outcome, "ended", None)
+    media = str(getattr(ended, "value", ended))
+    return reason == EndReason.RECEIVER_ENDED.value and media in DEVICE_MEDIA_ENDS
+
+
 def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | None) -> dict[str, Any]:
-    """Whether a Download brought the whole recording (pure): compared with the recording's time range
-    (`expected_s`, from RecordInfo) through the received video's PTS span, and with `a=filesize`."""
+    """Whether a Download brought the whole recording and nothing else (pure). Complete only when all hold:
+    the device ended the session itself (`device_ended`); the received video's span (`video_span_s`) is
+    neither short of the recording's time range (`expected_s`, from RecordInfo) nor far beyond it (then
+    `overlong`: the media is not that recording's alone); the timestamps are trustworthy; and the bytes
+    reach the `a=filesize` the device announced."""
     outcome = result.outcome
     reasons: list[str] = []
-    received_s: float | None = None
-    first, last = getattr(outcome, "first_video_pts", None), getattr(outcome, "last_video_pts", None)
-    if first is not None and last is not None:
-        received_s = round(((last - first) % (1 << 33)) / 90000, 3)
-    if expected_s is not None and expected_s > 0:
-        tolerance = max(SHORT_TOLERANCE_S, SHORT_TOLERANCE_FRACTION * expected_s)
-        if received_s is None:
-            reasons.append("no video timestamps received")
-        elif received_s + tolerance < expected_s:
+    received_s, distrust = video_span_s(outcome)
+    overlong = False
+    if distrust is not None:
+        reasons.append(distrust)
+    if expected_s is None or expected_s < 0:
+        reasons.append("the recording's time range is not known")
+    elif received_s is None:
+        reasons.append("no video timestamps received")
+    else:
+        short = max(SHORT_TOLERANCE_S, SHORT_TOLERANCE_FRACTION * expected_s)
+        over = max(OVERLONG_TOLERANCE_S, OVERLONG_TOLERANCE_FRACTION * expected_s)
+        if received_s + short < expected_s:
             reasons.append(f"video spans {received_s:g} s of the recording's {expected_s:g} s")
+        elif received_s > expected_s + over:
+            overlong = True
+            reasons.append(f"video spans {received_s:g} s, beyond the recording's {expected_s:g} s: media "
+                           "that is not this recording's came with it")
     announced = result.file_size_bytes
     received = int(getattr(outcome, "bytes", 0))
     if announced and received < FILESIZE_MIN_SHARE * announced:
         reasons.append(f"{received} bytes received, the device announced a=filesize {announced}")
+    by_device = device_ended(result)
+    if not by_device:
+        reasons.append(f"the session ended by {ended_by(result)}, not by the device: the recording is not "
+                       "known to have ended")
     facts: dict[str, Any] = {"complete": not reasons, "received_video_s": received_s,
-                             "expected_s": expected_s}
+                             "expected_s": expected_s, "ended_by": ended_by(result)}
+    if overlong:
+        facts["overlong"] = True
     if reasons:
         facts["incomplete"] = "; ".join(reasons)
         if result.end_reason is EndReason.FILE_END:
