@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -81,6 +84,11 @@ MIN_RECORD_INFO_RANGE = timedelta(hours=1)
 MAX_RANGES_ON_LEDGER = 32
 # The raw PS and MP4 of downloads in progress, under the store's root (removed once sealed).
 GB28181_SPOOL_DIR = "gb28181-spool"
+# What a download leaves in the spool when a stop or crash interrupts it: the raw PS and the MP4
+# (edge.sources.gb28181.downloads names them download-<uuid hex>.ps/.mp4) and the conversion's temp files
+# beside the MP4 (edge.gb28181.convert.convert_recording: .<mp4 name>.part.mp4, .nut and .audio).
+SPOOL_LEFTOVER = re.compile(r"download-[0-9a-f]{32}\.(?:ps|mp4)"
+                            r"|\.download-[0-9a-f]{32}\.mp4\.(?:part\.mp4|nut|audio)")
 
 
 def case_block_for_downloads(defaults: Any) -> dict[str, Any]:
@@ -278,14 +286,33 @@ class GbDownloadScheduler:
 
     def _clear_spool(self) -> None:
         """Downloads a stop or crash interrupted are not evidence (never sealed): their files go, and the
-        recordings are downloaded again at the device's next pass."""
+        recordings are downloaded again at the device's next pass. Only this module's own names
+        (`SPOOL_LEFTOVER`: the raw PS and MP4 of a download, and the temp files edge.gb28181.convert makes
+        beside the MP4), only regular files (never a symlink's target), only directly in the spool (read
+        through a descriptor of the spool directory itself, opened without following a symlink)."""
         running = any(r.task is not None and not r.task.done() for r in self._runs.values())
-        if running or not self.spool.is_dir():
+        if running:
             return
-        for path in self.spool.iterdir():
-            if path.name.startswith("download-") and path.suffix in (".ps", ".mp4") and not path.is_symlink():
-                log.info("gb28181: an interrupted download's %s removed from the spool", path.name)
-                path.unlink(missing_ok=True)
+        try:
+            dir_fd = os.open(self.spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("gb28181: the download spool %s is not cleared: %s", self.spool, exc.strerror or exc)
+            return
+        try:
+            for name in os.listdir(dir_fd):
+                if not SPOOL_LEFTOVER.fullmatch(name):
+                    continue
+                try:
+                    if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                        continue
+                    os.unlink(name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    continue
+                log.info("gb28181: an interrupted download's %s removed from the spool", name)
+        finally:
+            os.close(dir_fd)
 
     async def _device(self, device_id: str, run: _DeviceRun) -> None:
         progress = self.progress.setdefault(device_id, DeviceProgress())
