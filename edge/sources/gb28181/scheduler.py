@@ -51,7 +51,13 @@ from edge.gb28181.registry import wall_text
 from edge.gb28181.sessions import EndReason, SessionError, SessionResult
 from edge.ingest.pipeline import IngestPipeline
 from edge.sources.gb28181.downloads import DeviceGone, GbDownloads, Transfer
-from edge.sources.gb28181.recordings import GbRecordings, RecordingRef, display_text
+from edge.sources.gb28181.recordings import (
+    INTERRUPTED_DEVICE_OFFLINE,
+    INTERRUPTED_STATION_STOPPED,
+    GbRecordings,
+    RecordingRef,
+    display_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,10 @@ PTS_MODULO = 1 << 33
 DEVICE_ENDS = frozenset({EndReason.FILE_END.value, EndReason.DEVICE_BYE.value})
 DEVICE_MEDIA_ENDS = frozenset({"idle", "closed"})
 MAX_CHANNELS = 64
+INTERRUPTIONS = {
+    INTERRUPTED_DEVICE_OFFLINE: "the device went offline during the download",
+    INTERRUPTED_STATION_STOPPED: "the station stopped the download (it was stopping)",
+}
 # An incomplete RecordInfo answer is asked again over halves of its range, at most this many times deep,
 # and not below this range (an hour of a recorder is far below one answer's bound).
 MAX_RECORD_INFO_SPLITS = 10
@@ -197,7 +207,8 @@ class DeviceProgress:
     skipped: int = 0
     failed: int = 0
     incomplete: int = 0
-    given_up: int = 0  # recordings incomplete at every try (downloads.MAX_INCOMPLETE_ATTEMPTS)
+    given_up: int = 0  # listed recordings not downloaded again (downloads.given_up_because)
+    interrupted: int = 0  # downloads cut short by the device going offline or the station stopping
     last_pass_at: str | None = None
     last_problem: str | None = None
     record_info_complete: bool | None = None
@@ -425,6 +436,17 @@ class GbDownloadScheduler:
         if device is None or not device.online:
             raise DeviceGone(f"device {device_id} is offline")
 
+    def _interruption(self, device_id: str, result: SessionResult) -> str | None:
+        """Why an incomplete download is no fault of the recording, if it is not: the device is offline
+        now (the platform stops a device's sessions when it goes offline), or the station stopped the
+        session while the device stayed (the station is stopping)."""
+        device = self.platform.registry.get(device_id)
+        if device is None or not device.online:
+            return INTERRUPTED_DEVICE_OFFLINE
+        if str(getattr(result.end_reason, "value", result.end_reason)) == EndReason.STOPPED.value:
+            return INTERRUPTED_STATION_STOPPED
+        return None
+
     def _clock_offset_ms(self, device_id: str) -> int | None:
         device = self.platform.registry.get(device_id)
         if device is None or device.clock_offset_s is None:
@@ -434,7 +456,7 @@ class GbDownloadScheduler:
     def _start_download(self, device_id: str, progress: DeviceProgress) -> Callable[..., Any]:
         async def start_download(ref: RecordingRef, raw_path: Path) -> Transfer:
             self._ensure_online(device_id)  # offline: the pass ends, nothing is recorded as failed
-            shown = f"{ref.channel_id} {display_text(ref.start_time, 64)}"
+            shown = f"{display_text(ref.channel_id, 64)} {display_text(ref.start_time, 64)}"
             progress.current, progress.state = shown, "waiting"
             async with self._slots:
                 progress.state = "downloading"
@@ -454,7 +476,16 @@ class GbDownloadScheduler:
             except SessionError:
                 expected_s = None
             check = completeness(result, ref, expected_s)
-            if not check["complete"]:
+            interrupted = None if check["complete"] else self._interruption(device_id, result)
+            if interrupted is not None:
+                # Sealed as it came, marked: not one of the recording's attempts (downloads.py); the
+                # recording is downloaded again when the device is back.
+                progress.interrupted += 1
+                check["interrupted"] = interrupted
+                check["incomplete"] = f"{INTERRUPTIONS[interrupted]}; {check['incomplete']}"
+                log.warning("gb28181 device %s: download of %s interrupted: %s", device_id, shown,
+                            INTERRUPTIONS[interrupted])
+            elif not check["complete"]:
                 progress.incomplete += 1
                 log.warning("gb28181 device %s: download of %s incomplete: %s", device_id, shown,
                             check["incomplete"])
