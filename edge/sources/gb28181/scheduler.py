@@ -8,12 +8,20 @@ the window), one pass (`_pass`) does, one device at a time per device and at mos
 over the whole station:
 
 1. the device's channels from its Catalog (those the policy names, among them); a Catalog that fails
-   falls back to the channels configured for the device;
-2. per channel, RecordInfo over the policy's range (`lookback_days` back from now);
+   falls back to the channels configured for the device, and with none configured is a ledger error;
+2. per channel, RecordInfo over the policy's range (`lookback_days` back from now); one that fails is a
+   ledger error. An item whose DeviceID is neither the channel asked about nor another channel this pass
+   downloads from is not downloaded (counted, a ledger error showing its DeviceID escaped). A recording
+   listed as ending after the device's now (the station's clock in the devices' zone, corrected by the
+   measured clock offset, plus `FUTURE_MARGIN`) is left for a later pass: still being recorded, or the
+   device's clock is wrong (one ending more than `ABSURD_FUTURE` ahead is a ledger error). These recurring
+   problems go to the ledger limited (edge.sources.gb28181.problems: the first, then once in six hours
+   with the repeats counted), and so does the recovery of a failing Catalog or RecordInfo
+   (`"resolved": true`);
 3. the listed recordings to `GbDownloads.download`, which skips the ones already sealed complete (their
    keys come from the recording alone, so a restart re-queries and downloads only what is missing; one
-   sealed incomplete is downloaded again, a few times at most) and sends each other one through the one
-   ingest pipeline (raw PS + MP4).
+   sealed incomplete is downloaded again, a few times at most, then given up on the ledger) and sends
+   each other one through the one ingest pipeline (raw PS + MP4).
 
 Each Download session goes through `GbPlatform.download`; its result is checked (`completeness`, pure):
 complete only if the device ended the session itself (MediaStatus 121, its BYE, its media stopping), the
@@ -23,9 +31,11 @@ nor far beyond it (`overlong`: media that is not the recording's came with it), 
 `a=filesize` the device announced. Anything else is recorded as incomplete, and why, in the items' facts;
 the items are sealed all the same (what came is evidence of what came).
 
-A device that goes offline ends the pass (the rest waits for its next online). Progress, per device
-(state, the recording in progress, counts of done, skipped and failed, the last pass), is `snapshot()`,
-shown by the platform's status section and `edge gb28181 devices`.
+A device that goes offline ends the pass (the rest waits for its next online); a download it cut short is
+sealed as it came, marked `interrupted`, and is not one of the recording's attempts. Progress, per device
+(state, the recording in progress, counts of done, skipped, failed, incomplete, interrupted, given up,
+left for later as ending in the future, items of other channels, the last pass), is `snapshot()`, shown
+by the platform's status section and `edge gb28181 devices`.
 """
 
 from __future__ import annotations
@@ -35,7 +45,8 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,6 +62,7 @@ from edge.gb28181.registry import wall_text
 from edge.gb28181.sessions import EndReason, SessionError, SessionResult
 from edge.ingest.pipeline import IngestPipeline
 from edge.sources.gb28181.downloads import DeviceGone, GbDownloads, Transfer
+from edge.sources.gb28181.problems import PassProblems
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
     INTERRUPTED_STATION_STOPPED,
@@ -92,6 +104,13 @@ INTERRUPTIONS = {
 MAX_RECORD_INFO_SPLITS = 10
 MIN_RECORD_INFO_RANGE = timedelta(hours=1)
 MAX_RANGES_ON_LEDGER = 32
+MAX_FOREIGN_NAMED = 8
+CHANNEL_ID = re.compile(r"[0-9]{20}")
+# A recording ending later than the device's now plus this is left for a later pass (RecordInfo times are
+# whole seconds; the clock offset is measured to a second or two).
+FUTURE_MARGIN = timedelta(minutes=1)
+# One ending later than this after the device's now is no recording in progress: a ledger error.
+ABSURD_FUTURE = timedelta(days=1)
 # The raw PS and MP4 of downloads in progress, under the store's root (removed once sealed).
 GB28181_SPOOL_DIR = "gb28181-spool"
 # What a download leaves in the spool when a stop or crash interrupts it: the raw PS and the MP4
@@ -212,9 +231,21 @@ class DeviceProgress:
     last_pass_at: str | None = None
     last_problem: str | None = None
     record_info_complete: bool | None = None
+    future: int = 0  # listed as ending after the device's now: left for a later pass (`_finished`)
+    wrong_channel: int = 0  # listed under a channel with another channel's DeviceID: not downloaded
 
     def view(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ChannelListing:
+    """What one channel's RecordInfo gave: its recordings, whether the list is whole, and how many items
+    named another channel (not downloaded)."""
+
+    recordings: list[RecordingRef]
+    complete: bool
+    wrong_channel: int = 0
 
 
 @dataclass
@@ -240,6 +271,7 @@ class GbDownloadScheduler:
         clock_trusted: Callable[[], bool] = lambda: False,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         check_interval_s: float = SCHEDULE_CHECK_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.platform = platform
         self.policy = policy
@@ -255,6 +287,7 @@ class GbDownloadScheduler:
         self.progress: dict[str, DeviceProgress] = {}
         self.passes_done = 0
         self.pass_ended = asyncio.Condition()
+        self.problems = PassProblems(monotonic)
         platform.add_online_listener(self.device_online)
 
     def snapshot(self) -> dict[str, Any]:
@@ -349,14 +382,27 @@ class GbDownloadScheduler:
 
     # -- one pass --------------------------------------------------------------------------------------
 
-    async def _channels(self, device_id: str) -> list[str]:
+    async def _channels(self, pipeline: IngestPipeline, device_id: str) -> list[str]:
+        """The channels to list: the Catalog's (those the policy names), else the configured ones. A Catalog
+        that fails with no channel configured leaves nothing to list: a ledger error (limited, and its
+        recovery recorded), never a silent empty pass."""
+        where = {"stage": "catalog", "device_id": device_id}
         try:
             catalog = [item.device_id for item in await self.platform.query_catalog(device_id)]
         except (QueryError, ManscdpError) as exc:
+            self._ensure_online(device_id)
             configured = self.policy.devices.get(device_id)
-            log.warning("gb28181 device %s: no Catalog (%s); the configured channels are asked", device_id,
-                        printable(str(exc)[:200]))
             catalog = list(configured.channels) if configured is not None else []
+            why = printable(str(exc)[:200])
+            log.warning("gb28181 device %s: no Catalog (%s); %s", device_id, why,
+                        "the configured channels are asked" if catalog else "no channel is configured")
+            if not catalog:
+                await self._problem(pipeline, "catalog", device_id, {
+                    **where, "reason": f"the device's Catalog failed ({why}) and no channel is configured "
+                                      "for it: none of its recordings can be listed or downloaded"})
+        else:
+            await self._recovered(pipeline, "catalog", device_id, {
+                **where, "reason": "the device's Catalog answers again: its channels are listed"})
         return self.policy.channels_for(device_id, catalog)[:MAX_CHANNELS]
 
     async def _pass(self, device_id: str, progress: DeviceProgress) -> None:
@@ -372,39 +418,121 @@ class GbDownloadScheduler:
         downloads = GbDownloads(pipeline, source, self._start_download(device_id, progress),
                                 device_clock_offset_ms=lambda: self._clock_offset_ms(device_id),
                                 device_tz_offset_min=self.policy.utc_offset_minutes)
-        for channel_id in await self._channels(device_id):
+        channels = await self._channels(pipeline, device_id)
+        for channel_id in channels:
             self._ensure_online(device_id)
+            where = {"stage": "record-info", "device_id": device_id, "channel_id": channel_id}
             try:
-                refs, complete = await self._list_recordings(pipeline, device_id, channel_id, start, end)
+                listing = await self._list_recordings(pipeline, device_id, channel_id, start, end, channels)
             except (QueryError, ManscdpError) as exc:
                 self._ensure_online(device_id)
                 progress.last_problem = printable(f"RecordInfo of {channel_id}: {exc}"[:200])
                 log.warning("gb28181 device %s: %s", device_id, progress.last_problem)
+                await self._problem(pipeline, "record-info", f"{device_id}|{channel_id}", {
+                    **where, "reason": f"RecordInfo failed: {printable(str(exc)[:200])}; the channel's "
+                                      "recordings are not listed, not downloaded"})
                 continue
-            progress.record_info_complete = complete
-            progress.listed += len(refs)
+            await self._recovered(pipeline, "record-info", f"{device_id}|{channel_id}", {
+                **where, "reason": "RecordInfo answers again: the channel's recordings are listed"})
+            progress.record_info_complete = listing.complete
+            progress.listed += len(listing.recordings)
+            progress.wrong_channel += listing.wrong_channel
+            due = await self._finished(pipeline, device_id, listing.recordings, progress)
             progress.state = "downloading"
-            report = await downloads.download(refs)
+            report = await downloads.download(due)
             progress.skipped += len(report.skipped)
             progress.failed += len(report.failed)
             progress.given_up += len(report.given_up)
             progress.done += sum(1 for done in report.ingested if done.raw_item is not None)
 
+    async def _finished(self, pipeline: IngestPipeline, device_id: str, refs: list[RecordingRef],
+                        progress: DeviceProgress) -> list[RecordingRef]:
+        """The recordings that have ended by the device's clock (now in the devices' zone, corrected by
+        the measured clock offset, plus `FUTURE_MARGIN`). One ending later is left for a later pass (a
+        segment still being recorded, or a device clock that is wrong): downloaded now its expected length
+        could never be met. One ending absurdly far ahead (`ABSURD_FUTURE`, an EndTime of 2099) is a
+        ledger error, once per recording (limited)."""
+        device_now = self._device_now(device_id)
+        due: list[RecordingRef] = []
+        for ref in refs:
+            try:
+                ends = datetime.fromisoformat(ref.end_time)
+            except ValueError:  # RecordingRef's times come from parsed datetimes: not expected
+                ends = datetime.max
+            if ends.tzinfo is not None:
+                ends = (ends.astimezone(UTC) + timedelta(minutes=self.policy.utc_offset_minutes)).replace(
+                    tzinfo=None)
+            if ends <= device_now + FUTURE_MARGIN:
+                due.append(ref)
+                continue
+            progress.future += 1
+            shown = f"{display_text(ref.channel_id, 64)} {display_text(ref.start_time, 64)}"
+            ahead = ends - device_now
+            log.info("gb28181 device %s: %s ends %s after the device's now: left for a later pass", device_id,
+                     shown, ahead)
+            if ahead > ABSURD_FUTURE:
+                await self._problem(pipeline, "future", f"{device_id}|{ref.identity()}", {
+                    "stage": "record-info", "device_id": device_id,
+                    "channel_id": display_text(ref.channel_id, 64), "recording": ref.described(),
+                    "device_now": device_now.isoformat(timespec="seconds"),
+                    "reason": f"the device lists a recording ending {display_text(ref.end_time, 64)}, "
+                              f"{ahead.days} days after its clock's now: not downloaded (its clock or its "
+                              "recording list is wrong); asked again at later passes"})
+        return due
+
+    def _device_now(self, device_id: str) -> datetime:
+        """Now by the device's clock as it writes RecordInfo times (naive, in the devices' zone): the
+        station's UTC now, in the configured zone, plus the device's measured clock offset (0 unmeasured)."""
+        offset_ms = self._clock_offset_ms(device_id) or 0
+        local = self._now().astimezone(UTC) + timedelta(minutes=self.policy.utc_offset_minutes,
+                                                        milliseconds=offset_ms)
+        return local.replace(tzinfo=None)
+
+    async def _problem(self, pipeline: IngestPipeline, kind: str, key: str, data: dict[str, Any]) -> None:
+        """A recurring problem as an `error` entry, limited (edge.sources.gb28181.problems)."""
+        extra = self.problems.seen(kind, key)
+        if extra is None:
+            return
+        entry = {"source": "gb28181", **data, **extra}
+        repository = pipeline.repository
+        await pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, entry))
+
+    async def _recovered(self, pipeline: IngestPipeline, kind: str, key: str, data: dict[str, Any]) -> None:
+        """A problem that reached the ledger is gone: an `error` entry with `"resolved": true` (the ledger
+        has no entry type for good news; the stage and device say which problem ended)."""
+        held_back = self.problems.cleared(kind, key)
+        if held_back is None:
+            return
+        entry = {"source": "gb28181", **data, "resolved": True, "repeats_not_recorded": held_back}
+        repository = pipeline.repository
+        await pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, entry))
+
     async def _list_recordings(
-        self, pipeline: IngestPipeline, device_id: str, channel_id: str, start: datetime, end: datetime
-    ) -> tuple[list[RecordingRef], bool]:
+        self, pipeline: IngestPipeline, device_id: str, channel_id: str, start: datetime, end: datetime,
+        channels: Collection[str] = (),
+    ) -> ChannelListing:
         """The channel's recordings between `start` and `end`, and whether the list is known whole. An
         answer handed out incomplete (parts that never came, or more records than one answer may hold: a
         busy recorder's month) is asked again over the two halves of its range, down to
         `MIN_RECORD_INFO_RANGE`; the ranges still incomplete there are one ledger error naming the channel
-        and those ranges, so a recording that was never listed is never missing silently (review 14)."""
+        and those ranges, so a recording that was never listed is never missing silently (review 14).
+
+        An item is the channel's when its DeviceID is `channel_id`, or another channel of `channels` (the
+        device's channels this pass downloads from: a 20-digit id the policy allows). Any other DeviceID
+        (a channel the policy excludes, any text) is not downloaded: counted, and one ledger error per
+        channel (limited) shows what was listed, escaped."""
         listed: dict[str, RecordingRef] = {}
         incomplete: list[tuple[datetime, datetime, int]] = []
+        allowed = {channel_id, *channels}
+        foreign: list[str] = []
 
         async def ask(start: datetime, end: datetime, depth: int) -> None:
             self._ensure_online(device_id)
             answer = await self.platform.query_record_info(device_id, channel_id, start, end)
             for item in items_of(answer, RecordItem):
+                if item.device_id not in allowed or not CHANNEL_ID.fullmatch(item.device_id):
+                    foreign.append(item.device_id)
+                    continue
                 ref = RecordingRef.from_record_item(device_id, item)
                 listed.setdefault(ref.identity(), ref)  # a recording across a middle: once
             if answer.complete:
@@ -417,6 +545,7 @@ class GbDownloadScheduler:
                 incomplete.append((start, end, answer.items_left_out))
 
         await ask(start, end, 0)
+        repository = pipeline.repository
         if incomplete:
             shown = [f"{a.isoformat()} to {b.isoformat()}" for a, b, _ in incomplete[:MAX_RANGES_ON_LEDGER]]
             data = {
@@ -427,9 +556,16 @@ class GbDownloadScheduler:
                 "items_left_out": sum(n for _, _, n in incomplete),
             }
             log.warning("gb28181 device %s channel %s: %s", device_id, channel_id, data["reason"])
-            repository = pipeline.repository
             await pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
-        return list(listed.values()), not incomplete
+        if foreign:
+            named = list(dict.fromkeys(display_text(f, 40) for f in foreign))
+            reason = (f"the device listed {len(foreign)} recording(s) under channel {channel_id} whose "
+                      "DeviceID is neither that channel nor another channel downloaded from: not downloaded")
+            log.warning("gb28181 device %s: %s (%s)", device_id, reason, ", ".join(named[:MAX_FOREIGN_NAMED]))
+            await self._problem(pipeline, "wrong-channel", f"{device_id}|{channel_id}", {
+                "stage": "record-info", "device_id": device_id, "channel_id": channel_id, "reason": reason,
+                "device_ids_listed": named[:MAX_FOREIGN_NAMED], "recordings": len(foreign)})
+        return ChannelListing(list(listed.values()), not incomplete, len(foreign))
 
     def _ensure_online(self, device_id: str) -> None:
         device = self.platform.registry.get(device_id)
