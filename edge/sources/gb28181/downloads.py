@@ -16,7 +16,8 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    BYE, the device closing, idle, limit or error) for the transfer;
 3. a transfer that brought no byte is an `error` entry naming the recording (stage `download`), the empty
    file is removed, the next recording is tried; a session that could not be made (the platform raised)
-   likewise; a device gone offline (`DeviceGone` from `start_download`) ends the call instead;
+   likewise; a device gone offline or the download window closed (`PassEnded` from `start_download`)
+   ends the call instead (`DownloadReport.stopped`);
 4. anything received, however the session ended, goes to `ingest_download`: the raw PS and its MP4 are
    sealed, its gaps and how it ended are in the manifest (a partial transfer is still evidence of what
    was received, whether the recording or the device's leaving cut it short).
@@ -90,9 +91,18 @@ class Transfer:
     facts: Mapping[str, Any] = field(default_factory=dict)
 
 
-class DeviceGone(Exception):
-    """Raised by `start_download` when the device is no longer there (offline): the rest of the listing
-    waits for its next registration instead of becoming one `error` entry per recording."""
+class PassEnded(Exception):
+    """Raised by `start_download` when no more recordings are to be downloaded now, through no fault of
+    theirs: the call ends, nothing is recorded as failed, the rest waits for the next pass."""
+
+
+class DeviceGone(PassEnded):
+    """The device is no longer there (offline): the rest of the listing waits for its next registration
+    instead of becoming one `error` entry per recording."""
+
+
+class WindowClosed(PassEnded):
+    """The schedule's download window closed: the rest waits for the window to open again."""
 
 
 StartDownload = Callable[[RecordingRef, Path], Awaitable[Transfer]]
@@ -107,6 +117,7 @@ class DownloadReport:
     failed: list[tuple[RecordingRef, str]] = field(default_factory=list)
     # incomplete MAX_INCOMPLETE_ATTEMPTS times, or interrupted MAX_INTERRUPTED_ATTEMPTS times
     given_up: list[RecordingRef] = field(default_factory=list)
+    stopped: PassEnded | None = None  # the device left or the window closed: the rest was not tried
 
 
 class GbDownloads:
@@ -146,7 +157,11 @@ class GbDownloads:
                 await self._given_up(ref, earlier, why)
                 continue
             attempt = max((d.attempt for d in earlier), default=0) + 1
-            failure = await self._one(ref, report, attempt=attempt)
+            try:
+                failure = await self._one(ref, report, attempt=attempt)
+            except PassEnded as exc:
+                report.stopped = exc  # what was done so far stays counted
+                break
             if failure is not None:
                 report.failed.append((ref, failure))
         return report
@@ -173,7 +188,7 @@ class GbDownloads:
         shown = shown_recording(ref)
         try:
             transfer = await self.start_download(ref, raw)
-        except DeviceGone:
+        except PassEnded:
             raw.unlink(missing_ok=True)
             raise
         except Exception as exc:  # the platform's refusal, in whatever form: recorded, next recording

@@ -61,7 +61,7 @@ from edge.gb28181.queries import QueryError
 from edge.gb28181.registry import wall_text
 from edge.gb28181.sessions import EndReason, SessionError, SessionResult
 from edge.ingest.pipeline import IngestPipeline
-from edge.sources.gb28181.downloads import DeviceGone, GbDownloads, Transfer
+from edge.sources.gb28181.downloads import DeviceGone, GbDownloads, PassEnded, Transfer, WindowClosed
 from edge.sources.gb28181.problems import PassProblems
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
@@ -363,9 +363,10 @@ class GbDownloadScheduler:
         while True:
             try:
                 await self._pass(device_id, progress)
-            except DeviceGone as exc:
+            except PassEnded as exc:
                 progress.last_problem = printable(str(exc)[:200])
-                log.info("gb28181 device %s: downloads wait for its next registration: %s", device_id,
+                log.info("gb28181 device %s: downloads wait for %s: %s", device_id,
+                         "the window to open" if isinstance(exc, WindowClosed) else "its next registration",
                          progress.last_problem)
             except Exception as exc:  # a pass's bug must not end the scheduler; the next online retries
                 progress.last_problem = printable(str(exc)[:200])
@@ -410,6 +411,7 @@ class GbDownloadScheduler:
         if pipeline is None:
             raise RuntimeError("the ingest pipeline is not running")
         self._ensure_online(device_id)
+        self._ensure_window()
         progress.state, progress.last_problem = "listing", None
         start, end = self.policy.query_range(self._now())
         self.spool.mkdir(mode=0o700, exist_ok=True)
@@ -444,6 +446,8 @@ class GbDownloadScheduler:
             progress.failed += len(report.failed)
             progress.given_up += len(report.given_up)
             progress.done += sum(1 for done in report.ingested if done.raw_item is not None)
+            if report.stopped is not None:
+                raise report.stopped
 
     async def _finished(self, pipeline: IngestPipeline, device_id: str, refs: list[RecordingRef],
                         progress: DeviceProgress) -> list[RecordingRef]:
@@ -567,6 +571,12 @@ class GbDownloadScheduler:
                 "device_ids_listed": named[:MAX_FOREIGN_NAMED], "recordings": len(foreign)})
         return ChannelListing(list(listed.values()), not incomplete, len(foreign))
 
+    def _ensure_window(self) -> None:
+        """A download starts only while downloads may run (`schedule`: inside the window): a pass that
+        outlasts its window leaves the rest for the next one."""
+        if not self.policy.may_download_now(self._now()):
+            raise WindowClosed("the download window has closed")
+
     def _ensure_online(self, device_id: str) -> None:
         device = self.platform.registry.get(device_id)
         if device is None or not device.online:
@@ -592,6 +602,7 @@ class GbDownloadScheduler:
     def _start_download(self, device_id: str, progress: DeviceProgress) -> Callable[..., Any]:
         async def start_download(ref: RecordingRef, raw_path: Path) -> Transfer:
             self._ensure_online(device_id)  # offline: the pass ends, nothing is recorded as failed
+            self._ensure_window()
             shown = f"{display_text(ref.channel_id, 64)} {display_text(ref.start_time, 64)}"
             progress.current, progress.state = shown, "waiting"
             async with self._slots:
