@@ -82,13 +82,13 @@ def store(tmp_path: Path) -> Iterator[StationStore]:
 
 
 def _scheduler(platform: Platform, store: StationStore, tmp_path: Path, clocks: Clocks,
-               configured: tuple[str, ...] = ()) -> GbDownloadScheduler:
+               configured: tuple[str, ...] = (), every_channel: bool = False) -> GbDownloadScheduler:
     pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
     devices = {DEVICE: SimpleNamespace(channels=configured)} if configured else {}
     policy = SimpleNamespace(
         wants_device=lambda _d: True, may_download_now=lambda _n: True,
         query_range=lambda now: (now - timedelta(days=7), now),
-        channels_for=lambda _d, catalog: [c for c in catalog if c in (CHANNEL, OTHER)],
+        channels_for=lambda _d, catalog: [c for c in catalog if every_channel or c in (CHANNEL, OTHER)],
         devices=devices, transport_for=lambda _d: "udp", speed=1, utc_offset_minutes=480)
     return GbDownloadScheduler(platform, policy, lambda: pipeline,  # type: ignore[arg-type]
                                spool=tmp_path / "spool", station_id="TEST-STATION", case={},
@@ -238,3 +238,15 @@ async def test_an_absurd_end_is_on_the_ledger_once_per_recording(store: StationS
     entries = [e for e in _errors(store, "record-info") if "after its clock's now" in e["reason"]]
     assert len(entries) == 2 and progress.future == 6 and platform.downloads == []
     assert {e["recording"]["end_time"] for e in entries} == {"2099-01-01T00:00:00", "2098-01-01T00:00:00"}
+
+
+async def test_a_catalog_channel_whose_id_is_not_20_digits_is_not_asked(store: StationStore,
+                                                                         tmp_path: Path) -> None:
+    hostile = "3402000000131000000\n1"
+    platform = Platform([], channels=(hostile, CHANNEL))
+    scheduler = _scheduler(platform, store, tmp_path, Clocks(), every_channel=True)  # no channels configured
+    await scheduler._pass(DEVICE, DeviceProgress())
+    await scheduler._pass(DEVICE, DeviceProgress())
+    assert platform.asked == [CHANNEL, CHANNEL]  # the control: the well-formed channel is asked
+    [entry] = _errors(store, "catalog")
+    assert entry["channel_ids_listed"] == ["3402000000131000000\\u000a1"]

@@ -7,8 +7,9 @@ For a device the policy wants, while downloads may run (`on-registration`: alway
 the window), one pass (`_pass`) does, one device at a time per device and at most `concurrency` downloads
 over the whole station:
 
-1. the device's channels from its Catalog (those the policy names, among them); a Catalog that fails
-   falls back to the channels configured for the device, and with none configured is a ledger error;
+1. the device's channels from its Catalog (those the policy names, among them; an id that is not 20
+   digits is not asked, a ledger error); a Catalog that fails falls back to the channels configured for
+   the device, and with none configured is a ledger error;
 2. per channel, RecordInfo over the policy's range (`lookback_days` back from now); one that fails is a
    ledger error. An item whose DeviceID is neither the channel asked about nor another channel this pass
    downloads from is not downloaded (counted, a ledger error showing its DeviceID escaped). A recording
@@ -404,7 +405,17 @@ class GbDownloadScheduler:
         else:
             await self._recovered(pipeline, "catalog", device_id, {
                 **where, "reason": "the device's Catalog answers again: its channels are listed"})
-        return self.policy.channels_for(device_id, catalog)[:MAX_CHANNELS]
+        channels = self.policy.channels_for(device_id, catalog)
+        malformed = [c for c in channels if not CHANNEL_ID.fullmatch(c)]
+        if malformed:
+            # A channel id is device text that goes into queries, the ledger and logs: 20 digits only.
+            named = list(dict.fromkeys(display_text(c, 40) for c in malformed))
+            reason = (f"the device's Catalog names {len(malformed)} channel(s) whose id is not 20 digits: "
+                      "not asked for recordings")
+            log.warning("gb28181 device %s: %s (%s)", device_id, reason, ", ".join(named[:MAX_FOREIGN_NAMED]))
+            await self._problem(pipeline, "catalog-ids", device_id, {
+                **where, "reason": reason, "channel_ids_listed": named[:MAX_FOREIGN_NAMED]})
+        return [c for c in channels if CHANNEL_ID.fullmatch(c)][:MAX_CHANNELS]
 
     async def _pass(self, device_id: str, progress: DeviceProgress) -> None:
         pipeline = self._pipeline()
