@@ -142,7 +142,8 @@ class GbDownloads:
 
     async def download(self, recordings: Sequence[RecordingRef]) -> DownloadReport:
         report = DownloadReport()
-        sealed = sealed_downloads_of_device(self.pipeline.store, self.source.device_id)
+        sealed = sealed_downloads_of_device(self.pipeline.store, self.source.device_id,
+                                            {ref.identity() for ref in recordings})
         for ref in recordings:
             if ref.device_id != self.source.device_id:
                 raise ValueError(f"recording of device {ref.device_id} given to the downloads of "

@@ -39,7 +39,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,14 +148,16 @@ INTERRUPTED_STATION_STOPPED = "station-stopped"  # the station stopped the sessi
 _RAW_VERSION = re.compile(r"raw-ps(?:#(\d+))?")
 
 
-def sealed_downloads_of_device(store: StationStore, device_id: str) -> dict[str, list[SealedDownload]]:
-    """Every sealed raw PS of the device's recordings, by recording identity (`RecordingRef.identity`),
-    in attempt order: one query for a whole listing, not one per recording."""
+def sealed_downloads_of_device(store: StationStore, device_id: str,
+                               identities: Collection[str] | None = None) -> dict[str, list[SealedDownload]]:
+    """The sealed raw PS of the device's recordings (those of `identities` only, when given), by recording
+    identity (`RecordingRef.identity`), in attempt order: one query for a whole listing, not one per
+    recording."""
     repository = IngestRepository(store)
     found: dict[str, list[SealedDownload]] = {}
     for acquisition in repository.acquisitions_in_state(SOURCE_KIND, device_id, AcquisitionState.SEALED):
         version = _RAW_VERSION.fullmatch(acquisition.key.version)
-        if version is None:
+        if version is None or (identities is not None and acquisition.key.original not in identities):
             continue
         record = repository.item(acquisition.item)
         original = (record.manifest or {}).get("original", {}) if record is not None else {}
@@ -173,7 +175,7 @@ def sealed_downloads_of_device(store: StationStore, device_id: str) -> dict[str,
 
 def sealed_downloads(store: StationStore, ref: RecordingRef) -> list[SealedDownload]:
     """The sealed downloads of one recording, in attempt order."""
-    return sealed_downloads_of_device(store, ref.device_id).get(ref.identity(), [])
+    return sealed_downloads_of_device(store, ref.device_id, {ref.identity()}).get(ref.identity(), [])
 
 
 def sealed_attempts(store: StationStore, ref: RecordingRef) -> list[bool]:
