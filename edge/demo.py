@@ -355,7 +355,9 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
     real sockets) with `options.files` recordings each register to the station's GB/T 28181 platform; the
     station lists and downloads every recording (raw PS + MP4, sealed), uploads them to the central, and
     both stores are verified. The summary has the USB demo's keys (`wiped` and `left_on_recorders` count
-    recordings: GB/T 28181 devices are never erased, and what was not downloaded is left)."""
+    recordings: GB/T 28181 devices are never erased, and what was not downloaded whole is left) and says
+    how many recordings and items came complete and incomplete (`gb_summary`); a recording that came
+    incomplete is sealed as it came but is an error: exit 1."""
     for sub in ("sim", "media"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     password_file = workdir / "recorder-password"
