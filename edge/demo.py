@@ -60,7 +60,7 @@ from edge.verify.station import VerifyReport, verify_store
 from simulators.dock import DockSimulator
 from simulators.gb28181.device import SimulatedDevice
 from simulators.gb28181.media import generate_recordings
-from simulators.gb28181.settings import DeviceSettings, SipTransportKind
+from simulators.gb28181.settings import DeviceSettings, SipTransportKind, parse_faults
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
 
 OFFICERS = ["张伟", "王芳", "李娜", "刘洋", "陈静", "杨磊", "赵敏", "黄勇", "周婷", "吴强"]
@@ -87,6 +87,7 @@ class DemoOptions:
     transport: str = "http"  # how the station reaches the central: "http" (tus, HTTPS) or "mqtt" (a broker)
     broker_url: str | None = None  # with transport "mqtt": this broker instead of a local Mosquitto
     source: str = "usb"  # "usb": recorders docked in bays; "gb28181": 4G recorders over GB/T 28181
+    gb_faults: tuple[str, ...] = ()  # gb28181: faults of every simulated device (simulators --fault NAME)
 
 
 def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]:
@@ -322,18 +323,31 @@ def _gb_section(workdir: Path, password_file: Path, devices: list[str]) -> dict[
 
 
 def gb_summary(store_dir: Path) -> dict[str, int]:
-    """Sealed GB/T 28181 items (raw PS and MP4), their bytes, and the recordings whose raw PS was sealed."""
+    """Sealed GB/T 28181 items (raw PS and MP4) and their bytes, split by whether the download they came
+    from was complete (its raw PS manifest's `complete`; an MP4 goes with the raw PS it was made from, the
+    same attempt), and the recordings with a complete download and those with incomplete ones only."""
     conn = open_db(store_dir / "state.db")
     try:
-        items, size = conn.execute(
-            "SELECT count(*), coalesce(sum(i.size), 0) FROM acquisitions a JOIN items i USING (item) "
-            "WHERE a.source='gb28181' AND a.state='sealed'").fetchone()
-        recordings = conn.execute(
-            "SELECT count(*) FROM acquisitions WHERE source='gb28181' AND state='sealed' AND version='raw-ps'"
-        ).fetchone()[0]
+        rows = conn.execute(
+            "SELECT a.original, a.version, i.size, i.manifest FROM acquisitions a JOIN items i USING (item) "
+            "WHERE a.source='gb28181' AND a.state='sealed'").fetchall()
     finally:
         conn.close()
-    return {"items": int(items), "bytes": int(size), "recordings": int(recordings)}
+    complete_attempts: dict[tuple[str, str], bool] = {}
+    for original, version, _, manifest in rows:
+        role, _, attempt = str(version).partition("#")
+        if role == "raw-ps":
+            facts = (json.loads(manifest) if manifest else {}).get("original", {})
+            complete_attempts[(original, attempt)] = facts.get("complete") is not False
+    items = {True: 0, False: 0}
+    for original, version, _, _ in rows:
+        attempt = str(version).partition("#")[2]
+        items[complete_attempts.get((original, attempt), False)] += 1
+    recordings = {original for original, _ in complete_attempts}
+    whole = {original for (original, _), complete in complete_attempts.items() if complete}
+    return {"items": len(rows), "bytes": sum(int(size) for _, _, size, _ in rows),
+            "complete_items": items[True], "incomplete_items": items[False],
+            "recordings": len(whole), "recordings_incomplete": len(recordings - whole)}
 
 
 async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> int:
@@ -341,7 +355,9 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
     real sockets) with `options.files` recordings each register to the station's GB/T 28181 platform; the
     station lists and downloads every recording (raw PS + MP4, sealed), uploads them to the central, and
     both stores are verified. The summary has the USB demo's keys (`wiped` and `left_on_recorders` count
-    recordings: GB/T 28181 devices are never erased, and what was not downloaded is left)."""
+    recordings: GB/T 28181 devices are never erased, and what was not downloaded whole is left) and says
+    how many recordings and items came complete and incomplete (`gb_summary`); a recording that came
+    incomplete is sealed as it came but is an error: exit 1."""
     for sub in ("sim", "media"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     password_file = workdir / "recorder-password"
@@ -397,7 +413,8 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
                 platform_host="127.0.0.1", platform_port=platform.transport.port, platform_id=GB_PLATFORM_ID,
                 device_id=device, password=DEMO_PASSWORD, media_dir=media_dirs[device],
                 keepalive_interval_s=30.0, device_name=f"4G recorder {index + 1}",
-                transport=SipTransportKind.TCP if index % 2 else SipTransportKind.UDP)
+                transport=SipTransportKind.TCP if index % 2 else SipTransportKind.UDP,
+                faults=parse_faults(list(options.gb_faults)))
             simulated.append(SimulatedDevice(settings))
             device_tasks.append(asyncio.ensure_future(simulated[-1].run()))
             print(f"4G recorder {device} registers (SIP over {settings.transport.value}, media over "
@@ -442,8 +459,12 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
     if not drained:
         errors.append("the uplink did not drain the spool in time")
     counts = gb_summary(config.station.store_dir)
+    if counts["recordings_incomplete"]:
+        # What came is sealed (evidence of what came), but the recording is not whole: not a success.
+        errors.append(f"{counts['recordings_incomplete']} recording(s) came incomplete "
+                      f"({counts['incomplete_items']} item(s) sealed as incomplete; see the ledger)")
     if counts["recordings"] < recordings_total:
-        errors.append(f"only {counts['recordings']} of {recordings_total} recordings were downloaded")
+        errors.append(f"only {counts['recordings']} of {recordings_total} recordings were downloaded whole")
     uplink_counts = uplink_summary(config.station.store_dir)
     central_report = await _verify_central(loop, central)
     errors += [f"central {p.where}: {p.what}" for p in central_report or ()]
@@ -469,6 +490,11 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
         "broker_url": station_mqtt["broker_url"] if station_mqtt is not None else None,
         "source": "gb28181",
         "recordings": recordings_total,
+        # Recordings downloaded whole, and those with incomplete downloads only (sealed as they came).
+        "recordings_complete": counts["recordings"],
+        "recordings_incomplete": counts["recordings_incomplete"],
+        "complete_items": counts["complete_items"],
+        "incomplete_items": counts["incomplete_items"],
         "downloads": progress,
     }
     print("", file=out)
@@ -479,6 +505,9 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
         print(f"{device:<20}  {GB_TRANSPORTS[index % len(GB_TRANSPORTS)]:<11} {view.get('listed', 0):>6} "
               f"{view.get('done', 0):>4} {view.get('skipped', 0):>6} {view.get('failed', 0):>6} "
               f"{view.get('incomplete', 0):>10}", file=out)
+    print(f"recordings downloaded whole {counts['recordings']} of {recordings_total}, incomplete "
+          f"{counts['recordings_incomplete']} (items: {counts['complete_items']} complete, "
+          f"{counts['incomplete_items']} incomplete)", file=out)
     print(f"store verification: {'OK' if report.ok else 'FAILED'}", file=out, flush=True)
     if central is not None:
         print(f"uploaded {uplink_counts['uploaded']}, receipts verified {uplink_counts['receipts']}, "

@@ -247,6 +247,11 @@ class _Processes:
                 await process.wait()
             if process.returncode not in (0, -15, -9):  # a failed reader sent fewer frames than the file has
                 log.warning("media reader %s exited with %s", process.pid, process.returncode)
+            if process.stdout is not None:
+                # A stream that stopped mid-file (die-mid-stream, a BYE) left the reader's pipe unread: read
+                # it to its end (the reader has exited: at most a pipe buffer) so the pipe is closed.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(process.stdout.read(), 5)
 
 
 async def _video_frames(path: Path | None, facts: MediaFacts | None,

@@ -78,7 +78,8 @@ async def test_an_answer_cut_short_is_asked_again_over_halves_until_every_record
 ) -> None:
     device = Device(per_answer=1000)
     scheduler, pipeline = _scheduler(device, store, tmp_path)
-    refs, whole = await scheduler._list_recordings(pipeline, DEVICE, CHANNEL, START, END)
+    listing = await scheduler._list_recordings(pipeline, DEVICE, CHANNEL, START, END)
+    refs, whole = listing.recordings, listing.complete
     assert whole
     assert sorted(ref.file_path for ref in refs) == sorted(r.file_path for r in RECORDINGS)
     assert len(refs) == len(RECORDINGS)  # a recording across a middle is listed once
@@ -87,7 +88,8 @@ async def test_an_answer_cut_short_is_asked_again_over_halves_until_every_record
     # Control: a device that answers whole is asked once.
     once = Device(per_answer=10_000)
     scheduler, pipeline = _scheduler(once, store, tmp_path)
-    refs, whole = await scheduler._list_recordings(pipeline, DEVICE, CHANNEL, START, END)
+    listing = await scheduler._list_recordings(pipeline, DEVICE, CHANNEL, START, END)
+    refs, whole = listing.recordings, listing.complete
     assert whole and len(refs) == len(RECORDINGS) and len(once.questions) == 1
 
 
@@ -96,7 +98,8 @@ async def test_a_list_still_incomplete_at_the_smallest_range_is_a_ledger_error(
 ) -> None:
     device = Device(per_answer=0)  # never lists anything whole
     scheduler, pipeline = _scheduler(device, store, tmp_path)
-    refs, whole = await scheduler._list_recordings(pipeline, DEVICE, CHANNEL, START, END)
+    listing = await scheduler._list_recordings(pipeline, DEVICE, CHANNEL, START, END)
+    refs, whole = listing.recordings, listing.complete
     assert not whole and refs == []
     errors = [e for e in store.ledger.entries() if e.type == "error"]
     assert len(errors) == 1  # one entry for the channel, however many ranges stayed incomplete

@@ -66,6 +66,9 @@ def test_every_recording_is_downloaded_sealed_and_receipted(journey: Journey) ->
     assert summary["left_on_recorders"] == 0 and summary["wiped"] == 0
     assert summary["store_verified"] is True and summary["central_verified"] is True
     assert summary["errors"] == []
+    assert summary["recordings_complete"] == 4 and summary["recordings_incomplete"] == 0
+    assert summary["complete_items"] == 8 and summary["incomplete_items"] == 0
+    assert "recordings downloaded whole 4 of 4, incomplete 0" in text
     assert summary["transport"] == "http"
     assert "media over tcp-passive" in text and "media over udp" in text
 
@@ -85,6 +88,22 @@ def test_the_items_name_their_device_channel_and_time(journey: Journey) -> None:
     assert roles == ["mp4"] * 4 + ["raw-ps"] * 4
 
 
+def test_a_demo_whose_downloads_come_incomplete_fails_and_says_so(tmp_path: Path) -> None:
+    """Finding 11 of review 16: the recorder's stream dies halfway through each download; what came is
+    sealed (and verified), but the demo is no success: exit 1, the incomplete items counted, an error."""
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    code, summary, text = run(DemoOptions(recorders=1, files=1, file_mb=0.25, workdir=tmp_path / "demo",
+                                          json_output=True, source="gb28181", central=False,
+                                          gb_faults=("die-mid-stream",)))
+    assert code == 1, text[-3000:]
+    assert summary["recordings_complete"] == 0 and summary["recordings_incomplete"] == 1
+    assert summary["incomplete_items"] >= 1 and summary["complete_items"] == 0
+    assert summary["items"] == summary["incomplete_items"] and summary["store_verified"] is True
+    assert summary["left_on_recorders"] == 1
+    assert any("came incomplete" in e for e in summary["errors"]), summary["errors"]
+    assert summary["downloads"]["33010000001320000001"]["incomplete"] == 1, summary["downloads"]
+
+
 def test_the_demo_over_mqtt_sends_the_downloads_through_the_broker(tmp_path: Path) -> None:
     require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
     require_mosquitto()
@@ -93,6 +112,7 @@ def test_the_demo_over_mqtt_sends_the_downloads_through_the_broker(tmp_path: Pat
     assert code == 0, text[-3000:]
     assert summary["transport"] == "mqtt" and summary["broker_url"].startswith("mqtts://127.0.0.1:")
     assert summary["receipts"] == summary["items"] == 4 and summary["errors"] == []
+    assert summary["complete_items"] == 4 and summary["incomplete_items"] == 0
 
 
 def test_the_cli_takes_the_source(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,15 @@
 evidentiary original) and the MP4 made from it (:mod:`edge.sources.gb28181.recordings`); each recording
 downloaded once (:mod:`edge.sources.gb28181.downloads`)."""
 
-from edge.sources.gb28181.downloads import DeviceGone, DownloadReport, GbDownloads, StartDownload, Transfer
+from edge.sources.gb28181.downloads import (
+    DeviceGone,
+    DownloadReport,
+    GbDownloads,
+    PassEnded,
+    StartDownload,
+    Transfer,
+    WindowClosed,
+)
 from edge.sources.gb28181.recordings import (
     SOURCE_KIND,
     DownloadedRecording,
@@ -22,9 +30,11 @@ __all__ = [
     "DownloadedRecording",
     "GbDownloads",
     "GbRecordings",
+    "PassEnded",
     "RecordingRef",
     "StartDownload",
     "Transfer",
+    "WindowClosed",
     "already_sealed",
     "ingest_download",
     "mp4_key",

@@ -2,20 +2,25 @@
 
 `GbDownloads.download(recordings)` takes the recordings the platform listed (RecordInfo items, as
 `RecordingRef`s, for example from `RecordingRef.from_record_item`) and, one after the other (devices
-serve few history sessions at a time: wvp #980), for each one not already sealed in the store
-(`sealed_attempts`: its key comes from the recording alone, so this holds across restarts; a download
-sealed incomplete does not count, and the recording is downloaded again, up to `MAX_INCOMPLETE_ATTEMPTS`
-times, each a new pair of items):
+serve few history sessions at a time: wvp #980), for each one not already sealed complete in the store
+(`sealed_downloads_of_device`: the keys come from the recording alone, so this holds across restarts):
 
-1. picks a new raw PS file name in the spool (never from the device's text) and asks `start_download`
+1. a recording whose earlier downloads were all sealed incomplete is downloaded again, as attempt 2, 3 ...
+   (each a new pair of items), until `MAX_INCOMPLETE_ATTEMPTS` came incomplete; downloads cut short by
+   the device going offline or the station stopping (their manifests say `interrupted`) are not the
+   recording's fault and do not count there, but `MAX_INTERRUPTED_ATTEMPTS` of them end it too. Then the
+   recording is given up (`given_up_because`): one `error` entry of stage `given-up` on its last raw PS
+   names the device, channel and recording and why, written once (later listings find it);
+2. picks a new raw PS file name in the spool (never from the device's text) and asks `start_download`
    (the platform's session: INVITE s=Download, the media receiver on that file, until MediaStatus 121,
    BYE, the device closing, idle, limit or error) for the transfer;
-2. a transfer that brought no byte is an `error` entry naming the recording (stage `download`), the empty
+3. a transfer that brought no byte is an `error` entry naming the recording (stage `download`), the empty
    file is removed, the next recording is tried; a session that could not be made (the platform raised)
-   likewise; a device gone offline (`DeviceGone` from `start_download`) ends the call instead;
-3. anything received, however the session ended, goes to `ingest_download`: the raw PS and its MP4 are
+   likewise; a device gone offline or the download window closed (`PassEnded` from `start_download`)
+   ends the call instead (`DownloadReport.stopped`);
+4. anything received, however the session ended, goes to `ingest_download`: the raw PS and its MP4 are
    sealed, its gaps and how it ended are in the manifest (a partial transfer is still evidence of what
-   was received; the next listing offers the recording again only if its raw PS was not sealed).
+   was received, whether the recording or the device's leaving cut it short).
 
 `start_download` is the seam to the platform (edge.gb28181.platform `start_session` with a Download
 `MediaRequest` and the session's `wait()`): the composition root adapts it, so this module depends on
@@ -39,15 +44,42 @@ from edge.sources.gb28181.recordings import (
     DownloadIngest,
     GbRecordings,
     RecordingRef,
+    SealedDownload,
     display_text,
     ingest_download,
-    sealed_attempts,
+    sealed_downloads_of_device,
 )
 
 log = logging.getLogger(__name__)
 
 # A recording whose downloads came incomplete this many times is not asked for again.
 MAX_INCOMPLETE_ATTEMPTS = 3
+# Downloads cut short by the device going offline (or the station stopping) are not the recording's
+# fault and do not count above; a device that drops in every transfer still stops being asked after this
+# many, so the station does not loop over one recording forever.
+MAX_INTERRUPTED_ATTEMPTS = 10
+GIVEN_UP_STAGE = "given-up"
+MAX_ITEMS_NAMED = 16
+
+
+def given_up_because(earlier: Sequence[SealedDownload]) -> str | None:
+    """Why a recording with these sealed downloads, none complete, is not downloaded again (None: it is)."""
+    interrupted = [d for d in earlier if d.interrupted]
+    incomplete = [d for d in earlier if not d.complete and not d.interrupted]
+    if len(incomplete) >= MAX_INCOMPLETE_ATTEMPTS:
+        last = incomplete[-1].incomplete or "no reason sealed"
+        return (f"incomplete at each of its {len(incomplete)} downloads (the last: {last}); what came is "
+                "sealed, the recording is not downloaded again")
+    if len(interrupted) >= MAX_INTERRUPTED_ATTEMPTS:
+        return (f"{len(interrupted)} downloads were cut short by the device going offline or the station "
+                "stopping; what came is sealed, the recording is not downloaded again")
+    return None
+
+
+def shown_recording(ref: RecordingRef) -> str:
+    """The recording as logs and ledger entries name it (device text escaped)."""
+    return (f"{display_text(ref.device_id, 64)}/{display_text(ref.channel_id, 64)} "
+            f"{display_text(ref.start_time, 64)}")
 
 
 @dataclass(frozen=True)
@@ -59,9 +91,18 @@ class Transfer:
     facts: Mapping[str, Any] = field(default_factory=dict)
 
 
-class DeviceGone(Exception):
-    """Raised by `start_download` when the device is no longer there (offline): the rest of the listing
-    waits for its next registration instead of becoming one `error` entry per recording."""
+class PassEnded(Exception):
+    """Raised by `start_download` when no more recordings are to be downloaded now, through no fault of
+    theirs: the call ends, nothing is recorded as failed, the rest waits for the next pass."""
+
+
+class DeviceGone(PassEnded):
+    """The device is no longer there (offline): the rest of the listing waits for its next registration
+    instead of becoming one `error` entry per recording."""
+
+
+class WindowClosed(PassEnded):
+    """The schedule's download window closed: the rest waits for the window to open again."""
 
 
 StartDownload = Callable[[RecordingRef, Path], Awaitable[Transfer]]
@@ -74,7 +115,9 @@ class DownloadReport:
     skipped: list[RecordingRef] = field(default_factory=list)
     ingested: list[DownloadIngest] = field(default_factory=list)
     failed: list[tuple[RecordingRef, str]] = field(default_factory=list)
-    given_up: list[RecordingRef] = field(default_factory=list)  # incomplete MAX_INCOMPLETE_ATTEMPTS times
+    # incomplete MAX_INCOMPLETE_ATTEMPTS times, or interrupted MAX_INTERRUPTED_ATTEMPTS times
+    given_up: list[RecordingRef] = field(default_factory=list)
+    stopped: PassEnded | None = None  # the device left or the window closed: the rest was not tried
 
 
 class GbDownloads:
@@ -99,28 +142,54 @@ class GbDownloads:
 
     async def download(self, recordings: Sequence[RecordingRef]) -> DownloadReport:
         report = DownloadReport()
+        sealed = sealed_downloads_of_device(self.pipeline.store, self.source.device_id,
+                                            {ref.identity() for ref in recordings})
         for ref in recordings:
             if ref.device_id != self.source.device_id:
                 raise ValueError(f"recording of device {ref.device_id} given to the downloads of "
                                  f"{self.source.device_id}")
-            attempts = sealed_attempts(self.pipeline.store, ref)
-            if any(attempts):
+            earlier = sealed.get(ref.identity(), [])
+            if any(d.complete for d in earlier):
                 report.skipped.append(ref)
                 continue
-            if len(attempts) >= MAX_INCOMPLETE_ATTEMPTS:
-                report.given_up.append(ref)  # incomplete each time: what came is sealed, no more tries
+            why = given_up_because(earlier)
+            if why is not None:
+                report.given_up.append(ref)  # what came is sealed, no more tries
+                await self._given_up(ref, earlier, why)
                 continue
-            failure = await self._one(ref, report, attempt=len(attempts) + 1)
+            attempt = max((d.attempt for d in earlier), default=0) + 1
+            try:
+                failure = await self._one(ref, report, attempt=attempt)
+            except PassEnded as exc:
+                report.stopped = exc  # what was done so far stays counted
+                break
             if failure is not None:
                 report.failed.append((ref, failure))
         return report
 
+    async def _given_up(self, ref: RecordingRef, earlier: list[SealedDownload], why: str) -> None:
+        """The decision not to download `ref` again, on the ledger once: an `error` entry of stage
+        `given-up` on its last sealed raw PS, naming the device, channel and recording (escaped) and why.
+        Later listings find that entry and write none (the recording is listed again at every pass)."""
+        last = earlier[-1].item
+        if any(e.type == EntryType.ERROR and e.data.get("stage") == GIVEN_UP_STAGE
+               for e in self.pipeline.store.ledger.entries(item=last)):
+            return
+        shown = shown_recording(ref)
+        data = {"source": "gb28181", "stage": GIVEN_UP_STAGE, "device_id": display_text(ref.device_id, 64),
+                "channel_id": display_text(ref.channel_id, 64), "original": shown,
+                "recording": ref.described(), "attempts": len(earlier),
+                "raw_items": [d.item for d in earlier][-MAX_ITEMS_NAMED:], "reason": why}
+        log.error("gb28181 %s: %s given up: %s", display_text(ref.device_id, 64), shown, why)
+        repository = self.pipeline.repository
+        await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, last, data))
+
     async def _one(self, ref: RecordingRef, report: DownloadReport, *, attempt: int) -> str | None:
         raw = self.source.spool / f"download-{uuid.uuid4().hex}.ps"
-        shown = f"{ref.device_id}/{ref.channel_id} {display_text(ref.start_time, 64)}"
+        shown = shown_recording(ref)
         try:
             transfer = await self.start_download(ref, raw)
-        except DeviceGone:
+        except PassEnded:
             raw.unlink(missing_ok=True)
             raise
         except Exception as exc:  # the platform's refusal, in whatever form: recorded, next recording
@@ -141,8 +210,9 @@ class GbDownloads:
 
     async def _failed(self, ref: RecordingRef, raw: Path, shown: str, reason: str) -> str:
         raw.unlink(missing_ok=True)
-        log.error("gb28181 %s: download of %s: %s", ref.device_id, shown, reason)
-        data = {"device_id": ref.device_id, "channel_id": ref.channel_id, "original": shown,
+        log.error("gb28181 %s: download of %s: %s", display_text(ref.device_id, 64), shown, reason)
+        data = {"device_id": display_text(ref.device_id, 64), "channel_id": display_text(ref.channel_id, 64),
+                "original": shown,
                 "stage": "download", "reason": reason}
         repository = self.pipeline.repository
         await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))

@@ -19,6 +19,10 @@ never from the download, so they are the same after a restart: the platform asks
 before downloading a recording again, and the pipeline never seals one recording twice. A download that
 was sealed incomplete (its manifest says `"complete": false`) does not count: the recording is downloaded
 again, as attempt 2, 3 ... (`raw-ps#2`, `mp4#2`), each a new pair of items beside the earlier ones.
+`sealed_downloads_of_device` reads them back per recording: attempt, complete, and `interrupted` (the
+device went offline or the station stopped during the transfer: no fault of the recording, counted apart
+by edge.sources.gb28181.downloads). A raw PS manifest may also say `overlong` (more video than the
+recording's time range came: the raw PS holds media outside it).
 
 `ingest_download` is the whole step for one finished download: convert (a failed conversion is an
 `error` ledger entry naming the recording, and the raw PS is still sealed), ingest both items in one
@@ -33,8 +37,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,21 +131,57 @@ def mp4_key(ref: RecordingRef, attempt: int = 1) -> OriginalKey:
     return OriginalKey(SOURCE_KIND, ref.device_id, ref.identity(), _version("mp4", attempt))
 
 
-def sealed_attempts(store: StationStore, ref: RecordingRef) -> list[bool]:
-    """Per sealed raw PS of this recording (one per download that brought something), whether it was
-    complete (a manifest without the fact, from before the check existed, counts as complete)."""
+@dataclass(frozen=True)
+class SealedDownload:
+    """One sealed download (raw PS) of a recording, as its manifest says it went."""
+
+    item: str
+    attempt: int
+    complete: bool  # a manifest without the fact (from before the check existed) counts as complete
+    interrupted: str | None = None  # cut short by no fault of the recording (INTERRUPTED_*)
+    incomplete: str | None = None  # why it was not complete, as sealed (escaped)
+
+
+# Why a download came short by no fault of the recording: it is not one of the recording's attempts.
+INTERRUPTED_DEVICE_OFFLINE = "device-offline"  # the device left; the platform stopped its sessions
+INTERRUPTED_STATION_STOPPED = "station-stopped"  # the station stopped the session (it was stopping)
+_RAW_VERSION = re.compile(r"raw-ps(?:#(\d+))?")
+
+
+def sealed_downloads_of_device(store: StationStore, device_id: str,
+                               identities: Collection[str] | None = None) -> dict[str, list[SealedDownload]]:
+    """The sealed raw PS of the device's recordings (those of `identities` only, when given), by recording
+    identity (`RecordingRef.identity`), in attempt order: one query for a whole listing, not one per
+    recording."""
     repository = IngestRepository(store)
-    sealed = repository.acquisitions_in_state(SOURCE_KIND, ref.device_id, AcquisitionState.SEALED)
-    found = []
-    for acquisition in sealed:
-        version = acquisition.key.version
-        if acquisition.key.original != ref.identity() or not (version == "raw-ps" or
-                                                               version.startswith("raw-ps#")):
+    found: dict[str, list[SealedDownload]] = {}
+    for acquisition in repository.acquisitions_in_state(SOURCE_KIND, device_id, AcquisitionState.SEALED):
+        version = _RAW_VERSION.fullmatch(acquisition.key.version)
+        if version is None or (identities is not None and acquisition.key.original not in identities):
             continue
         record = repository.item(acquisition.item)
         original = (record.manifest or {}).get("original", {}) if record is not None else {}
-        found.append(original.get("complete") is not False)
+        attempt = original.get("attempt", int(version.group(1) or 1))
+        interrupted, incomplete = original.get("interrupted"), original.get("incomplete")
+        found.setdefault(acquisition.key.original, []).append(SealedDownload(
+            acquisition.item, attempt if isinstance(attempt, int) else 1,
+            complete=original.get("complete") is not False,
+            interrupted=interrupted if isinstance(interrupted, str) else None,
+            incomplete=incomplete if isinstance(incomplete, str) else None))
+    for downloads in found.values():
+        downloads.sort(key=lambda d: d.attempt)
     return found
+
+
+def sealed_downloads(store: StationStore, ref: RecordingRef) -> list[SealedDownload]:
+    """The sealed downloads of one recording, in attempt order."""
+    return sealed_downloads_of_device(store, ref.device_id, {ref.identity()}).get(ref.identity(), [])
+
+
+def sealed_attempts(store: StationStore, ref: RecordingRef) -> list[bool]:
+    """Per sealed raw PS of this recording (one per download that brought something), whether it was
+    complete."""
+    return [download.complete for download in sealed_downloads(store, ref)]
 
 
 def already_sealed(store: StationStore, ref: RecordingRef) -> bool:
@@ -226,6 +267,13 @@ class GbRecordings:
             original["complete"] = bool(download.facts["complete"])
             if download.facts.get("incomplete"):
                 original["incomplete"] = display_text(str(download.facts["incomplete"]), 300)
+            if download.facts.get("interrupted"):
+                # Cut short by the device leaving or the station stopping: not one of the recording's
+                # attempts (edge.sources.gb28181.downloads counts these apart).
+                original["interrupted"] = display_text(str(download.facts["interrupted"]), 64)
+            if download.facts.get("overlong"):
+                # More video than the recording's time range: the raw PS holds media outside it.
+                original["overlong"] = True
         if download.attempt > 1:
             original["attempt"] = download.attempt
         return self._offer(download, raw_key(ref, download.attempt), download.raw_ps, original, "ps")

@@ -7,29 +7,47 @@ For a device the policy wants, while downloads may run (`on-registration`: alway
 the window), one pass (`_pass`) does, one device at a time per device and at most `concurrency` downloads
 over the whole station:
 
-1. the device's channels from its Catalog (those the policy names, among them); a Catalog that fails
-   falls back to the channels configured for the device;
-2. per channel, RecordInfo over the policy's range (`lookback_days` back from now);
+1. the device's channels from its Catalog (those the policy names, among them; an id that is not 20
+   digits is not asked, a ledger error); a Catalog that fails falls back to the channels configured for
+   the device, and with none configured is a ledger error;
+2. per channel, RecordInfo over the policy's range (`lookback_days` back from now); one that fails is a
+   ledger error. An item whose DeviceID is neither the channel asked about nor another channel this pass
+   downloads from is not downloaded (counted, a ledger error showing its DeviceID escaped). A recording
+   listed as ending after the device's now (the station's clock in the devices' zone, corrected by the
+   measured clock offset, plus `FUTURE_MARGIN`) is left for a later pass: still being recorded, or the
+   device's clock is wrong (one ending more than `ABSURD_FUTURE` ahead is a ledger error). These recurring
+   problems go to the ledger limited (edge.sources.gb28181.problems: the first, then once in six hours
+   with the repeats counted), and so does the recovery of a failing Catalog or RecordInfo
+   (`"resolved": true`);
 3. the listed recordings to `GbDownloads.download`, which skips the ones already sealed complete (their
    keys come from the recording alone, so a restart re-queries and downloads only what is missing; one
-   sealed incomplete is downloaded again, a few times at most) and sends each other one through the one
-   ingest pipeline (raw PS + MP4).
+   sealed incomplete is downloaded again, a few times at most, then given up on the ledger) and sends
+   each other one through the one ingest pipeline (raw PS + MP4).
 
-Each Download session goes through `GbPlatform.download`; its result is checked (`completeness`): a
-session that ended on MediaStatus 121 (or anything else) with less media than the recording's time
-range (the video PTS span) or than the `a=filesize` the device announced is recorded as incomplete in
-the items' facts; the items are sealed all the same (what came is evidence of what came).
+Each Download session goes through `GbPlatform.download`; its result is checked (`completeness`, pure):
+complete only if the device ended the session itself (MediaStatus 121, its BYE, its media stopping), the
+received video's span (read signed in the 33-bit PTS space, so an encoder restart is no span rather than
+~26.5 hours; the receiver's own measure when it gives one) is neither short of the recording's time range
+nor far beyond it (`overlong`: media that is not the recording's came with it), and the bytes reach the
+`a=filesize` the device announced. Anything else is recorded as incomplete, and why, in the items' facts;
+the items are sealed all the same (what came is evidence of what came).
 
-A device that goes offline ends the pass (the rest waits for its next online). Progress, per device
-(state, the recording in progress, counts of done, skipped and failed, the last pass), is `snapshot()`,
-shown by the platform's status section and `edge gb28181 devices`.
+A device that goes offline ends the pass (the rest waits for its next online); a download it cut short is
+sealed as it came, marked `interrupted`, and is not one of the recording's attempts. Progress, per device
+(state, the recording in progress, counts of done, skipped, failed, incomplete, interrupted, given up,
+left for later as ending in the future, items of other channels, the last pass), is `snapshot()`, shown
+by the platform's status section and `edge gb28181 devices`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,8 +62,15 @@ from edge.gb28181.queries import QueryError
 from edge.gb28181.registry import wall_text
 from edge.gb28181.sessions import EndReason, SessionError, SessionResult
 from edge.ingest.pipeline import IngestPipeline
-from edge.sources.gb28181.downloads import DeviceGone, GbDownloads, Transfer
-from edge.sources.gb28181.recordings import GbRecordings, RecordingRef, display_text
+from edge.sources.gb28181.downloads import DeviceGone, GbDownloads, PassEnded, Transfer, WindowClosed
+from edge.sources.gb28181.problems import PassProblems
+from edge.sources.gb28181.recordings import (
+    INTERRUPTED_DEVICE_OFFLINE,
+    INTERRUPTED_STATION_STOPPED,
+    GbRecordings,
+    RecordingRef,
+    display_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +79,46 @@ SCHEDULE_CHECK_S = 30.0
 # PTS span of N frames is (N-1) frame intervals, so a complete file falls short by one frame: tolerated.
 SHORT_TOLERANCE_S = 0.5
 SHORT_TOLERANCE_FRACTION = 0.05
+# A recording whose received video spans more than its time range by more than this is not that recording
+# (the device went on sending: live after the file, another file appended). RecordInfo times are whole
+# seconds, so a complete file may outlast its listed range by up to a second and a frame.
+OVERLONG_TOLERANCE_S = 2.0
+OVERLONG_TOLERANCE_FRACTION = 0.05
 # The PS of a recording is not smaller than the file the device stores (PS adds headers, G.711 is larger
 # than AAC); under this share of a=filesize the transfer was cut short.
 FILESIZE_MIN_SHARE = 0.9
+PTS_HZ = 90000
+PTS_MODULO = 1 << 33
+# Sessions the device itself ended: MediaStatus 121, its BYE, or its media stopping (its TCP connection
+# closed, or no packet for idle_timeout_s: many devices send no 121, wvp #1545). Every other end (the
+# station stopped the session: the device went offline or the station stopped; a byte or time limit; an
+# error; the stream running past the recording's end) proves nothing about the recording being whole.
+DEVICE_ENDS = frozenset({EndReason.FILE_END.value, EndReason.DEVICE_BYE.value})
+DEVICE_MEDIA_ENDS = frozenset({"idle", "closed"})
 MAX_CHANNELS = 64
+INTERRUPTIONS = {
+    INTERRUPTED_DEVICE_OFFLINE: "the device went offline during the download",
+    INTERRUPTED_STATION_STOPPED: "the station stopped the download (it was stopping)",
+}
 # An incomplete RecordInfo answer is asked again over halves of its range, at most this many times deep,
 # and not below this range (an hour of a recorder is far below one answer's bound).
 MAX_RECORD_INFO_SPLITS = 10
 MIN_RECORD_INFO_RANGE = timedelta(hours=1)
 MAX_RANGES_ON_LEDGER = 32
+MAX_FOREIGN_NAMED = 8
+CHANNEL_ID = re.compile(r"[0-9]{20}")
+# A recording ending later than the device's now plus this is left for a later pass (RecordInfo times are
+# whole seconds; the clock offset is measured to a second or two).
+FUTURE_MARGIN = timedelta(minutes=1)
+# One ending later than this after the device's now is no recording in progress: a ledger error.
+ABSURD_FUTURE = timedelta(days=1)
 # The raw PS and MP4 of downloads in progress, under the store's root (removed once sealed).
 GB28181_SPOOL_DIR = "gb28181-spool"
+# What a download leaves in the spool when a stop or crash interrupts it: the raw PS and the MP4
+# (edge.sources.gb28181.downloads names them download-<uuid hex>.ps/.mp4) and the conversion's temp files
+# beside the MP4 (edge.gb28181.convert.convert_recording: .<mp4 name>.part.mp4, .nut and .audio).
+SPOOL_LEFTOVER = re.compile(r"download-[0-9a-f]{32}\.(?:ps|mp4)"
+                            r"|\.download-[0-9a-f]{32}\.mp4\.(?:part\.mp4|nut|audio)")
 
 
 def case_block_for_downloads(defaults: Any) -> dict[str, Any]:
@@ -75,27 +129,86 @@ def case_block_for_downloads(defaults: Any) -> dict[str, Any]:
             "category": defaults.category, "retention": defaults.retention}
 
 
+def video_span_s(outcome: Any) -> tuple[float | None, str | None]:
+    """The video time a transfer's timestamps establish, and why it is not to be trusted (None: it is).
+
+    The receiver's own measure when it has one (`video_media_s`: the forward steps between consecutive
+    frames, summed; `video_pts_jumps`: steps backwards or beyond any frame interval, counted). Else from
+    the first and the last frame's PTS only, their difference read signed in the 33-bit PTS space: a wrap
+    (a stream starting near 2**33) counts forward, a last PTS below the first (an encoder that restarted its
+    clock mid-file) is no span at all, never the ~26.5 hours the modulo would make of it."""
+    jumps = getattr(outcome, "video_pts_jumps", None)
+    measured = getattr(outcome, "video_media_s", None)
+    distrust = f"the video timestamps jumped {jumps} time(s) (an encoder restart?)" if jumps else None
+    if measured is not None:
+        return round(float(measured), 3), distrust
+    first, last = getattr(outcome, "first_video_pts", None), getattr(outcome, "last_video_pts", None)
+    if first is None or last is None:
+        return None, distrust
+    half = PTS_MODULO // 2
+    signed = ((last - first + half) % PTS_MODULO) - half
+    if signed < 0:
+        return 0.0, distrust or (f"the last video frame's timestamp is {-signed / PTS_HZ:g} s before the "
+                                 "first's (an encoder restart?): the span received cannot be told")
+    return round(signed / PTS_HZ, 3), distrust
+
+
+def ended_by(result: SessionResult) -> str:
+    """Who or what ended the session, as the manifest says it."""
+    reason = str(getattr(result.end_reason, "value", result.end_reason))
+    media = getattr(result.outcome, "ended", None)
+    if reason == EndReason.RECEIVER_ENDED.value and media is not None:
+        return f"{reason}: {getattr(media, 'value', media)}"
+    return reason
+
+
+def device_ended(result: SessionResult) -> bool:
+    """Whether the device ended the session itself (`DEVICE_ENDS`, `DEVICE_MEDIA_ENDS`)."""
+    reason = str(getattr(result.end_reason, "value", result.end_reason))
+    if reason in DEVICE_ENDS:
+        return True
+    ended = getattr(result.outcome, "ended", None)
+    media = str(getattr(ended, "value", ended))
+    return reason == EndReason.RECEIVER_ENDED.value and media in DEVICE_MEDIA_ENDS
+
+
 def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | None) -> dict[str, Any]:
-    """Whether a Download brought the whole recording (pure): compared with the recording's time range
-    (`expected_s`, from RecordInfo) through the received video's PTS span, and with `a=filesize`."""
+    """Whether a Download brought the whole recording and nothing else (pure). Complete only when all hold:
+    the device ended the session itself (`device_ended`); the received video's span (`video_span_s`) is
+    neither short of the recording's time range (`expected_s`, from RecordInfo) nor far beyond it (then
+    `overlong`: the media is not that recording's alone); the timestamps are trustworthy; and the bytes
+    reach the `a=filesize` the device announced."""
     outcome = result.outcome
     reasons: list[str] = []
-    received_s: float | None = None
-    first, last = getattr(outcome, "first_video_pts", None), getattr(outcome, "last_video_pts", None)
-    if first is not None and last is not None:
-        received_s = round(((last - first) % (1 << 33)) / 90000, 3)
-    if expected_s is not None and expected_s > 0:
-        tolerance = max(SHORT_TOLERANCE_S, SHORT_TOLERANCE_FRACTION * expected_s)
-        if received_s is None:
-            reasons.append("no video timestamps received")
-        elif received_s + tolerance < expected_s:
+    received_s, distrust = video_span_s(outcome)
+    overlong = False
+    if distrust is not None:
+        reasons.append(distrust)
+    if expected_s is None or expected_s < 0:
+        reasons.append("the recording's time range is not known")
+    elif received_s is None:
+        reasons.append("no video timestamps received")
+    else:
+        short = max(SHORT_TOLERANCE_S, SHORT_TOLERANCE_FRACTION * expected_s)
+        over = max(OVERLONG_TOLERANCE_S, OVERLONG_TOLERANCE_FRACTION * expected_s)
+        if received_s + short < expected_s:
             reasons.append(f"video spans {received_s:g} s of the recording's {expected_s:g} s")
+        elif received_s > expected_s + over:
+            overlong = True
+            reasons.append(f"video spans {received_s:g} s, beyond the recording's {expected_s:g} s: media "
+                           "that is not this recording's came with it")
     announced = result.file_size_bytes
     received = int(getattr(outcome, "bytes", 0))
     if announced and received < FILESIZE_MIN_SHARE * announced:
         reasons.append(f"{received} bytes received, the device announced a=filesize {announced}")
+    by_device = device_ended(result)
+    if not by_device:
+        reasons.append(f"the session ended by {ended_by(result)}, not by the device: the recording is not "
+                       "known to have ended")
     facts: dict[str, Any] = {"complete": not reasons, "received_video_s": received_s,
-                             "expected_s": expected_s}
+                             "expected_s": expected_s, "ended_by": ended_by(result)}
+    if overlong:
+        facts["overlong"] = True
     if reasons:
         facts["incomplete"] = "; ".join(reasons)
         if result.end_reason is EndReason.FILE_END:
@@ -114,13 +227,26 @@ class DeviceProgress:
     skipped: int = 0
     failed: int = 0
     incomplete: int = 0
-    given_up: int = 0  # recordings incomplete at every try (downloads.MAX_INCOMPLETE_ATTEMPTS)
+    given_up: int = 0  # listed recordings not downloaded again (downloads.given_up_because)
+    interrupted: int = 0  # downloads cut short by the device going offline or the station stopping
     last_pass_at: str | None = None
     last_problem: str | None = None
     record_info_complete: bool | None = None
+    future: int = 0  # listed as ending after the device's now: left for a later pass (`_finished`)
+    wrong_channel: int = 0  # listed under a channel with another channel's DeviceID: not downloaded
 
     def view(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ChannelListing:
+    """What one channel's RecordInfo gave: its recordings, whether the list is whole, and how many items
+    named another channel (not downloaded)."""
+
+    recordings: list[RecordingRef]
+    complete: bool
+    wrong_channel: int = 0
 
 
 @dataclass
@@ -146,6 +272,7 @@ class GbDownloadScheduler:
         clock_trusted: Callable[[], bool] = lambda: False,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         check_interval_s: float = SCHEDULE_CHECK_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.platform = platform
         self.policy = policy
@@ -161,6 +288,7 @@ class GbDownloadScheduler:
         self.progress: dict[str, DeviceProgress] = {}
         self.passes_done = 0
         self.pass_ended = asyncio.Condition()
+        self.problems = PassProblems(monotonic)
         platform.add_online_listener(self.device_online)
 
     def snapshot(self) -> dict[str, Any]:
@@ -203,23 +331,43 @@ class GbDownloadScheduler:
 
     def _clear_spool(self) -> None:
         """Downloads a stop or crash interrupted are not evidence (never sealed): their files go, and the
-        recordings are downloaded again at the device's next pass."""
+        recordings are downloaded again at the device's next pass. Only this module's own names
+        (`SPOOL_LEFTOVER`: the raw PS and MP4 of a download, and the temp files edge.gb28181.convert makes
+        beside the MP4), only regular files (never a symlink's target), only directly in the spool (read
+        through a descriptor of the spool directory itself, opened without following a symlink)."""
         running = any(r.task is not None and not r.task.done() for r in self._runs.values())
-        if running or not self.spool.is_dir():
+        if running:
             return
-        for path in self.spool.iterdir():
-            if path.name.startswith("download-") and path.suffix in (".ps", ".mp4") and not path.is_symlink():
-                log.info("gb28181: an interrupted download's %s removed from the spool", path.name)
-                path.unlink(missing_ok=True)
+        try:
+            dir_fd = os.open(self.spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("gb28181: the download spool %s is not cleared: %s", self.spool, exc.strerror or exc)
+            return
+        try:
+            for name in os.listdir(dir_fd):
+                if not SPOOL_LEFTOVER.fullmatch(name):
+                    continue
+                try:
+                    if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                        continue
+                    os.unlink(name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    continue
+                log.info("gb28181: an interrupted download's %s removed from the spool", name)
+        finally:
+            os.close(dir_fd)
 
     async def _device(self, device_id: str, run: _DeviceRun) -> None:
         progress = self.progress.setdefault(device_id, DeviceProgress())
         while True:
             try:
                 await self._pass(device_id, progress)
-            except DeviceGone as exc:
+            except PassEnded as exc:
                 progress.last_problem = printable(str(exc)[:200])
-                log.info("gb28181 device %s: downloads wait for its next registration: %s", device_id,
+                log.info("gb28181 device %s: downloads wait for %s: %s", device_id,
+                         "the window to open" if isinstance(exc, WindowClosed) else "its next registration",
                          progress.last_problem)
             except Exception as exc:  # a pass's bug must not end the scheduler; the next online retries
                 progress.last_problem = printable(str(exc)[:200])
@@ -236,21 +384,45 @@ class GbDownloadScheduler:
 
     # -- one pass --------------------------------------------------------------------------------------
 
-    async def _channels(self, device_id: str) -> list[str]:
+    async def _channels(self, pipeline: IngestPipeline, device_id: str) -> list[str]:
+        """The channels to list: the Catalog's (those the policy names), else the configured ones. A Catalog
+        that fails with no channel configured leaves nothing to list: a ledger error (limited, and its
+        recovery recorded), never a silent empty pass."""
+        where = {"stage": "catalog", "device_id": device_id}
         try:
             catalog = [item.device_id for item in await self.platform.query_catalog(device_id)]
         except (QueryError, ManscdpError) as exc:
+            self._ensure_online(device_id)
             configured = self.policy.devices.get(device_id)
-            log.warning("gb28181 device %s: no Catalog (%s); the configured channels are asked", device_id,
-                        printable(str(exc)[:200]))
             catalog = list(configured.channels) if configured is not None else []
-        return self.policy.channels_for(device_id, catalog)[:MAX_CHANNELS]
+            why = printable(str(exc)[:200])
+            log.warning("gb28181 device %s: no Catalog (%s); %s", device_id, why,
+                        "the configured channels are asked" if catalog else "no channel is configured")
+            if not catalog:
+                await self._problem(pipeline, "catalog", device_id, {
+                    **where, "reason": f"the device's Catalog failed ({why}) and no channel is configured "
+                                      "for it: none of its recordings can be listed or downloaded"})
+        else:
+            await self._recovered(pipeline, "catalog", device_id, {
+                **where, "reason": "the device's Catalog answers again: its channels are listed"})
+        channels = self.policy.channels_for(device_id, catalog)
+        malformed = [c for c in channels if not CHANNEL_ID.fullmatch(c)]
+        if malformed:
+            # A channel id is device text that goes into queries, the ledger and logs: 20 digits only.
+            named = list(dict.fromkeys(display_text(c, 40) for c in malformed))
+            reason = (f"the device's Catalog names {len(malformed)} channel(s) whose id is not 20 digits: "
+                      "not asked for recordings")
+            log.warning("gb28181 device %s: %s (%s)", device_id, reason, ", ".join(named[:MAX_FOREIGN_NAMED]))
+            await self._problem(pipeline, "catalog-ids", device_id, {
+                **where, "reason": reason, "channel_ids_listed": named[:MAX_FOREIGN_NAMED]})
+        return [c for c in channels if CHANNEL_ID.fullmatch(c)][:MAX_CHANNELS]
 
     async def _pass(self, device_id: str, progress: DeviceProgress) -> None:
         pipeline = self._pipeline()
         if pipeline is None:
             raise RuntimeError("the ingest pipeline is not running")
         self._ensure_online(device_id)
+        self._ensure_window()
         progress.state, progress.last_problem = "listing", None
         start, end = self.policy.query_range(self._now())
         self.spool.mkdir(mode=0o700, exist_ok=True)
@@ -259,39 +431,123 @@ class GbDownloadScheduler:
         downloads = GbDownloads(pipeline, source, self._start_download(device_id, progress),
                                 device_clock_offset_ms=lambda: self._clock_offset_ms(device_id),
                                 device_tz_offset_min=self.policy.utc_offset_minutes)
-        for channel_id in await self._channels(device_id):
+        channels = await self._channels(pipeline, device_id)
+        for channel_id in channels:
             self._ensure_online(device_id)
+            where = {"stage": "record-info", "device_id": device_id, "channel_id": channel_id}
             try:
-                refs, complete = await self._list_recordings(pipeline, device_id, channel_id, start, end)
+                listing = await self._list_recordings(pipeline, device_id, channel_id, start, end, channels)
             except (QueryError, ManscdpError) as exc:
                 self._ensure_online(device_id)
                 progress.last_problem = printable(f"RecordInfo of {channel_id}: {exc}"[:200])
                 log.warning("gb28181 device %s: %s", device_id, progress.last_problem)
+                await self._problem(pipeline, "record-info", f"{device_id}|{channel_id}", {
+                    **where, "reason": f"RecordInfo failed: {printable(str(exc)[:200])}; the channel's "
+                                      "recordings are not listed, not downloaded"})
                 continue
-            progress.record_info_complete = complete
-            progress.listed += len(refs)
+            await self._recovered(pipeline, "record-info", f"{device_id}|{channel_id}", {
+                **where, "reason": "RecordInfo answers again: the channel's recordings are listed"})
+            progress.record_info_complete = listing.complete
+            progress.listed += len(listing.recordings)
+            progress.wrong_channel += listing.wrong_channel
+            due = await self._finished(pipeline, device_id, listing.recordings, progress)
             progress.state = "downloading"
-            report = await downloads.download(refs)
+            report = await downloads.download(due)
             progress.skipped += len(report.skipped)
             progress.failed += len(report.failed)
             progress.given_up += len(report.given_up)
             progress.done += sum(1 for done in report.ingested if done.raw_item is not None)
+            if report.stopped is not None:
+                raise report.stopped
+
+    async def _finished(self, pipeline: IngestPipeline, device_id: str, refs: list[RecordingRef],
+                        progress: DeviceProgress) -> list[RecordingRef]:
+        """The recordings that have ended by the device's clock (now in the devices' zone, corrected by
+        the measured clock offset, plus `FUTURE_MARGIN`). One ending later is left for a later pass (a
+        segment still being recorded, or a device clock that is wrong): downloaded now its expected length
+        could never be met. One ending absurdly far ahead (`ABSURD_FUTURE`, an EndTime of 2099) is a
+        ledger error, once per recording (limited)."""
+        device_now = self._device_now(device_id)
+        due: list[RecordingRef] = []
+        for ref in refs:
+            try:
+                ends = datetime.fromisoformat(ref.end_time)
+            except ValueError:  # RecordingRef's times come from parsed datetimes: not expected
+                ends = datetime.max
+            if ends.tzinfo is not None:
+                ends = (ends.astimezone(UTC) + timedelta(minutes=self.policy.utc_offset_minutes)).replace(
+                    tzinfo=None)
+            if ends <= device_now + FUTURE_MARGIN:
+                due.append(ref)
+                continue
+            progress.future += 1
+            shown = f"{display_text(ref.channel_id, 64)} {display_text(ref.start_time, 64)}"
+            ahead = ends - device_now
+            log.info("gb28181 device %s: %s ends %s after the device's now: left for a later pass", device_id,
+                     shown, ahead)
+            if ahead > ABSURD_FUTURE:
+                await self._problem(pipeline, "future", f"{device_id}|{ref.identity()}", {
+                    "stage": "record-info", "device_id": device_id,
+                    "channel_id": display_text(ref.channel_id, 64), "recording": ref.described(),
+                    "device_now": device_now.isoformat(timespec="seconds"),
+                    "reason": f"the device lists a recording ending {display_text(ref.end_time, 64)}, "
+                              f"{ahead.days} days after its clock's now: not downloaded (its clock or its "
+                              "recording list is wrong); asked again at later passes"})
+        return due
+
+    def _device_now(self, device_id: str) -> datetime:
+        """Now by the device's clock as it writes RecordInfo times (naive, in the devices' zone): the
+        station's UTC now, in the configured zone, plus the device's measured clock offset (0 unmeasured)."""
+        offset_ms = self._clock_offset_ms(device_id) or 0
+        local = self._now().astimezone(UTC) + timedelta(minutes=self.policy.utc_offset_minutes,
+                                                        milliseconds=offset_ms)
+        return local.replace(tzinfo=None)
+
+    async def _problem(self, pipeline: IngestPipeline, kind: str, key: str, data: dict[str, Any]) -> None:
+        """A recurring problem as an `error` entry, limited (edge.sources.gb28181.problems)."""
+        extra = self.problems.seen(kind, key)
+        if extra is None:
+            return
+        entry = {"source": "gb28181", **data, **extra}
+        repository = pipeline.repository
+        await pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, entry))
+
+    async def _recovered(self, pipeline: IngestPipeline, kind: str, key: str, data: dict[str, Any]) -> None:
+        """A problem that reached the ledger is gone: an `error` entry with `"resolved": true` (the ledger
+        has no entry type for good news; the stage and device say which problem ended)."""
+        held_back = self.problems.cleared(kind, key)
+        if held_back is None:
+            return
+        entry = {"source": "gb28181", **data, "resolved": True, "repeats_not_recorded": held_back}
+        repository = pipeline.repository
+        await pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, entry))
 
     async def _list_recordings(
-        self, pipeline: IngestPipeline, device_id: str, channel_id: str, start: datetime, end: datetime
-    ) -> tuple[list[RecordingRef], bool]:
+        self, pipeline: IngestPipeline, device_id: str, channel_id: str, start: datetime, end: datetime,
+        channels: Collection[str] = (),
+    ) -> ChannelListing:
         """The channel's recordings between `start` and `end`, and whether the list is known whole. An
         answer handed out incomplete (parts that never came, or more records than one answer may hold: a
         busy recorder's month) is asked again over the two halves of its range, down to
         `MIN_RECORD_INFO_RANGE`; the ranges still incomplete there are one ledger error naming the channel
-        and those ranges, so a recording that was never listed is never missing silently (review 14)."""
+        and those ranges, so a recording that was never listed is never missing silently (review 14).
+
+        An item is the channel's when its DeviceID is `channel_id`, or another channel of `channels` (the
+        device's channels this pass downloads from: a 20-digit id the policy allows). Any other DeviceID
+        (a channel the policy excludes, any text) is not downloaded: counted, and one ledger error per
+        channel (limited) shows what was listed, escaped."""
         listed: dict[str, RecordingRef] = {}
         incomplete: list[tuple[datetime, datetime, int]] = []
+        allowed = {channel_id, *channels}
+        foreign: list[str] = []
 
         async def ask(start: datetime, end: datetime, depth: int) -> None:
             self._ensure_online(device_id)
             answer = await self.platform.query_record_info(device_id, channel_id, start, end)
             for item in items_of(answer, RecordItem):
+                if item.device_id not in allowed or not CHANNEL_ID.fullmatch(item.device_id):
+                    foreign.append(item.device_id)
+                    continue
                 ref = RecordingRef.from_record_item(device_id, item)
                 listed.setdefault(ref.identity(), ref)  # a recording across a middle: once
             if answer.complete:
@@ -304,6 +560,7 @@ class GbDownloadScheduler:
                 incomplete.append((start, end, answer.items_left_out))
 
         await ask(start, end, 0)
+        repository = pipeline.repository
         if incomplete:
             shown = [f"{a.isoformat()} to {b.isoformat()}" for a, b, _ in incomplete[:MAX_RANGES_ON_LEDGER]]
             data = {
@@ -314,14 +571,38 @@ class GbDownloadScheduler:
                 "items_left_out": sum(n for _, _, n in incomplete),
             }
             log.warning("gb28181 device %s channel %s: %s", device_id, channel_id, data["reason"])
-            repository = pipeline.repository
             await pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
-        return list(listed.values()), not incomplete
+        if foreign:
+            named = list(dict.fromkeys(display_text(f, 40) for f in foreign))
+            reason = (f"the device listed {len(foreign)} recording(s) under channel {channel_id} whose "
+                      "DeviceID is neither that channel nor another channel downloaded from: not downloaded")
+            log.warning("gb28181 device %s: %s (%s)", device_id, reason, ", ".join(named[:MAX_FOREIGN_NAMED]))
+            await self._problem(pipeline, "wrong-channel", f"{device_id}|{channel_id}", {
+                "stage": "record-info", "device_id": device_id, "channel_id": channel_id, "reason": reason,
+                "device_ids_listed": named[:MAX_FOREIGN_NAMED], "recordings": len(foreign)})
+        return ChannelListing(list(listed.values()), not incomplete, len(foreign))
+
+    def _ensure_window(self) -> None:
+        """A download starts only while downloads may run (`schedule`: inside the window): a pass that
+        outlasts its window leaves the rest for the next one."""
+        if not self.policy.may_download_now(self._now()):
+            raise WindowClosed("the download window has closed")
 
     def _ensure_online(self, device_id: str) -> None:
         device = self.platform.registry.get(device_id)
         if device is None or not device.online:
             raise DeviceGone(f"device {device_id} is offline")
+
+    def _interruption(self, device_id: str, result: SessionResult) -> str | None:
+        """Why an incomplete download is no fault of the recording, if it is not: the device is offline
+        now (the platform stops a device's sessions when it goes offline), or the station stopped the
+        session while the device stayed (the station is stopping)."""
+        device = self.platform.registry.get(device_id)
+        if device is None or not device.online:
+            return INTERRUPTED_DEVICE_OFFLINE
+        if str(getattr(result.end_reason, "value", result.end_reason)) == EndReason.STOPPED.value:
+            return INTERRUPTED_STATION_STOPPED
+        return None
 
     def _clock_offset_ms(self, device_id: str) -> int | None:
         device = self.platform.registry.get(device_id)
@@ -332,7 +613,8 @@ class GbDownloadScheduler:
     def _start_download(self, device_id: str, progress: DeviceProgress) -> Callable[..., Any]:
         async def start_download(ref: RecordingRef, raw_path: Path) -> Transfer:
             self._ensure_online(device_id)  # offline: the pass ends, nothing is recorded as failed
-            shown = f"{ref.channel_id} {display_text(ref.start_time, 64)}"
+            self._ensure_window()
+            shown = f"{display_text(ref.channel_id, 64)} {display_text(ref.start_time, 64)}"
             progress.current, progress.state = shown, "waiting"
             async with self._slots:
                 progress.state = "downloading"
@@ -352,7 +634,16 @@ class GbDownloadScheduler:
             except SessionError:
                 expected_s = None
             check = completeness(result, ref, expected_s)
-            if not check["complete"]:
+            interrupted = None if check["complete"] else self._interruption(device_id, result)
+            if interrupted is not None:
+                # Sealed as it came, marked: not one of the recording's attempts (downloads.py); the
+                # recording is downloaded again when the device is back.
+                progress.interrupted += 1
+                check["interrupted"] = interrupted
+                check["incomplete"] = f"{INTERRUPTIONS[interrupted]}; {check['incomplete']}"
+                log.warning("gb28181 device %s: download of %s interrupted: %s", device_id, shown,
+                            INTERRUPTIONS[interrupted])
+            elif not check["complete"]:
                 progress.incomplete += 1
                 log.warning("gb28181 device %s: download of %s incomplete: %s", device_id, shown,
                             check["incomplete"])

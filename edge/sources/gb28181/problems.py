@@ -1,0 +1,68 @@
+"""Ledger entries for download problems that come back at every pass, limited so that a dead or confused
+device does not flood the ledger, yet never silent.
+
+A device whose RecordInfo never answers, that lists recordings of channels it was not asked about, or
+recordings ending in 2099, shows the same problem at each of its passes (each registration, each schedule
+window). `PassProblems.seen(kind, key)` lets the first one of a (kind, key) through to the ledger, then at
+most one per `repeat_s` carrying the number held back meanwhile, and at most `budget` entries per
+`repeat_s` over all keys (those beyond are counted in the next entry let through). `cleared(kind, key)`
+says whether a problem that reached the ledger has gone now: its recovery is worth an entry too (the
+record shows when the listing worked again), and the problem's next occurrence is recorded at once. In
+memory, bounded to the newest `MAX_PROBLEM_KEYS`: after a restart a standing problem is recorded again, once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+PROBLEM_REPEAT_S = 6 * 3600.0  # a problem that stays is on the ledger again after this long
+PROBLEM_BUDGET = 256  # entries per PROBLEM_REPEAT_S over all devices and keys
+MAX_PROBLEM_KEYS = 4096
+
+
+class PassProblems:
+    """See the module docstring. `clock` is monotonic seconds."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, repeat_s: float = PROBLEM_REPEAT_S,
+                 budget: int = PROBLEM_BUDGET) -> None:
+        self._clock = clock
+        self._repeat_s = repeat_s
+        self._budget = budget
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # on the ledger: when, held back since
+        self._window_start = -float("inf")
+        self._window_count = 0
+        self._over_budget = 0
+
+    def seen(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The problem happened: None to hold its entry back, else the counts to add to the entry's data
+        (`repeats_not_recorded` of this key, `others_not_recorded` over the budget)."""
+        now = self._clock()
+        slot = (kind, key)
+        last = self._last.get(slot)
+        if last is not None and now - last[0] < self._repeat_s:
+            self._last[slot] = (last[0], last[1] + 1)
+            return None
+        if now - self._window_start >= self._repeat_s:
+            self._window_start, self._window_count = now, 0
+        if self._window_count >= self._budget:
+            self._over_budget += 1
+            return None
+        self._window_count += 1
+        self._last.pop(slot, None)
+        self._last[slot] = (now, 0)
+        while len(self._last) > MAX_PROBLEM_KEYS:
+            del self._last[next(iter(self._last))]
+        extra: dict[str, Any] = {}
+        if last is not None and last[1]:
+            extra["repeats_not_recorded"] = last[1]
+        if self._over_budget:
+            extra["others_not_recorded"], self._over_budget = self._over_budget, 0
+        return extra
+
+    def cleared(self, kind: str, key: str) -> int | None:
+        """The problem did not happen this time: if it had reached the ledger, the times it was held back
+        since (then its recovery goes on the ledger); else None."""
+        last = self._last.pop((kind, key), None)
+        return None if last is None else last[1]
