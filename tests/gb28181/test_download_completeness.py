@@ -85,10 +85,11 @@ def test_a_pts_wrap_within_the_recording_is_a_span_not_a_restart() -> None:
 
 def test_the_receivers_own_measure_wins_over_first_and_last() -> None:
     # First and last look whole; the receiver saw the clock jump forward and summed 5 s of frames.
-    jumped = completeness(_result(Outcome(*WHOLE, video_media_s=5.0, video_pts_jumps=1)), _ref(), 60.0)
+    jumped = completeness(_result(Outcome(*WHOLE, video_run_span_s=5.0, video_pts_restarts=1)), _ref(), 60.0)
     assert jumped["complete"] is False and jumped["received_video_s"] == 5.0
     assert "jumped 1 time" in jumped["incomplete"]
-    steady = completeness(_result(Outcome(*WHOLE, video_media_s=59.96, video_pts_jumps=0)), _ref(), 60.0)
+    steady = completeness(_result(Outcome(*WHOLE, video_run_span_s=59.96, video_pts_restarts=0)), _ref(),
+                          60.0)
     assert steady["complete"] is True, steady
 
 

@@ -140,3 +140,45 @@ async def test_a_recording_of_another_device_is_refused(media: SourceMedia, tmp_
             await _downloads(store, tmp_path / "spool", Device(media)).download([other])
     finally:
         store.close()
+
+
+class ClockEpochDevice(Device):
+    """A device whose platform knows which clock stamped each recording: the session's facts carry the
+    offset of the clock before the station set it (edge.gb28181.platform.device_clock_offset_ms)."""
+
+    def __init__(self, media: SourceMedia, offsets: dict[str, int | None]) -> None:
+        super().__init__(media)
+        self.offsets = offsets
+
+    async def start_download(self, ref: RecordingRef, raw_path: Path) -> Transfer:
+        transfer = await super().start_download(ref, raw_path)
+        if ref.start_time in self.offsets:
+            return Transfer(transfer.outcome, {**transfer.facts,
+                                               "device_clock_offset_ms": self.offsets[ref.start_time]})
+        return transfer
+
+
+async def test_each_recording_carries_the_offset_of_the_clock_that_stamped_it(
+    media: SourceMedia, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    first, second, third = (r.start_time for r in RECORDINGS)
+    a_year = -365 * 86400 * 1000
+    # first: made before the station set the clock (a year behind); second: no measurement covers it;
+    # third: the session did not say (an older platform): the device's latest offset (350) stands.
+    device = ClockEpochDevice(media, {first: a_year, second: None})
+    store = StationStore(tmp_path / "store", "TEST-STATION")
+    try:
+        await _downloads(store, spool, device).download(RECORDINGS)
+        repository = IngestRepository(store)
+        offsets = {}
+        for (item,) in store.conn.execute("SELECT item FROM items"):
+            record = repository.item(item)
+            assert record is not None and record.manifest is not None
+            if record.manifest["original"]["role"] == "raw-ps":
+                offsets[record.manifest["time"]["recorded_start"]] = record.manifest["time"][
+                    "device_clock_offset_ms"]
+        assert offsets == {first: a_year, second: None, third: 350}, offsets
+    finally:
+        store.close()

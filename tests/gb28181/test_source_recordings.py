@@ -187,3 +187,15 @@ async def test_an_mp4_left_by_an_interrupted_attempt_is_made_again(media: Source
     mp4 = _manifests(store)["mp4"]
     assert mp4["size"] > 1000 and mp4["media"]["streams"][0]["codec"] == "h264"
     assert verify_store(store.layout.root).ok
+
+
+def test_media_damage_names_refused_foreign_datagrams_and_is_silent_without_them() -> None:
+    from types import SimpleNamespace
+
+    from edge.sources.gb28181.recordings import media_damage
+
+    clean: Any = SimpleNamespace(invalid_packets=0, ssrc_mismatches=0, resyncs=0, dropped_frames=0,
+                            refused_connections=0, refused_packets=0)
+    assert media_damage(clean, {}) == []  # control
+    spoofed: Any = SimpleNamespace(**{**clean.__dict__, "refused_packets": 42})
+    assert media_damage(spoofed, {}) == ["42 UDP datagrams from another host than the device's refused"]

@@ -197,10 +197,14 @@ class GbDownloads:
         outcome = transfer.outcome
         if outcome.bytes == 0:
             return await self._failed(ref, raw, shown, f"no media came ({outcome.ended}: {outcome.detail})")
-        offset = self.device_clock_offset_ms()
+        # The platform gives the offset of the clock that stamped this recording (the one before the
+        # station last set it, for a recording made before); the device's latest is the fallback.
+        facts = dict(transfer.facts)
+        offset = facts["device_clock_offset_ms"] if "device_clock_offset_ms" in facts \
+            else self.device_clock_offset_ms()
         download = DownloadedRecording(ref, raw, outcome, device_clock_offset_ms=offset,
                                        device_tz_offset_min=self.device_tz_offset_min,
-                                       facts=dict(transfer.facts), attempt=attempt)
+                                       facts=facts, attempt=attempt)
         done = await ingest_download(self.pipeline, self.source, download,
                                      convert_timeout_s=self.convert_timeout_s)
         report.ingested.append(done)

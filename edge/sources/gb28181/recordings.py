@@ -332,12 +332,13 @@ class GbRecordings:
 
 def media_damage(outcome: MediaOutcome, facts: Mapping[str, Any]) -> list[str]:
     """What was wrong with a transfer besides lost packets (those have their `gap` entry): unreadable
-    packets, packets of another SSRC, PS resynchronisations and dropped frames, refused connections, and
-    a transfer shorter than the recording (`facts["incomplete"]`, edge.sources.gb28181.scheduler). Counts
-    only: bounded whatever the stream did."""
+    packets, packets of another SSRC, PS resynchronisations and dropped frames, refused connections and
+    datagrams, and a transfer shorter than the recording (`facts["incomplete"]`,
+    edge.sources.gb28181.scheduler). Counts only: bounded whatever the stream did."""
     counted = (("invalid_packets", "unreadable RTP packets"), ("ssrc_mismatches", "packets of another SSRC"),
                ("resyncs", "PS resynchronisations"), ("dropped_frames", "frames dropped by the demuxer"),
-               ("refused_connections", "refused TCP connections"))
+               ("refused_connections", "refused TCP connections"),
+               ("refused_packets", "UDP datagrams from another host than the device's refused"))
     damage = [f"{getattr(outcome, name)} {what}" for name, what in counted if getattr(outcome, name, 0)]
     if facts.get("incomplete"):
         damage.append(f"incomplete: {display_text(str(facts['incomplete']), 300)}")

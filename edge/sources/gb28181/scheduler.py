@@ -132,14 +132,16 @@ def case_block_for_downloads(defaults: Any) -> dict[str, Any]:
 def video_span_s(outcome: Any) -> tuple[float | None, str | None]:
     """The video time a transfer's timestamps establish, and why it is not to be trusted (None: it is).
 
-    The receiver's own measure when it has one (`video_media_s`: the forward steps between consecutive
-    frames, summed; `video_pts_jumps`: steps backwards or beyond any frame interval, counted). Else from
+    The receiver's own measure when it has one (edge.gb28181.media: `video_run_span_s`, the longest run
+    of video PTS that neither stepped back beyond B-frame reordering nor jumped far ahead;
+    `video_pts_restarts`, the runs it broke into, counted: any makes the span untrustworthy). Else from
     the first and the last frame's PTS only, their difference read signed in the 33-bit PTS space: a wrap
     (a stream starting near 2**33) counts forward, a last PTS below the first (an encoder that restarted its
     clock mid-file) is no span at all, never the ~26.5 hours the modulo would make of it."""
-    jumps = getattr(outcome, "video_pts_jumps", None)
-    measured = getattr(outcome, "video_media_s", None)
-    distrust = f"the video timestamps jumped {jumps} time(s) (an encoder restart?)" if jumps else None
+    jumps = getattr(outcome, "video_pts_restarts", None)
+    measured = getattr(outcome, "video_run_span_s", None)
+    distrust = (f"the video timestamps restarted or jumped {jumps} time(s) (an encoder restart?): the "
+                "longest unbroken run is counted") if jumps else None
     if measured is not None:
         return round(float(measured), 3), distrust
     first, last = getattr(outcome, "first_video_pts", None), getattr(outcome, "last_video_pts", None)
