@@ -77,6 +77,13 @@ def _downloads(progress: dict[str, Any]) -> str:
         state += f" {printable(str(progress['current']))}"
     text = (f"{state}; {progress.get('done', 0)} done, {progress.get('skipped', 0)} already sealed, "
             f"{progress.get('failed', 0)} failed, {progress.get('incomplete', 0)} incomplete")
+    # Shown only when they happened: each is a listed recording not (yet) downloaded whole, with a reason.
+    for key, what in (("interrupted", "interrupted (device offline or station stopped)"),
+                      ("given_up", "given up"), ("future", "still recording (ends after the device's now)"),
+                      ("wrong_channel", "listed under another channel (not downloaded)")):
+        count = progress.get(key)
+        if isinstance(count, int) and count > 0:
+            text += f", {count} {what}"
     if progress.get("last_pass_at"):
         text += f", last pass {printable(str(progress['last_pass_at']))}"
     if progress.get("last_problem"):
