@@ -1,0 +1,191 @@
+"""One run of one source's ffmpeg: start it, hand over each segment as it closes, stop it gracefully.
+
+:func:`capture_run` starts ffmpeg (argv from :mod:`edge.rooms.argv`) as an asyncio subprocess in its own
+session (a terminal's Ctrl-C reaches the agent, which decides), reads its segment list every `poll_s`
+and calls `on_segment` with each segment the list names (:mod:`edge.rooms.segments`: listed means
+closed). It returns never: when ffmpeg exits it raises :class:`CaptureEnded` with the exit status and the
+last lines ffmpeg wrote to stderr; when it is cancelled (the session stops, or the supervisor found the
+source silent) it stops ffmpeg the way ffmpeg finishes its files (SIGTERM: the open segment is closed and
+listed; SIGKILL only after `stop_timeout_s`), hands over what was listed meanwhile, and re-raises.
+
+Either way, a segment file ffmpeg wrote but never listed (it was killed or crashed mid-segment) is handed
+over too, marked partial with the reason: evidence is never dropped (fragmented MP4 keeps such a file
+playable). Only empty files are left out (they hold nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.custody.text import printable
+from edge.rooms.argv import SEGMENT_LIST
+from edge.rooms.segments import SEGMENT_NAME, ListedSegment, SegmentListError, SegmentListReader
+
+log = logging.getLogger(__name__)
+
+STDERR_LINES = 40
+
+
+@dataclass(frozen=True)
+class ClosedSegment:
+    """A segment file ffmpeg has finished with, ready to seal."""
+
+    path: Path
+    run: str  # the run directory's name
+    name: str
+    index: int
+    start_s: float | None  # stream seconds from the list (None for a partial segment)
+    end_s: float | None
+    closed_ns: int  # station time (ns since the epoch) ffmpeg listed it, or the run ended
+    anchor_ns: int  # station time the run's ffmpeg was started: stream second 0
+    partial: str | None = None  # why a segment is not whole: never listed before ffmpeg ended
+    after_s: float = 0.0  # a partial segment: where the run's last listed segment ended (stream seconds)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start_s is None or self.end_s is None:
+            return None
+        return self.end_s - self.start_s
+
+    def times_ns(self) -> tuple[int, int]:
+        """(start, end) in station time: the run's start plus the stream times the list gives, so that
+        one segment ends where the next starts; a partial segment runs from the end of the last listed
+        one to when the run ended."""
+        if self.start_s is None or self.end_s is None:
+            start = self.anchor_ns + int(self.after_s * 1e9)
+            return min(start, self.closed_ns), self.closed_ns
+        return self.anchor_ns + int(self.start_s * 1e9), self.anchor_ns + int(self.end_s * 1e9)
+
+
+class CaptureEnded(Exception):
+    """ffmpeg ended by itself (or wrote a list the station cannot trust); the message says how."""
+
+
+OnSegment = Callable[[ClosedSegment], None]
+
+
+async def capture_run(
+    argv: Sequence[str],
+    run_dir: Path,
+    on_segment: OnSegment,
+    *,
+    stop_timeout_s: float,
+    poll_s: float = 0.05,
+    on_started: Callable[[int], None] | None = None,
+    anchor_ns: int | None = None,
+) -> None:
+    """Run ffmpeg until it ends (CaptureEnded) or this is cancelled; see the module docstring.
+    `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    anchor = anchor_ns if anchor_ns is not None else _now_ns()
+    last_end_s = 0.0
+    reader = SegmentListReader(run_dir / SEGMENT_LIST)
+    listed: set[str] = set()
+    stderr: deque[str] = deque(maxlen=STDERR_LINES)
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    if on_started is not None:
+        on_started(process.pid)
+    drain = asyncio.create_task(_keep_stderr(process, stderr), name=f"ffmpeg-stderr-{process.pid}")
+
+    def hand_over(segments: list[ListedSegment], closed_ns: int | None) -> None:
+        nonlocal last_end_s
+        when = closed_ns if closed_ns is not None else _now_ns()
+        for seg in segments:
+            listed.add(seg.name)
+            last_end_s = max(last_end_s, seg.end_s)
+            on_segment(ClosedSegment(run_dir / seg.name, run_dir.name, seg.name, seg.index, seg.start_s,
+                                     seg.end_s, when, anchor))
+
+    ended: str | None = None
+    try:
+        while process.returncode is None:
+            try:
+                hand_over(*reader.read_new())
+            except SegmentListError as exc:
+                ended = f"untrusted segment list: {exc}"
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll_s):
+                    await process.wait()
+        if ended is None:
+            await drain  # every line ffmpeg wrote before it exited
+            tail = " | ".join(printable(line) for line in stderr)
+            ended = f"ffmpeg exited with status {process.returncode}" + (f": {tail}" if tail else "")
+    finally:
+        await _stop(process, stop_timeout_s)
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
+        with contextlib.suppress(SegmentListError):
+            hand_over(*reader.read_new())
+        why = ended or "ffmpeg was stopped before it closed this segment"
+        for leftover in _unlisted(run_dir, listed):
+            on_segment(ClosedSegment(leftover, run_dir.name, leftover.name, _index(leftover.name), None, None,
+                                     _now_ns(), anchor, partial=why, after_s=last_end_s))
+    raise CaptureEnded(ended)
+
+
+async def _stop(process: asyncio.subprocess.Process, timeout_s: float) -> None:
+    """SIGTERM (ffmpeg closes and lists its open segment), SIGKILL after `timeout_s`."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await process.wait()
+        return
+    except TimeoutError:
+        log.warning("ffmpeg %d did not stop within %.0f s of SIGTERM: killed", process.pid, timeout_s)
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
+
+
+async def _keep_stderr(process: asyncio.subprocess.Process, lines: deque[str]) -> None:
+    """Keep ffmpeg's last stderr lines (shown only when it fails); never let the pipe fill up."""
+    assert process.stderr is not None
+    while True:
+        raw = await process.stderr.readline()
+        if not raw:
+            return
+        text = raw.decode("utf-8", errors="replace").strip()
+        if text:
+            lines.append(text[:300])
+
+
+def _unlisted(run_dir: Path, listed: set[str]) -> list[Path]:
+    found = []
+    for name in sorted(os.listdir(run_dir)):
+        if name in listed or not SEGMENT_NAME.fullmatch(name):
+            continue
+        path = run_dir / name
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if info.st_size > 0 and path.is_file() and not path.is_symlink():
+            found.append(path)
+    return found
+
+
+def _index(name: str) -> int:
+    return int(name[4:10])
+
+
+def _now_ns() -> int:
+    return time.time_ns()
