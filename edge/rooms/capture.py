@@ -33,6 +33,7 @@ from edge.rooms.segments import SEGMENT_NAME, ListedSegment, SegmentListError, S
 log = logging.getLogger(__name__)
 
 STDERR_LINES = 40
+PID_FILE = "ffmpeg.pid"
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ async def capture_run(
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
+    # Named in the run directory, so that after a crash of the agent the next start can stop this
+    # ffmpeg (still writing, orphaned) before it seals what the run left (stop_orphan).
+    (run_dir / PID_FILE).write_text(f"{process.pid}\n")
     if on_started is not None:
         on_started(process.pid)
     drain = asyncio.create_task(_keep_stderr(process, stderr), name=f"ffmpeg-stderr-{process.pid}")
@@ -189,3 +193,35 @@ def _index(name: str) -> int:
 
 def _now_ns() -> int:
     return time.time_ns()
+
+
+async def stop_orphan(run_dir: Path, timeout_s: float) -> str | None:
+    """Stop the ffmpeg a crashed agent left writing into `run_dir` (named by its pid file and found with
+    that directory on its command line, so a reused pid is never signalled): SIGTERM, then SIGKILL after
+    `timeout_s`. What was done, or None when no such process runs."""
+    try:
+        pid = int((run_dir / PID_FILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    if os.fsencode(str(run_dir / SEGMENT_LIST)) not in cmdline.split(b"\0"):
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _running(pid):
+            return f"stopped the orphaned ffmpeg {pid} (SIGTERM)"
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return f"killed the orphaned ffmpeg {pid} (no exit {timeout_s:g} s after SIGTERM)"
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, whose parent is gone or not reaping, counts as ended)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rpartition(")")[2].split()[0] != "Z"

@@ -41,7 +41,7 @@ from edge.custody.ledger import EntryType
 from edge.ingest.manifest import iso_from_ns
 from edge.ingest.pipeline import IngestPipeline
 from edge.rooms.argv import Coding, SegmentPlan, codec_plan, probe_argv, probed_codecs, segment_argv
-from edge.rooms.capture import CaptureEnded, ClosedSegment, capture_run
+from edge.rooms.capture import CaptureEnded, ClosedSegment, capture_run, stop_orphan
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
@@ -155,7 +155,7 @@ class SessionRecording:
     async def run(self) -> None:
         """Record until stopped; return once every segment handed over is sealed and the gaps closed."""
         if self._resumed is not None:
-            self._queue_resumed_work(self._resumed)
+            await self._queue_resumed_work(self._resumed)
         sealers = [
             asyncio.create_task(self._seal_loop(s), name=f"room-seal-{self.session.room}-{s.config.id}")
             for s in self.sources.values()
@@ -309,14 +309,18 @@ class SessionRecording:
         repository = self.pipeline.repository
         await self.pipeline.commit(lambda: repository.entry(EntryType.GAP, None, data))
 
-    def _queue_resumed_work(self, resumed_from_ns: dict[str, int]) -> None:
+    async def _queue_resumed_work(self, resumed_from_ns: dict[str, int]) -> None:
         """A resumed session: first what the interrupted runs left (listed segments whole, the rest
-        partial), then each source's gap from its last segment to the first of the new run."""
+        partial; an ffmpeg a crash left running is stopped first), then each source's gap from its last
+        segment to the first of the new run."""
         for source in self.sources.values():
             from_ns = resumed_from_ns.get(source.config.id, 0)
             base = self.files.capture_dir / self.session.session / source.config.id
             if base.is_dir():
                 for run_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
+                    stopped = await stop_orphan(run_dir, self.settings.stop_timeout_s)
+                    if stopped is not None:
+                        log.warning("room %s source %s: %s", self.session.room, source.config.id, stopped)
                     for segment in leftover_segments(run_dir):
                         source.queue.put_nowait(segment)
                         from_ns = max(from_ns, segment.closed_ns)

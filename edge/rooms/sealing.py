@@ -21,6 +21,7 @@ import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edge.custody.ledger import EntryType
@@ -124,41 +125,38 @@ class SegmentSealer:
                 "station_clock_synchronised": self.clock_synchronised,
             },
             case=session.case_block(),
-            facts={"room_session": session.session, "room": session.room, "source": self.source,
-                   "run": segment.run, "segment": segment.index,
-                   **({"partial": segment.partial} if segment.partial else {})},
+            facts={
+                "room_session": session.session,
+                "room": session.room,
+                "source": self.source,
+                "run": segment.run,
+                "segment": segment.index,
+                **({"partial": segment.partial} if segment.partial else {}),
+            },
         )
         original = f"{session.session}/{segment.run}/{segment.name}"
+        what = f"{self.segments.device}:{segment.run}/{segment.name}"
         key = OriginalKey(SOURCE_KIND, self.segments.device, original, f"{info.st_size}:{info.st_mtime_ns}")
         return OfferedItem(
-            key=key, name=segment.name, display=f"{self.source}/{segment.run}/{segment.name}",
-            size=info.st_size, origin=origin,
-            open=self._opener(segment, info, verification=False),
-            reopen=self._opener(segment, info, verification=True),
+            key=key,
+            name=segment.name,
+            display=f"{self.source}/{segment.run}/{segment.name}",
+            size=info.st_size,
+            origin=origin,
+            open=file_opener(segment.path, info, what, verification=False),
+            reopen=file_opener(segment.path, info, what, verification=True),
         )
-
-    def _opener(self, segment: ClosedSegment, info: os.stat_result, *, verification: bool) -> ReaderOpener:
-        def open_reader() -> ItemReader:
-            dir_fd = os.open(segment.path.parent, DIR_FLAGS)
-            try:
-                fd = os.open(segment.name, FILE_FLAGS, dir_fd=dir_fd)
-            finally:
-                os.close(dir_fd)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise OSError(f"{segment.name}: no longer a regular file")
-            os.set_blocking(fd, True)
-            return FileReader(fd, size=info.st_size, mtime_ns=info.st_mtime_ns,
-                              what=f"{self.segments.device}:{segment.run}/{segment.name}",
-                              drop_cache=verification)
-
-        return open_reader
 
     async def seal(self, segment: ClosedSegment) -> SealedSegment | None:
         """Seal one segment; None when it could not be (the ledger says why)."""
         session = self.session
-        where: dict[str, Any] = {"room_session": session.session, "room": session.room, "source": self.source,
-                                 "run": segment.run, "segment": segment.name}
+        where: dict[str, Any] = {
+            "room_session": session.session,
+            "room": session.room,
+            "source": self.source,
+            "run": segment.run,
+            "segment": segment.name,
+        }
         try:
             offered = self.offered(segment)
         except OSError as exc:
@@ -193,14 +191,32 @@ class SegmentSealer:
             data["partial"] = segment.partial
         repository = self.pipeline.repository
         entry = await self.pipeline.commit(
-            lambda: repository.entry(EntryType.SEGMENT_SEALED, work.item, data))
+            lambda: repository.entry(EntryType.SEGMENT_SEALED, work.item, data)
+        )
         # The sealed copy in the store holds these exact bytes (re-read and matched): the capture file
         # goes.
         segment.path.unlink(missing_ok=True)
-        log.debug("room %s source %s: %s sealed as item %s in %.3f s", session.room, self.source,
-                  segment.name, work.item, latency_s)
-        return SealedSegment(self.source, segment.name, segment.run, work.item, record.sha256, record.size,
-                             data["start_utc"], data["end_utc"], latency_s, entry.seq, segment.partial)
+        log.debug(
+            "room %s source %s: %s sealed as item %s in %.3f s",
+            session.room,
+            self.source,
+            segment.name,
+            work.item,
+            latency_s,
+        )
+        return SealedSegment(
+            self.source,
+            segment.name,
+            segment.run,
+            work.item,
+            record.sha256,
+            record.size,
+            data["start_utc"],
+            data["end_utc"],
+            latency_s,
+            entry.seq,
+            segment.partial,
+        )
 
     async def _error(self, where: Mapping[str, Any], reason: str) -> None:
         log.error("room %s source %s: %s: %s", self.session.room, self.source, where.get("segment"), reason)
@@ -208,3 +224,78 @@ class SegmentSealer:
         repository = self.pipeline.repository
         await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
 
+
+def file_opener(path: Path, info: os.stat_result, what: str, *, verification: bool) -> ReaderOpener:
+    """Opens `path` relative to its directory without following symlinks, as a reader checked against
+    the size and mtime in `info` (a file changed since it was listed is refused)."""
+
+    def open_reader() -> ItemReader:
+        dir_fd = os.open(path.parent, DIR_FLAGS)
+        try:
+            fd = os.open(path.name, FILE_FLAGS, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(f"{path.name}: no longer a regular file")
+        os.set_blocking(fd, True)
+        return FileReader(
+            fd, size=info.st_size, mtime_ns=info.st_mtime_ns, what=what, drop_cache=verification
+        )
+
+    return open_reader
+
+
+async def seal_session_file(
+    pipeline: IngestPipeline,
+    path: Path,
+    *,
+    session: RoomSession,
+    role: str,
+    station_id: str,
+    clock_synchronised: bool,
+) -> str | None:
+    """Seal a file the session produced (its manifest; later its joined recordings and statement) as an
+    item of the session; its item id, or None when the pipeline could not (its entries say why)."""
+    info = os.stat(path, follow_symlinks=False)
+    device = f"{session.room}/session"
+    origin = Origin(
+        device=device,
+        officer_no=session.collector_no,
+        original={
+            "name": path.name,
+            "path": f"{session.session}/{path.name}",
+            "role": role,
+            "device_mtime": iso_from_ns(info.st_mtime_ns),
+        },
+        source={
+            "kind": SOURCE_KIND,
+            "station": station_id,
+            "room": session.room,
+            "room_name": session.room_name,
+            "room_session": session.session,
+        },
+        time={
+            "recorded_start": session.started_utc,
+            "recorded_end": session.stopped_utc,
+            "device_clock_offset_ms": 0,
+            "station_clock_synchronised": clock_synchronised,
+        },
+        case=session.case_block(),
+        facts={"room_session": session.session, "room": session.room, "role": role},
+    )
+    what = f"{device}:{path.name}"
+    offered = OfferedItem(
+        key=OriginalKey(
+            SOURCE_KIND, device, f"{session.session}/{path.name}", f"{info.st_size}:{info.st_mtime_ns}"
+        ),
+        name=path.name,
+        display=f"session/{path.name}",
+        size=info.st_size,
+        origin=origin,
+        open=file_opener(path, info, what, verification=False),
+        reopen=file_opener(path, info, what, verification=True),
+    )
+    run = await pipeline.ingest(RoomSegments(session.room, "session"), [offered])
+    item = run.items[0].item
+    return item if item in run.sealed else None
