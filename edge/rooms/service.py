@@ -288,6 +288,10 @@ class RoomService:
             entry = await self._record(EntryType.SESSION_STOPPED, summary)
             await asyncio.to_thread(self.files.save, stopped)
             del self.active[room]
+            left = await asyncio.to_thread(self.files.clear_capture, session.session)
+            if left:
+                log.error("room %s: session %s: %d capture file(s) not sealed, kept: %s", room,
+                          session.session, len(left), ", ".join(left[:5]))
             log.info(
                 "room %s: session %s stopped by %s: %d segments, %d gaps",
                 room,

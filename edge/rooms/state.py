@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import CanonicalJsonError
-from edge.durable.files import SmallFileError, make_dirs_durable, read_small_file, write_atomic
+from edge.durable.files import SmallFileError, fsync_dir, make_dirs_durable, read_small_file, write_atomic
 from edge.rooms.session import RoomSession, SessionError
 
 log = logging.getLogger(__name__)
@@ -67,3 +67,24 @@ class SessionFiles:
 
     def run_dir(self, session: str, source: str, run: str) -> Path:
         return self.capture_dir / session / source / run
+
+    def clear_capture(self, session: str) -> list[str]:
+        """Remove a stopped session's capture directory once nothing in it awaits sealing: the segment
+        lists and pid files go (the ledger holds every segment's times and hash). Returns the segment
+        files still there (not sealed: the directory stays, for the next look), empty when it went."""
+        base = self.capture_dir / session
+        if not base.is_dir():
+            return []
+        left = sorted(
+            str(p.relative_to(base)) for p in base.rglob("*") if p.suffix == ".mp4" or p.suffix == ".json"
+        )
+        if left:
+            return left
+        for path in sorted(base.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink()
+        base.rmdir()
+        fsync_dir(self.capture_dir)
+        return []

@@ -82,9 +82,24 @@ async def watch(store: StationStore) -> AsyncIterator[LedgerWatch]:
     yield LedgerWatch(store)
 
 
+class UploadsSeen:
+    """The pipeline's seam to the uplink (its `UploadQueue` protocol): which items it was told of."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def item_sealed(self, item: str) -> None:
+        self.items.append(item)
+
+
 @pytest.fixture
-def pipeline(store: StationStore) -> IngestPipeline:
-    return IngestPipeline(store, IngestSettings(min_free_bytes=0, chunk_bytes=256 * 1024))
+def uploads() -> UploadsSeen:
+    return UploadsSeen()
+
+
+@pytest.fixture
+def pipeline(store: StationStore, uploads: UploadsSeen) -> IngestPipeline:
+    return IngestPipeline(store, IngestSettings(min_free_bytes=0, chunk_bytes=256 * 1024), uploads=uploads)
 
 
 def ffprobe_json(path: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from edge.rooms.recording import SessionRecording, run_anchor_ns, run_name
 from edge.rooms.session import RoomSession, new_session
 from edge.rooms.state import SessionFiles
 from edge.verify.station import verify_store
-from tests.rooms.conftest import STATION, LedgerWatch, ffprobe_json, lavfi_source, rooms_config
+from tests.rooms.conftest import STATION, LedgerWatch, UploadsSeen, ffprobe_json, lavfi_source, rooms_config
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
@@ -47,7 +47,7 @@ def test_a_run_directory_names_its_start() -> None:
 
 
 async def test_segments_are_sealed_as_they_close_and_verify(store: StationStore, pipeline: IngestPipeline,
-                                                            watch: LedgerWatch) -> None:
+                                                            watch: LedgerWatch, uploads: UploadsSeen) -> None:
     recording = _recording(store, pipeline, lavfi_source("a", audio=True), lavfi_source("b", codec="auto"))
     task = asyncio.create_task(recording.run())
     # Sealed while the session still runs: three segments of each source before anyone stops it.
@@ -80,6 +80,8 @@ async def test_segments_are_sealed_as_they_close_and_verify(store: StationStore,
         assert first is not None and first.path is not None
         tags = ffprobe_json(store.layout.root / first.path)["format"]["tags"]
         assert (tags["case_number"], tags["room"], tags["collector"]) == ("A3301062026000123", "xw-1", "张三")
+    # Each segment went to the upload queue as it was sealed.
+    assert sorted(uploads.items) == sorted(str(e.item) for e in watch.of("segment_sealed"))
     assert recording.sources["b"].coding == ("encode", "encode")  # lavfi rawvideo: auto must encode
     assert watch.of("gap") == []
     # Every capture file went once sealed: the store's copy holds its bytes.

@@ -134,8 +134,10 @@ async def test_a_session_through_the_api_is_sealed_with_its_manifest(
     assert subjects[0] == "询问过程" and subjects[-1] == "询问及辨认过程"
     # Every segment and the manifest were handed to the upload queue's table as sealed items.
     assert stopped["segments"] == sum(len(s["segments"]) for s in manifest["sources"])
-    loaded, _ = SessionFiles(store.layout.root).load()
+    files = SessionFiles(store.layout.root)
+    loaded, _ = files.load()
     assert [s.state for s in loaded] == [SessionState.STOPPED]
+    assert not (files.capture_dir / session).exists()  # everything sealed: its capture files went
     report = verify_store(store.layout.root)
     assert report.ok, report.problems
 
