@@ -164,10 +164,11 @@ class SessionRecording:
             notify_ready=False,
             backoff_initial_s=self.settings.restart_backoff_initial_s,
             backoff_max_s=self.settings.restart_backoff_max_s,
-            # Never give up on a room source: the backoff alone paces restarts (a camera unplugged for an
-            # hour is retried every restart_backoff_max_s, and each try is counted in the gap).
+            # Never give up on a room source: the backoff alone paces restarts. The backoff grows with the
+            # restarts counted in the window, so the window is long: a camera unplugged for an hour is
+            # retried every restart_backoff_max_s, each try counted in its gap.
             restart_budget=1_000_000,
-            budget_window_s=1.0,
+            budget_window_s=3600.0,
         )
         self.supervisor = supervisor
         try:

@@ -180,3 +180,24 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_a_source_that_never_starts_leaves_a_gap_until_the_stop_and_the_other_records(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch
+) -> None:
+    broken = {"id": "cam", "codec": "encode", "input": [{"format": "v4l2", "url": "/nonexistent/video7"}]}
+    recording = _recording(store, pipeline, lavfi_source("a"), broken)
+    task = asyncio.create_task(recording.run())
+    opened = (await watch.until(lambda: watch.of("gap", source="cam", state="open")))[0]
+    # ffmpeg's own words (the ledger shows absolute paths as "<station path>", like every entry).
+    assert "exited with status 1" in opened.data["reason"]
+    assert "Cannot open video device" in opened.data["reason"]
+    await watch.until(lambda: len(watch.of("segment_sealed", source="a")) >= 3)
+    await watch.until(lambda: recording.sources["cam"].runs >= 3)  # retried with backoff meanwhile
+    assert "Cannot open video device" in recording.status()[1]["gap"]["reason"]
+    recording.stop()
+    await task
+    closed = watch.of("gap", source="cam", state="closed")
+    assert len(closed) == 1 and closed[0].data["to_stop"] is True and closed[0].data["attempts"] >= 2
+    assert closed[0].data["from"] == opened.data["from"] <= closed[0].data["to"]
+    assert watch.of("segment_sealed", source="cam") == [] and watch.of("gap", source="a") == []
