@@ -353,7 +353,8 @@ class StationAgent:
                                  station_id=self.config.station.id,
                                  clock_synchronised=lambda: self.status.clock_trusted)
         self.rooms.load()
-        self.status.sections["rooms"] = self.rooms.status
+        # Only whether rooms record and their sources' health: the status reaches the kiosk channel.
+        self.status.sections["rooms"] = self.rooms.board_status
         # Time to stop every ffmpeg (each closes its segment) and seal what they wrote.
         stop_s = self.config.rooms.stop_timeout_s + 30.0
         supervisor.add(TaskSpec("rooms", self.rooms.run, critical=False, stop_timeout_s=stop_s))

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -50,6 +51,7 @@ class ClosedSegment:
     anchor_ns: int  # station time the run's ffmpeg was started: stream second 0
     partial: str | None = None  # why a segment is not whole: never listed before ffmpeg ended
     after_s: float = 0.0  # a partial segment: where the run's last listed segment ended (stream seconds)
+    written_ns: int | None = None  # a partial segment: when ffmpeg last wrote to it (its mtime)
 
     @property
     def duration_s(self) -> float | None:
@@ -62,8 +64,11 @@ class ClosedSegment:
         one segment ends where the next starts; a partial segment runs from the end of the last listed
         one to when the run ended."""
         if self.start_s is None or self.end_s is None:
+            # Its content ends where ffmpeg last wrote (a stalled ffmpeg stopped writing long before the
+            # run was ended), never later than the run's end.
+            end = min(self.written_ns or self.closed_ns, self.closed_ns)
             start = self.anchor_ns + int(self.after_s * 1e9)
-            return min(start, self.closed_ns), self.closed_ns
+            return min(start, end), end
         return self.anchor_ns + int(self.start_s * 1e9), self.anchor_ns + int(self.end_s * 1e9)
 
 
@@ -137,9 +142,10 @@ async def capture_run(
         with contextlib.suppress(SegmentListError):
             hand_over(*reader.read_new())
         why = ended or "ffmpeg was stopped before it closed this segment"
-        for leftover in _unlisted(run_dir, listed):
+        for leftover, written_ns in _unlisted(run_dir, listed):
             on_segment(ClosedSegment(leftover, run_dir.name, leftover.name, _index(leftover.name), None, None,
-                                     _now_ns(), anchor, partial=why, after_s=last_end_s))
+                                     _now_ns(), anchor, partial=why, after_s=last_end_s,
+                                     written_ns=written_ns))
     raise CaptureEnded(ended)
 
 
@@ -172,7 +178,8 @@ async def _keep_stderr(process: asyncio.subprocess.Process, lines: deque[str]) -
             lines.append(text[:300])
 
 
-def _unlisted(run_dir: Path, listed: set[str]) -> list[Path]:
+def _unlisted(run_dir: Path, listed: set[str]) -> list[tuple[Path, int]]:
+    """Segment files in `run_dir` the list does not name, with their mtimes (empty files left out)."""
     found = []
     for name in sorted(os.listdir(run_dir)):
         if name in listed or not SEGMENT_NAME.fullmatch(name):
@@ -182,8 +189,8 @@ def _unlisted(run_dir: Path, listed: set[str]) -> list[Path]:
             info = os.lstat(path)
         except FileNotFoundError:
             continue
-        if info.st_size > 0 and path.is_file() and not path.is_symlink():
-            found.append(path)
+        if info.st_size > 0 and stat.S_ISREG(info.st_mode):
+            found.append((path, info.st_mtime_ns))
     return found
 
 

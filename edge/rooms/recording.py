@@ -355,7 +355,8 @@ def leftover_segments(run_dir: Path) -> list[ClosedSegment]:
         else:
             why = untrusted or "the station agent stopped before ffmpeg closed this segment"
             found.append(ClosedSegment(path, run_dir.name, path.name, int(path.name[4:10]), None, None,
-                                       info.st_mtime_ns, anchor, partial=why, after_s=last_end_s))
+                                       info.st_mtime_ns, anchor, partial=why, after_s=last_end_s,
+                                       written_ns=info.st_mtime_ns))
     return found
 
 

@@ -290,8 +290,13 @@ class RoomService:
             del self.active[room]
             left = await asyncio.to_thread(self.files.clear_capture, session.session)
             if left:
-                log.error("room %s: session %s: %d capture file(s) not sealed, kept: %s", room,
-                          session.session, len(left), ", ".join(left[:5]))
+                log.error(
+                    "room %s: session %s: %d capture file(s) not sealed, kept: %s",
+                    room,
+                    session.session,
+                    len(left),
+                    ", ".join(left[:5]),
+                )
             log.info(
                 "room %s: session %s stopped by %s: %d segments, %d gaps",
                 room,
@@ -303,6 +308,8 @@ class RoomService:
             return {**summary, "seq": entry.seq, "stopped_utc": stopped.stopped_utc}
 
     def status(self) -> dict[str, Any]:
+        """Every room with its session (case, persons, marks) and each source: for operators (the local
+        API's room routes)."""
         rooms = []
         for config in self.settings.room:
             session = self.active.get(config.id)
@@ -317,6 +324,26 @@ class RoomService:
                 }
             )
         return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s}
+
+    def board_status(self) -> dict[str, Any]:
+        """What the status board (and so the dock screen's unauthenticated kiosk channel) may show: whether
+        each room records and how its sources do, never the case, the persons present or the marks."""
+        shown = ("source", "recording", "segments_sealed", "segments_failed", "last_segment_end_utc",
+                 "last_seal_latency_s")
+        rooms = []
+        for config in self.settings.room:
+            session = self.active.get(config.id)
+            recording = self._recordings.get(config.id)
+            sources = [] if recording is None else recording.status()
+            rooms.append({
+                "room": config.id,
+                "name": config.name,
+                "recording": session is not None,
+                "started_utc": None if session is None else session.started_utc,
+                "sources": [{**{key: source[key] for key in shown}, "gap": source["gap"] is not None}
+                            for source in sources],
+            })
+        return {"rooms": rooms}
 
     def recording(self, room: str) -> SessionRecording | None:
         return self._recordings.get(room)

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import os
 import signal
+from datetime import UTC, datetime
 
 import pytest
 
@@ -168,6 +169,9 @@ async def test_a_silent_source_is_restarted_with_the_reason_on_the_ledger(
         if _alive(victim):
             os.kill(victim, signal.SIGCONT)
     assert "no new segment for more than 2 s" in opened.data["reason"]
+    # The gap starts where ffmpeg stopped writing, not when the silence was noticed (2 s later at least).
+    noticed = _ns(opened.time)
+    assert noticed - _ns(opened.data["from"]) >= 2_000_000_000
     await watch.until(lambda: watch.of("gap", source="a", state="closed"))
     recording.stop()
     await task
@@ -201,3 +205,8 @@ async def test_a_source_that_never_starts_leaves_a_gap_until_the_stop_and_the_ot
     assert len(closed) == 1 and closed[0].data["to_stop"] is True and closed[0].data["attempts"] >= 2
     assert closed[0].data["from"] == opened.data["from"] <= closed[0].data["to"]
     assert watch.of("segment_sealed", source="cam") == [] and watch.of("gap", source="a") == []
+
+
+def _ns(iso: str) -> int:
+    moment = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000

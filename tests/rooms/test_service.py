@@ -108,6 +108,13 @@ async def test_a_session_through_the_api_is_sealed_with_its_manifest(
                                        if e.seq > change_seq])
             status, rooms = await _call(sock, "GET", "/api/v1/rooms")
             assert status == 200 and rooms["rooms"][0]["session"]["room_session"] == session
+            # The operators' route names the case and the persons; the status board (which the kiosk
+            # channel serves without authentication) says only that the room records, and how.
+            assert "李四" in json.dumps(rooms, ensure_ascii=False)
+            board = json.dumps(service.board_status(), ensure_ascii=False)
+            assert json.loads(board)["rooms"][0]["recording"] is True
+            for private in ("李四", FIELDS["case_number"], "出示证据一", session):
+                assert private not in board
             assert {s["source"] for s in rooms["rooms"][0]["sources"]} == {"a", "b"}
             status, stopped = await _call(sock, "POST", "/api/v1/rooms/xw-1/stop", {})
             assert status == 200, stopped
