@@ -1,8 +1,8 @@
 """The session manifest: what a room session recorded, built from its ledger entries when it stops. Pure.
 
 :func:`session_manifest` reads the session's entries (``segment_sealed``, ``gap``, ``mark``,
-``session_changed``, from its ``session_started`` on) and lists, per source in the order they were
-sealed, every segment with its item, hash, size, start and end time (partial ones say why), every gap
+``session_changed``, from its ``session_started`` on) and lists, per source in recording order (run, then
+index), every segment with its item, hash, size, start and end time (partial ones say why), every gap
 with its source, from, to and reason, every mark and change, and the persons present; the service signs
 it with the station key and seals it as an item of the session. Because it is built from the ledger, a
 manifest made after a crash says the same as one made by an orderly stop.
@@ -80,6 +80,10 @@ def session_manifest(
                     "by": data.get("by"),
                 }
             )
+    for listed in segments.values():
+        # In recording order: runs by their start (their names), segments by index within a run (a segment
+        # sealed late, after a failed first try, is still listed where it was recorded).
+        listed.sort(key=lambda s: (str(s["run"]), int(s["index"])))
     return {
         "format": SESSION_MANIFEST_FORMAT,
         "station": station_id,

@@ -67,7 +67,12 @@ class GapClosed:
     to_stop: bool = False
 
 
-SealerWork = ClosedSegment | GapOpened | GapClosed | None
+class FinalSweep:
+    """The last work of a stopped session's sealer: seal what is still in its capture directories."""
+
+
+FINAL_SWEEP = FinalSweep()
+SealerWork = ClosedSegment | GapOpened | GapClosed | FinalSweep | None
 
 
 @dataclass
@@ -189,7 +194,8 @@ class SessionRecording:
                         source.queue.put_nowait(GapOpened(source.last_end_ns or now, self._ending_reason))
                 elif source.gap_from_ns is not None:
                     source.queue.put_nowait(GapClosed(now, to_stop=True))
-                source.queue.put_nowait(None)
+                # At a stop, the sealer tries once more whatever of the session is still unsealed.
+                source.queue.put_nowait(FINAL_SWEEP if self._ending_reason is None else None)
             await asyncio.gather(*sealers, return_exceptions=True)
 
     async def _record(self, source: SourceRecording) -> None:
@@ -273,6 +279,9 @@ class SessionRecording:
             work = await source.queue.get()
             if work is None:
                 return
+            if isinstance(work, FinalSweep):
+                await self._seal_unsealed(source)
+                return
             try:
                 if isinstance(work, ClosedSegment):
                     done = await self._sealer(source).seal(work)
@@ -294,6 +303,25 @@ class SessionRecording:
             except Exception:  # one bad segment or entry must not end the sealing of the rest
                 log.exception("room %s source %s: sealing failed", self.session.room, source.config.id)
                 source.failed += 1
+
+    async def _seal_unsealed(self, source: SourceRecording) -> None:
+        """One more try for every segment of the source whose sealing failed during the session (a full
+        disk, an I/O error): what is still in its capture directories (a sealed one was removed)."""
+        base = self.files.capture_dir / self.session.session / source.config.id
+        if not base.is_dir():
+            return
+        for run_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
+            for segment in leftover_segments(run_dir):
+                log.warning("room %s source %s: %s/%s: sealing it again at the stop", self.session.room,
+                            source.config.id, segment.run, segment.name)
+                try:
+                    done = await self._sealer(source).seal(segment)
+                except Exception:
+                    log.exception("room %s source %s: sealing failed", self.session.room, source.config.id)
+                    done = None
+                if done is not None:
+                    source.sealed.append(done)
+                    source.failed = max(0, source.failed - 1)
 
     async def _gap_entry(
         self, source: SourceRecording, state: str, from_ns: int, to_ns: int | None, reason: str, **extra: Any

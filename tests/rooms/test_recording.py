@@ -7,6 +7,7 @@ modified afterwards is caught by `edge verify`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import signal
@@ -210,3 +211,27 @@ async def test_a_source_that_never_starts_leaves_a_gap_until_the_stop_and_the_ot
 def _ns(iso: str) -> int:
     moment = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
+async def test_segments_that_could_not_be_sealed_are_sealed_at_the_stop(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch
+) -> None:
+    recording = _recording(store, pipeline)
+    task = asyncio.create_task(recording.run())
+    await watch.until(lambda: len(watch.of("segment_sealed")) >= 1)
+    roomy = pipeline.settings
+    # The station disk "fills up": the pipeline keeps min_free_bytes free and refuses to copy.
+    pipeline.settings = dataclasses.replace(roomy, min_free_bytes=1 << 62)
+    await watch.until(lambda: len(watch.of("error", stage="room segment")) >= 2)
+    await watch.until(lambda: recording.sources["a"].failed >= 2)
+    unsealed = {e.data["segment"] for e in watch.of("error", stage="room segment")}
+    pipeline.settings = roomy  # space again
+    recording.stop()
+    await task
+    sealed = watch.of("segment_sealed", source="a")
+    # Nothing dropped: every segment ffmpeg listed is sealed in the end (those that failed last).
+    assert sorted(e.data["index"] for e in sealed) == list(range(len(sealed)))
+    assert unsealed <= {e.data["segment"] for e in sealed}
+    capture = SessionFiles(store.layout.root).capture_dir
+    assert list(capture.rglob("*.mp4")) == []
+    assert verify_store(store.layout.root).ok
