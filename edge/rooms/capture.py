@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.custody.text import printable
+from edge.durable.files import make_dirs_durable
 from edge.rooms.argv import SEGMENT_LIST
 from edge.rooms.segments import SEGMENT_NAME, ListedSegment, SegmentListError, SegmentListReader
 
@@ -91,7 +92,7 @@ async def capture_run(
 ) -> None:
     """Run ffmpeg until it ends (CaptureEnded) or this is cancelled; see the module docstring.
     `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs_durable(run_dir)  # private (0700), like the rest of the store
     anchor = anchor_ns if anchor_ns is not None else _now_ns()
     last_end_s = 0.0
     reader = SegmentListReader(run_dir / SEGMENT_LIST)

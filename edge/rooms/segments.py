@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,14 +66,20 @@ class SegmentListReader:
         time ffmpeg wrote the last of them (None when nothing new). Raises SegmentListError for a line
         ffmpeg does not write, or segments out of order."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             return [], None  # ffmpeg has not closed a segment yet
+        except OSError as exc:  # a symlink planted in its place (ELOOP), or worse
+            raise SegmentListError(f"the segment list cannot be read: {exc.strerror or exc}") from None
         try:
             info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise SegmentListError("the segment list is not a regular file")
             if info.st_size <= self.offset:
                 return [], None
             data = os.pread(fd, min(info.st_size - self.offset, MAX_READ_BYTES), self.offset)
+        except OSError as exc:
+            raise SegmentListError(f"the segment list cannot be read: {exc.strerror or exc}") from None
         finally:
             os.close(fd)
         self.offset += len(data)

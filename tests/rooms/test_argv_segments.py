@@ -95,3 +95,11 @@ def test_the_list_reader_returns_whole_lines_once_and_in_order(tmp_path: Path) -
         f.write(b"seg-000001.mp4,2.000000,3.000000\n")  # listed again: not from our ffmpeg
     with pytest.raises(SegmentListError, match="after segment 1"):
         reader.read_new()
+
+
+def test_a_list_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere.csv").write_bytes(b"seg-000000.mp4,0.000000,1.000000\n")
+    (tmp_path / "segments.csv").symlink_to(tmp_path / "elsewhere.csv")
+    with pytest.raises(SegmentListError, match="cannot be read"):
+        SegmentListReader(tmp_path / "segments.csv").read_new()
+    assert SegmentListReader(tmp_path / "elsewhere.csv").read_new()[0]  # control: the file itself reads
