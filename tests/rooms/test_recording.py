@@ -12,6 +12,7 @@ import itertools
 import os
 import signal
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ def _session() -> RoomSession:
                        started_utc="2026-12-05T10:00:00.000000Z", started_by="operator")
 
 
-def _recording(store: StationStore, pipeline: IngestPipeline, *sources: dict[str, object],
+def _recording(store: StationStore, pipeline: IngestPipeline, *sources: dict[str, Any],
                **settings: object) -> SessionRecording:
     config = rooms_config(*sources, **settings)
     files = SessionFiles(store.layout.root)
@@ -190,7 +191,8 @@ def _alive(pid: int) -> bool:
 async def test_a_source_that_never_starts_leaves_a_gap_until_the_stop_and_the_other_records(
     store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch
 ) -> None:
-    broken = {"id": "cam", "codec": "encode", "input": [{"format": "v4l2", "url": "/nonexistent/video7"}]}
+    broken: dict[str, Any] = {"id": "cam", "codec": "encode",
+                              "input": [{"format": "v4l2", "url": "/nonexistent/video7"}]}
     recording = _recording(store, pipeline, lavfi_source("a"), broken)
     task = asyncio.create_task(recording.run())
     opened = (await watch.until(lambda: watch.of("gap", source="cam", state="open")))[0]

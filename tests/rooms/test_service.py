@@ -36,7 +36,7 @@ from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_confi
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
-FIELDS = {"case_number": "A3301062026000123", "collector": "张三", "subject": "询问过程",
+FIELDS: dict[str, Any] = {"case_number": "A3301062026000123", "collector": "张三", "subject": "询问过程",
           "persons": [{"name": "李四", "role": "被询问人"}, {"name": "王五", "role": "询问人"}]}
 
 
@@ -137,7 +137,8 @@ async def test_a_session_through_the_api_is_sealed_with_its_manifest(
     assert manifest["changes"][0]["changes"]["subject"]["from"] == "询问过程"
     # Segments sealed after the change carry the new subject; before it, the old one.
     b_entries = watch.of("segment_sealed", source="b")
-    subjects = [repository.item(str(e.item)).manifest["case"]["subject"] for e in b_entries]  # type: ignore[union-attr]
+    records = [repository.item(str(e.item)) for e in b_entries]
+    subjects = [r.manifest["case"]["subject"] for r in records if r is not None and r.manifest is not None]
     assert subjects[0] == "询问过程" and subjects[-1] == "询问及辨认过程"
     # Every segment and the manifest were handed to the upload queue's table as sealed items.
     assert stopped["segments"] == sum(len(s["segments"]) for s in manifest["sources"])

@@ -71,8 +71,8 @@ def test_two_rooms_with_one_id_are_refused() -> None:
 
 
 def _session(**fields: object) -> RoomSession:
-    values = {"case_number": "京公（刑）立字〔2026〕123号", "collector": "张三", "subject": "询问过程",
-              "persons": [{"name": "李四", "role": "被询问人"}]}
+    values: dict[str, object] = {"case_number": "京公（刑）立字〔2026〕123号", "collector": "张三",
+                                 "subject": "询问过程", "persons": [{"name": "李四", "role": "被询问人"}]}
     values.update(fields)
     return new_session(room="xw-1", room_name="第一询问室", address="文三路 100 号", fields=values,
                        started_utc="2026-12-05T10:00:00.000000Z", started_by="operator")
