@@ -11,6 +11,11 @@ listed; SIGKILL only after `stop_timeout_s`), hands over what was listed meanwhi
 Either way, a segment file ffmpeg wrote but never listed (it was killed or crashed mid-segment) is handed
 over too, marked partial with the reason: evidence is never dropped (fragmented MP4 keeps such a file
 playable). Only empty files are left out (they hold nothing).
+
+ffmpeg's pid is written into the run directory (``ffmpeg.pid``): after a crash of the agent its ffmpeg
+runs on, orphaned, and the next start stops it (:func:`stop_orphan`) before sealing what it wrote.
+Segment times (:meth:`ClosedSegment.times_ns`) count from the station time ffmpeg was started, plus the
+stream times of the list, so one segment ends exactly where the next starts.
 """
 
 from __future__ import annotations

@@ -15,9 +15,13 @@ last held, ``reason`` = how the run ended); the first segment of a later run clo
 ``closed``, with ``from``, ``to`` = that segment's start, ``reason``, ``attempts`` = runs started
 meanwhile, ``duration_s``). A gap still open at stop is closed at the stop time with ``to_stop = true``.
 
+At the stop, each sealer tries once more every segment of its source still in the capture directories
+(one whose sealing failed during the session: a full disk, an I/O error), so none is dropped.
+
 A session resumed after the agent stopped or crashed starts each source with an open gap from its last
 sealed segment (or the session's start), and first seals what the interrupted runs left in their capture
-directories: listed segments whole, unlisted ones partial.
+directories (an ffmpeg a crash left running is stopped first): listed segments whole, unlisted ones
+partial.
 """
 
 from __future__ import annotations
