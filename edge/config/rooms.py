@@ -128,6 +128,12 @@ class RoomsSection(StrictModel):
                         description="ffmpeg command (name on PATH or absolute path)")
     ffprobe: str = Field("ffprobe", pattern=r"^(/[^\x00-\x1f]{1,255}|[A-Za-z0-9._+-]{1,64})$",
                          description="ffprobe command, for codec = auto")
+    start_min_free_bytes: int = Field(
+        8 << 30, ge=0,
+        description="A session refuses to start while the store's disk has less free than this (room for "
+        "its expected length: 8 GiB is some 4 hours of two 1080p sources at 4 Mbit/s), beyond the offload "
+        "reserve",
+    )
     stop_timeout_s: float = Field(
         15.0, gt=0, le=300, description="How long ffmpeg has to close its last segment after being asked to",
     )

@@ -33,7 +33,7 @@ from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.ledger import EntryType, LedgerEntry, station_time_now
 from edge.custody.manifest import sign_manifest
 from edge.custody.text import printable
-from edge.durable.files import write_atomic
+from edge.durable.files import free_bytes, write_atomic
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.manifest import session_manifest
@@ -177,6 +177,17 @@ class RoomService:
                     f"room {room} is already recording session {current.session} "
                     f"(case {current.case_number}, started {current.started_utc}): stop it first",
                     409,
+                )
+            free = await asyncio.to_thread(free_bytes, self.store.layout.root)
+            needed = self.settings.start_min_free_bytes + self.pipeline.settings.min_free_bytes
+            if free < needed:
+                await self._refuse(
+                    "start",
+                    room,
+                    by,
+                    f"the store's disk has {free / 2**30:.1f} GiB free; a session needs {needed / 2**30:.1f} "
+                    "GiB ([rooms] start_min_free_bytes and the offload reserve): free space first",
+                    507,
                 )
             try:
                 session = new_session(
@@ -328,21 +339,31 @@ class RoomService:
     def board_status(self) -> dict[str, Any]:
         """What the status board (and so the dock screen's unauthenticated kiosk channel) may show: whether
         each room records and how its sources do, never the case, the persons present or the marks."""
-        shown = ("source", "recording", "segments_sealed", "segments_failed", "last_segment_end_utc",
-                 "last_seal_latency_s")
+        shown = (
+            "source",
+            "recording",
+            "segments_sealed",
+            "segments_failed",
+            "last_segment_end_utc",
+            "last_seal_latency_s",
+        )
         rooms = []
         for config in self.settings.room:
             session = self.active.get(config.id)
             recording = self._recordings.get(config.id)
             sources = [] if recording is None else recording.status()
-            rooms.append({
-                "room": config.id,
-                "name": config.name,
-                "recording": session is not None,
-                "started_utc": None if session is None else session.started_utc,
-                "sources": [{**{key: source[key] for key in shown}, "gap": source["gap"] is not None}
-                            for source in sources],
-            })
+            rooms.append(
+                {
+                    "room": config.id,
+                    "name": config.name,
+                    "recording": session is not None,
+                    "started_utc": None if session is None else session.started_utc,
+                    "sources": [
+                        {**{key: source[key] for key in shown}, "gap": source["gap"] is not None}
+                        for source in sources
+                    ],
+                }
+            )
         return {"rooms": rooms}
 
     def recording(self, room: str) -> SessionRecording | None:

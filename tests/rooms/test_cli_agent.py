@@ -40,6 +40,7 @@ stale_margin_s = 3.0
 stop_timeout_s = 5.0
 restart_backoff_initial_s = 0.2
 restart_backoff_max_s = 1.0
+start_min_free_bytes = 0
 [[rooms.room]]
 id = "xw-1"
 name = "第一询问室"

@@ -208,3 +208,19 @@ async def test_a_session_the_agent_stopped_in_is_resumed_with_the_gap_on_the_led
     assert all(e.data["to"] > e.data["from"] for e in closed)
     assert done["gaps"] == 2
     assert verify_store(store.layout.root).ok
+
+
+async def test_a_session_refuses_to_start_without_room_on_the_disk(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch
+) -> None:
+    full = RoomService(rooms_config(start_min_free_bytes=1 << 60), store, pipeline, station_id=STATION)
+    full.load()
+    with pytest.raises(RoomRefused, match="GiB free; a session needs") as refused:
+        await full.start("xw-1", FIELDS, by="op")
+    assert refused.value.status == 507 and not full.active
+    assert "start_min_free_bytes" in watch.of("refused", stage="room")[0].data["reason"]
+    # Control: with the room it needs, the same start goes through.
+    roomy = RoomService(rooms_config(start_min_free_bytes=1 << 20), store, pipeline, station_id=STATION)
+    roomy.load()
+    assert (await roomy.start("xw-1", FIELDS, by="op")).room == "xw-1"
+    assert len(watch.of("session_started")) == 1
