@@ -27,6 +27,7 @@ from edge.custody.text import json_printable, printable
 from edge.durable.lock import StoreBusy
 from edge.gb28181.cli import add_gb28181_parser
 from edge.ingest.store_commands import load_station_config, open_station_store, store_failure_status
+from edge.observe.room_cli import add_room_parser
 from edge.observe.status_cli import add_status_parser
 from edge.runtime.exit_codes import ExitCode
 from edge.runtime.logs import LOG_FORMATS, LogFormat, configure_logging
@@ -538,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_uplink_parser(sub)
     add_witness_parser(sub)
     add_gb28181_parser(sub)
+    add_room_parser(sub)
     return parser
 
 
@@ -545,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The demo prints its own progress; its log shows only warnings unless asked.
     quiet = args.command in ("demo", "verify", "check-config", "tag", "keys", "uplink", "witness", "status",
-                         "gb28181")
+                         "gb28181", "room")
     _setup_logging(args.verbose, quiet=quiet, log_format=args.log_format)
     result: int = args.func(args)
     return result

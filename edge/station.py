@@ -46,6 +46,7 @@ from edge.mqtt.telemetry import TelemetryPublisher, TelemetrySettings, will_mess
 from edge.observe.api import LocalApi
 from edge.observe.board import CentralFacts, ClockFacts, StatusBoard, TaskFacts
 from edge.observe.facts import StoreFactsReader
+from edge.observe.room_api import room_routes
 from edge.observe.sink import (
     BayBouncing,
     BayUsbSerialClaim,
@@ -55,6 +56,7 @@ from edge.observe.sink import (
     UsbSerialProblem,
 )
 from edge.pki.names import IdentityError
+from edge.rooms.service import RoomService
 from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
 from edge.runtime.slots import ConcurrencySlot
@@ -180,6 +182,7 @@ class StationAgent:
         self.supervisor: Supervisor | None = None
         self.gb28181: GbPlatform | None = None
         self.gb28181_downloads: GbDownloadScheduler | None = None
+        self.rooms: RoomService | None = None
         self.ready = asyncio.Event()
         # Whether [logging] level sets the log level (not when the command line chose one, with -v).
         self.log_level_from_config = False
@@ -271,6 +274,8 @@ class StationAgent:
         self.pipeline.discard_interrupted_rebuilds()
         if self.gb28181 is not None:
             self._add_gb28181_downloads(supervisor, self.gb28181)
+        if self.config.rooms.room:
+            self._add_rooms(supervisor)
         await self._start_api()
         watcher.start()
         self.ready.set()
@@ -338,6 +343,21 @@ class StationAgent:
         downloads = self.gb28181_downloads
         self.status.sections["gb28181"] = lambda: {**platform.snapshot(), "downloads": downloads.snapshot()}
         supervisor.add(TaskSpec("gb28181-downloads", downloads.run, critical=False))
+
+    def _add_rooms(self, supervisor: Supervisor) -> None:
+        """Interview and hearing rooms (edge.rooms): sessions kept on disk are resumed; operators start,
+        stop and mark them over the local API. Losing the task costs recording until it is restarted
+        (every interruption a gap on the ledger), never what was sealed."""
+        assert self.store is not None and self.pipeline is not None
+        self.rooms = RoomService(self.config.rooms, self.store, self.pipeline,
+                                 station_id=self.config.station.id,
+                                 clock_synchronised=lambda: self.status.clock_trusted)
+        self.rooms.load()
+        # Only whether rooms record and their sources' health: the status reaches the kiosk channel.
+        self.status.sections["rooms"] = self.rooms.board_status
+        # Time to stop every ffmpeg (each closes its segment) and seal what they wrote.
+        stop_s = self.config.rooms.stop_timeout_s + 30.0
+        supervisor.add(TaskSpec("rooms", self.rooms.run, critical=False, stop_timeout_s=stop_s))
 
     def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient) -> None:
         """Telemetry from the status board (which needs the telemetry salt: a salt file that cannot be
@@ -418,7 +438,8 @@ class StationAgent:
         assert self.store is not None
         if not self.config.api.enabled:
             return
-        api = LocalApi(self.status, self.store, self.config.api)
+        extensions = [room_routes(self.rooms)] if self.rooms is not None else []
+        api = LocalApi(self.status, self.store, self.config.api, extensions)
         try:
             await api.start()
         except OSError as exc:

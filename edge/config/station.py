@@ -22,6 +22,7 @@ from edge.config.base import (
     parse_toml_model,
     read_config_text,
 )
+from edge.config.rooms import RoomsSection
 
 
 class StationSection(StrictModel):
@@ -848,6 +849,7 @@ class StationConfig(StrictModel):
         default_factory=dict, description="Per-officer (警号) case defaults, over the station defaults"
     )
     logging: LoggingSection = LoggingSection()
+    rooms: RoomsSection = RoomsSection()
 
     @model_validator(mode="after")
     def _receipt_needs_uplink(self) -> StationConfig:

@@ -133,6 +133,10 @@ class EntryType(StrEnum):
     ERROR = "error"
     REFUSED = "refused"
     GAP = "gap"
+    # A room session (edge.rooms): an operator's mark (打点), and a change of its case fields or persons.
+    # (Its start and end are session_started/session_stopped with "kind": "room".)
+    MARK = "mark"
+    SESSION_CHANGED = "session_changed"
     CHECKPOINT = "checkpoint"
     # The station's check of the central's log failed (a split view or a rewritten log): the uplink stops.
     WITNESS_ALARM = "witness_alarm"

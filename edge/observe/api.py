@@ -10,6 +10,8 @@ Routes (JSON unless said; shapes in the package docstring):
   GET  /api/v1/items/{item}      one item: case, manifest, ledger trail operator
   POST /api/v1/items/{item}/tags case fields: a signed `tagged` entry    operator
   GET  /metrics                  Prometheus text                        operator (kiosk with metrics_over_tcp)
+  GET  /api/v1/rooms, POST /api/v1/rooms/{room}/start|mark|change|stop   operator (edge.observe.room_api,
+                                 only on a station with [[rooms.room]])
   GET  /dock/...                 the dock screen (registered by its package with add_kiosk_page)   kiosk
 
 Authorisation, on every route (a route registered without an access level is refused to everyone):
@@ -47,7 +49,7 @@ import socket
 import stat
 import struct
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -134,7 +136,14 @@ def add_kiosk_page(app: web.Application, prefix: str, directory: Path) -> None:
     app[ACCESS][static.canonical] = Access.KIOSK
 
 
-def build_app(board: StatusBoard, store: StationStore, settings: ApiSection) -> web.Application:
+# Adds routes to the app (with add_route, so that each has its access level): the room routes
+# (edge.observe.room_api), given by the composition root when the station records rooms.
+Extension = Callable[[web.Application], None]
+
+
+def build_app(
+    board: StatusBoard, store: StationStore, settings: ApiSection, extensions: Sequence[Extension] = ()
+) -> web.Application:
     app = web.Application(middlewares=[_authorise], client_max_size=MAX_BODY_BYTES)
     app[ACCESS] = {}
     app[BOARD] = board
@@ -154,6 +163,8 @@ def build_app(board: StatusBoard, store: StationStore, settings: ApiSection) -> 
     # Kiosk pages register here with add_kiosk_page; the dock screen's own routes (read-only, kiosk):
     for path, handler in dock_screen_routes():
         add_route(app, "GET", path, handler, Access.KIOSK)
+    for extend in extensions:
+        extend(app)
 
     async def close_reader(app: web.Application) -> None:
         app[READER].close()
@@ -436,9 +447,15 @@ async def _metrics(request: web.Request) -> web.Response:
 class LocalApi:
     """The API's listeners; ``start`` binds both, ``stop`` closes them (open event streams included)."""
 
-    def __init__(self, board: StatusBoard, store: StationStore, settings: ApiSection) -> None:
+    def __init__(
+        self,
+        board: StatusBoard,
+        store: StationStore,
+        settings: ApiSection,
+        extensions: Sequence[Extension] = (),
+    ) -> None:
         self.settings = settings
-        self.app = build_app(board, store, settings)
+        self.app = build_app(board, store, settings, extensions)
         self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         self.tcp_url: str | None = None
         self.socket_path: Path | None = None

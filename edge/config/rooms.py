@@ -1,0 +1,151 @@
+"""`[rooms]` of the station configuration: interview and hearing rooms (询问室/听证室) recorded by this PC.
+
+Each ``[[rooms.room]]`` names a room (id, name, address) and its sources; each source is one ffmpeg
+capture made of one or more ffmpeg inputs (``[[rooms.room.source.input]]``: a lavfi test source, a
+V4L2 camera and an ALSA microphone, an RTSP URL). Off (no rooms) by default. What the sessions, capture
+and sealing do with it: :mod:`edge.rooms`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edge.config.base import IDENTIFIER, StrictModel
+
+# ffmpeg option names (without the dash) an input may carry: `-video_size`, `-rtsp_transport`, ...
+_OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Input formats (`-f`): demuxer and device names are short lower-case words.
+_FORMAT = r"^[a-z0-9_]{1,32}$"
+# Options of the input stage the argv builder sets itself (a second value would fight it).
+_RESERVED_OPTIONS = frozenset({"f", "i", "re", "y", "n"})
+
+
+def _plain_text(value: str, what: str) -> str:
+    if not value.isprintable():
+        raise ValueError(f"{what} must be printable text without control characters")
+    return value
+
+
+class RoomInputConfig(StrictModel):
+    """One ffmpeg input (`-f FORMAT [-OPTION VALUE ...] [-re] -i URL`)."""
+
+    url: str = Field(
+        min_length=1, max_length=1024,
+        description="What -i reads: a lavfi graph (testsrc2=size=1280x720:rate=25), a device "
+        "(/dev/v4l/by-id/..., hw:1,0), an rtsp:// URL",
+    )
+    format: str = Field("", pattern=rf"^({_FORMAT[1:-1]})?$",
+                        description="-f before -i (lavfi, v4l2, alsa, rtsp); empty: ffmpeg guesses")
+    options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Input options without the dash (video_size = \"1280x720\", rtsp_transport = \"tcp\")",
+    )
+    realtime: bool = Field(
+        False, description="-re: read at the input's own rate; needed for generated (lavfi) and file "
+        "inputs, never for cameras and microphones, which deliver in real time by nature",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_printable(cls, value: str) -> str:
+        return _plain_text(value, "url")
+
+    @field_validator("options")
+    @classmethod
+    def _options_plain(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, option in value.items():
+            if not _OPTION_NAME.fullmatch(name):
+                raise ValueError(f"option name {name!r} must be a lower-case ffmpeg option without the dash")
+            if name in _RESERVED_OPTIONS:
+                raise ValueError(f"option {name!r} is set by the station itself (use format/realtime/url)")
+            _plain_text(option, f"option {name}")
+            if len(option) > 256:
+                raise ValueError(f"option {name} is longer than 256 characters")
+        return value
+
+
+class RoomSourceConfig(StrictModel):
+    """One capture of a room: its inputs become one MP4 segment stream (video and/or audio)."""
+
+    id: Annotated[str, Field(pattern=IDENTIFIER, description="Source id, unique in its room")]
+    name: str = Field("", max_length=64, description="Human name (全景, 特写, 话筒)")
+    input: list[RoomInputConfig] = Field(min_length=1, max_length=4, description="ffmpeg inputs, in order")
+    codec: Literal["auto", "copy", "encode"] = Field(
+        "auto",
+        description="copy: stream copy (the inputs deliver H.264/HEVC video and AAC audio); encode: "
+        "libx264 + AAC; auto: ffprobe the inputs at each start and copy what MP4 takes as it is",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_printable(cls, value: str) -> str:
+        return _plain_text(value, "name")
+
+
+class RoomConfig(StrictModel):
+    id: Annotated[str, Field(pattern=IDENTIFIER, description="Room id, unique on the station")]
+    name: str = Field(min_length=1, max_length=64, description="Room name (第一询问室)")
+    address: str = Field(min_length=1, max_length=256, description="Where the room is: its part of the "
+                         "session's location (采集地点)")
+    source: list[RoomSourceConfig] = Field(min_length=1, max_length=8, description="The room's captures")
+
+    @field_validator("name", "address")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        return _plain_text(value, "room name and address")
+
+    @model_validator(mode="after")
+    def _sources_unique(self) -> RoomConfig:
+        ids = [s.id for s in self.source]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"room {self.id}: source ids must be unique")
+        return self
+
+
+class RoomsSection(StrictModel):
+    """Interview and hearing rooms recorded by this station (edge.rooms). Empty: no rooms."""
+
+    room: list[RoomConfig] = Field(default_factory=list, description="The rooms ([[rooms.room]])")
+    segment_time_s: float = Field(
+        10.0, ge=0.5, le=600,
+        description="Length of each sealed segment; each is hashed and chained within a second of closing",
+    )
+    mp4_layout: Literal["fragmented", "plain", "faststart"] = Field(
+        "fragmented",
+        description="fragmented: a segment cut short by a crash still plays; plain: moov at the end; "
+        "faststart: moov moved to the front when the segment closes (costs a rewrite, so seal latency)",
+    )
+    stale_margin_s: float = Field(
+        5.0, gt=0, le=600,
+        description="A source with no new segment for segment_time_s + this is restarted (a gap)",
+    )
+    restart_backoff_initial_s: float = Field(0.5, ge=0, le=60, description="First restart delay")
+    restart_backoff_max_s: float = Field(10.0, ge=0, le=600, description="Longest restart delay")
+    ffmpeg: str = Field("ffmpeg", pattern=r"^(/[^\x00-\x1f]{1,255}|[A-Za-z0-9._+-]{1,64})$",
+                        description="ffmpeg command (name on PATH or absolute path)")
+    ffprobe: str = Field("ffprobe", pattern=r"^(/[^\x00-\x1f]{1,255}|[A-Za-z0-9._+-]{1,64})$",
+                         description="ffprobe command, for codec = auto")
+    start_min_free_bytes: int = Field(
+        8 << 30, ge=0,
+        description="A session refuses to start while the store's disk has less free than this (room for "
+        "its expected length: 8 GiB is some 4 hours of two 1080p sources at 4 Mbit/s), beyond the offload "
+        "reserve",
+    )
+    stop_timeout_s: float = Field(
+        15.0, gt=0, le=300, description="How long ffmpeg has to close its last segment after being asked to",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RoomsSection:
+        ids = [r.id for r in self.room]
+        if len(set(ids)) != len(ids):
+            raise ValueError("room ids must be unique")
+        if self.restart_backoff_max_s < self.restart_backoff_initial_s:
+            raise ValueError("restart_backoff_max_s must be >= restart_backoff_initial_s")
+        return self
+
+    def room_by_id(self, room_id: str) -> RoomConfig | None:
+        return next((r for r in self.room if r.id == room_id), None)

@@ -1,0 +1,19 @@
+"""Interview and hearing rooms (询问室/听证室): case-bound sessions, recorded in segments sealed as they
+close.
+
+One module per job:
+
+* :mod:`edge.rooms.session`: the session model (room, case number, location, collector, subject 证明对象,
+  persons present and their roles, marks), validated; pure.
+* :mod:`edge.rooms.state`: sessions persisted under the store (``<store>/rooms/``) with atomic writes, so a
+  crash of the agent never loses one.
+* :mod:`edge.rooms.argv`: ffmpeg and ffprobe command lines, built by pure functions (lists).
+* :mod:`edge.rooms.segments`: the ffmpeg segment list (CSV), parsed as it grows: a line is a closed segment.
+* :mod:`edge.rooms.capture`: one ffmpeg run of one source (asyncio subprocess, stopped gracefully).
+* :mod:`edge.rooms.sealing`: each closed segment through the one ingest pipeline, then `segment_sealed`
+  with its seal latency.
+* :mod:`edge.rooms.recording`: a session's sources under a supervisor (restart with backoff, a source
+  judged by its last segment's age); every interruption a `gap` ledger entry.
+* :mod:`edge.rooms.manifest`: the signed session manifest sealed at stop.
+* :mod:`edge.rooms.service`: start, stop, mark, status; what the local API and `edge room` call.
+"""

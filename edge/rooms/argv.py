@@ -1,0 +1,180 @@
+"""ffmpeg and ffprobe command lines for room capture, built by pure functions that return argv lists.
+
+A source's ffmpeg reads its inputs (:func:`input_args`) and writes fixed-length MP4 segments with the
+segment muxer (:func:`segment_argv`):
+
+* ``-f segment -segment_time T -reset_timestamps 1``: a new file every T seconds (at the next key frame;
+  when encoding, key frames are forced at every multiple of T so segments are T long);
+* ``-segment_list list.csv -segment_list_type csv``: ffmpeg appends ``name,start,end`` to the list when it
+  has closed a segment, so a line in the list means a complete file (:mod:`edge.rooms.segments`);
+* ``-segment_format mp4`` with ``movflags`` per layout: fragmented (a segment cut short by a crash is
+  still playable), plain (moov at the end), faststart (moov moved to the front at close);
+* stream copy when the inputs' codecs go into MP4 as they are (:func:`codec_plan`), else libx264/AAC;
+* the case metadata (case number, room, location, collector, subject, session, source) in every segment
+  (``-metadata``, kept as MP4 tags by ``use_metadata_tags``).
+
+No shell is involved anywhere: the lists go to ``asyncio.create_subprocess_exec``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from edge.config.rooms import RoomInputConfig
+
+SEGMENT_LIST = "segments.csv"
+SEGMENT_PATTERN = "seg-%06d.mp4"
+# Video MP4 takes as it is (and browsers and court players play), audio likewise.
+COPYABLE_VIDEO = frozenset({"h264", "hevc"})
+COPYABLE_AUDIO = frozenset({"aac"})
+MOVFLAGS = {
+    # skip_trailer: no mfra index at the end, so the station can append its evidence box (players find
+    # the fragments from the front).
+    "fragmented": "+frag_keyframe+empty_moov+default_base_moof+skip_trailer+use_metadata_tags",
+    "plain": "+use_metadata_tags",
+    "faststart": "+faststart+use_metadata_tags",
+}
+
+
+class Coding(StrEnum):
+    COPY = "copy"
+    ENCODE = "encode"
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """How one run of a source writes its segments."""
+
+    segment_time_s: float
+    mp4_layout: str = "fragmented"
+    video: Coding = Coding.ENCODE
+    audio: Coding = Coding.ENCODE
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.segment_time_s > 0:
+            raise ValueError(f"segment_time_s must be > 0, got {self.segment_time_s!r}")
+        if self.mp4_layout not in MOVFLAGS:
+            raise ValueError(f"mp4_layout must be one of {sorted(MOVFLAGS)}, got {self.mp4_layout!r}")
+        for key, value in self.metadata.items():
+            if not key.isidentifier() or not key.isascii():
+                raise ValueError(f"metadata key {key!r} is not a plain identifier")
+            if "\n" in value or "\x00" in value:
+                raise ValueError(f"metadata {key} contains a line break or NUL")
+
+
+def input_args(inputs: Sequence[RoomInputConfig]) -> list[str]:
+    """``[-f FORMAT] [-OPTION VALUE ...] [-re] -i URL`` for each input, in order."""
+    args: list[str] = []
+    for spec in inputs:
+        if spec.format:
+            args += ["-f", spec.format]
+        for name, value in spec.options.items():
+            args += [f"-{name}", value]
+        if spec.realtime:
+            args.append("-re")
+        args += ["-i", spec.url]
+    return args
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def codec_args(plan: SegmentPlan) -> list[str]:
+    """Codec options: copy, or libx264 (key frames forced at every segment boundary) and AAC."""
+    args: list[str] = []
+    if plan.video is Coding.COPY:
+        args += ["-c:v", "copy"]
+    else:
+        boundary = _seconds(plan.segment_time_s)
+        args += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+                 "-force_key_frames", f"expr:gte(t,n_forced*{boundary})"]
+    if plan.audio is Coding.COPY:
+        args += ["-c:a", "copy"]
+    else:
+        args += ["-c:a", "aac", "-b:a", "128k"]
+    return args
+
+
+def map_args(input_count: int) -> list[str]:
+    """Every video and audio stream of every input (``?``: an input may have only one kind)."""
+    args: list[str] = []
+    for index in range(input_count):
+        args += ["-map", f"{index}:v?", "-map", f"{index}:a?"]
+    return args
+
+
+def metadata_args(metadata: Mapping[str, str]) -> list[str]:
+    args: list[str] = []
+    for key, value in metadata.items():
+        args += ["-metadata", f"{key}={value}"]
+    return args
+
+
+def segment_argv(
+    ffmpeg: str, inputs: Sequence[RoomInputConfig], plan: SegmentPlan, run_dir: Path
+) -> list[str]:
+    """The whole ffmpeg command of one run: segments and their list in `run_dir`."""
+    if not inputs:
+        raise ValueError("a source needs at least one input")
+    return [
+        ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "warning",
+        *input_args(inputs),
+        *map_args(len(inputs)),
+        *codec_args(plan),
+        *metadata_args(plan.metadata),
+        "-f", "segment",
+        "-segment_time", _seconds(plan.segment_time_s),
+        "-reset_timestamps", "1",
+        "-segment_format", "mp4",
+        "-segment_format_options", f"movflags={MOVFLAGS[plan.mp4_layout]}",
+        "-segment_list", str(run_dir / SEGMENT_LIST),
+        "-segment_list_type", "csv",
+        str(run_dir / SEGMENT_PATTERN),
+    ]
+
+
+def probe_argv(ffprobe: str, spec: RoomInputConfig) -> list[str]:
+    """ffprobe of one input's streams as JSON (codec_type and codec_name of each)."""
+    args = [ffprobe, "-hide_banner", "-v", "error", "-show_entries", "stream=index,codec_type,codec_name",
+            "-of", "json"]
+    if spec.format:
+        args += ["-f", spec.format]
+    for name, value in spec.options.items():
+        args += [f"-{name}", value]
+    return [*args, "-i", spec.url]
+
+
+def probed_codecs(doc: Any) -> list[tuple[str, str]]:
+    """(codec_type, codec_name) of each stream in ffprobe's JSON; ValueError when it is not that."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("streams"), list):
+        raise ValueError("ffprobe gave no stream list")
+    found = []
+    for stream in doc["streams"]:
+        if isinstance(stream, dict):
+            kind, name = stream.get("codec_type"), stream.get("codec_name")
+            if isinstance(kind, str) and isinstance(name, str):
+                found.append((kind, name))
+    return found
+
+
+def codec_plan(setting: str, probed: Iterable[tuple[str, str]] | None) -> tuple[Coding, Coding]:
+    """(video, audio) coding for the `codec` setting: copy and encode as said; auto copies a kind only
+    when every probed stream of it goes into MP4 as it is, and encodes when the probe failed (None)."""
+    if setting == "copy":
+        return Coding.COPY, Coding.COPY
+    if setting == "encode" or probed is None:
+        return Coding.ENCODE, Coding.ENCODE
+    if setting != "auto":
+        raise ValueError(f"codec must be auto, copy or encode, got {setting!r}")
+    streams = list(probed)
+    video = [name for kind, name in streams if kind == "video"]
+    audio = [name for kind, name in streams if kind == "audio"]
+    video_copy = bool(video) and all(name in COPYABLE_VIDEO for name in video)
+    audio_copy = bool(audio) and all(name in COPYABLE_AUDIO for name in audio)
+    return (Coding.COPY if video_copy else Coding.ENCODE, Coding.COPY if audio_copy else Coding.ENCODE)

@@ -1,0 +1,240 @@
+"""One run of one source's ffmpeg: start it, hand over each segment as it closes, stop it gracefully.
+
+:func:`capture_run` starts ffmpeg (argv from :mod:`edge.rooms.argv`) as an asyncio subprocess in its own
+session (a terminal's Ctrl-C reaches the agent, which decides), reads its segment list every `poll_s`
+and calls `on_segment` with each segment the list names (:mod:`edge.rooms.segments`: listed means
+closed). It returns never: when ffmpeg exits it raises :class:`CaptureEnded` with the exit status and the
+last lines ffmpeg wrote to stderr; when it is cancelled (the session stops, or the supervisor found the
+source silent) it stops ffmpeg the way ffmpeg finishes its files (SIGTERM: the open segment is closed and
+listed; SIGKILL only after `stop_timeout_s`), hands over what was listed meanwhile, and re-raises.
+
+Either way, a segment file ffmpeg wrote but never listed (it was killed or crashed mid-segment) is handed
+over too, marked partial with the reason: evidence is never dropped (fragmented MP4 keeps such a file
+playable). Only empty files are left out (they hold nothing).
+
+ffmpeg's pid is written into the run directory (``ffmpeg.pid``): after a crash of the agent its ffmpeg
+runs on, orphaned, and the next start stops it (:func:`stop_orphan`) before sealing what it wrote.
+Segment times (:meth:`ClosedSegment.times_ns`) count from the station time ffmpeg was started, plus the
+stream times of the list, so one segment ends exactly where the next starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.custody.text import printable
+from edge.durable.files import make_dirs_durable
+from edge.rooms.argv import SEGMENT_LIST
+from edge.rooms.segments import SEGMENT_NAME, ListedSegment, SegmentListError, SegmentListReader
+
+log = logging.getLogger(__name__)
+
+STDERR_LINES = 40
+PID_FILE = "ffmpeg.pid"
+
+
+@dataclass(frozen=True)
+class ClosedSegment:
+    """A segment file ffmpeg has finished with, ready to seal."""
+
+    path: Path
+    run: str  # the run directory's name
+    name: str
+    index: int
+    start_s: float | None  # stream seconds from the list (None for a partial segment)
+    end_s: float | None
+    closed_ns: int  # station time (ns since the epoch) ffmpeg listed it, or the run ended
+    anchor_ns: int  # station time the run's ffmpeg was started: stream second 0
+    partial: str | None = None  # why a segment is not whole: never listed before ffmpeg ended
+    after_s: float = 0.0  # a partial segment: where the run's last listed segment ended (stream seconds)
+    written_ns: int | None = None  # a partial segment: when ffmpeg last wrote to it (its mtime)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start_s is None or self.end_s is None:
+            return None
+        return self.end_s - self.start_s
+
+    def times_ns(self) -> tuple[int, int]:
+        """(start, end) in station time: the run's start plus the stream times the list gives, so that
+        one segment ends where the next starts; a partial segment runs from the end of the last listed
+        one to when the run ended."""
+        if self.start_s is None or self.end_s is None:
+            # Its content ends where ffmpeg last wrote (a stalled ffmpeg stopped writing long before the
+            # run was ended), never later than the run's end.
+            end = min(self.written_ns or self.closed_ns, self.closed_ns)
+            start = self.anchor_ns + int(self.after_s * 1e9)
+            return min(start, end), end
+        return self.anchor_ns + int(self.start_s * 1e9), self.anchor_ns + int(self.end_s * 1e9)
+
+
+class CaptureEnded(Exception):
+    """ffmpeg ended by itself (or wrote a list the station cannot trust); the message says how."""
+
+
+OnSegment = Callable[[ClosedSegment], None]
+
+
+async def capture_run(
+    argv: Sequence[str],
+    run_dir: Path,
+    on_segment: OnSegment,
+    *,
+    stop_timeout_s: float,
+    poll_s: float = 0.05,
+    on_started: Callable[[int], None] | None = None,
+    anchor_ns: int | None = None,
+) -> None:
+    """Run ffmpeg until it ends (CaptureEnded) or this is cancelled; see the module docstring.
+    `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started)."""
+    make_dirs_durable(run_dir)  # private (0700), like the rest of the store
+    anchor = anchor_ns if anchor_ns is not None else _now_ns()
+    last_end_s = 0.0
+    reader = SegmentListReader(run_dir / SEGMENT_LIST)
+    listed: set[str] = set()
+    stderr: deque[str] = deque(maxlen=STDERR_LINES)
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    # Named in the run directory, so that after a crash of the agent the next start can stop this
+    # ffmpeg (still writing, orphaned) before it seals what the run left (stop_orphan).
+    (run_dir / PID_FILE).write_text(f"{process.pid}\n")
+    if on_started is not None:
+        on_started(process.pid)
+    drain = asyncio.create_task(_keep_stderr(process, stderr), name=f"ffmpeg-stderr-{process.pid}")
+
+    def hand_over(segments: list[ListedSegment], closed_ns: int | None) -> None:
+        nonlocal last_end_s
+        when = closed_ns if closed_ns is not None else _now_ns()
+        for seg in segments:
+            listed.add(seg.name)
+            last_end_s = max(last_end_s, seg.end_s)
+            on_segment(ClosedSegment(run_dir / seg.name, run_dir.name, seg.name, seg.index, seg.start_s,
+                                     seg.end_s, when, anchor))
+
+    ended: str | None = None
+    try:
+        while process.returncode is None:
+            try:
+                hand_over(*reader.read_new())
+            except SegmentListError as exc:
+                ended = f"untrusted segment list: {exc}"
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll_s):
+                    await process.wait()
+        if ended is None:
+            await drain  # every line ffmpeg wrote before it exited
+            tail = " | ".join(printable(line) for line in stderr)
+            ended = f"ffmpeg exited with status {process.returncode}" + (f": {tail}" if tail else "")
+    finally:
+        await _stop(process, stop_timeout_s)
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
+        with contextlib.suppress(SegmentListError):
+            hand_over(*reader.read_new())
+        why = ended or "ffmpeg was stopped before it closed this segment"
+        for leftover, written_ns in _unlisted(run_dir, listed):
+            on_segment(ClosedSegment(leftover, run_dir.name, leftover.name, _index(leftover.name), None, None,
+                                     _now_ns(), anchor, partial=why, after_s=last_end_s,
+                                     written_ns=written_ns))
+    raise CaptureEnded(ended)
+
+
+async def _stop(process: asyncio.subprocess.Process, timeout_s: float) -> None:
+    """SIGTERM (ffmpeg closes and lists its open segment), SIGKILL after `timeout_s`."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await process.wait()
+        return
+    except TimeoutError:
+        log.warning("ffmpeg %d did not stop within %.0f s of SIGTERM: killed", process.pid, timeout_s)
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
+
+
+async def _keep_stderr(process: asyncio.subprocess.Process, lines: deque[str]) -> None:
+    """Keep ffmpeg's last stderr lines (shown only when it fails); never let the pipe fill up."""
+    assert process.stderr is not None
+    while True:
+        raw = await process.stderr.readline()
+        if not raw:
+            return
+        text = raw.decode("utf-8", errors="replace").strip()
+        if text:
+            lines.append(text[:300])
+
+
+def _unlisted(run_dir: Path, listed: set[str]) -> list[tuple[Path, int]]:
+    """Segment files in `run_dir` the list does not name, with their mtimes (empty files left out)."""
+    found = []
+    for name in sorted(os.listdir(run_dir)):
+        if name in listed or not SEGMENT_NAME.fullmatch(name):
+            continue
+        path = run_dir / name
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if info.st_size > 0 and stat.S_ISREG(info.st_mode):
+            found.append((path, info.st_mtime_ns))
+    return found
+
+
+def _index(name: str) -> int:
+    return int(name[4:10])
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+async def stop_orphan(run_dir: Path, timeout_s: float) -> str | None:
+    """Stop the ffmpeg a crashed agent left writing into `run_dir` (named by its pid file and found with
+    that directory on its command line, so a reused pid is never signalled): SIGTERM, then SIGKILL after
+    `timeout_s`. What was done, or None when no such process runs."""
+    try:
+        pid = int((run_dir / PID_FILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    if os.fsencode(str(run_dir / SEGMENT_LIST)) not in cmdline.split(b"\0"):
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _running(pid):
+            return f"stopped the orphaned ffmpeg {pid} (SIGTERM)"
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return f"killed the orphaned ffmpeg {pid} (no exit {timeout_s:g} s after SIGTERM)"
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, whose parent is gone or not reaping, counts as ended)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat_line.rpartition(")")[2].split()[0] != "Z"

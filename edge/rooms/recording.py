@@ -1,0 +1,452 @@
+"""A session's sources, recording under a supervisor; every interruption a `gap` on the ledger.
+
+:class:`SessionRecording` runs one recorder task per source of the room under its own
+:class:`~edge.runtime.supervise.Supervisor` (the house supervisor: factory, backoff, liveness). A recorder
+task is one ffmpeg run (:func:`edge.rooms.capture.capture_run`); it marks itself alive at every segment
+the list names, so the liveness timeout (``segment_time_s + stale_margin_s``) judges the source by the age
+of its last segment, not only by its process: an ffmpeg that runs but writes nothing is cancelled (and
+stopped) like one that died, and the supervisor starts a fresh run after its backoff. The other sources'
+tasks are untouched.
+
+Per source, one sealer task takes, in order, what its recorder produced: closed segments (sealed through
+:class:`~edge.rooms.sealing.SegmentSealer`) and gap events. A run that ends for any reason but the
+session's stop opens a gap (``gap`` entry, ``state`` ``open``: ``from`` = when recording of that source
+last held, ``reason`` = how the run ended); the first segment of a later run closes it (``state``
+``closed``, with ``from``, ``to`` = that segment's start, ``reason``, ``attempts`` = runs started
+meanwhile, ``duration_s``). A gap still open at stop is closed at the stop time with ``to_stop = true``.
+
+At the stop, each sealer tries once more every segment of its source still in the capture directories
+(one whose sealing failed during the session: a full disk, an I/O error), so none is dropped.
+
+A session resumed after the agent stopped or crashed starts each source with an open gap from its last
+sealed segment (or the session's start), and first seals what the interrupted runs left in their capture
+directories (an ffmpeg a crash left running is stopped first): listed segments whole, unlisted ones
+partial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import json
+import logging
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.config.rooms import RoomConfig, RoomSourceConfig, RoomsSection
+from edge.custody.ledger import EntryType
+from edge.ingest.manifest import iso_from_ns
+from edge.ingest.pipeline import IngestPipeline
+from edge.rooms.argv import Coding, SegmentPlan, codec_plan, probe_argv, probed_codecs, segment_argv
+from edge.rooms.capture import CaptureEnded, ClosedSegment, capture_run, stop_orphan
+from edge.rooms.sealing import SealedSegment, SegmentSealer
+from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
+from edge.rooms.session import RoomSession
+from edge.rooms.state import SessionFiles
+from edge.runtime.supervise import Supervisor, TaskSpec, current_liveness
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 15.0
+LATENCIES_KEPT = 1000
+RESUMED_REASON = "the station agent was not running (stopped or crashed while the session was recording)"
+
+
+@dataclass(frozen=True)
+class GapOpened:
+    from_ns: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class GapClosed:
+    to_ns: int
+    to_stop: bool = False
+
+
+class FinalSweep:
+    """The last work of a stopped session's sealer: seal what is still in its capture directories."""
+
+
+FINAL_SWEEP = FinalSweep()
+SealerWork = ClosedSegment | GapOpened | GapClosed | FinalSweep | None
+
+
+@dataclass
+class SourceRecording:
+    """What the session knows of one source (status and the manifest read it)."""
+
+    config: RoomSourceConfig
+    queue: asyncio.Queue[SealerWork] = field(default_factory=asyncio.Queue)
+    runs: int = 0
+    pid: int | None = None
+    coding: tuple[str, str] | None = None
+    last_end_ns: int | None = None  # end of the last segment handed over
+    gap_from_ns: int | None = None  # an open gap (recorder side)
+    gap_reason: str | None = None
+    gap_attempts: int = 0
+    sealed: list[SealedSegment] = field(default_factory=list)
+    failed: int = 0
+    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+
+    def status(self) -> dict[str, Any]:
+        latencies = list(self.latencies_s)
+        return {
+            "source": self.config.id,
+            "name": self.config.name,
+            "recording": self.gap_from_ns is None and self.pid is not None,
+            "runs": self.runs,
+            "coding": None if self.coding is None else {"video": self.coding[0], "audio": self.coding[1]},
+            "segments_sealed": len(self.sealed),
+            "segments_failed": self.failed,
+            "last_segment_end_utc": None if self.last_end_ns is None else iso_from_ns(self.last_end_ns),
+            "gap": None if self.gap_from_ns is None else {
+                "from_utc": iso_from_ns(self.gap_from_ns), "reason": self.gap_reason,
+                "attempts": self.gap_attempts,
+            },
+            "max_seal_latency_s": max(latencies, default=None),
+            "last_seal_latency_s": latencies[-1] if latencies else None,
+        }
+
+
+class SessionRecording:
+    """Records one session's sources until :meth:`stop` (the session ends) or :meth:`interrupt` (the
+    agent stops; the session resumes at its next start)."""
+
+    def __init__(
+        self,
+        session: RoomSession,
+        room: RoomConfig,
+        settings: RoomsSection,
+        pipeline: IngestPipeline,
+        files: SessionFiles,
+        *,
+        station_id: str,
+        clock_synchronised: Callable[[], bool] = lambda: False,
+        resumed_from_ns: dict[str, int] | None = None,
+    ) -> None:
+        self.session = session
+        self.room = room
+        self.settings = settings
+        self.pipeline = pipeline
+        self.files = files
+        self.station_id = station_id
+        self.clock_synchronised = clock_synchronised
+        self.sources = {s.id: SourceRecording(s) for s in room.source}
+        self._stop = asyncio.Event()
+        self._ending_reason: str | None = None  # None: the session stops; else why it is interrupted
+        self._resumed = resumed_from_ns
+        self.liveness_timeout_s = settings.segment_time_s + settings.stale_margin_s
+
+    # -- control ------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """End the session's recording: every ffmpeg closes its last segment, everything is sealed."""
+        self._stop.set()
+
+    def interrupt(self, reason: str) -> None:
+        """Stop recording without ending the session (the agent stops): each source's gap opens."""
+        self._ending_reason = reason
+        self._stop.set()
+
+    def status(self) -> list[dict[str, Any]]:
+        return [s.status() for s in self.sources.values()]
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Record until stopped; return once every segment handed over is sealed and the gaps closed."""
+        if self._resumed is not None:
+            await self._queue_resumed_work(self._resumed)
+        sealers = [
+            asyncio.create_task(self._seal_loop(s), name=f"room-seal-{self.session.room}-{s.config.id}")
+            for s in self.sources.values()
+        ]
+        supervisor = Supervisor(
+            notify_ready=False,
+            backoff_initial_s=self.settings.restart_backoff_initial_s,
+            backoff_max_s=self.settings.restart_backoff_max_s,
+            # Never give up on a room source: the backoff alone paces restarts. The backoff grows with the
+            # restarts counted in the window, so the window is long: a camera unplugged for an hour is
+            # retried every restart_backoff_max_s, each try counted in its gap.
+            restart_budget=1_000_000,
+            budget_window_s=3600.0,
+        )
+        self.supervisor = supervisor
+        try:
+            for source in self.sources.values():
+                supervisor.add(TaskSpec(
+                    f"room-{self.session.room}-{source.config.id}",
+                    lambda source=source: self._record(source),  # type: ignore[misc]
+                    liveness_timeout_s=self.liveness_timeout_s,
+                    critical=False,
+                    stop_timeout_s=self.settings.stop_timeout_s + 5.0,
+                ))
+            await supervisor.run(self._stop)
+        finally:
+            now = time.time_ns()
+            for source in self.sources.values():
+                if self._ending_reason is not None:
+                    if source.gap_from_ns is None:
+                        source.queue.put_nowait(GapOpened(source.last_end_ns or now, self._ending_reason))
+                elif source.gap_from_ns is not None:
+                    source.queue.put_nowait(GapClosed(now, to_stop=True))
+                # At a stop, the sealer tries once more whatever of the session is still unsealed.
+                source.queue.put_nowait(FINAL_SWEEP if self._ending_reason is None else None)
+            await asyncio.gather(*sealers, return_exceptions=True)
+
+    async def _record(self, source: SourceRecording) -> None:
+        """One ffmpeg run of `source` (a supervised task)."""
+        config = source.config
+        source.runs += 1
+        if source.gap_from_ns is not None:
+            source.gap_attempts += 1
+        video, audio = await self._coding(config)
+        source.coding = (video.value, audio.value)
+        started_ns = time.time_ns()  # stream second 0 of this run, as near ffmpeg's start as can be
+        run = run_name(started_ns)
+        run_dir = self.files.run_dir(self.session.session, config.id, run)
+        plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio,
+                           segment_metadata(self.session, config))
+        argv = segment_argv(self.settings.ffmpeg, config.input, plan, run_dir)
+        liveness = current_liveness()
+
+        def closed(segment: ClosedSegment) -> None:
+            if segment.partial is None:
+                liveness.beat()
+                if source.gap_from_ns is not None:
+                    start_ns, _ = segment.times_ns()
+                    source.queue.put_nowait(GapClosed(start_ns))
+                    source.gap_from_ns = None
+                    source.gap_reason = None
+            source.last_end_ns = max(segment.times_ns()[1], source.last_end_ns or 0)
+            source.queue.put_nowait(segment)
+
+        def started(pid: int) -> None:
+            source.pid = pid
+
+        try:
+            await capture_run(argv, run_dir, closed, stop_timeout_s=self.settings.stop_timeout_s,
+                              on_started=started, anchor_ns=started_ns)
+        except CaptureEnded as exc:
+            self._open_gap(source, started_ns, str(exc))
+            raise
+        except asyncio.CancelledError:
+            if not self._stop.is_set():  # the supervisor found it silent
+                self._open_gap(source, started_ns,
+                               f"no new segment for more than {self.liveness_timeout_s:g} s: ffmpeg stopped "
+                               "and restarted")
+            raise
+        except OSError as exc:  # ffmpeg could not be started at all
+            self._open_gap(source, started_ns, f"ffmpeg could not be started: {exc.strerror or exc}")
+            raise
+        finally:
+            source.pid = None
+
+    def _open_gap(self, source: SourceRecording, run_started_ns: int, reason: str) -> None:
+        if source.gap_from_ns is not None:
+            source.gap_reason = reason  # still the same gap: the newest reason is shown
+            return
+        from_ns = source.last_end_ns if source.last_end_ns is not None else run_started_ns
+        source.gap_from_ns, source.gap_reason, source.gap_attempts = from_ns, reason, 0
+        source.queue.put_nowait(GapOpened(from_ns, reason))
+
+    async def _coding(self, config: RoomSourceConfig) -> tuple[Coding, Coding]:
+        if config.codec != "auto":
+            return codec_plan(config.codec, None)
+        streams: list[tuple[str, str]] = []
+        for spec in config.input:
+            found = await probe_streams(probe_argv(self.settings.ffprobe, spec))
+            if found is None:
+                return codec_plan("encode", None)
+            streams += found
+        return codec_plan("auto", streams)
+
+    # -- sealing and gaps ---------------------------------------------------------------------------
+
+    def _sealer(self, source: SourceRecording) -> SegmentSealer:
+        return SegmentSealer(self.pipeline, self.session, source=source.config.id,
+                             source_name=source.config.name, station_id=self.station_id,
+                             clock_synchronised=self.clock_synchronised())
+
+    async def _seal_loop(self, source: SourceRecording) -> None:
+        gap: GapOpened | None = None
+        attempts_at_open = 0
+        while True:
+            work = await source.queue.get()
+            if work is None:
+                return
+            if isinstance(work, FinalSweep):
+                await self._seal_unsealed(source)
+                return
+            try:
+                if isinstance(work, ClosedSegment):
+                    done = await self._sealer(source).seal(work)
+                    if done is None:
+                        source.failed += 1
+                    else:
+                        source.sealed.append(done)
+                        source.latencies_s.append(done.seal_latency_s)
+                elif isinstance(work, GapOpened):
+                    if gap is None:
+                        gap, attempts_at_open = work, source.runs
+                        await self._gap_entry(source, "open", work.from_ns, None, work.reason)
+                elif gap is not None:
+                    attempts = source.runs - attempts_at_open
+                    await self._gap_entry(source, "closed", gap.from_ns, work.to_ns, gap.reason or "",
+                                          attempts=attempts, to_stop=work.to_stop,
+                                          last_reason=source.gap_reason)
+                    gap = None
+            except Exception:  # one bad segment or entry must not end the sealing of the rest
+                log.exception("room %s source %s: sealing failed", self.session.room, source.config.id)
+                source.failed += 1
+
+    async def _seal_unsealed(self, source: SourceRecording) -> None:
+        """One more try for every segment of the source whose sealing failed during the session (a full
+        disk, an I/O error): what is still in its capture directories (a sealed one was removed)."""
+        base = self.files.capture_dir / self.session.session / source.config.id
+        if not base.is_dir():
+            return
+        for run_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
+            for segment in leftover_segments(run_dir):
+                log.warning("room %s source %s: %s/%s: sealing it again at the stop", self.session.room,
+                            source.config.id, segment.run, segment.name)
+                try:
+                    done = await self._sealer(source).seal(segment)
+                except Exception:
+                    log.exception("room %s source %s: sealing failed", self.session.room, source.config.id)
+                    done = None
+                if done is not None:
+                    source.sealed.append(done)
+                    source.failed = max(0, source.failed - 1)
+
+    async def _gap_entry(
+        self, source: SourceRecording, state: str, from_ns: int, to_ns: int | None, reason: str, **extra: Any
+    ) -> None:
+        data: dict[str, Any] = {
+            "room_session": self.session.session, "room": self.session.room, "source": source.config.id,
+            "state": state, "from": iso_from_ns(from_ns), "reason": reason,
+        }
+        if to_ns is not None:
+            data["to"] = iso_from_ns(max(to_ns, from_ns))
+            data["duration_s"] = round(max(0, to_ns - from_ns) / 1e9, 3)
+        data.update({k: v for k, v in extra.items() if v is not None and v is not False})
+        log.warning("room %s source %s: gap %s: %s", self.session.room, source.config.id, state, reason)
+        repository = self.pipeline.repository
+        await self.pipeline.commit(lambda: repository.entry(EntryType.GAP, None, data))
+
+    async def _queue_resumed_work(self, resumed_from_ns: dict[str, int]) -> None:
+        """A resumed session: first what the interrupted runs left (listed segments whole, the rest
+        partial; an ffmpeg a crash left running is stopped first), then each source's gap from its last
+        segment to the first of the new run."""
+        for source in self.sources.values():
+            from_ns = resumed_from_ns.get(source.config.id, 0)
+            base = self.files.capture_dir / self.session.session / source.config.id
+            if base.is_dir():
+                for run_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
+                    stopped = await stop_orphan(run_dir, self.settings.stop_timeout_s)
+                    if stopped is not None:
+                        log.warning("room %s source %s: %s", self.session.room, source.config.id, stopped)
+                    for segment in leftover_segments(run_dir):
+                        source.queue.put_nowait(segment)
+                        from_ns = max(from_ns, segment.closed_ns)
+            source.gap_from_ns, source.gap_reason = from_ns, RESUMED_REASON
+            source.last_end_ns = from_ns
+            source.queue.put_nowait(GapOpened(from_ns, RESUMED_REASON))
+
+
+def leftover_segments(run_dir: Path) -> list[ClosedSegment]:
+    """What an interrupted run left unsealed in `run_dir`, in order."""
+    reader = SegmentListReader(run_dir / "segments.csv")
+    untrusted: str | None = None
+    try:
+        listed, _ = reader.read_new()
+    except SegmentListError as exc:
+        listed, untrusted = [], f"untrusted segment list: {exc}"
+    by_name = {seg.name: seg for seg in listed}
+    anchor = run_anchor_ns(run_dir.name)
+    last_end_s = max((seg.end_s for seg in listed), default=0.0)
+    found: list[ClosedSegment] = []
+    for path in sorted(run_dir.iterdir()):
+        if not SEGMENT_NAME.fullmatch(path.name) or path.is_symlink() or not path.is_file():
+            continue
+        info = path.stat()
+        if info.st_size == 0:
+            continue
+        seg = by_name.get(path.name)
+        if seg is not None:
+            found.append(ClosedSegment(path, run_dir.name, seg.name, seg.index, seg.start_s, seg.end_s,
+                                       info.st_mtime_ns, anchor))
+        else:
+            why = untrusted or "the station agent stopped before ffmpeg closed this segment"
+            found.append(ClosedSegment(path, run_dir.name, path.name, int(path.name[4:10]), None, None,
+                                       info.st_mtime_ns, anchor, partial=why, after_s=last_end_s,
+                                       written_ns=info.st_mtime_ns))
+    return found
+
+
+def run_name(started_ns: int) -> str:
+    """A run directory's name: its start (microseconds, UTC; the segments' times count from it) and a
+    random tag, so two runs never share a directory."""
+    seconds, ns = divmod(started_ns, 1_000_000_000)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds))
+    return f"run-{stamp}.{ns // 1000:06d}Z-{secrets.token_hex(3)}"
+
+
+def run_anchor_ns(name: str) -> int:
+    """The start :func:`run_name` put in a run directory's name (0 when it holds none)."""
+    match = re.fullmatch(r"run-(\d{8}T\d{6})\.(\d{6})Z-[0-9a-f]{6}", name)
+    if match is None:
+        return 0
+    seconds = calendar.timegm(time.strptime(match[1], "%Y%m%dT%H%M%S"))
+    return seconds * 1_000_000_000 + int(match[2]) * 1000
+
+
+def segment_metadata(session: RoomSession, source: RoomSourceConfig) -> dict[str, str]:
+    """The case metadata ffmpeg writes into every segment (MP4 tags)."""
+    return {
+        "title": f"{session.room_name} {session.case_number}",
+        "case_number": session.case_number,
+        "room": session.room,
+        "location": session.location,
+        "collector": session.collector,
+        "subject": session.subject,
+        "room_session": session.session,
+        "source": source.id,
+        "comment": json.dumps({"case_number": session.case_number, "room": session.room,
+                               "collector": session.collector, "subject": session.subject},
+                              ensure_ascii=False, sort_keys=True),
+    }
+
+
+async def probe_streams(argv: list[str]) -> list[tuple[str, str]] | None:
+    """(codec_type, codec_name) of an input's streams by ffprobe; None when it cannot tell in time."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+        )
+    except OSError as exc:
+        log.warning("ffprobe could not be started: %s", exc)
+        return None
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            out, _ = await process.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        return None
+    if process.returncode != 0:
+        return None
+    try:
+        return probed_codecs(json.loads(out[: 1 << 20]))
+    except ValueError:
+        return None

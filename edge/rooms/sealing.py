@@ -1,0 +1,301 @@
+"""Each closed segment through the one ingest pipeline, at once, while the session still runs.
+
+:class:`SegmentSealer` turns a :class:`~edge.rooms.capture.ClosedSegment` into an
+:class:`~edge.ingest.source.OfferedItem` of source kind ``room`` (the file, opened relative to its run
+directory without following symlinks and checked against the size and mtime it had when listed), with the
+session's case block (case number, location, collector, subject) and the room, source and session in its
+manifest, and hands it to :meth:`IngestPipeline.ingest`: copied and hashed in one pass, verified, sealed,
+chained and queued for upload like every item. Then it appends ``segment_sealed`` (the item, its hash,
+start and end times, and ``seal_latency_s``: from ffmpeg listing the segment to the item's ``sealed``
+entry being committed) and removes the capture file: the sealed copy in the store holds its exact bytes.
+
+A segment the pipeline could not seal stays in its capture directory; the pipeline's `error` entries say
+why, and the sealer records one more naming the session (`stage` ``room segment``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.custody.ledger import EntryType
+from edge.ingest.manifest import iso_from_ns
+from edge.ingest.pipeline import IngestPipeline, IngestProgress
+from edge.ingest.source import FileReader, ItemReader, OfferedItem, Origin, OriginalKey, ReaderOpener
+from edge.rooms.capture import ClosedSegment
+from edge.rooms.session import RoomSession
+
+log = logging.getLogger(__name__)
+
+SOURCE_KIND = "room"
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+@dataclass(frozen=True)
+class SealedSegment:
+    source: str
+    name: str
+    run: str
+    item: str
+    sha256: str
+    size: int
+    start_utc: str
+    end_utc: str
+    seal_latency_s: float
+    seq: int  # its segment_sealed entry
+    partial: str | None = None
+
+
+class RoomSegments:
+    """The `Source` of one room source's segments (pipeline view)."""
+
+    kind = SOURCE_KIND
+
+    def __init__(self, room: str, source: str) -> None:
+        self.room = room
+        self.source = source
+
+    @property
+    def device(self) -> str:
+        return f"{self.room}/{self.source}"
+
+    def reachable(self) -> bool:
+        return True  # the station's own disk
+
+
+class SegmentSealer:
+    """Seals the segments of one source of one session."""
+
+    def __init__(
+        self,
+        pipeline: IngestPipeline,
+        session: RoomSession,
+        *,
+        source: str,
+        source_name: str,
+        station_id: str,
+        clock_synchronised: bool,
+    ) -> None:
+        self.pipeline = pipeline
+        self.session = session
+        self.source = source
+        self.source_name = source_name
+        self.station_id = station_id
+        self.clock_synchronised = clock_synchronised
+        self.segments = RoomSegments(session.room, source)
+
+    def offered(self, segment: ClosedSegment) -> OfferedItem:
+        """The segment as the pipeline takes it (raises OSError when the file is gone or not regular)."""
+        info = os.stat(segment.path, follow_symlinks=False)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{segment.run}/{segment.name}: not a regular file")
+        start_ns, end_ns = segment.times_ns()
+        session = self.session
+        origin = Origin(
+            device=self.segments.device,
+            officer_no=session.collector_no,
+            original={
+                "name": segment.name,
+                "path": f"{segment.run}/{segment.name}",
+                "device_mtime": iso_from_ns(info.st_mtime_ns),
+            },
+            source={
+                "kind": SOURCE_KIND,
+                "station": self.station_id,
+                "room": session.room,
+                "room_name": session.room_name,
+                "room_session": session.session,
+                "source": self.source,
+                "source_name": self.source_name,
+            },
+            time={
+                "recorded_start": iso_from_ns(start_ns),
+                "recorded_end": iso_from_ns(end_ns),
+                "stream_start_s": segment.start_s,
+                "stream_end_s": segment.end_s,
+                # Written by ffmpeg on the station itself: the station clock is the device clock.
+                "device_clock_offset_ms": 0,
+                "station_clock_synchronised": self.clock_synchronised,
+            },
+            case=session.case_block(),
+            facts={
+                "room_session": session.session,
+                "room": session.room,
+                "source": self.source,
+                "run": segment.run,
+                "segment": segment.index,
+                **({"partial": segment.partial} if segment.partial else {}),
+            },
+        )
+        original = f"{session.session}/{segment.run}/{segment.name}"
+        what = f"{self.segments.device}:{segment.run}/{segment.name}"
+        key = OriginalKey(SOURCE_KIND, self.segments.device, original, f"{info.st_size}:{info.st_mtime_ns}")
+        return OfferedItem(
+            key=key,
+            name=segment.name,
+            display=f"{self.source}/{segment.run}/{segment.name}",
+            size=info.st_size,
+            origin=origin,
+            open=file_opener(segment.path, info, what, verification=False),
+            reopen=file_opener(segment.path, info, what, verification=True),
+        )
+
+    async def seal(self, segment: ClosedSegment) -> SealedSegment | None:
+        """Seal one segment; None when it could not be (the ledger says why)."""
+        session = self.session
+        where: dict[str, Any] = {
+            "room_session": session.session,
+            "room": session.room,
+            "source": self.source,
+            "run": segment.run,
+            "segment": segment.name,
+        }
+        try:
+            offered = self.offered(segment)
+        except OSError as exc:
+            await self._error(where, f"segment file unusable: {exc.strerror or exc}")
+            return None
+        progress = IngestProgress()
+        run = await self.pipeline.ingest(self.segments, [offered], progress=progress)
+        work = run.items[0]
+        if work.item not in run.sealed:
+            why = "; ".join(progress.errors[-3:]) or run.outcome.value
+            await self._error(where, f"not sealed ({work.state}): {why}")
+            return None
+        sealed_ns = time.time_ns()
+        latency_s = max(0.0, (sealed_ns - segment.closed_ns) / 1e9)
+        record = self.pipeline.repository.item(work.item)
+        assert record is not None
+        start_ns, end_ns = segment.times_ns()
+        data: dict[str, Any] = {
+            **where,
+            "index": segment.index,
+            "sha256": record.sha256,
+            "size": record.size,
+            "start_utc": iso_from_ns(start_ns),
+            "end_utc": iso_from_ns(end_ns),
+            "stream_start_s": segment.start_s,
+            "stream_end_s": segment.end_s,
+            "closed_utc": iso_from_ns(segment.closed_ns),
+            "sealed_utc": iso_from_ns(sealed_ns),
+            "seal_latency_s": round(latency_s, 6),
+        }
+        if segment.partial:
+            data["partial"] = segment.partial
+        repository = self.pipeline.repository
+        entry = await self.pipeline.commit(
+            lambda: repository.entry(EntryType.SEGMENT_SEALED, work.item, data)
+        )
+        # The sealed copy in the store holds these exact bytes (re-read and matched): the capture file
+        # goes.
+        segment.path.unlink(missing_ok=True)
+        log.debug(
+            "room %s source %s: %s sealed as item %s in %.3f s",
+            session.room,
+            self.source,
+            segment.name,
+            work.item,
+            latency_s,
+        )
+        return SealedSegment(
+            self.source,
+            segment.name,
+            segment.run,
+            work.item,
+            record.sha256,
+            record.size,
+            data["start_utc"],
+            data["end_utc"],
+            latency_s,
+            entry.seq,
+            segment.partial,
+        )
+
+    async def _error(self, where: Mapping[str, Any], reason: str) -> None:
+        log.error("room %s source %s: %s: %s", self.session.room, self.source, where.get("segment"), reason)
+        data = {**where, "stage": "room segment", "reason": reason}
+        repository = self.pipeline.repository
+        await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
+
+
+def file_opener(path: Path, info: os.stat_result, what: str, *, verification: bool) -> ReaderOpener:
+    """Opens `path` relative to its directory without following symlinks, as a reader checked against
+    the size and mtime in `info` (a file changed since it was listed is refused)."""
+
+    def open_reader() -> ItemReader:
+        dir_fd = os.open(path.parent, DIR_FLAGS)
+        try:
+            fd = os.open(path.name, FILE_FLAGS, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(f"{path.name}: no longer a regular file")
+        os.set_blocking(fd, True)
+        return FileReader(
+            fd, size=info.st_size, mtime_ns=info.st_mtime_ns, what=what, drop_cache=verification
+        )
+
+    return open_reader
+
+
+async def seal_session_file(
+    pipeline: IngestPipeline,
+    path: Path,
+    *,
+    session: RoomSession,
+    role: str,
+    station_id: str,
+    clock_synchronised: bool,
+) -> str | None:
+    """Seal a file the session produced (its manifest; later its joined recordings and statement) as an
+    item of the session; its item id, or None when the pipeline could not (its entries say why)."""
+    info = os.stat(path, follow_symlinks=False)
+    device = f"{session.room}/session"
+    origin = Origin(
+        device=device,
+        officer_no=session.collector_no,
+        original={
+            "name": path.name,
+            "path": f"{session.session}/{path.name}",
+            "role": role,
+            "device_mtime": iso_from_ns(info.st_mtime_ns),
+        },
+        source={
+            "kind": SOURCE_KIND,
+            "station": station_id,
+            "room": session.room,
+            "room_name": session.room_name,
+            "room_session": session.session,
+        },
+        time={
+            "recorded_start": session.started_utc,
+            "recorded_end": session.stopped_utc,
+            "device_clock_offset_ms": 0,
+            "station_clock_synchronised": clock_synchronised,
+        },
+        case=session.case_block(),
+        facts={"room_session": session.session, "room": session.room, "role": role},
+    )
+    what = f"{device}:{path.name}"
+    offered = OfferedItem(
+        key=OriginalKey(
+            SOURCE_KIND, device, f"{session.session}/{path.name}", f"{info.st_size}:{info.st_mtime_ns}"
+        ),
+        name=path.name,
+        display=f"session/{path.name}",
+        size=info.st_size,
+        origin=origin,
+        open=file_opener(path, info, what, verification=False),
+        reopen=file_opener(path, info, what, verification=True),
+    )
+    run = await pipeline.ingest(RoomSegments(session.room, "session"), [offered])
+    item = run.items[0].item
+    return item if item in run.sealed else None

@@ -1,0 +1,419 @@
+"""Room sessions on a station: start, stop, mark, change, status; resumed after a restart.
+
+:class:`RoomService` is what the local API (and through it `edge room`) calls. Every request is checked
+before anything happens: an unknown room, a second session in a room that has one, a bad case number or
+any other field :mod:`edge.rooms.session` refuses, a mark or stop where nothing records, is refused with
+:class:`RoomRefused` (the message names what was wrong) and a `refused` ledger entry; the agent runs on.
+
+* start: the session file is written (:mod:`edge.rooms.state`), then `session_started` (``kind`` room:
+  case, location, persons, who started it), then its recording starts (:mod:`edge.rooms.recording`);
+* mark: a `mark` entry (note, who); change: `session_changed` with what changed from what to what; the
+  segments sealed from then on carry the new case block (ffmpeg's own tags keep the values the run
+  started with until its next run);
+* stop: every source closes its last segment and everything is sealed, then the signed session manifest
+  (:mod:`edge.rooms.manifest`) is sealed as an item, then `session_stopped` names it.
+
+:meth:`RoomService.run` is the supervised task: it resumes every session a stop or crash of the agent
+left recording (a gap on each source from its last sealed segment, the leftovers sealed first) and, when
+the agent stops, interrupts them (a gap opens; the session itself goes on at the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from edge.config.rooms import RoomConfig, RoomsSection
+from edge.custody.canonical import canonical_json, sha256_hex
+from edge.custody.ledger import EntryType, LedgerEntry, station_time_now
+from edge.custody.manifest import sign_manifest
+from edge.custody.text import printable
+from edge.durable.files import free_bytes, write_atomic
+from edge.ingest.pipeline import IngestPipeline
+from edge.ingest.store import StationStore
+from edge.rooms.manifest import session_manifest
+from edge.rooms.recording import SessionRecording
+from edge.rooms.sealing import seal_session_file
+from edge.rooms.session import (
+    MAX_NOTE,
+    Mark,
+    RoomSession,
+    SessionError,
+    SessionState,
+    apply_change,
+    check_text,
+    new_session,
+)
+from edge.rooms.state import SessionFiles
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "session-manifest.json"
+STOPPING_REASON = "the station agent stopped"
+
+
+class RoomRefused(Exception):
+    """A request about a room that was refused; `status` is the HTTP status the API answers with."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class RoomService:
+    def __init__(
+        self,
+        settings: RoomsSection,
+        store: StationStore,
+        pipeline: IngestPipeline,
+        *,
+        station_id: str,
+        clock_synchronised: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.pipeline = pipeline
+        self.station_id = station_id
+        self.clock_synchronised = clock_synchronised
+        self.files = SessionFiles(store.layout.root)
+        self.active: dict[str, RoomSession] = {}
+        self._recordings: dict[str, SessionRecording] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._running = False
+
+    # -- start-up and the supervised task -------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the sessions kept on disk: those still recording are resumed by :meth:`run`; a file that
+        is not a session is an `error` entry (it stays where it is)."""
+        self.files.prepare()
+        sessions, problems = self.files.load()
+        for name, why in problems:
+            log.error("rooms: %s is not a room session: %s", printable(name), why)
+            self.store.record(
+                EntryType.ERROR,
+                None,
+                {"stage": "room", "file": printable(name)[:100], "reason": f"not a room session: {why}"},
+            )
+        for session in sessions:
+            if session.state is not SessionState.RECORDING:
+                continue
+            if self.settings.room_by_id(session.room) is None:
+                reason = (
+                    f"session {session.session} records in room {session.room}, which is no longer configured"
+                )
+                log.error("rooms: %s", reason)
+                self.store.record(
+                    EntryType.ERROR,
+                    None,
+                    {"stage": "room", "room_session": session.session, "reason": reason},
+                )
+                continue
+            self.active[session.room] = session
+
+    async def run(self) -> None:
+        """Record every active session until cancelled (the agent stops): then interrupt them."""
+        self._running = True
+        try:
+            for session in list(self.active.values()):
+                if session.room not in self._tasks:
+                    self._launch(session, resumed=True)
+            await asyncio.Event().wait()
+        finally:
+            self._running = False
+            for recording in self._recordings.values():
+                recording.interrupt(STOPPING_REASON)
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            self._tasks.clear()
+            self._recordings.clear()
+
+    def _launch(self, session: RoomSession, *, resumed: bool = False) -> None:
+        room = self._room(session.room)
+        recording = SessionRecording(
+            session,
+            room,
+            self.settings,
+            self.pipeline,
+            self.files,
+            station_id=self.station_id,
+            clock_synchronised=self.clock_synchronised,
+            resumed_from_ns=self._last_segment_ends(session) if resumed else None,
+        )
+        self._recordings[session.room] = recording
+        self._tasks[session.room] = asyncio.create_task(recording.run(), name=f"room-{session.room}")
+
+    def _last_segment_ends(self, session: RoomSession) -> dict[str, int]:
+        """Per source, the end of its last sealed segment (the session's start when it has none)."""
+        start = _ns_from_iso(session.started_utc)
+        ends = {source.id: start for source in self._room(session.room).source}
+        for entry in self.store.ledger.entries(session.started_seq or 1):
+            if entry.type == EntryType.SEGMENT_SEALED and entry.data.get("room_session") == session.session:
+                source = str(entry.data.get("source"))
+                ends[source] = max(ends.get(source, start), _ns_from_iso(str(entry.data.get("end_utc"))))
+        return ends
+
+    # -- requests ------------------------------------------------------------------------------------
+
+    async def start(self, room: str, fields: Mapping[str, Any], *, by: str) -> RoomSession:
+        async with self._lock(room):
+            config = self.settings.room_by_id(room)
+            if config is None:
+                known = ", ".join(r.id for r in self.settings.room) or "none"
+                await self._refuse(
+                    "start", room, by, f"unknown room {room!r} (rooms of this station: {known})", 404
+                )
+            current = self.active.get(room)
+            if current is not None:
+                await self._refuse(
+                    "start",
+                    room,
+                    by,
+                    f"room {room} is already recording session {current.session} "
+                    f"(case {current.case_number}, started {current.started_utc}): stop it first",
+                    409,
+                )
+            free = await asyncio.to_thread(free_bytes, self.store.layout.root)
+            needed = self.settings.start_min_free_bytes + self.pipeline.settings.min_free_bytes
+            if free < needed:
+                await self._refuse(
+                    "start",
+                    room,
+                    by,
+                    f"the store's disk has {free / 2**30:.1f} GiB free; a session needs {needed / 2**30:.1f} "
+                    "GiB ([rooms] start_min_free_bytes and the offload reserve): free space first",
+                    507,
+                )
+            try:
+                session = new_session(
+                    room=room,
+                    room_name=config.name,
+                    address=config.address,
+                    fields=fields,
+                    started_utc=station_time_now(),
+                    started_by=by,
+                )
+            except SessionError as exc:
+                await self._refuse("start", room, by, str(exc), 400)
+            # The file first: a crash before the ledger entry leaves a session the next start records as
+            # started (and resumes); never a started session without its file.
+            await asyncio.to_thread(self.files.save, session)
+            entry = await self._record(
+                EntryType.SESSION_STARTED, {"kind": "room", **session.facts(), "by": by}
+            )
+            session = replace(session, started_seq=entry.seq)
+            await asyncio.to_thread(self.files.save, session)
+            self.active[room] = session
+            log.info(
+                "room %s: session %s started by %s (case %s)",
+                room,
+                session.session,
+                printable(by),
+                printable(session.case_number),
+            )
+            if self._running:
+                self._launch(session)
+            return session
+
+    async def mark(self, room: str, note: object, *, by: str) -> Mark:
+        async with self._lock(room):
+            session = await self._active(room, "mark", by)
+            try:
+                text = check_text("note", note, MAX_NOTE)
+            except SessionError as exc:
+                await self._refuse("mark", room, by, str(exc), 400)
+            entry = await self._record(
+                EntryType.MARK, {"room_session": session.session, "room": room, "note": text, "by": by}
+            )
+            mark = Mark(entry.time, text, by, entry.seq)
+            await self._keep(replace(session, marks=(*session.marks, mark)))
+            return mark
+
+    async def change(self, room: str, changes: Mapping[str, Any], *, by: str) -> dict[str, Any]:
+        async with self._lock(room):
+            session = await self._active(room, "change", by)
+            try:
+                changed, diff = apply_change(session, changes)
+            except SessionError as exc:
+                await self._refuse("change", room, by, str(exc), 400)
+            entry = await self._record(
+                EntryType.SESSION_CHANGED,
+                {"room_session": session.session, "room": room, "changes": diff, "by": by},
+            )
+            await self._keep(changed)
+            return {"seq": entry.seq, "changes": diff}
+
+    async def stop(self, room: str, *, by: str) -> dict[str, Any]:
+        async with self._lock(room):
+            session = await self._active(room, "stop", by)
+            task = self._tasks.pop(room, None)
+            recording = self._recordings.pop(room, None)
+            if recording is not None and task is not None:
+                recording.stop()
+                await task  # every source's last segment closed and sealed, its gaps closed
+            stopped = replace(session, state=SessionState.STOPPED, stopped_utc=station_time_now())
+            entries = list(self.store.ledger.entries(session.started_seq or 1))
+            room_config = self._room(room)
+            manifest = sign_manifest(
+                session_manifest(
+                    stopped,
+                    entries,
+                    station_id=self.station_id,
+                    stopped_by=by,
+                    sources=[(s.id, s.name) for s in room_config.source],
+                ),
+                self.store.key,
+            )
+            data = canonical_json(manifest)
+            directory = self.files.capture_dir / session.session
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / MANIFEST_NAME
+            await asyncio.to_thread(write_atomic, path, data)
+            item = await seal_session_file(
+                self.pipeline,
+                path,
+                session=stopped,
+                role="session-manifest",
+                station_id=self.station_id,
+                clock_synchronised=self.clock_synchronised(),
+            )
+            if item is not None:
+                path.unlink(missing_ok=True)
+            segments = sum(len(s["segments"]) for s in manifest["sources"])
+            summary = {
+                "room_session": session.session,
+                "room": room,
+                "kind": "room",
+                "by": by,
+                "manifest_item": item,
+                "manifest_sha256": sha256_hex(data),
+                "segments": segments,
+                "gaps": len(manifest["gaps"]),
+                "marks": len(manifest["marks"]),
+            }
+            entry = await self._record(EntryType.SESSION_STOPPED, summary)
+            await asyncio.to_thread(self.files.save, stopped)
+            del self.active[room]
+            left = await asyncio.to_thread(self.files.clear_capture, session.session)
+            if left:
+                log.error(
+                    "room %s: session %s: %d capture file(s) not sealed, kept: %s",
+                    room,
+                    session.session,
+                    len(left),
+                    ", ".join(left[:5]),
+                )
+            log.info(
+                "room %s: session %s stopped by %s: %d segments, %d gaps",
+                room,
+                session.session,
+                printable(by),
+                segments,
+                len(manifest["gaps"]),
+            )
+            return {**summary, "seq": entry.seq, "stopped_utc": stopped.stopped_utc}
+
+    def status(self) -> dict[str, Any]:
+        """Every room with its session (case, persons, marks) and each source: for operators (the local
+        API's room routes)."""
+        rooms = []
+        for config in self.settings.room:
+            session = self.active.get(config.id)
+            recording = self._recordings.get(config.id)
+            rooms.append(
+                {
+                    "room": config.id,
+                    "name": config.name,
+                    "address": config.address,
+                    "session": None if session is None else session.to_json(),
+                    "sources": [] if recording is None else recording.status(),
+                }
+            )
+        return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s}
+
+    def board_status(self) -> dict[str, Any]:
+        """What the status board (and so the dock screen's unauthenticated kiosk channel) may show: whether
+        each room records and how its sources do, never the case, the persons present or the marks."""
+        shown = (
+            "source",
+            "recording",
+            "segments_sealed",
+            "segments_failed",
+            "last_segment_end_utc",
+            "last_seal_latency_s",
+        )
+        rooms = []
+        for config in self.settings.room:
+            session = self.active.get(config.id)
+            recording = self._recordings.get(config.id)
+            sources = [] if recording is None else recording.status()
+            rooms.append(
+                {
+                    "room": config.id,
+                    "name": config.name,
+                    "recording": session is not None,
+                    "started_utc": None if session is None else session.started_utc,
+                    "sources": [
+                        {**{key: source[key] for key in shown}, "gap": source["gap"] is not None}
+                        for source in sources
+                    ],
+                }
+            )
+        return {"rooms": rooms}
+
+    def recording(self, room: str) -> SessionRecording | None:
+        return self._recordings.get(room)
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _lock(self, room: str) -> asyncio.Lock:
+        # Room ids from requests are untrusted: locks only for configured rooms, one shared for the rest.
+        key = room if self.settings.room_by_id(room) is not None else ""
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def _room(self, room: str) -> RoomConfig:
+        config = self.settings.room_by_id(room)
+        if config is None:
+            raise KeyError(room)
+        return config
+
+    async def _active(self, room: str, action: str, by: str) -> RoomSession:
+        session = self.active.get(room)
+        if session is None:
+            if self.settings.room_by_id(room) is None:
+                await self._refuse(action, room, by, f"unknown room {room!r}", 404)
+            await self._refuse(action, room, by, f"no session is recording in room {room}", 404)
+        return session
+
+    async def _keep(self, session: RoomSession) -> None:
+        await asyncio.to_thread(self.files.save, session)
+        self.active[session.room] = session
+        recording = self._recordings.get(session.room)
+        if recording is not None:
+            recording.session = session  # segments sealed from now on carry the new case block
+
+    async def _record(self, type_: str, data: dict[str, Any]) -> LedgerEntry:
+        repository = self.pipeline.repository
+        return await self.pipeline.commit(lambda: repository.entry(type_, None, data))
+
+    async def _refuse(self, action: str, room: str, by: str, reason: str, status: int) -> NoReturn:
+        shown = printable(room)[:64]
+        log.warning("room %s: %s refused (%s): %s", shown, action, printable(by), printable(reason))
+        await self._record(
+            EntryType.REFUSED,
+            {"stage": "room", "action": action, "room": shown, "by": by, "reason": printable(reason)[:500]},
+        )
+        raise RoomRefused(reason, status)
+
+
+def _ns_from_iso(text: str) -> int:
+    try:
+        moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return time.time_ns()
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
