@@ -71,7 +71,8 @@ class OpenReceiver(Protocol):
     """`edge.gb28181.media.open_receiver`."""
 
     def __call__(self, transport: Any, *, bind_host: str, port_range: tuple[int, int], ssrc: int | None,
-                 raw_path: Path, idle_timeout_s: float, max_bytes: int) -> Awaitable[MediaReceiver]: ...
+                 raw_path: Path | None, idle_timeout_s: float, max_bytes: int,
+                 sink: Callable[[bytes], None] | None = None) -> Awaitable[MediaReceiver]: ...
 
 
 class EndReason(StrEnum):
@@ -87,16 +88,18 @@ class SessionError(Exception):
 
 @dataclass(frozen=True)
 class MediaRequest:
-    """What to ask a device for. Times are Unix seconds (history only)."""
+    """What to ask a device for. Times are Unix seconds (history only). `sink` (live Play, edge.gb28181.live)
+    gets the PS bytes as they are taken, with `raw_path` None (no file) or beside it."""
 
     device_id: str
     channel_id: str
     kind: SessionKind
     transport: str  # udp | tcp-passive | tcp-active (edge.config.station.GbMediaTransport)
-    raw_path: Path
+    raw_path: Path | None
     start_time: int = 0
     end_time: int = 0
     speed: int | None = None
+    sink: Callable[[bytes], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -220,10 +223,12 @@ class SessionManager:
             raise SessionError("no media receiver is available to this platform")
         history = req.kind is not SessionKind.PLAY
         ssrc = self._next_ssrc(history)
+        # Passed only when there is one, so a receiver without the hook still serves downloads.
+        sink = {} if req.sink is None else {"sink": req.sink}
         try:
             receiver = await self._open_receiver(
                 req.transport, bind_host=self._media_host, port_range=self._port_range, ssrc=ssrc,
-                raw_path=req.raw_path, idle_timeout_s=self._idle_timeout_s, max_bytes=self._max_bytes,
+                raw_path=req.raw_path, idle_timeout_s=self._idle_timeout_s, max_bytes=self._max_bytes, **sink,
             )
         except Exception as exc:  # the receiver's own error (no free port, the raw file exists ...)
             raise SessionError(f"{req.kind} of {req.channel_id}: no media receiver: {exc}") from exc
