@@ -77,7 +77,8 @@ class LiveEnv:
 
 
 @contextlib.asynccontextmanager
-async def live_env(media: Path, *, idle_timeout_s: float = 1.0, **live_overrides: Any) -> AsyncIterator[LiveEnv]:
+async def live_env(media: Path, *, idle_timeout_s: float = 1.0,
+                   **live_overrides: Any) -> AsyncIterator[LiveEnv]:
     ledger = Ledger()
     platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, idle_timeout_s=idle_timeout_s), record=ledger,
                           clock_trusted=lambda: True, open_receiver=open_receiver)
