@@ -610,7 +610,7 @@ class _Channel:
         self.streams._ledger(EntryType.SESSION_STOPPED, {
             "live": "stopped", **self._where(), "reason": reason, "since": self.opened_at,
             "started": self.started, "interruptions": self.interruption_count, "bytes": self.bytes,
-            "consumers_cut_off": self.cut_offs})
+            "consumers_cut_off": self.cut_offs, "interrupted": None if closed is None else closed.view()})
         self._emit(LiveEventKind.STOPPED, reason, closed)
         self.closed.set()
 

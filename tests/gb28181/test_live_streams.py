@@ -293,3 +293,26 @@ async def test_a_device_id_that_is_not_20_digits_is_refused(media: Path, device_
         # The control: the same call with valid ids opens the channel and its socket.
         async with env.live.open(DEVICE, CHANNEL) as handle:
             assert handle.socket_path.exists()
+
+
+async def test_a_consumer_back_within_the_linger_keeps_the_same_play(media: Path) -> None:
+    async with live_env(media, linger_s=30.0) as env:
+        device = await env.device()
+        async with env.open() as handle:
+            await next_event(handle, LiveEventKind.STARTED)
+            (call_id,) = device.sessions
+        # Left: the Play lingers (a recorder restarting its ffmpeg) and a new holder gets it, no new INVITE.
+        assert env.live.snapshot()[DEVICE][0]["holders"] == 0
+        async with env.open() as again:
+            reader = again.reader()
+            assert len(await reader.read()) > 0
+            assert list(device.sessions) == [call_id] and len(device.finished_sessions) == 0
+        assert env.ledger_live("stopped") == [] and len(env.ledger_live("started")) == 1
+
+
+async def test_an_unknown_media_transport_is_refused(media: Path) -> None:
+    async with live_env(media) as env:
+        with pytest.raises(LiveError, match="media transport 'rtsp' is not one of"):
+            env.live.open(DEVICE, CHANNEL, transport="rtsp")
+        async with env.live.open(DEVICE, CHANNEL, transport="tcp-active") as handle:  # the control
+            assert handle.transport == "tcp-active"
