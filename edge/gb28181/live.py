@@ -13,6 +13,9 @@ order, after the RTP reorder buffer: the media receiver's sink, edge.gb28181.med
   socket exists while the channel is open, and is removed when it stops.
 * `handle.reader()`: an in-process consumer (`LiveReader.read()`, or `async for`).
 
+`handle.streaming` / `await handle.wait_streaming()` say whether media flows now (a recorder starts its
+ffmpeg then); `handle.state` and `handle.interruptions` what the channel went through so far.
+
 A consumer begins at the first key frame after it joined (a pack whose pack header is followed by a system
 header or a PSM, GB/T 28181 Annex C.1; after `JOIN_WAIT_PACKS` packs without one, at a pack header), so what
 it gets decodes from its first byte. Each has its own bounded buffer (`consumer_buffer_bytes`): one that
@@ -323,6 +326,24 @@ class LiveHandle:
         channel = self._held()
         return [*channel.interruptions, *([channel.open_interruption] if channel.open_interruption else [])]
 
+    @property
+    def streaming(self) -> bool:
+        return self._held().streaming.is_set()
+
+    async def wait_streaming(self) -> None:
+        """Until media flows (at once if it does): the moment to start a recorder on the socket. A stop
+        meanwhile raises `LiveError`."""
+        channel = self._held()
+        stopped = asyncio.ensure_future(channel.closed.wait())
+        flowing = asyncio.ensure_future(channel.streaming.wait())
+        try:
+            await asyncio.wait({stopped, flowing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            flowing.cancel()
+        if not channel.streaming.is_set():
+            raise LiveError(f"the live channel {self.device_id}/{self.channel_id} stopped")
+
     def reader(self, *, buffer_bytes: int | None = None) -> LiveReader:
         """An in-process consumer from the next key frame on (ended when this handle closes)."""
         channel = self._held()
@@ -387,6 +408,7 @@ class _Channel:
         self.server: asyncio.AbstractServer | None = None
         self._connection_tasks: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
+        self.streaming = asyncio.Event()  # set while media flows
 
     # -- consumers ---------------------------------------------------------------------------------------
 
@@ -468,6 +490,9 @@ class _Channel:
                     self.device_id, self.channel_id, SessionKind.PLAY, self.transport, None, sink=self._take))
             except SessionError as exc:
                 self._problem(f"Play not started: {exc}")
+            except Exception as exc:  # a bug below must not leave the channel held and never tried again
+                log.exception("live %s/%s: the INVITE failed", self.device_id, self.channel_id)
+                self._problem(f"Play not started: {type(exc).__name__}: {exc}")
             else:
                 self.session = session
                 self.call_id = session.call_id
@@ -516,6 +541,7 @@ class _Channel:
 
     def _media_flows(self) -> None:
         now = wall_text()
+        self.streaming.set()
         if self.session is None:  # the first bytes came before the INVITE's transaction returned
             self.call_id = next((s.call_id for s in self.streams.platform.sessions.sessions.values()
                                  if s.request.sink == self._take), None)
@@ -544,6 +570,7 @@ class _Channel:
         self.open_interruption = interruption
         self.interruption_count += 1
         self.state = "interrupted"
+        self.streaming.clear()
         log.warning("live %s/%s interrupted: %s", self.device_id, self.channel_id, reason)
         for consumer in list(self.consumers):
             consumer._end(f"interrupted: {reason}")
@@ -576,6 +603,7 @@ class _Channel:
         """BYE (through the platform), consumers ended, socket removed, `stopped` told and recorded."""
         self.stopping = True
         self.state = "stopping"
+        self.streaming.clear()
         self.wake.set()
         if self.linger is not None:
             self.linger.cancel()

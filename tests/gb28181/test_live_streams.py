@@ -51,6 +51,8 @@ async def test_ffmpeg_reads_the_channel_socket_into_an_mp4_segment(media: Path, 
         async with env.open() as handle:
             path = handle.socket_path
             assert path == env.socket_dir / f"{DEVICE}-{CHANNEL}.sock"
+            assert not handle.streaming
+            await handle.wait_streaming()  # as a recorder would, before it starts ffmpeg
             out = tmp_path / "segments"
             out.mkdir()
             ffmpeg = await asyncio.create_subprocess_exec(
@@ -180,6 +182,7 @@ async def test_the_device_dying_mid_stream_is_an_interruption_and_the_stream_res
             assert gap is not None and gap.ended_at is not None
             assert gap.began_at == interrupted.interruption.began_at and gap.began_at < gap.ended_at
             assert gap.reason == interrupted.reason
+            await handle.wait_streaming()
             second = handle.reader()
             after = await second.read()
             assert starts_at_key_frame(bytes(before)) and len(before) > 10_000
@@ -304,6 +307,8 @@ async def test_a_consumer_back_within_the_linger_keeps_the_same_play(media: Path
         # Left: the Play lingers (a recorder restarting its ffmpeg) and a new holder gets it, no new INVITE.
         assert env.live.snapshot()[DEVICE][0]["holders"] == 0
         async with env.open() as again:
+            assert again.streaming  # joined a Play that is up: no `started` event for it, the state says so
+            await again.wait_streaming()
             reader = again.reader()
             assert len(await reader.read()) > 0
             assert list(device.sessions) == [call_id] and len(device.finished_sessions) == 0
