@@ -498,11 +498,14 @@ class _Channel:
                 self.call_id = session.call_id
                 if self.stopping:
                     session.stop()
-                result = await session.wait()
+                try:
+                    reason = self._why(await session.wait())
+                except Exception as exc:  # the session's own failure: an end like any other, retried
+                    log.exception("live %s/%s: the Play failed", self.device_id, self.channel_id)
+                    reason = _shown(f"the Play failed: {type(exc).__name__}: {exc}")
                 self.session = None
                 if self.stopping:
                     return
-                reason = self._why(result)
                 if self._flowing:
                     self._interrupt(reason)
                     if time.monotonic() - began >= STABLE_S:
