@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -59,13 +60,15 @@ async def _run_station(root: Path, checkpoint_every: int | None = None) -> Stati
         spec(1, files=3, unit_code=UNIT_B[0], unit_name=UNIT_B[1], officer_name="李娜"),
     ]
     names: list[str] = []
+    extra_sections: dict[str, Any] = (
+        {"station": {"checkpoint_every": checkpoint_every}} if checkpoint_every else {})
     try:
         async with simulated_station(
             root, specs, uplink={**central.uplink_config(), **FAST},
             wipe={"policy": "after-receipt", "receipt_wait_s": 60},
             officers={specs[0].officer_no: {"case_number": CASE},
                       specs[1].officer_no: {"case_number": OTHER_CASE}},
-            **({"station": {"checkpoint_every": checkpoint_every}} if checkpoint_every else {}),
+            **extra_sections,
         ) as station:
             for s in specs:
                 names += [n for n in station.bus.volume_files(s.device_serial)

@@ -167,7 +167,7 @@ async def test_edge_verify_names_a_removed_file_a_foreign_file_and_a_changed_led
              if line.endswith("ledger/TEST-STATION/entries.jsonl") else line for line in sums]
     (folder / CHECKSUMS_FILE).write_text("\n".join(fixed) + "\n")
     verdict = run_edge("verify", str(folder))
-    seq = parse_json(lines[target].replace(b"verifyed", b"verified"))["seq"]  # type: ignore[index]
+    seq = parse_json(lines[target].replace(b"verifyed", b"verified"))["seq"]
     assert verdict.code == 1 and verdict.names(CHECKSUMS_FILE) and verdict.names(f"ledger seq {seq}"), verdict
 
 

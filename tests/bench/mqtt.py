@@ -302,7 +302,7 @@ async def bench(template: Path, work: Path, total_mb: int, files: int, uplink: d
             )
 
     def median(transport: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs[transport])
+        return float(statistics.median(r[key] for r in runs[transport]))
 
     def per_gb(key: str) -> dict[str, float]:
         return {t: round(median(t, key) / moved_gib, 2) for t in runs}
@@ -359,7 +359,7 @@ def main() -> int:
         if getattr(args, option) is not None:
             uplink[key] = getattr(args, option)
     scratch = None if args.workdir else tempfile.mkdtemp(prefix="edge-mqttbench-", dir="/var/tmp")
-    work = Path(args.workdir or scratch)
+    work = Path(args.workdir or scratch or "")
     work.mkdir(parents=True, exist_ok=True)
     try:
         template = station_template(work, args.total_mb, args.files)

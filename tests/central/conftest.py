@@ -29,6 +29,7 @@ from edge.central.registration import Caller, Registrar
 from edge.central.service import RunningCentral, start_central
 from edge.central.sqlite import SqliteDatabase, SqliteIndex
 from edge.central.sqlite.console import SqliteConsoleStore
+from edge.central.storage import Index
 from edge.central.tus_store import TusUploadStore
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import StationKey
@@ -158,7 +159,7 @@ def index(tmp_path: Path) -> Iterator[SqliteIndex]:
     idx.close()
 
 
-def enroll(index: SqliteIndex, station: FakeStation, cert_sha256: str = CERT_SHA) -> None:
+def enroll(index: Index, station: FakeStation, cert_sha256: str = CERT_SHA) -> None:
     index.enroll_station(station.station_id, station.key.public_key_b64, cert_sha256)
 
 

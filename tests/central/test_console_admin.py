@@ -161,7 +161,9 @@ async def test_the_demo_central_makes_an_auditor_who_can_sign_in(tmp_path: Path)
             central.console_account("demo-auditor", password_file)
         assert password_file.stat().st_mode & 0o777 == 0o600
         password, uri = password_file.read_text(encoding="utf-8").splitlines()
-        code = pyotp.parse_uri(uri).now()
+        otp = pyotp.parse_uri(uri)
+        assert isinstance(otp, pyotp.TOTP)
+        code = otp.now()
         context = ssl.create_default_context(cafile=str(central.config.layout.ca_cert))
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as browser:
             # Controls first: a wrong password, and the right one without the second factor.

@@ -8,6 +8,7 @@ import re
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -68,7 +69,7 @@ async def test_every_route_refuses_a_caller_without_certificate_or_session(
             for method, path in routes:
                 url = base + _fill(path, acquired.item, station.station_id)
                 headers = {"X-Edge-Console": "1", "Tus-Resumable": "1.0.0"}
-                body_doc = {} if method in ("POST", "PATCH", "PUT") else None
+                body_doc: dict[str, Any] | None = {} if method in ("POST", "PATCH", "PUT") else None
                 async with anonymous.request(method, url, headers=headers, allow_redirects=False,
                                              json=body_doc) as response:
                     body = await response.read()

@@ -604,7 +604,7 @@ def test_failed_bundle_write_leaves_nothing(
 ) -> None:
     from edge.pki import bundle as pki_bundle
 
-    real = pki_bundle.install_file
+    real = pki_bundle.install_file  # type: ignore[attr-defined]
     calls: list[Path] = []
 
     def failing(path: Path, data: bytes, mode: int, *, replace: bool) -> bool:

@@ -295,7 +295,6 @@ def test_a_segment_is_on_disk_before_its_journal_record_and_both_before_the_answ
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The commit rule, as the system calls happen: data fsynced, then the record written and fsynced."""
-    import edge.central.mqtt_ingest_store as module
 
     store = _store(tmp_path / "ft")
     _ok(_init(store, DATA))
@@ -313,8 +312,8 @@ def test_a_segment_is_on_disk_before_its_journal_record_and_both_before_the_answ
         calls.append(f"write {name(fd)}")
         return real_write(fd, data)
 
-    monkeypatch.setattr(module.os, "fdatasync", fdatasync)
-    monkeypatch.setattr(module.os, "write", write)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)  # the module calls os.fdatasync / os.write
+    monkeypatch.setattr(os, "write", write)
     _ok(_segment(store, DATA, 0, 1000))
     assert calls == ["fdatasync part", "write segments", "fdatasync segments"]
     calls.clear()

@@ -30,9 +30,9 @@ async def test_a_key_enrolled_by_mistake_and_never_used_does_not_fail_every_spot
     keys = parts.index.station_keys(path)
     assert len(keys) == 2  # control: both stay enrolled
     # Control: with only the key the station signs with, nothing to report.
-    assert _rotations(parts.index, path, {station.key.key_id: station.key.public_key})[1] == []  # type: ignore[arg-type]
+    assert _rotations(parts.index, path, {station.key.key_id: station.key.public_key})[1] == []
     # Control: with every enrolled key the mistaken one is named (what a package listing it would say).
-    assert _rotations(parts.index, path, keys)[1]  # type: ignore[arg-type]
+    assert _rotations(parts.index, path, keys)[1]
     _, problems, in_use = _rotations_of(parts, path)  # type: ignore[arg-type]
     assert set(in_use) == {station.key.key_id}
     assert [str(p) for p in problems] == [], (

@@ -59,8 +59,8 @@ async def test_a_station_reads_its_own_ledger_only_and_readers_read_any(
             assert "own ledger only" in doc["detail"]
         assert tls_central.index.rejections(station.station_id)[-1]["code"] == "wrong_station"
     async with tls_session(auditor) as reader, tls_session(revoked) as gone:
-        for target in (station, other_station):
-            status, doc = await get_json(reader, ledger_url(tls_central, target, "?after=1&limit=1"))
+        for reader_target in (station, other_station):
+            status, doc = await get_json(reader, ledger_url(tls_central, reader_target, "?after=1&limit=1"))
             assert status == 200 and [e["seq"] for e in doc["entries"]] == [2], doc
             assert doc["next"] == 2
             status, doc = await get_json(reader, ledger_url(tls_central, target, "?after=2"))

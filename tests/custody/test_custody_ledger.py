@@ -172,7 +172,7 @@ def test_format_1_hash_is_sha256_of_prev_bytes_and_canonical_body() -> None:
     """Entries written before format 2 (no entry_salt) keep their hash: SHA-256(prev || canonical body)."""
     import hashlib
 
-    body = {"seq": 1, "time": "2024-05-01T09:00:00.000001Z", "type": "tagged", "item": ITEM,
+    body: dict[str, Any] = {"seq": 1, "time": "2024-05-01T09:00:00.000001Z", "type": "tagged", "item": ITEM,
             "data": {"case": {"number": "A1"}}, "prev": "0" * 64}
     assert entry_hash(body) == hashlib.sha256(bytes(32) + canonical_json(body)).hexdigest()
     assert redact(LedgerEntry(hash=entry_hash(body), **body)).item_tag is None  # nothing to recompute

@@ -17,7 +17,7 @@ OTHER = "5d2a9e61-3c1b-4f7a-8e22-90a1b2c3d4e5"
 
 
 def _interleaved(conn: sqlite3.Connection, ledger: Ledger) -> list[LedgerEntry]:
-    entries = []
+    entries: list[LedgerEntry] = []
     for type_, item in [(EntryType.ACQUIRED, ITEM), (EntryType.DEVICE_CONNECTED, None),
                         (EntryType.ACQUIRED, OTHER), (EntryType.SEALED, ITEM), (EntryType.SEALED, OTHER),
                         (EntryType.TAGGED, ITEM)]:

@@ -189,7 +189,7 @@ async def test_a_large_answer_is_parsed_off_the_event_loop(platform: GbPlatform,
     import edge.gb28181.platform as platform_module
 
     parsed_on: list[tuple[int, bool]] = []
-    real_parse = platform_module.parse_message
+    real_parse = platform_module.parse_message  # type: ignore[attr-defined]
 
     def spy(body: bytes, **kw: object) -> object:
         parsed_on.append((len(body), threading.current_thread() is threading.main_thread()))

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from drivers.gb28181.manscdp import CatalogItem, Charset, RecordItem, Root, build_body
+from drivers.gb28181.manscdp import AssembledAnswer, CatalogItem, Charset, RecordItem, Root, build_body
 from edge.gb28181.platform import DeviceUnavailable, GbPlatform
 from edge.gb28181.queries import QueryKey
 
@@ -66,7 +66,7 @@ async def test_record_info_joins_a_multi_part_gb2312_answer(platform: GbPlatform
     start = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
     answer = await platform.query_record_info(DEVICE, CHANNEL, start, start + timedelta(days=1))
     assert answer.complete and answer.sum_num == 7 and answer.parts == 4
-    assert [item.name for item in answer.items] == [f"现场记录{i}" for i in range(7)]  # type: ignore[union-attr]
+    assert [item.name for item in answer.items] == [f"现场记录{i}" for i in range(7)]
     await device.settled()
     assert device.answer_statuses == [200, 200, 200, 200]  # each part answered 200 (Annex N: serial sending)
     # The query's time range went out in the devices' zone (Beijing): 00:00 UTC is 08:00 there.
@@ -130,7 +130,7 @@ async def test_an_answer_is_matched_by_device_sn_and_cmdtype(
         assert not future.done()
         right = build_body(Root.RESPONSE, "DeviceInfo", 4242, DEVICE, [("Result", "OK")])
         assert (await device.message(right)).status == 200
-        assert future.done() and future.result().sn == 4242  # type: ignore[union-attr]
+        assert future.done() and future.result().sn == 4242
     finally:
         platform.queries.forget(QueryKey(DEVICE, 4242, "DeviceInfo"))
         await other.close()
@@ -156,6 +156,7 @@ async def test_incomplete_answers_are_handed_out_flagged(platform: GbPlatform, d
     clock.now += platform.settings.query_timeout_s
     platform.check()
     answer = future.result()
+    assert isinstance(answer, AssembledAnswer)
     assert answer.complete is False and len(answer.items) == 2
 
 

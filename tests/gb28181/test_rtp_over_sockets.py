@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+from collections.abc import Sequence
 
 import pytest
 
@@ -65,7 +66,7 @@ class _Receiver:
         self.events += self.demuxer.flush()
         return [e for e in self.events if isinstance(e, EsFrame)]
 
-    def _take(self, events: list[Delivered | Gap | object]) -> None:
+    def _take(self, events: Sequence[object]) -> None:
         for event in events:
             if isinstance(event, Delivered):
                 self.events += self.demuxer.feed(event.packet.payload)

@@ -292,7 +292,7 @@ async def test_keepalive_cadence_and_reregistration_follow_the_clock_seam(platfo
     assert platform.keepalives == []  # nothing is sent before its time has come
     for expected in (1, 2, 3):
         keepalive_go.set()
-        await platform.wait_for(lambda n=expected: len(platform.keepalives) == n)  # type: ignore[misc]
+        await platform.wait_for(lambda n=expected: len(platform.keepalives) == n)
         keepalive_s, keepalive_go = await clock.next_sleep()
         assert keepalive_s == 45.0
     registrations = platform.events.count(f"registered {device.sip_port}")

@@ -684,10 +684,10 @@ async def test_seeded_garbage_streams_close_their_connections_and_leave_nothing_
             if kind == 0:
                 junk = rng.randbytes(rng.randrange(1, 4096))
             elif kind == 1:  # a valid message with bytes flipped
-                junk = bytearray(valid)
+                flipped = bytearray(valid)
                 for _ in range(rng.randrange(1, 6)):
-                    junk[rng.randrange(len(junk))] = rng.randrange(256)
-                junk = bytes(junk)
+                    flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+                junk = bytes(flipped)
             elif kind == 2:  # an endless header section
                 junk = b"MESSAGE sip:a SIP/2.0\r\n" + b"X: y\r\n" * 4000
             else:  # a valid message cut short, then the peer hangs up

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 import time
@@ -37,7 +38,7 @@ async def test_transitions_submitted_together_share_one_transaction(store: Stati
     commits = GroupCommit(store)
     items = [f"item-{n}" for n in range(20)]
     await asyncio.gather(
-        *(commits.run(lambda item=item: repository.entry(EntryType.ERROR, item, {"n": 1})) for item in items)
+        *(commits.run(functools.partial(repository.entry, EntryType.ERROR, item, {"n": 1})) for item in items)
     )
     assert commits.transactions == 1 and commits.transitions == 20
     assert entries(store, EntryType.ERROR) == items

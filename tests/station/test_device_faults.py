@@ -14,7 +14,7 @@ import pytest
 
 from edge.config.station import StationConfig
 from edge.ingest.store import StationStore
-from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
+from edge.sources.usb.offload import OffloadOutcome, OffloadResult, VolumeOffload
 from edge.verify.station import verify_store
 from simulators.recorder.faultfs import VolumeFaults
 from simulators.recorder.volume import MountedVolume, check_fuse_available, mount_volume
@@ -56,7 +56,7 @@ def errors(store: StationStore) -> list[str]:
     return [str(e.data.get("reason", "")) for e in store.ledger.entries() if e.type == "error"]
 
 
-async def run(store: StationStore, config: StationConfig, root: Path) -> object:
+async def run(store: StationStore, config: StationConfig, root: Path) -> OffloadResult:
     return await VolumeOffload(store, config, session_info(), root).run()
 
 

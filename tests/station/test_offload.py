@@ -10,7 +10,7 @@ from pathlib import Path
 from edge.config.station import StationConfig
 from edge.custody.seal import verify_sealed_file
 from edge.ingest.store import StationStore
-from edge.sources.usb.offload import OffloadOutcome, VolumeOffload
+from edge.sources.usb.offload import OffloadOutcome, OffloadResult, VolumeOffload
 from edge.verify.station import verify_store
 
 from .conftest import session_info, sha256_file, volume_hashes
@@ -20,7 +20,7 @@ def ledger_types(store: StationStore, item: str | None = None) -> list[str]:
     return [e.type for e in store.ledger.entries(item=item)]
 
 
-async def offload(store: StationStore, config: StationConfig, root: Path) -> object:
+async def offload(store: StationStore, config: StationConfig, root: Path) -> OffloadResult:
     return await VolumeOffload(store, config, session_info(), root).run()
 
 

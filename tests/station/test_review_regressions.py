@@ -50,7 +50,7 @@ async def test_nothing_is_erased_that_was_not_reread_even_if_sealed_earlier(
     # proof, which also serves as the re-read before erasing).
     rechecks = [e for e in store.ledger.entries() if e.type == "verified" and e.data.get("purpose")]
     items = sorted(r[0] for r in store.conn.execute("SELECT item FROM items"))
-    assert sorted(e.item for e in rechecks) == items
+    assert sorted(str(e.item) for e in rechecks) == items
 
 
 async def test_an_unexpected_error_ends_the_docking_on_the_record(

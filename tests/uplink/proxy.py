@@ -77,7 +77,9 @@ class FaultyProxy:
         await site.start()
         server = site._server
         assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        sockets = getattr(server, "sockets", None)  # asyncio.Server's (AbstractServer does not declare it)
+        assert sockets
+        port = sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         return self
 

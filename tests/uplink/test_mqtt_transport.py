@@ -7,6 +7,7 @@ a station restarted mid-way."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -119,6 +120,10 @@ def delivered_intact(responder: Responder, outcome: object, item: Parcel) -> str
 # -- content ------------------------------------------------------------------------------------------
 
 
+def _held_is(responder: Responder, counts: tuple[int, ...]) -> bool:
+    return len(responder.held) in counts
+
+
 async def test_a_file_is_delivered_only_as_the_receiver_confirms_each_segment_within_the_window(
     tmp_path: Path, broker: MosquittoBroker, pki: TestPki
 ) -> None:
@@ -140,7 +145,7 @@ async def test_a_file_is_delivered_only_as_the_receiver_confirms_each_segment_wi
         total = 21
         while answered < total:
             left = total - answered
-            await responder.wait_until(lambda left=left: len(responder.held) in (WINDOW, left))
+            await responder.wait_until(functools.partial(_held_is, responder, (WINDOW, left)))
             outstanding.append(len(responder.held))
             station, result = responder.held.pop(0)
             await responder.publish_raw(response_topic(station), result.to_payload())

@@ -115,7 +115,7 @@ async def make_rig(tmp_path: Path, media: Path, *, listening: bool = True) -> As
 def receipted_and_provable(rig: Rig) -> None:
     assert set(rig.states().values()) == {"receipted"}, rig.states()
     receipts = rig.ledger("receipt")
-    assert sorted(item for item, _ in receipts) == sorted(rig.items.values())
+    assert sorted(str(item) for item, _ in receipts) == sorted(rig.items.values())
     assert all(data["verified"] is True for _, data in receipts)
     report = verify_store(rig.tmp / "store", central_key=rig.central_key.public_key())
     assert report.ok, report.problems

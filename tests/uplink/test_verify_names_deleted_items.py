@@ -54,7 +54,9 @@ def hiding_page(rig: Rig, item: str) -> Any:
         station = request.path.split("/")[3]  # /v1/stations/{station}/ledger
         after = int(request.query.get("after", "0"))
         entries = [e for e in index.ledger_entries(station, after + 1) if e.item != item]
-        prev = index.ledger_entry(station, after).hash if after else entries[0].prev
+        before = index.ledger_entry(station, after) if after else None
+        assert before is not None or not after
+        prev = before.hash if before is not None else entries[0].prev
         forged = []
         for seq, entry in enumerate(entries, start=after + 1):
             body = {**entry.body(), "seq": seq, "prev": prev}

@@ -15,7 +15,8 @@ from edge.verify.central_ledger import compare_with_central_ledger
 from edge.verify.station import verify_store
 from edge.verify.witness import fetch_central_view
 from tests.uplink.line_wire import LineTransport
-from tests.uplink.test_transport_seam import STATION, make_rig, media, uplink_running
+from tests.uplink.test_refusals import uplink_running
+from tests.uplink.test_transport_seam import STATION, make_rig, media
 from tests.uplink.test_verify_names_deleted_items import delete_item_everywhere
 
 __all__ = ["media"]  # the fixture, used by name
