@@ -321,3 +321,36 @@ async def test_an_unknown_media_transport_is_refused(media: Path) -> None:
             env.live.open(DEVICE, CHANNEL, transport="rtsp")
         async with env.live.open(DEVICE, CHANNEL, transport="tcp-active") as handle:  # the control
             assert handle.transport == "tcp-active"
+
+
+async def ffmpeg_segments(socket_path: Path, out: Path) -> tuple[int, str]:
+    """ffmpeg recording the socket into 10 s MP4 segments until its input ends (as the rooms' capture)."""
+    out.mkdir()
+    ffmpeg = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-v", "error", "-nostdin", "-f", "mpeg", "-i", f"unix:{socket_path}", "-map", "0:v",
+        "-c", "copy", "-f", "segment", "-segment_time", "10", "-segment_format", "mp4", "-reset_timestamps",
+        "1", str(out / "seg%03d.mp4"), stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(60):
+        _, err = await ffmpeg.communicate()
+    assert ffmpeg.returncode is not None
+    return ffmpeg.returncode, err.decode(errors="replace")
+
+
+async def test_ffmpeg_on_the_socket_ends_its_segment_cleanly_at_an_interruption_and_records_again(
+        media: Path, tmp_path: Path) -> None:
+    async with live_env(media) as env:
+        await env.device("die-mid-stream")
+        async with env.open() as handle:
+            await handle.wait_streaming()
+            code, err = await ffmpeg_segments(handle.socket_path, tmp_path / "before")
+            assert code == 0, err  # the connection closed at the interruption: the end of its input
+            interrupted = await next_event(handle, LiveEventKind.INTERRUPTED)
+            await handle.wait_streaming()  # resumed: the recorder starts ffmpeg again
+            code, err = await ffmpeg_segments(handle.socket_path, tmp_path / "after")
+            assert code == 0, err
+            resumed = await next_event(handle, LiveEventKind.RESUMED)
+            assert resumed.interruption is not None and interrupted.interruption is not None
+            assert resumed.interruption.began_at == interrupted.interruption.began_at
+        for run in ("before", "after"):
+            (segment,) = sorted((tmp_path / run).glob("seg*.mp4"))
+            assert frames_of(segment) >= 5, run  # the device dies after about 2 s of 10 frames/s
