@@ -34,6 +34,7 @@ from edge.custody.errors import CustodyError
 from edge.custody.keys import load_public_key
 from edge.custody.ledger import EntryType
 from edge.custody.text import hide_station_paths
+from edge.gb28181.live import LiveError, LiveSettings, LiveStreams
 from edge.gb28181.media import open_receiver
 from edge.gb28181.platform import GbPlatform, PlatformSettings
 from edge.gb28181.policy import DownloadPolicy
@@ -183,6 +184,7 @@ class StationAgent:
         self.gb28181: GbPlatform | None = None
         self.gb28181_downloads: GbDownloadScheduler | None = None
         self.rooms: RoomService | None = None
+        self.gb28181_live: LiveStreams | None = None
         self.ready = asyncio.Event()
         # Whether [logging] level sets the log level (not when the command line chose one, with -v).
         self.log_level_from_config = False
@@ -327,6 +329,17 @@ class StationAgent:
         )
         self.status.sections["gb28181"] = self.gb28181.snapshot
         supervisor.add(TaskSpec("gb28181", self.gb28181.run, critical=False))
+        try:
+            self.gb28181_live = LiveStreams(
+                self.gb28181, LiveSettings.from_config(self.config.gb28181.live),
+                record=lambda entry_type, data: store.record(entry_type, None, data))
+        except LiveError as exc:
+            log.error("gb28181 live streams disabled: %s", exc)
+            store.record(EntryType.ERROR, None,
+                         {"stage": "gb28181", "reason": f"live streams disabled: {exc}"})
+        else:
+            # Added after the platform, so stopped before it: each live Play ends with its BYE.
+            supervisor.add(TaskSpec("gb28181-live", self.gb28181_live.run, critical=False))
 
     def _add_gb28181_downloads(self, supervisor: Supervisor, platform: GbPlatform) -> None:
         """The download scheduler (edge.sources.gb28181.scheduler): devices the policy wants get their
@@ -341,7 +354,9 @@ class StationAgent:
             concurrency=section.download.concurrency, clock_trusted=lambda: self.status.clock_trusted,
         )
         downloads = self.gb28181_downloads
-        self.status.sections["gb28181"] = lambda: {**platform.snapshot(), "downloads": downloads.snapshot()}
+        live = self.gb28181_live
+        self.status.sections["gb28181"] = lambda: {**platform.snapshot(), "downloads": downloads.snapshot(),
+                                                   **({"live": live.snapshot()} if live is not None else {})}
         supervisor.add(TaskSpec("gb28181-downloads", downloads.run, critical=False))
 
     def _add_rooms(self, supervisor: Supervisor) -> None:

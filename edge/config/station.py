@@ -658,6 +658,54 @@ class Gb28181DownloadSection(StrictModel):
         return self
 
 
+def default_live_socket_dir() -> Path:
+    """Where the live channels' sockets go by default (edge.gb28181.live): beside the API socket, in the
+    unit's runtime directory ($RUNTIME_DIRECTORY, else /run/evidence-edge), `gb28181-live`."""
+    return default_api_socket().parent / "gb28181-live"
+
+
+# A live socket is named <device id>-<channel id>.sock (46 bytes); sun_path holds 107 with the slash.
+MAX_LIVE_SOCKET_DIR_BYTES = 107 - 1 - 46
+
+
+class Gb28181LiveSection(StrictModel):
+    """Live Play of channels as a stream the agent records (edge.gb28181.live): one Play per channel shared
+    by its consumers, a Unix socket per channel that ffmpeg reads (`-f mpeg -i unix:PATH`)."""
+
+    socket_dir: Path = Field(
+        default_factory=default_live_socket_dir,
+        description="Directory of the live channels' Unix sockets (made 0700; sockets 0600, for the agent's "
+        "own user); default: gb28181-live in the runtime directory",
+    )
+    media_transport: GbMediaTransport = Field(
+        GbMediaTransport.TCP_PASSIVE, description="How devices send live media: udp, tcp-passive, tcp-active",
+    )
+    linger_s: float = Field(
+        5.0, ge=0, le=300, description="How long a Play goes on after its last consumer left (a recorder "
+        "restarting its ffmpeg keeps it)",
+    )
+    consumer_buffer_kb: int = Field(
+        8192, ge=64, le=262144, description="How far one consumer may fall behind before it is cut off",
+    )
+    retry_min_s: float = Field(
+        1.0, gt=0, le=60, description="First wait before an interrupted Play is INVITEd again (doubling to "
+        "retry_max_s; at once when the device comes back)",
+    )
+    retry_max_s: float = Field(30.0, gt=0, le=600, description="Longest wait between INVITEs of a Play")
+    max_channels: int = Field(64, ge=1, le=1024, description="Live channels open at once")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Gb28181LiveSection:
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must be >= retry_min_s")
+        if not self.socket_dir.is_absolute():
+            raise ValueError("socket_dir must be an absolute path")
+        if len(str(self.socket_dir).encode()) > MAX_LIVE_SOCKET_DIR_BYTES:
+            raise ValueError(f"socket_dir is longer than the {MAX_LIVE_SOCKET_DIR_BYTES} bytes a Unix socket "
+                             "path leaves for it")
+        return self
+
+
 class Gb28181Section(StrictModel):
     """The station as a GB/T 28181 platform (edge.gb28181): devices register to it over SIP, it queries
     them and pulls recordings and live video."""
@@ -724,6 +772,8 @@ class Gb28181Section(StrictModel):
         "channels and clock offset, for `edge gb28181 devices` and the ledger)",
     )
     download: Gb28181DownloadSection = Gb28181DownloadSection()
+    # A factory: its default socket_dir follows $RUNTIME_DIRECTORY when the configuration is read.
+    live: Gb28181LiveSection = Field(default_factory=lambda: Gb28181LiveSection())
 
     @model_validator(mode="after")
     def _consistent(self) -> Gb28181Section:

@@ -3,8 +3,9 @@
 
 Reads the `gb28181` part of the status the local API serves (`/api/v1/status`, as `edge status` does), so
 it shows what the running platform knows: devices, online state, address, last keepalive, clock offset,
-channels and sessions in progress, and the downloads (in progress, done, already sealed, failed,
-incomplete; edge.sources.gb28181.scheduler). Exit codes as `edge status`: 69 when no agent answers, 77
+channels and sessions in progress, the downloads (in progress, done, already sealed, failed,
+incomplete; edge.sources.gb28181.scheduler) and the live channels (state, consumers, since, interruptions;
+edge.gb28181.live). Exit codes as `edge status`: 69 when no agent answers, 77
 when the API does not admit the caller, 78 when the configuration has no local API, and 69 too when the
 agent runs without the platform ([gb28181] enabled = false).
 """
@@ -68,6 +69,10 @@ def print_devices(view: dict[str, Any], out: TextIO) -> None:
         downloads = (view.get("downloads") or {}).get(device.get("device_id"))
         if isinstance(downloads, dict):
             print(f"    downloads: {_downloads(downloads)}", file=out)
+        live = (view.get("live") or {}).get(device.get("device_id"))
+        for channel in live if isinstance(live, list) else []:
+            if isinstance(channel, dict):
+                print(f"    live: {_live(channel)}", file=out)
 
 
 def _downloads(progress: dict[str, Any]) -> str:
@@ -88,6 +93,21 @@ def _downloads(progress: dict[str, Any]) -> str:
         text += f", last pass {printable(str(progress['last_pass_at']))}"
     if progress.get("last_problem"):
         text += f" ({printable(str(progress['last_problem']))})"
+    return text
+
+
+def _live(channel: dict[str, Any]) -> str:
+    """One live channel (edge.gb28181.live): its state, consumers, since when, interruptions."""
+    since = printable(str(channel.get("since") or "-"))
+    text = (f"{printable(str(channel.get('channel_id')))} {printable(str(channel.get('state')))}, "
+            f"{channel.get('consumers', 0)} consumer(s), since {since}, "
+            f"{channel.get('interruptions', 0)} interruption(s)")
+    open_gap = channel.get("interrupted")
+    if isinstance(open_gap, dict):
+        text += (f", interrupted since {printable(str(open_gap.get('from')))}: "
+                 f"{printable(str(open_gap.get('reason')))}")
+    if channel.get("last_problem"):
+        text += f" ({printable(str(channel['last_problem']))})"
     return text
 
 

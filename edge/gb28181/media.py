@@ -38,6 +38,10 @@ counted across a hole. A confirmed renumbering of the device's packets (RFC 3550
 payloads, in sequence order, are the raw PS file, byte for byte as the device sent it (RTP headers
 dropped); bytes that were lost are not invented, the gaps say where.
 
+A `sink` (a callable) gets the same bytes as they are taken, in order, one RTP payload at a time, on the
+event loop (it must not block: edge.gb28181.live fans a live Play out to its consumers this way); with
+`raw_path` None nothing is written to disk and `max_bytes` does not apply (a live stream has no end).
+
 The raw PS is written to `raw_path`, created new (never overwriting, never through a symlink, mode 0600):
 the caller puts it in the station's spool or temp area, and nothing else is written anywhere. Writes go
 through a bounded buffer flushed by a worker thread (at most one flush in flight), so the event loop
@@ -438,8 +442,8 @@ class MediaReceiver:
         transport: MediaTransport,
         *,
         sock: socket.socket,
-        raw_path: Path,
-        raw_fd: int,
+        raw_path: Path | None,
+        raw_fd: int | None,
         ssrc: int | None,
         idle_timeout_s: float,
         max_bytes: int,
@@ -449,12 +453,14 @@ class MediaReceiver:
         clock: Callable[[], float],
         reorder_window: int,
         max_buffered_bytes: int,
+        sink: Callable[[bytes], None] | None = None,
     ) -> None:
         self.transport = transport
         self.raw_path = raw_path
         self.local_port: int = sock.getsockname()[1]
         self._sock = sock
         self._fd = raw_fd
+        self._sink = sink
         self._ssrc_expected = ssrc
         self._ssrc = ssrc
         self._idle_timeout_s = idle_timeout_s
@@ -505,6 +511,10 @@ class MediaReceiver:
     @property
     def ended(self) -> EndReason | None:
         return self._ended
+
+    @property
+    def _raw_name(self) -> str:
+        return "(none)" if self.raw_path is None else self.raw_path.name
 
     def expect_ssrc(self, ssrc: int | None) -> None:
         """The device's answer named another SSRC than our offer (`y=`), or none (None: take the first one
@@ -706,13 +716,21 @@ class MediaReceiver:
         c = self._counters
         if self._limit_reached or self._write_failed is not None:
             return False
-        if c.bytes + len(payload) > self._max_bytes:
+        if self._fd is not None and c.bytes + len(payload) > self._max_bytes:
             self._limit_reached = True
             self._end(EndReason.LIMIT, f"the raw PS reached its limit of {self._max_bytes} bytes")
             return False
         c.bytes += len(payload)
         c.packets += 1
-        self._pending += payload
+        if self._fd is not None:
+            self._pending += payload
+        if self._sink is not None:
+            try:
+                self._sink(payload)
+            except Exception as exc:  # the consumer's bug ends the session, never the receiver's loop
+                log.exception("media port %d: the stream's sink failed", self.local_port)
+                self._end(EndReason.ERROR, f"the stream's consumer failed: {exc}")
+                return False
         self._demux(self._demuxer.feed(payload))
         if self._flight is None and len(self._pending) >= FLUSH_BYTES:
             self._start_flush()
@@ -770,6 +788,7 @@ class MediaReceiver:
                                    "the stream (the disk is too slow); later packets would be lost")
 
     def _start_flush(self) -> None:
+        assert self._fd is not None
         chunk, self._pending = self._pending, bytearray()
         flight = self._loop.run_in_executor(None, _write_all, self._fd, chunk)
         self._flight = flight
@@ -780,7 +799,7 @@ class MediaReceiver:
         exc = flight.exception()
         if exc is not None:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self._write_failed = f"writing the raw PS {self.raw_path.name} failed: {reason}"
+            self._write_failed = f"writing the raw PS {self._raw_name} failed: {reason}"
             self._pending.clear()
             self._end(EndReason.ERROR, self._write_failed)
             return
@@ -822,21 +841,25 @@ class MediaReceiver:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._flight)
             await asyncio.sleep(0)  # let the done callback run
+        if self._fd is None:  # nothing stored: a sink took the bytes
+            if self._server is not None:
+                await self._server.wait_closed()
+            return self._outcome()
         synced = self._write_failed is None
+        fd, directory = self._fd, self.raw_path.parent if self.raw_path is not None else Path(".")
         try:
             if synced and self._pending:
                 chunk, self._pending = self._pending, bytearray()
-                await self._loop.run_in_executor(None, _write_all, self._fd, chunk)
+                await self._loop.run_in_executor(None, _write_all, fd, chunk)
         except OSError as exc:
             synced = False
             self._ended = EndReason.ERROR
-            self._detail = f"writing the raw PS {self.raw_path.name} failed: {exc.strerror or exc}"
+            self._detail = f"writing the raw PS {self._raw_name} failed: {exc.strerror or exc}"
         try:
-            await self._loop.run_in_executor(None, lambda: _sync_and_close(self._fd, self.raw_path.parent,
-                                                                          sync=synced))
+            await self._loop.run_in_executor(None, lambda: _sync_and_close(fd, directory, sync=synced))
         except OSError as exc:
             self._ended = EndReason.ERROR
-            self._detail = f"making the raw PS {self.raw_path.name} durable failed: {exc.strerror or exc}"
+            self._detail = f"making the raw PS {self._raw_name} durable failed: {exc.strerror or exc}"
         if self._server is not None:
             await self._server.wait_closed()
         return self._outcome()
@@ -872,7 +895,7 @@ async def open_receiver(
     bind_host: str,
     port_range: tuple[int, int],
     ssrc: int | None,
-    raw_path: Path,
+    raw_path: Path | None,
     idle_timeout_s: float,
     max_bytes: int,
     expected_peer_host: str | None = None,
@@ -881,10 +904,11 @@ async def open_receiver(
     clock: Callable[[], float] = time.monotonic,
     reorder_window: int = DEFAULT_REORDER_WINDOW,
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+    sink: Callable[[bytes], None] | None = None,
 ) -> MediaReceiver:
     """Bind a media endpoint for one session and start receiving (see the module docstring).
     `transport` may be given as its string ("udp", "tcp-passive", "tcp-active"). `raw_path` must not
-    exist; its directory must. Raises MediaError."""
+    exist; its directory must. None: no file (then a `sink` takes the bytes). Raises MediaError."""
     try:
         transport = MediaTransport(transport)
     except ValueError:
@@ -897,24 +921,30 @@ async def open_receiver(
         raise MediaError("max_media_span_s and time_limit_s must be positive when given")
     if max_buffered_bytes < 2 * FLUSH_BYTES:
         raise MediaError(f"max_buffered_bytes must be at least {2 * FLUSH_BYTES}")
-    fd = _create_raw(raw_path)
+    if raw_path is None and sink is None:
+        raise MediaError("a media receiver needs a raw file or a sink for its bytes")
+    fd = None if raw_path is None else _create_raw(raw_path)
     try:
         sock = bind_media_socket(transport, bind_host, port_range)
     except BaseException:
-        os.close(fd)
-        raw_path.unlink(missing_ok=True)
+        _discard_raw(fd, raw_path)
         raise
     receiver = MediaReceiver(
         transport, sock=sock, raw_path=raw_path, raw_fd=fd, ssrc=ssrc, idle_timeout_s=idle_timeout_s,
         max_bytes=max_bytes, expected_peer_host=expected_peer_host, max_media_span_s=max_media_span_s,
         time_limit_s=time_limit_s, clock=clock,
-        reorder_window=reorder_window, max_buffered_bytes=max_buffered_bytes,
+        reorder_window=reorder_window, max_buffered_bytes=max_buffered_bytes, sink=sink,
     )
     try:
         await receiver._start()
     except BaseException:
         sock.close()
-        os.close(fd)
-        raw_path.unlink(missing_ok=True)
+        _discard_raw(fd, raw_path)
         raise
     return receiver
+
+
+def _discard_raw(fd: int | None, raw_path: Path | None) -> None:
+    if fd is not None and raw_path is not None:
+        os.close(fd)
+        raw_path.unlink(missing_ok=True)

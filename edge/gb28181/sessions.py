@@ -89,8 +89,9 @@ class OpenReceiver(Protocol):
     """`edge.gb28181.media.open_receiver`."""
 
     def __call__(self, transport: Any, *, bind_host: str, port_range: tuple[int, int], ssrc: int | None,
-                 raw_path: Path, idle_timeout_s: float, max_bytes: int, expected_peer_host: str | None,
-                 max_media_span_s: float | None, time_limit_s: float | None) -> Awaitable[MediaReceiver]: ...
+                 raw_path: Path | None, idle_timeout_s: float, max_bytes: int, expected_peer_host: str | None,
+                 max_media_span_s: float | None, time_limit_s: float | None,
+                 sink: Callable[[bytes], None] | None = None) -> Awaitable[MediaReceiver]: ...
 
 
 class EndReason(StrEnum):
@@ -137,16 +138,18 @@ class SessionError(Exception):
 
 @dataclass(frozen=True)
 class MediaRequest:
-    """What to ask a device for. Times are Unix seconds (history only)."""
+    """What to ask a device for. Times are Unix seconds (history only). `sink` (live Play, edge.gb28181.live)
+    gets the PS bytes as they are taken, with `raw_path` None (no file) or beside it."""
 
     device_id: str
     channel_id: str
     kind: SessionKind
     transport: str  # udp | tcp-passive | tcp-active (edge.config.station.GbMediaTransport)
-    raw_path: Path
+    raw_path: Path | None
     start_time: int = 0
     end_time: int = 0
     speed: int | None = None
+    sink: Callable[[bytes], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,8 @@ class SessionManager:
         history = req.kind is not SessionKind.PLAY
         ssrc = self._next_ssrc(history)
         bounds = session_bounds(req.kind, req.start_time, req.end_time, req.speed)
+        # Passed only when there is one, so a receiver without the hook still serves downloads.
+        sink = {} if req.sink is None else {"sink": req.sink}
         try:
             # Media only from the host the device registered from (its REGISTER passed digest; the answer's
             # c= is the device's claim, a private address behind a NAT), from the moment the port is open.
@@ -302,7 +307,7 @@ class SessionManager:
                 req.transport, bind_host=self._media_host, port_range=self._port_range, ssrc=ssrc,
                 raw_path=req.raw_path, idle_timeout_s=self._idle_timeout_s, max_bytes=self._max_bytes,
                 expected_peer_host=device.host, max_media_span_s=bounds.max_media_span_s,
-                time_limit_s=bounds.time_limit_s,
+                time_limit_s=bounds.time_limit_s, **sink,
             )
         except Exception as exc:  # the receiver's own error (no free port, the raw file exists ...)
             raise SessionError(f"{req.kind} of {req.channel_id}: no media receiver: {exc}") from exc

@@ -76,7 +76,14 @@ device text as the device sent it, escaped by ``json_printable``, times with mic
                                 "transport", "ssrc_offered": int, "ssrc_answered": int | null,
                                 "started_at": time, "state": "inviting" | "streaming" | "ending"}]}],
      "counters": {"registered": int, "refused": int, "bad_input": int, "keepalives": int,
-                  "keepalives_other_port": int, "media_status_refused": int}}
+                  "keepalives_other_port": int, "media_status_refused": int},
+     "downloads": {device_id: {...}},                       # edge.sources.gb28181.scheduler
+     "live": {device_id: [{"channel_id", "state": "starting" | "streaming" | "interrupted" | "stopping",
+                           "transport", "since": time, "streaming_since": time | null, "call_id",
+                           "holders": int, "consumers": int, "connections": int, "bytes": int,
+                           "interruptions": int, "consumers_cut_off": int, "last_problem": str | null,
+                           "interrupted": {"from", "to": null, "detected_at", "reason"} | null,
+                           "last_interruption": {"from", "to", "detected_at", "reason"} | null}]}}
 
 ``GET /api/v1/bays`` -> ``[BAY, ...]``. ``GET /api/v1/events`` -> ``text/event-stream``: ``event:
 snapshot`` (the whole status, first, and again whenever the reader fell behind), ``event: bay`` (one BAY;

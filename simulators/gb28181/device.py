@@ -789,12 +789,18 @@ async def _looped(path: Path | None, facts: MediaFacts | None) -> AsyncIterator[
     while True:
         last = 0
         count = 0
-        async for frame in read_frames(path, facts):
-            count += 1
-            pts = frame.pts + offset
-            dts = frame.dts + offset if frame.dts is not None else None
-            last = max(last, pts, dts or 0)
-            yield replace(frame, pts=pts, dts=dts)
+        frames = read_frames(path, facts)
+        try:
+            async for frame in frames:
+                count += 1
+                pts = frame.pts + offset
+                dts = frame.dts + offset if frame.dts is not None else None
+                last = max(last, pts, dts or 0)
+                yield replace(frame, pts=pts, dts=dts)
+        finally:  # its ffmpeg stops with us, not whenever the generator is collected
+            aclose = getattr(frames, "aclose", None)
+            if aclose is not None:
+                await aclose()
         if count == 0 or path is None:
             return
         offset = last + frame_ticks

@@ -240,11 +240,11 @@ class _Processes:
                     process.terminate()
         for process in self.items:
             try:
-                await asyncio.wait_for(process.wait(), 5)
+                await asyncio.wait_for(_ended(process), 5)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
-                await process.wait()
+                await _ended(process)
             if process.returncode not in (0, -15, -9):  # a failed reader sent fewer frames than the file has
                 log.warning("media reader %s exited with %s", process.pid, process.returncode)
             if process.stdout is not None:
@@ -252,6 +252,15 @@ class _Processes:
                 # it to its end (the reader has exited: at most a pipe buffer) so the pipe is closed.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(process.stdout.read(), 5)
+
+
+async def _ended(process: asyncio.subprocess.Process) -> None:
+    """The process has exited and its pipe is read to its end: only then is its transport closed (a reading
+    stopped mid-file, as a live Play is, would otherwise leave it open)."""
+    if process.stdout is not None:
+        while await process.stdout.read(65536):
+            pass
+    await process.wait()
 
 
 async def _video_frames(path: Path | None, facts: MediaFacts | None,

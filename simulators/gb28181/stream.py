@@ -220,6 +220,16 @@ class MediaSender:
         self.stats = SendStats()
 
     async def run(self, frames: AsyncIterator[MediaFrame]) -> SendStats:
+        # Closed however the stream ends (died, cancelled): its ffmpeg readers stop now, not whenever the
+        # generator is collected (a live Play loops the file for as long as the platform wants it).
+        try:
+            return await self._run(frames)
+        finally:
+            aclose = getattr(frames, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _run(self, frames: AsyncIterator[MediaFrame]) -> SendStats:
         loop = asyncio.get_running_loop()
         started = 0.0
         first_time: int | None = None

@@ -313,7 +313,7 @@ class CountingReceiver:
     (connects to the device). Ends on close() or after `idle_timeout_s` without bytes once some came."""
 
     def __init__(self, transport: str, bind_host: str, port_range: tuple[int, int], ssrc: int | None,
-                 raw_path: Path, idle_timeout_s: float) -> None:
+                 raw_path: Path | None, idle_timeout_s: float) -> None:
         self.transport = transport
         self.bind_host = bind_host
         self.port_range = port_range
@@ -396,8 +396,9 @@ class ReceiverFactory:
     calls: list[dict[str, Any]] = field(default_factory=list)  # the keyword arguments of each call
 
     async def __call__(self, transport: Any, *, bind_host: str, port_range: tuple[int, int], ssrc: int | None,
-                       raw_path: Path, idle_timeout_s: float, max_bytes: int,
-                       **limits: Any) -> CountingReceiver:
+                       raw_path: Path | None, idle_timeout_s: float, max_bytes: int,
+                       sink: Callable[[bytes], None] | None = None, **limits: Any) -> CountingReceiver:
+        # Counts, stores nothing: a live Play's sink (edge.gb28181.live) is not fed by this fake.
         receiver = await CountingReceiver(str(transport), "127.0.0.1", port_range, ssrc, raw_path,
                                           idle_timeout_s).open()
         self.made.append(receiver)
