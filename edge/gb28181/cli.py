@@ -16,28 +16,11 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 from typing import Any, TextIO
 
-from edge.config.station import default_api_socket
 from edge.custody.text import json_printable, printable
-from edge.ingest.store_commands import load_station_config
-from edge.observe.status_cli import AgentUnavailable, NotAdmitted, fetch_status
+from edge.observe.status_cli import AgentUnavailable, NotAdmitted, api_socket, fetch_status
 from edge.runtime.exit_codes import ExitCode
-
-
-def _socket_path(args: argparse.Namespace) -> Path | ExitCode:
-    if args.socket:
-        return Path(args.socket)
-    if args.config:
-        config = load_station_config(Path(args.config))
-        if isinstance(config, ExitCode):
-            return config
-        if not config.api.enabled:
-            print("the local API is disabled in this configuration ([api] enabled = false)", file=sys.stderr)
-            return ExitCode.CONFIG
-        return config.api.socket_path
-    return default_api_socket()
 
 
 def _offset(value: Any) -> str:
@@ -112,7 +95,7 @@ def _live(channel: dict[str, Any]) -> str:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    socket_path = _socket_path(args)
+    socket_path = api_socket(args)
     if isinstance(socket_path, ExitCode):
         return socket_path
     try:

@@ -17,10 +17,8 @@ from typing import Any
 
 import aiohttp
 
-from edge.config.station import default_api_socket
 from edge.custody.text import json_printable, printable
-from edge.ingest.store_commands import load_station_config
-from edge.observe.status_cli import TIMEOUT_S, AgentUnavailable, NotAdmitted
+from edge.observe.status_cli import TIMEOUT_S, AgentUnavailable, NotAdmitted, api_socket
 from edge.runtime.exit_codes import ExitCode
 
 EX_DATAERR = 65
@@ -64,17 +62,6 @@ async def call_agent(
         raise AgentUnavailable(str(exc) or type(exc).__name__) from None
 
 
-def _socket(args: argparse.Namespace) -> Path | ExitCode:
-    if args.socket:
-        return Path(args.socket)
-    if args.config:
-        config = load_station_config(Path(args.config))
-        if isinstance(config, ExitCode):
-            return config
-        return config.api.socket_path
-    return default_api_socket()
-
-
 def _persons(values: list[str] | None) -> list[dict[str, str]] | None:
     if values is None:
         return None
@@ -100,7 +87,7 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_room(args: argparse.Namespace) -> int:
-    socket_path = _socket(args)
+    socket_path = api_socket(args)
     if isinstance(socket_path, ExitCode):
         return socket_path
     action: str = args.action

@@ -54,18 +54,27 @@ async def fetch_status(socket_path: Path, timeout_s: float = TIMEOUT_S) -> dict[
         raise AgentUnavailable(str(exc) or type(exc).__name__) from None
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    socket_path = default_api_socket()
+def api_socket(args: argparse.Namespace) -> Path | ExitCode:
+    """The local API socket a command talks to: `--socket`, else the `[api] socket_path` of `--config`
+    (CONFIG when that configuration has the API disabled), else the default. Every `edge` command that
+    asks the running agent resolves it here."""
     if args.socket:
-        socket_path = Path(args.socket)
-    elif args.config:
+        return Path(args.socket)
+    if args.config:
         config = load_station_config(Path(args.config))
         if isinstance(config, ExitCode):
             return config
         if not config.api.enabled:
             print("the local API is disabled in this configuration ([api] enabled = false)", file=sys.stderr)
             return ExitCode.CONFIG
-        socket_path = config.api.socket_path
+        return config.api.socket_path
+    return default_api_socket()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    socket_path = api_socket(args)
+    if isinstance(socket_path, ExitCode):
+        return socket_path
     try:
         status = asyncio.run(fetch_status(socket_path))
     except AgentUnavailable as exc:
