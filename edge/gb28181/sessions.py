@@ -16,7 +16,9 @@ stream (Annex M c).
 The 200 OK's SDP is parsed by hand (c=, m= port and protocol, a=setup, y=, a=filesize). The device's `y=`
 wins over ours when it differs (devices and cross-domain platforms choose their own SSRC, research notes
 6.3); when it is missing ours stands. Both are recorded in the session's result. For tcp-active the
-receiver connects to the answer's address and port. Then the ACK goes out, and the session ends on the
+receiver connects to the answer's port at the device's registered host; an answer whose `c=` names another
+host (compared canonically: an IPv4-mapped IPv6 address is its IPv4 one, as a dual-stack socket reports an
+IPv4 device) is recorded as `media_address_ignored`. Then the ACK goes out, and the session ends on the
 first of: MediaStatus 121 in the dialog (or naming the device outside it, when it has one history
 session), the receiver's end (idle, closed, limit, error), a BYE from the device, or `stop()`. The platform
 sends BYE unless the device did, then closes the receiver and returns its outcome.
@@ -63,6 +65,7 @@ from drivers.gb28181.sdp import (
 from drivers.gb28181.sip import Dialog, SipProtocolError, SipRequest, SipResponse, request, response_to
 from drivers.gb28181.sip_transport import Peer, RequestHandler, SipTransport, SipTransportError
 from edge.custody.text import printable
+from edge.gb28181.media import same_host
 
 log = logging.getLogger(__name__)
 
@@ -379,9 +382,11 @@ class SessionManager:
             if not video.is_tcp or not 0 < video.port < 65536:
                 raise SessionError("tcp-active answer without a TCP port to connect to")
             named = answer.media_address(video)
-            if named != device.host:
+            if named is None or not same_host(named, device.host):
                 # The station connects only to where the device's signalling comes from: an answer naming
                 # another address (or a host name) would otherwise aim the station at any host and port.
+                # Compared canonically: on a dual-stack socket an IPv4 device registers as ::ffff:a.b.c.d
+                # and answers with a.b.c.d, its own address.
                 session.media_address_ignored = printable((named or "(none)")[:MAX_SHOWN_ADDRESS])
                 log.warning("device %s channel %s: its answer names media address %s; connecting to its "
                             "source address %s instead", printable(session.request.device_id),
