@@ -36,7 +36,8 @@ reason, so that whoever reads the result knows the recording did not end by itse
   trickles just enough never to go idle. The receiver ends on both (its outcome says `past-end` or
   `time-limit`); the platform also stops a session whose receiver outlived the time limit by
   `TIME_LIMIT_GRACE_S`, whatever receiver it was given.
-Live Play has neither bound.
+Every history session has both: a recording listed shorter than `MIN_BOUNDED_LENGTH_S` (EndTime ==
+StartTime: a file still being written, or an empty one) is bounded as that long. Live Play has neither bound.
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ TIME_LIMIT_SPEED_FACTOR = 3.0
 TIME_LIMIT_MIN_FACTOR = 2.0
 TIME_LIMIT_SLACK_S = 60.0
 TIME_LIMIT_GRACE_S = 5.0
+# The length a history session is bounded as when its range is shorter (or empty, or reversed): RecordInfo
+# times have whole seconds, and devices list a file still being written, or an empty one, with EndTime ==
+# StartTime; without a floor such an item would get no bound at all.
+MIN_BOUNDED_LENGTH_S = 1
 
 
 @dataclass(frozen=True)
@@ -123,10 +128,11 @@ class SessionBounds:
 
 
 def session_bounds(kind: SessionKind, start_time: int, end_time: int, speed: int | None) -> SessionBounds:
-    """The bounds of a session (pure; see the module docstring)."""
-    length = end_time - start_time
-    if kind is SessionKind.PLAY or length <= 0:
+    """The bounds of a session (pure; see the module docstring). Every history session has them: a length
+    under `MIN_BOUNDED_LENGTH_S` (a recording listed with EndTime == StartTime) counts as that minimum."""
+    if kind is SessionKind.PLAY:
         return SessionBounds()
+    length = max(end_time - start_time, MIN_BOUNDED_LENGTH_S)
     factor = max(TIME_LIMIT_SPEED_FACTOR / max(speed or 1, 1), TIME_LIMIT_MIN_FACTOR)
     return SessionBounds(
         max_media_span_s=length * (1 + PAST_END_TOLERANCE_SHARE) + PAST_END_TOLERANCE_S,

@@ -156,7 +156,9 @@ def test_the_bounds_follow_the_length_and_the_speed() -> None:
     assert session_bounds(SessionKind.DOWNLOAD, 0, 600, 4) == SessionBounds(600 * 1.05 + 30, 600 * 2 + 60)
     assert session_bounds(SessionKind.PLAYBACK, 0, 600, None).time_limit_s == 600 * 3 + 60
     assert session_bounds(SessionKind.PLAY, 0, 0, None) == SessionBounds(None, None)
-    assert session_bounds(SessionKind.DOWNLOAD, 600, 600, 4) == SessionBounds(None, None)
+    # A recording listed with EndTime == StartTime (or a reversed range) is bounded as 1 s long.
+    assert session_bounds(SessionKind.DOWNLOAD, 600, 600, 4) == SessionBounds(1 * 1.05 + 30, 1 * 2 + 60)
+    assert session_bounds(SessionKind.DOWNLOAD, 600, 500, 4) == SessionBounds(1 * 1.05 + 30, 1 * 2 + 60)
 
 
 # -- through the platform ------------------------------------------------------------------------------
