@@ -29,13 +29,19 @@ reason, so that whoever reads the result knows the recording did not end by itse
   `video_run_span_s`) passes the recording's length (`t=` end - start) by `PAST_END_TOLERANCE_S` plus
   `PAST_END_TOLERANCE_SHARE` of the length: a device that keeps sending after the file (live, or the next
   file) would otherwise have that sealed as this recording;
-* `time-limit`: a wall-clock limit from the recording's length L and the speed asked S:
-  L x max(3 / S, 2) + 60 s. Three times the time the speed asks, but never under twice the recording's
-  own length, since devices may ignore `a=downloadspeed` (research notes 9) and a 4G uplink may carry a
-  high-bitrate recording slower than real time; 60 s for the INVITE and the start. It stops a device that
-  trickles just enough never to go idle. The receiver ends on both (its outcome says `past-end` or
-  `time-limit`); the platform also stops a session whose receiver outlived the time limit by
-  `TIME_LIMIT_GRACE_S`, whatever receiver it was given.
+* `time-limit`: the transfer stalled, or ran past a generous hard cap, on the monotonic clock. A stall:
+  from the first packet on, each `PROGRESS_WINDOW_S` (60 s) must bring at least `MIN_PROGRESS_SHARE`
+  (1/10) of it in video media time (`MIN_PROGRESS_S`, 6 s; the receiver's progress rule): a device that
+  sends just enough never to go idle but whose video does not advance, or trickles, is stopped within a
+  window or two, while one that delivers steadily however slowly above a tenth of real time is not
+  (devices may ignore `a=downloadspeed`, research notes 9, and a 4G uplink may carry a high-bitrate
+  recording at a quarter of real time: the simulator's `slow` fault). The hard cap,
+  L x `TIME_LIMIT_FACTOR` (10) + `TIME_LIMIT_SLACK_S` (60 s, the INVITE and the start) for a recording of
+  length L whatever the speed asked, is what a transfer at that slowest rate needs; it stops a device
+  whose PTS makes progress without end (restarting over and over). No bytes at all is the idle timeout's.
+  The receiver ends on both (its outcome says `past-end` or `time-limit`, the detail which rule); the
+  platform also stops a session whose receiver outlived the hard cap by `TIME_LIMIT_GRACE_S`, whatever
+  receiver it was given (it cannot see a stall: that is the receiver's).
 Every history session has both: a recording listed shorter than `MIN_BOUNDED_LENGTH_S` (EndTime ==
 StartTime: a file still being written, or an empty one) is bounded as that long. Live Play has neither bound.
 """
@@ -94,7 +100,8 @@ class OpenReceiver(Protocol):
 
     def __call__(self, transport: Any, *, bind_host: str, port_range: tuple[int, int], ssrc: int | None,
                  raw_path: Path, idle_timeout_s: float, max_bytes: int, expected_peer_host: str | None,
-                 max_media_span_s: float | None, time_limit_s: float | None) -> Awaitable[MediaReceiver]: ...
+                 max_media_span_s: float | None, time_limit_s: float | None, progress_window_s: float | None,
+                 min_progress_s: float | None) -> Awaitable[MediaReceiver]: ...
 
 
 class EndReason(StrEnum):
@@ -103,13 +110,16 @@ class EndReason(StrEnum):
     DEVICE_BYE = "device sent BYE"
     STOPPED = "stopped"
     PAST_END = "past-end"  # the video went past the recording's length (see the module docstring)
-    TIME_LIMIT = "time-limit"  # the session's wall-clock limit passed
+    TIME_LIMIT = "time-limit"  # the transfer stalled, or ran past the session's hard cap
 
 
 PAST_END_TOLERANCE_S = 30.0
 PAST_END_TOLERANCE_SHARE = 0.05
-TIME_LIMIT_SPEED_FACTOR = 3.0
-TIME_LIMIT_MIN_FACTOR = 2.0
+# The slowest transfer waited for is a tenth of real time: judged per window (the stall rule), and over the
+# whole recording (the hard cap).
+PROGRESS_WINDOW_S = 60.0
+MIN_PROGRESS_SHARE = 0.1
+TIME_LIMIT_FACTOR = 10.0
 TIME_LIMIT_SLACK_S = 60.0
 TIME_LIMIT_GRACE_S = 5.0
 # The length a history session is bounded as when its range is shorter (or empty, or reversed): RecordInfo
@@ -120,11 +130,14 @@ MIN_BOUNDED_LENGTH_S = 1
 
 @dataclass(frozen=True)
 class SessionBounds:
-    """How much video a history session may bring (`max_media_span_s`) and for how long it may run
-    (`time_limit_s`); None: no bound (live Play, or a request without a time range)."""
+    """How much video a history session may bring (`max_media_span_s`), how much video it must bring per
+    window of wall clock (`min_progress_s` per `progress_window_s`) and for how long it may run at most
+    (`time_limit_s`, the hard cap); None: no bound (live Play)."""
 
     max_media_span_s: float | None = None
     time_limit_s: float | None = None
+    progress_window_s: float | None = None
+    min_progress_s: float | None = None
 
 
 def session_bounds(kind: SessionKind, start_time: int, end_time: int, speed: int | None) -> SessionBounds:
@@ -133,10 +146,12 @@ def session_bounds(kind: SessionKind, start_time: int, end_time: int, speed: int
     if kind is SessionKind.PLAY:
         return SessionBounds()
     length = max(end_time - start_time, MIN_BOUNDED_LENGTH_S)
-    factor = max(TIME_LIMIT_SPEED_FACTOR / max(speed or 1, 1), TIME_LIMIT_MIN_FACTOR)
+    # The speed asked does not shorten anything: devices may ignore it (research notes 9).
     return SessionBounds(
         max_media_span_s=length * (1 + PAST_END_TOLERANCE_SHARE) + PAST_END_TOLERANCE_S,
-        time_limit_s=length * factor + TIME_LIMIT_SLACK_S,
+        time_limit_s=length * TIME_LIMIT_FACTOR + TIME_LIMIT_SLACK_S,
+        progress_window_s=PROGRESS_WINDOW_S,
+        min_progress_s=PROGRESS_WINDOW_S * MIN_PROGRESS_SHARE,
     )
 
 
@@ -177,6 +192,8 @@ class SessionResult:
     # The session's bounds (`session_bounds`): past them it ended `past-end` or `time-limit`.
     max_media_span_s: float | None = None
     time_limit_s: float | None = None
+    progress_window_s: float | None = None
+    min_progress_s: float | None = None
 
     def facts(self) -> dict[str, Any]:
         """For the ledger entry of what the session brought (the `acquired` entry's source facts)."""
@@ -187,6 +204,7 @@ class SessionResult:
             "media_address_ignored": self.media_address_ignored,
             "device_clock_offset_ms": self.device_clock_offset_ms,
             "max_media_span_s": self.max_media_span_s, "time_limit_s": self.time_limit_s,
+            "progress_window_s": self.progress_window_s, "min_progress_s": self.min_progress_s,
         }
 
 
@@ -311,7 +329,8 @@ class SessionManager:
                 req.transport, bind_host=self._media_host, port_range=self._port_range, ssrc=ssrc,
                 raw_path=req.raw_path, idle_timeout_s=self._idle_timeout_s, max_bytes=self._max_bytes,
                 expected_peer_host=device.host, max_media_span_s=bounds.max_media_span_s,
-                time_limit_s=bounds.time_limit_s,
+                time_limit_s=bounds.time_limit_s, progress_window_s=bounds.progress_window_s,
+                min_progress_s=bounds.min_progress_s,
             )
         except Exception as exc:  # the receiver's own error (no free port, the raw file exists ...)
             raise SessionError(f"{req.kind} of {req.channel_id}: no media receiver: {exc}") from exc
@@ -442,7 +461,7 @@ class SessionManager:
             if receiver_done.done():
                 session.end(_receiver_end(receiver_done))
             elif not session.ended.is_set():
-                session.end(EndReason.TIME_LIMIT)  # a receiver that did not keep the limit itself
+                session.end(EndReason.TIME_LIMIT)  # a receiver that did not keep the hard cap itself
             self._on_change(session, "ending")
             if session.end_reason is not EndReason.DEVICE_BYE:
                 await self._bye(session, device)
@@ -465,6 +484,7 @@ class SessionManager:
             file_size_bytes=None if answer is None else answer.video.file_size_bytes, outcome=outcome,
             media_address_ignored=session.media_address_ignored,
             max_media_span_s=session.bounds.max_media_span_s, time_limit_s=session.bounds.time_limit_s,
+            progress_window_s=session.bounds.progress_window_s, min_progress_s=session.bounds.min_progress_s,
         )
         session.result = result
         log.info("device %s channel %s %s session %s ended: %s", printable(session.request.device_id),
