@@ -35,7 +35,10 @@ device's DeviceStatus has no DeviceTime: then nothing more could be known). A de
 `CLOCK_SYNC_MIN_OFFSET_S` is left alone. After a setting DeviceStatus is asked again, so the offset
 after it is on the record too. Only while the station clock is trusted and `time_sync` is on. The
 registry keeps the clock's epochs: `device_clock_offset_ms(device, recorded)` gives a recording the offset
-of the clock that stamped it (before or after a setting), and `download()` puts it in its result.
+of the clock that stamped it (before or after a setting), and `download()` puts it in its result; a stamp
+that two clocks made (a clock that was ahead, set back: the overlap) or that no known clock made gets
+none, and the result says why (`device_clock_unknown`: ambiguous, between-clocks, not-measured,
+before-history).
 
 Ledger (through `record`, the store's, kept to the existing entry types with `"source": "gb28181"`):
 `device_authenticated` for each accepted registration (with `date_sent`, and why it was withheld),
@@ -479,13 +482,20 @@ class GbPlatform:
     def device_clock_offset_ms(self, device_id: str, recorded: datetime | str) -> int | None:
         """The offset (device minus station, ms) of the device clock that stamped `recorded` (a device-local
         time as RecordInfo gives it): the one before the station set the clock for what was recorded before,
-        the one measured since for what came after. None: not known (not measured, or an unreadable time)."""
+        the one measured since for what came after. None: not known (`device_clock_reading` says why)."""
+        return self.device_clock_reading(device_id, recorded)[0]
+
+    def device_clock_reading(self, device_id: str, recorded: datetime | str) -> tuple[int | None, str | None]:
+        """(offset in ms, None) of the clock that stamped `recorded`, or (None, why not): an unreadable
+        time, or a `ClockUnknown` (not measured, ambiguous, between clocks, before the history kept)."""
         try:
             stamped = self.device_time_to_unix(recorded)
         except SessionError:
-            return None
-        offset = self.registry.clock_offset_at(device_id, stamped)
-        return None if offset is None else round(offset * 1000)
+            return None, "unreadable-time"
+        reading = self.registry.clock_reading_at(device_id, stamped, datetime.now(UTC).timestamp())
+        if reading.offset_s is None:
+            return None, None if reading.unknown is None else reading.unknown.value
+        return round(reading.offset_s * 1000), None
 
     async def _parse(self, body: bytes, charset: str | None) -> ManscdpMessage:
         """A MANSCDP body as a message. A large one (a RecordInfo part may hold 10000 records) is parsed in
@@ -728,8 +738,9 @@ class GbPlatform:
             self.device_time_to_unix(end), speed=speed,
         ))
         result = await session.wait()
-        # The offset of the clock that stamped the recording (it may have been set since).
-        return replace(result, device_clock_offset_ms=self.device_clock_offset_ms(device_id, start))
+        # The offset of the clock that stamped the recording (it may have been set since), or why unknown.
+        offset_ms, unknown = self.device_clock_reading(device_id, start)
+        return replace(result, device_clock_offset_ms=offset_ms, device_clock_unknown=unknown)
 
     def _session_changed(self, session: MediaSession, state: str) -> None:
         device = self.registry.get(session.request.device_id)

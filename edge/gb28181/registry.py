@@ -19,7 +19,15 @@ The device's clock: `clock_offset_s` is the last measured offset (device minus s
 The station sets a device's clock (the Date of a REGISTER 200, GB/T 28181 9.10.3) only once that clock was
 measured since it last set it (`clock_sync_due`), so the offset the device's recordings were made with is
 always on the record first; `clock_epochs` keep, per setting, the offset that applied before it, so a
-recording's time can be given the offset of the clock that stamped it (`clock_offset_at`).
+recording's time can be given the offset of the clock that stamped it (`clock_reading_at`). Each epoch
+covers a stretch of device times: from the setting that began it (the station's time then, which the
+device took) to the setting that ended it (the station's time then plus the epoch's offset). A clock that
+was ahead and is set back stamps the times of the overlap twice; once the current clock has reached them
+(its now, within `CLOCK_REACH_MARGIN_S`), a stamp there is ambiguous and given no offset
+(`ClockUnknown.AMBIGUOUS`), never the wrong clock's. Boundaries are known to `CLOCK_EPOCH_MARGIN_S`
+(DeviceTime has whole seconds), so stamps that close to a setting are ambiguous too. A stamp no known
+clock can have made (between a clock set forward and its old end, or before the history kept) gets none
+either, with why.
 
 Wall-clock times (`registered_at`, `last_keepalive_at`) are for people; every decision uses the
 monotonic readings beside them.
@@ -28,7 +36,7 @@ monotonic readings beside them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -38,16 +46,42 @@ from drivers.gb28181.sip_transport import Peer
 MAX_CLOCK_EPOCHS = 32
 # A measured offset smaller than this is not worth setting the clock for (DeviceTime has whole seconds).
 CLOCK_SYNC_MIN_OFFSET_S = 2.0
+# How well an epoch's boundaries are known (DeviceTime's whole second, the round trip, the Date's
+# milliseconds a device may drop): a stamp this close to a boundary may be either side of it.
+CLOCK_EPOCH_MARGIN_S = 2.0
+# How far past its measured now the current clock may already have stamped (a recording listed as ending
+# a little ahead, the clock's drift since it was measured): the scheduler allows a minute too.
+CLOCK_REACH_MARGIN_S = 60.0
 
 
 @dataclass(frozen=True)
 class ClockEpoch:
     """A stretch of the device clock between two settings by the station: its offset (device minus station,
-    seconds; None: not measured) and, once the station set the clock, the device-clock time (Unix seconds
-    read from the device's local time) at which that happened: stamps before it are this epoch's."""
+    seconds; None: not measured), the device-clock time (Unix seconds read from the device's local time) at
+    which it began (the station's time at the setting that began it; None: before anything known, the
+    device's clock as the station first found it) and, once the station set the clock again, the one at
+    which it ended (the station's time then plus this offset)."""
 
     offset_s: float | None
     ended_at_device_s: float | None = None
+    started_at_device_s: float | None = None
+
+
+class ClockUnknown(StrEnum):
+    """Why a recording's time is given no clock offset."""
+
+    NOT_MEASURED = "not-measured"  # the clock that stamped it was never measured (against a trusted clock)
+    AMBIGUOUS = "ambiguous"  # two clocks of the device stamped such times (a clock set back)
+    BETWEEN_CLOCKS = "between-clocks"  # no known clock stamped such times (a clock set forward skips them)
+    BEFORE_HISTORY = "before-history"  # before the history kept (bounded, or lost)
+
+
+@dataclass(frozen=True)
+class ClockReading:
+    """The offset of the device clock that stamped a time, or why it is not known."""
+
+    offset_s: float | None
+    unknown: ClockUnknown | None = None
 
 
 class Transition(StrEnum):
@@ -223,7 +257,7 @@ class DeviceRegistry:
             if current is None or current.ended_at_device_s is not None:
                 device.clock_epochs.append(ClockEpoch(offset_s))
             else:
-                device.clock_epochs[-1] = ClockEpoch(offset_s)
+                device.clock_epochs[-1] = replace(current, offset_s=offset_s)
             del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
         device.clock_sync_due = offset_s is None or abs(offset_s) >= CLOCK_SYNC_MIN_OFFSET_S
 
@@ -237,22 +271,50 @@ class DeviceRegistry:
         device.clock_set_at = wall_text(station_now_s)
         # The last epoch is the open one (every change leaves one open at the end).
         before = device.clock_epochs.pop() if device.clock_epochs else ClockEpoch(None)
-        ended = ClockEpoch(before.offset_s, station_now_s + (before.offset_s or 0.0))
-        device.clock_epochs += [ended, ClockEpoch(None)]
+        ended = replace(before, ended_at_device_s=station_now_s + (before.offset_s or 0.0))
+        device.clock_epochs += [ended, ClockEpoch(None, started_at_device_s=station_now_s)]
         del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
         return ended
 
-    def clock_offset_at(self, device_id: str, stamped_s: float) -> float | None:
+    def clock_offset_at(self, device_id: str, stamped_s: float, now_s: float | None = None) -> float | None:
+        """`clock_reading_at(...).offset_s`."""
+        return self.clock_reading_at(device_id, stamped_s, now_s).offset_s
+
+    def clock_reading_at(self, device_id: str, stamped_s: float, now_s: float | None = None) -> ClockReading:
         """The offset of the device clock that stamped `stamped_s` (a device-local time as Unix seconds in
-        the devices' zone): the first epoch that ended after it, else the current one. None: not known.
-        A clock that was ahead and set back stamps the same times twice; those go to the older epoch."""
+        the devices' zone), or why it is not known (see the module docstring). `now_s`: the station's
+        time now (Unix seconds; default the wall clock): how far the current clock has stamped."""
         device = self._devices.get(device_id)
-        if device is None:
-            return None
-        for epoch in device.clock_epochs:
-            if epoch.ended_at_device_s is None or stamped_s < epoch.ended_at_device_s:
-                return epoch.offset_s
-        return None
+        if device is None or not device.clock_epochs:
+            return ClockReading(None, ClockUnknown.NOT_MEASURED)
+        epochs = device.clock_epochs
+        margin = CLOCK_EPOCH_MARGIN_S
+        first = epochs[0].started_at_device_s
+        if first is not None and stamped_s < first - margin:
+            return ClockReading(None, ClockUnknown.BEFORE_HISTORY)
+
+        def began(epoch: ClockEpoch) -> bool:
+            return epoch.started_at_device_s is None or stamped_s >= epoch.started_at_device_s - margin
+
+        holders = [e for e in epochs[:-1] if began(e) and e.ended_at_device_s is not None
+                   and stamped_s < e.ended_at_device_s + margin]
+        current = epochs[-1]
+        if began(current):
+            # The current clock has stamped times up to its now only: a stamp beyond is an older clock's.
+            now = datetime.now(UTC).timestamp() if now_s is None else now_s
+            reached = now + (current.offset_s or 0.0) + CLOCK_REACH_MARGIN_S
+            if not holders or stamped_s <= reached:
+                holders.append(current)
+        if not holders:
+            return ClockReading(None, ClockUnknown.BETWEEN_CLOCKS)
+        offsets = [h.offset_s for h in holders]
+        if len(holders) > 1:
+            known = [o for o in offsets if o is not None]
+            if len(known) < len(offsets) or max(known) - min(known) > margin:
+                return ClockReading(None, ClockUnknown.AMBIGUOUS)
+        if offsets[-1] is None:
+            return ClockReading(None, ClockUnknown.NOT_MEASURED)
+        return ClockReading(offsets[-1])
 
     def _online(self, device: DeviceState) -> Transition | None:
         if device.online:

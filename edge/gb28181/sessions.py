@@ -189,6 +189,10 @@ class SessionResult:
     # The offset (device minus station) of the device clock that stamped the recording, when the platform
     # knows it (`GbPlatform.download`: from before the station set that clock, for what was recorded before).
     device_clock_offset_ms: int | None = None
+    # Why `device_clock_offset_ms` is None when the platform could not tell (registry.ClockUnknown's value:
+    # "ambiguous" for a stamp two clocks of the device made, "between-clocks", "not-measured",
+    # "before-history"; "unreadable-time"); None when the offset is given or nobody asked.
+    device_clock_unknown: str | None = None
     # The session's bounds (`session_bounds`): past them it ended `past-end` or `time-limit`.
     max_media_span_s: float | None = None
     time_limit_s: float | None = None
@@ -203,6 +207,7 @@ class SessionResult:
             "ssrc_used": self.ssrc_used, "file_size_bytes": self.file_size_bytes,
             "media_address_ignored": self.media_address_ignored,
             "device_clock_offset_ms": self.device_clock_offset_ms,
+            "device_clock_unknown": self.device_clock_unknown,
             "max_media_span_s": self.max_media_span_s, "time_limit_s": self.time_limit_s,
             "progress_window_s": self.progress_window_s, "min_progress_s": self.min_progress_s,
         }
