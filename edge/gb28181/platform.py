@@ -33,7 +33,11 @@ measures its offset (`clock_measured`), and the device's next registration (with
 `register_expires_max_s`) carries Date, recorded as `clock_set` with the offset before (or null when the
 device's DeviceStatus has no DeviceTime: then nothing more could be known). A device within
 `CLOCK_SYNC_MIN_OFFSET_S` is left alone. After a setting DeviceStatus is asked again, so the offset
-after it is on the record too. Only while the station clock is trusted and `time_sync` is on. The
+after it is on the record too. Only while the station clock is trusted and `time_sync` is on. A
+DeviceStatus answered while the station's clock is untrusted (booted before NTP) measures the station's
+error too: it is on the ledger (`clock_measured` with `station_clock_trusted: false`) but is not the
+device's offset, gives no recording an offset and no Date is sent on it; the clock is measured again
+once the station's clock is trusted (at the device's next registration, or when the trust comes). The
 registry keeps the clock's epochs: `device_clock_offset_ms(device, recorded)` gives a recording the offset
 of the clock that stamped it (before or after a setting), and `download()` puts it in its result; a stamp
 that two clocks made (a clock that was ahead, set back: the overlap) or that no known clock made gets
@@ -206,6 +210,7 @@ class GbPlatform:
         self._limiter = RefusalLimiter(clock)
         self._clock_trusted = clock_trusted
         self._measuring: set[str] = set()  # devices whose DeviceStatus for the clock is in flight
+        self._was_trusted = False  # the station clock's trust at the last check()
         self.registrar = Registrar(
             digest=DigestServer(settings.domain, os.urandom(32)), passwords=settings.passwords,
             expires_min_s=settings.expires_min_s, expires_max_s=settings.expires_max_s,
@@ -286,10 +291,16 @@ class GbPlatform:
             await self.close()
 
     def check(self) -> None:
-        """Mark devices offline whose registration expired or who went silent; hand out stalled answers."""
+        """Mark devices offline whose registration expired or who went silent; hand out stalled answers;
+        when the station's clock has become trusted, measure again the clocks measured against it before."""
         for device_id, change in self.registry.check():
             self._transition(device_id, change)
         self.queries.expire()
+        trusted = self._clock_trusted()
+        if trusted and not self._was_trusted:
+            for device in self.registry.devices():
+                self._remeasure_if_wanted(device.device_id)
+        self._was_trusted = trusted
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -422,6 +433,8 @@ class GbPlatform:
                 self._clock_was_set(device_id, date)
             if change is not None:
                 self._transition(device_id, change)
+            else:
+                self._remeasure_if_wanted(device_id)
             self._on_change()
         elif result.outcome is Outcome.UNREGISTERED:
             change = self.registry.unregistered(device_id)
@@ -433,13 +446,23 @@ class GbPlatform:
 
     def _clock_sync_due(self, device_id: str) -> bool:
         device = self.registry.get(device_id)
-        return device is not None and device.clock_sync_due
+        return device is not None and device.clock_sync_due and not device.clock_remeasure
+
+    def _remeasure_if_wanted(self, device_id: str) -> None:
+        """A device whose clock was measured only against the untrusted station clock is measured again once
+        the station's clock is trusted (at its next registration, or when the trust comes)."""
+        device = self.registry.get(device_id)
+        if device is not None and device.online and device.clock_remeasure and self._clock_trusted():
+            self._spawn(self._measure_clock(device_id))
 
     def _date_withheld(self, device_id: str) -> str | None:
         """Why a registration's 200 OK carried no Date (None: time sync is off or the clock untrusted)."""
         if not self.settings.time_sync or not self._clock_trusted():
             return None
         device = self.registry.get(device_id)
+        if device is not None and device.clock_remeasure:
+            return ("the device's clock was measured only against the station's untrusted clock: measured "
+                    "again first")
         if device is None or device.clock_offset_s is None or (
                 device.clock_set_at is not None and (device.clock_measured_at or "") < device.clock_set_at):
             return "the device's clock is not measured yet (since the station last set it)"
@@ -654,10 +677,12 @@ class GbPlatform:
     async def query_device_status(self, device_id: str) -> DeviceStatusResponse:
         """DeviceStatus; its DeviceTime gives the device's clock offset (device minus station, seconds),
         recorded in the registry and the ledger."""
+        trusted = self._clock_trusted()
         asked = datetime.now(UTC)
         answer = await self._query(device_id, CmdType.DEVICE_STATUS,
                                    lambda sn: build_device_status_query(sn, device_id))
         answered = datetime.now(UTC)
+        trusted = trusted and self._clock_trusted()  # trusted all along the round trip
         payload = answer.payload if isinstance(answer, ManscdpMessage) else None
         if not isinstance(payload, DeviceStatusResponse):
             raise QueryError(f"DeviceStatus of {device_id}: answer without its fields")
@@ -668,12 +693,23 @@ class GbPlatform:
             self.registry.clock_measured(device_id, None, measured_at)
         else:
             offset_s = self._clock_offset_s(payload.device_time, asked, answered)
-            self.registry.clock_measured(device_id, offset_s, measured_at)
-            self._on_change()
-            self._ledger(EntryType.CLOCK_MEASURED, {
+            measured: dict[str, Any] = {
                 "device_id": device_id, "device_time": payload.device_time_text[:40],
                 "offset_s": offset_s, "round_trip_s": round((answered - asked).total_seconds(), 3),
-            })
+                "station_clock_trusted": trusted,
+            }
+            if trusted:
+                self.registry.clock_measured(device_id, offset_s, measured_at)
+            else:
+                # Device minus a station clock that may be wrong: not the device's offset. Kept apart, and
+                # measured again once the station's clock is trusted (before any Date is sent).
+                self.registry.clock_measured_untrusted(device_id, offset_s, measured_at)
+                measured["reason"] = ("measured against the station's untrusted clock: not taken as the "
+                                      "device's offset; measured again once the station's clock is trusted")
+                log.info("gb28181 device %s: clock measured against the untrusted station clock (%s s): not "
+                         "kept", device_id, offset_s)
+            self._on_change()
+            self._ledger(EntryType.CLOCK_MEASURED, measured)
         return payload
 
     def _clock_offset_s(self, device_time: datetime, asked: datetime, answered: datetime) -> float:

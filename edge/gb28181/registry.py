@@ -15,7 +15,9 @@ online (a NAT that rebound the device's port is the common cause) but does not m
 shown (`keepalive_other_port`), and the registrar bounds how long a rebinding can leave requests going to
 the old port (the registration's expiry: the device registers again from its new port).
 
-The device's clock: `clock_offset_s` is the last measured offset (device minus station, from DeviceStatus).
+The device's clock: `clock_offset_s` is the last measured offset (device minus station, from DeviceStatus),
+measured while the station's clock was trusted: one measured against an untrusted station clock is kept
+apart (`clock_measured_untrusted`) and wants a trusted one (`clock_remeasure`).
 The station sets a device's clock (the Date of a REGISTER 200, GB/T 28181 9.10.3) only once that clock was
 measured since it last set it (`clock_sync_due`), so the offset the device's recordings were made with is
 always on the record first; `clock_epochs` keep, per setting, the offset that applied before it, so a
@@ -145,6 +147,11 @@ class DeviceState:
     clock_sync_due: bool = False  # measured (or unmeasurable) since last set, and off: the next 200 sets it
     clock_set_at: str | None = None
     clock_epochs: list[ClockEpoch] = field(default_factory=list)  # oldest first; the last one is current
+    # The last measurement made while the station's own clock was untrusted: not the device's offset (it
+    # measured the station's error too); a trusted one is wanted before the clock may be set.
+    clock_untrusted_offset_s: float | None = None
+    clock_untrusted_measured_at: str | None = None
+    clock_remeasure: bool = False
     sessions: dict[str, SessionView] = field(default_factory=dict)
     charset: str = ""
     # keepalives from another port of its host since it registered (not followed: see the module docstring)
@@ -166,6 +173,8 @@ class DeviceState:
             "clock_offset_s": self.clock_offset_s,
             "clock_measured_at": self.clock_measured_at,
             "clock_set_at": self.clock_set_at,
+            "clock_measured_untrusted": None if not self.clock_remeasure else {
+                "offset_s": self.clock_untrusted_offset_s, "at": self.clock_untrusted_measured_at},
             "keepalive_other_port": None if not self.keepalives_other_port else {
                 "count": self.keepalives_other_port, "last_from": self.keepalive_other_port_from,
                 "last_at": self.keepalive_other_port_at},
@@ -250,6 +259,8 @@ class DeviceRegistry:
         device = self._devices.get(device_id)
         if device is None:
             return
+        device.clock_remeasure = False
+        device.clock_untrusted_offset_s = device.clock_untrusted_measured_at = None
         if offset_s is not None:
             device.clock_offset_s = offset_s
             device.clock_measured_at = measured_at
@@ -260,6 +271,17 @@ class DeviceRegistry:
                 device.clock_epochs[-1] = replace(current, offset_s=offset_s)
             del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
         device.clock_sync_due = offset_s is None or abs(offset_s) >= CLOCK_SYNC_MIN_OFFSET_S
+
+    def clock_measured_untrusted(self, device_id: str, offset_s: float | None, measured_at: str) -> None:
+        """A DeviceStatus answered while the station's own clock was untrusted: the offset measured includes
+        the station's error, so it is kept apart (for the operator view), changes neither the device's
+        offset nor its epochs nor whether it is due to be set, and a trusted measurement is wanted."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return
+        device.clock_untrusted_offset_s = offset_s
+        device.clock_untrusted_measured_at = measured_at
+        device.clock_remeasure = True
 
     def clock_set(self, device_id: str, station_now_s: float) -> ClockEpoch | None:
         """The station put its time in a REGISTER 200 (at Unix `station_now_s`): the current epoch ends

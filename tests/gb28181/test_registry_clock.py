@@ -79,3 +79,18 @@ def test_the_clock_history_is_bounded() -> None:
     # Stamps of the epochs no longer kept get no offset: not the oldest kept one's.
     reading = registry.clock_reading_at(DEVICE, T + 1000 * 5)
     assert reading.offset_s is None and reading.unknown is ClockUnknown.BEFORE_HISTORY
+
+
+def test_a_measurement_against_an_untrusted_station_clock_is_kept_apart() -> None:
+    """Review 17: it measured the station's error too; neither the device's offset nor its epochs, nor a
+    reason to set the clock, until a trusted measurement comes."""
+    registry = _registry()
+    registry.clock_measured_untrusted(DEVICE, 7200.0, "m1")
+    device = registry.get(DEVICE)
+    assert device is not None and device.clock_remeasure and not device.clock_sync_due
+    assert device.clock_offset_s is None and device.clock_epochs == []
+    assert device.view()["clock_measured_untrusted"] == {"offset_s": 7200.0, "at": "m1"}
+    assert registry.clock_reading_at(DEVICE, T).unknown is ClockUnknown.NOT_MEASURED
+    registry.clock_measured(DEVICE, 0.3, "m2")  # control: the trusted one is taken
+    assert not device.clock_remeasure and device.clock_offset_s == 0.3
+    assert registry.clock_offset_at(DEVICE, T) == 0.3 and device.view()["clock_measured_untrusted"] is None
