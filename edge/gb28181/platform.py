@@ -98,6 +98,7 @@ from drivers.gb28181.sip import SipProtocolError, SipRequest, SipResponse, reque
 from drivers.gb28181.sip_transport import Peer, SipTimers, SipTransport, SipTransportError
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
+from edge.gb28181 import clock_history
 from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
 from edge.gb28181.registrar import DevicePasswords, Outcome, RefusalLimiter, Registrar
 from edge.gb28181.registry import (
@@ -194,12 +195,16 @@ class DeviceUnavailable(QueryError):
 class GbPlatform:
     """See the module docstring. `clock` is monotonic seconds (the seam of online/offline);
     `clock_trusted` says whether the station clock may set device clocks (Date in the 200 OK);
-    `open_receiver` is the media seam (None: signalling only, sessions refused)."""
+    `open_receiver` is the media seam (None: signalling only, sessions refused); `clock_history_dir` keeps
+    the device clocks' epochs across restarts (edge.gb28181.clock_history; None: in memory only)."""
 
     def __init__(self, settings: PlatformSettings, *, record: Record, clock_trusted: Callable[[], bool],
                  open_receiver: OpenReceiver | None = None, clock: Callable[[], float] = time.monotonic,
-                 timers: SipTimers | None = None, on_change: Callable[[], None] = lambda: None) -> None:
+                 timers: SipTimers | None = None, on_change: Callable[[], None] = lambda: None,
+                 clock_history_dir: Path | None = None) -> None:
         self.settings = settings
+        self._clock_history_dir = clock_history_dir
+        self._history_loaded: set[str] = set()  # devices whose saved clock history was read in this run
         self._record = record
         self._clock = clock
         self._on_change = on_change
@@ -422,6 +427,7 @@ class GbPlatform:
             change = self.registry.registered(device_id, peer, expires_s=result.expires_s,
                                               contact=contacts[:200],
                                               user_agent=(req.headers.get("User-Agent") or "")[:120])
+            self._load_clock_history(device_id)  # before anything of this run measures or sets its clock
             date = result.response.headers.get("Date")
             authenticated: dict[str, Any] = {"device_id": device_id, "address": str(peer),
                                              "expires_s": result.expires_s, "date_sent": date is not None}
@@ -472,6 +478,7 @@ class GbPlatform:
         """A 200 OK carried Date: the device sets its clock from it. On the ledger with the offset before;
         DeviceStatus is asked again for the offset after."""
         ended = self.registry.clock_set(device_id, datetime.now(UTC).timestamp())
+        self._save_clock_history(device_id)
         device = self.registry.get(device_id)
         before = None if ended is None else ended.offset_s
         data: dict[str, Any] = {
@@ -515,10 +522,47 @@ class GbPlatform:
             stamped = self.device_time_to_unix(recorded)
         except SessionError:
             return None, "unreadable-time"
+        self._load_clock_history(device_id)
         reading = self.registry.clock_reading_at(device_id, stamped, datetime.now(UTC).timestamp())
         if reading.offset_s is None:
             return None, None if reading.unknown is None else reading.unknown.value
         return round(reading.offset_s * 1000), None
+
+    def _load_clock_history(self, device_id: str) -> None:
+        """Once per run per device: the clock history a previous run saved. A file that cannot be used is
+        logged and an error entry, and the device's history is taken as lost (never guessed)."""
+        if self._clock_history_dir is None or device_id in self._history_loaded \
+                or self.registry.get(device_id) is None:
+            return
+        self._history_loaded.add(device_id)
+        try:
+            saved = clock_history.load(self._clock_history_dir, device_id)
+        except (clock_history.ClockHistoryError, OSError) as exc:
+            reason = (f"the saved clock history of the device cannot be used ({printable(str(exc)[:200])}): "
+                      "recordings it stamped before now get no clock offset")
+            log.warning("gb28181 device %s: %s", device_id, reason)
+            self._ledger(EntryType.ERROR, {"stage": "gb28181", "device_id": device_id, "reason": reason})
+            self.registry.clock_history_lost(device_id, datetime.now(UTC).timestamp())
+            return
+        if saved is not None:
+            self.registry.clock_history_restored(device_id, *saved)
+
+    def _save_clock_history(self, device_id: str) -> None:
+        """After a setting, or a trusted measurement of a clock the station set (or whose history was lost):
+        the device's epochs on disk (a small atomic write). A failure is logged and an error entry: the
+        history then holds for this run only."""
+        device = self.registry.get(device_id)
+        if self._clock_history_dir is None or device is None or not device.clock_epochs or (
+                len(device.clock_epochs) < 2 and device.clock_history_from_s is None):
+            return  # a clock never set: the next run measures the same clock
+        try:
+            clock_history.save(self._clock_history_dir, device_id, device.clock_epochs,
+                               device.clock_history_from_s)
+        except (clock_history.ClockHistoryError, OSError) as exc:
+            reason = f"the device's clock history was not saved: {printable(str(exc)[:200])}"
+            log.error("gb28181 device %s: %s", device_id, reason)
+            self._limited(EntryType.ERROR, "clock-history", device_id,
+                          {"stage": "gb28181", "device_id": device_id, "reason": reason})
 
     async def _parse(self, body: bytes, charset: str | None) -> ManscdpMessage:
         """A MANSCDP body as a message. A large one (a RecordInfo part may hold 10000 records) is parsed in
@@ -700,6 +744,7 @@ class GbPlatform:
             }
             if trusted:
                 self.registry.clock_measured(device_id, offset_s, measured_at)
+                self._save_clock_history(device_id)
             else:
                 # Device minus a station clock that may be wrong: not the device's offset. Kept apart, and
                 # measured again once the station's clock is trusted (before any Date is sent).

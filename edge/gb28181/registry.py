@@ -152,6 +152,9 @@ class DeviceState:
     clock_untrusted_offset_s: float | None = None
     clock_untrusted_measured_at: str | None = None
     clock_remeasure: bool = False
+    # The station's time before which the device's clock history is not known (its saved history was lost
+    # or damaged): stamps of the clock before then get no offset. None: known from the start.
+    clock_history_from_s: float | None = None
     sessions: dict[str, SessionView] = field(default_factory=dict)
     charset: str = ""
     # keepalives from another port of its host since it registered (not followed: see the module docstring)
@@ -283,6 +286,23 @@ class DeviceRegistry:
         device.clock_untrusted_measured_at = measured_at
         device.clock_remeasure = True
 
+    def clock_history_restored(self, device_id: str, epochs: list[ClockEpoch],
+                               history_from_s: float | None) -> None:
+        """The history a previous run saved (edge.gb28181.clock_history), taken before anything is measured
+        in this run: its open epoch is the clock the device still has, until measured again."""
+        device = self._devices.get(device_id)
+        if device is None or device.clock_epochs:
+            return
+        device.clock_epochs = list(epochs[-MAX_CLOCK_EPOCHS:])
+        device.clock_history_from_s = history_from_s
+
+    def clock_history_lost(self, device_id: str, station_now_s: float) -> None:
+        """The saved history could not be read: nothing stamped before now is known (whatever this run
+        measures is the clock of now, which a previous run may have set)."""
+        device = self._devices.get(device_id)
+        if device is not None:
+            device.clock_history_from_s = station_now_s
+
     def clock_set(self, device_id: str, station_now_s: float) -> ClockEpoch | None:
         """The station put its time in a REGISTER 200 (at Unix `station_now_s`): the current epoch ends
         where the device's clock stood then. Returns the epoch that ended (its offset: the one before)."""
@@ -312,6 +332,9 @@ class DeviceRegistry:
         epochs = device.clock_epochs
         margin = CLOCK_EPOCH_MARGIN_S
         first = epochs[0].started_at_device_s
+        if device.clock_history_from_s is not None:  # lost: known only from then (in the clock of then)
+            known_from = device.clock_history_from_s + (epochs[0].offset_s or 0.0)
+            first = known_from if first is None else max(first, known_from)
         if first is not None and stamped_s < first - margin:
             return ClockReading(None, ClockUnknown.BEFORE_HISTORY)
 

@@ -32,7 +32,8 @@ def test_a_clock_a_year_behind_set_then_measured_again() -> None:
 
 def test_a_clock_that_was_ahead_and_set_back_leaves_its_overlap_ambiguous_once_reached() -> None:
     """Set back from +1 h at T: device times T..T+1 h were stamped by the old clock, and are stamped again
-    by the new one as it reaches them (review 17): before it has, they are the old clock's; after, either's."""
+    by the new one as it reaches them (review 17): before it has, they are the old clock's; after,
+    either's."""
     registry = _registry()
     registry.clock_measured(DEVICE, 3600.0, "m1")
     registry.clock_set(DEVICE, T)

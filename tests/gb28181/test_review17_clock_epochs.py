@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from drivers.gb28181.sip import SipResponse
 from drivers.gb28181.sip_transport import Peer
@@ -52,9 +54,12 @@ async def _settle(platform: GbPlatform) -> None:
         await asyncio.gather(*list(platform._tasks))
 
 
-def _platform(ledger: Ledger) -> GbPlatform:
+def _platform(ledger: Ledger, clock_history_dir: Path | None = None) -> GbPlatform:
+    """The platform; with `clock_history_dir` (as the station gives it: a directory of its store, since
+    finding 11) the clock epochs are kept across restarts."""
+    kw: dict[str, Any] = {} if clock_history_dir is None else {"clock_history_dir": clock_history_dir}
     return GbPlatform(platform_settings({DEVICE: PASSWORD}, describe_devices=True, time_sync=True),
-                      record=ledger, clock_trusted=lambda: True, clock=FakeClock())
+                      record=ledger, clock_trusted=lambda: True, clock=FakeClock(), **kw)
 
 
 async def _set_clock(platform: GbPlatform, device: TestDevice, ledger: Ledger) -> None:
@@ -100,11 +105,11 @@ async def test_control_a_clock_that_was_behind_gives_later_recordings_the_new_of
     assert after is not None and abs(after) < TOLERANCE_MS
 
 
-async def _offset_across_a_restart(restart: bool) -> int | None:
+async def _offset_across_a_restart(restart: bool, clock_history_dir: Path) -> int | None:
     """A device 2 h behind, set by the station; a recording made an hour before that setting (old clock)
     is then downloaded by the same run, or by the next run of the agent."""
     ledger = Ledger()
-    platform = _platform(ledger)
+    platform = _platform(ledger, clock_history_dir)
     await platform.start()
     device = await SyncingDevice(DEVICE, PASSWORD, platform.transport.port,
                                  device_time=_beijing_now() - timedelta(hours=2)).start()
@@ -113,7 +118,7 @@ async def _offset_across_a_restart(restart: bool) -> int | None:
         stamped = (_beijing_now() - timedelta(hours=3)).isoformat()  # by the old clock, before the setting
         if restart:
             await platform.close()
-            platform = _platform(ledger)  # the same ledger: the clock_set entry is there
+            platform = _platform(ledger, clock_history_dir)  # the same ledger and store
             await platform.start()
             device.platform = Peer(device.platform.transport, "127.0.0.1", platform.transport.port)
             assert (await device.register()).status == 200
@@ -125,13 +130,14 @@ async def _offset_across_a_restart(restart: bool) -> int | None:
         await platform.close()
 
 
-async def test_after_a_restart_a_recording_from_before_the_setting_is_not_given_the_offset_after() -> None:
-    offset = await _offset_across_a_restart(restart=True)
+async def test_after_a_restart_a_recording_from_before_the_setting_is_not_given_the_offset_after(
+        tmp_path: Path) -> None:
+    offset = await _offset_across_a_restart(True, tmp_path / "gb28181-clocks")
     assert offset is None or abs(offset + TWO_HOURS_MS) < TOLERANCE_MS, (
         f"after a restart a recording stamped by the clock 2 h behind is sealed with offset {offset} ms "
         "(the offset measured after the setting), though the ledger's clock_set says -2 h")
 
 
-async def test_control_within_one_run_it_gets_the_offset_before() -> None:
-    offset = await _offset_across_a_restart(restart=False)
+async def test_control_within_one_run_it_gets_the_offset_before(tmp_path: Path) -> None:
+    offset = await _offset_across_a_restart(False, tmp_path / "gb28181-clocks")
     assert offset is not None and abs(offset + TWO_HOURS_MS) < TOLERANCE_MS
