@@ -42,7 +42,9 @@ registry keeps the clock's epochs: `device_clock_offset_ms(device, recorded)` gi
 of the clock that stamped it (before or after a setting), and `download()` puts it in its result; a stamp
 that two clocks made (a clock that was ahead, set back: the overlap) or that no known clock made gets
 none, and the result says why (`device_clock_unknown`: ambiguous, between-clocks, not-measured,
-before-history).
+before-history). With `clock_history_dir` (the station's `gb28181-clocks/`) the epochs of a clock the
+station set are kept across restarts (edge.gb28181.clock_history): read when the device first registers
+in a run; a file that cannot be used is an error entry and the device's earlier stamps get no offset.
 
 Ledger (through `record`, the store's, kept to the existing entry types with `"source": "gb28181"`):
 `device_authenticated` for each accepted registration (with `date_sent`, and why it was withheld),
