@@ -17,6 +17,8 @@ from edge.gb28181 import clock_history
 from edge.gb28181.clock_history import ClockHistoryError, decode, encode, load, save
 from edge.gb28181.platform import GbPlatform
 from edge.gb28181.registry import MAX_CLOCK_EPOCHS, ClockEpoch
+from edge.ingest.store import StationStore
+from edge.verify.station import verify_store
 
 from .platform_peer import FakeClock, Ledger, TestDevice, platform_settings
 
@@ -119,3 +121,15 @@ async def test_control_without_a_history_file_the_measured_clock_is_given(tmp_pa
     offset, unknown = await _offset_of_an_earlier_recording(tmp_path / "gb28181-clocks", ledger)
     assert unknown is None and offset is not None and abs(offset + 7_200_000) < 60_000
     assert not [e for e in ledger.of("error") if "clock history" in e["reason"]]
+
+
+def test_edge_verify_knows_the_clock_history_directory(tmp_path: Path) -> None:
+    """The station writes STORE/gb28181-clocks/ (CLOCK_HISTORY_DIR): a store verify is not failed by it;
+    control: another directory planted beside it is."""
+    store = StationStore(tmp_path / "store", "CLOCK-TEST")
+    store.close()
+    root = store.layout.root
+    save(root / clock_history.CLOCK_HISTORY_DIR, DEVICE, EPOCHS, None)
+    assert [p.where for p in verify_store(root).problems] == []
+    (root / "gb28181-elsewhere").mkdir()
+    assert [p.where for p in verify_store(root).problems] == ["file gb28181-elsewhere"]
