@@ -34,6 +34,7 @@ from edge.custody.errors import CustodyError
 from edge.custody.keys import load_public_key
 from edge.custody.ledger import EntryType
 from edge.custody.text import hide_station_paths
+from edge.gb28181.clock_history import CLOCK_HISTORY_DIR
 from edge.gb28181.live import LiveError, LiveSettings, LiveStreams
 from edge.gb28181.media import open_receiver
 from edge.gb28181.platform import GbPlatform, PlatformSettings
@@ -326,6 +327,7 @@ class StationAgent:
             record=lambda entry_type, data: store.record(entry_type, None, data),
             clock_trusted=lambda: self.status.clock_trusted,
             open_receiver=open_receiver,
+            clock_history_dir=store.layout.root / CLOCK_HISTORY_DIR,
         )
         self.status.sections["gb28181"] = self.gb28181.snapshot
         supervisor.add(TaskSpec("gb28181", self.gb28181.run, critical=False))

@@ -54,11 +54,21 @@ their way are still taken, until a short silence), on the device closing
 its TCP connection (`closed`), on `idle_timeout_s` without a packet of the session (`idle`; also when no
 media ever came), on `max_bytes` of raw PS (`limit`: the packet that would pass it is not written), when
 the video's media time passes `max_media_span_s` (`past-end`: a device that keeps sending after the
-recording it was asked for), when `time_limit_s` have passed since it opened (`time-limit`: a device that
-trickles just enough to never go idle), or on an error (`error`). The media time is the longest span of
+recording it was asked for), when the transfer stalls or runs too long (`time-limit`, below), or on an
+error (`error`). The media time is the longest span of
 a monotonic run of video PTS (`video_run_span_s`): a PTS that steps back more than `PTS_BACKSTEP` (B-frames
 step back a little) or jumps ahead more than `PTS_JUMP` starts a new run (`video_pts_restarts`), so an
 encoder that restarts its PTS does not stretch the span (a wrap read as 26 hours).
+
+`time-limit` has two causes, both judged on the monotonic `clock` (never the wall clock, which NTP steps):
+* a stall (with `progress_window_s` and `min_progress_s`): from the first packet on, every
+  `progress_window_s` of clock must bring at least `min_progress_s` of video media time (the forward
+  advance of the video PTS inside its monotonic runs, summed: a restart of the PTS adds nothing, B-frames
+  add nothing twice). A device that keeps sending bytes (so never idle) whose video does not advance, or
+  advances at a trickle, is ended; one that delivers steadily, however slowly above that rate (a
+  high-bitrate recording over a 4G uplink), is not. No packet at all is the idle timeout's.
+* a hard cap: `time_limit_s` since the receiver opened, whatever the stream does (a device restarting its
+  PTS over and over makes progress without end).
 `wait_closed()` returns the `MediaOutcome`. `progress` is readable while it runs.
 Memory is bounded whatever the stream's length: the reorder window, the write buffer, the PS demuxer's
 frame bound, and the first `MAX_RECORDED_GAPS` gaps (the rest are counted).
@@ -132,7 +142,7 @@ class EndReason(StrEnum):
     LIMIT = "limit"
     ERROR = "error"
     PAST_END = "past-end"  # the video's media time passed `max_media_span_s`
-    TIME_LIMIT = "time-limit"  # `time_limit_s` passed since the receiver opened
+    TIME_LIMIT = "time-limit"  # the video stalled (`min_progress_s` per `progress_window_s`), or the hard cap
 
 
 @dataclass(frozen=True)
@@ -264,6 +274,7 @@ class _Counters:
     pts_run_high: int = 0  # the furthest the current run went past its base (ticks)
     pts_longest: int = 0  # the longest run's span (ticks)
     pts_restarts: int = 0
+    pts_progress: int = 0  # the forward advance of the video PTS inside its runs, summed (ticks)
 
 
 def _pts_delta(a: int, b: int) -> int:
@@ -450,6 +461,8 @@ class MediaReceiver:
         expected_peer_host: str | None,
         max_media_span_s: float | None,
         time_limit_s: float | None,
+        progress_window_s: float | None,
+        min_progress_s: float | None,
         clock: Callable[[], float],
         reorder_window: int,
         max_buffered_bytes: int,
@@ -468,6 +481,10 @@ class MediaReceiver:
         self._expected_peer_host = expected_peer_host
         self._max_media_span = None if max_media_span_s is None else round(max_media_span_s * PTS_HZ)
         self._time_limit_s = time_limit_s
+        self._progress_window_s = progress_window_s
+        self._min_progress_s = min_progress_s or 0.0
+        self._window_started: float | None = None  # the stall rule's current window (from the first packet)
+        self._window_progress_mark = 0  # pts_progress when it started
         self._clock = clock
         self._max_buffered = max_buffered_bytes
         window = reorder_window if transport is MediaTransport.UDP else 1
@@ -599,8 +616,29 @@ class MediaReceiver:
                                                     f"{self._time_limit_s:g} s")
                     return
                 remaining = min(remaining, left)
+            stalled = self._check_progress(now)
+            if stalled is not None:
+                self._end(EndReason.TIME_LIMIT, stalled)
+                return
+            if self._window_started is not None and self._progress_window_s is not None:
+                remaining = min(remaining, self._window_started + self._progress_window_s - now)
             # Woken at least every IDLE_CHECK_S, so the clock given (a monotonic seam) rules, not the loop's.
             await asyncio.sleep(min(remaining, IDLE_CHECK_S))
+
+    def _check_progress(self, now: float) -> str | None:
+        """The stall rule (see the module docstring): why the session ends, or None. A window that brought
+        enough starts the next one."""
+        window = self._progress_window_s
+        if window is None or self._window_started is None or now - self._window_started < window:
+            return None
+        progress = self._counters.pts_progress
+        gained_s = (progress - self._window_progress_mark) / PTS_HZ
+        if gained_s < self._min_progress_s:
+            elapsed = now - self._window_started
+            return (f"the transfer stalled: {gained_s:.1f} s of video in the last {elapsed:.0f} s, under the "
+                    f"{self._min_progress_s:g} s per {window:g} s a transfer must bring")
+        self._window_started, self._window_progress_mark = now, progress
+        return None
 
     # -- bytes in --------------------------------------------------------------------------------------------
 
@@ -680,6 +718,7 @@ class MediaReceiver:
         self._last_packet_at = self._loop.time()
         if self._first_packet_at is None:
             self._first_packet_at = now
+            self._window_started = now
             if self._peer is None:
                 self._peer = _address(addr)
         if len(c.payload_types) < 128:
@@ -760,7 +799,10 @@ class MediaReceiver:
         if c.pts_run_base is not None:
             step = _pts_delta(pts, c.pts_run_last)
             if -PTS_BACKSTEP <= step <= PTS_JUMP:
-                c.pts_run_high = max(c.pts_run_high, _pts_delta(pts, c.pts_run_base))
+                high = _pts_delta(pts, c.pts_run_base)
+                if high > c.pts_run_high:
+                    c.pts_progress += high - c.pts_run_high
+                    c.pts_run_high = high
                 c.pts_run_last = pts
                 c.pts_longest = max(c.pts_longest, c.pts_run_high)
                 if self._max_media_span is not None and c.pts_longest > self._max_media_span:
@@ -901,6 +943,8 @@ async def open_receiver(
     expected_peer_host: str | None = None,
     max_media_span_s: float | None = None,
     time_limit_s: float | None = None,
+    progress_window_s: float | None = None,
+    min_progress_s: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     reorder_window: int = DEFAULT_REORDER_WINDOW,
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
@@ -919,6 +963,10 @@ async def open_receiver(
     if (max_media_span_s is not None and max_media_span_s <= 0) or (time_limit_s is not None
                                                                    and time_limit_s <= 0):
         raise MediaError("max_media_span_s and time_limit_s must be positive when given")
+    if (progress_window_s is None) != (min_progress_s is None) or (
+            progress_window_s is not None and (progress_window_s <= 0 or min_progress_s is None
+                                               or min_progress_s < 0)):
+        raise MediaError("progress_window_s (positive) and min_progress_s (not negative) go together")
     if max_buffered_bytes < 2 * FLUSH_BYTES:
         raise MediaError(f"max_buffered_bytes must be at least {2 * FLUSH_BYTES}")
     if raw_path is None and sink is None:
@@ -932,8 +980,8 @@ async def open_receiver(
     receiver = MediaReceiver(
         transport, sock=sock, raw_path=raw_path, raw_fd=fd, ssrc=ssrc, idle_timeout_s=idle_timeout_s,
         max_bytes=max_bytes, expected_peer_host=expected_peer_host, max_media_span_s=max_media_span_s,
-        time_limit_s=time_limit_s, clock=clock,
-        reorder_window=reorder_window, max_buffered_bytes=max_buffered_bytes, sink=sink,
+        time_limit_s=time_limit_s, progress_window_s=progress_window_s, min_progress_s=min_progress_s,
+        clock=clock, reorder_window=reorder_window, max_buffered_bytes=max_buffered_bytes, sink=sink,
     )
     try:
         await receiver._start()

@@ -33,9 +33,18 @@ measures its offset (`clock_measured`), and the device's next registration (with
 `register_expires_max_s`) carries Date, recorded as `clock_set` with the offset before (or null when the
 device's DeviceStatus has no DeviceTime: then nothing more could be known). A device within
 `CLOCK_SYNC_MIN_OFFSET_S` is left alone. After a setting DeviceStatus is asked again, so the offset
-after it is on the record too. Only while the station clock is trusted and `time_sync` is on. The
+after it is on the record too. Only while the station clock is trusted and `time_sync` is on. A
+DeviceStatus answered while the station's clock is untrusted (booted before NTP) measures the station's
+error too: it is on the ledger (`clock_measured` with `station_clock_trusted: false`) but is not the
+device's offset, gives no recording an offset and no Date is sent on it; the clock is measured again
+once the station's clock is trusted (at the device's next registration, or when the trust comes). The
 registry keeps the clock's epochs: `device_clock_offset_ms(device, recorded)` gives a recording the offset
-of the clock that stamped it (before or after a setting), and `download()` puts it in its result.
+of the clock that stamped it (before or after a setting), and `download()` puts it in its result; a stamp
+that two clocks made (a clock that was ahead, set back: the overlap) or that no known clock made gets
+none, and the result says why (`device_clock_unknown`: ambiguous, between-clocks, not-measured,
+before-history). With `clock_history_dir` (the station's `gb28181-clocks/`) the epochs of a clock the
+station set are kept across restarts (edge.gb28181.clock_history): read when the device first registers
+in a run; a file that cannot be used is an error entry and the device's earlier stamps get no offset.
 
 Ledger (through `record`, the store's, kept to the existing entry types with `"source": "gb28181"`):
 `device_authenticated` for each accepted registration (with `date_sent`, and why it was withheld),
@@ -91,6 +100,7 @@ from drivers.gb28181.sip import SipProtocolError, SipRequest, SipResponse, reque
 from drivers.gb28181.sip_transport import Peer, SipTimers, SipTransport, SipTransportError
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
+from edge.gb28181 import clock_history
 from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
 from edge.gb28181.registrar import DevicePasswords, Outcome, RefusalLimiter, Registrar
 from edge.gb28181.registry import (
@@ -187,12 +197,16 @@ class DeviceUnavailable(QueryError):
 class GbPlatform:
     """See the module docstring. `clock` is monotonic seconds (the seam of online/offline);
     `clock_trusted` says whether the station clock may set device clocks (Date in the 200 OK);
-    `open_receiver` is the media seam (None: signalling only, sessions refused)."""
+    `open_receiver` is the media seam (None: signalling only, sessions refused); `clock_history_dir` keeps
+    the device clocks' epochs across restarts (edge.gb28181.clock_history; None: in memory only)."""
 
     def __init__(self, settings: PlatformSettings, *, record: Record, clock_trusted: Callable[[], bool],
                  open_receiver: OpenReceiver | None = None, clock: Callable[[], float] = time.monotonic,
-                 timers: SipTimers | None = None, on_change: Callable[[], None] = lambda: None) -> None:
+                 timers: SipTimers | None = None, on_change: Callable[[], None] = lambda: None,
+                 clock_history_dir: Path | None = None) -> None:
         self.settings = settings
+        self._clock_history_dir = clock_history_dir
+        self._history_loaded: set[str] = set()  # devices whose saved clock history was read in this run
         self._record = record
         self._clock = clock
         self._on_change = on_change
@@ -203,6 +217,7 @@ class GbPlatform:
         self._limiter = RefusalLimiter(clock)
         self._clock_trusted = clock_trusted
         self._measuring: set[str] = set()  # devices whose DeviceStatus for the clock is in flight
+        self._was_trusted = False  # the station clock's trust at the last check()
         self.registrar = Registrar(
             digest=DigestServer(settings.domain, os.urandom(32)), passwords=settings.passwords,
             expires_min_s=settings.expires_min_s, expires_max_s=settings.expires_max_s,
@@ -283,10 +298,16 @@ class GbPlatform:
             await self.close()
 
     def check(self) -> None:
-        """Mark devices offline whose registration expired or who went silent; hand out stalled answers."""
+        """Mark devices offline whose registration expired or who went silent; hand out stalled answers;
+        when the station's clock has become trusted, measure again the clocks measured against it before."""
         for device_id, change in self.registry.check():
             self._transition(device_id, change)
         self.queries.expire()
+        trusted = self._clock_trusted()
+        if trusted and not self._was_trusted:
+            for device in self.registry.devices():
+                self._remeasure_if_wanted(device.device_id)
+        self._was_trusted = trusted
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -408,6 +429,7 @@ class GbPlatform:
             change = self.registry.registered(device_id, peer, expires_s=result.expires_s,
                                               contact=contacts[:200],
                                               user_agent=(req.headers.get("User-Agent") or "")[:120])
+            self._load_clock_history(device_id)  # before anything of this run measures or sets its clock
             date = result.response.headers.get("Date")
             authenticated: dict[str, Any] = {"device_id": device_id, "address": str(peer),
                                              "expires_s": result.expires_s, "date_sent": date is not None}
@@ -419,6 +441,8 @@ class GbPlatform:
                 self._clock_was_set(device_id, date)
             if change is not None:
                 self._transition(device_id, change)
+            else:
+                self._remeasure_if_wanted(device_id)
             self._on_change()
         elif result.outcome is Outcome.UNREGISTERED:
             change = self.registry.unregistered(device_id)
@@ -430,13 +454,23 @@ class GbPlatform:
 
     def _clock_sync_due(self, device_id: str) -> bool:
         device = self.registry.get(device_id)
-        return device is not None and device.clock_sync_due
+        return device is not None and device.clock_sync_due and not device.clock_remeasure
+
+    def _remeasure_if_wanted(self, device_id: str) -> None:
+        """A device whose clock was measured only against the untrusted station clock is measured again once
+        the station's clock is trusted (at its next registration, or when the trust comes)."""
+        device = self.registry.get(device_id)
+        if device is not None and device.online and device.clock_remeasure and self._clock_trusted():
+            self._spawn(self._measure_clock(device_id))
 
     def _date_withheld(self, device_id: str) -> str | None:
         """Why a registration's 200 OK carried no Date (None: time sync is off or the clock untrusted)."""
         if not self.settings.time_sync or not self._clock_trusted():
             return None
         device = self.registry.get(device_id)
+        if device is not None and device.clock_remeasure:
+            return ("the device's clock was measured only against the station's untrusted clock: measured "
+                    "again first")
         if device is None or device.clock_offset_s is None or (
                 device.clock_set_at is not None and (device.clock_measured_at or "") < device.clock_set_at):
             return "the device's clock is not measured yet (since the station last set it)"
@@ -446,6 +480,7 @@ class GbPlatform:
         """A 200 OK carried Date: the device sets its clock from it. On the ledger with the offset before;
         DeviceStatus is asked again for the offset after."""
         ended = self.registry.clock_set(device_id, datetime.now(UTC).timestamp())
+        self._save_clock_history(device_id)
         device = self.registry.get(device_id)
         before = None if ended is None else ended.offset_s
         data: dict[str, Any] = {
@@ -479,13 +514,57 @@ class GbPlatform:
     def device_clock_offset_ms(self, device_id: str, recorded: datetime | str) -> int | None:
         """The offset (device minus station, ms) of the device clock that stamped `recorded` (a device-local
         time as RecordInfo gives it): the one before the station set the clock for what was recorded before,
-        the one measured since for what came after. None: not known (not measured, or an unreadable time)."""
+        the one measured since for what came after. None: not known (`device_clock_reading` says why)."""
+        return self.device_clock_reading(device_id, recorded)[0]
+
+    def device_clock_reading(self, device_id: str, recorded: datetime | str) -> tuple[int | None, str | None]:
+        """(offset in ms, None) of the clock that stamped `recorded`, or (None, why not): an unreadable
+        time, or a `ClockUnknown` (not measured, ambiguous, between clocks, before the history kept)."""
         try:
             stamped = self.device_time_to_unix(recorded)
         except SessionError:
-            return None
-        offset = self.registry.clock_offset_at(device_id, stamped)
-        return None if offset is None else round(offset * 1000)
+            return None, "unreadable-time"
+        self._load_clock_history(device_id)
+        reading = self.registry.clock_reading_at(device_id, stamped, datetime.now(UTC).timestamp())
+        if reading.offset_s is None:
+            return None, None if reading.unknown is None else reading.unknown.value
+        return round(reading.offset_s * 1000), None
+
+    def _load_clock_history(self, device_id: str) -> None:
+        """Once per run per device: the clock history a previous run saved. A file that cannot be used is
+        logged and an error entry, and the device's history is taken as lost (never guessed)."""
+        if self._clock_history_dir is None or device_id in self._history_loaded \
+                or self.registry.get(device_id) is None:
+            return
+        self._history_loaded.add(device_id)
+        try:
+            saved = clock_history.load(self._clock_history_dir, device_id)
+        except (clock_history.ClockHistoryError, OSError) as exc:
+            reason = (f"the saved clock history of the device cannot be used ({printable(str(exc)[:200])}): "
+                      "recordings it stamped before now get no clock offset")
+            log.warning("gb28181 device %s: %s", device_id, reason)
+            self._ledger(EntryType.ERROR, {"stage": "gb28181", "device_id": device_id, "reason": reason})
+            self.registry.clock_history_lost(device_id, datetime.now(UTC).timestamp())
+            return
+        if saved is not None:
+            self.registry.clock_history_restored(device_id, *saved)
+
+    def _save_clock_history(self, device_id: str) -> None:
+        """After a setting, or a trusted measurement of a clock the station set (or whose history was lost):
+        the device's epochs on disk (a small atomic write). A failure is logged and an error entry: the
+        history then holds for this run only."""
+        device = self.registry.get(device_id)
+        if self._clock_history_dir is None or device is None or not device.clock_epochs or (
+                len(device.clock_epochs) < 2 and device.clock_history_from_s is None):
+            return  # a clock never set: the next run measures the same clock
+        try:
+            clock_history.save(self._clock_history_dir, device_id, device.clock_epochs,
+                               device.clock_history_from_s)
+        except (clock_history.ClockHistoryError, OSError) as exc:
+            reason = f"the device's clock history was not saved: {printable(str(exc)[:200])}"
+            log.error("gb28181 device %s: %s", device_id, reason)
+            self._limited(EntryType.ERROR, "clock-history", device_id,
+                          {"stage": "gb28181", "device_id": device_id, "reason": reason})
 
     async def _parse(self, body: bytes, charset: str | None) -> ManscdpMessage:
         """A MANSCDP body as a message. A large one (a RecordInfo part may hold 10000 records) is parsed in
@@ -644,10 +723,12 @@ class GbPlatform:
     async def query_device_status(self, device_id: str) -> DeviceStatusResponse:
         """DeviceStatus; its DeviceTime gives the device's clock offset (device minus station, seconds),
         recorded in the registry and the ledger."""
+        trusted = self._clock_trusted()
         asked = datetime.now(UTC)
         answer = await self._query(device_id, CmdType.DEVICE_STATUS,
                                    lambda sn: build_device_status_query(sn, device_id))
         answered = datetime.now(UTC)
+        trusted = trusted and self._clock_trusted()  # trusted all along the round trip
         payload = answer.payload if isinstance(answer, ManscdpMessage) else None
         if not isinstance(payload, DeviceStatusResponse):
             raise QueryError(f"DeviceStatus of {device_id}: answer without its fields")
@@ -658,12 +739,24 @@ class GbPlatform:
             self.registry.clock_measured(device_id, None, measured_at)
         else:
             offset_s = self._clock_offset_s(payload.device_time, asked, answered)
-            self.registry.clock_measured(device_id, offset_s, measured_at)
-            self._on_change()
-            self._ledger(EntryType.CLOCK_MEASURED, {
+            measured: dict[str, Any] = {
                 "device_id": device_id, "device_time": payload.device_time_text[:40],
                 "offset_s": offset_s, "round_trip_s": round((answered - asked).total_seconds(), 3),
-            })
+                "station_clock_trusted": trusted,
+            }
+            if trusted:
+                self.registry.clock_measured(device_id, offset_s, measured_at)
+                self._save_clock_history(device_id)
+            else:
+                # Device minus a station clock that may be wrong: not the device's offset. Kept apart, and
+                # measured again once the station's clock is trusted (before any Date is sent).
+                self.registry.clock_measured_untrusted(device_id, offset_s, measured_at)
+                measured["reason"] = ("measured against the station's untrusted clock: not taken as the "
+                                      "device's offset; measured again once the station's clock is trusted")
+                log.info("gb28181 device %s: clock measured against the untrusted station clock (%s s): not "
+                         "kept", device_id, offset_s)
+            self._on_change()
+            self._ledger(EntryType.CLOCK_MEASURED, measured)
         return payload
 
     def _clock_offset_s(self, device_time: datetime, asked: datetime, answered: datetime) -> float:
@@ -728,8 +821,9 @@ class GbPlatform:
             self.device_time_to_unix(end), speed=speed,
         ))
         result = await session.wait()
-        # The offset of the clock that stamped the recording (it may have been set since).
-        return replace(result, device_clock_offset_ms=self.device_clock_offset_ms(device_id, start))
+        # The offset of the clock that stamped the recording (it may have been set since), or why unknown.
+        offset_ms, unknown = self.device_clock_reading(device_id, start)
+        return replace(result, device_clock_offset_ms=offset_ms, device_clock_unknown=unknown)
 
     def _session_changed(self, session: MediaSession, state: str) -> None:
         device = self.registry.get(session.request.device_id)

@@ -15,11 +15,21 @@ online (a NAT that rebound the device's port is the common cause) but does not m
 shown (`keepalive_other_port`), and the registrar bounds how long a rebinding can leave requests going to
 the old port (the registration's expiry: the device registers again from its new port).
 
-The device's clock: `clock_offset_s` is the last measured offset (device minus station, from DeviceStatus).
+The device's clock: `clock_offset_s` is the last measured offset (device minus station, from DeviceStatus),
+measured while the station's clock was trusted: one measured against an untrusted station clock is kept
+apart (`clock_measured_untrusted`) and wants a trusted one (`clock_remeasure`).
 The station sets a device's clock (the Date of a REGISTER 200, GB/T 28181 9.10.3) only once that clock was
 measured since it last set it (`clock_sync_due`), so the offset the device's recordings were made with is
 always on the record first; `clock_epochs` keep, per setting, the offset that applied before it, so a
-recording's time can be given the offset of the clock that stamped it (`clock_offset_at`).
+recording's time can be given the offset of the clock that stamped it (`clock_reading_at`). Each epoch
+covers a stretch of device times: from the setting that began it (the station's time then, which the
+device took) to the setting that ended it (the station's time then plus the epoch's offset). A clock that
+was ahead and is set back stamps the times of the overlap twice; once the current clock has reached them
+(its now, within `CLOCK_REACH_MARGIN_S`), a stamp there is ambiguous and given no offset
+(`ClockUnknown.AMBIGUOUS`), never the wrong clock's. Boundaries are known to `CLOCK_EPOCH_MARGIN_S`
+(DeviceTime has whole seconds), so stamps that close to a setting are ambiguous too. A stamp no known
+clock can have made (between a clock set forward and its old end, or before the history kept) gets none
+either, with why.
 
 Wall-clock times (`registered_at`, `last_keepalive_at`) are for people; every decision uses the
 monotonic readings beside them.
@@ -28,7 +38,7 @@ monotonic readings beside them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -38,16 +48,42 @@ from drivers.gb28181.sip_transport import Peer
 MAX_CLOCK_EPOCHS = 32
 # A measured offset smaller than this is not worth setting the clock for (DeviceTime has whole seconds).
 CLOCK_SYNC_MIN_OFFSET_S = 2.0
+# How well an epoch's boundaries are known (DeviceTime's whole second, the round trip, the Date's
+# milliseconds a device may drop): a stamp this close to a boundary may be either side of it.
+CLOCK_EPOCH_MARGIN_S = 2.0
+# How far past its measured now the current clock may already have stamped (a recording listed as ending
+# a little ahead, the clock's drift since it was measured): the scheduler allows a minute too.
+CLOCK_REACH_MARGIN_S = 60.0
 
 
 @dataclass(frozen=True)
 class ClockEpoch:
     """A stretch of the device clock between two settings by the station: its offset (device minus station,
-    seconds; None: not measured) and, once the station set the clock, the device-clock time (Unix seconds
-    read from the device's local time) at which that happened: stamps before it are this epoch's."""
+    seconds; None: not measured), the device-clock time (Unix seconds read from the device's local time) at
+    which it began (the station's time at the setting that began it; None: before anything known, the
+    device's clock as the station first found it) and, once the station set the clock again, the one at
+    which it ended (the station's time then plus this offset)."""
 
     offset_s: float | None
     ended_at_device_s: float | None = None
+    started_at_device_s: float | None = None
+
+
+class ClockUnknown(StrEnum):
+    """Why a recording's time is given no clock offset."""
+
+    NOT_MEASURED = "not-measured"  # the clock that stamped it was never measured (against a trusted clock)
+    AMBIGUOUS = "ambiguous"  # two clocks of the device stamped such times (a clock set back)
+    BETWEEN_CLOCKS = "between-clocks"  # no known clock stamped such times (a clock set forward skips them)
+    BEFORE_HISTORY = "before-history"  # before the history kept (bounded, or lost)
+
+
+@dataclass(frozen=True)
+class ClockReading:
+    """The offset of the device clock that stamped a time, or why it is not known."""
+
+    offset_s: float | None
+    unknown: ClockUnknown | None = None
 
 
 class Transition(StrEnum):
@@ -111,6 +147,14 @@ class DeviceState:
     clock_sync_due: bool = False  # measured (or unmeasurable) since last set, and off: the next 200 sets it
     clock_set_at: str | None = None
     clock_epochs: list[ClockEpoch] = field(default_factory=list)  # oldest first; the last one is current
+    # The last measurement made while the station's own clock was untrusted: not the device's offset (it
+    # measured the station's error too); a trusted one is wanted before the clock may be set.
+    clock_untrusted_offset_s: float | None = None
+    clock_untrusted_measured_at: str | None = None
+    clock_remeasure: bool = False
+    # The station's time before which the device's clock history is not known (its saved history was lost
+    # or damaged): stamps of the clock before then get no offset. None: known from the start.
+    clock_history_from_s: float | None = None
     sessions: dict[str, SessionView] = field(default_factory=dict)
     charset: str = ""
     # keepalives from another port of its host since it registered (not followed: see the module docstring)
@@ -132,6 +176,8 @@ class DeviceState:
             "clock_offset_s": self.clock_offset_s,
             "clock_measured_at": self.clock_measured_at,
             "clock_set_at": self.clock_set_at,
+            "clock_measured_untrusted": None if not self.clock_remeasure else {
+                "offset_s": self.clock_untrusted_offset_s, "at": self.clock_untrusted_measured_at},
             "keepalive_other_port": None if not self.keepalives_other_port else {
                 "count": self.keepalives_other_port, "last_from": self.keepalive_other_port_from,
                 "last_at": self.keepalive_other_port_at},
@@ -216,6 +262,8 @@ class DeviceRegistry:
         device = self._devices.get(device_id)
         if device is None:
             return
+        device.clock_remeasure = False
+        device.clock_untrusted_offset_s = device.clock_untrusted_measured_at = None
         if offset_s is not None:
             device.clock_offset_s = offset_s
             device.clock_measured_at = measured_at
@@ -223,9 +271,37 @@ class DeviceRegistry:
             if current is None or current.ended_at_device_s is not None:
                 device.clock_epochs.append(ClockEpoch(offset_s))
             else:
-                device.clock_epochs[-1] = ClockEpoch(offset_s)
+                device.clock_epochs[-1] = replace(current, offset_s=offset_s)
             del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
         device.clock_sync_due = offset_s is None or abs(offset_s) >= CLOCK_SYNC_MIN_OFFSET_S
+
+    def clock_measured_untrusted(self, device_id: str, offset_s: float | None, measured_at: str) -> None:
+        """A DeviceStatus answered while the station's own clock was untrusted: the offset measured includes
+        the station's error, so it is kept apart (for the operator view), changes neither the device's
+        offset nor its epochs nor whether it is due to be set, and a trusted measurement is wanted."""
+        device = self._devices.get(device_id)
+        if device is None:
+            return
+        device.clock_untrusted_offset_s = offset_s
+        device.clock_untrusted_measured_at = measured_at
+        device.clock_remeasure = True
+
+    def clock_history_restored(self, device_id: str, epochs: list[ClockEpoch],
+                               history_from_s: float | None) -> None:
+        """The history a previous run saved (edge.gb28181.clock_history), taken before anything is measured
+        in this run: its open epoch is the clock the device still has, until measured again."""
+        device = self._devices.get(device_id)
+        if device is None or device.clock_epochs:
+            return
+        device.clock_epochs = list(epochs[-MAX_CLOCK_EPOCHS:])
+        device.clock_history_from_s = history_from_s
+
+    def clock_history_lost(self, device_id: str, station_now_s: float) -> None:
+        """The saved history could not be read: nothing stamped before now is known (whatever this run
+        measures is the clock of now, which a previous run may have set)."""
+        device = self._devices.get(device_id)
+        if device is not None:
+            device.clock_history_from_s = station_now_s
 
     def clock_set(self, device_id: str, station_now_s: float) -> ClockEpoch | None:
         """The station put its time in a REGISTER 200 (at Unix `station_now_s`): the current epoch ends
@@ -237,22 +313,53 @@ class DeviceRegistry:
         device.clock_set_at = wall_text(station_now_s)
         # The last epoch is the open one (every change leaves one open at the end).
         before = device.clock_epochs.pop() if device.clock_epochs else ClockEpoch(None)
-        ended = ClockEpoch(before.offset_s, station_now_s + (before.offset_s or 0.0))
-        device.clock_epochs += [ended, ClockEpoch(None)]
+        ended = replace(before, ended_at_device_s=station_now_s + (before.offset_s or 0.0))
+        device.clock_epochs += [ended, ClockEpoch(None, started_at_device_s=station_now_s)]
         del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
         return ended
 
-    def clock_offset_at(self, device_id: str, stamped_s: float) -> float | None:
+    def clock_offset_at(self, device_id: str, stamped_s: float, now_s: float | None = None) -> float | None:
+        """`clock_reading_at(...).offset_s`."""
+        return self.clock_reading_at(device_id, stamped_s, now_s).offset_s
+
+    def clock_reading_at(self, device_id: str, stamped_s: float, now_s: float | None = None) -> ClockReading:
         """The offset of the device clock that stamped `stamped_s` (a device-local time as Unix seconds in
-        the devices' zone): the first epoch that ended after it, else the current one. None: not known.
-        A clock that was ahead and set back stamps the same times twice; those go to the older epoch."""
+        the devices' zone), or why it is not known (see the module docstring). `now_s`: the station's
+        time now (Unix seconds; default the wall clock): how far the current clock has stamped."""
         device = self._devices.get(device_id)
-        if device is None:
-            return None
-        for epoch in device.clock_epochs:
-            if epoch.ended_at_device_s is None or stamped_s < epoch.ended_at_device_s:
-                return epoch.offset_s
-        return None
+        if device is None or not device.clock_epochs:
+            return ClockReading(None, ClockUnknown.NOT_MEASURED)
+        epochs = device.clock_epochs
+        margin = CLOCK_EPOCH_MARGIN_S
+        first = epochs[0].started_at_device_s
+        if device.clock_history_from_s is not None:  # lost: known only from then (in the clock of then)
+            known_from = device.clock_history_from_s + (epochs[0].offset_s or 0.0)
+            first = known_from if first is None else max(first, known_from)
+        if first is not None and stamped_s < first - margin:
+            return ClockReading(None, ClockUnknown.BEFORE_HISTORY)
+
+        def began(epoch: ClockEpoch) -> bool:
+            return epoch.started_at_device_s is None or stamped_s >= epoch.started_at_device_s - margin
+
+        holders = [e for e in epochs[:-1] if began(e) and e.ended_at_device_s is not None
+                   and stamped_s < e.ended_at_device_s + margin]
+        current = epochs[-1]
+        if began(current):
+            # The current clock has stamped times up to its now only: a stamp beyond is an older clock's.
+            now = datetime.now(UTC).timestamp() if now_s is None else now_s
+            reached = now + (current.offset_s or 0.0) + CLOCK_REACH_MARGIN_S
+            if not holders or stamped_s <= reached:
+                holders.append(current)
+        if not holders:
+            return ClockReading(None, ClockUnknown.BETWEEN_CLOCKS)
+        offsets = [h.offset_s for h in holders]
+        if len(holders) > 1:
+            known = [o for o in offsets if o is not None]
+            if len(known) < len(offsets) or max(known) - min(known) > margin:
+                return ClockReading(None, ClockUnknown.AMBIGUOUS)
+        if offsets[-1] is None:
+            return ClockReading(None, ClockUnknown.NOT_MEASURED)
+        return ClockReading(offsets[-1])
 
     def _online(self, device: DeviceState) -> Transition | None:
         if device.online:

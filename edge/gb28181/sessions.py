@@ -16,7 +16,9 @@ stream (Annex M c).
 The 200 OK's SDP is parsed by hand (c=, m= port and protocol, a=setup, y=, a=filesize). The device's `y=`
 wins over ours when it differs (devices and cross-domain platforms choose their own SSRC, research notes
 6.3); when it is missing ours stands. Both are recorded in the session's result. For tcp-active the
-receiver connects to the answer's address and port. Then the ACK goes out, and the session ends on the
+receiver connects to the answer's port at the device's registered host; an answer whose `c=` names another
+host (compared canonically: an IPv4-mapped IPv6 address is its IPv4 one, as a dual-stack socket reports an
+IPv4 device) is recorded as `media_address_ignored`. Then the ACK goes out, and the session ends on the
 first of: MediaStatus 121 in the dialog (or naming the device outside it, when it has one history
 session), the receiver's end (idle, closed, limit, error), a BYE from the device, or `stop()`. The platform
 sends BYE unless the device did, then closes the receiver and returns its outcome.
@@ -27,14 +29,21 @@ reason, so that whoever reads the result knows the recording did not end by itse
   `video_run_span_s`) passes the recording's length (`t=` end - start) by `PAST_END_TOLERANCE_S` plus
   `PAST_END_TOLERANCE_SHARE` of the length: a device that keeps sending after the file (live, or the next
   file) would otherwise have that sealed as this recording;
-* `time-limit`: a wall-clock limit from the recording's length L and the speed asked S:
-  L x max(3 / S, 2) + 60 s. Three times the time the speed asks, but never under twice the recording's
-  own length, since devices may ignore `a=downloadspeed` (research notes 9) and a 4G uplink may carry a
-  high-bitrate recording slower than real time; 60 s for the INVITE and the start. It stops a device that
-  trickles just enough never to go idle. The receiver ends on both (its outcome says `past-end` or
-  `time-limit`); the platform also stops a session whose receiver outlived the time limit by
-  `TIME_LIMIT_GRACE_S`, whatever receiver it was given.
-Live Play has neither bound.
+* `time-limit`: the transfer stalled, or ran past a generous hard cap, on the monotonic clock. A stall:
+  from the first packet on, each `PROGRESS_WINDOW_S` (60 s) must bring at least `MIN_PROGRESS_SHARE`
+  (1/10) of it in video media time (`MIN_PROGRESS_S`, 6 s; the receiver's progress rule): a device that
+  sends just enough never to go idle but whose video does not advance, or trickles, is stopped within a
+  window or two, while one that delivers steadily however slowly above a tenth of real time is not
+  (devices may ignore `a=downloadspeed`, research notes 9, and a 4G uplink may carry a high-bitrate
+  recording at a quarter of real time: the simulator's `slow` fault). The hard cap,
+  L x `TIME_LIMIT_FACTOR` (10) + `TIME_LIMIT_SLACK_S` (60 s, the INVITE and the start) for a recording of
+  length L whatever the speed asked, is what a transfer at that slowest rate needs; it stops a device
+  whose PTS makes progress without end (restarting over and over). No bytes at all is the idle timeout's.
+  The receiver ends on both (its outcome says `past-end` or `time-limit`, the detail which rule); the
+  platform also stops a session whose receiver outlived the hard cap by `TIME_LIMIT_GRACE_S`, whatever
+  receiver it was given (it cannot see a stall: that is the receiver's).
+Every history session has both: a recording listed shorter than `MIN_BOUNDED_LENGTH_S` (EndTime ==
+StartTime: a file still being written, or an empty one) is bounded as that long. Live Play has neither bound.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ from drivers.gb28181.sdp import (
 from drivers.gb28181.sip import Dialog, SipProtocolError, SipRequest, SipResponse, request, response_to
 from drivers.gb28181.sip_transport import Peer, RequestHandler, SipTransport, SipTransportError
 from edge.custody.text import printable
+from edge.gb28181.media import same_host
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +100,8 @@ class OpenReceiver(Protocol):
 
     def __call__(self, transport: Any, *, bind_host: str, port_range: tuple[int, int], ssrc: int | None,
                  raw_path: Path | None, idle_timeout_s: float, max_bytes: int, expected_peer_host: str | None,
-                 max_media_span_s: float | None, time_limit_s: float | None,
+                 max_media_span_s: float | None, time_limit_s: float | None, progress_window_s: float | None,
+                 min_progress_s: float | None,
                  sink: Callable[[bytes], None] | None = None) -> Awaitable[MediaReceiver]: ...
 
 
@@ -100,35 +111,48 @@ class EndReason(StrEnum):
     DEVICE_BYE = "device sent BYE"
     STOPPED = "stopped"
     PAST_END = "past-end"  # the video went past the recording's length (see the module docstring)
-    TIME_LIMIT = "time-limit"  # the session's wall-clock limit passed
+    TIME_LIMIT = "time-limit"  # the transfer stalled, or ran past the session's hard cap
 
 
 PAST_END_TOLERANCE_S = 30.0
 PAST_END_TOLERANCE_SHARE = 0.05
-TIME_LIMIT_SPEED_FACTOR = 3.0
-TIME_LIMIT_MIN_FACTOR = 2.0
+# The slowest transfer waited for is a tenth of real time: judged per window (the stall rule), and over the
+# whole recording (the hard cap).
+PROGRESS_WINDOW_S = 60.0
+MIN_PROGRESS_SHARE = 0.1
+TIME_LIMIT_FACTOR = 10.0
 TIME_LIMIT_SLACK_S = 60.0
 TIME_LIMIT_GRACE_S = 5.0
+# The length a history session is bounded as when its range is shorter (or empty, or reversed): RecordInfo
+# times have whole seconds, and devices list a file still being written, or an empty one, with EndTime ==
+# StartTime; without a floor such an item would get no bound at all.
+MIN_BOUNDED_LENGTH_S = 1
 
 
 @dataclass(frozen=True)
 class SessionBounds:
-    """How much video a history session may bring (`max_media_span_s`) and for how long it may run
-    (`time_limit_s`); None: no bound (live Play, or a request without a time range)."""
+    """How much video a history session may bring (`max_media_span_s`), how much video it must bring per
+    window of wall clock (`min_progress_s` per `progress_window_s`) and for how long it may run at most
+    (`time_limit_s`, the hard cap); None: no bound (live Play)."""
 
     max_media_span_s: float | None = None
     time_limit_s: float | None = None
+    progress_window_s: float | None = None
+    min_progress_s: float | None = None
 
 
 def session_bounds(kind: SessionKind, start_time: int, end_time: int, speed: int | None) -> SessionBounds:
-    """The bounds of a session (pure; see the module docstring)."""
-    length = end_time - start_time
-    if kind is SessionKind.PLAY or length <= 0:
+    """The bounds of a session (pure; see the module docstring). Every history session has them: a length
+    under `MIN_BOUNDED_LENGTH_S` (a recording listed with EndTime == StartTime) counts as that minimum."""
+    if kind is SessionKind.PLAY:
         return SessionBounds()
-    factor = max(TIME_LIMIT_SPEED_FACTOR / max(speed or 1, 1), TIME_LIMIT_MIN_FACTOR)
+    length = max(end_time - start_time, MIN_BOUNDED_LENGTH_S)
+    # The speed asked does not shorten anything: devices may ignore it (research notes 9).
     return SessionBounds(
         max_media_span_s=length * (1 + PAST_END_TOLERANCE_SHARE) + PAST_END_TOLERANCE_S,
-        time_limit_s=length * factor + TIME_LIMIT_SLACK_S,
+        time_limit_s=length * TIME_LIMIT_FACTOR + TIME_LIMIT_SLACK_S,
+        progress_window_s=PROGRESS_WINDOW_S,
+        min_progress_s=PROGRESS_WINDOW_S * MIN_PROGRESS_SHARE,
     )
 
 
@@ -168,9 +192,15 @@ class SessionResult:
     # The offset (device minus station) of the device clock that stamped the recording, when the platform
     # knows it (`GbPlatform.download`: from before the station set that clock, for what was recorded before).
     device_clock_offset_ms: int | None = None
+    # Why `device_clock_offset_ms` is None when the platform could not tell (registry.ClockUnknown's value:
+    # "ambiguous" for a stamp two clocks of the device made, "between-clocks", "not-measured",
+    # "before-history"; "unreadable-time"); None when the offset is given or nobody asked.
+    device_clock_unknown: str | None = None
     # The session's bounds (`session_bounds`): past them it ended `past-end` or `time-limit`.
     max_media_span_s: float | None = None
     time_limit_s: float | None = None
+    progress_window_s: float | None = None
+    min_progress_s: float | None = None
 
     def facts(self) -> dict[str, Any]:
         """For the ledger entry of what the session brought (the `acquired` entry's source facts)."""
@@ -180,7 +210,9 @@ class SessionResult:
             "ssrc_used": self.ssrc_used, "file_size_bytes": self.file_size_bytes,
             "media_address_ignored": self.media_address_ignored,
             "device_clock_offset_ms": self.device_clock_offset_ms,
+            "device_clock_unknown": self.device_clock_unknown,
             "max_media_span_s": self.max_media_span_s, "time_limit_s": self.time_limit_s,
+            "progress_window_s": self.progress_window_s, "min_progress_s": self.min_progress_s,
         }
 
 
@@ -307,7 +339,8 @@ class SessionManager:
                 req.transport, bind_host=self._media_host, port_range=self._port_range, ssrc=ssrc,
                 raw_path=req.raw_path, idle_timeout_s=self._idle_timeout_s, max_bytes=self._max_bytes,
                 expected_peer_host=device.host, max_media_span_s=bounds.max_media_span_s,
-                time_limit_s=bounds.time_limit_s, **sink,
+                time_limit_s=bounds.time_limit_s, progress_window_s=bounds.progress_window_s,
+                min_progress_s=bounds.min_progress_s, **sink,
             )
         except Exception as exc:  # the receiver's own error (no free port, the raw file exists ...)
             raise SessionError(f"{req.kind} of {req.channel_id}: no media receiver: {exc}") from exc
@@ -384,9 +417,11 @@ class SessionManager:
             if not video.is_tcp or not 0 < video.port < 65536:
                 raise SessionError("tcp-active answer without a TCP port to connect to")
             named = answer.media_address(video)
-            if named != device.host:
+            if named is None or not same_host(named, device.host):
                 # The station connects only to where the device's signalling comes from: an answer naming
                 # another address (or a host name) would otherwise aim the station at any host and port.
+                # Compared canonically: on a dual-stack socket an IPv4 device registers as ::ffff:a.b.c.d
+                # and answers with a.b.c.d, its own address.
                 session.media_address_ignored = printable((named or "(none)")[:MAX_SHOWN_ADDRESS])
                 log.warning("device %s channel %s: its answer names media address %s; connecting to its "
                             "source address %s instead", printable(session.request.device_id),
@@ -436,7 +471,7 @@ class SessionManager:
             if receiver_done.done():
                 session.end(_receiver_end(receiver_done))
             elif not session.ended.is_set():
-                session.end(EndReason.TIME_LIMIT)  # a receiver that did not keep the limit itself
+                session.end(EndReason.TIME_LIMIT)  # a receiver that did not keep the hard cap itself
             self._on_change(session, "ending")
             if session.end_reason is not EndReason.DEVICE_BYE:
                 await self._bye(session, device)
@@ -459,6 +494,7 @@ class SessionManager:
             file_size_bytes=None if answer is None else answer.video.file_size_bytes, outcome=outcome,
             media_address_ignored=session.media_address_ignored,
             max_media_span_s=session.bounds.max_media_span_s, time_limit_s=session.bounds.time_limit_s,
+            progress_window_s=session.bounds.progress_window_s, min_progress_s=session.bounds.min_progress_s,
         )
         session.result = result
         log.info("device %s channel %s %s session %s ended: %s", printable(session.request.device_id),

@@ -530,7 +530,8 @@ _ROOT_FILES = frozenset({"state.db", "state.db-wal", "state.db-shm", "state.db-j
                          "store.lock", "mqtt-client.secret", "mqtt-telemetry.salt"})
 # gb28181-spool: GB/T 28181 downloads in progress (edge.sources.gb28181.scheduler), not evidence until sealed.
 # rooms: room sessions and the segments ffmpeg is writing (edge.rooms.state), not evidence until sealed.
-_ROOT_DIRS = frozenset({"items", "keys", "tmp", "gb28181-spool", "rooms"})
+# gb28181-clocks: the device clocks' history across restarts (edge.gb28181.clock_history).
+_ROOT_DIRS = frozenset({"items", "keys", "tmp", "gb28181-spool", "gb28181-clocks", "rooms"})
 # keys/station.key and its .pub; keys rotated out stay as station.key.<key id>.retired[.pub].
 _KEY_FILE = re.compile(r"station\.key(\.pub|\.[0-9a-f]{32}\.retired(\.pub)?)?")
 _TMP_FILE = re.compile(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.part")

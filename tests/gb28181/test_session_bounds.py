@@ -1,7 +1,8 @@
 """A history session is bounded from above (review 16, finding 8): it ends `past-end` when the received
 video's media time (the longest monotonic run of its PTS) passes the recording's length plus a tolerance,
-and `time-limit` when a wall-clock limit from the length and the speed passes. Real receiver and sockets;
-each end with its control (a stream within the bounds ends as it did)."""
+and `time-limit` when its video stalls (less than 6 s of video per 60 s of clock) or a hard cap from the
+length passes (review 17, finding 5: a wall-clock limit alone cut steady slow transfers). Real receiver
+and sockets; each end with its control (a stream within the bounds ends as it did)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from drivers.gb28181.ps import PsMuxer
 from drivers.gb28181.rtp import RtpPacket
 from drivers.gb28181.sdp import SessionKind
-from edge.gb28181 import sessions
+from edge.gb28181 import media, sessions
 from edge.gb28181.media import PTS_MODULO, EndReason, MediaOutcome, MediaTransport, open_receiver
 from edge.gb28181.platform import GbPlatform
 from edge.gb28181.sessions import MediaRequest, SessionBounds, session_bounds
@@ -151,12 +152,84 @@ async def test_control_without_a_time_limit_the_same_trickle_goes_on(tmp_path: P
     assert outcome.ended is EndReason.CLOSED and outcome.packets == 16
 
 
-def test_the_bounds_follow_the_length_and_the_speed() -> None:
-    assert session_bounds(SessionKind.DOWNLOAD, 0, 600, 1) == SessionBounds(600 * 1.05 + 30, 600 * 3 + 60)
-    assert session_bounds(SessionKind.DOWNLOAD, 0, 600, 4) == SessionBounds(600 * 1.05 + 30, 600 * 2 + 60)
-    assert session_bounds(SessionKind.PLAYBACK, 0, 600, None).time_limit_s == 600 * 3 + 60
-    assert session_bounds(SessionKind.PLAY, 0, 0, None) == SessionBounds(None, None)
-    assert session_bounds(SessionKind.DOWNLOAD, 600, 600, 4) == SessionBounds(None, None)
+async def _stream_over_tcp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, media_per_step_s: float, *,
+                           steps: int = 40, step_s: float = 4.0) -> MediaOutcome:
+    """A TCP-passive receiver with the stall rule (6 s of video per 60 s) and no hard cap, on a stepped
+    clock; one frame every `step_s` of that clock (never idle) whose PTS advances `media_per_step_s`, for
+    `steps` frames, each awaited until taken and the receiver's watch has seen the step; then the device
+    closes its connection unless the receiver ended first. The watch looks every 0.05 s here."""
+    monkeypatch.setattr(media, "IDLE_CHECK_S", 0.05)
+    clock = SteppedClock()
+    receiver = await open_receiver(MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS,
+                                   ssrc=SSRC, raw_path=tmp_path / "raw.ps", idle_timeout_s=30.0,
+                                   max_bytes=1 << 24, progress_window_s=60.0, min_progress_s=6.0, clock=clock)
+    _, writer = await asyncio.open_connection("127.0.0.1", receiver.local_port)
+    try:
+        for n in range(steps):
+            if receiver.ended is not None:
+                break
+            clock.now = 100.0 + n * step_s
+            writer.write(tcp_bytes(_packets([1000 * HZ + round(n * media_per_step_s * HZ)],
+                                            first_sequence=n + 1)))
+            await writer.drain()
+            async with asyncio.timeout(10):
+                while receiver.progress.packets < n + 1 and receiver.ended is None:
+                    await asyncio.sleep(0.001)
+            await asyncio.sleep(media.IDLE_CHECK_S * 2)  # the watch looks at the clock every IDLE_CHECK_S
+        if receiver.ended is None:
+            writer.close()
+        return await asyncio.wait_for(receiver.wait_closed(), 10)
+    finally:
+        writer.close()
+
+
+async def test_a_stream_whose_video_trickles_ends_stalled(tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """0.1 s of video per 4 s of clock (1/40 of real time, bytes all along): cut at the end of a window."""
+    outcome = await _stream_over_tcp(tmp_path, monkeypatch, 0.1)
+    assert outcome.ended is EndReason.TIME_LIMIT and "stalled" in outcome.detail
+    assert outcome.elapsed_s <= 2 * 60 + 4 and outcome.packets < 40
+
+
+async def test_a_stream_whose_video_does_not_advance_ends_stalled(tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    outcome = await _stream_over_tcp(tmp_path, monkeypatch, 0.0)
+    assert outcome.ended is EndReason.TIME_LIMIT and "stalled: 0.0 s of video" in outcome.detail
+
+
+async def test_a_pts_that_restarts_every_frame_makes_no_progress(tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each frame steps back over PTS_BACKSTEP: every one starts a new run, none advances."""
+    outcome = await _stream_over_tcp(tmp_path, monkeypatch, -2.0)
+    assert outcome.ended is EndReason.TIME_LIMIT and outcome.video_pts_restarts > 0
+
+
+async def test_control_a_stream_at_a_quarter_of_real_time_is_not_cut(tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1 s of video per 4 s of clock: 15 s per window
+    outcome = await _stream_over_tcp(tmp_path, monkeypatch, 1.0)
+    assert outcome.ended is EndReason.CLOSED and outcome.packets == 40
+    assert outcome.elapsed_s >= 150  # well past two windows
+
+
+async def test_control_a_stream_just_above_a_tenth_of_real_time_is_not_cut(tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    outcome = await _stream_over_tcp(tmp_path, monkeypatch, 0.55, step_s=4.5)  # 7.3 s of video per 60 s
+    assert outcome.ended is EndReason.CLOSED and outcome.packets == 40
+
+
+def test_the_bounds_follow_the_length_not_the_speed() -> None:
+    """Past-end: the length + 5 % + 30 s; the hard cap: 10 x the length + 60 s whatever the speed asked
+    (devices may ignore it); the stall rule: 6 s of video per 60 s of clock."""
+    assert session_bounds(SessionKind.DOWNLOAD, 0, 600, 1) == SessionBounds(600 * 1.05 + 30, 600 * 10 + 60,
+                                                                            60.0, 6.0)
+    assert session_bounds(SessionKind.DOWNLOAD, 0, 600, 4) == session_bounds(SessionKind.DOWNLOAD, 0, 600, 1)
+    assert session_bounds(SessionKind.PLAYBACK, 0, 600, None).time_limit_s == 600 * 10 + 60
+    assert session_bounds(SessionKind.PLAY, 0, 0, None) == SessionBounds(None, None, None, None)
+    # A recording listed with EndTime == StartTime (or a reversed range) is bounded as 1 s long.
+    one_second = SessionBounds(1 * 1.05 + 30, 1 * 10 + 60, 60.0, 6.0)
+    assert session_bounds(SessionKind.DOWNLOAD, 600, 600, 4) == one_second
+    assert session_bounds(SessionKind.DOWNLOAD, 600, 500, 4) == one_second
 
 
 # -- through the platform ------------------------------------------------------------------------------
@@ -219,7 +292,9 @@ async def test_a_download_past_its_recording_ends_past_end_and_says_so(platform:
 
 async def test_a_trickling_download_ends_at_its_time_limit(platform: GbPlatform, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sessions, "TIME_LIMIT_SLACK_S", 0.5)  # 1 s recording: 2 x 1 s + 0.5 s
+    # 1 s recording: a hard cap of 2 x 1 s + 0.5 s (the trickle's video advances: no stall)
+    monkeypatch.setattr(sessions, "TIME_LIMIT_SLACK_S", 0.5)
+    monkeypatch.setattr(sessions, "TIME_LIMIT_FACTOR", 2.0)
     result = await _download(platform, tmp_path, 1, None)
     assert result.end_reason is sessions.EndReason.TIME_LIMIT and result.time_limit_s == pytest.approx(2.5)
     assert result.facts()["end_reason"] == "time-limit" and result.outcome.ended is EndReason.TIME_LIMIT
@@ -229,6 +304,7 @@ async def test_the_platform_keeps_the_time_limit_even_when_its_receiver_does_not
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A receiver that ignores its bounds (here the test's counting one) is stopped by the platform."""
     monkeypatch.setattr(sessions, "TIME_LIMIT_SLACK_S", 0.5)
+    monkeypatch.setattr(sessions, "TIME_LIMIT_FACTOR", 2.0)
     monkeypatch.setattr(sessions, "TIME_LIMIT_GRACE_S", 0.1)
     receivers = ReceiverFactory()
     platform = GbPlatform(platform_settings({DEVICE: PASSWORD}), record=Ledger(), clock_trusted=lambda: True,
@@ -241,6 +317,7 @@ async def test_the_platform_keeps_the_time_limit_even_when_its_receiver_does_not
             DEVICE, CHANNEL, SessionKind.DOWNLOAD, "udp", tmp_path / "raw.ps", 1_764_550_800, 1_764_550_801,
             speed=4))
         assert receivers.calls[0]["time_limit_s"] == pytest.approx(2.5)
+        assert receivers.calls[0]["progress_window_s"] == 60.0 and receivers.calls[0]["min_progress_s"] == 6.0
         assert receivers.calls[0]["expected_peer_host"] == "127.0.0.1"
         result = await asyncio.wait_for(session.wait(), 30)
         assert result.end_reason is sessions.EndReason.TIME_LIMIT and receivers.made[0].closed.is_set()

@@ -1,0 +1,127 @@
+"""The clock history of each GB/T 28181 device, kept across restarts of the agent (review 17).
+
+The platform's registry keeps, per device, the epochs of its clock between the station's settings of it
+(edge.gb28181.registry.ClockEpoch), so that a recording is given the offset of the clock that stamped it.
+Held in memory only, a restart lost them: a recording stamped before the previous run set the clock was
+given the offset measured after the setting, a concrete wrong value. So each device whose clock the
+station has set has a small file, `<device id>.json` in the platform's directory of the station store
+(`CLOCK_HISTORY_DIR`), rewritten atomically (temp file, fsync, rename, directory fsync) at each setting and
+each trusted measurement after one, read once per run when the device first registers.
+
+Bounded: at most `MAX_CLOCK_EPOCHS` epochs (the registry's bound) and `MAX_FILE_BYTES` per file, one file
+per device that passed digest (the registry's bound on devices). Only a 20-digit device id names a file.
+Read without trusting it: a regular file only (not a FIFO, not through a symlink's target kind check),
+`MAX_FILE_BYTES` at most, JSON of the exact shape below with finite numbers, its own device id, the
+epochs in order (every one closed but the last, which is open). Anything else raises `ClockHistoryError`:
+the platform logs it, puts an error on the ledger and takes the device's history as lost (what was
+stamped before this run gets no offset: `ClockUnknown.BEFORE_HISTORY`), never a guess.
+
+    {"version": 1, "device_id": "<20 digits>", "history_from_s": null | station Unix seconds,
+     "epochs": [{"offset_s": null | s, "started_at_device_s": null | s, "ended_at_device_s": null | s}]}
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from edge.durable.files import SmallFileError, ensure_private_dir, read_small_file, write_atomic
+from edge.gb28181.registry import MAX_CLOCK_EPOCHS, ClockEpoch
+
+CLOCK_HISTORY_DIR = "gb28181-clocks"
+FORMAT_VERSION = 1
+MAX_FILE_BYTES = 16 * 1024  # 32 epochs of three numbers each take ~3 KiB
+_DEVICE_ID = re.compile(r"[0-9]{20}")
+_EPOCH_KEYS = {"offset_s", "started_at_device_s", "ended_at_device_s"}
+_DOCUMENT_KEYS = {"version", "device_id", "history_from_s", "epochs"}
+
+
+class ClockHistoryError(Exception):
+    """A device's clock history file that cannot be used; the message says what is wrong (no raw bytes)."""
+
+
+def history_path(directory: Path, device_id: str) -> Path:
+    """The file of `device_id` (a 20-digit id only: device text never becomes a path otherwise)."""
+    if not _DEVICE_ID.fullmatch(device_id):
+        raise ClockHistoryError("a device id that is not 20 digits names no clock history file")
+    return directory / f"{device_id}.json"
+
+
+def encode(device_id: str, epochs: list[ClockEpoch], history_from_s: float | None) -> bytes:
+    """The file's bytes (pure)."""
+    return json.dumps({
+        "version": FORMAT_VERSION, "device_id": device_id, "history_from_s": history_from_s,
+        "epochs": [{"offset_s": e.offset_s, "started_at_device_s": e.started_at_device_s,
+                    "ended_at_device_s": e.ended_at_device_s} for e in epochs[-MAX_CLOCK_EPOCHS:]],
+    }, sort_keys=True).encode()
+
+
+def _number(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ClockHistoryError(f"{what} is not a finite number or null")
+    return float(value)
+
+
+def decode(device_id: str, data: bytes) -> tuple[list[ClockEpoch], float | None]:
+    """The epochs and `history_from_s` of a file's bytes (pure); ClockHistoryError when it is not exactly
+    what `encode` writes for `device_id`."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ClockHistoryError(f"not JSON ({type(exc).__name__})") from None
+    if not isinstance(document, dict) or set(document) != _DOCUMENT_KEYS:
+        raise ClockHistoryError("not a clock history (unexpected fields)")
+    if document["version"] != FORMAT_VERSION:
+        raise ClockHistoryError("an unknown format version")
+    if document["device_id"] != device_id:
+        raise ClockHistoryError("the file names another device")
+    history_from_s = _number(document["history_from_s"], "history_from_s")
+    raw = document["epochs"]
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_CLOCK_EPOCHS:
+        raise ClockHistoryError(f"epochs is not a list of 1 to {MAX_CLOCK_EPOCHS}")
+    epochs: list[ClockEpoch] = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict) or set(item) != _EPOCH_KEYS:
+            raise ClockHistoryError(f"epoch {index} has unexpected fields")
+        epochs.append(ClockEpoch(
+            offset_s=_number(item["offset_s"], f"epoch {index} offset_s"),
+            ended_at_device_s=_number(item["ended_at_device_s"], f"epoch {index} ended_at_device_s"),
+            started_at_device_s=_number(item["started_at_device_s"], f"epoch {index} started_at_device_s"),
+        ))
+    if any(e.ended_at_device_s is None for e in epochs[:-1]) or epochs[-1].ended_at_device_s is not None:
+        raise ClockHistoryError("every epoch but the last must be closed, and the last open")
+    if any(e.started_at_device_s is None for e in epochs[1:]):
+        raise ClockHistoryError("an epoch after the first without its start")
+    starts = [e.started_at_device_s for e in epochs[1:]]
+    if any(b < a for a, b in itertools.pairwise(starts) if a is not None and b is not None):
+        raise ClockHistoryError("epochs out of order")
+    return epochs, history_from_s
+
+
+def load(directory: Path, device_id: str) -> tuple[list[ClockEpoch], float | None] | None:
+    """The device's saved history, or None when it has no file (its clock was never set by the station).
+    Raises ClockHistoryError when the file is there but cannot be used."""
+    path = history_path(directory, device_id)
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink():
+        raise ClockHistoryError("the file is a symbolic link")
+    try:
+        data = read_small_file(path, MAX_FILE_BYTES, expected="a clock history file")
+    except SmallFileError as exc:
+        raise ClockHistoryError(str(exc)) from None
+    return decode(device_id, data)
+
+
+def save(directory: Path, device_id: str, epochs: list[ClockEpoch], history_from_s: float | None) -> None:
+    """Write the device's history atomically (the directory made private if missing). Raises OSError or
+    ClockHistoryError (an id that names no file)."""
+    path = history_path(directory, device_id)
+    ensure_private_dir(directory)
+    write_atomic(path, encode(device_id, epochs, history_from_s))

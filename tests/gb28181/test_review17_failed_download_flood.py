@@ -1,0 +1,106 @@
+"""Review 17: review 16 limited the recurring download problems on the ledger (edge.sources.gb28181.problems:
+first, then once in 6 h, a budget over all keys), but not the commonest one: a download that brings no
+byte, or whose session cannot be made (the device answers every INVITE with an error, a carrier NAT
+that gives the media another address so every download ends idle with nothing: README's own "known
+limit"), is one `error` entry per listed recording at every pass (`GbDownloads._failed`), unlimited, and
+such a recording is never given up (nothing was sealed). A device that lists many recordings (an answer
+may hold 10000) and refuses every INVITE writes that many entries per pass, and a pass comes with every
+registration (which the device drives) or window: the ledger grows without bound.
+
+The scheduler's real passes, a real store and pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from drivers.gb28181.manscdp import AssembledAnswer, RecordItem
+from edge.gb28181.sessions import SessionError
+from edge.ingest.pipeline import IngestPipeline, IngestSettings
+from edge.ingest.store import StationStore
+from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
+
+DEVICE = "34020000001320000020"
+CHANNEL = "34020000001310000020"
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+LOCAL_NOW = (NOW + timedelta(minutes=480)).replace(tzinfo=None)
+RECORDINGS = 50
+PASSES = 4
+
+
+class Platform:
+    """Lists RECORDINGS finished recordings; answers every Download INVITE with an error."""
+
+    def __init__(self) -> None:
+        self.registry = {DEVICE: SimpleNamespace(online=True, clock_offset_s=0.0)}
+        self.downloads = 0
+
+    def add_online_listener(self, _callback: Any) -> None:
+        pass
+
+    async def query_catalog(self, device_id: str) -> list[SimpleNamespace]:
+        return [SimpleNamespace(device_id=CHANNEL)]
+
+    async def query_record_info(self, device_id: str, channel_id: str, start: datetime,
+                                end: datetime) -> AssembledAnswer:
+        items = tuple(
+            RecordItem(device_id=CHANNEL, name="rec", file_path=f"/sd/{i}.ps", address="",
+                       start_time=LOCAL_NOW - timedelta(hours=2, minutes=i),
+                       end_time=LOCAL_NOW - timedelta(hours=1, minutes=i), secrecy=0, type="time")
+            for i in range(RECORDINGS))
+        return AssembledAnswer(source=device_id, sn=1, cmd_type="RecordInfo", device_id=channel_id,
+                               name="cam", sum_num=RECORDINGS, items=items, complete=True, parts=1,
+                               duplicates=0)
+
+    async def download(self, *_a: Any, **_kw: Any) -> Any:
+        self.downloads += 1
+        raise SessionError("INVITE answered 488 Not Acceptable Here")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StationStore]:
+    s = StationStore(tmp_path / "store", "TEST-STATION")
+    yield s
+    s.close()
+
+
+async def _error_entries_per_pass(store: StationStore, tmp_path: Path) -> list[int]:
+    pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
+    policy = SimpleNamespace(
+        wants_device=lambda _d: True, may_download_now=lambda _n: True,
+        query_range=lambda now: (now - timedelta(days=7), now),
+        channels_for=lambda _d, catalog: list(catalog),
+        devices={}, transport_for=lambda _d: "udp", speed=1, utc_offset_minutes=480)
+    platform = Platform()
+    scheduler = GbDownloadScheduler(platform, policy, lambda: pipeline,  # type: ignore[arg-type]
+                                    spool=tmp_path / "spool", station_id="TEST-STATION", case={},
+                                    now=lambda: NOW)
+    counts = []
+    for _ in range(PASSES):  # one pass per registration of the device (it re-registers at will)
+        before = sum(1 for e in store.ledger.entries() if e.type == "error")
+        await scheduler._pass(DEVICE, DeviceProgress())
+        counts.append(sum(1 for e in store.ledger.entries() if e.type == "error") - before)
+    assert platform.downloads == RECORDINGS * PASSES  # each recording is tried at each pass
+    return counts
+
+
+async def test_a_device_refusing_every_download_does_not_write_an_entry_per_recording_per_pass(
+        store: StationStore, tmp_path: Path) -> None:
+    counts = await _error_entries_per_pass(store, tmp_path)
+    assert counts[0] >= 1  # never silent: the first pass says so
+    assert sum(counts[1:]) <= PASSES, (
+        f"error entries per pass {counts}: every pass writes one per recording again, unlimited (the "
+        "other recurring download problems are limited to one per 6 h)")
+
+
+async def test_control_the_first_pass_names_each_failing_recording(store: StationStore,
+                                                                  tmp_path: Path) -> None:
+    counts = await _error_entries_per_pass(store, tmp_path)
+    assert counts[0] == RECORDINGS
+    named = [e for e in store.ledger.entries() if e.type == "error" and e.data.get("stage") == "download"]
+    assert all("488" in str(e.data.get("reason")) for e in named)
