@@ -75,10 +75,15 @@ from edge.sources.gb28181.recordings import (
 log = logging.getLogger(__name__)
 
 SCHEDULE_CHECK_S = 30.0
-# A recording whose received video spans less than its time range by more than this is incomplete. The
-# PTS span of N frames is (N-1) frame intervals, so a complete file falls short by one frame: tolerated.
-SHORT_TOLERANCE_S = 0.5
-SHORT_TOLERANCE_FRACTION = 0.05
+# A recording whose received video spans less than its time range by more than this is incomplete. What a
+# whole file may legitimately lack: RecordInfo times are whole seconds (the listed range may exceed the
+# media by up to a second at each end, truncated), and the PTS span of N frames is (N-1) frame intervals
+# (one frame: 40 ms at 25 fps, 1 s at the 1 fps of a time-lapse recorder): 2 s. The 1 % covers encoders
+# that cut files on a keyframe near, not at, the listed time on long recordings (36 s of an hour). It is
+# no more: review 17 found the earlier 5 % sealed a transfer that stalled in its last 29 s of 600 as
+# complete, and an `idle` end (many devices send no 121) is no proof of the end by itself.
+SHORT_TOLERANCE_S = 2.0
+SHORT_TOLERANCE_FRACTION = 0.01
 # A recording whose received video spans more than its time range by more than this is not that recording
 # (the device went on sending: live after the file, another file appended). RecordInfo times are whole
 # seconds, so a complete file may outlast its listed range by up to a second and a frame.
