@@ -5,7 +5,8 @@
 serve few history sessions at a time: wvp #980), for each one not already sealed complete in the store
 (`sealed_downloads_of_device`: the keys come from the recording alone, so this holds across restarts):
 
-1. a recording whose earlier downloads were all sealed incomplete is downloaded again, as attempt 2, 3 ...
+1. a recording whose earlier downloads were all sealed incomplete (short, cut, or `lossy`: RTP packets lost
+   in transfer) is downloaded again, as attempt 2, 3 ...
    (each a new pair of items), until `MAX_INCOMPLETE_ATTEMPTS` came incomplete; downloads cut short by
    the device going offline or the station stopping (their manifests say `interrupted`) are not the
    recording's fault and do not count there, but `MAX_INTERRUPTED_ATTEMPTS` of them end it too. Then the
@@ -68,8 +69,11 @@ def given_up_because(earlier: Sequence[SealedDownload]) -> str | None:
     incomplete = [d for d in earlier if not d.complete and not d.interrupted]
     if len(incomplete) >= MAX_INCOMPLETE_ATTEMPTS:
         last = incomplete[-1].incomplete or "no reason sealed"
-        return (f"incomplete at each of its {len(incomplete)} downloads (the last: {last}); what came is "
-                "sealed, the recording is not downloaded again")
+        lossy = sum(1 for d in incomplete if d.lossy)
+        said = (f"; {lossy} of the copies sealed are lossy (RTP packets lost in transfer: holes where their "
+                "gap entries say; a TCP media transport avoids this on a lossy link)") if lossy else ""
+        return (f"incomplete at each of its {len(incomplete)} downloads (the last: {last}){said}; what came "
+                "is sealed, the recording is not downloaded again")
     if len(interrupted) >= MAX_INTERRUPTED_ATTEMPTS:
         return (f"{len(interrupted)} downloads were cut short by the device going offline or the station "
                 "stopping; what came is sealed, the recording is not downloaded again")

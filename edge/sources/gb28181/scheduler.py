@@ -28,8 +28,9 @@ Each Download session goes through `GbPlatform.download`; its result is checked 
 complete only if the device ended the session itself (MediaStatus 121, its BYE, its media stopping), the
 received video's span (read signed in the 33-bit PTS space, so an encoder restart is no span rather than
 ~26.5 hours; the receiver's own measure when it gives one) is neither short of the recording's time range
-nor far beyond it (`overlong`: media that is not the recording's came with it), and the bytes reach the
-`a=filesize` the device announced. Anything else is recorded as incomplete, and why, in the items' facts;
+(by more than `SHORT_TOLERANCE_S` or `SHORT_TOLERANCE_FRACTION`, whichever is larger) nor far beyond it
+(`overlong`: media that is not the recording's came with it), no RTP packet was lost on the way (`lossy`:
+the copy has holes, fetched again), and the bytes reach the `a=filesize` the device announced. Anything else is recorded as incomplete, and why, in the items' facts;
 the items are sealed all the same (what came is evidence of what came).
 
 A device that goes offline ends the pass (the rest waits for its next online); a download it cut short is
@@ -183,8 +184,10 @@ def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | N
     """Whether a Download brought the whole recording and nothing else (pure). Complete only when all hold:
     the device ended the session itself (`device_ended`); the received video's span (`video_span_s`) is
     neither short of the recording's time range (`expected_s`, from RecordInfo) nor far beyond it (then
-    `overlong`: the media is not that recording's alone); the timestamps are trustworthy; and the bytes
-    reach the `a=filesize` the device announced."""
+    `overlong`: the media is not that recording's alone); the timestamps are trustworthy; no RTP packet
+    was lost and the numbering never jumped (else `lossy`: the copy has holes, its gaps are on the
+    ledger, and the recording is downloaded again); and the bytes reach the `a=filesize` the device
+    announced."""
     outcome = result.outcome
     reasons: list[str] = []
     received_s, distrust = video_span_s(outcome)
@@ -204,6 +207,15 @@ def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | N
             overlong = True
             reasons.append(f"video spans {received_s:g} s, beyond the recording's {expected_s:g} s: media "
                            "that is not this recording's came with it")
+    lost = int(getattr(outcome, "lost_packets", 0) or 0)
+    jumps = len(getattr(outcome, "restarts", ()) or ())
+    lossy = bool(lost or jumps)
+    if lossy:
+        # The span may be whole while its middle is not: lost RTP packets (a UDP link dropping) are holes
+        # in the recording (their `gap` entries say where); the recording is fetched again.
+        reasons.append(f"{lost} RTP packet(s) lost in transfer" + (
+            f", the RTP numbering jumped {jumps} time(s) (an outage or a device restart)" if jumps else "")
+            + ": the copy has holes")
     announced = result.file_size_bytes
     received = int(getattr(outcome, "bytes", 0))
     if announced and received < FILESIZE_MIN_SHARE * announced:
@@ -216,6 +228,8 @@ def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | N
                              "expected_s": expected_s, "ended_by": ended_by(result)}
     if overlong:
         facts["overlong"] = True
+    if lossy:
+        facts["lossy"] = True
     if reasons:
         facts["incomplete"] = "; ".join(reasons)
         if result.end_reason is EndReason.FILE_END:
