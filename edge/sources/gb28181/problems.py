@@ -9,10 +9,13 @@ most one per `repeat_s` carrying the number held back meanwhile, and at most `bu
 says whether a problem that reached the ledger has gone now: its recovery is worth an entry too (the
 record shows when the listing worked again), and the problem's next occurrence is recorded at once. In
 memory, bounded to the newest `MAX_PROBLEM_KEYS`: after a restart a standing problem is recorded again, once.
+A key is kept as the SHA-256 of the kind and key, never the key itself: keys hold device text (a
+recording's FilePath, of any length), so what the station keeps stays bounded whatever the device writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +23,11 @@ from typing import Any
 PROBLEM_REPEAT_S = 6 * 3600.0  # a problem that stays is on the ledger again after this long
 PROBLEM_BUDGET = 256  # entries per PROBLEM_REPEAT_S over all devices and keys
 MAX_PROBLEM_KEYS = 4096
+
+
+def _slot(kind: str, key: str) -> bytes:
+    """What is kept of a problem's identity: 32 bytes, whatever the length of the device's text in it."""
+    return hashlib.sha256(f"{kind}\0{key}".encode("utf-8", "surrogatepass")).digest()
 
 
 class PassProblems:
@@ -30,7 +38,7 @@ class PassProblems:
         self._clock = clock
         self._repeat_s = repeat_s
         self._budget = budget
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # on the ledger: when, held back since
+        self._last: dict[bytes, tuple[float, int]] = {}  # by `_slot`: on the ledger when, held back since
         self._window_start = -float("inf")
         self._window_count = 0
         self._over_budget = 0
@@ -39,7 +47,7 @@ class PassProblems:
         """The problem happened: None to hold its entry back, else the counts to add to the entry's data
         (`repeats_not_recorded` of this key, `others_not_recorded` over the budget)."""
         now = self._clock()
-        slot = (kind, key)
+        slot = _slot(kind, key)
         last = self._last.get(slot)
         if last is not None and now - last[0] < self._repeat_s:
             self._last[slot] = (last[0], last[1] + 1)
@@ -64,5 +72,5 @@ class PassProblems:
     def cleared(self, kind: str, key: str) -> int | None:
         """The problem did not happen this time: if it had reached the ledger, the times it was held back
         since (then its recovery goes on the ledger); else None."""
-        last = self._last.pop((kind, key), None)
+        last = self._last.pop(_slot(kind, key), None)
         return None if last is None else last[1]
