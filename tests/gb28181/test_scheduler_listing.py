@@ -121,6 +121,16 @@ def test_the_budget_bounds_entries_over_all_keys() -> None:
     assert problems.cleared("k", "5") is None  # never on the ledger: no recovery to record
 
 
+def test_each_device_has_its_own_budget_and_the_station_a_cap() -> None:
+    problems = PassProblems(lambda: 0.0, repeat_s=100, budget=3, station_budget=5)
+    noisy = [problems.seen("future", str(i), "noisy") for i in range(10)]
+    assert sum(a is not None for a in noisy) == 3
+    assert problems.seen("record-info", "q", "quiet") == {}  # the noisy device spent only its own budget
+    assert problems.seen("record-info", "r", "other") == {}
+    assert problems.seen("record-info", "s", "third") is None  # the station's cap (5) reached
+    assert problems.seen("record-info", "q2", "quiet") is None
+
+
 # -- RecordInfo and Catalog failing --------------------------------------------------------------------
 
 

@@ -525,8 +525,9 @@ class GbDownloadScheduler:
         return local.replace(tzinfo=None)
 
     async def _problem(self, pipeline: IngestPipeline, kind: str, key: str, data: dict[str, Any]) -> None:
-        """A recurring problem as an `error` entry, limited (edge.sources.gb28181.problems)."""
-        extra = self.problems.seen(kind, key)
+        """A recurring problem as an `error` entry, limited (edge.sources.gb28181.problems) within the
+        budget of its device (`data["device_id"]`)."""
+        extra = self.problems.seen(kind, key, str(data.get("device_id", "")))
         if extra is None:
             return
         entry = {"source": "gb28181", **data, **extra}
