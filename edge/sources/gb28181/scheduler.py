@@ -10,15 +10,18 @@ over the whole station:
 1. the device's channels from its Catalog (those the policy names, among them; an id that is not 20
    digits is not asked, a ledger error); a Catalog that fails falls back to the channels configured for
    the device, and with none configured is a ledger error;
-2. per channel, RecordInfo over the policy's range (`lookback_days` back from now); one that fails is a
-   ledger error. An item whose DeviceID is neither the channel asked about nor another channel this pass
-   downloads from is not downloaded (counted, a ledger error showing its DeviceID escaped). A recording
-   listed as ending after the device's now (the station's clock in the devices' zone, corrected by the
-   measured clock offset, plus `FUTURE_MARGIN`) is left for a later pass: still being recorded, or the
-   device's clock is wrong (one ending more than `ABSURD_FUTURE` ahead is a ledger error). These recurring
-   problems go to the ledger limited (edge.sources.gb28181.problems: the first, then once in six hours
-   with the repeats counted), and so does the recovery of a failing Catalog or RecordInfo
-   (`"resolved": true`);
+2. per channel, RecordInfo over the policy's range (`lookback_days` back from now) in the device's own
+   time: shifted by its measured clock offset (a recorder a year behind stamps an hour-old recording a
+   year ago), plus each stretch of it an earlier clock of the device stamped before the station set it,
+   shifted by that clock's offset (`_device_ranges`); with no offset measured, the station's range, and
+   the operator view says so (`listing_clock`). One that fails is a ledger error. An item whose DeviceID
+   is neither the channel asked about nor another channel this pass downloads from is not downloaded
+   (counted, a ledger error showing its DeviceID escaped). A recording listed as ending after the device's
+   now (the station's clock in the devices' zone, corrected by the measured clock offset, plus
+   `FUTURE_MARGIN`) is left for a later pass: still being recorded, or the device's clock is wrong (one
+   ending more than `ABSURD_FUTURE` ahead is a ledger error). These recurring problems go to the ledger
+   limited (edge.sources.gb28181.problems: the first, then once in six hours with the repeats counted),
+   and so does the recovery of a failing Catalog or RecordInfo (`"resolved": true`);
 3. the listed recordings to `GbDownloads.download`, which skips the ones already sealed complete (their
    keys come from the recording alone, so a restart re-queries and downloads only what is missing; one
    sealed incomplete is downloaded again, a few times at most, then given up on the ledger) and sends
@@ -30,8 +33,9 @@ received video's span (read signed in the 33-bit PTS space, so an encoder restar
 ~26.5 hours; the receiver's own measure when it gives one) is neither short of the recording's time range
 (by more than `SHORT_TOLERANCE_S` or `SHORT_TOLERANCE_FRACTION`, whichever is larger) nor far beyond it
 (`overlong`: media that is not the recording's came with it), no RTP packet was lost on the way (`lossy`:
-the copy has holes, fetched again), and the bytes reach the `a=filesize` the device announced. Anything else is recorded as incomplete, and why, in the items' facts;
-the items are sealed all the same (what came is evidence of what came).
+the copy has holes, fetched again), and the bytes reach the `a=filesize` the device announced. Anything
+else is recorded as incomplete, and why, in the items' facts; the items are sealed all the same (what
+came is evidence of what came).
 
 A device that goes offline ends the pass (the rest waits for its next online); a download it cut short is
 sealed as it came, marked `interrupted`, and is not one of the recording's attempts. Progress, per device
@@ -48,7 +52,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,7 +62,7 @@ from drivers.gb28181.manscdp import ManscdpError, RecordItem, items_of
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
 from edge.gb28181.platform import GbPlatform
-from edge.gb28181.policy import DownloadPolicy
+from edge.gb28181.policy import DownloadPolicy, device_ranges
 from edge.gb28181.queries import QueryError
 from edge.gb28181.registry import wall_text
 from edge.gb28181.sessions import EndReason, SessionError, SessionResult
@@ -255,6 +259,7 @@ class DeviceProgress:
     record_info_complete: bool | None = None
     future: int = 0  # listed as ending after the device's now: left for a later pass (`_finished`)
     wrong_channel: int = 0  # listed under a channel with another channel's DeviceID: not downloaded
+    listing_clock: str | None = None  # the clock RecordInfo was asked in (`_device_ranges`)
 
     def view(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -445,7 +450,7 @@ class GbDownloadScheduler:
         self._ensure_online(device_id)
         self._ensure_window()
         progress.state, progress.last_problem = "listing", None
-        start, end = self.policy.query_range(self._now())
+        ranges = self._device_ranges(device_id, progress)
         self.spool.mkdir(mode=0o700, exist_ok=True)
         source = GbRecordings(device_id, self.spool, station_id=self.station_id, case=self.case,
                               station_clock_synchronised=self._clock_trusted())
@@ -457,7 +462,8 @@ class GbDownloadScheduler:
             self._ensure_online(device_id)
             where = {"stage": "record-info", "device_id": device_id, "channel_id": channel_id}
             try:
-                listing = await self._list_recordings(pipeline, device_id, channel_id, start, end, channels)
+                listing = await self._list_recordings(pipeline, device_id, channel_id, *ranges[0], channels,
+                                                      more_ranges=ranges[1:])
             except (QueryError, ManscdpError) as exc:
                 self._ensure_online(device_id)
                 progress.last_problem = printable(f"RecordInfo of {channel_id}: {exc}"[:200])
@@ -516,6 +522,39 @@ class GbDownloadScheduler:
                               "recording list is wrong); asked again at later passes"})
         return due
 
+    def _device_ranges(self, device_id: str, progress: DeviceProgress) -> list[tuple[datetime, datetime]]:
+        """The RecordInfo ranges in the device's own time (edge.gb28181.policy.device_ranges): the policy's
+        range shifted by the device's clock offset, and each stretch of it an earlier clock of the device
+        stamped (before the station set it) shifted by that clock's offset. The operator view says which
+        (`listing_clock`); an offset not measured leaves the station's range, and says so."""
+        start, end = self.policy.query_range(self._now())
+        device = self.platform.registry.get(device_id)
+        epochs = list(getattr(device, "clock_epochs", None) or ())
+        current = self._clock_offset_ms(device_id)
+        current_s = None if current is None else current / 1000
+        if epochs and getattr(epochs[-1], "ended_at_device_s", 0) is None:
+            # The open stretch since the station last set the clock: its offset (None: not measured since).
+            current_s = getattr(epochs[-1], "offset_s", None)
+        earlier: list[tuple[float | None, float]] = []
+        for epoch in epochs:
+            offset_s = getattr(epoch, "offset_s", None)
+            ended_device_s = getattr(epoch, "ended_at_device_s", None)
+            if not isinstance(ended_device_s, int | float):
+                continue
+            earlier.append((offset_s, float(ended_device_s) - (offset_s or 0.0)))
+        ranges = device_ranges(start, end, current_s, earlier)
+        if current_s is None:
+            progress.listing_clock = ("the device's clock offset is not measured: its recordings are asked "
+                                      "over the station's range, so a device clock far off may hide some")
+        else:
+            earlier_said = (f", and {len(ranges) - 1} stretch(es) an earlier clock of it stamped"
+                            if len(ranges) > 1 else "")
+            progress.listing_clock = (f"asked in the device's time: its clock offset {current_s:+g} s"
+                                      f"{earlier_said}")
+        if current_s is None or abs(current_s) > FUTURE_MARGIN.total_seconds():
+            log.info("gb28181 device %s: %s", device_id, progress.listing_clock)
+        return ranges
+
     def _device_now(self, device_id: str) -> datetime:
         """Now by the device's clock as it writes RecordInfo times (naive, in the devices' zone): the
         station's UTC now, in the configured zone, plus the device's measured clock offset (0 unmeasured)."""
@@ -546,7 +585,7 @@ class GbDownloadScheduler:
 
     async def _list_recordings(
         self, pipeline: IngestPipeline, device_id: str, channel_id: str, start: datetime, end: datetime,
-        channels: Collection[str] = (),
+        channels: Collection[str] = (), *, more_ranges: Sequence[tuple[datetime, datetime]] = (),
     ) -> ChannelListing:
         """The channel's recordings between `start` and `end`, and whether the list is known whole. An
         answer handed out incomplete (parts that never came, or more records than one answer may hold: a
@@ -557,7 +596,8 @@ class GbDownloadScheduler:
         An item is the channel's when its DeviceID is `channel_id`, or another channel of `channels` (the
         device's channels this pass downloads from: a 20-digit id the policy allows). Any other DeviceID
         (a channel the policy excludes, any text) is not downloaded: counted, and one ledger error per
-        channel (limited) shows what was listed, escaped."""
+        channel (limited) shows what was listed, escaped. `more_ranges` are asked too (`_device_ranges`:
+        the stretches of the lookback an earlier device clock stamped), a recording listed twice kept once."""
         listed: dict[str, RecordingRef] = {}
         incomplete: list[tuple[datetime, datetime, int]] = []
         allowed = {channel_id, *channels}
@@ -582,6 +622,8 @@ class GbDownloadScheduler:
                 incomplete.append((start, end, answer.items_left_out))
 
         await ask(start, end, 0)
+        for more_start, more_end in more_ranges:  # stretches the device's clock stamped otherwise
+            await ask(more_start, more_end, 0)
         repository = pipeline.repository
         if incomplete:
             shown = [f"{a.isoformat()} to {b.isoformat()}" for a, b, _ in incomplete[:MAX_RANGES_ON_LEDGER]]
