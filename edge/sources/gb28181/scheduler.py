@@ -67,7 +67,15 @@ from edge.gb28181.queries import QueryError
 from edge.gb28181.registry import wall_text
 from edge.gb28181.sessions import EndReason, SessionError, SessionResult
 from edge.ingest.pipeline import IngestPipeline
-from edge.sources.gb28181.downloads import DeviceGone, GbDownloads, PassEnded, Transfer, WindowClosed
+from edge.sources.gb28181.downloads import (
+    DeviceGone,
+    FailedPasses,
+    GbDownloads,
+    PassEnded,
+    PassFailures,
+    Transfer,
+    WindowClosed,
+)
 from edge.sources.gb28181.problems import PassProblems
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
@@ -315,6 +323,7 @@ class GbDownloadScheduler:
         self.passes_done = 0
         self.pass_ended = asyncio.Condition()
         self.problems = PassProblems(monotonic)
+        self.failed_passes = FailedPasses()  # downloads that failed with nothing, per recording (bounded)
         platform.add_online_listener(self.device_online)
 
     def snapshot(self) -> dict[str, Any]:
@@ -455,8 +464,19 @@ class GbDownloadScheduler:
         source = GbRecordings(device_id, self.spool, station_id=self.station_id, case=self.case,
                               station_clock_synchronised=self._clock_trusted())
         downloads = GbDownloads(pipeline, source, self._start_download(device_id, progress),
+                                problems=self.problems, failed_passes=self.failed_passes,
+                                pass_failures=PassFailures(),
                                 device_clock_offset_ms=lambda: self._clock_offset_ms(device_id),
                                 device_tz_offset_min=self.policy.utc_offset_minutes)
+        try:
+            await self._channel_passes(pipeline, device_id, progress, downloads, ranges)
+        finally:
+            # The failed downloads not named one by one, in one entry; shielded: a pass that is
+            # cancelled (the station stopping) still leaves its tally on the ledger.
+            await asyncio.shield(downloads.finish_pass())
+
+    async def _channel_passes(self, pipeline: IngestPipeline, device_id: str, progress: DeviceProgress,
+                              downloads: GbDownloads, ranges: list[tuple[datetime, datetime]]) -> None:
         channels = await self._channels(pipeline, device_id)
         for channel_id in channels:
             self._ensure_online(device_id)
