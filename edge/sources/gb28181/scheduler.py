@@ -124,6 +124,7 @@ MAX_RECORD_INFO_SPLITS = 10
 MIN_RECORD_INFO_RANGE = timedelta(hours=1)
 MAX_RANGES_ON_LEDGER = 32
 MAX_FOREIGN_NAMED = 8
+MAX_SPOOL_NAMED = 32  # names of the files the start removed from the spool, on its ledger entry
 CHANNEL_ID = re.compile(r"[0-9]{20}")
 # A recording ending later than the device's now plus this is left for a later pass (RecordInfo times are
 # whole seconds; the clock offset is measured to a second or two).
@@ -323,6 +324,7 @@ class GbDownloadScheduler:
         self.passes_done = 0
         self.pass_ended = asyncio.Condition()
         self.problems = PassProblems(monotonic)
+        self._spool_removed: list[tuple[str, int]] = []  # by the start, not on the ledger yet
         self.failed_passes = FailedPasses()  # downloads that failed with nothing, per recording (bounded)
         platform.add_online_listener(self.device_online)
 
@@ -348,7 +350,12 @@ class GbDownloadScheduler:
     async def run(self) -> None:
         """The supervised task: opens the schedule window for online devices; stops the passes at the end."""
         was_open = False
-        self._clear_spool()
+        removed = self._clear_spool()
+        if removed:
+            self._spool_removed = removed
+            pipeline = self._pipeline()
+            if pipeline is not None:
+                await self._spool_entry(pipeline)
         try:
             while True:
                 is_open = self.policy.may_download_now(self._now())
@@ -364,35 +371,64 @@ class GbDownloadScheduler:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _clear_spool(self) -> None:
-        """Downloads a stop or crash interrupted are not evidence (never sealed): their files go, and the
+    async def _spool_entry(self, pipeline: IngestPipeline) -> None:
+        """What the start removed from the spool (`_clear_spool`), as one `error` entry of stage `spool`:
+        how many files and bytes, the raw PS among them (received media), their names (the scheduler's
+        own, escaped all the same), at most `MAX_SPOOL_NAMED`."""
+        removed, self._spool_removed = self._spool_removed, []
+        if not removed:
+            return
+        raw = [(name, size) for name, size in removed if name.endswith(".ps")]
+        raw_bytes = sum(n for _, n in raw)
+        data = {
+            "source": "gb28181", "stage": "spool",
+            "reason": f"the start removed {len(removed)} file(s) of downloads a stop or crash interrupted "
+                      f"from the download spool, {len(raw)} of them raw PS holding {raw_bytes} bytes of "
+                      "received media, never sealed; which recording each was is not kept in the spool, and "
+                      "the recordings are downloaded again at their devices' next pass",
+            "files": len(removed), "bytes": sum(n for _, n in removed),
+            "raw_ps_files": len(raw), "raw_ps_bytes": raw_bytes,
+            "names": [display_text(name, 80) for name, _ in removed[:MAX_SPOOL_NAMED]],
+            "names_not_listed": max(0, len(removed) - MAX_SPOOL_NAMED),
+        }
+        log.warning("gb28181: %s", data["reason"])
+        repository = pipeline.repository
+        await pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
+
+    def _clear_spool(self) -> list[tuple[str, int]]:
+        """Downloads a stop or crash interrupted are not sealed: their files go, the start says so on the
+        ledger (`_spool_entry`: at once, or at the first pass when the pipeline is not there yet), and the
         recordings are downloaded again at the device's next pass. Only this module's own names
         (`SPOOL_LEFTOVER`: the raw PS and MP4 of a download, and the temp files edge.gb28181.convert makes
         beside the MP4), only regular files (never a symlink's target), only directly in the spool (read
         through a descriptor of the spool directory itself, opened without following a symlink)."""
+        removed: list[tuple[str, int]] = []
         running = any(r.task is not None and not r.task.done() for r in self._runs.values())
         if running:
-            return
+            return removed
         try:
             dir_fd = os.open(self.spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            return
+            return removed
         except OSError as exc:
             log.warning("gb28181: the download spool %s is not cleared: %s", self.spool, exc.strerror or exc)
-            return
+            return removed
         try:
             for name in os.listdir(dir_fd):
                 if not SPOOL_LEFTOVER.fullmatch(name):
                     continue
                 try:
-                    if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if not stat.S_ISREG(info.st_mode):
                         continue
                     os.unlink(name, dir_fd=dir_fd)
                 except FileNotFoundError:
                     continue
+                removed.append((name, info.st_size))
                 log.info("gb28181: an interrupted download's %s removed from the spool", name)
         finally:
             os.close(dir_fd)
+        return removed
 
     async def _device(self, device_id: str, run: _DeviceRun) -> None:
         progress = self.progress.setdefault(device_id, DeviceProgress())
@@ -456,6 +492,7 @@ class GbDownloadScheduler:
         pipeline = self._pipeline()
         if pipeline is None:
             raise RuntimeError("the ingest pipeline is not running")
+        await self._spool_entry(pipeline)  # what the start removed, if the pipeline was not there then
         self._ensure_online(device_id)
         self._ensure_window()
         progress.state, progress.last_problem = "listing", None
