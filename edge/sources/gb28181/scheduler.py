@@ -114,6 +114,15 @@ PTS_MODULO = 1 << 33
 DEVICE_ENDS = frozenset({EndReason.FILE_END.value, EndReason.DEVICE_BYE.value})
 DEVICE_MEDIA_ENDS = frozenset({"idle", "closed"})
 MAX_CHANNELS = 64
+# GB/T 28181 ids: digits 11-13 are the type (2016 Annex D, table D.1). A Catalog lists more than video
+# channels: these types hold no video and are not asked for recordings: 114 decoder, 115 video matrix,
+# 116 audio matrix, 117 alarm controller, 133 display, 134/135 alarm input/output, 136/137 voice
+# input/output, 2xx platform servers, business groups (215) and virtual organisations (216), 3xx/4xx
+# users, 5xx other platforms. Every other type is asked: the cameras, IPC and encoders (131, 132, 113),
+# DVR/NVR/HVR, mobile recorders (138), and the codes the standard leaves to extensions, since devices are
+# given whatever ids their owner assigned (keying on a video type alone would drop real recorders).
+NOT_VIDEO_TYPES = frozenset({114, 115, 116, 117, 133, 134, 135, 136, 137})
+NOT_VIDEO_TYPE_RANGES = (range(200, 600),)
 INTERRUPTIONS = {
     INTERRUPTED_DEVICE_OFFLINE: "the device went offline during the download",
     INTERRUPTED_STATION_STOPPED: "the station stopped the download (it was stopping)",
@@ -138,6 +147,15 @@ GB28181_SPOOL_DIR = "gb28181-spool"
 # beside the MP4 (edge.gb28181.convert.convert_recording: .<mp4 name>.part.mp4, .nut and .audio).
 SPOOL_LEFTOVER = re.compile(r"download-[0-9a-f]{32}\.(?:ps|mp4)"
                             r"|\.download-[0-9a-f]{32}\.mp4\.(?:part\.mp4|nut|audio)")
+
+
+def is_video_channel(channel_id: str) -> bool:
+    """Whether a Catalog item may hold recordings, by its id's type code (`NOT_VIDEO_TYPES`). An id that is
+    not 20 digits is not judged here (the caller refuses it, loudly)."""
+    if not CHANNEL_ID.fullmatch(channel_id):
+        return True
+    code = int(channel_id[10:13])
+    return code not in NOT_VIDEO_TYPES and not any(code in r for r in NOT_VIDEO_TYPE_RANGES)
 
 
 def case_block_for_downloads(defaults: Any) -> dict[str, Any]:
@@ -269,6 +287,8 @@ class DeviceProgress:
     future: int = 0  # listed as ending after the device's now: left for a later pass (`_finished`)
     wrong_channel: int = 0  # listed under a channel with another channel's DeviceID: not downloaded
     listing_clock: str | None = None  # the clock RecordInfo was asked in (`_device_ranges`)
+    not_video_channels: int = 0  # Catalog items whose id's type code holds no video: not asked
+    channels_left_out: int = 0  # video channels beyond MAX_CHANNELS: not asked (a ledger error)
 
     def view(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -455,10 +475,14 @@ class GbDownloadScheduler:
 
     # -- one pass --------------------------------------------------------------------------------------
 
-    async def _channels(self, pipeline: IngestPipeline, device_id: str) -> list[str]:
+    async def _channels(self, pipeline: IngestPipeline, device_id: str,
+                        progress: DeviceProgress) -> list[str]:
         """The channels to list: the Catalog's (those the policy names), else the configured ones. A Catalog
         that fails with no channel configured leaves nothing to list: a ledger error (limited, and its
-        recovery recorded), never a silent empty pass."""
+        recovery recorded), never a silent empty pass. With no channel named by the policy, the Catalog's
+        items that hold no video (`is_video_channel`) are not asked (counted: `not_video_channels`). At
+        most `MAX_CHANNELS` are asked; those beyond are counted (`channels_left_out`) and a ledger error
+        (limited) names the first few."""
         where = {"stage": "catalog", "device_id": device_id}
         try:
             catalog = [item.device_id for item in await self.platform.query_catalog(device_id)]
@@ -477,6 +501,16 @@ class GbDownloadScheduler:
             await self._recovered(pipeline, "catalog", device_id, {
                 **where, "reason": "the device's Catalog answers again: its channels are listed"})
         channels = self.policy.channels_for(device_id, catalog)
+        configured = self.policy.devices.get(device_id)
+        if configured is None or not getattr(configured, "channels", ()):
+            # Every channel of the Catalog: only those that can hold video (a channel the policy names is
+            # asked whatever its type: the operator knows the device).
+            not_video = [c for c in channels if not is_video_channel(c)]
+            progress.not_video_channels = len(not_video)
+            if not_video:
+                log.info("gb28181 device %s: %d Catalog item(s) that hold no video (groups, alarm inputs, "
+                         "...: their id's type code) not asked for recordings", device_id, len(not_video))
+                channels = [c for c in channels if is_video_channel(c)]
         malformed = [c for c in channels if not CHANNEL_ID.fullmatch(c)]
         if malformed:
             # A channel id is device text that goes into queries, the ledger and logs: 20 digits only.
@@ -486,7 +520,18 @@ class GbDownloadScheduler:
             log.warning("gb28181 device %s: %s (%s)", device_id, reason, ", ".join(named[:MAX_FOREIGN_NAMED]))
             await self._problem(pipeline, "catalog-ids", device_id, {
                 **where, "reason": reason, "channel_ids_listed": named[:MAX_FOREIGN_NAMED]})
-        return [c for c in channels if CHANNEL_ID.fullmatch(c)][:MAX_CHANNELS]
+        channels = [c for c in channels if CHANNEL_ID.fullmatch(c)]
+        left_out = channels[MAX_CHANNELS:]
+        progress.channels_left_out = len(left_out)
+        if left_out:
+            reason = (f"the device's Catalog lists {len(channels)} video channels, over the {MAX_CHANNELS} a "
+                      f"pass asks: {len(left_out)} are not asked for recordings (name the ones to download "
+                      "in [gb28181.devices])")
+            log.warning("gb28181 device %s: %s", device_id, reason)
+            await self._problem(pipeline, "channel-cap", device_id, {
+                **where, "reason": reason, "channels_left_out": len(left_out),
+                "channel_ids_left_out": left_out[:MAX_FOREIGN_NAMED]})
+        return channels[:MAX_CHANNELS]
 
     async def _pass(self, device_id: str, progress: DeviceProgress) -> None:
         pipeline = self._pipeline()
@@ -514,7 +559,7 @@ class GbDownloadScheduler:
 
     async def _channel_passes(self, pipeline: IngestPipeline, device_id: str, progress: DeviceProgress,
                               downloads: GbDownloads, ranges: list[tuple[datetime, datetime]]) -> None:
-        channels = await self._channels(pipeline, device_id)
+        channels = await self._channels(pipeline, device_id, progress)
         for channel_id in channels:
             self._ensure_online(device_id)
             where = {"stage": "record-info", "device_id": device_id, "channel_id": channel_id}
