@@ -632,11 +632,7 @@ class GbDownloadScheduler:
         start, end = self.policy.query_range(self._now())
         device = self.platform.registry.get(device_id)
         epochs = list(getattr(device, "clock_epochs", None) or ())
-        current = self._clock_offset_ms(device_id)
-        current_s = None if current is None else current / 1000
-        if epochs and getattr(epochs[-1], "ended_at_device_s", 0) is None:
-            # The open stretch since the station last set the clock: its offset (None: not measured since).
-            current_s = getattr(epochs[-1], "offset_s", None)
+        current_s = self._current_offset_s(device_id)
         earlier: list[tuple[float | None, float]] = []
         for epoch in epochs:
             offset_s = getattr(epoch, "offset_s", None)
@@ -657,12 +653,24 @@ class GbDownloadScheduler:
             log.info("gb28181 device %s: %s", device_id, progress.listing_clock)
         return ranges
 
+    def _current_offset_s(self, device_id: str) -> float | None:
+        """The offset of the device's clock now (device minus station, seconds; None: not known): that of
+        the open stretch since the station last set the clock (None until measured again: the one measured
+        before the setting is the old clock's), else the last measured."""
+        device = self.platform.registry.get(device_id)
+        epochs = list(getattr(device, "clock_epochs", None) or ())
+        if epochs and getattr(epochs[-1], "ended_at_device_s", 0) is None:
+            offset = getattr(epochs[-1], "offset_s", None)
+            return float(offset) if isinstance(offset, int | float) else None
+        current = self._clock_offset_ms(device_id)
+        return None if current is None else current / 1000
+
     def _device_now(self, device_id: str) -> datetime:
         """Now by the device's clock as it writes RecordInfo times (naive, in the devices' zone): the
-        station's UTC now, in the configured zone, plus the device's measured clock offset (0 unmeasured)."""
-        offset_ms = self._clock_offset_ms(device_id) or 0
+        station's UTC now, in the configured zone, plus the device's current clock offset (0 unknown)."""
+        offset_s = self._current_offset_s(device_id) or 0.0
         local = self._now().astimezone(UTC) + timedelta(minutes=self.policy.utc_offset_minutes,
-                                                        milliseconds=offset_ms)
+                                                        seconds=offset_s)
         return local.replace(tzinfo=None)
 
     async def _problem(self, pipeline: IngestPipeline, kind: str, key: str, data: dict[str, Any]) -> None:
