@@ -63,7 +63,7 @@ async def test_a_station_reads_its_own_ledger_only_and_readers_read_any(
             status, doc = await get_json(reader, ledger_url(tls_central, reader_target, "?after=1&limit=1"))
             assert status == 200 and [e["seq"] for e in doc["entries"]] == [2], doc
             assert doc["next"] == 2
-            status, doc = await get_json(reader, ledger_url(tls_central, target, "?after=2"))
+            status, doc = await get_json(reader, ledger_url(tls_central, reader_target, "?after=2"))
             assert status == 200 and [e["seq"] for e in doc["entries"]] == [3] and doc["next"] is None
         status, doc = await get_json(reader, ledger_url(tls_central, "st-9999"))
         assert status == 404 and doc["error"] == "not_found"
