@@ -541,6 +541,8 @@ class GbDownloadScheduler:
         self._ensure_online(device_id)
         self._ensure_window()
         progress.state, progress.last_problem = "listing", None
+        if self._current_offset_s(device_id) is None:
+            await self._measure_clock(device_id)
         ranges = self._device_ranges(device_id, progress)
         self.spool.mkdir(mode=0o700, exist_ok=True)
         source = GbRecordings(device_id, self.spool, station_id=self.station_id, case=self.case,
@@ -647,11 +649,23 @@ class GbDownloadScheduler:
         else:
             earlier_said = (f", and {len(ranges) - 1} stretch(es) an earlier clock of it stamped"
                             if len(ranges) > 1 else "")
-            progress.listing_clock = (f"asked in the device's time: its clock offset {current_s:+g} s"
+            progress.listing_clock = (f"asked in the device's time: its clock offset {current_s:+.1f} s"
                                       f"{earlier_said}")
         if current_s is None or abs(current_s) > FUTURE_MARGIN.total_seconds():
             log.info("gb28181 device %s: %s", device_id, progress.listing_clock)
         return ranges
+
+    async def _measure_clock(self, device_id: str) -> None:
+        """The device's clock offset is not known when its pass starts (the platform's description asks
+        DeviceStatus after DeviceInfo and Catalog, while the pass lists at once): DeviceStatus is asked
+        here first, so RecordInfo is asked in the device's time (the platform records the measurement). A
+        device that does not answer, or gives no DeviceTime, leaves the station's range."""
+        try:
+            await self.platform.query_device_status(device_id)
+        except (QueryError, ManscdpError) as exc:
+            self._ensure_online(device_id)
+            log.info("gb28181 device %s: its clock offset could not be measured before listing: %s",
+                     device_id, printable(str(exc)[:200]))
 
     def _current_offset_s(self, device_id: str) -> float | None:
         """The offset of the device's clock now (device minus station, seconds; None: not known): that of
