@@ -1,8 +1,9 @@
 """A pass that starts before the device's clock is measured (the platform's description asks DeviceStatus
 after DeviceInfo and Catalog, the pass lists at once) asks DeviceStatus itself first, so RecordInfo is
 asked in the device's time (review 17 finding 1). Real platform, SIP sockets, scheduler pass and store;
-nothing else measures the clock here (no description, no time sync). Control: a device that gives no
-DeviceTime keeps the station's range, and the operator view says so."""
+nothing else measures the clock here (no description, no time sync), or the platform's description does
+and the pass waits for it. Control: a device that gives no DeviceTime keeps the station's range, and the
+operator view says so."""
 
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ def store(tmp_path: Path) -> Iterator[StationStore]:
     s.close()
 
 
-async def _pass(store: StationStore, tmp_path: Path, *, gives_time: bool) -> tuple[int, DeviceProgress]:
-    platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, describe_devices=False, idle_timeout_s=1.0),
-                          record=Ledger(), clock_trusted=lambda: True, clock=FakeClock(),
+async def _pass(store: StationStore, tmp_path: Path, *, gives_time: bool,
+                describe: bool = False) -> tuple[int, DeviceProgress, list[str]]:
+    settings = platform_settings({DEVICE: PASSWORD}, describe_devices=describe, idle_timeout_s=1.0)
+    platform = GbPlatform(settings, record=Ledger(), clock_trusted=lambda: True, clock=FakeClock(),
                           open_receiver=open_receiver)
     await platform.start()
     device_now = (datetime.now(UTC) + BEIJING + YEAR_BEHIND).replace(tzinfo=None, microsecond=0)
@@ -52,7 +54,7 @@ async def _pass(store: StationStore, tmp_path: Path, *, gives_time: bool) -> tup
     try:
         assert (await device.register()).status == 200
         registered = platform.registry.get(DEVICE)
-        assert registered is not None and registered.clock_offset_s is None  # nobody measured it
+        assert registered is not None and registered.clock_offset_s is None  # not measured yet
         pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
         policy = DownloadPolicy(enabled=True, when="on-registration", window=None, lookback_days=7, speed=4,
                                 media_transport="udp", utc_offset_minutes=480)
@@ -61,7 +63,7 @@ async def _pass(store: StationStore, tmp_path: Path, *, gives_time: bool) -> tup
         progress = DeviceProgress()
         await asyncio.wait_for(scheduler._pass(DEVICE, progress), 60)
         assert "RecordInfo" in device.queries
-        return len(device.invites), progress
+        return len(device.invites), progress, list(device.queries)
     finally:
         await device.close()
         await platform.close()
@@ -69,11 +71,18 @@ async def _pass(store: StationStore, tmp_path: Path, *, gives_time: bool) -> tup
 
 async def test_a_pass_measures_an_unmeasured_clock_before_listing(store: StationStore,
                                                                   tmp_path: Path) -> None:
-    invites, progress = await _pass(store, tmp_path, gives_time=True)
+    invites, progress, _ = await _pass(store, tmp_path, gives_time=True)
     assert invites == 1 and "clock offset -3153" in str(progress.listing_clock), progress.listing_clock
 
 
 async def test_control_without_device_time_the_stations_range_is_asked_and_said(store: StationStore,
                                                                                 tmp_path: Path) -> None:
-    invites, progress = await _pass(store, tmp_path, gives_time=False)
+    invites, progress, _ = await _pass(store, tmp_path, gives_time=False)
     assert invites == 0 and "not measured" in str(progress.listing_clock)
+
+
+async def test_a_pass_waits_for_the_descriptions_measurement_rather_than_asking_twice(
+        store: StationStore, tmp_path: Path) -> None:
+    invites, progress, queries = await _pass(store, tmp_path, gives_time=True, describe=True)
+    assert invites == 1 and "clock offset -3153" in str(progress.listing_clock)
+    assert queries.count("DeviceStatus") == 1, queries

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from drivers.gb28181.manscdp import AssembledAnswer, RecordItem
-from edge.gb28181.queries import QueryError
+from edge.gb28181.queries import QueryError, QueryTimeout
 from edge.gb28181.sessions import SessionError
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
@@ -47,6 +47,9 @@ class Platform:
 
     def add_online_listener(self, _callback: Any) -> None:
         pass
+
+    async def query_device_status(self, device_id: str) -> Any:
+        raise QueryTimeout(f"DeviceStatus of {device_id}: no answer (this device's clock is not measured)")
 
     async def query_catalog(self, device_id: str) -> list[SimpleNamespace]:
         if self.catalog_fails:

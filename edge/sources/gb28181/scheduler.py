@@ -133,6 +133,10 @@ MAX_RECORD_INFO_SPLITS = 10
 MIN_RECORD_INFO_RANGE = timedelta(hours=1)
 MAX_RANGES_ON_LEDGER = 32
 MAX_FOREIGN_NAMED = 8
+# A pass whose device's clock is not measured yet waits for the platform's own measurement this many
+# query timeouts at most (its description asks DeviceInfo, Catalog, then DeviceStatus), looking this often.
+CLOCK_WAIT_QUERIES = 3
+CLOCK_POLL_S = 0.2
 MAX_SPOOL_NAMED = 32  # names of the files the start removed from the spool, on its ledger entry
 CHANNEL_ID = re.compile(r"[0-9]{20}")
 # A recording ending later than the device's now plus this is left for a later pass (RecordInfo times are
@@ -656,10 +660,22 @@ class GbDownloadScheduler:
         return ranges
 
     async def _measure_clock(self, device_id: str) -> None:
-        """The device's clock offset is not known when its pass starts (the platform's description asks
-        DeviceStatus after DeviceInfo and Catalog, while the pass lists at once): DeviceStatus is asked
-        here first, so RecordInfo is asked in the device's time (the platform records the measurement). A
+        """The device's clock offset is not known when its pass starts: RecordInfo is to be asked in the
+        device's time, so the pass waits for it. When the platform measures it itself (its description,
+        or time sync: DeviceStatus after DeviceInfo and Catalog), the pass waits for that measurement, at
+        most `CLOCK_WAIT_QUERIES` query timeouts (checked every `CLOCK_POLL_S`: the registry has no
+        event for it); else, or if none came, it asks DeviceStatus itself (the platform records it). A
         device that does not answer, or gives no DeviceTime, leaves the station's range."""
+        settings = getattr(self.platform, "settings", None)
+        if getattr(settings, "describe_devices", False) or getattr(settings, "time_sync", False):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + CLOCK_WAIT_QUERIES * float(getattr(settings, "query_timeout_s", 30.0))
+            while loop.time() < deadline:
+                self._ensure_online(device_id)
+                device = self.platform.registry.get(device_id)
+                if getattr(device, "clock_measured_at", None) is not None:
+                    return  # measured (an offset, or none: the device gives no DeviceTime)
+                await asyncio.sleep(CLOCK_POLL_S)
         try:
             await self.platform.query_device_status(device_id)
         except (QueryError, ManscdpError) as exc:
