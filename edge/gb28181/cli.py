@@ -74,6 +74,10 @@ def _downloads(progress: dict[str, Any]) -> str:
             text += f", {count} {what}"
     if progress.get("last_pass_at"):
         text += f", last pass {printable(str(progress['last_pass_at']))}"
+    if progress.get("channels_left_out"):
+        text += f", {progress['channels_left_out']} video channel(s) over the cap not asked"
+    if progress.get("listing_clock") and "not measured" in str(progress["listing_clock"]):
+        text += ", listed in the station's time (the device's clock offset is not measured)"
     if progress.get("last_problem"):
         text += f" ({printable(str(progress['last_problem']))})"
     return text

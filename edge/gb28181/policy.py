@@ -92,5 +92,30 @@ class DownloadPolicy:
         return minute >= start or minute < end  # the window wraps midnight
 
     def query_range(self, now_utc: datetime) -> tuple[datetime, datetime]:
-        """The RecordInfo range: lookback_days back from now."""
+        """The RecordInfo range by the station's clock: lookback_days back from now. The scheduler asks the
+        device over this range in the device's own time (`device_ranges`)."""
         return now_utc - timedelta(days=self.lookback_days), now_utc
+
+
+def device_ranges(start: datetime, end: datetime, current_offset_s: float | None,
+                  earlier: Iterable[tuple[float | None, float]] = ()) -> list[tuple[datetime, datetime]]:
+    """The station's range [`start`, `end`] (aware) as the device's clock stamped it, for RecordInfo.
+
+    A device stamps recordings by its own clock, so its RecordInfo must be asked in its time: the range
+    shifted by the device's clock offset (device minus station, seconds; a recorder a year behind after an
+    RTC reset stamps an hour-old recording a year ago). `current_offset_s` is the offset measured now
+    (None: unknown, the station's range as it is). `earlier` are the stretches before the station last set
+    the clock, oldest first: (their offset, the station's Unix time the stretch ended); what was recorded
+    in one of them, within the range, is stamped with that stretch's offset, so its part of the range is
+    asked shifted by it too. Pure; ranges ordered as found, duplicates removed."""
+    ranges = [(start + timedelta(seconds=current_offset_s or 0.0), end + timedelta(seconds=current_offset_s
+                                                                                   or 0.0))]
+    began = start.timestamp()
+    for offset_s, ended_s in earlier:
+        lo, hi = max(began, start.timestamp()), min(ended_s, end.timestamp())
+        began = max(began, ended_s)
+        if lo >= hi:
+            continue
+        shift = offset_s or 0.0
+        ranges.append((datetime.fromtimestamp(lo + shift, UTC), datetime.fromtimestamp(hi + shift, UTC)))
+    return list(dict.fromkeys(ranges))

@@ -122,3 +122,26 @@ async def test_through_the_scheduler_a_download_cut_by_the_device_leaving_is_sea
     assert len(raws) == 4
     assert all(r["complete"] is False and r["interrupted"] == "device-offline" for r in raws)
     assert all(r["incomplete"].startswith("the device went offline during the download") for r in raws)
+
+
+LOSSY = {"complete": False, "lossy": True,
+         "incomplete": "3 RTP packet(s) lost in transfer: the copy has holes"}
+
+
+async def test_a_lossy_recording_is_fetched_again_and_its_give_up_says_the_copies_are_lossy(
+        station: Station) -> None:
+    for attempt in range(1, MAX_INCOMPLETE_ATTEMPTS + 1):
+        report = await station.download(LOSSY)
+        assert len(report.ingested) == 1 and report.given_up == [], f"attempt {attempt} not made"
+    assert [r.get("lossy") for r in station.raw_manifests()] == [True] * MAX_INCOMPLETE_ATTEMPTS
+    report = await station.download(LOSSY)
+    assert report.ingested == [] and len(report.given_up) == 1
+    [entry] = station.given_up_entries()
+    assert f"{MAX_INCOMPLETE_ATTEMPTS} of the copies sealed are lossy" in entry["reason"]
+
+
+async def test_control_a_short_recording_given_up_is_not_called_lossy(station: Station) -> None:
+    for _ in range(MAX_INCOMPLETE_ATTEMPTS + 1):
+        await station.download(SHORT)
+    [entry] = station.given_up_entries()
+    assert "lossy" not in entry["reason"] and "lossy" not in str(station.raw_manifests())

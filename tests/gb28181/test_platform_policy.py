@@ -3,10 +3,10 @@ devices' zone), how the media comes."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from edge.config.station import parse_config
-from edge.gb28181.policy import DownloadPolicy
+from edge.gb28181.policy import DownloadPolicy, device_ranges
 
 MINIMAL = '[station]\nid = "S1"\nstore_dir = "store"\n[usb]\nmount_root = "media"\n'
 A, B, C = "34020000001320000001", "34020000001320000002", "34020000001320000003"
@@ -61,3 +61,20 @@ def test_the_query_range_looks_back() -> None:
     now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
     start, end = policy("[gb28181.download]\nlookback_days = 2\n").query_range(now)
     assert (start, end) == (datetime(2026, 12, 3, 12, 0, tzinfo=UTC), now)
+
+
+def test_the_device_ranges_follow_its_clock_and_its_earlier_clocks() -> None:
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    start = now - timedelta(days=7)
+    year = 365 * 86400.0
+    assert device_ranges(start, now, None) == [(start, now)]  # not measured: the station's range
+    back = timedelta(seconds=year)
+    assert device_ranges(start, now, -year) == [(start - back, now - back)]
+    # A year behind until the station set it a day ago, right since: the six days before the setting are
+    # asked a year back, the whole range as the clock is now.
+    set_at = now - timedelta(days=1)
+    ranges = device_ranges(start, now, 0.0, [(-year, set_at.timestamp())])
+    assert ranges == [(start, now), (start - timedelta(seconds=year), set_at - timedelta(seconds=year))]
+    # A setting before the range leaves no earlier stretch to ask (the control).
+    before = (start - timedelta(days=1)).timestamp()
+    assert device_ranges(start, now, 0.0, [(-year, before)]) == [(start, now)]

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from drivers.gb28181.manscdp import AssembledAnswer, RecordItem
+from edge.gb28181.queries import QueryTimeout
 from edge.gb28181.sessions import SessionError
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
@@ -39,6 +40,9 @@ class Platform:
         self.listed = listed
         self.registry = {DEVICE: SimpleNamespace(online=True, clock_offset_s=None)}
         self.downloads: list[str] = []
+
+    async def query_device_status(self, device_id: str) -> Any:
+        raise QueryTimeout(f"DeviceStatus of {device_id}: no answer (this device's clock is not measured)")
 
     def add_online_listener(self, _callback: Any) -> None:
         pass

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from drivers.gb28181.manscdp import AssembledAnswer
-from edge.gb28181.queries import QueryError
+from edge.gb28181.queries import QueryError, QueryTimeout
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
@@ -29,6 +29,9 @@ class Platform:
     def __init__(self, *, catalog_fails: bool = False, record_info: str = "fails") -> None:
         self.catalog_fails, self.record_info = catalog_fails, record_info
         self.registry = {DEVICE: SimpleNamespace(online=True, clock_offset_s=None)}
+
+    async def query_device_status(self, device_id: str) -> Any:
+        raise QueryTimeout(f"DeviceStatus of {device_id}: no answer (this device's clock is not measured)")
 
     def add_online_listener(self, _callback: Any) -> None:
         pass

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from drivers.gb28181.manscdp import AssembledAnswer, RecordItem
-from edge.gb28181.queries import QueryError
+from edge.gb28181.queries import QueryError, QueryTimeout
 from edge.gb28181.sessions import SessionError
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
@@ -47,6 +47,9 @@ class Platform:
 
     def add_online_listener(self, _callback: Any) -> None:
         pass
+
+    async def query_device_status(self, device_id: str) -> Any:
+        raise QueryTimeout(f"DeviceStatus of {device_id}: no answer (this device's clock is not measured)")
 
     async def query_catalog(self, device_id: str) -> list[SimpleNamespace]:
         if self.catalog_fails:
@@ -119,6 +122,16 @@ def test_the_budget_bounds_entries_over_all_keys() -> None:
     admitted = [problems.seen("k", str(i)) for i in range(10)]
     assert sum(a is not None for a in admitted) == 3
     assert problems.cleared("k", "5") is None  # never on the ledger: no recovery to record
+
+
+def test_each_device_has_its_own_budget_and_the_station_a_cap() -> None:
+    problems = PassProblems(lambda: 0.0, repeat_s=100, budget=3, station_budget=5)
+    noisy = [problems.seen("future", str(i), "noisy") for i in range(10)]
+    assert sum(a is not None for a in noisy) == 3
+    assert problems.seen("record-info", "q", "quiet") == {}  # the noisy device spent only its own budget
+    assert problems.seen("record-info", "r", "other") == {}
+    assert problems.seen("record-info", "s", "third") is None  # the station's cap (5) reached
+    assert problems.seen("record-info", "q2", "quiet") is None
 
 
 # -- RecordInfo and Catalog failing --------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from drivers.gb28181.manscdp import AssembledAnswer, RecordItem
+from edge.gb28181.queries import QueryTimeout
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181.scheduler import GbDownloadScheduler
@@ -41,6 +42,9 @@ class Device:
         self.per_answer = per_answer
         self.questions: list[tuple[datetime, datetime]] = []
         self.registry = {DEVICE: SimpleNamespace(online=True, clock_offset_s=None)}
+
+    async def query_device_status(self, device_id: str) -> Any:
+        raise QueryTimeout(f"DeviceStatus of {device_id}: no answer (this device's clock is not measured)")
 
     def add_online_listener(self, _callback: Any) -> None:
         pass

@@ -4,6 +4,8 @@ never through a symlink (neither a symlinked file nor a symlinked spool). Each r
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,8 +14,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from drivers.gb28181.ps import Codec
-from edge.sources.gb28181.scheduler import SPOOL_LEFTOVER, GbDownloadScheduler
+from edge.ingest.pipeline import IngestPipeline, IngestSettings
+from edge.ingest.store import StationStore
+from edge.sources.gb28181 import DeviceGone
+from edge.sources.gb28181.scheduler import SPOOL_LEFTOVER, DeviceProgress, GbDownloadScheduler
 from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs
 from tests.prerequisites import require
 
@@ -115,3 +122,41 @@ def test_what_a_crashed_real_conversion_leaves_is_removed(tmp_path: Path) -> Non
     assert f".download-{HEX}.mp4.nut" in left, left  # the control: the crash did leave temp files
     _clear(spool)
     assert sorted(p.name for p in spool.iterdir()) == ["operator-notes.txt"]
+
+
+async def test_what_the_start_removed_is_one_ledger_entry_written_once_the_pipeline_is_there(
+        tmp_path: Path) -> None:
+    """Review 17 finding 12: removed received media is on the record (count, bytes, names), once; the
+    pipeline made after the scheduler's start gets it at the first pass."""
+    store = StationStore(tmp_path / "store", "TEST-STATION")
+    try:
+        spool = tmp_path / "spool"
+        spool.mkdir()
+        (spool / f"download-{HEX}.ps").write_bytes(b"\x00" * 1000)
+        (spool / f".download-{HEX}.mp4.nut").write_bytes(b"\x00" * 10)
+        (spool / "notes.txt").write_bytes(b"x")
+        pipeline: list[IngestPipeline | None] = [None]
+        policy = SimpleNamespace(wants_device=lambda _d: True, may_download_now=lambda _n: True,
+                                 when="on-registration")
+        scheduler = GbDownloadScheduler(Platform(), policy, lambda: pipeline[0],  # type: ignore[arg-type]
+                                        spool=spool, station_id="TEST-STATION", case={},
+                                        check_interval_s=3600)
+        task = asyncio.ensure_future(scheduler.run())
+        async with asyncio.timeout(10):
+            while (spool / f"download-{HEX}.ps").exists():
+                await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert [p.name for p in spool.iterdir()] == ["notes.txt"]
+        assert not [e for e in store.ledger.entries() if e.type == "error"]  # no pipeline yet: held
+        pipeline[0] = IngestPipeline(store, IngestSettings(min_free_bytes=0))
+        for _ in range(2):
+            with pytest.raises(DeviceGone):  # the device is not there: the pass ends after the entry
+                await scheduler._pass("34020000001320000001", DeviceProgress())
+        [entry] = [e.data for e in store.ledger.entries() if e.type == "error"]
+        assert entry["stage"] == "spool" and entry["files"] == 2 and entry["bytes"] == 1010
+        assert entry["raw_ps_files"] == 1 and entry["raw_ps_bytes"] == 1000
+        assert sorted(entry["names"]) == sorted([f"download-{HEX}.ps", f".download-{HEX}.mp4.nut"])
+    finally:
+        store.close()

@@ -5,7 +5,8 @@
 serve few history sessions at a time: wvp #980), for each one not already sealed complete in the store
 (`sealed_downloads_of_device`: the keys come from the recording alone, so this holds across restarts):
 
-1. a recording whose earlier downloads were all sealed incomplete is downloaded again, as attempt 2, 3 ...
+1. a recording whose earlier downloads were all sealed incomplete (short, cut, or `lossy`: RTP packets lost
+   in transfer) is downloaded again, as attempt 2, 3 ...
    (each a new pair of items), until `MAX_INCOMPLETE_ATTEMPTS` came incomplete; downloads cut short by
    the device going offline or the station stopping (their manifests say `interrupted`) are not the
    recording's fault and do not count there, but `MAX_INTERRUPTED_ATTEMPTS` of them end it too. Then the
@@ -14,10 +15,17 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
 2. picks a new raw PS file name in the spool (never from the device's text) and asks `start_download`
    (the platform's session: INVITE s=Download, the media receiver on that file, until MediaStatus 121,
    BYE, the device closing, idle, limit or error) for the transfer;
-3. a transfer that brought no byte is an `error` entry naming the recording (stage `download`), the empty
-   file is removed, the next recording is tried; a session that could not be made (the platform raised)
-   likewise; a device gone offline or the download window closed (`PassEnded` from `start_download`)
-   ends the call instead (`DownloadReport.stopped`);
+3. a transfer that brought no byte, or a session that could not be made (the platform raised), is a
+   failure: the empty file is removed, the next recording is tried. Failures are bounded on the ledger
+   (a device refusing every INVITE, or a NAT that gives the media another address, fails every listed
+   recording at every pass): per device and pass the first `MAX_FAILURES_NAMED` are `error` entries
+   naming the recording (stage `download`), the rest one summary entry (count, the first reason:
+   `finish_pass`); the same recording failing again at a later pass is limited like the listing's
+   problems (edge.sources.gb28181.problems: once in six hours, the repeats counted). A recording that
+   failed so at `MAX_FAILED_PASSES` passes is given up (`FailedPasses`, in memory: a restart tries it
+   again), one `error` entry of stage `given-up` with the reason, within the same naming bound. A device
+   gone offline or the download window closed (`PassEnded` from `start_download`) ends the call instead
+   (`DownloadReport.stopped`);
 4. anything received, however the session ended, goes to `ingest_download`: the raw PS and its MP4 are
    sealed, its gaps and how it ended are in the manifest (a partial transfer is still evidence of what
    was received, whether the recording or the device's leaving cut it short).
@@ -29,6 +37,7 @@ the media receiver's outcome only.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -39,6 +48,7 @@ from typing import Any
 from edge.custody.ledger import EntryType
 from edge.gb28181.media import MediaOutcome
 from edge.ingest.pipeline import IngestPipeline
+from edge.sources.gb28181.problems import PassProblems
 from edge.sources.gb28181.recordings import (
     DownloadedRecording,
     DownloadIngest,
@@ -60,6 +70,54 @@ MAX_INCOMPLETE_ATTEMPTS = 3
 MAX_INTERRUPTED_ATTEMPTS = 10
 GIVEN_UP_STAGE = "given-up"
 MAX_ITEMS_NAMED = 16
+# Failed downloads (no session, no byte) named one by one per device and pass; the rest are one summary
+# entry. 64: a listing of a few dozen recordings is named whole (what review 17's control expects of a
+# first pass), an answer of 10000 is not 10000 entries.
+MAX_FAILURES_NAMED = 64
+# A recording whose download failed (no session, no byte) at this many passes is not asked for again
+# (until the station restarts): a device refusing it, or a NAT losing its media, does not loop forever.
+MAX_FAILED_PASSES = 8
+MAX_FAILING_RECORDINGS = 16384  # recordings whose failed passes are counted (the oldest forgotten)
+FAILED_PROBLEM = "download-failed"
+
+
+class FailedPasses:
+    """Across the passes of every device: per recording (the SHA-256 of its device and identity, never
+    the device's text), the passes at which its download failed with no session or no byte. Bounded to
+    the newest `MAX_FAILING_RECORDINGS`; a recording that downloads is forgotten."""
+
+    def __init__(self) -> None:
+        self._passes: dict[bytes, int] = {}
+
+    @staticmethod
+    def _key(ref: RecordingRef) -> bytes:
+        return hashlib.sha256(f"{ref.device_id}\0{ref.identity()}".encode("utf-8", "surrogatepass")).digest()
+
+    def failed(self, ref: RecordingRef) -> int:
+        """One more pass failed for `ref`: how many now."""
+        key = self._key(ref)
+        count = self._passes.pop(key, 0) + 1
+        self._passes[key] = count
+        while len(self._passes) > MAX_FAILING_RECORDINGS:
+            del self._passes[next(iter(self._passes))]
+        return count
+
+    def given_up(self, ref: RecordingRef) -> bool:
+        return self._passes.get(self._key(ref), 0) >= MAX_FAILED_PASSES
+
+    def succeeded(self, ref: RecordingRef) -> None:
+        self._passes.pop(self._key(ref), None)
+
+
+@dataclass
+class PassFailures:
+    """The failed downloads of one device's pass: how many were named on the ledger, and those that were
+    not (over `MAX_FAILURES_NAMED`), for the pass's summary entry."""
+
+    named: int = 0
+    not_named: int = 0
+    given_up_not_named: int = 0
+    first_not_named: str | None = None
 
 
 def given_up_because(earlier: Sequence[SealedDownload]) -> str | None:
@@ -68,8 +126,11 @@ def given_up_because(earlier: Sequence[SealedDownload]) -> str | None:
     incomplete = [d for d in earlier if not d.complete and not d.interrupted]
     if len(incomplete) >= MAX_INCOMPLETE_ATTEMPTS:
         last = incomplete[-1].incomplete or "no reason sealed"
-        return (f"incomplete at each of its {len(incomplete)} downloads (the last: {last}); what came is "
-                "sealed, the recording is not downloaded again")
+        lossy = sum(1 for d in incomplete if d.lossy)
+        said = (f"; {lossy} of the copies sealed are lossy (RTP packets lost in transfer: holes where their "
+                "gap entries say; a TCP media transport avoids this on a lossy link)") if lossy else ""
+        return (f"incomplete at each of its {len(incomplete)} downloads (the last: {last}){said}; what came "
+                "is sealed, the recording is not downloaded again")
     if len(interrupted) >= MAX_INTERRUPTED_ATTEMPTS:
         return (f"{len(interrupted)} downloads were cut short by the device going offline or the station "
                 "stopping; what came is sealed, the recording is not downloaded again")
@@ -132,6 +193,9 @@ class GbDownloads:
         device_clock_offset_ms: Callable[[], int | None] = lambda: None,
         device_tz_offset_min: int | None = None,
         convert_timeout_s: float = 600.0,
+        problems: PassProblems | None = None,
+        failed_passes: FailedPasses | None = None,
+        pass_failures: PassFailures | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.source = source
@@ -139,6 +203,12 @@ class GbDownloads:
         self.device_clock_offset_ms = device_clock_offset_ms
         self.device_tz_offset_min = device_tz_offset_min
         self.convert_timeout_s = convert_timeout_s
+        # The scheduler gives its own (one limiter and one memory for the station, one tally per pass, the
+        # summary written at the pass's end); alone, each call is a pass of its own.
+        self._own_pass = pass_failures is None
+        self.problems = problems if problems is not None else PassProblems()
+        self.failed_passes = failed_passes if failed_passes is not None else FailedPasses()
+        self.pass_failures = pass_failures if pass_failures is not None else PassFailures()
 
     async def download(self, recordings: Sequence[RecordingRef]) -> DownloadReport:
         report = DownloadReport()
@@ -151,6 +221,9 @@ class GbDownloads:
             earlier = sealed.get(ref.identity(), [])
             if any(d.complete for d in earlier):
                 report.skipped.append(ref)
+                continue
+            if self.failed_passes.given_up(ref):
+                report.given_up.append(ref)  # failed with nothing at MAX_FAILED_PASSES passes: on the ledger
                 continue
             why = given_up_because(earlier)
             if why is not None:
@@ -165,7 +238,25 @@ class GbDownloads:
                 break
             if failure is not None:
                 report.failed.append((ref, failure))
+        if self._own_pass:
+            await self.finish_pass()
         return report
+
+    async def finish_pass(self) -> None:
+        """The pass's failures that were not named one by one, in one `error` entry (count, the first
+        reason), if any; the tally starts again."""
+        tally = self.pass_failures
+        if not tally.not_named:
+            return
+        device = display_text(self.source.device_id, 64)
+        data = {"source": "gb28181", "stage": "download", "device_id": device,
+                "reason": f"{tally.not_named} more download(s) of the device failed this pass (no session or "
+                          f"no media), not named one by one (the first: {tally.first_not_named})",
+                "failures_not_named": tally.not_named, "given_up_not_named": tally.given_up_not_named}
+        log.error("gb28181 %s: %s", device, data["reason"])
+        tally.not_named, tally.given_up_not_named, tally.first_not_named = 0, 0, None
+        repository = self.pipeline.repository
+        await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
 
     async def _given_up(self, ref: RecordingRef, earlier: list[SealedDownload], why: str) -> None:
         """The decision not to download `ref` again, on the ledger once: an `error` entry of stage
@@ -197,6 +288,7 @@ class GbDownloads:
         outcome = transfer.outcome
         if outcome.bytes == 0:
             return await self._failed(ref, raw, shown, f"no media came ({outcome.ended}: {outcome.detail})")
+        self.failed_passes.succeeded(ref)
         # The platform gives the offset of the clock that stamped this recording (the one before the
         # station last set it, for a recording made before); the device's latest is the fallback.
         facts = dict(transfer.facts)
@@ -213,11 +305,34 @@ class GbDownloads:
         return None
 
     async def _failed(self, ref: RecordingRef, raw: Path, shown: str, reason: str) -> str:
+        """A download with no session or no byte: named on the ledger within the bounds (see the module
+        docstring), given up after `MAX_FAILED_PASSES` such passes."""
         raw.unlink(missing_ok=True)
-        log.error("gb28181 %s: download of %s: %s", display_text(ref.device_id, 64), shown, reason)
-        data = {"device_id": display_text(ref.device_id, 64), "channel_id": display_text(ref.channel_id, 64),
-                "original": shown,
-                "stage": "download", "reason": reason}
+        device = display_text(ref.device_id, 64)
+        log.error("gb28181 %s: download of %s: %s", device, shown, reason)
+        passes = self.failed_passes.failed(ref)
+        given_up = passes >= MAX_FAILED_PASSES
+        tally = self.pass_failures
+        data: dict[str, Any] = {"device_id": device, "channel_id": display_text(ref.channel_id, 64),
+                                "original": shown, "stage": "download", "reason": reason,
+                                "passes_failed": passes}
+        if given_up:
+            data.update(stage=GIVEN_UP_STAGE, recording=ref.described(),
+                        reason=f"its download failed at {passes} passes with no session or no media (the "
+                               f"last: {reason}); not asked for again until the station restarts")
+            log.error("gb28181 %s: %s given up: %s", device, shown, data["reason"])
+        if tally.named >= MAX_FAILURES_NAMED:
+            # Before the limiter is asked: a recording not named now is named at a later pass.
+            tally.not_named += 1
+            tally.given_up_not_named += given_up
+            tally.first_not_named = tally.first_not_named or display_text(reason, 200)
+            return reason
+        if not given_up:
+            extra = self.problems.seen(FAILED_PROBLEM, f"{ref.device_id}|{ref.identity()}", ref.device_id)
+            if extra is None:
+                return reason  # the same failure at a recent pass is on the ledger (its repeats counted)
+            data.update(extra)
+        tally.named += 1
         repository = self.pipeline.repository
         await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
         return reason

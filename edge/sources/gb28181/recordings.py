@@ -22,7 +22,8 @@ again, as attempt 2, 3 ... (`raw-ps#2`, `mp4#2`), each a new pair of items besid
 `sealed_downloads_of_device` reads them back per recording: attempt, complete, and `interrupted` (the
 device went offline or the station stopped during the transfer: no fault of the recording, counted apart
 by edge.sources.gb28181.downloads). A raw PS manifest may also say `overlong` (more video than the
-recording's time range came: the raw PS holds media outside it).
+recording's time range came: the raw PS holds media outside it) and `lossy` (RTP packets were lost in its
+transfer: the copy has holes, where its `gap` entries say; such a copy is incomplete).
 
 `ingest_download` is the whole step for one finished download: convert (a failed conversion is an
 `error` ledger entry naming the recording, and the raw PS is still sealed), ingest both items in one
@@ -140,6 +141,7 @@ class SealedDownload:
     complete: bool  # a manifest without the fact (from before the check existed) counts as complete
     interrupted: str | None = None  # cut short by no fault of the recording (INTERRUPTED_*)
     incomplete: str | None = None  # why it was not complete, as sealed (escaped)
+    lossy: bool = False  # RTP packets were lost in its transfer: the copy has holes
 
 
 # Why a download came short by no fault of the recording: it is not one of the recording's attempts.
@@ -167,7 +169,8 @@ def sealed_downloads_of_device(store: StationStore, device_id: str,
             acquisition.item, attempt if isinstance(attempt, int) else 1,
             complete=original.get("complete") is not False,
             interrupted=interrupted if isinstance(interrupted, str) else None,
-            incomplete=incomplete if isinstance(incomplete, str) else None))
+            incomplete=incomplete if isinstance(incomplete, str) else None,
+            lossy=original.get("lossy") is True))
     for downloads in found.values():
         downloads.sort(key=lambda d: d.attempt)
     return found
@@ -271,6 +274,9 @@ class GbRecordings:
                 # Cut short by the device leaving or the station stopping: not one of the recording's
                 # attempts (edge.sources.gb28181.downloads counts these apart).
                 original["interrupted"] = display_text(str(download.facts["interrupted"]), 64)
+            if download.facts.get("lossy"):
+                # RTP packets were lost (or the numbering jumped): the copy has holes (its gap entries).
+                original["lossy"] = True
             if download.facts.get("overlong"):
                 # More video than the recording's time range: the raw PS holds media outside it.
                 original["overlong"] = True

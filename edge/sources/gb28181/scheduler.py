@@ -10,15 +10,18 @@ over the whole station:
 1. the device's channels from its Catalog (those the policy names, among them; an id that is not 20
    digits is not asked, a ledger error); a Catalog that fails falls back to the channels configured for
    the device, and with none configured is a ledger error;
-2. per channel, RecordInfo over the policy's range (`lookback_days` back from now); one that fails is a
-   ledger error. An item whose DeviceID is neither the channel asked about nor another channel this pass
-   downloads from is not downloaded (counted, a ledger error showing its DeviceID escaped). A recording
-   listed as ending after the device's now (the station's clock in the devices' zone, corrected by the
-   measured clock offset, plus `FUTURE_MARGIN`) is left for a later pass: still being recorded, or the
-   device's clock is wrong (one ending more than `ABSURD_FUTURE` ahead is a ledger error). These recurring
-   problems go to the ledger limited (edge.sources.gb28181.problems: the first, then once in six hours
-   with the repeats counted), and so does the recovery of a failing Catalog or RecordInfo
-   (`"resolved": true`);
+2. per channel, RecordInfo over the policy's range (`lookback_days` back from now) in the device's own
+   time: shifted by its measured clock offset (a recorder a year behind stamps an hour-old recording a
+   year ago), plus each stretch of it an earlier clock of the device stamped before the station set it,
+   shifted by that clock's offset (`_device_ranges`); with no offset measured, the station's range, and
+   the operator view says so (`listing_clock`). One that fails is a ledger error. An item whose DeviceID
+   is neither the channel asked about nor another channel this pass downloads from is not downloaded
+   (counted, a ledger error showing its DeviceID escaped). A recording listed as ending after the device's
+   now (the station's clock in the devices' zone, corrected by the measured clock offset, plus
+   `FUTURE_MARGIN`) is left for a later pass: still being recorded, or the device's clock is wrong (one
+   ending more than `ABSURD_FUTURE` ahead is a ledger error). These recurring problems go to the ledger
+   limited (edge.sources.gb28181.problems: the first, then once in six hours with the repeats counted),
+   and so does the recovery of a failing Catalog or RecordInfo (`"resolved": true`);
 3. the listed recordings to `GbDownloads.download`, which skips the ones already sealed complete (their
    keys come from the recording alone, so a restart re-queries and downloads only what is missing; one
    sealed incomplete is downloaded again, a few times at most, then given up on the ledger) and sends
@@ -28,9 +31,11 @@ Each Download session goes through `GbPlatform.download`; its result is checked 
 complete only if the device ended the session itself (MediaStatus 121, its BYE, its media stopping), the
 received video's span (read signed in the 33-bit PTS space, so an encoder restart is no span rather than
 ~26.5 hours; the receiver's own measure when it gives one) is neither short of the recording's time range
-nor far beyond it (`overlong`: media that is not the recording's came with it), and the bytes reach the
-`a=filesize` the device announced. Anything else is recorded as incomplete, and why, in the items' facts;
-the items are sealed all the same (what came is evidence of what came).
+(by more than `SHORT_TOLERANCE_S` or `SHORT_TOLERANCE_FRACTION`, whichever is larger) nor far beyond it
+(`overlong`: media that is not the recording's came with it), no RTP packet was lost on the way (`lossy`:
+the copy has holes, fetched again), and the bytes reach the `a=filesize` the device announced. Anything
+else is recorded as incomplete, and why, in the items' facts; the items are sealed all the same (what
+came is evidence of what came).
 
 A device that goes offline ends the pass (the rest waits for its next online); a download it cut short is
 sealed as it came, marked `interrupted`, and is not one of the recording's attempts. Progress, per device
@@ -47,7 +52,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,12 +62,20 @@ from drivers.gb28181.manscdp import ManscdpError, RecordItem, items_of
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
 from edge.gb28181.platform import GbPlatform
-from edge.gb28181.policy import DownloadPolicy
+from edge.gb28181.policy import DownloadPolicy, device_ranges
 from edge.gb28181.queries import QueryError
 from edge.gb28181.registry import wall_text
 from edge.gb28181.sessions import EndReason, SessionError, SessionResult
 from edge.ingest.pipeline import IngestPipeline
-from edge.sources.gb28181.downloads import DeviceGone, GbDownloads, PassEnded, Transfer, WindowClosed
+from edge.sources.gb28181.downloads import (
+    DeviceGone,
+    FailedPasses,
+    GbDownloads,
+    PassEnded,
+    PassFailures,
+    Transfer,
+    WindowClosed,
+)
 from edge.sources.gb28181.problems import PassProblems
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
@@ -75,10 +88,15 @@ from edge.sources.gb28181.recordings import (
 log = logging.getLogger(__name__)
 
 SCHEDULE_CHECK_S = 30.0
-# A recording whose received video spans less than its time range by more than this is incomplete. The
-# PTS span of N frames is (N-1) frame intervals, so a complete file falls short by one frame: tolerated.
-SHORT_TOLERANCE_S = 0.5
-SHORT_TOLERANCE_FRACTION = 0.05
+# A recording whose received video spans less than its time range by more than this is incomplete. What a
+# whole file may legitimately lack: RecordInfo times are whole seconds (the listed range may exceed the
+# media by up to a second at each end, truncated), and the PTS span of N frames is (N-1) frame intervals
+# (one frame: 40 ms at 25 fps, 1 s at the 1 fps of a time-lapse recorder): 2 s. The 1 % covers encoders
+# that cut files on a keyframe near, not at, the listed time on long recordings (36 s of an hour). It is
+# no more: review 17 found the earlier 5 % sealed a transfer that stalled in its last 29 s of 600 as
+# complete, and an `idle` end (many devices send no 121) is no proof of the end by itself.
+SHORT_TOLERANCE_S = 2.0
+SHORT_TOLERANCE_FRACTION = 0.01
 # A recording whose received video spans more than its time range by more than this is not that recording
 # (the device went on sending: live after the file, another file appended). RecordInfo times are whole
 # seconds, so a complete file may outlast its listed range by up to a second and a frame.
@@ -96,6 +114,15 @@ PTS_MODULO = 1 << 33
 DEVICE_ENDS = frozenset({EndReason.FILE_END.value, EndReason.DEVICE_BYE.value})
 DEVICE_MEDIA_ENDS = frozenset({"idle", "closed"})
 MAX_CHANNELS = 64
+# GB/T 28181 ids: digits 11-13 are the type (2016 Annex D, table D.1). A Catalog lists more than video
+# channels: these types hold no video and are not asked for recordings: 114 decoder, 115 video matrix,
+# 116 audio matrix, 117 alarm controller, 133 display, 134/135 alarm input/output, 136/137 voice
+# input/output, 2xx platform servers, business groups (215) and virtual organisations (216), 3xx/4xx
+# users, 5xx other platforms. Every other type is asked: the cameras, IPC and encoders (131, 132, 113),
+# DVR/NVR/HVR, mobile recorders (138), and the codes the standard leaves to extensions, since devices are
+# given whatever ids their owner assigned (keying on a video type alone would drop real recorders).
+NOT_VIDEO_TYPES = frozenset({114, 115, 116, 117, 133, 134, 135, 136, 137})
+NOT_VIDEO_TYPE_RANGES = (range(200, 600),)
 INTERRUPTIONS = {
     INTERRUPTED_DEVICE_OFFLINE: "the device went offline during the download",
     INTERRUPTED_STATION_STOPPED: "the station stopped the download (it was stopping)",
@@ -106,6 +133,11 @@ MAX_RECORD_INFO_SPLITS = 10
 MIN_RECORD_INFO_RANGE = timedelta(hours=1)
 MAX_RANGES_ON_LEDGER = 32
 MAX_FOREIGN_NAMED = 8
+# A pass whose device's clock is not measured yet waits for the platform's own measurement this many
+# query timeouts at most (its description asks DeviceInfo, Catalog, then DeviceStatus), looking this often.
+CLOCK_WAIT_QUERIES = 3
+CLOCK_POLL_S = 0.2
+MAX_SPOOL_NAMED = 32  # names of the files the start removed from the spool, on its ledger entry
 CHANNEL_ID = re.compile(r"[0-9]{20}")
 # A recording ending later than the device's now plus this is left for a later pass (RecordInfo times are
 # whole seconds; the clock offset is measured to a second or two).
@@ -119,6 +151,15 @@ GB28181_SPOOL_DIR = "gb28181-spool"
 # beside the MP4 (edge.gb28181.convert.convert_recording: .<mp4 name>.part.mp4, .nut and .audio).
 SPOOL_LEFTOVER = re.compile(r"download-[0-9a-f]{32}\.(?:ps|mp4)"
                             r"|\.download-[0-9a-f]{32}\.mp4\.(?:part\.mp4|nut|audio)")
+
+
+def is_video_channel(channel_id: str) -> bool:
+    """Whether a Catalog item may hold recordings, by its id's type code (`NOT_VIDEO_TYPES`). An id that is
+    not 20 digits is not judged here (the caller refuses it, loudly)."""
+    if not CHANNEL_ID.fullmatch(channel_id):
+        return True
+    code = int(channel_id[10:13])
+    return code not in NOT_VIDEO_TYPES and not any(code in r for r in NOT_VIDEO_TYPE_RANGES)
 
 
 def case_block_for_downloads(defaults: Any) -> dict[str, Any]:
@@ -178,8 +219,10 @@ def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | N
     """Whether a Download brought the whole recording and nothing else (pure). Complete only when all hold:
     the device ended the session itself (`device_ended`); the received video's span (`video_span_s`) is
     neither short of the recording's time range (`expected_s`, from RecordInfo) nor far beyond it (then
-    `overlong`: the media is not that recording's alone); the timestamps are trustworthy; and the bytes
-    reach the `a=filesize` the device announced."""
+    `overlong`: the media is not that recording's alone); the timestamps are trustworthy; no RTP packet
+    was lost and the numbering never jumped (else `lossy`: the copy has holes, its gaps are on the
+    ledger, and the recording is downloaded again); and the bytes reach the `a=filesize` the device
+    announced."""
     outcome = result.outcome
     reasons: list[str] = []
     received_s, distrust = video_span_s(outcome)
@@ -199,6 +242,15 @@ def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | N
             overlong = True
             reasons.append(f"video spans {received_s:g} s, beyond the recording's {expected_s:g} s: media "
                            "that is not this recording's came with it")
+    lost = int(getattr(outcome, "lost_packets", 0) or 0)
+    jumps = len(getattr(outcome, "restarts", ()) or ())
+    lossy = bool(lost or jumps)
+    if lossy:
+        # The span may be whole while its middle is not: lost RTP packets (a UDP link dropping) are holes
+        # in the recording (their `gap` entries say where); the recording is fetched again.
+        reasons.append(f"{lost} RTP packet(s) lost in transfer" + (
+            f", the RTP numbering jumped {jumps} time(s) (an outage or a device restart)" if jumps else "")
+            + ": the copy has holes")
     announced = result.file_size_bytes
     received = int(getattr(outcome, "bytes", 0))
     if announced and received < FILESIZE_MIN_SHARE * announced:
@@ -211,6 +263,8 @@ def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | N
                              "expected_s": expected_s, "ended_by": ended_by(result)}
     if overlong:
         facts["overlong"] = True
+    if lossy:
+        facts["lossy"] = True
     if reasons:
         facts["incomplete"] = "; ".join(reasons)
         if result.end_reason is EndReason.FILE_END:
@@ -236,6 +290,9 @@ class DeviceProgress:
     record_info_complete: bool | None = None
     future: int = 0  # listed as ending after the device's now: left for a later pass (`_finished`)
     wrong_channel: int = 0  # listed under a channel with another channel's DeviceID: not downloaded
+    listing_clock: str | None = None  # the clock RecordInfo was asked in (`_device_ranges`)
+    not_video_channels: int = 0  # Catalog items whose id's type code holds no video: not asked
+    channels_left_out: int = 0  # video channels beyond MAX_CHANNELS: not asked (a ledger error)
 
     def view(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -291,6 +348,8 @@ class GbDownloadScheduler:
         self.passes_done = 0
         self.pass_ended = asyncio.Condition()
         self.problems = PassProblems(monotonic)
+        self._spool_removed: list[tuple[str, int]] = []  # by the start, not on the ledger yet
+        self.failed_passes = FailedPasses()  # downloads that failed with nothing, per recording (bounded)
         platform.add_online_listener(self.device_online)
 
     def snapshot(self) -> dict[str, Any]:
@@ -315,7 +374,12 @@ class GbDownloadScheduler:
     async def run(self) -> None:
         """The supervised task: opens the schedule window for online devices; stops the passes at the end."""
         was_open = False
-        self._clear_spool()
+        removed = self._clear_spool()
+        if removed:
+            self._spool_removed = removed
+            pipeline = self._pipeline()
+            if pipeline is not None:
+                await self._spool_entry(pipeline)
         try:
             while True:
                 is_open = self.policy.may_download_now(self._now())
@@ -331,35 +395,64 @@ class GbDownloadScheduler:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _clear_spool(self) -> None:
-        """Downloads a stop or crash interrupted are not evidence (never sealed): their files go, and the
+    async def _spool_entry(self, pipeline: IngestPipeline) -> None:
+        """What the start removed from the spool (`_clear_spool`), as one `error` entry of stage `spool`:
+        how many files and bytes, the raw PS among them (received media), their names (the scheduler's
+        own, escaped all the same), at most `MAX_SPOOL_NAMED`."""
+        removed, self._spool_removed = self._spool_removed, []
+        if not removed:
+            return
+        raw = [(name, size) for name, size in removed if name.endswith(".ps")]
+        raw_bytes = sum(n for _, n in raw)
+        data = {
+            "source": "gb28181", "stage": "spool",
+            "reason": f"the start removed {len(removed)} file(s) of downloads a stop or crash interrupted "
+                      f"from the download spool, {len(raw)} of them raw PS holding {raw_bytes} bytes of "
+                      "received media, never sealed; which recording each was is not kept in the spool, and "
+                      "the recordings are downloaded again at their devices' next pass",
+            "files": len(removed), "bytes": sum(n for _, n in removed),
+            "raw_ps_files": len(raw), "raw_ps_bytes": raw_bytes,
+            "names": [display_text(name, 80) for name, _ in removed[:MAX_SPOOL_NAMED]],
+            "names_not_listed": max(0, len(removed) - MAX_SPOOL_NAMED),
+        }
+        log.warning("gb28181: %s", data["reason"])
+        repository = pipeline.repository
+        await pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
+
+    def _clear_spool(self) -> list[tuple[str, int]]:
+        """Downloads a stop or crash interrupted are not sealed: their files go, the start says so on the
+        ledger (`_spool_entry`: at once, or at the first pass when the pipeline is not there yet), and the
         recordings are downloaded again at the device's next pass. Only this module's own names
         (`SPOOL_LEFTOVER`: the raw PS and MP4 of a download, and the temp files edge.gb28181.convert makes
         beside the MP4), only regular files (never a symlink's target), only directly in the spool (read
         through a descriptor of the spool directory itself, opened without following a symlink)."""
+        removed: list[tuple[str, int]] = []
         running = any(r.task is not None and not r.task.done() for r in self._runs.values())
         if running:
-            return
+            return removed
         try:
             dir_fd = os.open(self.spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            return
+            return removed
         except OSError as exc:
             log.warning("gb28181: the download spool %s is not cleared: %s", self.spool, exc.strerror or exc)
-            return
+            return removed
         try:
             for name in os.listdir(dir_fd):
                 if not SPOOL_LEFTOVER.fullmatch(name):
                     continue
                 try:
-                    if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if not stat.S_ISREG(info.st_mode):
                         continue
                     os.unlink(name, dir_fd=dir_fd)
                 except FileNotFoundError:
                     continue
+                removed.append((name, info.st_size))
                 log.info("gb28181: an interrupted download's %s removed from the spool", name)
         finally:
             os.close(dir_fd)
+        return removed
 
     async def _device(self, device_id: str, run: _DeviceRun) -> None:
         progress = self.progress.setdefault(device_id, DeviceProgress())
@@ -386,10 +479,14 @@ class GbDownloadScheduler:
 
     # -- one pass --------------------------------------------------------------------------------------
 
-    async def _channels(self, pipeline: IngestPipeline, device_id: str) -> list[str]:
+    async def _channels(self, pipeline: IngestPipeline, device_id: str,
+                        progress: DeviceProgress) -> list[str]:
         """The channels to list: the Catalog's (those the policy names), else the configured ones. A Catalog
         that fails with no channel configured leaves nothing to list: a ledger error (limited, and its
-        recovery recorded), never a silent empty pass."""
+        recovery recorded), never a silent empty pass. With no channel named by the policy, the Catalog's
+        items that hold no video (`is_video_channel`) are not asked (counted: `not_video_channels`). At
+        most `MAX_CHANNELS` are asked; those beyond are counted (`channels_left_out`) and a ledger error
+        (limited) names the first few."""
         where = {"stage": "catalog", "device_id": device_id}
         try:
             catalog = [item.device_id for item in await self.platform.query_catalog(device_id)]
@@ -408,6 +505,16 @@ class GbDownloadScheduler:
             await self._recovered(pipeline, "catalog", device_id, {
                 **where, "reason": "the device's Catalog answers again: its channels are listed"})
         channels = self.policy.channels_for(device_id, catalog)
+        configured = self.policy.devices.get(device_id)
+        if configured is None or not getattr(configured, "channels", ()):
+            # Every channel of the Catalog: only those that can hold video (a channel the policy names is
+            # asked whatever its type: the operator knows the device).
+            not_video = [c for c in channels if not is_video_channel(c)]
+            progress.not_video_channels = len(not_video)
+            if not_video:
+                log.info("gb28181 device %s: %d Catalog item(s) that hold no video (groups, alarm inputs, "
+                         "...: their id's type code) not asked for recordings", device_id, len(not_video))
+                channels = [c for c in channels if is_video_channel(c)]
         malformed = [c for c in channels if not CHANNEL_ID.fullmatch(c)]
         if malformed:
             # A channel id is device text that goes into queries, the ledger and logs: 20 digits only.
@@ -417,28 +524,54 @@ class GbDownloadScheduler:
             log.warning("gb28181 device %s: %s (%s)", device_id, reason, ", ".join(named[:MAX_FOREIGN_NAMED]))
             await self._problem(pipeline, "catalog-ids", device_id, {
                 **where, "reason": reason, "channel_ids_listed": named[:MAX_FOREIGN_NAMED]})
-        return [c for c in channels if CHANNEL_ID.fullmatch(c)][:MAX_CHANNELS]
+        channels = [c for c in channels if CHANNEL_ID.fullmatch(c)]
+        left_out = channels[MAX_CHANNELS:]
+        progress.channels_left_out = len(left_out)
+        if left_out:
+            reason = (f"the device's Catalog lists {len(channels)} video channels, over the {MAX_CHANNELS} a "
+                      f"pass asks: {len(left_out)} are not asked for recordings (name the ones to download "
+                      "in [gb28181.devices])")
+            log.warning("gb28181 device %s: %s", device_id, reason)
+            await self._problem(pipeline, "channel-cap", device_id, {
+                **where, "reason": reason, "channels_left_out": len(left_out),
+                "channel_ids_left_out": left_out[:MAX_FOREIGN_NAMED]})
+        return channels[:MAX_CHANNELS]
 
     async def _pass(self, device_id: str, progress: DeviceProgress) -> None:
         pipeline = self._pipeline()
         if pipeline is None:
             raise RuntimeError("the ingest pipeline is not running")
+        await self._spool_entry(pipeline)  # what the start removed, if the pipeline was not there then
         self._ensure_online(device_id)
         self._ensure_window()
         progress.state, progress.last_problem = "listing", None
-        start, end = self.policy.query_range(self._now())
+        if self._current_offset_s(device_id) is None:
+            await self._measure_clock(device_id)
+        ranges = self._device_ranges(device_id, progress)
         self.spool.mkdir(mode=0o700, exist_ok=True)
         source = GbRecordings(device_id, self.spool, station_id=self.station_id, case=self.case,
                               station_clock_synchronised=self._clock_trusted())
         downloads = GbDownloads(pipeline, source, self._start_download(device_id, progress),
+                                problems=self.problems, failed_passes=self.failed_passes,
+                                pass_failures=PassFailures(),
                                 device_clock_offset_ms=lambda: self._clock_offset_ms(device_id),
                                 device_tz_offset_min=self.policy.utc_offset_minutes)
-        channels = await self._channels(pipeline, device_id)
+        try:
+            await self._channel_passes(pipeline, device_id, progress, downloads, ranges)
+        finally:
+            # The failed downloads not named one by one, in one entry; shielded: a pass that is
+            # cancelled (the station stopping) still leaves its tally on the ledger.
+            await asyncio.shield(downloads.finish_pass())
+
+    async def _channel_passes(self, pipeline: IngestPipeline, device_id: str, progress: DeviceProgress,
+                              downloads: GbDownloads, ranges: list[tuple[datetime, datetime]]) -> None:
+        channels = await self._channels(pipeline, device_id, progress)
         for channel_id in channels:
             self._ensure_online(device_id)
             where = {"stage": "record-info", "device_id": device_id, "channel_id": channel_id}
             try:
-                listing = await self._list_recordings(pipeline, device_id, channel_id, start, end, channels)
+                listing = await self._list_recordings(pipeline, device_id, channel_id, *ranges[0], channels,
+                                                      more_ranges=ranges[1:])
             except (QueryError, ManscdpError) as exc:
                 self._ensure_online(device_id)
                 progress.last_problem = printable(f"RecordInfo of {channel_id}: {exc}"[:200])
@@ -497,17 +630,83 @@ class GbDownloadScheduler:
                               "recording list is wrong); asked again at later passes"})
         return due
 
+    def _device_ranges(self, device_id: str, progress: DeviceProgress) -> list[tuple[datetime, datetime]]:
+        """The RecordInfo ranges in the device's own time (edge.gb28181.policy.device_ranges): the policy's
+        range shifted by the device's clock offset, and each stretch of it an earlier clock of the device
+        stamped (before the station set it) shifted by that clock's offset. The operator view says which
+        (`listing_clock`); an offset not measured leaves the station's range, and says so."""
+        start, end = self.policy.query_range(self._now())
+        device = self.platform.registry.get(device_id)
+        epochs = list(getattr(device, "clock_epochs", None) or ())
+        current_s = self._current_offset_s(device_id)
+        earlier: list[tuple[float | None, float]] = []
+        for epoch in epochs:
+            offset_s = getattr(epoch, "offset_s", None)
+            ended_device_s = getattr(epoch, "ended_at_device_s", None)
+            if not isinstance(ended_device_s, int | float):
+                continue
+            earlier.append((offset_s, float(ended_device_s) - (offset_s or 0.0)))
+        ranges = device_ranges(start, end, current_s, earlier)
+        if current_s is None:
+            progress.listing_clock = ("the device's clock offset is not measured: its recordings are asked "
+                                      "over the station's range, so a device clock far off may hide some")
+        else:
+            earlier_said = (f", and {len(ranges) - 1} stretch(es) an earlier clock of it stamped"
+                            if len(ranges) > 1 else "")
+            progress.listing_clock = (f"asked in the device's time: its clock offset {current_s:+.1f} s"
+                                      f"{earlier_said}")
+        if current_s is None or abs(current_s) > FUTURE_MARGIN.total_seconds():
+            log.info("gb28181 device %s: %s", device_id, progress.listing_clock)
+        return ranges
+
+    async def _measure_clock(self, device_id: str) -> None:
+        """The device's clock offset is not known when its pass starts: RecordInfo is to be asked in the
+        device's time, so the pass waits for it. When the platform measures it itself (its description,
+        or time sync: DeviceStatus after DeviceInfo and Catalog), the pass waits for that measurement, at
+        most `CLOCK_WAIT_QUERIES` query timeouts (checked every `CLOCK_POLL_S`: the registry has no
+        event for it); else, or if none came, it asks DeviceStatus itself (the platform records it). A
+        device that does not answer, or gives no DeviceTime, leaves the station's range."""
+        settings = getattr(self.platform, "settings", None)
+        if getattr(settings, "describe_devices", False) or getattr(settings, "time_sync", False):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + CLOCK_WAIT_QUERIES * float(getattr(settings, "query_timeout_s", 30.0))
+            while loop.time() < deadline:
+                self._ensure_online(device_id)
+                device = self.platform.registry.get(device_id)
+                if getattr(device, "clock_measured_at", None) is not None:
+                    return  # measured (an offset, or none: the device gives no DeviceTime)
+                await asyncio.sleep(CLOCK_POLL_S)
+        try:
+            await self.platform.query_device_status(device_id)
+        except (QueryError, ManscdpError) as exc:
+            self._ensure_online(device_id)
+            log.info("gb28181 device %s: its clock offset could not be measured before listing: %s",
+                     device_id, printable(str(exc)[:200]))
+
+    def _current_offset_s(self, device_id: str) -> float | None:
+        """The offset of the device's clock now (device minus station, seconds; None: not known): that of
+        the open stretch since the station last set the clock (None until measured again: the one measured
+        before the setting is the old clock's), else the last measured."""
+        device = self.platform.registry.get(device_id)
+        epochs = list(getattr(device, "clock_epochs", None) or ())
+        if epochs and getattr(epochs[-1], "ended_at_device_s", 0) is None:
+            offset = getattr(epochs[-1], "offset_s", None)
+            return float(offset) if isinstance(offset, int | float) else None
+        current = self._clock_offset_ms(device_id)
+        return None if current is None else current / 1000
+
     def _device_now(self, device_id: str) -> datetime:
         """Now by the device's clock as it writes RecordInfo times (naive, in the devices' zone): the
-        station's UTC now, in the configured zone, plus the device's measured clock offset (0 unmeasured)."""
-        offset_ms = self._clock_offset_ms(device_id) or 0
+        station's UTC now, in the configured zone, plus the device's current clock offset (0 unknown)."""
+        offset_s = self._current_offset_s(device_id) or 0.0
         local = self._now().astimezone(UTC) + timedelta(minutes=self.policy.utc_offset_minutes,
-                                                        milliseconds=offset_ms)
+                                                        seconds=offset_s)
         return local.replace(tzinfo=None)
 
     async def _problem(self, pipeline: IngestPipeline, kind: str, key: str, data: dict[str, Any]) -> None:
-        """A recurring problem as an `error` entry, limited (edge.sources.gb28181.problems)."""
-        extra = self.problems.seen(kind, key)
+        """A recurring problem as an `error` entry, limited (edge.sources.gb28181.problems) within the
+        budget of its device (`data["device_id"]`)."""
+        extra = self.problems.seen(kind, key, str(data.get("device_id", "")))
         if extra is None:
             return
         entry = {"source": "gb28181", **data, **extra}
@@ -526,7 +725,7 @@ class GbDownloadScheduler:
 
     async def _list_recordings(
         self, pipeline: IngestPipeline, device_id: str, channel_id: str, start: datetime, end: datetime,
-        channels: Collection[str] = (),
+        channels: Collection[str] = (), *, more_ranges: Sequence[tuple[datetime, datetime]] = (),
     ) -> ChannelListing:
         """The channel's recordings between `start` and `end`, and whether the list is known whole. An
         answer handed out incomplete (parts that never came, or more records than one answer may hold: a
@@ -537,7 +736,8 @@ class GbDownloadScheduler:
         An item is the channel's when its DeviceID is `channel_id`, or another channel of `channels` (the
         device's channels this pass downloads from: a 20-digit id the policy allows). Any other DeviceID
         (a channel the policy excludes, any text) is not downloaded: counted, and one ledger error per
-        channel (limited) shows what was listed, escaped."""
+        channel (limited) shows what was listed, escaped. `more_ranges` are asked too (`_device_ranges`:
+        the stretches of the lookback an earlier device clock stamped), a recording listed twice kept once."""
         listed: dict[str, RecordingRef] = {}
         incomplete: list[tuple[datetime, datetime, int]] = []
         allowed = {channel_id, *channels}
@@ -562,6 +762,8 @@ class GbDownloadScheduler:
                 incomplete.append((start, end, answer.items_left_out))
 
         await ask(start, end, 0)
+        for more_start, more_end in more_ranges:  # stretches the device's clock stamped otherwise
+            await ask(more_start, more_end, 0)
         repository = pipeline.repository
         if incomplete:
             shown = [f"{a.isoformat()} to {b.isoformat()}" for a, b, _ in incomplete[:MAX_RANGES_ON_LEDGER]]
