@@ -153,8 +153,9 @@ class ClockEpochDevice(Device):
     async def start_download(self, ref: RecordingRef, raw_path: Path) -> Transfer:
         transfer = await super().start_download(ref, raw_path)
         if ref.start_time in self.offsets:
-            return Transfer(transfer.outcome, {**transfer.facts,
-                                               "device_clock_offset_ms": self.offsets[ref.start_time]})
+            offset = self.offsets[ref.start_time]
+            unknown = {} if offset is not None else {"device_clock_unknown": "ambiguous"}
+            return Transfer(transfer.outcome, {**transfer.facts, "device_clock_offset_ms": offset, **unknown})
         return transfer
 
 
@@ -165,20 +166,23 @@ async def test_each_recording_carries_the_offset_of_the_clock_that_stamped_it(
     spool.mkdir()
     first, second, third = (r.start_time for r in RECORDINGS)
     a_year = -365 * 86400 * 1000
-    # first: made before the station set the clock (a year behind); second: no measurement covers it;
+    # first: made before the station set the clock (a year behind); second: its stamp is ambiguous;
     # third: the session did not say (an older platform): the device's latest offset (350) stands.
     device = ClockEpochDevice(media, {first: a_year, second: None})
     store = StationStore(tmp_path / "store", "TEST-STATION")
     try:
         await _downloads(store, spool, device).download(RECORDINGS)
         repository = IngestRepository(store)
-        offsets = {}
+        offsets, unknown = {}, {}
         for (item,) in store.conn.execute("SELECT item FROM items"):
             record = repository.item(item)
             assert record is not None and record.manifest is not None
             if record.manifest["original"]["role"] == "raw-ps":
-                offsets[record.manifest["time"]["recorded_start"]] = record.manifest["time"][
-                    "device_clock_offset_ms"]
+                time_block = record.manifest["time"]
+                offsets[time_block["recorded_start"]] = time_block["device_clock_offset_ms"]
+                unknown[time_block["recorded_start"]] = time_block.get("device_clock_unknown")
         assert offsets == {first: a_year, second: None, third: 350}, offsets
+        # The manifest says why an offset is missing (a stamp in the overlap of a clock set back).
+        assert unknown == {first: None, second: "ambiguous", third: None}, unknown
     finally:
         store.close()

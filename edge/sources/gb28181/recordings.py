@@ -246,6 +246,11 @@ class GbRecordings:
             "recorded_start": display_text(ref.start_time, 64),
             "recorded_end": display_text(ref.end_time, 64),
             "device_clock_offset_ms": download.device_clock_offset_ms,
+            # Why the offset is None when the platform could tell (edge.gb28181.registry: ambiguous,
+            # between-clocks, not-measured, before-history, unreadable-time); absent when it is known.
+            **({"device_clock_unknown": display_text(str(download.facts["device_clock_unknown"]), 64)}
+               if download.device_clock_offset_ms is None and download.facts.get("device_clock_unknown")
+               else {}),
             # The zone the platform is configured to read device times in (None: not known).
             "device_tz_offset_min": download.device_tz_offset_min,
             "station_clock_synchronised": self.station_clock_synchronised,
