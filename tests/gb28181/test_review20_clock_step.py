@@ -1,0 +1,125 @@
+"""Review 20 (HIGH): a device clock that stepped by itself (the RTC reset at a reboot that the README and
+the reference name as the field's commonest clock fault; a clock set from the device's menu or its own
+NTP) hides the recordings made before the step, and the ledger gives them the new clock's offset.
+
+Review 17's fix asks RecordInfo only in the device's *current* time: the policy's range shifted by the
+newest measured offset, plus stretches of clocks that ended at a *station's* setting (`clock_set`). A step
+the station did not make leaves no epoch: `clock_measured` overwrites the open epoch's offset. So a body
+camera that recorded at 10:00 with a right clock, rebooted at 11:00 with its RTC back a year, is measured
+a year behind, and its pass asks only for a year ago: the 10:00 recording (stamped right, the station had
+even measured that clock) is not listed, not downloaded, and no entry says so. Before the fix the
+station's own range was asked and it was found. And `device_clock_reading` gives a stamp the new clock
+cannot have made (a year past its now) the new clock's offset: a download of it would carry an offset a
+year off on the ledger, a concrete wrong value instead of "unknown".
+
+With time_sync on and a device that obeys Date, a pass after its next registration finds it again; with
+time_sync off, or a device that ignores Date (common), never. Real platform, SIP sockets, scheduler pass
+and store; the device answers RecordInfo for the range asked."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from drivers.gb28181.manscdp import CatalogItem, RecordItem
+from edge.gb28181.media import open_receiver
+from edge.gb28181.platform import GbPlatform
+from edge.gb28181.policy import DownloadPolicy
+from edge.ingest.pipeline import IngestPipeline, IngestSettings
+from edge.ingest.store import StationStore
+from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
+
+from .platform_peer import FakeClock, Ledger, TestDevice, platform_settings
+
+DEVICE = "34020000001320000023"
+CHANNEL = "34020000001310000023"
+PASSWORD = "12345678"
+BEIJING = timedelta(hours=8)
+YEAR_BACK = -timedelta(days=365)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StationStore]:
+    s = StationStore(tmp_path / "store", "TEST-STATION")
+    yield s
+    s.close()
+
+
+def _right_now() -> datetime:
+    return (datetime.now(UTC) + BEIJING).replace(tzinfo=None, microsecond=0)
+
+
+async def _stepped(step: timedelta) -> tuple[GbPlatform, TestDevice, RecordItem]:
+    """A device measured with a right clock, which recorded 2 h ago; then its clock stepped by `step`
+    (no setting by the station) and it is measured again (as the platform does at its next online)."""
+    platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, describe_devices=True, idle_timeout_s=1.0),
+                          record=Ledger(), clock_trusted=lambda: True, clock=FakeClock(),
+                          open_receiver=open_receiver)
+    await platform.start()
+    right = _right_now()
+    recording = RecordItem(device_id=CHANNEL, name="rec", file_path="/sd/before-step.ps", address="",
+                           start_time=right - timedelta(hours=2, minutes=10),
+                           end_time=right - timedelta(hours=2), secrecy=0, type="time")
+    device = await TestDevice(DEVICE, PASSWORD, platform.transport.port, device_time=right,
+                              records=[recording],
+                              channels=[CatalogItem(device_id=CHANNEL, name="cam")]).start()
+    assert (await device.register()).status == 200
+    while platform._tasks:  # the description measures the right clock
+        await asyncio.gather(*list(platform._tasks))
+    registered = platform.registry.get(DEVICE)
+    assert registered is not None and registered.clock_offset_s is not None
+    assert abs(registered.clock_offset_s) < 60
+    device.device_time = right + step  # the reboot: RTC back (or the device's own setting)
+    await platform.query_device_status(DEVICE)
+    assert registered.clock_offset_s is not None
+    assert abs(registered.clock_offset_s - step.total_seconds()) < 60
+    return platform, device, recording
+
+
+async def _invites_after_step(store: StationStore, tmp_path: Path, step: timedelta) -> int:
+    platform, device, _ = await _stepped(step)
+    try:
+        pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
+        policy = DownloadPolicy(enabled=True, when="on-registration", window=None, lookback_days=7, speed=4,
+                                media_transport="udp", utc_offset_minutes=480)
+        scheduler = GbDownloadScheduler(platform, policy, lambda: pipeline, spool=tmp_path / "spool",
+                                        station_id="TEST-STATION", case={})
+        await asyncio.wait_for(scheduler._pass(DEVICE, DeviceProgress()), 60)
+        assert "RecordInfo" in device.queries
+        return len(device.invites)
+    finally:
+        await device.close()
+        await platform.close()
+
+
+async def test_a_recording_made_before_the_device_clock_stepped_back_is_downloaded(
+        store: StationStore, tmp_path: Path) -> None:
+    invites = await _invites_after_step(store, tmp_path, YEAR_BACK)
+    assert invites == 1, (
+        "a recording made 2 h ago with a right (measured) clock is never asked for once the device's clock "
+        "stepped a year back by itself: RecordInfo is asked only in the new clock's time")
+
+
+async def test_control_a_device_whose_clock_did_not_step_has_it_downloaded(
+        store: StationStore, tmp_path: Path) -> None:
+    assert await _invites_after_step(store, tmp_path, timedelta(0)) == 1
+
+
+async def test_a_stamp_of_the_clock_before_the_step_is_not_given_the_new_clocks_offset() -> None:
+    platform, device, recording = await _stepped(YEAR_BACK)
+    try:
+        offset_ms, why = platform.device_clock_reading(DEVICE, recording.start_time)
+        assert offset_ms is None or abs(offset_ms) < 60_000, (
+            f"a recording stamped 2 h ago by the clock measured right is given {offset_ms} ms ({why}): the "
+            "offset of the clock a year behind, which cannot have stamped a time a year past its now")
+        # Control: a stamp the stepped clock made (an hour before its now) gets its offset.
+        stepped_stamp = _right_now() + YEAR_BACK - timedelta(hours=1)
+        control_ms, _ = platform.device_clock_reading(DEVICE, stepped_stamp)
+        assert control_ms is not None and abs(control_ms / 1000 - YEAR_BACK.total_seconds()) < 60
+    finally:
+        await device.close()
+        await platform.close()
