@@ -1,12 +1,14 @@
 """Failed downloads (no session, no byte) are bounded on the ledger (review 17 finding 8): per device and
 pass the first MAX_FAILURES_NAMED named, the rest one summary entry; a recording failing so at
-MAX_FAILED_PASSES passes is given up (one entry) and not asked for again. The scheduler's real passes, a
-real store and pipeline; the device of test_review17_failed_download_flood (every INVITE refused)."""
+MAX_FAILED_PASSES passes over FAILED_GIVE_UP_AFTER_S is given up (one entry) and not asked for again until
+GIVEN_UP_RETRY_S later (review 20: nothing of it is sealed, so not for ever). The scheduler's real passes,
+a real store and pipeline, its clock stepped by the test; the device of test_review17_failed_download_flood
+(every INVITE refused)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,7 +30,9 @@ def store(tmp_path: Path) -> Iterator[StationStore]:
     s.close()
 
 
-def _scheduler(store: StationStore, tmp_path: Path, platform: Platform) -> GbDownloadScheduler:
+def _scheduler(store: StationStore, tmp_path: Path, platform: Platform,
+               now: list[datetime] | None = None) -> GbDownloadScheduler:
+    clock = now if now is not None else [NOW]
     pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
     policy = SimpleNamespace(
         wants_device=lambda _d: True, may_download_now=lambda _n: True,
@@ -36,7 +40,8 @@ def _scheduler(store: StationStore, tmp_path: Path, platform: Platform) -> GbDow
         channels_for=lambda _d, catalog: list(catalog),
         devices={}, transport_for=lambda _d: "udp", speed=1, utc_offset_minutes=480)
     return GbDownloadScheduler(platform, policy, lambda: pipeline,  # type: ignore[arg-type]
-                               spool=tmp_path / "spool", station_id="TEST-STATION", case={}, now=lambda: NOW)
+                               spool=tmp_path / "spool", station_id="TEST-STATION", case={},
+                               now=lambda: clock[0])
 
 
 def _errors(store: StationStore) -> list[dict[str, Any]]:
@@ -48,7 +53,8 @@ async def test_past_the_named_few_a_pass_summarises_and_a_recording_is_given_up_
     monkeypatch.setattr(downloads_module, "MAX_FAILURES_NAMED", 5)
     monkeypatch.setattr(downloads_module, "MAX_FAILED_PASSES", 3)
     platform = Platform()
-    scheduler = _scheduler(store, tmp_path, platform)
+    now = [NOW]
+    scheduler = _scheduler(store, tmp_path, platform, now)
     progress = DeviceProgress()
     await scheduler._pass(DEVICE, progress)
     first = _errors(store)
@@ -56,16 +62,55 @@ async def test_past_the_named_few_a_pass_summarises_and_a_recording_is_given_up_
     [summary] = [e for e in first if "failures_not_named" in e]
     assert len(named) == 5 and len(first) == 6
     assert summary["failures_not_named"] == RECORDINGS - 5 and "488" in summary["reason"]
+    now[0] += timedelta(hours=1)
     await scheduler._pass(DEVICE, progress)  # the next five named, the rest summarised
     assert len(_errors(store)) == 12
     assert platform.downloads == 2 * RECORDINGS
-    await scheduler._pass(DEVICE, progress)  # the third failed pass: given up, five named, one summary
-    third = _errors(store)[12:]
-    given_up = [e for e in third if e.get("stage") == "given-up"]
-    assert len(given_up) == 5 and all("failed at 3 passes" in e["reason"] for e in given_up)
-    assert [e["given_up_not_named"] for e in third if "failures_not_named" in e] == [RECORDINGS - 5]
-    await scheduler._pass(DEVICE, progress)  # given up: not asked for again, nothing more on the ledger
-    assert platform.downloads == 3 * RECORDINGS and len(_errors(store)) == 18
+    now[0] += timedelta(hours=1)
+    await scheduler._pass(DEVICE, progress)  # the third failed pass, but within two hours: not given up
+    assert platform.downloads == 3 * RECORDINGS
+    assert not [e for e in _errors(store) if e.get("stage") == "given-up"]
+    before = len(_errors(store))
+    now[0] = NOW + timedelta(seconds=downloads_module.FAILED_GIVE_UP_AFTER_S)
+    await scheduler._pass(DEVICE, progress)  # the fourth, two days after the first: given up
+    fourth = _errors(store)[before:]
+    given_up = [e for e in fourth if e.get("stage") == "given-up"]
+    assert len(given_up) == 5 and all("failed at 4 passes over 48 h" in e["reason"] for e in given_up)
+    assert all(e["tries_since_given_up"] == 0 and "asked for again at the first pass 24 h from now"
+               in e["reason"] for e in given_up)
+    assert [e["given_up_not_named"] for e in fourth if "failures_not_named" in e] == [RECORDINGS - 5]
+    after_give_up = len(_errors(store))
+    now[0] += timedelta(seconds=downloads_module.GIVEN_UP_RETRY_S - 1)
+    await scheduler._pass(DEVICE, progress)  # given up: not asked for again within the day, nothing written
+    assert platform.downloads == 4 * RECORDINGS and len(_errors(store)) == after_give_up
+    now[0] += timedelta(seconds=1)
+    await scheduler._pass(DEVICE, progress)  # a day later: asked again, failed again, given up again
+    assert platform.downloads == 5 * RECORDINGS
+    retried = _errors(store)[after_give_up:]
+    again = [e for e in retried if e.get("stage") == "given-up"]
+    assert len(again) == 5 and all(e["tries_since_given_up"] == 1 for e in again)
+    assert [e["given_up_not_named"] for e in retried if "failures_not_named" in e] == [RECORDINGS - 5]
+    now[0] += timedelta(hours=1)
+    await scheduler._pass(DEVICE, progress)  # the next try is a day after that one
+    assert platform.downloads == 5 * RECORDINGS and len(_errors(store)) == after_give_up + 6
+
+
+async def test_a_station_clock_stepped_back_asks_a_given_up_recording_again(
+        store: StationStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The give-up's day is read on the station's clock; stepped back (an operator or NTP correcting it),
+    the recording is asked again at once rather than waiting for the clock to reach the give-up again."""
+    monkeypatch.setattr(downloads_module, "MAX_FAILED_PASSES", 2)
+    platform = Platform()
+    now = [NOW]
+    scheduler = _scheduler(store, tmp_path, platform, now)
+    await scheduler._pass(DEVICE, DeviceProgress())
+    now[0] += timedelta(seconds=downloads_module.FAILED_GIVE_UP_AFTER_S)
+    await scheduler._pass(DEVICE, DeviceProgress())  # given up
+    await scheduler._pass(DEVICE, DeviceProgress())
+    assert platform.downloads == 2 * RECORDINGS  # control: given up, not asked within the day
+    now[0] = NOW  # two days back (the recordings still ended before it)
+    await scheduler._pass(DEVICE, DeviceProgress())
+    assert platform.downloads == 3 * RECORDINGS
 
 
 async def test_control_below_the_passes_every_recording_is_asked_again(

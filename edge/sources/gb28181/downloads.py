@@ -22,8 +22,12 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    naming the recording (stage `download`), the rest one summary entry (count, the first reason:
    `finish_pass`); the same recording failing again at a later pass is limited like the listing's
    problems (edge.sources.gb28181.problems: once in six hours, the repeats counted). A recording that
-   failed so at `MAX_FAILED_PASSES` passes is given up (`FailedPasses`, in memory: a restart tries it
-   again), one `error` entry of stage `given-up` with the reason, within the same naming bound. A device
+   failed so at `MAX_FAILED_PASSES` passes over at least `FAILED_GIVE_UP_AFTER_S` (two days: what fails
+   a download is mostly passing, a device busy or a link down) is given up (`FailedPasses`, in memory: a
+   restart tries it again), one `error` entry of stage `given-up` with the reason, within the same naming
+   bound. Nothing of it is sealed, so that is not for ever: it is asked for again once a day
+   (`GIVEN_UP_RETRY_S`), each failed try one more `given-up` entry, until it downloads or is no longer
+   listed. A device
    gone offline or the download window closed (`PassEnded` from `start_download`) ends the call instead
    (`DownloadReport.stopped`);
 4. anything received, however the session ended, goes to `ingest_download`: the raw PS and its MP4 are
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,39 +79,81 @@ MAX_ITEMS_NAMED = 16
 # entry. 64: a listing of a few dozen recordings is named whole (what review 17's control expects of a
 # first pass), an answer of 10000 is not 10000 entries.
 MAX_FAILURES_NAMED = 64
-# A recording whose download failed (no session, no byte) at this many passes is not asked for again
-# (until the station restarts): a device refusing it, or a NAT losing its media, does not loop forever.
+# A recording whose download failed (no session, no byte) at this many passes, the first of them at least
+# FAILED_GIVE_UP_AFTER_S ago, is given up: a device refusing it, or a NAT losing its media, does not loop
+# over it at every pass. Both, because what fails a download at each pass is mostly passing: a recorder
+# answering 486 Busy while the command centre watches it live, an uplink or NAT down for a day, an SD card
+# busy. 8 passes of a device registering often are an hour; two days are a long fault, not a busy one.
 MAX_FAILED_PASSES = 8
+FAILED_GIVE_UP_AFTER_S = 48 * 3600.0
+# A given-up recording sealed nothing (there is no copy of it at all), so giving it up is not for ever: it
+# is asked for again at the first pass this long after the give-up (or its last such try), until it
+# downloads or the device stops listing it (its loop overwrote it, or it left the lookback range). A day:
+# a device that refuses it for good costs one INVITE and one ledger entry a day per recording.
+GIVEN_UP_RETRY_S = 24 * 3600.0
 MAX_FAILING_RECORDINGS = 16384  # recordings whose failed passes are counted (the oldest forgotten)
 FAILED_PROBLEM = "download-failed"
 
 
+@dataclass
+class FailingRecording:
+    """One recording's failed passes: how many, when the first was, when it was last given up (None: not
+    given up)."""
+
+    passes: int
+    first_at: float
+    given_up_at: float | None = None
+    tries_since_given_up: int = 0  # passes that asked for it again after it was given up, and failed
+
+
 class FailedPasses:
     """Across the passes of every device: per recording (the SHA-256 of its device and identity, never
-    the device's text), the passes at which its download failed with no session or no byte. Bounded to
-    the newest `MAX_FAILING_RECORDINGS`; a recording that downloads is forgotten."""
+    the device's text), the passes at which its download failed with no session or no byte, and whether it
+    is given up (`MAX_FAILED_PASSES` passes over at least `FAILED_GIVE_UP_AFTER_S`) until its next try
+    (`GIVEN_UP_RETRY_S` later). Bounded to the newest `MAX_FAILING_RECORDINGS`; a recording that downloads
+    is forgotten, and so is everything at a restart (each recording asked again).
 
-    def __init__(self) -> None:
-        self._passes: dict[bytes, int] = {}
+    `clock` is the station's wall clock in seconds (the scheduler's `now`): the spans are days, the time an
+    operator reads on the ledger. A clock stepped back (now before a recording's first failure or its
+    give-up) starts that span again from now, and a given-up recording is then due at once: one try too
+    many, never a recording left waiting for the clock to catch up."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._failing: dict[bytes, FailingRecording] = {}
 
     @staticmethod
     def _key(ref: RecordingRef) -> bytes:
         return hashlib.sha256(f"{ref.device_id}\0{ref.identity()}".encode("utf-8", "surrogatepass")).digest()
 
-    def failed(self, ref: RecordingRef) -> int:
-        """One more pass failed for `ref`: how many now."""
+    def failed(self, ref: RecordingRef) -> FailingRecording:
+        """One more pass failed for `ref`: its count, and whether it is given up now (`given_up_at`)."""
+        now = self._clock()
         key = self._key(ref)
-        count = self._passes.pop(key, 0) + 1
-        self._passes[key] = count
-        while len(self._passes) > MAX_FAILING_RECORDINGS:
-            del self._passes[next(iter(self._passes))]
-        return count
+        failing = self._failing.pop(key, None) or FailingRecording(passes=0, first_at=now)
+        self._failing[key] = failing  # the newest last
+        while len(self._failing) > MAX_FAILING_RECORDINGS:
+            del self._failing[next(iter(self._failing))]
+        failing.passes += 1
+        if now < failing.first_at:  # the clock stepped back: the span starts again
+            failing.first_at = now
+        if failing.given_up_at is not None:
+            failing.tries_since_given_up += 1
+            failing.given_up_at = now  # its try after the give-up failed too: the next one a day from now
+        elif failing.passes >= MAX_FAILED_PASSES and now - failing.first_at >= FAILED_GIVE_UP_AFTER_S:
+            failing.given_up_at = now
+        return failing
 
     def given_up(self, ref: RecordingRef) -> bool:
-        return self._passes.get(self._key(ref), 0) >= MAX_FAILED_PASSES
+        """Whether `ref` is given up and not due for its next try."""
+        failing = self._failing.get(self._key(ref))
+        if failing is None or failing.given_up_at is None:
+            return False
+        elapsed = self._clock() - failing.given_up_at
+        return 0 <= elapsed < GIVEN_UP_RETRY_S
 
     def succeeded(self, ref: RecordingRef) -> None:
-        self._passes.pop(self._key(ref), None)
+        self._failing.pop(self._key(ref), None)
 
 
 @dataclass
@@ -223,7 +270,7 @@ class GbDownloads:
                 report.skipped.append(ref)
                 continue
             if self.failed_passes.given_up(ref):
-                report.given_up.append(ref)  # failed with nothing at MAX_FAILED_PASSES passes: on the ledger
+                report.given_up.append(ref)  # failed with nothing, given up (on the ledger) till its next try
                 continue
             why = given_up_because(earlier)
             if why is not None:
@@ -306,20 +353,28 @@ class GbDownloads:
 
     async def _failed(self, ref: RecordingRef, raw: Path, shown: str, reason: str) -> str:
         """A download with no session or no byte: named on the ledger within the bounds (see the module
-        docstring), given up after `MAX_FAILED_PASSES` such passes."""
+        docstring), given up after `MAX_FAILED_PASSES` such passes over `FAILED_GIVE_UP_AFTER_S`, until
+        its next try `GIVEN_UP_RETRY_S` later."""
         raw.unlink(missing_ok=True)
         device = display_text(ref.device_id, 64)
         log.error("gb28181 %s: download of %s: %s", device, shown, reason)
-        passes = self.failed_passes.failed(ref)
-        given_up = passes >= MAX_FAILED_PASSES
+        failing = self.failed_passes.failed(ref)
+        passes = failing.passes
+        given_up = failing.given_up_at is not None
         tally = self.pass_failures
         data: dict[str, Any] = {"device_id": device, "channel_id": display_text(ref.channel_id, 64),
                                 "original": shown, "stage": "download", "reason": reason,
                                 "passes_failed": passes}
         if given_up:
+            hours = max(0.0, (failing.given_up_at or 0.0) - failing.first_at) / 3600
+            again = (f"asked for again {failing.tries_since_given_up} time(s) a day after it was given up, "
+                     "failed again; ") if failing.tries_since_given_up else ""
             data.update(stage=GIVEN_UP_STAGE, recording=ref.described(),
-                        reason=f"its download failed at {passes} passes with no session or no media (the "
-                               f"last: {reason}); not asked for again until the station restarts")
+                        tries_since_given_up=failing.tries_since_given_up,
+                        reason=f"its download failed at {passes} passes over {hours:.0f} h with no session "
+                               f"or no media (the last: {reason}); {again}nothing of it is sealed: asked for "
+                               f"again at the first pass {GIVEN_UP_RETRY_S / 3600:.0f} h from now, until it "
+                               "downloads or the device no longer lists it")
             log.error("gb28181 %s: %s given up: %s", device, shown, data["reason"])
         if tally.named >= MAX_FAILURES_NAMED:
             # Before the limiter is asked: a recording not named now is named at a later pass.

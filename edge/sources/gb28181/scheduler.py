@@ -349,7 +349,9 @@ class GbDownloadScheduler:
         self.pass_ended = asyncio.Condition()
         self.problems = PassProblems(monotonic)
         self._spool_removed: list[tuple[str, int]] = []  # by the start, not on the ledger yet
-        self.failed_passes = FailedPasses()  # downloads that failed with nothing, per recording (bounded)
+        # Downloads that failed with nothing, per recording (bounded); its give-up spans days on the
+        # station's clock, the one the schedule and the ledger use.
+        self.failed_passes = FailedPasses(lambda: self._now().timestamp())
         platform.add_online_listener(self.device_online)
 
     def snapshot(self) -> dict[str, Any]:
