@@ -17,7 +17,7 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
 from edge.sources.gb28181 import GbDownloads, GbRecordings, RecordingRef
-from edge.sources.gb28181.scheduler import completeness
+from edge.sources.gb28181.scheduler import SHORT_TOLERANCE_S, completeness
 from tests.gb28181.media_sender import SourceMedia, ps_packs, rtp_packets
 from tests.gb28181.test_download_damage import CASE, DEVICE, SETTINGS, SSRC, Device, media, recording
 
@@ -98,6 +98,20 @@ def test_overlong_is_flagged_and_a_second_over_is_not() -> None:
     assert far["complete"] is False and far.get("overlong") is True and "beyond" in far["incomplete"]
     near = completeness(_result(Outcome(0, 61 * PTS_HZ)), _ref(), 60.0)  # listed times are whole seconds
     assert near["complete"] is True and "overlong" not in near
+
+
+@pytest.mark.parametrize("length_s", [60.0, 600.0, 3600.0, 4 * 3600.0])
+def test_the_short_tolerance_is_a_few_seconds_whatever_the_length(length_s: float) -> None:
+    """Review 20: what a whole file may lack (whole-second listing, a frame, a keyframe cut) does not grow
+    with the file; a transfer a few seconds more short is incomplete at any length, a 4-hour one too."""
+    def short_by(seconds: float) -> dict[str, Any]:
+        last = round((length_s - seconds) * PTS_HZ) % WRAP
+        ended_idle = _result(Outcome(0, last, ended="idle"), EndReason.RECEIVER_ENDED)  # no 121, no filesize
+        return completeness(ended_idle, _ref(), length_s)
+
+    stalled = short_by(SHORT_TOLERANCE_S + 1)
+    assert stalled["complete"] is False and "video spans" in stalled["incomplete"], stalled
+    assert short_by(SHORT_TOLERANCE_S - 0.5)["complete"] is True  # control: within the tolerance
 
 
 def test_no_time_range_proves_nothing() -> None:

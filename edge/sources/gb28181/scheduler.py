@@ -31,7 +31,7 @@ Each Download session goes through `GbPlatform.download`; its result is checked 
 complete only if the device ended the session itself (MediaStatus 121, its BYE, its media stopping), the
 received video's span (read signed in the 33-bit PTS space, so an encoder restart is no span rather than
 ~26.5 hours; the receiver's own measure when it gives one) is neither short of the recording's time range
-(by more than `SHORT_TOLERANCE_S` or `SHORT_TOLERANCE_FRACTION`, whichever is larger) nor far beyond it
+(by more than `SHORT_TOLERANCE_S`, a few seconds whatever the length) nor far beyond it
 (`overlong`: media that is not the recording's came with it), no RTP packet was lost on the way (`lossy`:
 the copy has holes, fetched again), and the bytes reach the `a=filesize` the device announced. Anything
 else is recorded as incomplete, and why, in the items' facts; the items are sealed all the same (what
@@ -89,18 +89,24 @@ log = logging.getLogger(__name__)
 
 SCHEDULE_CHECK_S = 30.0
 # A recording whose received video spans less than its time range by more than this is incomplete. What a
-# whole file may legitimately lack: RecordInfo times are whole seconds (the listed range may exceed the
-# media by up to a second at each end, truncated), and the PTS span of N frames is (N-1) frame intervals
-# (one frame: 40 ms at 25 fps, 1 s at the 1 fps of a time-lapse recorder): 2 s. The 1 % covers encoders
-# that cut files on a keyframe near, not at, the listed time on long recordings (36 s of an hour). It is
-# no more: review 17 found the earlier 5 % sealed a transfer that stalled in its last 29 s of 600 as
-# complete, and an `idle` end (many devices send no 121) is no proof of the end by itself.
-SHORT_TOLERANCE_S = 2.0
-SHORT_TOLERANCE_FRACTION = 0.01
+# whole file may legitimately lack, none of it growing with the file's length: RecordInfo times are whole
+# seconds (the listed range may exceed the media by up to a second at each end, truncated), and the PTS
+# span of N frames is (N-1) frame intervals (one frame: 40 ms at 25 fps, 1 s at the 1 fps of a time-lapse
+# recorder): 2 s; and an encoder that cuts its files on a keyframe near, not at, the listed time lacks at
+# most one GOP (1-2 s at the usual 25-50 frames, 4 s on low-bitrate settings): KEYFRAME_CUT_S. Nothing
+# more, and no share of the length: review 17 found 5 % sealed a transfer that stalled in its last 29 s of
+# 600 as complete, review 20 found 1 % did the same with the last 35 s of an hour (many devices send no
+# 121 and no a=filesize, and an `idle` end is no proof of the end by itself). A stall within the last
+# SHORT_TOLERANCE_S of a recording is still not seen without 121 or a=filesize (README: known limits).
+KEYFRAME_CUT_S = 4.0
+SHORT_TOLERANCE_S = 2.0 + KEYFRAME_CUT_S
 # A recording whose received video spans more than its time range by more than this is not that recording
-# (the device went on sending: live after the file, another file appended). RecordInfo times are whole
-# seconds, so a complete file may outlast its listed range by up to a second and a frame.
-OVERLONG_TOLERANCE_S = 2.0
+# (the device went on sending: live after the file, another file appended). The same whole seconds and
+# keyframe cut (after the listed end, this time) at least; and a share of the length, since here a wrong
+# verdict costs the other way: a copy with media beyond the recording loses nothing (every byte received
+# is sealed, and the receiver ends the stream past length + 30 s + 5 %), while a whole copy flagged
+# overlong is downloaded again and given up as incomplete.
+OVERLONG_TOLERANCE_S = SHORT_TOLERANCE_S
 OVERLONG_TOLERANCE_FRACTION = 0.05
 # The PS of a recording is not smaller than the file the device stores (PS adds headers, G.711 is larger
 # than AAC); under this share of a=filesize the transfer was cut short.
@@ -234,9 +240,8 @@ def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | N
     elif received_s is None:
         reasons.append("no video timestamps received")
     else:
-        short = max(SHORT_TOLERANCE_S, SHORT_TOLERANCE_FRACTION * expected_s)
         over = max(OVERLONG_TOLERANCE_S, OVERLONG_TOLERANCE_FRACTION * expected_s)
-        if received_s + short < expected_s:
+        if received_s + SHORT_TOLERANCE_S < expected_s:
             reasons.append(f"video spans {received_s:g} s of the recording's {expected_s:g} s")
         elif received_s > expected_s + over:
             overlong = True
