@@ -95,7 +95,7 @@ MAX_FAILING_RECORDINGS = 16384  # recordings whose failed passes are counted (th
 FAILED_PROBLEM = "download-failed"
 
 
-@dataclass
+@dataclass(slots=True)  # up to MAX_FAILING_RECORDINGS of them
 class FailingRecording:
     """One recording's failed passes: how many, when the first was, when it was last given up (None: not
     given up)."""
