@@ -28,8 +28,9 @@ consumer is ended after the last byte before it (a socket connection is closed: 
 input and finishes its file), and the Play is INVITEd again with backoff (`retry_min_s` doubling to
 `retry_max_s`; at once when the device comes online again). When media flows again the channel has
 *resumed*: new consumers (ffmpeg connecting again, `handle.reader()` again) get the stream from its first key
-frame. Each interruption is an `Interruption` (from: the last byte before it, to: the first byte after it,
-reason), told to every handle (`next_event()`, `add_listener`) and to `LiveStreams.add_listener` as
+frame. Each interruption is an `Interruption` (from: when the last packet before it arrived, not when the
+reorder buffer gave its bytes out; to: the first byte after it; reason), told to every handle
+(`next_event()`, `add_listener`) and to `LiveStreams.add_listener` as
 `LiveEvent`s: started (media first flows), interrupted, resumed, stopped, consumer cut off. An INVITE that
 fails or brings no media does not end an interruption; before the first media it is the channel's
 `last_problem` (and one `error` ledger entry).
@@ -373,6 +374,33 @@ class LiveHandle:
                 log.exception("live %s/%s: an event listener failed", self.device_id, self.channel_id)
 
 
+class _Play:
+    """One Play (INVITE) of a channel: the sink its receiver feeds, and that receiver once known (to stamp
+    bytes with when their packets arrived, not when the reorder buffer gave them out)."""
+
+    def __init__(self, channel: _Channel) -> None:
+        self.channel = channel
+        self.session: MediaSession | None = None
+        self.over = False  # the channel is done with this Play: bytes still draining from it are not taken
+
+    def sink(self, data: bytes) -> None:
+        self.channel._take(self, data)
+
+    def find_session(self) -> MediaSession | None:
+        """The platform's session of this Play (before `start_session` returned, from its table)."""
+        if self.session is None:
+            self.session = next((s for s in self.channel.streams.platform.sessions.sessions.values()
+                                 if s.request.sink == self.sink), None)
+        return self.session
+
+    def arrival(self) -> float:
+        """When the bytes given now arrived: the receiver's last packet (a held packet given out after a
+        hole, or flushed at the end, came no later), else now."""
+        session = self.find_session()
+        arrived = None if session is None else getattr(session.receiver, "last_packet_at", None)
+        return arrived if isinstance(arrived, float) else time.time()
+
+
 class _Channel:
     """One live channel: its Play loop, its socket server, its consumers."""
 
@@ -401,6 +429,7 @@ class _Channel:
         self._problem_recorded = False
         self._flowing = False
         self._last_byte_at = 0.0
+        self._current: _Play | None = None
         self.stopping = False
         self.wake = asyncio.Event()
         self.linger: asyncio.TimerHandle | None = None
@@ -485,16 +514,18 @@ class _Channel:
             self.call_id = None
             began = time.monotonic()
             self._flowing = False
+            play = _Play(self)
+            self._current = play
             try:
                 session = await self.streams.platform.start_session(MediaRequest(
-                    self.device_id, self.channel_id, SessionKind.PLAY, self.transport, None, sink=self._take))
+                    self.device_id, self.channel_id, SessionKind.PLAY, self.transport, None, sink=play.sink))
             except SessionError as exc:
                 self._problem(f"Play not started: {exc}")
             except Exception as exc:  # a bug below must not leave the channel held and never tried again
                 log.exception("live %s/%s: the INVITE failed", self.device_id, self.channel_id)
                 self._problem(f"Play not started: {type(exc).__name__}: {exc}")
             else:
-                self.session = session
+                self.session = play.session = session
                 self.call_id = session.call_id
                 if self.stopping:
                     session.stop()
@@ -530,24 +561,26 @@ class _Channel:
             return _shown(f"the media ended ({ended}: {detail})")
         return str(result.end_reason)  # device sent BYE, media status 121
 
-    def _take(self, data: bytes) -> None:
+    def _take(self, play: _Play, data: bytes) -> None:
         """The media receiver's sink: every consumer's buffer gets the bytes (none waits here)."""
-        if self.stopping:
+        if self.stopping or play.over:
             return
-        self._last_byte_at = time.time()
+        # When the packet arrived, not now: after a loss the reorder buffer holds later packets until the
+        # session ends (the idle timeout), and an interruption's `from` must be the device's last packet.
+        self._last_byte_at = play.arrival()
         if not self._flowing:
             self._flowing = True
-            self._media_flows()
+            self._media_flows(play)
         self.bytes += len(data)
         for consumer in list(self.consumers):
             consumer._offer(data)
 
-    def _media_flows(self) -> None:
+    def _media_flows(self, play: _Play) -> None:
         now = wall_text()
         self.streaming.set()
         if self.session is None:  # the first bytes came before the INVITE's transaction returned
-            self.call_id = next((s.call_id for s in self.streams.platform.sessions.sessions.values()
-                                 if s.request.sink == self._take), None)
+            session = play.find_session()
+            self.call_id = None if session is None else session.call_id
         self.state = "streaming"
         self.streaming_since = now
         self.last_problem = None
