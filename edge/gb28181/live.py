@@ -81,6 +81,9 @@ MAX_KEPT_INTERRUPTIONS = 100  # per channel, for the operator view (all are coun
 MAX_QUEUED_EVENTS = 1000  # per handle: a holder that never reads its events loses the oldest
 READ_BYTES = 256 * 1024  # one read() joins at most this much of what is buffered
 JOIN_WAIT_PACKS = 300  # packs a joining consumer waits for a key frame before it starts at any pack
+LOSS_CHECK_S = 1.0  # how often the receiver's loss count is looked at while media flows
+LOSS_REPORT_S = 10.0  # at most one `gap` entry ("lost") per channel per this long; the rest add up
+MAX_SHOWN_RTP_GAPS = 20  # lost RTP ranges named in an interruption's entry (all are counted)
 STABLE_S = 10.0  # a Play that streamed this long starts the backoff again from retry_min_s
 STOP_TIMEOUT_S = 10.0
 STOP_DRAIN_S = 2.0
@@ -100,6 +103,7 @@ class LiveEventKind(StrEnum):
     RESUMED = "resumed"
     STOPPED = "stopped"
     CONSUMER_CUT_OFF = "consumer cut off"
+    MEDIA_LOST = "media lost"  # RTP packets lost while the Play goes on (their bytes are not in the stream)
 
 
 @dataclass(frozen=True)
@@ -382,6 +386,16 @@ class _Play:
         self.channel = channel
         self.session: MediaSession | None = None
         self.over = False  # the channel is done with this Play: bytes still draining from it are not taken
+        self.lost_reported = 0  # of this Play's lost packets, those already on the ledger or told
+        self.outcome: Any = None  # the receiver's MediaOutcome, once the Play ended
+
+    def lost_packets(self) -> int:
+        """RTP packets of this Play lost so far (the receiver's count; final once it ended)."""
+        if self.outcome is not None:
+            return int(getattr(self.outcome, "lost_packets", 0) or 0)
+        session = self.find_session()
+        progress = None if session is None else getattr(session.receiver, "progress", None)
+        return int(getattr(progress, "lost_packets", 0) or 0)
 
     def sink(self, data: bytes) -> None:
         self.channel._take(self, data)
@@ -430,6 +444,10 @@ class _Channel:
         self._flowing = False
         self._last_byte_at = 0.0
         self._current: _Play | None = None
+        self.lost_packets = 0  # RTP packets lost in the Plays that ended (the current one's: `_lost_total`)
+        self.loss_reports = 0
+        self._loss_checked_at = 0.0
+        self._loss_reported_at: float | None = None
         self.stopping = False
         self.wake = asyncio.Event()
         self.linger: asyncio.TimerHandle | None = None
@@ -529,16 +547,20 @@ class _Channel:
                 self.call_id = session.call_id
                 if self.stopping:
                     session.stop()
+                outcome = None
                 try:
-                    reason = self._why(await session.wait())
+                    result = await session.wait()
+                    outcome = result.outcome
+                    reason = self._why(result)
                 except Exception as exc:  # the session's own failure: an end like any other, retried
                     log.exception("live %s/%s: the Play failed", self.device_id, self.channel_id)
                     reason = _shown(f"the Play failed: {type(exc).__name__}: {exc}")
                 self.session = None
+                losses = self._play_over(play, outcome)
                 if self.stopping:
                     return
                 if self._flowing:
-                    self._interrupt(reason)
+                    self._interrupt(reason, losses)
                     if time.monotonic() - began >= STABLE_S:
                         delay = settings.retry_min_s
                 else:
@@ -568,6 +590,9 @@ class _Channel:
         # When the packet arrived, not now: after a loss the reorder buffer holds later packets until the
         # session ends (the idle timeout), and an interruption's `from` must be the device's last packet.
         self._last_byte_at = play.arrival()
+        if self._last_byte_at - self._loss_checked_at >= LOSS_CHECK_S:
+            self._loss_checked_at = self._last_byte_at
+            self._report_losses(play)
         if not self._flowing:
             self._flowing = True
             self._media_flows(play)
@@ -601,7 +626,46 @@ class _Channel:
                 "live": "started", **self._where(), "transport": self.transport, "call_id": self.call_id})
             self._emit(LiveEventKind.STARTED)
 
-    def _interrupt(self, reason: str) -> None:
+    def _report_losses(self, play: _Play) -> None:
+        """RTP packets the receiver found lost since the last report: a `gap` entry ("lost") and a
+        `media lost` event, at most once per `LOSS_REPORT_S` (a lossy link would fill the ledger)."""
+        lost = play.lost_packets()
+        new = lost - play.lost_reported
+        now = time.monotonic()
+        if new <= 0 or (self._loss_reported_at is not None and now - self._loss_reported_at < LOSS_REPORT_S):
+            return
+        self._loss_reported_at = now
+        play.lost_reported = lost
+        self.loss_reports += 1
+        reason = f"{new} RTP packet(s) lost ({lost} in this Play); the stream goes on without their bytes"
+        log.warning("live %s/%s: %s", self.device_id, self.channel_id, reason)
+        self.streams._ledger(EntryType.GAP, {"live": "lost", **self._where(), "call_id": self.call_id,
+                                             "lost_packets": new, "lost_packets_in_play": lost,
+                                             "at": wall_text()})
+        self._emit(LiveEventKind.MEDIA_LOST, reason)
+
+    def _play_over(self, play: _Play, outcome: Any) -> dict[str, Any]:
+        """The channel is done with `play`: its losses added up; what its end's entry says of them."""
+        play.over = True
+        if outcome is not None:
+            play.outcome = outcome
+        lost = play.lost_packets()
+        self.lost_packets += lost
+        new = lost - play.lost_reported
+        play.lost_reported = lost
+        if new > 0:
+            self._emit(LiveEventKind.MEDIA_LOST, f"{new} RTP packet(s) lost ({lost} in the Play that ended)")
+        gaps = list(getattr(play.outcome, "gaps", None) or [])
+        return {"lost_packets": lost,
+                "rtp_gaps": [list(g) for g in gaps[:MAX_SHOWN_RTP_GAPS]],
+                "rtp_gaps_unshown": max(0, len(gaps) - MAX_SHOWN_RTP_GAPS)
+                + int(getattr(play.outcome, "gaps_unrecorded", 0) or 0)}
+
+    def _lost_total(self) -> int:
+        current = self._current
+        return self.lost_packets + (0 if current is None or current.over else current.lost_packets())
+
+    def _interrupt(self, reason: str, losses: dict[str, Any] | None = None) -> None:
         interruption = Interruption(wall_text(self._last_byte_at), wall_text(), reason)
         self.open_interruption = interruption
         self.interruption_count += 1
@@ -612,7 +676,8 @@ class _Channel:
             consumer._end(f"interrupted: {reason}")
         self.streams._ledger(EntryType.GAP, {"live": "interrupted", **self._where(), "call_id": self.call_id,
                                              "from": interruption.began_at,
-                                             "detected_at": interruption.detected_at, "reason": reason})
+                                             "detected_at": interruption.detected_at, "reason": reason,
+                                             **(losses or {})})
         self._emit(LiveEventKind.INTERRUPTED, reason, interruption)
 
     def _problem(self, reason: str) -> None:
@@ -674,7 +739,8 @@ class _Channel:
         self.streams._ledger(EntryType.SESSION_STOPPED, {
             "live": "stopped", **self._where(), "reason": reason, "since": self.opened_at,
             "started": self.started, "interruptions": self.interruption_count, "bytes": self.bytes,
-            "consumers_cut_off": self.cut_offs, "interrupted": None if closed is None else closed.view()})
+            "consumers_cut_off": self.cut_offs, "interrupted": None if closed is None else closed.view(),
+            "lost_packets": self._lost_total(), "loss_reports": self.loss_reports})
         self._emit(LiveEventKind.STOPPED, reason, closed)
         self.closed.set()
 
@@ -687,6 +753,7 @@ class _Channel:
             "bytes": self.bytes, "interruptions": self.interruption_count,
             "interrupted": None if self.open_interruption is None else self.open_interruption.view(),
             "last_interruption": None if last is None else last.view(), "consumers_cut_off": self.cut_offs,
+            "lost_packets": self._lost_total(),
             "last_problem": self.last_problem,
         }
 
