@@ -693,6 +693,11 @@ class Gb28181LiveSection(StrictModel):
     )
     retry_max_s: float = Field(30.0, gt=0, le=600, description="Longest wait between INVITEs of a Play")
     max_channels: int = Field(64, ge=1, le=1024, description="Live channels open at once")
+    stall_s: float = Field(
+        2.0, gt=0, le=600, description="Media stopping this long in a Play that then goes on is a recorded "
+        "stall (an event to the holders, a gap entry); stopping for the platform's idle timeout is an "
+        "interruption",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Gb28181LiveSection:

@@ -83,6 +83,7 @@ READ_BYTES = 256 * 1024  # one read() joins at most this much of what is buffere
 JOIN_WAIT_PACKS = 300  # packs a joining consumer waits for a key frame before it starts at any pack
 LOSS_CHECK_S = 1.0  # how often the receiver's loss count is looked at while media flows
 LOSS_REPORT_S = 10.0  # at most one `gap` entry ("lost") per channel per this long; the rest add up
+STALL_REPORT_S = 60.0  # at most one `gap` entry ("stalled") per channel per this long; the rest are counted
 MAX_SHOWN_RTP_GAPS = 20  # lost RTP ranges named in an interruption's entry (all are counted)
 STABLE_S = 10.0  # a Play that streamed this long starts the backoff again from retry_min_s
 STOP_TIMEOUT_S = 10.0
@@ -103,6 +104,7 @@ class LiveEventKind(StrEnum):
     RESUMED = "resumed"
     STOPPED = "stopped"
     CONSUMER_CUT_OFF = "consumer cut off"
+    STALLED = "stalled"  # media stopped `stall_s` or longer, then came again in the same Play
     MEDIA_LOST = "media lost"  # RTP packets lost while the Play goes on (their bytes are not in the stream)
 
 
@@ -145,6 +147,7 @@ class LiveSettings:
     retry_min_s: float = 1.0
     retry_max_s: float = 30.0
     max_channels: int = 64
+    stall_s: float = 2.0  # media stopping this long (and coming again) in a Play is a recorded stall
 
     @classmethod
     def from_config(cls, section: Any) -> LiveSettings:
@@ -152,7 +155,7 @@ class LiveSettings:
         return cls(socket_dir=Path(section.socket_dir), transport=str(section.media_transport),
                    linger_s=section.linger_s, consumer_buffer_bytes=section.consumer_buffer_kb * 1024,
                    retry_min_s=section.retry_min_s, retry_max_s=section.retry_max_s,
-                   max_channels=section.max_channels)
+                   max_channels=section.max_channels, stall_s=section.stall_s)
 
 
 def key_pack_at(data: bytes, start: int = 0) -> tuple[int | None, int]:
@@ -448,6 +451,10 @@ class _Channel:
         self.loss_reports = 0
         self._loss_checked_at = 0.0
         self._loss_reported_at: float | None = None
+        self.stalls = 0
+        self.stalled_s = 0.0
+        self._stalls_unrecorded = 0
+        self._stall_recorded_at: float | None = None
         self.stopping = False
         self.wake = asyncio.Event()
         self.linger: asyncio.TimerHandle | None = None
@@ -589,7 +596,10 @@ class _Channel:
             return
         # When the packet arrived, not now: after a loss the reorder buffer holds later packets until the
         # session ends (the idle timeout), and an interruption's `from` must be the device's last packet.
-        self._last_byte_at = play.arrival()
+        arrived = play.arrival()
+        if self._flowing and arrived - self._last_byte_at >= self.streams.settings.stall_s:
+            self._stalled(self._last_byte_at, arrived)
+        self._last_byte_at = arrived
         if self._last_byte_at - self._loss_checked_at >= LOSS_CHECK_S:
             self._loss_checked_at = self._last_byte_at
             self._report_losses(play)
@@ -625,6 +635,27 @@ class _Channel:
             self.streams._ledger(EntryType.SESSION_STARTED, {
                 "live": "started", **self._where(), "transport": self.transport, "call_id": self.call_id})
             self._emit(LiveEventKind.STARTED)
+
+    def _stalled(self, began: float, ended: float) -> None:
+        """Media stopped from `began` to `ended` (arrival times) and the Play went on: a `stalled` event to
+        the holders, and a `gap` entry ("stalled"), at most one per `STALL_REPORT_S` (the others counted
+        in the next one and in session_stopped)."""
+        seconds = ended - began
+        self.stalls += 1
+        self.stalled_s += seconds
+        stall = Interruption(wall_text(began), wall_text(), f"no media for {seconds:.1f} s", wall_text(ended))
+        log.warning("live %s/%s: media stalled for %.1f s", self.device_id, self.channel_id, seconds)
+        now = time.monotonic()
+        if self._stall_recorded_at is None or now - self._stall_recorded_at >= STALL_REPORT_S:
+            self._stall_recorded_at = now
+            self.streams._ledger(EntryType.GAP, {
+                "live": "stalled", **self._where(), "call_id": self.call_id, "from": stall.began_at,
+                "to": stall.ended_at, "stalled_s": round(seconds, 3),
+                "stalls_unrecorded_before": self._stalls_unrecorded})
+            self._stalls_unrecorded = 0
+        else:
+            self._stalls_unrecorded += 1
+        self._emit(LiveEventKind.STALLED, stall.reason, stall)
 
     def _report_losses(self, play: _Play) -> None:
         """RTP packets the receiver found lost since the last report: a `gap` entry ("lost") and a
@@ -728,6 +759,10 @@ class _Channel:
             await asyncio.gather(*pumps, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+        stalled_since = None  # stopped while media had stopped, before the idle timeout ended the Play
+        if (self._flowing and self.open_interruption is None
+                and time.time() - self._last_byte_at >= self.streams.settings.stall_s):
+            stalled_since = wall_text(self._last_byte_at)
         closed = None
         if self.open_interruption is not None:
             closed = Interruption(self.open_interruption.began_at, self.open_interruption.detected_at,
@@ -740,7 +775,9 @@ class _Channel:
             "live": "stopped", **self._where(), "reason": reason, "since": self.opened_at,
             "started": self.started, "interruptions": self.interruption_count, "bytes": self.bytes,
             "consumers_cut_off": self.cut_offs, "interrupted": None if closed is None else closed.view(),
-            "lost_packets": self._lost_total(), "loss_reports": self.loss_reports})
+            "lost_packets": self._lost_total(), "loss_reports": self.loss_reports, "stalls": self.stalls,
+            "stalled_s": round(self.stalled_s, 3), "stalls_unrecorded": self._stalls_unrecorded,
+            "stalled_since": stalled_since})
         self._emit(LiveEventKind.STOPPED, reason, closed)
         self.closed.set()
 
@@ -753,7 +790,7 @@ class _Channel:
             "bytes": self.bytes, "interruptions": self.interruption_count,
             "interrupted": None if self.open_interruption is None else self.open_interruption.view(),
             "last_interruption": None if last is None else last.view(), "consumers_cut_off": self.cut_offs,
-            "lost_packets": self._lost_total(),
+            "lost_packets": self._lost_total(), "stalls": self.stalls,
             "last_problem": self.last_problem,
         }
 
