@@ -181,6 +181,41 @@ def _pack_header_length(data: bytes, at: int) -> int:
     return 12 if data[at + 4] & 0xF1 == 0x21 else 0
 
 
+def _unsafe_directory(path: Path, facts: os.stat_result) -> str | None:
+    """Why another local user could replace what is at `path` (a directory on the way to the live sockets,
+    or a symlink there), or None: it must belong to root or the agent's user and, unless it is a sticky
+    directory (/tmp: nobody renames another's entry), be writable by nobody else (sshd's StrictModes)."""
+    if facts.st_uid not in (0, os.geteuid()):
+        return f"{path} belongs to uid {facts.st_uid}, not to root or the agent's user"
+    if stat.S_ISLNK(facts.st_mode):
+        return None
+    if not stat.S_ISDIR(facts.st_mode):
+        return f"{path} is not a directory"
+    mode = stat.S_IMODE(facts.st_mode)
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        return f"{path} is writable by other users (mode {mode:04o})"
+    return None
+
+
+def check_socket_parents(directory: Path) -> None:
+    """`LiveError` unless every existing directory above `directory` (as written, and as symlinks resolve
+    it) is safe from other local users (`_unsafe_directory`): a consumer connects by path, and whoever can
+    rename a directory on that path can put their own socket, and their own video, in its place."""
+    chains = [directory]
+    real = Path(os.path.realpath(directory))
+    if real != directory:
+        chains.append(real)
+    for chain in chains:
+        for ancestor in reversed(chain.parents):
+            try:
+                facts = os.lstat(ancestor)
+            except FileNotFoundError:
+                break  # the rest is made by the agent
+            problem = _unsafe_directory(ancestor, facts)
+            if problem is not None:
+                raise LiveError(f"live socket directory {directory} is not safe: {problem}")
+
+
 def _shown(text: str) -> str:
     return printable(text[:MAX_REASON_CHARS])
 
@@ -903,7 +938,12 @@ class LiveStreams:
         replaced, anything else at its path refused."""
         directory = path.parent
         try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            check_socket_parents(directory)
+            for missing in reversed([d for d in directory.parents if not os.path.lexists(d)]):
+                with contextlib.suppress(FileExistsError):
+                    missing.mkdir(mode=0o755)  # then checked like any other
+            check_socket_parents(directory)
+            directory.mkdir(mode=0o700, exist_ok=True)
             facts = os.lstat(directory)
             if not stat.S_ISDIR(facts.st_mode):
                 raise LiveError(f"live socket directory {directory} is not a directory")
