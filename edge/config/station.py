@@ -705,9 +705,8 @@ class Gb28181LiveSection(StrictModel):
             raise ValueError("retry_max_s must be >= retry_min_s")
         if not self.socket_dir.is_absolute():
             raise ValueError("socket_dir must be an absolute path")
-        if len(str(self.socket_dir).encode()) > MAX_LIVE_SOCKET_DIR_BYTES:
-            raise ValueError(f"socket_dir is longer than the {MAX_LIVE_SOCKET_DIR_BYTES} bytes a Unix socket "
-                             "path leaves for it")
+        # Its length is checked with [gb28181] enabled (Gb28181Section) and when the live service starts:
+        # the default follows $RUNTIME_DIRECTORY, and a station without GB/T 28181 must not fail on it.
         return self
 
 
@@ -790,6 +789,10 @@ class Gb28181Section(StrictModel):
             raise ValueError(
                 "enabled with no [gb28181.devices] and allow_unknown_devices false: nothing could register"
             )
+        if self.enabled and len(str(self.live.socket_dir).encode()) > MAX_LIVE_SOCKET_DIR_BYTES:
+            raise ValueError(
+                f"live.socket_dir {self.live.socket_dir} is longer than the {MAX_LIVE_SOCKET_DIR_BYTES} "
+                "bytes a Unix socket path leaves for it (the default is under $RUNTIME_DIRECTORY)")
         hosts = (("listen_host", self.listen_host), ("download.media_host", self.download.media_host))
         for what, host in hosts:
             try:

@@ -43,3 +43,22 @@ def test_review19_a_long_runtime_directory_breaks_every_edge_command(tmp_path: P
 def test_review19_control_a_short_runtime_directory(tmp_path: Path) -> None:
     done = check_config(tmp_path, SHORT_RUNTIME)
     assert done.returncode == 0, done.stderr[-600:]
+
+
+GB_ENABLED = ('[gb28181]\nenabled = true\n[gb28181.devices.34020000001320000051]\npassword = "env:GB_PW"\n')
+
+
+def test_a_long_runtime_directory_is_a_clear_error_with_gb28181_enabled(tmp_path: Path) -> None:
+    """The fix keeps the check where it matters: check-config of a GB/T 28181 station names socket_dir."""
+    config = tmp_path / "station.toml"
+    config.write_text(MINIMAL + GB_ENABLED)
+    env = {**os.environ, "RUNTIME_DIRECTORY": LONG_RUNTIME, "GB_PW": "weak"}
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(config)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-600:]
+    assert "live.socket_dir" in done.stderr and LONG_RUNTIME in done.stderr, done.stderr[-600:]
+    # Control: the same station with a short runtime directory passes.
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "check-config", str(config)], cwd=tmp_path,
+                          env={**env, "RUNTIME_DIRECTORY": SHORT_RUNTIME}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-600:]
