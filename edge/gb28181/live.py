@@ -86,6 +86,7 @@ LOSS_REPORT_S = 10.0  # at most one `gap` entry ("lost") per channel per this lo
 STALL_REPORT_S = 60.0  # at most one `gap` entry ("stalled") per channel per this long; the rest are counted
 MAX_SHOWN_RTP_GAPS = 20  # lost RTP ranges named in an interruption's entry (all are counted)
 STABLE_S = 10.0  # a Play that streamed this long starts the backoff again from retry_min_s
+END_GRACE_S = 3.0  # after a Play ended, how long its receiver may drain (DRAIN_S) before the channel goes on
 STOP_TIMEOUT_S = 10.0
 STOP_DRAIN_S = 2.0
 PACK_HEADER = b"\x00\x00\x01\xba"
@@ -214,6 +215,13 @@ def check_socket_parents(directory: Path) -> None:
             problem = _unsafe_directory(ancestor, facts)
             if problem is not None:
                 raise LiveError(f"live socket directory {directory} is not safe: {problem}")
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    """Done callback of a session or receiver the channel no longer waits for: its failure, if any, is
+    logged by the platform; here it is only retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _shown(text: str) -> str:
@@ -591,9 +599,8 @@ class _Channel:
                     session.stop()
                 outcome = None
                 try:
-                    result = await session.wait()
-                    outcome = result.outcome
-                    reason = self._why(result)
+                    end_reason, outcome = await self._ended(session)
+                    reason = self._why(end_reason, outcome)
                 except Exception as exc:  # the session's own failure: an end like any other, retried
                     log.exception("live %s/%s: the Play failed", self.device_id, self.channel_id)
                     reason = _shown(f"the Play failed: {type(exc).__name__}: {exc}")
@@ -613,17 +620,39 @@ class _Channel:
                 await asyncio.wait_for(self.wake.wait(), delay)
             delay = min(delay * 2, settings.retry_max_s)
 
-    def _why(self, result: SessionResult) -> str:
-        if result.end_reason is EndReason.STOPPED:
+    async def _ended(self, session: MediaSession) -> tuple[EndReason, Any]:
+        """When the Play ended: its end reason and the receiver's outcome (None if the receiver is not done
+        within `END_GRACE_S`). Not after the platform's BYE: a device that vanished answers none, and its
+        transaction (32 s) would keep the consumers waiting and the channel "streaming"; the BYE goes on in
+        the platform's own task."""
+        done = asyncio.ensure_future(session.wait())
+        ended = asyncio.ensure_future(session.ended.wait())
+        try:
+            await asyncio.wait({done, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if done.done():
+            result: SessionResult = done.result()
+            return result.end_reason, result.outcome
+        done.add_done_callback(_ignore_outcome)  # the session finishes (BYE, receiver closed) on its own
+        closing = asyncio.ensure_future(session.receiver.wait_closed())
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(closing), END_GRACE_S)
+        except TimeoutError:  # the receiver closes after the BYE (the platform stopped the Play)
+            closing.add_done_callback(_ignore_outcome)
+            outcome = None
+        return session.end_reason or EndReason.STOPPED, outcome
+
+    def _why(self, end_reason: EndReason, outcome: Any) -> str:
+        if end_reason is EndReason.STOPPED:
             device = self.streams.platform.registry.get(self.device_id)
             if device is None or not device.online:
                 return "the device went offline"
             return "the platform stopped the Play"
-        if result.end_reason is EndReason.RECEIVER_ENDED:
-            outcome = result.outcome
+        if end_reason is EndReason.RECEIVER_ENDED:
             ended, detail = getattr(outcome, "ended", "?"), getattr(outcome, "detail", "")
             return _shown(f"the media ended ({ended}: {detail})")
-        return str(result.end_reason)  # device sent BYE, media status 121
+        return str(end_reason)  # device sent BYE, media status 121
 
     def _take(self, play: _Play, data: bytes) -> None:
         """The media receiver's sink: every consumer's buffer gets the bytes (none waits here)."""
