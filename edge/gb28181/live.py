@@ -85,7 +85,7 @@ LOSS_CHECK_S = 1.0  # how often the receiver's loss count is looked at while med
 LOSS_REPORT_S = 10.0  # at most one `gap` entry ("lost") per channel per this long; the rest add up
 STALL_REPORT_S = 60.0  # at most one `gap` entry ("stalled") per channel per this long; the rest are counted
 MAX_SHOWN_RTP_GAPS = 20  # lost RTP ranges named in an interruption's entry (all are counted)
-STABLE_S = 10.0  # a Play that streamed this long starts the backoff again from retry_min_s
+STABLE_S = 10.0  # a Play whose media flowed this long (first to last packet) starts the backoff again
 END_GRACE_S = 3.0  # after a Play ended, how long its receiver may drain (DRAIN_S) before the channel goes on
 STOP_TIMEOUT_S = 10.0
 STOP_DRAIN_S = 2.0
@@ -434,6 +434,13 @@ class _Play:
         self.over = False  # the channel is done with this Play: bytes still draining from it are not taken
         self.lost_reported = 0  # of this Play's lost packets, those already on the ledger or told
         self.outcome: Any = None  # the receiver's MediaOutcome, once the Play ended
+        self.first_media_at: float | None = None  # arrival times (time.time()) of its first and last packet
+        self.last_media_at = 0.0
+
+    @property
+    def media_s(self) -> float:
+        """How long media flowed in this Play (first to last packet; not the idle timeout after it)."""
+        return 0.0 if self.first_media_at is None else self.last_media_at - self.first_media_at
 
     def lost_packets(self) -> int:
         """RTP packets of this Play lost so far (the receiver's count; final once it ended)."""
@@ -580,7 +587,6 @@ class _Channel:
         while not self.stopping:
             self.wake.clear()
             self.call_id = None
-            began = time.monotonic()
             self._flowing = False
             play = _Play(self)
             self._current = play
@@ -610,7 +616,7 @@ class _Channel:
                     return
                 if self._flowing:
                     self._interrupt(reason, losses)
-                    if time.monotonic() - began >= STABLE_S:
+                    if play.media_s >= STABLE_S:  # not INVITE to end: that holds the idle timeout
                         delay = settings.retry_min_s
                 else:
                     self._problem(f"the Play brought no media: {reason}")
@@ -663,7 +669,9 @@ class _Channel:
         arrived = play.arrival()
         if self._flowing and arrived - self._last_byte_at >= self.streams.settings.stall_s:
             self._stalled(self._last_byte_at, arrived)
-        self._last_byte_at = arrived
+        self._last_byte_at = play.last_media_at = arrived
+        if play.first_media_at is None:
+            play.first_media_at = arrived
         if self._last_byte_at - self._loss_checked_at >= LOSS_CHECK_S:
             self._loss_checked_at = self._last_byte_at
             self._report_losses(play)
