@@ -87,7 +87,10 @@ STALL_REPORT_S = 60.0  # at most one `gap` entry ("stalled") per channel per thi
 MAX_SHOWN_RTP_GAPS = 20  # lost RTP ranges named in an interruption's entry (all are counted)
 STABLE_S = 10.0  # a Play whose media flowed this long (first to last packet) starts the backoff again
 END_GRACE_S = 3.0  # after a Play ended, how long its receiver may drain (DRAIN_S) before the channel goes on
-STOP_TIMEOUT_S = 10.0
+# A stop fits in the supervisor's stop timeout (10 s): an INVITE in flight is cancelled at once, a Play gets
+# this long to end (its receiver's drain, END_GRACE_S; never its BYE's transaction), the connections
+# STOP_DRAIN_S, and session_stopped is written before the connections drain.
+STOP_TIMEOUT_S = 5.0
 STOP_DRAIN_S = 2.0
 PACK_HEADER = b"\x00\x00\x01\xba"
 KEY_FOLLOWERS = (b"\x00\x00\x01\xbb", b"\x00\x00\x01\xbc")  # system header, PSM
@@ -497,6 +500,7 @@ class _Channel:
         self._flowing = False
         self._last_byte_at = 0.0
         self._current: _Play | None = None
+        self._inviting = False  # the Play's INVITE is in flight (a stop cancels it at once)
         self.lost_packets = 0  # RTP packets lost in the Plays that ended (the current one's: `_lost_total`)
         self.loss_reports = 0
         self._loss_checked_at = 0.0
@@ -587,6 +591,7 @@ class _Channel:
         while not self.stopping:
             self.wake.clear()
             self.call_id = None
+            self._inviting = True
             self._flowing = False
             play = _Play(self)
             self._current = play
@@ -594,11 +599,14 @@ class _Channel:
                 session = await self.streams.platform.start_session(MediaRequest(
                     self.device_id, self.channel_id, SessionKind.PLAY, self.transport, None, sink=play.sink))
             except SessionError as exc:
+                self._inviting = False
                 self._problem(f"Play not started: {exc}")
             except Exception as exc:  # a bug below must not leave the channel held and never tried again
+                self._inviting = False
                 log.exception("live %s/%s: the INVITE failed", self.device_id, self.channel_id)
                 self._problem(f"Play not started: {type(exc).__name__}: {exc}")
             else:
+                self._inviting = False
                 self.session = play.session = session
                 self.call_id = session.call_id
                 if self.stopping:
@@ -814,15 +822,17 @@ class _Channel:
         if self.session is not None:
             self.session.stop()
         if self.task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self.task), STOP_TIMEOUT_S)
-            except TimeoutError:  # an INVITE nobody answers: given up, the platform cleans its session up
+            if self._inviting:  # an INVITE the device may never answer (32 s): given up now, cleaned up below
                 self.task.cancel()
-                await asyncio.gather(self.task, return_exceptions=True)
+            await asyncio.wait({self.task}, timeout=STOP_TIMEOUT_S)
+            if not self.task.done():  # a Play that does not end: given up, the platform cleans it up
+                self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
         for consumer in list(self.consumers):
             consumer._end(f"the live stream stopped: {reason}")
         if self.server is not None:
             self.server.close()
+        self._stopped(reason)
         pumps = list(self._connection_tasks)
         if pumps:  # each connection gets what was buffered for it, then its end (bounded: a stuck reader)
             _, stuck = await asyncio.wait(pumps, timeout=STOP_DRAIN_S)
@@ -831,6 +841,10 @@ class _Channel:
             await asyncio.gather(*pumps, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+        self.closed.set()
+
+    def _stopped(self, reason: str) -> None:
+        """The channel's end on the ledger and to its holders (before its connections drain)."""
         stalled_since = None  # stopped while media had stopped, before the idle timeout ended the Play
         if (self._flowing and self.open_interruption is None
                 and time.time() - self._last_byte_at >= self.streams.settings.stall_s):
@@ -851,7 +865,6 @@ class _Channel:
             "stalled_s": round(self.stalled_s, 3), "stalls_unrecorded": self._stalls_unrecorded,
             "stalled_since": stalled_since})
         self._emit(LiveEventKind.STOPPED, reason, closed)
-        self.closed.set()
 
     def view(self) -> dict[str, Any]:
         last = self.interruptions[-1] if self.interruptions else None
