@@ -926,6 +926,17 @@ class StationConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _live_sockets_apart_from_the_api(self) -> StationConfig:
+        # The live socket directory is made 0700 (the agent's user alone): the runtime directory holding
+        # the API socket (0755, for the operators group), or a directory above it, must not be it.
+        live_dir = self.gb28181.live.socket_dir
+        api_dir = self.api.socket_path.parent
+        if self.gb28181.enabled and (live_dir == api_dir or live_dir in api_dir.parents):
+            raise ValueError(f"gb28181.live.socket_dir {live_dir} is the API socket's directory or above it "
+                             "(the live sockets need a directory of their own, e.g. gb28181-live in it)")
+        return self
+
+    @model_validator(mode="after")
     def _mqtt_transport_needs_a_broker(self) -> StationConfig:
         if TransportName.MQTT in self.uplink.transport_order and not self.mqtt.enabled:
             raise ValueError("uplink transport 'mqtt' needs [mqtt] broker_url (the broker it goes through)")

@@ -984,8 +984,9 @@ class LiveStreams:
         return task
 
     def _bind(self, path: Path) -> socket.socket:
-        """The channel's listening socket: directory 0700 and ours, socket 0600, a stale socket of a crash
-        replaced, anything else at its path refused."""
+        """The channel's listening socket: directory 0700 and ours (made so, or refused: a directory the
+        agent did not make is never chmod'ed), socket 0600, a stale socket of a crash replaced, anything
+        else at its path refused."""
         directory = path.parent
         try:
             check_socket_parents(directory)
@@ -993,15 +994,25 @@ class LiveStreams:
                 with contextlib.suppress(FileExistsError):
                     missing.mkdir(mode=0o755)  # then checked like any other
             check_socket_parents(directory)
-            directory.mkdir(mode=0o700, exist_ok=True)
+            made = False
+            with contextlib.suppress(FileExistsError):
+                directory.mkdir(mode=0o700)
+                made = True
             facts = os.lstat(directory)
             if not stat.S_ISDIR(facts.st_mode):
                 raise LiveError(f"live socket directory {directory} is not a directory")
             if facts.st_uid != os.geteuid():
                 raise LiveError(f"live socket directory {directory} belongs to uid {facts.st_uid}, "
                                 "not the agent's")
-            if stat.S_IMODE(facts.st_mode) != 0o700:
-                os.chmod(directory, 0o700)
+            mode = stat.S_IMODE(facts.st_mode)
+            if made and mode != 0o700:
+                os.chmod(directory, 0o700)  # the umask took more than asked, never less
+            elif mode & 0o077:
+                # Not ours to change: it may be the runtime directory, whose 0755 lets the operators reach
+                # the API socket beside it.
+                raise LiveError(f"live socket directory {directory} is open to other users (mode "
+                                f"{mode:04o}): give the live sockets a directory of their own (the agent "
+                                "makes it 0700), or make it 0700")
             try:
                 existing = os.lstat(path)
             except FileNotFoundError:
