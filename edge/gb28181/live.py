@@ -84,6 +84,7 @@ JOIN_WAIT_PACKS = 300  # packs a joining consumer waits for a key frame before i
 LOSS_CHECK_S = 1.0  # how often the receiver's loss count is looked at while media flows
 LOSS_REPORT_S = 10.0  # at most one `gap` entry ("lost") per channel per this long; the rest add up
 STALL_REPORT_S = 60.0  # at most one `gap` entry ("stalled") per channel per this long; the rest are counted
+RETRY_REPORT_S = 60.0  # interrupted: the first failed re-INVITE on the ledger, then one per this long
 MAX_SHOWN_RTP_GAPS = 20  # lost RTP ranges named in an interruption's entry (all are counted)
 STABLE_S = 10.0  # a Play whose media flowed this long (first to last packet) starts the backoff again
 END_GRACE_S = 3.0  # after a Play ended, how long its receiver may drain (DRAIN_S) before the channel goes on
@@ -501,6 +502,9 @@ class _Channel:
         self._last_byte_at = 0.0
         self._current: _Play | None = None
         self._inviting = False  # the Play's INVITE is in flight (a stop cancels it at once)
+        self.failed_attempts = 0  # re-INVITEs that brought no media during the open interruption
+        self._attempts_unrecorded = 0
+        self._attempt_recorded_at: float | None = None
         self.lost_packets = 0  # RTP packets lost in the Plays that ended (the current one's: `_lost_total`)
         self.loss_reports = 0
         self._loss_checked_at = 0.0
@@ -707,7 +711,9 @@ class _Channel:
             log.info("live %s/%s resumed after %s", self.device_id, self.channel_id, closed.reason)
             self.streams._ledger(EntryType.SESSION_STARTED, {
                 "live": "resumed", **self._where(), "call_id": self.call_id, "from": closed.began_at,
-                "to": closed.ended_at, "reason": closed.reason})
+                "to": closed.ended_at, "reason": closed.reason, "failed_attempts": self.failed_attempts})
+            self.failed_attempts = self._attempts_unrecorded = 0
+            self._attempt_recorded_at = None
             self._emit(LiveEventKind.RESUMED, closed.reason, closed)
         elif not self.started:
             self.started = True
@@ -799,6 +805,18 @@ class _Channel:
             self._problem_recorded = True  # once: a device that stays away would fill the ledger
             self.streams._ledger(EntryType.ERROR, {"stage": "gb28181-live", **self._where(),
                                                    "reason": f"{reason}; retrying"})
+        elif self.open_interruption is not None:  # what keeps the interruption open: rate-limited
+            self.failed_attempts += 1
+            now = time.monotonic()
+            if self._attempt_recorded_at is None or now - self._attempt_recorded_at >= RETRY_REPORT_S:
+                self._attempt_recorded_at = now
+                self.streams._ledger(EntryType.ERROR, {
+                    "stage": "gb28181-live", **self._where(), "reason": f"{reason}; retrying",
+                    "interrupted_since": self.open_interruption.began_at,
+                    "failed_attempts": self.failed_attempts, "unrecorded_before": self._attempts_unrecorded})
+                self._attempts_unrecorded = 0
+            else:
+                self._attempts_unrecorded += 1
 
     def _where(self) -> dict[str, Any]:
         return {"device_id": self.device_id, "channel_id": self.channel_id}
@@ -863,7 +881,7 @@ class _Channel:
             "consumers_cut_off": self.cut_offs, "interrupted": None if closed is None else closed.view(),
             "lost_packets": self._lost_total(), "loss_reports": self.loss_reports, "stalls": self.stalls,
             "stalled_s": round(self.stalled_s, 3), "stalls_unrecorded": self._stalls_unrecorded,
-            "stalled_since": stalled_since})
+            "stalled_since": stalled_since, "failed_attempts": self.failed_attempts})
         self._emit(LiveEventKind.STOPPED, reason, closed)
 
     def view(self) -> dict[str, Any]:
