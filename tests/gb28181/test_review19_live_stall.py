@@ -96,3 +96,31 @@ async def test_review19_a_stall_shorter_than_the_idle_timeout_is_on_no_record(
                     or any(d.get("live") not in ("started", "stopped") for d in entries)
                     or any("stall" in key and value for d in entries for key, value in d.items()))
         assert recorded, f"a {longest_wait:.1f} s stretch without media is on no record: {entries}"
+
+
+async def test_the_simulators_stall_fault_is_a_recorded_stall(media: Path) -> None:
+    """The simulator's `stall=N` (no patching): the live channel records one stall of about N s as a
+    `stalled` event and a `gap` entry, and the Play goes on (no interruption). Control: the same device
+    without the fault leaves no stall."""
+    for faults, expect_stall in ((("stall=2.5",), True), ((), False)):
+        async with live_env(media, idle_timeout_s=IDLE_TIMEOUT_S) as env:
+            await env.device(*faults)
+            async with env.open() as handle:
+                await handle.wait_streaming()
+                reader = handle.reader()
+                taken = 0
+                async with asyncio.timeout(60):
+                    while taken < 900_000:  # past the middle of the 4 s Play (and its stall)
+                        chunk = await reader.read()
+                        assert chunk, reader.ended
+                        taken += len(chunk)
+                assert handle.state == "streaming"
+            await stopped(env)
+            stalls = [d for d in live_entries(env) if d.get("live") == "stalled"]
+            events = [e for e in env.events if e.kind is LiveEventKind.STALLED]
+            assert LiveEventKind.INTERRUPTED not in {e.kind for e in env.events}
+            if expect_stall:
+                assert len(stalls) == 1 and 2.0 <= stalls[0]["stalled_s"] <= 4.0, stalls
+                assert len(events) == 1 and events[0].interruption is not None
+            else:
+                assert not stalls and not events, stalls
