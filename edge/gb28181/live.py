@@ -9,8 +9,10 @@ order, after the RTP reorder buffer: the media receiver's sink, edge.gb28181.med
 
 * its Unix socket, `<socket_dir>/<device_id>-<channel_id>.sock` (`handle.socket_path`): the directory is
   made 0700, the socket 0600, so only the agent's own user (its ffmpeg) connects; its name is made of the
-  validated ids alone. Each connection is a consumer; ffmpeg reads one with `-f mpeg -i unix:PATH`. The
-  socket exists while the channel is open, and is removed when it stops.
+  validated ids alone. A directory that exists must be the agent's and 0700 (it is never chmod'ed), and
+  every directory above it safe from other users (`check_socket_parents`), or no channel opens. Each
+  connection is a consumer; ffmpeg reads one with `-f mpeg -i unix:PATH`. The socket exists while the
+  channel is open, and is removed when it stops.
 * `handle.reader()`: an in-process consumer (`LiveReader.read()`, or `async for`).
 
 `handle.streaming` / `await handle.wait_streaming()` say whether media flows now (a recorder starts its
@@ -23,25 +25,33 @@ falls that far behind is cut off (its connection closed, its reader ended with t
 entry); it never grows memory, and never slows the others or the receiver, which only append to buffers.
 
 Interruptions. When the Play ends while the channel is held (the device's BYE, its stream ending or going
-idle for the platform's idle timeout, the device going offline), the channel is *interrupted*: every
+idle for the platform's idle timeout, the device going offline), the channel is *interrupted* at once (not
+after the platform's BYE, which a vanished device never answers: it goes on in the background): every
 consumer is ended after the last byte before it (a socket connection is closed: ffmpeg sees the end of its
 input and finishes its file), and the Play is INVITEd again with backoff (`retry_min_s` doubling to
-`retry_max_s`; at once when the device comes online again). When media flows again the channel has
+`retry_max_s`; at once when the device comes online again; back to `retry_min_s` after a Play whose media
+flowed `STABLE_S`, first to last packet). When media flows again the channel has
 *resumed*: new consumers (ffmpeg connecting again, `handle.reader()` again) get the stream from its first key
 frame. Each interruption is an `Interruption` (from: when the last packet before it arrived, not when the
 reorder buffer gave its bytes out; to: the first byte after it; reason), told to every handle
 (`next_event()`, `add_listener`) and to `LiveStreams.add_listener` as
-`LiveEvent`s: started (media first flows), interrupted, resumed, stopped, consumer cut off. An INVITE that
-fails or brings no media does not end an interruption; before the first media it is the channel's
-`last_problem` (and one `error` ledger entry).
+`LiveEvent`s: started (media first flows), interrupted, resumed, stopped, consumer cut off, stalled (media
+stopped `stall_s` and came again in the same Play), media lost (RTP packets lost, their bytes not in the
+stream). An INVITE that fails or brings no media does not end an interruption; it is the channel's
+`last_problem`, and an `error` ledger entry: once before the first media, and during an interruption the
+first, then one per `RETRY_REPORT_S` with the count.
 
 When the last holder leaves, the Play lingers `linger_s` (a recorder restarting ffmpeg keeps it), then the
 platform sends BYE and the socket is removed.
 
 Ledger (through `record`, kept to the existing entry types with `"source": "gb28181"` and `"live"` naming the
-event): `session_started` (live "started"; live "resumed" with the gap's from, to and reason), `gap` (live
-"interrupted": from, detected_at, reason), `session_stopped` (live "stopped": why, since, interruptions,
-bytes), `error` (stage "gb28181-live": a consumer cut off, a channel whose Play does not start).
+event): `session_started` (live "started"; live "resumed" with the gap's from, to, reason and the failed
+attempts), `gap` (live "interrupted": from, detected_at, reason, the Play's lost packets and first lost RTP
+ranges; live "lost": packets lost while the Play goes on, at most one per `LOSS_REPORT_S`; live "stalled":
+from, to, seconds, at most one per `STALL_REPORT_S`), `session_stopped` (live "stopped": why, since,
+interruptions, bytes, lost packets, stalls; written before the connections drain, and an INVITE in flight
+is cancelled at once, so a stop fits in the supervisor's stop timeout), `error` (stage "gb28181-live": a
+consumer cut off, a channel whose Play does not start, re-INVITEs failing during an interruption).
 """
 
 from __future__ import annotations
