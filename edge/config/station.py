@@ -693,6 +693,11 @@ class Gb28181LiveSection(StrictModel):
     )
     retry_max_s: float = Field(30.0, gt=0, le=600, description="Longest wait between INVITEs of a Play")
     max_channels: int = Field(64, ge=1, le=1024, description="Live channels open at once")
+    stall_s: float = Field(
+        2.0, gt=0, le=600, description="Media stopping this long in a Play that then goes on is a recorded "
+        "stall (an event to the holders, a gap entry); stopping for the platform's idle timeout is an "
+        "interruption",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Gb28181LiveSection:
@@ -700,9 +705,8 @@ class Gb28181LiveSection(StrictModel):
             raise ValueError("retry_max_s must be >= retry_min_s")
         if not self.socket_dir.is_absolute():
             raise ValueError("socket_dir must be an absolute path")
-        if len(str(self.socket_dir).encode()) > MAX_LIVE_SOCKET_DIR_BYTES:
-            raise ValueError(f"socket_dir is longer than the {MAX_LIVE_SOCKET_DIR_BYTES} bytes a Unix socket "
-                             "path leaves for it")
+        # Its length is checked with [gb28181] enabled (Gb28181Section) and when the live service starts:
+        # the default follows $RUNTIME_DIRECTORY, and a station without GB/T 28181 must not fail on it.
         return self
 
 
@@ -785,6 +789,10 @@ class Gb28181Section(StrictModel):
             raise ValueError(
                 "enabled with no [gb28181.devices] and allow_unknown_devices false: nothing could register"
             )
+        if self.enabled and len(str(self.live.socket_dir).encode()) > MAX_LIVE_SOCKET_DIR_BYTES:
+            raise ValueError(
+                f"live.socket_dir {self.live.socket_dir} is longer than the {MAX_LIVE_SOCKET_DIR_BYTES} "
+                "bytes a Unix socket path leaves for it (the default is under $RUNTIME_DIRECTORY)")
         hosts = (("listen_host", self.listen_host), ("download.media_host", self.download.media_host))
         for what, host in hosts:
             try:
@@ -915,6 +923,17 @@ class StationConfig(StrictModel):
             raise ValueError("bay numbers must be unique")
         if len(set(ports)) != len(ports):
             raise ValueError("bay usb_port values must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _live_sockets_apart_from_the_api(self) -> StationConfig:
+        # The live socket directory is made 0700 (the agent's user alone): the runtime directory holding
+        # the API socket (0755, for the operators group), or a directory above it, must not be it.
+        live_dir = self.gb28181.live.socket_dir
+        api_dir = self.api.socket_path.parent
+        if self.gb28181.enabled and (live_dir == api_dir or live_dir in api_dir.parents):
+            raise ValueError(f"gb28181.live.socket_dir {live_dir} is the API socket's directory or above it "
+                             "(the live sockets need a directory of their own, e.g. gb28181-live in it)")
         return self
 
     @model_validator(mode="after")

@@ -9,8 +9,10 @@ order, after the RTP reorder buffer: the media receiver's sink, edge.gb28181.med
 
 * its Unix socket, `<socket_dir>/<device_id>-<channel_id>.sock` (`handle.socket_path`): the directory is
   made 0700, the socket 0600, so only the agent's own user (its ffmpeg) connects; its name is made of the
-  validated ids alone. Each connection is a consumer; ffmpeg reads one with `-f mpeg -i unix:PATH`. The
-  socket exists while the channel is open, and is removed when it stops.
+  validated ids alone. A directory that exists must be the agent's and 0700 (it is never chmod'ed), and
+  every directory above it safe from other users (`check_socket_parents`), or no channel opens. Each
+  connection is a consumer; ffmpeg reads one with `-f mpeg -i unix:PATH`. The socket exists while the
+  channel is open, and is removed when it stops.
 * `handle.reader()`: an in-process consumer (`LiveReader.read()`, or `async for`).
 
 `handle.streaming` / `await handle.wait_streaming()` say whether media flows now (a recorder starts its
@@ -23,24 +25,33 @@ falls that far behind is cut off (its connection closed, its reader ended with t
 entry); it never grows memory, and never slows the others or the receiver, which only append to buffers.
 
 Interruptions. When the Play ends while the channel is held (the device's BYE, its stream ending or going
-idle for the platform's idle timeout, the device going offline), the channel is *interrupted*: every
+idle for the platform's idle timeout, the device going offline), the channel is *interrupted* at once (not
+after the platform's BYE, which a vanished device never answers: it goes on in the background): every
 consumer is ended after the last byte before it (a socket connection is closed: ffmpeg sees the end of its
 input and finishes its file), and the Play is INVITEd again with backoff (`retry_min_s` doubling to
-`retry_max_s`; at once when the device comes online again). When media flows again the channel has
+`retry_max_s`; at once when the device comes online again; back to `retry_min_s` after a Play whose media
+flowed `STABLE_S`, first to last packet). When media flows again the channel has
 *resumed*: new consumers (ffmpeg connecting again, `handle.reader()` again) get the stream from its first key
-frame. Each interruption is an `Interruption` (from: the last byte before it, to: the first byte after it,
-reason), told to every handle (`next_event()`, `add_listener`) and to `LiveStreams.add_listener` as
-`LiveEvent`s: started (media first flows), interrupted, resumed, stopped, consumer cut off. An INVITE that
-fails or brings no media does not end an interruption; before the first media it is the channel's
-`last_problem` (and one `error` ledger entry).
+frame. Each interruption is an `Interruption` (from: when the last packet before it arrived, not when the
+reorder buffer gave its bytes out; to: the first byte after it; reason), told to every handle
+(`next_event()`, `add_listener`) and to `LiveStreams.add_listener` as
+`LiveEvent`s: started (media first flows), interrupted, resumed, stopped, consumer cut off, stalled (media
+stopped `stall_s` and came again in the same Play), media lost (RTP packets lost, their bytes not in the
+stream). An INVITE that fails or brings no media does not end an interruption; it is the channel's
+`last_problem`, and an `error` ledger entry: once before the first media, and during an interruption the
+first, then one per `RETRY_REPORT_S` with the count.
 
 When the last holder leaves, the Play lingers `linger_s` (a recorder restarting ffmpeg keeps it), then the
 platform sends BYE and the socket is removed.
 
 Ledger (through `record`, kept to the existing entry types with `"source": "gb28181"` and `"live"` naming the
-event): `session_started` (live "started"; live "resumed" with the gap's from, to and reason), `gap` (live
-"interrupted": from, detected_at, reason), `session_stopped` (live "stopped": why, since, interruptions,
-bytes), `error` (stage "gb28181-live": a consumer cut off, a channel whose Play does not start).
+event): `session_started` (live "started"; live "resumed" with the gap's from, to, reason and the failed
+attempts), `gap` (live "interrupted": from, detected_at, reason, the Play's lost packets and first lost RTP
+ranges; live "lost": packets lost while the Play goes on, at most one per `LOSS_REPORT_S`; live "stalled":
+from, to, seconds, at most one per `STALL_REPORT_S`), `session_stopped` (live "stopped": why, since,
+interruptions, bytes, lost packets, stalls; written before the connections drain, and an INVITE in flight
+is cancelled at once, so a stop fits in the supervisor's stop timeout), `error` (stage "gb28181-live": a
+consumer cut off, a channel whose Play does not start, re-INVITEs failing during an interruption).
 """
 
 from __future__ import annotations
@@ -80,8 +91,17 @@ MAX_KEPT_INTERRUPTIONS = 100  # per channel, for the operator view (all are coun
 MAX_QUEUED_EVENTS = 1000  # per handle: a holder that never reads its events loses the oldest
 READ_BYTES = 256 * 1024  # one read() joins at most this much of what is buffered
 JOIN_WAIT_PACKS = 300  # packs a joining consumer waits for a key frame before it starts at any pack
-STABLE_S = 10.0  # a Play that streamed this long starts the backoff again from retry_min_s
-STOP_TIMEOUT_S = 10.0
+LOSS_CHECK_S = 1.0  # how often the receiver's loss count is looked at while media flows
+LOSS_REPORT_S = 10.0  # at most one `gap` entry ("lost") per channel per this long; the rest add up
+STALL_REPORT_S = 60.0  # at most one `gap` entry ("stalled") per channel per this long; the rest are counted
+RETRY_REPORT_S = 60.0  # interrupted: the first failed re-INVITE on the ledger, then one per this long
+MAX_SHOWN_RTP_GAPS = 20  # lost RTP ranges named in an interruption's entry (all are counted)
+STABLE_S = 10.0  # a Play whose media flowed this long (first to last packet) starts the backoff again
+END_GRACE_S = 3.0  # after a Play ended, how long its receiver may drain (DRAIN_S) before the channel goes on
+# A stop fits in the supervisor's stop timeout (10 s): an INVITE in flight is cancelled at once, a Play gets
+# this long to end (its receiver's drain, END_GRACE_S; never its BYE's transaction), the connections
+# STOP_DRAIN_S, and session_stopped is written before the connections drain.
+STOP_TIMEOUT_S = 5.0
 STOP_DRAIN_S = 2.0
 PACK_HEADER = b"\x00\x00\x01\xba"
 KEY_FOLLOWERS = (b"\x00\x00\x01\xbb", b"\x00\x00\x01\xbc")  # system header, PSM
@@ -99,6 +119,8 @@ class LiveEventKind(StrEnum):
     RESUMED = "resumed"
     STOPPED = "stopped"
     CONSUMER_CUT_OFF = "consumer cut off"
+    STALLED = "stalled"  # media stopped `stall_s` or longer, then came again in the same Play
+    MEDIA_LOST = "media lost"  # RTP packets lost while the Play goes on (their bytes are not in the stream)
 
 
 @dataclass(frozen=True)
@@ -140,6 +162,7 @@ class LiveSettings:
     retry_min_s: float = 1.0
     retry_max_s: float = 30.0
     max_channels: int = 64
+    stall_s: float = 2.0  # media stopping this long (and coming again) in a Play is a recorded stall
 
     @classmethod
     def from_config(cls, section: Any) -> LiveSettings:
@@ -147,7 +170,7 @@ class LiveSettings:
         return cls(socket_dir=Path(section.socket_dir), transport=str(section.media_transport),
                    linger_s=section.linger_s, consumer_buffer_bytes=section.consumer_buffer_kb * 1024,
                    retry_min_s=section.retry_min_s, retry_max_s=section.retry_max_s,
-                   max_channels=section.max_channels)
+                   max_channels=section.max_channels, stall_s=section.stall_s)
 
 
 def key_pack_at(data: bytes, start: int = 0) -> tuple[int | None, int]:
@@ -171,6 +194,48 @@ def _pack_header_length(data: bytes, at: int) -> int:
     if data[at + 4] & 0xC4 == 0x44:
         return 14 + (data[at + 13] & 0x07) if len(data) >= at + 14 else 0
     return 12 if data[at + 4] & 0xF1 == 0x21 else 0
+
+
+def _unsafe_directory(path: Path, facts: os.stat_result) -> str | None:
+    """Why another local user could replace what is at `path` (a directory on the way to the live sockets,
+    or a symlink there), or None: it must belong to root or the agent's user and, unless it is a sticky
+    directory (/tmp: nobody renames another's entry), be writable by nobody else (sshd's StrictModes)."""
+    if facts.st_uid not in (0, os.geteuid()):
+        return f"{path} belongs to uid {facts.st_uid}, not to root or the agent's user"
+    if stat.S_ISLNK(facts.st_mode):
+        return None
+    if not stat.S_ISDIR(facts.st_mode):
+        return f"{path} is not a directory"
+    mode = stat.S_IMODE(facts.st_mode)
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        return f"{path} is writable by other users (mode {mode:04o})"
+    return None
+
+
+def check_socket_parents(directory: Path) -> None:
+    """`LiveError` unless every existing directory above `directory` (as written, and as symlinks resolve
+    it) is safe from other local users (`_unsafe_directory`): a consumer connects by path, and whoever can
+    rename a directory on that path can put their own socket, and their own video, in its place."""
+    chains = [directory]
+    real = Path(os.path.realpath(directory))
+    if real != directory:
+        chains.append(real)
+    for chain in chains:
+        for ancestor in reversed(chain.parents):
+            try:
+                facts = os.lstat(ancestor)
+            except FileNotFoundError:
+                break  # the rest is made by the agent
+            problem = _unsafe_directory(ancestor, facts)
+            if problem is not None:
+                raise LiveError(f"live socket directory {directory} is not safe: {problem}")
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    """Done callback of a session or receiver the channel no longer waits for: its failure, if any, is
+    logged by the platform; here it is only retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _shown(text: str) -> str:
@@ -373,6 +438,50 @@ class LiveHandle:
                 log.exception("live %s/%s: an event listener failed", self.device_id, self.channel_id)
 
 
+class _Play:
+    """One Play (INVITE) of a channel: the sink its receiver feeds, and that receiver once known (to stamp
+    bytes with when their packets arrived, not when the reorder buffer gave them out)."""
+
+    def __init__(self, channel: _Channel) -> None:
+        self.channel = channel
+        self.session: MediaSession | None = None
+        self.over = False  # the channel is done with this Play: bytes still draining from it are not taken
+        self.lost_reported = 0  # of this Play's lost packets, those already on the ledger or told
+        self.outcome: Any = None  # the receiver's MediaOutcome, once the Play ended
+        self.first_media_at: float | None = None  # arrival times (time.time()) of its first and last packet
+        self.last_media_at = 0.0
+
+    @property
+    def media_s(self) -> float:
+        """How long media flowed in this Play (first to last packet; not the idle timeout after it)."""
+        return 0.0 if self.first_media_at is None else self.last_media_at - self.first_media_at
+
+    def lost_packets(self) -> int:
+        """RTP packets of this Play lost so far (the receiver's count; final once it ended)."""
+        if self.outcome is not None:
+            return int(getattr(self.outcome, "lost_packets", 0) or 0)
+        session = self.find_session()
+        progress = None if session is None else getattr(session.receiver, "progress", None)
+        return int(getattr(progress, "lost_packets", 0) or 0)
+
+    def sink(self, data: bytes) -> None:
+        self.channel._take(self, data)
+
+    def find_session(self) -> MediaSession | None:
+        """The platform's session of this Play (before `start_session` returned, from its table)."""
+        if self.session is None:
+            self.session = next((s for s in self.channel.streams.platform.sessions.sessions.values()
+                                 if s.request.sink == self.sink), None)
+        return self.session
+
+    def arrival(self) -> float:
+        """When the bytes given now arrived: the receiver's last packet (a held packet given out after a
+        hole, or flushed at the end, came no later), else now."""
+        session = self.find_session()
+        arrived = None if session is None else getattr(session.receiver, "last_packet_at", None)
+        return arrived if isinstance(arrived, float) else time.time()
+
+
 class _Channel:
     """One live channel: its Play loop, its socket server, its consumers."""
 
@@ -401,6 +510,19 @@ class _Channel:
         self._problem_recorded = False
         self._flowing = False
         self._last_byte_at = 0.0
+        self._current: _Play | None = None
+        self._inviting = False  # the Play's INVITE is in flight (a stop cancels it at once)
+        self.failed_attempts = 0  # re-INVITEs that brought no media during the open interruption
+        self._attempts_unrecorded = 0
+        self._attempt_recorded_at: float | None = None
+        self.lost_packets = 0  # RTP packets lost in the Plays that ended (the current one's: `_lost_total`)
+        self.loss_reports = 0
+        self._loss_checked_at = 0.0
+        self._loss_reported_at: float | None = None
+        self.stalls = 0
+        self.stalled_s = 0.0
+        self._stalls_unrecorded = 0
+        self._stall_recorded_at: float | None = None
         self.stopping = False
         self.wake = asyncio.Event()
         self.linger: asyncio.TimerHandle | None = None
@@ -483,32 +605,40 @@ class _Channel:
         while not self.stopping:
             self.wake.clear()
             self.call_id = None
-            began = time.monotonic()
+            self._inviting = True
             self._flowing = False
+            play = _Play(self)
+            self._current = play
             try:
                 session = await self.streams.platform.start_session(MediaRequest(
-                    self.device_id, self.channel_id, SessionKind.PLAY, self.transport, None, sink=self._take))
+                    self.device_id, self.channel_id, SessionKind.PLAY, self.transport, None, sink=play.sink))
             except SessionError as exc:
+                self._inviting = False
                 self._problem(f"Play not started: {exc}")
             except Exception as exc:  # a bug below must not leave the channel held and never tried again
+                self._inviting = False
                 log.exception("live %s/%s: the INVITE failed", self.device_id, self.channel_id)
                 self._problem(f"Play not started: {type(exc).__name__}: {exc}")
             else:
-                self.session = session
+                self._inviting = False
+                self.session = play.session = session
                 self.call_id = session.call_id
                 if self.stopping:
                     session.stop()
+                outcome = None
                 try:
-                    reason = self._why(await session.wait())
+                    end_reason, outcome = await self._ended(session)
+                    reason = self._why(end_reason, outcome)
                 except Exception as exc:  # the session's own failure: an end like any other, retried
                     log.exception("live %s/%s: the Play failed", self.device_id, self.channel_id)
                     reason = _shown(f"the Play failed: {type(exc).__name__}: {exc}")
                 self.session = None
+                losses = self._play_over(play, outcome)
                 if self.stopping:
                     return
                 if self._flowing:
-                    self._interrupt(reason)
-                    if time.monotonic() - began >= STABLE_S:
+                    self._interrupt(reason, losses)
+                    if play.media_s >= STABLE_S:  # not INVITE to end: that holds the idle timeout
                         delay = settings.retry_min_s
                 else:
                     self._problem(f"the Play brought no media: {reason}")
@@ -518,36 +648,68 @@ class _Channel:
                 await asyncio.wait_for(self.wake.wait(), delay)
             delay = min(delay * 2, settings.retry_max_s)
 
-    def _why(self, result: SessionResult) -> str:
-        if result.end_reason is EndReason.STOPPED:
+    async def _ended(self, session: MediaSession) -> tuple[EndReason, Any]:
+        """When the Play ended: its end reason and the receiver's outcome (None if the receiver is not done
+        within `END_GRACE_S`). Not after the platform's BYE: a device that vanished answers none, and its
+        transaction (32 s) would keep the consumers waiting and the channel "streaming"; the BYE goes on in
+        the platform's own task."""
+        done = asyncio.ensure_future(session.wait())
+        ended = asyncio.ensure_future(session.ended.wait())
+        try:
+            await asyncio.wait({done, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if done.done():
+            result: SessionResult = done.result()
+            return result.end_reason, result.outcome
+        done.add_done_callback(_ignore_outcome)  # the session finishes (BYE, receiver closed) on its own
+        closing = asyncio.ensure_future(session.receiver.wait_closed())
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(closing), END_GRACE_S)
+        except TimeoutError:  # the receiver closes after the BYE (the platform stopped the Play)
+            closing.add_done_callback(_ignore_outcome)
+            outcome = None
+        return session.end_reason or EndReason.STOPPED, outcome
+
+    def _why(self, end_reason: EndReason, outcome: Any) -> str:
+        if end_reason is EndReason.STOPPED:
             device = self.streams.platform.registry.get(self.device_id)
             if device is None or not device.online:
                 return "the device went offline"
             return "the platform stopped the Play"
-        if result.end_reason is EndReason.RECEIVER_ENDED:
-            outcome = result.outcome
+        if end_reason is EndReason.RECEIVER_ENDED:
             ended, detail = getattr(outcome, "ended", "?"), getattr(outcome, "detail", "")
             return _shown(f"the media ended ({ended}: {detail})")
-        return str(result.end_reason)  # device sent BYE, media status 121
+        return str(end_reason)  # device sent BYE, media status 121
 
-    def _take(self, data: bytes) -> None:
+    def _take(self, play: _Play, data: bytes) -> None:
         """The media receiver's sink: every consumer's buffer gets the bytes (none waits here)."""
-        if self.stopping:
+        if self.stopping or play.over:
             return
-        self._last_byte_at = time.time()
+        # When the packet arrived, not now: after a loss the reorder buffer holds later packets until the
+        # session ends (the idle timeout), and an interruption's `from` must be the device's last packet.
+        arrived = play.arrival()
+        if self._flowing and arrived - self._last_byte_at >= self.streams.settings.stall_s:
+            self._stalled(self._last_byte_at, arrived)
+        self._last_byte_at = play.last_media_at = arrived
+        if play.first_media_at is None:
+            play.first_media_at = arrived
+        if self._last_byte_at - self._loss_checked_at >= LOSS_CHECK_S:
+            self._loss_checked_at = self._last_byte_at
+            self._report_losses(play)
         if not self._flowing:
             self._flowing = True
-            self._media_flows()
+            self._media_flows(play)
         self.bytes += len(data)
         for consumer in list(self.consumers):
             consumer._offer(data)
 
-    def _media_flows(self) -> None:
+    def _media_flows(self, play: _Play) -> None:
         now = wall_text()
         self.streaming.set()
         if self.session is None:  # the first bytes came before the INVITE's transaction returned
-            self.call_id = next((s.call_id for s in self.streams.platform.sessions.sessions.values()
-                                 if s.request.sink == self._take), None)
+            session = play.find_session()
+            self.call_id = None if session is None else session.call_id
         self.state = "streaming"
         self.streaming_since = now
         self.last_problem = None
@@ -559,7 +721,9 @@ class _Channel:
             log.info("live %s/%s resumed after %s", self.device_id, self.channel_id, closed.reason)
             self.streams._ledger(EntryType.SESSION_STARTED, {
                 "live": "resumed", **self._where(), "call_id": self.call_id, "from": closed.began_at,
-                "to": closed.ended_at, "reason": closed.reason})
+                "to": closed.ended_at, "reason": closed.reason, "failed_attempts": self.failed_attempts})
+            self.failed_attempts = self._attempts_unrecorded = 0
+            self._attempt_recorded_at = None
             self._emit(LiveEventKind.RESUMED, closed.reason, closed)
         elif not self.started:
             self.started = True
@@ -568,7 +732,67 @@ class _Channel:
                 "live": "started", **self._where(), "transport": self.transport, "call_id": self.call_id})
             self._emit(LiveEventKind.STARTED)
 
-    def _interrupt(self, reason: str) -> None:
+    def _stalled(self, began: float, ended: float) -> None:
+        """Media stopped from `began` to `ended` (arrival times) and the Play went on: a `stalled` event to
+        the holders, and a `gap` entry ("stalled"), at most one per `STALL_REPORT_S` (the others counted
+        in the next one and in session_stopped)."""
+        seconds = ended - began
+        self.stalls += 1
+        self.stalled_s += seconds
+        stall = Interruption(wall_text(began), wall_text(), f"no media for {seconds:.1f} s", wall_text(ended))
+        log.warning("live %s/%s: media stalled for %.1f s", self.device_id, self.channel_id, seconds)
+        now = time.monotonic()
+        if self._stall_recorded_at is None or now - self._stall_recorded_at >= STALL_REPORT_S:
+            self._stall_recorded_at = now
+            self.streams._ledger(EntryType.GAP, {
+                "live": "stalled", **self._where(), "call_id": self.call_id, "from": stall.began_at,
+                "to": stall.ended_at, "stalled_s": round(seconds, 3),
+                "stalls_unrecorded_before": self._stalls_unrecorded})
+            self._stalls_unrecorded = 0
+        else:
+            self._stalls_unrecorded += 1
+        self._emit(LiveEventKind.STALLED, stall.reason, stall)
+
+    def _report_losses(self, play: _Play) -> None:
+        """RTP packets the receiver found lost since the last report: a `gap` entry ("lost") and a
+        `media lost` event, at most once per `LOSS_REPORT_S` (a lossy link would fill the ledger)."""
+        lost = play.lost_packets()
+        new = lost - play.lost_reported
+        now = time.monotonic()
+        if new <= 0 or (self._loss_reported_at is not None and now - self._loss_reported_at < LOSS_REPORT_S):
+            return
+        self._loss_reported_at = now
+        play.lost_reported = lost
+        self.loss_reports += 1
+        reason = f"{new} RTP packet(s) lost ({lost} in this Play); the stream goes on without their bytes"
+        log.warning("live %s/%s: %s", self.device_id, self.channel_id, reason)
+        self.streams._ledger(EntryType.GAP, {"live": "lost", **self._where(), "call_id": self.call_id,
+                                             "lost_packets": new, "lost_packets_in_play": lost,
+                                             "at": wall_text()})
+        self._emit(LiveEventKind.MEDIA_LOST, reason)
+
+    def _play_over(self, play: _Play, outcome: Any) -> dict[str, Any]:
+        """The channel is done with `play`: its losses added up; what its end's entry says of them."""
+        play.over = True
+        if outcome is not None:
+            play.outcome = outcome
+        lost = play.lost_packets()
+        self.lost_packets += lost
+        new = lost - play.lost_reported
+        play.lost_reported = lost
+        if new > 0:
+            self._emit(LiveEventKind.MEDIA_LOST, f"{new} RTP packet(s) lost ({lost} in the Play that ended)")
+        gaps = list(getattr(play.outcome, "gaps", None) or [])
+        return {"lost_packets": lost,
+                "rtp_gaps": [list(g) for g in gaps[:MAX_SHOWN_RTP_GAPS]],
+                "rtp_gaps_unshown": max(0, len(gaps) - MAX_SHOWN_RTP_GAPS)
+                + int(getattr(play.outcome, "gaps_unrecorded", 0) or 0)}
+
+    def _lost_total(self) -> int:
+        current = self._current
+        return self.lost_packets + (0 if current is None or current.over else current.lost_packets())
+
+    def _interrupt(self, reason: str, losses: dict[str, Any] | None = None) -> None:
         interruption = Interruption(wall_text(self._last_byte_at), wall_text(), reason)
         self.open_interruption = interruption
         self.interruption_count += 1
@@ -579,7 +803,8 @@ class _Channel:
             consumer._end(f"interrupted: {reason}")
         self.streams._ledger(EntryType.GAP, {"live": "interrupted", **self._where(), "call_id": self.call_id,
                                              "from": interruption.began_at,
-                                             "detected_at": interruption.detected_at, "reason": reason})
+                                             "detected_at": interruption.detected_at, "reason": reason,
+                                             **(losses or {})})
         self._emit(LiveEventKind.INTERRUPTED, reason, interruption)
 
     def _problem(self, reason: str) -> None:
@@ -590,6 +815,18 @@ class _Channel:
             self._problem_recorded = True  # once: a device that stays away would fill the ledger
             self.streams._ledger(EntryType.ERROR, {"stage": "gb28181-live", **self._where(),
                                                    "reason": f"{reason}; retrying"})
+        elif self.open_interruption is not None:  # what keeps the interruption open: rate-limited
+            self.failed_attempts += 1
+            now = time.monotonic()
+            if self._attempt_recorded_at is None or now - self._attempt_recorded_at >= RETRY_REPORT_S:
+                self._attempt_recorded_at = now
+                self.streams._ledger(EntryType.ERROR, {
+                    "stage": "gb28181-live", **self._where(), "reason": f"{reason}; retrying",
+                    "interrupted_since": self.open_interruption.began_at,
+                    "failed_attempts": self.failed_attempts, "unrecorded_before": self._attempts_unrecorded})
+                self._attempts_unrecorded = 0
+            else:
+                self._attempts_unrecorded += 1
 
     def _where(self) -> dict[str, Any]:
         return {"device_id": self.device_id, "channel_id": self.channel_id}
@@ -613,15 +850,17 @@ class _Channel:
         if self.session is not None:
             self.session.stop()
         if self.task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self.task), STOP_TIMEOUT_S)
-            except TimeoutError:  # an INVITE nobody answers: given up, the platform cleans its session up
+            if self._inviting:  # an INVITE the device may never answer (32 s): given up now, cleaned up below
                 self.task.cancel()
-                await asyncio.gather(self.task, return_exceptions=True)
+            await asyncio.wait({self.task}, timeout=STOP_TIMEOUT_S)
+            if not self.task.done():  # a Play that does not end: given up, the platform cleans it up
+                self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
         for consumer in list(self.consumers):
             consumer._end(f"the live stream stopped: {reason}")
         if self.server is not None:
             self.server.close()
+        self._stopped(reason)
         pumps = list(self._connection_tasks)
         if pumps:  # each connection gets what was buffered for it, then its end (bounded: a stuck reader)
             _, stuck = await asyncio.wait(pumps, timeout=STOP_DRAIN_S)
@@ -630,6 +869,14 @@ class _Channel:
             await asyncio.gather(*pumps, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+        self.closed.set()
+
+    def _stopped(self, reason: str) -> None:
+        """The channel's end on the ledger and to its holders (before its connections drain)."""
+        stalled_since = None  # stopped while media had stopped, before the idle timeout ended the Play
+        if (self._flowing and self.open_interruption is None
+                and time.time() - self._last_byte_at >= self.streams.settings.stall_s):
+            stalled_since = wall_text(self._last_byte_at)
         closed = None
         if self.open_interruption is not None:
             closed = Interruption(self.open_interruption.began_at, self.open_interruption.detected_at,
@@ -641,9 +888,11 @@ class _Channel:
         self.streams._ledger(EntryType.SESSION_STOPPED, {
             "live": "stopped", **self._where(), "reason": reason, "since": self.opened_at,
             "started": self.started, "interruptions": self.interruption_count, "bytes": self.bytes,
-            "consumers_cut_off": self.cut_offs, "interrupted": None if closed is None else closed.view()})
+            "consumers_cut_off": self.cut_offs, "interrupted": None if closed is None else closed.view(),
+            "lost_packets": self._lost_total(), "loss_reports": self.loss_reports, "stalls": self.stalls,
+            "stalled_s": round(self.stalled_s, 3), "stalls_unrecorded": self._stalls_unrecorded,
+            "stalled_since": stalled_since, "failed_attempts": self.failed_attempts})
         self._emit(LiveEventKind.STOPPED, reason, closed)
-        self.closed.set()
 
     def view(self) -> dict[str, Any]:
         last = self.interruptions[-1] if self.interruptions else None
@@ -654,6 +903,7 @@ class _Channel:
             "bytes": self.bytes, "interruptions": self.interruption_count,
             "interrupted": None if self.open_interruption is None else self.open_interruption.view(),
             "last_interruption": None if last is None else last.view(), "consumers_cut_off": self.cut_offs,
+            "lost_packets": self._lost_total(), "stalls": self.stalls,
             "last_problem": self.last_problem,
         }
 
@@ -762,19 +1012,35 @@ class LiveStreams:
         return task
 
     def _bind(self, path: Path) -> socket.socket:
-        """The channel's listening socket: directory 0700 and ours, socket 0600, a stale socket of a crash
-        replaced, anything else at its path refused."""
+        """The channel's listening socket: directory 0700 and ours (made so, or refused: a directory the
+        agent did not make is never chmod'ed), socket 0600, a stale socket of a crash replaced, anything
+        else at its path refused."""
         directory = path.parent
         try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            check_socket_parents(directory)
+            for missing in reversed([d for d in directory.parents if not os.path.lexists(d)]):
+                with contextlib.suppress(FileExistsError):
+                    missing.mkdir(mode=0o755)  # then checked like any other
+            check_socket_parents(directory)
+            made = False
+            with contextlib.suppress(FileExistsError):
+                directory.mkdir(mode=0o700)
+                made = True
             facts = os.lstat(directory)
             if not stat.S_ISDIR(facts.st_mode):
                 raise LiveError(f"live socket directory {directory} is not a directory")
             if facts.st_uid != os.geteuid():
                 raise LiveError(f"live socket directory {directory} belongs to uid {facts.st_uid}, "
                                 "not the agent's")
-            if stat.S_IMODE(facts.st_mode) != 0o700:
-                os.chmod(directory, 0o700)
+            mode = stat.S_IMODE(facts.st_mode)
+            if made and mode != 0o700:
+                os.chmod(directory, 0o700)  # the umask took more than asked, never less
+            elif mode & 0o077:
+                # Not ours to change: it may be the runtime directory, whose 0755 lets the operators reach
+                # the API socket beside it.
+                raise LiveError(f"live socket directory {directory} is open to other users (mode "
+                                f"{mode:04o}): give the live sockets a directory of their own (the agent "
+                                "makes it 0700), or make it 0700")
             try:
                 existing = os.lstat(path)
             except FileNotFoundError:

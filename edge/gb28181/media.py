@@ -511,6 +511,7 @@ class MediaReceiver:
         self._ended_event = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._last_packet_at = self._loop.time()  # on the loop's clock: what close() drains by
+        self._last_packet_wall: float | None = None  # time.time() when the last packet taken arrived
 
     # -- the interface ---------------------------------------------------------------------------------------
 
@@ -528,6 +529,13 @@ class MediaReceiver:
     @property
     def ended(self) -> EndReason | None:
         return self._ended
+
+    @property
+    def last_packet_at(self) -> float | None:
+        """When (`time.time()`) the session's last packet arrived, None before the first: bytes the
+        reorder buffer gives out later (a hole filled, or flushed at the end) arrived then at the latest,
+        which is what a live stream's last byte is stamped with (edge.gb28181.live)."""
+        return self._last_packet_wall
 
     @property
     def _raw_name(self) -> str:
@@ -716,6 +724,7 @@ class MediaReceiver:
         now = self._clock()
         self._last_activity = now
         self._last_packet_at = self._loop.time()
+        self._last_packet_wall = time.time()
         if self._first_packet_at is None:
             self._first_packet_at = now
             self._window_started = now

@@ -50,6 +50,7 @@ Faults (`--fault NAME ...`, repeatable; `DeviceSettings.faults`):
     split-recordinfo   RecordInfo one item per MESSAGE, the parts out of order
     slow               history streams at a quarter of real time, whatever downloadspeed asked
     die-mid-stream     the stream stops halfway: no more RTP, no 121, a TCP media connection is reset
+    stall=N            the stream pauses halfway for N seconds (once per session), then goes on at its pace
 
 The packet faults are seeded (`--seed`): the same seed drops, swaps and repeats the same packets, and
 `MediaSession.stats` names their sequence numbers. The packet faults act on TCP media too (a device whose

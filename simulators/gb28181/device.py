@@ -633,11 +633,15 @@ class SimulatedDevice:
         if s.has(Fault.DIE_MID_STREAM):
             frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0
             stop_after = max(1, int(frames // 2))
+        stall: tuple[int, float] | None = None
+        if s.has(Fault.STALL):
+            frames = facts.duration_s * float(facts.frame_rate) if facts else 50.0
+            stall = (max(1, int(frames // 2)), s.seconds(Fault.STALL))
         sender = MediaSender(outlet, ssrc=rtp_ssrc, video=video_codec, audio=has_audio, speed=speed,
                              faults=PacketFaults(loss=s.probability(Fault.LOSS),
                                                  reorder=s.probability(Fault.REORDER),
                                                  duplicate=s.probability(Fault.DUPLICATE), seed=s.seed),
-                             payload_bytes=s.rtp_payload_bytes, stop_after_frames=stop_after)
+                             payload_bytes=s.rtp_payload_bytes, stop_after_frames=stop_after, stall=stall)
         session = MediaSession(call_id=req.call_id, local_tag=tag, kind=kind, channel_id=channel_id,
                                invite=req, peer=peer, offer=offer, answer=answer, rtp_ssrc=rtp_ssrc,
                                speed=speed, recording=recording, transport=transport, setup=setup,

@@ -27,10 +27,14 @@ class Fault(StrEnum):
     SPLIT_RECORDINFO = "split-recordinfo"  # RecordInfo one item per MESSAGE, parts out of order
     SLOW = "slow"  # history streams at a quarter of the asked speed (downloadspeed ignored)
     DIE_MID_STREAM = "die-mid-stream"  # stops a stream halfway: no more RTP, no 121, TCP dropped
+    STALL = "stall"  # pauses a stream halfway for N seconds (`stall=2`), then goes on (an encoder hanging)
 
 
 # Faults that take a probability (`loss=0.05`); the others are bare names.
 PROBABILITY_FAULTS = frozenset({Fault.LOSS, Fault.REORDER, Fault.DUPLICATE})
+# Faults that take seconds (`stall=2`).
+SECONDS_FAULTS = frozenset({Fault.STALL})
+MAX_FAULT_SECONDS = 3600.0
 
 
 class SipTransportKind(StrEnum):
@@ -62,6 +66,15 @@ def parse_faults(specs: list[str]) -> dict[Fault, float]:
             if not 0.0 <= probability <= 1.0:
                 raise SettingsError(f"fault {fault.value}: probability {probability} is outside 0..1")
             faults[fault] = probability
+        elif fault in SECONDS_FAULTS:
+            try:
+                seconds = float(value) if sep else -1.0
+            except ValueError:
+                raise SettingsError(f"fault {fault.value}: {value!r} is not a number") from None
+            if not 0.0 < seconds <= MAX_FAULT_SECONDS:
+                raise SettingsError(f"fault {fault.value} needs seconds, 0 < N <= {MAX_FAULT_SECONDS:g}: "
+                                    f"{fault.value}=N")
+            faults[fault] = seconds
         elif sep:
             raise SettingsError(f"fault {fault.value} takes no value")
         else:
@@ -152,4 +165,8 @@ class DeviceSettings:
         return fault in self.faults
 
     def probability(self, fault: Fault) -> float:
+        return self.faults.get(fault, 0.0)
+
+    def seconds(self, fault: Fault) -> float:
+        """The seconds of a fault that takes them (`stall=2`); 0 when it is not set."""
         return self.faults.get(fault, 0.0)

@@ -183,6 +183,7 @@ class SendStats:
     reordered_count: int = 0
     completed: bool = False  # every frame of the source was handed to the outlet
     died: bool = False
+    stalled_s: float = 0.0  # seconds the stall fault held the stream
 
 
 @dataclass(frozen=True)
@@ -200,11 +201,14 @@ def _record(sequences: list[int], sequence: int) -> None:
 
 class MediaSender:
     """Sends `frames` over `outlet` as PS/RTP with SSRC `ssrc`, paced at `speed` × real time (None: as
-    fast as the outlet takes them). `stop_after_frames` makes the stream die there (the die fault)."""
+    fast as the outlet takes them). `stop_after_frames` makes the stream die there (the die fault);
+    `stall` (frames, seconds) pauses it once after that many frames for that long, then it goes on at its
+    pace (the stall fault: the pause is not caught up in a burst)."""
 
     def __init__(self, outlet: Outlet, *, ssrc: int, video: Codec, audio: bool, speed: float | None,
                  faults: PacketFaults = PacketFaults(), payload_bytes: int = 1400,
-                 stop_after_frames: int | None = None, first_sequence: int | None = None) -> None:
+                 stop_after_frames: int | None = None, first_sequence: int | None = None,
+                 stall: tuple[int, float] | None = None) -> None:
         self._outlet = outlet
         self._ssrc = ssrc
         self._muxer = PsMuxer(video, Codec.G711A if audio else None)
@@ -214,6 +218,7 @@ class MediaSender:
         self._random = random.Random(faults.seed)
         self._faults = faults
         self._stop_after_frames = stop_after_frames
+        self._stall = stall
         self._sequence = (first_sequence if first_sequence is not None
                           else self._random.randrange(1 << 16))  # RFC 3550: random initial sequence
         self._held: tuple[int, bytes] | None = None  # a packet the reorder fault sends after the next
@@ -238,6 +243,12 @@ class MediaSender:
                 self.stats.died = True
                 self._held = None
                 return self.stats
+            if self._stall is not None and self.stats.frames >= self._stall[0]:
+                pause = self._stall[1]
+                self._stall = None
+                self.stats.stalled_s += pause
+                await asyncio.sleep(pause)
+                started += pause
             if frame.video:
                 pack = self._muxer.video_frame(frame.data, frame.pts, key=frame.key, dts=frame.dts)
                 self.stats.frames += 1

@@ -247,15 +247,26 @@ async def test_the_last_consumer_leaving_stops_the_play_with_a_bye(media: Path) 
 
 
 async def test_the_socket_is_the_agents_alone(media: Path) -> None:
+    async with live_env(media) as env, env.open() as handle:
+        facts = os.lstat(handle.socket_path)
+        assert stat.S_ISSOCK(facts.st_mode) and stat.S_IMODE(facts.st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(env.socket_dir).st_mode) == 0o700  # made by the agent
+        assert facts.st_uid == os.geteuid()
+
+
+async def test_an_open_socket_directory_the_agent_did_not_make_is_refused_not_chmoded(media: Path) -> None:
+    """Review 19: it may be the runtime directory, whose 0755 lets the operators reach the API socket."""
     async with live_env(media) as env:
         env.socket_dir.mkdir(mode=0o755)
-        os.chmod(env.socket_dir, 0o755)  # as an operator may have made it (the control: it was open)
-        assert stat.S_IMODE(os.stat(env.socket_dir).st_mode) == 0o755
+        os.chmod(env.socket_dir, 0o755)  # as an operator may have made it
+        with pytest.raises(LiveError, match=r"is open to other users \(mode 0755\)"):
+            async with env.open():
+                pass
+        assert stat.S_IMODE(os.stat(env.socket_dir).st_mode) == 0o755 and env.live.snapshot() == {}
+        # The control: the same directory made 0700 by the operator is used as it is.
+        os.chmod(env.socket_dir, 0o700)
         async with env.open() as handle:
-            facts = os.lstat(handle.socket_path)
-            assert stat.S_ISSOCK(facts.st_mode) and stat.S_IMODE(facts.st_mode) == 0o600
-            assert stat.S_IMODE(os.stat(env.socket_dir).st_mode) == 0o700
-            assert facts.st_uid == os.geteuid()
+            assert stat.S_ISSOCK(os.lstat(handle.socket_path).st_mode)
 
 
 async def test_something_else_at_the_socket_path_is_refused_a_stale_socket_replaced(media: Path) -> None:

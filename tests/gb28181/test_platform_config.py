@@ -128,3 +128,15 @@ def test_the_example_configuration_has_a_valid_section() -> None:
     config = load_config(EXAMPLE)
     assert config.gb28181.enabled is False  # off unless a site turns it on
     assert config.gb28181.sip_id == "34020000002000000001"
+
+
+def test_the_live_socket_dir_is_not_the_api_sockets_directory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review 19: the live sockets' directory is made 0700; the API socket's (0755 for the operators)
+    or one above it is refused. Control: a directory of its own inside it."""
+    api = '[api]\nsocket_path = "/run/ee-r19/station.sock"\n'  # only read, never made
+    for refused in ("/run/ee-r19", "/run"):
+        status, said = check(tmp_path, api + SOUND + f'[gb28181.live]\nsocket_dir = "{refused}"\n', capsys)
+        assert status != 0 and "socket_dir" in said and "API socket" in said, said
+    status, said = check(tmp_path, api + SOUND + '[gb28181.live]\nsocket_dir = "/run/ee-r19/live"\n', capsys)
+    assert status == 0, said
