@@ -106,9 +106,11 @@ from edge.gb28181.registrar import DevicePasswords, Outcome, RefusalLimiter, Reg
 from edge.gb28181.registry import (
     CLOCK_SYNC_MIN_OFFSET_S,
     ChannelView,
+    ClockStep,
     DeviceRegistry,
     SessionView,
     Transition,
+    wall_text,
 )
 from edge.gb28181.sessions import (
     EndReason,
@@ -745,7 +747,12 @@ class GbPlatform:
                 "station_clock_trusted": trusted,
             }
             if trusted:
-                self.registry.clock_measured(device_id, offset_s, measured_at)
+                round_trip_s = (answered - asked).total_seconds()
+                step = self.registry.clock_measured(device_id, offset_s, measured_at,
+                                                    station_now_s=answered.timestamp(),
+                                                    error_s=round_trip_s / 2 + 1.0)
+                if step is not None:
+                    measured["device_clock_stepped"] = self._clock_stepped(device_id, step)
                 self._save_clock_history(device_id)
             else:
                 # Device minus a station clock that may be wrong: not the device's offset. Kept apart, and
@@ -758,6 +765,22 @@ class GbPlatform:
             self._on_change()
             self._ledger(EntryType.CLOCK_MEASURED, measured)
         return payload
+
+    def _clock_stepped(self, device_id: str, step: ClockStep) -> dict[str, Any]:
+        """The device's clock stepped by itself (registry.ClockStep): what the ledger entry of the measurement
+        says of it, and a warning in the log."""
+        stepped = {
+            "offset_from_s": step.offset_from_s, "offset_to_s": step.offset_to_s,
+            "stepped_after": None if step.after_s is None else wall_text(step.after_s),
+            "stepped_before": wall_text(step.before_s),
+            "reason": ("the device's clock stepped by itself (no setting by the station: a reset at a "
+                       "reboot, its menu, its own NTP): a new stretch of its clock begins; recordings of "
+                       "the earlier clock keep its offset and are still listed, stamps both clocks may have "
+                       "made in the window are ambiguous"),
+        }
+        log.warning("gb28181 device %s: its clock stepped by itself from %+.1f s to %+.1f s", device_id,
+                    step.offset_from_s, step.offset_to_s)
+        return stepped
 
     def _clock_offset_s(self, device_time: datetime, asked: datetime, answered: datetime) -> float:
         """Device minus station time, the device's zone-less local time read in the configured zone, the

@@ -48,6 +48,10 @@ from drivers.gb28181.sip_transport import Peer
 MAX_CLOCK_EPOCHS = 32
 # A measured offset smaller than this is not worth setting the clock for (DeviceTime has whole seconds).
 CLOCK_SYNC_MIN_OFFSET_S = 2.0
+# How far a new measurement may differ from the open stretch's offset and still be the same clock (drift,
+# DeviceTime's whole second; the measurement's own error, its round trip, is added): beyond, the device's
+# clock stepped by itself (an RTC reset at a reboot, its menu, its own NTP) and the stretch is closed.
+CLOCK_STEP_TOLERANCE_S = 5.0
 # How well an epoch's boundaries are known (DeviceTime's whole second, the round trip, the Date's
 # milliseconds a device may drop): a stamp this close to a boundary may be either side of it.
 CLOCK_EPOCH_MARGIN_S = 2.0
@@ -67,6 +71,17 @@ class ClockEpoch:
     offset_s: float | None
     ended_at_device_s: float | None = None
     started_at_device_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ClockStep:
+    """The device's clock stepped by itself: its offset before and after (seconds), and the window, in
+    station Unix seconds, in which it stepped (the last measurement that matched, this one)."""
+
+    offset_from_s: float
+    offset_to_s: float
+    after_s: float | None
+    before_s: float
 
 
 class ClockUnknown(StrEnum):
@@ -146,6 +161,9 @@ class DeviceState:
     clock_measured_at: str | None = None
     clock_sync_due: bool = False  # measured (or unmeasurable) since last set, and off: the next 200 sets it
     clock_set_at: str | None = None
+    # The station's Unix time of the last measurement that matched the open stretch's offset (a step
+    # happened after it); None: not measured since the stretch began (or in this run).
+    clock_matched_at_s: float | None = None
     clock_epochs: list[ClockEpoch] = field(default_factory=list)  # oldest first; the last one is current
     # The last measurement made while the station's own clock was untrusted: not the device's offset (it
     # measured the station's error too); a trusted one is wanted before the clock may be set.
@@ -256,24 +274,42 @@ class DeviceRegistry:
         device.last_keepalive_at = wall_text()
         return self._online(device)
 
-    def clock_measured(self, device_id: str, offset_s: float | None, measured_at: str) -> None:
+    def clock_measured(self, device_id: str, offset_s: float | None, measured_at: str, *,
+                       station_now_s: float | None = None, error_s: float = 0.0) -> ClockStep | None:
         """A DeviceStatus answer: the device clock's offset (None: the answer had no DeviceTime, so the
-        offset before a setting cannot be known whatever the station does; it may be set)."""
+        offset before a setting cannot be known whatever the station does; it may be set), measured at
+        station Unix time `station_now_s` (default now) within `error_s`. Returns the step when the offset
+        differs from the open stretch's by more than `CLOCK_STEP_TOLERANCE_S` + `error_s`: the stretch is
+        closed and a new one begins (see the module docstring), never overwritten."""
         device = self._devices.get(device_id)
         if device is None:
-            return
+            return None
         device.clock_remeasure = False
         device.clock_untrusted_offset_s = device.clock_untrusted_measured_at = None
+        step: ClockStep | None = None
         if offset_s is not None:
+            now_s = datetime.now(UTC).timestamp() if station_now_s is None else station_now_s
             device.clock_offset_s = offset_s
             device.clock_measured_at = measured_at
             current = device.clock_epochs[-1] if device.clock_epochs else None
             if current is None or current.ended_at_device_s is not None:
                 device.clock_epochs.append(ClockEpoch(offset_s))
+            elif current.offset_s is not None and \
+                    abs(offset_s - current.offset_s) > CLOCK_STEP_TOLERANCE_S + max(error_s, 0.0):
+                after_s = device.clock_matched_at_s
+                step = ClockStep(current.offset_s, offset_s, after_s, now_s)
+                if after_s is None:  # not measured in this run (a restored stretch): since it began
+                    after_s = now_s if current.started_at_device_s is None \
+                        else current.started_at_device_s - current.offset_s
+                began_s = after_s + offset_s
+                device.clock_epochs[-1] = replace(current, ended_at_device_s=now_s + current.offset_s)
+                device.clock_epochs.append(ClockEpoch(offset_s, started_at_device_s=began_s))
             else:
                 device.clock_epochs[-1] = replace(current, offset_s=offset_s)
+            device.clock_matched_at_s = now_s
             del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
         device.clock_sync_due = offset_s is None or abs(offset_s) >= CLOCK_SYNC_MIN_OFFSET_S
+        return step
 
     def clock_measured_untrusted(self, device_id: str, offset_s: float | None, measured_at: str) -> None:
         """A DeviceStatus answered while the station's own clock was untrusted: the offset measured includes
@@ -315,6 +351,7 @@ class DeviceRegistry:
         before = device.clock_epochs.pop() if device.clock_epochs else ClockEpoch(None)
         ended = replace(before, ended_at_device_s=station_now_s + (before.offset_s or 0.0))
         device.clock_epochs += [ended, ClockEpoch(None, started_at_device_s=station_now_s)]
+        device.clock_matched_at_s = None  # the new stretch's offset is not measured yet
         del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
         return ended
 

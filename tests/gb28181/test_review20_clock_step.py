@@ -116,10 +116,51 @@ async def test_a_stamp_of_the_clock_before_the_step_is_not_given_the_new_clocks_
         assert offset_ms is None or abs(offset_ms) < 60_000, (
             f"a recording stamped 2 h ago by the clock measured right is given {offset_ms} ms ({why}): the "
             "offset of the clock a year behind, which cannot have stamped a time a year past its now")
-        # Control: a stamp the stepped clock made (an hour before its now) gets its offset.
-        stepped_stamp = _right_now() + YEAR_BACK - timedelta(hours=1)
-        control_ms, _ = platform.device_clock_reading(DEVICE, stepped_stamp)
-        assert control_ms is not None and abs(control_ms / 1000 - YEAR_BACK.total_seconds()) < 60
+        # The old clock's own offset, not "unknown": the step's window is seconds long and the new clock,
+        # a year behind, cannot have stamped it.
+        assert offset_ms is not None and why is None
+        # A stamp at the stepped clock's now: the new clock made it, or the right clock a year ago (the
+        # station knows nothing that tells them apart): no offset, never the right clock's as if certain.
+        back_ms, back_why = platform.device_clock_reading(DEVICE, _right_now() + YEAR_BACK)
+        assert back_ms is None and back_why == "ambiguous"
     finally:
         await device.close()
         await platform.close()
+
+
+async def test_control_a_clock_stepped_forward_gives_its_own_stamps_its_offset() -> None:
+    """Control (review 20's control as first written asked a stamp an hour before the stepped clock's now,
+    which a clock measured right seconds earlier cannot have made; a step forward shows the new clock's
+    stamps get its offset)."""
+    year_on = timedelta(days=365)
+    platform, device, _ = await _stepped(year_on)
+    try:
+        control_ms, why = platform.device_clock_reading(DEVICE, _right_now() + year_on)
+        assert control_ms is not None and abs(control_ms / 1000 - year_on.total_seconds()) < 60, why
+    finally:
+        await device.close()
+        await platform.close()
+
+
+def test_registry_a_step_closes_the_stretch_and_small_drift_does_not() -> None:
+    """Pure: a measurement beyond the tolerance closes the open stretch (the step's window between the last
+    matching measurement and this one); one within it (drift) only updates the offset."""
+    from edge.gb28181.registry import CLOCK_STEP_TOLERANCE_S, DeviceRegistry
+
+    registry = DeviceRegistry(keepalive_interval_s=60, keepalive_timeout_count=3, clock=lambda: 0.0,
+                              configured={DEVICE: ""})
+    t0 = 1_800_000_000.0
+    assert registry.clock_measured(DEVICE, 0.5, "m1", station_now_s=t0) is None
+    drift = CLOCK_STEP_TOLERANCE_S - 1
+    assert registry.clock_measured(DEVICE, 0.5 + drift, "m2", station_now_s=t0 + 600) is None
+    device = registry.get(DEVICE)
+    assert device is not None and len(device.clock_epochs) == 1
+    step = registry.clock_measured(DEVICE, -3600.0, "m3", station_now_s=t0 + 1200)
+    assert step is not None and step.after_s == t0 + 600 and step.before_s == t0 + 1200
+    old, new = device.clock_epochs
+    assert old.offset_s == 0.5 + drift and old.ended_at_device_s == t0 + 1200 + old.offset_s
+    assert new.offset_s == -3600.0 and new.started_at_device_s == t0 + 600 - 3600.0
+    # The old clock's stamp before the window keeps its offset; the new clock's after its now too.
+    assert registry.clock_offset_at(DEVICE, t0 + 300, now_s=t0 + 1300) == old.offset_s
+    assert registry.clock_offset_at(DEVICE, t0 + 1250 - 3600, now_s=t0 + 1300) is None  # both may have
+    assert registry.clock_offset_at(DEVICE, t0 + 1250, now_s=t0 + 7200) == -3600.0  # the new clock, later

@@ -12,16 +12,17 @@ over the whole station:
    the device, and with none configured is a ledger error;
 2. per channel, RecordInfo over the policy's range (`lookback_days` back from now) in the device's own
    time: shifted by its measured clock offset (a recorder a year behind stamps an hour-old recording a
-   year ago), plus each stretch of it an earlier clock of the device stamped before the station set it,
-   shifted by that clock's offset (`_device_ranges`); with no offset measured, the station's range, and
-   the operator view says so (`listing_clock`). One that fails is a ledger error. An item whose DeviceID
-   is neither the channel asked about nor another channel this pass downloads from is not downloaded
-   (counted, a ledger error showing its DeviceID escaped). A recording listed as ending after the device's
-   now (the station's clock in the devices' zone, corrected by the measured clock offset, plus
-   `FUTURE_MARGIN`) is left for a later pass: still being recorded, or the device's clock is wrong (one
-   ending more than `ABSURD_FUTURE` ahead is a ledger error). These recurring problems go to the ledger
-   limited (edge.sources.gb28181.problems: the first, then once in six hours with the repeats counted),
-   and so does the recovery of a failing Catalog or RecordInfo (`"resolved": true`);
+   year ago; measured first unless measured in this run), plus each stretch of it an earlier clock of the
+   device stamped before the station set it or it stepped by itself, shifted by that clock's offset
+   (`_device_ranges`); with no offset measured, the station's range, and the operator view says so
+   (`listing_clock`). One that fails is a ledger error. An item whose DeviceID is neither the channel
+   asked about nor another channel this pass downloads from is not downloaded (counted, a ledger error
+   showing its DeviceID escaped). A recording listed as ending after the device's now (the station's clock
+   in the devices' zone, corrected by the measured clock offset, or the end of an earlier stretch of its
+   clock, plus `FUTURE_MARGIN`) is left for a later pass: still being recorded, or the device's clock is
+   wrong (one ending more than `ABSURD_FUTURE` ahead is a ledger error). These recurring problems go to
+   the ledger limited (edge.sources.gb28181.problems: the first, then once in six hours with the repeats
+   counted), and so does the recovery of a failing Catalog or RecordInfo (`"resolved": true`);
 3. the listed recordings to `GbDownloads.download`, which skips the ones already sealed complete (their
    keys come from the recording alone, so a restart re-queries and downloads only what is missing; one
    sealed incomplete is downloaded again, a few times at most, then given up on the ledger) and sends
@@ -545,7 +546,9 @@ class GbDownloadScheduler:
         self._ensure_online(device_id)
         self._ensure_window()
         progress.state, progress.last_problem = "listing", None
-        if self._current_offset_s(device_id) is None:
+        if self._clock_offset_ms(device_id) is None:
+            # Not measured in this run (an offset restored from a previous run may be a clock that has
+            # stepped since): measured before listing.
             await self._measure_clock(device_id)
         ranges = self._device_ranges(device_id, progress)
         self.spool.mkdir(mode=0o700, exist_ok=True)
@@ -602,7 +605,7 @@ class GbDownloadScheduler:
         segment still being recorded, or a device clock that is wrong): downloaded now its expected length
         could never be met. One ending absurdly far ahead (`ABSURD_FUTURE`, an EndTime of 2099) is a
         ledger error, once per recording (limited)."""
-        device_now = self._device_now(device_id)
+        device_now = max([self._device_now(device_id), *self._stretch_ends(device_id)])
         due: list[RecordingRef] = []
         for ref in refs:
             try:
@@ -694,6 +697,22 @@ class GbDownloadScheduler:
             return float(offset) if isinstance(offset, int | float) else None
         current = self._clock_offset_ms(device_id)
         return None if current is None else current / 1000
+
+    def _stretch_ends(self, device_id: str) -> list[datetime]:
+        """Where each closed stretch of the device's clock ended (registry device-clock Unix seconds), as its
+        RecordInfo times read (naive, in the devices' zone): a recording of an earlier clock (it stepped, or
+        the station set it) ending before that has ended, whatever the current clock's now says."""
+        device = self.platform.registry.get(device_id)
+        ends: list[datetime] = []
+        for epoch in list(getattr(device, "clock_epochs", None) or ()):
+            ended_s = getattr(epoch, "ended_at_device_s", None)
+            if isinstance(ended_s, int | float):
+                try:
+                    ends.append((datetime.fromtimestamp(ended_s, UTC)
+                                 + timedelta(minutes=self.policy.utc_offset_minutes)).replace(tzinfo=None))
+                except (OverflowError, OSError, ValueError):
+                    continue
+        return ends
 
     def _device_now(self, device_id: str) -> datetime:
         """Now by the device's clock as it writes RecordInfo times (naive, in the devices' zone): the
