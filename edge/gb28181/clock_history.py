@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.durable.files import SmallFileError, ensure_private_dir, read_small_file, write_atomic
-from edge.gb28181.registry import MAX_CLOCK_EPOCHS, ClockEpoch
+from edge.gb28181.registry import MAX_CLOCK_EPOCHS, MAX_CLOCK_OFFSET_S, ClockEpoch
 
 CLOCK_HISTORY_DIR = "gb28181-clocks"
 FORMAT_VERSION = 1
@@ -94,6 +94,8 @@ def decode(device_id: str, data: bytes) -> tuple[list[ClockEpoch], float | None]
             ended_at_device_s=_number(item["ended_at_device_s"], f"epoch {index} ended_at_device_s"),
             started_at_device_s=_number(item["started_at_device_s"], f"epoch {index} started_at_device_s"),
         ))
+    if any(e.offset_s is not None and abs(e.offset_s) > MAX_CLOCK_OFFSET_S for e in epochs):
+        raise ClockHistoryError("an absurd clock offset (beyond 50 years)")
     if any(e.ended_at_device_s is None for e in epochs[:-1]) or epochs[-1].ended_at_device_s is not None:
         raise ClockHistoryError("every epoch but the last must be closed, and the last open")
     if any(e.started_at_device_s is None for e in epochs[1:]):

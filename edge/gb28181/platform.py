@@ -105,6 +105,7 @@ from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, Q
 from edge.gb28181.registrar import DevicePasswords, Outcome, RefusalLimiter, Registrar
 from edge.gb28181.registry import (
     CLOCK_SYNC_MIN_OFFSET_S,
+    MAX_CLOCK_OFFSET_S,
     ChannelView,
     ClockStep,
     DeviceRegistry,
@@ -219,6 +220,7 @@ class GbPlatform:
         self._limiter = RefusalLimiter(clock)
         self._clock_trusted = clock_trusted
         self._measuring: set[str] = set()  # devices whose DeviceStatus for the clock is in flight
+        self._absurd_clocks: set[str] = set()  # devices whose absurd DeviceTime is on the ledger (once)
         self._was_trusted = False  # the station clock's trust at the last check()
         self.registrar = Registrar(
             digest=DigestServer(settings.domain, os.urandom(32)), passwords=settings.passwords,
@@ -739,8 +741,9 @@ class GbPlatform:
             log.info("gb28181 device %s: DeviceStatus without DeviceTime: its clock cannot be measured",
                      device_id)
             self.registry.clock_measured(device_id, None, measured_at)
+        elif (offset_s := self._clock_offset_s(payload.device_time, asked, answered)) is None:
+            self._absurd_clock(device_id, payload.device_time_text, measured_at)
         else:
-            offset_s = self._clock_offset_s(payload.device_time, asked, answered)
             measured: dict[str, Any] = {
                 "device_id": device_id, "device_time": payload.device_time_text[:40],
                 "offset_s": offset_s, "round_trip_s": round((answered - asked).total_seconds(), 3),
@@ -782,21 +785,46 @@ class GbPlatform:
                     step.offset_from_s, step.offset_to_s)
         return stepped
 
-    def _clock_offset_s(self, device_time: datetime, asked: datetime, answered: datetime) -> float:
+    def _clock_offset_s(self, device_time: datetime, asked: datetime, answered: datetime) -> float | None:
         """Device minus station time, the device's zone-less local time read in the configured zone, the
-        station's taken at the middle of the round trip (DeviceTime has whole seconds only)."""
+        station's taken at the middle of the round trip (DeviceTime has whole seconds only). None: absurd
+        (beyond `MAX_CLOCK_OFFSET_S`, or past the calendar's ends once read in the zone)."""
         zone = timedelta(minutes=self.settings.utc_offset_minutes)
-        device_utc = device_time.replace(tzinfo=UTC) - zone
+        try:
+            device_utc = device_time.replace(tzinfo=UTC) - zone
+        except OverflowError:
+            return None
         middle = asked + (answered - asked) / 2
-        return round((device_utc - middle).total_seconds(), 3)
+        offset_s = round((device_utc - middle).total_seconds(), 3)
+        return None if abs(offset_s) > MAX_CLOCK_OFFSET_S else offset_s
+
+    def _absurd_clock(self, device_id: str, device_time_text: str, measured_at: str) -> None:
+        """A DeviceTime absurdly far off (review 20): the clock is taken as unmeasurable (its recordings
+        are asked over the station's range, given no offset; it may be set), logged, and a ledger entry the
+        first time in this run (every later measurement would repeat it)."""
+        self.registry.clock_measured(device_id, None, measured_at)
+        shown = printable(device_time_text[:40])
+        reason = (f"the device's clock says {shown}, more than {MAX_CLOCK_OFFSET_S / 86400 / 365.25:.0f} "
+                  "years from the station's: taken as unmeasurable (its recordings are asked over the "
+                  "station's range and given no clock offset)")
+        log.warning("gb28181 device %s: %s", device_id, reason)
+        if device_id not in self._absurd_clocks:
+            self._absurd_clocks.add(device_id)
+            self._ledger(EntryType.CLOCK_MEASURED, {
+                "device_id": device_id, "device_time": shown, "offset_s": None, "absurd": True,
+                "station_clock_trusted": self._clock_trusted(), "reason": reason})
+        self._on_change()
 
     async def query_record_info(self, device_id: str, channel_id: str, start: datetime,
                                 end: datetime) -> AssembledAnswer:
         """The recordings of `channel_id` between `start` and `end` (aware datetimes, converted to the
         devices' zone). The answer says whether every part came (`complete`)."""
         zone = timedelta(minutes=self.settings.utc_offset_minutes)
-        query = RecordInfoQuery(start_time=(start.astimezone(UTC) + zone).replace(tzinfo=None),
-                                end_time=(end.astimezone(UTC) + zone).replace(tzinfo=None))
+        try:
+            query = RecordInfoQuery(start_time=(start.astimezone(UTC) + zone).replace(tzinfo=None),
+                                    end_time=(end.astimezone(UTC) + zone).replace(tzinfo=None))
+        except OverflowError:
+            raise QueryError(f"RecordInfo of {channel_id}: range past the calendar's ends") from None
         answer = await self._query(device_id, CmdType.RECORD_INFO,
                                    lambda sn: build_record_info_query(sn, channel_id, query))
         if not isinstance(answer, AssembledAnswer):
@@ -818,7 +846,10 @@ class GbPlatform:
         if moment.tzinfo is not None:
             return int(moment.timestamp())
         zone = timedelta(minutes=self.settings.utc_offset_minutes)
-        return int((moment.replace(tzinfo=UTC) - zone).timestamp())
+        try:
+            return int((moment.replace(tzinfo=UTC) - zone).timestamp())
+        except OverflowError:
+            raise SessionError(f"time {moment.isoformat()[:40]} is past the calendar's ends") from None
 
     def record_times(self, item: RecordItem) -> tuple[int, int]:
         """A record's start and end as Unix seconds (for `t=`), read in the devices' zone."""

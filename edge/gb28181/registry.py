@@ -52,6 +52,9 @@ CLOCK_SYNC_MIN_OFFSET_S = 2.0
 # DeviceTime's whole second; the measurement's own error, its round trip, is added): beyond, the device's
 # clock stepped by itself (an RTC reset at a reboot, its menu, its own NTP) and the stretch is closed.
 CLOCK_STEP_TOLERANCE_S = 5.0
+# A measured offset beyond this is no clock to ask or stamp in (a DeviceTime of 9999-12-31 or year 1: a
+# corrupt RTC, a hostile device): taken as unmeasurable (review 20), its recordings asked in station time.
+MAX_CLOCK_OFFSET_S = 50 * 365.25 * 86400
 # How well an epoch's boundaries are known (DeviceTime's whole second, the round trip, the Date's
 # milliseconds a device may drop): a stamp this close to a boundary may be either side of it.
 CLOCK_EPOCH_MARGIN_S = 2.0

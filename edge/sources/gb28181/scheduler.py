@@ -65,7 +65,7 @@ from edge.custody.text import printable
 from edge.gb28181.platform import GbPlatform
 from edge.gb28181.policy import DownloadPolicy, device_ranges
 from edge.gb28181.queries import QueryError
-from edge.gb28181.registry import wall_text
+from edge.gb28181.registry import MAX_CLOCK_OFFSET_S, wall_text
 from edge.gb28181.sessions import EndReason, SessionError, SessionResult
 from edge.ingest.pipeline import IngestPipeline
 from edge.sources.gb28181.downloads import (
@@ -694,9 +694,12 @@ class GbDownloadScheduler:
         epochs = list(getattr(device, "clock_epochs", None) or ())
         if epochs and getattr(epochs[-1], "ended_at_device_s", 0) is None:
             offset = getattr(epochs[-1], "offset_s", None)
-            return float(offset) if isinstance(offset, int | float) else None
-        current = self._clock_offset_ms(device_id)
-        return None if current is None else current / 1000
+            offset_s = float(offset) if isinstance(offset, int | float) else None
+        else:
+            current = self._clock_offset_ms(device_id)
+            offset_s = None if current is None else current / 1000
+        # An absurd offset (review 20: a DeviceTime of 9999) is no clock to ask in.
+        return None if offset_s is None or abs(offset_s) > MAX_CLOCK_OFFSET_S else offset_s
 
     def _stretch_ends(self, device_id: str) -> list[datetime]:
         """Where each closed stretch of the device's clock ended (registry device-clock Unix seconds), as its
