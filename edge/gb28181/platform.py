@@ -104,10 +104,12 @@ from edge.gb28181 import clock_history
 from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
 from edge.gb28181.registrar import DevicePasswords, Outcome, RefusalLimiter, Registrar
 from edge.gb28181.registry import (
+    CLOCK_DATE_RETRY_S,
     CLOCK_SYNC_MIN_OFFSET_S,
     MAX_CLOCK_OFFSET_S,
     ChannelView,
     ClockStep,
+    DateIgnored,
     DeviceRegistry,
     SessionView,
     Transition,
@@ -458,7 +460,8 @@ class GbPlatform:
 
     def _clock_sync_due(self, device_id: str) -> bool:
         device = self.registry.get(device_id)
-        return device is not None and device.clock_sync_due and not device.clock_remeasure
+        return device is not None and device.clock_sync_due and not device.clock_remeasure \
+            and not self.registry.clock_date_backoff(device_id)
 
     def _remeasure_if_wanted(self, device_id: str) -> None:
         """A device whose clock was measured only against the untrusted station clock is measured again once
@@ -475,6 +478,9 @@ class GbPlatform:
         if device is not None and device.clock_remeasure:
             return ("the device's clock was measured only against the station's untrusted clock: measured "
                     "again first")
+        if self.registry.clock_date_backoff(device_id):
+            return (f"the device ignored the last Date it was sent: set again "
+                    f"{CLOCK_DATE_RETRY_S / 3600:g} h after")
         if device is None or device.clock_offset_s is None or (
                 device.clock_set_at is not None and (device.clock_measured_at or "") < device.clock_set_at):
             return "the device's clock is not measured yet (since the station last set it)"
@@ -553,13 +559,14 @@ class GbPlatform:
         if saved is not None:
             self.registry.clock_history_restored(device_id, *saved)
 
-    def _save_clock_history(self, device_id: str) -> None:
+    def _save_clock_history(self, device_id: str, *, force: bool = False) -> None:
         """After a setting, or a trusted measurement of a clock the station set (or whose history was lost):
         the device's epochs on disk (a small atomic write). A failure is logged and an error entry: the
-        history then holds for this run only."""
+        history then holds for this run only. `force`: written even for one stretch (a setting the device
+        ignored was undone: the file written at the setting must not keep it)."""
         device = self.registry.get(device_id)
         if self._clock_history_dir is None or device is None or not device.clock_epochs or (
-                len(device.clock_epochs) < 2 and device.clock_history_from_s is None):
+                len(device.clock_epochs) < 2 and device.clock_history_from_s is None and not force):
             return  # a clock never set: the next run measures the same clock
         try:
             clock_history.save(self._clock_history_dir, device_id, device.clock_epochs,
@@ -754,9 +761,11 @@ class GbPlatform:
                 step = self.registry.clock_measured(device_id, offset_s, measured_at,
                                                     station_now_s=answered.timestamp(),
                                                     error_s=round_trip_s / 2 + 1.0)
-                if step is not None:
+                if isinstance(step, ClockStep):
                     measured["device_clock_stepped"] = self._clock_stepped(device_id, step)
-                self._save_clock_history(device_id)
+                elif isinstance(step, DateIgnored):
+                    measured["device_ignored_date"] = self._date_ignored(device_id, step)
+                self._save_clock_history(device_id, force=step is not None)
             else:
                 # Device minus a station clock that may be wrong: not the device's offset. Kept apart, and
                 # measured again once the station's clock is trusted (before any Date is sent).
@@ -784,6 +793,16 @@ class GbPlatform:
         log.warning("gb28181 device %s: its clock stepped by itself from %+.1f s to %+.1f s", device_id,
                     step.offset_from_s, step.offset_to_s)
         return stepped
+
+    def _date_ignored(self, device_id: str, ignored: DateIgnored) -> dict[str, Any]:
+        """The device did not take the Date it was sent (registry.DateIgnored): what the measurement's
+        ledger entry says of it (one per setting, a setting at most once in `CLOCK_DATE_RETRY_S`)."""
+        reason = (f"the device ignored the Date of its registration's 200 OK (its clock stayed "
+                  f"{ignored.offset_after_s:+.1f} s off): its clock is taken as unchanged (its stretch "
+                  f"continues), and it is set again only after {CLOCK_DATE_RETRY_S / 3600:g} h")
+        log.warning("gb28181 device %s: %s", device_id, reason)
+        return {"offset_before_s": ignored.offset_before_s, "offset_after_s": ignored.offset_after_s,
+                "reason": reason}
 
     def _clock_offset_s(self, device_time: datetime, asked: datetime, answered: datetime) -> float | None:
         """Device minus station time, the device's zone-less local time read in the configured zone, the

@@ -55,6 +55,9 @@ CLOCK_STEP_TOLERANCE_S = 5.0
 # A measured offset beyond this is no clock to ask or stamp in (a DeviceTime of 9999-12-31 or year 1: a
 # corrupt RTC, a hostile device): taken as unmeasurable (review 20), its recordings asked in station time.
 MAX_CLOCK_OFFSET_S = 50 * 365.25 * 86400
+# A device that ignored the Date of a REGISTER 200 (many do) is set again only this long after (monotonic
+# seconds): each setting is a ledger entry, a measurement, a history write.
+CLOCK_DATE_RETRY_S = 86400.0
 # How well an epoch's boundaries are known (DeviceTime's whole second, the round trip, the Date's
 # milliseconds a device may drop): a stamp this close to a boundary may be either side of it.
 CLOCK_EPOCH_MARGIN_S = 2.0
@@ -85,6 +88,16 @@ class ClockStep:
     offset_to_s: float
     after_s: float | None
     before_s: float
+
+
+@dataclass(frozen=True)
+class DateIgnored:
+    """The measurement after a setting shows the device's clock did not move (the same offset as before,
+    within the tolerance): it ignores the REGISTER 200's Date. The setting's split is undone (the stretch
+    continues) and the clock is not set again before `CLOCK_DATE_RETRY_S`."""
+
+    offset_before_s: float
+    offset_after_s: float
 
 
 class ClockUnknown(StrEnum):
@@ -167,6 +180,9 @@ class DeviceState:
     # The station's Unix time of the last measurement that matched the open stretch's offset (a step
     # happened after it); None: not measured since the stretch began (or in this run).
     clock_matched_at_s: float | None = None
+    # The last time (wall text; monotonic beside it) the device was found to have ignored a Date it was sent.
+    clock_ignores_date_at: str | None = None
+    clock_ignores_date_mono: float | None = None
     clock_epochs: list[ClockEpoch] = field(default_factory=list)  # oldest first; the last one is current
     # The last measurement made while the station's own clock was untrusted: not the device's offset (it
     # measured the station's error too); a trusted one is wanted before the clock may be set.
@@ -197,6 +213,8 @@ class DeviceState:
             "clock_offset_s": self.clock_offset_s,
             "clock_measured_at": self.clock_measured_at,
             "clock_set_at": self.clock_set_at,
+            "clock_ignores_date": None if self.clock_ignores_date_at is None else {
+                "at": self.clock_ignores_date_at, "set_again_after_s": CLOCK_DATE_RETRY_S},
             "clock_measured_untrusted": None if not self.clock_remeasure else {
                 "offset_s": self.clock_untrusted_offset_s, "at": self.clock_untrusted_measured_at},
             "keepalive_other_port": None if not self.keepalives_other_port else {
@@ -278,27 +296,41 @@ class DeviceRegistry:
         return self._online(device)
 
     def clock_measured(self, device_id: str, offset_s: float | None, measured_at: str, *,
-                       station_now_s: float | None = None, error_s: float = 0.0) -> ClockStep | None:
+                       station_now_s: float | None = None,
+                       error_s: float = 0.0) -> ClockStep | DateIgnored | None:
         """A DeviceStatus answer: the device clock's offset (None: the answer had no DeviceTime, so the
         offset before a setting cannot be known whatever the station does; it may be set), measured at
         station Unix time `station_now_s` (default now) within `error_s`. Returns the step when the offset
         differs from the open stretch's by more than `CLOCK_STEP_TOLERANCE_S` + `error_s`: the stretch is
-        closed and a new one begins (see the module docstring), never overwritten."""
+        closed and a new one begins (see the module docstring), never overwritten. Returns `DateIgnored`
+        when it is the first measurement after a setting and the clock did not move: the setting's split
+        is undone."""
         device = self._devices.get(device_id)
         if device is None:
             return None
         device.clock_remeasure = False
         device.clock_untrusted_offset_s = device.clock_untrusted_measured_at = None
-        step: ClockStep | None = None
+        step: ClockStep | DateIgnored | None = None
         if offset_s is not None:
             now_s = datetime.now(UTC).timestamp() if station_now_s is None else station_now_s
             device.clock_offset_s = offset_s
             device.clock_measured_at = measured_at
             current = device.clock_epochs[-1] if device.clock_epochs else None
-            if current is None or current.ended_at_device_s is not None:
+            tolerance_s = CLOCK_STEP_TOLERANCE_S + max(error_s, 0.0)
+            before = device.clock_epochs[-2] if len(device.clock_epochs) > 1 else None
+            if current is not None and current.offset_s is None and current.ended_at_device_s is None \
+                    and current.started_at_device_s is not None and before is not None \
+                    and before.offset_s is not None and abs(before.offset_s) > tolerance_s \
+                    and abs(offset_s - before.offset_s) <= tolerance_s:
+                # The first measurement after a setting, and the clock did not move: the Date was ignored.
+                step = DateIgnored(before.offset_s, offset_s)
+                device.clock_epochs[-2:] = [replace(before, offset_s=offset_s, ended_at_device_s=None)]
+                device.clock_ignores_date_at = wall_text(now_s)
+                device.clock_ignores_date_mono = self._clock()
+            elif current is None or current.ended_at_device_s is not None:
                 device.clock_epochs.append(ClockEpoch(offset_s))
             elif current.offset_s is not None and \
-                    abs(offset_s - current.offset_s) > CLOCK_STEP_TOLERANCE_S + max(error_s, 0.0):
+                    abs(offset_s - current.offset_s) > tolerance_s:
                 after_s = device.clock_matched_at_s
                 step = ClockStep(current.offset_s, offset_s, after_s, now_s)
                 if after_s is None:  # not measured in this run (a restored stretch): since it began
@@ -313,6 +345,12 @@ class DeviceRegistry:
             del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
         device.clock_sync_due = offset_s is None or abs(offset_s) >= CLOCK_SYNC_MIN_OFFSET_S
         return step
+
+    def clock_date_backoff(self, device_id: str) -> bool:
+        """Whether the device ignored a Date less than `CLOCK_DATE_RETRY_S` ago (not set again before)."""
+        device = self._devices.get(device_id)
+        return device is not None and device.clock_ignores_date_mono is not None \
+            and self._clock() - device.clock_ignores_date_mono < CLOCK_DATE_RETRY_S
 
     def clock_measured_untrusted(self, device_id: str, offset_s: float | None, measured_at: str) -> None:
         """A DeviceStatus answered while the station's own clock was untrusted: the offset measured includes

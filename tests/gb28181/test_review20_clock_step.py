@@ -145,7 +145,7 @@ async def test_control_a_clock_stepped_forward_gives_its_own_stamps_its_offset()
 def test_registry_a_step_closes_the_stretch_and_small_drift_does_not() -> None:
     """Pure: a measurement beyond the tolerance closes the open stretch (the step's window between the last
     matching measurement and this one); one within it (drift) only updates the offset."""
-    from edge.gb28181.registry import CLOCK_STEP_TOLERANCE_S, DeviceRegistry
+    from edge.gb28181.registry import CLOCK_STEP_TOLERANCE_S, ClockStep, DeviceRegistry
 
     registry = DeviceRegistry(keepalive_interval_s=60, keepalive_timeout_count=3, clock=lambda: 0.0,
                               configured={DEVICE: ""})
@@ -156,7 +156,7 @@ def test_registry_a_step_closes_the_stretch_and_small_drift_does_not() -> None:
     device = registry.get(DEVICE)
     assert device is not None and len(device.clock_epochs) == 1
     step = registry.clock_measured(DEVICE, -3600.0, "m3", station_now_s=t0 + 1200)
-    assert step is not None and step.after_s == t0 + 600 and step.before_s == t0 + 1200
+    assert isinstance(step, ClockStep) and step.after_s == t0 + 600 and step.before_s == t0 + 1200
     old, new = device.clock_epochs
     assert old.offset_s == 0.5 + drift and old.ended_at_device_s == t0 + 1200 + old.offset_s
     assert new.offset_s == -3600.0 and new.started_at_device_s == t0 + 600 - 3600.0
