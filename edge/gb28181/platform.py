@@ -109,6 +109,7 @@ from edge.gb28181.registry import (
     MAX_CLOCK_OFFSET_S,
     ChannelView,
     ClockStep,
+    ClockUnknown,
     DateIgnored,
     DeviceRegistry,
     SessionView,
@@ -548,7 +549,16 @@ class GbPlatform:
             return
         self._history_loaded.add(device_id)
         try:
-            saved = clock_history.load(self._clock_history_dir, device_id)
+            saved = clock_history.load(self._clock_history_dir, device_id,
+                                       utc_offset_minutes=self.settings.utc_offset_minutes)
+        except clock_history.ClockHistoryZoneChanged as exc:
+            reason = (f"the saved clock history of the device is not applied: {printable(str(exc)[:200])}; "
+                      "recordings it stamped before now get no clock offset (zone-changed)")
+            log.warning("gb28181 device %s: %s", device_id, reason)
+            self._ledger(EntryType.ERROR, {"stage": "gb28181", "device_id": device_id, "reason": reason})
+            self.registry.clock_history_lost(device_id, datetime.now(UTC).timestamp(),
+                                             ClockUnknown.ZONE_CHANGED)
+            return
         except (clock_history.ClockHistoryError, OSError) as exc:
             reason = (f"the saved clock history of the device cannot be used ({printable(str(exc)[:200])}): "
                       "recordings it stamped before now get no clock offset")
@@ -570,7 +580,8 @@ class GbPlatform:
             return  # a clock never set: the next run measures the same clock
         try:
             clock_history.save(self._clock_history_dir, device_id, device.clock_epochs,
-                               device.clock_history_from_s)
+                               device.clock_history_from_s,
+                               utc_offset_minutes=self.settings.utc_offset_minutes)
         except (clock_history.ClockHistoryError, OSError) as exc:
             reason = f"the device's clock history was not saved: {printable(str(exc)[:200])}"
             log.error("gb28181 device %s: %s", device_id, reason)

@@ -107,6 +107,7 @@ class ClockUnknown(StrEnum):
     AMBIGUOUS = "ambiguous"  # two clocks of the device stamped such times (a clock set back)
     BETWEEN_CLOCKS = "between-clocks"  # no known clock stamped such times (a clock set forward skips them)
     BEFORE_HISTORY = "before-history"  # before the history kept (bounded, or lost)
+    ZONE_CHANGED = "zone-changed"  # the saved history was measured in another devices' zone: not applied
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ class DeviceState:
     # The station's time before which the device's clock history is not known (its saved history was lost
     # or damaged): stamps of the clock before then get no offset. None: known from the start.
     clock_history_from_s: float | None = None
+    clock_history_lost_why: ClockUnknown = ClockUnknown.BEFORE_HISTORY
     sessions: dict[str, SessionView] = field(default_factory=dict)
     charset: str = ""
     # keepalives from another port of its host since it registered (not followed: see the module docstring)
@@ -373,12 +375,14 @@ class DeviceRegistry:
         device.clock_epochs = list(epochs[-MAX_CLOCK_EPOCHS:])
         device.clock_history_from_s = history_from_s
 
-    def clock_history_lost(self, device_id: str, station_now_s: float) -> None:
-        """The saved history could not be read: nothing stamped before now is known (whatever this run
-        measures is the clock of now, which a previous run may have set)."""
+    def clock_history_lost(self, device_id: str, station_now_s: float,
+                           why: ClockUnknown = ClockUnknown.BEFORE_HISTORY) -> None:
+        """The saved history could not be read (or was of another zone, `why`): nothing stamped before now
+        is known (whatever this run measures is the clock of now, which a previous run may have set)."""
         device = self._devices.get(device_id)
         if device is not None:
             device.clock_history_from_s = station_now_s
+            device.clock_history_lost_why = why
 
     def clock_set(self, device_id: str, station_now_s: float) -> ClockEpoch | None:
         """The station put its time in a REGISTER 200 (at Unix `station_now_s`): the current epoch ends
@@ -410,11 +414,13 @@ class DeviceRegistry:
         epochs = device.clock_epochs
         margin = CLOCK_EPOCH_MARGIN_S
         first = epochs[0].started_at_device_s
+        known_from: float | None = None
         if device.clock_history_from_s is not None:  # lost: known only from then (in the clock of then)
             known_from = device.clock_history_from_s + (epochs[0].offset_s or 0.0)
             first = known_from if first is None else max(first, known_from)
         if first is not None and stamped_s < first - margin:
-            return ClockReading(None, ClockUnknown.BEFORE_HISTORY)
+            lost = known_from is not None and first == known_from
+            return ClockReading(None, device.clock_history_lost_why if lost else ClockUnknown.BEFORE_HISTORY)
 
         def began(epoch: ClockEpoch) -> bool:
             return epoch.started_at_device_s is None or stamped_s >= epoch.started_at_device_s - margin
