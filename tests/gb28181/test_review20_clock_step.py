@@ -164,3 +164,42 @@ def test_registry_a_step_closes_the_stretch_and_small_drift_does_not() -> None:
     assert registry.clock_offset_at(DEVICE, t0 + 300, now_s=t0 + 1300) == old.offset_s
     assert registry.clock_offset_at(DEVICE, t0 + 1250 - 3600, now_s=t0 + 1300) is None  # both may have
     assert registry.clock_offset_at(DEVICE, t0 + 1250, now_s=t0 + 7200) == -3600.0  # the new clock, later
+
+
+async def test_after_a_restart_the_restored_offset_is_measured_again_before_listing(
+        store: StationStore, tmp_path: Path) -> None:
+    """A previous run saved a right clock (set by the station); the device's clock has since stepped a year
+    back. The pass measures it before RecordInfo (the restored offset is not used as if measured now), so
+    its recording made an hour ago, stamped a year back, is listed and downloaded."""
+    from edge.gb28181 import clock_history
+    from edge.gb28181.registry import ClockEpoch
+
+    history = tmp_path / "clocks"
+    set_at = datetime.now(UTC).timestamp() - 86400
+    clock_history.save(history, DEVICE, [ClockEpoch(3600.0, ended_at_device_s=set_at + 3600.0),
+                                         ClockEpoch(0.0, None, set_at)], None, utc_offset_minutes=480)
+    platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, idle_timeout_s=1.0), record=Ledger(),
+                          clock_trusted=lambda: True, clock=FakeClock(), open_receiver=open_receiver,
+                          clock_history_dir=history)
+    await platform.start()
+    stepped_now = _right_now() + YEAR_BACK
+    recording = RecordItem(device_id=CHANNEL, name="rec", file_path="/sd/after-step.ps", address="",
+                           start_time=stepped_now - timedelta(hours=1, minutes=10),
+                           end_time=stepped_now - timedelta(hours=1), secrecy=0, type="time")
+    device = await TestDevice(DEVICE, PASSWORD, platform.transport.port, device_time=stepped_now,
+                              records=[recording],
+                              channels=[CatalogItem(device_id=CHANNEL, name="cam")]).start()
+    try:
+        assert (await device.register()).status == 200
+        assert "DeviceStatus" not in device.queries
+        pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
+        policy = DownloadPolicy(enabled=True, when="on-registration", window=None, lookback_days=7, speed=4,
+                                media_transport="udp", utc_offset_minutes=480)
+        scheduler = GbDownloadScheduler(platform, policy, lambda: pipeline, spool=tmp_path / "spool",
+                                        station_id="TEST-STATION", case={})
+        await asyncio.wait_for(scheduler._pass(DEVICE, DeviceProgress()), 60)
+        assert device.queries.index("DeviceStatus") < device.queries.index("RecordInfo")
+        assert len(device.invites) == 1
+    finally:
+        await device.close()
+        await platform.close()

@@ -546,9 +546,9 @@ class GbDownloadScheduler:
         self._ensure_online(device_id)
         self._ensure_window()
         progress.state, progress.last_problem = "listing", None
-        if self._clock_offset_ms(device_id) is None:
+        if self._clock_offset_ms(device_id) is None or self._current_offset_s(device_id) is None:
             # Not measured in this run (an offset restored from a previous run may be a clock that has
-            # stepped since): measured before listing.
+            # stepped since), or not since the station set it: measured before listing.
             await self._measure_clock(device_id)
         ranges = self._device_ranges(device_id, progress)
         self.spool.mkdir(mode=0o700, exist_ok=True)
