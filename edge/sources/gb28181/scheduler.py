@@ -12,17 +12,16 @@ over the whole station:
    the device, and with none configured is a ledger error;
 2. per channel, RecordInfo over the policy's range (`lookback_days` back from now) in the device's own
    time: shifted by its measured clock offset (a recorder a year behind stamps an hour-old recording a
-   year ago; measured first unless measured in this run), plus each stretch of it an earlier clock of the
-   device stamped before the station set it or it stepped by itself, shifted by that clock's offset
-   (`_device_ranges`); with no offset measured, the station's range, and the operator view says so
-   (`listing_clock`). One that fails is a ledger error. An item whose DeviceID is neither the channel
-   asked about nor another channel this pass downloads from is not downloaded (counted, a ledger error
-   showing its DeviceID escaped). A recording listed as ending after the device's now (the station's clock
-   in the devices' zone, corrected by the measured clock offset, or the end of an earlier stretch of its
-   clock, plus `FUTURE_MARGIN`) is left for a later pass: still being recorded, or the device's clock is
-   wrong (one ending more than `ABSURD_FUTURE` ahead is a ledger error). These recurring problems go to
-   the ledger limited (edge.sources.gb28181.problems: the first, then once in six hours with the repeats
-   counted), and so does the recovery of a failing Catalog or RecordInfo (`"resolved": true`);
+   year ago), plus each stretch of it an earlier clock of the device stamped before the station set it,
+   shifted by that clock's offset (`_device_ranges`); with no offset measured, the station's range, and
+   the operator view says so (`listing_clock`). One that fails is a ledger error. An item whose DeviceID
+   is neither the channel asked about nor another channel this pass downloads from is not downloaded
+   (counted, a ledger error showing its DeviceID escaped). A recording listed as ending after the device's
+   now (the station's clock in the devices' zone, corrected by the measured clock offset, plus
+   `FUTURE_MARGIN`) is left for a later pass: still being recorded, or the device's clock is wrong (one
+   ending more than `ABSURD_FUTURE` ahead is a ledger error). These recurring problems go to the ledger
+   limited (edge.sources.gb28181.problems: the first, then once in six hours with the repeats counted),
+   and so does the recovery of a failing Catalog or RecordInfo (`"resolved": true`);
 3. the listed recordings to `GbDownloads.download`, which skips the ones already sealed complete (their
    keys come from the recording alone, so a restart re-queries and downloads only what is missing; one
    sealed incomplete is downloaded again, a few times at most, then given up on the ledger) and sends
