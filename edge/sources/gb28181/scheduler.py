@@ -635,8 +635,9 @@ class GbDownloadScheduler:
     def _device_ranges(self, device_id: str, progress: DeviceProgress) -> list[tuple[datetime, datetime]]:
         """The RecordInfo ranges in the device's own time (edge.gb28181.policy.device_ranges): the policy's
         range shifted by the device's clock offset, and each stretch of it an earlier clock of the device
-        stamped (before the station set it) shifted by that clock's offset. The operator view says which
-        (`listing_clock`); an offset not measured leaves the station's range, and says so."""
+        stamped (before the station set it, or it stepped by itself) shifted by that clock's offset. The
+        operator view says which (`listing_clock`); an offset not measured leaves the station's range, and
+        says so."""
         start, end = self.policy.query_range(self._now())
         device = self.platform.registry.get(device_id)
         epochs = list(getattr(device, "clock_epochs", None) or ())
