@@ -52,6 +52,8 @@ CLOCK_SYNC_MIN_OFFSET_S = 2.0
 # DeviceTime's whole second; the measurement's own error, its round trip, is added): beyond, the device's
 # clock stepped by itself (an RTC reset at a reboot, its menu, its own NTP) and the stretch is closed.
 CLOCK_STEP_TOLERANCE_S = 5.0
+# A crystal's drift (~23 ppm) allowed on top, per day since the last measurement that matched.
+CLOCK_DRIFT_S_PER_DAY = 2.0
 # A measured offset beyond this is no clock to ask or stamp in (a DeviceTime of 9999-12-31 or year 1: a
 # corrupt RTC, a hostile device): taken as unmeasurable (review 20), its recordings asked in station time.
 MAX_CLOCK_OFFSET_S = 50 * 365.25 * 86400
@@ -331,8 +333,9 @@ class DeviceRegistry:
                 device.clock_ignores_date_mono = self._clock()
             elif current is None or current.ended_at_device_s is not None:
                 device.clock_epochs.append(ClockEpoch(offset_s))
-            elif current.offset_s is not None and \
-                    abs(offset_s - current.offset_s) > tolerance_s:
+            elif current.offset_s is not None and abs(offset_s - current.offset_s) > tolerance_s + (
+                    0.0 if device.clock_matched_at_s is None
+                    else CLOCK_DRIFT_S_PER_DAY * max(now_s - device.clock_matched_at_s, 0.0) / 86400):
                 after_s = device.clock_matched_at_s
                 step = ClockStep(current.offset_s, offset_s, after_s, now_s)
                 if after_s is None:  # not measured in this run (a restored stretch): since it began

@@ -164,6 +164,11 @@ def test_registry_a_step_closes_the_stretch_and_small_drift_does_not() -> None:
     assert registry.clock_offset_at(DEVICE, t0 + 300, now_s=t0 + 1300) == old.offset_s
     assert registry.clock_offset_at(DEVICE, t0 + 1250 - 3600, now_s=t0 + 1300) is None  # both may have
     assert registry.clock_offset_at(DEVICE, t0 + 1250, now_s=t0 + 7200) == -3600.0  # the new clock, later
+    # Drift: 15 s more after ten days is the same clock (2 s a day allowed); 15 s after an hour is a step.
+    ten_days = t0 + 1200 + 10 * 86400
+    assert registry.clock_measured(DEVICE, -3585.0, "m4", station_now_s=ten_days) is None
+    stepped = registry.clock_measured(DEVICE, -3570.0, "m5", station_now_s=ten_days + 3600)
+    assert isinstance(stepped, ClockStep)
 
 
 async def test_after_a_restart_the_restored_offset_is_measured_again_before_listing(
