@@ -16,8 +16,14 @@ epochs in order (every one closed but the last, which is open). Anything else ra
 the platform logs it, puts an error on the ledger and takes the device's history as lost (what was
 stamped before this run gets no offset: `ClockUnknown.BEFORE_HISTORY`), never a guess.
 
-    {"version": 1, "device_id": "<20 digits>", "history_from_s": null | station Unix seconds,
+    {"version": 2, "device_id": "<20 digits>", "history_from_s": null | station Unix seconds,
+     "utc_offset_minutes": null | the devices' zone the offsets were measured in,
      "epochs": [{"offset_s": null | s, "started_at_device_s": null | s, "ended_at_device_s": null | s}]}
+
+An offset reads the device's zone-less DeviceTime in the configured zone (`utc_offset_minutes`), so it
+holds in that zone only (review 20): a file of another zone (or of version 1, which did not say its zone)
+raises `ClockHistoryZoneChanged` when loaded for a zone, and the platform takes the history as lost with
+the reason `zone-changed`, never applies it.
 """
 
 from __future__ import annotations
@@ -30,18 +36,23 @@ from pathlib import Path
 from typing import Any
 
 from edge.durable.files import SmallFileError, ensure_private_dir, read_small_file, write_atomic
-from edge.gb28181.registry import MAX_CLOCK_EPOCHS, ClockEpoch
+from edge.gb28181.registry import MAX_CLOCK_EPOCHS, MAX_CLOCK_OFFSET_S, ClockEpoch
 
 CLOCK_HISTORY_DIR = "gb28181-clocks"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_FILE_BYTES = 16 * 1024  # 32 epochs of three numbers each take ~3 KiB
 _DEVICE_ID = re.compile(r"[0-9]{20}")
 _EPOCH_KEYS = {"offset_s", "started_at_device_s", "ended_at_device_s"}
-_DOCUMENT_KEYS = {"version", "device_id", "history_from_s", "epochs"}
+_DOCUMENT_KEYS_V1 = {"version", "device_id", "history_from_s", "epochs"}
+_DOCUMENT_KEYS = _DOCUMENT_KEYS_V1 | {"utc_offset_minutes"}
 
 
 class ClockHistoryError(Exception):
     """A device's clock history file that cannot be used; the message says what is wrong (no raw bytes)."""
+
+
+class ClockHistoryZoneChanged(ClockHistoryError):
+    """A history whose offsets were measured in another devices' zone (or an unknown one)."""
 
 
 def history_path(directory: Path, device_id: str) -> Path:
@@ -51,10 +62,12 @@ def history_path(directory: Path, device_id: str) -> Path:
     return directory / f"{device_id}.json"
 
 
-def encode(device_id: str, epochs: list[ClockEpoch], history_from_s: float | None) -> bytes:
+def encode(device_id: str, epochs: list[ClockEpoch], history_from_s: float | None, *,
+           utc_offset_minutes: int | None = None) -> bytes:
     """The file's bytes (pure)."""
     return json.dumps({
         "version": FORMAT_VERSION, "device_id": device_id, "history_from_s": history_from_s,
+        "utc_offset_minutes": utc_offset_minutes,
         "epochs": [{"offset_s": e.offset_s, "started_at_device_s": e.started_at_device_s,
                     "ended_at_device_s": e.ended_at_device_s} for e in epochs[-MAX_CLOCK_EPOCHS:]],
     }, sort_keys=True).encode()
@@ -68,19 +81,23 @@ def _number(value: Any, what: str) -> float | None:
     return float(value)
 
 
-def decode(device_id: str, data: bytes) -> tuple[list[ClockEpoch], float | None]:
+def decode(device_id: str, data: bytes, *,
+           utc_offset_minutes: int | None = None) -> tuple[list[ClockEpoch], float | None]:
     """The epochs and `history_from_s` of a file's bytes (pure); ClockHistoryError when it is not exactly
-    what `encode` writes for `device_id`."""
+    what `encode` writes for `device_id`; ClockHistoryZoneChanged when `utc_offset_minutes` is given and
+    the file's offsets were measured in another zone (or one it does not say)."""
     try:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ClockHistoryError(f"not JSON ({type(exc).__name__})") from None
-    if not isinstance(document, dict) or set(document) != _DOCUMENT_KEYS:
-        raise ClockHistoryError("not a clock history (unexpected fields)")
-    if document["version"] != FORMAT_VERSION:
-        raise ClockHistoryError("an unknown format version")
+    if not isinstance(document, dict) or document.get("version") not in (1, FORMAT_VERSION) or set(
+            document) != (_DOCUMENT_KEYS_V1 if document.get("version") == 1 else _DOCUMENT_KEYS):
+        raise ClockHistoryError("not a clock history (unexpected fields or an unknown format version)")
     if document["device_id"] != device_id:
         raise ClockHistoryError("the file names another device")
+    zone = document.get("utc_offset_minutes")
+    if zone is not None and (isinstance(zone, bool) or not isinstance(zone, int) or abs(zone) > 24 * 60):
+        raise ClockHistoryError("utc_offset_minutes is not a zone in minutes")
     history_from_s = _number(document["history_from_s"], "history_from_s")
     raw = document["epochs"]
     if not isinstance(raw, list) or not 0 < len(raw) <= MAX_CLOCK_EPOCHS:
@@ -94,6 +111,8 @@ def decode(device_id: str, data: bytes) -> tuple[list[ClockEpoch], float | None]
             ended_at_device_s=_number(item["ended_at_device_s"], f"epoch {index} ended_at_device_s"),
             started_at_device_s=_number(item["started_at_device_s"], f"epoch {index} started_at_device_s"),
         ))
+    if any(e.offset_s is not None and abs(e.offset_s) > MAX_CLOCK_OFFSET_S for e in epochs):
+        raise ClockHistoryError("an absurd clock offset (beyond 50 years)")
     if any(e.ended_at_device_s is None for e in epochs[:-1]) or epochs[-1].ended_at_device_s is not None:
         raise ClockHistoryError("every epoch but the last must be closed, and the last open")
     if any(e.started_at_device_s is None for e in epochs[1:]):
@@ -101,10 +120,15 @@ def decode(device_id: str, data: bytes) -> tuple[list[ClockEpoch], float | None]
     starts = [e.started_at_device_s for e in epochs[1:]]
     if any(b < a for a, b in itertools.pairwise(starts) if a is not None and b is not None):
         raise ClockHistoryError("epochs out of order")
+    if utc_offset_minutes is not None and zone != utc_offset_minutes:
+        measured_in = "a zone it does not say" if zone is None else f"UTC{zone / 60:+g} h"
+        raise ClockHistoryZoneChanged(f"its offsets were measured in {measured_in}, the devices' zone is now "
+                                      f"UTC{utc_offset_minutes / 60:+g} h")
     return epochs, history_from_s
 
 
-def load(directory: Path, device_id: str) -> tuple[list[ClockEpoch], float | None] | None:
+def load(directory: Path, device_id: str, *,
+         utc_offset_minutes: int | None = None) -> tuple[list[ClockEpoch], float | None] | None:
     """The device's saved history, or None when it has no file (its clock was never set by the station).
     Raises ClockHistoryError when the file is there but cannot be used."""
     path = history_path(directory, device_id)
@@ -116,12 +140,13 @@ def load(directory: Path, device_id: str) -> tuple[list[ClockEpoch], float | Non
         data = read_small_file(path, MAX_FILE_BYTES, expected="a clock history file")
     except SmallFileError as exc:
         raise ClockHistoryError(str(exc)) from None
-    return decode(device_id, data)
+    return decode(device_id, data, utc_offset_minutes=utc_offset_minutes)
 
 
-def save(directory: Path, device_id: str, epochs: list[ClockEpoch], history_from_s: float | None) -> None:
+def save(directory: Path, device_id: str, epochs: list[ClockEpoch], history_from_s: float | None, *,
+         utc_offset_minutes: int | None = None) -> None:
     """Write the device's history atomically (the directory made private if missing). Raises OSError or
     ClockHistoryError (an id that names no file)."""
     path = history_path(directory, device_id)
     ensure_private_dir(directory)
-    write_atomic(path, encode(device_id, epochs, history_from_s))
+    write_atomic(path, encode(device_id, epochs, history_from_s, utc_offset_minutes=utc_offset_minutes))

@@ -104,11 +104,17 @@ from edge.gb28181 import clock_history
 from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
 from edge.gb28181.registrar import DevicePasswords, Outcome, RefusalLimiter, Registrar
 from edge.gb28181.registry import (
+    CLOCK_DATE_RETRY_S,
     CLOCK_SYNC_MIN_OFFSET_S,
+    MAX_CLOCK_OFFSET_S,
     ChannelView,
+    ClockStep,
+    ClockUnknown,
+    DateIgnored,
     DeviceRegistry,
     SessionView,
     Transition,
+    wall_text,
 )
 from edge.gb28181.sessions import (
     EndReason,
@@ -217,6 +223,7 @@ class GbPlatform:
         self._limiter = RefusalLimiter(clock)
         self._clock_trusted = clock_trusted
         self._measuring: set[str] = set()  # devices whose DeviceStatus for the clock is in flight
+        self._absurd_clocks: set[str] = set()  # devices whose absurd DeviceTime is on the ledger (once)
         self._was_trusted = False  # the station clock's trust at the last check()
         self.registrar = Registrar(
             digest=DigestServer(settings.domain, os.urandom(32)), passwords=settings.passwords,
@@ -454,7 +461,8 @@ class GbPlatform:
 
     def _clock_sync_due(self, device_id: str) -> bool:
         device = self.registry.get(device_id)
-        return device is not None and device.clock_sync_due and not device.clock_remeasure
+        return device is not None and device.clock_sync_due and not device.clock_remeasure \
+            and not self.registry.clock_date_backoff(device_id)
 
     def _remeasure_if_wanted(self, device_id: str) -> None:
         """A device whose clock was measured only against the untrusted station clock is measured again once
@@ -471,6 +479,9 @@ class GbPlatform:
         if device is not None and device.clock_remeasure:
             return ("the device's clock was measured only against the station's untrusted clock: measured "
                     "again first")
+        if self.registry.clock_date_backoff(device_id):
+            return (f"the device ignored the last Date it was sent: set again "
+                    f"{CLOCK_DATE_RETRY_S / 3600:g} h after")
         if device is None or device.clock_offset_s is None or (
                 device.clock_set_at is not None and (device.clock_measured_at or "") < device.clock_set_at):
             return "the device's clock is not measured yet (since the station last set it)"
@@ -538,7 +549,16 @@ class GbPlatform:
             return
         self._history_loaded.add(device_id)
         try:
-            saved = clock_history.load(self._clock_history_dir, device_id)
+            saved = clock_history.load(self._clock_history_dir, device_id,
+                                       utc_offset_minutes=self.settings.utc_offset_minutes)
+        except clock_history.ClockHistoryZoneChanged as exc:
+            reason = (f"the saved clock history of the device is not applied: {printable(str(exc)[:200])}; "
+                      "recordings it stamped before now get no clock offset (zone-changed)")
+            log.warning("gb28181 device %s: %s", device_id, reason)
+            self._ledger(EntryType.ERROR, {"stage": "gb28181", "device_id": device_id, "reason": reason})
+            self.registry.clock_history_lost(device_id, datetime.now(UTC).timestamp(),
+                                             ClockUnknown.ZONE_CHANGED)
+            return
         except (clock_history.ClockHistoryError, OSError) as exc:
             reason = (f"the saved clock history of the device cannot be used ({printable(str(exc)[:200])}): "
                       "recordings it stamped before now get no clock offset")
@@ -549,17 +569,19 @@ class GbPlatform:
         if saved is not None:
             self.registry.clock_history_restored(device_id, *saved)
 
-    def _save_clock_history(self, device_id: str) -> None:
+    def _save_clock_history(self, device_id: str, *, force: bool = False) -> None:
         """After a setting, or a trusted measurement of a clock the station set (or whose history was lost):
         the device's epochs on disk (a small atomic write). A failure is logged and an error entry: the
-        history then holds for this run only."""
+        history then holds for this run only. `force`: written even for one stretch (a setting the device
+        ignored was undone: the file written at the setting must not keep it)."""
         device = self.registry.get(device_id)
         if self._clock_history_dir is None or device is None or not device.clock_epochs or (
-                len(device.clock_epochs) < 2 and device.clock_history_from_s is None):
+                len(device.clock_epochs) < 2 and device.clock_history_from_s is None and not force):
             return  # a clock never set: the next run measures the same clock
         try:
             clock_history.save(self._clock_history_dir, device_id, device.clock_epochs,
-                               device.clock_history_from_s)
+                               device.clock_history_from_s,
+                               utc_offset_minutes=self.settings.utc_offset_minutes)
         except (clock_history.ClockHistoryError, OSError) as exc:
             reason = f"the device's clock history was not saved: {printable(str(exc)[:200])}"
             log.error("gb28181 device %s: %s", device_id, reason)
@@ -737,16 +759,24 @@ class GbPlatform:
             log.info("gb28181 device %s: DeviceStatus without DeviceTime: its clock cannot be measured",
                      device_id)
             self.registry.clock_measured(device_id, None, measured_at)
+        elif (offset_s := self._clock_offset_s(payload.device_time, asked, answered)) is None:
+            self._absurd_clock(device_id, payload.device_time_text, measured_at)
         else:
-            offset_s = self._clock_offset_s(payload.device_time, asked, answered)
             measured: dict[str, Any] = {
                 "device_id": device_id, "device_time": payload.device_time_text[:40],
                 "offset_s": offset_s, "round_trip_s": round((answered - asked).total_seconds(), 3),
                 "station_clock_trusted": trusted,
             }
             if trusted:
-                self.registry.clock_measured(device_id, offset_s, measured_at)
-                self._save_clock_history(device_id)
+                round_trip_s = (answered - asked).total_seconds()
+                step = self.registry.clock_measured(device_id, offset_s, measured_at,
+                                                    station_now_s=answered.timestamp(),
+                                                    error_s=round_trip_s / 2 + 1.0)
+                if isinstance(step, ClockStep):
+                    measured["device_clock_stepped"] = self._clock_stepped(device_id, step)
+                elif isinstance(step, DateIgnored):
+                    measured["device_ignored_date"] = self._date_ignored(device_id, step)
+                self._save_clock_history(device_id, force=step is not None)
             else:
                 # Device minus a station clock that may be wrong: not the device's offset. Kept apart, and
                 # measured again once the station's clock is trusted (before any Date is sent).
@@ -759,21 +789,72 @@ class GbPlatform:
             self._ledger(EntryType.CLOCK_MEASURED, measured)
         return payload
 
-    def _clock_offset_s(self, device_time: datetime, asked: datetime, answered: datetime) -> float:
+    def _clock_stepped(self, device_id: str, step: ClockStep) -> dict[str, Any]:
+        """The device's clock stepped by itself (registry.ClockStep): what the ledger entry of the measurement
+        says of it, and a warning in the log."""
+        stepped = {
+            "offset_from_s": step.offset_from_s, "offset_to_s": step.offset_to_s,
+            "stepped_after": None if step.after_s is None else wall_text(step.after_s),
+            "stepped_before": wall_text(step.before_s),
+            "reason": ("the device's clock stepped by itself (no setting by the station: a reset at a "
+                       "reboot, its menu, its own NTP): a new stretch of its clock begins; recordings of "
+                       "the earlier clock keep its offset and are still listed, stamps both clocks may have "
+                       "made in the window are ambiguous"),
+        }
+        log.warning("gb28181 device %s: its clock stepped by itself from %+.1f s to %+.1f s", device_id,
+                    step.offset_from_s, step.offset_to_s)
+        return stepped
+
+    def _date_ignored(self, device_id: str, ignored: DateIgnored) -> dict[str, Any]:
+        """The device did not take the Date it was sent (registry.DateIgnored): what the measurement's
+        ledger entry says of it (one per setting, a setting at most once in `CLOCK_DATE_RETRY_S`)."""
+        reason = (f"the device ignored the Date of its registration's 200 OK (its clock stayed "
+                  f"{ignored.offset_after_s:+.1f} s off): its clock is taken as unchanged (its stretch "
+                  f"continues), and it is set again only after {CLOCK_DATE_RETRY_S / 3600:g} h")
+        log.warning("gb28181 device %s: %s", device_id, reason)
+        return {"offset_before_s": ignored.offset_before_s, "offset_after_s": ignored.offset_after_s,
+                "reason": reason}
+
+    def _clock_offset_s(self, device_time: datetime, asked: datetime, answered: datetime) -> float | None:
         """Device minus station time, the device's zone-less local time read in the configured zone, the
-        station's taken at the middle of the round trip (DeviceTime has whole seconds only)."""
+        station's taken at the middle of the round trip (DeviceTime has whole seconds only). None: absurd
+        (beyond `MAX_CLOCK_OFFSET_S`, or past the calendar's ends once read in the zone)."""
         zone = timedelta(minutes=self.settings.utc_offset_minutes)
-        device_utc = device_time.replace(tzinfo=UTC) - zone
+        try:
+            device_utc = device_time.replace(tzinfo=UTC) - zone
+        except OverflowError:
+            return None
         middle = asked + (answered - asked) / 2
-        return round((device_utc - middle).total_seconds(), 3)
+        offset_s = round((device_utc - middle).total_seconds(), 3)
+        return None if abs(offset_s) > MAX_CLOCK_OFFSET_S else offset_s
+
+    def _absurd_clock(self, device_id: str, device_time_text: str, measured_at: str) -> None:
+        """A DeviceTime absurdly far off (review 20): the clock is taken as unmeasurable (its recordings
+        are asked over the station's range, given no offset; it may be set), logged, and a ledger entry the
+        first time in this run (every later measurement would repeat it)."""
+        self.registry.clock_measured(device_id, None, measured_at)
+        shown = printable(device_time_text[:40])
+        reason = (f"the device's clock says {shown}, more than {MAX_CLOCK_OFFSET_S / 86400 / 365.25:.0f} "
+                  "years from the station's: taken as unmeasurable (its recordings are asked over the "
+                  "station's range and given no clock offset)")
+        log.warning("gb28181 device %s: %s", device_id, reason)
+        if device_id not in self._absurd_clocks:
+            self._absurd_clocks.add(device_id)
+            self._ledger(EntryType.CLOCK_MEASURED, {
+                "device_id": device_id, "device_time": shown, "offset_s": None, "absurd": True,
+                "station_clock_trusted": self._clock_trusted(), "reason": reason})
+        self._on_change()
 
     async def query_record_info(self, device_id: str, channel_id: str, start: datetime,
                                 end: datetime) -> AssembledAnswer:
         """The recordings of `channel_id` between `start` and `end` (aware datetimes, converted to the
         devices' zone). The answer says whether every part came (`complete`)."""
         zone = timedelta(minutes=self.settings.utc_offset_minutes)
-        query = RecordInfoQuery(start_time=(start.astimezone(UTC) + zone).replace(tzinfo=None),
-                                end_time=(end.astimezone(UTC) + zone).replace(tzinfo=None))
+        try:
+            query = RecordInfoQuery(start_time=(start.astimezone(UTC) + zone).replace(tzinfo=None),
+                                    end_time=(end.astimezone(UTC) + zone).replace(tzinfo=None))
+        except OverflowError:
+            raise QueryError(f"RecordInfo of {channel_id}: range past the calendar's ends") from None
         answer = await self._query(device_id, CmdType.RECORD_INFO,
                                    lambda sn: build_record_info_query(sn, channel_id, query))
         if not isinstance(answer, AssembledAnswer):
@@ -795,7 +876,10 @@ class GbPlatform:
         if moment.tzinfo is not None:
             return int(moment.timestamp())
         zone = timedelta(minutes=self.settings.utc_offset_minutes)
-        return int((moment.replace(tzinfo=UTC) - zone).timestamp())
+        try:
+            return int((moment.replace(tzinfo=UTC) - zone).timestamp())
+        except OverflowError:
+            raise SessionError(f"time {moment.isoformat()[:40]} is past the calendar's ends") from None
 
     def record_times(self, item: RecordItem) -> tuple[int, int]:
         """A record's start and end as Unix seconds (for `t=`), read in the devices' zone."""

@@ -97,6 +97,20 @@ class DownloadPolicy:
         return now_utc - timedelta(days=self.lookback_days), now_utc
 
 
+# RecordInfo ranges are kept a day inside the calendar's ends: the platform still adds the devices' zone.
+_EARLIEST = datetime.min.replace(tzinfo=UTC) + timedelta(days=1)
+_LATEST = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
+
+
+def _shifted(moment: datetime, seconds: float) -> datetime | None:
+    """`moment` + `seconds`, or None past the calendar's ends (an absurd offset: review 20)."""
+    try:
+        shifted = moment + timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        return None
+    return shifted if _EARLIEST <= shifted <= _LATEST else None
+
+
 def device_ranges(start: datetime, end: datetime, current_offset_s: float | None,
                   earlier: Iterable[tuple[float | None, float]] = ()) -> list[tuple[datetime, datetime]]:
     """The station's range [`start`, `end`] (aware) as the device's clock stamped it, for RecordInfo.
@@ -104,18 +118,22 @@ def device_ranges(start: datetime, end: datetime, current_offset_s: float | None
     A device stamps recordings by its own clock, so its RecordInfo must be asked in its time: the range
     shifted by the device's clock offset (device minus station, seconds; a recorder a year behind after an
     RTC reset stamps an hour-old recording a year ago). `current_offset_s` is the offset measured now
-    (None: unknown, the station's range as it is). `earlier` are the stretches before the station last set
-    the clock, oldest first: (their offset, the station's Unix time the stretch ended); what was recorded
-    in one of them, within the range, is stamped with that stretch's offset, so its part of the range is
-    asked shifted by it too. Pure; ranges ordered as found, duplicates removed."""
-    ranges = [(start + timedelta(seconds=current_offset_s or 0.0), end + timedelta(seconds=current_offset_s
-                                                                                   or 0.0))]
+    (None: unknown, the station's range as it is). `earlier` are the stretches of its clock before the
+    current one (the station set it, or it stepped by itself), oldest first: (their offset, the station's
+    Unix time the stretch ended); what was recorded in one of them, within the range, is stamped with that
+    stretch's offset, so its part of the range is asked shifted by it too. A shift past the calendar's
+    ends (an absurd offset) is not asked: the station's range is asked instead. Pure; ranges ordered as
+    found, duplicates removed."""
+    ranges: list[tuple[datetime, datetime]] = []
+    lo_dt, hi_dt = _shifted(start, current_offset_s or 0.0), _shifted(end, current_offset_s or 0.0)
+    ranges.append((start, end) if lo_dt is None or hi_dt is None else (lo_dt, hi_dt))
     began = start.timestamp()
     for offset_s, ended_s in earlier:
         lo, hi = max(began, start.timestamp()), min(ended_s, end.timestamp())
         began = max(began, ended_s)
         if lo >= hi:
             continue
-        shift = offset_s or 0.0
-        ranges.append((datetime.fromtimestamp(lo + shift, UTC), datetime.fromtimestamp(hi + shift, UTC)))
+        lo_dt = _shifted(datetime.fromtimestamp(lo, UTC), offset_s or 0.0)
+        hi_dt = _shifted(datetime.fromtimestamp(hi, UTC), offset_s or 0.0)
+        ranges.append((start, end) if lo_dt is None or hi_dt is None else (lo_dt, hi_dt))
     return list(dict.fromkeys(ranges))

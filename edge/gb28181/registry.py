@@ -48,6 +48,18 @@ from drivers.gb28181.sip_transport import Peer
 MAX_CLOCK_EPOCHS = 32
 # A measured offset smaller than this is not worth setting the clock for (DeviceTime has whole seconds).
 CLOCK_SYNC_MIN_OFFSET_S = 2.0
+# How far a new measurement may differ from the open stretch's offset and still be the same clock (drift,
+# DeviceTime's whole second; the measurement's own error, its round trip, is added): beyond, the device's
+# clock stepped by itself (an RTC reset at a reboot, its menu, its own NTP) and the stretch is closed.
+CLOCK_STEP_TOLERANCE_S = 5.0
+# A crystal's drift (~23 ppm) allowed on top, per day since the last measurement that matched.
+CLOCK_DRIFT_S_PER_DAY = 2.0
+# A measured offset beyond this is no clock to ask or stamp in (a DeviceTime of 9999-12-31 or year 1: a
+# corrupt RTC, a hostile device): taken as unmeasurable (review 20), its recordings asked in station time.
+MAX_CLOCK_OFFSET_S = 50 * 365.25 * 86400
+# A device that ignored the Date of a REGISTER 200 (many do) is set again only this long after (monotonic
+# seconds): each setting is a ledger entry, a measurement, a history write.
+CLOCK_DATE_RETRY_S = 86400.0
 # How well an epoch's boundaries are known (DeviceTime's whole second, the round trip, the Date's
 # milliseconds a device may drop): a stamp this close to a boundary may be either side of it.
 CLOCK_EPOCH_MARGIN_S = 2.0
@@ -69,6 +81,27 @@ class ClockEpoch:
     started_at_device_s: float | None = None
 
 
+@dataclass(frozen=True)
+class ClockStep:
+    """The device's clock stepped by itself: its offset before and after (seconds), and the window, in
+    station Unix seconds, in which it stepped (the last measurement that matched, this one)."""
+
+    offset_from_s: float
+    offset_to_s: float
+    after_s: float | None
+    before_s: float
+
+
+@dataclass(frozen=True)
+class DateIgnored:
+    """The measurement after a setting shows the device's clock did not move (the same offset as before,
+    within the tolerance): it ignores the REGISTER 200's Date. The setting's split is undone (the stretch
+    continues) and the clock is not set again before `CLOCK_DATE_RETRY_S`."""
+
+    offset_before_s: float
+    offset_after_s: float
+
+
 class ClockUnknown(StrEnum):
     """Why a recording's time is given no clock offset."""
 
@@ -76,6 +109,7 @@ class ClockUnknown(StrEnum):
     AMBIGUOUS = "ambiguous"  # two clocks of the device stamped such times (a clock set back)
     BETWEEN_CLOCKS = "between-clocks"  # no known clock stamped such times (a clock set forward skips them)
     BEFORE_HISTORY = "before-history"  # before the history kept (bounded, or lost)
+    ZONE_CHANGED = "zone-changed"  # the saved history was measured in another devices' zone: not applied
 
 
 @dataclass(frozen=True)
@@ -146,6 +180,12 @@ class DeviceState:
     clock_measured_at: str | None = None
     clock_sync_due: bool = False  # measured (or unmeasurable) since last set, and off: the next 200 sets it
     clock_set_at: str | None = None
+    # The station's Unix time of the last measurement that matched the open stretch's offset (a step
+    # happened after it); None: not measured since the stretch began (or in this run).
+    clock_matched_at_s: float | None = None
+    # The last time (wall text; monotonic beside it) the device was found to have ignored a Date it was sent.
+    clock_ignores_date_at: str | None = None
+    clock_ignores_date_mono: float | None = None
     clock_epochs: list[ClockEpoch] = field(default_factory=list)  # oldest first; the last one is current
     # The last measurement made while the station's own clock was untrusted: not the device's offset (it
     # measured the station's error too); a trusted one is wanted before the clock may be set.
@@ -155,6 +195,7 @@ class DeviceState:
     # The station's time before which the device's clock history is not known (its saved history was lost
     # or damaged): stamps of the clock before then get no offset. None: known from the start.
     clock_history_from_s: float | None = None
+    clock_history_lost_why: ClockUnknown = ClockUnknown.BEFORE_HISTORY
     sessions: dict[str, SessionView] = field(default_factory=dict)
     charset: str = ""
     # keepalives from another port of its host since it registered (not followed: see the module docstring)
@@ -176,6 +217,8 @@ class DeviceState:
             "clock_offset_s": self.clock_offset_s,
             "clock_measured_at": self.clock_measured_at,
             "clock_set_at": self.clock_set_at,
+            "clock_ignores_date": None if self.clock_ignores_date_at is None else {
+                "at": self.clock_ignores_date_at, "set_again_after_s": CLOCK_DATE_RETRY_S},
             "clock_measured_untrusted": None if not self.clock_remeasure else {
                 "offset_s": self.clock_untrusted_offset_s, "at": self.clock_untrusted_measured_at},
             "keepalive_other_port": None if not self.keepalives_other_port else {
@@ -256,24 +299,63 @@ class DeviceRegistry:
         device.last_keepalive_at = wall_text()
         return self._online(device)
 
-    def clock_measured(self, device_id: str, offset_s: float | None, measured_at: str) -> None:
+    def clock_measured(self, device_id: str, offset_s: float | None, measured_at: str, *,
+                       station_now_s: float | None = None,
+                       error_s: float = 0.0) -> ClockStep | DateIgnored | None:
         """A DeviceStatus answer: the device clock's offset (None: the answer had no DeviceTime, so the
-        offset before a setting cannot be known whatever the station does; it may be set)."""
+        offset before a setting cannot be known whatever the station does; it may be set), measured at
+        station Unix time `station_now_s` (default now) within `error_s`. Returns the step when the offset
+        differs from the open stretch's by more than `CLOCK_STEP_TOLERANCE_S` + `error_s`: the stretch is
+        closed and a new one begins (see the module docstring), never overwritten. Returns `DateIgnored`
+        when it is the first measurement after a setting and the clock did not move: the setting's split
+        is undone."""
         device = self._devices.get(device_id)
         if device is None:
-            return
+            return None
         device.clock_remeasure = False
         device.clock_untrusted_offset_s = device.clock_untrusted_measured_at = None
+        step: ClockStep | DateIgnored | None = None
         if offset_s is not None:
+            now_s = datetime.now(UTC).timestamp() if station_now_s is None else station_now_s
             device.clock_offset_s = offset_s
             device.clock_measured_at = measured_at
             current = device.clock_epochs[-1] if device.clock_epochs else None
-            if current is None or current.ended_at_device_s is not None:
+            tolerance_s = CLOCK_STEP_TOLERANCE_S + max(error_s, 0.0)
+            before = device.clock_epochs[-2] if len(device.clock_epochs) > 1 else None
+            if current is not None and current.offset_s is None and current.ended_at_device_s is None \
+                    and current.started_at_device_s is not None and before is not None \
+                    and before.offset_s is not None and abs(before.offset_s) > tolerance_s \
+                    and abs(offset_s - before.offset_s) <= tolerance_s:
+                # The first measurement after a setting, and the clock did not move: the Date was ignored.
+                step = DateIgnored(before.offset_s, offset_s)
+                device.clock_epochs[-2:] = [replace(before, offset_s=offset_s, ended_at_device_s=None)]
+                device.clock_ignores_date_at = wall_text(now_s)
+                device.clock_ignores_date_mono = self._clock()
+            elif current is None or current.ended_at_device_s is not None:
                 device.clock_epochs.append(ClockEpoch(offset_s))
+            elif current.offset_s is not None and abs(offset_s - current.offset_s) > tolerance_s + (
+                    0.0 if device.clock_matched_at_s is None
+                    else CLOCK_DRIFT_S_PER_DAY * max(now_s - device.clock_matched_at_s, 0.0) / 86400):
+                after_s = device.clock_matched_at_s
+                step = ClockStep(current.offset_s, offset_s, after_s, now_s)
+                if after_s is None:  # not measured in this run (a restored stretch): since it began
+                    after_s = now_s if current.started_at_device_s is None \
+                        else current.started_at_device_s - current.offset_s
+                began_s = after_s + offset_s
+                device.clock_epochs[-1] = replace(current, ended_at_device_s=now_s + current.offset_s)
+                device.clock_epochs.append(ClockEpoch(offset_s, started_at_device_s=began_s))
             else:
                 device.clock_epochs[-1] = replace(current, offset_s=offset_s)
+            device.clock_matched_at_s = now_s
             del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
         device.clock_sync_due = offset_s is None or abs(offset_s) >= CLOCK_SYNC_MIN_OFFSET_S
+        return step
+
+    def clock_date_backoff(self, device_id: str) -> bool:
+        """Whether the device ignored a Date less than `CLOCK_DATE_RETRY_S` ago (not set again before)."""
+        device = self._devices.get(device_id)
+        return device is not None and device.clock_ignores_date_mono is not None \
+            and self._clock() - device.clock_ignores_date_mono < CLOCK_DATE_RETRY_S
 
     def clock_measured_untrusted(self, device_id: str, offset_s: float | None, measured_at: str) -> None:
         """A DeviceStatus answered while the station's own clock was untrusted: the offset measured includes
@@ -296,12 +378,14 @@ class DeviceRegistry:
         device.clock_epochs = list(epochs[-MAX_CLOCK_EPOCHS:])
         device.clock_history_from_s = history_from_s
 
-    def clock_history_lost(self, device_id: str, station_now_s: float) -> None:
-        """The saved history could not be read: nothing stamped before now is known (whatever this run
-        measures is the clock of now, which a previous run may have set)."""
+    def clock_history_lost(self, device_id: str, station_now_s: float,
+                           why: ClockUnknown = ClockUnknown.BEFORE_HISTORY) -> None:
+        """The saved history could not be read (or was of another zone, `why`): nothing stamped before now
+        is known (whatever this run measures is the clock of now, which a previous run may have set)."""
         device = self._devices.get(device_id)
         if device is not None:
             device.clock_history_from_s = station_now_s
+            device.clock_history_lost_why = why
 
     def clock_set(self, device_id: str, station_now_s: float) -> ClockEpoch | None:
         """The station put its time in a REGISTER 200 (at Unix `station_now_s`): the current epoch ends
@@ -315,6 +399,7 @@ class DeviceRegistry:
         before = device.clock_epochs.pop() if device.clock_epochs else ClockEpoch(None)
         ended = replace(before, ended_at_device_s=station_now_s + (before.offset_s or 0.0))
         device.clock_epochs += [ended, ClockEpoch(None, started_at_device_s=station_now_s)]
+        device.clock_matched_at_s = None  # the new stretch's offset is not measured yet
         del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
         return ended
 
@@ -332,11 +417,13 @@ class DeviceRegistry:
         epochs = device.clock_epochs
         margin = CLOCK_EPOCH_MARGIN_S
         first = epochs[0].started_at_device_s
+        known_from: float | None = None
         if device.clock_history_from_s is not None:  # lost: known only from then (in the clock of then)
             known_from = device.clock_history_from_s + (epochs[0].offset_s or 0.0)
             first = known_from if first is None else max(first, known_from)
         if first is not None and stamped_s < first - margin:
-            return ClockReading(None, ClockUnknown.BEFORE_HISTORY)
+            lost = known_from is not None and first == known_from
+            return ClockReading(None, device.clock_history_lost_why if lost else ClockUnknown.BEFORE_HISTORY)
 
         def began(epoch: ClockEpoch) -> bool:
             return epoch.started_at_device_s is None or stamped_s >= epoch.started_at_device_s - margin

@@ -89,3 +89,45 @@ async def test_control_a_device_time_a_year_behind_is_listed(store: StationStore
     behind = (datetime.now(UTC) + BEIJING - timedelta(days=365)).replace(tzinfo=None, microsecond=0)
     queries = await _pass_with_device_time(store, tmp_path, behind)
     assert "RecordInfo" in queries
+
+
+async def test_a_device_time_a_thousand_years_back_does_not_kill_every_pass(
+        store: StationStore, tmp_path: Path) -> None:
+    queries = await _pass_with_device_time(store, tmp_path, datetime(1000, 1, 1, 0, 0, 1))
+    assert "RecordInfo" in queries, "the device's recordings are not asked for"
+
+
+def test_device_ranges_past_the_calendars_ends_fall_back_to_the_station_range() -> None:
+    """Pure: an offset (current or of an earlier stretch) that shifts past datetime's ends asks the
+    station's range, never raises; a sane one (control) is shifted."""
+    from edge.gb28181.policy import device_ranges
+
+    end = datetime(2026, 12, 5, tzinfo=UTC)
+    start = end - timedelta(days=7)
+    huge = 9000 * 365.25 * 86400
+    assert device_ranges(start, end, huge) == [(start, end)]
+    assert device_ranges(start, end, -huge, [(huge, end.timestamp() - 3600)]) == [(start, end)]
+    shifted = device_ranges(start, end, -3600.0)
+    assert shifted == [(start - timedelta(hours=1), end - timedelta(hours=1))]
+
+
+async def test_an_absurd_device_time_is_one_ledger_entry_and_no_offset() -> None:
+    ledger = Ledger()
+    platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, describe_devices=False, idle_timeout_s=1.0),
+                          record=ledger, clock_trusted=lambda: True, clock=FakeClock(),
+                          open_receiver=open_receiver)
+    await platform.start()
+    device = await TestDevice(DEVICE, PASSWORD, platform.transport.port,
+                              device_time=datetime(9999, 12, 31, 23, 59, 59)).start()
+    try:
+        assert (await device.register()).status == 200
+        await platform.query_device_status(DEVICE)
+        await platform.query_device_status(DEVICE)
+        registered = platform.registry.get(DEVICE)
+        assert registered is not None and registered.clock_offset_s is None
+        absurd = [e for e in ledger.entries if e[1].get("absurd")]
+        assert len(absurd) == 1 and absurd[0][1]["offset_s"] is None
+        assert platform.device_clock_reading(DEVICE, "2026-12-05T10:00:00")[0] is None
+    finally:
+        await device.close()
+        await platform.close()

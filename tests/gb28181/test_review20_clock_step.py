@@ -116,10 +116,95 @@ async def test_a_stamp_of_the_clock_before_the_step_is_not_given_the_new_clocks_
         assert offset_ms is None or abs(offset_ms) < 60_000, (
             f"a recording stamped 2 h ago by the clock measured right is given {offset_ms} ms ({why}): the "
             "offset of the clock a year behind, which cannot have stamped a time a year past its now")
-        # Control: a stamp the stepped clock made (an hour before its now) gets its offset.
-        stepped_stamp = _right_now() + YEAR_BACK - timedelta(hours=1)
-        control_ms, _ = platform.device_clock_reading(DEVICE, stepped_stamp)
-        assert control_ms is not None and abs(control_ms / 1000 - YEAR_BACK.total_seconds()) < 60
+        # The old clock's own offset, not "unknown": the step's window is seconds long and the new clock,
+        # a year behind, cannot have stamped it.
+        assert offset_ms is not None and why is None
+        # A stamp at the stepped clock's now: the new clock made it, or the right clock a year ago (the
+        # station knows nothing that tells them apart): no offset, never the right clock's as if certain.
+        back_ms, back_why = platform.device_clock_reading(DEVICE, _right_now() + YEAR_BACK)
+        assert back_ms is None and back_why == "ambiguous"
+    finally:
+        await device.close()
+        await platform.close()
+
+
+async def test_control_a_clock_stepped_forward_gives_its_own_stamps_its_offset() -> None:
+    """Control (review 20's control as first written asked a stamp an hour before the stepped clock's now,
+    which a clock measured right seconds earlier cannot have made; a step forward shows the new clock's
+    stamps get its offset)."""
+    year_on = timedelta(days=365)
+    platform, device, _ = await _stepped(year_on)
+    try:
+        control_ms, why = platform.device_clock_reading(DEVICE, _right_now() + year_on)
+        assert control_ms is not None and abs(control_ms / 1000 - year_on.total_seconds()) < 60, why
+    finally:
+        await device.close()
+        await platform.close()
+
+
+def test_registry_a_step_closes_the_stretch_and_small_drift_does_not() -> None:
+    """Pure: a measurement beyond the tolerance closes the open stretch (the step's window between the last
+    matching measurement and this one); one within it (drift) only updates the offset."""
+    from edge.gb28181.registry import CLOCK_STEP_TOLERANCE_S, ClockStep, DeviceRegistry
+
+    registry = DeviceRegistry(keepalive_interval_s=60, keepalive_timeout_count=3, clock=lambda: 0.0,
+                              configured={DEVICE: ""})
+    t0 = 1_800_000_000.0
+    assert registry.clock_measured(DEVICE, 0.5, "m1", station_now_s=t0) is None
+    drift = CLOCK_STEP_TOLERANCE_S - 1
+    assert registry.clock_measured(DEVICE, 0.5 + drift, "m2", station_now_s=t0 + 600) is None
+    device = registry.get(DEVICE)
+    assert device is not None and len(device.clock_epochs) == 1
+    step = registry.clock_measured(DEVICE, -3600.0, "m3", station_now_s=t0 + 1200)
+    assert isinstance(step, ClockStep) and step.after_s == t0 + 600 and step.before_s == t0 + 1200
+    old, new = device.clock_epochs
+    assert old.offset_s == 0.5 + drift and old.ended_at_device_s == t0 + 1200 + old.offset_s
+    assert new.offset_s == -3600.0 and new.started_at_device_s == t0 + 600 - 3600.0
+    # The old clock's stamp before the window keeps its offset; the new clock's after its now too.
+    assert registry.clock_offset_at(DEVICE, t0 + 300, now_s=t0 + 1300) == old.offset_s
+    assert registry.clock_offset_at(DEVICE, t0 + 1250 - 3600, now_s=t0 + 1300) is None  # both may have
+    assert registry.clock_offset_at(DEVICE, t0 + 1250, now_s=t0 + 7200) == -3600.0  # the new clock, later
+    # Drift: 15 s more after ten days is the same clock (2 s a day allowed); 15 s after an hour is a step.
+    ten_days = t0 + 1200 + 10 * 86400
+    assert registry.clock_measured(DEVICE, -3585.0, "m4", station_now_s=ten_days) is None
+    stepped = registry.clock_measured(DEVICE, -3570.0, "m5", station_now_s=ten_days + 3600)
+    assert isinstance(stepped, ClockStep)
+
+
+async def test_after_a_restart_the_restored_offset_is_measured_again_before_listing(
+        store: StationStore, tmp_path: Path) -> None:
+    """A previous run saved a right clock (set by the station); the device's clock has since stepped a year
+    back. The pass measures it before RecordInfo (the restored offset is not used as if measured now), so
+    its recording made an hour ago, stamped a year back, is listed and downloaded."""
+    from edge.gb28181 import clock_history
+    from edge.gb28181.registry import ClockEpoch
+
+    history = tmp_path / "clocks"
+    set_at = datetime.now(UTC).timestamp() - 86400
+    clock_history.save(history, DEVICE, [ClockEpoch(3600.0, ended_at_device_s=set_at + 3600.0),
+                                         ClockEpoch(0.0, None, set_at)], None, utc_offset_minutes=480)
+    platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, idle_timeout_s=1.0), record=Ledger(),
+                          clock_trusted=lambda: True, clock=FakeClock(), open_receiver=open_receiver,
+                          clock_history_dir=history)
+    await platform.start()
+    stepped_now = _right_now() + YEAR_BACK
+    recording = RecordItem(device_id=CHANNEL, name="rec", file_path="/sd/after-step.ps", address="",
+                           start_time=stepped_now - timedelta(hours=1, minutes=10),
+                           end_time=stepped_now - timedelta(hours=1), secrecy=0, type="time")
+    device = await TestDevice(DEVICE, PASSWORD, platform.transport.port, device_time=stepped_now,
+                              records=[recording],
+                              channels=[CatalogItem(device_id=CHANNEL, name="cam")]).start()
+    try:
+        assert (await device.register()).status == 200
+        assert "DeviceStatus" not in device.queries
+        pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
+        policy = DownloadPolicy(enabled=True, when="on-registration", window=None, lookback_days=7, speed=4,
+                                media_transport="udp", utc_offset_minutes=480)
+        scheduler = GbDownloadScheduler(platform, policy, lambda: pipeline, spool=tmp_path / "spool",
+                                        station_id="TEST-STATION", case={})
+        await asyncio.wait_for(scheduler._pass(DEVICE, DeviceProgress()), 60)
+        assert device.queries.index("DeviceStatus") < device.queries.index("RecordInfo")
+        assert len(device.invites) == 1
     finally:
         await device.close()
         await platform.close()

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from edge.gb28181 import clock_history
 from edge.gb28181.platform import GbPlatform
+from edge.gb28181.registry import CLOCK_DATE_RETRY_S
 
 from .platform_peer import FakeClock, Ledger, TestDevice, platform_settings
 
@@ -80,3 +83,60 @@ async def test_control_before_any_setting_the_stamp_has_the_measured_offset() ->
     offset_s, why, settings = await _offset_of_a_new_stamp(registrations=1)
     assert settings == 0
     assert offset_s is not None and abs(offset_s + BEHIND.total_seconds()) < 60, why
+
+
+async def test_a_device_that_ignores_date_is_shown_once_kept_on_disk_and_set_again_a_day_later(
+        tmp_path: Path) -> None:
+    """One ledger entry, the operator view says so, the history file does not keep the undone setting, and
+    the clock is set again once `CLOCK_DATE_RETRY_S` passed (monotonic; the test moves it)."""
+    ledger = Ledger()
+    clock = FakeClock()
+    platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, time_sync=True),
+                          record=ledger, clock_trusted=lambda: True, clock=clock,
+                          clock_history_dir=tmp_path / "clocks")
+    await platform.start()
+    device = await TestDevice(DEVICE, PASSWORD, platform.transport.port, device_time=_device_now()).start()
+    try:
+        for _ in range(3):
+            assert (await device.register()).status == 200
+            while platform._tasks:
+                await asyncio.gather(*list(platform._tasks))
+        ignored = [d for d in ledger.of("clock_measured") if "device_ignored_date" in d]
+        assert len(ignored) == 1
+        view = next(v for v in platform.registry.snapshot() if v["device_id"] == DEVICE)
+        assert view["clock_ignores_date"] is not None
+        epochs, _ = clock_history.load(tmp_path / "clocks", DEVICE) or ([], None)
+        assert len(epochs) == 1 and epochs[0].ended_at_device_s is None, epochs
+        assert len(ledger.of("clock_set")) == 1
+        clock.now += CLOCK_DATE_RETRY_S + 1  # a day on (the registration is renewed meanwhile)
+        assert (await device.register()).status == 200
+        while platform._tasks:
+            await asyncio.gather(*list(platform._tasks))
+        assert len(ledger.of("clock_set")) == 2
+    finally:
+        await device.close()
+        await platform.close()
+
+
+async def test_control_a_device_that_takes_date_is_not_marked() -> None:
+    """Control: a device whose clock moves with the Date gets a new stretch and no mark."""
+    ledger = Ledger()
+    platform = GbPlatform(platform_settings({DEVICE: PASSWORD}, time_sync=True),
+                          record=ledger, clock_trusted=lambda: True, clock=FakeClock())
+    await platform.start()
+    device = await TestDevice(DEVICE, PASSWORD, platform.transport.port, device_time=_device_now()).start()
+    try:
+        assert (await device.register()).status == 200
+        while platform._tasks:
+            await asyncio.gather(*list(platform._tasks))
+        device.device_time = (datetime.now(UTC) + BEIJING).replace(tzinfo=None, microsecond=0)  # took it
+        assert (await device.register()).status == 200
+        while platform._tasks:
+            await asyncio.gather(*list(platform._tasks))
+        registered = platform.registry.get(DEVICE)
+        assert registered is not None and registered.clock_ignores_date_at is None
+        assert len(registered.clock_epochs) == 2
+        assert not [d for d in ledger.of("clock_measured") if "device_ignored_date" in d]
+    finally:
+        await device.close()
+        await platform.close()

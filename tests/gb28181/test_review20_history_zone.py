@@ -15,8 +15,11 @@ Real platform, SIP sockets, history directory; two runs over the same directory.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from drivers.gb28181.sip import SipResponse
 from drivers.gb28181.sip_transport import Peer
@@ -90,3 +93,29 @@ async def test_a_history_measured_in_another_zone_is_not_applied_after_a_restart
 async def test_control_the_same_zone_after_the_restart_keeps_the_saved_offset(tmp_path: Path) -> None:
     offset_ms, _ = await _offset_after_restart_in_zone(tmp_path, 480)
     assert offset_ms is not None and abs(offset_ms + EIGHT_HOURS_MS) < TOLERANCE_MS
+
+
+async def test_the_reason_is_zone_changed(tmp_path: Path) -> None:
+    """The stamp before the restart gets no offset, with the reason `zone-changed` (not a guess)."""
+    offset_ms, why = await _offset_after_restart_in_zone(tmp_path, 0)
+    assert offset_ms is None and why == "zone-changed"
+
+
+def test_a_file_of_version_1_or_another_zone_is_refused_for_a_zone() -> None:
+    """Pure: the zone is written and checked; a version-1 file (no zone) is refused when a zone is asked,
+    read when none is (control); the same zone is read."""
+    from edge.gb28181.clock_history import ClockHistoryZoneChanged, decode, encode
+    from edge.gb28181.registry import ClockEpoch
+
+    epochs = [ClockEpoch(-60.0, ended_at_device_s=1_800_000_000.0), ClockEpoch(0.5, None, 1_800_000_060.0)]
+    data = encode(DEVICE, epochs, None, utc_offset_minutes=480)
+    assert decode(DEVICE, data, utc_offset_minutes=480) == (epochs, None)
+    with pytest.raises(ClockHistoryZoneChanged):
+        decode(DEVICE, data, utc_offset_minutes=0)
+    old = json.loads(data)
+    del old["utc_offset_minutes"]
+    old["version"] = 1
+    v1 = json.dumps(old).encode()
+    assert decode(DEVICE, v1) == (epochs, None)
+    with pytest.raises(ClockHistoryZoneChanged):
+        decode(DEVICE, v1, utc_offset_minutes=480)

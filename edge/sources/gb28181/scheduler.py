@@ -64,7 +64,7 @@ from edge.custody.text import printable
 from edge.gb28181.platform import GbPlatform
 from edge.gb28181.policy import DownloadPolicy, device_ranges
 from edge.gb28181.queries import QueryError
-from edge.gb28181.registry import wall_text
+from edge.gb28181.registry import MAX_CLOCK_OFFSET_S, wall_text
 from edge.gb28181.sessions import EndReason, SessionError, SessionResult
 from edge.ingest.pipeline import IngestPipeline
 from edge.sources.gb28181.downloads import (
@@ -552,7 +552,9 @@ class GbDownloadScheduler:
         self._ensure_online(device_id)
         self._ensure_window()
         progress.state, progress.last_problem = "listing", None
-        if self._current_offset_s(device_id) is None:
+        if self._clock_offset_ms(device_id) is None or self._current_offset_s(device_id) is None:
+            # Not measured in this run (an offset restored from a previous run may be a clock that has
+            # stepped since), or not since the station set it: measured before listing.
             await self._measure_clock(device_id)
         ranges = self._device_ranges(device_id, progress)
         self.spool.mkdir(mode=0o700, exist_ok=True)
@@ -609,7 +611,7 @@ class GbDownloadScheduler:
         segment still being recorded, or a device clock that is wrong): downloaded now its expected length
         could never be met. One ending absurdly far ahead (`ABSURD_FUTURE`, an EndTime of 2099) is a
         ledger error, once per recording (limited)."""
-        device_now = self._device_now(device_id)
+        device_now = max([self._device_now(device_id), *self._stretch_ends(device_id)])
         due: list[RecordingRef] = []
         for ref in refs:
             try:
@@ -640,8 +642,9 @@ class GbDownloadScheduler:
     def _device_ranges(self, device_id: str, progress: DeviceProgress) -> list[tuple[datetime, datetime]]:
         """The RecordInfo ranges in the device's own time (edge.gb28181.policy.device_ranges): the policy's
         range shifted by the device's clock offset, and each stretch of it an earlier clock of the device
-        stamped (before the station set it) shifted by that clock's offset. The operator view says which
-        (`listing_clock`); an offset not measured leaves the station's range, and says so."""
+        stamped (before the station set it, or it stepped by itself) shifted by that clock's offset. The
+        operator view says which (`listing_clock`); an offset not measured leaves the station's range, and
+        says so."""
         start, end = self.policy.query_range(self._now())
         device = self.platform.registry.get(device_id)
         epochs = list(getattr(device, "clock_epochs", None) or ())
@@ -698,9 +701,28 @@ class GbDownloadScheduler:
         epochs = list(getattr(device, "clock_epochs", None) or ())
         if epochs and getattr(epochs[-1], "ended_at_device_s", 0) is None:
             offset = getattr(epochs[-1], "offset_s", None)
-            return float(offset) if isinstance(offset, int | float) else None
-        current = self._clock_offset_ms(device_id)
-        return None if current is None else current / 1000
+            offset_s = float(offset) if isinstance(offset, int | float) else None
+        else:
+            current = self._clock_offset_ms(device_id)
+            offset_s = None if current is None else current / 1000
+        # An absurd offset (review 20: a DeviceTime of 9999) is no clock to ask in.
+        return None if offset_s is None or abs(offset_s) > MAX_CLOCK_OFFSET_S else offset_s
+
+    def _stretch_ends(self, device_id: str) -> list[datetime]:
+        """Where each closed stretch of the device's clock ended (registry device-clock Unix seconds), as its
+        RecordInfo times read (naive, in the devices' zone): a recording of an earlier clock (it stepped, or
+        the station set it) ending before that has ended, whatever the current clock's now says."""
+        device = self.platform.registry.get(device_id)
+        ends: list[datetime] = []
+        for epoch in list(getattr(device, "clock_epochs", None) or ()):
+            ended_s = getattr(epoch, "ended_at_device_s", None)
+            if isinstance(ended_s, int | float):
+                try:
+                    ends.append((datetime.fromtimestamp(ended_s, UTC)
+                                 + timedelta(minutes=self.policy.utc_offset_minutes)).replace(tzinfo=None))
+                except (OverflowError, OSError, ValueError):
+                    continue
+        return ends
 
     def _device_now(self, device_id: str) -> datetime:
         """Now by the device's clock as it writes RecordInfo times (naive, in the devices' zone): the
