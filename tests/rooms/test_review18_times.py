@@ -72,3 +72,13 @@ async def test_a_run_counts_its_times_from_its_first_frame_not_from_ffmpegs_spaw
     lag = _listed_after_end_s(first)
     assert lag < 1.5, (f"segment 0 claims to end {lag:.2f} s before ffmpeg had it: its times count from "
                        "ffmpeg's spawn, not from the first frame the source delivered")
+
+
+@pytest.mark.parametrize("rate", ["1.0", "1.2"])
+async def test_segment_times_follow_the_station_clock_not_the_sources(tmp_path: Path, rate: str) -> None:
+    graph = SOURCE if rate == "1.0" else f"{SOURCE},setpts={rate}*PTS"  # a camera clock 20 % fast
+    segments = await _segments(graph, tmp_path / "run", 12)
+    # A segment cannot end after ffmpeg listed it (control: rate 1.0, where the lag stays positive).
+    early = [(s.index, round(_listed_after_end_s(s), 2)) for s in segments if _listed_after_end_s(s) < -0.2]
+    assert early == [], (f"segments (index, seconds) claiming to end after they were listed: {early}; "
+                         "their times run on the source's clock")
