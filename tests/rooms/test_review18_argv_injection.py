@@ -12,6 +12,7 @@ edge.rooms.capture); control: an input option (``thread_queue_size``) in the sam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,8 @@ async def _one_run(config: RoomsSection, run_dir: Path) -> list[ClosedSegment]:
     plan = SegmentPlan(1.0, "fragmented", Coding.ENCODE, Coding.ENCODE, {"case_number": "A-1"})
     argv = segment_argv("ffmpeg", source.input, plan, run_dir)
     segments: list[ClosedSegment] = []
-    try:
+    with contextlib.suppress(CaptureEnded):  # the 3 s input ends: ffmpeg exits
         await asyncio.wait_for(capture_run(argv, run_dir, segments.append, stop_timeout_s=5.0), 60)
-    except CaptureEnded:
-        pass  # the 3 s input ends: ffmpeg exits
     return segments
 
 
