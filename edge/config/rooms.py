@@ -12,8 +12,9 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from edge.config.base import IDENTIFIER, StrictModel
+from edge.config.base import IDENTIFIER, SecretRef, StrictModel
 
 # ffmpeg option names (without the dash) an input may carry: `-video_size`, `-rtsp_transport`, ...
 _OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -21,6 +22,10 @@ _OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _FORMAT = r"^[a-z0-9_]{1,32}$"
 # Options of the input stage the argv builder sets itself (a second value would fight it).
 _RESERVED_OPTIONS = frozenset({"f", "i", "re", "y", "n"})
+# A URL with an authority part (rtsp://host:554/..., http://host/...): what `username`/`password` go into.
+_URL_AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
+# The pydantic error type of a URL carrying credentials: its value is never echoed (edge.config.base).
+URL_USERINFO_ERROR = "url_userinfo"
 
 
 def _plain_text(value: str, what: str) -> str:
@@ -47,11 +52,39 @@ class RoomInputConfig(StrictModel):
         False, description="-re: read at the input's own rate; needed for generated (lavfi) and file "
         "inputs, never for cameras and microphones, which deliver in real time by nature",
     )
+    username: SecretRef | None = Field(
+        None, description="Reference (env:, file:, credential:) to the camera's user name, put into the "
+        "URL (scheme://USER:PASSWORD@host) only when ffmpeg is started; never written in url itself",
+    )
+    password: SecretRef | None = Field(
+        None, description="Reference (env:, file:, credential:) to the camera's password (see username)",
+    )
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url_without_credentials(cls, value: object) -> object:
+        # Before every other check, so that no other error about this URL echoes its credentials.
+        if isinstance(value, str) and (authority := _URL_AUTHORITY.match(value)) and "@" in authority[1]:
+            raise PydanticCustomError(
+                URL_USERINFO_ERROR,
+                "url carries credentials (user:password@): give them as references in username and "
+                "password (env:NAME, file:/path, credential:NAME), never in the configuration file",
+            )
+        return value
 
     @field_validator("url")
     @classmethod
     def _url_printable(cls, value: str) -> str:
         return _plain_text(value, "url")
+
+    @model_validator(mode="after")
+    def _credentials_need_a_url(self) -> RoomInputConfig:
+        if (self.username is not None or self.password is not None) and not _URL_AUTHORITY.match(self.url):
+            raise ValueError("username and password are for a URL input (rtsp://host/...), not for " + (
+                f"format {self.format}" if self.format else "this url"))
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs a username (a URL's credentials are user:password)")
+        return self
 
     @field_validator("options")
     @classmethod

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from edge.custody.text import printable
 from edge.durable.files import make_dirs_durable
-from edge.rooms.argv import SEGMENT_LIST
+from edge.rooms.argv import SEGMENT_LIST, redact_url_userinfo
 from edge.rooms.segments import SEGMENT_NAME, ListedSegment, SegmentListError, SegmentListReader
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,11 @@ async def capture_run(
     poll_s: float = 0.05,
     on_started: Callable[[int], None] | None = None,
     anchor_ns: int | None = None,
+    redact: Callable[[str], str] = redact_url_userinfo,
 ) -> None:
     """Run ffmpeg until it ends (CaptureEnded) or this is cancelled; see the module docstring.
-    `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started)."""
+    `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started). `redact`:
+    applied to every line of ffmpeg's stderr as it is read (a URL's password never leaves this run)."""
     make_dirs_durable(run_dir)  # private (0700), like the rest of the store
     anchor = anchor_ns if anchor_ns is not None else _now_ns()
     last_end_s = 0.0
@@ -115,7 +117,7 @@ async def capture_run(
     (run_dir / PID_FILE).write_text(f"{process.pid}\n")
     if on_started is not None:
         on_started(process.pid)
-    drain = asyncio.create_task(_keep_stderr(process, stderr), name=f"ffmpeg-stderr-{process.pid}")
+    drain = asyncio.create_task(_keep_stderr(process, stderr, redact), name=f"ffmpeg-stderr-{process.pid}")
 
     def hand_over(segments: list[ListedSegment], closed_ns: int | None) -> None:
         nonlocal last_end_s
@@ -172,8 +174,11 @@ async def _stop(process: asyncio.subprocess.Process, timeout_s: float) -> None:
     await process.wait()
 
 
-async def _keep_stderr(process: asyncio.subprocess.Process, lines: deque[str]) -> None:
-    """Keep ffmpeg's last stderr lines (shown only when it fails); never let the pipe fill up."""
+async def _keep_stderr(
+    process: asyncio.subprocess.Process, lines: deque[str], redact: Callable[[str], str]
+) -> None:
+    """Keep ffmpeg's last stderr lines (shown only when it fails), redacted (ffmpeg names an RTSP URL
+    with its credentials); never let the pipe fill up."""
     assert process.stderr is not None
     while True:
         raw = await process.stderr.readline()
@@ -181,7 +186,8 @@ async def _keep_stderr(process: asyncio.subprocess.Process, lines: deque[str]) -
             return
         text = raw.decode("utf-8", errors="replace").strip()
         if text:
-            lines.append(text[:300])
+            # Redacted whole, before the cut: a cut could split a password from the URL naming it.
+            lines.append(redact(text)[:300])
 
 
 def _unlisted(run_dir: Path, listed: set[str]) -> list[tuple[Path, int]]:

@@ -39,12 +39,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from edge.config.rooms import RoomConfig, RoomSourceConfig, RoomsSection
+from edge.config.base import ConfigError
+from edge.config.rooms import RoomConfig, RoomInputConfig, RoomSourceConfig, RoomsSection
 from edge.custody.ledger import EntryType
 from edge.ingest.manifest import iso_from_ns
 from edge.ingest.pipeline import IngestPipeline
-from edge.rooms.argv import Coding, SegmentPlan, codec_plan, probe_argv, probed_codecs, segment_argv
+from edge.rooms.argv import (
+    Coding,
+    SegmentPlan,
+    codec_plan,
+    probe_argv,
+    probed_codecs,
+    redact_url_userinfo,
+    segment_argv,
+    with_credentials,
+)
 from edge.rooms.capture import CaptureEnded, ClosedSegment, capture_run, stop_orphan
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
@@ -208,14 +219,19 @@ class SessionRecording:
         source.runs += 1
         if source.gap_from_ns is not None:
             source.gap_attempts += 1
-        video, audio = await self._coding(config)
+        try:
+            inputs, redact = resolved_inputs(config.input)
+        except ConfigError as exc:  # names the reference and why, never a value
+            self._open_gap(source, time.time_ns(), f"the source's credentials cannot be read: {exc}")
+            raise
+        video, audio = await self._coding(config, inputs)
         source.coding = (video.value, audio.value)
         started_ns = time.time_ns()  # stream second 0 of this run, as near ffmpeg's start as can be
         run = run_name(started_ns)
         run_dir = self.files.run_dir(self.session.session, config.id, run)
         plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio,
                            segment_metadata(self.session, config))
-        argv = segment_argv(self.settings.ffmpeg, config.input, plan, run_dir)
+        argv = segment_argv(self.settings.ffmpeg, inputs, plan, run_dir)
         liveness = current_liveness()
 
         def closed(segment: ClosedSegment) -> None:
@@ -234,9 +250,9 @@ class SessionRecording:
 
         try:
             await capture_run(argv, run_dir, closed, stop_timeout_s=self.settings.stop_timeout_s,
-                              on_started=started, anchor_ns=started_ns)
+                              on_started=started, anchor_ns=started_ns, redact=redact)
         except CaptureEnded as exc:
-            self._open_gap(source, started_ns, str(exc))
+            self._open_gap(source, started_ns, redact(str(exc)))
             raise
         except asyncio.CancelledError:
             if not self._stop.is_set():  # the supervisor found it silent
@@ -251,6 +267,7 @@ class SessionRecording:
             source.pid = None
 
     def _open_gap(self, source: SourceRecording, run_started_ns: int, reason: str) -> None:
+        reason = redact_url_userinfo(reason)  # the ledger, the log and the status all quote it
         if source.gap_from_ns is not None:
             source.gap_reason = reason  # still the same gap: the newest reason is shown
             return
@@ -258,11 +275,13 @@ class SessionRecording:
         source.gap_from_ns, source.gap_reason, source.gap_attempts = from_ns, reason, 0
         source.queue.put_nowait(GapOpened(from_ns, reason))
 
-    async def _coding(self, config: RoomSourceConfig) -> tuple[Coding, Coding]:
+    async def _coding(
+        self, config: RoomSourceConfig, inputs: list[RoomInputConfig]
+    ) -> tuple[Coding, Coding]:
         if config.codec != "auto":
             return codec_plan(config.codec, None)
         streams: list[tuple[str, str]] = []
-        for spec in config.input:
+        for spec in inputs:
             found = await probe_streams(probe_argv(self.settings.ffprobe, spec))
             if found is None:
                 return codec_plan("encode", None)
@@ -360,6 +379,37 @@ class SessionRecording:
             source.gap_from_ns, source.gap_reason = from_ns, RESUMED_REASON
             source.last_end_ns = from_ns
             source.queue.put_nowait(GapOpened(from_ns, RESUMED_REASON))
+
+
+def resolved_inputs(
+    inputs: list[RoomInputConfig],
+) -> tuple[list[RoomInputConfig], Callable[[str], str]]:
+    """The inputs as ffmpeg takes them: each URL input's credential references resolved (ConfigError
+    when one cannot be) and merged into its URL; and the redaction of text quoted from ffmpeg, which
+    masks every URL's userinfo and, should ffmpeg print one in another form, every resolved secret."""
+    resolved: list[RoomInputConfig] = []
+    secrets_seen: set[str] = set()
+    for spec in inputs:
+        if spec.username is None:
+            resolved.append(spec)
+            continue
+        username = spec.username.resolve()
+        password = None if spec.password is None else spec.password.resolve()
+        # A very short password would mask every copy of its characters in ffmpeg's prose: the URL rule
+        # covers it.
+        if password is not None and len(password) >= 4:
+            secrets_seen.update({password, quote(password, safe="")})
+        # model_copy does not validate again: the merged URL (with its userinfo) lives only in memory.
+        resolved.append(spec.model_copy(update={"url": with_credentials(spec.url, username, password)}))
+    secrets_ordered = sorted(secrets_seen, key=len, reverse=True)
+
+    def redact(text: str) -> str:
+        text = redact_url_userinfo(text)
+        for secret in secrets_ordered:
+            text = text.replace(secret, "***")
+        return text
+
+    return resolved, redact
 
 
 def leftover_segments(run_dir: Path) -> list[ClosedSegment]:

@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 
+from edge.config.base import ConfigError, parse_toml_model
+from edge.config.rooms import RoomsSection
 from edge.custody.canonical import canonical_json
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
-from edge.rooms.recording import SessionRecording
+from edge.rooms.recording import SessionRecording, resolved_inputs
 from edge.rooms.session import new_session
 from edge.rooms.state import SessionFiles
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
@@ -38,12 +40,18 @@ def _closed_port() -> int:
 
 
 async def test_an_rtsp_password_never_reaches_the_ledger_the_log_or_the_status(
-    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, caplog: pytest.LogCaptureFixture
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # Fix: the credentials are references (never in the file); the station merges them into the URL
+    # ffmpeg is given, so ffmpeg names the URL with the password in its error lines exactly as before.
+    monkeypatch.setenv("ROOM_CAM_USER", "admin")
+    monkeypatch.setenv("ROOM_CAM_PASSWORD", PASSWORD)
     camera: dict[str, Any] = {
         "id": "closeup", "codec": "encode",
-        "input": [{"url": f"rtsp://admin:{PASSWORD}@127.0.0.1:{_closed_port()}/Streaming/Channels/101",
+        "input": [{"url": f"rtsp://127.0.0.1:{_closed_port()}/Streaming/Channels/101",
+                   "username": "env:ROOM_CAM_USER", "password": "env:ROOM_CAM_PASSWORD",
                    "options": {"rtsp_transport": "tcp"}}],
     }
     config = rooms_config(lavfi_source("a"), camera)
@@ -68,3 +76,42 @@ async def test_an_rtsp_password_never_reaches_the_ledger_the_log_or_the_status(
     assert leaked == [], f"the camera's password is in ledger entries {leaked}: {opened.data['reason']}"
     assert PASSWORD not in status, "the camera's password is in the operators' room status"
     assert PASSWORD not in caplog.text, "the camera's password is in the agent's log"
+
+
+async def test_ffmpeg_is_given_the_password_the_reference_names(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Control of the redaction: the camera's password does reach ffmpeg (so the test above checks a URL
+    that carries it), in the run's argv only."""
+    monkeypatch.setenv("ROOM_CAM_USER", "admin")
+    monkeypatch.setenv("ROOM_CAM_PASSWORD", PASSWORD)
+    camera = {"id": "closeup", "codec": "encode",
+              "input": [{"url": f"rtsp://127.0.0.1:{_closed_port()}/x", "username": "env:ROOM_CAM_USER",
+                         "password": "env:ROOM_CAM_PASSWORD"}]}
+    config = rooms_config(camera)
+    inputs, redact = resolved_inputs(config.room[0].source[0].input)
+    assert inputs[0].url.startswith(f"rtsp://admin:{PASSWORD}@127.0.0.1:")
+    assert redact(f"{inputs[0].url}: Connection refused") == (
+        inputs[0].url.replace(PASSWORD, "***") + ": Connection refused")
+    assert PASSWORD not in repr(config)
+
+
+def _rooms_toml(input_lines: str) -> RoomsSection:
+    text = ('[[room]]\nid = "xw-1"\nname = "第一询问室"\naddress = "文三路 100 号"\n'
+            '[[room.source]]\nid = "closeup"\n[[room.source.input]]\n' + input_lines)
+    return parse_toml_model(text, "station.toml", RoomsSection)
+
+
+def test_a_url_with_credentials_in_the_file_is_refused_without_echoing_them() -> None:
+    with pytest.raises(ConfigError) as refused:
+        _rooms_toml(f'url = "rtsp://admin:{PASSWORD}@192.0.2.10:554/ch1"\n')
+    assert "url carries credentials" in str(refused.value)
+    assert PASSWORD not in str(refused.value)
+    # Control: the same URL without userinfo, with references, loads.
+    loaded = _rooms_toml('url = "rtsp://192.0.2.10:554/ch1"\nusername = "env:U"\npassword = "env:P"\n')
+    assert loaded.room[0].source[0].input[0].password == "env:P"
+
+
+def test_credentials_are_refused_for_a_device_input() -> None:
+    with pytest.raises(ConfigError, match="username and password are for a URL input"):
+        _rooms_toml('format = "alsa"\nurl = "hw:1,0"\nusername = "env:U"\n')
