@@ -15,6 +15,11 @@ last held, ``reason`` = how the run ended); the first segment of a later run clo
 ``closed``, with ``from``, ``to`` = that segment's start, ``reason``, ``attempts`` = runs started
 meanwhile, ``duration_s``). A gap still open at stop is closed at the stop time with ``to_stop = true``.
 
+With ``codec = "auto"`` a run first ffprobes its inputs (:func:`probe_streams`) inside the same gap
+handling: the probes have 60 % of the liveness timeout together, so a camera that accepts and stays silent
+opens the run's gap ("ffprobe ... gave no answer") before the supervisor would cancel it, and an ffprobe
+is killed whenever its probe ends early (timeout or cancellation).
+
 At the stop, each sealer tries once more every segment of its source still in the capture directories
 (one whose sealing failed during the session: a full disk, an I/O error), so none is dropped.
 
@@ -66,8 +71,13 @@ from edge.runtime.supervise import Supervisor, TaskSpec, current_liveness
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 15.0
+PROBE_SHARE = 0.6  # of the liveness timeout, for all of a run's probes together
 LATENCIES_KEPT = 1000
 RESUMED_REASON = "the station agent was not running (stopped or crashed while the session was recording)"
+
+
+class ProbeStalled(Exception):
+    """ffprobe (codec = auto) gave no answer in time: the input delivers nothing; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -219,12 +229,24 @@ class SessionRecording:
         source.runs += 1
         if source.gap_from_ns is not None:
             source.gap_attempts += 1
+        run_began_ns = time.time_ns()
         try:
             inputs, redact = resolved_inputs(config.input)
         except ConfigError as exc:  # names the reference and why, never a value
-            self._open_gap(source, time.time_ns(), f"the source's credentials cannot be read: {exc}")
+            self._open_gap(source, run_began_ns, f"the source's credentials cannot be read: {exc}")
             raise
-        video, audio = await self._coding(config, inputs)
+        # The probe (codec = auto) is part of the run: a camera that stalls it opens a gap like one that
+        # stalls ffmpeg, and the probe ends, its ffprobe stopped, before the liveness timeout would.
+        try:
+            video, audio = await self._coding(config, inputs)
+        except ProbeStalled as exc:
+            self._open_gap(source, run_began_ns, redact(str(exc)))
+            raise
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                self._open_gap(source, run_began_ns, f"ffprobe gave no answer within the liveness timeout "
+                               f"({self.liveness_timeout_s:g} s)")
+            raise
         source.coding = (video.value, audio.value)
         started_ns = time.time_ns()  # stream second 0 of this run, as near ffmpeg's start as can be
         run = run_name(started_ns)
@@ -281,8 +303,15 @@ class SessionRecording:
         if config.codec != "auto":
             return codec_plan(config.codec, None)
         streams: list[tuple[str, str]] = []
-        for spec in inputs:
-            found = await probe_streams(probe_argv(self.settings.ffprobe, spec))
+        # All of a run's probes end well inside the liveness timeout (each input its share of 60 % of
+        # it), so a stalled probe is this run's own gap, never a cancellation from outside.
+        timeout_s = min(PROBE_TIMEOUT_S, PROBE_SHARE * self.liveness_timeout_s / len(inputs))
+        for number, spec in enumerate(inputs, 1):
+            try:
+                found = await probe_streams(probe_argv(self.settings.ffprobe, spec), timeout_s)
+            except TimeoutError:
+                raise ProbeStalled(f"ffprobe of input {number} gave no answer within {timeout_s:g} s "
+                                   "(codec = auto): the source delivers nothing") from None
             if found is None:
                 return codec_plan("encode", None)
             streams += found
@@ -476,8 +505,10 @@ def segment_metadata(session: RoomSession, source: RoomSourceConfig) -> dict[str
     }
 
 
-async def probe_streams(argv: list[str]) -> list[tuple[str, str]] | None:
-    """(codec_type, codec_name) of an input's streams by ffprobe; None when it cannot tell in time."""
+async def probe_streams(argv: list[str], timeout_s: float = PROBE_TIMEOUT_S) -> list[tuple[str, str]] | None:
+    """(codec_type, codec_name) of an input's streams by ffprobe; None when ffprobe cannot tell (it
+    failed, or gave no stream list); TimeoutError when it gave no answer within `timeout_s`. ffprobe is
+    killed whenever this ends before it (timeout or cancellation): none is left waiting on a camera."""
     try:
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -487,13 +518,14 @@ async def probe_streams(argv: list[str]) -> list[tuple[str, str]] | None:
         log.warning("ffprobe could not be started: %s", exc)
         return None
     try:
-        async with asyncio.timeout(PROBE_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             out, _ = await process.communicate()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
-        return None
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            # Reaped even when cancelled again meanwhile: SIGKILL ends it at once.
+            await asyncio.shield(process.wait())
     if process.returncode != 0:
         return None
     try:

@@ -27,7 +27,7 @@ import pytest
 
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
-from edge.rooms.recording import SessionRecording
+from edge.rooms.recording import SessionRecording, probe_streams
 from edge.rooms.session import new_session
 from edge.rooms.state import SessionFiles
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
@@ -102,3 +102,32 @@ async def test_a_camera_that_stalls_the_probe_still_gets_a_gap_and_leaves_no_ffp
     if left:
         problems.append(f"{len(left)} ffprobe processes left hanging on the camera")
     assert problems == [], f"codec={codec}: " + "; ".join(problems)
+
+
+async def test_a_cancelled_probe_stops_its_ffprobe() -> None:
+    """The stop of a session (or any cancellation) inside the probe leaves no ffprobe on the camera."""
+    held: list[asyncio.StreamWriter] = []
+    connected = asyncio.Event()
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        connected.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    argv = ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "json",
+            "-f", "mpegts", "-i", f"tcp://127.0.0.1:{port}"]
+    probe = asyncio.create_task(probe_streams(argv, 60.0))
+    try:
+        await asyncio.wait_for(connected.wait(), 20)
+        assert _probes_on(port), "control: the probe's ffprobe is waiting on the camera"
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+        left = _probes_on(port)
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert left == [], f"ffprobe {left} left waiting on the camera after the probe was cancelled"
