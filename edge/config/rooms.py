@@ -22,6 +22,44 @@ _OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _FORMAT = r"^[a-z0-9_]{1,32}$"
 # Options of the input stage the argv builder sets itself (a second value would fight it).
 _RESERVED_OPTIONS = frozenset({"f", "i", "re", "y", "n"})
+# Input options an input may carry, by what reads the URL. ffmpeg takes its global options (progress,
+# y, copyts, filter_script, ...) anywhere on its command line, and an option that takes no value leaves
+# its "value" behind as an extra output file: so an allow-list, never a deny-list.
+_GENERIC_INPUT_OPTIONS = frozenset({
+    "thread_queue_size", "probesize", "analyzeduration", "fpsprobesize", "fflags", "max_delay",
+    "rtbufsize", "use_wallclock_as_timestamps",
+})
+_NETWORK_INPUT_OPTIONS = frozenset({
+    "rtsp_transport", "rtsp_flags", "allowed_media_types", "stimeout", "timeout", "rw_timeout",
+    "reorder_queue_size", "buffer_size", "recv_buffer_size", "user_agent", "min_port", "max_port",
+    "protocol_whitelist", "reconnect", "reconnect_streamed", "reconnect_delay_max", "fifo_size",
+    "overrun_nonfatal", "pkt_size", "localaddr", "latency",
+})
+_DEVICE_INPUT_OPTIONS: dict[str, frozenset[str]] = {
+    "v4l2": frozenset({"input_format", "video_size", "framerate", "pixel_format", "standard", "channel",
+                       "timestamps", "ts", "use_libv4l2"}),
+    "alsa": frozenset({"sample_rate", "channels"}),
+    "pulse": frozenset({"sample_rate", "channels", "server", "name", "stream_name", "frame_size",
+                        "fragment_size"}),
+    "lavfi": frozenset(),
+}
+_DEVICE_INPUT_OPTIONS["video4linux2"] = _DEVICE_INPUT_OPTIONS["v4l2"]
+# What a lavfi input may be: a chain of these filters (sources, and what paces or trims them). movie,
+# amovie, drawtext (textfile=), sendcmd (f=), signature (filename=), plugin hosts (ladspa, lv2, frei0r)
+# and every other filter that reads or writes files or loads code are left out.
+_LAVFI_FILTERS = frozenset({
+    "testsrc", "testsrc2", "smptebars", "smptehdbars", "rgbtestsrc", "yuvtestsrc", "color", "nullsrc",
+    "pal75bars", "pal100bars", "allrgb", "allyuv", "mandelbrot", "life", "cellauto",
+    "sine", "anullsrc", "anoisesrc",
+    "realtime", "arealtime", "trim", "atrim", "setpts", "asetpts", "fps", "scale", "format", "aformat",
+    "aresample", "volume", "null", "anull", "setsar", "pad", "crop", "hflip", "vflip", "tpad", "apad",
+})
+_LAVFI_FILTER = re.compile(r"^([a-z0-9_]+)(=[A-Za-z0-9_=:.+*/#@%-]*)?$")
+# URL schemes a non-device input may read (none that reads a local file behind the station's back:
+# file:, concat:, subfile:, data:, pipe:, fd:, crypto:, cache: ...); a plain absolute path is a file.
+_URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "rtp", "srt"})
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
 # A URL with an authority part (rtsp://host:554/..., http://host/...): what `username`/`password` go into.
 _URL_AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
 # The pydantic error type of a URL carrying credentials: its value is never echoed (edge.config.base).
@@ -76,6 +114,40 @@ class RoomInputConfig(StrictModel):
     @classmethod
     def _url_printable(cls, value: str) -> str:
         return _plain_text(value, "url")
+
+    @model_validator(mode="after")
+    def _what_ffmpeg_reads(self) -> RoomInputConfig:
+        device = _DEVICE_INPUT_OPTIONS.get(self.format)
+        allowed = _GENERIC_INPUT_OPTIONS | (_NETWORK_INPUT_OPTIONS if device is None else device)
+        for name in self.options:
+            if name not in allowed:
+                raise ValueError(
+                    f"option {name!r} is not an input option the station passes to ffmpeg for "
+                    f"{'format ' + self.format if self.format else 'this input'} (allowed: "
+                    f"{', '.join(sorted(allowed))}): ffmpeg would take it anywhere on its command line"
+                )
+        if self.format == "lavfi":
+            for part in self.url.split(","):
+                match = _LAVFI_FILTER.fullmatch(part.strip())
+                if match is None or match[1] not in _LAVFI_FILTERS:
+                    raise ValueError(
+                        f"lavfi filter {part.strip()[:40]!r} is not allowed: a lavfi input is a chain of "
+                        f"generated sources and pacing filters ({', '.join(sorted(_LAVFI_FILTERS))}), no "
+                        "labels, quotes or filters that read or write files (movie, amovie, ...)"
+                    )
+        elif device is None:
+            scheme = _URL_SCHEME.match(self.url)
+            if scheme is not None and scheme[1].lower() == "unix":
+                pass  # a local socket (GB/T 28181 live video): ffmpeg only reads from it
+            elif scheme is not None and scheme[1].lower() not in _URL_SCHEMES:
+                raise ValueError(
+                    f"url protocol {scheme[1]!r} is not allowed (allowed: {', '.join(sorted(_URL_SCHEMES))}, "
+                    "unix:, or an absolute path): concat:, file:, subfile:, data: and the like read files "
+                    "behind the station's back"
+                )
+            elif scheme is None and not self.url.startswith("/"):
+                raise ValueError("url must be a URL (rtsp://...), unix:PATH or an absolute path")
+        return self
 
     @model_validator(mode="after")
     def _credentials_need_a_url(self) -> RoomInputConfig:
