@@ -227,6 +227,11 @@ class RoomsSection(StrictModel):
         5.0, gt=0, le=600,
         description="A source with no new segment for segment_time_s + this is restarted (a gap)",
     )
+    start_grace_s: float = Field(
+        10.0, ge=0, le=600,
+        description="A run's start-up allowance (probe, RTSP connect, a camera waking up, a long GOP): its "
+        "first segment may take segment_time_s + stale_margin_s + this; later ones are judged as usual",
+    )
     restart_backoff_initial_s: float = Field(0.5, ge=0, le=60, description="First restart delay")
     restart_backoff_max_s: float = Field(10.0, ge=0, le=600, description="Longest restart delay")
     ffmpeg: str = Field("ffmpeg", pattern=r"^(/[^\x00-\x1f]{1,255}|[A-Za-z0-9._+-]{1,64})$",

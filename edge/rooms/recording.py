@@ -5,7 +5,8 @@
 task is one ffmpeg run (:func:`edge.rooms.capture.capture_run`); it marks itself alive at every segment
 the list names, so the liveness timeout (``segment_time_s + stale_margin_s``) judges the source by the age
 of its last segment, not only by its process: an ffmpeg that runs but writes nothing is cancelled (and
-stopped) like one that died, and the supervisor starts a fresh run after its backoff. The other sources'
+stopped) like one that died, and the supervisor starts a fresh run after its backoff. Until its first
+segment a run has ``start_grace_s`` more (:func:`_start_grace`): starting up is not silence. The other sources'
 tasks are untouched.
 
 Per source, one sealer task takes, in order, what its recorder produced: closed segments (sealed through
@@ -66,7 +67,7 @@ from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
 from edge.rooms.state import SessionFiles
-from edge.runtime.supervise import Supervisor, TaskSpec, current_liveness
+from edge.runtime.supervise import Liveness, Supervisor, TaskSpec, current_liveness
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,21 @@ class SessionRecording:
         if source.gap_from_ns is not None:
             source.gap_attempts += 1
         run_began_ns = time.time_ns()
+        first_segment = asyncio.Event()
+        liveness = current_liveness()
+        grace = asyncio.create_task(_start_grace(liveness, first_segment, self.settings.start_grace_s),
+                                    name=f"room-grace-{self.session.room}-{config.id}")
+        try:
+            await self._one_run(source, run_began_ns, first_segment, liveness)
+        finally:
+            grace.cancel()
+            await asyncio.gather(grace, return_exceptions=True)
+
+    async def _one_run(
+        self, source: SourceRecording, run_began_ns: int, first_segment: asyncio.Event, liveness: Liveness
+    ) -> None:
+        """The probe and the ffmpeg of one run (within its start-up grace until `first_segment`)."""
+        config = source.config
         try:
             inputs, redact = resolved_inputs(config.input)
         except ConfigError as exc:  # names the reference and why, never a value
@@ -254,11 +270,11 @@ class SessionRecording:
         plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio,
                            segment_metadata(self.session, config))
         argv = segment_argv(self.settings.ffmpeg, inputs, plan, run_dir)
-        liveness = current_liveness()
 
         def closed(segment: ClosedSegment) -> None:
             if segment.partial is None:
                 liveness.beat()
+                first_segment.set()
                 if source.gap_from_ns is not None:
                     start_ns, _ = segment.times_ns()
                     source.queue.put_nowait(GapClosed(start_ns))
@@ -278,9 +294,12 @@ class SessionRecording:
             raise
         except asyncio.CancelledError:
             if not self._stop.is_set():  # the supervisor found it silent
-                self._open_gap(source, started_ns,
-                               f"no new segment for more than {self.liveness_timeout_s:g} s: ffmpeg stopped "
-                               "and restarted")
+                self._open_gap(source, started_ns, (
+                    f"no new segment for more than {self.liveness_timeout_s:g} s: ffmpeg stopped "
+                    "and restarted" if first_segment.is_set() else
+                    f"no first segment within {self.settings.start_grace_s + self.liveness_timeout_s:g} s "
+                    "of the start (start_grace_s + segment_time_s + stale_margin_s): ffmpeg stopped and "
+                    "restarted"))
             raise
         except OSError as exc:  # ffmpeg could not be started at all
             self._open_gap(source, started_ns, f"ffmpeg could not be started: {exc.strerror or exc}")
@@ -408,6 +427,21 @@ class SessionRecording:
             source.gap_from_ns, source.gap_reason = from_ns, RESUMED_REASON
             source.last_end_ns = from_ns
             source.queue.put_nowait(GapOpened(from_ns, RESUMED_REASON))
+
+
+async def _start_grace(liveness: Liveness, first_segment: asyncio.Event, grace_s: float) -> None:
+    """Keep a run alive for its first `grace_s` seconds or until its first segment, whichever is first:
+    starting up (probe, connect, the camera's first frame) is not silence. After it, the run's first
+    segment has the usual liveness timeout more."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    while not first_segment.is_set() and (left := deadline - loop.time()) > 0:
+        liveness.beat()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(0.5, left)):
+                await first_segment.wait()
+    if not first_segment.is_set():
+        liveness.beat()  # the grace ends now: the liveness timeout counts from here
 
 
 def resolved_inputs(
