@@ -6,8 +6,8 @@ task is one ffmpeg run (:func:`edge.rooms.capture.capture_run`); it marks itself
 the list names, so the liveness timeout (``segment_time_s + stale_margin_s``) judges the source by the age
 of its last segment, not only by its process: an ffmpeg that runs but writes nothing is cancelled (and
 stopped) like one that died, and the supervisor starts a fresh run after its backoff. Until its first
-segment a run has ``start_grace_s`` more (:func:`_start_grace`): starting up is not silence. The other sources'
-tasks are untouched.
+segment a run has ``start_grace_s`` more (:func:`_start_grace`): starting up is not silence. The other
+sources' tasks are untouched.
 
 Per source, one sealer task takes, in order, what its recorder produced: closed segments (sealed through
 :class:`~edge.rooms.sealing.SegmentSealer`) and gap events. A run that ends for any reason but the
