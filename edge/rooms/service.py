@@ -37,6 +37,7 @@ from edge.durable.files import free_bytes, write_atomic
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.manifest import session_manifest
+from edge.rooms.reconcile import SESSION_TYPES, disagreements, sessions_on_ledger
 from edge.rooms.recording import SessionRecording
 from edge.rooms.sealing import seal_session_file
 from edge.rooms.session import (
@@ -101,6 +102,7 @@ class RoomService:
                 None,
                 {"stage": "room", "file": printable(name)[:100], "reason": f"not a room session: {why}"},
             )
+        sessions = self._checked_against_ledger(sessions)
         for session in sessions:
             if session.state is not SessionState.RECORDING:
                 continue
@@ -116,6 +118,47 @@ class RoomService:
                 )
                 continue
             self.active[session.room] = session
+
+    def _checked_against_ledger(self, files: list[RoomSession]) -> list[RoomSession]:
+        """The sessions to go on with: each session the ledger saw start and not stop, as the ledger
+        says (its file's disagreements, or its missing file, an `error` entry each; the file is written
+        again from the ledger); a file that says recording where the ledger says stopped is an `error`
+        and is not resumed. A file whose session_started never reached the ledger (the agent stopped
+        between the two) is taken as it is."""
+        on_ledger = sessions_on_ledger(self.store.ledger.entries_of_types(SESSION_TYPES))
+        by_id = {session.session: session for session in files}
+        result = [s for s in files if s.session not in on_ledger]
+        for session_id, known in on_ledger.items():
+            file = by_id.get(session_id)
+            if known.stopped is not None:
+                if file is not None and file.state is SessionState.RECORDING:
+                    self._file_error(session_id, f"its file says recording, the ledger stopped it at entry "
+                                     f"{known.stopped.seq}: not resumed")
+                    file = replace(file, state=SessionState.STOPPED)
+                    self.files.save(file)
+                if file is not None:
+                    result.append(file)
+                continue
+            rebuilt = known.rebuilt(None if file is None else file.started_utc)
+            for problem in known.problems:
+                self._file_error(session_id, f"the ledger's record of it: {problem}")
+            if file is None:
+                self._file_error(session_id, "its file is missing: resumed as the ledger records it")
+            elif said := disagreements(file, rebuilt):
+                self._file_error(session_id, "its file disagrees with the ledger, whose values are used: "
+                                 + "; ".join(said))
+            else:
+                result.append(file)
+                continue
+            self.files.save(rebuilt)
+            result.append(rebuilt)
+        return result
+
+    def _file_error(self, session: str, why: str) -> None:
+        reason = f"room session {session}: {why}"
+        log.error("rooms: %s", printable(reason))
+        self.store.record(EntryType.ERROR, None,
+                          {"stage": "room", "room_session": session, "reason": printable(reason)[:1000]})
 
     async def run(self) -> None:
         """Record every active session until cancelled (the agent stops): then interrupt them."""
