@@ -14,8 +14,11 @@ playable). Only empty files are left out (they hold nothing).
 
 ffmpeg's pid is written into the run directory (``ffmpeg.pid``): after a crash of the agent its ffmpeg
 runs on, orphaned, and the next start stops it (:func:`stop_orphan`) before sealing what it wrote.
-Segment times (:meth:`ClosedSegment.times_ns`) count from the station time ffmpeg was started, plus the
-stream times of the list, so one segment ends exactly where the next starts.
+Segment times (:meth:`ClosedSegment.times_ns`) count from the run's anchor, plus the stream times of the
+list, so one segment ends exactly where the next starts. The anchor is stream second 0 (the first frame)
+in station time: set when the first segment is listed, so that this segment ends when ffmpeg listed it
+(a source that delivers late does not make its segments claim to be recorded early); until then, and for
+a run that lists nothing, ffmpeg's start. It is kept in the run directory (``anchor_ns``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 STDERR_LINES = 40
 PID_FILE = "ffmpeg.pid"
+ANCHOR_FILE = "anchor_ns"
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class ClosedSegment:
     start_s: float | None  # stream seconds from the list (None for a partial segment)
     end_s: float | None
     closed_ns: int  # station time (ns since the epoch) ffmpeg listed it, or the run ended
-    anchor_ns: int  # station time the run's ffmpeg was started: stream second 0
+    anchor_ns: int  # stream second 0 in station time (the first frame; ffmpeg's start until it is known)
     partial: str | None = None  # why a segment is not whole: never listed before ffmpeg ended
     after_s: float = 0.0  # a partial segment: where the run's last listed segment ended (stream seconds)
     written_ns: int | None = None  # a partial segment: when ffmpeg last wrote to it (its mtime)
@@ -119,9 +123,19 @@ async def capture_run(
         on_started(process.pid)
     drain = asyncio.create_task(_keep_stderr(process, stderr, redact), name=f"ffmpeg-stderr-{process.pid}")
 
+    anchored = False
+
     def hand_over(segments: list[ListedSegment], closed_ns: int | None) -> None:
-        nonlocal last_end_s
+        nonlocal last_end_s, anchor, anchored
         when = closed_ns if closed_ns is not None else _now_ns()
+        if segments and not anchored:
+            # Stream second 0 is the first frame, not ffmpeg's spawn: a source that delivers late (an RTSP
+            # handshake, a camera warming up) would make every segment claim to be recorded early. The
+            # first segment cannot end after ffmpeg listed it, so the run counts from there (at most the
+            # listing's latency late, never seconds early).
+            anchor = max(anchor, when - int(segments[0].end_s * 1e9))
+            anchored = True
+            write_anchor(run_dir, anchor)
         for seg in segments:
             listed.add(seg.name)
             last_end_s = max(last_end_s, seg.end_s)
@@ -155,6 +169,19 @@ async def capture_run(
                                      _now_ns(), anchor, partial=why, after_s=last_end_s,
                                      written_ns=written_ns))
     raise CaptureEnded(ended)
+
+
+def write_anchor(run_dir: Path, anchor_ns: int) -> None:
+    """Keep a run's anchor (its stream second 0 in station time) beside its segments, for a resumed
+    session that seals what the run left (:func:`read_anchor`)."""
+    (run_dir / ANCHOR_FILE).write_text(f"{anchor_ns}\n")
+
+
+def read_anchor(run_dir: Path) -> int | None:
+    try:
+        return int((run_dir / ANCHOR_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 async def _stop(process: asyncio.subprocess.Process, timeout_s: float) -> None:

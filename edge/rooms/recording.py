@@ -62,7 +62,7 @@ from edge.rooms.argv import (
     segment_argv,
     with_credentials,
 )
-from edge.rooms.capture import CaptureEnded, ClosedSegment, capture_run, stop_orphan
+from edge.rooms.capture import CaptureEnded, ClosedSegment, capture_run, read_anchor, stop_orphan
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
@@ -484,7 +484,7 @@ def leftover_segments(run_dir: Path) -> list[ClosedSegment]:
     except SegmentListError as exc:
         listed, untrusted = [], f"untrusted segment list: {exc}"
     by_name = {seg.name: seg for seg in listed}
-    anchor = run_anchor_ns(run_dir.name)
+    anchor = read_anchor(run_dir) or run_anchor_ns(run_dir.name)
     last_end_s = max((seg.end_s for seg in listed), default=0.0)
     found: list[ClosedSegment] = []
     for path in sorted(run_dir.iterdir()):
