@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 STDERR_LINES = 40
 PID_FILE = "ffmpeg.pid"
 ANCHOR_FILE = "anchor_ns"
+PINS_FILE = "pins"
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class ClosedSegment:
     partial: str | None = None  # why a segment is not whole: never listed before ffmpeg ended
     after_s: float = 0.0  # a partial segment: where the run's last listed segment ended (stream seconds)
     written_ns: int | None = None  # a partial segment: when ffmpeg last wrote to it (its mtime)
+    # (size, mtime, ctime, inode) of the file when ffmpeg listed it: the sealer seals only that file
+    # (a rewrite in place changes the ctime even when the mtime is set back).
+    pin: tuple[int, int, int, int] | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -139,8 +143,9 @@ async def capture_run(
         for seg in segments:
             listed.add(seg.name)
             last_end_s = max(last_end_s, seg.end_s)
+            pin = pin_file(run_dir, seg.name)
             on_segment(ClosedSegment(run_dir / seg.name, run_dir.name, seg.name, seg.index, seg.start_s,
-                                     seg.end_s, when, anchor))
+                                     seg.end_s, when, anchor, pin=pin))
 
     ended: str | None = None
     try:
@@ -169,6 +174,35 @@ async def capture_run(
                                      _now_ns(), anchor, partial=why, after_s=last_end_s,
                                      written_ns=written_ns))
     raise CaptureEnded(ended)
+
+
+def pin_file(run_dir: Path, name: str) -> tuple[int, int, int, int] | None:
+    """Pin a segment as ffmpeg listed it: its (size, mtime, ctime, inode), kept in the run directory
+    (``pins``, one line per segment) so that a later sealing (held up by a full disk, or after a restart)
+    checks the same file. None when it is not there to pin (the sealer says so)."""
+    try:
+        info = os.lstat(run_dir / name)
+    except OSError:
+        return None
+    pin = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+    with open(run_dir / PINS_FILE, "a", encoding="ascii") as pins:
+        pins.write(f"{name} {' '.join(str(v) for v in pin)}\n")
+    return pin
+
+
+def read_pins(run_dir: Path) -> dict[str, tuple[int, int, int, int]]:
+    """The pins :func:`pin_file` kept in `run_dir` (a line that is not one is skipped)."""
+    found: dict[str, tuple[int, int, int, int]] = {}
+    try:
+        lines = (run_dir / PINS_FILE).read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 5 and SEGMENT_NAME.fullmatch(parts[0]) and all(p.isdigit() for p in parts[1:]):
+            size, mtime, ctime, inode = (int(p) for p in parts[1:])
+            found[parts[0]] = (size, mtime, ctime, inode)
+    return found
 
 
 def write_anchor(run_dir: Path, anchor_ns: int) -> None:

@@ -62,7 +62,14 @@ from edge.rooms.argv import (
     segment_argv,
     with_credentials,
 )
-from edge.rooms.capture import CaptureEnded, ClosedSegment, capture_run, read_anchor, stop_orphan
+from edge.rooms.capture import (
+    CaptureEnded,
+    ClosedSegment,
+    capture_run,
+    read_anchor,
+    read_pins,
+    stop_orphan,
+)
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
@@ -484,6 +491,7 @@ def leftover_segments(run_dir: Path) -> list[ClosedSegment]:
     except SegmentListError as exc:
         listed, untrusted = [], f"untrusted segment list: {exc}"
     by_name = {seg.name: seg for seg in listed}
+    pins = read_pins(run_dir)
     anchor = read_anchor(run_dir) or run_anchor_ns(run_dir.name)
     last_end_s = max((seg.end_s for seg in listed), default=0.0)
     found: list[ClosedSegment] = []
@@ -496,7 +504,7 @@ def leftover_segments(run_dir: Path) -> list[ClosedSegment]:
         seg = by_name.get(path.name)
         if seg is not None:
             found.append(ClosedSegment(path, run_dir.name, seg.name, seg.index, seg.start_s, seg.end_s,
-                                       info.st_mtime_ns, anchor))
+                                       info.st_mtime_ns, anchor, pin=pins.get(seg.name)))
         else:
             why = untrusted or "the station agent stopped before ffmpeg closed this segment"
             found.append(ClosedSegment(path, run_dir.name, path.name, int(path.name[4:10]), None, None,
