@@ -49,7 +49,7 @@ from urllib.parse import quote
 
 from edge.config.base import ConfigError
 from edge.config.rooms import RoomConfig, RoomInputConfig, RoomSourceConfig, RoomsSection
-from edge.custody.ledger import EntryType
+from edge.custody.ledger import EntryType, Ledger
 from edge.ingest.manifest import iso_from_ns
 from edge.ingest.pipeline import IngestPipeline
 from edge.rooms.argv import (
@@ -388,8 +388,9 @@ class SessionRecording:
         base = self.files.capture_dir / self.session.session / source.config.id
         if not base.is_dir():
             return
+        already = sealed_on_ledger(self.pipeline.store.ledger, self.session)
         for run_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
-            for segment in leftover_segments(run_dir):
+            for segment in leftover_segments(run_dir, already, source.config.id):
                 log.warning("room %s source %s: %s/%s: sealing it again at the stop", self.session.room,
                             source.config.id, segment.run, segment.name)
                 try:
@@ -420,6 +421,7 @@ class SessionRecording:
         """A resumed session: first what the interrupted runs left (listed segments whole, the rest
         partial; an ffmpeg a crash left running is stopped first), then each source's gap from its last
         segment to the first of the new run."""
+        already = sealed_on_ledger(self.pipeline.store.ledger, self.session)
         for source in self.sources.values():
             from_ns = resumed_from_ns.get(source.config.id, 0)
             base = self.files.capture_dir / self.session.session / source.config.id
@@ -428,7 +430,7 @@ class SessionRecording:
                     stopped = await stop_orphan(run_dir, self.settings.stop_timeout_s)
                     if stopped is not None:
                         log.warning("room %s source %s: %s", self.session.room, source.config.id, stopped)
-                    for segment in leftover_segments(run_dir):
+                    for segment in leftover_segments(run_dir, already, source.config.id):
                         source.queue.put_nowait(segment)
                         from_ns = max(from_ns, segment.closed_ns)
             source.gap_from_ns, source.gap_reason = from_ns, RESUMED_REASON
@@ -482,8 +484,21 @@ def resolved_inputs(
     return resolved, redact
 
 
-def leftover_segments(run_dir: Path) -> list[ClosedSegment]:
-    """What an interrupted run left unsealed in `run_dir`, in order."""
+def sealed_on_ledger(ledger: Ledger, session: RoomSession) -> set[tuple[str, str, str]]:
+    """(source, run, segment name) of every segment the ledger has sealed for `session`."""
+    return {
+        (str(e.data.get("source")), str(e.data.get("run")), str(e.data.get("segment")))
+        for e in ledger.entries_of_types([EntryType.SEGMENT_SEALED], session.started_seq or 1)
+        if e.data.get("room_session") == session.session
+    }
+
+
+def leftover_segments(
+    run_dir: Path, sealed: set[tuple[str, str, str]] | None = None, source: str = ""
+) -> list[ClosedSegment]:
+    """What an interrupted run left unsealed in `run_dir`, in order. A file whose segment the ledger
+    already sealed (`sealed`: a crash came between its segment_sealed and the removal of the capture
+    file) is removed, not sealed twice."""
     reader = SegmentListReader(run_dir / "segments.csv")
     untrusted: str | None = None
     try:
@@ -497,6 +512,11 @@ def leftover_segments(run_dir: Path) -> list[ClosedSegment]:
     found: list[ClosedSegment] = []
     for path in sorted(run_dir.iterdir()):
         if not SEGMENT_NAME.fullmatch(path.name) or path.is_symlink() or not path.is_file():
+            continue
+        if sealed is not None and (source, run_dir.name, path.name) in sealed:
+            log.warning("%s/%s: already sealed (its segment_sealed is on the ledger): capture file removed",
+                        run_dir.name, path.name)
+            path.unlink(missing_ok=True)
             continue
         info = path.stat()
         if info.st_size == 0:

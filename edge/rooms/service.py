@@ -38,7 +38,7 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.manifest import session_manifest
 from edge.rooms.reconcile import SESSION_TYPES, disagreements, sessions_on_ledger
-from edge.rooms.recording import SessionRecording, leftover_segments
+from edge.rooms.recording import SessionRecording, leftover_segments, sealed_on_ledger
 from edge.rooms.sealing import SegmentSealer, seal_session_file
 from edge.rooms.session import (
     MAX_NOTE,
@@ -170,13 +170,15 @@ class RoomService:
         config = self.settings.room_by_id(session.room)
         names = {} if config is None else {s.id: s.name for s in config.source}
         late = 0
+        already = sealed_on_ledger(self.store.ledger, session)
         try:
             for source_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
                 sealer = SegmentSealer(self.pipeline, session, source=source_dir.name,
                                        source_name=names.get(source_dir.name, ""), station_id=self.station_id,
                                        clock_synchronised=self.clock_synchronised())
                 for run_dir in sorted(p for p in source_dir.iterdir() if p.is_dir() and not p.is_symlink()):
-                    for segment in await asyncio.to_thread(leftover_segments, run_dir):
+                    for segment in await asyncio.to_thread(leftover_segments, run_dir, already,
+                                                           source_dir.name):
                         if await sealer.seal(segment) is not None:
                             late += 1
             stopped_entry = next((e for e in self.store.ledger.entries_of_types(
