@@ -12,8 +12,9 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from edge.config.base import IDENTIFIER, StrictModel
+from edge.config.base import IDENTIFIER, SecretRef, StrictModel
 
 # ffmpeg option names (without the dash) an input may carry: `-video_size`, `-rtsp_transport`, ...
 _OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -21,6 +22,48 @@ _OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _FORMAT = r"^[a-z0-9_]{1,32}$"
 # Options of the input stage the argv builder sets itself (a second value would fight it).
 _RESERVED_OPTIONS = frozenset({"f", "i", "re", "y", "n"})
+# Input options an input may carry, by what reads the URL. ffmpeg takes its global options (progress,
+# y, copyts, filter_script, ...) anywhere on its command line, and an option that takes no value leaves
+# its "value" behind as an extra output file: so an allow-list, never a deny-list.
+_GENERIC_INPUT_OPTIONS = frozenset({
+    "thread_queue_size", "probesize", "analyzeduration", "fpsprobesize", "fflags", "max_delay",
+    "rtbufsize", "use_wallclock_as_timestamps",
+})
+_NETWORK_INPUT_OPTIONS = frozenset({
+    "rtsp_transport", "rtsp_flags", "allowed_media_types", "stimeout", "timeout", "rw_timeout",
+    "reorder_queue_size", "buffer_size", "recv_buffer_size", "user_agent", "min_port", "max_port",
+    "protocol_whitelist", "reconnect", "reconnect_streamed", "reconnect_delay_max", "fifo_size",
+    "overrun_nonfatal", "pkt_size", "localaddr", "latency",
+})
+_DEVICE_INPUT_OPTIONS: dict[str, frozenset[str]] = {
+    "v4l2": frozenset({"input_format", "video_size", "framerate", "pixel_format", "standard", "channel",
+                       "timestamps", "ts", "use_libv4l2"}),
+    "alsa": frozenset({"sample_rate", "channels"}),
+    "pulse": frozenset({"sample_rate", "channels", "server", "name", "stream_name", "frame_size",
+                        "fragment_size"}),
+    "lavfi": frozenset(),
+}
+_DEVICE_INPUT_OPTIONS["video4linux2"] = _DEVICE_INPUT_OPTIONS["v4l2"]
+# What a lavfi input may be: a chain of these filters (sources, and what paces or trims them). movie,
+# amovie, drawtext (textfile=), sendcmd (f=), signature (filename=), plugin hosts (ladspa, lv2, frei0r)
+# and every other filter that reads or writes files or loads code are left out.
+_LAVFI_FILTERS = frozenset({
+    "testsrc", "testsrc2", "smptebars", "smptehdbars", "rgbtestsrc", "yuvtestsrc", "color", "nullsrc",
+    "pal75bars", "pal100bars", "allrgb", "allyuv", "mandelbrot", "life", "cellauto",
+    "sine", "anullsrc", "anoisesrc",
+    "realtime", "arealtime", "trim", "atrim", "setpts", "asetpts", "fps", "scale", "format", "aformat",
+    "aresample", "volume", "null", "anull", "setsar", "pad", "crop", "hflip", "vflip", "tpad", "apad",
+})
+_LAVFI_FILTER = re.compile(r"^([a-z0-9_]+)(=[A-Za-z0-9_=:.+*/#@%-]*)?$")
+# URL schemes a non-device input may read (none that reads a local file behind the station's back:
+# file:, concat:, subfile:, data:, pipe:, fd:, crypto:, cache: ...); a plain absolute path is a file.
+_URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "rtp", "srt"})
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+# A URL with an authority part (rtsp://host:554/..., http://host/...): what `username`/`password` go into.
+_URL_AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
+# The pydantic error type of a URL carrying credentials: its value is never echoed (edge.config.base).
+URL_USERINFO_ERROR = "url_userinfo"
 
 
 def _plain_text(value: str, what: str) -> str:
@@ -47,11 +90,73 @@ class RoomInputConfig(StrictModel):
         False, description="-re: read at the input's own rate; needed for generated (lavfi) and file "
         "inputs, never for cameras and microphones, which deliver in real time by nature",
     )
+    username: SecretRef | None = Field(
+        None, description="Reference (env:, file:, credential:) to the camera's user name, put into the "
+        "URL (scheme://USER:PASSWORD@host) only when ffmpeg is started; never written in url itself",
+    )
+    password: SecretRef | None = Field(
+        None, description="Reference (env:, file:, credential:) to the camera's password (see username)",
+    )
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url_without_credentials(cls, value: object) -> object:
+        # Before every other check, so that no other error about this URL echoes its credentials.
+        if isinstance(value, str) and (authority := _URL_AUTHORITY.match(value)) and "@" in authority[1]:
+            raise PydanticCustomError(
+                URL_USERINFO_ERROR,
+                "url carries credentials (user:password@): give them as references in username and "
+                "password (env:NAME, file:/path, credential:NAME), never in the configuration file",
+            )
+        return value
 
     @field_validator("url")
     @classmethod
     def _url_printable(cls, value: str) -> str:
         return _plain_text(value, "url")
+
+    @model_validator(mode="after")
+    def _what_ffmpeg_reads(self) -> RoomInputConfig:
+        device = _DEVICE_INPUT_OPTIONS.get(self.format)
+        allowed = _GENERIC_INPUT_OPTIONS | (_NETWORK_INPUT_OPTIONS if device is None else device)
+        for name in self.options:
+            if name not in allowed:
+                raise ValueError(
+                    f"option {name!r} is not an input option the station passes to ffmpeg for "
+                    f"{'format ' + self.format if self.format else 'this input'} (allowed: "
+                    f"{', '.join(sorted(allowed))}): ffmpeg would take it anywhere on its command line"
+                )
+        if self.format == "lavfi":
+            for part in self.url.split(","):
+                match = _LAVFI_FILTER.fullmatch(part.strip())
+                if match is None or match[1] not in _LAVFI_FILTERS:
+                    raise ValueError(
+                        f"lavfi filter {part.strip()[:40]!r} is not allowed: a lavfi input is a chain of "
+                        f"generated sources and pacing filters ({', '.join(sorted(_LAVFI_FILTERS))}), no "
+                        "labels, quotes or filters that read or write files (movie, amovie, ...)"
+                    )
+        elif device is None:
+            scheme = _URL_SCHEME.match(self.url)
+            if scheme is not None and scheme[1].lower() == "unix":
+                pass  # a local socket (GB/T 28181 live video): ffmpeg only reads from it
+            elif scheme is not None and scheme[1].lower() not in _URL_SCHEMES:
+                raise ValueError(
+                    f"url protocol {scheme[1]!r} is not allowed (allowed: {', '.join(sorted(_URL_SCHEMES))}, "
+                    "unix:, or an absolute path): concat:, file:, subfile:, data: and the like read files "
+                    "behind the station's back"
+                )
+            elif scheme is None and not self.url.startswith("/"):
+                raise ValueError("url must be a URL (rtsp://...), unix:PATH or an absolute path")
+        return self
+
+    @model_validator(mode="after")
+    def _credentials_need_a_url(self) -> RoomInputConfig:
+        if (self.username is not None or self.password is not None) and not _URL_AUTHORITY.match(self.url):
+            raise ValueError("username and password are for a URL input (rtsp://host/...), not for " + (
+                f"format {self.format}" if self.format else "this url"))
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs a username (a URL's credentials are user:password)")
+        return self
 
     @field_validator("options")
     @classmethod
@@ -121,6 +226,11 @@ class RoomsSection(StrictModel):
     stale_margin_s: float = Field(
         5.0, gt=0, le=600,
         description="A source with no new segment for segment_time_s + this is restarted (a gap)",
+    )
+    start_grace_s: float = Field(
+        10.0, ge=0, le=600,
+        description="A run's start-up allowance (probe, RTSP connect, a camera waking up, a long GOP): its "
+        "first segment may take segment_time_s + stale_margin_s + this; later ones are judged as usual",
     )
     restart_backoff_initial_s: float = Field(0.5, ge=0, le=60, description="First restart delay")
     restart_backoff_max_s: float = Field(10.0, ge=0, le=600, description="Longest restart delay")

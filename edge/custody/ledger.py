@@ -623,6 +623,24 @@ class Ledger:
                 raise LedgerError(str(problem))
             yield entry
 
+    def entries_of_types(self, types: Iterable[str], start_seq: int = 1) -> Iterator[LedgerEntry]:
+        """Entries of the given types in seq order from ``start_seq`` (the selection is SQLite's, so a
+        long ledger is not decoded entry by entry in Python)."""
+        wanted = sorted(set(types))
+        if not wanted:
+            return
+        marks = ", ".join("?" for _ in wanted)
+        cursor = self._conn.execute(
+            "SELECT seq, time, type, item, data, prev, hash FROM ledger "
+            f"WHERE type IN ({marks}) AND seq >= ? ORDER BY seq",
+            (*wanted, start_seq),
+        )
+        for row in cursor:
+            entry, problem = _entry_from_row(row)
+            if entry is None:
+                raise LedgerError(str(problem))
+            yield entry
+
     def checkpoints(self, first_seq: int = 1, last_seq: int | None = None) -> list[Checkpoint]:
         """Stored checkpoints in seq order, optionally only those at seqs ``first_seq``..``last_seq``."""
         rows = self._conn.execute(

@@ -16,6 +16,7 @@ put it on the ledger. Registered by the composition root with ``LocalApi(..., ex
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ from aiohttp import web
 from edge.custody.text import json_printable
 from edge.observe.api import CALLER, SETTINGS, Access, Caller, add_route, tagger_name
 from edge.rooms.service import RoomRefused, RoomService
+
+log = logging.getLogger(__name__)
 
 ROOMS = web.AppKey("rooms", RoomService)
 MAX_ROOM_CHARS = 64
@@ -47,7 +50,13 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    return _json(request.app[ROOMS].status())
+    status = request.app[ROOMS].status()
+    # The answer carries case data (case numbers, the persons present, marks): its read is logged with
+    # its caller, like a read of an item.
+    sessions = [r["session"]["room_session"] for r in status["rooms"] if r.get("session")]
+    log.info("local API: %s read the rooms' sessions (%s)", request[CALLER].describe(),
+             ", ".join(sessions) or "none recording")
+    return _json(status)
 
 
 def _action(action: str) -> Callable[[web.Request], Any]:

@@ -14,15 +14,24 @@ segment muxer (:func:`segment_argv`):
   (``-metadata``, kept as MP4 tags by ``use_metadata_tags``).
 
 No shell is involved anywhere: the lists go to ``asyncio.create_subprocess_exec``.
+
+Credentials of a URL input (an RTSP camera's user and password) are never in the configuration: the input
+names secret references (``username``/``password``), resolved when a run starts and merged into the URL
+by :func:`with_credentials` (percent-encoded). ffmpeg 5.1 has no other way to take an RTSP password than
+the URL, so it is on ffmpeg's command line: the shipped unit's ``ProtectProc=invisible`` keeps
+``/proc/PID/cmdline`` of the agent's processes from every other user (systemd/README.md). Whatever the
+station quotes of ffmpeg (stderr lines, a gap's reason) goes through :func:`redact_url_userinfo` first.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from edge.config.rooms import RoomInputConfig
 
@@ -38,6 +47,25 @@ MOVFLAGS = {
     "plain": "+use_metadata_tags",
     "faststart": "+faststart+use_metadata_tags",
 }
+
+
+# scheme://USER[:PASSWORD]@ in any text: the user is kept, the password (or a lone userinfo) masked.
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s/?#@:]*)(?::[^\s/?#@]*)?@")
+
+
+def redact_url_userinfo(text: str) -> str:
+    """`text` with every URL's password replaced by ``***`` (``rtsp://admin:***@host/...``)."""
+    return _URL_USERINFO.sub(lambda m: f"{m[1]}{m[2]}:***@", text)
+
+
+def with_credentials(url: str, username: str, password: str | None) -> str:
+    """`url` (``scheme://host/...``, no userinfo: the configuration refuses it) with ``user:password@``
+    put before its host, both percent-encoded so that no character of a password changes the URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" in rest.split("/", 1)[0]:
+        raise ValueError("credentials go only into a scheme://host URL without userinfo")
+    userinfo = quote(username, safe="") + ("" if password is None else ":" + quote(password, safe=""))
+    return f"{scheme}://{userinfo}@{rest}"
 
 
 class Coding(StrEnum):

@@ -14,8 +14,11 @@ playable). Only empty files are left out (they hold nothing).
 
 ffmpeg's pid is written into the run directory (``ffmpeg.pid``): after a crash of the agent its ffmpeg
 runs on, orphaned, and the next start stops it (:func:`stop_orphan`) before sealing what it wrote.
-Segment times (:meth:`ClosedSegment.times_ns`) count from the station time ffmpeg was started, plus the
-stream times of the list, so one segment ends exactly where the next starts.
+Segment times (:meth:`ClosedSegment.times_ns`) count from the run's anchor, plus the stream times of the
+list, so one segment ends exactly where the next starts. The anchor is stream second 0 (the first frame)
+in station time: set when the first segment is listed, so that this segment ends when ffmpeg listed it
+(a source that delivers late does not make its segments claim to be recorded early); until then, and for
+a run that lists nothing, ffmpeg's start. It is kept in the run directory (``anchor_ns``).
 """
 
 from __future__ import annotations
@@ -34,13 +37,15 @@ from pathlib import Path
 
 from edge.custody.text import printable
 from edge.durable.files import make_dirs_durable
-from edge.rooms.argv import SEGMENT_LIST
+from edge.rooms.argv import SEGMENT_LIST, redact_url_userinfo
 from edge.rooms.segments import SEGMENT_NAME, ListedSegment, SegmentListError, SegmentListReader
 
 log = logging.getLogger(__name__)
 
 STDERR_LINES = 40
 PID_FILE = "ffmpeg.pid"
+ANCHOR_FILE = "anchor_ns"
+PINS_FILE = "pins"
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,13 @@ class ClosedSegment:
     start_s: float | None  # stream seconds from the list (None for a partial segment)
     end_s: float | None
     closed_ns: int  # station time (ns since the epoch) ffmpeg listed it, or the run ended
-    anchor_ns: int  # station time the run's ffmpeg was started: stream second 0
+    anchor_ns: int  # stream second 0 in station time (the first frame; ffmpeg's start until it is known)
     partial: str | None = None  # why a segment is not whole: never listed before ffmpeg ended
     after_s: float = 0.0  # a partial segment: where the run's last listed segment ended (stream seconds)
     written_ns: int | None = None  # a partial segment: when ffmpeg last wrote to it (its mtime)
+    # (size, mtime, ctime, inode) of the file when ffmpeg listed it: the sealer seals only that file
+    # (a rewrite in place changes the ctime even when the mtime is set back).
+    pin: tuple[int, int, int, int] | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -94,9 +102,11 @@ async def capture_run(
     poll_s: float = 0.05,
     on_started: Callable[[int], None] | None = None,
     anchor_ns: int | None = None,
+    redact: Callable[[str], str] = redact_url_userinfo,
 ) -> None:
     """Run ffmpeg until it ends (CaptureEnded) or this is cancelled; see the module docstring.
-    `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started)."""
+    `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started). `redact`:
+    applied to every line of ffmpeg's stderr as it is read (a URL's password never leaves this run)."""
     make_dirs_durable(run_dir)  # private (0700), like the rest of the store
     anchor = anchor_ns if anchor_ns is not None else _now_ns()
     last_end_s = 0.0
@@ -115,16 +125,27 @@ async def capture_run(
     (run_dir / PID_FILE).write_text(f"{process.pid}\n")
     if on_started is not None:
         on_started(process.pid)
-    drain = asyncio.create_task(_keep_stderr(process, stderr), name=f"ffmpeg-stderr-{process.pid}")
+    drain = asyncio.create_task(_keep_stderr(process, stderr, redact), name=f"ffmpeg-stderr-{process.pid}")
+
+    anchored = False
 
     def hand_over(segments: list[ListedSegment], closed_ns: int | None) -> None:
-        nonlocal last_end_s
+        nonlocal last_end_s, anchor, anchored
         when = closed_ns if closed_ns is not None else _now_ns()
+        if segments and not anchored:
+            # Stream second 0 is the first frame, not ffmpeg's spawn: a source that delivers late (an RTSP
+            # handshake, a camera warming up) would make every segment claim to be recorded early. The
+            # first segment cannot end after ffmpeg listed it, so the run counts from there (at most the
+            # listing's latency late, never seconds early).
+            anchor = max(anchor, when - int(segments[0].end_s * 1e9))
+            anchored = True
+            write_anchor(run_dir, anchor)
         for seg in segments:
             listed.add(seg.name)
             last_end_s = max(last_end_s, seg.end_s)
+            pin = pin_file(run_dir, seg.name)
             on_segment(ClosedSegment(run_dir / seg.name, run_dir.name, seg.name, seg.index, seg.start_s,
-                                     seg.end_s, when, anchor))
+                                     seg.end_s, when, anchor, pin=pin))
 
     ended: str | None = None
     try:
@@ -155,6 +176,48 @@ async def capture_run(
     raise CaptureEnded(ended)
 
 
+def pin_file(run_dir: Path, name: str) -> tuple[int, int, int, int] | None:
+    """Pin a segment as ffmpeg listed it: its (size, mtime, ctime, inode), kept in the run directory
+    (``pins``, one line per segment) so that a later sealing (held up by a full disk, or after a restart)
+    checks the same file. None when it is not there to pin (the sealer says so)."""
+    try:
+        info = os.lstat(run_dir / name)
+    except OSError:
+        return None
+    pin = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+    with open(run_dir / PINS_FILE, "a", encoding="ascii") as pins:
+        pins.write(f"{name} {' '.join(str(v) for v in pin)}\n")
+    return pin
+
+
+def read_pins(run_dir: Path) -> dict[str, tuple[int, int, int, int]]:
+    """The pins :func:`pin_file` kept in `run_dir` (a line that is not one is skipped)."""
+    found: dict[str, tuple[int, int, int, int]] = {}
+    try:
+        lines = (run_dir / PINS_FILE).read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 5 and SEGMENT_NAME.fullmatch(parts[0]) and all(p.isdigit() for p in parts[1:]):
+            size, mtime, ctime, inode = (int(p) for p in parts[1:])
+            found[parts[0]] = (size, mtime, ctime, inode)
+    return found
+
+
+def write_anchor(run_dir: Path, anchor_ns: int) -> None:
+    """Keep a run's anchor (its stream second 0 in station time) beside its segments, for a resumed
+    session that seals what the run left (:func:`read_anchor`)."""
+    (run_dir / ANCHOR_FILE).write_text(f"{anchor_ns}\n")
+
+
+def read_anchor(run_dir: Path) -> int | None:
+    try:
+        return int((run_dir / ANCHOR_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 async def _stop(process: asyncio.subprocess.Process, timeout_s: float) -> None:
     """SIGTERM (ffmpeg closes and lists its open segment), SIGKILL after `timeout_s`."""
     if process.returncode is not None:
@@ -172,8 +235,11 @@ async def _stop(process: asyncio.subprocess.Process, timeout_s: float) -> None:
     await process.wait()
 
 
-async def _keep_stderr(process: asyncio.subprocess.Process, lines: deque[str]) -> None:
-    """Keep ffmpeg's last stderr lines (shown only when it fails); never let the pipe fill up."""
+async def _keep_stderr(
+    process: asyncio.subprocess.Process, lines: deque[str], redact: Callable[[str], str]
+) -> None:
+    """Keep ffmpeg's last stderr lines (shown only when it fails), redacted (ffmpeg names an RTSP URL
+    with its credentials); never let the pipe fill up."""
     assert process.stderr is not None
     while True:
         raw = await process.stderr.readline()
@@ -181,7 +247,8 @@ async def _keep_stderr(process: asyncio.subprocess.Process, lines: deque[str]) -
             return
         text = raw.decode("utf-8", errors="replace").strip()
         if text:
-            lines.append(text[:300])
+            # Redacted whole, before the cut: a cut could split a password from the URL naming it.
+            lines.append(redact(text)[:300])
 
 
 def _unlisted(run_dir: Path, listed: set[str]) -> list[tuple[Path, int]]:

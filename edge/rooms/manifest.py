@@ -81,9 +81,15 @@ def session_manifest(
                 }
             )
     for listed in segments.values():
-        # In recording order: runs by their start (their names), segments by index within a run (a segment
-        # sealed late, after a failed first try, is still listed where it was recorded).
-        listed.sort(key=lambda s: (str(s["run"]), int(s["index"])))
+        # In recording order: runs in the ledger's order (each run's first segment_sealed: a run directory's
+        # name is the wall clock at its start, which a clock step can put before an earlier run's), then
+        # segments by index within a run (one sealed late, after a failed first try, is still listed where
+        # it was recorded).
+        first_seq: dict[str, int] = {}
+        for segment in listed:
+            run = str(segment["run"])
+            first_seq[run] = min(first_seq.get(run, segment["seq"]), segment["seq"])
+        listed.sort(key=lambda s: (first_seq[str(s["run"])], int(s["index"])))
     return {
         "format": SESSION_MANIFEST_FORMAT,
         "station": station_id,

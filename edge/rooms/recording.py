@@ -5,8 +5,9 @@
 task is one ffmpeg run (:func:`edge.rooms.capture.capture_run`); it marks itself alive at every segment
 the list names, so the liveness timeout (``segment_time_s + stale_margin_s``) judges the source by the age
 of its last segment, not only by its process: an ffmpeg that runs but writes nothing is cancelled (and
-stopped) like one that died, and the supervisor starts a fresh run after its backoff. The other sources'
-tasks are untouched.
+stopped) like one that died, and the supervisor starts a fresh run after its backoff. Until its first
+segment a run has ``start_grace_s`` more (:func:`_start_grace`): starting up is not silence. The other
+sources' tasks are untouched.
 
 Per source, one sealer task takes, in order, what its recorder produced: closed segments (sealed through
 :class:`~edge.rooms.sealing.SegmentSealer`) and gap events. A run that ends for any reason but the
@@ -14,6 +15,11 @@ session's stop opens a gap (``gap`` entry, ``state`` ``open``: ``from`` = when r
 last held, ``reason`` = how the run ended); the first segment of a later run closes it (``state``
 ``closed``, with ``from``, ``to`` = that segment's start, ``reason``, ``attempts`` = runs started
 meanwhile, ``duration_s``). A gap still open at stop is closed at the stop time with ``to_stop = true``.
+
+With ``codec = "auto"`` a run first ffprobes its inputs (:func:`probe_streams`) inside the same gap
+handling: the probes have 60 % of the liveness timeout together, so a camera that accepts and stays silent
+opens the run's gap ("ffprobe ... gave no answer") before the supervisor would cancel it, and an ffprobe
+is killed whenever its probe ends early (timeout or cancellation).
 
 At the stop, each sealer tries once more every segment of its source still in the capture directories
 (one whose sealing failed during the session: a full disk, an I/O error), so none is dropped.
@@ -39,24 +45,47 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from edge.config.rooms import RoomConfig, RoomSourceConfig, RoomsSection
-from edge.custody.ledger import EntryType
+from edge.config.base import ConfigError
+from edge.config.rooms import RoomConfig, RoomInputConfig, RoomSourceConfig, RoomsSection
+from edge.custody.ledger import EntryType, Ledger
 from edge.ingest.manifest import iso_from_ns
 from edge.ingest.pipeline import IngestPipeline
-from edge.rooms.argv import Coding, SegmentPlan, codec_plan, probe_argv, probed_codecs, segment_argv
-from edge.rooms.capture import CaptureEnded, ClosedSegment, capture_run, stop_orphan
+from edge.rooms.argv import (
+    Coding,
+    SegmentPlan,
+    codec_plan,
+    probe_argv,
+    probed_codecs,
+    redact_url_userinfo,
+    segment_argv,
+    with_credentials,
+)
+from edge.rooms.capture import (
+    CaptureEnded,
+    ClosedSegment,
+    capture_run,
+    read_anchor,
+    read_pins,
+    stop_orphan,
+)
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
 from edge.rooms.state import SessionFiles
-from edge.runtime.supervise import Supervisor, TaskSpec, current_liveness
+from edge.runtime.supervise import Liveness, Supervisor, TaskSpec, current_liveness
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 15.0
+PROBE_SHARE = 0.6  # of the liveness timeout, for all of a run's probes together
 LATENCIES_KEPT = 1000
 RESUMED_REASON = "the station agent was not running (stopped or crashed while the session was recording)"
+
+
+class ProbeStalled(Exception):
+    """ffprobe (codec = auto) gave no answer in time: the input delivers nothing; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -208,19 +237,51 @@ class SessionRecording:
         source.runs += 1
         if source.gap_from_ns is not None:
             source.gap_attempts += 1
-        video, audio = await self._coding(config)
+        run_began_ns = time.time_ns()
+        first_segment = asyncio.Event()
+        liveness = current_liveness()
+        grace = asyncio.create_task(_start_grace(liveness, first_segment, self.settings.start_grace_s),
+                                    name=f"room-grace-{self.session.room}-{config.id}")
+        try:
+            await self._one_run(source, run_began_ns, first_segment, liveness)
+        finally:
+            grace.cancel()
+            await asyncio.gather(grace, return_exceptions=True)
+
+    async def _one_run(
+        self, source: SourceRecording, run_began_ns: int, first_segment: asyncio.Event, liveness: Liveness
+    ) -> None:
+        """The probe and the ffmpeg of one run (within its start-up grace until `first_segment`)."""
+        config = source.config
+        try:
+            inputs, redact = resolved_inputs(config.input)
+        except ConfigError as exc:  # names the reference and why, never a value
+            self._open_gap(source, run_began_ns, f"the source's credentials cannot be read: {exc}")
+            raise
+        # The probe (codec = auto) is part of the run: a camera that stalls it opens a gap like one that
+        # stalls ffmpeg, and the probe ends, its ffprobe stopped, before the liveness timeout would.
+        try:
+            video, audio = await self._coding(config, inputs)
+        except ProbeStalled as exc:
+            self._open_gap(source, run_began_ns, redact(str(exc)))
+            raise
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                self._open_gap(source, run_began_ns, f"ffprobe gave no answer within the liveness timeout "
+                               f"({self.liveness_timeout_s:g} s)")
+            raise
         source.coding = (video.value, audio.value)
         started_ns = time.time_ns()  # stream second 0 of this run, as near ffmpeg's start as can be
         run = run_name(started_ns)
         run_dir = self.files.run_dir(self.session.session, config.id, run)
         plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio,
                            segment_metadata(self.session, config))
-        argv = segment_argv(self.settings.ffmpeg, config.input, plan, run_dir)
-        liveness = current_liveness()
+        argv = segment_argv(self.settings.ffmpeg, inputs, plan, run_dir)
 
         def closed(segment: ClosedSegment) -> None:
             if segment.partial is None:
                 liveness.beat()
+                first_segment.set()
                 if source.gap_from_ns is not None:
                     start_ns, _ = segment.times_ns()
                     source.queue.put_nowait(GapClosed(start_ns))
@@ -234,15 +295,18 @@ class SessionRecording:
 
         try:
             await capture_run(argv, run_dir, closed, stop_timeout_s=self.settings.stop_timeout_s,
-                              on_started=started, anchor_ns=started_ns)
+                              on_started=started, anchor_ns=started_ns, redact=redact)
         except CaptureEnded as exc:
-            self._open_gap(source, started_ns, str(exc))
+            self._open_gap(source, started_ns, redact(str(exc)))
             raise
         except asyncio.CancelledError:
             if not self._stop.is_set():  # the supervisor found it silent
-                self._open_gap(source, started_ns,
-                               f"no new segment for more than {self.liveness_timeout_s:g} s: ffmpeg stopped "
-                               "and restarted")
+                self._open_gap(source, started_ns, (
+                    f"no new segment for more than {self.liveness_timeout_s:g} s: ffmpeg stopped "
+                    "and restarted" if first_segment.is_set() else
+                    f"no first segment within {self.settings.start_grace_s + self.liveness_timeout_s:g} s "
+                    "of the start (start_grace_s + segment_time_s + stale_margin_s): ffmpeg stopped and "
+                    "restarted"))
             raise
         except OSError as exc:  # ffmpeg could not be started at all
             self._open_gap(source, started_ns, f"ffmpeg could not be started: {exc.strerror or exc}")
@@ -251,6 +315,7 @@ class SessionRecording:
             source.pid = None
 
     def _open_gap(self, source: SourceRecording, run_started_ns: int, reason: str) -> None:
+        reason = redact_url_userinfo(reason)  # the ledger, the log and the status all quote it
         if source.gap_from_ns is not None:
             source.gap_reason = reason  # still the same gap: the newest reason is shown
             return
@@ -258,12 +323,21 @@ class SessionRecording:
         source.gap_from_ns, source.gap_reason, source.gap_attempts = from_ns, reason, 0
         source.queue.put_nowait(GapOpened(from_ns, reason))
 
-    async def _coding(self, config: RoomSourceConfig) -> tuple[Coding, Coding]:
+    async def _coding(
+        self, config: RoomSourceConfig, inputs: list[RoomInputConfig]
+    ) -> tuple[Coding, Coding]:
         if config.codec != "auto":
             return codec_plan(config.codec, None)
         streams: list[tuple[str, str]] = []
-        for spec in config.input:
-            found = await probe_streams(probe_argv(self.settings.ffprobe, spec))
+        # All of a run's probes end well inside the liveness timeout (each input its share of 60 % of
+        # it), so a stalled probe is this run's own gap, never a cancellation from outside.
+        timeout_s = min(PROBE_TIMEOUT_S, PROBE_SHARE * self.liveness_timeout_s / len(inputs))
+        for number, spec in enumerate(inputs, 1):
+            try:
+                found = await probe_streams(probe_argv(self.settings.ffprobe, spec), timeout_s)
+            except TimeoutError:
+                raise ProbeStalled(f"ffprobe of input {number} gave no answer within {timeout_s:g} s "
+                                   "(codec = auto): the source delivers nothing") from None
             if found is None:
                 return codec_plan("encode", None)
             streams += found
@@ -314,8 +388,9 @@ class SessionRecording:
         base = self.files.capture_dir / self.session.session / source.config.id
         if not base.is_dir():
             return
+        already = sealed_on_ledger(self.pipeline.store.ledger, self.session)
         for run_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
-            for segment in leftover_segments(run_dir):
+            for segment in leftover_segments(run_dir, already, source.config.id):
                 log.warning("room %s source %s: %s/%s: sealing it again at the stop", self.session.room,
                             source.config.id, segment.run, segment.name)
                 try:
@@ -346,6 +421,7 @@ class SessionRecording:
         """A resumed session: first what the interrupted runs left (listed segments whole, the rest
         partial; an ffmpeg a crash left running is stopped first), then each source's gap from its last
         segment to the first of the new run."""
+        already = sealed_on_ledger(self.pipeline.store.ledger, self.session)
         for source in self.sources.values():
             from_ns = resumed_from_ns.get(source.config.id, 0)
             base = self.files.capture_dir / self.session.session / source.config.id
@@ -354,7 +430,7 @@ class SessionRecording:
                     stopped = await stop_orphan(run_dir, self.settings.stop_timeout_s)
                     if stopped is not None:
                         log.warning("room %s source %s: %s", self.session.room, source.config.id, stopped)
-                    for segment in leftover_segments(run_dir):
+                    for segment in leftover_segments(run_dir, already, source.config.id):
                         source.queue.put_nowait(segment)
                         from_ns = max(from_ns, segment.closed_ns)
             source.gap_from_ns, source.gap_reason = from_ns, RESUMED_REASON
@@ -362,8 +438,67 @@ class SessionRecording:
             source.queue.put_nowait(GapOpened(from_ns, RESUMED_REASON))
 
 
-def leftover_segments(run_dir: Path) -> list[ClosedSegment]:
-    """What an interrupted run left unsealed in `run_dir`, in order."""
+async def _start_grace(liveness: Liveness, first_segment: asyncio.Event, grace_s: float) -> None:
+    """Keep a run alive for its first `grace_s` seconds or until its first segment, whichever is first:
+    starting up (probe, connect, the camera's first frame) is not silence. After it, the run's first
+    segment has the usual liveness timeout more."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    while not first_segment.is_set() and (left := deadline - loop.time()) > 0:
+        liveness.beat()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(0.5, left)):
+                await first_segment.wait()
+    if not first_segment.is_set():
+        liveness.beat()  # the grace ends now: the liveness timeout counts from here
+
+
+def resolved_inputs(
+    inputs: list[RoomInputConfig],
+) -> tuple[list[RoomInputConfig], Callable[[str], str]]:
+    """The inputs as ffmpeg takes them: each URL input's credential references resolved (ConfigError
+    when one cannot be) and merged into its URL; and the redaction of text quoted from ffmpeg, which
+    masks every URL's userinfo and, should ffmpeg print one in another form, every resolved secret."""
+    resolved: list[RoomInputConfig] = []
+    secrets_seen: set[str] = set()
+    for spec in inputs:
+        if spec.username is None:
+            resolved.append(spec)
+            continue
+        username = spec.username.resolve()
+        password = None if spec.password is None else spec.password.resolve()
+        # A very short password would mask every copy of its characters in ffmpeg's prose: the URL rule
+        # covers it.
+        if password is not None and len(password) >= 4:
+            secrets_seen.update({password, quote(password, safe="")})
+        # model_copy does not validate again: the merged URL (with its userinfo) lives only in memory.
+        resolved.append(spec.model_copy(update={"url": with_credentials(spec.url, username, password)}))
+    secrets_ordered = sorted(secrets_seen, key=len, reverse=True)
+
+    def redact(text: str) -> str:
+        text = redact_url_userinfo(text)
+        for secret in secrets_ordered:
+            text = text.replace(secret, "***")
+        return text
+
+    return resolved, redact
+
+
+def sealed_on_ledger(ledger: Ledger, session: RoomSession) -> set[tuple[str, str, str]]:
+    """(source, run, segment name) of every segment the ledger has sealed for `session`."""
+    return {
+        (str(e.data.get("source")), str(e.data.get("run")), str(e.data.get("segment")))
+        for e in ledger.entries_of_types([EntryType.SEGMENT_SEALED], session.started_seq or 1)
+        if e.data.get("room_session") == session.session
+    }
+
+
+def leftover_segments(
+    run_dir: Path, sealed: set[tuple[str, str, str]] | None = None, source: str = ""
+) -> list[ClosedSegment]:
+    """What an interrupted run left unsealed in `run_dir`, in order. A file whose segment the ledger
+    already sealed (`sealed`: a crash came between its segment_sealed and the removal of the capture
+    file) is removed, not sealed twice."""
     reader = SegmentListReader(run_dir / "segments.csv")
     untrusted: str | None = None
     try:
@@ -371,11 +506,17 @@ def leftover_segments(run_dir: Path) -> list[ClosedSegment]:
     except SegmentListError as exc:
         listed, untrusted = [], f"untrusted segment list: {exc}"
     by_name = {seg.name: seg for seg in listed}
-    anchor = run_anchor_ns(run_dir.name)
+    pins = read_pins(run_dir)
+    anchor = read_anchor(run_dir) or run_anchor_ns(run_dir.name)
     last_end_s = max((seg.end_s for seg in listed), default=0.0)
     found: list[ClosedSegment] = []
     for path in sorted(run_dir.iterdir()):
         if not SEGMENT_NAME.fullmatch(path.name) or path.is_symlink() or not path.is_file():
+            continue
+        if sealed is not None and (source, run_dir.name, path.name) in sealed:
+            log.warning("%s/%s: already sealed (its segment_sealed is on the ledger): capture file removed",
+                        run_dir.name, path.name)
+            path.unlink(missing_ok=True)
             continue
         info = path.stat()
         if info.st_size == 0:
@@ -383,7 +524,7 @@ def leftover_segments(run_dir: Path) -> list[ClosedSegment]:
         seg = by_name.get(path.name)
         if seg is not None:
             found.append(ClosedSegment(path, run_dir.name, seg.name, seg.index, seg.start_s, seg.end_s,
-                                       info.st_mtime_ns, anchor))
+                                       info.st_mtime_ns, anchor, pin=pins.get(seg.name)))
         else:
             why = untrusted or "the station agent stopped before ffmpeg closed this segment"
             found.append(ClosedSegment(path, run_dir.name, path.name, int(path.name[4:10]), None, None,
@@ -426,8 +567,10 @@ def segment_metadata(session: RoomSession, source: RoomSourceConfig) -> dict[str
     }
 
 
-async def probe_streams(argv: list[str]) -> list[tuple[str, str]] | None:
-    """(codec_type, codec_name) of an input's streams by ffprobe; None when it cannot tell in time."""
+async def probe_streams(argv: list[str], timeout_s: float = PROBE_TIMEOUT_S) -> list[tuple[str, str]] | None:
+    """(codec_type, codec_name) of an input's streams by ffprobe; None when ffprobe cannot tell (it
+    failed, or gave no stream list); TimeoutError when it gave no answer within `timeout_s`. ffprobe is
+    killed whenever this ends before it (timeout or cancellation): none is left waiting on a camera."""
     try:
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -437,13 +580,14 @@ async def probe_streams(argv: list[str]) -> list[tuple[str, str]] | None:
         log.warning("ffprobe could not be started: %s", exc)
         return None
     try:
-        async with asyncio.timeout(PROBE_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             out, _ = await process.communicate()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
-        return None
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            # Reaped even when cancelled again meanwhile: SIGKILL ends it at once.
+            await asyncio.shield(process.wait())
     if process.returncode != 0:
         return None
     try:

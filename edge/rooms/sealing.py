@@ -70,6 +70,10 @@ class RoomSegments:
         return True  # the station's own disk
 
 
+class SegmentChanged(Exception):
+    """A segment file is not the one ffmpeg listed (its pin differs); the message says how."""
+
+
 class SegmentSealer:
     """Seals the segments of one source of one session."""
 
@@ -96,6 +100,14 @@ class SegmentSealer:
         info = os.stat(segment.path, follow_symlinks=False)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(f"{segment.run}/{segment.name}: not a regular file")
+        now = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+        if segment.pin is not None and now != segment.pin:
+            size, mtime, _, inode = segment.pin
+            raise SegmentChanged(
+                f"changed after ffmpeg listed it (then {size} bytes, mtime {iso_from_ns(mtime)}, inode "
+                f"{inode}; now {now[0]} bytes, mtime {iso_from_ns(now[1])}, inode {now[3]}, status changed "
+                f"{iso_from_ns(now[2])}): not sealed as ffmpeg's, kept in the capture directory"
+            )
         start_ns, end_ns = segment.times_ns()
         session = self.session
         origin = Origin(
@@ -159,6 +171,9 @@ class SegmentSealer:
         }
         try:
             offered = self.offered(segment)
+        except SegmentChanged as exc:
+            await self._error(where, str(exc))
+            return None
         except OSError as exc:
             await self._error(where, f"segment file unusable: {exc.strerror or exc}")
             return None

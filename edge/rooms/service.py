@@ -37,8 +37,9 @@ from edge.durable.files import free_bytes, write_atomic
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.manifest import session_manifest
-from edge.rooms.recording import SessionRecording
-from edge.rooms.sealing import seal_session_file
+from edge.rooms.reconcile import SESSION_TYPES, disagreements, sessions_on_ledger
+from edge.rooms.recording import SessionRecording, leftover_segments, sealed_on_ledger
+from edge.rooms.sealing import SegmentSealer, seal_session_file
 from edge.rooms.session import (
     MAX_NOTE,
     Mark,
@@ -54,6 +55,7 @@ from edge.rooms.state import SessionFiles
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "session-manifest.json"
+COMPLETED_MANIFEST_NAME = "session-manifest-completed.json"
 STOPPING_REASON = "the station agent stopped"
 
 
@@ -86,6 +88,9 @@ class RoomService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._running = False
+        # Stopped sessions whose stop could not seal everything (a full disk): finished by run().
+        self._unfinished: list[RoomSession] = []
+        self.finishing: list[asyncio.Task[None]] = []  # run()'s tasks finishing them
 
     # -- start-up and the supervised task -------------------------------------------------------------
 
@@ -101,8 +106,11 @@ class RoomService:
                 None,
                 {"stage": "room", "file": printable(name)[:100], "reason": f"not a room session: {why}"},
             )
+        sessions = self._checked_against_ledger(sessions)
         for session in sessions:
             if session.state is not SessionState.RECORDING:
+                if (self.files.capture_dir / session.session).is_dir():
+                    self._unfinished.append(session)  # sealed by run(): see _finish_stopped
                 continue
             if self.settings.room_by_id(session.room) is None:
                 reason = (
@@ -117,15 +125,118 @@ class RoomService:
                 continue
             self.active[session.room] = session
 
+    def _checked_against_ledger(self, files: list[RoomSession]) -> list[RoomSession]:
+        """The sessions to go on with: each session the ledger saw start and not stop, as the ledger
+        says (its file's disagreements, or its missing file, an `error` entry each; the file is written
+        again from the ledger); a file that says recording where the ledger says stopped is an `error`
+        and is not resumed. A file whose session_started never reached the ledger (the agent stopped
+        between the two) is taken as it is."""
+        on_ledger = sessions_on_ledger(self.store.ledger.entries_of_types(SESSION_TYPES))
+        by_id = {session.session: session for session in files}
+        result = [s for s in files if s.session not in on_ledger]
+        for session_id, known in on_ledger.items():
+            file = by_id.get(session_id)
+            if known.stopped is not None:
+                if file is not None and file.state is SessionState.RECORDING:
+                    self._file_error(session_id, f"its file says recording, the ledger stopped it at entry "
+                                     f"{known.stopped.seq}: not resumed")
+                    file = replace(file, state=SessionState.STOPPED)
+                    self.files.save(file)
+                if file is not None:
+                    result.append(file)
+                continue
+            rebuilt = known.rebuilt(None if file is None else file.started_utc)
+            for problem in known.problems:
+                self._file_error(session_id, f"the ledger's record of it: {problem}")
+            if file is None:
+                self._file_error(session_id, "its file is missing: resumed as the ledger records it")
+            elif said := disagreements(file, rebuilt):
+                self._file_error(session_id, "its file disagrees with the ledger, whose values are used: "
+                                 + "; ".join(said))
+            else:
+                result.append(file)
+                continue
+            self.files.save(rebuilt)
+            result.append(rebuilt)
+        return result
+
+    async def _finish_stopped(self, session: RoomSession) -> None:
+        """Seal what the stop of `session` left in its capture directory (its store was at its reserve:
+        segments and the signed manifest): the segments, then the stop's manifest as it is (its hash is
+        in session_stopped), then, when segments were sealed after that manifest was signed, a completed
+        manifest (role ``session-manifest-completed``) listing every segment the ledger sealed for it.
+        What still cannot be sealed stays for the next start."""
+        base = self.files.capture_dir / session.session
+        config = self.settings.room_by_id(session.room)
+        names = {} if config is None else {s.id: s.name for s in config.source}
+        late = 0
+        already = sealed_on_ledger(self.store.ledger, session)
+        try:
+            for source_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
+                sealer = SegmentSealer(self.pipeline, session, source=source_dir.name,
+                                       source_name=names.get(source_dir.name, ""), station_id=self.station_id,
+                                       clock_synchronised=self.clock_synchronised())
+                for run_dir in sorted(p for p in source_dir.iterdir() if p.is_dir() and not p.is_symlink()):
+                    for segment in await asyncio.to_thread(leftover_segments, run_dir, already,
+                                                           source_dir.name):
+                        if await sealer.seal(segment) is not None:
+                            late += 1
+            stopped_entry = next((e for e in self.store.ledger.entries_of_types(
+                [EntryType.SESSION_STOPPED], session.started_seq or 1)
+                if e.data.get("room_session") == session.session), None)
+            stopped_by = "" if stopped_entry is None else str(stopped_entry.data.get("by", ""))
+            manifest_path = base / MANIFEST_NAME
+            if manifest_path.is_file():
+                item = await seal_session_file(self.pipeline, manifest_path, session=session,
+                                               role="session-manifest", station_id=self.station_id,
+                                               clock_synchronised=self.clock_synchronised())
+                if item is None:
+                    return
+                manifest_path.unlink(missing_ok=True)
+            if late:
+                entries = list(self.store.ledger.entries(session.started_seq or 1))
+                sources = [] if config is None else [(s.id, s.name) for s in config.source]
+                completed = sign_manifest(session_manifest(session, entries, station_id=self.station_id,
+                                                           stopped_by=stopped_by, sources=sources),
+                                          self.store.key)
+                path = base / COMPLETED_MANIFEST_NAME
+                await asyncio.to_thread(write_atomic, path, canonical_json(completed))
+                item = await seal_session_file(self.pipeline, path, session=session,
+                                               role="session-manifest-completed", station_id=self.station_id,
+                                               clock_synchronised=self.clock_synchronised())
+                if item is None:
+                    return
+                path.unlink(missing_ok=True)
+            left = await asyncio.to_thread(self.files.clear_capture, session.session)
+            log.info("room session %s: %d segment(s) its stop left unsealed sealed now%s", session.session,
+                     late, f"; still unsealed: {', '.join(left[:5])}" if left else "")
+        except OSError as exc:
+            log.error("room session %s: what its stop left unsealed cannot be sealed yet: %s",
+                      session.session, exc)
+
+    def _file_error(self, session: str, why: str) -> None:
+        reason = f"room session {session}: {why}"
+        log.error("rooms: %s", printable(reason))
+        self.store.record(EntryType.ERROR, None,
+                          {"stage": "room", "room_session": session, "reason": printable(reason)[:1000]})
+
     async def run(self) -> None:
         """Record every active session until cancelled (the agent stops): then interrupt them."""
         self._running = True
+        self.finishing = finishing = [
+            asyncio.create_task(self._finish_stopped(session), name=f"room-finish-{session.session}")
+            for session in self._unfinished
+        ]
+        self._unfinished = []
         try:
             for session in list(self.active.values()):
                 if session.room not in self._tasks:
                     self._launch(session, resumed=True)
             await asyncio.Event().wait()
         finally:
+            for task in finishing:
+                task.cancel()
+            await asyncio.gather(*finishing, return_exceptions=True)
             self._running = False
             for recording in self._recordings.values():
                 recording.interrupt(STOPPING_REASON)

@@ -66,8 +66,8 @@ def test_codec_plan_copies_only_what_mp4_takes_as_it_is() -> None:
     assert codec_plan("auto", [("video", "h264"), ("video", "mjpeg")]) == (Coding.ENCODE, Coding.ENCODE)
     assert codec_plan("auto", None) == (Coding.ENCODE, Coding.ENCODE)  # the probe failed
     assert codec_plan("copy", None) == (Coding.COPY, Coding.COPY)
-    assert probe_argv("ffprobe", _input(options={"video_size": "320x240"}))[-6:] == [
-        "-f", "lavfi", "-video_size", "320x240", "-i", "testsrc2"]
+    assert probe_argv("ffprobe", _input(options={"thread_queue_size": "512"}))[-6:] == [
+        "-f", "lavfi", "-thread_queue_size", "512", "-i", "testsrc2"]
 
 
 def test_segment_list_lines_are_parsed_strictly() -> None:

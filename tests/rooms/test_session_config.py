@@ -51,6 +51,15 @@ def test_rooms_are_off_by_default_and_a_room_parses() -> None:
     ('realtime = true\noptions = { i = "/etc/passwd" }', "set by the station"),
     ('realtime = true\noptions = { "-map" = "0" }', "option name"),
     ('realtime = true\nextra = 1', "extra"),
+    # review18 #4: ffmpeg's global and output options, file-reading filters and protocols are refused.
+    ('realtime = true\noptions = { progress = "/tmp/p.txt" }', "option 'progress' is not an input option"),
+    ('realtime = true\noptions = { copyts = "/tmp/copy.mp4" }', "option 'copyts' is not an input option"),
+    ('realtime = true\noptions = { filter_script = "/tmp/f" }', "option 'filter_script'"),
+    ('realtime = true\noptions = { thread_queue_size = "512" }', None),  # control: an input option
+    ('url = "movie=/var/lib/evidence-edge/items/x.mp4"', "lavfi filter 'movie=/var/lib"),
+    ('url = "testsrc2,amovie=/etc/passwd"', "lavfi filter 'amovie"),
+    ('url = "testsrc2;[a]nullsink"', "lavfi filter"),
+    ('url = "testsrc2=size=320x240:rate=25,realtime"', None),  # control: a paced source chain
 ])
 def test_bad_room_config_is_refused_naming_the_key(change: str, expected: str | None) -> None:
     original = 'id = "xw-1"' if change.startswith("id =") else (
@@ -129,3 +138,22 @@ def test_sessions_are_kept_in_files_and_a_planted_file_is_reported(tmp_path: Pat
     assert sorted(name for name, _ in problems)[1] == "planted.json"
     assert any("names session" in why for _, why in problems)
     assert oct(files.path(session.session).stat().st_mode)[-3:] == "600"
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("concat:/var/lib/evidence-edge/a.mp4|/etc/passwd", "url protocol 'concat'"),
+    ("file:/etc/passwd", "url protocol 'file'"),
+    ("subfile,,start,0,end,0,,:/etc/passwd", "url"),
+    ("relative/path.mp4", "url must be a URL"),
+    ("rtsp://192.0.2.10/ch1", None),  # controls: a camera, a local socket, an absolute path
+    ("unix:/run/evidence-edge/gb28181-live/a.sock", None),
+    ("/srv/input.mp4", None),
+])
+def test_a_non_device_input_reads_only_allowed_protocols(url: str, expected: str | None) -> None:
+    text = BASE + ROOM.replace('format = "lavfi"\n', "", 1).replace(
+        'url = "testsrc2=size=320x240:rate=25"', f'url = "{url}"', 1)
+    if expected is None:
+        assert parse_config(text).rooms.room[0].source[0].input[0].url == url
+        return
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(text)

@@ -141,7 +141,7 @@ def test_sysusers_creates_the_service_user_and_groups(unit: Unit) -> None:
 
 
 def test_modules_cover_the_device_classes() -> None:
-    assert {row[0] for row in _table(MODULES)} == {"usbserial", "cdc_acm"}
+    assert {row[0] for row in _table(MODULES)} == {"usbserial", "cdc_acm", "videodev", "snd"}
 
 
 # -- udev rules -----------------------------------------------------------------------------------------

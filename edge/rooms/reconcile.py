@@ -1,0 +1,144 @@
+"""A room session's file checked against the ledger at the agent's start; the ledger wins.
+
+A session file (``<store>/rooms/sessions/<id>.json``) is a convenience: what the agent needs to resume a
+session after a stop or crash. The ledger is the record: ``session_started`` (``kind`` room: the case,
+location and persons, who started it), each ``session_changed`` (what changed from what to what), each
+``mark``, and ``session_stopped``. Someone with write access to the store, or a restore of an old backup,
+can change or remove the file between two runs of the agent; the ledger's entries are hash-chained and
+witnessed.
+
+:func:`sessions_on_ledger` rebuilds every room session the ledger saw start and never stop from those
+entries alone; :func:`disagreements` names each field in which a file says otherwise. The service
+(:meth:`edge.rooms.service.RoomService.load`) resumes the ledger's session, records every disagreement
+(or a missing file) as an `error` entry, and writes the file again from the ledger.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from edge.custody.ledger import EntryType, LedgerEntry
+from edge.rooms.session import Mark, Person, RoomSession, SessionError, apply_change
+
+# Types of the entries a room session's record is made of.
+SESSION_TYPES = (
+    EntryType.SESSION_STARTED, EntryType.SESSION_CHANGED, EntryType.MARK, EntryType.SESSION_STOPPED,
+)
+# How much earlier than its session_started entry a session file may say it started (the file is written,
+# then the entry appended: a fraction of a second apart, more on a loaded machine, never minutes).
+START_SLACK_S = 60
+
+
+@dataclass
+class LedgerSession:
+    """What the ledger holds of one room session."""
+
+    started: LedgerEntry
+    changes: list[LedgerEntry] = field(default_factory=list)
+    marks: list[LedgerEntry] = field(default_factory=list)
+    stopped: LedgerEntry | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def rebuilt(self, file_started_utc: str | None) -> RoomSession:
+        """The session as its entries say (recording: the caller asks only for unstopped ones). The start
+        time is the file's when it is plausible (a little before the entry), else the entry's."""
+        data = self.started.data
+        raw_case = data.get("case")
+        case: dict[str, Any] = raw_case if isinstance(raw_case, dict) else {}
+        persons = tuple(
+            Person(str(p.get("name", "")), str(p.get("role", "")))
+            for p in data.get("persons", []) if isinstance(p, dict)
+        )
+        started_utc = self.started.time
+        if file_started_utc is not None and _plausible_start(file_started_utc, self.started.time):
+            started_utc = file_started_utc
+        session = RoomSession(
+            session=str(data.get("room_session")),
+            room=str(data.get("room", "")),
+            room_name=str(data.get("room_name", "")),
+            address=str(data.get("address", "")),
+            case_number=str(case.get("case_number", "")),
+            collector=str(case.get("collector", "")),
+            collector_no=str(case.get("collector_no", "")),
+            subject=str(case.get("subject", "")),
+            persons=persons,
+            started_utc=started_utc,
+            started_by=str(data.get("by", "")),
+            started_seq=self.started.seq,
+        )
+        for entry in self.changes:
+            diff = entry.data.get("changes")
+            if not isinstance(diff, dict):
+                self.problems.append(f"session_changed {entry.seq} carries no changes")
+                continue
+            try:
+                session, _ = apply_change(session, {name: change.get("to") for name, change in diff.items()
+                                                    if isinstance(change, dict)})
+            except SessionError as exc:
+                self.problems.append(f"session_changed {entry.seq}: {exc}")
+        marks = tuple(
+            Mark(entry.time, str(entry.data.get("note", "")), str(entry.data.get("by", "")), entry.seq)
+            for entry in self.marks
+        )
+        return replace(session, marks=marks)
+
+
+def sessions_on_ledger(entries: Iterable[LedgerEntry]) -> dict[str, LedgerSession]:
+    """Every room session in `entries` (the ledger's session entries, in order), by session id."""
+    found: dict[str, LedgerSession] = {}
+    for entry in entries:
+        session = entry.data.get("room_session")
+        if not isinstance(session, str):
+            continue
+        if entry.type == EntryType.SESSION_STARTED:
+            if entry.data.get("kind") == "room" and session not in found:
+                found[session] = LedgerSession(entry)
+            continue
+        known = found.get(session)
+        if known is None:
+            continue
+        if entry.type == EntryType.SESSION_CHANGED:
+            known.changes.append(entry)
+        elif entry.type == EntryType.MARK:
+            known.marks.append(entry)
+        elif entry.type == EntryType.SESSION_STOPPED:
+            known.stopped = entry
+    return found
+
+
+def disagreements(file: RoomSession, ledger: RoomSession) -> list[str]:
+    """The fields in which a session file says otherwise than the ledger, each with both values."""
+    said: list[str] = []
+    ours, theirs = file.to_json(), ledger.to_json()
+    for name in ("room", "room_name", "address", "state", "started_by", "started_seq", "started_utc"):
+        if ours.get(name) != theirs.get(name):
+            said.append(f"{name} {ours.get(name)!r} (ledger: {theirs.get(name)!r})")
+    for name, value in theirs["case"].items():
+        if ours["case"].get(name) != value:
+            said.append(f"case.{name} {ours['case'].get(name)!r} (ledger: {value!r})")
+    if ours["persons"] != theirs["persons"]:
+        said.append("persons")
+    if [(m["note"], m["seq"]) for m in ours["marks"]] != [(m["note"], m["seq"]) for m in theirs["marks"]]:
+        said.append(f"marks ({len(ours['marks'])} in the file, {len(theirs['marks'])} on the ledger)")
+    return said
+
+
+def recording_on_ledger(found: dict[str, LedgerSession]) -> dict[str, LedgerSession]:
+    return {session: known for session, known in found.items() if known.stopped is None}
+
+
+def _plausible_start(file_started_utc: str, entry_time: str) -> bool:
+    file_s, entry_s = _seconds(file_started_utc), _seconds(entry_time)
+    return file_s is not None and entry_s is not None and entry_s - START_SLACK_S <= file_s <= entry_s
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        whole, _, fraction = text.rstrip("Z").partition(".")
+        return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{fraction or 0}")
+    except ValueError:
+        return None
