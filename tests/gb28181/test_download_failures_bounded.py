@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181 import downloads as downloads_module
 from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
+from tests.gb28181.scheduler_rig import open_policy
 
 from .test_review17_failed_download_flood import DEVICE, NOW, RECORDINGS, Platform
 
@@ -34,11 +34,7 @@ def _scheduler(store: StationStore, tmp_path: Path, platform: Platform,
                now: list[datetime] | None = None) -> GbDownloadScheduler:
     clock = now if now is not None else [NOW]
     pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
-    policy = SimpleNamespace(
-        wants_device=lambda _d: True, may_download_now=lambda _n: True,
-        query_range=lambda now: (now - timedelta(days=7), now),
-        channels_for=lambda _d, catalog: list(catalog),
-        devices={}, transport_for=lambda _d: "udp", speed=1, utc_offset_minutes=480)
+    policy = open_policy()
     return GbDownloadScheduler(platform, policy, lambda: pipeline,  # type: ignore[arg-type]
                                spool=tmp_path / "spool", station_id="TEST-STATION", case={},
                                now=lambda: clock[0])

@@ -10,7 +10,7 @@ The scheduler's real pass, a real store and pipeline."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +22,7 @@ from edge.gb28181.sessions import SessionError
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
+from tests.gb28181.scheduler_rig import open_policy
 
 DEVICE = "34020000001320000026"
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
@@ -62,11 +63,7 @@ def store(tmp_path: Path) -> Iterator[StationStore]:
 
 async def _pass(store: StationStore, tmp_path: Path, channels: int) -> tuple[Platform, int]:
     pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
-    policy = SimpleNamespace(
-        wants_device=lambda _d: True, may_download_now=lambda _n: True,
-        query_range=lambda now: (now - timedelta(days=7), now),
-        channels_for=lambda _d, catalog: list(catalog),
-        devices={}, transport_for=lambda _d: "udp", speed=1, utc_offset_minutes=480)
+    policy = open_policy()
     platform = Platform(channels)
     scheduler = GbDownloadScheduler(platform, policy, lambda: pipeline,  # type: ignore[arg-type]
                                     spool=tmp_path / "spool", station_id="TEST-STATION", case={},

@@ -26,6 +26,7 @@ from edge.gb28181.sessions import SessionError
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
+from tests.gb28181.scheduler_rig import open_policy
 
 DEVICE = "34020000001320000019"
 CHANNEL = "34020000001310000019"
@@ -74,11 +75,7 @@ def store(tmp_path: Path) -> Iterator[StationStore]:
 
 async def _retained_after_a_pass(store: StationStore, tmp_path: Path, path_chars: int) -> int:
     pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
-    policy = SimpleNamespace(
-        wants_device=lambda _d: True, may_download_now=lambda _n: True,
-        query_range=lambda now: (now - timedelta(days=7), now),
-        channels_for=lambda _d, catalog: list(catalog),
-        devices={}, transport_for=lambda _d: "udp", speed=1, utc_offset_minutes=480)
+    policy = open_policy()
     platform = Platform(path_chars)
     scheduler = GbDownloadScheduler(platform, policy, lambda: pipeline,  # type: ignore[arg-type]
                                     spool=tmp_path / "spool", station_id="TEST-STATION", case={},

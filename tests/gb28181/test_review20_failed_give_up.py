@@ -29,6 +29,7 @@ from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181.downloads import MAX_FAILED_PASSES
 from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
+from tests.gb28181.scheduler_rig import open_policy
 
 DEVICE = "34020000001320000025"
 CHANNEL = "34020000001310000025"
@@ -77,11 +78,7 @@ async def _asked_after_busy_passes(store: StationStore, tmp_path: Path, busy_pas
     """`busy_passes` passes 6 h apart fail with 486; then the device is free: whether the next pass (6 h
     later) asks for the recording again."""
     pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
-    policy = SimpleNamespace(
-        wants_device=lambda _d: True, may_download_now=lambda _n: True,
-        query_range=lambda now: (now - timedelta(days=7), now),
-        channels_for=lambda _d, catalog: list(catalog),
-        devices={}, transport_for=lambda _d: "udp", speed=1, utc_offset_minutes=480)
+    policy = open_policy()
     platform = Platform()
     now = [START]
     scheduler = GbDownloadScheduler(platform, policy, lambda: pipeline,  # type: ignore[arg-type]
