@@ -1,4 +1,4 @@
-"""Review 17: review 16 limited the recurring download problems on the ledger (edge.sources.gb28181.problems:
+"""Review 17: review 16 limited the recurring download problems on the ledger (edge.custody.entry_limits:
 first, then once in 6 h, a budget over all keys), but not the commonest one: a download that brings no
 byte, or whose session cannot be made (the device answers every INVITE with an error, a carrier NAT
 that gives the media another address so every download ends idle with nothing: README's own "known

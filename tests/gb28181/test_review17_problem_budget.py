@@ -3,7 +3,7 @@ whole station, and a recording ending in the future is its own key: one device t
 ending in 2099 (a wrong clock, or on purpose) spends the whole budget in one pass, and for the next six
 hours every other device's problem is held back: a real recorder whose RecordInfo fails (its recordings
 are not listed, not downloaded) leaves nothing on the ledger. "Limited, yet never silent"
-(edge.sources.gb28181.problems) does not hold across devices: one device silences the others.
+(edge.custody.entry_limits) does not hold across devices: one device silences the others.
 
 The scheduler's real passes, a real store and pipeline."""
 

@@ -1,4 +1,4 @@
-"""Review 17: the limiter of recurring download problems (edge.sources.gb28181.problems) keeps, in memory,
+"""Review 17: the limiter of recurring download problems (edge.custody.entry_limits) keeps, in memory,
 every key it let through, up to MAX_PROBLEM_KEYS (4096), whole. The key of a recording listed as ending
 far in the future is `device|RecordingRef.identity()`, and the identity holds the item's FilePath: device
 text of any length (a RecordInfo body may be 8 MiB). A device that lists recordings ending in 2099 with
