@@ -2,7 +2,7 @@
 one): the live channel measured the time between packets, the stable Play and the loss checks on the wall
 clock (`time.time()` arrival stamps). A clock stepped forward an hour mid-stream wrote a `gap` entry
 ("stalled", 3600 s) for a stream that never paused; stepped back during a real stall, the stall was on no
-record. Durations are monotonic now; the wall clock stamps only the record's `from` and `to`.
+record; stepped back once media flowed, the Play's lost packets were on no record while it went on. Durations are monotonic now; the wall clock stamps only the record's `from` and `to`.
 
 Real platform, real media receiver, real simulator over UDP. The station's wall clock is the seam: the
 `time` module the media receiver and the live channel read is given a wall clock that steps (the machine's
@@ -134,3 +134,36 @@ async def test_a_real_stall_across_a_forward_step_is_recorded_for_its_own_length
     assert REAL_STALL_S * 0.75 <= stalls[0]["stalled_s"] <= REAL_STALL_S + 2.0, stalls
     wall_span = (datetime.fromisoformat(stalls[0]["to"]) - datetime.fromisoformat(stalls[0]["from"]))
     assert HOUR_S <= wall_span.total_seconds() <= HOUR_S + REAL_STALL_S + 5.0
+
+
+async def _lost_entries_while_streaming(media: Path, monkeypatch: pytest.MonkeyPatch, step_s: float,
+                                        ) -> list[dict[str, Any]]:
+    """A Play losing 5 % of its packets (UDP); once media flows the station's clock steps `step_s`: the
+    `gap` entries ("lost") written while the Play goes on (before any stop)."""
+    wall = SteppedWall(monkeypatch)
+    async with live_env(media, idle_timeout_s=IDLE_TIMEOUT_S) as env:
+        await env.device("loss=0.05")
+        async with env.open() as handle:
+            await handle.wait_streaming()
+            wall.step_s = step_s
+            reader = handle.reader()
+            taken = 0
+            async with asyncio.timeout(60):
+                while taken < 400_000:  # more than a second of the stream
+                    chunk = await reader.read()
+                    assert chunk, reader.ended
+                    taken += len(chunk)
+            assert handle.state == "streaming"
+            return [d for d in live_entries(env) if d.get("live") == "lost"]
+
+
+async def test_losses_are_reported_while_the_play_goes_on_after_a_backward_step(
+        media: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lost = await _lost_entries_while_streaming(media, monkeypatch, -HOUR_S)
+    assert lost, ("the station's clock stepped an hour back: RTP packets lost while the Play goes on are on "
+                  "no record until the clock is back where it was")
+
+
+async def test_control_losses_are_reported_while_the_play_goes_on(
+        media: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert await _lost_entries_while_streaming(media, monkeypatch, 0.0)
