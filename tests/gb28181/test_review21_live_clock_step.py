@@ -2,7 +2,8 @@
 one): the live channel measured the time between packets, the stable Play and the loss checks on the wall
 clock (`time.time()` arrival stamps). A clock stepped forward an hour mid-stream wrote a `gap` entry
 ("stalled", 3600 s) for a stream that never paused; stepped back during a real stall, the stall was on no
-record; stepped back once media flowed, the Play's lost packets were on no record while it went on. Durations are monotonic now; the wall clock stamps only the record's `from` and `to`.
+record; stepped back once media flowed, the Play's lost packets were on no record while it went on.
+Durations are monotonic now; the wall clock stamps only the record's `from` and `to`.
 
 Real platform, real media receiver, real simulator over UDP. The station's wall clock is the seam: the
 `time` module the media receiver and the live channel read is given a wall clock that steps (the machine's
