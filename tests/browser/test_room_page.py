@@ -261,3 +261,31 @@ def test_a_source_killed_mid_session_shows_a_gap_at_once(
     # Once the source is back (after its 15 s backoff), the page says so too.
     expect(row).to_have_attribute("data-state", "recording", timeout=EXPECT_MS)
     expect(card).to_have_attribute("data-state", "recording")
+
+
+def test_the_pages_reading_of_source_states_and_persons(page: Page, station: RoomStation) -> None:
+    """The page's own module (as served) on the cases the live tests pass through too fast to see."""
+    _open(page, station)
+    found = page.evaluate("""async () => {
+      const m = await import('/rooms/model.js');
+      const end = '2026-12-05T10:00:01.123456Z';
+      return {
+        states: [
+          m.sourceState({recording: false, gap: null, last_segment_end_utc: null}),
+          m.sourceState({recording: true, gap: null, last_segment_end_utc: null}),
+          m.sourceState({recording: true, gap: null, last_segment_end_utc: end}),
+          m.sourceState({recording: false, gap: {from_utc: end, reason: 'x'}, last_segment_end_utc: end}),
+        ],
+        persons: m.parsePersons('李四:被询问人\\n 王五：询问人 ；赵六:翻译\\n\\n'),
+        bad: m.parsePersons('李四:被询问人\\n王五'),
+        empty: m.parsePersons(''),
+        since: m.secondsSince('2026-12-05T10:00:00.999999Z', Date.parse('2026-12-05T10:01:01.000Z')),
+        never: m.secondsSince('not a time', 0),
+      };
+    }""")
+    assert found["states"] == ["starting", "starting", "recording", "gap"]
+    assert found["persons"] == {"persons": [{"name": "李四", "role": "被询问人"},
+                                            {"name": "王五", "role": "询问人"},
+                                            {"name": "赵六", "role": "翻译"}]}
+    assert found["bad"] == {"bad": "王五"} and found["empty"] == {"persons": []}
+    assert found["since"] == 60 and found["never"] is None

@@ -22,10 +22,13 @@ export function localTime(isoText) {
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
 }
 
-/** A source's state: "recording", "gap" (with since and reason) or "starting". */
+/**
+ * A source's state: "gap" (an open interruption: since and reason), "recording" (its ffmpeg runs and has
+ * closed a segment), or "starting" (not yet: ffmpeg starting, probing, or waiting for its first segment).
+ */
 export function sourceState(source) {
   if (source && source.gap) return "gap";
-  if (source && source.recording) return "recording";
+  if (source && source.recording && source.last_segment_end_utc) return "recording";
   return "starting";
 }
 
