@@ -65,7 +65,8 @@ def short_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _station(live_server: LiveServer, tmp_path: Path, short_dir: Path, **rooms: Any) -> Iterator[RoomStation]:
+def _station(live_server: LiveServer, tmp_path: Path, short_dir: Path, over_tcp: bool = True,
+             **rooms: Any) -> Iterator[RoomStation]:
     require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
     store = StationStore(tmp_path / "store", STATION)
     pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0, chunk_bytes=256 * 1024))
@@ -73,7 +74,7 @@ def _station(live_server: LiveServer, tmp_path: Path, short_dir: Path, **rooms: 
                           pipeline, station_id=STATION)
     service.load()
     api = LocalApi(StatusBoard(identity={"id": STATION}, bays=[]), store,
-                   ApiSection(socket_path=short_dir / "api.sock", tcp_port=0, room_page_over_tcp=True),
+                   ApiSection(socket_path=short_dir / "api.sock", tcp_port=0, room_page_over_tcp=over_tcp),
                    [room_routes(service)])
 
     async def start() -> asyncio.Task[None]:
@@ -107,6 +108,11 @@ def slow_restart_station(live_server: LiveServer, tmp_path: Path, short_dir: Pat
     # the page's 2 s reading and the machine's load.
     yield from _station(live_server, tmp_path, short_dir,
                         restart_backoff_initial_s=15.0, restart_backoff_max_s=15.0)
+
+
+@pytest.fixture
+def socket_only_station(live_server: LiveServer, tmp_path: Path, short_dir: Path) -> Iterator[RoomStation]:
+    yield from _station(live_server, tmp_path, short_dir, over_tcp=False)
 
 
 def _open(page: Page, station: RoomStation) -> Locator:
@@ -289,3 +295,26 @@ def test_the_pages_reading_of_source_states_and_persons(page: Page, station: Roo
                                             {"name": "赵六", "role": "翻译"}]}
     assert found["bad"] == {"bad": "王五"} and found["empty"] == {"persons": []}
     assert found["since"] == 60 and found["never"] is None
+
+
+def test_the_page_says_why_when_the_station_does_not_serve_it_over_tcp(
+    page: Page, socket_only_station: RoomStation
+) -> None:
+    page.goto(socket_only_station.url + "/rooms/")
+    expect(page.locator("body")).to_have_attribute("data-connection", "refused", timeout=EXPECT_MS)
+    expect(page.locator("#banner")).to_be_visible()
+    expect(page.locator("#banner")).to_contain_text("本页无权访问录制服务：")
+    expect(page.locator("#banner")).to_contain_text("room_page_over_tcp is off")
+    expect(page.locator(".room")).to_have_count(0)  # nothing of the rooms came
+
+
+def test_the_page_is_its_own_files_only(page: Page, station: RoomStation) -> None:
+    """The page's files are served with their policy, and nothing else under /rooms/ reaches the disk."""
+    response = page.request.get(station.url + "/rooms/")
+    assert response.ok and "script-src 'self'" in response.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    for name in ("main.js", "model.js", "i18n.js", "rooms.css"):
+        assert page.request.get(f"{station.url}/rooms/{name}").ok, name
+    # Controls of the refusal: a file beside them, a path out of the package, are not found.
+    for path in ("/rooms/__init__.py", "/rooms/..%2f__init__.py", "/rooms/%2e%2e/__init__.py"):
+        assert page.request.get(station.url + path).status == 404, path
