@@ -318,3 +318,28 @@ def test_the_page_is_its_own_files_only(page: Page, station: RoomStation) -> Non
     # Controls of the refusal: a file beside them, a path out of the package, are not found.
     for path in ("/rooms/__init__.py", "/rooms/..%2f__init__.py", "/rooms/%2e%2e/__init__.py"):
         assert page.request.get(station.url + path).status == 404, path
+
+
+def test_a_disk_space_warning_is_shown_while_there_is_one(page: Page, station: RoomStation) -> None:
+    from edge.rooms.space import SpaceLevel, SpaceReading
+
+    _open(page, station)
+    warning = page.locator("#space")
+    expect(warning).to_be_hidden()
+
+    def reading(level: SpaceLevel, minutes: float | None) -> None:
+        shown = SpaceReading(level, free_bytes=9 * 2**30, reserve_bytes=8 * 2**30, rate_bytes_per_s=2e6,
+                             minutes_left=minutes)
+        station.live.call_soon(lambda: setattr(station.service.space, "reading", shown))
+
+    reading(SpaceLevel.LOW, 42.4)
+    expect(warning).to_have_text("存储空间不足：约 42 分钟后将无法继续封存录像，请通知管理员",
+                                 timeout=EXPECT_MS)
+    expect(warning).to_have_attribute("data-level", "low")
+    reading(SpaceLevel.CRITICAL, 7.0)
+    expect(warning).to_have_text("存储空间即将用尽（约 7 分钟）：请立即通知管理员", timeout=EXPECT_MS)
+    page.locator("#language").click()
+    expect(warning).to_have_text("Disk space nearly gone (about 7 minutes): tell the administrator now")
+    # Control: the level back to ok takes the warning away.
+    reading(SpaceLevel.OK, None)
+    expect(warning).to_be_hidden(timeout=EXPECT_MS)
