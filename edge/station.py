@@ -58,6 +58,7 @@ from edge.observe.sink import (
     UsbSerialProblem,
 )
 from edge.pki.names import IdentityError
+from edge.rooms.hardware import RoomHardware
 from edge.rooms.service import RoomService
 from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
@@ -375,6 +376,13 @@ class StationAgent:
         # Time to stop every ffmpeg (each closes its segment) and seal what they wrote.
         stop_s = self.config.rooms.stop_timeout_s + 30.0
         supervisor.add(TaskSpec("rooms", self.rooms.run, critical=False, stop_timeout_s=stop_s))
+        # Each room's lamp panel and PTZ camera (edge.rooms.hardware): a panel unplugged costs the buttons
+        # and the lamp, never recording; the task reconnects by itself.
+        for room in self.config.rooms.room:
+            if room.panel is not None or room.ptz is not None:
+                hardware = RoomHardware(self.rooms, room)
+                self.rooms.hardware_status[room.id] = hardware.status
+                supervisor.add(TaskSpec(f"room-hardware-{room.id}", hardware.run, critical=False))
 
     def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient) -> None:
         """Telemetry from the status board (which needs the telemetry salt: a salt file that cannot be

@@ -48,6 +48,8 @@ from simulators.serial_pty import PtyDevice
 
 log = logging.getLogger(__name__)
 
+DEFAULT_READING = Reading(225, 480)  # 22.5 degC, 48.0 %RH
+
 
 @dataclass
 class PanelFaults:
@@ -78,7 +80,7 @@ class RoomPanelSimulator(PtyDevice):
         panel_serial: str = "SIMPANEL-0001",
         firmware: str = "simpanel-1.0",
         sensor: bool = True,
-        reading: Reading | None = Reading(225, 480),
+        reading: Reading | None = DEFAULT_READING,
         reading_every_s: float | None = None,
         faults: PanelFaults | None = None,
     ) -> None:

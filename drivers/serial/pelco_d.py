@@ -82,7 +82,8 @@ class PelcoDFrame:
         return checksum(self.address, self.command1, self.command2, self.data1, self.data2)
 
     def to_bytes(self) -> bytes:
-        return bytes((SYNC, self.address, self.command1, self.command2, self.data1, self.data2, self.checksum))
+        return bytes((SYNC, self.address, self.command1, self.command2, self.data1, self.data2,
+                      self.checksum))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PelcoDFrame:
@@ -187,7 +188,9 @@ class PtzCommand:
 
 
 _PRESET_ACTIONS = {
-    SET_PRESET: PtzAction.SET_PRESET, CLEAR_PRESET: PtzAction.CLEAR_PRESET, GO_TO_PRESET: PtzAction.GO_TO_PRESET
+    SET_PRESET: PtzAction.SET_PRESET,
+    CLEAR_PRESET: PtzAction.CLEAR_PRESET,
+    GO_TO_PRESET: PtzAction.GO_TO_PRESET,
 }
 
 

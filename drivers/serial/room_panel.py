@@ -157,7 +157,8 @@ class RoomPanelDriver:
         self._framer = new_framer()
         self.stats = PanelDriverStats()
         self._command_lock = asyncio.Lock()
-        self._seq = secrets.randbelow(MAX_SEQ) + 1  # a restarted host must not match its predecessor's replies
+        # A random start: a restarted host must not take its predecessor's late replies for its own.
+        self._seq = secrets.randbelow(MAX_SEQ) + 1
         self._pending: tuple[HostCommand, asyncio.Future[PanelReply]] | None = None
         self._identity: PanelIdentity | None = None
         self._last_event_seq: int | None = None  # None until the first PING tells us where the panel is
@@ -207,7 +208,8 @@ class RoomPanelDriver:
         assert isinstance(reply, IdentityReply)
         if reply.protocol != PROTOCOL_VERSION:
             raise PanelConnectionError(
-                f"{self._url}: panel speaks room panel protocol {reply.protocol}, this driver {PROTOCOL_VERSION}"
+                f"{self._url}: panel speaks room panel protocol {reply.protocol}, this driver "
+                f"{PROTOCOL_VERSION}"
             )
         self._identity = PanelIdentity(reply.panel_serial, reply.firmware, reply.protocol, reply.has_sensor)
         self._name = f"{reply.panel_serial}@{self._url}"
@@ -411,9 +413,10 @@ class RoomPanelDriver:
         command, future = pending
         expected = {PingCommand: PingReply, IdentityQuery: IdentityReply, SetLampCommand: LampReply,
                     ReadingQuery: ReadingReply}[type(command)]
-        if not isinstance(reply, expected | NakReply) or (
-            isinstance(reply, NakReply) and reply.command != command.COMMAND
-        ) or (isinstance(reply, LampReply) and isinstance(command, SetLampCommand) and reply.lamp != command.lamp):
+        wrong_nak = isinstance(reply, NakReply) and reply.command != command.COMMAND
+        wrong_lamp = (isinstance(reply, LampReply) and isinstance(command, SetLampCommand)
+                      and reply.lamp != command.lamp)
+        if not isinstance(reply, expected | NakReply) or wrong_nak or wrong_lamp:
             self.stats.unexpected_messages += 1
             log.warning("room panel %s: reply %s does not answer %s", self._name, reply, command)
             return
@@ -490,3 +493,22 @@ class RoomPanelDriver:
         self._queue_changed.set()
         if self._released is None:
             self._released = self._loop.create_task(self._release_port())
+
+
+__all__ = [
+    "ButtonPressed",
+    "EventsLost",
+    "Lamp",
+    "PanelClosedError",
+    "PanelConnectionError",
+    "PanelConnectionLost",
+    "PanelDriverStats",
+    "PanelError",
+    "PanelIdentity",
+    "PanelInput",
+    "PanelNakError",
+    "PanelRestarted",
+    "Reading",
+    "ReadingTaken",
+    "RoomPanelDriver",
+]

@@ -109,7 +109,9 @@ def _check_seq(seq: int) -> None:
 
 def _check_text(value: str, name: str) -> None:
     if not _TEXT_RE.fullmatch(value):
-        raise PanelProtocolError(f"{name} must be 1..{MAX_TEXT_CHARS} of A-Z a-z 0-9 . _ : / + -, got {value!r}")
+        raise PanelProtocolError(
+            f"{name} must be 1..{MAX_TEXT_CHARS} of A-Z a-z 0-9 . _ : / + -, got {value!r}"
+        )
 
 
 def _frame(seq: int, command: str, *fields: str) -> bytes:
@@ -351,8 +353,10 @@ def _enum(kind: type[_E], seq: int, command: str, text: str) -> _E:
     try:
         return kind(text)
     except ValueError:
-        raise PanelProtocolError(f"frame {seq}: {command}: {text[:16]!r} is not one of "
-                                 f"{', '.join(kind)}", seq=seq, command=command, reason=NakReason.VALUE) from None
+        raise PanelProtocolError(
+            f"frame {seq}: {command}: {text[:16]!r} is not one of {', '.join(kind)}",
+            seq=seq, command=command, reason=NakReason.VALUE,
+        ) from None
 
 
 def _reading(seq: int, command: str, temperature: str, humidity: str) -> Reading:

@@ -190,12 +190,84 @@ class RoomSourceConfig(StrictModel):
         return _plain_text(value, "name")
 
 
+# Serial lines a room's hardware may be on: a device node (better the stable /dev/serial/by-id/...) or a
+# pyserial network URL. Not pyserial's other handlers: hwgrep:// opens whatever port a pattern matches,
+# spy:// writes a trace, alt:// and loop:// are no hardware.
+_SERIAL_PORT = r"^(/dev/[A-Za-z0-9._:+/-]{1,200}|(socket|rfc2217)://[A-Za-z0-9.:\[\]-]{1,200}(/[A-Za-z0-9._=&?-]{0,100})?)$"
+
+
+def _serial_port(value: str) -> str:
+    if value.startswith("/") and any(part in (".", "..") for part in value.split("/")):
+        raise ValueError("a serial port path must not contain . or .. components (use /dev/serial/by-id/...)")
+    return value
+
+
+class RoomPanelCaseConfig(StrictModel):
+    """The case a session started by the panel's START button is bound to: a room whose proceedings
+    belong to one standing case or docket (a hearing room assigned to a case for the day). Without it,
+    START is refused (the lamp shows REFUSE) and the session is started with its case from the station."""
+
+    case_number: str = Field(min_length=1, max_length=64, description="案件编号 of sessions started by START")
+    collector: str = Field(min_length=1, max_length=64, description="采集人: who runs the room's recordings")
+    collector_no: str = Field("", max_length=64, description="The collector's number (警号), if any")
+    subject: str = Field(min_length=1, max_length=256, description="证明对象: what the recordings prove")
+
+    @field_validator("case_number", "collector", "collector_no", "subject")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if value != value.strip():
+            raise ValueError("must not start or end with white space")
+        return _plain_text(value, "case field")
+
+
+class RoomPanelConfig(StrictModel):
+    """The room's recording lamp and button panel (drivers/serial/ROOM_PANEL_PROTOCOL.md)."""
+
+    port: str = Field(pattern=_SERIAL_PORT, description="Serial line: /dev/serial/by-id/..., "
+                      "socket://host:port or rfc2217://host:port")
+    baudrate: int = Field(115200, ge=1200, le=921600, description="Line speed (8N1)")
+    start_case: RoomPanelCaseConfig | None = Field(
+        None,
+        description="The case START binds its session to; none: START is refused, start from the station",
+    )
+    refusal_show_s: float = Field(3.0, ge=0.5, le=30, description="How long the lamp shows REFUSE after a "
+                                  "refused button press")
+    sensor_poll_s: float = Field(30.0, ge=1, le=3600, description="How often the climate sensor is read")
+    reply_timeout_s: float = Field(0.5, gt=0, le=10, description="Wait for each reply before a re-send")
+    heartbeat_s: float = Field(2.0, gt=0, le=60, description="Heartbeat period (a silent panel is lost "
+                               "after about heartbeat_s + 3 x reply_timeout_s)")
+    reconnect_max_s: float = Field(30.0, ge=0.1, le=600, description="Longest wait between attempts to open "
+                                   "a panel that went away")
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        return _serial_port(value)
+
+
+class RoomPtzConfig(StrictModel):
+    """A Pelco-D PTZ camera of the room: sent to `preset` when a session starts."""
+
+    port: str = Field(pattern=_SERIAL_PORT, description="Serial line (RS-485 adapter) of the camera")
+    address: int = Field(ge=1, le=255, description="The camera's Pelco-D address (its DIP switches)")
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400] = Field(2400, description="Line speed (8N1)")
+    preset: int = Field(ge=1, le=255, description="Preset the camera goes to at every session start (the "
+                        "installer stores it on the camera: the frame that shows the person questioned)")
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        return _serial_port(value)
+
+
 class RoomConfig(StrictModel):
     id: Annotated[str, Field(pattern=IDENTIFIER, description="Room id, unique on the station")]
     name: str = Field(min_length=1, max_length=64, description="Room name (第一询问室)")
     address: str = Field(min_length=1, max_length=256, description="Where the room is: its part of the "
                          "session's location (采集地点)")
     source: list[RoomSourceConfig] = Field(min_length=1, max_length=8, description="The room's captures")
+    panel: RoomPanelConfig | None = Field(None, description="Lamp and buttons ([rooms.room.panel])")
+    ptz: RoomPtzConfig | None = Field(None, description="PTZ camera, to a preset at start ([rooms.room.ptz])")
 
     @field_validator("name", "address")
     @classmethod
@@ -255,6 +327,16 @@ class RoomsSection(StrictModel):
             raise ValueError("room ids must be unique")
         if self.restart_backoff_max_s < self.restart_backoff_initial_s:
             raise ValueError("restart_backoff_max_s must be >= restart_backoff_initial_s")
+        # Each serial line is opened exclusively by one driver: two users of one port would fight.
+        ports: dict[str, str] = {}
+        for room in self.room:
+            for kind, device in (("panel", room.panel), ("ptz", room.ptz)):
+                if device is None:
+                    continue
+                user = f"room {room.id} {kind}"
+                if device.port in ports:
+                    raise ValueError(f"{user} and {ports[device.port]} use the same port {device.port}")
+                ports[device.port] = user
         return self
 
     def room_by_id(self, room_id: str) -> RoomConfig | None:

@@ -91,6 +91,8 @@ class RoomService:
         # Stopped sessions whose stop could not seal everything (a full disk): finished by run().
         self._unfinished: list[RoomSession] = []
         self.finishing: list[asyncio.Task[None]] = []  # run()'s tasks finishing them
+        # Per room, the status of its serial hardware (lamp panel, sensor, PTZ: edge.rooms.hardware).
+        self.hardware_status: dict[str, Callable[[], dict[str, Any]]] = {}
 
     # -- start-up and the supervised task -------------------------------------------------------------
 
@@ -443,6 +445,8 @@ class RoomService:
                     "address": config.address,
                     "session": None if session is None else session.to_json(),
                     "sources": [] if recording is None else recording.status(),
+                    **({"hardware": self.hardware_status[config.id]()} if config.id in self.hardware_status
+                       else {}),
                 }
             )
         return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s}
