@@ -99,7 +99,7 @@ class RoomPanelSimulator(PtyDevice):
         self._events_generated = 0
         self._frames_sent = 0
         self._lamp = Lamp.OFF
-        self._lamp_history: list[Lamp] = []
+        self._lamp_history: list[Lamp] = [Lamp.OFF]  # dark at power-up
         self._stats = PanelSimulatorStats()
 
     def started(self) -> None:

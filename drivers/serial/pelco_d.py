@@ -91,7 +91,7 @@ class PelcoDFrame:
         if len(data) != FRAME_BYTES:
             raise PelcoDError(f"a Pelco-D frame is {FRAME_BYTES} bytes, got {len(data)}")
         if data[0] != SYNC:
-            raise PelcoDError(f"a Pelco-D frame starts with 0xFF, got 0x{data[0]:02X}")
+            raise PelcoDError(f"a Pelco-D frame starts with the sync byte 0xFF, got 0x{data[0]:02X}")
         expected = checksum(*data[1:6])
         if data[6] != expected:
             raise PelcoDError(f"checksum 0x{data[6]:02X} does not match the frame's 0x{expected:02X}")
