@@ -175,7 +175,12 @@ class RoomHardware:
 
     async def _follow_lamp(self, driver: RoomPanelDriver, config: RoomPanelConfig) -> None:
         next_reading = 0.0
+        read_for: str | None = None
         while True:
+            session = self.service.active.get(self.room.id)
+            if (None if session is None else session.session) != read_for:
+                read_for = None if session is None else session.session
+                next_reading = 0.0  # every session's record starts with a reading at its start
             lamp = self.desired_lamp()
             if lamp is not self.lamp:
                 try:
