@@ -47,7 +47,9 @@ def camera() -> Iterator[PtzCameraSimulator]:
         yield sim
 
 
-def _config(panel: RoomPanelSimulator, camera: PtzCameraSimulator | None, *, start_case: bool) -> RoomsSection:
+def _config(
+    panel: RoomPanelSimulator, camera: PtzCameraSimulator | None, *, start_case: bool
+) -> RoomsSection:
     doc = rooms_config(lavfi_source("a"), lavfi_source("b")).model_dump()
     doc["room"][0]["panel"] = {"port": panel.tty_path, "reply_timeout_s": 0.3, "heartbeat_s": 0.3,
                                "reconnect_max_s": 0.5, "refusal_show_s": 1.0,
@@ -124,7 +126,8 @@ async def test_the_lamp_blinks_while_a_source_is_down_and_is_steady_again_once_i
     store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, panel: RoomPanelSimulator,
 ) -> None:
     async with room_running(_config(panel, None, start_case=False), store, pipeline) as (service, _):
-        await service.start("xw-1", {**CASE, "persons": []}, by="operator")  # from the station: no case needed
+        # Started from the station (with its case): the panel is not needed for that.
+        await service.start("xw-1", {**CASE, "persons": []}, by="operator")
         await _lamp(panel, Lamp.STEADY)
         await watch.until(lambda: len(watch.of("segment_sealed", source="a")) >= 1)
         recording = service.recording("xw-1")

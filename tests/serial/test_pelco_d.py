@@ -63,7 +63,9 @@ PUBLISHED_TABLE: list[tuple[str, Callable[[int], PelcoDFrame], tuple[int, int, i
 ]
 
 
-@pytest.mark.parametrize(("what", "build", "printed"), PUBLISHED_EXAMPLES, ids=[e[0] for e in PUBLISHED_EXAMPLES])
+@pytest.mark.parametrize(
+    ("what", "build", "printed"), PUBLISHED_EXAMPLES, ids=[e[0] for e in PUBLISHED_EXAMPLES]
+)
 def test_frames_match_the_published_examples_byte_for_byte(
     what: str, build: Callable[[], PelcoDFrame], printed: str
 ) -> None:

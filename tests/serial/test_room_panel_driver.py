@@ -75,10 +75,10 @@ async def test_identity_lamp_buttons_and_sensor(make_panel: MakePanel, open_driv
         await driver.set_lamp(lamp)
         assert panel.lamp is lamp  # acknowledged means shown
     assert panel.lamp_history() == [Lamp.OFF, Lamp.STEADY, Lamp.BLINK, Lamp.REFUSE, Lamp.OFF]
-    seqs = [await asyncio.to_thread(panel.press, button) for button in (Button.START, Button.MARK, Button.STOP)]
+    buttons = (Button.START, Button.MARK, Button.STOP)
+    seqs = [await asyncio.to_thread(panel.press, button) for button in buttons]
     pressed = [await _next(driver) for _ in range(3)]
-    assert pressed == [ButtonPressed(b, s) for b, s in zip((Button.START, Button.MARK, Button.STOP), seqs,
-                                                            strict=True)]
+    assert pressed == [ButtonPressed(b, s) for b, s in zip(buttons, seqs, strict=True)]
     reading = await driver.read_environment()
     assert reading == Reading(231, 554) and reading.temperature_c == 23.1 and reading.humidity_percent == 55.4
     panel.set_reading(Reading(-52, 901))
