@@ -49,6 +49,10 @@ from simulators.serial_pty import PtyDevice
 log = logging.getLogger(__name__)
 
 DEFAULT_READING = Reading(225, 480)  # 22.5 degC, 48.0 %RH
+# The firmware's host watchdog (ROOM_PANEL_PROTOCOL.md section 5): no valid frame from the host this long
+# while the lamp is STEADY turns it to BLINK, so a dead host never leaves "everything records" lit.
+HOST_TIMEOUT_S = 10.0
+_TICK_S = 0.1
 
 
 @dataclass
@@ -82,6 +86,7 @@ class RoomPanelSimulator(PtyDevice):
         sensor: bool = True,
         reading: Reading | None = DEFAULT_READING,
         reading_every_s: float | None = None,
+        host_timeout_s: float = HOST_TIMEOUT_S,
         faults: PanelFaults | None = None,
     ) -> None:
         super().__init__()
@@ -89,7 +94,12 @@ class RoomPanelSimulator(PtyDevice):
         self.firmware = firmware
         self.sensor = sensor
         self.faults = faults or PanelFaults()
-        self.idle_interval_s = reading_every_s
+        self.reading_every_s = reading_every_s
+        self.host_timeout_s = host_timeout_s
+        self.idle_interval_s = _TICK_S
+        self._next_reading = time.monotonic() + (reading_every_s or 0.0)
+        self._host_heard = time.monotonic()
+        self.watchdog_trips = 0
         self._random = random.Random(seed)
         self._framer = new_framer()
         self._lock = threading.RLock()
@@ -164,7 +174,16 @@ class RoomPanelSimulator(PtyDevice):
     # -- the panel -----------------------------------------------------------------------------------
 
     def idle(self) -> None:
-        self.send_reading()
+        now = time.monotonic()
+        if self.reading_every_s is not None and now >= self._next_reading:
+            self._next_reading = now + self.reading_every_s
+            self.send_reading()
+        with self._lock:
+            if self._lamp is Lamp.STEADY and now - self._host_heard > self.host_timeout_s:
+                self.watchdog_trips += 1
+                log.warning("room panel simulator: nothing from the host for %.1f s: lamp BLINK",
+                            self.host_timeout_s)
+                self._show(Lamp.BLINK, commanded=False)
 
     def on_bytes(self, data: bytes) -> None:
         for line in self._framer.feed(data):
@@ -181,8 +200,10 @@ class RoomPanelSimulator(PtyDevice):
                 if exc.reason is None or exc.seq is None:
                     self._stats.bad_frames += 1
                     return
+                self._host_heard = time.monotonic()
                 self._nak(exc.seq, exc.command or "?", exc.reason)
                 return
+            self._host_heard = time.monotonic()
             if isinstance(message, PingCommand):
                 self._send(PingReply(message.seq, self._event_seq).to_bytes())
             elif isinstance(message, IdentityQuery):

@@ -169,9 +169,20 @@ class RoomHardware:
                 await _all_or_none(self._follow_lamp(driver, config), self._serve_inputs(driver, config))
             except PanelConnectionError as exc:
                 await self._panel_gone(str(exc))
+            except asyncio.CancelledError:
+                await self._lamp_on_the_way_out(driver)
+                raise
             finally:
                 self.lamp = None
                 await driver.close()
+
+    async def _lamp_on_the_way_out(self, driver: RoomPanelDriver) -> None:
+        """The agent stops: what records now stops too, so the lamp must not stay STEADY (the panel's own
+        watchdog covers a host that dies without this)."""
+        lamp = Lamp.BLINK if self.service.active.get(self.room.id) is not None else Lamp.OFF
+        with contextlib.suppress(PanelError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await driver.set_lamp(lamp)
 
     async def _follow_lamp(self, driver: RoomPanelDriver, config: RoomPanelConfig) -> None:
         next_reading = 0.0
@@ -218,15 +229,18 @@ class RoomHardware:
         room = self.room.id
         by = f"room-panel:{panel.panel_serial}"
         try:
+            # Shielded: a request half done when this task is cancelled (the agent stops, the panel task
+            # is restarted) runs to its end, as a request from the local API does.
             if press.button is Button.START:
                 if config.start_case is None:
                     await self._refuse_start(by, press.event_seq)
                 else:
-                    await self.service.start(room, config.start_case.model_dump(), by=by)
+                    await asyncio.shield(self.service.start(room, config.start_case.model_dump(), by=by))
             elif press.button is Button.STOP:
-                await self.service.stop(room, by=by)
+                await asyncio.shield(self.service.stop(room, by=by))
             else:
-                await self.service.mark(room, f"panel MARK button (panel event {press.event_seq})", by=by)
+                note = f"panel MARK button (panel event {press.event_seq})"
+                await asyncio.shield(self.service.mark(room, note, by=by))
         except RoomRefused as exc:
             log.warning("room %s: panel %s refused: %s", room, press.button, printable(str(exc)))
             self._refusing_until = time.monotonic() + config.refusal_show_s

@@ -206,3 +206,28 @@ async def test_an_unreachable_ptz_is_an_error_entry_and_the_session_records(
         assert f"preset {PRESET}" in error.data["reason"] and "by hand" in error.data["reason"]
         await _lamp(panel, Lamp.STEADY)
         assert "xw-1" in service.active
+
+
+async def test_the_lamp_is_not_left_steady_when_the_agent_stops(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch,
+) -> None:
+    # A panel whose own host watchdog would not trip during the test: only the host can turn the lamp.
+    with RoomPanelSimulator(panel_serial="PANEL-XW1", host_timeout_s=3600.0) as panel:
+        config = _config(panel, None, start_case=True)
+        service = RoomService(config, store, pipeline, station_id=STATION)
+        service.load()
+        hardware = RoomHardware(service, config.room[0])
+        recording = asyncio.create_task(service.run())
+        serving = asyncio.create_task(hardware.run())
+        try:
+            await watch.until(lambda: watch.of("device_connected", kind="room_panel"))
+            await asyncio.to_thread(panel.press, Button.START)
+            await _lamp(panel, Lamp.STEADY)
+            serving.cancel()  # the agent stops: its tasks are cancelled
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            assert panel.lamp is Lamp.BLINK  # a session is open and nothing will record it
+        finally:
+            recording.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recording

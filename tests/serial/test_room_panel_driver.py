@@ -198,3 +198,17 @@ async def test_a_restarted_panel_gets_its_lamp_back(make_panel: MakePanel, open_
 async def test_no_panel_is_a_clear_error() -> None:
     with pytest.raises(PanelConnectionError, match="cannot open room panel"):
         await RoomPanelDriver.open("/dev/no-such-room-panel", **FAST)
+
+
+async def test_a_silent_host_cannot_leave_the_lamp_steady(
+    make_panel: MakePanel, open_driver: OpenDriver
+) -> None:
+    panel = make_panel(host_timeout_s=3.0)
+    driver = await open_driver(panel.tty_path, heartbeat_s=0.2)
+    await driver.set_lamp(Lamp.STEADY)
+    # Control: while the host's heartbeat comes (15 per watchdog period), the watchdog holds still.
+    await asyncio.sleep(4.0)
+    assert panel.lamp is Lamp.STEADY and panel.watchdog_trips == 0
+    await driver.close()  # the host goes quiet (crashed, hung, line cut)
+    assert await asyncio.to_thread(panel.wait_for_lamp, Lamp.BLINK, WAIT_S)
+    assert panel.watchdog_trips == 1
