@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from edge.config.base import IDENTIFIER, SecretRef, StrictModel
+from edge.config.room_composite import RoomCompositeConfig, check_composite
 
 # ffmpeg option names (without the dash) an input may carry: `-video_size`, `-rtsp_transport`, ...
 _OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -268,6 +269,10 @@ class RoomConfig(StrictModel):
     source: list[RoomSourceConfig] = Field(min_length=1, max_length=8, description="The room's captures")
     panel: RoomPanelConfig | None = Field(None, description="Lamp and buttons ([rooms.room.panel])")
     ptz: RoomPtzConfig | None = Field(None, description="PTZ camera, to a preset at start ([rooms.room.ptz])")
+    composite: RoomCompositeConfig | None = Field(
+        None, description="Burnt-in overlay and picture-in-picture, an extra derived output beside the "
+        "originals (edge.config.room_composite); none: off",
+    )
 
     @field_validator("name", "address")
     @classmethod
@@ -279,6 +284,8 @@ class RoomConfig(StrictModel):
         ids = [s.id for s in self.source]
         if len(set(ids)) != len(ids):
             raise ValueError(f"room {self.id}: source ids must be unique")
+        if self.composite is not None:
+            check_composite(self.id, self.source, self.composite)
         return self
 
 
@@ -319,6 +326,22 @@ class RoomsSection(StrictModel):
     stop_timeout_s: float = Field(
         15.0, gt=0, le=300, description="How long ffmpeg has to close its last segment after being asked to",
     )
+    space_check_s: float = Field(
+        10.0, gt=0, le=600, description="While a room records, the store's free space is read this often",
+    )
+    space_rate_window_s: float = Field(
+        120.0, gt=0, le=3600,
+        description="The rate free space falls at is measured over this long (a closing segment or a "
+        "deleted file moves it in steps)",
+    )
+    space_warn_minutes: float = Field(
+        60.0, gt=0, le=24 * 60,
+        description="A space_warning (low) when the store reaches its reserve within this many minutes at "
+        "the present rate",
+    )
+    space_critical_minutes: float = Field(
+        10.0, gt=0, le=24 * 60, description="A space_warning (critical) within this many minutes",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RoomsSection:
@@ -337,6 +360,8 @@ class RoomsSection(StrictModel):
                 if device.port in ports:
                     raise ValueError(f"{user} and {ports[device.port]} use the same port {device.port}")
                 ports[device.port] = user
+        if self.space_critical_minutes >= self.space_warn_minutes:
+            raise ValueError("space_critical_minutes must be < space_warn_minutes")
         return self
 
     def room_by_id(self, room_id: str) -> RoomConfig | None:
