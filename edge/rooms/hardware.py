@@ -14,8 +14,9 @@ code as a request from the station's page.
 * The panel going away and coming back are `device_removed` / `device_connected` entries (one per
   change, not per reconnection attempt); recording goes on regardless. Lost panel events (a press the
   line swallowed) are an `error` entry: the operator sees the lamp not change and presses again.
-* The sensor's readings are kept per session (latest, range, count) in :meth:`status`, for operators and
-  the overlay; :meth:`environment` is the latest reading alone.
+* The sensor's readings are kept per session (latest, range, count) in :meth:`status`, for operators;
+  each reading becomes the composite overlay's extra line (``RoomService.set_overlay_line``), cleared
+  when the panel goes away; :meth:`environment` is the latest reading alone.
 * The PTZ camera goes to its ``preset`` whenever a session starts in the room (by panel or API). A
   session the agent resumed after a restart is left where the operator had the camera.
 """
@@ -264,6 +265,10 @@ class RoomHardware:
                                          reading.temperature_dc, reading.humidity_dpct, reading.humidity_dpct)
         else:
             self.climate.add(reading, now)
+        # The composite's overlay line (temperature and humidity burnt into the picture, as room
+        # specifications ask): replaced at each reading, cleared when the panel goes away (a stale value
+        # must not stay on the picture).
+        self.service.set_overlay_line(self.room.id, overlay_line(reading))
 
     async def _panel_came(self, panel: PanelIdentity) -> None:
         self.panel = panel
@@ -277,6 +282,8 @@ class RoomHardware:
         if self._panel_present is False:
             return  # one entry per outage, not one per reconnection attempt
         self._panel_present = False
+        if self.climate is not None:
+            self.service.set_overlay_line(self.room.id, "")
         log.error("room %s: panel unavailable (recording goes on): %s", self.room.id, printable(why))
         await self._record(EntryType.DEVICE_REMOVED, {
             "kind": "room_panel", "room": self.room.id,
@@ -320,6 +327,11 @@ class RoomHardware:
         await pipeline.commit(lambda: pipeline.repository.entry(type_, None, data))
 
 
+def overlay_line(reading: Reading) -> str:
+    """The overlay's line for a reading: 温度 23.6℃  湿度 51.2%RH."""
+    return f"温度 {reading.temperature_c:.1f}℃  湿度 {reading.humidity_percent:.1f}%RH"
+
+
 async def _all_or_none(*jobs: Any) -> None:
     """Run `jobs` together; the first to fail (or end) cancels the others and its error is raised."""
     tasks = [asyncio.ensure_future(job) for job in jobs]
@@ -333,4 +345,4 @@ async def _all_or_none(*jobs: Any) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-__all__ = ["LAMP_PERIOD_S", "ClimateRecord", "RoomHardware"]
+__all__ = ["LAMP_PERIOD_S", "ClimateRecord", "RoomHardware", "overlay_line"]

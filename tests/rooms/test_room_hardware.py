@@ -108,6 +108,7 @@ async def test_buttons_start_mark_and_stop_a_session_and_the_camera_goes_to_its_
         assert hw["climate"]["room_session"] == session and hw["ptz"]["preset_for_session"] == session
         assert hardware.environment() == {"temperature_c": 23.6, "humidity_percent": 51.2,
                                           "time_utc": hw["climate"]["time_utc"]}
+        assert service.overlay_lines["xw-1"] == "温度 23.6℃  湿度 51.2%RH"  # the composite's extra line
         await asyncio.to_thread(panel.press, Button.STOP)
         stopped = (await watch.until(lambda: watch.of("session_stopped", by=by)))[0]
         assert stopped.data["room_session"] == session and stopped.data["marks"] == 1
@@ -180,6 +181,7 @@ async def test_the_panel_going_away_and_back_is_on_the_ledger_and_recording_goes
         panel.faults.silent = True  # unplugged (or hung): no answer to anything
         removed = (await watch.until(lambda: watch.of("device_removed", kind="room_panel")))[0]
         assert removed.data["panel_serial"] == "PANEL-XW1"
+        assert service.overlay_lines["xw-1"] == ""  # no stale reading left on the picture
         sealed_then = len(watch.of("segment_sealed", source="a"))
         # Recording goes on without its panel; reconnection attempts add no entries.
         await watch.until(lambda: len(watch.of("segment_sealed", source="a")) >= sealed_then + 2)
