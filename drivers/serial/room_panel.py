@@ -126,6 +126,11 @@ class PanelDriverStats:
     boots: int = 0
 
 
+def _went_backwards(new_seq: int, last_seq: int) -> bool:
+    """True if `new_seq` is behind `last_seq`, telling a restart apart from a wrap past 65535."""
+    return new_seq < last_seq and last_seq - new_seq < MAX_SEQ // 2
+
+
 class _InputIterator:
     """A plain async iterator, so a cancelled `__anext__` loses nothing."""
 
@@ -426,13 +431,13 @@ class RoomPanelDriver:
 
     def _check_event_seq(self, event_seq: int) -> None:
         last = self._last_event_seq
+        if last is not None and event_seq != last:
+            if _went_backwards(event_seq, last):  # it restarted and its BOOT was lost
+                self._panel_restarted("(unannounced)")
+            else:
+                skipped = (event_seq - last) % MAX_SEQ
+                self._missed(skipped, f"the panel's last event is {event_seq}, the last seen {last}")
         self._last_event_seq = event_seq
-        if last is None or event_seq == last:
-            return
-        if event_seq > last:
-            self._missed(event_seq - last, f"the panel's last event is {event_seq}, the last seen {last}")
-        else:  # numbers went backwards: it restarted and the BOOT was lost
-            self._panel_restarted("(unannounced)")
 
     def _on_event(self, event: ButtonEvent | ReadingEvent) -> None:
         last = self._last_event_seq

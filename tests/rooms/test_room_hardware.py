@@ -24,7 +24,7 @@ from edge.rooms.hardware import RoomHardware
 from edge.rooms.service import RoomService
 from edge.verify.station import verify_store
 from simulators.ptz import PtzCameraSimulator, PtzPosition
-from simulators.room_panel import RoomPanelSimulator
+from simulators.room_panel import PanelFaults, RoomPanelSimulator
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
@@ -233,3 +233,24 @@ async def test_the_lamp_is_not_left_steady_when_the_agent_stops(
             recording.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await recording
+
+
+async def test_a_press_lost_on_the_line_is_an_error_entry_and_a_noisy_line_still_works(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, panel: RoomPanelSimulator,
+) -> None:
+    async with room_running(_config(panel, None, start_case=True), store, pipeline) as (service, _):
+        await watch.until(lambda: watch.of("device_connected", kind="room_panel"))
+        panel.faults = PanelFaults(drop_events_every_n=1)  # the START press never reaches the station
+        await asyncio.to_thread(panel.press, Button.START)
+        lost = (await watch.until(lambda: watch.of("error", stage="room-panel")))[0]
+        assert lost.data["panel_serial"] == "PANEL-XW1" and "1 panel event(s) lost" in lost.data["reason"]
+        assert watch.of("session_started") == [] and panel.lamp is Lamp.OFF  # nothing changed: press again
+        # Control, on a line with junk before every frame and every 4th checksum bad: the press again works.
+        panel.faults = PanelFaults(garbage_every_n=1, bad_checksum_every_n=4)
+        for _ in range(5):  # whatever the line loses is reported, and one of the presses gets through
+            await asyncio.to_thread(panel.press, Button.START)
+            if await asyncio.to_thread(panel.wait_for_lamp, Lamp.STEADY, 10.0):
+                break
+        started = await watch.until(lambda: watch.of("session_started", by="room-panel:PANEL-XW1"))
+        assert len(started) == 1  # later presses were refused: a session already records
+        assert "xw-1" in service.active

@@ -212,3 +212,19 @@ async def test_a_silent_host_cannot_leave_the_lamp_steady(
     await driver.close()  # the host goes quiet (crashed, hung, line cut)
     assert await asyncio.to_thread(panel.wait_for_lamp, Lamp.BLINK, WAIT_S)
     assert panel.watchdog_trips == 1
+
+
+async def test_event_numbers_wrap_past_65535_without_a_false_alarm(
+    make_panel: MakePanel, open_driver: OpenDriver
+) -> None:
+    panel = make_panel()
+    panel._event_seq = 65533  # a panel that has been pressed and read a great many times
+    driver = await open_driver(panel.tty_path)
+    for _ in range(4):  # 65534, 65535, 1, 2
+        await asyncio.to_thread(panel.press, Button.MARK)
+    seqs = [item.event_seq for item in [await _next(driver, ButtonPressed) for _ in range(4)]
+            if isinstance(item, ButtonPressed)]
+    assert seqs == [65534, 65535, 1, 2]
+    await driver.set_lamp(Lamp.OFF)  # a command round trip: every heartbeat before it is answered
+    await asyncio.sleep(0.5)  # two more heartbeats, whose PING replies say 2
+    assert driver.stats.lost_events == 0 and driver.stats.boots == 0
