@@ -87,8 +87,11 @@ class RoomPanelSimulator(PtyDevice):
         reading: Reading | None = DEFAULT_READING,
         reading_every_s: float | None = None,
         host_timeout_s: float = HOST_TIMEOUT_S,
+        last_event_seq: int = 0,
         faults: PanelFaults | None = None,
     ) -> None:
+        """`last_event_seq`: the panel's event number when the simulation starts (0 after power-up; a
+        panel long in service, for the wrap past 65535)."""
         super().__init__()
         self.panel_serial = panel_serial
         self.firmware = firmware
@@ -105,7 +108,9 @@ class RoomPanelSimulator(PtyDevice):
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._reading = reading
-        self._event_seq = 0
+        if not 0 <= last_event_seq <= 65535:
+            raise ValueError(f"last_event_seq must be 0..65535, got {last_event_seq}")
+        self._event_seq = last_event_seq
         self._events_generated = 0
         self._frames_sent = 0
         self._lamp = Lamp.OFF

@@ -217,8 +217,7 @@ async def test_a_silent_host_cannot_leave_the_lamp_steady(
 async def test_event_numbers_wrap_past_65535_without_a_false_alarm(
     make_panel: MakePanel, open_driver: OpenDriver
 ) -> None:
-    panel = make_panel()
-    panel._event_seq = 65533  # a panel that has been pressed and read a great many times
+    panel = make_panel(last_event_seq=65533)  # pressed and read a great many times since power-up
     driver = await open_driver(panel.tty_path)
     for _ in range(4):  # 65534, 65535, 1, 2
         await asyncio.to_thread(panel.press, Button.MARK)
