@@ -24,13 +24,15 @@ _FORMAT = r"^[a-z0-9_]{1,32}$"
 _RESERVED_OPTIONS = frozenset({"f", "i", "re", "y", "n"})
 # Input options an input may carry, by what reads the URL. ffmpeg takes its global options (progress,
 # y, copyts, filter_script, ...) anywhere on its command line, and an option that takes no value leaves
-# its "value" behind as an extra output file: so an allow-list, never a deny-list.
+# its "value" behind as an extra output file: so an allow-list, never a deny-list. Every name is one the
+# installed ffmpeg (Debian 12's 5.1) knows (tests/rooms/test_review21_ffmpeg_lists.py): `stimeout`, gone
+# in 5.1, is `timeout`.
 _GENERIC_INPUT_OPTIONS = frozenset({
     "thread_queue_size", "probesize", "analyzeduration", "fpsprobesize", "fflags", "max_delay",
     "rtbufsize", "use_wallclock_as_timestamps",
 })
 _NETWORK_INPUT_OPTIONS = frozenset({
-    "rtsp_transport", "rtsp_flags", "allowed_media_types", "stimeout", "timeout", "rw_timeout",
+    "rtsp_transport", "rtsp_flags", "allowed_media_types", "timeout", "rw_timeout",
     "reorder_queue_size", "buffer_size", "recv_buffer_size", "user_agent", "min_port", "max_port",
     "protocol_whitelist", "reconnect", "reconnect_streamed", "reconnect_delay_max", "fifo_size",
     "overrun_nonfatal", "pkt_size", "localaddr", "latency",
@@ -45,15 +47,17 @@ _DEVICE_INPUT_OPTIONS: dict[str, frozenset[str]] = {
 }
 _DEVICE_INPUT_OPTIONS["video4linux2"] = _DEVICE_INPUT_OPTIONS["v4l2"]
 # What a lavfi input may be: a chain of these filters (sources, and what paces or trims them). movie,
-# amovie, drawtext (textfile=), sendcmd (f=), signature (filename=), plugin hosts (ladspa, lv2, frei0r)
+# amovie, drawtext (textfile=), sendcmd (f=), signature (filename=), life and cellauto (filename=: their
+# starting pattern), plugin hosts (ladspa, lv2, frei0r)
 # and every other filter that reads or writes files or loads code are left out.
 _LAVFI_FILTERS = frozenset({
     "testsrc", "testsrc2", "smptebars", "smptehdbars", "rgbtestsrc", "yuvtestsrc", "color", "nullsrc",
-    "pal75bars", "pal100bars", "allrgb", "allyuv", "mandelbrot", "life", "cellauto",
+    "pal75bars", "pal100bars", "allrgb", "allyuv", "mandelbrot",
     "sine", "anullsrc", "anoisesrc",
     "realtime", "arealtime", "trim", "atrim", "setpts", "asetpts", "fps", "scale", "format", "aformat",
     "aresample", "volume", "null", "anull", "setsar", "pad", "crop", "hflip", "vflip", "tpad", "apad",
 })
+LAVFI_FILTERS = _LAVFI_FILTERS  # checked against the installed ffmpeg by the tests
 _LAVFI_FILTER = re.compile(r"^([a-z0-9_]+)(=[A-Za-z0-9_=:.+*/#@%-]*)?$")
 # URL schemes a non-device input may read (none that reads a local file behind the station's back:
 # file:, concat:, subfile:, data:, pipe:, fd:, crypto:, cache: ...); a plain absolute path is a file.
@@ -64,6 +68,16 @@ _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _URL_AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
 # The pydantic error type of a URL carrying credentials: its value is never echoed (edge.config.base).
 URL_USERINFO_ERROR = "url_userinfo"
+
+
+def allowed_input_options() -> frozenset[str]:
+    """Every input option some input may carry (tests check each against the installed ffmpeg)."""
+    return _GENERIC_INPUT_OPTIONS | _NETWORK_INPUT_OPTIONS | frozenset().union(*_DEVICE_INPUT_OPTIONS.values())
+
+
+def allowed_input_formats() -> frozenset[str]:
+    """The input formats (``-f``) with options of their own."""
+    return frozenset(_DEVICE_INPUT_OPTIONS)
 
 
 def _plain_text(value: str, what: str) -> str:
