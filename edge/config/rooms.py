@@ -300,8 +300,10 @@ class RoomsSection(StrictModel):
     )
     start_grace_s: float = Field(
         10.0, ge=0, le=600,
-        description="A run's start-up allowance (probe, RTSP connect, a camera waking up, a long GOP): its "
-        "first segment may take segment_time_s + stale_margin_s + this; later ones are judged as usual",
+        description="A run's start-up allowance (RTSP connect, a camera waking up, a long GOP): its "
+        "first segment may take segment_time_s + stale_margin_s + this, counted from the end of the probe "
+        "(codec = auto), whose own deadline is this plus 60 % of segment_time_s + stale_margin_s; later "
+        "segments are judged as usual",
     )
     restart_backoff_initial_s: float = Field(0.5, ge=0, le=60, description="First restart delay")
     restart_backoff_max_s: float = Field(10.0, ge=0, le=600, description="Longest restart delay")

@@ -17,9 +17,11 @@ last held, ``reason`` = how the run ended); the first segment of a later run clo
 meanwhile, ``duration_s``). A gap still open at stop is closed at the stop time with ``to_stop = true``.
 
 With ``codec = "auto"`` a run first ffprobes its inputs (:func:`probe_streams`) inside the same gap
-handling: the probes have 60 % of the liveness timeout together, so a camera that accepts and stays silent
-opens the run's gap ("ffprobe ... gave no answer") before the supervisor would cancel it, and an ffprobe
-is killed whenever its probe ends early (timeout or cancellation).
+handling: the probes have the start grace plus 60 % of the liveness timeout together (a probe waits for a
+slow camera's first frames just as ffmpeg does), the run is kept alive meanwhile, and the start grace of
+ffmpeg counts from the probe's end. A camera that accepts and stays silent opens the run's gap ("ffprobe
+... gave no answer") when that deadline passes, and an ffprobe is killed whenever its probe ends early
+(timeout or cancellation).
 
 At the stop, each sealer tries once more every segment of its source still in the capture directories
 (one whose sealing failed during the session: a full disk, an I/O error), so none is dropped.
@@ -238,21 +240,29 @@ class SessionRecording:
         if source.gap_from_ns is not None:
             source.gap_attempts += 1
         run_began_ns = time.time_ns()
-        first_segment = asyncio.Event()
         liveness = current_liveness()
-        grace = asyncio.create_task(_start_grace(liveness, first_segment, self.settings.start_grace_s),
-                                    name=f"room-grace-{self.session.room}-{config.id}")
+        keepers: list[asyncio.Task[None]] = []
+
+        def keep_alive(until: asyncio.Event, for_s: float) -> None:
+            keepers.append(asyncio.create_task(_start_grace(liveness, until, for_s),
+                                               name=f"room-grace-{self.session.room}-{config.id}"))
+
         try:
-            await self._one_run(source, run_began_ns, first_segment, liveness)
+            await self._one_run(source, run_began_ns, liveness, keep_alive)
         finally:
-            grace.cancel()
-            await asyncio.gather(grace, return_exceptions=True)
+            for keeper in keepers:
+                keeper.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
 
     async def _one_run(
-        self, source: SourceRecording, run_began_ns: int, first_segment: asyncio.Event, liveness: Liveness
+        self, source: SourceRecording, run_began_ns: int, liveness: Liveness,
+        keep_alive: Callable[[asyncio.Event, float], None],
     ) -> None:
-        """The probe and the ffmpeg of one run (within its start-up grace until `first_segment`)."""
+        """The probe and the ffmpeg of one run. The probe is kept alive until its own deadline (which
+        includes the start grace); ffmpeg has the start grace, counted from the probe's end, until its
+        first segment."""
         config = source.config
+        first_segment = asyncio.Event()
         try:
             inputs, redact = resolved_inputs(config.input)
         except ConfigError as exc:  # names the reference and why, never a value
@@ -260,6 +270,8 @@ class SessionRecording:
             raise
         # The probe (codec = auto) is part of the run: a camera that stalls it opens a gap like one that
         # stalls ffmpeg, and the probe ends, its ffprobe stopped, before the liveness timeout would.
+        probed = asyncio.Event()
+        keep_alive(probed, self._probe_deadline_s(config))
         try:
             video, audio = await self._coding(config, inputs)
         except ProbeStalled as exc:
@@ -270,6 +282,9 @@ class SessionRecording:
                 self._open_gap(source, run_began_ns, f"ffprobe gave no answer within the liveness timeout "
                                f"({self.liveness_timeout_s:g} s)")
             raise
+        finally:
+            probed.set()
+        keep_alive(first_segment, self.settings.start_grace_s)  # the grace counts from here
         source.coding = (video.value, audio.value)
         started_ns = time.time_ns()  # stream second 0 of this run, as near ffmpeg's start as can be
         run = run_name(started_ns)
@@ -329,9 +344,9 @@ class SessionRecording:
         if config.codec != "auto":
             return codec_plan(config.codec, None)
         streams: list[tuple[str, str]] = []
-        # All of a run's probes end well inside the liveness timeout (each input its share of 60 % of
-        # it), so a stalled probe is this run's own gap, never a cancellation from outside.
-        timeout_s = min(PROBE_TIMEOUT_S, PROBE_SHARE * self.liveness_timeout_s / len(inputs))
+        # All of a run's probes end well inside the time the run is kept alive for them (each input its
+        # share), so a stalled probe is this run's own gap, never a cancellation from outside.
+        timeout_s = self._probe_deadline_s(config) / len(inputs)
         for number, spec in enumerate(inputs, 1):
             try:
                 found = await probe_streams(probe_argv(self.settings.ffprobe, spec), timeout_s)
@@ -342,6 +357,15 @@ class SessionRecording:
                 return codec_plan("encode", None)
             streams += found
         return codec_plan("auto", streams)
+
+    def _probe_deadline_s(self, config: RoomSourceConfig) -> float:
+        """How long all of a run's probes (codec = auto) may take together: the start grace (a probe
+        waits for the camera's first frames as ffmpeg does) plus 60 % of the liveness timeout, each
+        input at most PROBE_TIMEOUT_S; 0 without a probe."""
+        if config.codec != "auto":
+            return 0.0
+        total = self.settings.start_grace_s + PROBE_SHARE * self.liveness_timeout_s
+        return min(total, PROBE_TIMEOUT_S * len(config.input))
 
     # -- sealing and gaps ---------------------------------------------------------------------------
 
