@@ -15,6 +15,9 @@ session's stop opens a gap (``gap`` entry, ``state`` ``open``: ``from`` = when r
 last held, ``reason`` = how the run ended); the first segment of a later run closes it (``state``
 ``closed``, with ``from``, ``to`` = that segment's start, ``reason``, ``attempts`` = runs started
 meanwhile, ``duration_s``). A gap still open at stop is closed at the stop time with ``to_stop = true``.
+A source whose first media of the session comes more than LATE_START_S (2 s) after it was started (a
+camera waking up, a slow RTSP handshake, the probe) gets a gap for that unrecorded start too: ``from`` =
+when the source was started, ``to`` = its first media, ``reason`` ``source-late-start: ...``.
 
 With ``codec = "auto"`` a run first ffprobes its inputs (:func:`probe_streams`) inside the same gap
 handling: the probes have the start grace plus 60 % of the liveness timeout together (a probe waits for a
@@ -83,6 +86,9 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 15.0
 PROBE_SHARE = 0.6  # of the liveness timeout, for all of a run's probes together
 LATENCIES_KEPT = 1000
+# A source's first media later than this after it was started is an unrecorded start: a gap.
+LATE_START_S = 2.0
+LATE_START_REASON = "source-late-start"
 RESUMED_REASON = "the station agent was not running (stopped or crashed while the session was recording)"
 
 
@@ -297,6 +303,8 @@ class SessionRecording:
             if segment.partial is None:
                 liveness.beat()
                 first_segment.set()
+                if source.gap_from_ns is None and source.last_end_ns is None:
+                    self._late_start(source, run_began_ns, segment.times_ns()[0])
                 if source.gap_from_ns is not None:
                     start_ns, _ = segment.times_ns()
                     source.queue.put_nowait(GapClosed(start_ns))
@@ -328,6 +336,18 @@ class SessionRecording:
             raise
         finally:
             source.pid = None
+
+    def _late_start(self, source: SourceRecording, started_ns: int, first_media_ns: int) -> None:
+        """The session's first media of `source` came `first_media_ns - started_ns` after the source was
+        started (a camera waking up, a slow RTSP handshake, the probe): over LATE_START_S that is an
+        unrecorded start, a gap from the start to the first media like any other."""
+        late_s = (first_media_ns - started_ns) / 1e9
+        if late_s <= LATE_START_S:
+            return
+        reason = (f"{LATE_START_REASON}: the source's first media came {late_s:.1f} s after it was started "
+                  "(connection, probe, the camera's own start)")
+        source.queue.put_nowait(GapOpened(started_ns, reason))
+        source.queue.put_nowait(GapClosed(first_media_ns))
 
     def _open_gap(self, source: SourceRecording, run_started_ns: int, reason: str) -> None:
         reason = redact_url_userinfo(reason)  # the ledger, the log and the status all quote it
