@@ -84,7 +84,8 @@ URL_PARAMETER = re.compile(r"(?:^|(?<=[/?&;_]))([A-Za-z]+)=((?:(?!_[A-Za-z]+=)[^
 
 def allowed_input_options() -> frozenset[str]:
     """Every input option some input may carry (tests check each against the installed ffmpeg)."""
-    return _GENERIC_INPUT_OPTIONS | _NETWORK_INPUT_OPTIONS | frozenset().union(*_DEVICE_INPUT_OPTIONS.values())
+    devices = frozenset().union(*_DEVICE_INPUT_OPTIONS.values())
+    return _GENERIC_INPUT_OPTIONS | _NETWORK_INPUT_OPTIONS | devices
 
 
 def allowed_input_formats() -> frozenset[str]:
@@ -107,8 +108,9 @@ def _credentials_in_url(url: str) -> str | None:
     literal = [name for name, value in url_credential_parameters(url)
                if value not in (USERNAME_PLACEHOLDER, PASSWORD_PLACEHOLDER)]
     if literal:
-        return (f"url carries credentials in its path or query ({', '.join(n + '=' for n in literal)}): write "
-                f"{USERNAME_PLACEHOLDER} or {PASSWORD_PLACEHOLDER} as their value and give the credentials as "
+        names = ", ".join(name + "=" for name in literal)
+        return (f"url carries credentials in its path or query ({names}): write {USERNAME_PLACEHOLDER} or "
+                f"{PASSWORD_PLACEHOLDER} as their value and give the credentials as "
                 "references in username and password (env:NAME, file:/path, credential:NAME), filled in "
                 "when ffmpeg is started; never in the configuration file")
     return None
