@@ -73,6 +73,7 @@ from edge.rooms.capture import (
     capture_run,
     read_anchor,
     read_pins,
+    read_station_times,
     stop_orphan,
 )
 from edge.rooms.sealing import SealedSegment, SegmentSealer
@@ -551,6 +552,8 @@ def leftover_segments(
         listed, untrusted = [], f"untrusted segment list: {exc}"
     by_name = {seg.name: seg for seg in listed}
     pins = read_pins(run_dir)
+    station = read_station_times(run_dir)
+    last_station_end = max((end for _, end in station.values()), default=None)
     anchor = read_anchor(run_dir) or run_anchor_ns(run_dir.name)
     last_end_s = max((seg.end_s for seg in listed), default=0.0)
     found: list[ClosedSegment] = []
@@ -568,12 +571,15 @@ def leftover_segments(
         seg = by_name.get(path.name)
         if seg is not None:
             found.append(ClosedSegment(path, run_dir.name, seg.name, seg.index, seg.start_s, seg.end_s,
-                                       info.st_mtime_ns, anchor, pin=pins.get(seg.name)))
+                                       info.st_mtime_ns, anchor, pin=pins.get(seg.name),
+                                       station_ns=station.get(seg.name)))
         else:
             why = untrusted or "the station agent stopped before ffmpeg closed this segment"
+            after = None if last_station_end is None else (
+                min(last_station_end, info.st_mtime_ns), info.st_mtime_ns)
             found.append(ClosedSegment(path, run_dir.name, path.name, int(path.name[4:10]), None, None,
                                        info.st_mtime_ns, anchor, partial=why, after_s=last_end_s,
-                                       written_ns=info.st_mtime_ns))
+                                       written_ns=info.st_mtime_ns, station_ns=after))
     return found
 
 
