@@ -191,12 +191,10 @@ class RoomService:
         return result
 
     def _left_unfinished(self, session: RoomSession) -> bool:
-        """Whether a stopped session's stop left work: files in its capture directory, or a completed
-        manifest the ledger does not yet have (reconcile.completed_manifest_owed)."""
-        if (self.files.capture_dir / session.session).is_dir():
-            return True
-        return completed_manifest_owed(
-            self.store.ledger.entries_of_types(COMPLETION_TYPES, session.started_seq or 1), session.session)
+        """Whether a stopped session's stop left work. Its capture directory goes only as the last step
+        of finishing it (after the completed manifest), so its presence says so without a look at the
+        ledger for every session ever stopped; what is owed is then read from the ledger."""
+        return (self.files.capture_dir / session.session).is_dir()
 
     async def _finish_stopped(self, session: RoomSession) -> None:
         """Seal what the stop of `session` left in its capture directory (its store was at its reserve:
@@ -210,9 +208,7 @@ class RoomService:
         late = 0
         already = sealed_on_ledger(self.store.ledger, session)
         try:
-            source_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()) \
-                if base.is_dir() else []
-            for source_dir in source_dirs:
+            for source_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
                 sealer = SegmentSealer(self.pipeline, session, source=source_dir.name,
                                        source_name=names.get(source_dir.name, ""), station_id=self.station_id,
                                        clock_synchronised=self.clock_synchronised())
