@@ -248,13 +248,14 @@ def write_station_times(run_dir: Path, name: str, start_ns: int, end_ns: int) ->
 
 def read_station_times(run_dir: Path) -> dict[str, tuple[int, int]]:
     """The station times :func:`write_station_times` kept in `run_dir` (a line that is not one is
-    skipped, as is one whose end precedes its start)."""
+    skipped, as is one whose end precedes its start, and a last line without its newline: a crash cut it
+    short, and "seg-000007.mp4 4000 50" may be "... 5000" cut)."""
     found: dict[str, tuple[int, int]] = {}
     try:
-        lines = (run_dir / STATION_TIMES_FILE).read_text(encoding="ascii", errors="replace").splitlines()
+        text = (run_dir / STATION_TIMES_FILE).read_text(encoding="ascii", errors="replace")
     except OSError:
         return found
-    for line in lines:
+    for line in text.split("\n")[:-1]:
         parts = line.split()
         if len(parts) == 3 and SEGMENT_NAME.fullmatch(parts[0]) and parts[1].isdigit() and parts[2].isdigit():
             start, end = int(parts[1]), int(parts[2])
