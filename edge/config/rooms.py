@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from edge.config.base import IDENTIFIER, SecretRef, StrictModel
+from edge.config.room_composite import RoomCompositeConfig, check_composite
 
 # ffmpeg option names (without the dash) an input may carry: `-video_size`, `-rtsp_transport`, ...
 _OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -269,6 +270,10 @@ class RoomConfig(StrictModel):
     address: str = Field(min_length=1, max_length=256, description="Where the room is: its part of the "
                          "session's location (采集地点)")
     source: list[RoomSourceConfig] = Field(min_length=1, max_length=8, description="The room's captures")
+    composite: RoomCompositeConfig | None = Field(
+        None, description="Burnt-in overlay and picture-in-picture, an extra derived output beside the "
+        "originals (edge.config.room_composite); none: off",
+    )
 
     @field_validator("name", "address")
     @classmethod
@@ -280,6 +285,8 @@ class RoomConfig(StrictModel):
         ids = [s.id for s in self.source]
         if len(set(ids)) != len(ids):
             raise ValueError(f"room {self.id}: source ids must be unique")
+        if self.composite is not None:
+            check_composite(self.id, self.source, self.composite)
         return self
 
 

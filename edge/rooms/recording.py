@@ -46,7 +46,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ from edge.rooms.capture import (
     read_station_times,
     stop_orphan,
 )
+from edge.rooms.composite import OVERLAY_DIR, CompositeOutput
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
@@ -90,6 +91,7 @@ LATENCIES_KEPT = 1000
 # A source's first media later than this after it was started is an unrecorded start: a gap.
 LATE_START_S = 2.0
 LATE_START_REASON = "source-late-start"
+ArgvBuilder = Callable[[str, Sequence[RoomInputConfig], SegmentPlan, Path], list[str]]
 RESUMED_REASON = "the station agent was not running (stopped or crashed while the session was recording)"
 
 
@@ -133,12 +135,16 @@ class SourceRecording:
     sealed: list[SealedSegment] = field(default_factory=list)
     failed: int = 0
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+    # A derived output (the composite): its own command, and what its segments say they derive from.
+    argv: ArgvBuilder | None = None
+    derived: dict[str, Any] | None = None
 
     def status(self) -> dict[str, Any]:
         latencies = list(self.latencies_s)
         return {
             "source": self.config.id,
             "name": self.config.name,
+            "derived": self.derived is not None,
             "recording": self.gap_from_ns is None and self.pid is not None,
             "runs": self.runs,
             "coding": None if self.coding is None else {"video": self.coding[0], "audio": self.coding[1]},
@@ -178,6 +184,12 @@ class SessionRecording:
         self.station_id = station_id
         self.clock_synchronised = clock_synchronised
         self.sources = {s.id: SourceRecording(s) for s in room.source}
+        self.composite: CompositeOutput | None = None
+        if room.composite is not None:  # one more output, recorded like a source (edge.rooms.composite)
+            overlay_dir = files.capture_dir / session.session / room.composite.id / OVERLAY_DIR
+            self.composite = CompositeOutput(room, overlay_dir, lambda: self.session)
+            self.sources[room.composite.id] = SourceRecording(
+                self.composite.source, argv=self.composite.argv, derived=self.composite.derived)
         self._stop = asyncio.Event()
         self._ending_reason: str | None = None  # None: the session stops; else why it is interrupted
         self._resumed = resumed_from_ns
@@ -196,6 +208,12 @@ class SessionRecording:
 
     def status(self) -> list[dict[str, Any]]:
         return [s.status() for s in self.sources.values()]
+
+    def set_overlay_line(self, text: str) -> None:
+        """The composite's extra overlay line (a room panel's reading); OverlayLineError when it is not one
+        short printable line. Nothing when the room has no overlay."""
+        if self.composite is not None and self.composite.overlay is not None:
+            self.composite.overlay.set_extra_line(text)
 
     # -- the run ------------------------------------------------------------------------------------
 
@@ -218,6 +236,12 @@ class SessionRecording:
             budget_window_s=3600.0,
         )
         self.supervisor = supervisor
+        overlay = None if self.composite is None else self.composite.overlay
+        overlay_task = None
+        if overlay is not None:
+            with contextlib.suppress(OSError):  # else logged by its task; the composite's run fails, a gap
+                overlay.write()  # before the first run: drawtext refuses to start without its files
+            overlay_task = asyncio.create_task(overlay.run(), name=f"room-overlay-{self.session.room}")
         try:
             for source in self.sources.values():
                 supervisor.add(TaskSpec(
@@ -238,6 +262,9 @@ class SessionRecording:
                     source.queue.put_nowait(GapClosed(now, to_stop=True))
                 # At a stop, the sealer tries once more whatever of the session is still unsealed.
                 source.queue.put_nowait(FINAL_SWEEP if self._ending_reason is None else None)
+            if overlay_task is not None:
+                overlay_task.cancel()
+                sealers.append(overlay_task)
             await asyncio.gather(*sealers, return_exceptions=True)
 
     async def _record(self, source: SourceRecording) -> None:
@@ -298,7 +325,7 @@ class SessionRecording:
         run_dir = self.files.run_dir(self.session.session, config.id, run)
         plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio,
                            segment_metadata(self.session, config))
-        argv = segment_argv(self.settings.ffmpeg, inputs, plan, run_dir)
+        argv = (source.argv or segment_argv)(self.settings.ffmpeg, inputs, plan, run_dir)
 
         def closed(segment: ClosedSegment) -> None:
             if segment.partial is None:
@@ -393,7 +420,7 @@ class SessionRecording:
     def _sealer(self, source: SourceRecording) -> SegmentSealer:
         return SegmentSealer(self.pipeline, self.session, source=source.config.id,
                              source_name=source.config.name, station_id=self.station_id,
-                             clock_synchronised=self.clock_synchronised())
+                             clock_synchronised=self.clock_synchronised(), derived=source.derived)
 
     async def _seal_loop(self, source: SourceRecording) -> None:
         gap: GapOpened | None = None
