@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -50,6 +51,7 @@ from urllib.parse import quote
 from edge.config.base import ConfigError
 from edge.config.rooms import RoomConfig, RoomInputConfig, RoomSourceConfig, RoomsSection
 from edge.custody.ledger import EntryType, Ledger
+from edge.gb28181.live import LiveEvent, LiveEventKind, LiveStreams
 from edge.ingest.manifest import iso_from_ns
 from edge.ingest.pipeline import IngestPipeline
 from edge.rooms.argv import (
@@ -70,6 +72,7 @@ from edge.rooms.capture import (
     read_pins,
     stop_orphan,
 )
+from edge.rooms.gb_source import GbRoomChannel, GbSourceUnavailable, gb_metadata, ns_from_wall_text
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
@@ -92,6 +95,7 @@ class ProbeStalled(Exception):
 class GapOpened:
     from_ns: int
     reason: str
+    detail: tuple[tuple[str, Any], ...] = ()  # more keys of its entries (a GB/T 28181 source's live facts)
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,10 @@ class SourceRecording:
     sealed: list[SealedSegment] = field(default_factory=list)
     failed: int = 0
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+    gb: GbRoomChannel | None = None  # a GB/T 28181 channel's hold (edge.rooms.gb_source)
+    # The live channel's interruption not yet in a gap (reason, detail): the gap its ffmpeg's end opens
+    # takes them (edge.rooms.gb_source: one outage, one gap).
+    live_interruption: tuple[str, tuple[tuple[str, Any], ...]] | None = None
 
     def status(self) -> dict[str, Any]:
         latencies = list(self.latencies_s)
@@ -160,6 +168,7 @@ class SessionRecording:
         station_id: str,
         clock_synchronised: Callable[[], bool] = lambda: False,
         resumed_from_ns: dict[str, int] | None = None,
+        live: LiveStreams | None = None,
     ) -> None:
         self.session = session
         self.room = room
@@ -169,6 +178,10 @@ class SessionRecording:
         self.station_id = station_id
         self.clock_synchronised = clock_synchronised
         self.sources = {s.id: SourceRecording(s) for s in room.source}
+        for source in self.sources.values():
+            if source.config.gb28181 is not None:
+                source.gb = GbRoomChannel(live, source.config.gb28181,
+                                          functools.partial(self._live_event, source))
         self._stop = asyncio.Event()
         self._ending_reason: str | None = None  # None: the session stops; else why it is interrupted
         self._resumed = resumed_from_ns
@@ -230,6 +243,9 @@ class SessionRecording:
                 # At a stop, the sealer tries once more whatever of the session is still unsealed.
                 source.queue.put_nowait(FINAL_SWEEP if self._ending_reason is None else None)
             await asyncio.gather(*sealers, return_exceptions=True)
+            for source in self.sources.values():
+                if source.gb is not None:
+                    source.gb.close()
 
     async def _record(self, source: SourceRecording) -> None:
         """One ffmpeg run of `source` (a supervised task)."""
@@ -253,29 +269,37 @@ class SessionRecording:
     ) -> None:
         """The probe and the ffmpeg of one run (within its start-up grace until `first_segment`)."""
         config = source.config
-        try:
-            inputs, redact = resolved_inputs(config.input)
-        except ConfigError as exc:  # names the reference and why, never a value
-            self._open_gap(source, run_began_ns, f"the source's credentials cannot be read: {exc}")
-            raise
-        # The probe (codec = auto) is part of the run: a camera that stalls it opens a gap like one that
-        # stalls ffmpeg, and the probe ends, its ffprobe stopped, before the liveness timeout would.
-        try:
-            video, audio = await self._coding(config, inputs)
-        except ProbeStalled as exc:
-            self._open_gap(source, run_began_ns, redact(str(exc)))
-            raise
-        except asyncio.CancelledError:
-            if not self._stop.is_set():
-                self._open_gap(source, run_began_ns, f"ffprobe gave no answer within the liveness timeout "
-                               f"({self.liveness_timeout_s:g} s)")
-            raise
+        redact: Callable[[str], str] = redact_url_userinfo
+        if source.gb is not None:
+            inputs = await self._gb_inputs(source, run_began_ns)
+            video, audio = Coding.COPY, Coding.COPY  # stream copy of the channel's video (video_only)
+        else:
+            try:
+                inputs, redact = resolved_inputs(config.input)
+            except ConfigError as exc:  # names the reference and why, never a value
+                self._open_gap(source, run_began_ns, f"the source's credentials cannot be read: {exc}")
+                raise
+            # The probe (codec = auto) is part of the run: a camera that stalls it opens a gap like one that
+            # stalls ffmpeg, and the probe ends, its ffprobe stopped, before the liveness timeout would.
+            try:
+                video, audio = await self._coding(config, inputs)
+            except ProbeStalled as exc:
+                self._open_gap(source, run_began_ns, redact(str(exc)))
+                raise
+            except asyncio.CancelledError:
+                if not self._stop.is_set():
+                    self._open_gap(source, run_began_ns, f"ffprobe gave no answer within the liveness "
+                                   f"timeout ({self.liveness_timeout_s:g} s)")
+                raise
         source.coding = (video.value, audio.value)
         started_ns = time.time_ns()  # stream second 0 of this run, as near ffmpeg's start as can be
         run = run_name(started_ns)
         run_dir = self.files.run_dir(self.session.session, config.id, run)
-        plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio,
-                           segment_metadata(self.session, config))
+        metadata = segment_metadata(self.session, config)
+        if config.gb28181 is not None:
+            metadata.update(gb_metadata(config.gb28181))
+        plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio, metadata,
+                           video_only=config.gb28181 is not None)
         argv = segment_argv(self.settings.ffmpeg, inputs, plan, run_dir)
 
         def closed(segment: ClosedSegment) -> None:
@@ -316,12 +340,58 @@ class SessionRecording:
 
     def _open_gap(self, source: SourceRecording, run_started_ns: int, reason: str) -> None:
         reason = redact_url_userinfo(reason)  # the ledger, the log and the status all quote it
+        detail: tuple[tuple[str, Any], ...] = ()
+        if source.live_interruption is not None:  # the cause (the live channel) rather than the effect
+            (reason, detail), source.live_interruption = source.live_interruption, None
         if source.gap_from_ns is not None:
             source.gap_reason = reason  # still the same gap: the newest reason is shown
             return
         from_ns = source.last_end_ns if source.last_end_ns is not None else run_started_ns
         source.gap_from_ns, source.gap_reason, source.gap_attempts = from_ns, reason, 0
-        source.queue.put_nowait(GapOpened(from_ns, reason))
+        source.queue.put_nowait(GapOpened(from_ns, reason, detail))
+
+    # -- a GB/T 28181 channel (edge.rooms.gb_source) -------------------------------------------------
+
+    async def _gb_inputs(self, source: SourceRecording, run_began_ns: int) -> list[RoomInputConfig]:
+        """The channel's socket as the run's input, once media flows (a gap while it does not)."""
+        assert source.gb is not None
+        try:
+            return await source.gb.ready()
+        except GbSourceUnavailable as exc:
+            self._open_gap(source, run_began_ns, str(exc))
+            raise
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                self._open_gap(source, run_began_ns, "the GB/T 28181 live channel delivered no media within "
+                               "the start-up allowance and the liveness timeout")
+            raise
+
+    def _live_event(self, source: SourceRecording, event: LiveEvent) -> None:
+        """A live channel's event as the room's gap (edge.rooms.gb_source): an interruption is the reason
+        of the gap its ffmpeg's end opens; a stall or a loss is a gap of its own unless one is open."""
+        if self._stop.is_set():
+            return
+        live = event.interruption
+        if event.kind is LiveEventKind.INTERRUPTED:
+            reason = f"GB/T 28181 live stream interrupted: {event.reason}"
+            detail = (("live", "interrupted"), ("live_from", live.began_at if live else None))
+            if source.gap_from_ns is not None:
+                source.gap_reason = reason
+            else:
+                source.live_interruption = (reason, detail)
+            return
+        if event.kind not in (LiveEventKind.STALLED, LiveEventKind.MEDIA_LOST):
+            return
+        what = "stalled" if event.kind is LiveEventKind.STALLED else "lost"
+        reason = f"GB/T 28181 live media {what}: {event.reason}"
+        if source.gap_from_ns is not None:  # within a gap already on the ledger: not a second one
+            source.gap_reason = reason
+            return
+        now = time.time_ns()
+        from_ns = (ns_from_wall_text(live.began_at) if live else None) or now
+        to_ns = (ns_from_wall_text(live.ended_at) if live else None) or from_ns
+        source.queue.put_nowait(GapOpened(from_ns, reason, (("live", what),)))
+        source.queue.put_nowait(GapClosed(to_ns))
 
     async def _coding(
         self, config: RoomSourceConfig, inputs: list[RoomInputConfig]
@@ -371,12 +441,13 @@ class SessionRecording:
                 elif isinstance(work, GapOpened):
                     if gap is None:
                         gap, attempts_at_open = work, source.runs
-                        await self._gap_entry(source, "open", work.from_ns, None, work.reason)
+                        await self._gap_entry(source, "open", work.from_ns, None, work.reason,
+                                              **dict(work.detail))
                 elif gap is not None:
                     attempts = source.runs - attempts_at_open
                     await self._gap_entry(source, "closed", gap.from_ns, work.to_ns, gap.reason or "",
                                           attempts=attempts, to_stop=work.to_stop,
-                                          last_reason=source.gap_reason)
+                                          last_reason=source.gap_reason, **dict(gap.detail))
                     gap = None
             except Exception:  # one bad segment or entry must not end the sealing of the rest
                 log.exception("room %s source %s: sealing failed", self.session.room, source.config.id)
