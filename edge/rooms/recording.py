@@ -51,7 +51,7 @@ from urllib.parse import quote
 from edge.config.base import ConfigError
 from edge.config.rooms import RoomConfig, RoomInputConfig, RoomSourceConfig, RoomsSection
 from edge.custody.ledger import EntryType, Ledger
-from edge.gb28181.live import LiveEvent, LiveEventKind, LiveStreams
+from edge.gb28181.live import Interruption, LiveEvent, LiveEventKind, LiveStreams
 from edge.ingest.manifest import iso_from_ns
 from edge.ingest.pipeline import IngestPipeline
 from edge.rooms.argv import (
@@ -291,7 +291,7 @@ class SessionRecording:
                     self._open_gap(source, run_began_ns, f"ffprobe gave no answer within the liveness "
                                    f"timeout ({self.liveness_timeout_s:g} s)")
                 raise
-        source.coding = (video.value, audio.value)
+        source.coding = (video.value, "none" if config.gb28181 is not None else audio.value)
         started_ns = time.time_ns()  # stream second 0 of this run, as near ffmpeg's start as can be
         run = run_name(started_ns)
         run_dir = self.files.run_dir(self.session.session, config.id, run)
@@ -380,12 +380,21 @@ class SessionRecording:
             else:
                 source.live_interruption = (reason, detail)
             return
-        if event.kind not in (LiveEventKind.STALLED, LiveEventKind.MEDIA_LOST):
+        if event.kind is LiveEventKind.STALLED:
+            self._live_gap(source, "stalled", event.reason, live)
+        elif event.kind is LiveEventKind.MEDIA_LOST:
+            # Looked at once the live layer is done with this moment: the losses of a Play that ended are
+            # told just before its interruption, which is then their gap.
+            asyncio.get_running_loop().call_soon(self._live_gap, source, "lost", event.reason, None)
+
+    def _live_gap(self, source: SourceRecording, what: str, why: str, live: Interruption | None) -> None:
+        """A stall (its times) or a loss (zero length, now) as a gap of its own, unless one is open."""
+        reason = f"GB/T 28181 live media {what}: {why}"
+        if self._stop.is_set():
             return
-        what = "stalled" if event.kind is LiveEventKind.STALLED else "lost"
-        reason = f"GB/T 28181 live media {what}: {event.reason}"
-        if source.gap_from_ns is not None:  # within a gap already on the ledger: not a second one
-            source.gap_reason = reason
+        if source.gap_from_ns is not None or source.live_interruption is not None:
+            if source.gap_from_ns is not None:  # within a gap already on the ledger: not a second one
+                source.gap_reason = reason
             return
         now = time.time_ns()
         from_ns = (ns_from_wall_text(live.began_at) if live else None) or now

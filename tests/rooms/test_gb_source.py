@@ -163,7 +163,7 @@ async def test_a_room_records_a_gb_channel_beside_a_test_source_and_a_stall_is_o
     assert [s["codec_type"] for s in probed["streams"]] == ["video"]
     assert probed["format"]["tags"]["gb28181_device"] == DEVICE
     assert probed["format"]["tags"]["gb28181_channel"] == CHANNEL
-    assert recording.sources["gb"].coding == ("copy", "copy")
+    assert recording.sources["gb"].coding == ("copy", "none")
     # The other source was untouched: no gap, one run, consecutive segments.
     b = watch.of("segment_sealed", source="b")
     assert watch.of("gap", source="b") == [] and len({e.data["run"] for e in b}) == 1 and len(b) >= 4
@@ -205,6 +205,29 @@ async def test_an_interrupted_channel_is_one_room_gap_with_the_live_reason_close
     assert states[:2] == ["open", "closed"] and all(a != b for a, b in itertools.pairwise(states))
     assert watch.of("gap", source="b") == []
     assert verify_store(store.layout.root).ok
+
+
+@pytest.mark.usefixtures("ffmpeg")
+async def test_rtp_loss_is_a_room_gap_naming_the_count_and_recording_goes_on(
+    media: Path, store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch
+) -> None:
+    async with live_env(media, idle_timeout_s=10.0) as env:
+        await env.device("loss=0.05")
+        recording = _recording(store, pipeline, env.live, GB_SOURCE, lavfi_source("b"), stale_margin_s=8.0)
+        task = asyncio.create_task(recording.run())
+        try:
+            gap = (await watch.until(lambda: watch.of("gap", source="gb", state="closed"), 60))[0]
+            await watch.until(lambda: [e for e in _gb_segments(watch) if e.seq > gap.seq], 60)
+        finally:
+            recording.stop()
+            await task
+        live_losses = [data for _, data in env.ledger.entries if data.get("live") == "lost"]
+    assert live_losses and gap.data["live"] == "lost"
+    assert f"{live_losses[0]['lost_packets']} RTP packet(s) lost" in gap.data["reason"]
+    assert gap.data["from"] == gap.data["to"] and gap.data["duration_s"] == 0
+    # Loss costs bytes, not the run: one ffmpeg run throughout, and the other source has no gap.
+    assert len({e.data["run"] for e in _gb_segments(watch)}) == 1
+    assert watch.of("gap", source="b") == [] and len(watch.of("segment_sealed", source="b")) >= 2
 
 
 @pytest.mark.usefixtures("ffmpeg")
