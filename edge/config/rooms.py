@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from edge.config.base import IDENTIFIER, SecretRef, StrictModel
+from edge.config.room_composite import RoomCompositeConfig, check_composite
 
 # ffmpeg option names (without the dash) an input may carry: `-video_size`, `-rtsp_transport`, ...
 _OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -222,6 +223,10 @@ class RoomConfig(StrictModel):
     address: str = Field(min_length=1, max_length=256, description="Where the room is: its part of the "
                          "session's location (采集地点)")
     source: list[RoomSourceConfig] = Field(min_length=1, max_length=8, description="The room's captures")
+    composite: RoomCompositeConfig | None = Field(
+        None, description="Burnt-in overlay and picture-in-picture, an extra derived output beside the "
+        "originals (edge.config.room_composite); none: off",
+    )
 
     @field_validator("name", "address")
     @classmethod
@@ -233,6 +238,8 @@ class RoomConfig(StrictModel):
         ids = [s.id for s in self.source]
         if len(set(ids)) != len(ids):
             raise ValueError(f"room {self.id}: source ids must be unique")
+        if self.composite is not None:
+            check_composite(self.id, self.source, self.composite)
         return self
 
 
@@ -273,6 +280,22 @@ class RoomsSection(StrictModel):
     stop_timeout_s: float = Field(
         15.0, gt=0, le=300, description="How long ffmpeg has to close its last segment after being asked to",
     )
+    space_check_s: float = Field(
+        10.0, gt=0, le=600, description="While a room records, the store's free space is read this often",
+    )
+    space_rate_window_s: float = Field(
+        120.0, gt=0, le=3600,
+        description="The rate free space falls at is measured over this long (a closing segment or a "
+        "deleted file moves it in steps)",
+    )
+    space_warn_minutes: float = Field(
+        60.0, gt=0, le=24 * 60,
+        description="A space_warning (low) when the store reaches its reserve within this many minutes at "
+        "the present rate",
+    )
+    space_critical_minutes: float = Field(
+        10.0, gt=0, le=24 * 60, description="A space_warning (critical) within this many minutes",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RoomsSection:
@@ -281,6 +304,8 @@ class RoomsSection(StrictModel):
             raise ValueError("room ids must be unique")
         if self.restart_backoff_max_s < self.restart_backoff_initial_s:
             raise ValueError("restart_backoff_max_s must be >= restart_backoff_initial_s")
+        if self.space_critical_minutes >= self.space_warn_minutes:
+            raise ValueError("space_critical_minutes must be < space_warn_minutes")
         return self
 
     def room_by_id(self, room_id: str) -> RoomConfig | None:

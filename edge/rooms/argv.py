@@ -161,6 +161,13 @@ def segment_argv(
         *input_args(inputs),
         *map_args(len(inputs), video_only=plan.video_only),
         *codec_args(plan),
+        *segment_output_args(plan, run_dir),
+    ]
+
+
+def segment_output_args(plan: SegmentPlan, run_dir: Path) -> list[str]:
+    """The output half of a run's command: its metadata, the segment muxer, the list and the pattern."""
+    return [
         *metadata_args(plan.metadata),
         "-f", "segment",
         "-segment_time", _seconds(plan.segment_time_s),

@@ -42,7 +42,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,7 @@ from edge.rooms.capture import (
     read_pins,
     stop_orphan,
 )
+from edge.rooms.composite import OVERLAY_DIR, CompositeOutput
 from edge.rooms.gb_source import GbRoomChannel, GbSourceUnavailable, gb_metadata, ns_from_wall_text
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
@@ -84,6 +85,7 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 15.0
 PROBE_SHARE = 0.6  # of the liveness timeout, for all of a run's probes together
 LATENCIES_KEPT = 1000
+ArgvBuilder = Callable[[str, Sequence[RoomInputConfig], SegmentPlan, Path], list[str]]
 RESUMED_REASON = "the station agent was not running (stopped or crashed while the session was recording)"
 
 
@@ -128,6 +130,9 @@ class SourceRecording:
     sealed: list[SealedSegment] = field(default_factory=list)
     failed: int = 0
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+    # A derived output (the composite): its own command, and what its segments say they derive from.
+    argv: ArgvBuilder | None = None
+    derived: dict[str, Any] | None = None
     gb: GbRoomChannel | None = None  # a GB/T 28181 channel's hold (edge.rooms.gb_source)
     # The live channel's interruption not yet in a gap (reason, detail): the gap its ffmpeg's end opens
     # takes them (edge.rooms.gb_source: one outage, one gap).
@@ -138,6 +143,7 @@ class SourceRecording:
         return {
             "source": self.config.id,
             "name": self.config.name,
+            "derived": self.derived is not None,
             "recording": self.gap_from_ns is None and self.pid is not None,
             "runs": self.runs,
             "coding": None if self.coding is None else {"video": self.coding[0], "audio": self.coding[1]},
@@ -182,6 +188,12 @@ class SessionRecording:
             if source.config.gb28181 is not None:
                 source.gb = GbRoomChannel(live, source.config.gb28181,
                                           functools.partial(self._live_event, source))
+        self.composite: CompositeOutput | None = None
+        if room.composite is not None:  # one more output, recorded like a source (edge.rooms.composite)
+            overlay_dir = files.capture_dir / session.session / room.composite.id / OVERLAY_DIR
+            self.composite = CompositeOutput(room, overlay_dir, lambda: self.session)
+            self.sources[room.composite.id] = SourceRecording(
+                self.composite.source, argv=self.composite.argv, derived=self.composite.derived)
         self._stop = asyncio.Event()
         self._ending_reason: str | None = None  # None: the session stops; else why it is interrupted
         self._resumed = resumed_from_ns
@@ -200,6 +212,12 @@ class SessionRecording:
 
     def status(self) -> list[dict[str, Any]]:
         return [s.status() for s in self.sources.values()]
+
+    def set_overlay_line(self, text: str) -> None:
+        """The composite's extra overlay line (a room panel's reading); OverlayLineError when it is not one
+        short printable line. Nothing when the room has no overlay."""
+        if self.composite is not None and self.composite.overlay is not None:
+            self.composite.overlay.set_extra_line(text)
 
     # -- the run ------------------------------------------------------------------------------------
 
@@ -222,6 +240,12 @@ class SessionRecording:
             budget_window_s=3600.0,
         )
         self.supervisor = supervisor
+        overlay = None if self.composite is None else self.composite.overlay
+        overlay_task = None
+        if overlay is not None:
+            with contextlib.suppress(OSError):  # else logged by its task; the composite's run fails, a gap
+                overlay.write()  # before the first run: drawtext refuses to start without its files
+            overlay_task = asyncio.create_task(overlay.run(), name=f"room-overlay-{self.session.room}")
         try:
             for source in self.sources.values():
                 supervisor.add(TaskSpec(
@@ -242,6 +266,9 @@ class SessionRecording:
                     source.queue.put_nowait(GapClosed(now, to_stop=True))
                 # At a stop, the sealer tries once more whatever of the session is still unsealed.
                 source.queue.put_nowait(FINAL_SWEEP if self._ending_reason is None else None)
+            if overlay_task is not None:
+                overlay_task.cancel()
+                sealers.append(overlay_task)
             await asyncio.gather(*sealers, return_exceptions=True)
             for source in self.sources.values():
                 if source.gb is not None:
@@ -300,7 +327,7 @@ class SessionRecording:
             metadata.update(gb_metadata(config.gb28181))
         plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio, metadata,
                            video_only=config.gb28181 is not None)
-        argv = segment_argv(self.settings.ffmpeg, inputs, plan, run_dir)
+        argv = (source.argv or segment_argv)(self.settings.ffmpeg, inputs, plan, run_dir)
 
         def closed(segment: ClosedSegment) -> None:
             if segment.partial is None:
@@ -427,7 +454,7 @@ class SessionRecording:
     def _sealer(self, source: SourceRecording) -> SegmentSealer:
         return SegmentSealer(self.pipeline, self.session, source=source.config.id,
                              source_name=source.config.name, station_id=self.station_id,
-                             clock_synchronised=self.clock_synchronised())
+                             clock_synchronised=self.clock_synchronised(), derived=source.derived)
 
     async def _seal_loop(self, source: SourceRecording) -> None:
         gap: GapOpened | None = None

@@ -86,8 +86,11 @@ class SegmentSealer:
         source_name: str,
         station_id: str,
         clock_synchronised: bool,
+        derived: Mapping[str, Any] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        # A derived output's segments (the composite) say so, and from what, in every record of them.
+        self.derived = None if derived is None else dict(derived)
         self.session = session
         self.source = source
         self.source_name = source_name
@@ -126,6 +129,7 @@ class SegmentSealer:
                 "room_session": session.session,
                 "source": self.source,
                 "source_name": self.source_name,
+                **({"derived": self.derived} if self.derived is not None else {}),
             },
             time={
                 "recorded_start": iso_from_ns(start_ns),
@@ -144,6 +148,7 @@ class SegmentSealer:
                 "run": segment.run,
                 "segment": segment.index,
                 **({"partial": segment.partial} if segment.partial else {}),
+                **({"derived": self.derived} if self.derived is not None else {}),
             },
         )
         original = f"{session.session}/{segment.run}/{segment.name}"
@@ -204,6 +209,8 @@ class SegmentSealer:
         }
         if segment.partial:
             data["partial"] = segment.partial
+        if self.derived is not None:
+            data["derived"] = self.derived
         repository = self.pipeline.repository
         entry = await self.pipeline.commit(
             lambda: repository.entry(EntryType.SEGMENT_SEALED, work.item, data)

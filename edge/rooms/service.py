@@ -37,7 +37,9 @@ from edge.durable.files import free_bytes, write_atomic
 from edge.gb28181.live import LiveStreams
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
+from edge.rooms.composite import derived_of, room_outputs
 from edge.rooms.manifest import session_manifest
+from edge.rooms.overlay_text import check_extra_line
 from edge.rooms.reconcile import SESSION_TYPES, disagreements, sessions_on_ledger
 from edge.rooms.recording import SessionRecording, leftover_segments, sealed_on_ledger
 from edge.rooms.sealing import SegmentSealer, seal_session_file
@@ -51,6 +53,7 @@ from edge.rooms.session import (
     check_text,
     new_session,
 )
+from edge.rooms.space import SpaceWatch
 from edge.rooms.state import SessionFiles
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,17 @@ class RoomService:
         # Stopped sessions whose stop could not seal everything (a full disk): finished by run().
         self._unfinished: list[RoomSession] = []
         self.finishing: list[asyncio.Task[None]] = []  # run()'s tasks finishing them
+        self.overlay_lines: dict[str, str] = {}  # per room: the composite's extra line (set_overlay_line)
+        self.space = SpaceWatch(
+            store.layout.root,
+            reserve_bytes=pipeline.settings.min_free_bytes,
+            check_s=settings.space_check_s,
+            window_s=settings.space_rate_window_s,
+            warn_minutes=settings.space_warn_minutes,
+            critical_minutes=settings.space_critical_minutes,
+            recording_rooms=lambda: sorted(self.active),
+            record=self._record,
+        )
 
     # -- start-up and the supervised task -------------------------------------------------------------
 
@@ -171,14 +185,15 @@ class RoomService:
         What still cannot be sealed stays for the next start."""
         base = self.files.capture_dir / session.session
         config = self.settings.room_by_id(session.room)
-        names = {} if config is None else {s.id: s.name for s in config.source}
+        names = {} if config is None else dict(room_outputs(config))
         late = 0
         already = sealed_on_ledger(self.store.ledger, session)
         try:
             for source_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
                 sealer = SegmentSealer(self.pipeline, session, source=source_dir.name,
                                        source_name=names.get(source_dir.name, ""), station_id=self.station_id,
-                                       clock_synchronised=self.clock_synchronised())
+                                       clock_synchronised=self.clock_synchronised(),
+                                       derived=derived_of(config, source_dir.name))
                 for run_dir in sorted(p for p in source_dir.iterdir() if p.is_dir() and not p.is_symlink()):
                     for segment in await asyncio.to_thread(leftover_segments, run_dir, already,
                                                            source_dir.name):
@@ -198,7 +213,7 @@ class RoomService:
                 manifest_path.unlink(missing_ok=True)
             if late:
                 entries = list(self.store.ledger.entries(session.started_seq or 1))
-                sources = [] if config is None else [(s.id, s.name) for s in config.source]
+                sources = [] if config is None else room_outputs(config)
                 completed = sign_manifest(session_manifest(session, entries, station_id=self.station_id,
                                                            stopped_by=stopped_by, sources=sources),
                                           self.store.key)
@@ -261,12 +276,14 @@ class RoomService:
             live=self.live,
         )
         self._recordings[session.room] = recording
+        if session.room in self.overlay_lines:
+            recording.set_overlay_line(self.overlay_lines[session.room])
         self._tasks[session.room] = asyncio.create_task(recording.run(), name=f"room-{session.room}")
 
     def _last_segment_ends(self, session: RoomSession) -> dict[str, int]:
         """Per source, the end of its last sealed segment (the session's start when it has none)."""
         start = _ns_from_iso(session.started_utc)
-        ends = {source.id: start for source in self._room(session.room).source}
+        ends = {source: start for source, _ in room_outputs(self._room(session.room))}
         for entry in self.store.ledger.entries(session.started_seq or 1):
             if entry.type == EntryType.SEGMENT_SEALED and entry.data.get("room_session") == session.session:
                 source = str(entry.data.get("source"))
@@ -380,7 +397,7 @@ class RoomService:
                     entries,
                     station_id=self.station_id,
                     stopped_by=by,
-                    sources=[(s.id, s.name) for s in room_config.source],
+                    sources=room_outputs(room_config),
                 ),
                 self.store.key,
             )
@@ -449,7 +466,7 @@ class RoomService:
                     "sources": [] if recording is None else recording.status(),
                 }
             )
-        return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s}
+        return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s, "space": self.space.status()}
 
     def board_status(self) -> dict[str, Any]:
         """What the status board (and so the dock screen's unauthenticated kiosk channel) may show: whether
@@ -479,7 +496,20 @@ class RoomService:
                     ],
                 }
             )
-        return {"rooms": rooms}
+        space = self.space.status()
+        shown_space = None if space is None else {k: space[k] for k in ("level", "minutes_left")}
+        return {"rooms": rooms, "space": shown_space}
+
+    def set_overlay_line(self, room: str, text: str) -> None:
+        """The extra line of `room`'s composite overlay from now on (a room panel's temperature and humidity;
+        "" removes it), also for its next sessions: the hook of whatever reads the room's panel.
+        KeyError for a room not configured; OverlayLineError when `text` is not one short printable line."""
+        self._room(room)
+        line = check_extra_line(text)
+        self.overlay_lines[room] = line
+        recording = self._recordings.get(room)
+        if recording is not None:
+            recording.set_overlay_line(line)
 
     def recording(self, room: str) -> SessionRecording | None:
         return self._recordings.get(room)
