@@ -18,6 +18,8 @@ import pytest
 
 from edge.config.base import ConfigError
 from edge.config.rooms import RoomsSection
+from edge.demo import GB_PLATFORM_ID, demo_config
+from edge.demo_room import GB_IPC_ID, gb_live_section, room_section
 from edge.gb28181.live import LiveStreams
 from edge.gb28181.registry import wall_text
 from edge.ingest.pipeline import IngestPipeline
@@ -85,6 +87,24 @@ def test_a_gb28181_source_names_a_channel_and_no_inputs() -> None:
             RoomsSection.model_validate(
                 {"room": [{"id": "xw-1", "name": "n", "address": "a", "source": [spec]}]})
         assert named in str(caught.value), (spec, caught.value)
+
+
+def test_a_station_with_a_gb28181_room_source_needs_its_platform_and_the_device(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    live = Path("/run/evidence-edge-test/live")  # only validated: a socket path must be short
+    rooms = room_section(5.0)
+    config = demo_config(tmp_path, [], "", password, gb28181=gb_live_section(password, live, GB_PLATFORM_ID),
+                         rooms=rooms)  # control: accepted
+    assert config.rooms.room[0].source[0].gb28181 is not None
+    with pytest.raises((ValueError, ConfigError)) as caught:
+        demo_config(tmp_path, [], "", password, rooms=rooms)
+    assert "rooms.room xw-demo source ipc" in str(caught.value) and "[gb28181] enabled" in str(caught.value)
+    section = gb_live_section(password, live, GB_PLATFORM_ID)
+    section["devices"] = {"33010000001320000099": section["devices"][GB_IPC_ID]}
+    with pytest.raises((ValueError, ConfigError)) as caught:
+        demo_config(tmp_path, [], "", password, gb28181=section, rooms=rooms)
+    assert f"device {GB_IPC_ID} is not in [gb28181.devices]" in str(caught.value)
 
 
 def test_the_gb28181_run_reads_the_socket_and_copies_its_first_video_stream_only(tmp_path: Path) -> None:
