@@ -63,20 +63,25 @@ def test_the_summary_is_what_the_ledger_says(journey: Journey) -> None:
     assert by_source["ipc"] >= 3 and by_source["pano"] >= 5, by_source
     assert {s: c["sealed"] for s, c in summary["sources"].items()} == by_source
     assert summary["max_seal_latency_s"] == round(max(d["seal_latency_s"] for _, d in sealed), 3)
-    # The stall is the session's one gap, on the GB source, with its reason and times; none on the other.
+    # The stall is the session's one interruption, on the GB source, with its reason and times; none on the
+    # other. A source whose first media came late (the GB INVITE and its first key frame take seconds on
+    # a loaded machine) has that unrecorded start as a gap of its own (source-late-start), never hidden.
     closed = [d for _, type_, _, d in entries if type_ == "gap" and d["state"] == "closed"]
-    assert len(closed) == 1 and closed[0]["source"] == "ipc" and closed[0]["live"] == "stalled"
-    gap = summary["gaps"][0]
-    assert len(summary["gaps"]) == 1
+    late = [d for d in closed if d["reason"].startswith("source-late-start")]
+    stalls = [d for d in closed if d not in late]
+    assert len(stalls) == 1 and stalls[0]["source"] == "ipc" and stalls[0]["live"] == "stalled"
+    assert all(d["to"] <= stalls[0]["from"] for d in late), (late, stalls)  # a late start comes first
+    assert len(summary["gaps"]) == len(closed)
+    gap = next(g for g in summary["gaps"] if not g["reason"].startswith("source-late-start"))
     assert (gap["source"], gap["from"], gap["to"], gap["reason"]) == (
-        "ipc", closed[0]["from"], closed[0]["to"], closed[0]["reason"])
+        "ipc", stalls[0]["from"], stalls[0]["to"], stalls[0]["reason"])
     assert "stalled" in gap["reason"] and 2.5 <= gap["duration_s"] <= 8
     stopped = [d for _, type_, _, d in entries if type_ == "session_stopped"]
-    assert len(stopped) == 1 and stopped[0]["segments"] == len(sealed) and stopped[0]["gaps"] == 1
+    assert len(stopped) == 1 and stopped[0]["segments"] == len(sealed) and stopped[0]["gaps"] == len(closed)
     assert summary["manifest_item"] == stopped[0]["manifest_item"]
     assert summary["store_verified"] is True and summary["central_verified"] is True
     assert summary["errors"] == []
-    assert f"segments {len(sealed)}, sealed {len(sealed)}, gaps 1" in text
+    assert f"segments {len(sealed)}, sealed {len(sealed)}, gaps {len(closed)}" in text
 
 
 def test_every_item_was_received_centrally_with_a_receipt_that_verifies(journey: Journey) -> None:
