@@ -369,7 +369,8 @@ class StationAgent:
         assert self.store is not None and self.pipeline is not None
         self.rooms = RoomService(self.config.rooms, self.store, self.pipeline,
                                  station_id=self.config.station.id,
-                                 clock_synchronised=lambda: self.status.clock_trusted)
+                                 clock_synchronised=lambda: self.status.clock_trusted,
+                                 live=self.gb28181_live)
         self.rooms.load()
         # Only whether rooms record and their sources' health: the status reaches the kiosk channel.
         self.status.sections["rooms"] = self.rooms.board_status

@@ -227,12 +227,29 @@ class RoomInputConfig(StrictModel):
         return value
 
 
+class RoomGbChannelConfig(StrictModel):
+    """A GB/T 28181 camera channel as a room source (`[rooms.room.source.gb28181]`): its live Play
+    (edge.gb28181.live) read from the channel's local socket; the device registers to this station's
+    platform ([gb28181], which must be enabled)."""
+
+    device_id: str = Field(pattern=r"^[0-9]{20}$", description="The device's 20-digit GB/T 28181 id")
+    channel_id: str = Field(pattern=r"^[0-9]{20}$", description="The channel's 20-digit id (a camera: "
+                            "type code 131 in digits 11-13)")
+
+
 class RoomSourceConfig(StrictModel):
-    """One capture of a room: its inputs become one MP4 segment stream (video and/or audio)."""
+    """One capture of a room: its inputs (or a GB/T 28181 channel) become one MP4 segment stream."""
 
     id: Annotated[str, Field(pattern=IDENTIFIER, description="Source id, unique in its room")]
     name: str = Field("", max_length=64, description="Human name (全景, 特写, 话筒)")
-    input: list[RoomInputConfig] = Field(min_length=1, max_length=4, description="ffmpeg inputs, in order")
+    input: list[RoomInputConfig] = Field(
+        default_factory=list, max_length=4,
+        description="ffmpeg inputs, in order (at least one, unless the source is a gb28181 channel)",
+    )
+    gb28181: RoomGbChannelConfig | None = Field(
+        None, description="A GB/T 28181 channel instead of inputs: its live video, stream-copied (its "
+        "G.711 audio is not recorded: ffmpeg cannot read it from PS; give the room a microphone source)",
+    )
     codec: Literal["auto", "copy", "encode"] = Field(
         "auto",
         description="copy: stream copy (the inputs deliver H.264/HEVC video and AAC audio); encode: "
@@ -243,6 +260,15 @@ class RoomSourceConfig(StrictModel):
     @classmethod
     def _name_printable(cls, value: str) -> str:
         return _plain_text(value, "name")
+
+    @model_validator(mode="after")
+    def _inputs_or_channel(self) -> RoomSourceConfig:
+        if self.gb28181 is not None and self.input:
+            raise ValueError(f"source {self.id}: a gb28181 source has no input (its channel's live socket "
+                             "is its input)")
+        if self.gb28181 is None and not self.input:
+            raise ValueError(f"source {self.id}: needs at least one input, or a gb28181 channel")
+        return self
 
 
 # Serial lines a room's hardware may be on: a device node (better the stable /dev/serial/by-id/...) or a
@@ -378,6 +404,11 @@ class RoomsSection(StrictModel):
     stale_margin_s: float = Field(
         5.0, gt=0, le=600,
         description="A source with no new segment for segment_time_s + this is restarted (a gap)",
+    )
+    late_start_gap_s: float = Field(
+        2.0, ge=0.5, le=60,
+        description="A source whose first media of the session comes later than this after it was started "
+        "(connection, probe, a camera waking up) has that unrecorded start as a gap (source-late-start)",
     )
     start_grace_s: float = Field(
         10.0, ge=0, le=600,
