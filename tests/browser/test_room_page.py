@@ -343,3 +343,33 @@ def test_a_disk_space_warning_is_shown_while_there_is_one(page: Page, station: R
     # Control: the level back to ok takes the warning away.
     reading(SpaceLevel.OK, None)
     expect(warning).to_be_hidden(timeout=EXPECT_MS)
+
+
+def test_the_rooms_panel_lamp_climate_and_ptz_are_shown(page: Page, station: RoomStation) -> None:
+    """The room's hardware as the status carries it (edge.rooms.hardware's status, given here by the
+    service's hook for it): the panel's connection, its lamp, the climate reading, the PTZ preset."""
+    card = _open(page, station)
+    line = card.locator(".hardware")
+    expect(line).to_be_hidden()  # control: a room without a panel or PTZ shows no line
+
+    def hardware(doc: dict[str, Any]) -> None:
+        station.live.call_soon(lambda: station.service.hardware_status.__setitem__("xw-1", lambda: doc))
+
+    hardware({"panel": {"connected": True, "panel_serial": "P-1", "sensor": True, "lamp": "BLINK",
+                        "events_lost": 0},
+              "climate": {"temperature_c": 23.6, "humidity_percent": 51.2,
+                          "time_utc": "2026-12-05T10:00:00Z"},
+              "ptz": {"address": 1, "preset": 3, "preset_for_session": None, "error": None}})
+    expect(line).to_be_visible(timeout=EXPECT_MS)
+    expect(line.locator(".panel")).to_have_text("按钮面板：已连接")
+    expect(line.locator(".lamp")).to_have_text("指示灯：闪烁")
+    expect(line.locator(".climate")).to_have_text("温度 23.6℃ 湿度 51.2%RH")
+    expect(line.locator(".ptz")).to_have_text("云台：预置位 3")
+    hardware({"panel": {"connected": False, "panel_serial": None, "sensor": None, "lamp": None,
+                        "events_lost": 0}, "climate": None,
+              "ptz": {"address": 1, "preset": 3, "preset_for_session": None, "error": "<b>port gone</b>"}})
+    expect(line.locator(".panel")).to_have_text("按钮面板：未连接", timeout=EXPECT_MS)
+    expect(line.locator(".lamp")).to_have_text("")
+    expect(line.locator(".climate")).to_have_text("")
+    expect(line.locator(".ptz")).to_have_text("云台故障：<b>port gone</b>")  # device text as text
+    assert line.locator("b").count() == 0

@@ -54,6 +54,12 @@ const zh = {
   spaceCritical: (m) => `存储空间即将用尽（约 ${m} 分钟）：请立即通知管理员`,
   spaceUnknownMinutes: "—",
   noRooms: "本机未配置询问室",
+  panelConnected: "按钮面板：已连接",
+  panelAway: "按钮面板：未连接",
+  lamp: { OFF: "指示灯：熄灭", STEADY: "指示灯：常亮", BLINK: "指示灯：闪烁", REFUSE: "指示灯：拒绝提示" },
+  climate: (t, h) => `温度 ${t}℃ 湿度 ${h}%RH`,
+  ptz: (preset) => `云台：预置位 ${preset}`,
+  ptzError: (error) => `云台故障：${error}`,
   duration: (s) => {
     const h = Math.floor(s / 3600);
     const m = Math.floor((s % 3600) / 60);
@@ -113,6 +119,12 @@ const en = {
   spaceCritical: (m) => `Disk space nearly gone (about ${m} minutes): tell the administrator now`,
   spaceUnknownMinutes: "–",
   noRooms: "No rooms are configured on this PC",
+  panelConnected: "Button panel: connected",
+  panelAway: "Button panel: not connected",
+  lamp: { OFF: "Lamp: off", STEADY: "Lamp: steady", BLINK: "Lamp: blinking", REFUSE: "Lamp: refusal" },
+  climate: (t, h) => `${t} °C, ${h} %RH`,
+  ptz: (preset) => `PTZ: preset ${preset}`,
+  ptzError: (error) => `PTZ fault: ${error}`,
   duration: zh.duration,
 };
 

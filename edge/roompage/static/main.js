@@ -173,6 +173,7 @@ function renderRoom(room) {
   setText($(".room-id", card), room.room);
   setText($(".room-address", card), room.address);
   setText($(".room-state", card), session ? (gaps ? w.attention : w.recording) : w.idle);
+  renderHardware(card, room.hardware);
 
   show($(".session", card), Boolean(session));
   show($(".sources", card), Boolean(session));
@@ -194,6 +195,24 @@ function renderRoom(room) {
   setText($(".started", card), w.startedBy(localTime(session.started_utc), session.started_by ?? ""));
   renderSources(card, sources);
   renderMarks(card, session.marks ?? []);
+}
+
+// The room's panel (connection, what its lamp shows, the climate sensor) and PTZ camera, when it has them.
+function renderHardware(card, hardware) {
+  const w = t();
+  const line = $(".hardware", card);
+  const panel = hardware?.panel;
+  const climate = hardware?.climate;
+  const ptz = hardware?.ptz;
+  const panelElement = $(".panel", line);
+  setText(panelElement, panel ? (panel.connected ? w.panelConnected : w.panelAway) : "");
+  panelElement.dataset.connected = panel ? String(Boolean(panel.connected)) : "";
+  setText($(".lamp", line), panel?.connected && panel.lamp ? (w.lamp[panel.lamp] ?? panel.lamp) : "");
+  $(".lamp", line).dataset.lamp = panel?.connected && panel.lamp ? panel.lamp : "";
+  const hasClimate = climate && typeof climate.temperature_c === "number" && typeof climate.humidity_percent === "number";
+  setText($(".climate", line), hasClimate ? w.climate(climate.temperature_c.toFixed(1), climate.humidity_percent.toFixed(1)) : "");
+  setText($(".ptz", line), ptz ? (ptz.error ? w.ptzError(ptz.error) : w.ptz(ptz.preset)) : "");
+  show(line, Boolean(panel || ptz));
 }
 
 function renderElapsed(card) {
