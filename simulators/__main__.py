@@ -9,6 +9,7 @@ import sys
 SIMULATORS: dict[str, str] = {
     "recorder": "simulators.recorder.cli",
     "dock": "simulators.dock",
+    "card-reader": "simulators.card_reader",
     "chronyc": "simulators.timesync.chronyc",
     "timedated": "simulators.timesync.timedated",
     "gb28181-device": "simulators.gb28181.cli",
