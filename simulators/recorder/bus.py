@@ -720,6 +720,12 @@ class RecorderBus:
             else:
                 slot.device.reply_faults[request] = payload
 
+    def ignore_identity_writes(self, device_serial: str, ignore: bool = True) -> None:
+        """Hostile-firmware fault: WRITE_INFO is acknowledged and the old identity kept."""
+        slot = self._slot(device_serial)
+        with slot.lock:
+            slot.device.ignore_identity_writes = ignore
+
     def hold_volume_mount(self, device_serial: str) -> None:
         """Fault: the recorder's volume is not mounted when it enters mass-storage mode (at plug-in or
         at the switch), only at `release_volume_mount`. Real hardware acknowledges the switch and

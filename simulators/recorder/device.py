@@ -218,6 +218,8 @@ class SimulatedRecorder:
         self.clock_reference = clock or ClockReference(now + clock_offset_s * 1000.0, now, tz_offset_min)
         # Hostile-device fault: the next replies to these requests are replaced by these bytes.
         self.reply_faults: dict[VendorRequest, bytes] = {}
+        # Fault: firmware that acknowledges WRITE_INFO (REQUEST_SUCCESS) and keeps its old identity.
+        self.ignore_identity_writes = False
         self.mode = RecorderMode.MASS_STORAGE if msc_only else RecorderMode.CONTROL
         self.authenticated = False
         self.failed_logins = 0
@@ -417,9 +419,11 @@ class SimulatedRecorder:
             return self.info.to_bytes()
         if request is VendorRequest.WRITE_INFO:
             try:
-                self.info = RecorderInfo.from_bytes(data)
+                written = RecorderInfo.from_bytes(data)
             except RecorderProtocolError as exc:
                 raise self._fail(ResultCode.BAD_VALUE, str(exc)) from None
+            if not self.ignore_identity_writes:
+                self.info = written
             self.last_result = ResultCode.REQUEST_SUCCESS
             return b""
         if request is VendorRequest.GET_CLOCK:
