@@ -4,6 +4,7 @@ Each refusal has a control that goes through the same path without the fault."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -13,10 +14,13 @@ from typing import Any
 
 import pytest
 
+from drivers.serial.card_reader import CardReaderDriver
+from drivers.serial.card_reader_protocol import CardFraming
 from drivers.serial.dock import BayLed
 from drivers.usb.recorder import RecorderDriver, find_recorders
 from edge.config.station import parse_config
 from edge.custody.ledger import EntryType, station_time_now
+from edge.equipment.card_desk import CardOutcome, serve_card_reader
 from edge.equipment.checkout import CheckoutDesk, CheckoutPolicy, CheckoutRefused, RefusalReason
 from edge.equipment.importing import import_officers, set_officer_status
 from edge.equipment.officer_csv import parse_officer_csv
@@ -24,6 +28,7 @@ from edge.equipment.officers import OfficerStatus
 from edge.equipment.usb_recorders import RecorderAccess, UsbRecorderBench, recorder_access_from_config
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
+from simulators.card_reader import CardReaderSimulator
 from tests.usb.conftest import PASSWORD, SimBus
 
 STATION = "TEST-STATION"
@@ -276,3 +281,48 @@ async def test_a_recorder_the_allow_list_does_not_pin_gets_no_password_and_is_no
     assert docked[pinned.usb_serial].problem is None and docked[pinned.usb_serial].bay == 1
     assignment = await rig.desk.check_out_by_card("01000734E0")
     assert assignment.device_serial == pinned.device_serial  # the fuller stranger was passed over
+
+
+async def test_a_card_at_the_serial_reader_checks_a_recorder_out(rig: Rig) -> None:
+    """End to end: the card reader simulator on a pty, the real driver, the desk, the USB recorder."""
+    serial = rig.dock(0, "1-1.1")
+    outcomes: list[CardOutcome] = []
+    got_two = asyncio.Event()
+
+    def on_outcome(outcome: CardOutcome) -> None:
+        outcomes.append(outcome)
+        if len(outcomes) == 2:
+            got_two.set()
+
+    with CardReaderSimulator(CardFraming.STX_FRAME, repeat_interval_s=0.01) as reader_sim:
+        async with await CardReaderDriver.open(reader_sim.tty_path) as reader:
+            task = asyncio.create_task(serve_card_reader(reader, rig.desk, on_outcome=on_outcome,
+                                                         max_age_s=60.0))
+            await asyncio.to_thread(reader_sim.present, "0A0B0C0D0E", 4)  # a card no one registered
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(reader_sim.present, "01000734E0", 4)  # 赵敏's card, held a moment
+            await asyncio.wait_for(got_two.wait(), 60.0)
+            await reader.close()
+            await asyncio.wait_for(task, 60.0)
+    unknown, issued = outcomes
+    assert unknown.refused is not None and unknown.refused.reason is RefusalReason.UNKNOWN_CARD
+    assert issued.assignment is not None and issued.assignment.device_serial == serial
+    assert rig.device_identity(serial)["officer_no"] == "220001"
+    assert len(rig.entries(EntryType.ASSIGNED)) == 1  # the card's repeats were one presentation
+
+
+async def test_a_stale_card_presentation_is_not_honoured(rig: Rig) -> None:
+    rig.dock(0, "1-1.1")
+    outcomes: list[CardOutcome] = []
+    with CardReaderSimulator(CardFraming.HEX_LINE) as reader_sim:
+        async with await CardReaderDriver.open(reader_sim.tty_path) as reader:
+            await asyncio.to_thread(reader_sim.present, "04A21B7C", 1)
+            while reader.stats.presented < 1:
+                await asyncio.sleep(0.01)
+            # Served as if an hour had gone by since the card was presented.
+            task = asyncio.create_task(serve_card_reader(reader, rig.desk, on_outcome=outcomes.append,
+                                                         clock=lambda: time.monotonic() + 3600))
+            await asyncio.sleep(0.2)
+            await reader.close()
+            await asyncio.wait_for(task, 60.0)
+    assert outcomes == [] and rig.entries(EntryType.ASSIGNED) == []
