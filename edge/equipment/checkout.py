@@ -48,6 +48,7 @@ __all__ = [
     "RecorderBench",
     "RefusalReason",
     "last_docking",
+    "return_recorder",
     "why_not_ready",
 ]
 
@@ -332,13 +333,23 @@ class CheckoutDesk:
 
     def check_in(self, device_serial: str, *, bay: int | None) -> Assignment | None:
         """A recorder docked: close its open assignment (`returned`); None when it had none."""
-        with self.store.transaction():
-            open_assignment = self.book.open_for_recorder(device_serial)
-            if open_assignment is None:
-                return None
-            now = station_time_now()
-            entry = self.store.ledger.append(EntryType.RETURNED, None, {
-                "assignment": open_assignment.id, "officer_no": open_assignment.officer_no,
-                "device_serial": device_serial, "bay": bay, "checked_out": open_assignment.checked_out,
-            }, time=now)
-            return self.book.close(open_assignment.id, returned=now, bay=bay, seq=entry.seq)
+        return return_recorder(self.store, device_serial, bay=bay)
+
+
+def return_recorder(store: StationStore, device_serial: str, *, bay: int | None) -> Assignment | None:
+    """Check-in (归还): close the recorder's open assignment with a `returned` entry, in one transaction;
+    None when it had none (it was not checked out here, or already returned)."""
+    AssignmentBook.create_schema(store.conn)
+    book = AssignmentBook(store.conn)
+    with store.transaction():
+        open_assignment = book.open_for_recorder(device_serial)
+        if open_assignment is None:
+            return None
+        now = station_time_now()
+        entry = store.ledger.append(EntryType.RETURNED, None, {
+            "assignment": open_assignment.id, "officer_no": open_assignment.officer_no,
+            "device_serial": device_serial, "bay": bay, "checked_out": open_assignment.checked_out,
+        }, time=now)
+        returned = book.close(open_assignment.id, returned=now, bay=bay, seq=entry.seq)
+    log.info("recorder %s returned by %s at bay %s", device_serial, returned.officer_no, bay)
+    return returned
