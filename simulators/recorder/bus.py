@@ -720,6 +720,35 @@ class RecorderBus:
             else:
                 slot.device.reply_faults[request] = payload
 
+    def record(self, device_serial: str, *, files: int, file_mb: float = 0.05,
+               spacing_s: int = 2) -> list[str]:
+        """The recorder, out on a shift (unplugged), records `files` files now: named with the identity it
+        holds (what the station's WriteZFYInfo left there), timed by its own clock, `spacing_s` apart and
+        ending at its present time. Returns their paths on the volume."""
+        from simulators.recorder.volume import populate_volume
+
+        slot = self._slot(device_serial)
+        with slot.lock:
+            if slot.port_path is not None:
+                raise ValueError(f"recorder {device_serial} is docked: it records only while out")
+            clock = slot.device.clock_now()
+            now = _device_wall_time(clock.utc_ms, clock.tz_offset_min)
+            info = slot.device.info
+            before = {rel for rel, _ in _walk_files(slot.backing_dir)}
+            recorded = sum(1 for rel in before if parse_recorder_file_name(rel.rsplit("/", 1)[-1]))
+            made = populate_volume(
+                slot.backing_dir, device_serial=info.device_serial, officer_no=info.officer_no,
+                officer_name=info.officer_name, unit_code=info.unit_code, unit_name=info.unit_name,
+                files=files, file_mb=file_mb, seed=slot.spec.seed + 7919 * (recorded + 1),
+                start=now - timedelta(seconds=spacing_s * files), spacing_s=spacing_s, first_index=recorded,
+            )
+            for rel, path in _walk_files(slot.backing_dir):
+                if rel not in before:
+                    slot.populated[rel] = path.stat().st_size
+            self._save(slot)
+        logger.info("recorder %s: recorded %d files as officer %s", device_serial, len(made), info.officer_no)
+        return [path.relative_to(slot.backing_dir).as_posix() for path in made]
+
     def ignore_identity_writes(self, device_serial: str, ignore: bool = True) -> None:
         """Hostile-firmware fault: WRITE_INFO is acknowledged and the old identity kept."""
         slot = self._slot(device_serial)
