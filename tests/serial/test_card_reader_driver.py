@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -113,3 +114,26 @@ def test_the_simulator_refuses_a_uid_its_framing_cannot_carry() -> None:
     with CardReaderSimulator(CardFraming.STX_FRAME) as simulator, \
             pytest.raises(CardReaderSimulatorError, match="10 hex digits"):
         simulator.present("04A21B7C")
+
+
+async def test_the_simulator_runs_on_its_own_and_takes_cards_on_stdin() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "simulators", "card-reader", "--framing", "hex-line",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        tty_path = (await asyncio.wait_for(process.stdout.readline(), WAIT_S)).decode().strip()
+        async with await CardReaderDriver.open(tty_path) as reader:
+            process.stdin.write(b"card 04a21b7c 3\nbogus\n")
+            await process.stdin.drain()
+            card = await asyncio.wait_for(reader.next_card(), WAIT_S)
+            assert (card.uid, card.framing) == ("04A21B7C", CardFraming.HEX_LINE)
+            assert (await asyncio.wait_for(process.stdout.readline(), WAIT_S)).startswith(b"ok card")
+            assert (await asyncio.wait_for(process.stdout.readline(), WAIT_S)).startswith(b"error: unknown")
+        process.stdin.write(b"quit\n")
+        await process.stdin.drain()
+        assert await asyncio.wait_for(process.wait(), WAIT_S) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
