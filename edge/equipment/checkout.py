@@ -219,8 +219,10 @@ class CheckoutDesk:
             # Verified even for an unknown 警号 (against a dummy hash): a refusal takes as long either way.
             good = await asyncio.to_thread(verify_pin, officer.pin_hash if officer else None, pin)
             if officer is None:
+                well_formed = officer_no.isascii() and len(officer_no) == 6 and officer_no.isdigit()
+                typed = officer_no if well_formed else None  # what the ledger may quote of the input
                 raise self._refuse(RefusalReason.UNKNOWN_OFFICER, "no such 警号 in the officer registry",
-                                   method="pin", officer_no=officer_no[:6] if officer_no.isdigit() else None)
+                                   method="pin", officer_no=typed)
             if officer.pin_hash is None:
                 raise self._refuse(RefusalReason.NO_PIN, "the officer has no PIN set", method="pin",
                                    officer_no=officer.officer_no)
@@ -246,7 +248,11 @@ class CheckoutDesk:
             raise self._refuse(RefusalReason.ALREADY_HOLDS,
                                f"officer {officer.officer_no} holds recorder {held.device_serial} since "
                                f"{held.checked_out}", method=method, officer_no=officer.officer_no)
-        docked = await self.bench.docked()
+        try:
+            docked = await self.bench.docked()
+        except Exception as exc:  # a bench that cannot list its recorders is a refusal, not a crash
+            raise self._refuse(RefusalReason.NO_RECORDER_READY, f"the recorders cannot be listed: {exc}",
+                               method=method, officer_no=officer.officer_no) from exc
         not_ready: dict[str, str] = {}
         ready: list[DockedRecorder] = []
         for recorder in docked:

@@ -1,9 +1,9 @@
 """Importing an officer list into a station's registry: one transaction with its ledger entry.
 
-Merge by 警号: a listed officer is added or updated (name, unit, status and card as the file says; the PIN
-only when the file gives one, since a personnel list usually carries none); officers the file does not
-list are left as they are. A card the file gives to one officer while the registry has it on an officer
-the file does not list refuses the import (a card is one officer's).
+Merge by 警号: a listed officer is added or updated (name, and unit, status and card where the file has
+those columns; the PIN only when the file gives one, since a personnel list usually carries none);
+officers the file does not list are left as they are. A card the file gives to one officer while the
+registry has it on an officer the file does not list refuses the import (a card is one officer's).
 
 The `officers_imported` ledger entry holds counts and the SHA-256 of the registry's public content
 afterwards (:meth:`OfficerRegistry.digest`), never a PIN, a PIN hash, or a digest of the file: a file of
@@ -55,6 +55,22 @@ def record_refused_import(store: StationStore, source: str, problems: list[str],
     })
 
 
+def _merged(row: OfficerRow, old: Officer | None, pin_hash: str | None) -> Officer:
+    """The officer a row makes: a column the file does not have keeps the registry's value."""
+    if old is None:
+        return Officer(row.officer_no, row.name, row.unit_code, row.unit_name, row.status, row.card_uid,
+                       pin_hash)
+    given = row.given
+    return Officer(
+        officer_no=row.officer_no, name=row.name,
+        unit_code=row.unit_code if "unit_code" in given else old.unit_code,
+        unit_name=row.unit_name if "unit_name" in given else old.unit_name,
+        status=row.status if "status" in given else old.status,
+        card_uid=row.card_uid if "card_uid" in given else old.card_uid,
+        pin_hash=pin_hash,
+    )
+
+
 def import_officers(store: StationStore, rows: list[OfficerRow], *, source: str, by: str) -> ImportResult:
     """Merge `rows` into the registry; `OfficerCsvError` (nothing changed) when a card is another's."""
     registry = OfficerRegistry(store.conn)
@@ -74,14 +90,11 @@ def import_officers(store: StationStore, rows: list[OfficerRow], *, source: str,
     now = station_time_now()
     with store.transaction():
         before = {o.officer_no: o for o in registry.all()}
-        registry.clear_cards(no for no in listed if no in before)
+        if "card_uid" in rows[0].given:
+            registry.clear_cards(no for no in listed if no in before)
         for row in rows:
             old = before.get(row.officer_no)
-            officer = Officer(
-                officer_no=row.officer_no, name=row.name, unit_code=row.unit_code, unit_name=row.unit_name,
-                status=row.status, card_uid=row.card_uid,
-                pin_hash=new_hashes.get(row.officer_no, old.pin_hash if old else None),
-            )
+            officer = _merged(row, old, new_hashes.get(row.officer_no, old.pin_hash if old else None))
             registry.put(officer, now=now)
             if old is None:
                 added += 1

@@ -9,8 +9,12 @@ Format: one header row, then one officer per row. Columns (English or Chinese he
 | unit_code | 单位编号 | no | up to 12 A-Za-z0-9 |
 | unit_name | 单位名称 | no | at most 32 GBK bytes |
 | status | 状态 | no | active / suspended (正常 / 停用); empty: active |
-| card_uid | 卡号 | no | hex UID (separators allowed), unique in the file |
-| pin | 密码 | no | 4..12 digits; hashed at import, never stored or shown |
+| card_uid | 卡号 | no | hex UID (separators allowed), unique in the file; empty: no card |
+| pin | 密码 | no | 4..12 digits; hashed at import, never stored or shown; empty: keep the PIN |
+
+A column the file does not have leaves what the registry holds for a listed officer (a personnel list
+without a status column does not reinstate a suspended officer, one without cards keeps their cards); a
+new officer gets none / active.
 
 The file is UTF-8 (a byte-order mark is allowed, as Excel writes it) unless the caller names another
 encoding: a spreadsheet saved as GBK (Excel's default on Chinese Windows) is refused with the line of the
@@ -82,6 +86,8 @@ class OfficerRow:
     status: OfficerStatus
     card_uid: str | None
     pin: str | None = field(default=None, repr=False)
+    # The optional columns the file has: the others keep the registry's values (importing).
+    given: frozenset[str] = frozenset()
 
 
 def _decode(data: bytes, encoding: str) -> str:
@@ -144,6 +150,7 @@ def _row(line: int, values: dict[str, str]) -> OfficerRow:
         status=status,
         card_uid=normalise_card_uid(card) if card else None,
         pin=check_pin(pin) if pin else None,
+        given=frozenset(values),
     )
 
 

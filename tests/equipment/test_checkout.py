@@ -326,3 +326,14 @@ async def test_a_stale_card_presentation_is_not_honoured(rig: Rig) -> None:
             await reader.close()
             await asyncio.wait_for(task, 60.0)
     assert outcomes == [] and rig.entries(EntryType.ASSIGNED) == []
+
+
+async def test_a_bus_that_cannot_be_listed_is_a_refusal_not_a_crash(rig: Rig) -> None:
+    rig.dock(0, "1-1.1")
+    rig.sim.server.stop()  # the USB bus gone (in production: libusb failing)
+    refusal = await refused(rig.desk.check_out_by_card("01000734E0"))
+    assert refusal.reason is RefusalReason.NO_RECORDER_READY
+    assert refusal.detail.startswith("the recorders cannot be listed: USB enumeration failed")
+    [entry] = rig.entries(EntryType.REFUSED)
+    assert entry["reason"] == "no_recorder_ready" and "/tmp" not in entry["detail"]  # no station path
+    assert rig.entries(EntryType.REFUSED)[0]["reason"] == "no_recorder_ready"

@@ -150,3 +150,31 @@ def test_the_registry_survives_reopening_the_store(store_dir: Path, tmp_path: Pa
             assert [o.officer_no for o in OfficerRegistry(store.conn).all()] == ["110001", "110002"]
         finally:
             store.close()
+
+
+def test_a_list_without_status_or_card_columns_keeps_them(store_dir: Path, tmp_path: Path) -> None:
+    """A personnel list with names only must not reinstate a suspended officer nor drop cards."""
+    assert officers_cli("import", str(write(tmp_path / "a.csv", LIST)), "--store", str(store_dir)) == 0
+    assert officers_cli("suspend", "110001", "--store", str(store_dir)) == 0
+    names_only = "officer_no,name\n110001,张伟\n110002,王芳芳\n"
+    assert officers_cli("import", str(write(tmp_path / "b.csv", names_only)), "--store", str(store_dir)) == 0
+    store = StationStore(store_dir, STATION)
+    try:
+        registry = OfficerRegistry(store.conn)
+        first, second = registry.get("110001"), registry.get("110002")
+        assert first is not None and second is not None
+        assert (first.status, first.card_uid, first.unit_code) == (
+            OfficerStatus.SUSPENDED, "04A21B7C", "330100000000")
+        assert (second.name, second.card_uid) == ("王芳芳", "01000734E0")
+    finally:
+        store.close()
+    # Control: with the columns, the file's values apply (an empty card cell: no card).
+    with_columns = "officer_no,name,status,card_uid\n110001,张伟,active,\n"
+    assert officers_cli("import", str(write(tmp_path / "c.csv", with_columns)), "--store",
+                        str(store_dir)) == 0
+    store = StationStore(store_dir, STATION)
+    try:
+        first = OfficerRegistry(store.conn).get("110001")
+        assert first is not None and (first.status, first.card_uid) == (OfficerStatus.ACTIVE, None)
+    finally:
+        store.close()
