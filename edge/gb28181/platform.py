@@ -42,16 +42,18 @@ registry keeps the clock's epochs: `device_clock_offset_ms(device, recorded)` gi
 of the clock that stamped it (before or after a setting), and `download()` puts it in its result; a stamp
 that two clocks made (a clock that was ahead, set back: the overlap) or that no known clock made gets
 none, and the result says why (`device_clock_unknown`: ambiguous, between-clocks, not-measured,
-before-history). With `clock_history_dir` (the station's `gb28181-clocks/`) the epochs of a clock the
-station set are kept across restarts (edge.gb28181.clock_history): read when the device first registers
-in a run; a file that cannot be used is an error entry and the device's earlier stamps get no offset.
+before-history, step-window-unknown: around a step of the device's own clock whose time is not known).
+With `clock_history_dir` (the station's `gb28181-clocks/`) the epochs of a clock the station set are kept
+across restarts (edge.gb28181.clock_history), with when each was last matched by a measurement (the drift
+allowed after a restart grows from it): read when the device first registers in a run; a file that cannot
+be used is an error entry and the device's earlier stamps get no offset.
 
 Ledger (through `record`, the store's, kept to the existing entry types with `"source": "gb28181"`):
 `device_authenticated` for each accepted registration (with `date_sent`, and why it was withheld),
 `device_connected` and `device_removed` when a device comes online and goes offline (and why),
 `clock_measured` for a DeviceStatus answer's clock offset, `clock_set` when a 200 OK carried Date,
 `refused` for devices refused (unknown id, wrong password) and `error` for unreadable input, both limited
-(edge.gb28181.registrar.RefusalLimiter) to one entry a minute per configured device and host, else per
+(edge.custody.entry_limits.LimitedEntries) to one entry a minute per configured device and host, else per
 host, and to a budget over all sources. Logs name the device (escaped), never raw bytes.
 
 A device that comes online is described (`describe_devices`: DeviceInfo, Catalog, DeviceStatus, one after
@@ -98,11 +100,12 @@ from drivers.gb28181.manscdp import (
 from drivers.gb28181.sdp import SessionKind
 from drivers.gb28181.sip import SipProtocolError, SipRequest, SipResponse, request, response_to
 from drivers.gb28181.sip_transport import Peer, SipTimers, SipTransport, SipTransportError
+from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
 from edge.gb28181 import clock_history
 from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
-from edge.gb28181.registrar import DevicePasswords, Outcome, RefusalLimiter, Registrar
+from edge.gb28181.registrar import REFUSAL_BUDGET, REFUSAL_REPEAT_S, DevicePasswords, Outcome, Registrar
 from edge.gb28181.registry import (
     CLOCK_DATE_RETRY_S,
     CLOCK_SYNC_MIN_OFFSET_S,
@@ -220,7 +223,9 @@ class GbPlatform:
             keepalive_interval_s=settings.keepalive_interval_s,
             keepalive_timeout_count=settings.keepalive_timeout_count, clock=clock, configured=settings.names,
         )
-        self._limiter = RefusalLimiter(clock)
+        # One group: refusals come from addresses anyone can forge, so the budget is the station's.
+        self._limiter = LimitedEntries(clock, repeat_s=REFUSAL_REPEAT_S, budget=REFUSAL_BUDGET,
+                                       station_budget=REFUSAL_BUDGET)
         self._clock_trusted = clock_trusted
         self._measuring: set[str] = set()  # devices whose DeviceStatus for the clock is in flight
         self._absurd_clocks: set[str] = set()  # devices whose absurd DeviceTime is on the ledger (once)
@@ -352,15 +357,10 @@ class GbPlatform:
             log.exception("gb28181: ledger entry %s not written", entry_type)
 
     def _limited(self, entry_type: str, kind: str, key: str, data: dict[str, Any]) -> None:
-        held_back = self._limiter.admit(kind, key)
-        if held_back is None:
+        counts = self._limiter.seen(kind, key)
+        if counts is None:
             return
-        if held_back:
-            data = {**data, "repeats_not_recorded": held_back}
-        others = self._limiter.take_over_budget()
-        if others:
-            data = {**data, "others_not_recorded": others}
-        self._ledger(entry_type, data)
+        self._ledger(entry_type, {**data, **counts})
 
     def _transition(self, device_id: str, change: Transition) -> None:
         device = self.registry.get(device_id)
@@ -801,6 +801,11 @@ class GbPlatform:
                        "the earlier clock keep its offset and are still listed, stamps both clocks may have "
                        "made in the window are ambiguous"),
         }
+        if step.window_unknown:
+            stepped["reason"] = str(stepped["reason"]) + (
+                "; when it stepped is not known (its clock was restored from the saved history with neither "
+                "the setting that began it nor a measurement that matched it): every stamp both clocks may "
+                "have made, up to now, gets no offset (step-window-unknown)")
         log.warning("gb28181 device %s: its clock stepped by itself from %+.1f s to %+.1f s", device_id,
                     step.offset_from_s, step.offset_to_s)
         return stepped
