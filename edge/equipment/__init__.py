@@ -8,6 +8,9 @@ credentials, and the station's own record of who held which recorder when.
 - :mod:`.assignments`: check-out and check-in records, the PIN lockout;
 - :mod:`.checkout`: the check-out desk: who asks, which recorder is ready, the identity written to it;
 - :mod:`.usb_recorders`: the check-out desk's recorders reached through the USB control protocol;
+- :mod:`.policy`: the desk's policy (battery, PIN lockout, recorder settings) from `[equipment]`;
+- :mod:`.card_desk`: the serial card reader serving the desk;
+- :mod:`.binding`: the `assignment` block of an offloaded item's manifest (who held the recorder);
 - :mod:`.cli`: `edge officers import|list|suspend|activate`.
 
 The station's record, not what a recorder claims, says who held a recorder: the identity a recorder

@@ -8,9 +8,10 @@ Check-out, by card or by 警号 + PIN:
 2. a ready recorder (:func:`why_not_ready`): docked in control mode, allowed and logged in, no open
    assignment, its latest docking at this station finished `done` (every file sealed, wiped where the
    policy says so), battery at least `min_battery_percent`; the fullest battery first;
-3. the officer's identity written to it (WriteZFYInfo) and read back (GetZFYInfo): what the recorder
-   reports afterwards must be exactly what was written, else that recorder is not issued (an `error`
-   entry names it) and the next ready one is tried; its clock set (校时) only when the station clock is
+3. the agency's settings (`policy.settings`: resolution, pre/post-record, minutes per file) and the
+   officer's identity written to it (SET_SETTINGS, WriteZFYInfo) and read back: what the recorder reports
+   afterwards must be exactly what was written, else that recorder is not issued (an `error` entry
+   names it) and the next ready one is tried; its clock set (校时) only when the station clock is
    trusted;
 4. the assignment opened with its `assigned` ledger entry in one transaction, and the bay lit.
 
@@ -27,11 +28,11 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from drivers.usb.protocol import RecorderInfo, RecorderProtocolError
+from drivers.usb.protocol import RecorderInfo, RecorderProtocolError, RecorderSettings
 from edge.custody.ledger import EntryType, LedgerEntry, station_time_now
 from edge.equipment.assignments import Assignment, AssignmentBook, PinLockout
 from edge.equipment.credentials import CredentialError, normalise_card_uid, verify_pin
@@ -120,6 +121,8 @@ class IdentityWritten:
     before: RecorderInfo
     read_back: RecorderInfo
     clock_set: bool
+    settings_before: RecorderSettings | None = None  # None: no settings were pushed
+    settings_read_back: RecorderSettings | None = None
 
 
 class RecorderBench(Protocol):
@@ -127,8 +130,8 @@ class RecorderBench(Protocol):
 
     async def docked(self) -> list[DockedRecorder]: ...
 
-    async def write_identity(self, recorder: DockedRecorder, info: RecorderInfo, *,
-                             set_clock: bool) -> IdentityWritten: ...
+    async def write_identity(self, recorder: DockedRecorder, info: RecorderInfo, *, set_clock: bool,
+                             settings: RecorderSettings | None = None) -> IdentityWritten: ...
 
     async def show_issued(self, recorder: DockedRecorder) -> None: ...
 
@@ -138,6 +141,7 @@ class CheckoutPolicy:
     min_battery_percent: int = 80
     pin_failures_max: int = 5
     pin_lockout_s: float = 900.0
+    settings: RecorderSettings | None = None  # the agency's recorder settings, pushed at check-out
 
 
 def last_docking(conn: sqlite3.Connection, device_serial: str) -> tuple[str | None, str | None] | None:
@@ -173,6 +177,10 @@ def _info_dict(info: RecorderInfo | None) -> dict[str, str] | None:
         return None
     return {"device_serial": info.device_serial, "officer_no": info.officer_no,
             "officer_name": info.officer_name, "unit_code": info.unit_code, "unit_name": info.unit_name}
+
+
+def _settings_dict(settings: RecorderSettings | None) -> dict[str, int] | None:
+    return None if settings is None else asdict(settings)
 
 
 class CheckoutDesk:
@@ -291,7 +299,11 @@ class CheckoutDesk:
                                   unit_name=officer.unit_name)
         except RecorderProtocolError as exc:  # the registry's rules are the field widths: not expected
             raise IdentityWriteError(str(exc)) from None
-        written = await self.bench.write_identity(recorder, wanted, set_clock=set_clock)
+        written = await self.bench.write_identity(recorder, wanted, set_clock=set_clock,
+                                                  settings=self.policy.settings)
+        if self.policy.settings is not None and written.settings_read_back != self.policy.settings:
+            raise IdentityWriteError(f"the recorder reports settings {written.settings_read_back} after "
+                                     f"{self.policy.settings} was written")
         if written.read_back != wanted:
             raise IdentityWriteError(
                 f"the recorder reports {_info_dict(written.read_back)} after {_info_dict(wanted)} was "
@@ -314,6 +326,8 @@ class CheckoutDesk:
                 "identity_before": _info_dict(written.before),
                 "identity_written": _info_dict(written.read_back),
                 "clock_set": written.clock_set,
+                "settings_before": _settings_dict(written.settings_before),
+                "settings_written": _settings_dict(written.settings_read_back),
             }, time=now)
             self.store.conn.execute("UPDATE assignments SET checked_out_seq = ? WHERE id = ?",
                                     (entry.seq, assignment.id))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.serial.dock import BayLed
-from drivers.usb.protocol import RecorderInfo
+from drivers.usb.protocol import RecorderInfo, RecorderSettings
 from drivers.usb.recorder import (
     DEFAULT_IDS,
     RecorderDriver,
@@ -113,11 +113,12 @@ class UsbRecorderBench:
         return DockedRecorder(port, usb_serial, bay, info.device_serial, status.battery_percent,
                               status.file_count, info)
 
-    async def write_identity(self, recorder: DockedRecorder, info: RecorderInfo, *,
-                             set_clock: bool) -> IdentityWritten:
-        return await asyncio.to_thread(self._write, recorder, info, set_clock)
+    async def write_identity(self, recorder: DockedRecorder, info: RecorderInfo, *, set_clock: bool,
+                             settings: RecorderSettings | None = None) -> IdentityWritten:
+        return await asyncio.to_thread(self._write, recorder, info, set_clock, settings)
 
-    def _write(self, recorder: DockedRecorder, info: RecorderInfo, set_clock: bool) -> IdentityWritten:
+    def _write(self, recorder: DockedRecorder, info: RecorderInfo, set_clock: bool,
+               settings: RecorderSettings | None) -> IdentityWritten:
         handle = next((h for h in find_recorders(self.backend, ids=self._ids)
                        if h.location.port_path == recorder.port and h.usb_serial == recorder.usb_serial
                        and h.mode is RecorderMode.CONTROL), None)
@@ -133,6 +134,11 @@ class UsbRecorderBench:
                 if before.device_serial != recorder.device_serial:
                     raise IdentityWriteError(f"recorder {before.device_serial} is at {recorder.port} now, "
                                              f"not {recorder.device_serial}")
+                settings_before = settings_read_back = None
+                if settings is not None:
+                    settings_before = driver.settings()
+                    driver.write_settings(settings)
+                    settings_read_back = driver.settings()
                 driver.write_info(info)
                 clock_set = False
                 if set_clock:
@@ -141,7 +147,7 @@ class UsbRecorderBench:
                 read_back = driver.info()
         except RecorderError as exc:
             raise IdentityWriteError(str(exc)) from exc
-        return IdentityWritten(before, read_back, clock_set)
+        return IdentityWritten(before, read_back, clock_set, settings_before, settings_read_back)
 
     async def show_issued(self, recorder: DockedRecorder) -> None:
         if self._set_led is not None and recorder.bay is not None:

@@ -18,6 +18,7 @@ from drivers.serial.card_reader import CardReaderDriver
 from drivers.serial.card_reader_protocol import CardFraming
 from drivers.serial.dock import BayLed
 from drivers.usb.recorder import RecorderDriver, find_recorders
+from edge.config.base import ConfigError
 from edge.config.station import parse_config
 from edge.custody.ledger import EntryType, station_time_now
 from edge.equipment.card_desk import CardOutcome, serve_card_reader
@@ -25,6 +26,7 @@ from edge.equipment.checkout import CheckoutDesk, CheckoutPolicy, CheckoutRefuse
 from edge.equipment.importing import import_officers, set_officer_status
 from edge.equipment.officer_csv import parse_officer_csv
 from edge.equipment.officers import OfficerStatus
+from edge.equipment.policy import checkout_policy
 from edge.equipment.usb_recorders import RecorderAccess, UsbRecorderBench, recorder_access_from_config
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
@@ -53,7 +55,8 @@ def open_access(**overrides: Any) -> RecorderAccess:
 
 
 class Rig:
-    def __init__(self, sim: SimBus, store: StationStore, access: RecorderAccess, trusted: bool) -> None:
+    def __init__(self, sim: SimBus, store: StationStore, access: RecorderAccess, trusted: bool,
+                 policy: CheckoutPolicy | None = None) -> None:
         self.sim = sim
         self.store = store
         self.leds: list[tuple[int | None, BayLed]] = []
@@ -66,7 +69,7 @@ class Rig:
             return self.trusted
 
         self.bench = UsbRecorderBench(sim.backend, access, set_led=set_led)
-        policy = CheckoutPolicy(min_battery_percent=80, pin_failures_max=3)
+        policy = policy or CheckoutPolicy(min_battery_percent=80, pin_failures_max=3)
         self.desk = CheckoutDesk(store, self.bench, policy, clock_trusted=clock_trusted)
 
     def dock(self, index: int, port: str, *, outcome: str | None = "done", **overrides: Any) -> str:
@@ -337,3 +340,35 @@ async def test_a_bus_that_cannot_be_listed_is_a_refusal_not_a_crash(rig: Rig) ->
     [entry] = rig.entries(EntryType.REFUSED)
     assert entry["reason"] == "no_recorder_ready" and "/tmp" not in entry["detail"]  # no station path
     assert rig.entries(EntryType.REFUSED)[0]["reason"] == "no_recorder_ready"
+
+
+MINIMAL = '[station]\nid = "TEST-STATION"\nstore_dir = "store"\n[usb]\nmount_root = "media"\n'
+SETTINGS = ("[equipment]\nenabled = true\nmin_battery_percent = 80\n[equipment.settings]\n"
+            "width = 1280\nheight = 720\npre_record_s = 30\npost_record_s = 15\nsplit_min = 10\n")
+
+
+async def test_the_agencys_settings_are_pushed_at_check_out_and_read_back(sim: SimBus,
+                                                                          store: StationStore) -> None:
+    policy = checkout_policy(parse_config(MINIMAL + SETTINGS).equipment)
+    rig = Rig(sim, store, open_access(), trusted=False, policy=policy)
+    ignoring = rig.dock(0, "1-1.1", battery_percent=99)
+    rig.sim.bus.ignore_settings_writes(ignoring)  # acknowledges, keeps its factory settings
+    serial = rig.dock(1, "1-1.2", battery_percent=90)
+    assignment = await rig.desk.check_out_by_card("01000734E0")
+    assert assignment.device_serial == serial
+    [error] = rig.entries(EntryType.ERROR)
+    assert error["device_serial"] == ignoring and "settings" in error["reason"]
+    [entry] = rig.entries(EntryType.ASSIGNED)
+    assert entry["settings_written"] == {"width": 1280, "height": 720, "pre_record_s": 30,
+                                         "post_record_s": 15, "split_min": 10}
+    assert entry["settings_before"]["width"] == 1920
+    [handle] = [h for h in find_recorders(rig.sim.backend) if h.location.port_path == "1-1.2"]
+    with RecorderDriver(handle, rig.sim.backend) as driver:
+        driver.login(PASSWORD)
+        assert (driver.status().width, driver.settings().pre_record_s) == (1280, 30)
+
+
+def test_recorder_settings_out_of_range_are_a_config_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match="pre_record_s"):
+        parse_config(MINIMAL + SETTINGS.replace("pre_record_s = 30", "pre_record_s = 99"))
+    assert checkout_policy(parse_config(MINIMAL).equipment).settings is None  # control: unset, untouched
