@@ -17,6 +17,7 @@ import pytest
 from drivers.serial.card_reader import CardReaderDriver
 from drivers.serial.card_reader_protocol import CardFraming
 from drivers.serial.dock import BayLed
+from drivers.usb.protocol import RecorderInfo, VendorRequest
 from drivers.usb.recorder import RecorderDriver, find_recorders
 from edge.config.base import ConfigError
 from edge.config.station import parse_config
@@ -372,3 +373,18 @@ def test_recorder_settings_out_of_range_are_a_config_error_naming_the_key() -> N
     with pytest.raises(ConfigError, match="pre_record_s"):
         parse_config(MINIMAL + SETTINGS.replace("pre_record_s = 30", "pre_record_s = 99"))
     assert checkout_policy(parse_config(MINIMAL).equipment).settings is None  # control: unset, untouched
+
+
+async def test_a_recorder_answering_garbage_is_not_issued(rig: Rig) -> None:
+    hostile = rig.dock(0, "1-1.1", battery_percent=99)
+    good = rig.dock(1, "1-1.2", battery_percent=90)
+    # Its identity reply: the right length, junk after the 警号's NUL padding (PROTOCOL.md §4.1).
+    junk = bytearray(RecorderInfo(hostile, "110001", "张伟", "", "").to_bytes())
+    junk[20] = ord("X")
+    rig.sim.bus.inject_reply(hostile, VendorRequest.GET_INFO, bytes(junk))
+    docked = {r.port: r for r in await rig.bench.docked()}
+    assert "cannot be read" in (docked["1-1.1"].problem or "") and docked["1-1.2"].problem is None
+    rig.sim.bus.inject_reply(hostile, VendorRequest.GET_STATUS, bytes([101]) + bytes(24))  # battery 101 %
+    assignment = await rig.desk.check_out_by_card("01000734E0")
+    assert assignment.device_serial == good
+    assert rig.entries(EntryType.REFUSED) == []  # the hostile recorder was passed over, not a refusal

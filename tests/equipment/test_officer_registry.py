@@ -178,3 +178,14 @@ def test_a_list_without_status_or_card_columns_keeps_them(store_dir: Path, tmp_p
         assert first is not None and (first.status, first.card_uid) == (OfficerStatus.ACTIVE, None)
     finally:
         store.close()
+
+
+def test_the_registry_is_not_changed_while_another_process_holds_the_store(
+        store_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    running_agent = StationStore(store_dir, STATION, purpose="edge run")
+    try:
+        assert officers_cli("import", str(write(tmp_path / "a.csv", LIST)), "--store", str(store_dir)) == 75
+        assert "edge run" in capsys.readouterr().err
+    finally:
+        running_agent.close()
+    assert officers_cli("import", str(write(tmp_path / "a.csv", LIST)), "--store", str(store_dir)) == 0
