@@ -10,6 +10,8 @@ SIMULATORS: dict[str, str] = {
     "recorder": "simulators.recorder.cli",
     "dock": "simulators.dock",
     "card-reader": "simulators.card_reader",
+    "room-panel": "simulators.room_panel",
+    "ptz": "simulators.ptz",
     "chronyc": "simulators.timesync.chronyc",
     "timedated": "simulators.timesync.timedated",
     "gb28181-device": "simulators.gb28181.cli",

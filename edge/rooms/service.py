@@ -34,6 +34,7 @@ from edge.custody.ledger import EntryType, LedgerEntry, station_time_now
 from edge.custody.manifest import sign_manifest
 from edge.custody.text import printable
 from edge.durable.files import free_bytes, make_dirs_durable, write_atomic
+from edge.gb28181.live import LiveStreams
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.composite import derived_of, room_outputs
@@ -86,8 +87,10 @@ class RoomService:
         *,
         station_id: str,
         clock_synchronised: Callable[[], bool] = lambda: False,
+        live: LiveStreams | None = None,
     ) -> None:
         self.settings = settings
+        self.live = live  # GB/T 28181 live channels, for gb28181 sources (edge.rooms.gb_source)
         self.store = store
         self.pipeline = pipeline
         self.station_id = station_id
@@ -101,6 +104,8 @@ class RoomService:
         # Stopped sessions whose stop could not seal everything (a full disk): finished by run().
         self._unfinished: list[RoomSession] = []
         self.finishing: list[asyncio.Task[None]] = []  # run()'s tasks finishing them
+        # Per room, the status of its serial hardware (lamp panel, sensor, PTZ: edge.rooms.hardware).
+        self.hardware_status: dict[str, Callable[[], dict[str, Any]]] = {}
         self.overlay_lines: dict[str, str] = {}  # per room: the composite's extra line (set_overlay_line)
         self.space = SpaceWatch(
             store.layout.root,
@@ -300,6 +305,7 @@ class RoomService:
             station_id=self.station_id,
             clock_synchronised=self.clock_synchronised,
             resumed_from_ns=self._last_segment_ends(session) if resumed else None,
+            live=self.live,
         )
         self._recordings[session.room] = recording
         if session.room in self.overlay_lines:
@@ -490,6 +496,8 @@ class RoomService:
                     "address": config.address,
                     "session": None if session is None else session.to_json(),
                     "sources": [] if recording is None else recording.status(),
+                    **({"hardware": self.hardware_status[config.id]()} if config.id in self.hardware_status
+                       else {}),
                 }
             )
         return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s, "space": self.space.status()}
