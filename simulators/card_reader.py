@@ -13,17 +13,14 @@ Run it on its own: `python -m simulators card-reader --help`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
 import random
 import signal
 import sys
 import threading
 import time
-import tty
 from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import FrameType
 
 from drivers.serial.card_reader_protocol import (
     STX_DATA_HEX,
@@ -32,6 +29,7 @@ from drivers.serial.card_reader_protocol import (
     encode_hex_line,
     encode_stx_frame,
 )
+from simulators.serial_pty import PtyDevice
 
 log = logging.getLogger(__name__)
 
@@ -49,51 +47,30 @@ class CardReaderFaults:
     split_writes: bool = False  # each frame written in random small pieces
 
 
-class CardReaderSimulator:
+class CardReaderSimulator(PtyDevice):
+    name = "card reader simulator"
+
     def __init__(self, framing: CardFraming = CardFraming.STX_FRAME, *, seed: int = 0,
                  repeat_interval_s: float = 0.05, garbage_every_n: int = 0, bad_checksum_every_n: int = 0,
                  split_writes: bool = False) -> None:
+        super().__init__()
         self.framing = framing
         self.repeat_interval_s = repeat_interval_s
         self.faults = CardReaderFaults(garbage_every_n, bad_checksum_every_n, split_writes)
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._frames_sent = 0
-        self._master_fd = -1
-        self._slave_fd = -1
-        self._tty_path: str | None = None
+        self.bytes_ignored = 0  # what a host wrote: a reader takes no commands
 
-    def start(self) -> CardReaderSimulator:
-        if self._tty_path is not None:
-            raise CardReaderSimulatorError("simulator already started")
-        self._master_fd, self._slave_fd = os.openpty()
-        tty.setraw(self._slave_fd)  # a UART is a plain byte pipe: no echo, no CR/LF translation
-        self._tty_path = os.ttyname(self._slave_fd)
-        log.info("card reader simulator (%s) on %s", self.framing, self._tty_path)
-        return self
+    def started(self) -> None:
+        log.info("card reader simulator (%s) on %s", self.framing, self.tty_path)
+
+    def on_bytes(self, data: bytes) -> None:
+        self.bytes_ignored += len(data)
 
     def hang_up(self) -> None:
-        """Close the pty, as a reader pulled from its USB port: the host's reads fail."""
-        with self._lock:
-            for fd in (self._master_fd, self._slave_fd):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._master_fd = self._slave_fd = -1
-
-    stop = hang_up
-
-    def __enter__(self) -> CardReaderSimulator:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+        """The reader pulled from its USB port: the pty closes and the host's reads fail."""
         self.stop()
-
-    @property
-    def tty_path(self) -> str:
-        if self._tty_path is None:
-            raise CardReaderSimulatorError("simulator not started: no tty yet")
-        return self._tty_path
 
     @property
     def frames_sent(self) -> int:
@@ -119,15 +96,15 @@ class CardReaderSimulator:
     def send_raw(self, data: bytes) -> None:
         """Any bytes, as they are (hostile input for tests)."""
         with self._lock:
-            if self._master_fd < 0:
+            if not self.running:
                 raise CardReaderSimulatorError("simulator not running")
             if not self.faults.split_writes:
-                self._write_all(data)
+                self.write(data)
                 return
             position = 0
             while position < len(data):
                 size = self._random.randint(1, 4)
-                self._write_all(data[position:position + size])
+                self.write(data[position:position + size])
                 position += size
                 time.sleep(_SPLIT_PAUSE_S)
 
@@ -143,11 +120,6 @@ class CardReaderSimulator:
             noise = bytes(self._random.randrange(256) for _ in range(self._random.randint(1, 16)))
             frame = noise + b"\r\n" + frame  # noise, then a line end: the framings' own resync point
         return frame
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._master_fd, view):]
 
 
 # -- command line -----------------------------------------------------------------------------------------
