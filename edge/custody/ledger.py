@@ -155,6 +155,7 @@ class EntryType(StrEnum):
     # (归还). Refused check-outs are `refused` entries with "what": "check-out".
     OFFICERS_IMPORTED = "officers_imported"
     OFFICER_STATUS = "officer_status"
+    OFFICER_PIN_SET = "officer_pin_set"  # who set whose PIN; never the PIN or its hash
     ASSIGNED = "assigned"
     RETURNED = "returned"
 

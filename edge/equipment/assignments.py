@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["Assignment", "AssignmentBook", "PinLockout"]
+__all__ = ["Assignment", "AssignmentBook", "PinLockout", "clear_pin_failures"]
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS assignments (
@@ -176,4 +176,9 @@ class PinLockout:
         return failures, locked
 
     def succeeded(self, officer_no: str) -> None:
-        self.conn.execute("DELETE FROM officer_pin_failures WHERE officer_no = ?", (officer_no,))
+        clear_pin_failures(self.conn, officer_no)
+
+
+def clear_pin_failures(conn: sqlite3.Connection, officer_no: str) -> None:
+    """Forget an officer's wrong PINs and lockout (a right PIN, or a new PIN set; caller's transaction)."""
+    conn.execute("DELETE FROM officer_pin_failures WHERE officer_no = ?", (officer_no,))

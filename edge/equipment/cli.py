@@ -1,4 +1,4 @@
-"""`edge officers import|list|suspend|activate`: the station's officer registry from the command line.
+"""`edge officers import|list|set-pin|suspend|activate`: the station's officer registry from the command line.
 
 Works on the station store directly (`--config` or `--store`), like `edge tag`: the store is locked, so
 these run while the agent is stopped (exit 75 while it runs). An import is all or nothing: a refused
@@ -15,7 +15,13 @@ from pathlib import Path
 
 from edge.config.station import StationConfig
 from edge.custody.text import json_printable, printable
-from edge.equipment.importing import import_officers, record_refused_import, set_officer_status
+from edge.equipment.credentials import CredentialError, check_pin
+from edge.equipment.importing import (
+    import_officers,
+    record_refused_import,
+    set_officer_pin,
+    set_officer_status,
+)
 from edge.equipment.officer_csv import OfficerCsvError, parse_officer_csv
 from edge.equipment.officers import OfficerRegistry, OfficerStatus
 from edge.ingest.store import StationStore
@@ -86,6 +92,36 @@ def cmd_list(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _read_pin() -> str:
+    """The new PIN: typed twice without echo at a terminal, else one line of standard input."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("new PIN: ")
+    if getpass.getpass("again: ") != first:
+        raise CredentialError("the two PINs differ")
+    return first
+
+
+def cmd_set_pin(args: argparse.Namespace) -> int:
+    try:
+        pin = check_pin(_read_pin())
+    except CredentialError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    store = _open(args, "edge officers set-pin")
+    if isinstance(store, ExitCode):
+        return store
+    try:
+        entry = set_officer_pin(store, args.officer_no, pin, by=args.by or getpass.getuser())
+    except KeyError:
+        print(printable(f"error: no officer {args.officer_no} in this station's registry"), file=sys.stderr)
+        return EX_DATAERR
+    finally:
+        store.close()
+    print(printable(f"officer {args.officer_no}: PIN set (ledger seq {entry.seq})"))
+    return ExitCode.OK
+
+
 def _cmd_status(status: OfficerStatus) -> object:
     def run(args: argparse.Namespace) -> int:
         store = _open(args, f"edge officers {args.officers_command}")
@@ -131,6 +167,13 @@ def add_officers_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     _where(lst)
     lst.add_argument("--json", action="store_true", help="one JSON array")
     lst.set_defaults(func=cmd_list)
+
+    set_pin = commands.add_parser(
+        "set-pin", help="set an officer's PIN (typed twice at a terminal, else one line on stdin; hashed)")
+    set_pin.add_argument("officer_no", help="警号")
+    _where(set_pin)
+    set_pin.add_argument("--by", help="who (default: the login name)")
+    set_pin.set_defaults(func=cmd_set_pin)
 
     for name, status, what in (("suspend", OfficerStatus.SUSPENDED, "refuse check-outs to an officer"),
                                ("activate", OfficerStatus.ACTIVE, "allow check-outs to an officer again")):

@@ -12,17 +12,24 @@ known names with one 6-digit PIN in it would be brute-forced from its digest in 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edge.custody.ledger import EntryType, LedgerEntry, station_time_now
 from edge.custody.text import printable
+from edge.equipment.assignments import AssignmentBook, clear_pin_failures
 from edge.equipment.credentials import hash_pin
 from edge.equipment.officer_csv import OfficerCsvError, OfficerRow
 from edge.equipment.officers import Officer, OfficerRegistry, OfficerStatus
 from edge.ingest.store import StationStore
 
-__all__ = ["ImportResult", "import_officers", "record_refused_import", "set_officer_status"]
+__all__ = [
+    "ImportResult",
+    "import_officers",
+    "record_refused_import",
+    "set_officer_pin",
+    "set_officer_status",
+]
 
 MAX_REASONS_RECORDED = 5
 
@@ -128,3 +135,19 @@ def set_officer_status(store: StationStore, officer_no: str, status: OfficerStat
             "officer_no": officer_no, "status": str(status), "previous": str(officer.status),
             "reason": printable(reason)[:200], "by": by, "registry_sha256": registry.digest(),
         })
+
+
+def set_officer_pin(store: StationStore, officer_no: str, pin: str, *, by: str) -> LedgerEntry:
+    """Set an officer's PIN (hashed before the transaction) with an `officer_pin_set` entry, and clear
+    the officer's wrong-PIN count; KeyError for an unknown 警号, CredentialError for a bad PIN."""
+    pin_hash = hash_pin(pin)
+    registry = OfficerRegistry(store.conn)
+    OfficerRegistry.create_schema(store.conn)
+    AssignmentBook.create_schema(store.conn)
+    with store.transaction():
+        officer = registry.get(officer_no)
+        if officer is None:
+            raise KeyError(officer_no)
+        registry.put(replace(officer, pin_hash=pin_hash), now=station_time_now())
+        clear_pin_failures(store.conn, officer_no)
+        return store.ledger.append(EntryType.OFFICER_PIN_SET, None, {"officer_no": officer_no, "by": by})

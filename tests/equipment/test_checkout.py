@@ -24,7 +24,7 @@ from edge.config.station import parse_config
 from edge.custody.ledger import EntryType, station_time_now
 from edge.equipment.card_desk import CardOutcome, serve_card_reader
 from edge.equipment.checkout import CheckoutDesk, CheckoutPolicy, CheckoutRefused, RefusalReason
-from edge.equipment.importing import import_officers, set_officer_status
+from edge.equipment.importing import import_officers, set_officer_pin, set_officer_status
 from edge.equipment.officer_csv import parse_officer_csv
 from edge.equipment.officers import OfficerStatus
 from edge.equipment.policy import checkout_policy
@@ -388,3 +388,12 @@ async def test_a_recorder_answering_garbage_is_not_issued(rig: Rig) -> None:
     assignment = await rig.desk.check_out_by_card("01000734E0")
     assert assignment.device_serial == good
     assert rig.entries(EntryType.REFUSED) == []  # the hostile recorder was passed over, not a refusal
+
+
+async def test_a_new_pin_set_by_the_administrator_lifts_the_lockout(rig: Rig) -> None:
+    rig.dock(0, "1-1.1")
+    for _ in range(3):
+        await refused(rig.desk.check_out_by_pin("220001", "0000"))
+    assert (await refused(rig.desk.check_out_by_pin("220001", "4321"))).reason is RefusalReason.PIN_LOCKED
+    set_officer_pin(rig.store, "220001", "97531", by="admin")
+    assert (await rig.desk.check_out_by_pin("220001", "97531")).officer_no == "220001"

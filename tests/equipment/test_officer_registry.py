@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -189,3 +190,25 @@ def test_the_registry_is_not_changed_while_another_process_holds_the_store(
     finally:
         running_agent.close()
     assert officers_cli("import", str(write(tmp_path / "a.csv", LIST)), "--store", str(store_dir)) == 0
+
+
+def test_set_pin_from_stdin_hashes_it_and_records_who_not_what(
+        store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert officers_cli("import", str(write(tmp_path / "a.csv", LIST)), "--store", str(store_dir)) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("24680\n"))
+    assert officers_cli("set-pin", "110002", "--store", str(store_dir), "--by", "admin") == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("12ab\n"))
+    assert officers_cli("set-pin", "110002", "--store", str(store_dir)) == 65  # not digits: refused
+    assert "12ab" not in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("13579\n"))
+    assert officers_cli("set-pin", "999999", "--store", str(store_dir)) == 65  # no such officer
+    store = StationStore(store_dir, STATION)
+    try:
+        officer = OfficerRegistry(store.conn).get("110002")
+        assert officer is not None and verify_pin(officer.pin_hash, "24680")
+        [entry] = [e for e in store.ledger.entries() if e.type == EntryType.OFFICER_PIN_SET]
+        assert (entry.data["officer_no"], entry.data["by"]) == ("110002", "admin")
+        assert "24680" not in json.dumps(dict(entry.data)) and "argon2" not in json.dumps(dict(entry.data))
+    finally:
+        store.close()
