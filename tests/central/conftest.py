@@ -38,6 +38,9 @@ from edge.custody.manifest import manifest_bytes, sign_manifest
 from edge.durable.files import ensure_private_dir
 from edge.pki.tls import client_ssl_context
 
+# A throwaway PostgreSQL server and a fresh database per test (tests/central/pg.py).
+from tests.central.pg import pg_database, pg_server  # noqa: F401
+
 CERT_SHA = "c" * 64
 
 

@@ -1,0 +1,73 @@
+"""One PostgreSQL database holds the central's index and its Merkle log, so one transaction covers both.
+
+:class:`PostgresDatabase` owns the connection (autocommit outside :meth:`transaction`, so a read outside
+one sees only committed units) and is the unit of work (:class:`edge.central.storage.UnitOfWork`) its log
+store is built on. Every transaction takes the log writer's advisory lock first: like SQLite's
+``BEGIN IMMEDIATE``, writers are serialised, here across every receiver process sharing the database, so
+two receivers can never interleave the read of the tree and the insert of a leaf or a signed head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import psycopg
+
+from edge.central.postgres.log import PostgresLogStore
+from edge.central.postgres.migrations import apply_migrations
+
+__all__ = ["PostgresDatabase"]
+
+_CONNECT_TIMEOUT_S = 10
+
+
+class PostgresDatabase:
+    """A central database on PostgreSQL: the unit of work with the Merkle log store on its connection."""
+
+    errors: tuple[type[Exception], ...] = (psycopg.Error,)
+
+    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], where: str) -> None:
+        self.conn = conn
+        # host:port/database, never the password (the URL is validated to carry none; see open()).
+        self.where = where
+        self._log_store = PostgresLogStore(self)
+
+    def __repr__(self) -> str:
+        return f"PostgresDatabase({self.where!r})"
+
+    @property
+    def log_store(self) -> PostgresLogStore:
+        return self._log_store
+
+    @classmethod
+    def open(cls, url: str, *, password: str | None = None, application_name: str = "edge-central"
+             ) -> PostgresDatabase:
+        """Connect, bring the schema to this code's version (:func:`apply_migrations`) and return the
+        database. ``password`` comes from the configured secret reference, never from ``url``.
+        Raises ``psycopg.Error`` (connection) or :class:`~edge.central.postgres.migrations.SchemaError`."""
+        extra: dict[str, object] = {"application_name": application_name, "connect_timeout": _CONNECT_TIMEOUT_S}
+        if password is not None:
+            extra["password"] = password
+        conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(url, autocommit=True, **extra)
+        try:
+            apply_migrations(conn)
+            info = conn.info
+            where = f"{info.host}:{info.port}/{info.dbname}"
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, where)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        with self.conn.transaction():
+            self.conn.execute("SELECT edge_log_writer_lock()")
+            yield self.conn
+
+    def transaction(self) -> AbstractContextManager[psycopg.Connection[tuple[object, ...]]]:
+        """BEGIN, the writer lock, ... COMMIT; rolled back on any exception. Never await inside it."""
+        return self._transaction()
+
+    def close(self) -> None:
+        self.conn.close()
