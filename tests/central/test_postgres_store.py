@@ -4,6 +4,9 @@ a real PostgreSQL server (tests/central/pg.py)."""
 from __future__ import annotations
 
 import multiprocessing
+import re
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -80,10 +83,11 @@ def test_a_database_newer_than_the_code_is_refused(pg_database: PostgresDatabase
 
 
 def test_a_failing_migration_leaves_the_database_as_it_was(pg_database: PostgresDatabaseUnderTest) -> None:
-    broken = [*known_migrations(), Migration(len(known_migrations()) + 1, "broken",
+    version = len(known_migrations()) + 1
+    broken = [*known_migrations(), Migration(version, "broken",
                                              "CREATE TABLE later (x integer); SELECT no_such_function();")]
     with pg_database.admin() as admin:
-        with pytest.raises(SchemaError, match="0002_broken.sql failed"):
+        with pytest.raises(SchemaError, match=re.escape(f"{version:04d}_broken.sql failed")):
             apply_migrations(admin, broken)
         assert schema_version(admin) == 0
         assert admin.execute("SELECT to_regclass('merkle_leaves') IS NULL").fetchone() == (True,)
@@ -245,17 +249,61 @@ def test_tampering_below_the_triggers_is_named_by_verification(
     assert any("leaf 2" in problem.where for problem in problems), problems
 
 
-def _append_many(url: str, password: str, key_path: str, first: int, count: int) -> list[int]:
+def _wait_until_blocked_on_a_lock(admin: psycopg.Connection[tuple[object, ...]], pid: int) -> None:
+    """Until backend ``pid`` waits for a lock (a generous bound: a loaded machine is slow, never wrong)."""
+    for _ in range(600):
+        row = admin.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        if row is not None and row[0] == "Lock":
+            return
+        time.sleep(0.05)
+    pytest.fail(f"backend {pid} never waited for the log writer's lock")
+
+
+def test_a_second_writer_waits_for_the_first_and_then_extends_its_tree(
+    database: PostgresDatabase, pg_database: PostgresDatabaseUnderTest, key: StationKey
+) -> None:
+    """Two receivers' connections: while one holds a transaction, the other's waits in the database (not
+    reading a size that is about to change); when the first commits, the second appends after its leaf
+    and signs a head that covers it."""
+    second = PostgresDatabase.open(pg_database.url, password=pg_database.password)
+    first_log = MerkleLog(database.log_store, key, ORIGIN)
+    second_log = MerkleLog(second.log_store, key, ORIGIN)
+    appended: list[int] = []
+
+    def second_receiver() -> None:
+        with second.transaction():
+            appended.append(second_log.append(entry(1)))
+            second_log.tree_head()
+
+    try:
+        with pg_database.admin() as admin, database.transaction():
+            assert first_log.append(entry(0)) == 0
+            first_head = first_log.tree_head()
+            thread = threading.Thread(target=second_receiver)
+            thread.start()
+            _wait_until_blocked_on_a_lock(admin, second.conn.info.backend_pid)
+            assert appended == []
+        thread.join(timeout=60)
+        assert not thread.is_alive() and appended == [1]
+        heads = list(first_log.tree_heads())
+        assert (heads[0].tree_size, heads[0].root_hash) == (1, first_head.root_hash)
+        assert heads[-1].tree_size == 2 and first_log.verify(key.public_key()) == []
+    finally:
+        second.close()
+
+
+def _receiver(url: str, password: str, key_path: str, first: int, count: int, start: Any, out: Any) -> None:
     """One receiver process: each acceptance appends a leaf and signs a head in one transaction."""
     database = PostgresDatabase.open(url, password=password)
     try:
         log = MerkleLog(database.log_store, StationKey.load_or_create(Path(key_path)), ORIGIN)
+        start.wait(timeout=120)  # both processes connected: their appends contend from the first
         indexes = []
         for number in range(first, first + count):
             with database.transaction():
                 indexes.append(log.append(entry(number)))
                 log.tree_head()
-        return indexes
+        out.put(indexes)
     finally:
         database.close()
 
@@ -264,16 +312,26 @@ def test_two_receiver_processes_append_one_consistent_log(
     database: PostgresDatabase, pg_database: PostgresDatabaseUnderTest, key: StationKey,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    key_path = str(tmp_path_factory.getbasetemp() / "key0" / "signing.key")
-    per_process = 40
+    assert key.path is not None
+    key_path = str(key.path)
+    per_process = 60
     context = multiprocessing.get_context("spawn")
-    with context.Pool(2) as pool:
-        results = [pool.apply_async(_append_many, (pg_database.url, pg_database.password, key_path,
-                                                   start * 1000, per_process)) for start in (1, 2)]
-        first, second = (result.get(timeout=300) for result in results)
-    assert sorted(first + second) == list(range(2 * per_process))  # no index taken twice, none skipped
+    start, out = context.Barrier(2), context.Queue()
+    processes = [context.Process(target=_receiver, args=(pg_database.url, pg_database.password, key_path,
+                                                         base * 1000, per_process, start, out))
+                 for base in (1, 2)]
+    for process in processes:
+        process.start()
+    try:
+        results = [out.get(timeout=300) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=60)
+    assert [process.exitcode for process in processes] == [0, 0]
+    assert sorted(results[0] + results[1]) == list(range(2 * per_process))  # none taken twice or skipped
     log = MerkleLog(database.log_store, key, ORIGIN)
     heads = list(log.tree_heads())
-    assert [head.tree_size for head in heads] == sorted(head.tree_size for head in heads)
-    assert len({head.tree_size for head in heads}) == len(heads) == 2 * per_process
+    # One head per acceptance, each a larger tree than the one before: no two heads of one size, and
+    # verification proves every head consistent with every later one.
+    assert [head.tree_size for head in heads] == list(range(1, 2 * per_process + 1))
     assert log.verify(key.public_key()) == []

@@ -2,9 +2,9 @@
 
 Today: the schema as versioned migrations applied at start (:mod:`.migrations`), append-only history
 enforced by triggers in the database, and the Merkle log's store (:class:`PostgresLogStore`) whose
-appends are serialised across processes by an advisory lock. The rest of the :class:`~edge.central.storage.Index`
-protocol and the console store are not built yet, so the receiver refuses ``index.type = "postgresql"``
-(:func:`edge.central.config.require_embedded_index`).
+appends are serialised across processes by an advisory lock. The rest of the
+:class:`~edge.central.storage.Index` protocol and the console store are not built yet, so the receiver
+refuses ``index.type = "postgresql"`` (:func:`edge.central.config.require_embedded_index`).
 """
 
 from edge.central.postgres.database import PostgresDatabase

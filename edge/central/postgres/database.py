@@ -46,10 +46,11 @@ class PostgresDatabase:
         """Connect, bring the schema to this code's version (:func:`apply_migrations`) and return the
         database. ``password`` comes from the configured secret reference, never from ``url``.
         Raises ``psycopg.Error`` (connection) or :class:`~edge.central.postgres.migrations.SchemaError`."""
-        extra: dict[str, object] = {"application_name": application_name, "connect_timeout": _CONNECT_TIMEOUT_S}
-        if password is not None:
-            extra["password"] = password
-        conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(url, autocommit=True, **extra)
+        # Keyword parameters are merged with the URL's (None is left out); the password never enters the URL.
+        conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(
+            url, autocommit=True, application_name=application_name, connect_timeout=_CONNECT_TIMEOUT_S,
+            password=password,
+        )
         try:
             apply_migrations(conn)
             info = conn.info

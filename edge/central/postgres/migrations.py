@@ -49,16 +49,21 @@ def known_migrations() -> list[Migration]:
     return found
 
 
-def schema_version(conn: psycopg.Connection[object]) -> int:
+def schema_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
     """The newest migration applied to the database (0 for a database this code never touched)."""
     exists = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
     if exists is None or not exists[0]:
         return 0
     row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-    return 0 if row is None else int(row[0])
+    version = None if row is None else row[0]
+    if not isinstance(version, int):
+        raise SchemaError(f"schema_version holds a damaged version {version!r}")
+    return version
 
 
-def apply_migrations(conn: psycopg.Connection[object], migrations: list[Migration] | None = None) -> int:
+def apply_migrations(
+    conn: psycopg.Connection[tuple[object, ...]], migrations: list[Migration] | None = None
+) -> int:
     """Bring the database (``conn`` in autocommit mode) to the newest known version; returns it.
 
     Raises :class:`SchemaError` when the database is newer than the code, or when a migration fails
