@@ -8,7 +8,15 @@ refuses ``index.type = "postgresql"`` (:func:`edge.central.config.require_embedd
 """
 
 from edge.central.postgres.database import PostgresDatabase
+from edge.central.postgres.index import PostgresIndex
 from edge.central.postgres.log import PostgresLogStore
 from edge.central.postgres.migrations import SchemaError, apply_migrations, known_migrations
 
-__all__ = ["PostgresDatabase", "PostgresLogStore", "SchemaError", "apply_migrations", "known_migrations"]
+__all__ = [
+    "PostgresDatabase",
+    "PostgresIndex",
+    "PostgresLogStore",
+    "SchemaError",
+    "apply_migrations",
+    "known_migrations",
+]

@@ -9,11 +9,12 @@ two receivers can never interleave the read of the tree and the insert of a leaf
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 import psycopg
 
+from edge.central.postgres.index import PostgresIndex
 from edge.central.postgres.log import PostgresLogStore
 from edge.central.postgres.migrations import apply_migrations
 
@@ -27,18 +28,29 @@ class PostgresDatabase:
 
     errors: tuple[type[Exception], ...] = (psycopg.Error,)
 
-    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], where: str) -> None:
+    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], where: str,
+                 reconnect: Callable[[], psycopg.Connection[tuple[object, ...]]]) -> None:
         self.conn = conn
         # host:port/database, never the password (the URL is validated to carry none; see open()).
         self.where = where
+        self._reconnect = reconnect
+        self._index = PostgresIndex(self)
         self._log_store = PostgresLogStore(self)
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({self.where!r})"
 
     @property
+    def index(self) -> PostgresIndex:
+        return self._index
+
+    @property
     def log_store(self) -> PostgresLogStore:
         return self._log_store
+
+    def reopen(self) -> PostgresDatabase:
+        """Another connection to the same database (a snapshot's, for a worker thread); no migration."""
+        return PostgresDatabase(self._reconnect(), self.where, self._reconnect)
 
     @classmethod
     def open(cls, url: str, *, password: str | None = None, application_name: str = "edge-central"
@@ -46,11 +58,14 @@ class PostgresDatabase:
         """Connect, bring the schema to this code's version (:func:`apply_migrations`) and return the
         database. ``password`` comes from the configured secret reference, never from ``url``.
         Raises ``psycopg.Error`` (connection) or :class:`~edge.central.postgres.migrations.SchemaError`."""
-        # Keyword parameters are merged with the URL's (None is left out); the password never enters the URL.
-        conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(
-            url, autocommit=True, application_name=application_name, connect_timeout=_CONNECT_TIMEOUT_S,
-            password=password,
-        )
+
+        def connect() -> psycopg.Connection[tuple[object, ...]]:
+            # Keyword parameters are merged with the URL's (None is left out): the password never enters
+            # the URL.
+            return psycopg.connect(url, autocommit=True, application_name=application_name,
+                                   connect_timeout=_CONNECT_TIMEOUT_S, password=password)
+
+        conn = connect()
         try:
             apply_migrations(conn)
             info = conn.info
@@ -58,7 +73,7 @@ class PostgresDatabase:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, where)
+        return cls(conn, where, connect)
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:

@@ -81,8 +81,10 @@ CREATE TABLE station_checkpoints (
     UNIQUE (station, seq, hash, time, key_id, signature)
 );
 CREATE INDEX station_checkpoints_seq ON station_checkpoints (station, seq);
+-- Item ids and times order byte-wise (COLLATE "C", as SQLite does), whatever the database's locale: the
+-- query cursor (acquired_utc, item) must mean the same on every server.
 CREATE TABLE items (
-    item text PRIMARY KEY,
+    item text COLLATE "C" PRIMARY KEY,
     sha256 text NOT NULL,
     size bigint NOT NULL,
     station text NOT NULL,
@@ -90,7 +92,7 @@ CREATE TABLE items (
     manifest_sha256 text NOT NULL,
     officer_no text,
     device_serial text,
-    acquired_utc text NOT NULL,
+    acquired_utc text COLLATE "C" NOT NULL,
     recorded_start text,
     chain_seq bigint NOT NULL,
     leaf_index bigint NOT NULL UNIQUE,
