@@ -665,14 +665,14 @@ class CentralLayout:
 def require_embedded_index(config: CentralConfig) -> None:
     """Refuse, with :class:`ConfigError`, a configuration whose index the central cannot run on yet.
 
-    The PostgreSQL backend (edge.central.postgres) has its schema, migrations, append-only rules and the
-    Merkle log's serialised store, but not yet the whole index and console; until it does, a central
+    The PostgreSQL backend (edge.central.postgres) has its schema, migrations, append-only rules, the
+    index and the Merkle log's serialised store, but not yet the console's store; until it does, a central
     configured for it must not start on anything else in its place."""
     if config.central.index.type != "sqlite":
         raise ConfigError(
             f"central.index: type {config.central.index.type!r} is not yet supported by the receiver and its "
-            "commands (the PostgreSQL index is being built: its schema and Merkle log store exist, the rest "
-            "of the index does not); use the default {type = \"sqlite\"}"
+            "commands (the PostgreSQL backend is being built: the index and the Merkle log run on it, the "
+            "auditor console's store does not yet); use the default {type = \"sqlite\"}"
         )
 
 

@@ -17,6 +17,7 @@ import pytest
 from edge.central.log import MerkleLog
 from edge.central.postgres import PostgresDatabase, SchemaError, apply_migrations, known_migrations
 from edge.central.postgres.migrations import Migration, schema_version
+from edge.central.storage import Index, LogStore, UnitOfWork
 from edge.custody.canonical import sha256_hex
 from edge.custody.keys import StationKey
 from edge.custody.merkle import MemoryTree, leaf_hash, verify_consistency, verify_inclusion
@@ -335,3 +336,49 @@ def test_two_receiver_processes_append_one_consistent_log(
     # verification proves every head consistent with every later one.
     assert [head.tree_size for head in heads] == list(range(1, 2 * per_process + 1))
     assert log.verify(key.public_key()) == []
+
+
+def test_time_stamps_of_heads_are_kept_and_append_only(
+    database: PostgresDatabase, pg_database: PostgresDatabaseUnderTest, key: StationKey
+) -> None:
+    log = MerkleLog(database.log_store, key, ORIGIN)
+    store = database.log_store
+    assert store.newest_head_unstamped() is None  # no head yet
+    with database.transaction():
+        log.append(entry(0))
+        first = log.tree_head()
+    assert store.newest_head_unstamped() == (1, first)
+    with database.transaction():
+        store.append_timestamp(1, first, "note", b"\x30\x03\x02\x01\x00", "20240501090000Z", "now")
+    assert store.newest_head_unstamped() is None  # the newest is stamped
+    with database.transaction():
+        log.append(entry(1))
+        second = log.tree_head()
+    assert store.newest_head_unstamped() == (2, second)
+    with pg_database.admin() as admin:
+        token = admin.execute("SELECT token FROM merkle_head_timestamps").fetchone()
+        assert token == (b"\x30\x03\x02\x01\x00",)
+        with pytest.raises(psycopg.Error, match="append-only"):
+            admin.execute("UPDATE merkle_head_timestamps SET token = '\\x00'")
+
+
+def test_a_snapshot_sees_one_state_while_the_index_moves_on(
+    database: PostgresDatabase, key: StationKey
+) -> None:
+    index = database.index
+    index.record_rejection(station="st", code="ledger_gap", detail="first")
+    with index.snapshot() as view:
+        assert [row["detail"] for row in view.rejections()] == ["first"]
+        index.record_rejection(station="st", code="ledger_gap", detail="second")  # committed meanwhile
+        assert [row["detail"] for row in view.rejections()] == ["first"]  # the snapshot's state
+        with pytest.raises(psycopg.Error, match="read-only"):
+            view.record_rejection(station="st", code="x", detail="written through a snapshot")
+    assert [row["detail"] for row in index.rejections()] == ["first", "second"]
+
+
+def test_the_backend_implements_the_storage_protocols(database: PostgresDatabase) -> None:
+    """mypy checks these assignments against the protocols; the run checks they are the same objects."""
+    unit: UnitOfWork = database
+    index: Index = database.index
+    store: LogStore = database.log_store
+    assert index.unit is unit and store.unit is unit and unit.errors == (psycopg.Error,)

@@ -1,8 +1,8 @@
 """One PostgreSQL database holds the central's index and its Merkle log, so one transaction covers both.
 
 :class:`PostgresDatabase` owns the connection (autocommit outside :meth:`transaction`, so a read outside
-one sees only committed units) and is the unit of work (:class:`edge.central.storage.UnitOfWork`) its log
-store is built on. Every transaction takes the log writer's advisory lock first: like SQLite's
+one sees only committed units) and is the unit of work (:class:`edge.central.storage.UnitOfWork`) its
+index and log store are built on. Every transaction takes the log writer's advisory lock first: like SQLite's
 ``BEGIN IMMEDIATE``, writers are serialised, here across every receiver process sharing the database, so
 two receivers can never interleave the read of the tree and the insert of a leaf or a signed head.
 """
@@ -24,7 +24,8 @@ _CONNECT_TIMEOUT_S = 10
 
 
 class PostgresDatabase:
-    """A central database on PostgreSQL: the unit of work with the Merkle log store on its connection."""
+    """A central database on PostgreSQL: the unit of work with the index and the Merkle log store on its
+    connection (one connection, used from the event loop as the SQLite one is; a snapshot opens its own)."""
 
     errors: tuple[type[Exception], ...] = (psycopg.Error,)
 
