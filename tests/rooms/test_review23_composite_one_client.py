@@ -55,7 +55,8 @@ class OneClientCamera:
                     await reader.readuntil(b"\r\n\r\n")
             if self.serving >= self.clients:
                 self.refused += 1
-                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                             b"Connection: close\r\n\r\n")
                 await writer.drain()
                 return
             self.serving += 1
@@ -120,4 +121,5 @@ async def test_a_composite_never_takes_the_camera_from_its_original(
     sealed = {s: len(watch.of("segment_sealed", source=s)) for s in ("closeup", "composite")}
     assert both_record(), (
         f"a camera serving {clients} client(s) (refused {camera.refused} connections): segments sealed "
-        f"{sealed}; gaps {[(e.data['source'], e.data['reason'][:80]) for e in watch.of('gap', state='open')]}")
+        f"{sealed}; gaps {[(e.data['source'], e.data['reason'][:80]) for e in watch.of('gap', state='open')]}"
+    )

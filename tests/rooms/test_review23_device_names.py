@@ -40,9 +40,11 @@ url = "{url}"
 """
 
 
-@pytest.mark.parametrize(("fmt", "url"), [("v4l2", "/dev/v4l/by-id/usb-Camera_Closeup-video-index0"),
-                                          ("v4l2", "/dev/v4l/by-path/pci-0000:00:14.0-usb-0:2:1.0-video-index0"),
-                                          ("alsa", "hw:CARD=Mic,DEV=0")])
+@pytest.mark.parametrize(("fmt", "url"), [
+    ("v4l2", "/dev/v4l/by-id/usb-Camera_Closeup-video-index0"),
+    ("v4l2", "/dev/v4l/by-path/pci-0000:00:14.0-usb-0:2:1.0-video-index0"),
+    ("alsa", "hw:CARD=Mic,DEV=0"),
+])
 def test_the_control_a_stable_device_name_is_accepted(fmt: str, url: str) -> None:
     assert parse_config(BASE.format(fmt=fmt, url=url)).rooms.room[0].source[0].input[0].url == url
 
@@ -50,5 +52,5 @@ def test_the_control_a_stable_device_name_is_accepted(fmt: str, url: str) -> Non
 @pytest.mark.parametrize(("fmt", "url"), [("v4l2", "/dev/video0"), ("alsa", "hw:1,0"),
                                           ("alsa", "plughw:1,0")])
 def test_a_kernel_enumeration_name_of_a_room_device_is_refused(fmt: str, url: str) -> None:
-    with pytest.raises(ConfigError, match="by-id|CARD="):
+    with pytest.raises(ConfigError, match=r"by-id|CARD="):
         parse_config(BASE.format(fmt=fmt, url=url))

@@ -19,6 +19,7 @@ sealed, each starting where the previous ended, no gap needed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import stat
 import subprocess
 import sys
@@ -108,7 +109,7 @@ async def test_a_listed_segment_that_cannot_be_sealed_is_a_gap_on_the_record(
         assert {0, 1, 2, 3, 4} <= set(indexes)
     gaps = [(_s(e.data["from"]), _s(e.data["to"])) for e in watch.of("gap", source="a", state="closed")]
     holes = []
-    for before, after in zip(sealed, sealed[1:], strict=False):
+    for before, after in itertools.pairwise(sealed):
         end, start = _s(before.data["end_utc"]), _s(after.data["start_utc"])
         if start - end > 0.001 and not any(f <= end + 0.001 and t >= start - 0.001 for f, t in gaps):
             holes.append((before.data["index"], after.data["index"], round(start - end, 3)))
