@@ -19,7 +19,10 @@ listed it and starts where the previous one ended, so one segment ends exactly w
 source whose own clock runs fast or slow (an IP camera's RTP clock) does not carry them away; the stream
 times of the list are kept as the source reported them, and how far they drifted is
 :attr:`ClosedSegment.source_drift_s`. The station times are kept in the run directory
-(``station_times``). The anchor is stream second 0 (the first frame)
+(``station_times``). A segment listed well after its stream duration accounts for (a source that
+stalled for less than the liveness timeout, its clock not counting the stall) gets its stream-true span
+and the time before it is handed over as a stall (:attr:`ClosedSegment.stalled_from_ns`, a gap of the
+session). The anchor is stream second 0 (the first frame)
 in station time: set when the first segment is listed, so that this segment ends when ffmpeg listed it
 (a source that delivers late does not make its segments claim to be recorded early); until then, and for
 a run that lists nothing, ffmpeg's start. It is kept in the run directory (``anchor_ns``).
@@ -53,6 +56,11 @@ PID_FILE = "ffmpeg.pid"
 ANCHOR_FILE = "anchor_ns"
 PINS_FILE = "pins"
 STATION_TIMES_FILE = "station_times"
+# A segment listed more than this much later than its stream duration accounts for (after the previous
+# one ended) follows a stall of its source: max(1 s, 25 % of its stream duration), above the jitter of
+# ffmpeg's listing (an encoder's lookahead, a busy CPU) and a source clock's drift over one segment.
+STALL_TOLERANCE_S = 1.0
+STALL_TOLERANCE_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,10 @@ class ClosedSegment:
     # (start, end) in station time, by the station's clock: from the end of the run's previous segment to
     # when ffmpeg listed this one (None: counted from the anchor and the stream times, see times_ns).
     station_ns: tuple[int, int] | None = None
+    # The source delivered nothing from here (station time, the previous segment's end) to this segment's
+    # start: a stall under the liveness timeout (stall_before). None: no stall before it.
+    stalled_from_ns: int | None = None
+    stalled_ns: int = 0  # station time the run's stalls took so far, up to this segment (for the drift)
 
     @property
     def duration_s(self) -> float | None:
@@ -90,7 +102,7 @@ class ClosedSegment:
         fast). None without station times or stream times."""
         if self.station_ns is None or self.end_s is None:
             return None
-        return self.end_s - (self.station_ns[1] - self.anchor_ns) / 1e9
+        return self.end_s - (self.station_ns[1] - self.anchor_ns - self.stalled_ns) / 1e9
 
     def times_ns(self) -> tuple[int, int]:
         """(start, end) in station time: the station's clock when it has them (`station_ns`), so that a
@@ -126,10 +138,13 @@ async def capture_run(
     on_started: Callable[[int], None] | None = None,
     anchor_ns: int | None = None,
     redact: Callable[[str], str] = redact_url_userinfo,
+    report_stalls: bool = True,
 ) -> None:
     """Run ffmpeg until it ends (CaptureEnded) or this is cancelled; see the module docstring.
     `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started). `redact`:
-    applied to every line of ffmpeg's stderr as it is read (a URL's password never leaves this run)."""
+    applied to every line of ffmpeg's stderr as it is read (a URL's password never leaves this run).
+    `report_stalls`: a stall before a segment (:func:`stall_before`) is handed over with it
+    (`stalled_from_ns`) and the segment keeps its stream-true span; else the segment takes up the slack."""
     make_dirs_durable(run_dir)  # private (0700), like the rest of the store
     anchor = anchor_ns if anchor_ns is not None else _now_ns()
     last_end_s = 0.0
@@ -152,9 +167,10 @@ async def capture_run(
 
     anchored = False
     last_end_ns: int | None = None  # station time the last listed segment ended
+    stalled_total_ns = 0
 
     def hand_over(segments: list[ListedSegment], closed_ns: int | None) -> None:
-        nonlocal last_end_s, anchor, anchored, last_end_ns
+        nonlocal last_end_s, anchor, anchored, last_end_ns, stalled_total_ns
         when = closed_ns if closed_ns is not None else _now_ns()
         if segments and not anchored:
             # Stream second 0 is the first frame, not ffmpeg's spawn: a source that delivers late (an RTSP
@@ -169,15 +185,24 @@ async def capture_run(
         # Station times by the station's clock: a segment ends when ffmpeg listed it and starts where the
         # previous one ended; the source's own times stay as the list gave them (stream_*_s).
         first_start = last_end_ns if last_end_ns is not None else anchor + int(segments[0].start_s * 1e9)
-        spans = station_spans(first_start, when, [seg.end_s - seg.start_s for seg in segments])
-        for seg, (start_ns, end_ns) in zip(segments, spans, strict=True):
+        durations = [seg.end_s - seg.start_s for seg in segments]
+        # A stall of the source under the liveness timeout: the time it delivered nothing is not the
+        # next segment's (a second of pictures claiming eight seconds of the room), but a gap before it.
+        stall_ns = 0
+        if report_stalls and last_end_ns is not None:
+            stall_ns = stall_before(first_start, when, durations)
+        stalled_total_ns += stall_ns
+        spans = station_spans(first_start + stall_ns, when, durations)
+        for number, (seg, (start_ns, end_ns)) in enumerate(zip(segments, spans, strict=True)):
             listed.add(seg.name)
             last_end_s = max(last_end_s, seg.end_s)
             pin = pin_file(run_dir, seg.name)
             last_end_ns = end_ns
             write_station_times(run_dir, seg.name, start_ns, end_ns)
             on_segment(ClosedSegment(run_dir / seg.name, run_dir.name, seg.name, seg.index, seg.start_s,
-                                     seg.end_s, when, anchor, pin=pin, station_ns=(start_ns, end_ns)))
+                                     seg.end_s, when, anchor, pin=pin, station_ns=(start_ns, end_ns),
+                                     stalled_from_ns=first_start if stall_ns and number == 0 else None,
+                                     stalled_ns=stalled_total_ns))
 
     ended: str | None = None
     try:
@@ -239,6 +264,19 @@ def read_pins(run_dir: Path) -> dict[str, tuple[int, int, int, int]]:
             size, mtime, ctime, inode = (int(p) for p in parts[1:])
             found[parts[0]] = (size, mtime, ctime, inode)
     return found
+
+
+def stall_before(start_ns: int, listed_ns: int, stream_durations_s: Sequence[float]) -> int:
+    """Station nanoseconds before the first of segments listed together at `listed_ns` (the previous one
+    ended at `start_ns`) that their stream durations do not account for, when more than the tolerance
+    (max(STALL_TOLERANCE_S, STALL_TOLERANCE_SHARE of the first one's stream duration)): the source
+    delivered nothing meanwhile. 0 within the tolerance (the first segment takes up the slack)."""
+    durations = [max(0.0, d) for d in stream_durations_s]
+    if not durations:
+        return 0
+    excess_ns = (listed_ns - start_ns) - int(sum(durations) * 1e9)
+    tolerance_ns = int(max(STALL_TOLERANCE_S, STALL_TOLERANCE_SHARE * durations[0]) * 1e9)
+    return excess_ns if excess_ns > tolerance_ns else 0
 
 
 def station_spans(

@@ -26,6 +26,16 @@ ffmpeg counts from the probe's end. A camera that accepts and stays silent opens
 ... gave no answer") when that deadline passes, and an ffprobe is killed whenever its probe ends early
 (timeout or cancellation).
 
+A segment that cannot be sealed (listed but missing, changed after it was listed, gone) is a closed gap
+over its station times (``reason`` ``segment-unsealable: segment <run>/<name> could not be sealed: ...``,
+with ``run``, ``segment`` and ``unsealable``) beside the sealer's `error` entry, so the session manifest
+says what is missing. A segment the pipeline could not seal (a full disk) is kept and tried again at the
+stop; still unsealed then, its time is a gap likewise (the file stays for a later try).
+
+A source that stalls for less than the liveness timeout (ffmpeg not restarted) is a gap too: the
+capture (:func:`edge.rooms.capture.station_spans`) finds the first segment listed after it claiming much
+more station time than it holds, and hands the excess over as a stall (``reason`` ``source-stalled: ...``).
+
 At the stop, each sealer tries once more every segment of its source still in the capture directories
 (one whose sealing failed during the session: a full disk, an I/O error), so none is dropped.
 
@@ -56,6 +66,7 @@ from urllib.parse import quote
 from edge.config.base import ConfigError
 from edge.config.rooms import RoomConfig, RoomInputConfig, RoomSourceConfig, RoomsSection
 from edge.custody.ledger import EntryType, Ledger
+from edge.custody.text import printable
 from edge.gb28181.live import Interruption, LiveEvent, LiveEventKind, LiveStreams
 from edge.ingest.manifest import iso_from_ns
 from edge.ingest.pipeline import IngestPipeline
@@ -94,6 +105,10 @@ LATENCIES_KEPT = 1000
 # A source's first media later than this after it was started is an unrecorded start: a gap.
 LATE_START_REASON = "source-late-start"
 ArgvBuilder = Callable[[str, Sequence[RoomInputConfig], SegmentPlan, Path], list[str]]
+# A source that delivered nothing for a while, under the liveness timeout.
+STALLED_REASON = "source-stalled"
+# A listed (or partial) segment that could not be sealed: its time is a gap.
+UNSEALABLE_REASON = "segment-unsealable"
 RESUMED_REASON = "the station agent was not running (stopped or crashed while the session was recording)"
 
 
@@ -137,6 +152,7 @@ class SourceRecording:
     gap_attempts: int = 0
     sealed: list[SealedSegment] = field(default_factory=list)
     failed: int = 0
+    unsealable_gaps: set[tuple[str, str]] = field(default_factory=set)  # (run, name) already a gap
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
     # A derived output (the composite): its own command, and what its segments say they derive from.
     argv: ArgvBuilder | None = None
@@ -356,6 +372,8 @@ class SessionRecording:
         argv = (source.argv or segment_argv)(self.settings.ffmpeg, inputs, plan, run_dir)
 
         def closed(segment: ClosedSegment) -> None:
+            if segment.stalled_from_ns is not None and source.gap_from_ns is None:
+                self._stalled(source, segment)
             if segment.partial is None:
                 liveness.beat()
                 first_segment.set()
@@ -376,8 +394,10 @@ class SessionRecording:
             source.pid = pid
 
         try:
+            # A GB/T 28181 channel's stalls are told by its live layer (_live_event), each a gap already.
             await capture_run(argv, run_dir, closed, stop_timeout_s=self.settings.stop_timeout_s,
-                              on_started=started, anchor_ns=started_ns, redact=redact)
+                              on_started=started, anchor_ns=started_ns, redact=redact,
+                              report_stalls=source.gb is None)
         except CaptureEnded as exc:
             self._open_gap(source, started_ns, redact(str(exc)))
             raise
@@ -395,6 +415,18 @@ class SessionRecording:
             raise
         finally:
             source.pid = None
+
+    def _stalled(self, source: SourceRecording, segment: ClosedSegment) -> None:
+        """The source delivered nothing from the previous segment's end to this one's start (a stall under
+        the liveness timeout: ffmpeg ran on): a gap over that time."""
+        assert segment.stalled_from_ns is not None
+        start_ns, _ = segment.times_ns()
+        stalled_s = (start_ns - segment.stalled_from_ns) / 1e9
+        reason = (f"{STALLED_REASON}: the source delivered nothing for {stalled_s:.1f} s (under the liveness "
+                  f"timeout of {self.liveness_timeout_s:g} s: ffmpeg ran on; segment {segment.name} was "
+                  "listed that much later than its stream duration accounts for)")
+        source.queue.put_nowait(GapOpened(segment.stalled_from_ns, reason))
+        source.queue.put_nowait(GapClosed(start_ns))
 
     def _late_start(self, source: SourceRecording, started_ns: int, first_media_ns: int) -> None:
         """The session's first media of `source` came `first_media_ns - started_ns` after the source was
@@ -520,9 +552,12 @@ class SessionRecording:
                 return
             try:
                 if isinstance(work, ClosedSegment):
-                    done = await self._sealer(source).seal(work)
+                    sealer = self._sealer(source)
+                    done = await sealer.seal(work)
                     if done is None:
                         source.failed += 1
+                        if not sealer.retryable:  # never sealable as ffmpeg's: its time is a gap now
+                            await self._unsealable_gap(source, work, sealer.failure)
                     else:
                         source.sealed.append(done)
                         source.latencies_s.append(done.seal_latency_s)
@@ -552,14 +587,36 @@ class SessionRecording:
             for segment in leftover_segments(run_dir, already, source.config.id):
                 log.warning("room %s source %s: %s/%s: sealing it again at the stop", self.session.room,
                             source.config.id, segment.run, segment.name)
+                sealer = self._sealer(source)
                 try:
-                    done = await self._sealer(source).seal(segment)
+                    done = await sealer.seal(segment)
                 except Exception:
                     log.exception("room %s source %s: sealing failed", self.session.room, source.config.id)
                     done = None
                 if done is not None:
                     source.sealed.append(done)
                     source.failed = max(0, source.failed - 1)
+                else:  # the stop's manifest will not list it: its time is a gap (it stays for a later try)
+                    await self._unsealable_gap(source, segment, sealer.failure, kept=True)
+
+    async def _unsealable_gap(
+        self, source: SourceRecording, segment: ClosedSegment, failure: str | None, *, kept: bool = False
+    ) -> None:
+        """A segment ffmpeg wrote that cannot be sealed leaves its station times unrecorded on the record:
+        a closed gap over them, naming the segment and what was wrong (beside the sealer's `error`).
+        Once per segment (the stop's sweep tries a kept one again)."""
+        key = (segment.run, segment.name)
+        if key in source.unsealable_gaps:
+            return
+        source.unsealable_gaps.add(key)
+        from_ns, to_ns = segment.times_ns()
+        name = printable(f"{segment.run}/{segment.name}")[:120]
+        why = printable(failure or "sealing failed")[:400]
+        reason = f"{UNSEALABLE_REASON}: segment {name} could not be sealed: {why}"
+        if kept:
+            reason += " (its file is kept in the capture directory for a later try)"
+        await self._gap_entry(source, "closed", from_ns, to_ns, reason, run=segment.run,
+                              segment=printable(segment.name)[:64], unsealable=True)
 
     async def _gap_entry(
         self, source: SourceRecording, state: str, from_ns: int, to_ns: int | None, reason: str, **extra: Any

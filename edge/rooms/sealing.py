@@ -10,7 +10,8 @@ start and end times, and ``seal_latency_s``: from ffmpeg listing the segment to 
 entry being committed) and removes the capture file: the sealed copy in the store holds its exact bytes.
 
 A segment the pipeline could not seal stays in its capture directory; the pipeline's `error` entries say
-why, and the sealer records one more naming the session (`stage` ``room segment``).
+why, and the sealer records one more naming the session (`stage` ``room segment``); `failure` keeps the
+reason for the caller, which records the segment's time as a gap (:mod:`edge.rooms.recording`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ class SegmentSealer:
         self.station_id = station_id
         self.clock_synchronised = clock_synchronised
         self.segments = RoomSegments(session.room, source)
+        # Why the last seal() returned None, and whether the file is kept for another try (the pipeline
+        # failed: a full disk) or can never be sealed as ffmpeg's (missing, changed, not a file).
+        self.failure: str | None = None
+        self.retryable = False
 
     def offered(self, segment: ClosedSegment) -> OfferedItem:
         """The segment as the pipeline takes it (raises OSError when the file is gone or not regular)."""
@@ -168,8 +173,9 @@ class SegmentSealer:
         )
 
     async def seal(self, segment: ClosedSegment) -> SealedSegment | None:
-        """Seal one segment; None when it could not be (the ledger says why)."""
+        """Seal one segment; None when it could not be (the ledger says why; `failure` too)."""
         session = self.session
+        self.failure, self.retryable = None, False
         where: dict[str, Any] = {
             "room_session": session.session,
             "room": session.room,
@@ -191,6 +197,7 @@ class SegmentSealer:
         if work.item not in run.sealed:
             why = "; ".join(progress.errors[-3:]) or run.outcome.value
             await self._error(where, f"not sealed ({work.state}): {why}")
+            self.retryable = True
             return None
         sealed_ns = time.time_ns()
         latency_s = max(0.0, (sealed_ns - segment.closed_ns) / 1e9)
@@ -250,6 +257,7 @@ class SegmentSealer:
 
     async def _error(self, where: Mapping[str, Any], reason: str) -> None:
         log.error("room %s source %s: %s: %s", self.session.room, self.source, where.get("segment"), reason)
+        self.failure = reason
         data = {**where, "stage": "room segment", "reason": reason}
         repository = self.pipeline.repository
         await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
