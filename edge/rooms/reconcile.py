@@ -12,7 +12,11 @@ entries alone; :func:`disagreements` names each field in which a file says other
 (:meth:`edge.rooms.service.RoomService.load`) resumes the ledger's session, records every disagreement
 (or a missing file) as an `error` entry, and writes the file again from the ledger. A stopped session's
 missing or unreadable file is rebuilt likewise when its stop left work, and whether a completed manifest
-is still owed is read from the ledger too (:func:`completed_manifest_owed`).
+is still owed is read from the ledger too (:func:`completed_manifest_owed`). A session whose stop sealed
+its signed manifest but never appended session_stopped (the agent was killed between the two) is over:
+:func:`stop_manifest_sealed` finds that manifest, and the service finishes the stop instead of resuming.
+A recovered ``session_started`` (written after a restart from a file whose start was cut short) carries the
+file's ``started_utc``, which :meth:`LedgerSession.rebuilt` takes.
 """
 
 from __future__ import annotations
@@ -56,7 +60,12 @@ class LedgerSession:
             for p in data.get("persons", []) if isinstance(p, dict)
         )
         started_utc = self.started.time
-        if file_started_utc is not None and _plausible_start(file_started_utc, self.started.time):
+        recovered_start = data.get("started_utc")
+        if data.get("recovered") is True and isinstance(recovered_start, str) and _seconds(recovered_start):
+            # Written after a restart from the session's file (its start was cut short): the file's start,
+            # as the entry says.
+            started_utc = recovered_start
+        elif file_started_utc is not None and _plausible_start(file_started_utc, self.started.time):
             started_utc = file_started_utc
         session = RoomSession(
             session=str(data.get("room_session")),
@@ -161,6 +170,30 @@ def completed_manifest_owed(entries: Iterable[LedgerEntry], session: str) -> boo
               and last_late is not None and entry.item is not None):
             pending.add(entry.item)
     return last_late is not None and not covered
+
+
+STOP_MANIFEST_ROLE = "session-manifest"
+# Entry types that say whether a stop's signed manifest was sealed.
+STOP_MANIFEST_TYPES = (EntryType.ACQUIRED, EntryType.SEALED)
+
+
+def stop_manifest_sealed(
+    entries: Iterable[LedgerEntry], session: str
+) -> tuple[LedgerEntry, LedgerEntry] | None:
+    """The `acquired` and `sealed` entries of the signed manifest a stop of `session` sealed (role
+    ``session-manifest``), by the ledger alone (`entries`: of STOP_MANIFEST_TYPES, in order); None when no
+    such manifest was sealed. A stop seals it just before its session_stopped: found without one, the
+    stop was cut short (the agent was killed) and the session is over."""
+    acquired: dict[str, LedgerEntry] = {}
+    for entry in entries:
+        if entry.item is None:
+            continue
+        if entry.type == EntryType.ACQUIRED:
+            if entry.data.get("room_session") == session and entry.data.get("role") == STOP_MANIFEST_ROLE:
+                acquired[entry.item] = entry
+        elif entry.type == EntryType.SEALED and entry.item in acquired:
+            return acquired[entry.item], entry
+    return None
 
 
 def recording_on_ledger(found: dict[str, LedgerSession]) -> dict[str, LedgerSession]:

@@ -44,9 +44,12 @@ from edge.rooms.reconcile import (
     COMPLETED_MANIFEST_ROLE,
     COMPLETION_TYPES,
     SESSION_TYPES,
+    STOP_MANIFEST_TYPES,
+    LedgerSession,
     completed_manifest_owed,
     disagreements,
     sessions_on_ledger,
+    stop_manifest_sealed,
 )
 from edge.rooms.recording import SessionRecording, leftover_segments, sealed_on_ledger
 from edge.rooms.sealing import SegmentSealer, seal_session_file
@@ -157,13 +160,22 @@ class RoomService:
         again from the ledger); a file that says recording where the ledger says stopped is an `error`
         and is not resumed. A stopped session whose file is missing or unreadable, and whose stop left
         work (capture files, a completed manifest owed), is rebuilt from the ledger (an `error` entry) so
-        that the work is done. A file whose session_started never reached the ledger (the agent stopped
-        between the two) is taken as it is."""
+        that the work is done. A session whose stop sealed its signed manifest and was killed before
+        session_stopped is finished as stopped (:meth:`_stop_cut_short`), never resumed. A recording file
+        whose session_started never reached the ledger (the agent stopped between the two) is started
+        now (:meth:`_start_cut_short`)."""
         on_ledger = sessions_on_ledger(self.store.ledger.entries_of_types(SESSION_TYPES))
         by_id = {session.session: session for session in files}
-        result = [s for s in files if s.session not in on_ledger]
+        result = [self._start_cut_short(s) if s.state is SessionState.RECORDING else s
+                  for s in files if s.session not in on_ledger]
         for session_id, known in on_ledger.items():
             file = by_id.get(session_id)
+            if known.stopped is None:
+                manifest = stop_manifest_sealed(self.store.ledger.entries_of_types(
+                    STOP_MANIFEST_TYPES, known.started.seq), session_id)
+                if manifest is not None:
+                    result.append(self._stop_cut_short(known, file, *manifest))
+                    continue
             if known.stopped is not None:
                 if file is None:
                     stopped = replace(known.rebuilt(None), state=SessionState.STOPPED,
@@ -197,6 +209,45 @@ class RoomService:
             self.files.save(rebuilt)
             result.append(rebuilt)
         return result
+
+    def _stop_cut_short(
+        self, known: LedgerSession, file: RoomSession | None, acquired: LedgerEntry, sealed: LedgerEntry
+    ) -> RoomSession:
+        """A stop killed after it sealed the session's signed manifest, before session_stopped: the
+        operator stopped the session and the signed record says so, so it is finished as stopped (its
+        session_stopped names that manifest and says it was completed after a restart), never resumed
+        (the cameras would record the empty room, and a second manifest contradict the first)."""
+        session_id = known.started.data.get("room_session")
+        rebuilt = known.rebuilt(None if file is None else file.started_utc)
+        stopped = replace(file if file is not None and not disagreements(file, rebuilt) else rebuilt,
+                          state=SessionState.STOPPED, stopped_utc=acquired.time)
+        note = (f"completed after a restart: the stop sealed its signed manifest (item {acquired.item}, "
+                f"sealed at entry {sealed.seq}) and the agent ended before this entry; the session was "
+                "not resumed")
+        log.error("rooms: room session %s: %s", session_id, note)
+        self.store.record(EntryType.SESSION_STOPPED, None, {
+            "room_session": stopped.session, "room": stopped.room, "kind": "room", "by": "station",
+            "manifest_item": acquired.item, "manifest_sha256": acquired.data.get("sha256"),
+            "completed_after_restart": True, "note": note,
+        })
+        self.files.save(stopped)
+        return stopped
+
+    def _start_cut_short(self, session: RoomSession) -> RoomSession:
+        """A recording session's file whose session_started never reached the ledger (the agent stopped
+        between writing the file and the entry): an `error` saying so, then session_started now from the
+        file's facts (``recovered`` true, the file's start), so that its case and persons are on the
+        ledger before anything of it is recorded; it is then resumed (a gap from its start)."""
+        self._file_error(session.session, "its file was written but its session_started never reached the "
+                         "ledger (the agent stopped between the two): started now from its file "
+                         "(recovered), resumed with a gap from its start")
+        entry = self.store.record(EntryType.SESSION_STARTED, None, {
+            "kind": "room", **session.facts(), "by": session.started_by, "recovered": True,
+            "started_utc": session.started_utc,
+        })
+        started = replace(session, started_seq=entry.seq)
+        self.files.save(started)
+        return started
 
     def _left_unfinished(self, session: RoomSession) -> bool:
         """Whether a stopped session's stop left work. Its capture directory goes only as the last step
