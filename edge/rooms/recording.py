@@ -625,13 +625,45 @@ class SessionRecording:
             "room_session": self.session.session, "room": self.session.room, "source": source.config.id,
             "state": state, "from": iso_from_ns(from_ns), "reason": reason,
         }
+        behind_s = 0.0
         if to_ns is not None:
+            if to_ns < from_ns:
+                # The station's clock is behind the session's record (a power loss with the hardware clock
+                # behind, a step back): the gap cannot end before it began, and the time it really lasted
+                # is unknown. Said on the entry and in an entry of its own, never clamped silently.
+                behind_s = (from_ns - to_ns) / 1e9
+                data["clock_behind_s"] = round(behind_s, 3)
+                data["reason"] = (f"{reason} (the station clock was {behind_s:.3f} s behind this gap's start "
+                                  "when it closed: its length is unknown, its end is given as its start)")
             data["to"] = iso_from_ns(max(to_ns, from_ns))
             data["duration_s"] = round(max(0, to_ns - from_ns) / 1e9, 3)
         data.update({k: v for k, v in extra.items() if v is not None and v is not False})
+        if behind_s > 0:
+            assert to_ns is not None
+            await self._clock_behind(source, from_ns, to_ns, behind_s)
         log.warning("room %s source %s: gap %s: %s", self.session.room, source.config.id, state, reason)
         repository = self.pipeline.repository
         await self.pipeline.commit(lambda: repository.entry(EntryType.GAP, None, data))
+
+    async def _clock_behind(
+        self, source: SourceRecording, recorded_ns: int, now_ns: int, behind_s: float
+    ) -> None:
+        """An `error` entry (stage ``room clock``): the station's clock gives a time `behind_s` earlier than
+        what the session already recorded for `source`; segments from now on may carry times before those
+        of the segments sealed earlier."""
+        data = {
+            "stage": "room clock", "room_session": self.session.session, "room": self.session.room,
+            "source": source.config.id, "recorded_utc": iso_from_ns(recorded_ns),
+            "clock_utc": iso_from_ns(now_ns), "clock_behind_s": round(behind_s, 3),
+            "reason": (f"the station clock ({iso_from_ns(now_ns)}) is {behind_s:.3f} s behind what the "
+                       f"session already recorded for source {source.config.id} "
+                       f"({iso_from_ns(recorded_ns)}): a step back of the clock (a power loss with the "
+                       "hardware clock behind, a manual setting); times from now on may precede earlier "
+                       "ones"),
+        }
+        log.error("room %s source %s: %s", self.session.room, source.config.id, data["reason"])
+        repository = self.pipeline.repository
+        await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
 
     async def _queue_resumed_work(self, resumed_from_ns: dict[str, int]) -> None:
         """A resumed session: first what the interrupted runs left (listed segments whole, the rest

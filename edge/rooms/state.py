@@ -14,6 +14,7 @@ never deleted.
 from __future__ import annotations
 
 import logging
+import stat
 from pathlib import Path
 
 from edge.custody.canonical import canonical_json, parse_json
@@ -71,12 +72,16 @@ class SessionFiles:
     def clear_capture(self, session: str) -> list[str]:
         """Remove a stopped session's capture directory once nothing in it awaits sealing: the segment
         lists and pid files go (the ledger holds every segment's times and hash). Returns the segment
-        files still there (not sealed: the directory stays, for the next look), empty when it went."""
+        files still there (not sealed: the directory stays, for the next look), empty when it went. An
+        empty segment file (ffmpeg opened it and was stopped before it wrote a byte) holds nothing to
+        seal and is never sealed (:func:`edge.rooms.recording.leftover_segments` skips it): it does not keep
+        the session unfinished for ever."""
         base = self.capture_dir / session
         if not base.is_dir():
             return []
         left = sorted(
-            str(p.relative_to(base)) for p in base.rglob("*") if p.suffix == ".mp4" or p.suffix == ".json"
+            str(p.relative_to(base)) for p in base.rglob("*")
+            if (p.suffix == ".mp4" and not _empty_file(p)) or p.suffix == ".json"
         )
         if left:
             return left
@@ -88,3 +93,12 @@ class SessionFiles:
         base.rmdir()
         fsync_dir(self.capture_dir)
         return []
+
+
+def _empty_file(path: Path) -> bool:
+    """A regular file (not a link) of 0 bytes."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size == 0
