@@ -89,7 +89,8 @@ def _sealed_raw(store: StationStore) -> tuple[str, int, dict[str, Any]]:
     repository = IngestRepository(store)
     for (item,) in store.conn.execute("SELECT item FROM items"):
         record = repository.item(item)
-        if record is not None and record.manifest is not None and record.manifest["original"]["role"] == "raw-ps":
+        manifest = None if record is None else record.manifest
+        if record is not None and manifest is not None and manifest["original"]["role"] == "raw-ps":
             return record.sha256, record.size, record.manifest
     raise AssertionError("no raw PS sealed")
 
@@ -98,7 +99,8 @@ async def _download(store_dir: Path, spool: Path, device: Device) -> None:
     store = StationStore(store_dir, "TEST-STATION")
     try:
         source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
-        await GbDownloads(IngestPipeline(store, SETTINGS), source, device.start_download).download([RECORDING])
+        downloads = GbDownloads(IngestPipeline(store, SETTINGS), source, device.start_download)
+        await downloads.download([RECORDING])
     finally:
         store.close()
 
