@@ -141,3 +141,68 @@ async def test_control_without_the_crash_the_download_is_sealed_as_it_came(
     received, sha256, size, manifest = await _after_restart(tmp_path, second_media)
     assert manifest["original"]["bytes"] == len(received)
     assert (sha256, size) == (hashlib.sha256(received).hexdigest(), len(received))
+
+
+# A crash after the raw PS was sealed, while its MP4 was: the recording counts as downloaded (its raw PS
+# is sealed complete), so no later pass offers it again, and nothing else makes the MP4: the MP4's
+# acquisition row stays in progress and its copy in the store's tmp for good, and no ledger entry says
+# that the recording has no MP4.
+
+
+@pytest.fixture
+def crash_at_mp4_seal(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    real = pipeline_module.media_facts_and_seal
+
+    def crash_for_mp4(part: Path, size: int, ext: str) -> Any:
+        if "mp4" in str(ext):
+            raise Crash("power lost while the MP4 was being sealed")
+        return real(part, size, ext)
+
+    monkeypatch.setattr(pipeline_module, "media_facts_and_seal", crash_for_mp4)
+    yield
+    monkeypatch.undo()
+
+
+def _roles_and_open_rows(store: StationStore) -> tuple[list[str], int]:
+    repository = IngestRepository(store)
+    roles = []
+    for (item,) in store.conn.execute("SELECT item FROM items"):
+        record = repository.item(item)
+        if record is not None and record.manifest is not None:
+            roles.append(record.manifest["original"]["role"])
+    open_rows = store.conn.execute(
+        "SELECT count(*) FROM acquisitions WHERE state IN ('pending', 'copied', 'verified')").fetchone()[0]
+    return sorted(roles), int(open_rows)
+
+
+async def test_a_crash_while_sealing_the_mp4_leaves_the_recording_with_an_mp4_or_says_so(
+        tmp_path: Path, first_media: SourceMedia, crash_at_mp4_seal: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    with pytest.raises(Crash):
+        await _download(tmp_path / "store", spool, Recording(first_media))
+    monkeypatch.undo()
+    _clear_spool(spool)
+    for _ in range(2):  # the passes after the restart
+        await _download(tmp_path / "store", spool, Recording(first_media))
+    store = StationStore(tmp_path / "store", "TEST-STATION")
+    try:
+        roles, open_rows = _roles_and_open_rows(store)
+        said = [e.data for e in store.ledger.entries() if e.type == "error" and "mp4" in str(e.data).lower()]
+        assert roles == ["mp4", "raw-ps"] or said, (
+            f"sealed: {roles}; {open_rows} acquisition(s) left in progress; no MP4 was made after the "
+            "restart and no ledger entry says the recording has none")
+    finally:
+        store.close()
+
+
+async def test_control_without_the_crash_the_recording_has_both_items(
+        tmp_path: Path, first_media: SourceMedia) -> None:
+    (tmp_path / "spool").mkdir()
+    await _download(tmp_path / "store", tmp_path / "spool", Recording(first_media))
+    store = StationStore(tmp_path / "store", "TEST-STATION")
+    try:
+        assert _roles_and_open_rows(store) == (["mp4", "raw-ps"], 0)
+    finally:
+        store.close()
