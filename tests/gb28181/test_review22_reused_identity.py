@@ -45,8 +45,8 @@ def second_media(tmp_path_factory: pytest.TempPathFactory) -> SourceMedia:
 def _after_power_on(start: str, file_size: int) -> RecordingRef:
     """The first segment after a power-on, as a recorder with a dead RTC battery lists it."""
     return RecordingRef(device_id=DEVICE, channel_id=CHANNEL, name="执法记录",
-                        file_path="/sd/DCIM/20000101000000.mp4", start_time=start, end_time="2000-01-01T00:00:03", record_type="time",
-                        file_size_bytes=file_size)
+                        file_path="/sd/DCIM/20000101000000.mp4", start_time=start,
+                        end_time="2000-01-01T00:00:03", record_type="time", file_size_bytes=file_size)
 
 
 async def _second_downloaded(tmp_path: Path, first_media: SourceMedia, second_media: SourceMedia,
