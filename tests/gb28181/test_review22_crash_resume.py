@@ -29,6 +29,7 @@ import pytest
 
 from drivers.gb28181.ps import Codec
 from edge.ingest import pipeline as pipeline_module
+from edge.ingest.facts import media_facts_and_seal
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
@@ -91,7 +92,7 @@ def _sealed_raw(store: StationStore) -> tuple[str, int, dict[str, Any]]:
         record = repository.item(item)
         manifest = None if record is None else record.manifest
         if record is not None and manifest is not None and manifest["original"]["role"] == "raw-ps":
-            return record.sha256, record.size, record.manifest
+            return record.sha256, record.size, manifest
     raise AssertionError("no raw PS sealed")
 
 
@@ -151,7 +152,7 @@ async def test_control_without_the_crash_the_download_is_sealed_as_it_came(
 
 @pytest.fixture
 def crash_at_mp4_seal(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    real = pipeline_module.media_facts_and_seal
+    real = media_facts_and_seal
 
     def crash_for_mp4(part: Path, size: int, ext: str) -> Any:
         if "mp4" in str(ext):

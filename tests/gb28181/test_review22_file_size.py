@@ -14,11 +14,12 @@ store. Control: the same recording with a plausible FileSize is sealed."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from drivers.gb28181.manscdp import build_record_info_responses, parse_message
+from drivers.gb28181.manscdp import RecordInfoResponse, RecordItem, build_record_info_responses, parse_message
 from drivers.gb28181.ps import Codec
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
@@ -37,11 +38,12 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> SourceMedia:
 def _listed(file_size: int) -> RecordingRef:
     """The recording as the platform gets it: the device's XML, parsed by the codec."""
     item = _item(1, "执法记录 1")
-    item = type(item)(**{**item.__dict__, "file_size_bytes": file_size})
+    item = replace(item, file_size_bytes=file_size)
     body = build_record_info_responses(7, CHANNEL, "记录仪", [item], per_message=10)[0]
     parsed = parse_message(body)
-    items = parsed.payload.items  # type: ignore[union-attr]
-    assert len(items) == 1 and items[0].file_size_bytes == file_size
+    assert isinstance(parsed.payload, RecordInfoResponse)
+    items = parsed.payload.items
+    assert len(items) == 1 and isinstance(items[0], RecordItem) and items[0].file_size_bytes == file_size
     return RecordingRef.from_record_item(DEVICE, items[0])
 
 

@@ -65,8 +65,10 @@ async def _measured_offset(forger_host: str) -> float | None:
                           clock_trusted=lambda: True, clock=FakeClock(), open_receiver=open_receiver)
     await platform.start()
     port = platform.transport.port
-    victim = await SlowDevice(VICTIM, PASSWORD, port, delay_s=0.5).start()
-    attacker = await SlowDevice(ATTACKER, PASSWORD, port).start()
+    victim = SlowDevice(VICTIM, PASSWORD, port, delay_s=0.5)
+    attacker = SlowDevice(ATTACKER, PASSWORD, port)
+    await victim.start()
+    await attacker.start()
     # Not registered: it only sends the forged answer, with the victim's id in From.
     forger = await TestDevice(VICTIM, "", port, host=forger_host).start()
     try:
