@@ -11,9 +11,9 @@ bounded whatever the input).
 
 The platform is a stand-in that answers RecordInfo with AssembledAnswers as the real assembler hands
 them out at its item bound (complete False); to keep the test light it does so for 5 questions and
-answers the rest empty. The listing holds 200 000 recordings of one channel (about 0.9 KiB each, measured: 20 million would
-be some 18 GiB). Control: a device with one
-complete answer of 40 000 is listed whole, 40 000."""
+answers the rest empty. The listing holds 200 000 recordings of one channel (about 0.9 KiB each as
+measured here: 20 million would be some 18 GiB). Control: a device with one complete answer of 40 000 is
+listed whole, 40 000."""
 
 from __future__ import annotations
 
