@@ -137,6 +137,8 @@ class EntryType(StrEnum):
     # (Its start and end are session_started/session_stopped with "kind": "room".)
     MARK = "mark"
     SESSION_CHANGED = "session_changed"
+    # The store's disk runs out while a room records (edge.rooms.space): low, critical, cleared.
+    SPACE_WARNING = "space_warning"
     CHECKPOINT = "checkpoint"
     # The station's check of the central's log failed (a split view or a rewritten log): the uplink stops.
     WITNESS_ALARM = "witness_alarm"
