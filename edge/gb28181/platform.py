@@ -20,6 +20,10 @@ A MediaStatus 121 outside any dialog (devices that send it so) ends the device's
 when it comes from exactly where the device registered (transport, host and port); from anywhere else it is
 answered 403, counted (`counters.media_status_refused`) and a limited `refused` entry: anyone behind the
 same carrier NAT could otherwise end the device's download.
+A MANSCDP answer (Response: DeviceStatus, Catalog, RecordInfo ...) is taken likewise only from exactly
+where the device registered; from another port it is answered 403, counted (`counters.answers_refused`) and
+a limited `refused` entry: a neighbour's forged DeviceStatus would otherwise set the device's clock offset
+(review 22). SNs are random per query (edge.gb28181.queries.SnAllocator), so none can be predicted.
 A MESSAGE whose body names another device than its From (a device claiming another's id) gets 403.
 A large MANSCDP body (from `OFF_LOOP_PARSE_BYTES`) is parsed in a worker thread, two at most at once, so
 SIP and RTP keep flowing while a 10000-record RecordInfo part is read.
@@ -254,7 +258,8 @@ class GbPlatform:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._parse_slots = asyncio.Semaphore(MAX_PARALLEL_PARSES)
         self.counters: dict[str, int] = {"registered": 0, "refused": 0, "bad_input": 0, "keepalives": 0,
-                                         "keepalives_other_port": 0, "media_status_refused": 0}
+                                         "keepalives_other_port": 0, "media_status_refused": 0,
+                                         "answers_refused": 0}
 
     def __repr__(self) -> str:
         return f"GbPlatform(sip_id={self.settings.sip_id!r}, port={self.transport.port})"
@@ -626,11 +631,20 @@ class GbPlatform:
             return self._keepalive(req, peer, device_id, message, tag)
         if isinstance(message.payload, MediaStatus):
             return self._media_status(req, peer, device_id, device.address, message.payload, tag)
+        if message.root is Root.RESPONSE and peer != device.address:
+            # An answer is taken only from exactly where the device registered (review 22): behind a carrier
+            # NAT another port of its host may be a neighbour, whose forged DeviceStatus would set the
+            # device's clock offset on every recording. Nothing moves a device but a REGISTER.
+            self.counters["answers_refused"] += 1
+            reason = (f"{printable(message.cmd_type[:40])} answer from {peer}, not from where the device "
+                      f"registered ({device.address}): not taken")
+            log.warning("gb28181 device %s: %s", device_id, reason)
+            self._limited(EntryType.REFUSED, "answer-port", self._source_key(device_id, peer),
+                          {"device_id": device_id, "address": str(peer), "reason": reason})
+            return response_to(req, 403, to_tag=tag)
         if peer != device.address:
-            # Nothing moves a device but a REGISTER; an answer from another port of its host is still taken
-            # (matched by SN to a query that was asked).
-            log.info("gb28181 device %s: %s from %s, registered at %s", device_id, message.cmd_type, peer,
-                     device.address)
+            log.info("gb28181 device %s: %s from %s, registered at %s", device_id,
+                     printable(message.cmd_type[:40]), peer, device.address)
         if message.root is Root.RESPONSE:
             self.queries.deliver(device_id, message)
         return response_to(req, 200, to_tag=tag)
@@ -685,7 +699,7 @@ class GbPlatform:
 
     async def _query(self, device_id: str, cmd_type: str, build: Callable[[int], bytes]) -> Answer:
         destination = self._address_of(device_id)
-        sn = self._sns.allocate()
+        sn = self._sns.allocate(self.queries.pending_sns)
         key = QueryKey(device_id, sn, cmd_type)
         waiter = self.queries.expect(key)
         try:

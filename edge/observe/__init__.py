@@ -76,7 +76,8 @@ device text as the device sent it, escaped by ``json_printable``, times with mic
                                 "transport", "ssrc_offered": int, "ssrc_answered": int | null,
                                 "started_at": time, "state": "inviting" | "streaming" | "ending"}]}],
      "counters": {"registered": int, "refused": int, "bad_input": int, "keepalives": int,
-                  "keepalives_other_port": int, "media_status_refused": int},
+                  "keepalives_other_port": int, "media_status_refused": int,
+                  "answers_refused": int},
      "downloads": {device_id: {...}},                       # edge.sources.gb28181.scheduler
      "live": {device_id: [{"channel_id", "state": "starting" | "streaming" | "interrupted" | "stopping",
                            "transport", "since": time, "streaming_since": time | null, "call_id",
