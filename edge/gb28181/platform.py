@@ -53,7 +53,10 @@ allowed after a restart grows from it): read when the device first registers in 
 be used is an error entry and the device's earlier stamps get no offset.
 
 Ledger (through `record`, the store's, kept to the existing entry types with `"source": "gb28181"`):
-`device_authenticated` for each accepted registration (with `date_sent`, and why it was withheld),
+`device_authenticated` for an accepted registration that says something (with `registration`: `first` in
+this run, `online` again, `date` sent, `changed` address, expiry or User-Agent, or a `refresh`; the last two
+limited to once an hour per what they say, with the count held back: `_registration_entry`; with
+`date_sent`, and why it was withheld),
 `device_connected` and `device_removed` when a device comes online and goes offline (and why),
 `clock_measured` for a DeviceStatus answer's clock offset, `clock_set` when a 200 OK carried Date,
 `refused` for devices refused (unknown id, wrong password) and `error` for unreadable input, both limited
@@ -152,6 +155,13 @@ MAX_PARALLEL_PARSES = 2
 # registration is done, and a query that crossed the 200 would read the clock before.
 CLOCK_SETTLE_S = 1.0
 
+# `device_authenticated` entries of registrations that neither are a device's first, bring it online nor set
+# its clock (`_registration_entry`): each state (address, expiry, ...) once an hour, this many an hour per
+# device, over the station this many an hour (those held back are counted in the next entry let through).
+REGISTRATION_REPEAT_S = 3600.0
+REGISTRATION_CHANGE_BUDGET = 16
+REGISTRATION_STATION_BUDGET = 4096
+
 Record = Callable[[str, dict[str, Any]], object]
 
 
@@ -230,6 +240,10 @@ class GbPlatform:
         # One group: refusals come from addresses anyone can forge, so the budget is the station's.
         self._limiter = LimitedEntries(clock, repeat_s=REFUSAL_REPEAT_S, budget=REFUSAL_BUDGET,
                                        station_budget=REFUSAL_BUDGET)
+        # Registrations that change nothing, or only the address or expiry: limited (`_registration_entry`).
+        self._registrations = LimitedEntries(clock, repeat_s=REGISTRATION_REPEAT_S,
+                                             budget=REGISTRATION_CHANGE_BUDGET,
+                                             station_budget=REGISTRATION_STATION_BUDGET)
         self._clock_trusted = clock_trusted
         self._measuring: set[str] = set()  # devices whose DeviceStatus for the clock is in flight
         self._absurd_clocks: set[str] = set()  # devices whose absurd DeviceTime is on the ledger (once)
@@ -438,6 +452,9 @@ class GbPlatform:
         elif result.outcome is Outcome.REGISTERED:
             self.counters["registered"] += 1
             contacts = req.headers.get("Contact") or ""
+            before = self.registry.get(device_id)
+            was = None if before is None or before.address is None else (
+                before.address, before.expires_s, before.user_agent)
             change = self.registry.registered(device_id, peer, expires_s=result.expires_s,
                                               contact=contacts[:200],
                                               user_agent=(req.headers.get("User-Agent") or "")[:120])
@@ -448,7 +465,8 @@ class GbPlatform:
             withheld = self._date_withheld(device_id) if date is None else None
             if withheld is not None:
                 authenticated["date_withheld"] = withheld
-            self._ledger(EntryType.DEVICE_AUTHENTICATED, authenticated)
+            self._registration_entry(device_id, authenticated, was=was, came_online=change is not None,
+                                     user_agent=(req.headers.get("User-Agent") or "")[:120])
             if date is not None:
                 self._clock_was_set(device_id, date)
             if change is not None:
@@ -461,6 +479,33 @@ class GbPlatform:
             if change is not None:
                 self._transition(device_id, change)
         return result.response
+
+    def _registration_entry(self, device_id: str, authenticated: dict[str, Any], *,
+                            was: tuple[Peer | None, int, str] | None, came_online: bool,
+                            user_agent: str) -> None:
+        """The `device_authenticated` entry of an accepted REGISTER, when it says something (review 22):
+        always for the device's first registration in this run, one that brings it online again, and one
+        whose 200 OK set its clock. Any other is limited per what it says (address, expiry, User-Agent,
+        why no Date): once an hour each, with how many were not recorded (`repeats_not_recorded`), at most
+        `REGISTRATION_CHANGE_BUDGET` an hour per device. A device re-registering in a loop (firmware, or
+        someone holding its password) so costs the ledger a bounded number of entries, and a change
+        (another address, expiry, reason) is on it at once."""
+        if was is None or came_online or authenticated["date_sent"]:
+            why = "first" if was is None else "online" if came_online else "date"
+            self._ledger(EntryType.DEVICE_AUTHENTICATED, {**authenticated, "registration": why})
+            return
+        address, expires_s, agent = was
+        changed = [name for name, old, new in (("address", str(address), authenticated["address"]),
+                                                ("expires", expires_s, authenticated["expires_s"]),
+                                                ("user_agent", agent, user_agent)) if old != new]
+        data: dict[str, Any] = {**authenticated, "registration": "changed" if changed else "refresh"}
+        if changed:
+            data |= {"changed": changed, "previous_address": str(address)}
+        key = "|".join((device_id, authenticated["address"], str(authenticated["expires_s"]), user_agent,
+                        str(authenticated.get("date_withheld"))))
+        counts = self._registrations.seen("registration", key, device_id)
+        if counts is not None:
+            self._ledger(EntryType.DEVICE_AUTHENTICATED, {**data, **counts})
 
     # -- device clocks -------------------------------------------------------------------------------------
 

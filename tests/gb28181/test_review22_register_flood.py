@@ -43,3 +43,29 @@ async def test_a_device_registering_in_a_loop_does_not_write_one_ledger_entry_pe
 
 async def test_control_one_registration_is_one_entry() -> None:
     assert await _entries(1) == 1
+
+
+async def test_a_registration_from_another_address_is_on_the_ledger_at_once() -> None:
+    """Limiting the refreshes must not hide what a registration changes: the same device registering from
+    a second port, then back, is an entry each time it moves, naming what changed; refreshes between
+    them from one place are one entry."""
+    ledger = Ledger()
+    platform = GbPlatform(platform_settings({DEVICE: PASSWORD}), record=ledger, clock_trusted=lambda: True,
+                          clock=FakeClock(), open_receiver=open_receiver)
+    await platform.start()
+    first = await TestDevice(DEVICE, PASSWORD, platform.transport.port).start()
+    moved = await TestDevice(DEVICE, PASSWORD, platform.transport.port).start()
+    try:
+        for _ in range(5):
+            assert (await first.register()).status == 200
+        assert (await moved.register()).status == 200
+        entries = ledger.of("device_authenticated")
+        assert [e["registration"] for e in entries] == ["first", "refresh", "changed"]
+        assert entries[-1]["changed"] == ["address"]
+        assert moved.sip is not None and entries[-1]["address"].endswith(f":{moved.sip.port}")
+        assert (await moved.register(expires=7200)).status == 200  # granted 3600 here: the same state
+        assert len(ledger.of("device_authenticated")) == 3
+    finally:
+        await moved.close()
+        await first.close()
+        await platform.close()
