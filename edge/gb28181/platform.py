@@ -451,6 +451,7 @@ class GbPlatform:
             return response_to(req, 503, to_tag=secrets.token_hex(6))
         elif result.outcome is Outcome.REGISTERED:
             self.counters["registered"] += 1
+            self.transport.mark_proven(peer)  # a TCP connection that carried it may stay idle
             contacts = req.headers.get("Contact") or ""
             before = self.registry.get(device_id)
             was = None if before is None or before.address is None else (

@@ -11,7 +11,12 @@ offload's copy), for as long as the attacker keeps them open.
 The real platform runs in a child process with the descriptor limit the unit gives it (the unit's
 `LimitNOFILE=` soft value if it names one, else systemd's default 1024); the test connects from loopback
 addresses 127.0.0.2 ... (60 per address, under the per-address bound), then asks the child to open what a
-download opens. Control: the same with 60 connections from one address."""
+download opens. Control: the same with 60 connections from one address. The child's soft limit is the
+unit's value capped by this machine's hard limit (systemd sets both; a test cannot go above the hard one);
+the same attack under systemd's default 1024 checks the transport's own bound.
+
+Before the fix: no LimitNOFILE in the unit and 1024 connections allowed, so under 1024 descriptors the
+probe failed ("Too many open files")."""
 
 from __future__ import annotations
 
@@ -30,8 +35,10 @@ SYSTEMD_DEFAULT_SOFT_NOFILE = 1024
 
 CHILD = r"""
 import asyncio, json, os, resource, socket, sys, time
-soft = int(sys.argv[1])
-resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+# systemd sets soft and hard to the unit's value; a test machine's hard limit may be lower (then that).
+soft = int(sys.argv[1]) if hard == resource.RLIM_INFINITY else min(int(sys.argv[1]), hard)
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 from edge.gb28181.media import open_receiver
 from edge.gb28181.platform import GbPlatform
 from tests.gb28181.platform_peer import FakeClock, Ledger, platform_settings
@@ -83,11 +90,13 @@ def _unit_soft_nofile() -> int:
     return int(match.group(1)) if match else SYSTEMD_DEFAULT_SOFT_NOFILE
 
 
-def _attack(spool: Path, connections: int, per_address: int) -> dict[str, object]:
+def _attack(spool: Path, connections: int, per_address: int,
+            nofile: int | None = None) -> dict[str, object]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < connections + 256:  # the test's own side of the connections
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, connections + 256), hard))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(_unit_soft_nofile()), str(spool)], cwd=REPO,
+    limit = _unit_soft_nofile() if nofile is None else nofile
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(limit), str(spool)], cwd=REPO,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     sockets: list[socket.socket] = []
     try:
@@ -123,8 +132,25 @@ def test_silent_tcp_connections_to_the_sip_port_do_not_exhaust_the_agents_descri
         f"({_unit_soft_nofile()}), the agent could not open what a download needs: {result['failed']}")
 
 
+def test_under_systemds_default_limit_too_the_connections_leave_descriptors(tmp_path: Path) -> None:
+    """Stronger than the unit's line alone (which a test machine's hard limit may cap, and an
+    administrator may drop, or `edge run` from a shell not have): the transport bounds its connections by
+    the descriptor limit it finds at start, so the same attack under systemd's default 1024 leaves what a
+    download needs. The connections it holds stay a quarter of the limit."""
+    result = _attack(tmp_path, connections=1020, per_address=60, nofile=SYSTEMD_DEFAULT_SOFT_NOFILE)
+    assert result["failed"] == [], result
+    assert isinstance(result["open_connections"], int)
+    assert 0 < result["open_connections"] <= SYSTEMD_DEFAULT_SOFT_NOFILE // 4
+
+
 def test_control_a_few_connections_leave_descriptors_for_downloads(tmp_path: Path) -> None:
     result = _attack(tmp_path, connections=60, per_address=60)
+    assert result["open_connections"] == 60
+    assert result["failed"] == []
+
+
+def test_control_under_systemds_default_limit_a_few_connections_are_all_held(tmp_path: Path) -> None:
+    result = _attack(tmp_path, connections=60, per_address=60, nofile=SYSTEMD_DEFAULT_SOFT_NOFILE)
     assert result["open_connections"] == 60
     assert result["failed"] == []
 
