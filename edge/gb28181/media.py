@@ -84,6 +84,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -365,6 +366,52 @@ def bind_media_socket(transport: MediaTransport, host: str, port_range: tuple[in
         sock.setblocking(False)
         return sock
     raise MediaError(f"no free {transport} media port on {host} in {first}-{last}")
+
+
+@dataclass(frozen=True)
+class UdpReceiveBuffer:
+    """What a UDP media socket's receive buffer came to: asked for, and what the kernel granted (it caps
+    SO_RCVBUF at net.core.rmem_max, ~208 KiB by default, without an error)."""
+
+    asked_bytes: int
+    granted_bytes: int
+    rmem_max_bytes: int | None  # /proc/sys/net/core/rmem_max when readable
+
+    @property
+    def limited(self) -> bool:
+        return self.granted_bytes < self.asked_bytes
+
+    def summary(self) -> dict[str, Any]:
+        hint = None
+        if self.limited:
+            hint = (f"net.core.rmem_max caps UDP media receive buffers at {self.granted_bytes} bytes (asked "
+                    f"{self.asked_bytes}): a burst of a fast download over UDP may be dropped by the kernel; "
+                    f"raise it (systemd/evidence-edge.sysctl.conf: net.core.rmem_max = {self.asked_bytes})")
+        return {"asked_bytes": self.asked_bytes, "granted_bytes": self.granted_bytes,
+                "rmem_max_bytes": self.rmem_max_bytes, "limited": self.limited, "hint": hint}
+
+
+def _rmem_max() -> int | None:
+    try:
+        return int(Path("/proc/sys/net/core/rmem_max").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def granted_receive_buffer(sock: socket.socket) -> int:
+    """The receive buffer the kernel gave `sock`, in the bytes SO_RCVBUF was asked in (Linux reports
+    twice the value it granted, the doubling being its bookkeeping overhead: socket(7))."""
+    reported = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return reported // 2 if sys.platform.startswith("linux") else reported
+
+
+def probe_udp_receive_buffer(asked_bytes: int = UDP_RECEIVE_BUFFER_BYTES) -> UdpReceiveBuffer:
+    """Ask a throwaway UDP socket for `asked_bytes` of receive buffer, as every UDP media socket does, and
+    read back what it got: the platform logs and shows it when the kernel gave less (review 22)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, asked_bytes)
+        granted = granted_receive_buffer(sock)
+    return UdpReceiveBuffer(asked_bytes, granted, _rmem_max())
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):

@@ -111,6 +111,7 @@ from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
 from edge.gb28181 import clock_history
+from edge.gb28181.media import UdpReceiveBuffer, probe_udp_receive_buffer
 from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
 from edge.gb28181.registrar import REFUSAL_BUDGET, REFUSAL_REPEAT_S, DevicePasswords, Outcome, Registrar
 from edge.gb28181.registry import (
@@ -268,6 +269,8 @@ class GbPlatform:
         )
         self.started = asyncio.Event()
         self._closed = False
+        self._media = open_receiver is not None
+        self.udp_receive_buffer: UdpReceiveBuffer | None = None  # probed at the first start (media on)
         self._online_listeners: list[Callable[[str], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._parse_slots = asyncio.Semaphore(MAX_PARALLEL_PARSES)
@@ -292,7 +295,20 @@ class GbPlatform:
             self.sessions.transport = self.transport
             self._closed = False
         await self.transport.start()
+        if self._media and self.udp_receive_buffer is None:
+            self._probe_udp_receive_buffer()
         self.started.set()
+
+    def _probe_udp_receive_buffer(self) -> None:
+        """What the kernel grants a UDP media socket's receive buffer (net.core.rmem_max caps it without an
+        error): logged when less than asked, and in the operator view (`media_udp_receive_buffer`)."""
+        try:
+            self.udp_receive_buffer = probe_udp_receive_buffer()
+        except OSError as exc:
+            log.warning("gb28181: the UDP media receive buffer could not be probed: %s", exc)
+            return
+        if self.udp_receive_buffer.limited:
+            log.warning("gb28181: %s", self.udp_receive_buffer.summary()["hint"])
 
     def add_online_listener(self, listener: Callable[[str], None]) -> None:
         """Called with the device id each time a device comes online (registered, or back from silence):
@@ -365,6 +381,12 @@ class GbPlatform:
             "port": self.transport.port,
             "devices": self.registry.snapshot(),
             "counters": {**self.counters, "unsolicited_answers": self.queries.unsolicited},
+            "sip_tcp": {"connections": self.transport.open_connections,
+                        "budget": self.transport.tcp_connection_budget,
+                        "per_address": self.transport.tcp_connections_per_host,
+                        "nofile_soft_limit": self.transport.nofile_soft_limit},
+            "media_udp_receive_buffer": None if self.udp_receive_buffer is None
+            else self.udp_receive_buffer.summary(),
         }
 
     # -- ledger --------------------------------------------------------------------------------------------
