@@ -50,7 +50,10 @@ is slowed, nothing lost) and UDP ends the session (`error`: the bytes would be l
 end the file is fsynced, then its directory.
 
 The session ends on `close()` (the platform saw MediaStatus 121 or BYE: `closed`; packets already on
-their way are still taken, until a short silence), on the device closing
+their way are still taken, until a short silence). After MediaStatus 121 the platform first calls
+`drain()`: reading goes on while the media keeps coming, until `END_QUIET_S` without a packet, bounded only
+by the session's own bounds below (a device sends 121 once it has read its file, which over a slow uplink
+is long before the last packet arrives). The session ends also on the device closing
 its TCP connection (`closed`), on `idle_timeout_s` without a packet of the session (`idle`; also when no
 media ever came), on `max_bytes` of raw PS (`limit`: the packet that would pass it is not written), when
 the video's media time passes `max_media_span_s` (`past-end`: a device that keeps sending after the
@@ -116,6 +119,9 @@ MAX_RECORDED_GAPS = 1024
 IDLE_CHECK_S = 0.5
 DRAIN_S = 2.0  # close(): how long packets already sent may still be taken
 QUIET_S = 0.2  # close(): the silence that says they have all come
+# drain() after MediaStatus 121: the silence that says the device has sent everything (a 4G uplink's jitter
+# stays well under it); no cap of its own, the session's bounds hold
+END_QUIET_S = 2.0
 MAX_RECORDED_SSRCS = 8
 MAX_RECORDED_SOURCES = 8  # refused media sources kept by address (the rest are only counted)
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # the PS demuxer's bound on one frame
@@ -645,6 +651,20 @@ class MediaReceiver:
             await asyncio.sleep(min(quiet_at, deadline) - now)
         self._end(EndReason.CLOSED, "closed by the platform")
         return await self.wait_closed()
+
+    async def drain(self, quiet_s: float = END_QUIET_S) -> None:
+        """Go on receiving until `quiet_s` pass without a packet of the session, or the session ends on its
+        own (idle timeout, TCP closed, byte, media-time and time limits, stall): no other bound. A device
+        sends MediaStatus 121 when it has read its file, which over a slow uplink is long before its last
+        packet arrives (megabytes still in its TCP buffer): the platform drains before it sends BYE, since
+        a BYE stops the device (review 22)."""
+        loop = self._loop
+        while self._ended is None:
+            wait_s = self._last_packet_at + quiet_s - loop.time()
+            if wait_s <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended_event.wait(), wait_s)
 
     async def wait_closed(self) -> MediaOutcome:
         """Wait for the session to end (however it ends) and its raw file to be durable."""
