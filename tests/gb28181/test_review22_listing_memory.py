@@ -22,9 +22,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from drivers.gb28181.manscdp import MAX_ITEMS_PER_ANSWER, AssembledAnswer, RecordItem
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
+from edge.sources.gb28181 import scheduler as scheduler_module
 from edge.sources.gb28181.scheduler import GbDownloadScheduler
 
 DEVICE = "34020000001320000091"
@@ -84,3 +87,56 @@ async def test_one_channels_listing_is_bounded_in_memory(tmp_path: Path) -> None
 async def test_control_one_complete_answer_is_listed_whole(tmp_path: Path) -> None:
     device = Flooding(full_answers=1, complete=True)
     assert await _listed(tmp_path, device) == MAX_ITEMS_PER_ANSWER and device.questions == 1
+
+
+class Hourly:
+    """A recording every hour; a range longer than a day is answered incomplete (too many to say), so the
+    listing asks day by day."""
+
+    def __init__(self) -> None:
+        self.registry = {DEVICE: SimpleNamespace(online=True, clock_offset_s=None)}
+
+    def add_online_listener(self, _callback: Any) -> None:
+        pass
+
+    async def query_record_info(self, device_id: str, channel_id: str, start: datetime,
+                                end: datetime) -> AssembledAnswer:
+        if end - start > timedelta(days=1):
+            return AssembledAnswer(source=device_id, sn=1, cmd_type="RecordInfo", device_id=channel_id,
+                                   name="cam", sum_num=10**6, items=(), complete=False, parts=1, duplicates=0)
+        hours = int((end - start).total_seconds() // 3600)
+        at = start.replace(tzinfo=None)
+        starts = [at + timedelta(hours=n) for n in range(hours)]
+        items = tuple(RecordItem(device_id=CHANNEL, name="", file_path=f"/{t.isoformat()}", address="",
+                                 start_time=t, end_time=t + timedelta(minutes=5), secrecy=0, type="time")
+                      for t in starts)
+        return AssembledAnswer(source=device_id, sn=1, cmd_type="RecordInfo", device_id=channel_id,
+                               name="cam", sum_num=len(items), items=items, complete=True, parts=1,
+                               duplicates=0)
+
+
+async def test_a_channel_over_the_bound_is_listed_over_passes_each_from_where_the_last_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound does not make the rest unreachable: the next pass begins where the last one stopped, so
+    every recording is listed within a few passes, each pass holding at most one answer beyond the bound,
+    and the stop is on the ledger. (Bound lowered to 30 here: 4 days of hourly recordings, 24 an answer.)"""
+    monkeypatch.setattr(scheduler_module, "MAX_LISTED_PER_PASS", 30)
+    start, end = datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 5, tzinfo=UTC)
+    store = StationStore(tmp_path / "store", "TEST-STATION")
+    try:
+        pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
+        policy = SimpleNamespace(wants_device=lambda _d: True, may_download_now=lambda _n: True)
+        scheduler = GbDownloadScheduler(Hourly(), policy, lambda: pipeline,  # type: ignore[arg-type]
+                                        spool=tmp_path / "spool", station_id="TEST-STATION", case={})
+        seen: set[str] = set()
+        for _ in range(2):
+            listing = await scheduler._list_recordings(pipeline, DEVICE, CHANNEL, start, end)
+            assert len(listing.recordings) <= 30 + 24 and not listing.complete
+            seen |= {ref.start_time for ref in listing.recordings}
+        assert len(seen) == 4 * 24, f"{len(seen)} of 96 hourly recordings listed over two passes"
+        stops = [e.data for e in store.ledger.entries() if e.type == "error"
+                 and "the next pass" in str(e.data.get("reason"))]
+        day3 = datetime(2026, 12, 3, tzinfo=UTC)
+        assert stops and stops[0]["ranges_left_for_next_pass"] == [f"{day3.isoformat()} to {end.isoformat()}"]
+    finally:
+        store.close()

@@ -20,6 +20,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from drivers.gb28181.manscdp import (
     AssembledAnswer,
     MultipartAssembler,
@@ -89,3 +91,17 @@ async def test_an_unreadable_record_item_is_not_left_out_silently(tmp_path: Path
 
 async def test_control_a_readable_file_size_lists_both(tmp_path: Path) -> None:
     assert await _listing(tmp_path, "1001") == (2, True, [])
+
+
+@pytest.mark.parametrize("file_size", ["-1", "18446744073709551615"])
+async def test_the_ledger_names_the_unreadable_item_and_the_listing_is_not_whole(tmp_path: Path,
+                                                                                 file_size: str) -> None:
+    """What the fix does, beyond the either-or above: the readable recording is listed, the list is not
+    taken as whole, and one error entry says how many were left out, over which range, and why (the
+    codec's words), with the item's digest."""
+    listed, whole, said = await _listing(tmp_path, file_size)
+    assert (listed, whole) == (1, False)
+    [entry] = said
+    assert entry["items_left_out"] == 1 and entry["channel_id"] == CHANNEL
+    assert entry["ranges"] == [f"{START.isoformat()} to {END.isoformat()}"]
+    assert "FileSize" in entry["problems"][0]["problem"] and entry["problems"][0]["item_digest"]
