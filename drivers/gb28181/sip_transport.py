@@ -134,8 +134,8 @@ class TransportLimits:
     # A connection nobody has vouched for (`mark_proven`: the platform does on an authenticated REGISTER
     # over it; connections we open are proven) is closed this long after it was opened, whatever it sends:
     # a device registers within a second of connecting, and silent or chatty strangers cannot hold
-    # descriptors for long (review 22).
-    tcp_unproven_timeout_s: float = 30.0
+    # descriptors for long (review 22). None: no such bound (a device's side, which the platform connects to).
+    tcp_unproven_timeout_s: float | None = 30.0
     # The connections actually allowed are also bounded by the process's descriptor limit (RLIMIT_NOFILE,
     # read at start): at most this share of it, so that media sockets, spool files, ffmpeg's pipes and the
     # store's files always find descriptors whatever the SIP port is sent.
@@ -350,9 +350,9 @@ class SipTransport:
 
     def _derive_tcp_budget(self) -> None:
         """Bound the TCP connections by the descriptors the process may open (RLIMIT_NOFILE's soft
-        limit, read now): a share of it (`tcp_share_of_nofile`), then one source address a quarter of
-        that.
-        Under systemd's default of 1024 that is 256, so 768 descriptors stay for everything else."""
+        limit, read now): a share of it (`tcp_share_of_nofile`), and when that lowers the configured
+        bound, one source address a quarter of it. Under systemd's default of 1024 that is 256 (64 from
+        one address), so 768 descriptors stay for everything else."""
         soft = _nofile_soft_limit()
         self.nofile_soft_limit = soft
         limits = self._limits
@@ -806,8 +806,9 @@ class SipTransport:
         """None when a connection from `host` may be accepted (after closing another to make room), else
         why not. One address may hold `tcp_connections_per_host`. When every slot is taken, the
         address holding the most gives one up, if it holds more than `host` would: a connection not
-        proven, one that never completed a message first, else its least recently opened. So no one address (nor a few) can
-        lock devices at other addresses out, and devices sharing a carrier NAT address still get in."""
+        proven first, one that never completed a message next, else its least recently opened. So no one
+        address (nor a few) can lock devices at other addresses out, and devices sharing a carrier NAT
+        address still get in."""
         per_host: dict[str, list[_Connection]] = {}
         for connection in self._connections.values():
             per_host.setdefault(connection.peer.host, []).append(connection)
@@ -860,7 +861,8 @@ class SipTransport:
         peer = connection.peer
         limits = self._limits
         message_started_at: float | None = None  # monotonic time the unfinished message began
-        unproven_deadline = connection.opened_at + limits.tcp_unproven_timeout_s
+        unproven_deadline = float("inf") if limits.tcp_unproven_timeout_s is None else \
+            connection.opened_at + limits.tcp_unproven_timeout_s
         try:
             while True:
                 idle_deadline = time.monotonic() + limits.tcp_idle_timeout_s

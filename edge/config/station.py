@@ -793,8 +793,8 @@ class Gb28181Section(StrictModel):
         if 0 < port < 1024:
             raise ValueError(
                 f"listen_port {port} is below 1024: the agent runs without CAP_NET_BIND_SERVICE "
-                "(systemd/edge-station.service) and cannot bind it; use 5060 (the standard's) or another port "
-                "from 1024 on, and redirect a low port to it in the firewall if devices must use one")
+                "(systemd/edge-station.service) and cannot bind it; use 5060 (the standard's) or another "
+                "port from 1024 on, and redirect a low port to it in the firewall if devices must use one")
         return port
 
     @model_validator(mode="after")

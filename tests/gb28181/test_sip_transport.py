@@ -958,7 +958,8 @@ async def test_a_connection_nobody_vouched_for_is_closed_soon_a_proven_one_stays
             assert isinstance(await client.next(), SipResponse)
         transport.mark_proven(Peer(Transport.TCP, "127.0.0.1", device.port))
         assert await asyncio.wait_for(stranger.reader.read(), 30) == b""  # closed by the transport
-        device.writer.write(device_request("MESSAGE", 5060, transport="TCP", call_id="c2", branch="z9hG4bK-2"))
+        again = device_request("MESSAGE", 5060, transport="TCP", call_id="c2", branch="z9hG4bK-2")
+        device.writer.write(again)
         assert isinstance(await device.next(), SipResponse)
         assert transport.open_connections == 1
     finally:
