@@ -587,6 +587,11 @@ class SipTransport:
         return len(self._connections)
 
     @property
+    def proven_connections(self) -> int:
+        """TCP connections vouched for (`mark_proven`, or opened by us): kept up to the idle timeout."""
+        return sum(1 for connection in self._connections.values() if connection.proven)
+
+    @property
     def tcp_buffered_bytes(self) -> int:
         """Bytes of unfinished messages held over all TCP connections (`max_tcp_buffered_bytes`)."""
         return self._tcp_buffered_bytes

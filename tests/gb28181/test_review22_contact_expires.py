@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 
 from drivers.gb28181.digest import DigestChallenge, authorization_for
-from drivers.gb28181.sip import request
+from drivers.gb28181.sip import SipResponse, request
 from edge.gb28181.media import open_receiver
 from edge.gb28181.platform import GbPlatform
 
@@ -21,7 +21,8 @@ DEVICE = "34020000001320000051"
 PASSWORD = "12345678"
 
 
-async def _register(expiry_in_contact: bool) -> int:
+async def _register(expiry_in_contact: bool, *, none: bool = False, contact_expires: int = 3600,
+                    finals: list[SipResponse] | None = None) -> int:
     platform = GbPlatform(platform_settings({DEVICE: PASSWORD}), record=Ledger(), clock_trusted=lambda: True,
                           clock=FakeClock(), open_receiver=open_receiver)
     await platform.start()
@@ -31,8 +32,10 @@ async def _register(expiry_in_contact: bool) -> int:
         call_id = secrets.token_hex(8)
         uri = f"sip:{PLATFORM_ID}@{DOMAIN}"
         contact = f"<sip:{DEVICE}@127.0.0.1:{device.sip.port}>"
-        expiry = [("Contact", f"{contact};expires=3600")] if expiry_in_contact else \
+        expiry = [("Contact", f"{contact};expires={contact_expires}")] if expiry_in_contact else \
             [("Contact", contact), ("Expires", "3600")]
+        if none:
+            expiry = [("Contact", contact)]
 
         def fields(cseq: int) -> list[tuple[str, str]]:
             return [("From", f"<sip:{DEVICE}@{DOMAIN}>;tag={secrets.token_hex(4)}"),
@@ -46,7 +49,10 @@ async def _register(expiry_in_contact: bool) -> int:
         credentials = authorization_for(challenge, username=DEVICE, password=PASSWORD, method="REGISTER",
                                         uri=uri)
         second = request("REGISTER", uri, [*fields(2), ("Authorization", str(credentials))])
-        return (await device.sip.request(second, device.platform)).status
+        final = await device.sip.request(second, device.platform)
+        if finals is not None:
+            finals.append(final)
+        return final.status
     finally:
         await device.close()
         await platform.close()
@@ -59,3 +65,20 @@ async def test_an_expiry_given_in_the_contact_parameter_registers() -> None:
 
 async def test_control_an_expires_header_registers() -> None:
     assert await _register(expiry_in_contact=False) == 200
+
+
+async def test_no_expiry_at_all_registers_for_the_registrars_default() -> None:
+    """RFC 3261 10.3 step 7: with neither an Expires header nor a Contact parameter the registrar chooses:
+    3600 s here (within register_expires_min_s and register_expires_max_s, both 3600 by default)."""
+    answer: list[SipResponse] = []
+    assert await _register(False, none=True, finals=answer) == 200
+    assert answer[0].headers.get("Expires") == "3600"
+
+
+async def test_a_longer_contact_expiry_is_granted_the_maximum_and_the_contact_says_so() -> None:
+    """The 200's Contact carries what was granted, not the longer expiry asked (RFC 3261 10.3 step 8): a
+    device that reads it there registers again in time."""
+    answer: list[SipResponse] = []
+    assert await _register(True, contact_expires=86400, finals=answer) == 200
+    assert answer[0].headers.get("Expires") == "3600"
+    assert (answer[0].headers.get("Contact") or "").endswith(";expires=3600")

@@ -154,3 +154,32 @@ def test_control_under_systemds_default_limit_a_few_connections_are_all_held(tmp
     assert result["open_connections"] == 60
     assert result["failed"] == []
 
+
+
+async def test_a_tcp_device_that_registers_is_proven_a_stranger_that_only_talks_is_not() -> None:
+    """The platform vouches for a SIP TCP connection only when a REGISTER over it passed digest (then it
+    may stay idle up to the idle timeout); a connection that sends a keepalive for a device registered
+    elsewhere, or a wrong password, stays unproven and is closed 30 s after it opened."""
+    from drivers.gb28181.sip_transport import Transport
+    from edge.gb28181.platform import GbPlatform
+    from tests.gb28181.platform_peer import FakeClock, Ledger, TestDevice, platform_settings
+
+    device_id, password = "34020000001320000001", "12345678"
+    platform = GbPlatform(platform_settings({device_id: password}), record=Ledger(),
+                          clock_trusted=lambda: True, clock=FakeClock())
+    await platform.start()
+    wrong = await TestDevice(device_id, "wrong", platform.transport.port, transport=Transport.TCP).start()
+    device = await TestDevice(device_id, password, platform.transport.port, transport=Transport.TCP).start()
+    try:
+        assert (await wrong.register()).status == 403  # control: over TCP, refused, not proven
+        assert platform.snapshot()["sip_tcp"] == {**platform.snapshot()["sip_tcp"], "connections": 1,
+                                                  "proven": 0}
+        assert (await device.register()).status == 200
+        # A keepalive from another port of the device's host is answered (it moves nothing): no proof.
+        assert (await wrong.keepalive()).status == 200
+        tcp = platform.snapshot()["sip_tcp"]
+        assert (tcp["connections"], tcp["proven"]) == (2, 1)
+    finally:
+        await device.close()
+        await wrong.close()
+        await platform.close()
