@@ -154,6 +154,7 @@ class TransportLimits:
 # Below this many TCP connections the descriptor limit does not lower the budget (a tiny RLIMIT_NOFILE is
 # the administrator's to fix; a SIP service needs a few connections to work at all).
 MIN_TCP_CONNECTIONS = 8
+SHED_LOG_INTERVAL_S = 10.0  # connections refused or closed to make room: one log line at most this often
 
 
 def _nofile_soft_limit() -> int | None:
@@ -308,6 +309,9 @@ class SipTransport:
         self._max_tcp_connections = self._limits.max_tcp_connections
         self._max_tcp_connections_per_host = self._limits.max_tcp_connections_per_host
         self.nofile_soft_limit: int | None = None
+        self.connections_shed = 0  # TCP connections refused or closed to make room
+        self._shed_logged_at = -float("inf")
+        self._shed_unlogged = 0
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -799,7 +803,7 @@ class SipTransport:
         peer = Peer(Transport.TCP, str(address[0]), int(address[1]))
         refusal = "transport closed" if self._closed else self._make_room_for(peer.host)
         if refusal is not None:
-            log.warning("SIP TCP connection from %s refused: %s", peer, refusal)
+            self._log_shed("SIP TCP connection from %s refused: %s", peer, refusal)
             writer.close()
             return
         connection = self._adopt(reader, writer, peer)
@@ -826,7 +830,7 @@ class SipTransport:
         if len(crowded) <= own + 1:
             return f"{len(self._connections)} connections open, the limit"
         victim = min(crowded, key=lambda c: (c.proven, c.messages_completed > 0, c.opened_at))
-        log.warning(
+        self._log_shed(
             "SIP TCP connection from %s closed to make room: %d connections open from %s",
             victim.peer,
             len(crowded),
@@ -834,6 +838,18 @@ class SipTransport:
         )
         self._drop_connection(victim)
         return None
+
+    def _log_shed(self, message: str, *args: object) -> None:
+        """A connection refused or closed to make room: a warning, at most one per `SHED_LOG_INTERVAL_S`
+        with how many were not logged since (a flood of connections must not flood the journal too)."""
+        self.connections_shed += 1
+        now = time.monotonic()
+        if now - self._shed_logged_at < SHED_LOG_INTERVAL_S:
+            self._shed_unlogged += 1
+            return
+        more = f" (and {self._shed_unlogged} more refused or closed since)" if self._shed_unlogged else ""
+        self._shed_logged_at, self._shed_unlogged = now, 0
+        log.warning(message + "%s", *args, more)
 
     def mark_proven(self, peer: Peer) -> None:
         """The TCP connection `peer` came over carried an authenticated request (the platform's

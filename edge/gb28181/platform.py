@@ -383,6 +383,7 @@ class GbPlatform:
             "counters": {**self.counters, "unsolicited_answers": self.queries.unsolicited},
             "sip_tcp": {"connections": self.transport.open_connections,
                         "proven": self.transport.proven_connections,
+                        "shed": self.transport.connections_shed,
                         "budget": self.transport.tcp_connection_budget,
                         "per_address": self.transport.tcp_connections_per_host,
                         "nofile_soft_limit": self.transport.nofile_soft_limit},

@@ -79,6 +79,7 @@ device text as the device sent it, escaped by ``json_printable``, times with mic
                   "keepalives_other_port": int, "media_status_refused": int,
                   "answers_refused": int},
      "sip_tcp": {"connections": int, "proven": int,   # proven: an authenticated REGISTER came over it
+                 "shed": int,   # connections refused or closed to make room since start
                  "budget": int, "per_address": int,   # budget: from RLIMIT_NOFILE
                  "nofile_soft_limit": int | null},
      "media_udp_receive_buffer": {"asked_bytes": int, "granted_bytes": int, "rmem_max_bytes": int | null,

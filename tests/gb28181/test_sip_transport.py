@@ -987,3 +987,24 @@ async def test_the_tcp_budget_follows_the_descriptor_limit() -> None:
         assert tight.nofile_soft_limit == 200
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_connections_refused_in_a_flood_are_counted_not_each_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Review 22: under a connection flood the transport refuses (or closes to make room) many connections;
+    each is counted, but the log gets one line per interval with how many more, not one per connection."""
+    transport = await started(Recorder(), limits=TransportLimits(max_tcp_connections_per_host=2))
+    clients = []
+    try:
+        with caplog.at_level("WARNING", logger="drivers.gb28181.sip_transport"):
+            for _ in range(2 + 20):
+                clients.append(await TcpClient.connect(transport.port))
+            for client in clients[2:]:  # the 20 beyond the bound: closed by the transport
+                assert await asyncio.wait_for(client.reader.read(), 10) == b""
+        assert transport.connections_shed == 20
+        shed = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert 1 <= len(shed) <= 2, [r.getMessage() for r in shed]
+    finally:
+        for client in clients:
+            client.writer.close()
+        await transport.close()
