@@ -794,7 +794,8 @@ class GbDownloadScheduler:
         foreign: list[str] = []
         ranges = [(start, end), *more_ranges]
         resume_key = (device_id, channel_id)
-        resume = self._listing_resume.pop(resume_key, None)
+        # Kept until this listing ends: a pass that fails half-way (the device offline) resumes there too.
+        resume = self._listing_resume.get(resume_key)
         stopped_at: tuple[int, datetime] | None = None  # (range index, time): where a full pass stopped
         foreign_uncounted = [0]  # beyond MAX_FOREIGN_KEPT
 
@@ -851,6 +852,7 @@ class GbDownloadScheduler:
             await pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
         if unreadable:
             await self._unreadable_records(pipeline, device_id, channel_id, unreadable)
+        self._listing_resume.pop(resume_key, None)
         if stopped_at is not None:
             await self._listing_stopped(pipeline, device_id, channel_id, ranges, stopped_at, len(listed))
         if foreign:
