@@ -17,8 +17,10 @@ STAMP := $(VENV)/.installed
 # downloads a browser of its own; fonts-wqy-microhei gives it Chinese glyphs, so that the dock screen's
 # Chinese text is measured (does it fit its tile?) and shown as a kiosk would show it. sip-tester: sipp,
 # an independent SIP peer that registers with digest to the GB/T 28181 SIP transport (tests/gb28181/).
+# postgresql (Debian 12: postgresql-15): the central's PostgreSQL index (edge/central/postgres); its tests
+# start a throwaway server as the unprivileged user postgres in a temporary folder (tests/central/pg.py).
 APT_PACKAGES := ffmpeg fuse3 curl python3-venv python3-dev systemd dbus-daemon libseccomp2 chromium \
-	fonts-wqy-microhei mosquitto sip-tester
+	fonts-wqy-microhei mosquitto sip-tester postgresql
 
 # Exact versions of every Python distribution the tests ran with (pip and the build backend included),
 # so that an install a year from now gets what was tested. `make constraints` rewrites it from .venv.
@@ -42,6 +44,7 @@ system:
 	[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$$missing fonts-wqy-microhei"; \
 	[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
 	command -v sipp >/dev/null || missing="$$missing sip-tester"; \
+	[ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "setup: installing system packages:$$missing"; \
