@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.gb28181.manscdp import ManscdpError, RecordItem, items_of
+from edge.custody.canonical import MAX_SAFE_INTEGER
 from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
@@ -258,6 +259,8 @@ def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | N
             + ": the copy has holes")
     announced = result.file_size_bytes
     received = int(getattr(outcome, "bytes", 0))
+    if announced and announced > MAX_SAFE_INTEGER:
+        announced = None  # no size (review 22): garbage in the field; kept as text in the facts
     if announced and received < FILESIZE_MIN_SHARE * announced:
         reasons.append(f"{received} bytes received, the device announced a=filesize {announced}")
     by_device = device_ended(result)
