@@ -54,8 +54,8 @@ from typing import Any
 
 from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
-from edge.gb28181.media import MediaOutcome
 from edge.durable.files import free_bytes
+from edge.gb28181.media import MediaOutcome
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline
 from edge.sources.gb28181.recordings import (
     DownloadedRecording,
@@ -339,7 +339,8 @@ class GbDownloads:
         repository = self.pipeline.repository
         await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
 
-    async def _told_apart(self, ref: RecordingRef, sealed: Mapping[str, list[SealedDownload]]) -> RecordingRef:
+    async def _told_apart(self, ref: RecordingRef,
+                          sealed: Mapping[str, list[SealedDownload]]) -> RecordingRef:
         """`ref`, or `ref` under the identity its FileSize tells apart (`RecordingRef.told_apart`) when a
         recording listed with the same channel, times and path is sealed with another FileSize: a recorder
         whose clock restarts at its epoch at every power-on names its files by it, so a new recording can
@@ -360,14 +361,15 @@ class GbDownloads:
         if extra is not None:
             earlier = [d for d in same_listing if d.complete][-1]
             shown = shown_recording(ref)
+            sealed_size = display_text(str(earlier.file_size_listed), 32)
+            reason = (f"listed with the channel, start, end and file path of the sealed recording (item "
+                      f"{earlier.item}, FileSize {sealed_size}) but with FileSize {display_text(size, 32)}: "
+                      "another recording (a device whose clock restarts at power-on names its files by that "
+                      "clock), downloaded and sealed as a recording of its own")
             data = {"source": "gb28181", "stage": "identity", "device_id": device,
                     "channel_id": display_text(ref.channel_id, 64), "original": shown,
                     "recording": told.described(), "sealed_file_size": sorted(str(s) for s in sizes),
-                    "reason": f"listed with the channel, start, end and file path of the sealed recording "
-                              f"(item {earlier.item}, FileSize {display_text(str(earlier.file_size_listed), 32)}) "
-                              f"but with FileSize {display_text(size, 32)}: another recording (a device whose "
-                              "clock restarts at power-on names its files by that clock), downloaded and sealed "
-                              "as a recording of its own", **extra}
+                    "reason": reason, **extra}
             log.warning("gb28181 %s: %s: %s", device, shown, data["reason"])
             repository = self.pipeline.repository
             await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, earlier.item, data))

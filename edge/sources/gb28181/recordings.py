@@ -37,6 +37,7 @@ directory without following symlinks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -53,7 +54,7 @@ from edge.custody.ledger import EntryType
 from edge.gb28181.convert import Conversion, ConversionError, convert_recording
 from edge.gb28181.media import MediaOutcome
 from edge.ingest.pipeline import IngestPipeline, IngestRun
-from edge.ingest.repository import AcquisitionState, IngestRepository
+from edge.ingest.repository import AcquisitionState
 from edge.ingest.source import FileReader, ItemReader, OfferedItem, Origin, OriginalKey, ReaderOpener
 from edge.ingest.store import StationStore
 
@@ -200,6 +201,7 @@ class SealedDownload:
 # Why a download came short by no fault of the recording: it is not one of the recording's attempts.
 INTERRUPTED_DEVICE_OFFLINE = "device-offline"  # the device left; the platform stopped its sessions
 INTERRUPTED_STATION_STOPPED = "station-stopped"  # the station stopped the session (it was stopping)
+INTERRUPTED_DISK_FULL = "disk-full"  # the receiver stopped: the spool's disk ran low (edge.gb28181.media)
 _RAW_VERSION = re.compile(r"raw-ps(?:#(\d+))?")
 
 
@@ -482,8 +484,9 @@ async def close_interrupted_copies(pipeline: IngestPipeline, device_id: str,
     next download of the recording is another transfer (other bytes, gaps, SSRC, Call-ID), which the
     pipeline would otherwise seal the first transfer's copy under (the key is the recording's). The key's
     next offer starts afresh (a `failed` row is admitted `pending` again, the copy made from that
-    download; a row still `pending` has no copy and is left so). An MP4 whose raw PS was sealed is not made again by a later download (the recording counts
-    as downloaded): its entry says the recording has no MP4, and why."""
+    download; a row still `pending` has no copy and is left so). An MP4 whose raw PS was sealed is not
+    made again by a later download (the recording counts as downloaded): its entry says the recording has
+    no MP4, and why."""
     conn = pipeline.store.conn
     states = (AcquisitionState.PENDING, AcquisitionState.COPIED, AcquisitionState.VERIFIED)
     if keys is None:
@@ -499,7 +502,8 @@ async def close_interrupted_copies(pipeline: IngestPipeline, device_id: str,
         raw_version = version.replace("mp4", "raw-ps", 1) if version.startswith("mp4") else None
         raw_sealed = raw_version is not None and conn.execute(
             "SELECT item FROM acquisitions WHERE source=? AND device=? AND original=? AND version=? "
-            "AND state=?", (SOURCE_KIND, device_id, original, raw_version, AcquisitionState.SEALED)).fetchone()
+            "AND state=?",
+            (SOURCE_KIND, device_id, original, raw_version, AcquisitionState.SEALED)).fetchone()
         if state == AcquisitionState.PENDING and not raw_sealed:
             continue  # nothing copied: the next offer of the key copies that download's file, as it should
         copy = ("no copy had been made" if state == AcquisitionState.PENDING or sha256 is None
@@ -507,10 +511,10 @@ async def close_interrupted_copies(pipeline: IngestPipeline, device_id: str,
                      "never sealed")
         if raw_sealed:
             reason = (f"the MP4 made from this recording's sealed raw PS (item {raw_sealed[0]}) was being "
-                      f"sealed when the station stopped or its run ended: {copy}. The recording has no sealed "
-                      "MP4 from that download, and is not downloaded again for one (its raw PS is sealed): "
-                      "the raw PS is the evidence; an MP4 can be made from it with the conversion its "
-                      "other downloads' MP4 manifests name")
+                      f"sealed when the station stopped or its run ended: {copy}. The recording has no "
+                      "sealed MP4 from that download, and is not downloaded again for one (its raw PS is "
+                      "sealed): the raw PS is the evidence; an MP4 can be made from it with the conversion "
+                      "its other downloads' MP4 manifests name")
         else:
             role = "MP4" if raw_version is not None else "raw PS"
             reason = (f"the {role} of a download of this recording was being acquired when the station "
@@ -522,7 +526,7 @@ async def close_interrupted_copies(pipeline: IngestPipeline, device_id: str,
                 "discarded_sha256": sha256 if state != AcquisitionState.PENDING else None,
                 "temp_copy": str(layout.tmp_copy(item).relative_to(layout.root))}
         log.warning("gb28181 %s: item %s: %s", display_text(device_id, 64), item, reason)
-        await pipeline.commit(lambda item=item, data=data: repository.failed(item, 0, data))
+        await pipeline.commit(functools.partial(repository.failed, item, 0, data))
         # Removed once the entry naming it is committed; a crash in between leaves a copy the next
         # acquisition of the key removes (a stale copy is never trusted: edge.ingest.pipeline).
         layout.tmp_copy(item).unlink(missing_ok=True)

@@ -80,6 +80,7 @@ from edge.sources.gb28181.downloads import (
 )
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
+    INTERRUPTED_DISK_FULL,
     INTERRUPTED_STATION_STOPPED,
     GbRecordings,
     RecordingRef,
@@ -133,6 +134,7 @@ NOT_VIDEO_TYPE_RANGES = (range(200, 600),)
 INTERRUPTIONS = {
     INTERRUPTED_DEVICE_OFFLINE: "the device went offline during the download",
     INTERRUPTED_STATION_STOPPED: "the station stopped the download (it was stopping)",
+    INTERRUPTED_DISK_FULL: "the station's disk ran low during the download (the store's reserve)",
 }
 # An incomplete RecordInfo answer is asked again over halves of its range, at most this many times deep,
 # and not below this range (an hour of a recorder is far below one answer's bound).
@@ -838,6 +840,8 @@ class GbDownloadScheduler:
             return INTERRUPTED_DEVICE_OFFLINE
         if str(getattr(result.end_reason, "value", result.end_reason)) == EndReason.STOPPED.value:
             return INTERRUPTED_STATION_STOPPED
+        if str(getattr(getattr(result.outcome, "ended", None), "value", "")) == INTERRUPTED_DISK_FULL:
+            return INTERRUPTED_DISK_FULL  # the receiver's free-space guard (MediaEnd disk-full)
         return None
 
     def _clock_offset_ms(self, device_id: str) -> int | None:
