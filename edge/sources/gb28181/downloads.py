@@ -35,6 +35,13 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    sealed, its gaps and how it ended are in the manifest (a partial transfer is still evidence of what
    was received, whether the recording or the device's leaving cut it short).
 
+Each call first closes what an interrupted earlier download left in progress (`close_interrupted_copies`:
+never resumed under another transfer), and reads which listed recordings are sealed in a worker thread
+(`sealed_downloads_off_loop`). A recording listed with the channel, times and path of a sealed one but
+another FileSize is another recording (`_told_apart`). A store below its reserve ends the call
+(`StoreBelowReserve`, one limited `error` entry): before a download, and when the pipeline refused a
+download's copy for it (its spool files are removed).
+
 `start_download` is the seam to the platform (edge.gb28181.platform `start_session` with a Download
 `MediaRequest` and the session's `wait()`): the composition root adapts it, so this module depends on
 the media receiver's outcome only.

@@ -14,7 +14,8 @@ Per downloaded recording, two items:
    the sealed raw PS and compare.
 
 Both carry the `source` block kind "gb28181", the station, the device id and the channel id. Their keys
-(`raw_key`, `mp4_key`) are derived from the recording only (device, channel, start, end, file path),
+(`raw_key`, `mp4_key`) are derived from the recording only (device, channel, start, end, file path; and
+its FileSize where that tells it apart from a sealed recording listed with the same: `told_apart`),
 never from the download, so they are the same after a restart: the platform asks `already_sealed`
 before downloading a recording again, and the pipeline never seals one recording twice. A download that
 was sealed incomplete (its manifest says `"complete": false`) does not count: the recording is downloaded
@@ -29,7 +30,12 @@ transfer: the copy has holes, where its `gap` entries say; such a copy is incomp
 `error` ledger entry naming the recording, and the raw PS is still sealed), ingest both items in one
 run, put the transfer's gaps on the ledger (`gap`, on the raw item) and any other damage or an
 incomplete transfer in one bounded `error` entry of stage `media` per session (`media_damage`), and
-remove the spool files once their items are sealed. Files are read through `FileReader` (size and
+remove the spool files, sealed or not (what was not sealed is on the ledger, and the next download of the
+recording is a new transfer into a new file). A copy an earlier download left in progress under the same
+keys (a crash while sealing) is closed first, never resumed (`close_interrupted_copies`). A recording
+listed with the channel, times and path of a sealed one but another FileSize is told apart by it
+(`RecordingRef.told_apart`), and a size beyond JSON's integers is kept as text (`listed_size`).
+Files are read through `FileReader` (size and
 mtime checked, so a spool file changed under the pipeline is refused), opened relative to the spool
 directory without following symlinks.
 """
@@ -219,7 +225,7 @@ _SEALED_QUERY = (
     "json_type(i.manifest, '$.original.file_size_bytes_listed'), "
     "json_extract(i.manifest, '$.original.file_size_bytes_listed') "
     "FROM acquisitions a LEFT JOIN items i ON i.item = a.item "
-    "WHERE a.source=? AND a.device=? AND a.state=?")
+    "WHERE a.source=? AND a.device=? AND ")
 
 
 def _sealed_download(row: Any) -> tuple[str, SealedDownload] | None:
@@ -251,9 +257,11 @@ def sealed_downloads_in(conn: sqlite3.Connection, device_id: str,
         wanted = sorted(set(identities))
         batches = [wanted[i:i + IDENTITIES_PER_QUERY] for i in range(0, len(wanted), IDENTITIES_PER_QUERY)]
     for batch in batches:
-        query, batch_args = _SEALED_QUERY, args
+        query, batch_args = _SEALED_QUERY + "a.state=?", args
         if batch is not None:
-            query += f" AND a.original IN ({', '.join('?' * len(batch))})"
+            # `+a.state`: the primary key (source, device, original) is the index to take, never the
+            # state index (all the device's sealed rows), which SQLite would prefer for its three terms.
+            query = _SEALED_QUERY + f"+a.state=? AND a.original IN ({', '.join('?' * len(batch))})"
             batch_args = (*args, *batch)
         for row in conn.execute(query, batch_args):
             sealed = _sealed_download(row)

@@ -75,6 +75,7 @@ from edge.sources.gb28181.downloads import (
     GbDownloads,
     PassEnded,
     PassFailures,
+    StoreBelowReserve,
     Transfer,
     WindowClosed,
 )
@@ -473,8 +474,9 @@ class GbDownloadScheduler:
                 await self._pass(device_id, progress)
             except PassEnded as exc:
                 progress.last_problem = printable(str(exc)[:200])
-                log.info("gb28181 device %s: downloads wait for %s: %s", device_id,
-                         "the window to open" if isinstance(exc, WindowClosed) else "its next registration",
+                waits_for = ("the window to open" if isinstance(exc, WindowClosed) else "room in the store"
+                             if isinstance(exc, StoreBelowReserve) else "its next registration")
+                log.info("gb28181 device %s: downloads wait for %s: %s", device_id, waits_for,
                          progress.last_problem)
             except Exception as exc:  # a pass's bug must not end the scheduler; the next online retries
                 progress.last_problem = printable(str(exc)[:200])
