@@ -60,7 +60,7 @@ from edge.custody.ledger import EntryType
 from edge.gb28181.convert import Conversion, ConversionError, convert_recording
 from edge.gb28181.media import MediaOutcome
 from edge.ingest.pipeline import IngestPipeline, IngestRun
-from edge.ingest.repository import AcquisitionState
+from edge.ingest.repository import AcquisitionState, sealed_original_facts
 from edge.ingest.source import FileReader, ItemReader, OfferedItem, Origin, OriginalKey, ReaderOpener
 from edge.ingest.store import StationStore
 
@@ -211,62 +211,40 @@ INTERRUPTED_DISK_FULL = "disk-full"  # the receiver stopped: the spool's disk ra
 _RAW_VERSION = re.compile(r"raw-ps(?:#(\d+))?")
 
 
-# Identities per query (SQLite's bound on parameters is 32766; a listing may hold thousands).
-IDENTITIES_PER_QUERY = 500
-_SEALED_QUERY = (
-    "SELECT a.original, a.version, a.item, "
-    "json_type(i.manifest, '$.original.attempt'), json_extract(i.manifest, '$.original.attempt'), "
-    "json_type(i.manifest, '$.original.complete'), "
-    "json_type(i.manifest, '$.original.interrupted'), json_extract(i.manifest, '$.original.interrupted'), "
-    "json_type(i.manifest, '$.original.incomplete'), json_extract(i.manifest, '$.original.incomplete'), "
-    "json_type(i.manifest, '$.original.lossy'), "
-    "json_type(i.manifest, '$.original.file_size_bytes'), "
-    "json_extract(i.manifest, '$.original.file_size_bytes'), "
-    "json_type(i.manifest, '$.original.file_size_bytes_listed'), "
-    "json_extract(i.manifest, '$.original.file_size_bytes_listed') "
-    "FROM acquisitions a LEFT JOIN items i ON i.item = a.item "
-    "WHERE a.source=? AND a.device=? AND ")
+_SEALED_FACTS = ("attempt", "complete", "interrupted", "incomplete", "lossy", "file_size_bytes",
+                 "file_size_bytes_listed")
 
 
-def _sealed_download(row: Any) -> tuple[str, SealedDownload] | None:
-    (original, version_text, item, attempt_type, attempt, complete_type, interrupted_type, interrupted,
-     incomplete_type, incomplete, lossy_type, size_type, size, listed_type, listed) = tuple(row)
+def _sealed_download(version_text: str, item: str,
+                     facts: Mapping[str, tuple[str | None, Any]]) -> SealedDownload | None:
     version = _RAW_VERSION.fullmatch(version_text)
     if version is None:
         return None
-    size_text = str(size) if size_type == "integer" else str(listed) if listed_type == "text" else None
-    return original, SealedDownload(
+
+    def text(name: str) -> str | None:
+        kind, value = facts[name]
+        return str(value) if kind == "text" else None
+
+    attempt_type, attempt = facts["attempt"]
+    size_type, size = facts["file_size_bytes"]
+    return SealedDownload(
         item, int(attempt) if attempt_type == "integer" else int(version.group(1) or 1),
-        complete=complete_type != "false",
-        interrupted=interrupted if interrupted_type == "text" else None,
-        incomplete=incomplete if incomplete_type == "text" else None,
-        lossy=lossy_type == "true", file_size_listed=size_text)
+        complete=facts["complete"][0] != "false", interrupted=text("interrupted"),
+        incomplete=text("incomplete"), lossy=facts["lossy"][0] == "true",
+        file_size_listed=str(size) if size_type == "integer" else text("file_size_bytes_listed"))
 
 
 def sealed_downloads_in(conn: sqlite3.Connection, device_id: str,
                         identities: Collection[str] | None = None) -> dict[str, list[SealedDownload]]:
     """The sealed raw PS of the device's recordings (those of `identities` only, when given), by recording
-    identity (`RecordingRef.identity`), in attempt order. Given identities, the query is bounded by them
-    (the acquisitions' primary key: source, device, original), never by how many the device has sealed;
-    the manifest facts are read by SQLite (json_extract), not parsed whole here."""
+    identity (`RecordingRef.identity`), in attempt order. Given identities, the work is bounded by them,
+    never by how many the device has sealed (edge.ingest.repository `sealed_original_facts`)."""
     found: dict[str, list[SealedDownload]] = {}
-    args: tuple[Any, ...] = (SOURCE_KIND, device_id, AcquisitionState.SEALED)
-    if identities is None:
-        batches: list[list[str] | None] = [None]
-    else:
-        wanted = sorted(set(identities))
-        batches = [wanted[i:i + IDENTITIES_PER_QUERY] for i in range(0, len(wanted), IDENTITIES_PER_QUERY)]
-    for batch in batches:
-        query, batch_args = _SEALED_QUERY + "a.state=?", args
-        if batch is not None:
-            # `+a.state`: the primary key (source, device, original) is the index to take, never the
-            # state index (all the device's sealed rows), which SQLite would prefer for its three terms.
-            query = _SEALED_QUERY + f"+a.state=? AND a.original IN ({', '.join('?' * len(batch))})"
-            batch_args = (*args, *batch)
-        for row in conn.execute(query, batch_args):
-            sealed = _sealed_download(row)
-            if sealed is not None:
-                found.setdefault(sealed[0], []).append(sealed[1])
+    for original, version, item, facts in sealed_original_facts(conn, SOURCE_KIND, device_id, identities,
+                                                                _SEALED_FACTS):
+        sealed = _sealed_download(version, item, facts)
+        if sealed is not None:
+            found.setdefault(original, []).append(sealed)
     for downloads in found.values():
         downloads.sort(key=lambda d: d.attempt)
     return found
@@ -285,7 +263,7 @@ async def sealed_downloads_off_loop(store: StationStore, device_id: str,
     database = store.layout.db
 
     def read() -> dict[str, list[SealedDownload]]:
-        conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
         try:
             return sealed_downloads_in(conn, device_id, identities)
         finally:
@@ -475,9 +453,6 @@ def media_damage(outcome: MediaOutcome, facts: Mapping[str, Any]) -> list[str]:
 
 
 INTERRUPTED_STAGE = "interrupted"
-_IN_PROGRESS_QUERY = (
-    "SELECT a.original, a.version, a.item, a.state, i.sha256, i.size FROM acquisitions a "
-    "LEFT JOIN items i ON i.item = a.item WHERE a.source=? AND a.device=? AND a.state IN (?, ?, ?)")
 
 
 async def close_interrupted_copies(pipeline: IngestPipeline, device_id: str,
@@ -495,23 +470,15 @@ async def close_interrupted_copies(pipeline: IngestPipeline, device_id: str,
     download; a row still `pending` has no copy and is left so). An MP4 whose raw PS was sealed is not
     made again by a later download (the recording counts as downloaded): its entry says the recording has
     no MP4, and why."""
-    conn = pipeline.store.conn
-    states = (AcquisitionState.PENDING, AcquisitionState.COPIED, AcquisitionState.VERIFIED)
-    if keys is None:
-        rows = conn.execute(_IN_PROGRESS_QUERY, (SOURCE_KIND, device_id, *states)).fetchall()
-    else:
-        rows = [row for key in keys for row in conn.execute(
-            _IN_PROGRESS_QUERY + " AND a.original=? AND a.version=?",
-            (SOURCE_KIND, device_id, *states, key.original, key.version))]
     closed: list[str] = []
     layout = pipeline.store.layout
     repository = pipeline.repository
-    for original, version, item, state, sha256, size in (tuple(row) for row in rows):
+    for row in repository.in_progress(SOURCE_KIND, device_id, keys):
+        original, version, item, state = row.key.original, row.key.version, row.item, row.state
+        sha256, size = row.sha256, row.size
         raw_version = version.replace("mp4", "raw-ps", 1) if version.startswith("mp4") else None
-        raw_sealed = raw_version is not None and conn.execute(
-            "SELECT item FROM acquisitions WHERE source=? AND device=? AND original=? AND version=? "
-            "AND state=?",
-            (SOURCE_KIND, device_id, original, raw_version, AcquisitionState.SEALED)).fetchone()
+        raw_row = None if raw_version is None else repository.state_of(replace(row.key, version=raw_version))
+        raw_sealed = raw_row if raw_row is not None and raw_row[1] == AcquisitionState.SEALED else None
         if state == AcquisitionState.PENDING and not raw_sealed:
             continue  # nothing copied: the next offer of the key copies that download's file, as it should
         copy = ("no copy had been made" if state == AcquisitionState.PENDING or sha256 is None
