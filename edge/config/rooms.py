@@ -25,13 +25,15 @@ _FORMAT = r"^[a-z0-9_]{1,32}$"
 _RESERVED_OPTIONS = frozenset({"f", "i", "re", "y", "n"})
 # Input options an input may carry, by what reads the URL. ffmpeg takes its global options (progress,
 # y, copyts, filter_script, ...) anywhere on its command line, and an option that takes no value leaves
-# its "value" behind as an extra output file: so an allow-list, never a deny-list.
+# its "value" behind as an extra output file: so an allow-list, never a deny-list. Every name is one the
+# installed ffmpeg (Debian 12's 5.1) knows (tests/rooms/test_review21_ffmpeg_lists.py): `stimeout`, gone
+# in 5.1, is `timeout`.
 _GENERIC_INPUT_OPTIONS = frozenset({
     "thread_queue_size", "probesize", "analyzeduration", "fpsprobesize", "fflags", "max_delay",
     "rtbufsize", "use_wallclock_as_timestamps",
 })
 _NETWORK_INPUT_OPTIONS = frozenset({
-    "rtsp_transport", "rtsp_flags", "allowed_media_types", "stimeout", "timeout", "rw_timeout",
+    "rtsp_transport", "rtsp_flags", "allowed_media_types", "timeout", "rw_timeout",
     "reorder_queue_size", "buffer_size", "recv_buffer_size", "user_agent", "min_port", "max_port",
     "protocol_whitelist", "reconnect", "reconnect_streamed", "reconnect_delay_max", "fifo_size",
     "overrun_nonfatal", "pkt_size", "localaddr", "latency",
@@ -46,15 +48,17 @@ _DEVICE_INPUT_OPTIONS: dict[str, frozenset[str]] = {
 }
 _DEVICE_INPUT_OPTIONS["video4linux2"] = _DEVICE_INPUT_OPTIONS["v4l2"]
 # What a lavfi input may be: a chain of these filters (sources, and what paces or trims them). movie,
-# amovie, drawtext (textfile=), sendcmd (f=), signature (filename=), plugin hosts (ladspa, lv2, frei0r)
+# amovie, drawtext (textfile=), sendcmd (f=), signature (filename=), life and cellauto (filename=: their
+# starting pattern), plugin hosts (ladspa, lv2, frei0r)
 # and every other filter that reads or writes files or loads code are left out.
 _LAVFI_FILTERS = frozenset({
     "testsrc", "testsrc2", "smptebars", "smptehdbars", "rgbtestsrc", "yuvtestsrc", "color", "nullsrc",
-    "pal75bars", "pal100bars", "allrgb", "allyuv", "mandelbrot", "life", "cellauto",
+    "pal75bars", "pal100bars", "allrgb", "allyuv", "mandelbrot",
     "sine", "anullsrc", "anoisesrc",
     "realtime", "arealtime", "trim", "atrim", "setpts", "asetpts", "fps", "scale", "format", "aformat",
     "aresample", "volume", "null", "anull", "setsar", "pad", "crop", "hflip", "vflip", "tpad", "apad",
 })
+LAVFI_FILTERS = _LAVFI_FILTERS  # checked against the installed ffmpeg by the tests
 _LAVFI_FILTER = re.compile(r"^([a-z0-9_]+)(=[A-Za-z0-9_=:.+*/#@%-]*)?$")
 # URL schemes a non-device input may read (none that reads a local file behind the station's back:
 # file:, concat:, subfile:, data:, pipe:, fd:, crypto:, cache: ...); a plain absolute path is a file.
@@ -65,6 +69,52 @@ _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _URL_AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
 # The pydantic error type of a URL carrying credentials: its value is never echoed (edge.config.base).
 URL_USERINFO_ERROR = "url_userinfo"
+# Names of URL parameters that carry a camera's credentials in its path or query (XMEye-style
+# rtsp://host/user=admin&password=...&channel=1, MJPEG http://cam/video.cgi?user=admin&pwd=...), compared
+# case-insensitively. Their value may only be a placeholder the station fills from the references.
+CREDENTIAL_PARAMETERS = frozenset({
+    "user", "username", "usr", "login", "loginuse", "account",
+    "password", "pwd", "passwd", "pass", "passw", "pw", "psw", "loginpas",
+})
+USERNAME_PLACEHOLDER = "{username}"
+PASSWORD_PLACEHOLDER = "{password}"
+# NAME=VALUE in a URL's path or query: after / ? & ; or _ (XMEye also writes user=a_password=b_channel=1);
+# the value runs to the next separator (an underscore only when a NAME= follows it).
+URL_PARAMETER = re.compile(r"(?:^|(?<=[/?&;_]))([A-Za-z]+)=((?:(?!_[A-Za-z]+=)[^/?&;#\s])*)")
+
+
+def allowed_input_options() -> frozenset[str]:
+    """Every input option some input may carry (tests check each against the installed ffmpeg)."""
+    devices = frozenset().union(*_DEVICE_INPUT_OPTIONS.values())
+    return _GENERIC_INPUT_OPTIONS | _NETWORK_INPUT_OPTIONS | devices
+
+
+def allowed_input_formats() -> frozenset[str]:
+    """The input formats (``-f``) with options of their own."""
+    return frozenset(_DEVICE_INPUT_OPTIONS)
+
+
+def url_credential_parameters(url: str) -> list[tuple[str, str]]:
+    """(name, value) of each credential-looking parameter in the path or query of `url`."""
+    authority = _URL_AUTHORITY.match(url)
+    rest = url[authority.end():] if authority else url
+    return [(m[1], m[2]) for m in URL_PARAMETER.finditer(rest) if m[1].lower() in CREDENTIAL_PARAMETERS]
+
+
+def _credentials_in_url(url: str) -> str | None:
+    """Why `url` carries credentials (never their value), or None."""
+    if (authority := _URL_AUTHORITY.match(url)) and "@" in authority[1]:
+        return ("url carries credentials (user:password@): give them as references in username and "
+                "password (env:NAME, file:/path, credential:NAME), never in the configuration file")
+    literal = [name for name, value in url_credential_parameters(url)
+               if value not in (USERNAME_PLACEHOLDER, PASSWORD_PLACEHOLDER)]
+    if literal:
+        names = ", ".join(name + "=" for name in literal)
+        return (f"url carries credentials in its path or query ({names}): write {USERNAME_PLACEHOLDER} or "
+                f"{PASSWORD_PLACEHOLDER} as their value and give the credentials as "
+                "references in username and password (env:NAME, file:/path, credential:NAME), filled in "
+                "when ffmpeg is started; never in the configuration file")
+    return None
 
 
 def _plain_text(value: str, what: str) -> str:
@@ -79,7 +129,9 @@ class RoomInputConfig(StrictModel):
     url: str = Field(
         min_length=1, max_length=1024,
         description="What -i reads: a lavfi graph (testsrc2=size=1280x720:rate=25), a device "
-        "(/dev/v4l/by-id/..., hw:1,0), an rtsp:// URL",
+        "(/dev/v4l/by-id/..., hw:1,0), an rtsp:// URL. Never credentials: a camera that takes them in "
+        "its path or query (rtsp://host/user={username}&password={password}&channel=1) gets the "
+        "placeholders {username} and {password}, filled from username and password when ffmpeg starts",
     )
     format: str = Field("", pattern=rf"^({_FORMAT[1:-1]})?$",
                         description="-f before -i (lavfi, v4l2, alsa, rtsp); empty: ffmpeg guesses")
@@ -93,7 +145,8 @@ class RoomInputConfig(StrictModel):
     )
     username: SecretRef | None = Field(
         None, description="Reference (env:, file:, credential:) to the camera's user name, put into the "
-        "URL (scheme://USER:PASSWORD@host) only when ffmpeg is started; never written in url itself",
+        "URL only when ffmpeg is started: into its placeholders {username}/{password} when it has them, "
+        "else as scheme://USER:PASSWORD@host; never written in url itself",
     )
     password: SecretRef | None = Field(
         None, description="Reference (env:, file:, credential:) to the camera's password (see username)",
@@ -103,12 +156,8 @@ class RoomInputConfig(StrictModel):
     @classmethod
     def _url_without_credentials(cls, value: object) -> object:
         # Before every other check, so that no other error about this URL echoes its credentials.
-        if isinstance(value, str) and (authority := _URL_AUTHORITY.match(value)) and "@" in authority[1]:
-            raise PydanticCustomError(
-                URL_USERINFO_ERROR,
-                "url carries credentials (user:password@): give them as references in username and "
-                "password (env:NAME, file:/path, credential:NAME), never in the configuration file",
-            )
+        if isinstance(value, str) and (why := _credentials_in_url(value)) is not None:
+            raise PydanticCustomError(URL_USERINFO_ERROR, why)
         return value
 
     @field_validator("url")
@@ -157,6 +206,11 @@ class RoomInputConfig(StrictModel):
                 f"format {self.format}" if self.format else "this url"))
         if self.password is not None and self.username is None:
             raise ValueError("password needs a username (a URL's credentials are user:password)")
+        for placeholder, reference in ((USERNAME_PLACEHOLDER, self.username),
+                                       (PASSWORD_PLACEHOLDER, self.password)):
+            if placeholder in self.url and reference is None:
+                raise ValueError(f"url has the placeholder {placeholder}: give the reference it is filled "
+                                 f"from in {placeholder.strip('{}')} (env:NAME, file:/path, credential:NAME)")
         return self
 
     @field_validator("options")
@@ -173,12 +227,29 @@ class RoomInputConfig(StrictModel):
         return value
 
 
+class RoomGbChannelConfig(StrictModel):
+    """A GB/T 28181 camera channel as a room source (`[rooms.room.source.gb28181]`): its live Play
+    (edge.gb28181.live) read from the channel's local socket; the device registers to this station's
+    platform ([gb28181], which must be enabled)."""
+
+    device_id: str = Field(pattern=r"^[0-9]{20}$", description="The device's 20-digit GB/T 28181 id")
+    channel_id: str = Field(pattern=r"^[0-9]{20}$", description="The channel's 20-digit id (a camera: "
+                            "type code 131 in digits 11-13)")
+
+
 class RoomSourceConfig(StrictModel):
-    """One capture of a room: its inputs become one MP4 segment stream (video and/or audio)."""
+    """One capture of a room: its inputs (or a GB/T 28181 channel) become one MP4 segment stream."""
 
     id: Annotated[str, Field(pattern=IDENTIFIER, description="Source id, unique in its room")]
     name: str = Field("", max_length=64, description="Human name (全景, 特写, 话筒)")
-    input: list[RoomInputConfig] = Field(min_length=1, max_length=4, description="ffmpeg inputs, in order")
+    input: list[RoomInputConfig] = Field(
+        default_factory=list, max_length=4,
+        description="ffmpeg inputs, in order (at least one, unless the source is a gb28181 channel)",
+    )
+    gb28181: RoomGbChannelConfig | None = Field(
+        None, description="A GB/T 28181 channel instead of inputs: its live video, stream-copied (its "
+        "G.711 audio is not recorded: ffmpeg cannot read it from PS; give the room a microphone source)",
+    )
     codec: Literal["auto", "copy", "encode"] = Field(
         "auto",
         description="copy: stream copy (the inputs deliver H.264/HEVC video and AAC audio); encode: "
@@ -190,13 +261,113 @@ class RoomSourceConfig(StrictModel):
     def _name_printable(cls, value: str) -> str:
         return _plain_text(value, "name")
 
+    @model_validator(mode="after")
+    def _inputs_or_channel(self) -> RoomSourceConfig:
+        if self.gb28181 is not None and self.input:
+            raise ValueError(f"source {self.id}: a gb28181 source has no input (its channel's live socket "
+                             "is its input)")
+        if self.gb28181 is None and not self.input:
+            raise ValueError(f"source {self.id}: needs at least one input, or a gb28181 channel")
+        return self
+
+
+# Serial lines a room's hardware may be on: a device node (better the stable /dev/serial/by-id/...) or a
+# pyserial network URL. Not pyserial's other handlers: hwgrep:// opens whatever port a pattern matches,
+# spy:// writes a trace, alt:// and loop:// are no hardware.
+_SERIAL_PORT = r"^(/dev/[A-Za-z0-9._:+/-]{1,200}|(socket|rfc2217)://[A-Za-z0-9.:\[\]-]{1,200}(/[A-Za-z0-9._=&?-]{0,100})?)$"
+
+
+def _serial_port(value: str) -> str:
+    if value.startswith("/") and any(part in (".", "..") for part in value.split("/")):
+        raise ValueError("a serial port path must not contain . or .. components (use /dev/serial/by-id/...)")
+    return value
+
+
+class RoomPanelCaseConfig(StrictModel):
+    """The case a session started by the panel's START button is bound to: a room whose proceedings
+    belong to one standing case or docket (a hearing room assigned to a case for the day). Without it,
+    START is refused (the lamp shows REFUSE) and the session is started with its case from the station."""
+
+    case_number: str = Field(min_length=1, max_length=64, description="案件编号 of sessions started by START")
+    collector: str = Field(min_length=1, max_length=64, description="采集人: who runs the room's recordings")
+    collector_no: str = Field("", max_length=64, description="The collector's number (警号), if any")
+    subject: str = Field(min_length=1, max_length=256, description="证明对象: what the recordings prove")
+
+    @field_validator("case_number", "collector", "collector_no", "subject")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if value != value.strip():
+            raise ValueError("must not start or end with white space")
+        return _plain_text(value, "case field")
+
+
+class RoomPanelConfig(StrictModel):
+    """The room's recording lamp and button panel (drivers/serial/ROOM_PANEL_PROTOCOL.md)."""
+
+    port: str = Field(pattern=_SERIAL_PORT, description="Serial line: /dev/serial/by-id/..., "
+                      "socket://host:port or rfc2217://host:port")
+    baudrate: int = Field(115200, ge=1200, le=921600, description="Line speed (8N1)")
+    start_case: RoomPanelCaseConfig | None = Field(
+        None,
+        description="The case START binds its session to; none: START is refused, start from the station",
+    )
+    refusal_show_s: float = Field(3.0, ge=0.5, le=30, description="How long the lamp shows REFUSE after a "
+                                  "refused button press")
+    sensor_poll_s: float = Field(30.0, ge=1, le=3600, description="How often the climate sensor is read")
+    reply_timeout_s: float = Field(0.5, gt=0, le=10, description="Wait for each reply before a re-send")
+    heartbeat_s: float = Field(2.0, gt=0, le=60, description="Heartbeat period (a silent panel is lost "
+                               "after about heartbeat_s + 3 x reply_timeout_s)")
+    reconnect_max_s: float = Field(30.0, ge=0.1, le=600, description="Longest wait between attempts to open "
+                                   "a panel that went away")
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        return _serial_port(value)
+
+
+class RoomPtzConfig(StrictModel):
+    """A Pelco-D PTZ camera of the room: sent to `preset` when a session starts."""
+
+    port: str = Field(pattern=_SERIAL_PORT, description="Serial line (RS-485 adapter) of the camera")
+    address: int = Field(ge=1, le=255, description="The camera's Pelco-D address (its DIP switches)")
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400] = Field(2400, description="Line speed (8N1)")
+    preset: int = Field(ge=1, le=255, description="Preset the camera goes to at every session start (the "
+                        "installer stores it on the camera: the frame that shows the person questioned)")
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        return _serial_port(value)
+
 
 class RoomConfig(StrictModel):
     id: Annotated[str, Field(pattern=IDENTIFIER, description="Room id, unique on the station")]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials_in_urls(cls, data: object) -> object:
+        # Before any input is validated, so that the error names the room and source (the input's own
+        # check, kept for an input built alone, can only name its position) and echoes nothing of the URL.
+        if not isinstance(data, dict):
+            return data
+        sources = data.get("source")
+        for source in sources if isinstance(sources, list) else []:
+            inputs = source.get("input") if isinstance(source, dict) else None
+            for number, spec in enumerate(inputs if isinstance(inputs, list) else [], 1):
+                url = spec.get("url") if isinstance(spec, dict) else None
+                if isinstance(url, str) and (why := _credentials_in_url(url)) is not None:
+                    raise PydanticCustomError(URL_USERINFO_ERROR, "room {room}, source {source}, input "
+                                              "{number}: {why}", {"room": str(data.get("id"))[:64],
+                                                                  "source": str(source.get("id"))[:64],
+                                                                  "number": number, "why": why})
+        return data
     name: str = Field(min_length=1, max_length=64, description="Room name (第一询问室)")
     address: str = Field(min_length=1, max_length=256, description="Where the room is: its part of the "
                          "session's location (采集地点)")
     source: list[RoomSourceConfig] = Field(min_length=1, max_length=8, description="The room's captures")
+    panel: RoomPanelConfig | None = Field(None, description="Lamp and buttons ([rooms.room.panel])")
+    ptz: RoomPtzConfig | None = Field(None, description="PTZ camera, to a preset at start ([rooms.room.ptz])")
     composite: RoomCompositeConfig | None = Field(
         None, description="Burnt-in overlay and picture-in-picture, an extra derived output beside the "
         "originals (edge.config.room_composite); none: off",
@@ -234,10 +405,17 @@ class RoomsSection(StrictModel):
         5.0, gt=0, le=600,
         description="A source with no new segment for segment_time_s + this is restarted (a gap)",
     )
+    late_start_gap_s: float = Field(
+        2.0, ge=0.5, le=60,
+        description="A source whose first media of the session comes later than this after it was started "
+        "(connection, probe, a camera waking up) has that unrecorded start as a gap (source-late-start)",
+    )
     start_grace_s: float = Field(
         10.0, ge=0, le=600,
-        description="A run's start-up allowance (probe, RTSP connect, a camera waking up, a long GOP): its "
-        "first segment may take segment_time_s + stale_margin_s + this; later ones are judged as usual",
+        description="A run's start-up allowance (RTSP connect, a camera waking up, a long GOP): its "
+        "first segment may take segment_time_s + stale_margin_s + this, counted from the end of the probe "
+        "(codec = auto), whose own deadline is this plus 60 % of segment_time_s + stale_margin_s; later "
+        "segments are judged as usual",
     )
     restart_backoff_initial_s: float = Field(0.5, ge=0, le=60, description="First restart delay")
     restart_backoff_max_s: float = Field(10.0, ge=0, le=600, description="Longest restart delay")
@@ -278,6 +456,16 @@ class RoomsSection(StrictModel):
             raise ValueError("room ids must be unique")
         if self.restart_backoff_max_s < self.restart_backoff_initial_s:
             raise ValueError("restart_backoff_max_s must be >= restart_backoff_initial_s")
+        # Each serial line is opened exclusively by one driver: two users of one port would fight.
+        ports: dict[str, str] = {}
+        for room in self.room:
+            for kind, device in (("panel", room.panel), ("ptz", room.ptz)):
+                if device is None:
+                    continue
+                user = f"room {room.id} {kind}"
+                if device.port in ports:
+                    raise ValueError(f"{user} and {ports[device.port]} use the same port {device.port}")
+                ports[device.port] = user
         if self.space_critical_minutes >= self.space_warn_minutes:
             raise ValueError("space_critical_minutes must be < space_warn_minutes")
         return self

@@ -18,4 +18,6 @@ One module per job:
   recorded like a source; :mod:`edge.rooms.overlay_text`: the overlay's text, in files drawtext reads.
 * :mod:`edge.rooms.manifest`: the signed session manifest sealed at stop.
 * :mod:`edge.rooms.service`: start, stop, mark, status; what the local API and `edge room` call.
+* :mod:`edge.rooms.hardware`: the room's serial hardware (lamp and button panel, climate sensor, PTZ
+  camera), one supervised task per room asking the service as the local API does.
 """

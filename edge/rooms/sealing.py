@@ -34,6 +34,9 @@ from edge.rooms.session import RoomSession
 log = logging.getLogger(__name__)
 
 SOURCE_KIND = "room"
+# How far a source's clock may run from the station's over a run before its segments say so
+# (`source_clock_drift_s`): more than the jitter of ffmpeg's listing (an encoder's lookahead, a busy CPU).
+SOURCE_DRIFT_TOLERANCE_S = 1.0
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -207,6 +210,11 @@ class SegmentSealer:
             "sealed_utc": iso_from_ns(sealed_ns),
             "seal_latency_s": round(latency_s, 6),
         }
+        drift_s = segment.source_drift_s
+        if drift_s is not None and abs(drift_s) > SOURCE_DRIFT_TOLERANCE_S:
+            # The source's own clock (stream_*_s) ran away from the station's (start_utc, end_utc follow
+            # the station's): said on the record, so that nobody takes the stream times for station times.
+            data["source_clock_drift_s"] = round(drift_s, 3)
         if segment.partial:
             data["partial"] = segment.partial
         if self.derived is not None:
