@@ -58,7 +58,10 @@ its TCP connection (`closed`), on `idle_timeout_s` without a packet of the sessi
 media ever came), on `max_bytes` of raw PS (`limit`: the packet that would pass it is not written), when
 the video's media time passes `max_media_span_s` (`past-end`: a device that keeps sending after the
 recording it was asked for), when the transfer stalls or runs too long (`time-limit`, below), or on an
-error (`error`). The media time is the longest span of
+error (`error`), or when the disk holding the raw PS runs low (`disk-full`, with `min_free_bytes`: after each
+write, the disk's free space must keep `min_free_bytes` plus `ROOM_PER_RECEIVED_BYTE` times what was received,
+so what came can still be copied into the store and converted there without eating into the store's
+reserve; review 22). The media time is the longest span of
 a monotonic run of video PTS (`video_run_span_s`): a PTS that steps back more than `PTS_BACKSTEP` (B-frames
 step back a little) or jumps ahead more than `PTS_JUMP` starts a new run (`video_pts_restarts`), so an
 encoder that restarts its PTS does not stretch the span (a wrap read as 26 hours).
@@ -89,7 +92,7 @@ import random
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -131,6 +134,10 @@ PTS_MODULO = 1 << 33
 PTS_HZ = 90000
 PTS_BACKSTEP = PTS_HZ  # video PTS may step back this much inside a run (B-frames: a few frames)
 PTS_JUMP = 60 * PTS_HZ  # ... or jump ahead this much (packets lost over an outage); more: a new run
+# Free space kept per byte received, beyond `min_free_bytes`: the station copies the raw PS into its store
+# (one), converts it to an MP4 in the spool (about one more) and copies that (one more) before the spool
+# files go.
+ROOM_PER_RECEIVED_BYTE = 3
 
 
 class MediaError(Exception):
@@ -150,6 +157,7 @@ class EndReason(StrEnum):
     ERROR = "error"
     PAST_END = "past-end"  # the video's media time passed `max_media_span_s`
     TIME_LIMIT = "time-limit"  # the video stalled (`min_progress_s` per `progress_window_s`), or the hard cap
+    DISK_FULL = "disk-full"  # the raw PS's disk ran low (`min_free_bytes`): what came is kept, the rest not
 
 
 @dataclass(frozen=True)
@@ -295,6 +303,13 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _write_and_measure(fd: int, data: bytes | bytearray) -> int:
+    """Write `data`; the free bytes left on the file's disk after it."""
+    _write_all(fd, data)
+    stats = os.fstatvfs(fd)
+    return stats.f_bavail * stats.f_frsize
 
 
 def _sync_and_close(fd: int, directory: Path, *, sync: bool) -> None:
@@ -520,6 +535,7 @@ class MediaReceiver:
         reorder_window: int,
         max_buffered_bytes: int,
         sink: Callable[[bytes], None] | None = None,
+        min_free_bytes: int = 0,
     ) -> None:
         self.transport = transport
         self.raw_path = raw_path
@@ -540,12 +556,13 @@ class MediaReceiver:
         self._window_progress_mark = 0  # pts_progress when it started
         self._clock = clock
         self._max_buffered = max_buffered_bytes
+        self._min_free_bytes = min_free_bytes
         window = reorder_window if transport is MediaTransport.UDP else 1
         self._reorder = ReorderBuffer(window=window)
         self._demuxer = PsDemuxer(max_frame_bytes=MAX_FRAME_BYTES)
         self._counters = _Counters()
         self._pending = bytearray()
-        self._flight: asyncio.Future[None] | None = None
+        self._flight: asyncio.Future[int] | None = None
         self._write_failed: str | None = None
         self._opened_at = clock()
         self._first_packet_at: float | None = None
@@ -916,11 +933,11 @@ class MediaReceiver:
     def _start_flush(self) -> None:
         assert self._fd is not None
         chunk, self._pending = self._pending, bytearray()
-        flight = self._loop.run_in_executor(None, _write_all, self._fd, chunk)
+        flight = self._loop.run_in_executor(None, _write_and_measure, self._fd, chunk)
         self._flight = flight
         flight.add_done_callback(self._flushed)
 
-    def _flushed(self, flight: asyncio.Future[None]) -> None:
+    def _flushed(self, flight: asyncio.Future[int]) -> None:
         self._flight = None
         exc = flight.exception()
         if exc is not None:
@@ -928,6 +945,16 @@ class MediaReceiver:
             self._write_failed = f"writing the raw PS {self._raw_name} failed: {reason}"
             self._pending.clear()
             self._end(EndReason.ERROR, self._write_failed)
+            return
+        received = self._counters.bytes
+        needed = self._min_free_bytes + ROOM_PER_RECEIVED_BYTE * received
+        if self._min_free_bytes and self._ended is None and flight.result() < needed:
+            # Stopped here, not at a full disk: what came can still be sealed (the rest of the stream is
+            # not taken: `_finish` writes only what was already buffered).
+            self._end(EndReason.DISK_FULL,
+                      f"the disk of the raw PS has {flight.result()} bytes free after {received} bytes "
+                      f"received: under the {self._min_free_bytes} kept free plus {ROOM_PER_RECEIVED_BYTE} "
+                      "x what came (room to seal it)")
             return
         if self._paused and len(self._pending) < self._max_buffered // 2 and self._ended is None:
             self._paused = False
@@ -1033,6 +1060,7 @@ async def open_receiver(
     reorder_window: int = DEFAULT_REORDER_WINDOW,
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
     sink: Callable[[bytes], None] | None = None,
+    min_free_bytes: int = 0,
 ) -> MediaReceiver:
     """Bind a media endpoint for one session and start receiving (see the module docstring).
     `transport` may be given as its string ("udp", "tcp-passive", "tcp-active"). `raw_path` must not
@@ -1051,6 +1079,8 @@ async def open_receiver(
             progress_window_s is not None and (progress_window_s <= 0 or min_progress_s is None
                                                or min_progress_s < 0)):
         raise MediaError("progress_window_s (positive) and min_progress_s (not negative) go together")
+    if min_free_bytes < 0:
+        raise MediaError("min_free_bytes must not be negative")
     if max_buffered_bytes < 2 * FLUSH_BYTES:
         raise MediaError(f"max_buffered_bytes must be at least {2 * FLUSH_BYTES}")
     if raw_path is None and sink is None:
@@ -1066,6 +1096,7 @@ async def open_receiver(
         max_bytes=max_bytes, expected_peer_host=expected_peer_host, max_media_span_s=max_media_span_s,
         time_limit_s=time_limit_s, progress_window_s=progress_window_s, min_progress_s=min_progress_s,
         clock=clock, reorder_window=reorder_window, max_buffered_bytes=max_buffered_bytes, sink=sink,
+        min_free_bytes=min_free_bytes,
     )
     try:
         await receiver._start()
@@ -1074,6 +1105,18 @@ async def open_receiver(
         _discard_raw(fd, raw_path)
         raise
     return receiver
+
+
+def receiver_keeping_free(min_free_bytes: int) -> Callable[..., Awaitable[MediaReceiver]]:
+    """`open_receiver` with its free-space guard set (`min_free_bytes`: the station store's reserve, since
+    the download spool is on the store's disk), for the platform's `open_receiver` seam."""
+    if min_free_bytes < 0:
+        raise MediaError("min_free_bytes must not be negative")
+
+    async def open_keeping_free(*args: Any, **kwargs: Any) -> MediaReceiver:
+        return await open_receiver(*args, min_free_bytes=min_free_bytes, **kwargs)
+
+    return open_keeping_free
 
 
 def _discard_raw(fd: int | None, raw_path: Path | None) -> None:

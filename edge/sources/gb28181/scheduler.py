@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.gb28181.manscdp import MAX_ITEMS_PER_ANSWER, ItemProblem, ManscdpError, RecordItem, items_of
+from edge.custody.canonical import MAX_SAFE_INTEGER
 from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
@@ -74,11 +75,13 @@ from edge.sources.gb28181.downloads import (
     GbDownloads,
     PassEnded,
     PassFailures,
+    StoreBelowReserve,
     Transfer,
     WindowClosed,
 )
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
+    INTERRUPTED_DISK_FULL,
     INTERRUPTED_STATION_STOPPED,
     GbRecordings,
     RecordingRef,
@@ -132,6 +135,7 @@ NOT_VIDEO_TYPE_RANGES = (range(200, 600),)
 INTERRUPTIONS = {
     INTERRUPTED_DEVICE_OFFLINE: "the device went offline during the download",
     INTERRUPTED_STATION_STOPPED: "the station stopped the download (it was stopping)",
+    INTERRUPTED_DISK_FULL: "the station's disk ran low during the download (the store's reserve)",
 }
 # An incomplete RecordInfo answer is asked again over halves of its range, at most this many times deep,
 # and not below this range (an hour of a recorder is far below one answer's bound).
@@ -264,6 +268,8 @@ def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | N
             + ": the copy has holes")
     announced = result.file_size_bytes
     received = int(getattr(outcome, "bytes", 0))
+    if announced and announced > MAX_SAFE_INTEGER:
+        announced = None  # no size (review 22): garbage in the field; kept as text in the facts
     if announced and received < FILESIZE_MIN_SHARE * announced:
         reasons.append(f"{received} bytes received, the device announced a=filesize {announced}")
     by_device = device_ended(result)
@@ -479,8 +485,9 @@ class GbDownloadScheduler:
                 await self._pass(device_id, progress)
             except PassEnded as exc:
                 progress.last_problem = printable(str(exc)[:200])
-                log.info("gb28181 device %s: downloads wait for %s: %s", device_id,
-                         "the window to open" if isinstance(exc, WindowClosed) else "its next registration",
+                waits_for = ("the window to open" if isinstance(exc, WindowClosed) else "room in the store"
+                             if isinstance(exc, StoreBelowReserve) else "its next registration")
+                log.info("gb28181 device %s: downloads wait for %s: %s", device_id, waits_for,
                          progress.last_problem)
             except Exception as exc:  # a pass's bug must not end the scheduler; the next online retries
                 progress.last_problem = printable(str(exc)[:200])
@@ -929,6 +936,8 @@ class GbDownloadScheduler:
             return INTERRUPTED_DEVICE_OFFLINE
         if str(getattr(result.end_reason, "value", result.end_reason)) == EndReason.STOPPED.value:
             return INTERRUPTED_STATION_STOPPED
+        if str(getattr(getattr(result.outcome, "ended", None), "value", "")) == INTERRUPTED_DISK_FULL:
+            return INTERRUPTED_DISK_FULL  # the receiver's free-space guard (MediaEnd disk-full)
         return None
 
     def _clock_offset_ms(self, device_id: str) -> int | None:
