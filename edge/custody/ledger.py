@@ -137,6 +137,12 @@ class EntryType(StrEnum):
     # (Its start and end are session_started/session_stopped with "kind": "room".)
     MARK = "mark"
     SESSION_CHANGED = "session_changed"
+    # A room session's products (edge.rooms.products): a source's segments joined into one MP4 (which
+    # segments, by hash), a document attached to the session (the 笔录), the session written to a disc
+    # image (edge.rooms.export).
+    JOINED = "joined"
+    ATTACHED = "attached"
+    EXPORTED = "exported"
     CHECKPOINT = "checkpoint"
     # The station's check of the central's log failed (a split view or a rewritten log): the uplink stops.
     WITNESS_ALARM = "witness_alarm"

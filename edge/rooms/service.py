@@ -37,6 +37,7 @@ from edge.durable.files import free_bytes, write_atomic
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.manifest import session_manifest
+from edge.rooms.products import Products, make_products
 from edge.rooms.reconcile import SESSION_TYPES, disagreements, sessions_on_ledger
 from edge.rooms.recording import SessionRecording, leftover_segments, sealed_on_ledger
 from edge.rooms.sealing import SegmentSealer, seal_session_file
@@ -396,6 +397,12 @@ class RoomService:
             if item is not None:
                 path.unlink(missing_ok=True)
             segments = sum(len(s["segments"]) for s in manifest["sources"])
+            products = Products()
+            if item is not None:  # else its store is at its reserve: nothing more can be sealed now
+                products = await make_products(
+                    self.pipeline, stopped, manifest, manifest_item=item, manifest_sha256=sha256_hex(data),
+                    ffmpeg=self.settings.ffmpeg, ffprobe=self.settings.ffprobe, station_id=self.station_id,
+                    clock_synchronised=self.clock_synchronised())
             summary = {
                 "room_session": session.session,
                 "room": room,
@@ -406,6 +413,7 @@ class RoomService:
                 "segments": segments,
                 "gaps": len(manifest["gaps"]),
                 "marks": len(manifest["marks"]),
+                **products.summary(),
             }
             entry = await self._record(EntryType.SESSION_STOPPED, summary)
             await asyncio.to_thread(self.files.save, stopped)
