@@ -122,7 +122,9 @@ def segment_duration_s(segment: Mapping[str, Any]) -> float:
     return 0.0 if start is None or end is None else max(0, end - start) / 1e9
 
 
-def gaps_in_joined(segments: Sequence[Mapping[str, Any]], gaps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def gaps_in_joined(
+    segments: Sequence[Mapping[str, Any]], gaps: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     """Where each gap of a source falls in its joined file: at the recorded time of the segments that
     ended before the gap began (``at_s``), with the gap's times, length and reason."""
     placed = []
@@ -172,7 +174,8 @@ async def segment_problems(pipeline: IngestPipeline, segments: Sequence[Mapping[
     problems = []
     for segment in segments:
         item = str(segment.get("item"))
-        what = f"segment {segment.get('run')}/{segment.get('index')} (item {item}, ledger seq {segment.get('seq')})"
+        what = (f"segment {segment.get('run')}/{segment.get('index')} (item {item}, ledger seq "
+                f"{segment.get('seq')})")
         record = repository.item(item)
         if record is None or record.path is None:
             problems.append(f"{what}: no stored copy on this station")
@@ -204,7 +207,8 @@ async def _run(argv: list[str], what: str) -> tuple[int, str]:
     tail = err.decode("utf-8", "replace").splitlines()[-STDERR_LINES_KEPT:]
     if process.returncode != 0:
         log.error("%s: exit %s: %s", what, process.returncode, printable(" | ".join(tail)))
-    return process.returncode or 0, out.decode("utf-8", "replace") if process.returncode == 0 else "\n".join(tail)
+        return process.returncode or 1, "\n".join(tail)
+    return 0, out.decode("utf-8", "replace")
 
 
 async def probe_duration_s(ffprobe: str, path: Path) -> float | None:
@@ -256,7 +260,8 @@ async def join_source(
     output.unlink(missing_ok=True)  # a work file an earlier, interrupted join left
     await asyncio.to_thread(write_atomic, list_path, concat_list(parts).encode())
     try:
-        code, said = await _run(join_argv(ffmpeg, list_path, output, joined_metadata(session, source_id)), f"join {session.session}/{source_id}")
+        argv = join_argv(ffmpeg, list_path, output, joined_metadata(session, source_id))
+        code, said = await _run(argv, f"join {session.session}/{source_id}")
         if code != 0:
             return await _refused(pipeline, result, where, [f"ffmpeg could not join the segments: {said}"])
         # Read again after ffmpeg read them: a change while it did is not joined silently either.

@@ -11,6 +11,7 @@ which items are a session's products (`edge room export` reads them from there).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -88,8 +89,6 @@ async def make_products(
     products.statement_sha256 = sha256_hex(data)
     if item is None:
         log.error("room session %s: its statement could not be sealed", session.session)
-    try:
+    with contextlib.suppress(OSError):  # not empty: something an interrupted step left, for a look
         work_dir.rmdir()
-    except OSError:
-        pass  # not empty: something an interrupted step left, for a look
     return products

@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -36,8 +37,10 @@ from edge.custody.text import printable
 from edge.durable.files import free_bytes, write_atomic
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
+from edge.rooms.documents import DocumentRefused, attach_document
+from edge.rooms.export import ExportedDisc, ExportRefused, export_session
 from edge.rooms.manifest import session_manifest
-from edge.rooms.products import Products, make_products
+from edge.rooms.products import Products, make_products, products_dir
 from edge.rooms.reconcile import SESSION_TYPES, disagreements, sessions_on_ledger
 from edge.rooms.recording import SessionRecording, leftover_segments, sealed_on_ledger
 from edge.rooms.sealing import SegmentSealer, seal_session_file
@@ -484,6 +487,45 @@ class RoomService:
                 }
             )
         return {"rooms": rooms}
+
+    # -- documents and discs (edge.rooms.documents, edge.rooms.export) --------------------------------
+
+    async def attach(self, session_id: str, chunks: AsyncIterable[bytes], *, kind: object, name: object,
+                     by: str) -> dict[str, Any]:
+        """Attach a document (PDF, JPEG, PNG by content) to a session, recording or stopped."""
+        session = await self._known_session(session_id, "attach", by)
+        try:
+            return await attach_document(
+                self.pipeline, session, chunks, kind=kind, name=name, by=by,
+                work_dir=products_dir(self.store.layout.root, session.session), station_id=self.station_id,
+                clock_synchronised=self.clock_synchronised())
+        except DocumentRefused as exc:
+            await self._refuse("attach", session.room, by, f"session {session.session}: {exc}", exc.status)
+
+    async def export(self, session_id: str, *, by: str) -> ExportedDisc:
+        """The disc image of a stopped session (the caller hands it on and removes it)."""
+        session = await self._known_session(session_id, "export", by)
+        try:
+            return await export_session(
+                self.pipeline, session.session, case_number=session.case_number, station_id=self.station_id,
+                by=by, work_dir=products_dir(self.store.layout.root, session.session),
+                from_seq=session.started_seq or 1)
+        except ExportRefused as exc:  # its `refused` entry is written
+            raise RoomRefused(str(exc), exc.status) from None
+
+    async def _known_session(self, session_id: str, action: str, by: str) -> RoomSession:
+        try:
+            wanted = str(uuid.UUID(session_id))
+        except ValueError:
+            await self._refuse(action, "", by, f"{printable(session_id)[:64]!r} is not a session id", 400)
+        for session in self.active.values():
+            if session.session == wanted:
+                return session
+        sessions, _ = await asyncio.to_thread(self.files.load)
+        for session in sessions:
+            if session.session == wanted:
+                return session
+        await self._refuse(action, "", by, f"no session {wanted} on this station", 404)
 
     def recording(self, room: str) -> SessionRecording | None:
         return self._recordings.get(room)

@@ -32,7 +32,8 @@ def _hms(seconds: float | None) -> str:
     if seconds is None:
         return "未知"
     whole = int(seconds)
-    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}.{int(round((seconds - whole) * 1000)) % 1000:03d}"
+    millis = round((seconds - whole) * 1000) % 1000
+    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}.{millis:03d}"
 
 
 def session_statement(
@@ -100,8 +101,8 @@ def session_statement(
                        if g.get("from") == gap.get("from")), None)
         where = "" if placed is None else f",位于合并文件 {_hms(placed.get('at_s'))} 处"
         until = "(持续至录制结束)" if gap.get("until_stop") else ""
-        add(f"{number}. 信号源 {_t(gap.get('source'))}:自 {_t(gap.get('from'))} 至 {_t(gap.get('to'))}{until},"
-            f"共 {_t(gap.get('duration_s'))} 秒{where}")
+        add(f"{number}. 信号源 {_t(gap.get('source'))}:自 {_t(gap.get('from'))} 至 "
+            f"{_t(gap.get('to'))}{until},共 {_t(gap.get('duration_s'))} 秒{where}")
         add(f"   原因:{_t(gap.get('reason'))}")
     if gaps:
         add("合并文件不填补中断:中断前后的录像首尾相接,墙钟时间在上述位置跳变。")

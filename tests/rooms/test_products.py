@@ -24,11 +24,12 @@ from edge.rooms.joined import concat_list, gaps_in_joined, join_argv
 from edge.rooms.service import RoomService
 from edge.rooms.statement import session_statement
 from edge.verify.station import verify_store
-from tests.rooms.conftest import STATION, LedgerWatch, UploadsSeen, ffprobe_json, lavfi_source, rooms_config
+from tests.rooms.conftest import STATION, LedgerWatch, UploadsSeen, lavfi_source, rooms_config
 
-FIELDS: dict[str, Any] = {"case_number": "A3301062026000777", "collector": "张三", "collector_no": "012345",
-                          "subject": "询问过程",
-                          "persons": [{"name": "李四", "role": "被询问人"}, {"name": "王五", "role": "询问人"}]}
+FIELDS: dict[str, Any] = {
+    "case_number": "A3301062026000777", "collector": "张三", "collector_no": "012345", "subject": "询问过程",
+    "persons": [{"name": "李四", "role": "被询问人"}, {"name": "王五", "role": "询问人"}],
+}
 RATE = 25
 
 
@@ -113,8 +114,8 @@ def test_gaps_are_placed_where_the_joined_file_jumps() -> None:
 async def test_a_stop_joins_each_source_losing_no_frame_and_seals_a_statement(
     store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, uploads: UploadsSeen, tmp_path: Path
 ) -> None:
-    service = RoomService(rooms_config(lavfi_source("a", audio=True, rate=RATE), lavfi_source("b", rate=RATE)),
-                          store, pipeline, station_id=STATION)
+    config = rooms_config(lavfi_source("a", audio=True, rate=RATE), lavfi_source("b", rate=RATE))
+    service = RoomService(config, store, pipeline, station_id=STATION)
     service.load()
     async with running(service):
         session = await service.start("xw-1", FIELDS, by="op")
@@ -147,10 +148,10 @@ async def test_a_stop_joins_each_source_losing_no_frame_and_seals_a_statement(
     assert statement_item in uploads.items
     text = _original_text(store, statement_item)
     assert hashlib.sha256(text.encode()).hexdigest() == stopped["statement_sha256"]
-    for expected in (FIELDS["case_number"], "第一询问室", "文三路 100 号", "张三(警号 012345)", "证明对象:询问过程",
-                     "李四  被询问人", "王五  询问人", "出示证据一", "录制全程未中断", stopped["manifest_item"],
-                     joined["a"].data["sha256"], joined["b"].data["sha256"], "被询问人 李四:______",
-                     "拒绝签名"):
+    for expected in (FIELDS["case_number"], "第一询问室", "文三路 100 号", "张三(警号 012345)",
+                     "证明对象:询问过程", "李四  被询问人", "王五  询问人", "出示证据一", "录制全程未中断",
+                     stopped["manifest_item"], joined["a"].data["sha256"], joined["b"].data["sha256"],
+                     "被询问人 李四:______", "拒绝签名"):
         assert expected in text, expected
     for entry in watch.of("segment_sealed", room_session=session.session):
         assert entry.data["sha256"] in text
