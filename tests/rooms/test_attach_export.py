@@ -34,7 +34,7 @@ from edge.rooms import documents
 from edge.rooms.export import SUMS_NAME, VERIFY_PAGE, disc_argv, extract_argv
 from edge.rooms.service import RoomRefused, RoomService
 from edge.verify.station import verify_store
-from tests.prerequisites import require
+from tests.prerequisites import require_tool
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
@@ -48,10 +48,7 @@ HOSTILE_NAME = "../../etc/passwd\u202efdp.exe"
 
 @pytest.fixture
 def xorriso() -> str:
-    found = shutil.which("xorriso")
-    require(found is not None, "needs xorriso (Debian package xorriso)")
-    assert found is not None
-    return found
+    return require_tool("xorriso")
 
 
 @pytest.fixture
