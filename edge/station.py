@@ -375,6 +375,7 @@ class StationAgent:
         # Time to stop every ffmpeg (each closes its segment) and seal what they wrote.
         stop_s = self.config.rooms.stop_timeout_s + 30.0
         supervisor.add(TaskSpec("rooms", self.rooms.run, critical=False, stop_timeout_s=stop_s))
+        supervisor.add(TaskSpec("rooms-space", self.rooms.space.run, critical=False))
 
     def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient) -> None:
         """Telemetry from the status board (which needs the telemetry salt: a salt file that cannot be

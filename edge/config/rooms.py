@@ -247,6 +247,22 @@ class RoomsSection(StrictModel):
     stop_timeout_s: float = Field(
         15.0, gt=0, le=300, description="How long ffmpeg has to close its last segment after being asked to",
     )
+    space_check_s: float = Field(
+        10.0, gt=0, le=600, description="While a room records, the store's free space is read this often",
+    )
+    space_rate_window_s: float = Field(
+        120.0, gt=0, le=3600,
+        description="The rate free space falls at is measured over this long (a closing segment or a "
+        "deleted file moves it in steps)",
+    )
+    space_warn_minutes: float = Field(
+        60.0, gt=0, le=24 * 60,
+        description="A space_warning (low) when the store reaches its reserve within this many minutes at "
+        "the present rate",
+    )
+    space_critical_minutes: float = Field(
+        10.0, gt=0, le=24 * 60, description="A space_warning (critical) within this many minutes",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RoomsSection:
@@ -255,6 +271,8 @@ class RoomsSection(StrictModel):
             raise ValueError("room ids must be unique")
         if self.restart_backoff_max_s < self.restart_backoff_initial_s:
             raise ValueError("restart_backoff_max_s must be >= restart_backoff_initial_s")
+        if self.space_critical_minutes >= self.space_warn_minutes:
+            raise ValueError("space_critical_minutes must be < space_warn_minutes")
         return self
 
     def room_by_id(self, room_id: str) -> RoomConfig | None:

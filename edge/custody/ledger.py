@@ -143,6 +143,8 @@ class EntryType(StrEnum):
     JOINED = "joined"
     ATTACHED = "attached"
     EXPORTED = "exported"
+    # The store's disk runs out while a room records (edge.rooms.space): low, critical, cleared.
+    SPACE_WARNING = "space_warning"
     CHECKPOINT = "checkpoint"
     # The station's check of the central's log failed (a split view or a rewritten log): the uplink stops.
     WITNESS_ALARM = "witness_alarm"

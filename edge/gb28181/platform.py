@@ -51,7 +51,7 @@ Ledger (through `record`, the store's, kept to the existing entry types with `"s
 `device_connected` and `device_removed` when a device comes online and goes offline (and why),
 `clock_measured` for a DeviceStatus answer's clock offset, `clock_set` when a 200 OK carried Date,
 `refused` for devices refused (unknown id, wrong password) and `error` for unreadable input, both limited
-(edge.gb28181.registrar.RefusalLimiter) to one entry a minute per configured device and host, else per
+(edge.custody.entry_limits.LimitedEntries) to one entry a minute per configured device and host, else per
 host, and to a budget over all sources. Logs name the device (escaped), never raw bytes.
 
 A device that comes online is described (`describe_devices`: DeviceInfo, Catalog, DeviceStatus, one after
@@ -98,11 +98,12 @@ from drivers.gb28181.manscdp import (
 from drivers.gb28181.sdp import SessionKind
 from drivers.gb28181.sip import SipProtocolError, SipRequest, SipResponse, request, response_to
 from drivers.gb28181.sip_transport import Peer, SipTimers, SipTransport, SipTransportError
+from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
 from edge.gb28181 import clock_history
 from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
-from edge.gb28181.registrar import DevicePasswords, Outcome, RefusalLimiter, Registrar
+from edge.gb28181.registrar import REFUSAL_BUDGET, REFUSAL_REPEAT_S, DevicePasswords, Outcome, Registrar
 from edge.gb28181.registry import (
     CLOCK_DATE_RETRY_S,
     CLOCK_SYNC_MIN_OFFSET_S,
@@ -220,7 +221,9 @@ class GbPlatform:
             keepalive_interval_s=settings.keepalive_interval_s,
             keepalive_timeout_count=settings.keepalive_timeout_count, clock=clock, configured=settings.names,
         )
-        self._limiter = RefusalLimiter(clock)
+        # One group: refusals come from addresses anyone can forge, so the budget is the station's.
+        self._limiter = LimitedEntries(clock, repeat_s=REFUSAL_REPEAT_S, budget=REFUSAL_BUDGET,
+                                       station_budget=REFUSAL_BUDGET)
         self._clock_trusted = clock_trusted
         self._measuring: set[str] = set()  # devices whose DeviceStatus for the clock is in flight
         self._absurd_clocks: set[str] = set()  # devices whose absurd DeviceTime is on the ledger (once)
@@ -352,15 +355,10 @@ class GbPlatform:
             log.exception("gb28181: ledger entry %s not written", entry_type)
 
     def _limited(self, entry_type: str, kind: str, key: str, data: dict[str, Any]) -> None:
-        held_back = self._limiter.admit(kind, key)
-        if held_back is None:
+        counts = self._limiter.seen(kind, key)
+        if counts is None:
             return
-        if held_back:
-            data = {**data, "repeats_not_recorded": held_back}
-        others = self._limiter.take_over_budget()
-        if others:
-            data = {**data, "others_not_recorded": others}
-        self._ledger(entry_type, data)
+        self._ledger(entry_type, {**data, **counts})
 
     def _transition(self, device_id: str, change: Transition) -> None:
         device = self.registry.get(device_id)

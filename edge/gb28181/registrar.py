@@ -13,11 +13,11 @@ devices set their clocks from it). `Expires: 0` unregisters (9.1.2.3).
 Every registration is challenged afresh: a refresh with the same Call-ID is no proof of anything.
 
 Refused: a device id not configured (unless `allow_unknown_devices`) gets 403 at once; a wrong password
-403; a stale or foreign nonce a new challenge (`stale=true`); unreadable credentials 400; an expiry shorter
-than the minimum 423 with Min-Expires. Refusals go to the ledger through `RefusalLimiter`: the first of a
-kind from a device or address at once, repeats at most once a minute with how many there were, so a device
-retrying a wrong password every few seconds cannot flood the ledger (or lock anything out: digest gives it
-nothing to guess with but the password).
+403; a stale or foreign nonce a new challenge (`stale=true`); unreadable credentials 400; an expiry
+shorter than the minimum 423 with Min-Expires. Refusals go to the ledger through the platform's limiter
+(edge.custody.entry_limits): the first of a kind from a device or address at once, repeats at most once a
+minute with how many there were, so a device retrying a wrong password every few seconds cannot flood the
+ledger (or lock anything out: digest gives it nothing to guess with but the password).
 
 Passwords are resolved once at start into `DevicePasswords`, whose repr names only device ids.
 """
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 GB_ID_LENGTH = 20
 REFUSAL_REPEAT_S = 60.0
-MAX_REFUSAL_KEYS = 4096
 REFUSAL_BUDGET = 30  # ledger entries of refusals and bad input per REFUSAL_REPEAT_S, over all sources
 
 
@@ -92,48 +91,6 @@ def gb_date(now_utc: datetime, utc_offset_minutes: int) -> str:
     """The Date header of GB/T 28181 9.10.3: `yyyy-MM-ddTHH:mm:ss.SSS` in the devices' local time."""
     local = now_utc.astimezone(UTC) + timedelta(minutes=utc_offset_minutes)
     return local.strftime("%Y-%m-%dT%H:%M:%S.") + f"{local.microsecond // 1000:03d}"
-
-
-class RefusalLimiter:
-    """Lets the first refusal of a (kind, key) through, then at most one per `repeat_s` with the number
-    held back meanwhile; and at most `budget` entries per `repeat_s` over all keys, so that requests from
-    many addresses (UDP sources are easily forged) cannot flood the ledger either: those beyond the budget
-    are counted in `over_budget` for the next entry let through to report. Bounded: the oldest keys are
-    forgotten first."""
-
-    def __init__(self, clock: Callable[[], float], repeat_s: float = REFUSAL_REPEAT_S,
-                 budget: int = REFUSAL_BUDGET) -> None:
-        self._clock = clock
-        self._repeat_s = repeat_s
-        self._budget = budget
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
-        self._window_start = -float("inf")
-        self._window_count = 0
-        self.over_budget = 0
-
-    def admit(self, kind: str, key: str) -> int | None:
-        """None: hold this one back. Otherwise the number held back since the last one let through."""
-        now = self._clock()
-        slot = (kind, key)
-        last = self._last.get(slot)
-        if last is not None and now - last[0] < self._repeat_s:
-            self._last[slot] = (last[0], last[1] + 1)
-            return None
-        if now - self._window_start >= self._repeat_s:
-            self._window_start, self._window_count = now, 0
-        if self._window_count >= self._budget:
-            self.over_budget += 1
-            return None
-        self._window_count += 1
-        self._last.pop(slot, None)
-        self._last[slot] = (now, 0)
-        while len(self._last) > MAX_REFUSAL_KEYS:
-            del self._last[next(iter(self._last))]
-        return 0 if last is None else last[1]
-
-    def take_over_budget(self) -> int:
-        count, self.over_budget = self.over_budget, 0
-        return count
 
 
 class Registrar:

@@ -172,6 +172,14 @@ def _describe(action: str, answer: Any) -> str:
                 f"  {printable(source['source'])}: {state}; {source['segments_sealed']} sealed, "
                 f"last seal {source['last_seal_latency_s']} s"
             )
+    space = answer.get("space")
+    if isinstance(space, dict) and space.get("level") in ("low", "critical"):
+        left = space.get("minutes_left")
+        lines.append(
+            f"DISK SPACE {str(space['level']).upper()}: the store reaches its reserve in "
+            f"{'?' if left is None else left} minutes at the present rate "
+            f"({int(space.get('free_bytes') or 0) / 2**30:.1f} GiB free)"
+        )
     return "\n".join(lines)
 
 

@@ -15,5 +15,11 @@ One module per job:
 * :mod:`edge.rooms.recording`: a session's sources under a supervisor (restart with backoff, a source
   judged by its last segment's age); every interruption a `gap` ledger entry.
 * :mod:`edge.rooms.manifest`: the signed session manifest sealed at stop.
+* :mod:`edge.rooms.joined`: one joined MP4 per source at stop (concat, ``-c copy``), each segment re-read
+  against its sealed hash first.
+* :mod:`edge.rooms.statement`: the session statement (相关说明) for signature; pure.
+* :mod:`edge.rooms.products`: what a stop makes after the manifest (joined files, statement), sealed.
+* :mod:`edge.rooms.documents`: documents (笔录: PDF, JPEG, PNG by content) attached to a session.
+* :mod:`edge.rooms.export`: a stopped session's disc image (ISO 9660 by xorriso), checked against the ledger.
 * :mod:`edge.rooms.service`: start, stop, mark, status; what the local API and `edge room` call.
 """

@@ -54,6 +54,7 @@ from edge.rooms.session import (
     check_text,
     new_session,
 )
+from edge.rooms.space import SpaceWatch
 from edge.rooms.state import SessionFiles
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,16 @@ class RoomService:
         # Stopped sessions whose stop could not seal everything (a full disk): finished by run().
         self._unfinished: list[RoomSession] = []
         self.finishing: list[asyncio.Task[None]] = []  # run()'s tasks finishing them
+        self.space = SpaceWatch(
+            store.layout.root,
+            reserve_bytes=pipeline.settings.min_free_bytes,
+            check_s=settings.space_check_s,
+            window_s=settings.space_rate_window_s,
+            warn_minutes=settings.space_warn_minutes,
+            critical_minutes=settings.space_critical_minutes,
+            recording_rooms=lambda: sorted(self.active),
+            record=self._record,
+        )
 
     # -- start-up and the supervised task -------------------------------------------------------------
 
@@ -456,7 +467,7 @@ class RoomService:
                     "sources": [] if recording is None else recording.status(),
                 }
             )
-        return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s}
+        return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s, "space": self.space.status()}
 
     def board_status(self) -> dict[str, Any]:
         """What the status board (and so the dock screen's unauthenticated kiosk channel) may show: whether
@@ -486,7 +497,9 @@ class RoomService:
                     ],
                 }
             )
-        return {"rooms": rooms}
+        space = self.space.status()
+        shown_space = None if space is None else {k: space[k] for k in ("level", "minutes_left")}
+        return {"rooms": rooms, "space": shown_space}
 
     # -- documents and discs (edge.rooms.documents, edge.rooms.export) --------------------------------
 

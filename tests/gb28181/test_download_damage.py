@@ -178,22 +178,3 @@ async def test_an_incomplete_recording_is_downloaded_again_and_a_complete_one_ne
         assert raws == {1: False, 2: True}
     finally:
         store.close()
-
-
-async def test_a_recording_incomplete_every_time_is_given_up_after_three(media: SourceMedia,
-                                                                         tmp_path: Path) -> None:
-    packets = rtp_packets(ps_packs(media), ssrc=SSRC)
-    short = Device(packets[:len(packets) // 3], {"complete": False, "incomplete": "short"})
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    store = StationStore(tmp_path / "store", "TEST-STATION")
-    try:
-        source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
-        pipeline = IngestPipeline(store, SETTINGS)
-        for _ in range(3):
-            report = await GbDownloads(pipeline, source, short.start_download).download([recording(1)])
-            assert len(report.ingested) == 1
-        report = await GbDownloads(pipeline, source, short.start_download).download([recording(1)])
-        assert report.ingested == [] and len(report.given_up) == 1
-    finally:
-        store.close()

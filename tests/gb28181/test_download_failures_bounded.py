@@ -61,10 +61,10 @@ async def test_past_the_named_few_a_pass_summarises_and_a_recording_is_given_up_
     now[0] += timedelta(hours=1)
     await scheduler._pass(DEVICE, progress)  # the next five named, the rest summarised
     assert len(_errors(store)) == 12
-    assert platform.downloads == 2 * RECORDINGS
+    assert len(platform.downloads) == 2 * RECORDINGS
     now[0] += timedelta(hours=1)
     await scheduler._pass(DEVICE, progress)  # the third failed pass, but within two hours: not given up
-    assert platform.downloads == 3 * RECORDINGS
+    assert len(platform.downloads) == 3 * RECORDINGS
     assert not [e for e in _errors(store) if e.get("stage") == "given-up"]
     before = len(_errors(store))
     now[0] = NOW + timedelta(seconds=downloads_module.FAILED_GIVE_UP_AFTER_S)
@@ -78,17 +78,17 @@ async def test_past_the_named_few_a_pass_summarises_and_a_recording_is_given_up_
     after_give_up = len(_errors(store))
     now[0] += timedelta(seconds=downloads_module.GIVEN_UP_RETRY_S - 1)
     await scheduler._pass(DEVICE, progress)  # given up: not asked for again within the day, nothing written
-    assert platform.downloads == 4 * RECORDINGS and len(_errors(store)) == after_give_up
+    assert len(platform.downloads) == 4 * RECORDINGS and len(_errors(store)) == after_give_up
     now[0] += timedelta(seconds=1)
     await scheduler._pass(DEVICE, progress)  # a day later: asked again, failed again, given up again
-    assert platform.downloads == 5 * RECORDINGS
+    assert len(platform.downloads) == 5 * RECORDINGS
     retried = _errors(store)[after_give_up:]
     again = [e for e in retried if e.get("stage") == "given-up"]
     assert len(again) == 5 and all(e["tries_since_given_up"] == 1 for e in again)
     assert [e["given_up_not_named"] for e in retried if "failures_not_named" in e] == [RECORDINGS - 5]
     now[0] += timedelta(hours=1)
     await scheduler._pass(DEVICE, progress)  # the next try is a day after that one
-    assert platform.downloads == 5 * RECORDINGS and len(_errors(store)) == after_give_up + 6
+    assert len(platform.downloads) == 5 * RECORDINGS and len(_errors(store)) == after_give_up + 6
 
 
 async def test_a_station_clock_stepped_back_asks_a_given_up_recording_again(
@@ -103,10 +103,10 @@ async def test_a_station_clock_stepped_back_asks_a_given_up_recording_again(
     now[0] += timedelta(seconds=downloads_module.FAILED_GIVE_UP_AFTER_S)
     await scheduler._pass(DEVICE, DeviceProgress())  # given up
     await scheduler._pass(DEVICE, DeviceProgress())
-    assert platform.downloads == 2 * RECORDINGS  # control: given up, not asked within the day
+    assert len(platform.downloads) == 2 * RECORDINGS  # control: given up, not asked within the day
     now[0] = NOW  # two days back (the recordings still ended before it)
     await scheduler._pass(DEVICE, DeviceProgress())
-    assert platform.downloads == 3 * RECORDINGS
+    assert len(platform.downloads) == 3 * RECORDINGS
 
 
 async def test_control_below_the_passes_every_recording_is_asked_again(
@@ -116,5 +116,5 @@ async def test_control_below_the_passes_every_recording_is_asked_again(
     scheduler = _scheduler(store, tmp_path, platform)
     for _ in range(4):
         await scheduler._pass(DEVICE, DeviceProgress())
-    assert platform.downloads == 4 * RECORDINGS
+    assert len(platform.downloads) == 4 * RECORDINGS
     assert not [e for e in _errors(store) if e.get("stage") == "given-up"]

@@ -152,16 +152,16 @@ async def test_messages_from_unregistered_devices_get_404(platform: GbPlatform) 
 def test_refusals_from_many_sources_are_held_to_a_budget() -> None:
     """Forged UDP sources could each start a key of their own: beyond the budget per minute nothing is
     recorded but a count, which the next entry let through reports."""
-    from edge.gb28181.registrar import RefusalLimiter
+    from edge.custody.entry_limits import LimitedEntries
 
     clock = FakeClock()
-    limiter = RefusalLimiter(clock, repeat_s=60, budget=3)
-    assert [limiter.admit("403", f"10.0.0.{i}") for i in range(5)] == [0, 0, 0, None, None]
-    assert limiter.admit("403", "10.0.0.1") is None  # a repeat within the minute: held back too
+    limiter = LimitedEntries(clock, repeat_s=60, budget=3, station_budget=3)
+    assert [limiter.seen("403", f"10.0.0.{i}") for i in range(5)] == [{}, {}, {}, None, None]
+    assert limiter.seen("403", "10.0.0.1") is None  # a repeat within the minute: held back too
     clock.now += 60
-    assert limiter.admit("403", "10.0.0.1") == 1  # its own repeat counted
-    assert limiter.take_over_budget() == 2  # and the two over the budget, reported once
-    assert limiter.take_over_budget() == 0
+    # Its own repeat counted, and the two over the budget, reported once.
+    assert limiter.seen("403", "10.0.0.1") == {"repeats_not_recorded": 1, "others_not_recorded": 2}
+    assert limiter.seen("403", "10.0.0.2") == {}
 
 
 async def test_made_up_device_ids_from_one_host_get_one_ledger_entry(platform: GbPlatform) -> None:

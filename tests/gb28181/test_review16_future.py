@@ -10,17 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from drivers.gb28181.manscdp import AssembledAnswer, RecordItem
-from edge.gb28181.sessions import SessionError
+from drivers.gb28181.manscdp import RecordItem
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
-from tests.gb28181.scheduler_rig import open_policy
+from tests.gb28181.scheduler_rig import ListingPlatform, open_policy, record_item
 
 DEVICE = "34020000001320000016"
 CHANNEL = "34020000001310000001"
@@ -29,29 +26,15 @@ ZONE = timedelta(minutes=480)  # the devices' configured zone: UTC+8, device-loc
 LOCAL_NOW = (NOW + ZONE).replace(tzinfo=None)
 
 
-class Platform:
+class Platform(ListingPlatform):
+    """Lists one recording of the given times."""
+
     def __init__(self, start: datetime, end: datetime) -> None:
-        self.item = RecordItem(device_id=CHANNEL, name="rec", file_path="/sd/1.ps", address="",
-                               start_time=start, end_time=end, secrecy=0, type="time")
-        self.registry = {DEVICE: SimpleNamespace(online=True, clock_offset_s=0.0)}  # clock measured right
-        self.downloads: list[tuple[str, str]] = []
+        super().__init__({DEVICE: CHANNEL})
+        self.item = record_item(CHANNEL, start, end)
 
-    def add_online_listener(self, _callback: Any) -> None:
-        pass
-
-    async def query_catalog(self, device_id: str) -> list[SimpleNamespace]:
-        return [SimpleNamespace(device_id=CHANNEL)]
-
-    async def query_record_info(self, device_id: str, channel_id: str, start: datetime,
-                                end: datetime) -> AssembledAnswer:
-        return AssembledAnswer(source=device_id, sn=1, cmd_type="RecordInfo", device_id=channel_id,
-                               name="cam", sum_num=1, items=(self.item,), complete=True, parts=1,
-                               duplicates=0)
-
-    async def download(self, device_id: str, channel_id: str, start: str, end: str, *_a: Any,
-                       **_kw: Any) -> Any:
-        self.downloads.append((start, end))
-        raise SessionError("the test's device does not stream")
+    def items(self, device_id: str, channel_id: str) -> tuple[RecordItem, ...]:
+        return (self.item,)
 
 
 @pytest.fixture

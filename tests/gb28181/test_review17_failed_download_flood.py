@@ -1,4 +1,4 @@
-"""Review 17: review 16 limited the recurring download problems on the ledger (edge.sources.gb28181.problems:
+"""Review 17: review 16 limited the recurring download problems on the ledger (edge.custody.entry_limits:
 first, then once in 6 h, a budget over all keys), but not the commonest one: a download that brings no
 byte, or whose session cannot be made (the device answers every INVITE with an error, a carrier NAT
 that gives the media another address so every download ends idle with nothing: README's own "known
@@ -14,17 +14,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from drivers.gb28181.manscdp import AssembledAnswer, RecordItem
-from edge.gb28181.sessions import SessionError
+from drivers.gb28181.manscdp import RecordItem
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
-from tests.gb28181.scheduler_rig import open_policy
+from tests.gb28181.scheduler_rig import ListingPlatform, open_policy, record_item
 
 DEVICE = "34020000001320000020"
 CHANNEL = "34020000001310000020"
@@ -34,33 +31,18 @@ RECORDINGS = 50
 PASSES = 4
 
 
-class Platform:
+class Platform(ListingPlatform):
     """Lists RECORDINGS finished recordings; answers every Download INVITE with an error."""
 
+    download_error = "INVITE answered 488 Not Acceptable Here"
+
     def __init__(self) -> None:
-        self.registry = {DEVICE: SimpleNamespace(online=True, clock_offset_s=0.0)}
-        self.downloads = 0
+        super().__init__({DEVICE: CHANNEL})
 
-    def add_online_listener(self, _callback: Any) -> None:
-        pass
-
-    async def query_catalog(self, device_id: str) -> list[SimpleNamespace]:
-        return [SimpleNamespace(device_id=CHANNEL)]
-
-    async def query_record_info(self, device_id: str, channel_id: str, start: datetime,
-                                end: datetime) -> AssembledAnswer:
-        items = tuple(
-            RecordItem(device_id=CHANNEL, name="rec", file_path=f"/sd/{i}.ps", address="",
-                       start_time=LOCAL_NOW - timedelta(hours=2, minutes=i),
-                       end_time=LOCAL_NOW - timedelta(hours=1, minutes=i), secrecy=0, type="time")
-            for i in range(RECORDINGS))
-        return AssembledAnswer(source=device_id, sn=1, cmd_type="RecordInfo", device_id=channel_id,
-                               name="cam", sum_num=RECORDINGS, items=items, complete=True, parts=1,
-                               duplicates=0)
-
-    async def download(self, *_a: Any, **_kw: Any) -> Any:
-        self.downloads += 1
-        raise SessionError("INVITE answered 488 Not Acceptable Here")
+    def items(self, device_id: str, channel_id: str) -> tuple[RecordItem, ...]:
+        return tuple(record_item(CHANNEL, LOCAL_NOW - timedelta(hours=2, minutes=i),
+                                 LOCAL_NOW - timedelta(hours=1, minutes=i), f"/sd/{i}.ps")
+                     for i in range(RECORDINGS))
 
 
 @pytest.fixture
@@ -82,7 +64,7 @@ async def _error_entries_per_pass(store: StationStore, tmp_path: Path) -> list[i
         before = sum(1 for e in store.ledger.entries() if e.type == "error")
         await scheduler._pass(DEVICE, DeviceProgress())
         counts.append(sum(1 for e in store.ledger.entries() if e.type == "error") - before)
-    assert platform.downloads == RECORDINGS * PASSES  # each recording is tried at each pass
+    assert len(platform.downloads) == RECORDINGS * PASSES  # each recording is tried at each pass
     return counts
 
 

@@ -3,7 +3,7 @@ whole station, and a recording ending in the future is its own key: one device t
 ending in 2099 (a wrong clock, or on purpose) spends the whole budget in one pass, and for the next six
 hours every other device's problem is held back: a real recorder whose RecordInfo fails (its recordings
 are not listed, not downloaded) leaves nothing on the ledger. "Limited, yet never silent"
-(edge.sources.gb28181.problems) does not hold across devices: one device silences the others.
+(edge.custody.entry_limits) does not hold across devices: one device silences the others.
 
 The scheduler's real passes, a real store and pipeline."""
 
@@ -12,18 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from drivers.gb28181.manscdp import AssembledAnswer, RecordItem
 from edge.gb28181.queries import QueryTimeout
-from edge.gb28181.sessions import SessionError
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
-from tests.gb28181.scheduler_rig import open_policy
+from tests.gb28181.scheduler_rig import ListingPlatform, open_policy, record_item
 
 NOISY = "34020000001320000024"
 QUIET = "34020000001320000025"
@@ -32,33 +29,21 @@ NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 LOCAL_NOW = (NOW + timedelta(minutes=480)).replace(tzinfo=None)
 
 
-class Platform:
+class Platform(ListingPlatform):
     """NOISY lists 300 recordings ending in 2099; QUIET's RecordInfo never answers."""
 
     def __init__(self) -> None:
-        self.registry = {d: SimpleNamespace(online=True, clock_offset_s=0.0) for d in CHANNEL}
+        super().__init__(CHANNEL)
 
-    def add_online_listener(self, _callback: Any) -> None:
-        pass
-
-    async def query_catalog(self, device_id: str) -> list[SimpleNamespace]:
-        return [SimpleNamespace(device_id=CHANNEL[device_id])]
+    def items(self, device_id: str, channel_id: str) -> tuple[RecordItem, ...]:
+        return tuple(record_item(channel_id, LOCAL_NOW - timedelta(hours=1), datetime(2099, 1, 1, 0, i % 60),
+                                 f"/sd/{i}.ps") for i in range(300))
 
     async def query_record_info(self, device_id: str, channel_id: str, start: datetime,
                                 end: datetime) -> AssembledAnswer:
         if device_id == QUIET:
             raise QueryTimeout(f"RecordInfo of {channel_id}: no answer in 10 s")
-        items = tuple(
-            RecordItem(device_id=channel_id, name="rec", file_path=f"/sd/{i}.ps", address="",
-                       start_time=LOCAL_NOW - timedelta(hours=1), end_time=datetime(2099, 1, 1, 0, i % 60),
-                       secrecy=0, type="time")
-            for i in range(300))
-        return AssembledAnswer(source=device_id, sn=1, cmd_type="RecordInfo", device_id=channel_id,
-                               name="cam", sum_num=len(items), items=items, complete=True, parts=1,
-                               duplicates=0)
-
-    async def download(self, *_a: Any, **_kw: Any) -> Any:
-        raise SessionError("not reached")
+        return await super().query_record_info(device_id, channel_id, start, end)
 
 
 @pytest.fixture

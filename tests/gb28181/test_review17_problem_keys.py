@@ -1,4 +1,4 @@
-"""Review 17: the limiter of recurring download problems (edge.sources.gb28181.problems) keeps, in memory,
+"""Review 17: the limiter of recurring download problems (edge.custody.entry_limits) keeps, in memory,
 every key it let through, up to MAX_PROBLEM_KEYS (4096), whole. The key of a recording listed as ending
 far in the future is `device|RecordingRef.identity()`, and the identity holds the item's FilePath: device
 text of any length (a RecordInfo body may be 8 MiB). A device that lists recordings ending in 2099 with
@@ -16,17 +16,14 @@ import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from drivers.gb28181.manscdp import AssembledAnswer, RecordItem
-from edge.gb28181.sessions import SessionError
+from drivers.gb28181.manscdp import RecordItem
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
-from tests.gb28181.scheduler_rig import open_policy
+from tests.gb28181.scheduler_rig import ListingPlatform, open_policy, record_item
 
 DEVICE = "34020000001320000019"
 CHANNEL = "34020000001310000019"
@@ -37,33 +34,16 @@ LONG_PATH = 100_000  # characters of FilePath per item: 20 MB over the listing
 RETAINED_BOUND = 4 * 1024 * 1024
 
 
-class Platform:
+class Platform(ListingPlatform):
     """A device that lists ITEMS recordings ending in 2099, each with its own FilePath of `path_chars`."""
 
     def __init__(self, path_chars: int) -> None:
+        super().__init__({DEVICE: CHANNEL})
         self.path_chars = path_chars
-        self.registry = {DEVICE: SimpleNamespace(online=True, clock_offset_s=0.0)}
-        self.downloads = 0
 
-    def add_online_listener(self, _callback: Any) -> None:
-        pass
-
-    async def query_catalog(self, device_id: str) -> list[SimpleNamespace]:
-        return [SimpleNamespace(device_id=CHANNEL)]
-
-    async def query_record_info(self, device_id: str, channel_id: str, start: datetime,
-                                end: datetime) -> AssembledAnswer:
-        items = tuple(
-            RecordItem(device_id=CHANNEL, name="rec", file_path=f"/sd/{i:04d}/" + "x" * self.path_chars,
-                       address="", start_time=LOCAL_NOW - timedelta(hours=1), end_time=datetime(2099, 1, 1),
-                       secrecy=0, type="time")
-            for i in range(ITEMS))
-        return AssembledAnswer(source=device_id, sn=1, cmd_type="RecordInfo", device_id=channel_id,
-                               name="cam", sum_num=ITEMS, items=items, complete=True, parts=1, duplicates=0)
-
-    async def download(self, *_a: Any, **_kw: Any) -> Any:
-        self.downloads += 1
-        raise SessionError("not reached: every item ends in the future")
+    def items(self, device_id: str, channel_id: str) -> tuple[RecordItem, ...]:
+        return tuple(record_item(CHANNEL, LOCAL_NOW - timedelta(hours=1), datetime(2099, 1, 1),
+                                 f"/sd/{i:04d}/" + "x" * self.path_chars) for i in range(ITEMS))
 
 
 @pytest.fixture
@@ -89,7 +69,7 @@ async def _retained_after_a_pass(store: StationStore, tmp_path: Path, path_chars
         retained = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert platform.downloads == 0
+    assert platform.downloads == []
     errors = [e for e in store.ledger.entries() if e.type == "error" and "2099" in str(e.data.get("reason"))]
     assert len(errors) == ITEMS  # each recording's problem reached the ledger (bounded text there)
     assert max(len(str(e.data)) for e in errors) < 10_000

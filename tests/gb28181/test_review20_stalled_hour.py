@@ -15,20 +15,13 @@ scheduler calls it."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-from drivers.gb28181.ps import PsMuxer
-from drivers.gb28181.rtp import RtpPacket
-from edge.gb28181.media import PTS_MODULO, EndReason, MediaTransport, open_receiver
-from edge.gb28181.sessions import EndReason as SessionEnd
-from edge.gb28181.sessions import SessionResult
 from edge.sources.gb28181.recordings import RecordingRef
-from edge.sources.gb28181.scheduler import completeness
+from tests.gb28181.completeness_rig import judged_transfer, tiny_video
 
 SSRC = 1100000078
 PORTS = (34000, 34999)
-HZ = 90000
 LENGTH_S = 3600  # an hour-long recording, as RecordInfo lists it
 STEP_S = 5
 REF = RecordingRef(device_id="34020000001320000028", channel_id="34020000001310000028", name="rec",
@@ -36,36 +29,11 @@ REF = RecordingRef(device_id="34020000001320000028", channel_id="340200000013100
                    record_type="time", recorder_id="", address="", file_size_bytes=None)
 
 
-def _packets(seconds: int) -> list[bytes]:
-    """One tiny H.264 frame every STEP_S of media, 0 .. seconds, one RTP packet each."""
-    muxer = PsMuxer()
-    packets = []
-    for n, t in enumerate(range(0, seconds + 1, STEP_S)):
-        key = n % 2 == 0
-        slice_header = (b"\x65" if key else b"\x41") + b"\x88"
-        frame = b"\x00\x00\x00\x01\x09\xf0\x00\x00\x00\x01" + slice_header + b"\xaa" * 40
-        pts = (1000 + t) * HZ
-        pack = muxer.video_frame(frame, pts % PTS_MODULO, key=key)
-        packets.append(RtpPacket(payload_type=96, sequence=n + 1, timestamp=pts % (1 << 32), ssrc=SSRC,
-                                 marker=True, payload=pack).to_bytes())
-    return packets
-
-
 async def _transfer_stalling_after(tmp_path: Path, seconds: int) -> dict[str, object]:
-    """The device sends `seconds` of the recording's video, then nothing more (its uplink dropped): the
-    receiver ends idle; the result checked as the scheduler checks it."""
-    receiver = await open_receiver(MediaTransport.UDP, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC,
-                                   raw_path=tmp_path / "raw.ps", idle_timeout_s=1.0, max_bytes=1 << 26,
-                                   expected_peer_host="127.0.0.1", max_media_span_s=LENGTH_S * 1.05 + 30)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for packet in _packets(seconds):
-            sock.sendto(packet, ("127.0.0.1", receiver.local_port))
-    outcome = await receiver.wait_closed()
-    assert outcome.ended is EndReason.IDLE and outcome.lost_packets == 0
-    result = SessionResult(call_id="c", end_reason=SessionEnd.RECEIVER_ENDED, ssrc_offered=SSRC,
-                           ssrc_answered=SSRC, ssrc_answer_text=str(SSRC), ssrc_used=SSRC,
-                           file_size_bytes=None, outcome=outcome)
-    return completeness(result, REF, float(LENGTH_S))
+    """The device sends `seconds` of the recording's video (a frame every STEP_S), then nothing more (its
+    uplink dropped): the receiver ends idle; the result checked as the scheduler checks it."""
+    return await judged_transfer(tmp_path, tiny_video(seconds, ssrc=SSRC, step_s=STEP_S, key_every=2),
+                                 ref=REF, length_s=LENGTH_S, ssrc=SSRC, ports=PORTS)
 
 
 async def test_an_hour_long_transfer_stalling_with_its_last_35_seconds_missing_is_not_complete(

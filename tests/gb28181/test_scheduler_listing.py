@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from drivers.gb28181.manscdp import AssembledAnswer, RecordItem
+from edge.custody.entry_limits import PROBLEM_REPEAT_S, LimitedEntries
 from edge.gb28181.queries import QueryError, QueryTimeout
 from edge.gb28181.sessions import SessionError
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
-from edge.sources.gb28181.problems import PROBLEM_REPEAT_S, PassProblems
 from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
 
 DEVICE = "34020000001320000016"
@@ -107,7 +107,7 @@ def _errors(store: StationStore, stage: str) -> list[dict[str, Any]]:
 
 def test_a_problem_is_recorded_first_then_once_a_period_with_the_repeats_counted() -> None:
     now = [0.0]
-    problems = PassProblems(lambda: now[0], repeat_s=100, budget=10)
+    problems = LimitedEntries(lambda: now[0], repeat_s=100, budget=10)
     assert problems.seen("k", "a") == {}
     assert problems.seen("k", "a") is None and problems.seen("k", "a") is None
     assert problems.seen("k", "b") == {}  # the control: another key is not held back
@@ -118,14 +118,14 @@ def test_a_problem_is_recorded_first_then_once_a_period_with_the_repeats_counted
 
 
 def test_the_budget_bounds_entries_over_all_keys() -> None:
-    problems = PassProblems(lambda: 0.0, repeat_s=100, budget=3)
+    problems = LimitedEntries(lambda: 0.0, repeat_s=100, budget=3)
     admitted = [problems.seen("k", str(i)) for i in range(10)]
     assert sum(a is not None for a in admitted) == 3
     assert problems.cleared("k", "5") is None  # never on the ledger: no recovery to record
 
 
 def test_each_device_has_its_own_budget_and_the_station_a_cap() -> None:
-    problems = PassProblems(lambda: 0.0, repeat_s=100, budget=3, station_budget=5)
+    problems = LimitedEntries(lambda: 0.0, repeat_s=100, budget=3, station_budget=5)
     noisy = [problems.seen("future", str(i), "noisy") for i in range(10)]
     assert sum(a is not None for a in noisy) == 3
     assert problems.seen("record-info", "q", "quiet") == {}  # the noisy device spent only its own budget

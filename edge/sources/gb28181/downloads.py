@@ -21,7 +21,7 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    recording at every pass): per device and pass the first `MAX_FAILURES_NAMED` are `error` entries
    naming the recording (stage `download`), the rest one summary entry (count, the first reason:
    `finish_pass`); the same recording failing again at a later pass is limited like the listing's
-   problems (edge.sources.gb28181.problems: once in six hours, the repeats counted). A recording that
+   problems (edge.custody.entry_limits: once in six hours, the repeats counted). A recording that
    failed so at `MAX_FAILED_PASSES` passes over at least `FAILED_GIVE_UP_AFTER_S` (two days: what fails
    a download is mostly passing, a device busy or a link down) is given up (`FailedPasses`, in memory: a
    restart tries it again), one `error` entry of stage `given-up` with the reason, within the same naming
@@ -50,10 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.gb28181.media import MediaOutcome
 from edge.ingest.pipeline import IngestPipeline
-from edge.sources.gb28181.problems import PassProblems
 from edge.sources.gb28181.recordings import (
     DownloadedRecording,
     DownloadIngest,
@@ -240,7 +240,7 @@ class GbDownloads:
         device_clock_offset_ms: Callable[[], int | None] = lambda: None,
         device_tz_offset_min: int | None = None,
         convert_timeout_s: float = 600.0,
-        problems: PassProblems | None = None,
+        problems: LimitedEntries | None = None,
         failed_passes: FailedPasses | None = None,
         pass_failures: PassFailures | None = None,
     ) -> None:
@@ -253,7 +253,7 @@ class GbDownloads:
         # The scheduler gives its own (one limiter and one memory for the station, one tally per pass, the
         # summary written at the pass's end); alone, each call is a pass of its own.
         self._own_pass = pass_failures is None
-        self.problems = problems if problems is not None else PassProblems()
+        self.problems = problems if problems is not None else LimitedEntries()
         self.failed_passes = failed_passes if failed_passes is not None else FailedPasses()
         self.pass_failures = pass_failures if pass_failures is not None else PassFailures()
 

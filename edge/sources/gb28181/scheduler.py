@@ -20,7 +20,7 @@ over the whole station:
    now (the station's clock in the devices' zone, corrected by the measured clock offset, plus
    `FUTURE_MARGIN`) is left for a later pass: still being recorded, or the device's clock is wrong (one
    ending more than `ABSURD_FUTURE` ahead is a ledger error). These recurring problems go to the ledger
-   limited (edge.sources.gb28181.problems: the first, then once in six hours with the repeats counted),
+   limited (edge.custody.entry_limits: the first, then once in six hours with the repeats counted),
    and so does the recovery of a failing Catalog or RecordInfo (`"resolved": true`);
 3. the listed recordings to `GbDownloads.download`, which skips the ones already sealed complete (their
    keys come from the recording alone, so a restart re-queries and downloads only what is missing; one
@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.gb28181.manscdp import ManscdpError, RecordItem, items_of
+from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
 from edge.gb28181.platform import GbPlatform
@@ -76,7 +77,6 @@ from edge.sources.gb28181.downloads import (
     Transfer,
     WindowClosed,
 )
-from edge.sources.gb28181.problems import PassProblems
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
     INTERRUPTED_STATION_STOPPED,
@@ -352,7 +352,7 @@ class GbDownloadScheduler:
         self.progress: dict[str, DeviceProgress] = {}
         self.passes_done = 0
         self.pass_ended = asyncio.Condition()
-        self.problems = PassProblems(monotonic)
+        self.problems = LimitedEntries(monotonic)
         self._spool_removed: list[tuple[str, int]] = []  # by the start, not on the ledger yet
         # Downloads that failed with nothing, per recording (bounded); its give-up spans days on the
         # station's clock, the one the schedule and the ledger use.
@@ -733,7 +733,7 @@ class GbDownloadScheduler:
         return local.replace(tzinfo=None)
 
     async def _problem(self, pipeline: IngestPipeline, kind: str, key: str, data: dict[str, Any]) -> None:
-        """A recurring problem as an `error` entry, limited (edge.sources.gb28181.problems) within the
+        """A recurring problem as an `error` entry, limited (edge.custody.entry_limits) within the
         budget of its device (`data["device_id"]`)."""
         extra = self.problems.seen(kind, key, str(data.get("device_id", "")))
         if extra is None:

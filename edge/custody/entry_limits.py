@@ -1,20 +1,20 @@
-"""Ledger entries for download problems that come back at every pass, limited so that a dead or confused
-device does not flood the ledger, yet never silent.
+"""Ledger entries for problems that come back again and again, limited so that a dead, confused or
+hostile peer does not flood the ledger, yet never silent.
 
-A device whose RecordInfo never answers, that lists recordings of channels it was not asked about, or
-recordings ending in 2099, shows the same problem at each of its passes (each registration, each schedule
-window). `PassProblems.seen(kind, key, device)` lets the first one of a (kind, key) through to the ledger,
-then at most one per `repeat_s` carrying the number held back meanwhile. Each device has its own budget,
-`budget` entries per `repeat_s` (those beyond are counted in its next entry let through): one device
-listing 300 recordings ending in 2099 spends its own budget, never another device's, so it cannot
-silence a recorder whose RecordInfo fails (review 17). Over all devices at most `station_budget` per
-`repeat_s` (16 devices' full budgets: a bound on the ledger if many devices misbehave at once, not a
-share one device can exhaust). `cleared(kind, key)` says whether a problem that reached the ledger has
+A GB/T 28181 device whose RecordInfo never answers, that lists recordings of channels it was not asked
+about or recordings ending in 2099, shows the same problem at each of its passes; forged SIP requests
+from many addresses each bring a refusal of their own. `LimitedEntries.seen(kind, key, group)` lets the
+first one of a (kind, key) through to the ledger, then at most one per `repeat_s` carrying the number held
+back meanwhile. Each group (a device) has its own budget, `budget` entries per `repeat_s` (those beyond
+are counted in its next entry let through): one device listing 300 recordings ending in 2099 spends its
+own budget, never another device's, so it cannot silence a recorder whose RecordInfo fails (review 17).
+Over all groups at most `station_budget` per `repeat_s`: a bound on the ledger if many misbehave at once,
+not a share one group can exhaust. `cleared(kind, key)` says whether a problem that reached the ledger has
 gone now: its recovery is worth an entry too (the record shows when the listing worked again), and the
-problem's next occurrence is recorded at once. In
-memory, bounded to the newest `MAX_PROBLEM_KEYS`: after a restart a standing problem is recorded again, once.
-A key is kept as the SHA-256 of the kind and key, never the key itself: keys hold device text (a
-recording's FilePath, of any length), so what the station keeps stays bounded whatever the device writes.
+problem's next occurrence is recorded at once. In memory, bounded to the newest `MAX_PROBLEM_KEYS`: after
+a restart a standing problem is recorded again, once. A key is kept as the SHA-256 of the kind and key,
+never the key itself: keys hold peer text (a recording's FilePath, an address, of any length), so what
+the station keeps stays bounded whatever a peer sends.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _slot(kind: str, key: str) -> bytes:
     return hashlib.sha256(f"{kind}\0{key}".encode("utf-8", "surrogatepass")).digest()
 
 
-class PassProblems:
+class LimitedEntries:
     """See the module docstring. `clock` is monotonic seconds."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, repeat_s: float = PROBLEM_REPEAT_S,
@@ -68,9 +68,10 @@ class PassProblems:
         self._station = _Budget(station_budget)
 
     def seen(self, kind: str, key: str, device: str = "") -> dict[str, Any] | None:
-        """The problem happened (at `device`): None to hold its entry back, else the counts to add to the
-        entry's data (`repeats_not_recorded` of this key, `others_not_recorded` of this device over its
-        budget, `others_not_recorded_station` over the station's)."""
+        """The problem happened (at `device`, the group whose budget it spends): None to hold its entry
+        back, else the counts to add to the entry's data (`repeats_not_recorded` of this key,
+        `others_not_recorded` of this group over its budget, `others_not_recorded_station` over the
+        station's)."""
         now = self._clock()
         slot = _slot(kind, key)
         last = self._last.get(slot)
