@@ -102,11 +102,34 @@ def join_argv(ffmpeg: str, list_path: Path, output: Path, metadata: Mapping[str,
     ]
 
 
-def duration_argv(ffprobe: str, path: Path) -> list[str]:
-    """The duration of the first video stream (the container's is its longest stream's: audio runs on
-    past the last frame by its priming and padding)."""
-    return [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=duration",
-            "-of", "json", str(path)]
+def streams_argv(ffprobe: str, path: Path) -> list[str]:
+    """The streams of a file: what each is (to tell whether files can be joined) and how long."""
+    return [ffprobe, "-v", "error", "-show_entries",
+            "stream=codec_type,codec_name,width,height,sample_rate,channels,duration", "-of", "json",
+            str(path)]
+
+
+StreamLayout = tuple[tuple[str, ...], ...]
+
+
+def stream_layout(doc: Any) -> tuple[StreamLayout, float | None]:
+    """From ffprobe's answer: the file's streams as (type, codec, width, height, rate, channels), which
+    must be the same in every file concat joins (it copies the first file's stream parameters), and the
+    duration of its first video stream (the container's is its longest stream's: audio runs on past the
+    last frame by its priming and padding). ValueError when the answer is not one."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("streams"), list):
+        raise ValueError("ffprobe gave no stream list")
+    layout = []
+    video_s: float | None = None
+    for stream in doc["streams"]:
+        if not isinstance(stream, dict):
+            raise ValueError("ffprobe gave a stream that is not an object")
+        kind = str(stream.get("codec_type", ""))
+        layout.append((kind, *(str(stream.get(k, "")) for k in
+                               ("codec_name", "width", "height", "sample_rate", "channels"))))
+        if kind == "video" and video_s is None and "duration" in stream:
+            video_s = float(stream["duration"])
+    return tuple(layout), video_s
 
 
 def ns_from_iso(text: str) -> int | None:
@@ -211,15 +234,18 @@ async def _run(argv: list[str], what: str) -> tuple[int, str]:
     return 0, out.decode("utf-8", "replace")
 
 
-async def probe_duration_s(ffprobe: str, path: Path) -> float | None:
+async def probe_streams(ffprobe: str, path: Path) -> tuple[StreamLayout, float | None] | str:
+    """:func:`stream_layout` of `path` by ffprobe, or why ffprobe could not tell."""
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
-            code, out = await _run(duration_argv(ffprobe, path), f"ffprobe {path.name}")
+            code, out = await _run(streams_argv(ffprobe, path), f"ffprobe {path.name}")
         if code != 0:
-            return None
-        return float(json.loads(out)["streams"][0]["duration"])
-    except (TimeoutError, ValueError, KeyError, IndexError, TypeError):
-        return None
+            return f"ffprobe cannot read it: {printable(out)[:300]}"
+        return stream_layout(json.loads(out))
+    except TimeoutError:
+        return f"ffprobe gave no answer within {PROBE_TIMEOUT_S:.0f} s"
+    except ValueError as exc:
+        return f"ffprobe's answer is not understood: {exc}"
 
 
 async def join_source(
@@ -249,11 +275,26 @@ async def join_source(
         return await _refused(pipeline, result, where, problems)
     root = pipeline.store.layout.root
     parts: list[tuple[Path, float | None]] = []
-    for segment in segments:
+    first: StreamLayout | None = None
+    for number, segment in enumerate(segments, 1):
         record = pipeline.repository.item(str(segment["item"]))
         assert record is not None and record.path is not None  # checked above
         path = root / record.path
-        parts.append((path, await probe_duration_s(ffprobe, path)))
+        probed = await probe_streams(ffprobe, path)
+        what = f"segment {number} (item {segment['item']})"
+        if isinstance(probed, str):
+            problems.append(f"{what}: {probed}")
+            continue
+        layout, video_s = probed
+        first = layout if first is None else first
+        if layout != first:
+            # concat takes the first file's stream parameters for all: a camera changed mid-session
+            # would give a file that does not play past the change.
+            problems.append(f"{what} has streams {_layout_text(layout)}, the first segment "
+                            f"{_layout_text(first)}: they cannot be joined into one file")
+        parts.append((path, video_s))
+    if problems:
+        return await _refused(pipeline, result, where, problems)
     await asyncio.to_thread(make_dirs_durable, work_dir)
     list_path = work_dir / f"join-{source_id}.ffconcat"
     output = work_dir / f"joined-{source_id}.mp4"
@@ -268,7 +309,8 @@ async def join_source(
         problems = await segment_problems(pipeline, segments)
         if problems:
             return await _refused(pipeline, result, where, problems)
-        result.duration_s = await probe_duration_s(ffprobe, output)
+        probed = await probe_streams(ffprobe, output)
+        result.duration_s = None if isinstance(probed, str) else probed[1]
         item = await seal_session_file(
             pipeline, output, session=session, role=JOINED_ROLE, station_id=station_id,
             clock_synchronised=clock_synchronised,
@@ -289,6 +331,10 @@ async def join_source(
     finally:
         output.unlink(missing_ok=True)
         list_path.unlink(missing_ok=True)
+
+
+def _layout_text(layout: StreamLayout) -> str:
+    return "; ".join(" ".join(part for part in stream if part) for stream in layout) or "none"
 
 
 async def _refused(pipeline: IngestPipeline, result: JoinResult, where: Mapping[str, Any],

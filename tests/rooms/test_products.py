@@ -20,7 +20,7 @@ import pytest
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
-from edge.rooms.joined import concat_list, gaps_in_joined, join_argv
+from edge.rooms.joined import concat_list, gaps_in_joined, join_argv, segment_duration_s, stream_layout
 from edge.rooms.service import RoomService
 from edge.rooms.statement import session_statement
 from edge.verify.station import verify_store
@@ -195,3 +195,55 @@ async def test_a_segment_altered_after_sealing_is_not_joined(
     assert by_source["b"]["item"] is not None and len(watch.of("joined", source="b")) == 1
     text = _original_text(store, stopped["statement_item"])
     assert "未生成合并文件" in text and str(altered.item) in text
+
+
+def test_stream_layouts_are_read_from_ffprobe_and_hostile_answers_refused() -> None:
+    doc = {"streams": [{"codec_type": "video", "codec_name": "h264", "width": 160, "height": 120,
+                        "duration": "1.000000"},
+                       {"codec_type": "audio", "codec_name": "aac", "sample_rate": "48000", "channels": 1}]}
+    layout, video_s = stream_layout(doc)
+    assert video_s == 1.0 and layout[0][:4] == ("video", "h264", "160", "120")
+    wider = {"streams": [{**doc["streams"][0], "width": 320}, doc["streams"][1]]}
+    assert stream_layout(wider)[0] != layout  # a camera changed: not the same layout
+    for hostile in ([], {"streams": "x"}, {"streams": [1]}, {"streams": [{"codec_type": "video",
+                                                                            "duration": "soon"}]}):
+        with pytest.raises(ValueError):
+            stream_layout(hostile)
+
+
+@pytest.mark.usefixtures("ffmpeg")
+@pytest.mark.parametrize("after_restart", ["same camera", "camera changed"])
+async def test_a_session_resumed_after_a_gap_is_joined_unless_its_streams_changed(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, after_restart: str
+) -> None:
+    first = RoomService(rooms_config(lavfi_source("a")), store, pipeline, station_id=STATION)
+    first.load()
+    async with running(first):
+        session = await first.start("xw-1", FIELDS, by="op")
+        await watch.until(lambda: len(watch.of("segment_sealed", source="a")) >= 2, timeout_s=90)
+    # The agent stopped; it starts again with the room's camera as before, or another one.
+    size = "160x120" if after_restart == "same camera" else "320x240"
+    again = RoomService(rooms_config(lavfi_source("a", size=size)), store, pipeline, station_id=STATION)
+    again.load()
+    async with running(again):
+        await watch.until(lambda: watch.of("gap", state="closed"), timeout_s=90)
+        gap_seq = watch.of("gap", state="closed")[0].seq
+        await watch.until(lambda: len([e for e in watch.of("segment_sealed", source="a") if e.seq > gap_seq])
+                          >= 2, timeout_s=90)
+        stopped = await again.stop("xw-1", by="op")
+    text = _original_text(store, stopped["statement_item"])
+    gap = watch.of("gap", state="closed")[0].data
+    assert f"自 {gap['from']} 至 {gap['to']}" in text and gap["reason"] in text
+    joined = watch.of("joined", room_session=session.session)
+    if after_restart == "same camera":
+        assert len(joined) == 1 and stopped["joined"][0]["item"] == joined[0].item
+        placed = joined[0].data["gaps"][0]
+        before = [e for e in watch.of("segment_sealed", source="a") if e.seq < gap_seq]
+        assert placed["from"] == gap["from"] and placed["at_s"] == pytest.approx(
+            sum(segment_duration_s(e.data) for e in before), abs=1e-3)
+        assert "位于合并文件 " in text and "合并文件不填补中断" in text
+    else:
+        assert not joined and stopped["joined"][0]["item"] is None
+        reason = watch.of("error", stage="room join", room_session=session.session)[0].data["reason"]
+        assert "320 240" in reason and "160 120" in reason and "cannot be joined into one file" in reason
+        assert "未生成合并文件" in text and "cannot be joined into one file" in text
