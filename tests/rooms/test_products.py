@@ -205,8 +205,9 @@ def test_stream_layouts_are_read_from_ffprobe_and_hostile_answers_refused() -> N
     assert video_s == 1.0 and layout[0][:4] == ("video", "h264", "160", "120")
     wider = {"streams": [{**doc["streams"][0], "width": 320}, doc["streams"][1]]}
     assert stream_layout(wider)[0] != layout  # a camera changed: not the same layout
-    for hostile in ([], {"streams": "x"}, {"streams": [1]}, {"streams": [{"codec_type": "video",
-                                                                            "duration": "soon"}]}):
+    hostiles: list[Any] = [[], {"streams": "x"}, {"streams": [1]},
+                           {"streams": [{"codec_type": "video", "duration": "soon"}]}]
+    for hostile in hostiles:
         with pytest.raises(ValueError):
             stream_layout(hostile)
 
