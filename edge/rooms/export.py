@@ -3,7 +3,7 @@ burn: its joined recordings, the session manifest, the statement (相关说明),
 each item's signed manifest, the session's ledger entries, the station's public key, a SHA256SUMS file,
 and a plain-language page on how to check them (:func:`how_to_verify`).
 
-What goes on the disc is read from the ledger, never from the session file: the ``session_stopped``
+What goes on the disc is read from the ledger, never from the session file: the ``room_products``
 entry names the manifest, the joined files and the statement (with their hashes), ``joined`` and
 ``attached`` entries the rest. Each file is copied from its sealed copy (its original bytes: the first
 `size` bytes, the station's evidence box left off) and hashed in the same pass; a hash that is not the
@@ -180,11 +180,16 @@ def _session_entries(entries: Iterable[LedgerEntry], session: str) -> list[Ledge
 
 
 def disc_contents(entries: list[LedgerEntry], session: str) -> tuple[list[_Wanted], LedgerEntry]:
-    """What the disc of `session` holds, by its ledger entries: (file path, item, ledger hash, what)."""
+    """What the disc of `session` holds, by its ledger entries (``room_products`` names the manifest, the
+    joined files and the statement): (file path, item, ledger hash, what), and the products entry."""
     stopped = next((e for e in entries if e.type == EntryType.SESSION_STOPPED), None)
     if stopped is None:
         raise ExportRefused(f"session {session} has not stopped: only a stopped session is exported")
-    data = stopped.data
+    made = [e for e in entries if e.type == EntryType.ROOM_PRODUCTS]
+    if not made:
+        raise ExportRefused(f"session {session}: its joined recordings and statement are not made (yet): "
+                            f"{printable(str(stopped.data.get('products', 'none')))}")
+    data = made[-1].data
     wanted: list[_Wanted] = []
     joined_entries = {str(e.data.get("source")): e for e in entries if e.type == EntryType.JOINED}
     for joined in data.get("joined", []):
@@ -208,7 +213,7 @@ def disc_contents(entries: list[LedgerEntry], session: str) -> tuple[list[_Wante
             str(entry.data.get("type")), "bin")
         wanted.append(_Wanted(f"documents/document-{number}.{ext}", str(entry.item), entry.data.get("sha256"),
                               f"附件 {printable(str(entry.data.get('kind')))} attached document"))
-    return wanted, stopped
+    return wanted, made[-1]
 
 
 async def export_session(

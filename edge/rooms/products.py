@@ -2,9 +2,12 @@
 the session statement (:mod:`edge.rooms.statement`), each sealed as an item of the session through the
 ingest pipeline and so queued for upload like every item.
 
-The statement references the manifest (item and hash) and each joined file (item and hash); the
-``session_stopped`` entry then names all of them (:meth:`Products.summary`), so the ledger alone says
-which items are a session's products (`edge room export` reads them from there). Work files live under
+They are made after ``session_stopped`` (which says they are to follow), so that a stop is on the
+record at once however long the joins take. The statement references the manifest (item and hash) and
+each joined file (item and hash); a ``room_products`` entry then names all of them
+(:meth:`Products.summary`), so the ledger alone says which items are a session's products (`edge room
+export` reads them from there). An agent stopped during them makes them at its next start, from the
+sealed manifest the stop named. Work files live under
 ``<store>/rooms/products/<session>/`` until sealed, and go once they are.
 """
 
@@ -44,7 +47,7 @@ class Products:
     statement_sha256: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        """What ``session_stopped`` carries of them."""
+        """What ``room_products`` carries of them."""
         return {
             "joined": [{"source": j.source, "item": j.item, "sha256": j.sha256,
                         **({"problems": len(j.problems)} if j.problems else {})} for j in self.joined],

@@ -183,7 +183,7 @@ async def test_the_disc_image_lists_and_verifies_and_a_tampered_recording_refuse
         into = tmp_path / "disc"
         subprocess.run(extract_argv(xorriso, image, into), capture_output=True, check=True, timeout=60)
         # Every file against the ledger: joined recording, manifest, statement, document.
-        stopped = watch.of("session_stopped", room_session=session)[0].data
+        stopped = watch.of("room_products", room_session=session)[0].data
         joined = watch.of("joined", room_session=session, source="a")[0]
         expected = {"recordings/a.mp4": joined.data["sha256"],
                     "session-manifest.json": stopped["manifest_sha256"],

@@ -20,6 +20,7 @@ import pytest
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
+from edge.rooms import products
 from edge.rooms.joined import concat_list, gaps_in_joined, join_argv, segment_duration_s, stream_layout
 from edge.rooms.service import RoomService
 from edge.rooms.statement import session_statement
@@ -248,3 +249,49 @@ async def test_a_session_resumed_after_a_gap_is_joined_unless_its_streams_change
         reason = watch.of("error", stage="room join", room_session=session.session)[0].data["reason"]
         assert "320 240" in reason and "160 120" in reason and "cannot be joined into one file" in reason
         assert "未生成合并文件" in text and "cannot be joined into one file" in text
+
+
+@pytest.mark.usefixtures("ffmpeg")
+async def test_products_an_agent_stop_interrupted_are_made_at_its_next_start(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = RoomService(rooms_config(lavfi_source("a")), store, pipeline, station_id=STATION)
+    service.load()
+    joining = asyncio.Event()
+
+    async def stuck(*_args: Any, **_kwargs: Any) -> Any:
+        joining.set()
+        await asyncio.Event().wait()  # the agent is stopped while it joins
+
+    with monkeypatch.context() as patched:
+        patched.setattr(products, "join_source", stuck)
+        async with running(service):
+            session = await service.start("xw-1", FIELDS, by="op")
+            await watch.until(lambda: len(watch.of("segment_sealed", source="a")) >= 2, timeout_s=90)
+            stop = asyncio.create_task(service.stop("xw-1", by="op"))
+            await asyncio.wait_for(joining.wait(), 90)
+            stop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stop
+    stopped = watch.of("session_stopped", room_session=session.session)
+    assert len(stopped) == 1 and stopped[0].data["products"] == "to follow"
+    assert not watch.of("room_products")
+    # The next start makes them from the manifest the stop sealed; a start after that makes none again.
+    again = RoomService(rooms_config(lavfi_source("a")), store, pipeline, station_id=STATION)
+    again.load()
+    async with running(again):
+        await asyncio.sleep(0)  # run() has begun: its finishing tasks are listed
+        assert [t.get_name() for t in again.finishing] == [f"room-products-{session.session}"]
+        await watch.until(lambda: watch.of("room_products", room_session=session.session), timeout_s=90)
+        await asyncio.gather(*again.finishing)
+    made = watch.of("room_products", room_session=session.session)[0].data
+    assert made["manifest_item"] == stopped[0].data["manifest_item"] and made["statement_item"]
+    joined = watch.of("joined", room_session=session.session)
+    assert [j["item"] for j in made["joined"]] == [e.item for e in joined] and len(joined) == 1
+    assert FIELDS["case_number"] in _original_text(store, made["statement_item"])
+    third = RoomService(rooms_config(lavfi_source("a")), store, pipeline, station_id=STATION)
+    third.load()
+    async with running(third):
+        await asyncio.sleep(0)
+        assert third.finishing == []  # nothing left to make
+    assert len(watch.of("room_products")) == 1
