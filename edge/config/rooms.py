@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from edge.config.base import IDENTIFIER, SecretRef, StrictModel
+from edge.config.room_composite import RoomCompositeConfig, check_composite
 
 # ffmpeg option names (without the dash) an input may carry: `-video_size`, `-rtsp_transport`, ...
 _OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -24,13 +25,15 @@ _FORMAT = r"^[a-z0-9_]{1,32}$"
 _RESERVED_OPTIONS = frozenset({"f", "i", "re", "y", "n"})
 # Input options an input may carry, by what reads the URL. ffmpeg takes its global options (progress,
 # y, copyts, filter_script, ...) anywhere on its command line, and an option that takes no value leaves
-# its "value" behind as an extra output file: so an allow-list, never a deny-list.
+# its "value" behind as an extra output file: so an allow-list, never a deny-list. Every name is one the
+# installed ffmpeg (Debian 12's 5.1) knows (tests/rooms/test_review21_ffmpeg_lists.py): `stimeout`, gone
+# in 5.1, is `timeout`.
 _GENERIC_INPUT_OPTIONS = frozenset({
     "thread_queue_size", "probesize", "analyzeduration", "fpsprobesize", "fflags", "max_delay",
     "rtbufsize", "use_wallclock_as_timestamps",
 })
 _NETWORK_INPUT_OPTIONS = frozenset({
-    "rtsp_transport", "rtsp_flags", "allowed_media_types", "stimeout", "timeout", "rw_timeout",
+    "rtsp_transport", "rtsp_flags", "allowed_media_types", "timeout", "rw_timeout",
     "reorder_queue_size", "buffer_size", "recv_buffer_size", "user_agent", "min_port", "max_port",
     "protocol_whitelist", "reconnect", "reconnect_streamed", "reconnect_delay_max", "fifo_size",
     "overrun_nonfatal", "pkt_size", "localaddr", "latency",
@@ -45,15 +48,17 @@ _DEVICE_INPUT_OPTIONS: dict[str, frozenset[str]] = {
 }
 _DEVICE_INPUT_OPTIONS["video4linux2"] = _DEVICE_INPUT_OPTIONS["v4l2"]
 # What a lavfi input may be: a chain of these filters (sources, and what paces or trims them). movie,
-# amovie, drawtext (textfile=), sendcmd (f=), signature (filename=), plugin hosts (ladspa, lv2, frei0r)
+# amovie, drawtext (textfile=), sendcmd (f=), signature (filename=), life and cellauto (filename=: their
+# starting pattern), plugin hosts (ladspa, lv2, frei0r)
 # and every other filter that reads or writes files or loads code are left out.
 _LAVFI_FILTERS = frozenset({
     "testsrc", "testsrc2", "smptebars", "smptehdbars", "rgbtestsrc", "yuvtestsrc", "color", "nullsrc",
-    "pal75bars", "pal100bars", "allrgb", "allyuv", "mandelbrot", "life", "cellauto",
+    "pal75bars", "pal100bars", "allrgb", "allyuv", "mandelbrot",
     "sine", "anullsrc", "anoisesrc",
     "realtime", "arealtime", "trim", "atrim", "setpts", "asetpts", "fps", "scale", "format", "aformat",
     "aresample", "volume", "null", "anull", "setsar", "pad", "crop", "hflip", "vflip", "tpad", "apad",
 })
+LAVFI_FILTERS = _LAVFI_FILTERS  # checked against the installed ffmpeg by the tests
 _LAVFI_FILTER = re.compile(r"^([a-z0-9_]+)(=[A-Za-z0-9_=:.+*/#@%-]*)?$")
 # URL schemes a non-device input may read (none that reads a local file behind the station's back:
 # file:, concat:, subfile:, data:, pipe:, fd:, crypto:, cache: ...); a plain absolute path is a file.
@@ -64,6 +69,52 @@ _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _URL_AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")
 # The pydantic error type of a URL carrying credentials: its value is never echoed (edge.config.base).
 URL_USERINFO_ERROR = "url_userinfo"
+# Names of URL parameters that carry a camera's credentials in its path or query (XMEye-style
+# rtsp://host/user=admin&password=...&channel=1, MJPEG http://cam/video.cgi?user=admin&pwd=...), compared
+# case-insensitively. Their value may only be a placeholder the station fills from the references.
+CREDENTIAL_PARAMETERS = frozenset({
+    "user", "username", "usr", "login", "loginuse", "account",
+    "password", "pwd", "passwd", "pass", "passw", "pw", "psw", "loginpas",
+})
+USERNAME_PLACEHOLDER = "{username}"
+PASSWORD_PLACEHOLDER = "{password}"
+# NAME=VALUE in a URL's path or query: after / ? & ; or _ (XMEye also writes user=a_password=b_channel=1);
+# the value runs to the next separator (an underscore only when a NAME= follows it).
+URL_PARAMETER = re.compile(r"(?:^|(?<=[/?&;_]))([A-Za-z]+)=((?:(?!_[A-Za-z]+=)[^/?&;#\s])*)")
+
+
+def allowed_input_options() -> frozenset[str]:
+    """Every input option some input may carry (tests check each against the installed ffmpeg)."""
+    devices = frozenset().union(*_DEVICE_INPUT_OPTIONS.values())
+    return _GENERIC_INPUT_OPTIONS | _NETWORK_INPUT_OPTIONS | devices
+
+
+def allowed_input_formats() -> frozenset[str]:
+    """The input formats (``-f``) with options of their own."""
+    return frozenset(_DEVICE_INPUT_OPTIONS)
+
+
+def url_credential_parameters(url: str) -> list[tuple[str, str]]:
+    """(name, value) of each credential-looking parameter in the path or query of `url`."""
+    authority = _URL_AUTHORITY.match(url)
+    rest = url[authority.end():] if authority else url
+    return [(m[1], m[2]) for m in URL_PARAMETER.finditer(rest) if m[1].lower() in CREDENTIAL_PARAMETERS]
+
+
+def _credentials_in_url(url: str) -> str | None:
+    """Why `url` carries credentials (never their value), or None."""
+    if (authority := _URL_AUTHORITY.match(url)) and "@" in authority[1]:
+        return ("url carries credentials (user:password@): give them as references in username and "
+                "password (env:NAME, file:/path, credential:NAME), never in the configuration file")
+    literal = [name for name, value in url_credential_parameters(url)
+               if value not in (USERNAME_PLACEHOLDER, PASSWORD_PLACEHOLDER)]
+    if literal:
+        names = ", ".join(name + "=" for name in literal)
+        return (f"url carries credentials in its path or query ({names}): write {USERNAME_PLACEHOLDER} or "
+                f"{PASSWORD_PLACEHOLDER} as their value and give the credentials as "
+                "references in username and password (env:NAME, file:/path, credential:NAME), filled in "
+                "when ffmpeg is started; never in the configuration file")
+    return None
 
 
 def _plain_text(value: str, what: str) -> str:
@@ -78,7 +129,9 @@ class RoomInputConfig(StrictModel):
     url: str = Field(
         min_length=1, max_length=1024,
         description="What -i reads: a lavfi graph (testsrc2=size=1280x720:rate=25), a device "
-        "(/dev/v4l/by-id/..., hw:1,0), an rtsp:// URL",
+        "(/dev/v4l/by-id/..., hw:1,0), an rtsp:// URL. Never credentials: a camera that takes them in "
+        "its path or query (rtsp://host/user={username}&password={password}&channel=1) gets the "
+        "placeholders {username} and {password}, filled from username and password when ffmpeg starts",
     )
     format: str = Field("", pattern=rf"^({_FORMAT[1:-1]})?$",
                         description="-f before -i (lavfi, v4l2, alsa, rtsp); empty: ffmpeg guesses")
@@ -92,7 +145,8 @@ class RoomInputConfig(StrictModel):
     )
     username: SecretRef | None = Field(
         None, description="Reference (env:, file:, credential:) to the camera's user name, put into the "
-        "URL (scheme://USER:PASSWORD@host) only when ffmpeg is started; never written in url itself",
+        "URL only when ffmpeg is started: into its placeholders {username}/{password} when it has them, "
+        "else as scheme://USER:PASSWORD@host; never written in url itself",
     )
     password: SecretRef | None = Field(
         None, description="Reference (env:, file:, credential:) to the camera's password (see username)",
@@ -102,12 +156,8 @@ class RoomInputConfig(StrictModel):
     @classmethod
     def _url_without_credentials(cls, value: object) -> object:
         # Before every other check, so that no other error about this URL echoes its credentials.
-        if isinstance(value, str) and (authority := _URL_AUTHORITY.match(value)) and "@" in authority[1]:
-            raise PydanticCustomError(
-                URL_USERINFO_ERROR,
-                "url carries credentials (user:password@): give them as references in username and "
-                "password (env:NAME, file:/path, credential:NAME), never in the configuration file",
-            )
+        if isinstance(value, str) and (why := _credentials_in_url(value)) is not None:
+            raise PydanticCustomError(URL_USERINFO_ERROR, why)
         return value
 
     @field_validator("url")
@@ -156,6 +206,11 @@ class RoomInputConfig(StrictModel):
                 f"format {self.format}" if self.format else "this url"))
         if self.password is not None and self.username is None:
             raise ValueError("password needs a username (a URL's credentials are user:password)")
+        for placeholder, reference in ((USERNAME_PLACEHOLDER, self.username),
+                                       (PASSWORD_PLACEHOLDER, self.password)):
+            if placeholder in self.url and reference is None:
+                raise ValueError(f"url has the placeholder {placeholder}: give the reference it is filled "
+                                 f"from in {placeholder.strip('{}')} (env:NAME, file:/path, credential:NAME)")
         return self
 
     @field_validator("options")
@@ -192,10 +247,33 @@ class RoomSourceConfig(StrictModel):
 
 class RoomConfig(StrictModel):
     id: Annotated[str, Field(pattern=IDENTIFIER, description="Room id, unique on the station")]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials_in_urls(cls, data: object) -> object:
+        # Before any input is validated, so that the error names the room and source (the input's own
+        # check, kept for an input built alone, can only name its position) and echoes nothing of the URL.
+        if not isinstance(data, dict):
+            return data
+        sources = data.get("source")
+        for source in sources if isinstance(sources, list) else []:
+            inputs = source.get("input") if isinstance(source, dict) else None
+            for number, spec in enumerate(inputs if isinstance(inputs, list) else [], 1):
+                url = spec.get("url") if isinstance(spec, dict) else None
+                if isinstance(url, str) and (why := _credentials_in_url(url)) is not None:
+                    raise PydanticCustomError(URL_USERINFO_ERROR, "room {room}, source {source}, input "
+                                              "{number}: {why}", {"room": str(data.get("id"))[:64],
+                                                                  "source": str(source.get("id"))[:64],
+                                                                  "number": number, "why": why})
+        return data
     name: str = Field(min_length=1, max_length=64, description="Room name (第一询问室)")
     address: str = Field(min_length=1, max_length=256, description="Where the room is: its part of the "
                          "session's location (采集地点)")
     source: list[RoomSourceConfig] = Field(min_length=1, max_length=8, description="The room's captures")
+    composite: RoomCompositeConfig | None = Field(
+        None, description="Burnt-in overlay and picture-in-picture, an extra derived output beside the "
+        "originals (edge.config.room_composite); none: off",
+    )
 
     @field_validator("name", "address")
     @classmethod
@@ -207,6 +285,8 @@ class RoomConfig(StrictModel):
         ids = [s.id for s in self.source]
         if len(set(ids)) != len(ids):
             raise ValueError(f"room {self.id}: source ids must be unique")
+        if self.composite is not None:
+            check_composite(self.id, self.source, self.composite)
         return self
 
 
@@ -229,8 +309,10 @@ class RoomsSection(StrictModel):
     )
     start_grace_s: float = Field(
         10.0, ge=0, le=600,
-        description="A run's start-up allowance (probe, RTSP connect, a camera waking up, a long GOP): its "
-        "first segment may take segment_time_s + stale_margin_s + this; later ones are judged as usual",
+        description="A run's start-up allowance (RTSP connect, a camera waking up, a long GOP): its "
+        "first segment may take segment_time_s + stale_margin_s + this, counted from the end of the probe "
+        "(codec = auto), whose own deadline is this plus 60 % of segment_time_s + stale_margin_s; later "
+        "segments are judged as usual",
     )
     restart_backoff_initial_s: float = Field(0.5, ge=0, le=60, description="First restart delay")
     restart_backoff_max_s: float = Field(10.0, ge=0, le=600, description="Longest restart delay")

@@ -16,9 +16,18 @@ epochs in order (every one closed but the last, which is open). Anything else ra
 the platform logs it, puts an error on the ledger and takes the device's history as lost (what was
 stamped before this run gets no offset: `ClockUnknown.BEFORE_HISTORY`), never a guess.
 
-    {"version": 2, "device_id": "<20 digits>", "history_from_s": null | station Unix seconds,
+    {"version": 3, "device_id": "<20 digits>", "history_from_s": null | station Unix seconds,
      "utc_offset_minutes": null | the devices' zone the offsets were measured in,
-     "epochs": [{"offset_s": null | s, "started_at_device_s": null | s, "ended_at_device_s": null | s}]}
+     "epochs": [{"offset_s": null | s, "started_at_device_s": null | s, "ended_at_device_s": null | s,
+                 "matched_at_s": null | station Unix seconds}]}
+
+`matched_at_s` (version 3, review 21) is when a trusted measurement last matched the stretch's offset: the
+drift allowed for the next measurement grows from it (edge.gb28181.registry.CLOCK_DRIFT_S_PER_DAY), and a
+step found after a restart has its window from it. Version 2 did not keep it: a version 2 file is read,
+each stretch with `matched_at_s` null, which is what version 2 itself did after a restart (no drift allowed
+for the first measurement of the run, a step's window from the stretch's start, or unknown without one);
+that measurement writes version 3. A later stretch without a start (version 3 only) began at a step whose
+window could not be bounded (`ClockUnknown.STEP_WINDOW_UNKNOWN`).
 
 An offset reads the device's zone-less DeviceTime in the configured zone (`utc_offset_minutes`), so it
 holds in that zone only (review 20): a file of another zone (or of version 1, which did not say its zone)
@@ -39,10 +48,11 @@ from edge.durable.files import SmallFileError, ensure_private_dir, read_small_fi
 from edge.gb28181.registry import MAX_CLOCK_EPOCHS, MAX_CLOCK_OFFSET_S, ClockEpoch
 
 CLOCK_HISTORY_DIR = "gb28181-clocks"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MAX_FILE_BYTES = 16 * 1024  # 32 epochs of three numbers each take ~3 KiB
 _DEVICE_ID = re.compile(r"[0-9]{20}")
-_EPOCH_KEYS = {"offset_s", "started_at_device_s", "ended_at_device_s"}
+_EPOCH_KEYS_V2 = {"offset_s", "started_at_device_s", "ended_at_device_s"}
+_EPOCH_KEYS = _EPOCH_KEYS_V2 | {"matched_at_s"}
 _DOCUMENT_KEYS_V1 = {"version", "device_id", "history_from_s", "epochs"}
 _DOCUMENT_KEYS = _DOCUMENT_KEYS_V1 | {"utc_offset_minutes"}
 
@@ -69,7 +79,8 @@ def encode(device_id: str, epochs: list[ClockEpoch], history_from_s: float | Non
         "version": FORMAT_VERSION, "device_id": device_id, "history_from_s": history_from_s,
         "utc_offset_minutes": utc_offset_minutes,
         "epochs": [{"offset_s": e.offset_s, "started_at_device_s": e.started_at_device_s,
-                    "ended_at_device_s": e.ended_at_device_s} for e in epochs[-MAX_CLOCK_EPOCHS:]],
+                    "ended_at_device_s": e.ended_at_device_s, "matched_at_s": e.matched_at_s}
+                   for e in epochs[-MAX_CLOCK_EPOCHS:]],
     }, sort_keys=True).encode()
 
 
@@ -90,9 +101,11 @@ def decode(device_id: str, data: bytes, *,
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ClockHistoryError(f"not JSON ({type(exc).__name__})") from None
-    if not isinstance(document, dict) or document.get("version") not in (1, FORMAT_VERSION) or set(
-            document) != (_DOCUMENT_KEYS_V1 if document.get("version") == 1 else _DOCUMENT_KEYS):
+    version = document.get("version") if isinstance(document, dict) else None
+    if not isinstance(document, dict) or isinstance(version, bool) or version not in (1, 2, FORMAT_VERSION) \
+            or set(document) != (_DOCUMENT_KEYS_V1 if version == 1 else _DOCUMENT_KEYS):
         raise ClockHistoryError("not a clock history (unexpected fields or an unknown format version)")
+    epoch_keys = _EPOCH_KEYS if version == FORMAT_VERSION else _EPOCH_KEYS_V2
     if document["device_id"] != device_id:
         raise ClockHistoryError("the file names another device")
     zone = document.get("utc_offset_minutes")
@@ -104,19 +117,22 @@ def decode(device_id: str, data: bytes, *,
         raise ClockHistoryError(f"epochs is not a list of 1 to {MAX_CLOCK_EPOCHS}")
     epochs: list[ClockEpoch] = []
     for index, item in enumerate(raw):
-        if not isinstance(item, dict) or set(item) != _EPOCH_KEYS:
+        if not isinstance(item, dict) or set(item) != epoch_keys:
             raise ClockHistoryError(f"epoch {index} has unexpected fields")
         epochs.append(ClockEpoch(
             offset_s=_number(item["offset_s"], f"epoch {index} offset_s"),
             ended_at_device_s=_number(item["ended_at_device_s"], f"epoch {index} ended_at_device_s"),
             started_at_device_s=_number(item["started_at_device_s"], f"epoch {index} started_at_device_s"),
+            matched_at_s=_number(item.get("matched_at_s"), f"epoch {index} matched_at_s"),
         ))
     if any(e.offset_s is not None and abs(e.offset_s) > MAX_CLOCK_OFFSET_S for e in epochs):
         raise ClockHistoryError("an absurd clock offset (beyond 50 years)")
     if any(e.ended_at_device_s is None for e in epochs[:-1]) or epochs[-1].ended_at_device_s is not None:
         raise ClockHistoryError("every epoch but the last must be closed, and the last open")
-    if any(e.started_at_device_s is None for e in epochs[1:]):
+    if version != FORMAT_VERSION and any(e.started_at_device_s is None for e in epochs[1:]):
         raise ClockHistoryError("an epoch after the first without its start")
+    if any(e.matched_at_s is not None and e.offset_s is None for e in epochs):
+        raise ClockHistoryError("an epoch matched by a measurement without an offset")
     starts = [e.started_at_device_s for e in epochs[1:]]
     if any(b < a for a, b in itertools.pairwise(starts) if a is not None and b is not None):
         raise ClockHistoryError("epochs out of order")

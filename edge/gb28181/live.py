@@ -33,7 +33,10 @@ input and finishes its file), and the Play is INVITEd again with backoff (`retry
 flowed `STABLE_S`, first to last packet). When media flows again the channel has
 *resumed*: new consumers (ffmpeg connecting again, `handle.reader()` again) get the stream from its first key
 frame. Each interruption is an `Interruption` (from: when the last packet before it arrived, not when the
-reorder buffer gave its bytes out; to: the first byte after it; reason), told to every handle
+reorder buffer gave its bytes out; to: the first byte after it; reason; both station wall-clock times, the
+only use of the wall clock here: every duration (stalls, backoff, the stable Play, loss and report
+spacing) is measured on the monotonic clock, so a step of the station's clock is no stall, review 21),
+told to every handle
 (`next_event()`, `add_listener`) and to `LiveStreams.add_listener` as
 `LiveEvent`s: started (media first flows), interrupted, resumed, stopped, consumer cut off, stalled (media
 stopped `stall_s` and came again in the same Play), media lost (RTP packets lost, their bytes not in the
@@ -448,13 +451,14 @@ class _Play:
         self.over = False  # the channel is done with this Play: bytes still draining from it are not taken
         self.lost_reported = 0  # of this Play's lost packets, those already on the ledger or told
         self.outcome: Any = None  # the receiver's MediaOutcome, once the Play ended
-        self.first_media_at: float | None = None  # arrival times (time.time()) of its first and last packet
-        self.last_media_at = 0.0
+        # arrival times (time.monotonic()) of its first and last packet
+        self.first_media_mono: float | None = None
+        self.last_media_mono = 0.0
 
     @property
     def media_s(self) -> float:
         """How long media flowed in this Play (first to last packet; not the idle timeout after it)."""
-        return 0.0 if self.first_media_at is None else self.last_media_at - self.first_media_at
+        return 0.0 if self.first_media_mono is None else self.last_media_mono - self.first_media_mono
 
     def lost_packets(self) -> int:
         """RTP packets of this Play lost so far (the receiver's count; final once it ended)."""
@@ -474,12 +478,17 @@ class _Play:
                                  if s.request.sink == self.sink), None)
         return self.session
 
-    def arrival(self) -> float:
-        """When the bytes given now arrived: the receiver's last packet (a held packet given out after a
-        hole, or flushed at the end, came no later), else now."""
+    def arrival(self) -> tuple[float, float]:
+        """When the bytes given now arrived, on the wall clock (for the record) and the monotonic clock (for
+        durations): the receiver's last packet (a held packet given out after a hole, or flushed at the
+        end, came no later), else now."""
         session = self.find_session()
-        arrived = None if session is None else getattr(session.receiver, "last_packet_at", None)
-        return arrived if isinstance(arrived, float) else time.time()
+        receiver = None if session is None else session.receiver
+        wall = getattr(receiver, "last_packet_at", None)
+        mono = getattr(receiver, "last_packet_monotonic", None)
+        if isinstance(wall, float) and isinstance(mono, float):
+            return wall, mono
+        return time.time(), time.monotonic()
 
 
 class _Channel:
@@ -509,7 +518,8 @@ class _Channel:
         self.last_problem: str | None = None
         self._problem_recorded = False
         self._flowing = False
-        self._last_byte_at = 0.0
+        self._last_byte_at = 0.0  # wall clock: an interruption's or a stall's `from`
+        self._last_byte_mono = 0.0  # monotonic: how long since
         self._current: _Play | None = None
         self._inviting = False  # the Play's INVITE is in flight (a stop cancels it at once)
         self.failed_attempts = 0  # re-INVITEs that brought no media during the open interruption
@@ -688,14 +698,15 @@ class _Channel:
             return
         # When the packet arrived, not now: after a loss the reorder buffer holds later packets until the
         # session ends (the idle timeout), and an interruption's `from` must be the device's last packet.
-        arrived = play.arrival()
-        if self._flowing and arrived - self._last_byte_at >= self.streams.settings.stall_s:
-            self._stalled(self._last_byte_at, arrived)
-        self._last_byte_at = play.last_media_at = arrived
-        if play.first_media_at is None:
-            play.first_media_at = arrived
-        if self._last_byte_at - self._loss_checked_at >= LOSS_CHECK_S:
-            self._loss_checked_at = self._last_byte_at
+        arrived, arrived_mono = play.arrival()
+        if self._flowing and arrived_mono - self._last_byte_mono >= self.streams.settings.stall_s:
+            self._stalled(self._last_byte_at, arrived, arrived_mono - self._last_byte_mono)
+        self._last_byte_at = arrived
+        self._last_byte_mono = play.last_media_mono = arrived_mono
+        if play.first_media_mono is None:
+            play.first_media_mono = arrived_mono
+        if arrived_mono - self._loss_checked_at >= LOSS_CHECK_S:
+            self._loss_checked_at = arrived_mono
             self._report_losses(play)
         if not self._flowing:
             self._flowing = True
@@ -732,11 +743,10 @@ class _Channel:
                 "live": "started", **self._where(), "transport": self.transport, "call_id": self.call_id})
             self._emit(LiveEventKind.STARTED)
 
-    def _stalled(self, began: float, ended: float) -> None:
-        """Media stopped from `began` to `ended` (arrival times) and the Play went on: a `stalled` event to
-        the holders, and a `gap` entry ("stalled"), at most one per `STALL_REPORT_S` (the others counted
-        in the next one and in session_stopped)."""
-        seconds = ended - began
+    def _stalled(self, began: float, ended: float, seconds: float) -> None:
+        """Media stopped `seconds` (monotonic) from `began` to `ended` (wall-clock arrival times, for the
+        record) and the Play went on: a `stalled` event to the holders, and a `gap` entry ("stalled"), at
+        most one per `STALL_REPORT_S` (the others counted in the next one and in session_stopped)."""
         self.stalls += 1
         self.stalled_s += seconds
         stall = Interruption(wall_text(began), wall_text(), f"no media for {seconds:.1f} s", wall_text(ended))
@@ -875,7 +885,7 @@ class _Channel:
         """The channel's end on the ledger and to its holders (before its connections drain)."""
         stalled_since = None  # stopped while media had stopped, before the idle timeout ended the Play
         if (self._flowing and self.open_interruption is None
-                and time.time() - self._last_byte_at >= self.streams.settings.stall_s):
+                and time.monotonic() - self._last_byte_mono >= self.streams.settings.stall_s):
             stalled_since = wall_text(self._last_byte_at)
         closed = None
         if self.open_interruption is not None:

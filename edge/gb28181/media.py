@@ -512,6 +512,7 @@ class MediaReceiver:
         self._loop = asyncio.get_running_loop()
         self._last_packet_at = self._loop.time()  # on the loop's clock: what close() drains by
         self._last_packet_wall: float | None = None  # time.time() when the last packet taken arrived
+        self._last_packet_mono: float | None = None  # and time.monotonic() (durations: no clock step)
 
     # -- the interface ---------------------------------------------------------------------------------------
 
@@ -536,6 +537,12 @@ class MediaReceiver:
         reorder buffer gives out later (a hole filled, or flushed at the end) arrived then at the latest,
         which is what a live stream's last byte is stamped with (edge.gb28181.live)."""
         return self._last_packet_wall
+
+    @property
+    def last_packet_monotonic(self) -> float | None:
+        """The same arrival on the monotonic clock (`time.monotonic()`): what durations between packets are
+        measured on (a step of the station's clock is no stall)."""
+        return self._last_packet_mono
 
     @property
     def _raw_name(self) -> str:
@@ -725,6 +732,7 @@ class MediaReceiver:
         self._last_activity = now
         self._last_packet_at = self._loop.time()
         self._last_packet_wall = time.time()
+        self._last_packet_mono = time.monotonic()
         if self._first_packet_at is None:
             self._first_packet_at = now
             self._window_started = now

@@ -42,9 +42,11 @@ registry keeps the clock's epochs: `device_clock_offset_ms(device, recorded)` gi
 of the clock that stamped it (before or after a setting), and `download()` puts it in its result; a stamp
 that two clocks made (a clock that was ahead, set back: the overlap) or that no known clock made gets
 none, and the result says why (`device_clock_unknown`: ambiguous, between-clocks, not-measured,
-before-history). With `clock_history_dir` (the station's `gb28181-clocks/`) the epochs of a clock the
-station set are kept across restarts (edge.gb28181.clock_history): read when the device first registers
-in a run; a file that cannot be used is an error entry and the device's earlier stamps get no offset.
+before-history, step-window-unknown: around a step of the device's own clock whose time is not known).
+With `clock_history_dir` (the station's `gb28181-clocks/`) the epochs of a clock the station set are kept
+across restarts (edge.gb28181.clock_history), with when each was last matched by a measurement (the drift
+allowed after a restart grows from it): read when the device first registers in a run; a file that cannot
+be used is an error entry and the device's earlier stamps get no offset.
 
 Ledger (through `record`, the store's, kept to the existing entry types with `"source": "gb28181"`):
 `device_authenticated` for each accepted registration (with `date_sent`, and why it was withheld),
@@ -799,6 +801,11 @@ class GbPlatform:
                        "the earlier clock keep its offset and are still listed, stamps both clocks may have "
                        "made in the window are ambiguous"),
         }
+        if step.window_unknown:
+            stepped["reason"] = str(stepped["reason"]) + (
+                "; when it stepped is not known (its clock was restored from the saved history with neither "
+                "the setting that began it nor a measurement that matched it): every stamp both clocks may "
+                "have made, up to now, gets no offset (step-window-unknown)")
         log.warning("gb28181 device %s: its clock stepped by itself from %+.1f s to %+.1f s", device_id,
                     step.offset_from_s, step.offset_to_s)
         return stepped

@@ -29,7 +29,12 @@ was ahead and is set back stamps the times of the overlap twice; once the curren
 (`ClockUnknown.AMBIGUOUS`), never the wrong clock's. Boundaries are known to `CLOCK_EPOCH_MARGIN_S`
 (DeviceTime has whole seconds), so stamps that close to a setting are ambiguous too. A stamp no known
 clock can have made (between a clock set forward and its old end, or before the history kept) gets none
-either, with why.
+either, with why. A clock that stepped by itself (no setting by the station) closes its stretch too, the
+step's window running from the last measurement that matched the stretch (`ClockEpoch.matched_at_s`,
+kept across restarts) to the one that found the step; a stretch restored without a start and never
+matched on record gives a step no window (when it came is not known, only that it came before now): the
+new stretch has no start either, and a stamp both clocks may have made gets no offset
+(`ClockUnknown.STEP_WINDOW_UNKNOWN`), never the old clock's.
 
 Wall-clock times (`registered_at`, `last_keepalive_at`) are for people; every decision uses the
 monotonic readings beside them.
@@ -52,7 +57,8 @@ CLOCK_SYNC_MIN_OFFSET_S = 2.0
 # DeviceTime's whole second; the measurement's own error, its round trip, is added): beyond, the device's
 # clock stepped by itself (an RTC reset at a reboot, its menu, its own NTP) and the stretch is closed.
 CLOCK_STEP_TOLERANCE_S = 5.0
-# A crystal's drift (~23 ppm) allowed on top, per day since the last measurement that matched.
+# A crystal's drift (~23 ppm) allowed on top, per day since the last measurement that matched (the stretch's
+# `matched_at_s`, kept across restarts: a week's ordinary drift after a restart is not a step).
 CLOCK_DRIFT_S_PER_DAY = 2.0
 # A measured offset beyond this is no clock to ask or stamp in (a DeviceTime of 9999-12-31 or year 1: a
 # corrupt RTC, a hostile device): taken as unmeasurable (review 20), its recordings asked in station time.
@@ -70,26 +76,33 @@ CLOCK_REACH_MARGIN_S = 60.0
 
 @dataclass(frozen=True)
 class ClockEpoch:
-    """A stretch of the device clock between two settings by the station: its offset (device minus station,
-    seconds; None: not measured), the device-clock time (Unix seconds read from the device's local time) at
-    which it began (the station's time at the setting that began it; None: before anything known, the
-    device's clock as the station first found it) and, once the station set the clock again, the one at
-    which it ended (the station's time then plus this offset)."""
+    """A stretch of the device clock between two settings by the station (or steps of its own): its offset
+    (device minus station, seconds; None: not measured), the device-clock time (Unix seconds read from the
+    device's local time) at which it began (the station's time at the setting that began it; None: for the
+    first, before anything known, the device's clock as the station first found it; for a later one, a
+    step whose window could not be bounded, see the module docstring) and, once it ended, the one at which
+    it ended (the station's time then plus this offset); and the station's Unix time of the last trusted
+    measurement that matched its offset (None: not measured since it began, or read from a history that
+    did not keep it), from which the drift allowed and a step's window are counted."""
 
     offset_s: float | None
     ended_at_device_s: float | None = None
     started_at_device_s: float | None = None
+    matched_at_s: float | None = None
 
 
 @dataclass(frozen=True)
 class ClockStep:
     """The device's clock stepped by itself: its offset before and after (seconds), and the window, in
-    station Unix seconds, in which it stepped (the last measurement that matched, this one)."""
+    station Unix seconds, in which it stepped: from the last measurement that matched (else the setting
+    that began the stretch; None: neither is on record, `window_unknown`: a restored stretch without start
+    or match, whose stamps both clocks may have made get no offset, `STEP_WINDOW_UNKNOWN`) to this one."""
 
     offset_from_s: float
     offset_to_s: float
     after_s: float | None
     before_s: float
+    window_unknown: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,9 @@ class ClockUnknown(StrEnum):
     BETWEEN_CLOCKS = "between-clocks"  # no known clock stamped such times (a clock set forward skips them)
     BEFORE_HISTORY = "before-history"  # before the history kept (bounded, or lost)
     ZONE_CHANGED = "zone-changed"  # the saved history was measured in another devices' zone: not applied
+    # the device's clock stepped at a time not known (a restored stretch with neither start nor match):
+    # a stamp the new clock or the old may have made
+    STEP_WINDOW_UNKNOWN = "step-window-unknown"
 
 
 @dataclass(frozen=True)
@@ -180,9 +196,6 @@ class DeviceState:
     clock_measured_at: str | None = None
     clock_sync_due: bool = False  # measured (or unmeasurable) since last set, and off: the next 200 sets it
     clock_set_at: str | None = None
-    # The station's Unix time of the last measurement that matched the open stretch's offset (a step
-    # happened after it); None: not measured since the stretch began (or in this run).
-    clock_matched_at_s: float | None = None
     # The last time (wall text; monotonic beside it) the device was found to have ignored a Date it was sent.
     clock_ignores_date_at: str | None = None
     clock_ignores_date_mono: float | None = None
@@ -328,27 +341,36 @@ class DeviceRegistry:
                     and abs(offset_s - before.offset_s) <= tolerance_s:
                 # The first measurement after a setting, and the clock did not move: the Date was ignored.
                 step = DateIgnored(before.offset_s, offset_s)
-                device.clock_epochs[-2:] = [replace(before, offset_s=offset_s, ended_at_device_s=None)]
+                device.clock_epochs[-2:] = [replace(before, offset_s=offset_s, ended_at_device_s=None,
+                                                    matched_at_s=now_s)]
                 device.clock_ignores_date_at = wall_text(now_s)
                 device.clock_ignores_date_mono = self._clock()
             elif current is None or current.ended_at_device_s is not None:
-                device.clock_epochs.append(ClockEpoch(offset_s))
+                device.clock_epochs.append(ClockEpoch(offset_s, matched_at_s=now_s))
             elif current.offset_s is not None and abs(offset_s - current.offset_s) > tolerance_s + (
-                    0.0 if device.clock_matched_at_s is None
-                    else CLOCK_DRIFT_S_PER_DAY * max(now_s - device.clock_matched_at_s, 0.0) / 86400):
-                after_s = device.clock_matched_at_s
-                step = ClockStep(current.offset_s, offset_s, after_s, now_s)
-                if after_s is None:  # not measured in this run (a restored stretch): since it began
-                    after_s = now_s if current.started_at_device_s is None \
-                        else current.started_at_device_s - current.offset_s
-                began_s = after_s + offset_s
-                device.clock_epochs[-1] = replace(current, ended_at_device_s=now_s + current.offset_s)
-                device.clock_epochs.append(ClockEpoch(offset_s, started_at_device_s=began_s))
+                    0.0 if current.matched_at_s is None
+                    else CLOCK_DRIFT_S_PER_DAY * max(now_s - current.matched_at_s, 0.0) / 86400):
+                step = self._stepped(device, current, offset_s, now_s)
             else:
-                device.clock_epochs[-1] = replace(current, offset_s=offset_s)
-            device.clock_matched_at_s = now_s
+                device.clock_epochs[-1] = replace(current, offset_s=offset_s, matched_at_s=now_s)
             del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
         device.clock_sync_due = offset_s is None or abs(offset_s) >= CLOCK_SYNC_MIN_OFFSET_S
+        return step
+
+    @staticmethod
+    def _stepped(device: DeviceState, current: ClockEpoch, offset_s: float, now_s: float) -> ClockStep:
+        """The open stretch `current` is closed at `now_s` (its clock stepped to `offset_s`) and a new one
+        begins where the step's window begins: the last measurement that matched it (kept across restarts),
+        else its start (the setting that began it); neither (a restored stretch as first found, never
+        matched on record): the window is unbounded and the new stretch has no start (STEP_WINDOW_UNKNOWN)."""
+        assert current.offset_s is not None
+        after_s = current.matched_at_s
+        if after_s is None and current.started_at_device_s is not None:
+            after_s = current.started_at_device_s - current.offset_s
+        step = ClockStep(current.offset_s, offset_s, after_s, now_s, window_unknown=after_s is None)
+        device.clock_epochs[-1] = replace(current, ended_at_device_s=now_s + current.offset_s)
+        began_s = None if after_s is None else after_s + offset_s
+        device.clock_epochs.append(ClockEpoch(offset_s, started_at_device_s=began_s, matched_at_s=now_s))
         return step
 
     def clock_date_backoff(self, device_id: str) -> bool:
@@ -399,7 +421,6 @@ class DeviceRegistry:
         before = device.clock_epochs.pop() if device.clock_epochs else ClockEpoch(None)
         ended = replace(before, ended_at_device_s=station_now_s + (before.offset_s or 0.0))
         device.clock_epochs += [ended, ClockEpoch(None, started_at_device_s=station_now_s)]
-        device.clock_matched_at_s = None  # the new stretch's offset is not measured yet
         del device.clock_epochs[:-MAX_CLOCK_EPOCHS]
         return ended
 
@@ -443,7 +464,10 @@ class DeviceRegistry:
         if len(holders) > 1:
             known = [o for o in offsets if o is not None]
             if len(known) < len(offsets) or max(known) - min(known) > margin:
-                return ClockReading(None, ClockUnknown.AMBIGUOUS)
+                # A later stretch without a start began at a step of unknown time: that is why.
+                unbounded = any(h.started_at_device_s is None for h in holders if h is not epochs[0])
+                return ClockReading(None, ClockUnknown.STEP_WINDOW_UNKNOWN if unbounded
+                                    else ClockUnknown.AMBIGUOUS)
         if offsets[-1] is None:
             return ClockReading(None, ClockUnknown.NOT_MEASURED)
         return ClockReading(offsets[-1])

@@ -194,7 +194,8 @@ class SessionResult:
     device_clock_offset_ms: int | None = None
     # Why `device_clock_offset_ms` is None when the platform could not tell (registry.ClockUnknown's value:
     # "ambiguous" for a stamp two clocks of the device made, "between-clocks", "not-measured",
-    # "before-history"; "unreadable-time"); None when the offset is given or nobody asked.
+    # "before-history", "zone-changed", "step-window-unknown" for a stamp of either clock around a step
+    # whose time is not known; "unreadable-time"); None when the offset is given or nobody asked.
     device_clock_unknown: str | None = None
     # The session's bounds (`session_bounds`): past them it ended `past-end` or `time-limit`.
     max_media_span_s: float | None = None

@@ -17,7 +17,9 @@ No shell is involved anywhere: the lists go to ``asyncio.create_subprocess_exec`
 
 Credentials of a URL input (an RTSP camera's user and password) are never in the configuration: the input
 names secret references (``username``/``password``), resolved when a run starts and merged into the URL
-by :func:`with_credentials` (percent-encoded). ffmpeg 5.1 has no other way to take an RTSP password than
+by :func:`with_credentials` (percent-encoded): into the URL's placeholders ``{username}``/``{password}``
+when the camera takes them in its path or query (XMEye: ``rtsp://host/user={username}&password=...``),
+else as its userinfo. ffmpeg 5.1 has no other way to take an RTSP password than
 the URL, so it is on ffmpeg's command line: the shipped unit's ``ProtectProc=invisible`` keeps
 ``/proc/PID/cmdline`` of the agent's processes from every other user (systemd/README.md). Whatever the
 station quotes of ffmpeg (stderr lines, a gap's reason) goes through :func:`redact_url_userinfo` first.
@@ -33,7 +35,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from edge.config.rooms import RoomInputConfig
+from edge.config.rooms import (
+    CREDENTIAL_PARAMETERS,
+    PASSWORD_PLACEHOLDER,
+    USERNAME_PLACEHOLDER,
+    RoomInputConfig,
+)
 
 SEGMENT_LIST = "segments.csv"
 SEGMENT_PATTERN = "seg-%06d.mp4"
@@ -53,12 +60,31 @@ MOVFLAGS = {
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s/?#@:]*)(?::[^\s/?#@]*)?@")
 
 
+# NAME=VALUE of a credential parameter in any text (rtsp://host/user=admin&password=...): value masked.
+_CREDENTIAL_PARAMETER = re.compile(
+    r"(?i)(?:^|(?<=[/?&;_\s]))(" + "|".join(sorted(CREDENTIAL_PARAMETERS, key=len, reverse=True))
+    + r")=(?:(?!_[A-Za-z]+=)[^/?&;#\s])*"
+)
+
+
 def redact_url_userinfo(text: str) -> str:
-    """`text` with every URL's password replaced by ``***`` (``rtsp://admin:***@host/...``)."""
-    return _URL_USERINFO.sub(lambda m: f"{m[1]}{m[2]}:***@", text)
+    """`text` with every URL's password replaced by ``***`` (``rtsp://admin:***@host/...``), and the
+    value of every credential parameter of a path or query too (``.../user=***&password=***&channel=1``)."""
+    text = _URL_USERINFO.sub(lambda m: f"{m[1]}{m[2]}:***@", text)
+    return _CREDENTIAL_PARAMETER.sub(lambda m: f"{m[1]}=***", text)
 
 
 def with_credentials(url: str, username: str, password: str | None) -> str:
+    """`url` with the credentials filled in: into its placeholders (``{username}``, ``{password}``: a
+    camera that takes them in its path or query) when it has any, else as ``user:password@`` before its
+    host; percent-encoded either way, so that no character of a password changes the URL."""
+    if USERNAME_PLACEHOLDER in url or PASSWORD_PLACEHOLDER in url:
+        filled = url.replace(USERNAME_PLACEHOLDER, quote(username, safe=""))
+        return filled.replace(PASSWORD_PLACEHOLDER, quote(password or "", safe=""))
+    return _with_userinfo(url, username, password)
+
+
+def _with_userinfo(url: str, username: str, password: str | None) -> str:
     """`url` (``scheme://host/...``, no userinfo: the configuration refuses it) with ``user:password@``
     put before its host, both percent-encoded so that no character of a password changes the URL."""
     scheme, sep, rest = url.partition("://")
@@ -155,6 +181,13 @@ def segment_argv(
         *input_args(inputs),
         *map_args(len(inputs)),
         *codec_args(plan),
+        *segment_output_args(plan, run_dir),
+    ]
+
+
+def segment_output_args(plan: SegmentPlan, run_dir: Path) -> list[str]:
+    """The output half of a run's command: its metadata, the segment muxer, the list and the pattern."""
+    return [
         *metadata_args(plan.metadata),
         "-f", "segment",
         "-segment_time", _seconds(plan.segment_time_s),

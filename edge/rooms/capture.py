@@ -14,8 +14,12 @@ playable). Only empty files are left out (they hold nothing).
 
 ffmpeg's pid is written into the run directory (``ffmpeg.pid``): after a crash of the agent its ffmpeg
 runs on, orphaned, and the next start stops it (:func:`stop_orphan`) before sealing what it wrote.
-Segment times (:meth:`ClosedSegment.times_ns`) count from the run's anchor, plus the stream times of the
-list, so one segment ends exactly where the next starts. The anchor is stream second 0 (the first frame)
+Segment times (:meth:`ClosedSegment.times_ns`) follow the station's clock: a segment ends when ffmpeg
+listed it and starts where the previous one ended, so one segment ends exactly where the next starts and a
+source whose own clock runs fast or slow (an IP camera's RTP clock) does not carry them away; the stream
+times of the list are kept as the source reported them, and how far they drifted is
+:attr:`ClosedSegment.source_drift_s`. The station times are kept in the run directory
+(``station_times``). The anchor is stream second 0 (the first frame)
 in station time: set when the first segment is listed, so that this segment ends when ffmpeg listed it
 (a source that delivers late does not make its segments claim to be recorded early); until then, and for
 a run that lists nothing, ffmpeg's start. It is kept in the run directory (``anchor_ns``).
@@ -46,6 +50,7 @@ STDERR_LINES = 40
 PID_FILE = "ffmpeg.pid"
 ANCHOR_FILE = "anchor_ns"
 PINS_FILE = "pins"
+STATION_TIMES_FILE = "station_times"
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ class ClosedSegment:
     # (size, mtime, ctime, inode) of the file when ffmpeg listed it: the sealer seals only that file
     # (a rewrite in place changes the ctime even when the mtime is set back).
     pin: tuple[int, int, int, int] | None = None
+    # (start, end) in station time, by the station's clock: from the end of the run's previous segment to
+    # when ffmpeg listed this one (None: counted from the anchor and the stream times, see times_ns).
+    station_ns: tuple[int, int] | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -73,10 +81,23 @@ class ClosedSegment:
             return None
         return self.end_s - self.start_s
 
+    @property
+    def source_drift_s(self) -> float | None:
+        """How far the source's clock ran from the station's over the run so far: the stream seconds of
+        this segment's end minus the station seconds from the anchor to it (positive: the source runs
+        fast). None without station times or stream times."""
+        if self.station_ns is None or self.end_s is None:
+            return None
+        return self.end_s - (self.station_ns[1] - self.anchor_ns) / 1e9
+
     def times_ns(self) -> tuple[int, int]:
-        """(start, end) in station time: the run's start plus the stream times the list gives, so that
-        one segment ends where the next starts; a partial segment runs from the end of the last listed
-        one to when the run ended."""
+        """(start, end) in station time: the station's clock when it has them (`station_ns`), so that a
+        source whose own clock runs fast or slow does not carry its segments' times away from the
+        station's; else the run's anchor plus the stream times the list gives. Either way one segment
+        ends where the next starts; a partial segment runs from the end of the last listed one to when
+        the run ended."""
+        if self.station_ns is not None:
+            return self.station_ns
         if self.start_s is None or self.end_s is None:
             # Its content ends where ffmpeg last wrote (a stalled ffmpeg stopped writing long before the
             # run was ended), never later than the run's end.
@@ -128,9 +149,10 @@ async def capture_run(
     drain = asyncio.create_task(_keep_stderr(process, stderr, redact), name=f"ffmpeg-stderr-{process.pid}")
 
     anchored = False
+    last_end_ns: int | None = None  # station time the last listed segment ended
 
     def hand_over(segments: list[ListedSegment], closed_ns: int | None) -> None:
-        nonlocal last_end_s, anchor, anchored
+        nonlocal last_end_s, anchor, anchored, last_end_ns
         when = closed_ns if closed_ns is not None else _now_ns()
         if segments and not anchored:
             # Stream second 0 is the first frame, not ffmpeg's spawn: a source that delivers late (an RTSP
@@ -144,8 +166,15 @@ async def capture_run(
             listed.add(seg.name)
             last_end_s = max(last_end_s, seg.end_s)
             pin = pin_file(run_dir, seg.name)
+            # Station times by the station's clock: a segment ends when ffmpeg listed it (segments listed
+            # together: the last then, each earlier one its stream distance before) and starts where the
+            # previous one ended; the source's own times stay as the list gave them (stream_*_s).
+            start_ns = last_end_ns if last_end_ns is not None else anchor + int(seg.start_s * 1e9)
+            end_ns = max(start_ns, when - int((segments[-1].end_s - seg.end_s) * 1e9))
+            last_end_ns = end_ns
+            write_station_times(run_dir, seg.name, start_ns, end_ns)
             on_segment(ClosedSegment(run_dir / seg.name, run_dir.name, seg.name, seg.index, seg.start_s,
-                                     seg.end_s, when, anchor, pin=pin))
+                                     seg.end_s, when, anchor, pin=pin, station_ns=(start_ns, end_ns)))
 
     ended: str | None = None
     try:
@@ -170,9 +199,14 @@ async def capture_run(
             hand_over(*reader.read_new())
         why = ended or "ffmpeg was stopped before it closed this segment"
         for leftover, written_ns in _unlisted(run_dir, listed):
+            ended_ns = _now_ns()
+            station: tuple[int, int] | None = None
+            if last_end_ns is not None:  # from the last listed segment's end to ffmpeg's last write
+                end = min(written_ns, ended_ns)
+                station = (min(last_end_ns, end), end)
             on_segment(ClosedSegment(leftover, run_dir.name, leftover.name, _index(leftover.name), None, None,
-                                     _now_ns(), anchor, partial=why, after_s=last_end_s,
-                                     written_ns=written_ns))
+                                     ended_ns, anchor, partial=why, after_s=last_end_s,
+                                     written_ns=written_ns, station_ns=station))
     raise CaptureEnded(ended)
 
 
@@ -202,6 +236,31 @@ def read_pins(run_dir: Path) -> dict[str, tuple[int, int, int, int]]:
         if len(parts) == 5 and SEGMENT_NAME.fullmatch(parts[0]) and all(p.isdigit() for p in parts[1:]):
             size, mtime, ctime, inode = (int(p) for p in parts[1:])
             found[parts[0]] = (size, mtime, ctime, inode)
+    return found
+
+
+def write_station_times(run_dir: Path, name: str, start_ns: int, end_ns: int) -> None:
+    """Keep a listed segment's station times beside it (``station_times``), for a resumed session that
+    seals what the run left (:func:`read_station_times`)."""
+    with open(run_dir / STATION_TIMES_FILE, "a", encoding="ascii") as times:
+        times.write(f"{name} {start_ns} {end_ns}\n")
+
+
+def read_station_times(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """The station times :func:`write_station_times` kept in `run_dir` (a line that is not one is
+    skipped, as is one whose end precedes its start, and a last line without its newline: a crash cut it
+    short, and "seg-000007.mp4 4000 50" may be "... 5000" cut)."""
+    found: dict[str, tuple[int, int]] = {}
+    try:
+        text = (run_dir / STATION_TIMES_FILE).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return found
+    for line in text.split("\n")[:-1]:
+        parts = line.split()
+        if len(parts) == 3 and SEGMENT_NAME.fullmatch(parts[0]) and parts[1].isdigit() and parts[2].isdigit():
+            start, end = int(parts[1]), int(parts[2])
+            if start <= end:
+                found[parts[0]] = (start, end)
     return found
 
 

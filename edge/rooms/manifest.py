@@ -40,6 +40,7 @@ def session_manifest(
     among them are skipped); `sources` are the room's (id, name) in configured order."""
     segments: dict[str, list[dict[str, Any]]] = {source: [] for source, _ in sources}
     names = dict(sources)
+    derived: dict[str, Any] = {}  # a derived output (the composite): what its segments say they derive from
     gaps: list[dict[str, Any]] = []
     marks: list[dict[str, Any]] = []
     changes: list[dict[str, Any]] = []
@@ -57,6 +58,8 @@ def session_manifest(
             if data.get("partial"):
                 segment["partial"] = data["partial"]
             segments.setdefault(str(data.get("source")), []).append(segment)
+            if isinstance(data.get("derived"), dict):
+                derived[str(data.get("source"))] = data["derived"]
         elif entry.type == EntryType.GAP and data.get("state") == "closed":
             gap = {key: data.get(key) for key in ("source", "from", "to", "reason", "duration_s")}
             gap.update(
@@ -100,7 +103,8 @@ def session_manifest(
         "stopped_utc": session.stopped_utc,
         "stopped_by": stopped_by,
         "sources": [
-            {"source": source, "name": names.get(source, ""), "segments": listed}
+            {"source": source, "name": names.get(source, ""), "segments": listed,
+             **({"derived": derived[source]} if source in derived else {})}
             for source, listed in segments.items()
         ],
         "gaps": gaps,

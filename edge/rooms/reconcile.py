@@ -10,7 +10,9 @@ witnessed.
 :func:`sessions_on_ledger` rebuilds every room session the ledger saw start and never stop from those
 entries alone; :func:`disagreements` names each field in which a file says otherwise. The service
 (:meth:`edge.rooms.service.RoomService.load`) resumes the ledger's session, records every disagreement
-(or a missing file) as an `error` entry, and writes the file again from the ledger.
+(or a missing file) as an `error` entry, and writes the file again from the ledger. A stopped session's
+missing or unreadable file is rebuilt likewise when its stop left work, and whether a completed manifest
+is still owed is read from the ledger too (:func:`completed_manifest_owed`).
 """
 
 from __future__ import annotations
@@ -125,6 +127,40 @@ def disagreements(file: RoomSession, ledger: RoomSession) -> list[str]:
     if [(m["note"], m["seq"]) for m in ours["marks"]] != [(m["note"], m["seq"]) for m in theirs["marks"]]:
         said.append(f"marks ({len(ours['marks'])} in the file, {len(theirs['marks'])} on the ledger)")
     return said
+
+
+COMPLETED_MANIFEST_ROLE = "session-manifest-completed"
+# Entry types that say whether a stopped session still owes its completed manifest.
+COMPLETION_TYPES = (
+    EntryType.SESSION_STOPPED, EntryType.SEGMENT_SEALED, EntryType.ACQUIRED, EntryType.SEALED,
+)
+
+
+def completed_manifest_owed(entries: Iterable[LedgerEntry], session: str) -> bool:
+    """Whether stopped `session` still owes a completed manifest, by the ledger alone (`entries`: of
+    COMPLETION_TYPES, in order): a segment was sealed after its session_stopped (the stop's manifest does
+    not list it), and no completed manifest was sealed after the last such segment. A completion cut short
+    at any step (a crash, a full disk again) is owed until its manifest is on the ledger."""
+    stopped = False
+    last_late: int | None = None
+    pending: set[str] = set()  # completed manifests acquired after the last late segment
+    covered = False
+    for entry in entries:
+        if entry.type == EntryType.SEALED:
+            if entry.item is not None and entry.item in pending:
+                covered = True
+            continue
+        if entry.data.get("room_session") != session:
+            continue
+        if entry.type == EntryType.SESSION_STOPPED:
+            stopped = True
+        elif entry.type == EntryType.SEGMENT_SEALED and stopped:
+            last_late, covered = entry.seq, False
+            pending.clear()
+        elif (entry.type == EntryType.ACQUIRED and entry.data.get("role") == COMPLETED_MANIFEST_ROLE
+              and last_late is not None and entry.item is not None):
+            pending.add(entry.item)
+    return last_late is not None and not covered
 
 
 def recording_on_ledger(found: dict[str, LedgerSession]) -> dict[str, LedgerSession]:

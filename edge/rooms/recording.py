@@ -15,11 +15,16 @@ session's stop opens a gap (``gap`` entry, ``state`` ``open``: ``from`` = when r
 last held, ``reason`` = how the run ended); the first segment of a later run closes it (``state``
 ``closed``, with ``from``, ``to`` = that segment's start, ``reason``, ``attempts`` = runs started
 meanwhile, ``duration_s``). A gap still open at stop is closed at the stop time with ``to_stop = true``.
+A source whose first media of the session comes more than LATE_START_S (2 s) after it was started (a
+camera waking up, a slow RTSP handshake, the probe) gets a gap for that unrecorded start too: ``from`` =
+when the source was started, ``to`` = its first media, ``reason`` ``source-late-start: ...``.
 
 With ``codec = "auto"`` a run first ffprobes its inputs (:func:`probe_streams`) inside the same gap
-handling: the probes have 60 % of the liveness timeout together, so a camera that accepts and stays silent
-opens the run's gap ("ffprobe ... gave no answer") before the supervisor would cancel it, and an ffprobe
-is killed whenever its probe ends early (timeout or cancellation).
+handling: the probes have the start grace plus 60 % of the liveness timeout together (a probe waits for a
+slow camera's first frames just as ffmpeg does), the run is kept alive meanwhile, and the start grace of
+ffmpeg counts from the probe's end. A camera that accepts and stays silent opens the run's gap ("ffprobe
+... gave no answer") when that deadline passes, and an ffprobe is killed whenever its probe ends early
+(timeout or cancellation).
 
 At the stop, each sealer tries once more every segment of its source still in the capture directories
 (one whose sealing failed during the session: a full disk, an I/O error), so none is dropped.
@@ -41,7 +46,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +73,10 @@ from edge.rooms.capture import (
     capture_run,
     read_anchor,
     read_pins,
+    read_station_times,
     stop_orphan,
 )
+from edge.rooms.composite import OVERLAY_DIR, CompositeOutput
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
@@ -81,6 +88,10 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 15.0
 PROBE_SHARE = 0.6  # of the liveness timeout, for all of a run's probes together
 LATENCIES_KEPT = 1000
+# A source's first media later than this after it was started is an unrecorded start: a gap.
+LATE_START_S = 2.0
+LATE_START_REASON = "source-late-start"
+ArgvBuilder = Callable[[str, Sequence[RoomInputConfig], SegmentPlan, Path], list[str]]
 RESUMED_REASON = "the station agent was not running (stopped or crashed while the session was recording)"
 
 
@@ -124,12 +135,16 @@ class SourceRecording:
     sealed: list[SealedSegment] = field(default_factory=list)
     failed: int = 0
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
+    # A derived output (the composite): its own command, and what its segments say they derive from.
+    argv: ArgvBuilder | None = None
+    derived: dict[str, Any] | None = None
 
     def status(self) -> dict[str, Any]:
         latencies = list(self.latencies_s)
         return {
             "source": self.config.id,
             "name": self.config.name,
+            "derived": self.derived is not None,
             "recording": self.gap_from_ns is None and self.pid is not None,
             "runs": self.runs,
             "coding": None if self.coding is None else {"video": self.coding[0], "audio": self.coding[1]},
@@ -169,6 +184,12 @@ class SessionRecording:
         self.station_id = station_id
         self.clock_synchronised = clock_synchronised
         self.sources = {s.id: SourceRecording(s) for s in room.source}
+        self.composite: CompositeOutput | None = None
+        if room.composite is not None:  # one more output, recorded like a source (edge.rooms.composite)
+            overlay_dir = files.capture_dir / session.session / room.composite.id / OVERLAY_DIR
+            self.composite = CompositeOutput(room, overlay_dir, lambda: self.session)
+            self.sources[room.composite.id] = SourceRecording(
+                self.composite.source, argv=self.composite.argv, derived=self.composite.derived)
         self._stop = asyncio.Event()
         self._ending_reason: str | None = None  # None: the session stops; else why it is interrupted
         self._resumed = resumed_from_ns
@@ -187,6 +208,12 @@ class SessionRecording:
 
     def status(self) -> list[dict[str, Any]]:
         return [s.status() for s in self.sources.values()]
+
+    def set_overlay_line(self, text: str) -> None:
+        """The composite's extra overlay line (a room panel's reading); OverlayLineError when it is not one
+        short printable line. Nothing when the room has no overlay."""
+        if self.composite is not None and self.composite.overlay is not None:
+            self.composite.overlay.set_extra_line(text)
 
     # -- the run ------------------------------------------------------------------------------------
 
@@ -209,6 +236,12 @@ class SessionRecording:
             budget_window_s=3600.0,
         )
         self.supervisor = supervisor
+        overlay = None if self.composite is None else self.composite.overlay
+        overlay_task = None
+        if overlay is not None:
+            with contextlib.suppress(OSError):  # else logged by its task; the composite's run fails, a gap
+                overlay.write()  # before the first run: drawtext refuses to start without its files
+            overlay_task = asyncio.create_task(overlay.run(), name=f"room-overlay-{self.session.room}")
         try:
             for source in self.sources.values():
                 supervisor.add(TaskSpec(
@@ -229,6 +262,9 @@ class SessionRecording:
                     source.queue.put_nowait(GapClosed(now, to_stop=True))
                 # At a stop, the sealer tries once more whatever of the session is still unsealed.
                 source.queue.put_nowait(FINAL_SWEEP if self._ending_reason is None else None)
+            if overlay_task is not None:
+                overlay_task.cancel()
+                sealers.append(overlay_task)
             await asyncio.gather(*sealers, return_exceptions=True)
 
     async def _record(self, source: SourceRecording) -> None:
@@ -238,21 +274,29 @@ class SessionRecording:
         if source.gap_from_ns is not None:
             source.gap_attempts += 1
         run_began_ns = time.time_ns()
-        first_segment = asyncio.Event()
         liveness = current_liveness()
-        grace = asyncio.create_task(_start_grace(liveness, first_segment, self.settings.start_grace_s),
-                                    name=f"room-grace-{self.session.room}-{config.id}")
+        keepers: list[asyncio.Task[None]] = []
+
+        def keep_alive(until: asyncio.Event, for_s: float) -> None:
+            keepers.append(asyncio.create_task(_start_grace(liveness, until, for_s),
+                                               name=f"room-grace-{self.session.room}-{config.id}"))
+
         try:
-            await self._one_run(source, run_began_ns, first_segment, liveness)
+            await self._one_run(source, run_began_ns, liveness, keep_alive)
         finally:
-            grace.cancel()
-            await asyncio.gather(grace, return_exceptions=True)
+            for keeper in keepers:
+                keeper.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
 
     async def _one_run(
-        self, source: SourceRecording, run_began_ns: int, first_segment: asyncio.Event, liveness: Liveness
+        self, source: SourceRecording, run_began_ns: int, liveness: Liveness,
+        keep_alive: Callable[[asyncio.Event, float], None],
     ) -> None:
-        """The probe and the ffmpeg of one run (within its start-up grace until `first_segment`)."""
+        """The probe and the ffmpeg of one run. The probe is kept alive until its own deadline (which
+        includes the start grace); ffmpeg has the start grace, counted from the probe's end, until its
+        first segment."""
         config = source.config
+        first_segment = asyncio.Event()
         try:
             inputs, redact = resolved_inputs(config.input)
         except ConfigError as exc:  # names the reference and why, never a value
@@ -260,6 +304,8 @@ class SessionRecording:
             raise
         # The probe (codec = auto) is part of the run: a camera that stalls it opens a gap like one that
         # stalls ffmpeg, and the probe ends, its ffprobe stopped, before the liveness timeout would.
+        probed = asyncio.Event()
+        keep_alive(probed, self._probe_deadline_s(config))
         try:
             video, audio = await self._coding(config, inputs)
         except ProbeStalled as exc:
@@ -270,18 +316,23 @@ class SessionRecording:
                 self._open_gap(source, run_began_ns, f"ffprobe gave no answer within the liveness timeout "
                                f"({self.liveness_timeout_s:g} s)")
             raise
+        finally:
+            probed.set()
+        keep_alive(first_segment, self.settings.start_grace_s)  # the grace counts from here
         source.coding = (video.value, audio.value)
         started_ns = time.time_ns()  # stream second 0 of this run, as near ffmpeg's start as can be
         run = run_name(started_ns)
         run_dir = self.files.run_dir(self.session.session, config.id, run)
         plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio,
                            segment_metadata(self.session, config))
-        argv = segment_argv(self.settings.ffmpeg, inputs, plan, run_dir)
+        argv = (source.argv or segment_argv)(self.settings.ffmpeg, inputs, plan, run_dir)
 
         def closed(segment: ClosedSegment) -> None:
             if segment.partial is None:
                 liveness.beat()
                 first_segment.set()
+                if source.gap_from_ns is None and source.last_end_ns is None:
+                    self._late_start(source, run_began_ns, segment.times_ns()[0])
                 if source.gap_from_ns is not None:
                     start_ns, _ = segment.times_ns()
                     source.queue.put_nowait(GapClosed(start_ns))
@@ -314,6 +365,18 @@ class SessionRecording:
         finally:
             source.pid = None
 
+    def _late_start(self, source: SourceRecording, started_ns: int, first_media_ns: int) -> None:
+        """The session's first media of `source` came `first_media_ns - started_ns` after the source was
+        started (a camera waking up, a slow RTSP handshake, the probe): over LATE_START_S that is an
+        unrecorded start, a gap from the start to the first media like any other."""
+        late_s = (first_media_ns - started_ns) / 1e9
+        if late_s <= LATE_START_S:
+            return
+        reason = (f"{LATE_START_REASON}: the source's first media came {late_s:.1f} s after it was started "
+                  "(connection, probe, the camera's own start)")
+        source.queue.put_nowait(GapOpened(started_ns, reason))
+        source.queue.put_nowait(GapClosed(first_media_ns))
+
     def _open_gap(self, source: SourceRecording, run_started_ns: int, reason: str) -> None:
         reason = redact_url_userinfo(reason)  # the ledger, the log and the status all quote it
         if source.gap_from_ns is not None:
@@ -329,9 +392,9 @@ class SessionRecording:
         if config.codec != "auto":
             return codec_plan(config.codec, None)
         streams: list[tuple[str, str]] = []
-        # All of a run's probes end well inside the liveness timeout (each input its share of 60 % of
-        # it), so a stalled probe is this run's own gap, never a cancellation from outside.
-        timeout_s = min(PROBE_TIMEOUT_S, PROBE_SHARE * self.liveness_timeout_s / len(inputs))
+        # All of a run's probes end well inside the time the run is kept alive for them (each input its
+        # share), so a stalled probe is this run's own gap, never a cancellation from outside.
+        timeout_s = self._probe_deadline_s(config) / len(inputs)
         for number, spec in enumerate(inputs, 1):
             try:
                 found = await probe_streams(probe_argv(self.settings.ffprobe, spec), timeout_s)
@@ -343,12 +406,21 @@ class SessionRecording:
             streams += found
         return codec_plan("auto", streams)
 
+    def _probe_deadline_s(self, config: RoomSourceConfig) -> float:
+        """How long all of a run's probes (codec = auto) may take together: the start grace (a probe
+        waits for the camera's first frames as ffmpeg does) plus 60 % of the liveness timeout, each
+        input at most PROBE_TIMEOUT_S; 0 without a probe."""
+        if config.codec != "auto":
+            return 0.0
+        total = self.settings.start_grace_s + PROBE_SHARE * self.liveness_timeout_s
+        return min(total, PROBE_TIMEOUT_S * len(config.input))
+
     # -- sealing and gaps ---------------------------------------------------------------------------
 
     def _sealer(self, source: SourceRecording) -> SegmentSealer:
         return SegmentSealer(self.pipeline, self.session, source=source.config.id,
                              source_name=source.config.name, station_id=self.station_id,
-                             clock_synchronised=self.clock_synchronised())
+                             clock_synchronised=self.clock_synchronised(), derived=source.derived)
 
     async def _seal_loop(self, source: SourceRecording) -> None:
         gap: GapOpened | None = None
@@ -507,6 +579,8 @@ def leftover_segments(
         listed, untrusted = [], f"untrusted segment list: {exc}"
     by_name = {seg.name: seg for seg in listed}
     pins = read_pins(run_dir)
+    station = read_station_times(run_dir)
+    last_station_end = max((end for _, end in station.values()), default=None)
     anchor = read_anchor(run_dir) or run_anchor_ns(run_dir.name)
     last_end_s = max((seg.end_s for seg in listed), default=0.0)
     found: list[ClosedSegment] = []
@@ -524,12 +598,15 @@ def leftover_segments(
         seg = by_name.get(path.name)
         if seg is not None:
             found.append(ClosedSegment(path, run_dir.name, seg.name, seg.index, seg.start_s, seg.end_s,
-                                       info.st_mtime_ns, anchor, pin=pins.get(seg.name)))
+                                       info.st_mtime_ns, anchor, pin=pins.get(seg.name),
+                                       station_ns=station.get(seg.name)))
         else:
             why = untrusted or "the station agent stopped before ffmpeg closed this segment"
+            after = None if last_station_end is None else (
+                min(last_station_end, info.st_mtime_ns), info.st_mtime_ns)
             found.append(ClosedSegment(path, run_dir.name, path.name, int(path.name[4:10]), None, None,
                                        info.st_mtime_ns, anchor, partial=why, after_s=last_end_s,
-                                       written_ns=info.st_mtime_ns))
+                                       written_ns=info.st_mtime_ns, station_ns=after))
     return found
 
 

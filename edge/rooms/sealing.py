@@ -34,6 +34,9 @@ from edge.rooms.session import RoomSession
 log = logging.getLogger(__name__)
 
 SOURCE_KIND = "room"
+# How far a source's clock may run from the station's over a run before its segments say so
+# (`source_clock_drift_s`): more than the jitter of ffmpeg's listing (an encoder's lookahead, a busy CPU).
+SOURCE_DRIFT_TOLERANCE_S = 1.0
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -86,8 +89,11 @@ class SegmentSealer:
         source_name: str,
         station_id: str,
         clock_synchronised: bool,
+        derived: Mapping[str, Any] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        # A derived output's segments (the composite) say so, and from what, in every record of them.
+        self.derived = None if derived is None else dict(derived)
         self.session = session
         self.source = source
         self.source_name = source_name
@@ -126,6 +132,7 @@ class SegmentSealer:
                 "room_session": session.session,
                 "source": self.source,
                 "source_name": self.source_name,
+                **({"derived": self.derived} if self.derived is not None else {}),
             },
             time={
                 "recorded_start": iso_from_ns(start_ns),
@@ -144,6 +151,7 @@ class SegmentSealer:
                 "run": segment.run,
                 "segment": segment.index,
                 **({"partial": segment.partial} if segment.partial else {}),
+                **({"derived": self.derived} if self.derived is not None else {}),
             },
         )
         original = f"{session.session}/{segment.run}/{segment.name}"
@@ -202,8 +210,15 @@ class SegmentSealer:
             "sealed_utc": iso_from_ns(sealed_ns),
             "seal_latency_s": round(latency_s, 6),
         }
+        drift_s = segment.source_drift_s
+        if drift_s is not None and abs(drift_s) > SOURCE_DRIFT_TOLERANCE_S:
+            # The source's own clock (stream_*_s) ran away from the station's (start_utc, end_utc follow
+            # the station's): said on the record, so that nobody takes the stream times for station times.
+            data["source_clock_drift_s"] = round(drift_s, 3)
         if segment.partial:
             data["partial"] = segment.partial
+        if self.derived is not None:
+            data["derived"] = self.derived
         repository = self.pipeline.repository
         entry = await self.pipeline.commit(
             lambda: repository.entry(EntryType.SEGMENT_SEALED, work.item, data)

@@ -36,14 +36,23 @@ from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.ledger import EntryType, LedgerEntry, station_time_now
 from edge.custody.manifest import sign_manifest
 from edge.custody.text import printable
-from edge.durable.files import free_bytes, write_atomic
+from edge.durable.files import free_bytes, make_dirs_durable, write_atomic
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
+from edge.rooms.composite import derived_of, room_outputs
 from edge.rooms.documents import DocumentRefused, attach_document
 from edge.rooms.export import ExportedDisc, ExportRefused, export_session
 from edge.rooms.manifest import session_manifest
+from edge.rooms.overlay_text import check_extra_line
 from edge.rooms.products import Products, make_products, products_dir
-from edge.rooms.reconcile import SESSION_TYPES, disagreements, sessions_on_ledger
+from edge.rooms.reconcile import (
+    COMPLETED_MANIFEST_ROLE,
+    COMPLETION_TYPES,
+    SESSION_TYPES,
+    completed_manifest_owed,
+    disagreements,
+    sessions_on_ledger,
+)
 from edge.rooms.recording import SessionRecording, leftover_segments, sealed_on_ledger
 from edge.rooms.sealing import SegmentSealer, seal_session_file
 from edge.rooms.session import (
@@ -101,6 +110,7 @@ class RoomService:
         # Stopped sessions whose products (joined files, statement) a stop did not finish: made by run().
         self._products_pending: list[tuple[RoomSession, LedgerEntry]] = []
         self.finishing: list[asyncio.Task[None]] = []  # run()'s tasks finishing them
+        self.overlay_lines: dict[str, str] = {}  # per room: the composite's extra line (set_overlay_line)
         self.space = SpaceWatch(
             store.layout.root,
             reserve_bytes=pipeline.settings.min_free_bytes,
@@ -130,7 +140,7 @@ class RoomService:
         self._products_pending = self._without_products(sessions)
         for session in sessions:
             if session.state is not SessionState.RECORDING:
-                if (self.files.capture_dir / session.session).is_dir():
+                if self._left_unfinished(session):
                     self._unfinished.append(session)  # sealed by run(): see _finish_stopped
                 continue
             if self.settings.room_by_id(session.room) is None:
@@ -150,7 +160,9 @@ class RoomService:
         """The sessions to go on with: each session the ledger saw start and not stop, as the ledger
         says (its file's disagreements, or its missing file, an `error` entry each; the file is written
         again from the ledger); a file that says recording where the ledger says stopped is an `error`
-        and is not resumed. A file whose session_started never reached the ledger (the agent stopped
+        and is not resumed. A stopped session whose file is missing or unreadable, and whose stop left
+        work (capture files, a completed manifest owed), is rebuilt from the ledger (an `error` entry) so
+        that the work is done. A file whose session_started never reached the ledger (the agent stopped
         between the two) is taken as it is."""
         on_ledger = sessions_on_ledger(self.store.ledger.entries_of_types(SESSION_TYPES))
         by_id = {session.session: session for session in files}
@@ -158,13 +170,23 @@ class RoomService:
         for session_id, known in on_ledger.items():
             file = by_id.get(session_id)
             if known.stopped is not None:
-                if file is not None and file.state is SessionState.RECORDING:
+                if file is None:
+                    stopped = replace(known.rebuilt(None), state=SessionState.STOPPED,
+                                      stopped_utc=known.stopped.time)
+                    if self._left_unfinished(stopped):
+                        # Its leftovers (and completed manifest) are sealed like any stopped session's.
+                        self._file_error(session_id, "its file is missing or unreadable: rebuilt from the "
+                                         "ledger to seal what its stop left unsealed")
+                        if not self.files.path(session_id).exists():  # an unreadable one is kept as it is
+                            self.files.save(stopped)
+                        result.append(stopped)
+                    continue
+                if file.state is SessionState.RECORDING:
                     self._file_error(session_id, f"its file says recording, the ledger stopped it at entry "
                                      f"{known.stopped.seq}: not resumed")
                     file = replace(file, state=SessionState.STOPPED)
                     self.files.save(file)
-                if file is not None:
-                    result.append(file)
+                result.append(file)
                 continue
             rebuilt = known.rebuilt(None if file is None else file.started_utc)
             for problem in known.problems:
@@ -181,6 +203,12 @@ class RoomService:
             result.append(rebuilt)
         return result
 
+    def _left_unfinished(self, session: RoomSession) -> bool:
+        """Whether a stopped session's stop left work. Its capture directory goes only as the last step
+        of finishing it (after the completed manifest), so its presence says so without a look at the
+        ledger for every session ever stopped; what is owed is then read from the ledger."""
+        return (self.files.capture_dir / session.session).is_dir()
+
     async def _finish_stopped(self, session: RoomSession) -> None:
         """Seal what the stop of `session` left in its capture directory (its store was at its reserve:
         segments and the signed manifest): the segments, then the stop's manifest as it is (its hash is
@@ -189,14 +217,15 @@ class RoomService:
         What still cannot be sealed stays for the next start."""
         base = self.files.capture_dir / session.session
         config = self.settings.room_by_id(session.room)
-        names = {} if config is None else {s.id: s.name for s in config.source}
+        names = {} if config is None else dict(room_outputs(config))
         late = 0
         already = sealed_on_ledger(self.store.ledger, session)
         try:
             for source_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
                 sealer = SegmentSealer(self.pipeline, session, source=source_dir.name,
                                        source_name=names.get(source_dir.name, ""), station_id=self.station_id,
-                                       clock_synchronised=self.clock_synchronised())
+                                       clock_synchronised=self.clock_synchronised(),
+                                       derived=derived_of(config, source_dir.name))
                 for run_dir in sorted(p for p in source_dir.iterdir() if p.is_dir() and not p.is_symlink()):
                     for segment in await asyncio.to_thread(leftover_segments, run_dir, already,
                                                            source_dir.name):
@@ -207,23 +236,28 @@ class RoomService:
                 if e.data.get("room_session") == session.session), None)
             stopped_by = "" if stopped_entry is None else str(stopped_entry.data.get("by", ""))
             manifest_path = base / MANIFEST_NAME
-            if manifest_path.is_file():
+            if manifest_path.is_file():  # the stop's own, never sealed (its hash is in session_stopped)
                 item = await seal_session_file(self.pipeline, manifest_path, session=session,
                                                role="session-manifest", station_id=self.station_id,
                                                clock_synchronised=self.clock_synchronised())
                 if item is None:
                     return
                 manifest_path.unlink(missing_ok=True)
-            if late:
+            # Owed by the ledger, not by what this start sealed: a completion cut short (a crash or a full
+            # disk between its steps) sealed the segments and never the manifest listing them.
+            owed = completed_manifest_owed(self.store.ledger.entries_of_types(
+                COMPLETION_TYPES, session.started_seq or 1), session.session)
+            if owed:
                 entries = list(self.store.ledger.entries(session.started_seq or 1))
-                sources = [] if config is None else [(s.id, s.name) for s in config.source]
+                sources = [] if config is None else room_outputs(config)
                 completed = sign_manifest(session_manifest(session, entries, station_id=self.station_id,
                                                            stopped_by=stopped_by, sources=sources),
                                           self.store.key)
                 path = base / COMPLETED_MANIFEST_NAME
+                await asyncio.to_thread(make_dirs_durable, base)
                 await asyncio.to_thread(write_atomic, path, canonical_json(completed))
                 item = await seal_session_file(self.pipeline, path, session=session,
-                                               role="session-manifest-completed", station_id=self.station_id,
+                                               role=COMPLETED_MANIFEST_ROLE, station_id=self.station_id,
                                                clock_synchronised=self.clock_synchronised())
                 if item is None:
                     return
@@ -299,12 +333,14 @@ class RoomService:
             resumed_from_ns=self._last_segment_ends(session) if resumed else None,
         )
         self._recordings[session.room] = recording
+        if session.room in self.overlay_lines:
+            recording.set_overlay_line(self.overlay_lines[session.room])
         self._tasks[session.room] = asyncio.create_task(recording.run(), name=f"room-{session.room}")
 
     def _last_segment_ends(self, session: RoomSession) -> dict[str, int]:
         """Per source, the end of its last sealed segment (the session's start when it has none)."""
         start = _ns_from_iso(session.started_utc)
-        ends = {source.id: start for source in self._room(session.room).source}
+        ends = {source: start for source, _ in room_outputs(self._room(session.room))}
         for entry in self.store.ledger.entries(session.started_seq or 1):
             if entry.type == EntryType.SEGMENT_SEALED and entry.data.get("room_session") == session.session:
                 source = str(entry.data.get("source"))
@@ -418,7 +454,7 @@ class RoomService:
                     entries,
                     station_id=self.station_id,
                     stopped_by=by,
-                    sources=[(s.id, s.name) for s in room_config.source],
+                    sources=room_outputs(room_config),
                 ),
                 self.store.key,
             )
@@ -596,6 +632,17 @@ class RoomService:
             if session.session == wanted:
                 return session
         await self._refuse(action, "", by, f"no session {wanted} on this station", 404)
+
+    def set_overlay_line(self, room: str, text: str) -> None:
+        """The extra line of `room`'s composite overlay from now on (a room panel's temperature and humidity;
+        "" removes it), also for its next sessions: the hook of whatever reads the room's panel.
+        KeyError for a room not configured; OverlayLineError when `text` is not one short printable line."""
+        self._room(room)
+        line = check_extra_line(text)
+        self.overlay_lines[room] = line
+        recording = self._recordings.get(room)
+        if recording is not None:
+            recording.set_overlay_line(line)
 
     def recording(self, room: str) -> SessionRecording | None:
         return self._recordings.get(room)

@@ -77,7 +77,12 @@ def session_statement(
     for number, source in enumerate(manifest.get("sources", []), 1):
         source_id = str(source.get("source"))
         segments = source.get("segments", [])
-        add(f"{number}. 信号源 {_t(source_id)} {_t(source.get('name'))}:{len(segments)} 个分段")
+        derived = source.get("derived")
+        made_from = ""
+        if isinstance(derived, Mapping):
+            made_from = (f"(画中画合成画面,主画面 {_t(derived.get('main'))},辅助画面 "
+                         f"{_t(derived.get('inset'))};由本站合成,原始信号另行录制)")
+        add(f"{number}. 信号源 {_t(source_id)} {_t(source.get('name'))}{made_from}:{len(segments)} 个分段")
         if segments:
             add(f"   首段开始 {_t(segments[0].get('start_utc'))},末段结束 {_t(segments[-1].get('end_utc'))}")
         result = by_source.get(source_id, {})

@@ -32,12 +32,20 @@ def store(tmp_path: Path) -> Iterator[StationStore]:
 
 def _scheduler(store: StationStore, tmp_path: Path, platform: Platform,
                now: list[datetime] | None = None) -> GbDownloadScheduler:
+    """The scheduler on the wall clock `now`; its monotonic clock runs with it while it goes forward
+    (the give-up's spans must pass on both, review 21) and stands still when it is stepped back."""
     clock = now if now is not None else [NOW]
     pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=0))
     policy = open_policy()
+    furthest = [NOW]
+
+    def monotonic() -> float:
+        furthest[0] = max(furthest[0], clock[0])
+        return (furthest[0] - NOW).total_seconds()
+
     return GbDownloadScheduler(platform, policy, lambda: pipeline,  # type: ignore[arg-type]
                                spool=tmp_path / "spool", station_id="TEST-STATION", case={},
-                               now=lambda: clock[0])
+                               now=lambda: clock[0], monotonic=monotonic)
 
 
 def _errors(store: StationStore) -> list[dict[str, Any]]:

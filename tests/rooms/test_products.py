@@ -98,12 +98,17 @@ def test_gaps_are_placed_where_the_joined_file_jumps() -> None:
     assert placed[0]["at_s"] == 2.5 and placed[0]["reason"] == "camera lost"
     manifest = {"station": STATION, "case": {"case_number": "A1", "collector": "张三", "subject": "s"},
                 "persons": [{"name": "李四", "role": "被询问人"}], "room": "xw-1", "room_name": "第一询问室",
-                "address": "文三路", "sources": [{"source": "a", "name": "全景", "segments": segments}],
+                "address": "文三路", "sources": [
+                    {"source": "a", "name": "全景", "segments": segments},
+                    {"source": "composite", "name": "", "segments": [],
+                     "derived": {"kind": "composite", "main": "a", "inset": "b"}}],
                 "gaps": [gap], "marks": [{"time_utc": "t", "note": "出示\u202e证据", "by": "op"}]}
     text = session_statement(manifest, [{"source": "a", "gaps": placed, "problems": ["x"]}],
                              manifest_item="m", manifest_sha256="0" * 64, made_utc="now")
     assert "自 2026-12-05T10:00:02.500000Z 至 2026-12-05T10:00:30.000000Z" in text
     assert "位于合并文件 00:00:02.500 处" in text and "原因:camera lost" in text
+    assert "信号源 composite (画中画合成画面,主画面 a,辅助画面 b" in text  # derived: said so
+    assert "信号源 a 全景:" in text
     assert "\u202e" not in text and "出示\\u202e证据" in text  # operator text cannot reorder a line
     # Control: without the gap, the statement says the recording was not interrupted.
     clean = session_statement({**manifest, "gaps": []}, [], manifest_item="m", manifest_sha256="0" * 64,

@@ -74,9 +74,9 @@ async def test_a_run_counts_its_times_from_its_first_frame_not_from_ffmpegs_spaw
                        "ffmpeg's spawn, not from the first frame the source delivered")
 
 
-# The 20 %-fast camera case ("1.2") is review 18 finding 11, still open: it fails today and is kept on the
-# branch review18 until segment times are rescaled to the station clock.
-@pytest.mark.parametrize("rate", ["1.0"])
+# The 20 %-fast camera case ("1.2") is review 18 finding 11, fixed by review 21 #8 (station times from the
+# station's clock; tests/rooms/test_review21_source_clock.py).
+@pytest.mark.parametrize("rate", ["1.0", "1.2"])
 async def test_segment_times_follow_the_station_clock_not_the_sources(tmp_path: Path, rate: str) -> None:
     graph = SOURCE if rate == "1.0" else f"{SOURCE},setpts={rate}*PTS"  # a camera clock 20 % fast
     segments = await _segments(graph, tmp_path / "run", 12)

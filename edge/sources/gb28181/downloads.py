@@ -23,11 +23,12 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    `finish_pass`); the same recording failing again at a later pass is limited like the listing's
    problems (edge.custody.entry_limits: once in six hours, the repeats counted). A recording that
    failed so at `MAX_FAILED_PASSES` passes over at least `FAILED_GIVE_UP_AFTER_S` (two days: what fails
-   a download is mostly passing, a device busy or a link down) is given up (`FailedPasses`, in memory: a
-   restart tries it again), one `error` entry of stage `given-up` with the reason, within the same naming
-   bound. Nothing of it is sealed, so that is not for ever: it is asked for again once a day
-   (`GIVEN_UP_RETRY_S`), each failed try one more `given-up` entry, until it downloads or is no longer
-   listed. A device
+   a download is mostly passing, a device busy or a link down; passed on the station's wall clock and on
+   its monotonic clock both, so a step of the station's clock gives nothing up early) is given up
+   (`FailedPasses`, in memory: a restart tries it again), one `error` entry of stage `given-up` with the
+   reason, within the same naming bound. Nothing of it is sealed, so that is not for ever: it is asked
+   for again once a day (`GIVEN_UP_RETRY_S`, on both clocks too), each failed try one more `given-up`
+   entry, until it downloads or is no longer listed. A device
    gone offline or the download window closed (`PassEnded` from `start_download`) ends the call instead
    (`DownloadReport.stopped`);
 4. anything received, however the session ended, goes to `ingest_download`: the raw PS and its MP4 are
@@ -98,11 +99,13 @@ FAILED_PROBLEM = "download-failed"
 @dataclass(slots=True)  # up to MAX_FAILING_RECORDINGS of them
 class FailingRecording:
     """One recording's failed passes: how many, when the first was, when it was last given up (None: not
-    given up)."""
+    given up); each on the wall clock (`*_at`) and the monotonic clock (`*_mono`)."""
 
     passes: int
     first_at: float
+    first_mono: float
     given_up_at: float | None = None
+    given_up_mono: float = 0.0  # meaningful when given_up_at is not None
     tries_since_given_up: int = 0  # passes that asked for it again after it was given up, and failed
 
 
@@ -114,12 +117,22 @@ class FailedPasses:
     is forgotten, and so is everything at a restart (each recording asked again).
 
     `clock` is the station's wall clock in seconds (the scheduler's `now`): the spans are days, the time an
-    operator reads on the ledger. A clock stepped back (now before a recording's first failure or its
-    give-up) starts that span again from now, and a given-up recording is then due at once: one try too
-    many, never a recording left waiting for the clock to catch up."""
+    operator reads on the ledger; `monotonic` the monotonic clock (review 21): each span must have passed
+    on both, so a station clock stepped forward (an RTC corrected, an NTP server that was off) gives
+    nothing up early and makes no given-up recording due early. A wall clock stepped back (now before a
+    recording's first failure) starts its give-up span again from now (passes too many, never too few),
+    and a given-up recording is then due at once: one try too many, never a recording left waiting for
+    the clock to catch up.
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    Across a restart nothing is kept (the monotonic clock starts again with the machine, so kept state could
+    only count on the wall clock): every recording's failures are counted again from its first failure
+    in the new run, and a given-up recording is asked for at the first pass: at worst a day's try early and
+    two more days of passes before it is given up again."""
+
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
+        self._monotonic = monotonic
         self._failing: dict[bytes, FailingRecording] = {}
 
     @staticmethod
@@ -128,9 +141,9 @@ class FailedPasses:
 
     def failed(self, ref: RecordingRef) -> FailingRecording:
         """One more pass failed for `ref`: its count, and whether it is given up now (`given_up_at`)."""
-        now = self._clock()
+        now, mono = self._clock(), self._monotonic()
         key = self._key(ref)
-        failing = self._failing.pop(key, None) or FailingRecording(passes=0, first_at=now)
+        failing = self._failing.pop(key, None) or FailingRecording(passes=0, first_at=now, first_mono=mono)
         self._failing[key] = failing  # the newest last
         while len(self._failing) > MAX_FAILING_RECORDINGS:
             del self._failing[next(iter(self._failing))]
@@ -139,9 +152,11 @@ class FailedPasses:
             failing.first_at = now
         if failing.given_up_at is not None:
             failing.tries_since_given_up += 1
-            failing.given_up_at = now  # its try after the give-up failed too: the next one a day from now
-        elif failing.passes >= MAX_FAILED_PASSES and now - failing.first_at >= FAILED_GIVE_UP_AFTER_S:
-            failing.given_up_at = now
+            # its try after the give-up failed too: the next one a day from now
+            failing.given_up_at, failing.given_up_mono = now, mono
+        elif failing.passes >= MAX_FAILED_PASSES and now - failing.first_at >= FAILED_GIVE_UP_AFTER_S \
+                and mono - failing.first_mono >= FAILED_GIVE_UP_AFTER_S:
+            failing.given_up_at, failing.given_up_mono = now, mono
         return failing
 
     def given_up(self, ref: RecordingRef) -> bool:
@@ -149,8 +164,10 @@ class FailedPasses:
         failing = self._failing.get(self._key(ref))
         if failing is None or failing.given_up_at is None:
             return False
-        elapsed = self._clock() - failing.given_up_at
-        return 0 <= elapsed < GIVEN_UP_RETRY_S
+        wall_elapsed = self._clock() - failing.given_up_at
+        if wall_elapsed < 0:  # the wall clock stepped back past the give-up: due (one try too many)
+            return False
+        return wall_elapsed < GIVEN_UP_RETRY_S or self._monotonic() - failing.given_up_mono < GIVEN_UP_RETRY_S
 
     def succeeded(self, ref: RecordingRef) -> None:
         self._failing.pop(self._key(ref), None)
@@ -366,7 +383,7 @@ class GbDownloads:
                                 "original": shown, "stage": "download", "reason": reason,
                                 "passes_failed": passes}
         if given_up:
-            hours = max(0.0, (failing.given_up_at or 0.0) - failing.first_at) / 3600
+            hours = max(0.0, failing.given_up_mono - failing.first_mono) / 3600  # what passed
             again = (f"asked for again {failing.tries_since_given_up} time(s) a day after it was given up, "
                      "failed again; ") if failing.tries_since_given_up else ""
             data.update(stage=GIVEN_UP_STAGE, recording=ref.described(),

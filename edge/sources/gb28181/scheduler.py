@@ -355,8 +355,8 @@ class GbDownloadScheduler:
         self.problems = LimitedEntries(monotonic)
         self._spool_removed: list[tuple[str, int]] = []  # by the start, not on the ledger yet
         # Downloads that failed with nothing, per recording (bounded); its give-up spans days on the
-        # station's clock, the one the schedule and the ledger use.
-        self.failed_passes = FailedPasses(lambda: self._now().timestamp())
+        # station's clock, the one the schedule and the ledger use, and on the monotonic clock (review 21).
+        self.failed_passes = FailedPasses(lambda: self._now().timestamp(), monotonic)
         platform.add_online_listener(self.device_online)
 
     def snapshot(self) -> dict[str, Any]:
