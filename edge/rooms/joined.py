@@ -146,18 +146,22 @@ def segment_duration_s(segment: Mapping[str, Any]) -> float:
 
 
 def gaps_in_joined(
-    segments: Sequence[Mapping[str, Any]], gaps: Sequence[Mapping[str, Any]]
+    segments: Sequence[Mapping[str, Any]],
+    gaps: Sequence[Mapping[str, Any]],
+    durations_s: Sequence[float | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Where each gap of a source falls in its joined file: at the recorded time of the segments that
-    ended before the gap began (``at_s``), with the gap's times, length and reason."""
+    """Where each gap of a source falls in its joined file: at the length of the segments that ended
+    before the gap began (``at_s``; each segment's `durations_s` as its video lasts, where known, else
+    as its ledger times say), with the gap's times, length and reason."""
     placed = []
     for gap in gaps:
         start = ns_from_iso(str(gap.get("from")))
         at = 0.0
-        for segment in segments:
+        for index, segment in enumerate(segments):
             end = ns_from_iso(str(segment.get("end_utc")))
             if start is not None and end is not None and end <= start:
-                at += segment_duration_s(segment)
+                known = None if durations_s is None else durations_s[index]
+                at += segment_duration_s(segment) if known is None else known
         placed.append({"at_s": round(at, 3), "from": gap.get("from"), "to": gap.get("to"),
                        "duration_s": gap.get("duration_s"), "reason": gap.get("reason"),
                        "until_stop": bool(gap.get("until_stop"))})
@@ -295,6 +299,14 @@ async def join_source(
         parts.append((path, video_s))
     if problems:
         return await _refused(pipeline, result, where, problems)
+    # What the joined file holds is the segments' content: the gaps are placed, and the recorded time
+    # summed, by how long each segment's video lasts (its ledger times are the station clock's mapping
+    # of it, which for a run's last segment can be shorter than what ffmpeg flushed into it).
+    durations = [video_s for _, video_s in parts]
+    own_gaps = [g for g in manifest.get("gaps", []) if g.get("source") == source_id]
+    result.gaps = gaps_in_joined(segments, own_gaps, durations)
+    result.recorded_s = sum(segment_duration_s(s) if d is None else d
+                            for d, s in zip(durations, segments, strict=True))
     await asyncio.to_thread(make_dirs_durable, work_dir)
     list_path = work_dir / f"join-{source_id}.ffconcat"
     output = work_dir / f"joined-{source_id}.mp4"

@@ -21,7 +21,7 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
 from edge.rooms import products
-from edge.rooms.joined import concat_list, gaps_in_joined, join_argv, segment_duration_s, stream_layout
+from edge.rooms.joined import concat_list, gaps_in_joined, join_argv, stream_layout
 from edge.rooms.service import RoomService
 from edge.rooms.statement import session_statement
 from edge.verify.station import verify_store
@@ -96,6 +96,8 @@ def test_gaps_are_placed_where_the_joined_file_jumps() -> None:
            "duration_s": 27.5, "reason": "camera lost", "until_stop": False}
     placed = gaps_in_joined(segments, [gap])
     assert placed[0]["at_s"] == 2.5 and placed[0]["reason"] == "camera lost"
+    # With the segments' video durations known, those place it (the ledger times only where unknown).
+    assert gaps_in_joined(segments, [gap], [1.04, None, 9.0])[0]["at_s"] == 2.54
     manifest = {"station": STATION, "case": {"case_number": "A1", "collector": "张三", "subject": "s"},
                 "persons": [{"name": "李四", "role": "被询问人"}], "room": "xw-1", "room_name": "第一询问室",
                 "address": "文三路", "sources": [
@@ -221,7 +223,7 @@ def test_stream_layouts_are_read_from_ffprobe_and_hostile_answers_refused() -> N
 @pytest.mark.usefixtures("ffmpeg")
 @pytest.mark.parametrize("after_restart", ["same camera", "camera changed"])
 async def test_a_session_resumed_after_a_gap_is_joined_unless_its_streams_changed(
-    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, after_restart: str
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, after_restart: str, tmp_path: Path
 ) -> None:
     first = RoomService(rooms_config(lavfi_source("a")), store, pipeline, station_id=STATION)
     first.load()
@@ -246,8 +248,9 @@ async def test_a_session_resumed_after_a_gap_is_joined_unless_its_streams_change
         assert len(joined) == 1 and stopped["joined"][0]["item"] == joined[0].item
         placed = joined[0].data["gaps"][0]
         before = [e for e in watch.of("segment_sealed", source="a") if e.seq < gap_seq]
-        assert placed["from"] == gap["from"] and placed["at_s"] == pytest.approx(
-            sum(segment_duration_s(e.data) for e in before), abs=1e-3)
+        # Where the joined file jumps: after the video of the segments before the gap, as ffprobe reads it.
+        content_s = sum(_video(_probe(_original(store, str(e.item), tmp_path)))[1] for e in before)
+        assert placed["from"] == gap["from"] and placed["at_s"] == pytest.approx(content_s, abs=1e-3)
         assert "位于合并文件 " in text and "合并文件不填补中断" in text
     else:
         assert not joined and stopped["joined"][0]["item"] is None
