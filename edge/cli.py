@@ -396,6 +396,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import DemoOptions, run_demo
+    from simulators.gb28181.settings import parse_faults
 
     if args.broker is not None and args.transport != "mqtt":
         print("error: --broker needs --transport mqtt", file=sys.stderr)
@@ -414,7 +415,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         transport=args.transport,
         broker_url=args.broker,
         source=args.source,
+        room=args.room,
+        room_seconds=args.seconds,
+        segment_s=args.segment_seconds,
+        gb_faults=tuple(args.gb_fault),
     )
+    try:
+        parse_faults(list(options.gb_faults))
+    except ValueError as exc:
+        print(f"error: --gb-fault: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    if options.room and not (1.0 <= options.room_seconds <= 24 * 3600 and 0.5 <= options.segment_s <= 600):
+        print("error: --seconds must be 1 to 86400 and --segment-seconds 0.5 to 600", file=sys.stderr)
+        return ExitCode.USAGE
     return asyncio.run(run_demo(options))
 
 
@@ -531,6 +544,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--source", choices=["usb", "gb28181"], default="usb",
         help="usb: recorders docked in bays; gb28181: 4G recorders that register over GB/T 28181 and have "
         "their recordings downloaded (--recorders devices, --files recordings each)",
+    )
+    demo.add_argument(
+        "--room", action="store_true",
+        help="an interview-room session: a simulated GB/T 28181 IPC and an ffmpeg test source record for "
+        "--seconds, then stop; reports segments, sealed, gaps, max_seal_latency_s and each item's receipt",
+    )
+    demo.add_argument("--seconds", type=float, default=30.0, help="with --room: how long the session records")
+    demo.add_argument("--segment-seconds", type=float, default=5.0, help="with --room: segment length")
+    demo.add_argument(
+        "--gb-fault", action="append", default=[], metavar="NAME[=VALUE]",
+        help="a fault of the simulated GB/T 28181 devices (python -m simulators gb28181 --help): stall=3",
     )
     demo.set_defaults(func=cmd_demo)
 

@@ -14,6 +14,10 @@ With ``--source gb28181`` the recorders are 4G body-worn recorders speaking GB/T
 downloads their recordings (raw PS + MP4 each, sealed) and uploads them; same summary keys
 (`_run_gb28181`).
 
+With ``--room`` it is an interview-room session instead: a simulated GB/T 28181 IPC and an ffmpeg test
+source record for ``--seconds``, the session is stopped, and every segment and the session manifest are
+followed to the central's receipt (edge.demo_room).
+
 With ``--transport mqtt`` the station has no HTTPS path to the central at all: it registers, pushes its
 ledger and sends evidence through an MQTT broker (EMQX-style file transfer, README "MQTT"). Unless
 ``--broker URL`` names one, the demo runs a local Mosquitto (edge.mqtt.local_broker) on a free port with
@@ -88,6 +92,9 @@ class DemoOptions:
     broker_url: str | None = None  # with transport "mqtt": this broker instead of a local Mosquitto
     source: str = "usb"  # "usb": recorders docked in bays; "gb28181": 4G recorders over GB/T 28181
     gb_faults: tuple[str, ...] = ()  # gb28181: faults of every simulated device (simulators --fault NAME)
+    room: bool = False  # an interview-room session instead (edge.demo_room)
+    room_seconds: float = 30.0  # room: how long the session records
+    segment_s: float = 5.0  # room: segment length
 
 
 def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]:
@@ -123,6 +130,7 @@ def demo_config(
     api: dict[str, Any] | None = None,
     mqtt: dict[str, Any] | None = None,
     gb28181: dict[str, Any] | None = None,
+    rooms: dict[str, Any] | None = None,
 ) -> StationConfig:
     return StationConfig.model_validate(
         {
@@ -154,6 +162,7 @@ def demo_config(
             "mqtt": mqtt or {},
             "api": api or {"enabled": False},
             "gb28181": gb28181 or {},
+            "rooms": rooms or {},
             "case_defaults": {
                 "location": "杭州市西湖区文三路",
                 "subject": "现场执法过程",
@@ -188,6 +197,10 @@ async def run_demo(options: DemoOptions) -> int:
     # A Unix socket's path holds 107 bytes: the API's socket gets a short directory of its own.
     run_dir = Path(tempfile.mkdtemp(prefix="edge-demo-", dir="/tmp"))
     try:
+        if options.room:
+            from edge.demo_room import run_room_demo
+
+            return await run_room_demo(options, workdir, out, run_dir)
         if options.source == "gb28181":
             return await _run_gb28181(options, workdir, out, run_dir)
         return await _run(options, workdir, out, run_dir)

@@ -58,6 +58,7 @@ from edge.observe.sink import (
     UsbSerialProblem,
 )
 from edge.pki.names import IdentityError
+from edge.rooms.hardware import RoomHardware
 from edge.rooms.service import RoomService
 from edge.runtime.clock import station_clock_trust
 from edge.runtime.sdnotify import SystemdNotifier
@@ -368,7 +369,8 @@ class StationAgent:
         assert self.store is not None and self.pipeline is not None
         self.rooms = RoomService(self.config.rooms, self.store, self.pipeline,
                                  station_id=self.config.station.id,
-                                 clock_synchronised=lambda: self.status.clock_trusted)
+                                 clock_synchronised=lambda: self.status.clock_trusted,
+                                 live=self.gb28181_live)
         self.rooms.load()
         # Only whether rooms record and their sources' health: the status reaches the kiosk channel.
         self.status.sections["rooms"] = self.rooms.board_status
@@ -376,6 +378,13 @@ class StationAgent:
         stop_s = self.config.rooms.stop_timeout_s + 30.0
         supervisor.add(TaskSpec("rooms", self.rooms.run, critical=False, stop_timeout_s=stop_s))
         supervisor.add(TaskSpec("rooms-space", self.rooms.space.run, critical=False))
+        # Each room's lamp panel and PTZ camera (edge.rooms.hardware): a panel unplugged costs the buttons
+        # and the lamp, never recording; the task reconnects by itself.
+        for room in self.config.rooms.room:
+            if room.panel is not None or room.ptz is not None:
+                hardware = RoomHardware(self.rooms, room)
+                self.rooms.hardware_status[room.id] = hardware.status
+                supervisor.add(TaskSpec(f"room-hardware-{room.id}", hardware.run, critical=False))
 
     def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient) -> None:
         """Telemetry from the status board (which needs the telemetry salt: a salt file that cannot be

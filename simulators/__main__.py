@@ -9,6 +9,8 @@ import sys
 SIMULATORS: dict[str, str] = {
     "recorder": "simulators.recorder.cli",
     "dock": "simulators.dock",
+    "room-panel": "simulators.room_panel",
+    "ptz": "simulators.ptz",
     "chronyc": "simulators.timesync.chronyc",
     "timedated": "simulators.timesync.timedated",
     "gb28181-device": "simulators.gb28181.cli",

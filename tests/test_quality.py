@@ -71,7 +71,8 @@ STATION_PACKAGES = (
 )
 # Foundation packages that everything builds on and that build on nothing above them.
 FOUNDATION = {"custody": {"custody", "durable"}, "durable": {"durable"}}
-COMPOSITION_ROOTS = {"__init__.py", "cli.py", "station.py", "demo.py"}
+# demo_room.py: `edge demo --room`, a composition root like demo.py (the station, a simulator, a central).
+COMPOSITION_ROOTS = {"__init__.py", "cli.py", "station.py", "demo.py", "demo_room.py"}
 
 
 def _edge_imports(path: Path) -> set[str]:

@@ -227,12 +227,29 @@ class RoomInputConfig(StrictModel):
         return value
 
 
+class RoomGbChannelConfig(StrictModel):
+    """A GB/T 28181 camera channel as a room source (`[rooms.room.source.gb28181]`): its live Play
+    (edge.gb28181.live) read from the channel's local socket; the device registers to this station's
+    platform ([gb28181], which must be enabled)."""
+
+    device_id: str = Field(pattern=r"^[0-9]{20}$", description="The device's 20-digit GB/T 28181 id")
+    channel_id: str = Field(pattern=r"^[0-9]{20}$", description="The channel's 20-digit id (a camera: "
+                            "type code 131 in digits 11-13)")
+
+
 class RoomSourceConfig(StrictModel):
-    """One capture of a room: its inputs become one MP4 segment stream (video and/or audio)."""
+    """One capture of a room: its inputs (or a GB/T 28181 channel) become one MP4 segment stream."""
 
     id: Annotated[str, Field(pattern=IDENTIFIER, description="Source id, unique in its room")]
     name: str = Field("", max_length=64, description="Human name (全景, 特写, 话筒)")
-    input: list[RoomInputConfig] = Field(min_length=1, max_length=4, description="ffmpeg inputs, in order")
+    input: list[RoomInputConfig] = Field(
+        default_factory=list, max_length=4,
+        description="ffmpeg inputs, in order (at least one, unless the source is a gb28181 channel)",
+    )
+    gb28181: RoomGbChannelConfig | None = Field(
+        None, description="A GB/T 28181 channel instead of inputs: its live video, stream-copied (its "
+        "G.711 audio is not recorded: ffmpeg cannot read it from PS; give the room a microphone source)",
+    )
     codec: Literal["auto", "copy", "encode"] = Field(
         "auto",
         description="copy: stream copy (the inputs deliver H.264/HEVC video and AAC audio); encode: "
@@ -243,6 +260,85 @@ class RoomSourceConfig(StrictModel):
     @classmethod
     def _name_printable(cls, value: str) -> str:
         return _plain_text(value, "name")
+
+    @model_validator(mode="after")
+    def _inputs_or_channel(self) -> RoomSourceConfig:
+        if self.gb28181 is not None and self.input:
+            raise ValueError(f"source {self.id}: a gb28181 source has no input (its channel's live socket "
+                             "is its input)")
+        if self.gb28181 is None and not self.input:
+            raise ValueError(f"source {self.id}: needs at least one input, or a gb28181 channel")
+        return self
+
+
+# Serial lines a room's hardware may be on: a device node (better the stable /dev/serial/by-id/...) or a
+# pyserial network URL. Not pyserial's other handlers: hwgrep:// opens whatever port a pattern matches,
+# spy:// writes a trace, alt:// and loop:// are no hardware.
+_SERIAL_PORT = r"^(/dev/[A-Za-z0-9._:+/-]{1,200}|(socket|rfc2217)://[A-Za-z0-9.:\[\]-]{1,200}(/[A-Za-z0-9._=&?-]{0,100})?)$"
+
+
+def _serial_port(value: str) -> str:
+    if value.startswith("/") and any(part in (".", "..") for part in value.split("/")):
+        raise ValueError("a serial port path must not contain . or .. components (use /dev/serial/by-id/...)")
+    return value
+
+
+class RoomPanelCaseConfig(StrictModel):
+    """The case a session started by the panel's START button is bound to: a room whose proceedings
+    belong to one standing case or docket (a hearing room assigned to a case for the day). Without it,
+    START is refused (the lamp shows REFUSE) and the session is started with its case from the station."""
+
+    case_number: str = Field(min_length=1, max_length=64, description="案件编号 of sessions started by START")
+    collector: str = Field(min_length=1, max_length=64, description="采集人: who runs the room's recordings")
+    collector_no: str = Field("", max_length=64, description="The collector's number (警号), if any")
+    subject: str = Field(min_length=1, max_length=256, description="证明对象: what the recordings prove")
+
+    @field_validator("case_number", "collector", "collector_no", "subject")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if value != value.strip():
+            raise ValueError("must not start or end with white space")
+        return _plain_text(value, "case field")
+
+
+class RoomPanelConfig(StrictModel):
+    """The room's recording lamp and button panel (drivers/serial/ROOM_PANEL_PROTOCOL.md)."""
+
+    port: str = Field(pattern=_SERIAL_PORT, description="Serial line: /dev/serial/by-id/..., "
+                      "socket://host:port or rfc2217://host:port")
+    baudrate: int = Field(115200, ge=1200, le=921600, description="Line speed (8N1)")
+    start_case: RoomPanelCaseConfig | None = Field(
+        None,
+        description="The case START binds its session to; none: START is refused, start from the station",
+    )
+    refusal_show_s: float = Field(3.0, ge=0.5, le=30, description="How long the lamp shows REFUSE after a "
+                                  "refused button press")
+    sensor_poll_s: float = Field(30.0, ge=1, le=3600, description="How often the climate sensor is read")
+    reply_timeout_s: float = Field(0.5, gt=0, le=10, description="Wait for each reply before a re-send")
+    heartbeat_s: float = Field(2.0, gt=0, le=60, description="Heartbeat period (a silent panel is lost "
+                               "after about heartbeat_s + 3 x reply_timeout_s)")
+    reconnect_max_s: float = Field(30.0, ge=0.1, le=600, description="Longest wait between attempts to open "
+                                   "a panel that went away")
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        return _serial_port(value)
+
+
+class RoomPtzConfig(StrictModel):
+    """A Pelco-D PTZ camera of the room: sent to `preset` when a session starts."""
+
+    port: str = Field(pattern=_SERIAL_PORT, description="Serial line (RS-485 adapter) of the camera")
+    address: int = Field(ge=1, le=255, description="The camera's Pelco-D address (its DIP switches)")
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400] = Field(2400, description="Line speed (8N1)")
+    preset: int = Field(ge=1, le=255, description="Preset the camera goes to at every session start (the "
+                        "installer stores it on the camera: the frame that shows the person questioned)")
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        return _serial_port(value)
 
 
 class RoomConfig(StrictModel):
@@ -270,6 +366,8 @@ class RoomConfig(StrictModel):
     address: str = Field(min_length=1, max_length=256, description="Where the room is: its part of the "
                          "session's location (采集地点)")
     source: list[RoomSourceConfig] = Field(min_length=1, max_length=8, description="The room's captures")
+    panel: RoomPanelConfig | None = Field(None, description="Lamp and buttons ([rooms.room.panel])")
+    ptz: RoomPtzConfig | None = Field(None, description="PTZ camera, to a preset at start ([rooms.room.ptz])")
     composite: RoomCompositeConfig | None = Field(
         None, description="Burnt-in overlay and picture-in-picture, an extra derived output beside the "
         "originals (edge.config.room_composite); none: off",
@@ -306,6 +404,11 @@ class RoomsSection(StrictModel):
     stale_margin_s: float = Field(
         5.0, gt=0, le=600,
         description="A source with no new segment for segment_time_s + this is restarted (a gap)",
+    )
+    late_start_gap_s: float = Field(
+        2.0, ge=0.5, le=60,
+        description="A source whose first media of the session comes later than this after it was started "
+        "(connection, probe, a camera waking up) has that unrecorded start as a gap (source-late-start)",
     )
     start_grace_s: float = Field(
         10.0, ge=0, le=600,
@@ -353,6 +456,16 @@ class RoomsSection(StrictModel):
             raise ValueError("room ids must be unique")
         if self.restart_backoff_max_s < self.restart_backoff_initial_s:
             raise ValueError("restart_backoff_max_s must be >= restart_backoff_initial_s")
+        # Each serial line is opened exclusively by one driver: two users of one port would fight.
+        ports: dict[str, str] = {}
+        for room in self.room:
+            for kind, device in (("panel", room.panel), ("ptz", room.ptz)):
+                if device is None:
+                    continue
+                user = f"room {room.id} {kind}"
+                if device.port in ports:
+                    raise ValueError(f"{user} and {ports[device.port]} use the same port {device.port}")
+                ports[device.port] = user
         if self.space_critical_minutes >= self.space_warn_minutes:
             raise ValueError("space_critical_minutes must be < space_warn_minutes")
         return self

@@ -937,6 +937,23 @@ class StationConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _room_gb_sources_need_the_platform(self) -> StationConfig:
+        # A gb28181 room source records a channel's live Play (edge.rooms.gb_source): the device registers
+        # to this station's platform, which must run and let it in.
+        gb = self.gb28181
+        for room in self.rooms.room:
+            for source in room.source:
+                if source.gb28181 is None:
+                    continue
+                where = f"rooms.room {room.id} source {source.id}"
+                if not gb.enabled:
+                    raise ValueError(f"{where} is a GB/T 28181 channel: it needs [gb28181] enabled = true")
+                if source.gb28181.device_id not in gb.devices and not gb.allow_unknown_devices:
+                    raise ValueError(f"{where}: device {source.gb28181.device_id} is not in "
+                                     "[gb28181.devices] (it could never register)")
+        return self
+
+    @model_validator(mode="after")
     def _mqtt_transport_needs_a_broker(self) -> StationConfig:
         if TransportName.MQTT in self.uplink.transport_order and not self.mqtt.enabled:
             raise ValueError("uplink transport 'mqtt' needs [mqtt] broker_url (the broker it goes through)")

@@ -24,4 +24,6 @@ One module per job:
 * :mod:`edge.rooms.documents`: documents (笔录: PDF, JPEG, PNG by content) attached to a session.
 * :mod:`edge.rooms.export`: a stopped session's disc image (ISO 9660 by xorriso), checked against the ledger.
 * :mod:`edge.rooms.service`: start, stop, mark, status; what the local API and `edge room` call.
+* :mod:`edge.rooms.hardware`: the room's serial hardware (lamp and button panel, climate sensor, PTZ
+  camera), one supervised task per room asking the service as the local API does.
 """

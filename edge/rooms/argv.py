@@ -108,6 +108,9 @@ class SegmentPlan:
     video: Coding = Coding.ENCODE
     audio: Coding = Coding.ENCODE
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Only each input's first video stream, no audio: a GB/T 28181 channel, whose G.711 audio ffmpeg's PS
+    # demuxer takes for MP2 with 0 channels (the MP4 muxer would fail on it, and MP4 takes no G.711).
+    video_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.segment_time_s > 0:
@@ -148,18 +151,21 @@ def codec_args(plan: SegmentPlan) -> list[str]:
         boundary = _seconds(plan.segment_time_s)
         args += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
                  "-force_key_frames", f"expr:gte(t,n_forced*{boundary})"]
-    if plan.audio is Coding.COPY:
+    if plan.video_only:
+        args.append("-an")
+    elif plan.audio is Coding.COPY:
         args += ["-c:a", "copy"]
     else:
         args += ["-c:a", "aac", "-b:a", "128k"]
     return args
 
 
-def map_args(input_count: int) -> list[str]:
-    """Every video and audio stream of every input (``?``: an input may have only one kind)."""
+def map_args(input_count: int, *, video_only: bool = False) -> list[str]:
+    """Every video and audio stream of every input (``?``: an input may have only one kind); with
+    `video_only`, each input's first video stream, which must be there."""
     args: list[str] = []
     for index in range(input_count):
-        args += ["-map", f"{index}:v?", "-map", f"{index}:a?"]
+        args += ["-map", f"{index}:v:0"] if video_only else ["-map", f"{index}:v?", "-map", f"{index}:a?"]
     return args
 
 
@@ -179,7 +185,7 @@ def segment_argv(
     return [
         ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "warning",
         *input_args(inputs),
-        *map_args(len(inputs)),
+        *map_args(len(inputs), video_only=plan.video_only),
         *codec_args(plan),
         *segment_output_args(plan, run_dir),
     ]

@@ -162,15 +162,16 @@ async def capture_run(
             anchor = max(anchor, when - int(segments[0].end_s * 1e9))
             anchored = True
             write_anchor(run_dir, anchor)
-        for seg in segments:
+        if not segments:
+            return
+        # Station times by the station's clock: a segment ends when ffmpeg listed it and starts where the
+        # previous one ended; the source's own times stay as the list gave them (stream_*_s).
+        first_start = last_end_ns if last_end_ns is not None else anchor + int(segments[0].start_s * 1e9)
+        spans = station_spans(first_start, when, [seg.end_s - seg.start_s for seg in segments])
+        for seg, (start_ns, end_ns) in zip(segments, spans, strict=True):
             listed.add(seg.name)
             last_end_s = max(last_end_s, seg.end_s)
             pin = pin_file(run_dir, seg.name)
-            # Station times by the station's clock: a segment ends when ffmpeg listed it (segments listed
-            # together: the last then, each earlier one its stream distance before) and starts where the
-            # previous one ended; the source's own times stay as the list gave them (stream_*_s).
-            start_ns = last_end_ns if last_end_ns is not None else anchor + int(seg.start_s * 1e9)
-            end_ns = max(start_ns, when - int((segments[-1].end_s - seg.end_s) * 1e9))
             last_end_ns = end_ns
             write_station_times(run_dir, seg.name, start_ns, end_ns)
             on_segment(ClosedSegment(run_dir / seg.name, run_dir.name, seg.name, seg.index, seg.start_s,
@@ -237,6 +238,33 @@ def read_pins(run_dir: Path) -> dict[str, tuple[int, int, int, int]]:
             size, mtime, ctime, inode = (int(p) for p in parts[1:])
             found[parts[0]] = (size, mtime, ctime, inode)
     return found
+
+
+def station_spans(
+    start_ns: int, listed_ns: int, stream_durations_s: Sequence[float]
+) -> list[tuple[int, int]]:
+    """Station times of segments ffmpeg listed together at `listed_ns`, the first starting at `start_ns`
+    (where the previous one ended): consecutive, the last ending when they were listed. Each lasts its
+    stream duration, counted back from the listing, the first taking up any slack; when the station's
+    interval is shorter than their stream durations (a source that buffered and sent a burst, a clock
+    running fast), each is shortened in proportion, so none is ever of zero or negative length while its
+    stream duration is not."""
+    total_ns = max(0, listed_ns - start_ns)
+    durations = [max(0.0, d) for d in stream_durations_s]
+    stream_ns = sum(durations) * 1e9
+    if stream_ns > total_ns and stream_ns > 0:
+        lengths = [int(d * 1e9 * total_ns / stream_ns) for d in durations]
+    else:
+        lengths = [int(d * 1e9) for d in durations]
+        if lengths:
+            lengths[0] += total_ns - sum(lengths)  # the slack: the first segment's start was the last end
+    spans = []
+    at = start_ns
+    for index, length in enumerate(lengths):
+        end = listed_ns if index == len(lengths) - 1 else at + length
+        spans.append((at, max(at, end)))
+        at = max(at, end)
+    return spans
 
 
 def write_station_times(run_dir: Path, name: str, start_ns: int, end_ns: int) -> None:

@@ -15,9 +15,9 @@ session's stop opens a gap (``gap`` entry, ``state`` ``open``: ``from`` = when r
 last held, ``reason`` = how the run ended); the first segment of a later run closes it (``state``
 ``closed``, with ``from``, ``to`` = that segment's start, ``reason``, ``attempts`` = runs started
 meanwhile, ``duration_s``). A gap still open at stop is closed at the stop time with ``to_stop = true``.
-A source whose first media of the session comes more than LATE_START_S (2 s) after it was started (a
-camera waking up, a slow RTSP handshake, the probe) gets a gap for that unrecorded start too: ``from`` =
-when the source was started, ``to`` = its first media, ``reason`` ``source-late-start: ...``.
+A source whose first media of the session comes more than [rooms] late_start_gap_s (2 s) after it was
+started (a camera waking up, a slow RTSP handshake, the probe) gets a gap for that unrecorded start too:
+``from`` = when the source was started, ``to`` = its first media, ``reason`` ``source-late-start: ...``.
 
 With ``codec = "auto"`` a run first ffprobes its inputs (:func:`probe_streams`) inside the same gap
 handling: the probes have the start grace plus 60 % of the liveness timeout together (a probe waits for a
@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -55,6 +56,7 @@ from urllib.parse import quote
 from edge.config.base import ConfigError
 from edge.config.rooms import RoomConfig, RoomInputConfig, RoomSourceConfig, RoomsSection
 from edge.custody.ledger import EntryType, Ledger
+from edge.gb28181.live import Interruption, LiveEvent, LiveEventKind, LiveStreams
 from edge.ingest.manifest import iso_from_ns
 from edge.ingest.pipeline import IngestPipeline
 from edge.rooms.argv import (
@@ -77,6 +79,7 @@ from edge.rooms.capture import (
     stop_orphan,
 )
 from edge.rooms.composite import OVERLAY_DIR, CompositeOutput
+from edge.rooms.gb_source import GbRoomChannel, GbSourceUnavailable, gb_metadata, ns_from_wall_text
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
@@ -89,7 +92,6 @@ PROBE_TIMEOUT_S = 15.0
 PROBE_SHARE = 0.6  # of the liveness timeout, for all of a run's probes together
 LATENCIES_KEPT = 1000
 # A source's first media later than this after it was started is an unrecorded start: a gap.
-LATE_START_S = 2.0
 LATE_START_REASON = "source-late-start"
 ArgvBuilder = Callable[[str, Sequence[RoomInputConfig], SegmentPlan, Path], list[str]]
 RESUMED_REASON = "the station agent was not running (stopped or crashed while the session was recording)"
@@ -103,6 +105,7 @@ class ProbeStalled(Exception):
 class GapOpened:
     from_ns: int
     reason: str
+    detail: tuple[tuple[str, Any], ...] = ()  # more keys of its entries (a GB/T 28181 source's live facts)
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,13 @@ class SourceRecording:
     # A derived output (the composite): its own command, and what its segments say they derive from.
     argv: ArgvBuilder | None = None
     derived: dict[str, Any] | None = None
+    gb: GbRoomChannel | None = None  # a GB/T 28181 channel's hold (edge.rooms.gb_source)
+    # The live channel's interruption not yet in a gap (reason, detail): the gap its ffmpeg's end opens
+    # takes them (edge.rooms.gb_source: one outage, one gap).
+    live_interruption: tuple[str, tuple[tuple[str, Any], ...]] | None = None
+    # When a GB/T 28181 channel's media first flowed (its live layer says so, before ffmpeg lists a
+    # segment, whose start is counted back from its listing in stream time and so misses a stall).
+    first_media_ns: int | None = None
 
     def status(self) -> dict[str, Any]:
         latencies = list(self.latencies_s)
@@ -175,6 +185,7 @@ class SessionRecording:
         station_id: str,
         clock_synchronised: Callable[[], bool] = lambda: False,
         resumed_from_ns: dict[str, int] | None = None,
+        live: LiveStreams | None = None,
     ) -> None:
         self.session = session
         self.room = room
@@ -184,6 +195,10 @@ class SessionRecording:
         self.station_id = station_id
         self.clock_synchronised = clock_synchronised
         self.sources = {s.id: SourceRecording(s) for s in room.source}
+        for source in self.sources.values():
+            if source.config.gb28181 is not None:
+                source.gb = GbRoomChannel(live, source.config.gb28181,
+                                          functools.partial(self._live_event, source))
         self.composite: CompositeOutput | None = None
         if room.composite is not None:  # one more output, recorded like a source (edge.rooms.composite)
             overlay_dir = files.capture_dir / session.session / room.composite.id / OVERLAY_DIR
@@ -266,6 +281,9 @@ class SessionRecording:
                 overlay_task.cancel()
                 sealers.append(overlay_task)
             await asyncio.gather(*sealers, return_exceptions=True)
+            for source in self.sources.values():
+                if source.gb is not None:
+                    source.gb.close()
 
     async def _record(self, source: SourceRecording) -> None:
         """One ffmpeg run of `source` (a supervised task)."""
@@ -297,34 +315,44 @@ class SessionRecording:
         first segment."""
         config = source.config
         first_segment = asyncio.Event()
-        try:
-            inputs, redact = resolved_inputs(config.input)
-        except ConfigError as exc:  # names the reference and why, never a value
-            self._open_gap(source, run_began_ns, f"the source's credentials cannot be read: {exc}")
-            raise
-        # The probe (codec = auto) is part of the run: a camera that stalls it opens a gap like one that
-        # stalls ffmpeg, and the probe ends, its ffprobe stopped, before the liveness timeout would.
-        probed = asyncio.Event()
-        keep_alive(probed, self._probe_deadline_s(config))
-        try:
-            video, audio = await self._coding(config, inputs)
-        except ProbeStalled as exc:
-            self._open_gap(source, run_began_ns, redact(str(exc)))
-            raise
-        except asyncio.CancelledError:
-            if not self._stop.is_set():
-                self._open_gap(source, run_began_ns, f"ffprobe gave no answer within the liveness timeout "
-                               f"({self.liveness_timeout_s:g} s)")
-            raise
-        finally:
-            probed.set()
+        redact: Callable[[str], str] = redact_url_userinfo
+        if source.gb is not None:
+            inputs = await self._gb_inputs(source, run_began_ns)
+            if source.first_media_ns is None:
+                source.first_media_ns = time.time_ns()
+            video, audio = Coding.COPY, Coding.COPY  # stream copy of the channel's video (video_only)
+        else:
+            try:
+                inputs, redact = resolved_inputs(config.input)
+            except ConfigError as exc:  # names the reference and why, never a value
+                self._open_gap(source, run_began_ns, f"the source's credentials cannot be read: {exc}")
+                raise
+            # The probe (codec = auto) is part of the run: a camera that stalls it opens a gap like one that
+            # stalls ffmpeg, and the probe ends, its ffprobe stopped, before the liveness timeout would.
+            probed = asyncio.Event()
+            keep_alive(probed, self._probe_deadline_s(config))
+            try:
+                video, audio = await self._coding(config, inputs)
+            except ProbeStalled as exc:
+                self._open_gap(source, run_began_ns, redact(str(exc)))
+                raise
+            except asyncio.CancelledError:
+                if not self._stop.is_set():
+                    self._open_gap(source, run_began_ns, f"ffprobe gave no answer within the liveness "
+                                   f"timeout ({self.liveness_timeout_s:g} s)")
+                raise
+            finally:
+                probed.set()
         keep_alive(first_segment, self.settings.start_grace_s)  # the grace counts from here
-        source.coding = (video.value, audio.value)
+        source.coding = (video.value, "none" if config.gb28181 is not None else audio.value)
         started_ns = time.time_ns()  # stream second 0 of this run, as near ffmpeg's start as can be
         run = run_name(started_ns)
         run_dir = self.files.run_dir(self.session.session, config.id, run)
-        plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio,
-                           segment_metadata(self.session, config))
+        metadata = segment_metadata(self.session, config)
+        if config.gb28181 is not None:
+            metadata.update(gb_metadata(config.gb28181))
+        plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio, metadata,
+                           video_only=config.gb28181 is not None)
         argv = (source.argv or segment_argv)(self.settings.ffmpeg, inputs, plan, run_dir)
 
         def closed(segment: ClosedSegment) -> None:
@@ -332,7 +360,10 @@ class SessionRecording:
                 liveness.beat()
                 first_segment.set()
                 if source.gap_from_ns is None and source.last_end_ns is None:
-                    self._late_start(source, run_began_ns, segment.times_ns()[0])
+                    first_media_ns = segment.times_ns()[0]
+                    if source.first_media_ns is not None:
+                        first_media_ns = min(first_media_ns, source.first_media_ns)
+                    self._late_start(source, run_began_ns, first_media_ns)
                 if source.gap_from_ns is not None:
                     start_ns, _ = segment.times_ns()
                     source.queue.put_nowait(GapClosed(start_ns))
@@ -367,10 +398,10 @@ class SessionRecording:
 
     def _late_start(self, source: SourceRecording, started_ns: int, first_media_ns: int) -> None:
         """The session's first media of `source` came `first_media_ns - started_ns` after the source was
-        started (a camera waking up, a slow RTSP handshake, the probe): over LATE_START_S that is an
+        started (a camera waking up, a slow RTSP handshake, the probe): over late_start_gap_s that is an
         unrecorded start, a gap from the start to the first media like any other."""
         late_s = (first_media_ns - started_ns) / 1e9
-        if late_s <= LATE_START_S:
+        if late_s <= self.settings.late_start_gap_s:
             return
         reason = (f"{LATE_START_REASON}: the source's first media came {late_s:.1f} s after it was started "
                   "(connection, probe, the camera's own start)")
@@ -379,12 +410,67 @@ class SessionRecording:
 
     def _open_gap(self, source: SourceRecording, run_started_ns: int, reason: str) -> None:
         reason = redact_url_userinfo(reason)  # the ledger, the log and the status all quote it
+        detail: tuple[tuple[str, Any], ...] = ()
+        if source.live_interruption is not None:  # the cause (the live channel) rather than the effect
+            (reason, detail), source.live_interruption = source.live_interruption, None
         if source.gap_from_ns is not None:
             source.gap_reason = reason  # still the same gap: the newest reason is shown
             return
         from_ns = source.last_end_ns if source.last_end_ns is not None else run_started_ns
         source.gap_from_ns, source.gap_reason, source.gap_attempts = from_ns, reason, 0
-        source.queue.put_nowait(GapOpened(from_ns, reason))
+        source.queue.put_nowait(GapOpened(from_ns, reason, detail))
+
+    # -- a GB/T 28181 channel (edge.rooms.gb_source) -------------------------------------------------
+
+    async def _gb_inputs(self, source: SourceRecording, run_began_ns: int) -> list[RoomInputConfig]:
+        """The channel's socket as the run's input, once media flows (a gap while it does not)."""
+        assert source.gb is not None
+        try:
+            return await source.gb.ready()
+        except GbSourceUnavailable as exc:
+            self._open_gap(source, run_began_ns, str(exc))
+            raise
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                self._open_gap(source, run_began_ns, "the GB/T 28181 live channel delivered no media within "
+                               "the start-up allowance and the liveness timeout")
+            raise
+
+    def _live_event(self, source: SourceRecording, event: LiveEvent) -> None:
+        """A live channel's event as the room's gap (edge.rooms.gb_source): an interruption is the reason
+        of the gap its ffmpeg's end opens; a stall or a loss is a gap of its own unless one is open."""
+        if self._stop.is_set():
+            return
+        live = event.interruption
+        if event.kind is LiveEventKind.INTERRUPTED:
+            reason = f"GB/T 28181 live stream interrupted: {event.reason}"
+            detail = (("live", "interrupted"), ("live_from", live.began_at if live else None))
+            if source.gap_from_ns is not None:
+                source.gap_reason = reason
+            else:
+                source.live_interruption = (reason, detail)
+            return
+        if event.kind is LiveEventKind.STALLED:
+            self._live_gap(source, "stalled", event.reason, live)
+        elif event.kind is LiveEventKind.MEDIA_LOST:
+            # Looked at once the live layer is done with this moment: the losses of a Play that ended are
+            # told just before its interruption, which is then their gap.
+            asyncio.get_running_loop().call_soon(self._live_gap, source, "lost", event.reason, None)
+
+    def _live_gap(self, source: SourceRecording, what: str, why: str, live: Interruption | None) -> None:
+        """A stall (its times) or a loss (zero length, now) as a gap of its own, unless one is open."""
+        reason = f"GB/T 28181 live media {what}: {why}"
+        if self._stop.is_set():
+            return
+        if source.gap_from_ns is not None or source.live_interruption is not None:
+            if source.gap_from_ns is not None:  # within a gap already on the ledger: not a second one
+                source.gap_reason = reason
+            return
+        now = time.time_ns()
+        from_ns = (ns_from_wall_text(live.began_at) if live else None) or now
+        to_ns = (ns_from_wall_text(live.ended_at) if live else None) or from_ns
+        source.queue.put_nowait(GapOpened(from_ns, reason, (("live", what),)))
+        source.queue.put_nowait(GapClosed(to_ns))
 
     async def _coding(
         self, config: RoomSourceConfig, inputs: list[RoomInputConfig]
@@ -443,12 +529,13 @@ class SessionRecording:
                 elif isinstance(work, GapOpened):
                     if gap is None:
                         gap, attempts_at_open = work, source.runs
-                        await self._gap_entry(source, "open", work.from_ns, None, work.reason)
+                        await self._gap_entry(source, "open", work.from_ns, None, work.reason,
+                                              **dict(work.detail))
                 elif gap is not None:
                     attempts = source.runs - attempts_at_open
                     await self._gap_entry(source, "closed", gap.from_ns, work.to_ns, gap.reason or "",
                                           attempts=attempts, to_stop=work.to_stop,
-                                          last_reason=source.gap_reason)
+                                          last_reason=source.gap_reason, **dict(gap.detail))
                     gap = None
             except Exception:  # one bad segment or entry must not end the sealing of the rest
                 log.exception("room %s source %s: sealing failed", self.session.room, source.config.id)

@@ -37,6 +37,7 @@ from edge.custody.ledger import EntryType, LedgerEntry, station_time_now
 from edge.custody.manifest import sign_manifest
 from edge.custody.text import printable
 from edge.durable.files import free_bytes, make_dirs_durable, write_atomic
+from edge.gb28181.live import LiveStreams
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.composite import derived_of, room_outputs
@@ -93,8 +94,10 @@ class RoomService:
         *,
         station_id: str,
         clock_synchronised: Callable[[], bool] = lambda: False,
+        live: LiveStreams | None = None,
     ) -> None:
         self.settings = settings
+        self.live = live  # GB/T 28181 live channels, for gb28181 sources (edge.rooms.gb_source)
         self.store = store
         self.pipeline = pipeline
         self.station_id = station_id
@@ -110,6 +113,8 @@ class RoomService:
         # Stopped sessions whose products (joined files, statement) a stop did not finish: made by run().
         self._products_pending: list[tuple[RoomSession, LedgerEntry]] = []
         self.finishing: list[asyncio.Task[None]] = []  # run()'s tasks finishing them
+        # Per room, the status of its serial hardware (lamp panel, sensor, PTZ: edge.rooms.hardware).
+        self.hardware_status: dict[str, Callable[[], dict[str, Any]]] = {}
         self.overlay_lines: dict[str, str] = {}  # per room: the composite's extra line (set_overlay_line)
         self.space = SpaceWatch(
             store.layout.root,
@@ -331,6 +336,7 @@ class RoomService:
             station_id=self.station_id,
             clock_synchronised=self.clock_synchronised,
             resumed_from_ns=self._last_segment_ends(session) if resumed else None,
+            live=self.live,
         )
         self._recordings[session.room] = recording
         if session.room in self.overlay_lines:
@@ -508,10 +514,12 @@ class RoomService:
                 segments,
                 len(manifest["gaps"]),
             )
-            made = Products()
-            if item is not None:
-                made = await self._make_products(stopped, manifest, item, sha256_hex(data))
-            return {**summary, **made.summary(), "seq": entry.seq, "stopped_utc": stopped.stopped_utc}
+        # Outside the room's lock: the session is stopped on the ledger, the room may start its next one
+        # while the joins run.
+        made = Products()
+        if item is not None:
+            made = await self._make_products(stopped, manifest, item, sha256_hex(data))
+        return {**summary, **made.summary(), "seq": entry.seq, "stopped_utc": stopped.stopped_utc}
 
     async def _make_products(self, session: RoomSession, manifest: Mapping[str, Any], manifest_item: str,
                              manifest_sha256: str) -> Products:
@@ -558,6 +566,8 @@ class RoomService:
                     "address": config.address,
                     "session": None if session is None else session.to_json(),
                     "sources": [] if recording is None else recording.status(),
+                    **({"hardware": self.hardware_status[config.id]()} if config.id in self.hardware_status
+                       else {}),
                 }
             )
         return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s, "space": self.space.status()}

@@ -41,6 +41,8 @@ stop_timeout_s = 5.0
 restart_backoff_initial_s = 0.2
 restart_backoff_max_s = 1.0
 start_min_free_bytes = 0
+# ffmpeg starting on a loaded test machine is not a late camera (tests/rooms/test_review21_late_start.py)
+late_start_gap_s = 10.0
 [[rooms.room]]
 id = "xw-1"
 name = "第一询问室"

@@ -1,0 +1,113 @@
+"""A GB/T 28181 channel as a room source: its live Play (edge.gb28181.live) read by the room's ffmpeg.
+
+A source configured with ``[rooms.room.source.gb28181]`` (device id, channel id) has no ffmpeg inputs of
+its own. While its session records, :class:`GbRoomChannel` holds the channel (`LiveStreams.open`: one Play
+shared by every holder), and each ffmpeg run of the source starts once media flows
+(:meth:`GbRoomChannel.ready`) and reads the channel's socket: ``-f mpeg -i unix:PATH`` (:func:`gb_input`),
+video stream-copied, no audio (:attr:`edge.rooms.argv.SegmentPlan.video_only`: ffmpeg 5.1's PS demuxer
+takes GB G.711 audio for MP2 with 0 channels, and MP4 takes no G.711; a room records its sound through a
+microphone source).
+
+Gaps. The room's ``gap`` entries (with ``room_session``) are the authoritative record of what a session
+lacks: the session manifest lists them. The live layer writes its own ``gap`` entries (``source``
+gb28181, ``live`` interrupted / stalled / lost, no ``room_session``): they describe the channel for every
+holder and are not counted in the session. One outage is one room gap:
+
+* interrupted (the Play ended: the device's BYE, its media idle, the device offline): the live layer
+  closes the socket, ffmpeg ends its last segment and exits; the room's gap for that run opens as every
+  run's gap does (``from`` = the end of the source's last segment), with the live layer's reason in place
+  of "ffmpeg exited" and ``live_from`` (the last packet's arrival); the first segment after the channel
+  resumed closes it;
+* stalled (media stopped `stall_s` or longer and came again in the same Play, ffmpeg still running): a
+  gap of its own, ``from``/``to`` the stall's arrival times, unless a gap is open already (a stall longer
+  than the liveness timeout: the supervisor restarted ffmpeg and its gap covers it). A device's
+  timestamps do not jump over a stall, so the segments around it count on in stream time: the gap is
+  what says where station time and stream time part;
+* media lost (RTP packets lost, their bytes not in the stream; reported at most every 10 s by the live
+  layer): a gap of zero length at the report's time with the count, unless a gap is open already.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edge.config.rooms import RoomGbChannelConfig, RoomInputConfig
+from edge.gb28181.live import LiveError, LiveEvent, LiveHandle, LiveStreams
+
+log = logging.getLogger(__name__)
+
+# ffmpeg reads the socket from a key frame on (the live layer starts each consumer at one), so a short
+# probe suffices; a damaged pack is dropped rather than muxed.
+GB_INPUT_OPTIONS = {"probesize": "2000000", "analyzeduration": "2000000", "fflags": "+discardcorrupt"}
+NOT_RUNNING = ("GB/T 28181 live streams are not running on this station ([gb28181] is not enabled, or its "
+               "live sockets could not be made: see the ledger)")
+
+
+class GbSourceUnavailable(Exception):
+    """The channel cannot be read now; the message says why (a gap's reason)."""
+
+
+def gb_input(socket_path: Path) -> RoomInputConfig:
+    """The ffmpeg input of a live channel's socket (validated like a configured input)."""
+    return RoomInputConfig.model_validate(
+        {"url": f"unix:{socket_path}", "format": "mpeg", "options": dict(GB_INPUT_OPTIONS)})
+
+
+def gb_metadata(config: RoomGbChannelConfig) -> dict[str, str]:
+    """What each segment of the source says of its camera (MP4 tags, beside the case metadata)."""
+    return {"gb28181_device": config.device_id, "gb28181_channel": config.channel_id}
+
+
+def ns_from_wall_text(text: str | None) -> int | None:
+    """Nanoseconds since the epoch of a live event's time (``2026-01-02T03:04:05.123456Z``), or None."""
+    if not text:
+        return None
+    try:
+        moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
+class GbRoomChannel:
+    """One room source's hold on its live channel, for as long as its session records."""
+
+    def __init__(self, live: LiveStreams | None, config: RoomGbChannelConfig,
+                 on_event: Callable[[LiveEvent], None]) -> None:
+        self.live = live
+        self.config = config
+        self._on_event = on_event
+        self._handle: LiveHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"GbRoomChannel({self.config.device_id}/{self.config.channel_id})"
+
+    async def ready(self) -> list[RoomInputConfig]:
+        """The run's input, once media flows (the channel is opened first if it is not held): waits while
+        the channel is interrupted. `GbSourceUnavailable` when it cannot be held or stopped meanwhile."""
+        if self.live is None:
+            raise GbSourceUnavailable(NOT_RUNNING)
+        if self._handle is None:
+            try:
+                handle = self.live.open(self.config.device_id, self.config.channel_id)
+                await handle.__aenter__()
+            except LiveError as exc:
+                raise GbSourceUnavailable(f"GB/T 28181 channel {self.config.device_id}/"
+                                          f"{self.config.channel_id} cannot be opened: {exc}") from None
+            handle.add_listener(self._on_event)
+            self._handle = handle
+        try:
+            await self._handle.wait_streaming()
+        except LiveError as exc:
+            self.close()  # a stopped channel is held again at the next run
+            raise GbSourceUnavailable(str(exc)) from None
+        return [gb_input(self._handle.socket_path)]
+
+    def close(self) -> None:
+        """Let go of the channel (its Play stops after the live layer's linger if nobody else holds it)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
