@@ -25,6 +25,7 @@ from edge.config.base import (
 from edge.config.station import MQTT_BROKER_URL_OR_EMPTY, StationConfig, WipePolicy, load_config
 from edge.custody.text import json_printable, printable
 from edge.durable.lock import StoreBusy
+from edge.equipment.cli import add_officers_parser
 from edge.gb28181.cli import add_gb28181_parser
 from edge.ingest.store_commands import load_station_config, open_station_store, store_failure_status
 from edge.observe.room_cli import add_room_parser
@@ -564,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_witness_parser(sub)
     add_gb28181_parser(sub)
     add_room_parser(sub)
+    add_officers_parser(sub)
     return parser
 
 
@@ -571,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The demo prints its own progress; its log shows only warnings unless asked.
     quiet = args.command in ("demo", "verify", "check-config", "tag", "keys", "uplink", "witness", "status",
-                         "gb28181", "room")
+                         "gb28181", "room", "officers")
     _setup_logging(args.verbose, quiet=quiet, log_format=args.log_format)
     result: int = args.func(args)
     return result

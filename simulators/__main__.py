@@ -9,6 +9,7 @@ import sys
 SIMULATORS: dict[str, str] = {
     "recorder": "simulators.recorder.cli",
     "dock": "simulators.dock",
+    "card-reader": "simulators.card_reader",
     "room-panel": "simulators.room_panel",
     "ptz": "simulators.ptz",
     "chronyc": "simulators.timesync.chronyc",

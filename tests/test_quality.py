@@ -237,10 +237,10 @@ CENTRAL_BACKEND_CHOOSERS = {
 
 
 def test_the_central_reaches_its_database_only_through_the_storage_protocols() -> None:
-    backend = ROOT / "edge" / "central" / "sqlite"
+    backends = (ROOT / "edge" / "central" / "sqlite", ROOT / "edge" / "central" / "postgres")
     offenders: list[str] = []
     for path in sorted((ROOT / "edge" / "central").rglob("*.py")):
-        if path.is_relative_to(backend):
+        if any(path.is_relative_to(backend) for backend in backends):
             continue
         where = str(path.relative_to(ROOT))
         names = _imports(path)
@@ -251,7 +251,7 @@ def test_the_central_reaches_its_database_only_through_the_storage_protocols() -
                 offenders.append(f"{where} runs SQL or touches a connection")
         if where not in CENTRAL_BACKEND_CHOOSERS:
             offenders += [f"{where} imports {name}" for name in sorted(names)
-                          if name.startswith("edge.central.sqlite")]
+                          if name.startswith(("edge.central.sqlite", "edge.central.postgres"))]
     assert offenders == []
 
 
@@ -386,6 +386,13 @@ def _needed_distributions() -> set[str]:
     """Every distribution that `pip install -e '.[test,sim]'` needs, following the installed metadata
     from the requirements declared in pyproject.toml (markers evaluated for this interpreter)."""
     declared = _declared()
+    project = _pyproject()["project"]
+    # Extras asked of a dependency (psycopg[binary]) bring in that dependency's optional requirements.
+    extras: dict[str, set[str]] = {}
+    groups = [project["dependencies"], *project["optional-dependencies"].values()]
+    for text in (text for group in groups for text in group):
+        requirement = Requirement(text)
+        extras.setdefault(_dist_name(requirement.name), set()).update(requirement.extras)
     todo = set().union(*declared.values())
     needed: set[str] = set()
     while todo:
@@ -399,7 +406,9 @@ def _needed_distributions() -> set[str]:
             continue  # reported by the caller as "not installed"
         for text in requires:
             requirement = Requirement(text)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+            asked = {""} | extras.get(name, set())
+            if requirement.marker is None or any(requirement.marker.evaluate({"extra": extra})
+                                                 for extra in asked):
                 todo.add(_dist_name(requirement.name))
     return needed
 

@@ -73,6 +73,8 @@ class VendorRequest(IntEnum):
     GET_STATUS = 0x07
     SET_MSDC = 0x08
     GET_RESULT = 0x09
+    GET_SETTINGS = 0x0A
+    SET_SETTINGS = 0x0B
 
 
 class ResultCode(IntEnum):
@@ -122,6 +124,8 @@ REQUEST_SPECS: dict[VendorRequest, RequestSpec] = {
         RequestSpec(VendorRequest.GET_STATUS, Direction.IN, 25, 25, True),
         RequestSpec(VendorRequest.SET_MSDC, Direction.OUT, 0, 0, True),
         RequestSpec(VendorRequest.GET_RESULT, Direction.IN, 2, 2, False),
+        RequestSpec(VendorRequest.GET_SETTINGS, Direction.IN, 8, 8, True),
+        RequestSpec(VendorRequest.SET_SETTINGS, Direction.OUT, 8, 8, True),
     )
 }
 
@@ -340,6 +344,50 @@ class DeviceStatus:
             self.height,
             self.file_count,
         )
+
+
+# Bounds of the recording settings (RecorderSettings); beyond them a device is broken or a host mistaken.
+MAX_FRAME_PIXELS = 8192
+MAX_PRE_RECORD_S = 60
+MAX_POST_RECORD_S = 60
+MAX_SPLIT_MIN = 60
+
+
+@dataclass(frozen=True)
+class RecorderSettings:
+    """GET_SETTINGS / SET_SETTINGS: what the agency sets on every recorder it issues (8 bytes,
+    little-endian: u16 width, u16 height, u8 pre-record seconds (预录), u8 post-record seconds (延录), u8
+    minutes per file (分段), u8 reserved = 0)."""
+
+    width: int
+    height: int
+    pre_record_s: int
+    post_record_s: int
+    split_min: int
+
+    SIZE_BYTES: ClassVar[int] = 8
+    _STRUCT: ClassVar[struct.Struct] = struct.Struct("<HHBBBB")
+
+    def __post_init__(self) -> None:
+        bounds = (("width", 1, MAX_FRAME_PIXELS), ("height", 1, MAX_FRAME_PIXELS),
+                  ("pre_record_s", 0, MAX_PRE_RECORD_S), ("post_record_s", 0, MAX_POST_RECORD_S),
+                  ("split_min", 1, MAX_SPLIT_MIN))
+        for name, low, high in bounds:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise RecorderProtocolError(f"settings {name}: expected {low}..{high}, got {value!r}")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RecorderSettings:
+        _expect_length("settings", data, cls.SIZE_BYTES)
+        width, height, pre, post, split, reserved = cls._STRUCT.unpack(data)
+        if reserved != 0:
+            raise RecorderProtocolError(f"settings reserved byte: expected 0, got {reserved}")
+        return cls(width=width, height=height, pre_record_s=pre, post_record_s=post, split_min=split)
+
+    def to_bytes(self) -> bytes:
+        return self._STRUCT.pack(self.width, self.height, self.pre_record_s, self.post_record_s,
+                                 self.split_min, 0)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from drivers.usb.protocol import (
     RecorderInfo,
     RecorderMode,
     RecorderProtocolError,
+    RecorderSettings,
     ResultCode,
     VendorRequest,
     decode_id_code,
@@ -418,6 +419,15 @@ class RecorderDriver:
         """GA/T WriteZFYInfo: bind the recorder to an officer. Needs login."""
         self._request_out(VendorRequest.WRITE_INFO, info.to_bytes(), expect=ResultCode.REQUEST_SUCCESS)
         logger.info("%s: identity written (officer %s)", self._tag, info.officer_no)
+
+    def settings(self) -> RecorderSettings:
+        """The recording settings (resolution, pre/post-record, file split). Needs login."""
+        return RecorderSettings.from_bytes(self._request_in(VendorRequest.GET_SETTINGS))
+
+    def write_settings(self, settings: RecorderSettings) -> None:
+        """Set the recording settings. Needs login; read them back to know they took."""
+        self._request_out(VendorRequest.SET_SETTINGS, settings.to_bytes(), expect=ResultCode.REQUEST_SUCCESS)
+        logger.info("%s: settings written", self._tag)
 
     def clock(self) -> DeviceClock:
         return DeviceClock.from_bytes(self._request_in(VendorRequest.GET_CLOCK))

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.central.config import CentralConfig, ConfigError, load_central_config
+from edge.central.config import CentralConfig, ConfigError, load_central_config, require_embedded_index
 from edge.central.console.admin import add_console_admin_parsers
 from edge.central.console.secret_key import prepare_console_key
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
@@ -78,7 +78,9 @@ def _load(args: argparse.Namespace) -> CentralConfig | ExitCode:
         _say("error: --config FILE is required (the central's TOML configuration)")
         return ExitCode.USAGE
     try:
-        return load_central_config(Path(path))
+        config = load_central_config(Path(path))
+        require_embedded_index(config)
+        return config
     except ConfigError as exc:
         _say(f"error: {exc}")
         return EXIT_CONFIG

@@ -13,14 +13,16 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from edge.config.base import (
     HTTP_URL_OR_EMPTY,
     IDENTIFIER,
     ConfigError,
+    SecretRef,
     StrictModel,
     parse_toml_model,
     read_config_text,
@@ -36,13 +38,16 @@ __all__ = [
     "IdentitySection",
     "LogSection",
     "MqttSection",
+    "PostgresIndexConfig",
     "RetentionSection",
     "ServerSection",
+    "SqliteIndexConfig",
     "UploadsSection",
     "default_server_names",
     "is_loopback_listen",
     "load_central_config",
     "parse_central_config",
+    "require_embedded_index",
 ]
 
 # RFC 1123 host name labels; no wildcards: a station must reach one named server, not a family.
@@ -76,6 +81,54 @@ def _absolute(value: Path, what: str) -> Path:
     return value
 
 
+# The pydantic error type of a database URL that is refused: its value is never echoed (edge.config.base),
+# since a mistyped URL may still carry a password.
+_URL_REFUSED = "url_userinfo"
+# libpq connection parameters that carry a secret (or point at one the central does not manage).
+_SECRET_CONNINFO_KEYS = frozenset({"password", "passfile", "sslpassword"})
+
+
+class SqliteIndexConfig(StrictModel):
+    """The embedded index: one SQLite file, ``<store_dir>/index.db`` (one site, the demo, most tests)."""
+
+    type: Literal["sqlite"] = "sqlite"
+
+
+class PostgresIndexConfig(StrictModel):
+    """The index on a PostgreSQL server (edge.central.postgres), shared by several receivers."""
+
+    type: Literal["postgresql"]
+    url: str = Field(
+        description="libpq connection URL without a password: postgresql://USER@HOST:PORT/DATABASE "
+        "(a unix socket: postgresql://USER@/DATABASE?host=/run/postgresql)"
+    )
+    password: SecretRef | None = Field(
+        None, description="The role's password as a secret reference (env:, file:, credential:); none for "
+        "peer or certificate authentication"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_without_secrets(cls, value: str) -> str:
+        from psycopg.conninfo import conninfo_to_dict
+
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise PydanticCustomError(_URL_REFUSED, "expected a postgresql:// URL")
+        try:
+            parameters = conninfo_to_dict(value)
+        except Exception:  # libpq's message may quote the URL, password and all
+            raise PydanticCustomError(_URL_REFUSED, "not a valid PostgreSQL connection URL") from None
+        secret = sorted(_SECRET_CONNINFO_KEYS & set(parameters))
+        if secret:
+            raise PydanticCustomError(
+                _URL_REFUSED, "the URL carries {keys}: give the password as index.password, a secret "
+                "reference, never in the URL", {"keys": ", ".join(secret)},
+            )
+        if not parameters.get("dbname"):
+            raise PydanticCustomError(_URL_REFUSED, "the URL names no database (postgresql://USER@HOST/DATABASE)")
+        return value
+
+
 class CentralSection(StrictModel):
     id: Annotated[
         str,
@@ -86,6 +139,11 @@ class CentralSection(StrictModel):
     ]
     store_dir: Path = Field(
         description="Central store: identity (CA, server and signing keys), uploads, objects, index.db"
+    )
+    index: SqliteIndexConfig | PostgresIndexConfig = Field(
+        default_factory=SqliteIndexConfig, discriminator="type",
+        description="Where the index and the Merkle log are kept: {type = \"sqlite\"} (the default: "
+        "<store_dir>/index.db) or {type = \"postgresql\", url = ..., password = \"env:...\"}",
     )
 
     @field_validator("store_dir")
@@ -602,6 +660,20 @@ class CentralLayout:
     @property
     def index_db(self) -> Path:
         return self.store_dir / "index.db"
+
+
+def require_embedded_index(config: CentralConfig) -> None:
+    """Refuse, with :class:`ConfigError`, a configuration whose index the central cannot run on yet.
+
+    The PostgreSQL backend (edge.central.postgres) has its schema, migrations, append-only rules, the
+    index and the Merkle log's serialised store, but not yet the console's store; until it does, a central
+    configured for it must not start on anything else in its place."""
+    if config.central.index.type != "sqlite":
+        raise ConfigError(
+            f"central.index: type {config.central.index.type!r} is not yet supported by the receiver and its "
+            "commands (the PostgreSQL backend is being built: the index and the Merkle log run on it, the "
+            "auditor console's store does not yet); use the default {type = \"sqlite\"}"
+        )
 
 
 def parse_central_config(text: str, source: str = "<string>") -> CentralConfig:

@@ -31,7 +31,7 @@ from pathlib import Path
 from aiohttp import web
 
 from edge.central.app import BOUNDS, CENTRAL, METRICS, READINESS, CentralParts, build_app
-from edge.central.config import CentralConfig, ConfigError
+from edge.central.config import CentralConfig, ConfigError, require_embedded_index
 from edge.central.health import metrics_app
 from edge.central.http_server import listen
 from edge.central.identity import lock_central_store, server_ssl_context
@@ -153,6 +153,7 @@ async def start_central(
     The store is locked first (one receiver per store): :class:`edge.durable.lock.StoreBusy` names the
     process that holds it.
     """
+    require_embedded_index(config)
     lock = lock_central_store(config, purpose="central receiver")
     try:
         ssl_context: ssl.SSLContext | None = None

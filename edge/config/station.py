@@ -889,6 +889,41 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+class RecorderSettingsSection(StrictModel):
+    """The agency's recorder settings, pushed to every recorder the station issues and read back."""
+
+    width: int = Field(1920, ge=1, le=8192, description="Recording width, pixels")
+    height: int = Field(1080, ge=1, le=8192, description="Recording height, pixels")
+    pre_record_s: int = Field(10, ge=0, le=60, description="Pre-record (预录), seconds")
+    post_record_s: int = Field(10, ge=0, le=60, description="Post-record (延录), seconds")
+    split_min: int = Field(30, ge=1, le=60, description="Minutes per file (分段)")
+
+
+class EquipmentSection(StrictModel):
+    """Issue and return of recorders at this station (领用/归还; edge.equipment, README "Equipment issue and
+    return")."""
+
+    enabled: bool = Field(
+        False,
+        description="Keep the station's record of who holds which recorder: a docking closes the recorder's "
+        "open assignment (check-in), and each offloaded item's manifest gets an `assignment` block",
+    )
+    min_battery_percent: int = Field(80, ge=0, le=100, description="A recorder is issued with at least this "
+                                     "battery, as it reports it")
+    pin_failures_max: int = Field(5, ge=1, le=20, description="Wrong PINs in a row before the 警号 is locked")
+    pin_lockout_s: float = Field(900.0, gt=0, description="How long a locked 警号 stays locked, seconds")
+    card_max_age_s: float = Field(10.0, gt=0, description="A card presentation older than this when served "
+                                  "is dropped, never honoured late, seconds")
+    settings: RecorderSettingsSection | None = Field(
+        None, description="Recorder settings pushed at check-out and read back; unset: left as they are"
+    )
+    clock_margin_s: float = Field(
+        60.0, ge=0, le=3600,
+        description="How far a recording's times (device clock corrected by the offset measured at docking) "
+        "may lie outside an assignment and still be bound to it, seconds",
+    )
+
+
 class StationConfig(StrictModel):
     station: StationSection
     usb: UsbSection
@@ -908,6 +943,7 @@ class StationConfig(StrictModel):
     )
     logging: LoggingSection = LoggingSection()
     rooms: RoomsSection = RoomsSection()
+    equipment: EquipmentSection = EquipmentSection()
 
     @model_validator(mode="after")
     def _receipt_needs_uplink(self) -> StationConfig:

@@ -157,6 +157,14 @@ class EntryType(StrEnum):
     CONFIG_REFUSED = "config_refused"
     # A command from the central over MQTT (edge.mqtt.command_handler), executed or refused, and why.
     COMMAND = "command"
+    # Equipment issue and return (edge.equipment): an officer list imported (counts and a digest, never a
+    # PIN), an officer suspended or reinstated, a recorder checked out to an officer (领用) and returned
+    # (归还). Refused check-outs are `refused` entries with "what": "check-out".
+    OFFICERS_IMPORTED = "officers_imported"
+    OFFICER_STATUS = "officer_status"
+    OFFICER_PIN_SET = "officer_pin_set"  # who set whose PIN; never the PIN or its hash
+    ASSIGNED = "assigned"
+    RETURNED = "returned"
 
 
 def station_time_now() -> str:

@@ -40,7 +40,7 @@ def build_manifest(
     seal: dict[str, Any] = {"embedded": sidecar_reason is None}
     if sidecar_reason is not None:
         seal["reason"] = sidecar_reason
-    return {
+    manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "item": item,
         "sha256": sha256,
@@ -53,3 +53,6 @@ def build_manifest(
         "chain": {"seq": chain_seq, "entry_hash": chain_hash},
         "seal": seal,
     }
+    if origin.assignment is not None:
+        manifest["assignment"] = dict(origin.assignment)
+    return manifest

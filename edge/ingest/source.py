@@ -88,6 +88,9 @@ class Origin:
     time: Mapping[str, Any]
     case: Mapping[str, Any]
     facts: Mapping[str, Any] = field(default_factory=dict)
+    # Who held the device when the original was recorded, by the station's records (edge.equipment), beside
+    # what the device claimed; the manifest's `assignment` block. None: the source keeps no such record.
+    assignment: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

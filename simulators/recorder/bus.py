@@ -46,6 +46,7 @@ from drivers.usb.protocol import (
     RecorderInfo,
     RecorderMode,
     RecorderProtocolError,
+    RecorderSettings,
     VendorRequest,
     encode_id_code,
     encode_password,
@@ -445,14 +446,17 @@ class RecorderBus:
         spec = RecorderSpec(**spec_data)
         info = RecorderInfo(**data["info"])
         clock = ClockReference(**data["clock"])
+        # State written before recorders had settings has none: the factory settings then.
+        settings = RecorderSettings(**data["settings"]) if data.get("settings") else None
         populated = {str(k): int(v) for k, v in data["populated"].items()}
-        slot = self._make_slot(spec, state_file.parent, populated, info=info, clock=clock)
+        slot = self._make_slot(spec, state_file.parent, populated, info=info, clock=clock, settings=settings)
         port_path = data.get("port_path")
         slot.port_path = None if port_path is None else str(port_path)
         return slot
 
     def _make_slot(self, spec: RecorderSpec, directory: Path, populated: dict[str, int], *,
-                   info: RecorderInfo | None = None, clock: ClockReference | None = None) -> _Slot:
+                   info: RecorderInfo | None = None, clock: ClockReference | None = None,
+                   settings: RecorderSettings | None = None) -> _Slot:
         slot_ref: list[_Slot] = []
         device = SimulatedRecorder(
             info=info or spec.info(),
@@ -469,6 +473,7 @@ class RecorderBus:
             tz_offset_min=spec.tz_offset_min,
             battery_percent=spec.battery_percent,
             storage_total_bytes=spec.storage_total_bytes,
+            settings=settings,
             volume_stats=lambda: self._volume_stats(slot_ref[0]),
         )
         slot = _Slot(spec=spec, device=device, directory=directory, populated=populated)
@@ -483,6 +488,7 @@ class RecorderBus:
             "spec": spec,
             "info": asdict(slot.device.info),
             "clock": asdict(slot.device.clock_reference),
+            "settings": asdict(slot.device.settings),
             "populated": slot.populated,
             "port_path": slot.port_path,
         }
@@ -720,6 +726,47 @@ class RecorderBus:
             else:
                 slot.device.reply_faults[request] = payload
 
+    def record(self, device_serial: str, *, files: int, file_mb: float = 0.05,
+               spacing_s: int = 2) -> list[str]:
+        """The recorder, out on a shift (unplugged), records `files` files now: named with the identity it
+        holds (what the station's WriteZFYInfo left there), timed by its own clock, `spacing_s` apart and
+        ending at its present time. Returns their paths on the volume."""
+        from simulators.recorder.volume import populate_volume
+
+        slot = self._slot(device_serial)
+        with slot.lock:
+            if slot.port_path is not None:
+                raise ValueError(f"recorder {device_serial} is docked: it records only while out")
+            clock = slot.device.clock_now()
+            now = _device_wall_time(clock.utc_ms, clock.tz_offset_min)
+            info = slot.device.info
+            before = {rel for rel, _ in _walk_files(slot.backing_dir)}
+            recorded = sum(1 for rel in before if parse_recorder_file_name(rel.rsplit("/", 1)[-1]))
+            made = populate_volume(
+                slot.backing_dir, device_serial=info.device_serial, officer_no=info.officer_no,
+                officer_name=info.officer_name, unit_code=info.unit_code, unit_name=info.unit_name,
+                files=files, file_mb=file_mb, seed=slot.spec.seed + 7919 * (recorded + 1),
+                start=now - timedelta(seconds=spacing_s * files), spacing_s=spacing_s, first_index=recorded,
+            )
+            for rel, path in _walk_files(slot.backing_dir):
+                if rel not in before:
+                    slot.populated[rel] = path.stat().st_size
+            self._save(slot)
+        logger.info("recorder %s: recorded %d files as officer %s", device_serial, len(made), info.officer_no)
+        return [path.relative_to(slot.backing_dir).as_posix() for path in made]
+
+    def ignore_identity_writes(self, device_serial: str, ignore: bool = True) -> None:
+        """Hostile-firmware fault: WRITE_INFO is acknowledged and the old identity kept."""
+        slot = self._slot(device_serial)
+        with slot.lock:
+            slot.device.ignore_identity_writes = ignore
+
+    def ignore_settings_writes(self, device_serial: str, ignore: bool = True) -> None:
+        """Firmware fault: SET_SETTINGS is acknowledged and the old settings kept."""
+        slot = self._slot(device_serial)
+        with slot.lock:
+            slot.device.ignore_settings_writes = ignore
+
     def hold_volume_mount(self, device_serial: str) -> None:
         """Fault: the recorder's volume is not mounted when it enters mass-storage mode (at plug-in or
         at the switch), only at `release_volume_mount`. Real hardware acknowledges the switch and
@@ -813,7 +860,7 @@ class RecorderBus:
                 self._unplug_locked(slot)
                 raise NoDeviceError(f"device {key} is gone")
             mode_before = slot.device.mode
-            remembered = (slot.device.info, slot.device.clock_reference)
+            remembered = (slot.device.info, slot.device.clock_reference, slot.device.settings)
             try:
                 reply = slot.device.control_transfer(setup, data_out)
             except StallError as exc:
@@ -824,8 +871,8 @@ class RecorderBus:
                 raise TransferTimeoutError(str(exc)) from None
             if setup.is_in and len(reply) > setup.wLength:
                 raise TransferOverflowError(f"device sent {len(reply)} bytes for wLength {setup.wLength}")
-            if (slot.device.info, slot.device.clock_reference) != remembered:
-                self._save(slot)  # WRITE_INFO / SET_CLOCK: the device's flash and RTC keep them
+            if (slot.device.info, slot.device.clock_reference, slot.device.settings) != remembered:
+                self._save(slot)  # WRITE_INFO / SET_CLOCK / SET_SETTINGS: flash and RTC keep them
             if mode_before is RecorderMode.CONTROL and slot.device.mode is RecorderMode.MASS_STORAGE:
                 self._reenumerate_as_mass_storage(slot)
             return reply

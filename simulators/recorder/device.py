@@ -36,6 +36,7 @@ from drivers.usb.protocol import (
     RecorderInfo,
     RecorderMode,
     RecorderProtocolError,
+    RecorderSettings,
     ResultCode,
     VendorRequest,
     encode_id_code,
@@ -186,8 +187,7 @@ class SimulatedRecorder:
         tz_offset_min: int = 480,
         battery_percent: int = 80,
         storage_total_bytes: int = DEFAULT_STORAGE_TOTAL_BYTES,
-        width: int = 1920,
-        height: int = 1080,
+        settings: RecorderSettings | None = None,
         volume_stats: Callable[[], VolumeStats] = lambda: VolumeStats(0, 0),
         host_ms: Callable[[], float] = wall_clock_ms,
     ) -> None:
@@ -210,14 +210,18 @@ class SimulatedRecorder:
         self.clock_drift_ppm = clock_drift_ppm
         self.battery_percent = battery_percent
         self.storage_total_bytes = storage_total_bytes
-        self.width = width
-        self.height = height
+        # What the station's SET_SETTINGS leaves (kept in state.json like the identity).
+        self.settings = settings or RecorderSettings(width=1920, height=1080, pre_record_s=10,
+                                                     post_record_s=10, split_min=30)
         self._volume_stats = volume_stats
         self._host_ms = host_ms
         now = host_ms()
         self.clock_reference = clock or ClockReference(now + clock_offset_s * 1000.0, now, tz_offset_min)
         # Hostile-device fault: the next replies to these requests are replaced by these bytes.
         self.reply_faults: dict[VendorRequest, bytes] = {}
+        # Faults: firmware that acknowledges WRITE_INFO / SET_SETTINGS (REQUEST_SUCCESS) and keeps the old.
+        self.ignore_identity_writes = False
+        self.ignore_settings_writes = False
         self.mode = RecorderMode.MASS_STORAGE if msc_only else RecorderMode.CONTROL
         self.authenticated = False
         self.failed_logins = 0
@@ -417,9 +421,23 @@ class SimulatedRecorder:
             return self.info.to_bytes()
         if request is VendorRequest.WRITE_INFO:
             try:
-                self.info = RecorderInfo.from_bytes(data)
+                written = RecorderInfo.from_bytes(data)
             except RecorderProtocolError as exc:
                 raise self._fail(ResultCode.BAD_VALUE, str(exc)) from None
+            if not self.ignore_identity_writes:
+                self.info = written
+            self.last_result = ResultCode.REQUEST_SUCCESS
+            return b""
+        if request is VendorRequest.GET_SETTINGS:
+            self.last_result = ResultCode.REQUEST_SUCCESS
+            return self.settings.to_bytes()
+        if request is VendorRequest.SET_SETTINGS:
+            try:
+                settings = RecorderSettings.from_bytes(data)
+            except RecorderProtocolError as exc:
+                raise self._fail(ResultCode.BAD_VALUE, str(exc)) from None
+            if not self.ignore_settings_writes:
+                self.settings = settings
             self.last_result = ResultCode.REQUEST_SUCCESS
             return b""
         if request is VendorRequest.GET_CLOCK:
@@ -468,7 +486,7 @@ class SimulatedRecorder:
             battery_percent=self.battery_percent,
             storage_total_bytes=total,
             storage_free_bytes=total - stats.used_bytes,
-            width=self.width,
-            height=self.height,
+            width=self.settings.width,
+            height=self.settings.height,
             file_count=stats.file_count,
         )

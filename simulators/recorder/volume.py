@@ -144,12 +144,15 @@ def _plan_kinds(files: int, rng: random.Random) -> list[str]:
 
 def populate_volume(volume_dir: Path, *, device_serial: str, officer_no: str, officer_name: str,
                     unit_code: str, unit_name: str, files: int, file_mb: float, seed: int,
-                    start: datetime | None = None) -> list[Path]:
+                    start: datetime | None = None, spacing_s: int | None = None,
+                    first_index: int = 0) -> list[Path]:
     """Fill `volume_dir` like a recorder after a shift; returns the media files in recording order.
 
     `file_mb` is each MP4's size in MiB (exact); photos (~100 KB) and audio (1-4 s WAV) are small.
     Every 4th video is marked important (`_IMP`). The same arguments give the same bytes.
-    `start` is the first recording's device-local time (naive), default DEFAULT_START.
+    `start` is the first recording's device-local time (naive), default DEFAULT_START. `spacing_s`: the
+    recordings start this far apart (default: 1-30 min, seeded). `first_index`: recordings already on the
+    volume (a recorder that records again numbers on, and its new files get seeds of their own).
     """
     for role, value in (("device serial", device_serial), ("officer number", officer_no)):
         if not _IDENT_RE.fullmatch(value):
@@ -172,7 +175,7 @@ def populate_volume(volume_dir: Path, *, device_serial: str, officer_no: str, of
     recorded_at = start or DEFAULT_START
     made: list[Path] = []
     videos = 0
-    for index, kind in enumerate(_plan_kinds(files, rng)):
+    for index, kind in enumerate(_plan_kinds(files, rng), start=first_index):
         file_seed = _file_seed(seed, index)
         important = kind == "MP4" and videos % 4 == 3
         name = recorder_file_name(officer_no, device_serial, recorded_at, index + 1, important, kind)
@@ -191,7 +194,7 @@ def populate_volume(volume_dir: Path, *, device_serial: str, officer_no: str, of
         moment = recorded_at.replace(tzinfo=UTC).timestamp()
         os.utime(path, (moment, moment))
         made.append(path)
-        recorded_at += timedelta(seconds=rng.randint(60, 1800))
+        recorded_at += timedelta(seconds=spacing_s if spacing_s is not None else rng.randint(60, 1800))
     log.info("populated %s for recorder %s: %d files", volume_dir, device_serial, len(made))
     return made
 

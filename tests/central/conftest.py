@@ -25,6 +25,7 @@ from edge.central.identity import enroll_reader, enroll_station, init_central
 from edge.central.index import Role
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore
+from edge.central.postgres import PostgresDatabase, PostgresIndex
 from edge.central.registration import Caller, Registrar
 from edge.central.service import RunningCentral, start_central
 from edge.central.sqlite import SqliteDatabase, SqliteIndex
@@ -37,6 +38,9 @@ from edge.custody.ledger import Checkpoint, EntryType, Ledger, LedgerEntry, stat
 from edge.custody.manifest import manifest_bytes, sign_manifest
 from edge.durable.files import ensure_private_dir
 from edge.pki.tls import client_ssl_context
+
+# A throwaway PostgreSQL server and a fresh database per test (tests/central/pg.py).
+from tests.central.pg import pg_database, pg_server  # noqa: F401
 
 CERT_SHA = "c" * 64
 
@@ -168,7 +172,7 @@ class CentralParts:
     """The central's core without HTTP: index, objects, Merkle log, uploads and the registrar."""
 
     root: Path
-    index: SqliteIndex
+    index: SqliteIndex | PostgresIndex
     objects: FileObjectStore
     merkle: MerkleLog
     uploads: TusUploadStore
@@ -186,18 +190,28 @@ class CentralParts:
             write.close()
         return info.upload_id
 
+    @property
+    def sqlite_index(self) -> SqliteIndex:
+        """The index of parts on the default backend, whose connection a test reaches into."""
+        assert isinstance(self.index, SqliteIndex), type(self.index)
+        return self.index
+
     def caller(self, station_id: str, remote: str | None = "127.0.0.1") -> Caller:
         record = self.index.station(station_id)
         assert record is not None
         return Caller(record, remote)
 
 
-def make_central_parts(root: Path, origin: str = "central-test") -> CentralParts:
+def make_central_parts(
+    root: Path, origin: str = "central-test", database: SqliteDatabase | PostgresDatabase | None = None
+) -> CentralParts:
+    """The parts on ``database`` (by default the embedded SQLite one under ``root``)."""
     console_key = CentralLayout(root).console_key  # made by `edge central init`: it seals the trails
     if not console_key.exists():
         ensure_private_dir(console_key.parent)
         ConsoleSecretKey.create(console_key)
-    database = SqliteDatabase.open(root / "index.db")
+    if database is None:
+        database = SqliteDatabase.open(root / "index.db")
     index = database.index
     key = StationKey.generate()
     merkle = MerkleLog(database.log_store, key, origin)

@@ -1,10 +1,14 @@
-"""The SQLite index: enrolment, append-only history, station ledgers, items, metadata history, queries."""
+"""The index on both backends (SQLite, and PostgreSQL on a throwaway server): enrolment, append-only
+history, station ledgers, items, metadata history, queries."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from edge.central.index import (
@@ -15,12 +19,38 @@ from edge.central.index import (
     validate_reader_name,
     validate_station_id,
 )
+from edge.central.postgres import PostgresDatabase, PostgresIndex
 from edge.central.sqlite import SqliteIndex
 from edge.custody.keys import StationKey
 from edge.custody.ledger import GENESIS_PREV
 from tests.central.conftest import CERT_SHA, FakeStation, enroll
 
 EVERYTHING = ReaderScope("test-supervisor", Role.SUPERVISOR, frozenset())
+BackendIndex = SqliteIndex | PostgresIndex
+# What each backend raises when the database itself refuses a write (a trigger, a constraint).
+REFUSED = (sqlite3.IntegrityError, psycopg.Error)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BackendIndex]:
+    """The same tests hold each backend to the same behaviour."""
+    if request.param == "sqlite":
+        embedded = SqliteIndex.open(tmp_path / "index.db")
+        yield embedded
+        embedded.close()
+        return
+    server = request.getfixturevalue("pg_database")
+    database = PostgresDatabase.open(server.url, password=server.password)
+    yield database.index
+    database.close()
+
+
+def sql(index: BackendIndex, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run SQL below the index (the attacker with database access), ``?`` placeholders on both."""
+    if isinstance(index, SqliteIndex):
+        return [tuple(row) for row in index.conn.execute(query, args).fetchall()]
+    cursor = index.conn.execute(query.replace("?", "%s").encode(), args)
+    return cursor.fetchall() if cursor.description else []
 
 
 @pytest.mark.parametrize("good", ["st-0001", "A", "a.b_c-d", "9" * 64])
@@ -35,7 +65,7 @@ def test_invalid_station_ids(bad: object) -> None:
         validate_station_id(bad)
 
 
-def test_enrol_revoke_and_re_enrol(index: SqliteIndex, station: FakeStation) -> None:
+def test_enrol_revoke_and_re_enrol(index: BackendIndex, station: FakeStation) -> None:
     assert index.station(station.station_id) is None
     enroll(index, station)
     record = index.station(station.station_id)
@@ -49,11 +79,11 @@ def test_enrol_revoke_and_re_enrol(index: SqliteIndex, station: FakeStation) -> 
     assert again is not None and again.active and again.key_id == new_key.key_id
     assert again.cert_sha256 == "d" * 64
     assert set(index.station_keys(station.station_id)) == {station.key.key_id, new_key.key_id}
-    events = index.conn.execute("SELECT event FROM enrolment_events ORDER BY id").fetchall()
+    events = sql(index, "SELECT event FROM enrolment_events ORDER BY id")
     assert [e[0] for e in events] == ["enrolled", "revoked", "enrolled"]
 
 
-def test_enrol_refuses_bad_arguments(index: SqliteIndex) -> None:
+def test_enrol_refuses_bad_arguments(index: BackendIndex) -> None:
     key = StationKey.generate()
     with pytest.raises(CentralIndexError):
         index.enroll_station("../x", key.public_key_b64, CERT_SHA)
@@ -65,7 +95,7 @@ def test_enrol_refuses_bad_arguments(index: SqliteIndex) -> None:
         index.revoke_station("nobody", "why")
 
 
-def test_readers(index: SqliteIndex) -> None:
+def test_readers(index: BackendIndex) -> None:
     index.enroll_reader("auditor1", CERT_SHA)
     reader = index.reader("auditor1")
     assert reader is not None and reader.active
@@ -75,7 +105,7 @@ def test_readers(index: SqliteIndex) -> None:
 
 
 def test_station_ledger_is_append_only_and_must_extend_the_head(
-    index: SqliteIndex, station: FakeStation
+    index: BackendIndex, station: FakeStation
 ) -> None:
     enroll(index, station)
     a = station.acquire(b"one")
@@ -85,18 +115,18 @@ def test_station_ledger_is_append_only_and_must_extend_the_head(
         index.insert_ledger_entries(station.station_id, entries[:2], "2024-01-01T00:00:00.000000Z")
     assert index.ledger_head(station.station_id) == (2, entries[1].hash)
     assert index.ledger_head("other") == (0, GENESIS_PREV)
-    with pytest.raises(sqlite3.IntegrityError, match="extend the head"), index.transaction():
+    with pytest.raises(REFUSED, match="extend the head"), index.transaction():
         index.insert_ledger_entries(station.station_id, entries[3:], "t")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"), index.transaction():
-        index.conn.execute("UPDATE station_ledger SET type = 'x'")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"), index.transaction():
-        index.conn.execute("DELETE FROM station_ledger")
+    with pytest.raises(REFUSED, match="append-only"), index.transaction():
+        sql(index, "UPDATE station_ledger SET type = 'x'")
+    with pytest.raises(REFUSED, match="append-only"), index.transaction():
+        sql(index, "DELETE FROM station_ledger")
     entry = index.ledger_entry(station.station_id, 1)
     assert entry == entries[0]
     assert [e.seq for e in index.ledger_entries(station.station_id, item=a.item)] == [1, 2]
 
 
-def _accept(index: SqliteIndex, station: FakeStation, leaf: int, **kwargs: str) -> str:
+def _accept(index: BackendIndex, station: FakeStation, leaf: int, **kwargs: str) -> str:
     acquired = station.acquire(f"content {leaf}".encode(), **kwargs)
     head = index.ledger_head(station.station_id)[0]
     with index.transaction():
@@ -106,24 +136,27 @@ def _accept(index: SqliteIndex, station: FakeStation, leaf: int, **kwargs: str) 
     return acquired.item
 
 
-def test_items_are_append_only_and_carry_their_metadata(index: SqliteIndex, station: FakeStation) -> None:
+def test_items_are_append_only_and_carry_their_metadata(index: BackendIndex, station: FakeStation) -> None:
     enroll(index, station)
     item = _accept(index, station, 0)
     record = index.item(item)
     assert record is not None and record.station == station.station_id and record.leaf_index == 0
     assert record.officer_no == "001234" and record.device_serial == "DSJ-0001"
     assert index.current_case(item)["case_number"] == "A-2024-001"
-    officer = index.conn.execute("SELECT officer_name FROM officers WHERE officer_no = '001234'").fetchone()
-    assert officer[0] == "张三"
-    assert index.conn.execute("SELECT count(*) FROM cases").fetchone()[0] == 1
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"), index.transaction():
-        index.conn.execute("UPDATE items SET sha256 = ?", ("0" * 64,))
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"), index.transaction():
-        index.conn.execute("DELETE FROM metadata_history")
+    assert sql(index, "SELECT officer_name FROM officers WHERE officer_no = '001234'") == [("张三",)]
+    assert sql(index, "SELECT count(*) FROM cases") == [(1,)]
+    with pytest.raises(REFUSED, match="append-only"), index.transaction():
+        sql(index, "UPDATE items SET sha256 = ?", ("0" * 64,))
+    with pytest.raises(REFUSED, match="append-only"), index.transaction():
+        sql(index, "DELETE FROM metadata_history")
+    # The control: a derived directory is upserted, in the database as through the index.
+    with index.transaction():
+        sql(index, "UPDATE officers SET officer_name = ? WHERE officer_no = '001234'", ("李四",))
+    assert sql(index, "SELECT officer_name FROM officers WHERE officer_no = '001234'") == [("李四",)]
 
 
 def test_tags_before_and_after_acceptance_fold_into_history(
-    index: SqliteIndex, station: FakeStation
+    index: BackendIndex, station: FakeStation
 ) -> None:
     enroll(index, station)
     acquired = station.acquire(b"tagged content")
@@ -146,7 +179,7 @@ def test_tags_before_and_after_acceptance_fold_into_history(
 
 
 def test_tag_from_another_station_is_not_applied(
-    index: SqliteIndex, station: FakeStation, other_station: FakeStation
+    index: BackendIndex, station: FakeStation, other_station: FakeStation
 ) -> None:
     enroll(index, station)
     item = _accept(index, station, 0)
@@ -156,7 +189,7 @@ def test_tag_from_another_station_is_not_applied(
     assert index.current_case(item)["case_number"] == "A-2024-001"
 
 
-def test_query_filters_and_cursor(index: SqliteIndex, station: FakeStation) -> None:
+def test_query_filters_and_cursor(index: BackendIndex, station: FakeStation) -> None:
     enroll(index, station)
     items = [
         _accept(index, station, n, case_number="C-1" if n % 2 else "C-2", officer_no=f"00{n % 3}",
@@ -180,14 +213,14 @@ def test_query_filters_and_cursor(index: SqliteIndex, station: FakeStation) -> N
     assert none == []
 
 
-def test_rejections_and_access_log_are_append_only(index: SqliteIndex) -> None:
+def test_rejections_and_access_log_are_append_only(index: BackendIndex) -> None:
     index.record_rejection(station="st", code="ledger_gap", detail="expected seq 5, found 7")
     index.log_access(reader="aud", what="content", item="i", query=None, remote="127.0.0.1")
     assert index.rejections()[0]["code"] == "ledger_gap"
     assert index.access_log()[0]["what"] == "content"
     for table in ("rejections", "access_log"):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"), index.transaction():
-            index.conn.execute(f"DELETE FROM {table}")
+        with pytest.raises(REFUSED, match="append-only"), index.transaction():
+            sql(index, f"DELETE FROM {table}")
 
 
 def test_reopen_keeps_everything(tmp_path: Path, station: FakeStation) -> None:

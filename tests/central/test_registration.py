@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import copy
 import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edge.central.postgres import PostgresDatabase
 from edge.central.registration import (
     RejectCode,
     Rejection,
@@ -21,7 +24,20 @@ from edge.custody.keyschedule import KEY_ROTATED, rotation_data
 from edge.custody.ledger import GENESIS_PREV, Ledger
 from edge.custody.manifest import sign_manifest
 from edge.custody.receipt import verify_receipt
-from tests.central.conftest import Acquired, CentralParts, FakeStation, enroll
+from tests.central.conftest import Acquired, CentralParts, FakeStation, enroll, make_central_parts
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def parts(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CentralParts]:
+    """The registrar on each backend: an acceptance (ledger rows, item rows, Merkle leaf, signed head) is
+    one transaction of the shared unit of work on both, and every refusal is the same."""
+    database = None
+    if request.param == "postgresql":
+        server = request.getfixturevalue("pg_database")
+        database = PostgresDatabase.open(server.url, password=server.password)
+    built = make_central_parts(tmp_path / "central", database=database)
+    yield built
+    built.index.close()
 
 
 def _body(parts: CentralParts, station: FakeStation, acquired: Acquired, *, after: int = 0,

@@ -58,7 +58,7 @@ async def test_checkpoints_are_time_stamped_and_verified(tmp_path: Path, tsa: Lo
         assert not await stamper.stamp_newest(session), "a stamped newest head is not stamped again"
         await _register(parts, station, b"second")
         assert await stamper.stamp_newest(session)
-    rows = parts.index.conn.execute(
+    rows = parts.sqlite_index.conn.execute(
         "SELECT tree_size, note, token FROM merkle_head_timestamps ORDER BY id").fetchall()
     assert [row[0] for row in rows] == [1, 2] and tsa.answered == 2
     for size, note, token in rows:
@@ -87,7 +87,7 @@ async def test_a_token_over_another_head_is_refused(
         for content in (b"one", b"two"):
             await _register(parts, station, content)
             assert await stamper.stamp_newest(session)
-    (first_note, _first_token), (_second_note, second_token) = parts.index.conn.execute(
+    (first_note, _first_token), (_second_note, second_token) = parts.sqlite_index.conn.execute(
         "SELECT note, token FROM merkle_head_timestamps ORDER BY id").fetchall()
     with pytest.raises(TimeStampError, match="does not verify"):
         verify_token(second_token, first_note.encode(), stamper.roots)
@@ -122,7 +122,7 @@ async def test_a_tsa_that_is_down_never_holds_up_the_log(tmp_path: Path, tsa: Lo
         # Asked again once the TSA is back.
         await tsa.start()
         assert await stamper.stamp_newest(session)
-    assert parts.index.conn.execute("SELECT count(*) FROM merkle_head_timestamps").fetchone()[0] == 1
+    assert parts.sqlite_index.conn.execute("SELECT count(*) FROM merkle_head_timestamps").fetchone()[0] == 1
     parts.index.close()
 
 
@@ -138,7 +138,7 @@ async def test_the_central_stamps_in_the_background(
     try:
         await _register(parts, station, b"stamped in the background")
         async with asyncio.timeout(10):
-            while not parts.index.conn.execute("SELECT 1 FROM merkle_head_timestamps").fetchone():
+            while not parts.sqlite_index.conn.execute("SELECT 1 FROM merkle_head_timestamps").fetchone():
                 await asyncio.sleep(0.02)
     finally:
         with pytest.raises(StopAsyncIteration):

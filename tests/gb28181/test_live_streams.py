@@ -44,9 +44,13 @@ def starts_at_key_frame(data: bytes) -> bool:
     at, _ = key_pack_at(data)
     return at == 0
 
+# Tests of a steady stream: a loaded machine may pause the simulator's pacing for more than a second,
+# which the default 1 s idle timeout of the rig would take for the device going away.
+STEADY_IDLE_S = 8.0
+
 
 async def test_ffmpeg_reads_the_channel_socket_into_an_mp4_segment(media: Path, tmp_path: Path) -> None:
-    async with live_env(media) as env:
+    async with live_env(media, idle_timeout_s=STEADY_IDLE_S) as env:
         await env.device()
         async with env.open() as handle:
             path = handle.socket_path
@@ -72,7 +76,7 @@ async def test_ffmpeg_reads_the_channel_socket_into_an_mp4_segment(media: Path, 
 
 
 async def test_two_consumers_get_the_same_bytes_from_one_play(media: Path) -> None:
-    async with live_env(media) as env:
+    async with live_env(media, idle_timeout_s=STEADY_IDLE_S) as env:
         device = await env.device()
         async with env.open() as handle:
             first_reader, first_writer = await asyncio.open_unix_connection(str(handle.socket_path))

@@ -16,6 +16,7 @@ the one pass that is copied and hashed reads the recorder itself, and so does an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from drivers.usb.mass_storage import parse_recorder_file_name
@@ -100,7 +101,8 @@ def path_bytes_fact(file: VolumeFile) -> dict[str, str]:
     return {} if file.path_is_utf8 else {"original_bytes_hex": file.raw_path.hex()}
 
 
-def file_origin(file: VolumeFile, session: SessionInfo, case_defaults: CaseDefaults) -> Origin:
+def file_origin(file: VolumeFile, session: SessionInfo, case_defaults: CaseDefaults,
+                assignment: Mapping[str, Any] | None = None) -> Origin:
     parsed = parse_recorder_file_name(file.name)
     original: dict[str, Any] = {
         "name": file.name,
@@ -134,12 +136,25 @@ def file_origin(file: VolumeFile, session: SessionInfo, case_defaults: CaseDefau
         },
         time=manifest_time(parsed.recorded_at.isoformat() if parsed else None, session),
         case=case_block(case_defaults, session, important=bool(parsed and parsed.important)),
-        facts={"session": session.session, "bay": session.bay, **path_bytes_fact(file)},
+        facts={"session": session.session, "bay": session.bay, **path_bytes_fact(file),
+               **assignment_facts(assignment)},
+        assignment=assignment,
     )
 
 
+def assignment_facts(assignment: Mapping[str, Any] | None) -> dict[str, Any]:
+    """For the item's `acquired` ledger entry: the assignment status and holder, so that a mismatch or a
+    recording no assignment covers is flagged in the ledger with the item, not only in its manifest."""
+    if assignment is None:
+        return {}
+    holder = assignment.get("holder")
+    return {"assignment_status": assignment.get("status"),
+            "assignment_holder": holder.get("officer_no") if isinstance(holder, Mapping) else None}
+
+
 def volume_item(
-    root: VolumeRoot, file: VolumeFile, session: SessionInfo, case_defaults: CaseDefaults
+    root: VolumeRoot, file: VolumeFile, session: SessionInfo, case_defaults: CaseDefaults,
+    assignment: Mapping[str, Any] | None = None,
 ) -> OfferedItem:
     device = session.identity.device_serial
     return OfferedItem(
@@ -147,7 +162,7 @@ def volume_item(
         name=file.name,
         display=file.display_path,
         size=file.size,
-        origin=file_origin(file, session, case_defaults),
+        origin=file_origin(file, session, case_defaults, assignment),
         open=file_opener(root, file, what=f"{device}:{file.display_path}"),
         reopen=file_opener(root, file, what=file.display_path),
     )

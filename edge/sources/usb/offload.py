@@ -58,6 +58,7 @@ from edge.ingest.store import StationStore, stored_extension
 from edge.observe.sink import NULL_SINK, RefusalClass, Refused, StatusSink
 from edge.runtime.slots import ConcurrencySlot
 from edge.sources.usb.enumerate import Listing, VolumeFile, list_volume
+from edge.sources.usb.holders import file_assignment, recorder_assignments
 from edge.sources.usb.identity import SessionInfo
 from edge.sources.usb.items import SOURCE_KIND, file_opener, volume_item
 from edge.sources.usb.mounted import VolumeRoot
@@ -271,7 +272,14 @@ class VolumeOffload:
         self.not_evidence = [f.display_path for f in listing.files if stored_extension(f.name) not in wanted]
         self._finish_interrupted_wipes({f.key for f in evidence})
         case_defaults = self.config.case_defaults_for(self.session.identity.officer_no)
-        offered = [volume_item(volume, f, self.session, case_defaults) for f in evidence]
+        equipment = self.config.equipment
+        held = recorder_assignments(self.store, self.device) if equipment.enabled else None
+        offered = [
+            volume_item(volume, f, self.session, case_defaults, None if held is None else file_assignment(
+                f, self.session, held, margin_s=equipment.clock_margin_s,
+                mass_storage_tz_offset_min=self.config.usb.mass_storage_tz_offset_min))
+            for f in evidence
+        ]
         ingested = await self.pipeline.ingest(
             self.source,
             offered,

@@ -32,6 +32,7 @@ from drivers.usb.recorder import (
 )
 from edge.config.station import StationConfig
 from edge.custody.ledger import EntryType, station_time_now
+from edge.equipment.checkout import return_recorder
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
@@ -275,6 +276,9 @@ class DockingSession:
     async def offload(
         self, session: SessionInfo, root: VolumeRoot, listing: Listing | None = None
     ) -> OffloadResult:
+        if self.config.equipment.enabled:
+            # Docking is the check-in (归还): the assignment closes before the files are bound to it.
+            return_recorder(self.store, session.identity.device_serial, bay=session.bay)
         self.repository.start_session(
             session.session,
             device_serial=session.identity.device_serial,

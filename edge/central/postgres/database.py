@@ -1,0 +1,90 @@
+"""One PostgreSQL database holds the central's index and its Merkle log, so one transaction covers both.
+
+:class:`PostgresDatabase` owns the connection (autocommit outside :meth:`transaction`, so a read outside
+one sees only committed units) and is the unit of work (:class:`edge.central.storage.UnitOfWork`) its
+index and log store are built on. Every transaction takes the log writer's advisory lock first: like SQLite's
+``BEGIN IMMEDIATE``, writers are serialised, here across every receiver process sharing the database, so
+two receivers can never interleave the read of the tree and the insert of a leaf or a signed head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import psycopg
+
+from edge.central.postgres.index import PostgresIndex
+from edge.central.postgres.log import PostgresLogStore
+from edge.central.postgres.migrations import apply_migrations
+
+__all__ = ["PostgresDatabase"]
+
+_CONNECT_TIMEOUT_S = 10
+
+
+class PostgresDatabase:
+    """A central database on PostgreSQL: the unit of work with the index and the Merkle log store on its
+    connection (one connection, used from the event loop as the SQLite one is; a snapshot opens its own)."""
+
+    errors: tuple[type[Exception], ...] = (psycopg.Error,)
+
+    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], where: str,
+                 reconnect: Callable[[], psycopg.Connection[tuple[object, ...]]]) -> None:
+        self.conn = conn
+        # host:port/database, never the password (the URL is validated to carry none; see open()).
+        self.where = where
+        self._reconnect = reconnect
+        self._index = PostgresIndex(self)
+        self._log_store = PostgresLogStore(self)
+
+    def __repr__(self) -> str:
+        return f"PostgresDatabase({self.where!r})"
+
+    @property
+    def index(self) -> PostgresIndex:
+        return self._index
+
+    @property
+    def log_store(self) -> PostgresLogStore:
+        return self._log_store
+
+    def reopen(self) -> PostgresDatabase:
+        """Another connection to the same database (a snapshot's, for a worker thread); no migration."""
+        return PostgresDatabase(self._reconnect(), self.where, self._reconnect)
+
+    @classmethod
+    def open(cls, url: str, *, password: str | None = None, application_name: str = "edge-central"
+             ) -> PostgresDatabase:
+        """Connect, bring the schema to this code's version (:func:`apply_migrations`) and return the
+        database. ``password`` comes from the configured secret reference, never from ``url``.
+        Raises ``psycopg.Error`` (connection) or :class:`~edge.central.postgres.migrations.SchemaError`."""
+
+        def connect() -> psycopg.Connection[tuple[object, ...]]:
+            # Keyword parameters are merged with the URL's (None is left out): the password never enters
+            # the URL.
+            return psycopg.connect(url, autocommit=True, application_name=application_name,
+                                   connect_timeout=_CONNECT_TIMEOUT_S, password=password)
+
+        conn = connect()
+        try:
+            apply_migrations(conn)
+            info = conn.info
+            where = f"{info.host}:{info.port}/{info.dbname}"
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, where, connect)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        with self.conn.transaction():
+            self.conn.execute("SELECT edge_log_writer_lock()")
+            yield self.conn
+
+    def transaction(self) -> AbstractContextManager[psycopg.Connection[tuple[object, ...]]]:
+        """BEGIN, the writer lock, ... COMMIT; rolled back on any exception. Never await inside it."""
+        return self._transaction()
+
+    def close(self) -> None:
+        self.conn.close()

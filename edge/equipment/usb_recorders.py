@@ -1,0 +1,154 @@
+"""The check-out desk's recorders, reached through the USB control protocol (drivers/usb).
+
+`UsbRecorderBench` finds the recorders docked in control mode, logs in, and reads what each claims
+(GetZFYInfo) and its status (battery, files); it writes an officer's identity (WriteZFYInfo), sets the
+clock when asked, and reads the identity back. The station's rules come in as a :class:`RecorderAccess`
+(`recorder_access_from_config` builds the one of a station configuration, with the allow-list rules of
+the offload session): the password is sent only to a device whose USB serial the allow-list pins (unless
+unknown recorders are allowed), and a recorder whose product serial the allow-list does not name is not
+issued.
+
+The driver is blocking (pyusb): every call runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.serial.dock import BayLed
+from drivers.usb.protocol import RecorderInfo, RecorderSettings
+from drivers.usb.recorder import (
+    DEFAULT_IDS,
+    RecorderDriver,
+    RecorderError,
+    RecorderHandle,
+    RecorderMode,
+    find_recorders,
+)
+from edge.config.station import StationConfig
+from edge.equipment.checkout import DockedRecorder, IdentityWriteError, IdentityWritten
+
+__all__ = ["ISSUED_LED", "RecorderAccess", "UsbRecorderBench", "recorder_access_from_config"]
+
+# The bay of the recorder just issued: the pattern that asks the officer to act (take it).
+ISSUED_LED = BayLed.ATTENTION
+
+
+@dataclass(frozen=True)
+class RecorderAccess:
+    """The station's rules for talking to a docked recorder."""
+
+    refusal_before_login: Callable[[str], str | None]  # usb_serial → why the password may not be sent
+    password_for: Callable[[str], str | None]  # usb_serial → the password, None if none configured
+    refusal_after_login: Callable[[str, str], str | None]  # (device_serial, usb_serial) → why not served
+    bay_for_port: Callable[[str], int | None]
+
+
+def recorder_access_from_config(config: StationConfig) -> RecorderAccess:
+    recorders = config.recorders
+
+    def before(usb_serial: str) -> str | None:
+        if recorders.allow_unknown or (usb_serial and recorders.entry_for_usb(usb_serial) is not None):
+            return None
+        return "its USB serial is pinned by no allow-list entry: the password was not sent"
+
+    def password(usb_serial: str) -> str | None:
+        entry = recorders.entry_for_usb(usb_serial) if usb_serial else None
+        ref = (entry.password if entry and entry.password else None) or recorders.default_password
+        return None if ref is None else ref.resolve()
+
+    def after(device_serial: str, usb_serial: str) -> str | None:
+        entry = recorders.entry(device_serial)
+        if entry is not None and entry.usb_serial and entry.usb_serial != usb_serial:
+            return f"answers on USB serial {usb_serial}, the allow-list pins {entry.usb_serial}"
+        if entry is None and not recorders.allow_unknown:
+            return "not on the station's allow-list"
+        return None
+
+    return RecorderAccess(before, password, after, config.bay_for_port)
+
+
+class UsbRecorderBench:
+    def __init__(self, backend: Any, access: RecorderAccess, *,
+                 set_led: Callable[[int | None, BayLed], Awaitable[None]] | None = None,
+                 ids: Iterable[tuple[int, int]] = DEFAULT_IDS) -> None:
+        self.backend = backend
+        self.access = access
+        self._set_led = set_led
+        self._ids = tuple(ids)
+
+    async def docked(self) -> list[DockedRecorder]:
+        handles = await asyncio.to_thread(find_recorders, self.backend, ids=self._ids)
+        found = []
+        for handle in handles:
+            if handle.mode is not RecorderMode.CONTROL:
+                continue  # offloading (mass storage) or a mass-storage-only model: not issued from here
+            found.append(await asyncio.to_thread(self._inspect, handle))
+        return found
+
+    def _inspect(self, handle: RecorderHandle) -> DockedRecorder:
+        port, usb_serial = handle.location.port_path, handle.usb_serial
+        bay = self.access.bay_for_port(port)
+        why = self.access.refusal_before_login(usb_serial)
+        password = None if why else self.access.password_for(usb_serial)
+        if why is None and password is None:
+            why = "no recorder password configured"
+        if why is not None or password is None:
+            return DockedRecorder(port, usb_serial, bay, problem=why)
+        try:
+            with RecorderDriver(handle, self.backend) as driver:
+                driver.login(password)
+                info = driver.info()
+                refusal = self.access.refusal_after_login(info.device_serial, usb_serial)
+                if refusal is not None:
+                    return DockedRecorder(port, usb_serial, bay, info.device_serial, claimed=info,
+                                          problem=refusal)
+                status = driver.status()
+        except RecorderError as exc:
+            return DockedRecorder(port, usb_serial, bay, problem=f"cannot be read: {exc}")
+        return DockedRecorder(port, usb_serial, bay, info.device_serial, status.battery_percent,
+                              status.file_count, info)
+
+    async def write_identity(self, recorder: DockedRecorder, info: RecorderInfo, *, set_clock: bool,
+                             settings: RecorderSettings | None = None) -> IdentityWritten:
+        return await asyncio.to_thread(self._write, recorder, info, set_clock, settings)
+
+    def _write(self, recorder: DockedRecorder, info: RecorderInfo, set_clock: bool,
+               settings: RecorderSettings | None) -> IdentityWritten:
+        handle = next((h for h in find_recorders(self.backend, ids=self._ids)
+                       if h.location.port_path == recorder.port and h.usb_serial == recorder.usb_serial
+                       and h.mode is RecorderMode.CONTROL), None)
+        if handle is None:
+            raise IdentityWriteError(f"no longer docked at {recorder.port}")
+        password = self.access.password_for(recorder.usb_serial)
+        if password is None:
+            raise IdentityWriteError("no recorder password configured")
+        try:
+            with RecorderDriver(handle, self.backend) as driver:
+                driver.login(password)
+                before = driver.info()
+                if before.device_serial != recorder.device_serial:
+                    raise IdentityWriteError(f"recorder {before.device_serial} is at {recorder.port} now, "
+                                             f"not {recorder.device_serial}")
+                settings_before = settings_read_back = None
+                if settings is not None:
+                    settings_before = driver.settings()
+                    driver.write_settings(settings)
+                    settings_read_back = driver.settings()
+                driver.write_info(info)
+                clock_set = False
+                if set_clock:
+                    driver.set_clock(int(time.time() * 1000), driver.clock().tz_offset_min)
+                    clock_set = True
+                read_back = driver.info()
+        except RecorderError as exc:
+            raise IdentityWriteError(str(exc)) from exc
+        return IdentityWritten(before, read_back, clock_set, settings_before, settings_read_back)
+
+    async def show_issued(self, recorder: DockedRecorder) -> None:
+        if self._set_led is not None and recorder.bay is not None:
+            await self._set_led(recorder.bay, ISSUED_LED)
