@@ -865,6 +865,14 @@ class ApiSection(StrictModel):
         False,
         description="Also serve /metrics on the TCP listener (for a Prometheus that cannot read a socket)",
     )
+    room_page_over_tcp: bool = Field(
+        False,
+        description="Also serve the room routes (GET /api/v1/rooms, POST /api/v1/rooms/ROOM/start|mark|"
+        "change|stop) on the TCP listener, for the room page (/rooms/) in a browser on this PC: authorised "
+        "by the uid owning the loopback peer's socket like the Unix socket (root, the store's owner, "
+        "operators_group), state changes only with this listener's own Origin and a JSON body; every other "
+        "operator route stays on the socket",
+    )
 
     @model_validator(mode="after")
     def _loopback_unless_allowed(self) -> ApiSection:

@@ -10,9 +10,11 @@ Routes (JSON unless said; shapes in the package docstring):
   GET  /api/v1/items/{item}      one item: case, manifest, ledger trail operator
   POST /api/v1/items/{item}/tags case fields: a signed `tagged` entry    operator
   GET  /metrics                  Prometheus text                        operator (kiosk with metrics_over_tcp)
-  GET  /api/v1/rooms, POST /api/v1/rooms/{room}/start|mark|change|stop   operator (edge.observe.room_api,
-                                 only on a station with [[rooms.room]])
+  GET  /api/v1/rooms, POST /api/v1/rooms/{room}/start|mark|change|stop   room (edge.observe.room_api,
+                                 only on a station with [[rooms.room]]): operator, and over loopback TCP
+                                 too with [api] room_page_over_tcp
   GET  /dock/...                 the dock screen (registered by its package with add_kiosk_page)   kiosk
+  GET  /rooms/...                the room page's files (edge.roompage; no data in them)   kiosk
 
 Authorisation, on every route (a route registered without an access level is refused to everyone):
 
@@ -21,7 +23,38 @@ Authorisation, on every route (a route registered without an access level is ref
   The socket file itself is 0660, owned by the store's owner and that group, so others cannot connect.
 * TCP: only the kiosk routes, read-only; everything else is 403 ("over the Unix socket only"). The
   listener binds to loopback unless ``allow_non_loopback`` says otherwise, and a peer that is not
-  loopback is refused unless it does.
+  loopback is refused unless it does. Two opt-ins widen it: ``metrics_over_tcp`` (/metrics) and
+  ``room_page_over_tcp`` (the room routes, below).
+* The room routes over TCP (``[api] room_page_over_tcp``, off by default) are for the room page
+  (``/rooms/``) in a browser on the room PC itself. They are authorised like the socket, by who the
+  caller is, never by where it connects from (every local user and every local process can reach
+  127.0.0.1): the peer must be loopback, its uid is the owner of its socket in /proc/net/tcp{,6}, and
+  that uid must be root, the store's owner or a member of ``operators_group``. TCP has no SO_PEERCRED
+  and no SO_PEERGROUPS, so the uid's groups come from the account database (its primary group and
+  ``getgrouplist``), as they stand at the request: a member removed from the group is refused at once
+  (on the socket only at its next connect), a member added is admitted without logging in again. The
+  caller is recorded as ``by`` as on the socket. The /proc row must be the peer's live socket: in state
+  ESTABLISHED and with an inode. A client that closes its socket at once after its request leaves an
+  orphan whose row the kernel prints with uid 0 (a time-wait or orphaned FIN-WAIT socket has no owner
+  left): taken at face value any local user would be root (measured before the check: every such
+  request by ``nobody`` read as uid 0). With no such row the uid is unknown and the request refused.
+  What the uid does not prove is which *program* of that user sent the request: any process the
+  operator runs can use the routes, as it can their socket; the browser is what needs more:
+* CSRF. Any web page the operator's browser opens, on any origin, can make the browser send a request
+  to 127.0.0.1 with the right Host header (it names the URL it sends to), and the peer's uid is then the
+  operator's. So a state-changing TCP request (anything but GET and HEAD) must carry an ``Origin`` that
+  is this listener's own (``http://127.0.0.1:PORT``, ``http://localhost:PORT``, ``http://[::1]:PORT``,
+  ``http://TCP_HOST:PORT``) and a ``Content-Type: application/json`` body: a cross-origin page can
+  neither forge the Origin (the browser sets it) nor send JSON without a CORS preflight, which this API
+  never answers (no ``Access-Control-*`` header is ever sent; an OPTIONS request is 405). No Origin, a
+  foreign or ``null`` one, or another content type is 403 with the reason, logged. A tool that is not a
+  browser must send the Origin too (``edge room`` uses the socket, where none of this applies).
+  A GET of the room status over TCP carries case data. Another origin can make the browser send it, but
+  cannot read the answer: reading a cross-origin response needs CORS, never sent here, and the answer
+  is JSON with ``nosniff`` and ``no-store`` (no script or style can load it). DNS rebinding, where the
+  other page's own name resolves to 127.0.0.1 and so makes it same-origin, is what the Host check stops.
+  As defence in depth a GET with an ``Origin`` or ``Sec-Fetch-Site`` saying it came from another origin
+  (or site) is refused too; a navigation typed by the user (``Sec-Fetch-Site: none``) is not.
 * TCP requests must name the listener in their ``Host`` header (``127.0.0.1:PORT``, ``localhost:PORT``,
   ``[::1]:PORT``, or the configured ``tcp_host:PORT``): anything else is 421, no Host 400. A web page on
   any origin that rebinds its own DNS name to 127.0.0.1 sends its own name as Host, so it cannot read
@@ -50,7 +83,7 @@ import stat
 import struct
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -84,6 +117,7 @@ class Access(StrEnum):
     KIOSK = "kiosk"  # read-only status for the dock screen: TCP and the socket
     OPERATOR = "operator"  # the socket only, authorised callers
     METRICS = "metrics"  # the socket; TCP too when [api] metrics_over_tcp
+    ROOM = "room"  # operator; loopback TCP too, same callers, when [api] room_page_over_tcp
 
 
 @dataclass(frozen=True)
@@ -94,9 +128,14 @@ class Caller:
     pid: int | None = None
     address: str | None = None
     groups: frozenset[int] = frozenset()  # supplementary groups at connect time (SO_PEERGROUPS)
+    # Where the groups come from: the kernel at connect time ("kernel"), or for a TCP peer the account
+    # database when the request is authorised ("accounts"; "" until then).
+    groups_from: str = "kernel"
 
     def describe(self) -> str:
-        return f"uid {self.uid} (pid {self.pid})" if self.channel == "unix" else f"tcp {self.address}"
+        if self.channel == "unix":
+            return f"uid {self.uid} (pid {self.pid})"
+        return f"tcp {self.address}" if self.uid is None else f"uid {self.uid} (tcp {self.address})"
 
 
 ACCESS = web.AppKey("access", dict[str, Access])
@@ -188,7 +227,23 @@ def _caller(request: web.Request) -> Caller:
     peer = transport.get_extra_info("peername") if transport is not None else None
     mine = transport.get_extra_info("sockname") if transport is not None else None
     uid = _tcp_peer_uid(peer, mine) if peer and mine else None
-    return Caller("tcp", uid=uid, address=str(peer[0]) if peer else None)
+    return Caller("tcp", uid=uid, address=str(peer[0]) if peer else None, groups_from="")
+
+
+def _with_account_groups(caller: Caller) -> Caller:
+    """A TCP caller with its uid's primary group and supplementary groups from the account database (TCP
+    has no SO_PEERCRED or SO_PEERGROUPS); a uid without an account has none."""
+    if caller.uid is None:
+        return caller
+    try:
+        account = pwd.getpwuid(caller.uid)
+    except KeyError:
+        return replace(caller, gid=None, groups=frozenset(), groups_from="accounts")
+    try:
+        groups = frozenset(os.getgrouplist(account.pw_name, account.pw_gid))
+    except OSError:
+        groups = frozenset()
+    return replace(caller, gid=account.pw_gid, groups=groups, groups_from="accounts")
 
 
 def _peer_groups(sock: socket.socket) -> frozenset[int]:
@@ -204,9 +259,16 @@ def _peer_groups(sock: socket.socket) -> frozenset[int]:
     return frozenset(struct.unpack(f"{count}I", raw[: count * 4]))
 
 
+# /proc/net/tcp's state column for an established connection (include/net/tcp_states.h).
+_TCP_ESTABLISHED = "01"
+
+
 def _tcp_peer_uid(peer: Any, mine: Any) -> int | None:
     """The uid owning a loopback TCP client's socket: its row in /proc/net/tcp{,6} has the peer's address
-    as local and ours as remote (a socket of this host; a remote peer has none)."""
+    as local and ours as remote (a socket of this host; a remote peer has none). Only a live socket's
+    row counts: ESTABLISHED and with an inode. A socket its process has closed (orphaned FIN-WAIT, or
+    time-wait) has no owner any more, and the kernel prints its uid as 0: a client that closes right
+    after sending its request would otherwise be read as root."""
     try:
         peer_ip, peer_port = ipaddress.ip_address(str(peer[0]).split("%")[0]), int(peer[1])
         my_ip, my_port = ipaddress.ip_address(str(mine[0]).split("%")[0]), int(mine[1])
@@ -219,7 +281,9 @@ def _tcp_peer_uid(peer: Any, mine: Any) -> int | None:
             next(rows, None)
             for row in rows:
                 cols = row.split()
-                if len(cols) > 7 and cols[1] == want_local and cols[2] == want_remote:
+                if len(cols) > 9 and cols[1] == want_local and cols[2] == want_remote:
+                    if cols[3] != _TCP_ESTABLISHED or cols[9] == "0":
+                        return None
                     return int(cols[7])
     except (OSError, ValueError):
         return None
@@ -250,7 +314,8 @@ def _in_group(caller: Caller, group: str) -> bool:
 
 
 def authorised(app: web.Application, caller: Caller, access: Access | None) -> str | None:
-    """Why ``caller`` may not use a route of ``access``, or None when it may."""
+    """Why ``caller`` may not use a route of ``access``, or None when it may. A TCP caller of a room route
+    must have had its groups read from the account database (:func:`_with_account_groups`)."""
     settings = app[SETTINGS]
     if access is None:
         return "this route has no access rule"
@@ -259,7 +324,17 @@ def authorised(app: web.Application, caller: Caller, access: Access | None) -> s
             return "the dock screen listener serves loopback only"
         if access is Access.KIOSK or (access is Access.METRICS and settings.metrics_over_tcp):
             return None
-        return "served over the station's Unix socket only"
+        if access is not Access.ROOM:
+            return "served over the station's Unix socket only"
+        if not settings.room_page_over_tcp:
+            return ("the room routes are served over the station's Unix socket only ([api] "
+                    "room_page_over_tcp is off)")
+        if not _loopback(caller.address):
+            return "the room routes are served to this PC's own users only (a loopback peer)"
+        if caller.uid is None:
+            return "the local user of this connection cannot be determined (no live socket of it in /proc)"
+        if caller.groups_from != "accounts":
+            return "the caller's groups were not read"
     if caller.uid == 0 or caller.uid == app[OWNER_UID]:
         return None
     if settings.operators_group and _in_group(caller, settings.operators_group):
@@ -284,13 +359,52 @@ async def _authorise(request: web.Request, handler: Handler) -> web.StreamRespon
     access = request.app[ACCESS].get(resource.canonical) if resource is not None else None
     if resource is None:  # no such route: nothing to authorise, nothing to show
         return await handler(request)
+    if caller.channel == "tcp" and access is Access.ROOM and request.app[SETTINGS].room_page_over_tcp:
+        # (The account database may be slow, LDAP say: off the event loop.)
+        caller = await asyncio.get_running_loop().run_in_executor(None, _with_account_groups, caller)
     refusal = authorised(request.app, caller, access)
+    if refusal is None and caller.channel == "tcp":
+        refusal = cross_origin_refusal(request)
     if refusal is not None:
         log.info("local API: %s refused %s %s: %s", caller.describe(), request.method,
                  printable(request.path)[:200], refusal)
         raise web.HTTPForbidden(text=json.dumps({"error": refusal}), content_type="application/json")
     request[CALLER] = caller
     return await handler(request)
+
+
+# What Sec-Fetch-Site may say of a TCP GET of operator data: the page's own origin, or the user's own
+# navigation (typing the URL). "same-site" is not enough: 127.0.0.1 on another port is the same site.
+_OWN_FETCH_SITES = {"same-origin", "none"}
+
+
+def cross_origin_refusal(request: web.Request) -> str | None:
+    """Why a TCP request may have come from a page on another origin (CSRF), or None. A request that
+    changes state must carry this listener's own Origin and a JSON body; a GET of operator data must not
+    say it came from elsewhere. Kiosk GETs (no data the operator's browser could leak) pass as before."""
+    own = {f"http://{host}" for host in request.app[TCP_HOSTS]}
+    origin = request.headers.get("Origin")
+    if request.method in ("GET", "HEAD"):
+        access = request.app[ACCESS].get(request.match_info.route.resource.canonical) \
+            if request.match_info.route.resource is not None else None
+        if access is Access.KIOSK:
+            return None
+        if origin is not None and origin.lower() not in own:
+            return f"a read from another origin ({printable(origin)[:100]}) is not served"
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site.lower() not in _OWN_FETCH_SITES:
+            return f"a read requested by another site (Sec-Fetch-Site: {printable(site)[:40]}) is not served"
+        return None
+    if origin is None:
+        return ("a change over TCP needs the Origin header of this listener's own page (a cross-site "
+                "request forgery guard)")
+    if origin.lower() not in own:
+        return (f"a change from another origin ({printable(origin)[:100]}) is refused: only this "
+                "listener's own page may make one")
+    if request.content_type != "application/json":
+        return (f"a change over TCP must be sent as application/json, not "
+                f"{printable(request.content_type)[:60] or 'no content type'}")
+    return None
 
 
 def _check_host(request: web.Request, caller: Caller) -> None:

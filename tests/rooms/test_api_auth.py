@@ -1,7 +1,7 @@
 """The room routes of the local API are authorised like every operator route: a caller who is neither
 root, the store's owner nor an operator (a real process running as `nobody`) is refused on each, and
 nothing reaches the ledger; the control, root on the same socket, gets through. Over TCP they are not
-served at all."""
+served at all unless ``[api] room_page_over_tcp`` says so (tests/rooms/test_room_page_tcp.py)."""
 
 from __future__ import annotations
 
