@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import stat
 import time
@@ -38,6 +39,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge.custody.text import printable
 from edge.durable.files import make_dirs_durable
@@ -190,8 +192,7 @@ async def capture_run(
                     await process.wait()
         if ended is None:
             await drain  # every line ffmpeg wrote before it exited
-            tail = " | ".join(printable(line) for line in stderr)
-            ended = f"ffmpeg exited with status {process.returncode}" + (f": {tail}" if tail else "")
+            ended = describe_exit(process.returncode, list(stderr))
     finally:
         await _stop(process, stop_timeout_s)
         drain.cancel()
@@ -265,6 +266,34 @@ def station_spans(
         spans.append((at, max(at, end)))
         at = max(at, end)
     return spans
+
+
+_FFMPEG_CONTEXT = re.compile(r"\[([A-Za-z0-9_:-]{1,32}) @ 0x[0-9a-f]{1,16}\]")
+
+
+def describe_exit(returncode: int | None, stderr: Sequence[str]) -> str:
+    """Why ffmpeg ended, for a gap's reason (the operator reads it on the page, the court on the ledger):
+    its status, or the signal that killed it by name, then its last warnings, each once (ffmpeg repeats a
+    warning for every packet) and without its memory addresses (``[mp4 @ 0x55d0...]`` is ``[mp4]``)."""
+    if returncode is not None and returncode < 0:
+        try:
+            head = f"ffmpeg was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            head = f"ffmpeg was killed by signal {-returncode}"
+    else:
+        head = f"ffmpeg exited with status {returncode}"
+    lines: list[list[Any]] = []  # [text, repeats]
+    for raw in stderr:
+        text = _FFMPEG_CONTEXT.sub(lambda m: f"[{m[1]}]", printable(raw).strip())
+        if not text:
+            continue
+        same = next((line for line in lines if line[0] == text), None)
+        if same is not None:
+            same[1] += 1
+        else:
+            lines.append([text, 1])
+    shown = [text if count == 1 else f"{text} (x{count})" for text, count in lines[-3:]]
+    return head + (f": {' | '.join(shown)}" if shown else "")
 
 
 def write_station_times(run_dir: Path, name: str, start_ns: int, end_ns: int) -> None:
