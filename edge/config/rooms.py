@@ -404,7 +404,8 @@ class RoomsSection(StrictModel):
     )
     stale_margin_s: float = Field(
         5.0, gt=0, le=600,
-        description="A source with no new segment for segment_time_s + this is restarted (a gap)",
+        description="A source with no new segment and no progress from its ffmpeg (frames muxed) for "
+        "segment_time_s + this is restarted (a gap); a segment open for 10 times that too",
     )
     late_start_gap_s: float = Field(
         2.0, ge=0.5, le=60,

@@ -366,10 +366,15 @@ class SessionRecording:
         loop = asyncio.get_running_loop()
         open_since = loop.time()  # when the open segment began (as far as listing tells)
         open_limit_s = OPEN_SEGMENT_FACTOR * self.liveness_timeout_s
+        # Whether progress last came while the open segment was past its limit (then it kept nobody alive).
+        # Judged as progress comes, not at the cancellation: stopping ffmpeg closes and lists that segment.
+        over_limit = False
 
         def progressed() -> None:
             # ffmpeg muxed more frames: the camera is not silent, its segment closes at its next key frame.
-            if loop.time() - open_since < open_limit_s:
+            nonlocal over_limit
+            over_limit = loop.time() - open_since >= open_limit_s
+            if not over_limit:
                 liveness.beat()
 
         def closed(segment: ClosedSegment) -> None:
@@ -404,7 +409,7 @@ class SessionRecording:
             if not self._stop.is_set():  # the supervisor found it silent
                 self._open_gap(source, started_ns, (
                     f"a segment open for more than {open_limit_s:g} s (no key frame from the source?): "
-                    "ffmpeg stopped and restarted" if loop.time() - open_since >= open_limit_s else
+                    "ffmpeg stopped and restarted" if over_limit else
                     f"no new segment for more than {self.liveness_timeout_s:g} s and no progress from "
                     "ffmpeg meanwhile: ffmpeg stopped and restarted" if first_segment.is_set() else
                     f"no first segment within {self.settings.start_grace_s + self.liveness_timeout_s:g} s "
