@@ -91,7 +91,8 @@ class ReadingTaken:
 
 @dataclass(frozen=True)
 class EventsLost:
-    """Event numbers skipped: presses or readings that never arrived (noise, a bad checksum)."""
+    """Presses or readings that never reached the consumer: event numbers skipped on the line (noise, a
+    bad checksum), or inputs the driver dropped because its queue was full (the consumer lagged)."""
 
     count: int
     detail: str
@@ -169,6 +170,8 @@ class RoomPanelDriver:
         self._last_event_seq: int | None = None  # None until the first PING tells us where the panel is
         self._lamp: Lamp | None = None
         self._queue: collections.deque[PanelInput] = collections.deque()
+        # Inputs dropped since the queue filled, told (EventsLost) as soon as the consumer frees a slot.
+        self._overflow = 0
         self._queue_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reader_stop = threading.Event()
@@ -303,7 +306,9 @@ class RoomPanelDriver:
     async def _next_input(self) -> PanelInput:
         while True:
             if self._queue:
-                return self._queue.popleft()
+                item = self._queue.popleft()
+                self._tell_overflow()
+                return item
             if self._lost is not None:
                 raise PanelConnectionLost(str(self._lost)) from self._lost
             if self._closed:
@@ -459,7 +464,7 @@ class RoomPanelDriver:
     def _missed(self, count: int, detail: str) -> None:
         self.stats.lost_events += count
         log.warning("room panel %s: %d event(s) lost: %s", self._name, count, detail)
-        self._publish(EventsLost(count, detail))
+        self._publish(EventsLost(count, f"skipped on the line: {detail}"))
 
     def _on_boot(self, event: BootEvent) -> None:
         identity = self._identity
@@ -483,10 +488,23 @@ class RoomPanelDriver:
 
     def _publish(self, item: PanelInput) -> None:
         if len(self._queue) >= self._queue_size:
+            # The bound stays (a storm of presses must not grow memory), but the loss is told: the slot
+            # the consumer frees next carries an EventsLost with the count, in order after what it has.
+            if not self._overflow:
+                log.warning("room panel %s: input queue full (%d): inputs dropped until the consumer "
+                            "catches up", self._name, self._queue_size)
             self.stats.dropped_inputs += 1
+            self._overflow += 1
             return
         self._queue.append(item)
         self._queue_changed.set()
+
+    def _tell_overflow(self) -> None:
+        if self._overflow and len(self._queue) < self._queue_size:
+            count, self._overflow = self._overflow, 0
+            log.warning("room panel %s: %d input(s) dropped while the queue was full", self._name, count)
+            self._queue.append(EventsLost(count, f"dropped by the driver: its queue of {self._queue_size} "
+                                                 "was full, the consumer lagged"))
 
     def _lose(self, lost: PanelConnectionLost) -> None:
         if self._lost is not None or self._closed:

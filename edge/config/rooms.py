@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from edge.config.base import IDENTIFIER, SecretRef, StrictModel
 from edge.config.room_composite import RoomCompositeConfig, check_composite
+from edge.config.serial_lines import check_serial_lines_apart
 
 # ffmpeg option names (without the dash) an input may carry: `-video_size`, `-rtsp_transport`, ...
 _OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -403,7 +404,8 @@ class RoomsSection(StrictModel):
     )
     stale_margin_s: float = Field(
         5.0, gt=0, le=600,
-        description="A source with no new segment for segment_time_s + this is restarted (a gap)",
+        description="A source with no new segment and no progress from its ffmpeg (frames muxed) for "
+        "segment_time_s + this is restarted (a gap); a segment open for 10 times that too",
     )
     late_start_gap_s: float = Field(
         2.0, ge=0.5, le=60,
@@ -456,19 +458,16 @@ class RoomsSection(StrictModel):
             raise ValueError("room ids must be unique")
         if self.restart_backoff_max_s < self.restart_backoff_initial_s:
             raise ValueError("restart_backoff_max_s must be >= restart_backoff_initial_s")
-        # Each serial line is opened exclusively by one driver: two users of one port would fight.
-        ports: dict[str, str] = {}
-        for room in self.room:
-            for kind, device in (("panel", room.panel), ("ptz", room.ptz)):
-                if device is None:
-                    continue
-                user = f"room {room.id} {kind}"
-                if device.port in ports:
-                    raise ValueError(f"{user} and {ports[device.port]} use the same port {device.port}")
-                ports[device.port] = user
+        # Each serial line is opened exclusively by one driver: two users of one line would fight.
+        check_serial_lines_apart(self.serial_ports())
         if self.space_critical_minutes >= self.space_warn_minutes:
             raise ValueError("space_critical_minutes must be < space_warn_minutes")
         return self
+
+    def serial_ports(self) -> list[tuple[str, str]]:
+        """(user, port) of every serial device of the rooms (panels and PTZ buses)."""
+        return [(f"room {room.id} {kind}", device.port) for room in self.room
+                for kind, device in (("panel", room.panel), ("ptz", room.ptz)) if device is not None]
 
     def room_by_id(self, room_id: str) -> RoomConfig | None:
         return next((r for r in self.room if r.id == room_id), None)

@@ -23,6 +23,7 @@ from edge.config.base import (
     read_config_text,
 )
 from edge.config.rooms import RoomsSection
+from edge.config.serial_lines import check_serial_lines_apart
 
 
 class StationSection(StrictModel):
@@ -985,6 +986,13 @@ class StationConfig(StrictModel):
             raise ValueError("bay numbers must be unique")
         if len(set(ports)) != len(ports):
             raise ValueError("bay usb_port values must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _serial_lines_apart(self) -> StationConfig:
+        # The dock controller and the rooms' panels and PTZ buses on one PC: one driver per line.
+        dock = [("dock controller ([dock] port)", self.dock.port)] if self.dock.port else []
+        check_serial_lines_apart(dock + self.rooms.serial_ports())
         return self
 
     @model_validator(mode="after")

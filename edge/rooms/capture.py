@@ -47,6 +47,7 @@ from typing import Any
 from edge.custody.text import printable
 from edge.durable.files import make_dirs_durable
 from edge.rooms.argv import SEGMENT_LIST, redact_url_userinfo
+from edge.rooms.progress import read_progress, with_progress
 from edge.rooms.segments import SEGMENT_NAME, ListedSegment, SegmentListError, SegmentListReader
 
 log = logging.getLogger(__name__)
@@ -139,12 +140,14 @@ async def capture_run(
     anchor_ns: int | None = None,
     redact: Callable[[str], str] = redact_url_userinfo,
     report_stalls: bool = True,
+    on_progress: Callable[[], None] | None = None,
 ) -> None:
     """Run ffmpeg until it ends (CaptureEnded) or this is cancelled; see the module docstring.
     `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started). `redact`:
     applied to every line of ffmpeg's stderr as it is read (a URL's password never leaves this run).
     `report_stalls`: a stall before a segment (:func:`stall_before`) is handed over with it
-    (`stalled_from_ns`) and the segment keeps its stream-true span; else the segment takes up the slack."""
+    (`stalled_from_ns`) and the segment keeps its stream-true span; else the segment takes up the slack.
+    `on_progress`: called whenever ffmpeg's progress report shows it muxed more (:mod:`.progress`)."""
     make_dirs_durable(run_dir)  # private (0700), like the rest of the store
     anchor = anchor_ns if anchor_ns is not None else _now_ns()
     last_end_s = 0.0
@@ -152,9 +155,9 @@ async def capture_run(
     listed: set[str] = set()
     stderr: deque[str] = deque(maxlen=STDERR_LINES)
     process = await asyncio.create_subprocess_exec(
-        *argv,
+        *(argv if on_progress is None else with_progress(argv)),
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL if on_progress is None else asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
@@ -164,6 +167,11 @@ async def capture_run(
     if on_started is not None:
         on_started(process.pid)
     drain = asyncio.create_task(_keep_stderr(process, stderr, redact), name=f"ffmpeg-stderr-{process.pid}")
+    progress: asyncio.Task[None] | None = None
+    if on_progress is not None:
+        assert process.stdout is not None
+        progress = asyncio.create_task(read_progress(process.stdout, on_progress),
+                                       name=f"ffmpeg-progress-{process.pid}")
 
     anchored = False
     last_end_ns: int | None = None  # station time the last listed segment ended
@@ -221,7 +229,9 @@ async def capture_run(
     finally:
         await _stop(process, stop_timeout_s)
         drain.cancel()
-        await asyncio.gather(drain, return_exceptions=True)
+        if progress is not None:
+            progress.cancel()
+        await asyncio.gather(drain, *([progress] if progress is not None else []), return_exceptions=True)
         with contextlib.suppress(SegmentListError):
             hand_over(*reader.read_new())
         why = ended or "ffmpeg was stopped before it closed this segment"

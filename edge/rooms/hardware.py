@@ -13,7 +13,8 @@ code as a request from the station's page.
   any does not (a gap, or a source still starting). Re-computed every ``LAMP_PERIOD_S`` from the service.
 * The panel going away and coming back are `device_removed` / `device_connected` entries (one per
   change, not per reconnection attempt); recording goes on regardless. Lost panel events (a press the
-  line swallowed) are an `error` entry: the operator sees the lamp not change and presses again.
+  line swallowed, or one the driver dropped from its full queue while this task lagged, e.g. during a
+  STOP) are an `error` entry with their count: the operator sees the lamp not change and presses again.
 * The sensor's readings are kept per session (latest, range, count) in :meth:`status`, for operators;
   each reading becomes the composite overlay's extra line (``RoomService.set_overlay_line``), cleared
   when the panel goes away; :meth:`environment` is the latest reading alone.
@@ -219,7 +220,7 @@ class RoomHardware:
                 self.events_lost += item.count
                 await self._record(EntryType.ERROR, {
                     "stage": "room-panel", "room": self.room.id, "panel_serial": driver.identity.panel_serial,
-                    "reason": f"{item.count} panel event(s) lost on the line ({item.detail}): a button "
+                    "reason": f"{item.count} panel event(s) lost ({item.detail}): a button "
                               "press may not have been acted on",
                 })
             elif isinstance(item, PanelRestarted):

@@ -3,11 +3,15 @@
 :class:`SessionRecording` runs one recorder task per source of the room under its own
 :class:`~edge.runtime.supervise.Supervisor` (the house supervisor: factory, backoff, liveness). A recorder
 task is one ffmpeg run (:func:`edge.rooms.capture.capture_run`); it marks itself alive at every segment
-the list names, so the liveness timeout (``segment_time_s + stale_margin_s``) judges the source by the age
-of its last segment, not only by its process: an ffmpeg that runs but writes nothing is cancelled (and
-stopped) like one that died, and the supervisor starts a fresh run after its backoff. Until its first
-segment a run has ``start_grace_s`` more (:func:`_start_grace`): starting up is not silence. The other
-sources' tasks are untouched.
+the list names and whenever ffmpeg's progress report shows it muxed more (:mod:`edge.rooms.progress`), so
+the liveness timeout (``segment_time_s + stale_margin_s``) judges the source by what ffmpeg does, not
+only by its process: an ffmpeg that runs but takes nothing in is cancelled (and stopped) like one that
+died, and the supervisor starts a fresh run after its backoff. A camera whose key frames are further
+apart than the timeout (a long GOP: with stream copy a segment can close only at a key frame) is not
+silent while its frames arrive; but a segment open for more than ``OPEN_SEGMENT_FACTOR`` liveness
+timeouts (a camera that sends no key frame: fragmented MP4 keeps the frames in memory) ends the run all
+the same. Until its first segment a run has ``start_grace_s`` more (:func:`_start_grace`): starting up is
+not silence. The other sources' tasks are untouched.
 
 Per source, one sealer task takes, in order, what its recorder produced: closed segments (sealed through
 :class:`~edge.rooms.sealing.SegmentSealer`) and gap events. A run that ends for any reason but the
@@ -101,6 +105,10 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 15.0
 PROBE_SHARE = 0.6  # of the liveness timeout, for all of a run's probes together
+# ffmpeg's progress keeps a run alive while its open segment is younger than this many liveness timeouts
+# (150 s under the defaults: a GOP of two minutes). Longer, and the frames since the last key frame are
+# held in ffmpeg's memory, not on disk (fragmented MP4 flushes at key frames): the run ends, a gap.
+OPEN_SEGMENT_FACTOR = 10
 LATENCIES_KEPT = 1000
 # A source's first media later than this after it was started is an unrecorded start: a gap.
 LATE_START_REASON = "source-late-start"
@@ -371,10 +379,26 @@ class SessionRecording:
                            video_only=config.gb28181 is not None)
         argv = (source.argv or segment_argv)(self.settings.ffmpeg, inputs, plan, run_dir)
 
+        loop = asyncio.get_running_loop()
+        open_since = loop.time()  # when the open segment began (as far as listing tells)
+        open_limit_s = OPEN_SEGMENT_FACTOR * self.liveness_timeout_s
+        # Whether progress last came while the open segment was past its limit (then it kept nobody alive).
+        # Judged as progress comes, not at the cancellation: stopping ffmpeg closes and lists that segment.
+        over_limit = False
+
+        def progressed() -> None:
+            # ffmpeg muxed more frames: the camera is not silent, its segment closes at its next key frame.
+            nonlocal over_limit
+            over_limit = loop.time() - open_since >= open_limit_s
+            if not over_limit:
+                liveness.beat()
+
         def closed(segment: ClosedSegment) -> None:
+            nonlocal open_since
             if segment.stalled_from_ns is not None and source.gap_from_ns is None:
                 self._stalled(source, segment)
             if segment.partial is None:
+                open_since = loop.time()
                 liveness.beat()
                 first_segment.set()
                 if source.gap_from_ns is None and source.last_end_ns is None:
@@ -397,15 +421,17 @@ class SessionRecording:
             # A GB/T 28181 channel's stalls are told by its live layer (_live_event), each a gap already.
             await capture_run(argv, run_dir, closed, stop_timeout_s=self.settings.stop_timeout_s,
                               on_started=started, anchor_ns=started_ns, redact=redact,
-                              report_stalls=source.gb is None)
+                              report_stalls=source.gb is None, on_progress=progressed)
         except CaptureEnded as exc:
             self._open_gap(source, started_ns, redact(str(exc)))
             raise
         except asyncio.CancelledError:
             if not self._stop.is_set():  # the supervisor found it silent
                 self._open_gap(source, started_ns, (
-                    f"no new segment for more than {self.liveness_timeout_s:g} s: ffmpeg stopped "
-                    "and restarted" if first_segment.is_set() else
+                    f"a segment open for more than {open_limit_s:g} s (no key frame from the source?): "
+                    "ffmpeg stopped and restarted" if over_limit else
+                    f"no new segment for more than {self.liveness_timeout_s:g} s and no progress from "
+                    "ffmpeg meanwhile: ffmpeg stopped and restarted" if first_segment.is_set() else
                     f"no first segment within {self.settings.start_grace_s + self.liveness_timeout_s:g} s "
                     "of the start (start_grace_s + segment_time_s + stale_margin_s): ffmpeg stopped and "
                     "restarted"))
