@@ -1,0 +1,62 @@
+"""Review 23 (#9): a room microphone that cannot be opened (busy: another program holds the ALSA device;
+unplugged; its card gone after a USB reset) takes the camera recorded beside it down for as long as it
+lasts.
+
+A source is one ffmpeg over all its inputs (edge.rooms.argv.segment_argv), and the shipped example
+(config/station.toml, source "overview") is a V4L2 camera *and* the room microphone. ffmpeg cannot open an
+input, so it exits at once; the supervisor restarts it every restart_backoff_max_s, each time refused: the
+overview camera, which works, records nothing for the rest of the session, and the gap says "ffmpeg
+exited ... cannot open audio device". A fault of the microphone costs the picture (and the other way
+round: a camera that fails takes the sound). Evidence that could have been recorded is not.
+
+Real ffmpeg with a real ALSA input (a card that is not there: the same open error as a busy or unplugged
+one) beside a generated camera. Control: the camera alone records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from edge.ingest.pipeline import IngestPipeline
+from edge.ingest.store import StationStore
+from edge.rooms.recording import SessionRecording
+from edge.rooms.session import new_session
+from edge.rooms.state import SessionFiles
+from tests.rooms.conftest import STATION, LedgerWatch, rooms_config
+
+pytestmark = pytest.mark.usefixtures("ffmpeg")
+
+CAMERA: dict[str, Any] = {"format": "lavfi", "url": "testsrc2=size=160x120:rate=25", "realtime": True}
+MICROPHONE: dict[str, Any] = {"format": "alsa", "url": "hw:CARD=EvidenceEdgeNoMic,DEV=0"}
+
+
+@pytest.mark.parametrize("with_microphone", [False, True])
+async def test_a_microphone_that_cannot_be_opened_does_not_take_the_camera_down(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, with_microphone: bool
+) -> None:
+    inputs = [CAMERA, MICROPHONE] if with_microphone else [CAMERA]
+    config = rooms_config({"id": "overview", "name": "全景", "codec": "encode", "input": inputs})
+    files = SessionFiles(store.layout.root)
+    files.prepare()
+    session = new_session(room="xw-1", room_name="第一询问室", address="文三路 100 号",
+                          fields={"case_number": "A3301062026000123", "collector": "张三",
+                                  "subject": "询问过程"},
+                          started_utc="2026-12-05T10:00:00.000000Z", started_by="operator")
+    recording = SessionRecording(session, config.room[0], config, pipeline, files, station_id=STATION)
+    task = asyncio.create_task(recording.run())
+    try:
+        with contextlib.suppress(TimeoutError):
+            await watch.until(lambda: len(watch.of("segment_sealed", source="overview")) >= 3, timeout_s=30)
+    finally:
+        runs = recording.sources["overview"].runs
+        recording.stop()
+        await asyncio.wait_for(task, 60)
+    sealed = len(watch.of("segment_sealed", source="overview"))
+    reasons = sorted({e.data["reason"][-120:] for e in watch.of("gap", source="overview")})
+    assert sealed >= 3, (
+        f"the overview camera recorded {sealed} segment(s) in 30 s ({runs} ffmpeg runs) because its "
+        f"microphone could not be opened: {reasons}")
