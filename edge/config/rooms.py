@@ -87,7 +87,8 @@ URL_PARAMETER = re.compile(r"(?:^|(?<=[/?&;_]))([A-Za-z]+)=((?:(?!_[A-Za-z]+=)[^
 # the camera's USB serial or model, or by the port it is plugged into) and ALSA's card names. The kernel's
 # numbers (/dev/video0, hw:1,0) go to whichever device the kernel finds first.
 V4L2_FORMATS = frozenset({"v4l2", "video4linux2"})
-LOCAL_CAPTURE_FORMATS = V4L2_FORMATS | {"alsa"}
+# Each alone in its source (RoomSourceConfig): one device that cannot be opened stops its whole ffmpeg.
+LOCAL_CAPTURE_FORMATS = V4L2_FORMATS | {"alsa", "pulse"}
 _STABLE_V4L2 = re.compile(r"^/dev/v4l/by-(id|path)/[A-Za-z0-9._:+-]{1,200}$")
 _STABLE_ALSA = re.compile(
     r"^(hw|plughw|dsnoop|sysdefault|front):CARD=[A-Za-z0-9_-]{1,32}(,DEV=[0-9]{1,2})?$")
@@ -298,13 +299,15 @@ class RoomSourceConfig(StrictModel):
         if self.gb28181 is None and not self.input:
             raise ValueError(f"source {self.id}: needs at least one input, or a gb28181 channel")
         devices = [n for n, spec in enumerate(self.input, 1) if spec.format in LOCAL_CAPTURE_FORMATS]
-        if len(devices) > 1:
+        if devices and len(self.input) > 1:
             raise ValueError(
-                f"source {self.id}: inputs {devices} are two local capture devices in one source, one "
-                "ffmpeg: a device that cannot be opened (busy, unplugged, its card gone after a USB reset) "
-                "stops the other with it for as long as it lasts. Give each device a source of its own "
-                "(the camera one, its microphone another: both are recorded, sealed and synchronised by "
-                "the session alike)")
+                f"source {self.id}: a local capture device ("
+                + ", ".join(f"input {n} {self.input[n - 1].format}" for n in devices)
+                + ") beside other inputs, and a source is one ffmpeg: a device that cannot be "
+                "opened (busy, unplugged, its card gone after a USB reset) stops the other inputs with it "
+                "for as long as it lasts, and the other way round. Give each capture device a source of "
+                "its own (the camera one, its microphone another: the session records, seals and times "
+                "both alike); a network camera's own sound is one input and needs nothing")
         return self
 
 
