@@ -59,6 +59,7 @@ FEED_PACKET_BYTES = 1316
 # The composite's receive queue (ffmpeg's fifo_size counts 188-byte packets: about 50 MB), so that a
 # busy composite drops feed packets rather than make anything wait.
 FEED_FIFO_PACKETS = 262_144
+FEED_PROBE = {"probesize": "1000000", "analyzeduration": "1500000"}
 
 
 def free_loopback_port() -> int:
@@ -88,7 +89,9 @@ class Feeds:
         """The composite's input reading `source_id`'s feed."""
         url = (f"udp://{FEED_HOST}:{self.ports[source_id]}?fifo_size={FEED_FIFO_PACKETS}"
                "&overrun_nonfatal=1")
-        return RoomInputConfig.model_validate({"format": "mpegts", "url": url})
+        # A short probe: the feed is the station's own MPEG-TS, and every second of it probed is a second
+        # the composite starts late.
+        return RoomInputConfig.model_validate({"format": "mpegts", "url": url, "options": FEED_PROBE})
 
 
 @dataclasses.dataclass(frozen=True)
