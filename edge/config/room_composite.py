@@ -139,8 +139,9 @@ def check_composite(
                              f"has {count} input(s)")
         if source.gb28181 is None:
             if carries_video(source.input[video]) is False:
-                raise ValueError(f"room {room_id}: composite {role}_video_input {video}: source {source_id} "
-                                 f"input {video + 1} carries no picture (format {source.input[video].format})")
+                raise ValueError(
+                    f"room {room_id}: composite {role}_video_input {video}: source {source_id} input "
+                    f"{video + 1} carries no picture (format {source.input[video].format})")
             before = [n + 1 for n in range(video) if carries_video(source.input[n]) is not False]
             if before:
                 raise ValueError(

@@ -157,7 +157,8 @@ class RoomInputConfig(StrictModel):
     url: str = Field(
         min_length=1, max_length=1024,
         description="What -i reads: a lavfi graph (testsrc2=size=1280x720:rate=25), a device "
-        "by a stable name (/dev/v4l/by-id/..., /dev/v4l/by-path/..., hw:CARD=NAME,DEV=0), an rtsp:// URL. Never credentials: a camera that takes them in "
+        "by a stable name (/dev/v4l/by-id/..., /dev/v4l/by-path/..., hw:CARD=NAME,DEV=0), an rtsp:// "
+        "URL. Never credentials: a camera that takes them in "
         "its path or query (rtsp://host/user={username}&password={password}&channel=1) gets the "
         "placeholders {username} and {password}, filled from username and password when ffmpeg starts",
     )

@@ -206,7 +206,7 @@ class SessionRecording:
             self.composite = CompositeOutput(room, overlay_dir, lambda: self.session)
             self.sources[room.composite.id] = SourceRecording(
                 self.composite.source, argv=self.composite.argv, derived=self.composite.derived)
-            for source_id, port in self.composite.feeds.ports.items():  # the originals feed it
+            for source_id in self.composite.feeds.ports:  # the originals feed it
                 self.sources[source_id].argv = functools.partial(
                     segment_argv, feed_url=self.composite.feeds.send_url(source_id))
         self._stop = asyncio.Event()

@@ -156,7 +156,7 @@ async def test_a_composite_records_pip_with_the_overlay_beside_the_originals(hos
     recorded = _frame(["-i", str(first)])
     no_overlay = config.room[0].composite
     assert no_overlay is not None
-    roles = composite_inputs(no_overlay, Feeds({"main": 40001, "inset": 40002}))  # the graph alone
+    roles = composite_inputs(no_overlay, Feeds({"a": 40001, "b": 40002}))  # the graph alone
     graph = filter_graph(no_overlay.model_copy(update={"overlay": False}), roles,
                          clock_file=Path("/unused"), info_file=Path("/unused"))
     inputs = ["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10", "-f", "lavfi", "-i",

@@ -170,7 +170,6 @@ def _composite(**settings: Any) -> RoomCompositeConfig:
 ])
 def test_the_inset_goes_in_its_corner_and_the_text_to_the_other_side(corner: str, x: str, y: str,
                                                                        text_x: str) -> None:
-    room = _room()
     config = _composite(inset_corner=corner)
     graph = filter_graph(config, composite_inputs(config, FEEDS), clock_file=Path("/o/clock.txt"),
                          info_file=Path("/o/info.txt"))

@@ -48,7 +48,9 @@ def _closed_udp_port() -> int:
 
 
 @pytest.mark.parametrize("feed", ["nobody-reads", "refused"])
-async def test_whatever_becomes_of_the_feed_the_source_records_as_without_it(tmp_path: Path, feed: str) -> None:
+async def test_whatever_becomes_of_the_feed_the_source_records_as_without_it(
+    tmp_path: Path, feed: str
+) -> None:
     port = _closed_udp_port()
     # "refused": a connected UDP socket to a port nobody has open gets ECONNREFUSED on its sends, so the
     # feed's slave fails; the station's own feeds are unconnected (never refused), this is the worst case.
