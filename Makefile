@@ -19,8 +19,10 @@ STAMP := $(VENV)/.installed
 # an independent SIP peer that registers with digest to the GB/T 28181 SIP transport (tests/gb28181/).
 # postgresql (Debian 12: postgresql-15): the central's PostgreSQL index (edge/central/postgres); its tests
 # start a throwaway server as the unprivileged user postgres in a temporary folder (tests/central/pg.py).
+# xorriso: `edge room export` writes a room session's disc image (ISO 9660) with it, and the tests read
+# the image back with it.
 APT_PACKAGES := ffmpeg fuse3 curl python3-venv python3-dev systemd dbus-daemon libseccomp2 chromium \
-	fonts-wqy-microhei mosquitto sip-tester postgresql
+	fonts-wqy-microhei mosquitto sip-tester postgresql xorriso
 
 # Exact versions of every Python distribution the tests ran with (pip and the build backend included),
 # so that an install a year from now gets what was tested. `make constraints` rewrites it from .venv.
@@ -45,6 +47,7 @@ system:
 	[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
 	command -v sipp >/dev/null || missing="$$missing sip-tester"; \
 	[ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || missing="$$missing postgresql"; \
+	command -v xorriso >/dev/null || missing="$$missing xorriso"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "setup: installing system packages:$$missing"; \

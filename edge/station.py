@@ -36,7 +36,7 @@ from edge.custody.ledger import EntryType
 from edge.custody.text import hide_station_paths
 from edge.gb28181.clock_history import CLOCK_HISTORY_DIR
 from edge.gb28181.live import LiveError, LiveSettings, LiveStreams
-from edge.gb28181.media import open_receiver
+from edge.gb28181.media import receiver_keeping_free
 from edge.gb28181.platform import GbPlatform, PlatformSettings
 from edge.gb28181.policy import DownloadPolicy
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
@@ -327,7 +327,8 @@ class StationAgent:
             settings,
             record=lambda entry_type, data: store.record(entry_type, None, data),
             clock_trusted=lambda: self.status.clock_trusted,
-            open_receiver=open_receiver,
+            # The download spool is on the store's disk: a transfer stops before it eats into the reserve.
+            open_receiver=receiver_keeping_free(self.config.offload.min_free_bytes),
             clock_history_dir=store.layout.root / CLOCK_HISTORY_DIR,
         )
         self.status.sections["gb28181"] = self.gb28181.snapshot

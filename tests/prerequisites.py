@@ -16,6 +16,7 @@ This module is also a pytest plugin (loaded by tests/conftest.py) that checks `r
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -56,6 +57,18 @@ def requires(condition: object, reason: str) -> pytest.MarkDecorator:
     """A mark for a test, a class or a module (`pytestmark = requires(...)`) that calls `require` before
     the test runs. The condition is evaluated once, where the mark is made."""
     return pytest.mark.requires(bool(condition), reason)
+
+
+# System tools tests run, by the Debian package that has them (the Makefile's APT_PACKAGES installs them).
+TOOL_PACKAGES = {"xorriso": "xorriso", "ffmpeg": "ffmpeg", "ffprobe": "ffmpeg", "sipp": "sip-tester"}
+
+
+def require_tool(name: str) -> str:
+    """The path of the system tool `name`; skips the test (fails it under CI) when it is missing."""
+    found = shutil.which(name)
+    require(found is not None, f"needs {name} (Debian package {TOOL_PACKAGES.get(name, name)}: make setup)")
+    assert found is not None
+    return found
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -437,6 +437,16 @@ class NameAddress:
         return _param(self.params, "tag")
 
     @property
+    def expires(self) -> int | None:
+        """A Contact's `expires` parameter (RFC 3261 section 20.10), seconds; None when it has none."""
+        value = _param(self.params, "expires")
+        if value is None:
+            return None
+        if not _DIGITS_RE.fullmatch(value) or int(value) >= 2**32:
+            raise SipProtocolError(f"Contact expires {value[:40]!r} is not a number of seconds", status=400)
+        return int(value)
+
+    @property
     def sip_uri(self) -> SipUri:
         return SipUri.parse(self.uri)
 
@@ -580,6 +590,15 @@ class _SipMessage:
         if not _DIGITS_RE.fullmatch(value) or int(value) >= 2**32:
             raise SipProtocolError(f"Expires {value[:40]!r} is not a number of seconds", status=400)
         return int(value)
+
+    @property
+    def register_expires(self) -> int | None:
+        """The expiry a REGISTER asks for (RFC 3261 section 10.2.1.1: an Expires header or an `expires`
+        Contact parameter): the first Contact's parameter when it has one (it overrides the header,
+        section 10.3 step 7), else the Expires header; None when neither says (the registrar chooses)."""
+        contacts = self.contacts
+        from_contact = contacts[0].expires if contacts else None
+        return from_contact if from_contact is not None else self.expires
 
     @property
     def content_type(self) -> str | None:

@@ -37,8 +37,12 @@ a To tag that matches no dialog gets 481. A MESSAGE without a To tag (devices dr
 routed into the only dialog of its Call-ID when its From tag matches; no other method is routed by
 Call-ID alone.
 
-Bounds: TCP connections (in all and per source address; when all are taken, the most crowded address
-gives up a connection to a newcomer from a less crowded one, first one that never completed a message),
+Bounds: TCP connections (in all and per source address, both lowered at start to a quarter of the
+process's descriptor limit, RLIMIT_NOFILE, so that idle connections to the SIP port can never take the
+descriptors downloads, files and the store need; when all are taken, the most crowded address gives up a
+connection to a newcomer from a less crowded one, first one not proven, then one that never completed a
+message), a connection not proven by an authenticated REGISTER (`mark_proven`) closed
+`tcp_unproven_timeout_s` after it opened whatever it sends,
 a deadline for a message to complete once started, bytes buffered per connection (the parser's limits)
 and over all connections (beyond it the connection holding the most is closed) and unsent to it (a peer
 that does not read is disconnected), transactions both ways, running handlers, TCP idle time. Nothing
@@ -54,6 +58,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import socket
 import time
 from collections import OrderedDict
@@ -126,6 +131,15 @@ class TransportLimits:
     max_answered_server_transactions: int = 8192
     max_client_transactions: int = 1024
     tcp_idle_timeout_s: float = 600.0  # devices keep alive every 60 s by default (section 9.6.1)
+    # A connection nobody has vouched for (`mark_proven`: the platform does on an authenticated REGISTER
+    # over it; connections we open are proven) is closed this long after it was opened, whatever it sends:
+    # a device registers within a second of connecting, and silent or chatty strangers cannot hold
+    # descriptors for long (review 22). None: no such bound (a device's side, which the platform connects to).
+    tcp_unproven_timeout_s: float | None = 30.0
+    # The connections actually allowed are also bounded by the process's descriptor limit (RLIMIT_NOFILE,
+    # read at start): at most this share of it, so that media sockets, spool files, ffmpeg's pipes and the
+    # store's files always find descriptors whatever the SIP port is sent.
+    tcp_share_of_nofile: float = 0.25
     # Once a message has started on a TCP connection it must be complete within this (a peer trickling
     # a byte at a time would otherwise hold its slot and its buffer forever).
     tcp_message_deadline_s: float = 30.0
@@ -135,6 +149,18 @@ class TransportLimits:
     # A handler that does not answer in time gets its request a 500 (devices retransmit for 32 s).
     handler_timeout_s: float = 16.0
     max_udp_datagram_bytes: int = 65507
+
+
+# Below this many TCP connections the descriptor limit does not lower the budget (a tiny RLIMIT_NOFILE is
+# the administrator's to fix; a SIP service needs a few connections to work at all).
+MIN_TCP_CONNECTIONS = 8
+SHED_LOG_INTERVAL_S = 10.0  # connections refused or closed to make room: one log line at most this often
+
+
+def _nofile_soft_limit() -> int | None:
+    """The process's soft descriptor limit, None when unlimited or unknown."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY or soft <= 0 else int(soft)
 
 
 class SipTransportError(Exception):
@@ -187,6 +213,9 @@ class _Connection:
         self.task: asyncio.Task[None] | None = None
         self.opened_at = time.monotonic()
         self.messages_completed = 0  # a connection that completed none is the first to make room
+        # Vouched for (an authenticated REGISTER came over it, or we opened it): only then is it kept idle up
+        # to the idle timeout rather than closed `tcp_unproven_timeout_s` after opening.
+        self.proven = False
         self.buffered_bytes = 0  # of an unfinished message, as last counted in the transport's total
 
     def abort(self) -> None:
@@ -276,6 +305,13 @@ class SipTransport:
         self._dialogs: dict[str, dict[str, tuple[str | None, RequestHandler]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        # What `start()` derives from the descriptor limit (at most the configured limits).
+        self._max_tcp_connections = self._limits.max_tcp_connections
+        self._max_tcp_connections_per_host = self._limits.max_tcp_connections_per_host
+        self.nofile_soft_limit: int | None = None
+        self.connections_shed = 0  # TCP connections refused or closed to make room
+        self._shed_logged_at = -float("inf")
+        self._shed_unlogged = 0
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -307,9 +343,38 @@ class SipTransport:
             probe.connect((destination.host, destination.port))  # no packet is sent: a route lookup
             return str(probe.getsockname()[0])
 
+    @property
+    def tcp_connection_budget(self) -> int:
+        """TCP connections allowed at once: the configured limit, bounded by the descriptor limit."""
+        return self._max_tcp_connections
+
+    @property
+    def tcp_connections_per_host(self) -> int:
+        return self._max_tcp_connections_per_host
+
+    def _derive_tcp_budget(self) -> None:
+        """Bound the TCP connections by the descriptors the process may open (RLIMIT_NOFILE's soft
+        limit, read now): a share of it (`tcp_share_of_nofile`), and when that lowers the configured
+        bound, one source address a quarter of it. Under systemd's default of 1024 that is 256 (64 from
+        one address), so 768 descriptors stay for everything else."""
+        soft = _nofile_soft_limit()
+        self.nofile_soft_limit = soft
+        limits = self._limits
+        budget = limits.max_tcp_connections
+        if soft is not None:
+            budget = min(budget, max(MIN_TCP_CONNECTIONS, int(soft * limits.tcp_share_of_nofile)))
+        self._max_tcp_connections = budget
+        self._max_tcp_connections_per_host = limits.max_tcp_connections_per_host
+        if budget < limits.max_tcp_connections:
+            self._max_tcp_connections_per_host = min(self._max_tcp_connections_per_host, max(1, budget // 4))
+            log.warning("SIP TCP connections limited to %d (%d from one address): the process may open %s "
+                        "descriptors (RLIMIT_NOFILE; the service unit's LimitNOFILE=)", budget,
+                        self._max_tcp_connections_per_host, soft)
+
     async def start(self) -> None:
         """Bind TCP and UDP to the same port (with port 0: a free port both are free on)."""
         loop = asyncio.get_running_loop()
+        self._derive_tcp_budget()
         attempts = 20 if self._port == 0 else 1
         for attempt in range(attempts):
             server = await asyncio.start_server(self._accept, self._host, self._port)
@@ -422,7 +487,7 @@ class SipTransport:
         await asyncio.shield(attempt)
 
     async def _connect(self, destination: Peer) -> None:
-        if len(self._connections) >= self._limits.max_tcp_connections:
+        if len(self._connections) >= self._max_tcp_connections:
             raise SipTransportError(f"{len(self._connections)} TCP connections open, the limit")
         try:
             reader, writer = await asyncio.wait_for(
@@ -431,7 +496,7 @@ class SipTransport:
             )
         except (OSError, TimeoutError) as exc:
             raise SipTransportError(f"cannot connect to {destination}: {exc or 'timed out'}") from exc
-        self._adopt(reader, writer, destination)
+        self._adopt(reader, writer, destination).proven = True  # we chose where it goes
 
     def send_response(self, response: SipResponse, destination: Peer) -> None:
         """Send a response outside the handler's return (e.g. a later final response, `destination`
@@ -524,6 +589,11 @@ class SipTransport:
     @property
     def open_connections(self) -> int:
         return len(self._connections)
+
+    @property
+    def proven_connections(self) -> int:
+        """TCP connections vouched for (`mark_proven`, or opened by us): kept up to the idle timeout."""
+        return sum(1 for connection in self._connections.values() if connection.proven)
 
     @property
     def tcp_buffered_bytes(self) -> int:
@@ -733,7 +803,7 @@ class SipTransport:
         peer = Peer(Transport.TCP, str(address[0]), int(address[1]))
         refusal = "transport closed" if self._closed else self._make_room_for(peer.host)
         if refusal is not None:
-            log.warning("SIP TCP connection from %s refused: %s", peer, refusal)
+            self._log_shed("SIP TCP connection from %s refused: %s", peer, refusal)
             writer.close()
             return
         connection = self._adopt(reader, writer, peer)
@@ -743,23 +813,24 @@ class SipTransport:
 
     def _make_room_for(self, host: str) -> str | None:
         """None when a connection from `host` may be accepted (after closing another to make room), else
-        why not. One address may hold `max_tcp_connections_per_host`. When every slot is taken, the
-        address holding the most gives one up, if it holds more than `host` would: its connection that
-        never completed a message, else its least recently opened. So no one address (nor a few) can
-        lock devices at other addresses out, and devices sharing a carrier NAT address still get in."""
+        why not. One address may hold `tcp_connections_per_host`. When every slot is taken, the
+        address holding the most gives one up, if it holds more than `host` would: a connection not
+        proven first, one that never completed a message next, else its least recently opened. So no one
+        address (nor a few) can lock devices at other addresses out, and devices sharing a carrier NAT
+        address still get in."""
         per_host: dict[str, list[_Connection]] = {}
         for connection in self._connections.values():
             per_host.setdefault(connection.peer.host, []).append(connection)
         own = len(per_host.get(host, ()))
-        if own >= self._limits.max_tcp_connections_per_host:
+        if own >= self._max_tcp_connections_per_host:
             return f"{own} connections open from this address, the limit"
-        if len(self._connections) < self._limits.max_tcp_connections:
+        if len(self._connections) < self._max_tcp_connections:
             return None
         crowded = max(per_host.values(), key=len)
         if len(crowded) <= own + 1:
             return f"{len(self._connections)} connections open, the limit"
-        victim = min(crowded, key=lambda c: (c.messages_completed > 0, c.opened_at))
-        log.warning(
+        victim = min(crowded, key=lambda c: (c.proven, c.messages_completed > 0, c.opened_at))
+        self._log_shed(
             "SIP TCP connection from %s closed to make room: %d connections open from %s",
             victim.peer,
             len(crowded),
@@ -767,6 +838,26 @@ class SipTransport:
         )
         self._drop_connection(victim)
         return None
+
+    def _log_shed(self, message: str, *args: object) -> None:
+        """A connection refused or closed to make room: a warning, at most one per `SHED_LOG_INTERVAL_S`
+        with how many were not logged since (a flood of connections must not flood the journal too)."""
+        self.connections_shed += 1
+        now = time.monotonic()
+        if now - self._shed_logged_at < SHED_LOG_INTERVAL_S:
+            self._shed_unlogged += 1
+            return
+        more = f" (and {self._shed_unlogged} more refused or closed since)" if self._shed_unlogged else ""
+        self._shed_logged_at, self._shed_unlogged = now, 0
+        log.warning(message + "%s", *args, more)
+
+    def mark_proven(self, peer: Peer) -> None:
+        """The TCP connection `peer` came over carried an authenticated request (the platform's
+        REGISTER): keep it up to the idle timeout. Nothing for UDP or a connection already gone."""
+        if peer.transport is Transport.TCP:
+            connection = self._connections.get((peer.host, peer.port))
+            if connection is not None:
+                connection.proven = True
 
     def _drop_connection(self, connection: _Connection) -> None:
         """Forget `connection` at once (its reader task ends on its own) and close it."""
@@ -791,23 +882,35 @@ class SipTransport:
         peer = connection.peer
         limits = self._limits
         message_started_at: float | None = None  # monotonic time the unfinished message began
+        unproven_deadline = float("inf") if limits.tcp_unproven_timeout_s is None else \
+            connection.opened_at + limits.tcp_unproven_timeout_s
         try:
             while True:
-                timeout_s = limits.tcp_idle_timeout_s
+                idle_deadline = time.monotonic() + limits.tcp_idle_timeout_s
+                deadline = idle_deadline
                 if message_started_at is not None:
-                    deadline = message_started_at + limits.tcp_message_deadline_s
-                    timeout_s = min(timeout_s, deadline - time.monotonic())
+                    deadline = min(deadline, message_started_at + limits.tcp_message_deadline_s)
+                if not connection.proven:
+                    deadline = min(deadline, unproven_deadline)
                 try:
-                    data = await asyncio.wait_for(connection.reader.read(65536), max(timeout_s, 0.0))
+                    data = await asyncio.wait_for(connection.reader.read(65536),
+                                                  max(deadline - time.monotonic(), 0.0))
                 except TimeoutError:
-                    if message_started_at is not None:
+                    now = time.monotonic()
+                    if message_started_at is not None and \
+                            now >= message_started_at + limits.tcp_message_deadline_s:
                         log.warning(
                             "SIP TCP connection from %s closed: a message not complete within %g s",
                             peer,
                             limits.tcp_message_deadline_s,
                         )
-                    else:
+                    elif not connection.proven and now >= unproven_deadline:
+                        log.info("SIP TCP connection from %s closed: no authenticated REGISTER over it "
+                                 "within %g s", peer, limits.tcp_unproven_timeout_s)
+                    elif now >= idle_deadline:
                         log.info("SIP TCP connection from %s idle, closed", peer)
+                    else:
+                        continue  # proven meanwhile: it may stay
                     return
                 if not data:
                     return

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from edge.config.base import (
     HTTP_URL_OR_EMPTY,
@@ -724,7 +724,11 @@ class Gb28181Section(StrictModel):
         description="SIP domain, also the digest realm (devices echo the realm they are challenged with)",
     )
     listen_host: str = Field("0.0.0.0", description="Address the SIP service binds (UDP and TCP)")
-    listen_port: int = Field(5060, ge=0, le=65535, description="SIP port, UDP and TCP; 0 picks a free one")
+    listen_port: int = Field(
+        5060, ge=0, le=65535,
+        description="SIP port, UDP and TCP, 1024 or above (the service has no CAP_NET_BIND_SERVICE); 0 picks "
+        "a free one",
+    )
     advertised_host: str = Field(
         "", max_length=253,
         description="Address devices reach the station at, for Via, Contact and SDP (behind NAT); empty: the "
@@ -778,6 +782,20 @@ class Gb28181Section(StrictModel):
     download: Gb28181DownloadSection = Gb28181DownloadSection()
     # A factory: its default socket_dir follows $RUNTIME_DIRECTORY when the configuration is read.
     live: Gb28181LiveSection = Field(default_factory=lambda: Gb28181LiveSection())
+
+    @field_validator("listen_port")
+    @classmethod
+    def _unprivileged_port(cls, port: int) -> int:
+        # systemd/edge-station.service runs the agent without any capability (CapabilityBoundingSet= empty):
+        # a port below 1024 would pass here and then fail to bind at every start. Granting
+        # CAP_NET_BIND_SERVICE would give the whole agent every low port; a port of 1024 or above (with a
+        # firewall redirect where devices must reach a low one) gives it nothing more.
+        if 0 < port < 1024:
+            raise ValueError(
+                f"listen_port {port} is below 1024: the agent runs without CAP_NET_BIND_SERVICE "
+                "(systemd/edge-station.service) and cannot bind it; use 5060 (the standard's) or another "
+                "port from 1024 on, and redirect a low port to it in the firewall if devices must use one")
+        return port
 
     @model_validator(mode="after")
     def _consistent(self) -> Gb28181Section:

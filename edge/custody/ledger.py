@@ -137,6 +137,13 @@ class EntryType(StrEnum):
     # (Its start and end are session_started/session_stopped with "kind": "room".)
     MARK = "mark"
     SESSION_CHANGED = "session_changed"
+    # A room session's products (edge.rooms.products): a source's segments joined into one MP4 (which
+    # segments, by hash), all of a stopped session's products (joined files, statement) made, a document
+    # attached to the session (the 笔录), the session written to a disc image (edge.rooms.export).
+    JOINED = "joined"
+    ROOM_PRODUCTS = "room_products"
+    ATTACHED = "attached"
+    EXPORTED = "exported"
     # The store's disk runs out while a room records (edge.rooms.space): low, critical, cleared.
     SPACE_WARNING = "space_warning"
     CHECKPOINT = "checkpoint"

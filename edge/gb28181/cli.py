@@ -68,7 +68,8 @@ def _downloads(progress: dict[str, Any]) -> str:
     # Shown only when they happened: each is a listed recording not (yet) downloaded whole, with a reason.
     for key, what in (("interrupted", "interrupted (device offline or station stopped)"),
                       ("given_up", "given up"), ("future", "still recording (ends after the device's now)"),
-                      ("wrong_channel", "listed under another channel (not downloaded)")):
+                      ("wrong_channel", "listed under another channel (not downloaded)"),
+                      ("unreadable_records", "listed unreadable (not downloaded)")):
         count = progress.get(key)
         if isinstance(count, int) and count > 0:
             text += f", {count} {what}"

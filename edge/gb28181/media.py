@@ -50,12 +50,18 @@ is slowed, nothing lost) and UDP ends the session (`error`: the bytes would be l
 end the file is fsynced, then its directory.
 
 The session ends on `close()` (the platform saw MediaStatus 121 or BYE: `closed`; packets already on
-their way are still taken, until a short silence), on the device closing
+their way are still taken, until a short silence). After MediaStatus 121 the platform first calls
+`drain()`: reading goes on while the media keeps coming, until `END_QUIET_S` without a packet, bounded only
+by the session's own bounds below (a device sends 121 once it has read its file, which over a slow uplink
+is long before the last packet arrives). The session ends also on the device closing
 its TCP connection (`closed`), on `idle_timeout_s` without a packet of the session (`idle`; also when no
 media ever came), on `max_bytes` of raw PS (`limit`: the packet that would pass it is not written), when
 the video's media time passes `max_media_span_s` (`past-end`: a device that keeps sending after the
 recording it was asked for), when the transfer stalls or runs too long (`time-limit`, below), or on an
-error (`error`). The media time is the longest span of
+error (`error`), or when the disk holding the raw PS runs low (`disk-full`, with `min_free_bytes`: after each
+write, the disk's free space must keep `min_free_bytes` plus `ROOM_PER_RECEIVED_BYTE` times what was received,
+so what came can still be copied into the store and converted there without eating into the store's
+reserve; review 22). The media time is the longest span of
 a monotonic run of video PTS (`video_run_span_s`): a PTS that steps back more than `PTS_BACKSTEP` (B-frames
 step back a little) or jumps ahead more than `PTS_JUMP` starts a new run (`video_pts_restarts`), so an
 encoder that restarts its PTS does not stretch the span (a wrap read as 26 hours).
@@ -84,8 +90,9 @@ import logging
 import os
 import random
 import socket
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -115,6 +122,9 @@ MAX_RECORDED_GAPS = 1024
 IDLE_CHECK_S = 0.5
 DRAIN_S = 2.0  # close(): how long packets already sent may still be taken
 QUIET_S = 0.2  # close(): the silence that says they have all come
+# drain() after MediaStatus 121: the silence that says the device has sent everything (a 4G uplink's jitter
+# stays well under it); no cap of its own, the session's bounds hold
+END_QUIET_S = 2.0
 MAX_RECORDED_SSRCS = 8
 MAX_RECORDED_SOURCES = 8  # refused media sources kept by address (the rest are only counted)
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # the PS demuxer's bound on one frame
@@ -124,6 +134,10 @@ PTS_MODULO = 1 << 33
 PTS_HZ = 90000
 PTS_BACKSTEP = PTS_HZ  # video PTS may step back this much inside a run (B-frames: a few frames)
 PTS_JUMP = 60 * PTS_HZ  # ... or jump ahead this much (packets lost over an outage); more: a new run
+# Free space kept per byte received, beyond `min_free_bytes`: the station copies the raw PS into its store
+# (one), converts it to an MP4 in the spool (about one more) and copies that (one more) before the spool
+# files go.
+ROOM_PER_RECEIVED_BYTE = 3
 
 
 class MediaError(Exception):
@@ -143,6 +157,7 @@ class EndReason(StrEnum):
     ERROR = "error"
     PAST_END = "past-end"  # the video's media time passed `max_media_span_s`
     TIME_LIMIT = "time-limit"  # the video stalled (`min_progress_s` per `progress_window_s`), or the hard cap
+    DISK_FULL = "disk-full"  # the raw PS's disk ran low (`min_free_bytes`): what came is kept, the rest not
 
 
 @dataclass(frozen=True)
@@ -290,6 +305,13 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[written:]
 
 
+def _write_and_measure(fd: int, data: bytes | bytearray) -> int:
+    """Write `data`; the free bytes left on the file's disk after it."""
+    _write_all(fd, data)
+    stats = os.fstatvfs(fd)
+    return stats.f_bavail * stats.f_frsize
+
+
 def _sync_and_close(fd: int, directory: Path, *, sync: bool) -> None:
     try:
         if sync:
@@ -365,6 +387,52 @@ def bind_media_socket(transport: MediaTransport, host: str, port_range: tuple[in
         sock.setblocking(False)
         return sock
     raise MediaError(f"no free {transport} media port on {host} in {first}-{last}")
+
+
+@dataclass(frozen=True)
+class UdpReceiveBuffer:
+    """What a UDP media socket's receive buffer came to: asked for, and what the kernel granted (it caps
+    SO_RCVBUF at net.core.rmem_max, ~208 KiB by default, without an error)."""
+
+    asked_bytes: int
+    granted_bytes: int
+    rmem_max_bytes: int | None  # /proc/sys/net/core/rmem_max when readable
+
+    @property
+    def limited(self) -> bool:
+        return self.granted_bytes < self.asked_bytes
+
+    def summary(self) -> dict[str, Any]:
+        hint = None
+        if self.limited:
+            hint = (f"net.core.rmem_max caps UDP media receive buffers at {self.granted_bytes} bytes (asked "
+                    f"{self.asked_bytes}): a burst of a fast download over UDP may be dropped by the kernel; "
+                    f"raise it (systemd/evidence-edge.sysctl.conf: net.core.rmem_max = {self.asked_bytes})")
+        return {"asked_bytes": self.asked_bytes, "granted_bytes": self.granted_bytes,
+                "rmem_max_bytes": self.rmem_max_bytes, "limited": self.limited, "hint": hint}
+
+
+def _rmem_max() -> int | None:
+    try:
+        return int(Path("/proc/sys/net/core/rmem_max").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def granted_receive_buffer(sock: socket.socket) -> int:
+    """The receive buffer the kernel gave `sock`, in the bytes SO_RCVBUF was asked in (Linux reports
+    twice the value it granted, the doubling being its bookkeeping overhead: socket(7))."""
+    reported = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return reported // 2 if sys.platform.startswith("linux") else reported
+
+
+def probe_udp_receive_buffer(asked_bytes: int = UDP_RECEIVE_BUFFER_BYTES) -> UdpReceiveBuffer:
+    """Ask a throwaway UDP socket for `asked_bytes` of receive buffer, as every UDP media socket does, and
+    read back what it got: the platform logs and shows it when the kernel gave less (review 22)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, asked_bytes)
+        granted = granted_receive_buffer(sock)
+    return UdpReceiveBuffer(asked_bytes, granted, _rmem_max())
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -467,6 +535,7 @@ class MediaReceiver:
         reorder_window: int,
         max_buffered_bytes: int,
         sink: Callable[[bytes], None] | None = None,
+        min_free_bytes: int = 0,
     ) -> None:
         self.transport = transport
         self.raw_path = raw_path
@@ -487,12 +556,13 @@ class MediaReceiver:
         self._window_progress_mark = 0  # pts_progress when it started
         self._clock = clock
         self._max_buffered = max_buffered_bytes
+        self._min_free_bytes = min_free_bytes
         window = reorder_window if transport is MediaTransport.UDP else 1
         self._reorder = ReorderBuffer(window=window)
         self._demuxer = PsDemuxer(max_frame_bytes=MAX_FRAME_BYTES)
         self._counters = _Counters()
         self._pending = bytearray()
-        self._flight: asyncio.Future[None] | None = None
+        self._flight: asyncio.Future[int] | None = None
         self._write_failed: str | None = None
         self._opened_at = clock()
         self._first_packet_at: float | None = None
@@ -598,6 +668,20 @@ class MediaReceiver:
             await asyncio.sleep(min(quiet_at, deadline) - now)
         self._end(EndReason.CLOSED, "closed by the platform")
         return await self.wait_closed()
+
+    async def drain(self, quiet_s: float = END_QUIET_S) -> None:
+        """Go on receiving until `quiet_s` pass without a packet of the session, or the session ends on its
+        own (idle timeout, TCP closed, byte, media-time and time limits, stall): no other bound. A device
+        sends MediaStatus 121 when it has read its file, which over a slow uplink is long before its last
+        packet arrives (megabytes still in its TCP buffer): the platform drains before it sends BYE, since
+        a BYE stops the device (review 22)."""
+        loop = self._loop
+        while self._ended is None:
+            wait_s = self._last_packet_at + quiet_s - loop.time()
+            if wait_s <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ended_event.wait(), wait_s)
 
     async def wait_closed(self) -> MediaOutcome:
         """Wait for the session to end (however it ends) and its raw file to be durable."""
@@ -849,11 +933,11 @@ class MediaReceiver:
     def _start_flush(self) -> None:
         assert self._fd is not None
         chunk, self._pending = self._pending, bytearray()
-        flight = self._loop.run_in_executor(None, _write_all, self._fd, chunk)
+        flight = self._loop.run_in_executor(None, _write_and_measure, self._fd, chunk)
         self._flight = flight
         flight.add_done_callback(self._flushed)
 
-    def _flushed(self, flight: asyncio.Future[None]) -> None:
+    def _flushed(self, flight: asyncio.Future[int]) -> None:
         self._flight = None
         exc = flight.exception()
         if exc is not None:
@@ -861,6 +945,16 @@ class MediaReceiver:
             self._write_failed = f"writing the raw PS {self._raw_name} failed: {reason}"
             self._pending.clear()
             self._end(EndReason.ERROR, self._write_failed)
+            return
+        received = self._counters.bytes
+        needed = self._min_free_bytes + ROOM_PER_RECEIVED_BYTE * received
+        if self._min_free_bytes and self._ended is None and flight.result() < needed:
+            # Stopped here, not at a full disk: what came can still be sealed (the rest of the stream is
+            # not taken: `_finish` writes only what was already buffered).
+            self._end(EndReason.DISK_FULL,
+                      f"the disk of the raw PS has {flight.result()} bytes free after {received} bytes "
+                      f"received: under the {self._min_free_bytes} kept free plus {ROOM_PER_RECEIVED_BYTE} "
+                      "x what came (room to seal it)")
             return
         if self._paused and len(self._pending) < self._max_buffered // 2 and self._ended is None:
             self._paused = False
@@ -966,6 +1060,7 @@ async def open_receiver(
     reorder_window: int = DEFAULT_REORDER_WINDOW,
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
     sink: Callable[[bytes], None] | None = None,
+    min_free_bytes: int = 0,
 ) -> MediaReceiver:
     """Bind a media endpoint for one session and start receiving (see the module docstring).
     `transport` may be given as its string ("udp", "tcp-passive", "tcp-active"). `raw_path` must not
@@ -984,6 +1079,8 @@ async def open_receiver(
             progress_window_s is not None and (progress_window_s <= 0 or min_progress_s is None
                                                or min_progress_s < 0)):
         raise MediaError("progress_window_s (positive) and min_progress_s (not negative) go together")
+    if min_free_bytes < 0:
+        raise MediaError("min_free_bytes must not be negative")
     if max_buffered_bytes < 2 * FLUSH_BYTES:
         raise MediaError(f"max_buffered_bytes must be at least {2 * FLUSH_BYTES}")
     if raw_path is None and sink is None:
@@ -999,6 +1096,7 @@ async def open_receiver(
         max_bytes=max_bytes, expected_peer_host=expected_peer_host, max_media_span_s=max_media_span_s,
         time_limit_s=time_limit_s, progress_window_s=progress_window_s, min_progress_s=min_progress_s,
         clock=clock, reorder_window=reorder_window, max_buffered_bytes=max_buffered_bytes, sink=sink,
+        min_free_bytes=min_free_bytes,
     )
     try:
         await receiver._start()
@@ -1007,6 +1105,18 @@ async def open_receiver(
         _discard_raw(fd, raw_path)
         raise
     return receiver
+
+
+def receiver_keeping_free(min_free_bytes: int) -> Callable[..., Awaitable[MediaReceiver]]:
+    """`open_receiver` with its free-space guard set (`min_free_bytes`: the station store's reserve, since
+    the download spool is on the store's disk), for the platform's `open_receiver` seam."""
+    if min_free_bytes < 0:
+        raise MediaError("min_free_bytes must not be negative")
+
+    async def open_keeping_free(*args: Any, **kwargs: Any) -> MediaReceiver:
+        return await open_receiver(*args, min_free_bytes=min_free_bytes, **kwargs)
+
+    return open_keeping_free
 
 
 def _discard_raw(fd: int | None, raw_path: Path | None) -> None:

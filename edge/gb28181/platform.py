@@ -20,6 +20,10 @@ A MediaStatus 121 outside any dialog (devices that send it so) ends the device's
 when it comes from exactly where the device registered (transport, host and port); from anywhere else it is
 answered 403, counted (`counters.media_status_refused`) and a limited `refused` entry: anyone behind the
 same carrier NAT could otherwise end the device's download.
+A MANSCDP answer (Response: DeviceStatus, Catalog, RecordInfo ...) is taken likewise only from exactly
+where the device registered; from another port it is answered 403, counted (`counters.answers_refused`) and
+a limited `refused` entry: a neighbour's forged DeviceStatus would otherwise set the device's clock offset
+(review 22). SNs are random per query (edge.gb28181.queries.SnAllocator), so none can be predicted.
 A MESSAGE whose body names another device than its From (a device claiming another's id) gets 403.
 A large MANSCDP body (from `OFF_LOOP_PARSE_BYTES`) is parsed in a worker thread, two at most at once, so
 SIP and RTP keep flowing while a 10000-record RecordInfo part is read.
@@ -49,7 +53,10 @@ allowed after a restart grows from it): read when the device first registers in 
 be used is an error entry and the device's earlier stamps get no offset.
 
 Ledger (through `record`, the store's, kept to the existing entry types with `"source": "gb28181"`):
-`device_authenticated` for each accepted registration (with `date_sent`, and why it was withheld),
+`device_authenticated` for an accepted registration that says something (with `registration`: `first` in
+this run, `online` again, `date` sent, `changed` address, expiry or User-Agent, or a `refresh`; the last two
+limited to once an hour per what they say, with the count held back: `_registration_entry`; with
+`date_sent`, and why it was withheld),
 `device_connected` and `device_removed` when a device comes online and goes offline (and why),
 `clock_measured` for a DeviceStatus answer's clock offset, `clock_set` when a 200 OK carried Date,
 `refused` for devices refused (unknown id, wrong password) and `error` for unreadable input, both limited
@@ -104,6 +111,7 @@ from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
 from edge.gb28181 import clock_history
+from edge.gb28181.media import UdpReceiveBuffer, probe_udp_receive_buffer
 from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
 from edge.gb28181.registrar import REFUSAL_BUDGET, REFUSAL_REPEAT_S, DevicePasswords, Outcome, Registrar
 from edge.gb28181.registry import (
@@ -147,6 +155,13 @@ MAX_PARALLEL_PARSES = 2
 # After a 200 OK with Date, DeviceStatus is asked this much later: a device sets its clock once its
 # registration is done, and a query that crossed the 200 would read the clock before.
 CLOCK_SETTLE_S = 1.0
+
+# `device_authenticated` entries of registrations that neither are a device's first, bring it online nor set
+# its clock (`_registration_entry`): each state (address, expiry, ...) once an hour, this many an hour per
+# device, over the station this many an hour (those held back are counted in the next entry let through).
+REGISTRATION_REPEAT_S = 3600.0
+REGISTRATION_CHANGE_BUDGET = 16
+REGISTRATION_STATION_BUDGET = 4096
 
 Record = Callable[[str, dict[str, Any]], object]
 
@@ -226,6 +241,10 @@ class GbPlatform:
         # One group: refusals come from addresses anyone can forge, so the budget is the station's.
         self._limiter = LimitedEntries(clock, repeat_s=REFUSAL_REPEAT_S, budget=REFUSAL_BUDGET,
                                        station_budget=REFUSAL_BUDGET)
+        # Registrations that change nothing, or only the address or expiry: limited (`_registration_entry`).
+        self._registrations = LimitedEntries(clock, repeat_s=REGISTRATION_REPEAT_S,
+                                             budget=REGISTRATION_CHANGE_BUDGET,
+                                             station_budget=REGISTRATION_STATION_BUDGET)
         self._clock_trusted = clock_trusted
         self._measuring: set[str] = set()  # devices whose DeviceStatus for the clock is in flight
         self._absurd_clocks: set[str] = set()  # devices whose absurd DeviceTime is on the ledger (once)
@@ -250,11 +269,14 @@ class GbPlatform:
         )
         self.started = asyncio.Event()
         self._closed = False
+        self._media = open_receiver is not None
+        self.udp_receive_buffer: UdpReceiveBuffer | None = None  # probed at the first start (media on)
         self._online_listeners: list[Callable[[str], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._parse_slots = asyncio.Semaphore(MAX_PARALLEL_PARSES)
         self.counters: dict[str, int] = {"registered": 0, "refused": 0, "bad_input": 0, "keepalives": 0,
-                                         "keepalives_other_port": 0, "media_status_refused": 0}
+                                         "keepalives_other_port": 0, "media_status_refused": 0,
+                                         "answers_refused": 0}
 
     def __repr__(self) -> str:
         return f"GbPlatform(sip_id={self.settings.sip_id!r}, port={self.transport.port})"
@@ -273,7 +295,20 @@ class GbPlatform:
             self.sessions.transport = self.transport
             self._closed = False
         await self.transport.start()
+        if self._media and self.udp_receive_buffer is None:
+            self._probe_udp_receive_buffer()
         self.started.set()
+
+    def _probe_udp_receive_buffer(self) -> None:
+        """What the kernel grants a UDP media socket's receive buffer (net.core.rmem_max caps it without an
+        error): logged when less than asked, and in the operator view (`media_udp_receive_buffer`)."""
+        try:
+            self.udp_receive_buffer = probe_udp_receive_buffer()
+        except OSError as exc:
+            log.warning("gb28181: the UDP media receive buffer could not be probed: %s", exc)
+            return
+        if self.udp_receive_buffer.limited:
+            log.warning("gb28181: %s", self.udp_receive_buffer.summary()["hint"])
 
     def add_online_listener(self, listener: Callable[[str], None]) -> None:
         """Called with the device id each time a device comes online (registered, or back from silence):
@@ -346,6 +381,14 @@ class GbPlatform:
             "port": self.transport.port,
             "devices": self.registry.snapshot(),
             "counters": {**self.counters, "unsolicited_answers": self.queries.unsolicited},
+            "sip_tcp": {"connections": self.transport.open_connections,
+                        "proven": self.transport.proven_connections,
+                        "shed": self.transport.connections_shed,
+                        "budget": self.transport.tcp_connection_budget,
+                        "per_address": self.transport.tcp_connections_per_host,
+                        "nofile_soft_limit": self.transport.nofile_soft_limit},
+            "media_udp_receive_buffer": None if self.udp_receive_buffer is None
+            else self.udp_receive_buffer.summary(),
         }
 
     # -- ledger --------------------------------------------------------------------------------------------
@@ -432,7 +475,11 @@ class GbPlatform:
             return response_to(req, 503, to_tag=secrets.token_hex(6))
         elif result.outcome is Outcome.REGISTERED:
             self.counters["registered"] += 1
+            self.transport.mark_proven(peer)  # a TCP connection that carried it may stay idle
             contacts = req.headers.get("Contact") or ""
+            before = self.registry.get(device_id)
+            was = None if before is None or before.address is None else (
+                before.address, before.expires_s, before.user_agent)
             change = self.registry.registered(device_id, peer, expires_s=result.expires_s,
                                               contact=contacts[:200],
                                               user_agent=(req.headers.get("User-Agent") or "")[:120])
@@ -443,7 +490,8 @@ class GbPlatform:
             withheld = self._date_withheld(device_id) if date is None else None
             if withheld is not None:
                 authenticated["date_withheld"] = withheld
-            self._ledger(EntryType.DEVICE_AUTHENTICATED, authenticated)
+            self._registration_entry(device_id, authenticated, was=was, came_online=change is not None,
+                                     user_agent=(req.headers.get("User-Agent") or "")[:120])
             if date is not None:
                 self._clock_was_set(device_id, date)
             if change is not None:
@@ -456,6 +504,33 @@ class GbPlatform:
             if change is not None:
                 self._transition(device_id, change)
         return result.response
+
+    def _registration_entry(self, device_id: str, authenticated: dict[str, Any], *,
+                            was: tuple[Peer | None, int, str] | None, came_online: bool,
+                            user_agent: str) -> None:
+        """The `device_authenticated` entry of an accepted REGISTER, when it says something (review 22):
+        always for the device's first registration in this run, one that brings it online again, and one
+        whose 200 OK set its clock. Any other is limited per what it says (address, expiry, User-Agent,
+        why no Date): once an hour each, with how many were not recorded (`repeats_not_recorded`), at most
+        `REGISTRATION_CHANGE_BUDGET` an hour per device. A device re-registering in a loop (firmware, or
+        someone holding its password) so costs the ledger a bounded number of entries, and a change
+        (another address, expiry, reason) is on it at once."""
+        if was is None or came_online or authenticated["date_sent"]:
+            why = "first" if was is None else "online" if came_online else "date"
+            self._ledger(EntryType.DEVICE_AUTHENTICATED, {**authenticated, "registration": why})
+            return
+        address, expires_s, agent = was
+        changed = [name for name, old, new in (("address", str(address), authenticated["address"]),
+                                                ("expires", expires_s, authenticated["expires_s"]),
+                                                ("user_agent", agent, user_agent)) if old != new]
+        data: dict[str, Any] = {**authenticated, "registration": "changed" if changed else "refresh"}
+        if changed:
+            data |= {"changed": changed, "previous_address": str(address)}
+        key = "|".join((device_id, authenticated["address"], str(authenticated["expires_s"]), user_agent,
+                        str(authenticated.get("date_withheld"))))
+        counts = self._registrations.seen("registration", key, device_id)
+        if counts is not None:
+            self._ledger(EntryType.DEVICE_AUTHENTICATED, {**data, **counts})
 
     # -- device clocks -------------------------------------------------------------------------------------
 
@@ -626,11 +701,20 @@ class GbPlatform:
             return self._keepalive(req, peer, device_id, message, tag)
         if isinstance(message.payload, MediaStatus):
             return self._media_status(req, peer, device_id, device.address, message.payload, tag)
+        if message.root is Root.RESPONSE and peer != device.address:
+            # An answer is taken only from exactly where the device registered (review 22): behind a carrier
+            # NAT another port of its host may be a neighbour, whose forged DeviceStatus would set the
+            # device's clock offset on every recording. Nothing moves a device but a REGISTER.
+            self.counters["answers_refused"] += 1
+            reason = (f"{printable(message.cmd_type[:40])} answer from {peer}, not from where the device "
+                      f"registered ({device.address}): not taken")
+            log.warning("gb28181 device %s: %s", device_id, reason)
+            self._limited(EntryType.REFUSED, "answer-port", self._source_key(device_id, peer),
+                          {"device_id": device_id, "address": str(peer), "reason": reason})
+            return response_to(req, 403, to_tag=tag)
         if peer != device.address:
-            # Nothing moves a device but a REGISTER; an answer from another port of its host is still taken
-            # (matched by SN to a query that was asked).
-            log.info("gb28181 device %s: %s from %s, registered at %s", device_id, message.cmd_type, peer,
-                     device.address)
+            log.info("gb28181 device %s: %s from %s, registered at %s", device_id,
+                     printable(message.cmd_type[:40]), peer, device.address)
         if message.root is Root.RESPONSE:
             self.queries.deliver(device_id, message)
         return response_to(req, 200, to_tag=tag)
@@ -685,7 +769,7 @@ class GbPlatform:
 
     async def _query(self, device_id: str, cmd_type: str, build: Callable[[int], bytes]) -> Answer:
         destination = self._address_of(device_id)
-        sn = self._sns.allocate()
+        sn = self._sns.allocate(self.queries.pending_sns)
         key = QueryKey(device_id, sn, cmd_type)
         waiter = self.queries.expect(key)
         try:

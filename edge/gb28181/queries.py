@@ -10,8 +10,9 @@ flagged incomplete, so a device that sends 261 of 299 records gives 261 flagged 
 hang. An answer nobody waits for (late, or a device's own idea) is answered 200, dropped before the
 assembler sees it, and counted (`unsolicited`, the platform's `unsolicited_answers` counter).
 
-SNs are allocated per platform from a counter that starts at a random point (so a restarted platform does
-not reuse the SNs a device may still be answering) and wraps inside 1..999999999.
+SNs are drawn at random in 1..999999999 (`SnAllocator`), never one still pending: not predictable from the
+SNs a device saw in its own queries, and a restarted platform is unlikely to reuse one a device may still
+be answering. Answers are taken only from the device's registered address (the platform's `_message`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 from drivers.gb28181.manscdp import (
@@ -47,13 +48,16 @@ class QueryTimeout(QueryError):
 
 
 class SnAllocator:
-    def __init__(self, start: int | None = None) -> None:
-        self._next = start if start is not None else secrets.randbelow(MAX_SN // 2) + 1
+    """SNs for queries: random in 1..MAX_SN, never one still awaiting its answer. Random, not counted: an
+    answer is matched by (device, SN, CmdType), and a counter would let any device learn from its own
+    queries the SN the next query to another device gets (review 22: a forged answer then needs no
+    guess)."""
 
-    def allocate(self) -> int:
-        sn = self._next
-        self._next = sn + 1 if sn < MAX_SN else 1
-        return sn
+    def allocate(self, pending: Container[int] = ()) -> int:
+        while True:
+            sn = secrets.randbelow(MAX_SN) + 1
+            if sn not in pending:
+                return sn
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,11 @@ class PendingQueries:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiters[key] = future
         return future
+
+    @property
+    def pending_sns(self) -> set[int]:
+        """The SNs of the queries awaiting answers (a new SN must be none of them)."""
+        return {key.sn for key in self._waiters}
 
     def forget(self, key: QueryKey) -> None:
         self._waiters.pop(key, None)

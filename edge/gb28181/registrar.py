@@ -9,7 +9,9 @@ in its From, over the `uri` the device gave; the user name in the credentials mu
 Hikvision lets people do, is refused 403 and must be set to its id) -> 200 with Contact, Expires (bounded
 by configuration) and, only when the station clock is trusted and the platform says the device's clock may
 be set now (`may_set_clock`: its offset was measured first, so what it was is on the record), Date (9.10.3:
-devices set their clocks from it). `Expires: 0` unregisters (9.1.2.3).
+devices set their clocks from it). `Expires: 0` unregisters (9.1.2.3). The expiry may come as the Expires
+header or as the Contact's `expires` parameter (RFC 3261 10.2.1.1; the parameter wins), or not at all:
+then `DEFAULT_EXPIRES_S` within the configured bounds (10.3 step 7).
 Every registration is challenged afresh: a refresh with the same Call-ID is no proof of anything.
 
 Refused: a device id not configured (unless `allow_unknown_devices`) gets 403 at once; a wrong password
@@ -25,6 +27,7 @@ Passwords are resolved once at start into `DevicePasswords`, whose repr names on
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 GB_ID_LENGTH = 20
 REFUSAL_REPEAT_S = 60.0
+# The expiry granted to a REGISTER that asks for none (RFC 3261 10.3: the registrar's choice).
+DEFAULT_EXPIRES_S = 3600
 REFUSAL_BUDGET = 30  # ledger entries of refusals and bad input per REFUSAL_REPEAT_S, over all sources
 
 
@@ -63,6 +68,7 @@ class DevicePasswords:
 
 
 MAX_SHOWN_USER = 40
+_EXPIRES_PARAM_RE = re.compile(r";\s*expires\s*=\s*[0-9]+", re.IGNORECASE)
 
 
 class Outcome(StrEnum):
@@ -116,7 +122,7 @@ class Registrar:
         tag = self._to_tag()
         try:
             device_id = req.from_.sip_uri.user or ""
-            requested = req.expires
+            requested = req.register_expires
         except SipProtocolError as exc:
             return self._refuse(req, tag, "", 400, f"unreadable REGISTER: {exc}")
         if not is_gb_id(device_id):
@@ -124,8 +130,6 @@ class Registrar:
         password = self._passwords.password_for(device_id)
         if password is None:
             return self._refuse(req, tag, device_id, 403, "device not configured")
-        if requested is None:
-            return self._refuse(req, tag, device_id, 400, "REGISTER without Expires")
         authorization = req.headers.get("Authorization")
         if authorization is None:
             challenge = self._digest.challenge()
@@ -148,6 +152,10 @@ class Registrar:
             return RegisterResult(response, Outcome.CHALLENGED, device_id, reason=verdict.value)
         if verdict is not DigestVerdict.OK:
             return self._refuse(req, tag, device_id, 403, f"authentication failed: {verdict.value}")
+        if requested is None:
+            # RFC 3261 10.3 step 7: no Expires header and no Contact expires parameter, the registrar
+            # chooses (GB/T 28181 9.1.1: not below 3600 s), within what is configured.
+            requested = max(self._expires_min_s, min(DEFAULT_EXPIRES_S, self._expires_max_s))
         if requested == 0:
             return RegisterResult(self._ok(req, tag, 0, with_date=False), Outcome.UNREGISTERED, device_id)
         if requested < self._expires_min_s:
@@ -160,6 +168,10 @@ class Registrar:
 
     def _ok(self, req: SipRequest, tag: str, expires_s: int, *, with_date: bool) -> SipResponse:
         contact = req.headers.get("Contact")
+        if contact and expires_s:
+            # The Contact's own expires parameter, when it gave one, says what was granted (RFC 3261 10.3
+            # step 8): a device reading it there must not keep the longer one it asked for.
+            contact = _EXPIRES_PARAM_RE.sub(f";expires={expires_s}", contact)
         headers = [("Contact", contact)] if contact else []
         headers.append(("Expires", str(expires_s)))
         if with_date and self._time_sync and self._clock_trusted():

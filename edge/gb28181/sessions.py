@@ -20,7 +20,9 @@ receiver connects to the answer's port at the device's registered host; an answe
 host (compared canonically: an IPv4-mapped IPv6 address is its IPv4 one, as a dual-stack socket reports an
 IPv4 device) is recorded as `media_address_ignored`. Then the ACK goes out, and the session ends on the
 first of: MediaStatus 121 in the dialog (or naming the device outside it, when it has one history
-session), the receiver's end (idle, closed, limit, error), a BYE from the device, or `stop()`. The platform
+session), the receiver's end (idle, closed, limit, error), a BYE from the device, or `stop()`. After a 121
+the receiver drains first (`MediaReceiver.drain`: until its media has been quiet for a moment, within the
+session's bounds), since 121 says the device has read its file, not that its media has arrived. The platform
 sends BYE unless the device did, then closes the receiver and returns its outcome.
 
 A history session (Download, Playback) is bounded from above (`session_bounds`), each bound its own end
@@ -282,6 +284,15 @@ def _receiver_end(done: asyncio.Future[Any]) -> EndReason:
     return EndReason.RECEIVER_ENDED
 
 
+async def _drain_receiver(receiver: MediaReceiver) -> None:
+    """The receiver's `drain()` when it has one (a stand-in receiver may not)."""
+    drain = getattr(receiver, "drain", None)
+    if drain is not None:
+        draining = drain()
+        if inspect.isawaitable(draining):
+            await draining
+
+
 async def _close_receiver(receiver: MediaReceiver) -> None:
     closing = receiver.close()
     if inspect.isawaitable(closing):
@@ -474,6 +485,11 @@ class SessionManager:
             elif not session.ended.is_set():
                 session.end(EndReason.TIME_LIMIT)  # a receiver that did not keep the hard cap itself
             self._on_change(session, "ending")
+            if session.end_reason is EndReason.FILE_END and not receiver_done.done():
+                # 121 says the device has read its file, not that its media has arrived: over a slow uplink
+                # the rest is still coming, and a BYE now would stop it (review 22). Received until quiet,
+                # within the session's own bounds (the receiver's), then BYE.
+                await _drain_receiver(session.receiver)
             if session.end_reason is not EndReason.DEVICE_BYE:
                 await self._bye(session, device)
         finally:

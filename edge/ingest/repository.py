@@ -99,6 +99,54 @@ class ItemRecord:
     path: str | None
 
 
+@dataclass(frozen=True)
+class InProgress:
+    """An acquisition row not finished (`IngestRepository.in_progress`), and its copy's hash and size
+    when its `acquired` entry recorded one (None: no copy recorded)."""
+
+    key: OriginalKey
+    item: str
+    state: str
+    sha256: str | None
+    size: int | None
+
+
+# Originals per query of `sealed_original_facts` (SQLite's bound on parameters is 32766).
+ORIGINALS_PER_QUERY = 500
+
+
+def sealed_original_facts(
+    conn: sqlite3.Connection, source: str, device: str, originals: Collection[str] | None,
+    fields: Sequence[str],
+) -> list[tuple[str, str, str, dict[str, tuple[str | None, Any]]]]:
+    """The sealed acquisitions of `device` (those of `originals` only, when given), each as (original,
+    version, item, {field: (JSON type, value)}) for the `fields` of its manifest's `original` block, read
+    by SQLite (json_type/json_extract: a manifest is not parsed whole here; the type tells `false` from 0).
+    Given `originals`, the query is bounded by them (the primary key: source, device, original), never by
+    how many the device has sealed. `conn` may be a read-only connection of the caller's."""
+    columns = ", ".join(f"json_type(i.manifest, '$.original.{f}'), json_extract(i.manifest, '$.original.{f}')"
+                        for f in fields)
+    query = (f"SELECT a.original, a.version, a.item{', ' if fields else ''}{columns} FROM acquisitions a "
+             "LEFT JOIN items i ON i.item = a.item WHERE a.source=? AND a.device=? AND ")
+    args: tuple[Any, ...] = (source, device, AcquisitionState.SEALED)
+    if originals is None:
+        batches: list[tuple[str, tuple[Any, ...]]] = [(query + "a.state=?", args)]
+    else:
+        wanted = sorted(set(originals))
+        # `+a.state`: the primary key is the index to take, never the state index (all the device's sealed
+        # rows), which SQLite would prefer for its three equality terms.
+        batches = [(query + f"+a.state=? AND a.original IN ({', '.join('?' * len(chunk))})", (*args, *chunk))
+                   for chunk in (wanted[i:i + ORIGINALS_PER_QUERY]
+                                 for i in range(0, len(wanted), ORIGINALS_PER_QUERY))]
+    found = []
+    for batch_query, batch_args in batches:
+        for row in conn.execute(batch_query, batch_args):
+            values = tuple(row)
+            facts = {f: (values[3 + 2 * n], values[4 + 2 * n]) for n, f in enumerate(fields)}
+            found.append((str(values[0]), str(values[1]), str(values[2]), facts))
+    return found
+
+
 MAX_DUPLICATES_NAMED = 10
 GENERATION_MARK = "#"  # OriginalKey.version + "#2": the second original seen under one key
 
@@ -217,6 +265,29 @@ class IngestRepository:
                         int(r["attempts"]))
             for r in rows
         ]
+
+    def in_progress(self, source: str, device: str,
+                    keys: Collection[OriginalKey] | None = None) -> list[InProgress]:
+        """The source's acquisitions of `device` (of `keys` only, when given) that are pending, copied or
+        verified, with the hash and size of their copy when one was recorded (by the state index)."""
+        query = ("SELECT a.original, a.version, a.item, a.state, i.sha256, i.size FROM acquisitions a "
+                 "LEFT JOIN items i ON i.item = a.item "
+                 "WHERE a.source=? AND a.device=? AND a.state IN (?, ?, ?)")
+        args = (source, device, *sorted(AcquisitionState.IN_PROGRESS))
+        if keys is None:
+            rows = self.conn.execute(query, args).fetchall()
+        else:
+            rows = [row for key in keys for row in self.conn.execute(
+                query + " AND a.original=? AND a.version=?", (*args, key.original, key.version))]
+        return [InProgress(OriginalKey(source, device, r[0], r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+
+    def state_of(self, key: OriginalKey) -> tuple[str, str] | None:
+        """The item and state of the acquisition row of exactly `key`, or None."""
+        row = self.conn.execute(
+            "SELECT item, state FROM acquisitions WHERE source=? AND device=? AND original=? AND version=?",
+            (key.source, key.device, key.original, key.version),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     # -- the pipeline's transitions ---------------------------------------------------------------
 

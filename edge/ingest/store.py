@@ -93,6 +93,8 @@ CREATE TABLE IF NOT EXISTS items (
     manifest TEXT                     -- canonical JSON of the signed manifest
 );
 CREATE INDEX IF NOT EXISTS items_sha256 ON items(sha256);
+-- A source's rows in one state (gb28181: those a crash left in progress, looked up at every download pass)
+CREATE INDEX IF NOT EXISTS acquisitions_state ON acquisitions(source, device, state);
 CREATE TABLE IF NOT EXISTS uploads (      -- the spool: one row per sealed item bound for the central
     item TEXT PRIMARY KEY REFERENCES items(item),
     state TEXT NOT NULL,              -- queued, uploaded, receipted, rejected

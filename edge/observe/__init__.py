@@ -76,7 +76,14 @@ device text as the device sent it, escaped by ``json_printable``, times with mic
                                 "transport", "ssrc_offered": int, "ssrc_answered": int | null,
                                 "started_at": time, "state": "inviting" | "streaming" | "ending"}]}],
      "counters": {"registered": int, "refused": int, "bad_input": int, "keepalives": int,
-                  "keepalives_other_port": int, "media_status_refused": int},
+                  "keepalives_other_port": int, "media_status_refused": int,
+                  "answers_refused": int},
+     "sip_tcp": {"connections": int, "proven": int,   # proven: an authenticated REGISTER came over it
+                 "shed": int,   # connections refused or closed to make room since start
+                 "budget": int, "per_address": int,   # budget: from RLIMIT_NOFILE
+                 "nofile_soft_limit": int | null},
+     "media_udp_receive_buffer": {"asked_bytes": int, "granted_bytes": int, "rmem_max_bytes": int | null,
+                                  "limited": bool, "hint": str | null} | null,
      "downloads": {device_id: {...}},                       # edge.sources.gb28181.scheduler
      "live": {device_id: [{"channel_id", "state": "starting" | "streaming" | "interrupted" | "stopping",
                            "transport", "since": time, "streaming_since": time | null, "call_id",

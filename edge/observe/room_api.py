@@ -9,6 +9,12 @@ and with ``[api] room_page_over_tcp`` also over the loopback TCP listener for th
   POST /api/v1/rooms/{room}/mark       {note}
   POST /api/v1/rooms/{room}/change     {case_number | collector | collector_no | subject | persons}
   POST /api/v1/rooms/{room}/stop       {}
+  POST /api/v1/room-sessions/{session}/documents?kind=笔录&name=NAME
+                                       the document's bytes (PDF, JPEG or PNG; its type is told by its
+                                       content); answers with its ``attached`` entry
+  POST /api/v1/room-sessions/{session}/export
+                                       answers with the session's disc image (ISO 9660), its SHA-256 in
+                                       the header ``X-Image-SHA256``; the export is an ``exported`` entry
   GET  /rooms/...                      the room page's own files (no data in them: kiosk level)
 
 The caller is recorded as who did it (``by``: ``[api] accounts``, else the login name), whichever
@@ -27,6 +33,8 @@ and ``nosniff``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -45,6 +53,7 @@ log = logging.getLogger(__name__)
 
 ROOMS = web.AppKey("rooms", RoomService)
 MAX_ROOM_CHARS = 64
+ATTACH_CHUNK_BYTES = 1 << 20
 # A caller's repeated reads of the same sessions are logged at most this often (with their count).
 READ_LOG_INTERVAL_S = 60.0
 _READERS_KEPT = 256  # callers remembered for that (uids: few on a room PC; bounded all the same)
@@ -98,6 +107,8 @@ def room_routes(service: RoomService) -> Callable[[web.Application], None]:
             add_route(app, "POST", f"/api/v1/rooms/{{room}}/{action}", _action(action), Access.ROOM)
         for path, handler in room_page_routes():
             add_route(app, "GET", path, handler, Access.KIOSK)
+        add_route(app, "POST", "/api/v1/room-sessions/{session}/documents", _attach, Access.OPERATOR)
+        add_route(app, "POST", "/api/v1/room-sessions/{session}/export", _export, Access.OPERATOR)
 
     return extend
 
@@ -145,3 +156,53 @@ def _action(action: str) -> Callable[[web.Request], Any]:
             return _json({"error": str(exc)}, exc.status)
 
     return handler
+
+
+def _operator(request: web.Request) -> str | None:
+    """Who asks (``by``), or None when the request did not come over the Unix socket from a known uid."""
+    caller: Caller = request[CALLER]
+    if caller.channel != "unix" or caller.uid is None:
+        return None
+    return tagger_name(request.app[SETTINGS], caller.uid)
+
+
+async def _attach(request: web.Request) -> web.Response:
+    by = _operator(request)
+    if by is None:
+        return _json({"error": "documents are attached over the Unix socket only"}, 403)
+    session = request.match_info["session"][:MAX_ROOM_CHARS]
+    chunks = request.content.iter_chunked(ATTACH_CHUNK_BYTES)
+    try:
+        attached = await request.app[ROOMS].attach(session, chunks, kind=request.query.get("kind"),
+                                                   name=request.query.get("name"), by=by)
+    except RoomRefused as exc:
+        return _json({"error": str(exc)}, exc.status)
+    return _json(attached)
+
+
+async def _export(request: web.Request) -> web.StreamResponse:
+    by = _operator(request)
+    if by is None:
+        return _json({"error": "sessions are exported over the Unix socket only"}, 403)
+    session = request.match_info["session"][:MAX_ROOM_CHARS]
+    try:
+        disc = await request.app[ROOMS].export(session, by=by)
+    except RoomRefused as exc:
+        return _json({"error": str(exc)}, exc.status)
+    # A read of evidence: logged with its caller, like a read of an item (the ledger has `exported`).
+    log.info("local API: %s exported room session %s as a disc image (%s, %d bytes)",
+             request[CALLER].describe(), session, disc.sha256, disc.size)
+    try:
+        response = web.StreamResponse(headers={
+            "Content-Type": "application/x-iso9660-image", "Content-Length": str(disc.size),
+            "X-Image-SHA256": disc.sha256, "X-Volume-ID": disc.volume_id})
+        await response.prepare(request)
+        with open(disc.path, "rb") as image:
+            while chunk := await asyncio.to_thread(image.read, ATTACH_CHUNK_BYTES):
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        disc.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the session's work directory, when nothing else is in it
+            disc.path.parent.rmdir()

@@ -18,12 +18,14 @@ from typing import Any
 import aiohttp
 
 from edge.custody.text import json_printable, printable
+from edge.observe.room_files_cli import add_room_file_parsers
 from edge.observe.status_cli import TIMEOUT_S, AgentUnavailable, NotAdmitted, api_socket
 from edge.runtime.exit_codes import ExitCode
 
 EX_DATAERR = 65
-# A stop waits for every source's last segment to be closed and sealed, and the manifest.
-STOP_TIMEOUT_S = 120.0
+# A stop waits for every source's last segment to be closed and sealed, the manifest, each source's joined
+# file (a copy of the session's recording) and the statement.
+STOP_TIMEOUT_S = 1800.0
 
 
 class Refused(Exception):
@@ -135,7 +137,11 @@ def _describe(action: str, answer: Any) -> str:
     if action == "stop":
         return (
             f"session {answer['room_session']} stopped: {answer['segments']} segments, {answer['gaps']} "
-            f"gaps, {answer['marks']} marks; session manifest item {answer['manifest_item']}"
+            f"gaps, {answer['marks']} marks; session manifest item {answer['manifest_item']}; "
+            + "; ".join(f"source {printable(str(j['source']))} joined as item {j['item']}" if j["item"]
+                        else f"source {printable(str(j['source']))} NOT joined (see the statement)"
+                        for j in answer.get("joined", []))
+            + f"; statement (相关说明) item {answer.get('statement_item')}"
         )
     if action == "mark":
         return f"marked at {answer['time_utc']} (ledger seq {answer['seq']})"
@@ -220,3 +226,4 @@ def add_room_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status = actions.add_parser("status", help="every room: its session and each source")
     common(status)
     room.set_defaults(func=cmd_room)
+    add_room_file_parsers(actions, common)

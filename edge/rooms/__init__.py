@@ -17,6 +17,12 @@ One module per job:
 * :mod:`edge.rooms.composite`: a room's picture-in-picture with a burnt-in overlay, one more derived output
   recorded like a source; :mod:`edge.rooms.overlay_text`: the overlay's text, in files drawtext reads.
 * :mod:`edge.rooms.manifest`: the signed session manifest sealed at stop.
+* :mod:`edge.rooms.joined`: one joined MP4 per source at stop (concat, ``-c copy``), each segment re-read
+  against its sealed hash first.
+* :mod:`edge.rooms.statement`: the session statement (相关说明) for signature; pure.
+* :mod:`edge.rooms.products`: what a stop makes after the manifest (joined files, statement), sealed.
+* :mod:`edge.rooms.documents`: documents (笔录: PDF, JPEG, PNG by content) attached to a session.
+* :mod:`edge.rooms.export`: a stopped session's disc image (ISO 9660 by xorriso), checked against the ledger.
 * :mod:`edge.rooms.service`: start, stop, mark, status; what the local API and `edge room` call.
 * :mod:`edge.rooms.hardware`: the room's serial hardware (lamp and button panel, climate sensor, PTZ
   camera), one supervised task per room asking the service as the local API does.

@@ -284,9 +284,12 @@ async def seal_session_file(
     role: str,
     station_id: str,
     clock_synchronised: bool,
+    facts: Mapping[str, Any] | None = None,
 ) -> str | None:
-    """Seal a file the session produced (its manifest; later its joined recordings and statement) as an
-    item of the session; its item id, or None when the pipeline could not (its entries say why)."""
+    """Seal a file the session produced (its manifest, its joined recordings, its statement, a document
+    attached to it) as an item of the session; its item id, or None when the pipeline could not (its
+    entries say why). `facts` adds to the manifest's facts (the source of a joined recording, a
+    document's kind)."""
     info = os.stat(path, follow_symlinks=False)
     device = f"{session.room}/session"
     origin = Origin(
@@ -312,7 +315,7 @@ async def seal_session_file(
             "station_clock_synchronised": clock_synchronised,
         },
         case=session.case_block(),
-        facts={"room_session": session.session, "room": session.room, "role": role},
+        facts={**(facts or {}), "room_session": session.session, "room": session.room, "role": role},
     )
     what = f"{device}:{path.name}"
     offered = OfferedItem(

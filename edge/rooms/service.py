@@ -21,11 +21,14 @@ the agent stops, interrupts them (a gap opens; the session itself goes on at the
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 from edge.config.rooms import RoomConfig, RoomsSection
@@ -38,8 +41,11 @@ from edge.gb28181.live import LiveStreams
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.composite import derived_of, room_outputs
+from edge.rooms.documents import DocumentRefused, attach_document
+from edge.rooms.export import ExportedDisc, ExportRefused, export_session
 from edge.rooms.manifest import session_manifest
 from edge.rooms.overlay_text import check_extra_line
+from edge.rooms.products import Products, make_products, products_dir
 from edge.rooms.reconcile import (
     COMPLETED_MANIFEST_ROLE,
     COMPLETION_TYPES,
@@ -68,6 +74,7 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "session-manifest.json"
 COMPLETED_MANIFEST_NAME = "session-manifest-completed.json"
 STOPPING_REASON = "the station agent stopped"
+PRODUCTS_TO_FOLLOW = "to follow"
 
 
 class RoomRefused(Exception):
@@ -103,6 +110,8 @@ class RoomService:
         self._running = False
         # Stopped sessions whose stop could not seal everything (a full disk): finished by run().
         self._unfinished: list[RoomSession] = []
+        # Stopped sessions whose products (joined files, statement) a stop did not finish: made by run().
+        self._products_pending: list[tuple[RoomSession, LedgerEntry]] = []
         self.finishing: list[asyncio.Task[None]] = []  # run()'s tasks finishing them
         # Per room, the status of its serial hardware (lamp panel, sensor, PTZ: edge.rooms.hardware).
         self.hardware_status: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -133,6 +142,7 @@ class RoomService:
                 {"stage": "room", "file": printable(name)[:100], "reason": f"not a room session: {why}"},
             )
         sessions = self._checked_against_ledger(sessions)
+        self._products_pending = self._without_products(sessions)
         for session in sessions:
             if session.state is not SessionState.RECORDING:
                 if self._left_unfinished(session):
@@ -264,6 +274,23 @@ class RoomService:
             log.error("room session %s: what its stop left unsealed cannot be sealed yet: %s",
                       session.session, exc)
 
+    def _without_products(self, sessions: list[RoomSession]) -> list[tuple[RoomSession, LedgerEntry]]:
+        """The stopped sessions whose stop said products were to follow, with no `room_products` since."""
+        stopped = [s for s in sessions if s.state is SessionState.STOPPED]
+        if not stopped:
+            return []
+        start = min(s.started_seq or 1 for s in stopped)
+        stops: dict[str, LedgerEntry] = {}
+        made: set[str] = set()
+        for entry in self.store.ledger.entries_of_types(
+                [EntryType.SESSION_STOPPED, EntryType.ROOM_PRODUCTS], start):
+            session_id = str(entry.data.get("room_session"))
+            if entry.type == EntryType.ROOM_PRODUCTS:
+                made.add(session_id)
+            elif entry.data.get("products") == PRODUCTS_TO_FOLLOW:
+                stops[session_id] = entry
+        return [(s, stops[s.session]) for s in stopped if s.session in stops and s.session not in made]
+
     def _file_error(self, session: str, why: str) -> None:
         reason = f"room session {session}: {why}"
         log.error("rooms: %s", printable(reason))
@@ -278,6 +305,10 @@ class RoomService:
             for session in self._unfinished
         ]
         self._unfinished = []
+        finishing += [asyncio.create_task(self._products_left(session, entry),
+                                          name=f"room-products-{session.session}")
+                      for session, entry in self._products_pending]
+        self._products_pending = []
         try:
             for session in list(self.active.values()):
                 if session.room not in self._tasks:
@@ -459,6 +490,9 @@ class RoomService:
                 "segments": segments,
                 "gaps": len(manifest["gaps"]),
                 "marks": len(manifest["marks"]),
+                # Made next (a joined file per source, the statement): `room_products` says when they are.
+                # Without a sealed manifest (the store at its reserve) there are none.
+                "products": PRODUCTS_TO_FOLLOW if item is not None else "none: the manifest is not sealed",
             }
             entry = await self._record(EntryType.SESSION_STOPPED, summary)
             await asyncio.to_thread(self.files.save, stopped)
@@ -480,7 +514,43 @@ class RoomService:
                 segments,
                 len(manifest["gaps"]),
             )
-            return {**summary, "seq": entry.seq, "stopped_utc": stopped.stopped_utc}
+        # Outside the room's lock: the session is stopped on the ledger, the room may start its next one
+        # while the joins run.
+        made = Products()
+        if item is not None:
+            made = await self._make_products(stopped, manifest, item, sha256_hex(data))
+        return {**summary, **made.summary(), "seq": entry.seq, "stopped_utc": stopped.stopped_utc}
+
+    async def _make_products(self, session: RoomSession, manifest: Mapping[str, Any], manifest_item: str,
+                             manifest_sha256: str) -> Products:
+        """The stopped session's joined files and statement, then `room_products` naming them."""
+        products = await make_products(
+            self.pipeline, session, manifest, manifest_item=manifest_item, manifest_sha256=manifest_sha256,
+            ffmpeg=self.settings.ffmpeg, ffprobe=self.settings.ffprobe, station_id=self.station_id,
+            clock_synchronised=self.clock_synchronised())
+        await self._record(EntryType.ROOM_PRODUCTS, {
+            "room_session": session.session, "room": session.room, "manifest_item": manifest_item,
+            "manifest_sha256": manifest_sha256, **products.summary()})
+        return products
+
+    async def _products_left(self, session: RoomSession, stopped: LedgerEntry) -> None:
+        """Make the products a stop did not finish (the agent stopped during them), from the sealed
+        manifest the stop named (read back, checked against the hash in `session_stopped`)."""
+        item, expected = stopped.data.get("manifest_item"), stopped.data.get("manifest_sha256")
+        record = None if not isinstance(item, str) else self.pipeline.repository.item(item)
+        try:
+            if record is None or record.path is None or record.sha256 != expected:
+                raise ValueError("its sealed manifest is not on this station as the stop recorded it")
+            data = await asyncio.to_thread(_read_prefix, self.store.layout.root / record.path, record.size)
+            if sha256_hex(data) != expected:
+                raise ValueError("its sealed manifest no longer gives the hash the stop recorded")
+            manifest = json.loads(data)
+        except (OSError, ValueError) as exc:
+            self._file_error(session.session, f"its products cannot be made: {exc}")
+            return
+        assert isinstance(item, str) and isinstance(expected, str)
+        log.info("room session %s: making the products its stop did not finish", session.session)
+        await self._make_products(session, manifest, item, expected)
 
     def status(self) -> dict[str, Any]:
         """Every room with its session (case, persons, marks) and each source: for operators (the local
@@ -533,6 +603,45 @@ class RoomService:
         space = self.space.status()
         shown_space = None if space is None else {k: space[k] for k in ("level", "minutes_left")}
         return {"rooms": rooms, "space": shown_space}
+
+    # -- documents and discs (edge.rooms.documents, edge.rooms.export) --------------------------------
+
+    async def attach(self, session_id: str, chunks: AsyncIterable[bytes], *, kind: object, name: object,
+                     by: str) -> dict[str, Any]:
+        """Attach a document (PDF, JPEG, PNG by content) to a session, recording or stopped."""
+        session = await self._known_session(session_id, "attach", by)
+        try:
+            return await attach_document(
+                self.pipeline, session, chunks, kind=kind, name=name, by=by,
+                work_dir=products_dir(self.store.layout.root, session.session), station_id=self.station_id,
+                clock_synchronised=self.clock_synchronised())
+        except DocumentRefused as exc:
+            await self._refuse("attach", session.room, by, f"session {session.session}: {exc}", exc.status)
+
+    async def export(self, session_id: str, *, by: str) -> ExportedDisc:
+        """The disc image of a stopped session (the caller hands it on and removes it)."""
+        session = await self._known_session(session_id, "export", by)
+        try:
+            return await export_session(
+                self.pipeline, session.session, case_number=session.case_number, station_id=self.station_id,
+                by=by, work_dir=products_dir(self.store.layout.root, session.session),
+                from_seq=session.started_seq or 1)
+        except ExportRefused as exc:  # its `refused` entry is written
+            raise RoomRefused(str(exc), exc.status) from None
+
+    async def _known_session(self, session_id: str, action: str, by: str) -> RoomSession:
+        try:
+            wanted = str(uuid.UUID(session_id))
+        except ValueError:
+            await self._refuse(action, "", by, f"{printable(session_id)[:64]!r} is not a session id", 400)
+        for session in self.active.values():
+            if session.session == wanted:
+                return session
+        sessions, _ = await asyncio.to_thread(self.files.load)
+        for session in sessions:
+            if session.session == wanted:
+                return session
+        await self._refuse(action, "", by, f"no session {wanted} on this station", 404)
 
     def set_overlay_line(self, room: str, text: str) -> None:
         """The extra line of `room`'s composite overlay from now on (a room panel's temperature and humidity;
@@ -588,6 +697,11 @@ class RoomService:
             {"stage": "room", "action": action, "room": shown, "by": by, "reason": printable(reason)[:500]},
         )
         raise RoomRefused(reason, status)
+
+
+def _read_prefix(path: Path, size: int) -> bytes:
+    with open(path, "rb") as reader:
+        return reader.read(size)
 
 
 def _ns_from_iso(text: str) -> int:

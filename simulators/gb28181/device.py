@@ -71,6 +71,7 @@ from drivers.gb28181.sip_transport import (
     SipTransport,
     SipTransportError,
     Transport,
+    TransportLimits,
 )
 
 from .media import CLOCK_HZ, MediaFacts, MediaFrame, Recording, read_frames, scan_recordings
@@ -263,9 +264,11 @@ class SimulatedDevice:
                       exc_info=task.exception())
 
     async def _open_transport(self) -> SipTransport:
+        # A device keeps a connection the platform opened to it: no REGISTER ever proves one on its side.
         transport = SipTransport(self._handle, host=self.settings.bind_host, port=self.settings.sip_port
                                  if not self.log.sip_ports else 0, timers=self._timers,
-                                 advertised_host=self.settings.contact_host)
+                                 advertised_host=self.settings.contact_host,
+                                 limits=TransportLimits(tcp_unproven_timeout_s=None))
         await transport.start()
         self.log.sip_ports.append(transport.port)
         return transport

@@ -32,10 +32,12 @@ from drivers.gb28181.manscdp import (
 )
 from drivers.gb28181.sdp import answer_to, build_sdp, parse_sdp, with_ssrc
 from drivers.gb28181.sip import SipRequest, SipResponse, request, response_to
-from drivers.gb28181.sip_transport import Peer, SipTransport, Transport
+from drivers.gb28181.sip_transport import Peer, SipTransport, Transport, TransportLimits
 
 PLATFORM_ID = "34020000002000000001"
 DOMAIN = "3402000000"
+# A device keeps a connection the platform opened to it (nothing proves one on its side).
+DEVICE_LIMITS = TransportLimits(tcp_unproven_timeout_s=None)
 
 
 class FakeClock:
@@ -106,7 +108,7 @@ class TestDevice:
         self.media_connections = 0
 
     async def start(self, port: int = 0) -> TestDevice:
-        self.sip = SipTransport(self._handle, host=self.host, port=port)
+        self.sip = SipTransport(self._handle, host=self.host, port=port, limits=DEVICE_LIMITS)
         await self.sip.start()
         return self
 
@@ -114,7 +116,7 @@ class TestDevice:
         """A NAT rebinding: the same device, from another source port of the same host."""
         assert self.sip is not None
         old = self.sip
-        self.sip = SipTransport(self._handle, host=self.host, port=0)
+        self.sip = SipTransport(self._handle, host=self.host, port=0, limits=DEVICE_LIMITS)
         await self.sip.start()
         await old.close()
 

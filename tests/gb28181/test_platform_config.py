@@ -70,6 +70,11 @@ def test_a_sound_section_is_accepted_and_read(tmp_path: Path, capsys: pytest.Cap
          "allow_unknown_devices and unknown_device_password go together"),
         (SOUND.replace("listen_port = 5060", "listen_port = 70000"), "gb28181.listen_port",
          "less than or equal"),
+        # The unit grants no CAP_NET_BIND_SERVICE: a low port would pass here and fail at every start (review
+        # 22, finding 15). Its control: 5060 in SOUND, and the lowest allowed below.
+        (SOUND.replace("listen_port = 5060", "listen_port = 506"), "gb28181.listen_port",
+         "below 1024: the agent runs without CAP_NET_BIND_SERVICE"),
+        (SOUND.replace("listen_port = 5060", "listen_port = 1023"), "gb28181.listen_port", "below 1024"),
         (SOUND.replace("listen_port = 5060", 'listen_port = 5060\nlisten_host = "station.local"'), "gb28181",
          "listen_host must be an IP address"),
         (SOUND.replace("listen_port = 5060", "listen_port = 5060\nregister_expires_max_s = 30"),
@@ -97,6 +102,16 @@ def test_bad_settings_are_refused_naming_the_key(
     status, said = check(tmp_path, text, capsys)
     assert status == 78, said
     assert named in said and why in said, said
+
+
+def test_the_lowest_unprivileged_sip_port_and_a_free_one_are_accepted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The control of the low-port refusal: 1024 (the first port an unprivileged process binds) and 0."""
+    for port in (1024, 0):
+        status, said = check(tmp_path, SOUND.replace("listen_port = 5060", f"listen_port = {port}"), capsys)
+        assert status == 0, said
+        assert load_config(tmp_path / "station.toml").gb28181.listen_port == port
 
 
 def test_unknown_devices_allowed_with_their_password(

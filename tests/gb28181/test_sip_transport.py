@@ -942,3 +942,69 @@ async def test_one_address_gets_at_most_its_share_of_tcp_connections() -> None:
         for client in held:
             client.writer.close()
         await transport.close()
+
+
+async def test_a_connection_nobody_vouched_for_is_closed_soon_a_proven_one_stays() -> None:
+    """Review 22: strangers' connections (even ones sending valid requests) cannot hold descriptors for
+    the idle timeout; one over which the platform saw an authenticated REGISTER (`mark_proven`) can. The
+    two open together, so the proven one still answering once the other was closed is the control."""
+    limits = TransportLimits(tcp_unproven_timeout_s=0.5, tcp_idle_timeout_s=600)
+    transport = await started(Recorder(), limits=limits)
+    stranger = await TcpClient.connect(transport.port)
+    device = await TcpClient.connect(transport.port)
+    try:
+        for n, client in enumerate((stranger, device)):
+            client.writer.write(device_request("MESSAGE", 5060, transport="TCP", call_id=f"c{n}"))
+            assert isinstance(await client.next(), SipResponse)
+        transport.mark_proven(Peer(Transport.TCP, "127.0.0.1", device.port))
+        assert await asyncio.wait_for(stranger.reader.read(), 30) == b""  # closed by the transport
+        again = device_request("MESSAGE", 5060, transport="TCP", call_id="c2", branch="z9hG4bK-2")
+        device.writer.write(again)
+        assert isinstance(await device.next(), SipResponse)
+        assert transport.open_connections == 1
+    finally:
+        stranger.writer.close()
+        await device.close()
+        await transport.close()
+
+
+async def test_the_tcp_budget_follows_the_descriptor_limit() -> None:
+    """Review 22: the connections allowed are a quarter of RLIMIT_NOFILE's soft limit when that is lower
+    than the configured bound, and one address a quarter of those; with room to spare, the configured
+    bounds. (The process-level proof, descriptors left for a download, is test_review22_fd_exhaustion.)"""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+        roomy = await started(Recorder(), limits=TransportLimits(max_tcp_connections=100))
+        await roomy.close()
+        assert (roomy.tcp_connection_budget, roomy.tcp_connections_per_host) == (100, 64)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
+        tight = await started(Recorder())
+        await tight.close()
+        assert (tight.tcp_connection_budget, tight.tcp_connections_per_host) == (50, 12)
+        assert tight.nofile_soft_limit == 200
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_connections_refused_in_a_flood_are_counted_not_each_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Review 22: under a connection flood the transport refuses (or closes to make room) many connections;
+    each is counted, but the log gets one line per interval with how many more, not one per connection."""
+    transport = await started(Recorder(), limits=TransportLimits(max_tcp_connections_per_host=2))
+    clients = []
+    try:
+        with caplog.at_level("WARNING", logger="drivers.gb28181.sip_transport"):
+            for _ in range(2 + 20):
+                clients.append(await TcpClient.connect(transport.port))
+            for client in clients[2:]:  # the 20 beyond the bound: closed by the transport
+                assert await asyncio.wait_for(client.reader.read(), 10) == b""
+        assert transport.connections_shed == 20
+        shed = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert 1 <= len(shed) <= 2, [r.getMessage() for r in shed]
+    finally:
+        for client in clients:
+            client.writer.close()
+        await transport.close()

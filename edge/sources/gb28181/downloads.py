@@ -35,6 +35,13 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    sealed, its gaps and how it ended are in the manifest (a partial transfer is still evidence of what
    was received, whether the recording or the device's leaving cut it short).
 
+Each call first closes what an interrupted earlier download left in progress (`close_interrupted_copies`:
+never resumed under another transfer), and reads which listed recordings are sealed in a worker thread
+(`sealed_downloads_off_loop`). A recording listed with the channel, times and path of a sealed one but
+another FileSize is another recording (`_told_apart`). A store below its reserve ends the call
+(`StoreBelowReserve`, one limited `error` entry): before a download, and when the pipeline refused a
+download's copy for it (its spool files are removed).
+
 `start_download` is the seam to the platform (edge.gb28181.platform `start_session` with a Download
 `MediaRequest` and the session's `wait()`): the composition root adapts it, so this module depends on
 the media receiver's outcome only.
@@ -42,6 +49,7 @@ the media receiver's outcome only.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -53,17 +61,20 @@ from typing import Any
 
 from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
+from edge.durable.files import free_bytes
 from edge.gb28181.media import MediaOutcome
-from edge.ingest.pipeline import IngestPipeline
+from edge.ingest.pipeline import IngestOutcome, IngestPipeline
 from edge.sources.gb28181.recordings import (
     DownloadedRecording,
     DownloadIngest,
     GbRecordings,
     RecordingRef,
     SealedDownload,
+    close_interrupted_copies,
     display_text,
     ingest_download,
-    sealed_downloads_of_device,
+    json_safe_facts,
+    sealed_downloads_off_loop,
 )
 
 log = logging.getLogger(__name__)
@@ -94,6 +105,8 @@ FAILED_GIVE_UP_AFTER_S = 48 * 3600.0
 GIVEN_UP_RETRY_S = 24 * 3600.0
 MAX_FAILING_RECORDINGS = 16384  # recordings whose failed passes are counted (the oldest forgotten)
 FAILED_PROBLEM = "download-failed"
+IDENTITY_PROBLEM = "reused-identity"
+STORE_FULL_PROBLEM = "store-below-reserve"
 
 
 @dataclass(slots=True)  # up to MAX_FAILING_RECORDINGS of them
@@ -230,6 +243,11 @@ class WindowClosed(PassEnded):
     """The schedule's download window closed: the rest waits for the window to open again."""
 
 
+class StoreBelowReserve(PassEnded):
+    """The station's disk is below the store's reserve (`[offload] min_free_bytes`): every download would
+    fill the spool on that disk only for its copy to be refused, so the pass ends (review 22)."""
+
+
 StartDownload = Callable[[RecordingRef, Path], Awaitable[Transfer]]
 
 
@@ -276,12 +294,17 @@ class GbDownloads:
 
     async def download(self, recordings: Sequence[RecordingRef]) -> DownloadReport:
         report = DownloadReport()
-        sealed = sealed_downloads_of_device(self.pipeline.store, self.source.device_id,
-                                            {ref.identity() for ref in recordings})
         for ref in recordings:
             if ref.device_id != self.source.device_id:
                 raise ValueError(f"recording of device {ref.device_id} given to the downloads of "
                                  f"{self.source.device_id}")
+        # Copies an interrupted download left in progress (a crash while sealing) are closed, never resumed.
+        await close_interrupted_copies(self.pipeline, self.source.device_id)
+        identities = {ref.identity() for ref in recordings}
+        identities.update(ref.told_apart().identity() for ref in recordings if ref.listed_size_text())
+        sealed = await sealed_downloads_off_loop(self.pipeline.store, self.source.device_id, identities)
+        for listed in recordings:
+            ref = await self._told_apart(listed, sealed)
             earlier = sealed.get(ref.identity(), [])
             if any(d.complete for d in earlier):
                 report.skipped.append(ref)
@@ -296,6 +319,7 @@ class GbDownloads:
                 continue
             attempt = max((d.attempt for d in earlier), default=0) + 1
             try:
+                await self._ensure_room()
                 failure = await self._one(ref, report, attempt=attempt)
             except PassEnded as exc:
                 report.stopped = exc  # what was done so far stays counted
@@ -321,6 +345,66 @@ class GbDownloads:
         tally.not_named, tally.given_up_not_named, tally.first_not_named = 0, 0, None
         repository = self.pipeline.repository
         await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
+
+    async def _told_apart(self, ref: RecordingRef,
+                          sealed: Mapping[str, list[SealedDownload]]) -> RecordingRef:
+        """`ref`, or `ref` under the identity its FileSize tells apart (`RecordingRef.told_apart`) when a
+        recording listed with the same channel, times and path is sealed with another FileSize: a recorder
+        whose clock restarts at its epoch at every power-on names its files by it, so a new recording can
+        be listed under an old one's name (review 22). Then it is a recording of its own, downloaded and
+        sealed under its own keys, with an `error` entry of stage `identity` on the sealed one (limited
+        like the listing's problems) when it is to be downloaded. Where the sizes agree, or either is not
+        known, nothing the device listed tells them apart: the same recording (README: known limits)."""
+        size = ref.listed_size_text()
+        same_listing = sealed.get(ref.identity(), [])
+        sizes = {d.file_size_listed for d in same_listing if d.complete}
+        if size is None or not sizes or None in sizes or size in sizes:
+            return ref
+        told = ref.told_apart()
+        if any(d.complete for d in sealed.get(told.identity(), [])):
+            return told  # sealed under its own identity already: said when it was downloaded
+        device = display_text(ref.device_id, 64)
+        extra = self.problems.seen(IDENTITY_PROBLEM, f"{ref.device_id}|{told.identity()}", ref.device_id)
+        if extra is not None:
+            earlier = [d for d in same_listing if d.complete][-1]
+            shown = shown_recording(ref)
+            sealed_size = display_text(str(earlier.file_size_listed), 32)
+            reason = (f"listed with the channel, start, end and file path of the sealed recording (item "
+                      f"{earlier.item}, FileSize {sealed_size}) but with FileSize {display_text(size, 32)}: "
+                      "another recording (a device whose clock restarts at power-on names its files by that "
+                      "clock), downloaded and sealed as a recording of its own")
+            data = {"source": "gb28181", "stage": "identity", "device_id": device,
+                    "channel_id": display_text(ref.channel_id, 64), "original": shown,
+                    "recording": told.described(), "sealed_file_size": sorted(str(s) for s in sizes),
+                    "reason": reason, **extra}
+            log.warning("gb28181 %s: %s: %s", device, shown, data["reason"])
+            repository = self.pipeline.repository
+            await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, earlier.item, data))
+        return told
+
+    async def _ensure_room(self) -> None:
+        """Raise `StoreBelowReserve` (after one `error` entry, limited like the listing's problems) when the
+        spool's disk is below the store's reserve: a download there would only be refused by the copy."""
+        reserve = self.pipeline.settings.min_free_bytes
+        try:
+            available = await asyncio.to_thread(free_bytes, self.source.spool)
+        except OSError:
+            return  # the spool's own error is the download's (the receiver cannot create its file)
+        if available >= reserve:
+            return
+        await self._store_full(f"the station disk holding the download spool has {available} bytes free, "
+                               f"below the store's reserve of {reserve} ([offload] min_free_bytes)")
+
+    async def _store_full(self, why: str) -> None:
+        device = display_text(self.source.device_id, 64)
+        reason = f"{why}: the device's downloads stop for this pass; the rest waits for room in the store"
+        extra = self.problems.seen(STORE_FULL_PROBLEM, self.source.device_id, self.source.device_id)
+        if extra is not None:
+            data = {"source": "gb28181", "stage": "store", "device_id": device, "reason": reason, **extra}
+            log.error("gb28181 %s: %s", device, reason)
+            repository = self.pipeline.repository
+            await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
+        raise StoreBelowReserve(reason)
 
     async def _given_up(self, ref: RecordingRef, earlier: list[SealedDownload], why: str) -> None:
         """The decision not to download `ref` again, on the ledger once: an `error` entry of stage
@@ -355,7 +439,7 @@ class GbDownloads:
         self.failed_passes.succeeded(ref)
         # The platform gives the offset of the clock that stamped this recording (the one before the
         # station last set it, for a recording made before); the device's latest is the fallback.
-        facts = dict(transfer.facts)
+        facts = json_safe_facts(transfer.facts)  # a device's a=filesize beyond JSON's integers: as text
         offset = facts["device_clock_offset_ms"] if "device_clock_offset_ms" in facts \
             else self.device_clock_offset_ms()
         download = DownloadedRecording(ref, raw, outcome, device_clock_offset_ms=offset,
@@ -364,6 +448,11 @@ class GbDownloads:
         done = await ingest_download(self.pipeline, self.source, download,
                                      convert_timeout_s=self.convert_timeout_s)
         report.ingested.append(done)
+        if done.run.outcome is IngestOutcome.STORE_FULL and done.raw_item is None:
+            # The pipeline's `store` entry says what was refused; its spool files are gone (ingest_download).
+            await self._store_full(f"the store refused the copy of {shown} ({outcome.bytes} bytes received, "
+                                   "removed from the spool, never sealed: the recording is downloaded again "
+                                   "when there is room)")
         if done.raw_item is None:
             return "the raw PS was not sealed (see the pipeline's error entries)"
         return None

@@ -14,7 +14,8 @@ Per downloaded recording, two items:
    the sealed raw PS and compare.
 
 Both carry the `source` block kind "gb28181", the station, the device id and the channel id. Their keys
-(`raw_key`, `mp4_key`) are derived from the recording only (device, channel, start, end, file path),
+(`raw_key`, `mp4_key`) are derived from the recording only (device, channel, start, end, file path; and
+its FileSize where that tells it apart from a sealed recording listed with the same: `told_apart`),
 never from the download, so they are the same after a restart: the platform asks `already_sealed`
 before downloading a recording again, and the pipeline never seals one recording twice. A download that
 was sealed incomplete (its manifest says `"complete": false`) does not count: the recording is downloaded
@@ -29,28 +30,37 @@ transfer: the copy has holes, where its `gap` entries say; such a copy is incomp
 `error` ledger entry naming the recording, and the raw PS is still sealed), ingest both items in one
 run, put the transfer's gaps on the ledger (`gap`, on the raw item) and any other damage or an
 incomplete transfer in one bounded `error` entry of stage `media` per session (`media_damage`), and
-remove the spool files once their items are sealed. Files are read through `FileReader` (size and
+remove the spool files, sealed or not (what was not sealed is on the ledger, and the next download of the
+recording is a new transfer into a new file). A copy an earlier download left in progress under the same
+keys (a crash while sealing) is closed first, never resumed (`close_interrupted_copies`). A recording
+listed with the channel, times and path of a sealed one but another FileSize is told apart by it
+(`RecordingRef.told_apart`), and a size beyond JSON's integers is kept as text (`listed_size`).
+Files are read through `FileReader` (size and
 mtime checked, so a spool file changed under the pipeline is refused), opened relative to the spool
 directory without following symlinks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import re
+import sqlite3
 import stat
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from drivers.gb28181.manscdp import RecordItem
+from edge.custody.canonical import MAX_SAFE_INTEGER
 from edge.custody.ledger import EntryType
 from edge.gb28181.convert import Conversion, ConversionError, convert_recording
 from edge.gb28181.media import MediaOutcome
 from edge.ingest.pipeline import IngestPipeline, IngestRun
-from edge.ingest.repository import AcquisitionState, IngestRepository
+from edge.ingest.repository import AcquisitionState, sealed_original_facts
 from edge.ingest.source import FileReader, ItemReader, OfferedItem, Origin, OriginalKey, ReaderOpener
 from edge.ingest.store import StationStore
 
@@ -91,6 +101,10 @@ class RecordingRef:
     recorder_id: str = ""
     address: str = ""  # where the device says it was recorded
     file_size_bytes: int | None = None  # as the device announced it (RecordInfo FileSize)
+    # What tells this recording apart from a sealed one listed with the same channel, times and path (a
+    # recorder whose clock restarts at its epoch at power-on names files by it): its FileSize, as text.
+    # Empty when nothing needs to (`told_apart`); then the identity is the listed one alone.
+    told_apart_by_size: str = ""
 
     @classmethod
     def from_record_item(cls, device_id: str, item: RecordItem) -> RecordingRef:
@@ -102,8 +116,22 @@ class RecordingRef:
                    file_size_bytes=item.file_size_bytes)
 
     def identity(self) -> str:
-        """The recording's stable identity at its device (what the keys are made of)."""
+        """The recording's stable identity at its device (what the keys are made of): channel, times and
+        path as listed, and the FileSize when that tells it apart from a sealed recording listed with the
+        same four (`told_apart`)."""
+        listed = self.listed_identity()
+        return listed if not self.told_apart_by_size else f"{listed}|FileSize={self.told_apart_by_size}"
+
+    def listed_identity(self) -> str:
+        """Channel, start, end and file path as the device lists them."""
         return "|".join((self.channel_id, self.start_time, self.end_time, self.file_path))
+
+    def told_apart(self) -> RecordingRef:
+        """This recording under the identity its FileSize tells apart (see `told_apart_by_size`)."""
+        size = self.listed_size_text()
+        if size is None:
+            raise ValueError("a recording without a listed FileSize cannot be told apart by it")
+        return replace(self, told_apart_by_size=size)
 
     def described(self) -> dict[str, Any]:
         return {
@@ -114,8 +142,39 @@ class RecordingRef:
             "record_type": display_text(self.record_type, 32),
             "recorder_id": display_text(self.recorder_id, 64),
             "address": display_text(self.address),
-            "file_size_bytes": self.file_size_bytes,
+            **listed_size(self.file_size_bytes),
+            # Listed with the channel, times and path of another sealed recording, told apart by its size.
+            **({"told_apart_by": "file_size"} if self.told_apart_by_size else {}),
         }
+
+    def listed_size_text(self) -> str | None:
+        """The FileSize the device listed, as text (None: not listed): what `described` keeps of it in
+        one form or the other, for comparing a listing with a sealed manifest."""
+        return None if self.file_size_bytes is None else str(self.file_size_bytes)
+
+
+def listed_size(size: int | None, name: str = "file_size_bytes") -> dict[str, Any]:
+    """A size a device announced (RecordInfo FileSize, SDP a=filesize), for a manifest or a ledger entry:
+    the integer when JSON can carry it (I-JSON: within +-(2**53 - 1), what the canonical JSON of a
+    manifest accepts), else `name` None and the digits as text under `name + "_listed"` (review 22: a
+    device's garbage there, an uninitialised 64-bit field or a size in bits, kept every copy of the
+    recording from being sealed)."""
+    if size is None or -MAX_SAFE_INTEGER <= size <= MAX_SAFE_INTEGER:
+        return {name: size}
+    return {name: None, f"{name}_listed": display_text(str(size), 32)}
+
+
+def json_safe_facts(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """A session's facts with every integer JSON cannot carry (a device's a=filesize beyond 2**53 - 1)
+    kept as text beside a None (`listed_size`), so that the `acquired` entry and the manifest built from
+    them are never refused for a device's number."""
+    safe: dict[str, Any] = {}
+    for name, value in facts.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            safe.update(listed_size(value, name))
+        else:
+            safe[name] = value
+    return safe
 
 
 def _version(role: str, attempt: int) -> str:
@@ -142,38 +201,75 @@ class SealedDownload:
     interrupted: str | None = None  # cut short by no fault of the recording (INTERRUPTED_*)
     incomplete: str | None = None  # why it was not complete, as sealed (escaped)
     lossy: bool = False  # RTP packets were lost in its transfer: the copy has holes
+    file_size_listed: str | None = None  # the FileSize its recording was listed with, as text (None: none)
 
 
 # Why a download came short by no fault of the recording: it is not one of the recording's attempts.
 INTERRUPTED_DEVICE_OFFLINE = "device-offline"  # the device left; the platform stopped its sessions
 INTERRUPTED_STATION_STOPPED = "station-stopped"  # the station stopped the session (it was stopping)
+INTERRUPTED_DISK_FULL = "disk-full"  # the receiver stopped: the spool's disk ran low (edge.gb28181.media)
 _RAW_VERSION = re.compile(r"raw-ps(?:#(\d+))?")
+
+
+_SEALED_FACTS = ("attempt", "complete", "interrupted", "incomplete", "lossy", "file_size_bytes",
+                 "file_size_bytes_listed")
+
+
+def _sealed_download(version_text: str, item: str,
+                     facts: Mapping[str, tuple[str | None, Any]]) -> SealedDownload | None:
+    version = _RAW_VERSION.fullmatch(version_text)
+    if version is None:
+        return None
+
+    def text(name: str) -> str | None:
+        kind, value = facts[name]
+        return str(value) if kind == "text" else None
+
+    attempt_type, attempt = facts["attempt"]
+    size_type, size = facts["file_size_bytes"]
+    return SealedDownload(
+        item, int(attempt) if attempt_type == "integer" else int(version.group(1) or 1),
+        complete=facts["complete"][0] != "false", interrupted=text("interrupted"),
+        incomplete=text("incomplete"), lossy=facts["lossy"][0] == "true",
+        file_size_listed=str(size) if size_type == "integer" else text("file_size_bytes_listed"))
+
+
+def sealed_downloads_in(conn: sqlite3.Connection, device_id: str,
+                        identities: Collection[str] | None = None) -> dict[str, list[SealedDownload]]:
+    """The sealed raw PS of the device's recordings (those of `identities` only, when given), by recording
+    identity (`RecordingRef.identity`), in attempt order. Given identities, the work is bounded by them,
+    never by how many the device has sealed (edge.ingest.repository `sealed_original_facts`)."""
+    found: dict[str, list[SealedDownload]] = {}
+    for original, version, item, facts in sealed_original_facts(conn, SOURCE_KIND, device_id, identities,
+                                                                _SEALED_FACTS):
+        sealed = _sealed_download(version, item, facts)
+        if sealed is not None:
+            found.setdefault(original, []).append(sealed)
+    for downloads in found.values():
+        downloads.sort(key=lambda d: d.attempt)
+    return found
 
 
 def sealed_downloads_of_device(store: StationStore, device_id: str,
                                identities: Collection[str] | None = None) -> dict[str, list[SealedDownload]]:
-    """The sealed raw PS of the device's recordings (those of `identities` only, when given), by recording
-    identity (`RecordingRef.identity`), in attempt order: one query for a whole listing, not one per
-    recording."""
-    repository = IngestRepository(store)
-    found: dict[str, list[SealedDownload]] = {}
-    for acquisition in repository.acquisitions_in_state(SOURCE_KIND, device_id, AcquisitionState.SEALED):
-        version = _RAW_VERSION.fullmatch(acquisition.key.version)
-        if version is None or (identities is not None and acquisition.key.original not in identities):
-            continue
-        record = repository.item(acquisition.item)
-        original = (record.manifest or {}).get("original", {}) if record is not None else {}
-        attempt = original.get("attempt", int(version.group(1) or 1))
-        interrupted, incomplete = original.get("interrupted"), original.get("incomplete")
-        found.setdefault(acquisition.key.original, []).append(SealedDownload(
-            acquisition.item, attempt if isinstance(attempt, int) else 1,
-            complete=original.get("complete") is not False,
-            interrupted=interrupted if isinstance(interrupted, str) else None,
-            incomplete=incomplete if isinstance(incomplete, str) else None,
-            lossy=original.get("lossy") is True))
-    for downloads in found.values():
-        downloads.sort(key=lambda d: d.attempt)
-    return found
+    """`sealed_downloads_in` the store's own connection (on the caller's thread)."""
+    return sealed_downloads_in(store.conn, device_id, identities)
+
+
+async def sealed_downloads_off_loop(store: StationStore, device_id: str,
+                                    identities: Collection[str]) -> dict[str, list[SealedDownload]]:
+    """`sealed_downloads_in`, in a worker thread on a read-only connection of its own (the store's
+    connection belongs to the event loop's writers; a reader beside them sees committed rows only)."""
+    database = store.layout.db
+
+    def read() -> dict[str, list[SealedDownload]]:
+        conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            return sealed_downloads_in(conn, device_id, identities)
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(read)
 
 
 def sealed_downloads(store: StationStore, ref: RecordingRef) -> list[SealedDownload]:
@@ -356,6 +452,63 @@ def media_damage(outcome: MediaOutcome, facts: Mapping[str, Any]) -> list[str]:
     return damage
 
 
+INTERRUPTED_STAGE = "interrupted"
+
+
+async def close_interrupted_copies(pipeline: IngestPipeline, device_id: str,
+                                   keys: Collection[OriginalKey] | None = None) -> list[str]:
+    """Close the device's acquisitions an earlier download left in progress (those of `keys` only, when
+    given): the station stopped (kill -9, power cut) or the run ended (store full) after the pipeline had
+    copied a download's raw PS or MP4 and before it was sealed. Each becomes `failed`, with an `error`
+    entry of stage `interrupted` on its item naming the copy that is discarded (its SHA-256 and size, as
+    its `acquired` entry has them), and its copy in the store's tmp goes. Returns the items.
+
+    Never resumed (review 22): a download's bytes are those of one transfer, gone with the spool; the
+    next download of the recording is another transfer (other bytes, gaps, SSRC, Call-ID), which the
+    pipeline would otherwise seal the first transfer's copy under (the key is the recording's). The key's
+    next offer starts afresh (a `failed` row is admitted `pending` again, the copy made from that
+    download; a row still `pending` has no copy and is left so). An MP4 whose raw PS was sealed is not
+    made again by a later download (the recording counts as downloaded): its entry says the recording has
+    no MP4, and why."""
+    closed: list[str] = []
+    layout = pipeline.store.layout
+    repository = pipeline.repository
+    for row in repository.in_progress(SOURCE_KIND, device_id, keys):
+        original, version, item, state = row.key.original, row.key.version, row.item, row.state
+        sha256, size = row.sha256, row.size
+        raw_version = version.replace("mp4", "raw-ps", 1) if version.startswith("mp4") else None
+        raw_row = None if raw_version is None else repository.state_of(replace(row.key, version=raw_version))
+        raw_sealed = raw_row if raw_row is not None and raw_row[1] == AcquisitionState.SEALED else None
+        if state == AcquisitionState.PENDING and not raw_sealed:
+            continue  # nothing copied: the next offer of the key copies that download's file, as it should
+        copy = ("no copy had been made" if state == AcquisitionState.PENDING or sha256 is None
+                else f"its copy (SHA-256 {sha256}, {size} bytes, as its `acquired` entry says) is discarded, "
+                     "never sealed")
+        if raw_sealed:
+            reason = (f"the MP4 made from this recording's sealed raw PS (item {raw_sealed[0]}) was being "
+                      f"sealed when the station stopped or its run ended: {copy}. The recording has no "
+                      "sealed MP4 from that download, and is not downloaded again for one (its raw PS is "
+                      "sealed): the raw PS is the evidence; an MP4 can be made from it with the conversion "
+                      "its other downloads' MP4 manifests name")
+        else:
+            role = "MP4" if raw_version is not None else "raw PS"
+            reason = (f"the {role} of a download of this recording was being acquired when the station "
+                      f"stopped or its run ended: {copy}. That transfer's bytes are gone with the spool; "
+                      "the recording is downloaded again at its next listing, and sealed from that "
+                      "download's own bytes")
+        data = {"source": SOURCE_KIND, "stage": INTERRUPTED_STAGE, "device_id": display_text(device_id, 64),
+                "original": display_text(original), "version": display_text(version, 32), "reason": reason,
+                "discarded_sha256": sha256 if state != AcquisitionState.PENDING else None,
+                "temp_copy": str(layout.tmp_copy(item).relative_to(layout.root))}
+        log.warning("gb28181 %s: item %s: %s", display_text(device_id, 64), item, reason)
+        await pipeline.commit(functools.partial(repository.failed, item, 0, data))
+        # Removed once the entry naming it is committed; a crash in between leaves a copy the next
+        # acquisition of the key removes (a stale copy is never trusted: edge.ingest.pipeline).
+        layout.tmp_copy(item).unlink(missing_ok=True)
+        closed.append(item)
+    return closed
+
+
 @dataclass
 class DownloadIngest:
     """What `ingest_download` did."""
@@ -388,6 +541,9 @@ async def ingest_download(
     except ConversionError as exc:
         error = str(exc)
         log.error("gb28181 %s: %s", ref.device_id, error)
+    # A copy an earlier, interrupted download of this recording left under these keys is never resumed.
+    await close_interrupted_copies(pipeline, ref.device_id,
+                                   [raw_key(ref, download.attempt), mp4_key(ref, download.attempt)])
     offered = [source.raw_item(download)]
     if conversion is not None:
         offered.append(source.mp4_item(download, conversion))
@@ -423,8 +579,10 @@ async def ingest_download(
         counts = {k: v for k, v in outcome.summary().items() if k != "gaps"}  # the ranges are the gap's
         summary = {**where, "stage": "media", "reason": "; ".join(damage), "transfer": counts}
         await pipeline.commit(lambda: repository.entry(EntryType.ERROR, raw_item, summary))
-    if raw_item is not None:
-        download.raw_ps.unlink(missing_ok=True)
-    if mp4_item is not None or conversion is None:
-        mp4_path.unlink(missing_ok=True)
+    # Removed whether sealed or not: an item not sealed is on the ledger (the pipeline's entries, an
+    # `interrupted` one for a row left in progress), and is never offered from this file again (the next
+    # download of the recording is a new transfer into a new file), so the spool keeps nothing for good
+    # (review 22: a full store left every refused download there until a restart).
+    download.raw_ps.unlink(missing_ok=True)
+    mp4_path.unlink(missing_ok=True)
     return DownloadIngest(run, raw_item, mp4_item, conversion, error)

@@ -58,7 +58,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from drivers.gb28181.manscdp import ManscdpError, RecordItem, items_of
+from drivers.gb28181.manscdp import MAX_ITEMS_PER_ANSWER, ItemProblem, ManscdpError, RecordItem, items_of
+from edge.custody.canonical import MAX_SAFE_INTEGER
 from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
@@ -74,11 +75,13 @@ from edge.sources.gb28181.downloads import (
     GbDownloads,
     PassEnded,
     PassFailures,
+    StoreBelowReserve,
     Transfer,
     WindowClosed,
 )
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
+    INTERRUPTED_DISK_FULL,
     INTERRUPTED_STATION_STOPPED,
     GbRecordings,
     RecordingRef,
@@ -132,6 +135,7 @@ NOT_VIDEO_TYPE_RANGES = (range(200, 600),)
 INTERRUPTIONS = {
     INTERRUPTED_DEVICE_OFFLINE: "the device went offline during the download",
     INTERRUPTED_STATION_STOPPED: "the station stopped the download (it was stopping)",
+    INTERRUPTED_DISK_FULL: "the station's disk ran low during the download (the store's reserve)",
 }
 # An incomplete RecordInfo answer is asked again over halves of its range, at most this many times deep,
 # and not below this range (an hour of a recorder is far below one answer's bound).
@@ -139,6 +143,12 @@ MAX_RECORD_INFO_SPLITS = 10
 MIN_RECORD_INFO_RANGE = timedelta(hours=1)
 MAX_RANGES_ON_LEDGER = 32
 MAX_FOREIGN_NAMED = 8
+MAX_FOREIGN_KEPT = 1024  # DeviceIDs of other channels' items kept to name on the ledger (the rest counted)
+MAX_UNREADABLE_NAMED = 8  # unreadable RecordInfo items described on the ledger entry
+# Recordings one channel's pass holds at most (about 0.9 KiB each): once there, no further range is asked
+# and the next pass begins where this one stopped. A pass may hold one answer more (MAX_ITEMS_PER_ANSWER).
+MAX_LISTED_PER_PASS = MAX_ITEMS_PER_ANSWER
+MAX_LISTING_RESUMES = 4096  # channels whose next pass resumes where the last stopped (the oldest forgotten)
 # A pass whose device's clock is not measured yet waits for the platform's own measurement this many
 # query timeouts at most (its description asks DeviceInfo, Catalog, then DeviceStatus), looking this often.
 CLOCK_WAIT_QUERIES = 3
@@ -258,6 +268,8 @@ def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | N
             + ": the copy has holes")
     announced = result.file_size_bytes
     received = int(getattr(outcome, "bytes", 0))
+    if announced and announced > MAX_SAFE_INTEGER:
+        announced = None  # no size (review 22): garbage in the field; kept as text in the facts
     if announced and received < FILESIZE_MIN_SHARE * announced:
         reasons.append(f"{received} bytes received, the device announced a=filesize {announced}")
     by_device = device_ended(result)
@@ -298,6 +310,7 @@ class DeviceProgress:
     listing_clock: str | None = None  # the clock RecordInfo was asked in (`_device_ranges`)
     not_video_channels: int = 0  # Catalog items whose id's type code holds no video: not asked
     channels_left_out: int = 0  # video channels beyond MAX_CHANNELS: not asked (a ledger error)
+    unreadable_records: int = 0  # RecordInfo items the codec could not read: not downloaded (a ledger error)
 
     def view(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -305,12 +318,13 @@ class DeviceProgress:
 
 @dataclass(frozen=True)
 class ChannelListing:
-    """What one channel's RecordInfo gave: its recordings, whether the list is whole, and how many items
-    named another channel (not downloaded)."""
+    """What one channel's RecordInfo gave: its recordings, whether the list is whole, how many items
+    named another channel (not downloaded) and how many could not be read (not downloaded either)."""
 
     recordings: list[RecordingRef]
     complete: bool
     wrong_channel: int = 0
+    unreadable: int = 0
 
 
 @dataclass
@@ -353,6 +367,9 @@ class GbDownloadScheduler:
         self.passes_done = 0
         self.pass_ended = asyncio.Condition()
         self.problems = LimitedEntries(monotonic)
+        # Where a channel's next listing begins, when its last pass stopped at MAX_LISTED_PER_PASS:
+        # (device, channel) -> (how many ranges that pass had, the range it stopped in, the time in it).
+        self._listing_resume: dict[tuple[str, str], tuple[int, int, datetime]] = {}
         self._spool_removed: list[tuple[str, int]] = []  # by the start, not on the ledger yet
         # Downloads that failed with nothing, per recording (bounded); its give-up spans days on the
         # station's clock, the one the schedule and the ledger use, and on the monotonic clock (review 21).
@@ -468,8 +485,9 @@ class GbDownloadScheduler:
                 await self._pass(device_id, progress)
             except PassEnded as exc:
                 progress.last_problem = printable(str(exc)[:200])
-                log.info("gb28181 device %s: downloads wait for %s: %s", device_id,
-                         "the window to open" if isinstance(exc, WindowClosed) else "its next registration",
+                waits_for = ("the window to open" if isinstance(exc, WindowClosed) else "room in the store"
+                             if isinstance(exc, StoreBelowReserve) else "its next registration")
+                log.info("gb28181 device %s: downloads wait for %s: %s", device_id, waits_for,
                          progress.last_problem)
             except Exception as exc:  # a pass's bug must not end the scheduler; the next online retries
                 progress.last_problem = printable(str(exc)[:200])
@@ -594,6 +612,7 @@ class GbDownloadScheduler:
             progress.record_info_complete = listing.complete
             progress.listed += len(listing.recordings)
             progress.wrong_channel += listing.wrong_channel
+            progress.unreadable_records += listing.unreadable
             due = await self._finished(pipeline, device_id, listing.recordings, progress)
             progress.state = "downloading"
             report = await downloads.download(due)
@@ -759,8 +778,16 @@ class GbDownloadScheduler:
         """The channel's recordings between `start` and `end`, and whether the list is known whole. An
         answer handed out incomplete (parts that never came, or more records than one answer may hold: a
         busy recorder's month) is asked again over the two halves of its range, down to
-        `MIN_RECORD_INFO_RANGE`; the ranges still incomplete there are one ledger error naming the channel
-        and those ranges, so a recording that was never listed is never missing silently (review 14).
+        `MIN_RECORD_INFO_RANGE` (its own items are not kept: the halves list them again); the ranges still
+        incomplete there are one ledger error naming the channel and those ranges, so a recording that was
+        never listed is never missing silently (review 14). Items of an answer the codec could not read
+        (`items_left_out`: a FileSize of -1, an hour 24, ...) are one limited ledger error naming the
+        ranges and what was wrong, and the list is not whole (review 22).
+
+        Memory is bounded (review 22): once a pass holds `MAX_LISTED_PER_PASS` recordings of the channel it
+        asks no further range; the rest is a limited ledger error, the list is not whole, and the channel's
+        next pass begins where this one stopped (`_listing_resume`), so a channel with more recordings than
+        that is listed over several passes, in turn, never holding more than one answer beyond the bound.
 
         An item is the channel's when its DeviceID is `channel_id`, or another channel of `channels` (the
         device's channels this pass downloads from: a 20-digit id the policy allows). Any other DeviceID
@@ -769,30 +796,55 @@ class GbDownloadScheduler:
         the stretches of the lookback an earlier device clock stamped), a recording listed twice kept once."""
         listed: dict[str, RecordingRef] = {}
         incomplete: list[tuple[datetime, datetime, int]] = []
+        unreadable: list[tuple[datetime, datetime, int, tuple[ItemProblem, ...]]] = []
         allowed = {channel_id, *channels}
         foreign: list[str] = []
+        ranges = [(start, end), *more_ranges]
+        resume_key = (device_id, channel_id)
+        # Kept until this listing ends: a pass that fails half-way (the device offline) resumes there too.
+        resume = self._listing_resume.get(resume_key)
+        stopped_at: tuple[int, datetime] | None = None  # (range index, time): where a full pass stopped
+        foreign_uncounted = [0]  # beyond MAX_FOREIGN_KEPT
 
-        async def ask(start: datetime, end: datetime, depth: int) -> None:
+        async def ask(index: int, start: datetime, end: datetime, depth: int) -> None:
+            nonlocal stopped_at
+            if stopped_at is not None:
+                return
             self._ensure_online(device_id)
             answer = await self.platform.query_record_info(device_id, channel_id, start, end)
+            if not answer.complete and depth < MAX_RECORD_INFO_SPLITS and end - start > MIN_RECORD_INFO_RANGE:
+                # Its items are not kept: the halves list them again (holding them too would double it).
+                middle = start + (end - start) / 2
+                await ask(index, start, middle, depth + 1)
+                await ask(index, middle, end, depth + 1)
+                return
             for item in items_of(answer, RecordItem):
                 if item.device_id not in allowed or not CHANNEL_ID.fullmatch(item.device_id):
-                    foreign.append(item.device_id)
+                    if len(foreign) < MAX_FOREIGN_KEPT:
+                        foreign.append(item.device_id)
+                    else:
+                        foreign_uncounted[0] += 1
                     continue
                 ref = RecordingRef.from_record_item(device_id, item)
                 listed.setdefault(ref.identity(), ref)  # a recording across a middle: once
-            if answer.complete:
-                return
-            if depth < MAX_RECORD_INFO_SPLITS and end - start > MIN_RECORD_INFO_RANGE:
-                middle = start + (end - start) / 2
-                await ask(start, middle, depth + 1)
-                await ask(middle, end, depth + 1)
-            else:
+            if not answer.complete:
                 incomplete.append((start, end, answer.items_left_out))
+            elif answer.items_left_out:
+                unreadable.append((start, end, answer.items_left_out, answer.item_problems))
+            if len(listed) >= MAX_LISTED_PER_PASS:
+                stopped_at = (index, end)
 
-        await ask(start, end, 0)
-        for more_start, more_end in more_ranges:  # stretches the device's clock stamped otherwise
-            await ask(more_start, more_end, 0)
+        if resume is not None and resume[0] != len(ranges):
+            resume = None  # the device's clock stretches changed since: from the beginning
+        for index, (range_start, range_end) in enumerate(ranges):
+            if resume is not None:
+                if index < resume[1]:
+                    continue  # listed by the pass that stopped: this pass goes on from there
+                if index == resume[1]:
+                    range_start = max(range_start, resume[2])
+            if range_start >= range_end:
+                continue
+            await ask(index, range_start, range_end, 0)
         repository = pipeline.repository
         if incomplete:
             shown = [f"{a.isoformat()} to {b.isoformat()}" for a, b, _ in incomplete[:MAX_RANGES_ON_LEDGER]]
@@ -805,15 +857,64 @@ class GbDownloadScheduler:
             }
             log.warning("gb28181 device %s channel %s: %s", device_id, channel_id, data["reason"])
             await pipeline.commit(lambda: repository.entry(EntryType.ERROR, None, data))
+        if unreadable:
+            await self._unreadable_records(pipeline, device_id, channel_id, unreadable)
+        self._listing_resume.pop(resume_key, None)
+        if stopped_at is not None:
+            await self._listing_stopped(pipeline, device_id, channel_id, ranges, stopped_at, len(listed))
         if foreign:
             named = list(dict.fromkeys(display_text(f, 40) for f in foreign))
-            reason = (f"the device listed {len(foreign)} recording(s) under channel {channel_id} whose "
+            count = len(foreign) + foreign_uncounted[0]
+            reason = (f"the device listed {count} recording(s) under channel {channel_id} whose "
                       "DeviceID is neither that channel nor another channel downloaded from: not downloaded")
             log.warning("gb28181 device %s: %s (%s)", device_id, reason, ", ".join(named[:MAX_FOREIGN_NAMED]))
             await self._problem(pipeline, "wrong-channel", f"{device_id}|{channel_id}", {
                 "stage": "record-info", "device_id": device_id, "channel_id": channel_id, "reason": reason,
-                "device_ids_listed": named[:MAX_FOREIGN_NAMED], "recordings": len(foreign)})
-        return ChannelListing(list(listed.values()), not incomplete, len(foreign))
+                "device_ids_listed": named[:MAX_FOREIGN_NAMED], "recordings": count})
+        whole = not incomplete and not unreadable and stopped_at is None and resume is None
+        return ChannelListing(list(listed.values()), whole, len(foreign) + foreign_uncounted[0],
+                              unreadable=sum(n for _, _, n, _ in unreadable))
+
+    async def _unreadable_records(self, pipeline: IngestPipeline, device_id: str, channel_id: str,
+                                  unreadable: list[tuple[datetime, datetime, int, tuple[ItemProblem, ...]]],
+                                  ) -> None:
+        """Items of complete answers the codec could not read: never downloaded, so on the ledger (limited
+        per channel, like every recurring listing problem) with the ranges they were listed in and what was
+        wrong (the codec's words, escaped; the item's digest names its exact XML)."""
+        count = sum(n for _, _, n, _ in unreadable)
+        problems = [problem for *_, reported in unreadable for problem in reported][:MAX_UNREADABLE_NAMED]
+        reason = (f"the device listed {count} recording(s) of channel {channel_id} that could not be read "
+                  "(a field the standard does not allow): they are not downloaded, and the channel's list is "
+                  "not whole over these ranges")
+        log.warning("gb28181 device %s: %s", device_id, reason)
+        await self._problem(pipeline, "unreadable-records", f"{device_id}|{channel_id}", {
+            "stage": "record-info", "device_id": device_id, "channel_id": channel_id, "reason": reason,
+            "items_left_out": count,
+            "ranges": [f"{a.isoformat()} to {b.isoformat()}"
+                       for a, b, _, _ in unreadable[:MAX_RANGES_ON_LEDGER]],
+            "ranges_not_listed": max(0, len(unreadable) - MAX_RANGES_ON_LEDGER),
+            "problems": [{"problem": display_text(p.problem, 200),
+                          "item_digest": display_text(p.item_digest, 64)} for p in problems]})
+
+    async def _listing_stopped(self, pipeline: IngestPipeline, device_id: str, channel_id: str,
+                               ranges: Sequence[tuple[datetime, datetime]], stopped_at: tuple[int, datetime],
+                               held: int) -> None:
+        """A pass that reached `MAX_LISTED_PER_PASS`: where it stopped is kept (the channel's next pass
+        begins there), and a limited ledger error says what was left for later."""
+        index, at = stopped_at
+        rest = [(at, ranges[index][1]), *ranges[index + 1:]]
+        rest = [(a, b) for a, b in rest if a < b]
+        if not rest:
+            return  # the bound was reached with the last range: nothing is left for later
+        self._listing_resume[(device_id, channel_id)] = (len(ranges), index, at)
+        while len(self._listing_resume) > MAX_LISTING_RESUMES:
+            del self._listing_resume[next(iter(self._listing_resume))]
+        reason = (f"the channel's pass holds {held} recordings, the bound of {MAX_LISTED_PER_PASS}: the rest "
+                  "of its range is listed and downloaded at the next pass, which begins there")
+        log.warning("gb28181 device %s channel %s: %s", device_id, channel_id, reason)
+        await self._problem(pipeline, "listing-bound", f"{device_id}|{channel_id}", {
+            "stage": "record-info", "device_id": device_id, "channel_id": channel_id, "reason": reason,
+            "ranges_left_for_next_pass": [f"{a.isoformat()} to {b.isoformat()}" for a, b in rest]})
 
     def _ensure_window(self) -> None:
         """A download starts only while downloads may run (`schedule`: inside the window): a pass that
@@ -835,6 +936,8 @@ class GbDownloadScheduler:
             return INTERRUPTED_DEVICE_OFFLINE
         if str(getattr(result.end_reason, "value", result.end_reason)) == EndReason.STOPPED.value:
             return INTERRUPTED_STATION_STOPPED
+        if str(getattr(getattr(result.outcome, "ended", None), "value", "")) == INTERRUPTED_DISK_FULL:
+            return INTERRUPTED_DISK_FULL  # the receiver's free-space guard (MediaEnd disk-full)
         return None
 
     def _clock_offset_ms(self, device_id: str) -> int | None:

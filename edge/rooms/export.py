@@ -1,0 +1,332 @@
+"""A stopped session written to a disc image (ISO 9660 with Rock Ridge and Joliet, by xorriso), ready to
+burn: its joined recordings, the session manifest, the statement (相关说明), the attached documents,
+each item's signed manifest, the session's ledger entries, the station's public key, a SHA256SUMS file,
+and a plain-language page on how to check them (:func:`how_to_verify`).
+
+What goes on the disc is read from the ledger, never from the session file: the ``room_products``
+entry names the manifest, the joined files and the statement (with their hashes), ``joined`` and
+``attached`` entries the rest. Each file is copied from its sealed copy (its original bytes: the first
+`size` bytes, the station's evidence box left off) and hashed in the same pass; a hash that is not the
+ledger's refuses the export (nothing altered after sealing reaches a disc) and names the item. The image
+itself is hashed, and the export is an ``exported`` entry (who, the image's hash, every file with its
+item and hash).
+
+The image is built in ``<store>/rooms/products/<session>/`` and handed to the caller (the local API
+streams it to the operator's `edge room export`, then removes it). The command lines are pure functions
+(:func:`disc_argv`, :func:`extract_argv`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from edge.custody.canonical import canonical_json
+from edge.custody.ledger import EntryType, LedgerEntry
+from edge.custody.text import printable
+from edge.durable.files import make_dirs_durable
+from edge.ingest.pipeline import IngestPipeline
+
+log = logging.getLogger(__name__)
+
+XORRISO = "xorriso"
+CHUNK_BYTES = 1 << 20
+SUMS_NAME = "SHA256SUMS"
+VERIFY_PAGE = "HOW-TO-VERIFY-如何核验.txt"
+STDERR_LINES_KEPT = 20
+
+
+class ExportRefused(Exception):
+    """The session cannot be exported; `status` is the HTTP status the API answers with."""
+
+    def __init__(self, reason: str, status: int = 409) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class DiscFile:
+    """One file of the disc: its path on the disc, the item it is, and the hash the ledger gives it."""
+
+    path: str
+    item: str | None
+    sha256: str
+    what: str
+
+
+@dataclass
+class ExportedDisc:
+    path: Path
+    sha256: str
+    size: int
+    volume_id: str
+    files: list[DiscFile] = field(default_factory=list)
+    seq: int | None = None  # its `exported` entry
+
+
+def volume_id(session: str) -> str:
+    """An ISO 9660 volume id (d-characters, at most 32) naming the session."""
+    return "EDGE_" + session.replace("-", "")[:16].upper()
+
+
+def disc_argv(xorriso: str, staging: Path, image: Path, volume: str) -> list[str]:
+    """xorriso in mkisofs mode: ISO level 3 (files over 4 GiB), Rock Ridge and Joliet with long names (the
+    Chinese file name of the page shows on Windows too), the staging directory as the disc's root."""
+    return [xorriso, "-abort_on", "FAILURE", "-as", "mkisofs", "-quiet", "-iso-level", "3", "-r", "-J",
+            "-joliet-long", "-V", volume, "-o", str(image), str(staging)]
+
+
+def extract_argv(xorriso: str, image: Path, into: Path) -> list[str]:
+    """xorriso reading an image back into a directory (for checks: what a court's PC does by mounting)."""
+    return [xorriso, "-abort_on", "FAILURE", "-osirrox", "on", "-indev", str(image), "-extract", "/",
+            str(into)]
+
+
+def sums_file(files: Iterable[DiscFile]) -> str:
+    """A SHA256SUMS file as sha256sum(1) writes it (``-c`` checks it)."""
+    return "".join(f"{f.sha256}  {f.path}\n" for f in files)
+
+
+def how_to_verify(case_number: str, session: str, station: str, key_id: str, public_key_b64: str,
+                  files: Iterable[DiscFile]) -> str:
+    """The plain-language page of the disc: what is on it and how anyone checks it."""
+    listed = "\n".join(f"  {f.path}\n      {f.what}; SHA-256 {f.sha256}" for f in files)
+    return f"""如何核验本光盘 / How to verify this disc
+========================================
+
+案件编号 Case number: {printable(case_number)}
+会话 Session: {session}
+采集站 Station: {printable(station)}
+
+本光盘上的每个文件都与采集站账本中记录的 SHA-256 值一致,刻录前已逐一核对。
+Every file on this disc was checked against the SHA-256 the station's ledger recorded for it before the
+disc was written.
+
+一、核对文件哈希 (Check the files)
+  Linux / macOS:  在光盘根目录执行 (in the disc's root)   sha256sum -c SHA256SUMS
+  Windows:        certutil -hashfile recordings\\<文件名>.mp4 SHA256
+                  再与 SHA256SUMS 中同名文件的值比较 (and compare with its line in SHA256SUMS)
+  每一行都应显示 OK。任何一个字节被改动,哈希值都会不同。
+  Every line must say OK. A change of a single byte gives another hash.
+
+二、核对签名 (Check the signatures)
+  manifests/ 下每个 .manifest.json 是该文件的签名清单:其中 sha256 即该文件的哈希,
+  signature 是采集站密钥(Ed25519)对清单其余部分(RFC 8785 规范 JSON)的签名。
+  Each file in manifests/ is the signed manifest of one item: its "sha256" is the file's hash, and its
+  "signature" is the station key's Ed25519 signature over the rest of the manifest as canonical JSON
+  (RFC 8785: sorted keys, no white space). The station's public key:
+      key id  {key_id}
+      Ed25519 {public_key_b64}   (base64 of the 32-byte raw key; also in station-key.txt)
+  本会话的中心回执与账本见 ledger.jsonl(每行一条账本记录,含前一条的哈希)。
+  ledger.jsonl holds the session's ledger entries; each names the hash of the one before it, and the
+  central system's receipts for these items prove it received exactly these hashes.
+
+三、文件清单 (What is on the disc)
+{listed}
+
+合并录像由分段录像首尾相接而成,未重新编码;中断(如有)在相关说明中逐条列明,合并文件不作填补。
+The joined recordings are the sealed segments put end to end without re-encoding; every interruption is
+listed in the statement, and none is padded over.
+"""
+
+
+def _copy_hashed(source: Path, size: int, target: Path) -> tuple[str, int]:
+    """Copy the first `size` bytes of `source` to the new file `target`, hashing them in the same pass."""
+    digest = hashlib.sha256()
+    copied = 0
+    with open(source, "rb") as reader, open(target, "xb") as writer:
+        while copied < size:
+            chunk = reader.read(min(CHUNK_BYTES, size - copied))
+            if not chunk:
+                break
+            digest.update(chunk)
+            writer.write(chunk)
+            copied += len(chunk)
+        writer.flush()
+        os.fsync(writer.fileno())
+    return digest.hexdigest(), copied
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as reader:
+        while chunk := reader.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    path: str
+    item: str
+    sha256: str | None
+    what: str
+
+
+def _session_entries(entries: Iterable[LedgerEntry], session: str) -> list[LedgerEntry]:
+    return [e for e in entries if e.data.get("room_session") == session]
+
+
+def disc_contents(entries: list[LedgerEntry], session: str) -> tuple[list[_Wanted], LedgerEntry]:
+    """What the disc of `session` holds, by its ledger entries (``room_products`` names the manifest, the
+    joined files and the statement): (file path, item, ledger hash, what), and the products entry."""
+    stopped = next((e for e in entries if e.type == EntryType.SESSION_STOPPED), None)
+    if stopped is None:
+        raise ExportRefused(f"session {session} has not stopped: only a stopped session is exported")
+    made = [e for e in entries if e.type == EntryType.ROOM_PRODUCTS]
+    if not made:
+        raise ExportRefused(f"session {session}: its joined recordings and statement are not made (yet): "
+                            f"{printable(str(stopped.data.get('products', 'none')))}")
+    data = made[-1].data
+    wanted: list[_Wanted] = []
+    joined_entries = {str(e.data.get("source")): e for e in entries if e.type == EntryType.JOINED}
+    for joined in data.get("joined", []):
+        source, item = str(joined.get("source")), joined.get("item")
+        entry = joined_entries.get(source)
+        if not item or entry is None or entry.item != item:
+            raise ExportRefused(f"session {session}: source {printable(source)} has no joined recording "
+                                "(its statement says why): nothing to put on a disc for it")
+        wanted.append(_Wanted(f"recordings/{source}.mp4", str(item), str(entry.data.get("sha256")),
+                              f"合并录像 joined recording of source {source}"))
+    if not data.get("manifest_item"):
+        raise ExportRefused(f"session {session}: its manifest was not sealed")
+    wanted.append(_Wanted("session-manifest.json", str(data["manifest_item"]), data.get("manifest_sha256"),
+                          "会话清单 session manifest (signed)"))
+    if not data.get("statement_item"):
+        raise ExportRefused(f"session {session}: its statement was not sealed")
+    wanted.append(_Wanted("statement-相关说明.txt", str(data["statement_item"]), data.get("statement_sha256"),
+                          "相关说明 session statement"))
+    for number, entry in enumerate((e for e in entries if e.type == EntryType.ATTACHED), 1):
+        ext = {"application/pdf": "pdf", "image/jpeg": "jpg", "image/png": "png"}.get(
+            str(entry.data.get("type")), "bin")
+        wanted.append(_Wanted(f"documents/document-{number}.{ext}", str(entry.item), entry.data.get("sha256"),
+                              f"附件 {printable(str(entry.data.get('kind')))} attached document"))
+    return wanted, made[-1]
+
+
+async def export_session(
+    pipeline: IngestPipeline,
+    session: str,
+    *,
+    case_number: str,
+    station_id: str,
+    by: str,
+    work_dir: Path,
+    from_seq: int = 1,
+    xorriso: str = XORRISO,
+) -> ExportedDisc:
+    """Write the disc image of stopped `session` (its entries from `from_seq`, its session_started);
+    ExportRefused (and a `refused` entry) when it cannot be."""
+    store = pipeline.store
+    repository = pipeline.repository
+    try:
+        entries = _session_entries(store.ledger.entries(from_seq), session)
+        wanted, _ = disc_contents(entries, session)
+    except ExportRefused as exc:
+        await _refuse(pipeline, session, by, str(exc), exc.status)
+    token = uuid.uuid4().hex[:12]
+    staging = work_dir / f"export-{token}"
+    image = work_dir / f"export-{token}.iso"
+    try:
+        await asyncio.to_thread(make_dirs_durable, staging)
+        files: list[DiscFile] = []
+        items = {w.item for w in wanted}
+        for want in wanted:
+            record = repository.item(want.item)
+            problem = None
+            if record is None or record.path is None:
+                problem = "it has no stored copy on this station"
+            elif repository.purged(want.item):
+                problem = "its local copy was purged after the central's receipt"
+            elif record.sha256 != want.sha256:
+                problem = f"its item row says {record.sha256}, the ledger {want.sha256}"
+            if problem is None:
+                assert record is not None and record.path is not None
+                target = staging / want.path
+                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+                found, size = await asyncio.to_thread(_copy_hashed, store.layout.root / record.path,
+                                                      record.size, target)
+                if (found, size) != (want.sha256, record.size):
+                    problem = (f"altered after sealing: its stored copy gives {found} ({size} bytes), the "
+                               f"ledger {want.sha256} ({record.size} bytes)")
+            if problem is not None:
+                reason = f"{want.path} (item {want.item}): {problem}: not exported"
+                await _refuse(pipeline, session, by, reason, 409)
+            files.append(DiscFile(want.path, want.item, str(want.sha256), want.what))
+        extra: dict[str, bytes] = {}
+        for want in wanted:
+            record = repository.item(want.item)
+            if record is not None and record.manifest is not None:
+                extra[f"manifests/{Path(want.path).name}.manifest.json"] = canonical_json(record.manifest)
+        about = [e for e in store.ledger.entries(entries[0].seq if entries else 1)
+                 if e.data.get("room_session") == session or e.item in items]
+        extra["ledger.jsonl"] = "".join(
+            json.dumps(e.to_dict(), ensure_ascii=False, sort_keys=True) + "\n" for e in about).encode()
+        key = store.key
+        extra["station-key.txt"] = (f"station {station_id}\nkey id {key.key_id}\nalgorithm Ed25519\n"
+                                    f"public key (base64, raw 32 bytes) {key.public_key_b64}\n").encode()
+        for name, data in extra.items():
+            target = staging / name
+            await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(target.write_bytes, data)
+            files.append(DiscFile(name, None, hashlib.sha256(data).hexdigest(), "supporting file"))
+        page = how_to_verify(case_number, session, station_id, key.key_id, key.public_key_b64, files)
+        (staging / VERIFY_PAGE).write_text(page, encoding="utf-8")
+        (staging / SUMS_NAME).write_text(sums_file(files), encoding="utf-8")
+        volume = volume_id(session)
+        said = await _run(disc_argv(xorriso, staging, image, volume))
+        if said is not None:
+            await _refuse(pipeline, session, by, f"xorriso could not write the image: {said}", 500)
+        digest, size = await asyncio.to_thread(_hash_file, image)
+    except BaseException:
+        image.unlink(missing_ok=True)
+        raise
+    finally:
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+        with contextlib.suppress(OSError):  # the session's work directory, unless the image is in it
+            work_dir.rmdir()
+    exported = {"room_session": session, "by": by, "image_sha256": digest, "image_size": size,
+                "volume_id": volume,
+                "files": [{"path": f.path, "item": f.item, "sha256": f.sha256} for f in files]}
+    entry = await pipeline.commit(lambda: repository.entry(EntryType.EXPORTED, None, exported))
+    log.info("room session %s exported by %s: image %s (%d bytes, %d files)", session, printable(by), digest,
+             size, len(files))
+    return ExportedDisc(image, digest, size, volume, files, entry.seq)
+
+
+async def _run(argv: list[str]) -> str | None:
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await process.communicate()
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
+    if process.returncode == 0:
+        return None
+    tail = err.decode("utf-8", "replace").splitlines()[-STDERR_LINES_KEPT:]
+    return f"exit {process.returncode}: " + printable(" | ".join(tail))
+
+
+async def _refuse(pipeline: IngestPipeline, session: str, by: str, reason: str, status: int) -> NoReturn:
+    log.warning("room session %s: export refused (%s): %s", session, printable(by), printable(reason))
+    data: Mapping[str, Any] = {"stage": "room", "action": "export", "room_session": session, "by": by,
+                               "reason": printable(reason)[:1000]}
+    repository = pipeline.repository
+    await pipeline.commit(lambda: repository.entry(EntryType.REFUSED, None, data))
+    raise ExportRefused(reason, status)

@@ -1,0 +1,71 @@
+"""The media receiver's free-space guard (review 22, finding 3): a download's raw PS is written on the
+store's disk (the spool), so a transfer stops (`disk-full`) once the disk's free space would no longer
+hold the store's reserve plus room to seal what came; what came is kept whole, a prefix of the stream.
+
+Real ffmpeg-made H.264 muxed into PS, sent as RTP over a real TCP connection; the disk is the test's own.
+The disk "below the reserve" is a `min_free_bytes` above what the disk has free now (as on a station whose
+store is already below `[offload] min_free_bytes`). Control: the same stream with a reserve the disk holds
+is received whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from drivers.gb28181.ps import Codec
+from edge.durable.files import free_bytes
+from edge.gb28181.media import FLUSH_BYTES, EndReason, MediaReceiver, MediaTransport, receiver_keeping_free
+from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_tcp
+from tests.prerequisites import require
+
+SSRC = 1100000042
+PORTS = (30000, 30999)
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, list[bytes]]:
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    # The recording sent ten times over (one stream, numbered on): long enough for the guard to look.
+    packs = ps_packs(make_source(tmp_path_factory.mktemp("src"), Codec.H264, seconds=3, bitrate="4M")) * 10
+    ps = b"".join(p for p, _ in packs)
+    assert len(ps) > 4 * FLUSH_BYTES, "the stream must outlast the guard's first look at the disk"
+    return ps, rtp_packets(packs, ssrc=SSRC)
+
+
+async def _receive(spool: Path, packets: list[bytes], min_free_bytes: int) -> tuple[MediaReceiver, bytes]:
+    opener = receiver_keeping_free(min_free_bytes)
+    receiver = await opener(MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC,
+                            raw_path=spool / "rec.ps", idle_timeout_s=2.0, max_bytes=1 << 30,
+                            expected_peer_host=None, max_media_span_s=None, time_limit_s=None,
+                            progress_window_s=None, min_progress_s=None)
+    await send_tcp(packets, receiver.local_port)
+    await receiver.wait_closed()
+    return receiver, (spool / "rec.ps").read_bytes()
+
+
+async def test_a_transfer_below_the_reserve_stops_and_keeps_what_came(
+        stream: tuple[bytes, list[bytes]], tmp_path: Path) -> None:
+    ps, packets = stream
+    reserve = free_bytes(tmp_path) + (64 << 20)  # the disk is already below it
+    receiver, raw = await _receive(tmp_path, packets, reserve)
+    outcome = await receiver.wait_closed()
+    assert outcome.ended is EndReason.DISK_FULL, (outcome.ended, outcome.detail)
+    assert str(reserve) in outcome.detail
+    assert 0 < len(raw) == outcome.bytes < len(ps), "stopped early, every byte taken is in the file"
+    assert ps.startswith(raw), "what came is kept whole: a prefix of the stream"
+
+
+async def test_control_with_room_the_stream_is_received_whole(
+        stream: tuple[bytes, list[bytes]], tmp_path: Path) -> None:
+    ps, packets = stream
+    receiver, raw = await _receive(tmp_path, packets, 1)
+    outcome = await receiver.wait_closed()
+    assert outcome.ended is EndReason.CLOSED and raw == ps
+
+
+def test_a_negative_reserve_is_refused() -> None:
+    from edge.gb28181.media import MediaError
+
+    with pytest.raises(MediaError, match="min_free_bytes"):
+        receiver_keeping_free(-1)
