@@ -1,11 +1,12 @@
 """A source that feeds the room composite (edge.rooms.argv.tee_output_args) with real ffmpeg: its
 segments are those it writes without the feed, whatever becomes of the feed (nobody reading it, a send
 refused: ``onfail=ignore``); a reader gets the source's own streams; paths with the tee muxer's special
-characters reach ffmpeg intact."""
+characters reach ffmpeg intact; a composite that fails at every start never restarts its originals."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -14,9 +15,15 @@ from typing import Any
 
 import pytest
 
-from edge.config.rooms import RoomInputConfig
+from edge.config.rooms import RoomInputConfig, RoomsSection
+from edge.ingest.pipeline import IngestPipeline
+from edge.ingest.store import StationStore
 from edge.rooms.argv import SEGMENT_LIST, Coding, SegmentPlan, input_args, segment_argv
 from edge.rooms.composite import Feeds, free_loopback_port
+from edge.rooms.recording import SessionRecording
+from edge.rooms.session import new_session
+from edge.rooms.state import SessionFiles
+from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
@@ -89,3 +96,41 @@ def test_feed_ports_are_free_loopback_ports() -> None:
     port = free_loopback_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", port))  # nobody had it
+
+
+async def test_a_composite_that_keeps_failing_never_restarts_its_originals(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, tmp_path: Path
+) -> None:
+    # The composite cannot open its main feed at any start: another socket holds the port (what the
+    # originals send goes there and is never read).
+    base = rooms_config(lavfi_source("a", rate=10), lavfi_source("b", rate=10))
+    room = base.room[0].model_dump()
+    room["composite"] = {"main": "a", "inset": "b", "size": "320x240", "rate": 10}
+    config = RoomsSection.model_validate({**base.model_dump(), "room": [room]})
+    files = SessionFiles(store.layout.root)
+    files.prepare()
+    session = new_session(room="xw-1", room_name="第一询问室", address="文三路 100 号",
+                          fields={"case_number": "A3301062026000123", "collector": "张三",
+                                  "subject": "询问过程"},
+                          started_utc="2026-12-05T10:00:00.000000Z", started_by="operator")
+    recording = SessionRecording(session, config.room[0], config, pipeline, files, station_id=STATION)
+    assert recording.composite is not None
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", recording.composite.feeds.ports["a"]))
+    task = asyncio.create_task(recording.run())
+    try:
+        with contextlib.suppress(TimeoutError):
+            await watch.until(lambda: recording.sources["composite"].runs >= 3
+                              and all(len(watch.of("segment_sealed", source=s)) >= 4 for s in ("a", "b")),
+                              timeout_s=60)
+        runs = {s: recording.sources[s].runs for s in ("a", "b", "composite")}
+        sealed = {s: len(watch.of("segment_sealed", source=s)) for s in ("a", "b")}
+    finally:
+        recording.stop()
+        await asyncio.wait_for(task, 60)
+        holder.close()
+    assert runs["composite"] >= 3 and watch.of("gap", source="composite", state="open"), (
+        runs, [e.data.get("reason", "")[:200] for e in watch.of("gap")])  # control: the composite did fail
+    assert min(sealed.values()) >= 4, sealed
+    assert runs["a"] == 1 and runs["b"] == 1, runs  # its originals were never restarted
+    assert not watch.of("gap", source="a") and not watch.of("gap", source="b")
