@@ -6,11 +6,11 @@ source small in a corner, the station's clock, the room, the case number, the el
 and an optional extra line (a room panel's temperature and humidity) burnt in. What builds it:
 :mod:`edge.rooms.composite` and :mod:`edge.rooms.overlay_text`.
 
-The composite opens the inputs it shows a second time (the source's own ffmpeg has them open too), so
-every such input must be one that two readers can open: a lavfi test source, or a network camera
-(``rtsp``, ``rtsps``, ``rtmp``, ``rtmps``, ``http``, ``https``). A local capture device (v4l2, ALSA, ...)
-can be opened by one process only, and a ``unix:`` socket serves one reader: a composite over one is
-refused at load (:func:`check_composite`), naming the source and the input.
+The composite never opens a camera or a microphone itself: the sources it shows send it a copy of their
+own streams over the loopback (edge.rooms.composite), so it can show any source: a V4L2 camera, a network
+camera that serves one client, a GB/T 28181 channel. It shows the first video stream of each: the inputs
+of a source before the camera named by ``main_video_input``/``inset_video_input`` must be sound only.
+:func:`check_composite` refuses at load what it cannot build, naming the source and the input.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ if TYPE_CHECKING:  # no import cycle at run time: rooms.py imports this module
     from edge.config.rooms import RoomInputConfig, RoomSourceConfig
 
 DEFAULT_FONT = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
-# What a second reader may open beside the source's own ffmpeg.
-REOPENABLE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https"})
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# Inputs that carry sound only: capture devices, and the lavfi generators of sound.
+SOUND_FORMATS = frozenset({"alsa", "pulse"})
+SOUND_GENERATORS = frozenset({"sine", "anullsrc", "anoisesrc"})
 _SIZE = re.compile(r"^(\d{3,4})x(\d{3,4})$")
 
 
@@ -106,18 +106,15 @@ class RoomCompositeConfig(StrictModel):
         return int(self.size.split("x")[1])
 
 
-def why_not_reopenable(spec: RoomInputConfig) -> str | None:
-    """Why a second process cannot open this input beside the source's own ffmpeg (None: it can)."""
+def carries_video(spec: RoomInputConfig) -> bool | None:
+    """Whether an input delivers a video stream (None: it may, a network camera or a file)."""
+    if spec.format in SOUND_FORMATS:
+        return False
     if spec.format == "lavfi":
-        return None
-    scheme = _SCHEME.match(spec.url)
-    if scheme is not None and scheme[1].lower() in REOPENABLE_SCHEMES:
-        return None
-    if spec.format:
-        return f"format {spec.format} is a local capture device or stream that only one process can open"
-    if spec.url.lower().startswith("unix:"):
-        return "a unix: socket serves one reader"
-    return "only a lavfi source or a network camera (rtsp, rtmp, http) can be opened a second time"
+        return spec.url.split("=", 1)[0].split(",", 1)[0].strip() not in SOUND_GENERATORS
+    if spec.format == "v4l2" or spec.format == "video4linux2":
+        return True
+    return None
 
 
 def check_composite(
@@ -128,7 +125,6 @@ def check_composite(
     if composite.id in by_id:
         raise ValueError(f"room {room_id}: composite id {composite.id!r} is also a source id: "
                          "name it otherwise")
-    used: list[tuple[str, int, bool]] = []  # (source, input, whether it is the camera)
     for role, source_id, video in (("main", composite.main, composite.main_video_input),
                                    ("inset", composite.inset, composite.inset_video_input)):
         if source_id is None:
@@ -137,18 +133,18 @@ def check_composite(
         if source is None:
             raise ValueError(f"room {room_id}: composite {role} {source_id!r} is not a source of the room "
                              f"(sources: {', '.join(by_id)})")
-        if video >= len(source.input):
+        count = 1 if source.gb28181 is not None else len(source.input)
+        if video >= count:
             raise ValueError(f"room {room_id}: composite {role}_video_input {video} but source {source_id} "
-                             f"has {len(source.input)} input(s)")
-        used.append((source_id, video, True))
-        if role == "main" and composite.audio:
-            used += [(source_id, n, False) for n in range(len(source.input)) if n != video]
-    for source_id, number, camera in used:
-        why = why_not_reopenable(by_id[source_id].input[number])
-        if why is not None:
-            raise ValueError(
-                f"room {room_id}: the composite cannot show source {source_id} input {number + 1}: {why}, "
-                "and the composite opens its sources' inputs a second time. Use a network camera for it, "
-                + ("" if camera else "set composite audio = false (the microphone stays in the original), ")
-                + "or record the room without a composite"
-            )
+                             f"has {count} input(s)")
+        if source.gb28181 is None:
+            if carries_video(source.input[video]) is False:
+                raise ValueError(
+                    f"room {room_id}: composite {role}_video_input {video}: source {source_id} input "
+                    f"{video + 1} carries no picture (format {source.input[video].format})")
+            before = [n + 1 for n in range(video) if carries_video(source.input[n]) is not False]
+            if before:
+                raise ValueError(
+                    f"room {room_id}: composite {role}_video_input {video}: the composite shows the first "
+                    f"picture of source {source_id}, and its input(s) {before} before it may carry one: "
+                    "put the camera first")

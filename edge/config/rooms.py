@@ -84,6 +84,34 @@ PASSWORD_PLACEHOLDER = "{password}"
 URL_PARAMETER = re.compile(r"(?:^|(?<=[/?&;_]))([A-Za-z]+)=((?:(?!_[A-Za-z]+=)[^/?&;#\s])*)")
 
 
+# Local capture devices by a name that stays theirs across reboots and replugging: udev's V4L2 links (by
+# the camera's USB serial or model, or by the port it is plugged into) and ALSA's card names. The kernel's
+# numbers (/dev/video0, hw:1,0) go to whichever device the kernel finds first.
+V4L2_FORMATS = frozenset({"v4l2", "video4linux2"})
+# Each alone in its source (RoomSourceConfig): one device that cannot be opened stops its whole ffmpeg.
+LOCAL_CAPTURE_FORMATS = V4L2_FORMATS | {"alsa", "pulse"}
+_STABLE_V4L2 = re.compile(r"^/dev/v4l/by-(id|path)/[A-Za-z0-9._:+-]{1,200}$")
+_STABLE_ALSA = re.compile(
+    r"^(hw|plughw|dsnoop|sysdefault|front):CARD=[A-Za-z0-9_-]{1,32}(,DEV=[0-9]{1,2})?$")
+_KERNEL_V4L2_HINT = ("a kernel device number (/dev/videoN) goes to whichever camera the kernel finds "
+                     "first after a reboot or a replug: name the camera by its udev link, "
+                     "/dev/v4l/by-id/usb-<maker>_<model>_<serial>-video-index0 or "
+                     "/dev/v4l/by-path/<port>-video-index0 (ls -l /dev/v4l/by-id)")
+_KERNEL_ALSA_HINT = ("an ALSA card number (hw:1,0) goes to whichever card the kernel finds first after a "
+                     "reboot or a replug: name the microphone by its card name, hw:CARD=<name>,DEV=<n> or "
+                     "plughw:CARD=<name>,DEV=<n> (arecord -L lists them)")
+
+
+def stable_device_problem(format_name: str, url: str) -> str | None:
+    """Why `url` is not a stable name of a local capture device of `format_name` (None: it is one, or
+    the input is no such device)."""
+    if format_name in V4L2_FORMATS and not _STABLE_V4L2.fullmatch(url):
+        return f"v4l2 device {url[:80]!r}: {_KERNEL_V4L2_HINT}"
+    if format_name == "alsa" and not _STABLE_ALSA.fullmatch(url):
+        return f"alsa device {url[:80]!r}: {_KERNEL_ALSA_HINT}"
+    return None
+
+
 def allowed_input_options() -> frozenset[str]:
     """Every input option some input may carry (tests check each against the installed ffmpeg)."""
     devices = frozenset().union(*_DEVICE_INPUT_OPTIONS.values())
@@ -130,7 +158,8 @@ class RoomInputConfig(StrictModel):
     url: str = Field(
         min_length=1, max_length=1024,
         description="What -i reads: a lavfi graph (testsrc2=size=1280x720:rate=25), a device "
-        "(/dev/v4l/by-id/..., hw:1,0), an rtsp:// URL. Never credentials: a camera that takes them in "
+        "by a stable name (/dev/v4l/by-id/..., /dev/v4l/by-path/..., hw:CARD=NAME,DEV=0), an rtsp:// "
+        "URL. Never credentials: a camera that takes them in "
         "its path or query (rtsp://host/user={username}&password={password}&channel=1) gets the "
         "placeholders {username} and {password}, filled from username and password when ffmpeg starts",
     )
@@ -177,6 +206,8 @@ class RoomInputConfig(StrictModel):
                     f"{'format ' + self.format if self.format else 'this input'} (allowed: "
                     f"{', '.join(sorted(allowed))}): ffmpeg would take it anywhere on its command line"
                 )
+        if (device_problem := stable_device_problem(self.format, self.url)) is not None:
+            raise ValueError(device_problem)
         if self.format == "lavfi":
             for part in self.url.split(","):
                 match = _LAVFI_FILTER.fullmatch(part.strip())
@@ -269,6 +300,16 @@ class RoomSourceConfig(StrictModel):
                              "is its input)")
         if self.gb28181 is None and not self.input:
             raise ValueError(f"source {self.id}: needs at least one input, or a gb28181 channel")
+        devices = [n for n, spec in enumerate(self.input, 1) if spec.format in LOCAL_CAPTURE_FORMATS]
+        if devices and len(self.input) > 1:
+            raise ValueError(
+                f"source {self.id}: a local capture device ("
+                + ", ".join(f"input {n} {self.input[n - 1].format}" for n in devices)
+                + ") beside other inputs, and a source is one ffmpeg: a device that cannot be "
+                "opened (busy, unplugged, its card gone after a USB reset) stops the other inputs with it "
+                "for as long as it lasts, and the other way round. Give each capture device a source of "
+                "its own (the camera one, its microphone another: the session records, seals and times "
+                "both alike); a network camera's own sound is one input and needs nothing")
         return self
 
 

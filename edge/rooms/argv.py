@@ -177,17 +177,69 @@ def metadata_args(metadata: Mapping[str, str]) -> list[str]:
 
 
 def segment_argv(
-    ffmpeg: str, inputs: Sequence[RoomInputConfig], plan: SegmentPlan, run_dir: Path
+    ffmpeg: str, inputs: Sequence[RoomInputConfig], plan: SegmentPlan, run_dir: Path,
+    *, feed_url: str | None = None,
 ) -> list[str]:
-    """The whole ffmpeg command of one run: segments and their list in `run_dir`."""
+    """The whole ffmpeg command of one run: segments and their list in `run_dir`; with `feed_url` (a
+    loopback ``udp://`` URL), the same streams also go there for the room's composite
+    (:func:`tee_output_args`)."""
     if not inputs:
         raise ValueError("a source needs at least one input")
+    output = (segment_output_args(plan, run_dir) if feed_url is None
+              else tee_output_args(plan, run_dir, feed_url))
     return [
         ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "warning",
         *input_args(inputs),
         *map_args(len(inputs), video_only=plan.video_only),
         *codec_args(plan),
-        *segment_output_args(plan, run_dir),
+        *output,
+    ]
+
+
+# What the tee muxer's parser takes specially at each level (av_get_token: a backslash escapes the next
+# character; quotes): the list of slaves (split at |), a slave's [options], an option's value (split at :).
+_TEE_SLAVE_SPECIAL = frozenset("\\'|[]")
+_TEE_VALUE_SPECIAL = frozenset("\\':=[]|")
+
+
+def _escaped(text: str, special: frozenset[str]) -> str:
+    return "".join("\\" + c if c in special else c for c in text)
+
+
+def tee_value(value: str) -> str:
+    """`value` as an option value inside a tee slave's ``[...]``: read back exactly by every level."""
+    return _escaped(_escaped(value, _TEE_VALUE_SPECIAL), _TEE_SLAVE_SPECIAL)
+
+
+def tee_target(value: str) -> str:
+    """`value` as a tee slave's file name or URL (after its ``[...]``)."""
+    return _escaped(value, _TEE_SLAVE_SPECIAL)
+
+
+def tee_output_args(plan: SegmentPlan, run_dir: Path, feed_url: str) -> list[str]:
+    """The output half of a feeding source's run: ffmpeg's ``tee`` muxer writes the segments exactly as
+    :func:`segment_output_args` does, and the same packets (no second encode) as MPEG-TS to `feed_url`,
+    the room composite's loopback feed, with ``onfail=ignore``: whatever happens to the feed (nobody
+    reading, a send refused) drops only the feed, never the segments or the run.
+
+    MP4 needs each stream's codec headers out of band (``global_header``, which the tee muxer does not
+    ask the encoders for itself); the feed gets them in band again (``dump_extra``)."""
+    options = {
+        "f": "segment",
+        "segment_time": _seconds(plan.segment_time_s),
+        "reset_timestamps": "1",
+        "segment_format": "mp4",
+        "segment_format_options": f"movflags={MOVFLAGS[plan.mp4_layout]}",
+        "segment_list": str(run_dir / SEGMENT_LIST),
+        "segment_list_type": "csv",
+    }
+    segments = ":".join(f"{key}={tee_value(value)}" for key, value in options.items())
+    feed = "f=mpegts:onfail=ignore:bsfs/v=dump_extra"
+    slaves = f"[{segments}]{tee_target(str(run_dir / SEGMENT_PATTERN))}|[{feed}]{tee_target(feed_url)}"
+    return [
+        *metadata_args(plan.metadata),
+        "-flags:v", "+global_header", "-flags:a", "+global_header",
+        "-f", "tee", slaves,
     ]
 
 

@@ -2,11 +2,16 @@
 
 The composite is recorded like a source (:mod:`edge.rooms.recording`: its own source id, the same
 segments, supervision, gaps and sealing) by an ffmpeg whose command :func:`composite_argv` builds, a pure
-function tested as a list. That ffmpeg opens the inputs it shows a second time (the configuration refuses
-inputs that only one process can open: :mod:`edge.config.room_composite`), in this order: the main
-source's camera input, its other inputs (its sound, when ``audio``), the inset source's camera input.
+function tested as a list. That ffmpeg never opens a camera or a microphone: each source it shows (the
+main source, the inset source) sends it a copy of its own encoded streams, its *feed*, over a loopback
+UDP port of the session (:class:`Feeds`): the source's ffmpeg writes its segments and the feed through
+ffmpeg's ``tee`` muxer with ``onfail=ignore`` (:func:`edge.rooms.argv.tee_output_args`). So a camera
+that serves one client, a V4L2 camera and an ALSA microphone are opened once, by the original; nothing
+the composite does (absent, slow, failing, restarted) can stop or restart an original: UDP to a port
+nobody reads is dropped, and a send the kernel refuses only drops the feed. The composite's inputs, in
+order (:func:`composite_inputs`): the main source's feed (its first video stream the picture, its sound
+the composite's when ``audio``), the inset source's feed (its first video stream).
 Its filter graph (:func:`filter_graph`):
-
 * the main picture scaled into the output size (aspect kept, black bars), at the output rate;
 * the inset scaled to ``inset_width_pct`` of the width and laid over a corner;
 * two drawtext filters reading files the station writes (:mod:`edge.rooms.overlay_text`): the clock
@@ -22,6 +27,7 @@ Its segments are marked derived (``derived``: kind, main, inset, overlay, size) 
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,9 +53,50 @@ def graph_value(value: str) -> str:
     return "".join("\\" + c if c in _GRAPH_SPECIAL else c for c in option)
 
 
+FEED_HOST = "127.0.0.1"
+# The feed's MPEG-TS in UDP datagrams of 7 TS packets (fits any MTU, the loopback's too).
+FEED_PACKET_BYTES = 1316
+# The composite's receive queue (ffmpeg's fifo_size counts 188-byte packets: about 50 MB), so that a
+# busy composite drops feed packets rather than make anything wait.
+FEED_FIFO_PACKETS = 262_144
+FEED_PROBE = {"probesize": "1000000", "analyzeduration": "1500000"}
+
+
+def free_loopback_port() -> int:
+    """A UDP port of the loopback nobody uses now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((FEED_HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclasses.dataclass(frozen=True)
+class Feeds:
+    """The loopback UDP port each source the composite shows sends its feed to (one per session)."""
+
+    ports: dict[str, int]
+
+    @classmethod
+    def allocate(cls, source_ids: Sequence[str]) -> Feeds:
+        return cls({source_id: free_loopback_port() for source_id in dict.fromkeys(source_ids)})
+
+    def send_url(self, source_id: str) -> str | None:
+        """Where `source_id`'s ffmpeg sends its feed (None: it feeds nothing)."""
+        port = self.ports.get(source_id)
+        return None if port is None else f"udp://{FEED_HOST}:{port}?pkt_size={FEED_PACKET_BYTES}"
+
+    def receive_input(self, source_id: str) -> RoomInputConfig:
+        """The composite's input reading `source_id`'s feed."""
+        url = (f"udp://{FEED_HOST}:{self.ports[source_id]}?fifo_size={FEED_FIFO_PACKETS}"
+               "&overrun_nonfatal=1")
+        # A short probe: the feed is the station's own MPEG-TS, and every second of it probed is a second
+        # the composite starts late.
+        return RoomInputConfig.model_validate({"format": "mpegts", "url": url, "options": FEED_PROBE})
+
+
 @dataclasses.dataclass(frozen=True)
 class CompositeInputs:
-    """Which inputs the composite's ffmpeg opens, and the role of each by its index there."""
+    """Which inputs the composite's ffmpeg opens (the feeds), and the role of each by its index there."""
 
     inputs: tuple[RoomInputConfig, ...]
     main_video: int
@@ -57,22 +104,19 @@ class CompositeInputs:
     inset_video: int | None
 
 
-def composite_inputs(room: RoomConfig, composite: RoomCompositeConfig) -> CompositeInputs:
-    """The inputs of `room`'s sources the composite shows (the configuration checked they exist)."""
-    by_id = {s.id: s for s in room.source}
-    main = by_id[composite.main]
-    inputs = [main.input[composite.main_video_input]]
-    audio = [0] if composite.audio else []
-    if composite.audio:
-        for number, spec in enumerate(main.input):
-            if number != composite.main_video_input:
-                audio.append(len(inputs))
-                inputs.append(spec)
+def feed_sources(composite: RoomCompositeConfig) -> list[str]:
+    """The sources that feed `composite`: main, then inset."""
+    return [composite.main] + ([] if composite.inset is None else [composite.inset])
+
+
+def composite_inputs(composite: RoomCompositeConfig, feeds: Feeds) -> CompositeInputs:
+    """The composite's inputs: the main source's feed, then the inset source's."""
+    inputs = [feeds.receive_input(composite.main)]
     inset_video = None
     if composite.inset is not None:
         inset_video = len(inputs)
-        inputs.append(by_id[composite.inset].input[composite.inset_video_input])
-    return CompositeInputs(tuple(inputs), 0, tuple(audio), inset_video)
+        inputs.append(feeds.receive_input(composite.inset))
+    return CompositeInputs(tuple(inputs), 0, (0,) if composite.audio else (), inset_video)
 
 
 def _even(value: float) -> int:
@@ -84,7 +128,7 @@ def filter_graph(
 ) -> str:
     """The composite's ``-filter_complex`` graph; its output is labelled ``[vout]``."""
     width, height, rate = config.width, config.height, config.rate
-    parts = [f"[{roles.main_video}:v]scale={width}:{height}:force_original_aspect_ratio=decrease,"
+    parts = [f"[{roles.main_video}:v:0]scale={width}:{height}:force_original_aspect_ratio=decrease,"
              f"pad={width}:{height}:-1:-1,setsar=1,fps={rate}[main]"]
     picture = "main"
     text_left = True
@@ -94,7 +138,7 @@ def filter_graph(
         x = f"main_w-overlay_w-{margin}" if right else str(margin)
         y = f"main_h-overlay_h-{margin}" if bottom else str(margin)
         inset_width = _even(width * config.inset_width_pct / 100)
-        parts.append(f"[{roles.inset_video}:v]scale={inset_width}:-2,setsar=1[inset]")
+        parts.append(f"[{roles.inset_video}:v:0]scale={inset_width}:-2,setsar=1[inset]")
         parts.append(f"[main][inset]overlay=x={x}:y={y}:eof_action=repeat[pip]")
         picture, text_left = "pip", right  # the text on the side the inset leaves free
     if config.overlay:
@@ -153,15 +197,16 @@ def derived_block(config: RoomCompositeConfig) -> dict[str, Any]:
 class CompositeOutput:
     """The composite of one session: its source (as the recording runs it), its argv, its overlay."""
 
-    def __init__(self, room: RoomConfig, overlay_dir: Path, session: Callable[[], RoomSession]) -> None:
+    def __init__(self, room: RoomConfig, overlay_dir: Path, session: Callable[[], RoomSession],
+                 feeds: Feeds | None = None) -> None:
         if room.composite is None:
             raise ValueError(f"room {room.id} has no composite")
         self.config = room.composite
-        self.roles = composite_inputs(room, self.config)
+        self.feeds = feeds if feeds is not None else Feeds.allocate(feed_sources(self.config))
+        self.roles = composite_inputs(self.config, self.feeds)
         self.overlay_dir = overlay_dir
         self.derived = derived_block(self.config)
-        # Always encoded (a filter graph), with the inputs it opens: their credentials are resolved per run
-        # like a source's.
+        # Always encoded (a filter graph), reading the feeds (no credentials: they never leave the sources).
         self.source = RoomSourceConfig.model_construct(
             id=self.config.id, name=self.config.name, input=list(self.roles.inputs), codec="encode")
         self.overlay = OverlayText(overlay_dir, session) if self.config.overlay else None

@@ -94,6 +94,7 @@ from edge.rooms.capture import (
     stop_orphan,
 )
 from edge.rooms.composite import OVERLAY_DIR, CompositeOutput
+from edge.rooms.devices import device_metadata
 from edge.rooms.gb_source import GbRoomChannel, GbSourceUnavailable, gb_metadata, ns_from_wall_text
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
@@ -229,6 +230,9 @@ class SessionRecording:
             self.composite = CompositeOutput(room, overlay_dir, lambda: self.session)
             self.sources[room.composite.id] = SourceRecording(
                 self.composite.source, argv=self.composite.argv, derived=self.composite.derived)
+            for source_id in self.composite.feeds.ports:  # the originals feed it
+                self.sources[source_id].argv = functools.partial(
+                    segment_argv, feed_url=self.composite.feeds.send_url(source_id))
         self._stop = asyncio.Event()
         self._ending_reason: str | None = None  # None: the session stops; else why it is interrupted
         self._resumed = resumed_from_ns
@@ -375,6 +379,7 @@ class SessionRecording:
         metadata = segment_metadata(self.session, config)
         if config.gb28181 is not None:
             metadata.update(gb_metadata(config.gb28181))
+        metadata.update(device_metadata(config.input))  # which device the stable name is now
         plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio, metadata,
                            video_only=config.gb28181 is not None)
         argv = (source.argv or segment_argv)(self.settings.ffmpeg, inputs, plan, run_dir)

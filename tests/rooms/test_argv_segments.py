@@ -17,11 +17,12 @@ def _input(**kw: object) -> RoomInputConfig:
 
 
 def test_input_args_are_one_list_per_input_in_order() -> None:
-    inputs = [_input(realtime=True), _input(url="/dev/video0", format="v4l2",
+    camera = "/dev/v4l/by-id/usb-cam-video-index0"
+    inputs = [_input(realtime=True), _input(url=camera, format="v4l2",
                                             options={"video_size": "1280x720", "framerate": "25"})]
     assert input_args(inputs) == [
         "-f", "lavfi", "-re", "-i", "testsrc2",
-        "-f", "v4l2", "-video_size", "1280x720", "-framerate", "25", "-i", "/dev/video0",
+        "-f", "v4l2", "-video_size", "1280x720", "-framerate", "25", "-i", camera,
     ]
     assert input_args([_input(format="", url="rtsp://cam/1")]) == ["-i", "rtsp://cam/1"]
 

@@ -52,7 +52,8 @@ async def test_a_cancelled_run_closes_and_lists_its_open_segment(tmp_path: Path)
 
 async def test_ffmpeg_that_cannot_start_its_input_ends_the_run_with_its_reason(tmp_path: Path) -> None:
 
-    inputs = [RoomInputConfig(url="/nonexistent/video9", format="v4l2")]
+    absent = "/dev/v4l/by-id/usb-EvidenceEdge_Absent_video9-video-index0"
+    inputs = [RoomInputConfig(url=absent, format="v4l2")]
     argv = segment_argv("ffmpeg", inputs, SegmentPlan(1.0), tmp_path / "run")
     with pytest.raises(CaptureEnded, match=r"exited with status 1.*video9"):
         await capture_run(argv, tmp_path / "run", lambda s: None, stop_timeout_s=2.0)

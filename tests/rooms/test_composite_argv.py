@@ -15,6 +15,7 @@ from edge.config.station import parse_config
 from edge.rooms.argv import Coding, SegmentPlan, segment_argv
 from edge.rooms.composite import (
     CompositeOutput,
+    Feeds,
     composite_argv,
     composite_inputs,
     derived_of,
@@ -56,11 +57,18 @@ url = "rtsp://10.0.0.9/stream1"
 """
 CAMERA = {"face_format": "lavfi", "face_url": "testsrc2=size=640x480:rate=25",
           "mic_format": "lavfi", "mic_url": "sine=frequency=440"}
+FEEDS = Feeds({"face": 40001, "overview": 40002})
 COMPOSITE = '[rooms.room.composite]\nmain = "face"\ninset = "overview"\n'
 
 
+SECOND_INPUT = '[[rooms.room.source.input]]\nformat = "{mic_format}"\nurl = "{mic_url}"\n'
+
+
 def _room(extra: str = COMPOSITE, **inputs: str) -> RoomConfig:
-    return parse_config(BASE.format(**{**CAMERA, **inputs}) + extra).rooms.room[0]
+    """The room; ``mic_format = "-"``: the face source has its camera input only (a capture device is
+    alone in its source)."""
+    base = BASE.replace(SECOND_INPUT, "") if inputs.get("mic_format") == "-" else BASE
+    return parse_config(base.format(**{**CAMERA, **inputs}) + extra).rooms.room[0]
 
 
 def test_a_composite_over_network_and_generated_inputs_parses() -> None:
@@ -75,12 +83,12 @@ def test_a_composite_over_network_and_generated_inputs_parses() -> None:
 
 
 @pytest.mark.parametrize(("inputs", "composite", "said"), [
-    ({"face_format": "v4l2", "face_url": "/dev/v4l/by-id/usb-cam-video-index0"}, COMPOSITE,
-     "source face input 1: format v4l2 is a local capture device"),
-    ({"mic_format": "alsa", "mic_url": "hw:1,0"}, COMPOSITE,
-     "source face input 2: format alsa is a local capture device"),
-    ({"face_format": "", "face_url": "unix:/run/edge/live.sock"}, COMPOSITE,
-     "a unix: socket serves one reader"),
+    ({"face_format": "alsa", "face_url": "hw:CARD=Mic,DEV=0", "mic_format": "-"}, COMPOSITE,
+     "source face input 1 carries no picture (format alsa)"),
+    ({"face_format": "lavfi", "face_url": "sine=frequency=440"}, COMPOSITE, "input 1 carries no picture"),
+    ({"face_format": "", "face_url": "rtsp://10.0.0.8/stream1", "mic_format": "lavfi",
+      "mic_url": "testsrc2=size=640x480:rate=25"}, COMPOSITE + "main_video_input = 1\n",
+     "its input(s) [1] before it may carry one: put the camera first"),
     ({}, COMPOSITE.replace('"overview"', '"face"'), "main and inset must be two different sources"),
     ({}, COMPOSITE.replace('inset = "overview"', 'inset = "hall"'), "composite inset 'hall' is not a source"),
     ({}, COMPOSITE + 'id = "overview"\n', "composite id 'overview' is also a source id"),
@@ -98,23 +106,36 @@ def test_a_composite_it_cannot_build_is_refused_naming_why(inputs: dict[str, str
     assert said in str(refused.value)
 
 
-def test_a_microphone_only_one_process_can_open_is_left_to_the_original_without_sound() -> None:
-    # The refusal above says so; the control: without sound the composite needs only the camera.
-    room = _room(COMPOSITE + "audio = false\n", mic_format="alsa", mic_url="hw:1,0")
+@pytest.mark.parametrize("inputs", [
+    {"face_format": "v4l2", "face_url": "/dev/v4l/by-id/usb-cam-video-index0", "mic_format": "-"},
+    {"face_format": "", "face_url": "rtsp://10.0.0.8/stream1"},
+    {"face_format": "", "face_url": "unix:/run/edge/live.sock"},
+    {"face_format": "lavfi", "face_url": "sine=frequency=440", "mic_format": "lavfi",
+     "mic_url": "testsrc2=size=640x480:rate=25"},
+])
+def test_the_composite_reads_the_feeds_of_its_sources_never_their_devices(inputs: dict[str, str]) -> None:
+    # The control of the refusals above: any source with a camera, which its own ffmpeg alone opens.
+    extra = "main_video_input = 1\n" if inputs["face_format"] == "lavfi" else ""
+    room = _room(COMPOSITE + extra, **inputs)
     assert room.composite is not None
-    roles = composite_inputs(room, room.composite)
-    assert [spec.url for spec in roles.inputs] == ["testsrc2=size=640x480:rate=25", "rtsp://10.0.0.9/stream1"]
+    output = CompositeOutput(room, Path("/o"), _session)
+    feeds = output.feeds.ports
+    assert sorted(feeds) == ["face", "overview"] and len(set(feeds.values())) == 2
+    assert [spec.url for spec in output.roles.inputs] == [
+        f"udp://127.0.0.1:{feeds[s]}?fifo_size=262144&overrun_nonfatal=1" for s in ("face", "overview")]
+    assert {spec.format for spec in output.roles.inputs} == {"mpegts"}
+    assert (output.roles.main_video, output.roles.audio, output.roles.inset_video) == (0, (0,), 1)
+    assert output.feeds.send_url("face") == f"udp://127.0.0.1:{feeds['face']}?pkt_size=1316"
+    assert output.feeds.send_url("hall") is None  # a source the composite does not show feeds nothing
+
+
+def test_without_sound_the_composite_takes_only_the_pictures_of_the_feeds() -> None:
+    room = _room(COMPOSITE + "audio = false\n")
+    assert room.composite is not None
+    roles = composite_inputs(room.composite, Feeds({"face": 40001, "overview": 40002}))
+    assert [spec.url.split("?")[0] for spec in roles.inputs] == ["udp://127.0.0.1:40001",
+                                                                "udp://127.0.0.1:40002"]
     assert (roles.main_video, roles.audio, roles.inset_video) == (0, (), 1)
-
-
-def test_the_composite_opens_the_main_camera_its_sound_then_the_inset_camera() -> None:
-    room = _room(COMPOSITE + "main_video_input = 1\n", face_format="lavfi", face_url="sine=frequency=440",
-                 mic_format="lavfi", mic_url="testsrc2=size=640x480:rate=25")
-    assert room.composite is not None
-    roles = composite_inputs(room, room.composite)
-    assert [spec.url for spec in roles.inputs] == ["testsrc2=size=640x480:rate=25", "sine=frequency=440",
-                                                   "rtsp://10.0.0.9/stream1"]
-    assert (roles.main_video, roles.audio, roles.inset_video) == (0, (0, 1), 2)
 
 
 @pytest.mark.parametrize(("value", "escaped"), [
@@ -149,19 +170,17 @@ def _composite(**settings: Any) -> RoomCompositeConfig:
 ])
 def test_the_inset_goes_in_its_corner_and_the_text_to_the_other_side(corner: str, x: str, y: str,
                                                                        text_x: str) -> None:
-    room = _room()
     config = _composite(inset_corner=corner)
-    graph = filter_graph(config, composite_inputs(room, config), clock_file=Path("/o/clock.txt"),
+    graph = filter_graph(config, composite_inputs(config, FEEDS), clock_file=Path("/o/clock.txt"),
                          info_file=Path("/o/info.txt"))
     assert f"[main][inset]overlay=x={x}:y={y}:" in graph
-    assert "[2:v]scale=384:-2" in graph  # 30 % of 1280 (inputs: main camera, its sound, the inset)
+    assert "[1:v:0]scale=384:-2" in graph  # 30 % of 1280 (inputs: the main feed, the inset feed)
     assert graph.count(text_x) == 2  # the clock and the info box, font 29 px (4 % of 720), margin 14
 
 
 def test_the_graph_names_files_never_the_text_and_draws_it_unexpanded() -> None:
-    room = _room()
     config = _composite()
-    roles = composite_inputs(room, config)
+    roles = composite_inputs(config, FEEDS)
     plan = SegmentPlan(2.0, "fragmented", Coding.ENCODE, Coding.ENCODE,
                        {"case_number": "A'1,2;[x]%{localtime}", "source": "composite"})
     inputs = list(roles.inputs)
@@ -175,24 +194,23 @@ def test_the_graph_names_files_never_the_text_and_draws_it_unexpanded() -> None:
     # The case number reaches ffmpeg only as a tag (one argv element of its own, never parsed as a graph).
     assert argv[argv.index("-metadata") + 1] == "case_number=A'1,2;[x]%{localtime}"
     maps = [argv[i + 1] for i, a in enumerate(argv) if a == "-map"]
-    assert maps == ["[vout]", "0:a?", "1:a?"]  # the picture, then the main source's sound
+    assert maps == ["[vout]", "0:a?"]  # the picture, then the main source's sound
     # Encoded with key frames at every segment boundary, and written like a source's segments.
     assert argv[argv.index("-c:v") + 1] == "libx264" and "expr:gte(t,n_forced*2)" in argv
     source_argv = segment_argv("ffmpeg", inputs, plan, Path("/store/run-1"))
     tail = source_argv[source_argv.index("-metadata"):]
     assert argv[-len(tail):] == tail
-    with pytest.raises(ValueError, match="opens 3 inputs"):
-        composite_argv("ffmpeg", inputs[:2], plan, Path("/r"), config=config, roles=roles,
+    with pytest.raises(ValueError, match="opens 2 inputs"):
+        composite_argv("ffmpeg", inputs[:1], plan, Path("/r"), config=config, roles=roles,
                        overlay_dir=Path("/o"))
 
 
 def test_without_an_inset_or_the_overlay_the_graph_leaves_them_out() -> None:
-    room = _room()
     alone = _composite(inset=None)
-    graph = filter_graph(alone, composite_inputs(room, alone), clock_file=Path("/c"), info_file=Path("/i"))
+    graph = filter_graph(alone, composite_inputs(alone, FEEDS), clock_file=Path("/c"), info_file=Path("/i"))
     assert "overlay=" not in graph and "[main]drawtext=" in graph
     bare = _composite(overlay=False)
-    graph = filter_graph(bare, composite_inputs(room, bare), clock_file=Path("/c"), info_file=Path("/i"))
+    graph = filter_graph(bare, composite_inputs(bare, FEEDS), clock_file=Path("/c"), info_file=Path("/i"))
     assert "drawtext" not in graph and graph.endswith("[pip]format=yuv420p[vout]")
     with pytest.raises(ValueError, match="neither an inset nor the overlay"):
         _composite(inset=None, overlay=False)

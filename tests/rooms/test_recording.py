@@ -192,7 +192,8 @@ async def test_a_source_that_never_starts_leaves_a_gap_until_the_stop_and_the_ot
     store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch
 ) -> None:
     broken: dict[str, Any] = {"id": "cam", "codec": "encode",
-                              "input": [{"format": "v4l2", "url": "/nonexistent/video7"}]}
+                              "input": [{"format": "v4l2",
+                                         "url": "/dev/v4l/by-id/usb-Absent_video7-video-index0"}]}
     recording = _recording(store, pipeline, lavfi_source("a"), broken)
     task = asyncio.create_task(recording.run())
     opened = (await watch.until(lambda: watch.of("gap", source="cam", state="open")))[0]

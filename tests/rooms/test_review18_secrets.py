@@ -114,4 +114,4 @@ def test_a_url_with_credentials_in_the_file_is_refused_without_echoing_them() ->
 
 def test_credentials_are_refused_for_a_device_input() -> None:
     with pytest.raises(ConfigError, match="username and password are for a URL input"):
-        _rooms_toml('format = "alsa"\nurl = "hw:1,0"\nusername = "env:U"\n')
+        _rooms_toml('format = "alsa"\nurl = "hw:CARD=Mic,DEV=0"\nusername = "env:U"\n')
