@@ -173,6 +173,10 @@ class SourceRecording:
     # When a GB/T 28181 channel's media first flowed (its live layer says so, before ffmpeg lists a
     # segment, whose start is counted back from its listing in stream time and so misses a stall).
     first_media_ns: int | None = None
+    # What the session's first good probe (codec = auto) found: later runs reuse it rather than probe again.
+    # A camera that serves one client may still count the probe's connection when ffmpeg connects right
+    # after it (503 / 453), and a probe before every restart would lose that race at every restart.
+    probed_coding: tuple[Coding, Coding] | None = None
 
     def status(self) -> dict[str, Any]:
         latencies = list(self.latencies_s)
@@ -360,7 +364,7 @@ class SessionRecording:
             probed = asyncio.Event()
             keep_alive(probed, self._probe_deadline_s(config))
             try:
-                video, audio = await self._coding(config, inputs)
+                video, audio = await self._coding(config, inputs, source)
             except ProbeStalled as exc:
                 self._open_gap(source, run_began_ns, redact(str(exc)))
                 raise
@@ -536,10 +540,12 @@ class SessionRecording:
         source.queue.put_nowait(GapClosed(to_ns))
 
     async def _coding(
-        self, config: RoomSourceConfig, inputs: list[RoomInputConfig]
+        self, config: RoomSourceConfig, inputs: list[RoomInputConfig], source: SourceRecording | None = None
     ) -> tuple[Coding, Coding]:
         if config.codec != "auto":
             return codec_plan(config.codec, None)
+        if source is not None and source.probed_coding is not None:
+            return source.probed_coding
         streams: list[tuple[str, str]] = []
         # All of a run's probes end well inside the time the run is kept alive for them (each input its
         # share), so a stalled probe is this run's own gap, never a cancellation from outside.
@@ -553,7 +559,10 @@ class SessionRecording:
             if found is None:
                 return codec_plan("encode", None)
             streams += found
-        return codec_plan("auto", streams)
+        plan = codec_plan("auto", streams)
+        if source is not None:
+            source.probed_coding = plan
+        return plan
 
     def _probe_deadline_s(self, config: RoomSourceConfig) -> float:
         """How long all of a run's probes (codec = auto) may take together: the start grace (a probe

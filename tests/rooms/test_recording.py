@@ -238,3 +238,34 @@ async def test_segments_that_could_not_be_sealed_are_sealed_at_the_stop(
     capture = SessionFiles(store.layout.root).capture_dir
     assert list(capture.rglob("*.mp4")) == []
     assert verify_store(store.layout.root).ok
+
+
+async def test_a_restarted_source_reuses_the_sessions_probe(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, tmp_path: Any
+) -> None:
+    """codec = auto probes a source once a session: a camera serving one client may still count the probe's
+    connection when ffmpeg connects right after it, so a probe before every restart would lose that race
+    at every restart. Counted through an ffprobe that logs its calls."""
+    calls = tmp_path / "ffprobe-calls"
+    wrapper = tmp_path / "ffprobe"
+    wrapper.write_text(f'#!/bin/sh\necho call >> "{calls}"\nexec ffprobe "$@"\n')
+    wrapper.chmod(0o755)
+    source = {**lavfi_source("a"), "codec": "auto"}
+    config = rooms_config(source, ffprobe=str(wrapper))
+    files = SessionFiles(store.layout.root)
+    files.prepare()
+    recording = SessionRecording(_session(), config.room[0], config, pipeline, files, station_id=STATION)
+    task = asyncio.create_task(recording.run())
+    try:
+        await watch.until(lambda: len(watch.of("segment_sealed", source="a")) >= 2)
+        assert calls.read_text().count("call") == 1  # control: the first run probed
+        victim = recording.sources["a"].pid
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        closed = (await watch.until(lambda: watch.of("gap", source="a", state="closed")))[0]
+        await watch.until(lambda: [e for e in watch.of("segment_sealed", source="a") if e.seq > closed.seq])
+    finally:
+        recording.stop()
+        await task
+    assert calls.read_text().count("call") == 1, "the restart probed the camera again"
+    assert recording.sources["a"].coding == ("encode", "encode")  # lavfi's raw video is encoded, as probed
