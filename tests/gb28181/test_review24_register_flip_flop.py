@@ -32,9 +32,9 @@ async def _moves(order: list[int]) -> tuple[list[str], list[str]]:
         registered_from: list[str] = []
         for index in order:
             assert (await devices[index].register()).status == 200
-            device = platform.registry.get(DEVICE)
-            assert device is not None and device.address is not None
-            registered_from.append(str(device.address))
+            state = platform.registry.get(DEVICE)
+            assert state is not None and state.address is not None
+            registered_from.append(str(state.address))
         return registered_from, [entry["address"] for entry in ledger.of("device_authenticated")]
     finally:
         for device in devices:
