@@ -81,3 +81,42 @@ async def test_a_newcomer_does_not_close_a_proven_connection_while_unproven_ones
 
 async def test_control_strangers_first_their_unproven_connection_makes_room() -> None:
     assert await _proven_left(strangers_first=True) == 2
+
+
+async def _newcomer_let_in(stranger_hosts: list[str]) -> bool:
+    """The budget (4) filled by unproven connections from `stranger_hosts`; whether a connection from
+    another address is then accepted (kept open past the refusal)."""
+    transport = SipTransport(_nothing, host="127.0.0.1", port=0,
+                             limits=TransportLimits(max_tcp_connections=4, max_tcp_connections_per_host=3))
+    await transport.start()
+    sockets: list[socket.socket] = []
+    try:
+        for count, host in enumerate(stranger_hosts, start=1):
+            sock, _ = await _connect(transport, host)
+            sockets.append(sock)
+            await _settled(transport, count)
+        sock, peer = await _connect(transport, "127.0.0.9")
+        sockets.append(sock)
+        for _ in range(500):
+            if transport.connections_shed:
+                break
+            await asyncio.sleep(0.01)
+        await _settled(transport, 4)
+        transport.mark_proven(peer)  # its REGISTER would pass now, if it is still connected
+        return transport.proven_connections == 1
+    finally:
+        for sock in sockets:
+            sock.close()
+        await transport.close()
+
+
+async def test_strangers_one_connection_per_address_do_not_lock_a_device_out() -> None:
+    """Strangers holding every slot with one unproven connection from each of as many addresses (an IPv6
+    /64 has plenty) refuse every device that comes next, until they stop: each slot is renewed within the
+    30 s an unproven connection may stay."""
+    assert await _newcomer_let_in(["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]), (
+        "a device connecting while four unproven strangers hold the budget was refused")
+
+
+async def test_control_strangers_crowding_one_address_make_room_for_a_device() -> None:
+    assert await _newcomer_let_in(["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.4"])
