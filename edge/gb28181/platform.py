@@ -384,6 +384,7 @@ class GbPlatform:
             "sip_tcp": {"connections": self.transport.open_connections,
                         "proven": self.transport.proven_connections,
                         "shed": self.transport.connections_shed,
+                        "refused_all_proven": self.transport.connections_refused_all_proven,
                         "budget": self.transport.tcp_connection_budget,
                         "per_address": self.transport.tcp_connections_per_host,
                         "nofile_soft_limit": self.transport.nofile_soft_limit},
