@@ -37,8 +37,8 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
 
 Each call first closes what an interrupted earlier download left in progress (`close_interrupted_copies`:
 never resumed under another transfer), and reads which listed recordings are sealed in a worker thread
-(`sealed_downloads_off_loop`). A recording listed with the channel, times and path of a sealed one but
-another FileSize is another recording (`_told_apart`). A store below its reserve ends the call
+(`sealed_downloads_off_loop`). A recording listed with the channel, times and path of one downloaded
+before (complete or not) but another FileSize is another recording (`_told_apart`). A store below its reserve ends the call
 (`StoreBelowReserve`, one limited `error` entry): before a download, and when the pipeline refused a
 download's copy for it (its spool files are removed).
 
@@ -349,16 +349,19 @@ class GbDownloads:
     async def _told_apart(self, ref: RecordingRef,
                           sealed: Mapping[str, list[SealedDownload]]) -> RecordingRef:
         """`ref`, or `ref` under the identity its FileSize tells apart (`RecordingRef.told_apart`) when a
-        recording listed with the same channel, times and path is sealed with another FileSize: a recorder
-        whose clock restarts at its epoch at every power-on names its files by it, so a new recording can
-        be listed under an old one's name (review 22). Then it is a recording of its own, downloaded and
+        recording listed with the same channel, times and path was downloaded (complete or not, given up
+        or not) with another FileSize: a recorder whose clock restarts at its epoch at every power-on names
+        its files by it, so a new recording can be listed under an old one's name (review 22). Then it is a recording of its own, downloaded and
         sealed under its own keys, with an `error` entry of stage `identity` on the sealed one (limited
         like the listing's problems) when it is to be downloaded. Where the sizes agree, or either is not
         known, nothing the device listed tells them apart: the same recording (README: known limits)."""
         size = ref.listed_size_text()
-        same_listing = sealed.get(ref.identity(), [])
-        sizes = {d.file_size_listed for d in same_listing if d.complete}
-        if size is None or not sizes or None in sizes or size in sizes:
+        # Every earlier download of the identity that carries a FileSize counts, complete or not, given up
+        # or not (review 24): a recording whose tries all came incomplete is given up, and a new one listed
+        # under its identity must not be given up with it, nor sealed as one more try of it.
+        sized = [d for d in sealed.get(ref.identity(), []) if d.file_size_listed is not None]
+        sizes = {d.file_size_listed for d in sized}
+        if size is None or not sizes or size in sizes:
             return ref
         told = ref.told_apart()
         if any(d.complete for d in sealed.get(told.identity(), [])):
@@ -366,7 +369,7 @@ class GbDownloads:
         device = display_text(ref.device_id, 64)
         extra = self.problems.seen(IDENTITY_PROBLEM, f"{ref.device_id}|{told.identity()}", ref.device_id)
         if extra is not None:
-            earlier = [d for d in same_listing if d.complete][-1]
+            earlier = sized[-1]
             shown = shown_recording(ref)
             sealed_size = display_text(str(earlier.file_size_listed), 32)
             reason = (f"listed with the channel, start, end and file path of the sealed recording (item "
