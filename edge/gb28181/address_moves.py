@@ -39,8 +39,8 @@ class _Window:
             self.addresses_not_kept += 1
 
     def described(self) -> dict[str, Any]:
-        return {"moves_in_window": self.moves, "window_s": MOVES_WINDOW_S, "addresses_seen": list(self.addresses),
-                "addresses_not_named": self.addresses_not_kept}
+        return {"moves_in_window": self.moves, "window_s": MOVES_WINDOW_S,
+                "addresses_seen": list(self.addresses), "addresses_not_named": self.addresses_not_kept}
 
 
 class AddressMoves:
@@ -78,7 +78,7 @@ class AddressMoves:
         if window.moves == MAX_MOVES_RECORDED + 1:
             return {"flapping": {**window.described(), "reason": (
                 f"the device's address changed more than {MAX_MOVES_RECORDED} times within "
-                f"{MOVES_WINDOW_S / 60:g} min: further changes in this window are counted, not each recorded; "
-                "the first registration after it is recorded with the count")}}
+                f"{MOVES_WINDOW_S / 60:g} min: further changes in this window are counted, not each "
+                "recorded; the first registration after it is recorded with the count")}}
         window.held_back += 1
         return None

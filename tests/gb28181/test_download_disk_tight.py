@@ -90,7 +90,8 @@ async def test_control_a_recording_that_fits_is_downloaded_again(tmp_path: Path,
     assert errors == [] and sealed == 2  # its raw PS and MP4
 
 
-async def test_a_give_up_for_interruptions_names_what_cut_them_short(tmp_path: Path, media: SourceMedia) -> None:
+async def test_a_give_up_for_interruptions_names_what_cut_them_short(tmp_path: Path,
+                                                                    media: SourceMedia) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
     store = StationStore(tmp_path / "store", "TEST-STATION")

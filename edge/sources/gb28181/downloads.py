@@ -42,9 +42,9 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
 Each call first closes what an interrupted earlier download left in progress (`close_interrupted_copies`:
 never resumed under another transfer), and reads which listed recordings are sealed in a worker thread
 (`sealed_downloads_off_loop`). A recording listed with the channel, times and path of one downloaded
-before (complete or not) but another FileSize is another recording (`_told_apart`). A store below its reserve ends the call
-(`StoreBelowReserve`, one limited `error` entry): before a download, and when the pipeline refused a
-download's copy for it (its spool files are removed).
+before (complete or not) but another FileSize is another recording (`_told_apart`). A store below its
+reserve ends the call (`StoreBelowReserve`, one limited `error` entry): before a download, and when the
+pipeline refused a download's copy for it (its spool files are removed).
 
 `start_download` is the seam to the platform (edge.gb28181.platform `start_session` with a Download
 `MediaRequest` and the session's `wait()`): the composition root adapts it, so this module depends on
@@ -376,10 +376,11 @@ class GbDownloads:
         """`ref`, or `ref` under the identity its FileSize tells apart (`RecordingRef.told_apart`) when a
         recording listed with the same channel, times and path was downloaded (complete or not, given up
         or not) with another FileSize: a recorder whose clock restarts at its epoch at every power-on names
-        its files by it, so a new recording can be listed under an old one's name (review 22). Then it is a recording of its own, downloaded and
-        sealed under its own keys, with an `error` entry of stage `identity` on the sealed one (limited
-        like the listing's problems) when it is to be downloaded. Where the sizes agree, or either is not
-        known, nothing the device listed tells them apart: the same recording (README: known limits)."""
+        its files by it, so a new recording can be listed under an old one's name (review 22). Then it is a
+        recording of its own, downloaded and sealed under its own keys, with an `error` entry of stage
+        `identity` on the earlier one (limited like the listing's problems) when it is to be downloaded.
+        Where the sizes agree, or either is not known, nothing the device listed tells them apart: the
+        same recording (README: known limits)."""
         size = ref.listed_size_text()
         # Every earlier download of the identity that carries a FileSize counts, complete or not, given up
         # or not (review 24): a recording whose tries all came incomplete is given up, and a new one listed
