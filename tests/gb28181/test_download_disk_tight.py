@@ -105,6 +105,7 @@ async def test_a_give_up_for_interruptions_names_what_cut_them_short(tmp_path: P
         given_up = _errors(store, GIVEN_UP_STAGE)
         assert len(given_up) == 1
         reason = str(given_up[0]["reason"])
-        assert f"the device went offline: {MAX_INTERRUPTED_ATTEMPTS}" in reason and "disk" not in reason
+        assert f"cut short by the device going offline ({MAX_INTERRUPTED_ATTEMPTS});" in reason
+        assert "station" not in reason and "disk" not in reason
     finally:
         store.close()

@@ -119,8 +119,8 @@ STORE_TIGHT_PROBLEM = "store-tight"
 # Room assumed for a recording the station's disk guard cut short when its device listed no FileSize.
 UNLISTED_SIZE_MARGIN_BYTES = 256 * 1024 * 1024
 # How the give-up names why downloads were cut short (`interrupted`, as sealed).
-INTERRUPTED_SAID = {INTERRUPTED_DEVICE_OFFLINE: "the device went offline",
-                    INTERRUPTED_STATION_STOPPED: "the station stopped the download"}
+INTERRUPTED_SAID = {INTERRUPTED_DEVICE_OFFLINE: "the device going offline",
+                    INTERRUPTED_STATION_STOPPED: "the station stopping"}
 
 
 @dataclass(slots=True)  # up to MAX_FAILING_RECORDINGS of them
@@ -227,9 +227,9 @@ def given_up_because(earlier: Sequence[SealedDownload]) -> str | None:
                 "is sealed, the recording is not downloaded again")
     if len(interrupted) >= MAX_INTERRUPTED_ATTEMPTS:
         reasons = Counter(display_text(str(d.interrupted), 64) for d in interrupted)
-        said = ", ".join(f"{INTERRUPTED_SAID.get(reason, reason)}: {count}"
-                         for reason, count in sorted(reasons.items()))
-        return (f"{len(interrupted)} downloads were cut short ({said}); what came is sealed, the recording "
+        said = " and ".join(f"{INTERRUPTED_SAID.get(reason, reason)} ({count})"
+                            for reason, count in sorted(reasons.items()))
+        return (f"{len(interrupted)} downloads were cut short by {said}; what came is sealed, the recording "
                 "is not downloaded again")
     return None
 
