@@ -31,5 +31,8 @@ def test_the_mqtt_benchmark_moves_every_file_both_ways_and_prints_its_figures(tm
     assert figures["ratio"] == pytest.approx(figures["mqtt_s"] / figures["http_s"], rel=0.03)
     for per_gb in ("station_cpu_s_per_gb", "central_cpu_s_per_gb"):
         assert figures[per_gb]["http"] > 0 and figures[per_gb]["mqtt"] > 0
-    assert figures["broker_cpu_s_per_gb"]["mqtt"] > 0
+    # The broker's CPU comes from /proc in clock ticks (10 ms): relaying these 4 MB may take less than one,
+    # so here it is only shown to be measured for both transports, not to be above zero.
+    assert set(figures["broker_cpu_s_per_gb"]) == {"http", "mqtt"}
+    assert all(value >= 0 for value in figures["broker_cpu_s_per_gb"].values())
     assert figures["peak_rss_mb"] > 0
