@@ -310,6 +310,8 @@ class SipTransport:
         self._max_tcp_connections_per_host = self._limits.max_tcp_connections_per_host
         self.nofile_soft_limit: int | None = None
         self.connections_shed = 0  # TCP connections refused or closed to make room
+        # Of those, newcomers refused because every open connection was proven (none closed for them).
+        self.connections_refused_all_proven = 0
         self._shed_logged_at = -float("inf")
         self._shed_unlogged = 0
 
@@ -813,28 +815,26 @@ class SipTransport:
 
     def _make_room_for(self, host: str) -> str | None:
         """None when a connection from `host` may be accepted (after closing another to make room), else
-        why not. One address may hold `tcp_connections_per_host`. When every slot is taken, the
-        address holding the most gives one up, if it holds more than `host` would: a connection not
-        proven first, one that never completed a message next, else its least recently opened. So no one
-        address (nor a few) can lock devices at other addresses out, and devices sharing a carrier NAT
-        address still get in."""
-        per_host: dict[str, list[_Connection]] = {}
-        for connection in self._connections.values():
-            per_host.setdefault(connection.peer.host, []).append(connection)
-        own = len(per_host.get(host, ()))
+        why not. One address may hold `tcp_connections_per_host`. When every slot is taken, the oldest
+        connection not proven by an authenticated request gives way, at whatever address (one that never
+        completed a message before one that did): strangers holding one unproven connection from each of
+        many addresses cannot lock devices out, and a newcomer never closes a device's proven connection
+        while any unproven one is open. Only when every open connection is proven is the newcomer refused
+        (counted in `connections_refused_all_proven`): a device's connection is never closed for it."""
+        own = sum(1 for connection in self._connections.values() if connection.peer.host == host)
         if own >= self._max_tcp_connections_per_host:
             return f"{own} connections open from this address, the limit"
         if len(self._connections) < self._max_tcp_connections:
             return None
-        crowded = max(per_host.values(), key=len)
-        if len(crowded) <= own + 1:
-            return f"{len(self._connections)} connections open, the limit"
-        victim = min(crowded, key=lambda c: (c.proven, c.messages_completed > 0, c.opened_at))
+        unproven = [connection for connection in self._connections.values() if not connection.proven]
+        if not unproven:
+            self.connections_refused_all_proven += 1
+            return f"{len(self._connections)} connections open, the limit, every one proven by a REGISTER"
+        victim = min(unproven, key=lambda c: (c.messages_completed > 0, c.opened_at))
         self._log_shed(
-            "SIP TCP connection from %s closed to make room: %d connections open from %s",
+            "SIP TCP connection from %s closed to make room: the oldest of %d unproven connections",
             victim.peer,
-            len(crowded),
-            victim.peer.host,
+            len(unproven),
         )
         self._drop_connection(victim)
         return None

@@ -100,6 +100,16 @@ class LimitedEntries:
             extra["others_not_recorded_station"], self._station.over = self._station.over, 0
         return extra
 
+    def recorded(self, kind: str, key: str) -> None:
+        """The state (kind, key) went on the ledger by another way (an entry that is never limited): its
+        repeats within `repeat_s` from now are held back as if it had been let through here. The count
+        held back before is kept for its next entry; no budget is spent."""
+        slot = _slot(kind, key)
+        last = self._last.pop(slot, None)
+        self._last[slot] = (self._clock(), 0 if last is None else last[1])
+        while len(self._last) > MAX_PROBLEM_KEYS:
+            del self._last[next(iter(self._last))]
+
     def cleared(self, kind: str, key: str) -> int | None:
         """The problem did not happen this time: if it had reached the ledger, the times it was held back
         since (then its recovery goes on the ledger); else None."""

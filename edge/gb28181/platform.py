@@ -54,9 +54,11 @@ be used is an error entry and the device's earlier stamps get no offset.
 
 Ledger (through `record`, the store's, kept to the existing entry types with `"source": "gb28181"`):
 `device_authenticated` for an accepted registration that says something (with `registration`: `first` in
-this run, `online` again, `date` sent, `changed` address, expiry or User-Agent, or a `refresh`; the last two
-limited to once an hour per what they say, with the count held back: `_registration_entry`; with
-`date_sent`, and why it was withheld),
+this run, `online` again, `date` sent, `changed` address, expiry or User-Agent, or a `refresh`; every
+change of address is an entry, a device flapping between addresses beyond a bound an hour one entry with the
+count and the addresses (edge.gb28181.address_moves); the other changes and refreshes limited to once an
+hour per what they say, with the count held back: `_registration_entry`; with `date_sent`, and why it was
+withheld),
 `device_connected` and `device_removed` when a device comes online and goes offline (and why),
 `clock_measured` for a DeviceStatus answer's clock offset, `clock_set` when a 200 OK carried Date,
 `refused` for devices refused (unknown id, wrong password) and `error` for unreadable input, both limited
@@ -111,6 +113,7 @@ from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
 from edge.gb28181 import clock_history
+from edge.gb28181.address_moves import AddressMoves
 from edge.gb28181.media import UdpReceiveBuffer, probe_udp_receive_buffer
 from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
 from edge.gb28181.registrar import REFUSAL_BUDGET, REFUSAL_REPEAT_S, DevicePasswords, Outcome, Registrar
@@ -241,10 +244,12 @@ class GbPlatform:
         # One group: refusals come from addresses anyone can forge, so the budget is the station's.
         self._limiter = LimitedEntries(clock, repeat_s=REFUSAL_REPEAT_S, budget=REFUSAL_BUDGET,
                                        station_budget=REFUSAL_BUDGET)
-        # Registrations that change nothing, or only the address or expiry: limited (`_registration_entry`).
+        # Registrations that change nothing but the expiry, User-Agent or why no Date: limited
+        # (`_registration_entry`).
         self._registrations = LimitedEntries(clock, repeat_s=REGISTRATION_REPEAT_S,
                                              budget=REGISTRATION_CHANGE_BUDGET,
                                              station_budget=REGISTRATION_STATION_BUDGET)
+        self._address_moves = AddressMoves(clock)  # every move of a registered address, flapping bounded
         self._clock_trusted = clock_trusted
         self._measuring: set[str] = set()  # devices whose DeviceStatus for the clock is in flight
         self._absurd_clocks: set[str] = set()  # devices whose absurd DeviceTime is on the ledger (once)
@@ -384,6 +389,7 @@ class GbPlatform:
             "sip_tcp": {"connections": self.transport.open_connections,
                         "proven": self.transport.proven_connections,
                         "shed": self.transport.connections_shed,
+                        "refused_all_proven": self.transport.connections_refused_all_proven,
                         "budget": self.transport.tcp_connection_budget,
                         "per_address": self.transport.tcp_connections_per_host,
                         "nofile_soft_limit": self.transport.nofile_soft_limit},
@@ -510,14 +516,22 @@ class GbPlatform:
                             user_agent: str) -> None:
         """The `device_authenticated` entry of an accepted REGISTER, when it says something (review 22):
         always for the device's first registration in this run, one that brings it online again, and one
-        whose 200 OK set its clock. Any other is limited per what it says (address, expiry, User-Agent,
-        why no Date): once an hour each, with how many were not recorded (`repeats_not_recorded`), at most
-        `REGISTRATION_CHANGE_BUDGET` an hour per device. A device re-registering in a loop (firmware, or
-        someone holding its password) so costs the ledger a bounded number of entries, and a change
-        (another address, expiry, reason) is on it at once."""
+        whose 200 OK set its clock. A change of the registered address is always an entry too (review 24:
+        a device moved back to an address it was at within the hour as well), unless the device flaps
+        beyond a bound an hour, which is one entry with the count and the addresses seen
+        (edge.gb28181.address_moves), the next registration after that hour an entry at once. Any other
+        is limited per what it says (expiry, User-Agent, why no Date, at an address): once an hour each,
+        with how many were not recorded (`repeats_not_recorded`), at most `REGISTRATION_CHANGE_BUDGET` an
+        hour per device. A device re-registering in a loop (firmware, or someone holding its password) so
+        costs the ledger a bounded number of entries, and a change is on it at once."""
+        held_back = self._address_moves.ended_window(device_id) or {}
+        previous = None if was is None or was[0] is None else str(was[0])
+        moved = previous is not None and previous != authenticated["address"]
         if was is None or came_online or authenticated["date_sent"]:
             why = "first" if was is None else "online" if came_online else "date"
-            self._ledger(EntryType.DEVICE_AUTHENTICATED, {**authenticated, "registration": why})
+            if moved and previous is not None:
+                self._address_moves.moved(device_id, previous, authenticated["address"])  # counted; said here
+            self._ledger(EntryType.DEVICE_AUTHENTICATED, {**authenticated, "registration": why, **held_back})
             return
         address, expires_s, agent = was
         changed = [name for name, old, new in (("address", str(address), authenticated["address"]),
@@ -528,9 +542,15 @@ class GbPlatform:
             data |= {"changed": changed, "previous_address": str(address)}
         key = "|".join((device_id, authenticated["address"], str(authenticated["expires_s"]), user_agent,
                         str(authenticated.get("date_withheld"))))
+        if moved and previous is not None:
+            flapping = self._address_moves.moved(device_id, previous, authenticated["address"])
+            if flapping is not None:
+                self._ledger(EntryType.DEVICE_AUTHENTICATED, {**data, **flapping, **held_back})
+                self._registrations.recorded("registration", key)  # its refreshes here: limited from now
+            return
         counts = self._registrations.seen("registration", key, device_id)
-        if counts is not None:
-            self._ledger(EntryType.DEVICE_AUTHENTICATED, {**data, **counts})
+        if counts is not None or held_back:
+            self._ledger(EntryType.DEVICE_AUTHENTICATED, {**data, **(counts or {}), **held_back})
 
     # -- device clocks -------------------------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ device text as the device sent it, escaped by ``json_printable``, times with mic
                   "answers_refused": int},
      "sip_tcp": {"connections": int, "proven": int,   # proven: an authenticated REGISTER came over it
                  "shed": int,   # connections refused or closed to make room since start
+                 "refused_all_proven": int,   # of those, refused because every open one was proven
                  "budget": int, "per_address": int,   # budget: from RLIMIT_NOFILE
                  "nofile_soft_limit": int | null},
      "media_udp_receive_buffer": {"asked_bytes": int, "granted_bytes": int, "rmem_max_bytes": int | null,

@@ -305,9 +305,13 @@ async def test_tcp_connections_and_header_sizes_are_bounded() -> None:
         for client in clients:  # both are served
             client.writer.write(device_request("MESSAGE", 5060, transport="TCP", call_id=str(client.port)))
             assert isinstance(await client.next(), SipResponse)
+            # As the platform does on an authenticated REGISTER: a proven connection is never closed to
+            # make room (review 24), so a newcomer finding every slot proven is refused.
+            transport.mark_proven(Peer(Transport.TCP, "127.0.0.1", client.port))
         third = await TcpClient.connect(transport.port)
         assert await asyncio.wait_for(third.reader.read(), 5) == b""  # refused: closed at once
         await third.close()
+        assert transport.connections_refused_all_proven == 1 and transport.proven_connections == 2
         # A peer that sends an endless header section is cut off at the limit, not buffered.
         clients[0].writer.write(b"MESSAGE sip:a SIP/2.0\r\n")
         with pytest.raises((ConnectionError, AssertionError)):

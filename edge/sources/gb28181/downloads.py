@@ -11,7 +11,11 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    the device going offline or the station stopping (their manifests say `interrupted`) are not the
    recording's fault and do not count there, but `MAX_INTERRUPTED_ATTEMPTS` of them end it too. Then the
    recording is given up (`given_up_because`): one `error` entry of stage `given-up` on its last raw PS
-   names the device, channel and recording and why, written once (later listings find it);
+   names the device, channel and recording and why (what cut the downloads short, as sealed), written
+   once (later listings find it). A download the station's own disk guard ended (`disk-full`) counts
+   toward no give-up; while the spool's disk stays below the store's reserve plus the receiver's room for
+   the recording's listed FileSize, it is not tried again (`_tight_for`: one limited `error` entry of
+   stage `store`, `DownloadReport.waiting_for_room`), so no partial copies pile up in the tight store;
 2. picks a new raw PS file name in the spool (never from the device's text) and asks `start_download`
    (the platform's session: INVITE s=Download, the media receiver on that file, until MediaStatus 121,
    BYE, the device closing, idle, limit or error) for the transfer;
@@ -37,10 +41,10 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
 
 Each call first closes what an interrupted earlier download left in progress (`close_interrupted_copies`:
 never resumed under another transfer), and reads which listed recordings are sealed in a worker thread
-(`sealed_downloads_off_loop`). A recording listed with the channel, times and path of a sealed one but
-another FileSize is another recording (`_told_apart`). A store below its reserve ends the call
-(`StoreBelowReserve`, one limited `error` entry): before a download, and when the pipeline refused a
-download's copy for it (its spool files are removed).
+(`sealed_downloads_off_loop`). A recording listed with the channel, times and path of one downloaded
+before (complete or not) but another FileSize is another recording (`_told_apart`). A store below its
+reserve ends the call (`StoreBelowReserve`, one limited `error` entry): before a download, and when the
+pipeline refused a download's copy for it (its spool files are removed).
 
 `start_download` is the seam to the platform (edge.gb28181.platform `start_session` with a Download
 `MediaRequest` and the session's `wait()`): the composition root adapts it, so this module depends on
@@ -54,6 +58,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,9 +67,12 @@ from typing import Any
 from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.durable.files import free_bytes
-from edge.gb28181.media import MediaOutcome
+from edge.gb28181.media import ROOM_PER_RECEIVED_BYTE, MediaOutcome
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline
 from edge.sources.gb28181.recordings import (
+    INTERRUPTED_DEVICE_OFFLINE,
+    INTERRUPTED_DISK_FULL,
+    INTERRUPTED_STATION_STOPPED,
     DownloadedRecording,
     DownloadIngest,
     GbRecordings,
@@ -107,6 +115,12 @@ MAX_FAILING_RECORDINGS = 16384  # recordings whose failed passes are counted (th
 FAILED_PROBLEM = "download-failed"
 IDENTITY_PROBLEM = "reused-identity"
 STORE_FULL_PROBLEM = "store-below-reserve"
+STORE_TIGHT_PROBLEM = "store-tight"
+# Room assumed for a recording the station's disk guard cut short when its device listed no FileSize.
+UNLISTED_SIZE_MARGIN_BYTES = 256 * 1024 * 1024
+# How the give-up names why downloads were cut short (`interrupted`, as sealed).
+INTERRUPTED_SAID = {INTERRUPTED_DEVICE_OFFLINE: "the device going offline",
+                    INTERRUPTED_STATION_STOPPED: "the station stopping"}
 
 
 @dataclass(slots=True)  # up to MAX_FAILING_RECORDINGS of them
@@ -199,7 +213,10 @@ class PassFailures:
 
 def given_up_because(earlier: Sequence[SealedDownload]) -> str | None:
     """Why a recording with these sealed downloads, none complete, is not downloaded again (None: it is)."""
-    interrupted = [d for d in earlier if d.interrupted]
+    # A download the station's own free-space guard ended (disk-full) is no fault of the recording nor of
+    # the device: it never counts toward a give-up (review 24); `_tight_for` keeps it from being tried
+    # while the disk is tight instead.
+    interrupted = [d for d in earlier if d.interrupted and d.interrupted != INTERRUPTED_DISK_FULL]
     incomplete = [d for d in earlier if not d.complete and not d.interrupted]
     if len(incomplete) >= MAX_INCOMPLETE_ATTEMPTS:
         last = incomplete[-1].incomplete or "no reason sealed"
@@ -209,8 +226,11 @@ def given_up_because(earlier: Sequence[SealedDownload]) -> str | None:
         return (f"incomplete at each of its {len(incomplete)} downloads (the last: {last}){said}; what came "
                 "is sealed, the recording is not downloaded again")
     if len(interrupted) >= MAX_INTERRUPTED_ATTEMPTS:
-        return (f"{len(interrupted)} downloads were cut short by the device going offline or the station "
-                "stopping; what came is sealed, the recording is not downloaded again")
+        reasons = Counter(display_text(str(d.interrupted), 64) for d in interrupted)
+        said = " and ".join(f"{INTERRUPTED_SAID.get(reason, reason)} ({count})"
+                            for reason, count in sorted(reasons.items()))
+        return (f"{len(interrupted)} downloads were cut short by {said}; what came is sealed, the recording "
+                "is not downloaded again")
     return None
 
 
@@ -260,6 +280,8 @@ class DownloadReport:
     failed: list[tuple[RecordingRef, str]] = field(default_factory=list)
     # incomplete MAX_INCOMPLETE_ATTEMPTS times, or interrupted MAX_INTERRUPTED_ATTEMPTS times
     given_up: list[RecordingRef] = field(default_factory=list)
+    # cut short by the station's disk guard before, and the disk still too tight for it: not tried now
+    waiting_for_room: list[RecordingRef] = field(default_factory=list)
     stopped: PassEnded | None = None  # the device left or the window closed: the rest was not tried
 
 
@@ -320,6 +342,9 @@ class GbDownloads:
             attempt = max((d.attempt for d in earlier), default=0) + 1
             try:
                 await self._ensure_room()
+                if await self._tight_for(ref, earlier):
+                    report.waiting_for_room.append(ref)
+                    continue
                 failure = await self._one(ref, report, attempt=attempt)
             except PassEnded as exc:
                 report.stopped = exc  # what was done so far stays counted
@@ -349,16 +374,20 @@ class GbDownloads:
     async def _told_apart(self, ref: RecordingRef,
                           sealed: Mapping[str, list[SealedDownload]]) -> RecordingRef:
         """`ref`, or `ref` under the identity its FileSize tells apart (`RecordingRef.told_apart`) when a
-        recording listed with the same channel, times and path is sealed with another FileSize: a recorder
-        whose clock restarts at its epoch at every power-on names its files by it, so a new recording can
-        be listed under an old one's name (review 22). Then it is a recording of its own, downloaded and
-        sealed under its own keys, with an `error` entry of stage `identity` on the sealed one (limited
-        like the listing's problems) when it is to be downloaded. Where the sizes agree, or either is not
-        known, nothing the device listed tells them apart: the same recording (README: known limits)."""
+        recording listed with the same channel, times and path was downloaded (complete or not, given up
+        or not) with another FileSize: a recorder whose clock restarts at its epoch at every power-on names
+        its files by it, so a new recording can be listed under an old one's name (review 22). Then it is a
+        recording of its own, downloaded and sealed under its own keys, with an `error` entry of stage
+        `identity` on the earlier one (limited like the listing's problems) when it is to be downloaded.
+        Where the sizes agree, or either is not known, nothing the device listed tells them apart: the
+        same recording (README: known limits)."""
         size = ref.listed_size_text()
-        same_listing = sealed.get(ref.identity(), [])
-        sizes = {d.file_size_listed for d in same_listing if d.complete}
-        if size is None or not sizes or None in sizes or size in sizes:
+        # Every earlier download of the identity that carries a FileSize counts, complete or not, given up
+        # or not (review 24): a recording whose tries all came incomplete is given up, and a new one listed
+        # under its identity must not be given up with it, nor sealed as one more try of it.
+        sized = [d for d in sealed.get(ref.identity(), []) if d.file_size_listed is not None]
+        sizes = {d.file_size_listed for d in sized}
+        if size is None or not sizes or size in sizes:
             return ref
         told = ref.told_apart()
         if any(d.complete for d in sealed.get(told.identity(), [])):
@@ -366,7 +395,7 @@ class GbDownloads:
         device = display_text(ref.device_id, 64)
         extra = self.problems.seen(IDENTITY_PROBLEM, f"{ref.device_id}|{told.identity()}", ref.device_id)
         if extra is not None:
-            earlier = [d for d in same_listing if d.complete][-1]
+            earlier = sized[-1]
             shown = shown_recording(ref)
             sealed_size = display_text(str(earlier.file_size_listed), 32)
             reason = (f"listed with the channel, start, end and file path of the sealed recording (item "
@@ -394,6 +423,42 @@ class GbDownloads:
             return
         await self._store_full(f"the station disk holding the download spool has {available} bytes free, "
                                f"below the store's reserve of {reserve} ([offload] min_free_bytes)")
+
+    async def _tight_for(self, ref: RecordingRef, earlier: Sequence[SealedDownload]) -> bool:
+        """Whether `ref`, whose last download the station's own free-space guard ended (`disk-full`), is
+        left for a later pass because the spool's disk is still too tight for it: below the store's reserve
+        plus `ROOM_PER_RECEIVED_BYTE` times its listed FileSize (the receiver's guard; without a FileSize,
+        `UNLISTED_SIZE_MARGIN_BYTES`). Each such try would end the same way and seal one more partial copy
+        into the tight store (review 24). One `error` entry, limited like the listing's problems."""
+        if not earlier or earlier[-1].interrupted != INTERRUPTED_DISK_FULL:
+            return False
+        reserve = self.pipeline.settings.min_free_bytes
+        listed = ref.file_size_bytes if ref.file_size_bytes is not None and ref.file_size_bytes >= 0 else None
+        size = UNLISTED_SIZE_MARGIN_BYTES if listed is None else listed
+        needed = reserve + ROOM_PER_RECEIVED_BYTE * size
+        try:
+            available = await asyncio.to_thread(free_bytes, self.source.spool)
+        except OSError:
+            return False  # the spool's own error is the download's
+        if available >= needed:
+            return False
+        shown = shown_recording(ref)
+        extra = self.problems.seen(STORE_TIGHT_PROBLEM, f"{ref.device_id}|{ref.identity()}", ref.device_id)
+        if extra is not None:
+            sized = f"its listed FileSize {size}" if listed is not None else \
+                f"{size} bytes assumed (no FileSize listed)"
+            reason = (f"its last download was cut short by the station's disk running low (disk-full); the "
+                      f"disk holding the download spool has {available} bytes free, below the {needed} a "
+                      f"download needs (the store's reserve of {reserve} plus {ROOM_PER_RECEIVED_BYTE} times "
+                      f"{sized}): not downloaded until there is room, never given up for it")
+            data = {"source": "gb28181", "stage": "store", "device_id": display_text(ref.device_id, 64),
+                    "channel_id": display_text(ref.channel_id, 64), "original": shown,
+                    "recording": ref.described(), "reason": reason, **extra}
+            log.error("gb28181 %s: %s: %s", display_text(ref.device_id, 64), shown, reason)
+            repository = self.pipeline.repository
+            last = earlier[-1].item
+            await self.pipeline.commit(lambda: repository.entry(EntryType.ERROR, last, data))
+        return True
 
     async def _store_full(self, why: str) -> None:
         device = display_text(self.source.device_id, 64)

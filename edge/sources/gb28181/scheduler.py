@@ -302,6 +302,7 @@ class DeviceProgress:
     incomplete: int = 0
     given_up: int = 0  # listed recordings not downloaded again (downloads.given_up_because)
     interrupted: int = 0  # downloads cut short by the device going offline or the station stopping
+    waiting_for_room: int = 0  # cut short by the station's disk guard, not tried while the disk is tight
     last_pass_at: str | None = None
     last_problem: str | None = None
     record_info_complete: bool | None = None
@@ -619,6 +620,7 @@ class GbDownloadScheduler:
             progress.skipped += len(report.skipped)
             progress.failed += len(report.failed)
             progress.given_up += len(report.given_up)
+            progress.waiting_for_room += len(report.waiting_for_room)
             progress.done += sum(1 for done in report.ingested if done.raw_item is not None)
             if report.stopped is not None:
                 raise report.stopped
