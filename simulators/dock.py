@@ -22,15 +22,13 @@ import contextlib
 import logging
 import os
 import random
-import select
 import signal
 import sys
 import threading
 import time
-import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from types import FrameType, TracebackType
+from types import FrameType
 
 from drivers.serial.dock_protocol import (
     LEDS_BY_PROTOCOL,
@@ -57,11 +55,11 @@ from drivers.serial.dock_protocol import (
     decode_line,
     next_seq,
 )
+from simulators.serial_pty import PtyDevice
 
 log = logging.getLogger(__name__)
 
 _SPLIT_PAUSE_S = 0.0005  # between pieces of a split write, so the host really reads them separately
-_WRITE_STALL_S = 0.2  # nobody reads the pty this long: drop output like a UART with no listener
 
 
 class DockSimulatorError(Exception):
@@ -121,8 +119,12 @@ class _SimBay:
         self.led = led
 
 
-class DockSimulator:
-    """The board of a docking station with `bays` bays, on a pty. Thread-safe control API."""
+class DockSimulator(PtyDevice):
+    """The board of a docking station with `bays` bays, on a pty (simulators.serial_pty). Thread-safe
+    control API."""
+
+    name = "dock-sim"
+    error = DockSimulatorError
 
     def __init__(
         self,
@@ -141,6 +143,7 @@ class DockSimulator:
         protocol: int = PROTOCOL_VERSION,
         on_led: Callable[[int, BayLed], None] | None = None,
     ) -> None:
+        super().__init__()
         if not 1 <= bays <= MAX_BAYS:
             raise ValueError(f"bays must be 1..{MAX_BAYS}, got {bays}")
         if protocol not in LEDS_BY_PROTOCOL:
@@ -166,62 +169,13 @@ class DockSimulator:
         # One lock for state and output: a status reply and events leave in the order their state changed.
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._master_fd = -1
-        self._slave_fd = -1
-        self._wake_r = -1
-        self._wake_w = -1
-        self._tty_path: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
-    def start(self) -> DockSimulator:
-        if self._thread is not None:
-            raise DockSimulatorError("simulator already started")
-        self._master_fd, self._slave_fd = os.openpty()
-        # Raw: no echo, no CR/LF translation, no line buffering; a UART is a plain byte pipe. We keep our
-        # slave fd open so the master never sees a hang-up (EIO) while no host has the port open.
-        tty.setraw(self._slave_fd)
-        os.set_blocking(self._master_fd, False)
-        self._tty_path = os.ttyname(self._slave_fd)
-        self._wake_r, self._wake_w = os.pipe()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"dock-sim {self._tty_path}", daemon=True)
-        self._thread.start()
+    def started(self) -> None:
         with self._lock:
             self._send(self._boot.to_bytes())  # like firmware after power-up
-        log.info("dock simulator %s: %d bays on %s", self.board_serial, len(self._bays), self._tty_path)
-        return self
-
-    def stop(self) -> None:
-        """Stop the board and close the pty: a host that has it open sees a hang-up."""
-        thread = self._thread
-        if thread is None:
-            return
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-        thread.join()
-        self._thread = None
-        for fd in (self._master_fd, self._slave_fd, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._master_fd = self._slave_fd = self._wake_r = self._wake_w = -1
-
-    def __enter__(self) -> DockSimulator:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def tty_path(self) -> str:
-        if self._tty_path is None:
-            raise DockSimulatorError("simulator not started: no tty yet")
-        return self._tty_path
+        log.info("dock simulator %s: %d bays on %s", self.board_serial, len(self._bays), self.tty_path)
 
     @property
     def bay_count(self) -> int:
@@ -232,6 +186,7 @@ class DockSimulator:
         with self._lock:
             snapshot = replace(self._stats)
         snapshot.junk_bytes_received = self._framer.discarded_bytes
+        snapshot.output_dropped_bytes = self.output_dropped_bytes
         return snapshot
 
     @property
@@ -343,23 +298,11 @@ class DockSimulator:
 
     # -- board thread ---------------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            readable, _, _ = select.select([self._master_fd, self._wake_r], [], [])
-            if self._wake_r in readable:
-                os.read(self._wake_r, 64)
-                continue
-            try:
-                data = os.read(self._master_fd, 4096)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                log.error("dock simulator %s: pty read failed, board stops: %s", self.board_serial, exc)
+    def on_bytes(self, data: bytes) -> None:
+        for line in self._framer.feed(data):
+            if self._stop.is_set():
                 return
-            for line in self._framer.feed(data):
-                if self._stop.is_set():
-                    return
-                self._handle_line(line)
+            self._handle_line(line)
 
     def _handle_line(self, line: bytes) -> None:
         with self._lock:
@@ -446,7 +389,7 @@ class DockSimulator:
 
     def _send(self, frame: bytes) -> bool:
         faults = self.faults
-        if faults.silent or self._master_fd < 0:
+        if faults.silent or not self.running:
             return False
         self._frames_sent += 1
         if faults.bad_checksum_every_n and self._frames_sent % faults.bad_checksum_every_n == 0:
@@ -457,12 +400,12 @@ class DockSimulator:
             self._stats.junk_bytes_sent += len(junk)
             frame = junk + frame
         if not faults.split_writes:
-            self._write_all(frame)
+            self.write(frame)
             return True
         position = 0
         while position < len(frame):
             size = self._random.randint(1, 8)
-            self._write_all(frame[position : position + size])
+            self.write(frame[position : position + size])
             position += size
             time.sleep(_SPLIT_PAUSE_S)
         return True
@@ -482,24 +425,6 @@ class DockSimulator:
         if kind == 2:  # a complete line with a wrong checksum
             return b"$77,INS,1,50*0000\r\n"
         return b"\r\n\x00\xff garbage \n"
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self._master_fd, view)
-            except BlockingIOError:
-                _, writable, _ = select.select([], [self._master_fd], [], _WRITE_STALL_S)
-                if not writable:
-                    self._stats.output_dropped_bytes += len(view)
-                    log.debug("dock simulator: nobody reads the pty, %d bytes dropped", len(view))
-                    return
-                continue
-            except OSError as exc:
-                self._stats.output_dropped_bytes += len(view)
-                log.debug("dock simulator: pty write failed: %s", exc)
-                return
-            view = view[written:]
 
 
 # -- command line -----------------------------------------------------------------------------------------

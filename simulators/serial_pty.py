@@ -2,7 +2,7 @@
 
 `PtyDevice` owns the pseudo-terminal and a thread that hands every chunk the host writes to
 `on_bytes` (overridden by each simulator); `write` sends bytes back like a UART with nobody listening
-drops them when the host does not read. Used by the room panel and PTZ simulators.
+drops them when the host does not read. Used by the dock, room panel, PTZ and card reader simulators.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ _WRITE_STALL_S = 0.2  # nobody reads the pty this long: drop output like a UART 
 
 class PtyDevice:
     name = "pty device"
+    error: type[Exception] = RuntimeError  # what a misuse (started twice, no tty yet) raises
 
     def __init__(self) -> None:
         self._master_fd = -1
@@ -36,7 +37,7 @@ class PtyDevice:
 
     def start(self) -> Self:
         if self._thread is not None:
-            raise RuntimeError(f"{self.name} already started")
+            raise self.error(f"{self.name} already started")
         self._master_fd, self._slave_fd = os.openpty()
         # Raw: a UART is a plain byte pipe. Our own slave fd stays open so the master never sees a
         # hang-up while no host has the port open.
@@ -79,7 +80,7 @@ class PtyDevice:
     @property
     def tty_path(self) -> str:
         if self._tty_path is None:
-            raise RuntimeError(f"{self.name} not started: no tty yet")
+            raise self.error(f"{self.name} not started: no tty yet")
         return self._tty_path
 
     @property
