@@ -18,18 +18,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from drivers.gb28181.manscdp import AssembledAnswer, RecordItem
-from edge.gb28181.sessions import SessionError
+from drivers.gb28181.manscdp import RecordItem
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181.downloads import MAX_FAILED_PASSES
 from edge.sources.gb28181.scheduler import DeviceProgress, GbDownloadScheduler
-from tests.gb28181.scheduler_rig import open_policy
+from tests.gb28181.scheduler_rig import ListingPlatform, open_policy, record_item
 
 DEVICE = "34020000001320000025"
 CHANNEL = "34020000001310000025"
@@ -38,33 +35,20 @@ RECORDED_LOCAL = (START + timedelta(minutes=480) - timedelta(hours=2)).replace(t
 PASS_EVERY = timedelta(hours=6)
 
 
-class Platform:
+class Platform(ListingPlatform):
     """Lists one finished recording; answers its Download INVITE 486 Busy Here while `busy`."""
 
     def __init__(self) -> None:
-        self.registry = {DEVICE: SimpleNamespace(online=True, clock_offset_s=0.0)}
+        super().__init__({DEVICE: CHANNEL})
         self.busy = True
-        self.downloads = 0
 
-    def add_online_listener(self, _callback: Any) -> None:
-        pass
+    @property
+    def download_error(self) -> str:  # type: ignore[override]
+        return ("INVITE answered 486 Busy Here" if self.busy
+                else "the test ends here: the recording was asked for again")
 
-    async def query_catalog(self, device_id: str) -> list[SimpleNamespace]:
-        return [SimpleNamespace(device_id=CHANNEL)]
-
-    async def query_record_info(self, device_id: str, channel_id: str, start: datetime,
-                                end: datetime) -> AssembledAnswer:
-        item = RecordItem(device_id=CHANNEL, name="rec", file_path="/sd/1.ps", address="",
-                          start_time=RECORDED_LOCAL, end_time=RECORDED_LOCAL + timedelta(minutes=10),
-                          secrecy=0, type="time")
-        return AssembledAnswer(source=device_id, sn=1, cmd_type="RecordInfo", device_id=channel_id,
-                               name="cam", sum_num=1, items=(item,), complete=True, parts=1, duplicates=0)
-
-    async def download(self, *_a: Any, **_kw: Any) -> Any:
-        self.downloads += 1
-        if self.busy:
-            raise SessionError("INVITE answered 486 Busy Here")
-        raise SessionError("the test ends here: the recording was asked for again")
+    def items(self, device_id: str, channel_id: str) -> tuple[RecordItem, ...]:
+        return (record_item(CHANNEL, RECORDED_LOCAL, RECORDED_LOCAL + timedelta(minutes=10)),)
 
 
 @pytest.fixture
@@ -87,10 +71,10 @@ async def _asked_after_busy_passes(store: StationStore, tmp_path: Path, busy_pas
     for _ in range(busy_passes):
         await scheduler._pass(DEVICE, DeviceProgress())
         now[0] += PASS_EVERY
-    assert platform.downloads == busy_passes  # asked at each busy pass
+    assert len(platform.downloads) == busy_passes  # asked at each busy pass
     platform.busy = False
     await scheduler._pass(DEVICE, DeviceProgress())
-    return platform.downloads == busy_passes + 1
+    return len(platform.downloads) == busy_passes + 1
 
 
 async def test_a_recording_the_device_was_too_busy_to_send_for_two_days_is_asked_again(
