@@ -47,7 +47,7 @@ from typing import Any
 from edge.custody.text import printable
 from edge.durable.files import make_dirs_durable
 from edge.rooms.argv import SEGMENT_LIST, redact_url_userinfo
-from edge.rooms.progress import read_progress, with_progress
+from edge.rooms.progress import Progress, read_progress, with_progress
 from edge.rooms.segments import SEGMENT_NAME, ListedSegment, SegmentListError, SegmentListReader
 
 log = logging.getLogger(__name__)
@@ -140,14 +140,15 @@ async def capture_run(
     anchor_ns: int | None = None,
     redact: Callable[[str], str] = redact_url_userinfo,
     report_stalls: bool = True,
-    on_progress: Callable[[], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> None:
     """Run ffmpeg until it ends (CaptureEnded) or this is cancelled; see the module docstring.
     `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started). `redact`:
     applied to every line of ffmpeg's stderr as it is read (a URL's password never leaves this run).
     `report_stalls`: a stall before a segment (:func:`stall_before`) is handed over with it
     (`stalled_from_ns`) and the segment keeps its stream-true span; else the segment takes up the slack.
-    `on_progress`: called whenever ffmpeg's progress report shows it muxed more (:mod:`.progress`)."""
+    `on_progress`: called whenever ffmpeg's progress report shows it muxed more, with what it muxed
+    (:mod:`.progress`: a source with a picture muxing sound only has lost its picture)."""
     make_dirs_durable(run_dir)  # private (0700), like the rest of the store
     anchor = anchor_ns if anchor_ns is not None else _now_ns()
     last_end_s = 0.0

@@ -26,7 +26,7 @@ import pytest
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.composite import free_loopback_port
-from edge.rooms.recording import LATE_START_REASON, SessionRecording
+from edge.rooms.recording import LATE_START_REASON, VIDEO_LOST_REASON, SessionRecording
 from edge.rooms.session import new_session
 from edge.rooms.state import SessionFiles
 from tests.rooms.conftest import STATION, LedgerWatch, rooms_config
@@ -79,6 +79,7 @@ async def test_a_camera_whose_picture_stops_is_a_gap_within_the_liveness_timeout
     if not picture_lost:  # control: one run, no gap
         assert runs == 1 and not gaps, (runs, gaps)
     else:  # 40 s without a picture, three liveness timeouts: it must be on the record as a gap
+        assert gaps and all(gap.startswith(VIDEO_LOST_REASON) for gap in gaps), (runs, gaps)
         assert gaps or runs > 1, (
             f"the picture stopped {SESSION_S - PICTURE_S:g} s before the stop; runs {runs}, no gap; sealed "
             f"{[(e.data.get('stream_end_s'), e.data.get('partial')) for e in sealed][-3:]}; "
