@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterable, Callable, Mapping
@@ -78,6 +79,8 @@ MANIFEST_NAME = "session-manifest.json"
 COMPLETED_MANIFEST_NAME = "session-manifest-completed.json"
 STOPPING_REASON = "the station agent stopped"
 PRODUCTS_TO_FOLLOW = "to follow"
+# A count of bytes a caller gives (the free space where it writes an export).
+_DECIMAL = re.compile(r"[0-9]{1,19}")
 
 
 class RoomRefused(Exception):
@@ -669,14 +672,24 @@ class RoomService:
         except DocumentRefused as exc:
             await self._refuse("attach", session.room, by, f"session {session.session}: {exc}", exc.status)
 
-    async def export(self, session_id: str, *, by: str) -> ExportedDisc:
-        """The disc image of a stopped session (the caller hands it on and removes it)."""
+    async def export(self, session_id: str, *, by: str, output_free_bytes: str | None = None) -> ExportedDisc:
+        """The disc image of a stopped session (the caller hands it on and removes it); refused when it
+        would not fit above the store's reserve, or in `output_free_bytes` (the free bytes where the caller
+        writes the image, as it said them: a decimal)."""
         session = await self._known_session(session_id, "export", by)
+        output_free: int | None = None
+        if output_free_bytes is not None:
+            if not _DECIMAL.fullmatch(output_free_bytes):
+                await self._refuse("export", session.room, by, (
+                    f"session {session.session}: output_free_bytes must be a non-negative decimal of at most "
+                    f"19 digits, not {printable(output_free_bytes)[:32]!r}"), 400)
+            output_free = int(output_free_bytes)
         try:
             return await export_session(
                 self.pipeline, session.session, case_number=session.case_number, station_id=self.station_id,
                 by=by, work_dir=products_dir(self.store.layout.root, session.session),
-                from_seq=session.started_seq or 1)
+                from_seq=session.started_seq or 1, reserve_bytes=self.pipeline.settings.min_free_bytes,
+                output_free_bytes=output_free)
         except ExportRefused as exc:  # its `refused` entry is written
             raise RoomRefused(str(exc), exc.status) from None
 
