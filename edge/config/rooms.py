@@ -500,6 +500,16 @@ class RoomsSection(StrictModel):
         description="A space_warning (low) when the store reaches its reserve within this many minutes at "
         "the present rate",
     )
+    max_documents_per_session: int = Field(
+        50, ge=1, le=10_000,
+        description="Documents (笔录, scanned statements) a session takes at most: each is kept for good and "
+        "goes on its disc; one more is refused",
+    )
+    max_document_bytes_per_session: int = Field(
+        512 << 20, ge=1 << 20, le=1 << 40,
+        description="Bytes a session's documents take at most together (one document is at most 64 MiB): "
+        "a disc (DVD 4.7 GB) must still hold the recordings; a document that would pass it is refused",
+    )
     space_critical_minutes: float = Field(
         10.0, gt=0, le=24 * 60, description="A space_warning (critical) within this many minutes",
     )

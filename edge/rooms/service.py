@@ -113,6 +113,7 @@ class RoomService:
         self._recordings: dict[str, SessionRecording] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._attach_lock = asyncio.Lock()
         self._running = False
         # Stopped sessions whose stop could not seal everything (a full disk): finished by run().
         self._unfinished: list[RoomSession] = []
@@ -665,10 +666,13 @@ class RoomService:
         """Attach a document (PDF, JPEG, PNG by content) to a session, recording or stopped."""
         session = await self._known_session(session_id, "attach", by)
         try:
-            return await attach_document(
-                self.pipeline, session, chunks, kind=kind, name=name, by=by,
-                work_dir=products_dir(self.store.layout.root, session.session), station_id=self.station_id,
-                clock_synchronised=self.clock_synchronised())
+            async with self._attach_lock:  # one at a time: each counts what the ones before it took
+                return await attach_document(
+                    self.pipeline, session, chunks, kind=kind, name=name, by=by,
+                    work_dir=products_dir(self.store.layout.root, session.session),
+                    station_id=self.station_id, clock_synchronised=self.clock_synchronised(),
+                    max_count=self.settings.max_documents_per_session,
+                    max_total_bytes=self.settings.max_document_bytes_per_session)
         except DocumentRefused as exc:
             await self._refuse("attach", session.room, by, f"session {session.session}: {exc}", exc.status)
 
