@@ -403,13 +403,15 @@ class SessionRecording:
         # while its picture comes (or it has none).
         picture_lost_after_ns: int | None = None
         last_picture_ns = started_ns
+        sound_without_picture = False  # since the last listed segment (a stall then lost the picture only)
 
         def progressed(shown: Progress) -> None:
             # ffmpeg muxed more frames: the camera is not silent, its segment closes at its next key frame.
             # Sound alone does not keep a camera alive (progress.py): its picture is lost, a gap within the
             # liveness timeout like a silent source.
-            nonlocal over_limit, picture_lost_after_ns, last_picture_ns
+            nonlocal over_limit, picture_lost_after_ns, last_picture_ns, sound_without_picture
             if shown is Progress.SOUND_ONLY:
+                sound_without_picture = True
                 if picture_lost_after_ns is None:
                     picture_lost_after_ns = last_picture_ns
                 return
@@ -420,10 +422,12 @@ class SessionRecording:
                 liveness.beat()
 
         def closed(segment: ClosedSegment) -> None:
-            nonlocal open_since
+            nonlocal open_since, sound_without_picture
             if segment.stalled_from_ns is not None and source.gap_from_ns is None:
-                self._stalled(source, segment, picture_lost=picture_lost_after_ns is not None)
+                self._stalled(source, segment,
+                              picture_lost=picture_lost_after_ns is not None or sound_without_picture)
             if segment.partial is None:
+                sound_without_picture = False
                 open_since = loop.time()
                 liveness.beat()
                 first_segment.set()
