@@ -17,6 +17,7 @@ from edge.config.station import StationConfig
 from edge.custody.text import json_printable, printable
 from edge.equipment.credentials import CredentialError, check_pin
 from edge.equipment.importing import (
+    CentralSuspension,
     import_officers,
     record_refused_import,
     set_officer_pin,
@@ -133,6 +134,9 @@ def _cmd_status(status: OfficerStatus) -> object:
         except KeyError:
             print(printable(f"error: no officer {args.officer_no} in this station's registry"),
                   file=sys.stderr)
+            return EX_DATAERR
+        except CentralSuspension as exc:
+            print(printable(f"error: {exc}"), file=sys.stderr)
             return EX_DATAERR
         finally:
             store.close()
