@@ -1110,8 +1110,10 @@ _CONSOLE_TRAILS = ("account_events", "grant_events", "station_unit_events", "sen
                    "media_ranges")
 # What a central store holds (edge.central.config.CentralLayout): anything else was planted or left over.
 # issued-order.copy: the second copy of the CA's issue order (edge.central.identity.issue_order).
+# equipment.db: the agency's officer lists and the stations' fleet reports (edge.central.equipment).
 _ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-journal", "store.lock",
-                         "issued-order.copy"})
+                         "issued-order.copy", "equipment.db", "equipment.db-wal", "equipment.db-shm",
+                         "equipment.db-journal"})
 # readiness/: the /readyz write probe's directory (edge.central.health); it holds no evidence, and a probe
 # a crash left there is not a planted file.
 # mqtt-transfers/: MQTT file transfers being assembled (edge.central.mqtt_ingest_store), the [mqtt]

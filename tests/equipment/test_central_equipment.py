@@ -23,7 +23,7 @@ from edge.equipment.officers import OfficerRegistry
 from edge.ingest.store import StationStore
 from edge.uplink.service import UplinkService
 from tests.mqtt.broker import CENTRAL_ID
-from tests.uplink.test_mqtt_end_to_end import STATION, E2E, e2e
+from tests.uplink.test_mqtt_end_to_end import E2E, STATION, e2e
 from tests.uplink.test_refusals import uplink_running
 
 WAIT_S = 90.0

@@ -148,7 +148,8 @@ def test_a_tampered_list_is_refused_and_the_registry_is_unchanged(
     [refusal] = entries(store, EntryType.REFUSED)
     assert refusal["what"] == "officer list" and refusal["reason"].startswith("not a valid officer list")
     # Control: the untampered list applies.
-    assert apply_officer_list(store, envelope, central.public_key(), source="t").outcome is SyncOutcome.APPLIED
+    control = apply_officer_list(store, envelope, central.public_key(), source="t")
+    assert control.outcome is SyncOutcome.APPLIED
     assert sorted(registry(store)) == ["110001", "110003"]
 
 
