@@ -12,7 +12,8 @@ The endpoints (:func:`add_equipment_routes`): ``GET /v1/stations/{S}/officers?ha
 /v1/stations/{S}/fleet`` for the station itself (mutual TLS), the same as the MQTT API's ``officers`` and
 ``fleet-report``; ``GET /v1/fleet`` for auditors (a reader certificate or a console session), every read
 logged first, a reader of role ``reader`` seeing only the stations of its units. The fleet view flags a
-recorder that the latest reports of two stations both list (``at_stations`` names them).
+recorder that the latest reports of two stations both list (``at_stations`` names them), and each station's
+row says which officer list version it holds beside the newest issued (a station that lags shows).
 
 Limit: one SQLite file per central store. Several receivers in front of one PostgreSQL (README, "Growing
 past one machine") do not share it yet; run ``edge central officers import`` on each, or one receiver
@@ -196,7 +197,8 @@ def fleet_view(store: EquipmentStore, stations: set[str] | None) -> dict[str, An
         if stations is not None and station not in stations:
             continue
         station_rows.append({"station": station, "reported_at": report["at"], "received": received,
-                             "recorders": len(report["recorders"])})
+                             "recorders": len(report["recorders"]),
+                             "officers_version": report.get("officers_version")})
         for recorder in report["recorders"]:
             shown.append({"station": station, **recorder})
     for recorder in shown:
@@ -204,7 +206,9 @@ def fleet_view(store: EquipmentStore, stations: set[str] | None) -> dict[str, An
         recorder["at_stations"] = sorted(at) if len(at) > 1 else None
         recorder["flag"] = "seen_at_two_stations" if len(at) > 1 else None
     shown.sort(key=lambda r: (r["device_serial"], r["station"]))
-    return {"stations": station_rows, "recorders": shown,
+    newest = store.newest()
+    return {"officers_version": None if newest is None else newest.version,
+            "stations": station_rows, "recorders": shown,
             "flagged": sorted({r["device_serial"] for r in shown if r["flag"]})}
 
 

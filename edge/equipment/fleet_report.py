@@ -1,6 +1,7 @@
 """What a station tells the central about its recorders: a pure codec, and the report from the assignments.
 
     REPORT  {"type": "evidence-edge fleet report", "station": S, "at": "<station UTC time>",
+             "officers_version": N (the central officer list in force there, 0 for none),
              "recorders": [RECORDER, ...] (sorted by device_serial)}
     RECORDER {"device_serial": str, "state": "out" | "in", "since": "<station UTC time>",
               "officer_no": "<警号>" | null, "officer_name": str | null, "bay": int | null}
@@ -33,7 +34,7 @@ _SERIAL = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _OFFICER_NO = re.compile(r"[0-9]{6}")
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 _STATION = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_REPORT_MEMBERS = frozenset({"type", "station", "at", "recorders"})
+_REPORT_MEMBERS = frozenset({"type", "station", "at", "officers_version", "recorders"})
 _RECORDER_MEMBERS = frozenset({"device_serial", "state", "since", "officer_no", "officer_name", "bay"})
 MAX_NAME_CHARS = 32
 
@@ -42,7 +43,8 @@ class FleetReportError(ValueError):
     """A report the central does not keep; the message names the member."""
 
 
-def fleet_report(conn: sqlite3.Connection, *, station: str, at: str) -> dict[str, Any]:
+def fleet_report(conn: sqlite3.Connection, *, station: str, at: str, officers_version: int = 0
+                 ) -> dict[str, Any]:
     """The station's report from its assignments table (see the module docstring)."""
     AssignmentBook.create_schema(conn)
     rows = conn.execute(
@@ -62,7 +64,8 @@ def fleet_report(conn: sqlite3.Connection, *, station: str, at: str) -> dict[str
             "officer_name": str(officer_name)[:MAX_NAME_CHARS] if out else None,
             "bay": None if out or returned_bay is None else int(returned_bay),
         })
-    return {"type": REPORT_TYPE, "station": station, "at": at, "recorders": recorders}
+    return {"type": REPORT_TYPE, "station": station, "at": at, "officers_version": officers_version,
+            "recorders": recorders}
 
 
 def _recorder(index: int, doc: object) -> dict[str, Any]:
@@ -104,6 +107,9 @@ def check_report(doc: object, *, station: str) -> dict[str, Any]:
         raise FleetReportError(f"station: the report must name the station that sends it ({station})")
     if not isinstance(doc["at"], str) or not _TIME.fullmatch(doc["at"]):
         raise FleetReportError("at: expected the station's UTC time")
+    version = doc["officers_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= 2**53 - 1:
+        raise FleetReportError("officers_version: expected a non-negative integer")
     recorders = doc["recorders"]
     if not isinstance(recorders, list) or len(recorders) > MAX_RECORDERS:
         raise FleetReportError(f"recorders: expected an array of at most {MAX_RECORDERS}")
@@ -111,4 +117,5 @@ def check_report(doc: object, *, station: str) -> dict[str, Any]:
     serials = [r["device_serial"] for r in checked]
     if len(set(serials)) != len(serials):
         raise FleetReportError("recorders: a device_serial is listed twice")
-    return {"type": REPORT_TYPE, "station": station, "at": doc["at"], "recorders": checked}
+    return {"type": REPORT_TYPE, "station": station, "at": doc["at"], "officers_version": version,
+            "recorders": checked}

@@ -655,8 +655,9 @@ class UplinkService:
         """Report the station's recorders to the central now and every ``fleet_report_interval_s``."""
         while True:
             try:
-                await link.fleet_report(fleet_report(self.store.conn, station=self.config.station.id,
-                                                     at=station_time_now()))
+                await link.fleet_report(fleet_report(
+                    self.store.conn, station=self.config.station.id, at=station_time_now(),
+                    officers_version=self.officer_sync.current_version()))
             except NotDone as exc:
                 log.warning("fleet report not sent to the central: %s", exc)
             await asyncio.sleep(self.uplink.fleet_report_interval_s)

@@ -14,6 +14,7 @@ import aiohttp
 
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
 from edge.central.equipment import EquipmentStore
+from edge.central.index import Role
 from edge.custody.keys import StationKey
 from edge.custody.ledger import EntryType
 from edge.equipment.assignments import AssignmentBook
@@ -107,11 +108,13 @@ async def test_the_central_fleet_lists_a_stations_checked_out_recorder_and_flags
     async with e2e(tmp_path) as rig:
         check_out(rig.store, "ZFY0000A1", "110001", returned_bay=None)
         check_out(rig.store, "ZFY0000B2", "110002", returned_bay=3)
+        issue(rig, V1)
         reports = EquipmentStore.of_store(tmp_path / "central-store")
         try:
             async with uplink_running(UplinkService(rig.config(**FAST), rig.store)):
-                await until("a fleet report of the station", lambda: any(
-                    station == STATION for station, _, _ in reports.reports()))
+                await until("a fleet report of the station holding officer list version 1", lambda: any(
+                    station == STATION and report["officers_version"] == 1
+                    for station, _, report in reports.reports()))
         finally:
             reports.close()
         fleet_url = f"{rig.central.url}/v1/fleet"
@@ -123,6 +126,9 @@ async def test_the_central_fleet_lists_a_stations_checked_out_recorder_and_flags
             async with http.get(fleet_url, headers=auditor) as response:
                 assert response.status == 200
                 fleet = await response.json()
+            assert fleet["officers_version"] == 1
+            assert [(r["station"], r["officers_version"], r["recorders"]) for r in fleet["stations"]] == [
+                (STATION, 1, 2)]
             by_serial = {r["device_serial"]: r for r in fleet["recorders"]}
             out = by_serial["ZFY0000A1"]
             assert (out["station"], out["state"], out["officer_no"], out["since"]) == (
@@ -135,7 +141,7 @@ async def test_the_central_fleet_lists_a_stations_checked_out_recorder_and_flags
             other = "ST-OTHER"
             rig.central.parts.index.enroll_station(other, StationKey.generate().public_key_b64, "1" * 64)
             report = {"type": "evidence-edge fleet report", "station": other,
-                      "at": "2026-12-06T09:00:00.000000Z",
+                      "at": "2026-12-06T09:00:00.000000Z", "officers_version": 0,
                       "recorders": [{"device_serial": "ZFY0000A1", "state": "in", "since":
                                      "2026-12-06T09:00:00.000000Z", "officer_no": None, "officer_name": None,
                                      "bay": 2}]}
@@ -148,14 +154,23 @@ async def test_the_central_fleet_lists_a_stations_checked_out_recorder_and_flags
                 assert response.status == 200, await response.text()
             async with http.get(fleet_url, headers=auditor) as response:
                 fleet = await response.json()
+            # A reader of one unit sees that unit's stations only, yet the flag (counted over all).
+            console = rig.central.parts.console
+            console.assign_station_unit(other, "EAST", by="admin", reason="its unit")
+            console.assign_station_unit(STATION, "WEST", by="admin", reason="its unit")
+            console.grant("clerk", Role.READER, ("EAST",), by="admin", reason="test")
+            async with http.get(fleet_url, headers={DEV_READER_HEADER: "clerk"}) as response:
+                scoped = await response.json()
+            assert [r["station"] for r in scoped["stations"]] == [other]
+            assert [(r["station"], r["flag"]) for r in scoped["recorders"]] == [(other, "seen_at_two_stations")]
         assert fleet["flagged"] == ["ZFY0000A1"]
         flagged = [r for r in fleet["recorders"] if r["device_serial"] == "ZFY0000A1"]
         assert {r["station"] for r in flagged} == {STATION, other}
         assert all(r["at_stations"] == sorted([STATION, other]) for r in flagged)
         assert [r["flag"] for r in fleet["recorders"] if r["device_serial"] == "ZFY0000B2"] == [None]
         # Every read by an auditor is logged.
-        reads = rig.central.parts.index.access_log(reader="auditor-1", what="fleet")
-        assert len(reads) == 2
+        assert len(rig.central.parts.index.access_log(reader="auditor-1", what="fleet")) == 2
+        assert len(rig.central.parts.index.access_log(reader="clerk", what="fleet")) == 1
 
 
 async def test_the_https_endpoint_serves_a_station_its_list_only_newer_than_it_has_and_only_its_own(

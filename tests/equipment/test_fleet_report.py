@@ -43,6 +43,7 @@ def report(tmp_path: Path) -> dict[str, Any]:
 def test_the_report_says_which_recorder_is_out_with_whom_since_when_and_which_is_in_a_bay(
     report: dict[str, Any]
 ) -> None:
+    assert report["station"] == STATION and report["officers_version"] == 0
     assert report["recorders"] == [
         {"device_serial": "ZFY-1", "state": "out", "since": "2026-12-06T08:00:00.000000Z",
          "officer_no": "110002", "officer_name": "张伟", "bay": None},
@@ -67,6 +68,8 @@ def test_the_report_says_which_recorder_is_out_with_whom_since_when_and_which_is
     (lambda r: r["recorders"].append(dict(r["recorders"][0])), "listed twice"),
     (lambda r: r.update(recorders=[r["recorders"][0]] * 2001), "at most 2000"),
     (lambda r: r.update(at=12), "at:"),
+    (lambda r: r.update(officers_version=-1), "officers_version"),
+    (lambda r: r.update(officers_version="1"), "officers_version"),
 ])
 def test_a_malformed_report_is_refused_naming_what(report: dict[str, Any], fault: Any, message: str) -> None:
     bad = copy.deepcopy(report)
