@@ -162,7 +162,8 @@ async def test_the_central_fleet_lists_a_stations_checked_out_recorder_and_flags
             async with http.get(fleet_url, headers={DEV_READER_HEADER: "clerk"}) as response:
                 scoped = await response.json()
             assert [r["station"] for r in scoped["stations"]] == [other]
-            assert [(r["station"], r["flag"]) for r in scoped["recorders"]] == [(other, "seen_at_two_stations")]
+            assert [(r["station"], r["flag"]) for r in scoped["recorders"]] == [
+                (other, "seen_at_two_stations")]
         assert fleet["flagged"] == ["ZFY0000A1"]
         flagged = [r for r in fleet["recorders"] if r["device_serial"] == "ZFY0000A1"]
         assert {r["station"] for r in flagged} == {STATION, other}
