@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.registration import Caller, RejectCode, Rejection
@@ -39,7 +40,7 @@ from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.keys import StationKey
 from edge.equipment.fleet_report import FleetReportError, check_report
 from edge.equipment.officer_csv import OfficerRow
-from edge.equipment.officer_list import list_document, sign_list
+from edge.equipment.officer_list import OfficerListError, list_document, sign_list, verify_list
 
 if TYPE_CHECKING:
     from edge.central.app import CentralParts
@@ -50,6 +51,7 @@ __all__ = [
     "IssuedList",
     "add_equipment_routes",
     "fleet_view",
+    "officer_list_problems",
     "officers_answer",
 ]
 
@@ -171,6 +173,36 @@ class EquipmentStore:
         with self._lock:
             rows = self.conn.execute("SELECT station, received, report FROM fleet_reports ORDER BY station")
             return [(str(r[0]), str(r[1]), parse_json(bytes(r[2]))) for r in rows]
+
+
+def officer_list_problems(path: Path, public_key: Ed25519PublicKey) -> tuple[list[tuple[str, str]], int]:
+    """`edge central verify`: every version in ``path`` (an ``equipment.db``) signed by ``public_key``,
+    numbered 1, 2, 3, ... without a gap, its digest and officer count as the envelope says. Returns the
+    problems as (where, what) and how many versions were checked. Read-only."""
+    problems: list[tuple[str, str]] = []
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return [(f"file {path.name}", f"cannot be opened: {exc}")], 0
+    try:
+        rows = conn.execute(
+            "SELECT version, sha256, officers, envelope FROM officer_lists ORDER BY version").fetchall()
+    except sqlite3.Error as exc:
+        return [(f"file {path.name}", f"officer lists cannot be read: {exc}")], 0
+    finally:
+        conn.close()
+    for expected, (version, digest, officers, envelope) in enumerate(rows, start=1):
+        where = f"officer list version {version}"
+        if version != expected:
+            problems.append((where, f"expected version {expected}: a version is missing"))
+        try:
+            verified = verify_list(parse_json(bytes(envelope)), public_key)
+        except (OfficerListError, ValueError) as exc:
+            problems.append((where, f"does not verify: {exc}"))
+            continue
+        if (verified.version, verified.sha256, len(verified.officers)) != (version, digest, officers):
+            problems.append((where, "its row (version, digest, officers) differs from the signed list"))
+    return problems, len(rows)
 
 
 def officers_answer(store: EquipmentStore, have: int) -> dict[str, Any]:

@@ -70,6 +70,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge.central.config import CentralLayout
 from edge.central.console.enrolments import ENROLMENTS_FILE, EnrolmentRecord, enrolment_problems
 from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey
+from edge.central.equipment import EQUIPMENT_DB, officer_list_problems
 from edge.central.index import CASE_FIELDS
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore, is_sha256_hex
@@ -220,6 +221,7 @@ class _Checker:
         self._check_orphan_history()
         self._check_objects()
         self._check_store_files()
+        self._check_officer_lists()
         self._note_receive_queues()
         self._check_timestamps()
         for table in ("access_log", "rejections", "enrolment_events", "metadata_history",
@@ -847,6 +849,16 @@ class _Checker:
         if not verify_inclusion(leaf_hash(leaf_data(stored)), index, head.tree_size, proof, head.root):
             self.add(where, f"reproduced receipt: the inclusion proof of leaf {index} does not lead to the "
                             f"signed root {head.root_hash} of {head.tree_size} leaves")
+
+    def _check_officer_lists(self) -> None:
+        """The agency's officer lists (edge.central.equipment): each version signed by the central key."""
+        path = self.layout.store_dir / EQUIPMENT_DB
+        if not path.is_file() or self.public_key is None:
+            return
+        problems, checked = officer_list_problems(path, self.public_key)
+        for where, what in problems[:_MAX_LISTED]:
+            self.add(where, what)
+        self.count("officer_lists", checked)
 
     def _check_store_files(self) -> None:
         """Files the central does not write, in the store root, identity/, uploads/ and mqtt-transfers/

@@ -3,11 +3,13 @@ central; a file with a PIN column, or any bad row, issues nothing."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from edge.central.equipment import EquipmentStore
+from edge.central.verify import verify_central
 from edge.custody.canonical import parse_json
 from edge.custody.keys import load_public_key
 from edge.equipment.officer_list import verify_list
@@ -68,3 +70,25 @@ def test_a_refused_file_issues_nothing_and_never_shows_a_pin(
     csv_file.write_text(LIST, encoding="utf-8")
     assert _run("officers", "import", str(csv_file), "--config", str(initialised)) == 0
     assert versions(tmp_path) == [1]
+
+
+def test_central_verify_checks_every_version_signed_and_names_a_changed_one(
+    initialised: Path, tmp_path: Path
+) -> None:
+    csv_file = tmp_path / "agency.csv"
+    csv_file.write_text(LIST, encoding="utf-8")
+    for _ in range(2):
+        assert _run("officers", "import", str(csv_file), "--config", str(initialised)) == 0
+    findings = verify_central(tmp_path / "store")
+    assert findings.problems == [] and findings.checked["officer_lists"] == 2
+    # Someone with the database (not the key) rewrites version 2's list: the triggers stop an UPDATE,
+    # so they drop them first.
+    conn = sqlite3.connect(tmp_path / "store" / "equipment.db")
+    conn.execute("DROP TRIGGER officer_lists_append_only")
+    conn.execute("UPDATE officer_lists SET envelope = CAST(REPLACE(CAST(envelope AS TEXT), '王芳', '李四') "
+                 "AS BLOB) WHERE version = 2")
+    conn.commit()
+    conn.close()
+    problems = verify_central(tmp_path / "store").problems
+    assert [p.where for p in problems] == ["officer list version 2"], problems
+    assert "does not verify" in problems[0].what
