@@ -24,6 +24,7 @@ from edge.equipment.importing import (
     set_officer_status,
 )
 from edge.equipment.officer_csv import OfficerCsvError, parse_officer_csv
+from edge.equipment.officer_sync import list_in_force
 from edge.equipment.officers import OfficerRegistry, OfficerStatus
 from edge.ingest.store import StationStore
 from edge.ingest.store_commands import load_station_config, open_station_store
@@ -79,11 +80,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     try:
         OfficerRegistry.create_schema(store.conn)
         officers = OfficerRegistry(store.conn).all()
+        held = list_in_force(store.conn)
     finally:
         store.close()
     if args.json:
         print(json_printable(json.dumps([o.public() for o in officers], ensure_ascii=False)))
         return ExitCode.OK
+    if held is not None:
+        print(printable(f"following the officer list of central {held.central}: version {held.version} "
+                        f"(sha256 {held.sha256[:16]}..., issued {held.issued_at}, applied {held.applied})"))
     if not officers:
         print("no officers (import a list with `edge officers import FILE`)")
     for o in officers:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from edge.cli import main
 from edge.custody.keys import StationKey
 from edge.custody.ledger import EntryType, verify_ledger
 from edge.equipment.credentials import verify_pin
@@ -193,3 +194,16 @@ def test_a_local_import_is_refused_while_the_central_list_is_in_force(
     with pytest.raises(OfficerCsvError, match="follows the officer list of central"):
         import_officers(store, rows, source="b.csv", by="admin")
     assert "110005" not in registry(store)
+
+
+def test_edge_officers_list_names_the_central_list_in_force(
+    tmp_path: Path, central: StationKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = StationStore(tmp_path / "s2", STATION)
+    try:
+        apply_officer_list(store, signed(central, V1, 4), central.public_key(), source="t")
+    finally:
+        store.close()
+    assert main(["officers", "list", "--store", str(tmp_path / "s2")]) == 0
+    out = capsys.readouterr().out
+    assert f"following the officer list of central {CENTRAL}: version 4" in out and "110002" in out
