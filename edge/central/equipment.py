@@ -40,7 +40,13 @@ from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.keys import StationKey
 from edge.equipment.fleet_report import FleetReportError, check_report
 from edge.equipment.officer_csv import OfficerRow
-from edge.equipment.officer_list import OfficerListError, list_document, sign_list, verify_list
+from edge.equipment.officer_list import (
+    MAX_LIST_BYTES,
+    OfficerListError,
+    list_document,
+    sign_list,
+    verify_list,
+)
 
 if TYPE_CHECKING:
     from edge.central.app import CentralParts
@@ -140,6 +146,9 @@ class EquipmentStore:
             issued_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             document = list_document(rows, central=central, version=version, issued_at=issued_at)
             envelope = canonical_json(sign_list(document, key.sign, key.key_id))
+            if len(envelope) > MAX_LIST_BYTES:
+                raise OfficerListError(f"the signed list has {len(envelope)} bytes; one answer to a station "
+                                       f"carries at most {MAX_LIST_BYTES} (README: the limits of the officer list)")
             conn.execute(
                 "INSERT INTO officer_lists(version, sha256, issued_at, by, officers, envelope) "
                 "VALUES (?, ?, ?, ?, ?, ?)",

@@ -40,6 +40,7 @@ from edge.equipment.officers import Officer, OfficerError, OfficerStatus
 
 __all__ = [
     "LIST_TYPE",
+    "MAX_LIST_BYTES",
     "MAX_OFFICERS",
     "OfficerList",
     "OfficerListError",
@@ -54,6 +55,9 @@ LIST_TYPE = "evidence-edge officer list"
 # An agency's list in one answer: ~150 bytes an officer, below both the HTTP answer bound (4 MiB) and the
 # MQTT API's payload bound (2 MiB).
 MAX_OFFICERS = 10_000
+# The signed list in canonical JSON: it must fit one MQTT API reply (2 MiB with its envelope) as well as
+# an HTTP answer (4 MiB). About 7000 officers with the longest names and units the fields allow.
+MAX_LIST_BYTES = 1536 * 1024
 _LIST_MEMBERS = frozenset({"type", "central", "version", "issued_at", "officers", "officers_sha256"})
 _ENVELOPE_MEMBERS = frozenset({"list", "key_id", "signature"})
 _OFFICER_MEMBERS = frozenset({"officer_no", "name", "unit_code", "unit_name", "status", "card_uid"})
