@@ -92,3 +92,20 @@ def test_central_verify_checks_every_version_signed_and_names_a_changed_one(
     problems = verify_central(tmp_path / "store").problems
     assert [p.where for p in problems] == ["officer list version 2"], problems
     assert "does not verify" in problems[0].what
+
+
+def test_a_list_too_large_for_one_answer_to_a_station_issues_nothing(
+    initialised: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wide_name, wide_unit = "张" * 16, "杭" * 16  # the recorder's 32 GBK bytes each
+    lines = [f"{100000 + i},{wide_name},ABCDEFGHIJKL,{wide_unit},{i:020X}\n" for i in range(7500)]
+    rows = "".join(lines)
+    csv_file = tmp_path / "agency.csv"
+    csv_file.write_text("警号,姓名,单位编号,单位名称,卡号\n" + rows, encoding="utf-8")
+    assert _run("officers", "import", str(csv_file), "--config", str(initialised)) == 65
+    assert "one answer to a station carries at most" in capsys.readouterr().err
+    assert versions(tmp_path) == []
+    # Control: the same rows, fewer of them.
+    csv_file.write_text("警号,姓名,单位编号,单位名称,卡号\n" + "".join(lines[:3000]), encoding="utf-8")
+    assert _run("officers", "import", str(csv_file), "--config", str(initialised)) == 0
+    assert versions(tmp_path) == [1]
