@@ -147,8 +147,9 @@ class EquipmentStore:
             document = list_document(rows, central=central, version=version, issued_at=issued_at)
             envelope = canonical_json(sign_list(document, key.sign, key.key_id))
             if len(envelope) > MAX_LIST_BYTES:
-                raise OfficerListError(f"the signed list has {len(envelope)} bytes; one answer to a station "
-                                       f"carries at most {MAX_LIST_BYTES} (README: the limits of the officer list)")
+                raise OfficerListError(
+                    f"the signed list has {len(envelope)} bytes; one answer to a station carries at most "
+                    f"{MAX_LIST_BYTES} (README: the limits of the officer list)")
             conn.execute(
                 "INSERT INTO officer_lists(version, sha256, issued_at, by, officers, envelope) "
                 "VALUES (?, ?, ?, ?, ?, ?)",

@@ -183,6 +183,7 @@ class UplinkService:
         self._background: set[asyncio.Task[None]] = set()
         self.witness = CentralWitness(store, config.station.id, self.central_key)
         self.officer_sync = OfficerListSync(store, self.central_key)
+        self._officers_now = asyncio.Event()
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._ledger_dirty = asyncio.Event()
         self._ledger_urgent = asyncio.Event()
@@ -638,10 +639,19 @@ class UplinkService:
                 log.warning("central tree head not checked: %s", exc)
             await asyncio.sleep(self.uplink.tree_head_interval_s)
 
+    def fetch_officer_list_now(self) -> dict[str, Any]:
+        """The central's `officers-sync` command: fetch at once rather than at the next poll. The version
+        in force now (the fetch's outcome is the `officers_synced` or `refused` entry that follows)."""
+        self._officers_now.set()
+        return {"officers_version": self.officer_sync.current_version(),
+                "fetch": "requested" if self._link is not None else "at the next connection to the central"}
+
     async def _officer_list_poller(self, link: Link) -> None:
         """Ask the central for a newer officer list now (a station back after days catches up at once) and
-        then every ``officers_interval_s``; apply it (edge.equipment.officer_sync: verified, never older)."""
+        then every ``officers_interval_s`` or when the central asks (`officers-sync`); apply it
+        (edge.equipment.officer_sync: verified, never older)."""
         while True:
+            self._officers_now.clear()
             try:
                 answer = await link.officers(self.officer_sync.current_version())
                 if answer.get("list") is not None:
@@ -649,7 +659,7 @@ class UplinkService:
                     self.officer_sync.offer(answer["list"], source=source)
             except NotDone as exc:
                 log.warning("officer list not fetched from the central: %s", exc)
-            await asyncio.sleep(self.uplink.officers_interval_s)
+            await wait_event(self._officers_now, self.uplink.officers_interval_s)
 
     async def _fleet_reporter(self, link: Link) -> None:
         """Report the station's recorders to the central now and every ``fleet_report_interval_s``."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import aiohttp
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
 from edge.central.equipment import EquipmentStore
 from edge.central.index import Role
+from edge.central.mqtt_command import Broker, send_command
 from edge.custody.keys import StationKey
 from edge.custody.ledger import EntryType
 from edge.equipment.assignments import AssignmentBook
@@ -22,8 +24,12 @@ from edge.equipment.officer_csv import parse_officer_csv
 from edge.equipment.officer_sync import list_in_force
 from edge.equipment.officers import OfficerRegistry
 from edge.ingest.store import StationStore
+from edge.mqtt.command_handler import CommandHandler, CommandSettings
+from edge.mqtt.commands import Command, CommandOp, new_request_id, utc_rfc3339
 from edge.uplink.service import UplinkService
-from tests.mqtt.broker import CENTRAL_ID
+from tests.mqtt.broker import CENTRAL_ID, TOPIC_PREFIX
+from tests.mqtt.test_client import running
+from tests.mqtt.test_commands_broker import subscribed
 from tests.uplink.test_mqtt_end_to_end import E2E, STATION, e2e
 from tests.uplink.test_refusals import uplink_running
 
@@ -198,3 +204,39 @@ async def test_the_https_endpoint_serves_a_station_its_list_only_newer_than_it_h
             async with http.get(url, headers={DEV_STATION_HEADER: other}) as response:
                 assert response.status == 403
                 assert (await response.json())["error"] == "wrong_station"
+
+
+async def test_the_centrals_officers_sync_command_pushes_a_new_version_without_waiting_for_the_poll(
+    tmp_path: Path
+) -> None:
+    async with e2e(tmp_path) as rig:
+        issue(rig, V1)
+        service = UplinkService(rig.config(officers_interval_s=3600.0), rig.store)  # polls at start only
+        station_client = rig.broker.client_settings(rig.pki.client(STATION), client_id=f"{STATION}-commands")
+        async with uplink_running(service), running(station_client) as (client, _):
+            handler = CommandHandler(CommandSettings(STATION, TOPIC_PREFIX), store=rig.store,
+                                     central_key=rig.central_key.public_key(), client=client,
+                                     status=lambda: {}, officers_sync=service.fetch_officer_list_now)
+            commands = asyncio.create_task(handler.run())
+            try:
+                await until("officers_synced version 1", lambda: len(synced(rig.store)) == 1)
+                await subscribed(client)
+                issue(rig, V2)
+                # Control: without the command, version 2 waits for the hourly poll.
+                await asyncio.sleep(2.0)
+                assert [e["version"] for e in synced(rig.store)] == [1]
+                command = Command(new_request_id(), CommandOp.OFFICERS_SYNC, STATION,
+                                  utc_rfc3339(datetime.now(UTC)), {})
+                reply = await send_command(
+                    Broker(rig.broker.client_settings(rig.pki.client(CENTRAL_ID), client_id="central-cmd"),
+                           TOPIC_PREFIX),
+                    command, rig.central_key, station_keys={rig.store.key.key_id: rig.store.key.public_key()},
+                    timeout_s=WAIT_S)
+                assert reply.ok and reply.result == {"officers_version": 1, "fetch": "requested"}, reply
+                await until("officers_synced version 2", lambda: len(synced(rig.store)) == 2)
+            finally:
+                commands.cancel()
+                await asyncio.gather(commands, return_exceptions=True)
+        assert [e["version"] for e in synced(rig.store)] == [1, 2]
+        [entry] = [e for e in rig.store.ledger.entries() if e.type == EntryType.COMMAND]
+        assert entry.data["op"] == "officers-sync" and entry.data["outcome"] == "executed"
