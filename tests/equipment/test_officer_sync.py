@@ -14,6 +14,8 @@ import pytest
 from edge.cli import main
 from edge.custody.keys import StationKey
 from edge.custody.ledger import EntryType, verify_ledger
+from edge.equipment.assignments import AssignmentBook
+from edge.equipment.checkout import return_recorder
 from edge.equipment.credentials import verify_pin
 from edge.equipment.importing import (
     CentralSuspension,
@@ -207,3 +209,19 @@ def test_edge_officers_list_names_the_central_list_in_force(
     assert main(["officers", "list", "--store", str(tmp_path / "s2")]) == 0
     out = capsys.readouterr().out
     assert f"following the officer list of central {CENTRAL}: version 4" in out and "110002" in out
+
+
+def test_an_officer_the_list_removes_while_holding_a_recorder_can_still_return_it(
+    store: StationStore, central: StationKey
+) -> None:
+    apply_officer_list(store, signed(central, V1, 1), central.public_key(), source="t")
+    AssignmentBook.create_schema(store.conn)
+    with store.transaction():
+        AssignmentBook(store.conn).open(
+            officer_no="110002", officer_name="王芳", unit_code="330100000000", unit_name="杭州市公安局",
+            device_serial="ZFY-9", usb_serial="U9", bay=1, method="card",
+            checked_out="2026-12-06T08:00:00.000000Z", seq=1)
+    apply_officer_list(store, signed(central, V2, 2), central.public_key(), source="t")
+    assert "110002" not in registry(store)
+    returned = return_recorder(store, "ZFY-9", bay=2)
+    assert returned is not None and (returned.officer_no, returned.officer_name) == ("110002", "王芳")
