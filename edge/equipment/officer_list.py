@@ -31,6 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.custody.canonical import canonical_json, sha256_hex
+from edge.custody.errors import CanonicalJsonError
 from edge.custody.fields import decode_signature
 from edge.custody.keys import key_id_of, verify_signature
 from edge.custody.text import printable
@@ -141,7 +142,15 @@ def _officer(index: int, doc: object) -> Officer:
 
 def verify_list(envelope: object, central_key: Ed25519PublicKey) -> OfficerList:
     """The list of ``envelope`` if it is well formed, signed by ``central_key`` and every officer valid;
-    `OfficerListError` naming the first problem otherwise."""
+    `OfficerListError` naming the first problem otherwise (also for what canonical JSON cannot hold: an
+    integer beyond 2^53, a float)."""
+    try:
+        return _verified(envelope, central_key)
+    except CanonicalJsonError as exc:
+        raise OfficerListError(f"not canonical JSON: {printable(str(exc))[:200]}") from None
+
+
+def _verified(envelope: object, central_key: Ed25519PublicKey) -> OfficerList:
     if not isinstance(envelope, dict) or set(envelope) != _ENVELOPE_MEMBERS:
         raise OfficerListError(f"expected an object with exactly {sorted(_ENVELOPE_MEMBERS)}")
     doc = envelope["list"]

@@ -147,13 +147,18 @@ def _refuse(store: StationStore, reason: str, *, source: str, version: object, d
     if refused_before is None or marker not in refused_before:
         store.record(EntryType.REFUSED, None, {
             "what": "officer list", "source": source, "reason": reason,
-            "version": version if isinstance(version, int) and not isinstance(version, bool) else None,
-            "officers_sha256": digest if isinstance(digest, str) and len(digest) == 64 else None,
+            # What the list claims, unverified: kept only when canonical JSON (and a reader) can hold it.
+            "version": version if isinstance(version, int) and not isinstance(version, bool)
+            and 0 <= version <= 2**53 - 1 else None,
+            "officers_sha256": digest if isinstance(digest, str) and len(digest) == 64 and digest.isascii()
+            and digest.isalnum() else None,
         })
         if refused_before is not None:
             refused_before.add(marker)
         log.warning("officer list from %s refused: %s", source, reason)
-    return SyncResult(SyncOutcome.REFUSED, version if isinstance(version, int) else None, reason)
+    shown = version if isinstance(version, int) and not isinstance(version, bool) \
+        and 0 <= version <= 2**53 - 1 else None
+    return SyncResult(SyncOutcome.REFUSED, shown, reason)
 
 
 def _claimed(envelope: object) -> tuple[object, object]:

@@ -123,7 +123,8 @@ def test_two_lists_under_one_version_are_refused(store: StationStore, central: S
     assert sorted(registry(store)) == ["110001", "110002"]
 
 
-@pytest.mark.parametrize("fault", ["renamed", "card_moved", "signature", "other_key", "pin_hash_added"])
+@pytest.mark.parametrize("fault", ["renamed", "card_moved", "signature", "other_key", "pin_hash_added",
+                                   "huge_version", "float_member", "not_an_object"])
 def test_a_tampered_list_is_refused_and_the_registry_is_unchanged(
     store: StationStore, central: StationKey, fault: str
 ) -> None:
@@ -143,6 +144,12 @@ def test_a_tampered_list_is_refused_and_the_registry_is_unchanged(
     elif fault == "other_key":
         other = StationKey.generate()
         tampered = sign_list(envelope["list"], other.sign, central.key_id)
+    elif fault == "huge_version":  # beyond what canonical JSON holds: refused, not a crash of the uplink
+        tampered["list"]["version"] = 2**64
+    elif fault == "float_member":
+        tampered["list"]["officers"][0]["unit_code"] = 1.5
+    elif fault == "not_an_object":
+        tampered = [tampered]  # type: ignore[assignment]
     else:
         tampered["list"]["officers"][0]["pin_hash"] = "$argon2id$v=19$m=65536,t=3,p=4$x$y"
     result = apply_officer_list(store, tampered, central.public_key(), source="t")
