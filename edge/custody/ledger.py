@@ -165,6 +165,7 @@ class EntryType(StrEnum):
     OFFICER_PIN_SET = "officer_pin_set"  # who set whose PIN; never the PIN or its hash
     ASSIGNED = "assigned"
     RETURNED = "returned"
+    OVERDUE = "overdue"  # a recorder out past [equipment] overdue_after_h: once per assignment
 
 
 def station_time_now() -> str:
