@@ -51,16 +51,17 @@ OFFICERS = ("警号,姓名,单位编号,单位名称,卡号\n"
 WAIT_S = 60.0
 
 
-async def check_out(root: Path, docked_before: list[RecorderSpec], others: list[RecorderSpec]) -> list[str]:
+async def check_out(root: Path, docked_before: list[RecorderSpec], others: list[RecorderSpec], *,
+                    officers: str = OFFICERS) -> list[str]:
     """Phase 1: every recorder on the bus, those of `docked_before` with a finished docking here; two
-    check-outs by card (张伟 first, then 赵敏); the serials they took, in that order."""
+    check-outs by card (01000734E0, 张伟, first; then 04A21B7C); the serials they took, in that order."""
     bus = RecorderBus(root / "sim" / "state", root / "media")
     server = RecorderBusServer(bus, root / "sim" / "bus.sock")
     server.start()
     backend = get_backend(root / "sim" / "bus.sock")
     store = StationStore(root / "store", "TEST-STATION")
     try:
-        import_officers(store, parse_officer_csv(OFFICERS.encode()), source="officers.csv", by="admin")
+        import_officers(store, parse_officer_csv(officers.encode()), source="officers.csv", by="admin")
         repository = IngestRepository(store)
         for index, s in enumerate([*docked_before, *others]):
             bus.add_recorder(s)
