@@ -34,9 +34,9 @@ def fleet_policy(config: StationConfig) -> FleetPolicy:
 
 
 class FleetMonitor:
-    """``config``: the station configuration now (a reload applies from the next check); ``live``: the
-    recorders the agent sees in a bay now, by device serial; ``on_fleet``: each fresh view (on the loop);
-    ``alive``: liveness for the supervisor."""
+    """``config``: the station configuration now (a reloaded allow-list applies from the next check);
+    ``live``: the recorders the agent sees in a bay now, by device serial; ``on_fleet``: each fresh view
+    (on the loop); ``alive``: liveness for the supervisor."""
 
     def __init__(self, store: StationStore, *, config: Callable[[], StationConfig],
                  live: Callable[[], Mapping[str, LiveBay]],
