@@ -22,7 +22,9 @@ Each recorder's ``state``:
 
 :func:`fleet_summary` is the JSON of the view: ``GET /api/v1/fleet``, the status's ``fleet`` part (``edge
 status``, the dock screen), and what goes to the central for the agency's whole fleet (which station
-holds which recorder)::
+holds which recorder). In a running agent the latest is ``StationAgent.fleet.summary()``
+(:class:`edge.equipment.fleet_monitor.FleetMonitor`, refreshed every ``[equipment] overdue_check_s``; None
+before its first read); it is plain JSON (str, int, float, bool, None, lists and dicts)::
 
     {"station": str, "at": time, "overdue_after_h": float,
      "counts": {"docked": int, "out": int, "overdue": int, "faulty": int, "away": int, "never_docked": int},

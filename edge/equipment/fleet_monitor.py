@@ -51,11 +51,13 @@ class FleetMonitor:
         self._clock = clock
         self._reader = FleetRecordsReader(store.layout.root)
         self.fleet: Fleet | None = None
+        self._summary: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any] | None:
-        """The latest view as JSON (edge.equipment.fleet), None before the first check."""
-        fleet = self.fleet
-        return None if fleet is None else fleet_summary(fleet, station_id=self._config().station.id)
+        """The latest view as JSON (:func:`edge.equipment.fleet.fleet_summary`), None before the first
+        check: what the status board, the local API and the central get. Made once per check (the board
+        reads it for every snapshot); callers must not change it."""
+        return self._summary
 
     async def check(self) -> Fleet:
         config = self._config()
@@ -69,6 +71,7 @@ class FleetMonitor:
         records = await asyncio.to_thread(self._reader.read, allowed)
         fleet = build_fleet(records, self._live(), policy, now)
         self.fleet = fleet
+        self._summary = fleet_summary(fleet, station_id=config.station.id)
         self._on_fleet(fleet)
         return fleet
 
