@@ -18,7 +18,7 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import LiveServer, screenshot
 from tests.equipment.test_fleet import check_out
-from tests.station.harness import Station, simulated_station, spec, station_config
+from tests.station.harness import Station, eventually, simulated_station, spec, station_config
 
 WAIT_MS = 60_000
 HOSTILE_NAME = "<b>赵敏</b>"
@@ -97,5 +97,29 @@ def test_the_fleet_panel_shows_an_overdue_recorder_first_and_follows_the_returns
         assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
         alerts = station.ledger("overdue")
         assert sorted(a["device_serial"] for a in alerts) == [returned.device_serial, kept.device_serial]
+    finally:
+        live_server.run(stack.aclose(), timeout=120)
+
+
+def test_a_station_that_knows_no_recorder_shows_no_fleet_panel(
+    page: Page, live_server: LiveServer, tmp_path: Path, api_dir: Path
+) -> None:
+    api = {"socket_path": str(api_dir / "station.sock"), "tcp_port": 0}
+    stack = AsyncExitStack()
+    station: Station = live_server.run(stack.enter_async_context(simulated_station(tmp_path, [], api=api)))
+    try:
+        assert station.agent.api is not None and station.agent.api.tcp_url is not None
+        monitor = station.agent.fleet
+        assert monitor is not None
+        live_server.run(eventually(lambda: monitor.summary() is not None, WAIT_MS / 1000))  # read once
+        page.goto(station.agent.api.tcp_url + "/dock")
+        expect(page.locator("body")).to_have_attribute("data-connection", "live", timeout=WAIT_MS)
+        # The page read the fleet (empty: nothing allowed, nothing docked) and keeps the panel hidden; the
+        # control is the other test, where the same panel shows.
+        fleet = page.evaluate("fetch('/api/v1/fleet').then((r) => r.json())")
+        assert fleet["recorders"] == [] and fleet["station"] == "TEST-STATION"
+        expect(page.locator("#fleet")).to_be_attached()
+        expect(page.locator("#fleet")).to_be_hidden()
+        assert page.locator(".fleet-recorder").count() == 0
     finally:
         live_server.run(stack.aclose(), timeout=120)

@@ -114,7 +114,6 @@ const zh = {
       never_docked: (n) => `${n} 台未插入过`,
     },
     total: (n) => `共 ${n} 台`,
-    none: "本站尚无记录仪",
     more: (n) => `另有 ${n} 台未显示`,
     states: {
       overdue: "逾期未还",
@@ -250,7 +249,6 @@ const en = {
       never_docked: (n) => `${n} never docked`,
     },
     total: (n) => (n === 1 ? "1 recorder" : `${n} recorders`),
-    none: "No recorder known at this station yet",
     more: (n) => `${n} more not shown`,
     states: {
       overdue: "overdue",

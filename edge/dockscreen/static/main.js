@@ -341,7 +341,8 @@ function fleetFacts(w, recorder) {
 function renderFleet() {
   const section = $("#fleet");
   const fleet = view.fleet;
-  if (!fleet || typeof fleet !== "object" || !Array.isArray(fleet.recorders)) {
+  // No panel while the station knows no recorder (nothing on its allow-list, none ever docked).
+  if (!fleet || typeof fleet !== "object" || !Array.isArray(fleet.recorders) || !fleet.recorders.length) {
     section.hidden = true;
     return;
   }
@@ -353,8 +354,7 @@ function renderFleet() {
     .filter((state) => Number(counts[state]) > 0)
     .map((state) => w.fleet.counts[state](Number(counts[state])));
   setText($(".fleet-title", section), w.fleet.title);
-  setText($(".fleet-summary", section),
-    recorders.length ? [w.fleet.total(recorders.length), ...parts].join(" · ") : w.fleet.none);
+  setText($(".fleet-summary", section), [w.fleet.total(recorders.length), ...parts].join(" · "));
   if (Number(counts.overdue) > 0) section.dataset.overdue = "";
   else delete section.dataset.overdue;
   const shown = recorders.slice(0, FLEET_ROWS_MAX);
