@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from edge.config.base import ConfigError
+from edge.config.station import parse_config
 from edge.custody.ledger import EntryType
 from edge.equipment.fleet import (
     FleetPolicy,
@@ -133,3 +135,18 @@ def test_a_store_without_issue_and_return_has_nothing_overdue(tmp_path: Path) ->
             ("3300009", RecorderState.NEVER_DOCKED), ("3300010", RecorderState.DOCKED)}
     finally:
         store.close()
+
+
+MINIMAL = '[station]\nid = "TEST-STATION"\nstore_dir = "store"\n[usb]\nmount_root = "media"\n'
+
+
+@pytest.mark.parametrize("line", ["overdue_after_h = 0", "overdue_after_h = -3", "overdue_after_h = 721",
+                                  'overdue_after_h = "fourteen"', "overdue_check_s = 0"])
+def test_an_overdue_setting_out_of_bounds_is_a_config_error_naming_the_key(line: str) -> None:
+    key = line.split(" ", 1)[0]
+    with pytest.raises(ConfigError, match=key):
+        parse_config(MINIMAL + f"[equipment]\n{line}\n")
+    # Control: in bounds, taken as given.
+    good = "[equipment]\noverdue_after_h = 12.5\noverdue_check_s = 30\n"
+    equipment = parse_config(MINIMAL + good).equipment
+    assert (equipment.overdue_after_h, equipment.overdue_check_s) == (12.5, 30)

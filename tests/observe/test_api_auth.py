@@ -369,3 +369,33 @@ async def test_another_local_user_cannot_take_the_dock_screens_event_streams(
             if hog.stdin is not None:
                 hog.stdin.close()
             await hog.wait()
+
+
+async def test_the_fleet_route_says_when_there_is_no_fleet_yet_or_none_at_all(
+    store: StationStore, short_dir: Path
+) -> None:
+    settings = ApiSection(socket_path=short_dir / "api.sock")
+    board = StatusBoard(identity={"id": "TEST-STATION"}, bays=[1])
+    api = LocalApi(board, store, settings)
+    await api.start()
+    try:
+        connector = aiohttp.UnixConnector(path=str(settings.socket_path))
+        async with aiohttp.ClientSession(connector=connector) as client:
+            async def fleet() -> tuple[int, Any]:
+                async with client.get("http://station/api/v1/fleet") as response:
+                    return response.status, await response.json()
+
+            status, body = await fleet()
+            assert status == 404 and "no fleet view" in body["error"]  # a board with no fleet task
+            latest: dict[str, Any] | None = None
+            board.sections["fleet"] = lambda: latest
+            status, body = await fleet()
+            assert status == 503 and "not been read yet" in body["error"]  # before its first read
+            policy = FleetPolicy(timedelta(hours=14), 80)
+            latest = fleet_summary(build_fleet(FleetRecords(["3300001"]), {}, policy, datetime.now(UTC)),
+                                   station_id="TEST-STATION")
+            status, body = await fleet()  # control: read once, it answers
+            assert status == 200 and body["recorders"][0]["device_serial"] == "3300001"
+            assert body["recorders"][0]["state"] == "never_docked"
+    finally:
+        await api.stop()
