@@ -415,7 +415,8 @@ class StationAgent:
         found: dict[str, LiveBay] = {}
         for bay in self.status.bays():
             serial = (bay.get("device") or {}).get("serial")
-            if bay.get("state") == "empty" or not serial:
+            # A tile that says "pulled out early" stays until the next docking there: its recorder left.
+            if bay.get("state") == "empty" or bay.get("error_class") == "pulled_early" or not serial:
                 continue
             view = self.views.get(serial)
             number = int(bay["bay"]) if str(bay["bay"]).isdigit() else None

@@ -14,7 +14,8 @@ Each recorder's ``state``:
 - ``faulty``: not out, and its last docking here failed (partial, pulled early, store full, failed) or a
   reading it gave at docking is out of bounds (battery outside 0-100 %, free storage above total, no
   storage at all): the ``problems`` say which;
-- ``docked``: in a bay, with ``bay.state`` ``offloading`` (its docking is under way), ``charging`` (done,
+- ``docked``: in a bay, with ``bay.state`` ``offloading`` (its docking is under way, or every file is safe
+  here and some wait for the central's receipt before the recorder is wiped), ``charging`` (done,
   battery below ``min_battery_percent``) or ``ready`` (done, charged: may be issued);
 - ``away``: not in a bay and not out: taken from its bay without a check-out (or the station does not
   run issue and return);
@@ -83,10 +84,12 @@ __all__ = [
     "status_time",
 ]
 
-# How a docking ended when every file was sealed (and wiped per policy): OffloadOutcome.DONE.
+# How a docking ended when every file was sealed (and wiped per policy): OffloadOutcome.DONE. Literals
+# here (as in .checkout) so that equipment does not import the USB source; a test holds them to it.
 DOCKING_DONE = "done"
-# Dockings that did not fail: done, or waiting only for the central (the recorder keeps its files).
-DOCKING_FINE = frozenset({"done", "awaiting_receipt", "awaiting_witness"})
+# Dockings that did not fail: done, or every file safe and some waiting for the central before they are
+# erased from the recorder (OffloadOutcome.AWAITING_RECEIPT, AWAITING_WITNESS).
+DOCKING_FINE = frozenset({DOCKING_DONE, "awaiting-receipt", "awaiting-witness"})
 
 
 class RecorderState(StrEnum):
@@ -277,8 +280,8 @@ def _view(serial: str, records: FleetRecords, live: Mapping[str, LiveBay], polic
     if here is not None or (docking is not None and docking.ended is None):
         bay = here.bay if here is not None else docking.bay if docking is not None else None
         charge = here.charge_percent if here is not None else None
-        if docking is None or docking.ended is None:
-            bay_state = BayState.OFFLOADING
+        if docking is None or docking.ended is None or (docking.outcome != DOCKING_DONE and not problems):
+            bay_state = BayState.OFFLOADING  # under way, or its files wait for the central to be erased
         elif problems:
             bay_state = BayState.FAULTY
         else:

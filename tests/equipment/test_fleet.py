@@ -24,6 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge.custody.ledger import station_time_now
 from edge.equipment.checkout import CheckoutDesk, CheckoutPolicy
 from edge.equipment.fleet import (
+    DOCKING_DONE,
+    DOCKING_FINE,
+    BayState,
     DockingRecord,
     FleetPolicy,
     FleetRecords,
@@ -39,6 +42,7 @@ from edge.equipment.officer_csv import parse_officer_csv
 from edge.equipment.usb_recorders import RecorderAccess, UsbRecorderBench
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
+from edge.sources.usb.offload import OffloadOutcome
 from simulators.recorder.backend import get_backend
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
 from simulators.recorder.faultfs import VolumeFaults
@@ -258,3 +262,45 @@ def test_hostile_readings_in_the_ledger_are_faults_not_numbers() -> None:
     summary = fleet_summary(fleet, station_id="TEST-STATION")
     assert summary["recorders"][0]["device_serial"] == "3300001"  # faulty before docked
     assert "101" in summary["recorders"][0]["problems"][0]["detail"]
+
+
+async def test_a_recorder_pulled_out_early_is_faulty_and_not_in_its_bay(tmp_path: Path) -> None:
+    require_volume_mounts()
+    pulled = spec(0, files=3, faults=VolumeFaults(unplug_after_bytes=100_000))
+    whole = spec(1, files=1)  # the control: the same docking, not pulled out
+    config = station_config(tmp_path, [pulled, whole], equipment={"overdue_check_s": 1})
+    async with simulated_station(tmp_path, [pulled, whole], agent_config=config) as station:
+        await station.dock_recorder(pulled.device_serial, 1)
+        await station.dock_recorder(whole.device_serial, 2)
+        await station.wait_results(2, timeout_s=120)
+        # The bay still tells the officer to dock it again; the recorder itself is not there.
+        await eventually(lambda: (station.agent.status.bay("1") or {}).get("error_class") == "pulled_early",
+                         WAIT_S)
+        fleet = await fresh_fleet(station, lambda f: (
+            by_serial(f)[pulled.device_serial]["state"] == "faulty"
+            and by_serial(f)[whole.device_serial]["state"] == "docked"))
+        gone, docked = by_serial(fleet)[pulled.device_serial], by_serial(fleet)[whole.device_serial]
+        assert gone["bay"] is None and gone["last_docking"]["outcome"] == OffloadOutcome.DEVICE_GONE
+        assert [p["code"] for p in gone["problems"]] == ["last_docking_failed"]
+        assert docked["bay"]["bay"] == 2 and docked["bay"]["state"] in ("ready", "charging")
+
+
+def test_the_fleets_docking_outcomes_are_the_offloads() -> None:
+    """The fleet names docking outcomes as literals (equipment does not import the USB source)."""
+    fine = {OffloadOutcome.DONE, OffloadOutcome.AWAITING_RECEIPT, OffloadOutcome.AWAITING_WITNESS}
+    assert set(DOCKING_FINE) == fine
+    assert OffloadOutcome(DOCKING_DONE) is OffloadOutcome.DONE
+
+
+def test_a_recorder_whose_files_wait_for_the_central_is_not_ready_to_issue() -> None:
+    now = datetime.now(UTC)
+    reading = StatusReading(now, 99, 4, 9, "EEZ01")
+    dockings = {serial: DockingRecord(1, now - timedelta(minutes=5), now, outcome)
+                for serial, outcome in (("3300001", OffloadOutcome.AWAITING_RECEIPT.value),
+                                        ("3300002", OffloadOutcome.DONE.value))}
+    records = FleetRecords([], dockings, readings={"3300001": reading, "3300002": reading})
+    fleet = build_fleet(records, {"3300001": LiveBay(1), "3300002": LiveBay(2)},
+                        FleetPolicy(timedelta(hours=14), 80), now)
+    views = {r.device_serial: r for r in fleet.recorders}
+    assert (views["3300001"].state, views["3300001"].bay_state) == (RecorderState.DOCKED, BayState.OFFLOADING)
+    assert views["3300002"].bay_state is BayState.READY  # control: done, charged
