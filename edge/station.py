@@ -407,6 +407,7 @@ class StationAgent:
         self.fleet = FleetMonitor(self.store, config=lambda: self.config, live=self._recorders_in_bays,
                                   on_fleet=publish, alive=lambda: self.supervisor_alive("fleet"))
         self.status.sections["fleet"] = self.fleet.summary
+        self.store.ledger.add_listener(self.fleet.ledger_entry)
         check_s = self.config.equipment.overdue_check_s
         supervisor.add(TaskSpec("fleet", self.fleet.run, critical=False, liveness_timeout_s=2 * check_s + 60))
 

@@ -1,27 +1,41 @@
 """The station agent's fleet task: every `[equipment] overdue_check_s` it raises the overdue alerts that
 fell due (:mod:`.overdue`), reads the fleet's records (:mod:`.fleet_records`, in a worker thread), builds
 the view (:mod:`.fleet`) with what the agent sees in its bays, and hands it on (the status board's
-``fleet`` part, the metrics). A supervised task (edge.runtime.supervise): a failed read or write ends
-the run with its exception, for the supervisor to restart it; the last fleet stays shown meanwhile.
+``fleet`` part, the metrics). A ledger entry that changes where a recorder is or how it is (a docking
+starting or ending, a check-out, a return, a removal) brings the next read forward, `SETTLE_S` later
+(the entry's transaction commits meanwhile, and a docking's burst of entries makes one read), so the
+fleet panel agrees with the bay tiles within seconds, not a minute. A supervised task
+(edge.runtime.supervise): a failed read or write ends the run with its exception, for the supervisor to
+restart it; the last fleet stays shown meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from edge.config.station import StationConfig
+from edge.custody.ledger import EntryType, LedgerEntry
 from edge.equipment.fleet import Fleet, FleetPolicy, LiveBay, build_fleet, fleet_summary
 from edge.equipment.fleet_records import FleetRecordsReader
 from edge.equipment.overdue import raise_overdue_alerts
 from edge.ingest.store import StationStore
+from edge.runtime.supervise import wait_event
 
-__all__ = ["FleetMonitor", "fleet_policy"]
+__all__ = ["CHANGES", "FleetMonitor", "fleet_policy"]
 
 log = logging.getLogger(__name__)
+
+# Ledger entries after which the fleet is read again at once (where a recorder is, who holds it, how it is).
+CHANGES = frozenset({
+    EntryType.SESSION_STARTED, EntryType.SESSION_STOPPED, EntryType.DEVICE_AUTHENTICATED,
+    EntryType.DEVICE_REMOVED, EntryType.ASSIGNED, EntryType.RETURNED, EntryType.OVERDUE,
+})
+SETTLE_S = 0.5
 
 
 def _utc_now() -> datetime:
@@ -52,6 +66,17 @@ class FleetMonitor:
         self._reader = FleetRecordsReader(store.layout.root)
         self.fleet: Fleet | None = None
         self._summary: dict[str, Any] | None = None
+        self._changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def ledger_entry(self, entry: LedgerEntry) -> None:
+        """A ledger listener (any thread, possibly before the entry commits): a change brings the next
+        read forward."""
+        loop = self._loop
+        if entry.type not in CHANGES or loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: the station is stopping
+            loop.call_soon_threadsafe(self._changed.set)
 
     def summary(self) -> dict[str, Any] | None:
         """The latest view as JSON (:func:`edge.equipment.fleet.fleet_summary`), None before the first
@@ -76,10 +101,14 @@ class FleetMonitor:
         return fleet
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         while True:
+            self._changed.clear()
             await self.check()
             self._alive()
-            await asyncio.sleep(self._config().equipment.overdue_check_s)
+            await wait_event(self._changed, self._config().equipment.overdue_check_s)
+            if self._changed.is_set():
+                await asyncio.sleep(SETTLE_S)
 
     def close(self) -> None:
         """At the agent's stop: waits for a read under way, then closes the reader for good."""

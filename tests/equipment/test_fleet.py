@@ -264,12 +264,15 @@ def test_hostile_readings_in_the_ledger_are_faults_not_numbers() -> None:
     assert "101" in summary["recorders"][0]["problems"][0]["detail"]
 
 
-async def test_a_recorder_pulled_out_early_is_faulty_and_not_in_its_bay(tmp_path: Path) -> None:
+async def test_a_recorder_pulled_out_early_is_faulty_and_not_in_its_bay_at_once(tmp_path: Path) -> None:
     require_volume_mounts()
     pulled = spec(0, files=3, faults=VolumeFaults(unplug_after_bytes=100_000))
     whole = spec(1, files=1)  # the control: the same docking, not pulled out
-    config = station_config(tmp_path, [pulled, whole], equipment={"overdue_check_s": 1})
+    # Read every hour only: what the fleet shows below, the dockings' ledger entries brought forward.
+    config = station_config(tmp_path, [pulled, whole], equipment={"overdue_check_s": 3600})
     async with simulated_station(tmp_path, [pulled, whole], agent_config=config) as station:
+        before = await fresh_fleet(station, lambda f: True)  # the read at start: nothing docked yet
+        assert {r["state"] for r in before["recorders"]} == {"never_docked"}
         await station.dock_recorder(pulled.device_serial, 1)
         await station.dock_recorder(whole.device_serial, 2)
         await station.wait_results(2, timeout_s=120)
