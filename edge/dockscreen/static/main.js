@@ -4,7 +4,9 @@
 // come with no event of their own: while the station has them, the page reads the status again every
 // GB_REFRESH_MS, and counts the keepalive ages on by the second in between.
 // The fleet (every recorder this station knows: out with whom, overdue, faulty, in a bay) is read from
-// GET /api/v1/fleet every FLEET_REFRESH_MS; overdue recorders come first, as the station sorts them.
+// GET /api/v1/fleet every FLEET_REFRESH_MS, and FLEET_AFTER_BAY_MS after a bay changed (the station reads
+// its fleet again half a second after a docking's ledger entries); overdue recorders come first, as the
+// station sorts them.
 // Every text that came from a device or the configuration is set with textContent, never as HTML.
 
 import * as format from "./format.js";
@@ -20,6 +22,7 @@ const GB_REFRESH_MS = 3000;
 const GB_ROWS_MAX = 8; // the page fits one screen: more devices are counted, not listed
 const FLEET_URL = "/api/v1/fleet";
 const FLEET_REFRESH_MS = 5000;
+const FLEET_AFTER_BAY_MS = 1500;
 const FLEET_ROWS_MAX = 8;
 
 const view = {
@@ -33,6 +36,8 @@ const view = {
   gbRefresh: null, // the timer that reads the GB/T 28181 devices again
   fleet: null, // GET /api/v1/fleet, null while the station has none
   fleetRefresh: null,
+  fleetDueAt: 0, // when the scheduled read is due (Date.now() milliseconds)
+  fleetStopped: false, // the station keeps no fleet view (404): never asked again
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -373,21 +378,28 @@ function renderFleet() {
   setText($(".fleet-more", section), recorders.length > shown.length ? w.fleet.more(recorders.length - shown.length) : "");
 }
 
+function scheduleFleet(delayMs) {
+  // A read already due sooner stands; otherwise this one replaces it.
+  if (view.fleetStopped || (view.fleetRefresh && view.fleetDueAt <= Date.now() + delayMs)) return;
+  clearTimeout(view.fleetRefresh);
+  view.fleetDueAt = Date.now() + delayMs;
+  view.fleetRefresh = setTimeout(refreshFleet, delayMs);
+}
+
 async function refreshFleet() {
-  let again = true;
+  view.fleetRefresh = null;
   try {
     const response = await fetch(FLEET_URL, { cache: "no-store" });
     if (response.ok) view.fleet = await response.json();
     else if (response.status === 404) {
       view.fleet = null; // this station keeps no fleet view: no panel, and no more asking
-      again = false;
+      view.fleetStopped = true;
     }
   } catch (error) {
     console.error("dock screen: fleet", error);
   }
   renderFleet();
-  clearTimeout(view.fleetRefresh);
-  view.fleetRefresh = again ? setTimeout(refreshFleet, FLEET_REFRESH_MS) : null;
+  scheduleFleet(FLEET_REFRESH_MS);
 }
 
 // -- legend -----------------------------------------------------------------------------------------
@@ -486,7 +498,10 @@ function connect() {
     renderGb28181();
     scheduleGbRefresh();
   });
-  source.addEventListener("bay", (event) => upsertBay(JSON.parse(event.data)));
+  source.addEventListener("bay", (event) => {
+    upsertBay(JSON.parse(event.data));
+    scheduleFleet(FLEET_AFTER_BAY_MS); // a recorder came, went or finished: the fleet follows
+  });
   source.addEventListener("station", (event) => {
     if (!view.status) return;
     view.status.station = JSON.parse(event.data);
