@@ -14,7 +14,8 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    names the device, channel and recording and why (what cut the downloads short, as sealed), written
    once (later listings find it). A download the station's own disk guard ended (`disk-full`) counts
    toward no give-up; while the spool's disk stays below the store's reserve plus the receiver's room for
-   the recording's listed FileSize, it is not tried again (`_tight_for`: one limited `error` entry of
+   the recording's size as known (its listed FileSize, and more than its disk-full copy received), it is
+   not tried again (`_tight_for`: one limited `error` entry of
    stage `store`, `DownloadReport.waiting_for_room`), so no partial copies pile up in the tight store;
 2. picks a new raw PS file name in the spool (never from the device's text) and asks `start_download`
    (the platform's session: INVITE s=Download, the media receiver on that file, until MediaStatus 121,
@@ -427,14 +428,20 @@ class GbDownloads:
     async def _tight_for(self, ref: RecordingRef, earlier: Sequence[SealedDownload]) -> bool:
         """Whether `ref`, whose last download the station's own free-space guard ended (`disk-full`), is
         left for a later pass because the spool's disk is still too tight for it: below the store's reserve
-        plus `ROOM_PER_RECEIVED_BYTE` times its listed FileSize (the receiver's guard; without a FileSize,
-        `UNLISTED_SIZE_MARGIN_BYTES`). Each such try would end the same way and seal one more partial copy
-        into the tight store (review 24). One `error` entry, limited like the listing's problems."""
+        plus `ROOM_PER_RECEIVED_BYTE` times the recording's size as known (the receiver's guard). That size
+        is the larger of its listed FileSize (without one, `UNLISTED_SIZE_MARGIN_BYTES`) and one byte more
+        than its largest disk-full copy received (the manifest's `bytes`): the guard cut that copy there, so
+        the recording is larger, whatever the device listed (a FileSize in KiB, stale, or false: review 26).
+        Each try with less room would end the same way and seal one more partial copy into the tight store
+        (review 24). One `error` entry, limited like the listing's problems."""
         if not earlier or earlier[-1].interrupted != INTERRUPTED_DISK_FULL:
             return False
         reserve = self.pipeline.settings.min_free_bytes
         listed = ref.file_size_bytes if ref.file_size_bytes is not None and ref.file_size_bytes >= 0 else None
-        size = UNLISTED_SIZE_MARGIN_BYTES if listed is None else listed
+        assumed = UNLISTED_SIZE_MARGIN_BYTES if listed is None else listed
+        received = max((d.received_bytes for d in earlier
+                        if d.interrupted == INTERRUPTED_DISK_FULL and d.received_bytes is not None), default=None)
+        size = assumed if received is None else max(assumed, received + 1)
         needed = reserve + ROOM_PER_RECEIVED_BYTE * size
         try:
             available = await asyncio.to_thread(free_bytes, self.source.spool)
@@ -445,8 +452,11 @@ class GbDownloads:
         shown = shown_recording(ref)
         extra = self.problems.seen(STORE_TIGHT_PROBLEM, f"{ref.device_id}|{ref.identity()}", ref.device_id)
         if extra is not None:
-            sized = f"its listed FileSize {size}" if listed is not None else \
-                f"{size} bytes assumed (no FileSize listed)"
+            sized = f"its listed FileSize {assumed}" if listed is not None else \
+                f"{assumed} bytes assumed (no FileSize listed)"
+            if size != assumed:
+                sized = (f"{size} bytes: more than the {received} its cut-short download received "
+                         f"(not {sized})")
             reason = (f"its last download was cut short by the station's disk running low (disk-full); the "
                       f"disk holding the download spool has {available} bytes free, below the {needed} a "
                       f"download needs (the store's reserve of {reserve} plus {ROOM_PER_RECEIVED_BYTE} times "
