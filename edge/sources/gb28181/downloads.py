@@ -43,7 +43,8 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
 Each call first closes what an interrupted earlier download left in progress (`close_interrupted_copies`:
 never resumed under another transfer), and reads which listed recordings are sealed in a worker thread
 (`sealed_downloads_off_loop`). A recording listed with the channel, times and path of one downloaded
-before (complete or not) but another FileSize is another recording (`_told_apart`). A store below its
+before (complete or not), in an earlier call or earlier in the same one, but another FileSize is another
+recording (`_told_apart`). A store below its
 reserve ends the call (`StoreBelowReserve`, one limited `error` entry): before a download, and when the
 pipeline refused a download's copy for it (its spool files are removed).
 
@@ -346,10 +347,17 @@ class GbDownloads:
                 if await self._tight_for(ref, earlier):
                     report.waiting_for_room.append(ref)
                     continue
+                ingested = len(report.ingested)
                 failure = await self._one(ref, report, attempt=attempt)
             except PassEnded as exc:
                 report.stopped = exc  # what was done so far stays counted
                 break
+            if len(report.ingested) > ingested:
+                # What this call sealed counts for the recordings after it in the same call, as it would
+                # at the next pass: another listed with the same channel, times and path but another
+                # FileSize is told apart from it (review 26), the same one listed twice is skipped.
+                sealed.update(await sealed_downloads_off_loop(self.pipeline.store, self.source.device_id,
+                                                              {ref.identity()}))
             if failure is not None:
                 report.failed.append((ref, failure))
         if self._own_pass:
