@@ -447,8 +447,8 @@ class GbDownloads:
         reserve = self.pipeline.settings.min_free_bytes
         listed = ref.file_size_bytes if ref.file_size_bytes is not None and ref.file_size_bytes >= 0 else None
         assumed = UNLISTED_SIZE_MARGIN_BYTES if listed is None else listed
-        received = max((d.received_bytes for d in earlier
-                        if d.interrupted == INTERRUPTED_DISK_FULL and d.received_bytes is not None), default=None)
+        received = max((d.received_bytes for d in earlier if d.interrupted == INTERRUPTED_DISK_FULL
+                        and d.received_bytes is not None), default=None)
         size = assumed if received is None else max(assumed, received + 1)
         needed = reserve + ROOM_PER_RECEIVED_BYTE * size
         try:
@@ -462,9 +462,10 @@ class GbDownloads:
         if extra is not None:
             sized = f"its listed FileSize {assumed}" if listed is not None else \
                 f"{assumed} bytes assumed (no FileSize listed)"
-            if size != assumed:
-                sized = (f"{size} bytes: more than the {received} its cut-short download received "
-                         f"(not {sized})")
+            if size != assumed:  # the copy the guard cut says the recording is larger than listed
+                shown_listed = "its listed FileSize" if listed is not None else "the size assumed without one"
+                sized = (f"{size} bytes, one more than the {received} a cut-short download of it received "
+                         f"({shown_listed}, {assumed}, is less)")
             reason = (f"its last download was cut short by the station's disk running low (disk-full); the "
                       f"disk holding the download spool has {available} bytes free, below the {needed} a "
                       f"download needs (the store's reserve of {reserve} plus {ROOM_PER_RECEIVED_BYTE} times "
