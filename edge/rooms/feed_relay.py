@@ -77,8 +77,9 @@ def _close(fd: int | None) -> None:
 class FeedRelay:
     """One source's feed to the composite (see the module docstring)."""
 
-    def __init__(self, source_id: str, *, buffer_bytes: int = BUFFER_BYTES,
+    def __init__(self, source_id: str, *, buffer_bytes: int | None = None,
                  on_drop: Callable[[FeedDrop], None] = lambda drop: None) -> None:
+        buffer_bytes = BUFFER_BYTES if buffer_bytes is None else buffer_bytes
         if buffer_bytes < TS_PACKET_BYTES:
             raise ValueError(f"buffer_bytes must hold a TS packet ({TS_PACKET_BYTES}), got {buffer_bytes}")
         self.source_id = source_id
@@ -127,6 +128,9 @@ class FeedRelay:
         self._detach_output()
         read_end, write_end = _pipe()
         os.set_blocking(write_end, False)
+        # Non-blocking for the composite's ffmpeg too: waiting for the feed, it polls and so still answers
+        # SIGTERM (blocked in read(), an input thread of it would hold up its exit until SIGKILL).
+        os.set_blocking(read_end, False)
         self._output = write_end
         self.composite_runs += 1
         return read_end

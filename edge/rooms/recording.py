@@ -296,6 +296,18 @@ class SessionRecording:
             with contextlib.suppress(OSError):  # else logged by its task; the composite's run fails, a gap
                 overlay.write()  # before the first run: drawtext refuses to start without its files
             overlay_task = asyncio.create_task(overlay.run(), name=f"room-overlay-{self.session.room}")
+        # The composite's feeds are relayed by tasks of their own supervisor, which outlives the runs: a
+        # source's ffmpeg finishes its last segment while its feed is still read (edge.rooms.feed_relay).
+        relays_stop = asyncio.Event()
+        relays: asyncio.Task[None] | None = None
+        if self.composite is not None:
+            relay_supervisor = Supervisor(notify_ready=False, backoff_initial_s=0.2, backoff_max_s=2.0,
+                                          restart_budget=1_000_000, budget_window_s=3600.0)
+            for relay in self.composite.feeds.values():
+                relay_supervisor.add(TaskSpec(f"room-{self.session.room}-feed-{relay.source_id}", relay.run,
+                                              critical=False))
+            relays = asyncio.create_task(relay_supervisor.run(relays_stop),
+                                         name=f"room-feeds-{self.session.room}")
         try:
             for source in self.sources.values():
                 supervisor.add(TaskSpec(
@@ -305,11 +317,12 @@ class SessionRecording:
                     critical=False,
                     stop_timeout_s=self.settings.stop_timeout_s + 5.0,
                 ))
-            for relay in [] if self.composite is None else self.composite.feeds.values():
-                supervisor.add(TaskSpec(f"room-{self.session.room}-feed-{relay.source_id}", relay.run,
-                                        critical=False))
             await supervisor.run(self._stop)
         finally:
+            if relays is not None:  # the runs are over: their pipes are read to their ends, then closed
+                relays_stop.set()
+                with contextlib.suppress(Exception):
+                    await relays
             if self.composite is not None:
                 self.composite.close()
             now = time.time_ns()
