@@ -224,6 +224,10 @@ def tee_target(value: str) -> str:
 # Packets (all streams) the feed's fifo holds for a pipe that does not take them (about ten seconds of
 # video and sound); past it the fifo drops packets rather than make the segments wait.
 FEED_QUEUE_PACKETS = 600
+# How long the fifo's thread waits on a full feed pipe (non-blocking: edge.rooms.feed_relay) before it
+# gives the feed up for the rest of the run: the agent read nothing that long. Without it a run whose
+# feed nobody reads could not finish (the fifo's trailer waits for its thread).
+FEED_WRITE_TIMEOUT_US = 10_000_000
 
 
 def tee_output_args(plan: SegmentPlan, run_dir: Path, feed_fd: int) -> list[str]:
@@ -231,8 +235,9 @@ def tee_output_args(plan: SegmentPlan, run_dir: Path, feed_fd: int) -> list[str]
     :func:`segment_output_args` does, and the same packets (no second encode) as MPEG-TS to the inherited
     pipe `feed_fd` (``pipe:N``: the agent relays it to the room's composite, edge.rooms.feed_relay)
     through the fifo muxer (``use_fifo``: its own thread, ``drop_pkts_on_overflow``): a pipe nobody
-    empties drops feed packets and never holds up the segments; with ``onfail=ignore`` a pipe whose
-    reader is gone drops only the feed, never the segments or the run.
+    empties drops feed packets and never holds up the segments, and after ``rw_timeout`` (the pipe is
+    non-blocking) gives the feed up; with ``onfail=ignore`` a pipe whose reader is gone, or given up,
+    drops only the feed, never the segments or the run.
 
     MP4 needs each stream's codec headers out of band (``global_header``, which the tee muxer does not
     ask the encoders for itself); the feed gets them in band again (``dump_extra``)."""
@@ -247,7 +252,8 @@ def tee_output_args(plan: SegmentPlan, run_dir: Path, feed_fd: int) -> list[str]
     }
     segments = ":".join(f"{key}={tee_value(value)}" for key, value in options.items())
     fifo = f"queue_size={FEED_QUEUE_PACKETS}:drop_pkts_on_overflow=1"
-    feed = f"f=mpegts:onfail=ignore:bsfs/v=dump_extra:use_fifo=1:fifo_options={tee_value(fifo)}"
+    feed = (f"f=mpegts:onfail=ignore:bsfs/v=dump_extra:use_fifo=1:fifo_options={tee_value(fifo)}:"
+            f"rw_timeout={FEED_WRITE_TIMEOUT_US}")
     feed_target = tee_target(f"pipe:{feed_fd}")
     slaves = f"[{segments}]{tee_target(str(run_dir / SEGMENT_PATTERN))}|[{feed}]{feed_target}"
     return [

@@ -14,7 +14,8 @@ derived from them):
 
 * the source's ffmpeg writes the feed through the fifo muxer in its own thread, dropping packets when its
   queue is full (:func:`edge.rooms.argv.tee_output_args`), so even an agent that stopped reading never
-  blocks the segments; a pipe whose reader is gone fails only the feed (``onfail=ignore``);
+  blocks the segments (after ten seconds of it the run gives its feed up: the composite loses that
+  source until its next run); a pipe whose reader is gone fails only the feed (``onfail=ignore``);
 * the agent reads the source's pipe whatever the composite does, and keeps at most `buffer_bytes` waiting
   for the composite's pipe (non-blocking): a composite that is slow, stopped (SIGSTOP) or restarting gets
   whole TS packets dropped (188-byte aligned: its demuxer loses packets, never the framing). A drop is
@@ -116,6 +117,9 @@ class FeedRelay:
         earlier runs."""
         read_end, write_end = _pipe()
         os.set_blocking(read_end, False)
+        # Non-blocking for the source's ffmpeg too: its feed's thread gives a pipe nobody empties up after
+        # its rw_timeout (edge.rooms.argv.tee_output_args) rather than wait on it for ever.
+        os.set_blocking(write_end, False)
         self._inputs.append(read_end)
         self._input_ready.set()
         self.source_runs += 1

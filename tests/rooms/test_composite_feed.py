@@ -62,6 +62,7 @@ async def test_whatever_becomes_of_the_feed_the_source_records_as_without_it(
     tmp_path: Path, feed: str
 ) -> None:
     read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)  # as the relay makes it (FeedRelay.source_end)
     # "nobody-reads": the pipe is held open and never read (a stalled agent): the feed's fifo fills and drops;
     # "reader-gone": nobody holds the read end (EPIPE): the feed's slave fails, and only it.
     if feed == "reader-gone":
@@ -78,8 +79,8 @@ async def test_whatever_becomes_of_the_feed_the_source_records_as_without_it(
         streams = _probe(tmp_path / "fed" / name)
         assert sorted(s["codec_name"] for s in streams["streams"]) == ["aac", "h264"]
         assert streams["format"]["tags"]["case_number"] == "A3301062026000123"
-    if feed == "reader-gone":  # the failure happened, and only the feed was dropped
-        assert "Slave muxer #1 failed" in fed[2] and "continuing with 1/2 slaves" in fed[2]
+    # The failure happened (the pipe gone; nobody reading it for rw_timeout), and only the feed was dropped.
+    assert "Slave muxer #1 failed" in fed[2] and "continuing with 1/2 slaves" in fed[2]
 
 
 async def test_the_composite_gets_the_sources_own_streams_through_the_relay(tmp_path: Path) -> None:
