@@ -49,6 +49,9 @@ READ_BYTES = 64 * 1024
 PIPE_BYTES = 1 << 20
 # What the agent keeps for a composite that does not read (per source): a few seconds of a 1080p feed.
 BUFFER_BYTES = 4 << 20
+# Drops this close together are one loss of picture (one gap, not one per burst of a slow composite): a
+# drop is reported once packets have gone through this long without another.
+DROP_SETTLE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,9 @@ class FeedRelay:
         self._writing = False  # a writer callback is registered for _output
         self._chunks: deque[bytes] = deque()  # whole packets for the composite (the head maybe begun)
         self._buffered = 0
-        self._drop_from_ns: int | None = None
+        self._drop_from_ns: int | None = None  # the drop going on (or settling) began
+        self._drop_last_ns = 0  # its last dropped packets
+        self._drop_resumed_ns: int | None = None  # packets went through again since
         self._drop_packets = 0
         self.closed = False
         # Counters (status)
@@ -189,16 +194,22 @@ class FeedRelay:
         if self._output is None:
             self.packets_without_composite += count
             return
+        now = time.time_ns()
         if self._buffered + len(packets) > self.buffer_bytes:
             # The composite does not keep up: these packets are dropped, whole; what is begun goes on.
             if self._drop_from_ns is None:
-                self._drop_from_ns, self._drop_packets = time.time_ns(), 0
+                self._drop_from_ns, self._drop_packets = now, 0
                 self.drops += 1
                 log.warning("feed of %s: the composite does not read; dropping its packets", self.source_id)
+            self._drop_last_ns, self._drop_resumed_ns = now, None
             self._drop_packets += count
             self.packets_dropped += count
             return
-        self._end_drop()
+        if self._drop_from_ns is not None:
+            if self._drop_resumed_ns is None:
+                self._drop_resumed_ns = now
+            if now - self._drop_last_ns >= DROP_SETTLE_S * 1e9:
+                self._end_drop()
         self._chunks.append(packets)
         self._buffered += len(packets)
         self._flush()
@@ -258,8 +269,9 @@ class FeedRelay:
     def _end_drop(self) -> None:
         if self._drop_from_ns is None:
             return
-        drop = FeedDrop(self.source_id, self._drop_from_ns, time.time_ns(), self._drop_packets)
-        self._drop_from_ns, self._drop_packets = None, 0
+        to_ns = self._drop_resumed_ns if self._drop_resumed_ns is not None else time.time_ns()
+        drop = FeedDrop(self.source_id, self._drop_from_ns, to_ns, self._drop_packets)
+        self._drop_from_ns, self._drop_resumed_ns, self._drop_packets = None, None, 0
         log.warning("feed of %s: %d packets dropped (%.1f s): the composite lost picture", self.source_id,
                     drop.packets, (drop.to_ns - drop.from_ns) / 1e9)
         try:
