@@ -132,7 +132,8 @@ def test_the_composite_reads_the_feeds_of_its_sources_never_their_devices(inputs
         (fd,) = pipes.pass_fds
         argv = pipes.argv("ffmpeg", room.source[0].input, SegmentPlan(2.0), Path("/r"))
         assert argv[-1].endswith(f"]pipe:{fd}")  # the tee's feed: that pipe, through the dropping fifo
-        assert "use_fifo=1:fifo_options=queue_size\\\\=600\\\\:drop_pkts_on_overflow\\\\=1:rw_timeout=" in argv[-1]
+        fifo = "use_fifo=1:fifo_options=queue_size\\\\=600\\\\:drop_pkts_on_overflow\\\\=1:rw_timeout="
+        assert fifo in argv[-1]
     output.close()
 
 

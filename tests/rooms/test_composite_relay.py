@@ -83,9 +83,9 @@ async def test_a_stopped_composite_holds_up_no_source_and_its_lost_picture_is_a_
         stopped_pid = None
         resumed_from = _sealed(watch, "composite")
         # Once packets go through again (DROP_SETTLE_S), each feed's drop is reported.
-        await watch.until(lambda: _sealed(watch, "composite") >= resumed_from + 3
-                          and {e.data.get("feed") for e in watch.of("gap", source="composite", state="closed")}
-                          >= {"a", "b"}, timeout_s=90)
+        await watch.until(lambda: _sealed(watch, "composite") >= resumed_from + 3 and {
+            e.data.get("feed") for e in watch.of("gap", source="composite", state="closed")} >= {"a", "b"},
+            timeout_s=90)
         runs = {s: recording.sources[s].runs for s in ("a", "b", "composite")}
         feeds_after = _feeds(recording)
     finally:
