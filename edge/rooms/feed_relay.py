@@ -168,6 +168,9 @@ class FeedRelay:
             if data:
                 self._take(data)
             else:  # the run's ffmpeg ended (and the agent closed its copy of the write end)
+                last, self._partial = self._partial, b""
+                if len(last) == TS_PACKET_BYTES and last[0] == TS_SYNC:  # its last packet, whole
+                    self._offer(last)
                 _close(self._input)
                 self._input = None
 
@@ -188,8 +191,11 @@ class FeedRelay:
 
     def _take(self, data: bytes) -> None:
         packets = self._packets(self._partial + data)
-        if not packets:
-            return
+        if packets:
+            self._offer(packets)
+
+    def _offer(self, packets: bytes) -> None:
+        """Whole packets for the composite: buffered and written, or dropped (see the module docstring)."""
         count = len(packets) // TS_PACKET_BYTES
         if self._output is None:
             self.packets_without_composite += count
@@ -215,28 +221,28 @@ class FeedRelay:
         self._flush()
 
     def _packets(self, data: bytes) -> bytes:
-        """The whole TS packets at the front of `data` (each starting with the sync byte); the rest of an
-        unfinished one is kept for the next read. Bytes out of step (not the station's ffmpeg's TS) are
-        skipped up to the next place two packets in a row begin."""
+        """The TS packets at the front of `data` that are whole and in step: each begins with the sync
+        byte and so does the next one (the last is held until the next read shows its successor). The
+        rest is kept for the next read. Bytes out of step (not the station's ffmpeg's TS: damaged or
+        hostile) are skipped, with the packet before them, up to the next place two packets in a row
+        begin; counted, never passed on."""
         out: list[bytes] = []
         at = 0
-        while len(data) - at >= TS_PACKET_BYTES:
-            whole = (len(data) - at) // TS_PACKET_BYTES * TS_PACKET_BYTES
-            run = data[at:at + whole]
-            starts = run[::TS_PACKET_BYTES]
+        while (count := (len(data) - at) // TS_PACKET_BYTES) > 0:
+            starts = data[at:at + count * TS_PACKET_BYTES + 1:TS_PACKET_BYTES]  # with the next one's, if read
             bad = next((i for i, byte in enumerate(starts) if byte != TS_SYNC), None)
             if bad is None:
-                out.append(run)
-                at += whole
+                confirmed = count if len(starts) > count else count - 1
+                out.append(data[at:at + confirmed * TS_PACKET_BYTES])
+                at += confirmed * TS_PACKET_BYTES
                 break
-            out.append(run[:bad * TS_PACKET_BYTES])
-            at += bad * TS_PACKET_BYTES
+            good = max(0, bad - 1)  # the packet before a bad start is not trusted either
+            out.append(data[at:at + good * TS_PACKET_BYTES])
+            at += good * TS_PACKET_BYTES
             resync = _resync(data, at + 1)
-            self.bytes_out_of_sync += (resync if resync is not None else len(data)) - at
-            if resync is None:
-                self._partial = b""
-                return b"".join(out)
-            at = resync
+            skipped_to = len(data) if resync is None else resync
+            self.bytes_out_of_sync += skipped_to - at
+            at = skipped_to
         self._partial = data[at:]
         return b"".join(out)
 
