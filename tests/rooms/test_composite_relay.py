@@ -19,6 +19,7 @@ import pytest
 from edge.config.rooms import RoomsSection
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
+from edge.observe.room_cli import _describe
 from edge.rooms import feed_relay
 from edge.rooms.recording import FEED_DROPPED_REASON, SessionRecording
 from edge.rooms.session import new_session
@@ -79,6 +80,9 @@ async def test_a_stopped_composite_holds_up_no_source_and_its_lost_picture_is_a_
         await asyncio.sleep(STOPPED_S)
         during = {s: _sealed(watch, s) - before[s] for s in ("a", "b")}
         feeds_stopped = _feeds(recording)
+        shown = _describe("status", {"rooms": [{"room": "xw-1", "name": "第一询问室",
+                                                "session": recording.session.to_json(),
+                                                "sources": recording.status()}]})
         os.kill(stopped_pid, signal.SIGCONT)
         stopped_pid = None
         resumed_from = _sealed(watch, "composite")
@@ -101,6 +105,8 @@ async def test_a_stopped_composite_holds_up_no_source_and_its_lost_picture_is_a_
     assert all(feed["packets_dropped"] > 0 and feed["dropping"] for feed in feeds_stopped.values()), (
         feeds_stopped)
     assert all(feed["drops"] >= 1 and not feed["dropping"] for feed in feeds_after.values()), feeds_after
+    composite_line = next(line for line in shown.splitlines() if line.strip().startswith("composite:"))
+    assert "feed a: " in composite_line and "feed b: " in composite_line, shown  # edge room status
     # ... the composite's lost picture is on the ledger, over the time it was stopped ...
     dropped = [e.data for e in watch.of("gap", source="composite")
                if e.data["reason"].startswith(FEED_DROPPED_REASON)]
