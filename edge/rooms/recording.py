@@ -319,12 +319,16 @@ class SessionRecording:
                 ))
             await supervisor.run(self._stop)
         finally:
-            if relays is not None:  # the runs are over: their pipes are read to their ends, then closed
-                relays_stop.set()
-                with contextlib.suppress(Exception):
-                    await relays
-            if self.composite is not None:
-                self.composite.close()
+            try:
+                if relays is not None:  # the runs are over: their pipes are read to their ends, then closed
+                    relays_stop.set()
+                    with contextlib.suppress(Exception):
+                        await relays
+            finally:
+                if relays is not None and not relays.done():  # this task was cancelled meanwhile
+                    relays.cancel()
+                if self.composite is not None:
+                    self.composite.close()
             now = time.time_ns()
             for source in self.sources.values():
                 if self._ending_reason is not None:
