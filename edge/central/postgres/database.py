@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 import psycopg
 
+from edge.central.postgres.console import PostgresConsoleStore
 from edge.central.postgres.index import PostgresIndex
 from edge.central.postgres.log import PostgresLogStore
 from edge.central.postgres.migrations import apply_migrations
+from edge.central.postgres.trail import PostgresTrailSealer
 
 __all__ = ["PostgresDatabase"]
 
@@ -24,19 +27,24 @@ _CONNECT_TIMEOUT_S = 10
 
 
 class PostgresDatabase:
-    """A central database on PostgreSQL: the unit of work with the index and the Merkle log store on its
-    connection (one connection, used from the event loop as the SQLite one is; a snapshot opens its own)."""
+    """A central database on PostgreSQL: the unit of work with the index, the Merkle log store and the
+    console's store on its connection (one connection, used from the event loop as the SQLite one is; a
+    snapshot opens its own). ``console_key`` is the store's ``identity/console.key``, whose trail subkey
+    seals the console's trails (none: read-only use, nothing is appended)."""
 
     errors: tuple[type[Exception], ...] = (psycopg.Error,)
 
     def __init__(self, conn: psycopg.Connection[tuple[object, ...]], where: str,
-                 reconnect: Callable[[], psycopg.Connection[tuple[object, ...]]]) -> None:
+                 reconnect: Callable[[], psycopg.Connection[tuple[object, ...]]], *,
+                 console_key: Path | None = None) -> None:
         self.conn = conn
+        self.sealer = PostgresTrailSealer(console_key)
         # host:port/database, never the password (the URL is validated to carry none; see open()).
         self.where = where
         self._reconnect = reconnect
         self._index = PostgresIndex(self)
         self._log_store = PostgresLogStore(self)
+        self._console = PostgresConsoleStore(self)
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({self.where!r})"
@@ -49,13 +57,22 @@ class PostgresDatabase:
     def log_store(self) -> PostgresLogStore:
         return self._log_store
 
+    @property
+    def console(self) -> PostgresConsoleStore:
+        return self._console
+
     def reopen(self) -> PostgresDatabase:
         """Another connection to the same database (a snapshot's, for a worker thread); no migration."""
-        return PostgresDatabase(self._reconnect(), self.where, self._reconnect)
+        other = PostgresDatabase(self._reconnect(), self.where, self._reconnect,
+                                 console_key=self.sealer.key_path)
+        key = self.sealer.key()
+        if key is not None:
+            other.sealer.use(key)
+        return other
 
     @classmethod
-    def open(cls, url: str, *, password: str | None = None, application_name: str = "edge-central"
-             ) -> PostgresDatabase:
+    def open(cls, url: str, *, password: str | None = None, application_name: str = "edge-central",
+             console_key: Path | None = None) -> PostgresDatabase:
         """Connect, bring the schema to this code's version (:func:`apply_migrations`) and return the
         database. ``password`` comes from the configured secret reference, never from ``url``.
         Raises ``psycopg.Error`` (connection) or :class:`~edge.central.postgres.migrations.SchemaError`."""
@@ -74,7 +91,7 @@ class PostgresDatabase:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, where, connect)
+        return cls(conn, where, connect, console_key=console_key)
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:

@@ -37,6 +37,7 @@ from edge.central.index import (
     validate_station_id,
     validate_unit_code,
 )
+from edge.central.postgres.trail import append_trail
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import KeyFormatError
 from edge.custody.keys import key_id_of, public_key_from_b64
@@ -543,13 +544,9 @@ class PostgresIndex:
         self, *, reader: str, what: str, item: str | None, query: str | None, remote: str | None
     ) -> int:
         with self.transaction():
-            row = self._row(
-                "INSERT INTO access_log (time, reader, what, item, query, remote) "
-                "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-                (station_time_now(), reader, what, item, query, remote),
-            )
-        assert row is not None
-        return int(row["id"])
+            return append_trail(self.conn, self._database.sealer, "access_log", {
+                "time": station_time_now(), "reader": reader, "what": what, "item": item, "query": query,
+                "remote": remote})
 
     def access_log(
         self,

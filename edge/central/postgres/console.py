@@ -1,0 +1,89 @@
+"""The auditor console's store on PostgreSQL: :class:`PostgresConsoleStore`.
+
+The SQL is :class:`edge.central.sql_console.SqlConsoleStore`'s, shared with SQLite, run through
+:class:`~edge.central.postgres.qmark.QmarkConnection`; the tables and their append-only triggers are in
+``migrations/0003_console.sql``. What differs: trail rows are sealed by the central
+(:func:`edge.central.postgres.trail.append_trail`), and a replaced TOTP secret is left to PostgreSQL's
+own cleanup (VACUUM; the old row version stays in the table's files until then, see the README).
+"""
+
+from __future__ import annotations
+
+import hmac
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+from edge.central.postgres.qmark import QmarkConnection
+from edge.central.postgres.trail import append_trail, row_json, seal_unsealed_rows
+from edge.central.sql_console import SqlConsoleStore
+from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, trail_mac
+
+if TYPE_CHECKING:
+    from edge.central.postgres.database import PostgresDatabase
+
+__all__ = ["PostgresConsoleStore", "key_fits_seals"]
+
+# How many sealed rows besides the marker are tried before a key is called the wrong one (as in SQLite).
+_KEY_CHECK_SAMPLE = 4
+
+
+def key_fits_seals(conn: QmarkConnection, key: bytes) -> bool | None:
+    """Whether ``key`` is the trail key the seals were made with; None when nothing is sealed yet (the
+    rule of :func:`edge.central.sqlite.trail.key_fits_seals`)."""
+    marker = conn.execute("SELECT seq, mac FROM trail_seals WHERE tbl = ?", (BEGIN_TABLE,)).fetchone()
+    if marker is not None and isinstance(marker[1], str) and hmac.compare_digest(
+            marker[1], trail_mac(key, int(marker[0]), BEGIN_TABLE, 0, "[]")):
+        return True
+    tried = marker is not None and marker[1] is not None
+    for seq, table, row_id, mac in conn.execute(
+            "SELECT seq, tbl, row_id, mac FROM trail_seals WHERE mac IS NOT NULL AND tbl != ? ORDER BY seq "
+            "LIMIT ?", (BEGIN_TABLE, _KEY_CHECK_SAMPLE)).fetchall():
+        if table not in TRAIL_COLUMNS:
+            continue
+        row = conn.execute(f"SELECT {', '.join(TRAIL_COLUMNS[table])} FROM {table} WHERE id = ?",
+                           (row_id,)).fetchone()
+        if row is None:
+            continue
+        tried = True
+        if hmac.compare_digest(str(mac), trail_mac(key, int(seq), str(table), int(row_id), row_json(row))):
+            return True
+    return False if tried else None
+
+
+class PostgresConsoleStore(SqlConsoleStore):
+    """:class:`edge.central.storage.ConsoleStore` in the tables of a :class:`PostgresDatabase`."""
+
+    def __init__(self, database: PostgresDatabase) -> None:
+        self._database = database
+        self.conn: QmarkConnection = QmarkConnection(database.conn)
+
+    def __repr__(self) -> str:
+        return f"PostgresConsoleStore({self._database.where!r})"
+
+    def transaction(self) -> AbstractContextManager[object]:
+        return self._database.transaction()
+
+    def _append_trail(self, table: str, values: dict[str, object]) -> None:
+        append_trail(self._database.conn, self._database.sealer, table, values)
+
+    def _before_replacing_secret(self) -> None:
+        """Nothing to switch on: the old row version is removed by VACUUM (the start runs it, see
+        :meth:`scrub_replaced`)."""
+
+    def scrub_replaced(self) -> bool:
+        """VACUUM the accounts table, so that a replaced secret's old row version is removed from its
+        pages; False when the role may not (it is not the table's owner): tried again at the next start.
+        (Copies in the WAL and in base backups age out with them.)"""
+        try:
+            self._database.conn.execute("VACUUM console_accounts")
+        except self._database.errors:
+            return False
+        return True
+
+    def seal_trails(self, trail_key: bytes) -> int:
+        self._database.sealer.use(trail_key)
+        with self.transaction():
+            return seal_unsealed_rows(self._database.conn, trail_key)
+
+    def trail_key_fits(self, trail_key: bytes) -> bool | None:
+        return key_fits_seals(self.conn, trail_key)
