@@ -14,7 +14,7 @@ CREATE TABLE console_accounts (
     updated_utc text NOT NULL
 );
 CREATE TABLE account_events (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id bigint PRIMARY KEY,             -- max + 1 (edge_next_id below)
     time text NOT NULL,
     name text NOT NULL,
     event text NOT NULL,
@@ -30,7 +30,7 @@ CREATE TABLE reader_grants (
     by text NOT NULL
 );
 CREATE TABLE grant_events (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id bigint PRIMARY KEY,             -- max + 1 (edge_next_id below)
     time text NOT NULL,
     name text NOT NULL,
     role text,
@@ -39,7 +39,7 @@ CREATE TABLE grant_events (
     reason text NOT NULL
 );
 CREATE TABLE station_unit_events (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id bigint PRIMARY KEY,             -- max + 1 (edge_next_id below)
     time text NOT NULL,
     station text NOT NULL,
     unit_code text NOT NULL,
@@ -47,7 +47,7 @@ CREATE TABLE station_unit_events (
     reason text NOT NULL
 );
 CREATE TABLE sensitivity_events (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id bigint PRIMARY KEY,             -- max + 1 (edge_next_id below)
     time text NOT NULL,
     item text NOT NULL,
     action text NOT NULL CHECK (action IN ('marked', 'unmarked')),
@@ -79,6 +79,17 @@ CREATE TABLE trail_seals (
     UNIQUE (tbl, row_id)
 );
 
+-- The trails number their rows 1, 2, 3... with no gap, so that `edge verify` reads a gap as a deleted row
+-- (as in SQLite). An identity column would leave one at every rolled-back insert (a registration refused
+-- after its history rows were written), so the id is max + 1 under the writer lock instead, as the tree
+-- heads' is.
+CREATE FUNCTION edge_next_id() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM edge_log_writer_lock();
+    EXECUTE format('SELECT coalesce(max(id), 0) + 1 FROM %I', TG_TABLE_NAME) INTO NEW.id;
+    RETURN NEW;
+END $$;
+
 -- A trail row must be sealed by the end of its transaction: an insert that forgot its seal fails at
 -- COMMIT rather than leaving a row `edge verify` would call inserted behind the central's back.
 CREATE FUNCTION edge_trail_row_sealed() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -93,6 +104,19 @@ DO $$
 DECLARE
     name text;
 BEGIN
+    FOREACH name IN ARRAY ARRAY[
+        'enrolment_events', 'station_checkpoints', 'metadata_history', 'rejections', 'access_log',
+        'media_ranges'
+    ] LOOP
+        EXECUTE format('ALTER TABLE %I ALTER COLUMN id DROP IDENTITY', name);
+    END LOOP;
+    FOREACH name IN ARRAY ARRAY[
+        'enrolment_events', 'station_checkpoints', 'metadata_history', 'rejections', 'access_log',
+        'media_ranges', 'account_events', 'grant_events', 'station_unit_events', 'sensitivity_events'
+    ] LOOP
+        EXECUTE format('CREATE TRIGGER %I BEFORE INSERT ON %I FOR EACH ROW EXECUTE FUNCTION edge_next_id()',
+                       name || '_next_id', name);
+    END LOOP;
     FOREACH name IN ARRAY ARRAY[
         'account_events', 'grant_events', 'station_unit_events', 'sensitivity_events', 'trail_seals'
     ] LOOP
