@@ -93,6 +93,20 @@ class PostgresDatabase:
             raise
         return cls(conn, where, connect, console_key=console_key)
 
+    @classmethod
+    def open_readonly(cls, url: str, *, password: str | None = None) -> PostgresDatabase:
+        """A read-only session on the database (``edge verify``: it must never change what it checks); no
+        migration is applied and nothing can be written. Raises ``psycopg.Error``."""
+
+        def connect() -> psycopg.Connection[tuple[object, ...]]:
+            return psycopg.connect(url, autocommit=True, application_name="edge-verify",
+                                   connect_timeout=_CONNECT_TIMEOUT_S, password=password,
+                                   options="-c default_transaction_read_only=on")
+
+        conn = connect()
+        info = conn.info
+        return cls(conn, f"{info.host}:{info.port}/{info.dbname}", connect)
+
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         with self.conn.transaction():
