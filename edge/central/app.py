@@ -222,7 +222,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                  request.path[:200], request.remote, exc)
         # Never sent (the connection is gone); aiohttp drops it quietly.
         return error_response("client_gone", "the connection ended during the request", 400)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, request.app[CENTRAL].index.unit.errors):
+            # The database failed (lost connection, server restarting): the transaction was rolled back
+            # whole, nothing half-written; the client retries. Logged with its cause, never answered with it.
+            log.exception("the index failed under %s %s", request.method, request.path[:200])
+            return _refusal(request, error_response(
+                RejectCode.INDEX_UNAVAILABLE, "the central's database is unavailable; nothing of this "
+                "request was kept: retry later", HTTP_STATUS[RejectCode.INDEX_UNAVAILABLE]))
         return _internal_error(request)
 
 

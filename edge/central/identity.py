@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from edge.central.backends import database_where, signed_head_summary
+from edge.central.backends import DatabaseUnavailable, database_where, signed_head_summary
 from edge.central.config import CentralConfig, CentralLayout
 from edge.central.index import CentralIndexError
 from edge.central.sqlite import SqliteDatabase
@@ -282,6 +282,8 @@ def _signed_heads(config: CentralConfig) -> tuple[int, str | None, str | None]:
     unreadable: tuple[type[Exception], ...] = (CentralIndexError, *SqliteDatabase.errors)
     try:
         return signed_head_summary(config)
+    except DatabaseUnavailable:
+        raise  # the server is down or refuses us: not a problem of the identity (the start is retried)
     except unreadable as exc:
         raise IdentityError(f"cannot read the Merkle log in {database_where(config)}: {exc}") from None
 

@@ -127,6 +127,7 @@ def verify_central_store(
     *,
     central_public_key: Ed25519PublicKey | None = None,
     origin: str | None = None,
+    index: PostgresIndexConfig | None = None,
 ) -> list[Problem]:
     """Every problem found in the central store at ``store_dir``; an empty list means it verifies.
 
@@ -134,7 +135,8 @@ def verify_central_store(
     store's own ``identity/signing.key.pub`` is used, which proves consistency but not origin.
     ``origin`` is the central id tree heads must name (default: the one the first signed head names).
     """
-    return verify_central(store_dir, central_public_key=central_public_key, origin=origin).problems
+    return verify_central(store_dir, central_public_key=central_public_key, origin=origin,
+                          index=index).problems
 
 
 def verify_central(

@@ -203,9 +203,11 @@ class CentralParts:
 
 
 def make_central_parts(
-    root: Path, origin: str = "central-test", database: SqliteDatabase | PostgresDatabase | None = None
+    root: Path, origin: str = "central-test", database: SqliteDatabase | PostgresDatabase | None = None,
+    signing_key: StationKey | None = None,
 ) -> CentralParts:
-    """The parts on ``database`` (by default the embedded SQLite one under ``root``)."""
+    """The parts on ``database`` (by default the embedded SQLite one under ``root``), signing with
+    ``signing_key`` (by default a new one)."""
     console_key = CentralLayout(root).console_key  # made by `edge central init`: it seals the trails
     if not console_key.exists():
         ensure_private_dir(console_key.parent)
@@ -213,7 +215,7 @@ def make_central_parts(
     if database is None:
         database = SqliteDatabase.open(root / "index.db")
     index = database.index
-    key = StationKey.generate()
+    key = signing_key if signing_key is not None else StationKey.generate()
     merkle = MerkleLog(database.log_store, key, origin)
     objects = FileObjectStore(root / "objects")
     uploads = TusUploadStore(root / "uploads", max_size_bytes=1 << 30, expire_after_s=3600)

@@ -55,7 +55,7 @@ class PostgresConsoleStore(SqlConsoleStore):
 
     def __init__(self, database: PostgresDatabase) -> None:
         self._database = database
-        self.conn: QmarkConnection = QmarkConnection(database.conn)
+        self.conn: QmarkConnection = QmarkConnection(lambda: database.conn)
 
     def __repr__(self) -> str:
         return f"PostgresConsoleStore({self._database.where!r})"

@@ -9,6 +9,7 @@ two receivers can never interleave the read of the tree and the insert of a leaf
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -22,6 +23,8 @@ from edge.central.postgres.migrations import apply_migrations
 from edge.central.postgres.trail import PostgresTrailSealer
 
 __all__ = ["PostgresDatabase"]
+
+log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 10
 
@@ -37,7 +40,8 @@ class PostgresDatabase:
     def __init__(self, conn: psycopg.Connection[tuple[object, ...]], where: str,
                  reconnect: Callable[[], psycopg.Connection[tuple[object, ...]]], *,
                  console_key: Path | None = None) -> None:
-        self.conn = conn
+        self._conn = conn
+        self._closed = False
         self.sealer = PostgresTrailSealer(console_key)
         # host:port/database, never the password (the URL is validated to carry none; see open()).
         self.where = where
@@ -48,6 +52,16 @@ class PostgresDatabase:
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({self.where!r})"
+
+    @property
+    def conn(self) -> psycopg.Connection[tuple[object, ...]]:
+        """The connection; a new one when the last was lost (the server restarted, a network cut): the
+        statement that met the loss failed and its transaction was rolled back, the next one runs on a
+        fresh connection (raising ``psycopg.Error`` while the server is still down)."""
+        if self._conn.broken and not self._closed:
+            log.warning("the connection to %s was lost; connecting again", self.where)
+            self._conn = self._reconnect()
+        return self._conn
 
     @property
     def index(self) -> PostgresIndex:
@@ -109,13 +123,15 @@ class PostgresDatabase:
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-        with self.conn.transaction():
-            self.conn.execute("SELECT edge_log_writer_lock()")
-            yield self.conn
+        conn = self.conn
+        with conn.transaction():
+            conn.execute("SELECT edge_log_writer_lock()")
+            yield conn
 
     def transaction(self) -> AbstractContextManager[psycopg.Connection[tuple[object, ...]]]:
         """BEGIN, the writer lock, ... COMMIT; rolled back on any exception. Never await inside it."""
         return self._transaction()
 
     def close(self) -> None:
-        self.conn.close()
+        self._closed = True
+        self._conn.close()

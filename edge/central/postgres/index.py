@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from psycopg.rows import dict_row
 
@@ -81,10 +82,13 @@ class PostgresIndex:
 
     def __init__(self, database: PostgresDatabase) -> None:
         self._database = database
-        self.conn = database.conn
 
     def __repr__(self) -> str:
         return f"PostgresIndex({self._database.where!r})"
+
+    @property
+    def conn(self) -> psycopg.Connection[tuple[object, ...]]:
+        return self._database.conn
 
     @property
     def unit(self) -> PostgresDatabase:

@@ -8,7 +8,7 @@ statement with ``%`` is refused rather than misread), and rows come back as :cla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -59,14 +59,15 @@ def to_pyformat(sql: str) -> str:
 class QmarkConnection:
     """A psycopg connection seen through SQLite's placeholders and rows (only what shared SQL uses)."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self._conn = conn
+    def __init__(self, conn: psycopg.Connection[Any] | Callable[[], psycopg.Connection[Any]]) -> None:
+        # A callable: the database's current connection (it is replaced when lost).
+        self._conn = conn if callable(conn) and not isinstance(conn, psycopg.Connection) else (lambda: conn)
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> psycopg.Cursor[Row]:
-        cursor = self._conn.cursor(row_factory=_row_factory)
+        cursor = self._conn().cursor(row_factory=_row_factory)
         return cursor.execute(to_pyformat(sql).encode("utf-8"), parameters)
 
     def executemany(self, sql: str, parameters: Sequence[Sequence[Any]]) -> psycopg.Cursor[Row]:
-        cursor = self._conn.cursor(row_factory=_row_factory)
+        cursor = self._conn().cursor(row_factory=_row_factory)
         cursor.executemany(to_pyformat(sql).encode("utf-8"), parameters)
         return cursor
