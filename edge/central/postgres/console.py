@@ -67,13 +67,13 @@ class PostgresConsoleStore(SqlConsoleStore):
         append_trail(self._database.conn, self._database.sealer, table, values)
 
     def _before_replacing_secret(self) -> None:
-        """Nothing to switch on: the old row version is removed by VACUUM (the start runs it, see
-        :meth:`scrub_replaced`)."""
+        """Nothing to switch on: the old row version is removed by VACUUM (:meth:`scrub_replaced`)."""
 
     def scrub_replaced(self) -> bool:
         """VACUUM the accounts table, so that a replaced secret's old row version is removed from its
-        pages; False when the role may not (it is not the table's owner): tried again at the next start.
-        (Copies in the WAL and in base backups age out with them.)"""
+        pages (a role that does not own the table gets only a warning from the server, and autovacuum
+        removes it later); False when the statement failed. Copies in the WAL and in base backups age
+        out with them."""
         try:
             self._database.conn.execute("VACUUM console_accounts")
         except self._database.errors:
