@@ -9,45 +9,30 @@ own cleanup (VACUUM; the old row version stays in the table's files until then, 
 
 from __future__ import annotations
 
-import hmac
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from edge.central.postgres.qmark import QmarkConnection
 from edge.central.postgres.trail import append_trail, row_json, seal_unsealed_rows
 from edge.central.sql_console import SqlConsoleStore
-from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, trail_mac
+from edge.central.sqlite.trail import TRAIL_COLUMNS
+from edge.central.sqlite.trail import key_fits_seals as sqlite_key_fits_seals
 
 if TYPE_CHECKING:
     from edge.central.postgres.database import PostgresDatabase
 
 __all__ = ["PostgresConsoleStore", "key_fits_seals"]
 
-# How many sealed rows besides the marker are tried before a key is called the wrong one (as in SQLite).
-_KEY_CHECK_SAMPLE = 4
-
-
 def key_fits_seals(conn: QmarkConnection, key: bytes) -> bool | None:
     """Whether ``key`` is the trail key the seals were made with; None when nothing is sealed yet (the
-    rule of :func:`edge.central.sqlite.trail.key_fits_seals`)."""
-    marker = conn.execute("SELECT seq, mac FROM trail_seals WHERE tbl = ?", (BEGIN_TABLE,)).fetchone()
-    if marker is not None and isinstance(marker[1], str) and hmac.compare_digest(
-            marker[1], trail_mac(key, int(marker[0]), BEGIN_TABLE, 0, "[]")):
-        return True
-    tried = marker is not None and marker[1] is not None
-    for seq, table, row_id, mac in conn.execute(
-            "SELECT seq, tbl, row_id, mac FROM trail_seals WHERE mac IS NOT NULL AND tbl != ? ORDER BY seq "
-            "LIMIT ?", (BEGIN_TABLE, _KEY_CHECK_SAMPLE)).fetchall():
-        if table not in TRAIL_COLUMNS:
-            continue
+    rule of :func:`edge.central.sqlite.trail.key_fits_seals`, over the rows as this backend seals them)."""
+
+    def row_json_of(table: str, row_id: int) -> str | None:
         row = conn.execute(f"SELECT {', '.join(TRAIL_COLUMNS[table])} FROM {table} WHERE id = ?",
                            (row_id,)).fetchone()
-        if row is None:
-            continue
-        tried = True
-        if hmac.compare_digest(str(mac), trail_mac(key, int(seq), str(table), int(row_id), row_json(row))):
-            return True
-    return False if tried else None
+        return None if row is None else row_json(tuple(row))
+
+    return sqlite_key_fits_seals(conn, key, row_json_of)
 
 
 class PostgresConsoleStore(SqlConsoleStore):

@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, TrailKeyUnusable, trail_mac
+from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, TrailKeyHolder, TrailKeyUnusable, trail_mac
 
 __all__ = ["PostgresTrailSealer", "append_trail", "row_json", "seal_unsealed_rows"]
 
@@ -38,31 +37,8 @@ def row_json(values: Sequence[object]) -> str:
     return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
 
 
-class PostgresTrailSealer:
-    """The trail key of one central process: loaded from ``console.key`` on first use (again while it is
-    missing), unless the starting central handed it the key it checked (:meth:`use`)."""
-
-    def __init__(self, key_path: Path | None) -> None:
-        self.key_path = key_path
-        self._key: bytes | None = None
-        self._warned = False
-
-    def use(self, key: bytes) -> None:
-        self._key = key
-
-    def key(self) -> bytes | None:
-        if self._key is None and self.key_path is not None:
-            # Imported here: the key file's format belongs to the console, not to the SQL backend.
-            from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey
-
-            try:
-                self._key = ConsoleSecretKey.load(self.key_path).trail_key
-            except ConsoleKeyError as exc:
-                if not self._warned:
-                    log.error("trail rows are appended without a seal until the console key is usable: %s; "
-                              "`edge verify` names them", exc)
-                    self._warned = True
-        return self._key
+# The trail key of one central process (loaded from console.key, or handed over by the start).
+PostgresTrailSealer = TrailKeyHolder
 
 
 def _begun(conn: psycopg.Connection[Any]) -> bool:
