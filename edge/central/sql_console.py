@@ -56,8 +56,8 @@ class SqlConsoleStore(ABC):
         """The database's unit of work (never await inside it)."""
 
     @abstractmethod
-    def _append_trail(self, table: str, values: dict[str, object]) -> None:
-        """Append a row to one of the sealed trails, with its seal, in the caller's transaction."""
+    def _append_trail(self, table: str, values: dict[str, object]) -> int:
+        """Append a row to one of the sealed trails, with its seal, in the caller's transaction; its id."""
 
     @abstractmethod
     def _before_replacing_secret(self) -> None:

@@ -48,8 +48,8 @@ class PostgresConsoleStore(SqlConsoleStore):
     def transaction(self) -> AbstractContextManager[object]:
         return self._database.transaction()
 
-    def _append_trail(self, table: str, values: dict[str, object]) -> None:
-        append_trail(self._database.conn, self._database.sealer, table, values)
+    def _append_trail(self, table: str, values: dict[str, object]) -> int:
+        return append_trail(self._database.conn, self._database.sealer, table, values)
 
     def _before_replacing_secret(self) -> None:
         """Nothing to switch on: the old row version is removed by VACUUM (:meth:`scrub_replaced`)."""

@@ -9,7 +9,8 @@ accepted item gets its unit from its manifest, see :func:`migrate`):
 * ``reader_grants``: the role (reader/supervisor) and units of a reader name, whether it signs in with a
   certificate or an account; ``grant_events`` (append-only) says who granted what, when and why;
 * ``station_units``: the unit a central administrator assigned to a station; ``station_unit_events``;
-* ``item_units``: the unit of each accepted item, fixed at acceptance (see :func:`item_unit_for`);
+* ``item_units``: the unit of each accepted item, fixed at acceptance (see
+  :func:`edge.central.sql_index.item_unit_for`);
 * ``item_sensitive`` and ``item_sensitive_readers``: the current marking of sensitive items and the
   readers named on them; ``sensitivity_events`` (append-only): every marking and unmarking, by whom,
   when, why, naming whom, from where;
@@ -25,15 +26,10 @@ from __future__ import annotations
 import re
 import sqlite3
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from edge.central.index import (
-    CentralIndexError,
-    ReaderScope,
-    validate_unit_code,
-)
 from edge.central.sql_console import SqlConsoleStore
-from edge.central.sqlite.trail import TRAIL_COLUMNS, key_fits_seals, seal_rows_made_before_the_seals
+from edge.central.sqlite.trail import append_trail_row, key_fits_seals, seal_rows_made_before_the_seals
 from edge.durable.sqlite import apply_schema
 
 if TYPE_CHECKING:
@@ -42,9 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SqliteConsoleStore",
     "create_schema",
-    "item_unit_for",
     "migrate",
-    "scope_clause",
 ]
 
 _COLUMN_RE = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?")
@@ -182,24 +176,6 @@ def migrate(conn: sqlite3.Connection) -> int:
     return conn.execute(_BACKFILL_ITEM_UNITS).rowcount
 
 
-def item_unit_for(conn: sqlite3.Connection, station: str, manifest: dict[str, Any]) -> tuple[str | None, str]:
-    """``(unit, source)`` of an item being accepted: the unit the central's administrator assigned to its
-    station (``station``), else the unit its signed manifest names (``manifest``: the recorder's identity,
-    as the station signed it), else none (``none``: only supervisors see it).
-
-    The administrator's assignment comes first because access rests on it: a recorder's identity text is
-    only as good as the recorder. Fixed at acceptance: reassigning a station later moves no evidence."""
-    row = conn.execute("SELECT unit_code FROM station_units WHERE station = ?", (station,)).fetchone()
-    if row is not None:
-        return str(row[0]), "station"
-    source = manifest.get("source")
-    code = source.get("unit_code") if isinstance(source, dict) else None
-    try:
-        return validate_unit_code(code), "manifest"
-    except CentralIndexError:
-        return None, "none"
-
-
 class SqliteConsoleStore(SqlConsoleStore):
     """The console's records in the tables of a :class:`SqliteDatabase` (its unit of work); the SQL is
     shared with PostgreSQL (:class:`edge.central.sql_console.SqlConsoleStore`)."""
@@ -214,14 +190,8 @@ class SqliteConsoleStore(SqlConsoleStore):
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._database.transaction()
 
-    def _append_trail(self, table: str, values: dict[str, object]) -> None:
-        # The table's AFTER INSERT trigger seals the row (edge.central.sqlite.trail). Names come from
-        # TRAIL_COLUMNS, never from the caller's data.
-        columns = TRAIL_COLUMNS[table]
-        if set(values) != set(columns):
-            raise ValueError(f"{table}: expected the columns {columns}, got {sorted(values)}")
-        self.conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) "
-                          f"VALUES ({', '.join('?' * len(columns))})", [values[c] for c in columns])
+    def _append_trail(self, table: str, values: dict[str, object]) -> int:
+        return append_trail_row(self.conn, table, values)
 
     def _before_replacing_secret(self) -> None:
         # SQLite keeps a replaced row's bytes in the page's free space: zeroed from now on.
@@ -243,29 +213,3 @@ class SqliteConsoleStore(SqlConsoleStore):
         the files; False when another connection's read kept part of the WAL (tried again next start)."""
         busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return busy is None or busy[0] == 0
-
-
-
-def scope_clause(scope: ReaderScope, item_column: str = "i.item") -> tuple[str, list[Any]]:
-    """The SQL condition (and its arguments) true for the items ``scope`` may see, for any query whose
-    rows carry an item id in ``item_column``: every listing, search, statistic or package of the console
-    adds it to its WHERE clause, so what a reader may not see is never read out of the database.
-
-    Visible: the item's unit is one of the reader's (a supervisor: any unit, even unknown), and the item
-    is not marked sensitive or ``scope.reader`` is named on it."""
-    if not _COLUMN_RE.fullmatch(item_column):
-        raise ValueError(f"not a column reference: {item_column!r}")
-    args: list[Any] = []
-    if scope.all_units:
-        unit_sql = "1"
-    else:
-        units = sorted(scope.units)
-        if not units:
-            return "0", []
-        unit_sql = (f"(SELECT unit_code FROM item_units WHERE item = {item_column}) "
-                    f"IN ({', '.join('?' * len(units))})")
-        args.extend(units)
-    sensitive_sql = (f"(NOT EXISTS (SELECT 1 FROM item_sensitive WHERE item = {item_column}) OR EXISTS "
-                     f"(SELECT 1 FROM item_sensitive_readers WHERE item = {item_column} AND reader = ?))")
-    args.append(scope.reader)
-    return f"({unit_sql} AND {sensitive_sql})", args

@@ -62,6 +62,7 @@ __all__ = [
     "TRAIL_COLUMNS",
     "TrailKeyHolder",
     "TrailKeyUnusable",
+    "append_trail_row",
     "create_trail_schema",
     "key_fits_seals",
     "register_sealer",
@@ -130,6 +131,17 @@ def create_trail_schema(conn: sqlite3.Connection) -> None:
         if found is not None and found[0] != sql:
             conn.execute(f"DROP TRIGGER {table}_seal")
         conn.execute(sql.replace("CREATE TRIGGER", "CREATE TRIGGER IF NOT EXISTS", 1))
+
+
+def append_trail_row(conn: sqlite3.Connection, table: str, values: dict[str, object]) -> int:
+    """Append a row to the trail ``table`` (``values`` names its columns); its AFTER INSERT trigger seals
+    it. Returns its id. Table and column names come from TRAIL_COLUMNS, never from the caller's data."""
+    columns = TRAIL_COLUMNS[table]
+    if set(values) != set(columns):
+        raise ValueError(f"{table}: expected the columns {columns}, got {sorted(values)}")
+    cursor = conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) "
+                          f"VALUES ({', '.join('?' * len(columns))})", [values[column] for column in columns])
+    return int(cursor.lastrowid or 0)
 
 
 def _seal_trigger_sql(table: str) -> str:
