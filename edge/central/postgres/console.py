@@ -1,6 +1,6 @@
 """The auditor console's store on PostgreSQL: :class:`PostgresConsoleStore`.
 
-The SQL is :class:`edge.central.sql_console.SqlConsoleStore`'s, shared with SQLite, run through
+The SQL is :class:`edge.central.sql.console.SqlConsoleStore`'s, shared with SQLite, run through
 :class:`~edge.central.postgres.qmark.QmarkConnection`; the tables and their append-only triggers are in
 ``migrations/0003_console.sql``. What differs: trail rows are sealed by the central
 (:func:`edge.central.postgres.trail.append_trail`), and a replaced TOTP secret is left to PostgreSQL's
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from edge.central.postgres.qmark import QmarkConnection
 from edge.central.postgres.trail import append_trail, row_json, seal_unsealed_rows
-from edge.central.sql_console import SqlConsoleStore
+from edge.central.sql.console import SqlConsoleStore
 from edge.central.sqlite.trail import TRAIL_COLUMNS
 from edge.central.sqlite.trail import key_fits_seals as sqlite_key_fits_seals
 

@@ -1,6 +1,6 @@
 """The central's index on PostgreSQL: :class:`PostgresIndex` (:class:`edge.central.storage.Index`).
 
-The queries are :class:`edge.central.sql_index.SqlIndex`'s, shared with SQLite, run through
+The queries are :class:`edge.central.sql.index.SqlIndex`'s, shared with SQLite, run through
 :class:`~edge.central.postgres.qmark.QmarkConnection`; the tables and their append-only triggers are in
 the migrations. What is this backend's own: the unit of work (:class:`PostgresDatabase`), a snapshot
 in one ``REPEATABLE READ`` transaction on a connection of its own, and access-log rows sealed by the
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from edge.central.postgres.qmark import QmarkConnection
 from edge.central.postgres.trail import append_trail
-from edge.central.sql_index import SqlIndex
+from edge.central.sql.index import SqlIndex
 
 if TYPE_CHECKING:
     from edge.central.postgres.database import PostgresDatabase

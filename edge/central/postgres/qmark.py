@@ -1,6 +1,6 @@
 """SQL written once for both backends: ``?`` placeholders and ``sqlite3.Row``-like rows over psycopg.
 
-The SQL shared by SQLite and PostgreSQL (:mod:`edge.central.sql_console`) is written in SQLite's ``?``
+The SQL shared by SQLite and PostgreSQL (:mod:`edge.central.sql.console`) is written in SQLite's ``?``
 placeholders, and reads rows by index and by column name. :class:`QmarkConnection` runs it on a psycopg
 connection: each ``?`` becomes ``%s`` (the shared SQL has no ``?`` or ``%`` in literals: checked, a
 statement with ``%`` is refused rather than misread), and rows come back as :class:`Row`.

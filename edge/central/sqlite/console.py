@@ -10,7 +10,7 @@ accepted item gets its unit from its manifest, see :func:`migrate`):
   certificate or an account; ``grant_events`` (append-only) says who granted what, when and why;
 * ``station_units``: the unit a central administrator assigned to a station; ``station_unit_events``;
 * ``item_units``: the unit of each accepted item, fixed at acceptance (see
-  :func:`edge.central.sql_index.item_unit_for`);
+  :func:`edge.central.sql.index.item_unit_for`);
 * ``item_sensitive`` and ``item_sensitive_readers``: the current marking of sensitive items and the
   readers named on them; ``sensitivity_events`` (append-only): every marking and unmarking, by whom,
   when, why, naming whom, from where;
@@ -28,7 +28,7 @@ import sqlite3
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from edge.central.sql_console import SqlConsoleStore
+from edge.central.sql.console import SqlConsoleStore
 from edge.central.sqlite.trail import append_trail_row, key_fits_seals, seal_rows_made_before_the_seals
 from edge.durable.sqlite import apply_schema
 
@@ -178,7 +178,7 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 class SqliteConsoleStore(SqlConsoleStore):
     """The console's records in the tables of a :class:`SqliteDatabase` (its unit of work); the SQL is
-    shared with PostgreSQL (:class:`edge.central.sql_console.SqlConsoleStore`)."""
+    shared with PostgreSQL (:class:`edge.central.sql.console.SqlConsoleStore`)."""
 
     def __init__(self, database: SqliteDatabase) -> None:
         self._database = database

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from edge.central.index import (
     CentralIndexError,
 )
-from edge.central.sql_index import SqlIndex
+from edge.central.sql.index import SqlIndex
 from edge.central.sqlite.trail import append_trail_row
 from edge.custody.ledger import GENESIS_PREV
 from edge.durable.sqlite import apply_schema

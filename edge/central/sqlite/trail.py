@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edge.central.sql_console import SqlConnection
+    from edge.central.sql.console import SqlConnection
 
 __all__ = [
     "BEGIN_TABLE",

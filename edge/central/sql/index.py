@@ -44,7 +44,7 @@ from edge.central.index import (
     validate_station_id,
     validate_unit_code,
 )
-from edge.central.sql_console import SqlConnection
+from edge.central.sql.console import SqlConnection
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import KeyFormatError
 from edge.custody.keys import key_id_of, public_key_from_b64
