@@ -162,9 +162,7 @@ async def test_verify_names_rows_deleted_or_edited_below_the_triggers(
 
 
 async def test_a_console_trail_row_edited_below_the_triggers_is_named(
-    tmp_path: Path, pg_database: PostgresDatabaseUnderTest, monkeypatch: pytest.MonkeyPatch,
-    station: FakeStation,
-) -> None:
+    tmp_path: Path, pg_database: PostgresDatabaseUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
     central = await start_http_central(tmp_path, dev=True, index=postgres_index(pg_database, monkeypatch))
     try:
         console = central.console_store
