@@ -1,53 +1,112 @@
-"""Review 25: the composite's loopback UDP feed is open to every local process.
+"""Review 25: the composite's feed must be open to no other local process.
 
-A source's ffmpeg sends its encoded streams (picture and sound of the interview) to 127.0.0.1:PORT,
-PORT picked by binding and closing a probe socket (edge/rooms/composite.py free_loopback_port, Feeds).
-UDP on the loopback has no owner check: any local user may bind that port first (between the pick and
-the composite's bind, or while the supervised composite restarts) and receive the feed, which also keeps
-the composite from binding at all; and any local user may send datagrams to the composite's port, which
-its ffmpeg reads as the feed (``udp://127.0.0.1:PORT`` with no source filter) and records, sealed, as a
-derived output of the session. These tests assert what a court would expect (only the station reads the
-feed; only the station's source writes it) and fail today; the controls show the same path working
-without the intruder."""
+It was a loopback UDP port (picked by binding and closing a probe socket): UDP on the loopback has no
+owner check, so any local user could bind the port first and receive the interview's picture and sound,
+or send datagrams the composite would record, sealed, as a derived output of the session. Now the feed
+goes over pipes the agent relays (edge.rooms.feed_relay): a source's ffmpeg writes it to a pipe it
+inherits, the agent reads it and writes it on to a pipe the composite's ffmpeg inherits. These tests
+assert what a court would expect (only the station reads the feed; only the station's source writes
+it): no process of the session holds a socket; every pipe they hold is held by them and the agent
+alone; another local user cannot reach those pipes through /proc. The controls: the composite records
+the sources' picture and sound through the relay; the same socket check sees the UDP feed this
+replaced; and the agent's own user does reach the same descriptors, so the refusal is the other user's.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import os
+import re
+import shutil
 import socket
 import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from edge.config.rooms import RoomInputConfig
-from edge.rooms.argv import SEGMENT_LIST, Coding, SegmentPlan, input_args, segment_argv
-from edge.rooms.composite import Feeds
+from edge.config.rooms import RoomsSection
+from edge.ingest.pipeline import IngestPipeline
+from edge.ingest.repository import IngestRepository
+from edge.ingest.store import StationStore
+from edge.rooms.recording import SessionRecording
+from edge.rooms.session import new_session
+from edge.rooms.state import SessionFiles
+from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
 
-CAMERA = RoomInputConfig(format="lavfi", url="testsrc2=size=160x120:rate=25,trim=duration=3", realtime=True)
-SOUND = RoomInputConfig(format="lavfi", url="sine=frequency=440,atrim=duration=3", realtime=True)
-PLAN = SegmentPlan(1.0, "fragmented", Coding.ENCODE, Coding.ENCODE, {"case_number": "A3301062026000123"})
+NOBODY = 65534
+# The probe runs as that user too: the system's interpreter (a checkout's venv may be closed to others).
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+# Opens each path given (O_NONBLOCK: a pipe's other end need not be there) and says what happened.
+PROBE = """
+import os, sys
+for path, mode in zip(sys.argv[1::2], sys.argv[2::2]):
+    try:
+        os.close(os.open(path, (os.O_WRONLY if mode == "w" else os.O_RDONLY) | os.O_NONBLOCK))
+        print("opened")
+    except PermissionError:
+        print("denied")
+    except OSError as exc:
+        print(f"error {exc.errno}")
+"""
 
 
-async def _record_source(run_dir: Path, feed_url: str) -> int:
-    argv = segment_argv("ffmpeg", [CAMERA, SOUND], PLAN, run_dir, feed_url=feed_url)
-    run_dir.mkdir(parents=True)
-    process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                   stderr=asyncio.subprocess.DEVNULL)
-    code = await asyncio.wait_for(process.wait(), 120)
-    assert (run_dir / SEGMENT_LIST).read_text().strip()  # the source recorded either way
-    return code
+def _links(pid: int) -> dict[int, str]:
+    found = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            found[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+    return found
 
 
-async def _composite_reader(feeds: Feeds, source: str, out: Path) -> asyncio.subprocess.Process:
-    """An ffmpeg reading the feed exactly as the composite does (its input), copying 1 s of it."""
-    return await asyncio.create_subprocess_exec(
-        "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error",
-        *input_args([feeds.receive_input(source)]),
-        "-t", "1", "-c", "copy", str(out), stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+def _holders(link: str) -> set[int]:
+    """Every process (this user can see) holding an end of the pipe or socket `link`."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if link in _links(int(entry)).values():
+                    found.add(int(entry))
+    return found
+
+
+@contextlib.asynccontextmanager
+async def _session(store: StationStore, pipeline: IngestPipeline) -> AsyncIterator[SessionRecording]:
+    base = rooms_config(lavfi_source("a", size="320x240", rate=10, audio=True),
+                        lavfi_source("b", size="160x120", rate=10))
+    room = base.room[0].model_dump()
+    room["composite"] = {"main": "a", "inset": "b", "size": "320x240", "rate": 10}
+    config = RoomsSection.model_validate({**base.model_dump(), "room": [room]})
+    files = SessionFiles(store.layout.root)
+    files.prepare()
+    session = new_session(room="xw-1", room_name="第一询问室", address="文三路 100 号",
+                          fields={"case_number": "A3301062026000123", "collector": "张三",
+                                  "subject": "询问过程"},
+                          started_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                          started_by="operator")
+    recording = SessionRecording(session, config.room[0], config, pipeline, files, station_id=STATION)
+    task = asyncio.create_task(recording.run())
+    try:
+        yield recording
+    finally:
+        recording.stop()
+        await asyncio.wait_for(task, 90)
+
+
+async def _recording_all(recording: SessionRecording, watch: LedgerWatch) -> dict[str, int]:
+    """The pid of each ffmpeg of the session, once each has sealed segments (the feed works)."""
+    await watch.until(lambda: all(len(watch.of("segment_sealed", source=s)) >= 2
+                                  for s in ("a", "b", "composite")), timeout_s=90)
+    pids = {s: recording.sources[s].pid for s in ("a", "b", "composite")}
+    assert all(pid is not None for pid in pids.values()), pids
+    return {s: pid for s, pid in pids.items() if pid is not None}
 
 
 def _codecs(path: Path) -> list[str]:
@@ -56,65 +115,86 @@ def _codecs(path: Path) -> list[str]:
     return sorted(s["codec_name"] for s in json.loads(done.stdout)["streams"])
 
 
-@pytest.mark.parametrize("intruder", [False, True])
-async def test_no_other_local_process_can_take_the_feed(tmp_path: Path, intruder: bool) -> None:
-    feeds = Feeds.allocate(["closeup"])
-    send_url = feeds.send_url("closeup")
-    assert send_url is not None
-    port = feeds.ports["closeup"]
-    thief = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+async def test_no_process_of_the_session_has_a_port_and_only_the_agent_shares_their_pipes(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch
+) -> None:
+    async with _session(store, pipeline) as recording:
+        pids = await _recording_all(recording, watch)
+        links = {source: _links(pid) for source, pid in pids.items()}
+        shared = {source: {link: _holders(link) for link in found.values() if link.startswith("pipe:")}
+                  for source, found in links.items()}
+    # No socket at all (no port to take, read or write) in any ffmpeg of the session ...
+    for source, found in links.items():
+        assert not [link for link in found.values() if link.startswith("socket:")], (source, found)
+    # ... and each pipe they hold (the feeds, stderr, progress) is held by that ffmpeg and the agent alone.
+    for source, pipes in shared.items():
+        assert pipes, source
+        for link, holders in pipes.items():
+            assert holders <= {pids[source], os.getpid()}, (source, link, holders)
+    # The control: the composite did get the sources' picture and sound (h264 and aac) through the relay.
+    entry = watch.of("segment_sealed", source="composite")[-1]
+    record = IngestRepository(store).item(str(entry.item))
+    assert record is not None and record.path is not None
+    assert _codecs(store.layout.root / record.path) == ["aac", "h264"]
+
+
+async def test_control_the_socket_check_sees_a_udp_feed(tmp_path: Path) -> None:
+    # What the relay replaced: an ffmpeg sending its feed to a loopback UDP port holds a socket.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sender = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+        "testsrc2=size=160x120:rate=10", "-t", "30", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316",
+        stdin=asyncio.subprocess.DEVNULL)
     try:
-        if intruder:  # any local user: the port is free between the pick and the composite's bind
-            thief.bind(("127.0.0.1", port))
-            thief.setblocking(False)
-        reader = await _composite_reader(feeds, "closeup", tmp_path / "composite.ts")
-        await asyncio.sleep(1.0)
-        assert await _record_source(tmp_path / "source", send_url) == 0
-        stolen = b""
-        if intruder:
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    stolen += thief.recv(65536)
-        try:
-            await asyncio.wait_for(reader.wait(), 30)
-        except TimeoutError:
-            reader.kill()
-            await reader.wait()
-        # Nobody but the composite received the interview's streams ...
-        assert stolen == b"", f"a local process read {len(stolen)} bytes of the feed (MPEG-TS sync "\
-                              f"{stolen[:1] == b'G'})"
-        # ... and the composite got them (the control: without the intruder it does).
-        assert reader.returncode == 0 and _codecs(tmp_path / "composite.ts") == ["aac", "h264"]
+        found: list[str] = []
+        for _ in range(100):
+            found = [link for link in _links(sender.pid).values() if link.startswith("socket:")]
+            if found:
+                break
+            await asyncio.sleep(0.2)
+        assert found
     finally:
-        thief.close()
+        sender.kill()
+        await sender.wait()
 
 
-INJECTED = ["-f", "lavfi", "-i", "smptebars=size=320x240:rate=25", "-t", "4", "-c:v", "mpeg2video",
-            "-f", "mpegts"]
+def _feed_fds(pid: int) -> list[int]:
+    """The feed pipes named on an ffmpeg's command line: the composite's inputs (``-i pipe:N``), a
+    source's tee output (``...]pipe:N``)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    inputs = [int(arg[5:]) for before, arg in itertools.pairwise(argv)
+              if before == "-i" and re.fullmatch(r"pipe:\d+", arg)]
+    tee = [int(m[1]) for arg in argv if (m := re.search(r"\]pipe:(\d+)$", arg))]
+    return inputs + tee
 
 
-@pytest.mark.parametrize("sender", ["source", "intruder"])
-async def test_only_the_station_source_can_write_the_composites_feed(tmp_path: Path, sender: str) -> None:
-    feeds = Feeds.allocate(["closeup"])
-    send_url = feeds.send_url("closeup")
-    assert send_url is not None
-    reader = await _composite_reader(feeds, "closeup", tmp_path / "composite.ts")
-    await asyncio.sleep(1.0)
-    if sender == "source":  # the control: the station's own source is read
-        assert await _record_source(tmp_path / "source", send_url) == 0
-    else:  # any local process, any user: an unrelated ffmpeg sends its own picture to the port
-        intruder = await asyncio.create_subprocess_exec(
-            "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-re", *INJECTED, send_url,
-            stdin=asyncio.subprocess.DEVNULL)
-        assert await asyncio.wait_for(intruder.wait(), 60) == 0
-    try:
-        await asyncio.wait_for(reader.wait(), 30)
-    except TimeoutError:
-        reader.kill()
-        await reader.wait()
-    received = tmp_path / "composite.ts"
-    codecs = _codecs(received) if reader.returncode == 0 and received.exists() else []
-    if sender == "source":
-        assert codecs == ["aac", "h264"]
+@pytest.mark.parametrize("user", ["agent", "other"])
+async def test_another_local_user_cannot_reach_the_feeds_pipes(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, user: str
+) -> None:
+    if user == "other" and os.geteuid() != 0:
+        pytest.skip("acting as another local user needs root")
+    async with _session(store, pipeline) as recording:
+        pids = await _recording_all(recording, watch)
+        # Through /proc a process that may reach a pipe's end may open the pipe either way: read the
+        # source's feed (watch the interview), write the composite's (inject pictures).
+        targets: list[str] = []
+        for source, pid in pids.items():
+            fds = _feed_fds(pid)
+            assert len(fds) == (2 if source == "composite" else 1), (source, fds)
+            for fd in fds:
+                targets += [f"/proc/{pid}/fd/{fd}", "w" if source == "composite" else "r"]
+        other = user == "other"
+        probe = await asyncio.create_subprocess_exec(
+            SYSTEM_PYTHON, "-c", PROBE, *targets, stdout=asyncio.subprocess.PIPE, cwd="/",
+            user=NOBODY if other else None, group=NOBODY if other else None,
+            extra_groups=[] if other else None)
+        out, _ = await asyncio.wait_for(probe.communicate(), 60)
+    said = out.decode().split()
+    assert len(said) == len(targets) // 2 == 4, said
+    if user == "agent":  # the control: the descriptors are there, and the agent's own user reaches them
+        assert set(said) == {"opened"}, said
     else:
-        assert "mpeg2video" not in codecs, "the composite read and would record a foreign picture"
+        assert set(said) == {"denied"}, said

@@ -26,7 +26,7 @@ import pytest
 
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
-from edge.rooms.composite import free_loopback_port
+from edge.mqtt.local_broker import free_port as free_loopback_port  # (the UDP feed port is gone: review 25)
 from edge.rooms.recording import LATE_START_REASON, VIDEO_LOST_REASON, SessionRecording
 from edge.rooms.session import new_session
 from edge.rooms.state import SessionFiles
