@@ -15,6 +15,9 @@ Routes (JSON unless said; shapes in the package docstring):
                                  too with [api] room_page_over_tcp
   GET  /dock/...                 the dock screen (registered by its package with add_kiosk_page)   kiosk
   GET  /rooms/...                the room page's files (edge.roompage; no data in them)   kiosk
+  POST /api/v1/checkout, GET /api/v1/checkout/outcomes   the check-out desk (edge.observe.desk_api, only with
+                                 [equipment] enabled): desk (operator; loopback TCP too for the dock
+                                 screen with [equipment] screen_checkout, CSRF-guarded), outcomes kiosk
 
 Authorisation, on every route (a route registered without an access level is refused to everyone):
 
@@ -118,6 +121,9 @@ class Access(StrEnum):
     OPERATOR = "operator"  # the socket only, authorised callers
     METRICS = "metrics"  # the socket; TCP too when [api] metrics_over_tcp
     ROOM = "room"  # operator; loopback TCP too, same callers, when [api] room_page_over_tcp
+    # The check-out desk (edge.observe.desk_api): operator on the socket; over loopback TCP to the dock screen
+    # when [equipment] screen_checkout, with the CSRF guard: the officer's 警号 + PIN is the authority there.
+    DESK = "desk"
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,8 @@ OWNER_UID = web.AppKey("owner_uid", int)
 CALLER = web.RequestKey("caller", Caller)
 # The Host values the TCP listener answers (filled when it binds: the port is known then).
 TCP_HOSTS = web.AppKey("tcp_hosts", set[str])
+# Whether the check-out desk's routes (Access.DESK) are served over TCP (set by edge.observe.desk_api).
+DESK_OVER_TCP = web.AppKey("desk_over_tcp", bool)
 # Open event streams per (channel, peer).
 STREAMS = web.AppKey("streams", dict[tuple[str, str], int])
 
@@ -324,6 +332,11 @@ def authorised(app: web.Application, caller: Caller, access: Access | None) -> s
             return "the dock screen listener serves loopback only"
         if access is Access.KIOSK or (access is Access.METRICS and settings.metrics_over_tcp):
             return None
+        if access is Access.DESK:
+            if not app.get(DESK_OVER_TCP, False):
+                return ("the check-out desk is served over the station's Unix socket only ([equipment] "
+                        "screen_checkout is off)")
+            return None  # the dock screen's check-out: the officer's 警号 + PIN decide (CSRF-guarded below)
         if access is not Access.ROOM:
             return "served over the station's Unix socket only"
         if not settings.room_page_over_tcp:
