@@ -5,7 +5,8 @@ with ``LocalApi(..., extensions=[desk_routes(...)])`` on a station with ``[equip
                                     the outcome when a recorder was issued, 403 with the outcome when the desk
                                     refused (its reason and screen text), 429 past the rate limit (with
                                     Retry-After), 400 for a body that is not that object.
-  GET  /api/v1/checkout/outcomes    {"outcomes": [...]}: the latest desk outcomes, newest first, card and PIN
+  GET  /api/v1/checkout/outcomes    {"pin_checkout": bool, "outcomes": [...]}: whether this listener takes a
+                                    PIN check-out, and the latest desk outcomes, newest first, card and PIN
                                     alike (the dock screen shows the newest it has not shown).
 
 The POST is Access.DESK: on the Unix socket the operators' (like every operator route); over the loopback TCP
@@ -93,4 +94,6 @@ async def _check_out(request: web.Request) -> web.Response:
 
 
 async def _outcomes(request: web.Request) -> web.Response:
-    return _json({"outcomes": request.app[DESK].outcomes()})
+    # Whether this caller's listener takes a PIN check-out: the dock screen shows its page only then.
+    pin_checkout = request[CALLER].channel == "unix" or request.app[DESK_OVER_TCP]
+    return _json({"pin_checkout": pin_checkout, "outcomes": request.app[DESK].outcomes()})
