@@ -405,7 +405,8 @@ class StationAgent:
         until it is back, never anything else); 警号 + PIN through the local API (edge.observe.desk_api)."""
         assert self.store is not None
         equipment = self.config.equipment
-        bench = UsbRecorderBench(self.backend, recorder_access_from_config(self.config), set_led=self.set_led)
+        bench = UsbRecorderBench(self.backend, recorder_access_from_config(self.config), set_led=self.set_led,
+                                 idle=self._idle_for_desk)
 
         async def clock_trusted() -> bool:
             return self.status.clock_trusted
@@ -418,6 +419,15 @@ class StationAgent:
             station_desk = self.desk
             supervisor.add(TaskSpec("card-reader", lambda: station_desk.run_card_reader(reader),
                                     critical=False))
+
+    def _idle_for_desk(self, port: str, usb_serial: str) -> bool:
+        """Whether the desk may use the recorder at this attachment: the USB poll has seen it, no docking
+        session of it runs, and none is about to start (its docking ended, or it came back from its bay's
+        power cycle). A recorder docked a moment ago is in control mode too until its session switches it to
+        mass storage; the desk must not issue it with its files unread. (Called from the desk's worker
+        thread: reads of sets the event loop replaces or grows, never iterated there.)"""
+        key = UsbAttachment(port, usb_serial)
+        return key in self._present_usb and key in self._done_usb and key not in self._active_usb
 
     async def _return_to_control(self, key: UsbAttachment, result: OffloadResult | None) -> None:
         """After a docking that ended `done`, power-cycle the recorder's bay through the dock controller: the

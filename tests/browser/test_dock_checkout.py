@@ -1,7 +1,8 @@
-"""The dock screen's check-out page in real headless Chromium against the real agent (its local API on loopback
-TCP, the recorder bus with real mounts, the bay board on a pty): an officer types 警号 and PIN on the pad; a
-suspended officer and a wrong PIN are refused with their words, the right PIN of an active officer is issued
-the recorder that came back in control mode after its offload, and the bay board lights that bay."""
+"""The dock screen's check-out page in real headless Chromium against the real agent (its local API on
+loopback TCP, the recorder bus with real mounts, the bay board on a pty): an officer types 警号 and PIN on
+the pad; a suspended officer and a wrong PIN are refused with their words, the right PIN of an active
+officer is issued the recorder that came back in control mode after its offload, and the bay board lights
+that bay."""
 
 from __future__ import annotations
 

@@ -16,8 +16,9 @@ def test_the_card_reader_cannot_share_the_dock_controllers_line(tmp_path: Path) 
     with pytest.raises(ValidationError, match=r"card reader \(\[equipment.card_reader\] port\) and dock"):
         station_config(tmp_path, [spec(0)], "/dev/ttyUSB0",
                        equipment={"enabled": True, "card_reader": {"port": "/dev/ttyUSB0"}})
-    config = station_config(tmp_path, [spec(0)], "/dev/ttyUSB0",  # the control: its own line
-                            equipment={"enabled": True, "card_reader": {"port": "/dev/ttyUSB1", "framing": "stx"}})
+    reader = {"port": "/dev/ttyUSB1", "framing": "stx"}  # the control: its own line
+    config = station_config(tmp_path, [spec(0)], "/dev/ttyUSB0",
+                            equipment={"enabled": True, "card_reader": reader})
     assert config.equipment.card_reader is not None and config.equipment.card_reader.framing == "stx"
 
 

@@ -58,7 +58,9 @@ async def test_the_driver_power_cycles_a_bay_and_the_board_hands_it_to_its_hook(
         await driver.power_cycle(5, 400)  # refused before the wire: the board has 4 bays
 
 
-async def test_a_retransmitted_power_cycle_is_acted_on_once(make_sim: MakeSim, open_driver: OpenDriver) -> None:
+async def test_a_retransmitted_power_cycle_is_acted_on_once(
+    make_sim: MakeSim, open_driver: OpenDriver
+) -> None:
     sim = make_sim(4)
     driver = await open_driver(sim.tty_path, reply_timeout_s=0.2, retries=3, heartbeat_s=60)
     sim.faults.reply_delay_s = 0.3  # the first ACK comes late: the driver sends the same frame again
