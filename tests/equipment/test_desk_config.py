@@ -4,6 +4,7 @@ rate limit is a sliding minute."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -29,12 +30,12 @@ def test_the_card_reader_cannot_share_the_dock_controllers_line(tmp_path: Path) 
 ])
 def test_the_card_reader_port_is_a_device_node_or_a_network_url(tmp_path: Path, port: str,
                                                                  problem: str | None) -> None:
-    sections = {"equipment": {"enabled": True, "card_reader": {"port": port}}}
+    equipment: dict[str, Any] = {"enabled": True, "card_reader": {"port": port}}
     if problem is None:
-        assert station_config(tmp_path, [spec(0)], **sections).equipment.card_reader is not None
+        assert station_config(tmp_path, [spec(0)], equipment=equipment).equipment.card_reader is not None
         return
     with pytest.raises(ValidationError, match=problem.replace(".", r"\.")):
-        station_config(tmp_path, [spec(0)], **sections)
+        station_config(tmp_path, [spec(0)], equipment=equipment)
 
 
 def test_the_pin_rate_limit_is_a_sliding_minute() -> None:
