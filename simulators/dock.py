@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import FrameType
 
 from drivers.serial.dock_protocol import (
@@ -512,6 +513,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--link", metavar="PATH",
                         help="also make PATH a symlink to the tty (a stable name, like /dev/serial/by-id)")
     parser.add_argument("--quiet", action="store_true", help="do not print LED changes")
+    parser.add_argument("--recorder-bus", metavar="SOCKET",
+                        help="a bay power cycle (PWR) unplugs and plugs the recorder at the bay's USB port "
+                        "on this recorder bus server (python -m simulators recorder serve)")
+    parser.add_argument("--bay-port-prefix", default="1-1.", metavar="PREFIX",
+                        help="bay N is USB port PREFIX + N on that bus (default 1-1.)")
     parser.add_argument("--verbose", action="store_true", help="debug log on stderr")
     faults = parser.add_argument_group("fault models")
     faults.add_argument("--garbage-every", type=int, default=0, metavar="N",
@@ -595,6 +601,13 @@ def main(argv: list[str]) -> int:
             silent=args.silent, reply_delay_s=args.reply_delay, reset_every_n_leds=args.reset_every_leds,
             protocol=args.protocol, on_led=on_led,
         )
+        if args.recorder_bus:
+            from simulators.bay_power import bay_power_to_bus_socket  # the bus only when asked for
+            from simulators.recorder.bus import BusClient
+
+            prefix = args.bay_port_prefix
+            sim.on_power_cycle = bay_power_to_bus_socket(BusClient(Path(args.recorder_bus)),
+                                                         lambda bay: f"{prefix}{bay}")
     except (ValueError, DockProtocolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,8 +3,10 @@ a retransmitted command acted on once, and boards that cannot (an earlier protoc
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +19,11 @@ from drivers.serial.dock_protocol import (
     crc16,
     decode_line,
 )
+from drivers.usb.recorder import RecorderMode
+from simulators.bay_power import bay_power_to_bus_socket
 from simulators.dock import DockSimulator
+from simulators.recorder.bus import BusClient, RecorderBus, RecorderBusServer
+from tests.station.harness import spec
 
 MakeSim = Callable[..., DockSimulator]
 OpenDriver = Callable[..., Awaitable[DockDriver]]
@@ -93,3 +99,38 @@ async def test_an_earlier_board_asked_anyway_answers_unknown(make_sim: MakeSim) 
         assert caught.value.reason is NakReason.UNKNOWN and driver.connected
     finally:
         await driver.close()
+
+
+async def test_the_standalone_simulators_power_cycle_a_recorder_through_the_bus_socket(
+    make_sim: MakeSim, open_driver: OpenDriver, tmp_path: Path
+) -> None:
+    # What `python -m simulators dock --recorder-bus SOCKET` wires: the recorder at bay 2's port (1-1.2) drops
+    # off the bus and enumerates again; bay 1's (1-1.1) is left alone.
+    bus = RecorderBus(tmp_path / "state", tmp_path / "media")
+    server = RecorderBusServer(bus, tmp_path / "bus.sock")
+    server.start()
+    client = BusClient(tmp_path / "bus.sock")
+    try:
+        for index, s in enumerate((spec(0), spec(1))):
+            await asyncio.to_thread(bus.add_recorder, s)
+            bus.plug(s.device_serial, f"1-1.{index + 1}")
+        serials = (spec(0).device_serial, spec(1).device_serial)
+        address_before = {serial: bus.recorder_state(serial).address for serial in serials}
+        sim = make_sim(4, on_power_cycle=bay_power_to_bus_socket(client, lambda bay: f"1-1.{bay}"))
+        driver = await open_driver(sim.tty_path, heartbeat_s=60)
+        await driver.power_cycle(2, 200)
+
+        def replugged() -> bool:
+            state = bus.recorder_state(spec(1).device_serial)
+            return state.plugged and state.address != address_before[spec(1).device_serial]
+
+        async with asyncio.timeout(30):
+            while not replugged():
+                await asyncio.sleep(0.02)
+        second = bus.recorder_state(spec(1).device_serial)
+        assert second.port_path == "1-1.2" and second.mode is RecorderMode.CONTROL
+        assert bus.recorder_state(spec(0).device_serial).address == address_before[spec(0).device_serial]
+    finally:
+        client.close()
+        server.stop()
+        bus.close()
