@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
+from drivers.serial.card_reader_protocol import CardFraming
 from drivers.serial.dock import BayLed
+from simulators.card_reader import CardReaderSimulator
 from tests.browser.conftest import LiveServer, screenshot
-from tests.equipment.test_desk_agent import docked_and_back_in_control, never_a_pin, registry
+from tests.equipment.test_desk_agent import docked_and_back_in_control, never_a_pin, outcome_after, registry
 from tests.station.harness import Station, simulated_station, spec
 
 WAIT_MS = 90_000
@@ -50,9 +52,13 @@ def test_the_dock_screen_checks_a_recorder_out_by_officer_number_and_pin(
     recorder = spec(0, officer_no="119999", officer_name="李四")
     registry(tmp_path)  # 110001 张伟 PIN 2468 active; 110002 王芳 PIN 1357 suspended
     api = {"socket_path": str(api_dir / "station.sock"), "tcp_port": 0}
+    reader = CardReaderSimulator(CardFraming.HEX_LINE)
+    reader.start()
     stack = AsyncExitStack()
+    stack.callback(reader.stop)
     station: Station = live_server.run(stack.enter_async_context(simulated_station(
-        tmp_path, [recorder], api=api, equipment={"enabled": True})))
+        tmp_path, [recorder], api=api,
+        equipment={"enabled": True, "card_reader": {"port": reader.tty_path}})))
     try:
         assert station.agent.api is not None and station.agent.api.tcp_url is not None
         live_server.run(docked_and_back_in_control(station, recorder.device_serial, 1), timeout=120)
@@ -60,6 +66,11 @@ def test_the_dock_screen_checks_a_recorder_out_by_officer_number_and_pin(
         page.goto(station.agent.api.tcp_url + "/dock")
         expect(page.locator("body")).to_have_attribute("data-checkout", "ready", timeout=WAIT_MS)
         expect(page.locator("#checkout-open")).to_have_text("领用记录仪")
+        # A card the registry does not know, at the reader: its refusal appears at the foot of the screen.
+        live_server.run(outcome_after(station, 0, present=lambda: reader.present("0A1B2C3D")), timeout=120)
+        toast = page.locator("#checkout-toast")
+        expect(toast).to_have_text("此卡未登记", timeout=WAIT_MS)
+        expect(toast).to_have_attribute("data-outcome", "refused")
         page.locator("#checkout-open").click()
         expect(page.locator("#checkout")).to_be_visible()
         result = page.locator("#checkout-result")
