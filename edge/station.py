@@ -525,6 +525,7 @@ class StationAgent:
                 central_key=load_public_key(key_path),
                 client=client,
                 status=self.status.snapshot,
+                officers_sync=self.uplink.fetch_officer_list_now if self.uplink is not None else None,
             )
         except (OSError, ValueError, CustodyError, sqlite3.Error) as exc:
             log.error("mqtt commands disabled: %s", exc)

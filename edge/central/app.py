@@ -366,6 +366,7 @@ def build_app(
     from edge.central.console.signin import add_sign_in_routes
     from edge.central.console.state import CONSOLE, ConsoleState
     from edge.central.disclosure.routes import add_audit_routes
+    from edge.central.equipment import add_equipment_routes
     from edge.central.readside import add_read_routes
     from edge.central.station_ledger_read import add_station_ledger_route
 
@@ -433,6 +434,8 @@ def build_app(
     app.router.add_get("/v1/log/inclusion", stations.inclusion)
     add_read_routes(app, parts)
     add_station_ledger_route(app, parts)
+    # The agency's officer list for its stations and their fleets for auditors (edge.central.equipment).
+    add_equipment_routes(app, parts, config.uploads.chunk_timeout_s)
     # The auditor console: its pages, sign-in and session-authenticated API (edge.central.console).
     app[CONSOLE] = ConsoleState.from_settings(config.console, database.console, console_key)
     add_sign_in_routes(app)
@@ -480,8 +483,10 @@ def _add_mqtt_receiver(
 
     mqtt = parts.config.mqtt
     assert mqtt is not None
+    from edge.central.equipment import EQUIPMENT_STORE
+
     api = MqttApi(parts, transfers, prefix=mqtt.topic_prefix, max_request_bytes=mqtt.max_request_bytes,
-                  observe_receipt=metrics.receipt_seconds.observe)
+                  observe_receipt=metrics.receipt_seconds.observe, equipment=app[EQUIPMENT_STORE])
     receiver = MqttReceiver(
         central_mqtt_settings(parts.config), prefix=mqtt.topic_prefix, shared_group=mqtt.shared_group,
         store=transfers, api=api,

@@ -26,6 +26,7 @@ from edge.central.console.secret_key import prepare_console_key
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
 from edge.central.index import CentralIndexError
 from edge.central.mqtt_command import add_command_parser
+from edge.central.officers_cli import add_officers_parser
 from edge.central.receive_queue import ReceiveQueueError
 from edge.central.revocation import CrlWritten, import_issued, kept_sha256s, update_crl
 from edge.central.sqlite import SqliteDatabase, SqliteIndex
@@ -630,6 +631,7 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
 
     add_console_admin_parsers(commands, _config_option, _open_database, _console_key_path)
     add_command_parser(commands)
+    add_officers_parser(commands)
 
 
 def _console_key_path(args: argparse.Namespace) -> Path:

@@ -382,11 +382,12 @@ def add_command_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     """`edge central command` (called from edge.central.cli)."""
     parser = commands.add_parser(
         "command",
-        help="command a station over MQTT (tag, reupload, ledger-head, status), signed by the central key",
+        help="command a station over MQTT (tag, reupload, ledger-head, status, officers-sync), signed by the "
+        "central key",
     )
     parser.add_argument("station", metavar="STATION", help="the station's id")
     parser.add_argument("op", metavar="OP", choices=[op.value for op in CommandOp],
-                        help="tag, reupload, ledger-head or status")
+                        help="tag, reupload, ledger-head, status or officers-sync")
     parser.add_argument("item", metavar="ITEM", nargs="?", help="the item (tag, reupload)")
     parser.add_argument("--config", metavar="FILE", help="central TOML file (its signing key signs)")
     parser.add_argument("--broker", metavar="URL",

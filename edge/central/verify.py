@@ -70,6 +70,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge.central.config import CentralLayout
 from edge.central.console.enrolments import ENROLMENTS_FILE, EnrolmentRecord, enrolment_problems
 from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey
+from edge.central.equipment import EQUIPMENT_DB, officer_list_problems
 from edge.central.index import CASE_FIELDS
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore, is_sha256_hex
@@ -220,6 +221,7 @@ class _Checker:
         self._check_orphan_history()
         self._check_objects()
         self._check_store_files()
+        self._check_officer_lists()
         self._note_receive_queues()
         self._check_timestamps()
         for table in ("access_log", "rejections", "enrolment_events", "metadata_history",
@@ -848,6 +850,16 @@ class _Checker:
             self.add(where, f"reproduced receipt: the inclusion proof of leaf {index} does not lead to the "
                             f"signed root {head.root_hash} of {head.tree_size} leaves")
 
+    def _check_officer_lists(self) -> None:
+        """The agency's officer lists (edge.central.equipment): each version signed by the central key."""
+        path = self.layout.store_dir / EQUIPMENT_DB
+        if not path.is_file() or self.public_key is None:
+            return
+        problems, checked = officer_list_problems(path, self.public_key)
+        for where, what in problems[:_MAX_LISTED]:
+            self.add(where, what)
+        self.count("officer_lists", checked)
+
     def _check_store_files(self) -> None:
         """Files the central does not write, in the store root, identity/, uploads/ and mqtt-transfers/
         (objects/ is checked with the objects)."""
@@ -1110,8 +1122,10 @@ _CONSOLE_TRAILS = ("account_events", "grant_events", "station_unit_events", "sen
                    "media_ranges")
 # What a central store holds (edge.central.config.CentralLayout): anything else was planted or left over.
 # issued-order.copy: the second copy of the CA's issue order (edge.central.identity.issue_order).
+# equipment.db: the agency's officer lists and the stations' fleet reports (edge.central.equipment).
 _ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-journal", "store.lock",
-                         "issued-order.copy"})
+                         "issued-order.copy", "equipment.db", "equipment.db-wal", "equipment.db-shm",
+                         "equipment.db-journal"})
 # readiness/: the /readyz write probe's directory (edge.central.health); it holds no evidence, and a probe
 # a crash left there is not a planted file.
 # mqtt-transfers/: MQTT file transfers being assembled (edge.central.mqtt_ingest_store), the [mqtt]

@@ -421,6 +421,16 @@ class UplinkSection(StrictModel):
         description="How often the station fetches the central's signed tree head and checks that the log "
         "only grew (a consistency proof from the newest head it holds)",
     )
+    officers_interval_s: float = Field(
+        300.0, gt=0, le=86400,
+        description="How often the station asks the central for a newer officer list (the agency's, signed "
+        "by the central; also at every uplink start, so a station offline for days catches up at once)",
+    )
+    fleet_report_interval_s: float = Field(
+        300.0, gt=0, le=86400,
+        description="How often the station reports its recorders (out with whom since when, in which bay) "
+        "to the central (also at every uplink start)",
+    )
 
     @property
     def transport_order(self) -> list[TransportName]:

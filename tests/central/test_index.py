@@ -16,6 +16,7 @@ from edge.central.index import (
     ItemQuery,
     ReaderScope,
     Role,
+    indexable_case,
     validate_reader_name,
     validate_station_id,
 )
@@ -232,3 +233,17 @@ def test_reopen_keeps_everything(tmp_path: Path, station: FakeStation) -> None:
         assert second.station(station.station_id) is not None
     finally:
         second.close()
+
+
+def test_room_collector_no_is_kept_quietly_and_an_unknown_case_field_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A room session's case block carries collector_no (indexed as the item's officer_no): no warning per
+    item for it; a field the index does not know is still named in the log (the control)."""
+    with caplog.at_level("WARNING", logger="edge.central.index"):
+        kept = indexable_case({"case_number": "A-1", "collector_no": "012345"}, "item x")
+    assert kept == {"case_number": "A-1"}
+    assert "not indexed" not in caplog.text
+    with caplog.at_level("WARNING", logger="edge.central.index"):
+        indexable_case({"case_number": "A-1", "badge_colour": "red"}, "item y")
+    assert "'badge_colour'" in caplog.text and "not indexed" in caplog.text
