@@ -328,7 +328,7 @@ def authorised(app: web.Application, caller: Caller, access: Access | None) -> s
     if access is None:
         return "this route has no access rule"
     if caller.channel == "tcp":
-        if not settings.allow_non_loopback and not _loopback(caller.address):
+        if not settings.allow_non_loopback and not loopback_peer(caller.address):
             return "the dock screen listener serves loopback only"
         if access is Access.KIOSK or (access is Access.METRICS and settings.metrics_over_tcp):
             return None
@@ -336,13 +336,16 @@ def authorised(app: web.Application, caller: Caller, access: Access | None) -> s
             if not app.get(DESK_OVER_TCP, False):
                 return ("the check-out desk is served over the station's Unix socket only ([equipment] "
                         "screen_checkout is off)")
+            if not loopback_peer(caller.address):
+                return ("the check-out desk takes a PIN from this PC's own screen only (a loopback peer): a "
+                        "PIN must not cross the network in clear")
             return None  # the dock screen's check-out: the officer's 警号 + PIN decide (CSRF-guarded below)
         if access is not Access.ROOM:
             return "served over the station's Unix socket only"
         if not settings.room_page_over_tcp:
             return ("the room routes are served over the station's Unix socket only ([api] "
                     "room_page_over_tcp is off)")
-        if not _loopback(caller.address):
+        if not loopback_peer(caller.address):
             return "the room routes are served to this PC's own users only (a loopback peer)"
         if caller.uid is None:
             return "the local user of this connection cannot be determined (no live socket of it in /proc)"
@@ -355,7 +358,8 @@ def authorised(app: web.Application, caller: Caller, access: Access | None) -> s
     return f"uid {caller.uid} is neither root, the store's owner nor in the operators group"
 
 
-def _loopback(address: str | None) -> bool:
+def loopback_peer(address: str | None) -> bool:
+    """Whether a TCP peer address is a loopback one (this PC)."""
     try:
         return address is not None and ipaddress.ip_address(address.split("%")[0]).is_loopback
     except ValueError:

@@ -9,12 +9,13 @@ with ``LocalApi(..., extensions=[desk_routes(...)])`` on a station with ``[equip
                                     PIN check-out, and the latest desk outcomes, newest first, card and PIN
                                     alike (the dock screen shows the newest it has not shown).
 
-The POST is Access.DESK: on the Unix socket the operators' (like every operator route); over the loopback TCP
-listener the dock screen's, when ``[equipment] screen_checkout`` (default on), with the API's CSRF guard (this
-listener's own Origin and a JSON body: edge.observe.api). There the officer's 警号 and PIN are the authority,
-as at the desk: the PIN lockout per 警号 and the rate limit over all 警号 are what stop guessing. The outcomes
-are kiosk-level, like the bay tiles: an issued recorder's bay, 警号 and name; a refusal's reason and screen
-text, never the card or the 警号 typed.
+The POST is Access.DESK: on the Unix socket the operators' (like every operator route); over the loopback
+TCP listener the dock screen's, from a loopback peer only (a PIN never crosses the network in clear, even
+where ``[api] allow_non_loopback`` serves the screen to another host), when ``[equipment] screen_checkout``
+(default on), with the API's CSRF guard (this listener's own Origin and a JSON body: edge.observe.api).
+There the officer's 警号 and PIN are the authority, as at the desk: the PIN lockout per 警号 and the rate
+limit over all 警号 are what stop guessing. The outcomes are kiosk-level, like the bay tiles: an issued
+recorder's bay, 警号 and name; a refusal's reason and screen text, never the card or the 警号 typed.
 
 The PIN is never logged, echoed or kept; the 警号 is logged only when it is six digits (anything else typed
 could be a PIN in the wrong field).
@@ -32,7 +33,7 @@ from aiohttp import web
 
 from edge.custody.text import json_printable
 from edge.equipment.station_desk import RATE_LIMITED, PinRateLimited, StationDesk
-from edge.observe.api import CALLER, DESK_OVER_TCP, Access, add_route
+from edge.observe.api import CALLER, DESK_OVER_TCP, Access, add_route, loopback_peer
 
 __all__ = ["desk_routes"]
 
@@ -95,5 +96,6 @@ async def _check_out(request: web.Request) -> web.Response:
 
 async def _outcomes(request: web.Request) -> web.Response:
     # Whether this caller's listener takes a PIN check-out: the dock screen shows its page only then.
-    pin_checkout = request[CALLER].channel == "unix" or request.app[DESK_OVER_TCP]
+    caller = request[CALLER]
+    pin_checkout = caller.channel == "unix" or (request.app[DESK_OVER_TCP] and loopback_peer(caller.address))
     return _json({"pin_checkout": pin_checkout, "outcomes": request.app[DESK].outcomes()})
