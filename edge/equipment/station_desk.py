@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.serial.card_reader import CardReaderDriver
+from drivers.serial.card_reader import CardReaderDriver, CardReaderError
 from drivers.serial.card_reader_protocol import CardFraming
 from edge.config.station import CardReaderSection
 from edge.custody.ledger import EntryType, station_time_now
@@ -170,11 +170,22 @@ class StationDesk:
     async def run_card_reader(self, section: CardReaderSection) -> None:
         """Serve the reader until it is lost (raises, for the supervisor to open it again)."""
         framing = None if section.framing == "any" else CardFraming(section.framing)
-        reader = await CardReaderDriver.open(section.port, baudrate=section.baudrate,
-                                             repeat_hold_s=section.repeat_hold_s, framing=framing)
+        try:
+            reader = await CardReaderDriver.open(section.port, baudrate=section.baudrate,
+                                                 repeat_hold_s=section.repeat_hold_s, framing=framing)
+        except CardReaderError as exc:
+            self._reader_error(f"card reader unavailable: {exc}")
+            raise
         try:
             await serve_card_reader(reader, self.desk, on_outcome=self._card_outcome,
                                     max_age_s=self.card_max_age_s)
+        except CardReaderError as exc:
+            self._reader_error(f"card reader lost: {exc}")
+            raise
         finally:
             await reader.close()
         raise ConnectionError(f"card reader {section.port} closed")
+
+    def _reader_error(self, reason: str) -> None:
+        """On the record like a lost dock controller: card check-outs stop until the reader is back."""
+        self.desk.store.record(EntryType.ERROR, None, {"stage": "card-reader", "reason": reason})

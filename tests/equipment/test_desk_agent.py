@@ -225,3 +225,24 @@ async def test_an_older_bay_board_cannot_power_cycle_so_the_offloaded_recorder_i
             assert station.ledger("assigned") == []
     finally:
         reader.stop()
+
+
+async def test_a_card_reader_that_is_not_there_is_on_the_record_and_costs_nothing_else(tmp_path: Path,
+                                                                                       api_dir: Path) -> None:
+    recorder = spec(0)
+    registry(tmp_path)
+    api = {"socket_path": str(api_dir / "station.sock"), "tcp_port": 0}
+    async with simulated_station(tmp_path, [recorder], api=api, equipment={
+        "enabled": True, "card_reader": {"port": "/dev/serial/by-id/usb-no-such-reader-if00"},
+    }) as station:
+        [error] = await station.wait_ledger("error", timeout_s=WAIT_S,
+                                            where=lambda d: d.get("stage") == "card-reader")
+        assert error["reason"].startswith("card reader unavailable: cannot open card reader at")
+        # The rest of the desk goes on: a docking, back in control mode, and a check-out by PIN.
+        await docked_and_back_in_control(station, recorder.device_serial, 1)
+        assert station.agent.api is not None and station.agent.api.tcp_url is not None
+        url = station.agent.api.tcp_url
+        status, answer = await _post(url, {"officer_no": "110001", "pin": "2468"}, origin=url)
+        assert status == 200 and answer["bay"] == 1, answer
+        assert station.agent.supervisor is not None
+        assert station.agent.supervisor.health()["card-reader"]["state"] != "running"
