@@ -37,7 +37,7 @@ from edge.custody.text import hide_station_paths
 from edge.equipment.checkout import CheckoutDesk
 from edge.equipment.policy import checkout_policy
 from edge.equipment.station_desk import StationDesk
-from edge.equipment.usb_recorders import UsbRecorderBench, recorder_access_from_config
+from edge.equipment.usb_recorders import RecorderAccess, UsbRecorderBench, recorder_access_from_config
 from edge.gb28181.clock_history import CLOCK_HISTORY_DIR
 from edge.gb28181.live import LiveError, LiveSettings, LiveStreams
 from edge.gb28181.media import receiver_keeping_free
@@ -405,7 +405,7 @@ class StationAgent:
         until it is back, never anything else); 警号 + PIN through the local API (edge.observe.desk_api)."""
         assert self.store is not None
         equipment = self.config.equipment
-        bench = UsbRecorderBench(self.backend, recorder_access_from_config(self.config), set_led=self.set_led,
+        bench = UsbRecorderBench(self.backend, self._live_recorder_access(), set_led=self.set_led,
                                  idle=self._idle_for_desk)
 
         async def clock_trusted() -> bool:
@@ -419,6 +419,21 @@ class StationAgent:
             station_desk = self.desk
             supervisor.add(TaskSpec("card-reader", lambda: station_desk.run_card_reader(reader),
                                     critical=False))
+
+    def _live_recorder_access(self) -> RecorderAccess:
+        """The desk's rules for the recorders (allow-list, passwords) from the configuration as it is now:
+        `[recorders]` is reloaded live (SIGHUP), and a recorder taken off the allow-list is not issued."""
+
+        def now() -> RecorderAccess:
+            return recorder_access_from_config(self.config)
+
+        return RecorderAccess(
+            refusal_before_login=lambda usb_serial: now().refusal_before_login(usb_serial),
+            password_for=lambda usb_serial: now().password_for(usb_serial),
+            refusal_after_login=lambda device_serial, usb_serial: now().refusal_after_login(device_serial,
+                                                                                          usb_serial),
+            bay_for_port=lambda port: self.config.bay_for_port(port),
+        )
 
     def _idle_for_desk(self, port: str, usb_serial: str) -> bool:
         """Whether the desk may use the recorder at this attachment: the USB poll has seen it, no docking

@@ -21,7 +21,7 @@ from edge.equipment.importing import import_officers
 from edge.equipment.officer_csv import parse_officer_csv
 from edge.ingest.store import StationStore
 from simulators.card_reader import CardReaderSimulator
-from tests.station.harness import Station, eventually, simulated_station, spec
+from tests.station.harness import Station, eventually, simulated_station, spec, station_config
 
 OFFICERS = ("警号,姓名,单位编号,单位名称,状态,卡号,密码\n"
             "110001,张伟,330100000000,杭州市综合行政执法局,正常,01000734E0,2468\n"
@@ -248,3 +248,22 @@ async def test_a_card_reader_that_is_not_there_is_on_the_record_and_costs_nothin
         # The supervisor keeps trying it (with back-off), and says why it fails.
         health = station.agent.supervisor.health()["card-reader"]
         assert "cannot open card reader" in str(health["last_error"])
+
+
+async def test_a_recorder_taken_off_the_allow_list_by_a_reload_is_not_issued(tmp_path: Path) -> None:
+    recorder = spec(0)
+    registry(tmp_path)
+    async with simulated_station(tmp_path, [recorder], equipment={"enabled": True}) as station:
+        await docked_and_back_in_control(station, recorder.device_serial, 1)
+        desk = station.agent.desk
+        assert desk is not None
+        # [recorders] is reloaded live (SIGHUP): the desk follows the allow-list as it is now.
+        station.agent.apply_config(station_config(tmp_path, [], station.dock.tty_path,
+                                                  equipment={"enabled": True}))
+        refused = await desk.check_out_by_pin("110001", "2468")
+        assert (refused.assignment, refused.reason) == (None, "no_recorder_ready")
+        [entry] = [d for d in station.ledger("refused") if d.get("what") == "check-out"]
+        assert "pinned by no allow-list entry: the password was not sent" in entry["detail"], entry
+        station.agent.apply_config(station.config)  # the control: back on the list, it is issued
+        issued = await desk.check_out_by_pin("110001", "2468")
+        assert issued.assignment is not None and issued.assignment.device_serial == recorder.device_serial
