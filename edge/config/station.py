@@ -995,6 +995,16 @@ class EquipmentSection(StrictModel):
         description="How far a recording's times (device clock corrected by the offset measured at docking) "
         "may lie outside an assignment and still be bound to it, seconds",
     )
+    overdue_after_h: float = Field(
+        14.0, gt=0, le=24 * 30,
+        description="A recorder checked out longer than this is overdue (a shift plus a margin): one "
+        "`overdue` ledger entry per assignment, the fleet view, the dock screen, `edge status` and the "
+        "edge_station_recorders_overdue metric say so until it is returned, hours",
+    )
+    overdue_check_s: float = Field(
+        60.0, ge=1, le=3600,
+        description="How often the fleet is read and overdue recorders looked for, seconds",
+    )
 
 
 class StationConfig(StrictModel):
