@@ -1,9 +1,9 @@
 """RoomPanelDriver: the host side of the room panel protocol (`room_panel_protocol`), async, over pyserial.
 
 Layers as in the dock driver: pyserial transport (any `serial_for_url` URL) → a reader thread that hands
-raw chunks to the event loop (both: `serial_line.SerialLine`) → `LineFramer` + `decode_line` (pure codec) → this driver: one command at a
-time (stop and wait, re-sent on timeout), a heartbeat that also finds lost events and re-asserts the lamp,
-and a bounded queue of what the panel reported (`PanelInput`).
+raw chunks to the event loop (both: `serial_line.SerialLine`) → `LineFramer` + `decode_line` (pure
+codec) → this driver: one command at a time (stop and wait, re-sent on timeout), a heartbeat that also
+finds lost events and re-asserts the lamp, and a bounded queue of what the panel reported (`PanelInput`).
 
 All driver state is touched on the event loop thread only; the reader thread only reads bytes.
 """
