@@ -26,9 +26,9 @@ from typing import Any
 from edge.central.backends import DatabaseUnavailable, database_exists, database_where, open_central_database
 from edge.central.config import CentralConfig, ConfigError, load_central_config
 from edge.central.equipment import EquipmentStore
+from edge.central.identity import load_signing_key
 from edge.central.index import CentralIndexError
 from edge.central.storage import CentralDatabase
-from edge.central.identity import load_signing_key
 from edge.custody.errors import CustodyError
 from edge.custody.text import printable
 from edge.equipment.officer_csv import OfficerCsvError, parse_officer_csv

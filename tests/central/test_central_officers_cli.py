@@ -133,8 +133,8 @@ def _tamper(config_path: Path, pg: PostgresDatabaseUnderTest | None, statement: 
 @pytest.mark.parametrize(("sqlite_statement", "pg_statement", "named", "what"), [
     ("UPDATE officer_lists SET envelope = CAST(REPLACE(CAST(envelope AS TEXT), '王芳', '李四') AS BLOB) "
      "WHERE version = 2",
-     "UPDATE officer_lists SET envelope = convert_to(replace(convert_from(envelope, 'UTF8'), '王芳', '李四'), "
-     "'UTF8') WHERE version = 2",
+     "UPDATE officer_lists SET envelope = convert_to(replace(convert_from(envelope, 'UTF8'), '王芳', "
+     "'李四'), 'UTF8') WHERE version = 2",
      "officer list version 2", "does not verify"),
     ("DELETE FROM officer_lists WHERE version = 2", "DELETE FROM officer_lists WHERE version = 2",
      "officer list version 3", "expected version 2: a version is missing"),
@@ -173,9 +173,8 @@ def test_the_database_refuses_to_rewrite_a_version_or_to_skip_a_number(initialis
             ("INSERT INTO officer_lists (version, sha256, issued_at, by, officers, envelope) "
              "VALUES (?, ?, ?, ?, ?, ?)", (3, first.sha256, first.issued_at, "x", 2, first.envelope)),
         ]:
-            with pytest.raises(database.errors):
-                with database.transaction():
-                    conn.execute(statement, args)
+            with pytest.raises(database.errors), database.transaction():
+                conn.execute(statement, args)
         # An issuer whose signed list names another number than the one it was given is refused too.
         with pytest.raises(CentralIndexError, match="the next version is 2"):
             rows.issue_officer_list(lambda version: first)

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
+from edge.central.backends import open_central_database
 from edge.central.equipment import EquipmentStore
 from edge.central.index import Role
 from edge.central.mqtt_command import Broker, send_command
@@ -50,13 +51,15 @@ async def until(what: str, predicate: Callable[[], bool], timeout_s: float = WAI
 
 
 def issue(rig: E2E, csv_text: str) -> int:
-    """What `edge central officers import` does, with the key this central signs with."""
-    store = EquipmentStore.of_store(rig.tmp / "central-store")
+    """What `edge central officers import` does (its own connection to the central's database, beside the
+    running receiver), with the key this central signs with."""
+    database = open_central_database(rig.central.parts.config)
     try:
-        return store.issue(parse_officer_csv(csv_text.encode()), key=rig.central_key, central=CENTRAL_ID,
-                           by="admin").version
+        return EquipmentStore(database.equipment).issue(parse_officer_csv(csv_text.encode()),
+                                                        key=rig.central_key, central=CENTRAL_ID,
+                                                        by="admin").version
     finally:
-        store.close()
+        database.close()
 
 
 def synced(store: StationStore) -> list[dict[str, Any]]:
@@ -115,14 +118,11 @@ async def test_the_central_fleet_lists_a_stations_checked_out_recorder_and_flags
         check_out(rig.store, "ZFY0000A1", "110001", returned_bay=None)
         check_out(rig.store, "ZFY0000B2", "110002", returned_bay=3)
         issue(rig, V1)
-        reports = EquipmentStore.of_store(tmp_path / "central-store")
-        try:
-            async with uplink_running(UplinkService(rig.config(**FAST), rig.store)):
-                await until("a fleet report of the station holding officer list version 1", lambda: any(
-                    station == STATION and report["officers_version"] == 1
-                    for station, _, report in reports.reports()))
-        finally:
-            reports.close()
+        reports = EquipmentStore(rig.central.parts.equipment)
+        async with uplink_running(UplinkService(rig.config(**FAST), rig.store)):
+            await until("a fleet report of the station holding officer list version 1", lambda: any(
+                station == STATION and report["officers_version"] == 1
+                for station, _, report in reports.reports()))
         fleet_url = f"{rig.central.url}/v1/fleet"
         async with aiohttp.ClientSession() as http:
             # Authorised: without a reader, no fleet.

@@ -46,7 +46,8 @@ class SqlEquipmentRows(ABC):
                                         f"is {version}")
             self.conn.execute(
                 f"INSERT INTO officer_lists ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                (issued.version, issued.sha256, issued.issued_at, issued.by, issued.officers, issued.envelope))
+                (issued.version, issued.sha256, issued.issued_at, issued.by, issued.officers,
+                 issued.envelope))
         return issued
 
     def newest_officer_list(self) -> IssuedList | None:
