@@ -1,6 +1,7 @@
 """The agency's officer list and fleet at the central, end to end: the real station uplink service with the
 `mqtt` transport, through a real Mosquitto (TLS, client certificates, the shipped ACL), to a real central
-(its MQTT API answers `officers` and `fleet-report`; its HTTP API serves `GET /v1/fleet` to auditors)."""
+(its MQTT API answers `officers` and `fleet-report`; its HTTP API serves `GET /v1/fleet` to auditors),
+whose database is the embedded SQLite file or PostgreSQL (the first two tests run on each)."""
 
 from __future__ import annotations
 
@@ -72,9 +73,9 @@ def statuses(store: StationStore) -> dict[str, str]:
 
 
 async def test_the_central_list_reaches_a_station_over_mqtt_and_survives_an_agent_restart(
-    tmp_path: Path
+    tmp_path: Path, central_index: dict[str, Any] | None
 ) -> None:
-    async with e2e(tmp_path) as rig:
+    async with e2e(tmp_path, index=central_index) as rig:
         assert issue(rig, V1) == 1
         async with uplink_running(UplinkService(rig.config(**FAST), rig.store)):
             await until("officers_synced version 1", lambda: len(synced(rig.store)) == 1)
@@ -112,9 +113,9 @@ def check_out(store: StationStore, serial: str, officer_no: str, *, returned_bay
 
 
 async def test_the_central_fleet_lists_a_stations_checked_out_recorder_and_flags_one_at_two_stations(
-    tmp_path: Path
+    tmp_path: Path, central_index: dict[str, Any] | None
 ) -> None:
-    async with e2e(tmp_path) as rig:
+    async with e2e(tmp_path, index=central_index) as rig:
         check_out(rig.store, "ZFY0000A1", "110001", returned_bay=None)
         check_out(rig.store, "ZFY0000B2", "110002", returned_bay=3)
         issue(rig, V1)
