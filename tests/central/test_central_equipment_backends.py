@@ -1,7 +1,7 @@
 """The agency's officer list and the stations' fleets on each backend of the central's database (the
 embedded SQLite file and PostgreSQL): a version issued by the command (its own connection, beside the
 running receiver) is what a station fetches from the receiver; the fleet report the receiver keeps is what
-another receiver sharing the database shows."""
+another receiver sharing the database shows, until the station's next report replaces it."""
 
 from __future__ import annotations
 
@@ -76,5 +76,17 @@ async def test_a_list_issued_beside_the_receiver_is_fetched_and_the_fleet_is_sha
             (STATION, "ZFY0000A1", "110001")]
         assert shared["officers_version"] == 1
         assert parse_json(issued.envelope) == officers_answer(other, 0)["list"]
+
+        # The station's next report replaces its last one: one row per station, the latest.
+        newer = {**_report(STATION, 1), "at": "2026-12-06T10:00:00.000000Z",
+                 "recorders": [{"device_serial": "ZFY0000B2", "state": "in", "since":
+                                "2026-12-06T09:30:00.000000Z", "officer_no": None, "officer_name": None,
+                                "bay": 2}]}
+        async with aiohttp.ClientSession() as http, http.post(f"{url}/fleet", json=newer,
+                                                               headers=as_station) as response:
+            assert response.status == 200, await response.text()
+        assert [(station, report["at"]) for station, _, report in other.reports()] == [
+            (STATION, "2026-12-06T10:00:00.000000Z")]
+        assert [r["device_serial"] for r in fleet_view(other, None)["recorders"]] == ["ZFY0000B2"]
     finally:
         command.close()
