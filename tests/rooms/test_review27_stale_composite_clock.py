@@ -40,8 +40,8 @@ def _ns(text: str) -> int:
 
 
 def _stream_seconds_listed(watch: LedgerWatch, from_ns: int, to_ns: int) -> float:
-    return sum(e.data["stream_end_s"] - e.data["stream_start_s"] for e in watch.of("segment_sealed",
-               source="composite") if from_ns <= _ns(e.data["closed_utc"]) < to_ns)
+    return sum(float(e.data["stream_end_s"]) - float(e.data["stream_start_s"]) for e in watch.of(
+        "segment_sealed", source="composite") if from_ns <= _ns(e.data["closed_utc"]) < to_ns)
 
 
 async def test_the_composite_never_burns_a_later_clock_into_pictures_it_rendered_late(
