@@ -26,8 +26,13 @@ import pytest
 import edge.gb28181.media as media_module
 import edge.sources.gb28181.downloads as downloads_module
 from drivers.gb28181.ps import Codec
-from edge.gb28181.media import FLUSH_BYTES, ROOM_PER_RECEIVED_BYTE, EndReason, MediaTransport, \
-    receiver_keeping_free
+from edge.gb28181.media import (
+    FLUSH_BYTES,
+    ROOM_PER_RECEIVED_BYTE,
+    EndReason,
+    MediaTransport,
+    receiver_keeping_free,
+)
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181 import GbDownloads, GbRecordings, RecordingRef, Transfer
