@@ -182,6 +182,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 2
     if (target / "index.db").is_file():
         report = _verify_central(target, central_key)
+    elif target.is_file() and target.suffix == ".toml":
+        # A central's configuration: its store, and its index wherever [central] index keeps it (a
+        # PostgreSQL database holds no file in the store to recognise it by).
+        from edge.central.config import PostgresIndexConfig, load_central_config
+
+        try:
+            central_config = load_central_config(target)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        index = central_config.central.index
+        report = _verify_central(central_config.central.store_dir, central_key,
+                                 index if isinstance(index, PostgresIndexConfig) else None)
     elif is_package(target):
         # An unzipped disclosure package (一案一包): checked offline against the central key, pinned with
         # --central-key or by the station configuration given with --config; never the package's own.
@@ -309,13 +322,14 @@ def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, cent
     return report
 
 
-def _verify_central(store_dir: Path, central_key: Any) -> Any:
-    """A central store: objects, index, station ledgers, Merkle log; the signing key pinned if given."""
+def _verify_central(store_dir: Path, central_key: Any, index: Any = None) -> Any:
+    """A central store: objects, index, station ledgers, Merkle log; the signing key pinned if given.
+    ``index``: the store's PostgreSQL index configuration (None: the store's index.db)."""
     from edge.central.verify import verify_central
     from edge.verify.station import VerifyReport
 
-    report = VerifyReport(f"central store {store_dir}")
-    findings = verify_central(store_dir, central_public_key=central_key)
+    report = VerifyReport(f"central store {store_dir}" + (f" with its index in {index.url}" if index else ""))
+    findings = verify_central(store_dir, central_public_key=central_key, index=index)
     report.problems.extend(findings.problems)
     report.notes.extend(findings.notes)
     report.checked["central_stores"] = 1
@@ -459,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
         "unzipped disclosure package"
     )
     verify.add_argument(
-        "path", help="sealed evidence file, station store, central store, or a .receipt.json file"
+        "path", help="sealed evidence file, station store, central store (or the central's configuration "
+        "file, for a central whose index is on PostgreSQL), or a .receipt.json file"
     )
     verify.add_argument("--item", help="verify only this item of the store at PATH")
     verify.add_argument("--key", help="the station public key (PEM) as known from enrolment, to pin")

@@ -67,13 +67,18 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.central.config import CentralLayout
+from edge.central.backends import DatabaseUnavailable
+from edge.central.config import CentralLayout, ConfigError, PostgresIndexConfig
 from edge.central.console.enrolments import ENROLMENTS_FILE, EnrolmentRecord, enrolment_problems
 from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey
 from edge.central.equipment import EQUIPMENT_DB, officer_list_problems
 from edge.central.index import CASE_FIELDS
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore, is_sha256_hex
+from edge.central.postgres import PostgresDatabase
+from edge.central.postgres.console import key_fits_seals as postgres_key_fits_seals
+from edge.central.postgres.qmark import QmarkConnection
+from edge.central.postgres.trail import row_json as postgres_row_json
 from edge.central.sqlite import SqliteDatabase
 from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, key_fits_seals, row_json_sql, trail_mac
 from edge.custody.canonical import canonical_json, parse_json, sha256_hex
@@ -123,6 +128,7 @@ def verify_central_store(
     *,
     central_public_key: Ed25519PublicKey | None = None,
     origin: str | None = None,
+    index: PostgresIndexConfig | None = None,
 ) -> list[Problem]:
     """Every problem found in the central store at ``store_dir``; an empty list means it verifies.
 
@@ -130,7 +136,8 @@ def verify_central_store(
     store's own ``identity/signing.key.pub`` is used, which proves consistency but not origin.
     ``origin`` is the central id tree heads must name (default: the one the first signed head names).
     """
-    return verify_central(store_dir, central_public_key=central_public_key, origin=origin).problems
+    return verify_central(store_dir, central_public_key=central_public_key, origin=origin,
+                          index=index).problems
 
 
 def verify_central(
@@ -138,12 +145,17 @@ def verify_central(
     *,
     central_public_key: Ed25519PublicKey | None = None,
     origin: str | None = None,
+    index: PostgresIndexConfig | None = None,
 ) -> CentralFindings:
-    """:func:`verify_central_store` with notes and counts (for `edge verify` and the benchmark)."""
+    """:func:`verify_central_store` with notes and counts (for `edge verify` and the benchmark).
+
+    ``index``: the store's index is in this PostgreSQL database (its configuration's ``[central]
+    index``), not in ``store_dir/index.db``."""
     layout = CentralLayout(Path(store_dir))
     findings = CentralFindings()
     problems = findings.problems
-    if not layout.index_db.is_file():
+    where = index.url if index is not None else str(layout.index_db)
+    if index is None and not layout.index_db.is_file():
         problems.append(Problem(f"index {layout.index_db}", "missing: this is not a central store"))
         return findings
     public_key = central_public_key
@@ -167,26 +179,47 @@ def verify_central(
                         f"is key {key_id_of(stored)}, not the pinned central key {key_id_of(public_key)}",
                     )
                 )
-    database = SqliteDatabase.open_readonly(layout.index_db)
+    database: SqliteDatabase | PostgresDatabase
+    try:
+        database = (SqliteDatabase.open_readonly(layout.index_db) if index is None
+                    else _open_postgres_readonly(index))
+    except DatabaseUnavailable as exc:
+        problems.append(Problem(f"index {where}", str(exc)))
+        return findings
     try:
         _Checker(database, layout, public_key, origin, findings).run()
-    except sqlite3.DatabaseError as exc:
-        problems.append(Problem(f"index {layout.index_db}", f"cannot be read: {exc}"))
+    except database.errors as exc:
+        problems.append(Problem(f"index {where}", f"cannot be read: {exc}"))
     finally:
         database.close()
     return findings
 
 
+def _open_postgres_readonly(index: PostgresIndexConfig) -> PostgresDatabase:
+    """The configured PostgreSQL database, read-only (verification never changes what it checks, and
+    applies no migration)."""
+    import psycopg
+
+    try:
+        password = index.password.resolve() if index.password is not None else None
+        return PostgresDatabase.open_readonly(index.url, password=password)
+    except (ConfigError, psycopg.Error) as exc:
+        raise DatabaseUnavailable(f"cannot be opened: {str(exc).strip()}") from None
+
+
 class _Checker:
     def __init__(
         self,
-        database: SqliteDatabase,
+        database: SqliteDatabase | PostgresDatabase,
         layout: CentralLayout,
         public_key: Ed25519PublicKey | None,
         origin: str | None,
         findings: CentralFindings,
     ) -> None:
-        self.conn = database.conn  # the index tables, read as stored (module docstring)
+        # The index tables, read as stored (module docstring), in SQLite's dialect on either backend.
+        self.conn: sqlite3.Connection | QmarkConnection = (
+            database.conn if isinstance(database, SqliteDatabase) else QmarkConnection(database.conn))
+        self.postgres = isinstance(database, PostgresDatabase)
         self.log_store = database.log_store
         self.layout = layout
         self.public_key = public_key
@@ -256,8 +289,31 @@ class _Checker:
             expected = row_id + 1
 
     def _table_exists(self, table: str) -> bool:
+        if self.postgres:
+            return self._scalar("SELECT to_regclass(?) IS NOT NULL", (table,)) is True
         return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                  (table,)).fetchone() is not None
+
+    def _scalar(self, sql: str, args: tuple[object, ...] = ()) -> object:
+        """The first column of the first row (a query that always returns one)."""
+        row = self.conn.execute(sql, args).fetchone()
+        assert row is not None, sql
+        return row[0]
+
+    def _trail_row_json(self, table: str, row_id: int) -> str | None:
+        """The sealed text of a trail row as stored (None: no such row), as its backend seals it."""
+        if self.postgres:
+            row = self.conn.execute(f"SELECT {', '.join(TRAIL_COLUMNS[table])} FROM {table} WHERE id = ?",
+                                    (row_id,)).fetchone()
+            return None if row is None else postgres_row_json(tuple(row))
+        row = self.conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?",
+                                (row_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _key_fits_seals(self, key: bytes) -> bool | None:
+        if isinstance(self.conn, QmarkConnection):
+            return postgres_key_fits_seals(self.conn, key)
+        return key_fits_seals(self.conn, key)
 
     # -- the seals of the console's trails (edge.central.sqlite.trail) -------------------------------
 
@@ -299,9 +355,7 @@ class _Checker:
                 began, began_at = True, seq
                 row_json: str | None = "[]"
             elif table in TRAIL_COLUMNS and isinstance(row_id, int):
-                row = self.conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?",
-                                        (row_id,)).fetchone()
-                row_json = None if row is None else str(row[0])
+                row_json = self._trail_row_json(table, row_id)
                 if row_json is None:
                     problem = (table, f"row {row_id} was deleted (its seal {seq} remains)")
                 elif mac is None and began:
@@ -318,7 +372,7 @@ class _Checker:
                 problem = ("trail_seals", f"seal {seq} names no trail row ({str(table)[:40]!r} {row_id!r})")
             if isinstance(mac, str) and not key_tried:  # the key is needed once there is a seal to check
                 key, key_tried = self._trail_key(), True
-                if key is not None and key_fits_seals(self.conn, key) is False:
+                if key is not None and self._key_fits_seals(key) is False:
                     self.add(f"file {self.layout.console_key.relative_to(self.layout.store_dir)}",
                              "it is not the key this store's console trails were sealed with (neither the "
                              "check value written when the seals began nor the first sealed rows check with "
@@ -952,7 +1006,7 @@ class _Checker:
                 "ORDER BY id"
             ).fetchall()
         except sqlite3.OperationalError:
-            rows = []  # a store from before time-stamping
+            rows = []  # a store from before time-stamping (SQLite only: PostgreSQL's schema has the table)
         for row in rows:
             self.count("timestamps")
             self._check_timestamp(row, roots, verify_token, TimeStampError)
@@ -968,7 +1022,7 @@ class _Checker:
                 "(the TSA is asked at every interval; heads are signed regardless)"
             )
 
-    def _check_timestamp(self, row: sqlite3.Row, roots: list[Any], verify_token: Any, error: Any) -> None:
+    def _check_timestamp(self, row: Any, roots: list[Any], verify_token: Any, error: Any) -> None:
         where = f"time-stamp {row['id']} (tree head size {row['tree_size']})"
         head = self.conn.execute(
             "SELECT origin FROM merkle_tree_heads WHERE id = ? AND tree_size = ? AND root_hash = ?",
@@ -1089,7 +1143,7 @@ class _Checker:
         were named with their items)."""
         objects_dir = self.layout.objects_dir
         if not objects_dir.is_dir():
-            accepted = self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
+            accepted = self._scalar("SELECT count(*) FROM items")
             if accepted:
                 self.add(f"objects {objects_dir}", f"missing, with {accepted} accepted items")
             return
