@@ -513,9 +513,9 @@ class GbDownloads:
                          "max_recording_mb; the size known of it is larger)")
             reason = (f"its last download was cut short by the station's disk running low (disk-full); the "
                       f"disk holding the download spool has {available} bytes free, below the {needed} a "
-                      f"download needs (the store's reserve of {reserve} plus {ROOM_PER_BYTE_DOWNLOADED} times "
-                      f"{sized}: the raw PS itself and the receiver's room to seal it): not downloaded until "
-                      "there is room")
+                      f"download needs (the store's reserve of {reserve} plus {ROOM_PER_BYTE_DOWNLOADED} "
+                      f"times {sized}: the raw PS itself and the receiver's room to seal it): not downloaded "
+                      "until there is room, never given up for waiting")
             data = {"source": "gb28181", "stage": "store", "device_id": display_text(ref.device_id, 64),
                     "channel_id": display_text(ref.channel_id, 64), "original": shown,
                     "recording": ref.described(), "reason": reason, **extra}
