@@ -12,11 +12,14 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    recording's fault and do not count there, but `MAX_INTERRUPTED_ATTEMPTS` of them end it too. Then the
    recording is given up (`given_up_because`): one `error` entry of stage `given-up` on its last raw PS
    names the device, channel and recording and why (what cut the downloads short, as sealed), written
-   once (later listings find it). A download the station's own disk guard ended (`disk-full`) counts
-   toward no give-up; while the spool's disk stays below the store's reserve plus the receiver's room for
-   the recording's size as known (its listed FileSize, and more than its disk-full copy received), it is
-   not tried again (`_tight_for`: one limited `error` entry of
-   stage `store`, `DownloadReport.waiting_for_room`), so no partial copies pile up in the tight store;
+   once (later listings find it). A download the station's own disk guard ended (`disk-full`) ends the
+   pass (the next recording would be cut on the same tight disk) and counts toward no give-up unless it
+   got no further than an earlier disk-full copy (`stuck_disk_full`: a quota refusing every try at the
+   same byte counts toward `MAX_INTERRUPTED_ATTEMPTS`); while the spool's disk stays below the store's
+   reserve plus room for the raw PS and the receiver's guard for the recording's size as known (its
+   listed FileSize, and more than its disk-full copy received, at most `max_recording_bytes`), it is not
+   tried again (`_tight_for`: one limited `error` entry of stage `store`,
+   `DownloadReport.waiting_for_room`), so a tight disk seals at most one partial copy per pass;
 2. picks a new raw PS file name in the spool (never from the device's text) and asks `start_download`
    (the platform's session: INVITE s=Download, the media receiver on that file, until MediaStatus 121,
    BYE, the device closing, idle, limit or error) for the transfer;
@@ -344,6 +347,8 @@ class GbDownloads:
         self.device_clock_offset_ms = device_clock_offset_ms
         self.device_tz_offset_min = device_tz_offset_min
         self.convert_timeout_s = convert_timeout_s
+        if max_recording_bytes <= 0:
+            raise ValueError("max_recording_bytes must be positive")
         self.max_recording_bytes = max_recording_bytes  # the receiver's max_bytes ([..] max_recording_mb)
         # The scheduler gives its own (one limiter and one memory for the station, one tally per pass, the
         # summary written at the pass's end); alone, each call is a pass of its own.
