@@ -88,6 +88,7 @@ async def test_a_copy_whose_last_write_was_refused_is_not_sealed_complete(
     outcome, written, verdict = await _after_121(tmp_path, packets, monkeypatch, error)
     assert outcome.ended in (EndReason.DISK_FULL, EndReason.ERROR), outcome.ended
     assert written < outcome.bytes, "the raw PS lacks the bytes the refused write held"
+    assert outcome.bytes_written == written  # the outcome says what the file holds, not what came
     assert verdict["complete"] is False, (
         f"the last write of the raw PS was refused ({os.strerror(error)}: receiver ended "
         f"{outcome.ended.value}, {outcome.detail!r}); the file holds {written} of the {outcome.bytes} bytes "
@@ -98,4 +99,5 @@ async def test_a_copy_whose_last_write_was_refused_is_not_sealed_complete(
 async def test_control_with_the_last_write_taken_it_is_complete_and_whole(
         tmp_path: Path, packets: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
     outcome, written, verdict = await _after_121(tmp_path, packets, monkeypatch, None)
-    assert written == outcome.bytes and verdict["complete"] is True, (outcome.ended, verdict)
+    assert written == outcome.bytes == outcome.bytes_written and verdict["complete"] is True, (outcome.ended,
+                                                                                               verdict)

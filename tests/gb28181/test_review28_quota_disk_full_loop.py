@@ -51,7 +51,9 @@ class SpoolQuota:
 
 
 async def _passes(tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: pytest.MonkeyPatch,
-                  quota: int | None) -> tuple[HonestDevice, int]:
+                  quota: int | None) -> tuple[HonestDevice, int, list[tuple[int, int]]]:
+    """PASSES passes over RECORDING: the device, the items sealed, and each raw PS manifest's (`bytes`
+    received, `bytes_written`)."""
     _size, packets = stream
     spool = tmp_path / "spool"
     spool.mkdir()
@@ -66,7 +68,11 @@ async def _passes(tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: 
         for _ in range(PASSES):
             await downloads.download([RECORDING])
         sealed = int(store.conn.execute("SELECT count(*) FROM items").fetchone()[0])
-        return device, sealed
+        counts = [(int(received), int(written)) for received, written in store.conn.execute(
+            "SELECT json_extract(manifest, '$.original.bytes'), "
+            "json_extract(manifest, '$.original.bytes_written') FROM items "
+            "WHERE json_extract(manifest, '$.original.role') = 'raw-ps'")]
+        return device, sealed, counts
     finally:
         store.close()
 
@@ -75,8 +81,10 @@ async def test_a_quota_that_refuses_every_try_at_the_same_byte_does_not_loop_for
         tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
     size, _packets = stream
     quota = size // 3
-    device, sealed = await _passes(tmp_path, stream, monkeypatch, quota=quota)
+    device, sealed, counts = await _passes(tmp_path, stream, monkeypatch, quota=quota)
     assert device.ended and set(device.ended) == {EndReason.DISK_FULL}
+    # each manifest tells what its raw PS holds (the quota), beside what was received
+    assert counts and all(written == quota <= received for received, written in counts), counts
     assert len(device.received) < PASSES, (
         f"a quota refused every write past {quota} bytes of the spool (EDQUOT) while statvfs showed room: "
         f"the recording was downloaded at each of {len(device.received)} passes, each ended disk-full with "
@@ -87,5 +95,6 @@ async def test_a_quota_that_refuses_every_try_at_the_same_byte_does_not_loop_for
 async def test_control_without_the_quota_it_is_downloaded_once(
         tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
     size, _packets = stream
-    device, sealed = await _passes(tmp_path, stream, monkeypatch, quota=None)
+    device, sealed, counts = await _passes(tmp_path, stream, monkeypatch, quota=None)
     assert device.ended == [EndReason.CLOSED] and device.received == [size] and sealed == 2
+    assert counts == [(size, size)]
