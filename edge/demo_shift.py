@@ -84,6 +84,7 @@ SPACING_S = 2  # between the recordings of the shift
 # every check-out (the recorder's clock was set at check-out), whatever FAT's 2 s steps do.
 SHIFT_S = SHIFT_FILES * SPACING_S + 3
 WAIT_S = 120.0
+REPRESENT_S = 5.0
 TABLE_LEAD = 57  # the columns before an item's: officer, recorder, bay, checked out, checked in
 
 
@@ -236,19 +237,27 @@ class _Ledger:
 
 async def _check_out(agent: StationAgent, reader: CardReaderSimulator,
                      officer: ShiftOfficer) -> dict[str, Any]:
-    """Present the officer's card; the desk's outcome. The reader task opens the pty in its own time, and a
-    card shown before it listens is flushed like a real one: shown again every 5 s until an outcome."""
+    """Present the officer's card; the desk's outcome for it. The reader task opens the pty in its own time,
+    and a card shown before it listens is flushed like a real one: shown again every `REPRESENT_S` while the
+    desk has answered nothing. A presentation served late after one shown again ends as `already_holds`:
+    such a refusal is no answer to this officer's card (who holds nothing yet)."""
     desk = agent.desk
     assert desk is not None
     seen = len(desk.outcomes())
+    shown_at = -REPRESENT_S
+    loop = asyncio.get_running_loop()
     async with asyncio.timeout(WAIT_S):
-        while len(desk.outcomes()) == seen:
-            await asyncio.to_thread(reader.present, officer.card_uid)
-            for _ in range(100):
-                if len(desk.outcomes()) > seen:
-                    break
-                await asyncio.sleep(0.05)
-    return desk.outcomes()[0]
+        while True:
+            outcomes = desk.outcomes()
+            new: list[dict[str, Any]] = outcomes[:len(outcomes) - seen]  # newest first
+            for answer in reversed(new):
+                mine = answer["outcome"] == "assigned" and answer["officer_no"] == officer.officer_no
+                if mine or (answer["outcome"] == "refused" and answer["reason"] != "already_holds"):
+                    return dict(answer)
+            if not new and loop.time() - shown_at >= REPRESENT_S:
+                await asyncio.to_thread(reader.present, officer.card_uid)
+                shown_at = loop.time()
+            await asyncio.sleep(0.05)
 
 
 async def _leave_bay(ledger: _Ledger, bus: RecorderBus, dock: DockSimulator, spec: RecorderSpec,
