@@ -334,9 +334,13 @@ async def run_shift_demo(options: DemoOptions, workdir: Path, out: Any, run_dir:
             await asyncio.wait_for(agent.ready.wait(), 30)
             _print_urls(out, agent)
             ledger = _Ledger(agent)
-            shift_started, shift_problems = await _shift(agent, ledger, bus, dock, reader, specs, out,
-                                                         read_back)
-            errors += shift_problems
+            try:
+                shift_started, shift_problems = await _shift(agent, ledger, bus, dock, reader, specs, out,
+                                                             read_back)
+            except (RuntimeError, TimeoutError) as exc:  # a step that never came: the summary says which
+                errors.append(f"the shift stopped: {exc or 'timed out'}")
+            else:
+                errors += shift_problems
             if agent.uplink is not None:
                 drained = await agent.uplink.wait_drained(SESSION_TIMEOUT_S)
         finally:

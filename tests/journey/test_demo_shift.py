@@ -189,6 +189,21 @@ def test_every_item_was_received_centrally_with_a_receipt_that_verifies(journey:
         index.close()
 
 
+def test_the_cli_runs_the_shift_with_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The control of the refusals below: --shift alone, or over MQTT, reaches the demo with its options.
+    seen: list[DemoOptions] = []
+
+    async def run(options: DemoOptions) -> int:
+        seen.append(options)
+        return 0
+
+    monkeypatch.setattr("edge.demo.run_demo", run)
+    assert main(["demo", "--shift", "--json"]) == 0
+    assert main(["demo", "--shift", "--transport", "mqtt"]) == 0
+    assert [(o.shift, o.json_output, o.transport) for o in seen] == [(True, True, "http"),
+                                                                      (True, False, "mqtt")]
+
+
 @pytest.mark.parametrize("extra", [["--room"], ["--source", "gb28181"], ["--no-central"]])
 def test_the_cli_refuses_the_shift_with_another_journey(extra: list[str],
                                                         capsys: pytest.CaptureFixture[str]) -> None:
