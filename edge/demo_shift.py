@@ -275,6 +275,7 @@ async def run_shift_demo(options: DemoOptions, workdir: Path, out: Any, run_dir:
         DEMO_PASSWORD,
         SESSION_TIMEOUT_S,
         STATION_ID,
+        _keep_running,
         _pad,
         _print_urls,
         _start_central,
@@ -343,6 +344,8 @@ async def run_shift_demo(options: DemoOptions, workdir: Path, out: Any, run_dir:
                 errors += shift_problems
             if agent.uplink is not None:
                 drained = await agent.uplink.wait_drained(SESSION_TIMEOUT_S)
+            if options.keep_running:
+                await _keep_running(out, agent)
         finally:
             stop.set()
             await runner
@@ -391,6 +394,7 @@ async def run_shift_demo(options: DemoOptions, workdir: Path, out: Any, run_dir:
         "seconds": round(time.monotonic() - started, 2),
     }
     print("", file=out)
+    print("the shift (check-out and check-in in station UTC):", file=out)
     print(f"{'officer':<16} {'recorder':<9} {'bay':>3}  {'checked out':<12} {'checked in':<12} {'item':<36}  "
           f"{'status':<13} holder", file=out)
     for officer in facts["officers"]:
