@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -286,6 +287,12 @@ async def run_shift_demo(options: DemoOptions, workdir: Path, out: Any, run_dir:
         uplink_summary,
     )
 
+    if (workdir / "station-store").exists() or (workdir / "sim").exists():
+        # A shift is told apart from the last one by the station's own records: a second one on the same
+        # store and recorders would count the first's assignments and recordings as its own.
+        print(f"error: --shift needs a new or empty --workdir; {workdir} holds an earlier demo",
+              file=sys.stderr)
+        return 2
     for sub in ("sim", "media"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     password_file = workdir / "recorder-password"
@@ -326,8 +333,8 @@ async def run_shift_demo(options: DemoOptions, workdir: Path, out: Any, run_dir:
                                        by="demo")
         finally:
             store.close()
-        print(f"{imported.added} officers imported from {csv_path.name} with their cards (ledger entry "
-              f"{imported.entry.seq})", file=out, flush=True)
+        print(f"{imported.rows} officers imported from {csv_path.name} with their cards "
+              f"({imported.added} new; ledger entry {imported.entry.seq})", file=out, flush=True)
         stop = asyncio.Event()
         agent = StationAgent(config)
         runner = asyncio.create_task(agent.run(stop))
@@ -470,8 +477,9 @@ async def _shift(agent: StationAgent, ledger: _Ledger, bus: RecorderBus, dock: D
     for spec in taken + unissued:
         await _leave_bay(ledger, bus, dock, spec, bays[spec.device_serial])
     for spec in unissued:
+        info = (await asyncio.to_thread(bus.recorder_state, spec.device_serial)).info
         print(f"recorder {spec.device_serial} taken from bay {bays[spec.device_serial]} without a check-out "
-              f"(it still says {spec.officer_name} {spec.officer_no})", file=out, flush=True)
+              f"(it still says {info.officer_name} {info.officer_no})", file=out, flush=True)
     # 5. The shift: every recording starts after every check-out.
     print(f"the shift: {SHIFT_S} s, then each recorder records {SHIFT_FILES} files", file=out, flush=True)
     await asyncio.sleep(SHIFT_S)

@@ -204,6 +204,16 @@ def test_the_cli_runs_the_shift_with_its_options(monkeypatch: pytest.MonkeyPatch
                                                                       (True, False, "mqtt")]
 
 
+def test_a_second_shift_in_the_same_workdir_is_refused(journey: Journey,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # The fixture's run is the control: the same demo in a new workdir ran the whole shift.
+    workdir, _, _ = journey
+    before = _query(_store(journey), "SELECT count(*) FROM ledger")
+    assert main(["demo", "--shift", "--workdir", str(workdir)]) == 2
+    assert "needs a new or empty --workdir" in capsys.readouterr().err
+    assert _query(_store(journey), "SELECT count(*) FROM ledger") == before  # nothing was run on it
+
+
 @pytest.mark.parametrize("extra", [["--room"], ["--source", "gb28181"], ["--no-central"]])
 def test_the_cli_refuses_the_shift_with_another_journey(extra: list[str],
                                                         capsys: pytest.CaptureFixture[str]) -> None:
