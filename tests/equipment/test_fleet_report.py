@@ -137,13 +137,14 @@ def test_the_version_2_report_says_each_recorders_state_holder_due_time_health_a
         "battery_percent": None, "storage_free_bytes": None, "storage_total_bytes": None,
         "last_docking": None}
     out = recorders["ZFY-OUT"]
-    assert (out["state"], out["officer_no"], out["due_at"]) == ("out", "110002", "2026-12-06T21:00:00.000000Z")
+    assert (out["state"], out["officer_no"], out["due_at"]) == (
+        "out", "110002", "2026-12-06T21:00:00.000000Z")
     assert recorders["ZFY-BAY"] == {
         "device_serial": "ZFY-BAY", "state": "docked", "since": "2026-12-06T08:30:00.000000Z",
         "officer_no": None, "officer_name": None, "due_at": None, "bay": 3, "battery_percent": 95,
         "storage_free_bytes": 1_000, "storage_total_bytes": 64_000,
-        "last_docking": {"started_at": "2026-12-06T08:30:00.000000Z", "ended_at": "2026-12-06T08:40:00.000000Z",
-                         "outcome": "done"}}
+        "last_docking": {"started_at": "2026-12-06T08:30:00.000000Z",
+                         "ended_at": "2026-12-06T08:40:00.000000Z", "outcome": "done"}}
     bad = recorders["ZFY-BAD"]
     assert (bad["state"], bad["bay"], bad["since"], bad["last_docking"]["outcome"]) == (
         "faulty", None, "2026-12-06T07:00:00.000000Z", "partial")
