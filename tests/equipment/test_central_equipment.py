@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from edge.central.mqtt_command import Broker, send_command
 from edge.custody.keys import StationKey
 from edge.custody.ledger import EntryType
 from edge.equipment.assignments import AssignmentBook
+from edge.equipment.fleet import FleetPolicy, FleetRecords, HolderRecord, StatusReading, build_fleet
+from edge.equipment.fleet_report import fleet_report_v2
 from edge.equipment.officer_csv import parse_officer_csv
 from edge.equipment.officer_sync import list_in_force
 from edge.equipment.officers import OfficerRegistry
@@ -240,3 +243,38 @@ async def test_the_centrals_officers_sync_command_pushes_a_new_version_without_w
         assert [e["version"] for e in synced(rig.store)] == [1, 2]
         [entry] = [e for e in rig.store.ledger.entries() if e.type == EntryType.COMMAND]
         assert entry.data["op"] == "officers-sync" and entry.data["outcome"] == "executed"
+
+
+async def test_a_hostile_version_2_report_is_refused_over_https_naming_the_member_and_a_sound_one_kept(
+    tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    fleet = build_fleet(
+        FleetRecords(["ZFY0000C3"], readings={"ZFY0000C3": StatusReading(now, 80, 10, 20)},
+                     open_assignments={"ZFY0000C3": HolderRecord(1, "110001", "张伟", "", "", now)}),
+        {}, FleetPolicy(timedelta(hours=14), 50), now)
+    sound = fleet_report_v2(fleet, station=STATION)
+    hostile = copy.deepcopy(sound)
+    hostile["recorders"][0]["battery_percent"] = 250
+    async with e2e(tmp_path) as rig, aiohttp.ClientSession() as http:
+        url = f"{rig.central.url}/v1/stations/{STATION}/fleet"
+        as_station = {DEV_STATION_HEADER: STATION}
+        async with http.post(url, json=hostile, headers=as_station) as response:
+            assert response.status == 400
+            assert "recorders[0].battery_percent" in (await response.json())["detail"]
+        reports = EquipmentStore.of_store(tmp_path / "central-store")
+        try:
+            assert reports.reports() == []  # nothing of it kept
+            async with http.post(url, json=sound, headers=as_station) as response:
+                assert response.status == 200, await response.text()
+            [(station, _, kept)] = reports.reports()
+        finally:
+            reports.close()
+        assert station == STATION and kept == sound
+        fleet_url = f"{rig.central.url}/v1/fleet"
+        async with http.get(fleet_url, headers={DEV_READER_HEADER: "auditor-1"}) as response:
+            view = await response.json()
+        [row] = view["recorders"]
+        assert (row["state"], row["officer_no"], row["battery_percent"], row["overdue"]) == (
+            "out", "110001", 80, False)
+        assert view["stations"][0]["report_version"] == 2 and view["overdue"] == 0
