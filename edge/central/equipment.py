@@ -5,15 +5,19 @@ new list version while the central runs, and the running central answers from th
 
 * ``officer_lists``: every version the central issued (never updated or deleted), each the signed envelope
   of :mod:`edge.equipment.officer_list` with its version, digest, time and who imported it.
-* ``fleet_reports``: the latest report of each station (:mod:`edge.equipment.fleet_report`) with the
-  central's time of receipt; a newer report replaces the station's previous one.
+* ``fleet_reports``: the latest report of each station (:mod:`edge.equipment.fleet_report`, version 2
+  from a station's fleet view or version 1 from an older station's assignments) with the central's time
+  of receipt; a newer report replaces the station's previous one.
 
 The endpoints (:func:`add_equipment_routes`): ``GET /v1/stations/{S}/officers?have=N`` and ``POST
 /v1/stations/{S}/fleet`` for the station itself (mutual TLS), the same as the MQTT API's ``officers`` and
 ``fleet-report``; ``GET /v1/fleet`` for auditors (a reader certificate or a console session), every read
 logged first, a reader of role ``reader`` seeing only the stations of its units. The fleet view flags a
 recorder that the latest reports of two stations both list (``at_stations`` names them), and each station's
-row says which officer list version it holds beside the newest issued (a station that lags shows).
+row says which officer list version it holds beside the newest issued (a station that lags shows). Each
+recorder says whether it is ``overdue`` (:func:`is_overdue`: as its station said, or out past its due time
+by the central's clock), counted per station and over the view; ``edge_central_recorders_overdue`` counts
+them over every station.
 
 Limit: one SQLite file per central store. Several receivers in front of one PostgreSQL (README, "Growing
 past one machine") do not share it yet; run ``edge central officers import`` on each, or one receiver
