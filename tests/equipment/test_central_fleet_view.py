@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge.central.equipment import EquipmentStore, fleet_view, overdue_count
 from edge.central.metrics import CentralMetrics
+from edge.central.sqlite.database import SqliteDatabase
 from edge.equipment.fleet import FleetPolicy, FleetRecords, HolderRecord, LiveBay, build_fleet
 from edge.equipment.fleet_report import check_report, fleet_report_v2, report_time
 
@@ -43,7 +44,8 @@ def overdue_gauge(metrics: CentralMetrics) -> float:
 
 
 def test_the_central_counts_overdue_recorders_per_station_and_agency_wide(tmp_path: Path) -> None:
-    store = EquipmentStore(tmp_path / "equipment.db")
+    database = SqliteDatabase.open(tmp_path / "index.db")  # the embedded backend's central database
+    store = EquipmentStore(database.equipment)
     try:
         # ST-A: ZFY-A1 overdue (out 15 h), ZFY-A2 out 13.5 h (due in half an hour), ZFY-B1 docked in bay 1.
         store.keep_report(station_report("ST-A", {"ZFY-A1": out_since(15, "110001"),
@@ -84,4 +86,4 @@ def test_the_central_counts_overdue_recorders_per_station_and_agency_wide(tmp_pa
         assert overdue_gauge(metrics) == 1
         assert overdue_count(store, MORNING) == 0
     finally:
-        store.close()
+        database.close()

@@ -49,7 +49,7 @@ async def test_a_recorder_kept_out_past_due_shows_overdue_at_the_central_and_a_r
     kept = spec(1, files=0, battery_percent=90)  # 赵敏 takes it and keeps it
     assert await check_out(tmp_path, [returned, kept], []) == [returned.device_serial, kept.device_serial]
     central = await EmbeddedCentral.start(tmp_path, STATION, tmp_path / "store")
-    reports = EquipmentStore.of_store(central.store_dir)
+    reports = EquipmentStore(central.running.parts.equipment)
     config = station_config(
         tmp_path, [returned, kept],
         equipment={"enabled": True, "overdue_check_s": 1, "overdue_after_h": 3 / 3600},
@@ -85,5 +85,4 @@ async def test_a_recorder_kept_out_past_due_shows_overdue_at_the_central_and_a_r
             [back_late] = station.ledger("returned")
             assert back_late["device_serial"] == returned.device_serial and back_late["overdue"]["late_s"] > 0
     finally:
-        reports.close()
         await central.stop()
