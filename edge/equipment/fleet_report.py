@@ -133,7 +133,10 @@ def _since(view: RecorderView) -> datetime | None:
 def _recorder_v2(view: RecorderView) -> dict[str, Any]:
     holder, docking = view.holder, view.docking
     bay = view.bay if view.in_bay and view.bay is not None and 0 <= view.bay <= MAX_BAY else None
-    outcome = docking.outcome if docking is not None else None
+    outcome = None
+    if docking is not None and docking.ended is not None:
+        # An outcome the central would not take (another version's word, or none kept) is sent as unknown.
+        outcome = docking.outcome if docking.outcome and _OUTCOME.fullmatch(docking.outcome) else "unknown"
     return {
         "device_serial": view.device_serial,
         "state": view.state.value,
@@ -147,8 +150,7 @@ def _recorder_v2(view: RecorderView) -> dict[str, Any]:
         "storage_total_bytes": view.storage_total_bytes,
         "last_docking": None if docking is None else {
             "started_at": report_time(docking.started), "ended_at": _optional_time(docking.ended),
-            # An outcome the central would not take (another version's word) is reported as under way.
-            "outcome": outcome if outcome is None or _OUTCOME.fullmatch(outcome) else "unknown"},
+            "outcome": outcome},
     }
 
 
@@ -194,9 +196,8 @@ def _last_docking(where: str, doc: object) -> dict[str, Any] | None:
     started = _time_or_null(f"{where}.started_at", doc["started_at"])
     if started is None:
         raise FleetReportError(f"{where}.started_at: expected the station's UTC time")
+    # An end before the start is not refused: a station clock stepped back during a docking shows so.
     ended = _time_or_null(f"{where}.ended_at", doc["ended_at"])
-    if ended is not None and ended < started:
-        raise FleetReportError(f"{where}.ended_at: before its started_at")
     outcome = doc["outcome"]
     if outcome is not None and (not isinstance(outcome, str) or not _OUTCOME.fullmatch(outcome)):
         raise FleetReportError(f"{where}.outcome: expected null or a word of at most 32 a-z_-")

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge.central.app import METRICS
 from edge.central.embedded import EmbeddedCentral
 from edge.central.equipment import EquipmentStore, fleet_view
 from tests.equipment.test_fleet import check_out
@@ -79,6 +82,10 @@ async def test_a_recorder_kept_out_past_due_shows_overdue_at_the_central_and_a_r
             assert at_central(view, kept.device_serial)["state"] == "overdue"
             assert view["overdue"] == 1 and view["stations"][0]["overdue"] == 1
             assert view["flagged"] == []
+            # The central's metric, as its metrics listener serves it.
+            exposition = central.running.app[METRICS].exposition().decode()
+            assert next(sample.value for family in text_string_to_metric_families(exposition)
+                        for sample in family.samples if sample.name == "edge_central_recorders_overdue") == 1
             # Both were out past due when the agent started (one `overdue` entry each); one came back.
             assert sorted(e["device_serial"] for e in station.ledger("overdue")) == sorted(
                 [returned.device_serial, kept.device_serial])

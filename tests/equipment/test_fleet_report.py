@@ -181,8 +181,8 @@ def recorder_of(report: dict[str, Any], serial: str) -> dict[str, Any]:
     (lambda r: recorder_of(r, "ZFY-BAY").update(since="2026-12-06 08:30"), "since"),
     (lambda r: recorder_of(r, "ZFY-BAY")["last_docking"].update(outcome="DONE; rm -rf"), "outcome"),
     (lambda r: recorder_of(r, "ZFY-BAY")["last_docking"].update(outcome=None), "exactly when it has ended"),
-    (lambda r: recorder_of(r, "ZFY-BAY")["last_docking"].update(ended_at="2026-12-06T08:00:00.000000Z"),
-     "before its started_at"),
+    (lambda r: recorder_of(r, "ZFY-BAY")["last_docking"].update(ended_at="2026-12-06 08:40"), "ended_at"),
+    (lambda r: recorder_of(r, "ZFY-BAY")["last_docking"].update(started_at=None), "started_at"),
     (lambda r: recorder_of(r, "ZFY-BAY")["last_docking"].update(by="x"), "last_docking"),
     (lambda r: recorder_of(r, "ZFY-BAD").update(state="away", bay=5), "null when away"),
     (lambda r: recorder_of(r, "ZFY-LATE").update(officer_name=None), "officer_name"),
@@ -203,6 +203,18 @@ def test_a_malformed_version_2_report_is_refused_naming_what(
     fault(bad)
     with pytest.raises(FleetReportError, match=message):
         check_report(bad, station=STATION)
+
+
+def test_a_docking_outcome_the_central_would_not_take_goes_as_unknown() -> None:
+    ended = NOW - timedelta(minutes=5)
+    records = FleetRecords(allowed=[], dockings={
+        "ZFY-ODD": DockingRecord(1, NOW - timedelta(minutes=9), ended, "Pulled Out!"),
+        "ZFY-NONE": DockingRecord(2, NOW - timedelta(minutes=9), ended, None),
+        "ZFY-NOW": DockingRecord(3, NOW - timedelta(minutes=1), None, None)})
+    report = fleet_report_v2(build_fleet(records, {}, POLICY, NOW), station=STATION)
+    assert {r["device_serial"]: r["last_docking"]["outcome"] for r in report["recorders"]} == {
+        "ZFY-NONE": "unknown", "ZFY-NOW": None, "ZFY-ODD": "unknown"}
+    assert check_report(report, station=STATION) == report
 
 
 def test_a_version_1_report_of_an_older_station_is_still_read(report: dict[str, Any]) -> None:
