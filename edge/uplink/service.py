@@ -680,11 +680,11 @@ class UplinkService:
         self._fleet = fleet
         self._fleet_changed.set()
 
-    def fleet_report_now(self) -> dict[str, Any]:
+    def fleet_report_now(self, *, version_1: bool = False) -> dict[str, Any]:
         """The report as it would go now: from the fleet view when the agent has one, else (the uplink
-        without the agent, or before its first view) from the assignments table (version 1)."""
+        without the agent, or before its first view, or ``version_1``) from the assignments table."""
         version = self.officer_sync.current_version()
-        if self._fleet is not None:
+        if self._fleet is not None and not version_1:
             return fleet_report_v2(self._fleet, station=self.config.station.id, officers_version=version)
         return fleet_report(self.store.conn, station=self.config.station.id, at=station_time_now(),
                             officers_version=version)
@@ -700,9 +700,10 @@ class UplinkService:
             await wait_event(self._fleet_changed, first_wait_s)
         sent: dict[str, Any] | None = None
         attempted: float | None = None
+        version_1 = False  # the central refused version 2 (one not upgraded yet): for this connection
         while True:
             self._fleet_changed.clear()
-            report = self.fleet_report_now()
+            report = self.fleet_report_now(version_1=version_1)
             content = {key: value for key, value in report.items() if key != "at"}
             interval = self.uplink.fleet_report_interval_s
             if attempted is None or loop.time() - attempted >= interval or content != sent:
@@ -711,6 +712,14 @@ class UplinkService:
                     await link.fleet_report(report)
                     sent = content
                 except NotDone as exc:
+                    refused = exc.outcome
+                    if report.get("version") == 2 and isinstance(refused, Refused) \
+                            and refused.code == "bad_request":
+                        log.warning("the central refused fleet report version 2 (%s): sending version 1, "
+                                    "from the assignments, until the uplink reconnects", exc)
+                        version_1 = True
+                        attempted = None
+                        continue
                     log.warning("fleet report not sent to the central: %s", exc)
             await wait_event(self._fleet_changed, max(0.0, interval - (loop.time() - attempted)))
             if self._fleet_changed.is_set():

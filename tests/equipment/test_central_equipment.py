@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
 from edge.central.backends import open_central_database
@@ -24,7 +25,7 @@ from edge.custody.keys import StationKey
 from edge.custody.ledger import EntryType
 from edge.equipment.assignments import AssignmentBook
 from edge.equipment.fleet import FleetPolicy, FleetRecords, HolderRecord, StatusReading, build_fleet
-from edge.equipment.fleet_report import fleet_report_v2
+from edge.equipment.fleet_report import FleetReportError, check_report, fleet_report_v2
 from edge.equipment.officer_csv import parse_officer_csv
 from edge.equipment.officer_sync import list_in_force
 from edge.equipment.officers import OfficerRegistry
@@ -276,3 +277,42 @@ async def test_a_hostile_version_2_report_is_refused_over_https_naming_the_membe
         assert (row["state"], row["officer_no"], row["battery_percent"], row["overdue"]) == (
             "out", "110001", 80, False)
         assert view["stations"][0]["report_version"] == 2 and view["overdue"] == 0
+
+
+def older_central_check(doc: object, *, station: str) -> dict[str, Any]:
+    """The strict reading of a central that knows version 1 only: any other member is refused."""
+    if isinstance(doc, dict) and "version" in doc:
+        raise FleetReportError("expected exactly the members ['at', 'officers_version', 'recorders', "
+                               "'station', 'type']")
+    return check_report(doc, station=station)
+
+
+async def test_a_central_not_upgraded_gets_version_1_when_it_refuses_version_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    records = FleetRecords(["ZFY0000D4"], open_assignments={
+        "ZFY0000D4": HolderRecord(1, "110001", "张伟", "", "", now)})
+    fleet = build_fleet(records, {}, FleetPolicy(timedelta(hours=14), 50), now)
+    async with e2e(tmp_path) as rig:
+        check_out(rig.store, "ZFY0000D4", "110001", returned_bay=None)
+        reports = EquipmentStore(rig.central.parts.equipment)
+
+        async def kept_after_run(version: int | None) -> dict[str, Any]:
+            service = UplinkService(rig.config(**FAST), rig.store)
+            service.follow_fleet()
+            service.fleet_changed(fleet)
+            async with uplink_running(service):
+                await until(f"a fleet report of version {version} kept", lambda: [
+                    r.get("version") for _, _, r in reports.reports()] == [version])
+            [(_, _, kept)] = reports.reports()
+            return kept
+
+        # Control: an upgraded central keeps version 2, from the fleet view.
+        upgraded = await kept_after_run(2)
+        assert upgraded["recorders"][0]["due_at"] is not None
+        # A central of the version before refuses it: the station sends version 1, from the assignments.
+        monkeypatch.setattr("edge.central.equipment.check_report", older_central_check)
+        older = await kept_after_run(None)
+        assert [(r["device_serial"], r["state"], r["officer_no"]) for r in older["recorders"]] == [
+            ("ZFY0000D4", "out", "110001")]
