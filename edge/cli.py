@@ -181,7 +181,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if (target / "index.db").is_file():
-        report = _verify_central(target, central_key)
+        report = _verify_central(target, central_key, Path(args.config) if args.config else None)
     elif is_package(target):
         # An unzipped disclosure package (一案一包): checked offline against the central key, pinned with
         # --central-key or by the station configuration given with --config; never the package's own.
@@ -309,13 +309,27 @@ def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, cent
     return report
 
 
-def _verify_central(store_dir: Path, central_key: Any) -> Any:
-    """A central store: objects, index, station ledgers, Merkle log; the signing key pinned if given."""
+def _verify_central(store_dir: Path, central_key: Any, config_path: Path | None = None) -> Any:
+    """A central store: objects, index, station ledgers, Merkle log; the signing key pinned if given.
+    ``config_path``: the central's configuration, whose [central] objects names where its objects are
+    (an S3 bucket); without it, the store's own objects/ folder."""
+    from edge.central.config import load_central_config
+    from edge.central.objects import ObjectStore, ObjectStoreError
     from edge.central.verify import verify_central
+    from edge.custody.problems import Problem
     from edge.verify.station import VerifyReport
 
     report = VerifyReport(f"central store {store_dir}")
-    findings = verify_central(store_dir, central_public_key=central_key)
+    objects: ObjectStore | None = None
+    if config_path is not None:
+        from edge.central.object_stores import open_object_store
+
+        try:
+            objects = open_object_store(load_central_config(config_path))
+        except (ConfigError, ObjectStoreError) as exc:
+            report.problems.append(Problem(f"objects of {config_path}", f"cannot be opened: {exc}"))
+            return report
+    findings = verify_central(store_dir, central_public_key=central_key, objects=objects)
     report.problems.extend(findings.problems)
     report.notes.extend(findings.notes)
     report.checked["central_stores"] = 1
@@ -474,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument(
         "--config",
-        help="the station configuration of the store (default: $EDGE_STATION_CONFIG, else "
+        help="for a central store: the central's configuration, whose [central] objects (an S3 bucket) is "
+        "checked with it; the station configuration of the store (default: $EDGE_STATION_CONFIG, else "
         "/etc/evidence-edge/station.toml when it configures this store): its pinned central key checks "
         "receipts and witnessed heads, and its central is asked for its witnessed head; for a disclosure "
         "package, its pinned central key is the key the package must be signed with",
