@@ -62,6 +62,7 @@ __all__ = ["S3ObjectStore"]
 log = logging.getLogger(__name__)
 
 _READ_CHUNK_BYTES = 1 << 20
+_RANGE_BYTES = 8 << 20  # one ranged GET of a whole-object read
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchVersion"})
 _LOCK_MODE = "COMPLIANCE"
 # What servers answer for a version without a retention or a legal hold (RGW 16.2: 404
@@ -494,6 +495,17 @@ class _RangedReader(io.RawIOBase):
             raise ValueError("negative seek position")
         self._position = base + offset
         return self._position
+
+    def readall(self) -> bytes:
+        # RawIOBase.readall would ask in 8 KiB reads: one HTTP request each.
+        parts: list[bytes] = []
+        while self._position < self._size:
+            chunk = bytearray(min(_RANGE_BYTES, self._size - self._position))
+            got = self.readinto(chunk)
+            if got == 0:
+                break
+            parts.append(bytes(chunk[:got]))
+        return b"".join(parts)
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
