@@ -82,6 +82,16 @@ def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_READ_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
 def _read_full(stream: BinaryIO, size: int) -> bytes:
     """Up to ``size`` bytes (fewer only at the end of the file)."""
     parts: list[bytes] = []
@@ -274,13 +284,17 @@ class S3ObjectStore:
         and is left for an operator), and its lock extended to ``retention``."""
         key = self.key_of(sha256)
         if self._head(sha256) is not None:
+            found, size = _hash_file(source)
+            if found != sha256:
+                log.warning("object %s: refused content hashing to %s (%d bytes) offered over the stored "
+                            "object", sha256, found, size)
+                raise ObjectMismatch(sha256, found, size)
             problem = self.verify(sha256)
             if problem is not None:
                 log.error("object %s in bucket %s is damaged (%s); refusing to store new content over it",
                           sha256, self.bucket, problem)
                 raise ObjectCorrupt(
                     f"stored object {sha256} {problem}; run `edge verify` on the central store")
-            size = source.stat().st_size
             if retention is not None:
                 self.retain(sha256, retention)
             self._drop_source(source)
@@ -309,6 +323,8 @@ class S3ObjectStore:
         data = _read_full(stream, self.part_size + 1)
         found = hashlib.sha256(data).hexdigest()
         if found != sha256:
+            log.warning("object %s: refused content hashing to %s (%d bytes); nothing was sent", sha256,
+                        found, len(data))
             raise ObjectMismatch(sha256, found, len(data))
         try:
             answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
@@ -339,6 +355,8 @@ class S3ObjectStore:
                     raise self._failure(exc, f"upload part {number} of {sha256}") from None
                 parts.append({"PartNumber": number, "ETag": answer["ETag"]})
             if digest.hexdigest() != sha256:
+                log.warning("object %s: refused content hashing to %s (%d bytes); its multipart upload is "
+                            "aborted, never completed", sha256, digest.hexdigest(), size)
                 raise ObjectMismatch(sha256, digest.hexdigest(), size)
             try:
                 done = self.client.complete_multipart_upload(
