@@ -36,7 +36,7 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import boto3
 from botocore.config import Config
@@ -54,9 +54,6 @@ from edge.central.objects import (
 )
 from edge.durable.files import fsync_dir
 
-if TYPE_CHECKING:
-    from mypy_boto3_s3.client import S3Client
-
 __all__ = ["S3ObjectStore"]
 
 log = logging.getLogger(__name__)
@@ -67,7 +64,8 @@ _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchVersion"})
 _LOCK_MODE = "COMPLIANCE"
 # What servers answer for a version without a retention or a legal hold (RGW 16.2: 404
 # ObjectLockConfigurationNotFoundError for a version never held).
-_NO_LOCK = frozenset({"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError", "InvalidRequest"})
+_NO_LOCK = frozenset({"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError",
+                      "InvalidRequest"})
 
 
 def _md5_b64(data: bytes) -> str:
@@ -123,7 +121,8 @@ class S3ObjectStore:
             read_timeout=config.read_timeout_s,
             retries={"max_attempts": config.max_attempts, "mode": "standard"},
         )
-        self.client: S3Client = boto3.session.Session().client(
+        # botocore clients are generated at run time: typed Any (no stub package is a dependency).
+        self.client: Any = boto3.session.Session().client(
             "s3", endpoint_url=config.endpoint, aws_access_key_id=config.access_key_id,
             aws_secret_access_key=secret_access_key, config=botocore_config,
             verify=str(config.ca_file) if config.ca_file is not None else True,
@@ -163,8 +162,8 @@ class S3ObjectStore:
             if _code(exc) in ("ObjectLockConfigurationNotFoundError", "InvalidRequest"):
                 raise ObjectStoreError(
                     f"bucket {self.bucket} at {self.config.endpoint} has no Object Lock: evidence there "
-                    "could be deleted or overwritten by anyone with the keys. Create the bucket with Object Lock "
-                    "enabled (aws s3api create-bucket --object-lock-enabled-for-bucket, or "
+                    "could be deleted or overwritten by anyone with the keys. Create the bucket with Object "
+                    "Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket, or "
                     "ObjectLockEnabledForBucket=True)") from None
             raise self._failure(exc, "checking Object Lock") from None
         except BotoCoreError as exc:
@@ -361,7 +360,7 @@ class S3ObjectStore:
             try:
                 done = self.client.complete_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                    MultipartUpload={"Parts": parts},
                 )
             except (ClientError, BotoCoreError) as exc:
                 raise self._failure(exc, f"complete multipart upload of {sha256}") from None

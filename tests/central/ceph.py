@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.prerequisites import require
+from tests.prerequisites import require_tool
 
 CEPH_TOOLS = ("monmaptool", "ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph")
 _START_TIMEOUT_S = 120.0
@@ -91,7 +91,8 @@ class _Cluster:
         done = subprocess.run([*argv[:1], "-c", str(self.conf), *argv[1:]], capture_output=True, text=True,
                               check=False, timeout=120)
         if done.returncode != 0:
-            pytest.fail(f"{' '.join(argv[:3])} failed ({done.returncode}): {done.stderr[-2000:]}{self.logs()}")
+            pytest.fail(f"{' '.join(argv[:3])} failed ({done.returncode}): "
+                        f"{done.stderr[-2000:]}{self.logs()}")
         return done.stdout
 
     def start(self, *argv: str) -> None:
@@ -154,8 +155,8 @@ def _wait_http(url: str, cluster: _Cluster) -> None:
 @pytest.fixture(scope="session")
 def ceph_gateway() -> Iterator[CephGateway]:
     """A running Ceph RGW with one S3 user."""
-    missing = [tool for tool in CEPH_TOOLS if shutil.which(tool) is None]
-    require(not missing, f"needs {', '.join(missing)} (Debian: ceph-mon ceph-osd radosgw ceph-common: make setup)")
+    for tool in CEPH_TOOLS:
+        require_tool(tool)
     folder = Path(tempfile.mkdtemp(prefix="edge-ceph-"))
     for sub in ("run", "log", "mon/a", "osd/0", "rgw"):
         (folder / sub).mkdir(parents=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge.central.objects import FileObjectStore, ObjectMismatch, ObjectStore, ObjectStoreError, Retention
+from edge.central.s3_objects import S3ObjectStore
 from edge.custody.canonical import sha256_hex
 from tests.central.ceph import CephGateway
 from tests.central.s3 import s3_store
@@ -29,8 +30,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStor
 
 
 def _names(store: ObjectStore) -> list[str]:
-    names = getattr(store, "names")  # both backends list their objects for verification
-    return list(names())
+    assert isinstance(store, FileObjectStore | S3ObjectStore)  # both list their objects for verification
+    return list(store.names())
 
 
 def _upload(tmp_path: Path, data: bytes, name: str = "u.part") -> Path:

@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from edge.central.config import CentralConfig, ConfigError
 from edge.central.object_stores import open_object_store
 from edge.central.objects import ObjectCorrupt, ObjectMismatch, ObjectStoreUnavailable, Retention
-from edge.central.registration import HTTP_STATUS, Rejection, RejectCode
+from edge.central.registration import HTTP_STATUS, RejectCode, Rejection
 from edge.central.retention import RetentionPolicy
 from edge.central.s3_objects import S3ObjectStore
 from edge.central.verify import verify_central_store
@@ -156,7 +156,8 @@ def test_retention_is_extended_never_shortened(
 
 def test_permanent_evidence_is_under_a_legal_hold(store: S3ObjectStore, tmp_path: Path) -> None:
     permanent, ordinary = b"permanent", b"ordinary"
-    store.put_file(_upload(tmp_path, permanent, "p"), sha256_hex(permanent), Retention(_in(10), legal_hold=True))
+    store.put_file(_upload(tmp_path, permanent, "p"), sha256_hex(permanent),
+                   Retention(_in(10), legal_hold=True))
     store.put_file(_upload(tmp_path, ordinary, "o"), sha256_hex(ordinary), Retention(_in(10)))
     assert store.retention_of(sha256_hex(permanent))[2] is True
     assert store.retention_of(sha256_hex(ordinary))[2] is False  # control
