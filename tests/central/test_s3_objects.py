@@ -5,12 +5,15 @@ bucket answered with 503 while the upload is kept."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from botocore.exceptions import ClientError
 
@@ -20,10 +23,22 @@ from edge.central.objects import ObjectCorrupt, ObjectMismatch, ObjectStoreUnava
 from edge.central.registration import HTTP_STATUS, RejectCode, Rejection
 from edge.central.retention import RetentionPolicy
 from edge.central.s3_objects import S3ObjectStore
+from edge.central.service import RunningCentral, start_central
 from edge.central.verify import verify_central_store
 from edge.custody.canonical import sha256_hex
+from edge.custody.keys import StationKey
 from tests.central.ceph import CephGateway
-from tests.central.conftest import CentralParts, FakeStation, enroll, free_port, make_central_parts
+from tests.central.conftest import (
+    CentralParts,
+    FakeStation,
+    central_config,
+    enroll,
+    free_port,
+    make_central_parts,
+    post_json,
+    register_over_http,
+    tus_upload,
+)
 from tests.central.s3 import SECRET_ENV, new_bucket, raw_client, s3_objects_config, s3_store
 
 PART = 5 << 20
@@ -254,3 +269,101 @@ async def test_edge_verify_names_an_object_deleted_with_credentials(
     named = [p for p in problems if p.where == f"object {sha}"]
     assert named and any("delete marker" in p.what for p in named), problems
     assert not [p for p in problems if other in p.where]
+
+
+class _Proxy:
+    """A TCP relay to the gateway that a test can cut, as a failed link or a gateway down. It runs its own
+    event loop in a thread: the central asks the bucket with blocking calls (at start, from its loop)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="s3-proxy", daemon=True)
+        self.thread.start()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    def start(self, port: int = 0) -> int:
+        async def listen() -> int:
+            self.server = await asyncio.start_server(self._relay, "127.0.0.1", port)
+            bound: int = self.server.sockets[0].getsockname()[1]
+            return bound
+
+        return asyncio.run_coroutine_threadsafe(listen(), self.loop).result(30)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(1 << 16):
+                    sink.write(data)
+                    await sink.drain()
+            except ConnectionError:
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        async def close() -> None:
+            assert self.server is not None
+            self.server.close()
+            for writer in self.writers:
+                writer.close()
+            self.writers.clear()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(30)
+
+    def stop(self) -> None:
+        if self.server is not None and self.server.is_serving():
+            self.cut()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+async def test_over_http_a_bucket_down_answers_503_and_the_retry_is_accepted(
+    tmp_path: Path, gateway: CephGateway, station: FakeStation
+) -> None:
+    proxy = _Proxy(int(gateway.endpoint.rsplit(":", 1)[1]))
+    port = proxy.start()
+    config = central_config(tmp_path / "central-store", dev=True)
+    objects = s3_objects_config(gateway, new_bucket(gateway), endpoint=f"http://127.0.0.1:{port}",
+                                max_attempts=1, connect_timeout_s=2, read_timeout_s=10)
+    config = config.model_copy(update={"central": config.central.model_copy(update={"objects": objects})})
+    running: RunningCentral | None = None
+    try:
+        running = await start_central(config, signing_key=StationKey.generate())
+        running.parts.index.enroll_station(station.station_id, station.key.public_key_b64, "c" * 64)
+        headers = {"X-Edge-Station": station.station_id}
+        url = str(running.url)
+        async with aiohttp.ClientSession() as session:
+            first = station.acquire(b"accepted while the bucket is up")
+            status, _ = await register_over_http(session, url, station, first, headers)
+            assert status == 201  # control: the same path with the bucket reachable
+            after = running.parts.index.ledger_head(station.station_id)[0]
+            proxy.cut()
+            second = station.acquire(b"offered while the bucket is down")
+            upload = await tus_upload(session, url, second.content, headers)
+            body = {"upload": upload, "manifest": second.manifest, "ledger": station.segment(after)}
+            items = f"{url}/v1/stations/{station.station_id}/items"
+            status, answer = await post_json(session, items, body, headers)
+            assert status == 503 and answer["error"] == "store_unavailable", answer
+            assert "refusal" not in answer  # not final: the station keeps the item and retries
+            assert running.parts.index.item(second.item) is None
+            proxy.start(port)  # the link is back
+            status, answer = await post_json(session, items, body, headers)
+            assert status == 201, answer  # the kept upload, registered on retry
+        assert running.parts.objects.verify(second.sha256) is None
+    finally:
+        if running is not None:
+            await running.stop()
+        proxy.stop()
