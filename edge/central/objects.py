@@ -128,6 +128,10 @@ class ObjectStore(Protocol):
         """None when the object hashes to its name, else a sentence saying what is wrong."""
         ...
 
+    def reachable(self) -> str | None:
+        """None when the store answers (readiness), else a sentence saying why not."""
+        ...
+
 
 def _hash_file(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
@@ -179,6 +183,9 @@ class FileObjectStore:
 
     def retain(self, sha256: str, retention: Retention) -> None:
         """Nothing to set: a local folder has no retention lock (its objects are read-only files)."""
+
+    def reachable(self) -> str | None:
+        return None if self.root.is_dir() else f"{self.root} is not a directory"
 
     def put_file(self, source: Path, sha256: str, retention: Retention | None = None) -> StoredObject:
         """Hash ``source``; when it matches ``sha256`` move it durably into place (read-only).

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from botocore.exceptions import ClientError
 
+from edge.central.app import READINESS
 from edge.central.config import CentralConfig, ConfigError
 from edge.central.object_stores import open_object_store
 from edge.central.objects import ObjectCorrupt, ObjectMismatch, ObjectStoreUnavailable, Retention
@@ -34,6 +35,7 @@ from tests.central.conftest import (
     central_config,
     enroll,
     free_port,
+    get_json,
     make_central_parts,
     post_json,
     register_over_http,
@@ -349,6 +351,9 @@ async def test_over_http_a_bucket_down_answers_503_and_the_retry_is_accepted(
             first = station.acquire(b"accepted while the bucket is up")
             status, _ = await register_over_http(session, url, station, first, headers)
             assert status == 201  # control: the same path with the bucket reachable
+            running.app[READINESS].max_age_s = 0.0  # every probe answered afresh
+            status, ready = await get_json(session, f"{url}/readyz")
+            assert status == 200 and ready["checks"]["objects"] == "ok", ready
             after = running.parts.index.ledger_head(station.station_id)[0]
             proxy.cut()
             second = station.acquire(b"offered while the bucket is down")
@@ -359,6 +364,8 @@ async def test_over_http_a_bucket_down_answers_503_and_the_retry_is_accepted(
             assert status == 503 and answer["error"] == "store_unavailable", answer
             assert "refusal" not in answer  # not final: the station keeps the item and retries
             assert running.parts.index.item(second.item) is None
+            status, ready = await get_json(session, f"{url}/readyz")  # a load balancer sees it too
+            assert status == 503 and ready["checks"]["objects"] == "unreachable", ready
             proxy.start(port)  # the link is back
             status, answer = await post_json(session, items, body, headers)
             assert status == 201, answer  # the kept upload, registered on retry
