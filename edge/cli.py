@@ -181,7 +181,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if (target / "index.db").is_file():
-        report = _verify_central(target, central_key, Path(args.config) if args.config else None)
+        report = _verify_central(target, central_key)
+    elif target.is_file() and target.suffix == ".toml":
+        # A central's configuration: its store, and its index wherever [central] index keeps it (a
+        # PostgreSQL database holds no file in the store to recognise it by).
+        from edge.central.config import PostgresIndexConfig, load_central_config
+
+        try:
+            central_config = load_central_config(target)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        index = central_config.central.index
+        report = _verify_central(central_config.central.store_dir, central_key,
+                                 index if isinstance(index, PostgresIndexConfig) else None, central_config)
     elif is_package(target):
         # An unzipped disclosure package (一案一包): checked offline against the central key, pinned with
         # --central-key or by the station configuration given with --config; never the package's own.
@@ -309,27 +322,28 @@ def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, cent
     return report
 
 
-def _verify_central(store_dir: Path, central_key: Any, config_path: Path | None = None) -> Any:
+def _verify_central(store_dir: Path, central_key: Any, index: Any = None, config: Any = None) -> Any:
     """A central store: objects, index, station ledgers, Merkle log; the signing key pinned if given.
-    ``config_path``: the central's configuration, whose [central] objects names where its objects are
-    (an S3 bucket); without it, the store's own objects/ folder."""
-    from edge.central.config import load_central_config
+    ``index``: the store's PostgreSQL index configuration (None: the store's index.db); ``config``: the
+    central's configuration, whose [central] objects says where its objects are (an S3 bucket; None:
+    the store's objects/ folder)."""
     from edge.central.objects import ObjectStore, ObjectStoreError
     from edge.central.verify import verify_central
     from edge.custody.problems import Problem
     from edge.verify.station import VerifyReport
 
-    report = VerifyReport(f"central store {store_dir}")
+    report = VerifyReport(f"central store {store_dir}" + (f" with its index in {index.url}" if index else ""))
     objects: ObjectStore | None = None
-    if config_path is not None:
+    if config is not None and config.central.objects.type != "files":
         from edge.central.object_stores import open_object_store
 
         try:
-            objects = open_object_store(load_central_config(config_path))
+            objects = open_object_store(config)
         except (ConfigError, ObjectStoreError) as exc:
-            report.problems.append(Problem(f"objects of {config_path}", f"cannot be opened: {exc}"))
+            report.problems.append(Problem(f"objects of {config.central.objects.bucket}",
+                                           f"cannot be opened: {exc}"))
             return report
-    findings = verify_central(store_dir, central_public_key=central_key, objects=objects)
+    findings = verify_central(store_dir, central_public_key=central_key, index=index, objects=objects)
     report.problems.extend(findings.problems)
     report.notes.extend(findings.notes)
     report.checked["central_stores"] = 1
@@ -473,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
         "unzipped disclosure package"
     )
     verify.add_argument(
-        "path", help="sealed evidence file, station store, central store, or a .receipt.json file"
+        "path", help="sealed evidence file, station store, central store (or the central's configuration "
+        "file, for a central whose index is on PostgreSQL), or a .receipt.json file"
     )
     verify.add_argument("--item", help="verify only this item of the store at PATH")
     verify.add_argument("--key", help="the station public key (PEM) as known from enrolment, to pin")
@@ -488,8 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument(
         "--config",
-        help="for a central store: the central's configuration, whose [central] objects (an S3 bucket) is "
-        "checked with it; the station configuration of the store (default: $EDGE_STATION_CONFIG, else "
+        help="the station configuration of the store (default: $EDGE_STATION_CONFIG, else "
         "/etc/evidence-edge/station.toml when it configures this store): its pinned central key checks "
         "receipts and witnessed heads, and its central is asked for its witnessed head; for a disclosure "
         "package, its pinned central key is the key the package must be signed with",

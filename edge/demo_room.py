@@ -12,10 +12,10 @@ socket) and an ffmpeg test source (lavfi testsrc2 with a tone). The demo starts 
 * ``gaps``: the session's closed ``gap`` entries (source, from, to, reason, duration_s);
 * ``max_seal_latency_s``: the largest ``seal_latency_s`` of the session's segments (ffmpeg listing the
   segment to its ``sealed`` entry);
-* ``items``: every item of the session (each segment and the signed session manifest) with whether the
-  central's index holds it (``received``) and whether the receipt the station kept verifies against the
-  central's key for that item, hash and station (``receipt_verified``); ``received`` and ``receipts``
-  count them.
+* ``items``: every item of the session (each segment, the signed session manifest, each source's joined
+  recording and the statement) with whether the central's index holds it (``received``) and whether
+  the receipt the station kept verifies against the central's key for that item, hash and station
+  (``receipt_verified``); ``received`` and ``receipts`` count them.
 
 Exit status 0 only when every segment closed was sealed, every item was received with a verified receipt,
 and both stores verify. ``--gb-fault stall=3`` (any simulator fault) shows a gap on the GB source.
@@ -91,8 +91,8 @@ def session_report(store_dir: Path, session_id: str, central_store: Path | None,
     """What the session left: its segments, gaps, seal latencies, and each item's central receipt."""
     conn = open_db(store_dir / "state.db")
     try:
-        rows = conn.execute("SELECT seq, type, item, data FROM ledger WHERE type IN "
-                            "('segment_sealed', 'gap', 'session_stopped') ORDER BY seq").fetchall()
+        rows = conn.execute("SELECT seq, type, item, data FROM ledger WHERE type IN ('segment_sealed', "
+                            "'gap', 'session_stopped', 'room_products') ORDER BY seq").fetchall()
         uploads = {str(item): (str(state), receipt) for item, state, receipt in
                    conn.execute("SELECT item, state, receipt FROM uploads").fetchall()}
         hashes = {str(item): str(sha) for item, sha in conn.execute("SELECT item, sha256 FROM items")}
@@ -101,6 +101,7 @@ def session_report(store_dir: Path, session_id: str, central_store: Path | None,
     segments: list[dict[str, Any]] = []
     gaps: list[dict[str, Any]] = []
     manifest_item: str | None = None
+    products: list[tuple[str, str, str | None]] = []  # (item, role, source): joined files, the statement
     for _, type_, item, text in rows:
         data = json.loads(text)
         if data.get("room_session") != session_id:
@@ -113,12 +114,18 @@ def session_report(store_dir: Path, session_id: str, central_store: Path | None,
             gaps.append({key: data.get(key) for key in ("source", "from", "to", "reason", "duration_s")})
         elif type_ == "session_stopped":
             manifest_item = data.get("manifest_item")
+        elif type_ == "room_products":
+            products = [(str(j["item"]), "joined-recording", str(j.get("source")))
+                        for j in data.get("joined", []) if j.get("item")]
+            if data.get("statement_item"):
+                products.append((str(data["statement_item"]), "session-statement", None))
     index = SqliteIndex.open(CentralLayout(central_store).index_db) if central_store is not None else None
     items = []
     try:
         wanted = [(s["item"], "segment", s["source"]) for s in segments]
         if manifest_item:
             wanted.append((manifest_item, "session-manifest", None))
+        wanted += products
         for item, role, source in wanted:
             state, receipt = uploads.get(item, ("not queued", None))
             received = index is not None and index.item(item) is not None

@@ -34,6 +34,8 @@ from edge.custody.errors import CustodyError
 from edge.custody.keys import load_public_key
 from edge.custody.ledger import EntryType
 from edge.custody.text import hide_station_paths
+from edge.equipment.fleet import Fleet, LiveBay
+from edge.equipment.fleet_monitor import FleetMonitor
 from edge.gb28181.clock_history import CLOCK_HISTORY_DIR
 from edge.gb28181.live import LiveError, LiveSettings, LiveStreams
 from edge.gb28181.media import receiver_keeping_free
@@ -187,6 +189,7 @@ class StationAgent:
         self.gb28181_downloads: GbDownloadScheduler | None = None
         self.rooms: RoomService | None = None
         self.gb28181_live: LiveStreams | None = None
+        self.fleet: FleetMonitor | None = None
         self.ready = asyncio.Event()
         # Whether [logging] level sets the log level (not when the command line chose one, with -v).
         self.log_level_from_config = False
@@ -280,6 +283,7 @@ class StationAgent:
             self._add_gb28181_downloads(supervisor, self.gb28181)
         if self.config.rooms.room:
             self._add_rooms(supervisor)
+        self._add_fleet(supervisor)
         await self._start_api()
         watcher.start()
         self.ready.set()
@@ -290,6 +294,8 @@ class StationAgent:
                 await self.api.stop()
                 self.api = None
             self._store_facts.close()
+            if self.fleet is not None:
+                self.fleet.close()
             if self._tasks:
                 # Sessions stop at their last committed state; whatever was in flight resumes next start.
                 for task in list(self._tasks):
@@ -387,6 +393,37 @@ class StationAgent:
                 self.rooms.hardware_status[room.id] = hardware.status
                 supervisor.add(TaskSpec(f"room-hardware-{room.id}", hardware.run, critical=False))
 
+    def _add_fleet(self, supervisor: Supervisor) -> None:
+        """The fleet view (edge.equipment.fleet): every recorder known here, where and how it is, and the
+        overdue alerts. Losing it costs the view and the alerts until it is back, never evidence."""
+        assert self.store is not None
+        metrics = self.status.metrics
+
+        def publish(fleet: Fleet) -> None:
+            for state, count in fleet.counts().items():
+                metrics.recorders.labels(state).set(count)
+            metrics.recorders_overdue.set(len(fleet.overdue))
+
+        self.fleet = FleetMonitor(self.store, config=lambda: self.config, live=self._recorders_in_bays,
+                                  on_fleet=publish, alive=lambda: self.supervisor_alive("fleet"))
+        self.status.sections["fleet"] = self.fleet.summary
+        self.store.ledger.add_listener(self.fleet.ledger_entry)
+        check_s = self.config.equipment.overdue_check_s
+        supervisor.add(TaskSpec("fleet", self.fleet.run, critical=False, liveness_timeout_s=2 * check_s + 60))
+
+    def _recorders_in_bays(self) -> dict[str, LiveBay]:
+        """The recorders the status board shows in a bay now, with the bay board's charge reading."""
+        found: dict[str, LiveBay] = {}
+        for bay in self.status.bays():
+            serial = (bay.get("device") or {}).get("serial")
+            # A tile that says "pulled out early" stays until the next docking there: its recorder left.
+            if bay.get("state") == "empty" or bay.get("error_class") == "pulled_early" or not serial:
+                continue
+            view = self.views.get(serial)
+            number = int(bay["bay"]) if str(bay["bay"]).isdigit() else None
+            found[serial] = LiveBay(number, view.charge_percent if view is not None else None)
+        return found
+
     def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient) -> None:
         """Telemetry from the status board (which needs the telemetry salt: a salt file that cannot be
         used turns off telemetry alone, and the ledger says why), and the central's commands (which need
@@ -439,6 +476,7 @@ class StationAgent:
                 central_key=load_public_key(key_path),
                 client=client,
                 status=self.status.snapshot,
+                officers_sync=self.uplink.fetch_officer_list_now if self.uplink is not None else None,
             )
         except (OSError, ValueError, CustodyError, sqlite3.Error) as exc:
             log.error("mqtt commands disabled: %s", exc)

@@ -25,12 +25,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from edge.central.auth import Authenticator, require_client_certificate
+from edge.central.backends import open_central_database
 from edge.central.config import CentralConfig
 from edge.central.health import PUBLIC_ROUTES, Readiness, add_health_routes
 from edge.central.http_server import (
@@ -51,7 +51,6 @@ from edge.central.objects import FileObjectStore, ObjectStore
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
 from edge.central.retention import RetentionPolicy
 from edge.central.revocation import crl_seconds_left
-from edge.central.sqlite import SqliteDatabase
 from edge.central.storage import CentralDatabase, ConsoleStore, Index
 from edge.central.timestamp import TimeStamper, keep_tsa_roots, load_tsa_roots, timestamp_task
 from edge.central.tus import TusRequestError, add_tus_routes, tus_purge_task
@@ -233,7 +232,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                  request.path[:200], request.remote, exc)
         # Never sent (the connection is gone); aiohttp drops it quietly.
         return error_response("client_gone", "the connection ended during the request", 400)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, request.app[CENTRAL].index.unit.errors):
+            # The database failed (lost connection, server restarting): the transaction was rolled back
+            # whole, nothing half-written; the client retries. Logged with its cause, never answered with it.
+            log.exception("the index failed under %s %s", request.method, request.path[:200])
+            return _refusal(request, error_response(
+                RejectCode.INDEX_UNAVAILABLE, "the central's database is unavailable; nothing of this "
+                "request was kept: retry later", HTTP_STATUS[RejectCode.INDEX_UNAVAILABLE]))
         return _internal_error(request)
 
 
@@ -363,12 +369,13 @@ def build_app(
     config: CentralConfig,
     *,
     signing_key: StationKey | None = None,
-    open_database: Callable[[Path], CentralDatabase] = SqliteDatabase.open,
+    open_database: Callable[[CentralConfig], CentralDatabase] = open_central_database,
 ) -> web.Application:
     """The central application for ``config`` (its store directory must have been initialised).
 
-    ``open_database`` chooses the backend of the index and the Merkle log (SQLite in the store's
-    ``index.db``); nothing else in the application knows which one it is."""
+    ``open_database`` opens the backend of the index, the Merkle log and the console's store (by default
+    the one ``[central] index`` names: SQLite in the store's ``index.db`` or PostgreSQL); nothing else in
+    the application knows which one it is."""
     # Imported here so that importing this module does not need the read side's dependencies first.
     from edge.central.console.api import add_console_api_routes
     from edge.central.console.pages import add_console_pages
@@ -376,12 +383,13 @@ def build_app(
     from edge.central.console.signin import add_sign_in_routes
     from edge.central.console.state import CONSOLE, ConsoleState
     from edge.central.disclosure.routes import add_audit_routes
+    from edge.central.equipment import add_equipment_routes
     from edge.central.readside import add_read_routes
     from edge.central.station_ledger_read import add_station_ledger_route
 
     layout = config.layout
     key = signing_key if signing_key is not None else load_signing_key(config)
-    database = open_database(layout.index_db)
+    database = open_database(config)
     index = database.index
     try:
         merkle = MerkleLog(database.log_store, key, config.central.id)
@@ -444,6 +452,8 @@ def build_app(
     app.router.add_get("/v1/log/inclusion", stations.inclusion)
     add_read_routes(app, parts)
     add_station_ledger_route(app, parts)
+    # The agency's officer list for its stations and their fleets for auditors (edge.central.equipment).
+    add_equipment_routes(app, parts, config.uploads.chunk_timeout_s)
     # The auditor console: its pages, sign-in and session-authenticated API (edge.central.console).
     app[CONSOLE] = ConsoleState.from_settings(config.console, database.console, console_key)
     add_sign_in_routes(app)
@@ -491,8 +501,10 @@ def _add_mqtt_receiver(
 
     mqtt = parts.config.mqtt
     assert mqtt is not None
+    from edge.central.equipment import EQUIPMENT_STORE
+
     api = MqttApi(parts, transfers, prefix=mqtt.topic_prefix, max_request_bytes=mqtt.max_request_bytes,
-                  observe_receipt=metrics.receipt_seconds.observe)
+                  observe_receipt=metrics.receipt_seconds.observe, equipment=app[EQUIPMENT_STORE])
     receiver = MqttReceiver(
         central_mqtt_settings(parts.config), prefix=mqtt.topic_prefix, shared_group=mqtt.shared_group,
         store=transfers, api=api,

@@ -49,7 +49,6 @@ __all__ = [
     "is_loopback_listen",
     "load_central_config",
     "parse_central_config",
-    "require_embedded_index",
 ]
 
 # RFC 1123 host name labels; no wildcards: a station must reach one named server, not a family.
@@ -761,20 +760,6 @@ class CentralLayout:
     @property
     def index_db(self) -> Path:
         return self.store_dir / "index.db"
-
-
-def require_embedded_index(config: CentralConfig) -> None:
-    """Refuse, with :class:`ConfigError`, a configuration whose index the central cannot run on yet.
-
-    The PostgreSQL backend (edge.central.postgres) has its schema, migrations, append-only rules, the
-    index and the Merkle log's serialised store, but not yet the console's store; until it does, a central
-    configured for it must not start on anything else in its place."""
-    if config.central.index.type != "sqlite":
-        raise ConfigError(
-            f"central.index: type {config.central.index.type!r} is not yet supported by the receiver and its "
-            "commands (the PostgreSQL backend is being built: the index and the Merkle log run on it, the "
-            "auditor console's store does not yet); use the default {type = \"sqlite\"}"
-        )
 
 
 def parse_central_config(text: str, source: str = "<string>") -> CentralConfig:

@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 # The case block of a manifest and the fields a `tagged` ledger entry may change (edge/tagging.py).
 CASE_FIELDS = ("case_number", "location", "collector", "subject", "important", "category", "retention")
+# Case fields a manifest may carry that the index holds in another column, not in item_case.
+CASE_FIELDS_INDEXED_ELSEWHERE = frozenset({"collector_no"})
 
 # A leading letter or digit keeps ids from being read as options ("-x") or path parts ("." / "..").
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
@@ -240,6 +242,8 @@ def indexable_case(case: Mapping[str, Any], where: str) -> dict[str, Any]:
         )
         if name in CASE_FIELDS and fits:
             clean[name] = value
+        elif name in CASE_FIELDS_INDEXED_ELSEWHERE and (value is None or isinstance(value, str)):
+            continue  # a room session's collector_no is the item's officer_no (source block), indexed there
         else:
             log.warning("%s: case field %r with a %s value is not indexed", where, str(name)[:40],
                         type(value).__name__)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.central.app import CentralParts, rejection_document
+from edge.central.equipment import EquipmentStore, station_fleet_report, station_officers
 from edge.central.mqtt_ingest_store import MqttIngestStore, TransferState
 from edge.central.record_rate import noting_skipped
 from edge.central.registration import (
@@ -124,8 +125,10 @@ class MqttApi:
         prefix: str,
         max_request_bytes: int,
         observe_receipt: Callable[[float], object] | None = None,
+        equipment: EquipmentStore | None = None,
     ) -> None:
         self.parts = parts
+        self.equipment = equipment
         self.transfers = transfers
         self.prefix = prefix
         self.max_request_bytes = max_request_bytes
@@ -139,6 +142,8 @@ class MqttApi:
             ApiOp.TREE_HEAD: self._tree_head,
             ApiOp.CONSISTENCY: self._consistency,
             ApiOp.TRANSFER_STATE: self._transfer_state,
+            ApiOp.OFFICERS: self._officers,
+            ApiOp.FLEET_REPORT: self._fleet_report,
         }
 
     def __repr__(self) -> str:
@@ -306,6 +311,23 @@ class MqttApi:
                          "detail": f"upload {named} is being written by another request; retry later"}
         log.info("upload %s abandoned by station %s over MQTT", named, caller.station_id)
         return 204, None
+
+    def _equipment(self) -> EquipmentStore:
+        if self.equipment is None:
+            raise Rejection(RejectCode.NOT_FOUND, "this central keeps no officer list or fleet")
+        return self.equipment
+
+    async def _officers(self, caller: Caller, body: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            _exact_members(body, ("have",), ApiOp.OFFICERS)
+            have = _integer(body, "have", 0, 2**53 - 1, ApiOp.OFFICERS)
+            return 200, station_officers(self.parts, self._equipment(), caller, caller.station_id, have)
+        except Rejection as rejection:
+            raise self._recorded(rejection, caller) from None
+
+    async def _fleet_report(self, caller: Caller, body: dict[str, Any]) -> tuple[int, Any]:
+        # station_fleet_report records its own refusals.
+        return 200, station_fleet_report(self.parts, self._equipment(), caller, caller.station_id, body)
 
     async def _tree_head(self, caller: Caller, body: dict[str, Any]) -> tuple[int, Any]:
         try:

@@ -131,6 +131,9 @@ class RejectCode(StrEnum):
     TOO_LARGE = "too_large"
     REQUEST_TIMEOUT = "request_timeout"
     ACCESS_LOG_UNAVAILABLE = "access_log_unavailable"
+    # The database failed under the request (a PostgreSQL server restarting, the connection cut): the
+    # request's transaction was rolled back whole; retry after Retry-After.
+    INDEX_UNAVAILABLE = "index_unavailable"
     INTERNAL_ERROR = "internal_error"
     # The central is at a configured bound (requests, buffered bodies): retry after Retry-After.
     SERVER_BUSY = "server_busy"
@@ -166,6 +169,7 @@ HTTP_STATUS: dict[RejectCode, int] = {
     RejectCode.TOO_LARGE: 413,
     RejectCode.REQUEST_TIMEOUT: 408,
     RejectCode.ACCESS_LOG_UNAVAILABLE: 503,
+    RejectCode.INDEX_UNAVAILABLE: 503,
     RejectCode.INTERNAL_ERROR: 500,
     RejectCode.SERVER_BUSY: 503,
     RejectCode.RATE_LIMITED: 429,

@@ -67,12 +67,18 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.central.config import CentralLayout
+from edge.central.backends import DatabaseUnavailable
+from edge.central.config import CentralLayout, ConfigError, PostgresIndexConfig
 from edge.central.console.enrolments import ENROLMENTS_FILE, EnrolmentRecord, enrolment_problems
 from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey
+from edge.central.equipment import EQUIPMENT_DB, officer_list_problems
 from edge.central.index import CASE_FIELDS
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore, ObjectStore, ObjectStoreError, is_sha256_hex
+from edge.central.postgres import PostgresDatabase
+from edge.central.postgres.console import key_fits_seals as postgres_key_fits_seals
+from edge.central.postgres.qmark import QmarkConnection
+from edge.central.postgres.trail import row_json as postgres_row_json
 from edge.central.sqlite import SqliteDatabase
 from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, key_fits_seals, row_json_sql, trail_mac
 from edge.custody.canonical import canonical_json, parse_json, sha256_hex
@@ -122,6 +128,7 @@ def verify_central_store(
     *,
     central_public_key: Ed25519PublicKey | None = None,
     origin: str | None = None,
+    index: PostgresIndexConfig | None = None,
     objects: ObjectStore | None = None,
 ) -> list[Problem]:
     """Every problem found in the central store at ``store_dir``; an empty list means it verifies.
@@ -131,7 +138,7 @@ def verify_central_store(
     ``origin`` is the central id tree heads must name (default: the one the first signed head names).
     """
     return verify_central(store_dir, central_public_key=central_public_key, origin=origin,
-                          objects=objects).problems
+                          index=index, objects=objects).problems
 
 
 def verify_central(
@@ -139,16 +146,20 @@ def verify_central(
     *,
     central_public_key: Ed25519PublicKey | None = None,
     origin: str | None = None,
+    index: PostgresIndexConfig | None = None,
     objects: ObjectStore | None = None,
 ) -> CentralFindings:
     """:func:`verify_central_store` with notes and counts (for `edge verify` and the benchmark).
 
-    ``objects``: the store's object store when it is not the local folder ``<store_dir>/objects`` (an
-    S3 bucket, :mod:`edge.central.s3_objects`: its version history is checked too)."""
+    ``index``: the store's index is in this PostgreSQL database (its configuration's ``[central]
+    index``), not in ``store_dir/index.db``. ``objects``: the store's object store when it is not the
+    local folder ``<store_dir>/objects`` (an S3 bucket, :mod:`edge.central.s3_objects`: its version
+    history is checked too)."""
     layout = CentralLayout(Path(store_dir))
     findings = CentralFindings()
     problems = findings.problems
-    if not layout.index_db.is_file():
+    where = index.url if index is not None else str(layout.index_db)
+    if index is None and not layout.index_db.is_file():
         problems.append(Problem(f"index {layout.index_db}", "missing: this is not a central store"))
         return findings
     public_key = central_public_key
@@ -172,27 +183,48 @@ def verify_central(
                         f"is key {key_id_of(stored)}, not the pinned central key {key_id_of(public_key)}",
                     )
                 )
-    database = SqliteDatabase.open_readonly(layout.index_db)
+    database: SqliteDatabase | PostgresDatabase
+    try:
+        database = (SqliteDatabase.open_readonly(layout.index_db) if index is None
+                    else _open_postgres_readonly(index))
+    except DatabaseUnavailable as exc:
+        problems.append(Problem(f"index {where}", str(exc)))
+        return findings
     try:
         _Checker(database, layout, public_key, origin, findings, objects).run()
-    except sqlite3.DatabaseError as exc:
-        problems.append(Problem(f"index {layout.index_db}", f"cannot be read: {exc}"))
+    except database.errors as exc:
+        problems.append(Problem(f"index {where}", f"cannot be read: {exc}"))
     finally:
         database.close()
     return findings
 
 
+def _open_postgres_readonly(index: PostgresIndexConfig) -> PostgresDatabase:
+    """The configured PostgreSQL database, read-only (verification never changes what it checks, and
+    applies no migration)."""
+    import psycopg
+
+    try:
+        password = index.password.resolve() if index.password is not None else None
+        return PostgresDatabase.open_readonly(index.url, password=password)
+    except (ConfigError, psycopg.Error) as exc:
+        raise DatabaseUnavailable(f"cannot be opened: {str(exc).strip()}") from None
+
+
 class _Checker:
     def __init__(
         self,
-        database: SqliteDatabase,
+        database: SqliteDatabase | PostgresDatabase,
         layout: CentralLayout,
         public_key: Ed25519PublicKey | None,
         origin: str | None,
         findings: CentralFindings,
         objects: ObjectStore | None = None,
     ) -> None:
-        self.conn = database.conn  # the index tables, read as stored (module docstring)
+        # The index tables, read as stored (module docstring), in SQLite's dialect on either backend.
+        self.conn: sqlite3.Connection | QmarkConnection = (
+            database.conn if isinstance(database, SqliteDatabase) else QmarkConnection(database.conn))
+        self.postgres = isinstance(database, PostgresDatabase)
         self.log_store = database.log_store
         self.layout = layout
         self.public_key = public_key
@@ -227,6 +259,7 @@ class _Checker:
         self._check_orphan_history()
         self._check_objects()
         self._check_store_files()
+        self._check_officer_lists()
         self._note_receive_queues()
         self._check_timestamps()
         for table in ("access_log", "rejections", "enrolment_events", "metadata_history",
@@ -261,8 +294,31 @@ class _Checker:
             expected = row_id + 1
 
     def _table_exists(self, table: str) -> bool:
+        if self.postgres:
+            return self._scalar("SELECT to_regclass(?) IS NOT NULL", (table,)) is True
         return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                  (table,)).fetchone() is not None
+
+    def _scalar(self, sql: str, args: tuple[object, ...] = ()) -> object:
+        """The first column of the first row (a query that always returns one)."""
+        row = self.conn.execute(sql, args).fetchone()
+        assert row is not None, sql
+        return row[0]
+
+    def _trail_row_json(self, table: str, row_id: int) -> str | None:
+        """The sealed text of a trail row as stored (None: no such row), as its backend seals it."""
+        if self.postgres:
+            row = self.conn.execute(f"SELECT {', '.join(TRAIL_COLUMNS[table])} FROM {table} WHERE id = ?",
+                                    (row_id,)).fetchone()
+            return None if row is None else postgres_row_json(tuple(row))
+        row = self.conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?",
+                                (row_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _key_fits_seals(self, key: bytes) -> bool | None:
+        if isinstance(self.conn, QmarkConnection):
+            return postgres_key_fits_seals(self.conn, key)
+        return key_fits_seals(self.conn, key)
 
     # -- the seals of the console's trails (edge.central.sqlite.trail) -------------------------------
 
@@ -304,9 +360,7 @@ class _Checker:
                 began, began_at = True, seq
                 row_json: str | None = "[]"
             elif table in TRAIL_COLUMNS and isinstance(row_id, int):
-                row = self.conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?",
-                                        (row_id,)).fetchone()
-                row_json = None if row is None else str(row[0])
+                row_json = self._trail_row_json(table, row_id)
                 if row_json is None:
                     problem = (table, f"row {row_id} was deleted (its seal {seq} remains)")
                 elif mac is None and began:
@@ -323,7 +377,7 @@ class _Checker:
                 problem = ("trail_seals", f"seal {seq} names no trail row ({str(table)[:40]!r} {row_id!r})")
             if isinstance(mac, str) and not key_tried:  # the key is needed once there is a seal to check
                 key, key_tried = self._trail_key(), True
-                if key is not None and key_fits_seals(self.conn, key) is False:
+                if key is not None and self._key_fits_seals(key) is False:
                     self.add(f"file {self.layout.console_key.relative_to(self.layout.store_dir)}",
                              "it is not the key this store's console trails were sealed with (neither the "
                              "check value written when the seals began nor the first sealed rows check with "
@@ -860,6 +914,16 @@ class _Checker:
             self.add(where, f"reproduced receipt: the inclusion proof of leaf {index} does not lead to the "
                             f"signed root {head.root_hash} of {head.tree_size} leaves")
 
+    def _check_officer_lists(self) -> None:
+        """The agency's officer lists (edge.central.equipment): each version signed by the central key."""
+        path = self.layout.store_dir / EQUIPMENT_DB
+        if not path.is_file() or self.public_key is None:
+            return
+        problems, checked = officer_list_problems(path, self.public_key)
+        for where, what in problems[:_MAX_LISTED]:
+            self.add(where, what)
+        self.count("officer_lists", checked)
+
     def _check_store_files(self) -> None:
         """Files the central does not write, in the store root, identity/, uploads/ and mqtt-transfers/
         (objects/ is checked with the objects)."""
@@ -952,7 +1016,7 @@ class _Checker:
                 "ORDER BY id"
             ).fetchall()
         except sqlite3.OperationalError:
-            rows = []  # a store from before time-stamping
+            rows = []  # a store from before time-stamping (SQLite only: PostgreSQL's schema has the table)
         for row in rows:
             self.count("timestamps")
             self._check_timestamp(row, roots, verify_token, TimeStampError)
@@ -968,7 +1032,7 @@ class _Checker:
                 "(the TSA is asked at every interval; heads are signed regardless)"
             )
 
-    def _check_timestamp(self, row: sqlite3.Row, roots: list[Any], verify_token: Any, error: Any) -> None:
+    def _check_timestamp(self, row: Any, roots: list[Any], verify_token: Any, error: Any) -> None:
         where = f"time-stamp {row['id']} (tree head size {row['tree_size']})"
         head = self.conn.execute(
             "SELECT origin FROM merkle_tree_heads WHERE id = ? AND tree_size = ? AND root_hash = ?",
@@ -1098,7 +1162,7 @@ class _Checker:
             return
         objects_dir = self.layout.objects_dir
         if not objects_dir.is_dir():
-            accepted = self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
+            accepted = self._scalar("SELECT count(*) FROM items")
             if accepted:
                 self.add(f"objects {objects_dir}", f"missing, with {accepted} accepted items")
             return
@@ -1162,8 +1226,10 @@ _CONSOLE_TRAILS = ("account_events", "grant_events", "station_unit_events", "sen
                    "media_ranges")
 # What a central store holds (edge.central.config.CentralLayout): anything else was planted or left over.
 # issued-order.copy: the second copy of the CA's issue order (edge.central.identity.issue_order).
+# equipment.db: the agency's officer lists and the stations' fleet reports (edge.central.equipment).
 _ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-journal", "store.lock",
-                         "issued-order.copy"})
+                         "issued-order.copy", "equipment.db", "equipment.db-wal", "equipment.db-shm",
+                         "equipment.db-journal"})
 # readiness/: the /readyz write probe's directory (edge.central.health); it holds no evidence, and a probe
 # a crash left there is not a planted file.
 # mqtt-transfers/: MQTT file transfers being assembled (edge.central.mqtt_ingest_store), the [mqtt]

@@ -47,7 +47,7 @@ LIVE_SECTIONS = frozenset({"recorders", "officers", "case_defaults", "wipe", "lo
 UPLINK_LIVE_FIELDS = frozenset({
     "windows", "concurrency", "backoff_base_s", "backoff_max_s", "breaker_failures", "breaker_open_s",
     "retry_after_max_s", "retention_days", "ledger_push_delay_s", "ledger_push_shutdown_s",
-    "tree_head_interval_s",
+    "tree_head_interval_s", "officers_interval_s", "fleet_report_interval_s",
 })
 
 

@@ -421,6 +421,16 @@ class UplinkSection(StrictModel):
         description="How often the station fetches the central's signed tree head and checks that the log "
         "only grew (a consistency proof from the newest head it holds)",
     )
+    officers_interval_s: float = Field(
+        300.0, gt=0, le=86400,
+        description="How often the station asks the central for a newer officer list (the agency's, signed "
+        "by the central; also at every uplink start, so a station offline for days catches up at once)",
+    )
+    fleet_report_interval_s: float = Field(
+        300.0, gt=0, le=86400,
+        description="How often the station reports its recorders (out with whom since when, in which bay) "
+        "to the central (also at every uplink start)",
+    )
 
     @property
     def transport_order(self) -> list[TransportName]:
@@ -948,6 +958,16 @@ class EquipmentSection(StrictModel):
         60.0, ge=0, le=3600,
         description="How far a recording's times (device clock corrected by the offset measured at docking) "
         "may lie outside an assignment and still be bound to it, seconds",
+    )
+    overdue_after_h: float = Field(
+        14.0, gt=0, le=24 * 30,
+        description="A recorder checked out longer than this is overdue (a shift plus a margin): one "
+        "`overdue` ledger entry per assignment, the fleet view, the dock screen, `edge status` and the "
+        "edge_station_recorders_overdue metric say so until it is returned, hours",
+    )
+    overdue_check_s: float = Field(
+        60.0, ge=1, le=3600,
+        description="How often the fleet is read and overdue recorders looked for, seconds",
     )
 
 

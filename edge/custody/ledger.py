@@ -163,8 +163,11 @@ class EntryType(StrEnum):
     OFFICERS_IMPORTED = "officers_imported"
     OFFICER_STATUS = "officer_status"
     OFFICER_PIN_SET = "officer_pin_set"  # who set whose PIN; never the PIN or its hash
+    # The central's signed officer list applied (edge.equipment.officer_sync): version, digest, counts.
+    OFFICERS_SYNCED = "officers_synced"
     ASSIGNED = "assigned"
     RETURNED = "returned"
+    OVERDUE = "overdue"  # a recorder out past [equipment] overdue_after_h: once per assignment
 
 
 def station_time_now() -> str:

@@ -8,7 +8,9 @@ table and the station's mapping from bay states and error classes to LED states,
 screen always matches what the bay board shows. While the station runs the GB/T 28181 platform, a panel
 below the bays lists its devices (the status's ``gb28181`` part: online state and keepalive age, address,
 clock offset, channels, downloads); that part has no event of its own, so the page reads the status again
-every few seconds while it is there, and shows no panel when it is not. Words (Chinese by default,
+every few seconds while it is there, and shows no panel when it is not. The fleet panel (every recorder
+the station knows, overdue and faulty ones first: ``/api/v1/fleet``, edge.equipment.fleet) is read every
+few seconds. Words (Chinese by default,
 English by a switch) live in ``static/i18n.js``; device text is shown with ``textContent`` only.
 """
 

@@ -17,12 +17,14 @@ from edge.config.station import StationConfig
 from edge.custody.text import json_printable, printable
 from edge.equipment.credentials import CredentialError, check_pin
 from edge.equipment.importing import (
+    CentralSuspension,
     import_officers,
     record_refused_import,
     set_officer_pin,
     set_officer_status,
 )
 from edge.equipment.officer_csv import OfficerCsvError, parse_officer_csv
+from edge.equipment.officer_sync import list_in_force
 from edge.equipment.officers import OfficerRegistry, OfficerStatus
 from edge.ingest.store import StationStore
 from edge.ingest.store_commands import load_station_config, open_station_store
@@ -78,11 +80,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     try:
         OfficerRegistry.create_schema(store.conn)
         officers = OfficerRegistry(store.conn).all()
+        held = list_in_force(store.conn)
     finally:
         store.close()
     if args.json:
         print(json_printable(json.dumps([o.public() for o in officers], ensure_ascii=False)))
         return ExitCode.OK
+    if held is not None:
+        print(printable(f"following the officer list of central {held.central}: version {held.version} "
+                        f"(sha256 {held.sha256[:16]}..., issued {held.issued_at}, applied {held.applied})"))
     if not officers:
         print("no officers (import a list with `edge officers import FILE`)")
     for o in officers:
@@ -133,6 +139,9 @@ def _cmd_status(status: OfficerStatus) -> object:
         except KeyError:
             print(printable(f"error: no officer {args.officer_no} in this station's registry"),
                   file=sys.stderr)
+            return EX_DATAERR
+        except CentralSuspension as exc:
+            print(printable(f"error: {exc}"), file=sys.stderr)
             return EX_DATAERR
         finally:
             store.close()

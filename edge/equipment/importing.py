@@ -20,10 +20,12 @@ from edge.custody.text import printable
 from edge.equipment.assignments import AssignmentBook, clear_pin_failures
 from edge.equipment.credentials import hash_pin
 from edge.equipment.officer_csv import OfficerCsvError, OfficerRow
+from edge.equipment.officer_sync import central_status, list_in_force, local_suspension
 from edge.equipment.officers import Officer, OfficerRegistry, OfficerStatus
 from edge.ingest.store import StationStore
 
 __all__ = [
+    "CentralSuspension",
     "ImportResult",
     "import_officers",
     "record_refused_import",
@@ -32,6 +34,10 @@ __all__ = [
 ]
 
 MAX_REASONS_RECORDED = 5
+
+
+class CentralSuspension(ValueError):
+    """A station may not reinstate an officer whom the central's list in force suspends."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +85,16 @@ def _merged(row: OfficerRow, old: Officer | None, pin_hash: str | None) -> Offic
 
 
 def import_officers(store: StationStore, rows: list[OfficerRow], *, source: str, by: str) -> ImportResult:
-    """Merge `rows` into the registry; `OfficerCsvError` (nothing changed) when a card is another's."""
+    """Merge `rows` into the registry; `OfficerCsvError` (nothing changed) when a card is another's, or
+    when the station follows the central's list (edge.equipment.officer_sync)."""
     registry = OfficerRegistry(store.conn)
     OfficerRegistry.create_schema(store.conn)
+    held = list_in_force(store.conn)
+    if held is not None:
+        raise OfficerCsvError([
+            f"this station follows the officer list of central {held.central} (version {held.version}, "
+            f"applied {held.applied}): change the list at the central (`edge central officers import`); "
+            "PINs are set here with `edge officers set-pin`"])
     listed = {row.officer_no for row in rows}
     conflicts = []
     for row in rows:
@@ -123,14 +136,22 @@ def import_officers(store: StationStore, rows: list[OfficerRow], *, source: str,
 
 def set_officer_status(store: StationStore, officer_no: str, status: OfficerStatus, *, reason: str,
                        by: str) -> LedgerEntry:
-    """Suspend or reinstate an officer, with an `officer_status` entry; KeyError for an unknown 警号."""
+    """Suspend or reinstate an officer, with an `officer_status` entry; KeyError for an unknown 警号,
+    `CentralSuspension` to reinstate an officer the central's list in force suspends (suspended anywhere
+    wins: edge.equipment.officer_sync). A suspension here is kept apart, so that a later central list
+    that has the officer active does not lift it."""
     registry = OfficerRegistry(store.conn)
     OfficerRegistry.create_schema(store.conn)
+    if status is OfficerStatus.ACTIVE and central_status(store.conn, officer_no) is OfficerStatus.SUSPENDED:
+        raise CentralSuspension(f"officer {officer_no} is suspended by the central's officer list in force; "
+                                "only the central reinstates them")
     with store.transaction():
         officer = registry.get(officer_no)
         if officer is None:
             raise KeyError(officer_no)
-        registry.set_status(officer_no, status, now=station_time_now())
+        now = station_time_now()
+        registry.set_status(officer_no, status, now=now)
+        local_suspension(store.conn, officer_no, status is OfficerStatus.SUSPENDED, now=now)
         return store.ledger.append(EntryType.OFFICER_STATUS, None, {
             "officer_no": officer_no, "status": str(status), "previous": str(officer.status),
             "reason": printable(reason)[:200], "by": by, "registry_sha256": registry.digest(),

@@ -90,6 +90,8 @@ class ApiOp(StrEnum):
     TREE_HEAD = "tree-head"  # GET /v1/log/tree-head
     CONSISTENCY = "consistency"  # GET /v1/log/consistency?first=&second=
     TRANSFER_STATE = "transfer-state"  # what the receiver holds of a transfer (resume after a restart)
+    OFFICERS = "officers"  # GET /v1/stations/S/officers?have=N (the agency's signed officer list)
+    FLEET_REPORT = "fleet-report"  # POST /v1/stations/S/fleet (the station's recorders)
 
 
 def _shown(value: object) -> str:

@@ -119,6 +119,7 @@ class CommandHandler:
         central_key: Ed25519PublicKey,
         client: MqttClient,
         status: Callable[[], Mapping[str, Any]],
+        officers_sync: Callable[[], dict[str, Any]] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -128,6 +129,8 @@ class CommandHandler:
         self.central_key_id = key_id_of(central_key)
         self.client = client
         self.status = status
+        self.officers_sync = officers_sync
+        """Asks the uplink to fetch the officer list now (`officers-sync`); None: no uplink to ask."""
         self.now = now
         self._monotonic = monotonic
         self._refusal_budget = float(REFUSALS_RECORDED_PER_MINUTE)
@@ -210,6 +213,11 @@ class CommandHandler:
                     result = requeued
                 elif command.op is CommandOp.LEDGER_HEAD:
                     result = self._ledger_head(conn)
+                elif command.op is CommandOp.OFFICERS_SYNC:
+                    if self.officers_sync is None:
+                        raise CommandRefused(CommandError.REFUSED, "this station has no uplink to the "
+                                             "central to fetch the officer list over", received)
+                    result = self.officers_sync()
                 else:
                     result = dict(self.status())
                 entry = self.store.ledger.append(

@@ -1,7 +1,7 @@
 """Commands from the central to a station over MQTT: the signed envelope, its signing input, its checks
 and the reply (README "MQTT", contract section 2). A pure codec: no I/O, no clock of its own.
 
-    request  <prefix>/stations/<S>/command/<op>        op: tag, reupload, ledger-head, status
+    request  <prefix>/stations/<S>/command/<op>        op: tag, reupload, ledger-head, status, officers-sync
     payload  {"v": 1, "command": COMMAND, "signature": "<base64 Ed25519 over canonical_json(COMMAND)>"}
     COMMAND  {"type": "evidence-edge command", "request_id": "<32 hex>", "op": op, "station": S,
               "issued_at": "<RFC 3339 UTC>", "args": {...}}
@@ -109,6 +109,10 @@ class CommandOp(StrEnum):
     """The local ledger head and the newest head the central witnessed."""
     STATUS = "status"
     """The status model's document (`edge status --json`)."""
+    OFFICERS_SYNC = "officers-sync"
+    """Fetch the agency's officer list now (edge.equipment.officer_sync), not at the next poll: the push
+    of a new version (a suspension that must not wait). The list itself comes over the uplink, verified
+    as every list is; the reply names the version in force when the fetch was asked for."""
 
 
 class CommandError(StrEnum):

@@ -5,6 +5,7 @@ Routes (JSON unless said; shapes in the package docstring):
 
   GET  /api/v1/status            station + bays                         kiosk
   GET  /api/v1/bays              bays                                   kiosk
+  GET  /api/v1/fleet             every recorder known here (edge.equipment.fleet)   kiosk
   GET  /api/v1/events            text/event-stream: snapshot, bay, station   kiosk
   GET  /api/v1/items?limit=N     recent items                           operator
   GET  /api/v1/items/{item}      one item: case, manifest, ledger trail operator
@@ -194,6 +195,7 @@ def build_app(
     app[STREAMS] = {}
     add_route(app, "GET", "/api/v1/status", _status, Access.KIOSK)
     add_route(app, "GET", "/api/v1/bays", _bays, Access.KIOSK)
+    add_route(app, "GET", "/api/v1/fleet", _fleet, Access.KIOSK)
     add_route(app, "GET", "/api/v1/events", _events, Access.KIOSK)
     add_route(app, "GET", "/api/v1/items", _items, Access.OPERATOR)
     add_route(app, "GET", "/api/v1/items/{item}", _item, Access.OPERATOR)
@@ -445,6 +447,16 @@ async def _status(request: web.Request) -> web.Response:
 
 async def _bays(request: web.Request) -> web.Response:
     return _json(request.app[BOARD].bays())
+
+
+async def _fleet(request: web.Request) -> web.Response:
+    read = request.app[BOARD].sections.get("fleet")
+    if read is None:
+        return _json({"error": "this station keeps no fleet view"}, 404)
+    fleet = read()
+    if fleet is None:
+        return _json({"error": "the fleet has not been read yet: ask again in a moment"}, 503)
+    return _json(fleet)
 
 
 async def _events(request: web.Request) -> web.StreamResponse:

@@ -141,13 +141,15 @@ async def capture_run(
     redact: Callable[[str], str] = redact_url_userinfo,
     report_stalls: bool = True,
     on_progress: Callable[[], None] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> None:
     """Run ffmpeg until it ends (CaptureEnded) or this is cancelled; see the module docstring.
     `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started). `redact`:
     applied to every line of ffmpeg's stderr as it is read (a URL's password never leaves this run).
     `report_stalls`: a stall before a segment (:func:`stall_before`) is handed over with it
     (`stalled_from_ns`) and the segment keeps its stream-true span; else the segment takes up the slack.
-    `on_progress`: called whenever ffmpeg's progress report shows it muxed more (:mod:`.progress`)."""
+    `on_progress`: called whenever ffmpeg's progress report shows it muxed more (:mod:`.progress`).
+    `pass_fds`: descriptors ffmpeg inherits (the pipes of the composite's feeds), and no others."""
     make_dirs_durable(run_dir)  # private (0700), like the rest of the store
     anchor = anchor_ns if anchor_ns is not None else _now_ns()
     last_end_s = 0.0
@@ -160,6 +162,7 @@ async def capture_run(
         stdout=asyncio.subprocess.DEVNULL if on_progress is None else asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        pass_fds=tuple(pass_fds),
     )
     # Named in the run directory, so that after a crash of the agent the next start can stop this
     # ffmpeg (still writing, orphaned) before it seals what the run left (stop_orphan).

@@ -96,6 +96,10 @@ class CentralApi(CentralCalls):
         if op is CentralOp.CONSISTENCY:
             query = f"first={int(body['first'])}&second={int(body['second'])}"
             return await self._request("GET", f"{self.base_url}/v1/log/consistency?{query}", None)
+        if op is CentralOp.OFFICERS:
+            return await self._request("GET", self._station_url(f"officers?have={int(body['have'])}"), None)
+        if op is CentralOp.FLEET_REPORT:
+            return await self._request("POST", self._station_url("fleet"), body)
         raise ValueError(f"the central's HTTP API has no call {op!r}")
 
     async def _request(self, method: str, url: str, body: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -97,6 +97,8 @@ class CentralOp(StrEnum):
     REGISTER = "register"
     TREE_HEAD = "tree-head"
     CONSISTENCY = "consistency"
+    OFFICERS = "officers"
+    FLEET_REPORT = "fleet-report"
 
 
 class CentralError(Exception):
@@ -343,6 +345,19 @@ class CentralCalls(ABC):
             raise CentralRejected(200, "bad_response", f"consistency answer is malformed: {str(doc)[:200]}")
         return [str(value) for value in proof]
 
+    async def officers(self, have: int) -> dict[str, Any]:
+        """The agency's officer list: ``{"version", "list"}``, the list (unverified) null when the central
+        has no newer version than ``have``."""
+        doc = await self.call(CentralOp.OFFICERS, {"have": have})
+        version = doc.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or "list" not in doc:
+            raise CentralRejected(200, "bad_response", f"officers answer is malformed: {str(doc)[:200]}")
+        return doc
+
+    async def fleet_report(self, report: Mapping[str, Any]) -> dict[str, Any]:
+        """Send the station's fleet report; the central's acknowledgement."""
+        return await self.call(CentralOp.FLEET_REPORT, report)
+
     async def register(
         self,
         upload_id: str,
@@ -417,6 +432,14 @@ class ApiLinkCalls:
     async def tree_head(self) -> dict[str, Any]:
         with not_done(*self.wire_errors, via=self.via):
             return await self.api.tree_head()
+
+    async def officers(self, have: int) -> dict[str, Any]:
+        with not_done(*self.wire_errors, via=self.via):
+            return await self.api.officers(have)
+
+    async def fleet_report(self, report: Mapping[str, Any]) -> dict[str, Any]:
+        with not_done(*self.wire_errors, via=self.via):
+            return await self.api.fleet_report(report)
 
     async def consistency(self, first: int, second: int) -> list[str] | None:
         with not_done(*self.wire_errors, via=self.via):

@@ -286,3 +286,9 @@ class FailoverLink:
 
     async def consistency(self, first: int, second: int) -> list[str] | None:
         return await self._witnessing(lambda link: link.consistency(first, second))
+
+    async def officers(self, have: int) -> dict[str, Any]:
+        return await self._witnessing(lambda link: link.officers(have))
+
+    async def fleet_report(self, report: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._witnessing(lambda link: link.fleet_report(report))

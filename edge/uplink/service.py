@@ -50,12 +50,14 @@ from typing import Any, NoReturn
 from edge.config.station import StationConfig
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import key_id_of, load_public_key
-from edge.custody.ledger import EntryType, LedgerEntry
+from edge.custody.ledger import EntryType, LedgerEntry, station_time_now
 from edge.custody.problems import Problem
 from edge.custody.receipt import verify_receipt
 from edge.custody.refusal import FINAL_ITEM_CODES, LEDGER_FORK, verify_refusal
 from edge.custody.seal import hash_prefix
 from edge.durable.files import write_atomic
+from edge.equipment.fleet_report import fleet_report
+from edge.equipment.officer_sync import OfficerListSync
 from edge.ingest.store import StationStore
 from edge.observe.sink import NULL_SINK, CentralContact, Duration, DurationKind, StatusSink
 from edge.runtime.clock import ClockTrust, station_clock_trust
@@ -180,6 +182,8 @@ class UplinkService:
         self._link: Link | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.witness = CentralWitness(store, config.station.id, self.central_key)
+        self.officer_sync = OfficerListSync(store, self.central_key)
+        self._officers_now = asyncio.Event()
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._ledger_dirty = asyncio.Event()
         self._ledger_urgent = asyncio.Event()
@@ -295,7 +299,8 @@ class UplinkService:
                 self._link = link
                 try:
                     await _first_failure(
-                        self._loop(link), self._ledger_pusher(link), self._tree_head_poller(link)
+                        self._loop(link), self._ledger_pusher(link), self._tree_head_poller(link),
+                        self._officer_list_poller(link), self._fleet_reporter(link),
                     )
                 except UplinkFatal as exc:
                     self._stop(exc)
@@ -633,6 +638,39 @@ class UplinkService:
             except (NotDone, BadWitnessDocument) as exc:
                 log.warning("central tree head not checked: %s", exc)
             await asyncio.sleep(self.uplink.tree_head_interval_s)
+
+    def fetch_officer_list_now(self) -> dict[str, Any]:
+        """The central's `officers-sync` command: fetch at once rather than at the next poll. The version
+        in force now (the fetch's outcome is the `officers_synced` or `refused` entry that follows)."""
+        self._officers_now.set()
+        return {"officers_version": self.officer_sync.current_version(),
+                "fetch": "requested" if self._link is not None else "at the next connection to the central"}
+
+    async def _officer_list_poller(self, link: Link) -> None:
+        """Ask the central for a newer officer list now (a station back after days catches up at once) and
+        then every ``officers_interval_s`` or when the central asks (`officers-sync`); apply it
+        (edge.equipment.officer_sync: verified, never older)."""
+        while True:
+            self._officers_now.clear()
+            try:
+                answer = await link.officers(self.officer_sync.current_version())
+                if answer.get("list") is not None:
+                    source = f"central {self.uplink.central_url or self.transport.name}"[:200]
+                    self.officer_sync.offer(answer["list"], source=source)
+            except NotDone as exc:
+                log.warning("officer list not fetched from the central: %s", exc)
+            await wait_event(self._officers_now, self.uplink.officers_interval_s)
+
+    async def _fleet_reporter(self, link: Link) -> None:
+        """Report the station's recorders to the central now and every ``fleet_report_interval_s``."""
+        while True:
+            try:
+                await link.fleet_report(fleet_report(
+                    self.store.conn, station=self.config.station.id, at=station_time_now(),
+                    officers_version=self.officer_sync.current_version()))
+            except NotDone as exc:
+                log.warning("fleet report not sent to the central: %s", exc)
+            await asyncio.sleep(self.uplink.fleet_report_interval_s)
 
     def _segment_after(self, seq: int, limit: int) -> LedgerSegment | None:
         """Up to ``limit`` entries after ``seq`` with a checkpoint at the last of them; None when none."""

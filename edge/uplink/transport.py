@@ -261,6 +261,15 @@ class Link(Protocol):
         None when the central says it holds fewer leaves than asked. Raises :class:`NotDone`."""
         ...
 
+    async def officers(self, have: int) -> dict[str, Any]:
+        """The agency's officer list newer than version ``have`` (``{"version", "list"}``, the signed list
+        unverified, or null); raises :class:`NotDone`."""
+        ...
+
+    async def fleet_report(self, report: Mapping[str, Any]) -> dict[str, Any]:
+        """Send the station's fleet report (edge.equipment.fleet_report); raises :class:`NotDone`."""
+        ...
+
 
 class Transport(Protocol):
     """A wire protocol to the central, configured for one station."""

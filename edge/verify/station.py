@@ -9,7 +9,8 @@ agree with the sealed record, and the receipt state.db keeps with the receipt fi
 unaccounted for, and nothing lies in the store root, keys/ or tmp/ that a station does not write (a copy
 in progress is tmp/<item>.part of an acquisition under way); and the ledger still holds every head the
 central witnessed (`edge.verify.witness`: the heads kept in the store and, when the station's
-configuration names the central, the central's own).
+configuration names the central, the central's own); and each room session's joined file is the sealed
+segments its `joined` entry names, in order, packet count for packet count (`edge.verify.joined`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ from edge.custody.receipt import verify_receipt
 from edge.custody.seal import verify_sealed_file
 from edge.ingest.repository import AcquisitionState, open_rebuild
 from edge.ingest.store import StoreLayout, read_station_id
+from edge.verify.joined import joined_findings
 from edge.verify.witness import CentralView, witness_findings
 
 
@@ -235,6 +238,10 @@ def verify_store(
         if only_item is None:
             report.problems.extend(_unaccounted(conn, layout, known_paths))
             report.problems.extend(_unexpected_files(conn, layout, report.notes))
+            joined = joined_findings(conn, layout, shutil.which("ffprobe"))
+            report.problems.extend(joined.problems)
+            report.notes.extend(joined.notes)
+            report.checked["joined"] = joined.checked
             findings = witness_findings(
                 conn, layout, station, key_id_of(public_key), central_key, central_view
             )

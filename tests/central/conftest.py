@@ -30,7 +30,7 @@ from edge.central.registration import Caller, Registrar
 from edge.central.service import RunningCentral, start_central
 from edge.central.sqlite import SqliteDatabase, SqliteIndex
 from edge.central.sqlite.console import SqliteConsoleStore
-from edge.central.storage import Index
+from edge.central.storage import ConsoleStore, Index
 from edge.central.tus_store import TusUploadStore
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import StationKey
@@ -43,7 +43,7 @@ from edge.pki.tls import client_ssl_context
 from tests.central.ceph import ceph_gateway  # noqa: F401
 
 # A throwaway PostgreSQL server and a fresh database per test (tests/central/pg.py).
-from tests.central.pg import pg_database, pg_server  # noqa: F401
+from tests.central.pg import PostgresDatabaseUnderTest, pg_database, pg_server  # noqa: F401
 
 CERT_SHA = "c" * 64
 
@@ -214,9 +214,10 @@ class CentralParts:
 def make_central_parts(
     root: Path, origin: str = "central-test", database: SqliteDatabase | PostgresDatabase | None = None,
     objects: ObjectStore | None = None,
+    signing_key: StationKey | None = None,
 ) -> CentralParts:
     """The parts on ``database`` (by default the embedded SQLite one under ``root``) and ``objects`` (by
-    default the local folder ``root/objects``)."""
+    default the local folder ``root/objects``), signing with ``signing_key`` (by default a new one)."""
     console_key = CentralLayout(root).console_key  # made by `edge central init`: it seals the trails
     if not console_key.exists():
         ensure_private_dir(console_key.parent)
@@ -224,7 +225,7 @@ def make_central_parts(
     if database is None:
         database = SqliteDatabase.open(root / "index.db")
     index = database.index
-    key = StationKey.generate()
+    key = signing_key if signing_key is not None else StationKey.generate()
     merkle = MerkleLog(database.log_store, key, origin)
     objects = objects if objects is not None else FileObjectStore(root / "objects")
     uploads = TusUploadStore(root / "uploads", max_size_bytes=1 << 30, expire_after_s=3600)
@@ -250,10 +251,10 @@ def free_port() -> int:
 
 def central_config(
     store_dir: Path, *, dev: bool, server: Mapping[str, Any] | None = None,
-    console: Mapping[str, Any] | None = None, **uploads: Any
+    console: Mapping[str, Any] | None = None, index: Mapping[str, Any] | None = None, **uploads: Any
 ) -> CentralConfig:
     return CentralConfig.model_validate({
-        "central": {"id": "central-test", "store_dir": str(store_dir)},
+        "central": {"id": "central-test", "store_dir": str(store_dir), **({"index": index} if index else {})},
         "server": {"listen": "127.0.0.1", "port": free_port(), "insecure_plain_http": dev,
                    "names": ["localhost", "127.0.0.1"], **(server or {})},
         "uploads": uploads,
@@ -289,6 +290,11 @@ class HttpCentral:
         return index
 
     @property
+    def store_index(self) -> Index:
+        """The index on whichever backend the central runs (the protocol only)."""
+        return self.running.parts.index
+
+    @property
     def central_public_key(self) -> Ed25519PublicKey:
         return self.running.parts.signing_key.public_key()
 
@@ -300,12 +306,20 @@ class HttpCentral:
         enrollment = enroll_station(self.config, station.station_id, signing_key_pub=pub, out_dir=bundle)
         key_b64 = enrollment.signing_public_key_b64
         assert key_b64 is not None
-        self.index.enroll_station(station.station_id, key_b64, enrollment.cert_sha256)
+        self.store_index.enroll_station(station.station_id, key_b64, enrollment.cert_sha256)
         return bundle
 
     @property
     def console(self) -> SqliteConsoleStore:
-        return self.running.parts.console  # type: ignore[return-value]
+        # The store of the default backend, which some tests reach into; tests on both use console_store.
+        console = self.running.parts.console
+        assert isinstance(console, SqliteConsoleStore), type(console)
+        return console
+
+    @property
+    def console_store(self) -> ConsoleStore:
+        """The console's store on whichever backend the central runs."""
+        return self.running.parts.console
 
     def enroll_reader_tls(self, name: str, *, role: Role = Role.SUPERVISOR,
                           units: tuple[str, ...] = ()) -> Path:
@@ -313,18 +327,19 @@ class HttpCentral:
         central grant`): a supervisor unless a test says otherwise."""
         bundle = self.workdir / f"reader-{name}-{uuid.uuid4().hex[:8]}"
         enrollment = enroll_reader(self.config, name, out_dir=bundle)
-        self.index.enroll_reader(name, enrollment.cert_sha256)
-        self.console.grant(name, role, units, by="test-admin", reason="test reader")
+        self.store_index.enroll_reader(name, enrollment.cert_sha256)
+        self.running.parts.console.grant(name, role, units, by="test-admin", reason="test reader")
         return bundle
 
 
 async def start_http_central(
     workdir: Path, *, dev: bool, server: Mapping[str, Any] | None = None,
-    console: Mapping[str, Any] | None = None, **uploads: Any
+    console: Mapping[str, Any] | None = None, index: Mapping[str, Any] | None = None, **uploads: Any
 ) -> HttpCentral:
     """A central on a free port; ``server``, ``console`` and ``uploads`` override settings of those
-    sections."""
-    config = central_config(workdir / "central-store", dev=dev, server=server, console=console, **uploads)
+    sections, ``index`` is ``[central] index`` (default: the embedded SQLite file)."""
+    config = central_config(workdir / "central-store", dev=dev, server=server, console=console, index=index,
+                            **uploads)
     if dev:
         running = await start_central(config, signing_key=StationKey.generate())
     else:
@@ -343,6 +358,39 @@ async def dev_central(tmp_path: Path) -> AsyncIterator[HttpCentral]:
 @pytest.fixture
 async def tls_central(tmp_path: Path) -> AsyncIterator[HttpCentral]:
     central = await start_http_central(tmp_path, dev=False)
+    yield central
+    await central.running.stop()
+
+
+PG_PASSWORD_ENV = "EDGE_TEST_PG_PASSWORD"
+
+
+def postgres_index(pg: PostgresDatabaseUnderTest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """``[central] index`` for the test database: the URL, the password as a secret reference."""
+    monkeypatch.setenv(PG_PASSWORD_ENV, pg.password)
+    return {"type": "postgresql", "url": pg.url, "password": f"env:{PG_PASSWORD_ENV}"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def central_index(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any] | None:
+    """Each backend in turn: None (the embedded default) or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return postgres_index(request.getfixturevalue("pg_database"), monkeypatch)
+
+
+@pytest.fixture
+async def tls_central_on(tmp_path: Path, central_index: dict[str, Any] | None) -> AsyncIterator[HttpCentral]:
+    """:func:`tls_central` on each backend."""
+    central = await start_http_central(tmp_path, dev=False, index=central_index)
+    yield central
+    await central.running.stop()
+
+
+@pytest.fixture
+async def dev_central_on(tmp_path: Path, central_index: dict[str, Any] | None) -> AsyncIterator[HttpCentral]:
+    """:func:`dev_central` on each backend."""
+    central = await start_http_central(tmp_path, dev=True, index=central_index)
     yield central
     await central.running.stop()
 

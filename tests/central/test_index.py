@@ -16,6 +16,7 @@ from edge.central.index import (
     ItemQuery,
     ReaderScope,
     Role,
+    indexable_case,
     validate_reader_name,
     validate_station_id,
 )
@@ -49,8 +50,8 @@ def sql(index: BackendIndex, query: str, args: tuple[Any, ...] = ()) -> list[tup
     """Run SQL below the index (the attacker with database access), ``?`` placeholders on both."""
     if isinstance(index, SqliteIndex):
         return [tuple(row) for row in index.conn.execute(query, args).fetchall()]
-    cursor = index.conn.execute(query.replace("?", "%s").encode(), args)
-    return cursor.fetchall() if cursor.description else []
+    cursor = index.conn.execute(query, args)  # the index's own ? dialect on PostgreSQL
+    return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
 
 
 @pytest.mark.parametrize("good", ["st-0001", "A", "a.b_c-d", "9" * 64])
@@ -232,3 +233,17 @@ def test_reopen_keeps_everything(tmp_path: Path, station: FakeStation) -> None:
         assert second.station(station.station_id) is not None
     finally:
         second.close()
+
+
+def test_room_collector_no_is_kept_quietly_and_an_unknown_case_field_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A room session's case block carries collector_no (indexed as the item's officer_no): no warning per
+    item for it; a field the index does not know is still named in the log (the control)."""
+    with caplog.at_level("WARNING", logger="edge.central.index"):
+        kept = indexable_case({"case_number": "A-1", "collector_no": "012345"}, "item x")
+    assert kept == {"case_number": "A-1"}
+    assert "not indexed" not in caplog.text
+    with caplog.at_level("WARNING", logger="edge.central.index"):
+        indexable_case({"case_number": "A-1", "badge_colour": "red"}, "item y")
+    assert "'badge_colour'" in caplog.text and "not indexed" in caplog.text

@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
+from edge.central.config import CentralConfig
 from edge.central.index import ItemQuery, ItemRecord, ReaderRecord, ReaderScope, StationRecord
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore
@@ -433,8 +434,8 @@ async def test_the_service_reads_and_writes_only_through_the_backend_it_is_given
     hooks = Hooks()
     opened: list[WrappedDatabase] = []
 
-    def open_database(path: Path) -> CentralDatabase:
-        database = WrappedDatabase(SqliteDatabase.open(path), hooks)
+    def open_database(config: CentralConfig) -> CentralDatabase:
+        database = WrappedDatabase(SqliteDatabase.open(config.layout.index_db), hooks)
         opened.append(database)
         return database
 

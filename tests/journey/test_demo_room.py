@@ -89,9 +89,13 @@ def test_every_item_was_received_centrally_with_a_receipt_that_verifies(journey:
     store = Path(summary["store"])
     entries = _ledger(store, summary["session"])
     segments = {item for _, type_, item, _ in entries if type_ == "segment_sealed"}
-    expected = segments | {summary["manifest_item"]}
+    (made,) = [data for _, type_, _, data in entries if type_ == "room_products"]
+    joined = {j["item"] for j in made["joined"]}
+    assert {j["source"] for j in made["joined"]} == {"ipc", "pano"} and made["statement_item"]
+    expected = segments | {summary["manifest_item"], made["statement_item"]} | joined
     items = summary["items"]
     assert {i["item"] for i in items} == expected and len(items) == len(expected)
+    assert {i["role"] for i in items if i["item"] in joined} == {"joined-recording"}
     assert summary["received"] == summary["receipts"] == len(expected)
     central_key = load_public_key(workdir / "station-identity" / "central-signing.pub")
     conn = open_db(store / "state.db")

@@ -39,7 +39,7 @@ def test_every_op_has_a_request_topic_that_parses_back(op: ApiOp) -> None:
 def test_the_op_set_is_the_contracts() -> None:
     assert {op.value for op in ApiOp} == {
         "ledger-head", "ledger-push", "ledger-page", "register", "abandon", "tree-head", "consistency",
-        "transfer-state",
+        "transfer-state", "officers", "fleet-report",
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -141,7 +142,7 @@ async def station_handler(
             CommandSettings(STATION, TOPIC_PREFIX, window_s=300),
             store=store, central_key=central_pub, client=client,
             status=lambda: STATUS_DOC, now=lambda: clock[0],
-            **({"monotonic": monotonic} if monotonic is not None else {}),
+            monotonic=monotonic if monotonic is not None else time.monotonic,
         )
         if handled is not None:
             handle = handler.handle

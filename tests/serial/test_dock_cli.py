@@ -8,14 +8,19 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from dock_helpers import FAST_TIMING, next_event
+from dock_helpers import next_event
 
 from drivers.serial.dock import BayEvent, BayEventKind, BayLed, DockConnectionLost, DockDriver
 
 REPO = Path(__file__).resolve().parents[2]
 LINE_TIMEOUT_S = 10.0
+# The simulator is another process: on a loaded machine it may not run for a second or more, which the
+# in-process tests' FAST_TIMING (0.25 s replies, 3 retries) would read as a lost board.
+SUBPROCESS_TIMING: dict[str, Any] = {"reply_timeout_s": 3.0, "retries": 3, "heartbeat_s": 0.5}
+EVENT_TIMEOUT_S = 30.0
 
 
 async def _start(*args: str, stdin: int | None) -> asyncio.subprocess.Process:
@@ -77,18 +82,19 @@ async def test_interactive_session(reaper: list[asyncio.subprocess.Process]) -> 
     assert tty_path.startswith("/dev/")
     assert process.stdin is not None
 
-    async with await DockDriver.open(tty_path, **FAST_TIMING) as driver:
+    async with await DockDriver.open(tty_path, **SUBPROCESS_TIMING) as driver:
         events = driver.events()
-        assert await next_event(events) == BayEvent(2, BayEventKind.INSERTED, 80, synthetic=True)
+        first = await next_event(events, EVENT_TIMEOUT_S)
+        assert first == BayEvent(2, BayEventKind.INSERTED, 80, synthetic=True)
         process.stdin.write(b"insert 3 55\n")
         await process.stdin.drain()
-        assert await next_event(events) == BayEvent(3, BayEventKind.INSERTED, 55)
+        assert await next_event(events, EVENT_TIMEOUT_S) == BayEvent(3, BayEventKind.INSERTED, 55)
         await driver.set_led(3, BayLed.COPYING)
         assert await _line_starting(process, "led ") == "led 3 COPYING"
         process.stdin.write(b"charge 3 60\nremove 2\n")
         await process.stdin.drain()
-        assert await next_event(events) == BayEvent(3, BayEventKind.CHARGE, 60)
-        assert await next_event(events) == BayEvent(2, BayEventKind.REMOVED, None)
+        assert await next_event(events, EVENT_TIMEOUT_S) == BayEvent(3, BayEventKind.CHARGE, 60)
+        assert await next_event(events, EVENT_TIMEOUT_S) == BayEvent(2, BayEventKind.REMOVED, None)
         process.stdin.write(b"nonsense\n")
         await process.stdin.drain()
         assert (await _line_starting(process, "error")).startswith("error: unknown command")
@@ -97,7 +103,7 @@ async def test_interactive_session(reaper: list[asyncio.subprocess.Process]) -> 
         async with asyncio.timeout(LINE_TIMEOUT_S):
             assert await process.wait() == 0
         with pytest.raises(DockConnectionLost):
-            await next_event(events)
+            await next_event(events, EVENT_TIMEOUT_S)
 
 
 async def test_serves_with_stdin_at_eof_until_sigterm(
@@ -109,7 +115,7 @@ async def test_serves_with_stdin_at_eof_until_sigterm(
     tty_path = await _line(process)
     assert os.path.realpath(link) == os.path.realpath(tty_path)
     # Open through the stable name, as the service would with /dev/serial/by-id/...
-    async with await DockDriver.open(str(link), **FAST_TIMING) as driver:
+    async with await DockDriver.open(str(link), **SUBPROCESS_TIMING) as driver:
         await driver.ping()  # stdin hit EOF long ago; the board still answers
         await driver.set_led(1, BayLed.DONE)
         assert driver.connected

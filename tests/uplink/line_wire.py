@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.central.app import CentralParts
+from edge.central.equipment import EquipmentStore, station_fleet_report, station_officers
 from edge.central.registration import Caller, Registrar, RejectCode, Rejection
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.ledger import GENESIS_PREV
@@ -183,6 +184,12 @@ class LineLink:
 
     async def tree_head(self) -> dict[str, Any]:
         return await self._call("tree_head", {})
+
+    async def officers(self, have: int) -> dict[str, Any]:
+        return await self._call("officers", {"have": have})
+
+    async def fleet_report(self, report: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("fleet-report", {"report": dict(report)})
 
     async def consistency(self, first: int, second: int) -> list[str] | None:
         try:
@@ -386,6 +393,15 @@ class LineReceiver:
             if not 0 <= first <= second <= size:
                 raise Rejection(RejectCode.BAD_REQUEST, f"expected first <= second <= {size}")
             return {"proof": [h.hex() for h in self.parts.merkle.consistency_proof(first, second)]}
+        if op in ("officers", "fleet-report"):
+            # The central's own handlers, as its HTTP and MQTT endpoints call them.
+            store = EquipmentStore.of_store(self.parts.config.layout.store_dir)
+            try:
+                if op == "officers":
+                    return station_officers(self.parts, store, caller, caller.station_id, int(header["have"]))
+                return station_fleet_report(self.parts, store, caller, caller.station_id, header["report"])
+            finally:
+                store.close()
         raise Rejection(RejectCode.BAD_REQUEST, f"unknown op {op[:40]!r}")
 
     def _ledger_page(self, caller: Caller, after: int, limit: int) -> dict[str, Any]:

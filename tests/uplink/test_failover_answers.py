@@ -83,6 +83,12 @@ class ScriptedLink:
     async def consistency(self, first: int, second: int) -> list[str] | None:
         raise AssertionError("not used")
 
+    async def officers(self, have: int) -> dict[str, Any]:
+        raise AssertionError("not used")
+
+    async def fleet_report(self, report: Mapping[str, Any]) -> dict[str, Any]:
+        raise AssertionError("not used")
+
 
 class Clock:
     def __init__(self) -> None:

@@ -213,25 +213,48 @@ def _of_docking(entry: LedgerEntry, dockings: list[_Docking], removed_after: dic
     return False
 
 
+# The entries that bound a room session (edge.rooms) in the ledger: its start, its stop and the record of
+# its products, found by the session's id (`room_session`).
+ROOM_SESSION_BOUNDS = (EntryType.SESSION_STARTED, EntryType.SESSION_STOPPED, EntryType.ROOM_PRODUCTS)
+
+
+def room_sessions_of(entries: Iterable[LedgerEntry]) -> set[str]:
+    """The room sessions the disclosed items' own entries name (a segment, a joined file, a statement)."""
+    return {str(e.data["room_session"]) for e in entries if isinstance(e.data.get("room_session"), str)}
+
+
+def _room_session_bounds(station: str, sessions: set[str], index: Index) -> list[int]:
+    if not sessions:
+        return []
+    return [entry.seq for type_ in ROOM_SESSION_BOUNDS for entry in index.ledger_entries(station, type_=type_)
+            if entry.data.get("room_session") in sessions]
+
+
 def _shown(entry: LedgerEntry, disclosed: set[str], dockings: list[_Docking],
-           removed_after: dict[str, int]) -> bool:
+           removed_after: dict[str, int], room_sessions: set[str]) -> bool:
     if entry.item is not None:
         # Another item's entry says which item, device and hash it was: only its links are shown.
         return entry.item in disclosed
     if entry.type in STATION_LEVEL_TYPES:
+        return True
+    if entry.data.get("room_session") in room_sessions:
+        # The disclosed recording's own session: its start and stop, every gap with its reason, the marks,
+        # the case changes, its products and exports, its errors. A session records one case and its
+        # persons, so none of this is another case's (a case number changed mid-session shows both).
         return True
     return (entry.type in DOCKING_TYPES | DOCKING_FAULT_TYPES) and _of_docking(entry, dockings, removed_after)
 
 
 def segment_for(station: str, records: Iterable[ItemRecord], index: Index,
                 head_seq: int | None = None) -> StationSegment | None:
-    """The station's ledger from the first entry of the disclosed items (or of the dockings that produced
-    them) to ``head_seq`` (the head :func:`coverage_for` stated: a reader can then see that no later entry
-    of a disclosed item is hidden, :mod:`edge.verify.package`), ending at the checkpoint the station signed
+    """The station's ledger from the first entry of the disclosed items (or of the dockings or room
+    sessions that produced them; a room session's entries to its products' record) to ``head_seq`` (the
+    head :func:`coverage_for` stated: a reader can then see that no later entry of a disclosed item is
+    hidden, :mod:`edge.verify.package`), ending at the checkpoint the station signed
     there, with every checkpoint the station signed at its shown entries; entries of other items and of
-    other dockings redacted. Without a checkpoint at ``head_seq`` (or without ``head_seq``), to the first
-    signed checkpoint at or after their last entry (the verifier then says NOT COMPLETE past it). None when
-    no checkpoint covers them yet.
+    other dockings or room sessions redacted. Without a checkpoint at ``head_seq`` (or without
+    ``head_seq``), to the first signed checkpoint at or after their last entry (the verifier then says
+    NOT COMPLETE past it). None when no checkpoint covers them yet.
 
     Streamed from the index: only the seqs of shown entries are kept (:class:`StationSegment`), so the
     plan's memory does not grow with the redacted entries of a long span."""
@@ -242,7 +265,9 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index,
     sessions = {str(e.data["session"]) for e in entries
                 if e.type == EntryType.ACQUIRED and isinstance(e.data.get("session"), str)}
     dockings = _dockings(station, sessions, index)
-    first = min([e.seq for e in entries] + [d.first_seq for d in dockings])
+    room_sessions = room_sessions_of(entries)
+    room_bounds = _room_session_bounds(station, room_sessions, index)
+    first = min([e.seq for e in entries] + [d.first_seq for d in dockings] + room_bounds)
     # To the end of those dockings too: their session_stopped says how each ended (items, errors, wipes).
     stopped_entries = [e for e in index.ledger_entries(station, first, type_=EntryType.SESSION_STOPPED)
                        if e.data.get("session") in sessions]
@@ -251,7 +276,7 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index,
     for entry in stopped_entries:
         stopped_at.setdefault(str(entry.data["session"]), entry.seq)
     dockings = [replace(d, stopped_seq=stopped_at.get(d.session)) for d in dockings]
-    last = max([e.seq for e in entries] + stopped)
+    last = max([e.seq for e in entries] + stopped + room_bounds)
     at_head = (index.checkpoints(station, head_seq, head_seq)
                if head_seq is not None and head_seq >= last else [])
     checkpoint = at_head[0] if at_head else index.checkpoint_at_or_after(station, last)
@@ -267,7 +292,7 @@ def segment_for(station: str, records: Iterable[ItemRecord], index: Index,
                 if (entry.seq > docking.started_seq and entry.data.get("usb_serial") == docking.usb_serial
                         and docking.names_recorder(entry.data)):
                     removed_after.setdefault(docking.session, entry.seq)
-        if _shown(entry, disclosed, dockings, removed_after):
+        if _shown(entry, disclosed, dockings, removed_after, room_sessions):
             whole.append(entry.seq)
     # Only the checkpoints of shown entries: one at a redacted line binds nothing the package discloses and
     # would tell the reader when another case's entry was written (its station time). (The final checkpoint
