@@ -5,6 +5,7 @@ bucket answered with 503 while the upload is kept."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
@@ -18,7 +19,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from edge.central.app import READINESS
-from edge.central.config import CentralConfig, ConfigError
+from edge.central.cli import add_central_parser
+from edge.central.config import CentralConfig, ConfigError, load_central_config
 from edge.central.object_stores import open_object_store
 from edge.central.objects import ObjectCorrupt, ObjectMismatch, ObjectStoreUnavailable, Retention
 from edge.central.registration import HTTP_STATUS, RejectCode, Rejection
@@ -26,6 +28,7 @@ from edge.central.retention import RetentionPolicy
 from edge.central.s3_objects import S3ObjectStore
 from edge.central.service import RunningCentral, start_central
 from edge.central.verify import verify_central_store
+from edge.cli import main as edge_main
 from edge.custody.canonical import sha256_hex
 from edge.custody.keys import StationKey
 from tests.central.ceph import CephGateway
@@ -39,6 +42,7 @@ from tests.central.conftest import (
     make_central_parts,
     post_json,
     register_over_http,
+    tls_session,
     tus_upload,
 )
 from tests.central.s3 import SECRET_ENV, new_bucket, raw_client, s3_objects_config, s3_store
@@ -374,3 +378,54 @@ async def test_over_http_a_bucket_down_answers_503_and_the_retry_is_accepted(
         if running is not None:
             await running.stop()
         proxy.stop()
+
+
+def _run_central_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="edge")
+    add_central_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["central", *argv])
+    status: int = args.func(args)
+    return status
+
+
+async def test_edge_verify_of_the_configuration_names_an_object_deleted_with_credentials(
+    tmp_path: Path, gateway: CephGateway, station: FakeStation, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bucket = new_bucket(gateway)
+    config_file = tmp_path / "central.toml"
+    config_file.write_text(
+        f'[central]\nid = "central-test"\nstore_dir = "{tmp_path / "store"}"\n'
+        f'objects = {{type = "s3", endpoint = "{gateway.endpoint}", bucket = "{bucket}", region = "default", '
+        f'access_key_id = "{gateway.access_key_id}", secret_access_key = "env:{SECRET_ENV}"}}\n'
+        f'[server]\nlisten = "127.0.0.1"\nport = {free_port()}\nnames = ["localhost", "127.0.0.1"]\n',
+        encoding="utf-8")
+    assert _run_central_cli("init", "--config", str(config_file)) == 0
+    pub = tmp_path / "station.pub"
+    pub.write_bytes(station.key.public_pem())
+    bundle = tmp_path / "bundle"
+    assert _run_central_cli("enroll", station.station_id, "--config", str(config_file), "--signing-key",
+                            str(pub), "--out", str(bundle)) == 0
+    running = await start_central(load_central_config(config_file))
+    try:
+        async with tls_session(bundle) as session:
+            kept = station.acquire(b"kept clip " * 3000)
+            status, doc = await register_over_http(session, running.url, station, kept)
+            assert status == 201, doc
+            accepted_to = station.ledger.head()[0]
+            gone = station.acquire(b"clip someone deletes " * 3000)
+            status, doc = await register_over_http(session, running.url, station, gone, after=accepted_to)
+            assert status == 201, doc
+    finally:
+        await running.stop()
+    local = tmp_path / "store" / "objects"
+    assert not local.exists() or not any(local.iterdir())  # the content is in the bucket only
+    capsys.readouterr()
+    assert edge_main(["verify", str(config_file)]) == 0  # control: everything accounted for
+    raw_client(gateway).delete_object(Bucket=bucket, Key=f"objects/{gone.sha256}")  # the latest version
+    capsys.readouterr()
+    assert edge_main(["verify", str(config_file)]) == 1
+    out, err = capsys.readouterr()
+    failures = [line for line in out.splitlines() if gone.sha256 in line]
+    assert failures and any("delete marker" in line for line in failures), out
+    assert kept.sha256 not in out
+    assert gateway.secret_access_key not in out + err
