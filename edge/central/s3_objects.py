@@ -381,7 +381,16 @@ class S3ObjectStore:
         return str(head["VersionId"])
 
     def retain(self, sha256: str, retention: Retention) -> None:
-        self._lock_version(sha256, self._current_version(sha256), retention)
+        """Every version of the object, not only the current one: after a delete marker or a foreign PUT
+        the version holding the evidence is an earlier one, and extending a lock is never wrong."""
+        try:
+            versions, _ = self._versions(sha256)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failure(exc, f"list the versions of {sha256}") from None
+        if not versions:
+            raise ObjectStoreError(f"object {sha256} has no version in bucket {self.bucket} to lock")
+        for version in versions:
+            self._lock_version(sha256, str(version["VersionId"]), retention)
 
     def retention_of(
         self, sha256: str, version_id: str | None = None

@@ -133,6 +133,10 @@ def test_a_deletion_with_credentials_leaves_a_marker_that_verification_names(
     versions = client.list_object_versions(Bucket=store.bucket, Prefix=store.key_of(sha))["Versions"]
     kept = client.get_object(Bucket=store.bucket, Key=store.key_of(sha), VersionId=versions[0]["VersionId"])
     assert kept["Body"].read() == data  # the locked version is still there
+    # A class change after the deletion still reaches the version that holds the evidence.
+    store.retain(sha, Retention(_in(30), legal_hold=True))
+    _, until, held = store.retention_of(sha, versions[0]["VersionId"])
+    assert until is not None and until > _in(29) and held
 
 
 def test_overwrite_attempts_are_refused_or_found(
