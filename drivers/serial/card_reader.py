@@ -76,16 +76,18 @@ class CardReaderStats:
     dropped_stale: int = 0  # presentations pushed out of a full queue
     bad_frames: int = 0
     junk_bytes: int = 0
+    wrong_framing: int = 0  # well-formed reads in a framing the reader was not configured for
 
 
 class CardReaderDriver:
     """Open with `await CardReaderDriver.open(url)`; `await next_card()` or `async for card in cards()`."""
 
     def __init__(self, port: Any, url: str, *, repeat_hold_s: float, queue_size: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, framing: CardFraming | None = None) -> None:
         self._port = port
         self._url = url
         self._repeat_hold_s = repeat_hold_s
+        self._framing = framing  # None: either framing
         self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._decoder = CardFrameDecoder()
@@ -100,8 +102,10 @@ class CardReaderDriver:
 
     @classmethod
     async def open(cls, url: str, *, baudrate: int = 9600, repeat_hold_s: float = 1.0,
-                   queue_size: int = 16) -> CardReaderDriver:
-        """Open the port exclusively and start reading. `CardReaderConnectionError` if it cannot be."""
+                   queue_size: int = 16, framing: CardFraming | None = None) -> CardReaderDriver:
+        """Open the port exclusively and start reading. `CardReaderConnectionError` if it cannot be. With
+        `framing`, reads in the other framing are dropped and counted (a reader that suddenly speaks
+        another framing is not the reader that was installed)."""
         if repeat_hold_s < 0 or queue_size < 1:
             raise ValueError(
                 f"repeat_hold_s must be >= 0 and queue_size >= 1, got {repeat_hold_s}, {queue_size}")
@@ -110,7 +114,7 @@ class CardReaderDriver:
                                            timeout=_READ_POLL_S, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
             raise CardReaderConnectionError(f"cannot open card reader at {url}: {exc}") from exc
-        driver = cls(port, url, repeat_hold_s=repeat_hold_s, queue_size=queue_size)
+        driver = cls(port, url, repeat_hold_s=repeat_hold_s, queue_size=queue_size, framing=framing)
         try:
             await asyncio.to_thread(port.reset_input_buffer)  # a card read before we listened is stale
         except (serial.SerialException, OSError) as exc:
@@ -215,6 +219,11 @@ class CardReaderDriver:
     def _on_read(self, read: CardRead) -> None:
         now = self._clock()
         self._stats.reads += 1
+        if self._framing is not None and read.framing is not self._framing:
+            self._stats.wrong_framing += 1
+            log.warning("card reader %s: a %s read dropped (configured for %s)", self._url, read.framing,
+                        self._framing)
+            return
         last = self._last
         self._last = (read.uid, now)
         if last is not None and last[0] == read.uid and now - last[1] <= self._repeat_hold_s:

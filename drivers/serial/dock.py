@@ -31,6 +31,7 @@ import serial
 from drivers.serial.dock_protocol import (
     MAX_BAYS,
     MAX_SEQ,
+    POWER_CYCLE_PROTOCOL,
     SUPPORTED_PROTOCOLS,
     BayLed,
     BoardEvent,
@@ -50,6 +51,8 @@ from drivers.serial.dock_protocol import (
     NakReply,
     PingCommand,
     PingReply,
+    PowerCycleCommand,
+    PowerCycleReply,
     RemovedEvent,
     SetLedCommand,
     StatusQuery,
@@ -175,6 +178,9 @@ class _Pending:
             return isinstance(reply, IdentityReply)
         if isinstance(command, StatusQuery):
             return isinstance(reply, StatusReply)
+        if isinstance(command, PowerCycleCommand):
+            return isinstance(reply, PowerCycleReply) and (reply.bay, reply.off_ms) == (command.bay,
+                                                                                         command.off_ms)
         return isinstance(reply, LedReply) and (reply.bay, reply.led) == (command.bay, command.led)
 
 
@@ -445,6 +451,18 @@ class DockDriver:
         self._desired_leds[bay] = shown
         return shown
 
+    async def power_cycle(self, bay: int, off_ms: int) -> None:
+        """Cut the bay's power (charger and USB VBUS) for `off_ms` and restore it: to a docked recorder an
+        unplug and a plug. Returns once the board acknowledged (the power is off then). Protocol 4 boards
+        only: an earlier one raises `DockUsageError` without being asked."""
+        identity = self.identity
+        if not 1 <= bay <= identity.bay_count:
+            raise DockUsageError(f"dock {self._name}: bay must be 1..{identity.bay_count}, got {bay}")
+        if identity.protocol < POWER_CYCLE_PROTOCOL:
+            raise DockUsageError(f"dock {self._name}: a protocol {identity.protocol} board cannot "
+                                 f"power-cycle a bay (protocol {POWER_CYCLE_PROTOCOL} added PWR)")
+        await self._transact(lambda seq: PowerCycleCommand(seq, bay, off_ms))
+
     async def ping(self) -> None:
         """One heartbeat round trip now."""
         await self._transact(PingCommand)
@@ -620,7 +638,8 @@ class DockDriver:
                 return
 
     def _dispatch(self, message: Message) -> None:
-        if isinstance(message, PingReply | IdentityReply | StatusReply | LedReply | NakReply):
+        replies = PingReply | IdentityReply | StatusReply | LedReply | PowerCycleReply | NakReply
+        if isinstance(message, replies):
             self._on_reply(message)
         elif isinstance(message, InsertedEvent | RemovedEvent | ChargeEvent | BootEvent):
             self._on_event(message)

@@ -319,7 +319,8 @@ class RoomSourceConfig(StrictModel):
 _SERIAL_PORT = r"^(/dev/[A-Za-z0-9._:+/-]{1,200}|(socket|rfc2217)://[A-Za-z0-9.:\[\]-]{1,200}(/[A-Za-z0-9._=&?-]{0,100})?)$"
 
 
-def _serial_port(value: str) -> str:
+def serial_port_value(value: str) -> str:
+    """A serial port setting's value, refused with a reason when it is a path with . or .. in it."""
     if value.startswith("/") and any(part in (".", "..") for part in value.split("/")):
         raise ValueError("a serial port path must not contain . or .. components (use /dev/serial/by-id/...)")
     return value
@@ -365,7 +366,7 @@ class RoomPanelConfig(StrictModel):
     @field_validator("port")
     @classmethod
     def _port(cls, value: str) -> str:
-        return _serial_port(value)
+        return serial_port_value(value)
 
 
 class RoomPtzConfig(StrictModel):
@@ -380,7 +381,7 @@ class RoomPtzConfig(StrictModel):
     @field_validator("port")
     @classmethod
     def _port(cls, value: str) -> str:
-        return _serial_port(value)
+        return serial_port_value(value)
 
 
 class RoomConfig(StrictModel):

@@ -37,6 +37,7 @@ from edge.ingest.store import StationStore
 from edge.rooms.recording import SessionRecording
 from edge.rooms.session import new_session
 from edge.rooms.state import SessionFiles
+from tests.prerequisites import require
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
 
 pytestmark = pytest.mark.usefixtures("ffmpeg")
@@ -174,8 +175,8 @@ def _feed_fds(pid: int) -> list[int]:
 async def test_another_local_user_cannot_reach_the_feeds_pipes(
     store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, user: str
 ) -> None:
-    if user == "other" and os.geteuid() != 0:
-        pytest.skip("acting as another local user needs root")
+    if user == "other":
+        require(os.geteuid() == 0, "acting as another local user needs root")
     async with _session(store, pipeline) as recording:
         pids = await _recording_all(recording, watch)
         # Through /proc a process that may reach a pipe's end may open the pipe either way: read the
