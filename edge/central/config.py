@@ -181,6 +181,15 @@ class S3ObjectsConfig(StrictModel):
     read_timeout_s: float = Field(60.0, gt=0, le=3600, description="Read time limit per request")
     max_attempts: int = Field(3, ge=1, le=20, description="Attempts per request (botocore retries)")
 
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _endpoint_without_userinfo(cls, value: object) -> object:
+        if isinstance(value, str) and "@" in value:  # refused without echoing: it may carry a key
+            raise PydanticCustomError(_URL_REFUSED, "the endpoint URL must not carry credentials (user@): "
+                                      "give "
+                                      "access_key_id and secret_access_key")
+        return value
+
     @field_validator("ca_file", mode="before")
     @classmethod
     def _empty_ca(cls, value: object) -> object:
