@@ -175,6 +175,14 @@ class S3ObjectStore:
         if versioning.get("Status") != "Enabled":
             raise ObjectStoreError(f"bucket {self.bucket}: versioning is {versioning.get('Status', 'off')}, "
                                    "expected Enabled (Object Lock needs it)")
+        default = lock.get("ObjectLockConfiguration", {}).get("Rule", {}).get("DefaultRetention", {})
+        if default.get("Mode") != _LOCK_MODE:
+            # Each object is locked explicitly after it is written; until then (a crash in between) only a
+            # bucket default keeps it. RGW 16.2 applies the default to multipart uploads too (measured).
+            log.warning("bucket %s has no default COMPLIANCE retention: an object the central writes is "
+                        "unlocked for the moment between its upload and its lock (after a crash in between, "
+                        "until `edge verify` names it); set a default retention of at least 1 day",
+                        self.bucket)
         log.info("object store: bucket %s at %s has Object Lock enabled", self.bucket, self.config.endpoint)
 
     def reachable(self) -> str | None:

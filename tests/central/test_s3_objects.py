@@ -87,6 +87,22 @@ def test_a_bucket_without_object_lock_is_refused_at_start(tmp_path: Path, gatewa
     assert isinstance(open_object_store(_config(tmp_path, gateway, locked)), S3ObjectStore)
 
 
+def test_a_bucket_without_default_retention_is_warned_about(
+    gateway: CephGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    bare = new_bucket(gateway)
+    with caplog.at_level(logging.WARNING, logger="edge.central.s3_objects"):
+        s3_store(gateway, bare)
+    assert any("no default COMPLIANCE retention" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    defaulted = new_bucket(gateway)  # control: with a default rule, no warning
+    raw_client(gateway).put_object_lock_configuration(Bucket=defaulted, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}}})
+    with caplog.at_level(logging.WARNING, logger="edge.central.s3_objects"):
+        s3_store(gateway, defaulted)
+    assert not [r for r in caplog.records if "default" in r.getMessage()]
+
+
 @pytest.mark.parametrize("size", [20_000, PART + 1], ids=["single", "multipart"])
 def test_every_object_is_locked_and_its_deletion_refused_by_the_store(
     store: S3ObjectStore, gateway: CephGateway, tmp_path: Path, size: int
