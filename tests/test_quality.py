@@ -224,8 +224,6 @@ CENTRAL_SQL_READERS = {
     "see tampered rows as stored",
     "edge/central/receive_queue.py": "not the central's database: each MQTT receiving process's own local "
     "queue file (on that process's disk by design, whatever backend the index has)",
-    "edge/central/equipment.py": "for now its own SQLite file per store (officer lists, fleet reports); "
-    "moving into the index behind the storage protocols (issue 12/13), then this exception goes",
 }
 # Modules that choose the backend (composition and store layout) may import it; no service module may.
 CENTRAL_BACKEND_CHOOSERS = {

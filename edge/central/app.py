@@ -51,7 +51,7 @@ from edge.central.objects import FileObjectStore, ObjectStore
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
 from edge.central.retention import RetentionPolicy
 from edge.central.revocation import crl_seconds_left
-from edge.central.storage import CentralDatabase, ConsoleStore, Index
+from edge.central.storage import CentralDatabase, ConsoleStore, EquipmentRows, Index
 from edge.central.timestamp import TimeStamper, keep_tsa_roots, load_tsa_roots, timestamp_task
 from edge.central.tus import TusRequestError, add_tus_routes, tus_purge_task
 from edge.central.tus_store import TusUploadStore
@@ -97,6 +97,8 @@ class CentralParts:
     auth: Authenticator
     signing_key: StationKey
     console: ConsoleStore
+    # The agency's officer lists and the stations' fleet reports (edge.central.equipment).
+    equipment: EquipmentRows
     # The MQTT receiver's transfers ([mqtt] configured), None otherwise; registration resolves "mqtt:"
     # uploads in it (edge.central.upload_sources).
     mqtt_transfers: MqttIngestStore | None = None
@@ -426,7 +428,7 @@ def build_app(
 
     auth = Authenticator(index, dev_mode=config.server.insecure_plain_http, on_reject=record)
     parts = CentralParts(config, index, objects, merkle, uploads, registrar, auth, key, database.console,
-                         transfers)
+                         database.equipment, transfers)
     server = config.server
     bounds = HttpBounds(RequestLimiter(server.max_concurrent_requests, retry_after_s=server.retry_after_s),
                         BodyBudget(server.max_buffered_body_bytes), server.max_json_body_bytes)

@@ -33,6 +33,9 @@ A central store verifies when:
   states: the holder of the key can re-seal; and deleting the newest trail rows together with their
   newest seals is NOT detected (the shorter sequence is consistent with itself and nothing outside
   index.db records its length; anchoring it in the witnessed tree heads is for later);
+* every version of the agency's officer list (edge.central.equipment) in the database (``index.db`` or
+  PostgreSQL) verifies with the central key, the versions run 1, 2, 3... without a gap, and each row's
+  number, digest and officer count are the signed list's: a list rewritten below the triggers is named;
 * every console account's TOTP secret opens with console.key and is of the enrolment that
   ``identity/console-enrolments`` records (:mod:`edge.central.console.enrolments`): another sealed secret
   put back into index.db is named with both enrolment ids, and an account the record says has TOTP whose
@@ -71,7 +74,7 @@ from edge.central.backends import DatabaseUnavailable
 from edge.central.config import CentralLayout, ConfigError, PostgresIndexConfig
 from edge.central.console.enrolments import ENROLMENTS_FILE, EnrolmentRecord, enrolment_problems
 from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey
-from edge.central.equipment import EQUIPMENT_DB, officer_list_problems
+from edge.central.equipment import officer_list_problems
 from edge.central.index import CASE_FIELDS
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore, ObjectStore, ObjectStoreError, is_sha256_hex
@@ -915,13 +918,18 @@ class _Checker:
                             f"signed root {head.root_hash} of {head.tree_size} leaves")
 
     def _check_officer_lists(self) -> None:
-        """The agency's officer lists (edge.central.equipment): each version signed by the central key."""
-        path = self.layout.store_dir / EQUIPMENT_DB
-        if not path.is_file() or self.public_key is None:
+        """The agency's officer lists (edge.central.equipment): each version signed by the central key,
+        numbered 1, 2, 3... without a gap, its row as its signed list says (on either backend)."""
+        if self.public_key is None or not self._table_exists("officer_lists"):
             return
-        problems, checked = officer_list_problems(path, self.public_key)
+        rows = self.conn.execute(
+            "SELECT version, sha256, officers, envelope FROM officer_lists ORDER BY version")
+        problems, checked = officer_list_problems(
+            ((row[0], row[1], row[2], row[3]) for row in rows), self.public_key)
         for where, what in problems[:_MAX_LISTED]:
             self.add(where, what)
+        if len(problems) > _MAX_LISTED:
+            self.add("officer lists", f"{len(problems) - _MAX_LISTED} more problems")
         self.count("officer_lists", checked)
 
     def _check_store_files(self) -> None:
@@ -1226,10 +1234,8 @@ _CONSOLE_TRAILS = ("account_events", "grant_events", "station_unit_events", "sen
                    "media_ranges")
 # What a central store holds (edge.central.config.CentralLayout): anything else was planted or left over.
 # issued-order.copy: the second copy of the CA's issue order (edge.central.identity.issue_order).
-# equipment.db: the agency's officer lists and the stations' fleet reports (edge.central.equipment).
 _ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-journal", "store.lock",
-                         "issued-order.copy", "equipment.db", "equipment.db-wal", "equipment.db-shm",
-                         "equipment.db-journal"})
+                         "issued-order.copy"})
 # readiness/: the /readyz write probe's directory (edge.central.health); it holds no evidence, and a probe
 # a crash left there is not a planted file.
 # mqtt-transfers/: MQTT file transfers being assembled (edge.central.mqtt_ingest_store), the [mqtt]

@@ -1,6 +1,7 @@
 """The agency's officer list and fleet at the central, end to end: the real station uplink service with the
 `mqtt` transport, through a real Mosquitto (TLS, client certificates, the shipped ACL), to a real central
-(its MQTT API answers `officers` and `fleet-report`; its HTTP API serves `GET /v1/fleet` to auditors)."""
+(its MQTT API answers `officers` and `fleet-report`; its HTTP API serves `GET /v1/fleet` to auditors),
+whose database is the embedded SQLite file or PostgreSQL (the first two tests run on each)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
+from edge.central.backends import open_central_database
 from edge.central.equipment import EquipmentStore
 from edge.central.index import Role
 from edge.central.mqtt_command import Broker, send_command
@@ -50,13 +52,15 @@ async def until(what: str, predicate: Callable[[], bool], timeout_s: float = WAI
 
 
 def issue(rig: E2E, csv_text: str) -> int:
-    """What `edge central officers import` does, with the key this central signs with."""
-    store = EquipmentStore.of_store(rig.tmp / "central-store")
+    """What `edge central officers import` does (its own connection to the central's database, beside the
+    running receiver), with the key this central signs with."""
+    database = open_central_database(rig.central.parts.config)
     try:
-        return store.issue(parse_officer_csv(csv_text.encode()), key=rig.central_key, central=CENTRAL_ID,
-                           by="admin").version
+        return EquipmentStore(database.equipment).issue(parse_officer_csv(csv_text.encode()),
+                                                        key=rig.central_key, central=CENTRAL_ID,
+                                                        by="admin").version
     finally:
-        store.close()
+        database.close()
 
 
 def synced(store: StationStore) -> list[dict[str, Any]]:
@@ -69,9 +73,9 @@ def statuses(store: StationStore) -> dict[str, str]:
 
 
 async def test_the_central_list_reaches_a_station_over_mqtt_and_survives_an_agent_restart(
-    tmp_path: Path
+    tmp_path: Path, central_index: dict[str, Any] | None
 ) -> None:
-    async with e2e(tmp_path) as rig:
+    async with e2e(tmp_path, index=central_index) as rig:
         assert issue(rig, V1) == 1
         async with uplink_running(UplinkService(rig.config(**FAST), rig.store)):
             await until("officers_synced version 1", lambda: len(synced(rig.store)) == 1)
@@ -109,20 +113,17 @@ def check_out(store: StationStore, serial: str, officer_no: str, *, returned_bay
 
 
 async def test_the_central_fleet_lists_a_stations_checked_out_recorder_and_flags_one_at_two_stations(
-    tmp_path: Path
+    tmp_path: Path, central_index: dict[str, Any] | None
 ) -> None:
-    async with e2e(tmp_path) as rig:
+    async with e2e(tmp_path, index=central_index) as rig:
         check_out(rig.store, "ZFY0000A1", "110001", returned_bay=None)
         check_out(rig.store, "ZFY0000B2", "110002", returned_bay=3)
         issue(rig, V1)
-        reports = EquipmentStore.of_store(tmp_path / "central-store")
-        try:
-            async with uplink_running(UplinkService(rig.config(**FAST), rig.store)):
-                await until("a fleet report of the station holding officer list version 1", lambda: any(
-                    station == STATION and report["officers_version"] == 1
-                    for station, _, report in reports.reports()))
-        finally:
-            reports.close()
+        reports = EquipmentStore(rig.central.parts.equipment)
+        async with uplink_running(UplinkService(rig.config(**FAST), rig.store)):
+            await until("a fleet report of the station holding officer list version 1", lambda: any(
+                station == STATION and report["officers_version"] == 1
+                for station, _, report in reports.reports()))
         fleet_url = f"{rig.central.url}/v1/fleet"
         async with aiohttp.ClientSession() as http:
             # Authorised: without a reader, no fleet.
