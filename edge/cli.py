@@ -194,7 +194,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return 2
         index = central_config.central.index
         report = _verify_central(central_config.central.store_dir, central_key,
-                                 index if isinstance(index, PostgresIndexConfig) else None)
+                                 index if isinstance(index, PostgresIndexConfig) else None, central_config)
     elif is_package(target):
         # An unzipped disclosure package (一案一包): checked offline against the central key, pinned with
         # --central-key or by the station configuration given with --config; never the package's own.
@@ -322,14 +322,28 @@ def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, cent
     return report
 
 
-def _verify_central(store_dir: Path, central_key: Any, index: Any = None) -> Any:
+def _verify_central(store_dir: Path, central_key: Any, index: Any = None, config: Any = None) -> Any:
     """A central store: objects, index, station ledgers, Merkle log; the signing key pinned if given.
-    ``index``: the store's PostgreSQL index configuration (None: the store's index.db)."""
+    ``index``: the store's PostgreSQL index configuration (None: the store's index.db); ``config``: the
+    central's configuration, whose [central] objects says where its objects are (an S3 bucket; None:
+    the store's objects/ folder)."""
+    from edge.central.objects import ObjectStore, ObjectStoreError
     from edge.central.verify import verify_central
+    from edge.custody.problems import Problem
     from edge.verify.station import VerifyReport
 
     report = VerifyReport(f"central store {store_dir}" + (f" with its index in {index.url}" if index else ""))
-    findings = verify_central(store_dir, central_public_key=central_key, index=index)
+    objects: ObjectStore | None = None
+    if config is not None and config.central.objects.type != "files":
+        from edge.central.object_stores import open_object_store
+
+        try:
+            objects = open_object_store(config)
+        except (ConfigError, ObjectStoreError) as exc:
+            report.problems.append(Problem(f"objects of {config.central.objects.bucket}",
+                                           f"cannot be opened: {exc}"))
+            return report
+    findings = verify_central(store_dir, central_public_key=central_key, index=index, objects=objects)
     report.problems.extend(findings.problems)
     report.notes.extend(findings.notes)
     report.checked["central_stores"] = 1
