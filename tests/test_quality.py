@@ -72,7 +72,7 @@ STATION_PACKAGES = (
 # Foundation packages that everything builds on and that build on nothing above them.
 FOUNDATION = {"custody": {"custody", "durable"}, "durable": {"durable"}}
 # demo_room.py: `edge demo --room`, a composition root like demo.py (the station, a simulator, a central).
-COMPOSITION_ROOTS = {"__init__.py", "cli.py", "station.py", "demo.py", "demo_room.py"}
+COMPOSITION_ROOTS = {"__init__.py", "cli.py", "station.py", "demo.py", "demo_room.py", "demo_shift.py"}
 
 
 def _edge_imports(path: Path) -> set[str]:
@@ -224,8 +224,6 @@ CENTRAL_SQL_READERS = {
     "see tampered rows as stored",
     "edge/central/receive_queue.py": "not the central's database: each MQTT receiving process's own local "
     "queue file (on that process's disk by design, whatever backend the index has)",
-    "edge/central/equipment.py": "for now its own SQLite file per store (officer lists, fleet reports); "
-    "moving into the index behind the storage protocols (issue 12/13), then this exception goes",
 }
 # Modules that choose the backend (composition and store layout) may import it; no service module may.
 CENTRAL_BACKEND_CHOOSERS = {

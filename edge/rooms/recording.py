@@ -2,16 +2,17 @@
 
 :class:`SessionRecording` runs one recorder task per source of the room under its own
 :class:`~edge.runtime.supervise.Supervisor` (the house supervisor: factory, backoff, liveness). A recorder
-task is one ffmpeg run (:func:`edge.rooms.capture.capture_run`); it marks itself alive at every segment
-the list names and whenever ffmpeg's progress report shows it muxed more (:mod:`edge.rooms.progress`), so
-the liveness timeout (``segment_time_s + stale_margin_s``) judges the source by what ffmpeg does, not
-only by its process: an ffmpeg that runs but takes nothing in is cancelled (and stopped) like one that
-died, and the supervisor starts a fresh run after its backoff. A camera whose key frames are further
-apart than the timeout (a long GOP: with stream copy a segment can close only at a key frame) is not
-silent while its frames arrive; but a segment open for more than ``OPEN_SEGMENT_FACTOR`` liveness
-timeouts (a camera that sends no key frame: fragmented MP4 keeps the frames in memory) ends the run all
-the same. Until its first segment a run has ``start_grace_s`` more (:func:`_start_grace`): starting up is
-not silence. The other sources' tasks are untouched.
+task is one ffmpeg run (:func:`edge.rooms.capture.capture_run`); it marks itself alive at every segment the
+list names and whenever ffmpeg's progress report shows it muxed more (:mod:`edge.rooms.progress`), so the
+liveness timeout (``segment_time_s + stale_margin_s``) judges the source by what ffmpeg does, not only by its
+process (a source with a picture by its video frames alone: a camera whose picture stops while its sound goes
+on is a gap, ``reason`` ``video-lost: ...``, within the same timeout as a silent one): an ffmpeg that runs but
+takes nothing in is cancelled (and stopped) like one that died, and the supervisor starts a fresh run after
+its backoff. A camera whose key frames are further apart than the timeout (a long GOP: with stream copy a
+segment can close only at a key frame) is not silent while its frames arrive; but a segment open for more than
+``OPEN_SEGMENT_FACTOR`` liveness timeouts (a camera that sends no key frame: fragmented MP4 keeps the frames
+in memory) ends the run all the same. Until its first segment a run has ``start_grace_s`` more
+(:func:`_start_grace`): starting up is not silence. The other sources' tasks are untouched.
 
 Per source, one sealer task takes, in order, what its recorder produced: closed segments (sealed through
 :class:`~edge.rooms.sealing.SegmentSealer`) and gap events. A run that ends for any reason but the
@@ -97,6 +98,7 @@ from edge.rooms.composite import OVERLAY_DIR, CompositeOutput, RunPipes
 from edge.rooms.devices import device_metadata
 from edge.rooms.feed_relay import FeedDrop
 from edge.rooms.gb_source import GbRoomChannel, GbSourceUnavailable, gb_metadata, ns_from_wall_text
+from edge.rooms.progress import Progress
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
@@ -116,6 +118,8 @@ LATENCIES_KEPT = 1000
 LATE_START_REASON = "source-late-start"
 # A source that delivered nothing for a while, under the liveness timeout.
 STALLED_REASON = "source-stalled"
+# A source with a picture whose video stopped while its sound went on, for the liveness timeout.
+VIDEO_LOST_REASON = "video-lost"
 # Packets of a source's feed the composite did not take (edge.rooms.feed_relay): the composite's gap.
 FEED_DROPPED_REASON = "composite-feed-dropped"
 # A listed (or partial) segment that could not be sealed: its time is a gap.
@@ -437,18 +441,35 @@ class SessionRecording:
         # Judged as progress comes, not at the cancellation: stopping ffmpeg closes and lists that segment.
         over_limit = False
 
-        def progressed() -> None:
+        # Station time of the last video frame while the source muxes sound only (its picture lost); None
+        # while its picture comes (or it has none).
+        picture_lost_after_ns: int | None = None
+        last_picture_ns = started_ns
+        sound_without_picture = False  # since the last listed segment (a stall then lost the picture only)
+
+        def progressed(shown: Progress) -> None:
             # ffmpeg muxed more frames: the camera is not silent, its segment closes at its next key frame.
-            nonlocal over_limit
+            # Sound alone does not keep a camera alive (progress.py): its picture is lost, a gap within the
+            # liveness timeout like a silent source.
+            nonlocal over_limit, picture_lost_after_ns, last_picture_ns, sound_without_picture
+            if shown is Progress.SOUND_ONLY:
+                sound_without_picture = True
+                if picture_lost_after_ns is None:
+                    picture_lost_after_ns = last_picture_ns
+                return
+            picture_lost_after_ns = None
+            last_picture_ns = time.time_ns()
             over_limit = loop.time() - open_since >= open_limit_s
             if not over_limit:
                 liveness.beat()
 
         def closed(segment: ClosedSegment) -> None:
-            nonlocal open_since
+            nonlocal open_since, sound_without_picture
             if segment.stalled_from_ns is not None and source.gap_from_ns is None:
-                self._stalled(source, segment)
+                self._stalled(source, segment,
+                              picture_lost=picture_lost_after_ns is not None or sound_without_picture)
             if segment.partial is None:
+                sound_without_picture = False
                 open_since = loop.time()
                 liveness.beat()
                 first_segment.set()
@@ -479,6 +500,10 @@ class SessionRecording:
         except asyncio.CancelledError:
             if not self._stop.is_set():  # the supervisor found it silent
                 self._open_gap(source, started_ns, (
+                    f"{VIDEO_LOST_REASON}: the source's sound went on but no video frame came after "
+                    f"{iso_from_ns(picture_lost_after_ns)} for more than {self.liveness_timeout_s:g} s "
+                    "(its picture stopped): ffmpeg stopped and restarted"
+                    if picture_lost_after_ns is not None else
                     f"a segment open for more than {open_limit_s:g} s (no key frame from the source?): "
                     "ffmpeg stopped and restarted" if over_limit else
                     f"no new segment for more than {self.liveness_timeout_s:g} s and no progress from "
@@ -493,15 +518,21 @@ class SessionRecording:
         finally:
             source.pid = None
 
-    def _stalled(self, source: SourceRecording, segment: ClosedSegment) -> None:
+    def _stalled(self, source: SourceRecording, segment: ClosedSegment, *, picture_lost: bool) -> None:
         """The source delivered nothing from the previous segment's end to this one's start (a stall under
-        the liveness timeout: ffmpeg ran on): a gap over that time."""
+        the liveness timeout: ffmpeg ran on), or, `picture_lost`, no picture while its sound went on (the
+        segment listed as ffmpeg was stopped for it, or at the session's stop): a gap over that time."""
         assert segment.stalled_from_ns is not None
         start_ns, _ = segment.times_ns()
         stalled_s = (start_ns - segment.stalled_from_ns) / 1e9
-        reason = (f"{STALLED_REASON}: the source delivered nothing for {stalled_s:.1f} s (under the liveness "
-                  f"timeout of {self.liveness_timeout_s:g} s: ffmpeg ran on; segment {segment.name} was "
-                  "listed that much later than its stream duration accounts for)")
+        if picture_lost:
+            reason = (f"{VIDEO_LOST_REASON}: no video frame from the source for {stalled_s:.1f} s while its "
+                      f"sound went on (segment {segment.name} was listed that much later than its picture "
+                      "accounts for)")
+        else:
+            reason = (f"{STALLED_REASON}: the source delivered nothing for {stalled_s:.1f} s (under the "
+                      f"liveness timeout of {self.liveness_timeout_s:g} s: ffmpeg ran on; segment "
+                      f"{segment.name} was listed that much later than its stream duration accounts for)")
         source.queue.put_nowait(GapOpened(segment.stalled_from_ns, reason))
         source.queue.put_nowait(GapClosed(start_ns))
 

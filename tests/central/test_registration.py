@@ -76,7 +76,7 @@ async def test_accepts_an_item_with_a_receipt_that_verifies(
                           expected_sha256=acquired.sha256, expected_station=station.station_id) == []
     record = parts.index.item(acquired.item)
     assert record is not None and record.leaf_index == receipt["leaf_index"] == 0
-    assert parts.objects.path_of(acquired.sha256).read_bytes() == acquired.content
+    assert parts.file_objects.path_of(acquired.sha256).read_bytes() == acquired.content
     assert parts.uploads.get(body["upload"]) is None  # consumed
     assert parts.index.ledger_head(station.station_id) == station.ledger.head()
     assert parts.index.metadata_history(acquired.item)[0]["changes"]["case_number"] == "A-2024-001"
@@ -122,7 +122,7 @@ async def test_same_size_different_bytes_is_caught_by_hashing(
     upload = parts.upload(station.station_id, b"AAAB")
     body = _body(parts, station, acquired, upload=upload)
     await _rejected(parts, station, body, RejectCode.CONTENT_MISMATCH)
-    assert list(parts.objects.names()) == []
+    assert list(parts.file_objects.names()) == []
 
 
 async def test_manifest_signed_by_a_key_that_is_not_the_enrolled_one(

@@ -27,7 +27,7 @@ from edge.central.objects import FileObjectStore
 from edge.central.registration import Caller, Registrar
 from edge.central.service import start_central
 from edge.central.sqlite import SqliteDatabase
-from edge.central.storage import CentralDatabase, ConsoleStore, Index, LogStore, UnitOfWork
+from edge.central.storage import CentralDatabase, ConsoleStore, EquipmentRows, Index, LogStore, UnitOfWork
 from edge.central.tus_store import TusUploadStore
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Checkpoint, LedgerEntry
@@ -318,6 +318,11 @@ class WrappedDatabase:
     def console(self) -> ConsoleStore:
         # The console's accounts and markings: not what this test counts, served by the same database.
         return self._inner.console
+
+    @property
+    def equipment(self) -> EquipmentRows:
+        # The officer lists and fleet reports: not what this test counts, served by the same database.
+        return self._inner.equipment
 
     def close(self) -> None:
         self._inner.close()

@@ -12,7 +12,8 @@ edge/rooms/progress.py: any counter counts, audio included.)
 
 Real ffmpeg both sides: the stand-in camera is an ffmpeg serving a live (-re) MPEG-TS over TCP, its
 picture ending after PICTURE_S while its sound runs on. Liveness timeout 1 + 12 s (as in review 23's
-stall test), the session lasts SESSION_S. Control: the same camera with its picture throughout.
+stall test), the session lasts SESSION_S. Controls: the same camera with its picture throughout; a source
+with no picture at all (a microphone's stream) stays alive on its sound, one run and no gap.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pytest
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.mqtt.local_broker import free_port as free_loopback_port  # (the UDP feed port is gone: review 25)
-from edge.rooms.recording import LATE_START_REASON, SessionRecording
+from edge.rooms.recording import LATE_START_REASON, VIDEO_LOST_REASON, SessionRecording
 from edge.rooms.session import new_session
 from edge.rooms.state import SessionFiles
 from tests.rooms.conftest import STATION, LedgerWatch, rooms_config
@@ -38,16 +39,20 @@ SOUND_S = 90
 SESSION_S = 45.0
 
 
-@pytest.mark.parametrize("picture_lost", [False, True])
+@pytest.mark.parametrize("camera_kind", ["picture", "picture-lost", "sound-only"])
 async def test_a_camera_whose_picture_stops_is_a_gap_within_the_liveness_timeout(
-    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, picture_lost: bool
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch, camera_kind: str
 ) -> None:
     port = free_loopback_port()  # (a TCP port is as free: both ephemeral)
+    picture_lost = camera_kind == "picture-lost"
     picture_s = PICTURE_S if picture_lost else SOUND_S
+    picture = [] if camera_kind == "sound-only" else [
+        "-re", "-f", "lavfi", "-i", f"testsrc2=size=160x120:rate=25:d={picture_s}"]
+    coding = ["-c:a", "aac"] if camera_kind == "sound-only" else [
+        "-c:v", "libx264", "-g", "25", "-c:a", "aac"]
     camera = await asyncio.create_subprocess_exec(
-        "ffmpeg", "-v", "error", "-re", "-f", "lavfi", "-i", f"testsrc2=size=160x120:rate=25:d={picture_s}",
-        "-re", "-f", "lavfi", "-i", f"sine=frequency=440:d={SOUND_S}", "-c:v", "libx264", "-g", "25",
-        "-c:a", "aac", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1",
+        "ffmpeg", "-v", "error", *picture, "-re", "-f", "lavfi", "-i", f"sine=frequency=440:d={SOUND_S}",
+        *coding, "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1",
         stdin=asyncio.subprocess.DEVNULL)
     await asyncio.sleep(1.0)
     source: dict[str, Any] = {"id": "cam", "codec": "copy", "input": [{
@@ -76,9 +81,10 @@ async def test_a_camera_whose_picture_stops_is_a_gap_within_the_liveness_timeout
     sealed = watch.of("segment_sealed", source="cam")
     after_stop = [(e.data.get("state"), e.data["reason"][:100]) for e in watch.of("gap", source="cam")]
     assert sealed  # both: the camera was recorded
-    if not picture_lost:  # control: one run, no gap
+    if not picture_lost:  # controls: one run, no gap
         assert runs == 1 and not gaps, (runs, gaps)
     else:  # 40 s without a picture, three liveness timeouts: it must be on the record as a gap
+        assert gaps and all(gap.startswith(VIDEO_LOST_REASON) for gap in gaps), (runs, gaps)
         assert gaps or runs > 1, (
             f"the picture stopped {SESSION_S - PICTURE_S:g} s before the stop; runs {runs}, no gap; sealed "
             f"{[(e.data.get('stream_end_s'), e.data.get('partial')) for e in sealed][-3:]}; "

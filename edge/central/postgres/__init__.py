@@ -2,8 +2,9 @@
 
 The schema as versioned migrations applied at start (:mod:`.migrations`), append-only history enforced
 by triggers in the database, the index (:class:`PostgresIndex`), the Merkle log's store
-(:class:`PostgresLogStore`, appends serialised across processes by an advisory lock) and the console's
-store (:class:`~edge.central.postgres.console.PostgresConsoleStore`, its trails sealed by the central).
+(:class:`PostgresLogStore`, appends serialised across processes by an advisory lock), the console's
+store (:class:`~edge.central.postgres.console.PostgresConsoleStore`, its trails sealed by the central) and
+the agency's equipment records (:class:`~edge.central.postgres.equipment.PostgresEquipmentRows`).
 Chosen by ``[central] index = {type = "postgresql", ...}`` (:mod:`edge.central.backends`).
 """
 

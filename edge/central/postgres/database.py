@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 
 from edge.central.postgres.console import PostgresConsoleStore
+from edge.central.postgres.equipment import PostgresEquipmentRows
 from edge.central.postgres.index import PostgresIndex
 from edge.central.postgres.log import PostgresLogStore
 from edge.central.postgres.migrations import apply_migrations
@@ -49,6 +50,7 @@ class PostgresDatabase:
         self._index = PostgresIndex(self)
         self._log_store = PostgresLogStore(self)
         self._console = PostgresConsoleStore(self)
+        self._equipment = PostgresEquipmentRows(self)
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({self.where!r})"
@@ -74,6 +76,10 @@ class PostgresDatabase:
     @property
     def console(self) -> PostgresConsoleStore:
         return self._console
+
+    @property
+    def equipment(self) -> PostgresEquipmentRows:
+        return self._equipment
 
     def reopen(self) -> PostgresDatabase:
         """Another connection to the same database (a snapshot's, for a worker thread); no migration."""
