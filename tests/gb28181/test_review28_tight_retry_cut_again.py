@@ -80,7 +80,7 @@ class HonestDevice:
     async def start_download(self, ref: RecordingRef, raw_path: Path) -> Transfer:
         receiver = await receiver_keeping_free(RESERVE)(
             MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC, raw_path=raw_path,
-            idle_timeout_s=3.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
+            idle_timeout_s=30.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
             time_limit_s=None, progress_window_s=None, min_progress_s=None)
         with contextlib.suppress(ConnectionError):  # the receiver closes the connection when it stops
             await send_tcp(self.packets, receiver.local_port)
