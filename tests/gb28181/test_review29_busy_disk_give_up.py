@@ -80,7 +80,10 @@ class HonestDevice:
         receiver = await receiver_keeping_free(RESERVE)(
             MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC, raw_path=raw_path,
             idle_timeout_s=60.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
-            time_limit_s=None, progress_window_s=None, min_progress_s=None)
+            time_limit_s=None, progress_window_s=None, min_progress_s=None,
+            # TCP reading pauses past this (the least allowed): the guard's cut lands within a few flushes of
+            # its look on a loaded machine, so how far each try got is the disk's doing, not the scheduler's
+            max_buffered_bytes=2 * FLUSH_BYTES)
         self.disk.neighbour = self.busy  # a camera docks as the retry begins (after `_tight_for` looked)
         try:
             with contextlib.suppress(ConnectionError):  # the receiver closes the connection when it stops
