@@ -389,6 +389,7 @@ class ApiLinkCalls:
     # The wire's own errors that mean "not answered" (aiohttp.ClientError for HTTP).
     wire_errors: tuple[type[BaseException], ...] = ()
     via = "HTTP"
+    checks_content_on_send = False
 
     def __init__(self, api: CentralCalls) -> None:
         self.api = api

@@ -36,9 +36,17 @@ from edge.uplink.transport import (
     Parcel,
     Refused,
     RetryLater,
+    StoredCopyMismatch,
     UploadOutcome,
 )
-from edge.uplink.tus_client import LocalFileError, ServerRejected, TusClient, UplinkError
+from edge.uplink.tus_client import (
+    PREFIX_SHA256,
+    ContentMismatch,
+    LocalFileError,
+    ServerRejected,
+    TusClient,
+    UplinkError,
+)
 
 __all__ = ["TusLink", "TusTransport", "outcome_of_rejection", "upload_id"]
 
@@ -75,6 +83,9 @@ class TusTransport:
                 session,
                 self.uplink.central_url.rstrip("/") + UPLOADS_PATH,
                 chunk_size_bytes=self.uplink.chunk_mb << 20,
+                # One SHA-256 pass: each chunk's digest covers the content up to its end, and the last
+                # one is the sealed hash, checked before it goes (the stored-copy check, same pass).
+                checksum=PREFIX_SHA256,
                 limiter=self.limiter,
                 request_timeout_s=self.uplink.request_timeout_s,
                 headers=headers,
@@ -94,6 +105,7 @@ class TusLink(ApiLinkCalls):
 
     wire_errors = (aiohttp.ClientError,)
     via = "HTTP"
+    checks_content_on_send = True
 
     def __init__(self, tus: TusClient, api: CentralApi) -> None:
         super().__init__(api)
@@ -112,7 +124,9 @@ class TusLink(ApiLinkCalls):
             # An upload the central forgot (expired) is created anew by the client itself; the new URL
             # goes to on_resume before any more content is sent.
             result = await self.tus.upload(parcel.resume, parcel.path, parcel.size, metadata,
-                                           on_created=on_resume)
+                                           on_created=on_resume, expected_sha256=parcel.sha256)
+        except ContentMismatch as exc:
+            raise StoredCopyMismatch(str(exc), exc.found) from exc
         except LocalFileError as exc:
             raise ContentUnreadable(str(exc)) from exc
         except ServerRejected as exc:

@@ -46,6 +46,8 @@ SILENT = [
 class ScriptedLink:
     """A link whose every call ends as ``outcome`` (a RetryLater: raised as NotDone by witnessing calls)."""
 
+    checks_content_on_send = False
+
     def __init__(self, outcome: RetryLater | None) -> None:
         self.outcome = outcome
         self.calls: list[str] = []
