@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from edge.central import tus_store
 from edge.central.objects import FileIdentity
 from edge.central.tus_store import (
     PREFIX_SHA256,
@@ -188,7 +187,7 @@ def test_prefix_checksums_are_answered_by_the_one_hasher_and_refuse_a_corrupted_
         def copy(self) -> Counting:
             return Counting(self.inner.copy())
 
-    monkeypatch.setattr(tus_store.hashlib, "sha256", Counting)
+    monkeypatch.setattr(hashlib, "sha256", Counting)  # the module the store hashes with
     info = store.create("s", len(data))
     with store.begin_write(info.upload_id, offset=0, checksum=through[1000]) as write:
         write.write(data[:1000])
