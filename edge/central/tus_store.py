@@ -106,7 +106,7 @@ _LEASE_S = 3600.0
 
 
 class _Hasher(Protocol):
-    def update(self, data: bytes | bytearray, /) -> None: ...
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
     def digest(self) -> bytes: ...
     def hexdigest(self) -> str: ...
     def copy(self) -> _Hasher: ...
@@ -849,7 +849,7 @@ class UploadWrite:
             raise TusStoreError(f"upload {self.upload_id}: write used after close")
         return self._fd
 
-    def write(self, data: bytes | bytearray) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data``; raises :class:`UploadTooLargeError` (writing nothing) past the length."""
         fd = self._fd_or_raise()
         if self._offset + len(data) > self._info.length:
