@@ -220,8 +220,11 @@ def uplink_worker(station_id: str, store_dir: Path, central_url: str, bundle: Pa
     )
     store = StationStore(store_dir, station_id)
     service = UplinkService(config, store)
-    # The transport's modules load on the uplink's first connection: a one-off cost of the process
-    # (about 0.3 CPU-s), not of the bytes, so it is paid before the CPU count starts.
+    # The transport's and the PKI's modules load on the uplink's first connection: a one-off cost of the
+    # process, not of the bytes, so it is paid before the CPU count starts.
+    import encodings.idna  # noqa: F401
+
+    import edge.pki.tls
     import edge.uplink.tus_transport  # noqa: F401
 
     cpu_before = 0.0
