@@ -56,9 +56,12 @@ class CombinedUploadSource:
         return self.mqtt.complete_path(transfer)
 
     def received(self, upload_id: str) -> ReceivedContent | None:
-        """The tus store's hash taken as the bytes were written; an MQTT transfer's file is hashed by the
-        object store (its receiver checks segments and the whole file, but vouches for nothing here)."""
-        return self.tus.received(upload_id) if self._transfer_id(upload_id) is None else None
+        """The hash the upload's store took as the bytes were written, if it vouches for one (the tus store
+        does; the MQTT store does not)."""
+        transfer = self._transfer_id(upload_id)
+        if transfer is None:
+            return self.tus.received(upload_id)
+        return None if self.mqtt is None else self.mqtt.received(transfer)
 
     def remove(self, upload_id: str) -> bool:
         transfer = self._transfer_id(upload_id)
