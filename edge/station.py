@@ -34,6 +34,12 @@ from edge.custody.errors import CustodyError
 from edge.custody.keys import load_public_key
 from edge.custody.ledger import EntryType
 from edge.custody.text import hide_station_paths
+from edge.equipment.checkout import CheckoutDesk
+from edge.equipment.fleet import Fleet, LiveBay
+from edge.equipment.fleet_monitor import FleetMonitor
+from edge.equipment.policy import checkout_policy
+from edge.equipment.station_desk import StationDesk
+from edge.equipment.usb_recorders import RecorderAccess, UsbRecorderBench, recorder_access_from_config
 from edge.gb28181.clock_history import CLOCK_HISTORY_DIR
 from edge.gb28181.live import LiveError, LiveSettings, LiveStreams
 from edge.gb28181.media import receiver_keeping_free
@@ -47,6 +53,7 @@ from edge.mqtt.station_settings import station_mqtt_settings, telemetry_device_s
 from edge.mqtt.telemetry import TelemetryPublisher, TelemetrySettings, will_message
 from edge.observe.api import LocalApi
 from edge.observe.board import CentralFacts, ClockFacts, StatusBoard, TaskFacts
+from edge.observe.desk_api import desk_routes
 from edge.observe.facts import StoreFactsReader
 from edge.observe.room_api import room_routes
 from edge.observe.sink import (
@@ -69,7 +76,7 @@ from edge.sources.usb.bay_leds import led_after_presence, led_after_removal
 from edge.sources.usb.bay_presence import BayPresenceDebounce, Settled
 from edge.sources.usb.bays import bay_of_volume, volume_on_port
 from edge.sources.usb.mounted import BoundVolumes, VolumeRoot
-from edge.sources.usb.offload import BayProgress, OffloadResult
+from edge.sources.usb.offload import BayProgress, OffloadOutcome, OffloadResult
 from edge.sources.usb.session import (
     ControlSession,
     UsbAttachment,
@@ -187,6 +194,7 @@ class StationAgent:
         self.gb28181_downloads: GbDownloadScheduler | None = None
         self.rooms: RoomService | None = None
         self.gb28181_live: LiveStreams | None = None
+        self.fleet: FleetMonitor | None = None
         self.ready = asyncio.Event()
         # Whether [logging] level sets the log level (not when the command line chose one, with -v).
         self.log_level_from_config = False
@@ -204,6 +212,11 @@ class StationAgent:
         # Where each docked recorder is, so that the bay shows empty once it has left.
         self._usb_bays: dict[UsbAttachment, int | None] = {}
         self._volume_bays: dict[str, tuple[int | None, str]] = {}
+        # The check-out desk ([equipment] enabled), and the recorders whose bay was power-cycled after their
+        # docking ended `done` so that they come back in control mode for it: each attachment with the loop
+        # time by which it must be back. Back in control mode in time, it is left for the desk, not docked.
+        self.desk: StationDesk | None = None
+        self._awaiting_control: dict[UsbAttachment, float] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -280,6 +293,9 @@ class StationAgent:
             self._add_gb28181_downloads(supervisor, self.gb28181)
         if self.config.rooms.room:
             self._add_rooms(supervisor)
+        if self.config.equipment.enabled:
+            self._add_desk(supervisor)
+        self._add_fleet(supervisor)
         await self._start_api()
         watcher.start()
         self.ready.set()
@@ -290,6 +306,8 @@ class StationAgent:
                 await self.api.stop()
                 self.api = None
             self._store_facts.close()
+            if self.fleet is not None:
+                self.fleet.close()
             if self._tasks:
                 # Sessions stop at their last committed state; whatever was in flight resumes next start.
                 for task in list(self._tasks):
@@ -387,6 +405,129 @@ class StationAgent:
                 self.rooms.hardware_status[room.id] = hardware.status
                 supervisor.add(TaskSpec(f"room-hardware-{room.id}", hardware.run, critical=False))
 
+    def _add_desk(self, supervisor: Supervisor) -> None:
+        """The check-out desk (edge.equipment): the recorders docked in control mode, reached through the USB
+        control protocol; its card reader as a supervised task (a reader unplugged costs card check-outs
+        until it is back, never anything else); 警号 + PIN through the local API (edge.observe.desk_api)."""
+        assert self.store is not None
+        equipment = self.config.equipment
+        bench = UsbRecorderBench(self.backend, self._live_recorder_access(), set_led=self.set_led,
+                                 idle=self._idle_for_desk)
+
+        async def clock_trusted() -> bool:
+            return self.status.clock_trusted
+
+        desk = CheckoutDesk(self.store, bench, checkout_policy(equipment), clock_trusted=clock_trusted)
+        self.desk = StationDesk(desk, pin_attempts_per_minute=equipment.pin_attempts_per_minute,
+                                card_max_age_s=equipment.card_max_age_s)
+        reader = equipment.card_reader
+        if reader is not None:
+            station_desk = self.desk
+            supervisor.add(TaskSpec("card-reader", lambda: station_desk.run_card_reader(reader),
+                                    critical=False))
+
+    def _live_recorder_access(self) -> RecorderAccess:
+        """The desk's rules for the recorders (allow-list, passwords) from the configuration as it is now:
+        `[recorders]` is reloaded live (SIGHUP), and a recorder taken off the allow-list is not issued."""
+
+        def now() -> RecorderAccess:
+            return recorder_access_from_config(self.config)
+
+        return RecorderAccess(
+            refusal_before_login=lambda usb_serial: now().refusal_before_login(usb_serial),
+            password_for=lambda usb_serial: now().password_for(usb_serial),
+            refusal_after_login=lambda device_serial, usb_serial: now().refusal_after_login(device_serial,
+                                                                                          usb_serial),
+            bay_for_port=lambda port: self.config.bay_for_port(port),
+        )
+
+    def _idle_for_desk(self, port: str, usb_serial: str) -> bool:
+        """Whether the desk may use the recorder at this attachment: the USB poll has seen it, no docking
+        session of it runs, and none is about to start (its docking ended, or it came back from its bay's
+        power cycle). A recorder docked a moment ago is in control mode too until its session switches it to
+        mass storage; the desk must not issue it with its files unread. (Called from the desk's worker
+        thread: reads of sets the event loop replaces or grows, never iterated there.)"""
+        key = UsbAttachment(port, usb_serial)
+        return key in self._present_usb and key in self._done_usb and key not in self._active_usb
+
+    async def _return_to_control(self, key: UsbAttachment, result: OffloadResult | None) -> None:
+        """After a docking that ended `done`, power-cycle the recorder's bay through the dock controller: the
+        recorder leaves mass-storage mode and enumerates in control mode, where it waits for the desk."""
+        equipment = self.config.equipment
+        if not (equipment.enabled and equipment.return_to_control) or result is None \
+                or result.outcome is not OffloadOutcome.DONE:
+            return
+        assert self.store is not None
+        bay = self.config.bay_for_port(key.port)
+        where = {"usb_serial": key.usb_serial, "usb_port": key.port, "bay": bay, "stage": "equipment"}
+        dock = self.dock
+        if bay is None or dock is None or not dock.connected:
+            why = "no bay for its USB port" if bay is None else "the dock controller is not connected"
+            self.store.record(EntryType.ERROR, None, {**where, "reason": "the recorder stays in mass-storage "
+                                                      f"mode, not ready for check-out: {why}"})
+            return
+        loop = asyncio.get_running_loop()
+        self._awaiting_control[key] = loop.time() + equipment.control_return_timeout_s
+        try:
+            await dock.power_cycle(bay, equipment.power_off_ms)
+        except DockError as exc:
+            self._awaiting_control.pop(key, None)
+            self.store.record(EntryType.ERROR, None, {
+                **where, "reason": f"the recorder stays in mass-storage mode, not ready for check-out: bay "
+                f"power cycle: {exc}"})
+            return
+        log.info("bay %s: power-cycled so that recorder %s comes back in control mode", bay, key.usb_serial)
+
+    def _back_in_control(self, key: UsbAttachment, now: float) -> bool:
+        """Whether this control-mode attachment is a recorder coming back from its bay's power cycle (then it
+        waits for the desk: no docking session)."""
+        deadline = self._awaiting_control.pop(key, None)
+        if deadline is None or now > deadline:
+            return False
+        assert self.store is not None
+        bay = self.config.bay_for_port(key.port)
+        self._done_usb.add(key)
+        self.store.record(EntryType.DEVICE_CONNECTED, None, {
+            "usb_serial": key.usb_serial, "usb_port": key.port, "bay": bay, "source": "usb",
+            "mode": "control", "after": "bay power cycle",
+            "reason": "offloaded: waiting in control mode for check-out"})
+        log.info("bay %s: recorder %s back in control mode, ready for check-out", bay, key.usb_serial)
+        return True
+    def _add_fleet(self, supervisor: Supervisor) -> None:
+        """The fleet view (edge.equipment.fleet): every recorder known here, where and how it is, and the
+        overdue alerts. Losing it costs the view and the alerts until it is back, never evidence."""
+        assert self.store is not None
+        metrics = self.status.metrics
+
+        def publish(fleet: Fleet) -> None:
+            for state, count in fleet.counts().items():
+                metrics.recorders.labels(state).set(count)
+            metrics.recorders_overdue.set(len(fleet.overdue))
+            if self.uplink is not None:
+                self.uplink.fleet_changed(fleet)  # the central's fleet report (version 2)
+
+        if self.uplink is not None:
+            self.uplink.follow_fleet()
+        self.fleet = FleetMonitor(self.store, config=lambda: self.config, live=self._recorders_in_bays,
+                                  on_fleet=publish, alive=lambda: self.supervisor_alive("fleet"))
+        self.status.sections["fleet"] = self.fleet.summary
+        self.store.ledger.add_listener(self.fleet.ledger_entry)
+        check_s = self.config.equipment.overdue_check_s
+        supervisor.add(TaskSpec("fleet", self.fleet.run, critical=False, liveness_timeout_s=2 * check_s + 60))
+
+    def _recorders_in_bays(self) -> dict[str, LiveBay]:
+        """The recorders the status board shows in a bay now, with the bay board's charge reading."""
+        found: dict[str, LiveBay] = {}
+        for bay in self.status.bays():
+            serial = (bay.get("device") or {}).get("serial")
+            # A tile that says "pulled out early" stays until the next docking there: its recorder left.
+            if bay.get("state") == "empty" or bay.get("error_class") == "pulled_early" or not serial:
+                continue
+            view = self.views.get(serial)
+            number = int(bay["bay"]) if str(bay["bay"]).isdigit() else None
+            found[serial] = LiveBay(number, view.charge_percent if view is not None else None)
+        return found
+
     def _add_mqtt_services(self, supervisor: Supervisor, client: MqttClient) -> None:
         """Telemetry from the status board (which needs the telemetry salt: a salt file that cannot be
         used turns off telemetry alone, and the ledger says why), and the central's commands (which need
@@ -468,6 +609,8 @@ class StationAgent:
         if not self.config.api.enabled:
             return
         extensions = [room_routes(self.rooms)] if self.rooms is not None else []
+        if self.desk is not None:
+            extensions.append(desk_routes(self.desk, over_tcp=self.config.equipment.screen_checkout))
         api = LocalApi(self.status, self.store, self.config.api, extensions)
         try:
             await api.start()
@@ -716,13 +859,19 @@ class StationAgent:
             self.supervisor_alive("usb-poll")
             assert self.store is not None
             present = {usb_attachment(h): h for h in handles}
+            now = loop.time()
             for gone in seen.keys() - present.keys():
                 self._done_usb.discard(gone)
                 bay = self._usb_bays.pop(gone, None)
-                self.status.publish(BayVacated(bay, gone.usb_serial or None))
+                cycled = gone in self._awaiting_control
+                if not cycled:  # (off for its bay's power cycle: the recorder is still in the bay)
+                    self.status.publish(BayVacated(bay, gone.usb_serial or None))
                 self.store.record(EntryType.DEVICE_REMOVED, None, {
                     "usb_serial": gone.usb_serial, "usb_port": gone.port, "bay": bay, "source": "usb",
+                    **({"reason": "bay power cycle"} if cycled else {}),
                 })
+            for key in [k for k, deadline in self._awaiting_control.items() if now > deadline]:
+                del self._awaiting_control[key]
             for key, handle in present.items():
                 if key not in seen and (handle.mode is RecorderMode.CONTROL or key not in self._usb_dockings):
                     self._usb_dockings[key] = next(self._usb_docking_numbers)
@@ -734,6 +883,8 @@ class StationAgent:
             for key, handle in present.items():
                 self._usb_bays[key] = self.config.bay_for_port(handle.location.port_path)
                 if handle.mode is RecorderMode.CONTROL and key not in self._active_usb | self._done_usb:
+                    if self._back_in_control(key, now):
+                        continue
                     self._active_usb.add(key)
                     docking = self._usb_dockings[key]
                     self._spawn(self._control_session(handle, docking), f"recorder-{key.port}")
@@ -803,6 +954,7 @@ class StationAgent:
                     self.store, self.config, **self._session_kwargs(), slot=slot
                 ).run(handle, self.claims, self.backend)
             self._finished(result)
+            await self._return_to_control(usb_attachment(handle), result)
         finally:
             key = usb_attachment(handle)
             self._active_usb.discard(key)

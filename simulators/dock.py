@@ -9,8 +9,11 @@ As unkind as a board in the field: line noise and cut-off frames (`garbage_every
 split writes, lost events, a hung board (`silent`), slow replies, a watchdog reset in the middle of a
 command with its `ACK` lost (`reset_every_n_leds`), a reset whose `BOOT` never reaches the host
 (`reboot(announce=False)`), and old firmware that speaks protocol 1 or 2 and refuses the LED patterns
-of later versions (`protocol=1`: the error-class patterns; `protocol=2`: BOUNCING). It records every
-LED state it was told (`led_history`) and what it showed over time, resets included (`shown_history`).
+of later versions (`protocol=1`: the error-class patterns; `protocol=2`: BOUNCING; before 4: no PWR). It
+records every LED state it was told (`led_history`) and what it showed over time, resets included
+(`shown_history`), and each bay power cycle (`power_cycles`). A power cycle is handed to `on_power_cycle(bay,
+off_ms)` in a thread of its own (`bay_power_to_bus` wires it to the recorder bus: the recorder in that bay is
+unplugged and plugged again, and so re-enumerates in control mode).
 
 Run it on its own: `python -m simulators dock --help`.
 """
@@ -28,11 +31,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import FrameType
 
 from drivers.serial.dock_protocol import (
     LEDS_BY_PROTOCOL,
     MAX_BAYS,
+    POWER_CYCLE_PROTOCOL,
     PROTOCOL_VERSION,
     BayLed,
     BayState,
@@ -48,6 +53,8 @@ from drivers.serial.dock_protocol import (
     NakReply,
     PingCommand,
     PingReply,
+    PowerCycleCommand,
+    PowerCycleReply,
     RemovedEvent,
     SetLedCommand,
     StatusQuery,
@@ -112,6 +119,8 @@ class _SimBay:
     history: list[BayLed] = field(default_factory=list)
     shown: list[BayLed] = field(default_factory=list)  # what the LED showed, in order, resets included
     last_led_seq: int | None = None
+    last_power_seq: int | None = None
+    power_cycles: int = 0
 
     def show(self, led: BayLed) -> None:
         if not self.shown or self.shown[-1] is not led:
@@ -142,6 +151,7 @@ class DockSimulator(PtyDevice):
         reset_every_n_leds: int = 0,
         protocol: int = PROTOCOL_VERSION,
         on_led: Callable[[int, BayLed], None] | None = None,
+        on_power_cycle: Callable[[int, int], None] | None = None,
     ) -> None:
         super().__init__()
         if not 1 <= bays <= MAX_BAYS:
@@ -159,6 +169,7 @@ class DockSimulator(PtyDevice):
         self.board_serial = board_serial
         self.firmware = firmware
         self._on_led = on_led
+        self.on_power_cycle = on_power_cycle
         self._random = random.Random(seed)
         self._bays = [_SimBay() for _ in range(bays)]
         self._event_seq = 0
@@ -319,10 +330,13 @@ class DockSimulator(PtyDevice):
                 return
             self._reply_later(NakReply(exc.seq, exc.command or "?", exc.reason))
             return
-        if not isinstance(message, PingCommand | IdentityQuery | StatusQuery | SetLedCommand):
+        known = PingCommand | IdentityQuery | StatusQuery | SetLedCommand | PowerCycleCommand
+        if not isinstance(message, known) or (
+            isinstance(message, PowerCycleCommand) and self.protocol < POWER_CYCLE_PROTOCOL
+        ):
             self._reply_later(NakReply(message.seq, message.COMMAND.value, NakReason.UNKNOWN))
             return
-        if isinstance(message, SetLedCommand) and message.bay > len(self._bays):
+        if isinstance(message, SetLedCommand | PowerCycleCommand) and message.bay > len(self._bays):
             self._reply_later(NakReply(message.seq, message.COMMAND.value, NakReason.RANGE))
             return
         if isinstance(message, SetLedCommand) and message.led not in LEDS_BY_PROTOCOL[self.protocol]:
@@ -330,6 +344,9 @@ class DockSimulator(PtyDevice):
             self._reply_later(NakReply(message.seq, message.COMMAND.value, NakReason.VALUE))
             return
         self._wait_reply_delay()
+        if isinstance(message, PowerCycleCommand):
+            self._power_cycle(message)
+            return
         changed: tuple[int, BayLed] | None = None
         with self._lock:
             if isinstance(message, PingCommand):
@@ -363,6 +380,27 @@ class DockSimulator(PtyDevice):
             self._send(reply.to_bytes())
         if changed is not None and self._on_led is not None:
             self._on_led(*changed)
+
+    def _power_cycle(self, command: PowerCycleCommand) -> None:
+        """Cut the bay's power (ACK: it is off now) and give it back after `off_ms`; a retransmission of the
+        command just acted on (its ACK was lost) is acknowledged again, not acted on twice."""
+        with self._lock:
+            state = self._bays[command.bay - 1]
+            again = state.last_power_seq == command.seq
+            if not again:
+                state.last_power_seq = command.seq
+                state.power_cycles += 1
+            self._stats.replies_sent += 1
+            self._send(PowerCycleReply(command.seq, command.bay, command.off_ms).to_bytes())
+        hook = self.on_power_cycle
+        if not again and hook is not None:
+            threading.Thread(target=hook, args=(command.bay, command.off_ms),
+                             name=f"dock-sim-power-{command.bay}", daemon=True).start()
+
+    def power_cycles(self, bay: int) -> int:
+        """How many times the host power-cycled `bay` (retransmissions not counted)."""
+        with self._lock:
+            return self._bay(bay).power_cycles
 
     def _reply_later(self, nak: NakReply) -> None:
         self._wait_reply_delay()
@@ -475,6 +513,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--link", metavar="PATH",
                         help="also make PATH a symlink to the tty (a stable name, like /dev/serial/by-id)")
     parser.add_argument("--quiet", action="store_true", help="do not print LED changes")
+    parser.add_argument("--recorder-bus", metavar="SOCKET",
+                        help="a bay power cycle (PWR) unplugs and plugs the recorder at the bay's USB port "
+                        "on this recorder bus server (python -m simulators recorder serve)")
+    parser.add_argument("--bay-port-prefix", default="1-1.", metavar="PREFIX",
+                        help="bay N is USB port PREFIX + N on that bus (default 1-1.)")
     parser.add_argument("--verbose", action="store_true", help="debug log on stderr")
     faults = parser.add_argument_group("fault models")
     faults.add_argument("--garbage-every", type=int, default=0, metavar="N",
@@ -558,6 +601,13 @@ def main(argv: list[str]) -> int:
             silent=args.silent, reply_delay_s=args.reply_delay, reset_every_n_leds=args.reset_every_leds,
             protocol=args.protocol, on_led=on_led,
         )
+        if args.recorder_bus:
+            from simulators.bay_power import bay_power_to_bus_socket  # the bus only when asked for
+            from simulators.recorder.bus import BusClient
+
+            prefix = args.bay_port_prefix
+            sim.on_power_cycle = bay_power_to_bus_socket(BusClient(Path(args.recorder_bus)),
+                                                         lambda bay: f"{prefix}{bay}")
     except (ValueError, DockProtocolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

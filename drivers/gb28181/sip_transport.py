@@ -39,10 +39,10 @@ Call-ID alone.
 
 Bounds: TCP connections (in all and per source address, both lowered at start to a quarter of the
 process's descriptor limit, RLIMIT_NOFILE, so that idle connections to the SIP port can never take the
-descriptors downloads, files and the store need; when all are taken, the most crowded address gives up a
-connection to a newcomer from a less crowded one, first one not proven, then one that never completed a
-message), a connection not proven by an authenticated REGISTER (`mark_proven`) closed
-`tcp_unproven_timeout_s` after it opened whatever it sends,
+descriptors downloads, files and the store need; a newcomer at either bound closes the oldest connection
+not proven by an authenticated REGISTER in its way, from its own address at that address's bound, from
+any at the total's, and is refused only when all of those are proven), a connection not proven
+(`mark_proven`) closed `tcp_unproven_timeout_s` after it opened whatever it sends,
 a deadline for a message to complete once started, bytes buffered per connection (the parser's limits)
 and over all connections (beyond it the connection holding the most is closed) and unsent to it (a peer
 that does not read is disconnected), transactions both ways, running handlers, TCP idle time. Nothing
@@ -121,8 +121,8 @@ class SipTimers:
 class TransportLimits:
     sip: SipLimits = DEFAULT_LIMITS
     max_tcp_connections: int = 1024
-    # One source address: 4G recorders behind carrier NAT share addresses, so this is generous; when every
-    # slot is taken, a newcomer from a less crowded address takes one from the most crowded (below).
+    # One source address: 4G recorders behind carrier NAT share addresses, so this is generous; at either
+    # bound a newcomer closes the oldest unproven connection in its way (`_make_room_for`).
     max_tcp_connections_per_host: int = 64
     # Requests being handled, or whose handler answers later: beyond it, new requests get 503.
     max_server_transactions: int = 4096
@@ -212,7 +212,6 @@ class _Connection:
         self.max_unsent_bytes = max_unsent_bytes
         self.task: asyncio.Task[None] | None = None
         self.opened_at = time.monotonic()
-        self.messages_completed = 0  # a connection that completed none is the first to make room
         # Vouched for (an authenticated REGISTER came over it, or we opened it): only then is it kept idle up
         # to the idle timeout rather than closed `tcp_unproven_timeout_s` after opening.
         self.proven = False
@@ -815,26 +814,37 @@ class SipTransport:
 
     def _make_room_for(self, host: str) -> str | None:
         """None when a connection from `host` may be accepted (after closing another to make room), else
-        why not. One address may hold `tcp_connections_per_host`. When every slot is taken, the oldest
-        connection not proven by an authenticated request gives way, at whatever address (one that never
-        completed a message before one that did): strangers holding one unproven connection from each of
-        many addresses cannot lock devices out, and a newcomer never closes a device's proven connection
-        while any unproven one is open. Only when every open connection is proven is the newcomer refused
-        (counted in `connections_refused_all_proven`): a device's connection is never closed for it."""
-        own = sum(1 for connection in self._connections.values() if connection.peer.host == host)
-        if own >= self._max_tcp_connections_per_host:
-            return f"{own} connections open from this address, the limit"
-        if len(self._connections) < self._max_tcp_connections:
+        why not. The oldest connection not proven by an authenticated request gives way: from `host` when
+        that address holds its `tcp_connections_per_host` already (a stranger behind the devices' carrier
+        NAT address cannot lock them out by filling the address's slots: review 26), else, when every slot
+        is taken, at whatever address (strangers holding one unproven connection from each of many
+        addresses cannot lock devices out either). A newcomer never closes a proven connection: only when
+        every connection in the way (the address's, or all) is proven is it refused (counted in
+        `connections_refused_all_proven`).
+
+        Oldest first by when it was opened, whatever it sent (review 26): a device's connection is unproven
+        until its REGISTER has arrived and passed, so it is the newest and the last to give way; closing
+        the silent first instead let strangers that each sent one message close a device's connection
+        accepted a moment before. What is left: strangers opening more connections than the slots in the
+        way within the time a device's REGISTER takes to arrive still close it (the device reconnects)."""
+        own = [connection for connection in self._connections.values() if connection.peer.host == host]
+        if len(own) >= self._max_tcp_connections_per_host:
+            in_the_way, limit = own, f"{len(own)} connections open from this address, its limit"
+        elif len(self._connections) < self._max_tcp_connections:
             return None
-        unproven = [connection for connection in self._connections.values() if not connection.proven]
+        else:
+            in_the_way = list(self._connections.values())
+            limit = f"{len(self._connections)} connections open, the limit"
+        unproven = [connection for connection in in_the_way if not connection.proven]
         if not unproven:
             self.connections_refused_all_proven += 1
-            return f"{len(self._connections)} connections open, the limit, every one proven by a REGISTER"
-        victim = min(unproven, key=lambda c: (c.messages_completed > 0, c.opened_at))
+            return f"{limit}, every one proven by a REGISTER"
+        victim = min(unproven, key=lambda c: c.opened_at)
         self._log_shed(
-            "SIP TCP connection from %s closed to make room: the oldest of %d unproven connections",
+            "SIP TCP connection from %s closed to make room: the oldest of %d unproven connections (%s)",
             victim.peer,
             len(unproven),
+            limit,
         )
         self._drop_connection(victim)
         return None
@@ -920,7 +930,6 @@ class SipTransport:
                 except SipProtocolError as exc:
                     log.warning("SIP TCP stream from %s closed: %s", peer, exc)
                     return
-                connection.messages_completed += len(messages)
                 if not parser.partial_message:
                     message_started_at = None
                 elif messages or message_started_at is None:

@@ -15,18 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
-import serial
-
 from drivers.serial.card_reader_protocol import CardFrameDecoder, CardFraming, CardRead
+from drivers.serial.serial_line import PORT_ERRORS, SerialLine, open_port
 
 __all__ = [
     "CardPresented",
@@ -40,7 +37,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_READ_POLL_S = 0.05  # how long the reader thread blocks before checking whether it must stop
 
 
 class CardReaderError(Exception):
@@ -76,16 +72,17 @@ class CardReaderStats:
     dropped_stale: int = 0  # presentations pushed out of a full queue
     bad_frames: int = 0
     junk_bytes: int = 0
+    wrong_framing: int = 0  # well-formed reads in a framing the reader was not configured for
 
 
 class CardReaderDriver:
     """Open with `await CardReaderDriver.open(url)`; `await next_card()` or `async for card in cards()`."""
 
     def __init__(self, port: Any, url: str, *, repeat_hold_s: float, queue_size: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._port = port
+                 clock: Callable[[], float] = time.monotonic, framing: CardFraming | None = None) -> None:
         self._url = url
         self._repeat_hold_s = repeat_hold_s
+        self._framing = framing  # None: either framing
         self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._decoder = CardFrameDecoder()
@@ -95,29 +92,26 @@ class CardReaderDriver:
         self._stats = CardReaderStats()
         self._lost: CardReaderConnectionLost | None = None
         self._closed = False
-        self._reader_stop = threading.Event()
-        self._reader: threading.Thread | None = None
+        self._line = SerialLine(port, on_bytes=self._on_bytes, on_read_error=self._on_lost)
 
     @classmethod
     async def open(cls, url: str, *, baudrate: int = 9600, repeat_hold_s: float = 1.0,
-                   queue_size: int = 16) -> CardReaderDriver:
-        """Open the port exclusively and start reading. `CardReaderConnectionError` if it cannot be."""
+                   queue_size: int = 16, framing: CardFraming | None = None) -> CardReaderDriver:
+        """Open the port exclusively and start reading. `CardReaderConnectionError` if it cannot be. With
+        `framing`, reads in the other framing are dropped and counted (a reader that suddenly speaks
+        another framing is not the reader that was installed)."""
         if repeat_hold_s < 0 or queue_size < 1:
             raise ValueError(
                 f"repeat_hold_s must be >= 0 and queue_size >= 1, got {repeat_hold_s}, {queue_size}")
+        # The reader only sends: no write timeout to set.
+        port = await open_port(url, baudrate=baudrate, what="card reader", error=CardReaderConnectionError,
+                               write_timeout_s=None)
+        driver = cls(port, url, repeat_hold_s=repeat_hold_s, queue_size=queue_size, framing=framing)
         try:
-            port = await asyncio.to_thread(serial.serial_for_url, url, baudrate=baudrate,
-                                           timeout=_READ_POLL_S, exclusive=True)
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise CardReaderConnectionError(f"cannot open card reader at {url}: {exc}") from exc
-        driver = cls(port, url, repeat_hold_s=repeat_hold_s, queue_size=queue_size)
-        try:
-            await asyncio.to_thread(port.reset_input_buffer)  # a card read before we listened is stale
-        except (serial.SerialException, OSError) as exc:
+            await driver._line.start(f"card-reader {url}")  # a card read before we listened is stale
+        except PORT_ERRORS as exc:
             await driver.close()
             raise CardReaderConnectionError(f"{url}: cannot flush input: {exc}") from exc
-        driver._reader = threading.Thread(target=driver._read_loop, name=f"card-reader {url}", daemon=True)
-        driver._reader.start()
         log.info("card reader %s open", url)
         return driver
 
@@ -158,15 +152,7 @@ class CardReaderDriver:
             return
         self._closed = True
         self._changed.set()
-        self._reader_stop.set()
-        with contextlib.suppress(serial.SerialException, OSError, TypeError, AttributeError):
-            self._port.cancel_read()
-        if self._reader is not None:
-            await asyncio.to_thread(self._reader.join)
-        try:
-            await asyncio.to_thread(self._port.close)
-        except (serial.SerialException, OSError) as exc:
-            log.debug("card reader %s: error closing port: %s", self._url, exc)
+        await self._line.release(f"card reader {self._url}")
 
     async def __aenter__(self) -> CardReaderDriver:
         return self
@@ -176,24 +162,6 @@ class CardReaderDriver:
         await self.close()
 
     # -- receive path -----------------------------------------------------------------------------------
-
-    def _read_loop(self) -> None:
-        port = self._port
-        while not self._reader_stop.is_set():
-            try:
-                data = port.read(port.in_waiting or 1)
-            except Exception as exc:  # any escape would end the thread silently; report every kind
-                if not self._reader_stop.is_set():
-                    self._post(self._on_lost, exc)
-                return
-            if data:
-                self._post(self._on_bytes, bytes(data))
-
-    def _post(self, callback: Callable[..., None], *args: object) -> None:
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop closed under us: nobody left to tell
-            self._reader_stop.set()
 
     def _on_lost(self, exc: Exception) -> None:
         if self._closed or self._lost is not None:
@@ -215,6 +183,11 @@ class CardReaderDriver:
     def _on_read(self, read: CardRead) -> None:
         now = self._clock()
         self._stats.reads += 1
+        if self._framing is not None and read.framing is not self._framing:
+            self._stats.wrong_framing += 1
+            log.warning("card reader %s: a %s read dropped (configured for %s)", self._url, read.framing,
+                        self._framing)
+            return
         last = self._last
         self._last = (read.uid, now)
         if last is not None and last[0] == read.uid and now - last[1] <= self._repeat_hold_s:

@@ -13,24 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import functools
 import itertools
 import logging
 import secrets
-import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
-import serial
-
 from drivers.serial.dock_protocol import (
     MAX_BAYS,
     MAX_SEQ,
+    POWER_CYCLE_PROTOCOL,
     SUPPORTED_PROTOCOLS,
     BayLed,
     BoardEvent,
@@ -50,6 +47,8 @@ from drivers.serial.dock_protocol import (
     NakReply,
     PingCommand,
     PingReply,
+    PowerCycleCommand,
+    PowerCycleReply,
     RemovedEvent,
     SetLedCommand,
     StatusQuery,
@@ -58,11 +57,10 @@ from drivers.serial.dock_protocol import (
     led_for_protocol,
     next_seq,
 )
+from drivers.serial.serial_line import PORT_ERRORS, SerialLine, open_port
 
 log = logging.getLogger(__name__)
 
-_READ_POLL_S = 0.05  # how long the reader thread blocks before checking whether it must stop
-_WRITE_TIMEOUT_S = 1.0  # a UART never takes this long for 256 bytes; longer means the link is stuck
 # Every n-th heartbeat asks for the full status instead of a PING (LEDs a restart turned dark).
 STATUS_EVERY_HEARTBEATS = 5
 
@@ -175,6 +173,9 @@ class _Pending:
             return isinstance(reply, IdentityReply)
         if isinstance(command, StatusQuery):
             return isinstance(reply, StatusReply)
+        if isinstance(command, PowerCycleCommand):
+            return isinstance(reply, PowerCycleReply) and (reply.bay, reply.off_ms) == (command.bay,
+                                                                                         command.off_ms)
         return isinstance(reply, LedReply) and (reply.bay, reply.led) == (command.bay, command.led)
 
 
@@ -242,7 +243,6 @@ class DockDriver:
         event_queue_size: int,
         announce_present: bool,
     ) -> None:
-        self._port = port
         self._url = url
         self._name = url
         self._loop = asyncio.get_running_loop()
@@ -275,8 +275,7 @@ class DockDriver:
 
         self._resync_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._reader_stop = threading.Event()
-        self._reader: threading.Thread | None = None
+        self._line = SerialLine(port, on_bytes=self._on_bytes, on_read_error=self._on_read_error)
         self._lost: DockConnectionLost | None = None
         self._closed = False
         self._port_released: asyncio.Task[None] | None = None
@@ -309,13 +308,7 @@ class DockDriver:
             raise DockUsageError(f"retries must be >= 0, got {retries}")
         if event_queue_size < 1:
             raise DockUsageError(f"event_queue_size must be >= 1, got {event_queue_size}")
-        try:
-            port = await asyncio.to_thread(
-                serial.serial_for_url, url, baudrate=baudrate, timeout=_READ_POLL_S,
-                write_timeout=_WRITE_TIMEOUT_S, exclusive=True,
-            )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise DockConnectionError(f"cannot open dock controller at {url}: {exc}") from exc
+        port = await open_port(url, baudrate=baudrate, what="dock controller", error=DockConnectionError)
         driver = cls(
             port, url, reply_timeout_s=reply_timeout_s, retries=retries, heartbeat_s=heartbeat_s,
             event_queue_size=event_queue_size, announce_present=announce_present,
@@ -329,12 +322,9 @@ class DockDriver:
 
     async def _start(self) -> None:
         try:
-            # Bytes queued before we opened are answers to someone else's commands, or stale events.
-            await asyncio.to_thread(self._port.reset_input_buffer)
-        except (serial.SerialException, OSError) as exc:
+            await self._line.start(f"dock-reader {self._url}")
+        except PORT_ERRORS as exc:
             raise DockConnectionError(f"{self._url}: cannot flush input: {exc}") from exc
-        self._reader = threading.Thread(target=self._read_loop, name=f"dock-reader {self._url}", daemon=True)
-        self._reader.start()
 
         reply = await self._transact(IdentityQuery)
         assert isinstance(reply, IdentityReply)
@@ -370,7 +360,7 @@ class DockDriver:
             self._pending.future.set_exception(DockClosedError(f"dock {self._name} closed"))
         self._queue_changed.set()
         if self._port_released is None:
-            self._port_released = asyncio.create_task(self._release_port())
+            self._port_released = asyncio.create_task(self._line.release(f"dock {self._name}"))
         await self._port_released
 
     async def __aenter__(self) -> DockDriver:
@@ -380,20 +370,6 @@ class DockDriver:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
-
-    async def _release_port(self) -> None:
-        self._reader_stop.set()
-        cancel_read = getattr(self._port, "cancel_read", None)
-        if cancel_read is not None:
-            # Already gone is fine: the read poll timeout ends the reader anyway.
-            with contextlib.suppress(serial.SerialException, OSError, TypeError):
-                cancel_read()
-        if self._reader is not None:
-            await asyncio.to_thread(self._reader.join)
-        try:
-            await asyncio.to_thread(self._port.close)
-        except (serial.SerialException, OSError) as exc:
-            log.debug("dock %s: error closing port: %s", self._name, exc)
 
     # -- public API -----------------------------------------------------------------------------------
 
@@ -444,6 +420,18 @@ class DockDriver:
         await self._transact(lambda seq: SetLedCommand(seq, bay, shown))
         self._desired_leds[bay] = shown
         return shown
+
+    async def power_cycle(self, bay: int, off_ms: int) -> None:
+        """Cut the bay's power (charger and USB VBUS) for `off_ms` and restore it: to a docked recorder an
+        unplug and a plug. Returns once the board acknowledged (the power is off then). Protocol 4 boards
+        only: an earlier one raises `DockUsageError` without being asked."""
+        identity = self.identity
+        if not 1 <= bay <= identity.bay_count:
+            raise DockUsageError(f"dock {self._name}: bay must be 1..{identity.bay_count}, got {bay}")
+        if identity.protocol < POWER_CYCLE_PROTOCOL:
+            raise DockUsageError(f"dock {self._name}: a protocol {identity.protocol} board cannot "
+                                 f"power-cycle a bay (protocol {POWER_CYCLE_PROTOCOL} added PWR)")
+        await self._transact(lambda seq: PowerCycleCommand(seq, bay, off_ms))
 
     async def ping(self) -> None:
         """One heartbeat round trip now."""
@@ -528,9 +516,8 @@ class DockDriver:
 
     async def _write(self, frame: bytes) -> None:
         try:
-            # pyserial writes block; a wedged tty must not stall the event loop.
-            await asyncio.to_thread(self._port.write, frame)
-        except (serial.SerialException, OSError, TypeError) as exc:
+            await self._line.write(frame)
+        except PORT_ERRORS as exc:
             lost = DockConnectionLost(f"dock {self._name}: write failed: {exc}")
             self._lose(lost)
             raise lost from exc
@@ -579,24 +566,6 @@ class DockDriver:
 
     # -- receive path (event loop thread) ------------------------------------------------------------
 
-    def _read_loop(self) -> None:
-        port = self._port
-        while not self._reader_stop.is_set():
-            try:
-                data = port.read(port.in_waiting or 1)
-            except Exception as exc:  # any escape would kill the thread silently; report every kind
-                if not self._reader_stop.is_set():
-                    self._post(self._on_read_error, exc)
-                return
-            if data:
-                self._post(self._on_bytes, bytes(data))
-
-    def _post(self, callback: Callable[..., None], *args: object) -> None:
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # loop closed under us: nobody left to tell
-            self._reader_stop.set()
-
     def _on_read_error(self, exc: Exception) -> None:
         self._lose(DockConnectionLost(f"dock {self._name}: read failed: {exc}"))
 
@@ -620,7 +589,8 @@ class DockDriver:
                 return
 
     def _dispatch(self, message: Message) -> None:
-        if isinstance(message, PingReply | IdentityReply | StatusReply | LedReply | NakReply):
+        replies = PingReply | IdentityReply | StatusReply | LedReply | PowerCycleReply | NakReply
+        if isinstance(message, replies):
             self._on_reply(message)
         elif isinstance(message, InsertedEvent | RemovedEvent | ChargeEvent | BootEvent):
             self._on_event(message)
@@ -815,7 +785,7 @@ class DockDriver:
         self._queue_changed.set()
         # Release the device now (it is opened exclusively) so a new driver can take it at once.
         if self._port_released is None:
-            self._port_released = self._loop.create_task(self._release_port())
+            self._port_released = self._loop.create_task(self._line.release(f"dock {self._name}"))
 
 
 __all__ = [

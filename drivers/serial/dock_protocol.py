@@ -17,9 +17,13 @@ from typing import ClassVar
 
 # Version 2 added the LED patterns that tell error classes apart (DENIED .. RECEIPT), version 3 the pattern
 # of a bouncing bay (BOUNCING). An older board knows only the states of its version: the host shows it the
-# nearest one it knows (`led_for_protocol`).
-PROTOCOL_VERSION = 3
-SUPPORTED_PROTOCOLS = frozenset({1, 2, 3})
+# nearest one it knows (`led_for_protocol`). Version 4 added the bay power cycle (PWR): a board of an earlier
+# version answers it NAK UNKNOWN.
+PROTOCOL_VERSION = 4
+SUPPORTED_PROTOCOLS = frozenset({1, 2, 3, 4})
+POWER_CYCLE_PROTOCOL = 4
+MIN_POWER_OFF_MS = 100
+MAX_POWER_OFF_MS = 10000
 MAX_LINE_BYTES = 256  # whole frame: '$' .. '\r\n'
 MAX_BAYS = 32
 MAX_SEQ = 65535
@@ -109,7 +113,7 @@ PROTOCOL_1_LEDS = frozenset(
 )
 PROTOCOL_2_LEDS = frozenset(BayLed) - {BayLed.BOUNCING}
 LEDS_BY_PROTOCOL: dict[int, frozenset[BayLed]] = {
-    1: PROTOCOL_1_LEDS, 2: PROTOCOL_2_LEDS, 3: frozenset(BayLed)
+    1: PROTOCOL_1_LEDS, 2: PROTOCOL_2_LEDS, 3: frozenset(BayLed), 4: frozenset(BayLed)
 }
 # What an older board shows instead of a state it does not know: a protocol 1 board red for every failure,
 # amber for "safe, but not finished"; a protocol 1 or 2 board amber ATTENTION ("needs a person") for a
@@ -204,9 +208,10 @@ class Command(StrEnum):
     REM = "REM"
     CHG = "CHG"
     BOOT = "BOOT"
+    PWR = "PWR"  # protocol 4
 
 
-HOST_COMMANDS = frozenset({Command.PING, Command.VER, Command.STA, Command.LED})
+HOST_COMMANDS = frozenset({Command.PING, Command.VER, Command.STA, Command.LED, Command.PWR})
 
 
 def crc16(data: bytes) -> int:
@@ -319,6 +324,31 @@ class SetLedCommand:
 
     def to_bytes(self) -> bytes:
         return _frame(self.seq, Command.LED, str(self.bay), self.led.value)
+
+
+def _check_power_off(off_ms: int) -> None:
+    if not MIN_POWER_OFF_MS <= off_ms <= MAX_POWER_OFF_MS:
+        raise DockProtocolError(
+            f"power-off time must be {MIN_POWER_OFF_MS}..{MAX_POWER_OFF_MS} ms, got {off_ms}")
+
+
+@dataclass(frozen=True)
+class PowerCycleCommand:
+    """Protocol 4: cut the bay's power (charger and the USB connector's VBUS) for `off_ms`, then restore it.
+    To the recorder it is an unplug and a plug; the presence switch does not move."""
+
+    COMMAND: ClassVar[Command] = Command.PWR
+    seq: int
+    bay: int
+    off_ms: int
+
+    def __post_init__(self) -> None:
+        _check_seq(self.seq)
+        _check_bay(self.bay)
+        _check_power_off(self.off_ms)
+
+    def to_bytes(self) -> bytes:
+        return _frame(self.seq, Command.PWR, str(self.bay), str(self.off_ms))
 
 
 # -- board -> host replies ------------------------------------------------------------------------------
@@ -440,6 +470,24 @@ class LedReply:
 
 
 @dataclass(frozen=True)
+class PowerCycleReply:
+    """The bay's power is off now; it comes back `off_ms` later (the ACK does not wait for that)."""
+
+    COMMAND: ClassVar[Command] = Command.ACK
+    seq: int
+    bay: int
+    off_ms: int
+
+    def __post_init__(self) -> None:
+        _check_seq(self.seq)
+        _check_bay(self.bay)
+        _check_power_off(self.off_ms)
+
+    def to_bytes(self) -> bytes:
+        return _frame(self.seq, Command.ACK, Command.PWR.value, str(self.bay), str(self.off_ms))
+
+
+@dataclass(frozen=True)
 class NakReply:
     COMMAND: ClassVar[Command] = Command.NAK
     seq: int
@@ -526,8 +574,8 @@ class BootEvent:
         )
 
 
-HostCommand = PingCommand | IdentityQuery | StatusQuery | SetLedCommand
-BoardReply = PingReply | IdentityReply | StatusReply | LedReply | NakReply
+HostCommand = PingCommand | IdentityQuery | StatusQuery | SetLedCommand | PowerCycleCommand
+BoardReply = PingReply | IdentityReply | StatusReply | LedReply | PowerCycleReply | NakReply
 BoardEvent = InsertedEvent | RemovedEvent | ChargeEvent | BootEvent
 Message = HostCommand | BoardReply | BoardEvent
 
@@ -673,6 +721,13 @@ def _decode_led(f: _Fields) -> Message:
     return SetLedCommand(f.seq, bay, led)
 
 
+def _decode_pwr(f: _Fields) -> Message:
+    f.expect_count(2)
+    bay = f.bay(0)
+    return PowerCycleCommand(f.seq, bay, f.number(1, "power-off ms", MIN_POWER_OFF_MS, MAX_POWER_OFF_MS,
+                                                  NakReason.VALUE))
+
+
 def _decode_ack(f: _Fields) -> Message:
     if not f.args:
         raise f.error("ACK without the acknowledged command", NakReason.SYNTAX)
@@ -703,7 +758,12 @@ def _decode_ack(f: _Fields) -> Message:
         rest.expect_count(2)
         bay, led = rest.bay(0), rest.led(1)
         return LedReply(f.seq, bay, led)
-    raise f.error(f"ACK of {acked!r}, expected one of PING, VER, STA, LED", NakReason.SYNTAX)
+    if acked == Command.PWR:
+        rest.expect_count(2)
+        bay = rest.bay(0)
+        return PowerCycleReply(f.seq, bay, rest.number(1, "power-off ms", MIN_POWER_OFF_MS, MAX_POWER_OFF_MS,
+                                                       NakReason.VALUE))
+    raise f.error(f"ACK of {acked!r}, expected one of PING, VER, STA, LED, PWR", NakReason.SYNTAX)
 
 
 def _decode_nak(f: _Fields) -> Message:
@@ -758,6 +818,7 @@ _DECODERS: dict[Command, Callable[[_Fields], Message]] = {
     Command.REM: _decode_rem,
     Command.CHG: _decode_chg,
     Command.BOOT: _decode_boot,
+    Command.PWR: _decode_pwr,
 }
 
 

@@ -1,9 +1,9 @@
 """RoomPanelDriver: the host side of the room panel protocol (`room_panel_protocol`), async, over pyserial.
 
 Layers as in the dock driver: pyserial transport (any `serial_for_url` URL) → a reader thread that hands
-raw chunks to the event loop → `LineFramer` + `decode_line` (pure codec) → this driver: one command at a
-time (stop and wait, re-sent on timeout), a heartbeat that also finds lost events and re-asserts the lamp,
-and a bounded queue of what the panel reported (`PanelInput`).
+raw chunks to the event loop (both: `serial_line.SerialLine`) → `LineFramer` + `decode_line` (pure
+codec) → this driver: one command at a time (stop and wait, re-sent on timeout), a heartbeat that also
+finds lost events and re-asserts the lamp, and a bounded queue of what the panel reported (`PanelInput`).
 
 All driver state is touched on the event loop thread only; the reader thread only reads bytes.
 """
@@ -16,13 +16,10 @@ import contextlib
 import itertools
 import logging
 import secrets
-import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-
-import serial
 
 from drivers.serial.room_panel_protocol import (
     MAX_SEQ,
@@ -51,11 +48,10 @@ from drivers.serial.room_panel_protocol import (
     new_framer,
     next_seq,
 )
+from drivers.serial.serial_line import PORT_ERRORS, SerialLine, open_port
 
 log = logging.getLogger(__name__)
 
-_READ_POLL_S = 0.05
-_WRITE_TIMEOUT_S = 1.0
 # Every n-th heartbeat re-sends the lamp state: a panel that restarted with its BOOT lost shows OFF.
 LAMP_EVERY_HEARTBEATS = 4
 
@@ -152,7 +148,6 @@ class RoomPanelDriver:
 
     def __init__(self, port: Any, url: str, *, reply_timeout_s: float, retries: int, heartbeat_s: float,
                  queue_size: int) -> None:
-        self._port = port
         self._url = url
         self._name = url
         self._loop = asyncio.get_running_loop()
@@ -174,8 +169,7 @@ class RoomPanelDriver:
         self._overflow = 0
         self._queue_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._reader_stop = threading.Event()
-        self._reader: threading.Thread | None = None
+        self._line = SerialLine(port, on_bytes=self._on_bytes, on_read_error=self._on_read_error)
         self._lost: PanelConnectionLost | None = None
         self._closed = False
         self._released: asyncio.Task[None] | None = None
@@ -189,13 +183,7 @@ class RoomPanelDriver:
     ) -> RoomPanelDriver:
         if reply_timeout_s <= 0 or heartbeat_s <= 0 or retries < 0 or queue_size < 1:
             raise ValueError("reply_timeout_s and heartbeat_s must be > 0, retries >= 0, queue_size >= 1")
-        try:
-            port = await asyncio.to_thread(
-                serial.serial_for_url, url, baudrate=baudrate, timeout=_READ_POLL_S,
-                write_timeout=_WRITE_TIMEOUT_S, exclusive=True,
-            )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise PanelConnectionError(f"cannot open room panel at {url}: {exc}") from exc
+        port = await open_port(url, baudrate=baudrate, what="room panel", error=PanelConnectionError)
         driver = cls(port, url, reply_timeout_s=reply_timeout_s, retries=retries, heartbeat_s=heartbeat_s,
                      queue_size=queue_size)
         try:
@@ -207,11 +195,9 @@ class RoomPanelDriver:
 
     async def _start(self) -> None:
         try:
-            await asyncio.to_thread(self._port.reset_input_buffer)
-        except (serial.SerialException, OSError) as exc:
+            await self._line.start(f"panel-reader {self._url}")
+        except PORT_ERRORS as exc:
             raise PanelConnectionError(f"{self._url}: cannot flush input: {exc}") from exc
-        self._reader = threading.Thread(target=self._read_loop, name=f"panel-reader {self._url}", daemon=True)
-        self._reader.start()
         reply = await self._transact(IdentityQuery)
         assert isinstance(reply, IdentityReply)
         if reply.protocol != PROTOCOL_VERSION:
@@ -239,7 +225,7 @@ class RoomPanelDriver:
             self._pending[1].set_exception(PanelClosedError(f"room panel {self._name} closed"))
         self._queue_changed.set()
         if self._released is None:
-            self._released = asyncio.create_task(self._release_port())
+            self._released = asyncio.create_task(self._line.release(f"room panel {self._name}"))
         await self._released
 
     async def __aenter__(self) -> RoomPanelDriver:
@@ -249,17 +235,6 @@ class RoomPanelDriver:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
-
-    async def _release_port(self) -> None:
-        self._reader_stop.set()
-        with contextlib.suppress(serial.SerialException, OSError, TypeError, AttributeError):
-            self._port.cancel_read()
-        if self._reader is not None:
-            await asyncio.to_thread(self._reader.join)
-        try:
-            await asyncio.to_thread(self._port.close)
-        except (serial.SerialException, OSError) as exc:
-            log.debug("room panel %s: error closing port: %s", self._name, exc)
 
     # -- public API ----------------------------------------------------------------------------------
 
@@ -354,8 +329,8 @@ class RoomPanelDriver:
 
     async def _write(self, frame: bytes) -> None:
         try:
-            await asyncio.to_thread(self._port.write, frame)
-        except (serial.SerialException, OSError, TypeError) as exc:
+            await self._line.write(frame)
+        except PORT_ERRORS as exc:
             lost = PanelConnectionLost(f"room panel {self._name}: write failed: {exc}")
             self._lose(lost)
             raise lost from exc
@@ -373,24 +348,6 @@ class RoomPanelDriver:
                 log.warning("room panel %s: heartbeat refused: %s", self._name, exc)
 
     # -- receive path (event loop thread) -----------------------------------------------------------
-
-    def _read_loop(self) -> None:
-        port = self._port
-        while not self._reader_stop.is_set():
-            try:
-                data = port.read(port.in_waiting or 1)
-            except Exception as exc:  # any escape would end the thread silently
-                if not self._reader_stop.is_set():
-                    self._post(self._on_read_error, exc)
-                return
-            if data:
-                self._post(self._on_bytes, bytes(data))
-
-    def _post(self, callback: Callable[..., None], *args: object) -> None:
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:
-            self._reader_stop.set()
 
     def _on_read_error(self, exc: Exception) -> None:
         self._lose(PanelConnectionLost(f"room panel {self._name}: read failed: {exc}"))
@@ -515,7 +472,7 @@ class RoomPanelDriver:
             self._pending[1].set_exception(lost)
         self._queue_changed.set()
         if self._released is None:
-            self._released = self._loop.create_task(self._release_port())
+            self._released = self._loop.create_task(self._line.release(f"room panel {self._name}"))
 
 
 __all__ = [

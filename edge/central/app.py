@@ -25,12 +25,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from edge.central.auth import Authenticator, require_client_certificate
+from edge.central.backends import open_central_database
 from edge.central.config import CentralConfig
 from edge.central.health import PUBLIC_ROUTES, Readiness, add_health_routes
 from edge.central.http_server import (
@@ -46,11 +46,12 @@ from edge.central.log import MerkleLog
 from edge.central.metrics import CentralMetrics
 from edge.central.mqtt_ingest_store import MqttIngestStore
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
-from edge.central.objects import FileObjectStore
+from edge.central.object_stores import open_object_store
+from edge.central.objects import FileObjectStore, ObjectStore
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
+from edge.central.retention import RetentionPolicy
 from edge.central.revocation import crl_seconds_left
-from edge.central.sqlite import SqliteDatabase
-from edge.central.storage import CentralDatabase, ConsoleStore, Index
+from edge.central.storage import CentralDatabase, ConsoleStore, EquipmentRows, Index
 from edge.central.timestamp import TimeStamper, keep_tsa_roots, load_tsa_roots, timestamp_task
 from edge.central.tus import TusRequestError, add_tus_routes, tus_purge_task
 from edge.central.tus_store import TusUploadStore
@@ -89,16 +90,26 @@ class CentralParts:
 
     config: CentralConfig
     index: Index
-    objects: FileObjectStore
+    objects: ObjectStore
     merkle: MerkleLog
     uploads: TusUploadStore
     registrar: Registrar
     auth: Authenticator
     signing_key: StationKey
     console: ConsoleStore
+    # The agency's officer lists and the stations' fleet reports (edge.central.equipment).
+    equipment: EquipmentRows
     # The MQTT receiver's transfers ([mqtt] configured), None otherwise; registration resolves "mqtt:"
     # uploads in it (edge.central.upload_sources).
     mqtt_transfers: MqttIngestStore | None = None
+
+    @property
+    def file_objects(self) -> FileObjectStore:
+        """The object store when it is the local folder (tests and the console's file playback reach
+        into it); TypeError for any other."""
+        if not isinstance(self.objects, FileObjectStore):
+            raise TypeError(f"the object store is {self.objects!r}, not a local folder")
+        return self.objects
 
 
 CENTRAL = web.AppKey("central", CentralParts)
@@ -223,7 +234,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                  request.path[:200], request.remote, exc)
         # Never sent (the connection is gone); aiohttp drops it quietly.
         return error_response("client_gone", "the connection ended during the request", 400)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, request.app[CENTRAL].index.unit.errors):
+            # The database failed (lost connection, server restarting): the transaction was rolled back
+            # whole, nothing half-written; the client retries. Logged with its cause, never answered with it.
+            log.exception("the index failed under %s %s", request.method, request.path[:200])
+            return _refusal(request, error_response(
+                RejectCode.INDEX_UNAVAILABLE, "the central's database is unavailable; nothing of this "
+                "request was kept: retry later", HTTP_STATUS[RejectCode.INDEX_UNAVAILABLE]))
         return _internal_error(request)
 
 
@@ -353,12 +371,13 @@ def build_app(
     config: CentralConfig,
     *,
     signing_key: StationKey | None = None,
-    open_database: Callable[[Path], CentralDatabase] = SqliteDatabase.open,
+    open_database: Callable[[CentralConfig], CentralDatabase] = open_central_database,
 ) -> web.Application:
     """The central application for ``config`` (its store directory must have been initialised).
 
-    ``open_database`` chooses the backend of the index and the Merkle log (SQLite in the store's
-    ``index.db``); nothing else in the application knows which one it is."""
+    ``open_database`` opens the backend of the index, the Merkle log and the console's store (by default
+    the one ``[central] index`` names: SQLite in the store's ``index.db`` or PostgreSQL); nothing else in
+    the application knows which one it is."""
     # Imported here so that importing this module does not need the read side's dependencies first.
     from edge.central.console.api import add_console_api_routes
     from edge.central.console.pages import add_console_pages
@@ -372,11 +391,11 @@ def build_app(
 
     layout = config.layout
     key = signing_key if signing_key is not None else load_signing_key(config)
-    database = open_database(layout.index_db)
+    database = open_database(config)
     index = database.index
     try:
         merkle = MerkleLog(database.log_store, key, config.central.id)
-        objects = FileObjectStore(layout.objects_dir)
+        objects = open_object_store(config)
         uploads = TusUploadStore(layout.uploads_dir, max_size_bytes=config.uploads.max_size_bytes,
                                  expire_after_s=config.uploads.expire_incomplete_s,
                                  expire_complete_after_s=config.uploads.expire_unregistered_s,
@@ -400,7 +419,8 @@ def build_app(
     metrics = CentralMetrics(log_size=merkle.size, crl_seconds_left=lambda: crl_seconds_left(
         layout, broker_crl_file=broker_crl_file))
     registrar = Registrar(index, objects, merkle, CombinedUploadSource(uploads, transfers), signing_key=key,
-                          central_id=config.central.id)
+                          central_id=config.central.id,
+                          retention=RetentionPolicy.from_config(config.retention))
     registrar.on_content_verified = metrics.verify_seconds.observe
 
     def record(rejection: Rejection, station: str | None, remote: str | None) -> None:
@@ -408,7 +428,7 @@ def build_app(
 
     auth = Authenticator(index, dev_mode=config.server.insecure_plain_http, on_reject=record)
     parts = CentralParts(config, index, objects, merkle, uploads, registrar, auth, key, database.console,
-                         transfers)
+                         database.equipment, transfers)
     server = config.server
     bounds = HttpBounds(RequestLimiter(server.max_concurrent_requests, retry_after_s=server.retry_after_s),
                         BodyBudget(server.max_buffered_body_bytes), server.max_json_body_bytes)

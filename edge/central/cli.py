@@ -20,16 +20,25 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.central.config import CentralConfig, ConfigError, load_central_config, require_embedded_index
+from edge.central.backends import (
+    DatabaseUnavailable,
+    database_exists,
+    database_where,
+    open_central_database,
+    open_central_index,
+)
+from edge.central.config import CentralConfig, ConfigError, load_central_config
 from edge.central.console.admin import add_console_admin_parsers
 from edge.central.console.secret_key import prepare_console_key
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
 from edge.central.index import CentralIndexError
 from edge.central.mqtt_command import add_command_parser
+from edge.central.objects import ObjectStoreUnavailable
 from edge.central.officers_cli import add_officers_parser
 from edge.central.receive_queue import ReceiveQueueError
 from edge.central.revocation import CrlWritten, import_issued, kept_sha256s, update_crl
-from edge.central.sqlite import SqliteDatabase, SqliteIndex
+from edge.central.sqlite import SqliteDatabase
+from edge.central.storage import CentralDatabase, Index
 from edge.durable.lock import StoreBusy
 from edge.pki.bundle import (
     BUNDLE_CA_CERT,
@@ -79,9 +88,7 @@ def _load(args: argparse.Namespace) -> CentralConfig | ExitCode:
         _say("error: --config FILE is required (the central's TOML configuration)")
         return ExitCode.USAGE
     try:
-        config = load_central_config(Path(path))
-        require_embedded_index(config)
-        return config
+        return load_central_config(Path(path))
     except ConfigError as exc:
         _say(f"error: {exc}")
         return EXIT_CONFIG
@@ -102,6 +109,14 @@ def cmd_central_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     except StoreBusy as exc:
         _say(f"error: {exc}")
+        return EXIT_STORE_BUSY
+    except ObjectStoreUnavailable as exc:
+        # The bucket cannot be asked whether it has Object Lock: 75 (EX_TEMPFAIL), systemd starts us again.
+        _say(f"error: {exc}: exiting 75 for systemd to start the central again")
+        return EXIT_STORE_BUSY
+    except DatabaseUnavailable as exc:
+        # The database server is down or refuses the central now: 75 (EX_TEMPFAIL), systemd tries again.
+        _say(f"error: {exc}: exiting 75 for systemd to start the central again")
         return EXIT_STORE_BUSY
     except ReceiveQueueError as exc:
         # The MQTT receive queue cannot be used now (locked, I/O error, disk full): the file is left as it
@@ -189,10 +204,9 @@ def cmd_central_init(args: argparse.Namespace) -> int:
     try:
         with lock_central_store(config, purpose="edge central init"):
             identity = init_central(config)
-            index_existed = config.layout.index_db.exists()
-            SqliteIndex.open(config.layout.index_db).close()
+            index_existed = database_exists(config)
             key_existed = config.layout.console_key.exists()
-            database = SqliteDatabase.open(config.layout.index_db)
+            database = open_central_database(config)
             try:
                 console_key = prepare_console_key(config.layout.console_key, database.console,
                                                   by="edge central init")
@@ -208,7 +222,7 @@ def cmd_central_init(args: argparse.Namespace) -> int:
         _say(f"created {line}")
     for line in identity.kept:
         _say(f"exists, kept {line}")
-    _say(f"{'exists, kept' if index_existed else 'created'} index: {config.layout.index_db}")
+    _say(f"{'exists, kept' if index_existed else 'created'} index: {database_where(config)}")
     if console_key is None:
         _say(f"error: central init: the console key {config.layout.console_key} is missing or unusable "
              "while the index holds sealed TOTP secrets; restore it from backup (mode 0600)")
@@ -226,11 +240,11 @@ def cmd_central_init(args: argparse.Namespace) -> int:
 
 
 def _record(
-    config: CentralConfig, enrollment: Enrollment, write: Callable[[SqliteIndex], None]
+    config: CentralConfig, enrollment: Enrollment, write: Callable[[Index], None]
 ) -> str | None:
     """Record an issued certificate in the index; on failure remove the bundle and return why."""
     try:
-        index = SqliteIndex.open(config.layout.index_db)
+        index = open_central_index(config)
         try:
             write(index)
         finally:
@@ -259,10 +273,10 @@ def _broker_name_clash(config: CentralConfig, name: str, other: str) -> str | No
     """Why `name` cannot be enrolled when an `other` ("station" or "auditor") was ever enrolled under it:
     the MQTT broker takes a certificate's CN as the user name, so an auditor named like a station would
     be that station on the broker (revoked or not: the broker does not read revocations)."""
-    if not config.layout.index_db.is_file():
+    if not database_exists(config):
         return None  # no enrollments yet (or no `init`: enrolling says so)
     try:
-        index = SqliteIndex.open(config.layout.index_db)
+        index = open_central_index(config)
         try:
             record = index.station(name) if other == "station" else index.reader(name)
         finally:
@@ -280,9 +294,9 @@ def _broker_name_clash(config: CentralConfig, name: str, other: str) -> str | No
 
 def _update_crl(config: CentralConfig, copy_to: Path | None = None) -> CrlWritten:
     """The CA's revocation list rewritten from the store's index (none yet: an empty list)."""
-    if not config.layout.index_db.exists():
+    if not database_exists(config):
         return update_crl(config, None, copy_to=copy_to)
-    index = SqliteIndex.open(config.layout.index_db)
+    index = open_central_index(config)
     try:
         return update_crl(config, index, copy_to=copy_to)
     finally:
@@ -330,7 +344,7 @@ def cmd_central_enroll(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     _say(
         f"enrolled station {enrollment.name}: client certificate sha256 {enrollment.cert_sha256}, "
-        f"valid until {enrollment.not_after:%Y-%m-%d}; ledger key recorded in {config.layout.index_db}"
+        f"valid until {enrollment.not_after:%Y-%m-%d}; ledger key recorded in {database_where(config)}"
     )
     _say(_describe_bundle(enrollment))
     _say(
@@ -369,7 +383,7 @@ def cmd_central_enroll_reader(args: argparse.Namespace) -> int:
     return EXIT_OK if _renew_crl(config, f"the enrollment of {enrollment.name}") else EXIT_FAILED
 
 
-def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[SqliteIndex, str, str], None]) -> int:
+def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[Index, str, str], None]) -> int:
     config = _load(args)
     if isinstance(config, ExitCode):
         return config
@@ -378,7 +392,7 @@ def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[SqliteIndex, 
         _say("error: --reason must say why (it is kept in the index with the revocation)")
         return ExitCode.USAGE
     try:
-        index = SqliteIndex.open(config.layout.index_db)
+        index = open_central_index(config)
         try:
             revoke(index, args.name, reason)
             record = index.station(args.name) if kind == "station" else index.reader(args.name)
@@ -390,12 +404,12 @@ def _revoke(args: argparse.Namespace, kind: str, revoke: Callable[[SqliteIndex, 
     enroll = f"edge central enroll{'' if kind == 'station' else '-reader'}"
     kept = record is not None and record.cert_sha256 in kept_sha256s(config.layout)
     if kept:
-        _say(f"revoked {kind} {args.name} in {config.layout.index_db}: {reason}. Its certificate is refused "
+        _say(f"revoked {kind} {args.name} in {database_where(config)}: {reason}. Its certificate is refused "
              f"from now on (by the broker once it has the new revocation list); `{enroll}` issues a new one")
     else:
         days = config.identity.station_cert_days if kind == "station" else config.identity.reader_cert_days
         enrolled = record.enrolled_utc if record is not None else "?"
-        _say(f"revoked {kind} {args.name} in {config.layout.index_db}: {reason}. The central refuses it from "
+        _say(f"revoked {kind} {args.name} in {database_where(config)}: {reason}. The central refuses it from "
              f"now on, but its enrolled certificate (sha256 {record.cert_sha256 if record else '?'}) has no "
              f"copy in {config.layout.issued_dir} (enrolled by an earlier release) and cannot be listed in "
              f"the revocation list: the broker will keep accepting it until it expires (enrolled "
@@ -410,7 +424,7 @@ def cmd_central_keep_issued(args: argparse.Namespace) -> int:
     if isinstance(config, ExitCode):
         return config
     try:
-        index = SqliteIndex.open(config.layout.index_db) if config.layout.index_db.is_file() else None
+        index = open_central_index(config) if database_exists(config) else None
         try:
             what = import_issued(config, index, Path(args.cert))
         finally:
@@ -442,11 +456,11 @@ def cmd_central_crl(args: argparse.Namespace) -> int:
 
 
 def cmd_central_revoke(args: argparse.Namespace) -> int:
-    return _revoke(args, "station", SqliteIndex.revoke_station)
+    return _revoke(args, "station", lambda index, name, reason: index.revoke_station(name, reason))
 
 
 def cmd_central_revoke_reader(args: argparse.Namespace) -> int:
-    return _revoke(args, "auditor", SqliteIndex.revoke_reader)
+    return _revoke(args, "auditor", lambda index, name, reason: index.revoke_reader(name, reason))
 
 
 def cmd_central_mqtt_identity(args: argparse.Namespace) -> int:
@@ -457,7 +471,7 @@ def cmd_central_mqtt_identity(args: argparse.Namespace) -> int:
 
     try:
         # The enrollments, to refuse an identity whose name a station or auditor already holds.
-        index = SqliteIndex.open(config.layout.index_db) if config.layout.index_db.is_file() else None
+        index = open_central_index(config) if database_exists(config) else None
         try:
             issued = issue_mqtt_identity(config, index=index, out_dir=Path(args.out), days=args.days)
         finally:
@@ -641,16 +655,16 @@ def _console_key_path(args: argparse.Namespace) -> Path:
     return config.layout.console_key
 
 
-def _open_database(args: argparse.Namespace) -> SqliteDatabase | int:
+def _open_database(args: argparse.Namespace) -> CentralDatabase | int:
     """The store's database for the console's administration commands, or the exit status after
     saying why not."""
     config = _load(args)
     if isinstance(config, ExitCode):
         return int(config)
     try:
-        return SqliteDatabase.open(config.layout.index_db)
+        return open_central_database(config)
     except Exception as exc:
-        if not isinstance(exc, (OSError, *SqliteDatabase.errors)):
+        if not isinstance(exc, (OSError, DatabaseUnavailable, *SqliteDatabase.errors)):
             raise
-        _say(f"error: opening {config.layout.index_db}: {exc}")
+        _say(f"error: opening {database_where(config)}: {exc}")
         return int(EXIT_FAILED)

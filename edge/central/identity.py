@@ -24,9 +24,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from edge.central.backends import DatabaseUnavailable, database_where, signed_head_summary
 from edge.central.config import CentralConfig, CentralLayout
+from edge.central.index import CentralIndexError
 from edge.central.sqlite import SqliteDatabase
-from edge.central.sqlite.log import signed_head_summary
 from edge.custody.errors import CustodyError
 from edge.custody.keys import StationKey, load_public_key, public_key_raw
 from edge.custody.ledger import station_time_now
@@ -124,12 +125,12 @@ def init_central(config: CentralConfig) -> CentralIdentity:
 
     signing_existed = layout.signing_key.exists()
     if not signing_existed:
-        _refuse_new_signing_key(layout)
+        _refuse_new_signing_key(config)
     try:
         signing_key = StationKey.load_or_create(layout.signing_key)
     except CustodyError as exc:
         raise IdentityError(f"central signing key: {exc}") from None
-    _check_signing_key(layout, signing_key)
+    _check_signing_key(config, signing_key)
     (kept if signing_existed else created).append(
         f"signing key {signing_key.key_id}: {layout.signing_key} (public: {layout.signing_pub})"
     )
@@ -249,13 +250,13 @@ def load_signing_key(config: CentralConfig) -> StationKey:
     layout = config.layout
     path = layout.signing_key
     if not path.exists():
-        _refuse_new_signing_key(layout)
+        _refuse_new_signing_key(config)
         raise IdentityError(f"no central signing key at {path}: run `edge central init --config FILE` first")
     try:
         key = StationKey.load_or_create(path)
     except CustodyError as exc:
         raise IdentityError(f"central signing key: {exc}") from None
-    _check_signing_key(layout, key)
+    _check_signing_key(config, key)
     return key
 
 
@@ -276,30 +277,33 @@ def lock_central_store(config: CentralConfig, *, purpose: str) -> StoreLock:
         raise IdentityError(f"central store {store_dir} cannot be used: {exc.strerror or exc}") from None
 
 
-def _signed_heads(layout: CentralLayout) -> tuple[int, str | None, str | None]:
+def _signed_heads(config: CentralConfig) -> tuple[int, str | None, str | None]:
     """How many tree heads the central's Merkle log holds, and the key id and time of the newest."""
-    if not layout.index_db.is_file():
-        return 0, None, None
+    unreadable: tuple[type[Exception], ...] = (CentralIndexError, *SqliteDatabase.errors)
     try:
-        return signed_head_summary(layout.index_db)
-    except SqliteDatabase.errors as exc:
-        raise IdentityError(f"cannot read the Merkle log in {layout.index_db}: {exc}") from None
+        return signed_head_summary(config)
+    except DatabaseUnavailable:
+        raise  # the server is down or refuses us: not a problem of the identity (the start is retried)
+    except unreadable as exc:
+        raise IdentityError(f"cannot read the Merkle log in {database_where(config)}: {exc}") from None
 
 
-def _refuse_new_signing_key(layout: CentralLayout) -> None:
+def _refuse_new_signing_key(config: CentralConfig) -> None:
     """A missing signing key is made anew only for a central that never signed anything."""
-    count, key_id, time = _signed_heads(layout)
+    layout = config.layout
+    count, key_id, time = _signed_heads(config)
     if count:
         raise IdentityError(
             f"the central signing key {layout.signing_key} is missing, but the Merkle log in "
-            f"{layout.index_db} holds {count} tree head(s) signed with key {key_id} (the newest at "
+            f"{database_where(config)} holds {count} tree head(s) signed with key {key_id} (the newest at "
             f"{time}). A new key would orphan every receipt and every station that pinned key {key_id}, "
             f"so none is made: restore {layout.signing_key.name} from backup (mode 0600)"
         )
 
 
-def _check_signing_key(layout: CentralLayout, key: StationKey) -> None:
-    _count, key_id, time = _signed_heads(layout)
+def _check_signing_key(config: CentralConfig, key: StationKey) -> None:
+    layout = config.layout
+    _count, key_id, time = _signed_heads(config)
     if key_id is not None and key_id != key.key_id:
         raise IdentityError(
             f"{layout.signing_key} is key {key.key_id}, but the Merkle log's newest tree head (at {time}) "

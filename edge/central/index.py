@@ -34,6 +34,7 @@ __all__ = [
     "CASE_FIELDS",
     "AccountRecord",
     "CentralIndexError",
+    "IssuedList",
     "ItemQuery",
     "ItemRecord",
     "ReaderGrant",
@@ -212,6 +213,24 @@ class ItemRecord:
     chain_seq: int
     leaf_index: int
     accepted_utc: str
+
+
+@dataclass(frozen=True)
+class IssuedList:
+    """One version of the agency's officer list as the central's database holds it (edge.central.equipment):
+    its number, the digest and count of its officers, when and by whom it was issued, and the canonical
+    JSON of the signed envelope the stations get."""
+
+    version: int
+    sha256: str
+    issued_at: str
+    by: str
+    officers: int
+    envelope: bytes
+
+    def summary(self) -> dict[str, Any]:
+        return {"version": self.version, "officers_sha256": self.sha256, "issued_at": self.issued_at,
+                "by": self.by, "officers": self.officers}
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.central.config import CentralConfig, ConfigError, MqttSection, load_central_config
+from edge.central.backends import database_exists, open_central_index
+from edge.central.config import (
+    CentralConfig,
+    ConfigError,
+    MqttSection,
+    SqliteIndexConfig,
+    load_central_config,
+)
 from edge.central.identity import load_signing_key
 from edge.central.index import CentralIndexError
 from edge.central.sqlite.index import SqliteIndex
@@ -369,9 +376,11 @@ def station_reply_keys(station: str, index: Index) -> dict[str, Ed25519PublicKey
 
 def _station_keys(config: CentralConfig, station: str) -> dict[str, Ed25519PublicKey]:
     """`station_reply_keys`, from the central's index opened read-only (this command changes nothing)."""
-    if not config.layout.index_db.is_file():
+    if not database_exists(config):
         raise LookupError(f"station {station} is not enrolled at this central (no enrollments yet)")
-    index = SqliteIndex.open_readonly(config.layout.index_db)
+    # SQLite: the file read-only; PostgreSQL: the configured database (this command only reads it).
+    index = (SqliteIndex.open_readonly(config.layout.index_db)
+             if isinstance(config.central.index, SqliteIndexConfig) else open_central_index(config))
     try:
         return station_reply_keys(station, index)
     finally:

@@ -12,8 +12,11 @@ Layout (the default, local file system)::
 
     objects/ab/cd/abcd...   (64 hex digits, mode 0444)
 
-The interface (:class:`ObjectStore`) is small on purpose, so an S3-compatible store with Object Lock can
-stand in for the local one (DESIGN.md "Growing past one machine").
+The interface (:class:`ObjectStore`) is small on purpose, so an S3-compatible store with Object Lock
+stands in for the local one (:mod:`edge.central.s3_objects`, DESIGN.md "Growing past one machine").
+Each object is written with a :class:`Retention` (until when it must be kept, and whether it is under a
+legal hold): the S3 store locks it (COMPLIANCE); a local folder has no lock to set, its objects are
+read-only files and their protection is the host's (the README says so).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import secrets
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -40,7 +44,9 @@ __all__ = [
     "ObjectMismatch",
     "ObjectStore",
     "ObjectStoreError",
+    "ObjectStoreUnavailable",
     "ReceivedContent",
+    "Retention",
     "StoredObject",
     "is_sha256_hex",
 ]
@@ -60,6 +66,10 @@ def is_sha256_hex(text: object) -> bool:
 
 class ObjectStoreError(Exception):
     """The object store cannot do what was asked (I/O failure, bad name)."""
+
+
+class ObjectStoreUnavailable(ObjectStoreError):
+    """The object store cannot be reached or answers with a server error: nothing was stored, try later."""
 
 
 class ObjectMismatch(ObjectStoreError):
@@ -111,15 +121,41 @@ class ReceivedContent:
     identity: FileIdentity
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How long an object must be kept: locked (COMPLIANCE) until ``until`` (timezone-aware UTC), and
+    under a legal hold, which has no end date, when ``legal_hold`` (permanent evidence)."""
+
+    until: datetime
+    legal_hold: bool = False
+
+    def __post_init__(self) -> None:
+        if self.until.tzinfo is None:
+            raise ValueError("Retention.until must be timezone-aware")
+
+
 class ObjectStore(Protocol):
     """What the central needs from content storage. Every method is blocking (run it in a thread)."""
 
-    def put_file(self, source: Path, sha256: str, *, received: ReceivedContent | None = None) -> StoredObject:
-        """Move ``source`` in as the object ``sha256`` durably (``source`` is gone after success);
-        raises :class:`ObjectMismatch` (``source`` untouched) when its bytes hash to something else.
+    def put_file(
+        self,
+        source: Path,
+        sha256: str,
+        retention: Retention | None = None,
+        *,
+        received: ReceivedContent | None = None,
+    ) -> StoredObject:
+        """Move ``source`` in as the object ``sha256`` durably (``source`` is gone after success), kept at
+        least as ``retention`` says; raises :class:`ObjectMismatch` (``source`` untouched) when its bytes
+        hash to something else, :class:`ObjectStoreUnavailable` when the store cannot be reached.
         ``received``: the receive path's hash of ``source`` (see :class:`ReceivedContent`); a store
         that reads the file anyway must not hash it again with SHA-256 while the file keeps its
         identity, and must hash it when it does not (or when ``received`` is None)."""
+        ...
+
+    def retain(self, sha256: str, retention: Retention) -> None:
+        """Keep the stored object at least as ``retention`` says: an earlier end is extended, a later one
+        never shortened; a legal hold once set stays."""
         ...
 
     def exists(self, sha256: str) -> bool: ...
@@ -132,6 +168,10 @@ class ObjectStore(Protocol):
 
     def verify(self, sha256: str) -> str | None:
         """None when the object hashes to its name, else a sentence saying what is wrong."""
+        ...
+
+    def reachable(self) -> str | None:
+        """None when the store answers (readiness), else a sentence saying why not."""
         ...
 
 
@@ -183,7 +223,20 @@ class FileObjectStore:
             return f"content hashes to {found} ({size} bytes), not to its name: the object was altered"
         return None
 
-    def put_file(self, source: Path, sha256: str, *, received: ReceivedContent | None = None) -> StoredObject:
+    def retain(self, sha256: str, retention: Retention) -> None:
+        """Nothing to set: a local folder has no retention lock (its objects are read-only files)."""
+
+    def reachable(self) -> str | None:
+        return None if self.root.is_dir() else f"{self.root} is not a directory"
+
+    def put_file(
+        self,
+        source: Path,
+        sha256: str,
+        retention: Retention | None = None,
+        *,
+        received: ReceivedContent | None = None,
+    ) -> StoredObject:
         """Hash ``source`` (or take ``received``'s hash while the file keeps its identity); when it
         matches ``sha256`` move it durably into place (read-only).
 

@@ -7,9 +7,11 @@ not name are removed at the stations that apply it. A ``pin``/``密码`` column 
 station-set (edge.equipment.officer_list says why), and the refusal names the column, never a value.
 Stations fetch the newest version over their uplink (edge.uplink.service) and apply it
 (edge.equipment.officer_sync). ``list`` prints the versions issued (number, digest, officers, time, who).
+Both work in the central's database (``[central] index``: the store's ``index.db`` or PostgreSQL), beside
+running receivers: a new version is numbered under the database's writer lock.
 
 Exit status: 0 done; 65 the file is refused (nothing issued); 66 the file cannot be read; 64/78 usage or
-configuration.
+configuration; 75 the database cannot be used now (nothing issued).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.central.config import ConfigError, load_central_config
+from edge.central.backends import DatabaseUnavailable, database_exists, database_where, open_central_database
+from edge.central.config import CentralConfig, ConfigError, load_central_config
 from edge.central.equipment import EquipmentStore
 from edge.central.identity import load_signing_key
+from edge.central.index import CentralIndexError
+from edge.central.storage import CentralDatabase
 from edge.custody.errors import CustodyError
 from edge.custody.text import printable
 from edge.equipment.officer_csv import OfficerCsvError, parse_officer_csv
@@ -35,6 +40,7 @@ __all__ = ["add_officers_parser"]
 
 EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_TEMPFAIL = 75
 
 
 def _say(text: str) -> None:
@@ -44,6 +50,20 @@ def _say(text: str) -> None:
 def _config_path(args: argparse.Namespace) -> Path | None:
     path = getattr(args, "config", None) or getattr(args, "central_config", None)
     return Path(path) if path else None
+
+
+def _open_database(config: CentralConfig) -> CentralDatabase | int:
+    """The central's database, or the exit status after saying why not (a store never initialised:
+    nothing to issue into)."""
+    if not database_exists(config):
+        _say(f"error: no central store at {config.layout.store_dir} (`edge central init` first)")
+        return ExitCode.CONFIG
+    try:
+        database = open_central_database(config)
+    except (DatabaseUnavailable, CentralIndexError, OSError) as exc:
+        _say(f"error: opening {database_where(config)}: {exc}")
+        return EX_TEMPFAIL
+    return database
 
 
 def cmd_officers_import(args: argparse.Namespace) -> int:
@@ -74,18 +94,29 @@ def cmd_officers_import(args: argparse.Namespace) -> int:
             _say(f"  {line}")
         return EX_DATAERR
     try:
+        # It checks the key against the signed heads in the database: unreachable, nothing is issued.
         key = load_signing_key(config)
+    except DatabaseUnavailable as exc:
+        _say(f"error: opening {database_where(config)}: {exc}")
+        return EX_TEMPFAIL
     except (ConfigError, IdentityError, CustodyError, ValueError, OSError) as exc:
         _say(f"error: the central's signing key: {exc}")
         return ExitCode.CONFIG
-    store = EquipmentStore.of_store(config.layout.store_dir)
+    database = _open_database(config)
+    if isinstance(database, int):
+        return database
+    store = EquipmentStore(database.equipment)
+    failures: tuple[type[Exception], ...] = (CentralIndexError, OSError, *database.errors)
     try:
         issued = store.issue(rows, key=key, central=config.central.id, by=args.by or getpass.getuser())
     except OfficerListError as exc:
         _say(f"error: {source.name}: refused, no version issued: {exc}")
         return EX_DATAERR
+    except failures as exc:
+        _say(f"error: {database_where(config)}: no version issued: {exc}")
+        return EX_TEMPFAIL
     finally:
-        store.close()
+        database.close()
     print(printable(f"officer list version {issued.version} issued from {source.name}: {issued.officers} "
                     f"officers, sha256 {issued.sha256}; stations take it at their next poll"))
     return ExitCode.OK
@@ -101,11 +132,18 @@ def cmd_officers_list(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError, OSError) as exc:
         _say(f"error: {exc}")
         return ExitCode.CONFIG
-    store = EquipmentStore.of_store(config.layout.store_dir)
+    database = _open_database(config)
+    if isinstance(database, int):
+        return database
+    store = EquipmentStore(database.equipment)
+    failures: tuple[type[Exception], ...] = (CentralIndexError, OSError, *database.errors)
     try:
         versions: list[dict[str, Any]] = [v.summary() for v in store.versions()]
+    except failures as exc:
+        _say(f"error: {database_where(config)}: {exc}")
+        return EX_TEMPFAIL
     finally:
-        store.close()
+        database.close()
     if args.json:
         print(json.dumps(versions, ensure_ascii=True))
         return ExitCode.OK

@@ -26,17 +26,16 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 
 from aiohttp import web
 
 from edge.central.app import BOUNDS, CENTRAL, METRICS, READINESS, CentralParts, build_app
-from edge.central.config import CentralConfig, ConfigError, require_embedded_index
+from edge.central.backends import open_central_database
+from edge.central.config import CentralConfig, ConfigError
 from edge.central.health import metrics_app
 from edge.central.http_server import listen
 from edge.central.identity import lock_central_store, server_ssl_context
 from edge.central.limits import HttpBounds
-from edge.central.sqlite import SqliteDatabase
 from edge.central.storage import CentralDatabase
 from edge.custody.keys import StationKey
 from edge.durable.lock import StoreLock
@@ -143,7 +142,7 @@ async def start_central(
     config: CentralConfig,
     *,
     signing_key: StationKey | None = None,
-    open_database: Callable[[Path], CentralDatabase] = SqliteDatabase.open,
+    open_database: Callable[[CentralConfig], CentralDatabase] = open_central_database,
 ) -> RunningCentral:
     """Build the application and serve it on the configured address; stop it with ``.stop()``.
 
@@ -153,7 +152,6 @@ async def start_central(
     The store is locked first (one receiver per store): :class:`edge.durable.lock.StoreBusy` names the
     process that holds it.
     """
-    require_embedded_index(config)
     lock = lock_central_store(config, purpose="central receiver")
     try:
         ssl_context: ssl.SSLContext | None = None

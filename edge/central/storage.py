@@ -27,7 +27,7 @@ transaction is opened and committed without yielding, so readers never see half 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.index import (
     AccountRecord,
+    IssuedList,
     ItemQuery,
     ItemRecord,
     ReaderGrant,
@@ -46,7 +47,8 @@ from edge.central.index import (
 from edge.custody.ledger import Checkpoint, LedgerEntry
 from edge.custody.receipt import TreeHead
 
-__all__ = ["CentralDatabase", "ConsoleStore", "Index", "LogStore", "LogStoreConflict", "UnitOfWork"]
+__all__ = ["CentralDatabase", "ConsoleStore", "EquipmentRows", "Index", "LogStore", "LogStoreConflict",
+           "UnitOfWork"]
 
 
 class LogStoreConflict(Exception):
@@ -244,6 +246,34 @@ class ConsoleStore(SessionRows, Protocol):
 
 
 
+class EquipmentRows(Protocol):
+    """The agency's equipment at the central (:mod:`edge.central.equipment`): every officer-list version the
+    central issued, append-only and numbered 1, 2, 3... without a gap, and the latest fleet report of each
+    station. Every receiver sharing the database sees the same versions. Methods run their own
+    transactions; values come back as stored (``edge verify`` checks the signatures)."""
+
+    def issue_officer_list(self, sign: Callable[[int], IssuedList]) -> IssuedList:
+        """In one transaction under the writer lock (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's advisory
+        lock across receivers): ``sign(version)`` for the next version (one more than the newest) and keep
+        what it returns, so that two issuers never sign the same number. What ``sign`` raises rolls the
+        transaction back and is raised; a returned version other than the one asked for is refused."""
+        ...
+
+    def newest_officer_list(self) -> IssuedList | None: ...
+    def officer_lists(self) -> list[IssuedList]:
+        """Every version issued, oldest first."""
+        ...
+
+    def keep_fleet_report(self, station: str, received_utc: str, report: bytes) -> None:
+        """Keep ``report`` (canonical JSON, checked by the caller) as the station's latest, replacing its
+        previous one."""
+        ...
+
+    def fleet_reports(self) -> list[tuple[str, str, bytes]]:
+        """``(station, received_utc, report)`` of the latest report of each station, by station."""
+        ...
+
+
 class LogStore(Protocol):
     """Where the Merkle log keeps its leaves, complete-subtree nodes, signed tree heads and RFC 3161
     time-stamps. Append-only: nothing is ever updated or deleted. Values come back as stored."""
@@ -331,5 +361,8 @@ class CentralDatabase(UnitOfWork, Protocol):
 
     @property
     def console(self) -> ConsoleStore: ...
+
+    @property
+    def equipment(self) -> EquipmentRows: ...
 
     def close(self) -> None: ...

@@ -33,6 +33,9 @@ A central store verifies when:
   states: the holder of the key can re-seal; and deleting the newest trail rows together with their
   newest seals is NOT detected (the shorter sequence is consistent with itself and nothing outside
   index.db records its length; anchoring it in the witnessed tree heads is for later);
+* every version of the agency's officer list (edge.central.equipment) in the database (``index.db`` or
+  PostgreSQL) verifies with the central key, the versions run 1, 2, 3... without a gap, and each row's
+  number, digest and officer count are the signed list's: a list rewritten below the triggers is named;
 * every console account's TOTP secret opens with console.key and is of the enrolment that
   ``identity/console-enrolments`` records (:mod:`edge.central.console.enrolments`): another sealed secret
   put back into index.db is named with both enrolment ids, and an account the record says has TOTP whose
@@ -67,13 +70,18 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.central.config import CentralLayout
+from edge.central.backends import DatabaseUnavailable
+from edge.central.config import CentralLayout, ConfigError, PostgresIndexConfig
 from edge.central.console.enrolments import ENROLMENTS_FILE, EnrolmentRecord, enrolment_problems
 from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey
-from edge.central.equipment import EQUIPMENT_DB, officer_list_problems
+from edge.central.equipment import officer_list_problems
 from edge.central.index import CASE_FIELDS
 from edge.central.log import MerkleLog
-from edge.central.objects import FileObjectStore, is_sha256_hex
+from edge.central.objects import FileObjectStore, ObjectStore, ObjectStoreError, is_sha256_hex
+from edge.central.postgres import PostgresDatabase
+from edge.central.postgres.console import key_fits_seals as postgres_key_fits_seals
+from edge.central.postgres.qmark import QmarkConnection
+from edge.central.postgres.trail import row_json as postgres_row_json
 from edge.central.sqlite import SqliteDatabase
 from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, key_fits_seals, row_json_sql, trail_mac
 from edge.custody.canonical import canonical_json, parse_json, sha256_hex
@@ -123,6 +131,8 @@ def verify_central_store(
     *,
     central_public_key: Ed25519PublicKey | None = None,
     origin: str | None = None,
+    index: PostgresIndexConfig | None = None,
+    objects: ObjectStore | None = None,
 ) -> list[Problem]:
     """Every problem found in the central store at ``store_dir``; an empty list means it verifies.
 
@@ -130,7 +140,8 @@ def verify_central_store(
     store's own ``identity/signing.key.pub`` is used, which proves consistency but not origin.
     ``origin`` is the central id tree heads must name (default: the one the first signed head names).
     """
-    return verify_central(store_dir, central_public_key=central_public_key, origin=origin).problems
+    return verify_central(store_dir, central_public_key=central_public_key, origin=origin,
+                          index=index, objects=objects).problems
 
 
 def verify_central(
@@ -138,12 +149,20 @@ def verify_central(
     *,
     central_public_key: Ed25519PublicKey | None = None,
     origin: str | None = None,
+    index: PostgresIndexConfig | None = None,
+    objects: ObjectStore | None = None,
 ) -> CentralFindings:
-    """:func:`verify_central_store` with notes and counts (for `edge verify` and the benchmark)."""
+    """:func:`verify_central_store` with notes and counts (for `edge verify` and the benchmark).
+
+    ``index``: the store's index is in this PostgreSQL database (its configuration's ``[central]
+    index``), not in ``store_dir/index.db``. ``objects``: the store's object store when it is not the
+    local folder ``<store_dir>/objects`` (an S3 bucket, :mod:`edge.central.s3_objects`: its version
+    history is checked too)."""
     layout = CentralLayout(Path(store_dir))
     findings = CentralFindings()
     problems = findings.problems
-    if not layout.index_db.is_file():
+    where = index.url if index is not None else str(layout.index_db)
+    if index is None and not layout.index_db.is_file():
         problems.append(Problem(f"index {layout.index_db}", "missing: this is not a central store"))
         return findings
     public_key = central_public_key
@@ -167,26 +186,48 @@ def verify_central(
                         f"is key {key_id_of(stored)}, not the pinned central key {key_id_of(public_key)}",
                     )
                 )
-    database = SqliteDatabase.open_readonly(layout.index_db)
+    database: SqliteDatabase | PostgresDatabase
     try:
-        _Checker(database, layout, public_key, origin, findings).run()
-    except sqlite3.DatabaseError as exc:
-        problems.append(Problem(f"index {layout.index_db}", f"cannot be read: {exc}"))
+        database = (SqliteDatabase.open_readonly(layout.index_db) if index is None
+                    else _open_postgres_readonly(index))
+    except DatabaseUnavailable as exc:
+        problems.append(Problem(f"index {where}", str(exc)))
+        return findings
+    try:
+        _Checker(database, layout, public_key, origin, findings, objects).run()
+    except database.errors as exc:
+        problems.append(Problem(f"index {where}", f"cannot be read: {exc}"))
     finally:
         database.close()
     return findings
 
 
+def _open_postgres_readonly(index: PostgresIndexConfig) -> PostgresDatabase:
+    """The configured PostgreSQL database, read-only (verification never changes what it checks, and
+    applies no migration)."""
+    import psycopg
+
+    try:
+        password = index.password.resolve() if index.password is not None else None
+        return PostgresDatabase.open_readonly(index.url, password=password)
+    except (ConfigError, psycopg.Error) as exc:
+        raise DatabaseUnavailable(f"cannot be opened: {str(exc).strip()}") from None
+
+
 class _Checker:
     def __init__(
         self,
-        database: SqliteDatabase,
+        database: SqliteDatabase | PostgresDatabase,
         layout: CentralLayout,
         public_key: Ed25519PublicKey | None,
         origin: str | None,
         findings: CentralFindings,
+        objects: ObjectStore | None = None,
     ) -> None:
-        self.conn = database.conn  # the index tables, read as stored (module docstring)
+        # The index tables, read as stored (module docstring), in SQLite's dialect on either backend.
+        self.conn: sqlite3.Connection | QmarkConnection = (
+            database.conn if isinstance(database, SqliteDatabase) else QmarkConnection(database.conn))
+        self.postgres = isinstance(database, PostgresDatabase)
         self.log_store = database.log_store
         self.layout = layout
         self.public_key = public_key
@@ -195,7 +236,7 @@ class _Checker:
         self.problems = findings.problems
         self.checked = findings.checked
         self.station_keys: dict[str, dict[str, Ed25519PublicKey]] = {}
-        self.objects = FileObjectStore(layout.objects_dir)
+        self.objects: ObjectStore = objects if objects is not None else FileObjectStore(layout.objects_dir)
         self.merkle: MerkleLog | None = None
         self.merkle_size = 0
         self.head: TreeHead | None = None
@@ -256,8 +297,31 @@ class _Checker:
             expected = row_id + 1
 
     def _table_exists(self, table: str) -> bool:
+        if self.postgres:
+            return self._scalar("SELECT to_regclass(?) IS NOT NULL", (table,)) is True
         return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                  (table,)).fetchone() is not None
+
+    def _scalar(self, sql: str, args: tuple[object, ...] = ()) -> object:
+        """The first column of the first row (a query that always returns one)."""
+        row = self.conn.execute(sql, args).fetchone()
+        assert row is not None, sql
+        return row[0]
+
+    def _trail_row_json(self, table: str, row_id: int) -> str | None:
+        """The sealed text of a trail row as stored (None: no such row), as its backend seals it."""
+        if self.postgres:
+            row = self.conn.execute(f"SELECT {', '.join(TRAIL_COLUMNS[table])} FROM {table} WHERE id = ?",
+                                    (row_id,)).fetchone()
+            return None if row is None else postgres_row_json(tuple(row))
+        row = self.conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?",
+                                (row_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _key_fits_seals(self, key: bytes) -> bool | None:
+        if isinstance(self.conn, QmarkConnection):
+            return postgres_key_fits_seals(self.conn, key)
+        return key_fits_seals(self.conn, key)
 
     # -- the seals of the console's trails (edge.central.sqlite.trail) -------------------------------
 
@@ -299,9 +363,7 @@ class _Checker:
                 began, began_at = True, seq
                 row_json: str | None = "[]"
             elif table in TRAIL_COLUMNS and isinstance(row_id, int):
-                row = self.conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?",
-                                        (row_id,)).fetchone()
-                row_json = None if row is None else str(row[0])
+                row_json = self._trail_row_json(table, row_id)
                 if row_json is None:
                     problem = (table, f"row {row_id} was deleted (its seal {seq} remains)")
                 elif mac is None and began:
@@ -318,7 +380,7 @@ class _Checker:
                 problem = ("trail_seals", f"seal {seq} names no trail row ({str(table)[:40]!r} {row_id!r})")
             if isinstance(mac, str) and not key_tried:  # the key is needed once there is a seal to check
                 key, key_tried = self._trail_key(), True
-                if key is not None and key_fits_seals(self.conn, key) is False:
+                if key is not None and self._key_fits_seals(key) is False:
                     self.add(f"file {self.layout.console_key.relative_to(self.layout.store_dir)}",
                              "it is not the key this store's console trails were sealed with (neither the "
                              "check value written when the seals began nor the first sealed rows check with "
@@ -766,8 +828,13 @@ class _Checker:
         if not is_sha256_hex(sha):
             self.add(where, f"sha256 column {str(sha)[:80]!r} is not 64 hex digits")
             return
-        if not self.objects.exists(sha):
-            self.add(f"object {sha}", "missing: an accepted item's content is gone")
+        try:
+            present = self.objects.exists(sha)
+        except ObjectStoreError as exc:
+            self.add(f"object {sha}", f"cannot be checked: {exc}")
+            return
+        if not present:
+            self.add(f"object {sha}", self._missing_object(sha))
         elif self.objects.size_bytes(sha) != row["size"]:
             self.add(f"object {sha}",
                      f"has {self.objects.size_bytes(sha)} bytes, the item says {row['size']}")
@@ -851,13 +918,18 @@ class _Checker:
                             f"signed root {head.root_hash} of {head.tree_size} leaves")
 
     def _check_officer_lists(self) -> None:
-        """The agency's officer lists (edge.central.equipment): each version signed by the central key."""
-        path = self.layout.store_dir / EQUIPMENT_DB
-        if not path.is_file() or self.public_key is None:
+        """The agency's officer lists (edge.central.equipment): each version signed by the central key,
+        numbered 1, 2, 3... without a gap, its row as its signed list says (on either backend)."""
+        if self.public_key is None or not self._table_exists("officer_lists"):
             return
-        problems, checked = officer_list_problems(path, self.public_key)
+        rows = self.conn.execute(
+            "SELECT version, sha256, officers, envelope FROM officer_lists ORDER BY version")
+        problems, checked = officer_list_problems(
+            ((row[0], row[1], row[2], row[3]) for row in rows), self.public_key)
         for where, what in problems[:_MAX_LISTED]:
             self.add(where, what)
+        if len(problems) > _MAX_LISTED:
+            self.add("officer lists", f"{len(problems) - _MAX_LISTED} more problems")
         self.count("officer_lists", checked)
 
     def _check_store_files(self) -> None:
@@ -952,7 +1024,7 @@ class _Checker:
                 "ORDER BY id"
             ).fetchall()
         except sqlite3.OperationalError:
-            rows = []  # a store from before time-stamping
+            rows = []  # a store from before time-stamping (SQLite only: PostgreSQL's schema has the table)
         for row in rows:
             self.count("timestamps")
             self._check_timestamp(row, roots, verify_token, TimeStampError)
@@ -968,7 +1040,7 @@ class _Checker:
                 "(the TSA is asked at every interval; heads are signed regardless)"
             )
 
-    def _check_timestamp(self, row: sqlite3.Row, roots: list[Any], verify_token: Any, error: Any) -> None:
+    def _check_timestamp(self, row: Any, roots: list[Any], verify_token: Any, error: Any) -> None:
         where = f"time-stamp {row['id']} (tree head size {row['tree_size']})"
         head = self.conn.execute(
             "SELECT origin FROM merkle_tree_heads WHERE id = ? AND tree_size = ? AND root_hash = ?",
@@ -1084,12 +1156,21 @@ class _Checker:
 
     # -- objects -------------------------------------------------------------------------------------
 
+    def _missing_object(self, sha: str) -> str:
+        if isinstance(self.objects, FileObjectStore):
+            return "missing: an accepted item's content is gone"
+        # A versioned bucket tells how it went missing (a delete marker), and what remains.
+        return f"an accepted item's content is {self.objects.verify(sha)}"
+
     def _check_objects(self) -> None:
-        """Every file under objects/: hashed one at a time and looked up in the index (missing objects
-        were named with their items)."""
+        """Every object: hashed one at a time and looked up in the index (missing objects were named with
+        their items)."""
+        if not isinstance(self.objects, FileObjectStore):
+            self._check_bucket_objects()
+            return
         objects_dir = self.layout.objects_dir
         if not objects_dir.is_dir():
-            accepted = self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
+            accepted = self._scalar("SELECT count(*) FROM items")
             if accepted:
                 self.add(f"objects {objects_dir}", f"missing, with {accepted} accepted items")
             return
@@ -1117,15 +1198,44 @@ class _Checker:
                 )
 
 
+    def _check_bucket_objects(self) -> None:
+        """An S3 store: its version history (delete markers, unlocked versions, planted keys), then every
+        current object hashed and looked up in the index."""
+        from edge.central.s3_objects import S3ObjectStore
+
+        store = self.objects
+        if not isinstance(store, S3ObjectStore):
+            self.add("objects", f"cannot list the objects of {store!r}")
+            return
+        try:
+            listed = 0
+            for where, what in store.audit():
+                listed += 1
+                if listed <= _MAX_LISTED:
+                    self.add(where, what)
+            if listed > _MAX_LISTED:
+                self.add("objects", f"{listed - _MAX_LISTED} more findings in the bucket's version history")
+            for name in store.names():
+                self.count("objects")
+                problem = store.verify(name)
+                if problem is not None:
+                    self.add(f"object {name}", problem)
+                elif self.conn.execute(
+                    "SELECT 1 FROM items WHERE sha256 = ? LIMIT 1", (name,)
+                ).fetchone() is None:
+                    self.add(f"object {name}", "no accepted item references it (left by an interrupted "
+                                               "registration or planted)")
+        except ObjectStoreError as exc:
+            self.add(f"objects {store!r}", f"cannot be listed: {exc}")
+
+
 # The console's append-only trails besides the access log (edge.central.sqlite.console), numbered 1, 2, 3...
 _CONSOLE_TRAILS = ("account_events", "grant_events", "station_unit_events", "sensitivity_events",
                    "media_ranges")
 # What a central store holds (edge.central.config.CentralLayout): anything else was planted or left over.
 # issued-order.copy: the second copy of the CA's issue order (edge.central.identity.issue_order).
-# equipment.db: the agency's officer lists and the stations' fleet reports (edge.central.equipment).
 _ROOT_FILES = frozenset({"index.db", "index.db-wal", "index.db-shm", "index.db-journal", "store.lock",
-                         "issued-order.copy", "equipment.db", "equipment.db-wal", "equipment.db-shm",
-                         "equipment.db-journal"})
+                         "issued-order.copy"})
 # readiness/: the /readyz write probe's directory (edge.central.health); it holds no evidence, and a probe
 # a crash left there is not a planted file.
 # mqtt-transfers/: MQTT file transfers being assembled (edge.central.mqtt_ingest_store), the [mqtt]

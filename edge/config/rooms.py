@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from edge.config.base import IDENTIFIER, SecretRef, StrictModel
+from edge.config.capture_devices import V4L2_FORMATS, check_capture_devices_apart
 from edge.config.room_composite import RoomCompositeConfig, check_composite
 from edge.config.serial_lines import check_serial_lines_apart
 
@@ -87,12 +88,15 @@ URL_PARAMETER = re.compile(r"(?:^|(?<=[/?&;_]))([A-Za-z]+)=((?:(?!_[A-Za-z]+=)[^
 # Local capture devices by a name that stays theirs across reboots and replugging: udev's V4L2 links (by
 # the camera's USB serial or model, or by the port it is plugged into) and ALSA's card names. The kernel's
 # numbers (/dev/video0, hw:1,0) go to whichever device the kernel finds first.
-V4L2_FORMATS = frozenset({"v4l2", "video4linux2"})
 # Each alone in its source (RoomSourceConfig): one device that cannot be opened stops its whole ffmpeg.
 LOCAL_CAPTURE_FORMATS = V4L2_FORMATS | {"alsa", "pulse"}
 _STABLE_V4L2 = re.compile(r"^/dev/v4l/by-(id|path)/[A-Za-z0-9._:+-]{1,200}$")
 _STABLE_ALSA = re.compile(
     r"^(hw|plughw|dsnoop|sysdefault|front):CARD=[A-Za-z0-9_-]{1,32}(,DEV=[0-9]{1,2})?$")
+# PulseAudio's (and PipeWire's) source names from udev: the card's bus id (its USB model and serial, or
+# its PCI or platform address). Not a source's index, nor the default source (whichever the sound server
+# picked last), nor a name built from an ALSA card number (alsa_input.1.analog-stereo).
+_STABLE_PULSE = re.compile(r"^alsa_input\.(usb|pci|platform)-[A-Za-z0-9._:+-]{1,200}$")
 _KERNEL_V4L2_HINT = ("a kernel device number (/dev/videoN) goes to whichever camera the kernel finds "
                      "first after a reboot or a replug: name the camera by its udev link, "
                      "/dev/v4l/by-id/usb-<maker>_<model>_<serial>-video-index0 or "
@@ -100,6 +104,12 @@ _KERNEL_V4L2_HINT = ("a kernel device number (/dev/videoN) goes to whichever cam
 _KERNEL_ALSA_HINT = ("an ALSA card number (hw:1,0) goes to whichever card the kernel finds first after a "
                      "reboot or a replug: name the microphone by its card name, hw:CARD=<name>,DEV=<n> or "
                      "plughw:CARD=<name>,DEV=<n> (arecord -L lists them)")
+
+_UNSTABLE_PULSE_HINT = ("a sound server's source index, its default source or a name built from a card "
+                        "number goes to whichever microphone it finds or picks first after a reboot or a "
+                        "replug: name the microphone by its udev name, "
+                        "alsa_input.usb-<maker>_<model>_<serial>-00.<profile> or "
+                        "alsa_input.pci-<address>.<profile> (pactl list short sources)")
 
 
 def stable_device_problem(format_name: str, url: str) -> str | None:
@@ -109,6 +119,8 @@ def stable_device_problem(format_name: str, url: str) -> str | None:
         return f"v4l2 device {url[:80]!r}: {_KERNEL_V4L2_HINT}"
     if format_name == "alsa" and not _STABLE_ALSA.fullmatch(url):
         return f"alsa device {url[:80]!r}: {_KERNEL_ALSA_HINT}"
+    if format_name == "pulse" and not _STABLE_PULSE.fullmatch(url):
+        return f"pulse source {url[:80]!r}: {_UNSTABLE_PULSE_HINT}"
     return None
 
 
@@ -319,7 +331,8 @@ class RoomSourceConfig(StrictModel):
 _SERIAL_PORT = r"^(/dev/[A-Za-z0-9._:+/-]{1,200}|(socket|rfc2217)://[A-Za-z0-9.:\[\]-]{1,200}(/[A-Za-z0-9._=&?-]{0,100})?)$"
 
 
-def _serial_port(value: str) -> str:
+def serial_port_value(value: str) -> str:
+    """A serial port setting's value, refused with a reason when it is a path with . or .. in it."""
     if value.startswith("/") and any(part in (".", "..") for part in value.split("/")):
         raise ValueError("a serial port path must not contain . or .. components (use /dev/serial/by-id/...)")
     return value
@@ -365,7 +378,7 @@ class RoomPanelConfig(StrictModel):
     @field_validator("port")
     @classmethod
     def _port(cls, value: str) -> str:
-        return _serial_port(value)
+        return serial_port_value(value)
 
 
 class RoomPtzConfig(StrictModel):
@@ -380,7 +393,7 @@ class RoomPtzConfig(StrictModel):
     @field_validator("port")
     @classmethod
     def _port(cls, value: str) -> str:
-        return _serial_port(value)
+        return serial_port_value(value)
 
 
 class RoomConfig(StrictModel):
@@ -488,6 +501,16 @@ class RoomsSection(StrictModel):
         description="A space_warning (low) when the store reaches its reserve within this many minutes at "
         "the present rate",
     )
+    max_documents_per_session: int = Field(
+        50, ge=1, le=10_000,
+        description="Documents (笔录, scanned statements) a session takes at most: each is kept for good and "
+        "goes on its disc; one more is refused",
+    )
+    max_document_bytes_per_session: int = Field(
+        512 << 20, ge=1 << 20, le=1 << 40,
+        description="Bytes a session's documents take at most together (one document is at most 64 MiB): "
+        "a disc (DVD 4.7 GB) must still hold the recordings; a document that would pass it is refused",
+    )
     space_critical_minutes: float = Field(
         10.0, gt=0, le=24 * 60, description="A space_warning (critical) within this many minutes",
     )
@@ -501,6 +524,8 @@ class RoomsSection(StrictModel):
             raise ValueError("restart_backoff_max_s must be >= restart_backoff_initial_s")
         # Each serial line is opened exclusively by one driver: two users of one line would fight.
         check_serial_lines_apart(self.serial_ports())
+        # Each local capture device is opened by one source: two would fight at run time.
+        check_capture_devices_apart(self.capture_inputs())
         if self.space_critical_minutes >= self.space_warn_minutes:
             raise ValueError("space_critical_minutes must be < space_warn_minutes")
         return self
@@ -509,6 +534,11 @@ class RoomsSection(StrictModel):
         """(user, port) of every serial device of the rooms (panels and PTZ buses)."""
         return [(f"room {room.id} {kind}", device.port) for room in self.room
                 for kind, device in (("panel", room.panel), ("ptz", room.ptz)) if device is not None]
+
+    def capture_inputs(self) -> list[tuple[str, str, str]]:
+        """(user, format, url) of every input of the rooms' sources."""
+        return [(f"room {room.id} source {source.id}", spec.format, spec.url) for room in self.room
+                for source in room.source for spec in source.input]
 
     def room_by_id(self, room_id: str) -> RoomConfig | None:
         return next((r for r in self.room if r.id == room_id), None)

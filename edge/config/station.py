@@ -22,7 +22,7 @@ from edge.config.base import (
     parse_toml_model,
     read_config_text,
 )
-from edge.config.rooms import RoomsSection
+from edge.config.rooms import RoomsSection, serial_port_value
 from edge.config.serial_lines import check_serial_lines_apart
 
 
@@ -936,6 +936,26 @@ class RecorderSettingsSection(StrictModel):
     split_min: int = Field(30, ge=1, le=60, description="Minutes per file (分段)")
 
 
+class CardReaderSection(StrictModel):
+    """The check-out desk's card reader on a serial line (drivers/serial/CARD_READER_PROTOCOL.md)."""
+
+    port: str = Field(
+        pattern=r"^(/dev/[A-Za-z0-9._:+/-]{1,200}|(socket|rfc2217)://[A-Za-z0-9.:\[\]-]{1,200}(/[A-Za-z0-9._=&?-]{0,100})?)$",
+        description="pyserial URL of the reader: a device node (better /dev/serial/by-id/...) or socket://",
+    )
+    baudrate: int = Field(9600, gt=0, description="The reader's line speed (RDM6300-style readers: 9600)")
+    framing: Literal["stx", "hex-line", "any"] = Field(
+        "any", description="What the reader sends: `stx` (125 kHz STX frames), `hex-line` (13.56 MHz UIDs + "
+        "CR LF), or `any` (either); a read in another framing is dropped and counted")
+    repeat_hold_s: float = Field(1.0, ge=0, le=10, description="A card read again within this long of its "
+                                 "previous read is the same presentation (readers repeat while it is held)")
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        return serial_port_value(value)
+
+
 class EquipmentSection(StrictModel):
     """Issue and return of recorders at this station (领用/归还; edge.equipment, README "Equipment issue and
     return")."""
@@ -954,10 +974,36 @@ class EquipmentSection(StrictModel):
     settings: RecorderSettingsSection | None = Field(
         None, description="Recorder settings pushed at check-out and read back; unset: left as they are"
     )
+    card_reader: CardReaderSection | None = Field(
+        None, description="The card reader of the check-out desk; unset: check-out by 警号 + PIN only")
+    return_to_control: bool = Field(
+        True, description="After a docking that ended `done`, power-cycle the bay through the dock "
+        "controller (dock protocol 4 `PWR`) so the recorder leaves mass-storage mode and waits in control "
+        "mode, where the desk can issue it")
+    power_off_ms: int = Field(1500, ge=100, le=10000, description="How long the bay's power is cut for that")
+    control_return_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="How long after the power cycle the recorder must be back in control "
+        "mode; later it is a new docking")
+    screen_checkout: bool = Field(
+        True, description="The dock screen's check-out page (警号 + PIN) over the loopback TCP listener; "
+        "off: over the Unix socket only")
+    pin_attempts_per_minute: int = Field(
+        12, ge=1, le=600, description="PIN check-outs the local API takes per minute, over every 警号 "
+        "together (the per-警号 lockout does not stop one PIN tried against many 警号); more: 429")
     clock_margin_s: float = Field(
         60.0, ge=0, le=3600,
         description="How far a recording's times (device clock corrected by the offset measured at docking) "
         "may lie outside an assignment and still be bound to it, seconds",
+    )
+    overdue_after_h: float = Field(
+        14.0, gt=0, le=24 * 30,
+        description="A recorder checked out longer than this is overdue (a shift plus a margin): one "
+        "`overdue` ledger entry per assignment, the fleet view, the dock screen, `edge status` and the "
+        "edge_station_recorders_overdue metric say so until it is returned, hours",
+    )
+    overdue_check_s: float = Field(
+        60.0, ge=1, le=3600,
+        description="How often the fleet is read and overdue recorders looked for, seconds",
     )
 
 
@@ -1002,7 +1048,9 @@ class StationConfig(StrictModel):
     def _serial_lines_apart(self) -> StationConfig:
         # The dock controller and the rooms' panels and PTZ buses on one PC: one driver per line.
         dock = [("dock controller ([dock] port)", self.dock.port)] if self.dock.port else []
-        check_serial_lines_apart(dock + self.rooms.serial_ports())
+        reader = self.equipment.card_reader
+        cards = [("card reader ([equipment.card_reader] port)", reader.port)] if reader is not None else []
+        check_serial_lines_apart(dock + cards + self.rooms.serial_ports())
         return self
 
     @model_validator(mode="after")

@@ -167,6 +167,7 @@ class EntryType(StrEnum):
     OFFICERS_SYNCED = "officers_synced"
     ASSIGNED = "assigned"
     RETURNED = "returned"
+    OVERDUE = "overdue"  # a recorder out past [equipment] overdue_after_h: once per assignment
 
 
 def station_time_now() -> str:

@@ -8,8 +8,12 @@ table and the station's mapping from bay states and error classes to LED states,
 screen always matches what the bay board shows. While the station runs the GB/T 28181 platform, a panel
 below the bays lists its devices (the status's ``gb28181`` part: online state and keepalive age, address,
 clock offset, channels, downloads); that part has no event of its own, so the page reads the status again
-every few seconds while it is there, and shows no panel when it is not. Words (Chinese by default,
-English by a switch) live in ``static/i18n.js``; device text is shown with ``textContent`` only.
+every few seconds while it is there, and shows no panel when it is not. The fleet panel (every recorder
+the station knows, overdue and faulty ones first: ``/api/v1/fleet``, edge.equipment.fleet) is read every
+few seconds. Words (Chinese by default, English by a switch) live in ``static/i18n.js``; device text is
+shown with ``textContent`` only. On a station with the check-out desk (``[equipment] enabled``),
+``static/checkout.js`` adds the check-out page (领用: 警号 + PIN on a pad, over the bays) and shows the
+desk's card outcomes at the foot of the screen (``/api/v1/checkout``, edge.observe.desk_api).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ PAGE_FILES = {
     "i18n.js": "text/javascript",
     "format.js": "text/javascript",
     "led.js": "text/javascript",
+    "checkout.js": "text/javascript",
+    "checkout.css": "text/css",
 }
 # Names of the rhythms for the legend's words (static/i18n.js has them in each language).
 RHYTHM_NAMES: dict[tuple[int, ...], str] = {

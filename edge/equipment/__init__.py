@@ -11,6 +11,10 @@ credentials, and the station's own record of who held which recorder when.
 - :mod:`.policy`: the desk's policy (battery, PIN lockout, recorder settings) from `[equipment]`;
 - :mod:`.card_desk`: the serial card reader serving the desk;
 - :mod:`.binding`: the `assignment` block of an offloaded item's manifest (who held the recorder);
+- :mod:`.fleet`: the fleet view (every recorder known here: in a bay, out, overdue, faulty) and its JSON;
+- :mod:`.fleet_records`: the station's records the fleet view is built from, read from state.db;
+- :mod:`.overdue`: one `overdue` alert per assignment out too long, closed by the return;
+- :mod:`.fleet_monitor`: the agent's supervised fleet task (alerts, the view, the metrics);
 - :mod:`.cli`: `edge officers import|list|suspend|activate`.
 
 The station's record, not what a recorder claims, says who held a recorder: the identity a recorder

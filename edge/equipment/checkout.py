@@ -37,6 +37,7 @@ from edge.custody.ledger import EntryType, LedgerEntry, station_time_now
 from edge.equipment.assignments import Assignment, AssignmentBook, PinLockout
 from edge.equipment.credentials import CredentialError, normalise_card_uid, verify_pin
 from edge.equipment.officers import Officer, OfficerRegistry, OfficerStatus
+from edge.equipment.overdue import close_overdue_alert, open_overdue_alert
 from edge.ingest.store import StationStore
 
 __all__ = [
@@ -358,7 +359,8 @@ class CheckoutDesk:
 
 def return_recorder(store: StationStore, device_serial: str, *, bay: int | None) -> Assignment | None:
     """Check-in (归还): close the recorder's open assignment with a `returned` entry, in one transaction;
-    None when it had none (it was not checked out here, or already returned)."""
+    None when it had none (it was not checked out here, or already returned). An overdue alert of the
+    assignment (edge.equipment.overdue) closes with it, and the entry says how late it came back."""
     AssignmentBook.create_schema(store.conn)
     book = AssignmentBook(store.conn)
     with store.transaction():
@@ -366,10 +368,16 @@ def return_recorder(store: StationStore, device_serial: str, *, bay: int | None)
         if open_assignment is None:
             return None
         now = station_time_now()
-        entry = store.ledger.append(EntryType.RETURNED, None, {
+        data: dict[str, Any] = {
             "assignment": open_assignment.id, "officer_no": open_assignment.officer_no,
             "device_serial": device_serial, "bay": bay, "checked_out": open_assignment.checked_out,
-        }, time=now)
+        }
+        alert = open_overdue_alert(store.conn, open_assignment.id)
+        if alert is not None:  # it was overdue: the return closes the alert and says how late it came
+            data["overdue"] = alert.on_return(now)
+        entry = store.ledger.append(EntryType.RETURNED, None, data, time=now)
         returned = book.close(open_assignment.id, returned=now, bay=bay, seq=entry.seq)
+        if alert is not None:
+            close_overdue_alert(store.conn, alert.assignment, closed_at=now, seq=entry.seq)
     log.info("recorder %s returned by %s at bay %s", device_serial, returned.officer_no, bay)
     return returned

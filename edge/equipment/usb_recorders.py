@@ -72,14 +72,25 @@ def recorder_access_from_config(config: StationConfig) -> RecorderAccess:
     return RecorderAccess(before, password, after, config.bay_for_port)
 
 
+# Why a recorder the station is docking right now is not issued (it may hold files the station has not read).
+DOCKING_UNDER_WAY = "its docking is under way at this station"
+
+
 class UsbRecorderBench:
+    """`idle(port, usb_serial)`, when given, says whether the station has finished with the recorder at that
+    attachment (the agent: no docking session of it is running, and it is not about to start one). A recorder
+    that is not idle is listed with that problem and never logged in to: a recorder docked a moment ago is in
+    control mode too, until its session switches it to mass storage, and it may hold a shift's recordings."""
+
     def __init__(self, backend: Any, access: RecorderAccess, *,
                  set_led: Callable[[int | None, BayLed], Awaitable[None]] | None = None,
-                 ids: Iterable[tuple[int, int]] = DEFAULT_IDS) -> None:
+                 ids: Iterable[tuple[int, int]] = DEFAULT_IDS,
+                 idle: Callable[[str, str], bool] | None = None) -> None:
         self.backend = backend
         self.access = access
         self._set_led = set_led
         self._ids = tuple(ids)
+        self._idle = idle
 
     async def docked(self) -> list[DockedRecorder]:
         handles = await asyncio.to_thread(find_recorders, self.backend, ids=self._ids)
@@ -87,6 +98,11 @@ class UsbRecorderBench:
         for handle in handles:
             if handle.mode is not RecorderMode.CONTROL:
                 continue  # offloading (mass storage) or a mass-storage-only model: not issued from here
+            port = handle.location.port_path
+            if self._idle is not None and not self._idle(port, handle.usb_serial):
+                found.append(DockedRecorder(port, handle.usb_serial, self.access.bay_for_port(port),
+                                            problem=DOCKING_UNDER_WAY))
+                continue
             found.append(await asyncio.to_thread(self._inspect, handle))
         return found
 
@@ -124,6 +140,8 @@ class UsbRecorderBench:
                        and h.mode is RecorderMode.CONTROL), None)
         if handle is None:
             raise IdentityWriteError(f"no longer docked at {recorder.port}")
+        if self._idle is not None and not self._idle(recorder.port, recorder.usb_serial):
+            raise IdentityWriteError(DOCKING_UNDER_WAY)
         password = self.access.password_for(recorder.usb_serial)
         if password is None:
             raise IdentityWriteError("no recorder password configured")

@@ -61,7 +61,8 @@ recording it was asked for), when the transfer stalls or runs too long (`time-li
 error (`error`), or when the disk holding the raw PS runs low (`disk-full`, with `min_free_bytes`: after each
 write, the disk's free space must keep `min_free_bytes` plus `ROOM_PER_RECEIVED_BYTE` times what was received,
 so what came can still be copied into the store and converted there without eating into the store's
-reserve; review 22). The media time is the longest span of
+reserve; review 22; a write refused for a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26).
+The media time is the longest span of
 a monotonic run of video PTS (`video_run_span_s`): a PTS that steps back more than `PTS_BACKSTEP` (B-frames
 step back a little) or jumps ahead more than `PTS_JUMP` starts a new run (`video_pts_restarts`), so an
 encoder that restarts its PTS does not stretch the span (a wrap read as 26 hours).
@@ -157,7 +158,8 @@ class EndReason(StrEnum):
     ERROR = "error"
     PAST_END = "past-end"  # the video's media time passed `max_media_span_s`
     TIME_LIMIT = "time-limit"  # the video stalled (`min_progress_s` per `progress_window_s`), or the hard cap
-    DISK_FULL = "disk-full"  # the raw PS's disk ran low (`min_free_bytes`): what came is kept, the rest not
+    # The raw PS's disk ran low (`min_free_bytes`), or a write found it full: what came is kept, the rest not.
+    DISK_FULL = "disk-full"
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,15 @@ def _write_and_measure(fd: int, data: bytes | bytearray) -> int:
     _write_all(fd, data)
     stats = os.fstatvfs(fd)
     return stats.f_bavail * stats.f_frsize
+
+
+def _write_failure_reason(exc: BaseException) -> EndReason:
+    """How a failed write of the raw PS ends the session: a full disk (ENOSPC, EDQUOT: filled by something
+    else between the guard's looks, review 26) is `disk-full` like the guard's own stop, no fault of the
+    recording; any other failure is an `error`."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EndReason.DISK_FULL
+    return EndReason.ERROR
 
 
 def _sync_and_close(fd: int, directory: Path, *, sync: bool) -> None:
@@ -944,7 +955,7 @@ class MediaReceiver:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._write_failed = f"writing the raw PS {self._raw_name} failed: {reason}"
             self._pending.clear()
-            self._end(EndReason.ERROR, self._write_failed)
+            self._end(_write_failure_reason(exc), self._write_failed)
             return
         received = self._counters.bytes
         needed = self._min_free_bytes + ROOM_PER_RECEIVED_BYTE * received
@@ -1006,7 +1017,7 @@ class MediaReceiver:
                 await self._loop.run_in_executor(None, _write_all, fd, chunk)
         except OSError as exc:
             synced = False
-            self._ended = EndReason.ERROR
+            self._ended = _write_failure_reason(exc)
             self._detail = f"writing the raw PS {self._raw_name} failed: {exc.strerror or exc}"
         try:
             await self._loop.run_in_executor(None, lambda: _sync_and_close(fd, directory, sync=synced))

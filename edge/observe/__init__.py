@@ -57,6 +57,10 @@ A bay goes empty -> authenticating -> copying -> verifying -> done (or awaiting_
 policy waits for the central, or error with its class). It shows empty again once its recorder left,
 except after ``pulled_early``, which stays until the next docking there (the officer must dock it again).
 
+The status also holds ``"fleet": FLEET | null`` (null until the agent's fleet task has read it once):
+every recorder the station knows, its state, holder, health and last docking, the JSON of
+:func:`edge.equipment.fleet.fleet_summary` (documented there), also at ``GET /api/v1/fleet``.
+
 When the station's MQTT telemetry is off because its telemetry salt cannot be used, the status holds
 ``"mqtt_telemetry": {"enabled": false, "reason": str}`` (no key otherwise; `edge status` shows a line).
 
@@ -93,7 +97,8 @@ device text as the device sent it, escaped by ``json_printable``, times with mic
                            "interrupted": {"from", "to": null, "detected_at", "reason"} | null,
                            "last_interruption": {"from", "to", "detected_at", "reason"} | null}]}}
 
-``GET /api/v1/bays`` -> ``[BAY, ...]``. ``GET /api/v1/events`` -> ``text/event-stream``: ``event:
+``GET /api/v1/bays`` -> ``[BAY, ...]``. ``GET /api/v1/fleet`` -> FLEET (404 on a board with no fleet
+view, 503 before its first read). ``GET /api/v1/events`` -> ``text/event-stream``: ``event:
 snapshot`` (the whole status, first, and again whenever the reader fell behind), ``event: bay`` (one BAY;
 ``"state": "removed"`` retires a ``device:`` tile), ``event: station`` (STATION), ``: keep-alive``
 comments every 15 s.

@@ -5,6 +5,7 @@ Routes (JSON unless said; shapes in the package docstring):
 
   GET  /api/v1/status            station + bays                         kiosk
   GET  /api/v1/bays              bays                                   kiosk
+  GET  /api/v1/fleet             every recorder known here (edge.equipment.fleet)   kiosk
   GET  /api/v1/events            text/event-stream: snapshot, bay, station   kiosk
   GET  /api/v1/items?limit=N     recent items                           operator
   GET  /api/v1/items/{item}      one item: case, manifest, ledger trail operator
@@ -15,6 +16,9 @@ Routes (JSON unless said; shapes in the package docstring):
                                  too with [api] room_page_over_tcp
   GET  /dock/...                 the dock screen (registered by its package with add_kiosk_page)   kiosk
   GET  /rooms/...                the room page's files (edge.roompage; no data in them)   kiosk
+  POST /api/v1/checkout, GET /api/v1/checkout/outcomes   the check-out desk (edge.observe.desk_api, only with
+                                 [equipment] enabled): desk (operator; loopback TCP too for the dock
+                                 screen with [equipment] screen_checkout, CSRF-guarded), outcomes kiosk
 
 Authorisation, on every route (a route registered without an access level is refused to everyone):
 
@@ -118,6 +122,9 @@ class Access(StrEnum):
     OPERATOR = "operator"  # the socket only, authorised callers
     METRICS = "metrics"  # the socket; TCP too when [api] metrics_over_tcp
     ROOM = "room"  # operator; loopback TCP too, same callers, when [api] room_page_over_tcp
+    # The check-out desk (edge.observe.desk_api): operator on the socket; over loopback TCP to the dock screen
+    # when [equipment] screen_checkout, with the CSRF guard: the officer's 警号 + PIN is the authority there.
+    DESK = "desk"
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,8 @@ OWNER_UID = web.AppKey("owner_uid", int)
 CALLER = web.RequestKey("caller", Caller)
 # The Host values the TCP listener answers (filled when it binds: the port is known then).
 TCP_HOSTS = web.AppKey("tcp_hosts", set[str])
+# Whether the check-out desk's routes (Access.DESK) are served over TCP (set by edge.observe.desk_api).
+DESK_OVER_TCP = web.AppKey("desk_over_tcp", bool)
 # Open event streams per (channel, peer).
 STREAMS = web.AppKey("streams", dict[tuple[str, str], int])
 
@@ -194,6 +203,7 @@ def build_app(
     app[STREAMS] = {}
     add_route(app, "GET", "/api/v1/status", _status, Access.KIOSK)
     add_route(app, "GET", "/api/v1/bays", _bays, Access.KIOSK)
+    add_route(app, "GET", "/api/v1/fleet", _fleet, Access.KIOSK)
     add_route(app, "GET", "/api/v1/events", _events, Access.KIOSK)
     add_route(app, "GET", "/api/v1/items", _items, Access.OPERATOR)
     add_route(app, "GET", "/api/v1/items/{item}", _item, Access.OPERATOR)
@@ -320,16 +330,24 @@ def authorised(app: web.Application, caller: Caller, access: Access | None) -> s
     if access is None:
         return "this route has no access rule"
     if caller.channel == "tcp":
-        if not settings.allow_non_loopback and not _loopback(caller.address):
+        if not settings.allow_non_loopback and not loopback_peer(caller.address):
             return "the dock screen listener serves loopback only"
         if access is Access.KIOSK or (access is Access.METRICS and settings.metrics_over_tcp):
             return None
+        if access is Access.DESK:
+            if not app.get(DESK_OVER_TCP, False):
+                return ("the check-out desk is served over the station's Unix socket only ([equipment] "
+                        "screen_checkout is off)")
+            if not loopback_peer(caller.address):
+                return ("the check-out desk takes a PIN from this PC's own screen only (a loopback peer): a "
+                        "PIN must not cross the network in clear")
+            return None  # the dock screen's check-out: the officer's 警号 + PIN decide (CSRF-guarded below)
         if access is not Access.ROOM:
             return "served over the station's Unix socket only"
         if not settings.room_page_over_tcp:
             return ("the room routes are served over the station's Unix socket only ([api] "
                     "room_page_over_tcp is off)")
-        if not _loopback(caller.address):
+        if not loopback_peer(caller.address):
             return "the room routes are served to this PC's own users only (a loopback peer)"
         if caller.uid is None:
             return "the local user of this connection cannot be determined (no live socket of it in /proc)"
@@ -342,7 +360,8 @@ def authorised(app: web.Application, caller: Caller, access: Access | None) -> s
     return f"uid {caller.uid} is neither root, the store's owner nor in the operators group"
 
 
-def _loopback(address: str | None) -> bool:
+def loopback_peer(address: str | None) -> bool:
+    """Whether a TCP peer address is a loopback one (this PC)."""
     try:
         return address is not None and ipaddress.ip_address(address.split("%")[0]).is_loopback
     except ValueError:
@@ -445,6 +464,16 @@ async def _status(request: web.Request) -> web.Response:
 
 async def _bays(request: web.Request) -> web.Response:
     return _json(request.app[BOARD].bays())
+
+
+async def _fleet(request: web.Request) -> web.Response:
+    read = request.app[BOARD].sections.get("fleet")
+    if read is None:
+        return _json({"error": "this station keeps no fleet view"}, 404)
+    fleet = read()
+    if fleet is None:
+        return _json({"error": "the fleet has not been read yet: ask again in a moment"}, 503)
+    return _json(fleet)
 
 
 async def _events(request: web.Request) -> web.StreamResponse:

@@ -3,8 +3,9 @@ that two stations in one process, as in the tests, never share a counter).
 
 Counters grow with what happened (refusals and errors by class, dockings by how they ended, bytes and
 files copied); gauges mirror the status board (bays by state, spool, disk, ledger, central, clock,
-tasks); histograms time the four steps that decide how long an officer waits and how long evidence
-waits for the central: copy, verify, upload and receipt.
+tasks, the fleet's recorders by state and how many are overdue); histograms time the four steps that
+decide how long an officer waits and how long evidence waits for the central: copy, verify, upload and
+receipt.
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ class StationMetrics:
         self.task_restarts = Gauge(
             "edge_station_task_restarts", "Restarts of a supervised task since the agent started", ["task"],
             registry=r,
+        )
+        self.recorders = Gauge(
+            "edge_station_recorders", "Recorders of the station's fleet in each state (edge.equipment.fleet)",
+            ["state"], registry=r,
+        )
+        self.recorders_overdue = Gauge(
+            "edge_station_recorders_overdue",
+            "Recorders checked out longer than [equipment] overdue_after_h and not returned", registry=r,
         )
         self.durations = {
             kind: Histogram(

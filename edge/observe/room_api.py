@@ -185,8 +185,10 @@ async def _export(request: web.Request) -> web.StreamResponse:
     if by is None:
         return _json({"error": "sessions are exported over the Unix socket only"}, 403)
     session = request.match_info["session"][:MAX_ROOM_CHARS]
+    # Where the caller will write the image, it says how much room there is (edge room export does).
+    output_free = request.query.get("output_free_bytes")
     try:
-        disc = await request.app[ROOMS].export(session, by=by)
+        disc = await request.app[ROOMS].export(session, by=by, output_free_bytes=output_free)
     except RoomRefused as exc:
         return _json({"error": str(exc)}, exc.status)
     # A read of evidence: logged with its caller, like a read of an item (the ledger has `exported`).

@@ -168,9 +168,15 @@ def _describe(action: str, answer: Any) -> str:
                     else "starting"
                 )
             )
+            # The composite: what of its feeds it did not take (a gap of it each).
+            feeds = [feed for feed in source.get("feeds") or [] if isinstance(feed, dict)]
+            dropped = [
+                f"feed {printable(str(feed.get('source')))}: {feed.get('packets_dropped')} packets dropped"
+                for feed in feeds if feed.get("packets_dropped")
+            ]
             lines.append(
                 f"  {printable(source['source'])}: {state}; {source['segments_sealed']} sealed, "
-                f"last seal {source['last_seal_latency_s']} s"
+                f"last seal {source['last_seal_latency_s']} s" + "".join(f"; {text}" for text in dropped)
             )
     space = answer.get("space")
     if isinstance(space, dict) and space.get("level") in ("low", "critical"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from urllib.parse import quote
 import aiohttp
 
 from edge.custody.text import json_printable, printable
+from edge.durable.files import free_bytes
 from edge.observe.status_cli import AgentUnavailable, NotAdmitted, api_socket
 from edge.runtime.exit_codes import ExitCode
 
@@ -79,15 +81,26 @@ async def attach(socket_path: Path, session: str, file: Path, kind: str) -> Any:
 
 
 async def export(socket_path: Path, session: str, output: Path) -> dict[str, Any]:
+    # The agent refuses an image that would not fit where it is to be written (on its ledger): it is told
+    # the free space of the output's file system. Checked again when the image's size is known.
+    directory = output.parent
+    output_free = free_bytes(directory)
     connector = aiohttp.UnixConnector(path=str(socket_path))
     try:
         async with (
             aiohttp.ClientSession(connector=connector,
                                   timeout=aiohttp.ClientTimeout(total=EXPORT_TIMEOUT_S)) as client,
-            client.post(f"http://station/api/v1/room-sessions/{quote(session, safe='')}/export") as response,
+            client.post(f"http://station/api/v1/room-sessions/{quote(session, safe='')}/export",
+                        params={"output_free_bytes": str(output_free)}) as response,
         ):
             if response.status >= 400:
                 raise await _refusal(response)
+            length = response.content_length
+            free_now = free_bytes(directory)
+            if length is not None and length > free_now:
+                raise OSError(errno.ENOSPC, (
+                    f"the image is {length} bytes and the output's file system has {free_now} bytes free "
+                    "(less than when the export was asked for): choose another place or free space first"))
             expected = response.headers.get("X-Image-SHA256", "")
             digest = hashlib.sha256()
             size = 0

@@ -179,6 +179,84 @@ def gb28181_line(view: Any) -> str | None:
             "(edge gb28181 devices)")
 
 
+FLEET_STATE_WORDS = {
+    "overdue": "OVERDUE",
+    "faulty": "FAULTY",
+    "out": "out",
+    "docked": "in a bay",
+    "away": "away (no check-out)",
+    "never_docked": "never docked here",
+}
+FLEET_STATE_STYLES = {"overdue": "bold red", "faulty": "red", "out": "cyan", "docked": "green",
+                      "away": "yellow", "never_docked": "dim"}
+
+
+def fleet_line(view: Any) -> str | None:
+    """The fleet's counts in one line (edge.equipment.fleet), when the agent keeps the view."""
+    if not isinstance(view, dict):
+        return None
+    counts = view.get("counts") or {}
+    total = sum(n for n in counts.values() if isinstance(n, int))
+    parts = [f"{counts[state]} {words}" for state, words in FLEET_STATE_WORDS.items() if counts.get(state)]
+    return f"fleet: {total} recorder(s){': ' + ', '.join(parts) if parts else ''}"
+
+
+def _where(recorder: dict[str, Any]) -> str:
+    """Where a recorder is, or who has it, in words."""
+    holder = recorder.get("holder")
+    bay = recorder.get("bay")
+    if isinstance(holder, dict):
+        text = (f"{holder.get('officer_name', '')} {holder.get('officer_no', '')} "
+                f"since {holder.get('since')}, due {holder.get('due_at')}")
+        return text.strip()
+    if isinstance(bay, dict):
+        return f"bay {bay.get('bay') if bay.get('bay') is not None else '?'}: {bay.get('state')}"
+    return ""
+
+
+def _health(recorder: dict[str, Any]) -> str:
+    parts = []
+    if recorder.get("battery_percent") is not None:
+        parts.append(f"battery {recorder['battery_percent']}%")
+    if recorder.get("storage_total_bytes"):
+        parts.append(f"{size_text(recorder.get('storage_free_bytes'))} free of "
+                     f"{size_text(recorder['storage_total_bytes'])}")
+    parts.append(f"firmware {recorder.get('firmware') or '-'}")
+    parts.extend(str(p.get("detail", "")) for p in recorder.get("problems") or [] if isinstance(p, dict))
+    return ", ".join(parts)
+
+
+def fleet_recorder_line(recorder: dict[str, Any]) -> str:
+    state = str(recorder.get("state"))
+    docking = recorder.get("last_docking") or {}
+    where = _where(recorder)
+    last = f"last docked {docking.get('started_at')}" if docking else "never docked"
+    return (f"recorder {recorder.get('device_serial')}: {FLEET_STATE_WORDS.get(state, state)}"
+            f"{' (' + where + ')' if where else ''}; {_health(recorder)}; {last}")
+
+
+def fleet_table(view: dict[str, Any]) -> Table:
+    table = Table(title=fleet_line(view) or "Fleet", title_justify="left")
+    for column in ("recorder", "state", "where / who", "battery", "storage free", "firmware", "last docking"):
+        table.add_column(column)
+    for recorder in view.get("recorders") or []:
+        state = str(recorder.get("state"))
+        docking = recorder.get("last_docking") or {}
+        problems = "; ".join(str(p.get("detail", "")) for p in recorder.get("problems") or [])
+        battery = recorder.get("battery_percent")
+        table.add_row(
+            Text(str(recorder.get("device_serial"))),
+            Text(FLEET_STATE_WORDS.get(state, state), style=FLEET_STATE_STYLES.get(state, "")),
+            Text(" ".join(x for x in (_where(recorder), problems) if x)),
+            "" if battery is None else f"{battery}%",
+            "" if not recorder.get("storage_total_bytes") else
+            f"{size_text(recorder.get('storage_free_bytes'))}/{size_text(recorder['storage_total_bytes'])}",
+            Text(str(recorder.get("firmware") or "-")),
+            Text(f"{docking.get('started_at')} {docking.get('outcome') or 'under way'}" if docking else "-"),
+        )
+    return table
+
+
 def telemetry_line(view: Any) -> str | None:
     """One line when the station's MQTT telemetry is off for a reason (a telemetry salt it cannot use)."""
     if not isinstance(view, dict) or view.get("enabled") is not False:
@@ -188,7 +266,8 @@ def telemetry_line(view: Any) -> str | None:
 
 def _station_and_platform_lines(status: dict[str, Any]) -> list[str]:
     lines = station_lines(status["station"])
-    extra = [gb28181_line(status.get("gb28181")), telemetry_line(status.get("mqtt_telemetry"))]
+    extra = [gb28181_line(status.get("gb28181")), telemetry_line(status.get("mqtt_telemetry")),
+             fleet_line(status.get("fleet"))]
     return [*lines, *(line for line in extra if line is not None)]
 
 
@@ -199,6 +278,9 @@ def status_renderable(status: dict[str, Any]) -> Group:
     for line in _station_and_platform_lines(status):
         label, _, value = line.partition(": ")
         station.add_row(label, Text(value))
+    fleet = status.get("fleet")
+    if isinstance(fleet, dict) and fleet.get("recorders"):
+        return Group(station, bays_table(status["bays"]), fleet_table(fleet))
     return Group(station, bays_table(status["bays"]))
 
 
@@ -210,3 +292,6 @@ def print_status(status: dict[str, Any], console: Console) -> None:
         console.print(Text(line), soft_wrap=True)
     for bay in status["bays"]:
         console.print(Text(bay_line(bay)), soft_wrap=True)
+    fleet = status.get("fleet")
+    for recorder in fleet.get("recorders") or [] if isinstance(fleet, dict) else []:
+        console.print(Text(fleet_recorder_line(recorder)), soft_wrap=True)

@@ -15,7 +15,8 @@ One module per job:
 * :mod:`edge.rooms.recording`: a session's sources under a supervisor (restart with backoff, a source
   judged by its last segment's age); every interruption a `gap` ledger entry.
 * :mod:`edge.rooms.composite`: a room's picture-in-picture with a burnt-in overlay, one more derived output
-  recorded like a source; :mod:`edge.rooms.overlay_text`: the overlay's text, in files drawtext reads.
+  recorded like a source; :mod:`edge.rooms.overlay_text`: the overlay's text, in files drawtext reads;
+  :mod:`edge.rooms.feed_relay`: each source's feed to the composite, relayed by the agent over pipes.
 * :mod:`edge.rooms.manifest`: the signed session manifest sealed at stop.
 * :mod:`edge.rooms.joined`: one joined MP4 per source at stop (concat, ``-c copy``), each segment re-read
   against its sealed hash first.

@@ -28,7 +28,7 @@ station quotes of ffmpeg (stderr lines, a gap's reason) goes through :func:`reda
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -124,6 +124,11 @@ class SegmentPlan:
                 raise ValueError(f"metadata {key} contains a line break or NUL")
 
 
+# What builds a run's command from (ffmpeg, its inputs, its plan, its run directory): segment_argv, or a
+# variant of it (a source feeding the composite, the composite itself).
+ArgvBuilder = Callable[[str, Sequence[RoomInputConfig], SegmentPlan, Path], list[str]]
+
+
 def input_args(inputs: Sequence[RoomInputConfig]) -> list[str]:
     """``[-f FORMAT] [-OPTION VALUE ...] [-re] -i URL`` for each input, in order."""
     args: list[str] = []
@@ -178,15 +183,15 @@ def metadata_args(metadata: Mapping[str, str]) -> list[str]:
 
 def segment_argv(
     ffmpeg: str, inputs: Sequence[RoomInputConfig], plan: SegmentPlan, run_dir: Path,
-    *, feed_url: str | None = None,
+    *, feed_fd: int | None = None,
 ) -> list[str]:
-    """The whole ffmpeg command of one run: segments and their list in `run_dir`; with `feed_url` (a
-    loopback ``udp://`` URL), the same streams also go there for the room's composite
+    """The whole ffmpeg command of one run: segments and their list in `run_dir`; with `feed_fd` (the
+    write end of a pipe the run inherits), the same streams also go there for the room's composite
     (:func:`tee_output_args`)."""
     if not inputs:
         raise ValueError("a source needs at least one input")
-    output = (segment_output_args(plan, run_dir) if feed_url is None
-              else tee_output_args(plan, run_dir, feed_url))
+    output = (segment_output_args(plan, run_dir) if feed_fd is None
+              else tee_output_args(plan, run_dir, feed_fd))
     return [
         ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "warning",
         *input_args(inputs),
@@ -216,11 +221,23 @@ def tee_target(value: str) -> str:
     return _escaped(value, _TEE_SLAVE_SPECIAL)
 
 
-def tee_output_args(plan: SegmentPlan, run_dir: Path, feed_url: str) -> list[str]:
+# Packets (all streams) the feed's fifo holds for a pipe that does not take them (about ten seconds of
+# video and sound); past it the fifo drops packets rather than make the segments wait.
+FEED_QUEUE_PACKETS = 600
+# How long the fifo's thread waits on a full feed pipe (non-blocking: edge.rooms.feed_relay) before it
+# gives the feed up for the rest of the run: the agent read nothing that long. Without it a run whose
+# feed nobody reads could not finish (the fifo's trailer waits for its thread).
+FEED_WRITE_TIMEOUT_US = 10_000_000
+
+
+def tee_output_args(plan: SegmentPlan, run_dir: Path, feed_fd: int) -> list[str]:
     """The output half of a feeding source's run: ffmpeg's ``tee`` muxer writes the segments exactly as
-    :func:`segment_output_args` does, and the same packets (no second encode) as MPEG-TS to `feed_url`,
-    the room composite's loopback feed, with ``onfail=ignore``: whatever happens to the feed (nobody
-    reading, a send refused) drops only the feed, never the segments or the run.
+    :func:`segment_output_args` does, and the same packets (no second encode) as MPEG-TS to the inherited
+    pipe `feed_fd` (``pipe:N``: the agent relays it to the room's composite, edge.rooms.feed_relay)
+    through the fifo muxer (``use_fifo``: its own thread, ``drop_pkts_on_overflow``): a pipe nobody
+    empties drops feed packets and never holds up the segments, and after ``rw_timeout`` (the pipe is
+    non-blocking) gives the feed up; with ``onfail=ignore`` a pipe whose reader is gone, or given up,
+    drops only the feed, never the segments or the run.
 
     MP4 needs each stream's codec headers out of band (``global_header``, which the tee muxer does not
     ask the encoders for itself); the feed gets them in band again (``dump_extra``)."""
@@ -234,8 +251,11 @@ def tee_output_args(plan: SegmentPlan, run_dir: Path, feed_url: str) -> list[str
         "segment_list_type": "csv",
     }
     segments = ":".join(f"{key}={tee_value(value)}" for key, value in options.items())
-    feed = "f=mpegts:onfail=ignore:bsfs/v=dump_extra"
-    slaves = f"[{segments}]{tee_target(str(run_dir / SEGMENT_PATTERN))}|[{feed}]{tee_target(feed_url)}"
+    fifo = f"queue_size={FEED_QUEUE_PACKETS}:drop_pkts_on_overflow=1"
+    feed = (f"f=mpegts:onfail=ignore:bsfs/v=dump_extra:use_fifo=1:fifo_options={tee_value(fifo)}:"
+            f"rw_timeout={FEED_WRITE_TIMEOUT_US}")
+    feed_target = tee_target(f"pipe:{feed_fd}")
+    slaves = f"[{segments}]{tee_target(str(run_dir / SEGMENT_PATTERN))}|[{feed}]{feed_target}"
     return [
         *metadata_args(plan.metadata),
         "-flags:v", "+global_header", "-flags:a", "+global_header",

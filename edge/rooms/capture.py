@@ -47,7 +47,7 @@ from typing import Any
 from edge.custody.text import printable
 from edge.durable.files import make_dirs_durable
 from edge.rooms.argv import SEGMENT_LIST, redact_url_userinfo
-from edge.rooms.progress import read_progress, with_progress
+from edge.rooms.progress import Progress, read_progress, with_progress
 from edge.rooms.segments import SEGMENT_NAME, ListedSegment, SegmentListError, SegmentListReader
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,16 @@ STATION_TIMES_FILE = "station_times"
 # ffmpeg's listing (an encoder's lookahead, a busy CPU) and a source clock's drift over one segment.
 STALL_TOLERANCE_S = 1.0
 STALL_TOLERANCE_SHARE = 0.25
+# A source's clock may run slow (an IP camera's RTP clock): each segment is then listed late by the same
+# share of its length, which is its clock, not a stall. Its rate (stream seconds per station second, the
+# stalls found left out) is measured from the run's first listed segment on, once this many stream seconds
+# are behind it, and stream durations are scaled by it before a stall is judged; within these bounds.
+# Until it is measured (the run's second listing) the tolerance is a whole stream duration (a clock at half
+# speed): a stall there shorter than the segment goes unseen, and is taken for the clock's rate.
+RATE_BASIS_MIN_S = 1.0
+RATE_MIN = 0.25
+RATE_MAX = 4.0
+STALL_TOLERANCE_SHARE_UNMEASURED = 1.0
 
 
 @dataclass(frozen=True)
@@ -140,14 +150,17 @@ async def capture_run(
     anchor_ns: int | None = None,
     redact: Callable[[str], str] = redact_url_userinfo,
     report_stalls: bool = True,
-    on_progress: Callable[[], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> None:
     """Run ffmpeg until it ends (CaptureEnded) or this is cancelled; see the module docstring.
     `anchor_ns`: the station time the run counts from (default: now, as ffmpeg is started). `redact`:
     applied to every line of ffmpeg's stderr as it is read (a URL's password never leaves this run).
     `report_stalls`: a stall before a segment (:func:`stall_before`) is handed over with it
     (`stalled_from_ns`) and the segment keeps its stream-true span; else the segment takes up the slack.
-    `on_progress`: called whenever ffmpeg's progress report shows it muxed more (:mod:`.progress`)."""
+    `on_progress`: called whenever ffmpeg's progress report shows it muxed more, with what it muxed
+    (:mod:`.progress`: a source with a picture muxing sound only has lost its picture).
+    `pass_fds`: descriptors ffmpeg inherits (the pipes of the composite's feeds), and no others."""
     make_dirs_durable(run_dir)  # private (0700), like the rest of the store
     anchor = anchor_ns if anchor_ns is not None else _now_ns()
     last_end_s = 0.0
@@ -160,6 +173,7 @@ async def capture_run(
         stdout=asyncio.subprocess.DEVNULL if on_progress is None else asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        pass_fds=tuple(pass_fds),
     )
     # Named in the run directory, so that after a crash of the agent the next start can stop this
     # ffmpeg (still writing, orphaned) before it seals what the run left (stop_orphan).
@@ -176,9 +190,14 @@ async def capture_run(
     anchored = False
     last_end_ns: int | None = None  # station time the last listed segment ended
     stalled_total_ns = 0
+    # (stream end, station end) of the run's first listed segment, and the stalls found since: the source's
+    # clock rate is measured from there (source_clock_rate).
+    rate_basis: tuple[float, int] | None = None
+    stalled_since_basis_ns = 0
 
     def hand_over(segments: list[ListedSegment], closed_ns: int | None) -> None:
-        nonlocal last_end_s, anchor, anchored, last_end_ns, stalled_total_ns
+        nonlocal last_end_s, anchor, anchored, last_end_ns, stalled_total_ns, rate_basis
+        nonlocal stalled_since_basis_ns
         when = closed_ns if closed_ns is not None else _now_ns()
         if segments and not anchored:
             # Stream second 0 is the first frame, not ffmpeg's spawn: a source that delivers late (an RTSP
@@ -193,13 +212,21 @@ async def capture_run(
         # Station times by the station's clock: a segment ends when ffmpeg listed it and starts where the
         # previous one ended; the source's own times stay as the list gave them (stream_*_s).
         first_start = last_end_ns if last_end_ns is not None else anchor + int(segments[0].start_s * 1e9)
-        durations = [seg.end_s - seg.start_s for seg in segments]
+        # Their lengths in station seconds, by the source's clock rate so far: a camera whose clock runs
+        # slow lists each segment late by the same share, which is no stall (its drift is said apart).
+        rate = source_clock_rate(rate_basis, last_end_s, last_end_ns, stalled_since_basis_ns)
+        durations = [(seg.end_s - seg.start_s) / (rate or 1.0) for seg in segments]
         # A stall of the source under the liveness timeout: the time it delivered nothing is not the
         # next segment's (a second of pictures claiming eight seconds of the room), but a gap before it.
         stall_ns = 0
         if report_stalls and last_end_ns is not None:
-            stall_ns = stall_before(first_start, when, durations)
+            stall_ns = stall_before(first_start, when, durations, STALL_TOLERANCE_SHARE if rate is not None
+                                    else STALL_TOLERANCE_SHARE_UNMEASURED)
         stalled_total_ns += stall_ns
+        if rate_basis is not None:
+            stalled_since_basis_ns += stall_ns
+        else:
+            rate_basis = (segments[-1].end_s, when)
         spans = station_spans(first_start + stall_ns, when, durations)
         for number, (seg, (start_ns, end_ns)) in enumerate(zip(segments, spans, strict=True)):
             listed.add(seg.name)
@@ -276,16 +303,32 @@ def read_pins(run_dir: Path) -> dict[str, tuple[int, int, int, int]]:
     return found
 
 
-def stall_before(start_ns: int, listed_ns: int, stream_durations_s: Sequence[float]) -> int:
+def source_clock_rate(basis: tuple[float, int] | None, end_s: float, end_ns: int | None,
+                      stalled_ns: int) -> float | None:
+    """Stream seconds per station second of a source, from `basis` (stream end, station end of the run's
+    first listed segment) to the last one (`end_s`, `end_ns`), less the `stalled_ns` of the stalls found
+    meanwhile, bounded by RATE_MIN and RATE_MAX; None until RATE_BASIS_MIN_S stream seconds are behind
+    it."""
+    if basis is None or end_ns is None:
+        return None
+    stream_s = end_s - basis[0]
+    station_s = (end_ns - basis[1] - stalled_ns) / 1e9
+    if stream_s < RATE_BASIS_MIN_S or station_s <= 0:
+        return None
+    return min(RATE_MAX, max(RATE_MIN, stream_s / station_s))
+
+
+def stall_before(start_ns: int, listed_ns: int, stream_durations_s: Sequence[float],
+                 tolerance_share: float = STALL_TOLERANCE_SHARE) -> int:
     """Station nanoseconds before the first of segments listed together at `listed_ns` (the previous one
-    ended at `start_ns`) that their stream durations do not account for, when more than the tolerance
-    (max(STALL_TOLERANCE_S, STALL_TOLERANCE_SHARE of the first one's stream duration)): the source
+    ended at `start_ns`) that their durations (in station seconds) do not account for, when more than the
+    tolerance (max(STALL_TOLERANCE_S, `tolerance_share` of the first one's duration)): the source
     delivered nothing meanwhile. 0 within the tolerance (the first segment takes up the slack)."""
     durations = [max(0.0, d) for d in stream_durations_s]
     if not durations:
         return 0
     excess_ns = (listed_ns - start_ns) - int(sum(durations) * 1e9)
-    tolerance_ns = int(max(STALL_TOLERANCE_S, STALL_TOLERANCE_SHARE * durations[0]) * 1e9)
+    tolerance_ns = int(max(STALL_TOLERANCE_S, tolerance_share * durations[0]) * 1e9)
     return excess_ns if excess_ns > tolerance_ns else 0
 
 

@@ -3,13 +3,16 @@
 The composite is recorded like a source (:mod:`edge.rooms.recording`: its own source id, the same
 segments, supervision, gaps and sealing) by an ffmpeg whose command :func:`composite_argv` builds, a pure
 function tested as a list. That ffmpeg never opens a camera or a microphone: each source it shows (the
-main source, the inset source) sends it a copy of its own encoded streams, its *feed*, over a loopback
-UDP port of the session (:class:`Feeds`): the source's ffmpeg writes its segments and the feed through
-ffmpeg's ``tee`` muxer with ``onfail=ignore`` (:func:`edge.rooms.argv.tee_output_args`). So a camera
-that serves one client, a V4L2 camera and an ALSA microphone are opened once, by the original; nothing
-the composite does (absent, slow, failing, restarted) can stop or restart an original: UDP to a port
-nobody reads is dropped, and a send the kernel refuses only drops the feed. The composite's inputs, in
-order (:func:`composite_inputs`): the main source's feed (its first video stream the picture, its sound
+main source, the inset source) hands a copy of its own encoded streams, its *feed*, to the agent over a
+pipe, and the agent relays it to the composite's ffmpeg over another pipe (:mod:`edge.rooms.feed_relay`:
+no port or path another local process could take, read or write). The source's ffmpeg writes its segments
+and the feed through ffmpeg's ``tee`` muxer, the feed through the fifo muxer with ``onfail=ignore``
+(:func:`edge.rooms.argv.tee_output_args`). So a camera that serves one client, a V4L2 camera and an ALSA
+microphone are opened once, by the original; nothing the composite does (absent, slow, stopped, failing,
+restarted) can stop, hold up or restart an original: the relay drops whole TS packets the composite does
+not take (counted, and a gap of the composite). Each run of a source or of the composite gets new pipes
+(:meth:`CompositeOutput.source_pipes`, :meth:`CompositeOutput.composite_pipes`). The composite's inputs,
+in order (:func:`composite_inputs`): the main source's feed (its first video stream the picture, its sound
 the composite's when ``audio``), the inset source's feed (its first video stream).
 Its filter graph (:func:`filter_graph`):
 * the main picture scaled into the output size (aspect kept, black bars), at the output rate;
@@ -26,15 +29,25 @@ Its segments are marked derived (``derived``: kind, main, inset, overlay, size) 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import socket
-from collections.abc import Callable, Sequence
+import functools
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from edge.config.room_composite import RoomCompositeConfig
 from edge.config.rooms import RoomConfig, RoomInputConfig, RoomSourceConfig
-from edge.rooms.argv import SegmentPlan, codec_args, input_args, segment_output_args
+from edge.rooms.argv import (
+    ArgvBuilder,
+    SegmentPlan,
+    codec_args,
+    input_args,
+    segment_argv,
+    segment_output_args,
+)
+from edge.rooms.feed_relay import FeedDrop, FeedRelay
 from edge.rooms.overlay_text import OverlayText
 from edge.rooms.session import RoomSession
 
@@ -53,45 +66,17 @@ def graph_value(value: str) -> str:
     return "".join("\\" + c if c in _GRAPH_SPECIAL else c for c in option)
 
 
-FEED_HOST = "127.0.0.1"
-# The feed's MPEG-TS in UDP datagrams of 7 TS packets (fits any MTU, the loopback's too).
-FEED_PACKET_BYTES = 1316
-# The composite's receive queue (ffmpeg's fifo_size counts 188-byte packets: about 50 MB), so that a
-# busy composite drops feed packets rather than make anything wait.
-FEED_FIFO_PACKETS = 262_144
 FEED_PROBE = {"probesize": "1000000", "analyzeduration": "1500000"}
 
 
-def free_loopback_port() -> int:
-    """A UDP port of the loopback nobody uses now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((FEED_HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@dataclasses.dataclass(frozen=True)
-class Feeds:
-    """The loopback UDP port each source the composite shows sends its feed to (one per session)."""
-
-    ports: dict[str, int]
-
-    @classmethod
-    def allocate(cls, source_ids: Sequence[str]) -> Feeds:
-        return cls({source_id: free_loopback_port() for source_id in dict.fromkeys(source_ids)})
-
-    def send_url(self, source_id: str) -> str | None:
-        """Where `source_id`'s ffmpeg sends its feed (None: it feeds nothing)."""
-        port = self.ports.get(source_id)
-        return None if port is None else f"udp://{FEED_HOST}:{port}?pkt_size={FEED_PACKET_BYTES}"
-
-    def receive_input(self, source_id: str) -> RoomInputConfig:
-        """The composite's input reading `source_id`'s feed."""
-        url = (f"udp://{FEED_HOST}:{self.ports[source_id]}?fifo_size={FEED_FIFO_PACKETS}"
-               "&overrun_nonfatal=1")
-        # A short probe: the feed is the station's own MPEG-TS, and every second of it probed is a second
-        # the composite starts late.
-        return RoomInputConfig.model_validate({"format": "mpegts", "url": url, "options": FEED_PROBE})
+def feed_input(fd: int | None) -> RoomInputConfig:
+    """The composite's input reading a feed from the pipe it inherits as `fd` (None: a run's pipe, not yet
+    made); built by the station, never from the configuration, which refuses ``pipe:``."""
+    # A short probe: the feed is the station's own MPEG-TS, and every second of it probed is a second the
+    # composite starts late.
+    url = "pipe:" if fd is None else f"pipe:{fd}"
+    return RoomInputConfig.model_construct(format="mpegts", url=url, options=dict(FEED_PROBE), realtime=False,
+                                           username=None, password=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,13 +94,14 @@ def feed_sources(composite: RoomCompositeConfig) -> list[str]:
     return [composite.main] + ([] if composite.inset is None else [composite.inset])
 
 
-def composite_inputs(composite: RoomCompositeConfig, feeds: Feeds) -> CompositeInputs:
-    """The composite's inputs: the main source's feed, then the inset source's."""
-    inputs = [feeds.receive_input(composite.main)]
+def composite_inputs(composite: RoomCompositeConfig, fds: Mapping[str, int]) -> CompositeInputs:
+    """The composite's inputs: the main source's feed, then the inset source's (`fds`: the read end of
+    each source's feed pipe, as the composite's run inherits it)."""
+    inputs = [feed_input(fds[composite.main])]
     inset_video = None
     if composite.inset is not None:
         inset_video = len(inputs)
-        inputs.append(feeds.receive_input(composite.inset))
+        inputs.append(feed_input(fds[composite.inset]))
     return CompositeInputs(tuple(inputs), 0, (0,) if composite.audio else (), inset_video)
 
 
@@ -194,33 +180,77 @@ def derived_block(config: RoomCompositeConfig) -> dict[str, Any]:
             "size": config.size, "rate": config.rate}
 
 
+@dataclasses.dataclass(frozen=True)
+class RunPipes:
+    """The pipe ends one ffmpeg run inherits (its ``pass_fds``) and the command that names them."""
+
+    pass_fds: tuple[int, ...]
+    argv: ArgvBuilder
+
+
 class CompositeOutput:
-    """The composite of one session: its source (as the recording runs it), its argv, its overlay."""
+    """The composite of one session: its source (as the recording runs it), the feeds of the sources it
+    shows (:class:`~edge.rooms.feed_relay.FeedRelay`, one each), the pipes of each run, its overlay."""
 
     def __init__(self, room: RoomConfig, overlay_dir: Path, session: Callable[[], RoomSession],
-                 feeds: Feeds | None = None) -> None:
+                 on_drop: Callable[[FeedDrop], None] = lambda drop: None) -> None:
         if room.composite is None:
             raise ValueError(f"room {room.id} has no composite")
         self.config = room.composite
-        self.feeds = feeds if feeds is not None else Feeds.allocate(feed_sources(self.config))
-        self.roles = composite_inputs(self.config, self.feeds)
+        self.feeds = {source_id: FeedRelay(source_id, on_drop=on_drop)
+                      for source_id in dict.fromkeys(feed_sources(self.config))}
         self.overlay_dir = overlay_dir
         self.derived = derived_block(self.config)
-        # Always encoded (a filter graph), reading the feeds (no credentials: they never leave the sources).
+        # Always encoded (a filter graph), reading the feeds (no credentials: they never leave the sources);
+        # its inputs name "the run's pipe" (each run gets its own, :meth:`composite_pipes`).
         self.source = RoomSourceConfig.model_construct(
-            id=self.config.id, name=self.config.name, input=list(self.roles.inputs), codec="encode")
+            id=self.config.id, name=self.config.name,
+            input=[feed_input(None) for _ in self.feeds], codec="encode")
         self.overlay = OverlayText(overlay_dir, session) if self.config.overlay else None
 
-    def argv(
-        self, ffmpeg: str, inputs: Sequence[RoomInputConfig], plan: SegmentPlan, run_dir: Path
+    @contextlib.contextmanager
+    def source_pipes(self, source_id: str) -> Iterator[RunPipes]:
+        """For one run of a source the composite shows: the write end of its feed's new pipe, and its
+        command writing the feed there (:func:`edge.rooms.argv.segment_argv`). The agent's copy of the end
+        is closed when the run is over (the relay then reads the pipe to its end)."""
+        fd = self.feeds[source_id].source_end()
+        try:
+            yield RunPipes((fd,), functools.partial(segment_argv, feed_fd=fd))
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def composite_pipes(self) -> Iterator[RunPipes]:
+        """For one run of the composite: the read end of a new pipe from each feed, and its command
+        reading them (:func:`composite_argv`). The agent's copies are closed when the run is over."""
+        fds = {source_id: relay.composite_end() for source_id, relay in self.feeds.items()}
+        try:
+            roles = composite_inputs(self.config, fds)
+            yield RunPipes(tuple(fds.values()), functools.partial(self._argv, roles))
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def _argv(
+        self, roles: CompositeInputs, ffmpeg: str, inputs: Sequence[RoomInputConfig], plan: SegmentPlan,
+        run_dir: Path,
     ) -> list[str]:
-        """:func:`composite_argv` for one run (the signature of :func:`edge.rooms.argv.segment_argv`)."""
+        """:func:`composite_argv` for one run (after `roles`, the signature of
+        :func:`edge.rooms.argv.segment_argv`; `inputs`, the source's placeholders, give way to the run's
+        pipes)."""
         derived_from = f"main={self.config.main}"
         if self.config.inset is not None:
             derived_from += f" inset={self.config.inset}"
         plan = dataclasses.replace(plan, metadata={**plan.metadata, "derived_from": derived_from})
-        return composite_argv(ffmpeg, inputs, plan, run_dir, config=self.config, roles=self.roles,
+        return composite_argv(ffmpeg, roles.inputs, plan, run_dir, config=self.config, roles=roles,
                               overlay_dir=self.overlay_dir)
+
+    def feed_status(self) -> list[dict[str, Any]]:
+        return [relay.status() for relay in self.feeds.values()]
+
+    def close(self) -> None:
+        for relay in self.feeds.values():
+            relay.close()
 
 
 def room_outputs(room: RoomConfig) -> list[tuple[str, str]]:

@@ -15,7 +15,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge.config.rooms import V4L2_FORMATS, RoomInputConfig
+from edge.config.capture_devices import V4L2_FORMATS
+from edge.config.rooms import RoomInputConfig
 
 DEVICE_TAG = "device"
 _ALSA_CARD = re.compile(r"CARD=([A-Za-z0-9_-]{1,32})")

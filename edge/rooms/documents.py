@@ -8,6 +8,11 @@ magic bytes), never by the name it came with, which is kept only as printable te
 :data:`MAX_SHOWN_NAME` characters) in the item's facts and the ``attached`` entry. The service seals it
 through the ingest pipeline (role ``document``) and records ``attached``: session, kind, item, hash,
 size, type and who attached it.
+
+A session takes at most [rooms] max_documents_per_session documents of at most
+max_document_bytes_per_session bytes together (counted from its ``attached`` entries): every document is
+kept for good and goes on the disc, so an attach beyond either is refused (status 413, naming the limit
+and what is attached already) before anything is written, or as soon as its bytes pass what is left.
 """
 
 from __future__ import annotations
@@ -107,6 +112,17 @@ async def receive_document(chunks: AsyncIterable[bytes], work_dir: Path,
         raise
 
 
+def attached_so_far(pipeline: IngestPipeline, session: RoomSession) -> tuple[int, int]:
+    """(documents, their bytes together) attached to `session`, by its ``attached`` entries."""
+    count = total = 0
+    for entry in pipeline.store.ledger.entries_of_types([EntryType.ATTACHED], session.started_seq or 1):
+        if entry.data.get("room_session") == session.session:
+            size = entry.data.get("size")
+            count += 1
+            total += size if isinstance(size, int) and size > 0 else 0
+    return count, total
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -125,15 +141,36 @@ async def attach_document(
     station_id: str,
     clock_synchronised: bool,
     max_bytes: int | None = None,
+    max_count: int | None = None,
+    max_total_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """Receive, check, seal and record one document of `session`: what the ``attached`` entry says."""
+    """Receive, check, seal and record one document of `session`: what the ``attached`` entry says.
+    `max_count` and `max_total_bytes`: what the session may hold in all, this document included."""
     try:
         kind_text = check_text("kind", DEFAULT_KIND if kind is None else kind, MAX_KIND)
     except SessionError as exc:
         raise DocumentRefused(str(exc)) from None
     shown = printable("" if name is None else str(name))[:MAX_SHOWN_NAME]
-    received = await receive_document(chunks, work_dir,
-                                      MAX_DOCUMENT_BYTES if max_bytes is None else max_bytes)
+    count, total = await asyncio.to_thread(attached_so_far, pipeline, session)
+    if max_count is not None and count >= max_count:
+        raise DocumentRefused(f"the session holds {count} documents already, the most it takes "
+                              "([rooms] max_documents_per_session)", 413)
+    limit = MAX_DOCUMENT_BYTES if max_bytes is None else max_bytes
+    if max_total_bytes is not None:
+        left = max_total_bytes - total
+        if left <= 0:
+            raise DocumentRefused(f"the session's documents take {total} bytes already, the most it takes "
+                                  f"is {max_total_bytes} ([rooms] max_document_bytes_per_session)", 413)
+        if left < limit:
+            limit = left
+    try:
+        received = await receive_document(chunks, work_dir, limit)
+    except DocumentRefused as exc:
+        if exc.status == 413 and max_total_bytes is not None and limit < (max_bytes or MAX_DOCUMENT_BYTES):
+            raise DocumentRefused(f"{exc} (the session's documents take {total} of its "
+                                  f"{max_total_bytes} bytes already: [rooms] max_document_bytes_per_session)",
+                                  413) from None
+        raise
     try:
         item = await seal_session_file(
             pipeline, received.path, session=session, role=DOCUMENT_ROLE, station_id=station_id,

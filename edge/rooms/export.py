@@ -14,12 +14,21 @@ item and hash).
 The image is built in ``<store>/rooms/products/<session>/`` and handed to the caller (the local API
 streams it to the operator's `edge room export`, then removes it). The command lines are pure functions
 (:func:`disc_argv`, :func:`extract_argv`).
+
+Space: the export stages a copy of every file and then writes the image beside it, about twice the
+session's size on the store's file system, and the operator's output file takes the image once more. Before
+anything is copied, :func:`space_needed` estimates both (the files as the ledger sizes them, the image as
+those plus :data:`IMAGE_OVERHEAD_SHARE` and :data:`IMAGE_SLACK_BYTES`), and an export that would not fit,
+on the staging file system above the store's reserve or in the free bytes the caller reports for its
+output, is refused (status 507) with the figures, a ``refused`` entry. A disk that fills anyway (another
+writer meanwhile) ends the export the same way; staging and image are removed on every failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -34,7 +43,7 @@ from typing import Any, NoReturn
 from edge.custody.canonical import canonical_json
 from edge.custody.ledger import EntryType, LedgerEntry
 from edge.custody.text import printable
-from edge.durable.files import make_dirs_durable
+from edge.durable.files import free_bytes, make_dirs_durable
 from edge.ingest.pipeline import IngestPipeline
 
 log = logging.getLogger(__name__)
@@ -44,6 +53,11 @@ CHUNK_BYTES = 1 << 20
 SUMS_NAME = "SHA256SUMS"
 VERIFY_PAGE = "HOW-TO-VERIFY-如何核验.txt"
 STDERR_LINES_KEPT = 20
+# The image over the files it holds: ISO 9660 directory records, Rock Ridge and Joliet trees, padding to
+# 2 KiB sectors, and the supporting files (manifests, ledger lines, the page) not counted in the sizes.
+IMAGE_OVERHEAD_SHARE = 0.05
+IMAGE_SLACK_BYTES = 8 << 20
+INSUFFICIENT_STORAGE = 507
 
 
 class ExportRefused(Exception):
@@ -216,6 +230,51 @@ def disc_contents(entries: list[LedgerEntry], session: str) -> tuple[list[_Wante
     return wanted, made[-1]
 
 
+@dataclass(frozen=True)
+class SpaceNeeded:
+    """What an export takes: its staged files and its image (estimated from the files' ledger sizes)."""
+
+    staged_bytes: int
+    image_bytes: int
+
+    @property
+    def staging_bytes(self) -> int:
+        """On the staging file system: the staged copy and the image beside it."""
+        return self.staged_bytes + self.image_bytes
+
+
+def space_needed(file_sizes: Iterable[int]) -> SpaceNeeded:
+    """The space an export of files of `file_sizes` needs, with margin for what the sizes leave out."""
+    staged = sum(file_sizes) + IMAGE_SLACK_BYTES // 2  # the supporting files, the sector rounding
+    return SpaceNeeded(staged, int(staged * (1 + IMAGE_OVERHEAD_SHARE)) + IMAGE_SLACK_BYTES // 2)
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def _space_refusal(needed: SpaceNeeded, work_free: int, reserve_bytes: int,
+                   output_free_bytes: int | None) -> str | None:
+    """Why the export does not fit (the figures named), or None."""
+    if work_free - needed.staging_bytes < reserve_bytes:
+        return (f"not enough free space to stage the disc: it needs about {_mib(needed.staging_bytes)} "
+                f"({_mib(needed.staged_bytes)} of staged files and an image of about "
+                f"{_mib(needed.image_bytes)}) above the store's reserve of {_mib(reserve_bytes)}, and the "
+                f"store's file system has {_mib(work_free)} free: free space first")
+    if output_free_bytes is not None and output_free_bytes < needed.image_bytes:
+        return (f"not enough free space for the output: the image needs about {_mib(needed.image_bytes)} "
+                f"and the output's file system has {_mib(output_free_bytes)} free: choose another place "
+                "or free space first")
+    return None
+
+
+def _existing(path: Path) -> Path:
+    """`path` or its nearest existing ancestor (the file system a new directory would be on)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
 async def export_session(
     pipeline: IngestPipeline,
     session: str,
@@ -226,9 +285,13 @@ async def export_session(
     work_dir: Path,
     from_seq: int = 1,
     xorriso: str = XORRISO,
+    reserve_bytes: int = 0,
+    output_free_bytes: int | None = None,
 ) -> ExportedDisc:
     """Write the disc image of stopped `session` (its entries from `from_seq`, its session_started);
-    ExportRefused (and a `refused` entry) when it cannot be."""
+    ExportRefused (and a `refused` entry) when it cannot be, also when it would not fit: `work_dir`'s file
+    system must keep `reserve_bytes` free beyond the export (the store's reserve), and `output_free_bytes`
+    (where the caller will write the image) must hold the image."""
     store = pipeline.store
     repository = pipeline.repository
     try:
@@ -236,6 +299,12 @@ async def export_session(
         wanted, _ = disc_contents(entries, session)
     except ExportRefused as exc:
         await _refuse(pipeline, session, by, str(exc), exc.status)
+    stored = (repository.item(want.item) for want in wanted)
+    needed = space_needed(record.size for record in stored if record is not None)
+    work_free = await asyncio.to_thread(free_bytes, _existing(work_dir))
+    too_big = _space_refusal(needed, work_free, reserve_bytes, output_free_bytes)
+    if too_big is not None:
+        await _refuse(pipeline, session, by, f"session {session}: {too_big}", INSUFFICIENT_STORAGE)
     token = uuid.uuid4().hex[:12]
     staging = work_dir / f"export-{token}"
     image = work_dir / f"export-{token}.iso"
@@ -288,8 +357,25 @@ async def export_session(
         volume = volume_id(session)
         said = await _run(disc_argv(xorriso, staging, image, volume))
         if said is not None:
-            await _refuse(pipeline, session, by, f"xorriso could not write the image: {said}", 500)
+            full = _full(work_dir)  # judged before the clean-up frees the space
+            image.unlink(missing_ok=True)
+            await asyncio.to_thread(shutil.rmtree, staging, True)  # room for the refused entry
+            if full:
+                said += (f" (the store's file system filled up: the export was estimated at "
+                         f"{_mib(needed.staging_bytes)} with {_mib(work_free)} free at its start; another "
+                         "writer took the space meanwhile): free space first")
+            await _refuse(pipeline, session, by, f"xorriso could not write the image: {said}",
+                          INSUFFICIENT_STORAGE if full else 500)
         digest, size = await asyncio.to_thread(_hash_file, image)
+    except OSError as exc:  # a disk that filled meanwhile (another writer), an I/O error: nothing is left
+        image.unlink(missing_ok=True)
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        await _refuse(pipeline, session, by, (
+            f"session {session}: staging the disc failed: {exc.strerror or type(exc).__name__}"
+            + (f" (estimated {_mib(needed.staging_bytes)}, {_mib(work_free)} free at the start: another "
+               "writer took the space meanwhile): free space first" if full else "")),
+            INSUFFICIENT_STORAGE if full else 500)
     except BaseException:
         image.unlink(missing_ok=True)
         raise
@@ -304,6 +390,14 @@ async def export_session(
     log.info("room session %s exported by %s: image %s (%d bytes, %d files)", session, printable(by), digest,
              size, len(files))
     return ExportedDisc(image, digest, size, volume, files, entry.seq)
+
+
+def _full(work_dir: Path) -> bool:
+    """Whether `work_dir`'s file system is (all but) full: why a tool writing there may have failed."""
+    try:
+        return free_bytes(_existing(work_dir)) < IMAGE_SLACK_BYTES // 8
+    except OSError:
+        return False
 
 
 async def _run(argv: list[str]) -> str | None:

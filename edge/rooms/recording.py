@@ -2,16 +2,17 @@
 
 :class:`SessionRecording` runs one recorder task per source of the room under its own
 :class:`~edge.runtime.supervise.Supervisor` (the house supervisor: factory, backoff, liveness). A recorder
-task is one ffmpeg run (:func:`edge.rooms.capture.capture_run`); it marks itself alive at every segment
-the list names and whenever ffmpeg's progress report shows it muxed more (:mod:`edge.rooms.progress`), so
-the liveness timeout (``segment_time_s + stale_margin_s``) judges the source by what ffmpeg does, not
-only by its process: an ffmpeg that runs but takes nothing in is cancelled (and stopped) like one that
-died, and the supervisor starts a fresh run after its backoff. A camera whose key frames are further
-apart than the timeout (a long GOP: with stream copy a segment can close only at a key frame) is not
-silent while its frames arrive; but a segment open for more than ``OPEN_SEGMENT_FACTOR`` liveness
-timeouts (a camera that sends no key frame: fragmented MP4 keeps the frames in memory) ends the run all
-the same. Until its first segment a run has ``start_grace_s`` more (:func:`_start_grace`): starting up is
-not silence. The other sources' tasks are untouched.
+task is one ffmpeg run (:func:`edge.rooms.capture.capture_run`); it marks itself alive at every segment the
+list names and whenever ffmpeg's progress report shows it muxed more (:mod:`edge.rooms.progress`), so the
+liveness timeout (``segment_time_s + stale_margin_s``) judges the source by what ffmpeg does, not only by its
+process (a source with a picture by its video frames alone: a camera whose picture stops while its sound goes
+on is a gap, ``reason`` ``video-lost: ...``, within the same timeout as a silent one): an ffmpeg that runs but
+takes nothing in is cancelled (and stopped) like one that died, and the supervisor starts a fresh run after
+its backoff. A camera whose key frames are further apart than the timeout (a long GOP: with stream copy a
+segment can close only at a key frame) is not silent while its frames arrive; but a segment open for more than
+``OPEN_SEGMENT_FACTOR`` liveness timeouts (a camera that sends no key frame: fragmented MP4 keeps the frames
+in memory) ends the run all the same. Until its first segment a run has ``start_grace_s`` more
+(:func:`_start_grace`): starting up is not silence. The other sources' tasks are untouched.
 
 Per source, one sealer task takes, in order, what its recorder produced: closed segments (sealed through
 :class:`~edge.rooms.sealing.SegmentSealer`) and gap events. A run that ends for any reason but the
@@ -61,7 +62,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,9 +94,11 @@ from edge.rooms.capture import (
     read_station_times,
     stop_orphan,
 )
-from edge.rooms.composite import OVERLAY_DIR, CompositeOutput
+from edge.rooms.composite import OVERLAY_DIR, CompositeOutput, RunPipes
 from edge.rooms.devices import device_metadata
+from edge.rooms.feed_relay import FeedDrop
 from edge.rooms.gb_source import GbRoomChannel, GbSourceUnavailable, gb_metadata, ns_from_wall_text
+from edge.rooms.progress import Progress
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
@@ -113,9 +116,12 @@ OPEN_SEGMENT_FACTOR = 10
 LATENCIES_KEPT = 1000
 # A source's first media later than this after it was started is an unrecorded start: a gap.
 LATE_START_REASON = "source-late-start"
-ArgvBuilder = Callable[[str, Sequence[RoomInputConfig], SegmentPlan, Path], list[str]]
 # A source that delivered nothing for a while, under the liveness timeout.
 STALLED_REASON = "source-stalled"
+# A source with a picture whose video stopped while its sound went on, for the liveness timeout.
+VIDEO_LOST_REASON = "video-lost"
+# Packets of a source's feed the composite did not take (edge.rooms.feed_relay): the composite's gap.
+FEED_DROPPED_REASON = "composite-feed-dropped"
 # A listed (or partial) segment that could not be sealed: its time is a gap.
 UNSEALABLE_REASON = "segment-unsealable"
 RESUMED_REASON = "the station agent was not running (stopped or crashed while the session was recording)"
@@ -163,8 +169,9 @@ class SourceRecording:
     failed: int = 0
     unsealable_gaps: set[tuple[str, str]] = field(default_factory=set)  # (run, name) already a gap
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCIES_KEPT))
-    # A derived output (the composite): its own command, and what its segments say they derive from.
-    argv: ArgvBuilder | None = None
+    # A source the composite shows, or the composite: each run's pipes and the command naming them.
+    pipes: Callable[[], contextlib.AbstractContextManager[RunPipes]] | None = None
+    # A derived output (the composite): what its segments say they derive from.
     derived: dict[str, Any] | None = None
     gb: GbRoomChannel | None = None  # a GB/T 28181 channel's hold (edge.rooms.gb_source)
     # The live channel's interruption not yet in a gap (reason, detail): the gap its ffmpeg's end opens
@@ -177,10 +184,11 @@ class SourceRecording:
     # A camera that serves one client may still count the probe's connection when ffmpeg connects right
     # after it (503 / 453), and a probe before every restart would lose that race at every restart.
     probed_coding: tuple[Coding, Coding] | None = None
+    feeds: Callable[[], list[dict[str, Any]]] | None = None  # the composite: its feeds' counters
 
     def status(self) -> dict[str, Any]:
         latencies = list(self.latencies_s)
-        return {
+        found = {
             "source": self.config.id,
             "name": self.config.name,
             "derived": self.derived is not None,
@@ -197,6 +205,9 @@ class SourceRecording:
             "max_seal_latency_s": max(latencies, default=None),
             "last_seal_latency_s": latencies[-1] if latencies else None,
         }
+        if self.feeds is not None:  # the composite: what became of each source's feed
+            found["feeds"] = self.feeds()
+        return found
 
 
 class SessionRecording:
@@ -231,12 +242,12 @@ class SessionRecording:
         self.composite: CompositeOutput | None = None
         if room.composite is not None:  # one more output, recorded like a source (edge.rooms.composite)
             overlay_dir = files.capture_dir / session.session / room.composite.id / OVERLAY_DIR
-            self.composite = CompositeOutput(room, overlay_dir, lambda: self.session)
+            self.composite = CompositeOutput(room, overlay_dir, lambda: self.session, self._feed_dropped)
             self.sources[room.composite.id] = SourceRecording(
-                self.composite.source, argv=self.composite.argv, derived=self.composite.derived)
-            for source_id in self.composite.feeds.ports:  # the originals feed it
-                self.sources[source_id].argv = functools.partial(
-                    segment_argv, feed_url=self.composite.feeds.send_url(source_id))
+                self.composite.source, pipes=self.composite.composite_pipes, derived=self.composite.derived,
+                feeds=self.composite.feed_status)
+            for source_id in self.composite.feeds:  # the originals feed it
+                self.sources[source_id].pipes = functools.partial(self.composite.source_pipes, source_id)
         self._stop = asyncio.Event()
         self._ending_reason: str | None = None  # None: the session stops; else why it is interrupted
         self._resumed = resumed_from_ns
@@ -289,6 +300,18 @@ class SessionRecording:
             with contextlib.suppress(OSError):  # else logged by its task; the composite's run fails, a gap
                 overlay.write()  # before the first run: drawtext refuses to start without its files
             overlay_task = asyncio.create_task(overlay.run(), name=f"room-overlay-{self.session.room}")
+        # The composite's feeds are relayed by tasks of their own supervisor, which outlives the runs: a
+        # source's ffmpeg finishes its last segment while its feed is still read (edge.rooms.feed_relay).
+        relays_stop = asyncio.Event()
+        relays: asyncio.Task[None] | None = None
+        if self.composite is not None:
+            relay_supervisor = Supervisor(notify_ready=False, backoff_initial_s=0.2, backoff_max_s=2.0,
+                                          restart_budget=1_000_000, budget_window_s=3600.0)
+            for relay in self.composite.feeds.values():
+                relay_supervisor.add(TaskSpec(f"room-{self.session.room}-feed-{relay.source_id}", relay.run,
+                                              critical=False))
+            relays = asyncio.create_task(relay_supervisor.run(relays_stop),
+                                         name=f"room-feeds-{self.session.room}")
         try:
             for source in self.sources.values():
                 supervisor.add(TaskSpec(
@@ -300,6 +323,16 @@ class SessionRecording:
                 ))
             await supervisor.run(self._stop)
         finally:
+            try:
+                if relays is not None:  # the runs are over: their pipes are read to their ends, then closed
+                    relays_stop.set()
+                    with contextlib.suppress(Exception):
+                        await relays
+            finally:
+                if relays is not None and not relays.done():  # this task was cancelled meanwhile
+                    relays.cancel()
+                if self.composite is not None:
+                    self.composite.close()
             now = time.time_ns()
             for source in self.sources.values():
                 if self._ending_reason is not None:
@@ -386,7 +419,20 @@ class SessionRecording:
         metadata.update(device_metadata(config.input))  # which device the stable name is now
         plan = SegmentPlan(self.settings.segment_time_s, self.settings.mp4_layout, video, audio, metadata,
                            video_only=config.gb28181 is not None)
-        argv = (source.argv or segment_argv)(self.settings.ffmpeg, inputs, plan, run_dir)
+        # A source the composite shows, and the composite, get new pipes for each run (their feeds).
+        with contextlib.nullcontext(None) if source.pipes is None else source.pipes() as pipes:
+            builder = segment_argv if pipes is None else pipes.argv
+            argv = builder(self.settings.ffmpeg, inputs, plan, run_dir)
+            await self._capture(source, argv, run_dir, run_began_ns, started_ns, redact, liveness,
+                                first_segment, pass_fds=() if pipes is None else pipes.pass_fds)
+
+    async def _capture(
+        self, source: SourceRecording, argv: list[str], run_dir: Path, run_began_ns: int, started_ns: int,
+        redact: Callable[[str], str], liveness: Liveness, first_segment: asyncio.Event,
+        *, pass_fds: tuple[int, ...],
+    ) -> None:
+        """The ffmpeg of one run (`argv`, inheriting `pass_fds`): its segments handed over as they close,
+        its end a gap (see :meth:`_one_run`)."""
 
         loop = asyncio.get_running_loop()
         open_since = loop.time()  # when the open segment began (as far as listing tells)
@@ -395,18 +441,35 @@ class SessionRecording:
         # Judged as progress comes, not at the cancellation: stopping ffmpeg closes and lists that segment.
         over_limit = False
 
-        def progressed() -> None:
+        # Station time of the last video frame while the source muxes sound only (its picture lost); None
+        # while its picture comes (or it has none).
+        picture_lost_after_ns: int | None = None
+        last_picture_ns = started_ns
+        sound_without_picture = False  # since the last listed segment (a stall then lost the picture only)
+
+        def progressed(shown: Progress) -> None:
             # ffmpeg muxed more frames: the camera is not silent, its segment closes at its next key frame.
-            nonlocal over_limit
+            # Sound alone does not keep a camera alive (progress.py): its picture is lost, a gap within the
+            # liveness timeout like a silent source.
+            nonlocal over_limit, picture_lost_after_ns, last_picture_ns, sound_without_picture
+            if shown is Progress.SOUND_ONLY:
+                sound_without_picture = True
+                if picture_lost_after_ns is None:
+                    picture_lost_after_ns = last_picture_ns
+                return
+            picture_lost_after_ns = None
+            last_picture_ns = time.time_ns()
             over_limit = loop.time() - open_since >= open_limit_s
             if not over_limit:
                 liveness.beat()
 
         def closed(segment: ClosedSegment) -> None:
-            nonlocal open_since
+            nonlocal open_since, sound_without_picture
             if segment.stalled_from_ns is not None and source.gap_from_ns is None:
-                self._stalled(source, segment)
+                self._stalled(source, segment,
+                              picture_lost=picture_lost_after_ns is not None or sound_without_picture)
             if segment.partial is None:
+                sound_without_picture = False
                 open_since = loop.time()
                 liveness.beat()
                 first_segment.set()
@@ -430,13 +493,17 @@ class SessionRecording:
             # A GB/T 28181 channel's stalls are told by its live layer (_live_event), each a gap already.
             await capture_run(argv, run_dir, closed, stop_timeout_s=self.settings.stop_timeout_s,
                               on_started=started, anchor_ns=started_ns, redact=redact,
-                              report_stalls=source.gb is None, on_progress=progressed)
+                              report_stalls=source.gb is None, on_progress=progressed, pass_fds=pass_fds)
         except CaptureEnded as exc:
             self._open_gap(source, started_ns, redact(str(exc)))
             raise
         except asyncio.CancelledError:
             if not self._stop.is_set():  # the supervisor found it silent
                 self._open_gap(source, started_ns, (
+                    f"{VIDEO_LOST_REASON}: the source's sound went on but no video frame came after "
+                    f"{iso_from_ns(picture_lost_after_ns)} for more than {self.liveness_timeout_s:g} s "
+                    "(its picture stopped): ffmpeg stopped and restarted"
+                    if picture_lost_after_ns is not None else
                     f"a segment open for more than {open_limit_s:g} s (no key frame from the source?): "
                     "ffmpeg stopped and restarted" if over_limit else
                     f"no new segment for more than {self.liveness_timeout_s:g} s and no progress from "
@@ -451,15 +518,21 @@ class SessionRecording:
         finally:
             source.pid = None
 
-    def _stalled(self, source: SourceRecording, segment: ClosedSegment) -> None:
+    def _stalled(self, source: SourceRecording, segment: ClosedSegment, *, picture_lost: bool) -> None:
         """The source delivered nothing from the previous segment's end to this one's start (a stall under
-        the liveness timeout: ffmpeg ran on): a gap over that time."""
+        the liveness timeout: ffmpeg ran on), or, `picture_lost`, no picture while its sound went on (the
+        segment listed as ffmpeg was stopped for it, or at the session's stop): a gap over that time."""
         assert segment.stalled_from_ns is not None
         start_ns, _ = segment.times_ns()
         stalled_s = (start_ns - segment.stalled_from_ns) / 1e9
-        reason = (f"{STALLED_REASON}: the source delivered nothing for {stalled_s:.1f} s (under the liveness "
-                  f"timeout of {self.liveness_timeout_s:g} s: ffmpeg ran on; segment {segment.name} was "
-                  "listed that much later than its stream duration accounts for)")
+        if picture_lost:
+            reason = (f"{VIDEO_LOST_REASON}: no video frame from the source for {stalled_s:.1f} s while its "
+                      f"sound went on (segment {segment.name} was listed that much later than its picture "
+                      "accounts for)")
+        else:
+            reason = (f"{STALLED_REASON}: the source delivered nothing for {stalled_s:.1f} s (under the "
+                      f"liveness timeout of {self.liveness_timeout_s:g} s: ffmpeg ran on; segment "
+                      f"{segment.name} was listed that much later than its stream duration accounts for)")
         source.queue.put_nowait(GapOpened(segment.stalled_from_ns, reason))
         source.queue.put_nowait(GapClosed(start_ns))
 
@@ -538,6 +611,22 @@ class SessionRecording:
         to_ns = (ns_from_wall_text(live.ended_at) if live else None) or from_ns
         source.queue.put_nowait(GapOpened(from_ns, reason, (("live", what),)))
         source.queue.put_nowait(GapClosed(to_ns))
+
+    def _feed_dropped(self, drop: FeedDrop) -> None:
+        """The relay dropped packets of a source's feed the composite did not take (slow, stopped, or
+        restarting: edge.rooms.feed_relay): the composite lost that source's picture meanwhile, a gap of
+        its own unless one is open already (then the composite's outage is that gap)."""
+        if self.composite is None or self._stop.is_set():
+            return
+        composite = self.sources[self.composite.config.id]
+        seconds = (drop.to_ns - drop.from_ns) / 1e9
+        reason = (f"{FEED_DROPPED_REASON}: the composite did not take the feed of source {drop.source} for "
+                  f"{seconds:.1f} s; {drop.packets} TS packets of it were dropped (the source recorded on)")
+        if composite.gap_from_ns is not None:
+            return
+        composite.queue.put_nowait(GapOpened(drop.from_ns, reason, (("feed", drop.source),
+                                                                   ("dropped_packets", drop.packets))))
+        composite.queue.put_nowait(GapClosed(drop.to_ns))
 
     async def _coding(
         self, config: RoomSourceConfig, inputs: list[RoomInputConfig], source: SourceRecording | None = None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterable, Callable, Mapping
@@ -78,6 +79,8 @@ MANIFEST_NAME = "session-manifest.json"
 COMPLETED_MANIFEST_NAME = "session-manifest-completed.json"
 STOPPING_REASON = "the station agent stopped"
 PRODUCTS_TO_FOLLOW = "to follow"
+# A count of bytes a caller gives (the free space where it writes an export).
+_DECIMAL = re.compile(r"[0-9]{1,19}")
 
 
 class RoomRefused(Exception):
@@ -110,6 +113,7 @@ class RoomService:
         self._recordings: dict[str, SessionRecording] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._attach_lock = asyncio.Lock()
         self._running = False
         # Stopped sessions whose stop could not seal everything (a full disk): finished by run().
         self._unfinished: list[RoomSession] = []
@@ -662,21 +666,34 @@ class RoomService:
         """Attach a document (PDF, JPEG, PNG by content) to a session, recording or stopped."""
         session = await self._known_session(session_id, "attach", by)
         try:
-            return await attach_document(
-                self.pipeline, session, chunks, kind=kind, name=name, by=by,
-                work_dir=products_dir(self.store.layout.root, session.session), station_id=self.station_id,
-                clock_synchronised=self.clock_synchronised())
+            async with self._attach_lock:  # one at a time: each counts what the ones before it took
+                return await attach_document(
+                    self.pipeline, session, chunks, kind=kind, name=name, by=by,
+                    work_dir=products_dir(self.store.layout.root, session.session),
+                    station_id=self.station_id, clock_synchronised=self.clock_synchronised(),
+                    max_count=self.settings.max_documents_per_session,
+                    max_total_bytes=self.settings.max_document_bytes_per_session)
         except DocumentRefused as exc:
             await self._refuse("attach", session.room, by, f"session {session.session}: {exc}", exc.status)
 
-    async def export(self, session_id: str, *, by: str) -> ExportedDisc:
-        """The disc image of a stopped session (the caller hands it on and removes it)."""
+    async def export(self, session_id: str, *, by: str, output_free_bytes: str | None = None) -> ExportedDisc:
+        """The disc image of a stopped session (the caller hands it on and removes it); refused when it
+        would not fit above the store's reserve, or in `output_free_bytes` (the free bytes where the caller
+        writes the image, as it said them: a decimal)."""
         session = await self._known_session(session_id, "export", by)
+        output_free: int | None = None
+        if output_free_bytes is not None:
+            if not _DECIMAL.fullmatch(output_free_bytes):
+                await self._refuse("export", session.room, by, (
+                    f"session {session.session}: output_free_bytes must be a non-negative decimal of at most "
+                    f"19 digits, not {printable(output_free_bytes)[:32]!r}"), 400)
+            output_free = int(output_free_bytes)
         try:
             return await export_session(
                 self.pipeline, session.session, case_number=session.case_number, station_id=self.station_id,
                 by=by, work_dir=products_dir(self.store.layout.root, session.session),
-                from_seq=session.started_seq or 1)
+                from_seq=session.started_seq or 1, reserve_bytes=self.pipeline.settings.min_free_bytes,
+                output_free_bytes=output_free)
         except ExportRefused as exc:  # its `refused` entry is written
             raise RoomRefused(str(exc), exc.status) from None
 

@@ -110,7 +110,10 @@ def packet_counts(ffprobe: str, path: Path) -> dict[int, int] | str:
         return f"ffprobe cannot read it: {done.stderr.decode('utf-8', 'replace')[:300]!r}"
     try:
         streams = json.loads(done.stdout)["streams"]
-        return {int(s["index"]): int(s["nb_read_packets"]) for s in streams}
+        # A stream ffprobe read no packet of (a data track a muxer added) has no count, and says nothing
+        # about what was joined: only streams with packets are compared.
+        counts = {int(s["index"]): int(s.get("nb_read_packets", 0)) for s in streams}
+        return {index: n for index, n in counts.items() if n}
     except (ValueError, KeyError, TypeError) as exc:
         return f"ffprobe's answer is not understood: {exc}"
 

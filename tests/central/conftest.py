@@ -24,13 +24,13 @@ from edge.central.console.secret_key import ConsoleSecretKey
 from edge.central.identity import enroll_reader, enroll_station, init_central
 from edge.central.index import Role
 from edge.central.log import MerkleLog
-from edge.central.objects import FileObjectStore
+from edge.central.objects import FileObjectStore, ObjectStore
 from edge.central.postgres import PostgresDatabase, PostgresIndex
 from edge.central.registration import Caller, Registrar
 from edge.central.service import RunningCentral, start_central
 from edge.central.sqlite import SqliteDatabase, SqliteIndex
 from edge.central.sqlite.console import SqliteConsoleStore
-from edge.central.storage import Index
+from edge.central.storage import ConsoleStore, Index
 from edge.central.tus_store import TusUploadStore
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.keys import StationKey
@@ -39,8 +39,11 @@ from edge.custody.manifest import manifest_bytes, sign_manifest
 from edge.durable.files import ensure_private_dir
 from edge.pki.tls import client_ssl_context
 
+# A throwaway single-node Ceph cluster with its S3 gateway, per test session (tests/central/ceph.py).
+from tests.central.ceph import ceph_gateway  # noqa: F401
+
 # A throwaway PostgreSQL server and a fresh database per test (tests/central/pg.py).
-from tests.central.pg import pg_database, pg_server  # noqa: F401
+from tests.central.pg import PostgresDatabaseUnderTest, pg_database, pg_server  # noqa: F401
 
 CERT_SHA = "c" * 64
 
@@ -173,11 +176,17 @@ class CentralParts:
 
     root: Path
     index: SqliteIndex | PostgresIndex
-    objects: FileObjectStore
+    objects: ObjectStore
     merkle: MerkleLog
     uploads: TusUploadStore
     registrar: Registrar
     signing_key: StationKey
+
+    @property
+    def file_objects(self) -> FileObjectStore:
+        """The object store of parts on the default backend (a local folder a test reaches into)."""
+        assert isinstance(self.objects, FileObjectStore), type(self.objects)
+        return self.objects
 
     def upload(self, station_id: str, data: bytes, *, length: int | None = None) -> str:
         """A tus upload of ``data`` owned by ``station_id`` (incomplete when ``length`` is larger)."""
@@ -203,9 +212,12 @@ class CentralParts:
 
 
 def make_central_parts(
-    root: Path, origin: str = "central-test", database: SqliteDatabase | PostgresDatabase | None = None
+    root: Path, origin: str = "central-test", database: SqliteDatabase | PostgresDatabase | None = None,
+    objects: ObjectStore | None = None,
+    signing_key: StationKey | None = None,
 ) -> CentralParts:
-    """The parts on ``database`` (by default the embedded SQLite one under ``root``)."""
+    """The parts on ``database`` (by default the embedded SQLite one under ``root``) and ``objects`` (by
+    default the local folder ``root/objects``), signing with ``signing_key`` (by default a new one)."""
     console_key = CentralLayout(root).console_key  # made by `edge central init`: it seals the trails
     if not console_key.exists():
         ensure_private_dir(console_key.parent)
@@ -213,9 +225,9 @@ def make_central_parts(
     if database is None:
         database = SqliteDatabase.open(root / "index.db")
     index = database.index
-    key = StationKey.generate()
+    key = signing_key if signing_key is not None else StationKey.generate()
     merkle = MerkleLog(database.log_store, key, origin)
-    objects = FileObjectStore(root / "objects")
+    objects = objects if objects is not None else FileObjectStore(root / "objects")
     uploads = TusUploadStore(root / "uploads", max_size_bytes=1 << 30, expire_after_s=3600)
     registrar = Registrar(index, objects, merkle, uploads, signing_key=key, central_id=origin)
     return CentralParts(root, index, objects, merkle, uploads, registrar, key)
@@ -239,10 +251,10 @@ def free_port() -> int:
 
 def central_config(
     store_dir: Path, *, dev: bool, server: Mapping[str, Any] | None = None,
-    console: Mapping[str, Any] | None = None, **uploads: Any
+    console: Mapping[str, Any] | None = None, index: Mapping[str, Any] | None = None, **uploads: Any
 ) -> CentralConfig:
     return CentralConfig.model_validate({
-        "central": {"id": "central-test", "store_dir": str(store_dir)},
+        "central": {"id": "central-test", "store_dir": str(store_dir), **({"index": index} if index else {})},
         "server": {"listen": "127.0.0.1", "port": free_port(), "insecure_plain_http": dev,
                    "names": ["localhost", "127.0.0.1"], **(server or {})},
         "uploads": uploads,
@@ -278,6 +290,11 @@ class HttpCentral:
         return index
 
     @property
+    def store_index(self) -> Index:
+        """The index on whichever backend the central runs (the protocol only)."""
+        return self.running.parts.index
+
+    @property
     def central_public_key(self) -> Ed25519PublicKey:
         return self.running.parts.signing_key.public_key()
 
@@ -289,12 +306,20 @@ class HttpCentral:
         enrollment = enroll_station(self.config, station.station_id, signing_key_pub=pub, out_dir=bundle)
         key_b64 = enrollment.signing_public_key_b64
         assert key_b64 is not None
-        self.index.enroll_station(station.station_id, key_b64, enrollment.cert_sha256)
+        self.store_index.enroll_station(station.station_id, key_b64, enrollment.cert_sha256)
         return bundle
 
     @property
     def console(self) -> SqliteConsoleStore:
-        return self.running.parts.console  # type: ignore[return-value]
+        # The store of the default backend, which some tests reach into; tests on both use console_store.
+        console = self.running.parts.console
+        assert isinstance(console, SqliteConsoleStore), type(console)
+        return console
+
+    @property
+    def console_store(self) -> ConsoleStore:
+        """The console's store on whichever backend the central runs."""
+        return self.running.parts.console
 
     def enroll_reader_tls(self, name: str, *, role: Role = Role.SUPERVISOR,
                           units: tuple[str, ...] = ()) -> Path:
@@ -302,18 +327,19 @@ class HttpCentral:
         central grant`): a supervisor unless a test says otherwise."""
         bundle = self.workdir / f"reader-{name}-{uuid.uuid4().hex[:8]}"
         enrollment = enroll_reader(self.config, name, out_dir=bundle)
-        self.index.enroll_reader(name, enrollment.cert_sha256)
-        self.console.grant(name, role, units, by="test-admin", reason="test reader")
+        self.store_index.enroll_reader(name, enrollment.cert_sha256)
+        self.running.parts.console.grant(name, role, units, by="test-admin", reason="test reader")
         return bundle
 
 
 async def start_http_central(
     workdir: Path, *, dev: bool, server: Mapping[str, Any] | None = None,
-    console: Mapping[str, Any] | None = None, **uploads: Any
+    console: Mapping[str, Any] | None = None, index: Mapping[str, Any] | None = None, **uploads: Any
 ) -> HttpCentral:
     """A central on a free port; ``server``, ``console`` and ``uploads`` override settings of those
-    sections."""
-    config = central_config(workdir / "central-store", dev=dev, server=server, console=console, **uploads)
+    sections, ``index`` is ``[central] index`` (default: the embedded SQLite file)."""
+    config = central_config(workdir / "central-store", dev=dev, server=server, console=console, index=index,
+                            **uploads)
     if dev:
         running = await start_central(config, signing_key=StationKey.generate())
     else:
@@ -332,6 +358,39 @@ async def dev_central(tmp_path: Path) -> AsyncIterator[HttpCentral]:
 @pytest.fixture
 async def tls_central(tmp_path: Path) -> AsyncIterator[HttpCentral]:
     central = await start_http_central(tmp_path, dev=False)
+    yield central
+    await central.running.stop()
+
+
+PG_PASSWORD_ENV = "EDGE_TEST_PG_PASSWORD"
+
+
+def postgres_index(pg: PostgresDatabaseUnderTest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """``[central] index`` for the test database: the URL, the password as a secret reference."""
+    monkeypatch.setenv(PG_PASSWORD_ENV, pg.password)
+    return {"type": "postgresql", "url": pg.url, "password": f"env:{PG_PASSWORD_ENV}"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def central_index(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any] | None:
+    """Each backend in turn: None (the embedded default) or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return postgres_index(request.getfixturevalue("pg_database"), monkeypatch)
+
+
+@pytest.fixture
+async def tls_central_on(tmp_path: Path, central_index: dict[str, Any] | None) -> AsyncIterator[HttpCentral]:
+    """:func:`tls_central` on each backend."""
+    central = await start_http_central(tmp_path, dev=False, index=central_index)
+    yield central
+    await central.running.stop()
+
+
+@pytest.fixture
+async def dev_central_on(tmp_path: Path, central_index: dict[str, Any] | None) -> AsyncIterator[HttpCentral]:
+    """:func:`dev_central` on each backend."""
+    central = await start_http_central(tmp_path, dev=True, index=central_index)
     yield central
     await central.running.stop()
 

@@ -49,6 +49,20 @@ class PostgresServer:
     socket_dir: Path
     port: int
     password: str
+    # How the fixture runs pg_ctl (as the server's user), for a test that restarts the server.
+    pg_ctl: tuple[str, ...] = ()
+    data_dir: Path = Path()
+    options: str = ""
+    log_file: Path = Path()
+
+    def restart(self) -> None:
+        """Restart the server (``-m fast``: every session is cut, as a crash or a failover would) and wait
+        until it accepts connections again, on the same port."""
+        # -l: the restarted server must not inherit this call's pipes (the call would wait for it to end).
+        done = subprocess.run([*self.pg_ctl, "-D", str(self.data_dir), "-l", str(self.log_file), "-m", "fast",
+                               "-w", "-t", "120", "-o", self.options, "restart"],
+                              capture_output=True, text=True, check=False, timeout=180)
+        assert done.returncode == 0, done.stderr + done.stdout
 
     def admin_conninfo(self, dbname: str = "postgres") -> str:
         """Over the unix socket (trust): the fixture's own administration."""
@@ -105,7 +119,8 @@ def pg_server() -> Iterator[PostgresServer]:
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=40"
     run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-w", "-t", "60", "-o", options, "start")
     try:
-        yield PostgresServer(folder, port, password)
+        yield PostgresServer(folder, port, password, (*prefix, str(bindir / "pg_ctl")), data, options,
+                             logfile)
     finally:
         subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True, check=False, timeout=120)

@@ -34,7 +34,10 @@ def _station_headers(station: FakeStation) -> dict[str, str]:
 # -- mutual TLS ------------------------------------------------------------------------------------
 
 
-async def test_station_over_mutual_tls_gets_a_receipt(tls_central: HttpCentral, station: FakeStation) -> None:
+async def test_station_over_mutual_tls_gets_a_receipt(tls_central_on: HttpCentral, station: FakeStation
+                                                      ) -> None:
+    """On each backend (SQLite and PostgreSQL)."""
+    tls_central = tls_central_on
     bundle = tls_central.enroll_tls(station)
     acquired = station.acquire(b"mp4 bytes" * 10_000)
     station_url = f"{tls_central.url}/v1/stations/{station.station_id}"
@@ -84,16 +87,17 @@ async def test_certificate_of_an_unenrolled_station(tls_central: HttpCentral, st
     assert [r["code"] for r in rows] == ["unknown_station", "unknown_station"]
 
 
-async def test_revoked_station_is_refused(tls_central: HttpCentral, station: FakeStation) -> None:
+async def test_revoked_station_is_refused(tls_central_on: HttpCentral, station: FakeStation) -> None:
+    tls_central = tls_central_on  # on each backend
     bundle = tls_central.enroll_tls(station)
-    tls_central.index.revoke_station(station.station_id, "recorder bay stolen")
+    tls_central.store_index.revoke_station(station.station_id, "recorder bay stolen")
     acquired = station.acquire(b"x")
     async with tls_session(bundle) as session:
         body = {"upload": "0" * 32, "manifest": acquired.manifest, "ledger": None}
         status, doc = await post_json(session, f"{tls_central.url}/v1/stations/st-0001/items", body)
     assert status == 403 and doc["error"] == "station_revoked"
     assert "recorder bay stolen" in doc["detail"]
-    assert tls_central.index.rejections(station.station_id)[-1]["code"] == "station_revoked"
+    assert tls_central.store_index.rejections(station.station_id)[-1]["code"] == "station_revoked"
 
 
 async def test_old_certificate_stops_working_after_re_enrolment(
@@ -231,8 +235,9 @@ async def test_bodies_and_routes_are_checked(dev_central: HttpCentral, station: 
                                                                                        "too_large"}
 
 
-async def test_merkle_log_endpoints(dev_central: HttpCentral, station: FakeStation) -> None:
-    enroll(dev_central.index, station)
+async def test_merkle_log_endpoints(dev_central_on: HttpCentral, station: FakeStation) -> None:
+    dev_central = dev_central_on  # on each backend
+    enroll(dev_central.store_index, station)
     headers = _station_headers(station)
     key = dev_central.central_public_key
     heads: list[TreeHead] = []

@@ -1,20 +1,14 @@
 """[central] index: the embedded SQLite default, a PostgreSQL server by URL with its password only as a
-secret reference, and the receiver's refusal of PostgreSQL until the whole index runs on it."""
+secret reference (the central running on it: test_central_on_postgres.py)."""
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import pytest
 
-from edge.central.cli import add_central_parser
 from edge.central.config import (
-    CentralConfig,
     PostgresIndexConfig,
     SqliteIndexConfig,
     parse_central_config,
-    require_embedded_index,
 )
 from edge.config.base import ConfigError
 
@@ -26,14 +20,6 @@ def _with_index(index: str) -> str:
     return MINIMAL + f"index = {index}\n"
 
 
-def _run(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="edge")
-    add_central_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["central", *argv])
-    status: int = args.func(args)
-    return status
-
-
 def _problem(text: str) -> str:
     with pytest.raises(ConfigError) as caught:
         parse_central_config(text, "central.toml")
@@ -43,7 +29,6 @@ def _problem(text: str) -> str:
 def test_the_default_index_is_the_embedded_sqlite_file() -> None:
     config = parse_central_config(MINIMAL, "central.toml")
     assert config.central.index == SqliteIndexConfig()
-    require_embedded_index(config)  # nothing refused
 
 
 def test_a_postgresql_index_by_url_and_secret_reference() -> None:
@@ -90,36 +75,3 @@ def test_a_literal_password_is_refused() -> None:
 def test_an_unknown_index_type_is_named() -> None:
     message = _problem(_with_index('{type = "mongodb"}'))
     assert "central.index" in message and "postgresql" in message
-
-
-def _postgres_config() -> CentralConfig:
-    return parse_central_config(_with_index(
-        '{type = "postgresql", url = "postgresql://edge@db.example/central", password = "env:PGPW"}'
-    ), "central.toml")
-
-
-def test_the_receiver_refuses_postgresql_until_the_index_runs_on_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(ConfigError, match="not yet supported"):
-        require_embedded_index(_postgres_config())
-    for index, status in (('{type = "postgresql", url = "postgresql://edge@db.example/central"}', 78),
-                          ('{type = "sqlite"}', 0)):  # the control: the same file on the default runs
-        path = tmp_path / "central.toml"
-        path.write_text(f'[central]\nid = "c"\nstore_dir = "{tmp_path / "store"}"\nindex = {index}\n',
-                        encoding="utf-8")
-        assert _run("check-config", "--config", str(path)) == status
-        _, err = capsys.readouterr()
-        assert ("not yet supported" in err) == (status == 78)
-
-
-async def test_the_service_refuses_postgresql_before_touching_the_store(tmp_path: Path) -> None:
-    from edge.central.service import start_central
-
-    store = tmp_path / "store"
-    config = parse_central_config(
-        f'[central]\nid = "c"\nstore_dir = "{store}"\n'
-        'index = {type = "postgresql", url = "postgresql://edge@db.example/central"}\n', "central.toml")
-    with pytest.raises(ConfigError, match=r"central\.index: type 'postgresql' is not yet supported"):
-        await start_central(config)
-    assert not store.exists()

@@ -92,9 +92,10 @@ def _certless_context(central: HttpCentral) -> ssl.SSLContext:
 
 
 @pytest.fixture
-async def central(tmp_path: Path) -> AsyncIterator[HttpCentral]:
+async def central(tmp_path: Path, central_index: dict[str, Any] | None) -> AsyncIterator[HttpCentral]:
+    """A central on each backend (the console's store on SQLite and on PostgreSQL)."""
     running = await start_http_central(
-        tmp_path, dev=False,
+        tmp_path, dev=False, index=central_index,
         # Most tests here use password-only accounts; TOTP required by default is tested on its own.
         console={"sign_in_per_minute": 1000, "lockout_after": 3, "allow_password_only": True},
     )
@@ -118,14 +119,14 @@ async def browser(central: HttpCentral) -> AsyncIterator[Browser]:
 
 
 def _account(central: HttpCentral, name: str, role: Role, *units: str, totp: bool = False) -> str | None:
-    central.console.create_account(name, hash_password(PASSWORD), by="admin")
-    central.console.grant(name, role, units, by="admin", reason="test")
+    central.console_store.create_account(name, hash_password(PASSWORD), by="admin")
+    central.console_store.grant(name, role, units, by="admin", reason="test")
     if not totp:
         return None
     secret = pyotp.random_base32()
     key = central.running.app[CONSOLE].secret_key
     assert key is not None
-    enrol_totp(central.console, key, name, secret, by="admin")
+    enrol_totp(central.console_store, key, name, secret, by="admin")
     return secret
 
 
@@ -139,7 +140,7 @@ async def _items(
             acquired = station.acquire(
                 content or f"clip {n} ".encode() * 4000, unit_code=unit, case_number=f"CASE-{n % 2}"
             )
-            after = central.index.ledger_head(station.station_id)[0]
+            after = central.store_index.ledger_head(station.station_id)[0]
             status, doc = await register_over_http(session, central.url, station, acquired, after=after)
             assert status == 201, doc
             accepted.append(acquired)
@@ -172,7 +173,7 @@ async def test_wrong_password_unknown_name_and_disabled_account_are_refused_alik
 ) -> None:
     _account(central, "li.legal", Role.READER, EAST)
     _account(central, "gone", Role.READER, EAST)
-    central.console.set_account_active("gone", False, by="admin", reason="left")
+    central.console_store.set_account_active("gone", False, by="admin", reason="left")
     answers = [
         await browser.sign_in("li.legal", PASSWORD + "!"),
         await browser.sign_in("nobody"),
@@ -200,7 +201,7 @@ async def test_totp_is_required_once_enrolled_and_a_code_is_good_once(
         assert (await other.sign_in("wang.chief", totp=code))[0] == 401
     finally:
         await other.session.close()
-    events = [e["event"] for e in central.console.account_events("wang.chief")]
+    events = [e["event"] for e in central.console_store.account_events("wang.chief")]
     assert events.count("sign_in_failed") == 3 and events.count("signed_in") == 1
 
 
@@ -214,12 +215,12 @@ async def test_failures_lock_the_account_until_the_lockout_ends(
     # Wrong passwords, as an outsider sends them: refused and recorded, but they never lock the account.
     for _ in range(6):  # lockout_after = 3
         assert (await browser.sign_in("li.legal", "wrong password 123", totp=code))[0] == 401
-    events = [e["event"] for e in central.console.account_events("li.legal")]
+    events = [e["event"] for e in central.console_store.account_events("li.legal")]
     assert events.count("sign_in_failed") == 6 and "locked" not in events
     # The right password with a wrong code (someone holds the password): the third locks the account.
     for _ in range(3):
         assert (await browser.sign_in("li.legal", totp=wrong))[0] == 401
-    assert "locked" in [e["event"] for e in central.console.account_events("li.legal")]
+    assert "locked" in [e["event"] for e in central.console_store.account_events("li.legal")]
     # Locked: the right password and code are refused too.
     assert (await browser.sign_in("li.legal", totp=code))[0] == 401
     state = central.running.app[CONSOLE]
@@ -258,7 +259,7 @@ async def test_password_checks_beyond_the_global_cap_are_refused_busy(
     finally:
         state.password_checks = 0
     assert status == 503 and doc["error"] == "server_busy" and int(response.headers["Retry-After"]) >= 1
-    assert central.console.account_events("li.legal")[-1]["event"] == "created"  # nothing was checked
+    assert central.console_store.account_events("li.legal")[-1]["event"] == "created"  # nothing was checked
     assert (await browser.sign_in("li.legal"))[0] == 200  # control: with a free slot it signs in
     assert state.password_checks == 0  # the slot is given back
 
@@ -295,10 +296,10 @@ async def test_state_changes_need_the_csrf_token_and_the_console_header(
     assert status == 403 and doc["error"] == "csrf_refused"
     status, doc, _ = await browser.call("POST", path, body, headers={"Origin": "https://evil.example"})
     assert status == 403 and doc["error"] == "csrf_refused"
-    assert central.console.sensitivity(item.item) is None
+    assert central.console_store.sensitivity(item.item) is None
     status, doc, _ = await browser.call("POST", path, body)  # control: token, header, own origin
     assert status == 200 and doc["sensitive"]["readers"] == ["li.legal"]
-    events = central.console.sensitivity_events(item.item)
+    events = central.console_store.sensitivity_events(item.item)
     assert [(e["action"], e["by"], e["reason"]) for e in events] == [
         ("marked", "wang.chief", "a minor's face")
     ]
@@ -392,7 +393,7 @@ async def test_media_is_served_in_ranges_and_each_playback_is_one_logged_read(
     assert status == 206 and body == item.content[-50:]
     status, body, _ = await browser.call("GET", url.replace("0123", "9999", 1))
     assert status == 200 and body == item.content
-    rows = central.index.access_log(item=item.item, what="media")
+    rows = central.store_index.access_log(item=item.item, what="media")
     assert len(rows) == 2  # two playbacks
     assert rows[0]["bytes_served"] == 150 and rows[1]["bytes_served"] == len(item.content)
     status, _, _ = await browser.call("GET", f"/console/api/items/{item.item}/media")
@@ -405,7 +406,7 @@ async def test_a_damaged_object_is_not_played(
     (item,) = await _items(central, station, [EAST])
     _account(central, "li.legal", Role.READER, EAST)
     assert (await browser.sign_in("li.legal"))[0] == 200
-    path = central.running.parts.objects.path_of(item.sha256)
+    path = central.running.parts.file_objects.path_of(item.sha256)
     path.chmod(0o600)
     data = bytearray(path.read_bytes())
     data[10] ^= 1
@@ -449,7 +450,7 @@ async def test_a_disabled_account_loses_its_session_at_once(central: HttpCentral
     _account(central, "li.legal", Role.READER, EAST)
     assert (await browser.sign_in("li.legal"))[0] == 200
     assert (await browser.call("GET", "/console/api/items"))[0] == 200
-    central.console.set_account_active("li.legal", False, by="admin", reason="left the unit")
+    central.console_store.set_account_active("li.legal", False, by="admin", reason="left the unit")
     assert (await browser.call("GET", "/console/api/items"))[0] == 401
 
 

@@ -34,7 +34,7 @@ async def test_a_stale_if_range_still_serves_only_the_logged_range(
     # Control: without Range the whole file goes out, and is logged whole.
     status, body, _ = await browser.call("GET", url, headers={"If-Range": _STALE})
     assert status == 200 and body == item.content
-    (row,) = central.index.access_log(item=item.item, what="media")
+    (row,) = central.store_index.access_log(item=item.item, what="media")
     assert row["bytes_served"] == 1 + 4 + len(item.content)
 
 

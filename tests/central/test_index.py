@@ -50,8 +50,8 @@ def sql(index: BackendIndex, query: str, args: tuple[Any, ...] = ()) -> list[tup
     """Run SQL below the index (the attacker with database access), ``?`` placeholders on both."""
     if isinstance(index, SqliteIndex):
         return [tuple(row) for row in index.conn.execute(query, args).fetchall()]
-    cursor = index.conn.execute(query.replace("?", "%s").encode(), args)
-    return cursor.fetchall() if cursor.description else []
+    cursor = index.conn.execute(query, args)  # the index's own ? dialect on PostgreSQL
+    return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
 
 
 @pytest.mark.parametrize("good", ["st-0001", "A", "a.b_c-d", "9" * 64])

@@ -20,13 +20,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
+from edge.central.config import CentralConfig
 from edge.central.index import ItemQuery, ItemRecord, ReaderRecord, ReaderScope, StationRecord
 from edge.central.log import MerkleLog
 from edge.central.objects import FileObjectStore
 from edge.central.registration import Caller, Registrar
 from edge.central.service import start_central
 from edge.central.sqlite import SqliteDatabase
-from edge.central.storage import CentralDatabase, ConsoleStore, Index, LogStore, UnitOfWork
+from edge.central.storage import CentralDatabase, ConsoleStore, EquipmentRows, Index, LogStore, UnitOfWork
 from edge.central.tus_store import TusUploadStore
 from edge.custody.keys import StationKey
 from edge.custody.ledger import Checkpoint, LedgerEntry
@@ -318,6 +319,11 @@ class WrappedDatabase:
         # The console's accounts and markings: not what this test counts, served by the same database.
         return self._inner.console
 
+    @property
+    def equipment(self) -> EquipmentRows:
+        # The officer lists and fleet reports: not what this test counts, served by the same database.
+        return self._inner.equipment
+
     def close(self) -> None:
         self._inner.close()
 
@@ -433,8 +439,8 @@ async def test_the_service_reads_and_writes_only_through_the_backend_it_is_given
     hooks = Hooks()
     opened: list[WrappedDatabase] = []
 
-    def open_database(path: Path) -> CentralDatabase:
-        database = WrappedDatabase(SqliteDatabase.open(path), hooks)
+    def open_database(config: CentralConfig) -> CentralDatabase:
+        database = WrappedDatabase(SqliteDatabase.open(config.layout.index_db), hooks)
         opened.append(database)
         return database
 

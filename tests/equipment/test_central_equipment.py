@@ -1,25 +1,31 @@
 """The agency's officer list and fleet at the central, end to end: the real station uplink service with the
 `mqtt` transport, through a real Mosquitto (TLS, client certificates, the shipped ACL), to a real central
-(its MQTT API answers `officers` and `fleet-report`; its HTTP API serves `GET /v1/fleet` to auditors)."""
+(its MQTT API answers `officers` and `fleet-report`; its HTTP API serves `GET /v1/fleet` to auditors),
+whose database is the embedded SQLite file or PostgreSQL (the first two tests run on each)."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
+from edge.central.backends import open_central_database
 from edge.central.equipment import EquipmentStore
 from edge.central.index import Role
 from edge.central.mqtt_command import Broker, send_command
 from edge.custody.keys import StationKey
 from edge.custody.ledger import EntryType
 from edge.equipment.assignments import AssignmentBook
+from edge.equipment.fleet import FleetPolicy, FleetRecords, HolderRecord, StatusReading, build_fleet
+from edge.equipment.fleet_report import FleetReportError, check_report, fleet_report_v2
 from edge.equipment.officer_csv import parse_officer_csv
 from edge.equipment.officer_sync import list_in_force
 from edge.equipment.officers import OfficerRegistry
@@ -50,13 +56,15 @@ async def until(what: str, predicate: Callable[[], bool], timeout_s: float = WAI
 
 
 def issue(rig: E2E, csv_text: str) -> int:
-    """What `edge central officers import` does, with the key this central signs with."""
-    store = EquipmentStore.of_store(rig.tmp / "central-store")
+    """What `edge central officers import` does (its own connection to the central's database, beside the
+    running receiver), with the key this central signs with."""
+    database = open_central_database(rig.central.parts.config)
     try:
-        return store.issue(parse_officer_csv(csv_text.encode()), key=rig.central_key, central=CENTRAL_ID,
-                           by="admin").version
+        return EquipmentStore(database.equipment).issue(parse_officer_csv(csv_text.encode()),
+                                                        key=rig.central_key, central=CENTRAL_ID,
+                                                        by="admin").version
     finally:
-        store.close()
+        database.close()
 
 
 def synced(store: StationStore) -> list[dict[str, Any]]:
@@ -69,9 +77,9 @@ def statuses(store: StationStore) -> dict[str, str]:
 
 
 async def test_the_central_list_reaches_a_station_over_mqtt_and_survives_an_agent_restart(
-    tmp_path: Path
+    tmp_path: Path, central_index: dict[str, Any] | None
 ) -> None:
-    async with e2e(tmp_path) as rig:
+    async with e2e(tmp_path, index=central_index) as rig:
         assert issue(rig, V1) == 1
         async with uplink_running(UplinkService(rig.config(**FAST), rig.store)):
             await until("officers_synced version 1", lambda: len(synced(rig.store)) == 1)
@@ -109,20 +117,17 @@ def check_out(store: StationStore, serial: str, officer_no: str, *, returned_bay
 
 
 async def test_the_central_fleet_lists_a_stations_checked_out_recorder_and_flags_one_at_two_stations(
-    tmp_path: Path
+    tmp_path: Path, central_index: dict[str, Any] | None
 ) -> None:
-    async with e2e(tmp_path) as rig:
+    async with e2e(tmp_path, index=central_index) as rig:
         check_out(rig.store, "ZFY0000A1", "110001", returned_bay=None)
         check_out(rig.store, "ZFY0000B2", "110002", returned_bay=3)
         issue(rig, V1)
-        reports = EquipmentStore.of_store(tmp_path / "central-store")
-        try:
-            async with uplink_running(UplinkService(rig.config(**FAST), rig.store)):
-                await until("a fleet report of the station holding officer list version 1", lambda: any(
-                    station == STATION and report["officers_version"] == 1
-                    for station, _, report in reports.reports()))
-        finally:
-            reports.close()
+        reports = EquipmentStore(rig.central.parts.equipment)
+        async with uplink_running(UplinkService(rig.config(**FAST), rig.store)):
+            await until("a fleet report of the station holding officer list version 1", lambda: any(
+                station == STATION and report["officers_version"] == 1
+                for station, _, report in reports.reports()))
         fleet_url = f"{rig.central.url}/v1/fleet"
         async with aiohttp.ClientSession() as http:
             # Authorised: without a reader, no fleet.
@@ -240,3 +245,74 @@ async def test_the_centrals_officers_sync_command_pushes_a_new_version_without_w
         assert [e["version"] for e in synced(rig.store)] == [1, 2]
         [entry] = [e for e in rig.store.ledger.entries() if e.type == EntryType.COMMAND]
         assert entry.data["op"] == "officers-sync" and entry.data["outcome"] == "executed"
+
+
+async def test_a_hostile_version_2_report_is_refused_over_https_naming_the_member_and_a_sound_one_kept(
+    tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    fleet = build_fleet(
+        FleetRecords(["ZFY0000C3"], readings={"ZFY0000C3": StatusReading(now, 80, 10, 20)},
+                     open_assignments={"ZFY0000C3": HolderRecord(1, "110001", "张伟", "", "", now)}),
+        {}, FleetPolicy(timedelta(hours=14), 50), now)
+    sound = fleet_report_v2(fleet, station=STATION)
+    hostile = copy.deepcopy(sound)
+    hostile["recorders"][0]["battery_percent"] = 250
+    async with e2e(tmp_path) as rig, aiohttp.ClientSession() as http:
+        url = f"{rig.central.url}/v1/stations/{STATION}/fleet"
+        as_station = {DEV_STATION_HEADER: STATION}
+        async with http.post(url, json=hostile, headers=as_station) as response:
+            assert response.status == 400
+            assert "recorders[0].battery_percent" in (await response.json())["detail"]
+        reports = EquipmentStore(rig.central.parts.equipment)
+        assert reports.reports() == []  # nothing of it kept
+        async with http.post(url, json=sound, headers=as_station) as response:
+            assert response.status == 200, await response.text()
+        [(station, _, kept)] = reports.reports()
+        assert station == STATION and kept == sound
+        fleet_url = f"{rig.central.url}/v1/fleet"
+        async with http.get(fleet_url, headers={DEV_READER_HEADER: "auditor-1"}) as response:
+            view = await response.json()
+        [row] = view["recorders"]
+        assert (row["state"], row["officer_no"], row["battery_percent"], row["overdue"]) == (
+            "out", "110001", 80, False)
+        assert view["stations"][0]["report_version"] == 2 and view["overdue"] == 0
+
+
+def older_central_check(doc: object, *, station: str) -> dict[str, Any]:
+    """The strict reading of a central that knows version 1 only: any other member is refused."""
+    if isinstance(doc, dict) and "version" in doc:
+        raise FleetReportError("expected exactly the members ['at', 'officers_version', 'recorders', "
+                               "'station', 'type']")
+    return check_report(doc, station=station)
+
+
+async def test_a_central_not_upgraded_gets_version_1_when_it_refuses_version_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    records = FleetRecords(["ZFY0000D4"], open_assignments={
+        "ZFY0000D4": HolderRecord(1, "110001", "张伟", "", "", now)})
+    fleet = build_fleet(records, {}, FleetPolicy(timedelta(hours=14), 50), now)
+    async with e2e(tmp_path) as rig:
+        check_out(rig.store, "ZFY0000D4", "110001", returned_bay=None)
+        reports = EquipmentStore(rig.central.parts.equipment)
+
+        async def kept_after_run(version: int | None) -> dict[str, Any]:
+            service = UplinkService(rig.config(**FAST), rig.store)
+            service.follow_fleet()
+            service.fleet_changed(fleet)
+            async with uplink_running(service):
+                await until(f"a fleet report of version {version} kept", lambda: [
+                    r.get("version") for _, _, r in reports.reports()] == [version])
+            [(_, _, kept)] = reports.reports()
+            return kept
+
+        # Control: an upgraded central keeps version 2, from the fleet view.
+        upgraded = await kept_after_run(2)
+        assert upgraded["recorders"][0]["due_at"] is not None
+        # A central of the version before refuses it: the station sends version 1, from the assignments.
+        monkeypatch.setattr("edge.central.equipment.check_report", older_central_check)
+        older = await kept_after_run(None)
+        assert [(r["device_serial"], r["state"], r["officer_no"]) for r in older["recorders"]] == [
+            ("ZFY0000D4", "out", "110001")]

@@ -28,7 +28,12 @@ from edge.equipment.importing import import_officers, set_officer_pin, set_offic
 from edge.equipment.officer_csv import parse_officer_csv
 from edge.equipment.officers import OfficerStatus
 from edge.equipment.policy import checkout_policy
-from edge.equipment.usb_recorders import RecorderAccess, UsbRecorderBench, recorder_access_from_config
+from edge.equipment.usb_recorders import (
+    DOCKING_UNDER_WAY,
+    RecorderAccess,
+    UsbRecorderBench,
+    recorder_access_from_config,
+)
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
 from simulators.card_reader import CardReaderSimulator
@@ -397,3 +402,26 @@ async def test_a_new_pin_set_by_the_administrator_lifts_the_lockout(rig: Rig) ->
     assert (await refused(rig.desk.check_out_by_pin("220001", "4321"))).reason is RefusalReason.PIN_LOCKED
     set_officer_pin(rig.store, "220001", "97531", by="admin")
     assert (await rig.desk.check_out_by_pin("220001", "97531")).officer_no == "220001"
+
+
+async def test_a_recorder_whose_docking_is_under_way_is_never_logged_in_to_nor_issued(
+    sim: SimBus, store: StationStore
+) -> None:
+    # A recorder docked a moment ago is in control mode until its docking session switches it to mass
+    # storage, and its latest *finished* docking may well be `done`: the station's own word that it is not
+    # finished with it (the agent's `idle`) keeps the desk away from it.
+    docking_under_way = {"1-1.1"}
+    rig = Rig(sim, store, open_access(), trusted=False)
+    rig.bench = UsbRecorderBench(sim.backend, open_access(),
+                                 idle=lambda port, usb_serial: port not in docking_under_way)
+    rig.desk.bench = rig.bench
+    recorder = rig.dock(0, "1-1.1")
+    before = rig.device_identity(recorder)
+    logins = len(sim.bus.passwords_received(recorder))
+    refusal = await refused(rig.desk.check_out_by_card("01000734E0"))
+    assert refusal.reason is RefusalReason.NO_RECORDER_READY
+    assert f"port 1-1.1: {DOCKING_UNDER_WAY}" in refusal.detail, refusal.detail
+    assert len(sim.bus.passwords_received(recorder)) == logins  # not even logged in to
+    assert rig.device_identity(recorder) == before
+    docking_under_way.clear()  # the control: its docking over, the same recorder is issued
+    assert (await rig.desk.check_out_by_card("01000734E0")).device_serial == recorder

@@ -9,10 +9,13 @@ is received whole."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
+import edge.gb28181.media as media_module
 from drivers.gb28181.ps import Codec
 from edge.durable.files import free_bytes
 from edge.gb28181.media import FLUSH_BYTES, EndReason, MediaReceiver, MediaTransport, receiver_keeping_free
@@ -69,3 +72,47 @@ def test_a_negative_reserve_is_refused() -> None:
 
     with pytest.raises(MediaError, match="min_free_bytes"):
         receiver_keeping_free(-1)
+
+
+class DiskFilledByOthers:
+    """Stands in for the spool's disk filled by another writer between the guard's looks: writes go through
+    until `room` bytes were written, then fail with `error` (ENOSPC: the disk is full) after writing what
+    still fitted, as write(2) does."""
+
+    def __init__(self, room: int, error: int) -> None:
+        self.room, self.error = room, error
+        self.real_write_all = media_module._write_all
+
+    def __call__(self, fd: int, data: bytes | bytearray) -> None:
+        fits = min(len(data), max(0, self.room))
+        self.real_write_all(fd, bytes(data[:fits]))
+        self.room -= fits
+        if fits < len(data):
+            raise OSError(self.error, os.strerror(self.error))
+
+
+async def _receive_on_filled_disk(stream: tuple[bytes, list[bytes]], tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch, error: int) -> tuple[MediaReceiver, bytes]:
+    ps, packets = stream
+    monkeypatch.setattr(media_module, "_write_all", DiskFilledByOthers(2 * FLUSH_BYTES + 1000, error))
+    receiver, raw = await _receive(tmp_path, packets, 1)  # the guard's reserve holds at each look
+    assert 0 < len(raw) < len(ps) and ps.startswith(raw), "what fitted is kept: a prefix of the stream"
+    return receiver, raw
+
+
+async def test_a_write_refused_for_a_full_disk_ends_disk_full(
+        stream: tuple[bytes, list[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 26: a disk filled by something else between the guard's looks (every 256 KiB) fails the
+    write with ENOSPC: that is the station's disk, no fault of the recording, so `disk-full` (never counted
+    toward the recording's give-up, not tried again until there is room), not `error`."""
+    receiver, _raw = await _receive_on_filled_disk(stream, tmp_path, monkeypatch, errno.ENOSPC)
+    outcome = await receiver.wait_closed()
+    assert outcome.ended is EndReason.DISK_FULL, (outcome.ended, outcome.detail)
+    assert "No space left on device" in outcome.detail
+
+
+async def test_control_a_write_failing_otherwise_ends_error(
+        stream: tuple[bytes, list[bytes]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    receiver, _raw = await _receive_on_filled_disk(stream, tmp_path, monkeypatch, errno.EIO)
+    outcome = await receiver.wait_closed()
+    assert outcome.ended is EndReason.ERROR, (outcome.ended, outcome.detail)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -919,17 +919,38 @@ async def test_unfinished_messages_over_all_connections_are_bounded() -> None:
         await transport.close()
 
 
+async def _until(condition: str, check: Callable[[], bool]) -> None:
+    for _ in range(3000):  # up to 30 s on a loaded machine
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not reached in 30 s: {condition}")
+
+
 async def test_one_address_gets_at_most_its_share_of_tcp_connections() -> None:
-    # Review 12: max_tcp_connections_per_host bounds what one address holds even while slots are free.
+    """Review 12: max_tcp_connections_per_host bounds what one address holds even while slots are free.
+    Review 26: a newcomer from an address at its bound closes the address's oldest unproven connection (a
+    stranger behind the devices' NAT address must not lock them out); it is refused only when every
+    connection of the address is proven, and another address is served meanwhile."""
     transport = await started(Recorder(), limits=TransportLimits(max_tcp_connections_per_host=2))
     held = [await TcpClient.connect(transport.port) for _ in range(2)]
+    clients = list(held)
     try:
-        async with asyncio.timeout(5):
-            while transport.open_connections < 2:
-                await asyncio.sleep(0.01)
+        await _until("two connections open", lambda: transport.open_connections == 2)
         third = await TcpClient.connect(transport.port)
-        assert await _closed_by_transport(third), "a third connection from one address was kept"
-        third.writer.close()
+        clients.append(third)
+        assert await _closed_by_transport(held[0]), "the address's oldest unproven connection stayed open"
+        await _until("room made", lambda: transport.connections_shed == 1)
+        assert transport.open_connections == 2  # the address still holds its share, no more
+        kept = [held[1], third]
+        for client in kept:  # served, then proven as by an authenticated REGISTER
+            client.writer.write(device_request("MESSAGE", 5060, transport="TCP", call_id=str(client.port)))
+            assert isinstance(await client.next(), SipResponse)
+            transport.mark_proven(Peer(Transport.TCP, "127.0.0.1", client.port))
+        fourth = await TcpClient.connect(transport.port)
+        clients.append(fourth)
+        assert await _closed_by_transport(fourth), "a third connection from one address was kept"
+        assert transport.connections_refused_all_proven == 1 and transport.proven_connections == 2
         other = TcpClient(
             *await asyncio.open_connection("127.0.0.1", transport.port, local_addr=("127.0.0.2", 0))
         )
@@ -939,11 +960,12 @@ async def test_one_address_gets_at_most_its_share_of_tcp_connections() -> None:
             assert isinstance(answer, SipResponse) and answer.call_id == "other"
         finally:
             other.writer.close()
-        for client in held:  # and the two it holds still work
-            client.writer.write(device_request("MESSAGE", 5060, transport="TCP", call_id=str(client.port)))
+        for client in kept:  # and the two the address holds still work
+            client.writer.write(device_request("MESSAGE", 5060, transport="TCP", call_id=str(client.port),
+                                               branch="z9hG4bK-again"))
             assert isinstance(await client.next(), SipResponse)
     finally:
-        for client in held:
+        for client in clients:
             client.writer.close()
         await transport.close()
 
@@ -996,17 +1018,19 @@ async def test_the_tcp_budget_follows_the_descriptor_limit() -> None:
 async def test_connections_refused_in_a_flood_are_counted_not_each_logged(
         caplog: pytest.LogCaptureFixture) -> None:
     """Review 22: under a connection flood the transport refuses (or closes to make room) many connections;
-    each is counted, but the log gets one line per interval with how many more, not one per connection."""
+    each is counted, but the log gets one line per interval with how many more, not one per connection.
+    (From one address at its bound each newcomer closes the address's oldest unproven one: review 26.)"""
     transport = await started(Recorder(), limits=TransportLimits(max_tcp_connections_per_host=2))
     clients = []
     try:
         with caplog.at_level("WARNING", logger="drivers.gb28181.sip_transport"):
             for _ in range(2 + 20):
                 clients.append(await TcpClient.connect(transport.port))
-            for client in clients[2:]:  # the 20 beyond the bound: closed by the transport
-                assert await asyncio.wait_for(client.reader.read(), 10) == b""
-        assert transport.connections_shed == 20
-        shed = [r for r in caplog.records if "refused" in r.getMessage()]
+            for client in clients[:20]:  # each closed by the transport for a newer one of its address
+                assert await asyncio.wait_for(client.reader.read(), 30) == b""
+        await _until("20 closed to make room", lambda: transport.connections_shed == 20)
+        assert transport.open_connections == 2
+        shed = [r for r in caplog.records if "to make room" in r.getMessage() or "refused" in r.getMessage()]
         assert 1 <= len(shed) <= 2, [r.getMessage() for r in shed]
     finally:
         for client in clients:

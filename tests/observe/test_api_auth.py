@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from edge.config.station import ApiSection
+from edge.equipment.fleet import FleetPolicy, FleetRecords, build_fleet, fleet_summary
 from edge.ingest.store import StationStore
 from edge.observe.api import LocalApi
 from edge.observe.board import StatusBoard
@@ -29,7 +31,7 @@ from tests.prerequisites import require
 
 NOBODY = 65534  # nobody:nogroup on Debian
 # What the dock screen needs over TCP, read-only; every other route must be refused there.
-KIOSK_PATHS = {"/api/v1/status", "/api/v1/bays", "/api/v1/events"}
+KIOSK_PATHS = {"/api/v1/status", "/api/v1/bays", "/api/v1/events", "/api/v1/fleet"}
 ITEM = str(uuid.UUID(int=7))
 
 # Run as another user: one HTTP request per route on the Unix socket, the status code of each (or
@@ -80,7 +82,12 @@ def store(tmp_path: Path) -> Iterator[StationStore]:
 
 
 def _board() -> StatusBoard:
-    return StatusBoard(identity={"id": "TEST-STATION"}, bays=[1, 2])
+    board = StatusBoard(identity={"id": "TEST-STATION"}, bays=[1, 2])
+    # The fleet view of a station that knows one recorder (the agent's fleet task keeps it fresh).
+    policy = FleetPolicy(timedelta(hours=14), 80)
+    fleet = build_fleet(FleetRecords(["3300001"]), {}, policy, datetime.now(UTC))
+    board.sections["fleet"] = lambda: fleet_summary(fleet, station_id="TEST-STATION")
+    return board
 
 
 @asynccontextmanager
@@ -362,3 +369,33 @@ async def test_another_local_user_cannot_take_the_dock_screens_event_streams(
             if hog.stdin is not None:
                 hog.stdin.close()
             await hog.wait()
+
+
+async def test_the_fleet_route_says_when_there_is_no_fleet_yet_or_none_at_all(
+    store: StationStore, short_dir: Path
+) -> None:
+    settings = ApiSection(socket_path=short_dir / "api.sock")
+    board = StatusBoard(identity={"id": "TEST-STATION"}, bays=[1])
+    api = LocalApi(board, store, settings)
+    await api.start()
+    try:
+        connector = aiohttp.UnixConnector(path=str(settings.socket_path))
+        async with aiohttp.ClientSession(connector=connector) as client:
+            async def fleet() -> tuple[int, Any]:
+                async with client.get("http://station/api/v1/fleet") as response:
+                    return response.status, await response.json()
+
+            status, body = await fleet()
+            assert status == 404 and "no fleet view" in body["error"]  # a board with no fleet task
+            latest: dict[str, Any] | None = None
+            board.sections["fleet"] = lambda: latest
+            status, body = await fleet()
+            assert status == 503 and "not been read yet" in body["error"]  # before its first read
+            policy = FleetPolicy(timedelta(hours=14), 80)
+            latest = fleet_summary(build_fleet(FleetRecords(["3300001"]), {}, policy, datetime.now(UTC)),
+                                   station_id="TEST-STATION")
+            status, body = await fleet()  # control: read once, it answers
+            assert status == 200 and body["recorders"][0]["device_serial"] == "3300001"
+            assert body["recorders"][0]["state"] == "never_docked"
+    finally:
+        await api.stop()

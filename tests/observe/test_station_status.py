@@ -226,7 +226,7 @@ async def test_edge_status_prints_the_board_and_says_when_the_agent_is_not_runni
         done = await asyncio.to_thread(edge_status, "--socket", sock, "--json")
         assert done.returncode == 0, done.stderr
         status = json.loads(done.stdout)
-        assert set(status) == {"station", "bays"}
+        assert set(status) == {"station", "bays", "fleet"}
         assert set(status["station"]) >= {
             "id", "unit", "version", "started_at", "clock", "key_id", "disk", "ledger", "central", "spool",
             "tasks", "counts",

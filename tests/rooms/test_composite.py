@@ -23,7 +23,7 @@ from edge.config.rooms import RoomsSection
 from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
-from edge.rooms.composite import Feeds, composite_inputs, filter_graph
+from edge.rooms.composite import composite_inputs, filter_graph
 from edge.rooms.manifest import session_manifest
 from edge.rooms.overlay_text import CLOCK_TEXT, replace_text
 from edge.rooms.recording import SessionRecording
@@ -156,7 +156,7 @@ async def test_a_composite_records_pip_with_the_overlay_beside_the_originals(hos
     recorded = _frame(["-i", str(first)])
     no_overlay = config.room[0].composite
     assert no_overlay is not None
-    roles = composite_inputs(no_overlay, Feeds({"a": 40001, "b": 40002}))  # the graph alone
+    roles = composite_inputs(no_overlay, {"a": 7, "b": 8})  # the graph alone
     graph = filter_graph(no_overlay.model_copy(update={"overlay": False}), roles,
                          clock_file=Path("/unused"), info_file=Path("/unused"))
     inputs = ["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10", "-f", "lavfi", "-i",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,6 @@ from edge.config.station import parse_config
 from edge.rooms.argv import Coding, SegmentPlan, segment_argv
 from edge.rooms.composite import (
     CompositeOutput,
-    Feeds,
     composite_argv,
     composite_inputs,
     derived_of,
@@ -57,7 +57,7 @@ url = "rtsp://10.0.0.9/stream1"
 """
 CAMERA = {"face_format": "lavfi", "face_url": "testsrc2=size=640x480:rate=25",
           "mic_format": "lavfi", "mic_url": "sine=frequency=440"}
-FEEDS = Feeds({"face": 40001, "overview": 40002})
+FEEDS = {"face": 7, "overview": 8}  # the read ends of the feeds' pipes, as a composite run inherits them
 COMPOSITE = '[rooms.room.composite]\nmain = "face"\ninset = "overview"\n'
 
 
@@ -119,22 +119,29 @@ def test_the_composite_reads_the_feeds_of_its_sources_never_their_devices(inputs
     room = _room(COMPOSITE + extra, **inputs)
     assert room.composite is not None
     output = CompositeOutput(room, Path("/o"), _session)
-    feeds = output.feeds.ports
-    assert sorted(feeds) == ["face", "overview"] and len(set(feeds.values())) == 2
-    assert [spec.url for spec in output.roles.inputs] == [
-        f"udp://127.0.0.1:{feeds[s]}?fifo_size=262144&overrun_nonfatal=1" for s in ("face", "overview")]
-    assert {spec.format for spec in output.roles.inputs} == {"mpegts"}
-    assert (output.roles.main_video, output.roles.audio, output.roles.inset_video) == (0, (0,), 1)
-    assert output.feeds.send_url("face") == f"udp://127.0.0.1:{feeds['face']}?pkt_size=1316"
-    assert output.feeds.send_url("hall") is None  # a source the composite does not show feeds nothing
+    assert sorted(output.feeds) == ["face", "overview"]  # "hall" (not shown) feeds nothing
+    with output.composite_pipes() as pipes:  # each run: a pipe from each feed, inherited by that run only
+        assert len(pipes.pass_fds) == 2 and len(set(pipes.pass_fds)) == 2
+        assert not any(os.get_inheritable(fd) for fd in pipes.pass_fds)  # no other child gets them
+        argv = pipes.argv("ffmpeg", output.source.input, SegmentPlan(2.0), Path("/r"))
+        assert [argv[i + 1] for i, arg in enumerate(argv) if arg == "-i"] == [
+            f"pipe:{fd}" for fd in pipes.pass_fds]
+        assert [argv[i + 1] for i, arg in enumerate(argv) if arg == "-f"][:2] == ["mpegts", "mpegts"]
+        assert not any("udp:" in arg or "tcp:" in arg or "unix:" in arg for arg in argv)
+    with output.source_pipes("face") as pipes:
+        (fd,) = pipes.pass_fds
+        argv = pipes.argv("ffmpeg", room.source[0].input, SegmentPlan(2.0), Path("/r"))
+        assert argv[-1].endswith(f"]pipe:{fd}")  # the tee's feed: that pipe, through the dropping fifo
+        fifo = "use_fifo=1:fifo_options=queue_size\\\\=600\\\\:drop_pkts_on_overflow\\\\=1:rw_timeout="
+        assert fifo in argv[-1]
+    output.close()
 
 
 def test_without_sound_the_composite_takes_only_the_pictures_of_the_feeds() -> None:
     room = _room(COMPOSITE + "audio = false\n")
     assert room.composite is not None
-    roles = composite_inputs(room.composite, Feeds({"face": 40001, "overview": 40002}))
-    assert [spec.url.split("?")[0] for spec in roles.inputs] == ["udp://127.0.0.1:40001",
-                                                                "udp://127.0.0.1:40002"]
+    roles = composite_inputs(room.composite, FEEDS)
+    assert [spec.url for spec in roles.inputs] == ["pipe:7", "pipe:8"]
     assert (roles.main_video, roles.audio, roles.inset_video) == (0, (), 1)
 
 
@@ -221,7 +228,9 @@ def test_a_composite_output_marks_its_segments_derived(tmp_path: Path) -> None:
     output = CompositeOutput(room, tmp_path / "overlay", _session)
     assert output.source.id == "composite" and output.source.codec == "encode"
     plan = SegmentPlan(2.0, metadata={"source": "composite"})
-    argv = output.argv("ffmpeg", list(output.roles.inputs), plan, tmp_path / "run")
+    with output.composite_pipes() as pipes:
+        argv = pipes.argv("ffmpeg", output.source.input, plan, tmp_path / "run")
+    output.close()
     assert "derived_from=main=face inset=overview" in argv
     assert output.overlay is not None and not (tmp_path / "overlay").exists()  # written by its task
 

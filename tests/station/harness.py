@@ -15,6 +15,7 @@ from edge.config.station import StationConfig
 from edge.custody.ledger import ENTRY_SALT
 from edge.sources.usb.volumes import display_name
 from edge.station import StationAgent
+from simulators.bay_power import bay_power_to_bus
 from simulators.dock import DockSimulator
 from simulators.recorder.backend import get_backend
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
@@ -174,7 +175,9 @@ async def simulated_station(
     for s in specs:
         await loop.run_in_executor(None, bus.add_recorder, s)
     server = RecorderBusServer(bus, root / "sim" / "bus.sock")
-    dock = DockSimulator(bays=8, seed=3, protocol=dock_protocol)
+    # The bay board's power cycle (protocol 4 PWR) unplugs and plugs the recorder on the bay's USB port.
+    dock = DockSimulator(bays=8, seed=3, protocol=dock_protocol,
+                         on_power_cycle=bay_power_to_bus(bus, lambda bay: f"1-1.{bay}"))
     server.start()
     dock.start()
     config = agent_config or station_config(root, specs, dock.tty_path, **sections)

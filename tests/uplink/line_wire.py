@@ -401,13 +401,10 @@ class LineReceiver:
             return {"proof": [h.hex() for h in self.parts.merkle.consistency_proof(first, second)]}
         if op in ("officers", "fleet-report"):
             # The central's own handlers, as its HTTP and MQTT endpoints call them.
-            store = EquipmentStore.of_store(self.parts.config.layout.store_dir)
-            try:
-                if op == "officers":
-                    return station_officers(self.parts, store, caller, caller.station_id, int(header["have"]))
-                return station_fleet_report(self.parts, store, caller, caller.station_id, header["report"])
-            finally:
-                store.close()
+            store = EquipmentStore(self.parts.equipment)
+            if op == "officers":
+                return station_officers(self.parts, store, caller, caller.station_id, int(header["have"]))
+            return station_fleet_report(self.parts, store, caller, caller.station_id, header["report"])
         raise Rejection(RejectCode.BAD_REQUEST, f"unknown op {op[:40]!r}")
 
     def _ledger_page(self, caller: Caller, after: int, limit: int) -> dict[str, Any]:

@@ -106,8 +106,11 @@ class E2E:
 
 @contextlib.asynccontextmanager
 async def e2e(
-    tmp_path: Path, *, broker_up: bool = True, mqtt: dict[str, Any] | None = None
+    tmp_path: Path, *, broker_up: bool = True, mqtt: dict[str, Any] | None = None,
+    index: dict[str, Any] | None = None,
 ) -> AsyncIterator[E2E]:
+    """A broker, a central (its database the embedded file, or ``index``: ``[central] index``) and a
+    station store enrolled at it."""
     require_mosquitto()
     pki = TestPki.create(tmp_path / "pki")
     broker = MosquittoBroker(tmp_path / "broker", pki)
@@ -115,7 +118,8 @@ async def e2e(
     if not broker_up:
         await broker.stop()
     config = CentralConfig.model_validate({
-        "central": {"id": CENTRAL_ID, "store_dir": str(tmp_path / "central-store")},
+        "central": {"id": CENTRAL_ID, "store_dir": str(tmp_path / "central-store"),
+                    **({"index": index} if index else {})},
         "server": {"listen": "127.0.0.1", "port": free_port(), "insecure_plain_http": True},
         "mqtt": {"broker_url": f"mqtts://127.0.0.1:{broker.port}", "ca_file": str(pki.ca_file),
                  "client_bundle_dir": str(pki.client(CENTRAL_ID)), "keepalive_s": 10, "connect_timeout_s": 5,

@@ -1,11 +1,11 @@
-"""The central's index and Merkle log on PostgreSQL (issue 13), beside the embedded SQLite backend.
+"""The central's database on PostgreSQL (issue 13), beside the embedded SQLite backend.
 
-Today: the schema as versioned migrations applied at start (:mod:`.migrations`), append-only history
-enforced by triggers in the database, the index (:class:`PostgresIndex`) and the Merkle log's store
-(:class:`PostgresLogStore`), whose appends are serialised across processes by an advisory lock. The
-console's store (:class:`~edge.central.storage.ConsoleStore`: accounts, grants, sessions, the sealed
-trails) is not built yet, so the receiver refuses ``index.type = "postgresql"``
-(:func:`edge.central.config.require_embedded_index`).
+The schema as versioned migrations applied at start (:mod:`.migrations`), append-only history enforced
+by triggers in the database, the index (:class:`PostgresIndex`), the Merkle log's store
+(:class:`PostgresLogStore`, appends serialised across processes by an advisory lock), the console's
+store (:class:`~edge.central.postgres.console.PostgresConsoleStore`, its trails sealed by the central) and
+the agency's equipment records (:class:`~edge.central.postgres.equipment.PostgresEquipmentRows`).
+Chosen by ``[central] index = {type = "postgresql", ...}`` (:mod:`edge.central.backends`).
 """
 
 from edge.central.postgres.database import PostgresDatabase

@@ -9,37 +9,61 @@ two receivers can never interleave the read of the tree and the insert of a leaf
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 
 import psycopg
 
+from edge.central.postgres.console import PostgresConsoleStore
+from edge.central.postgres.equipment import PostgresEquipmentRows
 from edge.central.postgres.index import PostgresIndex
 from edge.central.postgres.log import PostgresLogStore
 from edge.central.postgres.migrations import apply_migrations
+from edge.central.postgres.trail import PostgresTrailSealer
 
 __all__ = ["PostgresDatabase"]
+
+log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 10
 
 
 class PostgresDatabase:
-    """A central database on PostgreSQL: the unit of work with the index and the Merkle log store on its
-    connection (one connection, used from the event loop as the SQLite one is; a snapshot opens its own)."""
+    """A central database on PostgreSQL: the unit of work with the index, the Merkle log store and the
+    console's store on its connection (one connection, used from the event loop as the SQLite one is; a
+    snapshot opens its own). ``console_key`` is the store's ``identity/console.key``, whose trail subkey
+    seals the console's trails (none: read-only use, nothing is appended)."""
 
     errors: tuple[type[Exception], ...] = (psycopg.Error,)
 
     def __init__(self, conn: psycopg.Connection[tuple[object, ...]], where: str,
-                 reconnect: Callable[[], psycopg.Connection[tuple[object, ...]]]) -> None:
-        self.conn = conn
+                 reconnect: Callable[[], psycopg.Connection[tuple[object, ...]]], *,
+                 console_key: Path | None = None) -> None:
+        self._conn = conn
+        self._closed = False
+        self.sealer = PostgresTrailSealer(console_key)
         # host:port/database, never the password (the URL is validated to carry none; see open()).
         self.where = where
         self._reconnect = reconnect
         self._index = PostgresIndex(self)
         self._log_store = PostgresLogStore(self)
+        self._console = PostgresConsoleStore(self)
+        self._equipment = PostgresEquipmentRows(self)
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({self.where!r})"
+
+    @property
+    def conn(self) -> psycopg.Connection[tuple[object, ...]]:
+        """The connection; a new one when the last was lost (the server restarted, a network cut): the
+        statement that met the loss failed and its transaction was rolled back, the next one runs on a
+        fresh connection (raising ``psycopg.Error`` while the server is still down)."""
+        if self._conn.broken and not self._closed:
+            log.warning("the connection to %s was lost; connecting again", self.where)
+            self._conn = self._reconnect()
+        return self._conn
 
     @property
     def index(self) -> PostgresIndex:
@@ -49,13 +73,26 @@ class PostgresDatabase:
     def log_store(self) -> PostgresLogStore:
         return self._log_store
 
+    @property
+    def console(self) -> PostgresConsoleStore:
+        return self._console
+
+    @property
+    def equipment(self) -> PostgresEquipmentRows:
+        return self._equipment
+
     def reopen(self) -> PostgresDatabase:
         """Another connection to the same database (a snapshot's, for a worker thread); no migration."""
-        return PostgresDatabase(self._reconnect(), self.where, self._reconnect)
+        other = PostgresDatabase(self._reconnect(), self.where, self._reconnect,
+                                 console_key=self.sealer.key_path)
+        key = self.sealer.key()
+        if key is not None:
+            other.sealer.use(key)
+        return other
 
     @classmethod
-    def open(cls, url: str, *, password: str | None = None, application_name: str = "edge-central"
-             ) -> PostgresDatabase:
+    def open(cls, url: str, *, password: str | None = None, application_name: str = "edge-central",
+             console_key: Path | None = None) -> PostgresDatabase:
         """Connect, bring the schema to this code's version (:func:`apply_migrations`) and return the
         database. ``password`` comes from the configured secret reference, never from ``url``.
         Raises ``psycopg.Error`` (connection) or :class:`~edge.central.postgres.migrations.SchemaError`."""
@@ -74,17 +111,33 @@ class PostgresDatabase:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, where, connect)
+        return cls(conn, where, connect, console_key=console_key)
+
+    @classmethod
+    def open_readonly(cls, url: str, *, password: str | None = None) -> PostgresDatabase:
+        """A read-only session on the database (``edge verify``: it must never change what it checks); no
+        migration is applied and nothing can be written. Raises ``psycopg.Error``."""
+
+        def connect() -> psycopg.Connection[tuple[object, ...]]:
+            return psycopg.connect(url, autocommit=True, application_name="edge-verify",
+                                   connect_timeout=_CONNECT_TIMEOUT_S, password=password,
+                                   options="-c default_transaction_read_only=on")
+
+        conn = connect()
+        info = conn.info
+        return cls(conn, f"{info.host}:{info.port}/{info.dbname}", connect)
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-        with self.conn.transaction():
-            self.conn.execute("SELECT edge_log_writer_lock()")
-            yield self.conn
+        conn = self.conn
+        with conn.transaction():
+            conn.execute("SELECT edge_log_writer_lock()")
+            yield conn
 
     def transaction(self) -> AbstractContextManager[psycopg.Connection[tuple[object, ...]]]:
         """BEGIN, the writer lock, ... COMMIT; rolled back on any exception. Never await inside it."""
         return self._transaction()
 
     def close(self) -> None:
-        self.conn.close()
+        self._closed = True
+        self._conn.close()

@@ -39,10 +39,13 @@ class PostgresLogStore:
 
     def __init__(self, database: PostgresDatabase) -> None:
         self._database = database
-        self._conn = database.conn
 
     def __repr__(self) -> str:
         return f"PostgresLogStore({self._database.where!r})"
+
+    @property
+    def _conn(self) -> psycopg.Connection[tuple[object, ...]]:
+        return self._database.conn
 
     @property
     def unit(self) -> PostgresDatabase:

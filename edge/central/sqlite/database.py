@@ -16,6 +16,8 @@ from edge.central.config import CentralLayout
 from edge.central.sqlite.console import SqliteConsoleStore
 from edge.central.sqlite.console import create_schema as create_console_schema
 from edge.central.sqlite.console import migrate as migrate_console
+from edge.central.sqlite.equipment import SqliteEquipmentRows
+from edge.central.sqlite.equipment import create_schema as create_equipment_schema
 from edge.central.sqlite.index import SqliteIndex
 from edge.central.sqlite.index import create_schema as create_index_schema
 from edge.central.sqlite.log import SqliteLogStore
@@ -42,6 +44,7 @@ class SqliteDatabase:
         self._index = SqliteIndex(self)
         self._log_store = SqliteLogStore(self)
         self._console = SqliteConsoleStore(self)
+        self._equipment = SqliteEquipmentRows(self)
         # Hands the trails' sealing function the key a starting central checked (none: read-only).
         self.use_trail_key: Callable[[bytes], None] = _no_sealer
 
@@ -59,6 +62,10 @@ class SqliteDatabase:
     @property
     def console(self) -> SqliteConsoleStore:
         return self._console
+
+    @property
+    def equipment(self) -> SqliteEquipmentRows:
+        return self._equipment
 
     @classmethod
     def open(cls, db_path: Path) -> SqliteDatabase:
@@ -84,6 +91,7 @@ class SqliteDatabase:
                 create_console_schema(conn)
                 migrate_console(conn)
                 create_trail_schema(conn)
+                create_equipment_schema(conn)
         except BaseException:
             conn.close()
             raise

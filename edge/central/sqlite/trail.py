@@ -49,13 +49,20 @@ import hashlib
 import hmac
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge.central.sql.console import SqlConnection
 
 __all__ = [
     "BEGIN_TABLE",
     "SEAL_FUNCTION",
     "TRAIL_COLUMNS",
+    "TrailKeyHolder",
     "TrailKeyUnusable",
+    "append_trail_row",
     "create_trail_schema",
     "key_fits_seals",
     "register_sealer",
@@ -126,6 +133,17 @@ def create_trail_schema(conn: sqlite3.Connection) -> None:
         conn.execute(sql.replace("CREATE TRIGGER", "CREATE TRIGGER IF NOT EXISTS", 1))
 
 
+def append_trail_row(conn: sqlite3.Connection, table: str, values: dict[str, object]) -> int:
+    """Append a row to the trail ``table`` (``values`` names its columns); its AFTER INSERT trigger seals
+    it. Returns its id. Table and column names come from TRAIL_COLUMNS, never from the caller's data."""
+    columns = TRAIL_COLUMNS[table]
+    if set(values) != set(columns):
+        raise ValueError(f"{table}: expected the columns {columns}, got {sorted(values)}")
+    cursor = conn.execute(f"INSERT INTO {table} ({', '.join(columns)}) "
+                          f"VALUES ({', '.join('?' * len(columns))})", [values[column] for column in columns])
+    return int(cursor.lastrowid or 0)
+
+
 def _seal_trigger_sql(table: str) -> str:
     return (f"CREATE TRIGGER {table}_seal AFTER INSERT ON {table} BEGIN "
             f"INSERT INTO trail_seals (seq, tbl, row_id, mac) VALUES (({_NEXT_SEQ_SQL}), '{table}', NEW.id, "
@@ -136,16 +154,15 @@ class TrailKeyUnusable(Exception):
     """Raised by the sealing function when the seals have begun and no key is usable: the append fails."""
 
 
-class _Sealer:
-    """The SQL function: loads the seal key on first use (again while it is missing), unless the starting
-    central handed it the key it checked (:meth:`use`)."""
+class TrailKeyHolder:
+    """The trail key of one connection: loaded from ``console.key`` on first use (again while it is
+    missing), unless the starting central handed it the key it checked (:meth:`use`). Shared by both
+    backends (PostgreSQL's seals are computed by the central: edge.central.postgres.trail)."""
 
-    def __init__(self, conn: sqlite3.Connection, key_path: Path) -> None:
-        self.conn = conn
+    def __init__(self, key_path: Path | None) -> None:
         self.key_path = key_path
         self._key: bytes | None = None
         self._warned = False
-        self._begun = False  # once seen, for good: the marker is never removed but by tampering
 
     def use(self, key: bytes) -> None:
         """The trail key the starting central loaded and checked against the store: kept for the life of
@@ -153,7 +170,7 @@ class _Sealer:
         self._key = key
 
     def key(self) -> bytes | None:
-        if self._key is None:
+        if self._key is None and self.key_path is not None:
             # Imported here: the key file's format belongs to the console, not to the SQL backend.
             from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey
 
@@ -166,6 +183,15 @@ class _Sealer:
                     self._warned = True
                 return None
         return self._key
+
+
+class _Sealer(TrailKeyHolder):
+    """The SQL function of one SQLite connection."""
+
+    def __init__(self, conn: sqlite3.Connection, key_path: Path) -> None:
+        super().__init__(key_path)
+        self.conn = conn
+        self._begun = False  # once seen, for good: the marker is never removed but by tampering
 
     def begun(self) -> bool:
         """Whether the seals have begun, as this connection sees it now (inside the append's own
@@ -220,13 +246,25 @@ def seal_rows_made_before_the_seals(conn: sqlite3.Connection, key: bytes) -> int
 _KEY_CHECK_SAMPLE = 4
 
 
-def key_fits_seals(conn: sqlite3.Connection, key: bytes) -> bool | None:
+def _sqlite_row_json(conn: SqlConnection, table: str, row_id: int) -> str | None:
+    row = conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?", (row_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def key_fits_seals(conn: SqlConnection, key: bytes,
+                   row_json_of: Callable[[str, int], str | None] | None = None) -> bool | None:
     """Whether ``key`` is the trail key this store was sealed with; None when nothing is sealed yet.
 
     The marker of the start of the seals is an HMAC of a fixed label (its number, ``(seals begin)``, 0,
     ``[]``) written at the first sealing: the store's key check value. When it does not check (edited, or
     gone), the first few sealed rows are tried: a key none of them checks with is not the store's key (a
-    wrong key restored from another store or backup), which would otherwise make every row look edited."""
+    wrong key restored from another store or backup), which would otherwise make every row look edited.
+
+    ``conn`` runs ``?`` SQL (SQLite's, or PostgreSQL's through its qmark adapter); ``row_json_of(table,
+    row_id)`` reads a trail row's sealed text as its backend seals it (default: SQLite's json_array)."""
+    def read(table: str, row_id: int) -> str | None:
+        return _sqlite_row_json(conn, table, row_id) if row_json_of is None else row_json_of(table, row_id)
+
     marker = conn.execute("SELECT seq, mac FROM trail_seals WHERE tbl = ?", (BEGIN_TABLE,)).fetchone()
     if marker is not None and isinstance(marker[1], str) and hmac.compare_digest(
             marker[1], trail_mac(key, int(marker[0]), BEGIN_TABLE, 0, "[]")):
@@ -237,10 +275,10 @@ def key_fits_seals(conn: sqlite3.Connection, key: bytes) -> bool | None:
             "LIMIT ?", (BEGIN_TABLE, _KEY_CHECK_SAMPLE)).fetchall():
         if table not in TRAIL_COLUMNS or not isinstance(row_id, int):
             continue
-        row = conn.execute(f"SELECT {row_json_sql(table)} FROM {table} WHERE id = ?", (row_id,)).fetchone()
-        if row is None:
+        row_json = read(str(table), row_id)
+        if row_json is None:
             continue
         tried = True
-        if hmac.compare_digest(str(mac), trail_mac(key, int(seq), str(table), row_id, str(row[0]))):
+        if hmac.compare_digest(str(mac), trail_mac(key, int(seq), str(table), row_id, row_json)):
             return True
     return False if tried else None

@@ -3,6 +3,10 @@
 // The GB/T 28181 devices (the status's "gb28181" part, present only while the station runs the platform)
 // come with no event of their own: while the station has them, the page reads the status again every
 // GB_REFRESH_MS, and counts the keepalive ages on by the second in between.
+// The fleet (every recorder this station knows: out with whom, overdue, faulty, in a bay) is read from
+// GET /api/v1/fleet every FLEET_REFRESH_MS, and FLEET_AFTER_BAY_MS after a bay changed (the station reads
+// its fleet again half a second after a docking's ledger entries); overdue recorders come first, as the
+// station sorts them.
 // Every text that came from a device or the configuration is set with textContent, never as HTML.
 
 import * as format from "./format.js";
@@ -16,6 +20,10 @@ const RECONNECT_MIN_MS = 1000;
 const RECONNECT_MAX_MS = 15000;
 const GB_REFRESH_MS = 3000;
 const GB_ROWS_MAX = 8; // the page fits one screen: more devices are counted, not listed
+const FLEET_URL = "/api/v1/fleet";
+const FLEET_REFRESH_MS = 5000;
+const FLEET_AFTER_BAY_MS = 1500;
+const FLEET_ROWS_MAX = 8;
 
 const view = {
   language: savedLanguage(),
@@ -26,6 +34,10 @@ const view = {
   reconnectMs: RECONNECT_MIN_MS,
   source: null,
   gbRefresh: null, // the timer that reads the GB/T 28181 devices again
+  fleet: null, // GET /api/v1/fleet, null while the station has none
+  fleetRefresh: null,
+  fleetDueAt: 0, // when the scheduled read is due (Date.now() milliseconds)
+  fleetStopped: false, // the station keeps no fleet view (404): never asked again
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -288,6 +300,108 @@ function scheduleGbRefresh() {
   view.gbRefresh = view.status?.gb28181 ? setTimeout(refreshGb28181, GB_REFRESH_MS) : null;
 }
 
+// -- the fleet --------------------------------------------------------------------------------------
+
+function shortTime(w, isoText) {
+  const parsed = Date.parse(String(isoText ?? "").replace(/(\.\d{3})\d+/, "$1"));
+  if (!Number.isFinite(parsed)) return "–";
+  return new Intl.DateTimeFormat(w.lang, {
+    month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", hour12: false,
+  }).format(new Date(parsed));
+}
+
+function fleetWho(w, recorder) {
+  const holder = recorder.holder;
+  if (holder && typeof holder === "object") {
+    const who = [holder.officer_name, holder.officer_no ? `${w.badge} ${holder.officer_no}` : ""].filter(Boolean);
+    return [who.join(" "), w.fleet.since(shortTime(w, holder.since)), w.fleet.due(shortTime(w, holder.due_at))]
+      .join(" · ");
+  }
+  const bay = recorder.bay;
+  if (bay && typeof bay === "object") {
+    return `${w.fleet.bay(bay.bay)} · ${w.fleet.bayStates[bay.state] ?? String(bay.state ?? "")}`;
+  }
+  const last = recorder.last_holder;
+  if (last && typeof last === "object") {
+    return w.fleet.lastHolder([last.officer_name, last.officer_no].filter(Boolean).join(" "),
+      shortTime(w, last.returned_at));
+  }
+  return "";
+}
+
+function fleetFacts(w, recorder) {
+  const facts = [];
+  for (const problem of Array.isArray(recorder.problems) ? recorder.problems : []) {
+    facts.push(w.fleet.problems[problem?.code] ?? String(problem?.code ?? ""));
+  }
+  if (typeof recorder.battery_percent === "number") facts.push(w.fleet.battery(recorder.battery_percent));
+  if (typeof recorder.storage_total_bytes === "number" && recorder.storage_total_bytes > 0) {
+    facts.push(w.fleet.storage(format.bytes(recorder.storage_free_bytes), format.bytes(recorder.storage_total_bytes)));
+  }
+  if (recorder.firmware) facts.push(w.fleet.firmware(recorder.firmware));
+  if (recorder.last_docking?.started_at) facts.push(w.fleet.lastDocking(shortTime(w, recorder.last_docking.started_at)));
+  return facts.join(" · ");
+}
+
+function renderFleet() {
+  const section = $("#fleet");
+  const fleet = view.fleet;
+  // No panel while the station knows no recorder (nothing on its allow-list, none ever docked).
+  if (!fleet || typeof fleet !== "object" || !Array.isArray(fleet.recorders) || !fleet.recorders.length) {
+    section.hidden = true;
+    return;
+  }
+  section.hidden = false;
+  const w = t();
+  const recorders = fleet.recorders;
+  const counts = fleet.counts && typeof fleet.counts === "object" ? fleet.counts : {};
+  const parts = Object.keys(w.fleet.counts)
+    .filter((state) => Number(counts[state]) > 0)
+    .map((state) => w.fleet.counts[state](Number(counts[state])));
+  setText($(".fleet-title", section), w.fleet.title);
+  setText($(".fleet-summary", section), [w.fleet.total(recorders.length), ...parts].join(" · "));
+  if (Number(counts.overdue) > 0) section.dataset.overdue = "";
+  else delete section.dataset.overdue;
+  const shown = recorders.slice(0, FLEET_ROWS_MAX);
+  const list = $(".fleet-recorders", section);
+  while (list.children.length < shown.length) list.append($("#fleet-recorder").content.firstElementChild.cloneNode(true));
+  while (list.children.length > shown.length) list.lastElementChild.remove();
+  shown.forEach((recorder, index) => {
+    const row = list.children[index];
+    row.dataset.serial = String(recorder.device_serial ?? "");
+    row.dataset.state = String(recorder.state ?? "");
+    setText($(".fleet-serial", row), recorder.device_serial);
+    setText($(".fleet-state", row), w.fleet.states[recorder.state] ?? String(recorder.state ?? ""));
+    setText($(".fleet-who", row), fleetWho(w, recorder));
+    setText($(".fleet-facts", row), fleetFacts(w, recorder));
+  });
+  setText($(".fleet-more", section), recorders.length > shown.length ? w.fleet.more(recorders.length - shown.length) : "");
+}
+
+function scheduleFleet(delayMs) {
+  // A read already due sooner stands; otherwise this one replaces it.
+  if (view.fleetStopped || (view.fleetRefresh && view.fleetDueAt <= Date.now() + delayMs)) return;
+  clearTimeout(view.fleetRefresh);
+  view.fleetDueAt = Date.now() + delayMs;
+  view.fleetRefresh = setTimeout(refreshFleet, delayMs);
+}
+
+async function refreshFleet() {
+  view.fleetRefresh = null;
+  try {
+    const response = await fetch(FLEET_URL, { cache: "no-store" });
+    if (response.ok) view.fleet = await response.json();
+    else if (response.status === 404) {
+      view.fleet = null; // this station keeps no fleet view: no panel, and no more asking
+      view.fleetStopped = true;
+    }
+  } catch (error) {
+    console.error("dock screen: fleet", error);
+  }
+  renderFleet();
+  scheduleFleet(FLEET_REFRESH_MS);
+}
+
 // -- legend -----------------------------------------------------------------------------------------
 
 function renderLegend() {
@@ -336,6 +450,7 @@ function renderAll() {
   renderStation();
   renderNow();
   renderBays();
+  renderFleet();
   renderGb28181();
   renderLegend();
 }
@@ -383,7 +498,10 @@ function connect() {
     renderGb28181();
     scheduleGbRefresh();
   });
-  source.addEventListener("bay", (event) => upsertBay(JSON.parse(event.data)));
+  source.addEventListener("bay", (event) => {
+    upsertBay(JSON.parse(event.data));
+    scheduleFleet(FLEET_AFTER_BAY_MS); // a recorder came, went or finished: the fleet follows
+  });
   source.addEventListener("station", (event) => {
     if (!view.status) return;
     view.status.station = JSON.parse(event.data);
@@ -422,11 +540,13 @@ async function start() {
   }
   try {
     view.status = await loadJson(STATUS_URL);
+    if (view.status?.fleet) view.fleet = view.status.fleet;
   } catch (error) {
     console.error("dock screen: status", error);
   }
   renderAll();
   scheduleGbRefresh();
+  refreshFleet();
   connect();
 }
 

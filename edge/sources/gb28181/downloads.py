@@ -14,7 +14,8 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    names the device, channel and recording and why (what cut the downloads short, as sealed), written
    once (later listings find it). A download the station's own disk guard ended (`disk-full`) counts
    toward no give-up; while the spool's disk stays below the store's reserve plus the receiver's room for
-   the recording's listed FileSize, it is not tried again (`_tight_for`: one limited `error` entry of
+   the recording's size as known (its listed FileSize, and more than its disk-full copy received), it is
+   not tried again (`_tight_for`: one limited `error` entry of
    stage `store`, `DownloadReport.waiting_for_room`), so no partial copies pile up in the tight store;
 2. picks a new raw PS file name in the spool (never from the device's text) and asks `start_download`
    (the platform's session: INVITE s=Download, the media receiver on that file, until MediaStatus 121,
@@ -42,7 +43,8 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
 Each call first closes what an interrupted earlier download left in progress (`close_interrupted_copies`:
 never resumed under another transfer), and reads which listed recordings are sealed in a worker thread
 (`sealed_downloads_off_loop`). A recording listed with the channel, times and path of one downloaded
-before (complete or not) but another FileSize is another recording (`_told_apart`). A store below its
+before (complete or not), in an earlier call or earlier in the same one, but another FileSize is another
+recording (`_told_apart`). A store below its
 reserve ends the call (`StoreBelowReserve`, one limited `error` entry): before a download, and when the
 pipeline refused a download's copy for it (its spool files are removed).
 
@@ -345,10 +347,17 @@ class GbDownloads:
                 if await self._tight_for(ref, earlier):
                     report.waiting_for_room.append(ref)
                     continue
+                ingested = len(report.ingested)
                 failure = await self._one(ref, report, attempt=attempt)
             except PassEnded as exc:
                 report.stopped = exc  # what was done so far stays counted
                 break
+            if len(report.ingested) > ingested:
+                # What this call sealed counts for the recordings after it in the same call, as it would
+                # at the next pass: another listed with the same channel, times and path but another
+                # FileSize is told apart from it (review 26), the same one listed twice is skipped.
+                sealed.update(await sealed_downloads_off_loop(self.pipeline.store, self.source.device_id,
+                                                              {ref.identity()}))
             if failure is not None:
                 report.failed.append((ref, failure))
         if self._own_pass:
@@ -427,14 +436,20 @@ class GbDownloads:
     async def _tight_for(self, ref: RecordingRef, earlier: Sequence[SealedDownload]) -> bool:
         """Whether `ref`, whose last download the station's own free-space guard ended (`disk-full`), is
         left for a later pass because the spool's disk is still too tight for it: below the store's reserve
-        plus `ROOM_PER_RECEIVED_BYTE` times its listed FileSize (the receiver's guard; without a FileSize,
-        `UNLISTED_SIZE_MARGIN_BYTES`). Each such try would end the same way and seal one more partial copy
-        into the tight store (review 24). One `error` entry, limited like the listing's problems."""
+        plus `ROOM_PER_RECEIVED_BYTE` times the recording's size as known (the receiver's guard). That size
+        is the larger of its listed FileSize (without one, `UNLISTED_SIZE_MARGIN_BYTES`) and one byte more
+        than its largest disk-full copy received (the manifest's `bytes`): the guard cut that copy there, so
+        the recording is larger, whatever the device listed (a FileSize in KiB, stale, or false: review 26).
+        Each try with less room would end the same way and seal one more partial copy into the tight store
+        (review 24). One `error` entry, limited like the listing's problems."""
         if not earlier or earlier[-1].interrupted != INTERRUPTED_DISK_FULL:
             return False
         reserve = self.pipeline.settings.min_free_bytes
         listed = ref.file_size_bytes if ref.file_size_bytes is not None and ref.file_size_bytes >= 0 else None
-        size = UNLISTED_SIZE_MARGIN_BYTES if listed is None else listed
+        assumed = UNLISTED_SIZE_MARGIN_BYTES if listed is None else listed
+        received = max((d.received_bytes for d in earlier if d.interrupted == INTERRUPTED_DISK_FULL
+                        and d.received_bytes is not None), default=None)
+        size = assumed if received is None else max(assumed, received + 1)
         needed = reserve + ROOM_PER_RECEIVED_BYTE * size
         try:
             available = await asyncio.to_thread(free_bytes, self.source.spool)
@@ -445,8 +460,12 @@ class GbDownloads:
         shown = shown_recording(ref)
         extra = self.problems.seen(STORE_TIGHT_PROBLEM, f"{ref.device_id}|{ref.identity()}", ref.device_id)
         if extra is not None:
-            sized = f"its listed FileSize {size}" if listed is not None else \
-                f"{size} bytes assumed (no FileSize listed)"
+            sized = f"its listed FileSize {assumed}" if listed is not None else \
+                f"{assumed} bytes assumed (no FileSize listed)"
+            if size != assumed:  # the copy the guard cut says the recording is larger than listed
+                shown_listed = "its listed FileSize" if listed is not None else "the size assumed without one"
+                sized = (f"{size} bytes, one more than the {received} a cut-short download of it received "
+                         f"({shown_listed}, {assumed}, is less)")
             reason = (f"its last download was cut short by the station's disk running low (disk-full); the "
                       f"disk holding the download spool has {available} bytes free, below the {needed} a "
                       f"download needs (the store's reserve of {reserve} plus {ROOM_PER_RECEIVED_BYTE} times "

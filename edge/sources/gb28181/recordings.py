@@ -202,6 +202,9 @@ class SealedDownload:
     incomplete: str | None = None  # why it was not complete, as sealed (escaped)
     lossy: bool = False  # RTP packets were lost in its transfer: the copy has holes
     file_size_listed: str | None = None  # the FileSize its recording was listed with, as text (None: none)
+    # The bytes its transfer received (the manifest's `bytes`; None: not a non-negative integer there): a
+    # recording the disk guard cut short is at least this large (edge.sources.gb28181.downloads `_tight_for`).
+    received_bytes: int | None = None
 
 
 # Why a download came short by no fault of the recording: it is not one of the recording's attempts.
@@ -212,7 +215,7 @@ _RAW_VERSION = re.compile(r"raw-ps(?:#(\d+))?")
 
 
 _SEALED_FACTS = ("attempt", "complete", "interrupted", "incomplete", "lossy", "file_size_bytes",
-                 "file_size_bytes_listed")
+                 "file_size_bytes_listed", "bytes")
 
 
 def _sealed_download(version_text: str, item: str,
@@ -227,11 +230,13 @@ def _sealed_download(version_text: str, item: str,
 
     attempt_type, attempt = facts["attempt"]
     size_type, size = facts["file_size_bytes"]
+    received_type, received = facts["bytes"]
     return SealedDownload(
         item, int(attempt) if attempt_type == "integer" else int(version.group(1) or 1),
         complete=facts["complete"][0] != "false", interrupted=text("interrupted"),
         incomplete=text("incomplete"), lossy=facts["lossy"][0] == "true",
-        file_size_listed=str(size) if size_type == "integer" else text("file_size_bytes_listed"))
+        file_size_listed=str(size) if size_type == "integer" else text("file_size_bytes_listed"),
+        received_bytes=int(received) if received_type == "integer" and int(received) >= 0 else None)
 
 
 def sealed_downloads_in(conn: sqlite3.Connection, device_id: str,

@@ -795,8 +795,12 @@ class GbDownloadScheduler:
         device's channels this pass downloads from: a 20-digit id the policy allows). Any other DeviceID
         (a channel the policy excludes, any text) is not downloaded: counted, and one ledger error per
         channel (limited) shows what was listed, escaped. `more_ranges` are asked too (`_device_ranges`:
-        the stretches of the lookback an earlier device clock stamped), a recording listed twice kept once."""
-        listed: dict[str, RecordingRef] = {}
+        the stretches of the lookback an earlier device clock stamped), a recording listed twice kept once
+        (the same channel, times, path and FileSize)."""
+        # By identity and listed FileSize: two recordings listed with the same channel, times and path
+        # but another FileSize are two (a recorder whose clock restarts at power-on: review 26), told
+        # apart by the downloads (`_told_apart`); the same recording listed twice is kept once.
+        listed: dict[tuple[str, str | None], RecordingRef] = {}
         incomplete: list[tuple[datetime, datetime, int]] = []
         unreadable: list[tuple[datetime, datetime, int, tuple[ItemProblem, ...]]] = []
         allowed = {channel_id, *channels}
@@ -828,7 +832,7 @@ class GbDownloadScheduler:
                         foreign_uncounted[0] += 1
                     continue
                 ref = RecordingRef.from_record_item(device_id, item)
-                listed.setdefault(ref.identity(), ref)  # a recording across a middle: once
+                listed.setdefault((ref.identity(), ref.listed_size_text()), ref)  # across a middle: once
             if not answer.complete:
                 incomplete.append((start, end, answer.items_left_out))
             elif answer.items_left_out:

@@ -1,0 +1,328 @@
+"""The composite's feed from one source, relayed by the agent over pipes: no port, no path, no other reader.
+
+A source the room composite shows writes a copy of its encoded streams (MPEG-TS) to a pipe whose write end
+its ffmpeg inherits (:meth:`FeedRelay.source_end`); the agent reads the other end and writes the packets on
+to a pipe whose read end the composite's ffmpeg inherits (:meth:`FeedRelay.composite_end`). A pipe has no
+name anyone else can open: both ends are close-on-exec in the agent, handed only to the one ffmpeg that
+uses them (``pass_fds``), and another user cannot reach a process's descriptors (``/proc/PID/fd`` needs
+ptrace rights, and the shipped unit hides the agent's processes: ``ProtectProc=invisible``). So no local
+process can take, read (watch the interview) or write (inject pictures into) the feed, as it could the
+loopback UDP port this replaces (review 25).
+
+Nothing the composite does may hold up a source (its sealed segments are the evidence; the composite is
+derived from them):
+
+* the source's ffmpeg writes the feed through the fifo muxer in its own thread, dropping packets when its
+  queue is full (:func:`edge.rooms.argv.tee_output_args`), so even an agent that stopped reading never
+  blocks the segments (after ten seconds of it the run gives its feed up: the composite loses that
+  source until its next run); a pipe whose reader is gone fails only the feed (``onfail=ignore``);
+* the agent reads the source's pipe whatever the composite does, and keeps at most `buffer_bytes` waiting
+  for the composite's pipe (non-blocking): a composite that is slow, stopped (SIGSTOP) or restarting gets
+  whole TS packets dropped (188-byte aligned: its demuxer loses packets, never the framing). A drop is
+  counted (:meth:`FeedRelay.status`) and, once packets flow again, reported (:class:`FeedDrop`: the
+  recording makes it a gap of the composite). Packets that arrive while no composite runs are discarded and
+  counted apart: the composite's own outage is its gap already.
+
+The relay's reading loop (:meth:`FeedRelay.run`) is a supervised task; its pipes live in the relay, so a
+restarted loop goes on with the same source run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TS_PACKET_BYTES = 188
+TS_SYNC = 0x47
+READ_BYTES = 64 * 1024
+# Each pipe's kernel buffer (F_SETPIPE_SZ; the default pipe-max-size): about a second of a 1080p feed.
+PIPE_BYTES = 1 << 20
+# What the agent keeps for a composite that does not read (per source): a few seconds of a 1080p feed.
+BUFFER_BYTES = 4 << 20
+# Drops this close together are one loss of picture (one gap, not one per burst of a slow composite): a
+# drop is reported once packets have gone through this long without another.
+DROP_SETTLE_S = 2.0
+
+
+@dataclass(frozen=True)
+class FeedDrop:
+    """Packets of `source`'s feed the composite never got (it did not read), station times."""
+
+    source: str
+    from_ns: int
+    to_ns: int
+    packets: int
+
+
+def _pipe() -> tuple[int, int]:
+    """A pipe (both ends close-on-exec: only a run that is handed an end by pass_fds gets it)."""
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(OSError):  # a bigger buffer is a margin, not a need
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    return read_end, write_end
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class FeedRelay:
+    """One source's feed to the composite (see the module docstring)."""
+
+    def __init__(self, source_id: str, *, buffer_bytes: int | None = None,
+                 on_drop: Callable[[FeedDrop], None] = lambda drop: None) -> None:
+        buffer_bytes = BUFFER_BYTES if buffer_bytes is None else buffer_bytes
+        if buffer_bytes < TS_PACKET_BYTES:
+            raise ValueError(f"buffer_bytes must hold a TS packet ({TS_PACKET_BYTES}), got {buffer_bytes}")
+        self.source_id = source_id
+        self.buffer_bytes = buffer_bytes
+        self.on_drop = on_drop
+        self._inputs: deque[int] = deque()  # read ends of source runs, oldest first
+        self._input_ready = asyncio.Event()
+        self._input: int | None = None
+        self._partial = b""  # the start of a TS packet the next read completes
+        self._output: int | None = None  # write end of the composite run's pipe (non-blocking)
+        self._writing = False  # a writer callback is registered for _output
+        self._chunks: deque[bytes] = deque()  # whole packets for the composite (the head maybe begun)
+        self._buffered = 0
+        self._drop_from_ns: int | None = None  # the drop going on (or settling) began
+        self._drop_last_ns = 0  # its last dropped packets
+        self._drop_resumed_ns: int | None = None  # packets went through again since
+        self._drop_packets = 0
+        self.closed = False
+        # Counters (status)
+        self.bytes_relayed = 0
+        self.packets_dropped = 0
+        self.drops = 0
+        self.packets_without_composite = 0
+        self.bytes_out_of_sync = 0
+        self.source_runs = 0
+        self.composite_runs = 0
+
+    def __repr__(self) -> str:
+        return f"FeedRelay({self.source_id})"
+
+    # -- the ends handed to the runs -----------------------------------------------------------------
+
+    def source_end(self) -> int:
+        """A new pipe for a run of the source: its write end (for that ffmpeg's pass_fds; the caller closes
+        the agent's copy once the run is started); the relay reads the other end after the ends of the
+        earlier runs."""
+        read_end, write_end = _pipe()
+        os.set_blocking(read_end, False)
+        # Non-blocking for the source's ffmpeg too: its feed's thread gives a pipe nobody empties up after
+        # its rw_timeout (edge.rooms.argv.tee_output_args) rather than wait on it for ever.
+        os.set_blocking(write_end, False)
+        self._inputs.append(read_end)
+        self._input_ready.set()
+        self.source_runs += 1
+        return write_end
+
+    def composite_end(self) -> int:
+        """A new pipe for a run of the composite: its read end (for that ffmpeg's pass_fds; the caller
+        closes the agent's copy once the run is started). The previous run's pipe is closed, and the new
+        run gets packets from the next one read (what waited for the previous run is dropped)."""
+        self._detach_output()
+        read_end, write_end = _pipe()
+        os.set_blocking(write_end, False)
+        # Non-blocking for the composite's ffmpeg too: waiting for the feed, it polls and so still answers
+        # SIGTERM (blocked in read(), an input thread of it would hold up its exit until SIGKILL).
+        os.set_blocking(read_end, False)
+        self._output = write_end
+        self.composite_runs += 1
+        return read_end
+
+    def close(self) -> None:
+        """Close every pipe end the relay holds (the session's recording is over)."""
+        self.closed = True
+        self._detach_output()
+        _close(self._input)
+        self._input = None
+        while self._inputs:
+            _close(self._inputs.popleft())
+
+    # -- the supervised loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read the source's runs, one after the other, and pass their packets on (never returns)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._input is None:
+                while not self._inputs:
+                    self._input_ready.clear()
+                    await self._input_ready.wait()
+                self._input, self._partial = self._inputs.popleft(), b""
+            data = await _read(loop, self._input)
+            if data:
+                self._take(data)
+            else:  # the run's ffmpeg ended (and the agent closed its copy of the write end)
+                last, self._partial = self._partial, b""
+                if len(last) == TS_PACKET_BYTES and last[0] == TS_SYNC:  # its last packet, whole
+                    self._offer(last)
+                _close(self._input)
+                self._input = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "source": self.source_id,
+            "composite_attached": self._output is not None,
+            "bytes_relayed": self.bytes_relayed,
+            "buffered_bytes": self._buffered,
+            "packets_dropped": self.packets_dropped,
+            "drops": self.drops,
+            "dropping": self._drop_from_ns is not None,
+            "packets_without_composite": self.packets_without_composite,
+            "bytes_out_of_sync": self.bytes_out_of_sync,
+        }
+
+    # -- packets -------------------------------------------------------------------------------------
+
+    def _take(self, data: bytes) -> None:
+        packets = self._packets(self._partial + data)
+        if packets:
+            self._offer(packets)
+
+    def _offer(self, packets: bytes) -> None:
+        """Whole packets for the composite: buffered and written, or dropped (see the module docstring)."""
+        count = len(packets) // TS_PACKET_BYTES
+        if self._output is None:
+            self.packets_without_composite += count
+            return
+        now = time.time_ns()
+        if self._buffered + len(packets) > self.buffer_bytes:
+            # The composite does not keep up: these packets are dropped, whole; what is begun goes on.
+            if self._drop_from_ns is None:
+                self._drop_from_ns, self._drop_packets = now, 0
+                self.drops += 1
+                log.warning("feed of %s: the composite does not read; dropping its packets", self.source_id)
+            self._drop_last_ns, self._drop_resumed_ns = now, None
+            self._drop_packets += count
+            self.packets_dropped += count
+            return
+        if self._drop_from_ns is not None:
+            if self._drop_resumed_ns is None:
+                self._drop_resumed_ns = now
+            if now - self._drop_last_ns >= DROP_SETTLE_S * 1e9:
+                self._end_drop()
+        self._chunks.append(packets)
+        self._buffered += len(packets)
+        self._flush()
+
+    def _packets(self, data: bytes) -> bytes:
+        """The TS packets at the front of `data` that are whole and in step: each begins with the sync
+        byte and so does the next one (the last is held until the next read shows its successor). The
+        rest is kept for the next read. Bytes out of step (not the station's ffmpeg's TS: damaged or
+        hostile) are skipped, with the packet before them, up to the next place two packets in a row
+        begin; counted, never passed on."""
+        out: list[bytes] = []
+        at = 0
+        while (count := (len(data) - at) // TS_PACKET_BYTES) > 0:
+            starts = data[at:at + count * TS_PACKET_BYTES + 1:TS_PACKET_BYTES]  # with the next one's, if read
+            bad = next((i for i, byte in enumerate(starts) if byte != TS_SYNC), None)
+            if bad is None:
+                confirmed = count if len(starts) > count else count - 1
+                out.append(data[at:at + confirmed * TS_PACKET_BYTES])
+                at += confirmed * TS_PACKET_BYTES
+                break
+            good = max(0, bad - 1)  # the packet before a bad start is not trusted either
+            out.append(data[at:at + good * TS_PACKET_BYTES])
+            at += good * TS_PACKET_BYTES
+            resync = _resync(data, at + 1)
+            skipped_to = len(data) if resync is None else resync
+            self.bytes_out_of_sync += skipped_to - at
+            at = skipped_to
+        self._partial = data[at:]
+        return b"".join(out)
+
+    def _flush(self) -> None:
+        """Write what waits to the composite's pipe, as far as it takes it now (never blocks)."""
+        output = self._output
+        while self._chunks and output is not None:
+            head = self._chunks[0]
+            try:
+                written = os.write(output, head)
+            except BlockingIOError:
+                if not self._writing:
+                    asyncio.get_running_loop().add_writer(output, self._flush)
+                    self._writing = True
+                return
+            except OSError as exc:  # the composite's ffmpeg is gone (EPIPE): its next run gets a new pipe
+                log.info("feed of %s: the composite's pipe closed (%s)", self.source_id, exc.strerror or exc)
+                self._detach_output()
+                return
+            self.bytes_relayed += written
+            self._buffered -= written
+            if written < len(head):
+                self._chunks[0] = head[written:]  # the rest of a packet begun goes first, whatever comes
+            else:
+                self._chunks.popleft()
+        if self._writing and output is not None:
+            asyncio.get_running_loop().remove_writer(output)
+            self._writing = False
+
+    def _end_drop(self) -> None:
+        if self._drop_from_ns is None:
+            return
+        to_ns = self._drop_resumed_ns if self._drop_resumed_ns is not None else time.time_ns()
+        drop = FeedDrop(self.source_id, self._drop_from_ns, to_ns, self._drop_packets)
+        self._drop_from_ns, self._drop_resumed_ns, self._drop_packets = None, None, 0
+        log.warning("feed of %s: %d packets dropped (%.1f s): the composite lost picture", self.source_id,
+                    drop.packets, (drop.to_ns - drop.from_ns) / 1e9)
+        try:
+            self.on_drop(drop)
+        except Exception:  # the record of a drop must not end the relay
+            log.exception("feed of %s: reporting a drop failed", self.source_id)
+
+    def _detach_output(self) -> None:
+        self._end_drop()
+        output, self._output = self._output, None
+        if output is not None and self._writing:
+            with contextlib.suppress(RuntimeError):  # no running loop (closed at the end)
+                asyncio.get_running_loop().remove_writer(output)
+        self._writing = False
+        _close(output)
+        self._chunks.clear()
+        self._buffered = 0
+
+
+def _resync(data: bytes, start: int) -> int | None:
+    """The first offset from `start` where a TS packet begins and, if the data goes on, the next one too."""
+    at = data.find(bytes([TS_SYNC]), start)
+    while at >= 0:
+        following = at + TS_PACKET_BYTES
+        if following >= len(data) or data[following] == TS_SYNC:
+            return at
+        at = data.find(bytes([TS_SYNC]), at + 1)
+    return None
+
+
+def _resolve(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+async def _read(loop: asyncio.AbstractEventLoop, fd: int) -> bytes:
+    """The next bytes of a non-blocking pipe (b"" at its end), waiting until it is readable."""
+    while True:
+        try:
+            return os.read(fd, READ_BYTES)
+        except BlockingIOError:
+            pass
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _resolve, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
