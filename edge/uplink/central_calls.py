@@ -389,7 +389,11 @@ class ApiLinkCalls:
     # The wire's own errors that mean "not answered" (aiohttp.ClientError for HTTP).
     wire_errors: tuple[type[BaseException], ...] = ()
     via = "HTTP"
-    checks_content_on_send = False
+
+    @property
+    def checks_content_on_send(self) -> bool:
+        """See :attr:`edge.uplink.transport.Link.checks_content_on_send`: not unless a link says so."""
+        return False
 
     def __init__(self, api: CentralCalls) -> None:
         self.api = api

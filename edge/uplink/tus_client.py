@@ -26,7 +26,10 @@ How an upload goes (:meth:`TusClient.upload`):
    a stored copy that no longer gives it is found before the last chunk goes, and the upload is
    terminated and :class:`ContentMismatch` raised, so the central never holds a damaged copy whole.
    A chunk refused every time is then no transport accident but a central holding other bytes before
-   it (a copy re-acquired since): the upload is terminated and started again, once per call.
+   it (a copy re-acquired since): the upload is terminated and started again, once per call. A central
+   of an earlier release refuses the algorithm (400 naming ``Upload-Checksum``): the client falls back
+   to per-chunk ``sha256`` for good and ends the call as an interruption, so the caller, which asks
+   :attr:`TusClient.checksum` before each upload, checks the stored copy its own way next time.
 4. Any connection failure, timeout or transient server error raises :class:`UploadInterrupted`
    carrying the upload URL; the caller retries later (backoff, circuit breaker) and step 1 resumes.
 
@@ -626,6 +629,17 @@ class TusClient:
             # sent and the last offset the server confirmed.
             if exc.url is None:
                 exc.url = url
+            if isinstance(exc, ServerRejected) and self._refuses_prefix(exc):
+                self.checksum = "sha256"
+                log.warning(
+                    "the central does not take sha256-prefix checksums (an earlier release): per-chunk "
+                    "sha256 from now on"
+                )
+                raise UploadInterrupted(
+                    f"the central refused the sha256-prefix checksum ({exc}); sending with per-chunk sha256 "
+                    "from the next attempt",
+                    url=url,
+                ) from exc
             if isinstance(exc, ContentMismatch) and url is not None:
                 # The central must never finish this upload from a copy that may be repaired later.
                 await self._terminate_quietly(url)
@@ -652,6 +666,12 @@ class TusClient:
             created=created,
             checksum_retries=sent.checksum_retries,
         )
+
+    def _refuses_prefix(self, exc: ServerRejected) -> bool:
+        """A 400 about ``Upload-Checksum`` while this client sends sha256-prefix: a central that does not
+        know the algorithm (any other refusal of the header would name what else is wrong with it)."""
+        said = f"{exc.detail or ''} {exc.body}"
+        return self.checksum == PREFIX_SHA256 and exc.status == 400 and "Upload-Checksum" in said
 
     async def _terminate_quietly(self, url: str) -> None:
         with contextlib.suppress(UplinkError):

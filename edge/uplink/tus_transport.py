@@ -105,7 +105,6 @@ class TusLink(ApiLinkCalls):
 
     wire_errors = (aiohttp.ClientError,)
     via = "HTTP"
-    checks_content_on_send = True
 
     def __init__(self, tus: TusClient, api: CentralApi) -> None:
         super().__init__(api)
@@ -113,6 +112,12 @@ class TusLink(ApiLinkCalls):
 
     def __repr__(self) -> str:
         return f"TusLink({self.tus!r})"
+
+    @property
+    def checks_content_on_send(self) -> bool:
+        """While the central takes sha256-prefix (the client falls back to per-chunk sha256 for a central
+        of an earlier release, and the core then checks the stored copy before sending)."""
+        return self.tus.checksum == PREFIX_SHA256
 
     def upload_name(self, upload: str) -> str:
         return upload_id(upload)

@@ -22,9 +22,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from edge.central import tus as central_tus
 from edge.central.tus import add_tus_routes
 from edge.central.tus_store import TusUploadStore
 from edge.uplink import tus_client
+from edge.uplink.central_api import CentralApi
 from edge.uplink.policy import RateLimiter
 from edge.uplink.tus_client import (
     PREFIX_SHA256,
@@ -38,6 +40,7 @@ from edge.uplink.tus_client import (
     UploadInterrupted,
     encode_metadata,
 )
+from edge.uplink.tus_transport import TusLink
 
 CHUNK = 64 * 1024
 STATION = "station-7"
@@ -470,6 +473,41 @@ async def test_a_central_holding_other_bytes_before_the_chunk_gets_a_new_upload(
     assert result.url == created[-1] != created[0]
     assert stored(store, result.url) == data
     assert store.get(upload_id(created[0])) is None, "the upload holding other bytes was terminated"
+
+
+@pytest.mark.parametrize("creation_with_upload", [True, False])
+async def test_a_central_of_an_earlier_release_gets_per_chunk_sha256_from_the_next_attempt(
+    tmp_path: Path,
+    central: Served,
+    store: TusUploadStore,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    creation_with_upload: bool,
+) -> None:
+    """A central that does not know sha256-prefix refuses it as the previous release did (400 naming
+    Upload-Checksum); the station must not be stuck: it falls back to per-chunk sha256, and its link
+    then says it no longer checks the stored copy on the send pass, so the core checks it first."""
+    monkeypatch.setattr(central_tus, "PREFIX_SHA256", "not-known-to-this-release")
+    size = CHUNK * 2 + 10
+    path, data = evidence(tmp_path, size, seed=13)
+    client = make_client(
+        session, central.origin, checksum=PREFIX_SHA256, creation_with_upload=creation_with_upload
+    )
+    link = TusLink(client, CentralApi(session, central.origin, STATION))
+    assert link.checks_content_on_send
+    created: list[str] = []
+    with pytest.raises(UploadInterrupted, match="sha256-prefix"):
+        await client.upload(None, path, size, {}, on_created=created.append,
+                            expected_sha256=hashlib.sha256(data).hexdigest())
+    assert client.checksum == "sha256" and not link.checks_content_on_send
+    # The next attempt (resuming the upload when the refused request had created one) goes through.
+    result = await client.upload(created[0] if created else None, path, size, {})
+    assert stored(store, result.url) == data
+    # Control: a central that knows it is never sent anything else.
+    monkeypatch.undo()
+    other = make_client(session, central.origin, checksum=PREFIX_SHA256)
+    again = await other.upload(None, path, size, {}, expected_sha256=hashlib.sha256(data).hexdigest())
+    assert other.checksum == PREFIX_SHA256 and stored(store, again.url) == data
 
 
 async def test_corrupted_first_chunk_of_a_creation_with_upload(
