@@ -494,6 +494,8 @@ class TusClient:
             end = chunk.offset + len(chunk.data)
             if chunk.prefix_after is not None:
                 prefix_at[end] = chunk.prefix_after
+                for kept in [k for k in prefix_at if 0 < k < chunk.offset]:
+                    del prefix_at[kept]  # behind this chunk: only 0 (a new upload) may be needed again
             found = chunk.prefix_sha256
             if end == length and expected_sha256 is not None and found not in (None, expected_sha256):
                 assert found is not None
