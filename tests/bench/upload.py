@@ -1,15 +1,15 @@
-"""Upload benchmark: the station uplink against curl, against the same central receiver.
+"""Upload benchmark: the station uplink against curl, each against a central receiver of its own.
 
     python tests/bench/upload.py [--total-mb 1024] [--json]
     python tests/bench/upload.py --pipeline [--file-mb 50]
     python tests/bench/upload.py --stations 20 [--total-mb 1024]
 
-Default mode: TOTAL MiB of real MP4 files are acquired into a station store (not timed); a real
-central (`edge central`, its own process, mutual TLS) is started; then, in the same run, the same
-stored files are uploaded, cold from disk (page cache dropped before each contender), (a) by `curl`,
-one tus creation-with-upload POST per file, sequentially, and (b) by the station uplink
-(`UplinkService` in its own process: tus with per-chunk SHA-256, registration with a ledger segment,
-receipt verification). ROUNDS rounds, each with a fresh central and a fresh copy of the store, in
+Default mode: TOTAL MiB of real MP4 files are acquired into a station store (not timed); then, in the
+same run, the same stored files are uploaded, cold from disk (page cache dropped before each
+contender), each contender to a real central of its own (`edge central`, its own process, mutual
+TLS), (a) by `curl`, one tus creation-with-upload POST per file, sequentially, and (b) by the station
+uplink (`UplinkService` in its own process: tus with sha256-prefix checksums, registration with a
+ledger segment, receipt verification). ROUNDS rounds, each with a fresh copy of the store, in
 alternating order; medians compared. Last line JSON: curl_s, edge_s, ratio (edge_s / curl_s; target
 <= 1.25), peak_rss_mb (the uplink process), total_mb, files, and the CPU each side spends per GiB sent
 (user + system, every thread): station_cpu_s_per_gb (the uplink process while it drains, start-up
@@ -366,19 +366,22 @@ def mode_single(work: Path, total_mb: int, files: int, concurrency: int, rounds:
     rss: list[float] = []
     receipts = 0
     for round_no in range(rounds):
-        # A fresh central and a fresh copy of the station store each round: every round does the
-        # whole job (upload, registration, receipt), never an idempotent replay.
+        # A fresh copy of the station store each round, and a fresh central for each contender: every
+        # round does the whole job (upload, registration, receipt), never an idempotent replay, and
+        # neither contender's CPU count includes what the other left behind (512 MiB of unregistered
+        # uploads, their dirty pages).
         round_dir = work / f"round-{round_no}"
         round_dir.mkdir()
-        central = Central(round_dir)
         store = round_dir / "station-store"
         shutil.copytree(template, store, symlinks=True)
-        bundle = round_dir / "bundle"
-        central.enroll("BENCH-01", store, bundle)
         items = stored_files(store)
-        central.start()
-        try:
-            for name in (["curl", "edge"] if round_no % 2 == 0 else ["edge", "curl"]):
+        for name in (["curl", "edge"] if round_no % 2 == 0 else ["edge", "curl"]):
+            (round_dir / name).mkdir()
+            central = Central(round_dir / name)
+            bundle = round_dir / name / "bundle"
+            central.enroll("BENCH-01", store, bundle)
+            central.start()
+            try:
                 drop_cache(items)
                 assert central.proc is not None
                 central_before = process_cpu_s(central.proc.pid)
@@ -401,8 +404,8 @@ def mode_single(work: Path, total_mb: int, files: int, concurrency: int, rounds:
                     )
                     rss.append(peak)
                     receipts = result["receipts"]
-        finally:
-            central.stop()
+            finally:
+                central.stop()
         shutil.rmtree(round_dir)
     curl_s, edge_s = statistics.median(samples["curl"]), statistics.median(samples["edge"])
     return {
@@ -421,6 +424,7 @@ def mode_single(work: Path, total_mb: int, files: int, concurrency: int, rounds:
         "curl_cpu_s_per_gb": statistics.median(cpu["curl"]),
         "curl_central_cpu_s_per_gb": statistics.median(cpu["curl_central"]),
         "samples_s": {k: [round(v, 3) for v in vs] for k, vs in samples.items()},
+        "cpu_s_per_gb_samples": cpu,
     }
 
 
