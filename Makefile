@@ -21,8 +21,10 @@ STAMP := $(VENV)/.installed
 # start a throwaway server as the unprivileged user postgres in a temporary folder (tests/central/pg.py).
 # xorriso: `edge room export` writes a room session's disc image (ISO 9660) with it, and the tests read
 # the image back with it.
+# ceph-mon ceph-osd radosgw ceph-common: the S3 object store's tests run a throwaway single-node Ceph
+# cluster (memstore OSD, radosgw) in a temporary folder (tests/central/ceph.py).
 APT_PACKAGES := ffmpeg fuse3 curl python3-venv python3-dev systemd dbus-daemon libseccomp2 chromium \
-	fonts-wqy-microhei mosquitto sip-tester postgresql xorriso
+	fonts-wqy-microhei mosquitto sip-tester postgresql xorriso ceph-mon ceph-osd radosgw ceph-common
 
 # Exact versions of every Python distribution the tests ran with (pip and the build backend included),
 # so that an install a year from now gets what was tested. `make constraints` rewrites it from .venv.
@@ -48,6 +50,10 @@ system:
 	command -v sipp >/dev/null || missing="$$missing sip-tester"; \
 	[ -x "$$(pg_config --bindir 2>/dev/null)/initdb" ] || missing="$$missing postgresql"; \
 	command -v xorriso >/dev/null || missing="$$missing xorriso"; \
+	command -v ceph-mon >/dev/null || missing="$$missing ceph-mon"; \
+	command -v ceph-osd >/dev/null || missing="$$missing ceph-osd"; \
+	command -v radosgw >/dev/null || missing="$$missing radosgw"; \
+	command -v ceph >/dev/null && command -v monmaptool >/dev/null || missing="$$missing ceph-common"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "setup: installing system packages:$$missing"; \

@@ -194,7 +194,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return 2
         index = central_config.central.index
         report = _verify_central(central_config.central.store_dir, central_key,
-                                 index if isinstance(index, PostgresIndexConfig) else None)
+                                 index if isinstance(index, PostgresIndexConfig) else None, central_config)
     elif is_package(target):
         # An unzipped disclosure package (一案一包): checked offline against the central key, pinned with
         # --central-key or by the station configuration given with --config; never the package's own.
@@ -322,14 +322,28 @@ def _verify_station_store(target: Path, args: argparse.Namespace, key: Any, cent
     return report
 
 
-def _verify_central(store_dir: Path, central_key: Any, index: Any = None) -> Any:
+def _verify_central(store_dir: Path, central_key: Any, index: Any = None, config: Any = None) -> Any:
     """A central store: objects, index, station ledgers, Merkle log; the signing key pinned if given.
-    ``index``: the store's PostgreSQL index configuration (None: the store's index.db)."""
+    ``index``: the store's PostgreSQL index configuration (None: the store's index.db); ``config``: the
+    central's configuration, whose [central] objects says where its objects are (an S3 bucket; None:
+    the store's objects/ folder)."""
+    from edge.central.objects import ObjectStore, ObjectStoreError
     from edge.central.verify import verify_central
+    from edge.custody.problems import Problem
     from edge.verify.station import VerifyReport
 
     report = VerifyReport(f"central store {store_dir}" + (f" with its index in {index.url}" if index else ""))
-    findings = verify_central(store_dir, central_public_key=central_key, index=index)
+    objects: ObjectStore | None = None
+    if config is not None and config.central.objects.type != "files":
+        from edge.central.object_stores import open_object_store
+
+        try:
+            objects = open_object_store(config)
+        except (ConfigError, ObjectStoreError) as exc:
+            report.problems.append(Problem(f"objects of {config.central.objects.bucket}",
+                                           f"cannot be opened: {exc}"))
+            return report
+    findings = verify_central(store_dir, central_public_key=central_key, index=index, objects=objects)
     report.problems.extend(findings.problems)
     report.notes.extend(findings.notes)
     report.checked["central_stores"] = 1
@@ -434,7 +448,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         room_seconds=args.seconds,
         segment_s=args.segment_seconds,
         gb_faults=tuple(args.gb_fault),
+        shift=args.shift,
     )
+    if options.shift and (options.room or options.source != "usb" or not options.central):
+        print("error: --shift runs its own recorders through the desk, the dock and the central: it cannot "
+              "go with --room, --source gb28181 or --no-central", file=sys.stderr)
+        return ExitCode.USAGE
     try:
         parse_faults(list(options.gb_faults))
     except ValueError as exc:
@@ -565,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--room", action="store_true",
         help="an interview-room session: a simulated GB/T 28181 IPC and an ffmpeg test source record for "
         "--seconds, then stop; reports segments, sealed, gaps, max_seal_latency_s and each item's receipt",
+    )
+    demo.add_argument(
+        "--shift", action="store_true",
+        help="a shift of issue and return (领用/归还): three officers check recorders out with cards at the "
+        "simulated reader, record, check them in; reports each item's assignment status and holder",
     )
     demo.add_argument("--seconds", type=float, default=30.0, help="with --room: how long the session records")
     demo.add_argument("--segment-seconds", type=float, default=5.0, help="with --room: segment length")

@@ -18,6 +18,10 @@ With ``--room`` it is an interview-room session instead: a simulated GB/T 28181 
 source record for ``--seconds``, the session is stopped, and every segment and the session manifest are
 followed to the central's receipt (edge.demo_room).
 
+With ``--shift`` it is a shift of issue and return (领用/归还) instead: officers check recorders out with
+cards at the station's reader, record, dock them again (check-in), and every item's manifest says who held
+the recorder by the station's assignments (edge.demo_shift).
+
 With ``--transport mqtt`` the station has no HTTPS path to the central at all: it registers, pushes its
 ledger and sends evidence through an MQTT broker (EMQX-style file transfer, README "MQTT"). Unless
 ``--broker URL`` names one, the demo runs a local Mosquitto (edge.mqtt.local_broker) on a free port with
@@ -95,6 +99,7 @@ class DemoOptions:
     room: bool = False  # an interview-room session instead (edge.demo_room)
     room_seconds: float = 30.0  # room: how long the session records
     segment_s: float = 5.0  # room: segment length
+    shift: bool = False  # a shift of issue and return at the desk instead (edge.demo_shift)
 
 
 def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]:
@@ -131,6 +136,7 @@ def demo_config(
     mqtt: dict[str, Any] | None = None,
     gb28181: dict[str, Any] | None = None,
     rooms: dict[str, Any] | None = None,
+    equipment: dict[str, Any] | None = None,
 ) -> StationConfig:
     return StationConfig.model_validate(
         {
@@ -163,6 +169,7 @@ def demo_config(
             "api": api or {"enabled": False},
             "gb28181": gb28181 or {},
             "rooms": rooms or {},
+            "equipment": equipment or {},
             "case_defaults": {
                 "location": "杭州市西湖区文三路",
                 "subject": "现场执法过程",
@@ -197,6 +204,10 @@ async def run_demo(options: DemoOptions) -> int:
     # A Unix socket's path holds 107 bytes: the API's socket gets a short directory of its own.
     run_dir = Path(tempfile.mkdtemp(prefix="edge-demo-", dir="/tmp"))
     try:
+        if options.shift:
+            from edge.demo_shift import run_shift_demo
+
+            return await run_shift_demo(options, workdir, out, run_dir)
         if options.room:
             from edge.demo_room import run_room_demo
 
@@ -278,16 +289,14 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
             dock.stop()
             bus.close()
             await _stop_services(central, broker)
-    report = await _verify_station(loop, config, central)
+    checked = await verify_demo(loop, config, central, drained=drained)
+    report = checked.station
     results = agent.results
-    errors = [e for r in results for e in r.errors] + [f"{p.where}: {p.what}" for p in report.problems]
+    errors = [e for r in results for e in r.errors] + checked.errors()
     if len(results) < len(specs):
         errors.append(f"only {len(results)} of {len(specs)} recorders finished")
-    if not drained:
-        errors.append("the uplink did not drain the spool in time")
     uplink_counts = uplink_summary(config.station.store_dir)
-    central_report = await _verify_central(loop, central)
-    errors += [f"central {p.where}: {p.what}" for p in central_report or ()]
+    central_report = checked.central
     summary = {
         "recorders": len(specs),
         "items": sum(len(r.items) for r in results),
@@ -462,15 +471,14 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
             server.stop()
             bus.close()
             await _stop_services(central, broker)
-    report = await _verify_station(loop, config, central)
-    errors = [f"{p.where}: {p.what}" for p in report.problems]
+    checked = await verify_demo(loop, config, central, drained=drained)
+    report, central_report = checked.station, checked.central
+    errors = checked.errors()
     for device in devices:
         view = progress.get(device, {})
         if view.get("failed"):
             errors.append(f"device {device}: {view['failed']} recording(s) not downloaded "
                           f"({view.get('last_problem') or 'see the ledger'})")
-    if not drained:
-        errors.append("the uplink did not drain the spool in time")
     counts = gb_summary(config.station.store_dir)
     if counts["recordings_incomplete"]:
         # What came is sealed (evidence of what came), but the recording is not whole: not a success.
@@ -479,8 +487,6 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
     if counts["recordings"] < recordings_total:
         errors.append(f"only {counts['recordings']} of {recordings_total} recordings were downloaded whole")
     uplink_counts = uplink_summary(config.station.store_dir)
-    central_report = await _verify_central(loop, central)
-    errors += [f"central {p.where}: {p.what}" for p in central_report or ()]
     summary = {
         "recorders": len(devices),
         "items": counts["items"],
@@ -616,26 +622,36 @@ async def _stop_services(central: EmbeddedCentral | None, broker: LocalBroker | 
             await broker.stop()
 
 
-async def _verify_station(
-    loop: asyncio.AbstractEventLoop, config: StationConfig, central: EmbeddedCentral | None
-) -> VerifyReport:
-    """`edge verify` of the demo station's store (with the central's key, when there was a central)."""
+@dataclass(frozen=True)
+class DemoVerification:
+    """`edge verify` of a demo's station store (with the central's key, when there was a central) and of
+    its central's store, with the uplink's drain: what every demo's summary reports."""
+
+    station: VerifyReport
+    central: list[Problem] | None  # None without a central
+    drained: bool
+
+    @property
+    def central_verified(self) -> bool | None:
+        return None if self.central is None else not self.central
+
+    def errors(self) -> list[str]:
+        errors = [f"{p.where}: {p.what}" for p in self.station.problems]
+        if not self.drained:
+            errors.append("the uplink did not drain the spool in time")
+        return errors + [f"central {p.where}: {p.what}" for p in self.central or ()]
+
+
+async def verify_demo(loop: asyncio.AbstractEventLoop, config: StationConfig, central: EmbeddedCentral | None,
+                      *, drained: bool) -> DemoVerification:
     central_key = central.signing_public_key() if central is not None else None
-    return await loop.run_in_executor(
-        None, lambda: verify_store(config.station.store_dir, central_key=central_key)
-    )
-
-
-async def _verify_central(
-    loop: asyncio.AbstractEventLoop, central: EmbeddedCentral | None
-) -> list[Problem] | None:
-    """`edge verify` of the demo central's store; None without a central."""
-    if central is None:
-        return None
-    central_key = central.signing_public_key()
-    return await loop.run_in_executor(
-        None, lambda: verify_central_store(central.store_dir, central_public_key=central_key)
-    )
+    station = await loop.run_in_executor(
+        None, lambda: verify_store(config.station.store_dir, central_key=central_key))
+    central_problems = None
+    if central is not None:
+        central_problems = await loop.run_in_executor(
+            None, lambda: verify_central_store(central.store_dir, central_public_key=central_key))
+    return DemoVerification(station, central_problems, drained)
 
 
 def _print_urls(out: Any, agent: StationAgent) -> None:

@@ -503,7 +503,11 @@ class StationAgent:
             for state, count in fleet.counts().items():
                 metrics.recorders.labels(state).set(count)
             metrics.recorders_overdue.set(len(fleet.overdue))
+            if self.uplink is not None:
+                self.uplink.fleet_changed(fleet)  # the central's fleet report (version 2)
 
+        if self.uplink is not None:
+            self.uplink.follow_fleet()
         self.fleet = FleetMonitor(self.store, config=lambda: self.config, live=self._recorders_in_bays,
                                   on_fleet=publish, alive=lambda: self.supervisor_alive("fleet"))
         self.status.sections["fleet"] = self.fleet.summary

@@ -60,7 +60,9 @@ def requires(condition: object, reason: str) -> pytest.MarkDecorator:
 
 
 # System tools tests run, by the Debian package that has them (the Makefile's APT_PACKAGES installs them).
-TOOL_PACKAGES = {"xorriso": "xorriso", "ffmpeg": "ffmpeg", "ffprobe": "ffmpeg", "sipp": "sip-tester"}
+TOOL_PACKAGES = {"xorriso": "xorriso", "ffmpeg": "ffmpeg", "ffprobe": "ffmpeg", "sipp": "sip-tester",
+                 "ceph-mon": "ceph-mon", "ceph-osd": "ceph-osd", "radosgw": "radosgw",
+                 "radosgw-admin": "radosgw", "ceph": "ceph-common", "monmaptool": "ceph-common"}
 
 
 def require_tool(name: str) -> str:

@@ -46,8 +46,10 @@ from edge.central.log import MerkleLog
 from edge.central.metrics import CentralMetrics
 from edge.central.mqtt_ingest_store import MqttIngestStore
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
-from edge.central.objects import FileObjectStore
+from edge.central.object_stores import open_object_store
+from edge.central.objects import FileObjectStore, ObjectStore
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
+from edge.central.retention import RetentionPolicy
 from edge.central.revocation import crl_seconds_left
 from edge.central.storage import CentralDatabase, ConsoleStore, EquipmentRows, Index
 from edge.central.timestamp import TimeStamper, keep_tsa_roots, load_tsa_roots, timestamp_task
@@ -88,7 +90,7 @@ class CentralParts:
 
     config: CentralConfig
     index: Index
-    objects: FileObjectStore
+    objects: ObjectStore
     merkle: MerkleLog
     uploads: TusUploadStore
     registrar: Registrar
@@ -100,6 +102,14 @@ class CentralParts:
     # The MQTT receiver's transfers ([mqtt] configured), None otherwise; registration resolves "mqtt:"
     # uploads in it (edge.central.upload_sources).
     mqtt_transfers: MqttIngestStore | None = None
+
+    @property
+    def file_objects(self) -> FileObjectStore:
+        """The object store when it is the local folder (tests and the console's file playback reach
+        into it); TypeError for any other."""
+        if not isinstance(self.objects, FileObjectStore):
+            raise TypeError(f"the object store is {self.objects!r}, not a local folder")
+        return self.objects
 
 
 CENTRAL = web.AppKey("central", CentralParts)
@@ -385,7 +395,7 @@ def build_app(
     index = database.index
     try:
         merkle = MerkleLog(database.log_store, key, config.central.id)
-        objects = FileObjectStore(layout.objects_dir)
+        objects = open_object_store(config)
         uploads = TusUploadStore(layout.uploads_dir, max_size_bytes=config.uploads.max_size_bytes,
                                  expire_after_s=config.uploads.expire_incomplete_s,
                                  expire_complete_after_s=config.uploads.expire_unregistered_s,
@@ -409,7 +419,8 @@ def build_app(
     metrics = CentralMetrics(log_size=merkle.size, crl_seconds_left=lambda: crl_seconds_left(
         layout, broker_crl_file=broker_crl_file))
     registrar = Registrar(index, objects, merkle, CombinedUploadSource(uploads, transfers), signing_key=key,
-                          central_id=config.central.id)
+                          central_id=config.central.id,
+                          retention=RetentionPolicy.from_config(config.retention))
     registrar.on_content_verified = metrics.verify_seconds.observe
 
     def record(rejection: Rejection, station: str | None, remote: str | None) -> None:

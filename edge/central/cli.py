@@ -33,6 +33,7 @@ from edge.central.console.secret_key import prepare_console_key
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
 from edge.central.index import CentralIndexError
 from edge.central.mqtt_command import add_command_parser
+from edge.central.objects import ObjectStoreUnavailable
 from edge.central.officers_cli import add_officers_parser
 from edge.central.receive_queue import ReceiveQueueError
 from edge.central.revocation import CrlWritten, import_issued, kept_sha256s, update_crl
@@ -108,6 +109,10 @@ def cmd_central_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     except StoreBusy as exc:
         _say(f"error: {exc}")
+        return EXIT_STORE_BUSY
+    except ObjectStoreUnavailable as exc:
+        # The bucket cannot be asked whether it has Object Lock: 75 (EX_TEMPFAIL), systemd starts us again.
+        _say(f"error: {exc}: exiting 75 for systemd to start the central again")
         return EXIT_STORE_BUSY
     except DatabaseUnavailable as exc:
         # The database server is down or refuses the central now: 75 (EX_TEMPFAIL), systemd tries again.

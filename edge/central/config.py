@@ -35,11 +35,13 @@ __all__ = [
     "CentralSection",
     "ConfigError",
     "ConsoleSection",
+    "FileObjectsConfig",
     "IdentitySection",
     "LogSection",
     "MqttSection",
     "PostgresIndexConfig",
     "RetentionSection",
+    "S3ObjectsConfig",
     "ServerSection",
     "SqliteIndexConfig",
     "UploadsSection",
@@ -128,6 +130,81 @@ class PostgresIndexConfig(StrictModel):
         return value
 
 
+class FileObjectsConfig(StrictModel):
+    """Objects as read-only files under ``<store_dir>/objects`` (one site, the demo, most tests)."""
+
+    type: Literal["files"] = "files"
+
+
+# S3 bucket names (AWS rules, which Ceph RGW also enforces): 3-63 lower-case letters, digits, dots, hyphens.
+_S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+
+
+class S3ObjectsConfig(StrictModel):
+    """Objects in an S3-compatible bucket created with Object Lock (edge.central.s3_objects)."""
+
+    type: Literal["s3"]
+    endpoint: str = Field(
+        pattern=r"^https?://[^\s/?#@]+(:[0-9]{1,5})?/?$",
+        description="The S3 endpoint URL, scheme host and port only: https://s3.example.org (Ceph RGW, AWS)",
+    )
+    bucket: str = Field(pattern=_S3_BUCKET, description="The bucket; it must have been created with Object "
+                        "Lock enabled (checked at start: the central refuses to run on a bucket without it)")
+    region: str = Field("us-east-1", pattern=r"^[a-z0-9-]{1,40}$",
+                        description="The bucket's region (signing)")
+    access_key_id: str = Field(pattern=r"^[A-Za-z0-9+/=_.-]{1,128}$", description="The S3 access key id")
+    secret_access_key: SecretRef = Field(
+        description="The S3 secret key as a secret reference (env:, file:, credential:), never the key"
+    )
+    prefix: str = Field(
+        "objects/", pattern=r"^([A-Za-z0-9._-]+/)*$",
+        description="Key prefix of the objects in the bucket (each object: <prefix><sha256>)",
+    )
+    part_size_mb: int = Field(
+        64, ge=5, le=5120,
+        description="Objects larger than this go up in multipart parts of this size, in MiB: the memory one "
+        "upload takes while it is sent (S3 parts are 5 MiB to 5 GiB)",
+    )
+    addressing_style: Literal["path", "virtual"] = Field(
+        "path", description="path: https://host/bucket/key (Ceph RGW and most servers without wildcard DNS); "
+        "virtual: https://bucket.host/key (AWS)",
+    )
+    checksum_mode: Literal["when_required", "when_supported"] = Field(
+        "when_required",
+        description="botocore's request_checksum_calculation and response_checksum_validation. when_required "
+        "suits non-AWS servers (boto3 >= 1.36 otherwise sends CRC trailers some servers refuse); the central "
+        "computes SHA-256 itself and sends Content-MD5 with every part either way",
+    )
+    ca_file: Path | None = Field(
+        None, description="CA certificate(s) for an https endpoint (PEM); empty: the system's")
+    connect_timeout_s: float = Field(5.0, gt=0, le=300, description="Connection time limit per request")
+    read_timeout_s: float = Field(60.0, gt=0, le=3600, description="Read time limit per request")
+    max_attempts: int = Field(3, ge=1, le=20, description="Attempts per request (botocore retries)")
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _endpoint_without_userinfo(cls, value: object) -> object:
+        if isinstance(value, str) and "@" in value:  # refused without echoing: it may carry a key
+            raise PydanticCustomError(_URL_REFUSED, "the endpoint URL must not carry credentials (user@): "
+                                      "give "
+                                      "access_key_id and secret_access_key")
+        return value
+
+    @field_validator("ca_file", mode="before")
+    @classmethod
+    def _empty_ca(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else _absolute(value, "objects.ca_file")
+
+    @property
+    def part_size_bytes(self) -> int:
+        return self.part_size_mb << 20
+
+
 class CentralSection(StrictModel):
     id: Annotated[
         str,
@@ -143,6 +220,12 @@ class CentralSection(StrictModel):
         default_factory=SqliteIndexConfig, discriminator="type",
         description="Where the index and the Merkle log are kept: {type = \"sqlite\"} (the default: "
         "<store_dir>/index.db) or {type = \"postgresql\", url = ..., password = \"env:...\"}",
+    )
+    objects: FileObjectsConfig | S3ObjectsConfig = Field(
+        default_factory=FileObjectsConfig, discriminator="type",
+        description="Where accepted content is kept: {type = \"files\"} (the default: <store_dir>/objects) "
+        "or "
+        "{type = \"s3\", endpoint = ..., bucket = ..., access_key_id = ..., secret_access_key = \"env:...\"}",
     )
 
     @field_validator("store_dir")
@@ -367,8 +450,35 @@ class LogSection(StrictModel):
         return self
 
 
+_RETENTION_CLASS = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
 class RetentionSection(StrictModel):
-    """Nothing yet: immutability (WORM) is the object store's job."""
+    """How long each retention class (an item's case.retention) keeps its content locked in an S3 object
+    store (COMPLIANCE: nobody can delete it or shorten the lock); a local folder has no lock."""
+
+    class_days: dict[
+        Annotated[str, Field(pattern=_RETENTION_CLASS)], Annotated[int, Field(ge=1, le=36600)]
+    ] = (
+        Field(default_factory=lambda: {"6-months": 183},
+              description="Days each retention class is kept, counted from acceptance (or from the tag that "
+              "set the class)")
+    )
+    default_class: str = Field(
+        "6-months", pattern=_RETENTION_CLASS,
+        description="The class of an item whose manifest names none",
+    )
+    permanent_classes: list[Annotated[str, Field(pattern=_RETENTION_CLASS)]] = Field(
+        default_factory=lambda: ["permanent"],
+        description="Classes kept for ever: a legal hold (no end date) besides the default class's lock",
+    )
+
+    @model_validator(mode="after")
+    def _default_class_known(self) -> RetentionSection:
+        if self.default_class not in self.class_days:
+            raise ValueError(f"default_class {self.default_class!r} must be one of class_days "
+                             f"({', '.join(sorted(self.class_days))})")
+        return self
 
 
 class ConsoleSection(StrictModel):

@@ -8,15 +8,19 @@ version while the central runs, and every receiver sharing the database answers 
   each the signed envelope of :mod:`edge.equipment.officer_list` with its version, digest, time and who
   imported it. The version is one more than the newest, read and signed under the database's writer
   lock: two receivers (or a receiver and the command) never issue the same number.
-* fleet reports: the latest report of each station (:mod:`edge.equipment.fleet_report`) with the
-  central's time of receipt; a newer report replaces the station's previous one.
+* fleet reports: the latest report of each station (:mod:`edge.equipment.fleet_report`, version 2 from
+  a station's fleet view or version 1 from an older station's assignments) with the central's time of
+  receipt; a newer report replaces the station's previous one.
 
 The endpoints (:func:`add_equipment_routes`): ``GET /v1/stations/{S}/officers?have=N`` and ``POST
 /v1/stations/{S}/fleet`` for the station itself (mutual TLS), the same as the MQTT API's ``officers`` and
 ``fleet-report``; ``GET /v1/fleet`` for auditors (a reader certificate or a console session), every read
 logged first, a reader of role ``reader`` seeing only the stations of its units. The fleet view flags a
 recorder that the latest reports of two stations both list (``at_stations`` names them), and each station's
-row says which officer list version it holds beside the newest issued (a station that lags shows).
+row says which officer list version it holds beside the newest issued (a station that lags shows). Each
+recorder says whether it is ``overdue`` (:func:`is_overdue`: as its station said, or out past its due time
+by the central's clock), counted per station and over the view; ``edge_central_recorders_overdue`` counts
+them over every station.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from edge.central.registration import Caller, RejectCode, Rejection
 from edge.central.storage import EquipmentRows
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.keys import StationKey
-from edge.equipment.fleet_report import FleetReportError, check_report
+from edge.equipment.fleet_report import FleetReportError, check_report, report_time
 from edge.equipment.officer_csv import OfficerRow
 from edge.equipment.officer_list import (
     MAX_LIST_BYTES,
@@ -53,8 +57,10 @@ __all__ = [
     "IssuedList",
     "add_equipment_routes",
     "fleet_view",
+    "is_overdue",
     "officer_list_problems",
     "officers_answer",
+    "overdue_count",
 ]
 
 log = logging.getLogger(__name__)
@@ -143,31 +149,62 @@ def officers_answer(store: EquipmentStore, have: int) -> dict[str, Any]:
     return {"version": newest.version, "list": parse_json(newest.envelope)}
 
 
-def fleet_view(store: EquipmentStore, stations: set[str] | None) -> dict[str, Any]:
+def is_overdue(recorder: dict[str, Any], now: str) -> bool:
+    """Overdue as the station said, or out past its due time by the central's clock (``now``, a report
+    time): a station that stopped reporting does not hide a recorder that fell due since. A version 1
+    report carries no due time, so its recorders are never overdue here."""
+    if recorder["state"] == "overdue":
+        return True
+    due_at = recorder.get("due_at")
+    return recorder["state"] == "out" and isinstance(due_at, str) and due_at <= now
+
+
+def overdue_count(store: EquipmentStore, now: datetime | None = None) -> int:
+    """Recorders overdue over every station's latest report (the central's metric)."""
+    moment = report_time(now or datetime.now(UTC))
+    return sum(is_overdue(recorder, moment) for _, _, report in store.reports()
+               for recorder in report["recorders"])
+
+
+def fleet_view(store: EquipmentStore, stations: set[str] | None, now: datetime | None = None
+               ) -> dict[str, Any]:
     """Every recorder the latest reports list, with the station holding it; ``stations`` None: all. A
     serial in the latest reports of two stations is flagged (``at_stations`` lists them), whatever the
-    reader's scope: the reports of stations the reader may not see are counted, not shown."""
+    reader's scope: the reports of stations the reader may not see are counted, not shown. Each recorder
+    says whether it is ``overdue`` (:func:`is_overdue`, at ``now``); each station and the whole view count
+    the recorders by state and the overdue ones."""
+    moment = report_time(now or datetime.now(UTC))
     holders: dict[str, list[str]] = {}
     shown: list[dict[str, Any]] = []
     station_rows: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
     for station, received, report in store.reports():
         for recorder in report["recorders"]:
             holders.setdefault(recorder["device_serial"], []).append(station)
         if stations is not None and station not in stations:
             continue
-        station_rows.append({"station": station, "reported_at": report["at"], "received": received,
-                             "recorders": len(report["recorders"]),
-                             "officers_version": report.get("officers_version")})
+        station_counts: dict[str, int] = {}
+        overdue = 0
         for recorder in report["recorders"]:
-            shown.append({"station": station, **recorder})
+            late = is_overdue(recorder, moment)
+            overdue += late
+            station_counts[recorder["state"]] = station_counts.get(recorder["state"], 0) + 1
+            counts[recorder["state"]] = counts.get(recorder["state"], 0) + 1
+            shown.append({"station": station, **recorder, "overdue": late})
+        station_rows.append({"station": station, "reported_at": report["at"], "received": received,
+                             "report_version": report.get("version", 1),
+                             "recorders": len(report["recorders"]), "counts": station_counts,
+                             "overdue": overdue, "overdue_after_h": report.get("overdue_after_h"),
+                             "officers_version": report.get("officers_version")})
     for recorder in shown:
         at = holders[recorder["device_serial"]]
         recorder["at_stations"] = sorted(at) if len(at) > 1 else None
         recorder["flag"] = "seen_at_two_stations" if len(at) > 1 else None
-    shown.sort(key=lambda r: (r["device_serial"], r["station"]))
+    shown.sort(key=lambda r: (not r["overdue"], r["device_serial"], r["station"]))
     newest = store.newest()
-    return {"officers_version": None if newest is None else newest.version,
-            "stations": station_rows, "recorders": shown,
+    return {"officers_version": None if newest is None else newest.version, "at": moment,
+            "stations": station_rows, "counts": counts,
+            "overdue": sum(r["overdue"] for r in shown), "recorders": shown,
             "flagged": sorted({r["device_serial"] for r in shown if r["flag"]})}
 
 
@@ -256,4 +293,8 @@ def add_equipment_routes(app: web.Application, parts: CentralParts, stall_timeou
     app.router.add_get("/v1/stations/{station}/officers", endpoints.officers)
     app.router.add_post("/v1/stations/{station}/fleet", endpoints.fleet_report)
     app.router.add_get("/v1/fleet", endpoints.fleet)
+    from edge.central.app import METRICS
+
+    if METRICS in app:  # the recorders overdue agency-wide, read when scraped
+        app[METRICS].watch_fleet(lambda: overdue_count(store))
     return store

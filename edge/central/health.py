@@ -52,6 +52,7 @@ from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 
 from edge.central.metrics import METRICS_CONTENT_TYPE, CentralMetrics
+from edge.central.objects import FileObjectStore
 from edge.central.revocation import CRL_WARN_BEFORE, CrlList, crl_standing
 from edge.custody.canonical import canonical_json
 
@@ -154,13 +155,16 @@ class Readiness:
         return f"Readiness(last_failed={sorted(self._last_failed or ())!r})"
 
     async def check(self) -> dict[str, str]:
-        """``{check: "ok" | failure word}`` for ``store``, ``index`` and ``signer``."""
+        """``{check: "ok" | failure word}`` for ``store``, ``index`` and ``signer``, and ``objects`` when
+        they are in a bucket (an S3 store: the bucket answers)."""
         details: dict[str, str] = {}
         results = {
             "store": await self._timed("store", "not_writable", self._store, details),
             "index": await self._timed("index", "not_answering", self._index, details),
             "signer": await self._timed("signer", "not_signing", self._signer, details),
         }
+        if not isinstance(self._parts.objects, FileObjectStore):  # a local folder is the "store" check
+            results["objects"] = await self._timed("objects", "unreachable", self._objects, details)
         failed = frozenset(name for name, word in results.items() if word != "ok")
         if failed != self._last_failed:
             if failed:
@@ -221,6 +225,11 @@ class Readiness:
 
     async def _store(self) -> None:
         await asyncio.to_thread(_probe_directory, self._parts.config.layout.store_dir / READINESS_DIR)
+
+    async def _objects(self) -> None:
+        problem = await asyncio.to_thread(self._parts.objects.reachable)
+        if problem is not None:
+            raise ConnectionError(problem)
 
     async def _index(self) -> None:
         size = self._parts.merkle.size()

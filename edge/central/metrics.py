@@ -22,6 +22,9 @@ What is counted, and where:
   answered busy because their station's share of the queue was full;
   ``edge_central_mqtt_queue_expired_total``: messages removed unhandled because their MQTT Message Expiry
   passed while they waited. Only with ``[mqtt]``.
+- ``edge_central_recorders_overdue``: recorders overdue over the latest fleet report of every station
+  (:func:`edge.central.equipment.is_overdue`: as the station said, or out past its due time by now), read
+  when scraped. Alert above 0.
 
 No label carries a station id, an item id, a reader name or a case number. The metrics are still not for
 the internet (traffic volumes, refusal patterns): they are served only on a loopback listener of their
@@ -143,6 +146,22 @@ class _ReceiveQueueCollector(Collector):
             yield CounterMetricFamily(self._EXPIRED, self._EXPIRED_HELP)
 
 
+class _FleetCollector(Collector):
+    _NAME = "edge_central_recorders_overdue"
+    _HELP = "Recorders overdue over the latest fleet report of every station"
+
+    def __init__(self, overdue: Callable[[], int]) -> None:
+        self._overdue = overdue
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self._NAME, self._HELP)
+        family.add_metric([], float(self._overdue()))
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self._NAME, self._HELP)
+
+
 class CentralMetrics:
     """The central's counters and histograms on their own registry."""
 
@@ -174,6 +193,10 @@ class CentralMetrics:
         """Report the MQTT receiver's queue (its waiting messages, its busy answers, the messages it removed
         as expired), read when scraped."""
         self.registry.register(_ReceiveQueueCollector(waiting, busy, expired))
+
+    def watch_fleet(self, overdue: Callable[[], int]) -> None:
+        """Report the recorders overdue agency-wide (the stations' fleet reports), read when scraped."""
+        self.registry.register(_FleetCollector(overdue))
 
     def answered(self, request: web.BaseRequest, response: web.StreamResponse, status: int) -> None:
         """Count one answered request (the connection calls this once per request)."""

@@ -7,8 +7,10 @@ the central has accepted it, holds the item's `acquired` entry at the seq and ha
 Every refusal is a :class:`Rejection` with a machine code, an HTTP status and a sentence saying what was
 expected and what came; :class:`Registrar` logs each one and appends it to the index's rejections table.
 
-Order of an acceptance (crash-safe): verify everything that needs no content; re-hash the finished
-upload while linking it into the object store (durable: fsync file and directories); then, in one
+Order of an acceptance (crash-safe): verify everything that needs no content; link the finished upload
+into the object store (durable: fsync file and directories), hashing it again unless its receive path
+hashed every byte as it wrote them and the file is unchanged since (:class:`~edge.central.objects.
+ReceivedContent`); then, in one
 transaction of the unit of work the index and the log share (:mod:`edge.central.storage`), the item,
 officer/device/case rows, metadata history, Merkle leaf and signed tree head. A crash before the commit
 leaves at most an unreferenced object, which the retry adopts.
@@ -32,7 +34,16 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.index import ItemRecord, StationRecord
-from edge.central.objects import ObjectCorrupt, ObjectMismatch, ObjectStore, ObjectStoreError
+from edge.central.objects import (
+    ObjectCorrupt,
+    ObjectMismatch,
+    ObjectStore,
+    ObjectStoreError,
+    ObjectStoreUnavailable,
+    ReceivedContent,
+    Retention,
+)
+from edge.central.retention import RetentionPolicy, parse_utc
 from edge.central.storage import Index, UnitOfWork
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.disclosure import ShippedRotation, key_epoch_problem, station_schedule
@@ -115,6 +126,8 @@ class RejectCode(StrEnum):
     BAD_CHECKPOINT = "bad_checkpoint"
     BAD_CHAIN = "bad_chain"
     STORE_DAMAGED = "store_damaged"
+    # The object store cannot be reached: nothing was stored, the station keeps its copy and retries.
+    STORE_UNAVAILABLE = "store_unavailable"
     # HTTP-level refusals shared by every endpoint.
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
@@ -153,6 +166,7 @@ HTTP_STATUS: dict[RejectCode, int] = {
     RejectCode.BAD_CHAIN: 422,
     # The central's own storage is damaged: the station keeps its copy and retries later.
     RejectCode.STORE_DAMAGED: 500,
+    RejectCode.STORE_UNAVAILABLE: 503,
     RejectCode.FORBIDDEN: 403,
     RejectCode.NOT_FOUND: 404,
     RejectCode.TOO_LARGE: 413,
@@ -227,6 +241,10 @@ class UploadSource(Protocol):
     def get(self, upload_id: str) -> UploadFacts | None: ...
     def complete_path(self, upload_id: str) -> Path: ...
     def remove(self, upload_id: str) -> bool: ...
+    def received(self, upload_id: str) -> ReceivedContent | None:
+        """The receive path's hash of the complete upload, taken as its bytes were written (None: the
+        object store hashes the file itself)."""
+        ...
 
 
 def upload_source_key(station_id: str, upload: str) -> str | None:
@@ -637,6 +655,7 @@ class Registrar:
         signing_key: StationKey | None = None,
         central_id: str | None = None,
         clock: Callable[[], str] = station_time_now,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         if merkle.unit is not index.unit:
             # An acceptance writes the item rows and the Merkle leaf in one transaction of the index's
@@ -651,6 +670,7 @@ class Registrar:
         self._signing_key = signing_key
         self._central_id = central_id
         self._clock = clock
+        self.retention = retention if retention is not None else RetentionPolicy.default()
         self._station_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # station -> (the seq its stored key_rotated entries were read to, those entries): each segment reads
         # only the entries accepted since, not the station's whole ledger (:meth:`_stored_rotations`).
@@ -814,6 +834,7 @@ class Registrar:
                 for entry in new:
                     if entry.type == EntryType.TAGGED:
                         self.index.apply_tag(station_id, entry, now)
+        await self._extend_retention(station_id, new)
         if new:
             log.info("station %s ledger accepted seq %d-%d", station_id, new[0].seq, new[-1].seq,
                      extra=event_fields(event="ledger_accepted", station=station_id, seq=new[-1].seq))
@@ -890,9 +911,12 @@ class Registrar:
                 f"bytes with SHA-256 {sha256}; the upload was removed",
             )
         path = self.uploads.complete_path(upload_id)
+        retention = self.retention.for_class(RetentionPolicy.class_of(manifest), parse_utc(self._clock()),
+                                             item=item)
+        received = self.uploads.received(upload_id)
         started = time.monotonic()
         try:
-            await asyncio.to_thread(self._put_content, path, sha256)
+            await asyncio.to_thread(self._put_content, path, sha256, retention, received)
         except ObjectMismatch as exc:
             self._discard_upload(upload_id)
             raise Rejection(
@@ -902,6 +926,13 @@ class Registrar:
             ) from None
         except ObjectCorrupt as exc:
             raise Rejection(RejectCode.STORE_DAMAGED, str(exc)) from None
+        except ObjectStoreUnavailable as exc:
+            log.error("object store unavailable for item %s: %s", item, exc)
+            raise Rejection(
+                RejectCode.STORE_UNAVAILABLE,
+                f"the central cannot reach its object store ({exc}); nothing was stored: keep the item and "
+                "retry later",
+            ) from None
         except (ObjectStoreError, OSError) as exc:
             log.exception("object store failed for item %s", item)
             raise Rejection(
@@ -914,10 +945,12 @@ class Registrar:
         self._discard_upload(upload_id)
         return registered
 
-    def _put_content(self, path: Path, sha256: str) -> None:
+    def _put_content(
+        self, path: Path, sha256: str, retention: Retention, received: ReceivedContent | None
+    ) -> None:
         """Move the upload's content into the object store (runs in a worker thread)."""
         try:
-            self.objects.put_file(path, sha256)
+            self.objects.put_file(path, sha256, retention, received=received)
         except FileNotFoundError:
             # An earlier attempt moved the content in and failed before its commit: the upload's record
             # outlived its file. The object is content-addressed; re-hashing it decides.
@@ -925,6 +958,34 @@ class Registrar:
             if problem is not None:
                 raise ObjectMismatch(sha256, f"nothing usable ({problem})", 0) from None
             log.info("object %s was already moved in by an earlier attempt; using it", sha256)
+            self.objects.retain(sha256, retention)
+
+    async def _extend_retention(self, station_id: str, entries: Sequence[LedgerEntry]) -> None:
+        """Lock the content of accepted items whose retention class a tag changed until the end of the new
+        class (extended, never shortened). A failure is logged and does not refuse the ledger: the tag is
+        the station's signed fact; the lock is the operator's to repair (`edge verify` lists unlocked
+        versions of an S3 store)."""
+        for entry in entries:
+            changes = entry.data.get("changes") if entry.type == EntryType.TAGGED else None
+            if not (isinstance(changes, Mapping) and "retention" in changes and entry.item is not None):
+                continue
+            record = self.index.item(entry.item)
+            if record is None or record.station != station_id:
+                continue  # not accepted yet: registration locks it for the class it then has
+            try:
+                retention = self.retention.for_class(changes["retention"], parse_utc(record.accepted_utc),
+                                                     item=record.item)
+                await asyncio.to_thread(self.objects.retain, record.sha256, retention)
+            except (ObjectStoreError, OSError, ValueError) as exc:
+                log.error("item %s: retention class changed to %r but the object's lock could not be "
+                          "extended: %s", record.item, str(changes["retention"])[:80], exc,
+                          extra=event_fields(event="retention_not_extended", item=record.item,
+                                             station=station_id))
+            else:
+                log.info("item %s: retention class %r; object %s locked until %s%s", record.item,
+                         str(changes["retention"])[:80], record.sha256, retention.until.isoformat(),
+                         " with a legal hold" if retention.legal_hold else "",
+                         extra=event_fields(event="retention_extended", item=record.item, station=station_id))
 
     def _commit(
         self, caller: Caller, manifest: Mapping[str, Any], manifest_text: bytes, upload_id: str

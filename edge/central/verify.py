@@ -77,7 +77,7 @@ from edge.central.console.secret_key import ConsoleKeyError, ConsoleSecretKey
 from edge.central.equipment import officer_list_problems
 from edge.central.index import CASE_FIELDS
 from edge.central.log import MerkleLog
-from edge.central.objects import FileObjectStore, is_sha256_hex
+from edge.central.objects import FileObjectStore, ObjectStore, ObjectStoreError, is_sha256_hex
 from edge.central.postgres import PostgresDatabase
 from edge.central.postgres.console import key_fits_seals as postgres_key_fits_seals
 from edge.central.postgres.qmark import QmarkConnection
@@ -132,6 +132,7 @@ def verify_central_store(
     central_public_key: Ed25519PublicKey | None = None,
     origin: str | None = None,
     index: PostgresIndexConfig | None = None,
+    objects: ObjectStore | None = None,
 ) -> list[Problem]:
     """Every problem found in the central store at ``store_dir``; an empty list means it verifies.
 
@@ -140,7 +141,7 @@ def verify_central_store(
     ``origin`` is the central id tree heads must name (default: the one the first signed head names).
     """
     return verify_central(store_dir, central_public_key=central_public_key, origin=origin,
-                          index=index).problems
+                          index=index, objects=objects).problems
 
 
 def verify_central(
@@ -149,11 +150,14 @@ def verify_central(
     central_public_key: Ed25519PublicKey | None = None,
     origin: str | None = None,
     index: PostgresIndexConfig | None = None,
+    objects: ObjectStore | None = None,
 ) -> CentralFindings:
     """:func:`verify_central_store` with notes and counts (for `edge verify` and the benchmark).
 
     ``index``: the store's index is in this PostgreSQL database (its configuration's ``[central]
-    index``), not in ``store_dir/index.db``."""
+    index``), not in ``store_dir/index.db``. ``objects``: the store's object store when it is not the
+    local folder ``<store_dir>/objects`` (an S3 bucket, :mod:`edge.central.s3_objects`: its version
+    history is checked too)."""
     layout = CentralLayout(Path(store_dir))
     findings = CentralFindings()
     problems = findings.problems
@@ -190,7 +194,7 @@ def verify_central(
         problems.append(Problem(f"index {where}", str(exc)))
         return findings
     try:
-        _Checker(database, layout, public_key, origin, findings).run()
+        _Checker(database, layout, public_key, origin, findings, objects).run()
     except database.errors as exc:
         problems.append(Problem(f"index {where}", f"cannot be read: {exc}"))
     finally:
@@ -218,6 +222,7 @@ class _Checker:
         public_key: Ed25519PublicKey | None,
         origin: str | None,
         findings: CentralFindings,
+        objects: ObjectStore | None = None,
     ) -> None:
         # The index tables, read as stored (module docstring), in SQLite's dialect on either backend.
         self.conn: sqlite3.Connection | QmarkConnection = (
@@ -231,7 +236,7 @@ class _Checker:
         self.problems = findings.problems
         self.checked = findings.checked
         self.station_keys: dict[str, dict[str, Ed25519PublicKey]] = {}
-        self.objects = FileObjectStore(layout.objects_dir)
+        self.objects: ObjectStore = objects if objects is not None else FileObjectStore(layout.objects_dir)
         self.merkle: MerkleLog | None = None
         self.merkle_size = 0
         self.head: TreeHead | None = None
@@ -823,8 +828,13 @@ class _Checker:
         if not is_sha256_hex(sha):
             self.add(where, f"sha256 column {str(sha)[:80]!r} is not 64 hex digits")
             return
-        if not self.objects.exists(sha):
-            self.add(f"object {sha}", "missing: an accepted item's content is gone")
+        try:
+            present = self.objects.exists(sha)
+        except ObjectStoreError as exc:
+            self.add(f"object {sha}", f"cannot be checked: {exc}")
+            return
+        if not present:
+            self.add(f"object {sha}", self._missing_object(sha))
         elif self.objects.size_bytes(sha) != row["size"]:
             self.add(f"object {sha}",
                      f"has {self.objects.size_bytes(sha)} bytes, the item says {row['size']}")
@@ -1146,9 +1156,18 @@ class _Checker:
 
     # -- objects -------------------------------------------------------------------------------------
 
+    def _missing_object(self, sha: str) -> str:
+        if isinstance(self.objects, FileObjectStore):
+            return "missing: an accepted item's content is gone"
+        # A versioned bucket tells how it went missing (a delete marker), and what remains.
+        return f"an accepted item's content is {self.objects.verify(sha)}"
+
     def _check_objects(self) -> None:
-        """Every file under objects/: hashed one at a time and looked up in the index (missing objects
-        were named with their items)."""
+        """Every object: hashed one at a time and looked up in the index (missing objects were named with
+        their items)."""
+        if not isinstance(self.objects, FileObjectStore):
+            self._check_bucket_objects()
+            return
         objects_dir = self.layout.objects_dir
         if not objects_dir.is_dir():
             accepted = self._scalar("SELECT count(*) FROM items")
@@ -1177,6 +1196,37 @@ class _Checker:
                     f"object {name}",
                     "no accepted item references it (left by an interrupted registration or planted)",
                 )
+
+
+    def _check_bucket_objects(self) -> None:
+        """An S3 store: its version history (delete markers, unlocked versions, planted keys), then every
+        current object hashed and looked up in the index."""
+        from edge.central.s3_objects import S3ObjectStore
+
+        store = self.objects
+        if not isinstance(store, S3ObjectStore):
+            self.add("objects", f"cannot list the objects of {store!r}")
+            return
+        try:
+            listed = 0
+            for where, what in store.audit():
+                listed += 1
+                if listed <= _MAX_LISTED:
+                    self.add(where, what)
+            if listed > _MAX_LISTED:
+                self.add("objects", f"{listed - _MAX_LISTED} more findings in the bucket's version history")
+            for name in store.names():
+                self.count("objects")
+                problem = store.verify(name)
+                if problem is not None:
+                    self.add(f"object {name}", problem)
+                elif self.conn.execute(
+                    "SELECT 1 FROM items WHERE sha256 = ? LIMIT 1", (name,)
+                ).fetchone() is None:
+                    self.add(f"object {name}", "no accepted item references it (left by an interrupted "
+                                               "registration or planted)")
+        except ObjectStoreError as exc:
+            self.add(f"objects {store!r}", f"cannot be listed: {exc}")
 
 
 # The console's append-only trails besides the access log (edge.central.sqlite.console), numbered 1, 2, 3...

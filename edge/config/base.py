@@ -101,7 +101,7 @@ def _describe(error: Any, text: str | None) -> str:
     shown = (
         "" if error["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
     )
-    if "password" in loc or error["type"] == "url_userinfo":
+    if "password" in loc or "secret" in loc or error["type"] == "url_userinfo":
         shown = ""  # never echo anything that might be a secret (a URL's user:password@ included)
     return f"{where}{loc}: {message}{shown}"
 

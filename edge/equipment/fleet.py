@@ -22,8 +22,9 @@ Each recorder's ``state``:
 - ``never_docked``: on the allow-list, never seen here.
 
 :func:`fleet_summary` is the JSON of the view: ``GET /api/v1/fleet``, the status's ``fleet`` part (``edge
-status``, the dock screen), and what goes to the central for the agency's whole fleet (which station
-holds which recorder). In a running agent the latest is ``StationAgent.fleet.summary()``
+status``, the dock screen). What goes to the central for the agency's whole fleet is made from the same
+view by :func:`edge.equipment.fleet_report.fleet_report_v2` (fewer members, strict types, no unit names).
+In a running agent the latest is ``StationAgent.fleet.summary()``
 (:class:`edge.equipment.fleet_monitor.FleetMonitor`, refreshed every ``[equipment] overdue_check_s``; None
 before its first read); it is plain JSON (str, int, float, bool, None, lists and dicts)::
 
@@ -52,8 +53,7 @@ RECORDER::
      "dockings": int}
 
 Times are ISO 8601 UTC with seconds (the status model's), device text escaped with
-:func:`edge.custody.text.printable`. The central's side imports nothing but this JSON: a station sends
-``fleet_summary(...)`` as it is.
+:func:`edge.custody.text.printable`.
 """
 
 from __future__ import annotations

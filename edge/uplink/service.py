@@ -21,10 +21,13 @@ chain, conflict, too large) *and* the answer carries that refusal signed by the 
 enrollment, for this item (and this upload). A proxy's 400/413/502, an HTML page, a truncated or forged
 JSON refusal is retried with backoff; a refusal that claims finality without a valid signature is also
 put on the ledger once. A final refusal goes into the item's `error` ledger entry, signature included;
-`edge uplink retry` requeues the item later (`edge.uplink.requeue`). Before its first byte is sent, an
-item's stored copy must still give its recorded hash: a damaged copy is never sent (the central would
-refuse it for good while its recorder may still hold the file); it is on the ledger once and held until
-a docking re-acquires it (`edge.ingest.pipeline.IngestPipeline.reacquire`), then sent at once.
+`edge uplink retry` requeues the item later (`edge.uplink.requeue`). An item's stored copy must still
+give its recorded hash before the central holds all of it: a damaged copy is never sent whole (the
+central would refuse it for good while its recorder may still hold the file); it is on the ledger once
+and held until a docking re-acquires it (`edge.ingest.pipeline.IngestPipeline.reacquire`), then sent at
+once. A transport that hashes the copy as it sends it (tus: ``Link.checks_content_on_send``) checks it
+on that pass, before the last chunk goes, and abandons the upload; for any other, the copy is read and
+hashed before its first byte is sent.
 
 Witnessing (`edge.uplink.witness`): beside the items, the ledger tail goes to the central a few seconds
 after new entries (erasures at once) and at shutdown, so the part of the ledger the central has not
@@ -56,7 +59,8 @@ from edge.custody.receipt import verify_receipt
 from edge.custody.refusal import FINAL_ITEM_CODES, LEDGER_FORK, verify_refusal
 from edge.custody.seal import hash_prefix
 from edge.durable.files import write_atomic
-from edge.equipment.fleet_report import fleet_report
+from edge.equipment.fleet import Fleet
+from edge.equipment.fleet_report import fleet_report, fleet_report_v2
 from edge.equipment.officer_sync import OfficerListSync
 from edge.ingest.store import StationStore
 from edge.observe.sink import NULL_SINK, CentralContact, Duration, DurationKind, StatusSink
@@ -80,6 +84,7 @@ from edge.uplink.transport import (
     Refused,
     RegisterOutcome,
     RetryLater,
+    StoredCopyMismatch,
     Transport,
     UploadOutcome,
 )
@@ -94,12 +99,18 @@ log = logging.getLogger(__name__)
 # backlog after a long outage, far below the central's max_json_body_mb.
 LEDGER_BATCH = 2000
 PURGE_INTERVAL_S = 60.0
+# A fleet change is reported this long after the view that shows it (a docking's views make one report).
+FLEET_REPORT_SETTLE_S = 1.0
+# How long the reporter waits for the agent's first fleet view at the uplink's start.
+FIRST_FLEET_WAIT_S = 30.0
 IDLE_POLL_S = 5.0
 # Codes after which registering again (after refreshing the central's view of our ledger) can work.
 _RETRY_CODES = {"ledger_gap", "chain_unknown", "bad_checkpoint", "bad_chain"}
 # Codes about the station itself, not the item: wait for an administrator (enroll, re-enroll) and retry.
 _STATION_CODES = {"unknown_station", "station_revoked", "wrong_station", "unauthenticated", "forbidden"}
 _REUPLOAD_CODES = {"upload_not_found", "upload_expired", "http_410", UPLOAD_LOST}
+# The stored-copy check of a transport that hashes what it sends (Link.checks_content_on_send).
+_FOUND_WHILE_SENDING = "uplink while sending (before its last chunk)"
 # Entries that go to the central at once rather than after the push delay: erasures above all.
 _URGENT_ENTRIES = {EntryType.WIPED, EntryType.PURGED}
 # Without any new entry the ledger is still compared with the central's this often.
@@ -184,6 +195,10 @@ class UplinkService:
         self.witness = CentralWitness(store, config.station.id, self.central_key)
         self.officer_sync = OfficerListSync(store, self.central_key)
         self._officers_now = asyncio.Event()
+        # The agent's fleet view, when it feeds the reports (follow_fleet, fleet_changed): version 2.
+        self._fleet_followed = False
+        self._fleet: Fleet | None = None
+        self._fleet_changed = asyncio.Event()
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self._ledger_dirty = asyncio.Event()
         self._ledger_urgent = asyncio.Event()
@@ -369,8 +384,14 @@ class UplinkService:
         upload = entry.upload_url
         try:
             if entry.state is UploadState.QUEUED:
-                await self._check_stored_copy(entry)
-                sent = await self._upload(link, entry)
+                if not link.checks_content_on_send:
+                    await self._check_stored_copy(entry)
+                try:
+                    sent = await self._upload(link, entry)
+                except StoredCopyMismatch as exc:
+                    # The transport abandoned that upload: the next attempt starts a new one.
+                    self.spool.set_upload_url(entry.item, None)
+                    self._stored_copy_damaged(entry, exc.found, _FOUND_WHILE_SENDING)
                 if not isinstance(sent, Delivered):
                     self._upload_failed(entry, sent)
                     return
@@ -411,8 +432,12 @@ class UplinkService:
         (:meth:`edge.ingest.pipeline.IngestPipeline.reacquire`), which sends it again at once."""
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(None, _prefix_sha256, entry.path, entry.size)
-        if found == entry.sha256:
-            return
+        if found != entry.sha256:
+            self._stored_copy_damaged(entry, found, "uplink before sending")
+
+    def _stored_copy_damaged(self, entry: SpoolEntry, found: str, found_by: str) -> NoReturn:
+        """On the ledger once (`error`, stage `stored copy`), held until re-acquired; raises
+        :class:`ContentUnreadable`."""
         reason = (
             f"item {entry.item}: the stored copy gives {found}, its recorded hash is {entry.sha256}: not sent"
         )
@@ -424,7 +449,7 @@ class UplinkService:
                 {
                     "stage": "stored copy",
                     "reason": reason,
-                    "found_by": "uplink before sending",
+                    "found_by": found_by,
                     "action": "held until re-acquired from its recorder",
                 },
             )
@@ -661,16 +686,61 @@ class UplinkService:
                 log.warning("officer list not fetched from the central: %s", exc)
             await wait_event(self._officers_now, self.uplink.officers_interval_s)
 
+    def follow_fleet(self) -> None:
+        """The agent's fleet view feeds the fleet reports (version 2, edge.equipment.fleet_report): the
+        reporter waits for the first view (`fleet_changed`) rather than send one from the assignments."""
+        self._fleet_followed = True
+
+    def fleet_changed(self, fleet: Fleet) -> None:
+        """Each fresh fleet view (on the event loop): reported soon when it differs from the last one sent."""
+        self._fleet = fleet
+        self._fleet_changed.set()
+
+    def fleet_report_now(self, *, version_1: bool = False) -> dict[str, Any]:
+        """The report as it would go now: from the fleet view when the agent has one, else (the uplink
+        without the agent, or before its first view, or ``version_1``) from the assignments table."""
+        version = self.officer_sync.current_version()
+        if self._fleet is not None and not version_1:
+            return fleet_report_v2(self._fleet, station=self.config.station.id, officers_version=version)
+        return fleet_report(self.store.conn, station=self.config.station.id, at=station_time_now(),
+                            officers_version=version)
+
     async def _fleet_reporter(self, link: Link) -> None:
-        """Report the station's recorders to the central now and every ``fleet_report_interval_s``."""
+        """Report the station's recorders to the central at start, `FLEET_REPORT_SETTLE_S` after a fleet
+        view that differs from the one last sent (a check-out, a return, a docking, a recorder falling
+        overdue), and every ``fleet_report_interval_s`` in any case (the central sees the station alive)."""
+        loop = asyncio.get_running_loop()
+        if self._fleet_followed and self._fleet is None:
+            # The agent's first view comes moments after its start: report that, not the assignments.
+            first_wait_s = min(self.uplink.fleet_report_interval_s, FIRST_FLEET_WAIT_S)
+            await wait_event(self._fleet_changed, first_wait_s)
+        sent: dict[str, Any] | None = None
+        attempted: float | None = None
+        version_1 = False  # the central refused version 2 (one not upgraded yet): for this connection
         while True:
-            try:
-                await link.fleet_report(fleet_report(
-                    self.store.conn, station=self.config.station.id, at=station_time_now(),
-                    officers_version=self.officer_sync.current_version()))
-            except NotDone as exc:
-                log.warning("fleet report not sent to the central: %s", exc)
-            await asyncio.sleep(self.uplink.fleet_report_interval_s)
+            self._fleet_changed.clear()
+            report = self.fleet_report_now(version_1=version_1)
+            content = {key: value for key, value in report.items() if key != "at"}
+            interval = self.uplink.fleet_report_interval_s
+            if attempted is None or loop.time() - attempted >= interval or content != sent:
+                attempted = loop.time()
+                try:
+                    await link.fleet_report(report)
+                    sent = content
+                except NotDone as exc:
+                    refused = exc.outcome
+                    if report.get("version") == 2 and isinstance(refused, Refused) \
+                            and refused.code == "bad_request":
+                        log.warning("the central refused fleet report version 2 (%s): sending version 1, "
+                                    "from the assignments, until the uplink reconnects", exc)
+                        version_1 = True
+                        attempted = None
+                        continue
+                    log.warning("fleet report not sent to the central: %s", exc)
+            await wait_event(self._fleet_changed, max(0.0, interval - (loop.time() - attempted)))
+            if self._fleet_changed.is_set():
+                # A docking's burst of views makes one report, and a failing central one attempt a moment.
+                await asyncio.sleep(FLEET_REPORT_SETTLE_S)
 
     def _segment_after(self, seq: int, limit: int) -> LedgerSegment | None:
         """Up to ``limit`` entries after ``seq`` with a checkpoint at the last of them; None when none."""

@@ -148,7 +148,7 @@ class AuditCentral:
         return [r for r in records if r is not None]
 
     def object_path(self, sha256: str) -> Path:
-        return self.running.parts.objects.path_of(sha256)
+        return self.running.parts.file_objects.path_of(sha256)
 
 
 async def _audit_central(tmp_path: Path, evidence: StationEvidence) -> AsyncIterator[AuditCentral]:

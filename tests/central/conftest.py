@@ -24,7 +24,7 @@ from edge.central.console.secret_key import ConsoleSecretKey
 from edge.central.identity import enroll_reader, enroll_station, init_central
 from edge.central.index import Role
 from edge.central.log import MerkleLog
-from edge.central.objects import FileObjectStore
+from edge.central.objects import FileObjectStore, ObjectStore
 from edge.central.postgres import PostgresDatabase, PostgresIndex
 from edge.central.registration import Caller, Registrar
 from edge.central.service import RunningCentral, start_central
@@ -38,6 +38,9 @@ from edge.custody.ledger import Checkpoint, EntryType, Ledger, LedgerEntry, stat
 from edge.custody.manifest import manifest_bytes, sign_manifest
 from edge.durable.files import ensure_private_dir
 from edge.pki.tls import client_ssl_context
+
+# A throwaway single-node Ceph cluster with its S3 gateway, per test session (tests/central/ceph.py).
+from tests.central.ceph import ceph_gateway  # noqa: F401
 
 # A throwaway PostgreSQL server and a fresh database per test (tests/central/pg.py).
 from tests.central.pg import PostgresDatabaseUnderTest, pg_database, pg_server  # noqa: F401
@@ -173,11 +176,17 @@ class CentralParts:
 
     root: Path
     index: SqliteIndex | PostgresIndex
-    objects: FileObjectStore
+    objects: ObjectStore
     merkle: MerkleLog
     uploads: TusUploadStore
     registrar: Registrar
     signing_key: StationKey
+
+    @property
+    def file_objects(self) -> FileObjectStore:
+        """The object store of parts on the default backend (a local folder a test reaches into)."""
+        assert isinstance(self.objects, FileObjectStore), type(self.objects)
+        return self.objects
 
     def upload(self, station_id: str, data: bytes, *, length: int | None = None) -> str:
         """A tus upload of ``data`` owned by ``station_id`` (incomplete when ``length`` is larger)."""
@@ -204,10 +213,11 @@ class CentralParts:
 
 def make_central_parts(
     root: Path, origin: str = "central-test", database: SqliteDatabase | PostgresDatabase | None = None,
+    objects: ObjectStore | None = None,
     signing_key: StationKey | None = None,
 ) -> CentralParts:
-    """The parts on ``database`` (by default the embedded SQLite one under ``root``), signing with
-    ``signing_key`` (by default a new one)."""
+    """The parts on ``database`` (by default the embedded SQLite one under ``root``) and ``objects`` (by
+    default the local folder ``root/objects``), signing with ``signing_key`` (by default a new one)."""
     console_key = CentralLayout(root).console_key  # made by `edge central init`: it seals the trails
     if not console_key.exists():
         ensure_private_dir(console_key.parent)
@@ -217,7 +227,7 @@ def make_central_parts(
     index = database.index
     key = signing_key if signing_key is not None else StationKey.generate()
     merkle = MerkleLog(database.log_store, key, origin)
-    objects = FileObjectStore(root / "objects")
+    objects = objects if objects is not None else FileObjectStore(root / "objects")
     uploads = TusUploadStore(root / "uploads", max_size_bytes=1 << 30, expire_after_s=3600)
     registrar = Registrar(index, objects, merkle, uploads, signing_key=key, central_id=origin)
     return CentralParts(root, index, objects, merkle, uploads, registrar, key)

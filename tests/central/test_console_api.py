@@ -406,7 +406,7 @@ async def test_a_damaged_object_is_not_played(
     (item,) = await _items(central, station, [EAST])
     _account(central, "li.legal", Role.READER, EAST)
     assert (await browser.sign_in("li.legal"))[0] == 200
-    path = central.running.parts.objects.path_of(item.sha256)
+    path = central.running.parts.file_objects.path_of(item.sha256)
     path.chmod(0o600)
     data = bytearray(path.read_bytes())
     data[10] ^= 1

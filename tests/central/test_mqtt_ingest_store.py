@@ -543,7 +543,7 @@ async def test_a_file_sent_over_mqtt_is_registered_with_the_same_signed_receipt(
     assert verify_receipt(registered.receipt.to_dict(), parts.signing_key.public_key(),
                           expected_item=acquired.item, expected_sha256=acquired.sha256,
                           expected_station=station.station_id) == []
-    assert parts.objects.path_of(acquired.sha256).read_bytes() == content
+    assert parts.file_objects.path_of(acquired.sha256).read_bytes() == content
     assert store.get(upload_id) is None  # consumed, as a tus upload is
 
 

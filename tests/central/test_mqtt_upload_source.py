@@ -60,7 +60,7 @@ async def test_one_registrar_registers_an_mqtt_transfer_and_a_tus_upload_into_on
                                            _body(station, over_http, tus_id))
     assert (first.receipt.leaf_index, second.receipt.leaf_index) == (0, 1)
     for acquired in (over_mqtt, over_http):
-        assert parts.objects.path_of(acquired.sha256).read_bytes() == acquired.content
+        assert parts.file_objects.path_of(acquired.sha256).read_bytes() == acquired.content
 
 
 async def test_a_station_cannot_register_another_stations_mqtt_transfer(

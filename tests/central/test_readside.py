@@ -142,7 +142,7 @@ async def test_a_damaged_object_is_never_served_complete(
 ) -> None:
     accepted = await _populate(dev_central, station, other_station)
     target = accepted[0]
-    path = dev_central.running.parts.objects.path_of(target.sha256)
+    path = dev_central.running.parts.file_objects.path_of(target.sha256)
     os.chmod(path, 0o644)
     damaged = bytearray(path.read_bytes())
     damaged[-1] ^= 0xFF

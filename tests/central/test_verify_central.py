@@ -83,7 +83,7 @@ async def test_a_clean_store_verifies(store: Store) -> None:
 
 async def test_flipped_byte_in_an_object(store: Store) -> None:
     target = store.items[1]
-    path = store.parts.objects.path_of(target.sha256)
+    path = store.parts.file_objects.path_of(target.sha256)
     os.chmod(path, 0o644)
     data = bytearray(path.read_bytes())
     data[10] ^= 0x01
@@ -95,7 +95,7 @@ async def test_flipped_byte_in_an_object(store: Store) -> None:
 
 async def test_missing_unexpected_and_orphan_objects(store: Store) -> None:
     target = store.items[2]
-    store.parts.objects.path_of(target.sha256).unlink()
+    store.parts.file_objects.path_of(target.sha256).unlink()
     (store.root / "objects" / "README").write_text("planted")
     orphan = store.root / "orphan.part"
     orphan.write_bytes(b"never registered")
@@ -301,7 +301,7 @@ async def test_deleted_newest_item_with_its_leaf_nodes_and_heads_is_named(receip
         "DELETE FROM merkle_nodes WHERE ((idx + 1) << level) > 2",
         "DELETE FROM merkle_tree_heads WHERE tree_size > 2",
     )
-    path = receipted.parts.objects.path_of(newest.sha256)
+    path = receipted.parts.file_objects.path_of(newest.sha256)
     os.chmod(path.parent, 0o700)
     path.unlink()
     problems = receipted.verify()

@@ -6,13 +6,15 @@ whose database is the embedded SQLite file or PostgreSQL (the first two tests ru
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
 from edge.central.backends import open_central_database
@@ -22,6 +24,8 @@ from edge.central.mqtt_command import Broker, send_command
 from edge.custody.keys import StationKey
 from edge.custody.ledger import EntryType
 from edge.equipment.assignments import AssignmentBook
+from edge.equipment.fleet import FleetPolicy, FleetRecords, HolderRecord, StatusReading, build_fleet
+from edge.equipment.fleet_report import FleetReportError, check_report, fleet_report_v2
 from edge.equipment.officer_csv import parse_officer_csv
 from edge.equipment.officer_sync import list_in_force
 from edge.equipment.officers import OfficerRegistry
@@ -241,3 +245,74 @@ async def test_the_centrals_officers_sync_command_pushes_a_new_version_without_w
         assert [e["version"] for e in synced(rig.store)] == [1, 2]
         [entry] = [e for e in rig.store.ledger.entries() if e.type == EntryType.COMMAND]
         assert entry.data["op"] == "officers-sync" and entry.data["outcome"] == "executed"
+
+
+async def test_a_hostile_version_2_report_is_refused_over_https_naming_the_member_and_a_sound_one_kept(
+    tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    fleet = build_fleet(
+        FleetRecords(["ZFY0000C3"], readings={"ZFY0000C3": StatusReading(now, 80, 10, 20)},
+                     open_assignments={"ZFY0000C3": HolderRecord(1, "110001", "张伟", "", "", now)}),
+        {}, FleetPolicy(timedelta(hours=14), 50), now)
+    sound = fleet_report_v2(fleet, station=STATION)
+    hostile = copy.deepcopy(sound)
+    hostile["recorders"][0]["battery_percent"] = 250
+    async with e2e(tmp_path) as rig, aiohttp.ClientSession() as http:
+        url = f"{rig.central.url}/v1/stations/{STATION}/fleet"
+        as_station = {DEV_STATION_HEADER: STATION}
+        async with http.post(url, json=hostile, headers=as_station) as response:
+            assert response.status == 400
+            assert "recorders[0].battery_percent" in (await response.json())["detail"]
+        reports = EquipmentStore(rig.central.parts.equipment)
+        assert reports.reports() == []  # nothing of it kept
+        async with http.post(url, json=sound, headers=as_station) as response:
+            assert response.status == 200, await response.text()
+        [(station, _, kept)] = reports.reports()
+        assert station == STATION and kept == sound
+        fleet_url = f"{rig.central.url}/v1/fleet"
+        async with http.get(fleet_url, headers={DEV_READER_HEADER: "auditor-1"}) as response:
+            view = await response.json()
+        [row] = view["recorders"]
+        assert (row["state"], row["officer_no"], row["battery_percent"], row["overdue"]) == (
+            "out", "110001", 80, False)
+        assert view["stations"][0]["report_version"] == 2 and view["overdue"] == 0
+
+
+def older_central_check(doc: object, *, station: str) -> dict[str, Any]:
+    """The strict reading of a central that knows version 1 only: any other member is refused."""
+    if isinstance(doc, dict) and "version" in doc:
+        raise FleetReportError("expected exactly the members ['at', 'officers_version', 'recorders', "
+                               "'station', 'type']")
+    return check_report(doc, station=station)
+
+
+async def test_a_central_not_upgraded_gets_version_1_when_it_refuses_version_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    records = FleetRecords(["ZFY0000D4"], open_assignments={
+        "ZFY0000D4": HolderRecord(1, "110001", "张伟", "", "", now)})
+    fleet = build_fleet(records, {}, FleetPolicy(timedelta(hours=14), 50), now)
+    async with e2e(tmp_path) as rig:
+        check_out(rig.store, "ZFY0000D4", "110001", returned_bay=None)
+        reports = EquipmentStore(rig.central.parts.equipment)
+
+        async def kept_after_run(version: int | None) -> dict[str, Any]:
+            service = UplinkService(rig.config(**FAST), rig.store)
+            service.follow_fleet()
+            service.fleet_changed(fleet)
+            async with uplink_running(service):
+                await until(f"a fleet report of version {version} kept", lambda: [
+                    r.get("version") for _, _, r in reports.reports()] == [version])
+            [(_, _, kept)] = reports.reports()
+            return kept
+
+        # Control: an upgraded central keeps version 2, from the fleet view.
+        upgraded = await kept_after_run(2)
+        assert upgraded["recorders"][0]["due_at"] is not None
+        # A central of the version before refuses it: the station sends version 1, from the assignments.
+        monkeypatch.setattr("edge.central.equipment.check_report", older_central_check)
+        older = await kept_after_run(None)
+        assert [(r["device_serial"], r["state"], r["officer_no"]) for r in older["recorders"]] == [
+            ("ZFY0000D4", "out", "110001")]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge.central.mqtt_ingest_store import TransferState
+from edge.central.objects import ReceivedContent, Retention
 from edge.custody.canonical import canonical_json
 from edge.mqtt.api import ApiOp
 from edge.mqtt.client import ConnectionState
@@ -74,7 +75,7 @@ async def test_a_file_sent_over_mqtt_is_registered_with_the_receipt_the_station_
         assert reply.status == 201, reply.body
         assert station_receipt_problems(reply.body["receipt"], central, acquired, fake.station_id) == []
         parts = central.running.parts
-        assert parts.objects.path_of(acquired.sha256).read_bytes() == acquired.content
+        assert parts.file_objects.path_of(acquired.sha256).read_bytes() == acquired.content
         record = parts.index.item(acquired.item)
         assert record is not None and record.station == fake.station_id
         # Registration took the transfer, as it takes a tus upload.
@@ -332,10 +333,12 @@ async def test_a_registration_in_progress_does_not_hold_up_segments(
     hashing, release = threading.Event(), threading.Event()
     put_content = registrar._put_content
 
-    def held_put_content(path: Path, sha256: str) -> None:
+    def held_put_content(
+        path: Path, sha256: str, retention: Retention, received: ReceivedContent | None
+    ) -> None:
         hashing.set()
         assert release.wait(60)
-        put_content(path, sha256)
+        put_content(path, sha256, retention, received)
 
     monkeypatch.setattr(registrar, "_put_content", held_put_content)
     async with wire_station(fake, broker, pki) as station:

@@ -263,7 +263,7 @@ async def test_a_worker_process_and_the_central_share_the_group_and_one_file_ass
             assert 0 < by_central < len(results), (by_central, len(results))
             reply = await station.request(ApiOp.REGISTER, station.register_body(acquired, file_id))
             assert reply.status == 201, reply.body
-            assert running.parts.objects.path_of(acquired.sha256).read_bytes() == acquired.content
+            assert running.parts.file_objects.path_of(acquired.sha256).read_bytes() == acquired.content
             # Each process has its own receive queue, and the fin (queued by whichever got it) was
             # answered once: no message was handled by both.
             queues = config.mqtt_transfers_dir / "receive-queue"

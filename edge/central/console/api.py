@@ -50,6 +50,7 @@ from edge.central.console.sessions import CSRF_HEADER, ConsoleSession
 from edge.central.console.signin import require_same_origin
 from edge.central.index import CentralIndexError, ItemRecord, Role, validate_reader_name
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
+from edge.central.objects import FileObjectStore
 from edge.central.readside import _parse_time, encode_cursor, parse_item_query
 from edge.central.registration import RejectCode, Rejection
 from edge.custody.text import printable
@@ -212,6 +213,12 @@ class ConsoleApi:
     async def _verified_object(self, record: ItemRecord) -> Path:
         """The object's path once it hashed to its name (cached while its file is unchanged)."""
         objects = self.parts.objects
+        if not isinstance(objects, FileObjectStore):
+            raise Rejection(
+                RejectCode.STORE_UNAVAILABLE,
+                f"playback of item {record.item} from this object store ({objects!r}) is not supported yet: "
+                "the content is in the bucket, read it with a disclosure package",
+            )
         path = objects.path_of(record.sha256)
         try:
             stat = os.stat(path)

@@ -1,0 +1,571 @@
+"""Content objects in an S3-compatible bucket with Object Lock (Ceph RGW on premises, or AWS S3).
+
+The same contract as :class:`edge.central.objects.FileObjectStore`, with the bucket's WORM lock as the
+protection a local folder lacks:
+
+* **Object Lock or nothing.** :meth:`S3ObjectStore.check_bucket` (run at start) refuses a bucket without
+  Object Lock enabled (and so without versioning): on such a bucket anyone with the keys could delete
+  evidence.
+* **Every version locked.** Each object is written with COMPLIANCE retention until the end of its
+  retention class; then the lock is set again on the written version explicitly and read back, because
+  some servers ignore the lock headers of a multipart upload (Ceph RGW 16.2 does: measured). Permanent
+  evidence gets a legal hold too. :meth:`S3ObjectStore.retain` extends a lock and never shortens it
+  (COMPLIANCE would refuse a shorter date anyway).
+* **Our own hash.** Some servers accept ``x-amz-checksum-sha256`` without checking it, so the central hashes
+  the bytes itself, in the same pass that sends them, and sends ``Content-MD5`` with every request body
+  for transport integrity (every S3 server checks that). Content whose SHA-256 is not its name never
+  becomes an object: a multipart upload is aborted before it is completed.
+* **Bounded memory, no second copy.** The upload file is read once, one part at a time
+  (``part_size_mb``), straight into the bucket; nothing is copied on local disk.
+* **Deletion shows.** The bucket is versioned, so a DELETE by someone with credentials only adds a delete
+  marker (the locked version stays); :meth:`S3ObjectStore.verify` and :meth:`S3ObjectStore.audit` name
+  such markers and any version whose bytes are not the name's.
+
+boto3 is synchronous; like the local store every method blocks and the central runs them in threads
+(botocore clients are thread-safe). Server quirks are configuration (:class:`S3ObjectsConfig`): path-style
+addressing, and ``checksum_mode`` for boto3 >= 1.36, whose default CRC trailers some servers refuse.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from edge.central.config import S3ObjectsConfig
+from edge.central.objects import (
+    ObjectCorrupt,
+    ObjectMismatch,
+    ObjectStoreError,
+    ObjectStoreUnavailable,
+    ReceivedContent,
+    Retention,
+    StoredObject,
+    is_sha256_hex,
+)
+from edge.durable.files import fsync_dir
+
+__all__ = ["S3ObjectStore"]
+
+log = logging.getLogger(__name__)
+
+_READ_CHUNK_BYTES = 1 << 20
+_RANGE_BYTES = 8 << 20  # one ranged GET of a whole-object read
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchVersion"})
+_LOCK_MODE = "COMPLIANCE"
+# What servers answer for a version without a retention or a legal hold (RGW 16.2: 404
+# ObjectLockConfigurationNotFoundError for a version never held).
+_NO_LOCK = frozenset({"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError",
+                      "InvalidRequest"})
+
+
+def _md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(_READ_CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _read_full(stream: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes (fewer only at the end of the file)."""
+    parts: list[bytes] = []
+    left = size
+    while left > 0:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+class S3ObjectStore:
+    """Objects as ``<prefix><sha256>`` in a bucket with Object Lock; see the module docstring."""
+
+    def __init__(self, config: S3ObjectsConfig, secret_access_key: str) -> None:
+        self.config = config
+        self.bucket = config.bucket
+        self.prefix = config.prefix
+        self.part_size = config.part_size_bytes
+        botocore_config = Config(
+            region_name=config.region,
+            signature_version="s3v4",
+            s3={"addressing_style": config.addressing_style},
+            request_checksum_calculation=config.checksum_mode,
+            response_checksum_validation=config.checksum_mode,
+            connect_timeout=config.connect_timeout_s,
+            read_timeout=config.read_timeout_s,
+            retries={"max_attempts": config.max_attempts, "mode": "standard"},
+        )
+        # botocore clients are generated at run time: typed Any (no stub package is a dependency).
+        self.client: Any = boto3.session.Session().client(
+            "s3", endpoint_url=config.endpoint, aws_access_key_id=config.access_key_id,
+            aws_secret_access_key=secret_access_key, config=botocore_config,
+            verify=str(config.ca_file) if config.ca_file is not None else True,
+        )
+
+    def __repr__(self) -> str:  # never the keys
+        return (f"S3ObjectStore(endpoint={self.config.endpoint!r}, bucket={self.bucket!r}, "
+                f"prefix={self.prefix!r})")
+
+    # -- names and errors ------------------------------------------------------------------------
+
+    def key_of(self, sha256: str) -> str:
+        if not is_sha256_hex(sha256):
+            raise ObjectStoreError(f"expected an object name of 64 lower-case hex digits, found "
+                                   f"{str(sha256)[:80]!r}")
+        return f"{self.prefix}{sha256}"
+
+    def _failure(self, exc: Exception, what: str) -> ObjectStoreError:
+        """The store's error for a failed request: unavailable (try later) or refused (a fact)."""
+        where = f"bucket {self.bucket} at {self.config.endpoint}"
+        if isinstance(exc, ClientError):
+            status = _status(exc)
+            if status >= 500 or status == 0:
+                return ObjectStoreUnavailable(f"{what}: {where} answered {status} {_code(exc)}")
+            return ObjectStoreError(f"{what}: {where} refused: {status} {_code(exc)}")
+        return ObjectStoreUnavailable(f"{what}: {where} cannot be reached: {type(exc).__name__}: {exc}")
+
+    # -- start -----------------------------------------------------------------------------------
+
+    def check_bucket(self) -> None:
+        """Refuse (ObjectStoreError) a bucket without Object Lock; ObjectStoreUnavailable when it cannot
+        be asked."""
+        try:
+            lock = self.client.get_object_lock_configuration(Bucket=self.bucket)
+            versioning = self.client.get_bucket_versioning(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) in ("ObjectLockConfigurationNotFoundError", "InvalidRequest"):
+                raise ObjectStoreError(
+                    f"bucket {self.bucket} at {self.config.endpoint} has no Object Lock: evidence there "
+                    "could be deleted or overwritten by anyone with the keys. Create the bucket with Object "
+                    "Lock enabled (aws s3api create-bucket --object-lock-enabled-for-bucket, or "
+                    "ObjectLockEnabledForBucket=True)") from None
+            raise self._failure(exc, "checking Object Lock") from None
+        except BotoCoreError as exc:
+            raise self._failure(exc, "checking Object Lock") from None
+        enabled = lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
+        if enabled != "Enabled":
+            raise ObjectStoreError(f"bucket {self.bucket} at {self.config.endpoint}: Object Lock is "
+                                   f"{enabled or 'not enabled'}, expected Enabled")
+        if versioning.get("Status") != "Enabled":
+            raise ObjectStoreError(f"bucket {self.bucket}: versioning is {versioning.get('Status', 'off')}, "
+                                   "expected Enabled (Object Lock needs it)")
+        default = lock.get("ObjectLockConfiguration", {}).get("Rule", {}).get("DefaultRetention", {})
+        if default.get("Mode") != _LOCK_MODE:
+            # Each object is locked explicitly after it is written; until then (a crash in between) only a
+            # bucket default keeps it. RGW 16.2 applies the default to multipart uploads too (measured).
+            log.warning("bucket %s has no default COMPLIANCE retention: an object the central writes is "
+                        "unlocked for the moment between its upload and its lock (after a crash in between, "
+                        "until `edge verify` names it); set a default retention of at least 1 day",
+                        self.bucket)
+        log.info("object store: bucket %s at %s has Object Lock enabled", self.bucket, self.config.endpoint)
+
+    def reachable(self) -> str | None:
+        """None when the bucket answers, else a sentence (readiness)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            return str(self._failure(exc, "head bucket"))
+        return None
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def _head(self, sha256: str, version_id: str | None = None) -> dict[str, Any] | None:
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key_of(sha256)}
+        if version_id is not None:
+            arguments["VersionId"] = version_id
+        try:
+            return dict(self.client.head_object(**arguments))
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                return None
+            raise self._failure(exc, f"head object {sha256}") from None
+        except BotoCoreError as exc:
+            raise self._failure(exc, f"head object {sha256}") from None
+
+    def exists(self, sha256: str) -> bool:
+        return self._head(sha256) is not None
+
+    def size_bytes(self, sha256: str) -> int:
+        head = self._head(sha256)
+        if head is None:
+            raise FileNotFoundError(f"object {sha256} is not in bucket {self.bucket}")
+        return int(head["ContentLength"])
+
+    def open(self, sha256: str) -> BinaryIO:
+        head = self._head(sha256)
+        if head is None:
+            raise FileNotFoundError(f"object {sha256} is not in bucket {self.bucket}")
+        reader = _RangedReader(self, self.key_of(sha256), str(head["VersionId"]), int(head["ContentLength"]))
+        return io.BufferedReader(reader, buffer_size=_READ_CHUNK_BYTES)
+
+    def _hash_version(self, sha256: str, version_id: str | None) -> tuple[str, int]:
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key_of(sha256)}
+        if version_id is not None:
+            arguments["VersionId"] = version_id
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            body = self.client.get_object(**arguments)["Body"]
+            try:
+                for chunk in body.iter_chunks(_READ_CHUNK_BYTES):
+                    digest.update(chunk)
+                    size += len(chunk)
+            finally:
+                body.close()
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                raise FileNotFoundError(f"object {sha256} is not in bucket {self.bucket}") from None
+            raise self._failure(exc, f"read object {sha256}") from None
+        except BotoCoreError as exc:
+            raise self._failure(exc, f"read object {sha256}") from None
+        return digest.hexdigest(), size
+
+    def verify(self, sha256: str) -> str | None:
+        """Hash the current version; when there is none, say what the version history shows."""
+        try:
+            found, size = self._hash_version(sha256, None)
+        except FileNotFoundError:
+            return self._missing(sha256)
+        except ObjectStoreError as exc:
+            return f"cannot be read: {exc}"
+        if found != sha256:
+            return f"content hashes to {found} ({size} bytes), not to its name: the object was altered"
+        return None
+
+    def _versions(self, sha256: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(versions, delete markers) of one object's key, newest first."""
+        key = self.key_of(sha256)
+        versions: list[dict[str, Any]] = []
+        markers: list[dict[str, Any]] = []
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=key):
+            versions += [dict(v) for v in page.get("Versions", []) if v.get("Key") == key]
+            markers += [dict(m) for m in page.get("DeleteMarkers", []) if m.get("Key") == key]
+        return versions, markers
+
+    def _missing(self, sha256: str) -> str:
+        try:
+            versions, markers = self._versions(sha256)
+        except (ClientError, BotoCoreError) as exc:
+            return f"missing (and its version history cannot be read: {self._failure(exc, 'list versions')})"
+        if markers:
+            kept = f"{len(versions)} earlier version(s) remain in the bucket" if versions else \
+                "no version remains"
+            newest = max(markers, key=lambda m: m.get("LastModified") or datetime.min.replace(tzinfo=UTC))
+            return (f"missing: its latest version is a delete marker ({newest.get('VersionId')}, "
+                    f"{newest.get('LastModified')}): someone with credentials deleted it; {kept}")
+        return "missing: the bucket holds no version of it"
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def put_file(
+        self,
+        source: Path,
+        sha256: str,
+        retention: Retention | None = None,
+        *,
+        received: ReceivedContent | None = None,
+    ) -> StoredObject:
+        """Send ``source`` as object ``sha256`` (hashed on the way, locked), then remove ``source``.
+
+        An existing object is re-hashed rather than trusted (a damaged one raises :class:`ObjectCorrupt`
+        and is left for an operator), and its lock extended to ``retention``. ``received`` (the tus
+        store's hash, :class:`~edge.central.objects.ReceivedContent`) is not used yet: this store hashes
+        every part with SHA-256 on the one read that sends it (a second SHA-256 pass on the central
+        besides the receive path's; README "The central receiver", S3)."""
+        key = self.key_of(sha256)
+        if self._head(sha256) is not None:
+            found, size = _hash_file(source)
+            if found != sha256:
+                log.warning("object %s: refused content hashing to %s (%d bytes) offered over the stored "
+                            "object", sha256, found, size)
+                raise ObjectMismatch(sha256, found, size)
+            problem = self.verify(sha256)
+            if problem is not None:
+                log.error("object %s in bucket %s is damaged (%s); refusing to store new content over it",
+                          sha256, self.bucket, problem)
+                raise ObjectCorrupt(
+                    f"stored object {sha256} {problem}; run `edge verify` on the central store")
+            if retention is not None:
+                self.retain(sha256, retention)
+            self._drop_source(source)
+            log.info("object %s already stored in bucket %s; content identical", sha256, self.bucket)
+            return StoredObject(sha256, size)
+        lock: dict[str, Any] = {}
+        if retention is not None:
+            lock = {"ObjectLockMode": _LOCK_MODE, "ObjectLockRetainUntilDate": retention.until}
+            if retention.legal_hold:
+                lock["ObjectLockLegalHoldStatus"] = "ON"
+        with open(source, "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size <= self.part_size:
+                version = self._put_single(stream, key, sha256, lock)
+            else:
+                version = self._put_multipart(stream, key, sha256, lock)
+        if retention is not None:
+            self._lock_version(sha256, version, retention)
+        self._drop_source(source)
+        log.info("object %s stored in bucket %s (%d bytes, version %s, locked until %s%s)", sha256,
+                 self.bucket, size, version, retention.until.isoformat() if retention else "-",
+                 ", legal hold" if retention and retention.legal_hold else "")
+        return StoredObject(sha256, size)
+
+    def _put_single(self, stream: BinaryIO, key: str, sha256: str, lock: dict[str, Any]) -> str:
+        data = _read_full(stream, self.part_size + 1)
+        found = hashlib.sha256(data).hexdigest()
+        if found != sha256:
+            log.warning("object %s: refused content hashing to %s (%d bytes); nothing was sent", sha256,
+                        found, len(data))
+            raise ObjectMismatch(sha256, found, len(data))
+        try:
+            answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                            ContentMD5=_md5_b64(data), Metadata={"sha256": sha256}, **lock)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failure(exc, f"put object {sha256}") from None
+        return str(answer.get("VersionId", ""))
+
+    def _put_multipart(self, stream: BinaryIO, key: str, sha256: str, lock: dict[str, Any]) -> str:
+        try:
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                            Metadata={"sha256": sha256}, **lock)["UploadId"]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failure(exc, f"start multipart upload of {sha256}") from None
+        completed = False
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            parts: list[dict[str, Any]] = []
+            while data := _read_full(stream, self.part_size):
+                digest.update(data)
+                size += len(data)
+                number = len(parts) + 1
+                try:
+                    answer = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                     PartNumber=number, Body=data, ContentMD5=_md5_b64(data))
+                except (ClientError, BotoCoreError) as exc:
+                    raise self._failure(exc, f"upload part {number} of {sha256}") from None
+                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            if digest.hexdigest() != sha256:
+                log.warning("object %s: refused content hashing to %s (%d bytes); its multipart upload is "
+                            "aborted, never completed", sha256, digest.hexdigest(), size)
+                raise ObjectMismatch(sha256, digest.hexdigest(), size)
+            try:
+                done = self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise self._failure(exc, f"complete multipart upload of {sha256}") from None
+            completed = True
+            return str(done.get("VersionId", ""))
+        finally:
+            if not completed:
+                try:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except (ClientError, BotoCoreError) as exc:  # the bucket's lifecycle rule or an operator
+                    log.warning("multipart upload %s of object %s could not be aborted: %s", upload_id,
+                                sha256, exc)
+
+    def _current_version(self, sha256: str) -> str:
+        head = self._head(sha256)
+        if head is None:
+            raise ObjectStoreError(f"object {sha256} is not in bucket {self.bucket}")
+        return str(head["VersionId"])
+
+    def retain(self, sha256: str, retention: Retention) -> None:
+        """Every version of the object, not only the current one: after a delete marker or a foreign PUT
+        the version holding the evidence is an earlier one, and extending a lock is never wrong."""
+        try:
+            versions, _ = self._versions(sha256)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failure(exc, f"list the versions of {sha256}") from None
+        if not versions:
+            raise ObjectStoreError(f"object {sha256} has no version in bucket {self.bucket} to lock")
+        for version in versions:
+            self._lock_version(sha256, str(version["VersionId"]), retention)
+
+    def retention_of(
+        self, sha256: str, version_id: str | None = None
+    ) -> tuple[str | None, datetime | None, bool]:
+        """(lock mode, retain-until, legal hold on) of a version (the current one by default)."""
+        version = version_id or self._current_version(sha256)
+        key = self.key_of(sha256)
+        try:
+            lock = self.client.get_object_retention(Bucket=self.bucket, Key=key, VersionId=version)
+            mode: str | None = lock["Retention"].get("Mode")
+            until: datetime | None = lock["Retention"].get("RetainUntilDate")
+        except ClientError as exc:
+            if _code(exc) not in _NOT_FOUND | _NO_LOCK:
+                raise self._failure(exc, f"read the retention of {sha256}") from None
+            mode, until = None, None
+        except BotoCoreError as exc:
+            raise self._failure(exc, f"read the retention of {sha256}") from None
+        try:
+            hold = self.client.get_object_legal_hold(Bucket=self.bucket, Key=key, VersionId=version)
+            held = hold.get("LegalHold", {}).get("Status") == "ON"
+        except ClientError as exc:
+            if _code(exc) not in _NOT_FOUND | _NO_LOCK:
+                raise self._failure(exc, f"read the legal hold of {sha256}") from None
+            held = False
+        except BotoCoreError as exc:
+            raise self._failure(exc, f"read the legal hold of {sha256}") from None
+        return mode, until, held
+
+    def _lock_version(self, sha256: str, version: str, retention: Retention) -> None:
+        """Lock one version at least as ``retention`` says, and read the lock back."""
+        key = self.key_of(sha256)
+        mode, until, held = self.retention_of(sha256, version)
+        try:
+            if mode != _LOCK_MODE or until is None or until < retention.until:
+                self.client.put_object_retention(
+                    Bucket=self.bucket, Key=key, VersionId=version,
+                    Retention={"Mode": "COMPLIANCE", "RetainUntilDate": retention.until},
+                )
+                if until is not None:
+                    log.info("object %s: retention extended from %s to %s", sha256, until.isoformat(),
+                             retention.until.isoformat())
+            if retention.legal_hold and not held:
+                self.client.put_object_legal_hold(Bucket=self.bucket, Key=key, VersionId=version,
+                                                  LegalHold={"Status": "ON"})
+                log.info("object %s: legal hold set (permanent evidence)", sha256)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failure(exc, f"lock object {sha256}") from None
+        mode, until, held = self.retention_of(sha256, version)
+        short = mode != _LOCK_MODE or until is None or until < retention.until
+        if short or (retention.legal_hold and not held):
+            raise ObjectStoreError(
+                f"object {sha256} version {version}: the bucket reports lock {mode} until {until} "
+                f"(legal hold {'on' if held else 'off'}), not COMPLIANCE until {retention.until.isoformat()}"
+                f"{' with a legal hold' if retention.legal_hold else ''}")
+
+    @staticmethod
+    def _drop_source(source: Path) -> None:
+        source.unlink(missing_ok=True)
+        fsync_dir(source.parent)
+
+    # -- verification ----------------------------------------------------------------------------
+
+    def names(self) -> Iterator[str]:
+        """Every object name with a current version, in key order."""
+        for key in self._keys():
+            name = key[len(self.prefix):]
+            if is_sha256_hex(name):
+                yield name
+
+    def _keys(self) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for entry in page.get("Contents", []):
+                    yield str(entry["Key"])
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failure(exc, "list objects") from None
+
+    def audit(self) -> Iterator[tuple[str, str]]:
+        """``(where, what)`` for everything in the bucket's version history under the prefix that is not a
+        locked version of an object stored under its name: keys that are not names, delete markers, and
+        versions without a COMPLIANCE lock. (The content of each current version is checked by
+        :meth:`verify`.)"""
+        paginator = self.client.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for marker in page.get("DeleteMarkers", []):
+                    yield (f"object {str(marker['Key'])[len(self.prefix):][:80]}",
+                           f"delete marker {marker.get('VersionId')} of {marker.get('LastModified')}: "
+                           "someone with credentials deleted it (the locked versions stay)")
+                for version in page.get("Versions", []):
+                    name = str(version["Key"])[len(self.prefix):]
+                    if not is_sha256_hex(name):
+                        yield (f"bucket key {str(version['Key'])[:120]!r}",
+                               "unexpected: not an object stored under its SHA-256 name (planted)")
+                        continue
+                    mode, _, held = self.retention_of(name, str(version["VersionId"]))
+                    if mode != _LOCK_MODE and not held:
+                        yield (f"object {name}", f"version {version.get('VersionId')} is not locked "
+                               f"(mode {mode}): it could be deleted")
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failure(exc, "list object versions") from None
+
+
+class _RangedReader(io.RawIOBase):
+    """A seekable read-only view of one object version, read by HTTP Range requests."""
+
+    def __init__(self, store: S3ObjectStore, key: str, version_id: str, size: int) -> None:
+        super().__init__()
+        self._store = store
+        self._key = key
+        self._version = version_id
+        self._size = size
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._position = base + offset
+        return self._position
+
+    def readall(self) -> bytes:
+        # RawIOBase.readall would ask in 8 KiB reads: one HTTP request each.
+        parts: list[bytes] = []
+        while self._position < self._size:
+            chunk = bytearray(min(_RANGE_BYTES, self._size - self._position))
+            got = self.readinto(chunk)
+            if got == 0:
+                break
+            parts.append(bytes(chunk[:got]))
+        return b"".join(parts)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._position >= self._size or len(view) == 0:
+            return 0
+        last = min(self._size, self._position + len(view)) - 1
+        try:
+            body = self._store.client.get_object(
+                Bucket=self._store.bucket, Key=self._key, VersionId=self._version,
+                Range=f"bytes={self._position}-{last}",
+            )["Body"]
+            data = body.read()
+            body.close()
+        except (ClientError, BotoCoreError) as exc:
+            raise OSError(str(self._store._failure(exc, f"read {self._key}"))) from None
+        view[: len(data)] = data
+        self._position += len(data)
+        return len(data)
