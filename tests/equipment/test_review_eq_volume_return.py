@@ -4,9 +4,9 @@ Recorder 3300001 is checked out at the desk (control protocol, its USB serial pi
 leaves with its officer. While it is out, a USB stick posing as it (a PARAM.INI naming 3300001, no control
 protocol) goes into a bay. Docking is the check-in (edge.sources.usb.session `offload` calls
 `return_recorder`), and the stick's docking is a VolumeSession whose identity is the text of its PARAM.INI:
-the station closes the officer's assignment on the word of a file, the fleet shows the recorder returned,
-and the stick's files are bound to the officer by "station assignment records". The control: the genuine
-recorder docking in control mode closes the same assignment.
+the station closes the officer's assignment on the word of a file (a `returned` entry, the overdue alert
+closed with it, the fleet showing the recorder back) while the recorder is still in the field. The control:
+the genuine recorder docking in control mode closes the same assignment.
 """
 
 from __future__ import annotations
