@@ -93,7 +93,8 @@ async def test_a_stick_claiming_a_recorder_that_is_out_does_not_check_it_in(tmp_
             "SELECT officer_no FROM assignments WHERE device_serial = ? AND returned IS NULL",
             (genuine.device_serial,)).fetchall()
     if who_docks == "genuine recorder":  # the control: the recorder itself checks in
-        assert [(e["device_serial"], e["officer_no"]) for e in returned] == [(genuine.device_serial, "110001")]
+        checked_in = [(e["device_serial"], e["officer_no"]) for e in returned]
+        assert checked_in == [(genuine.device_serial, "110001")]
         assert still_out == []
         return
     # FAILS NOW: the stick's PARAM.INI closed 110001's assignment; the recorder is still in the field.
