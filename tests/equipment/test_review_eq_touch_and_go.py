@@ -1,0 +1,58 @@
+"""Review of issue 12: a docking pulled out after a moment is not a return.
+
+`DockingSession.offload` closes the recorder's assignment (`return_recorder`) as the offload *starts*, and
+the overdue alert with it. An officer whose recorder is overdue docks it for a few seconds and takes it
+away again mid-copy (the docking ends `device_gone`): the station writes `returned` (with the overdue's
+`late_s`), closes the alert, and counts the recorder as back, while it is in the officer's pocket. The
+alert that exists to make a supervisor chase an unreturned recorder is silenced by a touch-and-go. The
+control: a docking that runs to `done` closes the assignment and the alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from edge.sources.usb.offload import OffloadOutcome
+from tests.equipment.test_review_eq_volume_return import check_out
+from tests.station.harness import simulated_station, spec, station_config
+
+WAIT_S = 90.0
+
+
+@pytest.mark.parametrize("pulled_early", [False, True], ids=["docked to the end", "touch and go"])
+async def test_an_overdue_recorder_docked_for_a_moment_stays_out_and_overdue(tmp_path: Path,
+                                                                           pulled_early: bool) -> None:
+    recorder = spec(0, files=3, file_mb=1.0, rate_limit_bytes_per_s=1_000_000, battery_percent=90)
+    await check_out(tmp_path, recorder)
+    # Overdue after ~1 s, looked for every second.
+    config = station_config(tmp_path, [recorder],
+                            equipment={"enabled": True, "overdue_after_h": 0.0003, "overdue_check_s": 1})
+    async with simulated_station(tmp_path, [recorder], agent_config=config) as station:
+        [overdue] = await station.wait_ledger("overdue", timeout_s=WAIT_S)
+        assert overdue["device_serial"] == recorder.device_serial
+        await station.dock_recorder(recorder.device_serial, 2)
+        if pulled_early:
+            async with asyncio.timeout(WAIT_S):
+                while (view := station.agent.views.get(recorder.device_serial)) is None \
+                        or view.progress.bytes_done == 0:
+                    await asyncio.sleep(0.01)
+            await station.undock(recorder.device_serial, 2)
+        await station.wait_results(1, timeout_s=WAIT_S)
+        outcome = station.agent.results[0].outcome
+        returned = station.ledger("returned")
+        assert station.agent.store is not None
+        conn = station.agent.store.conn
+        still_out = conn.execute("SELECT officer_no FROM assignments WHERE returned IS NULL").fetchall()
+        alert_open = conn.execute("SELECT COUNT(*) FROM overdue_alerts WHERE closed_at IS NULL").fetchone()[0]
+    if not pulled_early:  # the control: a full docking is the return, and closes the alert
+        assert outcome is OffloadOutcome.DONE
+        assert [e["officer_no"] for e in returned] == ["110001"] and "overdue" in returned[0]
+        assert still_out == [] and alert_open == 0
+        return
+    assert outcome is OffloadOutcome.DEVICE_GONE
+    # FAILS NOW: `returned` was written at the start of the offload and the overdue alert closed with it.
+    assert returned == [], returned
+    assert still_out == [("110001",)] and alert_open == 1
