@@ -448,7 +448,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         room_seconds=args.seconds,
         segment_s=args.segment_seconds,
         gb_faults=tuple(args.gb_fault),
+        shift=args.shift,
     )
+    if options.shift and (options.room or options.source != "usb" or not options.central):
+        print("error: --shift runs its own recorders through the desk, the dock and the central: it cannot "
+              "go with --room, --source gb28181 or --no-central", file=sys.stderr)
+        return ExitCode.USAGE
     try:
         parse_faults(list(options.gb_faults))
     except ValueError as exc:
@@ -579,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--room", action="store_true",
         help="an interview-room session: a simulated GB/T 28181 IPC and an ffmpeg test source record for "
         "--seconds, then stop; reports segments, sealed, gaps, max_seal_latency_s and each item's receipt",
+    )
+    demo.add_argument(
+        "--shift", action="store_true",
+        help="a shift of issue and return (领用/归还): three officers check recorders out with cards at the "
+        "simulated reader, record, check them in; reports each item's assignment status and holder",
     )
     demo.add_argument("--seconds", type=float, default=30.0, help="with --room: how long the session records")
     demo.add_argument("--segment-seconds", type=float, default=5.0, help="with --room: segment length")

@@ -18,6 +18,10 @@ With ``--room`` it is an interview-room session instead: a simulated GB/T 28181 
 source record for ``--seconds``, the session is stopped, and every segment and the session manifest are
 followed to the central's receipt (edge.demo_room).
 
+With ``--shift`` it is a shift of issue and return (领用/归还) instead: officers check recorders out with
+cards at the station's reader, record, dock them again (check-in), and every item's manifest says who held
+the recorder by the station's assignments (edge.demo_shift).
+
 With ``--transport mqtt`` the station has no HTTPS path to the central at all: it registers, pushes its
 ledger and sends evidence through an MQTT broker (EMQX-style file transfer, README "MQTT"). Unless
 ``--broker URL`` names one, the demo runs a local Mosquitto (edge.mqtt.local_broker) on a free port with
@@ -95,6 +99,7 @@ class DemoOptions:
     room: bool = False  # an interview-room session instead (edge.demo_room)
     room_seconds: float = 30.0  # room: how long the session records
     segment_s: float = 5.0  # room: segment length
+    shift: bool = False  # a shift of issue and return at the desk instead (edge.demo_shift)
 
 
 def recorder_specs(count: int, files: int, file_mb: float) -> list[RecorderSpec]:
@@ -131,6 +136,7 @@ def demo_config(
     mqtt: dict[str, Any] | None = None,
     gb28181: dict[str, Any] | None = None,
     rooms: dict[str, Any] | None = None,
+    equipment: dict[str, Any] | None = None,
 ) -> StationConfig:
     return StationConfig.model_validate(
         {
@@ -163,6 +169,7 @@ def demo_config(
             "api": api or {"enabled": False},
             "gb28181": gb28181 or {},
             "rooms": rooms or {},
+            "equipment": equipment or {},
             "case_defaults": {
                 "location": "杭州市西湖区文三路",
                 "subject": "现场执法过程",
@@ -197,6 +204,10 @@ async def run_demo(options: DemoOptions) -> int:
     # A Unix socket's path holds 107 bytes: the API's socket gets a short directory of its own.
     run_dir = Path(tempfile.mkdtemp(prefix="edge-demo-", dir="/tmp"))
     try:
+        if options.shift:
+            from edge.demo_shift import run_shift_demo
+
+            return await run_shift_demo(options, workdir, out, run_dir)
         if options.room:
             from edge.demo_room import run_room_demo
 

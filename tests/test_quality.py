@@ -72,7 +72,7 @@ STATION_PACKAGES = (
 # Foundation packages that everything builds on and that build on nothing above them.
 FOUNDATION = {"custody": {"custody", "durable"}, "durable": {"durable"}}
 # demo_room.py: `edge demo --room`, a composition root like demo.py (the station, a simulator, a central).
-COMPOSITION_ROOTS = {"__init__.py", "cli.py", "station.py", "demo.py", "demo_room.py"}
+COMPOSITION_ROOTS = {"__init__.py", "cli.py", "station.py", "demo.py", "demo_room.py", "demo_shift.py"}
 
 
 def _edge_imports(path: Path) -> set[str]:
