@@ -289,16 +289,14 @@ async def _run(options: DemoOptions, workdir: Path, out: Any, run_dir: Path) -> 
             dock.stop()
             bus.close()
             await _stop_services(central, broker)
-    report = await _verify_station(loop, config, central)
+    checked = await verify_demo(loop, config, central, drained=drained)
+    report = checked.station
     results = agent.results
-    errors = [e for r in results for e in r.errors] + [f"{p.where}: {p.what}" for p in report.problems]
+    errors = [e for r in results for e in r.errors] + checked.errors()
     if len(results) < len(specs):
         errors.append(f"only {len(results)} of {len(specs)} recorders finished")
-    if not drained:
-        errors.append("the uplink did not drain the spool in time")
     uplink_counts = uplink_summary(config.station.store_dir)
-    central_report = await _verify_central(loop, central)
-    errors += [f"central {p.where}: {p.what}" for p in central_report or ()]
+    central_report = checked.central
     summary = {
         "recorders": len(specs),
         "items": sum(len(r.items) for r in results),
@@ -473,15 +471,14 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
             server.stop()
             bus.close()
             await _stop_services(central, broker)
-    report = await _verify_station(loop, config, central)
-    errors = [f"{p.where}: {p.what}" for p in report.problems]
+    checked = await verify_demo(loop, config, central, drained=drained)
+    report, central_report = checked.station, checked.central
+    errors = checked.errors()
     for device in devices:
         view = progress.get(device, {})
         if view.get("failed"):
             errors.append(f"device {device}: {view['failed']} recording(s) not downloaded "
                           f"({view.get('last_problem') or 'see the ledger'})")
-    if not drained:
-        errors.append("the uplink did not drain the spool in time")
     counts = gb_summary(config.station.store_dir)
     if counts["recordings_incomplete"]:
         # What came is sealed (evidence of what came), but the recording is not whole: not a success.
@@ -490,8 +487,6 @@ async def _run_gb28181(options: DemoOptions, workdir: Path, out: Any, run_dir: P
     if counts["recordings"] < recordings_total:
         errors.append(f"only {counts['recordings']} of {recordings_total} recordings were downloaded whole")
     uplink_counts = uplink_summary(config.station.store_dir)
-    central_report = await _verify_central(loop, central)
-    errors += [f"central {p.where}: {p.what}" for p in central_report or ()]
     summary = {
         "recorders": len(devices),
         "items": counts["items"],
@@ -627,26 +622,36 @@ async def _stop_services(central: EmbeddedCentral | None, broker: LocalBroker | 
             await broker.stop()
 
 
-async def _verify_station(
-    loop: asyncio.AbstractEventLoop, config: StationConfig, central: EmbeddedCentral | None
-) -> VerifyReport:
-    """`edge verify` of the demo station's store (with the central's key, when there was a central)."""
+@dataclass(frozen=True)
+class DemoVerification:
+    """`edge verify` of a demo's station store (with the central's key, when there was a central) and of
+    its central's store, with the uplink's drain: what every demo's summary reports."""
+
+    station: VerifyReport
+    central: list[Problem] | None  # None without a central
+    drained: bool
+
+    @property
+    def central_verified(self) -> bool | None:
+        return None if self.central is None else not self.central
+
+    def errors(self) -> list[str]:
+        errors = [f"{p.where}: {p.what}" for p in self.station.problems]
+        if not self.drained:
+            errors.append("the uplink did not drain the spool in time")
+        return errors + [f"central {p.where}: {p.what}" for p in self.central or ()]
+
+
+async def verify_demo(loop: asyncio.AbstractEventLoop, config: StationConfig, central: EmbeddedCentral | None,
+                      *, drained: bool) -> DemoVerification:
     central_key = central.signing_public_key() if central is not None else None
-    return await loop.run_in_executor(
-        None, lambda: verify_store(config.station.store_dir, central_key=central_key)
-    )
-
-
-async def _verify_central(
-    loop: asyncio.AbstractEventLoop, central: EmbeddedCentral | None
-) -> list[Problem] | None:
-    """`edge verify` of the demo central's store; None without a central."""
-    if central is None:
-        return None
-    central_key = central.signing_public_key()
-    return await loop.run_in_executor(
-        None, lambda: verify_central_store(central.store_dir, central_public_key=central_key)
-    )
+    station = await loop.run_in_executor(
+        None, lambda: verify_store(config.station.store_dir, central_key=central_key))
+    central_problems = None
+    if central is not None:
+        central_problems = await loop.run_in_executor(
+            None, lambda: verify_central_store(central.store_dir, central_public_key=central_key))
+    return DemoVerification(station, central_problems, drained)
 
 
 def _print_urls(out: Any, agent: StationAgent) -> None:

@@ -155,9 +155,8 @@ async def run_room_demo(options: DemoOptions, workdir: Path, out: Any, run_dir: 
         _print_urls,
         _start_central,
         _stop_services,
-        _verify_central,
-        _verify_station,
         demo_config,
+        verify_demo,
     )
 
     for sub in ("sim", "media"):
@@ -237,12 +236,9 @@ async def run_room_demo(options: DemoOptions, workdir: Path, out: Any, run_dir: 
             server.stop()
             bus.close()
             await _stop_services(central, broker)
-    report = await _verify_station(loop, config, central)
-    central_report = await _verify_central(loop, central)
-    errors += [f"{p.where}: {p.what}" for p in report.problems]
-    errors += [f"central {p.where}: {p.what}" for p in central_report or ()]
-    if not drained:
-        errors.append("the uplink did not drain the spool in time")
+    checked = await verify_demo(loop, config, central, drained=drained)
+    report, central_report = checked.station, checked.central
+    errors += checked.errors()
     store_dir = config.station.store_dir
     facts = await loop.run_in_executor(None, lambda: session_report(
         store_dir, session_id, central.store_dir if central is not None else None,

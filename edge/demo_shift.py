@@ -281,10 +281,9 @@ async def run_shift_demo(options: DemoOptions, workdir: Path, out: Any, run_dir:
         _print_urls,
         _start_central,
         _stop_services,
-        _verify_central,
-        _verify_station,
         demo_config,
         uplink_summary,
+        verify_demo,
     )
 
     if (workdir / "station-store").exists() or (workdir / "sim").exists():
@@ -366,12 +365,9 @@ async def run_shift_demo(options: DemoOptions, workdir: Path, out: Any, run_dir:
         bus.close()
         await _stop_services(central, broker)
     assert config is not None
-    report = await _verify_station(loop, config, central)
-    central_report = await _verify_central(loop, central)
-    errors += [f"{p.where}: {p.what}" for p in report.problems]
-    errors += [f"central {p.where}: {p.what}" for p in central_report or ()]
-    if not drained:
-        errors.append("the uplink did not drain the spool in time")
+    checked = await verify_demo(loop, config, central, drained=drained)
+    report, central_report = checked.station, checked.central
+    errors += checked.errors()
     store_dir = config.station.store_dir
     facts = await loop.run_in_executor(None, lambda: shift_report(
         store_dir, shift_started, central.store_dir if central is not None else None,

@@ -66,16 +66,23 @@ def _open_database(config: CentralConfig) -> CentralDatabase | int:
     return database
 
 
-def cmd_officers_import(args: argparse.Namespace) -> int:
+def _load_config(args: argparse.Namespace) -> CentralConfig | int:
+    """The central's configuration named by --config, or the exit status that says why there is none."""
     path = _config_path(args)
     if path is None:
         _say("error: --config FILE is required (the central's TOML configuration)")
         return ExitCode.USAGE
     try:
-        config = load_central_config(path)
+        return load_central_config(path)
     except (ConfigError, ValueError, OSError) as exc:
         _say(f"error: {exc}")
         return ExitCode.CONFIG
+
+
+def cmd_officers_import(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    if isinstance(config, int):
+        return config
     source = Path(args.file)
     try:
         data = source.read_bytes()
@@ -123,15 +130,9 @@ def cmd_officers_import(args: argparse.Namespace) -> int:
 
 
 def cmd_officers_list(args: argparse.Namespace) -> int:
-    path = _config_path(args)
-    if path is None:
-        _say("error: --config FILE is required (the central's TOML configuration)")
-        return ExitCode.USAGE
-    try:
-        config = load_central_config(path)
-    except (ConfigError, ValueError, OSError) as exc:
-        _say(f"error: {exc}")
-        return ExitCode.CONFIG
+    config = _load_config(args)
+    if isinstance(config, int):
+        return config
     database = _open_database(config)
     if isinstance(database, int):
         return database

@@ -47,7 +47,8 @@ the caller puts it in the station's spool or temp area, and nothing else is writ
 through a bounded buffer flushed by a worker thread (at most one flush in flight), so the event loop
 never waits for the disk; if the disk falls `max_buffered_bytes` behind, TCP reading pauses (the device
 is slowed, nothing lost) and UDP ends the session (`error`: the bytes would be lost otherwise). At the
-end the file is fsynced, then its directory.
+end the file is fsynced, then its directory; the outcome's `bytes_written` is what it holds then (less than
+`bytes` received when a write was refused: review 28).
 
 The session ends on `close()` (the platform saw MediaStatus 121 or BYE: `closed`; packets already on
 their way are still taken, until a short silence). After MediaStatus 121 the platform first calls
@@ -139,6 +140,8 @@ PTS_JUMP = 60 * PTS_HZ  # ... or jump ahead this much (packets lost over an outa
 # (one), converts it to an MP4 in the spool (about one more) and copies that (one more) before the spool
 # files go.
 ROOM_PER_RECEIVED_BYTE = 3
+# The most of one recording a download takes by default (`max_bytes`: [gb28181.download] max_recording_mb).
+DEFAULT_MAX_RECORDING_BYTES = 8 * 1024 * 1024 * 1024
 
 
 class MediaError(Exception):
@@ -218,6 +221,9 @@ class MediaOutcome:
     # the longest span of a monotonic run of video PTS (seconds), and how often a run restarted
     video_run_span_s: float | None = None
     video_pts_restarts: int = 0
+    # What the raw PS file holds at its close (None: no file, or its size could not be read): less than
+    # `bytes` when a write was refused (a full disk, an I/O error) or a limit left buffered bytes unwritten.
+    bytes_written: int | None = None
 
     @property
     def video_span_s(self) -> float | None:
@@ -233,6 +239,7 @@ class MediaOutcome:
             "ended": str(self.ended),
             "detail": self.detail,
             "bytes": self.bytes,
+            "bytes_written": self.bytes_written,
             "packets": self.packets,
             "gaps": [list(g) for g in self.gaps],
             "lost_packets": self.lost_packets,
@@ -575,6 +582,7 @@ class MediaReceiver:
         self._pending = bytearray()
         self._flight: asyncio.Future[int] | None = None
         self._write_failed: str | None = None
+        self._bytes_written: int | None = None  # what the raw PS holds at its close (`_finish`)
         self._opened_at = clock()
         self._first_packet_at: float | None = None
         self._last_activity = self._opened_at
@@ -1020,6 +1028,12 @@ class MediaReceiver:
             self._ended = _write_failure_reason(exc)
             self._detail = f"writing the raw PS {self._raw_name} failed: {exc.strerror or exc}"
         try:
+            # What the file holds, whatever was received: a refused last write (after MediaStatus 121 or
+            # BYE) leaves it short of `bytes`, and the verdict and the manifest say so (review 28).
+            self._bytes_written = await self._loop.run_in_executor(None, lambda: os.fstat(fd).st_size)
+        except OSError:
+            self._bytes_written = None
+        try:
             await self._loop.run_in_executor(None, lambda: _sync_and_close(fd, directory, sync=synced))
         except OSError as exc:
             self._ended = EndReason.ERROR
@@ -1049,7 +1063,7 @@ class MediaReceiver:
             expected_peer_host=self._expected_peer_host, refused_packets=c.refused_packets,
             refused_sources=list(c.refused_sources),
             video_run_span_s=None if c.pts_run_base is None else c.pts_longest / PTS_HZ,
-            video_pts_restarts=c.pts_restarts,
+            video_pts_restarts=c.pts_restarts, bytes_written=self._bytes_written,
         )
 
 

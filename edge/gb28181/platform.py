@@ -114,7 +114,7 @@ from edge.custody.ledger import EntryType
 from edge.custody.text import printable
 from edge.gb28181 import clock_history
 from edge.gb28181.address_moves import AddressMoves
-from edge.gb28181.media import UdpReceiveBuffer, probe_udp_receive_buffer
+from edge.gb28181.media import DEFAULT_MAX_RECORDING_BYTES, UdpReceiveBuffer, probe_udp_receive_buffer
 from edge.gb28181.queries import Answer, PendingQueries, QueryError, QueryKey, QueryTimeout, SnAllocator
 from edge.gb28181.registrar import REFUSAL_BUDGET, REFUSAL_REPEAT_S, DevicePasswords, Outcome, Registrar
 from edge.gb28181.registry import (
@@ -191,7 +191,7 @@ class PlatformSettings:
     media_host: str = "0.0.0.0"
     media_port_range: tuple[int, int] = (30000, 30999)
     idle_timeout_s: float = 15.0
-    max_recording_bytes: int = 8 * 1024 * 1024 * 1024
+    max_recording_bytes: int = DEFAULT_MAX_RECORDING_BYTES
 
     @classmethod
     def from_config(cls, section: Any, env: dict[str, str] | None = None) -> PlatformSettings:

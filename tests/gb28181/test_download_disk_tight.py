@@ -4,7 +4,9 @@ limited `error` entry instead of one more partial copy sealed into the tight sto
 And a give-up for interrupted downloads names what cut them short, as sealed.
 
 Real receiver, RTP over UDP, pipeline and store (the rig of test_source_downloads). "Tight" is a listed
-FileSize no disk has room for (the guard's room per byte times a petabyte); control: a FileSize that fits."""
+FileSize no disk has room for (the guard's room per byte times a petabyte, on a station whose
+max_recording_mb takes that much: the size is capped there since review 28); control: a FileSize that
+fits."""
 
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ def _errors(store: StationStore, stage: str) -> list[dict[str, object]]:
 async def _tries_after_disk_full(tmp_path: Path, media: SourceMedia,
                                  ref: RecordingRef) -> tuple[list[str], list[dict[str, object]], int]:
     """One download of `ref` ended by the disk guard, then two passes with a device that would send it
-    whole: what those passes asked for, the `store` error entries, and the items sealed."""
+    whole: what those passes asked for, the `store` error entries they wrote (the first pass writes its
+    own, ending the pass after the cut: review 28), and the items sealed."""
     spool = tmp_path / "spool"
     spool.mkdir()
     store = StationStore(tmp_path / "store", "TEST-STATION")
@@ -63,13 +66,15 @@ async def _tries_after_disk_full(tmp_path: Path, media: SourceMedia,
         await GbDownloads(pipeline, source, tight.start_download).download([ref])
         assert tight.asked == [ref.start_time]  # the first try: nothing said the disk was tight
         sealed_before = int(store.conn.execute("SELECT count(*) FROM items").fetchone()[0])
+        errors_before = len(_errors(store, "store"))
         device = Device(media)
-        downloads = GbDownloads(pipeline, source, device.start_download)  # one limiter over both passes
+        # one limiter over both passes; a station that takes recordings up to a petabyte
+        downloads = GbDownloads(pipeline, source, device.start_download, max_recording_bytes=PETABYTE)
         for _ in range(2):
             report = await downloads.download([ref])
             assert report.given_up == []
         sealed = int(store.conn.execute("SELECT count(*) FROM items").fetchone()[0])
-        return device.asked, _errors(store, "store"), sealed - sealed_before
+        return device.asked, _errors(store, "store")[errors_before:], sealed - sealed_before
     finally:
         store.close()
 

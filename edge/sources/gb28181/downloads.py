@@ -12,11 +12,14 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    recording's fault and do not count there, but `MAX_INTERRUPTED_ATTEMPTS` of them end it too. Then the
    recording is given up (`given_up_because`): one `error` entry of stage `given-up` on its last raw PS
    names the device, channel and recording and why (what cut the downloads short, as sealed), written
-   once (later listings find it). A download the station's own disk guard ended (`disk-full`) counts
-   toward no give-up; while the spool's disk stays below the store's reserve plus the receiver's room for
-   the recording's size as known (its listed FileSize, and more than its disk-full copy received), it is
-   not tried again (`_tight_for`: one limited `error` entry of
-   stage `store`, `DownloadReport.waiting_for_room`), so no partial copies pile up in the tight store;
+   once (later listings find it). A download the station's own disk guard ended (`disk-full`) ends the
+   pass (the next recording would be cut on the same tight disk) and counts toward no give-up unless it
+   got no further than an earlier disk-full copy (`stuck_disk_full`: a quota refusing every try at the
+   same byte counts toward `MAX_INTERRUPTED_ATTEMPTS`); while the spool's disk stays below the store's
+   reserve plus room for the raw PS and the receiver's guard for the recording's size as known (its
+   listed FileSize, and more than its disk-full copy received, at most `max_recording_bytes`), it is not
+   tried again (`_tight_for`: one limited `error` entry of stage `store`,
+   `DownloadReport.waiting_for_room`), so a tight disk seals at most one partial copy per pass;
 2. picks a new raw PS file name in the spool (never from the device's text) and asks `start_download`
    (the platform's session: INVITE s=Download, the media receiver on that file, until MediaStatus 121,
    BYE, the device closing, idle, limit or error) for the transfer;
@@ -69,7 +72,7 @@ from typing import Any
 from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.durable.files import free_bytes
-from edge.gb28181.media import ROOM_PER_RECEIVED_BYTE, MediaOutcome
+from edge.gb28181.media import DEFAULT_MAX_RECORDING_BYTES, ROOM_PER_RECEIVED_BYTE, EndReason, MediaOutcome
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
@@ -120,9 +123,14 @@ STORE_FULL_PROBLEM = "store-below-reserve"
 STORE_TIGHT_PROBLEM = "store-tight"
 # Room assumed for a recording the station's disk guard cut short when its device listed no FileSize.
 UNLISTED_SIZE_MARGIN_BYTES = 256 * 1024 * 1024
+# Free space a download needs per byte of the recording: the raw PS itself, and the receiver's guard
+# (edge.gb28181.media `_flushed`), which measures after writing it, keeps ROOM_PER_RECEIVED_BYTE more.
+ROOM_PER_BYTE_DOWNLOADED = ROOM_PER_RECEIVED_BYTE + 1
 # How the give-up names why downloads were cut short (`interrupted`, as sealed).
 INTERRUPTED_SAID = {INTERRUPTED_DEVICE_OFFLINE: "the device going offline",
-                    INTERRUPTED_STATION_STOPPED: "the station stopping"}
+                    INTERRUPTED_STATION_STOPPED: "the station stopping",
+                    INTERRUPTED_DISK_FULL: "the station's disk refusing it again no further than before (a "
+                                           "quota, or a disk fuller than its free space says)"}
 
 
 @dataclass(slots=True)  # up to MAX_FAILING_RECORDINGS of them
@@ -166,7 +174,11 @@ class FailedPasses:
 
     @staticmethod
     def _key(ref: RecordingRef) -> bytes:
-        return hashlib.sha256(f"{ref.device_id}\0{ref.identity()}".encode("utf-8", "surrogatepass")).digest()
+        # With the listed FileSize: two recordings listed with the same channel, times and path but other
+        # sizes (review 26) are two, and their failures are counted apart.
+        size = ref.listed_size_text() or ""
+        return hashlib.sha256(f"{ref.device_id}\0{ref.identity()}\0{size}".encode("utf-8", "surrogatepass"),
+                              ).digest()
 
     def failed(self, ref: RecordingRef) -> FailingRecording:
         """One more pass failed for `ref`: its count, and whether it is given up now (`given_up_at`)."""
@@ -213,12 +225,37 @@ class PassFailures:
     first_not_named: str | None = None
 
 
+def stuck_disk_full(earlier: Sequence[SealedDownload]) -> list[SealedDownload]:
+    """The disk-full copies (in attempt order) that got no further than an earlier disk-full copy of the
+    same recording (`SealedDownload.reached_bytes`; one whose extent is not known counts as no further).
+
+    A disk-full end is mostly the station's disk running low, no fault of the recording: such a copy does
+    not count toward a give-up (review 24), and `_tight_for` keeps it from being tried while the disk is
+    tight. But a write refused where statvfs shows room (EDQUOT: a user or group quota, a btrfs qgroup; a
+    disk `_tight_for` misjudges) cuts every try at the same byte, and nothing else would end that loop
+    (review 28): a try that got no further than one before it is such a repeat, and counts."""
+    stuck: list[SealedDownload] = []
+    furthest: int | None = None
+    seen = False
+    for download in earlier:
+        if download.interrupted != INTERRUPTED_DISK_FULL:
+            continue
+        reached = download.reached_bytes
+        if seen and (reached is None or furthest is None or reached <= furthest):
+            stuck.append(download)
+        seen = True
+        if reached is not None:
+            furthest = reached if furthest is None else max(furthest, reached)
+    return stuck
+
+
 def given_up_because(earlier: Sequence[SealedDownload]) -> str | None:
     """Why a recording with these sealed downloads, none complete, is not downloaded again (None: it is)."""
     # A download the station's own free-space guard ended (disk-full) is no fault of the recording nor of
-    # the device: it never counts toward a give-up (review 24); `_tight_for` keeps it from being tried
-    # while the disk is tight instead.
+    # the device: it counts toward a give-up only when it got no further than an earlier disk-full copy
+    # (`stuck_disk_full`: a quota refusing every try at the same byte, review 28).
     interrupted = [d for d in earlier if d.interrupted and d.interrupted != INTERRUPTED_DISK_FULL]
+    interrupted += stuck_disk_full(earlier)
     incomplete = [d for d in earlier if not d.complete and not d.interrupted]
     if len(incomplete) >= MAX_INCOMPLETE_ATTEMPTS:
         last = incomplete[-1].incomplete or "no reason sealed"
@@ -302,6 +339,7 @@ class GbDownloads:
         problems: LimitedEntries | None = None,
         failed_passes: FailedPasses | None = None,
         pass_failures: PassFailures | None = None,
+        max_recording_bytes: int = DEFAULT_MAX_RECORDING_BYTES,
     ) -> None:
         self.pipeline = pipeline
         self.source = source
@@ -309,6 +347,9 @@ class GbDownloads:
         self.device_clock_offset_ms = device_clock_offset_ms
         self.device_tz_offset_min = device_tz_offset_min
         self.convert_timeout_s = convert_timeout_s
+        if max_recording_bytes <= 0:
+            raise ValueError("max_recording_bytes must be positive")
+        self.max_recording_bytes = max_recording_bytes  # the receiver's max_bytes ([..] max_recording_mb)
         # The scheduler gives its own (one limiter and one memory for the station, one tally per pass, the
         # summary written at the pass's end); alone, each call is a pass of its own.
         self._own_pass = pass_failures is None
@@ -436,10 +477,12 @@ class GbDownloads:
     async def _tight_for(self, ref: RecordingRef, earlier: Sequence[SealedDownload]) -> bool:
         """Whether `ref`, whose last download the station's own free-space guard ended (`disk-full`), is
         left for a later pass because the spool's disk is still too tight for it: below the store's reserve
-        plus `ROOM_PER_RECEIVED_BYTE` times the recording's size as known (the receiver's guard). That size
-        is the larger of its listed FileSize (without one, `UNLISTED_SIZE_MARGIN_BYTES`) and one byte more
-        than its largest disk-full copy received (the manifest's `bytes`): the guard cut that copy there, so
-        the recording is larger, whatever the device listed (a FileSize in KiB, stale, or false: review 26).
+        plus `ROOM_PER_BYTE_DOWNLOADED` times the recording's size as known (the raw PS itself, then the
+        receiver's guard, which measures after writing it, keeps `ROOM_PER_RECEIVED_BYTE` times it: review
+        28). That size is the larger of its listed FileSize (without one, `UNLISTED_SIZE_MARGIN_BYTES`) and
+        one byte more than its largest disk-full copy received (the manifest's `bytes`): the guard cut that
+        copy there, so the recording is larger, whatever the device listed (a FileSize in KiB, stale, or
+        false: review 26); and at most `max_recording_bytes`, the most the receiver takes (review 28).
         Each try with less room would end the same way and seal one more partial copy into the tight store
         (review 24). One `error` entry, limited like the listing's problems."""
         if not earlier or earlier[-1].interrupted != INTERRUPTED_DISK_FULL:
@@ -450,7 +493,11 @@ class GbDownloads:
         received = max((d.received_bytes for d in earlier if d.interrupted == INTERRUPTED_DISK_FULL
                         and d.received_bytes is not None), default=None)
         size = assumed if received is None else max(assumed, received + 1)
-        needed = reserve + ROOM_PER_RECEIVED_BYTE * size
+        # The receiver takes no more than `max_recording_bytes` of any download: room for that is room for
+        # any try, whatever the device listed (a FileSize of 2**64 - 1 would be no room ever: review 28).
+        capped = size > self.max_recording_bytes
+        size = min(size, self.max_recording_bytes)
+        needed = reserve + ROOM_PER_BYTE_DOWNLOADED * size
         try:
             available = await asyncio.to_thread(free_bytes, self.source.spool)
         except OSError:
@@ -466,10 +513,14 @@ class GbDownloads:
                 shown_listed = "its listed FileSize" if listed is not None else "the size assumed without one"
                 sized = (f"{size} bytes, one more than the {received} a cut-short download of it received "
                          f"({shown_listed}, {assumed}, is less)")
+            if capped:
+                sized = (f"{size} bytes, the most the station takes of one recording ([gb28181.download] "
+                         "max_recording_mb; the size known of it is larger)")
             reason = (f"its last download was cut short by the station's disk running low (disk-full); the "
                       f"disk holding the download spool has {available} bytes free, below the {needed} a "
-                      f"download needs (the store's reserve of {reserve} plus {ROOM_PER_RECEIVED_BYTE} times "
-                      f"{sized}): not downloaded until there is room, never given up for it")
+                      f"download needs (the store's reserve of {reserve} plus {ROOM_PER_BYTE_DOWNLOADED} "
+                      f"times {sized}: the raw PS itself and the receiver's room to seal it): not downloaded "
+                      "until there is room, never given up for waiting")
             data = {"source": "gb28181", "stage": "store", "device_id": display_text(ref.device_id, 64),
                     "channel_id": display_text(ref.channel_id, 64), "original": shown,
                     "recording": ref.described(), "reason": reason, **extra}
@@ -537,6 +588,12 @@ class GbDownloads:
             await self._store_full(f"the store refused the copy of {shown} ({outcome.bytes} bytes received, "
                                    "removed from the spool, never sealed: the recording is downloaded again "
                                    "when there is room)")
+        if outcome.ended is EndReason.DISK_FULL or transfer.facts.get("interrupted") == INTERRUPTED_DISK_FULL:
+            # The station's disk cut this one short: the next recording would start on the same tight disk,
+            # less what sealing this copy took, and be cut too (review 28). The rest waits for room.
+            await self._store_full(f"the download of {shown} was cut short by the station's disk running "
+                                   f"low ({outcome.bytes} bytes received, sealed as it came, marked "
+                                   "`disk-full`)")
         if done.raw_item is None:
             return "the raw PS was not sealed (see the pipeline's error entries)"
         return None

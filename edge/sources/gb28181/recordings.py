@@ -205,6 +205,14 @@ class SealedDownload:
     # The bytes its transfer received (the manifest's `bytes`; None: not a non-negative integer there): a
     # recording the disk guard cut short is at least this large (edge.sources.gb28181.downloads `_tight_for`).
     received_bytes: int | None = None
+    # The bytes its raw PS held (the manifest's `bytes_written`; None: not there, or not a non-negative
+    # integer): how far a disk-full copy got (`given_up_because`), when it is known.
+    written_bytes: int | None = None
+
+    @property
+    def reached_bytes(self) -> int | None:
+        """How far the copy got: the bytes written when known, else those received."""
+        return self.written_bytes if self.written_bytes is not None else self.received_bytes
 
 
 # Why a download came short by no fault of the recording: it is not one of the recording's attempts.
@@ -215,7 +223,7 @@ _RAW_VERSION = re.compile(r"raw-ps(?:#(\d+))?")
 
 
 _SEALED_FACTS = ("attempt", "complete", "interrupted", "incomplete", "lossy", "file_size_bytes",
-                 "file_size_bytes_listed", "bytes")
+                 "file_size_bytes_listed", "bytes", "bytes_written")
 
 
 def _sealed_download(version_text: str, item: str,
@@ -231,12 +239,14 @@ def _sealed_download(version_text: str, item: str,
     attempt_type, attempt = facts["attempt"]
     size_type, size = facts["file_size_bytes"]
     received_type, received = facts["bytes"]
+    written_type, written = facts["bytes_written"]
     return SealedDownload(
         item, int(attempt) if attempt_type == "integer" else int(version.group(1) or 1),
         complete=facts["complete"][0] != "false", interrupted=text("interrupted"),
         incomplete=text("incomplete"), lossy=facts["lossy"][0] == "true",
         file_size_listed=str(size) if size_type == "integer" else text("file_size_bytes_listed"),
-        received_bytes=int(received) if received_type == "integer" and int(received) >= 0 else None)
+        received_bytes=int(received) if received_type == "integer" and int(received) >= 0 else None,
+        written_bytes=int(written) if written_type == "integer" and int(written) >= 0 else None)
 
 
 def sealed_downloads_in(conn: sqlite3.Connection, device_id: str,
@@ -369,6 +379,8 @@ class GbRecordings:
             # stream is not known whole there either.
             "rtp_jumps": [list(r) for r in outcome.restarts],
             "bytes": outcome.bytes,
+            # What the raw PS holds (None: not measured): below `bytes` when a write was refused (review 28).
+            "bytes_written": getattr(outcome, "bytes_written", None),
             "transfer": outcome.summary(),
         }
         if "complete" in download.facts:

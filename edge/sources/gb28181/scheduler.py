@@ -63,6 +63,7 @@ from edge.custody.canonical import MAX_SAFE_INTEGER
 from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.custody.text import printable
+from edge.gb28181.media import DEFAULT_MAX_RECORDING_BYTES
 from edge.gb28181.platform import GbPlatform
 from edge.gb28181.policy import DownloadPolicy, device_ranges
 from edge.gb28181.queries import QueryError
@@ -122,6 +123,9 @@ PTS_MODULO = 1 << 33
 # error; the stream running past the recording's end) proves nothing about the recording being whole.
 DEVICE_ENDS = frozenset({EndReason.FILE_END.value, EndReason.DEVICE_BYE.value})
 DEVICE_MEDIA_ENDS = frozenset({"idle", "closed"})
+# Receiver ends that mean what was received was not all written (a refused write, the disk guard): such a
+# copy is never complete, whoever ended the session (review 28).
+RECEIVER_FAILURES = frozenset({"error", "disk-full"})
 MAX_CHANNELS = 64
 # GB/T 28181 ids: digits 11-13 are the type (2016 Annex D, table D.1). A Catalog lists more than video
 # channels: these types hold no video and are not asked for recordings: 114 decoder, 115 video matrix,
@@ -237,8 +241,9 @@ def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | N
     neither short of the recording's time range (`expected_s`, from RecordInfo) nor far beyond it (then
     `overlong`: the media is not that recording's alone); the timestamps are trustworthy; no RTP packet
     was lost and the numbering never jumped (else `lossy`: the copy has holes, its gaps are on the
-    ledger, and the recording is downloaded again); and the bytes reach the `a=filesize` the device
-    announced."""
+    ledger, and the recording is downloaded again); the bytes reach the `a=filesize` the device
+    announced; and the receiver wrote all it received (it did not end `error` or `disk-full`, and the raw
+    PS holds `bytes`: a last write refused after the device's 121 is no complete copy, review 28)."""
     outcome = result.outcome
     reasons: list[str] = []
     received_s, distrust = video_span_s(outcome)
@@ -272,6 +277,16 @@ def completeness(result: SessionResult, ref: RecordingRef, expected_s: float | N
         announced = None  # no size (review 22): garbage in the field; kept as text in the facts
     if announced and received < FILESIZE_MIN_SHARE * announced:
         reasons.append(f"{received} bytes received, the device announced a=filesize {announced}")
+    # A receiver that ended `error` or `disk-full` did not write everything it received: its last buffered
+    # write, made at close after the device's 121 or BYE, may have been refused (review 28). Whatever the
+    # session's end reason, such a copy is never complete; the bytes the file holds are what count.
+    media_end = str(getattr(getattr(outcome, "ended", None), "value", getattr(outcome, "ended", "")))
+    written = getattr(outcome, "bytes_written", None)
+    if media_end in RECEIVER_FAILURES:
+        reasons.append(f"the media receiver ended {media_end}: "
+                       f"{display_text(str(getattr(outcome, 'detail', '')), 200)}")
+    if written is not None and written < received:
+        reasons.append(f"the raw PS holds {written} of the {received} bytes received (a write was refused)")
     by_device = device_ended(result)
     if not by_device:
         reasons.append(f"the session ended by {ended_by(result)}, not by the device: the recording is not "
@@ -583,7 +598,8 @@ class GbDownloadScheduler:
                                 problems=self.problems, failed_passes=self.failed_passes,
                                 pass_failures=PassFailures(),
                                 device_clock_offset_ms=lambda: self._clock_offset_ms(device_id),
-                                device_tz_offset_min=self.policy.utc_offset_minutes)
+                                device_tz_offset_min=self.policy.utc_offset_minutes,
+                                max_recording_bytes=self._max_recording_bytes())
         try:
             await self._channel_passes(pipeline, device_id, progress, downloads, ranges)
         finally:
@@ -945,6 +961,12 @@ class GbDownloadScheduler:
         if str(getattr(getattr(result.outcome, "ended", None), "value", "")) == INTERRUPTED_DISK_FULL:
             return INTERRUPTED_DISK_FULL  # the receiver's free-space guard (MediaEnd disk-full)
         return None
+
+    def _max_recording_bytes(self) -> int:
+        """The most the platform's receiver takes of one download ([gb28181.download] max_recording_mb)."""
+        settings = getattr(self.platform, "settings", None)
+        limit = getattr(settings, "max_recording_bytes", None)
+        return limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_RECORDING_BYTES
 
     def _clock_offset_ms(self, device_id: str) -> int | None:
         device = self.platform.registry.get(device_id)
