@@ -43,16 +43,19 @@ async def test_an_overdue_recorder_docked_for_a_moment_stays_out_and_overdue(tmp
         await station.wait_results(1, timeout_s=WAIT_S)
         outcome = station.agent.results[0].outcome
         returned = station.ledger("returned")
+        seen_and_left = [e for e in station.ledger("refused") if e.get("what") == "check-in"]
         assert station.agent.store is not None
         conn = station.agent.store.conn
-        still_out = conn.execute("SELECT officer_no FROM assignments WHERE returned IS NULL").fetchall()
+        still_out = [tuple(row) for row in conn.execute("SELECT officer_no FROM assignments WHERE returned IS NULL")]
         alert_open = conn.execute("SELECT COUNT(*) FROM overdue_alerts WHERE closed_at IS NULL").fetchone()[0]
     if not pulled_early:  # the control: a full docking is the return, and closes the alert
         assert outcome is OffloadOutcome.DONE
         assert [e["officer_no"] for e in returned] == ["110001"] and "overdue" in returned[0]
-        assert still_out == [] and alert_open == 0
+        assert still_out == [] and alert_open == 0 and seen_and_left == []
         return
     assert outcome is OffloadOutcome.DEVICE_GONE
     # FAILS NOW: `returned` was written at the start of the offload and the overdue alert closed with it.
     assert returned == [], returned
     assert still_out == [("110001",)] and alert_open == 1
+    # The ledger says it was seen and left, with the docking's end.
+    assert [(e["officer_no"], e["outcome"]) for e in seen_and_left] == [("110001", "device-gone")], seen_and_left

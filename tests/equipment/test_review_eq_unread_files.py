@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from drivers.usb.protocol import VendorRequest
+from edge.sources.usb.session import UsbAttachment
 from tests.equipment.test_desk_agent import WAIT_S, docked_and_back_in_control, registry
 from tests.station.harness import eventually, simulated_station, spec
 
@@ -39,8 +40,11 @@ async def test_a_recorder_with_unread_files_is_not_issued(tmp_path: Path, glitch
             await station.wait_ledger("error", timeout_s=WAIT_S, where=lambda d: d.get("stage") == "control")
             state = station.bus.recorder_state(recorder.device_serial)
             assert state.port_path is not None
-            await eventually(lambda: station.agent._idle_for_desk(state.port_path or "", state.usb_serial),
+            # The agent is finished with this docking (not retried while docked, no session running).
+            key = UsbAttachment(state.port_path, state.usb_serial)
+            await eventually(lambda: key in station.agent._done_usb and key not in station.agent._active_usb,
                              timeout_s=WAIT_S)
+            assert not station.agent._idle_for_desk(state.port_path, state.usb_serial)
         else:
             await station.wait_ledger("device_connected", count=2, timeout_s=WAIT_S,
                                       where=lambda d: d.get("after") == "bay power cycle")

@@ -86,19 +86,23 @@ async def test_a_stick_claiming_a_recorder_that_is_out_does_not_check_it_in(tmp_
         await station.dock_recorder(docking.device_serial, 2)
         await station.wait_results(1, timeout_s=120)
         returned = station.ledger("returned")
+        claimed = [e for e in station.ledger("refused") if e.get("what") == "check-in"]
         assert station.agent.store is not None
         rows = station.agent.store.conn.execute("SELECT manifest FROM items").fetchall()
         blocks: list[dict[str, Any]] = [json.loads(m)["assignment"] for (m,) in rows]
-        still_out = station.agent.store.conn.execute(
+        still_out = [tuple(row) for row in station.agent.store.conn.execute(
             "SELECT officer_no FROM assignments WHERE device_serial = ? AND returned IS NULL",
-            (genuine.device_serial,)).fetchall()
+            (genuine.device_serial,))]
     if who_docks == "genuine recorder":  # the control: the recorder itself checks in
         checked_in = [(e["device_serial"], e["officer_no"]) for e in returned]
         assert checked_in == [(genuine.device_serial, "110001")]
-        assert still_out == []
+        assert still_out == [] and claimed == []
         return
     # FAILS NOW: the stick's PARAM.INI closed 110001's assignment; the recorder is still in the field.
     assert returned == [], f"a stick's PARAM.INI checked the recorder in: {returned}"
     assert still_out == [("110001",)]
     # Nor are the stick's files bound to the officer "by the station's assignment records".
     assert blocks and all(b["status"] != "bound" for b in blocks), [b["status"] for b in blocks]
+    # On the record: a volume claimed the recorder that is out with 110001.
+    assert len(claimed) == 1 and "a volume claims recorder 3300001" in claimed[0]["reason"], claimed
+    assert "110001" in claimed[0]["reason"]
