@@ -3,11 +3,12 @@
 Check-out, by card or by 警号 + PIN:
 
 1. the officer: a card the registry knows, or a 警号 whose PIN matches (argon2id; after `pin_failures_max`
-   wrong PINs in a row the 警号 is locked for `pin_lockout_s`); the officer active, not already holding a
+   wrong PINs in a row the 警号 is locked for `pin_lockout_s`, each further lockout before a right PIN twice
+   as long, up to a day); the officer active, not already holding a
    recorder;
 2. a ready recorder (:func:`why_not_ready`): docked in control mode, allowed and logged in, no open
    assignment, its latest docking at this station finished `done` (every file sealed, wiped where the
-   policy says so), battery at least `min_battery_percent`; the fullest battery first;
+   policy says so) and the agent has it back in control mode after that docking (the bench's `idle`), battery at least `min_battery_percent`; the fullest battery first;
 3. the agency's settings (`policy.settings`: resolution, pre/post-record, minutes per file) and the
    officer's identity written to it (SET_SETTINGS, WriteZFYInfo) and read back: what the recorder reports
    afterwards must be exactly what was written, else that recorder is not issued (an `error` entry
@@ -109,6 +110,12 @@ class CheckoutRefused(Exception):
     @property
     def screen_text(self) -> str:
         return SCREEN_TEXT[self.reason]
+
+    @property
+    def public_reason(self) -> RefusalReason:
+        """The reason as the desk tells it outside the ledger (the API's answer, the kiosk's outcomes): an
+        unknown 警号 is a wrong PIN there, so that no answer tells which 警号 exist."""
+        return RefusalReason.WRONG_PIN if self.reason is RefusalReason.UNKNOWN_OFFICER else self.reason
 
 
 class IdentityWriteError(Exception):

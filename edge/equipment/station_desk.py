@@ -131,7 +131,7 @@ class StationDesk:
         if assignment is not None:
             screen_text = issued_text(assignment)
         elif refused is not None:
-            reason, screen_text = str(refused.reason), refused.screen_text
+            reason, screen_text = str(refused.public_reason), refused.screen_text  # the ledger has the true one
         outcome = DeskOutcome(self._numbers, station_time_now(), self._clock(), method, assignment, reason,
                               screen_text)
         self._outcomes.append(outcome)
