@@ -182,7 +182,8 @@ class PinLockout:
             seconds = min(self.lockout_s * 2.0 ** min(lockouts - 1, 32), longest)
             locked = _format(_parse(now) + timedelta(seconds=seconds))
         self.conn.execute(
-            "INSERT INTO officer_pin_failures(officer_no, failures, locked_until, lockouts) VALUES (?, ?, ?, ?) "
+            "INSERT INTO officer_pin_failures(officer_no, failures, locked_until, lockouts) "
+            "VALUES (?, ?, ?, ?) "
             "ON CONFLICT(officer_no) DO UPDATE SET failures = excluded.failures, "
             "locked_until = excluded.locked_until, lockouts = excluded.lockouts",
             (officer_no, failures, locked, lockouts),

@@ -8,7 +8,8 @@ Check-out, by card or by 警号 + PIN:
    recorder;
 2. a ready recorder (:func:`why_not_ready`): docked in control mode, allowed and logged in, no open
    assignment, its latest docking at this station finished `done` (every file sealed, wiped where the
-   policy says so) and the agent has it back in control mode after that docking (the bench's `idle`), battery at least `min_battery_percent`; the fullest battery first;
+   policy says so) and the agent has it back in control mode after that docking (the bench's `idle`),
+   battery at least `min_battery_percent`; the fullest battery first;
 3. the agency's settings (`policy.settings`: resolution, pre/post-record, minutes per file) and the
    officer's identity written to it (SET_SETTINGS, WriteZFYInfo) and read back: what the recorder reports
    afterwards must be exactly what was written, else that recorder is not issued (an `error` entry
@@ -167,9 +168,10 @@ class CheckoutPolicy:
 def last_docking(conn: sqlite3.Connection, device_serial: str) -> tuple[str | None, str | None] | None:
     """(ended, outcome) of the station's latest docking session of a recorder, or None if it never docked.
     Latest in the order the station recorded them (the row's insertion order, the order of their
-    `session_started` entries), not by `started`: a wall clock stepped back would put a later docking first."""
-    row = conn.execute("SELECT ended, outcome FROM sessions WHERE device_serial = ? ORDER BY rowid DESC LIMIT 1",
-                       (device_serial,)).fetchone()
+    `session_started` entries), not by `started`: a wall clock stepped back would put a later docking
+    first."""
+    row = conn.execute("SELECT ended, outcome FROM sessions WHERE device_serial = ? ORDER BY rowid DESC "
+                       "LIMIT 1", (device_serial,)).fetchone()
     return None if row is None else (row[0], row[1])
 
 
@@ -407,8 +409,8 @@ def return_recorder(store: StationStore, device_serial: str, *, bay: int | None)
 def check_in_after_docking(store: StationStore, *, device_serial: str, usb_serial: str, identity_source: str,
                            outcome: str, session: str, bay: int | None) -> Assignment | None:
     """The check-in of a docking that has ended (after its `session_stopped`): close the recorder's open
-    assignment when the docking was the recorder itself and sealed every file (`CHECK_IN_OUTCOMES`); otherwise leave it open with a
-    `refused` entry that says why. None when no assignment was closed."""
+    assignment when the docking was the recorder itself and sealed every file (`CHECK_IN_OUTCOMES`);
+    otherwise leave it open with a `refused` entry that says why. None when no assignment was closed."""
     AssignmentBook.create_schema(store.conn)
     held = AssignmentBook(store.conn).open_for_recorder(device_serial)
     if held is None:

@@ -199,8 +199,9 @@ async def test_pin_check_out_over_the_dock_screen_listener_is_csrf_guarded_and_r
         assert [o["reason"] if o["outcome"] == "refused" else "assigned" for o in outcomes] == [
             "rate_limited", "wrong_pin", "assigned", "wrong_pin", "suspended"]  # an unknown 警号: wrong_pin
         # The ledger keeps the true reason of the 4th attempt.
-        assert [d.get("officer_no") for d in station.ledger("refused") if d.get("reason") == "unknown_officer"] \
-            == ["110003"]
+        refusals = station.ledger("refused")
+        unknown = [d.get("officer_no") for d in refusals if d.get("reason") == "unknown_officer"]
+        assert unknown == ["110003"]
         await eventually(lambda: station.dock.led(1) is BayLed.ATTENTION, WAIT_S)
 
 

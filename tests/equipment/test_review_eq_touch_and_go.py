@@ -46,7 +46,8 @@ async def test_an_overdue_recorder_docked_for_a_moment_stays_out_and_overdue(tmp
         seen_and_left = [e for e in station.ledger("refused") if e.get("what") == "check-in"]
         assert station.agent.store is not None
         conn = station.agent.store.conn
-        still_out = [tuple(row) for row in conn.execute("SELECT officer_no FROM assignments WHERE returned IS NULL")]
+        still_out = [tuple(row) for row in
+                     conn.execute("SELECT officer_no FROM assignments WHERE returned IS NULL")]
         alert_open = conn.execute("SELECT COUNT(*) FROM overdue_alerts WHERE closed_at IS NULL").fetchone()[0]
     if not pulled_early:  # the control: a full docking is the return, and closes the alert
         assert outcome is OffloadOutcome.DONE
@@ -58,4 +59,5 @@ async def test_an_overdue_recorder_docked_for_a_moment_stays_out_and_overdue(tmp
     assert returned == [], returned
     assert still_out == [("110001",)] and alert_open == 1
     # The ledger says it was seen and left, with the docking's end.
-    assert [(e["officer_no"], e["outcome"]) for e in seen_and_left] == [("110001", "device-gone")], seen_and_left
+    left = [(e["officer_no"], e["outcome"]) for e in seen_and_left]
+    assert left == [("110001", "device-gone")], seen_and_left
