@@ -11,13 +11,15 @@ control: a docking that runs to `done` closes the assignment and the alert.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge.sources.usb.offload import OffloadOutcome
 from tests.equipment.test_review_eq_volume_return import check_out
-from tests.station.harness import simulated_station, spec, station_config
+from tests.station.harness import eventually, simulated_station, spec, station_config
 
 WAIT_S = 90.0
 
@@ -49,15 +51,40 @@ async def test_an_overdue_recorder_docked_for_a_moment_stays_out_and_overdue(tmp
         still_out = [tuple(row) for row in
                      conn.execute("SELECT officer_no FROM assignments WHERE returned IS NULL")]
         alert_open = conn.execute("SELECT COUNT(*) FROM overdue_alerts WHERE closed_at IS NULL").fetchone()[0]
+        fleet = station.agent.fleet
+        assert fleet is not None
+
+        def fleet_view() -> dict[str, Any] | None:
+            summary = fleet.summary()
+            if summary is None:
+                return None
+            return next((r for r in summary["recorders"] if r["device_serial"] == recorder.device_serial
+                         and r["last_docking"] is not None and r["last_docking"]["ended_at"] is not None),
+                        None)
+
+        def settled() -> bool:
+            """The fleet has read the docking's end and what the check-in made of it (its monitor re-reads
+            on every ledger change, so it may first show the docking ended and the check-in not yet)."""
+            view = fleet_view()
+            return view is not None and (view["holder"] is None) == (not pulled_early)
+
+        with contextlib.suppress(TimeoutError):  # asserted below, with what the fleet shows
+            await eventually(settled, timeout_s=WAIT_S)
+        seen = fleet_view()
+        assert seen is not None
     if not pulled_early:  # the control: a full docking is the return, and closes the alert
         assert outcome is OffloadOutcome.DONE
         assert [e["officer_no"] for e in returned] == ["110001"] and "overdue" in returned[0]
         assert still_out == [] and alert_open == 0 and seen_and_left == []
+        assert seen["state"] not in ("out", "overdue") and seen["holder"] is None, seen
         return
     assert outcome is OffloadOutcome.DEVICE_GONE
-    # FAILS NOW: `returned` was written at the start of the offload and the overdue alert closed with it.
+    # Failed before the fix: `returned` was written at the start of the offload and the overdue alert closed with it.
     assert returned == [], returned
     assert still_out == [("110001",)] and alert_open == 1
     # The ledger says it was seen and left, with the docking's end.
     left = [(e["officer_no"], e["outcome"]) for e in seen_and_left]
     assert left == [("110001", "device-gone")], seen_and_left
+    # The fleet: still overdue with 110001, and the docking's fault beside it.
+    assert seen["state"] == "overdue" and seen["holder"]["officer_no"] == "110001", seen
+    assert [p["code"] for p in seen["problems"]] == ["last_docking_failed"], seen

@@ -58,5 +58,5 @@ async def test_a_recorder_with_unread_files_is_not_issued(tmp_path: Path, glitch
         assert outcome["outcome"] == "assigned", outcome
         return
     assert len(unread) == 2 and len(acquired) == 1
-    # FAILS NOW: outcome is "assigned": the recorder goes out with two recordings never copied.
+    # Failed before the fix: outcome is "assigned": the recorder goes out with two recordings never copied.
     assert outcome["outcome"] == "refused" and outcome["reason"] == "no_recorder_ready", outcome
