@@ -1,8 +1,11 @@
 """Content-addressed object storage for accepted evidence.
 
-An object's name is the SHA-256 of its bytes, and only bytes that were just hashed to that name are
-ever given it: :meth:`FileObjectStore.put_file` re-reads the finished upload, compares, makes it durable
-and only then links it into place. Names come from our own hashing or from a validated 64-hex string,
+An object's name is the SHA-256 of its bytes, and only bytes that were hashed to that name are ever
+given it: :meth:`FileObjectStore.put_file` either re-reads the finished upload and compares, or takes
+the hash the receive path computed on the same pass that wrote the file (:class:`ReceivedContent`),
+when the file provably has not changed since (same inode, size, modification and change times, to the
+nanosecond: any write or ``utime`` moves the change time); then it makes the file durable and only
+then links it into place. Names come from our own hashing or from a validated 64-hex string,
 never from a client's path.
 
 Layout (the default, local file system)::
@@ -35,12 +38,14 @@ from typing import BinaryIO, Protocol
 from edge.durable.files import ensure_private_dir, fsync_dir, make_dirs_durable
 
 __all__ = [
+    "FileIdentity",
     "FileObjectStore",
     "ObjectCorrupt",
     "ObjectMismatch",
     "ObjectStore",
     "ObjectStoreError",
     "ObjectStoreUnavailable",
+    "ReceivedContent",
     "Retention",
     "StoredObject",
     "is_sha256_hex",
@@ -90,6 +95,33 @@ class StoredObject:
 
 
 @dataclass(frozen=True)
+class FileIdentity:
+    """What changes when a file's content can have changed: inode, size, modification and change time
+    (ns). The change time cannot be set by a caller: a write followed by ``utime`` still shows."""
+
+    device: int
+    inode: int
+    size_bytes: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class ReceivedContent:
+    """A receive path's word for a finished file: it hashed every byte on the pass that wrote them
+    (SHA-256 ``sha256``), made the file durable, and never opened it for writing again; ``identity`` is
+    the file as it was right after that (an object store trusts the hash only while the file still
+    has this identity)."""
+
+    sha256: str
+    identity: FileIdentity
+
+
+@dataclass(frozen=True)
 class Retention:
     """How long an object must be kept: locked (COMPLIANCE) until ``until`` (timezone-aware UTC), and
     under a legal hold, which has no end date, when ``legal_hold`` (permanent evidence)."""
@@ -105,10 +137,20 @@ class Retention:
 class ObjectStore(Protocol):
     """What the central needs from content storage. Every method is blocking (run it in a thread)."""
 
-    def put_file(self, source: Path, sha256: str, retention: Retention | None = None) -> StoredObject:
+    def put_file(
+        self,
+        source: Path,
+        sha256: str,
+        retention: Retention | None = None,
+        *,
+        received: ReceivedContent | None = None,
+    ) -> StoredObject:
         """Move ``source`` in as the object ``sha256`` durably (``source`` is gone after success), kept at
         least as ``retention`` says; raises :class:`ObjectMismatch` (``source`` untouched) when its bytes
-        hash to something else, :class:`ObjectStoreUnavailable` when the store cannot be reached."""
+        hash to something else, :class:`ObjectStoreUnavailable` when the store cannot be reached.
+        ``received``: the receive path's hash of ``source`` (see :class:`ReceivedContent`); a store
+        that reads the file anyway must not hash it again with SHA-256 while the file keeps its
+        identity, and must hash it when it does not (or when ``received`` is None)."""
         ...
 
     def retain(self, sha256: str, retention: Retention) -> None:
@@ -187,8 +229,16 @@ class FileObjectStore:
     def reachable(self) -> str | None:
         return None if self.root.is_dir() else f"{self.root} is not a directory"
 
-    def put_file(self, source: Path, sha256: str, retention: Retention | None = None) -> StoredObject:
-        """Hash ``source``; when it matches ``sha256`` move it durably into place (read-only).
+    def put_file(
+        self,
+        source: Path,
+        sha256: str,
+        retention: Retention | None = None,
+        *,
+        received: ReceivedContent | None = None,
+    ) -> StoredObject:
+        """Hash ``source`` (or take ``received``'s hash while the file keeps its identity); when it
+        matches ``sha256`` move it durably into place (read-only).
 
         The move is a hard link followed by removing ``source``, so a multi-gigabyte upload is not
         copied, an existing object is never replaced, and afterwards the object shares its inode with
@@ -198,7 +248,7 @@ class FileObjectStore:
         is evidence of something and an operator must see it.
         """
         final = self.path_of(sha256)
-        found, size = _hash_file(source)
+        found, size = self._content_hash(source, received)
         if found != sha256:
             raise ObjectMismatch(sha256, found, size)
         if final.is_file():
@@ -228,6 +278,20 @@ class FileObjectStore:
             os.fsync(stream.fileno())  # the mode change, so a crash cannot leave a writable object
         log.info("object %s stored (%d bytes)", sha256, size)
         return StoredObject(sha256, size)
+
+    @staticmethod
+    def _content_hash(source: Path, received: ReceivedContent | None) -> tuple[str, int]:
+        """(SHA-256, size) of ``source``: the receive path's when the file is still the one it hashed,
+        else read and hashed here."""
+        if received is not None:
+            st = source.stat()
+            if FileIdentity.of(st) == received.identity:
+                return received.sha256, st.st_size
+            log.warning(
+                "%s changed after its receive path hashed it (identity %s, now %s): hashing it again",
+                source.name, received.identity, FileIdentity.of(st),
+            )
+        return _hash_file(source)
 
     @staticmethod
     def _drop_source(source: Path) -> None:

@@ -7,8 +7,10 @@ the central has accepted it, holds the item's `acquired` entry at the seq and ha
 Every refusal is a :class:`Rejection` with a machine code, an HTTP status and a sentence saying what was
 expected and what came; :class:`Registrar` logs each one and appends it to the index's rejections table.
 
-Order of an acceptance (crash-safe): verify everything that needs no content; re-hash the finished
-upload while linking it into the object store (durable: fsync file and directories); then, in one
+Order of an acceptance (crash-safe): verify everything that needs no content; link the finished upload
+into the object store (durable: fsync file and directories), hashing it again unless its receive path
+hashed every byte as it wrote them and the file is unchanged since (:class:`~edge.central.objects.
+ReceivedContent`); then, in one
 transaction of the unit of work the index and the log share (:mod:`edge.central.storage`), the item,
 officer/device/case rows, metadata history, Merkle leaf and signed tree head. A crash before the commit
 leaves at most an unreferenced object, which the retry adopts.
@@ -38,6 +40,7 @@ from edge.central.objects import (
     ObjectStore,
     ObjectStoreError,
     ObjectStoreUnavailable,
+    ReceivedContent,
     Retention,
 )
 from edge.central.retention import RetentionPolicy, parse_utc
@@ -238,6 +241,10 @@ class UploadSource(Protocol):
     def get(self, upload_id: str) -> UploadFacts | None: ...
     def complete_path(self, upload_id: str) -> Path: ...
     def remove(self, upload_id: str) -> bool: ...
+    def received(self, upload_id: str) -> ReceivedContent | None:
+        """The receive path's hash of the complete upload, taken as its bytes were written (None: the
+        object store hashes the file itself)."""
+        ...
 
 
 def upload_source_key(station_id: str, upload: str) -> str | None:
@@ -906,9 +913,10 @@ class Registrar:
         path = self.uploads.complete_path(upload_id)
         retention = self.retention.for_class(RetentionPolicy.class_of(manifest), parse_utc(self._clock()),
                                              item=item)
+        received = self.uploads.received(upload_id)
         started = time.monotonic()
         try:
-            await asyncio.to_thread(self._put_content, path, sha256, retention)
+            await asyncio.to_thread(self._put_content, path, sha256, retention, received)
         except ObjectMismatch as exc:
             self._discard_upload(upload_id)
             raise Rejection(
@@ -937,10 +945,12 @@ class Registrar:
         self._discard_upload(upload_id)
         return registered
 
-    def _put_content(self, path: Path, sha256: str, retention: Retention) -> None:
+    def _put_content(
+        self, path: Path, sha256: str, retention: Retention, received: ReceivedContent | None
+    ) -> None:
         """Move the upload's content into the object store (runs in a worker thread)."""
         try:
-            self.objects.put_file(path, sha256, retention)
+            self.objects.put_file(path, sha256, retention, received=received)
         except FileNotFoundError:
             # An earlier attempt moved the content in and failed before its commit: the upload's record
             # outlived its file. The object is content-addressed; re-hashing it decides.

@@ -48,6 +48,7 @@ from edge.central.objects import (
     ObjectMismatch,
     ObjectStoreError,
     ObjectStoreUnavailable,
+    ReceivedContent,
     Retention,
     StoredObject,
     is_sha256_hex,
@@ -284,11 +285,21 @@ class S3ObjectStore:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def put_file(self, source: Path, sha256: str, retention: Retention | None = None) -> StoredObject:
+    def put_file(
+        self,
+        source: Path,
+        sha256: str,
+        retention: Retention | None = None,
+        *,
+        received: ReceivedContent | None = None,
+    ) -> StoredObject:
         """Send ``source`` as object ``sha256`` (hashed on the way, locked), then remove ``source``.
 
         An existing object is re-hashed rather than trusted (a damaged one raises :class:`ObjectCorrupt`
-        and is left for an operator), and its lock extended to ``retention``."""
+        and is left for an operator), and its lock extended to ``retention``. ``received`` (the tus
+        store's hash, :class:`~edge.central.objects.ReceivedContent`) is not used yet: this store hashes
+        every part with SHA-256 on the one read that sends it (a second SHA-256 pass on the central
+        besides the receive path's; README "The central receiver", S3)."""
         key = self.key_of(sha256)
         if self._head(sha256) is not None:
             found, size = _hash_file(source)

@@ -63,6 +63,7 @@ from edge.central.limits import RequestLimiter
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.tus_store import (
     CHECKSUM_ALGORITHMS,
+    PREFIX_SHA256,
     ChecksumMismatchError,
     ChunkChecksum,
     InsufficientStorageError,
@@ -109,6 +110,7 @@ _METADATA_KEY_RE = re.compile(r"[!-+\--~]+")  # printable ASCII without space an
 _SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
 _ITEM_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _WRITE_BLOCK_BYTES = 1024 * 1024
+_ADVERTISED_CHECKSUMS = (*CHECKSUM_ALGORITHMS, PREFIX_SHA256)
 _REASONS = {460: "Checksum Mismatch"}
 # Retry-After of 503/507 refusals when the application gives no limiter to take it from.
 _DEFAULT_RETRY_AFTER_S = 10
@@ -233,20 +235,21 @@ def encode_upload_metadata(metadata: Mapping[str, str]) -> str:
 
 
 def parse_upload_checksum(value: str) -> ChunkChecksum:
-    """``Upload-Checksum: <algorithm> <base64 digest>`` for the request body."""
+    """``Upload-Checksum: <algorithm> <base64 digest>`` for the request body (``sha256-prefix``: for the
+    upload's content from byte 0 through the end of the body, see :mod:`edge.central.tus_store`)."""
     header = "Upload-Checksum"
     parts = value.split(" ")
     if len(parts) != 2 or not parts[0] or not parts[1]:
         raise TusHeaderError(header, f"expected '<algorithm> <base64 digest>', got {value[:80]!r}")
     algorithm, encoded = parts
-    if algorithm not in CHECKSUM_ALGORITHMS:
-        supported = ",".join(CHECKSUM_ALGORITHMS)
+    if algorithm not in CHECKSUM_ALGORITHMS and algorithm != PREFIX_SHA256:
+        supported = ",".join(_ADVERTISED_CHECKSUMS)
         raise TusHeaderError(header, f"unsupported algorithm {algorithm[:40]!r}; supported: {supported}")
     try:
         digest = base64.b64decode(encoded.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         raise TusHeaderError(header, f"{algorithm} digest is not valid base64: {encoded[:80]!r}") from None
-    size = len(CHECKSUM_ALGORITHMS[algorithm]().digest())
+    size = len(CHECKSUM_ALGORITHMS["sha256" if algorithm == PREFIX_SHA256 else algorithm]().digest())
     if len(digest) != size:
         raise TusHeaderError(header, f"a {algorithm} digest has {size} bytes, got {len(digest)}")
     return ChunkChecksum(algorithm, digest)
@@ -596,7 +599,7 @@ class _TusEndpoints:
                 "Tus-Version": TUS_VERSION,
                 "Tus-Extension": ",".join(TUS_EXTENSIONS),
                 "Tus-Max-Size": str(self._store.max_size_bytes),
-                "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
+                "Tus-Checksum-Algorithm": ",".join(_ADVERTISED_CHECKSUMS),
             }
         )
         return web.Response(status=204, headers=headers)

@@ -23,6 +23,18 @@ The SHA-256 of the whole content is computed while the bytes stream in (one hash
 memory, valid at the committed offset; a rolled-back chunk restores the hasher copied at the last
 commit). After a restart the hasher is gone, so a completion reads the ``.part`` file once instead.
 
+One SHA-256 pass: besides the per-chunk algorithms of the tus checksum extension (a second hash of
+every byte), a chunk may declare ``Upload-Checksum: sha256-prefix <digest>``, the SHA-256 of the
+upload's content from its first byte through the end of this chunk. The upload's own hasher answers
+it at the end of the body (a copy's digest, no byte hashed twice); a mismatch discards the chunk like
+any checksum mismatch. The station sends it (it hashes the file once as it reads it), and the last
+chunk's digest is the whole content's SHA-256. After a restart the first such chunk re-reads the
+committed part once to rebuild the hasher.
+
+A completed upload's hash is vouched for to the object store (:meth:`TusUploadStore.received`: the
+hash, and the file's identity after its final fsync), so registration links the file in without
+reading it again; the vouch lives in memory only (after a restart, registration re-hashes).
+
 Bounds: every upload has an expiry, kept in its record and enforced by :meth:`TusUploadStore.purge_expired`
 (run periodically by the HTTP layer): an incomplete upload expires ``expire_after_s`` after its last
 committed bytes, a complete one ``expire_complete_after_s`` after completion when no registration took
@@ -52,12 +64,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge.central.objects import FileIdentity, ReceivedContent
 from edge.custody.canonical import canonical_json, parse_json
 from edge.durable.files import ensure_private_dir, free_bytes, fsync_dir, write_atomic
 
 __all__ = [
     "CHECKSUM_ALGORITHMS",
     "INFO_FORMAT",
+    "PREFIX_SHA256",
     "UPLOAD_ID_RE",
     "ChecksumMismatchError",
     "ChunkChecksum",
@@ -92,7 +106,7 @@ _LEASE_S = 3600.0
 
 
 class _Hasher(Protocol):
-    def update(self, data: bytes | bytearray, /) -> None: ...
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
     def digest(self) -> bytes: ...
     def hexdigest(self) -> str: ...
     def copy(self) -> _Hasher: ...
@@ -108,6 +122,10 @@ CHECKSUM_ALGORITHMS: Mapping[str, Callable[[], _Hasher]] = {
     "sha256": hashlib.sha256,
     "md5": _md5,
 }
+
+
+# Upload-Checksum algorithm: SHA-256 of the content from byte 0 through the end of the chunk (see above).
+PREFIX_SHA256 = "sha256-prefix"
 
 
 class TusStoreError(Exception):
@@ -207,7 +225,7 @@ class ChunkChecksum:
     digest: bytes
 
     def __post_init__(self) -> None:
-        if self.algorithm not in CHECKSUM_ALGORITHMS:
+        if self.algorithm not in CHECKSUM_ALGORITHMS and self.algorithm != PREFIX_SHA256:
             raise ValueError(f"unsupported checksum algorithm {self.algorithm!r}")
 
 
@@ -305,6 +323,8 @@ class _UploadState:
     busy: bool = False
     # Clock time until which a registration holds the complete content (see complete_path): not purged.
     leased_until: float = 0.0
+    # Set at completion when every byte was hashed as it was written (see TusUploadStore.received).
+    received: ReceivedContent | None = None
 
 
 class TusUploadStore:
@@ -530,6 +550,14 @@ class TusUploadStore:
             state.leased_until = self._clock() + _LEASE_S
         return self._part_path(upload_id)
 
+    def received(self, upload_id: str) -> ReceivedContent | None:
+        """The hash this store computed of a complete upload as its bytes were written, with the content
+        file's identity after its final fsync; None when there is none in memory (a restart) or the
+        upload is not complete."""
+        with self._lock:
+            state = self._states.get(_check_id(upload_id))
+            return state.received if state is not None and state.info.complete else None
+
     def remove(self, upload_id: str) -> bool:
         """Delete the upload's files; False when there was nothing. Raises :class:`UploadBusyError`."""
         with self._lock:
@@ -716,10 +744,31 @@ class TusUploadStore:
         )
         return hasher.hexdigest()
 
-    def _set_state(self, state: _UploadState, info: UploadInfo, hasher: _Hasher | None) -> None:
+    def _set_state(
+        self,
+        state: _UploadState,
+        info: UploadInfo,
+        hasher: _Hasher | None,
+        received: ReceivedContent | None = None,
+    ) -> None:
         with self._lock:
             state.info = info
             state.hasher = hasher
+            state.received = received
+
+    def _prefix_hasher(self, upload_id: str, length: int) -> _Hasher:
+        """A SHA-256 hasher fed with the first ``length`` bytes of the content file (after a restart)."""
+        hasher = hashlib.sha256()
+        remaining = length
+        with self._part_path(upload_id).open("rb") as handle:
+            while remaining > 0:
+                block = handle.read(min(_READ_BLOCK_BYTES, remaining))
+                if not block:
+                    raise TusStoreError(f"upload {upload_id}: content file ends {remaining} bytes early")
+                hasher.update(block)
+                remaining -= len(block)
+        log.info("upload %s: hasher rebuilt by re-reading %d bytes (lost in a restart)", upload_id, length)
+        return hasher
 
     def _release(self, state: _UploadState) -> None:
         with self._lock:
@@ -752,7 +801,10 @@ class UploadWrite:
         self._info = state.info
         self._checksum = checksum
         self._commit_every_bytes = commit_every_bytes
-        self._chunk_hasher = CHECKSUM_ALGORITHMS[checksum.algorithm]() if checksum else None
+        self._chunk_hasher = self._new_chunk_hasher()
+        if state.hasher is None and checksum is not None and checksum.algorithm == PREFIX_SHA256:
+            # The prefix digest needs the hasher at the committed offset: rebuilt once after a restart.
+            store._set_state(state, state.info, store._prefix_hasher(state.info.upload_id, state.info.offset))
         # Private copies: the state's hasher stays at the committed offset until a commit replaces it.
         self._whole = state.hasher.copy() if state.hasher is not None else None
         self._whole_at_commit = state.hasher
@@ -785,12 +837,19 @@ class UploadWrite:
         """The last committed state."""
         return self._info
 
+    def _new_chunk_hasher(self) -> _Hasher | None:
+        """A hasher of this request's body alone, for a per-chunk algorithm (none for the prefix digest,
+        which the upload's own hasher answers)."""
+        if self._checksum is None or self._checksum.algorithm == PREFIX_SHA256:
+            return None
+        return CHECKSUM_ALGORITHMS[self._checksum.algorithm]()
+
     def _fd_or_raise(self) -> int:
         if self._fd is None:
             raise TusStoreError(f"upload {self.upload_id}: write used after close")
         return self._fd
 
-    def write(self, data: bytes | bytearray) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data``; raises :class:`UploadTooLargeError` (writing nothing) past the length."""
         fd = self._fd_or_raise()
         if self._offset + len(data) > self._info.length:
@@ -817,14 +876,17 @@ class UploadWrite:
         :class:`ChecksumMismatchError` is raised.
         """
         self._fd_or_raise()
-        if self._checksum is not None and self._chunk_hasher is not None:
-            got = self._chunk_hasher.digest()
+        if self._checksum is not None:
+            hasher = self._whole if self._checksum.algorithm == PREFIX_SHA256 else self._chunk_hasher
+            assert hasher is not None  # the prefix hasher is rebuilt in __init__ when a restart lost it
+            got = hasher.digest()
             if not hmac.compare_digest(got, self._checksum.digest):
                 received = self._offset - self._committed
                 self._rollback()
+                covers = f"bytes 0..{self._committed + received}" if hasher is self._whole else "chunk"
                 raise ChecksumMismatchError(
                     f"upload {self.upload_id}: {self._checksum.algorithm} of the {received}-byte chunk at "
-                    f"offset {self._committed} is {got.hex()}, the request declared "
+                    f"offset {self._committed} ({covers}) is {got.hex()}, the request declared "
                     f"{self._checksum.digest.hex()}"
                 )
         return self._commit()
@@ -865,8 +927,7 @@ class UploadWrite:
         os.lseek(fd, self._committed, os.SEEK_SET)
         self._offset = self._committed
         self._whole = self._whole_at_commit.copy() if self._whole_at_commit is not None else None
-        if self._checksum is not None:
-            self._chunk_hasher = CHECKSUM_ALGORITHMS[self._checksum.algorithm]()
+        self._chunk_hasher = self._new_chunk_hasher()
         self._store._set_state(self._state, self._info, self._whole_at_commit)
         log.info(
             "upload %s: %d uncommitted bytes discarded, offset stays %d",
@@ -881,11 +942,14 @@ class UploadWrite:
             return self._info
         os.fsync(fd)
         sha256: str | None = None
+        received: ReceivedContent | None = None
         if self._offset == self._info.length:
             if self._whole is not None:
                 sha256 = self._whole.hexdigest()
             else:
                 sha256 = self._store._hash_file(self.upload_id, self._info.length)
+            # Every byte is hashed and durable, and this file is never opened for writing again.
+            received = ReceivedContent(sha256, FileIdentity.of(os.fstat(fd)))
         info = dataclasses.replace(
             self._info, offset=self._offset, expires=self._store._expiry(complete=sha256 is not None),
             sha256=sha256,
@@ -894,6 +958,6 @@ class UploadWrite:
         self._info = info
         self._committed = self._offset
         self._whole_at_commit = self._whole.copy() if self._whole is not None else None
-        self._store._set_state(self._state, info, None if sha256 else self._whole_at_commit)
+        self._store._set_state(self._state, info, None if sha256 else self._whole_at_commit, received)
         log.debug("upload %s: committed offset %d of %d", self.upload_id, self._offset, self._info.length)
         return info

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.central.mqtt_ingest_store import MqttIngestStore, TransferNotCompleteError
+from edge.central.objects import ReceivedContent
 from edge.central.registration import MQTT_UPLOAD_PREFIX, UploadFacts, UploadSource
 from edge.mqtt.filetransfer import FileTransferError, transfer_upload_id
 
@@ -53,6 +54,14 @@ class CombinedUploadSource:
         if self.mqtt is None:
             raise TransferNotCompleteError(f"no MQTT receiver here: no transfer {upload_id[:160]!r}")
         return self.mqtt.complete_path(transfer)
+
+    def received(self, upload_id: str) -> ReceivedContent | None:
+        """The hash the upload's store took as the bytes were written, if it vouches for one (the tus store
+        does; the MQTT store does not)."""
+        transfer = self._transfer_id(upload_id)
+        if transfer is None:
+            return self.tus.received(upload_id)
+        return None if self.mqtt is None else self.mqtt.received(transfer)
 
     def remove(self, upload_id: str) -> bool:
         transfer = self._transfer_id(upload_id)

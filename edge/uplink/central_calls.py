@@ -390,6 +390,11 @@ class ApiLinkCalls:
     wire_errors: tuple[type[BaseException], ...] = ()
     via = "HTTP"
 
+    @property
+    def checks_content_on_send(self) -> bool:
+        """See :attr:`edge.uplink.transport.Link.checks_content_on_send`: not unless a link says so."""
+        return False
+
     def __init__(self, api: CentralCalls) -> None:
         self.api = api
 

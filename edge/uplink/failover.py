@@ -138,6 +138,11 @@ class FailoverLink:
         return f"FailoverLink({', '.join(self.names)}; in use: {self.names[self.in_use]})"
 
     @property
+    def checks_content_on_send(self) -> bool:
+        """Only when every transport does: an upload may go over any of them."""
+        return all(link.checks_content_on_send for link in self.links)
+
+    @property
     def in_use(self) -> int:
         """The index of the transport calls go to now (probes aside)."""
         return next((i for i, h in enumerate(self.health) if h.out_since is None), 0)

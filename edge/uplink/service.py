@@ -21,10 +21,13 @@ chain, conflict, too large) *and* the answer carries that refusal signed by the 
 enrollment, for this item (and this upload). A proxy's 400/413/502, an HTML page, a truncated or forged
 JSON refusal is retried with backoff; a refusal that claims finality without a valid signature is also
 put on the ledger once. A final refusal goes into the item's `error` ledger entry, signature included;
-`edge uplink retry` requeues the item later (`edge.uplink.requeue`). Before its first byte is sent, an
-item's stored copy must still give its recorded hash: a damaged copy is never sent (the central would
-refuse it for good while its recorder may still hold the file); it is on the ledger once and held until
-a docking re-acquires it (`edge.ingest.pipeline.IngestPipeline.reacquire`), then sent at once.
+`edge uplink retry` requeues the item later (`edge.uplink.requeue`). An item's stored copy must still
+give its recorded hash before the central holds all of it: a damaged copy is never sent whole (the
+central would refuse it for good while its recorder may still hold the file); it is on the ledger once
+and held until a docking re-acquires it (`edge.ingest.pipeline.IngestPipeline.reacquire`), then sent at
+once. A transport that hashes the copy as it sends it (tus: ``Link.checks_content_on_send``) checks it
+on that pass, before the last chunk goes, and abandons the upload; for any other, the copy is read and
+hashed before its first byte is sent.
 
 Witnessing (`edge.uplink.witness`): beside the items, the ledger tail goes to the central a few seconds
 after new entries (erasures at once) and at shutdown, so the part of the ledger the central has not
@@ -81,6 +84,7 @@ from edge.uplink.transport import (
     Refused,
     RegisterOutcome,
     RetryLater,
+    StoredCopyMismatch,
     Transport,
     UploadOutcome,
 )
@@ -105,6 +109,8 @@ _RETRY_CODES = {"ledger_gap", "chain_unknown", "bad_checkpoint", "bad_chain"}
 # Codes about the station itself, not the item: wait for an administrator (enroll, re-enroll) and retry.
 _STATION_CODES = {"unknown_station", "station_revoked", "wrong_station", "unauthenticated", "forbidden"}
 _REUPLOAD_CODES = {"upload_not_found", "upload_expired", "http_410", UPLOAD_LOST}
+# The stored-copy check of a transport that hashes what it sends (Link.checks_content_on_send).
+_FOUND_WHILE_SENDING = "uplink while sending (before its last chunk)"
 # Entries that go to the central at once rather than after the push delay: erasures above all.
 _URGENT_ENTRIES = {EntryType.WIPED, EntryType.PURGED}
 # Without any new entry the ledger is still compared with the central's this often.
@@ -378,8 +384,14 @@ class UplinkService:
         upload = entry.upload_url
         try:
             if entry.state is UploadState.QUEUED:
-                await self._check_stored_copy(entry)
-                sent = await self._upload(link, entry)
+                if not link.checks_content_on_send:
+                    await self._check_stored_copy(entry)
+                try:
+                    sent = await self._upload(link, entry)
+                except StoredCopyMismatch as exc:
+                    # The transport abandoned that upload: the next attempt starts a new one.
+                    self.spool.set_upload_url(entry.item, None)
+                    self._stored_copy_damaged(entry, exc.found, _FOUND_WHILE_SENDING)
                 if not isinstance(sent, Delivered):
                     self._upload_failed(entry, sent)
                     return
@@ -420,8 +432,12 @@ class UplinkService:
         (:meth:`edge.ingest.pipeline.IngestPipeline.reacquire`), which sends it again at once."""
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(None, _prefix_sha256, entry.path, entry.size)
-        if found == entry.sha256:
-            return
+        if found != entry.sha256:
+            self._stored_copy_damaged(entry, found, "uplink before sending")
+
+    def _stored_copy_damaged(self, entry: SpoolEntry, found: str, found_by: str) -> NoReturn:
+        """On the ledger once (`error`, stage `stored copy`), held until re-acquired; raises
+        :class:`ContentUnreadable`."""
         reason = (
             f"item {entry.item}: the stored copy gives {found}, its recorded hash is {entry.sha256}: not sent"
         )
@@ -433,7 +449,7 @@ class UplinkService:
                 {
                     "stage": "stored copy",
                     "reason": reason,
-                    "found_by": "uplink before sending",
+                    "found_by": found_by,
                     "action": "held until re-acquired from its recorder",
                 },
             )

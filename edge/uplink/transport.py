@@ -70,6 +70,7 @@ __all__ = [
     "Refused",
     "RegisterOutcome",
     "RetryLater",
+    "StoredCopyMismatch",
     "Transport",
     "UploadOutcome",
 ]
@@ -82,6 +83,16 @@ UPLOAD_LOST = "upload_lost"
 class ContentUnreadable(Exception):
     """The stored copy of an item cannot be read (or is shorter than its recorded size): a local
     problem, never held against the central or the evidence."""
+
+
+class StoredCopyMismatch(ContentUnreadable):
+    """A transport that checks the content on the pass that sends it (``Link.checks_content_on_send``)
+    found that the stored copy no longer gives the item's SHA-256 (``found``), before the central held
+    all of it; the upload in progress is abandoned."""
+
+    def __init__(self, message: str, found: str) -> None:
+        super().__init__(message)
+        self.found = found
 
 
 @dataclass(frozen=True)
@@ -224,9 +235,17 @@ class NotDone(Exception):
 class Link(Protocol):
     """One open conversation with the central (:meth:`Transport.connect`); safe for concurrent calls."""
 
+    @property
+    def checks_content_on_send(self) -> bool:
+        """True when :meth:`upload` hashes what it reads as it sends it and raises
+        :class:`StoredCopyMismatch` before the central holds the whole of a copy that does not give
+        ``parcel.sha256``: the core then does not read and hash the stored copy once more first."""
+        ...
+
     async def upload(self, parcel: Parcel, on_resume: Callable[[str], None]) -> UploadOutcome:
         """Send the content, resuming ``parcel.resume`` when the central still holds it. ``on_resume``
-        is called with every new resume reference before more content is sent after it."""
+        is called with every new resume reference before more content is sent after it. Raises
+        :class:`ContentUnreadable` (:class:`StoredCopyMismatch`) for a stored copy it cannot send."""
         ...
 
     async def register(

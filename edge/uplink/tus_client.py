@@ -16,6 +16,20 @@ How an upload goes (:meth:`TusClient.upload`):
    ``Upload-Checksum: <alg> <base64>`` of that chunk, so a corrupted chunk is refused (460) and
    discarded by the server, and re-sent (re-read from disk) a bounded number of times.
    ``409`` (offset mismatch) re-synchronises with ``HEAD``.
+
+   With ``checksum="sha256-prefix"`` (the station's choice, a tus extension of this project's central:
+   :mod:`edge.central.tus_store`) the digest is of the content from byte 0 through the end of the
+   chunk: one SHA-256 pass over the file on each side instead of two (the central's whole-content
+   hasher answers it). The client keeps the hasher state at each chunk's end, so a re-sent chunk is
+   hashed from its start state; a resume at an offset it has no state for hashes the bytes before it
+   once. The last chunk's digest is the file's SHA-256: given ``expected_sha256`` (the sealed hash),
+   a stored copy that no longer gives it is found before the last chunk goes, and the upload is
+   terminated and :class:`ContentMismatch` raised, so the central never holds a damaged copy whole.
+   A chunk refused every time is then no transport accident but a central holding other bytes before
+   it (a copy re-acquired since): the upload is terminated and started again, once per call. A central
+   of an earlier release refuses the algorithm (400 naming ``Upload-Checksum``): the client falls back
+   to per-chunk ``sha256`` for good and ends the call as an interruption, so the caller, which asks
+   :attr:`TusClient.checksum` before each upload, checks the stored copy its own way next time.
 4. Any connection failure, timeout or transient server error raises :class:`UploadInterrupted`
    carrying the upload URL; the caller retries later (backoff, circuit breaker) and step 1 resumes.
 
@@ -38,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -58,8 +73,10 @@ from edge.uplink.policy import RateLimiter, parse_retry_after
 __all__ = [
     "CHECKSUM_ALGORITHMS",
     "DEFAULT_CHUNK_SIZE_BYTES",
+    "PREFIX_SHA256",
     "TUS_VERSION",
     "ChecksumRejected",
+    "ContentMismatch",
     "LocalFileError",
     "ProtocolViolation",
     "ServerRejected",
@@ -76,7 +93,8 @@ log = logging.getLogger(__name__)
 TUS_VERSION: Final = "1.0.0"
 DEFAULT_CHUNK_SIZE_BYTES: Final = 8 * 1024 * 1024
 OFFSET_CONTENT_TYPE: Final = "application/offset+octet-stream"
-CHECKSUM_ALGORITHMS: Final = frozenset({"sha256", "sha1", "sha512", "md5"})
+PREFIX_SHA256: Final = "sha256-prefix"
+CHECKSUM_ALGORITHMS: Final = frozenset({"sha256", "sha1", "sha512", "md5", PREFIX_SHA256})
 
 # Bytes handed to the transport at a time: small enough for a smooth rate limit and a meaningful
 # stall timeout, large enough that per-piece overhead is nothing next to the copy.
@@ -179,6 +197,15 @@ class LocalFileError(UplinkError):
     """The file to upload cannot be read, or is shorter than the length to upload."""
 
 
+class ContentMismatch(LocalFileError):
+    """The file read for upload does not give the expected SHA-256 (``found``): the stored copy changed.
+    Found before the last chunk was sent; the upload was terminated (best effort)."""
+
+    def __init__(self, message: str, *, url: str | None, found: str) -> None:
+        super().__init__(message, url=url)
+        self.found = found
+
+
 # --------------------------------------------------------------------------------------------------
 # Results and helpers
 
@@ -204,6 +231,9 @@ class _Chunk:
     offset: int
     data: bytes
     checksum_header: str | None
+    # sha256-prefix: the hasher after this chunk (the next chunk's start), and its hex digest.
+    prefix_after: Any = None
+    prefix_sha256: str | None = None
 
 
 class _Sent:
@@ -251,14 +281,17 @@ def _upload_id(url: str) -> str:
     return URL(url).name[-40:] or url[-40:]
 
 
-def _read_chunk(path: Path, offset: int, size: int, algorithm: str | None) -> _Chunk:
+def _read_chunk(path: Path, offset: int, size: int, algorithm: str | None, prefix_before: Any) -> _Chunk:
     """Read ``size`` bytes at ``offset`` and hash them (runs in a worker thread; hashlib and os.pread
-    release the GIL). The file is opened per chunk so an abandoned read-ahead never races a close."""
+    release the GIL). The file is opened per chunk so an abandoned read-ahead never races a close.
+    ``prefix_before``: for sha256-prefix, the hasher over bytes 0..offset (None: hashed here first)."""
     parts: list[bytes] = []
     got = 0
     try:
         with path.open("rb", buffering=0) as f:
             fd = f.fileno()
+            if algorithm == PREFIX_SHA256 and prefix_before is None:
+                prefix_before = _hash_before(path, fd, offset)
             while got < size:
                 part = os.pread(fd, size - got, offset + got)
                 if not part:
@@ -270,11 +303,30 @@ def _read_chunk(path: Path, offset: int, size: int, algorithm: str | None) -> _C
     except OSError as exc:
         raise LocalFileError(f"{path}: cannot read {size} bytes at offset {offset}: {exc}") from exc
     data = parts[0] if len(parts) == 1 else b"".join(parts)
+    if algorithm == PREFIX_SHA256:
+        after = prefix_before.copy()  # the start state stays as it was: a re-sent chunk starts from it
+        after.update(data)
+        prefix = after.digest()
+        prefix_header = f"{algorithm} {base64.b64encode(prefix).decode('ascii')}"
+        return _Chunk(offset, data, prefix_header, prefix_after=after, prefix_sha256=prefix.hex())
     header = None
     if algorithm is not None:
         digest = hashlib.new(algorithm, data).digest()
         header = f"{algorithm} {base64.b64encode(digest).decode('ascii')}"
     return _Chunk(offset=offset, data=data, checksum_header=header)
+
+
+def _hash_before(path: Path, fd: int, offset: int) -> Any:
+    """A SHA-256 hasher over the first ``offset`` bytes (a resume at an offset without a kept state)."""
+    hasher = hashlib.sha256()
+    done = 0
+    while done < offset:
+        part = os.pread(fd, min(_PIECE_BYTES * 16, offset - done), done)
+        if not part:
+            raise LocalFileError(f"{path}: expected {offset} bytes before the resume offset, found {done}")
+        hasher.update(part)
+        done += len(part)
+    return hasher
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,13 +436,16 @@ class TusClient:
         *,
         progress: Callable[[int], None] | None = None,
         on_created: Callable[[str], None] | None = None,
+        expected_sha256: str | None = None,
     ) -> UploadResult:
         """Upload the first ``length`` bytes of ``path``, resuming ``url`` when given.
 
         ``progress(offset)`` is called with each offset the server confirms. ``on_created(url)`` is
         called as soon as this call creates an upload, before any more content is sent, so the
-        caller can persist the URL and resume it after a crash. Raises an :class:`UplinkError`;
-        every one carries ``.url`` when an upload exists.
+        caller can persist the URL and resume it after a crash. ``expected_sha256`` (hex; with the
+        sha256-prefix checksum): the content's SHA-256, checked before the last chunk is sent
+        (:class:`ContentMismatch`). Raises an :class:`UplinkError`; every one carries ``.url`` when an
+        upload exists.
         """
         if length < 0:
             raise ValueError(f"upload length must be >= 0, got {length!r}")
@@ -409,12 +464,16 @@ class TusClient:
         loop = asyncio.get_running_loop()
         # One chunk of read-ahead: (offset, size, future) of the chunk after the one on the wire.
         read_ahead: tuple[int, int, asyncio.Future[_Chunk]] | None = None
+        # sha256-prefix: the hasher over bytes 0..offset, by offset (each chunk's start and end).
+        prefix_at: dict[int, Any] = {0: hashlib.sha256()} if self.checksum == PREFIX_SHA256 else {}
 
         def size_at(offset: int) -> int:
             return min(self.chunk_size_bytes, length - offset)
 
         def read(offset: int) -> asyncio.Future[_Chunk]:
-            return loop.run_in_executor(None, _read_chunk, path, offset, size_at(offset), self.checksum)
+            return loop.run_in_executor(
+                None, _read_chunk, path, offset, size_at(offset), self.checksum, prefix_at.get(offset)
+            )
 
         async def take(offset: int) -> _Chunk:
             nonlocal read_ahead
@@ -428,10 +487,25 @@ class TusClient:
                     read_ahead = None
                     ahead.add_done_callback(_retrieve)
             try:
-                return await (future if future is not None else read(offset))
+                chunk = await (future if future is not None else read(offset))
             except LocalFileError as exc:
                 exc.url = url
                 raise
+            end = chunk.offset + len(chunk.data)
+            if chunk.prefix_after is not None:
+                prefix_at[end] = chunk.prefix_after
+                for kept in [k for k in prefix_at if 0 < k < chunk.offset]:
+                    del prefix_at[kept]  # behind this chunk: only 0 (a new upload) may be needed again
+            found = chunk.prefix_sha256
+            if end == length and expected_sha256 is not None and found not in (None, expected_sha256):
+                assert found is not None
+                raise ContentMismatch(
+                    f"{path.name}: the stored copy gives SHA-256 {found}, expected {expected_sha256}; "
+                    "its last chunk was not sent",
+                    url=url,
+                    found=found,
+                )
+            return chunk
 
         def read_next(after: _Chunk) -> None:
             nonlocal read_ahead
@@ -487,6 +561,26 @@ class TusClient:
                         failures_here,
                         self.checksum_attempts,
                     )
+                    refused_for_good = failures_here >= self.checksum_attempts
+                    if refused_for_good and self.checksum == PREFIX_SHA256 and not recreated:
+                        # Every byte before this chunk verified when it was committed, so a chunk refused
+                        # every time means the central holds other bytes before it than our copy gives
+                        # now (a copy re-acquired since): that upload cannot be finished. Start again.
+                        log.warning(
+                            "upload %s: the central's content before offset %d differs from the stored "
+                            "copy; starting a new upload", _upload_id(url), offset,
+                        )
+                        await self._terminate_quietly(url)
+                        recreated = True
+                        url, offset = await self._create_for(path, length, encoded_metadata, sent, take)
+                        confirmed = known_offset = offset
+                        failures_here = 0
+                        created = True
+                        if on_created is not None:
+                            on_created(url)
+                        if progress is not None:
+                            progress(offset)
+                        continue
                     if failures_here >= self.checksum_attempts:
                         raise ChecksumRejected(
                             f"upload {_upload_id(url)}: the server refused the checksum of the chunk at "
@@ -537,6 +631,20 @@ class TusClient:
             # sent and the last offset the server confirmed.
             if exc.url is None:
                 exc.url = url
+            if isinstance(exc, ServerRejected) and self._refuses_prefix(exc):
+                self.checksum = "sha256"
+                log.warning(
+                    "the central does not take sha256-prefix checksums (an earlier release): per-chunk "
+                    "sha256 from now on"
+                )
+                raise UploadInterrupted(
+                    f"the central refused the sha256-prefix checksum ({exc}); sending with per-chunk sha256 "
+                    "from the next attempt",
+                    url=url,
+                ) from exc
+            if isinstance(exc, ContentMismatch) and url is not None:
+                # The central must never finish this upload from a copy that may be repaired later.
+                await self._terminate_quietly(url)
             if isinstance(exc, UploadInterrupted):
                 exc.bytes_sent = sent.bytes
                 exc.offset = known_offset
@@ -560,6 +668,16 @@ class TusClient:
             created=created,
             checksum_retries=sent.checksum_retries,
         )
+
+    def _refuses_prefix(self, exc: ServerRejected) -> bool:
+        """A 400 about ``Upload-Checksum`` while this client sends sha256-prefix: a central that does not
+        know the algorithm (any other refusal of the header would name what else is wrong with it)."""
+        said = f"{exc.detail or ''} {exc.body}"
+        return self.checksum == PREFIX_SHA256 and exc.status == 400 and "Upload-Checksum" in said
+
+    async def _terminate_quietly(self, url: str) -> None:
+        with contextlib.suppress(UplinkError):
+            await self.terminate(url)
 
     # ---------------------------------------------------------------------------------------- requests
 

@@ -36,9 +36,17 @@ from edge.uplink.transport import (
     Parcel,
     Refused,
     RetryLater,
+    StoredCopyMismatch,
     UploadOutcome,
 )
-from edge.uplink.tus_client import LocalFileError, ServerRejected, TusClient, UplinkError
+from edge.uplink.tus_client import (
+    PREFIX_SHA256,
+    ContentMismatch,
+    LocalFileError,
+    ServerRejected,
+    TusClient,
+    UplinkError,
+)
 
 __all__ = ["TusLink", "TusTransport", "outcome_of_rejection", "upload_id"]
 
@@ -75,6 +83,9 @@ class TusTransport:
                 session,
                 self.uplink.central_url.rstrip("/") + UPLOADS_PATH,
                 chunk_size_bytes=self.uplink.chunk_mb << 20,
+                # One SHA-256 pass: each chunk's digest covers the content up to its end, and the last
+                # one is the sealed hash, checked before it goes (the stored-copy check, same pass).
+                checksum=PREFIX_SHA256,
                 limiter=self.limiter,
                 request_timeout_s=self.uplink.request_timeout_s,
                 headers=headers,
@@ -102,6 +113,12 @@ class TusLink(ApiLinkCalls):
     def __repr__(self) -> str:
         return f"TusLink({self.tus!r})"
 
+    @property
+    def checks_content_on_send(self) -> bool:
+        """While the central takes sha256-prefix (the client falls back to per-chunk sha256 for a central
+        of an earlier release, and the core then checks the stored copy before sending)."""
+        return self.tus.checksum == PREFIX_SHA256
+
     def upload_name(self, upload: str) -> str:
         return upload_id(upload)
 
@@ -112,7 +129,9 @@ class TusLink(ApiLinkCalls):
             # An upload the central forgot (expired) is created anew by the client itself; the new URL
             # goes to on_resume before any more content is sent.
             result = await self.tus.upload(parcel.resume, parcel.path, parcel.size, metadata,
-                                           on_created=on_resume)
+                                           on_created=on_resume, expected_sha256=parcel.sha256)
+        except ContentMismatch as exc:
+            raise StoredCopyMismatch(str(exc), exc.found) from exc
         except LocalFileError as exc:
             raise ContentUnreadable(str(exc)) from exc
         except ServerRejected as exc:

@@ -1,21 +1,29 @@
-"""Upload benchmark: the station uplink against curl, against the same central receiver.
+"""Upload benchmark: the station uplink against curl, each against a central receiver of its own.
 
     python tests/bench/upload.py [--total-mb 1024] [--json]
     python tests/bench/upload.py --pipeline [--file-mb 50]
     python tests/bench/upload.py --stations 20 [--total-mb 1024]
 
-Default mode: TOTAL MiB of real MP4 files are acquired into a station store (not timed); a real
-central (`edge central`, its own process, mutual TLS) is started; then, in the same run, the same
-stored files are uploaded, cold from disk (page cache dropped before each contender), (a) by `curl`,
-one tus creation-with-upload POST per file, sequentially, and (b) by the station uplink
-(`UplinkService` in its own process: tus with per-chunk SHA-256, registration with a ledger segment,
-receipt verification). ROUNDS rounds, each with a fresh central and a fresh copy of the store, in
+Default mode: TOTAL MiB of real MP4 files are acquired into a station store (not timed); then, in the
+same run, the same stored files are uploaded, cold from disk (page cache dropped before each
+contender), each contender to a real central of its own (`edge central`, its own process, mutual
+TLS), (a) by `curl`, one tus creation-with-upload POST per file, sequentially, and (b) by the station
+uplink (`UplinkService` in its own process: tus with sha256-prefix checksums, registration with a
+ledger segment, receipt verification). ROUNDS rounds, each with a fresh copy of the store, in
 alternating order; medians compared. Last line JSON: curl_s, edge_s, ratio (edge_s / curl_s; target
-<= 1.25), peak_rss_mb (the uplink process), total_mb, files.
+<= 1.25), peak_rss_mb (the uplink process), total_mb, files, and the CPU each side spends per GiB sent
+(user + system, every thread): station_cpu_s_per_gb (the uplink process while it drains, start-up
+excluded; target <= 1.5) and central_cpu_s_per_gb (the `edge central` process from the uplink's start
+to its end: upload, registration, receipts; target <= 2.5); curl_cpu_s_per_gb and
+curl_central_cpu_s_per_gb the same for the curl contender (TLS and the receive path without
+per-chunk checksums or registration: the floor).
 
 --pipeline: `edge demo --file-mb N --json` with the embedded central (offload, upload and receipt
 overlap; recorders erased after receipt) against the same demo with --no-central (offload only).
-pipeline_ratio = journey_seconds / offload_seconds (target <= 1.3).
+pipeline_ratio = journey_seconds / offload_seconds (target <= 1.3). The demo runs station and central
+in one process, so the CPU figures there cannot be told apart by side: offload_cpu_s_per_gb (the
+offload-only demo) and journey_cpu_s_per_gb (the demo with its central), both per GiB acquired, and
+upload_path_cpu_s_per_gb, their difference: what uploading, registering and receipts cost both sides.
 
 --stations N: N stations (own store, key, certificate) upload at once to one central: aggregate
 throughput, and every item's receipt verified at its station and the central store verified.
@@ -27,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -40,6 +49,24 @@ from pathlib import Path
 from typing import Any
 
 MIB = 1 << 20
+GIB = 1 << 30
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process (all its threads) and its reaped children."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, utime 14, stime 15, cutime 16, cstime 17 (proc(5)).
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLOCK_TICKS
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def per_gb(cpu_s: float, sent_bytes: int) -> float:
+    return round(cpu_s / (sent_bytes / GIB), 3) if sent_bytes else 0.0
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
@@ -193,8 +220,22 @@ def uplink_worker(station_id: str, store_dir: Path, central_url: str, bundle: Pa
     )
     store = StationStore(store_dir, station_id)
     service = UplinkService(config, store)
+    # The transport's and the PKI's modules load on the uplink's first connection: a one-off cost of the
+    # process, not of the bytes, so it is paid before the CPU count starts.
+    import encodings.idna  # noqa: F401
+
+    import edge.pki.tls
+    import edge.uplink.tus_transport  # noqa: F401
+
+    cpu_before = 0.0
+
+    def self_cpu_s() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+        return usage.ru_utime + usage.ru_stime
 
     async def drain() -> float:
+        nonlocal cpu_before
+        cpu_before = self_cpu_s()
         started = time.perf_counter()
         task = asyncio.create_task(service.run())
         try:
@@ -206,6 +247,7 @@ def uplink_worker(station_id: str, store_dir: Path, central_url: str, bundle: Pa
             await asyncio.gather(task, return_exceptions=True)
 
     seconds = asyncio.run(drain())
+    cpu_s = self_cpu_s() - cpu_before
     items = store.conn.execute("SELECT count(*) FROM items WHERE path IS NOT NULL").fetchone()[0]
     counts = service.spool.counts()
     store.close()
@@ -216,6 +258,7 @@ def uplink_worker(station_id: str, store_dir: Path, central_url: str, bundle: Pa
                 "items": items,
                 "receipts": counts.get("receipted", 0),
                 "bytes_sent": service.stats.bytes_sent,
+                "cpu_s": cpu_s,
             }
         )
     )
@@ -253,8 +296,10 @@ def reap(proc: subprocess.Popen[bytes]) -> tuple[dict[str, Any], float]:
     return json.loads(output.decode().strip().splitlines()[-1]), usage.ru_maxrss / 1024
 
 
-def curl_upload(files: list[Path], central: Central, bundle: Path) -> float:
-    """One tus creation-with-upload POST per file, streamed from disk (-T), sequentially."""
+def curl_upload(files: list[Path], central: Central, bundle: Path) -> tuple[float, float]:
+    """One tus creation-with-upload POST per file, streamed from disk (-T), sequentially: (seconds, CPU
+    seconds of the curl processes)."""
+    cpu_before = children_cpu_s()
     started = time.perf_counter()
     for path in files:
         size = path.stat().st_size
@@ -290,7 +335,7 @@ def curl_upload(files: list[Path], central: Central, bundle: Path) -> float:
         )
         if run_curl.returncode != 0:
             raise SystemExit(f"curl failed: {run_curl.stderr.strip()}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, children_cpu_s() - cpu_before
 
 
 # -- modes ------------------------------------------------------------------------------------------
@@ -316,34 +361,51 @@ def mode_single(work: Path, total_mb: int, files: int, concurrency: int, rounds:
     template = work / "station-template"
     acquire_into("BENCH-01", template, volume)
     samples: dict[str, list[float]] = {"curl": [], "edge": []}
+    # CPU seconds per GiB: each side of each contender, one sample per round.
+    cpu: dict[str, list[float]] = {"station": [], "central": [], "curl": [], "curl_central": []}
     rss: list[float] = []
     receipts = 0
     for round_no in range(rounds):
-        # A fresh central and a fresh copy of the station store each round: every round does the
-        # whole job (upload, registration, receipt), never an idempotent replay.
+        # A fresh copy of the station store each round, and a fresh central for each contender: every
+        # round does the whole job (upload, registration, receipt), never an idempotent replay, and
+        # neither contender's CPU count includes what the other left behind (512 MiB of unregistered
+        # uploads, their dirty pages).
         round_dir = work / f"round-{round_no}"
         round_dir.mkdir()
-        central = Central(round_dir)
         store = round_dir / "station-store"
         shutil.copytree(template, store, symlinks=True)
-        bundle = round_dir / "bundle"
-        central.enroll("BENCH-01", store, bundle)
         items = stored_files(store)
-        central.start()
-        try:
-            for name in (["curl", "edge"] if round_no % 2 == 0 else ["edge", "curl"]):
+        for name in (["curl", "edge"] if round_no % 2 == 0 else ["edge", "curl"]):
+            (round_dir / name).mkdir()
+            central = Central(round_dir / name)
+            bundle = round_dir / name / "bundle"
+            central.enroll("BENCH-01", store, bundle)
+            central.start()
+            try:
                 drop_cache(items)
+                assert central.proc is not None
+                central_before = process_cpu_s(central.proc.pid)
                 if name == "curl":
-                    samples["curl"].append(curl_upload(items, central, bundle))
+                    seconds, curl_cpu = curl_upload(items, central, bundle)
+                    samples["curl"].append(seconds)
+                    content_bytes = sum(p.stat().st_size for p in items)
+                    cpu["curl"].append(per_gb(curl_cpu, content_bytes))
+                    cpu["curl_central"].append(
+                        per_gb(process_cpu_s(central.proc.pid) - central_before, content_bytes)
+                    )
                 else:
                     result, peak = reap(spawn_uplink("BENCH-01", store, central, bundle, concurrency))
                     if result["receipts"] != result["items"]:
                         raise SystemExit(f"only {result['receipts']} of {result['items']} items receipted")
                     samples["edge"].append(result["seconds"])
+                    cpu["station"].append(per_gb(result["cpu_s"], result["bytes_sent"]))
+                    cpu["central"].append(
+                        per_gb(process_cpu_s(central.proc.pid) - central_before, result["bytes_sent"])
+                    )
                     rss.append(peak)
                     receipts = result["receipts"]
-        finally:
-            central.stop()
+            finally:
+                central.stop()
         shutil.rmtree(round_dir)
     curl_s, edge_s = statistics.median(samples["curl"]), statistics.median(samples["edge"])
     return {
@@ -357,12 +419,18 @@ def mode_single(work: Path, total_mb: int, files: int, concurrency: int, rounds:
         "ratio": round(edge_s / curl_s, 3),
         "peak_rss_mb": round(max(rss), 1),
         "receipts": receipts,
+        "station_cpu_s_per_gb": statistics.median(cpu["station"]),
+        "central_cpu_s_per_gb": statistics.median(cpu["central"]),
+        "curl_cpu_s_per_gb": statistics.median(cpu["curl"]),
+        "curl_central_cpu_s_per_gb": statistics.median(cpu["curl_central"]),
         "samples_s": {k: [round(v, 3) for v in vs] for k, vs in samples.items()},
+        "cpu_s_per_gb_samples": cpu,
     }
 
 
 def mode_pipeline(work: Path, file_mb: float) -> dict[str, Any]:
     def demo(*extra: str) -> dict[str, Any]:
+        cpu_before = children_cpu_s()
         done = subprocess.run(
             [*edge_command(), "demo", "--file-mb", str(file_mb), "--json", *extra],
             capture_output=True,
@@ -370,7 +438,9 @@ def mode_pipeline(work: Path, file_mb: float) -> dict[str, Any]:
         )
         if done.returncode != 0:
             raise SystemExit(f"demo failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
-        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+        summary = dict(json.loads(done.stdout.strip().splitlines()[-1]))
+        summary["cpu_s_per_gb"] = per_gb(children_cpu_s() - cpu_before, int(summary["bytes"]))
+        return summary
 
     offload_only = demo("--no-central")
     journey = demo()
@@ -382,6 +452,9 @@ def mode_pipeline(work: Path, file_mb: float) -> dict[str, Any]:
         "offload_only_s": offload_only["offload_seconds"],
         "journey_s": journey["journey_seconds"],
         "pipeline_ratio": round(journey["journey_seconds"] / offload_only["offload_seconds"], 3),
+        "offload_cpu_s_per_gb": offload_only["cpu_s_per_gb"],
+        "journey_cpu_s_per_gb": journey["cpu_s_per_gb"],
+        "upload_path_cpu_s_per_gb": round(journey["cpu_s_per_gb"] - offload_only["cpu_s_per_gb"], 3),
     }
 
 

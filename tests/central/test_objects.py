@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from edge.central.objects import FileObjectStore, ObjectCorrupt, ObjectMismatch, ObjectStoreError
+from edge.central import objects
+from edge.central.objects import (
+    FileIdentity,
+    FileObjectStore,
+    ObjectCorrupt,
+    ObjectMismatch,
+    ObjectStoreError,
+    ReceivedContent,
+)
 from edge.custody.canonical import sha256_hex
 
 
@@ -51,6 +59,39 @@ def test_put_refuses_content_that_does_not_hash_to_the_name(store: FileObjectSto
     assert source.read_bytes() == b"what arrived"
     assert not store.exists(claimed)
     assert list(store.names()) == []
+
+
+def test_a_receive_paths_hash_is_taken_only_while_the_file_is_the_one_it_hashed(
+    store: FileObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = b"evidence bytes" * 1000
+    sha = sha256_hex(data)
+    reads: list[Path] = []
+    real_hash_file = objects._hash_file
+
+    def watched(path: Path) -> tuple[str, int]:
+        reads.append(path)
+        return real_hash_file(path)
+
+    monkeypatch.setattr(objects, "_hash_file", watched)
+    # Unchanged since the receive path hashed it: linked in without reading it again.
+    source = _upload(tmp_path, data, "a.part")
+    store.put_file(source, sha, received=ReceivedContent(sha, FileIdentity.of(source.stat())))
+    assert reads == []
+    assert store.verify(sha) is None  # (verify reads it: that is its job)
+    reads.clear()
+    # Changed afterwards (same size, one byte, modification time put back): the change time moved, so
+    # the receive path's word no longer holds; the file is hashed, and refused.
+    changed = _upload(tmp_path, data, "b.part")
+    vouched = ReceivedContent(sha, FileIdentity.of(changed.stat()))
+    with open(changed, "r+b") as stream:
+        stream.seek(7)
+        stream.write(b"X")
+    os.utime(changed, ns=(vouched.identity.mtime_ns, vouched.identity.mtime_ns))
+    with pytest.raises(ObjectMismatch) as caught:
+        store.put_file(changed, sha, received=vouched)
+    assert reads == [changed] and caught.value.found_sha256 == sha256_hex(changed.read_bytes())
+    assert changed.exists() and list(store.names()) == [sha]
 
 
 def test_second_put_of_identical_content_is_idempotent(store: FileObjectStore, tmp_path: Path) -> None:

@@ -125,6 +125,28 @@ async def test_same_size_different_bytes_is_caught_by_hashing(
     assert list(parts.file_objects.names()) == []
 
 
+async def test_content_changed_after_the_tus_store_hashed_it_is_hashed_again_and_refused(
+    parts: CentralParts, station: FakeStation
+) -> None:
+    """The object store takes the tus store's hash without reading the file again only while the file is
+    the one that was hashed; a write after completion (one byte, same size) is found by hashing it."""
+    enroll(parts.index, station)
+    acquired = station.acquire(b"video bytes " * 5000)
+    upload = parts.upload(station.station_id, acquired.content)
+    assert parts.uploads.get(upload).sha256 == acquired.sha256  # type: ignore[union-attr]
+    with open(parts.uploads.complete_path(upload), "r+b") as part:
+        part.seek(100)
+        part.write(b"X")
+    tampered = _body(parts, station, acquired, upload=upload)
+    await _rejected(parts, station, tampered, RejectCode.CONTENT_MISMATCH)
+    assert list(parts.file_objects.names()) == [] and parts.index.item(acquired.item) is None
+    # Control: the same content left alone is taken (test_accepts_an_item_with_a_receipt_that_verifies).
+    again = parts.upload(station.station_id, acquired.content)
+    body = _body(parts, station, acquired, upload=again)
+    await parts.registrar.register_item(parts.caller(station.station_id), station.station_id, body)
+    assert parts.file_objects.path_of(acquired.sha256).read_bytes() == acquired.content
+
+
 async def test_manifest_signed_by_a_key_that_is_not_the_enrolled_one(
     parts: CentralParts, station: FakeStation
 ) -> None:

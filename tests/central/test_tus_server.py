@@ -252,7 +252,8 @@ async def test_options_advertises_the_server(server: RunningTus, session: aiohtt
             "termination",
         ]
         assert reply.headers["Tus-Max-Size"] == str(MAX_SIZE)
-        assert set(reply.headers["Tus-Checksum-Algorithm"].split(",")) == {"sha1", "sha256", "md5"}
+        advertised = set(reply.headers["Tus-Checksum-Algorithm"].split(","))
+        assert advertised == {"sha1", "sha256", "md5", "sha256-prefix"}
 
 
 async def test_upload_in_chunks_with_streaming_sha256(

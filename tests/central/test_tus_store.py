@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from edge.central.objects import FileIdentity
 from edge.central.tus_store import (
+    PREFIX_SHA256,
     ChecksumMismatchError,
     ChunkChecksum,
     InvalidUploadIdError,
@@ -149,6 +151,114 @@ def test_checksum_mismatch_truncates_and_restores_the_hash(store: TusUploadStore
         write.write(data[1000:])
         done = write.finish()
     assert done.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def prefix(data: bytes) -> ChunkChecksum:
+    """sha256-prefix: the digest of the whole content from byte 0 through the end of the chunk."""
+    return ChunkChecksum(PREFIX_SHA256, hashlib.sha256(data).digest())
+
+
+def test_prefix_checksums_are_answered_by_the_one_hasher_and_refuse_a_corrupted_chunk(
+    store: TusUploadStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(3000)
+    corrupted = bytearray(data[1000:2000])
+    corrupted[500] ^= 0x10
+    through = {end: prefix(data[:end]) for end in (1000, 2000, 3000)}  # before hashlib is watched
+    hashed: list[int] = []
+    real_sha256 = hashlib.sha256
+
+    class Counting:
+        """Counts the bytes every SHA-256 hasher the store makes is fed (one pass: each byte once)."""
+
+        def __init__(self, inner: Any = None) -> None:
+            self.inner = inner if inner is not None else real_sha256()
+
+        def update(self, block: bytes) -> None:
+            hashed.append(len(block))
+            self.inner.update(block)
+
+        def digest(self) -> bytes:
+            return bytes(self.inner.digest())
+
+        def hexdigest(self) -> str:
+            return str(self.inner.hexdigest())
+
+        def copy(self) -> Counting:
+            return Counting(self.inner.copy())
+
+    monkeypatch.setattr(hashlib, "sha256", Counting)  # the module the store hashes with
+    info = store.create("s", len(data))
+    with store.begin_write(info.upload_id, offset=0, checksum=through[1000]) as write:
+        write.write(data[:1000])
+        assert write.finish().offset == 1000
+    # A flipped bit in the second chunk: refused, discarded, the offset and the hasher stay.
+    with store.begin_write(info.upload_id, offset=1000, checksum=through[2000]) as write:
+        write.write(bytes(corrupted))
+        with pytest.raises(ChecksumMismatchError, match="sha256-prefix of the 1000-byte chunk at offset"):
+            write.finish()
+    assert part(store, info.upload_id).stat().st_size == 1000
+    # Control: the same chunk intact is taken, and so is the last one, whose digest is the whole content's.
+    for start, end in ((1000, 2000), (2000, 3000)):
+        with store.begin_write(info.upload_id, offset=start, checksum=through[end]) as write:
+            write.write(data[start:end])
+            info = write.finish()
+    monkeypatch.undo()
+    assert info.complete and info.sha256 == hashlib.sha256(data).hexdigest()
+    assert sum(hashed) == len(data) + len(corrupted), "every byte hashed once (the refused chunk too)"
+
+
+def test_a_wrong_whole_content_digest_on_the_last_chunk_is_refused(store: TusUploadStore) -> None:
+    data = os.urandom(2000)
+    info = store.create("s", len(data))
+    with store.begin_write(info.upload_id, offset=0, checksum=prefix(data[:1000])) as write:
+        write.write(data[:1000])
+        write.finish()
+    # The chunk's own bytes are right, but the digest claims other content before them.
+    other_before = prefix(b"\x00" * 1000 + data[1000:])
+    with store.begin_write(info.upload_id, offset=1000, checksum=other_before) as write:
+        write.write(data[1000:])
+        with pytest.raises(ChecksumMismatchError):
+            write.finish()
+    assert not store.get(info.upload_id).complete  # type: ignore[union-attr]
+    with store.begin_write(info.upload_id, offset=1000, checksum=prefix(data)) as write:
+        write.write(data[1000:])
+        assert write.finish().sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_after_a_restart_a_prefix_checksum_rebuilds_the_hasher_from_the_committed_bytes(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    data = os.urandom(2000)
+    first = make_store(tmp_path / "uploads", clock)
+    info = first.create("s", len(data))
+    with first.begin_write(info.upload_id, offset=0, checksum=prefix(data[:1000])) as write:
+        write.write(data[:1000])
+        write.finish()
+    again = make_store(tmp_path / "uploads", clock)  # the in-memory hasher is gone
+    corrupted = b"\xff" + data[1001:]
+    with again.begin_write(info.upload_id, offset=1000, checksum=prefix(data)) as write:
+        write.write(corrupted)
+        with pytest.raises(ChecksumMismatchError):
+            write.finish()
+    with again.begin_write(info.upload_id, offset=1000, checksum=prefix(data)) as write:
+        write.write(data[1000:])
+        assert write.finish().sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_complete_upload_vouches_for_its_hash_with_the_file_identity(store: TusUploadStore) -> None:
+    data = os.urandom(2000)
+    info = store.create("s", len(data))
+    with store.begin_write(info.upload_id, offset=0) as write:
+        write.write(data[:1000])
+        write.finish()
+    assert store.received(info.upload_id) is None, "nothing to vouch for before it is complete"
+    with store.begin_write(info.upload_id, offset=1000) as write:
+        write.write(data[1000:])
+        write.finish()
+    received = store.received(info.upload_id)
+    assert received is not None and received.sha256 == hashlib.sha256(data).hexdigest()
+    assert received.identity == FileIdentity.of(store.complete_path(info.upload_id).stat())
 
 
 def test_an_early_end_keeps_plain_bytes_and_drops_checksummed_ones(store: TusUploadStore) -> None:

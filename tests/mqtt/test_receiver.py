@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge.central.mqtt_ingest_store import TransferState
-from edge.central.objects import Retention
+from edge.central.objects import ReceivedContent, Retention
 from edge.custody.canonical import canonical_json
 from edge.mqtt.api import ApiOp
 from edge.mqtt.client import ConnectionState
@@ -333,10 +333,12 @@ async def test_a_registration_in_progress_does_not_hold_up_segments(
     hashing, release = threading.Event(), threading.Event()
     put_content = registrar._put_content
 
-    def held_put_content(path: Path, sha256: str, retention: Retention) -> None:
+    def held_put_content(
+        path: Path, sha256: str, retention: Retention, received: ReceivedContent | None
+    ) -> None:
         hashing.set()
         assert release.wait(60)
-        put_content(path, sha256, retention)
+        put_content(path, sha256, retention, received)
 
     monkeypatch.setattr(registrar, "_put_content", held_put_content)
     async with wire_station(fake, broker, pki) as station:

@@ -31,6 +31,7 @@ from typing import Any
 
 from edge.central.app import CentralParts
 from edge.central.equipment import EquipmentStore, station_fleet_report, station_officers
+from edge.central.objects import ReceivedContent
 from edge.central.registration import Caller, Registrar, RejectCode, Rejection
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.ledger import GENESIS_PREV
@@ -92,6 +93,8 @@ class LineTransport:
 
 
 class LineLink:
+    checks_content_on_send = False
+
     def __init__(self, transport: LineTransport) -> None:
         self.t = transport
 
@@ -261,6 +264,9 @@ class LineUploads:
 
     def complete_path(self, upload_id: str) -> Path:
         return self.uploads[upload_id].path
+
+    def received(self, upload_id: str) -> ReceivedContent | None:
+        return None  # nothing hashed on receipt here: the object store hashes the file
 
     def remove(self, upload_id: str) -> bool:
         upload = self.uploads.pop(upload_id, None)

@@ -8,6 +8,7 @@ answer checking itself (`check_answer`) and, for MQTT, in tests/uplink/test_mqtt
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ SILENT = [
 
 class ScriptedLink:
     """A link whose every call ends as ``outcome`` (a RetryLater: raised as NotDone by witnessing calls)."""
+
+    checks_content_on_send = False
 
     def __init__(self, outcome: RetryLater | None) -> None:
         self.outcome = outcome
@@ -101,7 +104,8 @@ class Clock:
 def parcel(tmp_path: Path, resume: str | None = None) -> Parcel:
     path = tmp_path / "content"
     path.write_bytes(b"x")
-    return Parcel("item-1", "0" * 64, 1, path, "clip.mp4", resume=resume)
+    # The content's real SHA-256: the tus link checks it before the last chunk goes.
+    return Parcel("item-1", hashlib.sha256(b"x").hexdigest(), 1, path, "clip.mp4", resume=resume)
 
 
 def failover(preferred: ScriptedLink, other: ScriptedLink, clock: Clock) -> FailoverLink:

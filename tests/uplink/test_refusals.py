@@ -42,6 +42,7 @@ from edge.ingest.pipeline import IngestOutcome, IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.local import LocalDirectory
 from edge.uplink.service import UplinkService
+from edge.uplink.tus_client import TusClient, UploadResult
 from simulators.recorder.media import make_jpg, make_mp4
 from tests.uplink.proxy import Answer, Fault, FaultyProxy, nginx_page
 
@@ -266,9 +267,17 @@ async def test_a_refusal_the_central_signed_rejects_the_item_with_the_refusal_on
             stored = rig.store.conn.execute("SELECT path FROM items WHERE item=?", (item,)).fetchone()[0]
             (rig.tmp / "store" / stored).chmod(0o600)
             _flip_first_byte(rig.tmp / "store" / stored)
-            # The station checks its copy before sending it (tests/uplink/test_damaged_copy.py); the
-            # central's check stands behind that one, for a copy that rots after it: reached here.
+            # The station checks its copy before the central holds all of it (over tus on the pass that
+            # sends it: tests/uplink/test_damaged_copy.py); the central's check stands behind that one,
+            # for a copy that rots after it: reached here with the station's check switched off.
             monkeypatch.setattr(UplinkService, "_check_stored_copy", _not_checked_locally)
+            real_upload = TusClient.upload
+
+            async def unchecked(self: TusClient, *args: Any, **kwargs: Any) -> UploadResult:
+                kwargs["expected_sha256"] = None
+                return await real_upload(self, *args, **kwargs)
+
+            monkeypatch.setattr(TusClient, "upload", unchecked)
         elif refusal == "bad_signature":
             manifest = parse_json(
                 rig.store.conn.execute("SELECT manifest FROM items WHERE item=?", (item,)).fetchone()[0]

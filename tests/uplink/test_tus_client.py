@@ -22,12 +22,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from edge.central import tus as central_tus
 from edge.central.tus import add_tus_routes
 from edge.central.tus_store import TusUploadStore
 from edge.uplink import tus_client
+from edge.uplink.central_api import CentralApi
 from edge.uplink.policy import RateLimiter
 from edge.uplink.tus_client import (
+    PREFIX_SHA256,
     ChecksumRejected,
+    ContentMismatch,
     LocalFileError,
     ProtocolViolation,
     ServerRejected,
@@ -36,6 +40,7 @@ from edge.uplink.tus_client import (
     UploadInterrupted,
     encode_metadata,
 )
+from edge.uplink.tus_transport import TusLink
 
 CHUNK = 64 * 1024
 STATION = "station-7"
@@ -296,9 +301,9 @@ async def test_each_byte_is_read_from_disk_once(
     reads: list[tuple[int, int]] = []
     real = tus_client._read_chunk
 
-    def counting(p: Path, offset: int, n: int, algorithm: str | None) -> tus_client._Chunk:
+    def counting(p: Path, offset: int, n: int, algorithm: str | None, before: object) -> tus_client._Chunk:
         reads.append((offset, n))
-        return real(p, offset, n, algorithm)
+        return real(p, offset, n, algorithm, before)
 
     monkeypatch.setattr(tus_client, "_read_chunk", counting)
     result = await make_client(session, central.origin).upload(None, path, size, {})
@@ -318,16 +323,19 @@ async def test_create_then_upload_resumes_at_zero_and_offset_reads_the_server(
     assert stored(store, url) == data
 
 
+@pytest.mark.parametrize("checksum", ["sha256", PREFIX_SHA256])
 async def test_resume_after_the_central_is_killed_mid_patch(
-    tmp_path: Path, store: TusUploadStore, session: aiohttp.ClientSession
+    tmp_path: Path, store: TusUploadStore, session: aiohttp.ClientSession, checksum: str
 ) -> None:
+    """With sha256-prefix both sides lose their hasher here: the restarted central rebuilds its own from
+    the committed bytes, the client hashes the bytes before the resume offset once."""
     size = CHUNK * 6 + 500
     path, data = evidence(tmp_path, size, seed=5)
     first = await serve(central_app(store))
     proxy = TcpProxy(first.port)
     await proxy.start()
     try:
-        client = make_client(session, proxy.origin, creation_with_upload=False)
+        client = make_client(session, proxy.origin, creation_with_upload=False, checksum=checksum)
         created: list[str] = []
         # Cut inside the body of the fourth chunk: three chunks are confirmed, the fourth is half sent.
         proxy.cut_after(CHUNK * 3 + CHUNK // 2 + 4096)
@@ -396,18 +404,110 @@ async def test_resume_right_after_a_network_drop(
     assert stored(store, url) == data
 
 
+@pytest.mark.parametrize("checksum", ["sha256", PREFIX_SHA256])
 async def test_corrupted_chunk_is_refused_with_460_and_sent_again(
-    tmp_path: Path, proxy: TcpProxy, store: TusUploadStore, session: aiohttp.ClientSession
+    tmp_path: Path, proxy: TcpProxy, store: TusUploadStore, session: aiohttp.ClientSession, checksum: str
 ) -> None:
     size = CHUNK * 3
     path, data = evidence(tmp_path, size, seed=9)
     proxy.corrupt(data[CHUNK + 1000 : CHUNK + 1032])  # a byte inside the second chunk's body
-    client = make_client(session, proxy.origin)
+    client = make_client(session, proxy.origin, checksum=checksum)
     result = await client.upload(None, path, size, {})
     assert proxy.corrupted == 1
     assert result.checksum_retries == 1
     assert result.bytes_sent == size + CHUNK  # the refused chunk went twice, nothing else
     assert stored(store, result.url) == data
+
+
+async def test_a_stored_copy_that_no_longer_gives_its_hash_is_never_completed(
+    tmp_path: Path, central: Served, store: TusUploadStore, session: aiohttp.ClientSession
+) -> None:
+    size = CHUNK * 3 + 100
+    path, data = evidence(tmp_path, size, seed=11)
+    sealed = hashlib.sha256(data).hexdigest()
+    client = make_client(session, central.origin, checksum=PREFIX_SHA256)
+    rotten = bytearray(data)
+    rotten[CHUNK + 7] ^= 0x01  # the stored copy rotted after it was sealed
+    path.write_bytes(bytes(rotten))
+    created: list[str] = []
+    with pytest.raises(ContentMismatch) as caught:
+        await client.upload(None, path, size, {}, on_created=created.append, expected_sha256=sealed)
+    assert caught.value.found == hashlib.sha256(rotten).hexdigest() and caught.value.url == created[0]
+    # The last chunk never went, and the upload was terminated: the central holds nothing of it.
+    assert store.get(upload_id(created[0])) is None and list(store.root.glob("*.part")) == []
+    # Control: the intact copy goes through with the same check.
+    path.write_bytes(data)
+    result = await client.upload(None, path, size, {}, expected_sha256=sealed)
+    assert stored(store, result.url) == data
+
+
+async def test_a_central_holding_other_bytes_before_the_chunk_gets_a_new_upload(
+    tmp_path: Path, proxy: TcpProxy, store: TusUploadStore, session: aiohttp.ClientSession
+) -> None:
+    """An upload begun from a copy that was repaired since (re-acquired from its recorder): the central's
+    bytes before the resume offset are not the copy's, so every prefix digest is refused; the client
+    starts a new upload instead of retrying for ever."""
+    size = CHUNK * 4
+    path, data = evidence(tmp_path, size, seed=12)
+    damaged = bytearray(data)
+    damaged[100] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    client = make_client(session, proxy.origin, creation_with_upload=False, checksum=PREFIX_SHA256)
+    created: list[str] = []
+    proxy.cut_after(CHUNK * 2 + CHUNK // 2)
+    attempt = asyncio.create_task(client.upload(None, path, size, {}, on_created=created.append))
+    await proxy.cut_reached.wait()
+    proxy.release()
+    with pytest.raises(UploadInterrupted):
+        await attempt
+    path.write_bytes(data)  # repaired
+    result = None
+    for _ in range(50):
+        try:
+            result = await client.upload(created[0], path, size, {}, on_created=created.append)
+            break
+        except UploadInterrupted as exc:
+            assert exc.status == 409  # the dying request still holds the upload: retry
+            await asyncio.sleep(0.02)
+    assert result is not None and result.created and result.checksum_retries == client.checksum_attempts
+    assert result.url == created[-1] != created[0]
+    assert stored(store, result.url) == data
+    assert store.get(upload_id(created[0])) is None, "the upload holding other bytes was terminated"
+
+
+@pytest.mark.parametrize("creation_with_upload", [True, False])
+async def test_a_central_of_an_earlier_release_gets_per_chunk_sha256_from_the_next_attempt(
+    tmp_path: Path,
+    central: Served,
+    store: TusUploadStore,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    creation_with_upload: bool,
+) -> None:
+    """A central that does not know sha256-prefix refuses it as the previous release did (400 naming
+    Upload-Checksum); the station must not be stuck: it falls back to per-chunk sha256, and its link
+    then says it no longer checks the stored copy on the send pass, so the core checks it first."""
+    monkeypatch.setattr(central_tus, "PREFIX_SHA256", "not-known-to-this-release")
+    size = CHUNK * 2 + 10
+    path, data = evidence(tmp_path, size, seed=13)
+    client = make_client(
+        session, central.origin, checksum=PREFIX_SHA256, creation_with_upload=creation_with_upload
+    )
+    link = TusLink(client, CentralApi(session, central.origin, STATION))
+    assert link.checks_content_on_send
+    created: list[str] = []
+    with pytest.raises(UploadInterrupted, match="sha256-prefix"):
+        await client.upload(None, path, size, {}, on_created=created.append,
+                            expected_sha256=hashlib.sha256(data).hexdigest())
+    assert client.checksum == "sha256" and not link.checks_content_on_send
+    # The next attempt (resuming the upload when the refused request had created one) goes through.
+    result = await client.upload(created[0] if created else None, path, size, {})
+    assert stored(store, result.url) == data
+    # Control: a central that knows it is never sent anything else.
+    monkeypatch.undo()
+    other = make_client(session, central.origin, checksum=PREFIX_SHA256)
+    again = await other.upload(None, path, size, {}, expected_sha256=hashlib.sha256(data).hexdigest())
+    assert other.checksum == PREFIX_SHA256 and stored(store, again.url) == data
 
 
 async def test_corrupted_first_chunk_of_a_creation_with_upload(
@@ -928,9 +1028,9 @@ async def test_checksum_refused_every_time_is_bounded_and_rereads_the_chunk(
     reads: list[int] = []
     real = tus_client._read_chunk
 
-    def counting(p: Path, offset: int, n: int, algorithm: str | None) -> tus_client._Chunk:
+    def counting(p: Path, offset: int, n: int, algorithm: str | None, before: object) -> tus_client._Chunk:
         reads.append(offset)
-        return real(p, offset, n, algorithm)
+        return real(p, offset, n, algorithm, before)
 
     monkeypatch.setattr(tus_client, "_read_chunk", counting)
     path, _ = evidence(tmp_path, CHUNK * 2)
