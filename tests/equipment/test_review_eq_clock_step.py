@@ -43,7 +43,7 @@ async def test_a_recorder_whose_last_docking_was_partial_is_not_issued(rig: Rig,
     docking(rig, serial, usb_serial, first, "done")
     # The recorder went out, came back; this docking, the latest, copied only part of its files.
     docking(rig, serial, usb_serial, now, "partial")
-    with pytest.raises(CheckoutRefused) as caught:  # Failed before the fix with the step: the recorder is issued
+    with pytest.raises(CheckoutRefused) as caught:  # failed before the fix with the step
         await rig.desk.check_out_by_card("01000734E0")
     assert caught.value.reason is RefusalReason.NO_RECORDER_READY
     assert "partial" in caught.value.detail, caught.value.detail

@@ -35,7 +35,7 @@ async def test_an_unknown_officer_number_looks_like_a_wrong_pin_to_api_and_kiosk
     # What the screen shows is the same (this holds now).
     assert unknown["screen_text"] == wrong["screen_text"]
     assert unknown["outcome"] == wrong["outcome"] == "refused"
-    # Failed before the fix: {"reason": "unknown_officer"} vs {"reason": "wrong_pin"}, in the API's answer and in
+    # Failed before the fix: {"reason": "unknown_officer"} vs {"reason": "wrong_pin"}, in the answer and
     # every kiosk caller's GET /api/v1/checkout/outcomes.
     assert kiosk_view(unknown) == kiosk_view(wrong)
     assert kiosk_view(desk.outcomes()[0]) == kiosk_view(desk.outcomes()[1])

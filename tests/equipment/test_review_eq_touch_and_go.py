@@ -79,7 +79,7 @@ async def test_an_overdue_recorder_docked_for_a_moment_stays_out_and_overdue(tmp
         assert seen["state"] not in ("out", "overdue") and seen["holder"] is None, seen
         return
     assert outcome is OffloadOutcome.DEVICE_GONE
-    # Failed before the fix: `returned` was written at the start of the offload and the overdue alert closed with it.
+    # Failed before the fix: `returned` was written as the offload started, the overdue alert closed.
     assert returned == [], returned
     assert still_out == [("110001",)] and alert_open == 1
     # The ledger says it was seen and left, with the docking's end.

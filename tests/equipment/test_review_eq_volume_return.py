@@ -98,7 +98,7 @@ async def test_a_stick_claiming_a_recorder_that_is_out_does_not_check_it_in(tmp_
         assert checked_in == [(genuine.device_serial, "110001")]
         assert still_out == [] and claimed == []
         return
-    # Failed before the fix: the stick's PARAM.INI closed 110001's assignment; the recorder is still in the field.
+    # Failed before the fix: the stick's PARAM.INI closed 110001's assignment (recorder still out).
     assert returned == [], f"a stick's PARAM.INI checked the recorder in: {returned}"
     assert still_out == [("110001",)]
     # Nor are the stick's files bound to the officer "by the station's assignment records".
