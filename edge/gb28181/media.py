@@ -62,7 +62,9 @@ recording it was asked for), when the transfer stalls or runs too long (`time-li
 error (`error`), or when the disk holding the raw PS runs low (`disk-full`, with `min_free_bytes`: after each
 write, the disk's free space must keep `min_free_bytes` plus `ROOM_PER_RECEIVED_BYTE` times what was received,
 so what came can still be copied into the store and converted there without eating into the store's
-reserve; review 22; a write refused for a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26).
+reserve; review 22; a write refused for a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26,
+also the write in flight as the session ends; the outcome's `write_refused` names the errno and
+`write_refused_free_bytes` what statvfs showed just after, which tells a quota from a full disk: review 29).
 The media time is the longest span of
 a monotonic run of video PTS (`video_run_span_s`): a PTS that steps back more than `PTS_BACKSTEP` (B-frames
 step back a little) or jumps ahead more than `PTS_JUMP` starts a new run (`video_pts_restarts`), so an
@@ -224,6 +226,12 @@ class MediaOutcome:
     # What the raw PS file holds at its close (None: no file, or its size could not be read): less than
     # `bytes` when a write was refused (a full disk, an I/O error) or a limit left buffered bytes unwritten.
     bytes_written: int | None = None
+    # A write of the raw PS the disk refused for want of space: "ENOSPC" or "EDQUOT" (None: none was), and
+    # the free bytes statvfs showed on its disk just after (None: not read). An EDQUOT, or an ENOSPC with
+    # room showing, is the disk refusing this file whatever statvfs says (a quota, a qgroup): the next try
+    # would be cut the same way; the guard's own stop (low statvfs) sets neither (review 29).
+    write_refused: str | None = None
+    write_refused_free_bytes: int | None = None
 
     @property
     def video_span_s(self) -> float | None:
@@ -240,6 +248,8 @@ class MediaOutcome:
             "detail": self.detail,
             "bytes": self.bytes,
             "bytes_written": self.bytes_written,
+            "write_refused": self.write_refused,
+            "write_refused_free_bytes": self.write_refused_free_bytes,
             "packets": self.packets,
             "gaps": [list(g) for g in self.gaps],
             "lost_packets": self.lost_packets,
@@ -317,17 +327,28 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
 def _write_and_measure(fd: int, data: bytes | bytearray) -> int:
     """Write `data`; the free bytes left on the file's disk after it."""
     _write_all(fd, data)
-    stats = os.fstatvfs(fd)
-    return stats.f_bavail * stats.f_frsize
+    return _free_bytes_of(fd)
 
 
 def _write_failure_reason(exc: BaseException) -> EndReason:
     """How a failed write of the raw PS ends the session: a full disk (ENOSPC, EDQUOT: filled by something
     else between the guard's looks, review 26) is `disk-full` like the guard's own stop, no fault of the
     recording; any other failure is an `error`."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if _refused_errno(exc) is not None:
         return EndReason.DISK_FULL
     return EndReason.ERROR
+
+
+def _refused_errno(exc: BaseException) -> str | None:
+    """The name of the errno ("ENOSPC", "EDQUOT") when `exc` is a write refused for want of space."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return errno.errorcode[exc.errno]
+    return None
+
+
+def _free_bytes_of(fd: int) -> int:
+    stats = os.fstatvfs(fd)
+    return stats.f_bavail * stats.f_frsize
 
 
 def _sync_and_close(fd: int, directory: Path, *, sync: bool) -> None:
@@ -583,6 +604,8 @@ class MediaReceiver:
         self._flight: asyncio.Future[int] | None = None
         self._write_failed: str | None = None
         self._bytes_written: int | None = None  # what the raw PS holds at its close (`_finish`)
+        self._write_refused: str | None = None  # ENOSPC / EDQUOT: a write the disk refused for want of space
+        self._write_refused_free: int | None = None  # statvfs's free bytes just after it (`_finish` reads)
         self._opened_at = clock()
         self._first_packet_at: float | None = None
         self._last_activity = self._opened_at
@@ -962,8 +985,15 @@ class MediaReceiver:
         if exc is not None:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._write_failed = f"writing the raw PS {self._raw_name} failed: {reason}"
+            self._write_refused = self._write_refused or _refused_errno(exc)
             self._pending.clear()
-            self._end(_write_failure_reason(exc), self._write_failed)
+            if self._ended is None:
+                self._end(_write_failure_reason(exc), self._write_failed)
+            else:
+                # The write in flight as the session ended (a device closing right after its last packet,
+                # a close after 121) failed: the outcome says so, as `_finish` does for its own (review 29).
+                self._ended = _write_failure_reason(exc)
+                self._detail = self._write_failed
             return
         received = self._counters.bytes
         needed = self._min_free_bytes + ROOM_PER_RECEIVED_BYTE * received
@@ -1025,8 +1055,14 @@ class MediaReceiver:
                 await self._loop.run_in_executor(None, _write_all, fd, chunk)
         except OSError as exc:
             synced = False
+            self._write_refused = self._write_refused or _refused_errno(exc)
             self._ended = _write_failure_reason(exc)
             self._detail = f"writing the raw PS {self._raw_name} failed: {exc.strerror or exc}"
+        if self._write_refused is not None:
+            try:
+                self._write_refused_free = await self._loop.run_in_executor(None, _free_bytes_of, fd)
+            except OSError:
+                self._write_refused_free = None
         try:
             # What the file holds, whatever was received: a refused last write (after MediaStatus 121 or
             # BYE) leaves it short of `bytes`, and the verdict and the manifest say so (review 28).
@@ -1064,6 +1100,7 @@ class MediaReceiver:
             refused_sources=list(c.refused_sources),
             video_run_span_s=None if c.pts_run_base is None else c.pts_longest / PTS_HZ,
             video_pts_restarts=c.pts_restarts, bytes_written=self._bytes_written,
+            write_refused=self._write_refused, write_refused_free_bytes=self._write_refused_free,
         )
 
 

@@ -14,8 +14,10 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    names the device, channel and recording and why (what cut the downloads short, as sealed), written
    once (later listings find it). A download the station's own disk guard ended (`disk-full`) ends the
    pass (the next recording would be cut on the same tight disk) and counts toward no give-up unless it
-   got no further than an earlier disk-full copy (`stuck_disk_full`: a quota refusing every try at the
-   same byte counts toward `MAX_INTERRUPTED_ATTEMPTS`); while the spool's disk stays below the store's
+   was cut by a write its disk refused with room showing (EDQUOT, or ENOSPC while statvfs showed room:
+   `refused_with_room`) and got no further than an earlier disk-full copy (`stuck_disk_full`: a quota
+   refusing every try at the same byte counts toward `MAX_INTERRUPTED_ATTEMPTS`; the guard's own cuts on
+   a disk others fill never do: review 29); while the spool's disk stays below the store's
    reserve plus room for the raw PS and the receiver's guard for the recording's size as known (its
    listed FileSize, and more than its disk-full copy received, at most `max_recording_bytes`), it is not
    tried again (`_tight_for`: one limited `error` entry of stage `store`,
@@ -72,7 +74,13 @@ from typing import Any
 from edge.custody.entry_limits import LimitedEntries
 from edge.custody.ledger import EntryType
 from edge.durable.files import free_bytes
-from edge.gb28181.media import DEFAULT_MAX_RECORDING_BYTES, ROOM_PER_RECEIVED_BYTE, EndReason, MediaOutcome
+from edge.gb28181.media import (
+    DEFAULT_MAX_RECORDING_BYTES,
+    FLUSH_BYTES,
+    ROOM_PER_RECEIVED_BYTE,
+    EndReason,
+    MediaOutcome,
+)
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
@@ -225,15 +233,30 @@ class PassFailures:
     first_not_named: str | None = None
 
 
+def refused_with_room(download: SealedDownload) -> bool:
+    """Whether the copy was cut by a write its disk refused though statvfs showed room: EDQUOT (a quota,
+    a btrfs qgroup: never in statvfs), or ENOSPC with at least a flush's worth (`FLUSH_BYTES`) free just
+    after. Not the receiver's own guard (it stops on a low statvfs and sets no `write_refused`), nor an
+    ENOSPC on a disk statvfs showed full (another writer filled it: that passes, review 29)."""
+    if download.write_refused == "EDQUOT":
+        return True
+    free = download.write_refused_free_bytes
+    return download.write_refused == "ENOSPC" and free is not None and free >= FLUSH_BYTES
+
+
 def stuck_disk_full(earlier: Sequence[SealedDownload]) -> list[SealedDownload]:
-    """The disk-full copies (in attempt order) that got no further than an earlier disk-full copy of the
-    same recording (`SealedDownload.reached_bytes`; one whose extent is not known counts as no further).
+    """The disk-full copies (in attempt order) cut by a write refused with room showing
+    (`refused_with_room`) that got no further than an earlier disk-full copy of the same recording
+    (`SealedDownload.reached_bytes`; one whose extent is not known counts as no further).
 
     A disk-full end is mostly the station's disk running low, no fault of the recording: such a copy does
     not count toward a give-up (review 24), and `_tight_for` keeps it from being tried while the disk is
     tight. But a write refused where statvfs shows room (EDQUOT: a user or group quota, a btrfs qgroup; a
     disk `_tight_for` misjudges) cuts every try at the same byte, and nothing else would end that loop
-    (review 28): a try that got no further than one before it is such a repeat, and counts."""
+    (review 28): a try that got no further than one before it is such a repeat, and counts. A cut by the
+    receiver's own guard never counts: how far it gets depends on what else the disk takes meanwhile (a
+    second download, a docked camera's offload), and the recording can be had once that is gone (review
+    29); its reach still counts as an earlier copy's."""
     stuck: list[SealedDownload] = []
     furthest: int | None = None
     seen = False
@@ -241,7 +264,8 @@ def stuck_disk_full(earlier: Sequence[SealedDownload]) -> list[SealedDownload]:
         if download.interrupted != INTERRUPTED_DISK_FULL:
             continue
         reached = download.reached_bytes
-        if seen and (reached is None or furthest is None or reached <= furthest):
+        if seen and refused_with_room(download) and (
+                reached is None or furthest is None or reached <= furthest):
             stuck.append(download)
         seen = True
         if reached is not None:
@@ -251,9 +275,10 @@ def stuck_disk_full(earlier: Sequence[SealedDownload]) -> list[SealedDownload]:
 
 def given_up_because(earlier: Sequence[SealedDownload]) -> str | None:
     """Why a recording with these sealed downloads, none complete, is not downloaded again (None: it is)."""
-    # A download the station's own free-space guard ended (disk-full) is no fault of the recording nor of
-    # the device: it counts toward a give-up only when it got no further than an earlier disk-full copy
-    # (`stuck_disk_full`: a quota refusing every try at the same byte, review 28).
+    # A download cut disk-full (the guard's stop, or a refused write) is no fault of the recording nor of
+    # the device: it counts toward a give-up only when a write was refused with room showing and it got no
+    # further than an earlier disk-full copy (`stuck_disk_full`: a quota refusing every try at the same
+    # byte, review 28; never the guard's cut, review 29).
     interrupted = [d for d in earlier if d.interrupted and d.interrupted != INTERRUPTED_DISK_FULL]
     interrupted += stuck_disk_full(earlier)
     incomplete = [d for d in earlier if not d.complete and not d.interrupted]

@@ -208,6 +208,10 @@ class SealedDownload:
     # The bytes its raw PS held (the manifest's `bytes_written`; None: not there, or not a non-negative
     # integer): how far a disk-full copy got (`given_up_because`), when it is known.
     written_bytes: int | None = None
+    # A write its disk refused for want of space (the manifest's `write_refused`: "ENOSPC" or "EDQUOT";
+    # None: none, or another value), and the free bytes statvfs showed just after (None: not known).
+    write_refused: str | None = None
+    write_refused_free_bytes: int | None = None
 
     @property
     def reached_bytes(self) -> int | None:
@@ -219,11 +223,13 @@ class SealedDownload:
 INTERRUPTED_DEVICE_OFFLINE = "device-offline"  # the device left; the platform stopped its sessions
 INTERRUPTED_STATION_STOPPED = "station-stopped"  # the station stopped the session (it was stopping)
 INTERRUPTED_DISK_FULL = "disk-full"  # the receiver stopped: the spool's disk ran low (edge.gb28181.media)
+_REFUSED_ERRNOS = ("ENOSPC", "EDQUOT")  # `write_refused` values (edge.gb28181.media `_refused_errno`)
 _RAW_VERSION = re.compile(r"raw-ps(?:#(\d+))?")
 
 
 _SEALED_FACTS = ("attempt", "complete", "interrupted", "incomplete", "lossy", "file_size_bytes",
-                 "file_size_bytes_listed", "bytes", "bytes_written")
+                 "file_size_bytes_listed", "bytes", "bytes_written", "write_refused",
+                 "write_refused_free_bytes")
 
 
 def _sealed_download(version_text: str, item: str,
@@ -240,13 +246,17 @@ def _sealed_download(version_text: str, item: str,
     size_type, size = facts["file_size_bytes"]
     received_type, received = facts["bytes"]
     written_type, written = facts["bytes_written"]
+    refused = text("write_refused")
+    free_type, free = facts["write_refused_free_bytes"]
     return SealedDownload(
         item, int(attempt) if attempt_type == "integer" else int(version.group(1) or 1),
         complete=facts["complete"][0] != "false", interrupted=text("interrupted"),
         incomplete=text("incomplete"), lossy=facts["lossy"][0] == "true",
         file_size_listed=str(size) if size_type == "integer" else text("file_size_bytes_listed"),
         received_bytes=int(received) if received_type == "integer" and int(received) >= 0 else None,
-        written_bytes=int(written) if written_type == "integer" and int(written) >= 0 else None)
+        written_bytes=int(written) if written_type == "integer" and int(written) >= 0 else None,
+        write_refused=refused if refused in _REFUSED_ERRNOS else None,
+        write_refused_free_bytes=int(free) if free_type == "integer" and int(free) >= 0 else None)
 
 
 def sealed_downloads_in(conn: sqlite3.Connection, device_id: str,
@@ -381,6 +391,10 @@ class GbRecordings:
             "bytes": outcome.bytes,
             # What the raw PS holds (None: not measured): below `bytes` when a write was refused (review 28).
             "bytes_written": getattr(outcome, "bytes_written", None),
+            # A write the disk refused for want of space (ENOSPC, EDQUOT; None: none) and the free bytes
+            # statvfs showed just after: a quota's refusal, not the guard's stop (review 29).
+            "write_refused": getattr(outcome, "write_refused", None),
+            "write_refused_free_bytes": getattr(outcome, "write_refused_free_bytes", None),
             "transfer": outcome.summary(),
         }
         if "complete" in download.facts:
