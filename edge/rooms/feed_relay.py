@@ -16,12 +16,20 @@ derived from them):
   queue is full (:func:`edge.rooms.argv.tee_output_args`), so even an agent that stopped reading never
   blocks the segments (after ten seconds of it the run gives its feed up: the composite loses that
   source until its next run); a pipe whose reader is gone fails only the feed (``onfail=ignore``);
-* the agent reads the source's pipe whatever the composite does, and keeps at most `buffer_bytes` waiting
-  for the composite's pipe (non-blocking): a composite that is slow, stopped (SIGSTOP) or restarting gets
-  whole TS packets dropped (188-byte aligned: its demuxer loses packets, never the framing). A drop is
-  counted (:meth:`FeedRelay.status`) and, once packets flow again, reported (:class:`FeedDrop`: the
-  recording makes it a gap of the composite). Packets that arrive while no composite runs are discarded and
-  counted apart: the composite's own outage is its gap already.
+* the agent reads the source's pipe whatever the composite does, and keeps for the composite's pipe
+  (non-blocking) only the last `backlog_s` of the feed (about a second; at most `buffer_bytes`): a
+  composite that is slow, stopped (SIGSTOP) or restarting gets the *oldest* whole TS packets dropped
+  (188-byte aligned: its demuxer loses packets, never the framing), so once it reads again it renders what
+  the source is recording now, not a backlog of old pictures under the clock it burns in at rendering
+  (review 27). The composite's pipe is small for the same reason (COMPOSITE_PIPE_BYTES). A drop is counted
+  (:meth:`FeedRelay.status`) and reported (:class:`FeedDrop`: the recording makes it a gap of the
+  composite) once packets have gone through DROP_SETTLE_S without another, or, for a composite always
+  behind, every DROP_SPLIT_SETTLES x DROP_SETTLE_S while it goes on (each report one gap), and at the
+  close. Packets that arrive while no composite runs are discarded and counted apart: the composite's own
+  outage is its gap already.
+
+Dropping is by whole packets, not up to a key frame: the composite's decoder conceals the pictures up to
+the next key frame of the source (a second or two of a smeared picture, within the gap reported).
 
 The relay's reading loop (:meth:`FeedRelay.run`) is a supervised task; its pipes live in the relay, so a
 restarted loop goes on with the same source run.
@@ -47,11 +55,18 @@ TS_SYNC = 0x47
 READ_BYTES = 64 * 1024
 # Each pipe's kernel buffer (F_SETPIPE_SZ; the default pipe-max-size): about a second of a 1080p feed.
 PIPE_BYTES = 1 << 20
-# What the agent keeps for a composite that does not read (per source): a few seconds of a 1080p feed.
+# The composite's pipe (its kernel buffer): small, for what waits in it is as old as what the agent keeps.
+COMPOSITE_PIPE_BYTES = 64 * 1024
+# What the agent keeps for a composite that does not read (per source): the feed's last second (older
+# packets are dropped first), and never more than a few seconds of a 1080p feed.
+BACKLOG_S = 1.0
 BUFFER_BYTES = 4 << 20
 # Drops this close together are one loss of picture (one gap, not one per burst of a slow composite): a
 # drop is reported once packets have gone through this long without another.
 DROP_SETTLE_S = 2.0
+# A drop that goes on (a composite always behind) is reported after this many DROP_SETTLE_S (10 s) and a
+# new one begins: the loss is on the ledger while the session runs, in pieces of a bounded length.
+DROP_SPLIT_SETTLES = 5
 
 
 @dataclass(frozen=True)
@@ -64,11 +79,11 @@ class FeedDrop:
     packets: int
 
 
-def _pipe() -> tuple[int, int]:
+def _pipe(size_bytes: int) -> tuple[int, int]:
     """A pipe (both ends close-on-exec: only a run that is handed an end by pass_fds gets it)."""
     read_end, write_end = os.pipe()
-    with contextlib.suppress(OSError):  # a bigger buffer is a margin, not a need
-        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    with contextlib.suppress(OSError):  # the size is a margin (or a bound on the composite's lag), not a need
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, size_bytes)
     return read_end, write_end
 
 
@@ -81,13 +96,17 @@ def _close(fd: int | None) -> None:
 class FeedRelay:
     """One source's feed to the composite (see the module docstring)."""
 
-    def __init__(self, source_id: str, *, buffer_bytes: int | None = None,
+    def __init__(self, source_id: str, *, buffer_bytes: int | None = None, backlog_s: float | None = None,
                  on_drop: Callable[[FeedDrop], None] = lambda drop: None) -> None:
         buffer_bytes = BUFFER_BYTES if buffer_bytes is None else buffer_bytes
+        backlog_s = BACKLOG_S if backlog_s is None else backlog_s
         if buffer_bytes < TS_PACKET_BYTES:
             raise ValueError(f"buffer_bytes must hold a TS packet ({TS_PACKET_BYTES}), got {buffer_bytes}")
+        if not backlog_s > 0:
+            raise ValueError(f"backlog_s must be above 0, got {backlog_s}")
         self.source_id = source_id
         self.buffer_bytes = buffer_bytes
+        self.backlog_ns = int(backlog_s * 1e9)
         self.on_drop = on_drop
         self._inputs: deque[int] = deque()  # read ends of source runs, oldest first
         self._input_ready = asyncio.Event()
@@ -95,11 +114,13 @@ class FeedRelay:
         self._partial = b""  # the start of a TS packet the next read completes
         self._output: int | None = None  # write end of the composite run's pipe (non-blocking)
         self._writing = False  # a writer callback is registered for _output
-        self._chunks: deque[bytes] = deque()  # whole packets for the composite (the head maybe begun)
+        # Whole packets for the composite, each read's with the station time it came (oldest first).
+        self._chunks: deque[tuple[int, bytes]] = deque()
+        self._head_begun = False  # the head is partly written: the rest of its packet must follow
         self._buffered = 0
-        self._drop_from_ns: int | None = None  # the drop going on (or settling) began
-        self._drop_last_ns = 0  # its last dropped packets
-        self._drop_resumed_ns: int | None = None  # packets went through again since
+        self._drop_from_ns: int | None = None  # the drop going on (or settling): its first packets came
+        self._drop_to_ns = 0  # its last dropped packets came
+        self._drop_last_ns = 0  # the station time packets were last dropped
         self._drop_packets = 0
         self.closed = False
         # Counters (status)
@@ -120,7 +141,7 @@ class FeedRelay:
         """A new pipe for a run of the source: its write end (for that ffmpeg's pass_fds; the caller closes
         the agent's copy once the run is started); the relay reads the other end after the ends of the
         earlier runs."""
-        read_end, write_end = _pipe()
+        read_end, write_end = _pipe(PIPE_BYTES)
         os.set_blocking(read_end, False)
         # Non-blocking for the source's ffmpeg too: its feed's thread gives a pipe nobody empties up after
         # its rw_timeout (edge.rooms.argv.tee_output_args) rather than wait on it for ever.
@@ -135,7 +156,7 @@ class FeedRelay:
         closes the agent's copy once the run is started). The previous run's pipe is closed, and the new
         run gets packets from the next one read (what waited for the previous run is dropped)."""
         self._detach_output()
-        read_end, write_end = _pipe()
+        read_end, write_end = _pipe(min(PIPE_BYTES, COMPOSITE_PIPE_BYTES))
         os.set_blocking(write_end, False)
         # Non-blocking for the composite's ffmpeg too: waiting for the feed, it polls and so still answers
         # SIGTERM (blocked in read(), an input thread of it would hold up its exit until SIGKILL).
@@ -195,30 +216,46 @@ class FeedRelay:
             self._offer(packets)
 
     def _offer(self, packets: bytes) -> None:
-        """Whole packets for the composite: buffered and written, or dropped (see the module docstring)."""
+        """Whole packets for the composite: buffered and written; the oldest buffered dropped (see the
+        module docstring)."""
         count = len(packets) // TS_PACKET_BYTES
         if self._output is None:
             self.packets_without_composite += count
             return
         now = time.time_ns()
-        if self._buffered + len(packets) > self.buffer_bytes:
-            # The composite does not keep up: these packets are dropped, whole; what is begun goes on.
-            if self._drop_from_ns is None:
-                self._drop_from_ns, self._drop_packets = now, 0
-                self.drops += 1
-                log.warning("feed of %s: the composite does not read; dropping its packets", self.source_id)
-            self._drop_last_ns, self._drop_resumed_ns = now, None
-            self._drop_packets += count
-            self.packets_dropped += count
-            return
-        if self._drop_from_ns is not None:
-            if self._drop_resumed_ns is None:
-                self._drop_resumed_ns = now
-            if now - self._drop_last_ns >= DROP_SETTLE_S * 1e9:
-                self._end_drop()
-        self._chunks.append(packets)
+        self._chunks.append((now, packets))
         self._buffered += len(packets)
+        self._trim(now)
+        if self._drop_from_ns is not None and now - self._drop_last_ns >= DROP_SETTLE_S * 1e9:
+            self._end_drop()  # packets have gone through for DROP_SETTLE_S: that loss is over
         self._flush()
+
+    def _trim(self, now: int) -> None:
+        """Drop the oldest whole reads waiting (never the rest of a packet begun) while the oldest came
+        more than the backlog ago or the bytes waiting exceed the bound."""
+        while True:
+            oldest = 1 if self._head_begun else 0
+            if len(self._chunks) <= oldest + 1:  # the newest read is always kept
+                return
+            came, packets = self._chunks[oldest]
+            if now - came <= self.backlog_ns and self._buffered <= self.buffer_bytes:
+                return
+            del self._chunks[oldest]
+            self._buffered -= len(packets)
+            self._dropped(came, len(packets) // TS_PACKET_BYTES, now)
+
+    def _dropped(self, came: int, count: int, now: int) -> None:
+        split_ns = DROP_SPLIT_SETTLES * DROP_SETTLE_S * 1e9
+        if self._drop_from_ns is not None and now - self._drop_from_ns >= split_ns:
+            self._end_drop()  # a loss that goes on is reported in pieces: this one ends here, the next begins
+        if self._drop_from_ns is None:
+            self._drop_from_ns, self._drop_packets = came, 0
+            self.drops += 1
+            log.warning("feed of %s: the composite does not keep up; dropping its oldest packets",
+                        self.source_id)
+        self._drop_to_ns, self._drop_last_ns = max(self._drop_to_ns, came), now
+        self._drop_packets += count
+        self.packets_dropped += count
 
     def _packets(self, data: bytes) -> bytes:
         """The TS packets at the front of `data` that are whole and in step: each begins with the sync
@@ -250,7 +287,7 @@ class FeedRelay:
         """Write what waits to the composite's pipe, as far as it takes it now (never blocks)."""
         output = self._output
         while self._chunks and output is not None:
-            head = self._chunks[0]
+            came, head = self._chunks[0]
             try:
                 written = os.write(output, head)
             except BlockingIOError:
@@ -265,9 +302,11 @@ class FeedRelay:
             self.bytes_relayed += written
             self._buffered -= written
             if written < len(head):
-                self._chunks[0] = head[written:]  # the rest of a packet begun goes first, whatever comes
+                self._chunks[0] = (came, head[written:])  # the rest of a packet begun goes first, always
+                self._head_begun = True
             else:
                 self._chunks.popleft()
+                self._head_begun = False
         if self._writing and output is not None:
             asyncio.get_running_loop().remove_writer(output)
             self._writing = False
@@ -275,9 +314,9 @@ class FeedRelay:
     def _end_drop(self) -> None:
         if self._drop_from_ns is None:
             return
-        to_ns = self._drop_resumed_ns if self._drop_resumed_ns is not None else time.time_ns()
-        drop = FeedDrop(self.source_id, self._drop_from_ns, to_ns, self._drop_packets)
-        self._drop_from_ns, self._drop_resumed_ns, self._drop_packets = None, None, 0
+        drop = FeedDrop(self.source_id, self._drop_from_ns, max(self._drop_to_ns, self._drop_from_ns),
+                        self._drop_packets)
+        self._drop_from_ns, self._drop_to_ns, self._drop_packets = None, 0, 0
         log.warning("feed of %s: %d packets dropped (%.1f s): the composite lost picture", self.source_id,
                     drop.packets, (drop.to_ns - drop.from_ns) / 1e9)
         try:
@@ -294,6 +333,7 @@ class FeedRelay:
         self._writing = False
         _close(output)
         self._chunks.clear()
+        self._head_begun = False
         self._buffered = 0
 
 

@@ -615,8 +615,10 @@ class SessionRecording:
     def _feed_dropped(self, drop: FeedDrop) -> None:
         """The relay dropped packets of a source's feed the composite did not take (slow, stopped, or
         restarting: edge.rooms.feed_relay): the composite lost that source's picture meanwhile, a gap of
-        its own unless one is open already (then the composite's outage is that gap)."""
-        if self.composite is None or self._stop.is_set():
+        its own unless one is open already (then the composite's outage is that gap). Taken during the
+        stop too: the relays report the drop going on when they are closed, after the runs, and the
+        sealers are still there to record it (review 27)."""
+        if self.composite is None:
             return
         composite = self.sources[self.composite.config.id]
         seconds = (drop.to_ns - drop.from_ns) / 1e9

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 
 import pytest
@@ -115,3 +116,68 @@ async def test_a_composite_that_does_not_read_gets_whole_packets_dropped_and_one
     assert len(drops) == 1 and drops[0].packets == relay.packets_dropped and drops[0].source == "a"
     assert drops[0].to_ns >= drops[0].from_ns and not relay.status()["dropping"]
     assert numbers[-1] == sent - 1  # the newest went through once the composite read again
+
+
+async def test_a_composite_that_reads_again_gets_the_feeds_last_second_not_its_oldest_packets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 27: what waited for a stopped composite is the feed's last backlog_s, the oldest dropped,
+    so the composite renders what the source records now (control: the packets sent within the backlog
+    before it reads again all reach it)."""
+    monkeypatch.setattr(feed_relay, "PIPE_BYTES", 4096)
+    monkeypatch.setattr(feed_relay, "COMPOSITE_PIPE_BYTES", 4096)
+    relay = FeedRelay("a", backlog_s=0.5, on_drop=lambda drop: None)  # bytes unbounded in practice
+    task = asyncio.create_task(relay.run())
+    composite_end = relay.composite_end()
+    source_end = relay.source_end()
+    try:
+        sent = 0
+        for _ in range(30):  # 1.5 s of packets while the composite reads nothing
+            os.write(source_end, _packets(10, sent))
+            sent += 10
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        got = bytearray()
+        await _settle(relay, 1 << 30, composite_end, got)  # reads all that waits (the bound: 10 s)
+    finally:
+        os.close(source_end)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        relay.close()
+        os.close(composite_end)
+    numbers = _numbers(bytes(got))
+    after_pipe = [n for n in numbers if n > numbers[0] + 40]  # what the relay kept, past the pipe's content
+    # The newest packets are there (control), and what the relay kept is recent: no more than the backlog
+    # (0.5 s, 100 packets here) with a generous margin for a loaded machine, never the 1.5 s sent.
+    assert numbers[-1] == sent - 2, numbers[-5:]  # the last one waits for its successor
+    assert after_pipe and sent - after_pipe[0] <= 200, (after_pipe[:3], sent)
+    assert relay.packets_dropped > 0
+
+
+async def test_a_drop_that_goes_on_is_reported_in_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 27: a composite that never reads has its loss reported every DROP_SPLIT_SETTLES x
+    DROP_SETTLE_S while it goes on, each piece after the one before."""
+    monkeypatch.setattr(feed_relay, "PIPE_BYTES", 4096)
+    monkeypatch.setattr(feed_relay, "COMPOSITE_PIPE_BYTES", 4096)
+    monkeypatch.setattr(feed_relay, "DROP_SETTLE_S", 0.1)  # a piece: 0.5 s
+    drops: list[FeedDrop] = []
+    relay = FeedRelay("a", backlog_s=0.1, on_drop=drops.append)
+    task = asyncio.create_task(relay.run())
+    composite_end = relay.composite_end()
+    source_end = relay.source_end()
+    try:
+        sent = 0
+        for _ in range(40):  # 2 s, never read
+            os.write(source_end, _packets(10, sent))
+            sent += 10
+            await asyncio.sleep(0.05)
+        reported = list(drops)
+    finally:
+        os.close(source_end)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        relay.close()
+        os.close(composite_end)
+    assert len(reported) >= 2, reported
+    assert all(a.to_ns <= b.from_ns for a, b in itertools.pairwise(reported)), reported
+    assert sum(d.packets for d in drops) == relay.packets_dropped
