@@ -20,8 +20,11 @@ session's size on the store's file system, and the operator's output file takes 
 anything is copied, :func:`space_needed` estimates both (the files as the ledger sizes them, the image as
 those plus :data:`IMAGE_OVERHEAD_SHARE` and :data:`IMAGE_SLACK_BYTES`), and an export that would not fit,
 on the staging file system above the store's reserve or in the free bytes the caller reports for its
-output, is refused (status 507) with the figures, a ``refused`` entry. A disk that fills anyway (another
-writer meanwhile) ends the export the same way; staging and image are removed on every failure.
+output, is refused (status 507) with the figures, a ``refused`` entry. Exports running at once on the station
+each count what the others will still take (their estimates, held from their check to their end,
+:data:`_RUNNING`): two at once never both pass the check on the same free figure (review 27). A disk that
+fills anyway (another writer meanwhile) ends the export the same way; staging and image are removed on
+every failure.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ STDERR_LINES_KEPT = 20
 IMAGE_OVERHEAD_SHARE = 0.05
 IMAGE_SLACK_BYTES = 8 << 20
 INSUFFICIENT_STORAGE = 507
+# The staging space of each export running on the station (its token: its estimate), counted by every
+# export that checks its space meanwhile. The agent is one process with one event loop: the check and the
+# entry here happen with no await between them.
+_RUNNING: dict[str, int] = {}
 
 
 class ExportRefused(Exception):
@@ -254,13 +261,17 @@ def _mib(size: int) -> str:
 
 
 def _space_refusal(needed: SpaceNeeded, work_free: int, reserve_bytes: int,
-                   output_free_bytes: int | None) -> str | None:
-    """Why the export does not fit (the figures named), or None."""
-    if work_free - needed.staging_bytes < reserve_bytes:
+                   output_free_bytes: int | None, others: Iterable[int] = ()) -> str | None:
+    """Why the export does not fit (the figures named), or None. `others`: what the exports running
+    meanwhile will take (at most; part of it may be written already, and so counted twice: the safe side)."""
+    others = list(others)
+    if work_free - sum(others) - needed.staging_bytes < reserve_bytes:
+        running = (f", of which {len(others)} other export(s) running will take about {_mib(sum(others))}"
+                   if others else "")
         return (f"not enough free space to stage the disc: it needs about {_mib(needed.staging_bytes)} "
                 f"({_mib(needed.staged_bytes)} of staged files and an image of about "
                 f"{_mib(needed.image_bytes)}) above the store's reserve of {_mib(reserve_bytes)}, and the "
-                f"store's file system has {_mib(work_free)} free: free space first")
+                f"store's file system has {_mib(work_free)} free{running}: free space first")
     if output_free_bytes is not None and output_free_bytes < needed.image_bytes:
         return (f"not enough free space for the output: the image needs about {_mib(needed.image_bytes)} "
                 f"and the output's file system has {_mib(output_free_bytes)} free: choose another place "
@@ -302,10 +313,11 @@ async def export_session(
     stored = (repository.item(want.item) for want in wanted)
     needed = space_needed(record.size for record in stored if record is not None)
     work_free = await asyncio.to_thread(free_bytes, _existing(work_dir))
-    too_big = _space_refusal(needed, work_free, reserve_bytes, output_free_bytes)
+    too_big = _space_refusal(needed, work_free, reserve_bytes, output_free_bytes, _RUNNING.values())
     if too_big is not None:
         await _refuse(pipeline, session, by, f"session {session}: {too_big}", INSUFFICIENT_STORAGE)
     token = uuid.uuid4().hex[:12]
+    _RUNNING[token] = needed.staging_bytes  # no await since the check: see _RUNNING
     staging = work_dir / f"export-{token}"
     image = work_dir / f"export-{token}.iso"
     try:
@@ -380,6 +392,7 @@ async def export_session(
         image.unlink(missing_ok=True)
         raise
     finally:
+        _RUNNING.pop(token, None)
         await asyncio.to_thread(shutil.rmtree, staging, True)
         with contextlib.suppress(OSError):  # the session's work directory, unless the image is in it
             work_dir.rmdir()
