@@ -72,6 +72,11 @@ RATE_BASIS_MIN_S = 1.0
 RATE_MIN = 0.25
 RATE_MAX = 4.0
 STALL_TOLERANCE_SHARE_UNMEASURED = 1.0
+# A source whose stream runs faster than RATE_MAX of the station's clock, by more than a burst of this
+# many stream seconds (a camera sending what it buffered as it connects), is no real-time source (a clock
+# that lies, a replayed buffer): its run is ended, a gap naming the rate, before it cuts segments faster
+# than they can be sealed (review 27). The supervisor's backoff then paces its runs.
+RATE_FLOOD_BURST_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -247,6 +252,11 @@ async def capture_run(
             except SegmentListError as exc:
                 ended = f"untrusted segment list: {exc}"
                 break
+            flood = source_flood_rate(rate_basis, last_end_s, last_end_ns, stalled_since_basis_ns)
+            if flood is not None:
+                ended = (f"the source's stream runs {flood:.1f}x the station's clock (more than "
+                         f"{RATE_MAX:g}x: no real-time source); the run ends before it floods the sealer")
+                break
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(poll_s):
                     await process.wait()
@@ -316,6 +326,20 @@ def source_clock_rate(basis: tuple[float, int] | None, end_s: float, end_ns: int
     if stream_s < RATE_BASIS_MIN_S or station_s <= 0:
         return None
     return min(RATE_MAX, max(RATE_MIN, stream_s / station_s))
+
+
+def source_flood_rate(basis: tuple[float, int] | None, end_s: float, end_ns: int | None,
+                      stalled_ns: int) -> float | None:
+    """The rate (stream seconds per station second, unbounded) of a source whose stream ran ahead of
+    RATE_MAX times the station's clock by more than RATE_FLOOD_BURST_S since `basis` (as
+    :func:`source_clock_rate`); None for any other source."""
+    if basis is None or end_ns is None:
+        return None
+    stream_s = end_s - basis[0]
+    station_s = max(0.0, (end_ns - basis[1] - stalled_ns) / 1e9)
+    if stream_s - RATE_MAX * station_s <= RATE_FLOOD_BURST_S:
+        return None
+    return stream_s / max(station_s, 0.001)
 
 
 def stall_before(start_ns: int, listed_ns: int, stream_durations_s: Sequence[float],
