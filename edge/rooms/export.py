@@ -202,7 +202,10 @@ def _session_entries(entries: Iterable[LedgerEntry], session: str) -> list[Ledge
 
 def disc_contents(entries: list[LedgerEntry], session: str) -> tuple[list[_Wanted], LedgerEntry]:
     """What the disc of `session` holds, by its ledger entries (``room_products`` names the manifest, the
-    joined files and the statement): (file path, item, ledger hash, what), and the products entry."""
+    joined files and the statement): (file path, item, ledger hash, what), and the products entry. A
+    source without a joined recording (a camera that changed its picture size mid-session: the join
+    refused to put the two layouts in one file) has its sealed segments on the disc instead, in the order
+    they were sealed (:func:`unjoined_notes` says why, on the disc)."""
     stopped = next((e for e in entries if e.type == EntryType.SESSION_STOPPED), None)
     if stopped is None:
         raise ExportRefused(f"session {session} has not stopped: only a stopped session is exported")
@@ -216,11 +219,20 @@ def disc_contents(entries: list[LedgerEntry], session: str) -> tuple[list[_Wante
     for joined in data.get("joined", []):
         source, item = str(joined.get("source")), joined.get("item")
         entry = joined_entries.get(source)
-        if not item or entry is None or entry.item != item:
+        if item and entry is not None and entry.item == item:
+            wanted.append(_Wanted(f"recordings/{source}.mp4", str(item), str(entry.data.get("sha256")),
+                                  f"合并录像 joined recording of source {source}"))
+            continue
+        segments = _segments_of(entries, source)
+        if item or not segments:  # named joined but not on the ledger, or nothing sealed to put instead
             raise ExportRefused(f"session {session}: source {printable(source)} has no joined recording "
-                                "(its statement says why): nothing to put on a disc for it")
-        wanted.append(_Wanted(f"recordings/{source}.mp4", str(item), str(entry.data.get("sha256")),
-                              f"合并录像 joined recording of source {source}"))
+                                "(its statement says why) and no sealed segment: nothing to put on a disc "
+                                "for it")
+        for number, segment in enumerate(segments, 1):
+            name = _disc_name(source)  # the file's name alone is unique too (its manifest is named by it)
+            wanted.append(_Wanted(f"recordings/{name}-segments/{name}-{number:04d}.mp4",
+                                  str(segment.item), segment.data.get("sha256"),
+                                  f"分段录像 sealed segment {number} of source {source} (not joined)"))
     if not data.get("manifest_item"):
         raise ExportRefused(f"session {session}: its manifest was not sealed")
     wanted.append(_Wanted("session-manifest.json", str(data["manifest_item"]), data.get("manifest_sha256"),
@@ -235,6 +247,37 @@ def disc_contents(entries: list[LedgerEntry], session: str) -> tuple[list[_Wante
         wanted.append(_Wanted(f"documents/document-{number}.{ext}", str(entry.item), entry.data.get("sha256"),
                               f"附件 {printable(str(entry.data.get('kind')))} attached document"))
     return wanted, made[-1]
+
+
+def _segments_of(entries: list[LedgerEntry], source: str) -> list[LedgerEntry]:
+    """The sealed segments of `source`, in the order they were sealed (the ledger's)."""
+    return [e for e in entries if e.type == EntryType.SEGMENT_SEALED and str(e.data.get("source")) == source
+            and e.item is not None]
+
+
+def _disc_name(source: str) -> str:
+    """A source id as part of a name on the disc (config ids are plain already; anything else replaced)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in source) or "_"
+
+
+def unjoined_notes(entries: list[LedgerEntry], products: LedgerEntry) -> dict[str, bytes]:
+    """For each source whose sealed segments are on the disc for want of a joined recording: a note
+    beside them (``recordings/<source>-NOT-JOINED.txt``) saying so and why (the ``room join`` error)."""
+    notes: dict[str, bytes] = {}
+    for joined in products.data.get("joined", []):
+        source = str(joined.get("source"))
+        if joined.get("item"):
+            continue
+        why = [printable(str(e.data.get("reason"))) for e in entries if e.type == EntryType.ERROR
+               and e.data.get("stage") == "room join" and str(e.data.get("source")) == source]
+        name = _disc_name(source)
+        notes[f"recordings/{name}-NOT-JOINED.txt"] = (
+            f"来源 {printable(source)} 无合并录像 / source {printable(source)} has no joined recording.\n"
+            f"Its {len(_segments_of(entries, source))} sealed segments are on this disc instead, in the "
+            f"order they were sealed, under recordings/{name}-segments/ (each as sealed: its hash is in "
+            "SHA256SUMS and in the ledger's segment_sealed entry; the statement lists them and every gap).\n"
+            f"Why it was not joined: {why[-1] if why else 'see the statement (相关说明)'}\n").encode()
+    return notes
 
 
 @dataclass(frozen=True)
@@ -307,7 +350,7 @@ async def export_session(
     repository = pipeline.repository
     try:
         entries = _session_entries(store.ledger.entries(from_seq), session)
-        wanted, _ = disc_contents(entries, session)
+        wanted, products = disc_contents(entries, session)
     except ExportRefused as exc:
         await _refuse(pipeline, session, by, str(exc), exc.status)
     stored = (repository.item(want.item) for want in wanted)
@@ -346,7 +389,7 @@ async def export_session(
                 reason = f"{want.path} (item {want.item}): {problem}: not exported"
                 await _refuse(pipeline, session, by, reason, 409)
             files.append(DiscFile(want.path, want.item, str(want.sha256), want.what))
-        extra: dict[str, bytes] = {}
+        extra: dict[str, bytes] = unjoined_notes(entries, products)
         for want in wanted:
             record = repository.item(want.item)
             if record is not None and record.manifest is not None:

@@ -92,6 +92,9 @@ def session_statement(
             add(f"   合并文件 SHA-256:{_t(result.get('sha256'))}")
         else:
             add("   未生成合并文件:" + ";".join(_t(p) for p in result.get("problems", ["未执行"])))
+            if segments:  # edge.rooms.export.disc_contents puts them on the disc in its stead
+                add("   导出光盘时,本信号源已封存的各分段按封存顺序逐个刻录(不合并),"
+                    "并附未合并原因说明(recordings 目录)")
         for index, segment in enumerate(segments, 1):
             partial = f" 不完整:{_t(segment.get('partial'))}" if segment.get("partial") else ""
             add(f"   分段{index:>4} {_t(segment.get('start_utc'))} 至 {_t(segment.get('end_utc'))} "

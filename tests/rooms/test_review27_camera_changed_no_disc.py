@@ -71,6 +71,7 @@ async def test_a_camera_that_changed_its_picture_size_still_gives_the_session_a_
                 disc = await service.export(session.session, by="op")
                 exported: str | None = None
                 disc.path.unlink()
+                on_disc = [f.path for f in disc.files]
             except RoomRefused as exc:
                 exported = str(exc)
     finally:
@@ -80,3 +81,10 @@ async def test_a_camera_that_changed_its_picture_size_still_gives_the_session_a_
     # FAILS today with changed=True: "session ...: source a has no joined recording (its statement says
     # why): nothing to put on a disc for it" (the join refused the two picture sizes).
     assert exported is None, (exported, [e.data.get("reason") for e in watch.of("error")][-2:])
+    # (Fix) What the disc holds instead of the joined file: every sealed segment, in order, and why.
+    if changed:
+        assert on_disc.count("recordings/a-NOT-JOINED.txt") == 1 and "recordings/a.mp4" not in on_disc
+        assert [p for p in on_disc if p.startswith("recordings/a-segments/")] == [
+            f"recordings/a-segments/a-{n:04d}.mp4" for n in range(1, len(sealed) + 1)]
+    else:
+        assert "recordings/a.mp4" in on_disc and not any("NOT-JOINED" in p for p in on_disc)
