@@ -23,10 +23,10 @@ derived from them):
   the source is recording now, not a backlog of old pictures under the clock it burns in at rendering
   (review 27). The composite's pipe is small for the same reason (COMPOSITE_PIPE_BYTES). A drop is counted
   (:meth:`FeedRelay.status`) and reported (:class:`FeedDrop`: the recording makes it a gap of the
-  composite) once packets have gone through DROP_SETTLE_S without another, or, for a composite always
-  behind, every DROP_SPLIT_SETTLES x DROP_SETTLE_S while it goes on (each report one gap), and at the
-  close. Packets that arrive while no composite runs are discarded and counted apart: the composite's own
-  outage is its gap already.
+  composite) once packets have gone through DROP_SETTLE_S without another, or, for a composite that
+  reads but stays behind, every DROP_SPLIT_SETTLES x DROP_SETTLE_S of lost feed while it goes on (each
+  report one gap), and at the close or the composite run's end. Packets that arrive while no composite
+  runs are discarded and counted apart: the composite's own outage is its gap already.
 
 Dropping is by whole packets, not up to a key frame: the composite's decoder conceals the pictures up to
 the next key frame of the source (a second or two of a smeared picture, within the gap reported).
@@ -64,8 +64,8 @@ BUFFER_BYTES = 4 << 20
 # Drops this close together are one loss of picture (one gap, not one per burst of a slow composite): a
 # drop is reported once packets have gone through this long without another.
 DROP_SETTLE_S = 2.0
-# A drop that goes on (a composite always behind) is reported after this many DROP_SETTLE_S (10 s) and a
-# new one begins: the loss is on the ledger while the session runs, in pieces of a bounded length.
+# A drop that goes on while the composite reads (a composite always behind) is reported after this many
+# DROP_SETTLE_S (10 s) of lost feed and a new one begins: the loss is on the ledger while the session runs.
 DROP_SPLIT_SETTLES = 5
 
 
@@ -122,6 +122,7 @@ class FeedRelay:
         self._drop_to_ns = 0  # its last dropped packets came
         self._drop_last_ns = 0  # the station time packets were last dropped
         self._drop_packets = 0
+        self._drop_flowed = False  # packets went to the composite meanwhile (it reads, but is behind)
         self.closed = False
         # Counters (status)
         self.bytes_relayed = 0
@@ -246,10 +247,13 @@ class FeedRelay:
 
     def _dropped(self, came: int, count: int, now: int) -> None:
         split_ns = DROP_SPLIT_SETTLES * DROP_SETTLE_S * 1e9
-        if self._drop_from_ns is not None and now - self._drop_from_ns >= split_ns:
-            self._end_drop()  # a loss that goes on is reported in pieces: this one ends here, the next begins
+        if self._drop_from_ns is not None and self._drop_flowed and came - self._drop_from_ns >= split_ns:
+            # A composite that reads but stays behind never lets a drop settle: its loss is reported in
+            # pieces (this one ends here, the next begins). One that reads nothing (stopped) has its loss
+            # reported as one once it reads again, or when its run ends (liveness bounds that).
+            self._end_drop()
         if self._drop_from_ns is None:
-            self._drop_from_ns, self._drop_packets = came, 0
+            self._drop_from_ns, self._drop_packets, self._drop_flowed = came, 0, False
             self.drops += 1
             log.warning("feed of %s: the composite does not keep up; dropping its oldest packets",
                         self.source_id)
@@ -301,6 +305,7 @@ class FeedRelay:
                 return
             self.bytes_relayed += written
             self._buffered -= written
+            self._drop_flowed = self._drop_flowed or (written > 0 and self._drop_from_ns is not None)
             if written < len(head):
                 self._chunks[0] = (came, head[written:])  # the rest of a packet begun goes first, always
                 self._head_begun = True
