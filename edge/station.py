@@ -164,6 +164,10 @@ class StationAgent:
         # Recorders whose control session ended while still in control mode (refused, failed): never
         # retried until unplugged, so a wrong password is tried once per docking, not until lockout.
         self._done_usb: set[UsbAttachment] = set()
+        # Recorders ready for the desk: their own docking ended `done` and they came back in control mode
+        # from their bay's power cycle (`_back_in_control`). A docking refused or failed before its offload
+        # leaves the recorder done (not retried) but not ready: its files may be unread.
+        self._ready_usb: set[UsbAttachment] = set()
         # What the last USB poll saw: a session that ends after its recorder was pulled out (mid-copy)
         # must not mark the recorder done, or docking it again would be ignored.
         self._present_usb: set[UsbAttachment] = set()
@@ -443,12 +447,13 @@ class StationAgent:
 
     def _idle_for_desk(self, port: str, usb_serial: str) -> bool:
         """Whether the desk may use the recorder at this attachment: the USB poll has seen it, no docking
-        session of it runs, and none is about to start (its docking ended, or it came back from its bay's
-        power cycle). A recorder docked a moment ago is in control mode too until its session switches it to
-        mass storage; the desk must not issue it with its files unread. (Called from the desk's worker
+        session of it runs, and it came back in control mode from the bay power cycle that follows a docking
+        of its own that ended `done`. A recorder docked a moment ago is in control mode too until its session
+        switches it to mass storage, and one whose docking was refused or failed before the offload stays in
+        control mode with its files unread: the desk must issue neither. (Called from the desk's worker
         thread: reads of sets the event loop replaces or grows, never iterated there.)"""
         key = UsbAttachment(port, usb_serial)
-        return key in self._present_usb and key in self._done_usb and key not in self._active_usb
+        return key in self._present_usb and key in self._ready_usb and key not in self._active_usb
 
     async def _return_to_control(self, key: UsbAttachment, result: OffloadResult | None) -> None:
         """After a docking that ended `done`, power-cycle the recorder's bay through the dock controller: the
@@ -487,6 +492,7 @@ class StationAgent:
         assert self.store is not None
         bay = self.config.bay_for_port(key.port)
         self._done_usb.add(key)
+        self._ready_usb.add(key)
         self.store.record(EntryType.DEVICE_CONNECTED, None, {
             "usb_serial": key.usb_serial, "usb_port": key.port, "bay": bay, "source": "usb",
             "mode": "control", "after": "bay power cycle",
@@ -862,6 +868,7 @@ class StationAgent:
             now = loop.time()
             for gone in seen.keys() - present.keys():
                 self._done_usb.discard(gone)
+                self._ready_usb.discard(gone)
                 bay = self._usb_bays.pop(gone, None)
                 cycled = gone in self._awaiting_control
                 if not cycled:  # (off for its bay's power cycle: the recorder is still in the bay)

@@ -968,7 +968,8 @@ class EquipmentSection(StrictModel):
     min_battery_percent: int = Field(80, ge=0, le=100, description="A recorder is issued with at least this "
                                      "battery, as it reports it")
     pin_failures_max: int = Field(5, ge=1, le=20, description="Wrong PINs in a row before the 警号 is locked")
-    pin_lockout_s: float = Field(900.0, gt=0, description="How long a locked 警号 stays locked, seconds")
+    pin_lockout_s: float = Field(900.0, gt=0, description="How long a locked 警号 stays locked, seconds "
+                                 "(each further lockout before a right PIN twice as long, up to a day)")
     card_max_age_s: float = Field(10.0, gt=0, description="A card presentation older than this when served "
                                   "is dropped, never honoured late, seconds")
     settings: RecorderSettingsSection | None = Field(

@@ -39,9 +39,12 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS officer_pin_failures (
         officer_no TEXT PRIMARY KEY,
         failures INTEGER NOT NULL,      -- consecutive wrong PINs
-        locked_until TEXT               -- station UTC time, or NULL
+        locked_until TEXT,              -- station UTC time, or NULL
+        lockouts INTEGER NOT NULL DEFAULT 0  -- lockouts since the last right PIN (each one twice as long)
     )""",
 )
+# The longest a lockout grows to (unless `pin_lockout_s` is longer already).
+MAX_LOCKOUT_S = 86400.0
 
 _COLUMNS = ("id, officer_no, officer_name, unit_code, unit_name, device_serial, usb_serial, bay, method, "
             "checked_out, checked_out_seq, returned, returned_bay, returned_seq")
@@ -95,6 +98,9 @@ class AssignmentBook:
     def create_schema(conn: sqlite3.Connection) -> None:
         for statement in SCHEMA:  # execute, not executescript: no implicit commit
             conn.execute(statement)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(officer_pin_failures)")}
+        if "lockouts" not in columns:  # a store made before lockouts escalated
+            conn.execute("ALTER TABLE officer_pin_failures ADD COLUMN lockouts INTEGER NOT NULL DEFAULT 0")
 
     def _one(self, where: str, args: tuple[object, ...]) -> Assignment | None:
         row = self.conn.execute(f"SELECT {_COLUMNS} FROM assignments WHERE {where}", args).fetchone()
@@ -142,7 +148,10 @@ class AssignmentBook:
 
 class PinLockout:
     """Consecutive wrong PINs per officer; after `max_failures` the officer's PIN is refused until
-    `lockout_s` has passed (checked with the station's clock). A right PIN clears the count."""
+    `lockout_s` has passed (checked with the station's clock). Each further lockout before a right PIN lasts
+    twice as long as the one before, up to a day (`MAX_LOCKOUT_S`): 5 guesses per 15 minutes would try
+    every 4-digit PIN in about 10 days, at most 5 a day take decades. A right PIN (or a new PIN) clears the
+    count and the lockouts."""
 
     def __init__(self, conn: sqlite3.Connection, *, max_failures: int, lockout_s: float) -> None:
         self.conn = conn
@@ -159,19 +168,25 @@ class PinLockout:
     def failed(self, officer_no: str, now: str) -> tuple[int, str | None]:
         """Count a wrong PIN (caller's transaction): (failures so far, locked_until or None)."""
         row = self.conn.execute(
-            "SELECT failures, locked_until FROM officer_pin_failures WHERE officer_no = ?", (officer_no,)
-        ).fetchone()
-        failures = 1
+            "SELECT failures, locked_until, lockouts FROM officer_pin_failures WHERE officer_no = ?",
+            (officer_no,)).fetchone()
+        failures, lockouts = 1, 0
         if row is not None:
             expired = row[1] is not None and _parse(str(row[1])) <= _parse(now)
             failures = 1 if expired else int(row[0]) + 1
-        locked = (_format(_parse(now) + timedelta(seconds=self.lockout_s))
-                  if failures >= self.max_failures else None)
+            lockouts = int(row[2])
+        locked = None
+        if failures >= self.max_failures:
+            lockouts += 1
+            longest = max(self.lockout_s, MAX_LOCKOUT_S)
+            seconds = min(self.lockout_s * 2.0 ** min(lockouts - 1, 32), longest)
+            locked = _format(_parse(now) + timedelta(seconds=seconds))
         self.conn.execute(
-            "INSERT INTO officer_pin_failures(officer_no, failures, locked_until) VALUES (?, ?, ?) "
+            "INSERT INTO officer_pin_failures(officer_no, failures, locked_until, lockouts) "
+            "VALUES (?, ?, ?, ?) "
             "ON CONFLICT(officer_no) DO UPDATE SET failures = excluded.failures, "
-            "locked_until = excluded.locked_until",
-            (officer_no, failures, locked),
+            "locked_until = excluded.locked_until, lockouts = excluded.lockouts",
+            (officer_no, failures, locked, lockouts),
         )
         return failures, locked
 

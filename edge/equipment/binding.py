@@ -12,7 +12,8 @@ clock offset measured at docking (or its labelled estimate); `margin_s` absorbs 
 - `mismatch`: one assignment covers it, and the recorder (or the file name) names another officer — it
   is flagged, never resolved: the manifest keeps both;
 - `no_assignment`: no assignment of this recorder overlaps the recording (taken without a check-out,
-  recorded before it was issued, or docked after its return elsewhere);
+  recorded before it was issued, or docked after its return elsewhere), or the docking was a volume that
+  only names the recorder (edge.sources.usb.holders gives it no assignments);
 - `ambiguous`: the recording overlaps more than one assignment, or one only in part;
 - `time_unknown`: neither the name nor the mtime gives a time.
 """

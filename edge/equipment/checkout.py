@@ -3,11 +3,13 @@
 Check-out, by card or by 警号 + PIN:
 
 1. the officer: a card the registry knows, or a 警号 whose PIN matches (argon2id; after `pin_failures_max`
-   wrong PINs in a row the 警号 is locked for `pin_lockout_s`); the officer active, not already holding a
+   wrong PINs in a row the 警号 is locked for `pin_lockout_s`, each further lockout before a right PIN twice
+   as long, up to a day); the officer active, not already holding a
    recorder;
 2. a ready recorder (:func:`why_not_ready`): docked in control mode, allowed and logged in, no open
    assignment, its latest docking at this station finished `done` (every file sealed, wiped where the
-   policy says so), battery at least `min_battery_percent`; the fullest battery first;
+   policy says so) and the agent has it back in control mode after that docking (the bench's `idle`),
+   battery at least `min_battery_percent`; the fullest battery first;
 3. the agency's settings (`policy.settings`: resolution, pre/post-record, minutes per file) and the
    officer's identity written to it (SET_SETTINGS, WriteZFYInfo) and read back: what the recorder reports
    afterwards must be exactly what was written, else that recorder is not issued (an `error` entry
@@ -18,7 +20,12 @@ Check-out, by card or by 警号 + PIN:
 Every refusal is a `refused` ledger entry (`"what": "check-out"`, a reason code, the detail) and a
 :class:`CheckoutRefused` whose `screen_text` the dock screen shows. Never a PIN anywhere.
 
-Check-in: a recorder that docks closes its open assignment with a `returned` entry. The recorders
+Check-in (:func:`check_in_after_docking`): a docking closes the recorder's open assignment with a `returned`
+entry only when it ended `done` (or with every file sealed, some waiting for the central before they are
+erased) and it was the recorder itself (its control protocol, on the USB serial the
+assignment was issued to). A docking that ended otherwise (pulled mid-copy, failed) leaves the assignment
+and its overdue alert open, with a `refused` entry (`"what": "check-in"`) saying the recorder was seen and
+left; a volume that only claims the recorder (its PARAM.INI names it) is a `refused` entry too. The recorders
 themselves are reached through a :class:`RecorderBench` (USB: :mod:`.usb_recorders`).
 """
 
@@ -49,6 +56,7 @@ __all__ = [
     "IdentityWritten",
     "RecorderBench",
     "RefusalReason",
+    "check_in_after_docking",
     "last_docking",
     "return_recorder",
     "why_not_ready",
@@ -59,6 +67,12 @@ log = logging.getLogger(__name__)
 # The outcome of a docking session that sealed every file and wiped per policy (edge.sources.usb.offload's
 # OffloadOutcome.DONE; a literal here so that equipment does not import the USB source).
 DOCKING_DONE = "done"
+# Dockings that are a check-in: every file of the recorder is sealed here (some may wait for the central
+# before they are erased from it, and then it is not issued until a later docking wipes them).
+CHECK_IN_OUTCOMES = frozenset({DOCKING_DONE, "awaiting-receipt", "awaiting-witness"})
+# The identity source of a recorder that answered over its control protocol (edge.sources.usb.identity): the
+# only docking that can be the recorder itself (its USB serial pinned by the allow-list at check-out).
+CONTROL_IDENTITY = "usb-control"
 
 
 class RefusalReason(StrEnum):
@@ -97,6 +111,12 @@ class CheckoutRefused(Exception):
     @property
     def screen_text(self) -> str:
         return SCREEN_TEXT[self.reason]
+
+    @property
+    def public_reason(self) -> RefusalReason:
+        """The reason as the desk tells it outside the ledger (the API's answer, the kiosk's outcomes): an
+        unknown 警号 is a wrong PIN there, so that no answer tells which 警号 exist."""
+        return RefusalReason.WRONG_PIN if self.reason is RefusalReason.UNKNOWN_OFFICER else self.reason
 
 
 class IdentityWriteError(Exception):
@@ -146,9 +166,12 @@ class CheckoutPolicy:
 
 
 def last_docking(conn: sqlite3.Connection, device_serial: str) -> tuple[str | None, str | None] | None:
-    """(ended, outcome) of the station's latest docking session of a recorder, or None if it never docked."""
-    row = conn.execute("SELECT ended, outcome FROM sessions WHERE device_serial = ? ORDER BY started DESC, "
-                       "rowid DESC LIMIT 1", (device_serial,)).fetchone()
+    """(ended, outcome) of the station's latest docking session of a recorder, or None if it never docked.
+    Latest in the order the station recorded them (the row's insertion order, the order of their
+    `session_started` entries), not by `started`: a wall clock stepped back would put a later docking
+    first."""
+    row = conn.execute("SELECT ended, outcome FROM sessions WHERE device_serial = ? ORDER BY rowid DESC "
+                       "LIMIT 1", (device_serial,)).fetchone()
     return None if row is None else (row[0], row[1])
 
 
@@ -381,3 +404,35 @@ def return_recorder(store: StationStore, device_serial: str, *, bay: int | None)
             close_overdue_alert(store.conn, alert.assignment, closed_at=now, seq=entry.seq)
     log.info("recorder %s returned by %s at bay %s", device_serial, returned.officer_no, bay)
     return returned
+
+
+def check_in_after_docking(store: StationStore, *, device_serial: str, usb_serial: str, identity_source: str,
+                           outcome: str, session: str, bay: int | None) -> Assignment | None:
+    """The check-in of a docking that has ended (after its `session_stopped`): close the recorder's open
+    assignment when the docking was the recorder itself and sealed every file (`CHECK_IN_OUTCOMES`);
+    otherwise leave it open with a `refused` entry that says why. None when no assignment was closed."""
+    AssignmentBook.create_schema(store.conn)
+    held = AssignmentBook(store.conn).open_for_recorder(device_serial)
+    if held is None:
+        return None
+    facts: dict[str, Any] = {"what": "check-in", "assignment": held.id, "officer_no": held.officer_no,
+                             "device_serial": device_serial, "session": session, "bay": bay,
+                             "outcome": outcome}
+    if identity_source != CONTROL_IDENTITY or not usb_serial or usb_serial != held.usb_serial:
+        said = f"a volume claims recorder {device_serial}" if identity_source != CONTROL_IDENTITY else \
+            f"a recorder on USB serial {usb_serial or '(none)'} claims to be recorder {device_serial}"
+        store.record(EntryType.REFUSED, None, {
+            **facts, "identity_source": identity_source,
+            "reason": f"{said}, which is out with 警号 {held.officer_no} (issued on USB serial "
+                      f"{held.usb_serial}): not a check-in; the assignment stays open"})
+        log.warning("recorder %s: a docking that is not the recorder itself claims it (out with %s)",
+                    device_serial, held.officer_no)
+        return None
+    if outcome not in CHECK_IN_OUTCOMES:
+        store.record(EntryType.REFUSED, None, {
+            **facts, "reason": f"recorder {device_serial} was docked and left (its docking ended {outcome}): "
+                               f"not a check-in; still out with 警号 {held.officer_no}"})
+        log.warning("recorder %s seen and left (docking %s): still out with %s", device_serial, outcome,
+                    held.officer_no)
+        return None
+    return return_recorder(store, device_serial, bay=bay)

@@ -131,7 +131,8 @@ class StationDesk:
         if assignment is not None:
             screen_text = issued_text(assignment)
         elif refused is not None:
-            reason, screen_text = str(refused.reason), refused.screen_text
+            # Outside the ledger, which keeps the true reason: an unknown 警号 reads as a wrong PIN.
+            reason, screen_text = str(refused.public_reason), refused.screen_text
         outcome = DeskOutcome(self._numbers, station_time_now(), self._clock(), method, assignment, reason,
                               screen_text)
         self._outcomes.append(outcome)

@@ -72,13 +72,16 @@ def recorder_access_from_config(config: StationConfig) -> RecorderAccess:
     return RecorderAccess(before, password, after, config.bay_for_port)
 
 
-# Why a recorder the station is docking right now is not issued (it may hold files the station has not read).
-DOCKING_UNDER_WAY = "its docking is under way at this station"
+# Why a recorder the station is not finished with is not issued (it may hold files the station has not read):
+# its docking is under way, or it ended without `done` and the bay power cycle that follows one.
+DOCKING_UNDER_WAY = ("its docking at this station is under way or did not end done (not offloaded since it "
+                     "was docked)")
 
 
 class UsbRecorderBench:
     """`idle(port, usb_serial)`, when given, says whether the station has finished with the recorder at that
-    attachment (the agent: no docking session of it is running, and it is not about to start one). A recorder
+    attachment (the agent: no docking session of it is running, and its docking ended `done` and it came
+    back in control mode from its bay's power cycle). A recorder
     that is not idle is listed with that problem and never logged in to: a recorder docked a moment ago is in
     control mode too, until its session switches it to mass storage, and it may hold a shift's recordings."""
 

@@ -465,7 +465,7 @@ class IngestRepository:
         """(identity and clock facts, bay) of the device's newest session that never ended."""
         row = self.conn.execute(
             "SELECT identity, bay FROM sessions WHERE device_serial=? AND ended IS NULL "
-            "ORDER BY started DESC LIMIT 1",
+            "ORDER BY rowid DESC LIMIT 1",  # insertion order: a stepped clock cannot reorder it
             (device_serial,),
         ).fetchone()
         if row is None:

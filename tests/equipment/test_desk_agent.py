@@ -197,7 +197,11 @@ async def test_pin_check_out_over_the_dock_screen_listener_is_csrf_guarded_and_r
         never_a_pin(station.ledger("refused") + station.ledger("assigned"), {"2468", "9999", "1357", "8642"})
         outcomes = station.agent.desk.outcomes()
         assert [o["reason"] if o["outcome"] == "refused" else "assigned" for o in outcomes] == [
-            "rate_limited", "unknown_officer", "assigned", "wrong_pin", "suspended"]
+            "rate_limited", "wrong_pin", "assigned", "wrong_pin", "suspended"]  # an unknown 警号: wrong_pin
+        # The ledger keeps the true reason of the 4th attempt.
+        refusals = station.ledger("refused")
+        unknown = [d.get("officer_no") for d in refusals if d.get("reason") == "unknown_officer"]
+        assert unknown == ["110003"]
         await eventually(lambda: station.dock.led(1) is BayLed.ATTENTION, WAIT_S)
 
 

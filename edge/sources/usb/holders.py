@@ -20,10 +20,20 @@ def _station_zone_min() -> int:
     return 0 if offset is None else int(offset.total_seconds() // 60)
 
 
-def recorder_assignments(store: StationStore, device_serial: str) -> list[Assignment]:
-    """Every assignment of the recorder (read once per docking, after its check-in closed the last)."""
+# Identities read over the recorder's control protocol (now, or before the restart that resumed the session).
+_CONTROL_SOURCES = ("usb-control", "resumed session")
+
+
+def recorder_assignments(store: StationStore, session: SessionInfo) -> list[Assignment]:
+    """The assignments the docking's files are placed against (read once per docking, before its check-in):
+    those of the recorder issued on the USB serial the docking's control protocol answered on. A volume that
+    only names the recorder (PARAM.INI, file names) gets none: a file cannot claim an officer's assignment."""
+    identity = session.identity
+    if identity.source not in _CONTROL_SOURCES or not identity.usb_serial:
+        return []
     AssignmentBook.create_schema(store.conn)
-    return AssignmentBook(store.conn).of_recorder(device_serial)
+    return [a for a in AssignmentBook(store.conn).of_recorder(identity.device_serial)
+            if a.usb_serial == identity.usb_serial]
 
 
 def file_assignment(file: VolumeFile, session: SessionInfo, assignments: list[Assignment], *,

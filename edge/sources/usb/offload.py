@@ -273,7 +273,7 @@ class VolumeOffload:
         self._finish_interrupted_wipes({f.key for f in evidence})
         case_defaults = self.config.case_defaults_for(self.session.identity.officer_no)
         equipment = self.config.equipment
-        held = recorder_assignments(self.store, self.device) if equipment.enabled else None
+        held = recorder_assignments(self.store, self.session) if equipment.enabled else None
         offered = [
             volume_item(volume, f, self.session, case_defaults, None if held is None else file_assignment(
                 f, self.session, held, margin_s=equipment.clock_margin_s,

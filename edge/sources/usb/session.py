@@ -32,7 +32,7 @@ from drivers.usb.recorder import (
 )
 from edge.config.station import StationConfig
 from edge.custody.ledger import EntryType, station_time_now
-from edge.equipment.checkout import return_recorder
+from edge.equipment.checkout import check_in_after_docking
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.repository import IngestRepository
 from edge.ingest.store import StationStore
@@ -276,9 +276,6 @@ class DockingSession:
     async def offload(
         self, session: SessionInfo, root: VolumeRoot, listing: Listing | None = None
     ) -> OffloadResult:
-        if self.config.equipment.enabled:
-            # Docking is the check-in (归还): the assignment closes before the files are bound to it.
-            return_recorder(self.store, session.identity.device_serial, bay=session.bay)
         self.repository.start_session(
             session.session,
             device_serial=session.identity.device_serial,
@@ -350,6 +347,13 @@ class DockingSession:
                 "not_evidence": result.not_evidence[:100],
             },
         )
+        if self.config.equipment.enabled:
+            # A docking of the recorder itself that ended `done` is its check-in (归还); anything else (a
+            # touch and go, a failure, a volume naming it) leaves the assignment open, on the record.
+            check_in_after_docking(
+                self.store, device_serial=session.identity.device_serial,
+                usb_serial=session.identity.usb_serial, identity_source=session.identity.source,
+                outcome=result.outcome.value, session=session.session, bay=session.bay)
         phase, error_class = OUTCOME_STATUS[result.outcome]
         self._show(phase, error_class)
         await self.set_led(session.bay, OUTCOME_LEDS[result.outcome])
