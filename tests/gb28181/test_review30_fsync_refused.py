@@ -86,6 +86,8 @@ async def test_a_raw_ps_refused_at_fsync_for_want_of_space_is_disk_full(
         f"ended {outcome.ended.value!r} ({outcome.detail!r}, write_refused {outcome.write_refused!r}) and "
         f"the scheduler's `_interruption` says {interrupted!r}: the copy counts as the recording's own "
         "incomplete try, and three such refusals by the station's disk give the recording up for good")
+    # recorded as a refused write is: the errno, and the free space read right after the refusal
+    assert outcome.write_refused == "ENOSPC" and outcome.write_refused_free_bytes is not None, outcome
 
 
 async def test_control_the_same_refusal_by_the_last_write_is_disk_full(
