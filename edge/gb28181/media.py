@@ -64,7 +64,9 @@ write, the disk's free space must keep `min_free_bytes` plus `ROOM_PER_RECEIVED_
 so what came can still be copied into the store and converted there without eating into the store's
 reserve; review 22; a write refused for a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26,
 also the write in flight as the session ends; the outcome's `write_refused` names the errno and
-`write_refused_free_bytes` what statvfs showed just after, which tells a quota from a full disk: review 29).
+`write_refused_free_bytes` what statvfs showed just after, in the worker call that was refused, which tells
+a quota from a full disk: review 29; a refusal with room showing is tried once more first, and an fsync
+refused for want of space is `disk-full` too: review 30).
 The media time is the longest span of
 a monotonic run of video PTS (`video_run_span_s`): a PTS that steps back more than `PTS_BACKSTEP` (B-frames
 step back a little) or jumps ahead more than `PTS_JUMP` starts a new run (`video_pts_restarts`), so an
@@ -232,7 +234,8 @@ class MediaOutcome:
     # A write of the raw PS the disk refused for want of space: "ENOSPC" or "EDQUOT" (None: none was), and
     # the free bytes statvfs showed on its disk just after (None: not read). An EDQUOT, or an ENOSPC with
     # room showing, is the disk refusing this file whatever statvfs says (a quota, a qgroup): the next try
-    # would be cut the same way; the guard's own stop (low statvfs) sets neither (review 29).
+    # would be cut the same way; the guard's own stop (low statvfs) sets neither (review 29). Such a write was
+    # tried once more before it was recorded (review 30); a refused fsync is recorded the same way.
     write_refused: str | None = None
     write_refused_free_bytes: int | None = None
 
