@@ -68,6 +68,9 @@ async def _transfer(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.Mo
         monkeypatch.setattr(media_module, "_sync_and_close", fsync_refused)
     else:
         monkeypatch.setattr(media_module, "_write_all", last_write_refused)
+        # Nothing is flushed while the stream comes (the whole stream stays buffered), so the refused write
+        # is always the last one `_finish` makes, whatever the machine's load does to the flushes' timing.
+        monkeypatch.setattr(media_module, "FLUSH_BYTES", 32 << 20)
     receiver = await receiver_keeping_free(1)(
         MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC,
         raw_path=tmp_path / "download.ps", idle_timeout_s=60.0, max_bytes=1 << 30, expected_peer_host=None,
