@@ -384,6 +384,13 @@ def _write_retrying_refusal(write: Callable[[int, bytes | bytearray], _Written],
         free = _free_bytes_or_none(fd)
         if not shows_room(refused, free):
             raise RefusedWrite(exc, free) from exc
+        if os.lseek(fd, 0, os.SEEK_CUR) - start >= len(data):
+            # The refused call took every byte it was given and still failed: not a disk with no room for
+            # them (write(2) takes what fits, then refuses with nothing taken), but a write-back that lost
+            # bytes already taken (Linux's NFS client reports a failed write-back so, and marks it
+            # reported: the fsync would then succeed). Trying again would write nothing and hide the loss
+            # (review 31): the refusal stands.
+            raise RefusedWrite(exc, free) from exc
     time.sleep(REFUSED_RETRY_PAUSE_S)
     taken = os.lseek(fd, 0, os.SEEK_CUR) - start
     try:
