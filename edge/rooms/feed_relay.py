@@ -24,9 +24,11 @@ derived from them):
   (review 27). The composite's pipe is small for the same reason (COMPOSITE_PIPE_BYTES). A drop is counted
   (:meth:`FeedRelay.status`) and reported (:class:`FeedDrop`: the recording makes it a gap of the
   composite) once packets have gone through DROP_SETTLE_S without another, or, for a composite that
-  reads but stays behind, every DROP_SPLIT_SETTLES x DROP_SETTLE_S of lost feed while it goes on (each
-  report one gap), and at the close or the composite run's end. Packets that arrive while no composite
-  runs are discarded and counted apart: the composite's own outage is its gap already.
+  reads but stays behind (it took packets within DROP_SETTLE_S), every DROP_SPLIT_SETTLES x
+  DROP_SETTLE_S of lost feed while it goes on (each report one gap), and at the close or the composite
+  run's end. In the first COMPOSITE_START_S of a composite run only the bytes bound holds (its ffmpeg
+  probes its inputs one after the other: the feed it probes last waits). Packets that arrive while no
+  composite runs are discarded and counted apart: the composite's own outage is its gap already.
 
 Dropping is by whole packets, not up to a key frame: the composite's decoder conceals the pictures up to
 the next key frame of the source (a second or two of a smeared picture, within the gap reported).
@@ -60,6 +62,8 @@ COMPOSITE_PIPE_BYTES = 64 * 1024
 # What the agent keeps for a composite that does not read (per source): the feed's last second (older
 # packets are dropped first), and never more than a few seconds of a 1080p feed.
 BACKLOG_S = 1.0
+# ... except in the first seconds of a composite run, while its ffmpeg probes one input after the other.
+COMPOSITE_START_S = 5.0
 BUFFER_BYTES = 4 << 20
 # Drops this close together are one loss of picture (one gap, not one per burst of a slow composite): a
 # drop is reported once packets have gone through this long without another.
@@ -122,7 +126,8 @@ class FeedRelay:
         self._drop_to_ns = 0  # its last dropped packets came
         self._drop_last_ns = 0  # the station time packets were last dropped
         self._drop_packets = 0
-        self._drop_flowed = False  # packets went to the composite meanwhile (it reads, but is behind)
+        self._written_ns = 0  # packets last went into the composite's pipe (it reads, maybe behind)
+        self._attached_ns = 0  # the composite's run got its pipe
         self.closed = False
         # Counters (status)
         self.bytes_relayed = 0
@@ -163,6 +168,7 @@ class FeedRelay:
         # SIGTERM (blocked in read(), an input thread of it would hold up its exit until SIGKILL).
         os.set_blocking(read_end, False)
         self._output = write_end
+        self._attached_ns = time.time_ns()
         self.composite_runs += 1
         return read_end
 
@@ -239,7 +245,10 @@ class FeedRelay:
             if len(self._chunks) <= oldest + 1:  # the newest read is always kept
                 return
             came, packets = self._chunks[oldest]
-            if now - came <= self.backlog_ns and self._buffered <= self.buffer_bytes:
+            # While the composite starts (it probes its inputs one after the other) its first pictures
+            # wait, bounded by bytes only: the clock it burns in is behind for a moment at its start.
+            starting = now - self._attached_ns < COMPOSITE_START_S * 1e9
+            if (starting or now - came <= self.backlog_ns) and self._buffered <= self.buffer_bytes:
                 return
             del self._chunks[oldest]
             self._buffered -= len(packets)
@@ -247,13 +256,14 @@ class FeedRelay:
 
     def _dropped(self, came: int, count: int, now: int) -> None:
         split_ns = DROP_SPLIT_SETTLES * DROP_SETTLE_S * 1e9
-        if self._drop_from_ns is not None and self._drop_flowed and came - self._drop_from_ns >= split_ns:
+        reading = now - self._written_ns < DROP_SETTLE_S * 1e9
+        if self._drop_from_ns is not None and reading and came - self._drop_from_ns >= split_ns:
             # A composite that reads but stays behind never lets a drop settle: its loss is reported in
             # pieces (this one ends here, the next begins). One that reads nothing (stopped) has its loss
             # reported as one once it reads again, or when its run ends (liveness bounds that).
             self._end_drop()
         if self._drop_from_ns is None:
-            self._drop_from_ns, self._drop_packets, self._drop_flowed = came, 0, False
+            self._drop_from_ns, self._drop_packets = came, 0
             self.drops += 1
             log.warning("feed of %s: the composite does not keep up; dropping its oldest packets",
                         self.source_id)
@@ -305,7 +315,8 @@ class FeedRelay:
                 return
             self.bytes_relayed += written
             self._buffered -= written
-            self._drop_flowed = self._drop_flowed or (written > 0 and self._drop_from_ns is not None)
+            if written > 0:
+                self._written_ns = time.time_ns()
             if written < len(head):
                 self._chunks[0] = (came, head[written:])  # the rest of a packet begun goes first, always
                 self._head_begun = True

@@ -126,6 +126,7 @@ async def test_a_composite_that_reads_again_gets_the_feeds_last_second_not_its_o
     before it reads again all reach it)."""
     monkeypatch.setattr(feed_relay, "PIPE_BYTES", 4096)
     monkeypatch.setattr(feed_relay, "COMPOSITE_PIPE_BYTES", 4096)
+    monkeypatch.setattr(feed_relay, "COMPOSITE_START_S", 0.0)  # the composite started long ago
     relay = FeedRelay("a", backlog_s=0.5, on_drop=lambda drop: None)  # bytes unbounded in practice
     task = asyncio.create_task(relay.run())
     composite_end = relay.composite_end()
@@ -159,6 +160,7 @@ async def test_a_drop_that_goes_on_is_reported_in_pieces(monkeypatch: pytest.Mon
     DROP_SPLIT_SETTLES x DROP_SETTLE_S of lost feed while it goes on, each piece after the one before."""
     monkeypatch.setattr(feed_relay, "PIPE_BYTES", 4096)
     monkeypatch.setattr(feed_relay, "COMPOSITE_PIPE_BYTES", 16384)
+    monkeypatch.setattr(feed_relay, "COMPOSITE_START_S", 0.0)
     monkeypatch.setattr(feed_relay, "DROP_SETTLE_S", 0.1)  # a piece: 0.5 s
     drops: list[FeedDrop] = []
     relay = FeedRelay("a", backlog_s=0.1, on_drop=drops.append)
