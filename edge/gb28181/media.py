@@ -64,7 +64,9 @@ write, the disk's free space must keep `min_free_bytes` plus `ROOM_PER_RECEIVED_
 so what came can still be copied into the store and converted there without eating into the store's
 reserve; review 22; a write refused for a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26,
 also the write in flight as the session ends; the outcome's `write_refused` names the errno and
-`write_refused_free_bytes` what statvfs showed just after, which tells a quota from a full disk: review 29).
+`write_refused_free_bytes` what statvfs showed just after, in the worker call that was refused, which tells
+a quota from a full disk: review 29; a refusal with room showing is tried once more first, and an fsync
+refused for want of space is `disk-full` too: review 30).
 The media time is the longest span of
 a monotonic run of video PTS (`video_run_span_s`): a PTS that steps back more than `PTS_BACKSTEP` (B-frames
 step back a little) or jumps ahead more than `PTS_JUMP` starts a new run (`video_pts_restarts`), so an
@@ -100,7 +102,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from drivers.gb28181.framing import Framing, FramingError, StreamDeframer, TcpFrame
 from drivers.gb28181.ps import EsFrame, PsDemuxer, PsEvent, StreamMap, is_audio, is_video
@@ -123,6 +125,9 @@ DEFAULT_REORDER_WINDOW = 64
 FLUSH_BYTES = 256 * 1024  # a write is handed to the worker thread once this much is buffered
 DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024  # how far the disk may fall behind (2 s of a 32 Mbit/s burst)
 MAX_RECORDED_GAPS = 1024
+# A write refused for want of space while the disk shows room is tried once more after this pause: long enough
+# for a neighbour refused by the same full disk to have its partial file removed (review 30).
+REFUSED_RETRY_PAUSE_S = 0.5
 IDLE_CHECK_S = 0.5
 DRAIN_S = 2.0  # close(): how long packets already sent may still be taken
 QUIET_S = 0.2  # close(): the silence that says they have all come
@@ -229,7 +234,8 @@ class MediaOutcome:
     # A write of the raw PS the disk refused for want of space: "ENOSPC" or "EDQUOT" (None: none was), and
     # the free bytes statvfs showed on its disk just after (None: not read). An EDQUOT, or an ENOSPC with
     # room showing, is the disk refusing this file whatever statvfs says (a quota, a qgroup): the next try
-    # would be cut the same way; the guard's own stop (low statvfs) sets neither (review 29).
+    # would be cut the same way; the guard's own stop (low statvfs) sets neither (review 29). Such a write was
+    # tried once more before it was recorded (review 30); a refused fsync is recorded the same way.
     write_refused: str | None = None
     write_refused_free_bytes: int | None = None
 
@@ -330,6 +336,71 @@ def _write_and_measure(fd: int, data: bytes | bytearray) -> int:
     return _free_bytes_of(fd)
 
 
+class RefusedWrite(Exception):
+    """A write (or the fsync) of the raw PS its disk refused for want of space (`refused`: ENOSPC, EDQUOT),
+    with the free bytes statvfs showed in the same worker call, just after the refusal (None: not read).
+    Read there, not later: by then a neighbour refused by the same full disk (a docked camera's copy into the
+    store, whose `.part` the pipeline removes) may have given its room back, and the reading would show room
+    the refusal never had (review 30)."""
+
+    def __init__(self, refused: OSError, free_bytes: int | None) -> None:
+        super().__init__(refused)
+        self.refused = refused
+        self.free_bytes = free_bytes
+
+
+def shows_room(refused: str | None, free_bytes: int | None) -> bool:
+    """Whether a refusal for want of space came while the disk showed room: EDQUOT (a quota, a btrfs qgroup:
+    never in statvfs), or ENOSPC with at least a flush's worth (`FLUSH_BYTES`) free just after it."""
+    if refused == "EDQUOT":
+        return True
+    return refused == "ENOSPC" and free_bytes is not None and free_bytes >= FLUSH_BYTES
+
+
+def _free_bytes_or_none(fd: int) -> int | None:
+    try:
+        return _free_bytes_of(fd)
+    except OSError:
+        return None
+
+
+_Written = TypeVar("_Written")
+
+
+def _write_retrying_refusal(write: Callable[[int, bytes | bytearray], _Written], fd: int,
+                            data: bytes | bytearray) -> _Written:
+    """`write(fd, data)` in the worker thread. A refusal for want of space while the disk shows room
+    (`shows_room`) is tried once more, after `REFUSED_RETRY_PAUSE_S`, from where the refused write stopped
+    (write(2) takes what fits first): a neighbour that filled the disk and was refused too gives its room
+    back a moment later (review 30), while a quota refuses again. A refusal that stands is raised as
+    `RefusedWrite`, with the free space read right after it; any other failure as it came."""
+    start = os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        return write(fd, data)
+    except OSError as exc:
+        refused = _refused_errno(exc)
+        if refused is None:
+            raise
+        free = _free_bytes_or_none(fd)
+        if not shows_room(refused, free):
+            raise RefusedWrite(exc, free) from exc
+        if os.lseek(fd, 0, os.SEEK_CUR) - start >= len(data):
+            # The refused call took every byte it was given and still failed: not a disk with no room for
+            # them (write(2) takes what fits, then refuses with nothing taken), but a write-back that lost
+            # bytes already taken (Linux's NFS client reports a failed write-back so, and marks it
+            # reported: the fsync would then succeed). Trying again would write nothing and hide the loss
+            # (review 31): the refusal stands.
+            raise RefusedWrite(exc, free) from exc
+    time.sleep(REFUSED_RETRY_PAUSE_S)
+    taken = os.lseek(fd, 0, os.SEEK_CUR) - start
+    try:
+        return write(fd, data[taken:])
+    except OSError as exc:
+        if _refused_errno(exc) is None:
+            raise
+        raise RefusedWrite(exc, _free_bytes_or_none(fd)) from exc
+
+
 def _write_failure_reason(exc: BaseException) -> EndReason:
     """How a failed write of the raw PS ends the session: a full disk (ENOSPC, EDQUOT: filled by something
     else between the guard's looks, review 26) is `disk-full` like the guard's own stop, no fault of the
@@ -363,6 +434,24 @@ def _sync_and_close(fd: int, directory: Path, *, sync: bool) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _sync_and_close_measured(fd: int, directory: Path, *, sync: bool) -> None:
+    """`_sync_and_close`; an fsync refused for want of space (the disk refusing the bytes at writeback: NFS,
+    CIFS, a thin or btrfs volume, a quota enforced there) is raised as `RefusedWrite` with the free space of
+    the file's directory read just after (review 30). Not retried: after a failed writeback the kernel has
+    dropped the error, and a second fsync would report success for bytes that never reached the disk."""
+    try:
+        _sync_and_close(fd, directory, sync=sync)
+    except OSError as exc:
+        if _refused_errno(exc) is None:
+            raise
+        try:
+            stats = os.statvfs(directory)
+            free: int | None = stats.f_bavail * stats.f_frsize
+        except OSError:
+            free = None
+        raise RefusedWrite(exc, free) from exc
 
 
 def _create_raw(raw_path: Path) -> int:
@@ -605,7 +694,7 @@ class MediaReceiver:
         self._write_failed: str | None = None
         self._bytes_written: int | None = None  # what the raw PS holds at its close (`_finish`)
         self._write_refused: str | None = None  # ENOSPC / EDQUOT: a write the disk refused for want of space
-        self._write_refused_free: int | None = None  # statvfs's free bytes just after it (`_finish` reads)
+        self._write_refused_free: int | None = None  # statvfs's free bytes just after it (the worker reads)
         self._opened_at = clock()
         self._first_packet_at: float | None = None
         self._last_activity = self._opened_at
@@ -975,17 +1064,28 @@ class MediaReceiver:
     def _start_flush(self) -> None:
         assert self._fd is not None
         chunk, self._pending = self._pending, bytearray()
-        flight = self._loop.run_in_executor(None, _write_and_measure, self._fd, chunk)
+        flight = self._loop.run_in_executor(None, _write_retrying_refusal, _write_and_measure, self._fd,
+                                            chunk)
         self._flight = flight
         flight.add_done_callback(self._flushed)
+
+    def _note_refusal(self, exc: BaseException) -> BaseException:
+        """Record a refusal for want of space (the first one: its errno and the free space read with it);
+        returns the OSError itself for the message."""
+        if isinstance(exc, RefusedWrite):
+            if self._write_refused is None:
+                self._write_refused = _refused_errno(exc.refused)
+                self._write_refused_free = exc.free_bytes
+            return exc.refused
+        return exc
 
     def _flushed(self, flight: asyncio.Future[int]) -> None:
         self._flight = None
         exc = flight.exception()
         if exc is not None:
+            exc = self._note_refusal(exc)
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._write_failed = f"writing the raw PS {self._raw_name} failed: {reason}"
-            self._write_refused = self._write_refused or _refused_errno(exc)
             self._pending.clear()
             if self._ended is None:
                 self._end(_write_failure_reason(exc), self._write_failed)
@@ -1052,17 +1152,13 @@ class MediaReceiver:
         try:
             if synced and self._pending:
                 chunk, self._pending = self._pending, bytearray()
-                await self._loop.run_in_executor(None, _write_all, fd, chunk)
-        except OSError as exc:
+                await self._loop.run_in_executor(None, _write_retrying_refusal, _write_all, fd, chunk)
+        except (OSError, RefusedWrite) as failure:
             synced = False
-            self._write_refused = self._write_refused or _refused_errno(exc)
+            exc = self._note_refusal(failure)
             self._ended = _write_failure_reason(exc)
-            self._detail = f"writing the raw PS {self._raw_name} failed: {exc.strerror or exc}"
-        if self._write_refused is not None:
-            try:
-                self._write_refused_free = await self._loop.run_in_executor(None, _free_bytes_of, fd)
-            except OSError:
-                self._write_refused_free = None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._detail = f"writing the raw PS {self._raw_name} failed: {reason}"
         try:
             # What the file holds, whatever was received: a refused last write (after MediaStatus 121 or
             # BYE) leaves it short of `bytes`, and the verdict and the manifest say so (review 28).
@@ -1070,7 +1166,15 @@ class MediaReceiver:
         except OSError:
             self._bytes_written = None
         try:
-            await self._loop.run_in_executor(None, lambda: _sync_and_close(fd, directory, sync=synced))
+            await self._loop.run_in_executor(
+                None, lambda: _sync_and_close_measured(fd, directory, sync=synced))
+        except RefusedWrite as refusal:
+            # The disk refused the bytes at writeback, for want of space: the station's disk, as a refused
+            # write is (review 30); what the file holds past its last durable point is not known.
+            self._note_refusal(refusal)
+            self._ended = EndReason.DISK_FULL
+            self._detail = (f"making the raw PS {self._raw_name} durable failed: "
+                            f"{refusal.refused.strerror or refusal.refused}")
         except OSError as exc:
             self._ended = EndReason.ERROR
             self._detail = f"making the raw PS {self._raw_name} durable failed: {exc.strerror or exc}"

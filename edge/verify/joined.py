@@ -6,7 +6,8 @@ sealing; this module checks that what the station said it joined is what it join
 
 * the joined item was sealed, with the hash the entry names;
 * every segment the entry names was sealed before the entry, with the hash it names, from the same room
-  session and source, and the segments stand in the order they were sealed;
+  session and source, and the segments stand in the order they were sealed; and every segment the source
+  sealed before its last join is in one of its joined files (a joiner that skipped one is named);
 * the joined file holds as many packets of each stream as its segments together (ffprobe demuxes, it
   does not decode): a segment left out, doubled or cut short by the joiner shows here. The packets' bytes
   are not compared: ffmpeg's concat demuxer writes each key frame's parameter sets into it (its
@@ -165,19 +166,61 @@ def _counts_text(counts: Mapping[int, int]) -> str:
     return ", ".join(f"stream {s}: {n}" for s, n in sorted(counts.items())) or "no"
 
 
+def _json_data(raw: object) -> dict[str, Any] | None:
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def left_out_problems(
+    joins: list[tuple[int, dict[str, Any]]], sealed: list[tuple[int, str]]
+) -> list[Problem]:
+    """Segments of one session's source that were sealed before its last join but that none of its
+    `joined` entries (`joins`: seq and data, in ledger order) names: a joiner that skipped one (pure)."""
+    if not joins:
+        return []
+    last_seq = joins[-1][0]
+    named = {str(s.get("item")) for _, data in joins for s in data.get("segments") or []
+             if isinstance(s, dict)}
+    missing = [item for seq, item in sealed if seq < last_seq and item not in named]
+    if not missing:
+        return []
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return [Problem(f"ledger seq {last_seq} (joined)",
+                    f"{len(missing)} segment(s) the source sealed before the join are in no joined file: "
+                    f"{shown}")]
+
+
+def _sealed_segments(conn: sqlite3.Connection) -> dict[tuple[str, str], list[tuple[int, str]]]:
+    """Every `segment_sealed` entry's item by (room session, source), in ledger order."""
+    found: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for seq, item, raw in conn.execute(
+            "SELECT seq, item, data FROM ledger WHERE type = 'segment_sealed' ORDER BY seq"):
+        data = _json_data(raw)
+        if data is None or not isinstance(item, str):
+            continue
+        session, source = data.get("room_session"), data.get("source")
+        if isinstance(session, str) and isinstance(source, str):
+            found.setdefault((session, source), []).append((int(seq), item))
+    return found
+
+
 def joined_findings(conn: sqlite3.Connection, layout: StoreLayout, ffprobe: str | None) -> JoinedFindings:
     """Every `joined` entry of the store's ledger checked (see the module docstring)."""
     findings = JoinedFindings([], [], 0)
     rows = conn.execute("SELECT seq, item, data FROM ledger WHERE type = 'joined' ORDER BY seq").fetchall()
+    joins: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
     for seq, item, raw in rows:
         findings.checked += 1
-        try:
-            data = json.loads(raw) if isinstance(raw, str) else None
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
+        data = _json_data(raw)
+        if data is None:
             findings.problems.append(Problem(f"ledger seq {seq} (joined)", "data is not a JSON object"))
             continue
+        session, source = data.get("room_session"), data.get("source")
+        if isinstance(session, str) and isinstance(source, str):
+            joins.setdefault((session, source), []).append((int(seq), data))
         problems = joined_entry_problems(int(seq), item, data, lambda i: _sealed_facts(conn, i))
         findings.problems.extend(problems)
         if problems or ffprobe is None:
@@ -187,6 +230,10 @@ def joined_findings(conn: sqlite3.Connection, layout: StoreLayout, ffprobe: str 
         assert joined is not None and all(s is not None for s in segments)  # checked just above
         findings.problems.extend(_count_problems(ffprobe, layout, f"ledger seq {seq} (joined)", joined,
                                                  [s for s in segments if s is not None]))
+    if joins:
+        sealed = _sealed_segments(conn)
+        for key, entries in joins.items():
+            findings.problems.extend(left_out_problems(entries, sealed.get(key, [])))
     if rows and ffprobe is None:
         findings.notes.append(f"{len(rows)} joined file(s) not checked packet by packet against their "
                               "segments: ffprobe was not found")

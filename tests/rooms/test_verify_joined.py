@@ -15,7 +15,7 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms import joined as joined_module
 from edge.rooms.service import RoomService
-from edge.verify.joined import SealedFacts, joined_entry_problems
+from edge.verify.joined import SealedFacts, joined_entry_problems, left_out_problems
 from edge.verify.station import verify_store
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
 
@@ -49,6 +49,19 @@ def test_a_joined_entry_must_agree_with_what_was_sealed() -> None:
     assert "sealed after the join" in problems(good, seq=15)
     assert "lists no segments" in problems({**good, "segments": []})
     assert "another item" in problems({**good, "item": "s1"})
+
+
+def test_every_segment_sealed_before_the_last_join_must_be_in_a_joined_file() -> None:
+    sealed = [(10, "s1"), (20, "s2"), (30, "s3"), (50, "late")]  # "late": sealed after the join
+    whole = [(40, {"segments": [{"item": "s1"}, {"item": "s2"}, {"item": "s3"}]})]
+    assert left_out_problems(whole, sealed) == []  # the control: all named
+    # A source joined in two files (its streams changed between runs): together they name every one.
+    split = [(35, {"segments": [{"item": "s1"}]}), (40, {"segments": [{"item": "s2"}, {"item": "s3"}]})]
+    assert left_out_problems(split, sealed) == []
+    skipped = [(40, {"segments": [{"item": "s1"}, {"item": "s3"}]})]
+    (problem,) = left_out_problems(skipped, sealed)
+    assert problem.where == "ledger seq 40 (joined)" and "s2" in problem.what and "late" not in problem.what
+    assert left_out_problems([], sealed) == []
 
 
 @contextlib.asynccontextmanager

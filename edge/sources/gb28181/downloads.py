@@ -76,10 +76,10 @@ from edge.custody.ledger import EntryType
 from edge.durable.files import free_bytes
 from edge.gb28181.media import (
     DEFAULT_MAX_RECORDING_BYTES,
-    FLUSH_BYTES,
     ROOM_PER_RECEIVED_BYTE,
     EndReason,
     MediaOutcome,
+    shows_room,
 )
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline
 from edge.sources.gb28181.recordings import (
@@ -237,11 +237,9 @@ def refused_with_room(download: SealedDownload) -> bool:
     """Whether the copy was cut by a write its disk refused though statvfs showed room: EDQUOT (a quota,
     a btrfs qgroup: never in statvfs), or ENOSPC with at least a flush's worth (`FLUSH_BYTES`) free just
     after. Not the receiver's own guard (it stops on a low statvfs and sets no `write_refused`), nor an
-    ENOSPC on a disk statvfs showed full (another writer filled it: that passes, review 29)."""
-    if download.write_refused == "EDQUOT":
-        return True
-    free = download.write_refused_free_bytes
-    return download.write_refused == "ENOSPC" and free is not None and free >= FLUSH_BYTES
+    ENOSPC on a disk statvfs showed full (another writer filled it: that passes, review 29). The receiver
+    has already tried such a refused write once more (review 30): this one stood."""
+    return shows_room(download.write_refused, download.write_refused_free_bytes)
 
 
 def stuck_disk_full(earlier: Sequence[SealedDownload]) -> list[SealedDownload]:

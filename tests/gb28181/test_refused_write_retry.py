@@ -1,0 +1,108 @@
+"""The receiver tries a raw PS write refused for want of space once more when the disk shows room (review 30):
+a neighbour refused by the same full disk (a docked camera's copy, whose `.part` the pipeline removes) gives
+its room back a moment later, and the recording goes on, byte for byte; a refusal that stands (a quota) is
+refused again and ends `disk-full` with the free space read right after it; a refusal on a disk that shows
+full is not tried again.
+
+Real ffmpeg-made H.264 muxed into PS, sent as RTP over a real TCP connection; the disk is the receiver's
+`_write_all` seam (write(2) takes what fits, then fails ENOSPC) and its `_free_bytes_of` seam (statvfs)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+import edge.gb28181.media as media_module
+from drivers.gb28181.ps import Codec
+from edge.gb28181.media import FLUSH_BYTES, EndReason, MediaOutcome, MediaTransport, receiver_keeping_free
+from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_tcp
+from tests.prerequisites import require
+
+SSRC = 1100000431
+PORTS = (37000, 37999)
+ROOMY = 1 << 40  # what statvfs shows while the disk has room
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, list[bytes]]:
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    packs = ps_packs(make_source(tmp_path_factory.mktemp("src"), Codec.H264, seconds=10, bitrate="4M")) * 10
+    ps = b"".join(p for p, _ in packs)
+    assert len(ps) > 8 * FLUSH_BYTES, "the stream must outlast many writes"
+    return ps, rtp_packets(packs, ssrc=SSRC)
+
+
+class RefusingDisk:
+    """Writes go through until `room` bytes were written; the write that passes it takes what fits and is
+    refused ENOSPC. `freed`: the room comes back at once (the neighbour that filled it was refused too and
+    removed); else every later write is refused as well. `shows_full`: statvfs shows the disk full once it
+    refused (a disk really full), else room (the neighbour gone, or a quota statvfs does not see)."""
+
+    def __init__(self, room: int, *, freed: bool, shows_full: bool) -> None:
+        self.room, self.freed, self.shows_full = room, freed, shows_full
+        self.refusals = 0
+        self.real_write_all = media_module._write_all
+
+    def write_all(self, fd: int, data: bytes | bytearray) -> None:
+        fits = min(len(data), max(0, self.room))
+        self.real_write_all(fd, bytes(data[:fits]))
+        self.room -= fits
+        if fits < len(data):
+            self.refusals += 1
+            if self.freed:
+                self.room = 1 << 40
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def free_bytes_of(self, _fd: int) -> int:
+        return 0 if self.shows_full and self.refusals else ROOMY
+
+
+async def _receive(tmp_path: Path, packets: list[bytes], disk: RefusingDisk,
+                   monkeypatch: pytest.MonkeyPatch) -> tuple[MediaOutcome, bytes]:
+    monkeypatch.setattr(media_module, "_write_all", disk.write_all)
+    monkeypatch.setattr(media_module, "_free_bytes_of", disk.free_bytes_of)
+    receiver = await receiver_keeping_free(1)(
+        MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC,
+        raw_path=tmp_path / "rec.ps", idle_timeout_s=60.0, max_bytes=1 << 30, expected_peer_host=None,
+        max_media_span_s=None, time_limit_s=None, progress_window_s=None, min_progress_s=None,
+        max_buffered_bytes=2 * FLUSH_BYTES)
+    await send_tcp(packets, receiver.local_port)
+    outcome = await receiver.wait_closed()
+    return outcome, (tmp_path / "rec.ps").read_bytes()
+
+
+async def test_a_refusal_the_disk_takes_back_is_tried_again_and_the_file_is_whole(
+        tmp_path: Path, stream: tuple[bytes, list[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    ps, packets = stream
+    disk = RefusingDisk(3 * FLUSH_BYTES + 1000, freed=True, shows_full=False)  # refused mid-write
+    outcome, raw = await _receive(tmp_path, packets, disk, monkeypatch)
+    assert disk.refusals == 1, "the fault as modelled: one write refused ENOSPC"
+    assert outcome.ended is EndReason.CLOSED, (outcome.ended, outcome.detail)
+    assert raw == ps, "the refused write went on from where it stopped: no byte lost, none written twice"
+    assert outcome.bytes_written == outcome.bytes == len(ps)
+    assert (outcome.write_refused, outcome.write_refused_free_bytes) == (None, None)
+
+
+async def test_a_refusal_that_stands_with_room_showing_is_tried_once_and_ends_disk_full(
+        tmp_path: Path, stream: tuple[bytes, list[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    ps, packets = stream
+    disk = RefusingDisk(3 * FLUSH_BYTES + 1000, freed=False, shows_full=False)  # a quota statvfs does not see
+    outcome, raw = await _receive(tmp_path, packets, disk, monkeypatch)
+    assert disk.refusals == 2, "tried once more, then given up"
+    assert outcome.ended is EndReason.DISK_FULL, (outcome.ended, outcome.detail)
+    assert (outcome.write_refused, outcome.write_refused_free_bytes) == ("ENOSPC", ROOMY)
+    assert len(raw) == 3 * FLUSH_BYTES + 1000 and ps.startswith(raw), "what fitted is kept: a prefix"
+
+
+async def test_control_a_refusal_on_a_disk_showing_full_is_not_tried_again(
+        tmp_path: Path, stream: tuple[bytes, list[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    ps, packets = stream
+    disk = RefusingDisk(3 * FLUSH_BYTES + 1000, freed=False, shows_full=True)
+    outcome, raw = await _receive(tmp_path, packets, disk, monkeypatch)
+    assert disk.refusals == 1, "a disk statvfs shows full is not written to again"
+    assert outcome.ended is EndReason.DISK_FULL, (outcome.ended, outcome.detail)
+    assert (outcome.write_refused, outcome.write_refused_free_bytes) == ("ENOSPC", 0)
+    assert len(raw) == 3 * FLUSH_BYTES + 1000 and ps.startswith(raw)

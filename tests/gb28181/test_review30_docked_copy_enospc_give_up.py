@@ -1,0 +1,194 @@
+"""Review 30: since review 29 a `disk-full` copy counts toward MAX_INTERRUPTED_ATTEMPTS (`stuck_disk_full`)
+when its write was refused with room showing (`refused_with_room`): EDQUOT, or ENOSPC while the statvfs the
+receiver reads in `_finish`, after the refusal, shows at least FLUSH_BYTES free. But an ENOSPC on a disk a
+neighbour filled shows room a moment later whenever that neighbour's own write was refused too and its
+partial file removed: a body camera docking copies into the store on the same disk, its copy is refused by
+the same full disk, and the pipeline unlinks its `.part` (edge.ingest.pipeline, `part.unlink` on any
+failure of the copy). The statvfs after the fact reads the neighbour's room back, the copy is taken for a
+quota's repeat, and after MAX_INTERRUPTED_ATTEMPTS such passes (each short of the first guard cut, a
+high-water mark) the recording is given up for good though the disk is roomy and idle at the next pass.
+
+Real media receiver with its guard, RTP over a real TCP connection, real pipeline, ffmpeg and store. The
+disk is one model behind the seams that read it (`_write_and_measure`, `_free_bytes_of`, the downloads'
+`free_bytes`): a level, less what the spool's files hold, less what a neighbour holds. In each busy retry
+the neighbour arrives once the retry has written a few flushes (a different point each pass) and takes the
+disk's last byte; the receiver's next write is refused ENOSPC, and so is the neighbour's, whose partial copy
+is removed. The fix (the receiver tries a write refused with room showing once more, after a short pause,
+and reads the free space in the worker call that was refused): the first busy retry meets the neighbour, is
+refused, and still receives the recording whole. Control: the same passes without the neighbour, the first
+retry receives the recording whole with no refusal at all."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import edge.gb28181.media as media_module
+import edge.sources.gb28181.downloads as downloads_module
+from drivers.gb28181.ps import Codec
+from edge.gb28181.media import FLUSH_BYTES, EndReason, MediaTransport, receiver_keeping_free
+from edge.ingest.pipeline import IngestPipeline, IngestSettings
+from edge.ingest.store import StationStore
+from edge.sources.gb28181 import GbDownloads, GbRecordings, RecordingRef, Transfer
+from edge.sources.gb28181.downloads import MAX_INTERRUPTED_ATTEMPTS, ROOM_PER_BYTE_DOWNLOADED
+from edge.sources.gb28181.recordings import INTERRUPTED_DISK_FULL
+from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_tcp
+from tests.gb28181.test_review24_disk_full_give_up import RECORDING
+from tests.gb28181.test_source_downloads import CASE, DEVICE
+from tests.prerequisites import require
+
+SSRC = 1100000430
+PORTS = (35000, 35999)
+RESERVE = 1 << 20  # the store's [offload] min_free_bytes, which the receiver's guard keeps too
+BUSY_PASSES = MAX_INTERRUPTED_ATTEMPTS  # retries a docked camera's copy fills the disk during
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, list[bytes]]:
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    packs = ps_packs(make_source(tmp_path_factory.mktemp("src"), Codec.H264, seconds=100, bitrate="4M"))
+    size = sum(len(p) for p, _ in packs)
+    assert size > 16 * FLUSH_BYTES, "the stream must outlast many of the guard's looks at the disk"
+    return size, rtp_packets(packs, ssrc=SSRC)
+
+
+class SharedDisk:
+    """The spool's disk: `level` bytes free with the spool empty, less what the spool's files hold, less what
+    a neighbour (a docked camera's copy into the store) holds now."""
+
+    def __init__(self, spool: Path, level: int) -> None:
+        self.spool, self.level, self.neighbour = spool, level, 0
+        self.arrives_after: int | None = None  # bytes the retry has written when the neighbour fills it
+        self.arrived = 0  # times the neighbour filled the disk
+        self.refusals = 0  # writes refused ENOSPC
+
+    def held(self) -> int:
+        return sum(entry.stat(follow_symlinks=False).st_size for entry in os.scandir(self.spool))
+
+    def free(self) -> int:
+        return self.level - self.held() - self.neighbour
+
+
+class HonestDevice:
+    """Streams the whole recording over TCP into the receiver (with the guard). The facts as the scheduler
+    makes them (`_interruption`)."""
+
+    def __init__(self, packets: list[bytes], disk: SharedDisk) -> None:
+        self.packets, self.disk = packets, disk
+        self.arrivals: list[int] = []  # per busy retry, the written bytes at which the neighbour fills it
+        self.received: list[int] = []
+        self.written: list[int | None] = []
+        self.ended: list[EndReason] = []
+        self.refused: list[tuple[str | None, int | None]] = []
+        self.met: list[tuple[int, int]] = []  # per pass: (neighbour arrivals, writes refused ENOSPC)
+
+    async def start_download(self, ref: RecordingRef, raw_path: Path) -> Transfer:
+        receiver = await receiver_keeping_free(RESERVE)(
+            MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC, raw_path=raw_path,
+            idle_timeout_s=60.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
+            time_limit_s=None, progress_window_s=None, min_progress_s=None,
+            max_buffered_bytes=2 * FLUSH_BYTES)
+        self.disk.arrives_after = self.arrivals.pop(0) if self.arrivals else None
+        self.disk.arrived = self.disk.refusals = 0
+        try:
+            with contextlib.suppress(ConnectionError):  # the receiver closes the connection when it stops
+                await send_tcp(self.packets, receiver.local_port)
+            outcome = await receiver.wait_closed()
+        finally:
+            self.disk.neighbour, self.disk.arrives_after = 0, None
+        self.received.append(outcome.bytes)
+        self.written.append(outcome.bytes_written)
+        self.ended.append(outcome.ended)
+        self.refused.append((outcome.write_refused, outcome.write_refused_free_bytes))
+        self.met.append((self.disk.arrived, self.disk.refusals))
+        facts: dict[str, object] = {"call_id": f"{len(self.received)}@station", "ssrc_offered": SSRC}
+        if outcome.ended is EndReason.DISK_FULL:
+            facts.update(complete=False, interrupted=INTERRUPTED_DISK_FULL,
+                         incomplete="the station's disk ran low during the download (the store's reserve)")
+        else:
+            facts.update(complete=True)
+        return Transfer(outcome, facts)
+
+
+async def _passes(tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: pytest.MonkeyPatch,
+                  busy: bool) -> tuple[HonestDevice, list[RecordingRef]]:
+    """One pass on a disk with room for half the recording (the guard cuts it); BUSY_PASSES passes with
+    room for the whole recording as `_tight_for` reckons it, a docked camera's copy filling the disk during
+    each when `busy`; then one pass with the same room and no neighbour. Returns the device and what the
+    last pass gave up."""
+    size, packets = stream
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    disk = SharedDisk(spool, RESERVE + 2 * size)
+    real_write_all = media_module._write_all
+
+    def write_and_measure(fd: int, data: bytes | bytearray) -> int:
+        if disk.arrives_after is not None and disk.held() >= disk.arrives_after:
+            disk.neighbour += disk.free()  # the camera's copy takes the disk's last byte
+            disk.arrives_after = None
+            disk.arrived += 1
+        if disk.free() < len(data):
+            disk.neighbour = 0  # its copy is refused by the same full disk: the pipeline unlinks the .part
+            disk.refusals += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write_all(fd, data)
+        return disk.free()
+
+    monkeypatch.setattr(media_module, "_write_and_measure", write_and_measure)
+    monkeypatch.setattr(media_module, "_free_bytes_of", lambda _fd: disk.free())
+    monkeypatch.setattr(downloads_module, "free_bytes", lambda _path: disk.free())
+    recording = replace(RECORDING, file_size_bytes=size)  # honest: the stream's size
+    store = StationStore(tmp_path / "store", "TEST-STATION")
+    try:
+        source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
+        pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=RESERVE))
+        device = HonestDevice(packets, disk)
+        downloads = GbDownloads(pipeline, source, device.start_download)
+        await downloads.download([recording])
+        assert device.ended == [EndReason.DISK_FULL] and device.received[0] < size
+        assert device.refused[0] == (None, None), "the first cut is the guard's"
+        disk.level = RESERVE + ROOM_PER_BYTE_DOWNLOADED * size + 2 * FLUSH_BYTES  # `_tight_for`'s room
+        if busy:  # the camera docks a few flushes into each retry, at another point each time
+            device.arrivals = [(2 + n % 4) * FLUSH_BYTES for n in range(BUSY_PASSES)]
+        for _ in range(BUSY_PASSES):
+            await downloads.download([recording])
+        last = await downloads.download([recording])
+        return device, last.given_up
+    finally:
+        store.close()
+
+
+async def test_a_docked_copy_filling_the_disk_does_not_give_up_a_recording_that_could_be_had(
+        tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    size, _packets = stream
+    device, given_up = await _passes(tmp_path, stream, monkeypatch, busy=True)
+    first, busy = device.received[0], device.written[1:1 + BUSY_PASSES]
+    # the fault as modelled: the first busy retry met the docked camera's copy filling the disk, and a write
+    # of it was refused ENOSPC (the neighbour's copy refused too, its partial file removed)
+    assert device.met[1][0] == 1 and device.met[1][1] >= 1, device.met
+    assert given_up == [] and device.received[-1] == size, (
+        f"an honest device's recording of {size} bytes was cut by the station's own guard at {first} bytes, "
+        f"then refused ENOSPC at {busy} written while a docked camera's copy filled the disk (refused too, "
+        f"its partial file removed; ended {[e.value for e in device.ended]}): the statvfs read after each "
+        f"refusal showed the camera's room ({[free for _r, free in device.refused[1:1 + BUSY_PASSES]]}), "
+        f"each copy counted as a quota's repeat, and after {BUSY_PASSES} passes it was given up for good "
+        f"({len(given_up)} given up at the last pass, with the disk roomy and idle; tries: "
+        f"{device.received})")
+    # the refused write was tried once more, once the neighbour's room was back: the first busy retry is whole
+    assert device.ended[1] is EndReason.CLOSED and device.received[1] == device.written[1] == size, (
+        device.ended, device.received, device.written)
+    assert device.refused[1] == (None, None), device.refused
+
+
+async def test_control_without_the_docked_copy_the_first_retry_receives_it_whole(
+        tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    size, _packets = stream
+    device, given_up = await _passes(tmp_path, stream, monkeypatch, busy=False)
+    assert device.ended[1] is EndReason.CLOSED and device.received[1] == size, device.ended
+    assert device.met[1] == (0, 0), device.met
+    assert given_up == [], given_up
