@@ -7,6 +7,10 @@ PIN typed: any caller of POST /api/v1/checkout (or reader of the kiosk outcomes)
 any PIN, that a card-only officer's 警号 exists, and this costs no lockout. (A known 警号 that locks after
 `pin_failures_max` wrong PINs, where an unknown one never does, tells the same more slowly.)
 
+The README's limits of check-out name this ("`NO_PIN` and `PIN_LOCKED` still tell a known 警号 ... from an
+unknown one"); the no-PIN answer is the cheap one to close: a 警号 with no PIN can never be served a PIN
+check-out, so outside the ledger it can answer `wrong_pin` like an unknown one (after the same dummy verify).
+
 The control: a 警号 with a PIN set, and a wrong PIN, answers exactly like an unknown one (the first fix).
 """
 
