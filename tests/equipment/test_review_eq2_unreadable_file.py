@@ -57,3 +57,8 @@ async def test_a_recorder_docked_back_with_an_unreadable_file_is_checked_in(tmp_
     # closes the assignment with the unread files named in the `returned` entry (they stay on the recorder,
     # flagged, never wiped), or an administrator's recorded return closes it.
     assert still_out == [] and [e["officer_no"] for e in returned] == ["110001"], (still_out, refused)
+    if unreadable:  # the return names the file left on the recorder; the desk will not issue it again
+        assert [e.get("outcome") for e in returned] == ["partial"]
+        assert [[name.rsplit("_", 1)[-1] for name in e["unread"]] for e in returned] == [["0002.JPG"]], returned
+    else:
+        assert "unread" not in returned[0]
