@@ -185,6 +185,10 @@ def why_not_ready(recorder: DockedRecorder, policy: CheckoutPolicy, open_holder:
     policy says so), not the recorder's file count, which counts what the firmware counts."""
     if recorder.problem is not None:
         return recorder.problem
+    if not recorder.usb_serial:
+        # A check-in is its own docking on the USB serial it was issued on (`check_in_after_docking`): one
+        # with none (allowed by [recorders] allow_unknown) would stay out with its officer for ever.
+        return "no USB serial: it could never be checked in"
     if open_holder is not None:
         return f"still assigned to 警号 {open_holder.officer_no} (not checked in)"
     if docking is None:
