@@ -102,6 +102,10 @@ SCREEN_TEXT: dict[RefusalReason, str] = {
 }
 
 
+# Refusals that would tell a registered 警号 from an unknown one: shown as a wrong PIN outside the ledger.
+_SHOWN_AS_WRONG_PIN = frozenset({RefusalReason.UNKNOWN_OFFICER, RefusalReason.NO_PIN})
+
+
 class CheckoutRefused(Exception):
     """A check-out that did not happen: the reason code, the screen text, the `refused` ledger entry."""
 
@@ -113,13 +117,15 @@ class CheckoutRefused(Exception):
 
     @property
     def screen_text(self) -> str:
-        return SCREEN_TEXT[self.reason]
+        """What the screen shows: the text of the public reason (the ledger keeps the true one)."""
+        return SCREEN_TEXT[self.public_reason]
 
     @property
     def public_reason(self) -> RefusalReason:
         """The reason as the desk tells it outside the ledger (the API's answer, the kiosk's outcomes): an
-        unknown 警号 is a wrong PIN there, so that no answer tells which 警号 exist."""
-        return RefusalReason.WRONG_PIN if self.reason is RefusalReason.UNKNOWN_OFFICER else self.reason
+        unknown 警号, and a 警号 with no PIN set (card only: it can never be served a PIN check-out), are a
+        wrong PIN there, so that no answer tells which 警号 exist."""
+        return RefusalReason.WRONG_PIN if self.reason in _SHOWN_AS_WRONG_PIN else self.reason
 
 
 class IdentityWriteError(Exception):
