@@ -495,7 +495,7 @@ class StationAgent:
         bay = self.config.bay_for_port(key.port)
         reason = (f"the recorder did not come back in control mode within "
                   f"{self.config.equipment.control_return_timeout_s:g} s of its bay's power cycle: not ready "
-                  "for check-out until it is docked again")
+                  "for check-out (seen back later, it is a new docking)")
         log.warning("bay %s: recorder %s: %s", bay, key.usb_serial, reason)
         self.store.record(EntryType.ERROR, None, {
             "usb_serial": key.usb_serial, "usb_port": key.port, "bay": bay, "stage": "equipment",

@@ -53,8 +53,24 @@ async def test_an_offloaded_recorder_is_issued_whether_or_not_a_poll_saw_its_pow
         assert desk is not None
         issued = await desk.check_out_by_pin("110001", "2468")
         refusals = [d.get("detail") for d in station.ledger("refused") if d.get("what") == "check-out"]
-        # Fails now with power_off_ms=100: ('no_recorder_ready', ['port 1-1.1: its docking at this station
+        # Failed before the fix with power_off_ms=100: ('no_recorder_ready', ['port 1-1.1: its docking at this station
         # is under way or did not end done ...']) -- the offloaded, wiped recorder is never issued.
         assert issued.assignment is not None, (issued.reason, refusals)
         assert issued.assignment.device_serial == recorder.device_serial
         assert len(station.agent.results) == 1  # one docking: it was not docked again instead
+
+
+async def test_a_recorder_not_back_in_control_mode_in_time_is_on_the_record(tmp_path: Path) -> None:
+    """Past `control_return_timeout_s` without the recorder back in control mode: an `error` entry says it
+    is not ready for check-out (the bay showed nothing wrong before)."""
+    recorder = spec(0, files=1)
+    registry(tmp_path)
+    async with simulated_station(tmp_path, [recorder], usb={"poll_interval_s": 1.0},
+                                 equipment={"enabled": True, "power_off_ms": 6000,
+                                            "control_return_timeout_s": 1.0}) as station:
+        await station.dock_recorder(recorder.device_serial, 1)
+        await eventually(lambda: station.dock.power_cycles(1) == 1, timeout_s=WAIT_S)
+        [entry] = await station.wait_ledger("error", timeout_s=WAIT_S,
+                                            where=lambda d: d.get("stage") == "equipment")
+        assert "did not come back in control mode within 1 s" in entry["reason"], entry
+        assert entry["usb_port"] == "1-1.1" and entry["bay"] == 1, entry

@@ -35,7 +35,7 @@ async def test_a_card_only_officer_number_answers_like_an_unknown_one(rig: Rig) 
     # The control: a 警号 with a PIN, typed with a wrong PIN, is indistinguishable from an unknown one.
     with_pin = kiosk_view((await desk.check_out_by_pin("220003", "1111")).as_json(0.0))
     assert with_pin == unknown, (with_pin, unknown)
-    # 220002 is registered with a card and no PIN. Fails now: {"reason": "no_pin", "screen_text":
+    # 220002 is registered with a card and no PIN. Failed before the fix: {"reason": "no_pin", "screen_text":
     # "未设置密码，请刷卡 ..."} against {"reason": "wrong_pin", ...} for 999999 -- the 警号 exists.
     card_only = kiosk_view((await desk.check_out_by_pin("220002", "1111")).as_json(0.0))
     assert card_only == unknown, (card_only, unknown)

@@ -51,7 +51,7 @@ async def test_a_recorder_docked_back_with_an_unreadable_file_is_checked_in(tmp_
         assert outcomes == ["partial", "partial"]  # the unread file fails again at every docking
     else:
         assert outcomes == ["done"]
-    # Fails now for the unreadable one: still_out == ["110001"] after both dockings, returned == [], and
+    # Failed before the fix for the unreadable one: still_out == ["110001"] after both dockings, returned == [], and
     # two refused check-ins "recorder 3300001 was docked and left (its docking ended partial) ..." -- while
     # it is in bay 2. Proposed: the recorder itself docked and listed is a return; a `partial` docking
     # closes the assignment with the unread files named in the `returned` entry (they stay on the recorder,
