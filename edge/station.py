@@ -901,9 +901,9 @@ class StationAgent:
                 del self._awaiting_control[key]
                 self._power_cycled_at.pop(key, None)
                 self._not_back_in_control(key)
-            # Back from its bay's power cycle: in control mode in an enumeration begun after the cycle was asked
-            # for. A poll that missed the power-off window sees the same attachment before and after (it never
-            # left `_done_usb`; the last poll may even have seen it in control mode, before its session
+            # Back from its bay's power cycle: in control mode in an enumeration begun after the cycle was
+            # asked for. A poll that missed the power-off window sees the same attachment before and after (it
+            # never left `_done_usb`; the last poll may even have seen it in control mode, before its session
             # switched it), so this is decided before the `_done_usb` skip below.
             cycled_back = {key for key, handle in present.items()
                            if key in self._awaiting_control and handle.mode is RecorderMode.CONTROL

@@ -53,7 +53,7 @@ async def test_an_offloaded_recorder_is_issued_whether_or_not_a_poll_saw_its_pow
         assert desk is not None
         issued = await desk.check_out_by_pin("110001", "2468")
         refusals = [d.get("detail") for d in station.ledger("refused") if d.get("what") == "check-out"]
-        # Failed before the fix with power_off_ms=100: ('no_recorder_ready', ['port 1-1.1: its docking at this station
+        # Unfixed with power_off_ms=100: ('no_recorder_ready', ['port 1-1.1: its docking at this station
         # is under way or did not end done ...']) -- the offloaded, wiped recorder is never issued.
         assert issued.assignment is not None, (issued.reason, refusals)
         assert issued.assignment.device_serial == recorder.device_serial

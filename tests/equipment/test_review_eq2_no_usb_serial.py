@@ -35,6 +35,6 @@ async def test_a_recorder_the_desk_issues_can_be_checked_in_by_its_own_docking(
     returned = check_in_after_docking(rig.store, device_serial=serial, usb_serial=assignment.usb_serial,
                                       identity_source="usb-control", outcome="done", session="s-1", bay=1)
     refusals = [e["reason"] for e in rig.entries("refused") if e.get("what") == "check-in"]
-    # Failed before the fix with the serial that stalls: issued with usb_serial "", then returned is None and the refusal
+    # Unfixed with the serial that stalls: issued with usb_serial "", then returned is None and the refusal
     # says "a recorder on USB serial (none) claims to be recorder 7654321, which is out with 警号 220001".
     assert returned is not None and returned.officer_no == "220001", (assignment.usb_serial, refusals)
