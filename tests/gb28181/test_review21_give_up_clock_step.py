@@ -102,7 +102,8 @@ async def test_control_48_hours_on_both_clocks_still_give_it_up(store: StationSt
 
 
 def _given_up(wall: list[float], mono: list[float]) -> tuple[FailedPasses, Any]:
-    ref = SimpleNamespace(device_id=DEVICE, identity=lambda: "rec|/sd/1.ps")
+    ref = SimpleNamespace(device_id=DEVICE, identity=lambda: "rec|/sd/1.ps",
+                          listed_size_text=lambda: None)
     failed = FailedPasses(lambda: wall[0], lambda: mono[0])
     for _ in range(MAX_FAILED_PASSES):
         failed.failed(ref)  # type: ignore[arg-type]
