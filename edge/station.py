@@ -221,6 +221,9 @@ class StationAgent:
         # time by which it must be back. Back in control mode in time, it is left for the desk, not docked.
         self.desk: StationDesk | None = None
         self._awaiting_control: dict[UsbAttachment, float] = {}
+        # When each of those power cycles was asked for: the recorder was in mass-storage mode then, so an
+        # enumeration begun after it that finds the attachment in control mode finds it back from the cycle.
+        self._power_cycled_at: dict[UsbAttachment, float] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -472,21 +475,37 @@ class StationAgent:
                                                       f"mode, not ready for check-out: {why}"})
             return
         loop = asyncio.get_running_loop()
-        self._awaiting_control[key] = loop.time() + equipment.control_return_timeout_s
+        self._power_cycled_at[key] = loop.time()
+        self._awaiting_control[key] = self._power_cycled_at[key] + equipment.control_return_timeout_s
         try:
             await dock.power_cycle(bay, equipment.power_off_ms)
         except DockError as exc:
             self._awaiting_control.pop(key, None)
+            self._power_cycled_at.pop(key, None)
             self.store.record(EntryType.ERROR, None, {
                 **where, "reason": f"the recorder stays in mass-storage mode, not ready for check-out: bay "
                 f"power cycle: {exc}"})
             return
         log.info("bay %s: power-cycled so that recorder %s comes back in control mode", bay, key.usb_serial)
 
+    def _not_back_in_control(self, key: UsbAttachment) -> None:
+        """The recorder did not come back in control mode from its bay's power cycle in time: it is not ready
+        for check-out, and the record says why (the desk would otherwise only say "no recorder ready")."""
+        assert self.store is not None
+        bay = self.config.bay_for_port(key.port)
+        reason = (f"the recorder did not come back in control mode within "
+                  f"{self.config.equipment.control_return_timeout_s:g} s of its bay's power cycle: not ready "
+                  "for check-out (seen back later, it is a new docking)")
+        log.warning("bay %s: recorder %s: %s", bay, key.usb_serial, reason)
+        self.store.record(EntryType.ERROR, None, {
+            "usb_serial": key.usb_serial, "usb_port": key.port, "bay": bay, "stage": "equipment",
+            "reason": reason})
+
     def _back_in_control(self, key: UsbAttachment, now: float) -> bool:
         """Whether this control-mode attachment is a recorder coming back from its bay's power cycle (then it
         waits for the desk: no docking session)."""
         deadline = self._awaiting_control.pop(key, None)
+        self._power_cycled_at.pop(key, None)
         if deadline is None or now > deadline:
             return False
         assert self.store is not None
@@ -855,6 +874,7 @@ class StationAgent:
         # a new serial at every read (or slowly) costs one read per attachment, not one per poll.
         serials = UsbSerialsRead()
         while not stop.is_set():
+            enumerated_from = loop.time()
             try:
                 handles: list[RecorderHandle] = await loop.run_in_executor(
                     self.executor, lambda: find_recorders(self.backend, serials=serials)
@@ -879,6 +899,15 @@ class StationAgent:
                 })
             for key in [k for k, deadline in self._awaiting_control.items() if now > deadline]:
                 del self._awaiting_control[key]
+                self._power_cycled_at.pop(key, None)
+                self._not_back_in_control(key)
+            # Back from its bay's power cycle: in control mode in an enumeration begun after the cycle was
+            # asked for. A poll that missed the power-off window sees the same attachment before and after (it
+            # never left `_done_usb`; the last poll may even have seen it in control mode, before its session
+            # switched it), so this is decided before the `_done_usb` skip below.
+            cycled_back = {key for key, handle in present.items()
+                           if key in self._awaiting_control and handle.mode is RecorderMode.CONTROL
+                           and enumerated_from >= self._power_cycled_at.get(key, now)}
             for key, handle in present.items():
                 if key not in seen and (handle.mode is RecorderMode.CONTROL or key not in self._usb_dockings):
                     self._usb_dockings[key] = next(self._usb_docking_numbers)
@@ -889,6 +918,8 @@ class StationAgent:
             self._record_shared_usb_serials(handles)
             for key, handle in present.items():
                 self._usb_bays[key] = self.config.bay_for_port(handle.location.port_path)
+                if key in cycled_back and self._back_in_control(key, now):
+                    continue
                 if handle.mode is RecorderMode.CONTROL and key not in self._active_usb | self._done_usb:
                     if self._back_in_control(key, now):
                         continue

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 DOCKING_DONE = "done"
 # Dockings that are a check-in: every file of the recorder is sealed here (some may wait for the central
 # before they are erased from it, and then it is not issued until a later docking wipes them).
+# A recorder's own docking that ended `partial` is a return too, its unread files named (at most this many).
+DOCKING_PARTIAL = "partial"
+MAX_UNREAD_NAMED = 100
 CHECK_IN_OUTCOMES = frozenset({DOCKING_DONE, "awaiting-receipt", "awaiting-witness"})
 # The identity source of a recorder that answered over its control protocol (edge.sources.usb.identity): the
 # only docking that can be the recorder itself (its USB serial pinned by the allow-list at check-out).
@@ -99,6 +102,10 @@ SCREEN_TEXT: dict[RefusalReason, str] = {
 }
 
 
+# Refusals that would tell a registered 警号 from an unknown one: shown as a wrong PIN outside the ledger.
+_SHOWN_AS_WRONG_PIN = frozenset({RefusalReason.UNKNOWN_OFFICER, RefusalReason.NO_PIN})
+
+
 class CheckoutRefused(Exception):
     """A check-out that did not happen: the reason code, the screen text, the `refused` ledger entry."""
 
@@ -110,13 +117,15 @@ class CheckoutRefused(Exception):
 
     @property
     def screen_text(self) -> str:
-        return SCREEN_TEXT[self.reason]
+        """What the screen shows: the text of the public reason (the ledger keeps the true one)."""
+        return SCREEN_TEXT[self.public_reason]
 
     @property
     def public_reason(self) -> RefusalReason:
         """The reason as the desk tells it outside the ledger (the API's answer, the kiosk's outcomes): an
-        unknown 警号 is a wrong PIN there, so that no answer tells which 警号 exist."""
-        return RefusalReason.WRONG_PIN if self.reason is RefusalReason.UNKNOWN_OFFICER else self.reason
+        unknown 警号, and a 警号 with no PIN set (card only: it can never be served a PIN check-out), are a
+        wrong PIN there, so that no answer tells which 警号 exist."""
+        return RefusalReason.WRONG_PIN if self.reason in _SHOWN_AS_WRONG_PIN else self.reason
 
 
 class IdentityWriteError(Exception):
@@ -182,6 +191,10 @@ def why_not_ready(recorder: DockedRecorder, policy: CheckoutPolicy, open_holder:
     policy says so), not the recorder's file count, which counts what the firmware counts."""
     if recorder.problem is not None:
         return recorder.problem
+    if not recorder.usb_serial:
+        # A check-in is its own docking on the USB serial it was issued on (`check_in_after_docking`): one
+        # with none (allowed by [recorders] allow_unknown) would stay out with its officer for ever.
+        return "no USB serial: it could never be checked in"
     if open_holder is not None:
         return f"still assigned to 警号 {open_holder.officer_no} (not checked in)"
     if docking is None:
@@ -380,7 +393,8 @@ class CheckoutDesk:
         return return_recorder(self.store, device_serial, bay=bay)
 
 
-def return_recorder(store: StationStore, device_serial: str, *, bay: int | None) -> Assignment | None:
+def return_recorder(store: StationStore, device_serial: str, *, bay: int | None,
+                    unread: Sequence[str] | None = None) -> Assignment | None:
     """Check-in (归还): close the recorder's open assignment with a `returned` entry, in one transaction;
     None when it had none (it was not checked out here, or already returned). An overdue alert of the
     assignment (edge.equipment.overdue) closes with it, and the entry says how late it came back."""
@@ -395,6 +409,10 @@ def return_recorder(store: StationStore, device_serial: str, *, bay: int | None)
             "assignment": open_assignment.id, "officer_no": open_assignment.officer_no,
             "device_serial": device_serial, "bay": bay, "checked_out": open_assignment.checked_out,
         }
+        if unread is not None:  # a `partial` docking: the files it could not read stay on the recorder
+            data["outcome"] = DOCKING_PARTIAL
+            data["unread"] = list(unread[:MAX_UNREAD_NAMED])
+            data["unread_count"] = len(unread)
         alert = open_overdue_alert(store.conn, open_assignment.id)
         if alert is not None:  # it was overdue: the return closes the alert and says how late it came
             data["overdue"] = alert.on_return(now)
@@ -407,9 +425,12 @@ def return_recorder(store: StationStore, device_serial: str, *, bay: int | None)
 
 
 def check_in_after_docking(store: StationStore, *, device_serial: str, usb_serial: str, identity_source: str,
-                           outcome: str, session: str, bay: int | None) -> Assignment | None:
+                           outcome: str, session: str, bay: int | None,
+                           unread: Sequence[str] = ()) -> Assignment | None:
     """The check-in of a docking that has ended (after its `session_stopped`): close the recorder's open
-    assignment when the docking was the recorder itself and sealed every file (`CHECK_IN_OUTCOMES`);
+    assignment when the docking was the recorder itself and sealed every file (`CHECK_IN_OUTCOMES`), or
+    ended `partial` (the recorder is back: the `returned` entry names the `unread` files, which stay on it,
+    never wiped; a recorder with unread files kept away would hold its officer and its alert for ever);
     otherwise leave it open with a `refused` entry that says why. None when no assignment was closed."""
     AssignmentBook.create_schema(store.conn)
     held = AssignmentBook(store.conn).open_for_recorder(device_serial)
@@ -428,6 +449,10 @@ def check_in_after_docking(store: StationStore, *, device_serial: str, usb_seria
         log.warning("recorder %s: a docking that is not the recorder itself claims it (out with %s)",
                     device_serial, held.officer_no)
         return None
+    if outcome == DOCKING_PARTIAL:
+        log.warning("recorder %s returned with %d file(s) it could not read (left on it)", device_serial,
+                    len(unread))
+        return return_recorder(store, device_serial, bay=bay, unread=unread)
     if outcome not in CHECK_IN_OUTCOMES:
         store.record(EntryType.REFUSED, None, {
             **facts, "reason": f"recorder {device_serial} was docked and left (its docking ended {outcome}): "

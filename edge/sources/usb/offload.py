@@ -123,6 +123,9 @@ class OffloadResult:
     not_evidence: list[str] = field(default_factory=list)
     awaiting_receipt: int = 0
     awaiting_witness: int = 0
+    # Evidence files listed but not sealed (unreadable: they stay on the recorder, never wiped), shown as
+    # `display_path`, never raw.
+    unread: list[str] = field(default_factory=list)
 
 
 def list_recorder_volume(root_fd: int, offload: OffloadSection) -> Listing:
@@ -203,6 +206,7 @@ class VolumeOffload:
         self.progress = BayProgress()
         self.items: list[str] = []
         self.not_evidence: list[str] = []
+        self.unread: list[str] = []
         self.device = session.identity.device_serial
         self.chunk = config.offload.chunk_bytes
         self.pipeline = pipeline or IngestPipeline(
@@ -289,6 +293,9 @@ class VolumeOffload:
             prove_by_hash=True,  # a file sealed but not erased is hashed again: still the same file?
         )
         self.items = list(ingested.sealed)
+        sealed = set(ingested.sealed)
+        self.unread = [f.display_path for w, f in zip(ingested.items, evidence, strict=True)
+                       if w.item not in sealed]
         self.progress.wiped += sum(1 for w in ingested.items if w.state == WIPED)
         outcome = _FROM_INGEST[ingested.outcome]
         if outcome is OffloadOutcome.DONE:
@@ -334,6 +341,7 @@ class VolumeOffload:
             list(self.not_evidence),
             self.awaiting_receipt,
             self.awaiting_witness,
+            list(self.unread),
         )
 
     # -- wipe -------------------------------------------------------------------------------------

@@ -348,12 +348,14 @@ class DockingSession:
             },
         )
         if self.config.equipment.enabled:
-            # A docking of the recorder itself that ended `done` is its check-in (归还); anything else (a
-            # touch and go, a failure, a volume naming it) leaves the assignment open, on the record.
+            # A docking of the recorder itself that ended `done` (or `partial`: its unread files named) is
+            # its check-in (归还); anything else (a touch and go, a failure, a volume naming it) leaves the
+            # assignment open, on the record.
             check_in_after_docking(
                 self.store, device_serial=session.identity.device_serial,
                 usb_serial=session.identity.usb_serial, identity_source=session.identity.source,
-                outcome=result.outcome.value, session=session.session, bay=session.bay)
+                outcome=result.outcome.value, session=session.session, bay=session.bay,
+                unread=result.unread)
         phase, error_class = OUTCOME_STATUS[result.outcome]
         self._show(phase, error_class)
         await self.set_led(session.bay, OUTCOME_LEDS[result.outcome])
