@@ -384,12 +384,14 @@ def _write_retrying_refusal(write: Callable[[int, bytes | bytearray], _Written],
         free = _free_bytes_or_none(fd)
         if not shows_room(refused, free):
             raise RefusedWrite(exc, free) from exc
-        if os.lseek(fd, 0, os.SEEK_CUR) - start >= len(data):
-            # The refused call took every byte it was given and still failed: not a disk with no room for
-            # them (write(2) takes what fits, then refuses with nothing taken), but a write-back that lost
-            # bytes already taken (Linux's NFS client reports a failed write-back so, and marks it
-            # reported: the fsync would then succeed). Trying again would write nothing and hide the loss
-            # (review 31): the refusal stands.
+        position = os.lseek(fd, 0, os.SEEK_CUR)
+        if position - start >= len(data) or os.fstat(fd).st_size > position:
+            # The refused call took bytes and still failed: not a disk with no room for them (write(2)
+            # takes what fits, then refuses having taken nothing, so the file ends where the position is),
+            # but a write-back that lost bytes already taken. Linux's NFS client takes the call's bytes
+            # into its cache (the file grows), reports the failed write-back as this call's error without
+            # moving the position, and marks it reported: a retry and the fsync would then succeed over
+            # the hole (reviews 31, 32). The refusal stands.
             raise RefusedWrite(exc, free) from exc
     time.sleep(REFUSED_RETRY_PAUSE_S)
     taken = os.lseek(fd, 0, os.SEEK_CUR) - start
