@@ -47,7 +47,7 @@ def _free_port() -> int:
         return port
 
 
-def _config(folder: Path, mon_port: int, rgw_port: int) -> str:
+def _config(folder: Path, mon_port: int, rgw_port: int, memstore_bytes: int) -> str:
     return f"""[global]
 fsid = {uuid.uuid4()}
 mon_host = v1:127.0.0.1:{mon_port}
@@ -61,7 +61,7 @@ osd_pool_default_min_size = 1
 mon_allow_pool_size_one = true
 osd_crush_chooseleaf_type = 0
 osd_objectstore = memstore
-memstore_device_bytes = 1073741824
+memstore_device_bytes = {memstore_bytes}
 run_dir = {folder}/run
 log_file = {folder}/log/$name.log
 admin_socket = {folder}/run/$name.asok
@@ -152,16 +152,18 @@ def _wait_http(url: str, cluster: _Cluster) -> None:
     pytest.fail(f"radosgw did not answer at {url} within {_START_TIMEOUT_S} s{cluster.logs()}")
 
 
-@pytest.fixture(scope="session")
-def ceph_gateway() -> Iterator[CephGateway]:
-    """A running Ceph RGW with one S3 user."""
+@contextlib.contextmanager
+def running_ceph(*, memstore_bytes: int = 1 << 30) -> Iterator[CephGateway]:
+    """A running Ceph RGW with one S3 user, stopped on exit; its OSD keeps at most ``memstore_bytes`` in
+    RAM (locked objects cannot be deleted: size it for everything a run writes). Outside pytest too (the
+    benchmarks): a failure raises pytest's ``Failed``."""
     for tool in CEPH_TOOLS:
         require_tool(tool)
     folder = Path(tempfile.mkdtemp(prefix="edge-ceph-"))
     for sub in ("run", "log", "mon/a", "osd/0", "rgw"):
         (folder / sub).mkdir(parents=True)
     mon_port, rgw_port = _free_port(), _free_port()
-    (folder / "ceph.conf").write_text(_config(folder, mon_port, rgw_port))
+    (folder / "ceph.conf").write_text(_config(folder, mon_port, rgw_port, memstore_bytes))
     cluster = _Cluster(folder)
     try:
         fsid = next(line.split("=")[1].strip() for line in cluster.conf.read_text().splitlines()
@@ -186,3 +188,10 @@ def ceph_gateway() -> Iterator[CephGateway]:
         cluster.stop()
         with contextlib.suppress(OSError):
             shutil.rmtree(folder)
+
+
+@pytest.fixture(scope="session")
+def ceph_gateway() -> Iterator[CephGateway]:
+    """A running Ceph RGW with one S3 user, for the test session."""
+    with running_ceph() as gateway:
+        yield gateway

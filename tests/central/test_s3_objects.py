@@ -7,22 +7,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from botocore.exceptions import ClientError
 
+from edge.central import s3_objects
 from edge.central.app import READINESS
 from edge.central.cli import add_central_parser
 from edge.central.config import CentralConfig, ConfigError, load_central_config
 from edge.central.object_stores import open_object_store
-from edge.central.objects import ObjectCorrupt, ObjectMismatch, ObjectStoreUnavailable, Retention
+from edge.central.objects import (
+    FileIdentity,
+    ObjectCorrupt,
+    ObjectMismatch,
+    ObjectStoreUnavailable,
+    ReceivedContent,
+    Retention,
+)
 from edge.central.registration import HTTP_STATUS, RejectCode, Rejection
 from edge.central.retention import RetentionPolicy
 from edge.central.s3_objects import S3ObjectStore
@@ -206,6 +216,107 @@ def test_permanent_evidence_is_under_a_legal_hold(store: S3ObjectStore, tmp_path
     assert store.retention_of(sha256_hex(permanent))[2] is True
     store.retain(sha256_hex(ordinary), Retention(_in(10), legal_hold=True))  # reclassified permanent
     assert store.retention_of(sha256_hex(ordinary))[2] is True
+
+
+class _CountingHashlib:
+    """The store module's ``hashlib``, counting the bytes it hashes with SHA-256 (botocore's own hashing,
+    for request signing, is not the store's and is not counted)."""
+
+    def __init__(self) -> None:
+        self.sha256_bytes = 0
+        self.md5 = hashlib.md5
+
+    def sha256(self, data: bytes = b"") -> Any:
+        counter = self
+
+        class Counted:
+            def __init__(self) -> None:
+                self.inner = hashlib.sha256()
+                self.update(data)
+
+            def update(self, chunk: bytes) -> None:
+                counter.sha256_bytes += len(chunk)
+                self.inner.update(chunk)
+
+            def hexdigest(self) -> str:
+                return self.inner.hexdigest()
+
+        return Counted()
+
+
+@pytest.mark.parametrize("size", [20_000, 2 * PART + 7], ids=["single", "multipart"])
+def test_the_receive_paths_hash_is_taken_so_the_central_hashes_once(
+    store: S3ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    counting = _CountingHashlib()
+    monkeypatch.setattr(s3_objects, "hashlib", counting)
+    data = os.urandom(size)
+    sha = sha256_hex(data)
+    source = _upload(tmp_path, data, "vouched.part")
+    vouched = ReceivedContent(sha, FileIdentity.of(source.stat()))
+    store.put_file(source, sha, Retention(_in(1)), received=vouched)
+    assert counting.sha256_bytes == 0 and not source.exists()
+    # Control: without the vouch the same bytes are hashed, once, on the read that sends them.
+    other = os.urandom(size)
+    store.put_file(_upload(tmp_path, other, "plain.part"), sha256_hex(other), Retention(_in(1)))
+    assert counting.sha256_bytes == size
+    monkeypatch.undo()
+    assert store.verify(sha) is None and store.verify(sha256_hex(other)) is None
+
+
+@pytest.mark.parametrize("size", [20_000, PART + 7], ids=["single", "multipart"])
+def test_a_file_changed_after_the_receive_path_hashed_it_is_hashed_and_refused(
+    store: S3ObjectStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, size: int
+) -> None:
+    data = os.urandom(size)
+    sha = sha256_hex(data)
+    changed = _upload(tmp_path, data, "changed.part")
+    vouched = ReceivedContent(sha, FileIdentity.of(changed.stat()))
+    with open(changed, "r+b") as stream:  # one byte, same size, modification time put back
+        stream.seek(7)
+        stream.write(b"X" if data[7:8] != b"X" else b"Y")
+    os.utime(changed, ns=(vouched.identity.mtime_ns, vouched.identity.mtime_ns))
+    with caplog.at_level(logging.WARNING, logger="edge.central.s3_objects"), \
+            pytest.raises(ObjectMismatch) as caught:
+        store.put_file(changed, sha, Retention(_in(1)), received=vouched)
+    assert caught.value.found_sha256 == sha256_hex(changed.read_bytes())
+    assert any("changed after its receive path hashed it" in r.getMessage() for r in caplog.records)
+    assert changed.exists() and not store.exists(sha) and list(store.names()) == []
+
+
+def test_a_file_changed_while_it_is_sent_is_never_completed_under_the_vouch(
+    store: S3ObjectStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(2 * PART + 7)
+    sha = sha256_hex(data)
+    source = _upload(tmp_path, data, "racing.part")
+    vouched = ReceivedContent(sha, FileIdentity.of(source.stat()))
+    real_upload_part = store.client.upload_part
+    sent_parts: list[int] = []
+    written_over = [bytes([data[-3] ^ 0xFF])]  # what the writer puts in the last part
+
+    def upload_part_then_change_the_file(**arguments: Any) -> Any:
+        sent_parts.append(arguments["PartNumber"])
+        if len(sent_parts) == 1:  # while the first part is sent, another writer touches the file
+            with open(source, "r+b") as stream:
+                stream.seek(len(data) - 3)
+                stream.write(written_over[0])
+        return real_upload_part(**arguments)
+
+    monkeypatch.setattr(store.client, "upload_part", upload_part_then_change_the_file)
+    with caplog.at_level(logging.WARNING, logger="edge.central.s3_objects"), pytest.raises(ObjectMismatch):
+        store.put_file(source, sha, Retention(_in(1)), received=vouched)
+    assert any("changed while it was sent" in r.getMessage() for r in caplog.records)
+    assert sent_parts == [1, 2, 3, 1, 2, 3]  # abandoned, then sent again hashed: refused
+    assert not store.exists(sha) and source.exists()
+    # Control: the same change that leaves the bytes as they were (a byte written over with itself) moves
+    # the change time just the same; the second send, hashed, is accepted.
+    source.write_bytes(data)
+    vouched = ReceivedContent(sha, FileIdentity.of(source.stat()))
+    sent_parts.clear()
+    written_over[0] = data[-3:-2]
+    store.put_file(source, sha, Retention(_in(1)), received=vouched)
+    assert sent_parts == [1, 2, 3, 1, 2, 3] and store.verify(sha) is None
 
 
 # -- through the registrar -----------------------------------------------------------------------------
