@@ -155,17 +155,24 @@ class Central:
         )
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [*edge_command(), "central", "--config", str(self.config)], stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 30
+        self.errors = self.dir.parent / "central.stderr"
+        with open(self.errors, "wb") as errors:
+            self.proc = subprocess.Popen(
+                [*edge_command(), "central", "--config", str(self.config)], stderr=errors
+            )
+        # Generous: on a loaded machine the central's start (imports, keys, the bucket's check) is slow.
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the central exited {self.proc.returncode} while starting: "
+                                 f"{self.errors.read_text(errors='replace')[-2000:]}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.05)
-        raise SystemExit("the central did not start")
+        raise SystemExit(f"the central did not start within 180 s: "
+                         f"{self.errors.read_text(errors='replace')[-2000:]}")
 
     def stop(self) -> None:
         if self.proc is not None:
