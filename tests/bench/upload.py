@@ -177,7 +177,11 @@ class Central:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
-            self.proc.wait(30)
+            try:
+                self.proc.wait(120)  # its graceful stop; slow on a loaded machine
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
 
 
 def run(args: list[str]) -> None:
