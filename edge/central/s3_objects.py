@@ -265,8 +265,28 @@ class S3ObjectStore:
         head = self._head(sha256)
         if head is None:
             raise FileNotFoundError(f"object {sha256} is not in bucket {self.bucket}")
-        reader = _RangedReader(self, self.key_of(sha256), str(head["VersionId"]), int(head["ContentLength"]))
-        return io.BufferedReader(reader, buffer_size=_READ_CHUNK_BYTES)
+        return self.open_version(sha256, str(head["VersionId"]), int(head["ContentLength"]))
+
+    def current_version(self, sha256: str) -> tuple[str, int] | None:
+        """``(version id, size)`` of the object's current version; None when it has none."""
+        head = self._head(sha256)
+        return None if head is None else (str(head["VersionId"]), int(head["ContentLength"]))
+
+    def open_version(self, sha256: str, version_id: str, size: int) -> BinaryIO:
+        """A seekable read-only stream of one version (``size`` bytes), each read one HTTP Range request;
+        read errors raise OSError."""
+        return io.BufferedReader(_RangedReader(self, self.key_of(sha256), version_id, size),
+                                 buffer_size=_READ_CHUNK_BYTES)
+
+    def verify_version(self, sha256: str, version_id: str) -> str | None:
+        """None when that version hashes to the name, else a sentence saying what is wrong."""
+        try:
+            found, size = self._hash_version(sha256, version_id)
+        except FileNotFoundError:
+            return "missing: that version is gone"
+        if found != sha256:
+            return f"content hashes to {found} ({size} bytes), not to its name: the object was altered"
+        return None
 
     def _hash_version(self, sha256: str, version_id: str | None) -> tuple[str, int]:
         arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key_of(sha256)}
