@@ -18,12 +18,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from botocore.exceptions import ClientError
 
 from edge.central import s3_objects
 from edge.central.app import READINESS
 from edge.central.cli import add_central_parser
 from edge.central.config import CentralConfig, ConfigError, load_central_config
+from edge.central.lock_extensions import lock_extension_task
+from edge.central.metrics import CentralMetrics
 from edge.central.object_stores import open_object_store
 from edge.central.objects import (
     FileIdentity,
@@ -41,6 +44,8 @@ from edge.central.verify import verify_central_store
 from edge.cli import main as edge_main
 from edge.custody.canonical import sha256_hex
 from edge.custody.keys import StationKey
+from edge.custody.problems import Problem
+from edge.runtime.logs import record_fields
 from tests.central.ceph import CephGateway
 from tests.central.conftest import (
     CentralParts,
@@ -560,3 +565,89 @@ async def test_edge_verify_of_the_configuration_names_an_object_deleted_with_cre
     assert failures and any("delete marker" in line for line in failures), out
     assert kept.sha256 not in out
     assert gateway.secret_access_key not in out + err
+
+
+# -- a class change while the bucket is out of reach (issue 13) -----------------------------------------
+
+
+async def test_a_class_change_while_the_bucket_is_out_of_reach_is_kept_retried_and_named(
+    tmp_path: Path, gateway: CephGateway, station: FakeStation, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = _Proxy(int(gateway.endpoint.rsplit(":", 1)[1]))
+    port = proxy.start()
+    bucket = new_bucket(gateway)
+    relayed = S3ObjectStore(s3_objects_config(gateway, bucket, endpoint=f"http://127.0.0.1:{port}",
+                                              max_attempts=1, connect_timeout_s=2, read_timeout_s=10),
+                            gateway.secret_access_key)
+    direct = s3_store(gateway, bucket)  # the test's own view of the bucket, never cut
+    parts = make_central_parts(tmp_path / "central", objects=relayed)
+    parts.registrar.retention = RetentionPolicy({"6-months": 183, "10-years": 3660}, "6-months",
+                                                frozenset({"permanent"}))
+    key = parts.signing_key.public_key()
+
+    def verified() -> list[Problem]:
+        return verify_central_store(parts.root, central_public_key=key, objects=direct,
+                                    retention=parts.registrar.retention)
+
+    metrics = CentralMetrics()
+    metrics.watch_lock_extensions(parts.index.pending_lock_count)
+    try:
+        enroll(parts.index, station)
+        item, sha = await _register(parts, station, b"evidence whose class changes")
+        assert verified() == []
+        proxy.cut()
+        with caplog.at_level(logging.ERROR, logger="edge.central.lock_extensions"):
+            await _tag(parts, station, item, "10-years")  # the ledger is accepted all the same
+        assert parts.index.ledger_head(station.station_id)[0] == station.ledger.head()[0]
+        assert any(record_fields(r).get("event") == "retention_not_extended" for r in caplog.records)
+        (pending,) = parts.index.pending_locks()
+        assert (pending.item, pending.sha256, pending.attempts) == (item, sha, 1) and pending.last_error
+        assert pending.retention.until > _in(3650)
+        assert b"edge_central_lock_extensions_pending 1.0" in metrics.exposition()
+        _, until, _ = direct.retention_of(sha)
+        assert until is not None and until < _in(184)  # still the 6-month lock
+        # `edge verify` names the object whose lock ends before its class requires, and the pending wish.
+        problems = verified()
+        named = [p for p in problems if p.where == f"object {sha}"]
+        assert named and "'10-years' requires until" in named[0].what, problems
+        assert "pending since" in named[0].what and "1 failed attempt" in named[0].what
+        # A retry while the bucket is still out of reach keeps the wish (and counts the attempt).
+        assert await parts.registrar.lock_extender().retry_pending() == 1
+        assert parts.index.pending_locks()[0].attempts == 2
+        # The bucket back: the periodic task (at start, then every interval) gets the lock.
+        proxy.start(port)
+        app = web.Application()
+        app.cleanup_ctx.append(lock_extension_task(parts.registrar.lock_extender, 0.2))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            for _ in range(300):
+                if parts.index.pending_lock_count() == 0:
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await runner.cleanup()
+        assert parts.index.pending_locks() == []
+        assert b"edge_central_lock_extensions_pending 0.0" in metrics.exposition()
+        _, extended, _ = direct.retention_of(sha)
+        assert extended is not None and extended > _in(3650)
+        assert verified() == []
+    finally:
+        parts.index.close()
+        proxy.stop()
+
+
+async def test_verify_names_a_lock_shorter_than_its_class_when_no_extension_was_asked(
+    s3_parts: CentralParts, store: S3ObjectStore, station: FakeStation
+) -> None:
+    """The control for the check itself: a lock that falls short without any wish on record (a central
+    that never asked, or a row removed by hand) is named too."""
+    enroll(s3_parts.index, station)
+    _, sha = await _register(s3_parts, station, b"evidence locked for six months")
+    key = s3_parts.signing_key.public_key()
+    policy = s3_parts.registrar.retention
+    assert verify_central_store(s3_parts.root, central_public_key=key, objects=store, retention=policy) == []
+    longer = RetentionPolicy({"6-months": 3660}, "6-months", frozenset({"permanent"}))  # the class grew
+    problems = verify_central_store(s3_parts.root, central_public_key=key, objects=store, retention=longer)
+    named = [p for p in problems if p.where == f"object {sha}"]
+    assert named and "no extension is pending" in named[0].what, problems
