@@ -62,7 +62,8 @@ async def test_every_sealed_segment_of_a_session_reaches_its_disc(
     roomy = pipeline.settings
 
     def space_again(entry: LedgerEntry) -> None:  # the offload beside the room finished
-        if entry.type == "gap" and entry.data.get("unsealable") and "later try" in str(entry.data.get("reason")):
+        reason = str(entry.data.get("reason"))
+        if entry.type == "gap" and entry.data.get("unsealable") and "later try" in reason:
             pipeline.settings = roomy
 
     first = _service(store, pipeline)
