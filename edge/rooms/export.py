@@ -304,16 +304,18 @@ def _mib(size: int) -> str:
 
 
 def _space_refusal(needed: SpaceNeeded, work_free: int, reserve_bytes: int,
-                   output_free_bytes: int | None, others: Iterable[int] = ()) -> str | None:
+                   output_free_bytes: int | None, others: Iterable[int] = (),
+                   reserve_what: str = "the store's reserve") -> str | None:
     """Why the export does not fit (the figures named), or None. `others`: what the exports running
-    meanwhile will take (at most; part of it may be written already, and so counted twice: the safe side)."""
+    meanwhile will take (at most; part of it may be written already, and so counted twice: the safe side).
+    `reserve_what` says what `reserve_bytes` keeps free."""
     others = list(others)
     if work_free - sum(others) - needed.staging_bytes < reserve_bytes:
         running = (f", of which {len(others)} other export(s) running will take about {_mib(sum(others))}"
                    if others else "")
         return (f"not enough free space to stage the disc: it needs about {_mib(needed.staging_bytes)} "
                 f"({_mib(needed.staged_bytes)} of staged files and an image of about "
-                f"{_mib(needed.image_bytes)}) above the store's reserve of {_mib(reserve_bytes)}, and the "
+                f"{_mib(needed.image_bytes)}) above {reserve_what} of {_mib(reserve_bytes)}, and the "
                 f"store's file system has {_mib(work_free)} free{running}: free space first")
     if output_free_bytes is not None and output_free_bytes < needed.image_bytes:
         return (f"not enough free space for the output: the image needs about {_mib(needed.image_bytes)} "
@@ -340,12 +342,14 @@ async def export_session(
     from_seq: int = 1,
     xorriso: str = XORRISO,
     reserve_bytes: int = 0,
+    reserve_what: str = "the store's reserve",
     output_free_bytes: int | None = None,
 ) -> ExportedDisc:
     """Write the disc image of stopped `session` (its entries from `from_seq`, its session_started);
     ExportRefused (and a `refused` entry) when it cannot be, also when it would not fit: `work_dir`'s file
     system must keep `reserve_bytes` free beyond the export (the store's reserve), and `output_free_bytes`
-    (where the caller will write the image) must hold the image."""
+    (where the caller will write the image) must hold the image; `reserve_what` names what
+    `reserve_bytes` is kept for (in a refusal)."""
     store = pipeline.store
     repository = pipeline.repository
     try:
@@ -356,7 +360,8 @@ async def export_session(
     stored = (repository.item(want.item) for want in wanted)
     needed = space_needed(record.size for record in stored if record is not None)
     work_free = await asyncio.to_thread(free_bytes, _existing(work_dir))
-    too_big = _space_refusal(needed, work_free, reserve_bytes, output_free_bytes, _RUNNING.values())
+    too_big = _space_refusal(needed, work_free, reserve_bytes, output_free_bytes, _RUNNING.values(),
+                             reserve_what)
     if too_big is not None:
         await _refuse(pipeline, session, by, f"session {session}: {too_big}", INSUFFICIENT_STORAGE)
     token = uuid.uuid4().hex[:12]

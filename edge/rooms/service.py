@@ -695,11 +695,21 @@ class RoomService:
                     f"session {session.session}: output_free_bytes must be a non-negative decimal of at most "
                     f"19 digits, not {printable(output_free_bytes)[:32]!r}"), 400)
             output_free = int(output_free_bytes)
+        # A room recording was started on start_min_free_bytes beyond the reserve (its expected length:
+        # its segments are never dropped); an export staging its copy and image there would leave the
+        # session to run into the reserve, its segments refused by the pipeline (review 28). So while any
+        # room records, an export keeps that room too (one start's worth, as the start counts it).
+        reserve = self.pipeline.settings.min_free_bytes
+        reserve_what = "the store's reserve"
+        if recording := sorted(self.active):
+            reserve += self.settings.start_min_free_bytes
+            reserve_what = (f"the store's reserve and the [rooms] start_min_free_bytes kept while "
+                            f"{', '.join(recording)} record{'s' if len(recording) == 1 else ''} (together)")
         try:
             return await export_session(
                 self.pipeline, session.session, case_number=session.case_number, station_id=self.station_id,
                 by=by, work_dir=products_dir(self.store.layout.root, session.session),
-                from_seq=session.started_seq or 1, reserve_bytes=self.pipeline.settings.min_free_bytes,
+                from_seq=session.started_seq or 1, reserve_bytes=reserve, reserve_what=reserve_what,
                 output_free_bytes=output_free)
         except ExportRefused as exc:  # its `refused` entry is written
             raise RoomRefused(str(exc), exc.status) from None
