@@ -224,10 +224,11 @@ def disc_contents(entries: list[LedgerEntry], session: str) -> tuple[list[_Wante
                                   f"合并录像 joined recording of source {source}"))
             continue
         segments = _segments_of(entries, source)
-        if item or not segments:  # named joined but not on the ledger, or nothing sealed to put instead
-            raise ExportRefused(f"session {session}: source {printable(source)} has no joined recording "
-                                "(its statement says why) and no sealed segment: nothing to put on a disc "
-                                "for it")
+        if item:  # named joined but not on the ledger: the record disagrees with itself
+            raise ExportRefused(f"session {session}: source {printable(source)}: its joined recording "
+                                f"{printable(str(item))} has no `joined` entry of this session")
+        # A source that sealed nothing (a camera away the whole session: one gap from start to stop) has
+        # only a note on the disc; the rest of the session is exported all the same (review 28).
         for number, segment in enumerate(segments, 1):
             name = _disc_name(source)  # the file's name alone is unique too (its manifest is named by it)
             wanted.append(_Wanted(f"recordings/{name}-segments/{name}-{number:04d}.mp4",
@@ -262,11 +263,15 @@ def _disc_name(source: str) -> str:
 
 def unjoined_notes(entries: list[LedgerEntry], products: LedgerEntry) -> dict[str, bytes]:
     """For each source whose sealed segments are on the disc for want of a joined recording: a note
-    beside them (``recordings/<source>-NOT-JOINED.txt``) saying so and why (the ``room join`` error)."""
+    beside them (``recordings/<source>-NOT-JOINED.txt``) saying so and why (the ``room join`` error); for
+    a source that sealed nothing, ``recordings/<source>-NOT-RECORDED.txt`` with its gaps."""
     notes: dict[str, bytes] = {}
     for joined in products.data.get("joined", []):
         source = str(joined.get("source"))
         if joined.get("item"):
+            continue
+        if not _segments_of(entries, source):
+            notes[f"recordings/{_disc_name(source)}-NOT-RECORDED.txt"] = _not_recorded_note(entries, source)
             continue
         why = [printable(str(e.data.get("reason"))) for e in entries if e.type == EntryType.ERROR
                and e.data.get("stage") == "room join" and str(e.data.get("source")) == source]
@@ -278,6 +283,24 @@ def unjoined_notes(entries: list[LedgerEntry], products: LedgerEntry) -> dict[st
             "SHA256SUMS and in the ledger's segment_sealed entry; the statement lists them and every gap).\n"
             f"Why it was not joined: {why[-1] if why else 'see the statement (相关说明)'}\n").encode()
     return notes
+
+
+NOTE_GAPS_LISTED = 50
+
+
+def _not_recorded_note(entries: list[LedgerEntry], source: str) -> bytes:
+    """The note for a source that sealed nothing in the session: its closed gaps (its time on record)."""
+    gaps = [e.data for e in entries if e.type == EntryType.GAP and str(e.data.get("source")) == source
+            and e.data.get("state") == "closed"]
+    lines = [f"  {printable(str(g.get('from')))} - {printable(str(g.get('to')))}: "
+             f"{printable(str(g.get('reason')))[:300]}" for g in gaps[:NOTE_GAPS_LISTED]]
+    if len(gaps) > NOTE_GAPS_LISTED:
+        lines.append(f"  ... and {len(gaps) - NOTE_GAPS_LISTED} more (see the statement)")
+    listed = "\n".join(lines) or "  (none recorded)"
+    name = printable(source)
+    return (f"来源 {name} 本次会话无录像 / source {name} recorded nothing in this session: no segment of it "
+            "was sealed. Its time is on the record as gaps (also in the statement 相关说明 and the session "
+            f"manifest):\n{listed}\n").encode()
 
 
 @dataclass(frozen=True)
