@@ -9,10 +9,11 @@ the refusal is tried again, the second write (the error consumed) succeeds over 
 bytes the server dropped are a hole in a copy the scheduler judges complete. The check review 31 wanted is
 the file's size, not its offset.
 
-First, `_write_retrying_refusal` itself, with the write modelled as the kernel returns it; then the whole
-path of review 31 (real ffmpeg-made PS over a real TCP connection, drained and closed after MediaStatus
-121, judged by the scheduler's `completeness`). Controls: a local-disk refusal (nothing taken, size
-unchanged) is still retried and the file is whole; no refusal at all: complete and whole."""
+First, the receiver's write call itself (`_write_retrying_refusal`; `_write_refusal_measured` since review
+33), with the write modelled as the kernel returns it; then the whole path of review 31 (real ffmpeg-made
+PS over a real TCP connection, drained and closed after MediaStatus 121, judged by the scheduler's
+`completeness`). Controls: a write not refused is taken whole; no refusal at
+all: complete and whole. (Review 33 removed the retry itself: a refused write is never tried again.)"""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def test_an_nfs_refusal_with_the_offset_unmoved_is_not_retried_into_success(tmp_
     try:
         media_module._write_all(fd, CHUNK)  # an earlier flush, written back (so the server said)
         try:
-            media_module._write_retrying_refusal(_nfs_write(len(CHUNK), calls), fd, CHUNK)
+            media_module._write_refusal_measured(_nfs_write(len(CHUNK), calls), fd, CHUNK)
         except RefusedWrite as refusal:
             assert refusal.refused.errno == errno.ENOSPC
         else:
@@ -88,24 +89,23 @@ def test_an_nfs_refusal_with_the_offset_unmoved_is_not_retried_into_success(tmp_
         os.close(fd)
 
 
-def test_control_a_local_refusal_with_nothing_taken_is_retried_and_whole(tmp_path: Path) -> None:
+def test_control_a_write_not_refused_is_taken_whole(tmp_path: Path) -> None:
+    # Review 33: a refused write is never tried again (a local refusal that took nothing included), so the
+    # control is a write the disk takes: it goes through once, the file whole.
     _needs_room(tmp_path)
     calls: list[str] = []
 
     def local_write(fd: int, data: bytes | bytearray) -> None:
-        if not calls:
-            calls.append("refused")  # write(2) on a full local disk: nothing taken, ENOSPC
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         calls.append("taken")
         media_module._write_all(fd, data)
 
     fd = os.open(tmp_path / "raw.ps", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         media_module._write_all(fd, CHUNK)
-        media_module._write_retrying_refusal(local_write, fd, CHUNK)
+        media_module._write_refusal_measured(local_write, fd, CHUNK)
     finally:
         os.close(fd)
-    assert calls == ["refused", "taken"]
+    assert calls == ["taken"]
     assert (tmp_path / "raw.ps").read_bytes() == CHUNK + CHUNK
 
 
