@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,27 +38,15 @@ import pytest
 import edge.gb28181.media as media_module
 from drivers.gb28181.ps import Codec
 from edge.gb28181.media import FLUSH_BYTES, EndReason, MediaOutcome, MediaTransport, receiver_keeping_free
-from edge.gb28181.sessions import EndReason as SessionEnd
-from edge.gb28181.sessions import SessionResult
-from edge.sources.gb28181.scheduler import completeness
-from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_tcp, send_udp
-from tests.gb28181.test_review24_disk_full_give_up import RECORDING
-from tests.gb28181.test_review31_nfs_refusal_swallowed import DROPPED, EXPECTED_S, PORTS, SSRC, packets
+from tests.gb28181.disk_rig import measured, receive_after_121
+from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_udp
+from tests.gb28181.test_review31_nfs_refusal_swallowed import DROPPED, PORTS, SSRC, packets
 from tests.prerequisites import require
 
 __all__ = ["packets"]  # review 31's module fixture: its 3 s recording
 SMALL_FLUSH = 8 * 1024  # flushes while the 3 s recording comes: bytes written back before the refusal
 UDP_PORTS = (39000, 39999)
 UDP_SSRC = 1100000433
-
-
-def _measured(write: Callable[[int, bytes | bytearray], None]) -> Callable[[int, bytes | bytearray], int]:
-    def write_and_measure(fd: int, data: bytes | bytearray) -> int:
-        write(fd, data)
-        stats = os.fstatvfs(fd)
-        return stats.f_bavail * stats.f_frsize
-
-    return write_and_measure
 
 
 async def _nfs_after_121(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.MonkeyPatch, *,
@@ -82,28 +69,16 @@ async def _nfs_after_121(tmp_path: Path, packets: list[bytes], monkeypatch: pyte
         real_write_all(fd, data)
 
     monkeypatch.setattr(media_module, "_write_all", nfs_write_all)
-    monkeypatch.setattr(media_module, "_write_and_measure", _measured(nfs_write_all))
+    monkeypatch.setattr(media_module, "_write_and_measure", measured(nfs_write_all))
     monkeypatch.setattr(media_module, "FLUSH_BYTES", SMALL_FLUSH)
     raw = tmp_path / "download.ps"
-    receiver = await receiver_keeping_free(1)(
-        MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC, raw_path=raw,
-        idle_timeout_s=30.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
-        time_limit_s=None, progress_window_s=None, min_progress_s=None)
-    writer = await send_tcp(packets, receiver.local_port, close=False)
-    try:
-        await receiver.drain()
-        await receiver.close()
-        outcome = await receiver.wait_closed()
-    finally:
-        writer.close()
+    outcome, verdict = await receive_after_121(raw, packets, ssrc=SSRC, ports=PORTS,
+                                               call_id="review33@station")
     assert bool(refusals) == writeback_refused, refusals  # the fault as modelled was met (or not)
     stats = os.statvfs(tmp_path)
     assert stats.f_bavail * stats.f_frsize >= 4 * FLUSH_BYTES, "the test's disk must show room"
-    result = SessionResult(call_id="review33@station", end_reason=SessionEnd.FILE_END, ssrc_offered=SSRC,
-                           ssrc_answered=SSRC, ssrc_answer_text=str(SSRC), ssrc_used=SSRC,
-                           file_size_bytes=None, outcome=outcome)
     lost = refusals[0] if refusals else 0
-    return outcome, raw.read_bytes(), lost, completeness(result, RECORDING, EXPECTED_S)
+    return outcome, raw.read_bytes(), lost, verdict
 
 
 async def test_an_nfs_writeback_loss_with_the_servers_size_is_not_sealed_complete(
@@ -152,7 +127,7 @@ async def _udp_with_a_neighbour(tmp_path: Path, packets: list[bytes], monkeypatc
         real_write_all(fd, data)
 
     monkeypatch.setattr(media_module, "_write_all", write_all)
-    monkeypatch.setattr(media_module, "_write_and_measure", _measured(write_all))
+    monkeypatch.setattr(media_module, "_write_and_measure", measured(write_all))
     receiver = await receiver_keeping_free(1)(
         MediaTransport.UDP, bind_host="127.0.0.1", port_range=UDP_PORTS, ssrc=UDP_SSRC,
         raw_path=tmp_path / "rec.ps", idle_timeout_s=30.0, max_bytes=1 << 30, expected_peer_host=None,
