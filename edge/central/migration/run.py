@@ -42,6 +42,7 @@ from edge.central.migration.objects import (
     unreferenced_objects,
 )
 from edge.central.migration.tables import (
+    NOT_COPIED,
     CopyRefused,
     TableCopy,
     compare_table,
@@ -82,6 +83,7 @@ class MigrationFailed(Exception):
 @dataclass
 class MigrationSummary:
     rows: dict[str, int] = field(default_factory=dict)
+    not_copied: dict[str, tuple[int | None, str]] = field(default_factory=dict)
     index: str = "not copied"
     objects: dict[str, int] = field(default_factory=dict)
     bytes_copied: int = 0
@@ -99,6 +101,8 @@ class MigrationSummary:
         """The summary for the terminal."""
         out = [f"index: {self.index}"]
         out += [f"  {table}: {count} rows" for table, count in self.rows.items()]
+        out += [f"  {table}: {count} rows not copied: {reason}"
+                for table, (count, reason) in self.not_copied.items()]
         kinds = ", ".join(f"{count} {kind}" for kind, count in self.objects.items()) or "none"
         out.append(f"objects: {sum(self.objects.values())} ({kinds}); {_size(self.bytes_copied)} sent of "
                    f"{_size(self.bytes_total)}")
@@ -240,16 +244,24 @@ def _migrate(conn: sqlite3.Connection, database: PostgresDatabase, bucket: S3Obj
     findings = verify_central(target.central.store_dir, index=index, objects=bucket)
     summary.verify_checked = dict(findings.checked)
     summary.verify_problems = [f"{problem.where}: {problem.what}" for problem in findings.problems]
+    summary.not_copied = {table: (_count(conn, table), reason) for table, reason in NOT_COPIED.items()
+                          if _count(conn, table) is not None}
     summary.verdict = "OK" if not findings.problems else f"{len(findings.problems)} problem(s)"
     if findings.problems:
         raise MigrationFailed("`edge verify` finds problems on the target", summary)
 
 
-def _source_count(conn: sqlite3.Connection, plan: TableCopy) -> int:
-    if not plan.in_source:
-        return 0
-    row = conn.execute(f'SELECT count(*) FROM "{plan.name}"').fetchone()
+def _count(conn: sqlite3.Connection, table: str) -> int | None:
+    """The rows of a source table (None: the source has no such table)."""
+    found = conn.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    if found is None:
+        return None
+    row = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
     return int(row[0]) if row is not None else 0
+
+
+def _source_count(conn: sqlite3.Connection, plan: TableCopy) -> int:
+    return _count(conn, plan.name) or 0
 
 
 def _compare(conn: sqlite3.Connection, target_conn: object, plans: list[TableCopy],

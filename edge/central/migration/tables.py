@@ -82,7 +82,6 @@ class TableCopy:
     order_by: tuple[str, ...]
     target_types: tuple[str, ...]
     identity_column: str | None
-    in_source: bool
 
 
 def _source_tables(source: sqlite3.Connection) -> list[str]:
@@ -135,9 +134,11 @@ def plan_tables(source: sqlite3.Connection, target: psycopg.Connection[Any]) -> 
                               "release's (the migration starts the schema itself; was it changed by hand?)")
         target_columns = _target_columns(target, table)
         if table not in in_source:
-            # A store made before the table existed: nothing to copy.
-            plans.append(TableCopy(table, tuple(target_columns), (), (), None, in_source=False))
-            continue
+            # A store an earlier release made, whose schema this release has not brought up yet (which
+            # also fills derived rows, such as each item's unit): the copy would lack them.
+            raise CopyRefused(f"table {table} is missing from the source index: it was made by an earlier "
+                              "release and not opened by this one yet. Run `edge central init --config FILE` "
+                              "(or start the central once) to bring its schema up, stop it, then migrate")
         columns, key = _source_columns(source, table)
         if set(columns) != set(target_columns):
             only_source = sorted(set(columns) - set(target_columns))
@@ -148,7 +149,7 @@ def plan_tables(source: sqlite3.Connection, target: psycopg.Connection[Any]) -> 
         identity = next((name for name, (_, generated) in target_columns.items() if generated), None)
         plans.append(TableCopy(
             table, tuple(columns), tuple(key) if key else ("rowid",),
-            tuple(target_columns[name][0] for name in columns), identity, in_source=True))
+            tuple(target_columns[name][0] for name in columns), identity))
     return plans
 
 
@@ -223,8 +224,6 @@ def copy_tables(source: sqlite3.Connection, target: psycopg.Connection[Any], pla
             for plan in plans:
                 current = plan.name
                 copied[plan.name] = 0
-                if not plan.in_source:
-                    continue
                 overriding = sql.SQL(" OVERRIDING SYSTEM VALUE") if plan.identity_column else sql.SQL("")
                 insert = sql.SQL("INSERT INTO {} ({}){} VALUES ({})").format(
                     sql.Identifier(plan.name),
@@ -259,10 +258,6 @@ def copy_tables(source: sqlite3.Connection, target: psycopg.Connection[Any], pla
 def compare_table(source: sqlite3.Connection, target: psycopg.Connection[Any], plan: TableCopy) -> str | None:
     """None when the target holds exactly the source's rows of the table, else where they first differ.
     Both sides stream (the target's rows through a server-side cursor, in a read transaction)."""
-    if not plan.in_source:
-        found = target.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
-            sql.Identifier(plan.name))).fetchone()
-        return "holds rows, though the source has no such table" if found and found[0] else None
     with target.transaction():
         target_rows = _target_rows(target, plan)
         try:
