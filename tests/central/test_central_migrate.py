@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,8 @@ async def test_a_migrated_central_runs_on_postgresql_and_s3_and_old_receipts_sta
     assert mode == "COMPLIANCE" and held and until is not None
     mode, until, held = bucket.retention_of(site.shas[1])
     assert mode == "COMPLIANCE" and not held and until is not None
+    # The default class, 183 days from acceptance (a few minutes ago).
+    assert until - datetime.now(UTC) > timedelta(days=182), until
     # `edge verify` of the target configuration, on its own.
     capsys.readouterr()
     assert edge_main(["verify", str(site.target)]) == 0, capsys.readouterr()

@@ -1,6 +1,6 @@
 """The row copy of `edge central migrate` (edge.central.migration.tables) on a real SQLite index filled by
 the registrar and a real PostgreSQL database: ids and identities carried over, the target's triggers in
-force, a source whose history was cut refused."""
+force, a source whose history was cut refused; and the lock each object gets (migration.objects)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from edge.central.config import RetentionSection
+from edge.central.migration.objects import objects_to_copy
 from edge.central.migration.tables import (
     COPIED_TABLES,
     NOT_COPIED,
@@ -18,6 +20,7 @@ from edge.central.migration.tables import (
     plan_tables,
 )
 from edge.central.postgres import PostgresDatabase
+from edge.central.retention import RetentionPolicy, parse_utc
 from tests.central.conftest import CentralParts, FakeStation, make_central_parts
 from tests.central.pg import PostgresDatabaseUnderTest
 
@@ -120,3 +123,50 @@ def test_a_column_the_target_lacks_stops_the_plan(
     finally:
         target.close()
         conn.close()
+
+
+async def test_each_object_is_locked_for_the_strongest_class_its_items_ever_had(
+    tmp_path: Path, station: FakeStation,
+) -> None:
+    """Permanent once, permanent for good (a later shorter class keeps the hold); a class this central
+    does not know gets the longest configured lock; one content held by two items gets the stronger."""
+    parts = make_central_parts(tmp_path / "central")
+    parts.index.enroll_station(station.station_id, station.key.public_key_b64, "c" * 64)
+    head = 0
+
+    async def register(content: bytes) -> str:
+        nonlocal head
+        acquired = station.acquire(content)
+        body = {"upload": parts.upload(station.station_id, acquired.content), "manifest": acquired.manifest,
+                "ledger": station.segment(head)}
+        await parts.registrar.register_item(parts.caller(station.station_id), station.station_id, body)
+        head = station.ledger.head()[0]
+        return acquired.item
+
+    demoted = await register(b"made permanent, then demoted " * 50)
+    station.tag(demoted, {"retention": "permanent"})
+    station.tag(demoted, {"retention": "6-months"})
+    unknown = await register(b"a class nobody configured " * 50)
+    station.tag(unknown, {"retention": "3-decades"})
+    plain = await register(b"the default class " * 50)
+    await register(b"the default class " * 50)  # the same content again, as another item
+    station.tag(plain, {"retention": "2-years"})
+    await register(b"pushes the tags " * 50)
+    conn = parts.sqlite_index.conn
+    policy = RetentionPolicy.from_config(RetentionSection(class_days={"6-months": 183, "2-years": 731}))
+    found = {wanted.sha256: wanted for wanted in objects_to_copy(conn, policy)}
+    sha_of = {str(item): str(sha) for item, sha in conn.execute("SELECT item, sha256 FROM items")}
+    accepted = {str(item): parse_utc(str(at))
+                for item, at in conn.execute("SELECT item, accepted_utc FROM items")}
+    parts.index.close()
+
+    def lock(item: str) -> tuple[int, bool]:
+        retention = found[sha_of[item]].retention
+        assert retention is not None
+        return (retention.until - accepted[item]).days, retention.legal_hold
+
+    assert lock(demoted) == (183, True)
+    assert lock(unknown) == (731, False)  # the longest configured, never less
+    assert lock(plain) == (731, False)
+    assert len(found[sha_of[plain]].items) == 2  # one object, both items named
+    assert len(found) == 4

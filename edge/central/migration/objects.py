@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from edge.central.objects import FileObjectStore, ObjectMismatch, Retention
+from edge.central.objects import FileObjectStore, ObjectMismatch, Retention, is_sha256_hex
 from edge.central.retention import RetentionPolicy, parse_utc
 from edge.central.s3_objects import S3ObjectStore
 from edge.custody.canonical import parse_json
@@ -132,6 +132,9 @@ def copy_object(local: FileObjectStore, bucket: S3ObjectStore, wanted: ObjectToC
     """Copy one object (or find it copied) and lock it. Raises :class:`ObjectRefused` for this object,
     :class:`~edge.central.objects.ObjectStoreError` when the bucket fails (the run stops; a rerun resumes)."""
     assert wanted.retention is not None
+    if not is_sha256_hex(wanted.sha256):
+        raise ObjectRefused(f"item {', '.join(wanted.items[:3])}: its index row names the content "
+                            f"{wanted.sha256[:80]!r}, not a SHA-256: the index is damaged")
     stored = bucket.stored_as(wanted.sha256)
     if stored is None:
         path = local.path_of(wanted.sha256)
