@@ -172,6 +172,8 @@ async def test_a_migrated_central_runs_on_postgresql_and_s3_and_old_receipts_sta
         third, _, _ = await _register(running, site.bundle, station, b"after the move " * 2000,
                                       site.accepted_to)
         new = TreeHead.from_dict(third["tree_head"])
+        # A trail row appended on PostgreSQL: its seal continues the migrated seals' numbering.
+        running.parts.console.grant("auditor-2", Role.READER, ("320100",), by="admin", reason="moved")
         async with tls_session(site.bundle) as session:
             status, proof = await get_json(
                 session, f"{running.url}/v1/log/consistency?first={old.tree_size}&second={new.tree_size}")
@@ -187,6 +189,10 @@ async def test_a_migrated_central_runs_on_postgresql_and_s3_and_old_receipts_sta
     # Control: a head that is not a prefix of the new one fails the same check.
     assert not verify_consistency(old.tree_size, new.tree_size, bytes(32), new.root,
                                   [bytes.fromhex(h) for h in proof["proof"]])
+    # The migrated history and what the new central added since verify as one store.
+    capsys.readouterr()
+    assert edge_main(["verify", str(site.target)]) == 0, capsys.readouterr()
+    assert _target_rows(pg_database, "grant_events") == 2
 
 
 async def test_a_tampered_source_object_is_refused_and_named_then_a_rerun_completes(
@@ -301,3 +307,21 @@ async def test_a_table_the_migrator_does_not_know_stops_it(
     assert "pending_surprises" not in migration_tables.COPIED_TABLES
     assert _migrate(site) == 0
 
+
+
+def test_configurations_that_are_not_an_embedded_store_and_its_copy_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = tmp_path / "store"
+    server = f'[server]\nlisten = "127.0.0.1"\nport = {free_port()}\nnames = ["localhost"]\n'
+    source = tmp_path / "central.toml"
+    source.write_text(f'[central]\nid = "central-site"\nstore_dir = "{store}"\n' + server, encoding="utf-8")
+    other = tmp_path / "other.toml"
+    other.write_text(f'[central]\nid = "central-other"\nstore_dir = "{tmp_path / "elsewhere"}"\n'
+                     'index = {type = "postgresql", url = "postgresql://edge@127.0.0.1:1/edge"}\n' + server,
+                     encoding="utf-8")
+    assert edge_main(["central", "migrate", "--config", str(source), "--to", str(other)]) == 78
+    _, err = capsys.readouterr()
+    assert "--to must name an S3 bucket" in err and "the central id differs" in err
+    assert "the store_dir differs" in err
+    assert not store.exists() and not (tmp_path / "elsewhere").exists(), "nothing was made"

@@ -219,6 +219,9 @@ def _migrate(conn: sqlite3.Connection, database: PostgresDatabase, bucket: S3Obj
                 f"({differences[0]}): nothing was copied. Migrate into an empty database", summary)
     _copy_objects(conn, FileObjectStore(source.layout.objects_dir), bucket,
                   RetentionPolicy.from_config(target.retention), summary, progress)
+    # The connection sat idle while the objects went (hours, for an agency): the property connects again
+    # when the server or a firewall dropped it.
+    target_conn = database.conn
     if summary.refused_count:
         raise MigrationFailed(f"{summary.refused_count} object(s) refused: the index was not copied; restore "
                               "the named objects (or find why they changed) and run the migration again",
