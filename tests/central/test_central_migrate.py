@@ -6,6 +6,8 @@ not know; an interrupted run completed by running it again."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -325,3 +327,31 @@ def test_configurations_that_are_not_an_embedded_store_and_its_copy_are_refused(
     assert "--to must name an S3 bucket" in err and "the central id differs" in err
     assert "the store_dir differs" in err
     assert not store.exists() and not (tmp_path / "elsewhere").exists(), "nothing was made"
+
+
+async def test_a_migration_killed_while_it_copies_completes_when_run_again(
+    site: Site, pg_database: PostgresDatabaseUnderTest, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """kill -9 of the real command once it has begun copying objects (wherever it then is: the rerun must
+    finish from any point); the kernel releases the store's lock with the process."""
+    migrating = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "central", "migrate", "--config", str(site.source), "--to",
+         str(site.target)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert migrating.stderr is not None
+        seen = b""
+        while b"objects:" not in seen:
+            line = migrating.stderr.readline()
+            if not line:
+                break
+            seen += line
+        assert b"objects:" in seen, seen
+    finally:
+        migrating.kill()
+        migrating.wait(timeout=60)
+        if migrating.stderr is not None:
+            migrating.stderr.close()
+    capsys.readouterr()
+    assert _migrate(site) == 0
+    out, _ = capsys.readouterr()
+    assert "verify on the target: OK" in out and "items: 2 rows" in out, out
