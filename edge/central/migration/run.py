@@ -30,6 +30,9 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
 
 from edge.central.backends import open_central_database
 from edge.central.config import CentralConfig, PostgresIndexConfig, S3ObjectsConfig
@@ -187,7 +190,14 @@ def migrate_central(source: CentralConfig, target: CentralConfig,
         bucket = open_object_store(target)
         assert isinstance(bucket, S3ObjectStore)
         try:
-            _migrate(conn, database, bucket, source, target, summary, _Progress(say))
+            try:
+                _migrate(conn, database, bucket, source, target, summary, _Progress(say))
+            except psycopg.Error as exc:
+                # A lost connection or a server error between the steps: libpq names no password.
+                raise MigrationFailed(f"the target database {database.where} failed: {str(exc).strip()}; run "
+                                      "the migration again (it resumes)", summary) from None
+            except sqlite3.Error as exc:
+                raise MigrationFailed(f"the source index {index_db} cannot be read: {exc}", summary) from None
         except MigrationFailed:
             summary.elapsed_s = time.monotonic() - started
             log.error("migration of %s to %s failed", source.central.store_dir, index_config.url,
@@ -267,11 +277,8 @@ def _source_count(conn: sqlite3.Connection, plan: TableCopy) -> int:
     return _count(conn, plan.name) or 0
 
 
-def _compare(conn: sqlite3.Connection, target_conn: object, plans: list[TableCopy],
+def _compare(conn: sqlite3.Connection, target_conn: psycopg.Connection[Any], plans: list[TableCopy],
              progress: _Progress) -> list[str]:
-    import psycopg
-
-    assert isinstance(target_conn, psycopg.Connection)
     differences: list[str] = []
     for plan in plans:
         progress(f"comparing {plan.name}")
