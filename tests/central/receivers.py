@@ -38,9 +38,9 @@ class ReceiverSite:
     gateway: CephGateway
     bucket: str
 
-    def config_file(self, name: str, *, uploads: str = "") -> Path:
-        """A configuration of receiver ``name`` (development mode: plain HTTP on loopback, the station
-        named by a header), its store a copy of the first receiver's identity."""
+    def config_file(self, name: str, *, uploads: str = "", tls: bool = False) -> Path:
+        """A configuration of receiver ``name`` (development mode unless ``tls``: plain HTTP on loopback,
+        the station named by a header), its store a copy of the first receiver's identity."""
         store = self.workdir / f"store-{name}"
         path = self.workdir / f"central-{name}.toml"
         path.write_text(
@@ -49,7 +49,8 @@ class ReceiverSite:
             f'objects = {{type = "s3", endpoint = "{self.gateway.endpoint}", bucket = "{self.bucket}", '
             f'region = "{self.gateway.region}", access_key_id = "{self.gateway.access_key_id}", '
             f'secret_access_key = "env:{SECRET_ENV}", part_size_mb = {PART_MB}}}\n'
-            f'[server]\nlisten = "127.0.0.1"\nport = {free_port()}\ninsecure_plain_http = true\n'
+            f'[server]\nlisten = "127.0.0.1"\nport = {free_port()}\n'
+            f'insecure_plain_http = {str(not tls).lower()}\n'
             'names = ["localhost", "127.0.0.1"]\n'
             f'[uploads]\ns3_part_mb = {PART_MB}\n{uploads}'
             '[console]\nlisten = "127.0.0.1"\nport = 0\n',
@@ -66,8 +67,8 @@ class ReceiverSite:
             shutil.copytree(first, store)
         return path
 
-    def config(self, name: str, *, uploads: str = "") -> CentralConfig:
-        return load_central_config(self.config_file(name, uploads=uploads))
+    def config(self, name: str, *, uploads: str = "", tls: bool = False) -> CentralConfig:
+        return load_central_config(self.config_file(name, uploads=uploads, tls=tls))
 
 
 class ReceiverProcess:
