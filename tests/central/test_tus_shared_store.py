@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edge.central.s3_objects import S3ObjectStore
 from edge.central.service import RunningCentral, start_central
 from edge.central.tus_shared_store import SharedTusStore
 from edge.central.tus_staging import STAGING_PREFIX
@@ -31,10 +32,10 @@ from edge.custody.receipt import verify_receipt
 from edge.uplink.policy import RateLimiter
 from edge.uplink.tus_client import PREFIX_SHA256, TusClient, UploadInterrupted
 from tests.central.ceph import CephGateway
-from tests.central.conftest import PG_PASSWORD_ENV, FakeStation, post_json
+from tests.central.conftest import PG_PASSWORD_ENV, FakeStation, free_port, post_json
 from tests.central.pg import PostgresDatabaseUnderTest
 from tests.central.receivers import PART_MB, ReceiverProcess, ReceiverSite
-from tests.central.s3 import SECRET_ENV, new_bucket, raw_client
+from tests.central.s3 import SECRET_ENV, new_bucket, raw_client, s3_objects_config
 
 PART = PART_MB << 20
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -337,3 +338,30 @@ async def test_a_receiver_killed_mid_patch_costs_the_station_a_resume_on_another
         assert _staged_keys(site, upload) == []
     finally:
         await other.stop()
+
+
+async def test_a_bucket_out_of_reach_refuses_the_chunk_with_503_and_the_upload_goes_on_later(
+    pair: Pair, site: ReceiverSite, station: FakeStation
+) -> None:
+    headers = _enrol(pair.a, station)
+    content = os.urandom(PART)
+    uploads_b = pair.b.parts.uploads
+    assert isinstance(uploads_b, SharedTusStore)
+    reachable = uploads_b.staging.client
+    # B's own S3 client, pointed at a port where nothing listens: the bucket is out of B's reach.
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    cut = S3ObjectStore(s3_objects_config(site.gateway, site.bucket, endpoint=nowhere, max_attempts=1,
+                                          connect_timeout_s=2), site.gateway.secret_access_key)
+    async with aiohttp.ClientSession() as session:
+        upload = await _create(session, pair.url("a"), headers, len(content))
+        uploads_b.staging.client = cut.client
+        try:
+            status, answer, text = await _patch(session, pair.url("b"), upload, headers, 0, content)
+        finally:
+            uploads_b.staging.client = reachable
+        assert status == 503 and "storage_unavailable" in text, text
+        assert "Retry-After" in answer
+        assert await _offset(session, pair.url("a"), upload, headers) == 0  # nothing half-kept
+        # Control: with the bucket in reach the same chunk is taken (and nothing holds the upload).
+        status, answer, text = await _patch(session, pair.url("b"), upload, headers, 0, content)
+        assert status == 204 and answer["Upload-Offset"] == str(PART), text
