@@ -365,3 +365,16 @@ async def test_a_bucket_out_of_reach_refuses_the_chunk_with_503_and_the_upload_g
         # Control: with the bucket in reach the same chunk is taken (and nothing holds the upload).
         status, answer, text = await _patch(session, pair.url("b"), upload, headers, 0, content)
         assert status == 204 and answer["Upload-Offset"] == str(PART), text
+
+
+async def test_an_empty_upload_is_complete_at_creation_and_registers_on_the_other_receiver(
+    pair: Pair, site: ReceiverSite, station: FakeStation
+) -> None:
+    headers = _enrol(pair.a, station)
+    acquired = station.acquire(b"")
+    async with aiohttp.ClientSession() as session:
+        upload = await _create(session, pair.url("a"), headers, 0)
+        assert await _offset(session, pair.url("b"), upload, headers) == 0
+        await _register(session, pair.url("b"), pair.b, station, upload, acquired, headers)
+    assert pair.b.parts.objects.verify(acquired.sha256) is None
+    assert pair.b.parts.objects.size_bytes(acquired.sha256) == 0
