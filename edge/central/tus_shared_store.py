@@ -338,8 +338,13 @@ class SharedTusStore:
         hasher = hashlib.sha256()
         if offset == 0:
             return hasher
+        since = 0
+        if kept is not None and any(part.start == kept[0] for part in parts):
+            # This receiver hashed the upload up to a part boundary before another went on: read the rest.
+            since, hasher = kept[0], kept[1].copy()
         try:
-            read = self.staging.read_into(self.sources(upload_id, parts), hasher)
+            read = since + self.staging.read_into(
+                self.sources(upload_id, [part for part in parts if part.start >= since]), hasher)
         except FileNotFoundError as exc:
             raise TusStoreError(
                 f"upload {upload_id}: a committed part is missing from the bucket: {exc}") from None
@@ -347,8 +352,8 @@ class SharedTusStore:
             raise UploadStoreUnavailableError(f"upload {upload_id}: {exc}") from None
         if read != offset:
             raise TusStoreError(f"upload {upload_id}: its parts hold {read} bytes, the record says {offset}")
-        log.info("upload %s: running SHA-256 rebuilt by reading its %d committed bytes back from the bucket "
-                 "(the upload continues on this receiver)", upload_id, offset)
+        log.info("upload %s: running SHA-256 rebuilt by reading %d of its %d committed bytes back from the "
+                 "bucket (the upload continues on this receiver)", upload_id, read - since, offset)
         return hasher
 
     def _remember(self, upload_id: str, offset: int, hasher: Any, sha256: str | None) -> None:
