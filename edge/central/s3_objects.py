@@ -222,6 +222,16 @@ class S3ObjectStore:
     def exists(self, sha256: str) -> bool:
         return self._head(sha256) is not None
 
+    def stored_as(self, sha256: str) -> tuple[int, str | None] | None:
+        """(size, the SHA-256 it was written with, as the central records it in the object's metadata) of
+        the current version; None when there is none. A claim, not a check: :meth:`verify` hashes."""
+        head = self._head(sha256)
+        if head is None:
+            return None
+        metadata = head.get("Metadata") or {}
+        claimed = metadata.get("sha256")
+        return int(head["ContentLength"]), claimed if isinstance(claimed, str) else None
+
     def size_bytes(self, sha256: str) -> int:
         head = self._head(sha256)
         if head is None:
@@ -345,6 +355,24 @@ class S3ObjectStore:
         log.info("object %s stored in bucket %s (%d bytes, version %s, locked until %s%s)", sha256,
                  self.bucket, size, version, retention.until.isoformat() if retention else "-",
                  ", legal hold" if retention and retention.legal_hold else "")
+        return StoredObject(sha256, size)
+
+    def copy_in(self, source: Path, sha256: str, retention: Retention) -> StoredObject:
+        """Send a copy of ``source`` as the new object ``sha256``, locked as ``retention`` says, leaving
+        ``source`` in place (`edge central migrate` copies a local store's objects). The bytes are hashed on
+        the one read that sends them: content that does not hash to ``sha256`` raises
+        :class:`ObjectMismatch` and never becomes an object. The caller has checked the object is absent."""
+        lock: dict[str, Any] = {"ObjectLockMode": _LOCK_MODE, "ObjectLockRetainUntilDate": retention.until}
+        if retention.legal_hold:
+            lock["ObjectLockLegalHoldStatus"] = "ON"
+        key = self.key_of(sha256)
+        with open(source, "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size <= self.part_size:
+                version = self._put_single(stream, key, sha256, lock)
+            else:
+                version = self._put_multipart(stream, key, sha256, lock)
+        self._lock_version(sha256, version, retention)
         return StoredObject(sha256, size)
 
     def _put_single(self, stream: BinaryIO, key: str, sha256: str, lock: dict[str, Any]) -> str:
