@@ -9,7 +9,7 @@ One row per item: a second wish for the same item keeps the later end and any le
 The table is a work queue, not history: rows are updated (attempts) and deleted (done). Times are UTC text
 of one fixed width (``YYYY-MM-DDTHH:MM:SS.ffffffZ``), so text order is time order on both engines. The
 table is made by ``edge/central/sqlite/lock_extensions.py`` and
-``edge/central/postgres/migrations/0005_lock_extensions.sql``.
+``edge/central/postgres/migrations/0006_lock_extensions.sql``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The pending object-lock extensions' table in ``index.db`` (:mod:`edge.central.sql.lock_extensions`; the
-same table on PostgreSQL: ``edge/central/postgres/migrations/0005_lock_extensions.sql``)."""
+same table on PostgreSQL: ``edge/central/postgres/migrations/0006_lock_extensions.sql``)."""
 
 from __future__ import annotations
 
