@@ -50,6 +50,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge.custody.keys import load_public_key  # noqa: E402
+from edge.pki.bundle import BUNDLE_CENTRAL_SIGNING_PUB  # noqa: E402
 from edge.verify.station import verify_store  # noqa: E402
 from tests.bench.load_receivers import (  # noqa: E402
     Receivers,
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace, work: Path, storage: SharedStorage) -> dict[st
         "seconds": round(fleet.seconds, 3), "items": fleet.items, "receipts": fleet.receipts,
         "mb_s": round(sent / MIB / fleet.seconds, 1), "items_s": round(fleet.items / fleet.seconds, 1),
         "registrations": len(fleet.registration_s), "resumed": fleet.resumed,
+        "uplink_warnings": fleet.warnings,
     }
     say("upload, registration, receipts", upload)
 
@@ -141,7 +143,8 @@ def run(args: argparse.Namespace, work: Path, storage: SharedStorage) -> dict[st
     problems: list[str] = []
     receipts_checked = 0
     for station in stations:
-        report = verify_store(station.store, central_key=load_public_key(station.bundle / "central-signing.pub"))
+        central_key = load_public_key(station.bundle / BUNDLE_CENTRAL_SIGNING_PUB)
+        report = verify_store(station.store, central_key=central_key)
         receipts_checked += int(report.checked.get("receipts", 0))
         problems += [f"{station.station_id}: {p}" for p in report.problems[:3]]
     say("station stores verified", {"receipts_checked": receipts_checked, "problems": len(problems),
@@ -149,6 +152,7 @@ def run(args: argparse.Namespace, work: Path, storage: SharedStorage) -> dict[st
     if problems:
         print("\n".join(problems[:10]), file=sys.stderr)
 
+    stations_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
     return {
         "storage": storage.name,
         "stations": len(stations),
@@ -173,16 +177,17 @@ def run(args: argparse.Namespace, work: Path, storage: SharedStorage) -> dict[st
         "storage_cpu_s_per_gb": {k: per_gb(v, sent) for k, v in storage_cpu.items()},
         "baseline_station_cpu_s_per_gb": baseline["station_cpu_s_per_gb"],
         "baseline_central_cpu_s_per_gb": baseline["central_cpu_s_per_gb"],
+        "uplink_warnings": fleet.warnings,
         "receipts": fleet.receipts,
         "receipts_verified": receipts_checked,
         "all_receipts_verified": fleet.receipts == fleet.items == receipts_checked and not problems,
-        "peak_rss_mb": {"stations_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                        "receivers": receiver_rss},
+        "peak_rss_mb": {"stations_process": stations_rss_mb, "receivers": receiver_rss},
     }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stations", type=int, default=100)
     parser.add_argument("--receivers", type=int, default=2, help="agency backends only (embedded: 1)")
     parser.add_argument("--items", type=int, default=2, help="items per station")
@@ -197,7 +202,8 @@ def main() -> int:
         args.receivers = 1
     if args.stations < 1 or args.receivers < 1 or args.items < 1:
         parser.error("--stations, --receivers and --items must be at least 1")
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="edge-loadbench-", dir="/var/tmp"))
+    work = (Path(args.workdir) if args.workdir
+            else Path(tempfile.mkdtemp(prefix="edge-loadbench-", dir="/var/tmp")))
     work.mkdir(parents=True, exist_ok=True)
     total = args.stations * args.items * int(args.item_mb * MIB)
     # Ceph's memstore OSD holds every object (and Object Lock keeps them) in RAM: room for all, twice.

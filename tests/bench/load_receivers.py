@@ -170,7 +170,8 @@ class Receiver:
                 return
             except OSError:
                 time.sleep(0.1)
-        raise SystemExit(f"receiver {self.number} did not listen within {START_TIMEOUT_S} s: {self.log_tail()}")
+        raise SystemExit(f"receiver {self.number} did not listen within {START_TIMEOUT_S} s: "
+                         f"{self.log_tail()}")
 
     def log_tail(self) -> str:
         return self.log_file.read_text(errors="replace")[-3000:] if self.log_file.exists() else ""
@@ -218,9 +219,9 @@ class Receivers:
             index = open_central_index(config)
             try:
                 for station_id, public_key, bundle in stations:
-                    enrollment = enroll_station(config, station_id, signing_key_pub=public_key, out_dir=bundle)
-                    assert enrollment.signing_public_key_b64 is not None
-                    index.enroll_station(station_id, enrollment.signing_public_key_b64, enrollment.cert_sha256)
+                    issued = enroll_station(config, station_id, signing_key_pub=public_key, out_dir=bundle)
+                    assert issued.signing_public_key_b64 is not None
+                    index.enroll_station(station_id, issued.signing_public_key_b64, issued.cert_sha256)
             finally:
                 index.close()
 

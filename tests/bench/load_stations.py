@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import struct
 import time
@@ -159,6 +160,16 @@ class FleetRun:
     bytes_sent: int
     resumed: int
     registration_s: list[float]
+    warnings: int  # what the uplinks warned of: retries (refused connections, 503s), the breaker opening
+
+
+class _WarningCount(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
 
 
 async def run_uplinks(stations: list[Station], concurrency: int, timeout_s: float,
@@ -176,6 +187,8 @@ async def run_uplinks(stations: list[Station], concurrency: int, timeout_s: floa
     import edge.pki.tls
     import edge.uplink.tus_transport  # noqa: F401
 
+    warnings = _WarningCount()
+    logging.getLogger("edge.uplink").addHandler(warnings)
     cpu_before = cpu_s()
     started = time.perf_counter()
     tasks = [asyncio.create_task(service.run(), name=f"uplink-{s.station_id}")
@@ -188,6 +201,7 @@ async def run_uplinks(stations: list[Station], concurrency: int, timeout_s: floa
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        logging.getLogger("edge.uplink").removeHandler(warnings)
     failed = [task.exception() for task in tasks if not task.cancelled() and task.exception() is not None]
     stuck = [s.station_id for s, done in zip(stations, drained, strict=True) if not done]
     try:
@@ -202,6 +216,7 @@ async def run_uplinks(stations: list[Station], concurrency: int, timeout_s: floa
             bytes_sent=sum(service.stats.bytes_sent for service in services),
             resumed=sum(service.stats.resumed for service in services),
             registration_s=latencies,
+            warnings=warnings.count,
         )
     finally:
         for store in stores:

@@ -126,7 +126,8 @@ def running_postgres(max_connections: int = 40) -> Iterator[PostgresServer]:
     run(str(bindir / "initdb"), "-D", str(data), "--no-sync", "-U", SUPERUSER, "-E", "UTF8",
         "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}")
     pwfile.unlink()
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections={max_connections}"
+    options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off "
+               f"-c max_connections={max_connections}")
     run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-w", "-t", "60", "-o", options, "start")
     try:
         yield PostgresServer(folder, port, password, (*prefix, str(bindir / "pg_ctl")), data, options,
