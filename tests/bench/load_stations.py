@@ -32,7 +32,7 @@ from edge.config.station import StationConfig
 from edge.ingest.store import StationStore
 from edge.pki.tls import client_ssl_context
 from edge.uplink.service import UplinkService
-from edge.uplink.transport import LedgerSegment, Link, RegisterOutcome, Transport
+from edge.uplink.transport import Accepted, LedgerSegment, Link, RegisterOutcome, Transport
 from edge.uplink.transports import transport_for
 
 OFFICER_NO = "110001"
@@ -119,11 +119,20 @@ def uplink_config(station: Station, concurrency: int) -> StationConfig:
 # -- registration latency: the station's own link, each registration call timed -------------------
 
 
+@dataclass
+class Registrations:
+    """Seconds of each registration call answered with a receipt, and how many were not (retry later:
+    a 503, a time-out, a cut connection; refused: e.g. a stale ledger head, then sent again)."""
+
+    accepted_s: list[float]
+    not_accepted: int = 0
+
+
 class _TimedLink:
     """The tus link as the station opened it; `register` (the POST that carries the signed manifest and
     the ledger segment, answered with the receipt) is timed, everything else passes through."""
 
-    def __init__(self, link: Link, latencies: list[float]) -> None:
+    def __init__(self, link: Link, latencies: Registrations) -> None:
         self._link = link
         self._latencies = latencies
 
@@ -135,12 +144,15 @@ class _TimedLink:
     ) -> RegisterOutcome:
         started = time.perf_counter()
         outcome = await self._link.register(upload, manifest, segment)
-        self._latencies.append(time.perf_counter() - started)
+        if isinstance(outcome, Accepted):
+            self._latencies.accepted_s.append(time.perf_counter() - started)
+        else:
+            self._latencies.not_accepted += 1
         return outcome
 
 
 class _TimedTransport:
-    def __init__(self, transport: Transport, latencies: list[float]) -> None:
+    def __init__(self, transport: Transport, latencies: Registrations) -> None:
         self.name = transport.name
         self._transport = transport
         self._latencies = latencies
@@ -159,7 +171,7 @@ class FleetRun:
     receipts: int
     bytes_sent: int
     resumed: int
-    registration_s: list[float]
+    registrations: Registrations
     warnings: int  # what the uplinks warned of: retries (refused connections, 503s), the breaker opening
 
 
@@ -176,7 +188,7 @@ async def run_uplinks(stations: list[Station], concurrency: int, timeout_s: floa
                       cpu_s: Callable[[], float]) -> FleetRun:
     """Every station's uplink drains its spool at once, in this event loop; returns when all are
     receipted (or raises SystemExit naming the stations still waiting after ``timeout_s``)."""
-    latencies: list[float] = []
+    latencies = Registrations([])
     stores = [StationStore(s.store, s.station_id) for s in stations]
     services = []
     for station, store in zip(stations, stores, strict=True):
@@ -215,7 +227,7 @@ async def run_uplinks(stations: list[Station], concurrency: int, timeout_s: floa
             receipts=sum(service.spool.counts().get("receipted", 0) for service in services),
             bytes_sent=sum(service.stats.bytes_sent for service in services),
             resumed=sum(service.stats.resumed for service in services),
-            registration_s=latencies,
+            registrations=latencies,
             warnings=warnings.count,
         )
     finally:
