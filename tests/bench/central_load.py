@@ -30,9 +30,9 @@ baseline's, all_receipts_verified (exit status 1 otherwise), peak RSS of the sta
 each receiver. GB here is GiB of content sent.
 
 Defaults: 100 stations x 2 items x 2 MiB = 400 MiB. Set-up (100 station stores offloaded, Ceph's start)
-takes about 2 minutes on a 2-core machine; the upload phase is what is measured, and took 20 minutes on
-PostgreSQL and Ceph on a 2-core machine shared with other test runs (README "The central under load");
---items 1 --stations 20 gives a first look in about 2 minutes.
+takes about 2 minutes on a 2-core machine; the upload phase is what is measured, and took 4 to 20
+minutes on PostgreSQL and Ceph on a 2-core machine shared with other test runs (README "The central
+under load"); --items 1 --stations 20 gives a first look in about 2 minutes.
 """
 
 from __future__ import annotations
