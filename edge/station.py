@@ -165,9 +165,11 @@ class StationAgent:
         # retried until unplugged, so a wrong password is tried once per docking, not until lockout.
         self._done_usb: set[UsbAttachment] = set()
         # Recorders ready for the desk: their own docking ended `done` and they came back in control mode
-        # from their bay's power cycle (`_back_in_control`). A docking refused or failed before its offload
-        # leaves the recorder done (not retried) but not ready: its files may be unread.
-        self._ready_usb: set[UsbAttachment] = set()
+        # from their bay's power cycle (`_back_in_control`), each with the device serial that docking had: the
+        # desk issues only that recorder from the attachment (another one answering there was swapped in
+        # under the same USB serial). A docking refused or failed before its offload leaves the recorder done
+        # (not retried) but not ready: its files may be unread.
+        self._ready_usb: dict[UsbAttachment, str] = {}
         # What the last USB poll saw: a session that ends after its recorder was pulled out (mid-copy)
         # must not mark the recorder done, or docking it again would be ignored.
         self._present_usb: set[UsbAttachment] = set()
@@ -224,6 +226,8 @@ class StationAgent:
         # When each of those power cycles was asked for: the recorder was in mass-storage mode then, so an
         # enumeration begun after it that finds the attachment in control mode finds it back from the cycle.
         self._power_cycled_at: dict[UsbAttachment, float] = {}
+        # The device serial each of those recorders' docking ended `done` with.
+        self._offloaded_device: dict[UsbAttachment, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -419,7 +423,7 @@ class StationAgent:
         assert self.store is not None
         equipment = self.config.equipment
         bench = UsbRecorderBench(self.backend, self._live_recorder_access(), set_led=self.set_led,
-                                 idle=self._idle_for_desk)
+                                 idle=self._idle_for_desk, swapped_in=self._swapped_in)
 
         async def clock_trusted() -> bool:
             return self.status.clock_trusted
@@ -448,17 +452,39 @@ class StationAgent:
             bay_for_port=lambda port: self.config.bay_for_port(port),
         )
 
-    def _idle_for_desk(self, port: str, usb_serial: str) -> bool:
+    def _idle_for_desk(self, port: str, usb_serial: str) -> str | None:
         """Whether the desk may use the recorder at this attachment: the USB poll has seen it, no docking
         session of it runs, and it came back in control mode from the bay power cycle that follows a docking
         of its own that ended `done`. A recorder docked a moment ago is in control mode too until its session
         switches it to mass storage, and one whose docking was refused or failed before the offload stays in
         control mode with its files unread: the desk must issue neither. (Called from the desk's worker
-        thread: reads of sets the event loop replaces or grows, never iterated there.)"""
+        thread: reads of sets the event loop replaces or grows, never iterated there.) The device serial of
+        the recorder offloaded there when idle, else None."""
         key = UsbAttachment(port, usb_serial)
-        return key in self._present_usb and key in self._ready_usb and key not in self._active_usb
+        if key not in self._present_usb or key in self._active_usb:
+            return None
+        return self._ready_usb.get(key)
 
-    async def _return_to_control(self, key: UsbAttachment, result: OffloadResult | None) -> None:
+    def _swapped_in(self, port: str, usb_serial: str) -> None:
+        """The desk found another recorder than the one offloaded at this attachment (swapped in under the
+        same USB serial, between two polls): it is no longer ready nor done, so the next poll docks it (its
+        files are offloaded like any docking's) and the record says what happened."""
+        key = UsbAttachment(port, usb_serial)
+        expected = self._ready_usb.pop(key, None)
+        if expected is None:
+            return
+        self._done_usb.discard(key)
+        assert self.store is not None
+        bay = self.config.bay_for_port(port)
+        reason = (f"another recorder than {expected}, offloaded here, answers at this attachment (swapped in "
+                  "under the same USB serial): not issued; docked to be offloaded")
+        log.warning("bay %s: %s", bay, reason)
+        self.store.record(EntryType.ERROR, None, {
+            "usb_serial": usb_serial, "usb_port": port, "bay": bay, "stage": "equipment",
+            "expected_device_serial": expected, "reason": reason})
+
+    async def _return_to_control(self, key: UsbAttachment, result: OffloadResult | None,
+                                 device_serial: str) -> None:
         """After a docking that ended `done`, power-cycle the recorder's bay through the dock controller: the
         recorder leaves mass-storage mode and enumerates in control mode, where it waits for the desk."""
         equipment = self.config.equipment
@@ -475,6 +501,7 @@ class StationAgent:
                                                       f"mode, not ready for check-out: {why}"})
             return
         loop = asyncio.get_running_loop()
+        self._offloaded_device[key] = device_serial
         self._power_cycled_at[key] = loop.time()
         self._awaiting_control[key] = self._power_cycled_at[key] + equipment.control_return_timeout_s
         try:
@@ -482,6 +509,7 @@ class StationAgent:
         except DockError as exc:
             self._awaiting_control.pop(key, None)
             self._power_cycled_at.pop(key, None)
+            self._offloaded_device.pop(key, None)
             self.store.record(EntryType.ERROR, None, {
                 **where, "reason": f"the recorder stays in mass-storage mode, not ready for check-out: bay "
                 f"power cycle: {exc}"})
@@ -506,12 +534,13 @@ class StationAgent:
         waits for the desk: no docking session)."""
         deadline = self._awaiting_control.pop(key, None)
         self._power_cycled_at.pop(key, None)
-        if deadline is None or now > deadline:
+        device_serial = self._offloaded_device.pop(key, "")
+        if deadline is None or now > deadline or not device_serial:
             return False
         assert self.store is not None
         bay = self.config.bay_for_port(key.port)
         self._done_usb.add(key)
-        self._ready_usb.add(key)
+        self._ready_usb[key] = device_serial
         self.store.record(EntryType.DEVICE_CONNECTED, None, {
             "usb_serial": key.usb_serial, "usb_port": key.port, "bay": bay, "source": "usb",
             "mode": "control", "after": "bay power cycle",
@@ -888,7 +917,7 @@ class StationAgent:
             now = loop.time()
             for gone in seen.keys() - present.keys():
                 self._done_usb.discard(gone)
-                self._ready_usb.discard(gone)
+                self._ready_usb.pop(gone, None)
                 bay = self._usb_bays.pop(gone, None)
                 cycled = gone in self._awaiting_control
                 if not cycled:  # (off for its bay's power cycle: the recorder is still in the bay)
@@ -900,6 +929,7 @@ class StationAgent:
             for key in [k for k, deadline in self._awaiting_control.items() if now > deadline]:
                 del self._awaiting_control[key]
                 self._power_cycled_at.pop(key, None)
+                self._offloaded_device.pop(key, None)
                 self._not_back_in_control(key)
             # Back from its bay's power cycle: in control mode in an enumeration begun after the cycle was
             # asked for. A poll that missed the power-off window sees the same attachment before and after (it
@@ -988,11 +1018,10 @@ class StationAgent:
         assert self.store is not None
         try:
             async with ConcurrencySlot(self.limit) as slot:
-                result = await ControlSession(
-                    self.store, self.config, **self._session_kwargs(), slot=slot
-                ).run(handle, self.claims, self.backend)
+                session = ControlSession(self.store, self.config, **self._session_kwargs(), slot=slot)
+                result = await session.run(handle, self.claims, self.backend)
             self._finished(result)
-            await self._return_to_control(usb_attachment(handle), result)
+            await self._return_to_control(usb_attachment(handle), result, session.device_serial)
         finally:
             key = usb_attachment(handle)
             self._active_usb.discard(key)

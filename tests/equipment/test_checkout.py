@@ -412,10 +412,13 @@ async def test_a_recorder_whose_docking_is_under_way_is_never_logged_in_to_nor_i
     # finished with it (the agent's `idle`) keeps the desk away from it.
     docking_under_way = {"1-1.1"}
     rig = Rig(sim, store, open_access(), trusted=False)
-    rig.bench = UsbRecorderBench(sim.backend, open_access(),
-                                 idle=lambda port, usb_serial: port not in docking_under_way)
+    offloaded: dict[str, str] = {}  # port -> the recorder the station finished with there
+    rig.bench = UsbRecorderBench(
+        sim.backend, open_access(),
+        idle=lambda port, usb_serial: None if port in docking_under_way else offloaded.get(port))
     rig.desk.bench = rig.bench
     recorder = rig.dock(0, "1-1.1")
+    offloaded["1-1.1"] = recorder
     before = rig.device_identity(recorder)
     logins = len(sim.bus.passwords_received(recorder))
     refusal = await refused(rig.desk.check_out_by_card("01000734E0"))

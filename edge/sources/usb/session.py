@@ -203,6 +203,9 @@ class DockingSession:
         # The bay and the serial this docking is shown under on the status board (set as they are known).
         self._bay: int | None = None
         self._shown_as: str | None = None
+        # The product serial the recorder gave after login (a control docking's; "" until then): which
+        # recorder the station offloaded at this attachment, for the desk (edge.station).
+        self.device_serial = ""
         self.pipeline = pipeline
         self.slot = slot  # the bay's offload slot, given back while the docking only waits for the central
         self.repository = IngestRepository(store)
@@ -397,6 +400,7 @@ class ControlSession(DockingSession):
         self._show(BayPhase.AUTHENTICATING)
         try:
             session, device_serial = await self._authenticate(handle, backend, bay, where)
+            self.device_serial = device_serial
         except SessionRefused as refused:
             await self.set_led(bay, refused.led)
             return None
