@@ -102,8 +102,10 @@ SCREEN_TEXT: dict[RefusalReason, str] = {
 }
 
 
-# Refusals that would tell a registered 警号 from an unknown one: shown as a wrong PIN outside the ledger.
-_SHOWN_AS_WRONG_PIN = frozenset({RefusalReason.UNKNOWN_OFFICER, RefusalReason.NO_PIN})
+# Refusals that would tell a registered 警号 from an unknown one: shown as a wrong PIN outside the ledger. A
+# lockout too: only a 警号 with a PIN ever locks, so `pin_locked` would name the officers who have one.
+_SHOWN_AS_WRONG_PIN = frozenset({RefusalReason.UNKNOWN_OFFICER, RefusalReason.NO_PIN,
+                                 RefusalReason.PIN_LOCKED})
 
 
 class CheckoutRefused(Exception):
@@ -123,8 +125,9 @@ class CheckoutRefused(Exception):
     @property
     def public_reason(self) -> RefusalReason:
         """The reason as the desk tells it outside the ledger (the API's answer, the kiosk's outcomes): an
-        unknown 警号, and a 警号 with no PIN set (card only: it can never be served a PIN check-out), are a
-        wrong PIN there, so that no answer tells which 警号 exist."""
+        unknown 警号, a 警号 with no PIN set (card only: it can never be served a PIN check-out) and a locked
+        one (only a 警号 with a PIN locks) are a wrong PIN there, so that no answer tells which 警号 exist.
+        The lockout still holds: a locked 警号 is refused even its right PIN, and the ledger says so."""
         return RefusalReason.WRONG_PIN if self.reason in _SHOWN_AS_WRONG_PIN else self.reason
 
 
@@ -255,14 +258,14 @@ class CheckoutDesk:
     async def check_out_by_pin(self, officer_no: str, pin: str) -> Assignment:
         async with self._lock:
             officer = self.officers.get(officer_no) if officer_no.isascii() and officer_no.isdigit() else None
-            now = station_time_now()
+            # Verified even for an unknown 警号 (against a dummy hash) and a locked one (its answer ignored): a
+            # refusal takes as long whichever it is.
+            good = await asyncio.to_thread(verify_pin, officer.pin_hash if officer else None, pin)
             if officer is not None:
-                locked = self.pins.locked_until(officer.officer_no, now)
+                locked = self.pins.locked_until(officer.officer_no, station_time_now())
                 if locked is not None:
                     raise self._refuse(RefusalReason.PIN_LOCKED, f"PIN locked until {locked}",
                                        method="pin", officer_no=officer.officer_no)
-            # Verified even for an unknown 警号 (against a dummy hash): a refusal takes as long either way.
-            good = await asyncio.to_thread(verify_pin, officer.pin_hash if officer else None, pin)
             if officer is None:
                 well_formed = officer_no.isascii() and len(officer_no) == 6 and officer_no.isdigit()
                 typed = officer_no if well_formed else None  # what the ledger may quote of the input
