@@ -258,8 +258,8 @@ class CheckoutDesk:
     async def check_out_by_pin(self, officer_no: str, pin: str) -> Assignment:
         async with self._lock:
             officer = self.officers.get(officer_no) if officer_no.isascii() and officer_no.isdigit() else None
-            # Verified even for an unknown 警号 (against a dummy hash) and a locked one (its answer ignored): a
-            # refusal takes as long whichever it is.
+            # Verified even for an unknown 警号 (against a dummy hash) and a locked one (its answer
+            # ignored): a refusal takes as long whichever it is.
             good = await asyncio.to_thread(verify_pin, officer.pin_hash if officer else None, pin)
             if officer is not None:
                 locked = self.pins.locked_until(officer.officer_no, station_time_now())

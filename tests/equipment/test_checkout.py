@@ -206,7 +206,8 @@ async def test_wrong_pins_lock_the_officer_out_and_never_reach_the_ledger(rig: R
     locked = await refused(rig.desk.check_out_by_pin("220001", "2222"))
     assert locked.reason is RefusalReason.PIN_LOCKED
     # Outside the ledger a lockout reads as a wrong PIN (only a 警号 with a PIN locks: review 3).
-    assert locked.public_reason is RefusalReason.WRONG_PIN and "wrong officer number or PIN" in locked.screen_text
+    assert locked.public_reason is RefusalReason.WRONG_PIN
+    assert "wrong officer number or PIN" in locked.screen_text
     # Locked: even the right PIN is refused now.
     assert (await refused(rig.desk.check_out_by_pin("220001", "4321"))).reason is RefusalReason.PIN_LOCKED
     refusals = rig.entries(EntryType.REFUSED)
