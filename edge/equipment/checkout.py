@@ -45,7 +45,7 @@ from edge.equipment.assignments import Assignment, AssignmentBook, PinLockout
 from edge.equipment.credentials import CredentialError, normalise_card_uid, verify_pin
 from edge.equipment.officers import Officer, OfficerRegistry, OfficerStatus
 from edge.equipment.overdue import close_overdue_alert, open_overdue_alert
-from edge.ingest.store import StationStore
+from edge.ingest.store import SESSION_ORDER, StationStore
 
 __all__ = [
     "CheckoutDesk",
@@ -179,11 +179,11 @@ class CheckoutPolicy:
 
 def last_docking(conn: sqlite3.Connection, device_serial: str) -> tuple[str | None, str | None] | None:
     """(ended, outcome) of the station's latest docking session of a recorder, or None if it never docked.
-    Latest in the order the station recorded them (the row's insertion order, the order of their
-    `session_started` entries), not by `started`: a wall clock stepped back would put a later docking
-    first."""
-    row = conn.execute("SELECT ended, outcome FROM sessions WHERE device_serial = ? ORDER BY rowid DESC "
-                       "LIMIT 1", (device_serial,)).fetchone()
+    Latest in the order the station recorded them (the seq of their `session_started` entries, kept in
+    `started_seq`), not by `started` (a wall clock stepped back would put a later docking first) nor by the
+    rowid (VACUUM or a copy of the store renumbers it)."""
+    row = conn.execute(f"SELECT ended, outcome FROM sessions WHERE device_serial = ? "
+                       f"ORDER BY {SESSION_ORDER} LIMIT 1", (device_serial,)).fetchone()
     return None if row is None else (row[0], row[1])
 
 
