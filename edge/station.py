@@ -1101,13 +1101,19 @@ class StationAgent:
             return
         if not still_mounted():
             self.bound.unmounted(mount)  # the UNMOUNTED event may have come before it was bound
+        ended: tuple[int | None, OffloadResult | None] | None = None
         try:
-            await self._offload_volume(root, still_mounted)
+            ended = await self._offload_volume(root, still_mounted)
         finally:
             if root.owner is None:
                 self.bound.close(root)
+        if ended is not None:
+            await self._volume_docking_ended(*ended)
 
-    async def _offload_volume(self, root: VolumeRoot, still_mounted: Callable[[], bool]) -> None:
+    async def _offload_volume(self, root: VolumeRoot, still_mounted: Callable[[], bool]
+                              ) -> tuple[int | None, OffloadResult | None] | None:
+        """The volume's own docking (no control session brought it): its bay and result, once it has ended;
+        None when it was not docked here (no identity, a control session's volume, refused, gone)."""
         assert self.store is not None
         loop = asyncio.get_running_loop()
         path = root.path
@@ -1117,7 +1123,7 @@ class StationAgent:
             self.store.record(
                 EntryType.REFUSED, None, {"volume": display_name(path), "reason": f"no identity: {exc}"}
             )
-            return
+            return None
         serial = identity.device_serial
         assert root.mount is not None
         claimed_ports = self.claims.usb_ports(serial)
@@ -1132,9 +1138,9 @@ class StationAgent:
                 if on_port:
                     if self.claims.offer(claimed_port, serial, root):
                         root.owner = "control session"  # it closes the volume when its docking ends
-                    return
+                    return None
             await self._refuse_misplaced_volume(root, serial, claimed_ports, found_at)
-            return
+            return None
         # No control session brought this volume: its bay comes from the kernel's topology or the
         # per-bay mount directory, so that its LED shows the docking too.
         bay, found_by = await loop.run_in_executor(
@@ -1148,7 +1154,7 @@ class StationAgent:
             # this docking starts when that one has ended, if the mount is still there by then.
             await self._volume_session_ended.wait_for(lambda: serial not in self._active_devices)
         if not still_mounted():
-            return
+            return None
         self._active_devices.add(serial)
         try:
             # The slot is given back while the docking only waits for the central (after-witness,
@@ -1162,6 +1168,51 @@ class StationAgent:
             self._active_devices.discard(serial)
             async with self._volume_session_ended:
                 self._volume_session_ended.notify_all()
+        return bay, result
+
+    async def _volume_docking_ended(self, bay: int | None, result: OffloadResult | None) -> None:
+        """A volume docking no control session began ended (its volume closed). When it is a recorder with a
+        control mode, left in mass-storage mode (an agent stopped after switching it: mid-offload, or before
+        its bay's power cycle), and the docking ended `done`, the bay is power-cycled: the recorder comes
+        back in control mode as a docking of its own (logged in, identified by its control protocol, nothing
+        left to copy, its check-in if it was out), after which it is ready like any other. Without the power
+        cycle an `error` entry says why it is not ready for check-out."""
+        equipment = self.config.equipment
+        if not equipment.enabled or bay is None or result is None \
+                or result.outcome is not OffloadOutcome.DONE:
+            return
+        port = next((b.usb_port for b in self.config.bays if b.number == bay), None)
+        loop = asyncio.get_running_loop()
+        try:
+            handles: list[RecorderHandle] = await loop.run_in_executor(
+                self.executor, lambda: find_recorders(self.backend))
+        except (RecorderError, OSError) as exc:
+            log.warning("bay %s: USB enumeration after a volume docking failed: %s", bay, exc)
+            return
+        found = next((h for h in handles if h.location.port_path == port
+                      and h.mode is RecorderMode.MASS_STORAGE and not h.mass_storage_only), None)
+        if found is None:  # a mass-storage-only model, a plain stick, or already gone
+            return
+        assert self.store is not None
+        key = usb_attachment(found)
+        where = {"usb_serial": key.usb_serial, "usb_port": key.port, "bay": bay, "stage": "equipment"}
+        dock = self.dock
+        why = ("return_to_control is off" if not equipment.return_to_control
+               else "the dock controller is not connected" if dock is None or not dock.connected else None)
+        if why is None and dock is not None:
+            try:
+                await dock.power_cycle(bay, equipment.power_off_ms)
+            except DockError as exc:
+                why = f"bay power cycle: {exc}"
+            else:
+                log.info("bay %s: recorder %s left in mass-storage mode (no control session docked it): "
+                         "power-cycled to dock it again in control mode", bay, key.usb_serial)
+                return
+        reason = (f"the recorder was left in mass-storage mode (docked without a control session, as after "
+                  f"an agent restart) and stays so, not ready for check-out until it is pulled out and "
+                  f"docked again: {why}")
+        log.warning("bay %s: %s", bay, reason)
+        self.store.record(EntryType.ERROR, None, {**where, "reason": reason})
 
     async def _refuse_misplaced_volume(
         self, root: VolumeRoot, serial: str, claimed_ports: list[str], found_at: str

@@ -78,6 +78,10 @@ DOCKING_UNDER_WAY = ("its docking at this station is under way or did not end do
                      "was docked)")
 
 
+# Why a recorder in mass-storage mode is not issued: its docking is copying it, or it was left so.
+IN_MASS_STORAGE = ("in mass-storage mode: being offloaded, or not back in control mode since its docking "
+                   "(the ledger says why)")
+
 # Why a recorder answering where the station offloaded another one is not issued: swapped in (same port, same
 # USB serial: a batch sharing a factory serial, or a copy) without a docking of its own since it was out.
 SWAPPED_IN = "not the recorder offloaded at this attachment (recorder {expected}): swapped in unread"
@@ -109,9 +113,12 @@ class UsbRecorderBench:
         handles = await asyncio.to_thread(find_recorders, self.backend, ids=self._ids)
         found = []
         for handle in handles:
-            if handle.mode is not RecorderMode.CONTROL:
-                continue  # offloading (mass storage) or a mass-storage-only model: not issued from here
             port = handle.location.port_path
+            if handle.mode is not RecorderMode.CONTROL:
+                if not handle.mass_storage_only:  # (a mass-storage-only model is never issued from here)
+                    found.append(DockedRecorder(port, handle.usb_serial, self.access.bay_for_port(port),
+                                                problem=IN_MASS_STORAGE))
+                continue
             expected = None if self._idle is None else self._idle(port, handle.usb_serial)
             if self._idle is not None and expected is None:
                 found.append(DockedRecorder(port, handle.usb_serial, self.access.bay_for_port(port),

@@ -1,4 +1,4 @@
-"""Third review of issue 12 (a gap the README named): a recorder left in mass-storage mode by an agent restart.
+"""Third review of issue 12 (a gap the README named): a recorder left in mass-storage mode by a restart.
 
 The agent brings a recorder back to control mode (its bay's power cycle) only after a *control* session's
 docking ended `done`. An agent that stops after it switched a recorder to mass storage (mid-offload, or
@@ -17,6 +17,7 @@ not ready. The control: the same recorder docked in control mode while the agent
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,13 +27,13 @@ from simulators.dock import DockSimulator
 from simulators.recorder.backend import get_backend
 from simulators.recorder.bus import RecorderBus
 from tests.equipment.test_desk_agent import registry
-from tests.station.harness import PASSWORD, eventually, simulated_station, spec
+from tests.station.harness import PASSWORD, simulated_station, spec
 
 WAIT_S = 150.0
 PORT = "1-1.1"
 
 
-def left_in_mass_storage(device_serial: str) -> object:
+def left_in_mass_storage(device_serial: str) -> Callable[[RecorderBus, DockSimulator, Path], None]:
     """Docked in bay 1 and switched to mass storage by a station that then stopped."""
 
     def before_start(bus: RecorderBus, dock: DockSimulator, socket_path: Path) -> None:
@@ -74,7 +75,8 @@ async def test_a_recorder_left_in_mass_storage_mode_by_a_restart_comes_back_for_
         issued = await desk.check_out_by_pin("110001", "2468")
         refusals = [d.get("detail") for d in station.ledger("refused") if d.get("what") == "check-out"]
         state = station.bus.recorder_state(recorder.device_serial)
-        assert issued.assignment is not None, (issued.reason, refusals, state.mode, station.dock.power_cycles(1))
+        cycles = station.dock.power_cycles(1)
+        assert issued.assignment is not None, (issued.reason, refusals, state.mode, cycles)
         assert issued.assignment.device_serial == recorder.device_serial
         # Its files were offloaded once: the docking that brought it back found nothing left to copy.
         assert sum(len(r.items) for r in station.agent.results) == 2
@@ -87,6 +89,7 @@ async def test_without_the_power_cycle_the_record_says_why_it_is_not_ready(tmp_p
                                  equipment={"enabled": True, "return_to_control": False},
                                  before_start=left_in_mass_storage(recorder.device_serial)) as station:
         await station.wait_results(1, timeout_s=WAIT_S)
-        [entry] = await station.wait_ledger("error", timeout_s=60, where=lambda d: d.get("stage") == "equipment")
+        [entry] = await station.wait_ledger("error", timeout_s=60,
+                                            where=lambda d: d.get("stage") == "equipment")
         assert "mass-storage mode" in entry["reason"] and "not ready for check-out" in entry["reason"], entry
         assert entry["bay"] == 1 and entry["usb_port"] == PORT, entry
