@@ -173,6 +173,10 @@ class StationAgent:
         # What the last USB poll saw: a session that ends after its recorder was pulled out (mid-copy)
         # must not mark the recorder done, or docking it again would be ignored.
         self._present_usb: set[UsbAttachment] = set()
+        # The recorders the first USB poll found docked (until seen gone or docked once): the station cannot
+        # tell whether one left its bay while the agent was down, so its docking returns an assignment only
+        # if the ledger saw it leave since the check-out (edge.equipment.checkout.check_in_after_docking).
+        self._found_at_start: set[UsbAttachment] | None = None
         # Which docking of each attachment the USB poll sees: a new one each time it comes back in
         # control mode after a poll saw it gone (pulled and docked again; a switch to mass storage comes
         # back in mass-storage mode). A session that ends after its recorder was pulled and docked again
@@ -473,6 +477,8 @@ class StationAgent:
         expected = self._ready_usb.pop(key, None)
         if expected is None:
             return
+        if self._found_at_start is not None:
+            self._found_at_start.discard(key)
         self._done_usb.discard(key)
         assert self.store is not None
         bay = self.config.bay_for_port(port)
@@ -915,7 +921,10 @@ class StationAgent:
             assert self.store is not None
             present = {usb_attachment(h): h for h in handles}
             now = loop.time()
+            if self._found_at_start is None:
+                self._found_at_start = set(present)
             for gone in seen.keys() - present.keys():
+                self._found_at_start.discard(gone)
                 self._done_usb.discard(gone)
                 self._ready_usb.pop(gone, None)
                 bay = self._usb_bays.pop(gone, None)
@@ -1019,6 +1028,10 @@ class StationAgent:
         try:
             async with ConcurrencySlot(self.limit) as slot:
                 session = ControlSession(self.store, self.config, **self._session_kwargs(), slot=slot)
+                key = usb_attachment(handle)
+                if self._found_at_start is not None and key in self._found_at_start:
+                    session.found_at_start = True
+                    self._found_at_start.discard(key)  # its first docking only
                 result = await session.run(handle, self.claims, self.backend)
             self._finished(result)
             await self._return_to_control(usb_attachment(handle), result, session.device_serial)

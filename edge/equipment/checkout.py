@@ -427,14 +427,30 @@ def return_recorder(store: StationStore, device_serial: str, *, bay: int | None,
     return returned
 
 
+def _seen_leaving(conn: sqlite3.Connection, held: Assignment) -> bool:
+    """Whether the ledger saw the recorder's USB device leave since its check-out (a bay's power cycle aside:
+    the recorder stays in the bay)."""
+    row = conn.execute(
+        "SELECT 1 FROM ledger WHERE seq > ? AND type = ? AND json_extract(data, '$.usb_serial') = ? "
+        "AND coalesce(json_extract(data, '$.reason'), '') <> 'bay power cycle' LIMIT 1",
+        (held.checked_out_seq, EntryType.DEVICE_REMOVED.value, held.usb_serial)).fetchone()
+    return row is not None
+
+
 def check_in_after_docking(store: StationStore, *, device_serial: str, usb_serial: str, identity_source: str,
                            outcome: str, session: str, bay: int | None,
-                           unread: Sequence[str] = ()) -> Assignment | None:
+                           unread: Sequence[str] = (), found_at_start: bool = False) -> Assignment | None:
     """The check-in of a docking that has ended (after its `session_stopped`): close the recorder's open
     assignment when the docking was the recorder itself and sealed every file (`CHECK_IN_OUTCOMES`), or
     ended `partial` (the recorder is back: the `returned` entry names the `unread` files, which stay on it,
     never wiped; a recorder with unread files kept away would hold its officer and its alert for ever);
-    otherwise leave it open with a `refused` entry that says why. None when no assignment was closed."""
+    otherwise leave it open with a `refused` entry that says why. None when no assignment was closed.
+
+    `found_at_start`: the agent's first USB poll found the recorder docked. Issued and never taken, it would
+    be "returned" by the first docking after an agent restart while the officer walks to the bay; so such a
+    docking is a check-in only when the ledger saw the recorder leave since its check-out (taken and docked
+    again while the agent was down is then the one return the station cannot tell, and waits for the next
+    docking)."""
     AssignmentBook.create_schema(store.conn)
     held = AssignmentBook(store.conn).open_for_recorder(device_serial)
     if held is None:
@@ -451,6 +467,15 @@ def check_in_after_docking(store: StationStore, *, device_serial: str, usb_seria
                       f"{held.usb_serial}): not a check-in; the assignment stays open"})
         log.warning("recorder %s: a docking that is not the recorder itself claims it (out with %s)",
                     device_serial, held.officer_no)
+        return None
+    if found_at_start and not _seen_leaving(store.conn, held):
+        store.record(EntryType.REFUSED, None, {
+            **facts, "reason": f"recorder {device_serial} was in its bay when the agent started and was "
+                               f"never seen leaving it since its check-out to 警号 {held.officer_no}: not a "
+                               "check-in; the assignment stays open (its next docking after it leaves "
+                               "returns it)"})
+        log.warning("recorder %s docked at the agent's start, never seen leaving since its check-out: still "
+                    "out with %s", device_serial, held.officer_no)
         return None
     if outcome == DOCKING_PARTIAL:
         log.warning("recorder %s returned with %d file(s) it could not read (left on it)", device_serial,
