@@ -173,9 +173,10 @@ class StationAgent:
         # What the last USB poll saw: a session that ends after its recorder was pulled out (mid-copy)
         # must not mark the recorder done, or docking it again would be ignored.
         self._present_usb: set[UsbAttachment] = set()
-        # The recorders the first USB poll found docked (until seen gone or docked once): the station cannot
-        # tell whether one left its bay while the agent was down, so its docking returns an assignment only
-        # if the ledger saw it leave since the check-out (edge.equipment.checkout.check_in_after_docking).
+        # The recorders docked when the agent started (`_look_at_bays`; until seen gone or docked once): the
+        # station cannot tell whether one left its bay while the agent was down, so its docking returns an
+        # assignment only if the ledger saw it leave since the check-out
+        # (edge.equipment.checkout.check_in_after_docking).
         self._found_at_start: set[UsbAttachment] | None = None
         # Which docking of each attachment the USB poll sees: a new one each time it comes back in
         # control mode after a poll saw it gone (pulled and docked again; a switch to mass storage comes
@@ -313,6 +314,8 @@ class StationAgent:
         self._add_fleet(supervisor)
         await self._start_api()
         watcher.start()
+        if self.config.equipment.enabled:
+            await self._look_at_bays()
         self.ready.set()
         try:
             await supervisor.run(stop)
@@ -468,6 +471,17 @@ class StationAgent:
         if key not in self._present_usb or key in self._active_usb:
             return None
         return self._ready_usb.get(key)
+
+    async def _look_at_bays(self) -> None:
+        """The recorders docked as the agent starts, before anything can be docked to it (`_found_at_start`).
+        A failed enumeration finds none: their dockings are then check-ins as any other."""
+        try:
+            handles = await asyncio.get_running_loop().run_in_executor(
+                self.executor, lambda: find_recorders(self.backend))
+        except (RecorderError, OSError) as exc:
+            log.warning("USB enumeration at start failed: %s", exc)
+            handles = []
+        self._found_at_start = {usb_attachment(h) for h in handles}
 
     def _swapped_in(self, port: str, usb_serial: str) -> None:
         """The desk found another recorder than the one offloaded at this attachment (swapped in under the
@@ -921,10 +935,9 @@ class StationAgent:
             assert self.store is not None
             present = {usb_attachment(h): h for h in handles}
             now = loop.time()
-            if self._found_at_start is None:
-                self._found_at_start = set(present)
             for gone in seen.keys() - present.keys():
-                self._found_at_start.discard(gone)
+                if self._found_at_start is not None:
+                    self._found_at_start.discard(gone)
                 self._done_usb.discard(gone)
                 self._ready_usb.pop(gone, None)
                 bay = self._usb_bays.pop(gone, None)

@@ -81,8 +81,7 @@ async def test_a_recorder_issued_before_a_restart_and_never_taken_is_not_returne
             tmp_path, [recorder], usb={"poll_interval_s": 0.5}, equipment={"enabled": True},
             before_start=issued_before_the_restart(tmp_path, recorder.device_serial, recorder.usb_serial,
                                                    still_in_bay=still_in_bay)) as station:
-        if not still_in_bay:  # the officer brings it back (after the agent's first look at its bays)
-            await eventually(lambda: station.agent._found_at_start is not None, timeout_s=WAIT_S)
+        if not still_in_bay:  # the officer brings it back
             await station.dock_recorder(recorder.device_serial, 1)
         await station.wait_results(1, timeout_s=WAIT_S)
         assert station.agent.results[0].outcome.value == "done"
