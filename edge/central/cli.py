@@ -33,7 +33,7 @@ from edge.central.console.secret_key import prepare_console_key
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
 from edge.central.index import CentralIndexError
 from edge.central.mqtt_command import add_command_parser
-from edge.central.objects import ObjectStoreUnavailable
+from edge.central.objects import ObjectStoreError, ObjectStoreUnavailable
 from edge.central.officers_cli import add_officers_parser
 from edge.central.receive_queue import ReceiveQueueError
 from edge.central.revocation import CrlWritten, import_issued, kept_sha256s, update_crl
@@ -61,6 +61,7 @@ __all__ = [
     "cmd_central_enroll_reader",
     "cmd_central_init",
     "cmd_central_keep_issued",
+    "cmd_central_migrate",
     "cmd_central_mqtt_identity",
     "cmd_central_mqtt_worker",
     "cmd_central_revoke",
@@ -526,6 +527,43 @@ def cmd_central_broker_cert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_central_migrate(args: argparse.Namespace) -> int:
+    """Move the embedded store (--config) into the PostgreSQL database and S3 bucket of --to, verified."""
+    source = _load(args)
+    if isinstance(source, ExitCode):
+        return source
+    try:
+        target = load_central_config(Path(args.to))
+    except ConfigError as exc:
+        _say(f"error: --to: {exc}")
+        return EXIT_CONFIG
+    # Imported here: the migration pulls in boto3 and psycopg, which the other commands skip.
+    from edge.central.migration import MigrationConfigError, MigrationFailed, migrate_central
+
+    try:
+        summary = migrate_central(source, target, say=_say)
+    except MigrationConfigError as exc:
+        _say(f"error: migrate: {exc}")
+        return EXIT_CONFIG
+    except StoreBusy as exc:
+        _say(f"error: migrate: {exc}")
+        return EXIT_STORE_BUSY
+    except (DatabaseUnavailable, ObjectStoreError, ConfigError) as exc:
+        _say(f"error: migrate: {exc}: nothing is done that a rerun will not finish")
+        return EXIT_FAILED
+    except MigrationFailed as exc:
+        for line in exc.summary.lines():
+            print(line)
+        _say(f"error: migrate: {exc}: the migration is NOT done; the source store is unchanged")
+        return EXIT_FAILED
+    for line in summary.lines():
+        print(line)
+    _say(f"migrated: central {target.central.id} can run on the target now: `edge central run --config "
+         f"{args.to}` (the embedded index.db and objects/ are left as they were: keep them until the new "
+         "central has run)")
+    return EXIT_OK
+
+
 def _config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE", help="central TOML file (e.g. /etc/evidence-edge/central.toml)"
@@ -642,6 +680,17 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     crl.add_argument("--out", metavar="FILE",
                      help="also install it here (the broker's crlfile), replacing the file atomically")
     crl.set_defaults(func=cmd_central_crl)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="move the embedded store (SQLite index, local objects) into PostgreSQL and an S3 bucket with "
+        "Object Lock, then verify it; resumable",
+    )
+    _config_option(migrate)
+    migrate.add_argument("--to", required=True, metavar="FILE",
+                         help="the central's configuration for the target: the same id and store_dir, with "
+                         "[central] index on PostgreSQL and objects in S3")
+    migrate.set_defaults(func=cmd_central_migrate)
 
     add_console_admin_parsers(commands, _config_option, _open_database, _console_key_path)
     add_command_parser(commands)
