@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -36,8 +36,10 @@ _START_TIMEOUT_S = 120.0
 class CephGateway:
     endpoint: str
     access_key_id: str
-    secret_access_key: str
+    secret_access_key: str = field(repr=False)  # never in a benchmark's output or a failure
     region: str = "default"
+    # The monitor's, the OSD's and radosgw's process ids: a benchmark reads their CPU time from /proc.
+    daemon_pids: tuple[int, ...] = ()
 
 
 def _free_port() -> int:
@@ -152,11 +154,18 @@ def _wait_http(url: str, cluster: _Cluster) -> None:
     pytest.fail(f"radosgw did not answer at {url} within {_START_TIMEOUT_S} s{cluster.logs()}")
 
 
+@pytest.fixture(scope="session")
+def ceph_gateway() -> Iterator[CephGateway]:
+    """A running Ceph RGW with one S3 user."""
+    with running_ceph() as gateway:
+        yield gateway
+
+
 @contextlib.contextmanager
-def running_ceph(*, memstore_bytes: int = 1 << 30) -> Iterator[CephGateway]:
-    """A running Ceph RGW with one S3 user, stopped on exit; its OSD keeps at most ``memstore_bytes`` in
-    RAM (locked objects cannot be deleted: size it for everything a run writes). Outside pytest too (the
-    benchmarks): a failure raises pytest's ``Failed``."""
+def running_ceph(memstore_bytes: int = 1 << 30) -> Iterator[CephGateway]:
+    """A running Ceph RGW with one S3 user for as long as the block runs: the session fixture's, and a
+    benchmark's (tests/bench/central_load.py). ``memstore_bytes``: the OSD's RAM store, all the cluster
+    can hold (Object Lock keeps every version)."""
     for tool in CEPH_TOOLS:
         require_tool(tool)
     folder = Path(tempfile.mkdtemp(prefix="edge-ceph-"))
@@ -183,15 +192,9 @@ def running_ceph(*, memstore_bytes: int = 1 << 30) -> Iterator[CephGateway]:
         access, secret = "EDGE" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
         cluster.run("radosgw-admin", "-n", "client.admin", "user", "create", "--uid", "edge-central",
                     "--display-name", "edge central", "--access-key", access, "--secret", secret)
-        yield CephGateway(endpoint, access, secret)
+        yield CephGateway(endpoint, access, secret,
+                          daemon_pids=tuple(daemon.pid for _, daemon in cluster.daemons))
     finally:
         cluster.stop()
         with contextlib.suppress(OSError):
             shutil.rmtree(folder)
-
-
-@pytest.fixture(scope="session")
-def ceph_gateway() -> Iterator[CephGateway]:
-    """A running Ceph RGW with one S3 user, for the test session."""
-    with running_ceph() as gateway:
-        yield gateway
