@@ -18,6 +18,7 @@ from edge.central.sqlite import SqliteDatabase
 from edge.central.storage import CentralDatabase, Index
 
 __all__ = [
+    "DatabaseNotSetUp",
     "DatabaseUnavailable",
     "database_exists",
     "database_where",
@@ -29,6 +30,12 @@ __all__ = [
 
 class DatabaseUnavailable(CentralIndexError):
     """The configured database cannot be opened now (or is newer than this code)."""
+
+
+class DatabaseNotSetUp(DatabaseUnavailable, ConfigError):
+    """The database needs an operator (its schema is behind and the runtime role may not migrate it, or the
+    roles are set up wrong): a ConfigError, so `edge central run` exits with the configuration's status
+    rather than 75 (a restart cannot fix it)."""
 
 
 def database_where(config: CentralConfig) -> str:
@@ -56,15 +63,22 @@ def open_central_database(config: CentralConfig) -> CentralDatabase:
     # Imported here: psycopg is needed only by a central configured for PostgreSQL.
     import psycopg
 
-    from edge.central.postgres import PostgresDatabase, SchemaError
+    from edge.central.postgres import PostgresDatabase, RuntimeRoleError, SchemaBehind, SchemaError
 
     try:
         password = index.password.resolve() if index.password is not None else None
     except ConfigError as exc:
         raise DatabaseUnavailable(f"central.index.password: {exc}") from None
     try:
+        owner_password = index.owner_password.resolve() if index.owner_password is not None else None
+    except ConfigError as exc:
+        raise DatabaseUnavailable(f"central.index.owner_password: {exc}") from None
+    try:
         return PostgresDatabase.open(index.url, password=password, console_key=config.layout.console_key,
-                                     application_name=f"edge-central {config.central.id}")
+                                     application_name=f"edge-central {config.central.id}",
+                                     owner_url=index.owner_url, owner_password=owner_password)
+    except (SchemaBehind, RuntimeRoleError) as exc:
+        raise DatabaseNotSetUp(f"the index database {index.url} cannot be used: {exc}") from None
     except (psycopg.Error, SchemaError) as exc:
         # libpq's messages name host, port, user and database, never the password.
         raise DatabaseUnavailable(f"the index database {index.url} cannot be used: "

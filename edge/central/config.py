@@ -107,10 +107,22 @@ class PostgresIndexConfig(StrictModel):
         None, description="The role's password as a secret reference (env:, file:, credential:); none for "
         "peer or certificate authentication"
     )
+    # Least privilege (README: PostgreSQL roles for the agency DBA): the owner's URL is used only to apply
+    # the migrations at start, over a connection closed before the receiver serves anything.
+    owner_url: str | None = Field(
+        None, description="libpq URL (no password) of the role that owns the tables, used only to apply the "
+        "schema migrations at start; with it, url's role must own nothing and be a member of "
+        "edge_central_runtime. Without it, url's role migrates (and owns) the schema as before"
+    )
+    owner_password: SecretRef | None = Field(
+        None, description="The owner role's password as a secret reference (env:, file:, credential:)"
+    )
 
-    @field_validator("url")
+    @field_validator("url", "owner_url")
     @classmethod
-    def _url_without_secrets(cls, value: str) -> str:
+    def _url_without_secrets(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         from psycopg.conninfo import conninfo_to_dict
 
         if not value.startswith(("postgresql://", "postgres://")):
@@ -122,8 +134,8 @@ class PostgresIndexConfig(StrictModel):
         secret = sorted(_SECRET_CONNINFO_KEYS & set(parameters))
         if secret:
             raise PydanticCustomError(
-                _URL_REFUSED, "the URL carries {keys}: give the password as index.password, a secret "
-                "reference, never in the URL", {"keys": ", ".join(secret)},
+                _URL_REFUSED, "the URL carries {keys}: give the password as index.password (owner_password "
+                "for owner_url), a secret reference, never in the URL", {"keys": ", ".join(secret)},
             )
         if not parameters.get("dbname"):
             raise PydanticCustomError(_URL_REFUSED, "the URL names no database (postgresql://USER@HOST/DATABASE)")

@@ -11,12 +11,20 @@ Chosen by ``[central] index = {type = "postgresql", ...}`` (:mod:`edge.central.b
 from edge.central.postgres.database import PostgresDatabase
 from edge.central.postgres.index import PostgresIndex
 from edge.central.postgres.log import PostgresLogStore
-from edge.central.postgres.migrations import SchemaError, apply_migrations, known_migrations
+from edge.central.postgres.migrations import (
+    RuntimeRoleError,
+    SchemaBehind,
+    SchemaError,
+    apply_migrations,
+    known_migrations,
+)
 
 __all__ = [
     "PostgresDatabase",
     "PostgresIndex",
     "PostgresLogStore",
+    "RuntimeRoleError",
+    "SchemaBehind",
     "SchemaError",
     "apply_migrations",
     "known_migrations",

@@ -20,7 +20,7 @@ from edge.central.postgres.console import PostgresConsoleStore
 from edge.central.postgres.equipment import PostgresEquipmentRows
 from edge.central.postgres.index import PostgresIndex
 from edge.central.postgres.log import PostgresLogStore
-from edge.central.postgres.migrations import apply_migrations
+from edge.central.postgres.migrations import apply_migrations, check_runtime_role, owns_schema
 from edge.central.postgres.trail import PostgresTrailSealer
 
 __all__ = ["PostgresDatabase"]
@@ -92,10 +92,19 @@ class PostgresDatabase:
 
     @classmethod
     def open(cls, url: str, *, password: str | None = None, application_name: str = "edge-central",
-             console_key: Path | None = None) -> PostgresDatabase:
-        """Connect, bring the schema to this code's version (:func:`apply_migrations`) and return the
-        database. ``password`` comes from the configured secret reference, never from ``url``.
-        Raises ``psycopg.Error`` (connection) or :class:`~edge.central.postgres.migrations.SchemaError`."""
+             console_key: Path | None = None, owner_url: str | None = None,
+             owner_password: str | None = None) -> PostgresDatabase:
+        """Connect, make sure the schema is this code's version and return the database. Passwords come
+        from the configured secret references, never from the URLs.
+
+        With ``owner_url`` (the role that owns the tables): the migrations are applied and the runtime
+        group's grants renewed over a short connection as the owner, then ``url``'s role must own nothing
+        (a least-privilege install). Without it: a database whose tables ``url``'s role owns (or an empty
+        one) is migrated as today, with a warning that the install is not least-privilege; one owned by
+        another role is only checked, and refused while its schema is behind.
+        Raises ``psycopg.Error`` (connection) or :class:`~edge.central.postgres.migrations.SchemaError`
+        (:class:`~edge.central.postgres.migrations.SchemaBehind` and
+        :class:`~edge.central.postgres.migrations.RuntimeRoleError` are the operator's to fix)."""
 
         def connect() -> psycopg.Connection[tuple[object, ...]]:
             # Keyword parameters are merged with the URL's (None is left out): the password never enters
@@ -103,9 +112,19 @@ class PostgresDatabase:
             return psycopg.connect(url, autocommit=True, application_name=application_name,
                                    connect_timeout=_CONNECT_TIMEOUT_S, password=password)
 
+        if owner_url is not None:
+            # The owner's connection lives only for the migration: the receiver never holds it.
+            with psycopg.connect(owner_url, autocommit=True, application_name=f"{application_name} migrate",
+                                 connect_timeout=_CONNECT_TIMEOUT_S, password=owner_password) as owner:
+                apply_migrations(owner)
+                owner.execute("SELECT edge_grant_runtime()")
         conn = connect()
         try:
-            apply_migrations(conn)
+            if owner_url is not None or owns_schema(conn) is False:
+                check_runtime_role(conn, owner_given=owner_url is not None)
+            else:
+                apply_migrations(conn)
+                _warn_single_role(conn)
             info = conn.info
             where = f"{info.host}:{info.port}/{info.dbname}"
         except BaseException:
@@ -141,3 +160,22 @@ class PostgresDatabase:
     def close(self) -> None:
         self._closed = True
         self._conn.close()
+
+
+# Databases already warned about, so that a process opening its database again (a command after the
+# receiver's start, a test) says it once.
+_warned_single_role: set[str] = set()
+
+
+def _warn_single_role(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Once per database and process: the receivers' role owns the tables (today's single-role install), so
+    a compromised receiver could disable the append-only triggers; say how to split the roles."""
+    info = conn.info
+    where = f"{info.host}:{info.port}/{info.dbname}"
+    if where in _warned_single_role:
+        return
+    _warned_single_role.add(where)
+    log.warning("the central's role %s owns the tables of %s: this install is not least-privilege (a "
+                "compromised receiver could ALTER, DISABLE TRIGGER or DROP them); give the owner's URL as "
+                "central.index.owner_url and run the receivers as a member of edge_central_runtime "
+                "(README: PostgreSQL roles for the agency DBA)", info.user, where)

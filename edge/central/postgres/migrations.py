@@ -15,7 +15,18 @@ from importlib import resources
 
 import psycopg
 
-__all__ = ["Migration", "SchemaError", "apply_migrations", "known_migrations", "schema_version"]
+__all__ = [
+    "RUNTIME_GROUP",
+    "Migration",
+    "RuntimeRoleError",
+    "SchemaBehind",
+    "SchemaError",
+    "apply_migrations",
+    "check_runtime_role",
+    "known_migrations",
+    "owns_schema",
+    "schema_version",
+]
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Held while migrating; a constant distinct from the log writer's lock (0001_index_and_log.sql).
@@ -24,6 +35,20 @@ _MIGRATION_LOCK = 4242001300000000000
 
 class SchemaError(Exception):
     """The database's schema cannot be used by this code (newer, or a migration failed)."""
+
+
+class SchemaBehind(SchemaError):
+    """The schema is older than this code and the connected role does not own it, so cannot migrate it: the
+    owner's URL must be used (an operator's step, not a transient fault)."""
+
+
+class RuntimeRoleError(SchemaError):
+    """The runtime role is set up wrong for a least-privilege install (it owns the tables although an owner
+    URL was given, or it is not a member of :data:`RUNTIME_GROUP`): an operator's step."""
+
+
+# The NOLOGIN group migration 0007 grants the receivers' privileges to; the DBA grants it to the login role.
+RUNTIME_GROUP = "edge_central_runtime"
 
 
 @dataclass(frozen=True)
@@ -92,3 +117,51 @@ def apply_migrations(
                 raise SchemaError(f"migration {migration.version:04d}_{migration.name}.sql failed: "
                                   f"{exc}") from exc
     return max(current, newest)
+
+
+def owns_schema(conn: psycopg.Connection[tuple[object, ...]]) -> bool | None:
+    """Whether the connected role can act as the owner of any table or sequence in the current schema (it
+    owns it, is a member of the role that does, or is a superuser): then it could ALTER, DISABLE TRIGGER
+    or DROP. None for a schema with none of them (a database the central never touched)."""
+    row = conn.execute(
+        "SELECT bool_or(pg_has_role(current_user, c.relowner, 'MEMBER')) FROM pg_class c "
+        "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p', 'S')"
+    ).fetchone()
+    value = None if row is None else row[0]
+    return value if isinstance(value, bool) else None
+
+
+def check_runtime_role(conn: psycopg.Connection[tuple[object, ...]],
+                       migrations: list[Migration] | None = None, *, owner_given: bool) -> None:
+    """Check, without changing anything, that a least-privilege runtime role may serve the database: it
+    owns nothing, belongs to :data:`RUNTIME_GROUP` and the schema is this code's. Raises
+    :class:`RuntimeRoleError`, :class:`SchemaBehind` or :class:`SchemaError` (newer than the code)."""
+    migrations = known_migrations() if migrations is None else migrations
+    newest = migrations[-1].version if migrations else 0
+    role = conn.execute("SELECT current_user").fetchone()
+    user = "?" if role is None else str(role[0])
+    if owner_given and owns_schema(conn):
+        raise RuntimeRoleError(
+            f"the runtime role {user} owns (or may act as the owner of) the central's tables although "
+            f"central.index.owner_url is given: the receivers must log in as a role that owns nothing "
+            f"(GRANT {RUNTIME_GROUP} TO <runtime role>)")
+    # Membership first: outside the group the role cannot even read schema_version.
+    member = conn.execute(
+        # CASE: pg_has_role raises for a role that does not exist, and AND may evaluate either side first.
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s) "
+        "THEN pg_has_role(current_user, %s, 'USAGE') ELSE false END",
+        (RUNTIME_GROUP, RUNTIME_GROUP)).fetchone()
+    if member is None or not member[0]:
+        raise RuntimeRoleError(
+            f"the runtime role {user} is not a member of {RUNTIME_GROUP}, which holds the central's "
+            f"privileges: the DBA must run GRANT {RUNTIME_GROUP} TO {user}")
+    current = schema_version(conn)
+    if current < newest:
+        raise SchemaBehind(
+            f"the database's schema is at version {current}, this code needs {newest}, and the runtime role "
+            f"{user} does not own the tables so cannot migrate them: start the central once with "
+            f"central.index.owner_url (the owner's URL) and owner_password set, to apply the migrations")
+    if current > newest:
+        raise SchemaError(
+            f"the database's schema is at version {current}, newer than this code's {newest}: refusing "
+            f"to use it (upgrade the central; never run older code on a migrated database)")

@@ -1,0 +1,253 @@
+"""Least privilege on PostgreSQL (issue 13): the owner's URL applies the migrations, the receivers run as a
+role that owns nothing and holds only edge_central_runtime's grants, so PostgreSQL itself refuses them
+DROP, ALTER ... DISABLE TRIGGER, and UPDATE or DELETE of history; a schema the runtime cannot migrate is
+refused at start with the owner's step; a single-role install keeps working, warned once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+from psycopg import sql
+
+from edge.central.auth import DEV_STATION_HEADER
+from edge.central.cli import add_central_parser
+from edge.central.config import CentralConfig, PostgresIndexConfig, load_central_config, parse_central_config
+from edge.central.postgres import PostgresDatabase, RuntimeRoleError
+from edge.central.postgres.migrations import RUNTIME_GROUP, known_migrations, owns_schema, schema_version
+from edge.central.service import start_central
+from edge.config.base import ConfigError
+from edge.runtime.exit_codes import ExitCode
+from tests.central.conftest import (
+    FakeStation,
+    enroll,
+    free_port,
+    register_over_http,
+    start_http_central,
+)
+from tests.central.pg import PostgresDatabaseUnderTest, PostgresServer, fresh_database
+
+OWNER_PASSWORD_ENV = "EDGE_TEST_PG_OWNER_PASSWORD"
+RUNTIME_PASSWORD_ENV = "EDGE_TEST_PG_RUNTIME_PASSWORD"
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+@dataclass(frozen=True)
+class SplitRoles:
+    """A database owned by ``owner`` (a login role without superuser or CREATEROLE, as an agency DBA would
+    make it), and ``runtime``, a login role that is a member of edge_central_runtime and owns nothing."""
+
+    database: PostgresDatabaseUnderTest
+    owner: str
+    runtime: str
+    owner_password: str = field(repr=False)
+    runtime_password: str = field(repr=False)
+
+    def url(self, role: str) -> str:
+        return f"postgresql://{role}@127.0.0.1:{self.database.server.port}/{self.database.name}"
+
+    def connect(self, role: str, password: str) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(self.url(role), password=password, autocommit=True)
+
+    def index(self, monkeypatch: pytest.MonkeyPatch, *, with_owner: bool = True) -> dict[str, Any]:
+        monkeypatch.setenv(OWNER_PASSWORD_ENV, self.owner_password)
+        monkeypatch.setenv(RUNTIME_PASSWORD_ENV, self.runtime_password)
+        index: dict[str, Any] = {"type": "postgresql", "url": self.url(self.runtime),
+                                 "password": f"env:{RUNTIME_PASSWORD_ENV}"}
+        if with_owner:
+            index |= {"owner_url": self.url(self.owner), "owner_password": f"env:{OWNER_PASSWORD_ENV}"}
+        return index
+
+
+@pytest.fixture
+def split_roles(pg_server: PostgresServer) -> Iterator[SplitRoles]:
+    suffix = uuid.uuid4().hex[:10]
+    owner, runtime = f"edge_owner_{suffix}", f"edge_runtime_{suffix}"
+    owner_password, runtime_password = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
+    with psycopg.connect(pg_server.admin_conninfo(), autocommit=True) as admin:
+        for role, password in ((owner, owner_password), (runtime, runtime_password)):
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role),
+                                                                             sql.Literal(password)))
+        # The DBA's steps (README): the group (the owner may not create roles), granted to the runtime login.
+        admin.execute(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{RUNTIME_GROUP}') "
+                      f"THEN CREATE ROLE {RUNTIME_GROUP} NOLOGIN; END IF; END $$".encode())
+        admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(RUNTIME_GROUP),
+                                                       sql.Identifier(runtime)))
+    try:
+        with fresh_database(pg_server) as database:
+            with psycopg.connect(pg_server.admin_conninfo(), autocommit=True) as admin:
+                # PostgreSQL 15: the public schema belongs to the database's owner, who may create in it.
+                admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database.name),
+                                                                              sql.Identifier(owner)))
+            yield SplitRoles(database, owner, runtime, owner_password, runtime_password)
+    finally:
+        with psycopg.connect(pg_server.admin_conninfo(), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}, {}").format(sql.Identifier(owner),
+                                                                       sql.Identifier(runtime)))
+
+
+def _refused(conn: psycopg.Connection[tuple[object, ...]], statement: str) -> str:
+    """The SQLSTATE PostgreSQL refuses ``statement`` with (nothing is changed: it fails)."""
+    with pytest.raises(psycopg.Error) as caught:
+        conn.execute(statement.encode())
+    return str(caught.value.sqlstate)
+
+
+async def test_split_roles_start_register_and_the_runtime_cannot_tamper(
+    tmp_path: Path, split_roles: SplitRoles, monkeypatch: pytest.MonkeyPatch, station: FakeStation,
+) -> None:
+    central = await start_http_central(tmp_path, dev=True, index=split_roles.index(monkeypatch))
+    try:
+        enroll(central.store_index, station)
+        async with aiohttp.ClientSession() as session:
+            status, doc = await register_over_http(session, central.url, station, station.acquire(b"x" * 999),
+                                                   {DEV_STATION_HEADER: station.station_id})
+        assert status == 201, doc
+    finally:
+        await central.running.stop()
+
+    with split_roles.connect(split_roles.runtime, split_roles.runtime_password) as runtime:
+        assert owns_schema(runtime) is False
+        assert schema_version(runtime) == known_migrations()[-1].version
+        # Refused by PostgreSQL's privileges (42501), before any trigger is asked: the rules cannot be
+        # switched off, the history cannot be edited even by a statement the triggers would not see.
+        for statement in ("DROP TABLE merkle_leaves", "ALTER TABLE merkle_leaves DISABLE TRIGGER ALL",
+                          "ALTER TABLE items DISABLE TRIGGER items_no_change", "TRUNCATE merkle_leaves",
+                          "UPDATE merkle_leaves SET entry = entry", "DELETE FROM merkle_leaves",
+                          "UPDATE items SET size = size", "DELETE FROM items",
+                          "INSERT INTO schema_version (version, name) VALUES (999, 'x')"):
+            assert _refused(runtime, statement) == INSUFFICIENT_PRIVILEGE, statement
+        # Control: what the receivers need is granted (a work queue's update and delete, the log read).
+        runtime.execute("UPDATE lock_extensions_pending SET attempts = attempts + 1 WHERE false")
+        runtime.execute("DELETE FROM console_sessions WHERE false")
+        assert runtime.execute("SELECT count(*) FROM merkle_leaves").fetchone() == (1,)
+
+    with split_roles.connect(split_roles.owner, split_roles.owner_password) as owner:
+        # Control: the owner can (which is why the receivers must not be it); rolled back at once.
+        with pytest.raises(_Rollback), owner.transaction():
+            owner.execute("ALTER TABLE merkle_leaves DISABLE TRIGGER ALL")
+            raise _Rollback
+        granted = owner.execute(
+            "SELECT privilege_type, table_name FROM information_schema.role_table_grants "
+            "WHERE grantee = %s AND privilege_type IN ('UPDATE', 'DELETE')", (RUNTIME_GROUP,)).fetchall()
+    # Exactly the tables the code updates or deletes from (the audit in 0007_runtime_role.sql).
+    assert {t for p, t in granted if p == "UPDATE"} == {
+        "stations", "readers", "item_case", "officers", "devices", "cases", "console_accounts",
+        "reader_grants", "station_units", "item_sensitive", "console_sessions", "fleet_reports",
+        "tus_uploads", "lock_extensions_pending"}
+    assert {t for p, t in granted if p == "DELETE"} == {
+        "reader_grants", "item_sensitive", "item_sensitive_readers", "console_sessions", "tus_uploads",
+        "lock_extensions_pending"}
+
+
+class _Rollback(Exception):
+    pass
+
+
+def _run_central_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="edge")
+    add_central_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["central", *argv])
+    status: int = args.func(args)
+    return status
+
+
+def _config_file(tmp_path: Path, index: dict[str, Any]) -> Path:
+    entries = ", ".join(f'{key} = "{value}"' for key, value in index.items())
+    path = tmp_path / "central.toml"
+    path.write_text(
+        f'[central]\nid = "central-pg"\nstore_dir = "{tmp_path / "store"}"\nindex = {{{entries}}}\n'
+        f'[server]\nlisten = "127.0.0.1"\nport = {free_port()}\nnames = ["localhost", "127.0.0.1"]\n'
+        f'insecure_plain_http = true\n', encoding="utf-8")
+    return path
+
+
+def test_a_schema_behind_is_refused_at_start_with_the_owner_step(
+    tmp_path: Path, split_roles: SplitRoles, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with_owner = _config_file(tmp_path, split_roles.index(monkeypatch))
+    assert _run_central_cli("init", "--config", str(with_owner)) == 0
+    newest = known_migrations()[-1]
+    runtime_only = _config_file(tmp_path, split_roles.index(monkeypatch, with_owner=False))
+    admin = split_roles.database.admin()
+    # The schema one version behind the code (as after upgrading the central's package).
+    admin.execute("DELETE FROM schema_version WHERE version = %s", (newest.version,))
+    capsys.readouterr()
+    assert _run_central_cli("run", "--config", str(runtime_only)) == ExitCode.CONFIG
+    _, err = capsys.readouterr()
+    assert f"at version {newest.version - 1}" in err and "central.index.owner_url" in err
+    assert split_roles.runtime_password not in err and split_roles.owner_password not in err
+
+    # Control: the schema current again, the same runtime-only configuration starts.
+    admin.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)", (newest.version, newest.name))
+    admin.close()
+    asyncio.run(_start_and_stop(load_central_config(runtime_only)))
+
+
+async def _start_and_stop(config: CentralConfig) -> None:
+    running = await start_central(config)
+    assert running.url.startswith("http://127.0.0.1:")
+    await running.stop()
+
+
+def test_the_runtime_must_own_nothing_and_be_in_the_group(
+    split_roles: SplitRoles, pg_database: PostgresDatabaseUnderTest,
+) -> None:
+    # An owner URL with a runtime role that owns the tables (the superuser) is refused.
+    with pytest.raises(RuntimeRoleError, match="owns"):
+        PostgresDatabase.open(pg_database.url, password=pg_database.password, owner_url=pg_database.url,
+                              owner_password=pg_database.password)
+    # A runtime login outside edge_central_runtime is refused with the DBA's GRANT.
+    with split_roles.database.admin() as admin:
+        admin.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(RUNTIME_GROUP),
+                                                         sql.Identifier(split_roles.runtime)))
+    arguments: dict[str, Any] = {"password": split_roles.runtime_password,
+                                 "owner_url": split_roles.url(split_roles.owner),
+                                 "owner_password": split_roles.owner_password}
+    with pytest.raises(RuntimeRoleError, match=f"GRANT {RUNTIME_GROUP} TO {split_roles.runtime}"):
+        PostgresDatabase.open(split_roles.url(split_roles.runtime), **arguments)
+    # Control: granted, the same open succeeds.
+    with split_roles.database.admin() as admin:
+        admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(RUNTIME_GROUP),
+                                                       sql.Identifier(split_roles.runtime)))
+    PostgresDatabase.open(split_roles.url(split_roles.runtime), **arguments).close()
+
+
+def test_a_single_role_install_keeps_working_and_is_warned_once(
+    pg_database: PostgresDatabaseUnderTest, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="edge.central.postgres.database"):
+        for _ in range(2):
+            database = PostgresDatabase.open(pg_database.url, password=pg_database.password)
+            # Migrated by the runtime role itself, as before: the schema is this code's.
+            assert schema_version(database.conn) == known_migrations()[-1].version
+            database.close()
+    warnings = [r.getMessage() for r in caplog.records if "not least-privilege" in r.getMessage()]
+    assert len(warnings) == 1 and pg_database.name in warnings[0]
+    assert pg_database.password not in caplog.text
+
+
+def test_the_owner_url_must_carry_no_password() -> None:
+    def index(owner_url: str) -> str:
+        return (f'[central]\nid = "central-hq"\nstore_dir = "/srv/central"\nindex = {{type = "postgresql", '
+                f'url = "postgresql://edge@db/central", owner_url = "{owner_url}", '
+                f'owner_password = "env:{OWNER_PASSWORD_ENV}"}}\n')
+
+    with pytest.raises(ConfigError) as caught:
+        parse_central_config(index("postgresql://owner:s3cret-pw@db/central"), "central.toml")
+    assert "owner_url" in str(caught.value) and "s3cret-pw" not in str(caught.value)
+    # Control: without the password in it, the owner's URL is accepted.
+    config = parse_central_config(index("postgresql://owner@db/central"), "central.toml")
+    assert isinstance(config.central.index, PostgresIndexConfig)
+    assert config.central.index.owner_url == "postgresql://owner@db/central"
