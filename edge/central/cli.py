@@ -21,13 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.central.backends import (
+    DatabaseNotSetUp,
     DatabaseUnavailable,
     database_exists,
     database_where,
     open_central_database,
     open_central_index,
 )
-from edge.central.config import CentralConfig, ConfigError, load_central_config
+from edge.central.config import CentralConfig, ConfigError, PostgresIndexConfig, load_central_config
 from edge.central.console.admin import add_console_admin_parsers
 from edge.central.console.secret_key import prepare_console_key
 from edge.central.identity import enroll_reader, enroll_station, init_central, lock_central_store
@@ -195,6 +196,30 @@ def cmd_central_check_config(args: argparse.Namespace) -> int:
     if isinstance(config, ExitCode):
         return config
     print(f"{args.config or args.central_config}: OK ({describe_central_config(config)})")
+    return EXIT_OK
+
+
+def cmd_central_migrate_schema(args: argparse.Namespace) -> int:
+    """Apply the PostgreSQL schema's migrations as the owner (``central.index.owner_url``) and renew the
+    runtime group's grants, then check the runtime role (``url``) may serve it: the one step after an
+    upgrade that needs the owner's password, so the receivers can run with ``url`` alone."""
+    config = _load(args)
+    if isinstance(config, ExitCode):
+        return config
+    index = config.central.index
+    if not isinstance(index, PostgresIndexConfig) or index.owner_url is None:
+        _say("error: central migrate-schema needs [central] index = {type = \"postgresql\", ..., owner_url = "
+             "...}: the owner's URL (README: PostgreSQL roles for the agency DBA)")
+        return EXIT_CONFIG
+    try:
+        open_central_database(config).close()
+    except DatabaseNotSetUp as exc:
+        _say(f"error: central migrate-schema: {exc}")
+        return EXIT_CONFIG
+    except DatabaseUnavailable as exc:
+        _say(f"error: central migrate-schema: {exc}")
+        return EXIT_FAILED
+    _say(f"schema of {index.url} is current, applied as the owner; the runtime role may serve it")
     return EXIT_OK
 
 
@@ -599,6 +624,13 @@ def add_central_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     check = commands.add_parser("check-config", help="validate the central configuration file")
     _config_option(check)
     check.set_defaults(func=cmd_central_check_config)
+
+    migrate_schema = commands.add_parser(
+        "migrate-schema",
+        help="PostgreSQL: apply the schema's migrations with the owner's URL (index.owner_url) and exit",
+    )
+    _config_option(migrate_schema)
+    migrate_schema.set_defaults(func=cmd_central_migrate_schema)
 
     init = commands.add_parser(
         "init",

@@ -164,7 +164,7 @@ def _run_central_cli(*argv: str) -> int:
 
 def _config_file(tmp_path: Path, index: dict[str, Any]) -> Path:
     entries = ", ".join(f'{key} = "{value}"' for key, value in index.items())
-    path = tmp_path / "central.toml"
+    path = tmp_path / ("owner.toml" if "owner_url" in index else "central.toml")
     path.write_text(
         f'[central]\nid = "central-pg"\nstore_dir = "{tmp_path / "store"}"\nindex = {{{entries}}}\n'
         f'[server]\nlisten = "127.0.0.1"\nport = {free_port()}\nnames = ["localhost", "127.0.0.1"]\n'
@@ -189,9 +189,11 @@ def test_a_schema_behind_is_refused_at_start_with_the_owner_step(
     assert f"at version {newest.version - 1}" in err and "central.index.owner_url" in err
     assert split_roles.runtime_password not in err and split_roles.owner_password not in err
 
-    # Control: the schema current again, the same runtime-only configuration starts.
-    admin.execute("INSERT INTO schema_version (version, name) VALUES (%s, %s)", (newest.version, newest.name))
     admin.close()
+    # The owner's step the message names, and without the owner's URL it is refused.
+    assert _run_central_cli("migrate-schema", "--config", str(runtime_only)) == ExitCode.CONFIG
+    assert _run_central_cli("migrate-schema", "--config", str(with_owner)) == ExitCode.OK
+    # Control: the schema current again, the same runtime-only configuration starts.
     asyncio.run(_start_and_stop(load_central_config(runtime_only)))
 
 

@@ -159,8 +159,9 @@ def check_runtime_role(conn: psycopg.Connection[tuple[object, ...]],
     if current < newest:
         raise SchemaBehind(
             f"the database's schema is at version {current}, this code needs {newest}, and the runtime role "
-            f"{user} does not own the tables so cannot migrate them: start the central once with "
-            f"central.index.owner_url (the owner's URL) and owner_password set, to apply the migrations")
+            f"{user} does not own the tables so cannot migrate them: run `edge central "
+            f"migrate-schema` (or start the central once) with central.index.owner_url, the owner's URL, and "
+            f"owner_password set, to apply the migrations")
     if current > newest:
         raise SchemaError(
             f"the database's schema is at version {current}, newer than this code's {newest}: refusing "

@@ -8,7 +8,7 @@
 -- edge_grant_runtime() is run here and again by every start that is given the owner's URL
 -- (central.index.owner_url), so tables added by later migrations and a group created by the DBA after this
 -- migration ran both get their grants. GRANT is idempotent.
-CREATE FUNCTION edge_grant_runtime() RETURNS void LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION edge_grant_runtime() RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     here text := current_schema();
 BEGIN
