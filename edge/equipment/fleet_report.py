@@ -77,6 +77,7 @@ _OUTCOME = re.compile(r"[a-z][a-z_-]{0,31}")
 # The states a version 2 report carries (never_docked is not reported: the recorder is nowhere yet).
 STATES_V2 = ("out", "overdue", "docked", "faulty", "away")
 _HELD = frozenset({"out", "overdue"})
+_NO_BAY_STATES = frozenset({RecorderState.AWAY, RecorderState.OUT, RecorderState.OVERDUE})
 MAX_NAME_CHARS = 32
 MAX_BAY = 999
 MAX_BYTES = 2**53 - 1
@@ -148,7 +149,9 @@ def _recorder_v2(view: RecorderView) -> dict[str, Any]:
         "officer_no": None if holder is None else holder.officer_no,
         "officer_name": None if holder is None else printable(holder.officer_name)[:MAX_NAME_CHARS],
         "due_at": None if holder is None else _optional_time(view.due_at),
-        "bay": None if view.state is RecorderState.AWAY else bay,
+        # A recorder out is in no bay as far as the central is told: one just docked, its check-in not
+        # yet made, is still out (and the central refuses an out recorder with a bay).
+        "bay": None if view.state in _NO_BAY_STATES else bay,
         "battery_percent": view.battery_percent,
         "storage_free_bytes": view.storage_free_bytes,
         "storage_total_bytes": view.storage_total_bytes,

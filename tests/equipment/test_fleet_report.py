@@ -213,6 +213,17 @@ def test_a_malformed_version_2_report_is_refused_naming_what(
         check_report(bad, station=STATION)
 
 
+def test_a_recorder_out_that_just_docked_is_reported_out_in_no_bay() -> None:
+    """Docked, its check-in not yet made: out by the station's records, in a bay by its board. The central
+    refuses an out recorder with a bay, so the report says out, in no bay (it did refuse such a report)."""
+    records = FleetRecords(allowed=["ZFY-BACK"], open_assignments={
+        "ZFY-BACK": holder(1, "110001", "张伟", NOW - timedelta(hours=2))})
+    report = fleet_report_v2(build_fleet(records, {"ZFY-BACK": LiveBay(2)}, POLICY, NOW), station=STATION)
+    [back] = report["recorders"]
+    assert (back["state"], back["bay"], back["officer_no"]) == ("out", None, "110001")
+    assert check_report(report, station=STATION) == report
+
+
 def test_a_version_2_report_from_before_firmware_is_still_read(report_v2: dict[str, Any]) -> None:
     older = copy.deepcopy(report_v2)
     for recorder in older["recorders"]:
