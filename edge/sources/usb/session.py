@@ -578,7 +578,8 @@ class ControlSession(DockingSession):
         )
         if firmware[1] is not None:
             # The docking goes on: a version is for the fleet's records, not for the evidence.
-            self.store.record(EntryType.ERROR, None, {**data, "stage": "firmware-version", "reason": firmware[1]})
+            self.store.record(EntryType.ERROR, None,
+                              {**data, "stage": "firmware-version", "reason": firmware[1]})
         self.store.record(
             EntryType.CLOCK_MEASURED,
             None,
