@@ -65,8 +65,19 @@ so what came can still be copied into the store and converted there without eati
 reserve; review 22; a write refused for a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26,
 also the write in flight as the session ends; the outcome's `write_refused` names the errno and
 `write_refused_free_bytes` what statvfs showed just after, in the worker call that was refused, which tells
-a quota from a full disk: review 29; a refusal with room showing is tried once more first, and an fsync
-refused for want of space is `disk-full` too: review 30).
+a quota from a full disk: review 29; an fsync refused for want of space is `disk-full` too: review 30).
+A refused write is never tried again (review 33; reviews 30 to 32 tried one refused with room showing once
+more, and each review found it sealing a hole): after the refusal nothing the station can read tells a
+write that took nothing (a local disk: write(2) takes what fits, then refuses) from bytes taken earlier and
+lost at writeback, which Linux's NFS client reports as a later write's error, once, without moving the
+offset, while fstat may show the client's size or, once the failed pages are dropped, the server's. A retry
+that succeeds then hides the loss, and the copy is sealed complete with a hole. The pause a retry needs
+also lets a fast UDP download overflow the write buffer (`error`, an attempt counted against the
+recording). So a refusal ends the copy `disk-full`: what was written is sealed, marked as no fault of the
+recording, and the recording is downloaded again at a later pass. Whether such a copy counts toward giving
+the recording up is the downloads' call, from `write_refused` and the free space read in the refused call
+(edge.sources.gb28181.downloads `stuck_disk_full`: only a refusal with room showing, a quota's mark, that got
+no further than an earlier copy).
 The media time is the longest span of
 a monotonic run of video PTS (`video_run_span_s`): a PTS that steps back more than `PTS_BACKSTEP` (B-frames
 step back a little) or jumps ahead more than `PTS_JUMP` starts a new run (`video_pts_restarts`), so an
@@ -125,9 +136,6 @@ DEFAULT_REORDER_WINDOW = 64
 FLUSH_BYTES = 256 * 1024  # a write is handed to the worker thread once this much is buffered
 DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024  # how far the disk may fall behind (2 s of a 32 Mbit/s burst)
 MAX_RECORDED_GAPS = 1024
-# A write refused for want of space while the disk shows room is tried once more after this pause: long enough
-# for a neighbour refused by the same full disk to have its partial file removed (review 30).
-REFUSED_RETRY_PAUSE_S = 0.5
 IDLE_CHECK_S = 0.5
 DRAIN_S = 2.0  # close(): how long packets already sent may still be taken
 QUIET_S = 0.2  # close(): the silence that says they have all come
@@ -234,8 +242,8 @@ class MediaOutcome:
     # A write of the raw PS the disk refused for want of space: "ENOSPC" or "EDQUOT" (None: none was), and
     # the free bytes statvfs showed on its disk just after (None: not read). An EDQUOT, or an ENOSPC with
     # room showing, is the disk refusing this file whatever statvfs says (a quota, a qgroup): the next try
-    # would be cut the same way; the guard's own stop (low statvfs) sets neither (review 29). Such a write was
-    # tried once more before it was recorded (review 30); a refused fsync is recorded the same way.
+    # would be cut the same way; the guard's own stop (low statvfs) sets neither (review 29). A refused fsync
+    # is recorded the same way (review 30); a refused write is never tried again (review 33).
     write_refused: str | None = None
     write_refused_free_bytes: int | None = None
 
@@ -367,36 +375,14 @@ def _free_bytes_or_none(fd: int) -> int | None:
 _Written = TypeVar("_Written")
 
 
-def _write_retrying_refusal(write: Callable[[int, bytes | bytearray], _Written], fd: int,
+def _write_refusal_measured(write: Callable[[int, bytes | bytearray], _Written], fd: int,
                             data: bytes | bytearray) -> _Written:
-    """`write(fd, data)` in the worker thread. A refusal for want of space while the disk shows room
-    (`shows_room`) is tried once more, after `REFUSED_RETRY_PAUSE_S`, from where the refused write stopped
-    (write(2) takes what fits first): a neighbour that filled the disk and was refused too gives its room
-    back a moment later (review 30), while a quota refuses again. A refusal that stands is raised as
-    `RefusedWrite`, with the free space read right after it; any other failure as it came."""
-    start = os.lseek(fd, 0, os.SEEK_CUR)
+    """`write(fd, data)` in the worker thread; a refusal for want of space (ENOSPC, EDQUOT) is raised as
+    `RefusedWrite` with the free space read right after it, in this call; any other failure as it came.
+    Never tried again (review 33, the module docstring): a write refused on NFS may stand for bytes taken
+    before and lost at writeback, which a retry that succeeds would hide."""
     try:
         return write(fd, data)
-    except OSError as exc:
-        refused = _refused_errno(exc)
-        if refused is None:
-            raise
-        free = _free_bytes_or_none(fd)
-        if not shows_room(refused, free):
-            raise RefusedWrite(exc, free) from exc
-        position = os.lseek(fd, 0, os.SEEK_CUR)
-        if position - start >= len(data) or os.fstat(fd).st_size > position:
-            # The refused call took bytes and still failed: not a disk with no room for them (write(2)
-            # takes what fits, then refuses having taken nothing, so the file ends where the position is),
-            # but a write-back that lost bytes already taken. Linux's NFS client takes the call's bytes
-            # into its cache (the file grows), reports the failed write-back as this call's error without
-            # moving the position, and marks it reported: a retry and the fsync would then succeed over
-            # the hole (reviews 31, 32). The refusal stands.
-            raise RefusedWrite(exc, free) from exc
-    time.sleep(REFUSED_RETRY_PAUSE_S)
-    taken = os.lseek(fd, 0, os.SEEK_CUR) - start
-    try:
-        return write(fd, data[taken:])
     except OSError as exc:
         if _refused_errno(exc) is None:
             raise
@@ -1066,7 +1052,7 @@ class MediaReceiver:
     def _start_flush(self) -> None:
         assert self._fd is not None
         chunk, self._pending = self._pending, bytearray()
-        flight = self._loop.run_in_executor(None, _write_retrying_refusal, _write_and_measure, self._fd,
+        flight = self._loop.run_in_executor(None, _write_refusal_measured, _write_and_measure, self._fd,
                                             chunk)
         self._flight = flight
         flight.add_done_callback(self._flushed)
@@ -1154,7 +1140,7 @@ class MediaReceiver:
         try:
             if synced and self._pending:
                 chunk, self._pending = self._pending, bytearray()
-                await self._loop.run_in_executor(None, _write_retrying_refusal, _write_all, fd, chunk)
+                await self._loop.run_in_executor(None, _write_refusal_measured, _write_all, fd, chunk)
         except (OSError, RefusedWrite) as failure:
             synced = False
             exc = self._note_refusal(failure)

@@ -10,39 +10,26 @@ is tight for the next one as well: the rest of the pass should wait, as it does 
 copy (`StoreBelowReserve`).
 
 Real media receiver with its guard, RTP over a real TCP connection, real pipeline, ffmpeg and store. The
-disk is a model behind both seams that read it (the receiver's `_write_and_measure` after its real write,
-the downloads' `free_bytes`): a fixed size less what the spool and the store's items hold, as in
-production where the spool is in the store's root. Control: with room for the listing, every recording
-is downloaded whole and none is cut."""
+disk is the model of tests/gb28181/disk_rig.py behind the seams that read it: a fixed size less what the
+spool and the store's items hold, as in production where the spool is in the store's root. Control: with
+room for the listing, every recording is downloaded whole and none is cut."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-import edge.gb28181.media as media_module
-import edge.sources.gb28181.downloads as downloads_module
 from edge.gb28181.media import ROOM_PER_RECEIVED_BYTE, EndReason
-from edge.ingest.pipeline import IngestPipeline, IngestSettings
-from edge.ingest.store import StationStore
-from edge.sources.gb28181 import GbDownloads, GbRecordings, RecordingRef
+from edge.sources.gb28181 import RecordingRef
+from tests.gb28181.disk_rig import RESERVE, HonestDevice, ModelDisk, station_downloads
 from tests.gb28181.test_review24_disk_full_give_up import RECORDING
-from tests.gb28181.test_review28_tight_retry_cut_again import RESERVE, HonestDevice, stream
-from tests.gb28181.test_source_downloads import CASE, DEVICE
+from tests.gb28181.test_review28_tight_retry_cut_again import honest_device, stream
 
 __all__ = ["stream"]  # the module fixture, shared
 
 LISTED = 6
-
-
-def _held(folder: Path) -> int:
-    total = 0
-    for parent, _dirs, files in os.walk(folder):
-        total += sum(os.stat(os.path.join(parent, name), follow_symlinks=False).st_size for name in files)
-    return total
 
 
 def _listing(size: int) -> list[RecordingRef]:
@@ -54,29 +41,14 @@ async def _one_pass(tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch
                     disk_size: int) -> HonestDevice:
     size, packets = stream
     spool = tmp_path / "store" / "gb28181-spool"
-    store = StationStore(tmp_path / "store", "TEST-STATION")
-    spool.mkdir()
-    store_items = store.layout.root / "items"
-
-    def free() -> int:
-        return disk_size - _held(spool) - _held(store_items)
-
-    real_write_all = media_module._write_all
-
-    def write_and_measure(fd: int, data: bytes | bytearray) -> int:
-        real_write_all(fd, data)
-        return free()
-
-    monkeypatch.setattr(media_module, "_write_and_measure", write_and_measure)
-    monkeypatch.setattr(downloads_module, "free_bytes", lambda _path: free())
-    try:
-        source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
-        pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=RESERVE))
-        device = HonestDevice(packets)
-        await GbDownloads(pipeline, source, device.start_download).download(_listing(size))
-        return device
-    finally:
-        store.close()
+    device = honest_device(packets)
+    disk = ModelDisk(spool, disk_size)
+    disk.install(monkeypatch)
+    async with station_downloads(tmp_path, spool, device.start_download) as downloads:
+        spool.mkdir()
+        disk.also_held.append(downloads.pipeline.store.layout.root / "items")
+        await downloads.download(_listing(size))
+    return device
 
 
 async def test_after_a_download_cut_short_by_the_disk_the_pass_does_not_cut_the_next_ones_too(

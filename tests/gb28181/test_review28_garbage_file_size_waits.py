@@ -8,8 +8,8 @@ every six hours it waits "until there is room". Yet the receiver never takes mor
 for any try.
 
 Real media receiver with its guard, RTP over a real TCP connection, real pipeline, ffmpeg and store; the
-spool's disk is the model of test_review28_tight_retry_cut_again (free space set per pass, less what the
-spool holds). Control: the same recording listed with its true FileSize is asked for again once there is
+spool's disk is the model of tests/gb28181/disk_rig.py (free space set per pass, less what the spool
+holds). Control: the same recording listed with its true FileSize is asked for again once there is
 room, and downloaded whole."""
 
 from __future__ import annotations
@@ -19,15 +19,10 @@ from pathlib import Path
 
 import pytest
 
-import edge.gb28181.media as media_module
-import edge.sources.gb28181.downloads as downloads_module
 from edge.gb28181.media import EndReason
-from edge.ingest.pipeline import IngestPipeline, IngestSettings
-from edge.ingest.store import StationStore
-from edge.sources.gb28181 import GbDownloads, GbRecordings
+from tests.gb28181.disk_rig import RESERVE, HonestDevice, ModelDisk, new_spool, station_downloads
 from tests.gb28181.test_review24_disk_full_give_up import RECORDING
-from tests.gb28181.test_review28_tight_retry_cut_again import RESERVE, HonestDevice, SpoolDisk, stream
-from tests.gb28181.test_source_downloads import CASE, DEVICE
+from tests.gb28181.test_review28_tight_retry_cut_again import honest_device, stream
 
 __all__ = ["stream"]  # the module fixture, shared
 
@@ -41,33 +36,19 @@ async def _tries(tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: p
     """One pass cut short by the guard (the disk has room for half the recording), then
     PASSES_WITH_ROOM passes with a PiB free."""
     size, packets = stream
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    disk = SpoolDisk(spool, RESERVE + 2 * size)
-    real_write_all = media_module._write_all
-
-    def write_and_measure(fd: int, data: bytes | bytearray) -> int:
-        real_write_all(fd, data)
-        return disk.free()
-
-    monkeypatch.setattr(media_module, "_write_and_measure", write_and_measure)
-    monkeypatch.setattr(downloads_module, "free_bytes", lambda _path: disk.free())
+    spool = new_spool(tmp_path)
+    disk = ModelDisk(spool, RESERVE + 2 * size)
+    disk.install(monkeypatch)
     recording = replace(RECORDING, file_size_bytes=listed)
-    store = StationStore(tmp_path / "store", "TEST-STATION")
-    try:
-        source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
-        pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=RESERVE))
-        device = HonestDevice(packets)
-        downloads = GbDownloads(pipeline, source, device.start_download)
+    device = honest_device(packets)
+    async with station_downloads(tmp_path, spool, device.start_download) as downloads:
         await downloads.download([recording])
         assert device.ended == [EndReason.DISK_FULL]
         disk.level = ROOMY
         for _ in range(PASSES_WITH_ROOM):
             report = await downloads.download([recording])
             assert report.given_up == []
-        return device
-    finally:
-        store.close()
+    return device
 
 
 async def test_a_garbage_file_size_does_not_keep_a_cut_short_recording_from_ever_being_asked_again(

@@ -23,25 +23,16 @@ from pathlib import Path
 import pytest
 
 import edge.gb28181.media as media_module
-from drivers.gb28181.ps import Codec
-from edge.gb28181.media import EndReason, MediaOutcome, MediaTransport, receiver_keeping_free
-from edge.gb28181.sessions import EndReason as SessionEnd
-from edge.gb28181.sessions import SessionResult
-from edge.sources.gb28181.scheduler import completeness
-from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_tcp
-from tests.gb28181.test_review24_disk_full_give_up import RECORDING
-from tests.prerequisites import require
+from edge.gb28181.media import EndReason, MediaOutcome
+from tests.gb28181.disk_rig import measured, receive_after_121, short_recording
 
 SSRC = 1100000281
 PORTS = (34000, 34999)
-EXPECTED_S = 3.0  # RECORDING: 08:00:00 to 08:00:03
 
 
 @pytest.fixture(scope="module")
 def packets(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
-    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
-    media = make_source(tmp_path_factory.mktemp("src"), Codec.H264, seconds=3)
-    return rtp_packets(ps_packs(media), ssrc=SSRC)
+    return short_recording(tmp_path_factory.mktemp("src"), SSRC)
 
 
 async def _after_121(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.MonkeyPatch,
@@ -51,35 +42,19 @@ async def _after_121(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.M
     Returns the receiver's outcome, the raw PS's size, and the scheduler's verdict."""
     real_write_all = media_module._write_all
 
-    def guard_write_and_measure(fd: int, data: bytes | bytearray) -> int:
-        real_write_all(fd, data)  # the writes the guard looks after: the disk had room
-        stats = os.fstatvfs(fd)
-        return stats.f_bavail * stats.f_frsize
-
     def last_write_refused(fd: int, data: bytes | bytearray) -> None:
         assert last_write is not None
         real_write_all(fd, bytes(data[:len(data) // 2]))  # what still fitted
         raise OSError(last_write, os.strerror(last_write))
 
-    monkeypatch.setattr(media_module, "_write_and_measure", guard_write_and_measure)
+    # the writes the guard looks after: the disk had room
+    monkeypatch.setattr(media_module, "_write_and_measure", measured(real_write_all))
     if last_write is not None:
         monkeypatch.setattr(media_module, "_write_all", last_write_refused)
     raw = tmp_path / "download.ps"
-    receiver = await receiver_keeping_free(1)(
-        MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC, raw_path=raw,
-        idle_timeout_s=30.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
-        time_limit_s=None, progress_window_s=None, min_progress_s=None)
-    writer = await send_tcp(packets, receiver.local_port, close=False)
-    try:
-        await receiver.drain()  # as the session does on MediaStatus 121
-        await receiver.close()
-        outcome = await receiver.wait_closed()
-    finally:
-        writer.close()
-    result = SessionResult(call_id="review28@station", end_reason=SessionEnd.FILE_END, ssrc_offered=SSRC,
-                           ssrc_answered=SSRC, ssrc_answer_text=str(SSRC), ssrc_used=SSRC,
-                           file_size_bytes=None, outcome=outcome)
-    return outcome, raw.stat().st_size, completeness(result, RECORDING, EXPECTED_S)
+    outcome, verdict = await receive_after_121(raw, packets, ssrc=SSRC, ports=PORTS,
+                                               call_id="review28@station")
+    return outcome, raw.stat().st_size, verdict
 
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])

@@ -21,13 +21,10 @@ import pytest
 
 import edge.gb28181.media as media_module
 from edge.gb28181.media import EndReason
-from edge.ingest.pipeline import IngestPipeline, IngestSettings
-from edge.ingest.store import StationStore
-from edge.sources.gb28181 import GbDownloads, GbRecordings
 from edge.sources.gb28181.downloads import MAX_INCOMPLETE_ATTEMPTS, MAX_INTERRUPTED_ATTEMPTS
+from tests.gb28181.disk_rig import HonestDevice, new_spool, station_downloads
 from tests.gb28181.test_review24_disk_full_give_up import RECORDING
-from tests.gb28181.test_review28_tight_retry_cut_again import RESERVE, HonestDevice, stream
-from tests.gb28181.test_source_downloads import CASE, DEVICE
+from tests.gb28181.test_review28_tight_retry_cut_again import honest_device, stream
 
 __all__ = ["stream"]  # the module fixture, shared
 
@@ -55,26 +52,20 @@ async def _passes(tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: 
     """PASSES passes over RECORDING: the device, the items sealed, and each raw PS manifest's (`bytes`
     received, `bytes_written`)."""
     _size, packets = stream
-    spool = tmp_path / "spool"
-    spool.mkdir()
+    spool = new_spool(tmp_path)
     if quota is not None:
         monkeypatch.setattr(media_module, "_write_all", SpoolQuota(spool, quota))
-    store = StationStore(tmp_path / "store", "TEST-STATION")
-    try:
-        source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
-        pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=RESERVE))
-        device = HonestDevice(packets)
-        downloads = GbDownloads(pipeline, source, device.start_download)
+    device = honest_device(packets)
+    async with station_downloads(tmp_path, spool, device.start_download) as downloads:
         for _ in range(PASSES):
             await downloads.download([RECORDING])
-        sealed = int(store.conn.execute("SELECT count(*) FROM items").fetchone()[0])
-        counts = [(int(received), int(written)) for received, written in store.conn.execute(
+        conn = downloads.pipeline.store.conn
+        sealed = int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
+        counts = [(int(received), int(written)) for received, written in conn.execute(
             "SELECT json_extract(manifest, '$.original.bytes'), "
             "json_extract(manifest, '$.original.bytes_written') FROM items "
             "WHERE json_extract(manifest, '$.original.role') = 'raw-ps'")]
-        return device, sealed, counts
-    finally:
-        store.close()
+    return device, sealed, counts
 
 
 async def test_a_quota_that_refuses_every_try_at_the_same_byte_does_not_loop_for_ever(

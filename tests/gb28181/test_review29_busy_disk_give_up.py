@@ -11,95 +11,46 @@ never downloaded again even once the disk is roomy. The device is honest; no quo
 could be had at any pass the neighbour was idle.
 
 Real media receiver with its guard (`receiver_keeping_free`), RTP over a real TCP connection, real
-pipeline, ffmpeg and store. The disk is one model behind both seams that read it (the receiver's
-`_write_and_measure` after its real write, the downloads' `free_bytes`): a level, less what the spool's
-files hold, less what a neighbour holds while a retry runs (gone, offloaded, by the next pass). Control:
-the same passes without the neighbour, the first retry receives the recording whole."""
+pipeline, ffmpeg and store (tests/gb28181/disk_rig.py). The disk is one model behind the seams that read
+it: a level, less what the spool's files hold, less what a neighbour holds while a retry runs (gone,
+offloaded, by the next pass). Control: the same passes without the neighbour, the first retry receives
+the recording whole."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-import edge.gb28181.media as media_module
-import edge.sources.gb28181.downloads as downloads_module
-from drivers.gb28181.ps import Codec
-from edge.gb28181.media import FLUSH_BYTES, EndReason, MediaTransport, receiver_keeping_free
-from edge.ingest.pipeline import IngestPipeline, IngestSettings
-from edge.ingest.store import StationStore
-from edge.sources.gb28181 import GbDownloads, GbRecordings, RecordingRef, Transfer
+from edge.gb28181.media import FLUSH_BYTES, EndReason
+from edge.sources.gb28181 import RecordingRef
 from edge.sources.gb28181.downloads import MAX_INTERRUPTED_ATTEMPTS, ROOM_PER_BYTE_DOWNLOADED
-from edge.sources.gb28181.recordings import INTERRUPTED_DISK_FULL
-from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_tcp
+from tests.gb28181.disk_rig import RESERVE, HonestDevice, ModelDisk, long_stream, new_spool, station_downloads
 from tests.gb28181.test_review24_disk_full_give_up import RECORDING
-from tests.gb28181.test_source_downloads import CASE, DEVICE
-from tests.prerequisites import require
 
 SSRC = 1100000429
 PORTS = (34000, 34999)
-RESERVE = 1 << 20  # the store's [offload] min_free_bytes, which the receiver's guard keeps too
 BUSY_PASSES = MAX_INTERRUPTED_ATTEMPTS  # retries while a neighbour fills the disk (the first cut is free)
 
 
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, list[bytes]]:
-    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
-    packs = ps_packs(make_source(tmp_path_factory.mktemp("src"), Codec.H264, seconds=100, bitrate="4M"))
-    size = sum(len(p) for p, _ in packs)
-    assert size > 16 * FLUSH_BYTES, "the stream must outlast many of the guard's looks at the disk"
-    return size, rtp_packets(packs, ssrc=SSRC)
+    return long_stream(tmp_path_factory.mktemp("src"), SSRC)
 
 
-class BusyDisk:
-    """The spool's disk: `level` bytes free with the spool empty, less what the spool's files hold, less
-    what a neighbour (another device's download, a docked camera's offload) holds now."""
+class BusyDevice(HonestDevice):
+    """The honest device; while it streams, the neighbour holds `busy` bytes of the disk."""
 
-    def __init__(self, spool: Path, level: int) -> None:
-        self.spool, self.level, self.neighbour = spool, level, 0
+    def __init__(self, packets: list[bytes], disk: ModelDisk) -> None:
+        super().__init__(packets, ssrc=SSRC, ports=PORTS, max_buffered_bytes=2 * FLUSH_BYTES)
+        self.disk, self.busy = disk, 0
 
-    def free(self) -> int:
-        held = sum(entry.stat(follow_symlinks=False).st_size for entry in os.scandir(self.spool))
-        return self.level - held - self.neighbour
-
-
-class HonestDevice:
-    """Streams the whole recording over TCP into the receiver (with the guard); while it does, the
-    neighbour holds `busy` bytes of the disk. The facts as the scheduler makes them (`_interruption`)."""
-
-    def __init__(self, packets: list[bytes], disk: BusyDisk) -> None:
-        self.packets, self.disk = packets, disk
-        self.busy = 0
-        self.received: list[int] = []
-        self.ended: list[EndReason] = []
-
-    async def start_download(self, ref: RecordingRef, raw_path: Path) -> Transfer:
-        receiver = await receiver_keeping_free(RESERVE)(
-            MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC, raw_path=raw_path,
-            idle_timeout_s=60.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
-            time_limit_s=None, progress_window_s=None, min_progress_s=None,
-            # TCP reading pauses past this (the least allowed): the guard's cut lands within a few flushes of
-            # its look on a loaded machine, so how far each try got is the disk's doing, not the scheduler's
-            max_buffered_bytes=2 * FLUSH_BYTES)
+    def session_started(self) -> None:
         self.disk.neighbour = self.busy  # a camera docks as the retry begins (after `_tight_for` looked)
-        try:
-            with contextlib.suppress(ConnectionError):  # the receiver closes the connection when it stops
-                await send_tcp(self.packets, receiver.local_port)
-            outcome = await receiver.wait_closed()
-        finally:
-            self.disk.neighbour = 0  # sealed and offloaded before the next pass
-        self.received.append(outcome.bytes)
-        self.ended.append(outcome.ended)
-        facts: dict[str, object] = {"call_id": f"{len(self.received)}@station", "ssrc_offered": SSRC}
-        if outcome.ended is EndReason.DISK_FULL:
-            facts.update(complete=False, interrupted=INTERRUPTED_DISK_FULL,
-                         incomplete="the station's disk ran low during the download (the store's reserve)")
-        else:
-            facts.update(complete=True)
-        return Transfer(outcome, facts)
+
+    def session_ended(self) -> None:
+        self.disk.neighbour = 0  # sealed and offloaded before the next pass
 
 
 async def _passes(tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: pytest.MonkeyPatch,
@@ -109,24 +60,12 @@ async def _passes(tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: 
     each runs; then one pass with the same room and no neighbour. Returns the device and what the last
     pass gave up."""
     size, packets = stream
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    disk = BusyDisk(spool, RESERVE + 2 * size)
-    real_write_all = media_module._write_all
-
-    def write_and_measure(fd: int, data: bytes | bytearray) -> int:
-        real_write_all(fd, data)
-        return disk.free()
-
-    monkeypatch.setattr(media_module, "_write_and_measure", write_and_measure)
-    monkeypatch.setattr(downloads_module, "free_bytes", lambda _path: disk.free())
+    spool = new_spool(tmp_path)
+    disk = ModelDisk(spool, RESERVE + 2 * size)
+    disk.install(monkeypatch)
     recording = replace(RECORDING, file_size_bytes=size)  # honest: the stream's size
-    store = StationStore(tmp_path / "store", "TEST-STATION")
-    try:
-        source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
-        pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=RESERVE))
-        device = HonestDevice(packets, disk)
-        downloads = GbDownloads(pipeline, source, device.start_download)
+    device = BusyDevice(packets, disk)
+    async with station_downloads(tmp_path, spool, device.start_download) as downloads:
         await downloads.download([recording])
         assert device.ended == [EndReason.DISK_FULL] and device.received[0] < size
         disk.level = RESERVE + ROOM_PER_BYTE_DOWNLOADED * size + 2 * FLUSH_BYTES  # `_tight_for`'s room
@@ -135,9 +74,7 @@ async def _passes(tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: 
             await downloads.download([recording])
         device.busy = 0
         last = await downloads.download([recording])
-        return device, last.given_up
-    finally:
-        store.close()
+    return device, last.given_up
 
 
 async def test_a_busy_disk_does_not_give_up_a_recording_that_could_be_had(

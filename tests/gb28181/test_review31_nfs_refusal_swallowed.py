@@ -29,26 +29,17 @@ from pathlib import Path
 import pytest
 
 import edge.gb28181.media as media_module
-from drivers.gb28181.ps import Codec
-from edge.gb28181.media import MediaOutcome, MediaTransport, receiver_keeping_free
-from edge.gb28181.sessions import EndReason as SessionEnd
-from edge.gb28181.sessions import SessionResult
-from edge.sources.gb28181.scheduler import completeness
-from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_tcp
-from tests.gb28181.test_review24_disk_full_give_up import RECORDING
-from tests.prerequisites import require
+from edge.gb28181.media import MediaOutcome
+from tests.gb28181.disk_rig import measured, receive_after_121, short_recording
 
 SSRC = 1100000311
 PORTS = (38000, 38999)
-EXPECTED_S = 3.0  # RECORDING: 08:00:00 to 08:00:03
 DROPPED = 32 * 1024  # the range a writeback lost on the server (the file's start)
 
 
 @pytest.fixture(scope="module")
 def packets(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
-    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
-    media = make_source(tmp_path_factory.mktemp("src"), Codec.H264, seconds=3)
-    return rtp_packets(ps_packs(media), ssrc=SSRC)
+    return short_recording(tmp_path_factory.mktemp("src"), SSRC)
 
 
 async def _after_121(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.MonkeyPatch, *,
@@ -59,11 +50,6 @@ async def _after_121(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.M
     real_write_all = media_module._write_all
     refusals: list[int] = []
 
-    def measured(fd: int, data: bytes | bytearray) -> int:
-        real_write_all(fd, data)  # the flushes while the stream comes: taken
-        stats = os.fstatvfs(fd)
-        return stats.f_bavail * stats.f_frsize
-
     def nfs_write_all(fd: int, data: bytes | bytearray) -> None:
         real_write_all(fd, data)  # this call's bytes: into the page cache, the offset past them
         if writeback_refused and not refusals:
@@ -73,25 +59,14 @@ async def _after_121(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.M
             os.pwrite(fd, bytes(DROPPED), 0)  # refused at writeback: the server holds nothing there
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # nfs_file_write's return
 
-    monkeypatch.setattr(media_module, "_write_and_measure", measured)
+    # the flushes while the stream comes: taken
+    monkeypatch.setattr(media_module, "_write_and_measure", measured(real_write_all))
     monkeypatch.setattr(media_module, "_write_all", nfs_write_all)
     raw = tmp_path / "download.ps"
-    receiver = await receiver_keeping_free(1)(
-        MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC, raw_path=raw,
-        idle_timeout_s=30.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
-        time_limit_s=None, progress_window_s=None, min_progress_s=None)
-    writer = await send_tcp(packets, receiver.local_port, close=False)
-    try:
-        await receiver.drain()  # as the session does on MediaStatus 121
-        await receiver.close()
-        outcome = await receiver.wait_closed()
-    finally:
-        writer.close()
+    outcome, verdict = await receive_after_121(raw, packets, ssrc=SSRC, ports=PORTS,
+                                               call_id="review31@station")
     assert bool(refusals) == writeback_refused, refusals  # the fault as modelled was met (or not)
-    result = SessionResult(call_id="review31@station", end_reason=SessionEnd.FILE_END, ssrc_offered=SSRC,
-                           ssrc_answered=SSRC, ssrc_answer_text=str(SSRC), ssrc_used=SSRC,
-                           file_size_bytes=None, outcome=outcome)
-    return outcome, raw.read_bytes(), completeness(result, RECORDING, EXPECTED_S)
+    return outcome, raw.read_bytes(), verdict
 
 
 async def test_a_write_refused_after_an_nfs_writeback_loss_is_not_sealed_complete(

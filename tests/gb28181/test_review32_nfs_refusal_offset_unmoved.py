@@ -9,10 +9,11 @@ the refusal is tried again, the second write (the error consumed) succeeds over 
 bytes the server dropped are a hole in a copy the scheduler judges complete. The check review 31 wanted is
 the file's size, not its offset.
 
-First, `_write_retrying_refusal` itself, with the write modelled as the kernel returns it; then the whole
-path of review 31 (real ffmpeg-made PS over a real TCP connection, drained and closed after MediaStatus
-121, judged by the scheduler's `completeness`). Controls: a local-disk refusal (nothing taken, size
-unchanged) is still retried and the file is whole; no refusal at all: complete and whole."""
+First, the receiver's write call itself (`_write_retrying_refusal`; `_write_refusal_measured` since review
+33), with the write modelled as the kernel returns it; then the whole path of review 31 (real ffmpeg-made
+PS over a real TCP connection, drained and closed after MediaStatus 121, judged by the scheduler's
+`completeness`). Controls: a write not refused is taken whole; no refusal at
+all: complete and whole. (Review 33 removed the retry itself: a refused write is never tried again.)"""
 
 from __future__ import annotations
 
@@ -24,13 +25,9 @@ from pathlib import Path
 import pytest
 
 import edge.gb28181.media as media_module
-from edge.gb28181.media import FLUSH_BYTES, MediaOutcome, MediaTransport, RefusedWrite, receiver_keeping_free
-from edge.gb28181.sessions import EndReason as SessionEnd
-from edge.gb28181.sessions import SessionResult
-from edge.sources.gb28181.scheduler import completeness
-from tests.gb28181.media_sender import send_tcp
-from tests.gb28181.test_review24_disk_full_give_up import RECORDING
-from tests.gb28181.test_review31_nfs_refusal_swallowed import DROPPED, EXPECTED_S, PORTS, SSRC, packets
+from edge.gb28181.media import FLUSH_BYTES, MediaOutcome, RefusedWrite
+from tests.gb28181.disk_rig import measured, receive_after_121
+from tests.gb28181.test_review31_nfs_refusal_swallowed import DROPPED, PORTS, SSRC, packets
 
 SMALL_FLUSH = 8 * 1024
 __all__ = ["packets"]  # the module fixture of review 31: the same real PS
@@ -72,7 +69,7 @@ def test_an_nfs_refusal_with_the_offset_unmoved_is_not_retried_into_success(tmp_
     try:
         media_module._write_all(fd, CHUNK)  # an earlier flush, written back (so the server said)
         try:
-            media_module._write_retrying_refusal(_nfs_write(len(CHUNK), calls), fd, CHUNK)
+            media_module._write_refusal_measured(_nfs_write(len(CHUNK), calls), fd, CHUNK)
         except RefusedWrite as refusal:
             assert refusal.refused.errno == errno.ENOSPC
         else:
@@ -88,24 +85,23 @@ def test_an_nfs_refusal_with_the_offset_unmoved_is_not_retried_into_success(tmp_
         os.close(fd)
 
 
-def test_control_a_local_refusal_with_nothing_taken_is_retried_and_whole(tmp_path: Path) -> None:
+def test_control_a_write_not_refused_is_taken_whole(tmp_path: Path) -> None:
+    # Review 33: a refused write is never tried again (a local refusal that took nothing included), so the
+    # control is a write the disk takes: it goes through once, the file whole.
     _needs_room(tmp_path)
     calls: list[str] = []
 
     def local_write(fd: int, data: bytes | bytearray) -> None:
-        if not calls:
-            calls.append("refused")  # write(2) on a full local disk: nothing taken, ENOSPC
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         calls.append("taken")
         media_module._write_all(fd, data)
 
     fd = os.open(tmp_path / "raw.ps", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         media_module._write_all(fd, CHUNK)
-        media_module._write_retrying_refusal(local_write, fd, CHUNK)
+        media_module._write_refusal_measured(local_write, fd, CHUNK)
     finally:
         os.close(fd)
-    assert calls == ["refused", "taken"]
+    assert calls == ["taken"]
     assert (tmp_path / "raw.ps").read_bytes() == CHUNK + CHUNK
 
 
@@ -124,34 +120,17 @@ async def _after_121(tmp_path: Path, packets: list[bytes], monkeypatch: pytest.M
         else:
             real_write_all(fd, data)
 
-    def measured(fd: int, data: bytes | bytearray) -> int:
-        write(fd, data)
-        stats = os.fstatvfs(fd)
-        return stats.f_bavail * stats.f_frsize
-
-    monkeypatch.setattr(media_module, "_write_and_measure", measured)
+    monkeypatch.setattr(media_module, "_write_and_measure", measured(write))
     monkeypatch.setattr(media_module, "_write_all", write)
     # Flushes while the stream comes (the 3 s recording is less than a real flush): bytes written back
     # before the last write, which the server can drop.
     monkeypatch.setattr(media_module, "FLUSH_BYTES", SMALL_FLUSH)
     raw = tmp_path / "download.ps"
-    receiver = await receiver_keeping_free(1)(
-        MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC, raw_path=raw,
-        idle_timeout_s=30.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
-        time_limit_s=None, progress_window_s=None, min_progress_s=None)
-    writer = await send_tcp(packets, receiver.local_port, close=False)
-    try:
-        await receiver.drain()
-        await receiver.close()
-        outcome = await receiver.wait_closed()
-    finally:
-        writer.close()
+    outcome, verdict = await receive_after_121(raw, packets, ssrc=SSRC, ports=PORTS,
+                                               call_id="review32@station")
     assert bool(calls) == writeback_refused, calls  # the fault as modelled was met (or not)
     assert not calls or not calls[0].startswith("refused, 0 "), calls  # earlier bytes were dropped
-    result = SessionResult(call_id="review32@station", end_reason=SessionEnd.FILE_END, ssrc_offered=SSRC,
-                           ssrc_answered=SSRC, ssrc_answer_text=str(SSRC), ssrc_used=SSRC,
-                           file_size_bytes=None, outcome=outcome)
-    return outcome, raw.read_bytes(), completeness(result, RECORDING, EXPECTED_S)
+    return outcome, raw.read_bytes(), verdict
 
 
 async def test_an_nfs_writeback_loss_as_the_kernel_returns_it_is_not_sealed_complete(

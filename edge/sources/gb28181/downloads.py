@@ -238,7 +238,9 @@ def refused_with_room(download: SealedDownload) -> bool:
     a btrfs qgroup: never in statvfs), or ENOSPC with at least a flush's worth (`FLUSH_BYTES`) free just
     after. Not the receiver's own guard (it stops on a low statvfs and sets no `write_refused`), nor an
     ENOSPC on a disk statvfs showed full (another writer filled it: that passes, review 29). The receiver
-    has already tried such a refused write once more (review 30): this one stood."""
+    never tries a refused write again (review 33: on NFS a retry could hide bytes lost at writeback), so a
+    neighbour that filled the disk and gave its room back before the reading in the refused call (review
+    30) is taken for a quota too: the give-up needs that at `MAX_INTERRUPTED_ATTEMPTS` downloads."""
     return shows_room(download.write_refused, download.write_refused_free_bytes)
 
 

@@ -1,0 +1,196 @@
+"""The disk-model rig of the download disk-full reviews (28 to 33): a modelled spool disk behind the seams
+that read it, an honest device streaming a real recording into a real receiver with its free-space guard, the
+downloads with a real pipeline and store, and a receiver drained and closed after MediaStatus 121.
+
+What is real: ffmpeg-made H.264 muxed into PS, RTP over real TCP connections, the media receiver, the ingest
+pipeline, ffmpeg conversion and the station store. What is modelled is the disk's answers only, through the
+receiver's `_write_and_measure` / `_write_all` / `_free_bytes_of` seams and the downloads' `free_bytes`.
+
+Hooks: `ModelDisk.write_and_measure` (override to have a neighbour arrive, or refuse a write);
+`HonestDevice.session_started` / `session_ended` (what the disk does around each session: a neighbour
+docking as a retry begins, gone by the next pass)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+import edge.gb28181.media as media_module
+import edge.sources.gb28181.downloads as downloads_module
+from drivers.gb28181.ps import Codec
+from edge.gb28181.media import FLUSH_BYTES, EndReason, MediaOutcome, MediaTransport, receiver_keeping_free
+from edge.gb28181.sessions import EndReason as SessionEnd
+from edge.gb28181.sessions import SessionResult
+from edge.ingest.pipeline import IngestPipeline, IngestSettings
+from edge.ingest.store import StationStore
+from edge.sources.gb28181 import GbDownloads, GbRecordings, RecordingRef, Transfer
+from edge.sources.gb28181.downloads import StartDownload
+from edge.sources.gb28181.recordings import INTERRUPTED_DISK_FULL
+from edge.sources.gb28181.scheduler import completeness
+from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_tcp
+from tests.gb28181.test_review24_disk_full_give_up import RECORDING
+from tests.gb28181.test_source_downloads import CASE, DEVICE
+from tests.prerequisites import require
+
+RESERVE = 1 << 20  # the store's [offload] min_free_bytes, which the receiver's guard keeps too
+EXPECTED_S = 3.0  # RECORDING: 08:00:00 to 08:00:03
+WriteAll = Callable[[int, bytes | bytearray], None]
+
+
+def long_stream(folder: Path, ssrc: int) -> tuple[int, list[bytes]]:
+    """A 100 s recording at 4 Mbit/s: its raw PS size and its RTP packets (outlasting many of the guard's
+    looks at the disk)."""
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    packs = ps_packs(make_source(folder, Codec.H264, seconds=100, bitrate="4M"))
+    size = sum(len(p) for p, _ in packs)
+    assert size > 16 * FLUSH_BYTES, "the stream must outlast many of the guard's looks at the disk"
+    return size, rtp_packets(packs, ssrc=ssrc)
+
+
+def short_recording(folder: Path, ssrc: int) -> list[bytes]:
+    """RECORDING's 3 s as RTP packets."""
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    return rtp_packets(ps_packs(make_source(folder, Codec.H264, seconds=3)), ssrc=ssrc)
+
+
+class ModelDisk:
+    """The spool's disk: `level` bytes free with the spool empty, less what the spool's files hold, less
+    what a neighbour (another device's download, a docked camera's offload into the store) holds now."""
+
+    def __init__(self, spool: Path, level: int) -> None:
+        self.spool, self.level, self.neighbour = spool, level, 0
+        self.also_held: list[Path] = []  # more folders on the disk (the store's items, when it is there too)
+        self.real_write_all: WriteAll = media_module._write_all
+
+    def held(self) -> int:
+        return sum(_held(folder) for folder in (self.spool, *self.also_held))
+
+    def free(self) -> int:
+        return self.level - self.held() - self.neighbour
+
+    def write_and_measure(self, fd: int, data: bytes | bytearray) -> int:
+        """The receiver's write and its look at the disk after it (a hook: override to refuse)."""
+        self.real_write_all(fd, data)
+        return self.free()
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Put the model behind the receiver's and the downloads' seams."""
+        monkeypatch.setattr(media_module, "_write_and_measure", self.write_and_measure)
+        monkeypatch.setattr(media_module, "_free_bytes_of", lambda _fd: self.free())
+        monkeypatch.setattr(downloads_module, "free_bytes", lambda _path: self.free())
+
+
+def _held(folder: Path) -> int:
+    total = 0
+    for parent, _dirs, files in os.walk(folder):
+        total += sum(os.stat(os.path.join(parent, name), follow_symlinks=False).st_size for name in files)
+    return total
+
+
+def facts_as_scheduled(outcome: MediaOutcome, call: int, ssrc: int) -> dict[str, object]:
+    """A transfer's facts as the scheduler makes them for one the guard or a refused write ended
+    (`_interruption`: disk-full), or for a whole one."""
+    facts: dict[str, object] = {"call_id": f"{call}@station", "ssrc_offered": ssrc}
+    if outcome.ended is EndReason.DISK_FULL:
+        facts.update(complete=False, interrupted=INTERRUPTED_DISK_FULL,
+                     incomplete="the station's disk ran low during the download (the store's reserve)")
+    else:
+        facts.update(complete=True)
+    return facts
+
+
+class HonestDevice:
+    """Streams the whole recording over TCP into the receiver the session opened (with the guard) and
+    records how each session went. `max_buffered_bytes` 2 x FLUSH_BYTES (the least allowed) makes TCP
+    reading pause past it: the guard's cut lands within a few flushes of its look on a loaded machine."""
+
+    def __init__(self, packets: list[bytes], *, ssrc: int, ports: tuple[int, int],
+                 idle_timeout_s: float = 60.0, max_buffered_bytes: int | None = None) -> None:
+        self.packets, self.ssrc, self.ports = packets, ssrc, ports
+        self.idle_timeout_s, self.max_buffered_bytes = idle_timeout_s, max_buffered_bytes
+        self.received: list[int] = []
+        self.written: list[int | None] = []
+        self.ended: list[EndReason] = []
+        self.refused: list[tuple[str | None, int | None]] = []
+
+    def session_started(self) -> None:
+        """Hook: the receiver is open, nothing sent yet (after `_tight_for` looked at the disk)."""
+
+    def session_ended(self) -> None:
+        """Hook: the session is over, its copy not yet sealed."""
+
+    async def start_download(self, ref: RecordingRef, raw_path: Path) -> Transfer:
+        buffered = {} if self.max_buffered_bytes is None else {"max_buffered_bytes": self.max_buffered_bytes}
+        receiver = await receiver_keeping_free(RESERVE)(
+            MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=self.ports, ssrc=self.ssrc,
+            raw_path=raw_path, idle_timeout_s=self.idle_timeout_s, max_bytes=1 << 30, expected_peer_host=None,
+            max_media_span_s=None, time_limit_s=None, progress_window_s=None, min_progress_s=None,
+            **buffered)
+        self.session_started()
+        try:
+            with contextlib.suppress(ConnectionError):  # the receiver closes the connection when it stops
+                await send_tcp(self.packets, receiver.local_port)
+            outcome = await receiver.wait_closed()
+        finally:
+            self.session_ended()
+        self.received.append(outcome.bytes)
+        self.written.append(outcome.bytes_written)
+        self.ended.append(outcome.ended)
+        self.refused.append((outcome.write_refused, outcome.write_refused_free_bytes))
+        return Transfer(outcome, facts_as_scheduled(outcome, len(self.received), self.ssrc))
+
+
+@contextlib.asynccontextmanager
+async def station_downloads(tmp_path: Path, spool: Path,
+                            start_download: StartDownload) -> AsyncIterator[GbDownloads]:
+    """The downloads of DEVICE into a real pipeline and store (`tmp_path`/store, reserve RESERVE), spool
+    `spool`."""
+    store = StationStore(tmp_path / "store", "TEST-STATION")
+    try:
+        source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
+        pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=RESERVE))
+        yield GbDownloads(pipeline, source, start_download)
+    finally:
+        store.close()
+
+
+def new_spool(tmp_path: Path) -> Path:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    return spool
+
+
+def measured(write: WriteAll) -> Callable[[int, bytes | bytearray], int]:
+    """`write`, then the free bytes of the file's real disk (the receiver's `_write_and_measure`)."""
+
+    def write_and_measure(fd: int, data: bytes | bytearray) -> int:
+        write(fd, data)
+        stats = os.fstatvfs(fd)
+        return stats.f_bavail * stats.f_frsize
+
+    return write_and_measure
+
+
+async def receive_after_121(raw: Path, packets: list[bytes], *, ssrc: int, ports: tuple[int, int],
+                            call_id: str) -> tuple[MediaOutcome, dict[str, object]]:
+    """The device sends the recording and keeps its connection (it says 121 over SIP); the session drains
+    the receiver (guard on) and closes it. The outcome, and the scheduler's own `completeness` verdict."""
+    receiver = await receiver_keeping_free(1)(
+        MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=ports, ssrc=ssrc, raw_path=raw,
+        idle_timeout_s=30.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
+        time_limit_s=None, progress_window_s=None, min_progress_s=None)
+    writer = await send_tcp(packets, receiver.local_port, close=False)
+    try:
+        await receiver.drain()  # as the session does on MediaStatus 121
+        await receiver.close()
+        outcome = await receiver.wait_closed()
+    finally:
+        writer.close()
+    result = SessionResult(call_id=call_id, end_reason=SessionEnd.FILE_END, ssrc_offered=ssrc,
+                           ssrc_answered=ssrc, ssrc_answer_text=str(ssrc), ssrc_used=ssrc,
+                           file_size_bytes=None, outcome=outcome)
+    return outcome, completeness(result, RECORDING, EXPECTED_S)
