@@ -287,9 +287,12 @@ async def test_a_recorder_pulled_out_early_is_faulty_and_not_in_its_bay_at_once(
         # The bay still tells the officer to dock it again; the recorder itself is not there.
         await eventually(lambda: (station.agent.status.bay("1") or {}).get("error_class") == "pulled_early",
                          WAIT_S)
+        # The two dockings end at different times: a read between their session_stopped entries shows
+        # the whole one still docked and offloading; the second entry brings the read that ends it.
         fleet = await fresh_fleet(station, lambda f: (
             by_serial(f)[pulled.device_serial]["state"] == "faulty"
-            and by_serial(f)[whole.device_serial]["state"] == "docked"))
+            and by_serial(f)[whole.device_serial]["state"] == "docked"
+            and by_serial(f)[whole.device_serial]["last_docking"]["ended_at"] is not None))
         gone, docked = by_serial(fleet)[pulled.device_serial], by_serial(fleet)[whole.device_serial]
         assert gone["bay"] is None and gone["last_docking"]["outcome"] == OffloadOutcome.DEVICE_GONE
         assert [p["code"] for p in gone["problems"]] == ["last_docking_failed"]
