@@ -54,8 +54,11 @@ class PostgresDatabase:
     errors: tuple[type[Exception], ...] = (psycopg.Error,)
 
     def __init__(self, conn: psycopg.Connection[tuple[object, ...]], where: str, reconnect: Connect, *,
-                 console_key: Path | None = None) -> None:
+                 console_key: Path | None = None, one_connection: bool = False) -> None:
         self._conn = conn
+        # A snapshot's or a read-only session's database: its transactions on the one connection, inside
+        # whatever that connection's own transaction is (a snapshot's READ ONLY refuses any write).
+        self._one_connection = one_connection
         self._writer_conn: psycopg.Connection[tuple[object, ...]] | None = None
         # One transaction at a time in this process, whichever thread runs it (reentrant: a method that
         # opens its own transaction may be called inside another, a savepoint).
@@ -87,7 +90,7 @@ class PostgresDatabase:
         """The connection; a new one when the last was lost (the server restarted, a network cut): the
         statement that met the loss failed and its transaction was rolled back, the next one runs on a
         fresh connection (raising ``psycopg.Error`` while the server is still down)."""
-        if getattr(self._in_transaction, "depth", 0) > 0:
+        if getattr(self._in_transaction, "depth", 0) > 0 and not self._one_connection:
             assert self._writer_conn is not None
             return self._writer_conn
         if (self._conn.broken or self._reader_lost) and not self._closed:
@@ -102,6 +105,8 @@ class PostgresDatabase:
 
     def _writer(self) -> psycopg.Connection[tuple[object, ...]]:
         """The writer's connection (under the writer mutex), opened or opened again when lost."""
+        if self._one_connection:
+            return self.conn
         lost = self._writer_conn is not None and (self._writer_conn.broken or self._writer_lost)
         if self._writer_conn is None or (lost and not self._closed):
             if self._writer_conn is not None:
@@ -110,6 +115,13 @@ class PostgresDatabase:
             self._writer_conn = self._reconnect()
             self._writer_lost = False
         return self._writer_conn
+
+    @property
+    def writer_backend_pid(self) -> int | None:
+        """The server process of the writer's connection (None before the first transaction), which
+        ``pg_stat_activity`` names while a transaction waits for the writer lock."""
+        writer = self._writer_conn
+        return None if writer is None else writer.info.backend_pid
 
     @property
     def index(self) -> PostgresIndex:
@@ -128,9 +140,10 @@ class PostgresDatabase:
         return self._equipment
 
     def reopen(self) -> PostgresDatabase:
-        """Another connection to the same database (a snapshot's, for a worker thread); no migration."""
+        """Another connection to the same database (a snapshot's, for a worker thread), its transactions
+        on that connection too; no migration."""
         other = PostgresDatabase(self._reconnect(), self.where, self._reconnect,
-                                 console_key=self.sealer.key_path)
+                                 console_key=self.sealer.key_path, one_connection=True)
         key = self.sealer.key()
         if key is not None:
             other.sealer.use(key)
@@ -171,7 +184,7 @@ class PostgresDatabase:
 
         conn = connect()
         info = conn.info
-        return cls(conn, f"{info.host}:{info.port}/{info.dbname}", connect)
+        return cls(conn, f"{info.host}:{info.port}/{info.dbname}", connect, one_connection=True)
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
