@@ -8,12 +8,13 @@ receiver's `_write_and_measure` / `_write_all` / `_free_bytes_of` seams and the 
 
 Hooks: `ModelDisk.write_and_measure` (override to have a neighbour arrive, or refuse a write);
 `HonestDevice.session_started` / `session_ended` (what the disk does around each session: a neighbour
-docking as a retry begins, gone by the next pass)."""
+docking as a retry begins, gone by the next pass). `StalledDisk`: a write stuck until the test releases it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -194,3 +195,32 @@ async def receive_after_121(raw: Path, packets: list[bytes], *, ssrc: int, ports
                            ssrc_answered=ssrc, ssrc_answer_text=str(ssrc), ssrc_used=ssrc,
                            file_size_bytes=None, outcome=outcome)
     return outcome, completeness(result, RECORDING, EXPECTED_S)
+
+
+class StalledDisk:
+    """The raw PS's disk stalling (a loaded box, NFS latency): the first write blocks in the receiver's
+    worker until `release()`, however long that takes; later writes go through. Deterministic: what the
+    receiver does while its write is stuck does not depend on how loaded the machine is."""
+
+    def __init__(self) -> None:
+        self._gate = threading.Event()
+        self.held_bytes: int | None = None  # the stuck write's size, once it began
+        self._real_write_all: WriteAll = media_module._write_all
+
+    def write_all(self, fd: int, data: bytes | bytearray) -> None:
+        if self.held_bytes is None:
+            self.held_bytes = len(data)
+            if not self._gate.wait(STALL_BOUND_S):
+                raise TimeoutError("the stalled write was never released (the test's own bug)")
+        self._real_write_all(fd, data)
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Put the stall behind the receiver's write seams (the disk's free space is the real one's)."""
+        monkeypatch.setattr(media_module, "_write_all", self.write_all)
+        monkeypatch.setattr(media_module, "_write_and_measure", measured(self.write_all))
+
+
+STALL_BOUND_S = 120.0  # a stalled write released by no test fails rather than hang the run
