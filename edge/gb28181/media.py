@@ -46,7 +46,9 @@ The raw PS is written to `raw_path`, created new (never overwriting, never throu
 the caller puts it in the station's spool or temp area, and nothing else is written anywhere. Writes go
 through a bounded buffer flushed by a worker thread (at most one flush in flight), so the event loop
 never waits for the disk; if the disk falls `max_buffered_bytes` behind, TCP reading pauses (the device
-is slowed, nothing lost) and UDP ends the session (`error`: the bytes would be lost otherwise). At the
+is slowed, nothing lost) and UDP ends the session (`disk-slow`: the bytes would be lost otherwise; what was
+taken is still written whole). `disk-slow` is the station's trouble (a stalled disk, a loaded box, NFS
+latency), never the recording's: the scheduler seals such a copy as an interruption (review 33). At the
 end the file is fsynced, then its directory; the outcome's `bytes_written` is what it holds then (less than
 `bytes` received when a write was refused: review 28).
 
@@ -59,7 +61,7 @@ its TCP connection (`closed`), on `idle_timeout_s` without a packet of the sessi
 media ever came), on `max_bytes` of raw PS (`limit`: the packet that would pass it is not written), when
 the video's media time passes `max_media_span_s` (`past-end`: a device that keeps sending after the
 recording it was asked for), when the transfer stalls or runs too long (`time-limit`, below), or on an
-error (`error`), or when the disk holding the raw PS runs low (`disk-full`, with `min_free_bytes`: after each
+error (`error`), on the disk falling behind a UDP stream (`disk-slow`, above), or when the disk holding the raw PS runs low (`disk-full`, with `min_free_bytes`: after each
 write, the disk's free space must keep `min_free_bytes` plus `ROOM_PER_RECEIVED_BYTE` times what was received,
 so what came can still be copied into the store and converted there without eating into the store's
 reserve; review 22; a write refused for a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26,
@@ -72,8 +74,8 @@ write that took nothing (a local disk: write(2) takes what fits, then refuses) f
 lost at writeback, which Linux's NFS client reports as a later write's error, once, without moving the
 offset, while fstat may show the client's size or, once the failed pages are dropped, the server's. A retry
 that succeeds then hides the loss, and the copy is sealed complete with a hole. The pause a retry needs
-also lets a fast UDP download overflow the write buffer (`error`, an attempt counted against the
-recording). So a refusal ends the copy `disk-full`: what was written is sealed, marked as no fault of the
+also lets a fast UDP download overflow the write buffer (`disk-slow`, the station's interruption, but a copy
+cut short all the same). So a refusal ends the copy `disk-full`: what was written is sealed, marked as no fault of the
 recording, and the recording is downloaded again at a later pass. Whether such a copy counts toward giving
 the recording up is the downloads' call, from `write_refused` and the free space read in the refused call
 (edge.sources.gb28181.downloads `stuck_disk_full`: only a refusal with room showing, a quota's mark, that got
@@ -178,6 +180,9 @@ class EndReason(StrEnum):
     TIME_LIMIT = "time-limit"  # the video stalled (`min_progress_s` per `progress_window_s`), or the hard cap
     # The raw PS's disk ran low (`min_free_bytes`), or a write found it full: what came is kept, the rest not.
     DISK_FULL = "disk-full"
+    # UDP: the raw PS's disk fell `max_buffered_bytes` behind the stream (a stalled disk, a loaded box, NFS
+    # latency): what came is kept whole, the rest would be lost. The station's trouble, not the recording's.
+    DISK_SLOW = "disk-slow"
 
 
 @dataclass(frozen=True)
@@ -1037,7 +1042,8 @@ class MediaReceiver:
     # -- bytes out -------------------------------------------------------------------------------------------
 
     def _behind(self) -> None:
-        """The disk is `max_buffered_bytes` behind: slow a TCP device down, end a UDP session."""
+        """The disk is `max_buffered_bytes` behind: slow a TCP device down, end a UDP session `disk-slow`
+        (UDP cannot slow the device; what was taken is written whole at the end)."""
         if self._connection is not None and self._connection.transport is not None:
             if not self._paused:
                 self._paused = True
@@ -1046,8 +1052,8 @@ class MediaReceiver:
             if self._flight is None:
                 self._start_flush()
             return
-        self._end(EndReason.ERROR, f"writing the raw PS fell more than {self._max_buffered} bytes behind "
-                                   "the stream (the disk is too slow); later packets would be lost")
+        self._end(EndReason.DISK_SLOW, f"writing the raw PS fell more than {self._max_buffered} bytes behind "
+                                       "the stream (the disk is too slow); later packets would be lost")
 
     def _start_flush(self) -> None:
         assert self._fd is not None

@@ -9,7 +9,8 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    in transfer) is downloaded again, as attempt 2, 3 ...
    (each a new pair of items), until `MAX_INCOMPLETE_ATTEMPTS` came incomplete; downloads cut short by
    the device going offline or the station stopping (their manifests say `interrupted`) are not the
-   recording's fault and do not count there, but `MAX_INTERRUPTED_ATTEMPTS` of them end it too. Then the
+   recording's fault and do not count there, and neither do those the station's disk fell behind over UDP
+   (`disk-slow`, review 33), but `MAX_INTERRUPTED_ATTEMPTS` of them end it too. Then the
    recording is given up (`given_up_because`): one `error` entry of stage `given-up` on its last raw PS
    names the device, channel and recording and why (what cut the downloads short, as sealed), written
    once (later listings find it). A download the station's own disk guard ended (`disk-full`) ends the
@@ -85,6 +86,7 @@ from edge.ingest.pipeline import IngestOutcome, IngestPipeline
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
     INTERRUPTED_DISK_FULL,
+    INTERRUPTED_DISK_SLOW,
     INTERRUPTED_STATION_STOPPED,
     DownloadedRecording,
     DownloadIngest,
@@ -137,6 +139,7 @@ ROOM_PER_BYTE_DOWNLOADED = ROOM_PER_RECEIVED_BYTE + 1
 # How the give-up names why downloads were cut short (`interrupted`, as sealed).
 INTERRUPTED_SAID = {INTERRUPTED_DEVICE_OFFLINE: "the device going offline",
                     INTERRUPTED_STATION_STOPPED: "the station stopping",
+                    INTERRUPTED_DISK_SLOW: "the station's disk falling behind the UDP stream",
                     INTERRUPTED_DISK_FULL: "the station's disk refusing it again no further than before (a "
                                            "quota, or a disk fuller than its free space says)"}
 
