@@ -145,11 +145,30 @@ class HonestDevice:
         return Transfer(outcome, facts_as_scheduled(outcome, len(self.received), self.ssrc))
 
 
+class PassClock:
+    """The station's wall and monotonic clocks as the downloads read them, moved on by the test between
+    passes (`advance`): days of passes in a test's seconds."""
+
+    def __init__(self, wall: float = 1_790_000_000.0, mono: float = 1000.0) -> None:
+        self.at, self.mono = wall, mono
+
+    def wall(self) -> float:
+        return self.at
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float, *, wall_s: float | None = None) -> None:
+        """Both clocks `seconds` on (the wall clock `wall_s` instead, when given: a step of it)."""
+        self.mono += seconds
+        self.at += seconds if wall_s is None else wall_s
+
+
 @contextlib.asynccontextmanager
-async def station_downloads(tmp_path: Path, spool: Path,
-                            start_download: StartDownload) -> AsyncIterator[GbDownloads]:
+async def station_downloads(tmp_path: Path, spool: Path, start_download: StartDownload, *,
+                            clock: PassClock | None = None) -> AsyncIterator[GbDownloads]:
     """The downloads of DEVICE into a real pipeline and store (`tmp_path`/store, reserve RESERVE), spool
-    `spool`."""
+    `spool`; `clock`: the station's clocks as the downloads read them (None: the real ones)."""
     store = StationStore(tmp_path / "store", "TEST-STATION")
     try:
         source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
