@@ -4,7 +4,8 @@ downloads with a real pipeline and store, and a receiver drained and closed afte
 
 What is real: ffmpeg-made H.264 muxed into PS, RTP over real TCP connections, the media receiver, the ingest
 pipeline, ffmpeg conversion and the station store. What is modelled is the disk's answers only, through the
-receiver's `_write_and_measure` / `_write_all` / `_free_bytes_of` seams and the downloads' `free_bytes`.
+receiver's `_write_and_measure` / `_write_all` / `_free_bytes_of` / `_free_bytes_in` seams and the downloads'
+`free_bytes`.
 
 Hooks: `ModelDisk.write_and_measure` (override to have a neighbour arrive, or refuse a write);
 `HonestDevice.session_started` / `session_ended` (what the disk does around each session: a neighbour
@@ -83,6 +84,7 @@ class ModelDisk:
         """Put the model behind the receiver's and the downloads' seams."""
         monkeypatch.setattr(media_module, "_write_and_measure", self.write_and_measure)
         monkeypatch.setattr(media_module, "_free_bytes_of", lambda _fd: self.free())
+        monkeypatch.setattr(media_module, "_free_bytes_in", lambda _directory: self.free())
         monkeypatch.setattr(downloads_module, "free_bytes", lambda _path: self.free())
 
 

@@ -17,8 +17,11 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    pass (the next recording would be cut on the same tight disk) and counts toward no give-up unless it
    was cut by a write its disk refused with room showing (EDQUOT, or ENOSPC while statvfs showed room:
    `refused_with_room`) and got no further than an earlier disk-full copy (`stuck_disk_full`: a quota
-   refusing every try at the same byte counts toward `MAX_INTERRUPTED_ATTEMPTS`; the guard's own cuts on
-   a disk others fill never do: review 29); while the spool's disk stays below the store's
+   refusing every try at the same byte counts toward `MAX_INTERRUPTED_ATTEMPTS`, once such copies have been
+   found over `GIVE_UP_AFTER_S` on the station's wall and monotonic clocks both, `StuckSince` in
+   edge.sources.gb28181.give_up_span, the failed downloads' span: a quota full only for a while gives
+   nothing up, review 33; the guard's own cuts on a disk others fill never do: review 29); while the
+   spool's disk stays below the store's
    reserve plus room for the raw PS and the receiver's guard for the recording's size as known (its
    listed FileSize, and more than its disk-full copy received, at most `max_recording_bytes`), it is not
    tried again (`_tight_for`: one limited `error` entry of stage `store`,
