@@ -54,6 +54,7 @@ system:
 	command -v ceph-osd >/dev/null || missing="$$missing ceph-osd"; \
 	command -v radosgw >/dev/null || missing="$$missing radosgw"; \
 	command -v ceph >/dev/null && command -v monmaptool >/dev/null || missing="$$missing ceph-common"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "setup: installing system packages:$$missing"; \

@@ -25,13 +25,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from edge.central.auth import Authenticator, require_client_certificate
 from edge.central.backends import open_central_database
-from edge.central.config import CentralConfig
+from edge.central.config import CentralConfig, ConfigError, PostgresIndexConfig
 from edge.central.health import PUBLIC_ROUTES, Readiness, add_health_routes
 from edge.central.http_server import (
     CLIENT_GONE,
@@ -47,7 +47,7 @@ from edge.central.metrics import CentralMetrics
 from edge.central.mqtt_ingest_store import MqttIngestStore
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.object_stores import open_object_store
-from edge.central.objects import FileObjectStore, ObjectStore
+from edge.central.objects import FileObjectStore, ObjectStore, ObjectStoreError
 from edge.central.registration import HTTP_STATUS, Caller, Registrar, RejectCode, Rejection
 from edge.central.retention import RetentionPolicy
 from edge.central.revocation import crl_seconds_left
@@ -61,6 +61,9 @@ from edge.custody.checkpoint_note import checkpoint_text, sign_note
 from edge.custody.errors import CanonicalJsonError
 from edge.custody.keys import StationKey
 from edge.pki.names import IdentityError
+
+if TYPE_CHECKING:
+    from edge.central.tus_shared_store import SharedTusStore
 
 __all__ = [
     "BOUNDS",
@@ -92,7 +95,8 @@ class CentralParts:
     index: Index
     objects: ObjectStore
     merkle: MerkleLog
-    uploads: TusUploadStore
+    # Local files (one receiver), or PostgreSQL and the bucket when the central runs on both (several).
+    uploads: TusUploadStore | SharedTusStore
     registrar: Registrar
     auth: Authenticator
     signing_key: StationKey
@@ -396,10 +400,7 @@ def build_app(
     try:
         merkle = MerkleLog(database.log_store, key, config.central.id)
         objects = open_object_store(config)
-        uploads = TusUploadStore(layout.uploads_dir, max_size_bytes=config.uploads.max_size_bytes,
-                                 expire_after_s=config.uploads.expire_incomplete_s,
-                                 expire_complete_after_s=config.uploads.expire_unregistered_s,
-                                 station_quota_bytes=config.uploads.station_quota_bytes)
+        uploads = _upload_store(config, objects)
         transfers: MqttIngestStore | None = None
         if config.mqtt is not None:
             # Imported here: the MQTT client (paho) is needed only by a central with an [mqtt] section.
@@ -479,10 +480,51 @@ def build_app(
                               timeout_s=config.log.tsa_timeout_s)
         app.cleanup_ctx.append(timestamp_task(stamper, config.log.tsa_interval_s))
     app.cleanup_ctx.append(_close_database(database))
+    if not isinstance(uploads, TusUploadStore):
+        shared = uploads
+
+        async def close_upload_connections(_app: web.Application) -> None:
+            await asyncio.to_thread(shared.close)
+
+        app.on_cleanup.append(close_upload_connections)
     if config.server.insecure_plain_http:
         log.warning("INSECURE DEVELOPMENT MODE: the central serves plain HTTP and believes the station and "
                     "reader names in request headers; anyone who can reach it can register evidence")
     return app
+
+
+def _upload_store(config: CentralConfig, objects: ObjectStore) -> TusUploadStore | SharedTusStore:
+    """The tus uploads' store: shared by every receiver (records in PostgreSQL, bytes in the bucket) when
+    the central runs on both, else local files in the store directory (one receiver)."""
+    settings = config.uploads
+    index = config.central.index
+    if not isinstance(index, PostgresIndexConfig) or config.central.objects.type != "s3":
+        return TusUploadStore(config.layout.uploads_dir, max_size_bytes=settings.max_size_bytes,
+                              expire_after_s=settings.expire_incomplete_s,
+                              expire_complete_after_s=settings.expire_unregistered_s,
+                              station_quota_bytes=settings.station_quota_bytes)
+    # Imported here: psycopg and boto3 are needed only by a central configured for both.
+    import psycopg
+
+    from edge.central.s3_objects import S3ObjectStore
+    from edge.central.tus_shared_store import SharedTusStore
+
+    assert isinstance(objects, S3ObjectStore)
+    url = index.url
+    password = index.password.resolve() if index.password is not None else None
+
+    def connect() -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(url, autocommit=True, password=password, connect_timeout=10,
+                               application_name=f"edge-central {config.central.id} uploads")
+
+    try:
+        return SharedTusStore(connect, objects, part_size_bytes=settings.s3_part_mb << 20,
+                              max_size_bytes=settings.max_size_bytes,
+                              expire_after_s=settings.expire_incomplete_s,
+                              expire_complete_after_s=settings.expire_unregistered_s,
+                              station_quota_bytes=settings.station_quota_bytes)
+    except ObjectStoreError as exc:
+        raise ConfigError(f"central.objects: {exc}") from None
 
 
 def _add_mqtt_receiver(

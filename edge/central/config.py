@@ -383,6 +383,12 @@ class UploadsSection(StrictModel):
         le=24 * 365,
         description="Complete uploads that no registration took are purged this many hours after completion",
     )
+    s3_part_mb: int = Field(
+        8, ge=5, le=5120,
+        description="With PostgreSQL and S3 (several receivers): uploads are kept in the bucket in parts of "
+        "this size, in MiB (S3's minimum is 5); a PATCH's tail that does not fill a part is re-sent, so the "
+        "stations' uplink.chunk_mb should be a multiple of it (both default to 8)",
+    )
     station_quota_mb: int = Field(
         262144,
         gt=0,

@@ -588,6 +588,10 @@ class MqttIngestStore:
 
     # -- registration's view (UploadSource) ----------------------------------------------------------------
 
+    def staged(self, upload_id: str) -> None:
+        """Never in a bucket: a transfer's content is the local file :meth:`complete_path` gives."""
+        return None
+
     def get(self, upload_id: str) -> TransferFacts | None:
         """The transfer ``upload_id`` (None when there is none, or its record is damaged)."""
         try:

@@ -235,10 +235,24 @@ class UploadFacts(Protocol):
     def sha256(self) -> str | None: ...
 
 
+class StagedContent(Protocol):
+    """A complete upload whose bytes are already in the object store's bucket (the shared tus store of
+    several receivers, :mod:`edge.central.tus_shared_store`): it makes the content object itself."""
+
+    def store(self, sha256: str, retention: Retention) -> None:
+        """Make object ``sha256`` from the upload, kept as ``retention`` says; raises the object store's
+        errors (:class:`ObjectMismatch` when the bytes are not ``sha256``'s)."""
+        ...
+
+
 class UploadSource(Protocol):
     """Where registration finds an upload's content, by the key :func:`upload_source_key` gives."""
 
     def get(self, upload_id: str) -> UploadFacts | None: ...
+    def staged(self, upload_id: str) -> StagedContent | None:
+        """The complete upload's content when it is in the bucket already (None: a local file, through
+        :meth:`complete_path`)."""
+        ...
     def complete_path(self, upload_id: str) -> Path: ...
     def remove(self, upload_id: str) -> bool: ...
     def received(self, upload_id: str) -> ReceivedContent | None:
@@ -910,13 +924,18 @@ class Registrar:
                 f"SHA-256 {source.sha256}; the manifest says {size} "
                 f"bytes with SHA-256 {sha256}; the upload was removed",
             )
-        path = self.uploads.complete_path(upload_id)
+        staged = self.uploads.staged(upload_id)
+        path = self.uploads.complete_path(upload_id) if staged is None else None
         retention = self.retention.for_class(RetentionPolicy.class_of(manifest), parse_utc(self._clock()),
                                              item=item)
         received = self.uploads.received(upload_id)
         started = time.monotonic()
         try:
-            await asyncio.to_thread(self._put_content, path, sha256, retention, received)
+            if staged is not None:
+                await asyncio.to_thread(staged.store, sha256, retention)
+            else:
+                assert path is not None
+                await asyncio.to_thread(self._put_content, path, sha256, retention, received)
         except ObjectMismatch as exc:
             self._discard_upload(upload_id)
             raise Rejection(

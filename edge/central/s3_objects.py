@@ -33,7 +33,8 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -55,7 +56,7 @@ from edge.central.objects import (
 )
 from edge.durable.files import fsync_dir
 
-__all__ = ["S3ObjectStore"]
+__all__ = ["CopySource", "S3ObjectStore"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,15 @@ _LOCK_MODE = "COMPLIANCE"
 # ObjectLockConfigurationNotFoundError for a version never held).
 _NO_LOCK = frozenset({"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError",
                       "InvalidRequest"})
+
+
+@dataclass(frozen=True)
+class CopySource:
+    """One object version in the bucket that a server-side copy reads (:meth:`S3ObjectStore.put_copies`)."""
+
+    key: str
+    version_id: str
+    size: int
 
 
 def _md5_b64(data: bytes) -> str:
@@ -492,6 +502,101 @@ class S3ObjectStore:
                 f"object {sha256} version {version}: the bucket reports lock {mode} until {until} "
                 f"(legal hold {'on' if held else 'off'}), not COMPLIANCE until {retention.until.isoformat()}"
                 f"{' with a legal hold' if retention.legal_hold else ''}")
+
+    # -- server-side assembly (the shared tus store, edge.central.tus_shared_store) -------------------
+
+    def failure(self, exc: Exception, what: str) -> ObjectStoreError:
+        """The store's error for a failed request of another component on this bucket."""
+        return self._failure(exc, what)
+
+    def put_copies(
+        self, sources: Sequence[CopySource], sha256: str, retention: Retention | None = None
+    ) -> StoredObject:
+        """Make object ``sha256`` from ``sources`` (object versions in this bucket, in order) by server-side
+        copies (UploadPartCopy into a multipart upload with the lock headers): no byte passes through the
+        central. The caller vouches that the sources' bytes hash to ``sha256`` (it hashed them as they
+        arrived, or read them back once). Every source but the last must be at least 5 MiB (S3's part
+        minimum). The object is locked as :meth:`put_file` locks it, and an existing object is verified
+        rather than trusted (:class:`ObjectCorrupt`), its lock extended. A missing source raises
+        ``FileNotFoundError``."""
+        size = sum(source.size for source in sources)
+        if self._head(sha256) is not None:
+            problem = self.verify(sha256)
+            if problem is not None:
+                log.error("object %s in bucket %s is damaged (%s); refusing to store new content over it",
+                          sha256, self.bucket, problem)
+                raise ObjectCorrupt(
+                    f"stored object {sha256} {problem}; run `edge verify` on the central store")
+            if retention is not None:
+                self.retain(sha256, retention)
+            log.info("object %s already stored in bucket %s; content identical", sha256, self.bucket)
+            return StoredObject(sha256, self.size_bytes(sha256))
+        key = self.key_of(sha256)
+        lock: dict[str, Any] = {}
+        if retention is not None:
+            lock = {"ObjectLockMode": _LOCK_MODE, "ObjectLockRetainUntilDate": retention.until}
+            if retention.legal_hold:
+                lock["ObjectLockLegalHoldStatus"] = "ON"
+        if not sources:
+            try:
+                answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=b"",
+                                                ContentMD5=_md5_b64(b""), Metadata={"sha256": sha256}, **lock)
+            except (ClientError, BotoCoreError) as exc:
+                raise self._failure(exc, f"put object {sha256}") from None
+            version = str(answer.get("VersionId", ""))
+        else:
+            version = self._copy_multipart(sources, key, sha256, lock)
+        head = self._head(sha256, version or None)
+        if head is None or int(head["ContentLength"]) != size:
+            found = None if head is None else int(head["ContentLength"])
+            raise ObjectStoreError(
+                f"object {sha256}: the server-side copy holds {found} bytes, expected {size}")
+        if retention is not None:
+            self._lock_version(sha256, version, retention)
+        log.info("object %s stored in bucket %s by server-side copy of %d part(s) (%d bytes, version %s, "
+                 "locked until %s%s)", sha256, self.bucket, len(sources), size, version,
+                 retention.until.isoformat() if retention else "-",
+                 ", legal hold" if retention and retention.legal_hold else "")
+        return StoredObject(sha256, size)
+
+    def _copy_multipart(
+        self, sources: Sequence[CopySource], key: str, sha256: str, lock: dict[str, Any]
+    ) -> str:
+        try:
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
+                                                            Metadata={"sha256": sha256}, **lock)["UploadId"]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failure(exc, f"start multipart upload of {sha256}") from None
+        completed = False
+        try:
+            parts: list[dict[str, Any]] = []
+            for number, source in enumerate(sources, start=1):
+                try:
+                    answer = self.client.upload_part_copy(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                        CopySource={"Bucket": self.bucket, "Key": source.key, "VersionId": source.version_id})
+                except ClientError as exc:
+                    if _code(exc) in _NOT_FOUND:
+                        raise FileNotFoundError(f"{source.key} version {source.version_id} is not in bucket "
+                                                f"{self.bucket}") from None
+                    raise self._failure(exc, f"copy part {number} of {sha256}") from None
+                except BotoCoreError as exc:
+                    raise self._failure(exc, f"copy part {number} of {sha256}") from None
+                parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
+            try:
+                done = self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                             MultipartUpload={"Parts": parts})
+            except (ClientError, BotoCoreError) as exc:
+                raise self._failure(exc, f"complete multipart upload of {sha256}") from None
+            completed = True
+            return str(done.get("VersionId", ""))
+        finally:
+            if not completed:
+                try:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except (ClientError, BotoCoreError) as exc:  # the bucket's lifecycle rule or an operator
+                    log.warning("multipart upload %s of object %s could not be aborted: %s", upload_id,
+                                sha256, exc)
 
     @staticmethod
     def _drop_source(source: Path) -> None:

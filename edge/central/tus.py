@@ -1,7 +1,10 @@
 """tus 1.0.0 server on aiohttp: core, creation, creation-with-upload, expiration, checksum, termination.
 
-Mounted by the central application with :func:`add_tus_routes`; the files live in a
-:class:`~edge.central.tus_store.TusUploadStore` (see there for durability and the commit rule).
+Mounted by the central application with :func:`add_tus_routes`; the uploads live in a
+:class:`~edge.central.tus_contract.TusStore`: local files (:class:`~edge.central.tus_store.TusUploadStore`,
+one receiver) or PostgreSQL and the bucket (:class:`~edge.central.tus_shared_store.SharedTusStore`, several
+receivers); see there for durability and the commit rule. Storage that cannot be reached now answers
+``503 storage_unavailable`` with ``Retry-After`` (the station keeps its copy and resumes later).
 
 Who may touch an upload: ``identify(request)`` (supplied by the application: the mTLS certificate's
 station, or a header in development mode) names the caller; an upload belongs to the station that created
@@ -61,6 +64,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from edge.central.http_server import CLIENT_GONE
 from edge.central.limits import RequestLimiter
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
+from edge.central.tus_contract import TusStore, UploadAppend, UploadStoreUnavailableError
 from edge.central.tus_store import (
     CHECKSUM_ALGORITHMS,
     PREFIX_SHA256,
@@ -69,13 +73,11 @@ from edge.central.tus_store import (
     InsufficientStorageError,
     OffsetMismatchError,
     QuotaExceededError,
-    TusUploadStore,
     UploadBusyError,
     UploadExpiredError,
     UploadInfo,
     UploadNotFoundError,
     UploadTooLargeError,
-    UploadWrite,
     is_upload_id,
 )
 
@@ -327,7 +329,7 @@ class _Creation:
 class _TusEndpoints:
     def __init__(
         self,
-        store: TusUploadStore,
+        store: TusStore,
         identify: Identify,
         chunk_timeout_s: float,
         on_complete: OnComplete | None,
@@ -350,7 +352,15 @@ class _TusEndpoints:
         @functools.wraps(handler)
         async def wrapped(request: web.Request) -> web.StreamResponse:
             try:
-                return await handler(request)
+                try:
+                    return await handler(request)
+                except UploadStoreUnavailableError as exc:
+                    log.error("tus %s %r: the upload store is unavailable: %s", request.method,
+                              request.path, exc)
+                    raise TusRequestError(
+                        503, "storage_unavailable", f"the central cannot reach its upload storage now; retry "
+                        f"after {self._retry_after_s} s from the offset HEAD reports",
+                        headers={"Retry-After": str(self._retry_after_s)}) from None
             except TusRequestError as err:
                 if err.code == "client_gone":
                     # An ordinary event: the station resumes from the offset its next HEAD reports.
@@ -472,7 +482,7 @@ class _TusEndpoints:
         return headers
 
     async def _receive(
-        self, request: web.Request, write: UploadWrite
+        self, request: web.Request, write: UploadAppend
     ) -> tuple[UploadInfo, TusRequestError | None]:
         """Stream the body into ``write``; the committed state and the refusal to answer, if any."""
         pending = bytearray()
@@ -547,7 +557,7 @@ class _TusEndpoints:
         finally:
             await _blocking(write.close)
 
-    async def _begin(self, upload_id: str, offset: int, checksum: ChunkChecksum | None) -> UploadWrite:
+    async def _begin(self, upload_id: str, offset: int, checksum: ChunkChecksum | None) -> UploadAppend:
         try:
             begin = functools.partial(self._store.begin_write, upload_id, offset=offset, checksum=checksum)
             return await _blocking(begin)
@@ -824,7 +834,7 @@ class _TusEndpoints:
 
 def add_tus_routes(
     app: web.Application,
-    store: TusUploadStore,
+    store: TusStore,
     *,
     base_path: str = "/v1/uploads",
     identify: Identify,
@@ -854,7 +864,7 @@ def add_tus_routes(
 
 
 def tus_purge_task(
-    store: TusUploadStore, interval_s: float
+    store: TusStore, interval_s: float
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """An ``app.cleanup_ctx`` entry that purges expired uploads (incomplete ones, and complete ones no
     registration took) at start and every ``interval_s`` seconds until the application stops."""
@@ -866,10 +876,10 @@ def tus_purge_task(
             try:
                 removed = await _blocking(store.purge_expired)
             except Exception:
-                log.exception("purging expired uploads in %s failed", store.root)
+                log.exception("purging expired uploads in %r failed", store)
             else:
                 if removed:
-                    log.info("purged %d expired uploads from %s", removed, store.root)
+                    log.info("purged %d expired uploads from %r", removed, store)
             await asyncio.sleep(interval_s)
 
     async def context(app: web.Application) -> AsyncIterator[None]:

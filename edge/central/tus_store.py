@@ -550,6 +550,10 @@ class TusUploadStore:
             state.leased_until = self._clock() + _LEASE_S
         return self._part_path(upload_id)
 
+    def staged(self, upload_id: str) -> None:
+        """Never in a bucket: the content is the local file :meth:`complete_path` gives."""
+        return None
+
     def received(self, upload_id: str) -> ReceivedContent | None:
         """The hash this store computed of a complete upload as its bytes were written, with the content
         file's identity after its final fsync; None when there is none in memory (a restart) or the

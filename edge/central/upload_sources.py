@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge.central.mqtt_ingest_store import MqttIngestStore, TransferNotCompleteError
 from edge.central.objects import ReceivedContent
-from edge.central.registration import MQTT_UPLOAD_PREFIX, UploadFacts, UploadSource
+from edge.central.registration import MQTT_UPLOAD_PREFIX, StagedContent, UploadFacts, UploadSource
 from edge.mqtt.filetransfer import FileTransferError, transfer_upload_id
 
 __all__ = ["CombinedUploadSource"]
@@ -46,6 +46,10 @@ class CombinedUploadSource:
         if transfer is None:
             return self.tus.get(upload_id)
         return None if self.mqtt is None else self.mqtt.get(transfer)
+
+    def staged(self, upload_id: str) -> StagedContent | None:
+        """The tus upload's content in the bucket (the shared store); MQTT transfers are local files."""
+        return None if self._transfer_id(upload_id) is not None else self.tus.staged(upload_id)
 
     def complete_path(self, upload_id: str) -> Path:
         transfer = self._transfer_id(upload_id)

@@ -224,10 +224,11 @@ def disc_contents(entries: list[LedgerEntry], session: str) -> tuple[list[_Wante
                                   f"合并录像 joined recording of source {source}"))
             continue
         segments = _segments_of(entries, source)
-        if item or not segments:  # named joined but not on the ledger, or nothing sealed to put instead
-            raise ExportRefused(f"session {session}: source {printable(source)} has no joined recording "
-                                "(its statement says why) and no sealed segment: nothing to put on a disc "
-                                "for it")
+        if item:  # named joined but not on the ledger: the record disagrees with itself
+            raise ExportRefused(f"session {session}: source {printable(source)}: its joined recording "
+                                f"{printable(str(item))} has no `joined` entry of this session")
+        # A source that sealed nothing (a camera away the whole session: one gap from start to stop) has
+        # only a note on the disc; the rest of the session is exported all the same (review 28).
         for number, segment in enumerate(segments, 1):
             name = _disc_name(source)  # the file's name alone is unique too (its manifest is named by it)
             wanted.append(_Wanted(f"recordings/{name}-segments/{name}-{number:04d}.mp4",
@@ -262,11 +263,15 @@ def _disc_name(source: str) -> str:
 
 def unjoined_notes(entries: list[LedgerEntry], products: LedgerEntry) -> dict[str, bytes]:
     """For each source whose sealed segments are on the disc for want of a joined recording: a note
-    beside them (``recordings/<source>-NOT-JOINED.txt``) saying so and why (the ``room join`` error)."""
+    beside them (``recordings/<source>-NOT-JOINED.txt``) saying so and why (the ``room join`` error); for
+    a source that sealed nothing, ``recordings/<source>-NOT-RECORDED.txt`` with its gaps."""
     notes: dict[str, bytes] = {}
     for joined in products.data.get("joined", []):
         source = str(joined.get("source"))
         if joined.get("item"):
+            continue
+        if not _segments_of(entries, source):
+            notes[f"recordings/{_disc_name(source)}-NOT-RECORDED.txt"] = _not_recorded_note(entries, source)
             continue
         why = [printable(str(e.data.get("reason"))) for e in entries if e.type == EntryType.ERROR
                and e.data.get("stage") == "room join" and str(e.data.get("source")) == source]
@@ -278,6 +283,24 @@ def unjoined_notes(entries: list[LedgerEntry], products: LedgerEntry) -> dict[st
             "SHA256SUMS and in the ledger's segment_sealed entry; the statement lists them and every gap).\n"
             f"Why it was not joined: {why[-1] if why else 'see the statement (相关说明)'}\n").encode()
     return notes
+
+
+NOTE_GAPS_LISTED = 50
+
+
+def _not_recorded_note(entries: list[LedgerEntry], source: str) -> bytes:
+    """The note for a source that sealed nothing in the session: its closed gaps (its time on record)."""
+    gaps = [e.data for e in entries if e.type == EntryType.GAP and str(e.data.get("source")) == source
+            and e.data.get("state") == "closed"]
+    lines = [f"  {printable(str(g.get('from')))} - {printable(str(g.get('to')))}: "
+             f"{printable(str(g.get('reason')))[:300]}" for g in gaps[:NOTE_GAPS_LISTED]]
+    if len(gaps) > NOTE_GAPS_LISTED:
+        lines.append(f"  ... and {len(gaps) - NOTE_GAPS_LISTED} more (see the statement)")
+    listed = "\n".join(lines) or "  (none recorded)"
+    name = printable(source)
+    return (f"来源 {name} 本次会话无录像 / source {name} recorded nothing in this session: no segment of it "
+            "was sealed. Its time is on the record as gaps (also in the statement 相关说明 and the session "
+            f"manifest):\n{listed}\n").encode()
 
 
 @dataclass(frozen=True)
@@ -304,16 +327,18 @@ def _mib(size: int) -> str:
 
 
 def _space_refusal(needed: SpaceNeeded, work_free: int, reserve_bytes: int,
-                   output_free_bytes: int | None, others: Iterable[int] = ()) -> str | None:
+                   output_free_bytes: int | None, others: Iterable[int] = (),
+                   reserve_what: str = "the store's reserve") -> str | None:
     """Why the export does not fit (the figures named), or None. `others`: what the exports running
-    meanwhile will take (at most; part of it may be written already, and so counted twice: the safe side)."""
+    meanwhile will take (at most; part of it may be written already, and so counted twice: the safe side).
+    `reserve_what` says what `reserve_bytes` keeps free."""
     others = list(others)
     if work_free - sum(others) - needed.staging_bytes < reserve_bytes:
         running = (f", of which {len(others)} other export(s) running will take about {_mib(sum(others))}"
                    if others else "")
         return (f"not enough free space to stage the disc: it needs about {_mib(needed.staging_bytes)} "
                 f"({_mib(needed.staged_bytes)} of staged files and an image of about "
-                f"{_mib(needed.image_bytes)}) above the store's reserve of {_mib(reserve_bytes)}, and the "
+                f"{_mib(needed.image_bytes)}) above {reserve_what} of {_mib(reserve_bytes)}, and the "
                 f"store's file system has {_mib(work_free)} free{running}: free space first")
     if output_free_bytes is not None and output_free_bytes < needed.image_bytes:
         return (f"not enough free space for the output: the image needs about {_mib(needed.image_bytes)} "
@@ -340,12 +365,14 @@ async def export_session(
     from_seq: int = 1,
     xorriso: str = XORRISO,
     reserve_bytes: int = 0,
+    reserve_what: str = "the store's reserve",
     output_free_bytes: int | None = None,
 ) -> ExportedDisc:
     """Write the disc image of stopped `session` (its entries from `from_seq`, its session_started);
     ExportRefused (and a `refused` entry) when it cannot be, also when it would not fit: `work_dir`'s file
     system must keep `reserve_bytes` free beyond the export (the store's reserve), and `output_free_bytes`
-    (where the caller will write the image) must hold the image."""
+    (where the caller will write the image) must hold the image; `reserve_what` names what
+    `reserve_bytes` is kept for (in a refusal)."""
     store = pipeline.store
     repository = pipeline.repository
     try:
@@ -356,7 +383,8 @@ async def export_session(
     stored = (repository.item(want.item) for want in wanted)
     needed = space_needed(record.size for record in stored if record is not None)
     work_free = await asyncio.to_thread(free_bytes, _existing(work_dir))
-    too_big = _space_refusal(needed, work_free, reserve_bytes, output_free_bytes, _RUNNING.values())
+    too_big = _space_refusal(needed, work_free, reserve_bytes, output_free_bytes, _RUNNING.values(),
+                             reserve_what)
     if too_big is not None:
         await _refuse(pipeline, session, by, f"session {session}: {too_big}", INSUFFICIENT_STORAGE)
     token = uuid.uuid4().hex[:12]

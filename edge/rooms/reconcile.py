@@ -196,6 +196,38 @@ def stop_manifest_sealed(
     return None
 
 
+# Entry types that say whether a stopped session's products (joins, statement) are owed.
+PRODUCTS_TYPES = (EntryType.ACQUIRED, EntryType.SEALED, EntryType.ROOM_PRODUCTS)
+MANIFEST_ROLES = (STOP_MANIFEST_ROLE, COMPLETED_MANIFEST_ROLE)
+
+
+def products_owed(entries: Iterable[LedgerEntry]) -> dict[str, LedgerEntry]:
+    """Per room session, the `acquired` entry of its newest sealed manifest (the stop's, or a completed
+    one) when no `room_products` was made from it, by the ledger alone (`entries`: of PRODUCTS_TYPES, in
+    order). The products of a session are made from its newest manifest: a stop on a full disk sealed
+    none (its manifest is sealed at the next start), and a completed manifest lists segments sealed
+    after the stop, which the stop's joins never held (review 28). Owed until made, whatever cut the
+    making short (a crash, a full disk again)."""
+    acquired: dict[str, LedgerEntry] = {}  # manifests acquired, not yet sealed
+    newest: dict[str, LedgerEntry] = {}
+    made_from: dict[str, str] = {}  # session: the manifest item its last room_products was made from
+    for entry in entries:
+        if entry.item is not None and entry.type == EntryType.SEALED:
+            found = acquired.pop(entry.item, None)
+            if found is not None:
+                newest[str(found.data.get("room_session"))] = found
+            continue
+        session = entry.data.get("room_session")
+        if not isinstance(session, str):
+            continue
+        if entry.type == EntryType.ROOM_PRODUCTS:
+            made_from[session] = str(entry.data.get("manifest_item"))
+        elif (entry.type == EntryType.ACQUIRED and entry.item is not None
+              and entry.data.get("role") in MANIFEST_ROLES):
+            acquired[entry.item] = entry
+    return {session: found for session, found in newest.items() if made_from.get(session) != found.item}
+
+
 def recording_on_ledger(found: dict[str, LedgerSession]) -> dict[str, LedgerSession]:
     return {session: known for session, known in found.items() if known.stopped is None}
 

@@ -50,11 +50,13 @@ from edge.rooms.products import Products, make_products, products_dir
 from edge.rooms.reconcile import (
     COMPLETED_MANIFEST_ROLE,
     COMPLETION_TYPES,
+    PRODUCTS_TYPES,
     SESSION_TYPES,
     STOP_MANIFEST_TYPES,
     LedgerSession,
     completed_manifest_owed,
     disagreements,
+    products_owed,
     sessions_on_ledger,
     stop_manifest_sealed,
 )
@@ -325,26 +327,30 @@ class RoomService:
             left = await asyncio.to_thread(self.files.clear_capture, session.session)
             log.info("room session %s: %d segment(s) its stop left unsealed sealed now%s", session.session,
                      late, f"; still unsealed: {', '.join(left[:5])}" if left else "")
+            # The stop made its joins and statement from what it had sealed, or none at all (its manifest
+            # unsealed): made again from the newest manifest, so that no segment sealed since is left off
+            # the joined file and the disc (review 28). Owed by the ledger: a crash meanwhile is caught up
+            # at the next start (_without_products).
+            owed_from = self._products_owed(session.started_seq or 1).get(session.session)
+            if owed_from is not None:
+                await self._products_left(session, owed_from)
         except OSError as exc:
             log.error("room session %s: what its stop left unsealed cannot be sealed yet: %s",
                       session.session, exc)
 
     def _without_products(self, sessions: list[RoomSession]) -> list[tuple[RoomSession, LedgerEntry]]:
-        """The stopped sessions whose stop said products were to follow, with no `room_products` since."""
-        stopped = [s for s in sessions if s.state is SessionState.STOPPED]
+        """The stopped sessions whose newest sealed manifest has no `room_products` made from it (a stop
+        cut short during its products, a manifest or completed manifest sealed at a later start: see
+        :func:`products_owed`), with that manifest's `acquired` entry. Those whose stop left work are
+        left to :meth:`_finish_stopped`, which makes their products once that work is done."""
+        stopped = [s for s in sessions if s.state is SessionState.STOPPED and not self._left_unfinished(s)]
         if not stopped:
             return []
-        start = min(s.started_seq or 1 for s in stopped)
-        stops: dict[str, LedgerEntry] = {}
-        made: set[str] = set()
-        for entry in self.store.ledger.entries_of_types(
-                [EntryType.SESSION_STOPPED, EntryType.ROOM_PRODUCTS], start):
-            session_id = str(entry.data.get("room_session"))
-            if entry.type == EntryType.ROOM_PRODUCTS:
-                made.add(session_id)
-            elif entry.data.get("products") == PRODUCTS_TO_FOLLOW:
-                stops[session_id] = entry
-        return [(s, stops[s.session]) for s in stopped if s.session in stops and s.session not in made]
+        owed = self._products_owed(min(s.started_seq or 1 for s in stopped))
+        return [(s, owed[s.session]) for s in stopped if s.session in owed]
+
+    def _products_owed(self, from_seq: int) -> dict[str, LedgerEntry]:
+        return products_owed(self.store.ledger.entries_of_types(PRODUCTS_TYPES, from_seq))
 
     def _file_error(self, session: str, why: str) -> None:
         reason = f"room session {session}: {why}"
@@ -588,23 +594,24 @@ class RoomService:
             "manifest_sha256": manifest_sha256, **products.summary()})
         return products
 
-    async def _products_left(self, session: RoomSession, stopped: LedgerEntry) -> None:
-        """Make the products a stop did not finish (the agent stopped during them), from the sealed
-        manifest the stop named (read back, checked against the hash in `session_stopped`)."""
-        item, expected = stopped.data.get("manifest_item"), stopped.data.get("manifest_sha256")
-        record = None if not isinstance(item, str) else self.pipeline.repository.item(item)
+    async def _products_left(self, session: RoomSession, manifest_acquired: LedgerEntry) -> None:
+        """Make the products owed by a stopped session (:func:`products_owed`), from its newest sealed
+        manifest (read back, checked against the hash of its `acquired` entry)."""
+        item, expected = manifest_acquired.item, manifest_acquired.data.get("sha256")
+        record = None if item is None else self.pipeline.repository.item(item)
         try:
             if record is None or record.path is None or record.sha256 != expected:
-                raise ValueError("its sealed manifest is not on this station as the stop recorded it")
+                raise ValueError(f"its sealed manifest (item {item}) is not on this station as it was sealed")
             data = await asyncio.to_thread(_read_prefix, self.store.layout.root / record.path, record.size)
             if sha256_hex(data) != expected:
-                raise ValueError("its sealed manifest no longer gives the hash the stop recorded")
+                raise ValueError(f"its sealed manifest (item {item}) no longer gives the hash it was sealed "
+                                 "with")
             manifest = json.loads(data)
         except (OSError, ValueError) as exc:
             self._file_error(session.session, f"its products cannot be made: {exc}")
             return
         assert isinstance(item, str) and isinstance(expected, str)
-        log.info("room session %s: making the products its stop did not finish", session.session)
+        log.info("room session %s: making its products from manifest %s", session.session, item)
         await self._make_products(session, manifest, item, expected)
 
     def status(self) -> dict[str, Any]:
@@ -688,11 +695,21 @@ class RoomService:
                     f"session {session.session}: output_free_bytes must be a non-negative decimal of at most "
                     f"19 digits, not {printable(output_free_bytes)[:32]!r}"), 400)
             output_free = int(output_free_bytes)
+        # A room recording was started on start_min_free_bytes beyond the reserve (its expected length:
+        # its segments are never dropped); an export staging its copy and image there would leave the
+        # session to run into the reserve, its segments refused by the pipeline (review 28). So while any
+        # room records, an export keeps that room too (one start's worth, as the start counts it).
+        reserve = self.pipeline.settings.min_free_bytes
+        reserve_what = "the store's reserve"
+        if recording := sorted(self.active):
+            reserve += self.settings.start_min_free_bytes
+            reserve_what = (f"the store's reserve and the [rooms] start_min_free_bytes kept while "
+                            f"{', '.join(recording)} record{'s' if len(recording) == 1 else ''} (together)")
         try:
             return await export_session(
                 self.pipeline, session.session, case_number=session.case_number, station_id=self.station_id,
                 by=by, work_dir=products_dir(self.store.layout.root, session.session),
-                from_seq=session.started_seq or 1, reserve_bytes=self.pipeline.settings.min_free_bytes,
+                from_seq=session.started_seq or 1, reserve_bytes=reserve, reserve_what=reserve_what,
                 output_free_bytes=output_free)
         except ExportRefused as exc:  # its `refused` entry is written
             raise RoomRefused(str(exc), exc.status) from None

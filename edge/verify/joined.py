@@ -6,8 +6,10 @@ sealing; this module checks that what the station said it joined is what it join
 
 * the joined item was sealed, with the hash the entry names;
 * every segment the entry names was sealed before the entry, with the hash it names, from the same room
-  session and source, and the segments stand in the order they were sealed; and every segment the source
-  sealed before its last join is in one of its joined files (a joiner that skipped one is named);
+  session and source, and the segments stand in the order they were recorded (runs in the order they were
+  first sealed, segments by index in a run: one sealed late stands where it was recorded); and every
+  segment the source sealed is in one of its joined files (a joiner that skipped one, or a segment sealed
+  after the last join with no join since, is named);
 * the joined file holds as many packets of each stream as its segments together (ffprobe demuxes, it
   does not decode): a segment left out, doubled or cut short by the joiner shows here. The packets' bytes
   are not compared: ffmpeg's concat demuxer writes each key frame's parameter sets into it (its
@@ -44,6 +46,9 @@ class SealedFacts:
     path: str | None
     room_session: str | None
     source: str | None
+    # A segment's place in its recording (its segment_sealed entry): its run and its index in the run.
+    run: str | None = None
+    index: int | None = None
 
 
 @dataclass
@@ -73,14 +78,22 @@ def joined_entry_problems(
     elif facts.sha256 != joined_sha:
         problems.append(Problem(where, f"the joined item {joined_item} is sealed with hash {facts.sha256}, "
                                        f"the entry says {joined_sha}"))
-    previous_seq = 0
-    for number, segment in enumerate(segments, 1):
+    found = [sealed(str(s["item"])) if isinstance(s, Mapping) and isinstance(s.get("item"), str) else None
+             for s in segments]
+    # Recording order, as the session manifest lists them: runs in the order their first segment was
+    # sealed, segments by index within a run. Sealed order is that order except for a segment sealed late
+    # (its first try failed: a full disk), which still stands where it was recorded (review 28).
+    run_first: dict[str, int] = {}
+    for facts_of in found:
+        if facts_of is not None and facts_of.run is not None:
+            run_first[facts_of.run] = min(run_first.get(facts_of.run, facts_of.seq), facts_of.seq)
+    previous: tuple[int, int] = (0, -1)
+    for number, (segment, seg) in enumerate(zip(segments, found, strict=True), 1):
         what = f"segment {number}"
         if not isinstance(segment, Mapping) or not isinstance(segment.get("item"), str):
             problems.append(Problem(where, f"{what} names no item"))
             continue
         seg_item, seg_sha = str(segment["item"]), segment.get("sha256")
-        seg = sealed(seg_item)
         if seg is None:
             problems.append(Problem(where, f"{what} (item {seg_item}) was never sealed"))
             continue
@@ -90,9 +103,12 @@ def joined_entry_problems(
         if seg.seq >= seq:
             problems.append(Problem(where, f"{what} (item {seg_item}) was sealed after the join "
                                            f"(seq {seg.seq})"))
-        if seg.seq <= previous_seq:
-            problems.append(Problem(where, f"{what} (item {seg_item}) is out of the order it was sealed in"))
-        previous_seq = max(previous_seq, seg.seq)
+        place = ((run_first[seg.run], seg.index) if seg.run is not None and seg.index is not None
+                 else (seg.seq, -1))
+        if place <= previous:
+            problems.append(Problem(where, f"{what} (item {seg_item}) is out of the order it was recorded "
+                                           "and sealed in"))
+        previous = max(previous, place)
         if seg.room_session != session or seg.source != source:
             problems.append(Problem(where, f"{what} (item {seg_item}) is of session {seg.room_session} "
                                            f"source {seg.source}, not of session {session} source {source}"))
@@ -133,8 +149,14 @@ def _sealed_facts(conn: sqlite3.Connection, item: str) -> SealedFacts | None:
         manifest = {}
     source = manifest.get("source") if isinstance(manifest, dict) else None
     source = source if isinstance(source, dict) else {}
+    run, number = None, None
+    entry = conn.execute("SELECT data FROM ledger WHERE type = 'segment_sealed' AND item = ? ORDER BY seq "
+                         "LIMIT 1", (item,)).fetchone()
+    place = _json_data(entry[0]) if entry is not None else None
+    if place is not None and isinstance(place.get("index"), int):
+        run, number = _text(place.get("run")), int(place["index"])
     return SealedFacts(int(row[0]), index[0], index[1], _text(source.get("room_session")),
-                       _text(source.get("source")))
+                       _text(source.get("source")), run, number)
 
 
 def _text(value: object) -> str | None:
@@ -177,20 +199,23 @@ def _json_data(raw: object) -> dict[str, Any] | None:
 def left_out_problems(
     joins: list[tuple[int, dict[str, Any]]], sealed: list[tuple[int, str]]
 ) -> list[Problem]:
-    """Segments of one session's source that were sealed before its last join but that none of its
-    `joined` entries (`joins`: seq and data, in ledger order) names: a joiner that skipped one (pure)."""
+    """Segments of one session's source that none of its `joined` entries (`joins`: seq and data, in
+    ledger order) names: a joiner that skipped one, or a segment sealed after the last join (the next start
+    sealed what a full disk left at the stop) that no join made since holds, and so no disc (pure).
+    Joins are made only once the session has stopped, so every segment it sealed belongs in one."""
     if not joins:
         return []
     last_seq = joins[-1][0]
     named = {str(s.get("item")) for _, data in joins for s in data.get("segments") or []
              if isinstance(s, dict)}
-    missing = [item for seq, item in sealed if seq < last_seq and item not in named]
+    missing = [item for _, item in sealed if item not in named]
     if not missing:
         return []
+    late = sum(1 for seq, item in sealed if seq > last_seq and item not in named)
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     return [Problem(f"ledger seq {last_seq} (joined)",
-                    f"{len(missing)} segment(s) the source sealed before the join are in no joined file: "
-                    f"{shown}")]
+                    f"{len(missing)} segment(s) the source sealed are in no joined file"
+                    + (f" ({late} sealed after its last join)" if late else "") + f": {shown}")]
 
 
 def _sealed_segments(conn: sqlite3.Connection) -> dict[tuple[str, str], list[tuple[int, str]]]:

@@ -51,8 +51,8 @@ def test_a_joined_entry_must_agree_with_what_was_sealed() -> None:
     assert "another item" in problems({**good, "item": "s1"})
 
 
-def test_every_segment_sealed_before_the_last_join_must_be_in_a_joined_file() -> None:
-    sealed = [(10, "s1"), (20, "s2"), (30, "s3"), (50, "late")]  # "late": sealed after the join
+def test_every_segment_sealed_must_be_in_a_joined_file() -> None:
+    sealed = [(10, "s1"), (20, "s2"), (30, "s3")]
     whole = [(40, {"segments": [{"item": "s1"}, {"item": "s2"}, {"item": "s3"}]})]
     assert left_out_problems(whole, sealed) == []  # the control: all named
     # A source joined in two files (its streams changed between runs): together they name every one.
@@ -60,8 +60,35 @@ def test_every_segment_sealed_before_the_last_join_must_be_in_a_joined_file() ->
     assert left_out_problems(split, sealed) == []
     skipped = [(40, {"segments": [{"item": "s1"}, {"item": "s3"}]})]
     (problem,) = left_out_problems(skipped, sealed)
-    assert problem.where == "ledger seq 40 (joined)" and "s2" in problem.what and "late" not in problem.what
+    assert problem.where == "ledger seq 40 (joined)" and "s2" in problem.what and "after" not in problem.what
+    # One sealed after the join (review 28: the next start sealed it) with no join since: on no disc.
+    (problem,) = left_out_problems(whole, [*sealed, (50, "late")])
+    assert "late" in problem.what and "1 sealed after its last join" in problem.what
+    # A later join that holds it (the products made again from the completed manifest): all named.
+    again = [*whole, (60, {"segments": [{"item": "s1"}, {"item": "s2"}, {"item": "late"}, {"item": "s3"}]})]
+    assert left_out_problems(again, [*sealed, (50, "late")]) == []
     assert left_out_problems([], sealed) == []
+
+
+def test_a_segment_sealed_late_stands_where_it_was_recorded() -> None:
+    """Review 28: joins follow recording order (run, then index), as the session manifest lists them; a
+    segment whose first seal failed (a full disk) is sealed after those recorded after it."""
+    sealed = {
+        "j": SealedFacts(90, "f" * 64, "items/j.mp4", "s1", "a"),
+        "r1-0": SealedFacts(10, "1" * 64, "items/1.mp4", "s1", "a", "run1", 0),
+        "r1-1": SealedFacts(50, "2" * 64, "items/2.mp4", "s1", "a", "run1", 1),  # sealed late
+        "r1-2": SealedFacts(20, "3" * 64, "items/3.mp4", "s1", "a", "run1", 2),
+        "r2-0": SealedFacts(30, "4" * 64, "items/4.mp4", "s1", "a", "run2", 0),
+    }
+
+    def problems(*order: str) -> str:
+        data = {"item": "j", "sha256": "f" * 64, "room_session": "s1", "source": "a",
+                "segments": [{"item": i, "sha256": sealed[i].sha256} for i in order]}
+        return " | ".join(p.what for p in joined_entry_problems(100, "j", data, sealed.get))
+
+    assert problems("r1-0", "r1-1", "r1-2", "r2-0") == ""  # recording order
+    assert "out of the order" in problems("r1-0", "r1-2", "r1-1", "r2-0")  # a swap within a run
+    assert "out of the order" in problems("r2-0", "r1-0", "r1-1", "r1-2")  # runs swapped
 
 
 @contextlib.asynccontextmanager

@@ -262,6 +262,9 @@ class LineUploads:
     def get(self, upload_id: str) -> _Upload | None:
         return self.uploads.get(upload_id)
 
+    def staged(self, upload_id: str) -> None:
+        return None  # the content is a local file
+
     def complete_path(self, upload_id: str) -> Path:
         return self.uploads[upload_id].path
 

@@ -59,6 +59,10 @@ NOT_COPIED: dict[str, str] = {
     "console_sessions": "live console sign-ins (credentials of the moment): everyone signs in again on the "
                         "new central",
     "schema_version": "the target database's own record of its schema migrations",
+    # Only on PostgreSQL (the shared tus store of several receivers): an embedded store's uploads are
+    # local files, and unfinished uploads are working state, not history (the stations resume them).
+    "tus_uploads": "unfinished tus uploads of receivers sharing the database (working state, not history)",
+    "tus_upload_parts": "the stored parts of those uploads (working state, not history)",
 }
 
 _BATCH_ROWS = 500

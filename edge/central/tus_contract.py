@@ -1,0 +1,59 @@
+"""What the tus HTTP layer (:mod:`edge.central.tus`) needs from an upload store, and both stores give.
+
+Two stores implement it: :class:`~edge.central.tus_store.TusUploadStore` (one receiver, local files:
+the embedded default) and :class:`~edge.central.tus_shared_store.SharedTusStore` (any number of
+receivers sharing PostgreSQL and the S3 bucket). Both keep the commit rule of the local store: the
+offset a HEAD reports is durable and accepted, a request's bytes beyond it are dropped when the request
+fails, and a write holds the upload so that a second request to it is refused with
+:class:`~edge.central.tus_store.UploadBusyError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Protocol
+
+from edge.central.tus_store import ChunkChecksum, TusStoreError, UploadInfo
+
+__all__ = ["TusStore", "UploadAppend", "UploadStoreUnavailableError"]
+
+
+class UploadStoreUnavailableError(TusStoreError):
+    """The upload store's storage cannot be reached or refused a request now (the bucket): try later."""
+
+
+class UploadAppend(Protocol):
+    """One request's append to one upload (see :class:`~edge.central.tus_store.UploadWrite`)."""
+
+    @property
+    def upload_id(self) -> str: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def info(self) -> UploadInfo: ...
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+    def finish(self) -> UploadInfo: ...
+    def keep(self) -> UploadInfo: ...
+    def discard(self) -> UploadInfo: ...
+    def close(self) -> None: ...
+
+
+class TusStore(Protocol):
+    """Uploads by server-made id (see :class:`~edge.central.tus_store.TusUploadStore` for each method)."""
+
+    @property
+    def max_size_bytes(self) -> int: ...
+    @property
+    def station_quota_bytes(self) -> int | None: ...
+    def outstanding_bytes(self, station: str) -> int: ...
+    def create(self, station: str, length: int, metadata: Mapping[str, str] | None = None) -> UploadInfo: ...
+    def get(self, upload_id: str) -> UploadInfo | None: ...
+    def is_expired(self, info: UploadInfo, now: datetime | None = None) -> bool: ...
+    def begin_write(
+        self, upload_id: str, *, offset: int, checksum: ChunkChecksum | None = None
+    ) -> UploadAppend: ...
+    def remove(self, upload_id: str) -> bool: ...
+    def purge_expired(self, now: datetime | None = None) -> int: ...
