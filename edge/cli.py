@@ -343,7 +343,11 @@ def _verify_central(store_dir: Path, central_key: Any, index: Any = None, config
             report.problems.append(Problem(f"objects of {config.central.objects.bucket}",
                                            f"cannot be opened: {exc}"))
             return report
-    findings = verify_central(store_dir, central_public_key=central_key, index=index, objects=objects)
+    from edge.central.retention import RetentionPolicy
+
+    retention = RetentionPolicy.from_config(config.retention) if config is not None else None
+    findings = verify_central(store_dir, central_public_key=central_key, index=index, objects=objects,
+                              retention=retention)
     report.problems.extend(findings.problems)
     report.notes.extend(findings.notes)
     report.checked["central_stores"] = 1

@@ -165,12 +165,19 @@ class StationAgent:
         # retried until unplugged, so a wrong password is tried once per docking, not until lockout.
         self._done_usb: set[UsbAttachment] = set()
         # Recorders ready for the desk: their own docking ended `done` and they came back in control mode
-        # from their bay's power cycle (`_back_in_control`). A docking refused or failed before its offload
-        # leaves the recorder done (not retried) but not ready: its files may be unread.
-        self._ready_usb: set[UsbAttachment] = set()
+        # from their bay's power cycle (`_back_in_control`), each with the device serial that docking had: the
+        # desk issues only that recorder from the attachment (another one answering there was swapped in
+        # under the same USB serial). A docking refused or failed before its offload leaves the recorder done
+        # (not retried) but not ready: its files may be unread.
+        self._ready_usb: dict[UsbAttachment, str] = {}
         # What the last USB poll saw: a session that ends after its recorder was pulled out (mid-copy)
         # must not mark the recorder done, or docking it again would be ignored.
         self._present_usb: set[UsbAttachment] = set()
+        # The recorders docked when the agent started (`_look_at_bays`; until seen gone or docked once): the
+        # station cannot tell whether one left its bay while the agent was down, so its docking returns an
+        # assignment only if the ledger saw it leave since the check-out
+        # (edge.equipment.checkout.check_in_after_docking).
+        self._found_at_start: set[UsbAttachment] | None = None
         # Which docking of each attachment the USB poll sees: a new one each time it comes back in
         # control mode after a poll saw it gone (pulled and docked again; a switch to mass storage comes
         # back in mass-storage mode). A session that ends after its recorder was pulled and docked again
@@ -224,6 +231,8 @@ class StationAgent:
         # When each of those power cycles was asked for: the recorder was in mass-storage mode then, so an
         # enumeration begun after it that finds the attachment in control mode finds it back from the cycle.
         self._power_cycled_at: dict[UsbAttachment, float] = {}
+        # The device serial each of those recorders' docking ended `done` with.
+        self._offloaded_device: dict[UsbAttachment, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -305,6 +314,8 @@ class StationAgent:
         self._add_fleet(supervisor)
         await self._start_api()
         watcher.start()
+        if self.config.equipment.enabled:
+            await self._look_at_bays()
         self.ready.set()
         try:
             await supervisor.run(stop)
@@ -419,7 +430,7 @@ class StationAgent:
         assert self.store is not None
         equipment = self.config.equipment
         bench = UsbRecorderBench(self.backend, self._live_recorder_access(), set_led=self.set_led,
-                                 idle=self._idle_for_desk)
+                                 idle=self._idle_for_desk, swapped_in=self._swapped_in)
 
         async def clock_trusted() -> bool:
             return self.status.clock_trusted
@@ -448,17 +459,52 @@ class StationAgent:
             bay_for_port=lambda port: self.config.bay_for_port(port),
         )
 
-    def _idle_for_desk(self, port: str, usb_serial: str) -> bool:
+    def _idle_for_desk(self, port: str, usb_serial: str) -> str | None:
         """Whether the desk may use the recorder at this attachment: the USB poll has seen it, no docking
         session of it runs, and it came back in control mode from the bay power cycle that follows a docking
         of its own that ended `done`. A recorder docked a moment ago is in control mode too until its session
         switches it to mass storage, and one whose docking was refused or failed before the offload stays in
         control mode with its files unread: the desk must issue neither. (Called from the desk's worker
-        thread: reads of sets the event loop replaces or grows, never iterated there.)"""
+        thread: reads of sets the event loop replaces or grows, never iterated there.) The device serial of
+        the recorder offloaded there when idle, else None."""
         key = UsbAttachment(port, usb_serial)
-        return key in self._present_usb and key in self._ready_usb and key not in self._active_usb
+        if key not in self._present_usb or key in self._active_usb:
+            return None
+        return self._ready_usb.get(key)
 
-    async def _return_to_control(self, key: UsbAttachment, result: OffloadResult | None) -> None:
+    async def _look_at_bays(self) -> None:
+        """The recorders docked as the agent starts, before anything can be docked to it (`_found_at_start`).
+        A failed enumeration finds none: their dockings are then check-ins as any other."""
+        try:
+            handles = await asyncio.get_running_loop().run_in_executor(
+                self.executor, lambda: find_recorders(self.backend))
+        except (RecorderError, OSError) as exc:
+            log.warning("USB enumeration at start failed: %s", exc)
+            handles = []
+        self._found_at_start = {usb_attachment(h) for h in handles}
+
+    def _swapped_in(self, port: str, usb_serial: str) -> None:
+        """The desk found another recorder than the one offloaded at this attachment (swapped in under the
+        same USB serial, between two polls): it is no longer ready nor done, so the next poll docks it (its
+        files are offloaded like any docking's) and the record says what happened."""
+        key = UsbAttachment(port, usb_serial)
+        expected = self._ready_usb.pop(key, None)
+        if expected is None:
+            return
+        if self._found_at_start is not None:
+            self._found_at_start.discard(key)
+        self._done_usb.discard(key)
+        assert self.store is not None
+        bay = self.config.bay_for_port(port)
+        reason = (f"another recorder than {expected}, offloaded here, answers at this attachment (swapped in "
+                  "under the same USB serial): not issued; docked to be offloaded")
+        log.warning("bay %s: %s", bay, reason)
+        self.store.record(EntryType.ERROR, None, {
+            "usb_serial": usb_serial, "usb_port": port, "bay": bay, "stage": "equipment",
+            "expected_device_serial": expected, "reason": reason})
+
+    async def _return_to_control(self, key: UsbAttachment, result: OffloadResult | None,
+                                 device_serial: str) -> None:
         """After a docking that ended `done`, power-cycle the recorder's bay through the dock controller: the
         recorder leaves mass-storage mode and enumerates in control mode, where it waits for the desk."""
         equipment = self.config.equipment
@@ -475,6 +521,7 @@ class StationAgent:
                                                       f"mode, not ready for check-out: {why}"})
             return
         loop = asyncio.get_running_loop()
+        self._offloaded_device[key] = device_serial
         self._power_cycled_at[key] = loop.time()
         self._awaiting_control[key] = self._power_cycled_at[key] + equipment.control_return_timeout_s
         try:
@@ -482,6 +529,7 @@ class StationAgent:
         except DockError as exc:
             self._awaiting_control.pop(key, None)
             self._power_cycled_at.pop(key, None)
+            self._offloaded_device.pop(key, None)
             self.store.record(EntryType.ERROR, None, {
                 **where, "reason": f"the recorder stays in mass-storage mode, not ready for check-out: bay "
                 f"power cycle: {exc}"})
@@ -506,12 +554,13 @@ class StationAgent:
         waits for the desk: no docking session)."""
         deadline = self._awaiting_control.pop(key, None)
         self._power_cycled_at.pop(key, None)
-        if deadline is None or now > deadline:
+        device_serial = self._offloaded_device.pop(key, "")
+        if deadline is None or now > deadline or not device_serial:
             return False
         assert self.store is not None
         bay = self.config.bay_for_port(key.port)
         self._done_usb.add(key)
-        self._ready_usb.add(key)
+        self._ready_usb[key] = device_serial
         self.store.record(EntryType.DEVICE_CONNECTED, None, {
             "usb_serial": key.usb_serial, "usb_port": key.port, "bay": bay, "source": "usb",
             "mode": "control", "after": "bay power cycle",
@@ -887,8 +936,10 @@ class StationAgent:
             present = {usb_attachment(h): h for h in handles}
             now = loop.time()
             for gone in seen.keys() - present.keys():
+                if self._found_at_start is not None:
+                    self._found_at_start.discard(gone)
                 self._done_usb.discard(gone)
-                self._ready_usb.discard(gone)
+                self._ready_usb.pop(gone, None)
                 bay = self._usb_bays.pop(gone, None)
                 cycled = gone in self._awaiting_control
                 if not cycled:  # (off for its bay's power cycle: the recorder is still in the bay)
@@ -900,6 +951,7 @@ class StationAgent:
             for key in [k for k, deadline in self._awaiting_control.items() if now > deadline]:
                 del self._awaiting_control[key]
                 self._power_cycled_at.pop(key, None)
+                self._offloaded_device.pop(key, None)
                 self._not_back_in_control(key)
             # Back from its bay's power cycle: in control mode in an enumeration begun after the cycle was
             # asked for. A poll that missed the power-off window sees the same attachment before and after (it
@@ -988,11 +1040,14 @@ class StationAgent:
         assert self.store is not None
         try:
             async with ConcurrencySlot(self.limit) as slot:
-                result = await ControlSession(
-                    self.store, self.config, **self._session_kwargs(), slot=slot
-                ).run(handle, self.claims, self.backend)
+                session = ControlSession(self.store, self.config, **self._session_kwargs(), slot=slot)
+                key = usb_attachment(handle)
+                if self._found_at_start is not None and key in self._found_at_start:
+                    session.found_at_start = True
+                    self._found_at_start.discard(key)  # its first docking only
+                result = await session.run(handle, self.claims, self.backend)
             self._finished(result)
-            await self._return_to_control(usb_attachment(handle), result)
+            await self._return_to_control(usb_attachment(handle), result, session.device_serial)
         finally:
             key = usb_attachment(handle)
             self._active_usb.discard(key)
@@ -1072,13 +1127,19 @@ class StationAgent:
             return
         if not still_mounted():
             self.bound.unmounted(mount)  # the UNMOUNTED event may have come before it was bound
+        ended: tuple[int | None, OffloadResult | None] | None = None
         try:
-            await self._offload_volume(root, still_mounted)
+            ended = await self._offload_volume(root, still_mounted)
         finally:
             if root.owner is None:
                 self.bound.close(root)
+        if ended is not None:
+            await self._volume_docking_ended(*ended)
 
-    async def _offload_volume(self, root: VolumeRoot, still_mounted: Callable[[], bool]) -> None:
+    async def _offload_volume(self, root: VolumeRoot, still_mounted: Callable[[], bool]
+                              ) -> tuple[int | None, OffloadResult | None] | None:
+        """The volume's own docking (no control session brought it): its bay and result, once it has ended;
+        None when it was not docked here (no identity, a control session's volume, refused, gone)."""
         assert self.store is not None
         loop = asyncio.get_running_loop()
         path = root.path
@@ -1088,7 +1149,7 @@ class StationAgent:
             self.store.record(
                 EntryType.REFUSED, None, {"volume": display_name(path), "reason": f"no identity: {exc}"}
             )
-            return
+            return None
         serial = identity.device_serial
         assert root.mount is not None
         claimed_ports = self.claims.usb_ports(serial)
@@ -1103,9 +1164,9 @@ class StationAgent:
                 if on_port:
                     if self.claims.offer(claimed_port, serial, root):
                         root.owner = "control session"  # it closes the volume when its docking ends
-                    return
+                    return None
             await self._refuse_misplaced_volume(root, serial, claimed_ports, found_at)
-            return
+            return None
         # No control session brought this volume: its bay comes from the kernel's topology or the
         # per-bay mount directory, so that its LED shows the docking too.
         bay, found_by = await loop.run_in_executor(
@@ -1119,7 +1180,7 @@ class StationAgent:
             # this docking starts when that one has ended, if the mount is still there by then.
             await self._volume_session_ended.wait_for(lambda: serial not in self._active_devices)
         if not still_mounted():
-            return
+            return None
         self._active_devices.add(serial)
         try:
             # The slot is given back while the docking only waits for the central (after-witness,
@@ -1133,6 +1194,51 @@ class StationAgent:
             self._active_devices.discard(serial)
             async with self._volume_session_ended:
                 self._volume_session_ended.notify_all()
+        return bay, result
+
+    async def _volume_docking_ended(self, bay: int | None, result: OffloadResult | None) -> None:
+        """A volume docking no control session began ended (its volume closed). When it is a recorder with a
+        control mode, left in mass-storage mode (an agent stopped after switching it: mid-offload, or before
+        its bay's power cycle), and the docking ended `done`, the bay is power-cycled: the recorder comes
+        back in control mode as a docking of its own (logged in, identified by its control protocol, nothing
+        left to copy, its check-in if it was out), after which it is ready like any other. Without the power
+        cycle an `error` entry says why it is not ready for check-out."""
+        equipment = self.config.equipment
+        if not equipment.enabled or bay is None or result is None \
+                or result.outcome is not OffloadOutcome.DONE:
+            return
+        port = next((b.usb_port for b in self.config.bays if b.number == bay), None)
+        loop = asyncio.get_running_loop()
+        try:
+            handles: list[RecorderHandle] = await loop.run_in_executor(
+                self.executor, lambda: find_recorders(self.backend))
+        except (RecorderError, OSError) as exc:
+            log.warning("bay %s: USB enumeration after a volume docking failed: %s", bay, exc)
+            return
+        found = next((h for h in handles if h.location.port_path == port
+                      and h.mode is RecorderMode.MASS_STORAGE and not h.mass_storage_only), None)
+        if found is None:  # a mass-storage-only model, a plain stick, or already gone
+            return
+        assert self.store is not None
+        key = usb_attachment(found)
+        where = {"usb_serial": key.usb_serial, "usb_port": key.port, "bay": bay, "stage": "equipment"}
+        dock = self.dock
+        why = ("return_to_control is off" if not equipment.return_to_control
+               else "the dock controller is not connected" if dock is None or not dock.connected else None)
+        if why is None and dock is not None:
+            try:
+                await dock.power_cycle(bay, equipment.power_off_ms)
+            except DockError as exc:
+                why = f"bay power cycle: {exc}"
+            else:
+                log.info("bay %s: recorder %s left in mass-storage mode (no control session docked it): "
+                         "power-cycled to dock it again in control mode", bay, key.usb_serial)
+                return
+        reason = (f"the recorder was left in mass-storage mode (docked without a control session, as after "
+                  f"an agent restart) and stays so, not ready for check-out until it is pulled out and "
+                  f"docked again: {why}")
+        log.warning("bay %s: %s", bay, reason)
+        self.store.record(EntryType.ERROR, None, {**where, "reason": reason})
 
     async def _refuse_misplaced_volume(
         self, root: VolumeRoot, serial: str, claimed_ports: list[str], found_at: str

@@ -42,6 +42,7 @@ from edge.central.http_server import (
 )
 from edge.central.identity import load_signing_key
 from edge.central.limits import BodyBudget, HttpBounds, RequestLimiter
+from edge.central.lock_extensions import lock_extension_task
 from edge.central.log import MerkleLog
 from edge.central.metrics import CentralMetrics
 from edge.central.mqtt_ingest_store import MqttIngestStore
@@ -423,6 +424,7 @@ def build_app(
                           central_id=config.central.id,
                           retention=RetentionPolicy.from_config(config.retention))
     registrar.on_content_verified = metrics.verify_seconds.observe
+    metrics.watch_lock_extensions(index.pending_lock_count)
 
     def record(rejection: Rejection, station: str | None, remote: str | None) -> None:
         registrar.reject(rejection, station=station, remote=remote)
@@ -466,6 +468,9 @@ def build_app(
     expire_s = min(config.uploads.expire_incomplete_s, config.uploads.expire_unregistered_s)
     interval_s = min(_PURGE_MAX_INTERVAL_S, max(_PURGE_MIN_INTERVAL_S, expire_s / 10))
     app.cleanup_ctx.append(tus_purge_task(uploads, interval_s))
+    # Lock extensions the object store has not confirmed: at start, then every interval.
+    app.cleanup_ctx.append(lock_extension_task(registrar.lock_extender,
+                                               config.retention.lock_retry_interval_s))
     if transfers is not None:
         try:
             _add_mqtt_receiver(app, parts, transfers, metrics, interval_s)

@@ -478,6 +478,11 @@ class RetentionSection(StrictModel):
         default_factory=lambda: ["permanent"],
         description="Classes kept for ever: a legal hold (no end date) besides the default class's lock",
     )
+    lock_retry_interval_s: float = Field(
+        60.0, gt=0, le=86400,
+        description="How often a lock extension the object store has not confirmed (a class change while "
+        "the bucket was out of reach) is asked again; also once at start",
+    )
 
     @model_validator(mode="after")
     def _default_class_known(self) -> RetentionSection:

@@ -20,7 +20,9 @@
   (:class:`edge.central.revocation.CrlList`: ``broker_crl_file``, the file the broker reads, when
   ``[mqtt] broker_crl_file`` is set; else ``last_installed``, the copy `edge central crl --out` last
   installed; else ``central_copy``, the central's own ``identity/ca.crl``, which enrolments renew
-  without installing it for the broker).
+  without installing it for the broker). ``{"lock_extensions": "pending"}`` while an item's retention
+  class changed and the object store has not yet confirmed the longer lock (:mod:`edge.central.
+  lock_extensions` retries it; ``edge_central_lock_extensions_pending`` counts them).
 
 Both answer **without a client certificate** on the central's TLS listener (the TLS context asks for a
 certificate but no longer requires one in the handshake); :data:`PUBLIC_ROUTES` is the complete list
@@ -174,7 +176,26 @@ class Readiness:
                 log.info("central ready again: store, index and signer answer")
             self._last_failed = failed
         self._check_crl()
+        self._check_lock_extensions()
         return results
+
+    def _check_lock_extensions(self) -> None:
+        """Warn while object-lock extensions wait for the store (evidence locked for less than its class
+        requires): the central still takes evidence, so it stays ready."""
+        try:
+            pending = self._parts.index.pending_lock_count()
+        except Exception:  # the index check names a database that does not answer
+            return
+        if pending and "lock_extensions" not in self.warnings:
+            log.warning("%d object lock extension(s) wait for the object store (retried every %g s): "
+                        "their evidence is locked for less than its retention class requires", pending,
+                        self._parts.config.retention.lock_retry_interval_s)
+        elif not pending and "lock_extensions" in self.warnings:
+            log.info("every object lock extension is confirmed by the object store")
+        if pending:
+            self.warnings["lock_extensions"] = "pending"
+        else:
+            self.warnings.pop("lock_extensions", None)
 
     def _check_crl(self) -> None:
         config = self._parts.config

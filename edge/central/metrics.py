@@ -22,6 +22,9 @@ What is counted, and where:
   answered busy because their station's share of the queue was full;
   ``edge_central_mqtt_queue_expired_total``: messages removed unhandled because their MQTT Message Expiry
   passed while they waited. Only with ``[mqtt]``.
+- ``edge_central_lock_extensions_pending``: object-lock extensions (an item's retention class changed)
+  the object store has not confirmed yet (:mod:`edge.central.lock_extensions`), read when scraped. Alert
+  above 0 for long: evidence is locked for less than its class requires until it is 0.
 - ``edge_central_recorders_overdue``: recorders overdue over the latest fleet report of every station
   (:func:`edge.central.equipment.is_overdue`: as the station said, or out past its due time by now), read
   when scraped. Alert above 0.
@@ -162,6 +165,23 @@ class _FleetCollector(Collector):
         yield GaugeMetricFamily(self._NAME, self._HELP)
 
 
+class _GaugeCollector(Collector):
+    """One unlabelled gauge, read when scraped."""
+
+    def __init__(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        self._name = name
+        self._help = help_text
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self._name, self._help)
+        family.add_metric([], float(self._read()))
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self._name, self._help)
+
+
 class CentralMetrics:
     """The central's counters and histograms on their own registry."""
 
@@ -193,6 +213,13 @@ class CentralMetrics:
         """Report the MQTT receiver's queue (its waiting messages, its busy answers, the messages it removed
         as expired), read when scraped."""
         self.registry.register(_ReceiveQueueCollector(waiting, busy, expired))
+
+    def watch_lock_extensions(self, pending: Callable[[], int]) -> None:
+        """Report the object-lock extensions the store has not confirmed yet, read when scraped."""
+        self.registry.register(_GaugeCollector(
+            "edge_central_lock_extensions_pending",
+            "Object lock extensions (a retention class changed) the object store has not confirmed yet",
+            pending))
 
     def watch_fleet(self, overdue: Callable[[], int]) -> None:
         """Report the recorders overdue agency-wide (the stations' fleet reports), read when scraped."""

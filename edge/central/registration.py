@@ -14,6 +14,10 @@ ReceivedContent`); then, in one
 transaction of the unit of work the index and the log share (:mod:`edge.central.storage`), the item,
 officer/device/case rows, metadata history, Merkle leaf and signed tree head. A crash before the commit
 leaves at most an unreferenced object, which the retry adopts.
+
+A tag that changes an accepted item's retention class records the lock the new class needs in the
+transaction that accepts it; the object store is asked after the commit, and again until it confirms
+(:mod:`edge.central.lock_extensions`): neither a crash nor a bucket out of reach loses the extension.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.central.index import ItemRecord, StationRecord
+from edge.central.lock_extensions import LockExtender
 from edge.central.objects import (
     ObjectCorrupt,
     ObjectMismatch,
@@ -44,6 +49,7 @@ from edge.central.objects import (
     Retention,
 )
 from edge.central.retention import RetentionPolicy, parse_utc
+from edge.central.sql.lock_extensions import PendingLock
 from edge.central.storage import Index, UnitOfWork
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.disclosure import ShippedRotation, key_epoch_problem, station_schedule
@@ -845,10 +851,14 @@ class Registrar:
                 # In seq order (the final one last), as the station signed them.
                 for cp in sorted([*kept, checkpoint], key=lambda cp: cp.seq):
                     self.index.insert_checkpoint(cp, now)
+                wanted = []
                 for entry in new:
                     if entry.type == EntryType.TAGGED:
                         self.index.apply_tag(station_id, entry, now)
-        await self._extend_retention(station_id, new)
+                        lock = self._lock_wanted(station_id, entry, now)
+                        if lock is not None:
+                            wanted.append(lock)
+        await self.lock_extender().extend(wanted)
         if new:
             log.info("station %s ledger accepted seq %d-%d", station_id, new[0].seq, new[-1].seq,
                      extra=event_fields(event="ledger_accepted", station=station_id, seq=new[-1].seq))
@@ -960,7 +970,9 @@ class Registrar:
             ) from None
         finally:
             self.on_content_verified(time.monotonic() - started)
-        registered = self._commit(caller, manifest, manifest_text, upload_id)
+        wanted: list[PendingLock] = []
+        registered = self._commit(caller, manifest, manifest_text, upload_id, wanted)
+        await self.lock_extender().extend(wanted)
         self._discard_upload(upload_id)
         return registered
 
@@ -979,35 +991,49 @@ class Registrar:
             log.info("object %s was already moved in by an earlier attempt; using it", sha256)
             self.objects.retain(sha256, retention)
 
-    async def _extend_retention(self, station_id: str, entries: Sequence[LedgerEntry]) -> None:
-        """Lock the content of accepted items whose retention class a tag changed until the end of the new
-        class (extended, never shortened). A failure is logged and does not refuse the ledger: the tag is
-        the station's signed fact; the lock is the operator's to repair (`edge verify` lists unlocked
-        versions of an S3 store)."""
-        for entry in entries:
-            changes = entry.data.get("changes") if entry.type == EntryType.TAGGED else None
-            if not (isinstance(changes, Mapping) and "retention" in changes and entry.item is not None):
-                continue
-            record = self.index.item(entry.item)
-            if record is None or record.station != station_id:
-                continue  # not accepted yet: registration locks it for the class it then has
-            try:
-                retention = self.retention.for_class(changes["retention"], parse_utc(record.accepted_utc),
-                                                     item=record.item)
-                await asyncio.to_thread(self.objects.retain, record.sha256, retention)
-            except (ObjectStoreError, OSError, ValueError) as exc:
-                log.error("item %s: retention class changed to %r but the object's lock could not be "
-                          "extended: %s", record.item, str(changes["retention"])[:80], exc,
-                          extra=event_fields(event="retention_not_extended", item=record.item,
-                                             station=station_id))
-            else:
-                log.info("item %s: retention class %r; object %s locked until %s%s", record.item,
-                         str(changes["retention"])[:80], record.sha256, retention.until.isoformat(),
-                         " with a legal hold" if retention.legal_hold else "",
-                         extra=event_fields(event="retention_extended", item=record.item, station=station_id))
+    def lock_extender(self) -> LockExtender:
+        """Asks this registrar's object store for the pending locks of its index."""
+        return LockExtender(self.index, self.objects, self._clock)
+
+    def _lock_wanted(self, station_id: str, entry: LedgerEntry, now: str) -> PendingLock | None:
+        """For a tag that changes an accepted item's retention class: record (in the caller's transaction)
+        the lock the new class needs, counted from acceptance; the store is asked after the commit, and
+        until it confirms (:mod:`edge.central.lock_extensions`). A tag never refuses the ledger: it is
+        the station's signed fact; the lock is the central's to get."""
+        changes = entry.data.get("changes")
+        if not (isinstance(changes, Mapping) and "retention" in changes and entry.item is not None):
+            return None
+        record = self.index.item(entry.item)
+        if record is None or record.station != station_id:
+            return None  # not accepted yet: registration locks it for the class it then has
+        try:
+            retention = self.retention.for_class(changes["retention"], parse_utc(record.accepted_utc),
+                                                 item=record.item)
+        except ValueError as exc:
+            log.error("item %s: retention class changed to %r but its acceptance time %r cannot be read "
+                      "(%s); `edge verify` names its lock", record.item, str(changes["retention"])[:80],
+                      record.accepted_utc, exc, extra=event_fields(event="retention_not_extended",
+                                                                   item=record.item, station=station_id))
+            return None
+        log.info("item %s: retention class %r; its object %s is to be locked until %s%s", record.item,
+                 str(changes["retention"])[:80], record.sha256, retention.until.isoformat(),
+                 " with a legal hold" if retention.legal_hold else "")
+        return self.index.want_lock(record.item, record.sha256, retention, now)
+
+    def _lock_for_stored_tags(
+        self, item: str, manifest: Mapping[str, Any], accepted_utc: str
+    ) -> PendingLock | None:
+        """When tags accepted before the item changed its class from the manifest's (the content was locked
+        for the manifest's), record the lock the class it now has needs (the caller's transaction)."""
+        now_class = self.index.current_case(item).get("retention")
+        if now_class in (None, "") or now_class == RetentionPolicy.class_of(manifest):
+            return None
+        retention = self.retention.for_class(now_class, parse_utc(accepted_utc), item=item)
+        return self.index.want_lock(item, str(manifest["sha256"]), retention, accepted_utc)
 
     def _commit(
-        self, caller: Caller, manifest: Mapping[str, Any], manifest_text: bytes, upload_id: str
+        self, caller: Caller, manifest: Mapping[str, Any], manifest_text: bytes, upload_id: str,
+        wanted: list[PendingLock],
     ) -> Registered:
         item = str(manifest["item"])
         with self.index.transaction():
@@ -1027,6 +1053,9 @@ class Registrar:
             leaf_index = self.merkle.append(leaf)
             self.index.insert_item(manifest, station_id=caller.station_id, leaf_index=leaf_index,
                                    accepted_utc=accepted_utc)
+            lock = self._lock_for_stored_tags(item, manifest, accepted_utc)
+            if lock is not None:
+                wanted.append(lock)
             receipt = self._receipt(leaf_index, caller.station)
         source = manifest.get("source")
         device = source.get("device_serial") if isinstance(source, Mapping) else None

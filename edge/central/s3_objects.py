@@ -11,10 +11,14 @@ protection a local folder lacks:
   some servers ignore the lock headers of a multipart upload (Ceph RGW 16.2 does: measured). Permanent
   evidence gets a legal hold too. :meth:`S3ObjectStore.retain` extends a lock and never shortens it
   (COMPLIANCE would refuse a shorter date anyway).
-* **Our own hash.** Some servers accept ``x-amz-checksum-sha256`` without checking it, so the central hashes
-  the bytes itself, in the same pass that sends them, and sends ``Content-MD5`` with every request body
-  for transport integrity (every S3 server checks that). Content whose SHA-256 is not its name never
-  becomes an object: a multipart upload is aborted before it is completed.
+* **Our own hash, once.** Some servers accept ``x-amz-checksum-sha256`` without checking it, so the central
+  relies on its own SHA-256: the receive path's, computed as the upload was written
+  (:class:`~edge.central.objects.ReceivedContent`), while the file keeps the identity it vouches for
+  (checked before the first byte is sent and after the last, before the object is completed); without
+  that vouch the bytes are hashed on the same pass that sends them. ``Content-MD5``, computed on that
+  read, goes with every request body for transport integrity (every S3 server checks that). Content
+  whose SHA-256 is not its name never becomes an object: a multipart upload is aborted before it is
+  completed.
 * **Bounded memory, no second copy.** The upload file is read once, one part at a time
   (``part_size_mb``), straight into the bucket; nothing is copied on local disk.
 * **Deletion shows.** The bucket is versioned, so a DELETE by someone with credentials only adds a delete
@@ -45,6 +49,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from edge.central.config import S3ObjectsConfig
 from edge.central.objects import (
+    FileIdentity,
     ObjectCorrupt,
     ObjectMismatch,
     ObjectStoreError,
@@ -112,6 +117,44 @@ def _read_full(stream: BinaryIO, size: int) -> bytes:
         parts.append(chunk)
         left -= len(chunk)
     return b"".join(parts)
+
+
+class _VouchBroken(Exception):
+    """The file changed while it was being sent under the receive path's hash (nothing was completed)."""
+
+
+class _Vouch:
+    """Whether the receive path's hash (:class:`ReceivedContent`) speaks for the bytes read from an open
+    file: it does while the file has the identity the vouch names (inode, size, modification and change
+    times), before the first byte is read and after the last."""
+
+    def __init__(self, name: str, received: ReceivedContent | None) -> None:
+        self.name = name
+        self.received = received
+
+    @property
+    def holds(self) -> bool:
+        return self.received is not None
+
+    @classmethod
+    def of(cls, stream: BinaryIO, source: Path, received: ReceivedContent | None) -> _Vouch:
+        if received is not None:
+            now = FileIdentity.of(os.fstat(stream.fileno()))
+            if now != received.identity:
+                log.warning("%s changed after its receive path hashed it (identity %s, now %s): hashing it "
+                            "again", source.name, received.identity, now)
+                received = None
+        return cls(source.name, received)
+
+    def check_unchanged(self, stream: BinaryIO) -> None:
+        """Raise :class:`_VouchBroken` when the vouch held and the file changed while it was read."""
+        if self.received is None:
+            return
+        now = FileIdentity.of(os.fstat(stream.fileno()))
+        if now != self.received.identity:
+            log.warning("%s changed while it was sent (identity %s, now %s): the upload is abandoned and "
+                        "the file sent again, hashed", self.name, self.received.identity, now)
+            raise _VouchBroken(self.name)
 
 
 class S3ObjectStore:
@@ -242,8 +285,28 @@ class S3ObjectStore:
         head = self._head(sha256)
         if head is None:
             raise FileNotFoundError(f"object {sha256} is not in bucket {self.bucket}")
-        reader = _RangedReader(self, self.key_of(sha256), str(head["VersionId"]), int(head["ContentLength"]))
-        return io.BufferedReader(reader, buffer_size=_READ_CHUNK_BYTES)
+        return self.open_version(sha256, str(head["VersionId"]), int(head["ContentLength"]))
+
+    def current_version(self, sha256: str) -> tuple[str, int] | None:
+        """``(version id, size)`` of the object's current version; None when it has none."""
+        head = self._head(sha256)
+        return None if head is None else (str(head["VersionId"]), int(head["ContentLength"]))
+
+    def open_version(self, sha256: str, version_id: str, size: int) -> BinaryIO:
+        """A seekable read-only stream of one version (``size`` bytes), each read one HTTP Range request;
+        read errors raise OSError."""
+        return io.BufferedReader(_RangedReader(self, self.key_of(sha256), version_id, size),
+                                 buffer_size=_READ_CHUNK_BYTES)
+
+    def verify_version(self, sha256: str, version_id: str) -> str | None:
+        """None when that version hashes to the name, else a sentence saying what is wrong."""
+        try:
+            found, size = self._hash_version(sha256, version_id)
+        except FileNotFoundError:
+            return "missing: that version is gone"
+        if found != sha256:
+            return f"content hashes to {found} ({size} bytes), not to its name: the object was altered"
+        return None
 
     def _hash_version(self, sha256: str, version_id: str | None) -> tuple[str, int]:
         arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key_of(sha256)}
@@ -313,48 +376,66 @@ class S3ObjectStore:
         *,
         received: ReceivedContent | None = None,
     ) -> StoredObject:
-        """Send ``source`` as object ``sha256`` (hashed on the way, locked), then remove ``source``.
+        """Send ``source`` as object ``sha256`` (locked), then remove ``source``.
 
+        SHA-256 once on the central: ``received`` (the receive path's hash,
+        :class:`~edge.central.objects.ReceivedContent`) is taken while the opened file still has the
+        identity it vouches for, checked before the first byte is read and again after the last, before
+        the object is completed; otherwise (no vouch, or the file changed) every part is hashed on the
+        one read that sends it. ``Content-MD5`` goes with every part either way, computed on that read.
         An existing object is re-hashed rather than trusted (a damaged one raises :class:`ObjectCorrupt`
-        and is left for an operator), and its lock extended to ``retention``. ``received`` (the tus
-        store's hash, :class:`~edge.central.objects.ReceivedContent`) is not used yet: this store hashes
-        every part with SHA-256 on the one read that sends it (a second SHA-256 pass on the central
-        besides the receive path's; README "The central receiver", S3)."""
+        and is left for an operator), and its lock extended to ``retention``."""
         key = self.key_of(sha256)
         if self._head(sha256) is not None:
-            found, size = _hash_file(source)
-            if found != sha256:
-                log.warning("object %s: refused content hashing to %s (%d bytes) offered over the stored "
-                            "object", sha256, found, size)
-                raise ObjectMismatch(sha256, found, size)
-            problem = self.verify(sha256)
-            if problem is not None:
-                log.error("object %s in bucket %s is damaged (%s); refusing to store new content over it",
-                          sha256, self.bucket, problem)
-                raise ObjectCorrupt(
-                    f"stored object {sha256} {problem}; run `edge verify` on the central store")
-            if retention is not None:
-                self.retain(sha256, retention)
-            self._drop_source(source)
-            log.info("object %s already stored in bucket %s; content identical", sha256, self.bucket)
-            return StoredObject(sha256, size)
+            return self._put_existing(source, sha256, retention, received)
         lock: dict[str, Any] = {}
         if retention is not None:
             lock = {"ObjectLockMode": _LOCK_MODE, "ObjectLockRetainUntilDate": retention.until}
             if retention.legal_hold:
                 lock["ObjectLockLegalHoldStatus"] = "ON"
         with open(source, "rb") as stream:
+            vouch = _Vouch.of(stream, source, received)
             size = os.fstat(stream.fileno()).st_size
-            if size <= self.part_size:
-                version = self._put_single(stream, key, sha256, lock)
-            else:
-                version = self._put_multipart(stream, key, sha256, lock)
+            try:
+                if size <= self.part_size:
+                    version = self._put_single(stream, key, sha256, lock, vouch)
+                else:
+                    version = self._put_multipart(stream, key, sha256, lock, vouch)
+            except _VouchBroken:
+                version = None
+        if version is None:  # the file changed while it was sent: nothing was completed; hash it this time
+            return self.put_file(source, sha256, retention)
         if retention is not None:
             self._lock_version(sha256, version, retention)
         self._drop_source(source)
-        log.info("object %s stored in bucket %s (%d bytes, version %s, locked until %s%s)", sha256,
-                 self.bucket, size, version, retention.until.isoformat() if retention else "-",
-                 ", legal hold" if retention and retention.legal_hold else "")
+        log.info("object %s stored in bucket %s (%d bytes, version %s, locked until %s%s; SHA-256 %s)",
+                 sha256, self.bucket, size, version, retention.until.isoformat() if retention else "-",
+                 ", legal hold" if retention and retention.legal_hold else "",
+                 "as received" if vouch.holds else "computed while sending")
+        return StoredObject(sha256, size)
+
+    def _put_existing(
+        self, source: Path, sha256: str, retention: Retention | None, received: ReceivedContent | None
+    ) -> StoredObject:
+        with open(source, "rb") as stream:
+            vouch = _Vouch.of(stream, source, received)
+            size = os.fstat(stream.fileno()).st_size
+            found = sha256 if vouch.holds else None
+        if found is None:
+            found, size = _hash_file(source)
+        if found != sha256:
+            log.warning("object %s: refused content hashing to %s (%d bytes) offered over the stored "
+                        "object", sha256, found, size)
+            raise ObjectMismatch(sha256, found, size)
+        problem = self.verify(sha256)
+        if problem is not None:
+            log.error("object %s in bucket %s is damaged (%s); refusing to store new content over it",
+                      sha256, self.bucket, problem)
+            raise ObjectCorrupt(f"stored object {sha256} {problem}; run `edge verify` on the central store")
+        if retention is not None:
+            self.retain(sha256, retention)
+        self._drop_source(source)
+        log.info("object %s already stored in bucket %s; content identical", sha256, self.bucket)
         return StoredObject(sha256, size)
 
     def copy_in(self, source: Path, sha256: str, retention: Retention) -> StoredObject:
@@ -366,18 +447,22 @@ class S3ObjectStore:
         if retention.legal_hold:
             lock["ObjectLockLegalHoldStatus"] = "ON"
         key = self.key_of(sha256)
+        unvouched = _Vouch(source.name, None)
         with open(source, "rb") as stream:
             size = os.fstat(stream.fileno()).st_size
             if size <= self.part_size:
-                version = self._put_single(stream, key, sha256, lock)
+                version = self._put_single(stream, key, sha256, lock, unvouched)
             else:
-                version = self._put_multipart(stream, key, sha256, lock)
+                version = self._put_multipart(stream, key, sha256, lock, unvouched)
         self._lock_version(sha256, version, retention)
         return StoredObject(sha256, size)
 
-    def _put_single(self, stream: BinaryIO, key: str, sha256: str, lock: dict[str, Any]) -> str:
+    def _put_single(
+        self, stream: BinaryIO, key: str, sha256: str, lock: dict[str, Any], vouch: _Vouch
+    ) -> str:
         data = _read_full(stream, self.part_size + 1)
-        found = hashlib.sha256(data).hexdigest()
+        vouch.check_unchanged(stream)
+        found = sha256 if vouch.holds else hashlib.sha256(data).hexdigest()
         if found != sha256:
             log.warning("object %s: refused content hashing to %s (%d bytes); nothing was sent", sha256,
                         found, len(data))
@@ -389,7 +474,9 @@ class S3ObjectStore:
             raise self._failure(exc, f"put object {sha256}") from None
         return str(answer.get("VersionId", ""))
 
-    def _put_multipart(self, stream: BinaryIO, key: str, sha256: str, lock: dict[str, Any]) -> str:
+    def _put_multipart(
+        self, stream: BinaryIO, key: str, sha256: str, lock: dict[str, Any], vouch: _Vouch
+    ) -> str:
         try:
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key,
                                                             Metadata={"sha256": sha256}, **lock)["UploadId"]
@@ -397,11 +484,12 @@ class S3ObjectStore:
             raise self._failure(exc, f"start multipart upload of {sha256}") from None
         completed = False
         try:
-            digest = hashlib.sha256()
+            digest = None if vouch.holds else hashlib.sha256()
             size = 0
             parts: list[dict[str, Any]] = []
             while data := _read_full(stream, self.part_size):
-                digest.update(data)
+                if digest is not None:
+                    digest.update(data)
                 size += len(data)
                 number = len(parts) + 1
                 try:
@@ -410,10 +498,12 @@ class S3ObjectStore:
                 except (ClientError, BotoCoreError) as exc:
                     raise self._failure(exc, f"upload part {number} of {sha256}") from None
                 parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-            if digest.hexdigest() != sha256:
+            vouch.check_unchanged(stream)
+            found = sha256 if digest is None else digest.hexdigest()
+            if found != sha256:
                 log.warning("object %s: refused content hashing to %s (%d bytes); its multipart upload is "
-                            "aborted, never completed", sha256, digest.hexdigest(), size)
-                raise ObjectMismatch(sha256, digest.hexdigest(), size)
+                            "aborted, never completed", sha256, found, size)
+                raise ObjectMismatch(sha256, found, size)
             try:
                 done = self.client.complete_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id,

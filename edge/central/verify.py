@@ -3,7 +3,10 @@
 A central store verifies when:
 
 * every object in ``objects/`` hashes to its name, is where its name puts it, and is the content of an
-  accepted item; nothing else lies there; every accepted item's object is present with its size;
+  accepted item; nothing else lies there; every accepted item's object is present with its size; in an
+  S3 bucket, its current version is locked (COMPLIANCE) at least until its item's retention class (as
+  tags left it) requires, with a legal hold for a permanent class, and a shortfall names the extension
+  still pending, if any;
 * every item row agrees with its manifest (canonical text, hash, size, station, officer, device, times),
   the manifest is signed by a key the station was enrolled with, and it points at the `acquired` entry of
   the item in the station's accepted ledger;
@@ -65,6 +68,7 @@ import sqlite3  # read-only, below the protocols: see the module docstring
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +86,7 @@ from edge.central.postgres import PostgresDatabase
 from edge.central.postgres.console import key_fits_seals as postgres_key_fits_seals
 from edge.central.postgres.qmark import QmarkConnection
 from edge.central.postgres.trail import row_json as postgres_row_json
+from edge.central.retention import RetentionPolicy, parse_utc
 from edge.central.sqlite import SqliteDatabase
 from edge.central.sqlite.trail import BEGIN_TABLE, TRAIL_COLUMNS, key_fits_seals, row_json_sql, trail_mac
 from edge.custody.canonical import canonical_json, parse_json, sha256_hex
@@ -115,6 +120,10 @@ log = logging.getLogger(__name__)
 
 # A badly damaged store would otherwise report one line per object; past this many of one kind, count.
 _MAX_LISTED = 50
+# How much earlier than its class requires an object's lock may end: registration locks the content as it
+# goes into the bucket, moments (for a very large object, minutes) before the acceptance time the class is
+# counted from is taken. A failed extension falls short by the difference between two classes.
+_LOCK_SLACK = timedelta(days=1)
 
 
 @dataclass
@@ -133,6 +142,7 @@ def verify_central_store(
     origin: str | None = None,
     index: PostgresIndexConfig | None = None,
     objects: ObjectStore | None = None,
+    retention: RetentionPolicy | None = None,
 ) -> list[Problem]:
     """Every problem found in the central store at ``store_dir``; an empty list means it verifies.
 
@@ -141,7 +151,7 @@ def verify_central_store(
     ``origin`` is the central id tree heads must name (default: the one the first signed head names).
     """
     return verify_central(store_dir, central_public_key=central_public_key, origin=origin,
-                          index=index, objects=objects).problems
+                          index=index, objects=objects, retention=retention).problems
 
 
 def verify_central(
@@ -151,13 +161,15 @@ def verify_central(
     origin: str | None = None,
     index: PostgresIndexConfig | None = None,
     objects: ObjectStore | None = None,
+    retention: RetentionPolicy | None = None,
 ) -> CentralFindings:
     """:func:`verify_central_store` with notes and counts (for `edge verify` and the benchmark).
 
     ``index``: the store's index is in this PostgreSQL database (its configuration's ``[central]
     index``), not in ``store_dir/index.db``. ``objects``: the store's object store when it is not the
     local folder ``<store_dir>/objects`` (an S3 bucket, :mod:`edge.central.s3_objects`: its version
-    history is checked too)."""
+    history is checked too, and each object's lock against its item's retention class in ``retention``,
+    the central's ``[retention]``; default: the default classes)."""
     layout = CentralLayout(Path(store_dir))
     findings = CentralFindings()
     problems = findings.problems
@@ -194,7 +206,7 @@ def verify_central(
         problems.append(Problem(f"index {where}", str(exc)))
         return findings
     try:
-        _Checker(database, layout, public_key, origin, findings, objects).run()
+        _Checker(database, layout, public_key, origin, findings, objects, retention).run()
     except database.errors as exc:
         problems.append(Problem(f"index {where}", f"cannot be read: {exc}"))
     finally:
@@ -223,6 +235,7 @@ class _Checker:
         origin: str | None,
         findings: CentralFindings,
         objects: ObjectStore | None = None,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         # The index tables, read as stored (module docstring), in SQLite's dialect on either backend.
         self.conn: sqlite3.Connection | QmarkConnection = (
@@ -237,6 +250,7 @@ class _Checker:
         self.checked = findings.checked
         self.station_keys: dict[str, dict[str, Ed25519PublicKey]] = {}
         self.objects: ObjectStore = objects if objects is not None else FileObjectStore(layout.objects_dir)
+        self.retention = retention if retention is not None else RetentionPolicy.default()
         self.merkle: MerkleLog | None = None
         self.merkle_size = 0
         self.head: TreeHead | None = None
@@ -838,6 +852,48 @@ class _Checker:
         elif self.objects.size_bytes(sha) != row["size"]:
             self.add(f"object {sha}",
                      f"has {self.objects.size_bytes(sha)} bytes, the item says {row['size']}")
+        else:
+            self._check_lock(item, sha, row["accepted_utc"])
+
+    def _check_lock(self, item: str, sha: str, accepted_utc: object) -> None:
+        """An S3 store: the object's current version is locked at least until its item's retention class
+        (as tags left it) requires, counted from acceptance; under a legal hold for a permanent class."""
+        from edge.central.s3_objects import S3ObjectStore
+
+        if not isinstance(self.objects, S3ObjectStore):
+            return  # a local folder has no lock
+        self.count("object_locks")
+        case = self.conn.execute("SELECT retention FROM item_case WHERE item = ?", (item,)).fetchone()
+        try:
+            needed = self.retention.for_class(None if case is None else case[0], parse_utc(str(accepted_utc)),
+                                              item=item)
+            mode, until, held = self.objects.retention_of(sha)
+        except ValueError as exc:
+            self.add(f"item {item}", f"accepted_utc {str(accepted_utc)[:40]!r} cannot be read: {exc}")
+            return
+        except ObjectStoreError as exc:
+            self.add(f"object {sha}", f"its lock cannot be read: {exc}")
+            return
+        short = mode != "COMPLIANCE" or until is None or until < needed.until - _LOCK_SLACK
+        if not short and (held or not needed.legal_hold):
+            return
+        has = (f"locked {mode} until {until.isoformat()}" if mode and until else "not locked") + (
+            ", legal hold on" if held else ", no legal hold")
+        wants = f"until {needed.until.isoformat()}" + (" with a legal hold" if needed.legal_hold else "")
+        pending = self._pending_lock(item)
+        self.add(f"object {sha}", f"{has}, but item {item}'s retention class "
+                 f"{str(case[0] if case is not None else None)[:40]!r} requires {wants}"
+                 + (f"; {pending}" if pending else "; no extension is pending: the central never asked"))
+
+    def _pending_lock(self, item: str) -> str | None:
+        if not self._table_exists("lock_extensions_pending"):
+            return None
+        row = self.conn.execute("SELECT requested_utc, attempts, last_error FROM lock_extensions_pending "
+                                "WHERE item = ?", (item,)).fetchone()
+        if row is None:
+            return None
+        return (f"its extension is pending since {row[0]} ({row[1]} failed attempt(s)"
+                + (f", last: {str(row[2])[:200]}" if row[2] else "") + ")")
 
     def _check_signature(self, where: str, station: str, manifest: Mapping[str, Any]) -> None:
         keys = self.station_keys.get(station, {})

@@ -45,7 +45,7 @@ from edge.equipment.assignments import Assignment, AssignmentBook, PinLockout
 from edge.equipment.credentials import CredentialError, normalise_card_uid, verify_pin
 from edge.equipment.officers import Officer, OfficerRegistry, OfficerStatus
 from edge.equipment.overdue import close_overdue_alert, open_overdue_alert
-from edge.ingest.store import StationStore
+from edge.ingest.store import SESSION_ORDER, StationStore
 
 __all__ = [
     "CheckoutDesk",
@@ -102,8 +102,10 @@ SCREEN_TEXT: dict[RefusalReason, str] = {
 }
 
 
-# Refusals that would tell a registered 警号 from an unknown one: shown as a wrong PIN outside the ledger.
-_SHOWN_AS_WRONG_PIN = frozenset({RefusalReason.UNKNOWN_OFFICER, RefusalReason.NO_PIN})
+# Refusals that would tell a registered 警号 from an unknown one: shown as a wrong PIN outside the ledger. A
+# lockout too: only a 警号 with a PIN ever locks, so `pin_locked` would name the officers who have one.
+_SHOWN_AS_WRONG_PIN = frozenset({RefusalReason.UNKNOWN_OFFICER, RefusalReason.NO_PIN,
+                                 RefusalReason.PIN_LOCKED})
 
 
 class CheckoutRefused(Exception):
@@ -123,8 +125,9 @@ class CheckoutRefused(Exception):
     @property
     def public_reason(self) -> RefusalReason:
         """The reason as the desk tells it outside the ledger (the API's answer, the kiosk's outcomes): an
-        unknown 警号, and a 警号 with no PIN set (card only: it can never be served a PIN check-out), are a
-        wrong PIN there, so that no answer tells which 警号 exist."""
+        unknown 警号, a 警号 with no PIN set (card only: it can never be served a PIN check-out) and a locked
+        one (only a 警号 with a PIN locks) are a wrong PIN there, so that no answer tells which 警号 exist.
+        The lockout still holds: a locked 警号 is refused even its right PIN, and the ledger says so."""
         return RefusalReason.WRONG_PIN if self.reason in _SHOWN_AS_WRONG_PIN else self.reason
 
 
@@ -176,11 +179,11 @@ class CheckoutPolicy:
 
 def last_docking(conn: sqlite3.Connection, device_serial: str) -> tuple[str | None, str | None] | None:
     """(ended, outcome) of the station's latest docking session of a recorder, or None if it never docked.
-    Latest in the order the station recorded them (the row's insertion order, the order of their
-    `session_started` entries), not by `started`: a wall clock stepped back would put a later docking
-    first."""
-    row = conn.execute("SELECT ended, outcome FROM sessions WHERE device_serial = ? ORDER BY rowid DESC "
-                       "LIMIT 1", (device_serial,)).fetchone()
+    Latest in the order the station recorded them (the seq of their `session_started` entries, kept in
+    `started_seq`), not by `started` (a wall clock stepped back would put a later docking first) nor by the
+    rowid (VACUUM or a copy of the store renumbers it)."""
+    row = conn.execute(f"SELECT ended, outcome FROM sessions WHERE device_serial = ? "
+                       f"ORDER BY {SESSION_ORDER} LIMIT 1", (device_serial,)).fetchone()
     return None if row is None else (row[0], row[1])
 
 
@@ -255,14 +258,14 @@ class CheckoutDesk:
     async def check_out_by_pin(self, officer_no: str, pin: str) -> Assignment:
         async with self._lock:
             officer = self.officers.get(officer_no) if officer_no.isascii() and officer_no.isdigit() else None
-            now = station_time_now()
+            # Verified even for an unknown 警号 (against a dummy hash) and a locked one (its answer
+            # ignored): a refusal takes as long whichever it is.
+            good = await asyncio.to_thread(verify_pin, officer.pin_hash if officer else None, pin)
             if officer is not None:
-                locked = self.pins.locked_until(officer.officer_no, now)
+                locked = self.pins.locked_until(officer.officer_no, station_time_now())
                 if locked is not None:
                     raise self._refuse(RefusalReason.PIN_LOCKED, f"PIN locked until {locked}",
                                        method="pin", officer_no=officer.officer_no)
-            # Verified even for an unknown 警号 (against a dummy hash): a refusal takes as long either way.
-            good = await asyncio.to_thread(verify_pin, officer.pin_hash if officer else None, pin)
             if officer is None:
                 well_formed = officer_no.isascii() and len(officer_no) == 6 and officer_no.isdigit()
                 typed = officer_no if well_formed else None  # what the ledger may quote of the input
@@ -424,14 +427,30 @@ def return_recorder(store: StationStore, device_serial: str, *, bay: int | None,
     return returned
 
 
+def _seen_leaving(conn: sqlite3.Connection, held: Assignment) -> bool:
+    """Whether the ledger saw the recorder's USB device leave since its check-out (a bay's power cycle aside:
+    the recorder stays in the bay)."""
+    row = conn.execute(
+        "SELECT 1 FROM ledger WHERE seq > ? AND type = ? AND json_extract(data, '$.usb_serial') = ? "
+        "AND coalesce(json_extract(data, '$.reason'), '') <> 'bay power cycle' LIMIT 1",
+        (held.checked_out_seq, EntryType.DEVICE_REMOVED.value, held.usb_serial)).fetchone()
+    return row is not None
+
+
 def check_in_after_docking(store: StationStore, *, device_serial: str, usb_serial: str, identity_source: str,
                            outcome: str, session: str, bay: int | None,
-                           unread: Sequence[str] = ()) -> Assignment | None:
+                           unread: Sequence[str] = (), found_at_start: bool = False) -> Assignment | None:
     """The check-in of a docking that has ended (after its `session_stopped`): close the recorder's open
     assignment when the docking was the recorder itself and sealed every file (`CHECK_IN_OUTCOMES`), or
     ended `partial` (the recorder is back: the `returned` entry names the `unread` files, which stay on it,
     never wiped; a recorder with unread files kept away would hold its officer and its alert for ever);
-    otherwise leave it open with a `refused` entry that says why. None when no assignment was closed."""
+    otherwise leave it open with a `refused` entry that says why. None when no assignment was closed.
+
+    `found_at_start`: the agent's first USB poll found the recorder docked. Issued and never taken, it would
+    be "returned" by the first docking after an agent restart while the officer walks to the bay; so such a
+    docking is a check-in only when the ledger saw the recorder leave since its check-out (taken and docked
+    again while the agent was down is then the one return the station cannot tell, and waits for the next
+    docking)."""
     AssignmentBook.create_schema(store.conn)
     held = AssignmentBook(store.conn).open_for_recorder(device_serial)
     if held is None:
@@ -448,6 +467,15 @@ def check_in_after_docking(store: StationStore, *, device_serial: str, usb_seria
                       f"{held.usb_serial}): not a check-in; the assignment stays open"})
         log.warning("recorder %s: a docking that is not the recorder itself claims it (out with %s)",
                     device_serial, held.officer_no)
+        return None
+    if found_at_start and not _seen_leaving(store.conn, held):
+        store.record(EntryType.REFUSED, None, {
+            **facts, "reason": f"recorder {device_serial} was in its bay when the agent started and was "
+                               f"never seen leaving it since its check-out to 警号 {held.officer_no}: not a "
+                               "check-in; the assignment stays open (its next docking after it leaves "
+                               "returns it)"})
+        log.warning("recorder %s docked at the agent's start, never seen leaving since its check-out: still "
+                    "out with %s", device_serial, held.officer_no)
         return None
     if outcome == DOCKING_PARTIAL:
         log.warning("recorder %s returned with %d file(s) it could not read (left on it)", device_serial,

@@ -25,6 +25,7 @@ from edge.equipment.fleet import (
     StatusReading,
     parse_station_time,
 )
+from edge.ingest.store import SESSION_ORDER
 from edge.observe.store_db import ReadOnlyStoreDb
 
 __all__ = ["FleetRecordsReader", "read_dockings", "reading_of_entry"]
@@ -60,14 +61,15 @@ def _tables(conn: sqlite3.Connection) -> set[str]:
 
 
 def read_dockings(conn: sqlite3.Connection) -> tuple[dict[str, DockingRecord], dict[str, int]]:
-    """The latest docking of each recorder (in the order the station recorded them, never by the wall-clock
-    `started`, which a clock stepped back reorders), and how many it had here."""
+    """The latest docking of each recorder (in the order the station recorded them, `started_seq`; never by
+    the wall-clock `started`, which a clock stepped back reorders, nor by the rowid, which VACUUM
+    renumbers), and how many it had here."""
     latest: dict[str, DockingRecord] = {}
     counts: dict[str, int] = {}
     rows = conn.execute(
         "SELECT device_serial, bay, started, ended, outcome, usb_serial, n FROM ("
         " SELECT device_serial, bay, started, ended, outcome, usb_serial,"
-        "  row_number() OVER (PARTITION BY device_serial ORDER BY rowid DESC) AS rank,"
+        f"  row_number() OVER (PARTITION BY device_serial ORDER BY {SESSION_ORDER}) AS rank,"
         "  count(*) OVER (PARTITION BY device_serial) AS n FROM sessions) WHERE rank = 1")
     for serial, bay, started, ended, outcome, usb_serial, n in rows:
         started_at = parse_station_time(str(started))

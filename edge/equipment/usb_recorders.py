@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from drivers.serial.dock import BayLed
@@ -78,35 +78,58 @@ DOCKING_UNDER_WAY = ("its docking at this station is under way or did not end do
                      "was docked)")
 
 
+# Why a recorder in mass-storage mode is not issued: its docking is copying it, or it was left so.
+IN_MASS_STORAGE = ("in mass-storage mode: being offloaded, or not back in control mode since its docking "
+                   "(the ledger says why)")
+
+# Why a recorder answering where the station offloaded another one is not issued: swapped in (same port, same
+# USB serial: a batch sharing a factory serial, or a copy) without a docking of its own since it was out.
+SWAPPED_IN = "not the recorder offloaded at this attachment (recorder {expected}): swapped in unread"
+
+
 class UsbRecorderBench:
-    """`idle(port, usb_serial)`, when given, says whether the station has finished with the recorder at that
-    attachment (the agent: no docking session of it is running, and its docking ended `done` and it came
-    back in control mode from its bay's power cycle). A recorder
-    that is not idle is listed with that problem and never logged in to: a recorder docked a moment ago is in
-    control mode too, until its session switches it to mass storage, and it may hold a shift's recordings."""
+    """`idle(port, usb_serial)`, when given, says which recorder the station has finished with at that
+    attachment: the device serial its docking ended `done` with (the agent: no docking session of it is
+    running, and it came back in control mode from its bay's power cycle), None when the station has not
+    finished with any there. A recorder that is not idle is listed with that problem and never logged in to: a
+    recorder docked a moment ago is in control mode too, until its session switches it to mass storage, and it
+    may hold a shift's recordings. One that answers after login with another device serial than the one the
+    station finished with was swapped in under the same USB serial (no poll sees such a swap): it is not
+    issued, and `swapped_in(port, usb_serial)` (on the event loop) has the agent dock it."""
 
     def __init__(self, backend: Any, access: RecorderAccess, *,
                  set_led: Callable[[int | None, BayLed], Awaitable[None]] | None = None,
                  ids: Iterable[tuple[int, int]] = DEFAULT_IDS,
-                 idle: Callable[[str, str], bool] | None = None) -> None:
+                 idle: Callable[[str, str], str | None] | None = None,
+                 swapped_in: Callable[[str, str], None] | None = None) -> None:
         self.backend = backend
         self.access = access
         self._set_led = set_led
         self._ids = tuple(ids)
         self._idle = idle
+        self._swapped_in = swapped_in
 
     async def docked(self) -> list[DockedRecorder]:
         handles = await asyncio.to_thread(find_recorders, self.backend, ids=self._ids)
         found = []
         for handle in handles:
-            if handle.mode is not RecorderMode.CONTROL:
-                continue  # offloading (mass storage) or a mass-storage-only model: not issued from here
             port = handle.location.port_path
-            if self._idle is not None and not self._idle(port, handle.usb_serial):
+            if handle.mode is not RecorderMode.CONTROL:
+                if not handle.mass_storage_only:  # (a mass-storage-only model is never issued from here)
+                    found.append(DockedRecorder(port, handle.usb_serial, self.access.bay_for_port(port),
+                                                problem=IN_MASS_STORAGE))
+                continue
+            expected = None if self._idle is None else self._idle(port, handle.usb_serial)
+            if self._idle is not None and expected is None:
                 found.append(DockedRecorder(port, handle.usb_serial, self.access.bay_for_port(port),
                                             problem=DOCKING_UNDER_WAY))
                 continue
-            found.append(await asyncio.to_thread(self._inspect, handle))
+            recorder = await asyncio.to_thread(self._inspect, handle)
+            if expected is not None and recorder.device_serial and recorder.device_serial != expected:
+                recorder = replace(recorder, problem=SWAPPED_IN.format(expected=expected))
+                if self._swapped_in is not None:
+                    self._swapped_in(port, handle.usb_serial)
+            found.append(recorder)
         return found
 
     def _inspect(self, handle: RecorderHandle) -> DockedRecorder:
@@ -143,8 +166,12 @@ class UsbRecorderBench:
                        and h.mode is RecorderMode.CONTROL), None)
         if handle is None:
             raise IdentityWriteError(f"no longer docked at {recorder.port}")
-        if self._idle is not None and not self._idle(recorder.port, recorder.usb_serial):
-            raise IdentityWriteError(DOCKING_UNDER_WAY)
+        if self._idle is not None:
+            expected = self._idle(recorder.port, recorder.usb_serial)
+            if expected is None:
+                raise IdentityWriteError(DOCKING_UNDER_WAY)
+            if expected != recorder.device_serial:
+                raise IdentityWriteError(SWAPPED_IN.format(expected=expected))
         password = self.access.password_for(recorder.usb_serial)
         if password is None:
             raise IdentityWriteError("no recorder password configured")

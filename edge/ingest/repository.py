@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.ledger import EntryType, Ledger, LedgerEntry, ledger_key_schedule
 from edge.ingest.source import Origin, OriginalKey
-from edge.ingest.store import StationStore
+from edge.ingest.store import SESSION_ORDER, StationStore
 
 
 class AcquisitionState:
@@ -451,7 +451,10 @@ class IngestRepository:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (session, device_serial, usb_serial, bay, started, canonical_json(facts).decode()),
             )
-            self.ledger.append(EntryType.SESSION_STARTED, None, dict(entry))
+            started_entry = self.ledger.append(EntryType.SESSION_STARTED, None, dict(entry))
+            # The order of dockings (SESSION_ORDER): the entry's seq, which no VACUUM or copy renumbers.
+            conn.execute("UPDATE sessions SET started_seq = ? WHERE session = ?",
+                         (started_entry.seq, session))
 
     def end_session(self, session: str, *, ended: str, outcome: str, entry: Mapping[str, Any]) -> None:
         """`session_stopped`, then a signed checkpoint over the ledger head in a second transaction."""
@@ -465,7 +468,7 @@ class IngestRepository:
         """(identity and clock facts, bay) of the device's newest session that never ended."""
         row = self.conn.execute(
             "SELECT identity, bay FROM sessions WHERE device_serial=? AND ended IS NULL "
-            "ORDER BY rowid DESC LIMIT 1",  # insertion order: a stepped clock cannot reorder it
+            f"ORDER BY {SESSION_ORDER} LIMIT 1",  # recorded order: a stepped clock cannot reorder it
             (device_serial,),
         ).fetchone()
         if row is None:

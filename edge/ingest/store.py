@@ -66,7 +66,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     started TEXT NOT NULL,
     ended TEXT,
     outcome TEXT,
-    identity TEXT NOT NULL            -- canonical JSON of the recorder identity and clock facts
+    identity TEXT NOT NULL,           -- canonical JSON of the recorder identity and clock facts
+    started_seq INTEGER               -- seq of its session_started entry: the order dockings were recorded
+                                      -- in (never the rowid, which VACUUM or a copy renumbers)
 );
 CREATE TABLE IF NOT EXISTS acquisitions (   -- one row per original a source offered (edge.ingest)
     source TEXT NOT NULL,             -- usb, gb28181, room, local
@@ -260,6 +262,7 @@ class StationStore:
             self.conn.executescript(SCHEMA)
             _migrate_recorder_files(self.conn)
             Ledger.create_schema(self.conn)
+            _migrate_session_order(self.conn)
             StationWitness.create_schema(self.conn)
             self.sync_log()  # the schema and any migration, durable before anything is built on them
             self._check_station_id()
@@ -396,6 +399,26 @@ def _migrate_recorder_files(conn: sqlite3.Connection) -> None:
         )
         conn.execute("DROP TABLE recorder_files")
     log.info("moved the USB acquisition state of an older store into the acquisitions table")
+
+
+# A recorder's dockings newest first: by the seq of their `session_started` entries (rowid only among rows no
+# entry was found for when an older store was migrated).
+SESSION_ORDER = "started_seq DESC, rowid DESC"
+
+
+def _migrate_session_order(conn: sqlite3.Connection) -> None:
+    """Stores made before `sessions.started_seq`: the column added and filled from each session's
+    `session_started` ledger entry (the hash chain fixes its seq), in one transaction; then its index. Which
+    docking of a recorder is the latest (the desk, the fleet, a resumed docking) is read by this order."""
+    columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(sessions)")}
+    if "started_seq" not in columns:
+        with immediate_transaction(conn):
+            conn.execute("ALTER TABLE sessions ADD COLUMN started_seq INTEGER")
+            conn.execute(
+                "UPDATE sessions SET started_seq = (SELECT min(seq) FROM ledger"
+                " WHERE type = 'session_started' AND json_extract(data, '$.session') = sessions.session)")
+        log.info("sessions ordered by their session_started entries (started_seq) in an older store")
+    conn.execute("CREATE INDEX IF NOT EXISTS sessions_device_order ON sessions(device_serial, started_seq)")
 
 
 class StoreError(Exception):

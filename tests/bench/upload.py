@@ -25,6 +25,12 @@ in one process, so the CPU figures there cannot be told apart by side: offload_c
 offload-only demo) and journey_cpu_s_per_gb (the demo with its central), both per GiB acquired, and
 upload_path_cpu_s_per_gb, their difference: what uploading, registering and receipts cost both sides.
 
+--s3: the centrals keep their objects in an S3 bucket with Object Lock on a throwaway single-node Ceph
+cluster (tests/central/ceph.py; RGW over http on 127.0.0.1, its daemons' CPU not counted), so
+central_cpu_s_per_gb includes sending every object to the bucket (Content-MD5 per part; over plain
+http botocore also signs each part's SHA-256, which it does not over https with Content-MD5). Its OSD
+keeps everything in RAM: rounds x total MiB must fit (locked objects cannot be deleted).
+
 --stations N: N stations (own store, key, certificate) upload at once to one central: aggregate
 throughput, and every item's receipt verified at its station and the central store verified.
 """
@@ -84,14 +90,46 @@ def free_port() -> int:
 # -- the central ------------------------------------------------------------------------------------
 
 
+S3_SECRET_ENV = "EDGE_BENCH_S3_SECRET"
+
+
+class Bucket:
+    """Fresh buckets with Object Lock (and a one-day default COMPLIANCE retention, as the README says to
+    create them) on a Ceph gateway (tests/central/ceph.py)."""
+
+    def __init__(self, gateway: Any) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.gateway = gateway
+        self.client = boto3.session.Session().client(
+            "s3", endpoint_url=gateway.endpoint, aws_access_key_id=gateway.access_key_id,
+            aws_secret_access_key=gateway.secret_access_key, region_name=gateway.region,
+            config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"),
+        )
+        os.environ[S3_SECRET_ENV] = gateway.secret_access_key  # the centrals' secret reference (env:)
+
+    def objects_toml(self) -> str:
+        """A new bucket, as the central's `objects` setting."""
+        name = f"bench-{uuid.uuid4().hex[:12]}"
+        self.client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+        self.client.put_object_lock_configuration(Bucket=name, ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}}})
+        return (f'objects = {{type = "s3", endpoint = "{self.gateway.endpoint}", bucket = "{name}", '
+                f'region = "{self.gateway.region}", access_key_id = "{self.gateway.access_key_id}", '
+                f'secret_access_key = "env:{S3_SECRET_ENV}"}}\n')
+
+
 class Central:
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, bucket: Bucket | None = None) -> None:
         self.dir = work / "central"
         self.port = free_port()
         self.config = work / "central.toml"
         self.config.write_text(
             f'[central]\nid = "BENCH-CENTRAL"\nstore_dir = "{self.dir}"\n'
-            f'[server]\nlisten = "127.0.0.1"\nport = {self.port}\nnames = ["localhost", "127.0.0.1"]\n'
+            + (bucket.objects_toml() if bucket is not None else "")
+            + f'[server]\nlisten = "127.0.0.1"\nport = {self.port}\nnames = ["localhost", "127.0.0.1"]\n'
         )
         run([*edge_command(), "central", "init", "--config", str(self.config)])
         self.proc: subprocess.Popen[bytes] | None = None
@@ -117,22 +155,33 @@ class Central:
         )
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [*edge_command(), "central", "--config", str(self.config)], stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 30
+        self.errors = self.dir.parent / "central.stderr"
+        with open(self.errors, "wb") as errors:
+            self.proc = subprocess.Popen(
+                [*edge_command(), "central", "--config", str(self.config)], stderr=errors
+            )
+        # Generous: on a loaded machine the central's start (imports, keys, the bucket's check) is slow.
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the central exited {self.proc.returncode} while starting: "
+                                 f"{self.errors.read_text(errors='replace')[-2000:]}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.05)
-        raise SystemExit("the central did not start")
+        raise SystemExit(f"the central did not start within 180 s: "
+                         f"{self.errors.read_text(errors='replace')[-2000:]}")
 
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
-            self.proc.wait(30)
+            try:
+                self.proc.wait(120)  # its graceful stop; slow on a loaded machine
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
 
 
 def run(args: list[str]) -> None:
@@ -356,7 +405,9 @@ def drop_cache(files: list[Path]) -> None:
             os.close(fd)
 
 
-def mode_single(work: Path, total_mb: int, files: int, concurrency: int, rounds: int) -> dict[str, Any]:
+def mode_single(
+    work: Path, total_mb: int, files: int, concurrency: int, rounds: int, bucket: Bucket | None = None
+) -> dict[str, Any]:
     volume = make_volume(work / "media", "3300001", files, max(1, total_mb * MIB // files), 1)
     template = work / "station-template"
     acquire_into("BENCH-01", template, volume)
@@ -377,7 +428,7 @@ def mode_single(work: Path, total_mb: int, files: int, concurrency: int, rounds:
         items = stored_files(store)
         for name in (["curl", "edge"] if round_no % 2 == 0 else ["edge", "curl"]):
             (round_dir / name).mkdir()
-            central = Central(round_dir / name)
+            central = Central(round_dir / name, bucket if name == "edge" else None)
             bundle = round_dir / name / "bundle"
             central.enroll("BENCH-01", store, bundle)
             central.start()
@@ -410,6 +461,7 @@ def mode_single(work: Path, total_mb: int, files: int, concurrency: int, rounds:
     curl_s, edge_s = statistics.median(samples["curl"]), statistics.median(samples["edge"])
     return {
         "mode": "single",
+        "objects": "s3" if bucket is not None else "files",
         "total_mb": total_mb,
         "files": files,
         "concurrency": concurrency,
@@ -507,6 +559,7 @@ def main() -> int:
     parser.add_argument("--pipeline", action="store_true")
     parser.add_argument("--file-mb", type=float, default=50.0, help="--pipeline: demo file size")
     parser.add_argument("--stations", type=int, default=0)
+    parser.add_argument("--s3", action="store_true", help="objects in a bucket on a throwaway Ceph cluster")
     parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
     parser.add_argument("--workdir")
     parser.add_argument("--uplink-worker", nargs=5, help=argparse.SUPPRESS)
@@ -524,6 +577,14 @@ def main() -> int:
             result = mode_pipeline(work, args.file_mb)
         elif args.stations:
             result = mode_stations(work, args.total_mb, args.stations, max(1, args.files // 4))
+        elif args.s3:
+            from tests.central.ceph import running_ceph
+
+            # Everything the uplink contender sends stays locked in the OSD's RAM, plus room for Ceph's own.
+            memstore_bytes = args.rounds * args.total_mb * MIB * 5 // 4 + 512 * MIB
+            with running_ceph(memstore_bytes=memstore_bytes) as gateway:
+                result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds,
+                                     Bucket(gateway))
         else:
             result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds)
     finally:

@@ -2,7 +2,8 @@
 for a client certificate and this browser has none), with evidence that came the real way: a simulated
 recorder's ffmpeg-made MP4, docked at a real station agent, uploaded over tus and registered with its
 ledger. The auditor signs in with a password and a TOTP code, searches the case, opens the item, plays
-its video (currentTime advances, readyState >= 2), and finds every read on the access log page.
+its video (currentTime advances, readyState >= 2), and finds every read on the access log page; with the
+content in a local folder, and in an S3 bucket on a real Ceph RGW (played by HTTP Range requests from it).
 
 Chromium is told to accept the test central's certificate (``ignore_https_errors``): an agency installs
 its CA in its browsers; this test is about the console, not about distributing the CA.
@@ -18,6 +19,7 @@ import pyotp
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from edge.central.config import S3ObjectsConfig
 from edge.central.console.credentials import hash_password
 from edge.central.console.enrolments import enrol_totp
 from edge.central.console.secret_key import ConsoleSecretKey
@@ -32,6 +34,8 @@ from tests.browser.conftest import (
     chromium_available,
     screenshot,
 )
+from tests.central.ceph import CephGateway, ceph_gateway  # noqa: F401 (the fixture, for the S3 case)
+from tests.central.s3 import SECRET_ENV, new_bucket, s3_objects_config
 from tests.prerequisites import require
 from tests.station.harness import simulated_station, spec
 
@@ -56,11 +60,19 @@ def https_page(tmp_path: Path) -> Iterator[Page]:
             context.close()
 
 
-def _evidence_through_a_station(live_server: LiveServer, root: Path) -> EmbeddedCentral:
-    """A recorder docked at a station agent, its files uploaded to a central that keeps running."""
+def _evidence_through_a_station(
+    live_server: LiveServer, root: Path, objects: S3ObjectsConfig | None
+) -> EmbeddedCentral:
+    """A recorder docked at a station agent, its files uploaded to a central that keeps running (its
+    objects in ``objects``' bucket, or in its local folder)."""
 
     async def produce() -> EmbeddedCentral:
-        central = await EmbeddedCentral.start(root, "TEST-STATION", root / "store")
+        config = EmbeddedCentral.make_config(root / "central-store")
+        if objects is not None:
+            central_section = config.central.model_copy(update={"objects": objects})
+            config = config.model_copy(update={"central": central_section})
+        bundle = EmbeddedCentral.initialise(config, root, "TEST-STATION", root / "store")
+        central = await EmbeddedCentral.serve(config, bundle)
         recorder = spec(0, files=2, file_mb=0.3)
         try:
             async with simulated_station(
@@ -79,11 +91,19 @@ def _evidence_through_a_station(live_server: LiveServer, root: Path) -> Embedded
     return live_server.run(produce(), timeout=240)
 
 
-@pytest.fixture
-def central(live_server: LiveServer, tmp_path: Path) -> Iterator[EmbeddedCentral]:
-    """The central with the station's evidence; stopped after the browser closed (a test asks for it
-    before ``https_page``), so no connection of the browser's is left behind."""
-    running = _evidence_through_a_station(live_server, tmp_path)
+@pytest.fixture(params=["files", "s3"])
+def central(
+    request: pytest.FixtureRequest, live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[EmbeddedCentral]:
+    """The central with the station's evidence, its objects in a local folder or in an S3 bucket on a real
+    Ceph RGW (tests/central/ceph.py); stopped after the browser closed (a test asks for it before
+    ``https_page``), so no connection of the browser's is left behind."""
+    objects = None
+    if request.param == "s3":
+        gateway: CephGateway = request.getfixturevalue("ceph_gateway")
+        monkeypatch.setenv(SECRET_ENV, gateway.secret_access_key)
+        objects = s3_objects_config(gateway, new_bucket(gateway))
+    running = _evidence_through_a_station(live_server, tmp_path, objects)
     try:
         yield running
     finally:
@@ -143,7 +163,8 @@ def test_auditor_signs_in_searches_plays_and_finds_every_read_logged(
     page.fill("#signin-password", PASSWORD)
     page.fill("#signin-totp", pyotp.TOTP(secret).now())
     page.click("#signin-submit")
-    expect(page.locator("#search-view")).to_be_visible()
+    # Generous: the password's hash is deliberately slow, and slower on a loaded machine.
+    expect(page.locator("#search-view")).to_be_visible(timeout=60_000)
     expect(page.locator("#who")).to_contain_text("li.legal")
 
     page.fill("#search-case", CASE)

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -36,8 +36,10 @@ _START_TIMEOUT_S = 120.0
 class CephGateway:
     endpoint: str
     access_key_id: str
-    secret_access_key: str
+    secret_access_key: str = field(repr=False)  # never in a benchmark's output or a failure
     region: str = "default"
+    # The monitor's, the OSD's and radosgw's process ids: a benchmark reads their CPU time from /proc.
+    daemon_pids: tuple[int, ...] = ()
 
 
 def _free_port() -> int:
@@ -47,7 +49,7 @@ def _free_port() -> int:
         return port
 
 
-def _config(folder: Path, mon_port: int, rgw_port: int) -> str:
+def _config(folder: Path, mon_port: int, rgw_port: int, memstore_bytes: int) -> str:
     return f"""[global]
 fsid = {uuid.uuid4()}
 mon_host = v1:127.0.0.1:{mon_port}
@@ -61,7 +63,7 @@ osd_pool_default_min_size = 1
 mon_allow_pool_size_one = true
 osd_crush_chooseleaf_type = 0
 osd_objectstore = memstore
-memstore_device_bytes = 1073741824
+memstore_device_bytes = {memstore_bytes}
 run_dir = {folder}/run
 log_file = {folder}/log/$name.log
 admin_socket = {folder}/run/$name.asok
@@ -155,13 +157,22 @@ def _wait_http(url: str, cluster: _Cluster) -> None:
 @pytest.fixture(scope="session")
 def ceph_gateway() -> Iterator[CephGateway]:
     """A running Ceph RGW with one S3 user."""
+    with running_ceph() as gateway:
+        yield gateway
+
+
+@contextlib.contextmanager
+def running_ceph(memstore_bytes: int = 1 << 30) -> Iterator[CephGateway]:
+    """A running Ceph RGW with one S3 user for as long as the block runs: the session fixture's, and a
+    benchmark's (tests/bench/central_load.py). ``memstore_bytes``: the OSD's RAM store, all the cluster
+    can hold (Object Lock keeps every version)."""
     for tool in CEPH_TOOLS:
         require_tool(tool)
     folder = Path(tempfile.mkdtemp(prefix="edge-ceph-"))
     for sub in ("run", "log", "mon/a", "osd/0", "rgw"):
         (folder / sub).mkdir(parents=True)
     mon_port, rgw_port = _free_port(), _free_port()
-    (folder / "ceph.conf").write_text(_config(folder, mon_port, rgw_port))
+    (folder / "ceph.conf").write_text(_config(folder, mon_port, rgw_port, memstore_bytes))
     cluster = _Cluster(folder)
     try:
         fsid = next(line.split("=")[1].strip() for line in cluster.conf.read_text().splitlines()
@@ -181,7 +192,8 @@ def ceph_gateway() -> Iterator[CephGateway]:
         access, secret = "EDGE" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
         cluster.run("radosgw-admin", "-n", "client.admin", "user", "create", "--uid", "edge-central",
                     "--display-name", "edge central", "--access-key", access, "--secret", secret)
-        yield CephGateway(endpoint, access, secret)
+        yield CephGateway(endpoint, access, secret,
+                          daemon_pids=tuple(daemon.pid for _, daemon in cluster.daemons))
     finally:
         cluster.stop()
         with contextlib.suppress(OSError):

@@ -251,10 +251,12 @@ def free_port() -> int:
 
 def central_config(
     store_dir: Path, *, dev: bool, server: Mapping[str, Any] | None = None,
-    console: Mapping[str, Any] | None = None, index: Mapping[str, Any] | None = None, **uploads: Any
+    console: Mapping[str, Any] | None = None, index: Mapping[str, Any] | None = None,
+    objects: Mapping[str, Any] | None = None, **uploads: Any
 ) -> CentralConfig:
     return CentralConfig.model_validate({
-        "central": {"id": "central-test", "store_dir": str(store_dir), **({"index": index} if index else {})},
+        "central": {"id": "central-test", "store_dir": str(store_dir), **({"index": index} if index else {}),
+                    **({"objects": objects} if objects else {})},
         "server": {"listen": "127.0.0.1", "port": free_port(), "insecure_plain_http": dev,
                    "names": ["localhost", "127.0.0.1"], **(server or {})},
         "uploads": uploads,
@@ -334,12 +336,14 @@ class HttpCentral:
 
 async def start_http_central(
     workdir: Path, *, dev: bool, server: Mapping[str, Any] | None = None,
-    console: Mapping[str, Any] | None = None, index: Mapping[str, Any] | None = None, **uploads: Any
+    console: Mapping[str, Any] | None = None, index: Mapping[str, Any] | None = None,
+    objects: Mapping[str, Any] | None = None, **uploads: Any
 ) -> HttpCentral:
     """A central on a free port; ``server``, ``console`` and ``uploads`` override settings of those
-    sections, ``index`` is ``[central] index`` (default: the embedded SQLite file)."""
+    sections, ``index`` is ``[central] index`` (default: the embedded SQLite file), ``objects``
+    ``[central] objects`` (default: the local folder)."""
     config = central_config(workdir / "central-store", dev=dev, server=server, console=console, index=index,
-                            **uploads)
+                            objects=objects, **uploads)
     if dev:
         running = await start_central(config, signing_key=StationKey.generate())
     else:

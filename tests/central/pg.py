@@ -12,6 +12,7 @@ loss. One server per test session (per xdist worker); each test gets a fresh dat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -21,7 +22,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -48,7 +49,7 @@ def postgres_bindir() -> Path | None:
 class PostgresServer:
     socket_dir: Path
     port: int
-    password: str
+    password: str = field(repr=False)  # never in a benchmark's output or a failure
     # How the fixture runs pg_ctl (as the server's user), for a test that restarts the server.
     pg_ctl: tuple[str, ...] = ()
     data_dir: Path = Path()
@@ -82,6 +83,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_postgres(max_connections: int = 40) -> Iterator[PostgresServer]:
+    """A server for as long as the block runs: the session fixture's, and a benchmark's
+    (tests/bench/central_load.py), which is no pytest session. Outside pytest a failure raises pytest's
+    ``Failed`` with the server's log, as inside."""
     bindir = postgres_bindir()
     require(bindir is not None, "needs PostgreSQL's initdb and pg_ctl (Debian: postgresql)")
     assert bindir is not None
@@ -116,7 +126,8 @@ def pg_server() -> Iterator[PostgresServer]:
     run(str(bindir / "initdb"), "-D", str(data), "--no-sync", "-U", SUPERUSER, "-E", "UTF8",
         "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}")
     pwfile.unlink()
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=40"
+    options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off "
+               f"-c max_connections={max_connections}")
     run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-w", "-t", "60", "-o", options, "start")
     try:
         yield PostgresServer(folder, port, password, (*prefix, str(bindir / "pg_ctl")), data, options,
@@ -147,7 +158,14 @@ class PostgresDatabaseUnderTest:
 
 @pytest.fixture
 def pg_database(pg_server: PostgresServer) -> Iterator[PostgresDatabaseUnderTest]:
-    """A fresh, empty database for one test (cloned from template0), dropped afterwards. STRATEGY file_copy:
+    """A fresh, empty database for one test (cloned from template0), dropped afterwards."""
+    with fresh_database(pg_server) as database:
+        yield database
+
+
+@contextlib.contextmanager
+def fresh_database(pg_server: PostgresServer) -> Iterator[PostgresDatabaseUnderTest]:
+    """A fresh, empty database (cloned from template0) for as long as the block runs. STRATEGY file_copy:
     with fsync off, copying the template's files is quicker than WAL-logging them (measured here: about
     0.4 s of setup a test instead of 1 s, the migrations included)."""
     name = f"edge_{uuid.uuid4().hex[:16]}"

@@ -7,22 +7,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from botocore.exceptions import ClientError
 
+from edge.central import s3_objects
 from edge.central.app import READINESS
 from edge.central.cli import add_central_parser
 from edge.central.config import CentralConfig, ConfigError, load_central_config
+from edge.central.lock_extensions import lock_extension_task
+from edge.central.metrics import CentralMetrics
 from edge.central.object_stores import open_object_store
-from edge.central.objects import ObjectCorrupt, ObjectMismatch, ObjectStoreUnavailable, Retention
+from edge.central.objects import (
+    FileIdentity,
+    ObjectCorrupt,
+    ObjectMismatch,
+    ObjectStoreUnavailable,
+    ReceivedContent,
+    Retention,
+)
 from edge.central.registration import HTTP_STATUS, RejectCode, Rejection
 from edge.central.retention import RetentionPolicy
 from edge.central.s3_objects import S3ObjectStore
@@ -31,6 +44,8 @@ from edge.central.verify import verify_central_store
 from edge.cli import main as edge_main
 from edge.custody.canonical import sha256_hex
 from edge.custody.keys import StationKey
+from edge.custody.problems import Problem
+from edge.runtime.logs import record_fields
 from tests.central.ceph import CephGateway
 from tests.central.conftest import (
     CentralParts,
@@ -206,6 +221,107 @@ def test_permanent_evidence_is_under_a_legal_hold(store: S3ObjectStore, tmp_path
     assert store.retention_of(sha256_hex(permanent))[2] is True
     store.retain(sha256_hex(ordinary), Retention(_in(10), legal_hold=True))  # reclassified permanent
     assert store.retention_of(sha256_hex(ordinary))[2] is True
+
+
+class _CountingHashlib:
+    """The store module's ``hashlib``, counting the bytes it hashes with SHA-256 (botocore's own hashing,
+    for request signing, is not the store's and is not counted)."""
+
+    def __init__(self) -> None:
+        self.sha256_bytes = 0
+        self.md5 = hashlib.md5
+
+    def sha256(self, data: bytes = b"") -> Any:
+        counter = self
+
+        class Counted:
+            def __init__(self) -> None:
+                self.inner = hashlib.sha256()
+                self.update(data)
+
+            def update(self, chunk: bytes) -> None:
+                counter.sha256_bytes += len(chunk)
+                self.inner.update(chunk)
+
+            def hexdigest(self) -> str:
+                return self.inner.hexdigest()
+
+        return Counted()
+
+
+@pytest.mark.parametrize("size", [20_000, 2 * PART + 7], ids=["single", "multipart"])
+def test_the_receive_paths_hash_is_taken_so_the_central_hashes_once(
+    store: S3ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    counting = _CountingHashlib()
+    monkeypatch.setattr(s3_objects, "hashlib", counting)
+    data = os.urandom(size)
+    sha = sha256_hex(data)
+    source = _upload(tmp_path, data, "vouched.part")
+    vouched = ReceivedContent(sha, FileIdentity.of(source.stat()))
+    store.put_file(source, sha, Retention(_in(1)), received=vouched)
+    assert counting.sha256_bytes == 0 and not source.exists()
+    # Control: without the vouch the same bytes are hashed, once, on the read that sends them.
+    other = os.urandom(size)
+    store.put_file(_upload(tmp_path, other, "plain.part"), sha256_hex(other), Retention(_in(1)))
+    assert counting.sha256_bytes == size
+    monkeypatch.undo()
+    assert store.verify(sha) is None and store.verify(sha256_hex(other)) is None
+
+
+@pytest.mark.parametrize("size", [20_000, PART + 7], ids=["single", "multipart"])
+def test_a_file_changed_after_the_receive_path_hashed_it_is_hashed_and_refused(
+    store: S3ObjectStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, size: int
+) -> None:
+    data = os.urandom(size)
+    sha = sha256_hex(data)
+    changed = _upload(tmp_path, data, "changed.part")
+    vouched = ReceivedContent(sha, FileIdentity.of(changed.stat()))
+    with open(changed, "r+b") as stream:  # one byte, same size, modification time put back
+        stream.seek(7)
+        stream.write(b"X" if data[7:8] != b"X" else b"Y")
+    os.utime(changed, ns=(vouched.identity.mtime_ns, vouched.identity.mtime_ns))
+    with caplog.at_level(logging.WARNING, logger="edge.central.s3_objects"), \
+            pytest.raises(ObjectMismatch) as caught:
+        store.put_file(changed, sha, Retention(_in(1)), received=vouched)
+    assert caught.value.found_sha256 == sha256_hex(changed.read_bytes())
+    assert any("changed after its receive path hashed it" in r.getMessage() for r in caplog.records)
+    assert changed.exists() and not store.exists(sha) and list(store.names()) == []
+
+
+def test_a_file_changed_while_it_is_sent_is_never_completed_under_the_vouch(
+    store: S3ObjectStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(2 * PART + 7)
+    sha = sha256_hex(data)
+    source = _upload(tmp_path, data, "racing.part")
+    vouched = ReceivedContent(sha, FileIdentity.of(source.stat()))
+    real_upload_part = store.client.upload_part
+    sent_parts: list[int] = []
+    written_over = [bytes([data[-3] ^ 0xFF])]  # what the writer puts in the last part
+
+    def upload_part_then_change_the_file(**arguments: Any) -> Any:
+        sent_parts.append(arguments["PartNumber"])
+        if len(sent_parts) == 1:  # while the first part is sent, another writer touches the file
+            with open(source, "r+b") as stream:
+                stream.seek(len(data) - 3)
+                stream.write(written_over[0])
+        return real_upload_part(**arguments)
+
+    monkeypatch.setattr(store.client, "upload_part", upload_part_then_change_the_file)
+    with caplog.at_level(logging.WARNING, logger="edge.central.s3_objects"), pytest.raises(ObjectMismatch):
+        store.put_file(source, sha, Retention(_in(1)), received=vouched)
+    assert any("changed while it was sent" in r.getMessage() for r in caplog.records)
+    assert sent_parts == [1, 2, 3, 1, 2, 3]  # abandoned, then sent again hashed: refused
+    assert not store.exists(sha) and source.exists()
+    # Control: the same change that leaves the bytes as they were (a byte written over with itself) moves
+    # the change time just the same; the second send, hashed, is accepted.
+    source.write_bytes(data)
+    vouched = ReceivedContent(sha, FileIdentity.of(source.stat()))
+    sent_parts.clear()
+    written_over[0] = data[-3:-2]
+    store.put_file(source, sha, Retention(_in(1)), received=vouched)
+    assert sent_parts == [1, 2, 3, 1, 2, 3] and store.verify(sha) is None
 
 
 # -- through the registrar -----------------------------------------------------------------------------
@@ -449,3 +565,89 @@ async def test_edge_verify_of_the_configuration_names_an_object_deleted_with_cre
     assert failures and any("delete marker" in line for line in failures), out
     assert kept.sha256 not in out
     assert gateway.secret_access_key not in out + err
+
+
+# -- a class change while the bucket is out of reach (issue 13) -----------------------------------------
+
+
+async def test_a_class_change_while_the_bucket_is_out_of_reach_is_kept_retried_and_named(
+    tmp_path: Path, gateway: CephGateway, station: FakeStation, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = _Proxy(int(gateway.endpoint.rsplit(":", 1)[1]))
+    port = proxy.start()
+    bucket = new_bucket(gateway)
+    relayed = S3ObjectStore(s3_objects_config(gateway, bucket, endpoint=f"http://127.0.0.1:{port}",
+                                              max_attempts=1, connect_timeout_s=2, read_timeout_s=10),
+                            gateway.secret_access_key)
+    direct = s3_store(gateway, bucket)  # the test's own view of the bucket, never cut
+    parts = make_central_parts(tmp_path / "central", objects=relayed)
+    parts.registrar.retention = RetentionPolicy({"6-months": 183, "10-years": 3660}, "6-months",
+                                                frozenset({"permanent"}))
+    key = parts.signing_key.public_key()
+
+    def verified() -> list[Problem]:
+        return verify_central_store(parts.root, central_public_key=key, objects=direct,
+                                    retention=parts.registrar.retention)
+
+    metrics = CentralMetrics()
+    metrics.watch_lock_extensions(parts.index.pending_lock_count)
+    try:
+        enroll(parts.index, station)
+        item, sha = await _register(parts, station, b"evidence whose class changes")
+        assert verified() == []
+        proxy.cut()
+        with caplog.at_level(logging.ERROR, logger="edge.central.lock_extensions"):
+            await _tag(parts, station, item, "10-years")  # the ledger is accepted all the same
+        assert parts.index.ledger_head(station.station_id)[0] == station.ledger.head()[0]
+        assert any(record_fields(r).get("event") == "retention_not_extended" for r in caplog.records)
+        (pending,) = parts.index.pending_locks()
+        assert (pending.item, pending.sha256, pending.attempts) == (item, sha, 1) and pending.last_error
+        assert pending.retention.until > _in(3650)
+        assert b"edge_central_lock_extensions_pending 1.0" in metrics.exposition()
+        _, until, _ = direct.retention_of(sha)
+        assert until is not None and until < _in(184)  # still the 6-month lock
+        # `edge verify` names the object whose lock ends before its class requires, and the pending wish.
+        problems = verified()
+        named = [p for p in problems if p.where == f"object {sha}"]
+        assert named and "'10-years' requires until" in named[0].what, problems
+        assert "pending since" in named[0].what and "1 failed attempt" in named[0].what
+        # A retry while the bucket is still out of reach keeps the wish (and counts the attempt).
+        assert await parts.registrar.lock_extender().retry_pending() == 1
+        assert parts.index.pending_locks()[0].attempts == 2
+        # The bucket back: the periodic task (at start, then every interval) gets the lock.
+        proxy.start(port)
+        app = web.Application()
+        app.cleanup_ctx.append(lock_extension_task(parts.registrar.lock_extender, 0.2))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            for _ in range(300):
+                if parts.index.pending_lock_count() == 0:
+                    break
+                await asyncio.sleep(0.2)
+        finally:
+            await runner.cleanup()
+        assert parts.index.pending_locks() == []
+        assert b"edge_central_lock_extensions_pending 0.0" in metrics.exposition()
+        _, extended, _ = direct.retention_of(sha)
+        assert extended is not None and extended > _in(3650)
+        assert verified() == []
+    finally:
+        parts.index.close()
+        proxy.stop()
+
+
+async def test_verify_names_a_lock_shorter_than_its_class_when_no_extension_was_asked(
+    s3_parts: CentralParts, store: S3ObjectStore, station: FakeStation
+) -> None:
+    """The control for the check itself: a lock that falls short without any wish on record (a central
+    that never asked, or a row removed by hand) is named too."""
+    enroll(s3_parts.index, station)
+    _, sha = await _register(s3_parts, station, b"evidence locked for six months")
+    key = s3_parts.signing_key.public_key()
+    policy = s3_parts.registrar.retention
+    assert verify_central_store(s3_parts.root, central_public_key=key, objects=store, retention=policy) == []
+    longer = RetentionPolicy({"6-months": 3660}, "6-months", frozenset({"permanent"}))  # the class grew
+    problems = verify_central_store(s3_parts.root, central_public_key=key, objects=store, retention=longer)
+    named = [p for p in problems if p.where == f"object {sha}"]
+    assert named and "no extension is pending" in named[0].what, problems

@@ -23,9 +23,10 @@ from edge.central.auth import DEV_READER_HEADER, DEV_STATION_HEADER
 from edge.central.config import CentralConfig
 from edge.central.index import ItemQuery, ItemRecord, ReaderRecord, ReaderScope, StationRecord
 from edge.central.log import MerkleLog
-from edge.central.objects import FileObjectStore
+from edge.central.objects import FileObjectStore, Retention
 from edge.central.registration import Caller, Registrar
 from edge.central.service import start_central
+from edge.central.sql.lock_extensions import PendingLock
 from edge.central.sqlite import SqliteDatabase
 from edge.central.storage import CentralDatabase, ConsoleStore, EquipmentRows, Index, LogStore, UnitOfWork
 from edge.central.tus_store import TusUploadStore
@@ -172,6 +173,23 @@ class WrappedIndex:
 
     def apply_tag(self, station_id: str, entry: LedgerEntry, recorded_utc: str) -> bool:
         return self._inner.apply_tag(station_id, entry, recorded_utc)
+
+    def want_lock(self, item: str, sha256: str, retention: Retention, requested_utc: str) -> PendingLock:
+        self._hooks.hit("want_lock")
+        return self._inner.want_lock(item, sha256, retention, requested_utc)
+
+    def pending_locks(self, limit: int = 1000) -> list[PendingLock]:
+        self._hooks.hit("pending_locks")
+        return self._inner.pending_locks(limit)
+
+    def pending_lock_count(self) -> int:
+        return self._inner.pending_lock_count()
+
+    def lock_done(self, lock: PendingLock) -> bool:
+        return self._inner.lock_done(lock)
+
+    def lock_failed(self, item: str, error: str, attempted_utc: str) -> None:
+        self._inner.lock_failed(item, error, attempted_utc)
 
     def metadata_history(self, item: str) -> list[dict[str, Any]]:
         self._hooks.hit("metadata_history")

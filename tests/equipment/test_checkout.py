@@ -204,7 +204,10 @@ async def test_wrong_pins_lock_the_officer_out_and_never_reach_the_ledger(rig: R
     for _ in range(2):
         assert (await refused(rig.desk.check_out_by_pin("220001", "1111"))).reason is RefusalReason.WRONG_PIN
     locked = await refused(rig.desk.check_out_by_pin("220001", "2222"))
-    assert locked.reason is RefusalReason.PIN_LOCKED and "locked" in locked.screen_text
+    assert locked.reason is RefusalReason.PIN_LOCKED
+    # Outside the ledger a lockout reads as a wrong PIN (only a 警号 with a PIN locks: review 3).
+    assert locked.public_reason is RefusalReason.WRONG_PIN
+    assert "wrong officer number or PIN" in locked.screen_text
     # Locked: even the right PIN is refused now.
     assert (await refused(rig.desk.check_out_by_pin("220001", "4321"))).reason is RefusalReason.PIN_LOCKED
     refusals = rig.entries(EntryType.REFUSED)
@@ -412,10 +415,13 @@ async def test_a_recorder_whose_docking_is_under_way_is_never_logged_in_to_nor_i
     # finished with it (the agent's `idle`) keeps the desk away from it.
     docking_under_way = {"1-1.1"}
     rig = Rig(sim, store, open_access(), trusted=False)
-    rig.bench = UsbRecorderBench(sim.backend, open_access(),
-                                 idle=lambda port, usb_serial: port not in docking_under_way)
+    offloaded: dict[str, str] = {}  # port -> the recorder the station finished with there
+    rig.bench = UsbRecorderBench(
+        sim.backend, open_access(),
+        idle=lambda port, usb_serial: None if port in docking_under_way else offloaded.get(port))
     rig.desk.bench = rig.bench
     recorder = rig.dock(0, "1-1.1")
+    offloaded["1-1.1"] = recorder
     before = rig.device_identity(recorder)
     logins = len(sim.bus.passwords_received(recorder))
     refusal = await refused(rig.desk.check_out_by_card("01000734E0"))

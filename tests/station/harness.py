@@ -167,8 +167,11 @@ async def simulated_station(
     *,
     agent_config: StationConfig | None = None,
     dock_protocol: int = PROTOCOL_VERSION,
+    before_start: Callable[[RecorderBus, DockSimulator, Path], None] | None = None,
     **sections: Any,
 ) -> AsyncIterator[Station]:
+    """`before_start(bus, dock, socket_path)`: run (in a thread) once the bus and dock serve, before the
+    agent starts: what a station that stopped and starts again finds in its bays."""
     require_volume_mounts()  # the bus mounts volumes for real
     bus = RecorderBus(root / "sim" / "state", root / "media")
     loop = asyncio.get_running_loop()
@@ -180,6 +183,8 @@ async def simulated_station(
                          on_power_cycle=bay_power_to_bus(bus, lambda bay: f"1-1.{bay}"))
     server.start()
     dock.start()
+    if before_start is not None:
+        await loop.run_in_executor(None, before_start, bus, dock, root / "sim" / "bus.sock")
     config = agent_config or station_config(root, specs, dock.tty_path, **sections)
     agent = StationAgent(config)
     stop = asyncio.Event()

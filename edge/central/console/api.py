@@ -24,8 +24,9 @@ the first request of a playback appends one ``media`` row to the access log (bef
 and every range served for it, that first one included, is appended to ``media_ranges`` under that row
 before it is sent. The access log shows one line per playback with the bytes its ranges covered (an
 upper bound: a player may stop reading a range early). The object is hashed once per process (and again
-when its file changes) before its first byte is served; an object that does not hash to its name is
-never served.
+when its file changes, or when the bucket's current version is another) before its first byte is served;
+an object that does not hash to its name is never served. Content in an S3 bucket is streamed from it
+by HTTP Range requests, logged exactly as a local file's (:mod:`edge.central.console.media`).
 
 A reader (role ``reader``) sees its own rows of the access log; a supervisor every row, except rows about
 items its scope may not see.
@@ -33,24 +34,20 @@ items its scope may not see.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from edge.central.app import CentralParts, json_response, read_json_body
 from edge.central.console.item_view import custody_timeline, receipt_check
+from edge.central.console.media import VerifiedContent, content_range
 from edge.central.console.scope import SESSION_KEY, log_read, reader_scope, require_item, valid_item_id
 from edge.central.console.sessions import CSRF_HEADER, ConsoleSession
 from edge.central.console.signin import require_same_origin
 from edge.central.index import CentralIndexError, ItemRecord, Role, validate_reader_name
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
-from edge.central.objects import FileObjectStore
 from edge.central.readside import _parse_time, encode_cursor, parse_item_query
 from edge.central.registration import RejectCode, Rejection
 from edge.custody.text import printable
@@ -58,14 +55,11 @@ from edge.custody.text import printable
 __all__ = ["ConsoleApi", "add_console_api_routes", "media_type"]
 
 log = logging.getLogger(__name__)
-# Request headers that would let FileResponse send something other than the logged range.
-_CONDITIONAL_HEADERS = ("If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
 
 _PLAYBACK_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _LOG_PARAMETERS = ("reader", "item", "what", "from", "to", "before", "limit")
 _MAX_REASON_CHARS = 500
 _MAX_NAMED_READERS = 50
-_HASH_CHUNK = 1 << 20
 
 # What the page can show inline, by the stored file's extension (the original name's, as stored).
 _MEDIA_TYPES = {
@@ -89,13 +83,6 @@ def media_type(record: ItemRecord) -> tuple[str, str]:
     return _MEDIA_TYPES.get(extension, ("other", "application/octet-stream"))
 
 
-@dataclass(frozen=True)
-class _Verified:
-    inode: int
-    size: int
-    mtime_ns: int
-
-
 def _require_csrf(request: web.Request) -> ConsoleSession:
     require_same_origin(request)
     session: ConsoleSession | None = request.get(SESSION_KEY)
@@ -112,7 +99,7 @@ class ConsoleApi:
 
     def __init__(self, parts: CentralParts) -> None:
         self.parts = parts
-        self._verified: dict[str, _Verified] = {}
+        self._content = VerifiedContent(parts.objects)
 
     async def search(self, request: web.Request) -> web.Response:
         scope = await reader_scope(request)
@@ -172,18 +159,11 @@ class ConsoleApi:
             raise Rejection(RejectCode.NOT_FOUND, f"no accepted item {item_id[:64]}")
         record = self.parts.index.item(item_id)
         assert record is not None
-        path = await self._verified_object(record)
-        try:
-            wanted = request.http_range
-        except ValueError:
-            raise Rejection(RejectCode.BAD_REQUEST, "the Range header is not one bytes range") from None
-        first = 0 if wanted.start is None else wanted.start
-        stop = record.size if wanted.stop is None else min(wanted.stop, record.size)
-        if wanted.start is not None and wanted.start < 0:  # bytes=-N: the last N bytes
-            first, stop = max(0, record.size + wanted.start), record.size
-        if first < stop:
+        content = await self._content.verified(record)
+        wanted = content_range(request, record.size)
+        if wanted.satisfiable and wanted.count > 0:
             try:
-                self.parts.console.log_media_range(access_id, first, stop - 1)
+                self.parts.console.log_media_range(access_id, wanted.first, wanted.stop - 1)
             except self.parts.index.unit.errors as exc:
                 log.error("media range of %s cannot be logged (%s); refused", record.item, exc)
                 raise Rejection(
@@ -191,55 +171,12 @@ class ConsoleApi:
                     "this read cannot be logged, so it is refused; try again later",
                 ) from None
         _kind, mime = media_type(record)
-        response = web.FileResponse(
-            path,
-            headers={
-                "Content-Type": mime,
-                "Content-Disposition": "inline",
-                "Cache-Control": "no-store",
-                "X-Content-Type-Options": "nosniff",
-            },
-        )
-        # FileResponse decides what it sends from the request's conditional headers too: a stale
-        # If-Range turns "bytes=0-0" into the whole file (200), If-None-Match into nothing (304). The
-        # access log must say what went out, so the response is prepared for the request without them:
-        # exactly the range logged above is sent (or 416 when it is unsatisfiable, which logs nothing).
-        unconditional = request.headers.copy()
-        for name in _CONDITIONAL_HEADERS:
-            unconditional.popall(name, None)
-        await response.prepare(request.clone(headers=unconditional))
-        return response
-
-    async def _verified_object(self, record: ItemRecord) -> Path:
-        """The object's path once it hashed to its name (cached while its file is unchanged)."""
-        objects = self.parts.objects
-        if not isinstance(objects, FileObjectStore):
-            raise Rejection(
-                RejectCode.STORE_UNAVAILABLE,
-                f"playback of item {record.item} from this object store ({objects!r}) is not supported yet: "
-                "the content is in the bucket, read it with a disclosure package",
-            )
-        path = objects.path_of(record.sha256)
-        try:
-            stat = os.stat(path)
-        except FileNotFoundError:
-            log.error("item %s: object %s is missing from the object store", record.item, record.sha256)
-            raise Rejection(
-                RejectCode.STORE_DAMAGED,
-                f"the content of item {record.item} is missing from the object store; run `edge verify`",
-            ) from None
-        seen = _Verified(stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if self._verified.get(record.sha256) != seen:
-            found = await asyncio.to_thread(objects.verify, record.sha256)
-            if found is not None or stat.st_size != record.size:
-                log.error("item %s: object %s is damaged (%s); not served", record.item, record.sha256, found)
-                raise Rejection(
-                    RejectCode.STORE_DAMAGED,
-                    f"the content of item {record.item} does not hash to "
-                    "its SHA-256; it is not served; run `edge verify`",
-                )
-            self._verified[record.sha256] = seen
-        return path
+        return await content.respond(request, wanted, {
+            "Content-Type": mime,
+            "Content-Disposition": "inline",
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        })
 
     async def mark_sensitive(self, request: web.Request) -> web.Response:
         scope = await reader_scope(request)

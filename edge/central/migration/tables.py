@@ -52,6 +52,8 @@ COPIED_TABLES: tuple[str, ...] = (
     "item_sensitive_readers", "trail_seals", "access_log", "account_events", "grant_events",
     "station_unit_events", "sensitivity_events", "media_ranges",
     "officer_lists", "fleet_reports",
+    # Lock extensions the bucket has not confirmed yet: the new central asks for them again.
+    "lock_extensions_pending",
 )
 
 # Per-process or per-database state that is not the store's history, with why it stays behind.

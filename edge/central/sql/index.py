@@ -45,6 +45,7 @@ from edge.central.index import (
     validate_unit_code,
 )
 from edge.central.sql.console import SqlConnection
+from edge.central.sql.lock_extensions import SqlLockExtensions
 from edge.custody.canonical import canonical_json, parse_json
 from edge.custody.errors import KeyFormatError
 from edge.custody.keys import key_id_of, public_key_from_b64
@@ -102,8 +103,9 @@ def scope_clause(scope: ReaderScope, item_column: str = "i.item") -> tuple[str, 
     return f"({unit_sql} AND {sensitive_sql})", args
 
 
-class SqlIndex(ABC):
-    """The index's queries on a backend's connection (``?`` SQL, rows by index and name)."""
+class SqlIndex(SqlLockExtensions, ABC):
+    """The index's queries on a backend's connection (``?`` SQL, rows by index and name), with the pending
+    object-lock extensions (:mod:`edge.central.sql.lock_extensions`), written in the index's transaction."""
 
     conn: SqlConnection
 

@@ -20,6 +20,7 @@ from edge.central.sqlite.equipment import SqliteEquipmentRows
 from edge.central.sqlite.equipment import create_schema as create_equipment_schema
 from edge.central.sqlite.index import SqliteIndex
 from edge.central.sqlite.index import create_schema as create_index_schema
+from edge.central.sqlite.lock_extensions import create_schema as create_lock_extensions_schema
 from edge.central.sqlite.log import SqliteLogStore
 from edge.central.sqlite.log import create_schema as create_log_schema
 from edge.central.sqlite.trail import create_trail_schema, register_sealer
@@ -92,6 +93,7 @@ class SqliteDatabase:
                 migrate_console(conn)
                 create_trail_schema(conn)
                 create_equipment_schema(conn)
+                create_lock_extensions_schema(conn)
         except BaseException:
             conn.close()
             raise

@@ -203,6 +203,12 @@ class DockingSession:
         # The bay and the serial this docking is shown under on the status board (set as they are known).
         self._bay: int | None = None
         self._shown_as: str | None = None
+        # The product serial the recorder gave after login (a control docking's; "" until then): which
+        # recorder the station offloaded at this attachment, for the desk (edge.station).
+        self.device_serial = ""
+        # Docked when the agent started (its first USB poll found it): a check-in only if the station saw it
+        # leave since its check-out (edge.equipment.checkout.check_in_after_docking).
+        self.found_at_start = False
         self.pipeline = pipeline
         self.slot = slot  # the bay's offload slot, given back while the docking only waits for the central
         self.repository = IngestRepository(store)
@@ -355,7 +361,7 @@ class DockingSession:
                 self.store, device_serial=session.identity.device_serial,
                 usb_serial=session.identity.usb_serial, identity_source=session.identity.source,
                 outcome=result.outcome.value, session=session.session, bay=session.bay,
-                unread=result.unread)
+                unread=result.unread, found_at_start=self.found_at_start)
         phase, error_class = OUTCOME_STATUS[result.outcome]
         self._show(phase, error_class)
         await self.set_led(session.bay, OUTCOME_LEDS[result.outcome])
@@ -397,6 +403,7 @@ class ControlSession(DockingSession):
         self._show(BayPhase.AUTHENTICATING)
         try:
             session, device_serial = await self._authenticate(handle, backend, bay, where)
+            self.device_serial = device_serial
         except SessionRefused as refused:
             await self.set_led(bay, refused.led)
             return None
