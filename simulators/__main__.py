@@ -15,6 +15,7 @@ SIMULATORS: dict[str, str] = {
     "chronyc": "simulators.timesync.chronyc",
     "timedated": "simulators.timesync.timedated",
     "gb28181-device": "simulators.gb28181.cli",
+    "ts-camera": "simulators.ts_camera",
 }
 
 

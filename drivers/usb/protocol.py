@@ -36,6 +36,9 @@ MAX_LOGIN_ATTEMPTS = 5
 PASSWORD_MIN_BYTES = 6
 PASSWORD_MAX_BYTES = 16
 ID_CODE_BYTES = 5
+# GET_VERSION: the firmware version, GBK text NUL-padded to this width (one more than GA/T's text fields
+# carry; real version strings are ASCII like "V2.4.1_20260301").
+FIRMWARE_VERSION_BYTES = 32
 
 TEXT_ENCODING = "gbk"
 
@@ -75,6 +78,7 @@ class VendorRequest(IntEnum):
     GET_RESULT = 0x09
     GET_SETTINGS = 0x0A
     SET_SETTINGS = 0x0B
+    GET_VERSION = 0x0C
 
 
 class ResultCode(IntEnum):
@@ -126,6 +130,8 @@ REQUEST_SPECS: dict[VendorRequest, RequestSpec] = {
         RequestSpec(VendorRequest.GET_RESULT, Direction.IN, 2, 2, False),
         RequestSpec(VendorRequest.GET_SETTINGS, Direction.IN, 8, 8, True),
         RequestSpec(VendorRequest.SET_SETTINGS, Direction.OUT, 8, 8, True),
+        RequestSpec(VendorRequest.GET_VERSION, Direction.IN, FIRMWARE_VERSION_BYTES, FIRMWARE_VERSION_BYTES,
+                    False),
     )
 }
 
@@ -165,6 +171,41 @@ def encode_password(password: str) -> bytes:
             f"password: expected {PASSWORD_MIN_BYTES}..{PASSWORD_MAX_BYTES} characters, got {len(password)}"
         )
     return password.encode("ascii")
+
+
+def decode_firmware_version(data: bytes) -> str:
+    """GET_VERSION reply: the firmware version, 1..32 bytes of printable GBK text NUL-padded to 32.
+    Like identity, junk is refused rather than cleaned: a version is what a fleet is audited by (which
+    recorders run the firmware with the known fault), and a guessed one would mislead."""
+    _expect_length("GET_VERSION reply", data, FIRMWARE_VERSION_BYTES)
+    text_bytes, nul, padding = data.partition(b"\x00")
+    if nul and padding.strip(b"\x00"):
+        raise RecorderProtocolError(f"GET_VERSION reply: expected NUL padding after the text, got {data!r}")
+    try:
+        text = text_bytes.decode(TEXT_ENCODING)
+    except UnicodeDecodeError as exc:
+        raise RecorderProtocolError(
+            f"GET_VERSION reply: expected GBK text, got {text_bytes!r} ({exc.reason})"
+        ) from exc
+    if not text or not text.isprintable() or text != text.strip():
+        raise RecorderProtocolError(
+            f"GET_VERSION reply: expected 1..{FIRMWARE_VERSION_BYTES} bytes of printable text without "
+            f"surrounding spaces, got {text_bytes!r}"
+        )
+    return text
+
+
+def encode_firmware_version(version: str) -> bytes:
+    """The GET_VERSION reply of a device whose firmware is ``version`` (the simulator's)."""
+    try:
+        raw = version.encode(TEXT_ENCODING)
+    except UnicodeEncodeError as exc:
+        raise RecorderProtocolError(f"firmware version: expected GBK text, got {version!r}") from exc
+    if not 0 < len(raw) <= FIRMWARE_VERSION_BYTES or not version.isprintable() or version != version.strip():
+        raise RecorderProtocolError(
+            f"firmware version: expected 1..{FIRMWARE_VERSION_BYTES} bytes of printable text, got {version!r}"
+        )
+    return raw.ljust(FIRMWARE_VERSION_BYTES, b"\x00")
 
 
 def _decode_text_field(field: str, raw: bytes) -> str:

@@ -47,6 +47,7 @@ from drivers.usb.protocol import (
     RecorderSettings,
     ResultCode,
     VendorRequest,
+    decode_firmware_version,
     decode_id_code,
     encode_password,
 )
@@ -428,6 +429,11 @@ class RecorderDriver:
         """Set the recording settings. Needs login; read them back to know they took."""
         self._request_out(VendorRequest.SET_SETTINGS, settings.to_bytes(), expect=ResultCode.REQUEST_SUCCESS)
         logger.info("%s: settings written", self._tag)
+
+    def firmware_version(self) -> str:
+        """GET_VERSION: the firmware version, checked printable text of at most 32 bytes. A recorder
+        whose firmware predates the request STALLs it (RecorderRejectedError, result BAD_REQUEST)."""
+        return decode_firmware_version(self._request_in(VendorRequest.GET_VERSION))
 
     def clock(self) -> DeviceClock:
         return DeviceClock.from_bytes(self._request_in(VendorRequest.GET_CLOCK))

@@ -277,7 +277,8 @@ class StationEndpoints:
     async def ledger_head(self, request: web.Request) -> web.Response:
         caller = self.parts.auth.station(request)
         try:
-            return json_response(self.parts.registrar.ledger_head(caller, request.match_info["station"]))
+            answer = await self.parts.registrar.ledger_head(caller, request.match_info["station"])
+            return json_response(answer)
         except Rejection as rejection:
             raise self._recorded(rejection, caller) from None
 
@@ -289,7 +290,7 @@ class StationEndpoints:
             raise self._recorded(rejection, caller) from None
         await self.parts.registrar.accept_segment(caller, request.match_info["station"], doc)
         # The accepted head, witnessed (signed) by the central, and the log's tree head.
-        return json_response(self.parts.registrar.ledger_answer(caller))
+        return json_response(await self.parts.registrar.ledger_answer(caller))
 
     async def post_item(self, request: web.Request) -> web.Response:
         caller = self.parts.auth.station(request)

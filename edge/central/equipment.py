@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.central.index import IssuedList
+from edge.central.index import IssuedList, ReaderScope
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
 from edge.central.registration import Caller, RejectCode, Rejection
 from edge.central.storage import EquipmentRows
@@ -61,6 +61,7 @@ __all__ = [
     "officer_list_problems",
     "officers_answer",
     "overdue_count",
+    "visible_stations",
 ]
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,14 @@ def fleet_view(store: EquipmentStore, stations: set[str] | None, now: datetime |
             "flagged": sorted({r["device_serial"] for r in shown if r["flag"]})}
 
 
+def visible_stations(parts: CentralParts, store: EquipmentStore, scope: ReaderScope) -> set[str] | None:
+    """The stations whose fleets ``scope`` may see: None for all (a reader of every unit), else those of
+    its units (the unit a station registered with)."""
+    if scope.all_units:
+        return None
+    return {s for s, _, _ in store.reports() if parts.console.station_unit(s) in scope.units}
+
+
 def _have(request: web.Request) -> int:
     unknown = sorted(set(request.query) - {"have"})
     values = request.query.getall("have", [])
@@ -275,11 +284,8 @@ class EquipmentEndpoints:
             raise Rejection(RejectCode.BAD_REQUEST, "GET /v1/fleet takes no query parameters")
         scope = await reader_scope(request)
         log_read(request, scope, "fleet", query="fleet")
-        stations = None
-        if not scope.all_units:
-            stations = {s for s, _, _ in self.store.reports()
-                        if self.parts.console.station_unit(s) in scope.units}
-        return json_response(fleet_view(self.store, stations), headers={"Cache-Control": "no-store"})
+        return json_response(fleet_view(self.store, visible_stations(self.parts, self.store, scope)),
+                             headers={"Cache-Control": "no-store"})
 
 
 EQUIPMENT_STORE: web.AppKey[EquipmentStore] = web.AppKey("equipment_store", EquipmentStore)

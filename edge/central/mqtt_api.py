@@ -252,13 +252,13 @@ class MqttApi:
     async def _ledger_head(self, caller: Caller, body: dict[str, Any]) -> tuple[int, Any]:
         try:
             _exact_members(body, (), ApiOp.LEDGER_HEAD)
-            return 200, self.parts.registrar.ledger_head(caller, caller.station_id)
+            return 200, await self.parts.registrar.ledger_head(caller, caller.station_id)
         except Rejection as rejection:
             raise self._recorded(rejection, caller) from None
 
     async def _ledger_push(self, caller: Caller, body: dict[str, Any]) -> tuple[int, Any]:
         await self.parts.registrar.accept_segment(caller, caller.station_id, body)  # records its refusals
-        return 200, self.parts.registrar.ledger_answer(caller)
+        return 200, await self.parts.registrar.ledger_answer(caller)
 
     async def _ledger_page(self, caller: Caller, body: dict[str, Any]) -> tuple[int, Any]:
         from edge.central.station_ledger_read import MAX_AFTER, MAX_LIMIT, StationLedgerRead

@@ -23,6 +23,7 @@ transaction that accepts it; the object store is asked after the commit, and aga
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import re
@@ -748,20 +749,27 @@ class Registrar:
 
     # -- ledger ----------------------------------------------------------------------------------
 
-    def ledger_head(self, caller: Caller, path_station: str) -> dict[str, Any]:
+    async def ledger_head(self, caller: Caller, path_station: str) -> dict[str, Any]:
         """The station's accepted head, its newest checkpoint, the head witnessed and the log's tree head."""
         self._same_station(caller, path_station)
         checkpoint = self.index.latest_checkpoint(caller.station_id)
-        return {**self.ledger_answer(caller), "checkpoint": checkpoint.to_dict() if checkpoint else None}
+        answer = await self.ledger_answer(caller)
+        return {**answer, "checkpoint": checkpoint.to_dict() if checkpoint else None}
 
-    def ledger_answer(self, caller: Caller) -> dict[str, Any]:
+    def _tree_head_now(self) -> TreeHead:
+        """The log's current signed tree head (signing one if the newest does not cover the log), in a
+        transaction of its own."""
+        with self.index.transaction():
+            return self.merkle.tree_head()
+
+    async def ledger_answer(self, caller: Caller) -> dict[str, Any]:
         """What the central says about a station's ledger: the accepted head ``(seq, hash)``, that head
         signed as witnessed (None before the first entry, or when the central does not witness), and the
         log's current signed tree head, so that the station can check the log's consistency."""
         seq, hash_hex = self.index.ledger_head(caller.station_id)
         witnessed = self.witnessed_head(caller.station, (seq, hash_hex))
-        with self.index.transaction():
-            tree_head = self.merkle.tree_head()
+        # In the writer's thread: the transaction may wait for another receiver's (issue 13).
+        tree_head = await self.index.unit.run_writes(self._tree_head_now)
         return {
             "seq": seq,
             "hash": hash_hex,
@@ -841,23 +849,29 @@ class Registrar:
             kept = await asyncio.to_thread(self._kept_checkpoints, signed, entries, station_id, public_key,
                                            head[0])
             now = self._clock()
-            with self.index.transaction():
-                if self.index.ledger_head(station_id) != head:  # unreachable under the lock; kept as a guard
-                    raise Rejection(
-                        RejectCode.LEDGER_FORK,
-                        "the accepted head moved during verification; retry",
-                    )
-                self.index.insert_ledger_entries(station_id, new, now)
-                # In seq order (the final one last), as the station signed them.
-                for cp in sorted([*kept, checkpoint], key=lambda cp: cp.seq):
-                    self.index.insert_checkpoint(cp, now)
-                wanted = []
-                for entry in new:
-                    if entry.type == EntryType.TAGGED:
-                        self.index.apply_tag(station_id, entry, now)
-                        lock = self._lock_wanted(station_id, entry, now)
-                        if lock is not None:
-                            wanted.append(lock)
+
+            def store_segment() -> list[PendingLock]:
+                with self.index.transaction():
+                    if self.index.ledger_head(station_id) != head:  # unreachable under the lock; a guard
+                        raise Rejection(
+                            RejectCode.LEDGER_FORK,
+                            "the accepted head moved during verification; retry",
+                        )
+                    self.index.insert_ledger_entries(station_id, new, now)
+                    # In seq order (the final one last), as the station signed them.
+                    for cp in sorted([*kept, checkpoint], key=lambda cp: cp.seq):
+                        self.index.insert_checkpoint(cp, now)
+                    wanted = []
+                    for entry in new:
+                        if entry.type == EntryType.TAGGED:
+                            self.index.apply_tag(station_id, entry, now)
+                            lock = self._lock_wanted(station_id, entry, now)
+                            if lock is not None:
+                                wanted.append(lock)
+                    return wanted
+
+            # In the writer's thread: the transaction may wait for another receiver's (issue 13).
+            wanted = await self.index.unit.run_writes(store_segment)
         await self.lock_extender().extend(wanted)
         if new:
             log.info("station %s ledger accepted seq %d-%d", station_id, new[0].seq, new[-1].seq,
@@ -920,7 +934,7 @@ class Registrar:
             await self._accept_segment(caller, doc["ledger"])
         item, sha256, size = str(manifest["item"]), str(manifest["sha256"]), int(manifest["size"])
         manifest_text = canonical_json(manifest)
-        replay = self._replay(caller, manifest, manifest_text, upload_id)
+        replay = await self._replay(caller, manifest, manifest_text, upload_id)
         if replay is not None:
             return replay
         self._check_signature(caller, manifest)
@@ -971,7 +985,9 @@ class Registrar:
         finally:
             self.on_content_verified(time.monotonic() - started)
         wanted: list[PendingLock] = []
-        registered = self._commit(caller, manifest, manifest_text, upload_id, wanted)
+        # In the writer's thread: the transaction may wait for another receiver's (issue 13).
+        registered = await self.index.unit.run_writes(
+            functools.partial(self._commit, caller, manifest, manifest_text, upload_id, wanted))
         await self.lock_extender().extend(wanted)
         self._discard_upload(upload_id)
         return registered
@@ -1071,8 +1087,12 @@ class Registrar:
         if record is None:
             return None
         station = self.index.station(record.station)
+        return self._receipt_now(record.leaf_index, station)
+
+    def _receipt_now(self, leaf_index: int, station: StationRecord | None) -> Receipt:
+        """:meth:`_receipt` in a transaction of its own."""
         with self.index.transaction():
-            return self._receipt(record.leaf_index, station)
+            return self._receipt(leaf_index, station)
 
     def _receipt(self, leaf_index: int, station: StationRecord | None) -> Receipt:
         head = self.merkle.tree_head()
@@ -1080,7 +1100,7 @@ class Registrar:
         witnessed = None if station is None else self.witnessed_head(station)
         return make_receipt(self.merkle.leaf(leaf_index), leaf_index, proof, head, witnessed)
 
-    def _replay(
+    async def _replay(
         self, caller: Caller, manifest: Mapping[str, Any], manifest_text: bytes, upload_id: str
     ) -> Registered | None:
         existing = self.index.item(str(manifest["item"]))
@@ -1093,8 +1113,9 @@ class Registrar:
         log.info("item %s replayed by station %s: same receipt leaf %d", existing.item, caller.station_id,
                  existing.leaf_index, extra=event_fields(event="replayed", item=existing.item,
                                                          station=caller.station_id))
-        with self.index.transaction():
-            receipt = self._receipt(existing.leaf_index, caller.station)
+        # In the writer's thread: the transaction may wait for another receiver's (issue 13).
+        receipt = await self.index.unit.run_writes(
+            functools.partial(self._receipt_now, existing.leaf_index, caller.station))
         return Registered(receipt, replay=True)
 
     @staticmethod

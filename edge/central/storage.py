@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -58,6 +58,8 @@ class LogStoreConflict(Exception):
     subtree is not complete); the enclosing transaction must be rolled back."""
 
 
+_T = TypeVar("_T")
+
 class UnitOfWork(Protocol):
     """Transactions over everything the central keeps in its database."""
 
@@ -69,6 +71,12 @@ class UnitOfWork(Protocol):
     def transaction(self) -> AbstractContextManager[object]:
         """One atomic unit: committed when the block ends normally, rolled back when it raises. Never
         await inside it. Reads outside a transaction see only committed units."""
+        ...
+
+    async def run_writes(self, work: Callable[[], _T]) -> _T:
+        """``work()``, which opens its transactions itself, where waiting for the database's writer lock
+        does not stall the event loop if the lock can be held by another process (PostgreSQL: a writer
+        thread; SQLite: inline)."""
         ...
 
 

@@ -47,7 +47,8 @@ RECORDER::
                    "detail": str}],
      "battery_percent": int | null, "storage_free_bytes": int | null, "storage_total_bytes": int | null,
      "status_at": time | null,                         # when it reported them (its last control docking)
-     "firmware": str | null,                           # null: the control protocol reports none
+     "firmware": str | null,                           # GET_VERSION at its last control docking; null:
+                                                       # it reported none (older firmware) or junk
      "last_docking": {"bay": int | null, "started_at": time, "ended_at": time | null,
                       "outcome": str | null} | null,   # outcome null: under way
      "dockings": int}
@@ -331,6 +332,17 @@ def _holder_json(view: RecorderView) -> dict[str, Any] | None:
     }
 
 
+MAX_FIRMWARE_CHARS = 32  # the GET_VERSION field's width (drivers/usb/PROTOCOL.md)
+
+
+def firmware_text(firmware: object) -> str | None:
+    """The firmware version as shown and reported: printable, at most 32 characters, None for none. The
+    driver refuses junk already; this holds for ledger entries written by any version of the station."""
+    if not isinstance(firmware, str) or not firmware:
+        return None
+    return firmware if len(firmware) <= MAX_FIRMWARE_CHARS and firmware.isprintable() else None
+
+
 def recorder_json(view: RecorderView) -> dict[str, Any]:
     reading, docking, last = view.reading, view.docking, view.last_holder
     return {
@@ -350,7 +362,7 @@ def recorder_json(view: RecorderView) -> dict[str, Any]:
         "storage_free_bytes": view.storage_free_bytes,
         "storage_total_bytes": view.storage_total_bytes,
         "status_at": None if reading is None else status_time(reading.at),
-        "firmware": None if reading is None or not reading.firmware else printable(reading.firmware),
+        "firmware": firmware_text(reading.firmware) if reading is not None else None,
         "last_docking": None if docking is None else {
             "bay": docking.bay, "started_at": status_time(docking.started),
             "ended_at": status_time(docking.ended), "outcome": docking.outcome},

@@ -4,7 +4,9 @@ the view (:mod:`.fleet`) with what the agent sees in its bays, and hands it on (
 ``fleet`` part, the metrics). A ledger entry that changes where a recorder is or how it is (a docking
 starting or ending, a check-out, a return, a removal) brings the next read forward, `SETTLE_S` later
 (the entry's transaction commits meanwhile, and a docking's burst of entries makes one read), so the
-fleet panel agrees with the bay tiles within seconds, not a minute. A supervised task
+fleet panel agrees with the bay tiles within seconds, not a minute. An entry told less than `SETTLE_S`
+before a read began may not have committed when it was read: one more read follows it, so no change waits
+for the periodic check. A supervised task
 (edge.runtime.supervise): a failed read or write ends the run with its exception, for the supervisor to
 restart it; the last fleet stays shown meanwhile.
 """
@@ -68,6 +70,7 @@ class FleetMonitor:
         self._summary: dict[str, Any] | None = None
         self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_change = float("-inf")  # loop time the last change was told (taken on the loop)
 
     def ledger_entry(self, entry: LedgerEntry) -> None:
         """A ledger listener (any thread, possibly before the entry commits): a change brings the next
@@ -76,7 +79,14 @@ class FleetMonitor:
         if entry.type not in CHANGES or loop is None:
             return
         with contextlib.suppress(RuntimeError):  # the loop closed: the station is stopping
-            loop.call_soon_threadsafe(self._changed.set)
+            loop.call_soon_threadsafe(self._change)
+
+    def _change(self) -> None:
+        # On the loop, after the listener was called (inside the entry's transaction): a later time
+        # than the append, never an earlier one.
+        assert self._loop is not None
+        self._last_change = self._loop.time()
+        self._changed.set()
 
     def summary(self) -> dict[str, Any] | None:
         """The latest view as JSON (:func:`edge.equipment.fleet.fleet_summary`), None before the first
@@ -101,14 +111,23 @@ class FleetMonitor:
         return fleet
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         while True:
             self._changed.clear()
+            began = loop.time()
             await self.check()
             self._alive()
+            if self._last_change > began - SETTLE_S:
+                # A change told during the settle pause, just before this read: its transaction may not
+                # have committed when read, and clearing the event above forgot it. Read once more.
+                self._changed.set()
             await wait_event(self._changed, self._config().equipment.overdue_check_s)
             if self._changed.is_set():
-                await asyncio.sleep(SETTLE_S)
+                await self._settle()
+
+    async def _settle(self) -> None:
+        """The pause between a change and the read it brings forward."""
+        await asyncio.sleep(SETTLE_S)
 
     def close(self) -> None:
         """At the agent's stop: waits for a read under way, then closes the reader for good."""

@@ -15,6 +15,8 @@ sends::
               "bay": int | null,           # docked/faulty: the bay it is in, if in one
               "battery_percent": int | null, "storage_free_bytes": int | null,
               "storage_total_bytes": int | null,   # as it reported them at its last control docking
+              "firmware": str | null,      # its firmware version then (printable, <= 32 characters);
+                                           # optional: a station before it sends none
               "last_docking": {"started_at": time, "ended_at": time | null,
                                "outcome": str | null} | null}   # outcome null: under way
 
@@ -51,7 +53,7 @@ from typing import Any
 
 from edge.custody.text import printable
 from edge.equipment.assignments import AssignmentBook
-from edge.equipment.fleet import Fleet, RecorderState, RecorderView
+from edge.equipment.fleet import Fleet, RecorderState, RecorderView, firmware_text
 
 __all__ = ["MAX_RECORDERS", "REPORT_TYPE", "FleetReportError", "check_report", "fleet_report",
            "fleet_report_v2", "report_time"]
@@ -68,11 +70,14 @@ _REPORT_MEMBERS_V2 = _REPORT_MEMBERS | {"version", "overdue_after_h"}
 _RECORDER_MEMBERS_V2 = frozenset({
     "device_serial", "state", "since", "officer_no", "officer_name", "due_at", "bay", "battery_percent",
     "storage_free_bytes", "storage_total_bytes", "last_docking"})
+_OPTIONAL_RECORDER_MEMBERS_V2 = frozenset({"firmware"})
+MAX_FIRMWARE_CHARS = 32
 _DOCKING_MEMBERS = frozenset({"started_at", "ended_at", "outcome"})
 _OUTCOME = re.compile(r"[a-z][a-z_-]{0,31}")
 # The states a version 2 report carries (never_docked is not reported: the recorder is nowhere yet).
 STATES_V2 = ("out", "overdue", "docked", "faulty", "away")
 _HELD = frozenset({"out", "overdue"})
+_NO_BAY_STATES = frozenset({RecorderState.AWAY, RecorderState.OUT, RecorderState.OVERDUE})
 MAX_NAME_CHARS = 32
 MAX_BAY = 999
 MAX_BYTES = 2**53 - 1
@@ -144,10 +149,13 @@ def _recorder_v2(view: RecorderView) -> dict[str, Any]:
         "officer_no": None if holder is None else holder.officer_no,
         "officer_name": None if holder is None else printable(holder.officer_name)[:MAX_NAME_CHARS],
         "due_at": None if holder is None else _optional_time(view.due_at),
-        "bay": None if view.state is RecorderState.AWAY else bay,
+        # A recorder out is in no bay as far as the central is told: one just docked, its check-in not
+        # yet made, is still out (and the central refuses an out recorder with a bay).
+        "bay": None if view.state in _NO_BAY_STATES else bay,
         "battery_percent": view.battery_percent,
         "storage_free_bytes": view.storage_free_bytes,
         "storage_total_bytes": view.storage_total_bytes,
+        "firmware": None if view.reading is None else firmware_text(view.reading.firmware),
         "last_docking": None if docking is None else {
             "started_at": report_time(docking.started), "ended_at": _optional_time(docking.ended),
             "outcome": outcome},
@@ -188,6 +196,14 @@ def _holder(where: str, officer_no: object, name: object) -> None:
                                f"{MAX_NAME_CHARS} characters")
 
 
+def _firmware(where: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_FIRMWARE_CHARS or not value.isprintable():
+        raise FleetReportError(f"{where}: expected null or 1-{MAX_FIRMWARE_CHARS} printable characters")
+    return value
+
+
 def _last_docking(where: str, doc: object) -> dict[str, Any] | None:
     if doc is None:
         return None
@@ -208,8 +224,10 @@ def _last_docking(where: str, doc: object) -> dict[str, Any] | None:
 
 def _recorder_v2_checked(index: int, doc: object, at: str) -> dict[str, Any]:
     where = f"recorders[{index}]"
-    if not isinstance(doc, dict) or set(doc) != _RECORDER_MEMBERS_V2:
-        raise FleetReportError(f"{where}: expected exactly the members {sorted(_RECORDER_MEMBERS_V2)}")
+    if not isinstance(doc, dict) or not (
+            _RECORDER_MEMBERS_V2 <= set(doc) <= _RECORDER_MEMBERS_V2 | _OPTIONAL_RECORDER_MEMBERS_V2):
+        raise FleetReportError(f"{where}: expected exactly the members {sorted(_RECORDER_MEMBERS_V2)} "
+                               f"(and optionally {sorted(_OPTIONAL_RECORDER_MEMBERS_V2)})")
     serial, state = doc["device_serial"], doc["state"]
     if not isinstance(serial, str) or not _SERIAL.fullmatch(serial):
         raise FleetReportError(f"{where}.device_serial: expected 1-64 characters A-Za-z0-9_.:-")
@@ -248,6 +266,7 @@ def _recorder_v2_checked(index: int, doc: object, at: str) -> dict[str, Any]:
     return {"device_serial": serial, "state": state, "since": since, "officer_no": doc["officer_no"],
             "officer_name": doc["officer_name"], "due_at": due_at, "bay": bay, "battery_percent": battery,
             "storage_free_bytes": free, "storage_total_bytes": total,
+            "firmware": _firmware(f"{where}.firmware", doc.get("firmware")),
             "last_docking": _last_docking(f"{where}.last_docking", doc["last_docking"])}
 
 

@@ -46,7 +46,9 @@ The raw PS is written to `raw_path`, created new (never overwriting, never throu
 the caller puts it in the station's spool or temp area, and nothing else is written anywhere. Writes go
 through a bounded buffer flushed by a worker thread (at most one flush in flight), so the event loop
 never waits for the disk; if the disk falls `max_buffered_bytes` behind, TCP reading pauses (the device
-is slowed, nothing lost) and UDP ends the session (`error`: the bytes would be lost otherwise). At the
+is slowed, nothing lost) and UDP ends the session (`disk-slow`: the bytes would be lost otherwise; what was
+taken is still written whole). `disk-slow` is the station's trouble (a stalled disk, a loaded box, NFS
+latency), never the recording's: the scheduler seals such a copy as an interruption (review 33). At the
 end the file is fsynced, then its directory; the outcome's `bytes_written` is what it holds then (less than
 `bytes` received when a write was refused: review 28).
 
@@ -59,25 +61,28 @@ its TCP connection (`closed`), on `idle_timeout_s` without a packet of the sessi
 media ever came), on `max_bytes` of raw PS (`limit`: the packet that would pass it is not written), when
 the video's media time passes `max_media_span_s` (`past-end`: a device that keeps sending after the
 recording it was asked for), when the transfer stalls or runs too long (`time-limit`, below), or on an
-error (`error`), or when the disk holding the raw PS runs low (`disk-full`, with `min_free_bytes`: after each
-write, the disk's free space must keep `min_free_bytes` plus `ROOM_PER_RECEIVED_BYTE` times what was received,
-so what came can still be copied into the store and converted there without eating into the store's
-reserve; review 22; a write refused for a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26,
-also the write in flight as the session ends; the outcome's `write_refused` names the errno and
-`write_refused_free_bytes` what statvfs showed just after, in the worker call that was refused, which tells
-a quota from a full disk: review 29; an fsync refused for want of space is `disk-full` too: review 30).
+error (`error`), on the disk falling behind a UDP stream (`disk-slow`, above), or when the disk holding the
+raw PS runs low (`disk-full`, with `min_free_bytes`: after each write, the disk's free space must keep
+`min_free_bytes` plus `ROOM_PER_RECEIVED_BYTE` times what was received, so what came can still be copied
+into the store and converted there without eating into the store's reserve; review 22; a write refused for
+a full disk, ENOSPC or EDQUOT, is `disk-full` too: review 26, also the write in flight as the session ends;
+the outcome's `write_refused` names the errno and `write_refused_free_bytes` what statvfs showed just after,
+in the worker call that was refused, which tells a quota from a full disk: review 29; an fsync refused for
+want of space is `disk-full` too: review 30). The free space, for the guard and for a refusal alike, is the
+lesser of what statvfs shows for the raw file and for its directory (the spool): an XFS project quota shows
+only at a directory carrying the project-inherit flag, a file shows the whole file system (review 33).
 A refused write is never tried again (review 33; reviews 30 to 32 tried one refused with room showing once
 more, and each review found it sealing a hole): after the refusal nothing the station can read tells a
 write that took nothing (a local disk: write(2) takes what fits, then refuses) from bytes taken earlier and
 lost at writeback, which Linux's NFS client reports as a later write's error, once, without moving the
 offset, while fstat may show the client's size or, once the failed pages are dropped, the server's. A retry
 that succeeds then hides the loss, and the copy is sealed complete with a hole. The pause a retry needs
-also lets a fast UDP download overflow the write buffer (`error`, an attempt counted against the
-recording). So a refusal ends the copy `disk-full`: what was written is sealed, marked as no fault of the
-recording, and the recording is downloaded again at a later pass. Whether such a copy counts toward giving
-the recording up is the downloads' call, from `write_refused` and the free space read in the refused call
-(edge.sources.gb28181.downloads `stuck_disk_full`: only a refusal with room showing, a quota's mark, that got
-no further than an earlier copy).
+also lets a fast UDP download overflow the write buffer (`disk-slow`: the station's interruption, but a
+copy cut short all the same). So a refusal ends the copy `disk-full`: what was written is sealed, marked
+as no fault of the recording, and the recording is downloaded again at a later pass. Whether such a copy
+counts toward giving the recording up is the downloads' call, from `write_refused` and the free space read
+in the refused call (edge.sources.gb28181.downloads `stuck_disk_full`: only a refusal with room showing, a
+quota's mark, that got no further than an earlier copy, and only once such copies span two days).
 The media time is the longest span of
 a monotonic run of video PTS (`video_run_span_s`): a PTS that steps back more than `PTS_BACKSTEP` (B-frames
 step back a little) or jumps ahead more than `PTS_JUMP` starts a new run (`video_pts_restarts`), so an
@@ -178,6 +183,9 @@ class EndReason(StrEnum):
     TIME_LIMIT = "time-limit"  # the video stalled (`min_progress_s` per `progress_window_s`), or the hard cap
     # The raw PS's disk ran low (`min_free_bytes`), or a write found it full: what came is kept, the rest not.
     DISK_FULL = "disk-full"
+    # UDP: the raw PS's disk fell `max_buffered_bytes` behind the stream (a stalled disk, a loaded box, NFS
+    # latency): what came is kept whole, the rest would be lost. The station's trouble, not the recording's.
+    DISK_SLOW = "disk-slow"
 
 
 @dataclass(frozen=True)
@@ -372,13 +380,32 @@ def _free_bytes_or_none(fd: int) -> int | None:
         return None
 
 
+def _free_bytes_in(directory: Path) -> int:
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _spool_free_bytes(fd: int, directory: Path, file_free: int | None) -> int | None:
+    """The free bytes the raw PS may still take: the lesser of what statvfs shows for the file
+    (`file_free`, read by the caller; None: not read) and for its directory. An XFS project quota shows only
+    in statfs of an inode with the project-inherit flag, which is on directories: the file shows the whole
+    file system (review 33). None when neither could be read."""
+    try:
+        directory_free: int | None = _free_bytes_in(directory)
+    except OSError:
+        directory_free = None
+    readings = [free for free in (file_free, directory_free) if free is not None]
+    return min(readings) if readings else None
+
+
 _Written = TypeVar("_Written")
 
 
 def _write_refusal_measured(write: Callable[[int, bytes | bytearray], _Written], fd: int,
-                            data: bytes | bytearray) -> _Written:
+                            data: bytes | bytearray, directory: Path) -> _Written:
     """`write(fd, data)` in the worker thread; a refusal for want of space (ENOSPC, EDQUOT) is raised as
-    `RefusedWrite` with the free space read right after it, in this call; any other failure as it came.
+    `RefusedWrite` with the free space read right after it, in this call, as the guard reads it
+    (`_spool_free_bytes`: the file's and its `directory`'s); any other failure as it came.
     Never tried again (review 33, the module docstring): a write refused on NFS may stand for bytes taken
     before and lost at writeback, which a retry that succeeds would hide."""
     try:
@@ -386,7 +413,16 @@ def _write_refusal_measured(write: Callable[[int, bytes | bytearray], _Written],
     except OSError as exc:
         if _refused_errno(exc) is None:
             raise
-        raise RefusedWrite(exc, _free_bytes_or_none(fd)) from exc
+        raise RefusedWrite(exc, _spool_free_bytes(fd, directory, _free_bytes_or_none(fd))) from exc
+
+
+def _flush_measured(fd: int, data: bytes | bytearray, directory: Path) -> int:
+    """One flush of the raw PS in the worker thread (`_write_and_measure`, refusals as
+    `_write_refusal_measured`): the free bytes left after it, as `_spool_free_bytes` reads them."""
+    file_free = _write_refusal_measured(_write_and_measure, fd, data, directory)
+    free = _spool_free_bytes(fd, directory, file_free)
+    assert free is not None  # the file's reading was taken
+    return free
 
 
 def _write_failure_reason(exc: BaseException) -> EndReason:
@@ -435,8 +471,7 @@ def _sync_and_close_measured(fd: int, directory: Path, *, sync: bool) -> None:
         if _refused_errno(exc) is None:
             raise
         try:
-            stats = os.statvfs(directory)
-            free: int | None = stats.f_bavail * stats.f_frsize
+            free: int | None = _free_bytes_in(directory)
         except OSError:
             free = None
         raise RefusedWrite(exc, free) from exc
@@ -658,6 +693,8 @@ class MediaReceiver:
         self.local_port: int = sock.getsockname()[1]
         self._sock = sock
         self._fd = raw_fd
+        # Where the free space is read beside the file (`_spool_free_bytes`: a project quota shows there).
+        self._raw_directory = raw_path.parent if raw_path is not None else Path(".")
         self._sink = sink
         self._ssrc_expected = ssrc
         self._ssrc = ssrc
@@ -1037,7 +1074,8 @@ class MediaReceiver:
     # -- bytes out -------------------------------------------------------------------------------------------
 
     def _behind(self) -> None:
-        """The disk is `max_buffered_bytes` behind: slow a TCP device down, end a UDP session."""
+        """The disk is `max_buffered_bytes` behind: slow a TCP device down, end a UDP session `disk-slow`
+        (UDP cannot slow the device; what was taken is written whole at the end)."""
         if self._connection is not None and self._connection.transport is not None:
             if not self._paused:
                 self._paused = True
@@ -1046,14 +1084,13 @@ class MediaReceiver:
             if self._flight is None:
                 self._start_flush()
             return
-        self._end(EndReason.ERROR, f"writing the raw PS fell more than {self._max_buffered} bytes behind "
-                                   "the stream (the disk is too slow); later packets would be lost")
+        self._end(EndReason.DISK_SLOW, f"writing the raw PS fell more than {self._max_buffered} bytes behind "
+                                       "the stream (the disk is too slow); later packets would be lost")
 
     def _start_flush(self) -> None:
         assert self._fd is not None
         chunk, self._pending = self._pending, bytearray()
-        flight = self._loop.run_in_executor(None, _write_refusal_measured, _write_and_measure, self._fd,
-                                            chunk)
+        flight = self._loop.run_in_executor(None, _flush_measured, self._fd, chunk, self._raw_directory)
         self._flight = flight
         flight.add_done_callback(self._flushed)
 
@@ -1136,11 +1173,12 @@ class MediaReceiver:
                 await self._server.wait_closed()
             return self._outcome()
         synced = self._write_failed is None
-        fd, directory = self._fd, self.raw_path.parent if self.raw_path is not None else Path(".")
+        fd, directory = self._fd, self._raw_directory
         try:
             if synced and self._pending:
                 chunk, self._pending = self._pending, bytearray()
-                await self._loop.run_in_executor(None, _write_refusal_measured, _write_all, fd, chunk)
+                await self._loop.run_in_executor(None, _write_refusal_measured, _write_all, fd, chunk,
+                                                 directory)
         except (OSError, RefusedWrite) as failure:
             synced = False
             exc = self._note_refusal(failure)

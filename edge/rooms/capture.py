@@ -72,11 +72,18 @@ RATE_BASIS_MIN_S = 1.0
 RATE_MIN = 0.25
 RATE_MAX = 4.0
 STALL_TOLERANCE_SHARE_UNMEASURED = 1.0
-# A source whose stream runs faster than RATE_MAX of the station's clock, by more than a burst of this
-# many stream seconds (a camera sending what it buffered as it connects), is no real-time source (a clock
-# that lies, a replayed buffer): its run is ended, a gap naming the rate, before it cuts segments faster
-# than they can be sealed (review 27). The supervisor's backoff then paces its runs.
+# A source whose stream runs faster than RATE_MAX of the station's clock, by more than this many stream
+# seconds, is no real-time source (a clock that lies, a replayed buffer): its run is ended, a gap naming
+# the rate, before it cuts segments faster than they can be sealed (review 27). The supervisor's backoff
+# then paces its runs.
 RATE_FLOOD_BURST_S = 10.0
+# ... except as it connects: many RTSP cameras and GB/T 28181 IPCs send 10-20 s of GOP cache / pre-buffer
+# as fast as the network allows. In the first CONNECT_WINDOW_S station seconds from the run's first listing
+# the stream may run ahead by up to CONNECT_BURST_MAX_S more; after them the rate is judged from where the
+# window ended (the burst is behind: a real-time camera never runs ahead again, a flood goes on and is
+# ended RATE_FLOOD_BURST_S later). A flood is so ended within about CONNECT_WINDOW_S plus that (review 28).
+CONNECT_WINDOW_S = 10.0
+CONNECT_BURST_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,7 @@ async def capture_run(
     # clock rate is measured from there (source_clock_rate).
     rate_basis: tuple[float, int] | None = None
     stalled_since_basis_ns = 0
+    flood_watch = FloodWatch()
 
     def hand_over(segments: list[ListedSegment], closed_ns: int | None) -> None:
         nonlocal last_end_s, anchor, anchored, last_end_ns, stalled_total_ns, rate_basis
@@ -232,6 +240,7 @@ async def capture_run(
             stalled_since_basis_ns += stall_ns
         else:
             rate_basis = (segments[-1].end_s, when)
+        flood_watch.listed(max(last_end_s, segments[-1].end_s), when, stall_ns)
         spans = station_spans(first_start + stall_ns, when, durations)
         for number, (seg, (start_ns, end_ns)) in enumerate(zip(segments, spans, strict=True)):
             listed.add(seg.name)
@@ -252,7 +261,7 @@ async def capture_run(
             except SegmentListError as exc:
                 ended = f"untrusted segment list: {exc}"
                 break
-            flood = source_flood_rate(rate_basis, last_end_s, last_end_ns, stalled_since_basis_ns)
+            flood = flood_watch.rate(last_end_s, last_end_ns)
             if flood is not None:
                 ended = (f"the source's stream runs {flood:.1f}x the station's clock (more than "
                          f"{RATE_MAX:g}x: no real-time source); the run ends before it floods the sealer")
@@ -329,17 +338,51 @@ def source_clock_rate(basis: tuple[float, int] | None, end_s: float, end_ns: int
 
 
 def source_flood_rate(basis: tuple[float, int] | None, end_s: float, end_ns: int | None,
-                      stalled_ns: int) -> float | None:
+                      stalled_ns: int, burst_s: float = RATE_FLOOD_BURST_S) -> float | None:
     """The rate (stream seconds per station second, unbounded) of a source whose stream ran ahead of
-    RATE_MAX times the station's clock by more than RATE_FLOOD_BURST_S since `basis` (as
+    RATE_MAX times the station's clock by more than `burst_s` since `basis` (as
     :func:`source_clock_rate`); None for any other source."""
     if basis is None or end_ns is None:
         return None
     stream_s = end_s - basis[0]
     station_s = max(0.0, (end_ns - basis[1] - stalled_ns) / 1e9)
-    if stream_s - RATE_MAX * station_s <= RATE_FLOOD_BURST_S:
+    if stream_s - RATE_MAX * station_s <= burst_s:
         return None
     return stream_s / max(station_s, 0.001)
+
+
+class FloodWatch:
+    """The flood rule of one run (see CONNECT_WINDOW_S): a bounded burst as the source connects, then
+    no more than RATE_FLOOD_BURST_S ahead of RATE_MAX times the station's clock."""
+
+    def __init__(self) -> None:
+        self.basis: tuple[float, int] | None = None  # (stream end, station end) the rate is judged from
+        self.stalled_ns = 0  # stalls found since the basis (not the source's time)
+        self.connecting = True  # within CONNECT_WINDOW_S of the run's first listing
+
+    def listed(self, end_s: float, end_ns: int, stalled_ns: int) -> None:
+        """Segments were listed up to `end_s` (stream) at `end_ns` (station), after `stalled_ns` of stall."""
+        if self.basis is None:
+            self.basis = (end_s, end_ns)
+        else:
+            self.stalled_ns += stalled_ns
+
+    def rate(self, end_s: float, end_ns: int | None) -> float | None:
+        """The source's rate if it floods (its run is to end), else None."""
+        if self.basis is None or end_ns is None:
+            return None
+        if self.connecting:
+            if (end_ns - self.basis[1] - self.stalled_ns) / 1e9 < CONNECT_WINDOW_S:
+                return source_flood_rate(self.basis, end_s, end_ns, self.stalled_ns,
+                                         RATE_FLOOD_BURST_S + CONNECT_BURST_MAX_S)
+            flood = source_flood_rate(self.basis, end_s, end_ns, self.stalled_ns,
+                                      RATE_FLOOD_BURST_S + CONNECT_BURST_MAX_S)
+            if flood is not None:  # over the window's whole allowance: no burst
+                return flood
+            # The window is over: what the connection sent at once is behind; judged from here on.
+            self.connecting = False
+            self.basis, self.stalled_ns = (end_s, end_ns), 0
+        return source_flood_rate(self.basis, end_s, end_ns, self.stalled_ns)
 
 
 def stall_before(start_ns: int, listed_ns: int, stream_durations_s: Sequence[float],

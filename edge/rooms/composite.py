@@ -245,6 +245,11 @@ class CompositeOutput:
         return composite_argv(ffmpeg, roles.inputs, plan, run_dir, config=self.config, roles=roles,
                               overlay_dir=self.overlay_dir)
 
+    def end_drops(self) -> None:
+        """Report each feed's drop going on now (:meth:`FeedRelay.end_drop`): the composite's run ended."""
+        for relay in self.feeds.values():
+            relay.end_drop()
+
     def feed_status(self) -> list[dict[str, Any]]:
         return [relay.status() for relay in self.feeds.values()]
 

@@ -234,7 +234,7 @@ class FeedRelay:
         self._buffered += len(packets)
         self._trim(now)
         if self._drop_from_ns is not None and now - self._drop_last_ns >= DROP_SETTLE_S * 1e9:
-            self._end_drop()  # packets have gone through for DROP_SETTLE_S: that loss is over
+            self.end_drop()  # packets have gone through for DROP_SETTLE_S: that loss is over
         self._flush()
 
     def _trim(self, now: int) -> None:
@@ -261,7 +261,7 @@ class FeedRelay:
             # A composite that reads but stays behind never lets a drop settle: its loss is reported in
             # pieces (this one ends here, the next begins). One that reads nothing (stopped) has its loss
             # reported as one once it reads again, or when its run ends (liveness bounds that).
-            self._end_drop()
+            self.end_drop()
         if self._drop_from_ns is None:
             self._drop_from_ns, self._drop_packets = came, 0
             self.drops += 1
@@ -327,7 +327,9 @@ class FeedRelay:
             asyncio.get_running_loop().remove_writer(output)
             self._writing = False
 
-    def _end_drop(self) -> None:
+    def end_drop(self) -> None:
+        """Report the drop going on (or settling), if any, now: the composite's run ended (its own gap
+        follows, and must not take the drop in: review 28). Packets dropped after it are a new drop."""
         if self._drop_from_ns is None:
             return
         drop = FeedDrop(self.source_id, self._drop_from_ns, max(self._drop_to_ns, self._drop_from_ns),
@@ -341,7 +343,7 @@ class FeedRelay:
             log.exception("feed of %s: reporting a drop failed", self.source_id)
 
     def _detach_output(self) -> None:
-        self._end_drop()
+        self.end_drop()
         output, self._output = self._output, None
         if output is not None and self._writing:
             with contextlib.suppress(RuntimeError):  # no running loop (closed at the end)

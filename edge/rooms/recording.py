@@ -550,6 +550,11 @@ class SessionRecording:
 
     def _open_gap(self, source: SourceRecording, run_started_ns: int, reason: str) -> None:
         reason = redact_url_userinfo(reason)  # the ledger, the log and the status all quote it
+        if self.composite is not None and source.config.id == self.composite.config.id:
+            # A feed drop going on as the composite's run ends is on the record before the composite's own
+            # gap (which would take it in: _feed_dropped) - the relays would report it only at the next
+            # run, its last piece lost (review 28).
+            self.composite.end_drops()
         detail: tuple[tuple[str, Any], ...] = ()
         if source.live_interruption is not None:  # the cause (the live channel) rather than the effect
             (reason, detail), source.live_interruption = source.live_interruption, None

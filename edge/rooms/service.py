@@ -435,14 +435,19 @@ class RoomService:
                     409,
                 )
             free = await asyncio.to_thread(free_bytes, self.store.layout.root)
-            needed = self.settings.start_min_free_bytes + self.pipeline.settings.min_free_bytes
+            # The rooms recording already record into the same free space, each on the expected length it
+            # was started with: a start keeps theirs too, one start_min_free_bytes a room (review 28).
+            recording = sorted(self.active)
+            needed = (self.settings.start_min_free_bytes * (len(recording) + 1)
+                      + self.pipeline.settings.min_free_bytes)
             if free < needed:
+                kept = (f" and one for each room recording: {', '.join(recording)}" if recording else "")
                 await self._refuse(
                     "start",
                     room,
                     by,
                     f"the store's disk has {free / 2**30:.1f} GiB free; a session needs {needed / 2**30:.1f} "
-                    "GiB ([rooms] start_min_free_bytes and the offload reserve): free space first",
+                    f"GiB ([rooms] start_min_free_bytes{kept}, and the offload reserve): free space first",
                     507,
                 )
             try:
@@ -697,14 +702,14 @@ class RoomService:
             output_free = int(output_free_bytes)
         # A room recording was started on start_min_free_bytes beyond the reserve (its expected length:
         # its segments are never dropped); an export staging its copy and image there would leave the
-        # session to run into the reserve, its segments refused by the pipeline (review 28). So while any
-        # room records, an export keeps that room too (one start's worth, as the start counts it).
+        # session to run into the reserve, its segments refused by the pipeline (review 28). So while rooms
+        # record, an export keeps their room too: one start's worth for each (as the start counts them).
         reserve = self.pipeline.settings.min_free_bytes
         reserve_what = "the store's reserve"
         if recording := sorted(self.active):
-            reserve += self.settings.start_min_free_bytes
-            reserve_what = (f"the store's reserve and the [rooms] start_min_free_bytes kept while "
-                            f"{', '.join(recording)} record{'s' if len(recording) == 1 else ''} (together)")
+            reserve += self.settings.start_min_free_bytes * len(recording)
+            reserve_what = (f"the store's reserve and the [rooms] start_min_free_bytes kept for each room "
+                            f"recording ({len(recording)}: {', '.join(recording)})")
         try:
             return await export_session(
                 self.pipeline, session.session, case_number=session.case_number, station_id=self.station_id,

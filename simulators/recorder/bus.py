@@ -48,12 +48,15 @@ from drivers.usb.protocol import (
     RecorderProtocolError,
     RecorderSettings,
     VendorRequest,
+    encode_firmware_version,
     encode_id_code,
     encode_password,
 )
 from simulators.recorder.device import (
+    DEFAULT_FIRMWARE_VERSION,
     DEFAULT_STORAGE_TOTAL_BYTES,
     ClockReference,
+    FirmwareFault,
     NoAnswerError,
     SetupPacket,
     SimulatedRecorder,
@@ -169,10 +172,17 @@ class RecorderSpec:
     # A fault of the USB serial read: the descriptor names a serial string, but the request STALLs or
     # the device has no LANGID table (`UsbSerialFault`; the text form is kept across a restart).
     usb_serial_fault: UsbSerialFault | None = None
+    # What its GET_VERSION says, and a fault of it (`FirmwareFault`: a hostile or broken version string,
+    # or firmware that predates the request).
+    firmware_version: str = DEFAULT_FIRMWARE_VERSION
+    firmware_fault: FirmwareFault | None = None
 
     def __post_init__(self) -> None:
         if self.usb_serial_fault is not None:
             self.usb_serial_fault = UsbSerialFault(self.usb_serial_fault)
+        if self.firmware_fault is not None:
+            self.firmware_fault = FirmwareFault(self.firmware_fault)
+        encode_firmware_version(self.firmware_version)
         self.info()  # validates serial, officer number, text fields
         if self.claims_device_serial:
             RecorderInfo(self.claims_device_serial, self.officer_no, self.officer_name, self.unit_code,
@@ -474,6 +484,8 @@ class RecorderBus:
             battery_percent=spec.battery_percent,
             storage_total_bytes=spec.storage_total_bytes,
             settings=settings,
+            firmware_version=spec.firmware_version,
+            firmware_fault=spec.firmware_fault,
             volume_stats=lambda: self._volume_stats(slot_ref[0]),
         )
         slot = _Slot(spec=spec, device=device, directory=directory, populated=populated)

@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any
 
 from simulators.recorder.bus import BusClient, BusClientError, RecorderBus, RecorderBusServer, RecorderSpec
-from simulators.recorder.device import UsbSerialFault
+from simulators.recorder.device import FirmwareFault, UsbSerialFault
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ def recorder_spec(index: int, args: argparse.Namespace, password: str) -> Record
         faults=faults,
         rate_limit_bytes_per_s=rate,
         usb_serial_fault=serial_fault,
+        firmware_fault=FirmwareFault(args.firmware_fault) if args.firmware_fault else None,
     )
 
 
@@ -119,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
                             "table, so no string can be asked for), changes (another serial at "
                             "every request: a hostile device), or slow (the serial request is never "
                             "answered: the host's transfer times out)")
+    serve.add_argument("--firmware-fault", choices=tuple(FirmwareFault), default=None,
+                       help="what every recorder's GET_VERSION gives instead of its firmware version: "
+                            "control-chars (terminal escapes, CR LF), not-gbk (undecodable bytes), "
+                            "overlong (10 kB for a 32-byte request) or unsupported (older firmware: STALL)")
     serve.add_argument("--clock-offset-s", type=float, default=0.0,
                        help="initial device clock minus host clock, seconds (default 0)")
     serve.add_argument("--clock-drift-ppm", type=float, default=0.0,

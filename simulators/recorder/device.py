@@ -22,6 +22,7 @@ from drivers.usb.protocol import (
     CLASS_MASS_STORAGE,
     CLASS_VENDOR_SPECIFIC,
     DEFAULT_VENDOR_ID,
+    FIRMWARE_VERSION_BYTES,
     MAX_LOGIN_ATTEMPTS,
     MSC_PROTOCOL_BULK_ONLY,
     MSC_SUBCLASS_SCSI,
@@ -39,6 +40,7 @@ from drivers.usb.protocol import (
     RecorderSettings,
     ResultCode,
     VendorRequest,
+    encode_firmware_version,
     encode_id_code,
 )
 from simulators.recorder.descriptors import (
@@ -75,6 +77,7 @@ RECIPIENT_DEVICE, RECIPIENT_INTERFACE = 0, 1
 DIR_IN = 0x80
 
 DEFAULT_STORAGE_TOTAL_BYTES = 32 * 1024**3
+DEFAULT_FIRMWARE_VERSION = "V2.4.1_20260301"
 
 
 class UsbSerialFault(StrEnum):
@@ -90,6 +93,22 @@ class UsbSerialFault(StrEnum):
     CHANGES = "changes"
     # The serial request is never answered (NAKed): the host's transfer times out (ETIMEDOUT).
     SLOW = "slow"
+
+
+class FirmwareFault(StrEnum):
+    """What a recorder's GET_VERSION gives instead of its version: hostile or broken firmware strings."""
+
+    CONTROL_CHARS = "control-chars"  # terminal escapes, a bell, CR LF: a version that would forge log lines
+    NOT_GBK = "not-gbk"  # bytes no text encoding the protocol knows
+    OVERLONG = "overlong"  # 10 kB of text for a 32-byte request (libusb reports an overflow)
+    UNSUPPORTED = "unsupported"  # firmware older than the request: it STALLs, BAD_REQUEST
+
+    def reply(self) -> bytes:
+        if self is FirmwareFault.CONTROL_CHARS:
+            return b"V9\x1b[2J\x07\r\nERROR forged".ljust(FIRMWARE_VERSION_BYTES, b"\x00")
+        if self is FirmwareFault.NOT_GBK:
+            return b"V2.4\xff\xfe\x80\x81\xff".ljust(FIRMWARE_VERSION_BYTES, b"\x00")
+        return b"V" * 10_240
 
 
 class NoAnswerError(Exception):
@@ -188,6 +207,8 @@ class SimulatedRecorder:
         battery_percent: int = 80,
         storage_total_bytes: int = DEFAULT_STORAGE_TOTAL_BYTES,
         settings: RecorderSettings | None = None,
+        firmware_version: str = DEFAULT_FIRMWARE_VERSION,
+        firmware_fault: FirmwareFault | None = None,
         volume_stats: Callable[[], VolumeStats] = lambda: VolumeStats(0, 0),
         host_ms: Callable[[], float] = wall_clock_ms,
     ) -> None:
@@ -213,6 +234,10 @@ class SimulatedRecorder:
         # What the station's SET_SETTINGS leaves (kept in state.json like the identity).
         self.settings = settings or RecorderSettings(width=1920, height=1080, pre_record_s=10,
                                                      post_record_s=10, split_min=30)
+        self.firmware_version = firmware_version
+        encode_firmware_version(firmware_version)
+        # Fault: what GET_VERSION gives instead of the version (`FirmwareFault`).
+        self.firmware_fault = firmware_fault
         self._volume_stats = volume_stats
         self._host_ms = host_ms
         now = host_ms()
@@ -453,6 +478,13 @@ class SimulatedRecorder:
         if request is VendorRequest.GET_STATUS:
             self.last_result = ResultCode.REQUEST_SUCCESS
             return self.status().to_bytes()
+        if request is VendorRequest.GET_VERSION:
+            if self.firmware_fault is FirmwareFault.UNSUPPORTED:
+                raise self._fail(ResultCode.BAD_REQUEST, "GET_VERSION: this firmware predates the request")
+            self.last_result = ResultCode.REQUEST_SUCCESS
+            if self.firmware_fault is not None:
+                return self.firmware_fault.reply()
+            return encode_firmware_version(self.firmware_version)
         if request is VendorRequest.SET_MSDC:
             # The bus sees the mode change and re-enumerates the device in MSC mode.
             self.mode = RecorderMode.MASS_STORAGE

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
+from simulators.recorder.device import DEFAULT_FIRMWARE_VERSION
 from tests.browser.conftest import LiveServer, screenshot
 from tests.equipment.test_fleet import check_out
 from tests.station.harness import Station, eventually, simulated_station, spec, station_config
@@ -80,6 +81,8 @@ def test_the_fleet_panel_shows_an_overdue_recorder_first_and_follows_the_returns
         expect(back).to_have_attribute("data-state", "docked", timeout=WAIT_MS)
         expect(back.locator(".fleet-who")).to_have_text("1 号位 · 可领用", timeout=WAIT_MS)
         expect(back.locator(".fleet-facts")).to_contain_text("电量 95%")
+        # Its firmware version as the recorder's GET_VERSION gave it at this docking.
+        expect(back.locator(".fleet-facts")).to_contain_text(f"固件 {DEFAULT_FIRMWARE_VERSION}")
         expect(panel.locator(".fleet-recorder").first).to_have_attribute("data-serial", kept.device_serial)
         expect(panel.locator(".fleet-summary")).to_have_text("共 2 台 · 1 台逾期未还 · 1 台在位")
         page.locator("#language").click()

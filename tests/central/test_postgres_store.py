@@ -252,14 +252,19 @@ def test_tampering_below_the_triggers_is_named_by_verification(
     assert any("leaf 2" in problem.where for problem in problems), problems
 
 
-def _wait_until_blocked_on_a_lock(admin: psycopg.Connection[tuple[object, ...]], pid: int) -> None:
-    """Until backend ``pid`` waits for a lock (a generous bound: a loaded machine is slow, never wrong)."""
+def _wait_until_blocked_on_a_lock(admin: psycopg.Connection[tuple[object, ...]],
+                                  database: PostgresDatabase) -> None:
+    """Until the writer's connection of ``database`` (opened by the transaction in another thread) waits
+    for a lock (a generous bound: a loaded machine is slow, never wrong)."""
     for _ in range(600):
-        row = admin.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        pid = database.writer_backend_pid
+        row = None if pid is None else admin.execute(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
         if row is not None and row[0] == "Lock":
             return
         time.sleep(0.05)
-    pytest.fail(f"backend {pid} never waited for the log writer's lock")
+    pytest.fail(f"the writer's connection (backend {database.writer_backend_pid}) never waited for the log "
+                f"writer's lock")
 
 
 def test_a_second_writer_waits_for_the_first_and_then_extends_its_tree(
@@ -284,7 +289,7 @@ def test_a_second_writer_waits_for_the_first_and_then_extends_its_tree(
             first_head = first_log.tree_head()
             thread = threading.Thread(target=second_receiver)
             thread.start()
-            _wait_until_blocked_on_a_lock(admin, second.conn.info.backend_pid)
+            _wait_until_blocked_on_a_lock(admin, second)
             assert appended == []
         thread.join(timeout=60)
         assert not thread.is_alive() and appended == [1]

@@ -294,7 +294,7 @@ async def test_station_writing_under_another_id(
     rejection = await _rejected(parts, station, _body(parts, station, foreign), RejectCode.WRONG_STATION)
     assert "manifest names station 'st-0002'" in rejection.detail
     with pytest.raises(Rejection) as caught:
-        parts.registrar.ledger_head(parts.caller(station.station_id), other_station.station_id)
+        await parts.registrar.ledger_head(parts.caller(station.station_id), other_station.station_id)
     assert caught.value.code == RejectCode.WRONG_STATION
 
 

@@ -10,10 +10,10 @@ its leaf behind; the same registration, unarmed, is then accepted at the leaf th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -37,6 +37,8 @@ from tests.central.conftest import FakeStation, central_config, enroll, get_json
 
 ORIGIN = "central-test"
 
+
+_T = TypeVar("_T")
 
 class PowerCut(Exception):
     """The failure a wrapper injects (stands for a crash, a lost connection, a full disk)."""
@@ -323,6 +325,9 @@ class WrappedDatabase:
 
     def transaction(self) -> AbstractContextManager[object]:
         return self._inner.transaction()
+
+    async def run_writes(self, work: Callable[[], _T]) -> _T:
+        return await self._inner.run_writes(work)
 
     @property
     def index(self) -> Index:

@@ -45,6 +45,7 @@ from edge.ingest.store import StationStore
 from edge.sources.usb.offload import OffloadOutcome
 from simulators.recorder.backend import get_backend
 from simulators.recorder.bus import RecorderBus, RecorderBusServer, RecorderSpec
+from simulators.recorder.device import DEFAULT_FIRMWARE_VERSION, FirmwareFault
 from simulators.recorder.faultfs import VolumeFaults
 from tests.mounting import require_volume_mounts
 from tests.station.harness import PASSWORD, Station, eventually, simulated_station, spec, station_config
@@ -146,7 +147,8 @@ async def test_the_fleet_of_a_station_from_its_check_outs_and_dockings(tmp_path:
     returned = spec(0, files=1, battery_percent=95)  # 张伟 takes it (the fullest), and docks it back
     kept = spec(1, files=0, battery_percent=90)  # 赵敏 takes it and keeps it: out, then overdue
     broken = spec(2, files=2, battery_percent=60,  # never checked out; its offload fails a file
-                  faults=VolumeFaults(read_error=("*_0001.MP4", 4096)))
+                  faults=VolumeFaults(read_error=("*_0001.MP4", 4096)),
+                  firmware_fault=FirmwareFault.CONTROL_CHARS)  # and its version string is hostile
     unseen = spec(3)  # on the allow-list, never docked
     taken = await check_out(tmp_path, [returned, kept], [broken])
     assert taken == [returned.device_serial, kept.device_serial]
@@ -168,7 +170,8 @@ async def test_the_fleet_of_a_station_from_its_check_outs_and_dockings(tmp_path:
             assert back["bay"] == {"bay": 1, "state": "ready", "charge_percent": None}
             assert back["last_holder"]["officer_no"] == "110001" and back["holder"] is None
             assert back["dockings"] == 2 and back["last_docking"]["outcome"] == "done"
-            assert (back["battery_percent"], back["model"], back["firmware"]) == (95, "EEZ01", None)
+            assert (back["battery_percent"], back["model"]) == (95, "EEZ01")
+            assert back["firmware"] == DEFAULT_FIRMWARE_VERSION  # GET_VERSION at its docking
             assert back["storage_total_bytes"] == returned.storage_total_bytes
             assert 0 < back["storage_free_bytes"] < back["storage_total_bytes"]
             out = recorders[kept.device_serial]
@@ -180,6 +183,11 @@ async def test_the_fleet_of_a_station_from_its_check_outs_and_dockings(tmp_path:
             faulty = recorders[broken.device_serial]
             assert faulty["bay"]["state"] == "faulty" and faulty["last_docking"]["outcome"] == "partial"
             assert [p["code"] for p in faulty["problems"]] == ["last_docking_failed"]
+            # A hostile version string is no version: none shown, an error entry says why, on one line.
+            assert faulty["firmware"] is None
+            [refused] = [e for e in station.ledger("error") if e.get("stage") == "firmware-version"]
+            assert refused["device_serial"] == broken.device_serial
+            assert "printable" in refused["reason"] and refused["reason"].isprintable()
             assert recorders[unseen.device_serial]["state"] == "never_docked"
             assert recorders[unseen.device_serial]["allowed"] is True
             # `edge status --json` and the API carry the same view.
@@ -279,9 +287,12 @@ async def test_a_recorder_pulled_out_early_is_faulty_and_not_in_its_bay_at_once(
         # The bay still tells the officer to dock it again; the recorder itself is not there.
         await eventually(lambda: (station.agent.status.bay("1") or {}).get("error_class") == "pulled_early",
                          WAIT_S)
+        # The two dockings end at different times: a read between their session_stopped entries shows
+        # the whole one still docked and offloading; the second entry brings the read that ends it.
         fleet = await fresh_fleet(station, lambda f: (
             by_serial(f)[pulled.device_serial]["state"] == "faulty"
-            and by_serial(f)[whole.device_serial]["state"] == "docked"))
+            and by_serial(f)[whole.device_serial]["state"] == "docked"
+            and by_serial(f)[whole.device_serial]["last_docking"]["ended_at"] is not None))
         gone, docked = by_serial(fleet)[pulled.device_serial], by_serial(fleet)[whole.device_serial]
         assert gone["bay"] is None and gone["last_docking"]["outcome"] == OffloadOutcome.DEVICE_GONE
         assert [p["code"] for p in gone["problems"]] == ["last_docking_failed"]

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge.central.app import METRICS
 from edge.central.embedded import EmbeddedCentral
 from edge.central.equipment import EquipmentStore, fleet_view
+from simulators.recorder.device import DEFAULT_FIRMWARE_VERSION
 from tests.equipment.test_fleet import check_out
 from tests.mounting import require_volume_mounts
 from tests.station.harness import simulated_station, spec, station_config
@@ -77,6 +78,7 @@ async def test_a_recorder_kept_out_past_due_shows_overdue_at_the_central_and_a_r
             assert (back["bay"], back["officer_no"], back["due_at"], back["overdue"]) == (
                 1, None, None, False)
             assert back["battery_percent"] == 95 and back["last_docking"]["outcome"] is not None
+            assert back["firmware"] == DEFAULT_FIRMWARE_VERSION  # GET_VERSION at its docking, reported
             assert 0 < back["storage_free_bytes"] <= back["storage_total_bytes"]
             # The one kept out is overdue still, and counted: one overdue at the station and agency-wide.
             assert at_central(view, kept.device_serial)["state"] == "overdue"

@@ -109,7 +109,10 @@ def fleet() -> Fleet:
         dockings={"ZFY-BAY": docked,
                   "ZFY-BAD": DockingRecord(5, NOW - timedelta(hours=3), NOW - timedelta(hours=2), "partial")},
         docking_counts={"ZFY-BAY": 2, "ZFY-BAD": 1},
-        readings={"ZFY-BAY": StatusReading(NOW - timedelta(minutes=30), 95, 1_000, 64_000)},
+        readings={"ZFY-BAY": StatusReading(NOW - timedelta(minutes=30), 95, 1_000, 64_000, "EEZ01",
+                                           "V2.4.1_20260301"),
+                  # A ledger entry of a station that kept whatever the device said: not reported.
+                  "ZFY-BAD": StatusReading(NOW - timedelta(hours=3), 50, 0, 1, None, "V9\x1b[2J\r\n")},
         open_assignments={"ZFY-LATE": holder(1, "110001", "张伟", NOW - timedelta(hours=15)),
                           "ZFY-OUT": holder(2, "110002", "王芳", NOW - timedelta(hours=2))},
         last_returned={"ZFY-BAY": HolderRecord(3, "110003", "李四", "", "", NOW - timedelta(hours=9),
@@ -135,19 +138,20 @@ def test_the_version_2_report_says_each_recorders_state_holder_due_time_health_a
         "device_serial": "ZFY-LATE", "state": "overdue", "since": "2026-12-05T18:00:00.000000Z",
         "officer_no": "110001", "officer_name": "张伟", "due_at": "2026-12-06T08:00:00.000000Z", "bay": None,
         "battery_percent": None, "storage_free_bytes": None, "storage_total_bytes": None,
-        "last_docking": None}
+        "firmware": None, "last_docking": None}
     out = recorders["ZFY-OUT"]
     assert (out["state"], out["officer_no"], out["due_at"]) == (
         "out", "110002", "2026-12-06T21:00:00.000000Z")
     assert recorders["ZFY-BAY"] == {
         "device_serial": "ZFY-BAY", "state": "docked", "since": "2026-12-06T08:30:00.000000Z",
         "officer_no": None, "officer_name": None, "due_at": None, "bay": 3, "battery_percent": 95,
-        "storage_free_bytes": 1_000, "storage_total_bytes": 64_000,
+        "storage_free_bytes": 1_000, "storage_total_bytes": 64_000, "firmware": "V2.4.1_20260301",
         "last_docking": {"started_at": "2026-12-06T08:30:00.000000Z",
                          "ended_at": "2026-12-06T08:40:00.000000Z", "outcome": "done"}}
     bad = recorders["ZFY-BAD"]
     assert (bad["state"], bad["bay"], bad["since"], bad["last_docking"]["outcome"]) == (
         "faulty", None, "2026-12-06T07:00:00.000000Z", "partial")
+    assert bad["firmware"] is None
     assert check_report(report_v2, station=STATION) == report_v2  # the control of the refusals below
 
 
@@ -175,6 +179,10 @@ def recorder_of(report: dict[str, Any], serial: str) -> dict[str, Any]:
     (lambda r: recorder_of(r, "ZFY-BAY").update(storage_free_bytes=2**53, storage_total_bytes=2**60),
      "storage_free_bytes"),
     (lambda r: recorder_of(r, "ZFY-BAY").update(bay=1000), "bay"),
+    (lambda r: recorder_of(r, "ZFY-BAY").update(firmware="V9\x1b[2J"), "firmware"),
+    (lambda r: recorder_of(r, "ZFY-BAY").update(firmware="V" * 10_240), "firmware"),
+    (lambda r: recorder_of(r, "ZFY-BAY").update(firmware=""), "firmware"),
+    (lambda r: recorder_of(r, "ZFY-BAY").update(firmware=2), "firmware"),
     (lambda r: recorder_of(r, "ZFY-BAY").update(bay="3"), "bay"),
     (lambda r: recorder_of(r, "ZFY-BAY").update(officer_no="110001"), "only a recorder out"),
     (lambda r: recorder_of(r, "ZFY-BAY").update(due_at="2026-12-06T21:00:00.000000Z"), "only a recorder out"),
@@ -203,6 +211,26 @@ def test_a_malformed_version_2_report_is_refused_naming_what(
     fault(bad)
     with pytest.raises(FleetReportError, match=message):
         check_report(bad, station=STATION)
+
+
+def test_a_recorder_out_that_just_docked_is_reported_out_in_no_bay() -> None:
+    """Docked, its check-in not yet made: out by the station's records, in a bay by its board. The central
+    refuses an out recorder with a bay, so the report says out, in no bay (it did refuse such a report)."""
+    records = FleetRecords(allowed=["ZFY-BACK"], open_assignments={
+        "ZFY-BACK": holder(1, "110001", "张伟", NOW - timedelta(hours=2))})
+    report = fleet_report_v2(build_fleet(records, {"ZFY-BACK": LiveBay(2)}, POLICY, NOW), station=STATION)
+    [back] = report["recorders"]
+    assert (back["state"], back["bay"], back["officer_no"]) == ("out", None, "110001")
+    assert check_report(report, station=STATION) == report
+
+
+def test_a_version_2_report_from_before_firmware_is_still_read(report_v2: dict[str, Any]) -> None:
+    older = copy.deepcopy(report_v2)
+    for recorder in older["recorders"]:
+        del recorder["firmware"]
+    read = check_report(older, station=STATION)
+    assert {r["device_serial"]: r["firmware"] for r in read["recorders"]} == {
+        "ZFY-BAD": None, "ZFY-BAY": None, "ZFY-LATE": None, "ZFY-OUT": None}
 
 
 def test_a_docking_outcome_the_central_would_not_take_goes_as_unknown() -> None:

@@ -4,16 +4,18 @@ downloads with a real pipeline and store, and a receiver drained and closed afte
 
 What is real: ffmpeg-made H.264 muxed into PS, RTP over real TCP connections, the media receiver, the ingest
 pipeline, ffmpeg conversion and the station store. What is modelled is the disk's answers only, through the
-receiver's `_write_and_measure` / `_write_all` / `_free_bytes_of` seams and the downloads' `free_bytes`.
+receiver's `_write_and_measure` / `_write_all` / `_free_bytes_of` / `_free_bytes_in` seams and the downloads'
+`free_bytes`.
 
 Hooks: `ModelDisk.write_and_measure` (override to have a neighbour arrive, or refuse a write);
 `HonestDevice.session_started` / `session_ended` (what the disk does around each session: a neighbour
-docking as a retry begins, gone by the next pass)."""
+docking as a retry begins, gone by the next pass). `StalledDisk`: a write stuck until the test releases it."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181 import GbDownloads, GbRecordings, RecordingRef, Transfer
 from edge.sources.gb28181.downloads import StartDownload
+from edge.sources.gb28181.give_up_span import StuckSince
 from edge.sources.gb28181.recordings import INTERRUPTED_DISK_FULL
 from edge.sources.gb28181.scheduler import completeness
 from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_tcp
@@ -81,6 +84,7 @@ class ModelDisk:
         """Put the model behind the receiver's and the downloads' seams."""
         monkeypatch.setattr(media_module, "_write_and_measure", self.write_and_measure)
         monkeypatch.setattr(media_module, "_free_bytes_of", lambda _fd: self.free())
+        monkeypatch.setattr(media_module, "_free_bytes_in", lambda _directory: self.free())
         monkeypatch.setattr(downloads_module, "free_bytes", lambda _path: self.free())
 
 
@@ -144,16 +148,36 @@ class HonestDevice:
         return Transfer(outcome, facts_as_scheduled(outcome, len(self.received), self.ssrc))
 
 
+class PassClock:
+    """The station's wall and monotonic clocks as the downloads read them, moved on by the test between
+    passes (`advance`): days of passes in a test's seconds."""
+
+    def __init__(self, wall: float = 1_790_000_000.0, mono: float = 1000.0) -> None:
+        self.at, self.mono = wall, mono
+
+    def wall(self) -> float:
+        return self.at
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float, *, wall_s: float | None = None) -> None:
+        """Both clocks `seconds` on (the wall clock `wall_s` instead, when given: a step of it)."""
+        self.mono += seconds
+        self.at += seconds if wall_s is None else wall_s
+
+
 @contextlib.asynccontextmanager
-async def station_downloads(tmp_path: Path, spool: Path,
-                            start_download: StartDownload) -> AsyncIterator[GbDownloads]:
+async def station_downloads(tmp_path: Path, spool: Path, start_download: StartDownload, *,
+                            clock: PassClock | None = None) -> AsyncIterator[GbDownloads]:
     """The downloads of DEVICE into a real pipeline and store (`tmp_path`/store, reserve RESERVE), spool
-    `spool`."""
+    `spool`; `clock`: the station's clocks as the downloads read them (None: the real ones)."""
     store = StationStore(tmp_path / "store", "TEST-STATION")
     try:
         source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
         pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=RESERVE))
-        yield GbDownloads(pipeline, source, start_download)
+        stuck = None if clock is None else StuckSince(clock.wall, clock.monotonic)
+        yield GbDownloads(pipeline, source, start_download, stuck_since=stuck)
     finally:
         store.close()
 
@@ -194,3 +218,32 @@ async def receive_after_121(raw: Path, packets: list[bytes], *, ssrc: int, ports
                            ssrc_answered=ssrc, ssrc_answer_text=str(ssrc), ssrc_used=ssrc,
                            file_size_bytes=None, outcome=outcome)
     return outcome, completeness(result, RECORDING, EXPECTED_S)
+
+
+class StalledDisk:
+    """The raw PS's disk stalling (a loaded box, NFS latency): the first write blocks in the receiver's
+    worker until `release()`, however long that takes; later writes go through. Deterministic: what the
+    receiver does while its write is stuck does not depend on how loaded the machine is."""
+
+    def __init__(self) -> None:
+        self._gate = threading.Event()
+        self.held_bytes: int | None = None  # the stuck write's size, once it began
+        self._real_write_all: WriteAll = media_module._write_all
+
+    def write_all(self, fd: int, data: bytes | bytearray) -> None:
+        if self.held_bytes is None:
+            self.held_bytes = len(data)
+            if not self._gate.wait(STALL_BOUND_S):
+                raise TimeoutError("the stalled write was never released (the test's own bug)")
+        self._real_write_all(fd, data)
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Put the stall behind the receiver's write seams (the disk's free space is the real one's)."""
+        monkeypatch.setattr(media_module, "_write_all", self.write_all)
+        monkeypatch.setattr(media_module, "_write_and_measure", measured(self.write_all))
+
+
+STALL_BOUND_S = 120.0  # a stalled write released by no test fails rather than hang the run

@@ -10,7 +10,7 @@ import asyncio
 import os
 import random
 import socket
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from edge.gb28181.media import (
     MediaTransport,
     open_receiver,
 )
+from tests.gb28181.disk_rig import StalledDisk
 from tests.gb28181.media_sender import (
     HAVE_FFMPEG,
     SourceMedia,
@@ -360,17 +361,13 @@ async def test_every_port_of_the_range_taken_is_a_clear_error(spool: Path) -> No
 # -- a disk slower than the stream ------------------------------------------------------------------------
 
 
-def _slow_disk(monkeypatch: pytest.MonkeyPatch, delay_s: float) -> None:
-    """Each write of the raw file takes `delay_s` (in the writer thread, as a slow disk would)."""
-    from edge.gb28181 import media
-
-    real = media._write_all
-
-    def slow(fd: int, data: bytes | bytearray) -> None:
-        time.sleep(delay_s)
-        real(fd, data)
-
-    monkeypatch.setattr(media, "_write_all", slow)
+async def _until(condition: Callable[[], bool], what: str, bound_s: float = 60.0) -> None:
+    """Until `condition` holds (a generous bound: the machine may be loaded; a failure names `what`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    while not condition():
+        assert loop.time() < deadline, f"never: {what}"
+        await asyncio.sleep(0.01)
 
 
 async def test_tcp_pauses_reading_when_the_disk_falls_behind_and_loses_nothing(
@@ -379,25 +376,45 @@ async def test_tcp_pauses_reading_when_the_disk_falls_behind_and_loses_nothing(
     packs = ps_packs(h264.media) * 32  # a longer recording: several times the buffer bound
     packets = rtp_packets(packs, ssrc=SSRC)
     assert len(b"".join(p for p, _ in packs)) > 6 * FLUSH_BYTES
-    _slow_disk(monkeypatch, 0.05)
-    receiver = await _open(spool, MediaTransport.TCP_PASSIVE, max_buffered_bytes=2 * FLUSH_BYTES)
-    await send_tcp(packets, receiver.local_port)
+    disk = StalledDisk()  # the first write is held until released: the disk falls behind, whatever the load
+    disk.install(monkeypatch)
+    bound = 2 * FLUSH_BYTES
+    receiver = await _open(spool, MediaTransport.TCP_PASSIVE, max_buffered_bytes=bound)
+    sending = asyncio.ensure_future(send_tcp(packets, receiver.local_port))
+    try:
+        # Taken past the held write and the buffer's bound: the receiver is behind, its reading paused.
+        def behind_the_bound() -> bool:
+            return disk.held_bytes is not None and receiver.progress.bytes > disk.held_bytes + bound
+
+        await _until(behind_the_bound, "the receiver fell its buffer's bound behind the held write")
+        behind, held = receiver.progress.bytes, disk.held_bytes
+    finally:
+        disk.release()
+    await sending
     outcome = await receiver.wait_closed()
+    # Past the bound by at most what one read brings (asyncio reads up to 256 KiB at a time).
+    whole = b"".join(p for p, _ in packs)
+    assert held is not None and behind <= held + bound + 512 * 1024 < len(whole), "memory did not grow"
     assert outcome.write_stalls >= 1, "the device was slowed down, not the memory grown"
     assert outcome.ended is EndReason.CLOSED and outcome.gaps == []
-    assert (spool / "rec.ps").read_bytes() == b"".join(p for p, _ in packs)
+    assert (spool / "rec.ps").read_bytes() == whole
 
 
-async def test_udp_ends_with_an_error_when_the_disk_falls_behind(
+async def test_udp_ends_disk_slow_when_the_disk_falls_behind(
     h264: Stream, spool: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     packs = ps_packs(h264.media) * 32
     whole = b"".join(p for p, _ in packs)
-    _slow_disk(monkeypatch, 1.0)
+    disk = StalledDisk()
+    disk.install(monkeypatch)
     receiver = await _open(spool, MediaTransport.UDP, max_buffered_bytes=2 * FLUSH_BYTES, idle_timeout_s=5)
-    await send_udp(rtp_packets(packs, ssrc=SSRC), receiver.local_port)
+    try:
+        await send_udp(rtp_packets(packs, ssrc=SSRC), receiver.local_port)
+        await _until(lambda: receiver.ended is not None, "the UDP session ended while its disk was stalled")
+    finally:
+        disk.release()
     outcome = await receiver.wait_closed()
-    assert outcome.ended is EndReason.ERROR and "fell more than" in outcome.detail
+    assert outcome.ended is EndReason.DISK_SLOW and "fell more than" in outcome.detail
     raw = (spool / "rec.ps").read_bytes()
     assert len(raw) == outcome.bytes < len(whole) and whole.startswith(raw), "what was taken is written whole"
 

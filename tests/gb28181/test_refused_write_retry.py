@@ -5,7 +5,8 @@ bytes an NFS client lost at writeback, and its pause overflowed fast UDP downloa
 back at once (a neighbour refused too) ends the copy all the same, and the recording is had at a later pass.
 
 Real ffmpeg-made H.264 muxed into PS, sent as RTP over a real TCP connection; the disk is the receiver's
-`_write_all` seam (write(2) takes what fits, then fails ENOSPC) and its `_free_bytes_of` seam (statvfs)."""
+`_write_all` seam (write(2) takes what fits, then fails ENOSPC) and its `_free_bytes_of` / `_free_bytes_in`
+seams (statvfs of the file and of its directory)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ async def _receive(tmp_path: Path, packets: list[bytes], disk: RefusingDisk,
                    monkeypatch: pytest.MonkeyPatch) -> tuple[MediaOutcome, bytes]:
     monkeypatch.setattr(media_module, "_write_all", disk.write_all)
     monkeypatch.setattr(media_module, "_free_bytes_of", disk.free_bytes_of)
+    monkeypatch.setattr(media_module, "_free_bytes_in", lambda _directory: disk.free_bytes_of(-1))
     receiver = await receiver_keeping_free(1)(
         MediaTransport.TCP_PASSIVE, bind_host="127.0.0.1", port_range=PORTS, ssrc=SSRC,
         raw_path=tmp_path / "rec.ps", idle_timeout_s=60.0, max_bytes=1 << 30, expected_peer_host=None,

@@ -8,7 +8,8 @@ ended `error`: incomplete, given up after MAX_INCOMPLETE_ATTEMPTS.
 
 Real media receiver with its guard, RTP over a real TCP connection, real pipeline, ffmpeg and store; the
 quota is the receiver's `_write_all` seam (write(2) takes what fits under it, then fails EDQUOT), the
-disk's real free space is what statvfs says. Control: without the quota the recording is downloaded
+disk's real free space is what statvfs says; passes 6 h apart on the downloads' clocks (the give-up needs
+the stuck copies over 48 h: review 33). Control: without the quota the recording is downloaded
 whole at the first pass and never asked for again."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 import edge.gb28181.media as media_module
 from edge.gb28181.media import EndReason
 from edge.sources.gb28181.downloads import MAX_INCOMPLETE_ATTEMPTS, MAX_INTERRUPTED_ATTEMPTS
-from tests.gb28181.disk_rig import HonestDevice, new_spool, station_downloads
+from tests.gb28181.disk_rig import HonestDevice, PassClock, new_spool, station_downloads
 from tests.gb28181.test_review24_disk_full_give_up import RECORDING
 from tests.gb28181.test_review28_tight_retry_cut_again import honest_device, stream
 
@@ -56,9 +57,11 @@ async def _passes(tmp_path: Path, stream: tuple[int, list[bytes]], monkeypatch: 
     if quota is not None:
         monkeypatch.setattr(media_module, "_write_all", SpoolQuota(spool, quota))
     device = honest_device(packets)
-    async with station_downloads(tmp_path, spool, device.start_download) as downloads:
+    clock = PassClock()  # passes 6 h apart: the stuck copies' give-up needs them over 48 h (review 33)
+    async with station_downloads(tmp_path, spool, device.start_download, clock=clock) as downloads:
         for _ in range(PASSES):
             await downloads.download([RECORDING])
+            clock.advance(6 * 3600.0)
         conn = downloads.pipeline.store.conn
         sealed = int(conn.execute("SELECT count(*) FROM items").fetchone()[0])
         counts = [(int(received), int(written)) for received, written in conn.execute(

@@ -69,7 +69,7 @@ def test_an_nfs_refusal_with_the_offset_unmoved_is_not_retried_into_success(tmp_
     try:
         media_module._write_all(fd, CHUNK)  # an earlier flush, written back (so the server said)
         try:
-            media_module._write_refusal_measured(_nfs_write(len(CHUNK), calls), fd, CHUNK)
+            media_module._write_refusal_measured(_nfs_write(len(CHUNK), calls), fd, CHUNK, tmp_path)
         except RefusedWrite as refusal:
             assert refusal.refused.errno == errno.ENOSPC
         else:
@@ -98,7 +98,7 @@ def test_control_a_write_not_refused_is_taken_whole(tmp_path: Path) -> None:
     fd = os.open(tmp_path / "raw.ps", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         media_module._write_all(fd, CHUNK)
-        media_module._write_refusal_measured(local_write, fd, CHUNK)
+        media_module._write_refusal_measured(local_write, fd, CHUNK, tmp_path)
     finally:
         os.close(fd)
     assert calls == ["taken"]

@@ -5,7 +5,7 @@ shows a picture that freezes and jumps, and nothing of it reaches the ledger.
 The relay reports a drop only once packets have gone through DROP_SETTLE_S (2 s) without another
 (edge.rooms.feed_relay.FeedRelay._offer): a composite always behind drops at every burst of the feed, so
 the drop never settles and is never reported while the session runs. At the stop the relays are closed
-after the runs (SessionRecording.run's finally: composite.close() -> FeedRelay._end_drop -> on_drop), and
+after the runs (SessionRecording.run's finally: composite.close() -> FeedRelay.end_drop -> on_drop), and
 SessionRecording._feed_dropped returns at once when the stop is set: that report is thrown away too.
 
 Control: tests/rooms/test_composite_relay.py::test_a_stopped_composite_holds_up_no_source_and_its_lost_

@@ -1,10 +1,17 @@
 """A source whose stream runs ahead of the station's clock beyond RATE_MAX and a connection's burst
-(edge.rooms.capture.source_flood_rate): its run is ended (review 27). A real-time source, a slow one, a
-burst of what a camera buffered, and a stall are not."""
+(edge.rooms.capture.source_flood_rate, FloodWatch): its run is ended (review 27). A real-time source, a
+slow one, a burst of what a camera buffered as it connects (review 28), and a stall are not."""
 
 from __future__ import annotations
 
-from edge.rooms.capture import RATE_FLOOD_BURST_S, RATE_MAX, source_flood_rate
+from edge.rooms.capture import (
+    CONNECT_BURST_MAX_S,
+    CONNECT_WINDOW_S,
+    RATE_FLOOD_BURST_S,
+    RATE_MAX,
+    FloodWatch,
+    source_flood_rate,
+)
 
 S = 1_000_000_000
 
@@ -27,3 +34,37 @@ def test_a_stall_left_out_does_not_make_a_source_fast() -> None:
     # 20 stream s over 25 station s of which 20 were a stall: 4x over what it delivered, at the bound.
     assert source_flood_rate((0.0, 0), 20.0, 25 * S, 20 * S) is None
     assert source_flood_rate((0.0, 0), 40.0, 25 * S, 20 * S) == 8.0
+
+
+def _first_flood(watch: FloodWatch, speed: float, *, burst_s: float = 0.0, burst_speed: float = 20.0,
+                 until_s: float = 60.0) -> float | None:
+    """Listings every 0.1 station s of a source that sends `burst_s` at `burst_speed` as it connects, then
+    runs at `speed`: the station second its run is ended at, or None."""
+    station_s, stream_s = 0.0, 1.0
+    watch.listed(stream_s, 0, 0)
+    while station_s < until_s:
+        station_s += 0.1
+        stream_s += 0.1 * (burst_speed if stream_s < burst_s else speed)
+        watch.listed(stream_s, int(station_s * S), 0)
+        if watch.rate(stream_s, int(station_s * S)) is not None:
+            return station_s
+    return None
+
+
+def test_a_burst_at_connect_is_no_flood_but_a_sustained_flood_is_ended() -> None:
+    # Review 28: 20 s of pre-buffer in a second, then real time: 15 s ahead of 4x, not a flood.
+    assert source_flood_rate((1.0, 0), 20.0, int(0.95 * S), 0) is not None  # the old rule ended it
+    assert _first_flood(FloodWatch(), 1.0, burst_s=20.0) is None
+    assert _first_flood(FloodWatch(), 1.0, burst_s=CONNECT_BURST_MAX_S) is None
+    # Controls: a flood at 10x (no burst) is ended once the window is over, and soon after it.
+    ended = _first_flood(FloodWatch(), 10.0)
+    assert ended is not None and ended <= CONNECT_WINDOW_S + RATE_FLOOD_BURST_S / 6 + 0.5, ended
+    # ... a burst followed by a flood too; and a flood beyond the window's allowance within the window.
+    assert _first_flood(FloodWatch(), 6.0, burst_s=20.0) is not None
+    fast = _first_flood(FloodWatch(), 50.0)
+    assert fast is not None and fast < CONNECT_WINDOW_S / 5, fast
+    # A stall is not the source's time: left out within the window as elsewhere.
+    watch = FloodWatch()
+    watch.listed(1.0, 0, 0)
+    watch.listed(11.0, 20 * S, 18 * S)  # 10 stream s over 2 station s delivered: ahead within allowance
+    assert watch.rate(11.0, 20 * S) is None

@@ -388,10 +388,10 @@ class LineReceiver:
             registered = await self.registrar.register_item(caller, caller.station_id, doc)
             return {"receipt": registered.receipt.to_dict()}
         if op == "ledger_state":
-            return self.registrar.ledger_head(caller, caller.station_id)
+            return await self.registrar.ledger_head(caller, caller.station_id)
         if op == "push_ledger":
             await self.registrar.accept_segment(caller, caller.station_id, header.get("segment"))
-            return self.registrar.ledger_answer(caller)
+            return await self.registrar.ledger_answer(caller)
         if op == "ledger_page":
             return self._ledger_page(caller, int(header["after"]), int(header["limit"]))
         if op == "tree_head":

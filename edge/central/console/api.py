@@ -16,6 +16,8 @@ route                                      what                                 
 ``POST|DELETE .../{item}/sensitive``       mark / unmark sensitive (supervisors)                ``mark-...``
 ``GET /console/api/access-log?reader=``    the access log (also ``item``, ``what``, ``from``,   ``access-log``
                                            ``to``, ``before``, ``limit``)
+``GET /console/api/fleet?station=&state=`` the agency's recorders, by station, overdue first     ``fleet``
+                                           (:mod:`edge.central.console.fleet`)
 =========================================  ==================================================  ============
 
 **Media playback.** A ``<video>`` element fetches its source in several range requests (the start, the
@@ -41,6 +43,7 @@ from typing import Any
 from aiohttp import web
 
 from edge.central.app import CentralParts, json_response, read_json_body
+from edge.central.console.fleet import add_console_fleet_route
 from edge.central.console.item_view import custody_timeline, receipt_check
 from edge.central.console.media import VerifiedContent, content_range
 from edge.central.console.scope import SESSION_KEY, log_read, reader_scope, require_item, valid_item_id
@@ -300,3 +303,4 @@ def add_console_api_routes(app: web.Application, parts: CentralParts) -> None:
     app.router.add_post("/console/api/items/{item}/sensitive", api.mark_sensitive)
     app.router.add_delete("/console/api/items/{item}/sensitive", api.unmark_sensitive)
     app.router.add_get("/console/api/access-log", api.access_log)
+    add_console_fleet_route(app)

@@ -5,14 +5,24 @@ one sees only committed units) and is the unit of work (:class:`edge.central.sto
 index and log store are built on. Every transaction takes the log writer's advisory lock first: like SQLite's
 ``BEGIN IMMEDIATE``, writers are serialised, here across every receiver process sharing the database, so
 two receivers can never interleave the read of the tree and the insert of a leaf or a signed head.
+
+That lock is held by another receiver for as long as its transaction runs, so waiting for it must not
+happen on a receiver's event loop (issue 13: a receiver waiting on it served no connection, and stations'
+connections were closed). Transactions therefore run on a connection of their own, the writer's, one
+transaction at a time in the process; :meth:`PostgresDatabase.run_writes` runs a registration's in a
+dedicated writer thread, while the loop keeps reading committed rows on the other connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 
@@ -29,19 +39,39 @@ log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 10
 
+_T = TypeVar("_T")
+
+Connect = Callable[[], psycopg.Connection[tuple[object, ...]]]
+
 
 class PostgresDatabase:
     """A central database on PostgreSQL: the unit of work with the index, the Merkle log store and the
-    console's store on its connection (one connection, used from the event loop as the SQLite one is; a
-    snapshot opens its own). ``console_key`` is the store's ``identity/console.key``, whose trail subkey
-    seals the console's trails (none: read-only use, nothing is appended)."""
+    console's store on its connections: reads outside a transaction on one (autocommit), transactions on
+    the writer's (opened at the first, one transaction at a time in this process); a snapshot opens its
+    own. ``console_key`` is the store's ``identity/console.key``, whose trail subkey seals the console's
+    trails (none: read-only use, nothing is appended)."""
 
     errors: tuple[type[Exception], ...] = (psycopg.Error,)
 
-    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], where: str,
-                 reconnect: Callable[[], psycopg.Connection[tuple[object, ...]]], *,
-                 console_key: Path | None = None) -> None:
+    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], where: str, reconnect: Connect, *,
+                 console_key: Path | None = None, one_connection: bool = False) -> None:
         self._conn = conn
+        # A snapshot's or a read-only session's database: its transactions on the one connection, inside
+        # whatever that connection's own transaction is (a snapshot's READ ONLY refuses any write).
+        self._one_connection = one_connection
+        self._writer_conn: psycopg.Connection[tuple[object, ...]] | None = None
+        # One transaction at a time in this process, whichever thread runs it (reentrant: a method that
+        # opens its own transaction may be called inside another, a savepoint).
+        self._writer_mutex = threading.RLock()
+        # Which thread is inside a transaction, and how deeply: its statements go to the writer's
+        # connection, every other thread's to the reading one.
+        self._in_transaction = threading.local()
+        self._writer_thread: ThreadPoolExecutor | None = None
+        # A lost server (a restart, a network cut) is seen on one connection first; the other, idle, would
+        # fail its next statement: each is replaced at its next use once the other was found lost.
+        self._reader_lost = False
+        self._writer_lost = False
+        self._replacing_reader = threading.Lock()
         self._closed = False
         self.sealer = PostgresTrailSealer(console_key)
         # host:port/database, never the password (the URL is validated to carry none; see open()).
@@ -60,10 +90,38 @@ class PostgresDatabase:
         """The connection; a new one when the last was lost (the server restarted, a network cut): the
         statement that met the loss failed and its transaction was rolled back, the next one runs on a
         fresh connection (raising ``psycopg.Error`` while the server is still down)."""
-        if self._conn.broken and not self._closed:
-            log.warning("the connection to %s was lost; connecting again", self.where)
-            self._conn = self._reconnect()
+        if getattr(self._in_transaction, "depth", 0) > 0 and not self._one_connection:
+            assert self._writer_conn is not None
+            return self._writer_conn
+        if (self._conn.broken or self._reader_lost) and not self._closed:
+            with self._replacing_reader:
+                if self._conn.broken or self._reader_lost:
+                    log.warning("the connection to %s was lost; connecting again", self.where)
+                    self._writer_lost = self._writer_lost or self._conn.broken
+                    lost, self._conn = self._conn, self._reconnect()
+                    self._reader_lost = False
+                    lost.close()
         return self._conn
+
+    def _writer(self) -> psycopg.Connection[tuple[object, ...]]:
+        """The writer's connection (under the writer mutex), opened or opened again when lost."""
+        if self._one_connection:
+            return self.conn
+        lost = self._writer_conn is not None and (self._writer_conn.broken or self._writer_lost)
+        if self._writer_conn is None or (lost and not self._closed):
+            if self._writer_conn is not None:
+                log.warning("the writer's connection to %s was lost; connecting again", self.where)
+                self._writer_conn.close()
+            self._writer_conn = self._reconnect()
+            self._writer_lost = False
+        return self._writer_conn
+
+    @property
+    def writer_backend_pid(self) -> int | None:
+        """The server process of the writer's connection (None before the first transaction), which
+        ``pg_stat_activity`` names while a transaction waits for the writer lock."""
+        writer = self._writer_conn
+        return None if writer is None else writer.info.backend_pid
 
     @property
     def index(self) -> PostgresIndex:
@@ -82,9 +140,10 @@ class PostgresDatabase:
         return self._equipment
 
     def reopen(self) -> PostgresDatabase:
-        """Another connection to the same database (a snapshot's, for a worker thread); no migration."""
+        """Another connection to the same database (a snapshot's, for a worker thread), its transactions
+        on that connection too; no migration."""
         other = PostgresDatabase(self._reconnect(), self.where, self._reconnect,
-                                 console_key=self.sealer.key_path)
+                                 console_key=self.sealer.key_path, one_connection=True)
         key = self.sealer.key()
         if key is not None:
             other.sealer.use(key)
@@ -144,21 +203,46 @@ class PostgresDatabase:
 
         conn = connect()
         info = conn.info
-        return cls(conn, f"{info.host}:{info.port}/{info.dbname}", connect)
+        return cls(conn, f"{info.host}:{info.port}/{info.dbname}", connect, one_connection=True)
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-        conn = self.conn
-        with conn.transaction():
-            conn.execute("SELECT edge_log_writer_lock()")
-            yield conn
+        with self._writer_mutex:
+            conn = self._writer()
+            depth: int = getattr(self._in_transaction, "depth", 0)
+            self._in_transaction.depth = depth + 1
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT edge_log_writer_lock()")
+                    yield conn
+            except BaseException:
+                if conn.broken:
+                    self._reader_lost = True
+                raise
+            finally:
+                self._in_transaction.depth = depth
 
     def transaction(self) -> AbstractContextManager[psycopg.Connection[tuple[object, ...]]]:
-        """BEGIN, the writer lock, ... COMMIT; rolled back on any exception. Never await inside it."""
+        """BEGIN, the writer lock, ... COMMIT; rolled back on any exception. Never await inside it. On
+        the event loop it blocks the loop while another receiver holds the writer lock: the registrar's
+        run in :meth:`run_writes`."""
         return self._transaction()
+
+    async def run_writes(self, work: Callable[[], _T]) -> _T:
+        """``work()`` (which opens its transactions itself) in this database's writer thread, so that the
+        event loop keeps serving while it waits for the writer lock or for PostgreSQL."""
+        if self._writer_thread is None:
+            self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres-writer")
+        return await asyncio.get_running_loop().run_in_executor(self._writer_thread, work)
 
     def close(self) -> None:
         self._closed = True
+        if self._writer_thread is not None:
+            # A write still running finishes (or fails on its closed connection) before the close returns.
+            self._writer_thread.shutdown(wait=True)
+        with self._writer_mutex:
+            if self._writer_conn is not None:
+                self._writer_conn.close()
         self._conn.close()
 
 

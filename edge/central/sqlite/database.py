@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TypeVar
 
 from edge.central.config import CentralLayout
 from edge.central.sqlite.console import SqliteConsoleStore
@@ -28,6 +29,8 @@ from edge.durable.files import create_private_file, ensure_private_dir
 from edge.durable.sqlite import immediate_transaction
 
 __all__ = ["SqliteDatabase"]
+
+_T = TypeVar("_T")
 
 
 def _no_sealer(key: bytes) -> None:
@@ -109,6 +112,12 @@ class SqliteDatabase:
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception. Never await inside it."""
         return immediate_transaction(self.conn)
+
+    async def run_writes(self, work: Callable[[], _T]) -> _T:
+        """``work()`` where it is, on the event loop: the one connection is shared with the loop's reads
+        (a transaction in another thread would show them its uncommitted rows), and the lock it waits
+        for is only this process's own (no other receiver holds a store's SQLite file)."""
+        return work()
 
     def close(self) -> None:
         self.conn.close()

@@ -9,15 +9,19 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    in transfer) is downloaded again, as attempt 2, 3 ...
    (each a new pair of items), until `MAX_INCOMPLETE_ATTEMPTS` came incomplete; downloads cut short by
    the device going offline or the station stopping (their manifests say `interrupted`) are not the
-   recording's fault and do not count there, but `MAX_INTERRUPTED_ATTEMPTS` of them end it too. Then the
+   recording's fault and do not count there, and neither do those the station's disk fell behind over UDP
+   (`disk-slow`, review 33), but `MAX_INTERRUPTED_ATTEMPTS` of them end it too. Then the
    recording is given up (`given_up_because`): one `error` entry of stage `given-up` on its last raw PS
    names the device, channel and recording and why (what cut the downloads short, as sealed), written
    once (later listings find it). A download the station's own disk guard ended (`disk-full`) ends the
    pass (the next recording would be cut on the same tight disk) and counts toward no give-up unless it
    was cut by a write its disk refused with room showing (EDQUOT, or ENOSPC while statvfs showed room:
    `refused_with_room`) and got no further than an earlier disk-full copy (`stuck_disk_full`: a quota
-   refusing every try at the same byte counts toward `MAX_INTERRUPTED_ATTEMPTS`; the guard's own cuts on
-   a disk others fill never do: review 29); while the spool's disk stays below the store's
+   refusing every try at the same byte counts toward `MAX_INTERRUPTED_ATTEMPTS`, once such copies have been
+   found over `GIVE_UP_AFTER_S` on the station's wall and monotonic clocks both, `StuckSince` in
+   edge.sources.gb28181.give_up_span, the failed downloads' span: a quota full only for a while gives
+   nothing up, review 33; the guard's own cuts on a disk others fill never do: review 29); while the
+   spool's disk stays below the store's
    reserve plus room for the raw PS and the receiver's guard for the recording's size as known (its
    listed FileSize, and more than its disk-full copy received, at most `max_recording_bytes`), it is not
    tried again (`_tight_for`: one limited `error` entry of stage `store`,
@@ -61,7 +65,6 @@ the media receiver's outcome only.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import uuid
@@ -82,9 +85,11 @@ from edge.gb28181.media import (
     shows_room,
 )
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline
+from edge.sources.gb28181.give_up_span import GIVE_UP_AFTER_S, Since, StuckSince, StuckSpan, recording_key
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
     INTERRUPTED_DISK_FULL,
+    INTERRUPTED_DISK_SLOW,
     INTERRUPTED_STATION_STOPPED,
     DownloadedRecording,
     DownloadIngest,
@@ -118,7 +123,7 @@ MAX_FAILURES_NAMED = 64
 # answering 486 Busy while the command centre watches it live, an uplink or NAT down for a day, an SD card
 # busy. 8 passes of a device registering often are an hour; two days are a long fault, not a busy one.
 MAX_FAILED_PASSES = 8
-FAILED_GIVE_UP_AFTER_S = 48 * 3600.0
+FAILED_GIVE_UP_AFTER_S = GIVE_UP_AFTER_S  # edge.sources.gb28181.give_up_span: the stuck disk-full copies' too
 # A given-up recording sealed nothing (there is no copy of it at all), so giving it up is not for ever: it
 # is asked for again at the first pass this long after the give-up (or its last such try), until it
 # downloads or the device stops listing it (its loop overwrote it, or it left the lookback range). A day:
@@ -137,18 +142,18 @@ ROOM_PER_BYTE_DOWNLOADED = ROOM_PER_RECEIVED_BYTE + 1
 # How the give-up names why downloads were cut short (`interrupted`, as sealed).
 INTERRUPTED_SAID = {INTERRUPTED_DEVICE_OFFLINE: "the device going offline",
                     INTERRUPTED_STATION_STOPPED: "the station stopping",
+                    INTERRUPTED_DISK_SLOW: "the station's disk falling behind the UDP stream",
                     INTERRUPTED_DISK_FULL: "the station's disk refusing it again no further than before (a "
                                            "quota, or a disk fuller than its free space says)"}
 
 
 @dataclass(slots=True)  # up to MAX_FAILING_RECORDINGS of them
 class FailingRecording:
-    """One recording's failed passes: how many, when the first was, when it was last given up (None: not
-    given up); each on the wall clock (`*_at`) and the monotonic clock (`*_mono`)."""
+    """One recording's failed passes: how many, when the first was (`Since`), when it was last given up
+    (None: not given up), on the wall clock (`given_up_at`) and the monotonic clock (`given_up_mono`)."""
 
     passes: int
-    first_at: float
-    first_mono: float
+    first: Since  # the first failed pass, on both clocks
     given_up_at: float | None = None
     given_up_mono: float = 0.0  # meaningful when given_up_at is not None
     tries_since_given_up: int = 0  # passes that asked for it again after it was given up, and failed
@@ -184,27 +189,23 @@ class FailedPasses:
     def _key(ref: RecordingRef) -> bytes:
         # With the listed FileSize: two recordings listed with the same channel, times and path but other
         # sizes (review 26) are two, and their failures are counted apart.
-        size = ref.listed_size_text() or ""
-        return hashlib.sha256(f"{ref.device_id}\0{ref.identity()}\0{size}".encode("utf-8", "surrogatepass"),
-                              ).digest()
+        return recording_key(ref)
 
     def failed(self, ref: RecordingRef) -> FailingRecording:
         """One more pass failed for `ref`: its count, and whether it is given up now (`given_up_at`)."""
         now, mono = self._clock(), self._monotonic()
         key = self._key(ref)
-        failing = self._failing.pop(key, None) or FailingRecording(passes=0, first_at=now, first_mono=mono)
+        failing = self._failing.pop(key, None) or FailingRecording(passes=0, first=Since(now, mono))
         self._failing[key] = failing  # the newest last
         while len(self._failing) > MAX_FAILING_RECORDINGS:
             del self._failing[next(iter(self._failing))]
         failing.passes += 1
-        if now < failing.first_at:  # the clock stepped back: the span starts again
-            failing.first_at = now
+        failing.first.follow_wall(now)  # the clock stepped back: the span starts again
         if failing.given_up_at is not None:
             failing.tries_since_given_up += 1
             # its try after the give-up failed too: the next one a day from now
             failing.given_up_at, failing.given_up_mono = now, mono
-        elif failing.passes >= MAX_FAILED_PASSES and now - failing.first_at >= FAILED_GIVE_UP_AFTER_S \
-                and mono - failing.first_mono >= FAILED_GIVE_UP_AFTER_S:
+        elif failing.passes >= MAX_FAILED_PASSES and failing.first.passed(now, mono, FAILED_GIVE_UP_AFTER_S):
             failing.given_up_at, failing.given_up_mono = now, mono
         return failing
 
@@ -273,14 +274,26 @@ def stuck_disk_full(earlier: Sequence[SealedDownload]) -> list[SealedDownload]:
     return stuck
 
 
-def given_up_because(earlier: Sequence[SealedDownload]) -> str | None:
-    """Why a recording with these sealed downloads, none complete, is not downloaded again (None: it is)."""
+def given_up_because(earlier: Sequence[SealedDownload], stuck_span: StuckSpan | None = None) -> str | None:
+    """Why a recording with these sealed downloads, none complete, is not downloaded again (None: it is).
+    `stuck_span`: how long its stuck disk-full copies have been found (`StuckSince`; None: not measured,
+    they give nothing up)."""
     # A download cut disk-full (the guard's stop, or a refused write) is no fault of the recording nor of
     # the device: it counts toward a give-up only when a write was refused with room showing and it got no
     # further than an earlier disk-full copy (`stuck_disk_full`: a quota refusing every try at the same
-    # byte, review 28; never the guard's cut, review 29).
+    # byte, review 28; never the guard's cut, review 29), and only once such copies have been found over
+    # GIVE_UP_AFTER_S on both clocks (a quota full for a few hours: review 33).
     interrupted = [d for d in earlier if d.interrupted and d.interrupted != INTERRUPTED_DISK_FULL]
-    interrupted += stuck_disk_full(earlier)
+    stuck = stuck_disk_full(earlier)
+    over = ""
+    if len(interrupted) < MAX_INTERRUPTED_ATTEMPTS and stuck:
+        if stuck_span is None or not stuck_span.passed:
+            stuck = []  # not for long enough: a quota full only for a while
+        else:
+            over = (f" over {stuck_span.hours:.0f} h (copies stuck at the same byte give a recording up "
+                    f"only once they span {GIVE_UP_AFTER_S / 3600:.0f} h on the station's wall and monotonic "
+                    "clocks)")
+    interrupted += stuck
     incomplete = [d for d in earlier if not d.complete and not d.interrupted]
     if len(incomplete) >= MAX_INCOMPLETE_ATTEMPTS:
         last = incomplete[-1].incomplete or "no reason sealed"
@@ -293,8 +306,8 @@ def given_up_because(earlier: Sequence[SealedDownload]) -> str | None:
         reasons = Counter(display_text(str(d.interrupted), 64) for d in interrupted)
         said = " and ".join(f"{INTERRUPTED_SAID.get(reason, reason)} ({count})"
                             for reason, count in sorted(reasons.items()))
-        return (f"{len(interrupted)} downloads were cut short by {said}; what came is sealed, the recording "
-                "is not downloaded again")
+        return (f"{len(interrupted)} downloads were cut short by {said}{over}; what came is sealed, the "
+                "recording is not downloaded again")
     return None
 
 
@@ -363,6 +376,7 @@ class GbDownloads:
         convert_timeout_s: float = 600.0,
         problems: LimitedEntries | None = None,
         failed_passes: FailedPasses | None = None,
+        stuck_since: StuckSince | None = None,
         pass_failures: PassFailures | None = None,
         max_recording_bytes: int = DEFAULT_MAX_RECORDING_BYTES,
     ) -> None:
@@ -380,6 +394,8 @@ class GbDownloads:
         self._own_pass = pass_failures is None
         self.problems = problems if problems is not None else LimitedEntries()
         self.failed_passes = failed_passes if failed_passes is not None else FailedPasses()
+        # Since when each recording's disk-full copies are stuck (the scheduler's: one for the station).
+        self.stuck_since = stuck_since if stuck_since is not None else StuckSince()
         self.pass_failures = pass_failures if pass_failures is not None else PassFailures()
 
     async def download(self, recordings: Sequence[RecordingRef]) -> DownloadReport:
@@ -398,11 +414,12 @@ class GbDownloads:
             earlier = sealed.get(ref.identity(), [])
             if any(d.complete for d in earlier):
                 report.skipped.append(ref)
+                self.stuck_since.forget(ref)
                 continue
             if self.failed_passes.given_up(ref):
                 report.given_up.append(ref)  # failed with nothing, given up (on the ledger) till its next try
                 continue
-            why = given_up_because(earlier)
+            why = given_up_because(earlier, self.stuck_since.span(ref) if stuck_disk_full(earlier) else None)
             if why is not None:
                 report.given_up.append(ref)  # what came is sealed, no more tries
                 await self._given_up(ref, earlier, why)
@@ -638,7 +655,7 @@ class GbDownloads:
                                 "original": shown, "stage": "download", "reason": reason,
                                 "passes_failed": passes}
         if given_up:
-            hours = max(0.0, failing.given_up_mono - failing.first_mono) / 3600  # what passed
+            hours = failing.first.hours(failing.given_up_mono)  # what passed
             again = (f"asked for again {failing.tries_since_given_up} time(s) a day after it was given up, "
                      "failed again; ") if failing.tries_since_given_up else ""
             data.update(stage=GIVEN_UP_STAGE, recording=ref.described(),

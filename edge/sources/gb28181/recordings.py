@@ -223,6 +223,9 @@ class SealedDownload:
 INTERRUPTED_DEVICE_OFFLINE = "device-offline"  # the device left; the platform stopped its sessions
 INTERRUPTED_STATION_STOPPED = "station-stopped"  # the station stopped the session (it was stopping)
 INTERRUPTED_DISK_FULL = "disk-full"  # the receiver stopped: the spool's disk ran low (edge.gb28181.media)
+# The receiver stopped a UDP download: the spool's disk fell behind the stream (edge.gb28181.media
+# `disk-slow`: a stalled disk, a loaded box, NFS latency; review 33).
+INTERRUPTED_DISK_SLOW = "disk-slow"
 _REFUSED_ERRNOS = ("ENOSPC", "EDQUOT")  # `write_refused` values (edge.gb28181.media `_refused_errno`)
 _RAW_VERSION = re.compile(r"raw-ps(?:#(\d+))?")
 

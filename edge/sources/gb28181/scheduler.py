@@ -80,9 +80,11 @@ from edge.sources.gb28181.downloads import (
     Transfer,
     WindowClosed,
 )
+from edge.sources.gb28181.give_up_span import StuckSince
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
     INTERRUPTED_DISK_FULL,
+    INTERRUPTED_DISK_SLOW,
     INTERRUPTED_STATION_STOPPED,
     GbRecordings,
     RecordingRef,
@@ -125,7 +127,7 @@ DEVICE_ENDS = frozenset({EndReason.FILE_END.value, EndReason.DEVICE_BYE.value})
 DEVICE_MEDIA_ENDS = frozenset({"idle", "closed"})
 # Receiver ends that mean what was received was not all written (a refused write, the disk guard): such a
 # copy is never complete, whoever ended the session (review 28).
-RECEIVER_FAILURES = frozenset({"error", "disk-full"})
+RECEIVER_FAILURES = frozenset({"error", "disk-full", "disk-slow"})
 MAX_CHANNELS = 64
 # GB/T 28181 ids: digits 11-13 are the type (2016 Annex D, table D.1). A Catalog lists more than video
 # channels: these types hold no video and are not asked for recordings: 114 decoder, 115 video matrix,
@@ -140,6 +142,7 @@ INTERRUPTIONS = {
     INTERRUPTED_DEVICE_OFFLINE: "the device went offline during the download",
     INTERRUPTED_STATION_STOPPED: "the station stopped the download (it was stopping)",
     INTERRUPTED_DISK_FULL: "the station's disk ran low during the download (the store's reserve)",
+    INTERRUPTED_DISK_SLOW: "the station's disk fell behind the UDP stream (a stalled or loaded disk)",
 }
 # An incomplete RecordInfo answer is asked again over halves of its range, at most this many times deep,
 # and not below this range (an hour of a recorder is far below one answer's bound).
@@ -390,6 +393,8 @@ class GbDownloadScheduler:
         # Downloads that failed with nothing, per recording (bounded); its give-up spans days on the
         # station's clock, the one the schedule and the ledger use, and on the monotonic clock (review 21).
         self.failed_passes = FailedPasses(lambda: self._now().timestamp(), monotonic)
+        # Since when recordings' disk-full copies are stuck at the same byte: their give-up spans days too.
+        self.stuck_since = StuckSince(lambda: self._now().timestamp(), monotonic)
         platform.add_online_listener(self.device_online)
 
     def snapshot(self) -> dict[str, Any]:
@@ -596,6 +601,7 @@ class GbDownloadScheduler:
                               station_clock_synchronised=self._clock_trusted())
         downloads = GbDownloads(pipeline, source, self._start_download(device_id, progress),
                                 problems=self.problems, failed_passes=self.failed_passes,
+                                stuck_since=self.stuck_since,
                                 pass_failures=PassFailures(),
                                 device_clock_offset_ms=lambda: self._clock_offset_ms(device_id),
                                 device_tz_offset_min=self.policy.utc_offset_minutes,
@@ -951,15 +957,19 @@ class GbDownloadScheduler:
 
     def _interruption(self, device_id: str, result: SessionResult) -> str | None:
         """Why an incomplete download is no fault of the recording, if it is not: the device is offline
-        now (the platform stops a device's sessions when it goes offline), or the station stopped the
-        session while the device stayed (the station is stopping)."""
+        now (the platform stops a device's sessions when it goes offline), the station stopped the
+        session while the device stayed (the station is stopping), or the station's own disk cut it
+        (the receiver's `disk-full`, or `disk-slow`: the disk fell behind a UDP stream)."""
         device = self.platform.registry.get(device_id)
         if device is None or not device.online:
             return INTERRUPTED_DEVICE_OFFLINE
         if str(getattr(result.end_reason, "value", result.end_reason)) == EndReason.STOPPED.value:
             return INTERRUPTED_STATION_STOPPED
-        if str(getattr(getattr(result.outcome, "ended", None), "value", "")) == INTERRUPTED_DISK_FULL:
+        media_end = str(getattr(getattr(result.outcome, "ended", None), "value", ""))
+        if media_end == INTERRUPTED_DISK_FULL:
             return INTERRUPTED_DISK_FULL  # the receiver's free-space guard (MediaEnd disk-full)
+        if media_end == INTERRUPTED_DISK_SLOW:
+            return INTERRUPTED_DISK_SLOW  # the station's disk fell behind a UDP stream (review 33)
         return None
 
     def _max_recording_bytes(self) -> int:

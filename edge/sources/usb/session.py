@@ -29,6 +29,7 @@ from drivers.usb.recorder import (
     RecorderGoneError,
     RecorderHandle,
     RecorderLockedError,
+    RecorderRejectedError,
 )
 from edge.config.station import StationConfig
 from edge.custody.ledger import EntryType, station_time_now
@@ -499,6 +500,8 @@ class ControlSession(DockingSession):
         trust = await self._clock_trust()
         trusted = trust.trusted
 
+        firmware: list[str | None] = [None, None]  # (version, why none): read in the thread below
+
         def work() -> tuple[Any, str, tuple[int, int, int], int, Any, ClockFacts | None]:
             with RecorderDriver(handle, backend) as driver:
                 id_code = driver.id_code()
@@ -511,6 +514,7 @@ class ControlSession(DockingSession):
                 sample = driver.clock_sample()
                 tz = driver.clock().tz_offset_min
                 status = driver.status()
+                firmware[:] = read_firmware_version(driver)
                 after: ClockFacts | None = None
                 offset = measure_offset_ms(*sample)
                 if trusted and abs(offset) > CLOCK_TOLERANCE_MS:
@@ -575,9 +579,14 @@ class ControlSession(DockingSession):
                     "storage_free_bytes": device_number(status.storage_free_bytes),
                     "storage_total_bytes": device_number(status.storage_total_bytes),
                     "file_count": device_number(status.file_count),
+                    "firmware": firmware[0],
                 },
             },
         )
+        if firmware[1] is not None:
+            # The docking goes on: a version is for the fleet's records, not for the evidence.
+            self.store.record(EntryType.ERROR, None,
+                              {**data, "stage": "firmware-version", "reason": firmware[1]})
         self.store.record(
             EntryType.CLOCK_MEASURED,
             None,
@@ -603,6 +612,21 @@ class ControlSession(DockingSession):
         # Re-enumerating in the new mode can look like the old device going away.
         with RecorderDriver(handle, backend) as driver, contextlib.suppress(RecorderGoneError):
             driver.switch_to_mass_storage()
+
+
+def read_firmware_version(driver: RecorderDriver) -> tuple[str | None, str | None]:
+    """(version, None), or (None, why there is none) when the recorder's GET_VERSION is refused
+    (firmware older than the request) or says something that is no version (control characters,
+    undecodable bytes, a reply longer than the field). A recorder gone raises as for any request."""
+    try:
+        return driver.firmware_version(), None
+    except RecorderGoneError:
+        raise
+    except RecorderRejectedError as exc:
+        return None, f"the recorder does not report its firmware version: {printable(str(exc))[:300]}"
+    except RecorderError as exc:
+        log.warning("recorder firmware version refused: %s", printable(str(exc))[:300])
+        return None, f"firmware version refused: {printable(str(exc))[:300]}"
 
 
 class VolumeSession(DockingSession):

@@ -1,14 +1,16 @@
 // The auditor console: sign-in, search, an item with its player and custody timeline, the access log.
 import { api, query, setCsrf, ApiError } from "./api.js";
 import { applyI18n, t, toggleLang } from "./i18n.js";
-import { renderItem, renderLog, renderResults } from "./views.js";
+import { el, renderFleet, renderItem, renderLog, renderResults } from "./views.js";
 
-const VIEWS = ["signin-view", "search-view", "item-view", "log-view"];
+const VIEWS = ["signin-view", "search-view", "item-view", "log-view", "fleet-view"];
 let session = null;
 let searchNext = null;
 let lastSearch = {};
 let logBefore = null;
 let lastLog = {};
+let lastFleet = {};
+const fleetStations = new Set();
 
 function show(view) {
   for (const id of VIEWS) document.getElementById(id).hidden = id !== view;
@@ -71,6 +73,23 @@ async function runLog(values, append) {
   document.getElementById("log").dataset.loaded = String(Date.now());
 }
 
+async function runFleet(values) {
+  const doc = await api(`/console/api/fleet${query(values)}`);
+  const select = document.getElementById("fleet-station");
+  for (const row of doc.stations) {
+    if (fleetStations.has(row.station)) continue;
+    fleetStations.add(row.station);
+    const option = el("option", row.station);
+    option.value = row.station;
+    select.append(option);
+  }
+  renderFleet(document.querySelector("#fleet tbody"), doc);
+  document.getElementById("fleet-summary").textContent = t("fleet.summary")
+    .replace("{n}", String(doc.recorders.length)).replace("{overdue}", String(doc.recorders.filter((r) => r.overdue).length));
+  document.getElementById("fleet-empty").hidden = doc.recorders.length > 0;
+  document.getElementById("fleet").dataset.loaded = String(Date.now());
+}
+
 async function openItem(id) {
   const doc = await api(`/console/api/items/${encodeURIComponent(id)}`);
   // One playback id per opening of the page: its range requests are one line of the access log.
@@ -90,6 +109,9 @@ async function route() {
     if (hash.startsWith("#/item/")) {
       show("item-view");
       await openItem(decodeURIComponent(hash.slice("#/item/".length)));
+    } else if (hash.startsWith("#/fleet")) {
+      show("fleet-view");
+      await runFleet(lastFleet);
     } else if (hash.startsWith("#/log")) {
       show("log-view");
       await runLog(lastLog, false);
@@ -167,6 +189,16 @@ function bind() {
     lastLog = formValues(event.target);
     try {
       await runLog(lastLog, false);
+    } catch (error) {
+      showError(error);
+    }
+  });
+  document.getElementById("fleet-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    showError(null);
+    lastFleet = formValues(event.target);
+    try {
+      await runFleet(lastFleet);
     } catch (error) {
       showError(error);
     }

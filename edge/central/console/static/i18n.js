@@ -1,6 +1,14 @@
 // Chinese by default, English on request; the choice is kept in localStorage.
 const TEXT = {
   zh: {
+    "nav.fleet": "装备", "fleet.title": "全局执法记录仪", "fleet.state": "状态",
+    "fleet.holder": "领用人（警号 姓名）", "fleet.since": "领用时间", "fleet.due": "应还时间",
+    "fleet.overdue_by": "逾期", "fleet.battery": "电量", "fleet.storage": "存储（剩余/总计）",
+    "fleet.firmware": "固件版本", "fleet.last_docking": "最近入位", "fleet.empty": "没有可查看的记录仪。",
+    "fleet.two_stations": "同时出现在两个采集站", "fleet.other_stations": "个您无权查看的采集站", "fleet.summary": "记录仪 {n} 台，逾期未还 {overdue} 台",
+    "state.overdue": "逾期未还", "state.out": "已领用", "state.docked": "在位", "state.faulty": "故障",
+    "state.away": "离位未领用", "state.in": "已归还", "unit.hours": "小时", "unit.minutes": "分钟",
+    "outcome.under_way": "进行中",
     "title": "执法记录审查台", "nav.search": "检索", "nav.log": "访问日志", "signout": "退出",
     "lang.other": "English",
     "signin.title": "登录", "signin.name": "账号", "signin.password": "密码",
@@ -38,6 +46,14 @@ const TEXT = {
     "error.not_found": "没有这条记录，或您无权查看。", "error.other": "出错了：",
   },
   en: {
+    "nav.fleet": "Fleet", "fleet.title": "The agency's recorders", "fleet.state": "State",
+    "fleet.holder": "Holder (officer no. name)", "fleet.since": "Out since", "fleet.due": "Due back",
+    "fleet.overdue_by": "Overdue by", "fleet.battery": "Battery", "fleet.storage": "Storage (free/total)",
+    "fleet.firmware": "Firmware", "fleet.last_docking": "Last docking", "fleet.empty": "No recorders you may see.",
+    "fleet.two_stations": "at two stations", "fleet.other_stations": "station(s) outside your scope", "fleet.summary": "{n} recorder(s), {overdue} overdue",
+    "state.overdue": "OVERDUE", "state.out": "out", "state.docked": "in a bay", "state.faulty": "faulty",
+    "state.away": "away (not checked out)", "state.in": "returned", "unit.hours": "h", "unit.minutes": "min",
+    "outcome.under_way": "under way",
     "title": "Evidence review console", "nav.search": "Search", "nav.log": "Access log", "signout": "Sign out",
     "lang.other": "中文",
     "signin.title": "Sign in", "signin.name": "Account", "signin.password": "Password",

@@ -143,3 +143,46 @@ export function renderLog(tbody, rows, append) {
     tbody.append(tr);
   }
 }
+
+function bytesText(bytes) {
+  if (bytes === null || bytes === undefined) return "";
+  const gib = bytes / 1024 ** 3;
+  return gib >= 1 ? `${gib.toFixed(1)} GiB` : `${Math.round(bytes / 1024 ** 2)} MiB`;
+}
+
+function durationText(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  const hours = Math.floor(seconds / 3600);
+  const minutes = Math.floor((seconds % 3600) / 60);
+  return hours ? `${hours} ${t("unit.hours")} ${minutes} ${t("unit.minutes")}` : `${minutes} ${t("unit.minutes")}`;
+}
+
+function stateText(state) {
+  return has(`state.${state}`) ? t(`state.${state}`) : state;
+}
+
+// The agency's recorders (GET /console/api/fleet), overdue first as the central sorts them.
+export function renderFleet(tbody, doc) {
+  tbody.replaceChildren();
+  for (const r of doc.recorders) {
+    const holder = r.officer_no ? `${r.officer_no} ${r.officer_name || ""}`.trim() : "";
+    const held = r.state === "out" || r.state === "overdue";
+    const storage = r.storage_total_bytes ? `${bytesText(r.storage_free_bytes)} / ${bytesText(r.storage_total_bytes)}` : "";
+    const docking = r.last_docking
+      ? `${localTime(r.last_docking.started_at)} ${r.last_docking.outcome ?? t("outcome.under_way")}`
+      : "";
+    const others = r.other_stations ? ` +${r.other_stations} ${t("fleet.other_stations")}` : "";
+    const flag = r.at_stations ? `${t("fleet.two_stations")}: ${r.at_stations.join(" ")}${others}` : "";
+    const tr = row([
+      el("span", r.device_serial, "mono"), r.station, el("strong", stateText(r.shown_state), r.overdue ? "bad" : ""),
+      holder, held ? localTime(r.since) : "", localTime(r.due_at), durationText(r.overdue_by_s),
+      r.battery_percent === null || r.battery_percent === undefined ? "" : `${r.battery_percent}%`,
+      storage, r.firmware ?? "", docking, el("span", flag, flag ? "bad" : ""),
+    ]);
+    tr.dataset.serial = r.device_serial;
+    tr.dataset.station = r.station;
+    tr.dataset.state = r.shown_state;
+    if (r.at_stations) tr.dataset.flag = "two-stations";
+    tbody.append(tr);
+  }
+}
