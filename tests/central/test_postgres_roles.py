@@ -23,7 +23,7 @@ from psycopg import sql
 from edge.central.auth import DEV_STATION_HEADER
 from edge.central.cli import add_central_parser
 from edge.central.config import CentralConfig, PostgresIndexConfig, load_central_config, parse_central_config
-from edge.central.postgres import PostgresDatabase, RuntimeRoleError
+from edge.central.postgres import PostgresDatabase, RuntimeRoleError, SchemaBehind
 from edge.central.postgres.migrations import RUNTIME_GROUP, known_migrations, owns_schema, schema_version
 from edge.central.service import start_central
 from edge.config.base import ConfigError
@@ -201,6 +201,18 @@ async def _start_and_stop(config: CentralConfig) -> None:
     running = await start_central(config)
     assert running.url.startswith("http://127.0.0.1:")
     await running.stop()
+
+
+def test_an_empty_database_the_runtime_cannot_create_names_the_owner_step(split_roles: SplitRoles) -> None:
+    runtime_url = split_roles.url(split_roles.runtime)
+    with pytest.raises(SchemaBehind, match="migrate-schema") as caught:
+        PostgresDatabase.open(runtime_url, password=split_roles.runtime_password)
+    assert split_roles.runtime_password not in str(caught.value)
+    # Control: once the owner migrated (as `edge central migrate-schema` does), the runtime alone opens it.
+    PostgresDatabase.open(runtime_url, password=split_roles.runtime_password,
+                          owner_url=split_roles.url(split_roles.owner),
+                          owner_password=split_roles.owner_password).close()
+    PostgresDatabase.open(runtime_url, password=split_roles.runtime_password).close()
 
 
 def test_the_runtime_must_own_nothing_and_be_in_the_group(

@@ -30,7 +30,7 @@ from edge.central.postgres.console import PostgresConsoleStore
 from edge.central.postgres.equipment import PostgresEquipmentRows
 from edge.central.postgres.index import PostgresIndex
 from edge.central.postgres.log import PostgresLogStore
-from edge.central.postgres.migrations import apply_migrations, check_runtime_role, owns_schema
+from edge.central.postgres.migrations import SchemaBehind, apply_migrations, check_runtime_role, owns_schema
 from edge.central.postgres.trail import PostgresTrailSealer
 
 __all__ = ["PostgresDatabase"]
@@ -182,7 +182,15 @@ class PostgresDatabase:
             if owner_url is not None or owns_schema(conn) is False:
                 check_runtime_role(conn, owner_given=owner_url is not None)
             else:
-                apply_migrations(conn)
+                try:
+                    apply_migrations(conn)
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    # An empty database the runtime role may not create tables in: a split install whose
+                    # owner has not migrated yet, the operator's step rather than a server fault.
+                    raise SchemaBehind(
+                        f"the database has no schema yet and the role {conn.info.user} may not create it "
+                        f"({str(exc).strip()}): run `edge central migrate-schema` with "
+                        f"central.index.owner_url, the owner's URL, and owner_password set") from None
                 _warn_single_role(conn)
             info = conn.info
             where = f"{info.host}:{info.port}/{info.dbname}"
