@@ -183,6 +183,9 @@ class JoinResult:
     recorded_s: float = 0.0
     problems: list[str] = field(default_factory=list)
     seq: int | None = None  # its `joined` entry
+    # Joined but not sealed (the store at its reserve): unlike a refusal, another try may make it, so the
+    # products stay owed (review 29).
+    unsealed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -328,6 +331,7 @@ async def join_source(
             clock_synchronised=clock_synchronised,
             facts={"source": source_id, "segments": len(segments), "gaps": len(gaps)})
         if item is None:
+            result.unsealed = True
             return await _refused(pipeline, result, where, ["the joined file could not be sealed"])
         record = pipeline.repository.item(item)
         assert record is not None

@@ -50,7 +50,8 @@ class Products:
         """What ``room_products`` carries of them."""
         return {
             "joined": [{"source": j.source, "item": j.item, "sha256": j.sha256,
-                        **({"problems": len(j.problems)} if j.problems else {})} for j in self.joined],
+                        **({"problems": len(j.problems)} if j.problems else {}),
+                        **({"unsealed": True} if j.unsealed else {})} for j in self.joined],
             "statement_item": self.statement_item,
             "statement_sha256": self.statement_sha256,
         }

@@ -221,11 +221,22 @@ def products_owed(entries: Iterable[LedgerEntry]) -> dict[str, LedgerEntry]:
         if not isinstance(session, str):
             continue
         if entry.type == EntryType.ROOM_PRODUCTS:
-            made_from[session] = str(entry.data.get("manifest_item"))
+            # Made in full only with its statement sealed and no join left unsealed (a full disk): a
+            # making cut short leaves the manifest owed, so the disc gets them once there is room. A join
+            # refused for good (no segment, a camera changed) is made as far as it can be.
+            if _products_complete(entry.data):
+                made_from[session] = str(entry.data.get("manifest_item"))
         elif (entry.type == EntryType.ACQUIRED and entry.item is not None
               and entry.data.get("role") in MANIFEST_ROLES):
             acquired[entry.item] = entry
     return {session: found for session, found in newest.items() if made_from.get(session) != found.item}
+
+
+def _products_complete(data: dict[str, Any]) -> bool:
+    joined = data.get("joined")
+    if not isinstance(data.get("statement_item"), str) or not isinstance(joined, list):
+        return False
+    return not any(isinstance(j, dict) and j.get("unsealed") for j in joined)
 
 
 def recording_on_ledger(found: dict[str, LedgerSession]) -> dict[str, LedgerSession]:

@@ -41,6 +41,7 @@ from edge.durable.files import free_bytes, make_dirs_durable, write_atomic
 from edge.gb28181.live import LiveStreams
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
+from edge.rooms import export as export_module
 from edge.rooms.composite import derived_of, room_outputs
 from edge.rooms.documents import DocumentRefused, attach_document
 from edge.rooms.export import ExportedDisc, ExportRefused, export_session
@@ -438,10 +439,17 @@ class RoomService:
             # The rooms recording already record into the same free space, each on the expected length it
             # was started with: a start keeps theirs too, one start_min_free_bytes a room (review 28).
             recording = sorted(self.active)
+            # A disc export in flight passed its own check on this free figure and has yet to write its
+            # staging (booked in export._RUNNING): a start keeps it too, or both take the same bytes
+            # (review 29). Read at call time: the bookings change as exports start and end.
+            exporting = list(export_module._RUNNING.values())
             needed = (self.settings.start_min_free_bytes * (len(recording) + 1)
-                      + self.pipeline.settings.min_free_bytes)
+                      + self.pipeline.settings.min_free_bytes + sum(exporting))
             if free < needed:
                 kept = (f" and one for each room recording: {', '.join(recording)}" if recording else "")
+                if exporting:
+                    kept += (f", and the staging of {len(exporting)} disc export(s) in progress "
+                             f"({sum(exporting) / 2**30:.1f} GiB)")
                 await self._refuse(
                     "start",
                     room,

@@ -91,7 +91,9 @@ async def test_every_sealed_segment_of_a_session_reaches_its_disc(
             await asyncio.gather(*again.finishing)
         assert not capture.exists(), "the next start left the stop's work unfinished"
         sealed = {str(e.item) for e in watch.of("segment_sealed", room_session=session)}
-        assert len(sealed) >= 4, sealed  # those sealed late are among them
+        # Two before the trouble, then the stop's own; with trouble, those sealed late are among them too
+        # (the roomy control has none, so 3 is all it seals when the stop comes at once).
+        assert len(sealed) >= (3 if trouble == "none" else 4), sealed
         try:
             disc = await again.export(session, by="op")
         except RoomRefused as exc:

@@ -47,12 +47,17 @@ async def _start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free: int, in_
         store.close()
 
 
-async def test_control_a_start_short_of_its_room_is_refused(tmp_path: Path, monkeypatch) -> None:
+async def test_control_a_start_short_of_its_room_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     refused = await _start(tmp_path, monkeypatch, free=ROOM_NEEDS - 1, in_flight=0)
     assert refused is not None and "start_min_free_bytes" in refused
 
 
-async def test_a_start_counts_an_export_staging_in_flight(tmp_path: Path, monkeypatch) -> None:
+async def test_a_start_counts_an_export_staging_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Exactly the room's bytes free, but an export already booked 16 MiB of staging out of them.
     refused = await _start(tmp_path, monkeypatch, free=ROOM_NEEDS, in_flight=16 * MIB)
     assert refused is not None, "started on space a disc export in flight is about to stage into"
+    assert "disc export(s) in progress" in refused, refused  # the refusal says what holds the space
