@@ -14,7 +14,8 @@ from psycopg import sql
 from edge.central.postgres import PostgresDatabase
 from tests.central.test_postgres_roles import SplitRoles, split_roles  # noqa: F401 (fixture)
 
-LEAF = "INSERT INTO {}.merkle_leaves (idx, entry, leaf_hash) VALUES (5, 'forged', decode(repeat('00', 32), 'hex'))"
+LEAF = ("INSERT INTO {}.merkle_leaves (idx, entry, leaf_hash) "
+        "VALUES (5, 'forged', decode(repeat('00', 32), 'hex'))")
 
 
 def _migrated(split: SplitRoles) -> None:
@@ -25,7 +26,7 @@ def _migrated(split: SplitRoles) -> None:
 def test_control_gap_refused(split_roles: SplitRoles) -> None:  # noqa: F811
     _migrated(split_roles)
     with split_roles.connect(split_roles.runtime, split_roles.runtime_password) as runtime:
-        schema = runtime.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
+        schema = str(runtime.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
         with pytest.raises(psycopg.Error) as caught:
             runtime.execute(sql.SQL(LEAF).format(sql.Identifier(schema)))
         assert caught.value.sqlstate == "EE001"
@@ -34,7 +35,7 @@ def test_control_gap_refused(split_roles: SplitRoles) -> None:  # noqa: F811
 def test_temp_shadow_cannot_bypass_the_leaf_trigger(split_roles: SplitRoles) -> None:  # noqa: F811
     _migrated(split_roles)
     with split_roles.connect(split_roles.runtime, split_roles.runtime_password) as runtime:
-        schema = runtime.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
+        schema = str(runtime.execute("SELECT current_schema()").fetchone()[0])  # type: ignore[index]
         runtime.execute("CREATE TEMP TABLE merkle_leaves (idx bigint)")
         runtime.execute("INSERT INTO pg_temp.merkle_leaves VALUES (4)")
         with pytest.raises(psycopg.Error) as caught:
