@@ -24,7 +24,8 @@ class _Bucket:
         self.puts: list[str] = []
 
     def head_object(self, **kw: Any) -> dict[str, Any]:
-        raise ClientError({"Error": {"Code": "404"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "HeadObject")
+        raise ClientError({"Error": {"Code": "404"}, "ResponseMetadata": {"HTTPStatusCode": 404}},
+                          "HeadObject")
 
     def put_object(self, **kw: Any) -> dict[str, Any]:
         self.puts.append(kw["Key"])
@@ -50,8 +51,8 @@ def test_s3_store_compares_the_vouched_hash(tmp_path: Path) -> None:
     source, received = _file(tmp_path)
     store = S3ObjectStore.__new__(S3ObjectStore)
     bucket = _Bucket()
-    store.client, store.bucket, store.prefix, store.part_size, store.config = (
-        bucket, "evidence", "objects/", 8 << 20, None)
+    store.client, store.bucket, store.prefix, store.part_size = bucket, "evidence", "objects/", 8 << 20
+    store.config = None  # type: ignore[assignment]
     with pytest.raises(ObjectMismatch):
         store.put_file(source, CLAIMED, None, received=received)
     assert bucket.puts == []
