@@ -74,7 +74,8 @@ async def test_control_lock_done_in_writer_thread_keeps_loop(pg_database: Postgr
         db.close()
 
 
-async def test_lock_extender_keeps_loop_while_writer_lock_held(pg_database: PostgresDatabaseUnderTest) -> None:
+async def test_lock_extender_keeps_loop_while_writer_lock_held(
+        pg_database: PostgresDatabaseUnderTest) -> None:
     db, lock = _setup(pg_database)
     try:
         extender = LockExtender(db.index, _Objects())  # type: ignore[arg-type]
