@@ -7,11 +7,12 @@ list."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from edge.central.console.fleet import console_fleet
 from edge.central.equipment import EquipmentStore, fleet_view
 from edge.central.sqlite.database import SqliteDatabase
-from tests.equipment.test_central_fleet_view import MORNING, out_since, station_report
+from tests.equipment.test_central_fleet_view import out_since, station_report
 
 
 def _store(tmp_path: Path) -> tuple[SqliteDatabase, EquipmentStore]:
@@ -22,7 +23,7 @@ def _store(tmp_path: Path) -> tuple[SqliteDatabase, EquipmentStore]:
     return database, store
 
 
-def _at(view: dict) -> list:
+def _at(view: dict[str, Any]) -> list[Any]:
     return [r["at_stations"] for r in view["recorders"] if r["device_serial"] == "ZFY-B1"]
 
 
