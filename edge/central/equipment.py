@@ -16,7 +16,8 @@ The endpoints (:func:`add_equipment_routes`): ``GET /v1/stations/{S}/officers?ha
 /v1/stations/{S}/fleet`` for the station itself (mutual TLS), the same as the MQTT API's ``officers`` and
 ``fleet-report``; ``GET /v1/fleet`` for auditors (a reader certificate or a console session), every read
 logged first, a reader of role ``reader`` seeing only the stations of its units. The fleet view flags a
-recorder that the latest reports of two stations both list (``at_stations`` names them), and each station's
+recorder that the latest reports of two stations both list (``at_stations`` names those in the reader's
+scope, ``other_stations`` counts the rest), and each station's
 row says which officer list version it holds beside the newest issued (a station that lags shows). Each
 recorder says whether it is ``overdue`` (:func:`is_overdue`: as its station said, or out past its due time
 by the central's clock), counted per station and over the view; ``edge_central_recorders_overdue`` counts
@@ -170,8 +171,8 @@ def overdue_count(store: EquipmentStore, now: datetime | None = None) -> int:
 def fleet_view(store: EquipmentStore, stations: set[str] | None, now: datetime | None = None
                ) -> dict[str, Any]:
     """Every recorder the latest reports list, with the station holding it; ``stations`` None: all. A
-    serial in the latest reports of two stations is flagged (``at_stations`` lists them), whatever the
-    reader's scope: the reports of stations the reader may not see are counted, not shown. Each recorder
+    serial in the latest reports of two stations is flagged, whatever the reader's scope: ``at_stations``
+    names those in ``stations`` and ``other_stations`` counts the rest (counted, not shown). Each recorder
     says whether it is ``overdue`` (:func:`is_overdue`, at ``now``); each station and the whole view count
     the recorders by state and the overdue ones."""
     moment = report_time(now or datetime.now(UTC))
@@ -199,8 +200,13 @@ def fleet_view(store: EquipmentStore, stations: set[str] | None, now: datetime |
                              "officers_version": report.get("officers_version")})
     for recorder in shown:
         at = holders[recorder["device_serial"]]
-        recorder["at_stations"] = sorted(at) if len(at) > 1 else None
-        recorder["flag"] = "seen_at_two_stations" if len(at) > 1 else None
+        flagged = len(at) > 1
+        # The flag counts every station, but only stations in scope are named: a reader of one unit
+        # must not learn another unit's station ids (GET /v1/fleet and the console page both serve this).
+        named = sorted(s for s in at if stations is None or s in stations)
+        recorder["at_stations"] = named if flagged else None
+        recorder["other_stations"] = len(at) - len(named) if flagged else 0
+        recorder["flag"] = "seen_at_two_stations" if flagged else None
     shown.sort(key=lambda r: (not r["overdue"], r["device_serial"], r["station"]))
     newest = store.newest()
     return {"officers_version": None if newest is None else newest.version, "at": moment,

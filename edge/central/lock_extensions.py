@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -48,7 +49,11 @@ class LockExtender:
             try:
                 await asyncio.to_thread(self.objects.retain, lock.sha256, lock.retention)
             except (ObjectStoreError, OSError, ValueError) as exc:
-                self.index.lock_failed(lock.item, str(exc), self._clock())
+                # Each outcome is its own write transaction, which on PostgreSQL first waits for the
+                # cross-process writer lock: in the database's writer thread, as registration's, so that
+                # another receiver's commit does not stall this loop.
+                await self.index.unit.run_writes(
+                    functools.partial(self.index.lock_failed, lock.item, str(exc), self._clock()))
                 log.error("item %s: its object %s could not be locked until %s%s (attempt %d; retried): %s",
                           lock.item, lock.sha256, lock.until_utc, " with a legal hold" if lock.legal_hold
                           else "", lock.attempts + 1, exc,
@@ -56,7 +61,7 @@ class LockExtender:
                 if isinstance(exc, ObjectStoreUnavailable):
                     return
                 continue
-            self.index.lock_done(lock)
+            await self.index.unit.run_writes(functools.partial(self.index.lock_done, lock))
             log.info("item %s: object %s locked until %s%s", lock.item, lock.sha256, lock.until_utc,
                      " with a legal hold" if lock.legal_hold else "",
                      extra=event_fields(event="retention_extended", item=lock.item))

@@ -385,6 +385,11 @@ class S3ObjectStore:
         one read that sends it. ``Content-MD5`` goes with every part either way, computed on that read.
         An existing object is re-hashed rather than trusted (a damaged one raises :class:`ObjectCorrupt`
         and is left for an operator), and its lock extended to ``retention``."""
+        if received is not None and received.sha256 != sha256:
+            # The vouch names other content than the object's name: trusting it would store bytes that
+            # hash to one value as the object of another, locked. Refused before anything is sent, as
+            # FileObjectStore.put_file refuses it.
+            raise ObjectMismatch(sha256, received.sha256, os.stat(source).st_size)
         key = self.key_of(sha256)
         if self._head(sha256) is not None:
             return self._put_existing(source, sha256, retention, received)

@@ -50,11 +50,14 @@ class TusStaging:
     """Part objects of the uploads in ``objects``' bucket (see the module docstring)."""
 
     def __init__(self, objects: S3ObjectStore) -> None:
-        if STAGING_PREFIX.startswith(objects.prefix):
-            # The store's audit would take every part for a planted object (and names() walks them).
+        if STAGING_PREFIX.startswith(objects.prefix) or objects.prefix.startswith(STAGING_PREFIX):
+            # Either way round the two overlap. A prefix containing uploads/: the store's audit would take
+            # every part for a planted object (and names() walks them). A prefix under uploads/: the
+            # README's lifecycle rule on uploads/ would expire (delete-mark) every locked content object.
             raise ObjectStoreError(
-                f"the object prefix {objects.prefix!r} contains the tus staging prefix {STAGING_PREFIX!r}: "
-                "set [central] objects.prefix to a folder of its own (the default is objects/)")
+                f"[central] objects.prefix {objects.prefix!r} overlaps the tus staging prefix "
+                f"{STAGING_PREFIX!r}: set objects.prefix to a folder of its own, neither containing nor "
+                "inside uploads/ (the default is objects/)")
         self.objects = objects
         self.client: Any = objects.client
         self.bucket = objects.bucket

@@ -429,11 +429,20 @@ def return_recorder(store: StationStore, device_serial: str, *, bay: int | None,
 
 def _seen_leaving(conn: sqlite3.Connection, held: Assignment) -> bool:
     """Whether the ledger saw the recorder's USB device leave since its check-out (a bay's power cycle aside:
-    the recorder stays in the bay)."""
+    the recorder stays in the bay).
+
+    A USB serial is a claim, not an identity (a batch may share one), so a removal of it counts only where
+    it is this recorder: one naming a device serial must name this one; else it must be at the bay the
+    recorder was issued from. Issued with no bay on record (no bay map), the station cannot tell where it
+    was, and any removal of its USB serial counts, as before."""
     row = conn.execute(
         "SELECT 1 FROM ledger WHERE seq > ? AND type = ? AND json_extract(data, '$.usb_serial') = ? "
-        "AND coalesce(json_extract(data, '$.reason'), '') <> 'bay power cycle' LIMIT 1",
-        (held.checked_out_seq, EntryType.DEVICE_REMOVED.value, held.usb_serial)).fetchone()
+        "AND coalesce(json_extract(data, '$.reason'), '') <> 'bay power cycle' "
+        "AND CASE WHEN json_extract(data, '$.device_serial') IS NOT NULL "
+        "THEN json_extract(data, '$.device_serial') = ? "
+        "WHEN ? IS NULL THEN 1 ELSE json_extract(data, '$.bay') IS ? END LIMIT 1",
+        (held.checked_out_seq, EntryType.DEVICE_REMOVED.value, held.usb_serial, held.device_serial,
+         held.bay, held.bay)).fetchone()
     return row is not None
 
 

@@ -68,15 +68,9 @@ def console_fleet(view: dict[str, Any], visible: set[str] | None, station: str |
                   ) -> dict[str, Any]:
     """``view`` (a :func:`fleet_view` of the ``visible`` stations, None: all) for the page: each recorder's
     ``shown_state`` and ``overdue_by_s``, then only the recorders (and station rows) the filters name.
-    Counts stay those of the whole scope. A recorder also at a station out of scope stays flagged, but
-    ``at_stations`` names only the stations in scope and ``other_stations`` counts the rest."""
+    Counts stay those of the whole scope. A recorder also at a station out of scope stays flagged;
+    :func:`fleet_view` already names only the stations in scope (``other_stations`` counts the rest)."""
     for recorder in view["recorders"]:
-        at = recorder["at_stations"]
-        if at is not None and visible is not None:
-            recorder["at_stations"] = [s for s in at if s in visible]
-            recorder["other_stations"] = sum(s not in visible for s in at)
-        else:
-            recorder["other_stations"] = 0
         recorder["shown_state"] = "overdue" if recorder["overdue"] else recorder["state"]
         recorder["overdue_by_s"] = _overdue_by_s(recorder, view["at"])
     if station is not None:
