@@ -186,4 +186,6 @@ def test_request_table_is_complete_and_consistent() -> None:
         if spec.direction is Direction.IN:
             assert spec.min_bytes == spec.max_bytes  # replies have one exact size
     unauthenticated = {r for r, s in REQUEST_SPECS.items() if not s.needs_login}
-    assert unauthenticated == {VendorRequest.GET_ID_CODE, VendorRequest.LOGIN, VendorRequest.GET_RESULT}
+    # GET_VERSION needs no login: the firmware version is read for the fleet before (or without) a login.
+    assert unauthenticated == {VendorRequest.GET_ID_CODE, VendorRequest.LOGIN, VendorRequest.GET_RESULT,
+                               VendorRequest.GET_VERSION}
