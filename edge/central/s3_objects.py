@@ -509,22 +509,29 @@ class S3ObjectStore:
                 log.warning("object %s: refused content hashing to %s (%d bytes); its multipart upload is "
                             "aborted, never completed", sha256, found, size)
                 raise ObjectMismatch(sha256, found, size)
-            try:
-                done = self.client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                )
-            except (ClientError, BotoCoreError) as exc:
-                raise self._failure(exc, f"complete multipart upload of {sha256}") from None
+            version = self._complete_multipart(key, upload_id, parts, sha256)
             completed = True
-            return str(done.get("VersionId", ""))
+            return version
         finally:
             if not completed:
-                try:
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-                except (ClientError, BotoCoreError) as exc:  # the bucket's lifecycle rule or an operator
-                    log.warning("multipart upload %s of object %s could not be aborted: %s", upload_id,
-                                sha256, exc)
+                self._abort_multipart(key, upload_id, sha256)
+
+    def _complete_multipart(self, key: str, upload_id: str, parts: list[dict[str, Any]], sha256: str) -> str:
+        """Completes a multipart upload; its new version's id."""
+        try:
+            done = self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                         MultipartUpload={"Parts": parts})
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failure(exc, f"complete multipart upload of {sha256}") from None
+        return str(done.get("VersionId", ""))
+
+    def _abort_multipart(self, key: str, upload_id: str, sha256: str) -> None:
+        """Aborts a multipart upload that did not complete; a failure is only logged (the bucket's
+        lifecycle rule or an operator removes what is left)."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("multipart upload %s of object %s could not be aborted: %s", upload_id, sha256, exc)
 
     def _current_version(self, sha256: str) -> str:
         head = self._head(sha256)
@@ -678,20 +685,12 @@ class S3ObjectStore:
                 except BotoCoreError as exc:
                     raise self._failure(exc, f"copy part {number} of {sha256}") from None
                 parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
-            try:
-                done = self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                             MultipartUpload={"Parts": parts})
-            except (ClientError, BotoCoreError) as exc:
-                raise self._failure(exc, f"complete multipart upload of {sha256}") from None
+            version = self._complete_multipart(key, upload_id, parts, sha256)
             completed = True
-            return str(done.get("VersionId", ""))
+            return version
         finally:
             if not completed:
-                try:
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-                except (ClientError, BotoCoreError) as exc:  # the bucket's lifecycle rule or an operator
-                    log.warning("multipart upload %s of object %s could not be aborted: %s", upload_id,
-                                sha256, exc)
+                self._abort_multipart(key, upload_id, sha256)
 
     @staticmethod
     def _drop_source(source: Path) -> None:
