@@ -13,13 +13,13 @@ class requires).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
 
+from edge.central.background import periodic_task
 from edge.central.objects import ObjectStore, ObjectStoreError, ObjectStoreUnavailable
 from edge.central.sql.lock_extensions import PendingLock
 from edge.central.storage import Index
@@ -81,24 +81,8 @@ def lock_extension_task(
     """An ``app.cleanup_ctx`` entry that retries pending lock extensions at start and every
     ``interval_s`` seconds until the application stops; a round that fails is logged and the next one
     comes. ``extender`` is asked each round (the registrar's store, as it is then)."""
-    if interval_s <= 0:
-        raise ValueError(f"interval_s must be > 0, got {interval_s}")
+    async def one_round() -> None:
+        await extender().retry_pending()
 
-    async def retry_forever() -> None:
-        while True:
-            try:
-                await extender().retry_pending()
-            except Exception:  # the database down: logged, tried again next round
-                log.exception("retrying pending object lock extensions failed")
-            await asyncio.sleep(interval_s)
-
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(retry_forever(), name="lock-extensions")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    return context
+    return periodic_task("lock-extensions", one_round, interval_s,
+                         "retrying pending object lock extensions failed")

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.x509.oid import NameOID
 
+from edge.central.background import periodic_task
 from edge.central.config import CentralConfig, MqttSection
 from edge.central.mqtt_ingest_store import MqttIngestStore, Outcome
 from edge.central.receive_queue import (
@@ -635,26 +636,13 @@ class SupervisedReceiver:
 def mqtt_purge_task(store: MqttIngestStore, interval_s: float) -> Callable[[object], AsyncIterator[None]]:
     """An aiohttp cleanup context that purges expired transfers at start and every ``interval_s``."""
 
-    async def purge_forever() -> None:
-        while True:
-            try:
-                removed = await asyncio.to_thread(store.purge_expired)
-            except Exception:
-                log.exception("purging expired MQTT transfers in %s failed", store.root)
-            else:
-                if removed:
-                    log.info("purged %d expired MQTT transfers from %s", removed, store.root)
-            await asyncio.sleep(interval_s)
+    async def one_round() -> None:
+        removed = await asyncio.to_thread(store.purge_expired)
+        if removed:
+            log.info("purged %d expired MQTT transfers from %s", removed, store.root)
 
-    async def context(_app: object) -> AsyncIterator[None]:
-        task = asyncio.create_task(purge_forever(), name="mqtt-transfers-purge")
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    return context
+    return periodic_task("mqtt-transfers-purge", one_round, interval_s,
+                         f"purging expired MQTT transfers in {store.root} failed")
 
 
 _WORKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")

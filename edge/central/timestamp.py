@@ -33,6 +33,7 @@ from rfc3161_client import (
     decode_timestamp_response,
 )
 
+from edge.central.background import background_task
 from edge.central.log import MerkleLog
 from edge.custody.checkpoint_note import checkpoint_text, sign_note
 from edge.custody.keys import StationKey
@@ -156,12 +157,4 @@ class TimeStamper:
 def timestamp_task(stamper: TimeStamper, interval_s: float) -> Callable[[object], AsyncIterator[None]]:
     """An aiohttp cleanup context running the time-stamper beside the application."""
 
-    async def context(_app: object) -> AsyncIterator[None]:
-        task = asyncio.create_task(stamper.run(interval_s), name="tsa-timestamper")
-        try:
-            yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-    return context
+    return background_task("tsa-timestamper", lambda: stamper.run(interval_s))

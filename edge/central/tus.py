@@ -61,6 +61,7 @@ from typing import Any, TypeVar
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from edge.central.background import periodic_task
 from edge.central.http_server import CLIENT_GONE
 from edge.central.limits import RequestLimiter
 from edge.central.numbers import AsciiNumberError, parse_ascii_uint
@@ -868,27 +869,9 @@ def tus_purge_task(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """An ``app.cleanup_ctx`` entry that purges expired uploads (incomplete ones, and complete ones no
     registration took) at start and every ``interval_s`` seconds until the application stops."""
-    if interval_s <= 0:
-        raise ValueError(f"interval_s must be > 0, got {interval_s}")
+    async def one_round() -> None:
+        removed = await _blocking(store.purge_expired)
+        if removed:
+            log.info("purged %d expired uploads from %r", removed, store)
 
-    async def purge_forever() -> None:
-        while True:
-            try:
-                removed = await _blocking(store.purge_expired)
-            except Exception:
-                log.exception("purging expired uploads in %r failed", store)
-            else:
-                if removed:
-                    log.info("purged %d expired uploads from %r", removed, store)
-            await asyncio.sleep(interval_s)
-
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(purge_forever(), name="tus-purge")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    return context
+    return periodic_task("tus-purge", one_round, interval_s, f"purging expired uploads in {store!r} failed")
