@@ -27,7 +27,9 @@ protection a local folder lacks:
 
 boto3 is synchronous; like the local store every method blocks and the central runs them in threads
 (botocore clients are thread-safe). Server quirks are configuration (:class:`S3ObjectsConfig`): path-style
-addressing, and ``checksum_mode`` for boto3 >= 1.36, whose default CRC trailers some servers refuse.
+addressing, ``checksum_mode`` for boto3 >= 1.36, whose default CRC trailers some servers refuse, and
+``payload_signing`` (whether botocore hashes each body once more for its SigV4 signature; over https it
+does not by default).
 """
 
 from __future__ import annotations
@@ -165,10 +167,15 @@ class S3ObjectStore:
         self.bucket = config.bucket
         self.prefix = config.prefix
         self.part_size = config.part_size_bytes
+        s3_options: dict[str, Any] = {"addressing_style": config.addressing_style}
+        if config.sign_payload is not None:
+            # False: UNSIGNED-PAYLOAD, so botocore does not hash every part once more for the signature
+            # (over plain http it otherwise does); Content-MD5 still goes with every body.
+            s3_options["payload_signing_enabled"] = config.sign_payload
         botocore_config = Config(
             region_name=config.region,
             signature_version="s3v4",
-            s3={"addressing_style": config.addressing_style},
+            s3=s3_options,
             request_checksum_calculation=config.checksum_mode,
             response_checksum_validation=config.checksum_mode,
             connect_timeout=config.connect_timeout_s,

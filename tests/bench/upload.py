@@ -73,6 +73,27 @@ def children_cpu_s() -> float:
 
 def per_gb(cpu_s: float, sent_bytes: int) -> float:
     return round(cpu_s / (sent_bytes / GIB), 3) if sent_bytes else 0.0
+
+
+# Where the CPU goes: with EDGE_BENCH_PY_SPY naming a py-spy binary, each central and uplink process is
+# sampled (every thread, attached by pid so the CPU counts above stay the process's own) into collapsed
+# stacks in EDGE_BENCH_PROFILE_DIR (default: the current directory). The figures of such a run are
+# inflated by the sampling; read the profiles, not the numbers.
+PY_SPY_ENV, PROFILE_DIR_ENV = "EDGE_BENCH_PY_SPY", "EDGE_BENCH_PROFILE_DIR"
+PROFILERS: list[subprocess.Popen[bytes]] = []  # the uplinks' samplers, waited for at the end
+
+
+def profile(pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """Start sampling process ``pid`` when EDGE_BENCH_PY_SPY is set; stops by itself when it exits."""
+    py_spy = os.environ.get(PY_SPY_ENV)
+    if not py_spy:
+        return None
+    out = Path(os.environ.get(PROFILE_DIR_ENV, ".")) / f"{name}-{pid}.txt"
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+                             "--nonblocking", "--threads", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
@@ -97,11 +118,12 @@ class Bucket:
     """Fresh buckets with Object Lock (and a one-day default COMPLIANCE retention, as the README says to
     create them) on a Ceph gateway (tests/central/ceph.py)."""
 
-    def __init__(self, gateway: Any) -> None:
+    def __init__(self, gateway: Any, payload_signing: str) -> None:
         import boto3
         from botocore.config import Config
 
         self.gateway = gateway
+        self.payload_signing = payload_signing
         self.client = boto3.session.Session().client(
             "s3", endpoint_url=gateway.endpoint, aws_access_key_id=gateway.access_key_id,
             aws_secret_access_key=gateway.secret_access_key, region_name=gateway.region,
@@ -118,7 +140,7 @@ class Bucket:
             "ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 1}}})
         return (f'objects = {{type = "s3", endpoint = "{self.gateway.endpoint}", bucket = "{name}", '
                 f'region = "{self.gateway.region}", access_key_id = "{self.gateway.access_key_id}", '
-                f'secret_access_key = "env:{S3_SECRET_ENV}"}}\n')
+                f'secret_access_key = "env:{S3_SECRET_ENV}", payload_signing = "{self.payload_signing}"}}\n')
 
 
 class Central:
@@ -133,6 +155,7 @@ class Central:
         )
         run([*edge_command(), "central", "init", "--config", str(self.config)])
         self.proc: subprocess.Popen[bytes] | None = None
+        self.profiler: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -168,6 +191,7 @@ class Central:
                                  f"{self.errors.read_text(errors='replace')[-2000:]}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                self.profiler = profile(self.proc.pid, "central")
                 return
             except OSError:
                 time.sleep(0.05)
@@ -182,6 +206,8 @@ class Central:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(30)
+        if self.profiler is not None:
+            self.profiler.wait(120)  # writes its profile when the central has gone
 
 
 def run(args: list[str]) -> None:
@@ -320,7 +346,7 @@ def spawn_uplink(
     bundle: Path,
     concurrency: int,
 ) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [
             sys.executable,
             __file__,
@@ -333,6 +359,10 @@ def spawn_uplink(
         ],
         stdout=subprocess.PIPE,
     )
+    profiler = profile(proc.pid, "uplink")
+    if profiler is not None:
+        PROFILERS.append(profiler)
+    return proc
 
 
 def reap(proc: subprocess.Popen[bytes]) -> tuple[dict[str, Any], float]:
@@ -462,6 +492,7 @@ def mode_single(
     return {
         "mode": "single",
         "objects": "s3" if bucket is not None else "files",
+        "payload_signing": bucket.payload_signing if bucket is not None else None,
         "total_mb": total_mb,
         "files": files,
         "concurrency": concurrency,
@@ -560,6 +591,8 @@ def main() -> int:
     parser.add_argument("--file-mb", type=float, default=50.0, help="--pipeline: demo file size")
     parser.add_argument("--stations", type=int, default=0)
     parser.add_argument("--s3", action="store_true", help="objects in a bucket on a throwaway Ceph cluster")
+    parser.add_argument("--s3-payload-signing", choices=["auto", "signed", "unsigned"], default="unsigned",
+                        help="--s3: the centrals' [objects] payload_signing (the gateway is plain http)")
     parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
     parser.add_argument("--workdir")
     parser.add_argument("--uplink-worker", nargs=5, help=argparse.SUPPRESS)
@@ -584,10 +617,12 @@ def main() -> int:
             memstore_bytes = args.rounds * args.total_mb * MIB * 5 // 4 + 512 * MIB
             with running_ceph(memstore_bytes=memstore_bytes) as gateway:
                 result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds,
-                                     Bucket(gateway))
+                                     Bucket(gateway, args.s3_payload_signing))
         else:
             result = mode_single(work, args.total_mb, args.files, args.concurrency, args.rounds)
     finally:
+        for profiler in PROFILERS:
+            profiler.wait(120)
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result))
