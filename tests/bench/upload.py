@@ -511,7 +511,7 @@ def mode_single(
     }
 
 
-def mode_pipeline(work: Path, file_mb: float) -> dict[str, Any]:
+def mode_pipeline(work: Path, file_mb: float, embedded: bool) -> dict[str, Any]:
     def demo(*extra: str) -> dict[str, Any]:
         cpu_before = children_cpu_s()
         done = subprocess.run(
@@ -526,9 +526,13 @@ def mode_pipeline(work: Path, file_mb: float) -> dict[str, Any]:
         return summary
 
     offload_only = demo("--no-central")
-    journey = demo()
-    return {
+    journey = demo() if embedded else demo("--central-process")
+    if journey["errors"] or journey["receipts"] != journey["items"] or not journey["central_verified"]:
+        raise SystemExit(f"the journey did not end with every receipt verified: {journey['errors'][:5]}")
+    acquired = int(journey["bytes"])
+    result = {
         "mode": "pipeline",
+        "central": "embedded" if embedded else "own process",
         "file_mb": file_mb,
         "items": journey["items"],
         "receipts": journey["receipts"],
@@ -539,6 +543,13 @@ def mode_pipeline(work: Path, file_mb: float) -> dict[str, Any]:
         "journey_cpu_s_per_gb": journey["cpu_s_per_gb"],
         "upload_path_cpu_s_per_gb": round(journey["cpu_s_per_gb"] - offload_only["cpu_s_per_gb"], 3),
     }
+    if not embedded:
+        # Docking to the last receipt, each side its own process: the station's extra for uploading
+        # (against the same window of the offload-only demo) and the central's whole share.
+        result["station_upload_cpu_s_per_gb"] = per_gb(
+            journey["station_cpu_s"] - offload_only["station_cpu_s"], acquired)
+        result["central_cpu_s_per_gb"] = per_gb(journey["central_cpu_s"], acquired)
+    return result
 
 
 def mode_stations(work: Path, total_mb: int, stations: int, files: int) -> dict[str, Any]:
@@ -589,6 +600,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each contender; medians compared")
     parser.add_argument("--pipeline", action="store_true")
     parser.add_argument("--file-mb", type=float, default=50.0, help="--pipeline: demo file size")
+    parser.add_argument("--embedded-central", action="store_true",
+                        help="--pipeline: the central inside the demo's process (the old mode), not its own")
     parser.add_argument("--stations", type=int, default=0)
     parser.add_argument("--s3", action="store_true", help="objects in a bucket on a throwaway Ceph cluster")
     parser.add_argument("--s3-payload-signing", choices=["auto", "signed", "unsigned"], default="unsigned",
@@ -607,7 +620,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         if args.pipeline:
-            result = mode_pipeline(work, args.file_mb)
+            result = mode_pipeline(work, args.file_mb, args.embedded_central)
         elif args.stations:
             result = mode_stations(work, args.total_mb, args.stations, max(1, args.files // 4))
         elif args.s3:
