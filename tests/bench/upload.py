@@ -89,8 +89,9 @@ def profile(pid: int, name: str) -> subprocess.Popen[bytes] | None:
     if not py_spy:
         return None
     out = Path(os.environ.get(PROFILE_DIR_ENV, ".")) / f"{name}-{pid}.txt"
+    extra = os.environ.get("EDGE_BENCH_PY_SPY_ARGS", "--nonblocking").split()  # --native: C frames too
     return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
-                             "--nonblocking", "--threads", "--output", str(out)],
+                             "--threads", *extra, "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -511,7 +512,7 @@ def mode_single(
     }
 
 
-def mode_pipeline(work: Path, file_mb: float, embedded: bool) -> dict[str, Any]:
+def mode_pipeline(work: Path, file_mb: float, embedded: bool, rounds: int) -> dict[str, Any]:
     def demo(*extra: str) -> dict[str, Any]:
         cpu_before = children_cpu_s()
         done = subprocess.run(
@@ -525,30 +526,47 @@ def mode_pipeline(work: Path, file_mb: float, embedded: bool) -> dict[str, Any]:
         summary["cpu_s_per_gb"] = per_gb(children_cpu_s() - cpu_before, int(summary["bytes"]))
         return summary
 
-    offload_only = demo("--no-central")
-    journey = demo() if embedded else demo("--central-process")
-    if journey["errors"] or journey["receipts"] != journey["items"] or not journey["central_verified"]:
-        raise SystemExit(f"the journey did not end with every receipt verified: {journey['errors'][:5]}")
-    acquired = int(journey["bytes"])
+    # Alternating rounds, medians: other work on the machine moves single runs by a factor of two.
+    runs: dict[str, list[dict[str, Any]]] = {"offload": [], "journey": []}
+    for round_no in range(rounds):
+        for name in (["offload", "journey"] if round_no % 2 == 0 else ["journey", "offload"]):
+            if name == "offload":
+                runs[name].append(demo("--no-central"))
+                continue
+            journey = demo() if embedded else demo("--central-process")
+            if (journey["errors"] or journey["receipts"] != journey["items"]
+                    or not journey["central_verified"]):
+                raise SystemExit(f"the journey did not end with every receipt verified: "
+                                 f"{journey['errors'][:5]}")
+            runs[name].append(journey)
+
+    def median(name: str, key: str) -> float:
+        return float(statistics.median(float(run[key]) for run in runs[name]))
+
+    acquired = int(runs["journey"][0]["bytes"])
+    offload_s, journey_s = median("offload", "offload_seconds"), median("journey", "journey_seconds")
+    journey_cpu, offload_cpu = median("journey", "cpu_s_per_gb"), median("offload", "cpu_s_per_gb")
     result = {
         "mode": "pipeline",
         "central": "embedded" if embedded else "own process",
         "file_mb": file_mb,
-        "items": journey["items"],
-        "receipts": journey["receipts"],
-        "offload_only_s": offload_only["offload_seconds"],
-        "journey_s": journey["journey_seconds"],
-        "pipeline_ratio": round(journey["journey_seconds"] / offload_only["offload_seconds"], 3),
-        "offload_cpu_s_per_gb": offload_only["cpu_s_per_gb"],
-        "journey_cpu_s_per_gb": journey["cpu_s_per_gb"],
-        "upload_path_cpu_s_per_gb": round(journey["cpu_s_per_gb"] - offload_only["cpu_s_per_gb"], 3),
+        "rounds": rounds,
+        "items": runs["journey"][0]["items"],
+        "receipts": runs["journey"][0]["receipts"],
+        "offload_only_s": offload_s,
+        "journey_s": journey_s,
+        "pipeline_ratio": round(journey_s / offload_s, 3),
+        "offload_cpu_s_per_gb": offload_cpu,
+        "journey_cpu_s_per_gb": journey_cpu,
+        "upload_path_cpu_s_per_gb": round(journey_cpu - offload_cpu, 3),
+        "samples_s": {name: [run["journey_seconds"] for run in runs[name]] for name in runs},
     }
     if not embedded:
         # Docking to the last receipt, each side its own process: the station's extra for uploading
         # (against the same window of the offload-only demo) and the central's whole share.
         result["station_upload_cpu_s_per_gb"] = per_gb(
-            journey["station_cpu_s"] - offload_only["station_cpu_s"], acquired)
-        result["central_cpu_s_per_gb"] = per_gb(journey["central_cpu_s"], acquired)
+            median("journey", "station_cpu_s") - median("offload", "station_cpu_s"), acquired)
+        result["central_cpu_s_per_gb"] = per_gb(median("journey", "central_cpu_s"), acquired)
     return result
 
 
@@ -620,7 +638,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         if args.pipeline:
-            result = mode_pipeline(work, args.file_mb, args.embedded_central)
+            result = mode_pipeline(work, args.file_mb, args.embedded_central, args.rounds)
         elif args.stations:
             result = mode_stations(work, args.total_mb, args.stations, max(1, args.files // 4))
         elif args.s3:
