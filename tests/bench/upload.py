@@ -1,7 +1,8 @@
 """Upload benchmark: the station uplink against curl, each against a central receiver of its own.
 
     python tests/bench/upload.py [--total-mb 1024] [--json]
-    python tests/bench/upload.py --pipeline [--file-mb 50]
+    python tests/bench/upload.py --pipeline [--file-mb 50] [--rounds 3] [--embedded-central]
+    python tests/bench/upload.py --s3 [--s3-payload-signing unsigned|auto|signed] [--total-mb 256]
     python tests/bench/upload.py --stations 20 [--total-mb 1024]
 
 Default mode: TOTAL MiB of real MP4 files are acquired into a station store (not timed); then, in the
@@ -18,18 +19,29 @@ to its end: upload, registration, receipts; target <= 2.5); curl_cpu_s_per_gb an
 curl_central_cpu_s_per_gb the same for the curl contender (TLS and the receive path without
 per-chunk checksums or registration: the floor).
 
---pipeline: `edge demo --file-mb N --json` with the embedded central (offload, upload and receipt
-overlap; recorders erased after receipt) against the same demo with --no-central (offload only).
-pipeline_ratio = journey_seconds / offload_seconds (target <= 1.3). The demo runs station and central
-in one process, so the CPU figures there cannot be told apart by side: offload_cpu_s_per_gb (the
-offload-only demo) and journey_cpu_s_per_gb (the demo with its central), both per GiB acquired, and
-upload_path_cpu_s_per_gb, their difference: what uploading, registering and receipts cost both sides.
+--pipeline: `edge demo --file-mb N --json --central-process` (the central as deployed, `edge central
+run` in its own process with mutual TLS; offload, upload and receipt overlap; recorders erased after
+receipt) against the same demo with --no-central (offload only), ROUNDS of each alternating, medians.
+pipeline_ratio = journey_seconds / offload_seconds (target <= 1.3). CPU per GiB acquired:
+offload_cpu_s_per_gb and journey_cpu_s_per_gb (every process of each demo), upload_path_cpu_s_per_gb
+their difference, and by side from docking to the last receipt: station_upload_cpu_s_per_gb (the demo
+process's CPU beyond the offload-only demo's in the same window; the simulated recorders and dock run
+in that process too) and central_cpu_s_per_gb (the central's process). --embedded-central: the old
+mode, the central inside the demo's process (no figures by side). On a 2-core machine the offload alone
+keeps both cores busy (the simulated USB bus serves the files in the same process), so every CPU second
+of the upload path lengthens the journey: the ratio there measures CPU, not overlap.
 
 --s3: the centrals keep their objects in an S3 bucket with Object Lock on a throwaway single-node Ceph
 cluster (tests/central/ceph.py; RGW over http on 127.0.0.1, its daemons' CPU not counted), so
-central_cpu_s_per_gb includes sending every object to the bucket (Content-MD5 per part; over plain
-http botocore also signs each part's SHA-256, which it does not over https with Content-MD5). Its OSD
-keeps everything in RAM: rounds x total MiB must fit (locked objects cannot be deleted).
+central_cpu_s_per_gb includes sending every object to the bucket (Content-MD5 per part, about 1.2 to
+1.7 CPU s per GiB here). --s3-payload-signing sets the centrals' [objects] payload_signing: unsigned by
+default, as botocore does over https with Content-MD5 (auto over this plain-http gateway would also
+hash each part's SHA-256 for the signature). Its OSD keeps everything in RAM: rounds x total MiB must
+fit (locked objects cannot be deleted).
+
+Profiles: with EDGE_BENCH_PY_SPY=/path/to/py-spy each central and uplink process is sampled into
+EDGE_BENCH_PROFILE_DIR (collapsed stacks; EDGE_BENCH_PY_SPY_ARGS=--native for C frames too); the figures
+of such a run are inflated by the sampling.
 
 --stations N: N stations (own store, key, certificate) upload at once to one central: aggregate
 throughput, and every item's receipt verified at its station and the central store verified.
