@@ -39,6 +39,7 @@ from edge.sources.gb28181.downloads import (
     FailedPasses,
     GbDownloads,
 )
+from edge.sources.gb28181.give_up_span import Since, failing_span
 from edge.sources.gb28181.recordings import INTERRUPTED_DISK_SLOW
 from edge.sources.gb28181.scheduler import GbDownloadScheduler, completeness
 from tests.gb28181.disk_rig import EXPECTED_S, PassClock, StalledDisk, new_spool, station_downloads
@@ -124,7 +125,8 @@ class SlowDiskDevice:
         receiver = await receiver_keeping_free(1)(
             MediaTransport.UDP, bind_host="127.0.0.1", port_range=UDP_PORTS, ssrc=UDP_SSRC, raw_path=raw_path,
             idle_timeout_s=30.0, max_bytes=1 << 30, expected_peer_host=None, max_media_span_s=None,
-            time_limit_s=None, progress_window_s=None, min_progress_s=None, max_buffered_bytes=2 * FLUSH_BYTES)
+            time_limit_s=None, progress_window_s=None, min_progress_s=None,
+            max_buffered_bytes=2 * FLUSH_BYTES)
         try:
             await send_udp(self.packets, receiver.local_port, pace_every=16, pace_s=0.005)
             await _ended(receiver)
@@ -215,3 +217,24 @@ def test_control_failures_spread_over_two_days_give_it_up() -> None:
     failures = [n * FAILED_GIVE_UP_AFTER_S / (MAX_FAILED_PASSES - 1) for n in range(MAX_FAILED_PASSES)]
     gave_up, given_up = _failed_passes_after(failures, look_at_s=failures[-1] + HOURS)
     assert gave_up and given_up
+
+
+# -- the rule itself, on both clocks ---------------------------------------------------------------------
+
+
+def test_a_wall_clock_stepped_forward_between_refusals_gives_nothing_up_early() -> None:
+    # two days on the wall clock, an hour on the monotonic one: not failing for 48 h
+    span = failing_span([Since(1_790_000_000.0, 1000.0), Since(1_790_000_000.0 + 49 * HOURS, 1000.0 + HOURS)])
+    assert span is not None and not span.passed()
+    # control: 49 h on both
+    span = failing_span([Since(1_790_000_000.0, 1000.0),
+                         Since(1_790_000_000.0 + 49 * HOURS, 1000.0 + 49 * HOURS)])
+    assert span is not None and span.passed() and span.count == 2 and round(span.hours()) == 49
+
+
+def test_a_wall_clock_stepped_back_before_the_first_refusal_starts_the_span_again() -> None:
+    wall, mono = 1_790_000_000.0, 1000.0
+    refusals = [Since(wall, mono), Since(wall - 30 * 86400, mono + 24 * HOURS),
+                Since(wall - 30 * 86400 + 25 * HOURS, mono + 49 * HOURS)]
+    span = failing_span(refusals)
+    assert span is not None and span.first == refusals[1] and span.count == 2 and not span.passed()
