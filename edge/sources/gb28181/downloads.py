@@ -10,17 +10,21 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    (each a new pair of items), until `MAX_INCOMPLETE_ATTEMPTS` came incomplete; downloads cut short by
    the device going offline or the station stopping (their manifests say `interrupted`) are not the
    recording's fault and do not count there, and neither do those the station's disk fell behind over UDP
-   (`disk-slow`, review 33), but `MAX_INTERRUPTED_ATTEMPTS` of them end it too. Then the
+   (`disk-slow`, review 33), but `MAX_INTERRUPTED_ATTEMPTS` of them end it too (the `disk-slow` ones only
+   once their tries span `GIVE_UP_AFTER_S`, below). Then the
    recording is given up (`given_up_because`): one `error` entry of stage `given-up` on its last raw PS
    names the device, channel and recording and why (what cut the downloads short, as sealed), written
    once (later listings find it). A download the station's own disk guard ended (`disk-full`) ends the
    pass (the next recording would be cut on the same tight disk) and counts toward no give-up unless it
    was cut by a write its disk refused with room showing (EDQUOT, or ENOSPC while statvfs showed room:
    `refused_with_room`) and got no further than an earlier disk-full copy (`stuck_disk_full`: a quota
-   refusing every try at the same byte counts toward `MAX_INTERRUPTED_ATTEMPTS`, once such copies have been
-   found over `GIVE_UP_AFTER_S` on the station's wall and monotonic clocks both, `StuckSince` in
-   edge.sources.gb28181.give_up_span, the failed downloads' span: a quota full only for a while gives
-   nothing up, review 33; the guard's own cuts on a disk others fill never do: review 29); while the
+   refusing every try at the same byte counts toward `MAX_INTERRUPTED_ATTEMPTS`; the guard's own cuts on a
+   disk others fill never do: review 29). Such stuck copies and the `disk-slow` ones, the station's own disk
+   troubles, count only once their tries span `GIVE_UP_AFTER_S` from the first to the latest, on the
+   station's wall and monotonic clocks both (edge.sources.gb28181.give_up_span, the failed downloads' rule:
+   a quota full or a disk stalled only for a while gives nothing up, review 33, nor does a pause with no
+   try; `TryTimes` keeps when each such try of this run ended, by the raw PS it sealed: a restart starts
+   the span again); the given-up entry says over how many hours and how many tries. While the
    spool's disk stays below the store's
    reserve plus room for the raw PS and the receiver's guard for the recording's size as known (its
    listed FileSize, and more than its disk-full copy received, at most `max_recording_bytes`), it is not
@@ -36,7 +40,8 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    naming the recording (stage `download`), the rest one summary entry (count, the first reason:
    `finish_pass`); the same recording failing again at a later pass is limited like the listing's
    problems (edge.custody.entry_limits: once in six hours, the repeats counted). A recording that
-   failed so at `MAX_FAILED_PASSES` passes over at least `FAILED_GIVE_UP_AFTER_S` (two days: what fails
+   failed so at `MAX_FAILED_PASSES` passes, the first to the latest over at least
+   `FAILED_GIVE_UP_AFTER_S` (two days, the same rule: a pause with no pass counts for nothing; what fails
    a download is mostly passing, a device busy or a link down; passed on the station's wall clock and on
    its monotonic clock both, so a step of the station's clock gives nothing up early) is given up
    (`FailedPasses`, in memory: a restart tries it again), one `error` entry of stage `given-up` with the
