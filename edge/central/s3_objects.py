@@ -7,8 +7,9 @@ protection a local folder lacks:
   Object Lock enabled (and so without versioning): on such a bucket anyone with the keys could delete
   evidence.
 * **Every version locked.** Each object is written with COMPLIANCE retention until the end of its
-  retention class; then the lock is set again on the written version explicitly and read back, because
-  some servers ignore the lock headers of a multipart upload (Ceph RGW 16.2 does: measured). Permanent
+  retention class; then the written version's lock is read back and, when it falls short, set on that
+  version explicitly and read back again, because some servers ignore the lock headers of a multipart
+  upload (Ceph RGW 16.2 does: measured). Permanent
   evidence gets a legal hold too. :meth:`S3ObjectStore.retain` extends a lock and never shortens it
   (COMPLIANCE would refuse a shorter date anyway).
 * **Our own hash, once.** Some servers accept ``x-amz-checksum-sha256`` without checking it, so the central
