@@ -471,7 +471,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if options.room and not (1.0 <= options.room_seconds <= 24 * 3600 and 0.5 <= options.segment_s <= 600):
         print("error: --seconds must be 1 to 86400 and --segment-seconds 0.5 to 600", file=sys.stderr)
         return ExitCode.USAGE
-    return asyncio.run(run_demo(options))
+    from edge.central.own_process import CentralProcessError
+
+    try:
+        return asyncio.run(run_demo(options))
+    except CentralProcessError as exc:  # its log's tail is in the message
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
 
 
 def _mqtts_url(value: str) -> str:

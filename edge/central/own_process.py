@@ -101,12 +101,20 @@ class CentralProcess:
         """Initialise a central under ``workdir`` (kept from an earlier run there), enroll the station,
         and start its process; returns once it is ready."""
         config = EmbeddedCentral.make_config(workdir / "central-store")
-        config = config.model_copy(update={
-            "console": config.console.model_copy(update={"port": free_port()}),
-        })
         loop = asyncio.get_running_loop()
         bundle_dir = await loop.run_in_executor(
             None, EmbeddedCentral.initialise, config, workdir, station_id, station_store)
+        return await cls.serve(config, bundle_dir, workdir)
+
+    @classmethod
+    async def serve(cls, config: CentralConfig, bundle_dir: Path, workdir: Path) -> CentralProcess:
+        """Run an initialised central (``config`` without [mqtt]) from ``<workdir>/central.toml``; returns
+        once it is ready. Raises :class:`CentralProcessError` with its log's tail when it is not."""
+        if config.console.listen and config.console.port == 0:
+            # Any free port would do for the central, but then nobody here would know its URL.
+            config = config.model_copy(update={
+                "console": config.console.model_copy(update={"port": free_port()}),
+            })
         config_file = workdir / "central.toml"
         config_file.write_text(central_toml(config), encoding="utf-8")
         central = cls(config, config_file, bundle_dir, workdir / "central.log")
@@ -114,7 +122,8 @@ class CentralProcess:
         try:
             await central._wait_ready()
         except BaseException:
-            await central.stop()
+            with contextlib.suppress(CentralProcessError):  # the first failure is the one to tell
+                await central.stop()
             raise
         return central
 
