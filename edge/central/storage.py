@@ -21,8 +21,11 @@ validates or repairs; :class:`~edge.central.log.MerkleLog` does. Writes that wou
 raise :class:`LogStoreConflict`; a backend's own failures (disk full, lost connection) raise one of
 :attr:`UnitOfWork.errors`.
 
-Every method is synchronous and never awaits: the central calls them from the event loop, and a
-transaction is opened and committed without yielding, so readers never see half of one.
+Every method is synchronous and never awaits: a transaction is opened and committed without yielding, so
+readers never see half of one. A coroutine of the central never calls them directly: it hands them to
+:meth:`UnitOfWork.run_writes` (writes, on the one writer) or :meth:`UnitOfWork.run_reads` (reads), so that a
+database that waits (another receiver's lock, a restarting server) never stalls the event loop
+(issue 13; tests/central/test_central_loop_guard.py keeps it so).
 """
 
 from __future__ import annotations
@@ -77,6 +80,13 @@ class UnitOfWork(Protocol):
         """``work()``, which opens its transactions itself, where waiting for the database's writer lock
         does not stall the event loop if the lock can be held by another process (PostgreSQL: a writer
         thread; SQLite: inline)."""
+        ...
+
+    async def run_reads(self, work: Callable[[], _T]) -> _T:
+        """``work()``, which only reads (committed rows), where a slow or unreachable database does not
+        stall the event loop (PostgreSQL: reader threads with connections of their own; SQLite: inline,
+        see :meth:`edge.central.sqlite.database.SqliteDatabase.run_reads`). Iterators must be consumed
+        inside ``work``."""
         ...
 
 

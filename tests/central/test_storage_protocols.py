@@ -329,6 +329,9 @@ class WrappedDatabase:
     async def run_writes(self, work: Callable[[], _T]) -> _T:
         return await self._inner.run_writes(work)
 
+    async def run_reads(self, work: Callable[[], _T]) -> _T:
+        return await self._inner.run_reads(work)
+
     @property
     def index(self) -> Index:
         return self._index

@@ -10,7 +10,9 @@ That lock is held by another receiver for as long as its transaction runs, so wa
 happen on a receiver's event loop (issue 13: a receiver waiting on it served no connection, and stations'
 connections were closed). Transactions therefore run on a connection of their own, the writer's, one
 transaction at a time in the process; :meth:`PostgresDatabase.run_writes` runs a registration's in a
-dedicated writer thread, while the loop keeps reading committed rows on the other connection.
+dedicated writer thread. Reads a coroutine hands to :meth:`PostgresDatabase.run_reads` run in reader threads,
+each on a connection of its own, so that a slow query or a server restarting does not stall the loop either;
+what is left on the loop reads committed rows on the reading connection.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ __all__ = ["PostgresDatabase"]
 log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_S = 10
+# Reader threads of a receiver (each with its connection, opened at its first read).
+_READER_THREADS = 2
 
 _T = TypeVar("_T")
 
@@ -67,6 +71,11 @@ class PostgresDatabase:
         # connection, every other thread's to the reading one.
         self._in_transaction = threading.local()
         self._writer_thread: ThreadPoolExecutor | None = None
+        self._reader_threads: ThreadPoolExecutor | None = None
+        # In a reader thread: its own connection (``conn``), and whether it runs a read now.
+        self._reader_local = threading.local()
+        self._reader_conns: list[psycopg.Connection[tuple[object, ...]]] = []
+        self._reader_conns_lock = threading.Lock()
         # A lost server (a restart, a network cut) is seen on one connection first; the other, idle, would
         # fail its next statement: each is replaced at its next use once the other was found lost.
         self._reader_lost = False
@@ -93,6 +102,8 @@ class PostgresDatabase:
         if getattr(self._in_transaction, "depth", 0) > 0 and not self._one_connection:
             assert self._writer_conn is not None
             return self._writer_conn
+        if getattr(self._reader_local, "reading", False):
+            return self._reader_conn()
         if (self._conn.broken or self._reader_lost) and not self._closed:
             with self._replacing_reader:
                 if self._conn.broken or self._reader_lost:
@@ -102,6 +113,22 @@ class PostgresDatabase:
                     self._reader_lost = False
                     lost.close()
         return self._conn
+
+    def _reader_conn(self) -> psycopg.Connection[tuple[object, ...]]:
+        """This reader thread's connection, opened at its first read and again when lost."""
+        conn: psycopg.Connection[tuple[object, ...]] | None = getattr(self._reader_local, "conn", None)
+        if conn is not None and not conn.broken and not conn.closed:
+            return conn
+        if conn is not None:
+            log.warning("a reader's connection to %s was lost; connecting again", self.where)
+            conn.close()
+        fresh = self._reconnect()
+        with self._reader_conns_lock:
+            if conn is not None and conn in self._reader_conns:
+                self._reader_conns.remove(conn)
+            self._reader_conns.append(fresh)
+        self._reader_local.conn = fresh
+        return fresh
 
     def _writer(self) -> psycopg.Connection[tuple[object, ...]]:
         """The writer's connection (under the writer mutex), opened or opened again when lost."""
@@ -243,11 +270,35 @@ class PostgresDatabase:
             self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres-writer")
         return await asyncio.get_running_loop().run_in_executor(self._writer_thread, work)
 
+    async def run_reads(self, work: Callable[[], _T]) -> _T:
+        """``work()`` (reads only; a transaction it opens still goes to the writer) in a reader thread on
+        a connection of its own, so that the event loop keeps serving while PostgreSQL answers."""
+        if self._one_connection:
+            return work()  # a snapshot's or a read-only session's database: never a receiver's loop
+        if self._reader_threads is None:
+            self._reader_threads = ThreadPoolExecutor(max_workers=_READER_THREADS,
+                                                      thread_name_prefix="postgres-reader")
+
+        def read() -> _T:
+            self._reader_local.reading = True
+            try:
+                return work()
+            finally:
+                self._reader_local.reading = False
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader_threads, read)
+
     def close(self) -> None:
         self._closed = True
         if self._writer_thread is not None:
             # A write still running finishes (or fails on its closed connection) before the close returns.
             self._writer_thread.shutdown(wait=True)
+        if self._reader_threads is not None:
+            self._reader_threads.shutdown(wait=True)
+        with self._reader_conns_lock:
+            for reader in self._reader_conns:
+                reader.close()
+            self._reader_conns.clear()
         with self._writer_mutex:
             if self._writer_conn is not None:
                 self._writer_conn.close()
