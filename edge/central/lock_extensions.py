@@ -68,11 +68,11 @@ class LockExtender:
 
     async def retry_pending(self) -> int:
         """One round over the oldest pending locks; returns how many are left pending in all."""
-        pending = self.index.pending_locks(_BATCH)
+        pending = await self.index.unit.run_reads(functools.partial(self.index.pending_locks, _BATCH))
         if pending:
             log.info("retrying %d pending object lock extension(s)", len(pending))
             await self.extend(pending)
-        return self.index.pending_lock_count()
+        return await self.index.unit.run_reads(self.index.pending_lock_count)
 
 
 def lock_extension_task(
