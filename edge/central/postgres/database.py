@@ -76,6 +76,9 @@ class PostgresDatabase:
         self._reader_local = threading.local()
         self._reader_conns: list[psycopg.Connection[tuple[object, ...]]] = []
         self._reader_conns_lock = threading.Lock()
+        # Counts the losses of the server seen on any connection: a reader thread's connection opened
+        # before the last one is replaced at its next use (it would fail its next statement).
+        self._losses = 0
         # A lost server (a restart, a network cut) is seen on one connection first; the other, idle, would
         # fail its next statement: each is replaced at its next use once the other was found lost.
         self._reader_lost = False
@@ -108,6 +111,8 @@ class PostgresDatabase:
             with self._replacing_reader:
                 if self._conn.broken or self._reader_lost:
                     log.warning("the connection to %s was lost; connecting again", self.where)
+                    if self._conn.broken:
+                        self._losses += 1
                     self._writer_lost = self._writer_lost or self._conn.broken
                     lost, self._conn = self._conn, self._reconnect()
                     self._reader_lost = False
@@ -117,7 +122,8 @@ class PostgresDatabase:
     def _reader_conn(self) -> psycopg.Connection[tuple[object, ...]]:
         """This reader thread's connection, opened at its first read and again when lost."""
         conn: psycopg.Connection[tuple[object, ...]] | None = getattr(self._reader_local, "conn", None)
-        if conn is not None and not conn.broken and not conn.closed:
+        opened_after: int = getattr(self._reader_local, "losses", 0)
+        if conn is not None and not conn.broken and not conn.closed and opened_after == self._losses:
             return conn
         if conn is not None:
             log.warning("a reader's connection to %s was lost; connecting again", self.where)
@@ -128,7 +134,16 @@ class PostgresDatabase:
                 self._reader_conns.remove(conn)
             self._reader_conns.append(fresh)
         self._reader_local.conn = fresh
+        self._reader_local.losses = self._losses
         return fresh
+
+    def _lost_on(self, conn: psycopg.Connection[tuple[object, ...]] | None) -> None:
+        """After a failed statement: when its connection is broken, the server was lost (a restart, a
+        network cut) and every other connection is replaced at its next use."""
+        if conn is not None and conn.broken:
+            self._losses += 1
+            self._reader_lost = True
+            self._writer_lost = True
 
     def _writer(self) -> psycopg.Connection[tuple[object, ...]]:
         """The writer's connection (under the writer mutex), opened or opened again when lost."""
@@ -252,6 +267,7 @@ class PostgresDatabase:
                     yield conn
             except BaseException:
                 if conn.broken:
+                    self._losses += 1
                     self._reader_lost = True
                 raise
             finally:
@@ -283,6 +299,9 @@ class PostgresDatabase:
             self._reader_local.reading = True
             try:
                 return work()
+            except BaseException:
+                self._lost_on(getattr(self._reader_local, "conn", None))
+                raise
             finally:
                 self._reader_local.reading = False
 
