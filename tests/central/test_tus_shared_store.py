@@ -24,9 +24,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edge.central.postgres.tus_shared_store import SharedTusStore
 from edge.central.s3_objects import S3ObjectStore
 from edge.central.service import RunningCentral, start_central
-from edge.central.tus_shared_store import SharedTusStore
 from edge.central.tus_staging import STAGING_PREFIX
 from edge.custody.receipt import verify_receipt
 from edge.uplink.policy import RateLimiter
