@@ -50,8 +50,7 @@ from edge.central.objects import (
     Retention,
 )
 from edge.central.retention import RetentionPolicy, parse_utc
-from edge.central.sql.lock_extensions import PendingLock
-from edge.central.storage import Index, UnitOfWork
+from edge.central.storage import Index, PendingLock, UnitOfWork
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.disclosure import ShippedRotation, key_epoch_problem, station_schedule
 from edge.custody.errors import CanonicalJsonError, KeyFormatError, LedgerError
