@@ -243,7 +243,7 @@ class UploadFacts(Protocol):
 
 class StagedContent(Protocol):
     """A complete upload whose bytes are already in the object store's bucket (the shared tus store of
-    several receivers, :mod:`edge.central.tus_shared_store`): it makes the content object itself."""
+    several receivers, :mod:`edge.central.postgres.tus_shared_store`): it makes the content object itself."""
 
     def store(self, sha256: str, retention: Retention) -> None:
         """Make object ``sha256`` from the upload, kept as ``retention`` says; raises the object store's

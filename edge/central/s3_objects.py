@@ -605,7 +605,7 @@ class S3ObjectStore:
                 f"(legal hold {'on' if held else 'off'}), not COMPLIANCE until {retention.until.isoformat()}"
                 f"{' with a legal hold' if retention.legal_hold else ''}")
 
-    # -- server-side assembly (the shared tus store, edge.central.tus_shared_store) -------------------
+    # -- server-side assembly (the shared tus store, edge.central.postgres.tus_shared_store) -------------
 
     def failure(self, exc: Exception, what: str) -> ObjectStoreError:
         """The store's error for a failed request of another component on this bucket."""
