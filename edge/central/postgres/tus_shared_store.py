@@ -286,7 +286,7 @@ class SharedTusStore:
         return [_Part(int(n), int(start), int(size), str(version)) for n, start, size, version in rows]
 
     def sources(self, upload_id: str, parts: list[_Part]) -> list[CopySource]:
-        return [CopySource(self.staging.key(upload_id, p.number), p.version_id, p.size) for p in parts]
+        return [self.staging.copy_source(upload_id, p.number, p.version_id, p.size) for p in parts]
 
     # -- writing -------------------------------------------------------------------------------------
 
