@@ -50,12 +50,11 @@ def _code(exc: ClientError) -> str:
 
 
 class TusStaging:
-    """Part objects of the uploads in ``objects``' bucket (see the module docstring)."""
+    """Part objects of the uploads in the staging bucket, or ``objects``' bucket without one (see the
+    module docstring)."""
 
     def __init__(self, objects: S3ObjectStore) -> None:
-        staging_bucket = objects.config.staging_bucket
-        if staging_bucket is None and (STAGING_PREFIX.startswith(objects.prefix)
-                                       or objects.prefix.startswith(STAGING_PREFIX)):
+        if STAGING_PREFIX.startswith(objects.prefix) or objects.prefix.startswith(STAGING_PREFIX):
             # Either way round the two overlap. A prefix containing uploads/: the store's audit would take
             # every part for a planted object (and names() walks them). A prefix under uploads/: the
             # README's lifecycle rule on uploads/ would expire (delete-mark) every locked content object.
@@ -65,7 +64,7 @@ class TusStaging:
                 "inside uploads/ (the default is objects/)")
         self.objects = objects
         self.client: Any = objects.client
-        self.bucket = staging_bucket or objects.bucket
+        self.bucket = objects.config.staging_bucket or objects.bucket
 
     def __repr__(self) -> str:
         return f"TusStaging(bucket={self.bucket!r}, prefix={STAGING_PREFIX!r})"
