@@ -24,7 +24,7 @@ from edge.custody.manifest import sign_manifest
 from edge.durable.files import write_atomic
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
-from edge.rooms import products
+from edge.rooms import joined, products
 from edge.rooms.manifest import session_manifest
 from edge.rooms.product_sets import product_sets
 from edge.rooms.reconcile import COMPLETED_MANIFEST_ROLE, STOP_MANIFEST_ROLE
@@ -36,7 +36,7 @@ from edge.verify.room_products import export_problems, session_set_findings
 from edge.verify.station import verify_store
 from tests.prerequisites import require_tool
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
-from tests.rooms.test_verify_joined import FIELDS, _session_with_three_segments
+from tests.rooms.test_verify_joined import _session_with_three_segments
 
 A, B, C = "seg-a", "seg-b", "seg-c"
 
@@ -146,8 +146,10 @@ async def _products_made_again(store: StationStore, pipeline: IngestPipeline, wa
     service = RoomService(rooms_config(lavfi_source("a", audio=True)), store, pipeline, station_id=STATION)
     service.load()
     async with _running(service):
-        await watch.until(lambda: len(watch.of("room_products", room_session=session_id)) >= 2, timeout_s=180)
-    (made,) = [e for e in watch.of("room_products", room_session=session_id) if e.data["manifest_item"] == item]
+        await watch.until(lambda: len(watch.of("room_products", room_session=session_id)) >= 2,
+                          timeout_s=180)
+    (made,) = [e for e in watch.of("room_products", room_session=session_id)
+               if e.data["manifest_item"] == item]
     assert made.data["statement_item"] and made.data["joined"][0]["item"], made.data  # made in full
     return service
 
@@ -161,7 +163,7 @@ async def test_the_newest_join_must_hold_every_segment_and_the_disc_carries_it(
     session = await _session_with_three_segments(store, pipeline, watch)
     assert verify_store(store.layout.root).ok  # the stop's products alone
     if remade == "dropping-first":
-        true_join = products.join_source
+        true_join = joined.join_source
 
         async def join_dropping_first(pipeline: IngestPipeline, session: Any, manifest: Any, source: Any,
                                       **options: Any) -> Any:
