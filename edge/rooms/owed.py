@@ -43,7 +43,6 @@ class OwedIndex:
         self.to_seq = 0
         self.to_hash = ""
         self.reported: dict[str, str] = {}  # session: the manifest item whose failure is on the ledger
-        self.entries_read = 0  # ledger entries folded by this index (what a start costs)
         self._loaded = False
 
     def refresh(self) -> dict[str, LedgerEntry]:
@@ -56,9 +55,13 @@ class OwedIndex:
         head_seq, head_hash = self.ledger.head()
         if head_seq == self.to_seq:
             return dict(self.fold.owed)
+        read = 0
         for entry in self.ledger.entries_of_types(PRODUCTS_TYPES, self.to_seq + 1):
+            if entry.seq > head_seq:
+                break  # appended meanwhile (a worker thread's commit): folded at the next refresh, once
             self.fold.add(entry)
-            self.entries_read += 1
+            read += 1
+        log.debug("rooms: products owed: %d ledger entries read after seq %d", read, self.to_seq)
         self.to_seq, self.to_hash = head_seq, head_hash
         self.reported = {s: m for s, m in self.reported.items() if s in self.fold.owed}
         self.save()
