@@ -15,7 +15,10 @@ sealed manifest. For that set this module checks
   segments go on the disc one by one: a note), a problem when the join was left unsealed (a full disk:
   owed); a source that sealed segments and that the set does not name at all is a problem.
 
-A session whose newest manifest has no set made from it is a problem (its products are owed). Older sets
+A session whose newest manifest has no set made from it owes its products: a problem when an older set
+was made (what the newer manifest added is in no joined file), a note when none was made yet (a stop
+making them, or cut short: the agent makes them at its next start; a manifest altered since is the item
+check's problem). Older sets
 are reported as superseded in the notes: their joins verify by hash (edge.verify.joined) and are not
 required complete. Each ``exported`` entry's disc must have carried exactly the newest set as the ledger
 stood before it (manifest, statement, joined files); one since superseded is a note (export again).
@@ -89,10 +92,16 @@ def session_set_findings(
                                     "it has products but no sealed session manifest"))
         return problems, notes
     if newest is None:
-        problems.append(Problem(f"room session {session}", (
-            f"its newest sealed manifest (item {known.manifest.item}, sealed at ledger seq "
-            f"{known.manifest_sealed_seq}) has no products made from it: its joined files and statement are "
-            "owed (the agent makes them at its next start), and no disc can carry them")))
+        owed = (f"its newest sealed manifest (item {known.manifest.item}, sealed at ledger seq "
+                f"{known.manifest_sealed_seq}) has no products made from it: its joined files and statement "
+                "are owed (the agent makes them at its next start), and no disc can carry them")
+        if known.made:
+            # Made before from an older manifest: what the newer one added (segments sealed after the
+            # stop, review 28) is in no joined file and on no disc.
+            problems.append(Problem(f"room session {session}", owed))
+        else:
+            # Never made yet (a stop making them now, or cut short): nothing claimed is untrue.
+            notes.append(f"room session {session}: {owed}")
         return problems, notes
     where = f"ledger seq {newest.seq} (room_products)"
     data = newest.data

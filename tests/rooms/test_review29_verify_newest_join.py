@@ -97,6 +97,9 @@ def test_the_newest_manifest_without_products_is_owed() -> None:
     problems, notes = _findings(entries[:-1], {"j1": joins["j1"]})  # m2 sealed, its products not made
     assert "has no products made from it" in problems and "m2" in problems, problems
     assert any("superseded" in n for n in notes)
+    # None made yet (the stop making them now): owed, a note; nothing the ledger claims is untrue.
+    problems, notes = _findings(entries[:2], {})
+    assert problems == "" and any("m1" in n and "has no products made from it" in n for n in notes), notes
 
 
 def test_a_disc_must_carry_the_newest_set_of_its_time() -> None:
