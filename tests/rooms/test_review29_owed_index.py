@@ -23,6 +23,7 @@ from edge.custody.ledger import EntryType, LedgerEntry
 from edge.durable.files import write_atomic
 from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
+from edge.observe.room_cli import _describe
 from edge.rooms.owed import INDEX_NAME
 from edge.rooms.reconcile import PRODUCTS_TYPES, STOP_MANIFEST_ROLE, products_owed
 from edge.rooms.sealing import seal_session_file
@@ -192,3 +193,12 @@ async def test_a_damaged_manifest_is_recorded_once_and_still_shown(
     assert any(manifest in f"{p.where}: {p.what}" for p in report.problems), report.problems
     assert any(f"room session {session}: its newest sealed manifest" in n and "owed" in n
                for n in report.notes), report.notes
+
+
+def test_edge_room_status_prints_the_products_not_made() -> None:
+    problem = "its products cannot be made: its sealed manifest \u202e altered"  # a bidi control in it
+    shown = [{"room_session": "s-1", "problem": problem}]
+    text = _describe("status", {"rooms": [], "products_problems": shown})
+    assert text.startswith("PRODUCTS NOT MADE: session s-1: its products cannot be made"), text
+    assert "\u202e" not in text
+    assert _describe("status", {"rooms": [], "products_problems": []}) == ""  # control: none, nothing said
