@@ -1,11 +1,12 @@
 """What a receiver remembers of the uploads it took bytes for, bounded (review 13 #7).
 
-The shared tus store (:mod:`edge.central.tus_shared_store`) keeps, per upload, the running SHA-256 of the
-bytes this receiver wrote and the hash of each upload it completed. With several receivers an upload is
-often finished, registered or purged on another one, which never tells this one: the entries must leave
-on their own. Each is kept until its upload's expiry (after that the upload is refused or purged anyway)
-and at most ``capacity`` of them, the one expiring first evicted first. Losing an entry is always safe:
-the store then reads the upload's parts back from the bucket once, as a receiver that never saw it does.
+The shared tus store (:mod:`edge.central.postgres.tus_shared_store`) keeps, per upload, the running
+SHA-256 of the bytes this receiver wrote and the hash of each upload it completed. With several receivers
+an upload is often finished, registered or purged on another one, which never tells this one: the entries
+must leave on their own. Each is kept until its upload's expiry (after that the upload is refused or
+purged anyway) and at most ``capacity`` of them, the one expiring first evicted first. Losing an entry is
+always safe: the store then reads the upload's parts back from the bucket once, as a receiver that never
+saw it does.
 """
 
 from __future__ import annotations

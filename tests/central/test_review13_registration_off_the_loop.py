@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from edge.central.tus_shared_store import SharedTusStore, _lock_key
+from edge.central.postgres.tus_shared_store import SharedTusStore, _lock_key
 from tests.central.conftest import FakeStation
 from tests.central.receivers import ReceiverSite
 from tests.central.test_postgres_writer_off_the_loop import _waiting_on_advisory_lock

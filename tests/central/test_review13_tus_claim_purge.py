@@ -1,4 +1,5 @@
-"""Review 13 #6 and #7: the shared tus store (edge/central/tus_shared_store.py) on real PostgreSQL and Ceph.
+"""Review 13 #6 and #7: the shared tus store (edge/central/postgres/tus_shared_store.py) on real PostgreSQL
+and Ceph.
 
 #6: the expiry purge (any receiver) looked at an expired upload, then deleted its parts and record; a
 registration on another receiver claiming the upload in between (its lease) got the parts as they were
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from edge.central.tus_shared_store import SharedTusStore, StagedUpload
+from edge.central.postgres.tus_shared_store import SharedTusStore, StagedUpload
 from edge.central.tus_store import UploadNotFoundError
 from edge.central.upload_memory import UploadMemory
 from tests.central.conftest import FakeStation
