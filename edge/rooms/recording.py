@@ -41,6 +41,13 @@ A source that stalls for less than the liveness timeout (ffmpeg not restarted) i
 capture (:func:`edge.rooms.capture.station_spans`) finds the first segment listed after it claiming much
 more station time than it holds, and hands the excess over as a stall (``reason`` ``source-stalled: ...``).
 
+A source that writes more than its ceiling (``max_bitrate_mbps``, bytes per station second whatever its
+timestamps say: :mod:`edge.rooms.write_rate`) has its run ended as a flood (``reason`` ``source-flood: ...``);
+with a :class:`~edge.rooms.reserve.RecordingReserve`, the source writing the most once the store's disk is
+at its reserve plus the recording margin has its run ended (``reason`` ``disk-reserve: ...``) and waits, its
+gap open, until space is freed (:meth:`SessionRecording._room_to_record`). Either way its ffmpeg closes and
+lists its open segment, which is sealed: nothing written is dropped.
+
 At the stop, each sealer tries once more every segment of its source still in the capture directories
 (one whose sealing failed during the session: a full disk, an I/O error), so none is dropped.
 
@@ -99,10 +106,12 @@ from edge.rooms.devices import device_metadata
 from edge.rooms.feed_relay import FeedDrop
 from edge.rooms.gb_source import GbRoomChannel, GbSourceUnavailable, gb_metadata, ns_from_wall_text
 from edge.rooms.progress import Progress
+from edge.rooms.reserve import RESERVE_REASON, RecordingReserve
 from edge.rooms.sealing import SealedSegment, SegmentSealer
 from edge.rooms.segments import SEGMENT_NAME, SegmentListError, SegmentListReader
 from edge.rooms.session import RoomSession
 from edge.rooms.state import SessionFiles
+from edge.rooms.write_rate import MBIT, WriteMeter
 from edge.runtime.supervise import Liveness, Supervisor, TaskSpec, current_liveness
 
 log = logging.getLogger(__name__)
@@ -185,6 +194,8 @@ class SourceRecording:
     # after it (503 / 453), and a probe before every restart would lose that race at every restart.
     probed_coding: tuple[Coding, Coding] | None = None
     feeds: Callable[[], list[dict[str, Any]]] | None = None  # the composite: its feeds' counters
+    # What its runs write, by the station's clock: the flood rule's and the reserve's measure (.write_rate).
+    meter: WriteMeter | None = None
 
     def status(self) -> dict[str, Any]:
         latencies = list(self.latencies_s)
@@ -202,6 +213,9 @@ class SourceRecording:
                 "from_utc": iso_from_ns(self.gap_from_ns), "reason": self.gap_reason,
                 "attempts": self.gap_attempts,
             },
+            # What it writes now, by the station's clock (edge.rooms.write_rate), and its ceiling.
+            "write_mbit_s": None if self.meter is None else round(self.meter.recent_bytes_per_s() / MBIT, 2),
+            "max_bitrate_mbps": self.config.max_bitrate_mbps,
             "max_seal_latency_s": max(latencies, default=None),
             "last_seal_latency_s": latencies[-1] if latencies else None,
         }
@@ -226,8 +240,10 @@ class SessionRecording:
         clock_synchronised: Callable[[], bool] = lambda: False,
         resumed_from_ns: dict[str, int] | None = None,
         live: LiveStreams | None = None,
+        reserve: RecordingReserve | None = None,
     ) -> None:
         self.session = session
+        self.reserve = reserve  # the store's disk, shared with the other rooms (edge.rooms.reserve)
         self.room = room
         self.settings = settings
         self.pipeline = pipeline
@@ -248,6 +264,8 @@ class SessionRecording:
                 feeds=self.composite.feed_status)
             for source_id in self.composite.feeds:  # the originals feed it
                 self.sources[source_id].pipes = functools.partial(self.composite.source_pipes, source_id)
+        for source in self.sources.values():
+            source.meter = WriteMeter(source.config.max_bitrate_mbps * MBIT)
         self._stop = asyncio.Event()
         self._ending_reason: str | None = None  # None: the session stops; else why it is interrupted
         self._resumed = resumed_from_ns
@@ -365,11 +383,30 @@ class SessionRecording:
                                                name=f"room-grace-{self.session.room}-{config.id}"))
 
         try:
+            await self._room_to_record(source, run_began_ns, liveness)
             await self._one_run(source, run_began_ns, liveness, keep_alive)
         finally:
             for keeper in keepers:
                 keeper.cancel()
             await asyncio.gather(*keepers, return_exceptions=True)
+
+    async def _room_to_record(self, source: SourceRecording, run_began_ns: int, liveness: Liveness) -> None:
+        """Wait, the source's gap open and its task kept alive, while the store's disk is at the recording
+        reserve (edge.rooms.reserve): a source the reserve stopped starts again only once space is freed."""
+        if self.reserve is None:
+            return
+        while True:
+            room, free = await asyncio.to_thread(self.reserve.room_to_record)
+            if room:
+                return
+            if source.gap_from_ns is None:  # a source starting with the disk at the reserve already
+                free_mib = (free or 0) / (1 << 20)
+                self._open_gap(source, run_began_ns, (
+                    f"{RESERVE_REASON}: the store's disk has {free_mib:.1f} MiB free, under its "
+                    "reserve and the recording margin ([rooms] record_margin_bytes): the source waits for "
+                    "space to be freed"))
+            liveness.beat()
+            await asyncio.sleep(self.reserve.check_s)
 
     async def _one_run(
         self, source: SourceRecording, run_began_ns: int, liveness: Liveness,
@@ -489,11 +526,15 @@ class SessionRecording:
         def started(pid: int) -> None:
             source.pid = pid
 
+        writing = (contextlib.nullcontext(None) if self.reserve is None or source.meter is None
+                   else self.reserve.writing(self.session.room, source.config.id, source.meter))
         try:
-            # A GB/T 28181 channel's stalls are told by its live layer (_live_event), each a gap already.
-            await capture_run(argv, run_dir, closed, stop_timeout_s=self.settings.stop_timeout_s,
-                              on_started=started, anchor_ns=started_ns, redact=redact,
-                              report_stalls=source.gb is None, on_progress=progressed, pass_fds=pass_fds)
+            with writing as writer:
+                # A GB/T 28181 channel's stalls are told by its live layer (_live_event), each a gap already.
+                await capture_run(argv, run_dir, closed, stop_timeout_s=self.settings.stop_timeout_s,
+                                  on_started=started, anchor_ns=started_ns, redact=redact,
+                                  report_stalls=source.gb is None, on_progress=progressed, pass_fds=pass_fds,
+                                  meter=source.meter, end_for=None if writer is None else writer.end_for)
         except CaptureEnded as exc:
             self._open_gap(source, started_ns, redact(str(exc)))
             raise

@@ -62,6 +62,7 @@ from edge.rooms.reconcile import (
     stop_manifest_sealed,
 )
 from edge.rooms.recording import SessionRecording, leftover_segments, sealed_on_ledger
+from edge.rooms.reserve import RecordingReserve
 from edge.rooms.sealing import SegmentSealer, seal_session_file
 from edge.rooms.session import (
     MAX_NOTE,
@@ -126,9 +127,18 @@ class RoomService:
         # Per room, the status of its serial hardware (lamp panel, sensor, PTZ: edge.rooms.hardware).
         self.hardware_status: dict[str, Callable[[], dict[str, Any]]] = {}
         self.overlay_lines: dict[str, str] = {}  # per room: the composite's extra line (set_overlay_line)
-        self.space = SpaceWatch(
+        # While rooms record, no source takes the disk into the store's reserve (edge.rooms.reserve): the
+        # largest writer is stopped at the reserve plus the margin, where the space warnings count to.
+        self.reserve = RecordingReserve(
             store.layout.root,
             reserve_bytes=pipeline.settings.min_free_bytes,
+            margin_bytes=settings.record_margin_bytes,
+            check_s=settings.reserve_check_s,
+            record=self._record,
+        )
+        self.space = SpaceWatch(
+            store.layout.root,
+            reserve_bytes=self.reserve.threshold_bytes,
             check_s=settings.space_check_s,
             window_s=settings.space_rate_window_s,
             warn_minutes=settings.space_warn_minutes,
@@ -399,6 +409,7 @@ class RoomService:
             clock_synchronised=self.clock_synchronised,
             resumed_from_ns=self._last_segment_ends(session) if resumed else None,
             live=self.live,
+            reserve=self.reserve,
         )
         self._recordings[session.room] = recording
         if session.room in self.overlay_lines:
@@ -645,7 +656,8 @@ class RoomService:
                        else {}),
                 }
             )
-        return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s, "space": self.space.status()}
+        return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s, "space": self.space.status(),
+                "reserve": self.reserve.status()}
 
     def board_status(self) -> dict[str, Any]:
         """What the status board (and so the dock screen's unauthenticated kiosk channel) may show: whether
