@@ -396,7 +396,8 @@ class SessionRecording:
         if self.reserve is None:
             return
         while True:
-            room, free = await asyncio.to_thread(self.reserve.room_to_record)
+            room, free = await asyncio.to_thread(self.reserve.room_to_record, self.session.room,
+                                                  source.config.id)
             if room:
                 return
             if source.gap_from_ns is None:  # a source starting with the disk at the reserve already

@@ -9,14 +9,16 @@ free space is read (statvfs), and once it is under the reserve plus [rooms] ``re
 to seal the segments written meanwhile: the sealer copies a segment before it removes the capture file),
 the source writing the most now (bytes per station second over the last seconds, :mod:`.write_rate`) is
 stopped: its ffmpeg closes and lists its open segment (sealed like the rest), and its run ends with a gap
-whose reason starts ``disk-reserve:`` and names the free space, the reserve and the rate. One at a time:
-the next writer is stopped only once the first is gone, unless the free space falls under half the margin
-meanwhile. Each stop is a ``space_warning`` entry too (level ``reserve``, the source and the figures).
+whose reason starts ``disk-reserve:`` and names the free space, the reserve and the rate. The other
+sources record on (the offender is gone); only under half the margin is every source stopped, the largest
+first, one at every look. Each stop is a ``space_warning`` entry too (level ``reserve``, the source and the
+figures).
 
 A stopped source stays stopped (its gap open, its supervised task alive) while the free space is under
-the reserve plus ``RESUME_SHARE`` of the margin: its sound and picture are lost, never a segment already
-written. The operator sees the gap on the page and the lamp blinking; the space_warning entries before it
-(`low`, `critical`) came from :mod:`edge.rooms.space`, counted to the same threshold.
+the reserve plus ``RESUME_SHARE`` of the margin (any other source does not start under half the margin):
+its sound and picture are lost, never a segment already written. The operator sees the gap on the page and
+the lamp blinking; the space_warning entries before it (`low`, `critical`) came from :mod:`edge.rooms.space`,
+counted to the same threshold.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class RecordingReserve:
         self._record = record
         self._read_free = read_free
         self._writers: list[Writer] = []
+        self._held: set[tuple[str, str]] = set()  # (room, source) stopped, until space is freed
         self.stopped = 0  # writers stopped so far (status)
         self.last_free: int | None = None
 
@@ -97,18 +100,26 @@ class RecordingReserve:
         finally:
             self._writers.remove(writer)
 
-    def room_to_record(self) -> tuple[bool, int | None]:
-        """Whether a source may (re)start writing: the free space is RESUME_SHARE of the margin above the
-        reserve (and the free space read; None when it cannot be read, which never holds a source)."""
+    def room_to_record(self, room: str, source: str) -> tuple[bool, int | None]:
+        """Whether a source may (re)start writing, and the free bytes read (None: they cannot be read,
+        which never holds a source). One the reserve stopped waits until the free space is RESUME_SHARE
+        of the margin above the reserve; any other until it is above half the margin (where the reserve
+        would stop it again)."""
         try:
             free = self._read_free(self.path)
         except OSError:
             return True, None
-        return free >= self.reserve_bytes + int(self.margin_bytes * RESUME_SHARE), free
+        if (room, source) in self._held:
+            if free < self.reserve_bytes + int(self.margin_bytes * RESUME_SHARE):
+                return False, free
+            self._held.discard((room, source))
+            return True, free
+        return free >= self.reserve_bytes + self.margin_bytes // 2, free
 
     def status(self) -> dict[str, Any]:
         return {"reserve_bytes": self.reserve_bytes, "margin_bytes": self.margin_bytes,
-                "free_bytes": self.last_free, "sources_stopped": self.stopped}
+                "free_bytes": self.last_free, "sources_stopped": self.stopped,
+                "held": [f"{room}/{source}" for room, source in sorted(self._held)]}
 
     async def run(self) -> None:
         while True:
@@ -125,23 +136,27 @@ class RecordingReserve:
             log.error("rooms: the store's free space cannot be read: %s", exc)
             return None
         self.last_free = free
+        if free >= self.reserve_bytes + int(self.margin_bytes * RESUME_SHARE):
+            self._held.clear()  # space was freed: what was stopped may start again
         if free >= self.threshold_bytes:
             return None
-        stopping = any(w.stop_reason is not None for w in self._writers)
-        if stopping and free >= self.reserve_bytes + self.margin_bytes // 2:
-            return None  # one stops already: give it the time to close its segment
         candidates = [w for w in self._writers if w.stop_reason is None]
-        if not candidates:
+        hard = free < self.reserve_bytes + self.margin_bytes // 2
+        if not candidates or (not hard and (self._held or len(candidates) < len(self._writers))):
+            # Under the margin, one source is stopped (the largest writer) and the rest record on; under
+            # half of it, every source is, the largest first, one at every look.
             return None
         largest = max(candidates, key=lambda w: w.meter.recent_bytes_per_s())
         rate = largest.meter.recent_bytes_per_s()
         largest.details = {"free_bytes": free, "reserve_bytes": self.reserve_bytes,
                            "margin_bytes": self.margin_bytes, "bytes_per_s": round(rate)}
+        under = "half the recording margin" if hard else "the recording margin"
         largest.stop_reason = (
             f"{RESERVE_REASON}: the store's disk has {free / MIB:.1f} MiB free, under its reserve of "
-            f"{self.reserve_bytes / MIB:.1f} MiB plus the recording margin of {self.margin_bytes / MIB:.1f} "
-            f"MiB ([rooms] record_margin_bytes); this source wrote the most ({rate / MBIT:.1f} Mbit/s) and "
-            "is stopped until space is freed (what it wrote is sealed; nothing is dropped)")
+            f"{self.reserve_bytes / MIB:.1f} MiB plus {under} ({self.margin_bytes / MIB:.1f} MiB, [rooms] "
+            f"record_margin_bytes); this source wrote the most ({rate / MBIT:.1f} Mbit/s) and is stopped "
+            "until space is freed (what it wrote is sealed; nothing is dropped)")
+        self._held.add((largest.room, largest.source))
         self.stopped += 1
         log.error("rooms: room %s source %s: %s", largest.room, largest.source, largest.stop_reason)
         await self._record(EntryType.SPACE_WARNING, {
