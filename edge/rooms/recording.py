@@ -407,7 +407,7 @@ class SessionRecording:
                     "reserve and the recording margin ([rooms] record_margin_bytes): the source waits for "
                     "space to be freed"))
             liveness.beat()
-            await asyncio.sleep(self.reserve.check_s)
+            await asyncio.sleep(min(self.reserve.check_s, 0.5))  # well within the liveness timeout
 
     async def _one_run(
         self, source: SourceRecording, run_began_ns: int, liveness: Liveness,

@@ -454,8 +454,10 @@ class RoomService:
             # staging (booked in export._RUNNING): a start keeps it too, or both take the same bytes
             # (review 29). Read at call time: the bookings change as exports start and end.
             exporting = list(export_module._RUNNING.values())
+            # The recording margin above the reserve too: under it the recording reserve stops sources
+            # (edge.rooms.reserve), so a start there would begin with a gap (review 29).
             needed = (self.settings.start_min_free_bytes * (len(recording) + 1)
-                      + self.pipeline.settings.min_free_bytes + sum(exporting))
+                      + self.reserve.threshold_bytes + sum(exporting))
             if free < needed:
                 kept = (f" and one for each room recording: {', '.join(recording)}" if recording else "")
                 if exporting:
@@ -466,7 +468,8 @@ class RoomService:
                     room,
                     by,
                     f"the store's disk has {free / 2**30:.1f} GiB free; a session needs {needed / 2**30:.1f} "
-                    f"GiB ([rooms] start_min_free_bytes{kept}, and the offload reserve): free space first",
+                    f"GiB ([rooms] start_min_free_bytes{kept}, the offload reserve and [rooms] "
+                    "record_margin_bytes): free space first",
                     507,
                 )
             try:
@@ -727,9 +730,11 @@ class RoomService:
         reserve = self.pipeline.settings.min_free_bytes
         reserve_what = "the store's reserve"
         if recording := sorted(self.active):
-            reserve += self.settings.start_min_free_bytes * len(recording)
-            reserve_what = (f"the store's reserve and the [rooms] start_min_free_bytes kept for each room "
-                            f"recording ({len(recording)}: {', '.join(recording)})")
+            # ... and the recording margin, under which the recording reserve stops their sources.
+            reserve += self.settings.start_min_free_bytes * len(recording) + self.settings.record_margin_bytes
+            reserve_what = (f"the store's reserve, the [rooms] record_margin_bytes and the "
+                            f"start_min_free_bytes kept for each room recording ({len(recording)}: "
+                            f"{', '.join(recording)})")
         try:
             return await export_session(
                 self.pipeline, session.session, case_number=session.case_number, station_id=self.station_id,

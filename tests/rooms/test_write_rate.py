@@ -11,9 +11,13 @@ from typing import Any
 import pytest
 
 from edge.config.rooms import RoomsSection
+from edge.ingest.pipeline import IngestPipeline
+from edge.ingest.store import StationStore
+from edge.observe.room_cli import _describe
 from edge.rooms.reserve import RESERVE_REASON, RecordingReserve
+from edge.rooms.service import RoomService
 from edge.rooms.write_rate import FLOOD_BURST_S, MBIT, WriteMeter, flood_reason
-from tests.rooms.conftest import lavfi_source, rooms_config
+from tests.rooms.conftest import STATION, lavfi_source, rooms_config
 
 MIB = 1 << 20
 
@@ -146,3 +150,19 @@ def test_the_margin_must_hold_what_the_fastest_source_writes_between_two_looks()
     with pytest.raises(ValueError, match="max_bitrate_mbps"):
         rooms_config({**lavfi_source("a"), "max_bitrate_mbps": 0})
     assert RoomsSection().record_margin_bytes == 256 * MIB
+
+
+async def test_the_service_keeps_the_margin_and_says_what_the_reserve_stopped(
+    store: StationStore, pipeline: IngestPipeline
+) -> None:
+    """The service's reserve is the offload's plus record_margin_bytes, the space warnings count to it, a
+    start keeps it free, and `edge room status` names the sources it stopped."""
+    service = RoomService(rooms_config(lavfi_source("a"), record_margin_bytes=64 * MIB), store, pipeline,
+                          station_id=STATION)
+    assert service.reserve.threshold_bytes == pipeline.settings.min_free_bytes + 64 * MIB
+    assert service.space.reserve_bytes == service.reserve.threshold_bytes
+    answer = service.status()
+    assert answer["reserve"]["held"] == [] and "RESERVE" not in _describe("status", answer)  # control
+    answer["reserve"]["held"] = ["xw-1/cam"]
+    assert "DISK AT THE RECORDING RESERVE: stopped until space is freed: xw-1/cam" in _describe(
+        "status", answer)
