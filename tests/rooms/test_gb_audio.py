@@ -1,5 +1,5 @@
-"""The GB camera's sound aligned with its video as raw G.711 (edge.rooms.gb_audio), pure: sample 0 at the first
-video PTS, holes filled with silence of exactly their length (a gap from 0.2 s on, with station times; a
+"""The GB camera's sound aligned with its video as raw G.711 (edge.rooms.gb_audio), pure: sample 0 at the
+first video PTS, holes filled with silence of exactly their length (a gap from 0.2 s on, with station times; a
 shorter one only counted: the control), overlaps dropped, the sound kept within a second of the picture
 when none comes, a PTS wrap carried over, a clock jump not filled with minutes of silence."""
 
@@ -105,5 +105,5 @@ def test_a_pts_wrap_is_carried_over_and_a_clock_jump_is_not_filled() -> None:
 
 
 def test_a_codec_without_a_raw_format_is_refused() -> None:
-    with pytest.raises(ValueError, match="no raw G.711 format"):
+    with pytest.raises(ValueError, match=r"no raw G\.711 format"):
         AudioTimeline(Codec.AAC)

@@ -137,7 +137,7 @@ def test_the_gb28181_run_copies_the_program_stream_s_video_and_encodes_the_raw_g
     for bad in ({"maps": ("0:v:0", "1:a:0; rm")}, {"audio_bitrate": "32k -y"},
                 {"maps": ("0:v:0",), "video_only": True}):
         with pytest.raises(ValueError):
-            SegmentPlan(2.0, **bad)  # type: ignore[arg-type]
+            SegmentPlan(2.0, **bad)
 
 
 def test_live_event_times_are_read_and_hostile_ones_refused() -> None:
