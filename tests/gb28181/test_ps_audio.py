@@ -45,8 +45,8 @@ def gb_stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes, i
     folder = tmp_path_factory.mktemp("ps-audio")
     h264, alaw = folder / "v.h264", folder / "a.alaw"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-t", "4",
-                    "-c:v", "libx264", "-g", "25", "-bf", "0", "-pix_fmt", "yuv420p", "-f", "h264", str(h264)],
-                   check=True, timeout=120)
+                    "-c:v", "libx264", "-g", "25", "-bf", "0", "-pix_fmt", "yuv420p", "-f", "h264",
+                    str(h264)], check=True, timeout=120)
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000",
                     "-t", "4", "-c:a", "pcm_alaw", "-f", "alaw", str(alaw)], check=True, timeout=120)
     units = _access_units(h264)
@@ -60,8 +60,8 @@ def gb_stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes, i
     return bytes(out), audio, len(units)
 
 
-def _split(chunks: list[bytes], splitter: PsAudioSplitter | None = None) -> tuple[SplitOutput, PsAudioSplitter]:
-    splitter = splitter or PsAudioSplitter()
+def _split(chunks: list[bytes]) -> tuple[SplitOutput, PsAudioSplitter]:
+    splitter = PsAudioSplitter()
     total = SplitOutput()
     video = bytearray()
     for chunk in [*chunks, None]:
