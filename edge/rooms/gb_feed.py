@@ -33,11 +33,11 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from drivers.gb28181.ps import Codec
 from drivers.gb28181.ps_audio import PsAudioSplitter, SplitOutput
 from edge.config.rooms import RoomInputConfig
-from edge.gb28181.live import LiveReader
 from edge.rooms.gb_audio import FFMPEG_FORMATS, SAMPLE_RATE_HZ, AudioGap, AudioTimeline
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,17 @@ AUDIO_OVERFLOW_REASON = "audio-overflow"
 # ffmpeg reads the program stream from a key frame on, so a short probe suffices; a damaged pack is dropped
 # rather than muxed.
 VIDEO_INPUT_OPTIONS = {"probesize": "2000000", "analyzeduration": "2000000", "fflags": "+discardcorrupt"}
+
+
+class FeedReader(Protocol):
+    """What the feed reads: a live channel's consumer (`edge.gb28181.live.LiveReader`)."""
+
+    ended: str | None
+    cut_off: bool
+
+    async def read(self) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class GbFeedEnded(Exception):
@@ -155,7 +166,7 @@ class GbRunFeed:
     """One run's feed (see the module docstring): `prepare()`, then `inputs`/`pass_fds` for the run's
     ffmpeg, `pump()` as a task while it runs, `close()` after it."""
 
-    def __init__(self, reader: LiveReader, *, what: str,
+    def __init__(self, reader: FeedReader, *, what: str,
                  on_audio_gap: Callable[[AudioGap], None] = lambda gap: None) -> None:
         self._reader = reader
         self.what = what
