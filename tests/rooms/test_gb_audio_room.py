@@ -1,9 +1,11 @@
 """The sound of a GB/T 28181 room camera (edge.rooms.gb_feed) over real sockets: the real platform and live
 streams, the real device simulator looping a recording whose sound it sends as G.711A PES in its PS, the
 real room service with real ffmpeg, pipeline and store. A session of a few segments records video and
-AAC sound in every segment and in the joined file, the sound as long as the picture; the camera's audio
-packets dropped for 2 s while its picture goes on is one room gap with its times and reason, in one run;
-a camera without sound records video only and no audio gap (the control)."""
+AAC sound in every segment and in the joined file, the sound as long as the picture and the camera's
+tone throughout; the camera's audio packets dropped for 2 s while its picture goes on is one room gap
+with its times and reason, in one run, and 2 s of silence in the joined file exactly where the picture's
+time line puts the loss (sound aligned with picture); a camera without sound records video only and no
+audio gap (the control)."""
 
 from __future__ import annotations
 
@@ -90,17 +92,29 @@ def _streams(path: Path) -> dict[str, dict[str, Any]]:
     return {s["codec_type"]: s for s in streams}
 
 
-def _silences(path: Path) -> tuple[float, list[float]]:
-    """The sound's mean volume (dB) and the length of each stretch of silence in it of 1 s or more."""
+def _silences(path: Path) -> tuple[float, list[tuple[float, float]]]:
+    """The sound's mean volume (dB) and each stretch of silence in it of 1 s or more (start, length)."""
     done = subprocess.run(
         ["ffmpeg", "-hide_banner", "-nostats", "-i", str(path), "-map", "0:a",
          "-af", "silencedetect=noise=-50dB:d=1,volumedetect", "-f", "null", "-"],
         capture_output=True, text=True, check=True, timeout=60)
-    mean = next(float(line.split("mean_volume:")[1].split()[0]) for line in done.stderr.splitlines()
-                if "mean_volume:" in line)
-    silences = [float(line.split("silence_duration:")[1].split()[0]) for line in done.stderr.splitlines()
-                if "silence_duration:" in line]
-    return mean, silences
+    lines = done.stderr.splitlines()
+    mean = next(float(line.split("mean_volume:")[1].split()[0]) for line in lines if "mean_volume:" in line)
+    starts = [float(line.split("silence_start:")[1].split()[0]) for line in lines if "silence_start:" in line]
+    lengths = [float(line.split("silence_duration:")[1].split()[0]) for line in lines
+               if "silence_duration:" in line]
+    return mean, list(zip(starts, lengths, strict=True))
+
+
+def _video_shift_s(path: Path) -> float:
+    """How far the muxer shifted the picture's time line (by the AAC encoder's delay): where its second
+    frame is, less one frame at the camera's 10 fps."""
+    done = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-read_intervals", "%+#2", "-show_entries",
+         "packet=pts_time", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True, timeout=60)
+    second = float(done.stdout.split()[1])
+    return second - 0.1
 
 
 async def _session(env: Any, store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch,
@@ -126,20 +140,22 @@ async def test_a_gb_camera_s_sound_is_in_every_segment_and_the_joined_file_as_lo
     segments = [e for e in watch.of("segment_sealed", room_session=session, source="gb")]
     assert len(segments) >= 4 and all("partial" not in e.data for e in segments)
     assert watch.of("gap", source="gb") == []  # a camera whose sound is whole: no audio gap
-    for entry in segments:
+    for number, entry in enumerate(segments, 1):
         streams = _streams(_original(store, str(entry.item), tmp_path))
         assert set(streams) == {"video", "audio"}, entry.data
         video, audio = streams["video"], streams["audio"]
         assert video["codec_name"] == "h264"  # stream-copied
         assert (audio["codec_name"], audio["sample_rate"], audio["channels"]) == ("aac", "8000", 1)
         # The sound lasts as long as the picture: within one segment boundary's tolerance (an AAC frame of
-        # 128 ms at 8 kHz, the picture's frame of 100 ms, and where the cut at a key frame falls).
-        assert abs(float(audio["duration"]) - float(video["duration"])) <= 0.5, (entry.data, streams)
+        # 128 ms at 8 kHz, the picture's frame of 100 ms, where the cut at a key frame falls); the last,
+        # closed by the stop, may hold what ffmpeg had queued of either input (its input threads).
+        tolerance = 1.0 if number == len(segments) else 0.3
+        assert abs(float(audio["duration"]) - float(video["duration"])) <= tolerance, (entry.data, streams)
     (joined,) = watch.of("joined", room_session=session, source="gb")
     streams = _streams(_original(store, str(joined.item), tmp_path))
     assert set(streams) == {"video", "audio"}
     video_s, audio_s = float(streams["video"]["duration"]), float(streams["audio"]["duration"])
-    assert abs(audio_s - video_s) <= 0.5 + 0.2 * (len(segments) - 1), streams
+    assert abs(audio_s - video_s) <= 1.0 + 0.15 * (len(segments) - 1), streams
     assert abs(video_s - joined.data["recorded_s"]) <= 0.5 * len(segments)
     # The camera's tone, not silence put in its place: loud throughout, no stretch of silence.
     mean_db, silences = _silences(_original(store, str(joined.item), tmp_path))
@@ -175,12 +191,22 @@ async def test_audio_packets_dropped_are_one_gap_with_times_while_the_picture_re
     (joined,) = watch.of("joined", room_session=session, source="gb")
     streams = _streams(_original(store, str(joined.item), tmp_path))
     assert abs(float(streams["audio"]["duration"]) - float(streams["video"]["duration"])) <= \
-        0.5 + 0.2 * (len(segments) - 1), streams
+        1.0 + 0.15 * (len(segments) - 1), streams
     assert joined.data["gaps"] and joined.data["gaps"][0]["reason"] == data["reason"]
     # The silence is where the sound was missing, as long as the gap says; the tone is there around it.
-    mean_db, silences = _silences(_original(store, str(joined.item), tmp_path))
-    assert mean_db > -40 and len(silences) == 1 and abs(silences[0] - data["silence_s"]) <= 0.2, silences
-
+    joined_path = _original(store, str(joined.item), tmp_path)
+    mean_db, silences = _silences(joined_path)
+    assert mean_db > -40 and len(silences) == 1 and abs(silences[0][1] - data["silence_s"]) <= 0.2, silences
+    # ... and where the picture's time line puts it: the sound is aligned with the picture. The run's
+    # sample 0 is its first video frame, a key frame of the camera's stream (one a second: device PTS a
+    # whole second); the joined file's time line is the stream's from that frame, both streams shifted
+    # alike by the AAC encoder's delay (measured from the picture's second frame).
+    (dropped,) = [s.audio_dropped_pts for s in sent if s.audio_dropped_pts is not None]
+    origin_s = dropped[0] / 90_000 - (silences[0][0] - _video_shift_s(joined_path))
+    assert abs(origin_s - round(origin_s)) <= 0.03, (origin_s, silences, dropped)
+    # Control of the measure: the gap's own times say the same within the segments' station anchoring.
+    first = ns_from_wall_text(segments[0].data["start_utc"])
+    assert first is not None and abs(silences[0][0] - (start - first) / 1e9) <= 2.0
 
 @pytest.mark.usefixtures("ffmpeg")
 async def test_a_camera_without_sound_records_video_only_and_no_audio_gap(
