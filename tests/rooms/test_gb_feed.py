@@ -1,8 +1,10 @@
 """One run's feed from a GB/T 28181 channel (edge.rooms.gb_feed) over real pipes, with a reader in place of
 the live layer's (the same interface): the program stream goes to one pipe byte for byte with its audio made
-padding, the camera's G.711A to the other as raw samples; a PSM without audio makes one pipe only; an
-ffmpeg that takes none of the sound ends the run with that reason and bounded memory (the control: one
-that reads everything gets it all and the run ends only with the channel)."""
+padding, the camera's G.711A to the other as raw samples; a PSM without audio makes one pipe only, as
+does sound that is not G.711 (named); an ffmpeg that takes none of the sound ends the run with that
+reason and bounded memory (the control: one that reads everything gets it all and the run ends only with
+the channel); a reader the live layer cut off ends the run with that reason (control: a plain end has
+none)."""
 
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ SLICE = b"\x00\x00\x00\x01\x41\x9a" + b"\x22" * 300
 class ScriptedReader:
     """A live channel's consumer that gives `chunks`, then its end."""
 
-    def __init__(self, chunks: list[bytes]) -> None:
+    def __init__(self, chunks: list[bytes], end: str = "the live stream stopped") -> None:
         self._chunks = deque(chunks)
+        self._end = end
         self.ended: str | None = None
         self.cut_off = False
         self.closed = False
@@ -30,7 +33,7 @@ class ScriptedReader:
     async def read(self) -> bytes:
         await asyncio.sleep(0)
         if not self._chunks:
-            self.ended = "the live stream stopped"
+            self.ended = self._end
             return b""
         return self._chunks.popleft()
 
@@ -113,6 +116,45 @@ async def test_a_camera_without_sound_gets_one_pipe() -> None:
         assert [i.format for i in feed.inputs] == ["mpeg"]
     finally:
         feed.close()
+
+
+async def test_sound_that_is_not_g711_is_named_and_the_run_records_video_only() -> None:
+    muxer = PsMuxer(Codec.H264, Codec.AAC)  # PSM stream type 0x0f
+    chunks = [muxer.video_frame(IDR, 90000, key=True) + muxer.audio_frame(b"\xff\xf1" + b"\x00" * 30, 90000)]
+    feed = GbRunFeed(ScriptedReader(chunks), what="test channel")
+    await feed.prepare()
+    try:
+        assert feed.audio_codec is None and feed.unsupported_audio is Codec.AAC
+        assert len(feed.pass_fds) == 1 and feed.status()["unsupported_audio"] == "aac"
+    finally:
+        feed.close()
+
+
+async def test_a_reader_cut_off_by_the_live_layer_ends_the_run_with_that_reason() -> None:
+    too_slow = "cut off: more than 8388608 bytes behind the live stream (a consumer too slow)"
+    reader = ScriptedReader(_stream(1.0, audio=True), end=too_slow)
+    feed = GbRunFeed(reader, what="test channel")
+    await feed.prepare()
+    video, sound, never = bytearray(), bytearray(), asyncio.Event()
+    readers = [asyncio.create_task(_drain(fd, out, never))
+               for fd, out in zip(feed.pass_fds, (video, sound), strict=True)]
+    reader.cut_off = True  # what the live layer does to a consumer too far behind
+    try:
+        await asyncio.wait_for(feed.pump(), 60)
+        await asyncio.wait_for(asyncio.gather(*readers), 60)
+    finally:
+        feed.close()
+    assert feed.end_reason == f"the room's ffmpeg fell behind the live stream and was {too_slow}"
+    # Control: the same end without a cut-off is the channel's own, no reason of the feed's.
+    plain = GbRunFeed(ScriptedReader(_stream(1.0, audio=True)), what="test channel")
+    await plain.prepare()
+    readers = [asyncio.create_task(_drain(fd, bytearray(), never)) for fd in plain.pass_fds]
+    try:
+        await asyncio.wait_for(plain.pump(), 60)
+        await asyncio.wait_for(asyncio.gather(*readers), 60)
+    finally:
+        plain.close()
+    assert plain.end_reason is None
 
 
 async def test_sound_ffmpeg_does_not_take_ends_the_run_with_the_reason_and_bounded_memory() -> None:
