@@ -594,7 +594,11 @@ class SessionRecording:
                 source.first_media_ns = time.time_ns()
             if feed.unsupported_audio is not None and not source.audio_noted:
                 source.audio_noted = True
-                await self._audio_not_recorded(source, feed.unsupported_audio.value)
+                try:
+                    await self._audio_not_recorded(source, feed.unsupported_audio.value)
+                except Exception:  # the record of it must not cost the picture
+                    log.exception("room %s source %s: the note of its sound not recorded failed",
+                                  self.session.room, config.id)
             first_segment = asyncio.Event()
             keep_alive(first_segment, self.settings.start_grace_s)  # the grace counts from here
             with_audio = feed.audio_codec is not None

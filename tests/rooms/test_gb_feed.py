@@ -4,16 +4,31 @@ padding, the camera's G.711A to the other as raw samples; a PSM without audio ma
 does sound that is not G.711 (named); an ffmpeg that takes none of the sound ends the run with that
 reason and bounded memory (the control: one that reads everything gets it all and the run ends only with
 the channel); a reader the live layer cut off ends the run with that reason (control: a plain end has
-none)."""
+none). In a session (real ffmpeg, pipeline, store), a camera whose sound is AAC records video only and
+says so once on the ledger, however many runs."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from collections import deque
+from collections.abc import Callable
+
+import pytest
 
 from drivers.gb28181.ps import Codec, PsMuxer
+from edge.ingest.pipeline import IngestPipeline
+from edge.ingest.repository import IngestRepository
+from edge.ingest.store import StationStore
+from edge.rooms.gb_audio import AudioGap
 from edge.rooms.gb_feed import AUDIO_OVERFLOW_REASON, AUDIO_QUEUE_BYTES, GbRunFeed
+from edge.rooms.gb_source import GbRoomChannel
+from edge.rooms.recording import SessionRecording
+from edge.rooms.session import new_session
+from edge.rooms.state import SessionFiles
+from tests.prerequisites import require
+from tests.rooms.conftest import HAVE_FFMPEG, STATION, LedgerWatch, ffprobe_json, rooms_config
 
 FRAME = 3600
 IDR = b"\x00\x00\x00\x01\x65\x88" + b"\x11" * 600
@@ -175,3 +190,69 @@ async def test_sound_ffmpeg_does_not_take_ends_the_run_with_the_reason_and_bound
     # It stopped reading the channel once the bound was passed: well before the stream's 60 s.
     assert reader.remaining > 20 * 25
     assert feed.timeline is not None and feed.timeline.seconds() <= (AUDIO_QUEUE_BYTES + 2 * 65536) / 8000 + 1
+
+
+# -- in a session: sound that is not G.711 -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def h264_units(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[bytes, bool]]:
+    """3 s of real H.264 (25 fps, a key frame a second) as access units."""
+    require(HAVE_FFMPEG, "needs ffmpeg and ffprobe")
+    path = tmp_path_factory.mktemp("gb-feed") / "v.h264"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-t", "3",
+                    "-c:v", "libx264", "-g", "25", "-bf", "0", "-pix_fmt", "yuv420p", "-f", "h264",
+                    str(path)], check=True, timeout=120)
+    listed = subprocess.run(["ffprobe", "-v", "error", "-f", "h264", "-show_entries", "packet=size,pos,flags",
+                             "-of", "csv=p=0", str(path)], check=True, capture_output=True, text=True,
+                            timeout=60).stdout.split()
+    data = path.read_bytes()
+    units = []
+    for line in listed:
+        size, pos, flags = line.split(",")[:3]
+        units.append((data[int(pos):int(pos) + int(size)], "K" in flags))
+    return units
+
+
+@pytest.mark.usefixtures("ffmpeg")
+async def test_sound_that_is_not_g711_is_one_error_entry_a_session_and_the_picture_records(
+    h264_units: list[tuple[bytes, bool]], store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def aac_camera() -> list[bytes]:  # a camera whose PSM says AAC (0x0f): each run reads it anew
+        muxer = PsMuxer(Codec.H264, Codec.AAC)
+        return [muxer.video_frame(unit, 90000 + i * FRAME, key=key)
+                + muxer.audio_frame(b"\xff\xf1" + b"\x00" * 30, 90000 + i * FRAME)
+                for i, (unit, key) in enumerate(h264_units)]
+
+    async def ready(channel: GbRoomChannel, on_audio_gap: Callable[[AudioGap], None]) -> GbRunFeed:
+        feed = GbRunFeed(ScriptedReader(aac_camera()), what=repr(channel), on_audio_gap=on_audio_gap)
+        await feed.prepare()
+        return feed
+
+    monkeypatch.setattr(GbRoomChannel, "ready", ready)
+    config = rooms_config({"id": "gb", "name": "IPC", "gb28181": {"device_id": "34020000001320000051",
+                                                                  "channel_id": "34020000001310000051"}})
+    files = SessionFiles(store.layout.root)
+    files.prepare()
+    session = new_session(room="xw-1", room_name="第一询问室", address="文三路 100 号",
+                          fields={"case_number": "A1", "collector": "张三", "subject": "询问过程",
+                                  "persons": [{"name": "李四", "role": "被询问人"}]},
+                          started_utc="2026-12-05T10:00:00.000000Z", started_by="operator")
+    recording = SessionRecording(session, config.room[0], config, pipeline, files, station_id=STATION)
+    task = asyncio.create_task(recording.run())
+    try:  # each run's stream ends after 3 s (a gap), the next run reads the camera again
+        await watch.until(lambda: recording.sources["gb"].runs >= 2
+                          and len(watch.of("segment_sealed", source="gb")) >= 2, 90)
+    finally:
+        recording.stop()
+        await task
+    (noted,) = [e for e in watch.of("error") if e.data.get("stage") == "room gb audio"]  # once a session
+    assert noted.data["audio_codec"] == "aac" and noted.data["source"] == "gb"
+    assert "the camera's sound (aac) is not recorded" in noted.data["reason"]
+    assert recording.sources["gb"].coding == ("copy", "none")
+    sealed = watch.of("segment_sealed", source="gb")
+    record = IngestRepository(store).item(str(sealed[0].item))
+    assert record is not None and record.path is not None
+    probed = ffprobe_json(store.layout.root / record.path)
+    assert [s["codec_type"] for s in probed["streams"]] == ["video"]
