@@ -31,7 +31,7 @@ from edge.ingest.pipeline import IngestPipeline, IngestSettings
 from edge.ingest.store import StationStore
 from edge.sources.gb28181 import GbDownloads, GbRecordings, RecordingRef, Transfer
 from edge.sources.gb28181.downloads import StartDownload
-from edge.sources.gb28181.give_up_span import StuckSince
+from edge.sources.gb28181.give_up_span import TryTimes
 from edge.sources.gb28181.recordings import INTERRUPTED_DISK_FULL
 from edge.sources.gb28181.scheduler import completeness
 from tests.gb28181.media_sender import HAVE_FFMPEG, make_source, ps_packs, rtp_packets, send_tcp
@@ -176,8 +176,8 @@ async def station_downloads(tmp_path: Path, spool: Path, start_download: StartDo
     try:
         source = GbRecordings(DEVICE, spool, station_id="TEST-STATION", case=CASE)
         pipeline = IngestPipeline(store, IngestSettings(min_free_bytes=RESERVE))
-        stuck = None if clock is None else StuckSince(clock.wall, clock.monotonic)
-        yield GbDownloads(pipeline, source, start_download, stuck_since=stuck)
+        tries = None if clock is None else TryTimes(clock.wall, clock.monotonic)
+        yield GbDownloads(pipeline, source, start_download, try_times=tries)
     finally:
         store.close()
 

@@ -12,7 +12,8 @@ Real ffmpeg-made H.264 muxed into PS, RTP over a real UDP socket into a real rec
 write held in the receiver's worker until the session has ended (`StalledDisk`: no timing premise); the
 classification is the scheduler's own `_interruption` and `completeness`, the give-up the downloads' own
 `given_up_because`. Controls: the same stream with the disk not stalled ends `closed`, complete; three copies
-sealed incomplete with no interruption are given up; ten station interruptions are too."""
+sealed incomplete with no interruption are given up; ten station interruptions are too, once their tries
+span 48 h (issue 10's last review: test_give_up_span_refusals)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from edge.gb28181.media import (
 from edge.gb28181.sessions import EndReason as SessionEnd
 from edge.gb28181.sessions import SessionResult
 from edge.sources.gb28181.downloads import MAX_INCOMPLETE_ATTEMPTS, MAX_INTERRUPTED_ATTEMPTS, given_up_because
+from edge.sources.gb28181.give_up_span import Since
 from edge.sources.gb28181.recordings import SealedDownload
 from edge.sources.gb28181.scheduler import GbDownloadScheduler, completeness
 from tests.gb28181.disk_rig import EXPECTED_S, StalledDisk
@@ -135,8 +137,16 @@ def test_control_three_incomplete_copies_are_given_up() -> None:
     assert given_up_because(incomplete) is not None
 
 
-def test_station_stalls_count_like_the_other_interruptions() -> None:
+def _tried(slow: list[SealedDownload], every_s: float) -> dict[str, Since]:
+    """When each try ended (`TryTimes`), `every_s` apart on both clocks."""
+    return {d.item: Since(1_790_000_000.0 + n * every_s, 1000.0 + n * every_s) for n, d in enumerate(slow)}
+
+
+def test_station_stalls_count_like_the_other_interruptions_over_two_days() -> None:
+    # Issue 10's last review: like the stuck disk-full copies, only once they span 48 h (first to latest try).
     slow = [_sealed(n, interrupted=STATION_SLOW) for n in range(1, MAX_INTERRUPTED_ATTEMPTS + 1)]
-    why = given_up_because(slow)
-    assert why is not None and "disk falling behind" in why, why
-    assert given_up_because(slow[:-1]) is None
+    why = given_up_because(slow, _tried(slow, 6 * 3600.0))
+    assert why is not None and "disk falling behind" in why and "over 54 h" in why, why
+    assert given_up_because(slow[:-1], _tried(slow, 6 * 3600.0)) is None
+    assert given_up_because(slow, _tried(slow, 6 * 60.0)) is None, "ten stalls within an hour"
+    assert given_up_because(slow) is None, "tries of an earlier run (no time known): the span starts again"

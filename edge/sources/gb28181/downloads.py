@@ -10,17 +10,21 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    (each a new pair of items), until `MAX_INCOMPLETE_ATTEMPTS` came incomplete; downloads cut short by
    the device going offline or the station stopping (their manifests say `interrupted`) are not the
    recording's fault and do not count there, and neither do those the station's disk fell behind over UDP
-   (`disk-slow`, review 33), but `MAX_INTERRUPTED_ATTEMPTS` of them end it too. Then the
+   (`disk-slow`, review 33), but `MAX_INTERRUPTED_ATTEMPTS` of them end it too (the `disk-slow` ones only
+   once their tries span `GIVE_UP_AFTER_S`, below). Then the
    recording is given up (`given_up_because`): one `error` entry of stage `given-up` on its last raw PS
    names the device, channel and recording and why (what cut the downloads short, as sealed), written
    once (later listings find it). A download the station's own disk guard ended (`disk-full`) ends the
    pass (the next recording would be cut on the same tight disk) and counts toward no give-up unless it
    was cut by a write its disk refused with room showing (EDQUOT, or ENOSPC while statvfs showed room:
    `refused_with_room`) and got no further than an earlier disk-full copy (`stuck_disk_full`: a quota
-   refusing every try at the same byte counts toward `MAX_INTERRUPTED_ATTEMPTS`, once such copies have been
-   found over `GIVE_UP_AFTER_S` on the station's wall and monotonic clocks both, `StuckSince` in
-   edge.sources.gb28181.give_up_span, the failed downloads' span: a quota full only for a while gives
-   nothing up, review 33; the guard's own cuts on a disk others fill never do: review 29); while the
+   refusing every try at the same byte counts toward `MAX_INTERRUPTED_ATTEMPTS`; the guard's own cuts on a
+   disk others fill never do: review 29). Such stuck copies and the `disk-slow` ones, the station's own disk
+   troubles, count only once their tries span `GIVE_UP_AFTER_S` from the first to the latest, on the
+   station's wall and monotonic clocks both (edge.sources.gb28181.give_up_span, the failed downloads' rule:
+   a quota full or a disk stalled only for a while gives nothing up, review 33, nor does a pause with no
+   try; `TryTimes` keeps when each such try of this run ended, by the raw PS it sealed: a restart starts
+   the span again); the given-up entry says over how many hours and how many tries. While the
    spool's disk stays below the store's
    reserve plus room for the raw PS and the receiver's guard for the recording's size as known (its
    listed FileSize, and more than its disk-full copy received, at most `max_recording_bytes`), it is not
@@ -36,7 +40,8 @@ serve few history sessions at a time: wvp #980), for each one not already sealed
    naming the recording (stage `download`), the rest one summary entry (count, the first reason:
    `finish_pass`); the same recording failing again at a later pass is limited like the listing's
    problems (edge.custody.entry_limits: once in six hours, the repeats counted). A recording that
-   failed so at `MAX_FAILED_PASSES` passes over at least `FAILED_GIVE_UP_AFTER_S` (two days: what fails
+   failed so at `MAX_FAILED_PASSES` passes, the first to the latest over at least
+   `FAILED_GIVE_UP_AFTER_S` (two days, the same rule: a pause with no pass counts for nothing; what fails
    a download is mostly passing, a device busy or a link down; passed on the station's wall clock and on
    its monotonic clock both, so a step of the station's clock gives nothing up early) is given up
    (`FailedPasses`, in memory: a restart tries it again), one `error` entry of stage `given-up` with the
@@ -85,7 +90,14 @@ from edge.gb28181.media import (
     shows_room,
 )
 from edge.ingest.pipeline import IngestOutcome, IngestPipeline
-from edge.sources.gb28181.give_up_span import GIVE_UP_AFTER_S, Since, StuckSince, StuckSpan, recording_key
+from edge.sources.gb28181.give_up_span import (
+    GIVE_UP_AFTER_S,
+    FailingSpan,
+    Since,
+    TryTimes,
+    failing_span,
+    recording_key,
+)
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
     INTERRUPTED_DISK_FULL,
@@ -145,15 +157,18 @@ INTERRUPTED_SAID = {INTERRUPTED_DEVICE_OFFLINE: "the device going offline",
                     INTERRUPTED_DISK_SLOW: "the station's disk falling behind the UDP stream",
                     INTERRUPTED_DISK_FULL: "the station's disk refusing it again no further than before (a "
                                            "quota, or a disk fuller than its free space says)"}
+# The station's own disk troubles: they count toward a give-up only over GIVE_UP_AFTER_S of such tries.
+STATION_DISK = frozenset({INTERRUPTED_DISK_FULL, INTERRUPTED_DISK_SLOW})
 
 
 @dataclass(slots=True)  # up to MAX_FAILING_RECORDINGS of them
 class FailingRecording:
-    """One recording's failed passes: how many, when the first was (`Since`), when it was last given up
-    (None: not given up), on the wall clock (`given_up_at`) and the monotonic clock (`given_up_mono`)."""
+    """One recording's failed passes: how many, from the first to the latest (`FailingSpan`), when it was
+    last given up (None: not given up), on the wall clock (`given_up_at`) and the monotonic clock
+    (`given_up_mono`)."""
 
     passes: int
-    first: Since  # the first failed pass, on both clocks
+    span: FailingSpan  # the first and the latest failed pass, on both clocks
     given_up_at: float | None = None
     given_up_mono: float = 0.0  # meaningful when given_up_at is not None
     tries_since_given_up: int = 0  # passes that asked for it again after it was given up, and failed
@@ -162,7 +177,8 @@ class FailingRecording:
 class FailedPasses:
     """Across the passes of every device: per recording (the SHA-256 of its device and identity, never
     the device's text), the passes at which its download failed with no session or no byte, and whether it
-    is given up (`MAX_FAILED_PASSES` passes over at least `FAILED_GIVE_UP_AFTER_S`) until its next try
+    is given up (`MAX_FAILED_PASSES` passes, the first to the latest over at least `FAILED_GIVE_UP_AFTER_S`:
+    edge.sources.gb28181.give_up_span, so a pause with no pass is no failing by itself) until its next try
     (`GIVEN_UP_RETRY_S` later). Bounded to the newest `MAX_FAILING_RECORDINGS`; a recording that downloads
     is forgotten, and so is everything at a restart (each recording asked again).
 
@@ -195,17 +211,20 @@ class FailedPasses:
         """One more pass failed for `ref`: its count, and whether it is given up now (`given_up_at`)."""
         now, mono = self._clock(), self._monotonic()
         key = self._key(ref)
-        failing = self._failing.pop(key, None) or FailingRecording(passes=0, first=Since(now, mono))
+        failing = self._failing.pop(key, None)
+        if failing is None:
+            failing = FailingRecording(passes=0, span=FailingSpan.starting(Since(now, mono)))
+        else:
+            failing.span.failed_again(Since(now, mono))  # a wall clock stepped back starts it again
         self._failing[key] = failing  # the newest last
         while len(self._failing) > MAX_FAILING_RECORDINGS:
             del self._failing[next(iter(self._failing))]
         failing.passes += 1
-        failing.first.follow_wall(now)  # the clock stepped back: the span starts again
         if failing.given_up_at is not None:
             failing.tries_since_given_up += 1
             # its try after the give-up failed too: the next one a day from now
             failing.given_up_at, failing.given_up_mono = now, mono
-        elif failing.passes >= MAX_FAILED_PASSES and failing.first.passed(now, mono, FAILED_GIVE_UP_AFTER_S):
+        elif failing.passes >= MAX_FAILED_PASSES and failing.span.passed(FAILED_GIVE_UP_AFTER_S):
             failing.given_up_at, failing.given_up_mono = now, mono
         return failing
 
@@ -274,26 +293,31 @@ def stuck_disk_full(earlier: Sequence[SealedDownload]) -> list[SealedDownload]:
     return stuck
 
 
-def given_up_because(earlier: Sequence[SealedDownload], stuck_span: StuckSpan | None = None) -> str | None:
+def given_up_because(earlier: Sequence[SealedDownload],
+                     tried: Mapping[str, Since] | None = None) -> str | None:
     """Why a recording with these sealed downloads, none complete, is not downloaded again (None: it is).
-    `stuck_span`: how long its stuck disk-full copies have been found (`StuckSince`; None: not measured,
-    they give nothing up)."""
-    # A download cut disk-full (the guard's stop, or a refused write) is no fault of the recording nor of
-    # the device: it counts toward a give-up only when a write was refused with room showing and it got no
-    # further than an earlier disk-full copy (`stuck_disk_full`: a quota refusing every try at the same
-    # byte, review 28; never the guard's cut, review 29), and only once such copies have been found over
-    # GIVE_UP_AFTER_S on both clocks (a quota full for a few hours: review 33).
-    interrupted = [d for d in earlier if d.interrupted and d.interrupted != INTERRUPTED_DISK_FULL]
-    stuck = stuck_disk_full(earlier)
+    `tried`: when each try of this run that sealed one of them ended, by its raw PS item (`TryTimes`; None:
+    none known, the station's own disk troubles give nothing up)."""
+    # A download the station's own disk cut short is no fault of the recording nor of the device: a disk-full
+    # copy counts toward a give-up only when a write was refused with room showing and it got no further
+    # than an earlier disk-full copy (`stuck_disk_full`: a quota refusing every try at the same byte, review
+    # 28; never the guard's cut, review 29), and those and the UDP downloads the disk fell behind
+    # (`disk-slow`, review 33) only once their tries span GIVE_UP_AFTER_S from the first to the latest on
+    # both clocks (edge.sources.gb28181.give_up_span: a quota full or a disk stalled for a few hours, a
+    # pause with no try, give nothing up).
+    departed = [d for d in earlier if d.interrupted and d.interrupted not in STATION_DISK]
+    station_disk = [d for d in earlier if d.interrupted == INTERRUPTED_DISK_SLOW] + stuck_disk_full(earlier)
     over = ""
-    if len(interrupted) < MAX_INTERRUPTED_ATTEMPTS and stuck:
-        if stuck_span is None or not stuck_span.passed:
-            stuck = []  # not for long enough: a quota full only for a while
+    if len(departed) < MAX_INTERRUPTED_ATTEMPTS and station_disk:
+        known = tried or {}
+        span = failing_span(known[d.item] for d in station_disk if d.item in known)
+        if span is None or not span.passed():
+            station_disk = []  # not for long enough: a disk in trouble only for a while
         else:
-            over = (f" over {stuck_span.hours:.0f} h (copies stuck at the same byte give a recording up "
-                    f"only once they span {GIVE_UP_AFTER_S / 3600:.0f} h on the station's wall and monotonic "
-                    "clocks)")
-    interrupted += stuck
+            over = (f" over {span.hours():.0f} h ({span.count} of these tries in this run, from the first to "
+                    "the latest: the station's disk cutting tries short gives a recording up only once "
+                    f"they span {GIVE_UP_AFTER_S / 3600:.0f} h on the station's wall and monotonic clocks)")
+    interrupted = departed + station_disk
     incomplete = [d for d in earlier if not d.complete and not d.interrupted]
     if len(incomplete) >= MAX_INCOMPLETE_ATTEMPTS:
         last = incomplete[-1].incomplete or "no reason sealed"
@@ -376,7 +400,7 @@ class GbDownloads:
         convert_timeout_s: float = 600.0,
         problems: LimitedEntries | None = None,
         failed_passes: FailedPasses | None = None,
-        stuck_since: StuckSince | None = None,
+        try_times: TryTimes | None = None,
         pass_failures: PassFailures | None = None,
         max_recording_bytes: int = DEFAULT_MAX_RECORDING_BYTES,
     ) -> None:
@@ -394,8 +418,9 @@ class GbDownloads:
         self._own_pass = pass_failures is None
         self.problems = problems if problems is not None else LimitedEntries()
         self.failed_passes = failed_passes if failed_passes is not None else FailedPasses()
-        # Since when each recording's disk-full copies are stuck (the scheduler's: one for the station).
-        self.stuck_since = stuck_since if stuck_since is not None else StuckSince()
+        # When this run's tries of each recording ended, by the raw PS they sealed (the scheduler's: one for
+        # the station): the station's disk troubles give a recording up only over days of such tries.
+        self.try_times = try_times if try_times is not None else TryTimes()
         self.pass_failures = pass_failures if pass_failures is not None else PassFailures()
 
     async def download(self, recordings: Sequence[RecordingRef]) -> DownloadReport:
@@ -414,12 +439,12 @@ class GbDownloads:
             earlier = sealed.get(ref.identity(), [])
             if any(d.complete for d in earlier):
                 report.skipped.append(ref)
-                self.stuck_since.forget(ref)
+                self.try_times.forget(ref)
                 continue
             if self.failed_passes.given_up(ref):
                 report.given_up.append(ref)  # failed with nothing, given up (on the ledger) till its next try
                 continue
-            why = given_up_because(earlier, self.stuck_since.span(ref) if stuck_disk_full(earlier) else None)
+            why = given_up_because(earlier, self.try_times.of(ref))
             if why is not None:
                 report.given_up.append(ref)  # what came is sealed, no more tries
                 await self._given_up(ref, earlier, why)
@@ -610,6 +635,7 @@ class GbDownloads:
             raise
         except Exception as exc:  # the platform's refusal, in whatever form: recorded, next recording
             return await self._failed(ref, raw, shown, f"no download session: {exc}")
+        ended = self.try_times.now()  # when the try ended, before its sealing (ffmpeg) takes its time
         outcome = transfer.outcome
         if outcome.bytes == 0:
             return await self._failed(ref, raw, shown, f"no media came ({outcome.ended}: {outcome.detail})")
@@ -625,6 +651,8 @@ class GbDownloads:
         done = await ingest_download(self.pipeline, self.source, download,
                                      convert_timeout_s=self.convert_timeout_s)
         report.ingested.append(done)
+        if done.raw_item is not None and transfer.facts.get("interrupted") in STATION_DISK:
+            self.try_times.tried(ref, done.raw_item, ended)  # a copy the station's disk troubles may count
         if done.run.outcome is IngestOutcome.STORE_FULL and done.raw_item is None:
             # The pipeline's `store` entry says what was refused; its spool files are gone (ingest_download).
             await self._store_full(f"the store refused the copy of {shown} ({outcome.bytes} bytes received, "
@@ -655,7 +683,7 @@ class GbDownloads:
                                 "original": shown, "stage": "download", "reason": reason,
                                 "passes_failed": passes}
         if given_up:
-            hours = failing.first.hours(failing.given_up_mono)  # what passed
+            hours = failing.span.hours()  # from the first failed pass to the one that gave it up
             again = (f"asked for again {failing.tries_since_given_up} time(s) a day after it was given up, "
                      "failed again; ") if failing.tries_since_given_up else ""
             data.update(stage=GIVEN_UP_STAGE, recording=ref.described(),

@@ -80,7 +80,7 @@ from edge.sources.gb28181.downloads import (
     Transfer,
     WindowClosed,
 )
-from edge.sources.gb28181.give_up_span import StuckSince
+from edge.sources.gb28181.give_up_span import TryTimes
 from edge.sources.gb28181.recordings import (
     INTERRUPTED_DEVICE_OFFLINE,
     INTERRUPTED_DISK_FULL,
@@ -393,8 +393,9 @@ class GbDownloadScheduler:
         # Downloads that failed with nothing, per recording (bounded); its give-up spans days on the
         # station's clock, the one the schedule and the ledger use, and on the monotonic clock (review 21).
         self.failed_passes = FailedPasses(lambda: self._now().timestamp(), monotonic)
-        # Since when recordings' disk-full copies are stuck at the same byte: their give-up spans days too.
-        self.stuck_since = StuckSince(lambda: self._now().timestamp(), monotonic)
+        # When this run's tries that the station's disk cut short ended (stuck disk-full, disk-slow): their
+        # give-up spans days of such tries too, on the same clocks.
+        self.try_times = TryTimes(lambda: self._now().timestamp(), monotonic)
         platform.add_online_listener(self.device_online)
 
     def snapshot(self) -> dict[str, Any]:
@@ -601,7 +602,7 @@ class GbDownloadScheduler:
                               station_clock_synchronised=self._clock_trusted())
         downloads = GbDownloads(pipeline, source, self._start_download(device_id, progress),
                                 problems=self.problems, failed_passes=self.failed_passes,
-                                stuck_since=self.stuck_since,
+                                try_times=self.try_times,
                                 pass_failures=PassFailures(),
                                 device_clock_offset_ms=lambda: self._clock_offset_ms(device_id),
                                 device_tz_offset_min=self.policy.utc_offset_minutes,
