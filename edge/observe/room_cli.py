@@ -178,6 +178,10 @@ def _describe(action: str, answer: Any) -> str:
                 f"  {printable(source['source'])}: {state}; {source['segments_sealed']} sealed, "
                 f"last seal {source['last_seal_latency_s']} s" + "".join(f"; {text}" for text in dropped)
             )
+    for problem in answer.get("products_problems") or []:
+        if isinstance(problem, dict):
+            lines.append(f"PRODUCTS NOT MADE: session {printable(str(problem.get('room_session')))}: "
+                         f"{printable(str(problem.get('problem')))}")
     space = answer.get("space")
     if isinstance(space, dict) and space.get("level") in ("low", "critical"):
         left = space.get("minutes_left")

@@ -47,17 +47,16 @@ from edge.rooms.documents import DocumentRefused, attach_document
 from edge.rooms.export import ExportedDisc, ExportRefused, export_session
 from edge.rooms.manifest import session_manifest
 from edge.rooms.overlay_text import check_extra_line
+from edge.rooms.owed import OwedIndex
 from edge.rooms.products import Products, make_products, products_dir
 from edge.rooms.reconcile import (
     COMPLETED_MANIFEST_ROLE,
     COMPLETION_TYPES,
-    PRODUCTS_TYPES,
     SESSION_TYPES,
     STOP_MANIFEST_TYPES,
     LedgerSession,
     completed_manifest_owed,
     disagreements,
-    products_owed,
     sessions_on_ledger,
     stop_manifest_sealed,
 )
@@ -123,6 +122,11 @@ class RoomService:
         # Stopped sessions whose products (joined files, statement) a stop did not finish: made by run().
         self._products_pending: list[tuple[RoomSession, LedgerEntry]] = []
         self.finishing: list[asyncio.Task[None]] = []  # run()'s tasks finishing them
+        # Which stopped sessions owe products, read from the ledger since the index was last saved.
+        self.owed = OwedIndex(store.layout.root, store.ledger)
+        # Per session, why its owed products could not be made at this start (edge room status shows it;
+        # the `error` entry is written once per manifest: OwedIndex.reported).
+        self.products_problems: dict[str, str] = {}
         # Per room, the status of its serial hardware (lamp panel, sensor, PTZ: edge.rooms.hardware).
         self.hardware_status: dict[str, Callable[[], dict[str, Any]]] = {}
         self.overlay_lines: dict[str, str] = {}  # per room: the composite's extra line (set_overlay_line)
@@ -332,7 +336,7 @@ class RoomService:
             # unsealed): made again from the newest manifest, so that no segment sealed since is left off
             # the joined file and the disc (review 28). Owed by the ledger: a crash meanwhile is caught up
             # at the next start (_without_products).
-            owed_from = self._products_owed(session.started_seq or 1).get(session.session)
+            owed_from = self.owed.refresh().get(session.session)
             if owed_from is not None:
                 await self._products_left(session, owed_from)
         except OSError as exc:
@@ -344,14 +348,9 @@ class RoomService:
         cut short during its products, a manifest or completed manifest sealed at a later start: see
         :func:`products_owed`), with that manifest's `acquired` entry. Those whose stop left work are
         left to :meth:`_finish_stopped`, which makes their products once that work is done."""
-        stopped = [s for s in sessions if s.state is SessionState.STOPPED and not self._left_unfinished(s)]
-        if not stopped:
-            return []
-        owed = self._products_owed(min(s.started_seq or 1 for s in stopped))
-        return [(s, owed[s.session]) for s in stopped if s.session in owed]
-
-    def _products_owed(self, from_seq: int) -> dict[str, LedgerEntry]:
-        return products_owed(self.store.ledger.entries_of_types(PRODUCTS_TYPES, from_seq))
+        owed = self.owed.refresh()  # the entries since the index was last saved, not the whole ledger
+        return [(s, owed[s.session]) for s in sessions
+                if s.session in owed and s.state is SessionState.STOPPED and not self._left_unfinished(s)]
 
     def _file_error(self, session: str, why: str) -> None:
         reason = f"room session {session}: {why}"
@@ -605,6 +604,7 @@ class RoomService:
         await self._record(EntryType.ROOM_PRODUCTS, {
             "room_session": session.session, "room": session.room, "manifest_item": manifest_item,
             "manifest_sha256": manifest_sha256, **products.summary()})
+        self.owed.refresh()  # so that the next start reads the ledger from here on
         return products
 
     async def _products_left(self, session: RoomSession, manifest_acquired: LedgerEntry) -> None:
@@ -621,8 +621,17 @@ class RoomService:
                                  "with")
             manifest = json.loads(data)
         except (OSError, ValueError) as exc:
-            self._file_error(session.session, f"its products cannot be made: {exc}")
+            why = f"its products cannot be made: {exc}"
+            self.products_problems[session.session] = why
+            if self.owed.reported.get(session.session) == item:
+                # On the ledger once already (an earlier start): logged, not recorded at every start.
+                log.error("rooms: room session %s: %s (recorded before)", session.session, printable(why))
+                return
+            self._file_error(session.session, why)
+            if item is not None:
+                self.owed.mark_reported(session.session, item)
             return
+        self.products_problems.pop(session.session, None)
         assert isinstance(item, str) and isinstance(expected, str)
         log.info("room session %s: making its products from manifest %s", session.session, item)
         await self._make_products(session, manifest, item, expected)
@@ -645,7 +654,11 @@ class RoomService:
                        else {}),
                 }
             )
-        return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s, "space": self.space.status()}
+        return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s, "space": self.space.status(),
+                # Stopped sessions whose products could not be made at this start (their `error` entry is
+                # on the ledger once; `edge verify` names them too).
+                "products_problems": [{"room_session": session, "problem": why}
+                                      for session, why in sorted(self.products_problems.items())]}
 
     def board_status(self) -> dict[str, Any]:
         """What the status board (and so the dock screen's unauthenticated kiosk channel) may show: whether
@@ -677,7 +690,8 @@ class RoomService:
             )
         space = self.space.status()
         shown_space = None if space is None else {k: space[k] for k in ("level", "minutes_left")}
-        return {"rooms": rooms, "space": shown_space}
+        # A count only: the board is shown to anyone at the station.
+        return {"rooms": rooms, "space": shown_space, "products_problems": len(self.products_problems)}
 
     # -- documents and discs (edge.rooms.documents, edge.rooms.export) --------------------------------
 
