@@ -64,7 +64,7 @@ from edge.custody.keys import StationKey
 from edge.pki.names import IdentityError
 
 if TYPE_CHECKING:
-    from edge.central.tus_shared_store import SharedTusStore
+    from edge.central.postgres.tus_shared_store import SharedTusStore
 
 __all__ = [
     "BOUNDS",
@@ -512,8 +512,8 @@ def _upload_store(config: CentralConfig, objects: ObjectStore) -> TusUploadStore
     # Imported here: psycopg and boto3 are needed only by a central configured for both.
     import psycopg
 
+    from edge.central.postgres.tus_shared_store import SharedTusStore
     from edge.central.s3_objects import S3ObjectStore
-    from edge.central.tus_shared_store import SharedTusStore
 
     assert isinstance(objects, S3ObjectStore)
     url = index.url

@@ -21,8 +21,7 @@ from aiohttp import web
 
 from edge.central.background import periodic_task
 from edge.central.objects import ObjectStore, ObjectStoreError, ObjectStoreUnavailable
-from edge.central.sql.lock_extensions import PendingLock
-from edge.central.storage import Index
+from edge.central.storage import Index, PendingLock
 from edge.custody.ledger import station_time_now
 from edge.runtime.logs import event_fields
 

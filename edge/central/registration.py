@@ -50,8 +50,7 @@ from edge.central.objects import (
     Retention,
 )
 from edge.central.retention import RetentionPolicy, parse_utc
-from edge.central.sql.lock_extensions import PendingLock
-from edge.central.storage import Index, UnitOfWork
+from edge.central.storage import Index, PendingLock, UnitOfWork
 from edge.custody.canonical import canonical_json, sha256_hex
 from edge.custody.disclosure import ShippedRotation, key_epoch_problem, station_schedule
 from edge.custody.errors import CanonicalJsonError, KeyFormatError, LedgerError
@@ -244,7 +243,7 @@ class UploadFacts(Protocol):
 
 class StagedContent(Protocol):
     """A complete upload whose bytes are already in the object store's bucket (the shared tus store of
-    several receivers, :mod:`edge.central.tus_shared_store`): it makes the content object itself."""
+    several receivers, :mod:`edge.central.postgres.tus_shared_store`): it makes the content object itself."""
 
     def store(self, sha256: str, retention: Retention) -> None:
         """Make object ``sha256`` from the upload, kept as ``retention`` says; raises the object store's

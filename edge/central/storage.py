@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -45,17 +46,38 @@ from edge.central.index import (
     StationRecord,
 )
 from edge.central.objects import Retention
-from edge.central.sql.lock_extensions import PendingLock
+from edge.central.retention import parse_utc
 from edge.custody.ledger import Checkpoint, LedgerEntry
 from edge.custody.receipt import TreeHead
 
 __all__ = ["CentralDatabase", "ConsoleStore", "EquipmentRows", "Index", "LogStore", "LogStoreConflict",
-           "UnitOfWork"]
+           "PendingLock", "UnitOfWork"]
 
 
 class LogStoreConflict(Exception):
     """A leaf, node or head write that does not extend the log (another writer took the index, or the
     subtree is not complete); the enclosing transaction must be rolled back."""
+
+
+@dataclass(frozen=True)
+class PendingLock:
+    """The lock an item's content must get: ``until`` (UTC text), with a legal hold when ``legal_hold``;
+    asked for at ``requested_utc``, tried ``attempts`` times so far, the last failure ``last_error``.
+    Recorded by each backend's index (:meth:`Index.want_lock`) before the object store is asked, and
+    retried by :mod:`edge.central.lock_extensions` until the store confirms it."""
+
+    item: str
+    sha256: str
+    until_utc: str
+    legal_hold: bool
+    requested_utc: str
+    attempts: int
+    last_attempt_utc: str | None
+    last_error: str | None
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(parse_utc(self.until_utc), legal_hold=self.legal_hold)
 
 
 _T = TypeVar("_T")
@@ -153,7 +175,7 @@ class Index(Protocol):
     def apply_tag(self, station_id: str, entry: LedgerEntry, recorded_utc: str) -> bool: ...
     def metadata_history(self, item: str) -> list[dict[str, Any]]: ...
 
-    # object locks the store has not confirmed yet (edge.central.sql.lock_extensions)
+    # object locks the store has not confirmed yet (PendingLock; SQL in edge.central.sql.lock_extensions)
     def want_lock(self, item: str, sha256: str, retention: Retention, requested_utc: str) -> PendingLock:
         """Record the lock ``item``'s content needs, in the caller's transaction (merged: never shorter)."""
         ...

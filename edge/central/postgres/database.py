@@ -33,7 +33,7 @@ from edge.central.postgres.log import PostgresLogStore
 from edge.central.postgres.migrations import SchemaBehind, apply_migrations, check_runtime_role, owns_schema
 from edge.central.postgres.trail import PostgresTrailSealer
 
-__all__ = ["PostgresDatabase"]
+__all__ = ["PostgresDatabase", "connect_owner"]
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +173,7 @@ class PostgresDatabase:
 
         if owner_url is not None:
             # The owner's connection lives only for the migration: the receiver never holds it.
-            with psycopg.connect(owner_url, autocommit=True, application_name=f"{application_name} migrate",
-                                 connect_timeout=_CONNECT_TIMEOUT_S, password=owner_password) as owner:
+            with connect_owner(owner_url, owner_password, f"{application_name} migrate") as owner:
                 apply_migrations(owner)
                 owner.execute("SELECT edge_grant_runtime()")
         conn = connect()
@@ -257,6 +256,15 @@ class PostgresDatabase:
 # Databases already warned about, so that a process opening its database again (a command after the
 # receiver's start, a test) says it once.
 _warned_single_role: set[str] = set()
+
+
+def connect_owner(owner_url: str, owner_password: str | None,
+                  application_name: str) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection as the role that owns the tables (``central.index.owner_url``), autocommit, for the
+    owner's steps only (schema migrations, grants, setting sequences); the caller closes it soon."""
+    # Keyword parameters are merged with the URL's: the password never enters the URL.
+    return psycopg.connect(owner_url, autocommit=True, application_name=application_name,
+                           connect_timeout=_CONNECT_TIMEOUT_S, password=owner_password)
 
 
 def _warn_single_role(conn: psycopg.Connection[tuple[object, ...]]) -> None:

@@ -56,9 +56,7 @@ from edge.central.s3_objects import CopySource, S3ObjectStore
 from edge.central.tus_contract import UploadStoreUnavailableError
 from edge.central.tus_staging import TusStaging
 from edge.central.tus_store import (
-    CHECKSUM_ALGORITHMS,
     PREFIX_SHA256,
-    ChecksumMismatchError,
     ChunkChecksum,
     OffsetMismatchError,
     QuotaExceededError,
@@ -69,6 +67,7 @@ from edge.central.tus_store import (
     UploadInfo,
     UploadNotFoundError,
     UploadTooLargeError,
+    UploadWriteBase,
     is_upload_id,
 )
 from edge.custody.canonical import canonical_json, parse_json
@@ -287,7 +286,7 @@ class SharedTusStore:
         return [_Part(int(n), int(start), int(size), str(version)) for n, start, size, version in rows]
 
     def sources(self, upload_id: str, parts: list[_Part]) -> list[CopySource]:
-        return [CopySource(self.staging.key(upload_id, p.number), p.version_id, p.size) for p in parts]
+        return [self.staging.copy_source(upload_id, p.number, p.version_id, p.size) for p in parts]
 
     # -- writing -------------------------------------------------------------------------------------
 
@@ -493,7 +492,7 @@ class StagedUpload:
             objects.retain(sha256, retention)
 
 
-class SharedUploadWrite:
+class SharedUploadWrite(UploadWriteBase):
     """One request's append to one shared upload (the :class:`~edge.central.tus_contract.UploadAppend`
     contract): bytes collect into parts of the store's part size, each stored as it fills; see the module
     docstring for when they commit."""
@@ -514,24 +513,6 @@ class SharedUploadWrite:
         self._pending: list[_Part] = []  # stored, not committed (a checksummed chunk not yet verified)
         self._buffer = bytearray()
 
-    def __enter__(self) -> SharedUploadWrite:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    @property
-    def upload_id(self) -> str:
-        return self._info.upload_id
-
-    @property
-    def length(self) -> int:
-        return self._info.length
-
-    @property
-    def info(self) -> UploadInfo:
-        return self._info
-
     @property
     def _stored_end(self) -> int:
         return self._pending[-1].start + self._pending[-1].size if self._pending else self._info.offset
@@ -540,11 +521,6 @@ class SharedUploadWrite:
     def offset(self) -> int:
         """End of the bytes received so far (committed or not)."""
         return self._stored_end + len(self._buffer)
-
-    def _new_chunk_hasher(self) -> Any:
-        if self._checksum is None or self._checksum.algorithm == PREFIX_SHA256:
-            return None
-        return CHECKSUM_ALGORITHMS[self._checksum.algorithm]()
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -587,16 +563,13 @@ class SharedUploadWrite:
         self._connection()
         if self._checksum is not None:
             hasher = self._whole if self._checksum.algorithm == PREFIX_SHA256 else self._chunk
+            assert hasher is not None  # a per-chunk algorithm has its chunk hasher
             got = hasher.digest()
             if not hmac.compare_digest(got, self._checksum.digest):
                 received = self.offset - self._info.offset
                 at = self._info.offset
                 self.discard()
-                covers = f"bytes 0..{at + received}" if self._chunk is None else "chunk"
-                raise ChecksumMismatchError(
-                    f"upload {self.upload_id}: {self._checksum.algorithm} of the {received}-byte chunk at "
-                    f"offset {at} ({covers}) is {got.hex()}, the request declared "
-                    f"{self._checksum.digest.hex()}")
+                raise self._mismatch(got, at=at, received=received, whole=self._chunk is None)
         return self._commit_ending()
 
     def keep(self) -> UploadInfo:
