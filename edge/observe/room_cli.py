@@ -178,6 +178,10 @@ def _describe(action: str, answer: Any) -> str:
                 f"  {printable(source['source'])}: {state}; {source['segments_sealed']} sealed, "
                 f"last seal {source['last_seal_latency_s']} s" + "".join(f"; {text}" for text in dropped)
             )
+    for problem in answer.get("products_problems") or []:
+        if isinstance(problem, dict):
+            lines.append(f"PRODUCTS NOT MADE: session {printable(str(problem.get('room_session')))}: "
+                         f"{printable(str(problem.get('problem')))}")
     space = answer.get("space")
     if isinstance(space, dict) and space.get("level") in ("low", "critical"):
         left = space.get("minutes_left")
@@ -185,6 +189,13 @@ def _describe(action: str, answer: Any) -> str:
             f"DISK SPACE {str(space['level']).upper()}: the store reaches its reserve in "
             f"{'?' if left is None else left} minutes at the present rate "
             f"({int(space.get('free_bytes') or 0) / 2**30:.1f} GiB free)"
+        )
+    reserve = answer.get("reserve")
+    held = reserve.get("held") if isinstance(reserve, dict) else None
+    if isinstance(held, list) and held:  # sources the recording reserve stopped (edge.rooms.reserve)
+        lines.append(
+            "DISK AT THE RECORDING RESERVE: stopped until space is freed: "
+            + ", ".join(printable(str(name))[:80] for name in held[:16])
         )
     return "\n".join(lines)
 

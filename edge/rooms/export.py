@@ -3,9 +3,11 @@ burn: its joined recordings, the session manifest, the statement (相关说明),
 each item's signed manifest, the session's ledger entries, the station's public key, a SHA256SUMS file,
 and a plain-language page on how to check them (:func:`how_to_verify`).
 
-What goes on the disc is read from the ledger, never from the session file: the ``room_products``
-entry names the manifest, the joined files and the statement (with their hashes), ``joined`` and
-``attached`` entries the rest. Each file is copied from its sealed copy (its original bytes: the first
+What goes on the disc is read from the ledger, never from the session file: exactly the session's newest
+products (edge.rooms.product_sets: the ``room_products`` made from its newest sealed manifest) name the
+manifest, the joined files and the statement (with their hashes), ``joined`` and ``attached`` entries
+the rest; superseded sets never reach a disc, and `edge verify` checks each ``exported`` entry by the
+same rule (edge.verify.room_products). Each file is copied from its sealed copy (its original bytes: the first
 `size` bytes, the station's evidence box left off) and hashed in the same pass; a hash that is not the
 ledger's refuses the export (nothing altered after sealing reaches a disc) and names the item. The image
 itself is hashed, and the export is an ``exported`` entry (who, the image's hash, every file with its
@@ -48,6 +50,7 @@ from edge.custody.ledger import EntryType, LedgerEntry
 from edge.custody.text import printable
 from edge.durable.files import free_bytes, make_dirs_durable
 from edge.ingest.pipeline import IngestPipeline
+from edge.rooms.product_sets import SET_TYPES, SessionProducts, product_sets
 
 log = logging.getLogger(__name__)
 
@@ -200,26 +203,37 @@ def _session_entries(entries: Iterable[LedgerEntry], session: str) -> list[Ledge
     return [e for e in entries if e.data.get("room_session") == session]
 
 
-def disc_contents(entries: list[LedgerEntry], session: str) -> tuple[list[_Wanted], LedgerEntry]:
-    """What the disc of `session` holds, by its ledger entries (``room_products`` names the manifest, the
-    joined files and the statement): (file path, item, ledger hash, what), and the products entry. A
+def disc_contents(entries: list[LedgerEntry], session: str,
+                  products: SessionProducts | None) -> tuple[list[_Wanted], LedgerEntry]:
+    """What the disc of `session` holds, by its ledger entries (`entries`) and its `products`
+    (edge.rooms.product_sets): exactly its newest set, the ``room_products`` made from its newest sealed
+    manifest, which names the manifest, the joined files and the statement; an older set, superseded, is
+    never exported, and a session whose newest manifest has no set made from it yet is refused (its
+    products are owed). Returns (file path, item, ledger hash, what) and the products entry. A
     source without a joined recording (a camera that changed its picture size mid-session: the join
     refused to put the two layouts in one file) has its sealed segments on the disc instead, in the order
     they were sealed (:func:`unjoined_notes` says why, on the disc)."""
     stopped = next((e for e in entries if e.type == EntryType.SESSION_STOPPED), None)
     if stopped is None:
         raise ExportRefused(f"session {session} has not stopped: only a stopped session is exported")
-    made = [e for e in entries if e.type == EntryType.ROOM_PRODUCTS]
-    if not made:
+    newest = None if products is None else products.newest
+    if newest is None:
+        if products is not None and products.manifest is not None:
+            raise ExportRefused(f"session {session}: its joined recordings and statement are not made (yet) "
+                                f"from its newest sealed manifest (item {products.manifest.item}): they are "
+                                "made at the agent's next start")
         raise ExportRefused(f"session {session}: its joined recordings and statement are not made (yet): "
                             f"{printable(str(stopped.data.get('products', 'none')))}")
-    data = made[-1].data
+    data = newest.data
     wanted: list[_Wanted] = []
-    joined_entries = {str(e.data.get("source")): e for e in entries if e.type == EntryType.JOINED}
+    # By item: a source joined again (a newer set) has a `joined` entry per set; the set names its own.
+    joined_entries = {e.item: e for e in entries if e.type == EntryType.JOINED and e.item is not None}
     for joined in data.get("joined", []):
         source, item = str(joined.get("source")), joined.get("item")
-        entry = joined_entries.get(source)
-        if item and entry is not None and entry.item == item:
+        entry = joined_entries.get(item) if isinstance(item, str) else None
+        if entry is not None and str(entry.data.get("source")) != source:
+            entry = None
+        if item and entry is not None:
             wanted.append(_Wanted(f"recordings/{source}.mp4", str(item), str(entry.data.get("sha256")),
                                   f"合并录像 joined recording of source {source}"))
             continue
@@ -247,7 +261,7 @@ def disc_contents(entries: list[LedgerEntry], session: str) -> tuple[list[_Wante
             str(entry.data.get("type")), "bin")
         wanted.append(_Wanted(f"documents/document-{number}.{ext}", str(entry.item), entry.data.get("sha256"),
                               f"附件 {printable(str(entry.data.get('kind')))} attached document"))
-    return wanted, made[-1]
+    return wanted, newest
 
 
 def _segments_of(entries: list[LedgerEntry], source: str) -> list[LedgerEntry]:
@@ -377,7 +391,8 @@ async def export_session(
     repository = pipeline.repository
     try:
         entries = _session_entries(store.ledger.entries(from_seq), session)
-        wanted, products = disc_contents(entries, session)
+        sets = product_sets(store.ledger.entries_of_types(SET_TYPES, from_seq)).get(session)
+        wanted, products = disc_contents(entries, session, sets)
     except ExportRefused as exc:
         await _refuse(pipeline, session, by, str(exc), exc.status)
     stored = (repository.item(want.item) for want in wanted)

@@ -203,36 +203,52 @@ MANIFEST_ROLES = (STOP_MANIFEST_ROLE, COMPLETED_MANIFEST_ROLE)
 
 def products_owed(entries: Iterable[LedgerEntry]) -> dict[str, LedgerEntry]:
     """Per room session, the `acquired` entry of its newest sealed manifest (the stop's, or a completed
-    one) when no `room_products` was made from it, by the ledger alone (`entries`: of PRODUCTS_TYPES, in
-    order). The products of a session are made from its newest manifest: a stop on a full disk sealed
-    none (its manifest is sealed at the next start), and a completed manifest lists segments sealed
-    after the stop, which the stop's joins never held (review 28). Owed until made, whatever cut the
-    making short (a crash, a full disk again)."""
-    acquired: dict[str, LedgerEntry] = {}  # manifests acquired, not yet sealed
-    newest: dict[str, LedgerEntry] = {}
-    made_from: dict[str, str] = {}  # session: the manifest item its last room_products was made from
+    one) when no complete `room_products` was made from it, by the ledger alone (`entries`: of
+    PRODUCTS_TYPES, in order). The products of a session are made from its newest manifest: a stop on a
+    full disk sealed none (its manifest is sealed at the next start), and a completed manifest lists
+    segments sealed after the stop, which the stop's joins never held (review 28). Owed until made,
+    whatever cut the making short (a crash, a full disk again). The agent keeps this fold in an index
+    (edge.rooms.owed) rather than reading the whole ledger at each start."""
+    fold = OwedFold()
     for entry in entries:
-        if entry.item is not None and entry.type == EntryType.SEALED:
-            found = acquired.pop(entry.item, None)
-            if found is not None:
-                newest[str(found.data.get("room_session"))] = found
-            continue
+        fold.add(entry)
+    return dict(fold.owed)
+
+
+@dataclass
+class OwedFold:
+    """:func:`products_owed`, entry by entry (:meth:`add`, in ledger order), keeping only what is owed
+    and the manifests acquired but not yet sealed: small whatever the ledger's length."""
+
+    # Per session, the `acquired` entry of its newest sealed manifest with no complete products from it.
+    owed: dict[str, LedgerEntry] = field(default_factory=dict)
+    # Per session, its manifest acquired and not (yet) sealed: at most one (a seal follows its acquisition).
+    acquired: dict[str, LedgerEntry] = field(default_factory=dict)
+
+    def add(self, entry: LedgerEntry) -> None:
+        if entry.type == EntryType.SEALED:
+            session = next((s for s, a in self.acquired.items() if a.item == entry.item), None)
+            if session is not None:
+                self.owed[session] = self.acquired.pop(session)
+            return
         session = entry.data.get("room_session")
         if not isinstance(session, str):
-            continue
+            return
         if entry.type == EntryType.ROOM_PRODUCTS:
             # Made in full only with its statement sealed and no join left unsealed (a full disk): a
             # making cut short leaves the manifest owed, so the disc gets them once there is room. A join
             # refused for good (no segment, a camera changed) is made as far as it can be.
-            if _products_complete(entry.data):
-                made_from[session] = str(entry.data.get("manifest_item"))
+            found = self.owed.get(session)
+            if (found is not None and entry.data.get("manifest_item") == found.item
+                    and products_complete(entry.data)):
+                del self.owed[session]
         elif (entry.type == EntryType.ACQUIRED and entry.item is not None
               and entry.data.get("role") in MANIFEST_ROLES):
-            acquired[entry.item] = entry
-    return {session: found for session, found in newest.items() if made_from.get(session) != found.item}
+            self.acquired[session] = entry
 
 
-def _products_complete(data: dict[str, Any]) -> bool:
+def products_complete(data: dict[str, Any]) -> bool:
+    """Whether a `room_products` entry's data says the making was complete (see OwedFold.add)."""
     joined = data.get("joined")
     if not isinstance(data.get("statement_item"), str) or not isinstance(joined, list):
         return False

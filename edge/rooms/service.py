@@ -47,21 +47,21 @@ from edge.rooms.documents import DocumentRefused, attach_document
 from edge.rooms.export import ExportedDisc, ExportRefused, export_session
 from edge.rooms.manifest import session_manifest
 from edge.rooms.overlay_text import check_extra_line
+from edge.rooms.owed import OwedIndex
 from edge.rooms.products import Products, make_products, products_dir
 from edge.rooms.reconcile import (
     COMPLETED_MANIFEST_ROLE,
     COMPLETION_TYPES,
-    PRODUCTS_TYPES,
     SESSION_TYPES,
     STOP_MANIFEST_TYPES,
     LedgerSession,
     completed_manifest_owed,
     disagreements,
-    products_owed,
     sessions_on_ledger,
     stop_manifest_sealed,
 )
 from edge.rooms.recording import SessionRecording, leftover_segments, sealed_on_ledger
+from edge.rooms.reserve import RecordingReserve
 from edge.rooms.sealing import SegmentSealer, seal_session_file
 from edge.rooms.session import (
     MAX_NOTE,
@@ -123,12 +123,26 @@ class RoomService:
         # Stopped sessions whose products (joined files, statement) a stop did not finish: made by run().
         self._products_pending: list[tuple[RoomSession, LedgerEntry]] = []
         self.finishing: list[asyncio.Task[None]] = []  # run()'s tasks finishing them
+        # Which stopped sessions owe products, read from the ledger since the index was last saved.
+        self.owed = OwedIndex(store.layout.root, store.ledger)
+        # Per session, why its owed products could not be made at this start (edge room status shows it;
+        # the `error` entry is written once per manifest: OwedIndex.reported).
+        self.products_problems: dict[str, str] = {}
         # Per room, the status of its serial hardware (lamp panel, sensor, PTZ: edge.rooms.hardware).
         self.hardware_status: dict[str, Callable[[], dict[str, Any]]] = {}
         self.overlay_lines: dict[str, str] = {}  # per room: the composite's extra line (set_overlay_line)
-        self.space = SpaceWatch(
+        # While rooms record, no source takes the disk into the store's reserve (edge.rooms.reserve): the
+        # largest writer is stopped at the reserve plus the margin, where the space warnings count to.
+        self.reserve = RecordingReserve(
             store.layout.root,
             reserve_bytes=pipeline.settings.min_free_bytes,
+            margin_bytes=settings.record_margin_bytes,
+            check_s=settings.reserve_check_s,
+            record=self._record,
+        )
+        self.space = SpaceWatch(
+            store.layout.root,
+            reserve_bytes=self.reserve.threshold_bytes,
             check_s=settings.space_check_s,
             window_s=settings.space_rate_window_s,
             warn_minutes=settings.space_warn_minutes,
@@ -332,7 +346,7 @@ class RoomService:
             # unsealed): made again from the newest manifest, so that no segment sealed since is left off
             # the joined file and the disc (review 28). Owed by the ledger: a crash meanwhile is caught up
             # at the next start (_without_products).
-            owed_from = self._products_owed(session.started_seq or 1).get(session.session)
+            owed_from = self.owed.refresh().get(session.session)
             if owed_from is not None:
                 await self._products_left(session, owed_from)
         except OSError as exc:
@@ -344,14 +358,9 @@ class RoomService:
         cut short during its products, a manifest or completed manifest sealed at a later start: see
         :func:`products_owed`), with that manifest's `acquired` entry. Those whose stop left work are
         left to :meth:`_finish_stopped`, which makes their products once that work is done."""
-        stopped = [s for s in sessions if s.state is SessionState.STOPPED and not self._left_unfinished(s)]
-        if not stopped:
-            return []
-        owed = self._products_owed(min(s.started_seq or 1 for s in stopped))
-        return [(s, owed[s.session]) for s in stopped if s.session in owed]
-
-    def _products_owed(self, from_seq: int) -> dict[str, LedgerEntry]:
-        return products_owed(self.store.ledger.entries_of_types(PRODUCTS_TYPES, from_seq))
+        owed = self.owed.refresh()  # the entries since the index was last saved, not the whole ledger
+        return [(s, owed[s.session]) for s in sessions
+                if s.session in owed and s.state is SessionState.STOPPED and not self._left_unfinished(s)]
 
     def _file_error(self, session: str, why: str) -> None:
         reason = f"room session {session}: {why}"
@@ -399,6 +408,7 @@ class RoomService:
             clock_synchronised=self.clock_synchronised,
             resumed_from_ns=self._last_segment_ends(session) if resumed else None,
             live=self.live,
+            reserve=self.reserve,
         )
         self._recordings[session.room] = recording
         if session.room in self.overlay_lines:
@@ -443,8 +453,10 @@ class RoomService:
             # staging (booked in export._RUNNING): a start keeps it too, or both take the same bytes
             # (review 29). Read at call time: the bookings change as exports start and end.
             exporting = list(export_module._RUNNING.values())
+            # The recording margin above the reserve too: under it the recording reserve stops sources
+            # (edge.rooms.reserve), so a start there would begin with a gap (review 29).
             needed = (self.settings.start_min_free_bytes * (len(recording) + 1)
-                      + self.pipeline.settings.min_free_bytes + sum(exporting))
+                      + self.reserve.threshold_bytes + sum(exporting))
             if free < needed:
                 kept = (f" and one for each room recording: {', '.join(recording)}" if recording else "")
                 if exporting:
@@ -455,7 +467,8 @@ class RoomService:
                     room,
                     by,
                     f"the store's disk has {free / 2**30:.1f} GiB free; a session needs {needed / 2**30:.1f} "
-                    f"GiB ([rooms] start_min_free_bytes{kept}, and the offload reserve): free space first",
+                    f"GiB ([rooms] start_min_free_bytes{kept}, the offload reserve and [rooms] "
+                    "record_margin_bytes): free space first",
                     507,
                 )
             try:
@@ -605,6 +618,7 @@ class RoomService:
         await self._record(EntryType.ROOM_PRODUCTS, {
             "room_session": session.session, "room": session.room, "manifest_item": manifest_item,
             "manifest_sha256": manifest_sha256, **products.summary()})
+        self.owed.refresh()  # so that the next start reads the ledger from here on
         return products
 
     async def _products_left(self, session: RoomSession, manifest_acquired: LedgerEntry) -> None:
@@ -621,8 +635,17 @@ class RoomService:
                                  "with")
             manifest = json.loads(data)
         except (OSError, ValueError) as exc:
-            self._file_error(session.session, f"its products cannot be made: {exc}")
+            why = f"its products cannot be made: {exc}"
+            self.products_problems[session.session] = why
+            if self.owed.reported.get(session.session) == item:
+                # On the ledger once already (an earlier start): logged, not recorded at every start.
+                log.error("rooms: room session %s: %s (recorded before)", session.session, printable(why))
+                return
+            self._file_error(session.session, why)
+            if item is not None:
+                self.owed.mark_reported(session.session, item)
             return
+        self.products_problems.pop(session.session, None)
         assert isinstance(item, str) and isinstance(expected, str)
         log.info("room session %s: making its products from manifest %s", session.session, item)
         await self._make_products(session, manifest, item, expected)
@@ -645,7 +668,12 @@ class RoomService:
                        else {}),
                 }
             )
-        return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s, "space": self.space.status()}
+        return {"rooms": rooms, "segment_time_s": self.settings.segment_time_s, "space": self.space.status(),
+                "reserve": self.reserve.status(),
+                # Stopped sessions whose products could not be made at this start (their `error` entry is
+                # on the ledger once; `edge verify` names them too).
+                "products_problems": [{"room_session": session, "problem": why}
+                                      for session, why in sorted(self.products_problems.items())]}
 
     def board_status(self) -> dict[str, Any]:
         """What the status board (and so the dock screen's unauthenticated kiosk channel) may show: whether
@@ -677,7 +705,8 @@ class RoomService:
             )
         space = self.space.status()
         shown_space = None if space is None else {k: space[k] for k in ("level", "minutes_left")}
-        return {"rooms": rooms, "space": shown_space}
+        # A count only: the board is shown to anyone at the station.
+        return {"rooms": rooms, "space": shown_space, "products_problems": len(self.products_problems)}
 
     # -- documents and discs (edge.rooms.documents, edge.rooms.export) --------------------------------
 
@@ -715,9 +744,11 @@ class RoomService:
         reserve = self.pipeline.settings.min_free_bytes
         reserve_what = "the store's reserve"
         if recording := sorted(self.active):
-            reserve += self.settings.start_min_free_bytes * len(recording)
-            reserve_what = (f"the store's reserve and the [rooms] start_min_free_bytes kept for each room "
-                            f"recording ({len(recording)}: {', '.join(recording)})")
+            # ... and the recording margin, under which the recording reserve stops their sources.
+            reserve += self.settings.start_min_free_bytes * len(recording) + self.settings.record_margin_bytes
+            reserve_what = (f"the store's reserve, the [rooms] record_margin_bytes and the "
+                            f"start_min_free_bytes kept for each room recording ({len(recording)}: "
+                            f"{', '.join(recording)})")
         try:
             return await export_session(
                 self.pipeline, session.session, case_number=session.case_number, station_id=self.station_id,

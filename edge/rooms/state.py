@@ -4,7 +4,9 @@ Layout under ``<store>/rooms/`` (:data:`ROOMS_DIR`; `edge verify` knows it):
 
 * ``sessions/<session>.json``: each session as :meth:`RoomSession.to_json` (canonical JSON), replaced
   atomically (temp file, fsync, rename, directory fsync) at every change;
-* ``capture/<session>/<source>/<run>/``: the segments ffmpeg writes and its segment list, until sealed.
+* ``capture/<session>/<source>/<run>/``: the segments ffmpeg writes and its segment list, until sealed;
+* ``products-owed.json``: which stopped sessions still owe their products, read from the ledger up to a
+  seq (edge.rooms.owed), so that a start reads only what the ledger gained since.
 
 At start, :meth:`SessionFiles.load` reads every session back; one whose state says recording was
 interrupted by the stop or crash and is resumed by the service. A file that is not a session is reported,

@@ -31,7 +31,7 @@ from typing import Any
 from edge.custody.problems import Problem
 from edge.ingest.store import StoreLayout
 
-__all__ = ["JoinedFindings", "SealedFacts", "joined_entry_problems", "joined_findings"]
+__all__ = ["JoinedFindings", "SealedFacts", "joined_entry_problems", "joined_findings", "sealed_facts"]
 
 PROBE_TIMEOUT_S = 600.0  # demuxing a long session's file from a slow disk
 
@@ -135,7 +135,7 @@ def packet_counts(ffprobe: str, path: Path) -> dict[int, int] | str:
         return f"ffprobe's answer is not understood: {exc}"
 
 
-def _sealed_facts(conn: sqlite3.Connection, item: str) -> SealedFacts | None:
+def sealed_facts(conn: sqlite3.Connection, item: str) -> SealedFacts | None:
     row = conn.execute("SELECT seq FROM ledger WHERE type = 'sealed' AND item = ? ORDER BY seq LIMIT 1",
                        (item,)).fetchone()
     if row is None:
@@ -196,69 +196,25 @@ def _json_data(raw: object) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def left_out_problems(
-    joins: list[tuple[int, dict[str, Any]]], sealed: list[tuple[int, str]]
-) -> list[Problem]:
-    """Segments of one session's source that none of its `joined` entries (`joins`: seq and data, in
-    ledger order) names: a joiner that skipped one, or a segment sealed after the last join (the next start
-    sealed what a full disk left at the stop) that no join made since holds, and so no disc (pure).
-    Joins are made only once the session has stopped, so every segment it sealed belongs in one."""
-    if not joins:
-        return []
-    last_seq = joins[-1][0]
-    named = {str(s.get("item")) for _, data in joins for s in data.get("segments") or []
-             if isinstance(s, dict)}
-    missing = [item for _, item in sealed if item not in named]
-    if not missing:
-        return []
-    late = sum(1 for seq, item in sealed if seq > last_seq and item not in named)
-    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-    return [Problem(f"ledger seq {last_seq} (joined)",
-                    f"{len(missing)} segment(s) the source sealed are in no joined file"
-                    + (f" ({late} sealed after its last join)" if late else "") + f": {shown}")]
-
-
-def _sealed_segments(conn: sqlite3.Connection) -> dict[tuple[str, str], list[tuple[int, str]]]:
-    """Every `segment_sealed` entry's item by (room session, source), in ledger order."""
-    found: dict[tuple[str, str], list[tuple[int, str]]] = {}
-    for seq, item, raw in conn.execute(
-            "SELECT seq, item, data FROM ledger WHERE type = 'segment_sealed' ORDER BY seq"):
-        data = _json_data(raw)
-        if data is None or not isinstance(item, str):
-            continue
-        session, source = data.get("room_session"), data.get("source")
-        if isinstance(session, str) and isinstance(source, str):
-            found.setdefault((session, source), []).append((int(seq), item))
-    return found
-
-
 def joined_findings(conn: sqlite3.Connection, layout: StoreLayout, ffprobe: str | None) -> JoinedFindings:
     """Every `joined` entry of the store's ledger checked (see the module docstring)."""
     findings = JoinedFindings([], [], 0)
     rows = conn.execute("SELECT seq, item, data FROM ledger WHERE type = 'joined' ORDER BY seq").fetchall()
-    joins: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
     for seq, item, raw in rows:
         findings.checked += 1
         data = _json_data(raw)
         if data is None:
             findings.problems.append(Problem(f"ledger seq {seq} (joined)", "data is not a JSON object"))
             continue
-        session, source = data.get("room_session"), data.get("source")
-        if isinstance(session, str) and isinstance(source, str):
-            joins.setdefault((session, source), []).append((int(seq), data))
-        problems = joined_entry_problems(int(seq), item, data, lambda i: _sealed_facts(conn, i))
+        problems = joined_entry_problems(int(seq), item, data, lambda i: sealed_facts(conn, i))
         findings.problems.extend(problems)
         if problems or ffprobe is None:
             continue
-        joined = _sealed_facts(conn, str(item))
-        segments = [_sealed_facts(conn, str(s["item"])) for s in data["segments"]]
+        joined = sealed_facts(conn, str(item))
+        segments = [sealed_facts(conn, str(s["item"])) for s in data["segments"]]
         assert joined is not None and all(s is not None for s in segments)  # checked just above
         findings.problems.extend(_count_problems(ffprobe, layout, f"ledger seq {seq} (joined)", joined,
                                                  [s for s in segments if s is not None]))
-    if joins:
-        sealed = _sealed_segments(conn)
-        for key, entries in joins.items():
-            findings.problems.extend(left_out_problems(entries, sealed.get(key, [])))
     if rows and ffprobe is None:
         findings.notes.append(f"{len(rows)} joined file(s) not checked packet by packet against their "
                               "segments: ffprobe was not found")

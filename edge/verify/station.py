@@ -10,7 +10,9 @@ unaccounted for, and nothing lies in the store root, keys/ or tmp/ that a statio
 in progress is tmp/<item>.part of an acquisition under way); and the ledger still holds every head the
 central witnessed (`edge.verify.witness`: the heads kept in the store and, when the station's
 configuration names the central, the central's own); and each room session's joined file is the sealed
-segments its `joined` entry names, in order, packet count for packet count (`edge.verify.joined`).
+segments its `joined` entry names, in order, packet count for packet count (`edge.verify.joined`), and
+its newest products (the set made from its newest sealed manifest) are complete, every disc exported
+having carried the newest set of its time (`edge.verify.room_products`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from edge.custody.seal import verify_sealed_file
 from edge.ingest.repository import AcquisitionState, open_rebuild
 from edge.ingest.store import StoreLayout, read_station_id
 from edge.verify.joined import joined_findings
+from edge.verify.room_products import products_findings
 from edge.verify.witness import CentralView, witness_findings
 
 
@@ -242,6 +245,10 @@ def verify_store(
             report.problems.extend(joined.problems)
             report.notes.extend(joined.notes)
             report.checked["joined"] = joined.checked
+            products = products_findings(conn)
+            report.problems.extend(products.problems)
+            report.notes.extend(products.notes)
+            report.checked["room_products"] = products.checked
             findings = witness_findings(
                 conn, layout, station, key_id_of(public_key), central_key, central_view
             )

@@ -35,7 +35,7 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms.service import RoomRefused
 from edge.rooms.state import SessionFiles
-from edge.verify.joined import left_out_problems
+from edge.verify.room_products import left_out_problems
 from edge.verify.station import verify_store
 from tests.prerequisites import require_tool
 from tests.rooms.conftest import LedgerWatch
@@ -108,7 +108,7 @@ async def test_every_sealed_segment_of_a_session_reaches_its_disc(
 def test_verify_names_a_segment_sealed_after_the_last_join() -> None:
     """A segment the source sealed after its last join (a join made before a late seal, and none since)
     is in no joined file: named like one a joiner skipped. Control: every segment named by the join."""
-    joins = [(10, {"segments": [{"item": "s1"}, {"item": "s2"}]})]
-    assert left_out_problems(joins, [(3, "s1"), (5, "s2")]) == []  # control
-    found = left_out_problems(joins, [(3, "s1"), (5, "s2"), (14, "s3")])
+    join = (10, {"segments": [{"item": "s1"}, {"item": "s2"}]})
+    assert left_out_problems(join, [(3, "s1"), (5, "s2")]) == []  # control
+    found = left_out_problems(join, [(3, "s1"), (5, "s2"), (14, "s3")])
     assert len(found) == 1 and "s3" in found[0].what, found  # FAILS today: only those before the join

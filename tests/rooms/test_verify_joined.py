@@ -15,7 +15,8 @@ from edge.ingest.pipeline import IngestPipeline
 from edge.ingest.store import StationStore
 from edge.rooms import joined as joined_module
 from edge.rooms.service import RoomService
-from edge.verify.joined import SealedFacts, joined_entry_problems, left_out_problems
+from edge.verify.joined import SealedFacts, joined_entry_problems
+from edge.verify.room_products import left_out_problems
 from edge.verify.station import verify_store
 from tests.rooms.conftest import STATION, LedgerWatch, lavfi_source, rooms_config
 
@@ -51,23 +52,26 @@ def test_a_joined_entry_must_agree_with_what_was_sealed() -> None:
     assert "another item" in problems({**good, "item": "s1"})
 
 
-def test_every_segment_sealed_must_be_in_a_joined_file() -> None:
+def test_every_segment_sealed_must_be_in_the_newest_join() -> None:
+    """The join checked is the one of the session's newest products (edge.rooms.product_sets): a
+    segment held only by an older, superseded join is on no disc (review 29)."""
     sealed = [(10, "s1"), (20, "s2"), (30, "s3")]
-    whole = [(40, {"segments": [{"item": "s1"}, {"item": "s2"}, {"item": "s3"}]})]
+    whole = (40, {"segments": [{"item": "s1"}, {"item": "s2"}, {"item": "s3"}]})
     assert left_out_problems(whole, sealed) == []  # the control: all named
-    # A source joined in two files (its streams changed between runs): together they name every one.
-    split = [(35, {"segments": [{"item": "s1"}]}), (40, {"segments": [{"item": "s2"}, {"item": "s3"}]})]
-    assert left_out_problems(split, sealed) == []
-    skipped = [(40, {"segments": [{"item": "s1"}, {"item": "s3"}]})]
+    # A source joined twice (products made again): the newest join alone must hold every one; the
+    # older join that held s1 is superseded and proves nothing about the disc.
+    newest = (60, {"segments": [{"item": "s2"}, {"item": "s3"}]})
+    (problem,) = left_out_problems(newest, sealed)
+    assert problem.where == "ledger seq 60 (joined)" and "s1" in problem.what and "after" not in problem.what
+    skipped = (40, {"segments": [{"item": "s1"}, {"item": "s3"}]})
     (problem,) = left_out_problems(skipped, sealed)
     assert problem.where == "ledger seq 40 (joined)" and "s2" in problem.what and "after" not in problem.what
-    # One sealed after the join (review 28: the next start sealed it) with no join since: on no disc.
+    # One sealed after the join (review 28: the next start sealed it) with no set made since: on no disc.
     (problem,) = left_out_problems(whole, [*sealed, (50, "late")])
-    assert "late" in problem.what and "1 sealed after its last join" in problem.what
-    # A later join that holds it (the products made again from the completed manifest): all named.
-    again = [*whole, (60, {"segments": [{"item": "s1"}, {"item": "s2"}, {"item": "late"}, {"item": "s3"}]})]
+    assert "late" in problem.what and "1 sealed after this join" in problem.what
+    # A newer join that holds it (the products made again from the completed manifest): all named.
+    again = (60, {"segments": [{"item": "s1"}, {"item": "s2"}, {"item": "late"}, {"item": "s3"}]})
     assert left_out_problems(again, [*sealed, (50, "late")]) == []
-    assert left_out_problems([], sealed) == []
 
 
 def test_a_segment_sealed_late_stands_where_it_was_recorded() -> None:
