@@ -104,3 +104,25 @@ async def test_an_index_forged_with_its_anchor_kept_cannot_erase_owed_products(
     assert made or any(session in f"{p.where}: {p.what}" for p in report.problems), (
         "products never made and edge verify is content: notes "
         + "; ".join(n for n in report.notes if session in n))
+
+
+async def test_an_index_entry_cannot_make_one_sessions_products_from_anothers_manifest(
+    store: StationStore, pipeline: IngestPipeline
+) -> None:
+    """The index's `owed` entries are copies of `acquired` entries, used as they are: one naming another
+    session's (genuine) manifest makes that session's recording into items of this session's case."""
+    first = await _stopped_without_products(store, pipeline)
+    other = await _stopped_without_products(store, pipeline)
+    owed = OwedIndex(store.layout.root, store.ledger).refresh()
+    theirs = owed[other].item
+    await _a_start(store, pipeline)  # both made, as owed
+    assert _products_of(store, first) and _products_of(store, other)
+    index = store.layout.root / ROOMS_DIR / INDEX_NAME
+    doc = json.loads(index.read_bytes())
+    assert doc["owed"] == {}
+    write_atomic(index, json.dumps({**doc, "owed": {first: owed[other].to_dict()}}).encode())
+    await _a_start(store, pipeline)
+    crossed = [e.seq for e in store.ledger.entries_of_types([EntryType.ROOM_PRODUCTS])
+               if e.data.get("room_session") == first and e.data.get("manifest_item") == theirs]
+    # FAILS: session `first` gets products (a statement sealed as its item) made from `other`'s manifest.
+    assert crossed == [], f"room_products of {first} made from {other}'s manifest at seq {crossed}"
