@@ -50,7 +50,8 @@ async def test_start_stop_start_stop_at_once(
         third = (await service.start("xw-1", FIELDS, by="room-panel:P1")).session
         await watch.until(lambda: watch.of("segment_sealed", room_session=third), timeout_s=60)
         await service.stop("xw-1", by="room-panel:P1")
-        await watch.until(lambda: all(watch.of("room_products", room_session=s) for s in (first, second, third)),
+        sessions = (first, second, third)
+        await watch.until(lambda: all(watch.of("room_products", room_session=s) for s in sessions),
                           timeout_s=90)
     report = verify_store(store.layout.root)
     assert report.ok, [str(p) for p in report.problems]

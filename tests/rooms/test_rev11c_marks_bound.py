@@ -48,4 +48,5 @@ def test_a_session_file_at_the_mark_limit_can_be_read_back() -> None:
     full = dataclasses.replace(session, marks=(one,) * MAX_MARKS)
     size = len(canonical_json(full.to_json()))
     # FAILS: ~16 MB for a file the next start reads only up to 4 MiB.
-    assert size <= MAX_SESSION_FILE_BYTES, f"{size} bytes at MAX_MARKS, read back up to {MAX_SESSION_FILE_BYTES}"
+    assert size <= MAX_SESSION_FILE_BYTES, (
+        f"{size} bytes at MAX_MARKS, read back up to {MAX_SESSION_FILE_BYTES}")
