@@ -75,3 +75,27 @@ async def test_a_segment_refused_as_changed_is_not_sealed_at_the_next_start(
     sealed = await sealer.seal(again)
     # FAILS: the altered file is sealed as the recording's segment.
     assert sealed is None, f"the segment refused as changed was sealed as item {sealed and sealed.item}"
+
+
+async def test_a_pin_line_a_power_cut_cut_short_does_not_refuse_ffmpegs_own_segment(
+    store: StationStore, pipeline: IngestPipeline, watch: LedgerWatch
+) -> None:
+    """The pins file is appended without fsync: a power cut just after a listing can leave its last line cut
+    short ("seg-000000.mp4 18086 ... 22634" for "... 2263427", no newline). read_station_times skips such a
+    line (its docstring: "a crash cut it short"); read_pins takes it as a pin, and ffmpeg's own, untouched
+    segment is refused at the next start as changed (a gap, its file kept for ever)."""
+    session = new_session(room="xw-1", room_name="第一询问室", address="文三路 100 号",
+                          fields={"case_number": "A3301062026000996", "collector": "张三",
+                                  "subject": "询问过程"},
+                          started_utc="2026-12-06T01:00:00.000000Z", started_by="operator")
+    run_dir = _listed_segment(store, session.session)
+    pins = run_dir / PINS_FILE
+    line = pins.read_text()
+    assert line.endswith("\n")
+    sealer = SegmentSealer(pipeline, session, source="a", source_name="source a", station_id=STATION,
+                           clock_synchronised=True)
+    pins.write_text(line[:-3])  # the inode's last two digits and the newline never reached the disk
+    (segment,) = leftover_segments(run_dir)
+    # FAILS: refused as "changed after ffmpeg listed it" although nothing touched it.
+    sealed = await sealer.seal(segment)
+    assert sealed is not None, [e.data.get("reason") for e in watch.of(EntryType.ERROR, segment=NAME)]
