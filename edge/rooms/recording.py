@@ -1035,16 +1035,26 @@ def leftover_segments(
             continue
         seg = by_name.get(path.name)
         if seg is not None:
+            refused = unpinned = None
+            if seg.name not in pins:
+                unpinned = ("listed by ffmpeg but without a pin in its run directory (the pin line was lost "
+                            "to a power cut, or removed): sealed unchecked, it may have changed after "
+                            "ffmpeg listed it")
+            elif pins[seg.name] is None:
+                refused = ("its run directory holds two different pins for it: changed after ffmpeg listed "
+                           "it, or its pins were altered; not sealed as ffmpeg's, kept in the capture "
+                           "directory")
             found.append(ClosedSegment(path, run_dir.name, seg.name, seg.index, seg.start_s, seg.end_s,
                                        info.st_mtime_ns, anchor, pin=pins.get(seg.name),
-                                       station_ns=station.get(seg.name)))
+                                       station_ns=station.get(seg.name), leftover=True,
+                                       pin_refused=refused, unpinned=unpinned))
         else:
             why = untrusted or "the station agent stopped before ffmpeg closed this segment"
             after = None if last_station_end is None else (
                 min(last_station_end, info.st_mtime_ns), info.st_mtime_ns)
             found.append(ClosedSegment(path, run_dir.name, path.name, int(path.name[4:10]), None, None,
                                        info.st_mtime_ns, anchor, partial=why, after_s=last_end_s,
-                                       written_ns=info.st_mtime_ns, station_ns=after))
+                                       written_ns=info.st_mtime_ns, station_ns=after, leftover=True))
     return found
 
 
