@@ -52,6 +52,7 @@ from edge.rooms.products import Products, make_products, products_dir
 from edge.rooms.reconcile import (
     COMPLETED_MANIFEST_ROLE,
     COMPLETION_TYPES,
+    MANIFEST_ROLES,
     SESSION_TYPES,
     STOP_MANIFEST_TYPES,
     LedgerSession,
@@ -82,6 +83,10 @@ MANIFEST_NAME = "session-manifest.json"
 COMPLETED_MANIFEST_NAME = "session-manifest-completed.json"
 STOPPING_REASON = "the station agent stopped"
 PRODUCTS_TO_FOLLOW = "to follow"
+# A signed session manifest lists each sealed segment (a few hundred bytes) with its gaps, marks and
+# changes: a day of 1-second segments from four sources stays under this; what the products are made from
+# is read whole into memory, so nothing larger is (a forged index entry naming a recording, say).
+MAX_SESSION_MANIFEST_BYTES = 128 << 20
 # A count of bytes a caller gives (the free space where it writes an export).
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 
@@ -124,7 +129,7 @@ class RoomService:
         self._products_pending: list[tuple[RoomSession, LedgerEntry]] = []
         self.finishing: list[asyncio.Task[None]] = []  # run()'s tasks finishing them
         # Which stopped sessions owe products, read from the ledger since the index was last saved.
-        self.owed = OwedIndex(store.layout.root, store.ledger)
+        self.owed = OwedIndex(store.layout.root, store.ledger, store.key)
         # Per session, why its owed products could not be made at this start (edge room status shows it;
         # the `error` entry is written once per manifest: OwedIndex.reported).
         self.products_problems: dict[str, str] = {}
@@ -627,8 +632,15 @@ class RoomService:
         item, expected = manifest_acquired.item, manifest_acquired.data.get("sha256")
         record = None if item is None else self.pipeline.repository.item(item)
         try:
+            if (manifest_acquired.type != EntryType.ACQUIRED
+                    or manifest_acquired.data.get("room_session") != session.session
+                    or manifest_acquired.data.get("role") not in MANIFEST_ROLES):
+                raise ValueError(f"item {item} is not one of its manifests")
             if record is None or record.path is None or record.sha256 != expected:
                 raise ValueError(f"its sealed manifest (item {item}) is not on this station as it was sealed")
+            if record.size > MAX_SESSION_MANIFEST_BYTES:
+                raise ValueError(f"its sealed manifest (item {item}) is {record.size} bytes, more than a "
+                                 f"session manifest can be ({MAX_SESSION_MANIFEST_BYTES})")
             data = await asyncio.to_thread(_read_prefix, self.store.layout.root / record.path, record.size)
             if sha256_hex(data) != expected:
                 raise ValueError(f"its sealed manifest (item {item}) no longer gives the hash it was sealed "

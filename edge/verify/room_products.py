@@ -18,7 +18,9 @@ sealed manifest. For that set this module checks
 A session whose newest manifest has no set made from it owes its products: a problem when an older set
 was made (what the newer manifest added is in no joined file), a note when none was made yet (a stop
 making them, or cut short: the agent makes them at its next start; a manifest altered since is the item
-check's problem). Older sets
+check's problem), and a problem again once the agent has started since (a ``station_started`` after the
+manifest was sealed) and still not made them: that start should have (the agent may be making them at this
+very moment; otherwise something kept it from them, a tampered index of what is owed, say). Older sets
 are reported as superseded in the notes: their joins verify by hash (edge.verify.joined) and are not
 required complete. Each ``exported`` entry's disc must have carried exactly the newest set as the ledger
 stood before it (manifest, statement, joined files); one since superseded is a note (export again).
@@ -73,9 +75,11 @@ def session_set_findings(
     joins: Mapping[str, tuple[int, Mapping[str, Any]]],
     sealed: Mapping[str, list[tuple[int, str]]],
     sealed_item: Callable[[str], SealedFacts | None],
+    agent_started_seq: int | None = None,
 ) -> tuple[list[Problem], list[str]]:
     """Problems and notes of one session's products (`joins`: its `joined` entries by item; `sealed`: its
-    sealed segments by source, in ledger order; `sealed_item`: the lookup of one item's sealed facts)."""
+    sealed segments by source, in ledger order; `sealed_item`: the lookup of one item's sealed facts;
+    `agent_started_seq`: the seq of the ledger's newest ``station_started``, if any)."""
     session = known.session
     problems: list[Problem] = []
     notes: list[str] = []
@@ -95,10 +99,15 @@ def session_set_findings(
         owed = (f"its newest sealed manifest (item {known.manifest.item}, sealed at ledger seq "
                 f"{known.manifest_sealed_seq}) has no products made from it: its joined files and statement "
                 "are owed (the agent makes them at its next start), and no disc can carry them")
+        sealed_at = known.manifest_sealed_seq
         if known.made:
             # Made before from an older manifest: what the newer one added (segments sealed after the
             # stop, review 28) is in no joined file and on no disc.
             problems.append(Problem(f"room session {session}", owed))
+        elif agent_started_seq is not None and sealed_at is not None and agent_started_seq > sealed_at:
+            # The start that owed them has come and gone (unless it is making them right now).
+            problems.append(Problem(f"room session {session}", f"{owed}; the agent started since (ledger seq "
+                                    f"{agent_started_seq}) and has not made them"))
         else:
             # Never made yet (a stop making them now, or cut short): nothing claimed is untrue.
             notes.append(f"room session {session}: {owed}")
@@ -203,14 +212,18 @@ def _entries(conn: sqlite3.Connection, types: Iterable[str]) -> list[LedgerEntry
 def products_findings(conn: sqlite3.Connection) -> ProductFindings:
     """Every room session's products checked (see the module docstring)."""
     findings = ProductFindings([], [], 0)
-    entries = _entries(conn, (*SET_TYPES, EntryType.JOINED, EntryType.SEGMENT_SEALED, EntryType.EXPORTED))
+    entries = _entries(conn, (*SET_TYPES, EntryType.JOINED, EntryType.SEGMENT_SEALED, EntryType.EXPORTED,
+                              EntryType.STATION_STARTED))
+    agent_started_seq: int | None = None
     sets = ProductSets()
     joins: dict[str, dict[str, tuple[int, Mapping[str, Any]]]] = {}
     sealed: dict[str, dict[str, list[tuple[int, str]]]] = {}
     exports: list[tuple[LedgerEntry, SessionProducts | None]] = []
     for entry in entries:
         session = entry.data.get("room_session")
-        if entry.type in SET_TYPES:
+        if entry.type == EntryType.STATION_STARTED:
+            agent_started_seq = entry.seq
+        elif entry.type in SET_TYPES:
             sets.add(entry)
         elif not isinstance(session, str):
             continue
@@ -229,7 +242,7 @@ def products_findings(conn: sqlite3.Connection) -> ProductFindings:
         known = sets.sessions.get(session) or SessionProducts(session)
         findings.checked += 1
         problems, notes = session_set_findings(known, joins.get(session, {}), sealed.get(session, {}),
-                                               lambda item: sealed_facts(conn, item))
+                                               lambda item: sealed_facts(conn, item), agent_started_seq)
         findings.problems.extend(problems)
         findings.notes.extend(notes)
     for exported, then in exports:
