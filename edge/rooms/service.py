@@ -778,11 +778,34 @@ class RoomService:
         for session in self.active.values():
             if session.session == wanted:
                 return session
-        sessions, _ = await asyncio.to_thread(self.files.load)
-        for session in sessions:
-            if session.session == wanted:
-                return session
-        await self._refuse(action, "", by, f"no session {wanted} on this station", 404)
+        # Not recording here: as the ledger has it. A stopped session's file is checked at no start, and an
+        # export reads its entries from the session's started_seq and shows its case number; an attach seals
+        # its case block: from an edited file a disc would leave out what was attached and name another case.
+        files, _ = await asyncio.to_thread(self.files.load)
+        on_ledger = self._session_on_ledger(wanted, next((s for s in files if s.session == wanted), None))
+        if on_ledger is not None:
+            return on_ledger
+        await self._refuse(action, "", by, f"no session {wanted} on this station's ledger", 404)
+
+    def _session_on_ledger(self, wanted: str, file: RoomSession | None) -> RoomSession | None:
+        """Session `wanted` rebuilt from its ledger entries (stopped when it was), its file's start taken when
+        plausible; a file that says otherwise is an `error` entry and is written again from the ledger."""
+        started = next((e for e in self.store.ledger.entries_of_types([EntryType.SESSION_STARTED])
+                        if e.data.get("room_session") == wanted and e.data.get("kind") == "room"), None)
+        if started is None:
+            return None
+        known = sessions_on_ledger(self.store.ledger.entries_of_types(SESSION_TYPES, started.seq)).get(wanted)
+        if known is None:
+            return None
+        rebuilt = known.rebuilt(None if file is None else file.started_utc)
+        if known.stopped is not None:
+            rebuilt = replace(rebuilt, state=SessionState.STOPPED, stopped_utc=known.stopped.time)
+        if file is not None and (said := disagreements(file, rebuilt)):
+            self._file_error(wanted, "its file disagrees with the ledger, whose values are used: "
+                             + "; ".join(said))
+            if known.stopped is not None:  # a recording one is the start's to check and write again
+                self.files.save(rebuilt)
+        return rebuilt
 
     def set_overlay_line(self, room: str, text: str) -> None:
         """The extra line of `room`'s composite overlay from now on (a room panel's temperature and humidity;

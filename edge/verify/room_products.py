@@ -23,7 +23,8 @@ manifest was sealed) and still not made them: that start should have (the agent 
 very moment; otherwise something kept it from them, a tampered index of what is owed, say). Older sets
 are reported as superseded in the notes: their joins verify by hash (edge.verify.joined) and are not
 required complete. Each ``exported`` entry's disc must have carried exactly the newest set as the ledger
-stood before it (manifest, statement, joined files); one since superseded is a note (export again).
+stood before it (manifest, statement, joined files) and every document attached to the session before it
+(its ``attached`` entries); one since superseded is a note (export again).
 """
 
 from __future__ import annotations
@@ -161,10 +162,13 @@ def _statement_problems(
     return []
 
 
-def export_problems(exported: LedgerEntry, then: SessionProducts | None,
-                    now: SessionProducts | None) -> tuple[list[Problem], list[str]]:
-    """Whether the disc of `exported` carried the newest set as it stood before it (`then`), and whether a
-    newer set has been made since (`now`) (pure)."""
+def export_problems(
+    exported: LedgerEntry, then: SessionProducts | None, now: SessionProducts | None,
+    attached: Iterable[str] = (),
+) -> tuple[list[Problem], list[str]]:
+    """Whether the disc of `exported` carried the newest set as it stood before it (`then`) and every
+    document attached to the session before it (`attached`: their items), and whether a newer set has
+    been made since (`now`) (pure)."""
     where = f"ledger seq {exported.seq} (exported)"
     newest = None if then is None else then.newest
     if newest is None:
@@ -185,6 +189,11 @@ def export_problems(exported: LedgerEntry, then: SessionProducts | None,
     if differ:
         return [Problem(where, "the disc did not carry the newest products (room_products seq "
                                f"{newest.seq}): " + "; ".join(differ[:LISTED]))], []
+    documents = set(carried.values())
+    left_off = [item for item in attached if item not in documents]
+    if left_off:
+        return [Problem(where, f"the disc did not carry {len(left_off)} document(s) attached to the session "
+                               f"before it: {', '.join(left_off[:LISTED])}")], []
     current = None if now is None else now.newest
     if current is not None and current is not newest:
         return [], [f"room session {exported.data.get('room_session')}: the disc exported at ledger seq "
@@ -213,12 +222,13 @@ def products_findings(conn: sqlite3.Connection) -> ProductFindings:
     """Every room session's products checked (see the module docstring)."""
     findings = ProductFindings([], [], 0)
     entries = _entries(conn, (*SET_TYPES, EntryType.JOINED, EntryType.SEGMENT_SEALED, EntryType.EXPORTED,
-                              EntryType.STATION_STARTED))
+                              EntryType.STATION_STARTED, EntryType.ATTACHED))
     agent_started_seq: int | None = None
     sets = ProductSets()
     joins: dict[str, dict[str, tuple[int, Mapping[str, Any]]]] = {}
     sealed: dict[str, dict[str, list[tuple[int, str]]]] = {}
-    exports: list[tuple[LedgerEntry, SessionProducts | None]] = []
+    exports: list[tuple[LedgerEntry, SessionProducts | None, list[str]]] = []
+    attached: dict[str, list[str]] = {}  # per session, the items of its documents so far
     for entry in entries:
         session = entry.data.get("room_session")
         if entry.type == EntryType.STATION_STARTED:
@@ -233,11 +243,14 @@ def products_findings(conn: sqlite3.Connection) -> ProductFindings:
             source = entry.data.get("source")
             if isinstance(source, str):
                 sealed.setdefault(session, {}).setdefault(source, []).append((entry.seq, entry.item))
+        elif entry.type == EntryType.ATTACHED and entry.item is not None:
+            attached.setdefault(session, []).append(entry.item)
         elif entry.type == EntryType.EXPORTED:
             known = sets.sessions.get(session)
             # What the set was then: a copy, as later entries add to it.
             exports.append((entry, None if known is None else SessionProducts(
-                known.session, known.manifest, known.manifest_sealed_seq, list(known.made))))
+                known.session, known.manifest, known.manifest_sealed_seq, list(known.made)),
+                list(attached.get(session, []))))
     for session in sorted(set(sets.sessions) | set(joins)):
         known = sets.sessions.get(session) or SessionProducts(session)
         findings.checked += 1
@@ -245,9 +258,9 @@ def products_findings(conn: sqlite3.Connection) -> ProductFindings:
                                                lambda item: sealed_facts(conn, item), agent_started_seq)
         findings.problems.extend(problems)
         findings.notes.extend(notes)
-    for exported, then in exports:
+    for exported, then, documents in exports:
         now = sets.sessions.get(str(exported.data["room_session"]))
-        problems, notes = export_problems(exported, then, now)
+        problems, notes = export_problems(exported, then, now, documents)
         findings.problems.extend(problems)
         findings.notes.extend(notes)
     return findings
