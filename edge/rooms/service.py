@@ -21,9 +21,13 @@ the agent stops, interrupts them (a gap opens; the session itself goes on at the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
+import shutil
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterable, Callable, Mapping
@@ -45,6 +49,7 @@ from edge.rooms import export as export_module
 from edge.rooms.composite import derived_of, room_outputs
 from edge.rooms.documents import DocumentRefused, attach_document
 from edge.rooms.export import ExportedDisc, ExportRefused, export_session
+from edge.rooms.joined import PRODUCTS_DIR
 from edge.rooms.manifest import session_manifest
 from edge.rooms.overlay_text import check_extra_line
 from edge.rooms.owed import OwedIndex
@@ -75,7 +80,7 @@ from edge.rooms.session import (
     new_session,
 )
 from edge.rooms.space import SpaceWatch
-from edge.rooms.state import SessionFiles
+from edge.rooms.state import ROOMS_DIR, SessionFiles
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,9 @@ PRODUCTS_TO_FOLLOW = "to follow"
 # changes: a day of 1-second segments from four sources stays under this; what the products are made from
 # is read whole into memory, so nothing larger is (a forged index entry naming a recording, say).
 MAX_SESSION_MANIFEST_BYTES = 128 << 20
+# What an export (edge.rooms.export: a uuid4 token's first 12 hex digits) or a document being received
+# (edge.rooms.documents) writes in a session's products directory, and nothing else there.
+CUT_SHORT_WORK = re.compile(r"export-[0-9a-f]{12}(\.iso)?|document-[0-9a-f]{12}\.part")
 # A count of bytes a caller gives (the free space where it writes an export).
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 
@@ -170,6 +178,7 @@ class RoomService:
                 None,
                 {"stage": "room", "file": printable(name)[:100], "reason": f"not a room session: {why}"},
             )
+        self._remove_cut_short_work()
         sessions = self._checked_against_ledger(sessions)
         self._products_pending = self._without_products(sessions)
         for session in sessions:
@@ -189,6 +198,51 @@ class RoomService:
                 )
                 continue
             self.active[session.room] = session
+
+    def _remove_cut_short_work(self) -> None:
+        """Remove what an export or an attach cut short by a power cut (or a kill) left in the sessions'
+        products directories: an export's staging copy and image (``export-<token>/``, ``.iso``) and a
+        document being received (``document-<token>.part``). None of it is evidence (the staging holds
+        copies of sealed items, the image is sealed nowhere, a part was never attached), and left there it
+        would be counted by every later space check for ever. Nothing else is touched; an `error` entry
+        (stage ``room export``) names each thing removed and its size."""
+        base = self.store.layout.root / ROOMS_DIR / PRODUCTS_DIR
+        try:
+            session_dirs = [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]
+        except OSError:
+            return
+        for session_dir in sorted(session_dirs):
+            try:
+                found = sorted(p for p in session_dir.iterdir() if CUT_SHORT_WORK.fullmatch(p.name))
+            except OSError as exc:
+                log.warning("rooms: %s cannot be read: %s", session_dir, exc)
+                continue
+            for path in found:
+                try:
+                    info = path.lstat()
+                    if stat.S_ISDIR(info.st_mode):
+                        size = _tree_bytes(path)
+                        shutil.rmtree(path)
+                    elif stat.S_ISREG(info.st_mode):
+                        size = info.st_size
+                        path.unlink()
+                    else:
+                        continue  # a symlink or a device by that name: not what an export writes
+                except OSError as exc:
+                    log.warning("rooms: %s, left by a cut-short export or attach, cannot be removed: %s",
+                                path, exc)
+                    continue
+                what = f"{session_dir.name}/{path.name}"
+                reason = (f"{what} ({size} bytes), left by an export or attach the agent did not finish (a "
+                          "power cut, a kill), removed: not evidence (a staging copy of sealed items, a disc "
+                          "image never sealed, a document never attached)")
+                log.warning("rooms: %s", reason)
+                self.store.record(EntryType.ERROR, None, {
+                    "stage": "room export", "room_session": session_dir.name[:64], "removed": path.name,
+                    "bytes": size, "reason": reason})
+            if found:
+                with contextlib.suppress(OSError):  # only when nothing else is in it
+                    session_dir.rmdir()
 
     def _checked_against_ledger(self, files: list[RoomSession]) -> list[RoomSession]:
         """The sessions to go on with: each session the ledger saw start and not stop, as the ledger
@@ -861,6 +915,18 @@ class RoomService:
             {"stage": "room", "action": action, "room": shown, "by": by, "reason": printable(reason)[:500]},
         )
         raise RoomRefused(reason, status)
+
+
+def _tree_bytes(root: Path) -> int:
+    """The bytes of the regular files under `root` (symlinks not followed)."""
+    total = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(folder, name))
+                if stat.S_ISREG(info.st_mode):
+                    total += info.st_size
+    return total
 
 
 def _read_prefix(path: Path, size: int) -> bytes:
