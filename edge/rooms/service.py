@@ -76,6 +76,7 @@ from edge.rooms.session import (
     SessionError,
     SessionState,
     apply_change,
+    check_mark_room,
     check_text,
     new_session,
 )
@@ -565,6 +566,7 @@ class RoomService:
         async with self._lock(room):
             session = await self._active(room, "mark", by)
             try:
+                check_mark_room(session)
                 text = check_text("note", note, MAX_NOTE)
             except SessionError as exc:
                 await self._refuse("mark", room, by, str(exc), 400)
