@@ -199,6 +199,9 @@ class SourceRecording:
     # after it (503 / 453), and a probe before every restart would lose that race at every restart.
     probed_coding: tuple[Coding, Coding] | None = None
     began_ns: int | None = None  # when its first run of the session began (station time)
+    # What the ledger says was refused as changed (SegmentSealer.refused_on_ledger), read once per session
+    # run and handed from each sealer of the source to the next.
+    refused: dict[tuple[str, str], int] | None = None
     gap_entries: int = 0  # `gap` entries written for it in this session's run (open or closed)
     feeds: Callable[[], list[dict[str, Any]]] | None = None  # the composite: its feeds' counters
     # What its runs write, by the station's clock: the flood rule's and the reserve's measure (.write_rate).
@@ -808,7 +811,8 @@ class SessionRecording:
     def _sealer(self, source: SourceRecording) -> SegmentSealer:
         return SegmentSealer(self.pipeline, self.session, source=source.config.id,
                              source_name=source.config.name, station_id=self.station_id,
-                             clock_synchronised=self.clock_synchronised(), derived=source.derived)
+                             clock_synchronised=self.clock_synchronised(), derived=source.derived,
+                             refused=source.refused)
 
     async def _seal_loop(self, source: SourceRecording) -> None:
         gap: GapOpened | None = None
@@ -825,6 +829,7 @@ class SessionRecording:
                 if isinstance(work, ClosedSegment):
                     sealer = self._sealer(source)
                     done = await sealer.seal(work)
+                    source.refused = sealer.refused
                     if done is None:
                         source.failed += 1
                         if not sealer.retryable:  # never sealable as ffmpeg's: its time is a gap now
@@ -881,6 +886,7 @@ class SessionRecording:
                 except Exception:
                     log.exception("room %s source %s: sealing failed", self.session.room, source.config.id)
                     done = None
+                source.refused = sealer.refused
                 if done is not None:
                     source.sealed.append(done)
                     source.failed = max(0, source.failed - 1)

@@ -96,6 +96,7 @@ class SegmentSealer:
         station_id: str,
         clock_synchronised: bool,
         derived: Mapping[str, Any] | None = None,
+        refused: dict[tuple[str, str], int] | None = None,
     ) -> None:
         self.pipeline = pipeline
         # A derived output's segments (the composite) say so, and from what, in every record of them.
@@ -111,8 +112,9 @@ class SegmentSealer:
         self.failure: str | None = None
         self.retryable = False
         # (run, segment name) -> the ledger seq of the `error` that refused it as changed: read from the
-        # ledger at the first leftover (once per sealer), kept up to date by this sealer's own refusals.
-        self._refused: dict[tuple[str, str], int] | None = None
+        # ledger at the first leftover (once per sealer, or handed over by the sealer before it: `refused`),
+        # kept up to date by this sealer's own refusals.
+        self.refused = refused
 
     def offered(self, segment: ClosedSegment) -> OfferedItem:
         """The segment as the pipeline takes it (raises OSError when the file is gone or not regular)."""
@@ -286,9 +288,9 @@ class SegmentSealer:
         """(run, segment name) -> ledger seq of every segment of this session's source a sealer refused as
         changed after ffmpeg listed it (entries before ``"changed"`` was recorded are known by their
         reason)."""
-        if self._refused is None:
+        if self.refused is None:
             session = self.session
-            self._refused = {}
+            self.refused = {}
             for entry in self.pipeline.repository.ledger.entries_of_types([EntryType.ERROR],
                                                                           session.started_seq or 1):
                 data = entry.data
@@ -296,8 +298,8 @@ class SegmentSealer:
                         or data.get("source") != self.source):
                     continue
                 if data.get("changed") is True or str(data.get("reason", "")).startswith(CHANGED):
-                    self._refused.setdefault((str(data.get("run")), str(data.get("segment"))), entry.seq)
-        return self._refused
+                    self.refused.setdefault((str(data.get("run")), str(data.get("segment"))), entry.seq)
+        return self.refused
 
     async def _error(self, where: Mapping[str, Any], reason: str) -> int:
         """Record the failure (an `error` entry naming the session); its ledger seq."""
